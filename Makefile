@@ -1,0 +1,56 @@
+# Hutong: all set-up happens here, so that `make demo` and `make test` work on a
+# fresh Debian machine. Set-up steps are idempotent and skipped when done.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := build-essential python3-dev python3-venv fuse3 libfuse3-dev restic borgbackup
+SOURCES := $(wildcard native/*.c native/*.h) setup.py pyproject.toml
+
+.PHONY: all setup demo test test-all lint bench-quick clean
+
+all: test
+
+.stamp-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+
+.stamp-venv: $(VENV)/bin/python pyproject.toml
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# The C extension is rebuilt in place whenever a native source changes.
+.stamp-native: .stamp-venv $(SOURCES)
+	$(PY) setup.py -q build_ext --inplace
+	@touch $@
+
+setup: .stamp-apt .stamp-native
+
+demo: setup
+	$(PY) -m bench demo
+
+lint: setup
+	$(VENV)/bin/ruff check gfs bench tests
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup lint
+	$(PY) -m pytest -q
+
+bench-quick: setup
+	$(PY) -m bench chunker --quick
+	$(PY) -m bench ingest --quick
+
+clean:
+	rm -rf build *.egg-info gfs/*.so .stamp-native

@@ -1,0 +1,123 @@
+"""Errors of the `gfs` package.
+
+One base class, `HutongError`; every subclass that has a builtin meaning also
+inherits the builtin (`NotFoundError` is a `FileNotFoundError`), so callers
+need nothing special, and OS-level ones carry an errno for the FUSE layer.
+Messages name the object and, where there is one, the remedy.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class HutongError(Exception):
+    """Base of every error raised by Hutong."""
+
+
+class _OSLike(HutongError, OSError):
+    """An error with an errno, raised as `OSError(errno, message, path)`."""
+
+    errno_value: int = _errno.EIO
+    message: str = "input/output error"
+
+    def __init__(self, path: str = "", message: str | None = None) -> None:
+        OSError.__init__(self, self.errno_value, message or self.message, path or None)
+
+    def __str__(self) -> str:
+        where = f": {self.filename}" if self.filename else ""
+        return f"{self.strerror}{where}"
+
+
+class NotFoundError(_OSLike, FileNotFoundError):
+    """No such file or directory in the namespace."""
+
+    errno_value = _errno.ENOENT
+    message = "no such file or directory"
+
+
+class ExistsError(_OSLike, FileExistsError):
+    """The path exists already."""
+
+    errno_value = _errno.EEXIST
+    message = "already exists"
+
+
+class NotADirError(_OSLike, NotADirectoryError):
+    """A path component is not a directory."""
+
+    errno_value = _errno.ENOTDIR
+    message = "not a directory"
+
+
+class IsADirError(_OSLike, IsADirectoryError):
+    """A file operation was asked of a directory."""
+
+    errno_value = _errno.EISDIR
+    message = "is a directory"
+
+
+class NotEmptyError(_OSLike):
+    """The directory is not empty."""
+
+    errno_value = _errno.ENOTEMPTY
+    message = "directory not empty"
+
+
+class PermissionDeniedError(_OSLike, PermissionError):
+    """The operation is not allowed on this path."""
+
+    errno_value = _errno.EACCES
+    message = "permission denied"
+
+
+class InvalidPathError(_OSLike, ValueError):
+    """The path is not a valid namespace path (relative, '..', NUL, too long)."""
+
+    errno_value = _errno.EINVAL
+    message = "invalid namespace path"
+
+
+class CorruptChunkError(_OSLike):
+    """A stored chunk does not match its digest; run `hutong fsck` to find every damaged file."""
+
+    errno_value = _errno.EIO
+    message = "corrupt chunk"
+
+
+class ChunkMissingError(_OSLike):
+    """A chunk referenced by a manifest has no readable copy; run `hutong fsck`."""
+
+    errno_value = _errno.EIO
+    message = "chunk missing"
+
+
+class NoSpaceError(_OSLike):
+    """A pool ran out of space; nothing was committed. Free space or add a pool."""
+
+    errno_value = _errno.ENOSPC
+    message = "no space left in pool"
+
+
+class PoolError(_OSLike):
+    """A pool could not complete an operation."""
+
+    errno_value = _errno.EIO
+    message = "pool error"
+
+
+class FormatError(HutongError, ValueError):
+    """Bytes that do not follow the documented format (docs/format.md)."""
+
+
+class ConfigError(HutongError, ValueError):
+    """An invalid configuration value; the message names the key and where it came from."""
+
+
+class StateError(HutongError):
+    """The state directory is missing, not initialised or of another format version."""
+
+
+class NativeExtensionMissing(HutongError, ImportError):
+    """The C extension gfs._native is not built. Run `make setup` (or
+    `python setup.py build_ext --inplace`) in the source tree."""

@@ -1,0 +1,197 @@
+"""The metadata engine interface.
+
+A metadata engine is a set of typed tables with serialisable transactions. It
+knows nothing of paths: namespace logic (resolution, rename rules, refcounts)
+lives above it in `gfs.namespace` and `gfs.store`, written once for every
+engine. LMDB (`gfs.meta.lmdb_engine`) is the embedded default; a distributed
+database engine implements the same interface and runs the same conformance
+suite (`gfs.testing.meta_suite`).
+
+Contract for every engine:
+
+* `read()` yields a consistent snapshot; it never sees a half-committed write.
+* `write()` yields a transaction that commits when the block exits normally and
+  aborts (changes nothing) when it raises. Write transactions are serialised.
+* A committed write is durable when `write()` returns (unless the engine was
+  opened with durability off, for tests).
+* Iterators are valid only inside their transaction.
+* Keys are compared as bytes; `list_dir` yields names in UTF-8 byte order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+
+from gfs.meta.records import (
+    ChunkRecord,
+    Inode,
+    Manifest,
+    PackRecord,
+    PendingPack,
+    PoolRecord,
+)
+
+#: Tables of opaque values kept for the layers above (heat counters, placement
+#: rules, entities, sites, extended attributes, job records).
+VALUE_TABLES: frozenset[str] = frozenset({"heat", "rules", "entities", "sites", "xattrs", "jobs"})
+
+
+class ReadTxn(ABC):
+    """Read access to every table, inside one consistent snapshot."""
+
+    # -- namespace -------------------------------------------------------
+    @abstractmethod
+    def get_inode(self, ino: int) -> Inode | None:
+        """The inode numbered `ino`, or None."""
+
+    @abstractmethod
+    def lookup(self, parent: int, name: str) -> int | None:
+        """The inode number of `name` in directory `parent`, or None."""
+
+    @abstractmethod
+    def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+        """(name, ino) of every entry of directory `parent`, in UTF-8 byte order."""
+
+    @abstractmethod
+    def iter_inodes(self) -> Iterator[Inode]:
+        """Every inode, in inode-number order."""
+
+    @abstractmethod
+    def get_manifest(self, ino: int) -> Manifest | None:
+        """The current manifest of file `ino`, or None."""
+
+    @abstractmethod
+    def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:
+        """(ino, manifest) for every file that has one."""
+
+    # -- chunks, packs, pools ---------------------------------------------
+    @abstractmethod
+    def get_chunk(self, cid: bytes) -> ChunkRecord | None:
+        """The chunk index entry for `cid`, or None."""
+
+    @abstractmethod
+    def iter_chunks(self) -> Iterator[ChunkRecord]:
+        """Every chunk index entry, in id order."""
+
+    @abstractmethod
+    def get_pack(self, pack_id: bytes) -> PackRecord | None:
+        """The committed pack `pack_id`, or None."""
+
+    @abstractmethod
+    def iter_packs(self) -> Iterator[PackRecord]:
+        """Every committed pack."""
+
+    @abstractmethod
+    def iter_pending(self) -> Iterator[PendingPack]:
+        """Every pack announced by a writer and not yet committed or abandoned."""
+
+    @abstractmethod
+    def get_pool(self, pool_id: int) -> PoolRecord | None:
+        """The pool numbered `pool_id`, or None."""
+
+    @abstractmethod
+    def iter_pools(self) -> Iterator[PoolRecord]:
+        """Every pool, in id order."""
+
+    # -- opaque values and store facts --------------------------------------
+    @abstractmethod
+    def get_value(self, table: str, key: bytes) -> bytes | None:
+        """The value under `key` in one of VALUE_TABLES, or None."""
+
+    @abstractmethod
+    def iter_values(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs of `table` whose key starts with `prefix`, in key order."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> bytes | None:
+        """A store-wide fact (format version, store id), or None."""
+
+
+class WriteTxn(ReadTxn):
+    """Read and write access; all changes commit together or not at all."""
+
+    @abstractmethod
+    def alloc_ino(self) -> int:
+        """A fresh inode number, never handed out before in this store."""
+
+    @abstractmethod
+    def put_inode(self, inode: Inode) -> None:
+        """Create or replace inode `inode.ino`."""
+
+    @abstractmethod
+    def delete_inode(self, ino: int) -> None:
+        """Remove inode `ino` (no-op if absent)."""
+
+    @abstractmethod
+    def link(self, parent: int, name: str, ino: int) -> None:
+        """Create or replace the entry `name` of directory `parent`."""
+
+    @abstractmethod
+    def unlink(self, parent: int, name: str) -> None:
+        """Remove the entry `name` of directory `parent` (no-op if absent)."""
+
+    @abstractmethod
+    def put_manifest(self, ino: int, manifest: Manifest) -> None:
+        """Set the current manifest of file `ino`."""
+
+    @abstractmethod
+    def delete_manifest(self, ino: int) -> None:
+        """Remove the manifest of `ino` (no-op if absent)."""
+
+    @abstractmethod
+    def put_chunk(self, rec: ChunkRecord) -> None:
+        """Create or replace the chunk index entry `rec.id`."""
+
+    @abstractmethod
+    def delete_chunk(self, cid: bytes) -> None:
+        """Remove the chunk index entry `cid` (no-op if absent)."""
+
+    @abstractmethod
+    def put_pack(self, rec: PackRecord) -> None:
+        """Create or replace the pack record `rec.id`."""
+
+    @abstractmethod
+    def delete_pack(self, pack_id: bytes) -> None:
+        """Remove the pack record (no-op if absent)."""
+
+    @abstractmethod
+    def put_pending(self, rec: PendingPack) -> None:
+        """Announce a pack a writer is about to write."""
+
+    @abstractmethod
+    def delete_pending(self, pack_id: bytes) -> None:
+        """Withdraw a pending-pack announcement (no-op if absent)."""
+
+    @abstractmethod
+    def put_pool(self, rec: PoolRecord) -> None:
+        """Create or replace pool `rec.id`."""
+
+    @abstractmethod
+    def put_value(self, table: str, key: bytes, value: bytes) -> None:
+        """Set `key` in one of VALUE_TABLES; an unknown table raises ValueError."""
+
+    @abstractmethod
+    def delete_value(self, table: str, key: bytes) -> None:
+        """Remove `key` from `table` (no-op if absent)."""
+
+    @abstractmethod
+    def set_meta(self, key: str, value: bytes) -> None:
+        """Set a store-wide fact."""
+
+
+class MetaEngine(ABC):
+    """A transactional metadata store. Open one per process and share it between threads."""
+
+    @abstractmethod
+    def read(self) -> AbstractContextManager[ReadTxn]:
+        """A read-only snapshot transaction."""
+
+    @abstractmethod
+    def write(self) -> AbstractContextManager[WriteTxn]:
+        """A write transaction: commits on normal exit, aborts on an exception."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the engine; later calls raise."""

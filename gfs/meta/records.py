@@ -1,0 +1,112 @@
+"""Records kept by a metadata engine (see docs/format.md, "Metadata")."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+ROOT_INO = 1
+CHUNK_ID_LEN = 16
+PACK_ID_LEN = 16
+
+
+class Kind(enum.IntEnum):
+    """What an inode is."""
+
+    FILE = 1
+    DIR = 2
+    SYMLINK = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """A namespace node. `parent` is the containing directory (ROOT_INO for the root)."""
+
+    ino: int
+    parent: int
+    kind: Kind
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    version: int = 0
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One entry of a manifest: a chunk id and its raw length."""
+
+    id: bytes
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A file version: the ordered chunks whose concatenation is the content."""
+
+    version: int
+    chunks: tuple[ChunkRef, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(c.length for c in self.chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where one copy of a chunk's blob lives: a byte range of a pack in a pool."""
+
+    pool: int
+    pack: bytes
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """The chunk index entry. `refcount` counts manifest entries that name the chunk."""
+
+    id: bytes
+    raw_len: int
+    stored_len: int
+    codec: int
+    refcount: int
+    locations: tuple[Location, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PackRecord:
+    """A committed pack object; `live_*` count chunk locations that point into it."""
+
+    id: bytes
+    pool: int
+    size: int
+    nchunks: int
+    live_chunks: int
+    live_bytes: int
+    created_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPack:
+    """A pack being written by a writer that has not committed it yet."""
+
+    id: bytes
+    pool: int
+    writer: str
+    created_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRecord:
+    """A storage pool of this store: any fsspec URL, with a tier class and a capacity."""
+
+    id: int
+    name: str
+    url: str
+    tier: str = "warm"
+    capacity: int = 0

@@ -1,0 +1,14 @@
+"""Build of the native extension `gfs._native` from native/ (plain CPython C API)."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "gfs._native",
+            sources=["native/module.c", "native/fastcdc.c"],
+            include_dirs=["native"],
+            extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        )
+    ]
+)
