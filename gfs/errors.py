@@ -106,6 +106,13 @@ class PoolError(_OSLike):
     message = "pool error"
 
 
+class PoolObjectMissingError(PoolError, FileNotFoundError):
+    """An object (pack) is not in its pool."""
+
+    errno_value = _errno.ENOENT
+    message = "object missing from pool"
+
+
 class FormatError(HutongError, ValueError):
     """Bytes that do not follow the documented format (docs/format.md)."""
 
