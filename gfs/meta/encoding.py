@@ -1,0 +1,363 @@
+"""Binary encodings of the metadata records (docs/format.md, "Metadata").
+
+Pure functions, independent of any database, so that every engine stores the
+same bytes. Integers in values are little-endian; integers in keys are
+big-endian so that byte order is number order.
+
+* `encode_*` raise ValueError when a record cannot be represented (a field out
+  of range, an id of the wrong length), naming the record and the field.
+* `decode_*` raise `gfs.errors.FormatError` on bytes that do not follow the
+  format, naming the record; they never return a partial record.
+* `decode_*` take the record's key first (it is not part of the value and is
+  used in error messages).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from itertools import starmap
+from typing import Any
+
+from gfs.errors import FormatError
+from gfs.meta.records import (
+    CHUNK_ID_LEN,
+    PACK_ID_LEN,
+    ChunkRecord,
+    ChunkRef,
+    Inode,
+    Kind,
+    Location,
+    Manifest,
+    PackRecord,
+    PendingPack,
+    PoolRecord,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "INODE_HEADER",
+    "decode_chunk",
+    "decode_dirent_key",
+    "decode_ino",
+    "decode_inode",
+    "decode_manifest",
+    "decode_pack",
+    "decode_pending",
+    "decode_pool",
+    "decode_pool_key",
+    "decode_u64",
+    "dirent_key",
+    "encode_chunk",
+    "encode_ino",
+    "encode_inode",
+    "encode_manifest",
+    "encode_pack",
+    "encode_pending",
+    "encode_pool",
+    "encode_u64",
+    "pool_key",
+]
+
+#: Value of the `format` meta key written by this code.
+FORMAT_VERSION = b"1"
+
+_DAMAGED = "the metadata is damaged; run `hutong fsck`"
+
+# -- keys (big-endian) ----------------------------------------------------------
+
+_U64BE = struct.Struct(">Q")
+_U16BE = struct.Struct(">H")
+_U64LE = struct.Struct("<Q")
+
+
+def encode_ino(ino: int) -> bytes:
+    """An inode number as a key or dirent value: u64 big-endian."""
+    try:
+        return _U64BE.pack(ino)
+    except struct.error:
+        raise ValueError(f"inode number {ino!r} is not a u64") from None
+
+
+def decode_ino(data: bytes) -> int:
+    """The inode number of an 8-byte big-endian key or dirent value."""
+    if len(data) != 8:
+        raise FormatError(f"inode number: expected 8 bytes, got {len(data)}; {_DAMAGED}")
+    return int.from_bytes(data, "big")
+
+
+def dirent_key(parent: int, name: str) -> bytes:
+    """The `dirents` key: parent u64 BE + name (UTF-8). The name must not be empty."""
+    if not name:
+        raise ValueError(f"directory entry of inode {parent}: empty name")
+    return encode_ino(parent) + name.encode("utf-8")
+
+
+def decode_dirent_key(key: bytes) -> tuple[int, str]:
+    """(parent, name) of a `dirents` key."""
+    if len(key) <= 8:
+        raise FormatError(f"directory entry key {key!r}: too short; {_DAMAGED}")
+    try:
+        name = key[8:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"directory entry key {key!r}: name is not UTF-8; {_DAMAGED}") from None
+    return int.from_bytes(key[:8], "big"), name
+
+
+def pool_key(pool_id: int) -> bytes:
+    """The `pools` key: pool id u16 big-endian."""
+    try:
+        return _U16BE.pack(pool_id)
+    except struct.error:
+        raise ValueError(f"pool id {pool_id!r} is not a u16") from None
+
+
+def decode_pool_key(key: bytes) -> int:
+    """The pool id of a `pools` key."""
+    if len(key) != 2:
+        raise FormatError(f"pool key {key!r}: expected 2 bytes; {_DAMAGED}")
+    return int.from_bytes(key, "big")
+
+
+def encode_u64(value: int) -> bytes:
+    """A u64 meta value (`next_ino`), little-endian."""
+    try:
+        return _U64LE.pack(value)
+    except struct.error:
+        raise ValueError(f"{value!r} is not a u64") from None
+
+
+def decode_u64(what: str, data: bytes) -> int:
+    """A u64 little-endian meta value; `what` names it in errors."""
+    if len(data) != 8:
+        raise FormatError(f"{what}: expected a u64 (8 bytes), got {len(data)}; {_DAMAGED}")
+    return int.from_bytes(data, "little")
+
+
+# -- inode --------------------------------------------------------------------
+
+#: kind u8, mode u16, uid u32, gid u32, parent u64, size u64, atime_ns i64,
+#: mtime_ns i64, ctime_ns i64, version u64; then the symlink target to the end.
+INODE_HEADER = struct.Struct("<BHIIQQqqqQ")
+_KINDS = {k.value: k for k in Kind}
+
+
+def encode_inode(inode: Inode) -> bytes:
+    """The `inodes` value of `inode` (its number is the key)."""
+    try:
+        head = INODE_HEADER.pack(
+            inode.kind,
+            inode.mode,
+            inode.uid,
+            inode.gid,
+            inode.parent,
+            inode.size,
+            inode.atime_ns,
+            inode.mtime_ns,
+            inode.ctime_ns,
+            inode.version,
+        )
+    except struct.error as e:
+        raise ValueError(f"inode {inode.ino}: a field is out of range ({e})") from None
+    if inode.kind not in _KINDS:
+        raise ValueError(f"inode {inode.ino}: unknown kind {inode.kind!r}")
+    if not inode.target:
+        return head
+    return head + inode.target.encode("utf-8")
+
+
+def decode_inode(ino: int, data: bytes) -> Inode:
+    """The inode numbered `ino` from its `inodes` value."""
+    if len(data) < INODE_HEADER.size:
+        raise FormatError(
+            f"inode {ino}: record is {len(data)} bytes, shorter than the "
+            f"{INODE_HEADER.size}-byte header; {_DAMAGED}"
+        )
+    kind, mode, uid, gid, parent, size, atime, mtime, ctime, version = INODE_HEADER.unpack_from(
+        data
+    )
+    k = _KINDS.get(kind)
+    if k is None:
+        raise FormatError(f"inode {ino}: unknown kind {kind}; {_DAMAGED}")
+    target = ""
+    if len(data) > INODE_HEADER.size:
+        try:
+            target = data[INODE_HEADER.size :].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"inode {ino}: symlink target is not UTF-8; {_DAMAGED}") from None
+    return Inode(ino, parent, k, mode, uid, gid, size, atime, mtime, ctime, version, target)
+
+
+# -- manifest -------------------------------------------------------------------
+
+_MANIFEST_HEAD = struct.Struct("<QI")  # version u64, count u32
+_MANIFEST_ENTRY = struct.Struct("<16sI")  # chunk id, raw length u32
+assert _MANIFEST_ENTRY.size == CHUNK_ID_LEN + 4
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The `manifests` value: version u64, count u32, then count x (id 16 B, length u32)."""
+    chunks = manifest.chunks
+    pack = _MANIFEST_ENTRY.pack
+    try:
+        head = _MANIFEST_HEAD.pack(manifest.version, len(chunks))
+        body = b"".join([pack(c.id, c.length) for c in chunks])
+    except struct.error as e:
+        raise ValueError(
+            f"manifest version {manifest.version!r}: a field is out of range ({e})"
+        ) from None
+    # "16s" pads or truncates silently, so check the ids separately.
+    if any(len(c.id) != CHUNK_ID_LEN for c in chunks):
+        bad = next(i for i, c in enumerate(chunks) if len(c.id) != CHUNK_ID_LEN)
+        raise ValueError(
+            f"manifest entry {bad}: chunk id must be {CHUNK_ID_LEN} bytes, "
+            f"got {len(chunks[bad].id)}"
+        )
+    return head + body
+
+
+def decode_manifest(ino: int, data: bytes) -> Manifest:
+    """The manifest of file `ino` from its `manifests` value."""
+    if len(data) < _MANIFEST_HEAD.size:
+        raise FormatError(f"manifest of inode {ino}: record truncated; {_DAMAGED}")
+    version, count = _MANIFEST_HEAD.unpack_from(data)
+    body = memoryview(data)[_MANIFEST_HEAD.size :]
+    if len(body) != count * _MANIFEST_ENTRY.size:
+        raise FormatError(
+            f"manifest of inode {ino}: header says {count} entries "
+            f"({count * _MANIFEST_ENTRY.size} bytes) but {len(body)} bytes follow; {_DAMAGED}"
+        )
+    return Manifest(version, tuple(starmap(ChunkRef, _MANIFEST_ENTRY.iter_unpack(body))))
+
+
+# -- chunk record -----------------------------------------------------------------
+
+_CHUNK_HEAD = struct.Struct("<QIIBB")  # refcount u64, raw u32, stored u32, codec u8, n u8
+_LOCATION = struct.Struct("<H16sQI")  # pool u16, pack id, offset u64, length u32
+assert _LOCATION.size == 2 + PACK_ID_LEN + 8 + 4
+
+
+def encode_chunk(rec: ChunkRecord) -> bytes:
+    """The `chunks` value of `rec` (its id is the key)."""
+    locs = rec.locations
+    if len(rec.id) != CHUNK_ID_LEN:
+        raise ValueError(f"chunk record {rec.id.hex()}: id must be {CHUNK_ID_LEN} bytes")
+    for loc in locs:
+        if len(loc.pack) != PACK_ID_LEN:
+            raise ValueError(
+                f"chunk {rec.id.hex()}: location pack id must be {PACK_ID_LEN} bytes, "
+                f"got {len(loc.pack)}"
+            )
+    try:
+        head = _CHUNK_HEAD.pack(rec.refcount, rec.raw_len, rec.stored_len, rec.codec, len(locs))
+        if not locs:
+            return head
+        pack = _LOCATION.pack
+        return head + b"".join([pack(x.pool, x.pack, x.offset, x.length) for x in locs])
+    except struct.error as e:
+        raise ValueError(
+            f"chunk {rec.id.hex()}: a field is out of range (at most 255 locations) ({e})"
+        ) from None
+
+
+def decode_chunk(cid: bytes, data: bytes) -> ChunkRecord:
+    """The chunk record `cid` from its `chunks` value."""
+    if len(data) < _CHUNK_HEAD.size:
+        raise FormatError(f"chunk record {cid.hex()}: record truncated; {_DAMAGED}")
+    refcount, raw, stored, codec, n = _CHUNK_HEAD.unpack_from(data)
+    if len(data) != _CHUNK_HEAD.size + n * _LOCATION.size:
+        raise FormatError(
+            f"chunk record {cid.hex()}: {n} locations need "
+            f"{_CHUNK_HEAD.size + n * _LOCATION.size} bytes, got {len(data)}; {_DAMAGED}"
+        )
+    locs = tuple(starmap(Location, _LOCATION.iter_unpack(memoryview(data)[_CHUNK_HEAD.size :])))
+    return ChunkRecord(cid, raw, stored, codec, refcount, locs)
+
+
+# -- pack, pending ------------------------------------------------------------------
+
+# pool u16, size u64, nchunks u32, live_chunks u32, live_bytes u64, created_ns i64
+_PACK = struct.Struct("<HQIIQq")
+_PENDING_HEAD = struct.Struct("<Hq")  # pool u16, created_ns i64; writer token to the end
+
+
+def encode_pack(rec: PackRecord) -> bytes:
+    """The `packs` value of `rec` (its id is the key)."""
+    if len(rec.id) != PACK_ID_LEN:
+        raise ValueError(f"pack record {rec.id.hex()}: id must be {PACK_ID_LEN} bytes")
+    try:
+        return _PACK.pack(
+            rec.pool, rec.size, rec.nchunks, rec.live_chunks, rec.live_bytes, rec.created_ns
+        )
+    except struct.error as e:
+        raise ValueError(f"pack record {rec.id.hex()}: a field is out of range ({e})") from None
+
+
+def decode_pack(pack_id: bytes, data: bytes) -> PackRecord:
+    """The pack record `pack_id` from its `packs` value."""
+    if len(data) != _PACK.size:
+        raise FormatError(
+            f"pack record {pack_id.hex()}: expected {_PACK.size} bytes, got {len(data)}; {_DAMAGED}"
+        )
+    pool, size, nchunks, live_chunks, live_bytes, created = _PACK.unpack(data)
+    return PackRecord(pack_id, pool, size, nchunks, live_chunks, live_bytes, created)
+
+
+def encode_pending(rec: PendingPack) -> bytes:
+    """The `pending` value of `rec` (its pack id is the key)."""
+    if len(rec.id) != PACK_ID_LEN:
+        raise ValueError(f"pending pack {rec.id.hex()}: id must be {PACK_ID_LEN} bytes")
+    try:
+        head = _PENDING_HEAD.pack(rec.pool, rec.created_ns)
+    except struct.error as e:
+        raise ValueError(f"pending pack {rec.id.hex()}: a field is out of range ({e})") from None
+    return head + rec.writer.encode("utf-8")
+
+
+def decode_pending(pack_id: bytes, data: bytes) -> PendingPack:
+    """The pending-pack announcement `pack_id` from its `pending` value."""
+    if len(data) < _PENDING_HEAD.size:
+        raise FormatError(f"pending pack {pack_id.hex()}: record truncated; {_DAMAGED}")
+    pool, created = _PENDING_HEAD.unpack_from(data)
+    try:
+        writer = data[_PENDING_HEAD.size :].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(
+            f"pending pack {pack_id.hex()}: writer token is not UTF-8; {_DAMAGED}"
+        ) from None
+    return PendingPack(pack_id, pool, writer, created)
+
+
+# -- pool ------------------------------------------------------------------------------
+
+
+def encode_pool(rec: PoolRecord) -> bytes:
+    """The `pools` value: compact JSON {name, url, tier, capacity}, keys sorted, UTF-8."""
+    pool_key(rec.id)  # range check
+    if rec.capacity < 0:
+        raise ValueError(f"pool {rec.id} ({rec.name}): capacity must be >= 0")
+    doc = {"capacity": rec.capacity, "name": rec.name, "tier": rec.tier, "url": rec.url}
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_pool(pool_id: int, data: bytes) -> PoolRecord:
+    """The pool `pool_id` from its `pools` value."""
+    try:
+        doc: Any = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FormatError(f"pool {pool_id}: record is not UTF-8 JSON; {_DAMAGED}") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"pool {pool_id}: record is not a JSON object; {_DAMAGED}")
+    name, url, tier, cap = doc.get("name"), doc.get("url"), doc.get("tier"), doc.get("capacity")
+    if not (
+        isinstance(name, str)
+        and isinstance(url, str)
+        and isinstance(tier, str)
+        and type(cap) is int
+        and cap >= 0
+    ):
+        raise FormatError(
+            f"pool {pool_id}: record needs string name, url, tier and an integer "
+            f"capacity >= 0; {_DAMAGED}"
+        )
+    return PoolRecord(pool_id, name, url, tier, cap)

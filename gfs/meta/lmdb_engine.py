@@ -1,0 +1,478 @@
+"""The embedded metadata engine: one LMDB environment with named databases.
+
+Layout and encodings are in docs/format.md ("Metadata") and
+`gfs.meta.encoding`.
+
+Concurrency:
+
+* Readers never block and never wait: each read transaction is an MVCC
+  snapshot. Read transactions are not tied to threads (py-lmdb opens the
+  environment with MDB_NOTLS), so any thread may use any number of them.
+* Writers are serialised by LMDB's single writer lock, a robust process-shared
+  mutex in `lock.mdb`: at most one write transaction exists per environment
+  across *all* processes, and a writer killed while holding it releases it
+  (the next writer recovers the lock; the dead writer's changes are discarded
+  because they were never referenced by a committed meta page). Inside one
+  process an extra `threading.Lock` orders the threads before they reach
+  LMDB's lock, so waiting threads sleep without holding the GIL.
+* A write transaction commits on normal exit of `write()`; with `sync=True`
+  it is on disk when `write()` returns. A process crash (kill -9) at any
+  instant leaves the last committed state; an OS crash may lose the last
+  commits only with `sync=False`.
+* Open one engine per process per environment (LMDB forbids opening the
+  same environment twice in one process) and share it between threads. Do
+  not use an engine across fork(); open a new one in the child.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import lmdb
+
+from gfs.errors import FormatError, StateError
+from gfs.meta import encoding as enc
+from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn, WriteTxn
+from gfs.meta.records import (
+    ROOT_INO,
+    ChunkRecord,
+    Inode,
+    Kind,
+    Manifest,
+    PackRecord,
+    PendingPack,
+    PoolRecord,
+)
+
+__all__ = ["LmdbEngine"]
+
+_FORMAT = b"format"
+_STORE_ID = b"store_id"
+_NEXT_INO = b"next_ino"
+_CORE_TABLES = ("meta", "inodes", "dirents", "manifests", "chunks", "packs", "pending", "pools")
+
+_ino_key = enc.encode_ino
+
+
+class _Dbs:
+    """The database handles of one environment, opened once."""
+
+    __slots__ = (
+        "chunks",
+        "dirents",
+        "inodes",
+        "manifests",
+        "meta",
+        "packs",
+        "pending",
+        "pools",
+        "values",
+    )
+
+    def __init__(self, handles: dict[str, Any]) -> None:
+        self.meta = handles["meta"]
+        self.inodes = handles["inodes"]
+        self.dirents = handles["dirents"]
+        self.manifests = handles["manifests"]
+        self.chunks = handles["chunks"]
+        self.packs = handles["packs"]
+        self.pending = handles["pending"]
+        self.pools = handles["pools"]
+        self.values: dict[str, Any] = {t: handles[t] for t in VALUE_TABLES}
+
+
+def _value_db(dbs: _Dbs, table: str) -> Any:
+    db = dbs.values.get(table)
+    if db is None:
+        raise ValueError(
+            f"unknown value table {table!r}; use one of {', '.join(sorted(VALUE_TABLES))}"
+        )
+    return db
+
+
+class _LmdbRead(ReadTxn):
+    """A ReadTxn over one py-lmdb transaction."""
+
+    __slots__ = ("_d", "_txn")
+
+    def __init__(self, txn: Any, dbs: _Dbs) -> None:
+        self._txn = txn
+        self._d = dbs
+
+    # -- namespace ----------------------------------------------------------
+    def get_inode(self, ino: int) -> Inode | None:
+        data = self._txn.get(_ino_key(ino), db=self._d.inodes)
+        return None if data is None else enc.decode_inode(ino, data)
+
+    def lookup(self, parent: int, name: str) -> int | None:
+        data = self._txn.get(enc.dirent_key(parent, name), db=self._d.dirents)
+        return None if data is None else enc.decode_ino(data)
+
+    def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+        prefix = _ino_key(parent)
+        cur = self._txn.cursor(db=self._d.dirents)
+        if not cur.set_range(prefix):
+            return
+        for key, val in cur.iternext():
+            if key[:8] != prefix:
+                return
+            try:
+                name = key[8:].decode("utf-8")
+            except UnicodeDecodeError:
+                raise FormatError(
+                    f"directory entry key {key!r} of inode {parent}: name is not UTF-8; "
+                    "the metadata is damaged, run `hutong fsck`"
+                ) from None
+            yield name, enc.decode_ino(val)
+
+    def iter_inodes(self) -> Iterator[Inode]:
+        decode = enc.decode_inode
+        for key, val in self._txn.cursor(db=self._d.inodes).iternext():
+            yield decode(enc.decode_ino(key), val)
+
+    def get_manifest(self, ino: int) -> Manifest | None:
+        data = self._txn.get(_ino_key(ino), db=self._d.manifests)
+        return None if data is None else enc.decode_manifest(ino, data)
+
+    def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:
+        for key, val in self._txn.cursor(db=self._d.manifests).iternext():
+            ino = enc.decode_ino(key)
+            yield ino, enc.decode_manifest(ino, val)
+
+    # -- chunks, packs, pools -------------------------------------------------
+    def get_chunk(self, cid: bytes) -> ChunkRecord | None:
+        data = self._txn.get(cid, db=self._d.chunks)
+        return None if data is None else enc.decode_chunk(cid, data)
+
+    def iter_chunks(self) -> Iterator[ChunkRecord]:
+        decode = enc.decode_chunk
+        for key, val in self._txn.cursor(db=self._d.chunks).iternext():
+            yield decode(key, val)
+
+    def get_pack(self, pack_id: bytes) -> PackRecord | None:
+        data = self._txn.get(pack_id, db=self._d.packs)
+        return None if data is None else enc.decode_pack(pack_id, data)
+
+    def iter_packs(self) -> Iterator[PackRecord]:
+        for key, val in self._txn.cursor(db=self._d.packs).iternext():
+            yield enc.decode_pack(key, val)
+
+    def iter_pending(self) -> Iterator[PendingPack]:
+        for key, val in self._txn.cursor(db=self._d.pending).iternext():
+            yield enc.decode_pending(key, val)
+
+    def get_pool(self, pool_id: int) -> PoolRecord | None:
+        data = self._txn.get(enc.pool_key(pool_id), db=self._d.pools)
+        return None if data is None else enc.decode_pool(pool_id, data)
+
+    def iter_pools(self) -> Iterator[PoolRecord]:
+        for key, val in self._txn.cursor(db=self._d.pools).iternext():
+            yield enc.decode_pool(enc.decode_pool_key(key), val)
+
+    # -- opaque values and store facts -----------------------------------------
+    def get_value(self, table: str, key: bytes) -> bytes | None:
+        data: bytes | None = self._txn.get(key, db=_value_db(self._d, table))
+        return data
+
+    def iter_values(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        cur = self._txn.cursor(db=_value_db(self._d, table))
+        if prefix:
+            if not cur.set_range(prefix):
+                return
+            n = len(prefix)
+            for key, val in cur.iternext():
+                if key[:n] != prefix:
+                    return
+                yield key, val
+        else:
+            yield from cur.iternext()
+
+    def get_meta(self, key: str) -> bytes | None:
+        data: bytes | None = self._txn.get(key.encode("ascii"), db=self._d.meta)
+        return data
+
+
+class _LmdbWrite(_LmdbRead, WriteTxn):
+    """A WriteTxn over one py-lmdb write transaction."""
+
+    __slots__ = ()
+
+    def alloc_ino(self) -> int:
+        txn, meta = self._txn, self._d.meta
+        raw = txn.get(_NEXT_INO, db=meta)
+        if raw is None:
+            raise StateError("metadata has no next_ino; the store is not initialised")
+        ino = enc.decode_u64("meta next_ino", raw)
+        txn.put(_NEXT_INO, enc.encode_u64(ino + 1), db=meta)
+        return ino
+
+    def put_inode(self, inode: Inode) -> None:
+        self._txn.put(_ino_key(inode.ino), enc.encode_inode(inode), db=self._d.inodes)
+
+    def delete_inode(self, ino: int) -> None:
+        self._txn.delete(_ino_key(ino), db=self._d.inodes)
+
+    def link(self, parent: int, name: str, ino: int) -> None:
+        self._txn.put(enc.dirent_key(parent, name), _ino_key(ino), db=self._d.dirents)
+
+    def unlink(self, parent: int, name: str) -> None:
+        self._txn.delete(enc.dirent_key(parent, name), db=self._d.dirents)
+
+    def put_manifest(self, ino: int, manifest: Manifest) -> None:
+        self._txn.put(_ino_key(ino), enc.encode_manifest(manifest), db=self._d.manifests)
+
+    def delete_manifest(self, ino: int) -> None:
+        self._txn.delete(_ino_key(ino), db=self._d.manifests)
+
+    def put_chunk(self, rec: ChunkRecord) -> None:
+        self._txn.put(rec.id, enc.encode_chunk(rec), db=self._d.chunks)
+
+    def delete_chunk(self, cid: bytes) -> None:
+        if cid:
+            self._txn.delete(cid, db=self._d.chunks)
+
+    def put_pack(self, rec: PackRecord) -> None:
+        self._txn.put(rec.id, enc.encode_pack(rec), db=self._d.packs)
+
+    def delete_pack(self, pack_id: bytes) -> None:
+        if pack_id:
+            self._txn.delete(pack_id, db=self._d.packs)
+
+    def put_pending(self, rec: PendingPack) -> None:
+        self._txn.put(rec.id, enc.encode_pending(rec), db=self._d.pending)
+
+    def delete_pending(self, pack_id: bytes) -> None:
+        if pack_id:
+            self._txn.delete(pack_id, db=self._d.pending)
+
+    def put_pool(self, rec: PoolRecord) -> None:
+        self._txn.put(enc.pool_key(rec.id), enc.encode_pool(rec), db=self._d.pools)
+
+    def put_value(self, table: str, key: bytes, value: bytes) -> None:
+        db = _value_db(self._d, table)
+        if not key:
+            raise ValueError(f"value table {table!r}: empty key")
+        self._txn.put(key, value, db=db)
+
+    def delete_value(self, table: str, key: bytes) -> None:
+        db = _value_db(self._d, table)
+        if key:
+            self._txn.delete(key, db=db)
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        if not key:
+            raise ValueError("meta key must not be empty")
+        self._txn.put(key.encode("ascii"), value, db=self._d.meta)
+
+
+class _ReadCtx:
+    """`with engine.read() as r`: begins a snapshot on enter, ends it on exit."""
+
+    __slots__ = ("_dbs", "_env", "_txn")
+
+    def __init__(self, env: Any, dbs: _Dbs) -> None:
+        self._env = env
+        self._dbs = dbs
+        self._txn: Any = None
+
+    def __enter__(self) -> ReadTxn:
+        self._txn = self._env.begin(write=False)
+        return _LmdbRead(self._txn, self._dbs)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            txn.abort()
+
+
+class _WriteCtx:
+    """`with engine.write() as w`: takes the writer lock, commits or aborts on exit."""
+
+    __slots__ = ("_engine", "_txn")
+
+    def __init__(self, engine: LmdbEngine) -> None:
+        self._engine = engine
+        self._txn: Any = None
+
+    def __enter__(self) -> WriteTxn:
+        eng = self._engine
+        me = threading.get_ident()
+        if eng._writer == me:
+            raise StateError(
+                f"metadata {eng.path}: nested write transaction in one thread would "
+                "deadlock; do all changes in the outer write() block"
+            )
+        eng._wlock.acquire()
+        try:
+            eng._writer = me
+            self._txn = eng._live_env().begin(write=True)
+        except BaseException:
+            eng._writer = None
+            eng._wlock.release()
+            raise
+        return _LmdbWrite(self._txn, eng._dbs)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        eng = self._engine
+        txn, self._txn = self._txn, None
+        try:
+            if exc_type is None:
+                txn.commit()
+            else:
+                txn.abort()
+        finally:
+            eng._writer = None
+            eng._wlock.release()
+
+
+class LmdbEngine(MetaEngine):
+    """The metadata engine over an LMDB environment in directory `path`.
+
+    `map_size` bounds the database size (address space, not disk use);
+    `sync=False` skips fsync on commit (tests only: a committed write may be
+    lost on an OS crash); `readonly=True` opens an initialised environment for
+    reading only. The first writable open initialises an empty environment.
+    Raises StateError if the environment cannot be opened, is not initialised
+    (read-only), or holds another format version.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        map_size: int = 1 << 40,
+        sync: bool = True,
+        readonly: bool = False,
+    ) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._wlock = threading.Lock()
+        self._writer: int | None = None
+        try:
+            env = lmdb.open(
+                path,
+                map_size=map_size,
+                subdir=True,
+                readonly=readonly,
+                create=not readonly,
+                lock=True,
+                sync=sync,
+                metasync=sync,
+                readahead=False,
+                max_dbs=len(_CORE_TABLES) + len(VALUE_TABLES) + 8,
+                max_readers=512,
+            )
+        except lmdb.Error as e:
+            raise StateError(
+                f"cannot open the metadata environment {path}: {e}"
+                + ("; run `hutong init` first" if readonly else "")
+            ) from None
+        try:
+            env.reader_check()  # free reader slots of dead processes
+            self._dbs = self._open_dbs(env)
+        except BaseException:
+            env.close()
+            raise
+        self._env: Any = env
+
+    def _open_dbs(self, env: Any) -> _Dbs:
+        names = (*_CORE_TABLES, *sorted(VALUE_TABLES))
+        handles: dict[str, Any] = {}
+        if self.readonly:
+            try:
+                with env.begin(write=False) as txn:
+                    for name in names:
+                        handles[name] = env.open_db(name.encode(), txn=txn, create=False)
+                    fmt = txn.get(_FORMAT, db=handles["meta"])
+            except lmdb.NotFoundError:
+                raise StateError(
+                    f"metadata environment {self.path} is not initialised; "
+                    "open it writable once (`hutong init`)"
+                ) from None
+            self._check_format(fmt)
+            return _Dbs(handles)
+        with env.begin(write=True) as txn:
+            for name in names:
+                handles[name] = env.open_db(name.encode(), txn=txn, create=True)
+            fmt = txn.get(_FORMAT, db=handles["meta"])
+            if fmt is None:
+                self._initialise(txn, handles)
+            else:
+                self._check_format(fmt)
+        return _Dbs(handles)
+
+    def _check_format(self, fmt: bytes | None) -> None:
+        if fmt != enc.FORMAT_VERSION:
+            found = "none" if fmt is None else fmt.decode("ascii", "replace")
+            raise StateError(
+                f"metadata environment {self.path} has format version {found}; this "
+                f"version of Hutong reads format {enc.FORMAT_VERSION.decode()}. Use a "
+                "matching Hutong version or migrate the store"
+            )
+
+    def _initialise(self, txn: Any, handles: dict[str, Any]) -> None:
+        meta, inodes = handles["meta"], handles["inodes"]
+        if txn.stat(inodes)["entries"] or txn.stat(meta)["entries"]:
+            raise StateError(
+                f"metadata environment {self.path} holds data but no format version; "
+                "it is not a Hutong store or it is damaged (run `hutong fsck`)"
+            )
+        now = time.time_ns()
+        root = Inode(
+            ino=ROOT_INO,
+            parent=ROOT_INO,
+            kind=Kind.DIR,
+            mode=0o755,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            size=0,
+            atime_ns=now,
+            mtime_ns=now,
+            ctime_ns=now,
+        )
+        txn.put(_FORMAT, enc.FORMAT_VERSION, db=meta)
+        txn.put(_STORE_ID, os.urandom(16), db=meta)
+        txn.put(_NEXT_INO, enc.encode_u64(ROOT_INO + 1), db=meta)
+        txn.put(enc.encode_ino(ROOT_INO), enc.encode_inode(root), db=inodes)
+
+    def _live_env(self) -> Any:
+        env = self._env
+        if env is None:
+            raise StateError(f"metadata engine {self.path} is closed; open a new one")
+        return env
+
+    def read(self) -> _ReadCtx:
+        """A read-only snapshot transaction: `with engine.read() as r: ...`."""
+        return _ReadCtx(self._live_env(), self._dbs)
+
+    def write(self) -> _WriteCtx:
+        """A write transaction: commits on normal exit, aborts on an exception."""
+        self._live_env()
+        if self.readonly:
+            raise StateError(f"metadata engine {self.path} was opened read-only")
+        return _WriteCtx(self)
+
+    def close(self) -> None:
+        """Close the environment; later read() and write() raise StateError. Idempotent."""
+        env, self._env = self._env, None
+        if env is not None:
+            env.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._env is None else ("read-only" if self.readonly else "open")
+        return f"LmdbEngine({self.path!r}, {state})"
