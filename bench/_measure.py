@@ -1,0 +1,129 @@
+"""Running and measuring subprocesses; hashing and verifying restored trees."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CommandError(RuntimeError):
+    """A measured command exited non-zero."""
+
+
+class VerifyError(RuntimeError):
+    """A restored tree differs from its source."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished command: exit code, wall seconds, peak RSS (KiB) and its output."""
+
+    argv: tuple[str, ...]
+    rc: int
+    wall: float
+    maxrss_kib: int
+    stdout: str
+    stderr: str
+
+
+def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+        cwd: Path | None = None, check: bool = True) -> Run:
+    """Run `argv` to completion; measure wall time and the peak RSS of it and its children.
+
+    The peak RSS comes from `os.wait4` on the child, which covers the child and any
+    descendants it waited for.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                env=dict(env) if env is not None else None, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        rc = os.waitstatus_to_exitcode(status)
+        proc.returncode = rc
+        out.seek(0)
+        err.seek(0)
+        result = Run(tuple(argv), rc, wall, int(usage.ru_maxrss),
+                     out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+    if check and rc != 0:
+        tail = " | ".join(result.stderr.strip().splitlines()[-5:]) or "no stderr"
+        raise CommandError(f"{' '.join(argv)} exited {rc}: {tail}")
+    return result
+
+
+def hutong_cmd() -> list[str]:
+    """The `hutong` CLI: `<venv>/bin/hutong` next to this Python, else `python -m gfs.cli`."""
+    exe = Path(sys.executable).parent / "hutong"
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return [str(exe)]
+    return [sys.executable, "-m", "gfs.cli"]
+
+
+def hutong_available() -> str | None:
+    """None if the hutong CLI runs, else the reason it does not."""
+    try:
+        proc = subprocess.run([*hutong_cmd(), "--help"], capture_output=True, text=True,
+                              timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"hutong CLI cannot start: {exc}"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"hutong CLI not usable yet (`hutong --help` exited {proc.returncode}: {last})"
+    return None
+
+
+def du_sb(path: Path) -> int:
+    """Apparent size in bytes of everything under `path`, as `du -sb` reports it."""
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    """Relative path -> digest of every file (and `->target` for every symlink) under root."""
+    found: dict[str, str] = {}
+    for dirpath, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names) + [d for d in dirs if (Path(dirpath) / d).is_symlink()]:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                found[rel] = "->" + os.readlink(path)
+            elif path.is_file():
+                with path.open("rb") as f:
+                    found[rel] = hashlib.file_digest(f, "blake2b").hexdigest()
+            else:
+                found[rel] = "special"
+    return found
+
+
+def verify_tree(expected: Mapping[str, str], restored: Path) -> int:
+    """Check `restored` holds exactly the files of `expected` (from tree_digests); return count."""
+    if not restored.is_dir():
+        raise VerifyError(f"{restored}: restored tree is missing")
+    got = tree_digests(restored)
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
+    if missing or extra or wrong:
+        parts = []
+        for label, items in (("missing", missing), ("extra", extra), ("different", wrong)):
+            if items:
+                parts.append(f"{len(items)} {label} (e.g. {items[0]})")
+        raise VerifyError(f"{restored}: restore does not match the source: " + ", ".join(parts))
+    return len(expected)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory we made, if it exists."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)

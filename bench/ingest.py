@@ -1,0 +1,355 @@
+"""Ingest and restore versioned real data with hutong, restic and borg.
+
+`python -m bench ingest [--quick] [--tools hutong,restic,borg] [--workdir DIR] [--keep]`
+
+For each tool, on the same dataset and the same filesystem (tmpfs when it fits): ingest the
+snapshots in order (one put/backup/archive per snapshot), then restore all of them, verify
+every restored byte against the source, and measure stored bytes on disk (`du -sb`),
+ingest and restore MB/s (logical bytes / wall seconds, MB = 10^6 bytes) and the peak RSS of
+the tool's processes. Targets: hutong stores no more than the smaller of restic and borg, and
+ingests and restores at least 2x as fast as the faster of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import datasets
+from bench._measure import (
+    Run,
+    du_sb,
+    hutong_available,
+    hutong_cmd,
+    remove_tree,
+    run,
+    tree_digests,
+    verify_tree,
+)
+from bench.report import headline, table
+
+TOOLS = ("hutong", "restic", "borg")
+SHM = Path("/dev/shm")
+LOCAL_WORK = Path(__file__).resolve().parent / ".work"
+
+
+class Tool:
+    """One storage tool driven through its CLI. Subclasses fill in the commands."""
+
+    name = "tool"
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.repo = work / "repo"
+        self.runs: list[Run] = []
+
+    def unavailable(self) -> str | None:
+        """None if the tool can run here, else why not."""
+        return None if shutil.which(self.name) else f"{self.name} is not installed"
+
+    def version(self) -> str:
+        return "?"
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _run(self, argv: Sequence[str], cwd: Path | None = None) -> Run:
+        r = run(argv, env=self.env(), cwd=cwd)
+        self.runs.append(r)
+        return r
+
+    def init(self) -> None:
+        raise NotImplementedError
+
+    def ingest(self, snapshot: Path, name: str) -> None:
+        """Store directory `snapshot` as snapshot `name`."""
+        raise NotImplementedError
+
+    def restore(self, names: Sequence[str], target: Path) -> None:
+        """Restore every snapshot so that `target/NAME` holds snapshot NAME."""
+        raise NotImplementedError
+
+    def stored_bytes(self) -> int:
+        """Bytes the repository occupies (apparent size, `du -sb`)."""
+        return du_sb(self.repo)
+
+    def details(self) -> dict[str, object]:
+        """Tool-specific figures worth printing."""
+        return {}
+
+
+class Hutong(Tool):
+    name = "hutong"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.cmd = [*hutong_cmd(), "--state", str(self.repo)]
+
+    def unavailable(self) -> str | None:
+        return hutong_available()
+
+    def version(self) -> str:
+        try:
+            from importlib.metadata import version
+            return version("hutong")
+        except Exception:
+            return "?"
+
+    def init(self) -> None:
+        self._run([*self.cmd, "init"])
+        self._run([*self.cmd, "mkdir", "-p", "/releases"])
+
+    def ingest(self, snapshot: Path, name: str) -> None:
+        self._run([*self.cmd, "put", "--quiet", str(snapshot), f"/releases/{name}"])
+
+    def restore(self, names: Sequence[str], target: Path) -> None:
+        remove_tree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._run([*self.cmd, "get", "--quiet", "/releases", str(target)])
+
+    def details(self) -> dict[str, object]:
+        r = run([*self.cmd, "du", "--json", "/"])
+        info = json.loads(r.stdout)
+        return {k: info[k] for k in ("logical_bytes", "unique_bytes", "stored_bytes",
+                                     "dedup_ratio", "compression_ratio") if k in info}
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "RESTIC_REPOSITORY": str(self.repo),
+                "RESTIC_PASSWORD": "hutong-bench", "RESTIC_CACHE_DIR": str(self.work / "cache"),
+                "XDG_CACHE_HOME": str(self.work / "cache")}
+
+    def version(self) -> str:
+        out = subprocess.run(["restic", "version"], capture_output=True, text=True, check=False)
+        parts = out.stdout.split()
+        return parts[1] if len(parts) > 1 else "?"
+
+    def init(self) -> None:
+        self._run(["restic", "init", "--repository-version", "2", "--quiet"])
+
+    def ingest(self, snapshot: Path, name: str) -> None:
+        # "." from inside the snapshot stores its contents at the snapshot root.
+        self._run(["restic", "backup", "--quiet", "--compression", "auto", "--host", "bench",
+                   "--tag", name, "."], cwd=snapshot)
+
+    def restore(self, names: Sequence[str], target: Path) -> None:
+        for name in names:
+            self._run(["restic", "restore", "--quiet", "latest", "--host", "bench",
+                       "--tag", name, "--target", str(target / name)])
+
+
+class Borg(Tool):
+    name = "borg"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "BORG_REPO": str(self.repo), "BORG_BASE_DIR": str(self.work / "base"),
+                "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+                "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+                "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING": "NO",
+                "BORG_DELETE_I_KNOW_WHAT_I_AM_DOING": "NO", "BORG_PASSPHRASE": ""}
+
+    def version(self) -> str:
+        out = subprocess.run(["borg", "--version"], capture_output=True, text=True, check=False)
+        parts = out.stdout.split()
+        return parts[-1] if parts else "?"
+
+    def init(self) -> None:
+        self._run(["borg", "init", "-e", "none"])
+
+    def ingest(self, snapshot: Path, name: str) -> None:
+        self._run(["borg", "create", "--compression", "zstd,3", f"::{name}", "."], cwd=snapshot)
+
+    def restore(self, names: Sequence[str], target: Path) -> None:
+        for name in names:
+            dest = target / name
+            dest.mkdir(parents=True, exist_ok=True)
+            self._run(["borg", "extract", f"::{name}"], cwd=dest)
+
+
+TOOL_CLASSES: dict[str, type[Tool]] = {"hutong": Hutong, "restic": Restic, "borg": Borg}
+
+
+@dataclass
+class Result:
+    """Figures of one tool on one dataset."""
+
+    tool: str
+    version: str
+    logical: int
+    stored: int
+    ingest_s: float
+    restore_s: float
+    peak_rss_kib: int
+    files: int
+    per_snapshot_s: list[float] = field(default_factory=list)
+    details: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ingest_mbs(self) -> float:
+        return self.logical / 1e6 / self.ingest_s if self.ingest_s > 0 else 0.0
+
+    @property
+    def restore_mbs(self) -> float:
+        return self.logical / 1e6 / self.restore_s if self.restore_s > 0 else 0.0
+
+
+def source_digests(snapshots: Sequence[Path]) -> dict[str, dict[str, str]]:
+    """Digests of every snapshot (reading them also warms the page cache for all tools)."""
+    return {s.name: tree_digests(s) for s in snapshots}
+
+
+def tree_bytes(snapshots: Sequence[Path]) -> int:
+    """Total bytes of the regular files of the snapshots."""
+    total = 0
+    for snap in snapshots:
+        for dirpath, _dirs, names in os.walk(snap):
+            for n in names:
+                p = Path(dirpath) / n
+                if p.is_file() and not p.is_symlink():
+                    total += p.stat().st_size
+    return total
+
+
+def run_tool(tool: Tool, snapshots: Sequence[Path], expected: Mapping[str, Mapping[str, str]],
+             logical: int, keep: bool = False) -> Result:
+    """Ingest all snapshots with `tool`, restore them, verify, measure; clean up its work dir."""
+    remove_tree(tool.work)
+    tool.work.mkdir(parents=True)
+    try:
+        tool.init()
+        per_snapshot: list[float] = []
+        start = len(tool.runs)
+        t0 = time.perf_counter()
+        for snap in snapshots:
+            t1 = time.perf_counter()
+            tool.ingest(snap, snap.name)
+            per_snapshot.append(time.perf_counter() - t1)
+        ingest_s = time.perf_counter() - t0
+        target = tool.work / "restore"
+        t0 = time.perf_counter()
+        tool.restore([s.name for s in snapshots], target)
+        restore_s = time.perf_counter() - t0
+        peak = max((r.maxrss_kib for r in tool.runs[start:]), default=0)
+        files = sum(verify_tree(expected[s.name], target / s.name) for s in snapshots)
+        stored = tool.stored_bytes()
+        details = tool.details()
+        return Result(tool.name, tool.version(), logical, stored, ingest_s, restore_s, peak,
+                      files, per_snapshot, details)
+    finally:
+        if not keep:
+            remove_tree(tool.work)
+
+
+def choose_workdir(logical: int, override: str | None) -> Path:
+    """tmpfs if it has room for a repository plus a restore (with margin), else bench/.work."""
+    if override:
+        return Path(override) / f"hutong-bench-{os.getpid()}"
+    need = int(logical * 2.5) + (256 << 20)
+    if SHM.is_dir() and shutil.disk_usage(SHM).free > need:
+        return SHM / f"hutong-bench-{os.getpid()}"
+    return LOCAL_WORK / f"ingest-{os.getpid()}"
+
+
+def print_results(results: Sequence[Result]) -> None:
+    """The table, per-tool detail lines and the headline."""
+    mib = 1 << 20
+    rows = [[r.tool, r.version, f"{r.logical / 1e6:.1f}", f"{r.stored / 1e6:.1f}",
+             f"{100 * r.stored / r.logical:.1f}", f"{r.ingest_s:.2f}", f"{r.ingest_mbs:.1f}",
+             f"{r.restore_s:.2f}", f"{r.restore_mbs:.1f}", f"{r.peak_rss_kib * 1024 / mib:.0f}",
+             r.files] for r in results]
+    print(table(["tool", "version", "logical MB", "stored MB", "stored %", "ingest s",
+                 "ingest MB/s", "restore s", "restore MB/s", "peak RSS MiB", "files verified"],
+                rows))
+    for r in results:
+        snaps = " ".join(f"{s:.2f}" for s in r.per_snapshot_s)
+        print(f"{r.tool}: peak RSS {r.peak_rss_kib / 1024:.0f} MiB; ingest s per snapshot: {snaps}")
+        if r.details:
+            print(f"{r.tool}: du --json /: " + " ".join(f"{k}={v}" for k, v in r.details.items()))
+    by = {r.tool: r for r in results}
+    peers = [r for r in results if r.tool != "hutong"]
+    h = by.get("hutong")
+    if h is None or not peers:
+        print(headline("ingest", False, note="needs_hutong_and_a_peer",
+                       tools=",".join(r.tool for r in results)))
+        return
+    best_stored = min(p.stored for p in peers)
+    fastest_in = max(p.ingest_mbs for p in peers)
+    fastest_out = max(p.restore_mbs for p in peers)
+    stored_vs_best = h.stored / best_stored
+    ingest_x = h.ingest_mbs / fastest_in
+    restore_x = h.restore_mbs / fastest_out
+    met = stored_vs_best <= 1.0 and ingest_x >= 2.0 and restore_x >= 2.0
+    print(headline("ingest", met, stored_vs_best=round(stored_vs_best, 3),
+                   ingest_x=round(ingest_x, 2), restore_x=round(restore_x, 2),
+                   hutong_rss_mib=round(h.peak_rss_kib / 1024),
+                   peers=",".join(p.tool for p in peers)))
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 snapshots (~120 MB) instead of 6")
+    p.add_argument("--tools", default=",".join(TOOLS), help="comma list of hutong,restic,borg")
+    p.add_argument("--dataset", help="use this directory of v1/, v2/, ... instead of fetching")
+    p.add_argument("--workdir", help="where repositories and restores go (default tmpfs)")
+    p.add_argument("--keep", action="store_true", help="keep each tool's work dir")
+    args = p.parse_args(argv)
+    names = [t.strip() for t in args.tools.split(",") if t.strip()]
+    bad = [n for n in names if n not in TOOL_CLASSES]
+    if bad or not names:
+        print(f"ingest: unknown tool(s) {bad}; choose from {', '.join(TOOLS)}", file=sys.stderr)
+        return 2
+
+    try:
+        root = Path(args.dataset) if args.dataset else datasets.fetch("releases", args.quick)
+    except datasets.DatasetError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 1
+    snapshots = datasets.snapshot_dirs(root)
+    if not snapshots:
+        print(f"ingest: no snapshot directories v1, v2, ... in {root}", file=sys.stderr)
+        return 1
+    if not args.dataset:
+        print(f"dataset: {datasets.describe(root)}")
+    expected = source_digests(snapshots)
+    logical = tree_bytes(snapshots)
+    base = choose_workdir(logical, args.workdir)
+    print(f"snapshots: {len(snapshots)}, logical {logical / 1e6:.1f} MB; work dir {base}; "
+          f"{os.cpu_count()} CPUs (shared: figures are noisy when others are busy)")
+
+    results: list[Result] = []
+    failed = False
+    try:
+        for name in names:
+            tool = TOOL_CLASSES[name](base / name)
+            why = tool.unavailable()
+            if why:
+                print(f"ingest: skipping {name}: {why}", file=sys.stderr)
+                failed = True
+                continue
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            try:
+                results.append(run_tool(tool, snapshots, expected, logical, keep=args.keep))
+            except Exception as exc:
+                print(f"ingest: {name} FAILED: {exc}", file=sys.stderr)
+                failed = True
+    finally:
+        if not args.keep and base.exists():
+            shutil.rmtree(base, ignore_errors=True)
+    if results:
+        print_results(results)
+    return 1 if failed or not results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
