@@ -1,0 +1,212 @@
+"""Blob codec: one chunk as stored (docs/format.md, "Blob").
+
+A blob is a 36-byte header followed by the payload (the raw chunk bytes, or
+one zstd frame of them). `encode_blob` returns header and payload separately
+so writers can hand both to a pool without concatenating; `decode_blob`
+verifies everything and returns the raw bytes or raises `CorruptChunkError`.
+
+Thread-safe: each thread uses its own zstd (de)compressor, and zstandard
+releases the GIL, so callers may encode or decode in a thread pool.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass
+
+import xxhash
+import zstandard
+
+from gfs.errors import CorruptChunkError
+
+Buffer = bytes | bytearray | memoryview
+"""Any contiguous byte buffer accepted by the codec, packs and pools."""
+
+CHUNK_ID_LEN = 16
+BLOB_HEADER_LEN = 36
+BLOB_MAGIC = b"HTCB"
+BLOB_VERSION = 1
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+MAX_RAW_LEN = 0xFFFF_FFFF
+DEFAULT_LEVEL = 3
+
+# magic, version, codec, flags, raw length, payload length, chunk id; then the check.
+_HEAD = struct.Struct("<4sBBHII16s")
+_CHECK = struct.Struct("<I")
+_CODECS = (CODEC_RAW, CODEC_ZSTD)
+
+
+def chunk_id(data: Buffer) -> bytes:
+    """Return the chunk id of `data`: its xxh3-128 digest, 16 bytes (big-endian canonical)."""
+    return xxhash.xxh3_128_digest(data)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobHeader:
+    """The fixed header of a blob (format version 1; flags are always 0)."""
+
+    codec: int
+    flags: int
+    raw_len: int
+    payload_len: int
+    chunk_id: bytes
+
+    @property
+    def blob_len(self) -> int:
+        """Bytes of the whole blob: header plus payload."""
+        return BLOB_HEADER_LEN + self.payload_len
+
+    def to_bytes(self) -> bytes:
+        """Serialise the header (36 bytes, header check included)."""
+        head = _HEAD.pack(
+            BLOB_MAGIC,
+            BLOB_VERSION,
+            self.codec,
+            self.flags,
+            self.raw_len,
+            self.payload_len,
+            self.chunk_id,
+        )
+        return head + _CHECK.pack(xxhash.xxh32_intdigest(head))
+
+
+def _corrupt(what: str, cid: bytes | None, where: str = "") -> CorruptChunkError:
+    name = f"chunk {cid.hex()}" if cid else "chunk (id unknown)"
+    at = f" at {where}" if where else ""
+    return CorruptChunkError(
+        name, f"corrupt blob{at}: {what}; run `hutong fsck` to find the damaged files"
+    )
+
+
+def _parse_header(buf: Buffer, where: str = "") -> BlobHeader:
+    """Parse and check a blob header; `where` names the location in error messages."""
+    if len(buf) < BLOB_HEADER_LEN:
+        cid = bytes(buf[16:32]) if len(buf) >= 32 else None
+        raise _corrupt(f"truncated header ({len(buf)} of {BLOB_HEADER_LEN} bytes)", cid, where)
+    head = bytes(buf[:32])
+    magic, version, codec, flags, raw_len, payload_len, cid = _HEAD.unpack(head)
+    if magic != BLOB_MAGIC:
+        raise _corrupt(f"bad magic {magic!r} (expected {BLOB_MAGIC!r})", None, where)
+    (check,) = _CHECK.unpack_from(buf, 32)
+    expected = xxhash.xxh32_intdigest(head)
+    if check != expected:
+        raise _corrupt(
+            f"header check mismatch (stored {check:#010x}, computed {expected:#010x})", cid, where
+        )
+    if version != BLOB_VERSION:
+        raise _corrupt(f"unsupported blob version {version} (this build reads 1)", cid, where)
+    if codec not in _CODECS:
+        raise _corrupt(f"unknown codec {codec}", cid, where)
+    if flags != 0:
+        raise _corrupt(f"flags {flags:#06x} set (must be 0 in version 1)", cid, where)
+    if codec == CODEC_RAW and payload_len != raw_len:
+        raise _corrupt(
+            f"raw blob with payload length {payload_len} != raw length {raw_len}", cid, where
+        )
+    return BlobHeader(codec, flags, raw_len, payload_len, cid)
+
+
+def parse_blob_header(buf: Buffer) -> BlobHeader:
+    """Parse the header at the start of `buf` (36 bytes or more; the rest is ignored).
+
+    Checks magic, version, codec, flags, the header check and (for raw blobs)
+    that the lengths agree. Raises `CorruptChunkError` naming the problem and
+    the chunk id when it can be read.
+    """
+    return _parse_header(buf)
+
+
+class _Local(threading.local):
+    def __init__(self) -> None:
+        self.compressors: dict[int, zstandard.ZstdCompressor] = {}
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+_tls = _Local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    comp = _tls.compressors.get(level)
+    if comp is None:
+        # Content size in the frame (checked against raw_len on decode); no zstd
+        # checksum: the chunk id already covers the raw bytes.
+        comp = zstandard.ZstdCompressor(
+            level=level, write_content_size=True, write_checksum=False, write_dict_id=False
+        )
+        _tls.compressors[level] = comp
+    return comp
+
+
+def encode_blob(
+    raw: Buffer, level: int = DEFAULT_LEVEL, cid: bytes | None = None
+) -> tuple[bytes, Buffer]:
+    """Encode one chunk; return `(header, payload)`.
+
+    The payload is a zstd frame of `raw` (at `level`) when that is smaller than
+    `raw_len - raw_len // 64`, else `raw` itself (not copied). `cid` is the
+    chunk id if the caller already computed it (it is trusted, not re-hashed).
+    Deterministic for a given level and zstd library. Raises `ValueError` for
+    a chunk over 2^32 - 1 bytes or an id that is not 16 bytes.
+    """
+    raw_len = len(raw)
+    if raw_len > MAX_RAW_LEN:
+        raise ValueError(f"chunk of {raw_len} bytes exceeds the blob limit of {MAX_RAW_LEN}")
+    if cid is None:
+        cid = chunk_id(raw)
+    elif len(cid) != CHUNK_ID_LEN:
+        raise ValueError(f"chunk id must be {CHUNK_ID_LEN} bytes, got {len(cid)}")
+    codec = CODEC_RAW
+    payload: Buffer = raw
+    if raw_len >= 64:  # below that zstd cannot win by the required margin
+        packed = _compressor(level).compress(raw)
+        if len(packed) < raw_len - raw_len // 64:
+            codec = CODEC_ZSTD
+            payload = packed
+    header = BlobHeader(codec, 0, raw_len, len(payload), bytes(cid)).to_bytes()
+    return header, payload
+
+
+def decode_blob(blob: Buffer, expect_id: bytes | None = None) -> bytes:
+    """Verify one whole blob (header + payload, nothing more) and return the raw chunk.
+
+    Checks the header, that the blob length is exactly header + payload length
+    (truncation, trailing garbage), the zstd frame size before decompressing
+    (bounded by the raw length), the raw length, that xxh3-128 of the result
+    equals the stored id, and that the id equals `expect_id` when given. Any
+    failure raises `CorruptChunkError`; wrong bytes are never returned.
+    """
+    header = _parse_header(blob)
+    cid = header.chunk_id
+    if expect_id is not None and cid != expect_id:
+        raise _corrupt(f"blob holds chunk {cid.hex()}, expected this one", expect_id)
+    if len(blob) != header.blob_len:
+        kind = "truncated" if len(blob) < header.blob_len else "trailing bytes after"
+        raise _corrupt(
+            f"{kind} payload (blob has {len(blob)} bytes, header says {header.blob_len})", cid
+        )
+    payload = memoryview(blob)[BLOB_HEADER_LEN:]
+    if header.codec == CODEC_RAW:
+        raw = bytes(payload)
+    else:
+        try:
+            frame_size = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError as e:
+            raise _corrupt(f"bad zstd frame header ({e})", cid) from e
+        if frame_size != header.raw_len:
+            raise _corrupt(
+                f"zstd frame declares {frame_size} bytes, header says {header.raw_len}", cid
+            )
+        try:
+            raw = _tls.decompressor.decompress(
+                payload, max_output_size=header.raw_len, allow_extra_data=False
+            )
+        except zstandard.ZstdError as e:
+            raise _corrupt(f"zstd payload does not decompress ({e})", cid) from e
+    if len(raw) != header.raw_len:
+        raise _corrupt(f"decoded {len(raw)} bytes, header says {header.raw_len}", cid)
+    digest = chunk_id(raw)
+    if digest != cid:
+        raise _corrupt(f"content digest {digest.hex()} does not match the id", cid)
+    return raw

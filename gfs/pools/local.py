@@ -1,0 +1,279 @@
+"""`LocalPool`: a pool in a directory of a local filesystem, with plain os calls.
+
+`put` writes a temporary under ``ROOT/tmp/``, fsyncs it, renames it over the
+key's path and fsyncs that directory, so the object is atomic and durable on
+return. Fan-out directories are created on demand (and their parents fsynced
+once). Reads use `os.pread` on the object's file.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import itertools
+import os
+import stat
+import time
+from collections.abc import Iterator, Sequence
+
+from gfs.codec import Buffer
+from gfs.errors import NoSpaceError, PoolError, PoolObjectMissingError
+from gfs.pools.base import TMP_DIR, Pool, PoolUsage, check_key, check_prefix, check_range
+
+_NOSPACE = {errno.ENOSPC, errno.EDQUOT}
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_TMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, parts: Sequence[Buffer]) -> int:
+    """Write every part to `fd` with `os.writev` in batches; return the bytes written."""
+    total = 0
+    it = iter(parts)
+    while True:
+        batch = [memoryview(p).cast("B") for p in itertools.islice(it, _IOV_MAX)]
+        if not batch:
+            return total
+        batch = [v for v in batch if v.nbytes]
+        while batch:
+            n = os.writev(fd, batch)
+            total += n
+            # Drop what was written; a short write continues mid-buffer.
+            while batch and n >= batch[0].nbytes:
+                n -= batch[0].nbytes
+                batch.pop(0)
+            if n:
+                batch[0] = batch[0][n:]
+
+
+class LocalPool(Pool):
+    """A pool stored under directory `root` (created if missing unless `create=False`).
+
+    Objects are files at ``root/<key>``; temporaries live in ``root/tmp/`` and
+    are never listed. Use `clean_temporaries` to remove stale ones left by a
+    crash (only when no writer can be between write and rename).
+    """
+
+    def __init__(self, root: str, *, create: bool = True) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.url = "file://" + self.root
+        self._tmp = os.path.join(self.root, TMP_DIR)
+        self._dirs: set[str] = set()  # directories known to exist durably
+        self._seq = itertools.count()
+        self._rand = os.urandom(4).hex()
+        try:
+            if not os.path.isdir(self.root):
+                if not create:
+                    raise PoolError(
+                        self.root, f"pool directory {self.root} does not exist; create it first"
+                    )
+                self._mkdirs(self.root)
+            self._mkdirs(self._tmp)
+        except OSError as e:
+            raise self._error(e, self.root, "open pool") from e
+
+    # -- helpers ---------------------------------------------------------
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *check_key(key).split("/"))
+
+    def _error(self, e: OSError, path: str, what: str) -> OSError:
+        if isinstance(e, (PoolError, NoSpaceError)):
+            return e
+        if e.errno in _NOSPACE:
+            return NoSpaceError(
+                path,
+                f"no space left in pool {self.url} ({what}: {e.strerror}); "
+                "free space or add a pool",
+            )
+        return PoolError(path, f"pool {self.url}: {what} failed: {e.strerror or e}")
+
+    def _mkdirs(self, path: str) -> None:
+        """Create `path` and missing parents, fsyncing each new entry's parent."""
+        if path in self._dirs:
+            return
+        parent = os.path.dirname(path)
+        if parent != path and not os.path.isdir(parent):
+            self._mkdirs(parent)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+        else:
+            _fsync_dir(parent)
+        self._dirs.add(path)
+
+    # -- Pool API --------------------------------------------------------
+
+    def put(self, key: str, parts: Sequence[Buffer]) -> None:
+        path = self._path(key)
+        name = f"{os.getpid()}-{self._rand}-{next(self._seq)}{_TMP_SUFFIX}"
+        tmp = os.path.join(self._tmp, name)
+        fd = -1
+        try:
+            self._mkdirs(self._tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+            _write_all(fd, parts)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            parent = os.path.dirname(path)
+            self._mkdirs(parent)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:
+                # A cached fan-out directory was removed behind our back: recreate it.
+                self._dirs.clear()
+                self._mkdirs(parent)
+                os.replace(tmp, path)
+            _fsync_dir(parent)
+        except BaseException as e:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass  # the original error matters more; clean_temporaries removes it later
+            if isinstance(e, OSError):
+                raise self._error(e, path, f"put {key}") from e
+            raise
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        check_range(start, end)
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+            raise PoolObjectMissingError(key, f"object missing from pool {self.url}") from e
+        except OSError as e:
+            raise self._error(e, path, f"get {key}") from e
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise PoolObjectMissingError(key, f"object missing from pool {self.url}")
+            stop = st.st_size if end is None else min(end, st.st_size)
+            want = stop - start
+            if want <= 0:
+                return b""
+            data = os.pread(fd, want, start)
+            if len(data) == want:
+                return data
+            chunks = [data]
+            got = len(data)
+            while got < want:
+                more = os.pread(fd, want - got, start + got)
+                if not more:
+                    break  # the file shrank under us: return what exists
+                chunks.append(more)
+                got += len(more)
+            return b"".join(chunks)
+        except OSError as e:
+            raise self._error(e, path, f"get {key}") from e
+        finally:
+            os.close(fd)
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise PoolObjectMissingError(key, f"object missing from pool {self.url}") from e
+        except OSError as e:
+            raise self._error(e, path, f"size {key}") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise PoolObjectMissingError(key, f"object missing from pool {self.url}")
+        return st.st_size
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except IsADirectoryError:
+            return  # a directory is not an object
+        except OSError as e:
+            raise self._error(e, path, f"delete {key}") from e
+        try:
+            _fsync_dir(os.path.dirname(path))
+        except OSError as e:
+            raise self._error(e, path, f"delete {key}") from e
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        check_prefix(prefix)
+        head, _, _ = prefix.rpartition("/")
+        base = os.path.join(self.root, *head.split("/")) if head else self.root
+        yield from self._walk(base, head + "/" if head else "", prefix)
+
+    def _walk(self, dirpath: str, rel: str, prefix: str) -> Iterator[str]:
+        try:
+            entries = sorted(os.scandir(dirpath), key=lambda d: d.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as e:
+            raise self._error(e, dirpath, "list") from e
+        for entry in entries:
+            key = rel + entry.name
+            if not rel and entry.name == TMP_DIR:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                sub = key + "/"
+                if sub.startswith(prefix) or prefix.startswith(sub):
+                    yield from self._walk(entry.path, sub, prefix)
+            elif entry.is_file(follow_symlinks=False) and key.startswith(prefix):
+                yield key
+
+    def local_path(self, key: str) -> str | None:
+        return self._path(key)
+
+    def usage(self) -> PoolUsage:
+        used = 0
+        for key in self.list():
+            try:
+                used += os.stat(self._path(key)).st_size
+            except FileNotFoundError:
+                continue
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return PoolUsage(used, None)
+        return PoolUsage(used, st.f_bavail * st.f_frsize)
+
+    def clean_temporaries(self, older_than: float = 3600.0) -> int:
+        """Remove temporaries older than `older_than` seconds; return how many."""
+        cutoff = time.time() - older_than
+        removed = 0
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def temporaries(self) -> builtins.list[str]:
+        """Return the names of the temporaries currently in ``root/tmp/``."""
+        try:
+            return sorted(os.listdir(self._tmp))
+        except FileNotFoundError:
+            return []
