@@ -395,9 +395,11 @@ class LmdbEngine(MetaEngine):
         handles: dict[str, Any] = {}
         if self.readonly:
             try:
+                # Without a txn argument py-lmdb opens each handle in its own
+                # transaction and keeps it for the environment's lifetime.
+                for name in names:
+                    handles[name] = env.open_db(name.encode(), create=False)
                 with env.begin(write=False) as txn:
-                    for name in names:
-                        handles[name] = env.open_db(name.encode(), txn=txn, create=False)
                     fmt = txn.get(_FORMAT, db=handles["meta"])
             except lmdb.NotFoundError:
                 raise StateError(

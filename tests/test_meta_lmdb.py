@@ -1,0 +1,346 @@
+"""The LMDB metadata engine: the conformance suite plus LMDB-specific behaviour."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import gfs
+from gfs.errors import FormatError, StateError
+from gfs.meta import ROOT_INO, Inode, Kind, LmdbEngine, MetaEngine, open_engine
+from gfs.testing.meta_suite import MetaEngineConformance, _populate, dump_store
+
+REPO = str(Path(gfs.__file__).resolve().parent.parent)
+CHILD_TIMEOUT = 60.0
+
+
+class TestLmdbConformance(MetaEngineConformance):
+    @pytest.fixture
+    def engine(self, tmp_path: Path) -> Iterator[MetaEngine]:
+        eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+        yield eng
+        eng.close()
+
+    def reopen(self, engine: MetaEngine) -> MetaEngine:
+        assert isinstance(engine, LmdbEngine)
+        engine.close()
+        return LmdbEngine(engine.path, sync=False)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _child(code: str, *args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float = CHILD_TIMEOUT) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        proc.kill()
+        proc.wait(timeout=10)
+        pytest.fail("child did not report in time")
+    return proc.stdout.readline().strip()
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=CHILD_TIMEOUT) == -signal.SIGKILL
+
+
+def _in_thread_with_timeout(fn: object, timeout: float = 20.0) -> None:
+    """Run fn() in a thread; fail (instead of hanging) if it does not finish in time."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()  # type: ignore[operator]
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "operation hung (writer lock not recovered?)"
+    if errors:
+        raise errors[0]
+
+
+# -- open, reopen, format ------------------------------------------------------------------
+
+
+def test_reopen_persists_everything(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path)
+    _populate(eng)
+    with eng.read() as r:
+        before = dump_store(r, (ROOT_INO, 2))
+        next_ino = r.get_meta("next_ino")
+    eng.close()
+    eng = LmdbEngine(path)
+    try:
+        with eng.read() as r:
+            assert dump_store(r, (ROOT_INO, 2)) == before
+            assert r.get_meta("next_ino") == next_ino
+    finally:
+        eng.close()
+
+
+def test_initialisation(tmp_path: Path) -> None:
+    eng = LmdbEngine(str(tmp_path / "a"), sync=False)
+    other = LmdbEngine(str(tmp_path / "b"), sync=False)
+    try:
+        with eng.read() as r, other.read() as r2:
+            assert r.get_meta("format") == b"1"
+            assert r.get_meta("next_ino") == (2).to_bytes(8, "little")
+            assert r.get_meta("store_id") != r2.get_meta("store_id")
+            root = r.get_inode(ROOT_INO)
+            assert root is not None and root.kind is Kind.DIR and root.parent == ROOT_INO
+    finally:
+        eng.close()
+        other.close()
+    assert {"data.mdb", "lock.mdb"} <= set(os.listdir(tmp_path / "a"))
+
+
+def test_open_engine_returns_lmdb(tmp_path: Path) -> None:
+    eng = open_engine(str(tmp_path / "m"), sync=False)
+    try:
+        assert isinstance(eng, LmdbEngine)
+    finally:
+        eng.close()
+
+
+def test_format_mismatch_raises_state_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path, sync=False)
+    with eng.write() as w:
+        w.set_meta("format", b"2")
+    eng.close()
+    with pytest.raises(StateError) as info:
+        LmdbEngine(path, sync=False)
+    msg = str(info.value)
+    assert path in msg and "format version 2" in msg and "format 1" in msg
+    with pytest.raises(StateError):
+        LmdbEngine(path, readonly=True)
+
+
+def test_readonly(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    with pytest.raises(StateError, match="metadata"):
+        LmdbEngine(path, readonly=True)  # nothing there yet
+    eng = LmdbEngine(path, sync=False)
+    with eng.write() as w:
+        w.link(ROOT_INO, "x", 5)
+    eng.close()
+    ro = LmdbEngine(path, readonly=True)
+    try:
+        with ro.read() as r:
+            assert r.lookup(ROOT_INO, "x") == 5
+        with pytest.raises(StateError, match="read-only"):
+            ro.write()
+    finally:
+        ro.close()
+
+
+def test_closed_engine_raises(tmp_path: Path) -> None:
+    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    eng.close()
+    eng.close()  # idempotent
+    with pytest.raises(StateError, match="closed"):
+        eng.read()
+    with pytest.raises(StateError, match="closed"):
+        eng.write()
+
+
+def test_nested_write_in_one_thread_raises(tmp_path: Path) -> None:
+    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    try:
+        with eng.write() as w:
+            w.set_meta("x", b"1")
+            with pytest.raises(StateError, match="nested"), eng.write():
+                pass
+        with eng.read() as r:
+            assert r.get_meta("x") == b"1"
+        with eng.write() as w:  # lock released
+            w.set_meta("x", b"2")
+    finally:
+        eng.close()
+
+
+def test_damaged_record_raises_format_error(tmp_path: Path) -> None:
+    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    try:
+        with eng._env.begin(write=True) as txn:  # bypass the engine, as a disk fault would
+            txn.put((9).to_bytes(8, "big"), b"\x01\x02", db=eng._dbs.inodes)
+            txn.put((9).to_bytes(8, "big"), b"\x00" * 13, db=eng._dbs.manifests)
+        with eng.read() as r:
+            with pytest.raises(FormatError, match="inode 9"):
+                r.get_inode(9)
+            with pytest.raises(FormatError, match="manifest of inode 9"):
+                r.get_manifest(9)
+    finally:
+        eng.close()
+
+
+def test_invalid_records_rejected_on_write(tmp_path: Path) -> None:
+    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    try:
+        with eng.write() as w:
+            with pytest.raises(ValueError):
+                w.link(ROOT_INO, "", 5)
+            with pytest.raises(ValueError):
+                w.put_inode(Inode(5, 1, Kind.FILE, 0o644, -1, 0, 0, 0, 0, 0))
+        with eng.read() as r:
+            assert r.get_inode(5) is None
+    finally:
+        eng.close()
+
+
+# -- several processes ---------------------------------------------------------------------
+
+_WRITER = """
+    import sys
+    from gfs.meta import LmdbEngine
+    eng = LmdbEngine(sys.argv[1], sync=False)
+    inos = []
+    for _ in range(int(sys.argv[2])):
+        with eng.write() as w:
+            raw = w.get_value("heat", b"counter")
+            n = int.from_bytes(raw, "little") if raw else 0
+            w.put_value("heat", b"counter", (n + 1).to_bytes(8, "little"))
+            inos.append(w.alloc_ino())
+    eng.close()
+    print(" ".join(map(str, inos)))
+"""
+
+
+def test_multiprocess_writers(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    nproc, ntxn = 3, 150
+    # The children also race to initialise the fresh environment.
+    procs = [_child(_WRITER, path, str(ntxn)) for _ in range(nproc)]
+    inos: list[int] = []
+    for p in procs:
+        out, err = p.communicate(timeout=CHILD_TIMEOUT)
+        assert p.returncode == 0, err
+        got = [int(x) for x in out.split()]
+        assert got == sorted(got) and len(got) == ntxn
+        inos += got
+    assert len(set(inos)) == nproc * ntxn
+    eng = LmdbEngine(path, sync=False)
+    try:
+        with eng.read() as r:
+            raw = r.get_value("heat", b"counter")
+            assert raw is not None and int.from_bytes(raw, "little") == nproc * ntxn
+            assert [i.ino for i in r.iter_inodes()] == [ROOT_INO]
+            assert r.get_meta("next_ino") == (2 + nproc * ntxn).to_bytes(8, "little")
+    finally:
+        eng.close()
+
+
+# -- crash safety ----------------------------------------------------------------------------
+
+_CRASH_MID_TXN = """
+    import sys, time
+    from gfs.meta import LmdbEngine, Inode, Kind
+    eng = LmdbEngine(sys.argv[1])
+    with eng.write() as w:
+        for i in range(5000):
+            ino = w.alloc_ino()
+            w.put_inode(Inode(ino, 1, Kind.FILE, 0o644, 0, 0, i, 1, 2, 3))
+            w.link(1, f"crash-{i}", ino)
+            w.put_value("jobs", b"crash-%d" % i, b"x" * 200)
+        w.put_value("heat", b"marker", b"uncommitted")
+        w.set_meta("format", b"9")
+        print("MID", flush=True)
+        time.sleep(60)
+"""
+
+_CRASH_AFTER_COMMIT = """
+    import sys, time
+    from gfs.meta import LmdbEngine
+    eng = LmdbEngine(sys.argv[1])
+    with eng.write() as w:
+        ino = w.alloc_ino()
+        w.link(1, "committed", ino)
+        w.put_value("heat", b"marker", b"committed")
+    print("COMMITTED", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_kill_during_write_txn_leaves_previous_state(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path)  # stays open in this process while the child dies
+    try:
+        _populate(eng)
+        with eng.write() as w:
+            w.put_value("heat", b"marker", b"before")
+        with eng.read() as r:
+            before = dump_store(r, (ROOT_INO, 2))
+            next_ino = r.get_meta("next_ino")
+        proc = _child(_CRASH_MID_TXN, path)
+        try:
+            assert _read_line(proc) == "MID"
+        finally:
+            _kill(proc)
+        with eng.read() as r:
+            assert dump_store(r, (ROOT_INO, 2)) == before
+            assert r.get_meta("next_ino") == next_ino
+
+        def write_after_crash() -> None:  # needs the writer lock the child died holding
+            with eng.write() as w:
+                w.put_value("heat", b"marker", b"after")
+
+        _in_thread_with_timeout(write_after_crash)
+        with eng.read() as r:
+            assert r.get_value("heat", b"marker") == b"after"
+            assert r.lookup(ROOT_INO, "crash-0") is None
+    finally:
+        eng.close()
+    eng = LmdbEngine(path)  # and a fresh open is fine too
+    try:
+        with eng.read() as r:
+            assert r.get_meta("format") == b"1"
+            assert r.get_value("heat", b"marker") == b"after"
+            assert r.get_value("jobs", b"crash-0") is None
+        with eng.write() as w:
+            w.alloc_ino()
+    finally:
+        eng.close()
+
+
+def test_kill_after_commit_keeps_commit(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    LmdbEngine(path).close()
+    proc = _child(_CRASH_AFTER_COMMIT, path)
+    try:
+        assert _read_line(proc) == "COMMITTED"
+    finally:
+        _kill(proc)
+    eng = LmdbEngine(path)
+    try:
+        with eng.read() as r:
+            assert r.get_value("heat", b"marker") == b"committed"
+            assert r.lookup(ROOT_INO, "committed") == 2
+        with eng.write() as w:
+            assert w.alloc_ino() == 3
+    finally:
+        eng.close()
