@@ -1,0 +1,574 @@
+"""The gfs client: one object for everything a user does with a store.
+
+    from gfs import Client
+    with Client.open("~/.hutong") as fs:          # or Client.init(...) the first time
+        fs.put("data/", "/lab/data")               # a local tree into the namespace
+        fs.du("/lab/data").dedup_ratio
+        with fs.open("/lab/data/a.csv") as f:      # seekable, ranged reads
+            f.seek(100); f.read(10)
+
+Paths in the namespace are absolute (`/a/b`); local paths are ordinary paths.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat as statmod
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gfs import namespace, paths
+from gfs.config import CONFIG_FILE, StoreConfig, state_dir
+from gfs.errors import (
+    ExistsError,
+    InvalidPathError,
+    IsADirError,
+    NotADirError,
+    NotFoundError,
+    StateError,
+)
+from gfs.files import NsReader, NsWriter
+from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, LmdbEngine, Manifest, PoolRecord, WriteTxn
+from gfs.store import ChunkStore, WriteStats, release
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What `stat` and `ls` tell about one namespace entry."""
+
+    path: str
+    kind: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    version: int
+    target: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1] or "/"
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+    @classmethod
+    def of(cls, path: str, node: Inode) -> Stat:
+        return cls(path, node.kind.name.lower(), node.size, namespace.st_mode(node), node.uid,
+                   node.gid, node.atime_ns, node.mtime_ns, node.ctime_ns, node.ino,
+                   node.version, node.target)
+
+
+@dataclass(frozen=True)
+class DuReport:
+    """Space used under a path: logical, after dedup, and as stored."""
+
+    path: str
+    files: int
+    dirs: int
+    symlinks: int
+    chunks: int
+    logical_bytes: int
+    unique_bytes: int
+    stored_bytes: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.logical_bytes / self.unique_bytes if self.unique_bytes else 1.0
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.unique_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+    @property
+    def total_ratio(self) -> float:
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "files": self.files, "dirs": self.dirs,
+            "symlinks": self.symlinks, "chunks": self.chunks,
+            "logical_bytes": self.logical_bytes, "unique_bytes": self.unique_bytes,
+            "stored_bytes": self.stored_bytes, "dedup_ratio": round(self.dedup_ratio, 4),
+            "compression_ratio": round(self.compression_ratio, 4),
+            "total_ratio": round(self.total_ratio, 4),
+        }
+
+
+@dataclass
+class TransferReport:
+    """What a put or get moved."""
+
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    write: WriteStats | None = None
+
+
+@dataclass(frozen=True)
+class _LocalEntry:
+    rel: tuple[str, ...]
+    path: str
+    st: os.stat_result
+
+
+class Client:
+    """A store opened from its state directory (embedded mode)."""
+
+    def __init__(self, state: Path, config: StoreConfig, engine: LmdbEngine) -> None:
+        self.state = state
+        self.config = config
+        self.engine = engine
+        self.store = ChunkStore(engine, state, config)
+
+    # -- lifecycle -------------------------------------------------------------
+    @classmethod
+    def init(cls, state: str | os.PathLike[str] | None = None, **settings: Any) -> Client:
+        """Create a store in `state` (see gfs.config.state_dir) and open it."""
+        root = state_dir(state)
+        if (root / CONFIG_FILE).exists():
+            raise ExistsError(str(root), "a Hutong store is already initialised here")
+        if root.exists() and not root.is_dir():
+            raise NotADirError(str(root), "state path exists and is not a directory")
+        config = StoreConfig.load(root, settings)
+        for sub in ("meta", "locks", "pools/default"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        engine = LmdbEngine(str(root / "meta"))
+        with engine.write() as txn:
+            txn.put_pool(PoolRecord(0, "default", (root / "pools" / "default").as_uri(),
+                                    "warm", 0))
+        tmp = root / f".{CONFIG_FILE}.{uuid.uuid4().hex}"
+        tmp.write_text(config.to_toml())
+        os.replace(tmp, root / CONFIG_FILE)  # the config file marks the store as ready
+        return cls(root, config, engine)
+
+    @classmethod
+    def open(cls, state: str | os.PathLike[str] | None = None, **settings: Any) -> Client:
+        """Open the store in `state`; settings override the config file and environment."""
+        root = state_dir(state)
+        if not (root / CONFIG_FILE).exists() or not (root / "meta").is_dir():
+            raise StateError(f"no Hutong store at {root}; create one with `hutong init` "
+                             f"(or pass --state / set HUTONG_STATE)")
+        config = StoreConfig.load(root, settings)
+        return cls(root, config, LmdbEngine(str(root / "meta")))
+
+    def close(self) -> None:
+        """Release the store."""
+        self.store.close()
+        self.engine.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- looking -----------------------------------------------------------------
+    def stat(self, path: str) -> Stat:
+        """The entry at `path`."""
+        with self.engine.read() as txn:
+            return Stat.of(paths.normalize(path), namespace.resolve(txn, path))
+
+    def exists(self, path: str) -> bool:
+        """Whether `path` exists."""
+        try:
+            self.stat(path)
+        except NotFoundError:
+            return False
+        return True
+
+    def ls(self, path: str = "/") -> list[Stat]:
+        """The entries of directory `path` (or the file itself), by name."""
+        norm = paths.normalize(path)
+        with self.engine.read() as txn:
+            node = namespace.resolve(txn, norm)
+            if node.kind != Kind.DIR:
+                return [Stat.of(norm, node)]
+            base = norm.rstrip("/")
+            return [Stat.of(f"{base}/{name}", namespace.get(txn, ino))
+                    for name, ino in txn.list_dir(node.ino)]
+
+    def walk(self, path: str = "/") -> Iterator[Stat]:
+        """`path` and everything below it, parents first."""
+        norm = paths.normalize(path)
+        with self.engine.read() as txn:
+            top = namespace.resolve(txn, norm)
+            stack = [(norm, top)]
+            while stack:
+                p, node = stack.pop()
+                yield Stat.of(p, node)
+                if node.kind == Kind.DIR:
+                    base = p.rstrip("/")
+                    kids = [(f"{base}/{n}", namespace.get(txn, i)) for n, i in txn.list_dir(node.ino)]
+                    stack.extend(reversed(kids))
+
+    def readlink(self, path: str) -> str:
+        """The target of symlink `path`."""
+        st = self.stat(path)
+        if st.kind != "symlink":
+            raise InvalidPathError(path, "not a symlink")
+        return st.target
+
+    def du(self, path: str = "/") -> DuReport:
+        """Logical bytes under `path`, the bytes of its distinct chunks, and their stored size."""
+        norm = paths.normalize(path)
+        files = dirs = links = logical = unique = stored = 0
+        seen: set[bytes] = set()
+        with self.engine.read() as txn:
+            for node in namespace.walk(txn, namespace.resolve(txn, norm)):
+                if node.kind == Kind.DIR:
+                    dirs += 1
+                elif node.kind == Kind.SYMLINK:
+                    links += 1
+                else:
+                    files += 1
+                    m = txn.get_manifest(node.ino)
+                    if m is None:
+                        continue
+                    for ref in m.chunks:
+                        logical += ref.length
+                        if ref.id in seen:
+                            continue
+                        seen.add(ref.id)
+                        rec = txn.get_chunk(ref.id)
+                        if rec is not None:
+                            unique += rec.raw_len
+                            stored += sum(loc.length for loc in rec.locations)
+        return DuReport(norm, files, dirs, links, len(seen), logical, unique, stored)
+
+    # -- reading -------------------------------------------------------------------
+    def _manifest(self, path: str) -> tuple[str, Manifest]:
+        norm = paths.normalize(path)
+        with self.engine.read() as txn:
+            node = namespace.resolve(txn, norm)
+            if node.kind == Kind.DIR:
+                raise IsADirError(norm)
+            if node.kind == Kind.SYMLINK:
+                raise InvalidPathError(norm, "is a symlink (read its target instead)")
+            m = txn.get_manifest(node.ino)
+        return norm, m if m is not None else Manifest(node.version, ())
+
+    def open(self, path: str, mode: str = "rb", *, perm: int | None = None) -> BinaryIO:
+        """A file object: "rb" reads the version committed now (seekable); "wb" writes a
+        new version that becomes visible on close."""
+        if mode in ("rb", "r"):
+            norm, m = self._manifest(path)
+            return io.BufferedReader(NsReader(self.store, norm, m), 1 << 20)  # type: ignore[return-value]
+        if mode in ("wb", "w"):
+            norm = paths.normalize(path)
+            with self.engine.read() as txn:
+                parent, name = namespace.resolve_parent(txn, norm)
+                existing = namespace.child(txn, parent, name)
+                if existing is not None and existing.kind == Kind.DIR:
+                    raise IsADirError(norm)
+            return NsWriter(self.store, norm, perm)  # type: ignore[return-value]
+        raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
+
+    def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of file `path` (all of it by default)."""
+        norm, m = self._manifest(path)
+        reader = NsReader(self.store, norm, m)
+        return reader.read_range(max(start, 0), reader.size if end is None else end)
+
+    def write_bytes(self, path: str, data: bytes, *, perm: int | None = None) -> None:
+        """Create or replace file `path` with `data`, atomically."""
+        with self.open(path, "wb", perm=perm) as f:
+            f.write(data)
+
+    # -- changing --------------------------------------------------------------------
+    def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False,
+              mode: int = namespace.DEFAULT_DIR_MODE) -> None:
+        """Create directory `path`."""
+        with self.engine.write() as txn:
+            namespace.mkdir(txn, path, mode, parents=parents, exist_ok=exist_ok)
+
+    def symlink(self, path: str, target: str) -> None:
+        """Create symlink `path` -> `target`."""
+        with self.engine.write() as txn:
+            namespace.symlink(txn, path, target)
+
+    def rm(self, path: str, *, recursive: bool = False) -> None:
+        """Remove `path` (a non-empty directory needs `recursive`)."""
+        with self.engine.write() as txn:
+            release(txn, namespace.remove(txn, path, recursive=recursive))
+
+    def mv(self, src: str, dst: str) -> None:
+        """Rename `src` to `dst`; into `dst` when it is an existing directory (like mv)."""
+        with self.engine.write() as txn:
+            try:
+                target = namespace.resolve(txn, dst)
+            except NotFoundError:
+                target = None
+            if target is not None and target.kind == Kind.DIR:
+                src_name = paths.split(src)
+                if src_name:
+                    dst = paths.join([*paths.split(dst), src_name[-1]])
+            release(txn, namespace.rename(txn, src, dst))
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Set the permission bits of `path`."""
+        with self.engine.write() as txn:
+            namespace.set_attrs(txn, path, mode=mode)
+
+    def chown(self, path: str, uid: int | None, gid: int | None) -> None:
+        """Set the owner of `path`."""
+        with self.engine.write() as txn:
+            namespace.set_attrs(txn, path, uid=uid, gid=gid)
+
+    def utime(self, path: str, atime_ns: int | None, mtime_ns: int | None) -> None:
+        """Set the access and modification times of `path`."""
+        with self.engine.write() as txn:
+            namespace.set_attrs(txn, path, atime_ns=atime_ns, mtime_ns=mtime_ns)
+
+    # -- copying trees -----------------------------------------------------------------
+    def put(self, local: str | os.PathLike[str], path: str,
+            progress: Progress | None = None) -> TransferReport:
+        """Copy a local file or tree into the namespace, keeping modes and times.
+
+        If `path` is an existing directory the source goes inside it under its
+        own name; otherwise `path` becomes the copy (missing parents are made).
+        Conflicts (a file onto a directory, a directory onto a file) are found
+        before anything is written. Files become visible in committed batches.
+        """
+        src = Path(local)
+        try:
+            top = os.lstat(src)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"local path not found: {src}") from None
+        dest = self._put_destination(src, paths.normalize(path))
+        entries = self._scan_local(src, top)
+        self._check_put_conflicts(dest, entries)
+        report = TransferReport()
+        with self.store.writer() as session:
+            for e in entries:
+                ns = paths.join([*paths.split(dest), *e.rel])
+                if statmod.S_ISDIR(e.st.st_mode):
+                    session.add_action(_mkdir_action(ns))
+                    report.dirs += 1
+                elif statmod.S_ISLNK(e.st.st_mode):
+                    session.add_action(_symlink_action(ns, os.readlink(e.path), e.st))
+                    report.symlinks += 1
+                elif statmod.S_ISREG(e.st.st_mode):
+                    refs = session.store_file(e.path)
+                    session.add_file(refs, _file_action(ns, e.st))
+                    report.files += 1
+                    report.bytes += e.st.st_size
+                    if progress is not None:
+                        progress(e.st.st_size)
+                else:
+                    report.skipped += 1
+            for e in reversed(entries):  # directory modes and times, children first
+                if statmod.S_ISDIR(e.st.st_mode):
+                    ns = paths.join([*paths.split(dest), *e.rel])
+                    session.add_action(_dir_attrs_action(ns, e.st))
+            session.commit()
+        report.write = session.stats
+        return report
+
+    def _put_destination(self, src: Path, dest: str) -> str:
+        with self.engine.read() as txn:
+            try:
+                node = namespace.resolve(txn, dest)
+            except NotFoundError:
+                return dest
+        if node.kind == Kind.DIR and src.name:
+            return paths.join([*paths.split(dest), paths.check_name(src.name)])
+        return dest
+
+    @staticmethod
+    def _scan_local(src: Path, top: os.stat_result) -> list[_LocalEntry]:
+        entries = [_LocalEntry((), str(src), top)]
+        if not statmod.S_ISDIR(top.st_mode):
+            return entries
+        stack: list[tuple[tuple[str, ...], str]] = [((), str(src))]
+        while stack:
+            rel, d = stack.pop()
+            try:
+                with os.scandir(d) as it:
+                    kids = sorted(it, key=lambda e: e.name)
+            except PermissionError:
+                raise PermissionError(f"cannot read local directory {d}") from None
+            subdirs = []
+            for k in kids:
+                paths.check_name(k.name, os.path.join(d, k.name))
+                st = k.stat(follow_symlinks=False)
+                if statmod.S_ISREG(st.st_mode) and not os.access(k.path, os.R_OK):
+                    raise PermissionError(f"cannot read local file {k.path}")
+                entry = _LocalEntry((*rel, k.name), k.path, st)
+                entries.append(entry)
+                if statmod.S_ISDIR(st.st_mode):
+                    subdirs.append((entry.rel, k.path))
+            stack.extend(reversed(subdirs))
+        # parents before children, in name order within a directory
+        entries.sort(key=lambda e: e.rel)
+        return entries
+
+    def _check_put_conflicts(self, dest: str, entries: list[_LocalEntry]) -> None:
+        base = paths.split(dest)
+        with self.engine.read() as txn:
+            # every existing ancestor must be a directory
+            node = namespace.get(txn, ROOT_INO, "/")
+            for i, name in enumerate(base[:-1] if base else []):
+                kid = namespace.child(txn, node, name)
+                if kid is None:
+                    break
+                if kid.kind != Kind.DIR:
+                    raise NotADirError(paths.join(base[: i + 1]))
+                node = kid
+            for e in entries:
+                ns = paths.join([*base, *e.rel])
+                try:
+                    existing = namespace.resolve(txn, ns)
+                except (NotFoundError, NotADirError):
+                    continue
+                is_dir = statmod.S_ISDIR(e.st.st_mode)
+                if is_dir and existing.kind != Kind.DIR:
+                    raise NotADirError(ns, "cannot replace a non-directory with a directory")
+                if not is_dir and existing.kind == Kind.DIR:
+                    raise IsADirError(ns, "cannot replace a directory with a file")
+
+    def get(self, path: str, local: str | os.PathLike[str],
+            progress: Progress | None = None) -> TransferReport:
+        """Copy a namespace file or tree to a local path, keeping modes and times.
+
+        If `local` is an existing directory the source goes inside it under its
+        own name. Each file is written under a temporary name and renamed into
+        place once complete and verified.
+        """
+        norm = paths.normalize(path)
+        dest = Path(local)
+        with self.engine.read() as txn:
+            top = namespace.resolve(txn, norm)
+            if dest.is_dir() and norm != "/":
+                dest = dest / paths.split(norm)[-1]
+            items: list[tuple[Path, Inode, Manifest | None]] = []
+            stack: list[tuple[Path, Inode]] = [(dest, top)]
+            while stack:
+                p, node = stack.pop()
+                items.append((p, node, txn.get_manifest(node.ino)
+                              if node.kind == Kind.FILE else None))
+                if node.kind == Kind.DIR:
+                    kids = [(p / n, namespace.get(txn, i)) for n, i in txn.list_dir(node.ino)]
+                    stack.extend(reversed(kids))
+        report = TransferReport()
+        for p, node, _ in items:
+            if node.kind == Kind.DIR:
+                if p.exists() and not p.is_dir():
+                    raise NotADirError(str(p), "local path exists and is not a directory")
+            elif p.is_dir() and not p.is_symlink():
+                raise IsADirError(str(p), "local path is a directory")
+        for p, node, _ in items:
+            if node.kind == Kind.DIR:
+                p.mkdir(parents=True, exist_ok=True)
+                report.dirs += 1
+        if not dest.parent.exists():
+            dest.parent.mkdir(parents=True)
+        files = [(p, node, m) for p, node, m in items if node.kind == Kind.FILE]
+        with ThreadPoolExecutor(self.config.threads) as pool:
+            for n in pool.map(lambda t: self._restore_file(*t), files):
+                report.files += 1
+                report.bytes += n
+                if progress is not None:
+                    progress(n)
+        for p, node, _ in items:
+            if node.kind == Kind.SYMLINK:
+                if p.is_symlink() or p.exists():
+                    p.unlink()
+                os.symlink(node.target, p)
+                os.utime(p, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
+                report.symlinks += 1
+        for p, node, _ in reversed(items):
+            if node.kind == Kind.DIR:
+                os.chmod(p, node.mode)
+                os.utime(p, ns=(node.atime_ns, node.mtime_ns))
+        return report
+
+    def _restore_file(self, p: Path, node: Inode, m: Manifest | None) -> int:
+        norm = str(p)
+        tmp = p.with_name(f".{p.name}.hutong-{uuid.uuid4().hex[:8]}")
+        written = 0
+        try:
+            with open(tmp, "wb") as f:
+                if m is not None:
+                    for data in self.store.iter_manifest(m, norm):
+                        f.write(data)
+                        written += len(data)
+            if written != node.size:
+                raise StateError(f"{norm}: restored {written} bytes, expected {node.size}")
+            os.chmod(tmp, node.mode)
+            os.utime(tmp, ns=(node.atime_ns, node.mtime_ns))
+            if p.is_symlink():
+                p.unlink()
+            os.replace(tmp, p)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return written
+
+    # -- maintenance ---------------------------------------------------------------------
+    def gc(self) -> Any:
+        """Reclaim unreferenced chunks and orphan packs (see gfs.gc)."""
+        from gfs.gc import collect
+
+        return collect(self.store)
+
+    def fsck(self, *, verify_data: bool = True, progress: Progress | None = None) -> Any:
+        """Check every manifest, index entry and (with verify_data) every chunk (see gfs.fsck)."""
+        from gfs.fsck import check
+
+        return check(self.store, verify_data=verify_data, progress=progress)
+
+
+def _mkdir_action(ns: str) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+    def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
+        namespace.mkdir(txn, ns, parents=True, exist_ok=True)
+        return None
+    return action
+
+
+def _dir_attrs_action(ns: str, st: os.stat_result
+                      ) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+    def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
+        namespace.set_attrs(txn, ns, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
+                            atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+        return None
+    return action
+
+
+def _symlink_action(ns: str, target: str, st: os.stat_result
+                    ) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+    def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
+        parent, name = namespace.resolve_parent(txn, ns)
+        old = namespace.child(txn, parent, name)
+        replaced = None
+        if old is not None:  # conflicts with directories were refused before writing
+            replaced = namespace.remove(txn, ns, dir_ok=False)
+        namespace.symlink(txn, ns, target, uid=st.st_uid, gid=st.st_gid,
+                          mtime_ns=st.st_mtime_ns)
+        return replaced[0] if replaced else None
+    return action
+
+
+def _file_action(ns: str, st: os.stat_result
+                 ) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+    def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+        return namespace.write_file(txn, ns, refs, mode=st.st_mode, uid=st.st_uid,
+                                    gid=st.st_gid, mtime_ns=st.st_mtime_ns)
+    return action
+
+
+__all__ = ["Client", "DuReport", "Stat", "TransferReport"]

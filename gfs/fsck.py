@@ -1,0 +1,214 @@
+"""fsck: verify the namespace, the index, the packs and (optionally) every chunk.
+
+Damage (a broken invariant of docs/format.md, a chunk that does not verify,
+a missing pack) is reported with the paths of the files it touches and makes
+the report not ok. Garbage that gc reclaims (unreferenced chunks, orphan
+packs) is counted but is not damage.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gfs import namespace
+from gfs.codec import decode_blob
+from gfs.errors import CorruptChunkError, PoolObjectMissingError
+from gfs.meta import ROOT_INO, ChunkRecord, Kind, Location, PackRecord, ReadTxn
+from gfs.packs import PACK_HEADER_LEN, pack_key, parse_pack_key
+from gfs.store import ChunkStore
+
+
+@dataclass
+class FsckReport:
+    """The outcome of one fsck run."""
+
+    problems: list[str] = field(default_factory=list)
+    damaged_files: list[str] = field(default_factory=list)
+    files: int = 0
+    dirs: int = 0
+    chunks: int = 0
+    packs: int = 0
+    chunks_verified: int = 0
+    bytes_verified: int = 0
+    unreferenced_chunks: int = 0
+    orphan_packs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check(store: ChunkStore, *, verify_data: bool = True,
+          progress: Callable[[int], None] | None = None) -> FsckReport:
+    """Check `store`; with `verify_data`, read and verify every stored chunk."""
+    report = FsckReport()
+    bad_chunks: set[bytes] = set()
+    with store.engine.read() as txn:
+        _check_tree(txn, report)
+        refs = _check_manifests(txn, report, bad_chunks)
+        chunks = {rec.id: rec for rec in txn.iter_chunks()}
+        packs = {p.id: p for p in txn.iter_packs()}
+        _check_index(chunks, packs, refs, report, bad_chunks)
+    report.chunks = len(chunks)
+    report.packs = len(packs)
+    _check_pools(store, packs, report)
+    if verify_data:
+        _verify_chunks(store, chunks, packs, report, bad_chunks, progress)
+    if bad_chunks:
+        with store.engine.read() as txn:
+            report.damaged_files = sorted(_owners(txn, bad_chunks))
+    return report
+
+
+def _check_tree(txn: ReadTxn, report: FsckReport) -> None:
+    root = txn.get_inode(ROOT_INO)
+    if root is None or root.kind != Kind.DIR:
+        report.problems.append("root directory (inode 1) is missing or not a directory")
+        return
+    reachable = {ROOT_INO}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        report.dirs += 1
+        for name, ino in txn.list_dir(node.ino):
+            kid = txn.get_inode(ino)
+            if kid is None:
+                report.problems.append(f"directory entry {name!r} in inode {node.ino} names "
+                                       f"missing inode {ino}")
+                continue
+            if ino in reachable:
+                report.problems.append(f"inode {ino} is linked more than once")
+                continue
+            reachable.add(ino)
+            if kid.parent != node.ino:
+                report.problems.append(f"inode {ino} ({name!r}) records parent {kid.parent}, "
+                                       f"but is linked from {node.ino}")
+            if kid.kind == Kind.DIR:
+                stack.append(kid)
+            elif kid.kind == Kind.FILE:
+                report.files += 1
+    for node in txn.iter_inodes():
+        if node.ino not in reachable:
+            report.problems.append(f"inode {node.ino} is not reachable from the root")
+
+
+def _check_manifests(txn: ReadTxn, report: FsckReport,
+                     bad: set[bytes]) -> Counter[bytes]:
+    refs: Counter[bytes] = Counter()
+    for ino, m in txn.iter_manifests():
+        node = txn.get_inode(ino)
+        if node is None or node.kind != Kind.FILE:
+            report.problems.append(f"manifest of inode {ino} belongs to no file")
+            continue
+        refs.update(r.id for r in m.chunks)
+        if m.size != node.size:
+            report.problems.append(f"{namespace.path_of(txn, ino)}: size {node.size} but "
+                                   f"manifest holds {m.size} bytes")
+        for r in m.chunks:
+            rec = txn.get_chunk(r.id)
+            if rec is None or not rec.locations:
+                bad.add(r.id)
+            elif rec.raw_len != r.length:
+                report.problems.append(f"{namespace.path_of(txn, ino)}: chunk {r.id.hex()} "
+                                       f"length {r.length} but index says {rec.raw_len}")
+    return refs
+
+
+def _check_index(chunks: dict[bytes, ChunkRecord], packs: dict[bytes, PackRecord],
+                 refs: Counter[bytes], report: FsckReport, bad: set[bytes]) -> None:
+    for cid in bad:
+        report.problems.append(f"chunk {cid.hex()} is referenced but has no stored copy")
+    live: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
+    for cid, rec in chunks.items():
+        want = refs.get(cid, 0)
+        if rec.refcount != want:
+            report.problems.append(f"chunk {cid.hex()} refcount {rec.refcount}, "
+                                   f"but {want} manifest entries name it")
+        if rec.refcount == 0:
+            report.unreferenced_chunks += 1
+        for loc in rec.locations:
+            p = packs.get(loc.pack)
+            if p is None:
+                report.problems.append(f"chunk {cid.hex()} located in unknown pack "
+                                       f"{loc.pack.hex()}")
+                bad.add(cid)
+                continue
+            if loc.offset < PACK_HEADER_LEN or loc.offset + loc.length > p.size:
+                report.problems.append(f"chunk {cid.hex()} location lies outside pack "
+                                       f"{loc.pack.hex()}")
+                bad.add(cid)
+            live[loc.pack][0] += 1
+            live[loc.pack][1] += loc.length
+    for pid, p in packs.items():
+        n, nbytes = live.get(pid, [0, 0])
+        if (n, nbytes) != (p.live_chunks, p.live_bytes):
+            report.problems.append(f"pack {pid.hex()} counts {p.live_chunks} live chunks / "
+                                   f"{p.live_bytes} bytes, index has {n} / {nbytes}")
+
+
+def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: FsckReport) -> None:
+    with store.engine.read() as txn:
+        pools = [p.id for p in txn.iter_pools()]
+    present: set[bytes] = set()
+    for pool_id in pools:
+        for key in store.pool(pool_id).list("packs/"):
+            pid = parse_pack_key(key)
+            if pid is None:
+                continue
+            present.add(pid)
+            if pid not in packs:
+                report.orphan_packs += 1
+    for pid, p in packs.items():
+        if pid not in present:
+            report.problems.append(f"pack {pid.hex()} is missing from pool {p.pool}")
+
+
+def _verify_chunks(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
+                   packs: dict[bytes, PackRecord], report: FsckReport, bad: set[bytes],
+                   progress: Callable[[int], None] | None) -> None:
+    by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
+    for cid, rec in chunks.items():
+        for loc in rec.locations:
+            if loc.pack in packs:
+                by_pack[loc.pack].append((cid, loc))
+
+    bad_copies: Counter[bytes] = Counter()
+
+    def verify(pid: bytes) -> list[str]:
+        p = packs[pid]
+        try:
+            data = store.pool(p.pool).get(pack_key(pid))
+        except PoolObjectMissingError:
+            bad_copies.update(cid for cid, _ in by_pack[pid])
+            return []  # reported by _check_pools
+        problems = []
+        for cid, loc in by_pack[pid]:
+            try:
+                decode_blob(data[loc.offset:loc.offset + loc.length], expect_id=cid)
+            except CorruptChunkError as e:
+                bad_copies[cid] += 1
+                problems.append(f"chunk {cid.hex()} in pack {pid.hex()} at offset "
+                                f"{loc.offset}: {e.strerror}")
+        return problems
+
+    for pid, problems in zip(by_pack, store.executor.map(verify, list(by_pack)), strict=True):
+        report.problems.extend(problems)
+        report.chunks_verified += len(by_pack[pid])
+        size = packs[pid].size
+        report.bytes_verified += size
+        if progress is not None:
+            progress(size)
+    for cid, n in bad_copies.items():
+        if n >= len(chunks[cid].locations):  # no good copy left
+            bad.add(cid)
+
+
+def _owners(txn: ReadTxn, cids: set[bytes]) -> set[str]:
+    """Paths of the files whose manifests name any of `cids`."""
+    out = set()
+    for ino, m in txn.iter_manifests():
+        if any(r.id in cids for r in m.chunks):
+            out.add(namespace.path_of(txn, ino))
+    return out

@@ -1,0 +1,190 @@
+"""Garbage collection: reclaim unreferenced chunks, sparse packs and orphan packs.
+
+gc holds the store's gc lock exclusively, so no writer is between writing a
+pack and committing it. Order (docs/format.md, invariant 5): the metadata
+transaction that drops every reference to a pack commits before the pack
+object is deleted; chunks that a manifest references are never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from gfs.codec import BLOB_HEADER_LEN, decode_blob
+from gfs.errors import CorruptChunkError, PoolObjectMissingError
+from gfs.meta import ChunkRecord, Location, PackRecord
+from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_key
+from gfs.store import ChunkStore
+
+log = logging.getLogger("hutong.gc")
+
+#: A pack is rewritten when less than this share of its bytes is live.
+REPACK_LIVE_SHARE = 0.5
+
+
+@dataclass
+class GcReport:
+    """What one gc run reclaimed."""
+
+    chunks_removed: int = 0
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    chunks_moved: int = 0
+    orphan_packs: int = 0
+    pending_cleared: int = 0
+    bytes_freed: int = 0
+    seconds: float = 0.0
+
+
+def collect(store: ChunkStore) -> GcReport:
+    """Run one full collection on `store` and report what was reclaimed."""
+    started = time.monotonic()
+    report = GcReport()
+    with store.gc_exclusive():
+        doomed = _drop_dead_chunks(store, report)
+        _delete_objects(store, doomed, report)
+        _repack_sparse(store, report)
+        _delete_orphans(store, report)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
+    """Delete chunk records with refcount 0 and the pack records left with no live chunk."""
+    with store.engine.write() as txn:
+        dead = [rec for rec in txn.iter_chunks() if rec.refcount == 0]
+        packs = {p.id: p for p in txn.iter_packs()}
+        live: dict[bytes, list[int]] = {pid: [p.live_chunks, p.live_bytes]
+                                        for pid, p in packs.items()}
+        for rec in dead:
+            for loc in rec.locations:
+                if loc.pack in live:
+                    live[loc.pack][0] -= 1
+                    live[loc.pack][1] -= loc.length
+            txn.delete_chunk(rec.id)
+        report.chunks_removed = len(dead)
+        doomed = []
+        for pid, (n, nbytes) in live.items():
+            p = packs[pid]
+            if n <= 0:
+                txn.delete_pack(pid)
+                doomed.append(p)
+            elif (n, nbytes) != (p.live_chunks, p.live_bytes):
+                txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks, n, nbytes,
+                                        p.created_ns))
+        for pending in list(txn.iter_pending()):
+            txn.delete_pending(pending.id)
+            report.pending_cleared += 1
+    return doomed
+
+
+def _delete_objects(store: ChunkStore, packs: list[PackRecord], report: GcReport) -> None:
+    for p in packs:
+        store.pool(p.pool).delete(pack_key(p.id))
+        report.packs_deleted += 1
+        report.bytes_freed += p.size
+
+
+def _repack_sparse(store: ChunkStore, report: GcReport) -> None:
+    """Copy the live blobs of sparse packs into new packs, switch locations, delete the old."""
+    with store.engine.read() as txn:
+        sparse = [p for p in txn.iter_packs()
+                  if p.live_bytes < REPACK_LIVE_SHARE * (p.size - PACK_HEADER_LEN)]
+        if not sparse:
+            return
+        ids = {p.id for p in sparse}
+        movers: dict[bytes, list[tuple[ChunkRecord, Location]]] = defaultdict(list)
+        for rec in txn.iter_chunks():
+            for loc in rec.locations:
+                if loc.pack in ids:
+                    movers[loc.pack].append((rec, loc))
+    by_pool: dict[int, list[PackRecord]] = defaultdict(list)
+    for p in sparse:
+        by_pool[p.pool].append(p)
+    for pool_id, group in by_pool.items():
+        _repack_group(store, pool_id, group, movers, report)
+
+
+def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
+                  movers: dict[bytes, list[tuple[ChunkRecord, Location]]],
+                  report: GcReport) -> None:
+    pool = store.pool(pool_id)
+    built: list[PackBuilder] = []
+    builder = PackBuilder()
+    moved: dict[bytes, tuple[Location, Location]] = {}
+    done: list[PackRecord] = []
+    for p in group:
+        try:
+            data = pool.get(pack_key(p.id))
+        except PoolObjectMissingError:
+            log.error("pack %s is missing from pool %d; run `hutong fsck`", p.id.hex(), pool_id)
+            continue
+        intact = True
+        staged: list[tuple[bytes, Location, bytes, bytes]] = []
+        for rec, loc in movers.get(p.id, []):
+            blob = data[loc.offset:loc.offset + loc.length]
+            try:
+                decode_blob(blob, expect_id=rec.id)
+            except CorruptChunkError as e:
+                log.error("not repacking pack %s: %s", p.id.hex(), e)
+                intact = False
+                break
+            staged.append((rec.id, loc, blob[:BLOB_HEADER_LEN], blob[BLOB_HEADER_LEN:]))
+        if not intact:
+            continue
+        for cid, loc, header, payload in staged:
+            offset, length = builder.add(header, payload)
+            moved[cid] = (loc, Location(pool_id, builder.pack_id, offset, length))
+            if builder.size >= store.config.pack_size:
+                built.append(builder)
+                builder = PackBuilder()
+        done.append(p)
+    if builder.nblobs:
+        built.append(builder)
+    if not done:
+        return
+    for b in built:
+        pool.put(pack_key(b.pack_id), b.parts())  # durable before referenced
+    now = time.time_ns()
+    with store.engine.write() as txn:
+        live: dict[bytes, list[int]] = {b.pack_id: [0, 0] for b in built}
+        for cid, (old, new) in moved.items():
+            rec = txn.get_chunk(cid)
+            if rec is None or old not in rec.locations:
+                continue
+            locs = tuple(new if loc == old else loc for loc in rec.locations)
+            txn.put_chunk(ChunkRecord(rec.id, rec.raw_len, rec.stored_len, rec.codec,
+                                      rec.refcount, locs))
+            live[new.pack][0] += 1
+            live[new.pack][1] += new.length
+            report.chunks_moved += 1
+        for b in built:
+            n, nbytes = live[b.pack_id]
+            txn.put_pack(PackRecord(b.pack_id, pool_id, b.size, b.nblobs, n, nbytes, now))
+        for p in done:
+            txn.delete_pack(p.id)
+    for p in done:
+        pool.delete(pack_key(p.id))
+        report.packs_repacked += 1
+        report.bytes_freed += p.size
+    report.bytes_freed -= sum(b.size for b in built)
+
+
+def _delete_orphans(store: ChunkStore, report: GcReport) -> None:
+    """Delete pack objects no pack record names (left by interrupted writers)."""
+    with store.engine.read() as txn:
+        known = {p.id for p in txn.iter_packs()}
+        pools = [p.id for p in txn.iter_pools()]
+    for pool_id in pools:
+        pool = store.pool(pool_id)
+        for key in list(pool.list("packs/")):
+            pid = parse_pack_key(key)
+            if pid is None or pid in known:
+                continue
+            size = pool.size(key)
+            pool.delete(key)
+            report.orphan_packs += 1
+            report.bytes_freed += size

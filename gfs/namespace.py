@@ -1,0 +1,308 @@
+"""Namespace operations inside a metadata transaction: resolution and POSIX rules.
+
+Every function takes a transaction and either completes or raises one of the
+`gfs.errors` OS-like errors; since the transaction then aborts, a refused
+operation changes nothing. Symlinks are stored and listed; paths given to this
+API are not resolved through them (the FUSE mount resolves them in the kernel).
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+from gfs import paths
+from gfs.errors import (
+    ExistsError,
+    InvalidPathError,
+    IsADirError,
+    NotADirError,
+    NotEmptyError,
+    NotFoundError,
+)
+from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
+
+DEFAULT_DIR_MODE = 0o755
+DEFAULT_FILE_MODE = 0o644
+
+
+def now_ns() -> int:
+    """The current time in nanoseconds, as stored in inodes."""
+    return time.time_ns()
+
+
+def get(txn: ReadTxn, ino: int, path: str = "") -> Inode:
+    """Inode `ino`; a dangling reference is reported as NotFoundError."""
+    node = txn.get_inode(ino)
+    if node is None:
+        raise NotFoundError(path or f"<inode {ino}>")
+    return node
+
+
+def resolve(txn: ReadTxn, path: str) -> Inode:
+    """The inode at `path` (not following symlinks)."""
+    node = get(txn, ROOT_INO, "/")
+    parts = paths.split(path)
+    for i, name in enumerate(parts):
+        if node.kind != Kind.DIR:
+            raise NotADirError(paths.join(parts[:i]))
+        child = txn.lookup(node.ino, name)
+        if child is None:
+            raise NotFoundError(path)
+        node = get(txn, child, path)
+    return node
+
+
+def resolve_parent(txn: ReadTxn, path: str) -> tuple[Inode, str]:
+    """The directory that holds `path`, and the last component's name."""
+    parts = paths.split(path)
+    if not parts:
+        raise InvalidPathError(path, "the root directory has no parent")
+    parent = resolve(txn, paths.join(parts[:-1]))
+    if parent.kind != Kind.DIR:
+        raise NotADirError(paths.join(parts[:-1]))
+    return parent, parts[-1]
+
+
+def child(txn: ReadTxn, parent: Inode, name: str) -> Inode | None:
+    """The entry `name` of directory `parent`, or None."""
+    ino = txn.lookup(parent.ino, name)
+    return None if ino is None else get(txn, ino)
+
+
+def path_of(txn: ReadTxn, ino: int) -> str:
+    """The path of inode `ino`, from its parent chain (for messages and fsck)."""
+    names: list[str] = []
+    seen = set()
+    node = txn.get_inode(ino)
+    while node is not None and node.ino != ROOT_INO and node.ino not in seen:
+        seen.add(node.ino)
+        parent = txn.get_inode(node.parent)
+        if parent is None:
+            return f"<orphan inode {ino}>"
+        name = next((n for n, i in txn.list_dir(parent.ino) if i == node.ino), None)
+        if name is None:
+            return f"<unlinked inode {ino}>"
+        names.append(name)
+        node = parent
+    return "/" + "/".join(reversed(names))
+
+
+def _touch_dir(txn: WriteTxn, parent: Inode, now: int) -> None:
+    txn.put_inode(replace(parent, mtime_ns=now, ctime_ns=now))
+
+
+def _new_inode(txn: WriteTxn, parent: int, kind: Kind, mode: int, now: int,
+               uid: int | None = None, gid: int | None = None, target: str = "",
+               mtime_ns: int | None = None) -> Inode:
+    return Inode(
+        ino=txn.alloc_ino(), parent=parent, kind=kind, mode=mode & 0o7777,
+        uid=os.getuid() if uid is None else uid, gid=os.getgid() if gid is None else gid,
+        size=len(target.encode()) if kind == Kind.SYMLINK else 0,
+        atime_ns=now, mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now,
+        target=target)
+
+
+def mkdir(txn: WriteTxn, path: str, mode: int = DEFAULT_DIR_MODE, *, parents: bool = False,
+          exist_ok: bool = False, uid: int | None = None, gid: int | None = None,
+          mtime_ns: int | None = None) -> Inode:
+    """Create directory `path` (`parents`: also missing ancestors, like mkdir -p)."""
+    parts = paths.split(path)
+    if not parts:
+        if exist_ok or parents:
+            return get(txn, ROOT_INO, "/")
+        raise ExistsError("/")
+    node = get(txn, ROOT_INO, "/")
+    now = now_ns()
+    for i, name in enumerate(parts):
+        last = i == len(parts) - 1
+        here = paths.join(parts[: i + 1])
+        existing = child(txn, node, name)
+        if existing is not None:
+            if existing.kind != Kind.DIR:
+                raise (ExistsError(here) if last else NotADirError(here))
+            if last and not (exist_ok or parents):
+                raise ExistsError(here)
+            if last and mtime_ns is not None:
+                existing = replace(existing, mode=mode & 0o7777, mtime_ns=mtime_ns)
+                txn.put_inode(existing)
+            node = existing
+            continue
+        if not last and not parents:
+            raise NotFoundError(paths.join(parts[:i + 1]))
+        new = _new_inode(txn, node.ino, Kind.DIR, mode if last else DEFAULT_DIR_MODE, now,
+                         uid, gid, mtime_ns=mtime_ns if last else None)
+        txn.put_inode(new)
+        txn.link(node.ino, name, new.ino)
+        _touch_dir(txn, node, now)
+        node = new
+    return node
+
+
+def write_file(txn: WriteTxn, path: str, refs: list[ChunkRef], *, mode: int | None = None,
+               uid: int | None = None, gid: int | None = None,
+               mtime_ns: int | None = None) -> Manifest | None:
+    """Create or replace file `path` with content `refs`; returns the manifest it replaced.
+
+    Replacing a directory raises IsADirError; a symlink at `path` is replaced.
+    """
+    parent, name = resolve_parent(txn, path)
+    now = now_ns()
+    size = sum(r.length for r in refs)
+    existing = child(txn, parent, name)
+    old: Manifest | None = None
+    if existing is not None and existing.kind == Kind.DIR:
+        raise IsADirError(path)
+    if existing is not None and existing.kind == Kind.FILE:
+        old = txn.get_manifest(existing.ino)
+        node = replace(existing, size=size, version=existing.version + 1, ctime_ns=now,
+                       mtime_ns=now if mtime_ns is None else mtime_ns,
+                       mode=existing.mode if mode is None else mode & 0o7777,
+                       uid=existing.uid if uid is None else uid,
+                       gid=existing.gid if gid is None else gid)
+    else:
+        if existing is not None:  # a symlink: replaced by the file
+            txn.delete_inode(existing.ino)
+        node = replace(
+            _new_inode(txn, parent.ino, Kind.FILE,
+                       DEFAULT_FILE_MODE if mode is None else mode, now, uid, gid,
+                       mtime_ns=mtime_ns),
+            size=size, version=1)
+        txn.link(parent.ino, name, node.ino)
+        _touch_dir(txn, parent, now)
+    txn.put_inode(node)
+    txn.put_manifest(node.ino, Manifest(node.version, tuple(refs)))
+    return old
+
+
+def symlink(txn: WriteTxn, path: str, target: str, *, uid: int | None = None,
+            gid: int | None = None, mtime_ns: int | None = None) -> Inode:
+    """Create symlink `path` pointing at `target` (any string; stored as is)."""
+    if not target or "\0" in target or len(target.encode()) > paths.MAX_PATH_BYTES:
+        raise InvalidPathError(path, "symlink target must be 1-4096 bytes without NUL")
+    parent, name = resolve_parent(txn, path)
+    if child(txn, parent, name) is not None:
+        raise ExistsError(path)
+    now = now_ns()
+    node = _new_inode(txn, parent.ino, Kind.SYMLINK, 0o777, now, uid, gid, target=target,
+                      mtime_ns=mtime_ns)
+    txn.put_inode(node)
+    txn.link(parent.ino, name, node.ino)
+    _touch_dir(txn, parent, now)
+    return node
+
+
+def walk(txn: ReadTxn, top: Inode) -> Iterator[Inode]:
+    """`top` and everything below it, parents before children."""
+    stack = [top]
+    while stack:
+        node = stack.pop()
+        yield node
+        if node.kind == Kind.DIR:
+            kids = [get(txn, ino) for _, ino in txn.list_dir(node.ino)]
+            stack.extend(reversed(kids))
+
+
+def remove(txn: WriteTxn, path: str, *, recursive: bool = False,
+           dir_ok: bool = True) -> list[Manifest]:
+    """Remove `path`; returns the manifests of the removed files (to release).
+
+    A non-empty directory needs `recursive`; `dir_ok=False` refuses directories
+    (unlink semantics). The root cannot be removed.
+    """
+    parent, name = resolve_parent(txn, path)
+    node = child(txn, parent, name)
+    if node is None:
+        raise NotFoundError(path)
+    if node.kind == Kind.DIR:
+        if not dir_ok:
+            raise IsADirError(path)
+        if not recursive and next(iter(txn.list_dir(node.ino)), None) is not None:
+            raise NotEmptyError(path)
+    removed: list[Manifest] = []
+    for n in list(walk(txn, node)):
+        if n.kind == Kind.FILE:
+            m = txn.get_manifest(n.ino)
+            if m is not None:
+                removed.append(m)
+            txn.delete_manifest(n.ino)
+        if n.kind == Kind.DIR:
+            for entry, _ in list(txn.list_dir(n.ino)):
+                txn.unlink(n.ino, entry)
+        txn.delete_inode(n.ino)
+    txn.unlink(parent.ino, name)
+    _touch_dir(txn, parent, now_ns())
+    return removed
+
+
+def rename(txn: WriteTxn, src: str, dst: str) -> list[Manifest]:
+    """Move `src` to `dst` with POSIX rename rules; returns manifests it replaced.
+
+    A file may replace a file or symlink; a directory may replace an empty
+    directory; a directory cannot move below itself.
+    """
+    sparent, sname = resolve_parent(txn, src)
+    node = child(txn, sparent, sname)
+    if node is None:
+        raise NotFoundError(src)
+    dparent, dname = resolve_parent(txn, dst)
+    if sparent.ino == dparent.ino and sname == dname:
+        return []
+    if node.kind == Kind.DIR:
+        anc: Inode | None = dparent
+        while anc is not None:
+            if anc.ino == node.ino:
+                raise InvalidPathError(dst, "cannot move a directory inside itself")
+            if anc.ino == ROOT_INO:
+                break
+            anc = txn.get_inode(anc.parent)
+    replaced: list[Manifest] = []
+    target = child(txn, dparent, dname)
+    if target is not None:
+        if node.kind == Kind.DIR and target.kind != Kind.DIR:
+            raise NotADirError(dst)
+        if node.kind != Kind.DIR and target.kind == Kind.DIR:
+            raise IsADirError(dst)
+        if target.kind == Kind.DIR and next(iter(txn.list_dir(target.ino)), None) is not None:
+            raise NotEmptyError(dst)
+        if target.kind == Kind.FILE:
+            m = txn.get_manifest(target.ino)
+            if m is not None:
+                replaced.append(m)
+            txn.delete_manifest(target.ino)
+        txn.delete_inode(target.ino)
+    now = now_ns()
+    txn.unlink(sparent.ino, sname)
+    txn.link(dparent.ino, dname, node.ino)
+    txn.put_inode(replace(node, parent=dparent.ino, ctime_ns=now))
+    _touch_dir(txn, get(txn, sparent.ino), now)
+    if dparent.ino != sparent.ino:
+        _touch_dir(txn, get(txn, dparent.ino), now)
+    return replaced
+
+
+def set_attrs(txn: WriteTxn, path: str, *, mode: int | None = None, uid: int | None = None,
+              gid: int | None = None, atime_ns: int | None = None,
+              mtime_ns: int | None = None) -> Inode:
+    """Change mode, owner or times of `path`."""
+    node = resolve(txn, path)
+    new = replace(
+        node,
+        mode=node.mode if mode is None else mode & 0o7777,
+        uid=node.uid if uid is None else uid,
+        gid=node.gid if gid is None else gid,
+        atime_ns=node.atime_ns if atime_ns is None else atime_ns,
+        mtime_ns=node.mtime_ns if mtime_ns is None else mtime_ns,
+        ctime_ns=now_ns())
+    txn.put_inode(new)
+    return new
+
+
+def st_mode(node: Inode) -> int:
+    """The POSIX st_mode of an inode (type bits and permission bits)."""
+    kind = {Kind.FILE: statmod.S_IFREG, Kind.DIR: statmod.S_IFDIR,
+            Kind.SYMLINK: statmod.S_IFLNK}[node.kind]
+    return kind | node.mode

@@ -1,0 +1,433 @@
+"""The chunk store: deduplicated, compressed chunks in packs over pools.
+
+`ChunkStore` reads chunks (verified, falling back to other copies) and opens
+`WriteSession`s. A write session holds the gc lock shared, compresses new
+chunks on worker threads, appends them to a pack, writes the pack durably to
+the pool, and then commits files in batches: one metadata transaction records
+the packs, the new chunks, the refcounts and the namespace changes
+(docs/format.md, "Writers and gc").
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from gfs import chunking
+from gfs.codec import Buffer, chunk_id, decode_blob, encode_blob, parse_blob_header
+from gfs.config import StoreConfig
+from gfs.errors import (
+    ChunkMissingError,
+    CorruptChunkError,
+    HutongError,
+    PoolObjectMissingError,
+    StateError,
+)
+from gfs.meta import (
+    ChunkRecord,
+    ChunkRef,
+    Location,
+    Manifest,
+    MetaEngine,
+    PackRecord,
+    WriteTxn,
+)
+from gfs.packs import PackBuilder, pack_key
+from gfs.pools import Pool, open_pool
+
+log = logging.getLogger("hutong.store")
+
+#: Files up to this size are read whole; larger ones are chunked as a stream.
+WHOLE_READ_LIMIT = 8 << 20
+#: Chunks read ahead of the consumer when a file spans several chunks.
+READ_AHEAD = 8
+
+#: Called inside the commit transaction with the file's new manifest; returns
+#: the manifest it replaced (whose references are then released), if any.
+CommitAction = Callable[[WriteTxn, list[ChunkRef]], Manifest | None]
+
+
+@dataclass(slots=True)
+class _NewChunk:
+    pack: bytes
+    offset: int
+    blob_len: int
+    raw_len: int
+    stored_len: int
+    codec: int
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """What a write session did."""
+
+    files: int = 0
+    logical_bytes: int = 0
+    new_chunks: int = 0
+    new_raw_bytes: int = 0
+    new_stored_bytes: int = 0
+    dedup_chunks: int = 0
+    packs: int = 0
+    commits: int = 0
+    seconds: float = 0.0
+
+
+class ChunkStore:
+    """Chunks of one store (one dedup domain): reading, and write sessions."""
+
+    def __init__(self, engine: MetaEngine, state: Path, config: StoreConfig) -> None:
+        self.engine = engine
+        self.state = state
+        self.config = config
+        self.params = chunking.ChunkParams(config.min_size, config.avg_size, config.max_size)
+        self._pools: dict[int, Pool] = {}
+        self._pools_lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock_path = state / "locks" / "gc.lock"
+        self.write_pool = 0
+
+    # -- pools and workers ---------------------------------------------------
+    def pool(self, pool_id: int) -> Pool:
+        """The open pool numbered `pool_id`."""
+        with self._pools_lock:
+            pool = self._pools.get(pool_id)
+            if pool is None:
+                with self.engine.read() as txn:
+                    rec = txn.get_pool(pool_id)
+                if rec is None:
+                    raise StateError(f"pool {pool_id} is not registered in {self.state}")
+                pool = self._pools[pool_id] = open_pool(rec.url)
+            return pool
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The store's worker threads (compression, decompression, restore)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.config.threads, thread_name_prefix="hutong")
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the workers and close the pools."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        with self._pools_lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
+
+    # -- locking -------------------------------------------------------------
+    @contextmanager
+    def _gc_lock(self, mode: int) -> Iterator[None]:
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
+    def gc_exclusive(self) -> AbstractContextManager[None]:
+        """Hold the gc lock exclusively: no writer is between writing a pack and committing it."""
+        return self._gc_lock(fcntl.LOCK_EX)
+
+    # -- reading -------------------------------------------------------------
+    def read_chunk(self, cid: bytes, path: str = "") -> bytes:
+        """The verified raw bytes of chunk `cid`; `path` names the file in errors.
+
+        Tries every location in turn; a corrupt copy is logged and skipped. A
+        missing pack object is looked up again once (gc may have repacked it).
+        """
+        problems: list[str] = []
+        for attempt in range(2):
+            with self.engine.read() as txn:
+                rec = txn.get_chunk(cid)
+            if rec is None or not rec.locations:
+                raise ChunkMissingError(path, f"chunk {cid.hex()} is not in the chunk index "
+                                        "(run `hutong fsck`)")
+            moved = False
+            for loc in rec.locations:
+                try:
+                    blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
+                                                   loc.offset + loc.length)
+                    return decode_blob(blob, expect_id=cid)
+                except CorruptChunkError as e:
+                    log.error("corrupt copy of chunk %s in pack %s (file %s): %s",
+                              cid.hex(), loc.pack.hex(), path or "?", e)
+                    problems.append(f"pack {loc.pack.hex()}: {e.strerror}")
+                except PoolObjectMissingError:
+                    moved = True
+                    problems.append(f"pack {loc.pack.hex()} missing from pool {loc.pool}")
+            if not moved or attempt:
+                break
+            problems.clear()
+        if any("missing" in p for p in problems) and not any("corrupt" in p for p in problems):
+            raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: "
+                                    + "; ".join(problems) + " (run `hutong fsck`)")
+        raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: "
+                                + "; ".join(problems) + " (run `hutong fsck`)")
+
+    def iter_manifest(self, manifest: Manifest, path: str = "") -> Iterator[bytes]:
+        """The raw chunks of `manifest` in order, read ahead on worker threads."""
+        refs = manifest.chunks
+        if len(refs) <= 1:
+            for ref in refs:
+                yield self.read_chunk(ref.id, path)
+            return
+        window: deque[Future[bytes]] = deque()
+        it = iter(refs)
+        for ref in it:
+            window.append(self.executor.submit(self.read_chunk, ref.id, path))
+            if len(window) >= READ_AHEAD:
+                break
+        try:
+            while window:
+                data = window.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    window.append(self.executor.submit(self.read_chunk, nxt.id, path))
+                yield data
+        finally:
+            for f in window:
+                f.cancel()
+
+    # -- writing -------------------------------------------------------------
+    @contextmanager
+    def writer(self) -> Iterator[WriteSession]:
+        """A write session; committed files stay committed even if the block raises."""
+        with self._gc_lock(fcntl.LOCK_SH):
+            session = WriteSession(self)
+            try:
+                yield session
+                session.commit()
+            finally:
+                session.abandon()
+
+
+class WriteSession:
+    """Stores chunks and commits files in batches. One thread uses a session."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self.stats = WriteStats()
+        self._started = time.monotonic()
+        self._level = store.config.zstd_level
+        self._pool_id = store.write_pool
+        self._pool = store.pool(self._pool_id)
+        self._pack: PackBuilder | None = None
+        self._new: dict[bytes, _NewChunk | None] = {}  # None: still compressing
+        self._flushed: list[PackBuilder] = []
+        self._inflight: deque[tuple[bytes, Future[tuple[bytes, Buffer]]]] = deque()
+        self._max_inflight = 4 * store.config.threads
+        self._files: list[tuple[list[ChunkRef], CommitAction]] = []
+
+    # -- adding data -----------------------------------------------------------
+    def store_buffer(self, data: Buffer) -> list[ChunkRef]:
+        """Chunk `data`, store the chunks this store lacks, and return the refs."""
+        return self.store_prefix(data, eof=True)[0]
+
+    def store_prefix(self, data: Buffer, *, eof: bool) -> tuple[list[ChunkRef], int]:
+        """Store the chunks of `data` that are final; returns (refs, bytes consumed).
+
+        With `eof=False` the tail that could still grow into a longer chunk is
+        left unconsumed, so feeding a stream piecewise gives the same chunks as
+        feeding it whole. `data` must not change while the session is open.
+        """
+        view = memoryview(data)
+        cuts = chunking.cut_points(view, self.store.params, eof=eof)
+        refs: list[ChunkRef] = []
+        pieces = []
+        start = 0
+        for end in cuts:
+            piece = view[start:end]
+            pieces.append(piece)
+            refs.append(ChunkRef(chunk_id(piece), end - start))
+            start = end
+        self._store_new(refs, pieces)
+        return refs, start
+
+    def store_stream(self, f: BinaryIO) -> list[ChunkRef]:
+        """Like store_buffer, for a stream of any length (bounded memory)."""
+        refs: list[ChunkRef] = []
+        batch_refs: list[ChunkRef] = []
+        batch: list[Buffer] = []
+        for piece in chunking.iter_stream_chunks(f, self.store.params):
+            ref = ChunkRef(chunk_id(piece), len(piece))
+            refs.append(ref)
+            batch_refs.append(ref)
+            batch.append(piece)
+            if len(batch) >= 64:
+                self._store_new(batch_refs, batch)
+                batch_refs, batch = [], []
+        self._store_new(batch_refs, batch)
+        return refs
+
+    def store_file(self, path: str | os.PathLike[str]) -> list[ChunkRef]:
+        """Chunk and store a local file's content."""
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= WHOLE_READ_LIMIT:
+                data = f.read()
+                return self.store_buffer(data) if data else []
+            return self.store_stream(f)
+
+    def _store_new(self, refs: Sequence[ChunkRef], pieces: Sequence[Buffer]) -> None:
+        todo: list[tuple[ChunkRef, Buffer]] = []
+        for ref, piece in zip(refs, pieces, strict=True):
+            if ref.id in self._new:
+                self.stats.dedup_chunks += 1
+            else:
+                todo.append((ref, piece))
+        if not todo:
+            return
+        with self.store.engine.read() as txn:
+            missing = [(r, p) for r, p in todo if txn.get_chunk(r.id) is None]
+        self.stats.dedup_chunks += len(todo) - len(missing)
+        executor = self.store.executor
+        for ref, piece in missing:
+            if ref.id in self._new:  # repeated within this batch
+                self.stats.dedup_chunks += 1
+                continue
+            self._new[ref.id] = None
+            self._inflight.append(
+                (ref.id, executor.submit(encode_blob, piece, self._level, ref.id)))
+            if len(self._inflight) > self._max_inflight:
+                self._drain(self._max_inflight // 2)
+
+    def _drain(self, keep: int = 0) -> None:
+        """Append finished blobs to the pack in order until `keep` remain in flight."""
+        while len(self._inflight) > keep:
+            cid, fut = self._inflight.popleft()
+            header, payload = fut.result()
+            if self._pack is None:
+                self._pack = PackBuilder()
+            offset, blob_len = self._pack.add(header, payload)
+            head = parse_blob_header(header)
+            raw_len = head.raw_len
+            self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, raw_len,
+                                       head.payload_len, head.codec)
+            self.stats.new_chunks += 1
+            self.stats.new_raw_bytes += raw_len
+            self.stats.new_stored_bytes += blob_len
+            if self._pack.size >= self.store.config.pack_size:
+                self._flush_pack()
+
+    def _flush_pack(self) -> None:
+        pack = self._pack
+        if pack is None or pack.nblobs == 0:
+            return
+        self._pool.put(pack_key(pack.pack_id), pack.parts())
+        self._flushed.append(pack)
+        self._pack = None
+        self.stats.packs += 1
+
+    # -- committing ------------------------------------------------------------
+    def add_file(self, refs: list[ChunkRef], action: CommitAction) -> None:
+        """Queue a file for the next commit; `action` applies it to the namespace."""
+        self.stats.files += 1
+        self.stats.logical_bytes += sum(r.length for r in refs)
+        self.add_action(action, refs)
+
+    def add_action(self, action: CommitAction, refs: list[ChunkRef] | None = None) -> None:
+        """Queue a namespace change (mkdir, symlink, attributes) for the next commit.
+
+        Actions run in the order they were added, inside the commit transaction.
+        """
+        self._files.append((refs or [], action))
+        if self._flushed or len(self._files) >= self.store.config.commit_files:
+            self.commit()
+
+    def commit(self) -> None:
+        """Make every queued file visible, in one metadata transaction.
+
+        The packs holding their new chunks are written durably first.
+        """
+        self._drain()
+        self._flush_pack()
+        if not self._files and not self._flushed:
+            return
+        now = time.time_ns()
+        with self.store.engine.write() as txn:
+            live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
+            records: dict[bytes, ChunkRecord] = {}
+            for cid, nc in self._new.items():
+                assert nc is not None
+                if txn.get_chunk(cid) is not None:
+                    continue  # committed meanwhile by another writer: our blob is dead
+                records[cid] = ChunkRecord(
+                    cid, nc.raw_len, nc.stored_len, nc.codec, 0,
+                    (Location(self._pool_id, nc.pack, nc.offset, nc.blob_len),))
+                counters = live[nc.pack]
+                counters[0] += 1
+                counters[1] += nc.blob_len
+            for p in self._flushed:
+                n, nbytes = live[p.pack_id]
+                txn.put_pack(PackRecord(p.pack_id, self._pool_id, p.size, p.nblobs, n, nbytes,
+                                        now))
+            deltas: Counter[bytes] = Counter()
+            for refs, action in self._files:
+                old = action(txn, refs)
+                deltas.update(r.id for r in refs)
+                if old is not None:
+                    deltas.subtract(r.id for r in old.chunks)
+            apply_refcounts(txn, deltas, records)
+        self._new.clear()
+        self._flushed.clear()
+        self._files.clear()
+        self.stats.commits += 1
+        self.stats.seconds = time.monotonic() - self._started
+
+    def abandon(self) -> None:
+        """Drop what was not committed (its packs become orphans that gc reclaims)."""
+        for _, fut in self._inflight:
+            fut.cancel()
+        self._inflight.clear()
+        self._pack = None
+        self._new.clear()
+        self._flushed.clear()
+        self._files.clear()
+
+
+def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],
+                    fresh: dict[bytes, ChunkRecord] | None = None) -> None:
+    """Add `deltas` to chunk refcounts; `fresh` holds records not yet in the txn.
+
+    A refcount that would go below zero means the index is damaged: raise,
+    so the transaction aborts and nothing changes.
+    """
+    fresh = fresh or {}
+    for cid, d in deltas.items():
+        rec = fresh.pop(cid, None) or txn.get_chunk(cid)
+        if rec is None:
+            raise HutongError(f"chunk {cid.hex()} is referenced but not in the index; "
+                              "the write was not committed (run `hutong fsck`)")
+        count = rec.refcount + d
+        if count < 0:
+            raise HutongError(f"chunk {cid.hex()} refcount would fall below zero; "
+                              "the index is damaged (run `hutong fsck`)")
+        txn.put_chunk(_with_refcount(rec, count))
+    for rec in fresh.values():  # stored but referenced by no committed file yet
+        txn.put_chunk(rec)
+
+
+def _with_refcount(rec: ChunkRecord, count: int) -> ChunkRecord:
+    return ChunkRecord(rec.id, rec.raw_len, rec.stored_len, rec.codec, count, rec.locations)
+
+
+def release(txn: WriteTxn, manifests: Iterable[Manifest]) -> None:
+    """Drop the references of removed manifests (their chunks may become garbage)."""
+    deltas: Counter[bytes] = Counter()
+    for m in manifests:
+        deltas.subtract(r.id for r in m.chunks)
+    apply_refcounts(txn, deltas)
+
