@@ -207,8 +207,22 @@ def test_invalid_records_rejected_on_write(tmp_path: Path) -> None:
                 w.link(ROOT_INO, "", 5)
             with pytest.raises(ValueError):
                 w.put_inode(Inode(5, 1, Kind.FILE, 0o644, -1, 0, 0, 0, 0, 0))
+            with pytest.raises(ValueError, match="503"):
+                w.link(ROOT_INO, "x" * 504, 5)
+            w.link(ROOT_INO, "é" * 251, 5)  # 502 bytes: fits
+            assert w.lookup(ROOT_INO, "x" * 504) is None
+            w.unlink(ROOT_INO, "x" * 504)
+            with pytest.raises(ValueError, match="511"):
+                w.put_value("xattrs", b"k" * 512, b"v")
+            with pytest.raises(ValueError, match="511"):
+                w.put_value("xattrs", b"", b"v")
+            assert w.get_value("xattrs", b"k" * 512) is None
+            assert w.get_value("xattrs", b"") is None
+            assert list(w.iter_values("xattrs", b"k" * 512)) == []
+            w.delete_value("xattrs", b"")
         with eng.read() as r:
             assert r.get_inode(5) is None
+            assert list(r.list_dir(ROOT_INO)) == [("é" * 251, 5)]
     finally:
         eng.close()
 

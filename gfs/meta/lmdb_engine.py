@@ -54,6 +54,7 @@ __all__ = ["LmdbEngine"]
 _FORMAT = b"format"
 _STORE_ID = b"store_id"
 _NEXT_INO = b"next_ino"
+_MAX_KEY = 511  # LMDB's default maximum key size
 _CORE_TABLES = ("meta", "inodes", "dirents", "manifests", "chunks", "packs", "pending", "pools")
 
 _ino_key = enc.encode_ino
@@ -110,7 +111,10 @@ class _LmdbRead(ReadTxn):
         return None if data is None else enc.decode_inode(ino, data)
 
     def lookup(self, parent: int, name: str) -> int | None:
-        data = self._txn.get(enc.dirent_key(parent, name), db=self._d.dirents)
+        key = enc.dirent_key(parent, name)
+        if len(key) > _MAX_KEY:
+            return None
+        data = self._txn.get(key, db=self._d.dirents)
         return None if data is None else enc.decode_ino(data)
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
@@ -118,6 +122,7 @@ class _LmdbRead(ReadTxn):
         cur = self._txn.cursor(db=self._d.dirents)
         if not cur.set_range(prefix):
             return
+        from_bytes = int.from_bytes
         for key, val in cur.iternext():
             if key[:8] != prefix:
                 return
@@ -128,7 +133,9 @@ class _LmdbRead(ReadTxn):
                     f"directory entry key {key!r} of inode {parent}: name is not UTF-8; "
                     "the metadata is damaged, run `hutong fsck`"
                 ) from None
-            yield name, enc.decode_ino(val)
+            if len(val) != 8:
+                enc.decode_ino(val)  # raises FormatError
+            yield name, from_bytes(val, "big")
 
     def iter_inodes(self) -> Iterator[Inode]:
         decode = enc.decode_inode
@@ -176,13 +183,16 @@ class _LmdbRead(ReadTxn):
 
     # -- opaque values and store facts -----------------------------------------
     def get_value(self, table: str, key: bytes) -> bytes | None:
-        data: bytes | None = self._txn.get(key, db=_value_db(self._d, table))
+        db = _value_db(self._d, table)
+        if not 0 < len(key) <= _MAX_KEY:
+            return None
+        data: bytes | None = self._txn.get(key, db=db)
         return data
 
     def iter_values(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         cur = self._txn.cursor(db=_value_db(self._d, table))
         if prefix:
-            if not cur.set_range(prefix):
+            if len(prefix) > _MAX_KEY or not cur.set_range(prefix):
                 return
             n = len(prefix)
             for key, val in cur.iternext():
@@ -218,10 +228,18 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         self._txn.delete(_ino_key(ino), db=self._d.inodes)
 
     def link(self, parent: int, name: str, ino: int) -> None:
-        self._txn.put(enc.dirent_key(parent, name), _ino_key(ino), db=self._d.dirents)
+        key = enc.dirent_key(parent, name)
+        if len(key) > _MAX_KEY:
+            raise ValueError(
+                f"directory entry of inode {parent}: name is {len(key) - 8} bytes in UTF-8, "
+                f"at most {_MAX_KEY - 8} allowed"
+            )
+        self._txn.put(key, _ino_key(ino), db=self._d.dirents)
 
     def unlink(self, parent: int, name: str) -> None:
-        self._txn.delete(enc.dirent_key(parent, name), db=self._d.dirents)
+        key = enc.dirent_key(parent, name)
+        if len(key) <= _MAX_KEY:
+            self._txn.delete(key, db=self._d.dirents)
 
     def put_manifest(self, ino: int, manifest: Manifest) -> None:
         self._txn.put(_ino_key(ino), enc.encode_manifest(manifest), db=self._d.manifests)
@@ -255,13 +273,13 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
 
     def put_value(self, table: str, key: bytes, value: bytes) -> None:
         db = _value_db(self._d, table)
-        if not key:
-            raise ValueError(f"value table {table!r}: empty key")
+        if not 0 < len(key) <= _MAX_KEY:
+            raise ValueError(f"value table {table!r}: key must be 1 to {_MAX_KEY} bytes")
         self._txn.put(key, value, db=db)
 
     def delete_value(self, table: str, key: bytes) -> None:
         db = _value_db(self._d, table)
-        if key:
+        if 0 < len(key) <= _MAX_KEY:
             self._txn.delete(key, db=db)
 
     def set_meta(self, key: str, value: bytes) -> None:

@@ -1,0 +1,328 @@
+"""Binary encodings of the metadata records: roundtrips, bad bytes, golden bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gfs.errors import FormatError
+from gfs.meta import encoding as enc
+from gfs.meta.records import (
+    CHUNK_ID_LEN,
+    PACK_ID_LEN,
+    ChunkRecord,
+    ChunkRef,
+    Inode,
+    Kind,
+    Location,
+    Manifest,
+    PackRecord,
+    PendingPack,
+    PoolRecord,
+)
+
+U8 = st.integers(0, 0xFF)
+U16 = st.integers(0, 0xFFFF)
+U32 = st.integers(0, 0xFFFF_FFFF)
+U64 = st.integers(0, (1 << 64) - 1)
+I64 = st.integers(-(1 << 63), (1 << 63) - 1)
+CID = st.binary(min_size=CHUNK_ID_LEN, max_size=CHUNK_ID_LEN)
+PID = st.binary(min_size=PACK_ID_LEN, max_size=PACK_ID_LEN)
+
+inodes = st.builds(
+    Inode,
+    ino=U64,
+    parent=U64,
+    kind=st.sampled_from(Kind),
+    mode=U16,
+    uid=U32,
+    gid=U32,
+    size=U64,
+    atime_ns=I64,
+    mtime_ns=I64,
+    ctime_ns=I64,
+    version=U64,
+    target=st.text(max_size=50),
+)
+manifests = st.builds(
+    Manifest,
+    version=U64,
+    chunks=st.lists(st.builds(ChunkRef, id=CID, length=U32), max_size=40).map(tuple),
+)
+locations = st.builds(Location, pool=U16, pack=PID, offset=U64, length=U32)
+chunks = st.builds(
+    ChunkRecord,
+    id=CID,
+    raw_len=U32,
+    stored_len=U32,
+    codec=U8,
+    refcount=U64,
+    locations=st.lists(locations, max_size=6).map(tuple),
+)
+packs = st.builds(
+    PackRecord,
+    id=PID,
+    pool=U16,
+    size=U64,
+    nchunks=U32,
+    live_chunks=U32,
+    live_bytes=U64,
+    created_ns=I64,
+)
+pendings = st.builds(PendingPack, id=PID, pool=U16, writer=st.text(max_size=40), created_ns=I64)
+pools = st.builds(
+    PoolRecord,
+    id=U16,
+    name=st.text(max_size=20),
+    url=st.text(max_size=60),
+    tier=st.text(max_size=10),
+    capacity=U64,
+)
+
+
+# -- roundtrips -------------------------------------------------------------------------
+
+
+@given(inodes)
+def test_inode_roundtrip(inode: Inode) -> None:
+    assert enc.decode_inode(inode.ino, enc.encode_inode(inode)) == inode
+
+
+@given(manifests, U64)
+def test_manifest_roundtrip(m: Manifest, ino: int) -> None:
+    data = enc.encode_manifest(m)
+    assert len(data) == 12 + 20 * len(m.chunks)
+    assert enc.decode_manifest(ino, data) == m
+
+
+@given(chunks)
+def test_chunk_roundtrip(rec: ChunkRecord) -> None:
+    data = enc.encode_chunk(rec)
+    assert len(data) == 18 + 30 * len(rec.locations)
+    assert enc.decode_chunk(rec.id, data) == rec
+
+
+@given(packs)
+def test_pack_roundtrip(rec: PackRecord) -> None:
+    assert enc.decode_pack(rec.id, enc.encode_pack(rec)) == rec
+
+
+@given(pendings)
+def test_pending_roundtrip(rec: PendingPack) -> None:
+    assert enc.decode_pending(rec.id, enc.encode_pending(rec)) == rec
+
+
+@given(pools)
+def test_pool_roundtrip(rec: PoolRecord) -> None:
+    assert enc.decode_pool(rec.id, enc.encode_pool(rec)) == rec
+    assert enc.decode_pool_key(enc.pool_key(rec.id)) == rec.id
+
+
+@given(U64, st.text(min_size=1, max_size=40))
+def test_dirent_key_roundtrip(parent: int, name: str) -> None:
+    key = enc.dirent_key(parent, name)
+    assert key[:8] == parent.to_bytes(8, "big")
+    assert enc.decode_dirent_key(key) == (parent, name)
+
+
+@given(U64, U64)
+def test_ino_keys_sort_as_numbers(a: int, b: int) -> None:
+    assert enc.decode_ino(enc.encode_ino(a)) == a
+    assert (enc.encode_ino(a) < enc.encode_ino(b)) == (a < b)
+    assert enc.decode_u64("x", enc.encode_u64(a)) == a
+
+
+# -- bad bytes -------------------------------------------------------------------------------
+
+
+def _all_truncations(data: bytes) -> list[bytes]:
+    return [data[:n] for n in range(len(data))]
+
+
+@settings(max_examples=30)
+@given(inodes)
+def test_truncated_inode(inode: Inode) -> None:
+    data = enc.encode_inode(inode)
+    for cut in _all_truncations(data)[: enc.INODE_HEADER.size]:
+        with pytest.raises(FormatError, match=f"inode {inode.ino}"):
+            enc.decode_inode(inode.ino, cut)
+
+
+@settings(max_examples=30)
+@given(manifests)
+def test_truncated_or_extended_manifest(m: Manifest) -> None:
+    data = enc.encode_manifest(m)
+    for cut in _all_truncations(data):
+        with pytest.raises(FormatError, match="manifest of inode 3"):
+            enc.decode_manifest(3, cut)
+    with pytest.raises(FormatError):
+        enc.decode_manifest(3, data + b"\x00")
+
+
+@settings(max_examples=30)
+@given(chunks)
+def test_truncated_or_extended_chunk(rec: ChunkRecord) -> None:
+    data = enc.encode_chunk(rec)
+    for cut in _all_truncations(data):
+        with pytest.raises(FormatError, match=f"chunk record {rec.id.hex()}"):
+            enc.decode_chunk(rec.id, cut)
+    with pytest.raises(FormatError):
+        enc.decode_chunk(rec.id, data + b"\x00")
+
+
+@settings(max_examples=30)
+@given(packs, pendings)
+def test_truncated_pack_and_pending(p: PackRecord, q: PendingPack) -> None:
+    data = enc.encode_pack(p)
+    for cut in [*_all_truncations(data), data + b"\x00"]:
+        with pytest.raises(FormatError, match="pack record"):
+            enc.decode_pack(p.id, cut)
+    for cut in _all_truncations(enc.encode_pending(q))[:10]:
+        with pytest.raises(FormatError, match="pending pack"):
+            enc.decode_pending(q.id, cut)
+
+
+@given(st.binary(max_size=200))
+def test_garbage_never_escapes_as_other_errors(data: bytes) -> None:
+    """Random bytes either decode to a record or raise FormatError, nothing else."""
+    decoders: list[Callable[[], object]] = [
+        lambda: enc.decode_inode(9, data),
+        lambda: enc.decode_manifest(9, data),
+        lambda: enc.decode_chunk(b"\x01" * 16, data),
+        lambda: enc.decode_pack(b"\x02" * 16, data),
+        lambda: enc.decode_pending(b"\x03" * 16, data),
+        lambda: enc.decode_pool(9, data),
+        lambda: enc.decode_dirent_key(data),
+        lambda: enc.decode_ino(data),
+    ]
+    for decode in decoders:
+        with contextlib.suppress(FormatError):
+            decode()
+
+
+def test_specific_garbage() -> None:
+    head = enc.INODE_HEADER.pack(9, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(FormatError, match="inode 4: unknown kind 9"):
+        enc.decode_inode(4, head)
+    good = enc.INODE_HEADER.pack(3, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(FormatError, match="not UTF-8"):
+        enc.decode_inode(4, good + b"\xff\xfe")
+    with pytest.raises(FormatError, match="header says 1000000 entries"):
+        enc.decode_manifest(4, (7).to_bytes(8, "little") + (10**6).to_bytes(4, "little"))
+    for bad in (b"", b"[]", b"{}", b"\xff", b'{"name":"a","url":"u","tier":"t","capacity":-1}'):
+        with pytest.raises(FormatError, match="pool 3"):
+            enc.decode_pool(3, bad)
+    with pytest.raises(FormatError, match="directory entry"):
+        enc.decode_dirent_key(b"\x00" * 8 + b"\xff")
+    with pytest.raises(FormatError, match="next_ino"):
+        enc.decode_u64("meta next_ino", b"\x01")
+
+
+def test_unrepresentable_records_rejected() -> None:
+    ok = Inode(5, 1, Kind.FILE, 0o644, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="inode 5"):
+        enc.encode_inode(Inode(5, 1, Kind.FILE, 0o644, 1 << 32, 0, 0, 0, 0, 0))
+    with pytest.raises(ValueError, match="inode 5"):
+        enc.encode_inode(Inode(5, 1, 7, 0o644, 0, 0, 0, 0, 0, 0))  # type: ignore[arg-type]
+    assert enc.encode_inode(ok)
+    with pytest.raises(ValueError, match="manifest entry 1"):
+        enc.encode_manifest(Manifest(1, (ChunkRef(b"a" * 16, 1), ChunkRef(b"b" * 15, 1))))
+    with pytest.raises(ValueError, match="manifest"):
+        enc.encode_manifest(Manifest(1, (ChunkRef(b"a" * 16, 1 << 32),)))
+    loc = Location(0, b"p" * 16, 0, 1)
+    with pytest.raises(ValueError, match="chunk"):
+        enc.encode_chunk(ChunkRecord(b"c" * 16, 1, 1, 0, 1, (loc,) * 256))
+    with pytest.raises(ValueError, match="pack id"):
+        enc.encode_chunk(ChunkRecord(b"c" * 16, 1, 1, 0, 1, (Location(0, b"p", 0, 1),)))
+    with pytest.raises(ValueError, match="pack record"):
+        enc.encode_pack(PackRecord(b"p" * 16, 1 << 16, 0, 0, 0, 0, 0))
+    with pytest.raises(ValueError, match="pool id"):
+        enc.encode_pool(PoolRecord(1 << 16, "x", "u"))
+    with pytest.raises(ValueError, match="empty name"):
+        enc.dirent_key(1, "")
+
+
+# -- golden bytes: these freeze format version 1 ------------------------------------------------
+
+
+def test_golden_inode() -> None:
+    inode = Inode(5, 1, Kind.SYMLINK, 0o755, 1000, 100, 7, 1, 2, 3, version=4, target="é/x")
+    golden = bytes.fromhex(
+        "03"  # kind symlink
+        "ed01"  # mode 0o755
+        "e8030000"  # uid 1000
+        "64000000"  # gid 100
+        "0100000000000000"  # parent 1
+        "0700000000000000"  # size 7
+        "0100000000000000"  # atime_ns
+        "0200000000000000"  # mtime_ns
+        "0300000000000000"  # ctime_ns
+        "0400000000000000"  # version
+        "c3a92f78"  # target "é/x"
+    )
+    assert enc.encode_inode(inode) == golden
+    assert enc.decode_inode(5, golden) == inode
+    assert enc.encode_ino(5) == bytes.fromhex("0000000000000005")
+    assert enc.dirent_key(256, "é") == bytes.fromhex("0000000000000100c3a9")
+
+
+def test_golden_manifest() -> None:
+    m = Manifest(2, (ChunkRef(bytes(range(16)), 65536), ChunkRef(b"\xff" * 16, 1)))
+    golden = bytes.fromhex(
+        "0200000000000000"  # version 2
+        "02000000"  # count 2
+        "000102030405060708090a0b0c0d0e0f"
+        "00000100"  # id, length 65536
+        "ffffffffffffffffffffffffffffffff"
+        "01000000"  # id, length 1
+    )
+    assert enc.encode_manifest(m) == golden
+    assert enc.decode_manifest(1, golden) == m
+    assert enc.encode_manifest(Manifest(0, ())) == bytes(12)
+
+
+def test_golden_chunk_pack_pending_pool() -> None:
+    rec = ChunkRecord(bytes(range(16)), 100, 60, 1, 3, (Location(1, b"\xaa" * 16, 32, 96),))
+    golden = bytes.fromhex(
+        "0300000000000000"  # refcount 3
+        "64000000"  # raw 100
+        "3c000000"  # stored 60
+        "01"  # codec zstd
+        "01"  # 1 location
+        "0100" + "aa" * 16 + "2000000000000000"
+        "60000000"  # pool, pack, offset, length
+    )
+    assert enc.encode_chunk(rec) == golden
+    assert enc.decode_chunk(rec.id, golden) == rec
+    pack = PackRecord(b"\x01" * 16, 2, 4096, 3, 2, 1000, -1)
+    assert enc.encode_pack(pack) == bytes.fromhex(
+        "020000100000000000000300000002000000e803000000000000ffffffffffffffff"
+    )
+    pending = PendingPack(b"\x01" * 16, 1, "w:1", 5)
+    assert enc.encode_pending(pending) == bytes.fromhex("01000500000000000000") + b"w:1"
+    pool = PoolRecord(0, "default", "file:///s/pools/default")
+    assert enc.encode_pool(pool) == (
+        b'{"capacity":0,"name":"default","tier":"warm","url":"file:///s/pools/default"}'
+    )
+    assert enc.pool_key(258) == b"\x01\x02"
+
+
+# -- speed ------------------------------------------------------------------------------------
+
+
+def test_large_manifest_is_fast() -> None:
+    m = Manifest(1, tuple(ChunkRef(i.to_bytes(16, "big"), 65536) for i in range(100_000)))
+    t0 = time.perf_counter()
+    data = enc.encode_manifest(m)
+    t1 = time.perf_counter()
+    back = enc.decode_manifest(1, data)
+    t2 = time.perf_counter()
+    assert back == m
+    # Generous bounds (shared CI machines); typical figures are ~10 ms and ~55 ms.
+    assert t1 - t0 < 1.0
+    assert t2 - t1 < 2.0
