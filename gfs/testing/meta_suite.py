@@ -13,7 +13,8 @@ Every engine runs it. In a test module::
             engine.close()
             return MyEngine(...same store...)
 
-The fixture must yield a freshly initialised, empty store. `reopen` closes an
+The fixture must yield a freshly initialised, empty store and close the
+engine afterwards (close() must be idempotent). `reopen` closes an
 engine and opens the same store again; engines that cannot do so leave the
 default, which skips the tests that need it.
 """
@@ -27,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from gfs.errors import StateError
 from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn
 from gfs.meta.records import (
     CHUNK_ID_LEN,
@@ -438,6 +440,13 @@ class MetaEngineConformance:
             engine.close()
 
     # -- transactions -----------------------------------------------------------------
+    def test_calls_after_close_raise(self, engine: MetaEngine) -> None:
+        engine.close()  # the fixture's teardown closes again: close() must be idempotent
+        with pytest.raises(StateError), engine.read():
+            pass
+        with pytest.raises(StateError), engine.write():
+            pass
+
     def test_abort_on_exception_changes_nothing(self, engine: MetaEngine) -> None:
         _populate(engine)
         parents = (ROOT_INO, 2, 50)
