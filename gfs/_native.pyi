@@ -1,0 +1,19 @@
+"""Typed stubs of the C extension `gfs._native` (native/module.c)."""
+
+import mmap
+
+_Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+def cut_points(
+    buf: _Buffer, min_size: int, avg_size: int, max_size: int, eof: bool = True, /
+) -> list[int]:
+    """Chunk end offsets of `buf` by FastCDC; releases the GIL while scanning."""
+
+def check_params(min_size: int, avg_size: int, max_size: int, /) -> None:
+    """Raise ValueError unless 64 <= min <= avg <= max <= 2**30, avg a power of two."""
+
+def masks(min_size: int, avg_size: int, max_size: int, /) -> tuple[int, int]:
+    """(mask_s, mask_l) for these sizes."""
+
+def gear_table() -> tuple[int, ...]:
+    """The 256-entry gear table compiled into the chunker."""

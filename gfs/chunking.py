@@ -1,0 +1,211 @@
+"""Content-defined chunking (normalised FastCDC), backed by the C core `gfs._native`.
+
+The boundaries are part of the on-disk format (docs/format.md, "Content-defined
+chunking"). A chunking is given by its *cut points*: the end offsets
+(exclusive) of the chunks, in order; the last one is the length of the data.
+
+* `cut_points(buf, params)`: the cut points of any C-contiguous buffer
+  (bytes, bytearray, memoryview, mmap), without copying and without the GIL.
+* `iter_chunks(buf, params)`: zero-copy `memoryview` slices of `buf`.
+* `iter_stream_chunks(f, params)`: chunks of a binary stream as `bytes`, with
+  memory bounded by about `block_size + max_size` and the same boundaries as
+  one call on the whole content.
+* `open_chunked(path, params)`: a regular file memory-mapped, for ingest::
+
+      with open_chunked(path, params) as (view, cuts):
+          for start, end in spans(cuts):
+              store(view[start:end])
+
+  `view` is a read-only memoryview of the file and stays valid inside the
+  block; on exit the view is released and the file unmapped. Slices taken of
+  `view` must not be kept past the block (copy them with `bytes()`); if some
+  are, the mapping lives on until the last one is garbage-collected.
+* `chunk_file(path, params)`: the same as an iterator of memoryviews.
+
+There is no pure-Python fallback: without the extension, importing this module
+raises `NativeExtensionMissing` (`gfs.cdc_reference` is for the tests only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from gfs.errors import ConfigError, NativeExtensionMissing
+
+try:
+    import gfs._native as _native
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise NativeExtensionMissing(
+        "the C extension gfs._native is not built; run `make setup` or "
+        "`.venv/bin/python setup.py build_ext --inplace` in the source tree "
+        f"({exc})"
+    ) from exc
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "MAX_SIZE_LIMIT",
+    "MIN_SIZE_LIMIT",
+    "Buffer",
+    "ChunkParams",
+    "chunk_file",
+    "cut_points",
+    "iter_chunks",
+    "iter_stream_chunks",
+    "open_chunked",
+    "spans",
+]
+
+#: What the chunker accepts: any C-contiguous buffer of bytes.
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+MIN_SIZE_LIMIT = 64
+MAX_SIZE_LIMIT = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkParams:
+    """Chunk sizes: 64 <= min_size <= avg_size <= max_size <= 2**30, avg_size a power of 2."""
+
+    min_size: int = 16384
+    avg_size: int = 65536
+    max_size: int = 262144
+
+    def __post_init__(self) -> None:
+        for name in ("min_size", "avg_size", "max_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"chunking {name} must be an integer, got {value!r}")
+        if not MIN_SIZE_LIMIT <= self.min_size <= self.avg_size:
+            raise ConfigError(
+                f"chunking min_size must be in [{MIN_SIZE_LIMIT}, avg_size={self.avg_size}], "
+                f"got {self.min_size}"
+            )
+        if self.avg_size & (self.avg_size - 1):
+            raise ConfigError(f"chunking avg_size must be a power of two, got {self.avg_size}")
+        if not self.avg_size <= self.max_size <= MAX_SIZE_LIMIT:
+            raise ConfigError(
+                f"chunking max_size must be in [avg_size={self.avg_size}, {MAX_SIZE_LIMIT}], "
+                f"got {self.max_size}"
+            )
+
+
+DEFAULT_PARAMS = ChunkParams()
+
+
+def cut_points(buf: Buffer, params: ChunkParams = DEFAULT_PARAMS, *,
+               eof: bool = True) -> list[int]:
+    """Chunk end offsets (exclusive, increasing) of `buf`; `[]` for empty data.
+
+    With `eof=False`, `buf` is a prefix of a longer input: chunking stops before
+    the first chunk that has fewer than `max_size` bytes from its start to the
+    end of `buf`, so continuing from the last cut with more data gives the
+    boundaries of the whole input. Raises BufferError if `buf` is not
+    C-contiguous.
+    """
+    return _native.cut_points(buf, params.min_size, params.avg_size, params.max_size, eof)
+
+
+def spans(cuts: list[int], start: int = 0) -> Iterator[tuple[int, int]]:
+    """`(start, end)` of each chunk, from cut points that follow offset `start`."""
+    for end in cuts:
+        yield start, end
+        start = end
+
+
+def iter_chunks(buf: Buffer, params: ChunkParams = DEFAULT_PARAMS) -> Iterator[memoryview]:
+    """The chunks of `buf` as zero-copy read-only memoryview slices."""
+    view = memoryview(buf).cast("B").toreadonly()
+    for start, end in spans(cut_points(view, params)):
+        yield view[start:end]
+
+
+def iter_stream_chunks(f: BinaryIO, params: ChunkParams = DEFAULT_PARAMS,
+                       block_size: int = 8 << 20) -> Iterator[bytes]:
+    """The chunks of stream `f` (read to its end) as `bytes`.
+
+    Holds at most `block_size + max_size` bytes of input; the boundaries equal
+    those of `cut_points` on the whole content.
+    """
+    if block_size < 1:
+        raise ConfigError(f"block_size must be positive, got {block_size}")
+    buf = bytearray(block_size + params.max_size)
+    view = memoryview(buf)
+    readinto = getattr(f, "readinto", None)
+    fill = 0
+    eof = False
+    try:
+        while True:
+            while not eof and fill < len(buf):
+                if readinto is not None:
+                    n = readinto(view[fill:]) or 0
+                else:
+                    data = f.read(len(buf) - fill)
+                    n = len(data)
+                    view[fill:fill + n] = data
+                eof = n == 0
+                fill += n
+            start = 0
+            for end in cut_points(view[:fill], params, eof=eof):
+                yield bytes(view[start:end])
+                start = end
+            if eof:
+                return
+            # At most max_size bytes are left: move them to the front.
+            buf[: fill - start] = buf[start:fill]
+            fill -= start
+    finally:
+        view.release()
+
+
+@contextlib.contextmanager
+def open_chunked(path: str | os.PathLike[str],
+                 params: ChunkParams = DEFAULT_PARAMS) -> Iterator[tuple[memoryview, list[int]]]:
+    """Map the file at `path` and chunk it: yields `(view, cuts)`.
+
+    `view` is a read-only memoryview of the whole file (empty for an empty
+    file) and `cuts` its cut points; see the module docstring for lifetime.
+    Files that cannot be mapped (pipes, devices) are read into memory. The
+    file must not be truncated while mapped (reading a vanished page is a
+    SIGBUS).
+    """
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            data = memoryview(f.read()).toreadonly()
+            try:
+                yield data, cut_points(data, params)
+            finally:
+                data.release()
+            return
+        if st.st_size == 0:
+            yield memoryview(b""), []
+            return
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mapped)
+    try:
+        if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        yield view, cut_points(view, params)
+    finally:
+        view.release()
+        # BufferError: the caller kept slices; the mapping is closed when they go.
+        with contextlib.suppress(BufferError):
+            mapped.close()
+
+
+def chunk_file(path: str | os.PathLike[str],
+               params: ChunkParams = DEFAULT_PARAMS) -> Iterator[memoryview]:
+    """The chunks of the file at `path` as memoryviews of a mapping of it.
+
+    The file is unmapped when the iterator finishes or is closed; views kept
+    after that keep the mapping alive until they are garbage-collected.
+    """
+    with open_chunked(path, params) as (view, cuts):
+        for start, end in spans(cuts):
+            yield view[start:end]
