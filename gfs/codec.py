@@ -159,7 +159,7 @@ def encode_blob(
         raise ValueError(f"chunk id must be {CHUNK_ID_LEN} bytes, got {len(cid)}")
     codec = CODEC_RAW
     payload: Buffer = raw
-    if raw_len >= 64:  # below that zstd cannot win by the required margin
+    if raw_len > 9:  # an empty zstd frame alone takes 9 bytes
         packed = _compressor(level).compress(raw)
         if len(packed) < raw_len - raw_len // 64:
             codec = CODEC_ZSTD
