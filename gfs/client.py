@@ -1,7 +1,7 @@
 """The gfs client: one object for everything a user does with a store.
 
     from gfs import Client
-    with Client.open("~/.hutong") as fs:          # or Client.init(...) the first time
+    with Client("~/.hutong") as fs:               # or Client.init(...) the first time
         fs.put("data/", "/lab/data")               # a local tree into the namespace
         fs.du("/lab/data").dedup_ratio
         with fs.open("/lab/data/a.csv") as f:      # seekable, ranged reads
@@ -129,11 +129,16 @@ class _LocalEntry:
 class Client:
     """A store opened from its state directory (embedded mode)."""
 
-    def __init__(self, state: Path, config: StoreConfig, engine: LmdbEngine) -> None:
-        self.state = state
-        self.config = config
-        self.engine = engine
-        self.store = ChunkStore(engine, state, config)
+    def __init__(self, state: str | os.PathLike[str] | None = None, **settings: Any) -> None:
+        """Open the store in `state`; settings override the config file and environment."""
+        root = state_dir(state)
+        if not (root / CONFIG_FILE).exists() or not (root / "meta").is_dir():
+            raise StateError(f"no Hutong store at {root}; create one with `hutong init` "
+                             f"(or pass --state / set HUTONG_STATE)")
+        self.state = root
+        self.config = StoreConfig.load(root, settings)
+        self.engine = LmdbEngine(str(root / "meta"))
+        self.store = ChunkStore(self.engine, root, self.config)
 
     # -- lifecycle -------------------------------------------------------------
     @classmethod
@@ -148,23 +153,16 @@ class Client:
         for sub in ("meta", "locks", "pools/default"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         engine = LmdbEngine(str(root / "meta"))
-        with engine.write() as txn:
-            txn.put_pool(PoolRecord(0, "default", (root / "pools" / "default").as_uri(),
-                                    "warm", 0))
+        try:
+            with engine.write() as txn:
+                txn.put_pool(PoolRecord(0, "default", (root / "pools" / "default").as_uri(),
+                                        "warm", 0))
+        finally:
+            engine.close()
         tmp = root / f".{CONFIG_FILE}.{uuid.uuid4().hex}"
         tmp.write_text(config.to_toml())
         os.replace(tmp, root / CONFIG_FILE)  # the config file marks the store as ready
-        return cls(root, config, engine)
-
-    @classmethod
-    def open(cls, state: str | os.PathLike[str] | None = None, **settings: Any) -> Client:
-        """Open the store in `state`; settings override the config file and environment."""
-        root = state_dir(state)
-        if not (root / CONFIG_FILE).exists() or not (root / "meta").is_dir():
-            raise StateError(f"no Hutong store at {root}; create one with `hutong init` "
-                             f"(or pass --state / set HUTONG_STATE)")
-        config = StoreConfig.load(root, settings)
-        return cls(root, config, LmdbEngine(str(root / "meta")))
+        return cls(root, **settings)
 
     def close(self) -> None:
         """Release the store."""
@@ -213,7 +211,8 @@ class Client:
                 yield Stat.of(p, node)
                 if node.kind == Kind.DIR:
                     base = p.rstrip("/")
-                    kids = [(f"{base}/{n}", namespace.get(txn, i)) for n, i in txn.list_dir(node.ino)]
+                    kids = [(f"{base}/{n}", namespace.get(txn, i))
+                            for n, i in txn.list_dir(node.ino)]
                     stack.extend(reversed(kids))
 
     def readlink(self, path: str) -> str:
@@ -341,6 +340,8 @@ class Client:
 
         If `path` is an existing directory the source goes inside it under its
         own name; otherwise `path` becomes the copy (missing parents are made).
+        A source ending in "/" means its contents (as in rsync), so repeating
+        an interrupted `put("dir/", path)` resumes it.
         Conflicts (a file onto a directory, a directory onto a file) are found
         before anything is written. Files become visible in committed batches.
         """
@@ -349,7 +350,9 @@ class Client:
             top = os.lstat(src)
         except FileNotFoundError:
             raise FileNotFoundError(f"local path not found: {src}") from None
-        dest = self._put_destination(src, paths.normalize(path))
+        dest = paths.normalize(path)
+        if not str(local).endswith(os.sep):  # "dir/" means its contents, like rsync
+            dest = self._put_destination(src, dest)
         entries = self._scan_local(src, top)
         self._check_put_conflicts(dest, entries)
         report = TransferReport()

@@ -1,0 +1,199 @@
+"""Fault injection: damaged chunks, truncated packs, a full disk, kill -9 mid-put."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gfs.client import Client
+from gfs.errors import ChunkMissingError, CorruptChunkError, NoSpaceError
+from gfs.packs import pack_key
+from gfs.testing.faults import FaultyPool, flip_byte, truncate_object
+from tests.conftest import make_tree, tree_digest
+
+
+def _location(fs: Client, path: str, index: int = 0) -> tuple[str, int, int]:
+    """(pack key, blob offset, blob length) of chunk `index` of file `path`."""
+    with fs.engine.read() as txn:
+        m = txn.get_manifest(fs.stat(path).ino)
+        assert m is not None
+        rec = txn.get_chunk(m.chunks[index].id)
+        assert rec is not None
+        loc = rec.locations[0]
+    return pack_key(loc.pack), loc.offset, loc.length
+
+
+def _two_files(fs: Client) -> tuple[bytes, bytes]:
+    rnd = random.Random(11)
+    a, b = rnd.randbytes(400_000), rnd.randbytes(400_000)
+    fs.write_bytes("/victim", a)
+    fs.write_bytes("/bystander", b)
+    return a, b
+
+
+@pytest.mark.parametrize("where", ["payload", "header", "last"])
+def test_flipped_byte_fails_loudly_and_fsck_names_file(fs: Client, where: str) -> None:
+    _, b = _two_files(fs)
+    key, off, length = _location(fs, "/victim", 1)
+    target = {"payload": off + length // 2, "header": off + 3, "last": off + length - 1}[where]
+    flip_byte(fs.store.pool(0), key, target)
+    with pytest.raises(CorruptChunkError) as e:
+        fs.read_bytes("/victim")
+    assert "/victim" in str(e.value) and "fsck" in str(e.value)
+    assert fs.read_bytes("/bystander") == b  # nothing else is harmed
+    report = fs.fsck()
+    assert not report.ok
+    assert report.damaged_files == ["/victim"]
+
+
+def test_truncated_pack_fails_loudly(fs: Client) -> None:
+    _two_files(fs)
+    key, off, length = _location(fs, "/victim", 2)
+    truncate_object(fs.store.pool(0), key, off + length // 2)
+    with pytest.raises((CorruptChunkError, ChunkMissingError)):
+        fs.read_bytes("/victim")
+    report = fs.fsck()
+    assert not report.ok and "/victim" in report.damaged_files
+
+
+def test_missing_pack_reported(fs: Client) -> None:
+    _two_files(fs)
+    key, _, _ = _location(fs, "/victim")
+    fs.store.pool(0).delete(key)
+    with pytest.raises(ChunkMissingError):
+        fs.read_bytes("/victim")
+    report = fs.fsck()
+    assert not report.ok
+    assert any("missing" in p for p in report.problems)
+
+
+def test_fsck_cli_exit_code_on_damage(fs: Client) -> None:
+    from gfs.cli import main
+
+    _two_files(fs)
+    assert main(["--state", str(fs.state), "fsck", "-q"]) == 0
+    key, off, length = _location(fs, "/victim")
+    flip_byte(fs.store.pool(0), key, off + length - 5)
+    assert main(["--state", str(fs.state), "fsck", "-q"]) == 1
+
+
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+def test_full_disk_during_put_changes_nothing(fs: Client, tmp_path: Path, when: str) -> None:
+    fs.write_bytes("/existing", b"committed before" * 1000)
+    src = make_tree(tmp_path / "src", seed=4, files=40)
+    inner = fs.store.pool(0)
+    fs.store._pools[0] = FaultyPool(inner, "put", after=0,
+                                    error=OSError(errno.ENOSPC, "No space left on device"),
+                                    when=when)
+    with pytest.raises((NoSpaceError, OSError)) as e:
+        fs.put(src, "/new")
+    assert e.value.errno == errno.ENOSPC
+    fs.store._pools[0] = inner
+    assert not fs.exists("/new")
+    assert fs.read_bytes("/existing") == b"committed before" * 1000
+    report = fs.fsck()
+    assert report.ok, report.problems
+    fs.gc()
+    after = fs.fsck()
+    assert after.ok and after.orphan_packs == 0 and after.unreferenced_chunks == 0
+    fs.put(src, "/new")  # the same put works once there is space
+    out = tmp_path / "out"
+    fs.get("/new", out)
+    assert tree_digest(out) == tree_digest(src)
+
+
+def _can_mount_tmpfs(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)],
+                        capture_output=True).returncode == 0
+    if ok:
+        subprocess.run(["umount", str(probe)], check=True)
+    return ok
+
+
+def test_real_full_filesystem(tmp_path: Path) -> None:
+    """A store whose state lives on a tiny tmpfs: put fails with ENOSPC, state stays sound."""
+    if os.geteuid() != 0 or not _can_mount_tmpfs(tmp_path):
+        pytest.skip("needs root and permission to mount a tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        fs = Client.init(mnt / "state", pack_size=1 << 20)
+        try:
+            fs.write_bytes("/small", b"fits" * 100)
+            src = tmp_path / "big"
+            src.mkdir()
+            (src / "noise").write_bytes(random.Random(0).randbytes(12_000_000))
+            with pytest.raises(NoSpaceError):
+                fs.put(src, "/big")
+            assert not fs.exists("/big")
+            assert fs.read_bytes("/small") == b"fits" * 100
+            fs.gc()
+            report = fs.fsck()
+            assert report.ok and report.orphan_packs == 0, report.problems
+        finally:
+            fs.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+KILLER = textwrap.dedent("""
+    import sys
+    from gfs.client import Client
+    fs = Client(sys.argv[1], pack_size=1 << 20, commit_files=5)
+    def progress(n):
+        print("progress", flush=True)
+    fs.put(sys.argv[2], "/big", progress=progress)
+    print("done", flush=True)
+""")
+
+
+def test_kill9_mid_put_leaves_no_half_visible_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    Client.init(state).close()
+    src = make_tree(tmp_path / "src", seed=21, files=200, max_size=400_000)
+    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(state), str(src)],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.stdout is not None
+    seen = 0
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        seen += line.startswith("progress")
+        if seen >= 60 or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert seen >= 60, "the put finished or stalled before it could be killed"
+    fs = Client(state)
+    try:
+        report = fs.fsck()
+        assert report.ok, report.problems
+        # every visible file is complete and correct
+        originals = tree_digest(src)
+        visible = 0
+        for st in fs.walk("/"):
+            if st.kind == "file":
+                rel = st.path.removeprefix("/big/")
+                assert fs.read_bytes(st.path) == originals[rel][2]
+                visible += 1
+        assert visible < len([v for v in originals.values() if v[0] == "file"])
+        fs.gc()
+        after = fs.fsck()
+        assert after.ok and after.orphan_packs == 0 and after.unreferenced_chunks == 0
+        fs.put(f"{src}/", "/big")  # resuming is putting the contents again
+        out = tmp_path / "out"
+        fs.get("/big", out)
+        assert tree_digest(out) == originals
+    finally:
+        fs.close()
