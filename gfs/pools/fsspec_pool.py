@@ -51,7 +51,7 @@ class FsspecPool(Pool):
         except (ImportError, ValueError) as e:
             raise PoolError(url, f"cannot open pool {url!r}: {e}") from e
         self.fs: Any = fs
-        self.root: str = root.rstrip("/") or root
+        self.root: str = root.rstrip("/")  # "" for a filesystem root
         protos = _protocols(fs)
         self._is_local = bool(protos & _LOCAL_PROTOCOLS)
         self._atomic_pipe = (
@@ -84,7 +84,8 @@ class FsspecPool(Pool):
 
     def put(self, key: str, parts: Sequence[Buffer]) -> None:
         path = self._path(key)
-        data: Buffer = parts[0] if len(parts) == 1 else b"".join(parts)
+        # One buffer for pipe_file; bytes, since some backends reject memoryviews.
+        data = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
         if self._atomic_pipe:
             try:
                 self.fs.pipe_file(path, data)
@@ -154,7 +155,7 @@ class FsspecPool(Pool):
     def list(self, prefix: str = "") -> Iterator[str]:
         check_prefix(prefix)
         head = prefix.rpartition("/")[0]
-        base = f"{self.root}/{head}" if head else self.root
+        base = f"{self.root}/{head}" if head else self.root or "/"
         try:
             paths = self.fs.find(base, withdirs=False)
         except FileNotFoundError:
@@ -176,7 +177,7 @@ class FsspecPool(Pool):
 
     def usage(self) -> PoolUsage:
         try:
-            found = self.fs.find(self.root, withdirs=False, detail=True)
+            found = self.fs.find(self.root or "/", withdirs=False, detail=True)
         except FileNotFoundError:
             found = {}
         except Exception as e:
@@ -190,7 +191,7 @@ class FsspecPool(Pool):
         free: int | None = None
         if self._is_local:
             try:
-                free = shutil.disk_usage(self.root).free
+                free = shutil.disk_usage(self.root or "/").free
             except OSError:
                 free = None
         return PoolUsage(used, free)

@@ -9,6 +9,7 @@ once). Reads use `os.pread` on the object's file.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import itertools
 import os
@@ -76,7 +77,10 @@ class LocalPool(Pool):
                     raise PoolError(
                         self.root, f"pool directory {self.root} does not exist; create it first"
                     )
+                os.makedirs(os.path.dirname(self.root), exist_ok=True)
                 self._mkdirs(self.root)
+            else:
+                self._dirs.add(self.root)
             self._mkdirs(self._tmp)
         except OSError as e:
             raise self._error(e, self.root, "open pool") from e
@@ -98,18 +102,23 @@ class LocalPool(Pool):
         return PoolError(path, f"pool {self.url}: {what} failed: {e.strerror or e}")
 
     def _mkdirs(self, path: str) -> None:
-        """Create `path` and missing parents, fsyncing each new entry's parent."""
+        """Make sure directory `path` exists durably (its entry fsynced in its parent).
+
+        The parent is fsynced even when the directory existed already: another
+        thread or a crashed process may have created it without that fsync.
+        This happens once per directory per pool object.
+        """
         if path in self._dirs:
             return
         parent = os.path.dirname(path)
-        if parent != path and not os.path.isdir(parent):
+        if path != self.root and parent not in self._dirs:
             self._mkdirs(parent)
         try:
             os.mkdir(path)
         except FileExistsError:
             if not os.path.isdir(path):
                 raise
-        else:
+        if parent != path:
             _fsync_dir(parent)
         self._dirs.add(path)
 
@@ -140,12 +149,9 @@ class LocalPool(Pool):
         except BaseException as e:
             if fd >= 0:
                 os.close(fd)
-            try:
+            # The original error matters more; clean_temporaries removes a leftover later.
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                pass  # the original error matters more; clean_temporaries removes it later
             if isinstance(e, OSError):
                 raise self._error(e, path, f"put {key}") from e
             raise

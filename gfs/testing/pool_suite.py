@@ -61,6 +61,10 @@ class PoolConformance:
         assert pool.get("a/b/c.pack") == b"hello pool world"
         assert pool.size("a/b/c.pack") == 16
         assert pool.exists("a/b/c.pack")
+        pool.put("single/view", [memoryview(b"abcdef")[1:4]])
+        assert pool.get("single/view") == b"bcd"
+        pool.put("single/bytearray", [bytearray(b"ba")])
+        assert pool.get("single/bytearray") == b"ba"
         assert self.temporaries(pool) == []
 
     def test_empty_object(self, pool: Pool) -> None:
