@@ -11,7 +11,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(headers)]
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
+        pairs = enumerate(zip(values, widths, strict=True))
+        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in pairs)
     out = [line(headers), line(["-" * w for w in widths])]
     out += [line(r) for r in cells]
     return "\n".join(out)

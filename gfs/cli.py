@@ -59,7 +59,9 @@ def _progress(args: argparse.Namespace, total: int | None,
     disable = True if args.quiet else None  # None: only on a terminal
     with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
               disable=disable, file=sys.stderr, leave=False) as bar:
-        yield bar.update
+        def update(n: int) -> None:
+            bar.update(n)
+        yield update
 
 
 def _local_size(path: str) -> int:
@@ -85,7 +87,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs, \
+    with Client(args.state) as fs, \
             _progress(args, _local_size(args.local), "put") as bar:
         r = fs.put(args.local, args.path, progress=bar)
     w = r.write
@@ -97,7 +99,7 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs:
+    with Client(args.state) as fs:
         total = fs.du(args.path).logical_bytes
         with _progress(args, total, "get") as bar:
             r = fs.get(args.path, args.local, progress=bar)
@@ -113,7 +115,7 @@ def _long(st: Stat) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs:
+    with Client(args.state) as fs:
         for st in fs.ls(args.path):
             if args.long:
                 print(_long(st))
@@ -123,7 +125,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs, fs.open(args.path) as f:
+    with Client(args.state) as fs, fs.open(args.path) as f:
         out = sys.stdout.buffer
         while True:
             block = f.read(1 << 20)
@@ -135,7 +137,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs:
+    with Client(args.state) as fs:
         st = fs.stat(args.path)
     info: dict[str, Any] = {
         "path": st.path, "kind": st.kind, "size": st.size, "mode": statmod.filemode(st.mode),
@@ -153,20 +155,20 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs:
+    with Client(args.state) as fs:
         for p in args.paths:
             fs.rm(p, recursive=args.recursive)
     return 0
 
 
 def cmd_mv(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs:
+    with Client(args.state) as fs:
         fs.mv(args.src, args.dst)
     return 0
 
 
 def cmd_mkdir(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs:
+    with Client(args.state) as fs:
         for p in args.paths:
             fs.mkdir(p, parents=args.parents, exist_ok=args.parents)
     return 0
@@ -185,14 +187,14 @@ def _du_text(r: DuReport) -> str:
 
 
 def cmd_du(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs:
+    with Client(args.state) as fs:
         r = fs.du(args.path)
     print(json.dumps(r.to_dict()) if args.json else _du_text(r))
     return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs:
+    with Client(args.state) as fs:
         r = fs.gc()
     if not args.quiet:
         print(f"gc: removed {r.chunks_removed} chunks, deleted {r.packs_deleted} packs, "
@@ -202,9 +204,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    with Client.open(args.state) as fs:
-        with _progress(args, None, "fsck") as bar:
-            r = fs.fsck(verify_data=not args.no_data, progress=bar)
+    with Client(args.state) as fs, _progress(args, None, "fsck") as bar:
+        r = fs.fsck(verify_data=not args.no_data, progress=bar)
     if args.json:
         print(json.dumps({"ok": r.ok, "problems": r.problems, "damaged_files": r.damaged_files,
                           "files": r.files, "chunks": r.chunks, "packs": r.packs,
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("src", metavar="SRC")
     sp.add_argument("dst", metavar="DST")
     sp = add("mkdir", cmd_mkdir, "create directories")
-    sp.add_argument("-p", "--parents", action="store_true", help="make parents; no error if it exists")
+    sp.add_argument("-p", "--parents", action="store_true", help="make parents; ok if it exists")
     sp.add_argument("paths", metavar="NS_PATH", nargs="+")
     sp = add("du", cmd_du, "logical bytes, stored bytes, dedup and compression ratios")
     sp.add_argument("--json", action="store_true")

@@ -266,7 +266,7 @@ class Client:
         new version that becomes visible on close."""
         if mode in ("rb", "r"):
             norm, m = self._manifest(path)
-            return io.BufferedReader(NsReader(self.store, norm, m), 1 << 20)  # type: ignore[return-value]
+            return io.BufferedReader(NsReader(self.store, norm, m), 1 << 20)
         if mode in ("wb", "w"):
             norm = paths.normalize(path)
             with self.engine.read() as txn:

@@ -152,12 +152,12 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
     with store.engine.write() as txn:
         live: dict[bytes, list[int]] = {b.pack_id: [0, 0] for b in built}
         for cid, (old, new) in moved.items():
-            rec = txn.get_chunk(cid)
-            if rec is None or old not in rec.locations:
+            current = txn.get_chunk(cid)
+            if current is None or old not in current.locations:
                 continue
-            locs = tuple(new if loc == old else loc for loc in rec.locations)
-            txn.put_chunk(ChunkRecord(rec.id, rec.raw_len, rec.stored_len, rec.codec,
-                                      rec.refcount, locs))
+            locs = tuple(new if loc == old else loc for loc in current.locations)
+            txn.put_chunk(ChunkRecord(current.id, current.raw_len, current.stored_len,
+                                      current.codec, current.refcount, locs))
             live[new.pack][0] += 1
             live[new.pack][1] += new.length
             report.chunks_moved += 1

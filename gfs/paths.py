@@ -19,7 +19,8 @@ def split(path: str) -> list[str]:
     if not path.startswith("/"):
         raise InvalidPathError(path, "namespace path must be absolute (start with '/')")
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        raise InvalidPathError(path[:64] + "...", f"namespace path longer than {MAX_PATH_BYTES} bytes")
+        raise InvalidPathError(path[:64] + "...",
+                               f"namespace path longer than {MAX_PATH_BYTES} bytes")
     parts = [p for p in path.split("/") if p]
     for p in parts:
         check_name(p, path)

@@ -40,7 +40,8 @@ def make_tree(root: Path, seed: int = 0, files: int = 30, max_size: int = 300_00
         elif kind < 0.4:
             data = shared[: rnd.randrange(1, len(shared))] + rnd.randbytes(rnd.randrange(100))
         elif kind < 0.7:
-            data = (f"line {i} of some text that compresses well\n" * rnd.randrange(1, 5000)).encode()
+            line = f"line {i} of some text that compresses well\n"
+            data = (line * rnd.randrange(1, 5000)).encode()
         else:
             data = rnd.randbytes(rnd.randrange(1, max_size))
         f = d / f"file{i}.bin"

@@ -243,4 +243,15 @@ def test_du_counts(fs: Client, tmp_path: Path) -> None:
                       and not p.is_symlink())
     assert du.logical_bytes == local_bytes
     assert du.symlinks == 2
-    assert 0 < du.stored_bytes
+    assert du.stored_bytes > 0
+
+
+def test_two_clients_on_one_store_in_one_process(fs: Client) -> None:
+    other = Client(fs.state)
+    try:
+        other.write_bytes("/from-other", b"hello")
+        assert fs.read_bytes("/from-other") == b"hello"
+    finally:
+        other.close()
+    fs.write_bytes("/still-open", b"yes")  # closing one client left the other working
+    assert fs.read_bytes("/still-open") == b"yes"

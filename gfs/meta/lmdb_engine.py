@@ -324,21 +324,22 @@ class _WriteCtx:
 
     def __enter__(self) -> WriteTxn:
         eng = self._engine
+        shared = eng._live()
         me = threading.get_ident()
-        if eng._writer == me:
+        if shared.writer == me:
             raise StateError(
                 f"metadata {eng.path}: nested write transaction in one thread would "
                 "deadlock; do all changes in the outer write() block"
             )
-        eng._wlock.acquire()
+        shared.wlock.acquire()
         try:
-            eng._writer = me
-            self._txn = eng._live_env().begin(write=True)
+            shared.writer = me
+            self._txn = shared.env.begin(write=True)
         except BaseException:
-            eng._writer = None
-            eng._wlock.release()
+            shared.writer = None
+            shared.wlock.release()
             raise
-        return _LmdbWrite(self._txn, eng._dbs)
+        return _LmdbWrite(self._txn, shared.dbs)
 
     def __exit__(
         self,
@@ -346,7 +347,7 @@ class _WriteCtx:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        eng = self._engine
+        shared = self._engine._live()
         txn, self._txn = self._txn, None
         try:
             if exc_type is None:
@@ -354,8 +355,30 @@ class _WriteCtx:
             else:
                 txn.abort()
         finally:
-            eng._writer = None
-            eng._wlock.release()
+            shared.writer = None
+            shared.wlock.release()
+
+
+class _SharedEnv:
+    """One open LMDB environment of this process, shared by every engine on its path.
+
+    LMDB allows a process to open an environment only once, so engines on the
+    same directory share it (and its in-process writer lock).
+    """
+
+    __slots__ = ("dbs", "env", "readonly", "users", "wlock", "writer")
+
+    def __init__(self, env: Any, dbs: _Dbs, readonly: bool) -> None:
+        self.env = env
+        self.dbs = dbs
+        self.readonly = readonly
+        self.users = 0
+        self.wlock = threading.Lock()
+        self.writer: int | None = None
+
+
+_SHARED: dict[tuple[str, int], _SharedEnv] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class LmdbEngine(MetaEngine):
@@ -365,8 +388,9 @@ class LmdbEngine(MetaEngine):
     `sync=False` skips fsync on commit (tests only: a committed write may be
     lost on an OS crash); `readonly=True` opens an initialised environment for
     reading only. The first writable open initialises an empty environment.
-    Raises StateError if the environment cannot be opened, is not initialised
-    (read-only), or holds another format version.
+    Engines of one process on the same directory share one environment (the
+    first open's settings apply). Raises StateError if the environment cannot
+    be opened, is not initialised (read-only), or holds another format version.
     """
 
     def __init__(
@@ -379,8 +403,19 @@ class LmdbEngine(MetaEngine):
     ) -> None:
         self.path = path
         self.readonly = readonly
-        self._wlock = threading.Lock()
-        self._writer: int | None = None
+        self._key = (os.path.realpath(path), os.getpid())
+        with _SHARED_LOCK:
+            shared = _SHARED.get(self._key)
+            if shared is not None and shared.readonly and not readonly:
+                raise StateError(f"metadata environment {path} is open read-only in this "
+                                 "process; close that engine before opening it writable")
+            if shared is None:
+                shared = _SHARED[self._key] = self._open(map_size, sync)
+            shared.users += 1
+        self._shared: _SharedEnv | None = shared
+
+    def _open(self, map_size: int, sync: bool) -> _SharedEnv:
+        path, readonly = self.path, self.readonly
         try:
             env = lmdb.open(
                 path,
@@ -402,11 +437,11 @@ class LmdbEngine(MetaEngine):
             ) from None
         try:
             env.reader_check()  # free reader slots of dead processes
-            self._dbs = self._open_dbs(env)
+            dbs = self._open_dbs(env)
         except BaseException:
             env.close()
             raise
-        self._env: Any = env
+        return _SharedEnv(env, dbs, readonly)
 
     def _open_dbs(self, env: Any) -> _Dbs:
         names = (*_CORE_TABLES, *sorted(VALUE_TABLES))
@@ -470,29 +505,45 @@ class LmdbEngine(MetaEngine):
         txn.put(_NEXT_INO, enc.encode_u64(ROOT_INO + 1), db=meta)
         txn.put(enc.encode_ino(ROOT_INO), enc.encode_inode(root), db=inodes)
 
-    def _live_env(self) -> Any:
-        env = self._env
-        if env is None:
+    def _live(self) -> _SharedEnv:
+        shared = self._shared
+        if shared is None:
             raise StateError(f"metadata engine {self.path} is closed; open a new one")
-        return env
+        return shared
 
     def read(self) -> _ReadCtx:
         """A read-only snapshot transaction: `with engine.read() as r: ...`."""
-        return _ReadCtx(self._live_env(), self._dbs)
+        shared = self._live()
+        return _ReadCtx(shared.env, shared.dbs)
 
     def write(self) -> _WriteCtx:
         """A write transaction: commits on normal exit, aborts on an exception."""
-        self._live_env()
+        self._live()
         if self.readonly:
             raise StateError(f"metadata engine {self.path} was opened read-only")
         return _WriteCtx(self)
 
     def close(self) -> None:
-        """Close the environment; later read() and write() raise StateError. Idempotent."""
-        env, self._env = self._env, None
-        if env is not None:
-            env.close()
+        """Release the environment (closed when its last engine closes); later read()
+        and write() raise StateError. Idempotent."""
+        shared, self._shared = self._shared, None
+        if shared is None:
+            return
+        with _SHARED_LOCK:
+            shared.users -= 1
+            if shared.users == 0:
+                _SHARED.pop(self._key, None)
+                shared.env.close()
+
+    @property
+    def _env(self) -> Any:
+        """The LMDB environment (None when closed); for tests that damage records."""
+        return None if self._shared is None else self._shared.env
+
+    @property
+    def _dbs(self) -> _Dbs:
+        return self._live().dbs
 
     def __repr__(self) -> str:
-        state = "closed" if self._env is None else ("read-only" if self.readonly else "open")
+        state = "closed" if self._shared is None else ("read-only" if self.readonly else "open")
         return f"LmdbEngine({self.path!r}, {state})"
