@@ -17,6 +17,7 @@ from gfs.codec import decode_blob
 from gfs.errors import CorruptChunkError, PoolObjectMissingError
 from gfs.meta import ROOT_INO, ChunkRecord, Kind, Location, PackRecord, ReadTxn
 from gfs.packs import PACK_HEADER_LEN, pack_key, parse_pack_key
+from gfs.pools import LocalPool
 from gfs.store import ChunkStore
 
 
@@ -34,6 +35,7 @@ class FsckReport:
     bytes_verified: int = 0
     unreferenced_chunks: int = 0
     orphan_packs: int = 0
+    temporaries: int = 0
 
     @property
     def ok(self) -> bool:
@@ -153,13 +155,22 @@ def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: Fsck
         pools = [p.id for p in txn.iter_pools()]
     present: set[bytes] = set()
     for pool_id in pools:
-        for key in store.pool(pool_id).list("packs/"):
+        pool = store.pool(pool_id)
+        for key in pool.list("packs/"):
             pid = parse_pack_key(key)
             if pid is None:
                 continue
             present.add(pid)
-            if pid not in packs:
+            p = packs.get(pid)
+            if p is None:
                 report.orphan_packs += 1
+                continue
+            size = pool.size(key)
+            if size != p.size:  # a cut between two blobs still parses: compare sizes
+                report.problems.append(f"pack {pid.hex()} has {size} bytes in pool {pool_id}, "
+                                       f"its record says {p.size}")
+        if isinstance(pool, LocalPool):
+            report.temporaries += len(pool.temporaries())
     for pid, p in packs.items():
         if pid not in present:
             report.problems.append(f"pack {pid.hex()} is missing from pool {p.pool}")

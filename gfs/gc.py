@@ -17,6 +17,7 @@ from gfs.codec import BLOB_HEADER_LEN, decode_blob
 from gfs.errors import CorruptChunkError, PoolObjectMissingError
 from gfs.meta import ChunkRecord, Location, PackRecord
 from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_key
+from gfs.pools import LocalPool
 from gfs.store import ChunkStore
 
 log = logging.getLogger("hutong.gc")
@@ -35,6 +36,7 @@ class GcReport:
     chunks_moved: int = 0
     orphan_packs: int = 0
     pending_cleared: int = 0
+    temporaries_removed: int = 0
     bytes_freed: int = 0
     seconds: float = 0.0
 
@@ -174,12 +176,14 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
 
 
 def _delete_orphans(store: ChunkStore, report: GcReport) -> None:
-    """Delete pack objects no pack record names (left by interrupted writers)."""
+    """Delete pack objects no pack record names, and temporaries of interrupted writes."""
     with store.engine.read() as txn:
         known = {p.id for p in txn.iter_packs()}
         pools = [p.id for p in txn.iter_pools()]
     for pool_id in pools:
         pool = store.pool(pool_id)
+        if isinstance(pool, LocalPool):  # no writer is mid-put: we hold the lock
+            report.temporaries_removed += pool.clean_temporaries(older_than=0)
         for key in list(pool.list("packs/")):
             pid = parse_pack_key(key)
             if pid is None or pid in known:

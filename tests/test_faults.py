@@ -65,6 +65,15 @@ def test_truncated_pack_fails_loudly(fs: Client) -> None:
     assert not report.ok and "/victim" in report.damaged_files
 
 
+def test_pack_cut_between_blobs_is_found(fs: Client) -> None:
+    _two_files(fs)
+    key, off, length = _location(fs, "/victim", 0)
+    truncate_object(fs.store.pool(0), key, off + length)  # ends exactly after one blob
+    report = fs.fsck()
+    assert not report.ok
+    assert any("its record says" in p for p in report.problems)
+
+
 def test_missing_pack_reported(fs: Client) -> None:
     _two_files(fs)
     key, _, _ = _location(fs, "/victim")
@@ -191,6 +200,7 @@ def test_kill9_mid_put_leaves_no_half_visible_file(tmp_path: Path) -> None:
         fs.gc()
         after = fs.fsck()
         assert after.ok and after.orphan_packs == 0 and after.unreferenced_chunks == 0
+        assert after.temporaries == 0
         fs.put(f"{src}/", "/big")  # resuming is putting the contents again
         out = tmp_path / "out"
         fs.get("/big", out)
