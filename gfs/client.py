@@ -310,8 +310,8 @@ class Client:
         with self.engine.write() as txn:
             try:
                 target = namespace.resolve(txn, dst)
-            except NotFoundError:
-                target = None
+            except (NotFoundError, NotADirError):
+                target = None  # rename() reports what is wrong, source first
             if target is not None and target.kind == Kind.DIR:
                 src_name = paths.split(src)
                 if src_name:
