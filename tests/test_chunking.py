@@ -44,6 +44,9 @@ def test_gear_table_matches_reference() -> None:
     assert int.from_bytes(b"HutongCD", "big") == cdc_reference.GEAR_SEED
     assert list(_native.gear_table()) == cdc_reference.GEAR
     assert len(set(cdc_reference.GEAR)) == 256
+    assert (cdc_reference.GEAR[0], cdc_reference.GEAR[255]) == (  # as docs/format.md says
+        0xF7CD63742A9C1F1D, 0x91B71B9C2214D68B
+    )
 
 
 def test_masks_match_reference_and_spec() -> None:

@@ -1,0 +1,119 @@
+"""`python -m bench chunker [--quick] [--size-mib N] [--runs N]`: chunker throughput.
+
+On one random (incompressible) in-memory buffer, in the same run, best of N:
+
+* hutong cut_points: `gfs.chunking.cut_points` (native, default 16K/64K/256K),
+  cut points only;
+* hutong iter_chunks: the same plus one memoryview slice per chunk (what
+  pyfastcdc yields);
+* pyfastcdc cut_buf: `pyfastcdc.FastCDC(avg, min_size, max_size,
+  normalized_chunking=2).cut_buf`, iterated; each chunk is a Chunk object with
+  offset, length, memoryview and gear hash, no content hashing (its cheapest form);
+* xxh3-128 of the whole buffer: the hashing every chunk needs afterwards, the
+  practical ceiling;
+* copy: the buffer copied into a preallocated one (memory bandwidth, context).
+
+Target: hutong cut_points at least as fast as pyfastcdc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import time
+from collections.abc import Callable
+from types import ModuleType
+
+import xxhash
+
+from bench.report import headline, table
+from gfs import chunking
+
+
+def _best(fn: Callable[[], int], runs: int) -> tuple[float, int]:
+    """Best wall time of `runs` calls and the last result (a chunk count)."""
+    best = float("inf")
+    result = 0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def _load_pyfastcdc() -> ModuleType | None:
+    try:
+        return importlib.import_module("pyfastcdc")
+    except ImportError:
+        return None
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench chunker")
+    ap.add_argument("--quick", action="store_true", help="256 MiB instead of 1 GiB")
+    ap.add_argument("--size-mib", type=int, default=None)
+    ap.add_argument("--runs", type=int, default=None)
+    args = ap.parse_args(argv)
+    size = (args.size_mib or (256 if args.quick else 1024)) << 20
+    runs = args.runs or (3 if args.quick else 5)
+    p = chunking.DEFAULT_PARAMS
+
+    buf = os.urandom(size)
+    dst = memoryview(bytearray(size))
+
+    def native() -> int:
+        return len(chunking.cut_points(buf, p))
+
+    def native_views() -> int:
+        n = 0
+        for _ in chunking.iter_chunks(buf, p):
+            n += 1
+        return n
+
+    def xxh3() -> int:
+        xxhash.xxh3_128_digest(buf)
+        return 0
+
+    def copy() -> int:
+        dst[:] = buf  # memoryview assignment: one memcpy
+        return 0
+
+    rows: list[tuple[str, float, float, str]] = []
+
+    def measure(name: str, fn: Callable[[], int], what: str) -> float:
+        t, n = _best(fn, runs)
+        gbps = size / t / 1e9
+        rows.append((name, gbps, size / n / 1024 if n else float("nan"), what))
+        return gbps
+
+    native_gbps = measure("hutong cut_points", native, "cut points (list of ints)")
+    measure("hutong iter_chunks", native_views, "cut points + memoryview per chunk")
+    pyfastcdc = _load_pyfastcdc()
+    pyfastcdc_gbps = float("nan")
+    if pyfastcdc is not None:
+        cdc = pyfastcdc.FastCDC(p.avg_size, min_size=p.min_size, max_size=p.max_size,
+                                normalized_chunking=2)
+
+        def peer() -> int:
+            n = 0
+            for _ in cdc.cut_buf(buf):
+                n += 1
+            return n
+
+        pyfastcdc_gbps = measure("pyfastcdc cut_buf", peer,
+                                 "Chunk objects (offset, len, memoryview, gear hash)")
+    xxh3_gbps = measure("xxh3-128 whole buffer", xxh3, "hash only, no chunking (ceiling)")
+    measure("copy", copy, "memcpy into a preallocated buffer")
+
+    print(f"chunker: {size >> 20} MiB random buffer, params "
+          f"{p.min_size}/{p.avg_size}/{p.max_size}, best of {runs}")
+    print(table(["row", "GB/s", "mean chunk KiB", "measures"],
+                [(n, g, k if k == k else "-", w) for n, g, k, w in rows]))
+    if pyfastcdc is None:
+        print("pyfastcdc is not installed (pip install -e '.[dev]'): no peer row")
+    ratio = native_gbps / pyfastcdc_gbps if pyfastcdc is not None else float("nan")
+    met = pyfastcdc is not None and native_gbps >= pyfastcdc_gbps
+    print(headline("chunker", met, native_gbps=native_gbps, pyfastcdc_gbps=pyfastcdc_gbps,
+                   xxh3_gbps=xxh3_gbps, ratio_vs_pyfastcdc=ratio))
+    return 0
