@@ -118,8 +118,13 @@ class Hutong(Tool):
     def details(self) -> dict[str, object]:
         r = run([*self.cmd, "du", "--json", "/"])
         info = json.loads(r.stdout)
-        return {k: info[k] for k in ("logical_bytes", "unique_bytes", "stored_bytes",
-                                     "dedup_ratio", "compression_ratio") if k in info}
+        out: dict[str, object] = {k: info[k] for k in ("logical_bytes", "unique_bytes",
+                                                        "stored_bytes", "dedup_ratio",
+                                                        "compression_ratio") if k in info}
+        for sub in ("meta", "pools"):
+            if (self.repo / sub).exists():
+                out[f"on_disk_{sub}"] = du_sb(self.repo / sub)
+        return out
 
 
 class Restic(Tool):
