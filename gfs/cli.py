@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
 import logging
 import os
@@ -42,6 +43,11 @@ examples:
   hutong fsck                            verify every chunk; exit 0 only if all is well
   hutong gc                              reclaim space of deleted files
 """
+
+
+#: Modules that add subcommands: each has `register(subparsers, common_parser)`,
+#: adding parsers whose `func(args) -> int` default runs the command.
+EXTENSIONS: tuple[str, ...] = ()
 
 
 def human(n: float) -> str:
@@ -288,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("fsck", cmd_fsck, "verify the namespace, the index and every chunk")
     sp.add_argument("--no-data", action="store_true", help="skip reading chunk data")
     sp.add_argument("--json", action="store_true")
+    for name in EXTENSIONS:
+        importlib.import_module(name).register(sub, common)
     return p
 
 

@@ -357,6 +357,9 @@ class Client:
         self._check_put_conflicts(dest, entries)
         report = TransferReport()
         with self.store.writer() as session:
+            dest_parts = paths.split(dest)
+            if len(dest_parts) > 1:  # missing parents are made
+                session.add_action(_mkdir_action(paths.join(dest_parts[:-1])))
             for e in entries:
                 ns = paths.join([*paths.split(dest), *e.rel])
                 if statmod.S_ISDIR(e.st.st_mode):

@@ -255,3 +255,12 @@ def test_two_clients_on_one_store_in_one_process(fs: Client) -> None:
         other.close()
     fs.write_bytes("/still-open", b"yes")  # closing one client left the other working
     assert fs.read_bytes("/still-open") == b"yes"
+
+
+def test_put_single_file_makes_parents(fs: Client, tmp_path: Path) -> None:
+    f = tmp_path / "one.txt"
+    f.write_bytes(b"one")
+    fs.put(f, "/deep/down/one.txt")
+    assert fs.read_bytes("/deep/down/one.txt") == b"one"
+    fs.put(f, "/deep")  # an existing directory: goes inside
+    assert fs.read_bytes("/deep/one.txt") == b"one"
