@@ -12,7 +12,7 @@ SOURCES := $(wildcard native/*.c native/*.h) setup.py pyproject.toml
 
 all: test
 
-.stamp-apt:
+.stamp-apt: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
