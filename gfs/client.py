@@ -12,11 +12,13 @@ Paths in the namespace are absolute (`/a/b`); local paths are ordinary paths.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import os
 import stat as statmod
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,21 +358,27 @@ class Client:
         entries = self._scan_local(src, top)
         self._check_put_conflicts(dest, entries)
         report = TransferReport()
+        base = paths.split(dest)
+        dirs: dict[tuple[str, ...], int] = {}  # rel path -> ino, filled in as actions commit
         with self.store.writer() as session:
-            dest_parts = paths.split(dest)
-            if len(dest_parts) > 1:  # missing parents are made
-                session.add_action(_mkdir_action(paths.join(dest_parts[:-1])))
+            if not statmod.S_ISDIR(top.st_mode) and base:
+                session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
             for e in entries:
-                ns = paths.join([*paths.split(dest), *e.rel])
+                name = e.rel[-1] if e.rel else (base[-1] if base else "")
+                parent_rel = e.rel[:-1] if e.rel else None
                 if statmod.S_ISDIR(e.st.st_mode):
-                    session.add_action(_mkdir_action(ns))
+                    if e.rel:
+                        session.add_action(_mkdir_action(dirs, e.rel))
+                    else:
+                        session.add_action(_ensure_dir_action(dest, dirs))
                     report.dirs += 1
                 elif statmod.S_ISLNK(e.st.st_mode):
-                    session.add_action(_symlink_action(ns, os.readlink(e.path), e.st))
+                    session.add_action(_symlink_action(dirs, parent_rel, name,
+                                                       os.readlink(e.path), e.st))
                     report.symlinks += 1
                 elif statmod.S_ISREG(e.st.st_mode):
                     refs = session.store_file(e.path)
-                    session.add_file(refs, _file_action(ns, e.st))
+                    session.add_file(refs, _file_action(dirs, parent_rel, name, e.st))
                     report.files += 1
                     report.bytes += e.st.st_size
                     if progress is not None:
@@ -379,8 +387,7 @@ class Client:
                     report.skipped += 1
             for e in reversed(entries):  # directory modes and times, children first
                 if statmod.S_ISDIR(e.st.st_mode):
-                    ns = paths.join([*paths.split(dest), *e.rel])
-                    session.add_action(_dir_attrs_action(ns, e.st))
+                    session.add_action(_dir_attrs_action(dirs, e.rel, e.st))
             session.commit()
         report.write = session.stats
         return report
@@ -426,6 +433,10 @@ class Client:
     def _check_put_conflicts(self, dest: str, entries: list[_LocalEntry]) -> None:
         base = paths.split(dest)
         with self.engine.read() as txn:
+            try:
+                namespace.resolve(txn, dest)
+            except NotFoundError:
+                entries = entries[:1]  # nothing exists below a missing destination
             # every existing ancestor must be a directory
             node = namespace.get(txn, ROOT_INO, "/")
             for i, name in enumerate(base[:-1] if base else []):
@@ -453,47 +464,45 @@ class Client:
 
         If `local` is an existing directory the source goes inside it under its
         own name. Each file is written under a temporary name and renamed into
-        place once complete and verified.
+        place once complete and verified; small files are restored in batches
+        whose chunks are read from the packs with few large reads.
         """
         norm = paths.normalize(path)
-        dest = Path(local)
+        dest = os.fspath(local)
         with self.engine.read() as txn:
             top = namespace.resolve(txn, norm)
-            if dest.is_dir() and norm != "/":
-                dest = dest / paths.split(norm)[-1]
-            items: list[tuple[Path, Inode, Manifest | None]] = []
-            stack: list[tuple[Path, Inode]] = [(dest, top)]
+            if os.path.isdir(dest) and norm != "/":
+                dest = os.path.join(dest, paths.split(norm)[-1])
+            items: list[tuple[str, Inode, Manifest | None]] = []
+            stack: list[tuple[str, Inode]] = [(dest, top)]
             while stack:
                 p, node = stack.pop()
                 items.append((p, node, txn.get_manifest(node.ino)
                               if node.kind == Kind.FILE else None))
                 if node.kind == Kind.DIR:
-                    kids = [(p / n, namespace.get(txn, i)) for n, i in txn.list_dir(node.ino)]
+                    kids = [(os.path.join(p, n), namespace.get(txn, i))
+                            for n, i in txn.list_dir(node.ino)]
                     stack.extend(reversed(kids))
         report = TransferReport()
         for p, node, _ in items:
             if node.kind == Kind.DIR:
-                if p.exists() and not p.is_dir():
-                    raise NotADirError(str(p), "local path exists and is not a directory")
-            elif p.is_dir() and not p.is_symlink():
-                raise IsADirError(str(p), "local path is a directory")
+                if os.path.lexists(p) and not os.path.isdir(p):
+                    raise NotADirError(p, "local path exists and is not a directory")
+            elif os.path.isdir(p) and not os.path.islink(p):
+                raise IsADirError(p, "local path is a directory")
+        parent = os.path.dirname(dest)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent)
         for p, node, _ in items:
             if node.kind == Kind.DIR:
-                p.mkdir(parents=True, exist_ok=True)
+                os.makedirs(p, exist_ok=True)
                 report.dirs += 1
-        if not dest.parent.exists():
-            dest.parent.mkdir(parents=True)
-        files = [(p, node, m) for p, node, m in items if node.kind == Kind.FILE]
-        with ThreadPoolExecutor(self.config.threads) as pool:
-            for n in pool.map(lambda t: self._restore_file(*t), files):
-                report.files += 1
-                report.bytes += n
-                if progress is not None:
-                    progress(n)
+        self._restore_files([(p, node, m) for p, node, m in items if node.kind == Kind.FILE],
+                            report, progress)
         for p, node, _ in items:
             if node.kind == Kind.SYMLINK:
-                if p.is_symlink() or p.exists():
-                    p.unlink()
+                if os.path.lexists(p):
+                    os.unlink(p)
                 os.symlink(node.target, p)
                 os.utime(p, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
                 report.symlinks += 1
@@ -503,27 +512,48 @@ class Client:
                 os.utime(p, ns=(node.atime_ns, node.mtime_ns))
         return report
 
-    def _restore_file(self, p: Path, node: Inode, m: Manifest | None) -> int:
-        norm = str(p)
-        tmp = p.with_name(f".{p.name}.hutong-{uuid.uuid4().hex[:8]}")
-        written = 0
-        try:
-            with open(tmp, "wb") as f:
-                if m is not None:
-                    for data in self.store.iter_manifest(m, norm):
-                        f.write(data)
-                        written += len(data)
-            if written != node.size:
-                raise StateError(f"{norm}: restored {written} bytes, expected {node.size}")
-            os.chmod(tmp, node.mode)
-            os.utime(tmp, ns=(node.atime_ns, node.mtime_ns))
-            if p.is_symlink():
-                p.unlink()
-            os.replace(tmp, p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return written
+    def _restore_files(self, files: list[tuple[str, Inode, Manifest | None]],
+                       report: TransferReport, progress: Progress | None) -> None:
+        """Write `files`: batches of small ones read ahead on a thread, big ones streamed."""
+        batches: list[list[tuple[str, Inode, Manifest | None]]] = []
+        batch: list[tuple[str, Inode, Manifest | None]] = []
+        size = 0
+        for f in files:
+            if f[1].size > RESTORE_BATCH_BYTES // 4:
+                batches.append([f])  # streamed alone
+                continue
+            batch.append(f)
+            size += f[1].size
+            if size >= RESTORE_BATCH_BYTES or len(batch) >= RESTORE_BATCH_FILES:
+                batches.append(batch)
+                batch, size = [], 0
+        if batch:
+            batches.append(batch)
+
+        def fetch(b: list[tuple[str, Inode, Manifest | None]]) -> dict[bytes, bytes]:
+            if len(b) == 1 and b[0][1].size > RESTORE_BATCH_BYTES // 4:
+                return {}  # streamed by the writer
+            owners = {r.id: p for p, _, m in b if m is not None for r in m.chunks}
+            return self.store.read_many(owners, owners.__getitem__)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch:
+            pending = [prefetch.submit(fetch, b) for b in batches[:2]]
+            for i, b in enumerate(batches):
+                chunks = pending[i].result()
+                if i + 2 < len(batches):
+                    pending.append(prefetch.submit(fetch, batches[i + 2]))
+                pending[i] = None  # type: ignore[call-overload]
+                for p, node, m in b:
+                    refs = m.chunks if m is not None else ()
+                    if chunks or not refs:
+                        data: Iterable[bytes] = [chunks[r.id] for r in refs]
+                    else:
+                        data = self.store.iter_manifest(Manifest(0, refs), p)
+                    n = _write_local(p, node, data)
+                    report.files += 1
+                    report.bytes += n
+                    if progress is not None:
+                        progress(n)
 
     # -- maintenance ---------------------------------------------------------------------
     def gc(self) -> Any:
@@ -539,41 +569,96 @@ class Client:
         return check(self.store, verify_data=verify_data, progress=progress)
 
 
-def _mkdir_action(ns: str) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+#: Small files are restored in batches of up to this many bytes or files.
+RESTORE_BATCH_BYTES = 32 << 20
+RESTORE_BATCH_FILES = 2000
+_tmp_counter = itertools.count()
+
+
+def _write_local(path: str, node: Inode, data: Iterable[bytes]) -> int:
+    """Write a restored file under a temporary name, check its size, set mode and
+    times, then rename it into place. Returns the bytes written."""
+    d, name = os.path.split(path)
+    tmp = os.path.join(d, f".{name}.hutong-{os.getpid()}-{next(_tmp_counter)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    written = 0
+    try:
+        for block in data:
+            view = memoryview(block)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                written += n
+        if written != node.size:
+            raise StateError(f"{path}: restored {written} bytes, expected {node.size}")
+        os.fchmod(fd, node.mode)
+        os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return written
+
+
+Action = Callable[[WriteTxn, list[ChunkRef]], Manifest | None]
+_Dirs = dict[tuple[str, ...], int]
+
+
+def _parent(txn: WriteTxn, dirs: _Dirs, rel: tuple[str, ...] | None) -> Inode:
+    return namespace.get(txn, dirs[() if rel is None else rel])
+
+
+def _ensure_dir_action(ns: str, dirs: _Dirs) -> Action:
+    """Make directory `ns` and its missing parents; record it as the put's top."""
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
-        namespace.mkdir(txn, ns, parents=True, exist_ok=True)
+        dirs[()] = namespace.mkdir(txn, ns, parents=True, exist_ok=True).ino
         return None
     return action
 
 
-def _dir_attrs_action(ns: str, st: os.stat_result
-                      ) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...]) -> Action:
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
-        namespace.set_attrs(txn, ns, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
-                            atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+        node = namespace.mkdir_in(txn, _parent(txn, dirs, rel[:-1]), rel[-1], exist_ok=True,
+                                  touch=False)
+        dirs[rel] = node.ino
         return None
     return action
 
 
-def _symlink_action(ns: str, target: str, st: os.stat_result
-                    ) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: os.stat_result) -> Action:
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
-        parent, name = namespace.resolve_parent(txn, ns)
-        old = namespace.child(txn, parent, name)
+        namespace.set_attrs_of(txn, namespace.get(txn, dirs[rel]), mode=st.st_mode,
+                               uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
+                               mtime_ns=st.st_mtime_ns)
+        return None
+    return action
+
+
+def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, target: str,
+                    st: os.stat_result) -> Action:
+    def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
+        parent = _parent(txn, dirs, parent_rel)
         replaced = None
-        if old is not None:  # conflicts with directories were refused before writing
-            replaced = namespace.remove(txn, ns, dir_ok=False)
-        namespace.symlink(txn, ns, target, uid=st.st_uid, gid=st.st_gid,
-                          mtime_ns=st.st_mtime_ns)
-        return replaced[0] if replaced else None
+        if namespace.child(txn, parent, name) is not None:
+            # conflicts with directories were refused before writing
+            replaced = namespace.unlink_in(txn, parent, name, touch=False)
+        namespace.symlink_in(txn, parent, name, target, uid=st.st_uid, gid=st.st_gid,
+                             mtime_ns=st.st_mtime_ns, touch=False)
+        return replaced
     return action
 
 
-def _file_action(ns: str, st: os.stat_result
-                 ) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
+                 st: os.stat_result) -> Action:
     def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
-        return namespace.write_file(txn, ns, refs, mode=st.st_mode, uid=st.st_uid,
-                                    gid=st.st_gid, mtime_ns=st.st_mtime_ns)
+        return namespace.write_file_in(txn, _parent(txn, dirs, parent_rel), name, refs,
+                                       mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
+                                       mtime_ns=st.st_mtime_ns, touch=False)
     return action
 
 

@@ -27,6 +27,8 @@ from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTx
 
 DEFAULT_DIR_MODE = 0o755
 DEFAULT_FILE_MODE = 0o644
+_UID = os.getuid()
+_GID = os.getgid()
 
 
 def now_ns() -> int:
@@ -44,16 +46,17 @@ def get(txn: ReadTxn, ino: int, path: str = "") -> Inode:
 
 def resolve(txn: ReadTxn, path: str) -> Inode:
     """The inode at `path` (not following symlinks)."""
-    node = get(txn, ROOT_INO, "/")
     parts = paths.split(path)
+    ino = ROOT_INO
     for i, name in enumerate(parts):
-        if node.kind != Kind.DIR:
-            raise NotADirError(paths.join(parts[:i]))
-        child = txn.lookup(node.ino, name)
-        if child is None:
+        child_ino = txn.lookup(ino, name)
+        if child_ino is None:
+            # only directories have entries: tell "missing" from "not a directory"
+            if get(txn, ino, path).kind != Kind.DIR:
+                raise NotADirError(paths.join(parts[:i]))
             raise NotFoundError(path)
-        node = get(txn, child, path)
-    return node
+        ino = child_ino
+    return get(txn, ino, path)
 
 
 def resolve_parent(txn: ReadTxn, path: str) -> tuple[Inode, str]:
@@ -97,13 +100,13 @@ def _touch_dir(txn: WriteTxn, parent: Inode, now: int) -> None:
 
 def _new_inode(txn: WriteTxn, parent: int, kind: Kind, mode: int, now: int,
                uid: int | None = None, gid: int | None = None, target: str = "",
-               mtime_ns: int | None = None) -> Inode:
+               mtime_ns: int | None = None, size: int = 0, version: int = 0) -> Inode:
     return Inode(
         ino=txn.alloc_ino(), parent=parent, kind=kind, mode=mode & 0o7777,
-        uid=os.getuid() if uid is None else uid, gid=os.getgid() if gid is None else gid,
-        size=len(target.encode()) if kind == Kind.SYMLINK else 0,
+        uid=_UID if uid is None else uid, gid=_GID if gid is None else gid,
+        size=len(target.encode()) if kind == Kind.SYMLINK else size,
         atime_ns=now, mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now,
-        target=target)
+        version=version, target=target)
 
 
 def mkdir(txn: WriteTxn, path: str, mode: int = DEFAULT_DIR_MODE, *, parents: bool = False,
@@ -150,12 +153,21 @@ def write_file(txn: WriteTxn, path: str, refs: list[ChunkRef], *, mode: int | No
     Replacing a directory raises IsADirError; a symlink at `path` is replaced.
     """
     parent, name = resolve_parent(txn, path)
+    return write_file_in(txn, parent, name, refs, mode=mode, uid=uid, gid=gid,
+                         mtime_ns=mtime_ns, path=path)
+
+
+def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef], *,
+                  mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                  mtime_ns: int | None = None, touch: bool = True,
+                  path: str = "") -> Manifest | None:
+    """`write_file` of entry `name` in directory `parent` (`touch`: update its mtime)."""
     now = now_ns()
     size = sum(r.length for r in refs)
     existing = child(txn, parent, name)
     old: Manifest | None = None
     if existing is not None and existing.kind == Kind.DIR:
-        raise IsADirError(path)
+        raise IsADirError(path or name)
     if existing is not None and existing.kind == Kind.FILE:
         old = txn.get_manifest(existing.ino)
         node = replace(existing, size=size, version=existing.version + 1, ctime_ns=now,
@@ -166,33 +178,76 @@ def write_file(txn: WriteTxn, path: str, refs: list[ChunkRef], *, mode: int | No
     else:
         if existing is not None:  # a symlink: replaced by the file
             txn.delete_inode(existing.ino)
-        node = replace(
-            _new_inode(txn, parent.ino, Kind.FILE,
-                       DEFAULT_FILE_MODE if mode is None else mode, now, uid, gid,
-                       mtime_ns=mtime_ns),
-            size=size, version=1)
+        node = _new_inode(txn, parent.ino, Kind.FILE,
+                          DEFAULT_FILE_MODE if mode is None else mode, now, uid, gid,
+                          mtime_ns=mtime_ns, size=size, version=1)
         txn.link(parent.ino, name, node.ino)
-        _touch_dir(txn, parent, now)
+        if touch:
+            _touch_dir(txn, parent, now)
     txn.put_inode(node)
     txn.put_manifest(node.ino, Manifest(node.version, tuple(refs)))
     return old
 
 
+def mkdir_in(txn: WriteTxn, parent: Inode, name: str, mode: int = DEFAULT_DIR_MODE, *,
+             uid: int | None = None, gid: int | None = None, exist_ok: bool = False,
+             touch: bool = True) -> Inode:
+    """Create directory `name` in `parent`; an existing directory is returned if `exist_ok`."""
+    existing = child(txn, parent, paths.check_name(name))
+    if existing is not None:
+        if existing.kind == Kind.DIR and exist_ok:
+            return existing
+        raise ExistsError(name) if existing.kind == Kind.DIR else NotADirError(name)
+    now = now_ns()
+    new = _new_inode(txn, parent.ino, Kind.DIR, mode, now, uid, gid)
+    txn.put_inode(new)
+    txn.link(parent.ino, name, new.ino)
+    if touch:
+        _touch_dir(txn, parent, now)
+    return new
+
+
 def symlink(txn: WriteTxn, path: str, target: str, *, uid: int | None = None,
             gid: int | None = None, mtime_ns: int | None = None) -> Inode:
     """Create symlink `path` pointing at `target` (any string; stored as is)."""
-    if not target or "\0" in target or len(target.encode()) > paths.MAX_PATH_BYTES:
-        raise InvalidPathError(path, "symlink target must be 1-4096 bytes without NUL")
     parent, name = resolve_parent(txn, path)
+    return symlink_in(txn, parent, name, target, uid=uid, gid=gid, mtime_ns=mtime_ns,
+                      path=path)
+
+
+def symlink_in(txn: WriteTxn, parent: Inode, name: str, target: str, *,
+               uid: int | None = None, gid: int | None = None, mtime_ns: int | None = None,
+               touch: bool = True, path: str = "") -> Inode:
+    """`symlink` of entry `name` in directory `parent`."""
+    if not target or "\0" in target or len(target.encode()) > paths.MAX_PATH_BYTES:
+        raise InvalidPathError(path or name, "symlink target must be 1-4096 bytes without NUL")
     if child(txn, parent, name) is not None:
-        raise ExistsError(path)
+        raise ExistsError(path or name)
     now = now_ns()
     node = _new_inode(txn, parent.ino, Kind.SYMLINK, 0o777, now, uid, gid, target=target,
                       mtime_ns=mtime_ns)
     txn.put_inode(node)
     txn.link(parent.ino, name, node.ino)
-    _touch_dir(txn, parent, now)
+    if touch:
+        _touch_dir(txn, parent, now)
     return node
+
+
+def unlink_in(txn: WriteTxn, parent: Inode, name: str, *, touch: bool = True,
+              path: str = "") -> Manifest | None:
+    """Remove the file or symlink `name` of `parent`; returns the file's manifest."""
+    node = child(txn, parent, name)
+    if node is None:
+        raise NotFoundError(path or name)
+    if node.kind == Kind.DIR:
+        raise IsADirError(path or name)
+    m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
+    txn.delete_manifest(node.ino)
+    txn.delete_inode(node.ino)
+    txn.unlink(parent.ino, name)
+    if touch:
+        _touch_dir(txn, parent, now_ns())
+    return m
 
 
 def walk(txn: ReadTxn, top: Inode) -> Iterator[Inode]:
@@ -288,7 +343,14 @@ def set_attrs(txn: WriteTxn, path: str, *, mode: int | None = None, uid: int | N
               gid: int | None = None, atime_ns: int | None = None,
               mtime_ns: int | None = None) -> Inode:
     """Change mode, owner or times of `path`."""
-    node = resolve(txn, path)
+    return set_attrs_of(txn, resolve(txn, path), mode=mode, uid=uid, gid=gid,
+                        atime_ns=atime_ns, mtime_ns=mtime_ns)
+
+
+def set_attrs_of(txn: WriteTxn, node: Inode, *, mode: int | None = None, uid: int | None = None,
+                 gid: int | None = None, atime_ns: int | None = None,
+                 mtime_ns: int | None = None) -> Inode:
+    """Change mode, owner or times of inode `node`."""
     new = replace(
         node,
         mode=node.mode if mode is None else mode & 0o7777,

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -30,6 +30,7 @@ from gfs.errors import (
     ChunkMissingError,
     CorruptChunkError,
     HutongError,
+    PoolError,
     PoolObjectMissingError,
     StateError,
 )
@@ -40,6 +41,7 @@ from gfs.meta import (
     Manifest,
     MetaEngine,
     PackRecord,
+    ReadTxn,
     WriteTxn,
 )
 from gfs.packs import PackBuilder, pack_key
@@ -51,6 +53,10 @@ log = logging.getLogger("hutong.store")
 WHOLE_READ_LIMIT = 8 << 20
 #: Chunks read ahead of the consumer when a file spans several chunks.
 READ_AHEAD = 8
+#: Blobs of one pack closer than this are fetched with one ranged read.
+COALESCE_GAP = 256 << 10
+#: The longest single ranged read of a pack.
+MAX_SPAN = 16 << 20
 
 #: Called inside the commit transaction with the file's new manifest; returns
 #: the manifest it replaced (whose references are then released), if any.
@@ -65,6 +71,17 @@ class _NewChunk:
     raw_len: int
     stored_len: int
     codec: int
+
+
+@dataclass(slots=True)
+class _Span:
+    """One ranged read of a pack, covering the blobs in `members` (offset, length, id)."""
+
+    pool: int
+    pack: bytes
+    start: int
+    end: int
+    members: list[tuple[int, int, bytes]]
 
 
 @dataclass(slots=True)
@@ -177,6 +194,64 @@ class ChunkStore:
         raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: "
                                 + "; ".join(problems) + " (run `hutong fsck`)")
 
+    def read_many(self, cids: Iterable[bytes],
+                  where: Callable[[bytes], str] | None = None) -> dict[bytes, bytes]:
+        """Verified raw bytes of many chunks, by id.
+
+        Neighbouring blobs of one pack are fetched with one ranged read and
+        decoded on the worker threads. A chunk whose batched read fails is read
+        again alone with `read_chunk` (other copies, then an error naming the
+        file `where(cid)`).
+        """
+        unique = list(dict.fromkeys(cids))
+        with self.engine.read() as txn:
+            recs = [(cid, txn.get_chunk(cid)) for cid in unique]
+        by_pack: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = defaultdict(list)
+        retry: list[bytes] = []
+        for cid, rec in recs:
+            if rec is None or not rec.locations:
+                retry.append(cid)
+                continue
+            loc = rec.locations[0]
+            by_pack[(loc.pool, loc.pack)].append((loc.offset, loc.length, cid))
+        spans: list[_Span] = []
+        for (pool_id, pack), members in by_pack.items():
+            members.sort()
+            for off, length, cid in members:
+                last = spans[-1] if spans else None
+                if (last is not None and last.pack == pack and last.pool == pool_id
+                        and off - last.end <= COALESCE_GAP
+                        and off + length - last.start <= MAX_SPAN):
+                    last.end = max(last.end, off + length)
+                    last.members.append((off, length, cid))
+                else:
+                    spans.append(_Span(pool_id, pack, off, off + length, [(off, length, cid)]))
+        out: dict[bytes, bytes] = {}
+        for results in self.executor.map(self._fetch_span, spans):
+            for cid, data in results:
+                if data is None:
+                    retry.append(cid)
+                else:
+                    out[cid] = data
+        for cid in retry:
+            out[cid] = self.read_chunk(cid, where(cid) if where else "")
+        return out
+
+    def _fetch_span(self, span: _Span) -> list[tuple[bytes, bytes | None]]:
+        try:
+            data = self.pool(span.pool).get(pack_key(span.pack), span.start, span.end)
+        except (PoolObjectMissingError, PoolError):
+            return [(cid, None) for _, _, cid in span.members]
+        view = memoryview(data)
+        results: list[tuple[bytes, bytes | None]] = []
+        for off, length, cid in span.members:
+            try:
+                blob = view[off - span.start: off - span.start + length]
+                results.append((cid, decode_blob(blob, expect_id=cid)))
+            except CorruptChunkError:
+                results.append((cid, None))  # read_chunk reports it, naming the file
+        return results
+
     def iter_manifest(self, manifest: Manifest, path: str = "") -> Iterator[bytes]:
         """The raw chunks of `manifest` in order, read ahead on worker threads."""
         refs = manifest.chunks
@@ -228,7 +303,8 @@ class WriteSession:
         self._new: dict[bytes, _NewChunk | None] = {}  # None: still compressing
         self._flushed: list[PackBuilder] = []
         self._inflight: deque[tuple[bytes, Future[tuple[bytes, Buffer]]]] = deque()
-        self._max_inflight = 4 * store.config.threads
+        self._max_inflight = 16 * store.config.threads
+        self._lookup: tuple[AbstractContextManager[ReadTxn], ReadTxn] | None = None
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
 
     # -- adding data -----------------------------------------------------------
@@ -290,8 +366,8 @@ class WriteSession:
                 todo.append((ref, piece))
         if not todo:
             return
-        with self.store.engine.read() as txn:
-            missing = [(r, p) for r, p in todo if txn.get_chunk(r.id) is None]
+        txn = self._reader()
+        missing = [(r, p) for r, p in todo if txn.get_chunk(r.id) is None]
         self.stats.dedup_chunks += len(todo) - len(missing)
         executor = self.store.executor
         for ref, piece in missing:
@@ -303,6 +379,18 @@ class WriteSession:
                 (ref.id, executor.submit(encode_blob, piece, self._level, ref.id)))
             if len(self._inflight) > self._max_inflight:
                 self._drain(self._max_inflight // 2)
+
+    def _reader(self) -> ReadTxn:
+        """A read snapshot for dedup lookups, renewed at every commit."""
+        if self._lookup is None:
+            cm = self.store.engine.read()
+            self._lookup = (cm, cm.__enter__())
+        return self._lookup[1]
+
+    def _end_reader(self) -> None:
+        if self._lookup is not None:
+            cm, self._lookup = self._lookup[0], None
+            cm.__exit__(None, None, None)
 
     def _drain(self, keep: int = 0) -> None:
         """Append finished blobs to the pack in order until `keep` remain in flight."""
@@ -356,6 +444,7 @@ class WriteSession:
         self._flush_pack()
         if not self._files and not self._flushed:
             return
+        self._end_reader()  # later lookups must see this commit
         now = time.time_ns()
         with self.store.engine.write() as txn:
             live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
@@ -389,6 +478,7 @@ class WriteSession:
 
     def abandon(self) -> None:
         """Drop what was not committed (its packs become orphans that gc reclaims)."""
+        self._end_reader()
         for _, fut in self._inflight:
             fut.cancel()
         self._inflight.clear()

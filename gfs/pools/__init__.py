@@ -7,7 +7,6 @@ from urllib.parse import unquote, urlsplit
 
 from gfs.errors import ConfigError
 from gfs.pools.base import Pool, PoolUsage, check_key
-from gfs.pools.fsspec_pool import FsspecPool
 from gfs.pools.local import LocalPool
 
 __all__ = ["FsspecPool", "LocalPool", "Pool", "PoolUsage", "check_key", "open_pool"]
@@ -55,4 +54,15 @@ def open_pool(url: str, **storage_options: Any) -> Pool:
             "or a protocol fsspec knows (s3://, gs://, az://, memory://, ...), installing "
             "its fsspec backend (e.g. pip install s3fs for s3://)"
         ) from e
+    from gfs.pools.fsspec_pool import FsspecPool
+
     return FsspecPool(url, **storage_options)
+
+
+def __getattr__(name: str) -> Any:
+    # FsspecPool imports fsspec (tens of ms): load it only when asked for.
+    if name == "FsspecPool":
+        from gfs.pools.fsspec_pool import FsspecPool
+
+        return FsspecPool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
