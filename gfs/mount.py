@@ -1,0 +1,738 @@
+"""The FUSE mount of a Hutong store (pyfuse3 on asyncio).
+
+    hutong mount /mnt/hutong              # foreground until unmounted (Ctrl-C unmounts)
+    hutong mount --background /mnt/hutong
+    hutong umount /mnt/hutong
+
+Design:
+
+* Inode numbers are the store's inode numbers (the root is 1 in both).
+* Every blocking store call runs on a thread pool, never on the event loop, so
+  one slow read does not stall the mount.
+* Reads: a handle pins the version committed when it was opened. Chunks come
+  through a memory `ChunkCache`; each read starts read-ahead of the next
+  chunks. The kernel page cache is kept across opens while the committed
+  version is unchanged (`keep_cache`), dropped otherwise (close-to-open).
+* Writes: the first write (or truncate) of an inode copies its committed
+  content into a local temporary file shared by the inode's writable handles;
+  writes go there, and the whole file is committed as a new version on
+  flush/fsync/release (close-to-open). Reads through the mount see the
+  uncommitted bytes; other clients see them after the close.
+* Extended attributes: `user.*` names are stored in the `xattrs` value table
+  (key: ino u64 BE + name). `user.hutong.*` are read-only facts computed from
+  the index (chunks, stored bytes, replicas, version); they are not listed by
+  listxattr, so copies of the tree do not carry them, but can be read by name.
+* Errors: gfs errors carry an errno and become that errno; a chunk that cannot
+  be read gives EIO for that read and a log line naming the file.
+
+Limits: no hard links (EPERM), no device nodes or fifos, no RENAME_EXCHANGE;
+a write rewrites the file's chunk list on commit (unchanged chunks are
+deduplicated, not stored again), so small writes to huge files cost a read
+and chunking of the whole file; metadata changed by other clients is seen
+after `attr_timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import errno
+import itertools
+import json
+import logging
+import os
+import signal
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TypeVar
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from gfs import namespace, paths
+from gfs.cache import ChunkCache
+from gfs.client import Client
+from gfs.errors import ExistsError, HutongError, InvalidPathError, NotFoundError
+from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
+from gfs.store import release
+
+log = logging.getLogger("hutong.mount")
+
+T = TypeVar("T")
+
+#: Chunks read ahead of the one a read touches.
+READ_AHEAD_CHUNKS = 8
+#: Prefix of the read-only extended attributes.
+HUTONG_XATTR = b"user.hutong."
+_XATTR_KEY = struct.Struct(">Q")
+
+
+@dataclass
+class MountOptions:
+    """Tunables of a mount."""
+
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    cache_bytes: int = 256 << 20
+    threads: int = 8
+    debug: bool = False
+    allow_other: bool = False
+
+
+class _Reader:
+    """Ranged reads of one pinned manifest, through the chunk cache, with read-ahead."""
+
+    def __init__(self, cache: ChunkCache, path: str, manifest: Manifest) -> None:
+        self.cache = cache
+        self.path = path
+        self.chunks = manifest.chunks
+        self.ends = list(itertools.accumulate(c.length for c in manifest.chunks))
+        self.size = self.ends[-1] if self.ends else 0
+
+    def read(self, off: int, size: int) -> bytes:
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        first = bisect.bisect_right(self.ends, off)
+        last = bisect.bisect_left(self.ends, end)
+        ahead = self.chunks[last + 1:last + 1 + READ_AHEAD_CHUNKS]
+        if ahead:
+            self.cache.prefetch((c.id for c in ahead), self.path)
+        parts = []
+        for i in range(first, last + 1):
+            data = self.cache.get(self.chunks[i].id, self.path)
+            start = self.ends[i] - self.chunks[i].length
+            lo, hi = max(off, start) - start, min(end, self.ends[i]) - start
+            parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+@dataclass
+class _Dirty:
+    """The uncommitted content of one inode, shared by its writable handles."""
+
+    ino: int
+    writers: int = 0
+    tmp: BinaryIO | None = None
+    size: int = 0
+    dirty: bool = False
+    mtime_ns: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class _Handle:
+    ino: int
+    reader: _Reader
+    writable: bool
+
+
+def _name(raw: bytes) -> str:
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise pyfuse3.FUSEError(errno.EINVAL) from None
+    if len(raw) > 255:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    return name
+
+
+class HutongOperations(pyfuse3.Operations):
+    """pyfuse3 request handlers over an embedded store."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, client: Client, options: MountOptions | None = None) -> None:
+        super().__init__()
+        self.client = client
+        self.opts = options or MountOptions()
+        self.cache = ChunkCache(client.store, self.opts.cache_bytes)
+        self._pool = ThreadPoolExecutor(self.opts.threads, thread_name_prefix="hutong-fuse")
+        self._handles: dict[int, _Handle] = {}
+        self._dirty: dict[int, _Dirty] = {}
+        self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
+        self._seen_version: dict[int, int] = {}
+        self._names: dict[int, tuple[int, str]] = {}  # ino -> (parent, name), a hint
+        self._next_fh = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.cache.close()
+
+    # -- plumbing ------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call on the pool; map gfs errors to their errno."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except (HutongError, OSError) as e:
+            code = getattr(e, "errno", None) or errno.EIO
+            if code == errno.EIO:
+                log.error("I/O error: %s", e)
+            else:
+                log.debug("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _path(self, txn: ReadTxn, ino: int) -> str:
+        """The current path of `ino` (from the name hints, checked; else from the index)."""
+        parts: list[str] = []
+        cur = ino
+        while cur != ROOT_INO:
+            hint = self._names.get(cur)
+            if hint is None or txn.lookup(hint[0], hint[1]) != cur:
+                if txn.get_inode(ino) is None:
+                    raise NotFoundError(f"<inode {ino}>")
+                p = namespace.path_of(txn, ino)
+                if p.startswith("<"):
+                    raise NotFoundError(p)
+                return p
+            parts.append(hint[1])
+            cur = hint[0]
+        return "/" + "/".join(reversed(parts))
+
+    def _child_path(self, txn: ReadTxn, parent: int, name: str) -> str:
+        base = self._path(txn, parent)
+        return paths.join([*paths.split(base), paths.check_name(name)])
+
+    def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = self.opts.entry_timeout
+        a.attr_timeout = self.opts.attr_timeout
+        a.st_mode = namespace.st_mode(node)
+        a.st_nlink = 1
+        a.st_uid = node.uid
+        a.st_gid = node.gid
+        a.st_rdev = 0
+        size = node.size
+        mtime = node.mtime_ns
+        d = self._dirty.get(node.ino)
+        if d is not None and d.tmp is not None:
+            size = d.size
+            if d.mtime_ns is not None:
+                mtime = d.mtime_ns
+        a.st_size = size
+        a.st_blksize = 1 << 17
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = node.atime_ns
+        a.st_mtime_ns = mtime
+        a.st_ctime_ns = node.ctime_ns
+        return a
+
+    def _node(self, ino: int) -> Inode:
+        with self.client.engine.read() as txn:
+            node = txn.get_inode(ino)
+        if node is None:
+            raise NotFoundError(f"<inode {ino}>")
+        return node
+
+    # -- looking -------------------------------------------------------------
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        def op() -> Inode:
+            with self.client.engine.read() as txn:
+                parent = namespace.get(txn, parent_inode)
+                if name == b".":
+                    return parent
+                if name == b"..":
+                    return namespace.get(txn, parent.parent)
+                ino = txn.lookup(parent_inode, _name(name))
+                node = txn.get_inode(ino) if ino is not None else None
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            self._names[node.ino] = (parent_inode, _name(name))
+            return node
+        return self._attr(await self._run(op))
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
+                      ) -> pyfuse3.EntryAttributes:
+        return self._attr(await self._run(self._node, inode))
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = await self._run(self._node, inode)
+        if node.kind != Kind.SYMLINK:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target.encode()
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        def op() -> list[tuple[bytes, Inode]]:
+            with self.client.engine.read() as txn:
+                node = namespace.get(txn, inode)
+                if node.kind != Kind.DIR:
+                    raise pyfuse3.FUSEError(errno.ENOTDIR)
+                out = []
+                for n, i in txn.list_dir(inode):
+                    kid = txn.get_inode(i)
+                    if kid is not None:
+                        out.append((n.encode(), kid))
+                        self._names[i] = (inode, n)
+                return out
+        entries = await self._run(op)
+        fh = next(self._next_fh)
+        self._dirs[fh] = entries
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dirs.get(fh, [])
+        for i in range(start_id, len(entries)):
+            name, node = entries[i]
+            if not pyfuse3.readdir_reply(token, name, self._attr(node), i + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        def op() -> pyfuse3.StatvfsData:
+            st = os.statvfs(self.client.state)
+            with self.client.engine.read() as txn:
+                raw = txn.get_meta("next_ino")
+            used = int.from_bytes(raw, "little") if raw else 0
+            s = pyfuse3.StatvfsData()
+            s.f_bsize = st.f_bsize
+            s.f_frsize = st.f_frsize
+            s.f_blocks = st.f_blocks
+            s.f_bfree = st.f_bfree
+            s.f_bavail = st.f_bavail
+            s.f_files = used + st.f_ffree
+            s.f_ffree = st.f_ffree
+            s.f_favail = st.f_favail
+            s.f_namemax = 255
+            return s
+        return await self._run(op)
+
+    # -- namespace changes ---------------------------------------------------
+    def _write_txn(self, fn: Callable[[WriteTxn], T]) -> T:
+        with self.client.engine.write() as txn:
+            return fn(txn)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        n = _name(name)
+
+        def op(txn: WriteTxn) -> Inode:
+            path = self._child_path(txn, parent_inode, n)
+            return namespace.mkdir(txn, path, mode & 0o7777, uid=ctx.uid, gid=ctx.gid)
+        node = await self._run(self._write_txn, op)
+        self._names[node.ino] = (parent_inode, n)
+        return self._attr(node)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        n = _name(name)
+
+        def op(txn: WriteTxn) -> Inode:
+            path = self._child_path(txn, parent_inode, n)
+            return namespace.symlink(txn, path, os.fsdecode(target), uid=ctx.uid, gid=ctx.gid)
+        node = await self._run(self._write_txn, op)
+        self._names[node.ino] = (parent_inode, n)
+        return self._attr(node)
+
+    @staticmethod
+    def _drop_xattrs(txn: WriteTxn, ino: int) -> None:
+        prefix = _XATTR_KEY.pack(ino)
+        for key, _ in list(txn.iter_values("xattrs", prefix)):
+            txn.delete_value("xattrs", key)
+
+    def _remove(self, parent_inode: int, name: bytes, is_dir: bool) -> None:
+        n = _name(name)
+
+        def op(txn: WriteTxn) -> None:
+            path = self._child_path(txn, parent_inode, n)
+            node = namespace.resolve(txn, path)
+            if is_dir and node.kind != Kind.DIR:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            release(txn, namespace.remove(txn, path, dir_ok=is_dir))
+            self._drop_xattrs(txn, node.ino)
+        self._write_txn(op)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._run(self._remove, parent_inode, name, False)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._run(self._remove, parent_inode, name, True)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        old, new = _name(name_old), _name(name_new)
+
+        def op(txn: WriteTxn) -> int:
+            src = self._child_path(txn, parent_inode_old, old)
+            dst = self._child_path(txn, parent_inode_new, new)
+            moving = namespace.resolve(txn, src)
+            target = txn.lookup(parent_inode_new, new)
+            if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
+                raise ExistsError(dst)
+            release(txn, namespace.rename(txn, src, dst))
+            if target is not None and target != moving.ino:
+                self._drop_xattrs(txn, target)
+            return moving.ino
+        ino = await self._run(self._write_txn, op)
+        self._names[ino] = (parent_inode_new, new)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        def op() -> Inode:
+            if fields.update_size:
+                self._truncate(inode, attr.st_size)
+            mode = attr.st_mode & 0o7777 if fields.update_mode else None
+            uid = attr.st_uid if fields.update_uid else None
+            gid = attr.st_gid if fields.update_gid else None
+            atime = attr.st_atime_ns if fields.update_atime else None
+            mtime = attr.st_mtime_ns if fields.update_mtime else None
+            if mtime is not None:
+                d = self._dirty.get(inode)
+                if d is not None and d.tmp is not None:
+                    d.mtime_ns = mtime  # applied again when the content is committed
+            if any(v is not None for v in (mode, uid, gid, atime, mtime)):
+                def change(txn: WriteTxn) -> Inode:
+                    return namespace.set_attrs(txn, self._path(txn, inode), mode=mode,
+                                               uid=uid, gid=gid, atime_ns=atime,
+                                               mtime_ns=mtime)
+                return self._write_txn(change)
+            return self._node(inode)
+        return self._attr(await self._run(op))
+
+    # -- files ---------------------------------------------------------------
+    def _open_reader(self, ino: int) -> tuple[_Reader, bool]:
+        """A reader of the committed version, and whether the page cache may be kept."""
+        with self.client.engine.read() as txn:
+            node = namespace.get(txn, ino)
+            if node.kind == Kind.DIR:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if node.kind != Kind.FILE:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            m = txn.get_manifest(ino) or Manifest(node.version, ())
+            path = self._path(txn, ino)
+        keep = self._seen_version.get(ino) == node.version
+        self._seen_version[ino] = node.version
+        return _Reader(self.cache, path, m), keep
+
+    def _new_handle(self, ino: int, reader: _Reader, flags: int) -> int:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        fh = next(self._next_fh)
+        with self._lock:
+            self._handles[fh] = _Handle(ino, reader, writable)
+            if writable:
+                d = self._dirty.setdefault(ino, _Dirty(ino))
+                d.writers += 1
+        if writable and flags & os.O_TRUNC:
+            self._truncate(ino, 0, reader)
+        return fh
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext
+                   ) -> pyfuse3.FileInfo:
+        def op() -> pyfuse3.FileInfo:
+            reader, keep = self._open_reader(inode)
+            fh = self._new_handle(inode, reader, flags)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=keep and not flags & os.O_TRUNC)
+        return await self._run(op)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        n = _name(name)
+
+        def op() -> tuple[pyfuse3.FileInfo, Inode]:
+            def make(txn: WriteTxn) -> Inode:
+                path = self._child_path(txn, parent_inode, n)
+                if txn.lookup(parent_inode, n) is not None:
+                    raise ExistsError(path)
+                namespace.write_file(txn, path, [], mode=mode & 0o7777, uid=ctx.uid,
+                                     gid=ctx.gid)
+                return namespace.resolve(txn, path)
+            node = self._write_txn(make)
+            self._names[node.ino] = (parent_inode, n)
+            self._seen_version[node.ino] = node.version
+            reader = _Reader(self.cache, n, Manifest(node.version, ()))
+            fh = self._new_handle(node.ino, reader, flags)
+            return pyfuse3.FileInfo(fh=fh), node
+        fi, node = await self._run(op)
+        return fi, self._attr(node)
+
+    def _materialize(self, d: _Dirty, reader: _Reader | None, size: int | None = None) -> None:
+        """Give `d` a temporary file holding the committed content (or its first `size`
+        bytes). Called with `d.lock` held."""
+        if d.tmp is not None:
+            return
+        tmp = tempfile.TemporaryFile(prefix="hutong-fuse-")  # noqa: SIM115 - kept in d
+        if reader is None:
+            reader, _ = self._open_reader(d.ino)
+        keep = reader.size if size is None else min(size, reader.size)
+        off = 0
+        while off < keep:
+            data = reader.read(off, min(8 << 20, keep - off))
+            tmp.write(data)
+            off += len(data)
+        d.tmp, d.size = tmp, keep
+
+    def _truncate(self, ino: int, size: int, reader: _Reader | None = None) -> None:
+        with self._lock:
+            d = self._dirty.get(ino)
+            temporary = d is None
+            if d is None:
+                d = self._dirty[ino] = _Dirty(ino, writers=1)
+        try:
+            with d.lock:
+                self._materialize(d, reader, size)
+                assert d.tmp is not None
+                d.tmp.truncate(size)
+                d.size = size
+                d.dirty = True
+            if temporary:  # truncate(2) by path: commit now
+                self._commit(d)
+        finally:
+            if temporary:
+                self._drop_writer(d)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+
+        def op() -> bytes:
+            d = self._dirty.get(h.ino)
+            if d is not None and d.tmp is not None:
+                with d.lock:
+                    if d.tmp is not None:
+                        return os.pread(d.tmp.fileno(), min(size, max(d.size - off, 0)), off)
+            try:
+                return h.reader.read(off, size)
+            except HutongError as e:
+                log.error("read of %s failed at offset %d: %s", h.reader.path, off, e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+        return await self._run(op)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._handles.get(fh)
+        if h is None or not h.writable:
+            raise pyfuse3.FUSEError(errno.EBADF)
+
+        def op() -> int:
+            d = self._dirty[h.ino]
+            with d.lock:
+                self._materialize(d, h.reader)
+                assert d.tmp is not None
+                n = os.pwrite(d.tmp.fileno(), buf, off)
+                d.size = max(d.size, off + n)
+                d.dirty = True
+                d.mtime_ns = None
+            return n
+        return await self._run(op)
+
+    def _commit(self, d: _Dirty) -> None:
+        """Commit the temporary content of `d` as the file's new version."""
+        with d.lock:
+            if not d.dirty or d.tmp is None:
+                return
+            tmp, ino, mtime = d.tmp, d.ino, d.mtime_ns
+            tmp.flush()
+            tmp.seek(0)
+            with self.client.store.writer() as session:
+                refs = session.store_stream(tmp)
+
+                def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
+                    node = txn.get_inode(ino)
+                    if node is None or node.kind != Kind.FILE:
+                        log.info("inode %d was removed before its writes were committed", ino)
+                        return Manifest(0, tuple(r))  # releases what was just referenced
+                    old = namespace.write_file(txn, self._path(txn, ino), r, mtime_ns=mtime)
+                    new = txn.get_inode(ino)
+                    if new is not None:
+                        self._seen_version[ino] = new.version
+                    return old
+                session.add_file(refs, action)
+                session.commit()
+            d.dirty = False
+
+    def _drop_writer(self, d: _Dirty) -> None:
+        with self._lock:
+            d.writers -= 1
+            if d.writers > 0:
+                return
+            self._dirty.pop(d.ino, None)
+        if d.tmp is not None:
+            d.tmp.close()
+            d.tmp = None
+
+    async def flush(self, fh: int) -> None:
+        h = self._handles.get(fh)
+        if h is not None and h.writable:
+            d = self._dirty.get(h.ino)
+            if d is not None:
+                await self._run(self._commit, d)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.flush(fh)
+
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if h is None or not h.writable:
+            return
+        d = self._dirty.get(h.ino)
+        if d is None:
+            return
+
+        def op() -> None:
+            try:
+                self._commit(d)
+            finally:
+                self._drop_writer(d)
+        await self._run(op)
+
+    # -- extended attributes -------------------------------------------------
+    def _facts(self, ino: int) -> dict[bytes, bytes]:
+        with self.client.engine.read() as txn:
+            node = namespace.get(txn, ino)
+            out = {b"version": str(node.version).encode(), b"ino": str(ino).encode(),
+                   b"cache": json.dumps(self.cache.stats().to_dict()).encode()}
+            m = txn.get_manifest(ino) if node.kind == Kind.FILE else None
+            if m is None:
+                return out
+            pools: dict[int, int] = {}
+            stored = 0
+            copies = []
+            for ref in m.chunks:
+                rec = txn.get_chunk(ref.id)
+                locs = rec.locations if rec is not None else ()
+                copies.append(len(locs))
+                for loc in locs:
+                    pools[loc.pool] = pools.get(loc.pool, 0) + 1
+                if locs:
+                    stored += locs[0].length
+            names = {}
+            for pid in pools:
+                rec_p = txn.get_pool(pid)
+                names[pid] = rec_p.name if rec_p is not None else str(pid)
+        out[b"chunks"] = str(len(m.chunks)).encode()
+        out[b"stored_bytes"] = str(stored).encode()
+        out[b"replicas"] = str(min(copies) if copies else 0).encode()
+        out[b"pools"] = ",".join(f"{names[p]}:{n}" for p, n in sorted(pools.items())).encode()
+        out[b"chunk_ids"] = "\n".join(f"{r.id.hex()} {r.length}" for r in m.chunks).encode()
+        return out
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        def op() -> bytes:
+            if name.startswith(HUTONG_XATTR):
+                value = self._facts(inode).get(name[len(HUTONG_XATTR):])
+            else:
+                with self.client.engine.read() as txn:
+                    namespace.get(txn, inode)
+                    raw = txn.get_value("xattrs", _XATTR_KEY.pack(inode) + name)
+                value = raw[1:] if raw is not None else None
+            if value is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return value
+        return await self._run(op)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        def op() -> list[bytes]:
+            prefix = _XATTR_KEY.pack(inode)
+            with self.client.engine.read() as txn:
+                namespace.get(txn, inode)
+                return [k[len(prefix):] for k, _ in txn.iter_values("xattrs", prefix)]
+        return await self._run(op)
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        if name.startswith(HUTONG_XATTR):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if len(name) > 255 or len(value) > 500:
+            raise pyfuse3.FUSEError(errno.E2BIG)
+
+        def op(txn: WriteTxn) -> None:
+            namespace.get(txn, inode)
+            txn.put_value("xattrs", _XATTR_KEY.pack(inode) + name, b"\x01" + value)
+        await self._run(self._write_txn, op)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if name.startswith(HUTONG_XATTR):
+            raise pyfuse3.FUSEError(errno.EPERM)
+
+        def op(txn: WriteTxn) -> None:
+            key = _XATTR_KEY.pack(inode) + name
+            if txn.get_value("xattrs", key) is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            txn.delete_value("xattrs", key)
+        await self._run(self._write_txn, op)
+
+
+def _check_mountpoint(mountpoint: str) -> str:
+    mp = os.path.abspath(mountpoint)
+    if not os.path.isdir(mp):
+        raise NotFoundError(mp, "mount point must be an existing directory")
+    if os.path.ismount(mp):
+        raise ExistsError(mp, "something is already mounted here")
+    return mp
+
+
+def run_mount(client: Client, mountpoint: str, options: MountOptions | None = None,
+              ready: Callable[[], None] | None = None) -> None:
+    """Mount `client`'s store at `mountpoint` and serve until unmounted or signalled.
+
+    SIGINT and SIGTERM unmount cleanly. `ready` is called once the mount is live.
+    """
+    opts = options or MountOptions()
+    mp = _check_mountpoint(mountpoint)
+    pyfuse3.asyncio.enable()
+    ops = HutongOperations(client, opts)
+    fuse_opts = set(pyfuse3.default_options)
+    fuse_opts |= {"fsname=hutong", "subtype=hutong"}
+    if opts.allow_other:
+        fuse_opts.add("allow_other")
+    if opts.debug:
+        fuse_opts.add("debug")
+    pyfuse3.init(ops, mp, fuse_opts)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, pyfuse3.terminate)
+        if ready is not None:
+            loop.call_soon(ready)
+        log.info("mounted %s at %s", client.state, mp)
+        loop.run_until_complete(pyfuse3.main())
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        finally:
+            ops.close()
+            loop.close()
+            log.info("unmounted %s", mp)
+
+
+def unmount(mountpoint: str) -> None:
+    """Unmount a FUSE mount (`fusermount3 -u`)."""
+    import subprocess
+
+    mp = os.path.abspath(mountpoint)
+    if not os.path.ismount(mp):
+        raise InvalidPathError(mp, "not a mount point")
+    r = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise HutongError(f"cannot unmount {mp}: {r.stderr.strip() or 'fusermount3 failed'}"
+                          " (is a program still using it? see `fuser -m`)")
+
+
+
+__all__ = ["HutongOperations", "MountOptions", "run_mount", "unmount"]

@@ -1,0 +1,155 @@
+"""`hutong mount`, `umount`, `cache stats` and `warmup`: the CLI of the FUSE mount.
+
+Registered through `gfs.cli.EXTENSIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from gfs.client import Client
+from gfs.errors import HutongError, StateError
+
+#: Seconds `mount --background` waits for the mount to come up.
+READY_TIMEOUT = 30.0
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the mount commands to the `hutong` parser."""
+    sp = sub.add_parser("mount", parents=[common], help="mount the namespace with FUSE",
+                        description="Mount the namespace at MOUNTPOINT. Stays in the "
+                        "foreground until unmounted (Ctrl-C or SIGTERM unmount cleanly).")
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    sp.add_argument("--background", action="store_true",
+                    help="detach once the mount is ready")
+    sp.add_argument("--attr-timeout", type=float, default=1.0, metavar="SECONDS",
+                    help="how long the kernel caches attributes and names (1)")
+    sp.add_argument("--cache-size", type=_size, default=256 << 20, metavar="BYTES",
+                    help="memory cache of decompressed chunks (256MiB)")
+    sp.add_argument("--allow-other", action="store_true", help="let other users in")
+    sp.add_argument("--log", metavar="FILE", help="with --background: write logs here")
+    sp.add_argument("--fuse-debug", action="store_true", help="log every FUSE request")
+    sp.set_defaults(func=cmd_mount)
+    sp = sub.add_parser("umount", parents=[common], help="unmount a Hutong FUSE mount")
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    sp.set_defaults(func=cmd_umount)
+    sp = sub.add_parser("cache", parents=[common], help="local cache tiers")
+    csub = sp.add_subparsers(dest="cache_command", metavar="SUBCOMMAND", required=True)
+    cp = csub.add_parser("stats", parents=[common], help="statistics of a mount's cache")
+    cp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_cache_stats)
+    sp = sub.add_parser("warmup", parents=[common],
+                        help="read files ahead of use (a path in a mount, or a namespace path)")
+    sp.add_argument("path", metavar="PATH")
+    sp.set_defaults(func=cmd_warmup)
+
+
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    argv = [sys.executable, "-m", "gfs.cli"]
+    if args.state is not None:
+        argv += ["--state", str(args.state)]
+    argv += ["mount", os.path.abspath(args.mountpoint), "--attr-timeout",
+             str(args.attr_timeout), "--cache-size", str(args.cache_size)]
+    if args.allow_other:
+        argv.append("--allow-other")
+    if args.fuse_debug:
+        argv.append("--fuse-debug")
+    return argv
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from gfs.mount import MountOptions, _check_mountpoint, run_mount
+
+    mp = _check_mountpoint(args.mountpoint)
+    if args.background:
+        Client(args.state).close()  # fail here, not in the child, if there is no store
+        log: Any = open(args.log, "ab+") if args.log else tempfile.TemporaryFile()  # noqa: SIM115
+        with log:
+            child = subprocess.Popen(_child_argv(args), stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=log, start_new_session=True)
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not os.path.ismount(mp):
+                if child.poll() is not None:
+                    log.seek(0)
+                    why = log.read().decode(errors="replace").strip().splitlines()
+                    raise StateError(f"mount of {mp} failed: {why[-1] if why else 'no output'}")
+                if time.monotonic() > deadline:
+                    child.terminate()
+                    raise StateError(f"mount of {mp} not ready after {READY_TIMEOUT:.0f} s")
+                time.sleep(0.05)
+        if not args.quiet:
+            print(f"mounted at {mp} (pid {child.pid}); `hutong umount {mp}` to stop")
+        return 0
+    opts = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.attr_timeout,
+                        cache_bytes=args.cache_size, allow_other=args.allow_other,
+                        debug=args.fuse_debug)
+    with Client(args.state) as fs:
+        run_mount(fs, mp, opts)
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from gfs.mount import unmount
+
+    unmount(args.mountpoint)
+    return 0
+
+
+def cmd_cache_stats(args: argparse.Namespace) -> int:
+    try:
+        raw = os.getxattr(args.mountpoint, "user.hutong.cache")
+    except OSError as e:
+        raise HutongError(f"{args.mountpoint} is not a Hutong mount ({e.strerror})") from None
+    stats = json.loads(raw)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    lookups = stats["hits"] + stats["misses"]
+    ratio = stats["hits"] / lookups if lookups else 0.0
+    print(f"memory tier: {stats['bytes_cached']}/{stats['capacity']} bytes in "
+          f"{stats['entries']} chunks; hits {stats['hits']}, misses {stats['misses']} "
+          f"(hit ratio {ratio:.1%}); prefetched {stats['prefetched']}; "
+          f"evictions {stats['evictions']}; read from store {stats['bytes_from_store']} bytes")
+    return 0
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    total = files = 0
+    if os.path.exists(args.path):  # a path in a mount: read through it
+        targets = ([args.path] if os.path.isfile(args.path) else
+                   [os.path.join(r, f) for r, _, fs in os.walk(args.path) for f in fs])
+        for t in targets:
+            if os.path.islink(t) or not os.path.isfile(t):
+                continue
+            with open(t, "rb") as f:
+                while data := f.read(8 << 20):
+                    total += len(data)
+            files += 1
+    else:
+        with Client(args.state) as c:
+            for st in c.walk(args.path):
+                if st.kind != "file":
+                    continue
+                with c.open(st.path, "rb") as g:
+                    while data := g.read(8 << 20):
+                        total += len(data)
+                files += 1
+    if not args.quiet:
+        print(f"warmed {files} files, {total} bytes")
+    return 0
