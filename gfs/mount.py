@@ -131,6 +131,14 @@ class _Handle:
     writable: bool
 
 
+def _pwrite_all(fd: int, data: bytes, off: int) -> int:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], off + done)
+    return done
+
+
 def _name(raw: bytes) -> str:
     try:
         name = raw.decode("utf-8")
@@ -473,14 +481,14 @@ class HutongOperations(pyfuse3.Operations):
         bytes). Called with `d.lock` held."""
         if d.tmp is not None:
             return
-        tmp = tempfile.TemporaryFile(prefix="hutong-fuse-")  # noqa: SIM115 - kept in d
+        tmp = tempfile.TemporaryFile(prefix="hutong-fuse-", buffering=0)  # noqa: SIM115
         if reader is None:
             reader, _ = self._open_reader(d.ino)
         keep = reader.size if size is None else min(size, reader.size)
         off = 0
         while off < keep:
             data = reader.read(off, min(8 << 20, keep - off))
-            tmp.write(data)
+            _pwrite_all(tmp.fileno(), data, off)
             off += len(data)
         d.tmp, d.size = tmp, keep
 
@@ -531,7 +539,7 @@ class HutongOperations(pyfuse3.Operations):
             with d.lock:
                 self._materialize(d, h.reader)
                 assert d.tmp is not None
-                n = os.pwrite(d.tmp.fileno(), buf, off)
+                n = _pwrite_all(d.tmp.fileno(), buf, off)
                 d.size = max(d.size, off + n)
                 d.dirty = True
                 d.mtime_ns = None
@@ -544,7 +552,6 @@ class HutongOperations(pyfuse3.Operations):
             if not d.dirty or d.tmp is None:
                 return
             tmp, ino, mtime = d.tmp, d.ino, d.mtime_ns
-            tmp.flush()
             tmp.seek(0)
             with self.client.store.writer() as session:
                 refs = session.store_stream(tmp)
