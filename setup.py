@@ -6,9 +6,16 @@ setup(
     ext_modules=[
         Extension(
             "gfs._native",
-            sources=["native/module.c", "native/fastcdc.c"],
+            sources=["native/module.c", "native/fastcdc.c", "native/chunkid.c"],
             include_dirs=["native"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
-        )
+        ),
+        Extension(
+            "gfs._mover",
+            sources=["native/mover_module.c", "native/mover.c"],
+            include_dirs=["native"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+            extra_link_args=["-pthread"],
+        ),
     ]
 )

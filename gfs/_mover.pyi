@@ -1,0 +1,66 @@
+"""Typed stubs of the native mover (native/mover_module.c; contract in native/mover.h)."""
+
+from collections.abc import Callable
+
+OK: int
+ERR_IO: int
+ERR_TIMEOUT: int
+ERR_CLOSED: int
+ERR_PROTOCOL: int
+ERR_LIMIT: int
+ERR_AUTH: int
+ERR_CANCELLED: int
+ERR_CALLBACK: int
+ERR_PEER: int
+ERR_NOMEM: int
+ERR_ARG: int
+OP_FETCH: int
+OP_SEND: int
+MAX_BATCH: int
+SPOOL_RESERVE: int
+DEFAULT_MAX_BLOB: int
+ENTRY_LEN: int
+
+Resolve = Callable[[bytes], list[tuple[str, int, int] | None]]
+Need = Callable[[bytes], bytes]
+Spool = Callable[[str, bytes], tuple[int, int]]
+
+class Server:
+    port: int
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        secret: bytes,
+        resolve: Resolve,
+        need: Need,
+        spool: Spool,
+        spool_dir: str,
+        spool_limit: int = ...,
+        timeout: float = ...,
+        max_blob: int = ...,
+        sendfile: bool = ...,
+    ) -> None: ...
+    def close(self) -> None: ...
+    def counters(self) -> dict[str, int]: ...
+
+def transfer(
+    op: int,
+    host: str,
+    port: int,
+    secret: bytes,
+    ids: list[bytes],
+    *,
+    resolve: Resolve | None = ...,
+    spool: Spool | None = ...,
+    spool_dir: str = ...,
+    spool_limit: int = ...,
+    timeout: float = ...,
+    max_blob: int = ...,
+    sendfile: bool = ...,
+    progress: Callable[[int, int], object] | None = ...,
+    tick: float = ...,
+) -> list[tuple[int, str, int, int, int, int, int]]: ...
+def hmac_sha256(key: bytes, msg: bytes, /) -> bytes: ...
+def check_frames(buf: bytes, max_blob: int = ..., /) -> tuple[int, int, str]: ...
+def strerror(status: int, /) -> str: ...

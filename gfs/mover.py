@@ -1,0 +1,644 @@
+"""The chunk mover: bulk transfer of chunks between stores over TCP.
+
+The native extension `gfs._mover` (native/mover.[ch]) owns the bytes: the
+framed protocol of docs/format.md ("Mover protocol"), the HMAC handshake,
+parallel streams, `sendfile` or `pread` + `send` from pack files, spooling
+of received blobs to temporaries. This module owns policy: which chunks
+(only those the destination lacks: resume), which peer, how many streams,
+retries, and the commit of received blobs, which are verified with
+`decode_blob` before anything of them becomes visible.
+
+    secret = os.urandom(32)                       # issued by the control plane
+    with MoverServer(src_client, secret) as srv:  # binds 127.0.0.1, port 0
+        stats = fetch(dst_client, srv.address, ids, secret, streams=4)
+    stats = send(src_client, ("10.0.0.2", 7070), ids, secret)   # push instead
+
+Fetched chunks enter the destination index with refcount 0 (docs/format.md):
+commit manifests that name them (`copy_tree` does) or gc reclaims them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from gfs import _mover, namespace
+from gfs.client import Client
+from gfs.codec import (
+    BLOB_HEADER_LEN,
+    CHUNK_ID_LEN,
+    BlobHeader,
+    decode_blob,
+    parse_blob_header,
+)
+from gfs.errors import CorruptChunkError, HutongError
+from gfs.meta import ChunkRecord, ChunkRef, Kind, Location, Manifest, PackRecord, WriteTxn
+from gfs.packs import PACK_HEADER_LEN, PackBuilder, new_pack_id, pack_header, pack_key
+from gfs.pools.base import TMP_DIR
+from gfs.pools.local import LocalPool
+from gfs.store import ChunkStore
+
+log = logging.getLogger("hutong.mover")
+
+Progress = Callable[[int], None]
+"""Called with the number of blob bytes moved since the previous call."""
+
+Address = tuple[str, int]
+
+DEFAULT_STREAMS: Final = 4
+DEFAULT_TIMEOUT: Final = 30.0
+DEFAULT_RETRIES: Final = 3
+_ENTRY = struct.Struct("<16sQI")
+assert _ENTRY.size == _mover.ENTRY_LEN
+assert _mover.SPOOL_RESERVE == PACK_HEADER_LEN
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+class MoverError(HutongError, ConnectionError):
+    """A mover transfer failed; `status` is the native status code, `peer` the address."""
+
+    def __init__(self, message: str, status: int = _mover.ERR_IO, peer: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.peer = peer
+
+
+class MoverAuthError(MoverError, PermissionError):
+    """The handshake failed: the peers do not share the session secret (or it was replayed)."""
+
+
+class MoverTimeoutError(MoverError, TimeoutError):
+    """The peer stalled past the timeout; the transfer may be resumed with the same call."""
+
+
+class MoverProtocolError(MoverError):
+    """The peer sent a malformed frame or a length past a limit; the stream was closed."""
+
+
+class ChunksUnavailableError(MoverError):
+    """The peer does not hold some chunks (or sent damaged copies); `ids` lists them."""
+
+    def __init__(self, message: str, ids: Sequence[bytes], peer: str = "") -> None:
+        super().__init__(message, _mover.ERR_IO, peer)
+        self.ids = list(ids)
+
+
+_RETRYABLE = frozenset({_mover.ERR_IO, _mover.ERR_TIMEOUT, _mover.ERR_CLOSED, _mover.ERR_PEER})
+
+
+def _error(status: int, message: str, peer: str) -> MoverError:
+    text = f"mover {peer}: {message or _mover.strerror(status)}"
+    if status == _mover.ERR_AUTH:
+        return MoverAuthError(text + " (check the session secret)", status, peer)
+    if status == _mover.ERR_TIMEOUT:
+        return MoverTimeoutError(text + " (run the transfer again to resume)", status, peer)
+    if status in (_mover.ERR_PROTOCOL, _mover.ERR_LIMIT):
+        return MoverProtocolError(text, status, peer)
+    return MoverError(text + " (run the transfer again to resume)", status, peer)
+
+
+# -- statistics ---------------------------------------------------------------------
+
+
+@dataclass
+class TransferStats:
+    """What one `fetch` or `send` did (over all its attempts)."""
+
+    op: str
+    peer: str
+    streams: int
+    requested: int = 0
+    """Distinct chunk ids asked for."""
+    skipped: int = 0
+    """Chunks the destination held already (not moved)."""
+    chunks: int = 0
+    """Chunks that crossed the wire."""
+    bytes: int = 0
+    """Blob bytes that crossed the wire (frames not counted)."""
+    committed: int = 0
+    """Chunks newly recorded in the destination store."""
+    rejected: int = 0
+    """Chunks whose bytes did not match their id (never stored)."""
+    missing: list[builtins.bytes] = field(default_factory=list)
+    """Chunks the source does not hold."""
+    retries: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    """Stream errors that a retry recovered from."""
+
+    @property
+    def rate(self) -> float:
+        """Blob bytes per second."""
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- the two ends of a store ------------------------------------------------------------
+
+
+def _store_of(target: Client | ChunkStore) -> ChunkStore:
+    return target.store if isinstance(target, Client) else target
+
+
+def _unique(ids: Iterable[bytes]) -> list[bytes]:
+    out = list(dict.fromkeys(bytes(i) for i in ids))
+    for cid in out:
+        if len(cid) != CHUNK_ID_LEN:
+            raise ValueError(f"chunk id must be {CHUNK_ID_LEN} bytes, got {len(cid)}")
+    return out
+
+
+class Source:
+    """Resolves chunk ids to the byte ranges of their blobs in local pack files."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+
+    def resolve(self, ids: bytes) -> list[tuple[str, int, int] | None]:
+        """(path, offset, length) of each id's blob, None when not held locally."""
+        out: list[tuple[str, int, int] | None] = []
+        with self.store.engine.read() as txn:
+            for k in range(0, len(ids), CHUNK_ID_LEN):
+                rec = txn.get_chunk(ids[k : k + CHUNK_ID_LEN])
+                out.append(self._where(rec))
+        return out
+
+    def _where(self, rec: ChunkRecord | None) -> tuple[str, int, int] | None:
+        if rec is None:
+            return None
+        for loc in rec.locations:
+            path = self.store.pool(loc.pool).local_path(pack_key(loc.pack))
+            if path is not None:
+                return path, loc.offset, loc.length
+        log.warning("chunk %s has no copy in a local pool; the mover cannot send it",
+                    rec.id.hex())
+        return None
+
+
+class Receiver:
+    """Verifies spooled blobs and commits them into a store (docs/format.md, "Receiving")."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self.pool_id = store.write_pool
+        self.pool = store.pool(self.pool_id)
+        if isinstance(self.pool, LocalPool):
+            self.spool_dir = os.path.join(self.pool.root, TMP_DIR)
+        else:
+            self.spool_dir = str(store.state / "tmp")
+        os.makedirs(self.spool_dir, exist_ok=True)
+        self.spool_limit = store.config.pack_size
+
+    def lacking(self, ids: Sequence[bytes]) -> list[bytes]:
+        """The ids (in order) that the store's index does not hold."""
+        with self.store.engine.read() as txn:
+            return [cid for cid in ids if txn.get_chunk(cid) is None]
+
+    def need(self, ids: bytes) -> bytes:
+        """Server callback: the offered ids that the store lacks."""
+        view = [ids[k : k + CHUNK_ID_LEN] for k in range(0, len(ids), CHUNK_ID_LEN)]
+        return b"".join(self.lacking(view))
+
+    def commit_spool(self, path: str, entries: bytes) -> tuple[int, int]:
+        """Verify every blob of spool file `path`, commit the good ones; (committed, rejected).
+
+        The spool is always consumed: renamed into a pack or deleted.
+        """
+        try:
+            return self._commit(path, [_ENTRY.unpack_from(entries, k)
+                                       for k in range(0, len(entries), _ENTRY.size)])
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _commit(self, path: str, entries: list[tuple[bytes, int, int]]) -> tuple[int, int]:
+        with open(path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return 0, len(entries)
+            with mmap.mmap(f.fileno(), 0) as mm:
+                view = memoryview(mm)
+                try:
+                    good, rejected = self._verify(view, size, entries)
+                    return self._store(path, view, entries, good), rejected
+                finally:
+                    view.release()
+
+    def _verify(self, view: memoryview, size: int, entries: list[tuple[bytes, int, int]]
+                ) -> tuple[list[int], int]:
+        def check(i: int) -> bool:
+            cid, off, length = entries[i]
+            if off + length > size:
+                return False
+            try:
+                decode_blob(view[off : off + length], expect_id=cid)
+            except CorruptChunkError as e:
+                log.error("rejected chunk %s from a peer: %s", cid.hex(), e)
+                return False
+            return True
+
+        if len(entries) > 8:
+            ok = list(self.store.executor.map(check, range(len(entries))))
+        else:
+            ok = [check(i) for i in range(len(entries))]
+        good = [i for i, v in enumerate(ok) if v]
+        return good, len(entries) - len(good)
+
+    def _store(self, path: str, view: memoryview,
+               entries: list[tuple[bytes, int, int]], good: list[int]) -> int:
+        if not good:
+            return 0
+        with self.store.writer():  # holds gc.lock shared: gc sees no orphan in between
+            fresh = self.lacking(list(dict.fromkeys(entries[i][0] for i in good)))
+            if not fresh:
+                return 0
+            wanted = set(fresh)
+            pick: list[int] = []
+            for i in good:
+                if entries[i][0] in wanted:
+                    wanted.discard(entries[i][0])
+                    pick.append(i)
+            pack_id = new_pack_id()
+            contiguous = (len(pick) == len(entries)
+                          and all(entries[i][1] == (entries[i - 1][1] + entries[i - 1][2]
+                                                    if i else PACK_HEADER_LEN)
+                                  for i in range(len(entries))))
+            locs: dict[bytes, tuple[int, int, BlobHeader]] = {}
+            if contiguous and isinstance(self.pool, LocalPool) and \
+                    os.path.dirname(path) == self.spool_dir:
+                for i in pick:
+                    cid, off, length = entries[i]
+                    locs[cid] = (off, length, parse_blob_header(view[off : off + length]))
+                pack_size = entries[-1][1] + entries[-1][2]
+                self._rename_in_place(path, pack_id, pack_size)
+            else:
+                builder = PackBuilder(pack_id)
+                for i in pick:
+                    cid, off, length = entries[i]
+                    blob = view[off : off + length]
+                    at, n = builder.add(blob[:BLOB_HEADER_LEN], blob[BLOB_HEADER_LEN:])
+                    locs[cid] = (at, n, parse_blob_header(blob))
+                self.pool.put(pack_key(pack_id), builder.parts())
+                pack_size = builder.size
+            return self._record(pack_id, pack_size, len(pick), locs)
+
+    def _rename_in_place(self, path: str, pack_id: bytes, end: int) -> None:
+        assert isinstance(self.pool, LocalPool)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, pack_header(pack_id), 0)
+            os.ftruncate(fd, end)  # drop the bytes of a blob cut mid-way
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        target = self.pool.local_path(pack_key(pack_id))
+        assert target is not None
+        parent = os.path.dirname(target)
+        if not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)
+            _fsync_dir(os.path.dirname(parent))
+        os.replace(path, target)
+        _fsync_dir(parent)
+
+    def _record(self, pack_id: bytes, pack_size: int, nblobs: int,
+                locs: dict[bytes, tuple[int, int, BlobHeader]]) -> int:
+        now = time.time_ns()
+        committed = 0
+        live_bytes = 0
+        with self.store.engine.write() as txn:
+            for cid, (off, length, head) in locs.items():
+                if txn.get_chunk(cid) is not None:
+                    continue  # committed meanwhile by another writer: a dead blob
+                committed += 1
+                live_bytes += length
+                txn.put_chunk(ChunkRecord(cid, head.raw_len, head.payload_len, head.codec, 0,
+                                          (Location(self.pool_id, pack_id, off, length),)))
+            txn.put_pack(PackRecord(pack_id, self.pool_id, pack_size, nblobs, committed,
+                                    live_bytes, now))
+        return committed
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- server -------------------------------------------------------------------------------
+
+
+class MoverServer:
+    """A mover server for one store: serves fetches from it and receives sends into it.
+
+    Runs on native threads until `close` (or the end of a `with` block). Bind
+    port 0 to let the kernel choose; `address` tells which.
+    """
+
+    def __init__(self, store: Client | ChunkStore, secret: bytes, host: str = "127.0.0.1",
+                 port: int = 0, *, timeout: float = DEFAULT_TIMEOUT, sendfile: bool = True,
+                 max_blob: int = _mover.DEFAULT_MAX_BLOB) -> None:
+        self.store = _store_of(store)
+        self.host = host
+        self._source = Source(self.store)
+        self._receiver = Receiver(self.store)
+        self._server: _mover.Server | None = _mover.Server(
+            host, port, secret, self._source.resolve, self._receiver.need,
+            self._receiver.commit_spool, self._receiver.spool_dir,
+            spool_limit=self._receiver.spool_limit, timeout=timeout, max_blob=max_blob,
+            sendfile=sendfile)
+        self.port = self._server.port
+
+    @property
+    def address(self) -> Address:
+        """(host, port) to give to `fetch` and `send`."""
+        return self.host, self.port
+
+    def counters(self) -> dict[str, int]:
+        """connections, auth_failures, chunks_served, chunks_received, bytes (sent + received)."""
+        if self._server is None:
+            raise ValueError("mover server is closed")
+        return self._server.counters()
+
+    def close(self) -> None:
+        """Stop listening, close every connection, join every thread (idempotent)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def __enter__(self) -> MoverServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- client transfers ----------------------------------------------------------------------
+
+
+def _split(ids: Sequence[bytes], streams: int) -> list[bytes]:
+    """Contiguous slices (pack order stays together), one per stream, none empty."""
+    n = max(1, min(streams, len(ids)))
+    per, extra = divmod(len(ids), n)
+    out, start = [], 0
+    for k in range(n):
+        end = start + per + (1 if k < extra else 0)
+        out.append(b"".join(ids[start:end]))
+        start = end
+    return out
+
+
+def _progress_adapter(progress: Progress | None) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    last = 0
+
+    def tick(nbytes: int, _chunks: int) -> None:
+        nonlocal last
+        if nbytes > last:
+            progress(nbytes - last)
+            last = nbytes
+    return tick
+
+
+def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: TransferStats, *,
+         streams: int, timeout: float, sendfile: bool, progress: Progress | None,
+         receiver: Receiver | None = None, source: Source | None = None,
+         ) -> list[tuple[int, str]]:
+    adapter = _progress_adapter(progress)
+    results = _mover.transfer(
+        op, peer[0], peer[1], secret, _split(ids, streams),
+        resolve=source.resolve if source else None,
+        spool=receiver.commit_spool if receiver else None,
+        spool_dir=receiver.spool_dir if receiver else ".",
+        spool_limit=receiver.spool_limit if receiver else 16 << 20,
+        timeout=timeout, sendfile=sendfile, progress=adapter)
+    failures = []
+    for status, message, nbytes, chunks, _missing, committed, rejected in results:
+        stats.bytes += nbytes
+        stats.chunks += chunks
+        stats.committed += committed
+        stats.rejected += rejected
+        if status != _mover.OK:
+            failures.append((status, message))
+    if adapter is not None:
+        adapter(sum(r[2] for r in results), 0)
+    return failures
+
+
+def _check_streams(streams: int) -> None:
+    if not 1 <= streams <= 64:
+        raise ValueError(f"streams must be 1 to 64, got {streams}")
+
+
+def fetch(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret: bytes, *,
+          streams: int = DEFAULT_STREAMS, retries: int = DEFAULT_RETRIES,
+          timeout: float = DEFAULT_TIMEOUT, progress: Progress | None = None,
+          strict: bool = True) -> TransferStats:
+    """Pull chunks `ids` from the mover server at `peer` into `store`.
+
+    Only chunks the store lacks are asked for, so a second call after an
+    interruption moves only what is still missing. Received blobs are
+    verified and committed pack by pack (refcount 0). Retryable stream
+    failures (cut, stall) are retried up to `retries` times. With `strict`,
+    chunks the peer does not hold (or sent damaged) raise
+    `ChunksUnavailableError` after the rest was committed; otherwise they are
+    listed in `stats.missing`.
+    """
+    _check_streams(streams)
+    dest = _store_of(store)
+    receiver = Receiver(dest)
+    want = _unique(ids)
+    name = f"{peer[0]}:{peer[1]}"
+    stats = TransferStats("fetch", name, streams, requested=len(want))
+    started = time.monotonic()
+    todo = receiver.lacking(want)
+    stats.skipped = len(want) - len(todo)
+    attempt = 0
+    while todo:
+        failures = _run(_mover.OP_FETCH, peer, secret, todo, stats, streams=streams,
+                        timeout=timeout, sendfile=True, progress=progress, receiver=receiver)
+        left = receiver.lacking(todo)
+        if not failures:
+            todo = left
+            break
+        fatal = [f for f in failures if f[0] not in _RETRYABLE]
+        if fatal or attempt >= retries:
+            stats.seconds = time.monotonic() - started
+            status, message = (fatal or failures)[0]
+            raise _error(status, message, name)
+        stats.errors += [m for _, m in failures]
+        log.warning("mover fetch from %s: %d stream(s) failed (%s); retrying %d chunks",
+                    name, len(failures), failures[0][1], len(left))
+        stats.retries += 1
+        attempt += 1
+        todo = left
+    stats.missing = todo
+    stats.seconds = time.monotonic() - started
+    if todo and strict:
+        raise ChunksUnavailableError(
+            f"mover {name}: {len(todo)} chunk(s) not available from the peer "
+            f"(first {todo[0].hex()}); the {stats.committed} others were committed", todo, name)
+    return stats
+
+
+def send(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret: bytes, *,
+         streams: int = DEFAULT_STREAMS, retries: int = DEFAULT_RETRIES,
+         timeout: float = DEFAULT_TIMEOUT, progress: Progress | None = None,
+         sendfile: bool = True) -> TransferStats:
+    """Push chunks `ids` from `store` to the mover server at `peer`.
+
+    The server answers each batch with the ids it lacks, so a second call
+    moves only what is still missing there; it acknowledges a batch only once
+    the batch is verified and committed. `sendfile` chooses zero-copy sends
+    from pack files (True) or `pread` + `send`. Chunks this store does not
+    hold are listed in `stats.missing`; damaged ones the server rejected are
+    counted in `stats.rejected`.
+    """
+    _check_streams(streams)
+    src = _store_of(store)
+    source = Source(src)
+    want = _unique(ids)
+    name = f"{peer[0]}:{peer[1]}"
+    stats = TransferStats("send", name, streams, requested=len(want))
+    started = time.monotonic()
+    with src.engine.read() as txn:
+        held = [cid for cid in want if txn.get_chunk(cid) is not None]
+    stats.missing = [cid for cid in want if cid not in set(held)]
+    attempt = 0
+    while held:
+        before = stats.chunks
+        failures = _run(_mover.OP_SEND, peer, secret, held, stats, streams=streams,
+                        timeout=timeout, sendfile=sendfile, progress=progress, source=source)
+        if not failures:
+            break
+        fatal = [f for f in failures if f[0] not in _RETRYABLE]
+        if fatal or attempt >= retries:
+            stats.seconds = time.monotonic() - started
+            status, message = (fatal or failures)[0]
+            raise _error(status, message, name)
+        stats.errors += [m for _, m in failures]
+        log.warning("mover send to %s: %d stream(s) failed (%s); retrying (%d chunks moved)",
+                    name, len(failures), failures[0][1], stats.chunks - before)
+        stats.retries += 1
+        attempt += 1
+    stats.skipped = len(held) - stats.committed - stats.rejected
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+# -- copying a tree between stores --------------------------------------------------------------
+
+
+@dataclass
+class CopyReport:
+    """What `copy_tree` did: the chunk transfer and the namespace entries committed."""
+
+    transfer: TransferStats
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    logical_bytes: int = 0
+
+
+def tree_chunks(store: Client, path: str) -> list[bytes]:
+    """The distinct chunk ids of the files under `path` (or of the file), in manifest order."""
+    return _unique(ref.id for _, _, m in _tree(store, path) if m for ref in m.chunks)
+
+
+def _tree(client: Client, path: str) -> list[tuple[str, object, Manifest | None]]:
+    """(relative path, inode, manifest) of `path` and everything under it, parents first."""
+    out: list[tuple[str, object, Manifest | None]] = []
+    with client.engine.read() as txn:
+        top = namespace.resolve(txn, path)
+        stack = [("", top)]
+        while stack:
+            rel, node = stack.pop()
+            out.append((rel, node, txn.get_manifest(node.ino) if node.kind == Kind.FILE
+                        else None))
+            if node.kind == Kind.DIR:
+                for name, ino in sorted(txn.list_dir(node.ino), reverse=True):
+                    stack.append((f"{rel}/{name}", namespace.get(txn, ino)))
+    return out
+
+
+def copy_tree(src: Client, dst: Client, path: str, dest_path: str | None = None, *,
+              streams: int = DEFAULT_STREAMS, progress: Progress | None = None,
+              host: str = "127.0.0.1") -> CopyReport:
+    """Copy the tree at `path` of `src` to `dest_path` (default: the same path) of `dst`.
+
+    The chunks move through a mover server started on `src` for this call
+    (loopback, a fresh session secret, port 0); the destination commits them
+    and then the namespace entries (files keep mode, owner and mtime), so the
+    copied files become visible only once every chunk they name is stored.
+    Running it again after an interruption moves only the missing chunks.
+    """
+    from gfs.meta import Inode
+
+    dest = dest_path or path
+    entries = _tree(src, path)
+    ids = _unique(ref.id for _, _, m in entries if m for ref in m.chunks)
+    secret = os.urandom(32)
+    with MoverServer(src, secret, host) as server:
+        stats = fetch(dst, server.address, ids, secret, streams=streams, progress=progress)
+    report = CopyReport(stats)
+    base = dest.rstrip("/") or "/"
+    with dst.store.writer() as session:
+        for rel, node_obj, manifest in entries:
+            node = node_obj
+            assert isinstance(node, Inode)
+            target = (base + rel) if rel else base
+            if target != "/" and node.kind == Kind.DIR:
+                session.add_action(_mkdir(target, node))
+                report.dirs += 1
+            elif node.kind == Kind.SYMLINK:
+                session.add_action(_symlink(target, node))
+                report.symlinks += 1
+            elif node.kind == Kind.FILE:
+                refs = list(manifest.chunks) if manifest else []
+                session.add_file(refs, _write(target, node))
+                report.files += 1
+                report.logical_bytes += sum(r.length for r in refs)
+    return report
+
+
+def _mkdir(path: str, node: object) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+    def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
+        from gfs.meta import Inode
+        assert isinstance(node, Inode)
+        namespace.mkdir(txn, path, node.mode, parents=True, exist_ok=True, uid=node.uid,
+                        gid=node.gid, mtime_ns=node.mtime_ns)
+        return None
+    return action
+
+
+def _symlink(path: str, node: object) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+    def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
+        from gfs.meta import Inode
+        assert isinstance(node, Inode)
+        namespace.mkdir(txn, path.rsplit("/", 1)[0] or "/", parents=True, exist_ok=True)
+        with contextlib.suppress(HutongError):
+            namespace.remove(txn, path)
+        namespace.symlink(txn, path, node.target, uid=node.uid, gid=node.gid)
+        return None
+    return action
+
+
+def _write(path: str, node: object) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+    def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+        from gfs.meta import Inode
+        assert isinstance(node, Inode)
+        namespace.mkdir(txn, path.rsplit("/", 1)[0] or "/", parents=True, exist_ok=True)
+        return namespace.write_file(txn, path, refs, mode=node.mode, uid=node.uid,
+                                    gid=node.gid, mtime_ns=node.mtime_ns)
+    return action

@@ -1,0 +1,1426 @@
+/* Hutong chunk mover: see mover.h for the contract, docs/format.md for the wire. */
+#define _GNU_SOURCE
+#include "mover.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ */
+/* SHA-256 and HMAC-SHA256 (FIPS 180-4, RFC 2104)                      */
+
+typedef struct {
+    uint32_t h[8];
+    uint64_t len;
+    uint8_t buf[64];
+    size_t nbuf;
+} sha256_ctx;
+
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void
+sha256_block(sha256_ctx *c, const uint8_t *p)
+{
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = c->h[0], b = c->h[1], cc = c->h[2], d = c->h[3];
+    uint32_t e = c->h[4], f = c->h[5], g = c->h[6], h = c->h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) +
+                      K256[i] + w[i];
+        uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & cc) ^ (b & cc));
+        h = g; g = f; f = e; e = d + t1; d = cc; cc = b; b = a; a = t1 + t2;
+    }
+    c->h[0] += a; c->h[1] += b; c->h[2] += cc; c->h[3] += d;
+    c->h[4] += e; c->h[5] += f; c->h[6] += g; c->h[7] += h;
+}
+
+static void
+sha256_init(sha256_ctx *c)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(c->h, iv, sizeof iv);
+    c->len = 0;
+    c->nbuf = 0;
+}
+
+static void
+sha256_update(sha256_ctx *c, const uint8_t *p, size_t n)
+{
+    c->len += n;
+    while (n) {
+        if (c->nbuf == 0 && n >= 64) {
+            sha256_block(c, p);
+            p += 64;
+            n -= 64;
+            continue;
+        }
+        size_t take = 64 - c->nbuf < n ? 64 - c->nbuf : n;
+        memcpy(c->buf + c->nbuf, p, take);
+        c->nbuf += take;
+        p += take;
+        n -= take;
+        if (c->nbuf == 64) {
+            sha256_block(c, c->buf);
+            c->nbuf = 0;
+        }
+    }
+}
+
+static void
+sha256_final(sha256_ctx *c, uint8_t out[32])
+{
+    uint64_t bits = c->len * 8;
+    uint8_t pad = 0x80, zero = 0, lenbuf[8];
+    sha256_update(c, &pad, 1);
+    while (c->nbuf != 56)
+        sha256_update(c, &zero, 1);
+    for (int i = 0; i < 8; i++)
+        lenbuf[i] = (uint8_t)(bits >> (56 - 8 * i));
+    sha256_update(c, lenbuf, 8);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (uint8_t)(c->h[i] >> 24);
+        out[4 * i + 1] = (uint8_t)(c->h[i] >> 16);
+        out[4 * i + 2] = (uint8_t)(c->h[i] >> 8);
+        out[4 * i + 3] = (uint8_t)c->h[i];
+    }
+}
+
+void
+mv_hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *msg, size_t msglen,
+               uint8_t out[32])
+{
+    uint8_t k[64] = {0}, pad[64], inner[32];
+    if (keylen > 64) {
+        sha256_ctx t;
+        sha256_init(&t);
+        sha256_update(&t, key, keylen);
+        sha256_final(&t, k);
+    } else if (keylen) {
+        memcpy(k, key, keylen);
+    }
+    sha256_ctx c;
+    for (int i = 0; i < 64; i++)
+        pad[i] = k[i] ^ 0x36;
+    sha256_init(&c);
+    sha256_update(&c, pad, 64);
+    sha256_update(&c, msg, msglen);
+    sha256_final(&c, inner);
+    for (int i = 0; i < 64; i++)
+        pad[i] = k[i] ^ 0x5c;
+    sha256_init(&c);
+    sha256_update(&c, pad, 64);
+    sha256_update(&c, inner, 32);
+    sha256_final(&c, out);
+}
+
+static int
+ct_equal(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    uint8_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d |= a[i] ^ b[i];
+    return d == 0;
+}
+
+/* The proofs of the handshake (format.md, "Handshake"). */
+static void
+proof(const uint8_t *secret, size_t slen, const char *label, const uint8_t *cn,
+      const uint8_t *sn, int op, uint8_t out[32])
+{
+    uint8_t m[12 + 2 * MV_NONCE_LEN + 1];
+    size_t ll = strlen(label), n = 0;
+    memcpy(m, label, ll);
+    n = ll;
+    memcpy(m + n, cn, MV_NONCE_LEN);
+    n += MV_NONCE_LEN;
+    memcpy(m + n, sn, MV_NONCE_LEN);
+    n += MV_NONCE_LEN;
+    if (op)
+        m[n++] = (uint8_t)op;
+    mv_hmac_sha256(secret, slen, m, n, out);
+}
+
+/* ------------------------------------------------------------------ */
+/* Status text and frame checks                                        */
+
+const char *
+mv_strerror(int status)
+{
+    switch (status) {
+    case MV_OK: return "ok";
+    case MV_ERR_IO: return "i/o error";
+    case MV_ERR_TIMEOUT: return "timed out (peer stalled)";
+    case MV_ERR_CLOSED: return "connection closed by peer";
+    case MV_ERR_PROTOCOL: return "protocol error";
+    case MV_ERR_LIMIT: return "length past limit";
+    case MV_ERR_AUTH: return "authentication failed";
+    case MV_ERR_CANCELLED: return "cancelled";
+    case MV_ERR_CALLBACK: return "callback failed";
+    case MV_ERR_PEER: return "peer reported an error";
+    case MV_ERR_NOMEM: return "out of memory";
+    case MV_ERR_ARG: return "bad argument";
+    default: return "unknown status";
+    }
+}
+
+static uint32_t
+rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void
+wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static void
+put_header(uint8_t *h, int type, uint32_t len)
+{
+    memcpy(h, MV_MAGIC, 4);
+    h[4] = MV_VERSION;
+    h[5] = (uint8_t)type;
+    h[6] = h[7] = 0;
+    wr32(h + 8, len);
+}
+
+static int
+setmsg(char *msg, size_t msglen, int status, const char *fmt, ...)
+{
+    if (msg && msglen && !msg[0]) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, msglen, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+/* Check a frame header; on success set *type and *len. */
+static int
+check_header(const uint8_t *h, uint32_t max_blob, int *type, uint32_t *len, char *msg,
+             size_t msglen)
+{
+    if (memcmp(h, MV_MAGIC, 4) != 0)
+        return setmsg(msg, msglen, MV_ERR_PROTOCOL, "bad frame magic %02x%02x%02x%02x",
+                      h[0], h[1], h[2], h[3]);
+    if (h[4] != MV_VERSION)
+        return setmsg(msg, msglen, MV_ERR_PROTOCOL, "unsupported protocol version %u", h[4]);
+    if (h[6] || h[7])
+        return setmsg(msg, msglen, MV_ERR_PROTOCOL, "frame flags %02x%02x must be 0", h[6], h[7]);
+    int t = h[5];
+    uint32_t n = rd32(h + 8);
+    uint32_t lo, hi;
+    switch (t) {
+    case MV_HELLO: lo = hi = 36; break;
+    case MV_CHALLENGE: lo = hi = 64; break;
+    case MV_AUTH: lo = hi = 32; break;
+    case MV_READY: case MV_BYE: lo = hi = 0; break;
+    case MV_WANT: case MV_OFFER: lo = 4 + MV_ID_LEN; hi = 4 + MV_ID_LEN * MV_MAX_BATCH; break;
+    case MV_NEED: lo = 4; hi = 4 + MV_ID_LEN * MV_MAX_BATCH; break;
+    case MV_DATA: lo = MV_ID_LEN + MV_BLOB_HEADER_LEN; hi = MV_ID_LEN + max_blob; break;
+    case MV_MISSING: lo = hi = MV_ID_LEN; break;
+    case MV_END: case MV_ACK: lo = hi = 8; break;
+    case MV_ERROR: lo = 4; hi = 4 + MV_MAX_ERROR_TEXT; break;
+    default:
+        return setmsg(msg, msglen, MV_ERR_PROTOCOL, "unknown frame type %d", t);
+    }
+    if (n < lo || n > hi)
+        return setmsg(msg, msglen, n > hi ? MV_ERR_LIMIT : MV_ERR_PROTOCOL,
+                      "frame type %d has length %u, allowed %u..%u", t, n, lo, hi);
+    *type = t;
+    *len = n;
+    return MV_OK;
+}
+
+/* Check a WANT / OFFER / NEED payload: count u32 then count ids. */
+static int
+check_batch(const uint8_t *p, uint32_t len, uint32_t *count, char *msg, size_t msglen)
+{
+    uint32_t c = rd32(p);
+    if (c > MV_MAX_BATCH)
+        return setmsg(msg, msglen, MV_ERR_LIMIT, "batch of %u ids exceeds the limit of %d",
+                      c, MV_MAX_BATCH);
+    if ((uint64_t)4 + (uint64_t)c * MV_ID_LEN != len)
+        return setmsg(msg, msglen, MV_ERR_PROTOCOL,
+                      "batch says %u ids but its frame has %u bytes", c, len);
+    *count = c;
+    return MV_OK;
+}
+
+int
+mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nframes, char *msg,
+                size_t msglen)
+{
+    size_t off = 0, n = 0;
+    if (!max_blob)
+        max_blob = MV_DEFAULT_MAX_BLOB;
+    int st = MV_OK;
+    while (off < len) {
+        if (len - off < MV_HEADER_LEN) {
+            st = setmsg(msg, msglen, MV_ERR_CLOSED, "truncated frame header at offset %zu", off);
+            break;
+        }
+        int type;
+        uint32_t flen;
+        st = check_header(buf + off, max_blob, &type, &flen, msg, msglen);
+        if (st)
+            break;
+        off += MV_HEADER_LEN;
+        if (len - off < flen) {
+            st = setmsg(msg, msglen, MV_ERR_CLOSED, "truncated frame payload at offset %zu", off);
+            break;
+        }
+        const uint8_t *p = buf + off;
+        uint32_t count;
+        switch (type) {
+        case MV_WANT: case MV_OFFER:
+            st = check_batch(p, flen, &count, msg, msglen);
+            if (!st && count == 0)
+                st = setmsg(msg, msglen, MV_ERR_PROTOCOL, "empty batch");
+            break;
+        case MV_DATA: case MV_END: case MV_BYE: case MV_ERROR:
+            break;
+        default:
+            st = setmsg(msg, msglen, MV_ERR_PROTOCOL, "frame type %d not allowed from a client",
+                        type);
+        }
+        if (st)
+            break;
+        off += flen;
+        n++;
+    }
+    if (nframes)
+        *nframes = n;
+    return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* Connections: buffered reads and writes with deadlines               */
+
+typedef struct {
+    int fd;
+    volatile int *cancel;
+    uint8_t *rbuf, *wbuf;
+    size_t rstart, rend, wlen;
+    char *msg;
+    size_t msglen;
+    uint32_t max_blob;
+    uint64_t *bytes_out;  /* progress counter of blob bytes sent/received, or NULL */
+    char lastpath[4096];  /* cached pack file for senders */
+    int lastfd;
+} mv_conn;
+
+static int
+conn_init(mv_conn *c, int fd, volatile int *cancel, uint32_t max_blob, char *msg, size_t msglen)
+{
+    memset(c, 0, sizeof *c);
+    c->fd = fd;
+    c->cancel = cancel;
+    c->msg = msg;
+    c->msglen = msglen;
+    c->max_blob = max_blob ? max_blob : MV_DEFAULT_MAX_BLOB;
+    c->lastfd = -1;
+    c->rbuf = malloc(MV_IO_BUF);
+    c->wbuf = malloc(MV_IO_BUF);
+    if (!c->rbuf || !c->wbuf)
+        return setmsg(msg, msglen, MV_ERR_NOMEM, "no memory for stream buffers");
+    return MV_OK;
+}
+
+static void
+conn_free(mv_conn *c)
+{
+    free(c->rbuf);
+    free(c->wbuf);
+    c->rbuf = c->wbuf = NULL;
+    if (c->lastfd >= 0)
+        close(c->lastfd);
+    c->lastfd = -1;
+}
+
+static int
+cancelled(mv_conn *c)
+{
+    return c->cancel && __atomic_load_n(c->cancel, __ATOMIC_RELAXED);
+}
+
+static int
+io_error(mv_conn *c, const char *what, int err)
+{
+    if (cancelled(c))
+        return setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
+    if (err == EAGAIN || err == EWOULDBLOCK)
+        return setmsg(c->msg, c->msglen, MV_ERR_TIMEOUT, "%s: peer stalled past the timeout",
+                      what);
+    if (err == EPIPE || err == ECONNRESET)
+        return setmsg(c->msg, c->msglen, MV_ERR_CLOSED, "%s: connection reset by peer", what);
+    return setmsg(c->msg, c->msglen, MV_ERR_IO, "%s: %s", what, strerror(err));
+}
+
+static int
+send_all(mv_conn *c, const uint8_t *p, size_t n, int more)
+{
+    while (n) {
+        ssize_t k = send(c->fd, p, n, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+        if (k < 0) {
+            if (errno == EINTR && !cancelled(c))
+                continue;
+            return io_error(c, "send", errno);
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return MV_OK;
+}
+
+static int
+wb_flush(mv_conn *c, int more)
+{
+    int st = send_all(c, c->wbuf, c->wlen, more);
+    c->wlen = 0;
+    return st;
+}
+
+static int
+wb_put(mv_conn *c, const void *p, size_t n)
+{
+    if (c->wlen + n > MV_IO_BUF) {
+        int st = wb_flush(c, 1);
+        if (st)
+            return st;
+        if (n > MV_IO_BUF)
+            return send_all(c, p, n, 1);
+    }
+    memcpy(c->wbuf + c->wlen, p, n);
+    c->wlen += n;
+    return MV_OK;
+}
+
+static int
+wb_frame(mv_conn *c, int type, const void *payload, uint32_t len)
+{
+    uint8_t h[MV_HEADER_LEN];
+    put_header(h, type, len);
+    int st = wb_put(c, h, sizeof h);
+    return st ? st : wb_put(c, payload, len);
+}
+
+/* Receive more bytes into rbuf (at least one). */
+static int
+rb_more(mv_conn *c)
+{
+    if (c->rstart == c->rend)
+        c->rstart = c->rend = 0;
+    else if (c->rend == MV_IO_BUF) {
+        memmove(c->rbuf, c->rbuf + c->rstart, c->rend - c->rstart);
+        c->rend -= c->rstart;
+        c->rstart = 0;
+    }
+    for (;;) {
+        if (cancelled(c))
+            return setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
+        ssize_t k = recv(c->fd, c->rbuf + c->rend, MV_IO_BUF - c->rend, 0);
+        if (k > 0) {
+            c->rend += (size_t)k;
+            return MV_OK;
+        }
+        if (k == 0)
+            return setmsg(c->msg, c->msglen, MV_ERR_CLOSED, "connection closed by peer");
+        if (errno != EINTR)
+            return io_error(c, "recv", errno);
+    }
+}
+
+/* Make n bytes (n <= MV_IO_BUF) available at rbuf + rstart. */
+static int
+rb_need(mv_conn *c, size_t n)
+{
+    if (c->rstart + n > MV_IO_BUF) {
+        memmove(c->rbuf, c->rbuf + c->rstart, c->rend - c->rstart);
+        c->rend -= c->rstart;
+        c->rstart = 0;
+    }
+    while (c->rend - c->rstart < n) {
+        int st = rb_more(c);
+        if (st)
+            return st;
+    }
+    return MV_OK;
+}
+
+/* Read a frame header and its payload (for every type but DATA, whose blob is
+ * streamed by the caller). The payload is at rbuf + rstart, consumed by the
+ * caller with c->rstart += len. */
+static int
+read_frame(mv_conn *c, int *type, uint32_t *len)
+{
+    int st = rb_need(c, MV_HEADER_LEN);
+    if (st)
+        return st;
+    st = check_header(c->rbuf + c->rstart, c->max_blob, type, len, c->msg, c->msglen);
+    if (st)
+        return st;
+    c->rstart += MV_HEADER_LEN;
+    if (*type == MV_DATA)
+        return rb_need(c, MV_ID_LEN);
+    st = rb_need(c, *len);
+    if (st)
+        return st;
+    if (*type == MV_ERROR) {
+        const uint8_t *p = c->rbuf + c->rstart;
+        uint32_t code = rd32(p);
+        int tl = (int)(*len - 4);
+        setmsg(c->msg, c->msglen, MV_ERR_PEER, "peer error (%s): %.*s", mv_strerror((int)code),
+               tl, (const char *)p + 4);
+        c->rstart += *len;
+        return MV_ERR_PEER;
+    }
+    return MV_OK;
+}
+
+static void
+send_error(mv_conn *c, int status)
+{
+    uint8_t p[4 + MV_MAX_ERROR_TEXT];
+    wr32(p, (uint32_t)status);
+    size_t n = c->msg ? strnlen(c->msg, MV_MAX_ERROR_TEXT) : 0;
+    memcpy(p + 4, c->msg, n);
+    c->wlen = 0;
+    if (wb_frame(c, MV_ERROR, p, (uint32_t)(4 + n)) == MV_OK)
+        wb_flush(c, 0);
+}
+
+static void
+set_sock_opts(int fd, const mv_config *cfg)
+{
+    double t = cfg->timeout > 0 ? cfg->timeout : 30.0;
+    struct timeval tv = {(time_t)t, (suseconds_t)((t - (double)(time_t)t) * 1e6)};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (cfg->sndbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &cfg->sndbuf, sizeof cfg->sndbuf);
+    if (cfg->rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &cfg->rcvbuf, sizeof cfg->rcvbuf);
+}
+
+/* ------------------------------------------------------------------ */
+/* Sending blobs from pack files                                        */
+
+static int
+open_cached(mv_conn *c, const char *path)
+{
+    if (c->lastfd >= 0 && strcmp(c->lastpath, path) == 0)
+        return c->lastfd;
+    if (c->lastfd >= 0)
+        close(c->lastfd);
+    c->lastfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (c->lastfd >= 0)
+        snprintf(c->lastpath, sizeof c->lastpath, "%s", path);
+    return c->lastfd;
+}
+
+/* Send one DATA frame whose blob is `src`. A file that cannot be opened or is
+ * shorter than the source says is reported as status MV_ERR_IO before any
+ * byte of the frame is sent, so the caller can send MISSING instead. */
+static int
+send_blob(mv_conn *c, const uint8_t *id, const mv_source *src, int use_sendfile)
+{
+    int fd = open_cached(c, src->path);
+    if (fd < 0)
+        return MV_ERR_IO;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < src->offset + src->length ||
+        src->length < MV_BLOB_HEADER_LEN || src->length > c->max_blob)
+        return MV_ERR_IO;
+    uint8_t h[MV_HEADER_LEN + MV_ID_LEN];
+    put_header(h, MV_DATA, MV_ID_LEN + src->length);
+    memcpy(h + MV_HEADER_LEN, id, MV_ID_LEN);
+    int s = wb_put(c, h, sizeof h);
+    if (s)
+        return s;
+    uint64_t off = src->offset, left = src->length;
+    if (use_sendfile) {
+        if ((s = wb_flush(c, 1)))
+            return s;
+        while (left) {
+            off_t o = (off_t)off;
+            ssize_t k = sendfile(c->fd, fd, &o, left > (1u << 30) ? (1u << 30) : left);
+            if (k < 0) {
+                if (errno == EINTR && !cancelled(c))
+                    continue;
+                return io_error(c, "sendfile", errno);
+            }
+            if (k == 0)
+                return setmsg(c->msg, c->msglen, MV_ERR_IO, "pack file %s shrank while sending",
+                              src->path);
+            off += (uint64_t)k;
+            left -= (uint64_t)k;
+        }
+    } else {
+        while (left) {
+            if (c->wlen == MV_IO_BUF && (s = wb_flush(c, 1)))
+                return s;
+            size_t room = MV_IO_BUF - c->wlen;
+            size_t want = left < room ? (size_t)left : room;
+            ssize_t k = pread(fd, c->wbuf + c->wlen, want, (off_t)off);
+            if (k < 0) {
+                if (errno == EINTR)
+                    continue;
+                return setmsg(c->msg, c->msglen, MV_ERR_IO, "read %s: %s", src->path,
+                              strerror(errno));
+            }
+            if (k == 0)
+                return setmsg(c->msg, c->msglen, MV_ERR_IO, "pack file %s shrank while sending",
+                              src->path);
+            c->wlen += (size_t)k;
+            off += (uint64_t)k;
+            left -= (uint64_t)k;
+        }
+    }
+    if (c->bytes_out)
+        __atomic_fetch_add(c->bytes_out, src->length, __ATOMIC_RELAXED);
+    return MV_OK;
+}
+
+/* Send DATA or MISSING for each id of a batch; returns the counts. */
+static int
+send_batch(mv_conn *c, const mv_config *cfg, const uint8_t *ids, size_t count,
+           uint32_t *ndata, uint32_t *nmissing, uint64_t *chunks_ctr, int missing_frames)
+{
+    mv_source *src = calloc(count ? count : 1, sizeof *src);
+    if (!src)
+        return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
+    int st = cfg->resolve(cfg->ctx, ids, count, src);
+    if (st) {
+        st = setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "resolve callback failed");
+        goto out;
+    }
+    *ndata = *nmissing = 0;
+    for (size_t i = 0; i < count && !st; i++) {
+        const uint8_t *id = ids + i * MV_ID_LEN;
+        int s = src[i].path ? send_blob(c, id, &src[i], cfg->use_sendfile) : MV_ERR_IO;
+        if (s == MV_OK) {
+            (*ndata)++;
+            if (chunks_ctr)
+                __atomic_fetch_add(chunks_ctr, 1, __ATOMIC_RELAXED);
+        } else if (s == MV_ERR_IO && (!src[i].path || c->msg[0] == 0)) {
+            (*nmissing)++;  /* not held (or unreadable before any byte was sent) */
+            if (missing_frames)
+                st = wb_frame(c, MV_MISSING, id, MV_ID_LEN);
+        } else {
+            st = s;
+        }
+    }
+out:
+    for (size_t i = 0; i < count; i++)
+        free(src[i].path);
+    free(src);
+    return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* Receiving blobs into spool files                                     */
+
+typedef struct {
+    const mv_config *cfg;
+    char path[4096];
+    int fd;
+    uint64_t off;
+    mv_entry *e;
+    size_t n, cap;
+    uint32_t committed, rejected;
+} mv_spool;
+
+static uint64_t spool_seq;
+
+static void
+spool_init(mv_spool *sp, const mv_config *cfg)
+{
+    memset(sp, 0, sizeof *sp);
+    sp->cfg = cfg;
+    sp->fd = -1;
+}
+
+static int
+spool_open(mv_spool *sp, mv_conn *c)
+{
+    uint32_t r = 0;
+    if (getrandom(&r, sizeof r, 0) != sizeof r)
+        r = (uint32_t)time(NULL);
+    uint64_t seq = __atomic_fetch_add(&spool_seq, 1, __ATOMIC_RELAXED);
+    snprintf(sp->path, sizeof sp->path, "%s/mover-%ld-%08x-%llu.tmp", sp->cfg->spool_dir,
+             (long)getpid(), r, (unsigned long long)seq);
+    sp->fd = open(sp->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (sp->fd < 0)
+        return setmsg(c->msg, c->msglen, MV_ERR_IO, "create spool %s: %s", sp->path,
+                      strerror(errno));
+    sp->off = MV_SPOOL_RESERVE;
+    sp->n = 0;
+    return MV_OK;
+}
+
+static int
+pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
+{
+    while (n) {
+        ssize_t k = pwrite(fd, p, n, (off_t)off);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return 0;
+}
+
+/* Hand the spool to the callback (which owns the file from then on). */
+static int
+spool_handover(mv_spool *sp, mv_conn *c)
+{
+    if (sp->fd < 0)
+        return MV_OK;
+    close(sp->fd);
+    sp->fd = -1;
+    if (sp->n == 0) {
+        unlink(sp->path);
+        return MV_OK;
+    }
+    uint32_t com = 0, rej = 0;
+    int st = sp->cfg->spool(sp->cfg->ctx, sp->path, sp->e, sp->n, &com, &rej);
+    sp->n = 0;
+    if (st)
+        return setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "spool callback failed");
+    sp->committed += com;
+    sp->rejected += rej;
+    return MV_OK;
+}
+
+static void
+spool_free(mv_spool *sp)
+{
+    if (sp->fd >= 0) {
+        close(sp->fd);
+        unlink(sp->path);
+        sp->fd = -1;
+    }
+    free(sp->e);
+    sp->e = NULL;
+}
+
+/* Stream the blob of a DATA frame (len - 16 bytes after the id, which is at
+ * rbuf + rstart) into the spool; list it only once complete. */
+static int
+spool_recv(mv_spool *sp, mv_conn *c, uint32_t len)
+{
+    int st;
+    if (sp->fd < 0 && (st = spool_open(sp, c)))
+        return st;
+    if (sp->n == sp->cap) {
+        size_t cap = sp->cap ? 2 * sp->cap : 256;
+        mv_entry *e = realloc(sp->e, cap * sizeof *e);
+        if (!e)
+            return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for spool entries");
+        sp->e = e;
+        sp->cap = cap;
+    }
+    mv_entry *ent = &sp->e[sp->n];
+    memcpy(ent->id, c->rbuf + c->rstart, MV_ID_LEN);
+    c->rstart += MV_ID_LEN;
+    uint64_t left = len - MV_ID_LEN, off = sp->off;
+    ent->offset = off;
+    ent->length = (uint32_t)left;
+    while (left) {
+        if (c->rstart == c->rend && (st = rb_more(c)))
+            return st;
+        size_t avail = c->rend - c->rstart;
+        size_t take = avail < left ? avail : (size_t)left;
+        if (pwrite_all(sp->fd, c->rbuf + c->rstart, take, off) != 0)
+            return setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
+                          strerror(errno));
+        c->rstart += take;
+        off += take;
+        left -= take;
+        if (c->bytes_out)
+            __atomic_fetch_add(c->bytes_out, take, __ATOMIC_RELAXED);
+    }
+    sp->off = off;
+    sp->n++;
+    if (sp->off - MV_SPOOL_RESERVE >= sp->cfg->spool_limit)
+        return spool_handover(sp, c);
+    return MV_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Server                                                               */
+
+typedef struct mv_sconn {
+    struct mv_sconn *next;
+    mv_server *srv;
+    pthread_t thread;
+    int fd;
+    int done;
+} mv_sconn;
+
+struct mv_server {
+    int lfd, port;
+    uint8_t secret[MV_MAX_SECRET];
+    size_t secret_len;
+    mv_config cfg;
+    char spool_dir[4096];
+    pthread_t accept_thread;
+    pthread_mutex_t lock;
+    mv_sconn *conns;
+    int stopping;
+    uint8_t (*seen)[MV_NONCE_LEN];
+    size_t nseen, seen_pos;
+    uint64_t counters[5];
+};
+
+static int
+server_handshake(mv_server *srv, mv_conn *c, int *op)
+{
+    int type, st;
+    uint32_t len;
+    if ((st = read_frame(c, &type, &len)))
+        return st;
+    if (type != MV_HELLO)
+        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected HELLO, got frame type %d",
+                      type);
+    uint8_t cn[MV_NONCE_LEN], sn[MV_NONCE_LEN], mac[MV_MAC_LEN];
+    const uint8_t *p = c->rbuf + c->rstart;
+    memcpy(cn, p, MV_NONCE_LEN);
+    *op = p[32];
+    c->rstart += len;
+    if ((*op != MV_OP_FETCH && *op != MV_OP_SEND) || p[33] || p[34] || p[35])
+        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown operation %d",
+                      *op);
+    int replay = 0;
+    pthread_mutex_lock(&srv->lock);
+    for (size_t i = 0; i < srv->nseen && !replay; i++)
+        replay = memcmp(srv->seen[i], cn, MV_NONCE_LEN) == 0;
+    if (!replay) {
+        memcpy(srv->seen[srv->seen_pos], cn, MV_NONCE_LEN);
+        srv->seen_pos = (srv->seen_pos + 1) % MV_REPLAY_RING;
+        if (srv->nseen < MV_REPLAY_RING)
+            srv->nseen++;
+    }
+    pthread_mutex_unlock(&srv->lock);
+    if (replay)
+        return setmsg(c->msg, c->msglen, MV_ERR_AUTH, "replayed handshake (client nonce reused)");
+    if (getrandom(sn, sizeof sn, 0) != sizeof sn)
+        return setmsg(c->msg, c->msglen, MV_ERR_IO, "getrandom: %s", strerror(errno));
+    uint8_t ch[64];
+    memcpy(ch, sn, 32);
+    proof(srv->secret, srv->secret_len, "HTMV1 server", cn, sn, 0, ch + 32);
+    if ((st = wb_frame(c, MV_CHALLENGE, ch, 64)) || (st = wb_flush(c, 0)))
+        return st;
+    if ((st = read_frame(c, &type, &len)))
+        return st;
+    if (type != MV_AUTH)
+        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected AUTH, got frame type %d",
+                      type);
+    proof(srv->secret, srv->secret_len, "HTMV1 client", cn, sn, *op, mac);
+    int ok = ct_equal(mac, c->rbuf + c->rstart, MV_MAC_LEN);
+    c->rstart += len;
+    if (!ok)
+        return setmsg(c->msg, c->msglen, MV_ERR_AUTH, "wrong client proof (bad secret)");
+    if ((st = wb_frame(c, MV_READY, NULL, 0)) || (st = wb_flush(c, 0)))
+        return st;
+    return MV_OK;
+}
+
+static int
+server_session(mv_server *srv, mv_conn *c, mv_spool *sp)
+{
+    int op = 0, st, type;
+    uint32_t len, count;
+    if ((st = server_handshake(srv, c, &op))) {
+        if (st == MV_ERR_AUTH)
+            __atomic_fetch_add(&srv->counters[1], 1, __ATOMIC_RELAXED);
+        return st;
+    }
+    uint8_t *ids = malloc(MV_ID_LEN * MV_MAX_BATCH), *need = malloc(MV_ID_LEN * MV_MAX_BATCH);
+    if (!ids || !need) {
+        st = setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
+        goto out;
+    }
+    for (;;) {
+        if ((st = read_frame(c, &type, &len)))
+            break;
+        if (type == MV_BYE)
+            break;
+        if (type == MV_WANT && op == MV_OP_FETCH) {
+            if ((st = check_batch(c->rbuf + c->rstart, len, &count, c->msg, c->msglen)))
+                break;
+            memcpy(ids, c->rbuf + c->rstart + 4, (size_t)count * MV_ID_LEN);
+            c->rstart += len;
+            uint32_t nd, nm;
+            if ((st = send_batch(c, &srv->cfg, ids, count, &nd, &nm, &srv->counters[2], 1)))
+                break;
+            uint8_t end[8];
+            wr32(end, nd);
+            wr32(end + 4, nm);
+            if ((st = wb_frame(c, MV_END, end, 8)) || (st = wb_flush(c, 0)))
+                break;
+        } else if (type == MV_OFFER && op == MV_OP_SEND) {
+            if ((st = check_batch(c->rbuf + c->rstart, len, &count, c->msg, c->msglen)))
+                break;
+            memcpy(ids, c->rbuf + c->rstart + 4, (size_t)count * MV_ID_LEN);
+            c->rstart += len;
+            size_t nneed = 0;
+            if (srv->cfg.need(srv->cfg.ctx, ids, count, need + 4, &nneed) || nneed > count) {
+                st = setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "need callback failed");
+                break;
+            }
+            /* NEED payload: count then ids; `need` has 4 spare bytes in front... */
+            uint8_t cnt[4];
+            wr32(cnt, (uint32_t)nneed);
+            uint8_t h[MV_HEADER_LEN];
+            put_header(h, MV_NEED, (uint32_t)(4 + nneed * MV_ID_LEN));
+            if ((st = wb_put(c, h, sizeof h)) || (st = wb_put(c, cnt, 4)) ||
+                (st = wb_put(c, need + 4, nneed * MV_ID_LEN)) || (st = wb_flush(c, 0)))
+                break;
+            /* DATA frames for needed ids, in order (some may be skipped), then END. */
+            size_t pos = 0;
+            uint32_t ndata = 0;
+            sp->committed = sp->rejected = 0;
+            for (;;) {
+                if ((st = read_frame(c, &type, &len)))
+                    break;
+                if (type == MV_END) {
+                    c->rstart += len;
+                    break;
+                }
+                if (type != MV_DATA) {
+                    st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                                "expected DATA or END, got frame type %d", type);
+                    break;
+                }
+                const uint8_t *id = c->rbuf + c->rstart;
+                while (pos < nneed && memcmp(need + 4 + pos * MV_ID_LEN, id, MV_ID_LEN) != 0)
+                    pos++;
+                if (pos == nneed) {
+                    st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                                "DATA for a chunk that was not asked for (or out of order)");
+                    break;
+                }
+                pos++;
+                if ((st = spool_recv(sp, c, len)))
+                    break;
+                ndata++;
+                __atomic_fetch_add(&srv->counters[3], 1, __ATOMIC_RELAXED);
+            }
+            if (st)
+                break;
+            if ((st = spool_handover(sp, c)))
+                break;
+            uint8_t ack[8];
+            wr32(ack, sp->committed);
+            wr32(ack + 4, sp->rejected);
+            if ((st = wb_frame(c, MV_ACK, ack, 8)) || (st = wb_flush(c, 0)))
+                break;
+        } else {
+            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                        "frame type %d not allowed in a %s session", type,
+                        op == MV_OP_FETCH ? "fetch" : "send");
+            break;
+        }
+    }
+out:
+    free(ids);
+    free(need);
+    return st;
+}
+
+static void *
+server_conn_main(void *arg)
+{
+    mv_sconn *sc = arg;
+    mv_server *srv = sc->srv;
+    char msg[256] = "";
+    mv_conn c;
+    mv_spool sp;
+    spool_init(&sp, &srv->cfg);
+    int st = conn_init(&c, sc->fd, &srv->stopping, srv->cfg.max_blob, msg, sizeof msg);
+    c.bytes_out = &srv->counters[4];
+    if (!st)
+        st = server_session(srv, &c, &sp);
+    if (st && st != MV_ERR_CLOSED && st != MV_ERR_PEER && st != MV_ERR_CANCELLED)
+        send_error(&c, st);
+    /* A send batch cut before its END is not committed: drop its spool. */
+    spool_free(&sp);
+    conn_free(&c);
+    pthread_mutex_lock(&srv->lock);
+    shutdown(sc->fd, SHUT_RDWR);
+    close(sc->fd);
+    sc->fd = -1;
+    sc->done = 1;
+    pthread_mutex_unlock(&srv->lock);
+    return NULL;
+}
+
+static void
+reap(mv_server *srv, int all)
+{
+    for (;;) {
+        mv_sconn *victim = NULL, **pp;
+        pthread_mutex_lock(&srv->lock);
+        for (pp = &srv->conns; *pp; pp = &(*pp)->next) {
+            if ((*pp)->done || all) {
+                victim = *pp;
+                *pp = victim->next;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&srv->lock);
+        if (!victim)
+            return;
+        pthread_join(victim->thread, NULL);
+        free(victim);
+    }
+}
+
+static void *
+accept_main(void *arg)
+{
+    mv_server *srv = arg;
+    while (!__atomic_load_n(&srv->stopping, __ATOMIC_RELAXED)) {
+        int fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE) {
+                if (errno == EMFILE || errno == ENFILE)
+                    usleep(10000);
+                continue;
+            }
+            break;
+        }
+        reap(srv, 0);
+        __atomic_fetch_add(&srv->counters[0], 1, __ATOMIC_RELAXED);
+        set_sock_opts(fd, &srv->cfg);
+        mv_sconn *sc = calloc(1, sizeof *sc);
+        if (!sc) {
+            close(fd);
+            continue;
+        }
+        sc->srv = srv;
+        sc->fd = fd;
+        pthread_mutex_lock(&srv->lock);
+        int stop = srv->stopping;
+        if (!stop && pthread_create(&sc->thread, NULL, server_conn_main, sc) == 0) {
+            sc->next = srv->conns;
+            srv->conns = sc;
+            sc = NULL;
+        }
+        pthread_mutex_unlock(&srv->lock);
+        if (sc) {
+            close(fd);
+            free(sc);
+        }
+    }
+    return NULL;
+}
+
+static int
+resolve_addr(const char *host, int port, int passive, struct addrinfo **res, char *msg,
+             size_t msglen)
+{
+    char pbuf[16];
+    snprintf(pbuf, sizeof pbuf, "%d", port);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = passive ? AI_PASSIVE : 0;
+    int rc = getaddrinfo(host, pbuf, &hints, res);
+    if (rc)
+        return setmsg(msg, msglen, MV_ERR_ARG, "cannot resolve %s:%d: %s", host, port,
+                      gai_strerror(rc));
+    return MV_OK;
+}
+
+int
+mv_server_start(const char *host, int port, const uint8_t *secret, size_t secret_len,
+                const mv_config *cfg, mv_server **out, char *msg, size_t msglen)
+{
+    if (secret_len < MV_MIN_SECRET || secret_len > MV_MAX_SECRET)
+        return setmsg(msg, msglen, MV_ERR_ARG, "session secret must be %d to %d bytes, got %zu",
+                      MV_MIN_SECRET, MV_MAX_SECRET, secret_len);
+    if (port < 0 || port > 65535)
+        return setmsg(msg, msglen, MV_ERR_ARG, "port %d out of range", port);
+    mv_server *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return MV_ERR_NOMEM;
+    srv->seen = calloc(MV_REPLAY_RING, MV_NONCE_LEN);
+    if (!srv->seen) {
+        free(srv);
+        return MV_ERR_NOMEM;
+    }
+    memcpy(srv->secret, secret, secret_len);
+    srv->secret_len = secret_len;
+    srv->cfg = *cfg;
+    snprintf(srv->spool_dir, sizeof srv->spool_dir, "%s", cfg->spool_dir ? cfg->spool_dir : ".");
+    srv->cfg.spool_dir = srv->spool_dir;
+    pthread_mutex_init(&srv->lock, NULL);
+    struct addrinfo *res;
+    int st = resolve_addr(host, port, 1, &res, msg, msglen);
+    if (st)
+        goto fail;
+    srv->lfd = -1;
+    for (struct addrinfo *ai = res; ai && srv->lfd < 0; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0)
+            continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 128) == 0) {
+            srv->lfd = fd;
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            getsockname(fd, (struct sockaddr *)&ss, &sl);
+            srv->port = ntohs(ss.ss_family == AF_INET6
+                                  ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                  : ((struct sockaddr_in *)&ss)->sin_port);
+        } else {
+            setmsg(msg, msglen, MV_ERR_IO, "cannot listen on %s:%d: %s", host, port,
+                   strerror(errno));
+            close(fd);
+        }
+    }
+    freeaddrinfo(res);
+    if (srv->lfd < 0) {
+        st = setmsg(msg, msglen, MV_ERR_IO, "cannot listen on %s:%d", host, port);
+        goto fail;
+    }
+    if (pthread_create(&srv->accept_thread, NULL, accept_main, srv) != 0) {
+        close(srv->lfd);
+        st = setmsg(msg, msglen, MV_ERR_IO, "cannot start the accept thread");
+        goto fail;
+    }
+    *out = srv;
+    return MV_OK;
+fail:
+    pthread_mutex_destroy(&srv->lock);
+    free(srv->seen);
+    free(srv);
+    return st ? st : MV_ERR_IO;
+}
+
+int
+mv_server_port(const mv_server *srv)
+{
+    return srv->port;
+}
+
+void
+mv_server_counters(const mv_server *srv, uint64_t out[5])
+{
+    for (int i = 0; i < 5; i++)
+        out[i] = __atomic_load_n(&srv->counters[i], __ATOMIC_RELAXED);
+}
+
+void
+mv_server_stop(mv_server *srv)
+{
+    pthread_mutex_lock(&srv->lock);
+    __atomic_store_n(&srv->stopping, 1, __ATOMIC_RELAXED);
+    shutdown(srv->lfd, SHUT_RDWR);
+    for (mv_sconn *sc = srv->conns; sc; sc = sc->next)
+        if (sc->fd >= 0)
+            shutdown(sc->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&srv->lock);
+    pthread_join(srv->accept_thread, NULL);
+    close(srv->lfd);
+    reap(srv, 1);
+    pthread_mutex_destroy(&srv->lock);
+    free(srv->seen);
+    memset(srv->secret, 0, sizeof srv->secret);
+    free(srv);
+}
+
+/* ------------------------------------------------------------------ */
+/* Client streams                                                       */
+
+static pthread_mutex_t fd_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void
+mv_stream_interrupt(mv_stream *s)
+{
+    pthread_mutex_lock(&fd_lock);
+    if (s->fd >= 0)
+        shutdown(s->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&fd_lock);
+}
+
+static int
+client_connect(mv_stream *s, int *fdout)
+{
+    struct addrinfo *res;
+    int st = resolve_addr(s->host, s->port, 0, &res, s->message, sizeof s->message);
+    if (st)
+        return st;
+    int fd = -1, err = 0;
+    for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        set_sock_opts(fd, s->cfg);
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+            err = errno;
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        return setmsg(s->message, sizeof s->message,
+                      err == EINPROGRESS || err == EAGAIN ? MV_ERR_TIMEOUT : MV_ERR_IO,
+                      "cannot connect to %s:%d: %s", s->host, s->port, strerror(err));
+    *fdout = fd;
+    return MV_OK;
+}
+
+static int
+client_handshake(mv_stream *s, mv_conn *c)
+{
+    uint8_t hello[36] = {0}, cn[MV_NONCE_LEN], sn[MV_NONCE_LEN], mac[MV_MAC_LEN];
+    if (getrandom(cn, sizeof cn, 0) != sizeof cn)
+        return setmsg(c->msg, c->msglen, MV_ERR_IO, "getrandom: %s", strerror(errno));
+    memcpy(hello, cn, 32);
+    hello[32] = (uint8_t)s->op;
+    int st, type;
+    uint32_t len;
+    if ((st = wb_frame(c, MV_HELLO, hello, 36)) || (st = wb_flush(c, 0)))
+        return st;
+    if ((st = read_frame(c, &type, &len)))
+        return st;
+    if (type != MV_CHALLENGE)
+        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                      "expected CHALLENGE, got frame type %d", type);
+    memcpy(sn, c->rbuf + c->rstart, 32);
+    proof(s->secret, s->secret_len, "HTMV1 server", cn, sn, 0, mac);
+    int ok = ct_equal(mac, c->rbuf + c->rstart + 32, 32);
+    c->rstart += len;
+    if (!ok)
+        return setmsg(c->msg, c->msglen, MV_ERR_AUTH,
+                      "server %s:%d failed to prove the session secret", s->host, s->port);
+    proof(s->secret, s->secret_len, "HTMV1 client", cn, sn, s->op, mac);
+    if ((st = wb_frame(c, MV_AUTH, mac, 32)) || (st = wb_flush(c, 0)))
+        return st;
+    if ((st = read_frame(c, &type, &len)))
+        return st;
+    if (type != MV_READY)
+        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected READY, got frame type %d",
+                      type);
+    return MV_OK;
+}
+
+static int
+send_ids(mv_conn *c, int type, const uint8_t *ids, size_t count)
+{
+    uint8_t h[MV_HEADER_LEN], cnt[4];
+    put_header(h, type, (uint32_t)(4 + count * MV_ID_LEN));
+    wr32(cnt, (uint32_t)count);
+    int st;
+    if ((st = wb_put(c, h, sizeof h)) || (st = wb_put(c, cnt, 4)) ||
+        (st = wb_put(c, ids, count * MV_ID_LEN)))
+        return st;
+    return wb_flush(c, 0);
+}
+
+static int
+client_fetch(mv_stream *s, mv_conn *c, mv_spool *sp)
+{
+    size_t nb = (s->count + MV_MAX_BATCH - 1) / MV_MAX_BATCH, sent = 0, done = 0, pos = 0;
+    int st = MV_OK, type;
+    uint32_t len;
+#define BATCH_N(b) ((b) + 1 < nb ? MV_MAX_BATCH : s->count - (b) * MV_MAX_BATCH)
+    while (sent < nb && sent - done < 2 && !st) {
+        st = send_ids(c, MV_WANT, s->ids + sent * MV_MAX_BATCH * MV_ID_LEN, BATCH_N(sent));
+        sent++;
+    }
+    while (done < nb && !st) {
+        if ((st = read_frame(c, &type, &len)))
+            break;
+        const uint8_t *expect = s->ids + (done * MV_MAX_BATCH + pos) * MV_ID_LEN;
+        size_t bn = BATCH_N(done);
+        if (type == MV_DATA || type == MV_MISSING) {
+            if (pos >= bn || memcmp(c->rbuf + c->rstart, expect, MV_ID_LEN) != 0) {
+                st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                            "server sent a chunk that was not asked for (or out of order)");
+                break;
+            }
+            pos++;
+            if (type == MV_MISSING) {
+                c->rstart += len;
+                __atomic_fetch_add(&s->missing, 1, __ATOMIC_RELAXED);
+            } else {
+                if ((st = spool_recv(sp, c, len)))
+                    break;
+                __atomic_fetch_add(&s->chunks, 1, __ATOMIC_RELAXED);
+            }
+        } else if (type == MV_END) {
+            uint32_t nd = rd32(c->rbuf + c->rstart), nm = rd32(c->rbuf + c->rstart + 4);
+            c->rstart += len;
+            if (pos != bn || (uint64_t)nd + nm != bn) {
+                st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                            "END after %zu of %zu answers (counts %u + %u)", pos, bn, nd, nm);
+                break;
+            }
+            done++;
+            pos = 0;
+            if (sent < nb) {
+                st = send_ids(c, MV_WANT, s->ids + sent * MV_MAX_BATCH * MV_ID_LEN,
+                              BATCH_N(sent));
+                sent++;
+            }
+        } else {
+            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                        "frame type %d not allowed in a fetch answer", type);
+        }
+    }
+#undef BATCH_N
+    return st;
+}
+
+static int
+client_send(mv_stream *s, mv_conn *c)
+{
+    uint8_t *need = malloc(MV_ID_LEN * MV_MAX_BATCH);
+    if (!need)
+        return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
+    int st = MV_OK, type;
+    uint32_t len, nneed;
+    for (size_t off = 0; off < s->count && !st; off += MV_MAX_BATCH) {
+        size_t bn = s->count - off < MV_MAX_BATCH ? s->count - off : MV_MAX_BATCH;
+        const uint8_t *ids = s->ids + off * MV_ID_LEN;
+        if ((st = send_ids(c, MV_OFFER, ids, bn)) || (st = read_frame(c, &type, &len)))
+            break;
+        if (type != MV_NEED) {
+            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected NEED, got frame type %d",
+                        type);
+            break;
+        }
+        if ((st = check_batch(c->rbuf + c->rstart, len, &nneed, c->msg, c->msglen)))
+            break;
+        if (nneed > bn) {
+            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "NEED names more ids than offered");
+            break;
+        }
+        memcpy(need, c->rbuf + c->rstart + 4, (size_t)nneed * MV_ID_LEN);
+        c->rstart += len;
+        uint32_t nd = 0, nm = 0;
+        if (nneed && (st = send_batch(c, s->cfg, need, nneed, &nd, &nm, &s->chunks, 0)))
+            break;
+        __atomic_fetch_add(&s->missing, nm, __ATOMIC_RELAXED);
+        uint8_t end[8];
+        wr32(end, nd);
+        wr32(end + 4, nm);
+        if ((st = wb_frame(c, MV_END, end, 8)) || (st = wb_flush(c, 0)) ||
+            (st = read_frame(c, &type, &len)))
+            break;
+        if (type != MV_ACK) {
+            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected ACK, got frame type %d",
+                        type);
+            break;
+        }
+        __atomic_fetch_add(&s->committed, rd32(c->rbuf + c->rstart), __ATOMIC_RELAXED);
+        __atomic_fetch_add(&s->rejected, rd32(c->rbuf + c->rstart + 4), __ATOMIC_RELAXED);
+        c->rstart += len;
+    }
+    free(need);
+    return st;
+}
+
+int
+mv_stream_run(mv_stream *s)
+{
+    s->message[0] = 0;
+    s->status = MV_OK;
+    s->fd = -1;
+    if (s->secret_len < MV_MIN_SECRET || s->secret_len > MV_MAX_SECRET)
+        return s->status = setmsg(s->message, sizeof s->message, MV_ERR_ARG,
+                                  "session secret must be %d to %d bytes", MV_MIN_SECRET,
+                                  MV_MAX_SECRET);
+    if (s->count == 0)
+        return MV_OK;
+    int fd = -1;
+    int st = client_connect(s, &fd);
+    if (st)
+        return s->status = st;
+    pthread_mutex_lock(&fd_lock);
+    s->fd = fd;
+    pthread_mutex_unlock(&fd_lock);
+    mv_conn c;
+    mv_spool sp;
+    spool_init(&sp, s->cfg);
+    st = conn_init(&c, fd, s->cancel, s->cfg->max_blob, s->message, sizeof s->message);
+    c.bytes_out = &s->bytes;
+    if (!st)
+        st = client_handshake(s, &c);
+    if (!st)
+        st = s->op == MV_OP_FETCH ? client_fetch(s, &c, &sp) : client_send(s, &c);
+    if (!st && (st = wb_frame(&c, MV_BYE, NULL, 0)) == MV_OK)
+        st = wb_flush(&c, 0);
+    if (st && st != MV_ERR_CLOSED && st != MV_ERR_PEER && st != MV_ERR_CANCELLED &&
+        st != MV_ERR_TIMEOUT)
+        send_error(&c, st);
+    pthread_mutex_lock(&fd_lock);
+    s->fd = -1;
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+    pthread_mutex_unlock(&fd_lock);
+    /* Complete blobs are handed over even after an error: resume keeps them. */
+    int hs = spool_handover(&sp, &c);
+    if (!st)
+        st = hs;
+    s->committed += sp.committed;
+    s->rejected += sp.rejected;
+    spool_free(&sp);
+    conn_free(&c);
+    return s->status = st;
+}

@@ -1,0 +1,159 @@
+/* Hutong chunk mover: framed TCP transfer of blobs between two stores.
+ *
+ * The wire format is docs/format.md, "Mover protocol". This file knows no
+ * Python: the binding (native/mover_module.c) supplies the callbacks that
+ * hold policy (where a chunk's blob is, which chunks a store lacks, how a
+ * spool file is verified and committed).
+ *
+ * Contract
+ *  - C owns the bytes: framing, the HMAC-SHA256 handshake, socket I/O,
+ *    sendfile / pread+send from pack files, and spooling received blobs to
+ *    temporary files. It never makes a received blob visible: it hands a
+ *    closed spool file and its complete entries to the spool callback, which
+ *    verifies and commits (or deletes) it. Bytes after the last complete
+ *    entry (a cut mid-blob) are never listed.
+ *  - Memory per stream is bounded by one batch of ids (MV_MAX_BATCH) and two
+ *    fixed I/O buffers (MV_IO_BUF), whatever the blob or transfer size.
+ *  - Every blocking socket call has a deadline (cfg.timeout seconds); a
+ *    stall past it ends the stream with MV_ERR_TIMEOUT.
+ *  - Callbacks may be called from any mover thread, concurrently; they
+ *    return 0 on success, anything else aborts the stream (MV_ERR_CALLBACK).
+ *  - Functions return a status code (MV_OK or MV_ERR_*) and, where there is
+ *    a message buffer, a one-line message naming the peer and the problem.
+ */
+#ifndef HUTONG_MOVER_H
+#define HUTONG_MOVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MV_MAGIC "HTMV"
+#define MV_VERSION 1
+#define MV_HEADER_LEN 12
+#define MV_ID_LEN 16
+#define MV_NONCE_LEN 32
+#define MV_MAC_LEN 32
+#define MV_MAX_BATCH 4096            /* ids per WANT / OFFER / NEED */
+#define MV_MAX_ERROR_TEXT 1024
+#define MV_DEFAULT_MAX_BLOB (64u << 20)
+#define MV_BLOB_HEADER_LEN 36
+#define MV_SPOOL_RESERVE 32          /* bytes kept free at the start of a spool */
+#define MV_IO_BUF (1u << 20)
+#define MV_MIN_SECRET 16
+#define MV_MAX_SECRET 64
+#define MV_REPLAY_RING 4096
+
+/* Frame types. */
+enum {
+    MV_HELLO = 1, MV_CHALLENGE = 2, MV_AUTH = 3, MV_READY = 4, MV_WANT = 5,
+    MV_DATA = 6, MV_MISSING = 7, MV_END = 8, MV_OFFER = 9, MV_NEED = 10,
+    MV_ACK = 11, MV_ERROR = 12, MV_BYE = 13,
+};
+
+/* Operations named in HELLO. */
+enum { MV_OP_FETCH = 1, MV_OP_SEND = 2 };
+
+/* Status codes. */
+enum {
+    MV_OK = 0,
+    MV_ERR_IO = 1,        /* socket or file error (errno in the message) */
+    MV_ERR_TIMEOUT = 2,   /* the peer stalled past the deadline */
+    MV_ERR_CLOSED = 3,    /* the peer closed the stream mid-session */
+    MV_ERR_PROTOCOL = 4,  /* malformed frame, wrong type for the state */
+    MV_ERR_LIMIT = 5,     /* a length or count past its limit */
+    MV_ERR_AUTH = 6,      /* handshake failed: wrong secret, bad proof, replay */
+    MV_ERR_CANCELLED = 7, /* the transfer was cancelled */
+    MV_ERR_CALLBACK = 8,  /* a callback failed (its error is kept by the binding) */
+    MV_ERR_PEER = 9,      /* the peer sent ERROR (its message follows) */
+    MV_ERR_NOMEM = 10,
+    MV_ERR_ARG = 11,      /* bad argument (host, port, secret size) */
+};
+
+const char *mv_strerror(int status);
+
+/* Where the blob of one chunk is: `length` bytes at `offset` of file `path`
+ * (malloc'd by the resolve callback, freed by the mover). path NULL: the
+ * sender does not hold the chunk. */
+typedef struct {
+    char *path;
+    uint64_t offset;
+    uint32_t length;
+} mv_source;
+
+/* One complete blob in a spool file. */
+typedef struct {
+    uint8_t id[MV_ID_LEN];
+    uint64_t offset;
+    uint32_t length;
+} mv_entry;
+
+/* Fill out[0..count) for the ids (16 bytes each). */
+typedef int (*mv_resolve_fn)(void *ctx, const uint8_t *ids, size_t count, mv_source *out);
+/* Write to need (room for count ids) the ids the store lacks, in order; set *nneed. */
+typedef int (*mv_need_fn)(void *ctx, const uint8_t *ids, size_t count, uint8_t *need,
+                          size_t *nneed);
+/* Take ownership of a closed spool file: verify, commit or delete it. */
+typedef int (*mv_spool_fn)(void *ctx, const char *path, const mv_entry *entries, size_t n,
+                           uint32_t *committed, uint32_t *rejected);
+
+typedef struct {
+    double timeout;         /* seconds per blocking call; <= 0 means 30 */
+    uint32_t max_blob;      /* largest blob accepted; 0 means MV_DEFAULT_MAX_BLOB */
+    uint64_t spool_limit;   /* hand a spool over once it holds this many bytes */
+    const char *spool_dir;  /* where spool files are created (receivers) */
+    int use_sendfile;       /* senders: sendfile() (1) or pread + send (0) */
+    int sndbuf, rcvbuf;     /* socket buffers; 0 keeps the kernel's auto-tuning */
+    mv_resolve_fn resolve;
+    mv_need_fn need;
+    mv_spool_fn spool;
+    void *ctx;
+} mv_config;
+
+/* One client stream of a transfer. Fill the inputs, run it on a thread. */
+typedef struct {
+    /* inputs */
+    const char *host;
+    int port;
+    const uint8_t *secret;
+    size_t secret_len;
+    int op;                 /* MV_OP_FETCH or MV_OP_SEND */
+    const uint8_t *ids;     /* this stream's ids, 16 bytes each */
+    size_t count;
+    const mv_config *cfg;
+    volatile int *cancel;   /* shared by the streams of a transfer */
+    /* progress (read while running with __atomic loads) */
+    uint64_t bytes, chunks, missing, committed, rejected;
+    /* result */
+    int status;
+    char message[256];
+    int fd;                 /* the socket while connected, else -1 */
+} mv_stream;
+
+/* Run one stream to completion (blocking). Returns and stores the status. */
+int mv_stream_run(mv_stream *s);
+
+/* Interrupt a running stream (from another thread): it ends MV_ERR_CANCELLED
+ * once *s->cancel is set. */
+void mv_stream_interrupt(mv_stream *s);
+
+typedef struct mv_server mv_server;
+
+/* Listen on host:port (port 0: any) and serve fetch and send sessions, one
+ * thread per connection, until mv_server_stop. */
+int mv_server_start(const char *host, int port, const uint8_t *secret, size_t secret_len,
+                    const mv_config *cfg, mv_server **out, char *msg, size_t msglen);
+int mv_server_port(const mv_server *srv);
+/* Counters: connections, auth failures, chunks served, chunks received, bytes sent. */
+void mv_server_counters(const mv_server *srv, uint64_t out[5]);
+/* Close the listener and every connection, join every thread, free. */
+void mv_server_stop(mv_server *srv);
+
+/* Check a byte string as the frames a server reads after the handshake
+ * (fuzzing and tests): returns MV_OK or the status of the first bad frame. */
+int mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nframes,
+                    char *msg, size_t msglen);
+
+void mv_hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *msg, size_t msglen,
+                    uint8_t out[32]);
+
+#endif

@@ -1,0 +1,619 @@
+/* gfs._mover: CPython binding of the chunk mover (native/mover.h).
+ *
+ * Policy lives in Python callbacks (gfs/mover.py); this file converts
+ * between them and the C contract. Every mover thread takes the GIL only to
+ * run a callback; all socket and file I/O runs with the GIL released.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#include "mover.h"
+
+/* ------------------------------------------------------------------ */
+/* Callbacks                                                            */
+
+/* The current exception as one object (traceback attached); clears it. */
+static PyObject *
+take_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* Raise an exception object taken by take_exception (steals the reference). */
+static void
+raise_exception(PyObject *value)
+{
+    PyErr_SetObject((PyObject *)Py_TYPE(value), value);
+    Py_DECREF(value);
+}
+
+typedef struct {
+    PyObject *resolve, *need, *spool;  /* borrowed from the owner, which keeps them alive */
+    PyObject *error;                   /* first exception of a client transfer (owned) */
+    int keep_error;                    /* client: keep it; server: report it unraisable */
+    pthread_mutex_t lock;
+} cb_ctx;
+
+static void
+cb_failed(cb_ctx *ctx)
+{
+    /* GIL held, an exception set. */
+    if (ctx->keep_error) {
+        pthread_mutex_lock(&ctx->lock);
+        if (ctx->error == NULL) {
+            ctx->error = take_exception();
+        } else {
+            PyErr_Clear();
+        }
+        pthread_mutex_unlock(&ctx->lock);
+    } else {
+        PyErr_WriteUnraisable(ctx->spool);
+    }
+}
+
+static int
+c_resolve(void *vctx, const uint8_t *ids, size_t count, mv_source *out)
+{
+    cb_ctx *ctx = vctx;
+    int rc = -1;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *res = PyObject_CallFunction(ctx->resolve, "y#", (const char *)ids,
+                                          (Py_ssize_t)(count * MV_ID_LEN));
+    if (res == NULL)
+        goto fail;
+    if (!PyList_Check(res) || PyList_GET_SIZE(res) != (Py_ssize_t)count) {
+        PyErr_Format(PyExc_TypeError, "resolve() must return a list of %zu items", count);
+        goto fail;
+    }
+    for (size_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(res, (Py_ssize_t)i);
+        if (item == Py_None)
+            continue;
+        const char *path;
+        unsigned long long off;
+        unsigned int len;
+        if (!PyArg_ParseTuple(item, "sKI:resolve item", &path, &off, &len))
+            goto fail;
+        out[i].path = strdup(path);
+        if (out[i].path == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        out[i].offset = off;
+        out[i].length = len;
+    }
+    rc = 0;
+    goto done;
+fail:
+    cb_failed(ctx);
+done:
+    Py_XDECREF(res);
+    PyGILState_Release(g);
+    return rc;
+}
+
+static int
+c_need(void *vctx, const uint8_t *ids, size_t count, uint8_t *need, size_t *nneed)
+{
+    cb_ctx *ctx = vctx;
+    int rc = -1;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *res = PyObject_CallFunction(ctx->need, "y#", (const char *)ids,
+                                          (Py_ssize_t)(count * MV_ID_LEN));
+    if (res == NULL)
+        goto fail;
+    if (!PyBytes_Check(res) || PyBytes_GET_SIZE(res) % MV_ID_LEN ||
+        (size_t)PyBytes_GET_SIZE(res) > count * MV_ID_LEN) {
+        PyErr_SetString(PyExc_TypeError, "need() must return bytes: a subset of the ids");
+        goto fail;
+    }
+    memcpy(need, PyBytes_AS_STRING(res), (size_t)PyBytes_GET_SIZE(res));
+    *nneed = (size_t)PyBytes_GET_SIZE(res) / MV_ID_LEN;
+    rc = 0;
+    goto done;
+fail:
+    cb_failed(ctx);
+done:
+    Py_XDECREF(res);
+    PyGILState_Release(g);
+    return rc;
+}
+
+static int
+c_spool(void *vctx, const char *path, const mv_entry *e, size_t n, uint32_t *committed,
+        uint32_t *rejected)
+{
+    cb_ctx *ctx = vctx;
+    int rc = -1;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *res = NULL;
+    /* Entries as little-endian "<16sQI" records (28 bytes each). */
+    PyObject *buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 28));
+    if (buf == NULL)
+        goto fail;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(buf);
+    for (size_t i = 0; i < n; i++, p += 28) {
+        memcpy(p, e[i].id, 16);
+        for (int k = 0; k < 8; k++)
+            p[16 + k] = (uint8_t)(e[i].offset >> (8 * k));
+        for (int k = 0; k < 4; k++)
+            p[24 + k] = (uint8_t)(e[i].length >> (8 * k));
+    }
+    res = PyObject_CallFunction(ctx->spool, "sO", path, buf);
+    Py_DECREF(buf);
+    if (res == NULL)
+        goto fail;
+    unsigned int com, rej;
+    if (!PyArg_ParseTuple(res, "II:spool result", &com, &rej))
+        goto fail;
+    *committed = com;
+    *rejected = rej;
+    rc = 0;
+    goto done;
+fail:
+    cb_failed(ctx);
+done:
+    Py_XDECREF(res);
+    PyGILState_Release(g);
+    return rc;
+}
+
+static int
+get_secret(PyObject *obj, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (view->len < MV_MIN_SECRET || view->len > MV_MAX_SECRET) {
+        PyErr_Format(PyExc_ValueError, "session secret must be %d to %d bytes, got %zd",
+                     MV_MIN_SECRET, MV_MAX_SECRET, view->len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Server                                                               */
+
+typedef struct {
+    PyObject_HEAD
+    mv_server *srv;
+    cb_ctx ctx;
+    PyObject *resolve, *need, *spool;
+} ServerObject;
+
+static void
+server_close_impl(ServerObject *self)
+{
+    if (self->srv) {
+        mv_server *srv = self->srv;
+        self->srv = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        mv_server_stop(srv);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static int
+Server_init(ServerObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"host", "port", "secret", "resolve", "need", "spool", "spool_dir",
+                             "spool_limit", "timeout", "max_blob", "sendfile", NULL};
+    const char *host, *spool_dir;
+    int port, use_sendfile = 1;
+    PyObject *secret, *resolve, *need, *spool;
+    unsigned long long spool_limit = 16u << 20;
+    double timeout = 30.0;
+    unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIp:Server", kwlist, &host, &port,
+                                     &secret, &resolve, &need, &spool, &spool_dir,
+                                     &spool_limit, &timeout, &max_blob, &use_sendfile))
+        return -1;
+    if (self->srv) {
+        PyErr_SetString(PyExc_RuntimeError, "server already started");
+        return -1;
+    }
+    Py_buffer sec;
+    if (get_secret(secret, &sec) < 0)
+        return -1;
+    Py_XSETREF(self->resolve, Py_NewRef(resolve));
+    Py_XSETREF(self->need, Py_NewRef(need));
+    Py_XSETREF(self->spool, Py_NewRef(spool));
+    self->ctx.resolve = self->resolve;
+    self->ctx.need = self->need;
+    self->ctx.spool = self->spool;
+    self->ctx.keep_error = 0;
+    mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, 0, 0,
+                     c_resolve, c_need, c_spool, &self->ctx};
+    char msg[256] = "";
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mv_server_start(host, port, sec.buf, (size_t)sec.len, &cfg, &self->srv, msg,
+                         sizeof msg);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&sec);
+    if (st) {
+        PyErr_Format(st == MV_ERR_ARG ? PyExc_ValueError : PyExc_OSError, "mover server: %s",
+                     msg[0] ? msg : mv_strerror(st));
+        return -1;
+    }
+    return 0;
+}
+
+static void
+Server_dealloc(ServerObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    server_close_impl(self);
+    pthread_mutex_destroy(&self->ctx.lock);
+    Py_CLEAR(self->resolve);
+    Py_CLEAR(self->need);
+    Py_CLEAR(self->spool);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Server_traverse(ServerObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->resolve);
+    Py_VISIT(self->need);
+    Py_VISIT(self->spool);
+    return 0;
+}
+
+static PyObject *
+Server_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kw))
+{
+    ServerObject *self = (ServerObject *)type->tp_alloc(type, 0);
+    if (self)
+        pthread_mutex_init(&self->ctx.lock, NULL);
+    return (PyObject *)self;
+}
+
+static PyObject *
+Server_close(ServerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    server_close_impl(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Server_port(ServerObject *self, void *Py_UNUSED(closure))
+{
+    if (!self->srv) {
+        PyErr_SetString(PyExc_ValueError, "mover server is closed");
+        return NULL;
+    }
+    return PyLong_FromLong(mv_server_port(self->srv));
+}
+
+static PyObject *
+Server_counters(ServerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->srv) {
+        PyErr_SetString(PyExc_ValueError, "mover server is closed");
+        return NULL;
+    }
+    uint64_t c[5];
+    mv_server_counters(self->srv, c);
+    return Py_BuildValue("{sKsKsKsKsK}", "connections", (unsigned long long)c[0],
+                         "auth_failures", (unsigned long long)c[1], "chunks_served",
+                         (unsigned long long)c[2], "chunks_received", (unsigned long long)c[3],
+                         "bytes", (unsigned long long)c[4]);
+}
+
+static PyMethodDef Server_methods[] = {
+    {"close", (PyCFunction)Server_close, METH_NOARGS,
+     "Stop listening, close every connection and join every thread (idempotent)."},
+    {"counters", (PyCFunction)Server_counters, METH_NOARGS,
+     "Counters: connections, auth_failures, chunks_served, chunks_received, bytes."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Server_getset[] = {
+    {"port", (getter)Server_port, NULL, "The TCP port the server listens on.", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject ServerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gfs._mover.Server",
+    .tp_basicsize = sizeof(ServerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Server(host, port, secret, resolve, need, spool, spool_dir, spool_limit=16 MiB,"
+              " timeout=30.0, max_blob=64 MiB, sendfile=True)\n\n"
+              "A mover server on its own threads (docs/format.md, 'Mover protocol').",
+    .tp_new = Server_new,
+    .tp_init = (initproc)Server_init,
+    .tp_dealloc = (destructor)Server_dealloc,
+    .tp_traverse = (traverseproc)Server_traverse,
+    .tp_methods = Server_methods,
+    .tp_getset = Server_getset,
+};
+
+/* ------------------------------------------------------------------ */
+/* Client transfers                                                     */
+
+typedef struct {
+    mv_stream *s;
+    pthread_mutex_t *lock;
+    pthread_cond_t *cond;
+    int *running;
+} stream_job;
+
+static void *
+stream_main(void *arg)
+{
+    stream_job *job = arg;
+    mv_stream_run(job->s);
+    pthread_mutex_lock(job->lock);
+    (*job->running)--;
+    pthread_cond_signal(job->cond);
+    pthread_mutex_unlock(job->lock);
+    return NULL;
+}
+
+PyDoc_STRVAR(transfer_doc,
+"transfer(op, host, port, secret, ids, *, resolve=None, spool=None, spool_dir='.',\n"
+"         spool_limit=16 MiB, timeout=30.0, max_blob=64 MiB, sendfile=True,\n"
+"         progress=None, tick=0.1) -> list[tuple]\n\n"
+"Run one stream per item of ids (bytes of 16-byte chunk ids) in parallel:\n"
+"op 1 fetches (spool called per spool file), op 2 sends (resolve called per\n"
+"batch). progress(bytes, chunks) is called every tick seconds; if it raises\n"
+"(or a signal handler does), every stream is cancelled and the exception is\n"
+"raised once all have stopped. Returns per stream (status, message, bytes,\n"
+"chunks, missing, committed, rejected).");
+
+static PyObject *
+transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"op", "host", "port", "secret", "ids", "resolve", "spool",
+                             "spool_dir", "spool_limit", "timeout", "max_blob", "sendfile",
+                             "progress", "tick", NULL};
+    int op, port, use_sendfile = 1;
+    const char *host, *spool_dir = ".";
+    PyObject *secret, *ids, *resolve = Py_None, *spool = Py_None, *progress = Py_None;
+    unsigned long long spool_limit = 16u << 20;
+    double timeout = 30.0, tick = 0.1;
+    unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOd:transfer", kwlist, &op, &host,
+                                     &port, &secret, &PyList_Type, &ids, &resolve, &spool,
+                                     &spool_dir, &spool_limit, &timeout, &max_blob,
+                                     &use_sendfile, &progress, &tick))
+        return NULL;
+    if (op != MV_OP_FETCH && op != MV_OP_SEND)
+        return PyErr_Format(PyExc_ValueError, "op must be 1 (fetch) or 2 (send), not %d", op);
+    if (op == MV_OP_FETCH && !PyCallable_Check(spool))
+        return PyErr_Format(PyExc_TypeError, "fetch needs a callable spool");
+    if (op == MV_OP_SEND && !PyCallable_Check(resolve))
+        return PyErr_Format(PyExc_TypeError, "send needs a callable resolve");
+    Py_ssize_t n = PyList_GET_SIZE(ids);
+    if (n < 1 || n > 64)
+        return PyErr_Format(PyExc_ValueError, "1 to 64 streams, got %zd", n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyList_GET_ITEM(ids, i);
+        if (!PyBytes_Check(b) || PyBytes_GET_SIZE(b) % MV_ID_LEN)
+            return PyErr_Format(PyExc_ValueError,
+                                "ids[%zd] must be bytes holding 16-byte chunk ids", i);
+    }
+    Py_buffer sec;
+    if (get_secret(secret, &sec) < 0)
+        return NULL;
+    ids = PyList_GetSlice(ids, 0, n);  /* our own reference to the bytes objects */
+    if (ids == NULL) {
+        PyBuffer_Release(&sec);
+        return NULL;
+    }
+    cb_ctx ctx = {resolve, Py_None, spool, NULL, 1, PTHREAD_MUTEX_INITIALIZER};
+    mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, 0, 0,
+                     c_resolve, c_need, c_spool, &ctx};
+    volatile int cancel = 0;
+    mv_stream *streams = PyMem_Calloc((size_t)n, sizeof *streams);
+    stream_job *jobs = PyMem_Calloc((size_t)n, sizeof *jobs);
+    pthread_t *threads = PyMem_Calloc((size_t)n, sizeof *threads);
+    PyObject *result = NULL, *perr = NULL;
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+    int running = 0;
+    Py_ssize_t started = 0;
+    if (!streams || !jobs || !threads) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyList_GET_ITEM(ids, i);
+        mv_stream *s = &streams[i];
+        s->host = host;
+        s->port = port;
+        s->secret = sec.buf;
+        s->secret_len = (size_t)sec.len;
+        s->op = op;
+        s->ids = (const uint8_t *)PyBytes_AS_STRING(b);
+        s->count = (size_t)PyBytes_GET_SIZE(b) / MV_ID_LEN;
+        s->cfg = &cfg;
+        s->cancel = &cancel;
+        s->fd = -1;
+        jobs[i] = (stream_job){s, &lock, &cond, &running};
+    }
+    pthread_mutex_lock(&lock);
+    for (; started < n; started++) {
+        running++;
+        if (pthread_create(&threads[started], NULL, stream_main, &jobs[started]) != 0) {
+            running--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    if (started < n) {
+        cancel = 1;
+        PyErr_SetString(PyExc_OSError, "cannot start mover threads");
+        perr = take_exception();
+    }
+    for (;;) {
+        int left;
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long ns = ts.tv_nsec + (long)(tick * 1e9);
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        pthread_mutex_lock(&lock);
+        if (running)
+            pthread_cond_timedwait(&cond, &lock, &ts);
+        left = running;
+        pthread_mutex_unlock(&lock);
+        Py_END_ALLOW_THREADS
+        if (!left)
+            break;
+        if (perr == NULL) {
+            int failed = PyErr_CheckSignals() < 0;
+            if (!failed && progress != Py_None) {
+                unsigned long long bytes = 0, chunks = 0;
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    bytes += __atomic_load_n(&streams[i].bytes, __ATOMIC_RELAXED);
+                    chunks += __atomic_load_n(&streams[i].chunks, __ATOMIC_RELAXED);
+                }
+                PyObject *r = PyObject_CallFunction(progress, "KK", bytes, chunks);
+                failed = r == NULL;
+                Py_XDECREF(r);
+            }
+            if (failed) {
+                perr = take_exception();
+                __atomic_store_n(&cancel, 1, __ATOMIC_RELAXED);
+                for (Py_ssize_t i = 0; i < n; i++)
+                    mv_stream_interrupt(&streams[i]);
+            }
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    Py_END_ALLOW_THREADS
+    if (perr) {
+        raise_exception(perr);
+        Py_CLEAR(ctx.error);
+        goto out;
+    }
+    if (ctx.error) {
+        raise_exception(ctx.error);
+        ctx.error = NULL;
+        goto out;
+    }
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result && i < n; i++) {
+        mv_stream *s = &streams[i];
+        PyObject *t = Py_BuildValue("(isKKKKK)", s->status, s->message,
+                                    (unsigned long long)s->bytes, (unsigned long long)s->chunks,
+                                    (unsigned long long)s->missing,
+                                    (unsigned long long)s->committed,
+                                    (unsigned long long)s->rejected);
+        if (t == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, t);
+    }
+out:
+    PyMem_Free(streams);
+    PyMem_Free(jobs);
+    PyMem_Free(threads);
+    Py_DECREF(ids);
+    PyBuffer_Release(&sec);
+    return result;
+}
+
+/* ------------------------------------------------------------------ */
+/* Helpers for tests and fuzzing                                        */
+
+static PyObject *
+hmac_sha256(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer key, msg;
+    if (!PyArg_ParseTuple(args, "y*y*:hmac_sha256", &key, &msg))
+        return NULL;
+    uint8_t out[32];
+    mv_hmac_sha256(key.buf, (size_t)key.len, msg.buf, (size_t)msg.len, out);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&msg);
+    return PyBytes_FromStringAndSize((const char *)out, 32);
+}
+
+static PyObject *
+check_frames(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer buf;
+    unsigned int max_blob = 0;
+    if (!PyArg_ParseTuple(args, "y*|I:check_frames", &buf, &max_blob))
+        return NULL;
+    char msg[256] = "";
+    size_t n = 0;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mv_check_frames(buf.buf, (size_t)buf.len, max_blob, &n, msg, sizeof msg);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(ins)", st, (Py_ssize_t)n, msg);
+}
+
+static PyObject *
+strerror_(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int st;
+    if (!PyArg_ParseTuple(args, "i:strerror", &st))
+        return NULL;
+    return PyUnicode_FromString(mv_strerror(st));
+}
+
+static PyMethodDef methods[] = {
+    {"transfer", (PyCFunction)(void (*)(void))transfer, METH_VARARGS | METH_KEYWORDS,
+     transfer_doc},
+    {"hmac_sha256", hmac_sha256, METH_VARARGS,
+     "hmac_sha256(key, msg, /) -> bytes\n\nHMAC-SHA256 as used by the handshake."},
+    {"check_frames", check_frames, METH_VARARGS,
+     "check_frames(buf, max_blob=0, /) -> (status, nframes, message)\n\n"
+     "Parse buf as the frames a server reads after the handshake."},
+    {"strerror", strerror_, METH_VARARGS, "strerror(status, /) -> str"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "gfs._mover",
+    "Native chunk mover (native/mover.h; wire format in docs/format.md).", -1, methods,
+    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC
+PyInit__mover(void)
+{
+    if (PyType_Ready(&ServerType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Server", (PyObject *)&ServerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    static const struct { const char *name; int value; } consts[] = {
+        {"OK", MV_OK}, {"ERR_IO", MV_ERR_IO}, {"ERR_TIMEOUT", MV_ERR_TIMEOUT},
+        {"ERR_CLOSED", MV_ERR_CLOSED}, {"ERR_PROTOCOL", MV_ERR_PROTOCOL},
+        {"ERR_LIMIT", MV_ERR_LIMIT}, {"ERR_AUTH", MV_ERR_AUTH},
+        {"ERR_CANCELLED", MV_ERR_CANCELLED}, {"ERR_CALLBACK", MV_ERR_CALLBACK},
+        {"ERR_PEER", MV_ERR_PEER}, {"ERR_NOMEM", MV_ERR_NOMEM}, {"ERR_ARG", MV_ERR_ARG},
+        {"OP_FETCH", MV_OP_FETCH}, {"OP_SEND", MV_OP_SEND}, {"MAX_BATCH", MV_MAX_BATCH},
+        {"SPOOL_RESERVE", MV_SPOOL_RESERVE}, {"DEFAULT_MAX_BLOB", (int)MV_DEFAULT_MAX_BLOB},
+        {"ENTRY_LEN", 28}};
+    for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {
+        if (PyModule_AddIntConstant(m, consts[i].name, consts[i].value) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    return m;
+}
