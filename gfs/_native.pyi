@@ -17,3 +17,11 @@ def masks(min_size: int, avg_size: int, max_size: int, /) -> tuple[int, int]:
 
 def gear_table() -> tuple[int, ...]:
     """The 256-entry gear table compiled into the chunker."""
+
+def chunk_ids(buf: _Buffer, cuts: list[int], /) -> bytes:
+    """Concatenated 16-byte xxh3-128 ids of the chunks ending at `cuts`; releases the GIL."""
+
+def load_chunked(
+    path: str | bytes, min_size: int, avg_size: int, max_size: int, limit: int, /
+) -> tuple[bytes, list[int], bytes] | None:
+    """(data, cuts, ids) of a whole file, or None if larger than `limit`; releases the GIL."""

@@ -111,6 +111,23 @@ def cut_points(buf: Buffer, params: ChunkParams = DEFAULT_PARAMS, *,
     return _native.cut_points(buf, params.min_size, params.avg_size, params.max_size, eof)
 
 
+def chunk_ids(buf: Buffer, cuts: list[int]) -> bytes:
+    """The xxh3-128 ids of the chunks of `buf` ending at `cuts`, 16 bytes each, concatenated
+    (equal to `gfs.codec.chunk_id` of each chunk; computed in C without the GIL)."""
+    return _native.chunk_ids(buf, cuts)
+
+
+def load_chunked(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PARAMS,
+                 limit: int = 8 << 20) -> tuple[bytes, list[int], bytes] | None:
+    """Read a whole file, cut and hash it in C without the GIL: (data, cuts, ids).
+
+    None if the file is larger than `limit` (chunk it as a stream instead).
+    Raises OSError naming the path if it cannot be read.
+    """
+    return _native.load_chunked(os.fspath(path), params.min_size, params.avg_size,
+                                params.max_size, limit)
+
+
 def spans(cuts: list[int], start: int = 0) -> Iterator[tuple[int, int]]:
     """`(start, end)` of each chunk, from cut points that follow offset `start`."""
     for end in cuts:

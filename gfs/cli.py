@@ -60,11 +60,13 @@ def human(n: float) -> str:
 
 
 @contextmanager
-def _progress(args: argparse.Namespace, total: int | None,
+def _progress(args: argparse.Namespace, total: Callable[[], int | None],
               desc: str) -> Iterator[Callable[[int], None]]:
-    disable = True if args.quiet else None  # None: only on a terminal
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-              disable=disable, file=sys.stderr, leave=False) as bar:
+    """A progress bar on stderr when it is a terminal and not --quiet; `total` is
+    only computed when the bar is shown."""
+    shown = not args.quiet and sys.stderr.isatty()
+    with tqdm(total=total() if shown else None, desc=desc, unit="B", unit_scale=True,
+              unit_divisor=1024, disable=not shown, file=sys.stderr, leave=False) as bar:
         def update(n: int) -> None:
             bar.update(n)
         yield update
@@ -94,7 +96,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_put(args: argparse.Namespace) -> int:
     with Client(args.state) as fs, \
-            _progress(args, _local_size(args.local), "put") as bar:
+            _progress(args, lambda: _local_size(args.local), "put") as bar:
         r = fs.put(args.local, args.path, progress=bar)
     w = r.write
     if not args.quiet and w is not None:
@@ -105,10 +107,9 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs:
-        total = fs.du(args.path).logical_bytes
-        with _progress(args, total, "get") as bar:
-            r = fs.get(args.path, args.local, progress=bar)
+    with Client(args.state) as fs, \
+            _progress(args, lambda: fs.du(args.path).logical_bytes, "get") as bar:
+        r = fs.get(args.path, args.local, progress=bar)
     if not args.quiet:
         print(f"got {r.files} files, {r.dirs} dirs, {r.symlinks} symlinks, {human(r.bytes)}")
     return 0
@@ -210,7 +211,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs, _progress(args, None, "fsck") as bar:
+    with Client(args.state) as fs, _progress(args, lambda: None, "fsck") as bar:
         r = fs.fsck(verify_data=not args.no_data, progress=bar)
     if args.json:
         print(json.dumps({"ok": r.ok, "problems": r.problems, "damaged_files": r.damaged_files,

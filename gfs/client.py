@@ -18,13 +18,15 @@ import itertools
 import os
 import stat as statmod
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from gfs import namespace, paths
+from gfs.chunking import ChunkParams
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.errors import (
     ExistsError,
@@ -36,7 +38,7 @@ from gfs.errors import (
 )
 from gfs.files import NsReader, NsWriter
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, LmdbEngine, Manifest, PoolRecord, WriteTxn
-from gfs.store import ChunkStore, WriteStats, release
+from gfs.store import ChunkStore, Prepared, WriteStats, read_prepared, release
 
 Progress = Callable[[int], None]
 
@@ -360,7 +362,10 @@ class Client:
         report = TransferReport()
         base = paths.split(dest)
         dirs: dict[tuple[str, ...], int] = {}  # rel path -> ino, filled in as actions commit
-        with self.store.writer() as session:
+        regular = [e.path for e in entries if statmod.S_ISREG(e.st.st_mode)]
+        with self.store.writer() as session, \
+                ThreadPoolExecutor(1, thread_name_prefix="hutong-read") as reader:
+            contents = _read_ahead(reader, regular, self.store.params)
             if not statmod.S_ISDIR(top.st_mode) and base:
                 session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
             for e in entries:
@@ -377,7 +382,9 @@ class Client:
                                                        os.readlink(e.path), e.st))
                     report.symlinks += 1
                 elif statmod.S_ISREG(e.st.st_mode):
-                    refs = session.store_file(e.path)
+                    prepared = next(contents)
+                    refs = (session.store_file(e.path) if prepared is None
+                            else session.store_prepared(prepared))
                     session.add_file(refs, _file_action(dirs, parent_rel, name, e.st))
                     report.files += 1
                     report.bytes += e.st.st_size
@@ -567,6 +574,35 @@ class Client:
         from gfs.fsck import check
 
         return check(self.store, verify_data=verify_data, progress=progress)
+
+
+#: Files read, chunked and hashed ahead of the writer during a put, in batches
+#: (one hand-over between threads per batch, not per file).
+READ_AHEAD_BATCHES = 4
+READ_BATCH_FILES = 32
+
+
+def _read_ahead(reader: ThreadPoolExecutor, files: list[str],
+                params: ChunkParams) -> Iterator[Prepared | None]:
+    """`read_prepared` of each file in order, computed on `reader` a window ahead."""
+    def load(batch: list[str]) -> list[Prepared | None]:
+        return [read_prepared(p, params) for p in batch]
+
+    batches = [files[i:i + READ_BATCH_FILES] for i in range(0, len(files), READ_BATCH_FILES)]
+    window: deque[Future[list[Prepared | None]]] = deque()
+    it = iter(batches)
+    for batch in itertools.islice(it, READ_AHEAD_BATCHES):
+        window.append(reader.submit(load, batch))
+    try:
+        while window:
+            done = window.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                window.append(reader.submit(load, nxt))
+            yield from done
+    finally:
+        for f in window:
+            f.cancel()
 
 
 #: Small files are restored in batches of up to this many bytes or files.

@@ -51,6 +51,8 @@ log = logging.getLogger("hutong.store")
 
 #: Files up to this size are read whole; larger ones are chunked as a stream.
 WHOLE_READ_LIMIT = 8 << 20
+#: New chunks compressed together by one worker task.
+ENCODE_GROUP = 16
 #: Chunks read ahead of the consumer when a file spans several chunks.
 READ_AHEAD = 8
 #: Blobs of one pack closer than this are fetched with one ranged read.
@@ -289,6 +291,43 @@ class ChunkStore:
                 session.abandon()
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A buffer cut into chunks and hashed: the part of a write any thread can do."""
+
+    refs: list[ChunkRef]
+    pieces: list[memoryview]
+    consumed: int
+
+
+def prepare(data: Buffer, params: chunking.ChunkParams, *, eof: bool = True) -> Prepared:
+    """Cut `data` into chunks and name them (see WriteSession.store_prefix for `eof`)."""
+    view = memoryview(data)
+    cuts = chunking.cut_points(view, params, eof=eof)
+    return _prepared(view, cuts, chunking.chunk_ids(view, cuts))
+
+
+def _prepared(view: memoryview, cuts: list[int], ids: bytes) -> Prepared:
+    refs: list[ChunkRef] = []
+    pieces: list[memoryview] = []
+    start = 0
+    for k, end in enumerate(cuts):
+        pieces.append(view[start:end])
+        refs.append(ChunkRef(ids[16 * k:16 * k + 16], end - start))
+        start = end
+    return Prepared(refs, pieces, start)
+
+
+def read_prepared(path: str, params: chunking.ChunkParams) -> Prepared | None:
+    """Read a local file whole and `prepare` it, in C without the GIL; None if it is
+    too big to read whole (store it with WriteSession.store_file, which streams)."""
+    loaded = chunking.load_chunked(path, params, WHOLE_READ_LIMIT)
+    if loaded is None:
+        return None
+    data, cuts, ids = loaded
+    return _prepared(memoryview(data), cuts, ids)
+
+
 class WriteSession:
     """Stores chunks and commits files in batches. One thread uses a session."""
 
@@ -302,8 +341,8 @@ class WriteSession:
         self._pack: PackBuilder | None = None
         self._new: dict[bytes, _NewChunk | None] = {}  # None: still compressing
         self._flushed: list[PackBuilder] = []
-        self._inflight: deque[tuple[bytes, Future[tuple[bytes, Buffer]]]] = deque()
-        self._max_inflight = 16 * store.config.threads
+        self._inflight: deque[tuple[list[bytes], Future[list[tuple[bytes, Buffer]]]]] = deque()
+        self._max_inflight = 4 * store.config.threads
         self._lookup: tuple[AbstractContextManager[ReadTxn], ReadTxn] | None = None
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
 
@@ -319,18 +358,13 @@ class WriteSession:
         left unconsumed, so feeding a stream piecewise gives the same chunks as
         feeding it whole. `data` must not change while the session is open.
         """
-        view = memoryview(data)
-        cuts = chunking.cut_points(view, self.store.params, eof=eof)
-        refs: list[ChunkRef] = []
-        pieces = []
-        start = 0
-        for end in cuts:
-            piece = view[start:end]
-            pieces.append(piece)
-            refs.append(ChunkRef(chunk_id(piece), end - start))
-            start = end
-        self._store_new(refs, pieces)
-        return refs, start
+        prepared = prepare(data, self.store.params, eof=eof)
+        return self.store_prepared(prepared), prepared.consumed
+
+    def store_prepared(self, prepared: Prepared) -> list[ChunkRef]:
+        """Store the chunks of a `prepare`d buffer that this store lacks; returns the refs."""
+        self._store_new(prepared.refs, prepared.pieces)
+        return prepared.refs
 
     def store_stream(self, f: BinaryIO) -> list[ChunkRef]:
         """Like store_buffer, for a stream of any length (bounded memory)."""
@@ -367,18 +401,29 @@ class WriteSession:
         if not todo:
             return
         txn = self._reader()
-        missing = [(r, p) for r, p in todo if txn.get_chunk(r.id) is None]
+        missing = [(r, p) for r, p in todo if not txn.has_chunk(r.id)]
         self.stats.dedup_chunks += len(todo) - len(missing)
-        executor = self.store.executor
+        group: list[tuple[bytes, Buffer]] = []
         for ref, piece in missing:
             if ref.id in self._new:  # repeated within this batch
                 self.stats.dedup_chunks += 1
                 continue
             self._new[ref.id] = None
-            self._inflight.append(
-                (ref.id, executor.submit(encode_blob, piece, self._level, ref.id)))
-            if len(self._inflight) > self._max_inflight:
-                self._drain(self._max_inflight // 2)
+            group.append((ref.id, piece))
+            if len(group) >= ENCODE_GROUP:
+                self._submit(group)
+                group = []
+        if group:
+            self._submit(group)
+
+    def _submit(self, group: list[tuple[bytes, Buffer]]) -> None:
+        """Compress a group of new chunks on a worker (one hand-over per group)."""
+        level = self._level
+        fut = self.store.executor.submit(
+            lambda: [encode_blob(piece, level, cid) for cid, piece in group])
+        self._inflight.append(([cid for cid, _ in group], fut))
+        if len(self._inflight) > self._max_inflight:
+            self._drain(self._max_inflight // 2)
 
     def _reader(self) -> ReadTxn:
         """A read snapshot for dedup lookups, renewed at every commit."""
@@ -395,20 +440,19 @@ class WriteSession:
     def _drain(self, keep: int = 0) -> None:
         """Append finished blobs to the pack in order until `keep` remain in flight."""
         while len(self._inflight) > keep:
-            cid, fut = self._inflight.popleft()
-            header, payload = fut.result()
-            if self._pack is None:
-                self._pack = PackBuilder()
-            offset, blob_len = self._pack.add(header, payload)
-            head = parse_blob_header(header)
-            raw_len = head.raw_len
-            self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, raw_len,
-                                       head.payload_len, head.codec)
-            self.stats.new_chunks += 1
-            self.stats.new_raw_bytes += raw_len
-            self.stats.new_stored_bytes += blob_len
-            if self._pack.size >= self.store.config.pack_size:
-                self._flush_pack()
+            cids, fut = self._inflight.popleft()
+            for cid, (header, payload) in zip(cids, fut.result(), strict=True):
+                if self._pack is None:
+                    self._pack = PackBuilder()
+                offset, blob_len = self._pack.add(header, payload)
+                head = parse_blob_header(header)
+                self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, head.raw_len,
+                                           head.payload_len, head.codec)
+                self.stats.new_chunks += 1
+                self.stats.new_raw_bytes += head.raw_len
+                self.stats.new_stored_bytes += blob_len
+                if self._pack.size >= self.store.config.pack_size:
+                    self._flush_pack()
 
     def _flush_pack(self) -> None:
         pack = self._pack

@@ -1,7 +1,14 @@
-/* gfs._native: CPython binding of the FastCDC chunker (native/fastcdc.h). */
+/* gfs._native: CPython binding of the FastCDC chunker (native/fastcdc.h) and of
+ * the chunk-id hashing (native/chunkid.h). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chunkid.h"
 #include "fastcdc.h"
 
 static int
@@ -36,6 +43,46 @@ get_buffer(PyObject *obj, Py_buffer *view)
                      "contiguous (copy it with bytes() first)", Py_TYPE(obj)->tp_name);
     }
     return -1;
+}
+
+/* Scan buf with params into a malloc'd array of cut points; no Python calls, so it
+ * may run without the GIL. Returns the count, or (size_t)-1 when out of memory. */
+static size_t
+scan_cuts(const uint8_t *buf, size_t len, const fastcdc_params *params, int eof,
+          uint64_t **out)
+{
+    size_t cap = len / params->avg_size + 16;
+    size_t count = 0;
+    size_t start = 0;
+    uint64_t *cuts = PyMem_RawMalloc(cap * sizeof(uint64_t));
+    while (cuts != NULL) {
+        count += fastcdc_cut_points(buf, len, start, params, eof, cuts + count,
+                                    cap - count, &start);
+        if (count < cap) {
+            *out = cuts;
+            return count;
+        }
+        uint64_t *bigger = PyMem_RawRealloc(cuts, 2 * cap * sizeof(uint64_t));
+        if (bigger == NULL)
+            PyMem_RawFree(cuts);
+        cuts = bigger;
+        cap *= 2;
+    }
+    return (size_t)-1;
+}
+
+static PyObject *
+cuts_to_list(const uint64_t *cuts, size_t count)
+{
+    PyObject *list = PyList_New((Py_ssize_t)count);
+    for (size_t k = 0; list != NULL && k < count; k++) {
+        PyObject *item = PyLong_FromUnsignedLongLong(cuts[k]);
+        if (item == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)k, item);
+    }
+    return list;
 }
 
 PyDoc_STRVAR(cut_points_doc,
@@ -77,43 +124,169 @@ cut_points(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     const uint8_t *buf = (const uint8_t *)view.buf;
     const size_t len = (size_t)view.len;
 
-    /* Room for the expected number of cuts; grown if the data chunks finer. */
-    size_t cap = len / params.avg_size + 16;
-    size_t count = 0;
-    uint64_t *cuts = PyMem_RawMalloc(cap * sizeof(uint64_t));
-    int nomem = cuts == NULL;
+    uint64_t *cuts = NULL;
+    size_t count;
     Py_BEGIN_ALLOW_THREADS
-    size_t start = 0;
-    while (!nomem) {
-        count += fastcdc_cut_points(buf, len, start, &params, eof, cuts + count,
-                                    cap - count, &start);
-        if (count < cap)
-            break;
-        uint64_t *bigger = PyMem_RawRealloc(cuts, 2 * cap * sizeof(uint64_t));
-        if (bigger == NULL) {
-            nomem = 1;
-            break;
-        }
-        cuts = bigger;
-        cap *= 2;
-    }
+    count = scan_cuts(buf, len, &params, eof, &cuts);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    if (nomem) {
-        PyMem_RawFree(cuts);
+    if (count == (size_t)-1)
         return PyErr_NoMemory();
-    }
-
-    PyObject *list = PyList_New((Py_ssize_t)count);
-    for (size_t k = 0; list != NULL && k < count; k++) {
-        PyObject *item = PyLong_FromUnsignedLongLong(cuts[k]);
-        if (item == NULL)
-            Py_CLEAR(list);
-        else
-            PyList_SET_ITEM(list, (Py_ssize_t)k, item);
-    }
+    PyObject *list = cuts_to_list(cuts, count);
     PyMem_RawFree(cuts);
     return list;
+}
+
+PyDoc_STRVAR(chunk_ids_doc,
+"chunk_ids(buf, cuts, /) -> bytes\n\n"
+"The xxh3-128 ids (16 bytes each, canonical order) of the chunks of buf that\n"
+"end at the offsets in cuts (increasing, within buf), concatenated. The GIL\n"
+"is released while hashing.");
+
+static PyObject *
+chunk_ids(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *obj, *seq;
+    if (!PyArg_ParseTuple(args, "OO:chunk_ids", &obj, &seq))
+        return NULL;
+    Py_buffer view;
+    if (get_buffer(obj, &view) < 0)
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "chunk_ids() needs a sequence of cut points");
+    if (fast == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    uint64_t *cuts = PyMem_RawMalloc(((size_t)n + 1) * sizeof(uint64_t));
+    PyObject *out = NULL;
+    if (cuts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint64_t prev = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        unsigned long long c = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, k));
+        if (c == (unsigned long long)-1 && PyErr_Occurred())
+            goto done;
+        if (c < prev || c > (unsigned long long)view.len) {
+            PyErr_Format(PyExc_ValueError, "chunk_ids(): cut %zd (%llu) is not increasing "
+                         "within the buffer of %zd bytes", k, c, view.len);
+            goto done;
+        }
+        cuts[k] = prev = c;
+    }
+    out = PyBytes_FromStringAndSize(NULL, n * CHUNKID_LEN);
+    if (out != NULL) {
+        uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+        const uint8_t *buf = (const uint8_t *)view.buf;
+        Py_BEGIN_ALLOW_THREADS
+        chunkid_many(buf, cuts, (size_t)n, dst);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    PyMem_RawFree(cuts);
+    Py_DECREF(fast);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+PyDoc_STRVAR(load_chunked_doc,
+"load_chunked(path, min_size, avg_size, max_size, limit, /)\n"
+"    -> tuple[bytes, list[int], bytes] | None\n\n"
+"Read the file at path whole, cut it into chunks and hash them: (data, cut\n"
+"points, concatenated 16-byte ids). None if the file is larger than limit\n"
+"bytes. The file is read up to the size fstat gave when it was opened. The\n"
+"GIL is released for the reading, the scan and the hashing. Raises OSError\n"
+"(with the path) if the file cannot be read.");
+
+static PyObject *
+load_chunked(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *path_obj;
+    unsigned long long min_size, avg_size, max_size, limit;
+    if (!PyArg_ParseTuple(args, "O&KKKK:load_chunked", PyUnicode_FSConverter, &path_obj,
+                          &min_size, &avg_size, &max_size, &limit))
+        return NULL;
+    fastcdc_params params;
+    if (init_params(&params, min_size, avg_size, max_size) < 0) {
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+    const char *path = PyBytes_AS_STRING(path_obj);
+    int fd, err = 0;
+    struct stat st;
+    Py_BEGIN_ALLOW_THREADS
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0)
+        err = errno;
+    Py_END_ALLOW_THREADS
+    if (err) {
+        if (fd >= 0)
+            close(fd);
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+    if ((unsigned long long)st.st_size > limit) {
+        close(fd);
+        Py_DECREF(path_obj);
+        Py_RETURN_NONE;
+    }
+    size_t size = (size_t)st.st_size;
+    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (data == NULL) {
+        close(fd);
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+    uint8_t *buf = (uint8_t *)PyBytes_AS_STRING(data);
+    size_t got = 0, count = 0;
+    uint64_t *cuts = NULL;
+    uint8_t *ids = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    while (got < size) {
+        ssize_t n = read(fd, buf + got, size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            err = errno;
+            break;
+        }
+        if (n == 0)
+            break; /* the file shrank: keep what is there */
+        got += (size_t)n;
+    }
+    close(fd);
+    if (!err) {
+        count = scan_cuts(buf, got, &params, 1, &cuts);
+        if (count != (size_t)-1) {
+            ids = PyMem_RawMalloc(count * CHUNKID_LEN + 1);
+            if (ids != NULL)
+                chunkid_many(buf, cuts, count, ids);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
+    } else if (count == (size_t)-1 || ids == NULL) {
+        PyErr_NoMemory();
+    } else if (got == size || _PyBytes_Resize(&data, (Py_ssize_t)got) == 0) {
+        PyObject *list = cuts_to_list(cuts, count);
+        PyObject *idb = PyBytes_FromStringAndSize((const char *)ids,
+                                                  (Py_ssize_t)(count * CHUNKID_LEN));
+        if (list != NULL && idb != NULL)
+            result = PyTuple_Pack(3, data, list, idb);
+        Py_XDECREF(list);
+        Py_XDECREF(idb);
+    }
+    PyMem_RawFree(cuts);
+    PyMem_RawFree(ids);
+    Py_XDECREF(data);
+    Py_DECREF(path_obj);
+    return result;
 }
 
 PyDoc_STRVAR(check_params_doc,
@@ -174,6 +347,8 @@ static PyMethodDef native_methods[] = {
     {"check_params", check_params, METH_VARARGS, check_params_doc},
     {"masks", masks, METH_VARARGS, masks_doc},
     {"gear_table", gear_table, METH_NOARGS, gear_table_doc},
+    {"chunk_ids", chunk_ids, METH_VARARGS, chunk_ids_doc},
+    {"load_chunked", load_chunked, METH_VARARGS, load_chunked_doc},
     {NULL, NULL, 0, NULL},
 };
 

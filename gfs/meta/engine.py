@@ -71,6 +71,10 @@ class ReadTxn(ABC):
     def get_chunk(self, cid: bytes) -> ChunkRecord | None:
         """The chunk index entry for `cid`, or None."""
 
+    def has_chunk(self, cid: bytes) -> bool:
+        """Whether the chunk index has an entry for `cid` (engines may answer faster)."""
+        return self.get_chunk(cid) is not None
+
     @abstractmethod
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         """Every chunk index entry, in id order."""

@@ -156,6 +156,9 @@ class _LmdbRead(ReadTxn):
         data = self._txn.get(cid, db=self._d.chunks)
         return None if data is None else enc.decode_chunk(cid, data)
 
+    def has_chunk(self, cid: bytes) -> bool:
+        return self._txn.get(cid, db=self._d.chunks) is not None
+
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         decode = enc.decode_chunk
         for key, val in self._txn.cursor(db=self._d.chunks).iternext():
