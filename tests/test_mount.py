@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gfs.client import Client
-from tests.mount_helpers import Mounted, init_store, mount, needs_fuse
+from tests.test_mount_helpers import Mounted, init_store, mount, needs_fuse
 
 pytestmark = needs_fuse
 
@@ -229,10 +230,8 @@ def test_kill_9_leaves_a_consistent_store(tmp_path: Path) -> None:
         f.flush()
         os.kill(mm.proc.pid, signal.SIGKILL)
         mm.proc.wait()
-        try:
+        with contextlib.suppress(OSError):
             f.close()
-        except OSError:
-            pass
     with Client(state) as c:
         assert c.read_bytes("/done") == b"committed"
         report = c.fsck()
