@@ -225,13 +225,15 @@ class Receiver:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 return 0, len(entries)
-            with mmap.mmap(f.fileno(), 0) as mm:
-                view = memoryview(mm)
-                try:
-                    good, rejected = self._verify(view, size, entries)
-                    return self._store(path, view, entries, good), rejected
-                finally:
-                    view.release()
+            mm = mmap.mmap(f.fileno(), 0)
+            view = memoryview(mm)
+            try:
+                good, rejected = self._verify(view, size, entries)
+                return self._store(path, view, entries, good), rejected
+            finally:
+                view.release()
+                with contextlib.suppress(BufferError):  # a slice still held: gc unmaps it
+                    mm.close()
 
     def _verify(self, view: memoryview, size: int, entries: list[tuple[bytes, int, int]]
                 ) -> tuple[list[int], int]:
@@ -242,7 +244,7 @@ class Receiver:
             try:
                 decode_blob(view[off : off + length], expect_id=cid)
             except CorruptChunkError as e:
-                log.error("rejected chunk %s from a peer: %s", cid.hex(), e)
+                log.error("rejected chunk %s from a peer: %s", cid.hex(), str(e))
                 return False
             return True
 

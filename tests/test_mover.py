@@ -1,0 +1,495 @@
+"""Chunk mover: real servers on loopback, transfers, resume, and every fault of issue 3."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gfs import _mover, mover
+from gfs.cli import main as cli_main
+from gfs.client import Client
+from gfs.packs import pack_key
+
+pytestmark = pytest.mark.timeout(60)
+
+SECRET = bytes(range(32))
+
+
+def _store(path: Path) -> Client:
+    # Small chunks: many chunks from little data; small packs: several spools.
+    return Client.init(path, min_size=1024, avg_size=4096, max_size=16384,
+                       pack_size=1 << 20)
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Iterator[Client]:
+    c = _store(tmp_path / "src")
+    rnd = random.Random(7)
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    for i in range(12):
+        blob = rnd.randbytes(rnd.randrange(50_000, 400_000))
+        if i % 3 == 0:
+            blob += (f"text line {i}\n" * 5000).encode()
+        (data / ("sub" if i % 2 else "") / f"f{i}").write_bytes(blob)
+    (data / "link").symlink_to("f0")
+    c.put(str(data), "/data")
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def dst(tmp_path: Path) -> Iterator[Client]:
+    c = _store(tmp_path / "dst")
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def server(src: Client) -> Iterator[mover.MoverServer]:
+    with mover.MoverServer(src, SECRET, timeout=2.0) as srv:
+        yield srv
+
+
+def _temporaries(c: Client) -> list[str]:
+    return os.listdir(c.state / "pools" / "default" / "tmp")
+
+
+def _assert_clean(c: Client) -> None:
+    report = c.fsck()
+    assert report.ok, report.problems
+    assert _temporaries(c) == []
+
+
+# -- transfers ------------------------------------------------------------------------
+
+
+def test_hmac_matches_hashlib() -> None:
+    rnd = random.Random(1)
+    for n in (0, 1, 55, 56, 64, 65, 1000):
+        for key in (b"k" * 16, rnd.randbytes(64), rnd.randbytes(100)):
+            msg = rnd.randbytes(n)
+            assert _mover.hmac_sha256(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()
+
+
+@pytest.mark.parametrize("streams", [1, 4])
+def test_fetch_roundtrip_and_resume(src: Client, dst: Client, server: mover.MoverServer,
+                                    streams: int) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    assert len(ids) > 500
+    seen: list[int] = []
+    stats = mover.fetch(dst, server.address, ids, SECRET, streams=streams,
+                        progress=seen.append)
+    assert stats.chunks == stats.committed == len(ids)
+    assert stats.streams == streams and stats.retries == 0 and stats.rejected == 0
+    assert sum(seen) == stats.bytes > 0
+    for cid in ids[:: max(1, len(ids) // 50)]:
+        assert dst.store.read_chunk(cid) == src.store.read_chunk(cid)
+    again = mover.fetch(dst, server.address, ids, SECRET, streams=streams)
+    assert again.chunks == 0 and again.skipped == len(ids) and again.bytes == 0
+    assert _temporaries(dst) == []
+
+
+def test_partial_then_resume_moves_only_the_rest(src: Client, dst: Client,
+                                                 server: mover.MoverServer) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    half = ids[: len(ids) // 2]
+    first = mover.fetch(dst, server.address, half, SECRET)
+    rest = mover.fetch(dst, server.address, ids, SECRET)
+    assert first.chunks == len(half)
+    assert rest.chunks == len(ids) - len(half) and rest.skipped == len(half)
+
+
+def test_more_ids_than_one_batch(tmp_path: Path) -> None:
+    n = _mover.MAX_BATCH + 500
+    with _store(tmp_path / "a") as a, _store(tmp_path / "b") as b:
+        with a.store.writer() as w:
+            refs = w.store_buffer(random.Random(3).randbytes(n * 6000))
+            w.add_file(refs, lambda txn, r: mover.namespace.write_file(txn, "/big", r))
+        ids = list(dict.fromkeys(r.id for r in refs))
+        with mover.MoverServer(a, SECRET) as srv:
+            stats = mover.fetch(b, srv.address, ids, SECRET, streams=1)
+        assert len(ids) > _mover.MAX_BATCH and stats.committed == len(ids)
+
+
+@pytest.mark.parametrize("sendfile", [True, False])
+def test_send_roundtrip_and_resume(src: Client, dst: Client, sendfile: bool) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    with mover.MoverServer(dst, SECRET) as srv:
+        stats = mover.send(src, srv.address, ids, SECRET, streams=3, sendfile=sendfile)
+        assert stats.committed == stats.chunks == len(ids)
+        again = mover.send(src, srv.address, ids, SECRET)
+        assert again.chunks == 0 and again.skipped == len(ids)
+        assert srv.counters()["chunks_received"] == len(ids)
+    for cid in ids[:20]:
+        assert dst.store.read_chunk(cid) == src.store.read_chunk(cid)
+
+
+def test_copy_cli_copies_tree_and_resumes(src: Client, dst: Client,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    src_state, dst_state = str(src.state), str(dst.state)
+    assert cli_main(["--state", src_state, "copy", "--to-state", dst_state, "/data",
+                     "/copied"]) == 0
+    out = capsys.readouterr().out
+    assert "0 already there" in out
+    for st in src.walk("/data"):
+        rel = st.path.removeprefix("/data")
+        other = dst.stat("/copied" + rel)
+        assert other.kind == st.kind and other.mode == st.mode
+        if st.kind == "file":
+            assert dst.read_bytes("/copied" + rel) == src.read_bytes(st.path)
+            assert other.mtime_ns == st.mtime_ns
+    assert dst.readlink("/copied/link") == "f0"
+    assert cli_main(["--state", src_state, "copy", "--to-state", dst_state, "/data",
+                     "/copied"]) == 0
+    assert " 0 moved" in capsys.readouterr().out
+    _assert_clean(dst)
+
+
+# -- bad input and faults ----------------------------------------------------------------------
+
+
+def test_wrong_secret_is_refused(src: Client, dst: Client, server: mover.MoverServer) -> None:
+    ids = mover.tree_chunks(src, "/data")[:10]
+    with pytest.raises(mover.MoverAuthError, match="secret"):
+        mover.fetch(dst, server.address, ids, b"x" * 32)
+    assert server.counters()["auth_failures"] == 0  # the client refused the server first
+    assert dst.store.engine.read().__enter__().get_chunk(ids[0]) is None
+
+
+def _frame(ftype: int, payload: bytes = b"") -> bytes:
+    return b"HTMV" + struct.pack("<BBHI", 1, ftype, 0, len(payload)) + payload
+
+
+def _read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    head = _recv_exact(sock, 12)
+    assert head[:4] == b"HTMV"
+    ftype, length = head[5], struct.unpack_from("<I", head, 8)[0]
+    return ftype, _recv_exact(sock, length)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        more = sock.recv(n - len(out))
+        if not more:
+            raise ConnectionError("closed")
+        out += more
+    return out
+
+
+def _handshake(port: int, secret: bytes = SECRET, op: int = 1, cn: bytes | None = None,
+               auth: bytes | None = None) -> tuple[socket.socket, int, bytes]:
+    """Raw client handshake; returns (socket, type of the last frame, proof sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    cn = cn or os.urandom(32)
+    sock.sendall(_frame(1, cn + bytes([op, 0, 0, 0])))
+    ftype, payload = _read_frame(sock)
+    if ftype != 3 - 1:  # CHALLENGE
+        return sock, ftype, b""
+    sn = payload[:32]
+    assert payload[32:] == hmac.new(secret, b"HTMV1 server" + cn + sn, "sha256").digest()
+    proof = auth or hmac.new(secret, b"HTMV1 client" + cn + sn + bytes([op]), "sha256").digest()
+    sock.sendall(_frame(3, proof))
+    ftype, _ = _read_frame(sock)
+    return sock, ftype, proof
+
+
+def _expect_error(sock: socket.socket, code: int) -> str:
+    ftype, payload = _read_frame(sock)
+    assert ftype == 12, ftype
+    assert struct.unpack_from("<I", payload)[0] == code, payload
+    assert sock.recv(1) == b""  # then the server closes
+    sock.close()
+    return payload[4:].decode()
+
+
+def test_replayed_handshake_is_refused(server: mover.MoverServer) -> None:
+    sock, ftype, proof = _handshake(server.port)
+    assert ftype == 4  # READY
+    sock.close()
+    # The same AUTH against a fresh challenge: refused.
+    sock, ftype, _ = _handshake(server.port, auth=proof)
+    assert ftype == 12
+    # A reused client nonce: refused before any challenge.
+    cn = os.urandom(32)
+    sock, ftype, _ = _handshake(server.port, cn=cn)
+    sock.close()
+    sock, ftype, _ = _handshake(server.port, cn=cn)
+    assert ftype == 12
+    assert server.counters()["auth_failures"] == 2
+
+
+@pytest.mark.parametrize("bad, code", [
+    (b"XXXX" + bytes(8), _mover.ERR_PROTOCOL),                       # bad magic
+    (b"HTMV\x02\x05" + bytes(6), _mover.ERR_PROTOCOL),               # bad version
+    (b"HTMV\x01\x63" + bytes(6), _mover.ERR_PROTOCOL),               # unknown type
+    (_frame(5, struct.pack("<I", 5000) + bytes(16 * 5000))[:12], _mover.ERR_LIMIT),
+    (_frame(5, struct.pack("<I", 3) + bytes(16)), _mover.ERR_PROTOCOL),  # count mismatch
+    (b"HTMV\x01\x06\x00\x00" + struct.pack("<I", (1 << 32) - 1), _mover.ERR_LIMIT),
+    (_frame(9, struct.pack("<I", 1) + bytes(16)), _mover.ERR_PROTOCOL),  # OFFER in a fetch
+])
+def test_malformed_frames_close_the_stream(server: mover.MoverServer, bad: bytes,
+                                           code: int) -> None:
+    sock, ftype, _ = _handshake(server.port)
+    assert ftype == 4
+    sock.sendall(bad)
+    assert _expect_error(sock, code)
+
+
+def test_garbage_before_handshake(server: mover.MoverServer) -> None:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    _expect_error(sock, _mover.ERR_PROTOCOL)
+
+
+def test_unknown_chunk_id(src: Client, dst: Client, server: mover.MoverServer) -> None:
+    ids = mover.tree_chunks(src, "/data")[:5]
+    ghost = os.urandom(16)
+    with pytest.raises(mover.ChunksUnavailableError) as info:
+        mover.fetch(dst, server.address, [*ids, ghost], SECRET)
+    assert info.value.ids == [ghost]
+    stats = mover.fetch(dst, server.address, [*ids, ghost], SECRET, strict=False)
+    assert stats.missing == [ghost] and stats.skipped == 5
+
+
+def test_stalled_server_times_out(dst: Client) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)  # accept, never answer
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(mover.MoverTimeoutError, match="stalled"):
+            mover.fetch(dst, listener.getsockname(), [os.urandom(16)], SECRET, timeout=0.5,
+                        retries=1)
+    finally:
+        listener.close()
+        for c in held:
+            c.close()
+    assert time.monotonic() - start < 5
+
+
+def test_stalled_client_is_dropped(src: Client) -> None:
+    with mover.MoverServer(src, SECRET, timeout=0.5) as srv:
+        sock, ftype, _ = _handshake(srv.port)
+        assert ftype == 4
+        start = time.monotonic()
+        sock.settimeout(5)
+        _expect_error(sock, _mover.ERR_TIMEOUT)
+        assert time.monotonic() - start < 4
+
+
+class CuttingProxy:
+    """Forwards one connection at a time; cuts it after `budget` bytes from the server."""
+
+    def __init__(self, target: tuple[str, int], budget: int) -> None:
+        self.target = target
+        self.budget = budget
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.cut = 0
+        self._threads: list[threading.Thread] = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for args in ((client, upstream, None), (upstream, client, self.budget)):
+                t = threading.Thread(target=self._pump, args=args, daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _pump(self, a: socket.socket, b: socket.socket, budget: int | None) -> None:
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                if budget is not None:
+                    if len(data) >= budget:
+                        b.sendall(data[:budget])
+                        self.cut += 1
+                        break
+                    budget -= len(data)
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_cut_mid_chunk_leaves_nothing_partial_and_retry_completes(
+        src: Client, dst: Client, server: mover.MoverServer) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    proxy = CuttingProxy(server.address, budget=1_500_000 + 777)
+    try:
+        with pytest.raises(mover.MoverError, match="resume"):
+            mover.fetch(dst, proxy.address, ids, SECRET, streams=1, retries=0)
+    finally:
+        proxy.close()
+    assert proxy.cut == 1
+    with dst.engine.read() as txn:
+        have = [cid for cid in ids if txn.get_chunk(cid) is not None]
+    assert 0 < len(have) < len(ids)  # complete chunks before the cut were kept
+    _assert_clean(dst)  # every recorded chunk verifies; no temporaries
+    stats = mover.fetch(dst, server.address, ids, SECRET)
+    assert stats.chunks == len(ids) - len(have) and stats.skipped == len(have)
+    _assert_clean(dst)
+
+
+def test_retry_after_cut_within_one_call(src: Client, dst: Client,
+                                         server: mover.MoverServer) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    proxy = CuttingProxy(server.address, budget=300_000)
+    try:
+        with pytest.raises(mover.MoverError):
+            mover.fetch(dst, proxy.address, ids, SECRET, streams=2, retries=1)
+        # each attempt moves a little more: with enough retries the transfer completes
+        stats = mover.fetch(dst, proxy.address, ids, SECRET, streams=2, retries=200)
+    finally:
+        proxy.close()
+    assert stats.retries > 0 and not stats.missing
+    _assert_clean(dst)
+
+
+def _corrupt_one(c: Client, cid: bytes) -> None:
+    with c.engine.read() as txn:
+        rec = txn.get_chunk(cid)
+    assert rec is not None
+    loc = rec.locations[0]
+    path = c.store.pool(loc.pool).local_path(pack_key(loc.pack))
+    assert path is not None
+    with open(path, "r+b") as f:
+        f.seek(loc.offset + loc.length - 1)
+        last = f.read(1)
+        f.seek(loc.offset + loc.length - 1)
+        f.write(bytes([last[0] ^ 0xFF]))
+
+
+def test_chunk_not_matching_its_id_is_rejected_on_fetch(
+        src: Client, dst: Client, server: mover.MoverServer) -> None:
+    ids = mover.tree_chunks(src, "/data")[:40]
+    bad = ids[17]
+    _corrupt_one(src, bad)
+    with pytest.raises(mover.ChunksUnavailableError) as info:
+        mover.fetch(dst, server.address, ids, SECRET, retries=0)
+    assert info.value.ids == [bad]
+    with dst.engine.read() as txn:
+        assert txn.get_chunk(bad) is None
+        assert all(txn.get_chunk(cid) is not None for cid in ids if cid != bad)
+    _assert_clean(dst)
+
+
+def test_chunk_not_matching_its_id_is_rejected_on_send(src: Client, dst: Client) -> None:
+    ids = mover.tree_chunks(src, "/data")[:40]
+    bad = ids[3]
+    _corrupt_one(src, bad)
+    with mover.MoverServer(dst, SECRET) as srv:
+        stats = mover.send(src, srv.address, ids, SECRET)
+    assert stats.rejected == 1 and stats.committed == len(ids) - 1
+    with dst.engine.read() as txn:
+        assert txn.get_chunk(bad) is None
+    _assert_clean(dst)
+
+
+def test_cancel_from_progress_callback(src: Client, dst: Client,
+                                       server: mover.MoverServer) -> None:
+    ids = mover.tree_chunks(src, "/data")
+
+    class Stop(Exception):
+        pass
+
+    def progress(_n: int) -> None:
+        raise Stop
+
+    proxy = CuttingProxy(server.address, budget=1 << 40)
+    try:
+        with pytest.raises(Stop):
+            # the proxy slows nothing; a callback raising cancels all streams
+            mover.fetch(dst, proxy.address, ids, SECRET, streams=2, progress=progress)
+    finally:
+        proxy.close()
+    _assert_clean(dst)
+
+
+def test_limits_and_arguments(dst: Client) -> None:
+    with pytest.raises(ValueError, match="secret"):
+        mover.MoverServer(dst, b"short")
+    with pytest.raises(ValueError, match="streams"):
+        mover.fetch(dst, ("127.0.0.1", 1), [os.urandom(16)], SECRET, streams=0)
+    with pytest.raises(ValueError, match="16 bytes"):
+        mover.fetch(dst, ("127.0.0.1", 1), [b"short"], SECRET)
+
+
+def test_check_frames_parser() -> None:
+    ok = _frame(5, struct.pack("<I", 2) + bytes(32)) + _frame(8, bytes(8)) + _frame(13)
+    assert _mover.check_frames(ok) == (0, 3, "")
+    status, n, msg = _mover.check_frames(ok[:-1])
+    assert status == _mover.ERR_CLOSED and n == 2 and "truncated" in msg
+    status, _, msg = _mover.check_frames(_frame(6, bytes(100)), 50)
+    assert status == _mover.ERR_LIMIT and "length" in msg
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_fuzz_frame_parser_bounded() -> None:
+    """Random mutations of valid frame streams: the parser never crashes or over-reads."""
+    rnd = random.Random(12345)
+    seeds = [
+        _frame(5, struct.pack("<I", 2) + bytes(32)) + _frame(8, bytes(8)) + _frame(13),
+        _frame(6, bytes(16) + bytes(36)) + _frame(12, struct.pack("<I", 4) + b"oops"),
+        _frame(9, struct.pack("<I", 1) + bytes(16)),
+    ]
+    deadline = time.monotonic() + 20
+    runs = 0
+    while time.monotonic() < deadline and runs < 300_000:
+        buf = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randrange(1, 6)):
+            op = rnd.randrange(4)
+            if op == 0 and buf:
+                buf[rnd.randrange(len(buf))] = rnd.randrange(256)
+            elif op == 1:
+                buf[rnd.randrange(len(buf) + 1):] = b""
+            elif op == 2:
+                buf += rnd.randbytes(rnd.randrange(20))
+            elif buf:
+                pos = rnd.randrange(len(buf))
+                buf[pos:pos] = rnd.choice(seeds)
+        status, n, msg = _mover.check_frames(bytes(buf), rnd.choice([0, 64, 1 << 20]))
+        assert 0 <= status <= _mover.ERR_ARG and n >= 0 and (status == 0) == (msg == "")
+        runs += 1
+    assert runs > 1000
