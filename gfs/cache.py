@@ -14,7 +14,9 @@ cache and reported by `stats()`.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -22,8 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gfs.meta import Manifest
 from gfs.store import ChunkStore
 
+#: Chunks read ahead of the ones a read touches.
+READ_AHEAD_CHUNKS = 8
 #: Default capacity of the memory tier.
 DEFAULT_MEMORY_BYTES = 256 << 20
 
@@ -145,4 +150,32 @@ class ChunkCache:
             self._fill(cid, fut, path)
 
 
-__all__ = ["DEFAULT_MEMORY_BYTES", "CacheStats", "ChunkCache"]
+class CachedReader:
+    """Ranged reads of one pinned manifest, through the chunk cache, with read-ahead."""
+
+    def __init__(self, cache: ChunkCache, path: str, manifest: Manifest) -> None:
+        self.cache = cache
+        self.path = path
+        self.chunks = manifest.chunks
+        self.ends = list(itertools.accumulate(c.length for c in manifest.chunks))
+        self.size = self.ends[-1] if self.ends else 0
+
+    def read(self, off: int, size: int) -> bytes:
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        first = bisect.bisect_right(self.ends, off)
+        last = bisect.bisect_left(self.ends, end)
+        ahead = self.chunks[last + 1:last + 1 + READ_AHEAD_CHUNKS]
+        if ahead:
+            self.cache.prefetch((c.id for c in ahead), self.path)
+        parts = []
+        for i in range(first, last + 1):
+            data = self.cache.get(self.chunks[i].id, self.path)
+            start = self.ends[i] - self.chunks[i].length
+            lo, hi = max(off, start) - start, min(end, self.ends[i]) - start
+            parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+__all__ = ["DEFAULT_MEMORY_BYTES", "CacheStats", "CachedReader", "ChunkCache"]

@@ -29,6 +29,7 @@ import xxhash
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from gfs import namespace, paths
+from gfs.cache import DEFAULT_MEMORY_BYTES, CachedReader, ChunkCache
 from gfs.client import Client, Stat
 from gfs.errors import ExistsError, NotFoundError
 from gfs.files import NsReader, NsWriter
@@ -55,7 +56,9 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
     """fsspec filesystem over an embedded Hutong store.
 
     Storage options: `state` (the state directory; default $HUTONG_STATE, else
-    ~/.hutong, as for the CLI) and any store setting accepted by `gfs.Client`.
+    ~/.hutong, as for the CLI), `cache_bytes` (memory cache of decompressed
+    chunks, shared by the files this instance opens; 256 MiB) and any store
+    setting accepted by `gfs.Client`.
     A `client` keyword reuses an open `gfs.Client` instead.
     """
 
@@ -64,12 +67,14 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
     sep = "/"
 
     def __init__(self, state: str | os.PathLike[str] | None = None, *,
-                 client: Client | None = None, **settings: Any) -> None:
+                 client: Client | None = None, cache_bytes: int = DEFAULT_MEMORY_BYTES,
+                 **settings: Any) -> None:
         fs_opts = {k: settings.pop(k) for k in list(settings)
                    if k in {"use_listings_cache", "listings_expiry_time", "max_paths",
                             "skip_instance_cache", "asynchronous", "loop"}}
         super().__init__(**fs_opts)
         self.client = client if client is not None else Client(state, **settings)
+        self.cache = ChunkCache(self.client.store, cache_bytes)
 
     # -- paths -------------------------------------------------------------------
     @classmethod
@@ -315,17 +320,18 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
 class HutongFile(AbstractBufferedFile):  # type: ignore[misc]
     """A buffered gfs file: ranged reads of one pinned version, or a streaming writer."""
 
-    DEFAULT_BLOCK_SIZE = 4 << 20
+    DEFAULT_BLOCK_SIZE = 8 << 20
 
     def __init__(self, fs: HutongFileSystem, path: str, mode: str = "rb",
                  block_size: int | str = "default", autocommit: bool = True,
                  cache_options: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        self._reader: NsReader | None = None
         self._writer: NsWriter | None = None
         size = None
+        self._cached: CachedReader | None = None
         if mode == "rb":
-            self._reader = fs._reader(path)
-            size = self._reader.size
+            norm, m = fs.client._manifest(path)
+            self._cached = CachedReader(fs.cache, norm, m)
+            size = self._cached.size
         kwargs.pop("size", None)
         super().__init__(fs, path, mode, block_size, autocommit,
                          cache_options=cache_options, size=size, **kwargs)
@@ -333,8 +339,8 @@ class HutongFile(AbstractBufferedFile):  # type: ignore[misc]
             self.details = {"name": path, "size": size, "type": "file"}
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        assert self._reader is not None
-        return self._reader.read_range(start, end)
+        assert self._cached is not None
+        return self._cached.read(start, end - start)
 
     def _initiate_upload(self) -> None:
         fs: HutongFileSystem = self.fs

@@ -35,7 +35,6 @@ after `attr_timeout` seconds.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import errno
 import itertools
 import json
@@ -54,6 +53,7 @@ import pyfuse3
 import pyfuse3.asyncio
 
 from gfs import namespace, paths
+from gfs.cache import CachedReader as _Reader
 from gfs.cache import ChunkCache
 from gfs.client import Client
 from gfs.errors import ExistsError, HutongError, InvalidPathError, NotFoundError
@@ -64,8 +64,6 @@ log = logging.getLogger("hutong.mount")
 
 T = TypeVar("T")
 
-#: Chunks read ahead of the one a read touches.
-READ_AHEAD_CHUNKS = 8
 #: Prefix of the read-only extended attributes.
 HUTONG_XATTR = b"user.hutong."
 _XATTR_KEY = struct.Struct(">Q")
@@ -81,34 +79,6 @@ class MountOptions:
     threads: int = 8
     debug: bool = False
     allow_other: bool = False
-
-
-class _Reader:
-    """Ranged reads of one pinned manifest, through the chunk cache, with read-ahead."""
-
-    def __init__(self, cache: ChunkCache, path: str, manifest: Manifest) -> None:
-        self.cache = cache
-        self.path = path
-        self.chunks = manifest.chunks
-        self.ends = list(itertools.accumulate(c.length for c in manifest.chunks))
-        self.size = self.ends[-1] if self.ends else 0
-
-    def read(self, off: int, size: int) -> bytes:
-        end = min(off + size, self.size)
-        if off >= end:
-            return b""
-        first = bisect.bisect_right(self.ends, off)
-        last = bisect.bisect_left(self.ends, end)
-        ahead = self.chunks[last + 1:last + 1 + READ_AHEAD_CHUNKS]
-        if ahead:
-            self.cache.prefetch((c.id for c in ahead), self.path)
-        parts = []
-        for i in range(first, last + 1):
-            data = self.cache.get(self.chunks[i].id, self.path)
-            start = self.ends[i] - self.chunks[i].length
-            lo, hi = max(off, start) - start, min(end, self.ends[i]) - start
-            parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass
