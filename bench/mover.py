@@ -1,0 +1,339 @@
+"""`python -m bench mover [--quick]`: the native chunk mover on loopback.
+
+Measured in one run, on the same chunks:
+
+* iperf3 (1 and 4 streams): the physical ceiling of loopback TCP;
+* the mover fetching every chunk of a dataset into a fresh store, 1 and 4
+  streams, sendfile and pread + send, end to end (digests verified, packs
+  and index committed), and its wire alone (spools discarded unverified);
+* an aiohttp server/client pair moving the same blobs (length-prefixed,
+  digests verified by the client);
+* rsync (daemon mode over loopback TCP) of the same files;
+* dedup-aware resume: after version N, version N+1 moves only the chunks N
+  lacks; bytes on the wire against rsync's delta transfer.
+
+The target (issue 3): the mover end to end at >= 80% of single-stream iperf3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.report import headline, table
+from gfs import _mover, mover
+from gfs.client import Client
+from gfs.codec import decode_blob
+
+SECRET = os.urandom(32)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _make_data(root: Path, files: int, size: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (root / f"f{i:03d}.bin").write_bytes(rnd.randbytes(size))
+
+
+def _next_version(src: Path, dst: Path, seed: int) -> None:
+    """Version N+1: a copy where one file in ten gets 4 KiB inserted in its middle."""
+    rnd = random.Random(seed)
+    shutil.copytree(src, dst)
+    for i, f in enumerate(sorted(dst.iterdir())):
+        if i % 10 == 0:
+            data = f.read_bytes()
+            mid = len(data) // 2
+            f.write_bytes(data[:mid] + rnd.randbytes(4096) + data[mid:])
+
+
+# -- iperf3 ----------------------------------------------------------------------------
+
+
+def iperf3(streams: int, seconds: float) -> float | None:
+    """Loopback bytes per second measured by iperf3 (None if it is not installed)."""
+    if shutil.which("iperf3") is None:
+        return None
+    port = _free_port()
+    server = subprocess.Popen(["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        # The probe above used the server's one test; start another.
+        server.wait(timeout=5)
+        server = subprocess.Popen(["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t",
+                              str(seconds), "-P", str(streams), "-J"],
+                             capture_output=True, text=True, timeout=seconds + 20, check=True)
+        rate: float = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8
+        return rate
+    except (subprocess.SubprocessError, KeyError, ValueError):
+        return None
+    finally:
+        if server.poll() is None:
+            server.terminate()
+        server.wait(timeout=5)
+
+
+# -- mover ---------------------------------------------------------------------------------
+
+
+def mover_fetch(src: Client, ids: list[bytes], work: Path, streams: int,
+                sendfile: bool) -> tuple[float, int]:
+    """(seconds, blob bytes) of fetching `ids` from `src` into a fresh store."""
+    dest = work / f"dst-{streams}-{int(sendfile)}"
+    with Client.init(dest) as dst, mover.MoverServer(src, SECRET, sendfile=sendfile) as srv:
+        start = time.perf_counter()
+        stats = mover.fetch(dst, srv.address, ids, SECRET, streams=streams)
+        seconds = time.perf_counter() - start
+    shutil.rmtree(dest)
+    return seconds, stats.bytes
+
+
+def mover_wire(src: Client, ids: list[bytes], work: Path, streams: int) -> tuple[float, int]:
+    """The wire alone: spools are deleted unverified (what C moves, not a usable transfer)."""
+    spool = work / "spool"
+    spool.mkdir(exist_ok=True)
+
+    def drop(path: str, entries: bytes) -> tuple[int, int]:
+        os.unlink(path)
+        return len(entries) // _mover.ENTRY_LEN, 0
+
+    per = -(-len(ids) // streams)
+    parts = [b"".join(ids[k : k + per]) for k in range(0, len(ids), per)]
+    with mover.MoverServer(src, SECRET) as srv:
+        start = time.perf_counter()
+        res = _mover.transfer(_mover.OP_FETCH, "127.0.0.1", srv.port, SECRET, parts,
+                              spool=drop, spool_dir=str(spool), spool_limit=64 << 20)
+        seconds = time.perf_counter() - start
+    assert all(r[0] == 0 for r in res), res
+    return seconds, sum(r[2] for r in res)
+
+
+# -- aiohttp --------------------------------------------------------------------------------
+
+
+def _aiohttp_server(state: str, port: int, ready: multiprocessing.synchronize.Event) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    client = Client(state)
+    source = mover.Source(client.store)
+
+    async def chunks(request: web.Request) -> web.StreamResponse:
+        ids = await request.read()
+        resp = web.StreamResponse()
+        resp.content_type = "application/octet-stream"
+        await resp.prepare(request)
+        for path, off, length in (w for w in source.resolve(ids) if w is not None):
+            with open(path, "rb") as f:
+                f.seek(off)
+                blob = f.read(length)
+            await resp.write(struct.pack("<I", length) + blob)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_post("/chunks", chunks)
+
+    async def serve() -> None:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+def aiohttp_fetch(src: Client, ids: list[bytes]) -> tuple[float, int] | None:
+    try:
+        import asyncio
+
+        import aiohttp
+    except ImportError:
+        return None
+    port = _free_port()
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_aiohttp_server, args=(str(src.state), port, ready), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(30):
+            return None
+
+        async def run() -> int:
+            total = 0
+            async with aiohttp.ClientSession() as session:
+                for k in range(0, len(ids), 4096):
+                    batch = ids[k : k + 4096]
+                    url = f"http://127.0.0.1:{port}/chunks"
+                    async with session.post(url, data=b"".join(batch)) as resp:
+                        for cid in batch:
+                            (n,) = struct.unpack("<I", await resp.content.readexactly(4))
+                            blob = await resp.content.readexactly(n)
+                            decode_blob(blob, expect_id=cid)
+                            total += n
+            return total
+
+        start = time.perf_counter()
+        nbytes = asyncio.run(run())
+        return time.perf_counter() - start, nbytes
+    finally:
+        proc.terminate()
+        proc.join(5)
+
+
+# -- rsync ------------------------------------------------------------------------------------
+
+
+def _rsync_daemon(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    conf = work / "rsyncd.conf"
+    conf.write_text(f"use chroot = no\n[data]\npath = {root}\nread only = yes\n")
+    proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", "--address", "127.0.0.1",
+                             "--port", str(port), "--config", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, port
+
+
+def rsync(root: Path, dest: Path, work: Path, subdir: str) -> tuple[float, int] | None:
+    """(seconds, bytes received by the client) of rsync'ing root/subdir/ to dest."""
+    if shutil.which("rsync") is None:
+        return None
+    proc, port = _rsync_daemon(root, work)
+    try:
+        start = time.perf_counter()
+        out = subprocess.run(["rsync", "-a", "--stats", "--no-inc-recursive",
+                              f"rsync://127.0.0.1:{port}/data/{subdir}/", str(dest) + "/"],
+                             capture_output=True, text=True, timeout=600, check=True)
+        seconds = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    m = re.search(r"Total bytes received: ([\d,.]+)", out.stdout)
+    return seconds, int(re.sub(r"[,.]", "", m.group(1))) if m else 0
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench mover", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="256 MiB instead of 1 GiB")
+    p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
+    args = p.parse_args(argv)
+    files, size = (16, 16 << 20) if args.quick else (64, 16 << 20)
+    work = Path(tempfile.mkdtemp(prefix="hutong-bench-mover-", dir=args.work))
+    try:
+        return _run(work, files, size, 2.0 if args.quick else 5.0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _gbs(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9 if seconds > 0 else 0.0
+
+
+def _run(work: Path, files: int, size: int, iperf_seconds: float) -> int:
+    data = work / "data"
+    _make_data(data / "v1", files, size, 1)
+    _next_version(data / "v1", data / "v2", 2)
+    print(f"dataset: {files} files x {size >> 20} MiB of random bytes "
+          f"(incompressible: blobs as large as the data); loopback; shared 2-core machine")
+    rows: list[list[object]] = []
+    ip1 = iperf3(1, iperf_seconds)
+    ip4 = iperf3(4, iperf_seconds)
+    base = ip1 or 0.0
+
+    def row(name: str, result: tuple[float, int] | None, note: str = "") -> float:
+        if result is None:
+            rows.append([name, "-", "-", "-", "-", note or "not available"])
+            return 0.0
+        seconds, nbytes = result
+        rate = nbytes / seconds if seconds else 0.0
+        pct = f"{100 * rate / base:.0f}%" if base else "-"
+        rows.append([name, round(nbytes / 2**20), round(seconds, 2), round(rate / 1e9, 2),
+                     pct, note])
+        return rate
+
+    for name, rate_or_none in (("iperf3, 1 stream", ip1), ("iperf3, 4 streams", ip4)):
+        if rate_or_none is None:
+            row(name, None)
+        else:
+            rows.append([name, "-", iperf_seconds, round(rate_or_none / 1e9, 2),
+                         f"{100 * rate_or_none / base:.0f}%" if base else "-", "ceiling"])
+    with Client.init(work / "src") as src:
+        src.put(str(data / "v1"), "/v1")
+        src.put(str(data / "v2"), "/v2")
+        ids = mover.tree_chunks(src, "/v1")
+        results: dict[str, float] = {}
+        for streams in (1, 4):
+            for sendfile in (True, False):
+                name = f"mover fetch, {streams} stream{'s' * (streams > 1)}, " \
+                       f"{'sendfile' if sendfile else 'pread+send'}"
+                results[name] = row(name, mover_fetch(src, ids, work, streams, sendfile),
+                                    "verified + committed")
+        for streams in (1, 4):
+            row(f"mover wire only, {streams} stream{'s' * (streams > 1)}",
+                mover_wire(src, ids, work, streams), "spools dropped, not verified")
+        row("aiohttp, 1 stream", aiohttp_fetch(src, ids), "digests verified")
+        row("rsync daemon, 1 stream", rsync(data, work / "rsync-v1", work, "v1"),
+            "whole files, no verify")
+        # Dedup-aware resume: v1 is at the destination, then v2.
+        v2 = mover.tree_chunks(src, "/v2")
+        with Client.init(work / "resume") as dst, mover.MoverServer(src, SECRET) as srv:
+            mover.fetch(dst, srv.address, ids, SECRET)
+            delta = mover.fetch(dst, srv.address, v2, SECRET)
+        rs = rsync(data, work / "rsync-v1", work, "v2")
+        rows.append(["resume v1 -> v2: mover (KiB)", round(delta.bytes / 1024),
+                     round(delta.seconds, 2), "-", "-",
+                     f"{delta.chunks} of {len(v2)} chunks sent"])
+        rows.append(["resume v1 -> v2: rsync (KiB)", round(rs[1] / 1024) if rs else "-",
+                     round(rs[0], 2) if rs else "-", "-", "-", "delta transfer"])
+    print(table(["case", "MiB", "seconds", "GB/s", "of iperf3 1-stream", "note"], rows))
+    best_name, _best = max(results.items(), key=lambda kv: kv[1])
+    one = max(v for k, v in results.items() if ", 1 stream," in k)
+    met = bool(base) and one >= 0.8 * base
+    print(f"best: {best_name}")
+    print(headline("mover", met, one_stream_gbs=round(one / 1e9, 2),
+                   four_stream_gbs=round(max(v for k, v in results.items() if "4 s" in k)
+                                         / 1e9, 2),
+                   iperf3_gbs=round(base / 1e9, 2),
+                   ratio=round(one / base, 2) if base else 0.0,
+                   resume_kib=round(delta.bytes / 1024),
+                   rsync_resume_kib=round(rs[1] / 1024) if rs else "-"))
+    return 0
+
