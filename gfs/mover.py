@@ -25,8 +25,11 @@ import logging
 import mmap
 import os
 import struct
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -35,7 +38,9 @@ from gfs.client import Client
 from gfs.codec import (
     BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
+    CODEC_RAW,
     BlobHeader,
+    chunk_id,
     decode_blob,
     parse_blob_header,
 )
@@ -242,7 +247,7 @@ class Receiver:
             if off + length > size:
                 return False
             try:
-                decode_blob(view[off : off + length], expect_id=cid)
+                _verify_blob(view[off : off + length], cid)
             except CorruptChunkError as e:
                 log.error("rejected chunk %s from a peer: %s", cid.hex(), str(e))
                 return False
@@ -327,6 +332,71 @@ class Receiver:
             txn.put_pack(PackRecord(pack_id, self.pool_id, pack_size, nblobs, committed,
                                     live_bytes, now))
         return committed
+
+
+def _verify_blob(blob: memoryview, cid: bytes) -> None:
+    """Raise `CorruptChunkError` unless `blob` is a valid blob of chunk `cid`.
+
+    A raw blob is checked in place (header, lengths, xxh3-128 of the payload);
+    anything else, and any failure, goes through `decode_blob` for its checks
+    and its error message.
+    """
+    head = parse_blob_header(blob)
+    if (head.codec == CODEC_RAW and head.chunk_id == cid and len(blob) == head.blob_len
+            and chunk_id(blob[BLOB_HEADER_LEN:]) == cid):
+        return
+    decode_blob(blob, expect_id=cid)
+
+
+class _Committer:
+    """Commits fetched spools on worker threads so the streams keep receiving.
+
+    At most `depth` spools wait at once (the stream handing over the next one
+    blocks): disk held by spools stays bounded.
+    """
+
+    def __init__(self, receiver: Receiver, depth: int = 4) -> None:
+        self.receiver = receiver
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="hutong-mover-commit")
+        self._pending: deque[Future[tuple[int, int]]] = deque()
+        self._lock = threading.Lock()
+        self.committed = 0
+        self.rejected = 0
+
+    def submit(self, path: str, entries: bytes) -> tuple[int, int]:
+        fut = self._pool.submit(self.receiver.commit_spool, path, entries)
+        with self._lock:
+            self._pending.append(fut)
+            oldest = self._pending[0] if len(self._pending) > self.depth else None
+        if oldest is not None:
+            self._collect(oldest)
+        return 0, 0
+
+    def _collect(self, fut: Future[tuple[int, int]]) -> None:
+        committed, rejected = fut.result()
+        with self._lock:
+            if fut in self._pending:
+                self._pending.remove(fut)
+                self.committed += committed
+                self.rejected += rejected
+
+    def finish(self) -> tuple[int, int]:
+        """Wait for every commit; return (committed, rejected) and reset the counters."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        break
+                    fut = self._pending[0]
+                self._collect(fut)
+        finally:
+            done = self.committed, self.rejected
+            self.committed = self.rejected = 0
+        return done
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def _fsync_dir(path: str) -> None:
@@ -415,16 +485,23 @@ def _progress_adapter(progress: Progress | None) -> Callable[[int, int], None] |
 
 def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: TransferStats, *,
          streams: int, timeout: float, sendfile: bool, progress: Progress | None,
-         receiver: Receiver | None = None, source: Source | None = None,
+         committer: _Committer | None = None, source: Source | None = None,
          ) -> list[tuple[int, str]]:
     adapter = _progress_adapter(progress)
-    results = _mover.transfer(
-        op, peer[0], peer[1], secret, _split(ids, streams),
-        resolve=source.resolve if source else None,
-        spool=receiver.commit_spool if receiver else None,
-        spool_dir=receiver.spool_dir if receiver else ".",
-        spool_limit=receiver.spool_limit if receiver else 16 << 20,
-        timeout=timeout, sendfile=sendfile, progress=adapter)
+    receiver = committer.receiver if committer else None
+    try:
+        results = _mover.transfer(
+            op, peer[0], peer[1], secret, _split(ids, streams),
+            resolve=source.resolve if source else None,
+            spool=committer.submit if committer else None,
+            spool_dir=receiver.spool_dir if receiver else ".",
+            spool_limit=receiver.spool_limit if receiver else 16 << 20,
+            timeout=timeout, sendfile=sendfile, progress=adapter)
+    finally:
+        if committer is not None:
+            committed, rejected = committer.finish()
+            stats.committed += committed
+            stats.rejected += rejected
     failures = []
     for status, message, nbytes, chunks, _missing, committed, rejected in results:
         stats.bytes += nbytes
@@ -466,10 +543,24 @@ def fetch(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secre
     started = time.monotonic()
     todo = receiver.lacking(want)
     stats.skipped = len(want) - len(todo)
+    committer = _Committer(receiver)
+    try:
+        return _fetch_loop(receiver, committer, peer, secret, todo, stats, started,
+                           streams=streams, retries=retries, timeout=timeout,
+                           progress=progress, strict=strict)
+    finally:
+        committer.close()
+
+
+def _fetch_loop(receiver: Receiver, committer: _Committer, peer: Address, secret: bytes,
+                todo: list[bytes], stats: TransferStats, started: float, *, streams: int,
+                retries: int, timeout: float, progress: Progress | None,
+                strict: bool) -> TransferStats:
+    name = stats.peer
     attempt = 0
     while todo:
         failures = _run(_mover.OP_FETCH, peer, secret, todo, stats, streams=streams,
-                        timeout=timeout, sendfile=True, progress=progress, receiver=receiver)
+                        timeout=timeout, sendfile=True, progress=progress, committer=committer)
         left = receiver.lacking(todo)
         if not failures:
             todo = left
