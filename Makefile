@@ -54,3 +54,7 @@ bench-quick: setup
 
 clean:
 	rm -rf build *.egg-info gfs/*.so .stamp-native
+
+# Bounded fuzzing of the mover frame parser (atheris; 30 s).
+fuzz-mover: setup
+	$(PY) tests/test_mover_fuzz.py -max_total_time=30 -rss_limit_mb=2048 -max_len=4096
