@@ -31,6 +31,7 @@ $(VENV)/bin/python:
 # The C extension is rebuilt in place whenever a native source changes.
 .stamp-native: .stamp-venv $(SOURCES)
 	$(PY) setup.py -q build_ext --inplace
+	$(PY) -m compileall -q gfs >/dev/null && $(PY) -m compileall -q -l bench >/dev/null
 	@touch $@
 
 setup: .stamp-apt .stamp-native

