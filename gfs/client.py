@@ -20,15 +20,13 @@ import stat as statmod
 import sys
 import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from gfs import namespace, paths
-from gfs.chunking import ChunkParams
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.errors import (
     ExistsError,
@@ -40,7 +38,7 @@ from gfs.errors import (
 )
 from gfs.files import NsReader, NsWriter
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, LmdbEngine, Manifest, PoolRecord, WriteTxn
-from gfs.store import ChunkStore, Prepared, WriteStats, read_prepared, release
+from gfs.store import ChunkStore, WriteStats, read_prepared, release
 
 Progress = Callable[[int], None]
 
@@ -364,10 +362,7 @@ class Client:
         report = TransferReport()
         base = paths.split(dest)
         dirs: dict[tuple[str, ...], int] = {}  # rel path -> ino, filled in as actions commit
-        regular = [e.path for e in entries if statmod.S_ISREG(e.st.st_mode)]
-        with _fast_thread_switching(), self.store.writer() as session, \
-                ThreadPoolExecutor(1, thread_name_prefix="hutong-read") as reader:
-            contents = _read_ahead(reader, regular, self.store.params)
+        with _fast_thread_switching(), self.store.writer() as session:
             if not statmod.S_ISDIR(top.st_mode) and base:
                 session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
             for e in entries:
@@ -384,7 +379,8 @@ class Client:
                                                        os.readlink(e.path), e.st))
                     report.symlinks += 1
                 elif statmod.S_ISREG(e.st.st_mode):
-                    prepared = next(contents)
+                    # read, cut and hashed in C in one call; big files are streamed
+                    prepared = read_prepared(e.path, self.store.params)
                     refs = (session.store_file(e.path) if prepared is None
                             else session.store_prepared(prepared))
                     session.add_file(refs, _file_action(dirs, parent_rel, name, e.st))
@@ -604,35 +600,6 @@ def _fast_thread_switching() -> Iterator[None]:
             _switch_users -= 1
             if _switch_users == 0:
                 sys.setswitchinterval(_switch_saved)
-
-
-#: Files read, chunked and hashed ahead of the writer during a put, in batches
-#: (one hand-over between threads per batch, not per file).
-READ_AHEAD_BATCHES = 4
-READ_BATCH_FILES = 32
-
-
-def _read_ahead(reader: ThreadPoolExecutor, files: list[str],
-                params: ChunkParams) -> Iterator[Prepared | None]:
-    """`read_prepared` of each file in order, computed on `reader` a window ahead."""
-    def load(batch: list[str]) -> list[Prepared | None]:
-        return [read_prepared(p, params) for p in batch]
-
-    batches = [files[i:i + READ_BATCH_FILES] for i in range(0, len(files), READ_BATCH_FILES)]
-    window: deque[Future[list[Prepared | None]]] = deque()
-    it = iter(batches)
-    for batch in itertools.islice(it, READ_AHEAD_BATCHES):
-        window.append(reader.submit(load, batch))
-    try:
-        while window:
-            done = window.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                window.append(reader.submit(load, nxt))
-            yield from done
-    finally:
-        for f in window:
-            f.cancel()
 
 
 #: Small files are restored in batches of up to this many bytes or files.
