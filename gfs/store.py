@@ -29,7 +29,6 @@ from gfs.config import StoreConfig
 from gfs.errors import (
     ChunkMissingError,
     CorruptChunkError,
-    HutongError,
     PoolError,
     PoolObjectMissingError,
     StateError,
@@ -534,28 +533,15 @@ class WriteSession:
 
 def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],
                     fresh: dict[bytes, ChunkRecord] | None = None) -> None:
-    """Add `deltas` to chunk refcounts; `fresh` holds records not yet in the txn.
+    """Store the `fresh` records (new chunks, refcount 0), then add `deltas` to refcounts.
 
-    A refcount that would go below zero means the index is damaged: raise,
-    so the transaction aborts and nothing changes.
+    A refcount that would go below zero, or a referenced chunk without a record,
+    means the index is damaged: the FormatError aborts the transaction, so
+    nothing changes.
     """
-    fresh = fresh or {}
-    for cid, d in deltas.items():
-        rec = fresh.pop(cid, None) or txn.get_chunk(cid)
-        if rec is None:
-            raise HutongError(f"chunk {cid.hex()} is referenced but not in the index; "
-                              "the write was not committed (run `hutong fsck`)")
-        count = rec.refcount + d
-        if count < 0:
-            raise HutongError(f"chunk {cid.hex()} refcount would fall below zero; "
-                              "the index is damaged (run `hutong fsck`)")
-        txn.put_chunk(_with_refcount(rec, count))
-    for rec in fresh.values():  # stored but referenced by no committed file yet
+    for rec in (fresh or {}).values():
         txn.put_chunk(rec)
-
-
-def _with_refcount(rec: ChunkRecord, count: int) -> ChunkRecord:
-    return ChunkRecord(rec.id, rec.raw_len, rec.stored_len, rec.codec, count, rec.locations)
+    txn.add_refcounts(deltas)
 
 
 def release(txn: WriteTxn, manifests: Iterable[Manifest]) -> None:

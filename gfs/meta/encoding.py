@@ -260,6 +260,20 @@ def encode_chunk(rec: ChunkRecord) -> bytes:
         ) from None
 
 
+_REFCOUNT = struct.Struct("<Q")
+
+
+def with_refcount_delta(cid: bytes, data: bytes, delta: int) -> bytes:
+    """The `chunks` value `data` with its refcount changed by `delta`, without decoding
+    the rest; raises FormatError if the refcount would fall below zero."""
+    if len(data) < _CHUNK_HEAD.size:
+        raise FormatError(f"chunk record {cid.hex()}: {len(data)} bytes is too short; {_DAMAGED}")
+    count = _REFCOUNT.unpack_from(data)[0] + delta
+    if count < 0:
+        raise FormatError(f"chunk {cid.hex()}: refcount would fall below zero; {_DAMAGED}")
+    return _REFCOUNT.pack(count) + data[_REFCOUNT.size:]
+
+
 def decode_chunk(cid: bytes, data: bytes) -> ChunkRecord:
     """The chunk record `cid` from its `chunks` value."""
     if len(data) < _CHUNK_HEAD.size:

@@ -21,9 +21,11 @@ Contract for every engine:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import replace
 
+from gfs.errors import FormatError
 from gfs.meta.records import (
     ChunkRecord,
     Inode,
@@ -147,6 +149,22 @@ class WriteTxn(ReadTxn):
     @abstractmethod
     def put_chunk(self, rec: ChunkRecord) -> None:
         """Create or replace the chunk index entry `rec.id`."""
+
+    def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
+        """Add each delta to its chunk's refcount (engines may do it without decoding).
+
+        A chunk without a record, or a refcount that would fall below zero, raises
+        FormatError (the index is damaged; the transaction aborts).
+        """
+        for cid, delta in deltas.items():
+            rec = self.get_chunk(cid)
+            if rec is None:
+                raise FormatError(f"chunk {cid.hex()} is referenced but not in the chunk index; "
+                                  "run `hutong fsck`")
+            if rec.refcount + delta < 0:
+                raise FormatError(f"chunk {cid.hex()}: refcount would fall below zero; "
+                                  "the index is damaged (run `hutong fsck`)")
+            self.put_chunk(replace(rec, refcount=rec.refcount + delta))
 
     @abstractmethod
     def delete_chunk(self, cid: bytes) -> None:

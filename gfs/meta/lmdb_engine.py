@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -252,6 +252,16 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
 
     def put_chunk(self, rec: ChunkRecord) -> None:
         self._txn.put(rec.id, enc.encode_chunk(rec), db=self._d.chunks)
+
+    def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
+        get, put, db = self._txn.get, self._txn.put, self._d.chunks
+        for cid, delta in deltas.items():
+            data = get(cid, db=db)
+            if data is None:
+                raise FormatError(f"chunk {cid.hex()} is referenced but not in the chunk "
+                                  "index; run `hutong fsck`")
+            if delta:
+                put(cid, enc.with_refcount_delta(cid, data, delta), db=db)
 
     def delete_chunk(self, cid: bytes) -> None:
         if cid:

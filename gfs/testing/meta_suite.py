@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from gfs.errors import StateError
+from gfs.errors import FormatError, StateError
 from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn
 from gfs.meta.records import (
     CHUNK_ID_LEN,
@@ -282,6 +282,24 @@ class MetaEngineConformance:
             assert got.size == m.size
 
     # -- chunks, packs, pending, pools --------------------------------------------------
+    def test_add_refcounts(self, engine: MetaEngine) -> None:
+        a, b = b"\x01" * 16, b"\x02" * 16
+        loc = Location(0, b"\x09" * 16, 32, 100)
+        with engine.write() as w:
+            w.put_chunk(ChunkRecord(a, 10, 8, 1, 0, (loc,)))
+            w.put_chunk(ChunkRecord(b, 20, 20, 0, 5, ()))
+            assert w.has_chunk(a) and not w.has_chunk(b"\x03" * 16)
+            w.add_refcounts({a: 3, b: -2})
+        with engine.read() as r:
+            ra, rb = r.get_chunk(a), r.get_chunk(b)
+        assert ra == ChunkRecord(a, 10, 8, 1, 3, (loc,))
+        assert rb == ChunkRecord(b, 20, 20, 0, 3, ())
+        for bad in ({a: -4}, {b"\x03" * 16: 1}):
+            with pytest.raises(FormatError), engine.write() as w:
+                w.add_refcounts(bad)
+        with engine.read() as r:
+            assert r.get_chunk(a) == ra  # the failed transactions changed nothing
+
     def test_chunk_records(self, engine: MetaEngine) -> None:
         recs = [_chunk(i, nloc=i, refcount=i * 1000) for i in range(4)]
         edge = ChunkRecord(
