@@ -19,7 +19,6 @@ import os
 import stat as statmod
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -163,7 +162,7 @@ class Client:
                                         "warm", 0))
         finally:
             engine.close()
-        tmp = root / f".{CONFIG_FILE}.{uuid.uuid4().hex}"
+        tmp = root / f".{CONFIG_FILE}.{os.getpid()}.tmp"
         tmp.write_text(config.to_toml())
         os.replace(tmp, root / CONFIG_FILE)  # the config file marks the store as ready
         return cls(root, **settings)

@@ -12,8 +12,6 @@ import sys
 import threading
 from typing import Any
 
-from tqdm import tqdm
-
 from gfs import mover
 from gfs.client import Client
 from gfs.errors import ConfigError
@@ -66,6 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_copy(args: argparse.Namespace) -> int:
     with Client(args.state) as src, Client(args.to_state) as dst:
         ids = mover.tree_chunks(src, args.path)
+        from tqdm import tqdm  # here: it costs ~20 ms of every command's start-up
+
         with tqdm(desc="copy", unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                   disable=True if args.quiet else None, leave=False) as bar:
             def advance(n: int) -> None:
