@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gfs import chunking
-from gfs.codec import Buffer, chunk_id, decode_blob, encode_blob, parse_blob_header
+from gfs.codec import Buffer, chunk_id, decode_blob, encode_blobs, parse_blob_header
 from gfs.config import StoreConfig
 from gfs.errors import (
     ChunkMissingError,
@@ -50,8 +50,9 @@ log = logging.getLogger("hutong.store")
 
 #: Files up to this size are read whole; larger ones are chunked as a stream.
 WHOLE_READ_LIMIT = 8 << 20
-#: New chunks compressed together by one worker task.
-ENCODE_GROUP = 16
+#: New chunks compressed together by one worker task (at most this many, or bytes).
+ENCODE_GROUP = 64
+ENCODE_GROUP_BYTES = 1 << 20
 #: Chunks read ahead of the consumer when a file spans several chunks.
 READ_AHEAD = 8
 #: Blobs of one pack closer than this are fetched with one ranged read.
@@ -343,6 +344,8 @@ class WriteSession:
         self._inflight: deque[tuple[list[bytes], Future[list[tuple[bytes, Buffer]]]]] = deque()
         self._max_inflight = 4 * store.config.threads
         self._lookup: tuple[AbstractContextManager[ReadTxn], ReadTxn] | None = None
+        self._group: list[tuple[bytes, Buffer]] = []
+        self._group_bytes = 0
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
 
     # -- adding data -----------------------------------------------------------
@@ -402,24 +405,24 @@ class WriteSession:
         txn = self._reader()
         missing = [(r, p) for r, p in todo if not txn.has_chunk(r.id)]
         self.stats.dedup_chunks += len(todo) - len(missing)
-        group: list[tuple[bytes, Buffer]] = []
         for ref, piece in missing:
             if ref.id in self._new:  # repeated within this batch
                 self.stats.dedup_chunks += 1
                 continue
             self._new[ref.id] = None
-            group.append((ref.id, piece))
-            if len(group) >= ENCODE_GROUP:
-                self._submit(group)
-                group = []
-        if group:
-            self._submit(group)
+            self._group.append((ref.id, piece))
+            self._group_bytes += len(piece)
+            if len(self._group) >= ENCODE_GROUP or self._group_bytes >= ENCODE_GROUP_BYTES:
+                self._submit()
 
-    def _submit(self, group: list[tuple[bytes, Buffer]]) -> None:
-        """Compress a group of new chunks on a worker (one hand-over per group)."""
-        level = self._level
+    def _submit(self) -> None:
+        """Compress the gathered new chunks on a worker: one hand-over per group, across
+        files, so small files do not each pay a trip between threads."""
+        group, self._group, self._group_bytes = self._group, [], 0
+        if not group:
+            return
         fut = self.store.executor.submit(
-            lambda: [encode_blob(piece, level, cid) for cid, piece in group])
+            encode_blobs, [piece for _, piece in group], [cid for cid, _ in group], self._level)
         self._inflight.append(([cid for cid, _ in group], fut))
         if len(self._inflight) > self._max_inflight:
             self._drain(self._max_inflight // 2)
@@ -438,6 +441,8 @@ class WriteSession:
 
     def _drain(self, keep: int = 0) -> None:
         """Append finished blobs to the pack in order until `keep` remain in flight."""
+        if keep == 0:
+            self._submit()
         while len(self._inflight) > keep:
             cids, fut = self._inflight.popleft()
             for cid, (header, payload) in zip(cids, fut.result(), strict=True):
@@ -522,6 +527,7 @@ class WriteSession:
     def abandon(self) -> None:
         """Drop what was not committed (its packs become orphans that gc reclaims)."""
         self._end_reader()
+        self._group, self._group_bytes = [], 0
         for _, fut in self._inflight:
             fut.cancel()
         self._inflight.clear()

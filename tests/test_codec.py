@@ -21,6 +21,7 @@ from gfs.codec import (
     chunk_id,
     decode_blob,
     encode_blob,
+    encode_blobs,
     parse_blob_header,
 )
 from gfs.errors import CorruptChunkError
@@ -257,3 +258,21 @@ def test_golden_raw_blob() -> None:
     header, payload = encode_blob(b"hutong")
     assert (header + bytes(payload)).hex() == GOLDEN_RAW_BLOB + b"hutong".hex()
     assert decode_blob(bytes.fromhex(GOLDEN_RAW_BLOB) + b"hutong") == b"hutong"
+
+
+@given(raws=st.lists(chunks, max_size=20), level=st.integers(1, 9))
+def test_encode_blobs_equals_encode_blob(raws: list[bytes], level: int) -> None:
+    ids = [chunk_id(r) for r in raws]
+    many = encode_blobs(raws, ids, level)
+    assert [(h, bytes(p)) for h, p in many] == [
+        (h, bytes(p)) for h, p in (encode_blob(r, level, i) for r, i in zip(raws, ids, strict=True))
+    ]
+    for (h, p), r, i in zip(many, raws, ids, strict=True):
+        assert decode_blob(h + bytes(p), expect_id=i) == r
+
+
+def test_encode_blobs_rejects_mismatched_ids() -> None:
+    with pytest.raises(ValueError):
+        encode_blobs([b"a", b"b"], [chunk_id(b"a")])
+    with pytest.raises(ValueError):
+        encode_blobs([b"a"], [b"short"])
