@@ -23,11 +23,11 @@ STATE_ENV = "HUTONG_STATE"
 def state_dir(arg: str | os.PathLike[str] | None = None) -> Path:
     """The state directory: `arg`, else $HUTONG_STATE, else ~/.hutong."""
     if arg:
-        return Path(arg).expanduser()
+        return Path(arg).expanduser().absolute()
     env = os.environ.get(STATE_ENV)
     if env:
-        return Path(env).expanduser()
-    return Path.home() / ".hutong"
+        return Path(env).expanduser().absolute()
+    return (Path.home() / ".hutong").absolute()
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,11 @@ def test_bad_config_value_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("HUTONG_ZSTD_LEVEL", "eleven")
     assert main(["--state", str(state), "ls"]) == 1
     assert "HUTONG_ZSTD_LEVEL" in capsys.readouterr().err
+
+
+def test_relative_state_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--state", "rel-state", "init"]) == 0
+    assert main(["--state", "rel-state", "mkdir", "/x"]) == 0
+    monkeypatch.chdir(tmp_path / "rel-state")  # the pool URL recorded at init is absolute
+    assert main(["--state", str(tmp_path / "rel-state"), "fsck", "-q"]) == 0
