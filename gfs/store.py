@@ -168,6 +168,7 @@ class ChunkStore:
         missing pack object is looked up again once (gc may have repacked it).
         """
         problems: list[str] = []
+        corrupt = False
         for attempt in range(2):
             with self.engine.read() as txn:
                 rec = txn.get_chunk(cid)
@@ -175,6 +176,7 @@ class ChunkStore:
                 raise ChunkMissingError(path, f"chunk {cid.hex()} is not in the chunk index "
                                         "(run `hutong fsck`)")
             moved = False
+            problems.clear()
             for loc in rec.locations:
                 try:
                     blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
@@ -183,18 +185,17 @@ class ChunkStore:
                 except CorruptChunkError as e:
                     log.error("corrupt copy of chunk %s in pack %s (file %s): %s",
                               cid.hex(), loc.pack.hex(), path or "?", e)
+                    corrupt = True
                     problems.append(f"pack {loc.pack.hex()}: {e.strerror}")
                 except PoolObjectMissingError:
                     moved = True
                     problems.append(f"pack {loc.pack.hex()} missing from pool {loc.pool}")
             if not moved or attempt:
-                break
-            problems.clear()
-        if any("missing" in p for p in problems) and not any("corrupt" in p for p in problems):
-            raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: "
-                                    + "; ".join(problems) + " (run `hutong fsck`)")
-        raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: "
-                                + "; ".join(problems) + " (run `hutong fsck`)")
+                break  # a missing pack may have been repacked by gc: look it up once more
+        detail = "; ".join(problems) + " (run `hutong fsck`)"
+        if corrupt:
+            raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: {detail}")
+        raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: {detail}")
 
     def read_many(self, cids: Iterable[bytes],
                   where: Callable[[bytes], str] | None = None) -> dict[bytes, bytes]:
