@@ -207,3 +207,50 @@ def test_kill9_mid_put_leaves_no_half_visible_file(tmp_path: Path) -> None:
         assert tree_digest(out) == originals
     finally:
         fs.close()
+
+
+GC_LOOP = textwrap.dedent("""
+    import sys, time
+    from gfs.client import Client
+    fs = Client(sys.argv[1])
+    end = time.monotonic() + float(sys.argv[2])
+    runs = 0
+    while time.monotonic() < end:
+        fs.gc()
+        runs += 1
+    print(runs, flush=True)
+""")
+
+
+def test_gc_running_alongside_writers_loses_nothing(tmp_path: Path) -> None:
+    """gc in another process, in a loop, while this process puts, overwrites and removes."""
+    state = tmp_path / "state"
+    Client.init(state, pack_size=1 << 20).close()
+    gc_proc = subprocess.Popen([sys.executable, "-c", GC_LOOP, str(state), "8"],
+                               stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parent.parent)
+    fs = Client(state, pack_size=1 << 20, commit_files=7)
+    try:
+        rnd = random.Random(5)
+        expected: dict[str, bytes] = {}
+        for round_ in range(12):
+            src = make_tree(tmp_path / f"src{round_}", seed=round_, files=25)
+            fs.put(f"{src}/", f"/r{round_ % 4}")  # overwrites older rounds' files
+            for p in src.rglob("*"):
+                if p.is_file() and not p.is_symlink():
+                    expected[f"/r{round_ % 4}/{p.relative_to(src)}"] = p.read_bytes()
+            if round_ % 3 == 2:
+                victim = rnd.choice(sorted(expected))
+                fs.rm(victim)
+                del expected[victim]
+        out, _ = gc_proc.communicate(timeout=60)
+        assert int(out.strip()) > 0, "gc never ran"
+        for path, data in expected.items():
+            assert fs.read_bytes(path) == data, path
+        report = fs.fsck()
+        assert report.ok, report.problems
+    finally:
+        if gc_proc.poll() is None:
+            gc_proc.kill()
+            gc_proc.wait(timeout=10)
+        fs.close()
