@@ -17,5 +17,16 @@ setup(
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             extra_link_args=["-pthread"],
         ),
+        Extension(
+            "gfs._delayline",
+            sources=["native/delayline.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        ),
+        Extension(
+            "privacy._ec",
+            sources=["native/privacy_module.c", "native/privacy_ec.c"],
+            include_dirs=["native"],
+            extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        ),
     ]
 )
