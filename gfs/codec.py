@@ -244,3 +244,93 @@ def decode_blob(blob: Buffer, expect_id: bytes | None = None) -> bytes:
     if digest != cid:
         raise _corrupt(f"content digest {digest.hex()} does not match the id", cid)
     return raw
+
+
+# -- owner-encrypted blobs (flag bit 0; docs/format.md "Owner-encrypted blobs") -----------
+
+FLAG_ENCRYPTED = 1
+ENC_NONCE_LEN = 12
+ENC_TAG_LEN = 16
+_ENC_OVERHEAD = ENC_NONCE_LEN + ENC_TAG_LEN
+
+
+def keyed_chunk_id(cid: bytes, id_key: bytes) -> bytes:
+    """The keyed id of chunk `cid` under an owner's id key: HMAC-SHA256, first 16 bytes."""
+    import hashlib
+    import hmac
+
+    return hmac.new(id_key, cid, hashlib.sha256).digest()[:CHUNK_ID_LEN]
+
+
+def parse_encrypted_header(buf: Buffer) -> BlobHeader:
+    """Parse and check the header of an owner-encrypted blob (flags exactly 1).
+
+    `chunk_id` of the result is the keyed id. Raises `CorruptChunkError`.
+    """
+    if len(buf) < BLOB_HEADER_LEN:
+        raise _corrupt(f"truncated header ({len(buf)} of {BLOB_HEADER_LEN} bytes)", None)
+    head = bytes(buf[:32])
+    magic, version, codec, flags, raw_len, payload_len, kid = _HEAD.unpack(head)
+    if magic != BLOB_MAGIC:
+        raise _corrupt(f"bad magic {magic!r} (expected {BLOB_MAGIC!r})", None)
+    (check,) = _CHECK.unpack_from(buf, 32)
+    if check != xxhash.xxh32_intdigest(head):
+        raise _corrupt("header check mismatch", kid)
+    if version != BLOB_VERSION or codec not in _CODECS:
+        raise _corrupt(f"unsupported version {version} or codec {codec}", kid)
+    if flags != FLAG_ENCRYPTED:
+        raise _corrupt(f"flags {flags:#06x}: not an owner-encrypted blob (expected 0x0001)", kid)
+    if payload_len < _ENC_OVERHEAD or (codec == CODEC_RAW
+                                       and payload_len != raw_len + _ENC_OVERHEAD):
+        raise _corrupt(f"encrypted payload length {payload_len} does not fit raw length "
+                       f"{raw_len}", kid)
+    return BlobHeader(codec, flags, raw_len, payload_len, kid)
+
+
+def check_encrypted_blob(blob: Buffer) -> BlobHeader:
+    """Check what a site without the owner's key can: header and exact length."""
+    header = parse_encrypted_header(blob)
+    if len(blob) != header.blob_len:
+        raise _corrupt(f"blob has {len(blob)} bytes, header says {header.blob_len}",
+                       header.chunk_id)
+    return header
+
+
+def encode_encrypted_blob(raw: Buffer, enc_key: bytes, id_key: bytes,
+                          level: int = DEFAULT_LEVEL, cid: bytes | None = None) -> bytes:
+    """Encode `raw` as an owner-encrypted blob (AES-256-GCM, random nonce, keyed id)."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    header, payload = encode_blob(raw, level, cid)
+    inner = parse_blob_header(header)
+    head = BlobHeader(inner.codec, FLAG_ENCRYPTED, inner.raw_len,
+                      inner.payload_len + _ENC_OVERHEAD,
+                      keyed_chunk_id(inner.chunk_id, id_key)).to_bytes()
+    nonce = os.urandom(ENC_NONCE_LEN)
+    return head + nonce + AESGCM(enc_key).encrypt(nonce, bytes(payload), head[:32])
+
+
+def decode_encrypted_blob(blob: Buffer, cid: bytes, enc_key: bytes, id_key: bytes) -> bytes:
+    """Decrypt and verify an owner-encrypted blob of chunk `cid`; returns the raw bytes.
+
+    A wrong keyed id, a bad tag (wrong key or damaged bytes) or content that
+    does not hash to `cid` raises `CorruptChunkError`.
+    """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    header = check_encrypted_blob(blob)
+    if header.chunk_id != keyed_chunk_id(cid, id_key):
+        raise _corrupt("encrypted blob holds another keyed id", cid)
+    view = memoryview(blob)
+    nonce = bytes(view[BLOB_HEADER_LEN:BLOB_HEADER_LEN + ENC_NONCE_LEN])
+    try:
+        payload = AESGCM(enc_key).decrypt(nonce, bytes(view[BLOB_HEADER_LEN + ENC_NONCE_LEN:]),
+                                          bytes(view[:32]))
+    except InvalidTag:
+        raise _corrupt("encrypted blob fails authentication (damaged, or another owner's "
+                       "key)", cid) from None
+    inner = BlobHeader(header.codec, 0, header.raw_len, len(payload), cid).to_bytes()
+    return decode_blob(inner + payload, expect_id=cid)

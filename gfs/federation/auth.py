@@ -1,0 +1,260 @@
+"""Entity keys, signed requests and scoped user tokens (docs/format.md, "Keys, signatures
+and tokens").
+
+    keys = EntityKeys.create(state / "federation", "bank-a")
+    headers = keys.sign("POST", "/v1/ns/mkdir", body)       # a site-to-site request
+    token = keys.mint_token("alice", "read", "/bank-a/data", ttl=3600)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gfs import paths
+from gfs.errors import HutongError, InvalidPathError, StateError
+from gfs.federation.ids import check_name
+
+SKEW = 300
+"""Seconds a signed request's time may differ from the receiver's clock."""
+KEY_FILE = "entity.key"
+DATA_FILE = "data.key"
+NAME_FILE = "entity.name"
+_NONCE = re.compile(r"[0-9a-f]{32}")
+
+
+class AuthError(HutongError, PermissionError):
+    """A request is not authenticated (status 401) or not allowed (status 403)."""
+
+    def __init__(self, message: str, status: int = 401, code: str = "unauthenticated") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def b64e(data: bytes) -> str:
+    """base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    """Inverse of b64e; ValueError on bad input."""
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_\-]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def public_key(raw_b64: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from its raw 32 bytes in base64 (standard or url-safe)."""
+    try:
+        raw = base64.b64decode(raw_b64.replace("-", "+").replace("_", "/")
+                               + "=" * (-len(raw_b64) % 4), validate=True)
+        if len(raw) != 32:
+            raise ValueError("length")
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, TypeError) as e:
+        raise AuthError("public key must be 32 raw Ed25519 bytes in base64", 400,
+                        "bad_key") from e
+
+
+def _string_to_sign(method: str, target: str, entity: str, when: str, nonce: str,
+                    body: bytes) -> bytes:
+    return "\n".join(("HTSIG1", method.upper(), target, entity, when, nonce,
+                      hashlib.sha256(body).hexdigest())).encode()
+
+
+@dataclass(frozen=True)
+class Token:
+    """The verified claims of a user token."""
+
+    iss: str
+    sub: str
+    scope: str
+    prefix: str
+    exp: int
+    iat: int
+
+    def allows(self, path: str, write: bool) -> bool:
+        """Whether the claims cover `path` for reading (or writing)."""
+        if write and self.scope != "write":
+            return False
+        return covers(self.prefix, path)
+
+
+def covers(prefix: str, path: str) -> bool:
+    """Whether namespace `path` is `prefix` or below it."""
+    p = prefix.rstrip("/")
+    return path == p or path.startswith(p + "/") or p == ""
+
+
+class EntityKeys:
+    """An entity's Ed25519 key pair and data secret, kept in a directory (mode 0600 files)."""
+
+    def __init__(self, name: str, private: Ed25519PrivateKey, data_secret: bytes) -> None:
+        self.name = check_name(name, "entity name")
+        self.private = private
+        self.data_secret = data_secret
+        raw = private.public_key().public_bytes(serialization.Encoding.Raw,
+                                                serialization.PublicFormat.Raw)
+        self.public_b64 = base64.b64encode(raw).decode("ascii")
+        self.enc_key = self._derive(b"hutong chunk enc v1")
+        self.id_key = self._derive(b"hutong chunk id v1")
+
+    def _derive(self, info: bytes) -> bytes:
+        return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(self.data_secret)
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike[str], name: str) -> EntityKeys:
+        """New keys for entity `name`, written to `directory` (refuses to overwrite)."""
+        d = Path(directory)
+        check_name(name, "entity name")
+        if (d / KEY_FILE).exists():
+            raise StateError(f"entity keys already exist in {d}; use them or pick another "
+                             "directory")
+        d.mkdir(parents=True, exist_ok=True)
+        private = Ed25519PrivateKey.generate()
+        secret = secrets.token_bytes(32)
+        pem = private.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        for fname, data in ((KEY_FILE, pem), (DATA_FILE, secret), (NAME_FILE, name.encode())):
+            fd = os.open(d / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        return cls(name, private, secret)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> EntityKeys:
+        """The keys kept in `directory` (see `create`)."""
+        d = Path(directory)
+        try:
+            pem = (d / KEY_FILE).read_bytes()
+            secret = (d / DATA_FILE).read_bytes()
+            name = (d / NAME_FILE).read_text().strip()
+        except FileNotFoundError as e:
+            raise StateError(f"no entity keys in {d}; create them with "
+                             "`hutong site init --entity NAME`") from e
+        private = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(private, Ed25519PrivateKey) or len(secret) != 32:
+            raise StateError(f"entity keys in {d} are not an Ed25519 key and a 32-byte secret")
+        return cls(name, private, secret)
+
+    def sign(self, method: str, target: str, body: bytes = b"") -> dict[str, str]:
+        """Headers that sign a request (`target` is the path with its query string)."""
+        when = str(int(time.time()))
+        nonce = secrets.token_hex(16)
+        sig = self.private.sign(_string_to_sign(method, target, self.name, when, nonce, body))
+        return {"X-Hutong-Entity": self.name, "X-Hutong-Time": when, "X-Hutong-Nonce": nonce,
+                "X-Hutong-Signature": b64e(sig)}
+
+    def mint_token(self, sub: str, scope: str, prefix: str, ttl: float) -> str:
+        """A user token of this entity: `scope` read or write, limited to `prefix`, `ttl` s."""
+        if scope not in ("read", "write"):
+            raise ValueError(f"token scope must be 'read' or 'write', not {scope!r}")
+        prefix = paths.normalize(prefix)
+        now = int(time.time())
+        claims = {"iss": self.name, "sub": sub, "scope": scope, "prefix": prefix,
+                  "iat": now, "exp": now + int(ttl)}
+        head = b64e(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
+        return head + "." + b64e(self.private.sign(b"HTTOK1." + head.encode()))
+
+
+class NonceCache:
+    """Nonces seen within the skew window (bounded), to refuse replayed requests."""
+
+    def __init__(self, limit: int = 65536) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._limit = limit
+
+    def check(self, nonce: str, now: float) -> None:
+        """Record `nonce`; AuthError if it was seen in the last 2 * SKEW seconds."""
+        while self._seen:
+            oldest, t = next(iter(self._seen.items()))
+            if t > now - 2 * SKEW and len(self._seen) < self._limit:
+                break
+            self._seen.pop(oldest)
+        if nonce in self._seen:
+            raise AuthError("replayed request (nonce seen before); sign every request anew")
+        self._seen[nonce] = now
+
+
+def signed_entity(headers: Mapping[str, str]) -> str | None:
+    """The entity a request claims to be signed by, or None if it carries no signature."""
+    get = headers.get
+    name = get("X-Hutong-Entity")
+    if name is None:
+        return None
+    try:
+        return check_name(name, "X-Hutong-Entity")
+    except HutongError as e:
+        raise AuthError(str(e)) from None
+
+
+def verify_request(headers: Mapping[str, str], method: str, target: str, body: bytes,
+                   key: Ed25519PublicKey, nonces: NonceCache, now: float | None = None) -> str:
+    """Check a signed request against the entity's public `key`; returns the entity name."""
+    get = headers.get
+    entity = signed_entity(headers)
+    when, nonce, sig = (get("X-Hutong-Time"), get("X-Hutong-Nonce"),
+                        get("X-Hutong-Signature"))
+    if entity is None or when is None or nonce is None or sig is None:
+        raise AuthError("unsigned request: X-Hutong-Entity, -Time, -Nonce and -Signature "
+                        "are all required")
+    now = time.time() if now is None else now
+    if not when.isdigit() or abs(int(when) - now) > SKEW:
+        raise AuthError(f"request time {when!r} is more than {SKEW} s from the server's clock; "
+                        "check the clocks")
+    if not _NONCE.fullmatch(nonce):
+        raise AuthError("X-Hutong-Nonce must be 32 lower-case hex digits")
+    try:
+        key.verify(b64d(sig), _string_to_sign(method, target, entity, when, nonce, body))
+    except (InvalidSignature, ValueError):
+        raise AuthError(f"bad signature for entity {entity!r} (not signed with the key the "
+                        "registry publishes)") from None
+    nonces.check(nonce, now)
+    return entity
+
+
+def token_issuer(token: str) -> str:
+    """The `iss` claim of a token, unverified (to find the key that must verify it)."""
+    try:
+        claims = json.loads(b64d(token.split(".", 1)[0]))
+        return check_name(claims["iss"], "token issuer")
+    except (ValueError, KeyError, TypeError, HutongError):
+        raise AuthError("malformed token: expected base64url(claims).base64url(signature)") \
+            from None
+
+
+def verify_token(token: str, key: Ed25519PublicKey, now: float | None = None) -> Token:
+    """Verify a token's signature and expiry against its issuer's public key."""
+    head, _, sig = token.partition(".")
+    try:
+        key.verify(b64d(sig), b"HTTOK1." + head.encode())
+        c = json.loads(b64d(head))
+        tok = Token(str(c["iss"]), str(c["sub"]), str(c["scope"]), str(c["prefix"]),
+                    int(c["exp"]), int(c["iat"]))
+    except (InvalidSignature, ValueError, KeyError, TypeError):
+        raise AuthError("invalid token (bad signature or claims); mint a new one") from None
+    if tok.scope not in ("read", "write"):
+        raise AuthError(f"token scope {tok.scope!r} is neither read nor write")
+    try:
+        paths.normalize(tok.prefix)
+    except InvalidPathError:
+        raise AuthError(f"token prefix {tok.prefix!r} is not a namespace path") from None
+    if (time.time() if now is None else now) >= tok.exp:
+        raise AuthError(f"token of {tok.sub!r} expired; mint a new one")
+    return tok

@@ -1,0 +1,251 @@
+"""HTTP plumbing shared by the registry and the site: errors as JSON, bounded JSON bodies,
+a synchronous keep-alive client that signs requests, and Prometheus text metrics."""
+
+from __future__ import annotations
+
+import errno as _errno
+import http.client
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from gfs import errors as gerr
+from gfs.errors import FormatError, HutongError
+from gfs.federation.auth import AuthError, EntityKeys
+
+log = logging.getLogger("gfs.federation")
+MAX_JSON = 1 << 20
+"""Largest JSON request body accepted (bytes)."""
+
+_STATUS_OF_ERRNO = {
+    _errno.ENOENT: 404, _errno.EEXIST: 409, _errno.ENOTDIR: 409, _errno.EISDIR: 409,
+    _errno.ENOTEMPTY: 409, _errno.EINVAL: 400, _errno.EACCES: 403, _errno.ENOSPC: 507,
+}
+_CLASS_OF_CODE: dict[str, type[gerr._OSLike]] = {
+    "ENOENT": gerr.NotFoundError, "EEXIST": gerr.ExistsError, "ENOTDIR": gerr.NotADirError,
+    "EISDIR": gerr.IsADirError, "ENOTEMPTY": gerr.NotEmptyError,
+    "EINVAL": gerr.InvalidPathError, "EACCES": gerr.PermissionDeniedError,
+    "ENOSPC": gerr.NoSpaceError, "EIO": gerr.PoolError,
+}
+
+
+class ApiError(HutongError):
+    """An HTTP API answered with an error; `status` and `code` say which."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class BadRequestError(ApiError, ValueError):
+    """A malformed request (JSON, fields, sizes); nothing was changed."""
+
+
+class UnavailableError(ApiError, ConnectionError):
+    """A server could not be reached or answered 5xx; try another replica or retry later."""
+
+
+def error_body(status: int, code: str, message: str, path: str = "") -> web.Response:
+    """The JSON error answer `{"error": code, "message": ..., "path": ...}`."""
+    return web.json_response({"error": code, "message": message, "path": path}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    """Turn Hutong errors and aiohttp HTTP errors into JSON error answers."""
+    try:
+        return await handler(request)
+    except AuthError as e:
+        return error_body(e.status, e.code, str(e))
+    except ApiError as e:
+        return error_body(e.status, e.code, str(e))
+    except gerr._OSLike as e:
+        code = _errno.errorcode.get(e.errno or _errno.EIO, "EIO")
+        return error_body(_STATUS_OF_ERRNO.get(e.errno or 0, 500), code, e.strerror or str(e),
+                          str(e.filename or ""))
+    except (FormatError, gerr.ConfigError) as e:
+        return error_body(400, "bad_request", str(e))
+    except web.HTTPRequestEntityTooLarge as e:
+        return error_body(413, "too_large", f"request body too large: {e.text}")
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_body(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+
+
+async def read_json(request: web.Request, limit: int = MAX_JSON) -> dict[str, Any]:
+    """The request's JSON object body, bounded by `limit` bytes; BadRequestError otherwise."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(f"JSON body of {request.content_length} bytes exceeds {limit}", 413,
+                       "too_large")
+    body = await request.read()
+    if len(body) > limit:
+        raise ApiError(f"JSON body exceeds {limit} bytes", 413, "too_large")
+    try:
+        data = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequestError(f"body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("body must be a JSON object")
+    return data
+
+
+def field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
+          default: Any = ..., *, check: Callable[[Any], bool] | None = None) -> Any:
+    """`data[name]` of type `kind` (bool is not an int), or `default`; BadRequestError."""
+    if name not in data or data[name] is None:
+        if default is ...:
+            raise BadRequestError(f"field {name!r} is required")
+        return default
+    v = data[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+        raise BadRequestError(f"field {name!r} must be {' or '.join(k.__name__ for k in kinds)}")
+    if check is not None and not check(v):
+        raise BadRequestError(f"field {name!r} has an invalid value {v!r}")
+    return v
+
+
+class Metrics:
+    """Counters and gauges exposed in the Prometheus text format."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self.gauges: dict[str, Callable[[], float]] = {}
+        self.help: dict[str, str] = {}
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        self.counters[(name, tuple(sorted(labels.items())))] += value
+
+    def render(self) -> str:
+        lines: list[str] = []
+        done: set[str] = set()
+        for (name, labels), v in sorted(self.counters.items()):
+            full = f"{self.prefix}_{name}"
+            if full not in done:
+                lines.append(f"# TYPE {full} counter")
+                done.add(full)
+            lab = ",".join(f'{k}="{v2}"' for k, v2 in labels)
+            lines.append(f"{full}{{{lab}}} {v}" if lab else f"{full} {v}")
+        for name, fn in sorted(self.gauges.items()):
+            full = f"{self.prefix}_{name}"
+            lines.append(f"# TYPE {full} gauge")
+            lines.append(f"{full} {fn()}")
+        return "\n".join(lines) + "\n"
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        resp = await handler(request)
+        self.inc("http_requests_total", route=name, method=request.method,
+                 status=str(resp.status))
+        return resp
+
+
+class HttpClient:
+    """A small synchronous HTTP/1.1 client with keep-alive, signing and bearer tokens.
+
+    Thread-safe: one connection per thread. Errors come back as the Hutong
+    exception the server named (NotFoundError, AuthError, ...).
+    """
+
+    def __init__(self, base_url: str, keys: EntityKeys | None = None, token: str | None = None,
+                 timeout: float = 30.0) -> None:
+        u = urllib.parse.urlsplit(base_url)
+        if u.scheme != "http" or not u.hostname:
+            raise gerr.ConfigError(f"URL {base_url!r} must be http://HOST:PORT")
+        self.base_url = base_url.rstrip("/")
+        self.host, self.port = u.hostname, u.port or 80
+        self.keys, self.token, self.timeout = keys, token, timeout
+        self._local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        c: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._local.conn = http.client.HTTPConnection(self.host, self.port,
+                                                              timeout=self.timeout)
+        return c
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+    def request(self, method: str, path: str, *, body: bytes = b"",
+                query: Mapping[str, str] | None = None,
+                content_type: str = "application/json") -> tuple[int, bytes]:
+        """Send one request; returns (status, body). Retries once on a stale connection."""
+        target = path + ("?" + urllib.parse.urlencode(query) if query else "")
+        for attempt in range(2):
+            headers = {"Content-Type": content_type} if body or method != "GET" else {}
+            if self.keys is not None:
+                headers.update(self.keys.sign(method, target, body))
+            if self.token is not None:
+                headers["Authorization"] = f"Bearer {self.token}"
+            conn = self._conn()
+            try:
+                conn.request(method, target, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    self.close()
+                return resp.status, data
+            except (ConnectionError, http.client.HTTPException, TimeoutError, OSError) as e:
+                self.close()
+                if attempt or isinstance(e, TimeoutError):
+                    raise UnavailableError(f"{self.base_url} unreachable: {e}", 503,
+                                           "unavailable") from e
+        raise AssertionError("unreachable")
+
+    def call(self, method: str, path: str, payload: Any = None, *,
+             query: Mapping[str, str] | None = None, body: bytes | None = None,
+             content_type: str = "application/json") -> Any:
+        """A JSON request (or raw `body`); returns the decoded JSON (or bytes) answer."""
+        raw = body if body is not None else (b"" if payload is None else
+                                            json.dumps(payload).encode())
+        status, data = self.request(method, path, body=raw, query=query,
+                                    content_type=content_type)
+        if status >= 400:
+            raise error_from(status, data, f"{method} {self.base_url}{path}")
+        if data[:1] in (b"{", b"["):
+            return json.loads(data)
+        return data
+
+
+def error_from(status: int, data: bytes, what: str) -> HutongError:
+    """The exception matching a JSON error answer."""
+    try:
+        err = json.loads(data)
+        code, message, path = str(err["error"]), str(err["message"]), str(err.get("path", ""))
+    except (ValueError, KeyError, TypeError):
+        code, message, path = "http_error", data[:200].decode("utf-8", "replace"), ""
+    text = f"{what}: {message}"
+    if status in (401, 403) and code not in _CLASS_OF_CODE:
+        return AuthError(text, status, code)
+    if code in _CLASS_OF_CODE:
+        return _CLASS_OF_CODE[code](path or what, message)
+    if status >= 500:
+        return UnavailableError(text, status, code)
+    if status in (400, 413):
+        return BadRequestError(text, status, code)
+    return ApiError(text, status, code)
+
+
+def now() -> float:
+    """Wall-clock seconds (one place to patch in tests)."""
+    return time.time()

@@ -1,0 +1,361 @@
+"""The registry: entities, sites, pools, heartbeats, links; allocates unified identifiers.
+
+`make_app(state_dir)` builds the aiohttp application (API: docs/openapi/registry.yaml);
+`hutong registry serve` runs it. State lives in an LMDB environment (value tables
+`entities` and `sites`, docs/format.md "Registry state").
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gfs.federation import expr, ids
+from gfs.federation.auth import AuthError, NonceCache, public_key, verify_request
+from gfs.federation.http import (
+    ApiError,
+    BadRequestError,
+    Metrics,
+    error_middleware,
+    field,
+    read_json,
+)
+from gfs.meta import LmdbEngine, WriteTxn
+
+DEFAULT_TTL = 15.0
+TIERS = ("hot", "warm", "cold")
+
+
+class RegistryState:
+    """The registry's records in an LMDB environment."""
+
+    def __init__(self, root: str | Path, ttl: float = DEFAULT_TTL) -> None:
+        self.root = Path(root)
+        (self.root / "meta").mkdir(parents=True, exist_ok=True)
+        self.engine = LmdbEngine(str(self.root / "meta"))
+        self.ttl = ttl
+        self.nonces = NonceCache()
+        self.metrics = Metrics("hutong_registry")
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- records -------------------------------------------------------------
+    def entity(self, name: str) -> dict[str, Any] | None:
+        with self.engine.read() as txn:
+            raw = txn.get_value("entities", name.encode())
+        return None if raw is None else dict(json.loads(raw))
+
+    def entities(self) -> list[dict[str, Any]]:
+        with self.engine.read() as txn:
+            return [json.loads(v) for _, v in txn.iter_values("entities")]
+
+    def site(self, name: str) -> dict[str, Any] | None:
+        with self.engine.read() as txn:
+            raw = txn.get_value("sites", b"site:" + name.encode())
+        return None if raw is None else self._with_status(json.loads(raw))
+
+    def sites(self) -> list[dict[str, Any]]:
+        with self.engine.read() as txn:
+            return [self._with_status(json.loads(v)) for _, v in txn.iter_values("sites", b"site:")]
+
+    def links(self) -> list[dict[str, Any]]:
+        with self.engine.read() as txn:
+            return [json.loads(v) for _, v in txn.iter_values("sites", b"link:")]
+
+    def _with_status(self, rec: dict[str, Any]) -> dict[str, Any]:
+        rec["status"] = "up" if time.time() - rec.get("last_seen", 0) < self.ttl else "down"
+        return rec
+
+    @staticmethod
+    def _serial(txn: WriteTxn, owner: str, typ: str) -> int:
+        key = f"serial:{owner}:{typ}".encode()
+        raw = txn.get_value("sites", key)
+        n = (struct.unpack("<I", raw)[0] if raw else 0) + 1
+        if n > ids.MAX_SERIAL:
+            raise ApiError(f"no serials left for {owner}/{typ}", 507, "exhausted")
+        txn.put_value("sites", key, struct.pack("<I", n))
+        return n
+
+    def put_entity(self, rec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        with self.engine.write() as txn:
+            raw = txn.get_value("entities", rec["name"].encode())
+            if raw is not None:
+                old = json.loads(raw)
+                if old["public_key"] != rec["public_key"]:
+                    raise ApiError(f"entity {rec['name']!r} is registered with another key",
+                                   409, "conflict")
+                return old, False
+            owner = rec["name"].upper()
+            rec["id"] = str(ids.make(owner, rec["industry"], rec["region"], "E", "ORG",
+                                     self._serial(txn, owner, "E")))
+            rec["created"] = time.time()
+            rec["primary"] = None
+            txn.put_value("entities", rec["name"].encode(), json.dumps(rec).encode())
+            return rec, True
+
+    def put_site(self, rec: dict[str, Any]) -> dict[str, Any]:
+        with self.engine.write() as txn:
+            ent = json.loads(txn.get_value("entities", rec["entity"].encode()) or b"{}")
+            if not ent:
+                raise ApiError(f"entity {rec['entity']!r} is not registered", 404, "not_found")
+            key = b"site:" + rec["name"].encode()
+            raw = txn.get_value("sites", key)
+            old = json.loads(raw) if raw else None
+            if old is not None and old["entity"] != rec["entity"]:
+                raise ApiError(f"site {rec['name']!r} belongs to entity {old['entity']!r}", 409,
+                               "conflict")
+            owner = rec["entity"].upper()
+            region = rec["region"]
+            rec["id"] = old["id"] if old else str(ids.make(
+                owner, ent["industry"], region, "S", "DC", self._serial(txn, owner, "S")))
+            old_pools = {p["name"]: p["id"] for p in (old or {}).get("pools", [])}
+            for p in rec["pools"]:
+                p["id"] = old_pools.get(p["name"]) or str(ids.make(
+                    owner, ent["industry"], region, "P", p["tier"],
+                    self._serial(txn, owner, "P")))
+            rec["registered"] = old["registered"] if old else time.time()
+            rec["last_seen"] = time.time()
+            txn.put_value("sites", key, json.dumps(rec).encode())
+            if rec["primary"]:
+                ent["primary"] = rec["name"]
+                txn.put_value("entities", rec["entity"].encode(), json.dumps(ent).encode())
+        return self._with_status(rec)
+
+    def heartbeat(self, name: str, used: dict[str, int], info: dict[str, Any]) -> dict[str, Any]:
+        with self.engine.write() as txn:
+            key = b"site:" + name.encode()
+            rec = json.loads(txn.get_value("sites", key) or b"{}")
+            if not rec:
+                raise ApiError(f"site {name!r} is not registered", 404, "not_found")
+            rec["last_seen"] = time.time()
+            for p in rec["pools"]:
+                if p["name"] in used:
+                    p["used"] = used[p["name"]]
+            rec["info"] = info
+            txn.put_value("sites", key, json.dumps(rec).encode())
+        return self._with_status(rec)
+
+    def put_link(self, a: str, b: str, rtt_ms: float, mbps: float) -> dict[str, Any]:
+        rec = {"a": a, "b": b, "rtt_ms": rtt_ms, "mbps": mbps, "measured": time.time()}
+        with self.engine.write() as txn:
+            txn.put_value("sites", f"link:{a}\0{b}".encode(), json.dumps(rec).encode())
+        return rec
+
+    def pool_rows(self) -> list[dict[str, Any]]:
+        """One attribute row per pool, with its site's attributes (for expressions)."""
+        ents = {e["name"]: e for e in self.entities()}
+        rows = []
+        for s in self.sites():
+            for p in s["pools"]:
+                rows.append({"site": s["name"], "entity": s["entity"], "region": s["region"],
+                             "status": s["status"], "tier": p["tier"], "pool": p["name"],
+                             "pool_id": p["id"], "capacity": p["capacity"],
+                             "used": p.get("used", 0),
+                             "free": max(0, p["capacity"] - p.get("used", 0)),
+                             "industry": ents.get(s["entity"], {}).get("industry", "")})
+        return rows
+
+
+STATE_KEY: web.AppKey[RegistryState] = web.AppKey("registry_state", RegistryState)
+
+
+def _state(request: web.Request) -> RegistryState:
+    return request.app[STATE_KEY]
+
+
+async def _signed_by(request: web.Request, entity: str, body: bytes) -> None:
+    st = _state(request)
+    rec = st.entity(entity)
+    if rec is None:
+        raise AuthError(f"entity {entity!r} is not registered", 403, "forbidden")
+    who = verify_request(request.headers, request.method, request.path_qs, body,
+                         public_key(rec["public_key"]), st.nonces)
+    if who != entity:
+        raise AuthError(f"request signed by {who!r}, but only {entity!r} may do this", 403,
+                        "forbidden")
+
+
+def _name(v: Any, what: str) -> str:
+    try:
+        return ids.check_name(v, what)
+    except ids.IdentifierError as e:
+        raise BadRequestError(str(e)) from None
+
+
+async def health(request: web.Request) -> web.Response:
+    st = _state(request)
+    return web.json_response({"status": "ok", "entities": len(st.entities()),
+                              "sites": len(st.sites())})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=_state(request).metrics.render(), content_type="text/plain")
+
+
+async def register_entity(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    body = await request.read()
+    name = _name(field(data, "name", str), "entity name")
+    industry = field(data, "industry", str, "GEN").upper()
+    if industry not in ids.INDUSTRIES:
+        raise BadRequestError(f"industry {industry!r} is not one of {' '.join(ids.INDUSTRIES)}")
+    region = _name(field(data, "region", str), "region")
+    key_b64 = field(data, "public_key", str)
+    key = public_key(key_b64)
+    # proof of possession: the registration is signed by the key it registers
+    who = verify_request(request.headers, request.method, request.path_qs, body, key,
+                         _state(request).nonces)
+    if who != name:
+        raise AuthError(f"registration of {name!r} signed as {who!r}", 403, "forbidden")
+    rec, created = _state(request).put_entity(
+        {"name": name, "industry": industry, "region": region, "public_key": key_b64})
+    return web.json_response(rec, status=201 if created else 200)
+
+
+async def list_entities(request: web.Request) -> web.Response:
+    return web.json_response({"entities": _state(request).entities()})
+
+
+async def get_entity(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    rec = _state(request).entity(name)
+    if rec is None:
+        raise ApiError(f"entity {name!r} is not registered", 404, "not_found")
+    return web.json_response(rec)
+
+
+async def put_site(request: web.Request) -> web.Response:
+    name = _name(request.match_info["name"], "site name")
+    data = await read_json(request)
+    entity = _name(field(data, "entity", str), "entity name")
+    await _signed_by(request, entity, await request.read())
+    pools = []
+    for p in field(data, "pools", list, check=lambda v: 1 <= len(v) <= 64):
+        if not isinstance(p, dict):
+            raise BadRequestError("each pool must be an object")
+        tier = field(p, "tier", str, check=lambda t: t in TIERS)
+        pools.append({"name": _name(field(p, "name", str), "pool name"), "tier": tier,
+                      "capacity": field(p, "capacity", int, check=lambda c: c >= 0),
+                      "used": field(p, "used", int, 0, check=lambda c: c >= 0)})
+    if len({p["name"] for p in pools}) != len(pools):
+        raise BadRequestError("pool names must be unique within a site")
+    rec = {"name": name, "entity": entity,
+           "region": _name(field(data, "region", str), "region"),
+           "endpoint": field(data, "endpoint", str,
+                             check=lambda u: u.startswith("http://") and len(u) < 256),
+           "mover": field(data, "mover", str, None, check=lambda m: len(m) < 256),
+           "primary": field(data, "primary", bool, False), "pools": pools}
+    return web.json_response(_state(request).put_site(rec))
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    st = _state(request)
+    site = st.site(name)
+    if site is None:
+        raise ApiError(f"site {name!r} is not registered; PUT /v1/sites/{name} first", 404,
+                       "not_found")
+    data = await read_json(request)
+    await _signed_by(request, site["entity"], await request.read())
+    used = field(data, "used", dict, {})
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+               for v in used.values()):
+        raise BadRequestError("field 'used' must map pool names to byte counts")
+    return web.json_response(st.heartbeat(name, used, field(data, "info", dict, {})))
+
+
+def _where(request: web.Request) -> expr.Predicate:
+    try:
+        return expr.parse(request.query.get("where", ""))
+    except expr.ExpressionError as e:
+        raise BadRequestError(str(e)) from None
+
+
+async def list_sites(request: web.Request) -> web.Response:
+    st = _state(request)
+    pred = _where(request)
+    names = {r["site"] for r in st.pool_rows() if pred(r)}
+    return web.json_response({"sites": [s for s in st.sites() if s["name"] in names]})
+
+
+async def get_site(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    rec = _state(request).site(name)
+    if rec is None:
+        raise ApiError(f"site {name!r} is not registered", 404, "not_found")
+    return web.json_response(rec)
+
+
+async def list_pools(request: web.Request) -> web.Response:
+    pred = _where(request)
+    return web.json_response({"pools": [r for r in _state(request).pool_rows() if pred(r)]})
+
+
+async def put_link(request: web.Request) -> web.Response:
+    st = _state(request)
+    a, b = request.match_info["a"], request.match_info["b"]
+    site = st.site(a)
+    if site is None or st.site(b) is None:
+        raise ApiError(f"link {a} -> {b}: both sites must be registered", 404, "not_found")
+    data = await read_json(request)
+    await _signed_by(request, site["entity"], await request.read())
+    rtt = field(data, "rtt_ms", (int, float), check=lambda v: 0 <= v < 1e6)
+    mbps = field(data, "mbps", (int, float), 0.0, check=lambda v: 0 <= v < 1e9)
+    return web.json_response(st.put_link(a, b, float(rtt), float(mbps)))
+
+
+async def list_links(request: web.Request) -> web.Response:
+    return web.json_response({"links": _state(request).links()})
+
+
+async def get_id(request: web.Request) -> web.Response:
+    text = request.match_info["ident"]
+    try:
+        ident = ids.parse(text)
+    except ids.IdentifierError as e:
+        raise BadRequestError(str(e)) from None
+    st = _state(request)
+    names: list[str] = []
+    if ident.type == "E":
+        names = [e["name"] for e in st.entities() if e["id"] == str(ident)]
+    for s in st.sites():
+        if s["id"] == str(ident):
+            names.append(s["name"])
+        names += [f"{s['name']}/{p['name']}" for p in s["pools"] if p["id"] == str(ident)]
+    if not names:
+        raise ApiError(f"identifier {ident} is valid but not allocated", 404, "not_found")
+    return web.json_response({"id": str(ident), "kind": ident.kind, "name": names[0],
+                              "owner": ident.owner, "industry": ident.industry,
+                              "region": ident.region, "spec": ident.spec,
+                              "serial": ident.serial})
+
+
+def make_app(state: RegistryState) -> web.Application:
+    """The registry's aiohttp application over `state` (closed on app cleanup)."""
+    app = web.Application(client_max_size=1 << 20,
+                          middlewares=[state.metrics.middleware, error_middleware])
+    app[STATE_KEY] = state
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/entities", register_entity)
+    app.router.add_get("/v1/entities", list_entities)
+    app.router.add_get("/v1/entities/{name}", get_entity)
+    app.router.add_put("/v1/sites/{name}", put_site)
+    app.router.add_get("/v1/sites", list_sites)
+    app.router.add_get("/v1/sites/{name}", get_site)
+    app.router.add_post("/v1/sites/{name}/heartbeat", heartbeat)
+    app.router.add_get("/v1/pools", list_pools)
+    app.router.add_put("/v1/links/{a}/{b}", put_link)
+    app.router.add_get("/v1/links", list_links)
+    app.router.add_get("/v1/ids/{ident}", get_id)
+
+    async def cleanup(_app: web.Application) -> None:
+        state.close()
+    app.on_cleanup.append(cleanup)
+    return app
