@@ -29,6 +29,7 @@ from gfs.config import StoreConfig
 from gfs.errors import (
     ChunkMissingError,
     CorruptChunkError,
+    NoSpaceError,
     PoolError,
     PoolObjectMissingError,
     StateError,
@@ -40,11 +41,14 @@ from gfs.meta import (
     Manifest,
     MetaEngine,
     PackRecord,
+    PoolRecord,
     ReadTxn,
     WriteTxn,
 )
 from gfs.packs import PackBuilder, pack_key
 from gfs.pools import Pool, open_pool
+from gfs.tiering.heat import HeatTracker
+from gfs.tiering.policy import TIERS, TierPolicy
 
 log = logging.getLogger("hutong.store")
 
@@ -113,7 +117,8 @@ class ChunkStore:
         self._pools_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._lock_path = state / "locks" / "gc.lock"
-        self.write_pool = 0
+        self._heat: HeatTracker | None = None
+        self._tier_rank: dict[int, int] | None = None
 
     # -- pools and workers ---------------------------------------------------
     def pool(self, pool_id: int) -> Pool:
@@ -128,6 +133,62 @@ class ChunkStore:
                 pool = self._pools[pool_id] = open_pool(rec.url)
             return pool
 
+    def pool_records(self) -> list[PoolRecord]:
+        """Every pool of the store, in id order."""
+        with self.engine.read() as txn:
+            return list(txn.iter_pools())
+
+    def usage(self) -> dict[int, int]:
+        """Bytes of committed packs in each pool (pools with none are absent)."""
+        used: dict[int, int] = defaultdict(int)
+        with self.engine.read() as txn:
+            for p in txn.iter_packs():
+                used[p.pool] += p.size
+        return dict(used)
+
+    def policy(self) -> TierPolicy:
+        """The store's tiering policy (defaults until one is set)."""
+        with self.engine.read() as txn:
+            return TierPolicy.load(txn)
+
+    def choose_pool(self, tier: str, nbytes: int, used: dict[int, int]) -> int:
+        """A pool of `tier` with room for `nbytes` more (given `used`), else one of the
+        next cheaper tiers, else of a faster one; a fallback is logged as a warning.
+        Raises NoSpaceError when every pool is full."""
+        pools = self.pool_records()
+        start = TIERS.index(tier) if tier in TIERS else 1
+        order = [*TIERS[start:], *reversed(TIERS[:start])]
+        for t in order:
+            for rec in pools:
+                if rec.tier == t and (rec.capacity == 0
+                                      or used.get(rec.id, 0) + nbytes <= rec.capacity):
+                    if t != tier:
+                        log.warning("every %s pool is full: writing %d bytes to pool %r "
+                                    "(tier %s) instead; add capacity or run `hutong tier run`",
+                                    tier, nbytes, rec.name, t)
+                    return rec.id
+        raise NoSpaceError(str(self.state), f"every pool is full ({nbytes} bytes to place); "
+                           "add a pool or free space with `hutong rm` and `hutong gc`")
+
+    @property
+    def write_pool(self) -> int:
+        """The pool new chunks go to now: one of the policy's write tier with room left."""
+        return self.choose_pool(self.policy().write_tier, 0, self.usage())
+
+    def tier_rank(self, pool_id: int) -> int:
+        """0 for a hot pool, 1 warm, 2 cold: reads prefer the lowest."""
+        if self._tier_rank is None or pool_id not in self._tier_rank:
+            self._tier_rank = {r.id: TIERS.index(r.tier) if r.tier in TIERS else 1
+                               for r in self.pool_records()}
+        return self._tier_rank.get(pool_id, 1)
+
+    @property
+    def heat(self) -> HeatTracker:
+        """Read counters of this process, folded into the `heat` table in batches."""
+        if self._heat is None:
+            self._heat = HeatTracker(self.engine, self.policy().window)
+        return self._heat
+
     @property
     def executor(self) -> ThreadPoolExecutor:
         """The store's worker threads (compression, decompression, restore)."""
@@ -136,7 +197,9 @@ class ChunkStore:
         return self._executor
 
     def close(self) -> None:
-        """Stop the workers and close the pools."""
+        """Record pending heat, stop the workers and close the pools."""
+        if self._heat is not None:
+            self._heat.flush()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -177,7 +240,9 @@ class ChunkStore:
                                         "(run `hutong fsck`)")
             moved = False
             problems.clear()
-            for loc in rec.locations:
+            if attempt == 0:
+                self.heat.record((cid,))
+            for loc in sorted(rec.locations, key=lambda x: self.tier_rank(x.pool)):
                 try:
                     blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
                                                    loc.offset + loc.length)
@@ -209,13 +274,14 @@ class ChunkStore:
         unique = list(dict.fromkeys(cids))
         with self.engine.read() as txn:
             recs = [(cid, txn.get_chunk(cid)) for cid in unique]
+        self.heat.record(unique)
         by_pack: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = defaultdict(list)
         retry: list[bytes] = []
         for cid, rec in recs:
             if rec is None or not rec.locations:
                 retry.append(cid)
                 continue
-            loc = rec.locations[0]
+            loc = min(rec.locations, key=lambda x: self.tier_rank(x.pool))
             by_pack[(loc.pool, loc.pack)].append((loc.offset, loc.length, cid))
         spans: list[_Span] = []
         for (pool_id, pack), members in by_pack.items():
@@ -236,7 +302,7 @@ class ChunkStore:
                     retry.append(cid)
                 else:
                     out[cid] = data
-        for cid in retry:
+        for cid in retry:  # counted once above; read_chunk counts its own reads too
             out[cid] = self.read_chunk(cid, where(cid) if where else "")
         return out
 
@@ -337,8 +403,9 @@ class WriteSession:
         self.stats = WriteStats()
         self._started = time.monotonic()
         self._level = store.config.zstd_level
-        self._pool_id = store.write_pool
-        self._pool = store.pool(self._pool_id)
+        self._tier = store.policy().write_tier
+        self._used = store.usage()
+        self._pack_pool: dict[bytes, int] = {}
         self._pack: PackBuilder | None = None
         self._new: dict[bytes, _NewChunk | None] = {}  # None: still compressing
         self._flushed: list[PackBuilder] = []
@@ -463,7 +530,10 @@ class WriteSession:
         pack = self._pack
         if pack is None or pack.nblobs == 0:
             return
-        self._pool.put(pack_key(pack.pack_id), pack.parts())
+        pool_id = self.store.choose_pool(self._tier, pack.size, self._used)
+        self.store.pool(pool_id).put(pack_key(pack.pack_id), pack.parts())
+        self._used[pool_id] = self._used.get(pool_id, 0) + pack.size
+        self._pack_pool[pack.pack_id] = pool_id
         self._flushed.append(pack)
         self._pack = None
         self.stats.packs += 1
@@ -504,13 +574,14 @@ class WriteSession:
                     continue  # committed meanwhile by another writer: our blob is dead
                 records[cid] = ChunkRecord(
                     cid, nc.raw_len, nc.stored_len, nc.codec, 0,
-                    (Location(self._pool_id, nc.pack, nc.offset, nc.blob_len),))
+                    (Location(self._pack_pool[nc.pack], nc.pack, nc.offset, nc.blob_len),))
                 counters = live[nc.pack]
                 counters[0] += 1
                 counters[1] += nc.blob_len
             for p in self._flushed:
                 n, nbytes = live[p.pack_id]
-                txn.put_pack(PackRecord(p.pack_id, self._pool_id, p.size, p.nblobs, n, nbytes,
+                txn.put_pack(PackRecord(p.pack_id, self._pack_pool[p.pack_id], p.size, p.nblobs,
+                                        n, nbytes,
                                         now))
             deltas: Counter[bytes] = Counter()
             for refs, action in self._files:

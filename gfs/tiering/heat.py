@@ -1,0 +1,111 @@
+"""Heat: decayed access counts of chunks and files, recorded cheaply on reads.
+
+Reads only bump counters in memory; `HeatTracker.flush` folds them into the
+`heat` value table in one write transaction, at most every few seconds or
+few thousand reads, and when the store closes. A score decays with a
+half-life (the policy's `window`): a score of 4 read an hour ago with a
+one-hour half-life counts as 2 now.
+
+Keys: b"c" + chunk id, b"f" + inode number (u64 big-endian). Value: score
+(f64), time of the last read (ns, i64), total reads (u64).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from gfs.meta import MetaEngine, ReadTxn
+
+_VALUE = struct.Struct("<dqQ")
+CHUNK_PREFIX = b"c"
+FILE_PREFIX = b"f"
+
+
+@dataclass(frozen=True, slots=True)
+class Heat:
+    """The heat of one chunk or file as last flushed."""
+
+    score: float
+    last_ns: int
+    reads: int
+
+    def at(self, now_ns: int, half_life: float) -> float:
+        """The score decayed to `now_ns`."""
+        age = max(0, now_ns - self.last_ns) / 1e9
+        return float(self.score * 0.5 ** (age / half_life))
+
+
+def decode(data: bytes) -> Heat:
+    score, last, reads = _VALUE.unpack(data)
+    return Heat(score, last, reads)
+
+
+def encode(h: Heat) -> bytes:
+    return _VALUE.pack(h.score, h.last_ns, h.reads)
+
+
+def chunk_heat(txn: ReadTxn, cid: bytes) -> Heat | None:
+    """The recorded heat of chunk `cid`, or None if it was never read."""
+    data = txn.get_value("heat", CHUNK_PREFIX + cid)
+    return None if data is None else decode(data)
+
+
+def iter_chunk_heat(txn: ReadTxn) -> Iterator[tuple[bytes, Heat]]:
+    """(chunk id, heat) of every chunk that was read."""
+    for key, value in txn.iter_values("heat", CHUNK_PREFIX):
+        yield key[len(CHUNK_PREFIX):], decode(value)
+
+
+class HeatTracker:
+    """Counts reads in memory and folds them into the store's `heat` table in batches."""
+
+    def __init__(self, engine: MetaEngine, half_life: float, *, flush_every: int = 8192,
+                 flush_interval: float = 5.0) -> None:
+        self.engine = engine
+        self.half_life = half_life
+        self.flush_every = flush_every
+        self.flush_interval = flush_interval
+        self._chunks: Counter[bytes] = Counter()
+        self._files: Counter[int] = Counter()
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+
+    def record(self, cids: Iterable[bytes]) -> None:
+        """Count one read of each chunk in `cids`."""
+        with self._lock:
+            self._chunks.update(cids)
+            due = (len(self._chunks) >= self.flush_every
+                   or time.monotonic() - self._last_flush >= self.flush_interval)
+        if due:
+            self.flush()
+
+    def record_file(self, ino: int) -> None:
+        """Count one open-for-read of file `ino`."""
+        with self._lock:
+            self._files[ino] += 1
+
+    def flush(self) -> None:
+        """Fold the counted reads into the `heat` table (one write transaction)."""
+        with self._lock:
+            chunks, self._chunks = self._chunks, Counter()
+            files, self._files = self._files, Counter()
+            self._last_flush = time.monotonic()
+        if not chunks and not files:
+            return
+        now = time.time_ns()
+        keys = [(CHUNK_PREFIX + cid, n) for cid, n in chunks.items()]
+        keys += [(FILE_PREFIX + ino.to_bytes(8, "big"), n) for ino, n in files.items()]
+        with self.engine.write() as txn:
+            for key, n in keys:
+                old = txn.get_value("heat", key)
+                if old is None:
+                    new = Heat(float(n), now, n)
+                else:
+                    h = decode(old)
+                    new = Heat(h.at(now, self.half_life) + n, now, h.reads + n)
+                txn.put_value("heat", key, encode(new))
