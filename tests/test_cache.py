@@ -1,0 +1,178 @@
+"""Cache tiers: eviction policies, the disk tier (verification, crash safety, capacity,
+ownership, saved statistics) and the memory tier in front of it."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from gfs.cache import POLICIES, CachedReader, ChunkCache, make_policy
+from gfs.client import Client
+from gfs.codec import encode_blob
+from gfs.disk_cache import DiskCache, cache_capacity, cache_dir, offline_stats
+from gfs.errors import ConfigError
+
+
+def _key(i: int) -> bytes:
+    return i.to_bytes(16, "little")
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_policy_keeps_capacity_and_reports_evictions(name: str) -> None:
+    rnd = random.Random(1)
+    p = make_policy(name, 1000)
+    resident: set[bytes] = set()
+    for _ in range(5000):
+        k = _key(rnd.randrange(60))
+        if rnd.random() < 0.05:
+            p.discard(k)
+            resident.discard(k)
+        elif p.hit(k):
+            assert k in resident
+        else:
+            evicted = p.admit(k, rnd.randrange(1, 120))
+            resident.add(k)
+            resident.difference_update(evicted)
+        assert p.size <= 1000
+        assert resident == set(p.keys())
+        assert len(p) == len(resident)
+    assert p.admit(_key(999), 2000) == [_key(999)]  # larger than the cache: refused
+
+
+@pytest.mark.parametrize("name", ["arc", "s3fifo"])
+def test_scan_resistant_policies_keep_the_hot_set(name: str) -> None:
+    p = make_policy(name, 100)
+    hot = [_key(i) for i in range(50)]
+    for _ in range(3):
+        for k in hot:
+            if not p.hit(k):
+                p.admit(k, 1)
+    for i in range(1000, 1500):  # a scan five times the cache
+        p.admit(_key(i), 1)
+    assert sum(1 for k in hot if k in p) >= 45
+    assert sum(1 for k in hot if k in make_policy("lru", 100)) == 0
+    with pytest.raises(ConfigError, match="unknown cache policy"):
+        make_policy("mru", 10)
+
+
+def _blob(data: bytes) -> tuple[bytes, bytes]:
+    header, payload = encode_blob(data)
+    blob = header + bytes(payload)
+    return header[16:32], blob
+
+
+def test_disk_tier_roundtrip_eviction_and_restart(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    items = [_blob(os.urandom(2000 * (i + 1))) for i in range(6)]
+    d = DiskCache(root, capacity=13_000, policy="lru", admit_local=True)
+    for cid, blob in items[:3]:
+        assert d.put(cid, blob)
+    assert d.get(items[0][0]) == decode(items[0][1])
+    for cid, blob in items[3:]:
+        d.put(cid, blob)
+    s = d.stats()
+    assert s.bytes_cached <= 13_000 and s.evictions >= 1 and s.hits == 1
+    kept = [cid for cid, _ in items if cid in d]
+    d.close()
+    again = DiskCache(root, capacity=13_000, policy="lru")  # found on disk at start-up
+    assert sorted(cid for cid, _ in items if cid in again) == sorted(kept)
+    assert again.stats().hits == 1  # counters carried over from stats.json
+    again.close()
+    off = offline_stats(root)
+    assert off is not None and off.entries == len(kept) and off.mode == "offline"
+
+
+def decode(blob: bytes) -> bytes:
+    from gfs.codec import decode_blob
+
+    return decode_blob(blob)
+
+
+def test_torn_or_damaged_cache_file_is_dropped_never_served(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    d = DiskCache(root, capacity=1 << 20, admit_local=True)
+    cid, blob = _blob(os.urandom(5000))
+    cid2, blob2 = _blob(os.urandom(5000))
+    d.put(cid, blob)
+    d.put(cid2, blob2)
+    p = root / "chunks" / cid.hex()[:2] / cid.hex()
+    with open(p, "r+b") as f:  # a crash after the rename but before the data reached disk
+        f.truncate(3000)
+    p2 = root / "chunks" / cid2.hex()[:2] / cid2.hex()
+    raw = bytearray(p2.read_bytes())
+    raw[-10] ^= 0xFF  # bit rot
+    p2.write_bytes(bytes(raw))
+    assert d.get(cid) is None and d.get(cid2) is None
+    assert not p.exists() and not p2.exists()
+    assert d.stats().corrupt_dropped == 2 and cid not in d
+    assert d.put(cid, blob) and d.get(cid) == decode(blob)  # admitted again, whole
+    d.close()
+
+
+def test_second_process_uses_the_tier_read_only(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    owner = DiskCache(root, capacity=1 << 20, admit_local=True)
+    cid, blob = _blob(os.urandom(3000))
+    owner.put(cid, blob)
+    other = DiskCache(root, capacity=1 << 20, admit_local=True)  # lock held: read-only
+    assert not other.owner and other.stats().mode == "read-only"
+    assert other.get(cid) == decode(blob)
+    cid2, blob2 = _blob(os.urandom(3000))
+    assert not other.put(cid2, blob2) and cid2 not in other
+    other.close()
+    owner.close()
+
+
+def test_capacity_and_directory_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    monkeypatch.setenv("HUTONG_DISK_CACHE_BYTES", "12345")
+    assert cache_capacity() == 12345 and cache_capacity(7) == 7
+    monkeypatch.setenv("HUTONG_DISK_CACHE_BYTES", "lots")
+    with pytest.raises(ConfigError, match="HUTONG_DISK_CACHE_BYTES"):
+        cache_capacity()
+    monkeypatch.setenv("HUTONG_DISK_CACHE", str(tmp_path / "elsewhere"))
+    assert cache_dir(tmp_path) == tmp_path / "elsewhere"
+    assert cache_dir(tmp_path, tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv("HUTONG_DISK_CACHE")
+    assert cache_dir(tmp_path) == tmp_path / "cache"
+    with pytest.raises(ConfigError, match="capacity"):
+        DiskCache(tmp_path / "c", capacity=-1)
+
+
+def test_memory_tier_in_front_of_the_disk_tier(fs: Client) -> None:
+    data = random.Random(2).randbytes(900_000)
+    fs.write_bytes("/f", data)
+    m = fs.manifest("/f") if hasattr(fs, "manifest") else fs._manifest("/f")[1]
+    root = fs.state / "cache"
+    disk = DiskCache(root, capacity=64 << 20, admit_local=True)
+    cache = ChunkCache(fs.store, 1 << 20, disk=disk)  # memory smaller than the file
+    try:
+        assert CachedReader(cache, "/f", m).read(0, len(data)) == data
+        s = cache.stats()
+        assert s.disk is not None and s.disk["admitted"] == len(m.chunks)
+        assert s.bytes_from_store == len(data) and s.bytes_cached <= 1 << 20
+    finally:
+        cache.close()
+    disk2 = DiskCache(root, capacity=64 << 20)
+    cache2 = ChunkCache(fs.store, 1 << 20, disk=disk2)
+    try:
+        assert CachedReader(cache2, "/f", m).read(100, 800_000) == data[100:800_100]
+        s = cache2.stats()
+        assert s.bytes_from_store == 0 and s.disk is not None and s.disk["hits"] >= 1
+    finally:
+        cache2.close()
+
+
+def test_disk_tier_skips_local_pools_by_default(fs: Client) -> None:
+    fs.write_bytes("/g", os.urandom(200_000))
+    m = fs._manifest("/g")[1]
+    cache = ChunkCache(fs.store, 1 << 20, disk=DiskCache(fs.state / "cache", 1 << 20))
+    try:
+        CachedReader(cache, "/g", m).read(0, 200_000)
+        s = cache.stats()
+        assert s.disk is not None and s.disk["admitted"] == 0
+    finally:
+        cache.close()
