@@ -27,8 +27,10 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.report import headline, table
@@ -137,7 +139,13 @@ def mover_wire(src: Client, ids: list[bytes], work: Path, streams: int) -> tuple
 # -- aiohttp --------------------------------------------------------------------------------
 
 
-def _aiohttp_server(state: str, port: int, ready: multiprocessing.synchronize.Event) -> None:
+def _aiohttp_server(state: str, port: int, ready: multiprocessing.synchronize.Event,
+                    host: str = "127.0.0.1") -> None:
+    _serve_http(state, host, port, ready.set)
+
+
+def _serve_http(state: str, host: str, port: int, on_ready: Callable[[], object]) -> None:
+    """Serve POST /chunks (a body of ids -> length-prefixed blobs) until killed."""
     import asyncio
 
     from aiohttp import web
@@ -164,18 +172,36 @@ def _aiohttp_server(state: str, port: int, ready: multiprocessing.synchronize.Ev
     async def serve() -> None:
         runner = web.AppRunner(app)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ready.set()
+        await web.TCPSite(runner, host, port).start()
+        on_ready()
         await asyncio.Event().wait()
 
     asyncio.run(serve())
+
+
+async def _http_fetch(host: str, port: int, ids: list[bytes]) -> int:
+    """Blob bytes fetched from the aiohttp server, every digest verified (one stream)."""
+    import aiohttp
+
+    total = 0
+    async with aiohttp.ClientSession() as session:
+        for k in range(0, len(ids), 4096):
+            batch = ids[k : k + 4096]
+            url = f"http://{host}:{port}/chunks"
+            async with session.post(url, data=b"".join(batch)) as resp:
+                for cid in batch:
+                    (n,) = struct.unpack("<I", await resp.content.readexactly(4))
+                    blob = await resp.content.readexactly(n)
+                    decode_blob(blob, expect_id=cid)
+                    total += n
+    return total
 
 
 def aiohttp_fetch(src: Client, ids: list[bytes]) -> tuple[float, int] | None:
     try:
         import asyncio
 
-        import aiohttp
+        import aiohttp  # noqa: F401
     except ImportError:
         return None
     port = _free_port()
@@ -187,22 +213,8 @@ def aiohttp_fetch(src: Client, ids: list[bytes]) -> tuple[float, int] | None:
         if not ready.wait(30):
             return None
 
-        async def run() -> int:
-            total = 0
-            async with aiohttp.ClientSession() as session:
-                for k in range(0, len(ids), 4096):
-                    batch = ids[k : k + 4096]
-                    url = f"http://127.0.0.1:{port}/chunks"
-                    async with session.post(url, data=b"".join(batch)) as resp:
-                        for cid in batch:
-                            (n,) = struct.unpack("<I", await resp.content.readexactly(4))
-                            blob = await resp.content.readexactly(n)
-                            decode_blob(blob, expect_id=cid)
-                            total += n
-            return total
-
         start = time.perf_counter()
-        nbytes = asyncio.run(run())
+        nbytes = asyncio.run(_http_fetch("127.0.0.1", port, ids))
         return time.perf_counter() - start, nbytes
     finally:
         proc.terminate()
@@ -246,6 +258,110 @@ def rsync(root: Path, dest: Path, work: Path, subdir: str) -> tuple[float, int] 
     return seconds, int(re.sub(r"[,.]", "", m.group(1))) if m else 0
 
 
+# -- emulated WAN --------------------------------------------------------------------------
+
+WAN_RTT, WAN_LOSS, WAN_RATE = 0.040, 0.001, 1e9
+REPO = Path(__file__).resolve().parent.parent
+_CHILD = "import sys; from bench.mover import _child; sys.exit(_child(sys.argv[1:]))"
+
+
+def _child(argv: list[str]) -> int:
+    """Halves of the WAN cases, run inside a site's namespace (prints JSON or `ready`)."""
+    import asyncio
+
+    cmd, *rest = argv
+    if cmd == "http-serve":
+        state, host, port = rest
+        _serve_http(state, host, int(port), lambda: print("ready", flush=True))
+        return 0
+    ids_raw = Path(rest[-1]).read_bytes()
+    ids = [ids_raw[k : k + 16] for k in range(0, len(ids_raw), 16)]
+    start = time.perf_counter()
+    if cmd == "http-fetch":
+        nbytes = asyncio.run(_http_fetch(rest[0], int(rest[1]), ids))
+        out: dict[str, object] = {"bytes": nbytes}
+    elif cmd == "mover-fetch":
+        dest, host, port, streams = rest[:4]
+        with Client.init(dest) as dst:
+            stats = mover.fetch(dst, (host, int(port)), ids, bytes.fromhex(
+                os.environ["HUTONG_MOVER_SECRET"]), streams=int(streams))
+        out = {"bytes": stats.bytes, "chunks": stats.chunks, "retries": stats.retries}
+    else:
+        raise SystemExit(f"bench.mover: unknown child command {cmd!r}")
+    out["seconds"] = time.perf_counter() - start
+    print(json.dumps(out))
+    return 0
+
+
+def wan_cases(src_state: Path, data: Path, ids: list[bytes], work: Path, quick: bool,
+              ) -> tuple[list[list[object]], dict[str, float]] | str:
+    """Rows of the WAN cases, or why the emulated WAN cannot be built here."""
+    from gfs.testing.wan import emulated_wan, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    idsfile = work / "wan-ids"
+    idsfile.write_bytes(b"".join(ids))
+    env = {**os.environ, "HUTONG_MOVER_SECRET": SECRET.hex(),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                       os.environ.get("PYTHONPATH")]))}
+    py = sys.executable
+    rates: dict[str, float] = {}
+    rows: list[list[object]] = []
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+    def add(name: str, nbytes: int, seconds: float, note: str, bps: float | None = None) -> None:
+        rate = bps if bps is not None else nbytes * 8 / seconds if seconds else 0.0
+        rates[name] = rate
+        rows.append([name, round(nbytes / 2**20) if nbytes else "-", round(seconds, 2),
+                     round(rate / 1e6), f"{100 * rate / WAN_RATE:.0f}%", note])
+
+    with emulated_wan(("dst", "src"), rtt=WAN_RTT, loss=WAN_LOSS, rate_bps=WAN_RATE) as wan:
+        there = wan["src"].address
+        if shutil.which("iperf3"):
+            wan.popen("src", ["iperf3", "-s"], **quiet)
+            wan.wait_tcp("dst", there, 5201)
+            for p in (1, 8):
+                out = wan.run("dst", ["iperf3", "-c", there, "-R", "-J", "-t", "3", "-P",
+                                      str(p)], timeout=60)
+                bps = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
+                add(f"iperf3, {p} stream{'s' * (p > 1)}", 0, 3.0, "TCP ceiling", bps)
+        wan.popen("src", [py, "-m", "gfs.cli", "mover", "serve", "--state", str(src_state),
+                          "--host", "0.0.0.0", "--port", "7070", "--quiet"], env=env, **quiet)
+        wan.wait_tcp("dst", there, 7070)
+        for streams in (4, 8) if quick else (4, 8, 16):
+            out = wan.run("dst", [py, "-c", _CHILD, "mover-fetch", str(work / f"wan-{streams}"),
+                                  there, "7070", str(streams), str(idsfile)],
+                          env=env, cwd=REPO, timeout=600)
+            r = json.loads(out.stdout)
+            add(f"mover fetch, {streams} streams", r["bytes"], r["seconds"],
+                f"verified + committed, {r['retries']} retries")
+            shutil.rmtree(work / f"wan-{streams}", ignore_errors=True)
+        wan.popen("src", [py, "-c", _CHILD, "http-serve", str(src_state), "0.0.0.0", "8080"],
+                  env=env, cwd=REPO, **quiet)
+        wan.wait_tcp("dst", there, 8080)
+        out = wan.run("dst", [py, "-c", _CHILD, "http-fetch", there, "8080", str(idsfile)],
+                      env=env, cwd=REPO, timeout=600)
+        r = json.loads(out.stdout)
+        add("aiohttp, 1 stream", r["bytes"], r["seconds"], "digests verified")
+        if shutil.which("rsync"):
+            conf = work / "rsyncd-wan.conf"
+            conf.write_text(f"use chroot = no\n[data]\npath = {data}\nread only = yes\n")
+            wan.popen("src", ["rsync", "--daemon", "--no-detach", "--address", "0.0.0.0",
+                              "--port", "8730", "--config", str(conf)], **quiet)
+            wan.wait_tcp("dst", there, 8730)
+            start = time.perf_counter()
+            out = wan.run("dst", ["rsync", "-a", "--stats", f"rsync://{there}:8730/data/v1/",
+                                  str(work / "wan-rsync") + "/"], timeout=600)
+            seconds = time.perf_counter() - start
+            m = re.search(r"Total bytes received: ([\d,.]+)", out.stdout)
+            add("rsync daemon, 1 stream", int(re.sub(r"[,.]", "", m.group(1))) if m else 0,
+                seconds, "whole files")
+            shutil.rmtree(work / "wan-rsync", ignore_errors=True)
+    return rows, rates
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -254,11 +370,13 @@ def main(argv: list[str]) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="256 MiB instead of 1 GiB")
     p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
+    p.add_argument("--only", choices=("loopback", "wan"),
+                   help="run only the loopback or only the emulated-WAN cases")
     args = p.parse_args(argv)
     files, size = (16, 16 << 20) if args.quick else (64, 16 << 20)
     work = Path(tempfile.mkdtemp(prefix="hutong-bench-mover-", dir=args.work))
     try:
-        return _run(work, files, size, 2.0 if args.quick else 5.0)
+        return _run(work, files, size, 2.0 if args.quick else 5.0, args.quick, args.only)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -267,12 +385,29 @@ def _gbs(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e9 if seconds > 0 else 0.0
 
 
-def _run(work: Path, files: int, size: int, iperf_seconds: float) -> int:
+def _run(work: Path, files: int, size: int, iperf_seconds: float, quick: bool,
+         only: str | None) -> int:
     data = work / "data"
     _make_data(data / "v1", files, size, 1)
     _next_version(data / "v1", data / "v2", 2)
     print(f"dataset: {files} files x {size >> 20} MiB of random bytes "
           f"(incompressible: blobs as large as the data); loopback; shared 2-core machine")
+    with Client.init(work / "src") as src:
+        src.put(str(data / "v1"), "/v1")
+        src.put(str(data / "v2"), "/v2")
+        ids = mover.tree_chunks(src, "/v1")
+        figures: dict[str, object] = {}
+        met = True
+        if only != "wan":
+            met &= _loopback(work, data, src, ids, iperf_seconds, figures)
+    if only != "loopback":
+        met &= _wan(work, data, ids, quick, figures)
+    print(headline("mover", met, **figures))
+    return 0
+
+
+def _loopback(work: Path, data: Path, src: Client, ids: list[bytes], iperf_seconds: float,
+              figures: dict[str, object]) -> bool:
     rows: list[list[object]] = []
     ip1 = iperf3(1, iperf_seconds)
     ip4 = iperf3(4, iperf_seconds)
@@ -295,45 +430,62 @@ def _run(work: Path, files: int, size: int, iperf_seconds: float) -> int:
         else:
             rows.append([name, "-", iperf_seconds, round(rate_or_none / 1e9, 2),
                          f"{100 * rate_or_none / base:.0f}%" if base else "-", "ceiling"])
-    with Client.init(work / "src") as src:
-        src.put(str(data / "v1"), "/v1")
-        src.put(str(data / "v2"), "/v2")
-        ids = mover.tree_chunks(src, "/v1")
-        results: dict[str, float] = {}
-        for streams in (1, 4):
-            for sendfile in (True, False):
-                name = f"mover fetch, {streams} stream{'s' * (streams > 1)}, " \
-                       f"{'sendfile' if sendfile else 'pread+send'}"
-                results[name] = row(name, mover_fetch(src, ids, work, streams, sendfile),
-                                    "verified + committed")
-        for streams in (1, 4):
-            row(f"mover wire only, {streams} stream{'s' * (streams > 1)}",
-                mover_wire(src, ids, work, streams), "spools dropped, not verified")
-        row("aiohttp, 1 stream", aiohttp_fetch(src, ids), "digests verified")
-        row("rsync daemon, 1 stream", rsync(data, work / "rsync-v1", work, "v1"),
-            "whole files, no verify")
-        # Dedup-aware resume: v1 is at the destination, then v2.
-        v2 = mover.tree_chunks(src, "/v2")
-        with Client.init(work / "resume") as dst, mover.MoverServer(src, SECRET) as srv:
-            mover.fetch(dst, srv.address, ids, SECRET)
-            delta = mover.fetch(dst, srv.address, v2, SECRET)
-        rs = rsync(data, work / "rsync-v1", work, "v2")
-        rows.append(["resume v1 -> v2: mover (KiB)", round(delta.bytes / 1024),
-                     round(delta.seconds, 2), "-", "-",
-                     f"{delta.chunks} of {len(v2)} chunks sent"])
-        rows.append(["resume v1 -> v2: rsync (KiB)", round(rs[1] / 1024) if rs else "-",
-                     round(rs[0], 2) if rs else "-", "-", "-", "delta transfer"])
+    results: dict[str, float] = {}
+    for streams in (1, 4):
+        for sendfile in (True, False):
+            name = f"mover fetch, {streams} stream{'s' * (streams > 1)}, " \
+                   f"{'sendfile' if sendfile else 'pread+send'}"
+            results[name] = row(name, mover_fetch(src, ids, work, streams, sendfile),
+                                "verified + committed")
+    for streams in (1, 4):
+        row(f"mover wire only, {streams} stream{'s' * (streams > 1)}",
+            mover_wire(src, ids, work, streams), "spools dropped, not verified")
+    row("aiohttp, 1 stream", aiohttp_fetch(src, ids), "digests verified")
+    row("rsync daemon, 1 stream", rsync(data, work / "rsync-v1", work, "v1"),
+        "whole files, no verify")
+    # Dedup-aware resume: v1 is at the destination, then v2.
+    v2 = mover.tree_chunks(src, "/v2")
+    with Client.init(work / "resume") as dst, mover.MoverServer(src, SECRET) as srv:
+        mover.fetch(dst, srv.address, ids, SECRET)
+        delta = mover.fetch(dst, srv.address, v2, SECRET)
+    rs = rsync(data, work / "rsync-v1", work, "v2")
+    rows.append(["resume v1 -> v2: mover (KiB)", round(delta.bytes / 1024),
+                 round(delta.seconds, 2), "-", "-",
+                 f"{delta.chunks} of {len(v2)} chunks sent"])
+    rows.append(["resume v1 -> v2: rsync (KiB)", round(rs[1] / 1024) if rs else "-",
+                 round(rs[0], 2) if rs else "-", "-", "-", "delta transfer"])
     print(table(["case", "MiB", "seconds", "GB/s", "of iperf3 1-stream", "note"], rows))
     best_name, _best = max(results.items(), key=lambda kv: kv[1])
     one = max(v for k, v in results.items() if ", 1 stream," in k)
-    met = bool(base) and one >= 0.8 * base
     print(f"best: {best_name}")
-    print(headline("mover", met, one_stream_gbs=round(one / 1e9, 2),
+    figures.update(one_stream_gbs=round(one / 1e9, 2),
                    four_stream_gbs=round(max(v for k, v in results.items() if "4 s" in k)
                                          / 1e9, 2),
                    iperf3_gbs=round(base / 1e9, 2),
                    ratio=round(one / base, 2) if base else 0.0,
                    resume_kib=round(delta.bytes / 1024),
-                   rsync_resume_kib=round(rs[1] / 1024) if rs else "-"))
-    return 0
+                   rsync_resume_kib=round(rs[1] / 1024) if rs else "-")
+    return bool(base) and one >= 0.8 * base
 
+
+def _wan(work: Path, data: Path, ids: list[bytes], quick: bool,
+         figures: dict[str, object]) -> bool:
+    print(f"\nemulated WAN (gfs.testing.wan): {WAN_RTT * 1000:.0f} ms RTT, "
+          f"{WAN_LOSS:.1%} loss each way, {WAN_RATE / 1e9:g} Gbit/s tbf, MTU 1500, "
+          f"kernel default congestion control "
+          f"({Path('/proc/sys/net/ipv4/tcp_congestion_control').read_text().strip()}); "
+          f"{len(ids)} chunks of v1")
+    result = wan_cases(work / "src", data, ids, work, quick)
+    if isinstance(result, str):
+        print(f"emulated WAN skipped: {result}")
+        return False
+    rows, rates = result
+    http = rates.get("aiohttp, 1 stream", 0.0)
+    for row in rows:
+        row.insert(5, f"{rates[str(row[0])] / http:.1f}x" if http else "-")
+    print(table(["case", "MiB", "seconds", "Mbit/s", "of link", "of HTTP", "note"], rows))
+    best = max(v for k, v in rates.items() if k.startswith("mover"))
+    figures.update(wan_mover_mbits=round(best / 1e6), wan_http_mbits=round(http / 1e6),
+                   wan_link_ratio=round(best / WAN_RATE, 2),
+                   wan_vs_http=round(best / http, 1) if http else "-")
+    return best >= 0.8 * WAN_RATE and best >= 3 * http

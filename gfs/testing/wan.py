@@ -225,12 +225,14 @@ def _tbf(ns: str, dev: str, rate_bps: float, queue_s: float) -> list[str]:
 @contextlib.contextmanager
 def emulated_wan(sites: Sequence[str] | Mapping[str, Link] = ("a", "b"), *, rtt: float = 0.040,
                  rate_bps: float | None = 1e9, loss: float = 0.0, mtu: int = 1500,
-                 slots: int | None = None) -> Iterator[Wan]:
+                 slots: int | None = None, congestion: str | None = None) -> Iterator[Wan]:
     """Build the WAN, yield it, always tear it down (namespaces and processes).
 
     `sites` names the sites, all with the same link (`rtt` between any two,
     `rate_bps` each way, `loss` per packet sent), or maps names to their own
-    `Link`. Raises `WanUnavailableError` when this machine cannot build it.
+    `Link`. `congestion` sets the sites' TCP congestion control (a name from
+    net.ipv4.tcp_available_congestion_control; None keeps the kernel's).
+    Raises `WanUnavailableError` when this machine cannot build it.
     """
     links = dict(sites) if isinstance(sites, Mapping) else \
         {name: Link(delay=rtt / 4, rate_bps=rate_bps, loss=loss) for name in sites}
@@ -267,6 +269,9 @@ def emulated_wan(sites: Sequence[str] | Mapping[str, Link] = ("a", "b"), *, rtt:
             _sh(["ip", "-n", ns, "link", "add", "wan0", "mtu", str(mtu), "type", "veth",
                  "peer", "name", rdev, "netns", router, "mtu", str(mtu)])
             _sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+            if congestion:
+                _sh(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                     f"net.ipv4.tcp_congestion_control={congestion}"])
             _sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "wan0"])
             _sh(["ip", "-n", ns, "link", "set", "wan0", "up"])
             _sh(["ip", "-n", ns, "route", "add", "default", "via", gw])
