@@ -12,6 +12,7 @@ Paths in the namespace are absolute (`/a/b`); local paths are ordinary paths.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import itertools
@@ -28,6 +29,7 @@ from typing import Any, BinaryIO
 from gfs import namespace, paths
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.errors import (
+    ConfigError,
     ExistsError,
     InvalidPathError,
     IsADirError,
@@ -559,6 +561,180 @@ class Client:
                     report.bytes += n
                     if progress is not None:
                         progress(n)
+
+    # -- pinned versions, inodes and in-place edits ------------------------------------
+    def manifest(self, path: str, *, version: int | None = None) -> Manifest:
+        """The committed manifest (version and chunk list) of file `path`.
+
+        A manifest pins that version: `open_version` reads it even after the file
+        is replaced (as long as gc has not reclaimed its chunks). With `version`,
+        raises NotFoundError unless that version is the one committed now.
+        """
+        norm, m = self._manifest(path)
+        if version is not None and m.version != version:
+            raise NotFoundError(norm, f"version {version} is not the committed one "
+                                f"(now {m.version}); open the current version")
+        return m
+
+    def open_version(self, path: str, manifest: Manifest) -> BinaryIO:
+        """A seekable reader of `manifest`, a version of `path` pinned by `manifest()`."""
+        return io.BufferedReader(NsReader(self.store, paths.normalize(path), manifest), 1 << 20)
+
+    def stat_ino(self, ino: int) -> Stat:
+        """The entry with inode number `ino` (its path is looked up from its parents)."""
+        with self.engine.read() as txn:
+            node = namespace.get(txn, ino)
+            return Stat.of(namespace.path_of(txn, ino), node)
+
+    def manifest_ino(self, ino: int) -> Manifest:
+        """The committed manifest of the file with inode number `ino`."""
+        with self.engine.read() as txn:
+            node = namespace.get(txn, ino)
+            if node.kind == Kind.DIR:
+                raise IsADirError(f"<inode {ino}>")
+            if node.kind != Kind.FILE:
+                raise InvalidPathError(f"<inode {ino}>", "is a symlink, not a file")
+            m = txn.get_manifest(ino)
+        return m if m is not None else Manifest(node.version, ())
+
+    def path_of(self, ino: int) -> str:
+        """The current path of inode `ino`."""
+        with self.engine.read() as txn:
+            namespace.get(txn, ino)
+            return namespace.path_of(txn, ino)
+
+    def truncate(self, path: str, size: int) -> None:
+        """Cut file `path` to `size` bytes (or extend it with zeros), as a new version.
+
+        The chunks wholly before the cut are kept as they are; only the chunk
+        across the cut is read and stored again.
+        """
+        if size < 0:
+            raise ValueError(f"truncate size must be >= 0, got {size}")
+        self._edit(path, size, b"", size)
+
+    def append(self, path: str, data: bytes) -> None:
+        """Add `data` at the end of file `path` (created if missing), as a new version.
+
+        The old chunk list is kept but for its last chunk, which is chunked again
+        together with `data`.
+        """
+        if not self.exists(path):
+            self.write_bytes(path, data)
+            return
+        self._edit(path, None, data, None)
+
+    def write_at(self, path: str, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` of file `path` (zeros fill a gap), as a new version.
+
+        Only the chunks the write touches are read and chunked again; the chunks
+        before and after them are kept.
+        """
+        if offset < 0:
+            raise ValueError(f"write offset must be >= 0, got {offset}")
+        self._edit(path, offset, data, None)
+
+    def _edit(self, path: str, offset: int | None, data: bytes, size: int | None) -> None:
+        """Splice `data` at `offset` (None: the end) or cut at `size`; commit the result
+        if the file did not change meanwhile (else StateError: retry)."""
+        norm = paths.normalize(path)
+        with self.engine.read() as txn:
+            node = namespace.resolve(txn, norm)
+            if node.kind == Kind.DIR:
+                raise IsADirError(norm)
+            if node.kind != Kind.FILE:
+                raise InvalidPathError(norm, "is a symlink (edit its target instead)")
+            m = txn.get_manifest(node.ino)
+        refs = list(m.chunks) if m is not None else []
+        ends = list(itertools.accumulate(r.length for r in refs))
+        old_size = ends[-1] if ends else 0
+
+        def old(lo: int, hi: int) -> bytes:
+            return self._range_bytes(norm, refs, ends, lo, hi)
+
+        keep_after: list[ChunkRef] = []
+        if size is not None:
+            if size <= old_size:  # keep the chunks that end at or before the cut
+                first = bisect.bisect_right(ends, size)
+                start = ends[first - 1] if first else 0
+                mid = old(start, size)
+            else:  # grow with zeros
+                first, mid = len(refs), bytes(size - old_size)
+        else:
+            if offset is None:
+                offset = old_size
+            if not data and offset <= old_size:
+                return
+            end = offset + len(data)
+            if offset >= old_size:  # at or past the end: chunk the last chunk again too
+                first = max(len(refs) - 1, 0)
+                start = ends[first - 1] if first else 0
+                mid = old(start, old_size) + bytes(offset - old_size) + data
+            else:
+                first = bisect.bisect_right(ends, offset)
+                start = ends[first - 1] if first else 0
+                if end >= old_size:
+                    mid = old(start, offset) + data
+                else:
+                    last = bisect.bisect_right(ends, end - 1)
+                    mid = old(start, offset) + data + old(end, ends[last])
+                    keep_after = refs[last + 1:]
+        with self.store.writer() as session:
+            new_refs = session.store_buffer(mid) if mid else []
+            final = refs[:first] + new_refs + keep_after
+            expect = node.version
+
+            def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
+                now = namespace.resolve(txn, norm)
+                if now.ino != node.ino or now.version != expect:
+                    raise StateError(f"{norm} changed while it was being edited; retry")
+                return namespace.write_file(txn, norm, r)
+
+            session.add_file(final, action)
+
+    def _range_bytes(self, path: str, refs: list[ChunkRef], ends: list[int], lo: int,
+                     hi: int) -> bytes:
+        """Bytes [lo, hi) of the file whose chunks are `refs`."""
+        if lo >= hi:
+            return b""
+        first = bisect.bisect_right(ends, lo)
+        last = bisect.bisect_left(ends, hi)
+        base = ends[first - 1] if first else 0
+        data = b"".join(self.store.iter_manifest(Manifest(0, tuple(refs[first:last + 1])),
+                                                 path))
+        return data[lo - base:hi - base]
+
+    # -- pools ---------------------------------------------------------------------------
+    def add_pool(self, name: str, url: str, *, tier: str = "warm", capacity: int = 0) -> PoolRecord:
+        """Register a storage pool (any fsspec URL; a plain path is a local directory)
+        of `tier` ("hot", "warm" or "cold") holding at most `capacity` bytes (0: no limit)."""
+        from gfs.pools import open_pool
+        from gfs.tiering import TIERS
+
+        if tier not in TIERS:
+            raise ConfigError(f"unknown tier {tier!r}; tiers are {', '.join(TIERS)}")
+        if capacity < 0:
+            raise ConfigError(f"capacity must be >= 0 bytes, got {capacity}")
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"pool name must be letters, digits, '-' or '_', got {name!r}")
+        if "://" not in url:
+            url = Path(url).expanduser().absolute().as_uri()
+        open_pool(url).close()  # refuses an unknown protocol or a missing backend
+        with self.engine.write() as txn:
+            pools = list(txn.iter_pools())
+            if any(p.name == name for p in pools):
+                raise ExistsError(name, "a pool with this name exists already")
+            if any(p.url == url for p in pools):
+                raise ExistsError(url, "this URL is a pool of the store already")
+            rec = PoolRecord(max((p.id for p in pools), default=-1) + 1, name, url, tier,
+                             capacity)
+            txn.put_pool(rec)
+        return rec
+
+    def pools(self) -> list[tuple[PoolRecord, int]]:
+        """Every pool with the bytes its committed packs take."""
+        used = self.store.usage()
+        return [(rec, used.get(rec.id, 0)) for rec in self.store.pool_records()]
 
     # -- maintenance ---------------------------------------------------------------------
     def gc(self) -> Any:

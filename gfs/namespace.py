@@ -368,3 +368,41 @@ def st_mode(node: Inode) -> int:
     kind = {Kind.FILE: statmod.S_IFREG, Kind.DIR: statmod.S_IFDIR,
             Kind.SYMLINK: statmod.S_IFLNK}[node.kind]
     return kind | node.mode
+
+
+#: Value tables whose keys start with an inode number (u64 BE): entries of an
+#: inode that leaves the namespace are dropped with it by the `*_dropping_values`
+#: variants below (the FUSE mount keeps user xattrs in "xattrs").
+INODE_VALUE_TABLES: tuple[str, ...] = ("xattrs",)
+
+
+def drop_inode_values(txn: WriteTxn, inos: Iterator[int] | list[int],
+                      tables: tuple[str, ...] = INODE_VALUE_TABLES) -> None:
+    """Delete every entry of `tables` keyed by one of `inos` (ino u64 BE + rest)."""
+    for ino in inos:
+        prefix = ino.to_bytes(8, "big")
+        for table in tables:
+            for key, _ in list(txn.iter_values(table, prefix)):
+                txn.delete_value(table, key)
+
+
+def remove_dropping_values(txn: WriteTxn, path: str, *, recursive: bool = False,
+                           dir_ok: bool = True) -> list[Manifest]:
+    """`remove`, also dropping the per-inode values (xattrs) of every removed inode."""
+    parent, name = resolve_parent(txn, path)
+    node = child(txn, parent, name)
+    gone = [n.ino for n in walk(txn, node)] if node is not None else []
+    removed = remove(txn, path, recursive=recursive, dir_ok=dir_ok)
+    drop_inode_values(txn, gone)
+    return removed
+
+
+def rename_dropping_values(txn: WriteTxn, src: str, dst: str) -> list[Manifest]:
+    """`rename`, also dropping the per-inode values (xattrs) of an entry it replaces."""
+    dparent, dname = resolve_parent(txn, dst)
+    target = txn.lookup(dparent.ino, dname)
+    moving = resolve(txn, src)
+    replaced = rename(txn, src, dst)
+    if target is not None and target != moving.ino:
+        drop_inode_values(txn, [target])
+    return replaced
