@@ -1,0 +1,182 @@
+"""`hutong pool ...` and `hutong tier ...`: storage pools and tiered placement.
+
+Registered through `gfs.cli.EXTENSIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from typing import Any
+
+from gfs.client import Client
+from gfs.errors import ConfigError
+from gfs.tiering.policy import TIERS, TierPolicy, parse_duration, parse_size
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def cmd_pool_add(args: argparse.Namespace) -> int:
+    with Client(args.state) as fs:
+        rec = fs.add_pool(args.name, args.url, tier=args.tier,
+                          capacity=parse_size(args.capacity) if args.capacity else 0)
+    print(f"added pool {rec.name} (id {rec.id}, tier {rec.tier}) at {rec.url}")
+    return 0
+
+
+def cmd_pool_ls(args: argparse.Namespace) -> int:
+    with Client(args.state) as fs:
+        for rec, used in fs.pools():
+            cap = _human(rec.capacity) if rec.capacity else "unlimited"
+            print(f"{rec.id:>3} {rec.name:<12} {rec.tier:<5} {_human(used):>11} of {cap:<11} "
+                  f"{rec.url}")
+    return 0
+
+
+def _pair(text: str, what: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ConfigError(f"--{what} takes KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def cmd_policy_set(args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    if args.promote_reads is not None:
+        changes["promote_reads"] = args.promote_reads
+    for name in ("window", "demote_idle"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = parse_duration(value)
+    for name in ("high", "low", "cold_level", "write_tier"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    if args.rate is not None:
+        changes["rate"] = parse_size(args.rate)
+    with Client(args.state) as fs, fs.engine.write() as txn:
+        policy = TierPolicy.load(txn)
+        pins = dict(policy.pins)
+        for text in args.pin or []:
+            path, tier = _pair(text, "pin")
+            pins[path] = tier
+        for path in args.unpin or []:
+            pins.pop(path, None)
+        prices = dict(policy.prices)
+        for text in args.price or []:
+            tier, usd = _pair(text, "price")
+            try:
+                prices[tier] = float(usd)
+            except ValueError:
+                raise ConfigError(f"--price {text!r}: the price must be a number") from None
+        new = policy.with_changes(pins=pins, prices=prices, **changes)
+        new.save(txn)
+    print(json.dumps(asdict(new), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_policy_show(args: argparse.Namespace) -> int:
+    with Client(args.state) as fs:
+        policy = fs.store.policy()
+    print(json.dumps(asdict(policy), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_tier_run(args: argparse.Namespace) -> int:
+    from gfs.tiering.tierer import run
+
+    with Client(args.state) as fs:
+        r = run(fs.store, dry_run=args.dry_run)
+    verb = "would move" if args.dry_run else "moved"
+    moved = r.planned if args.dry_run else r.moved
+    dirs = ", ".join(f"{k}: {v}" for k, v in sorted(r.directions.items())) or "nothing to do"
+    print(f"tier run: {verb} {moved} chunks ({_human(r.bytes_moved)}; {dirs}); "
+          f"{r.skipped} skipped; {r.packs_written} packs written, {r.packs_deleted} deleted; "
+          f"{r.seconds:.2f}s")
+    return 0
+
+
+def cmd_tier_status(args: argparse.Namespace) -> int:
+    from gfs.tiering.tierer import last_report, tier_capacity, tier_usage
+
+    with Client(args.state) as fs:
+        usage = tier_usage(fs.store)
+        caps = tier_capacity(fs.store)
+        policy = fs.store.policy()
+        last = last_report(fs.store)
+    info = {
+        "tiers": {t: {"live_bytes": usage.get(t, 0), "capacity": caps.get(t)} for t in TIERS
+                  if t in caps or usage.get(t)},
+        "monthly_cost_usd": round(sum(usage.get(t, 0) / 1e9 * policy.prices.get(t, 0.0)
+                                      for t in TIERS), 4),
+        "last_run": None if last is None else asdict(last),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    for t, v in info["tiers"].items():
+        cap = v["capacity"]
+        cap_text = "no pool" if cap is None else ("unlimited" if cap == 0 else _human(cap))
+        print(f"{t:<5} {_human(v['live_bytes']):>11} of {cap_text}")
+    print(f"storage cost: {info['monthly_cost_usd']} USD/month at the policy's prices")
+    if last is None:
+        print("the tierer has not run yet (`hutong tier run`)")
+    else:
+        print(f"last run: moved {last.moved} chunks ({_human(last.bytes_moved)}), "
+              f"skipped {last.skipped}, in {last.seconds:.2f}s")
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add `pool` and `tier` to the `hutong` command line."""
+    pool = sub.add_parser("pool", help="storage pools of the store", parents=[common])
+    psub = pool.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+    sp = psub.add_parser("add", help="register a pool (a directory or any fsspec URL)",
+                         parents=[common])
+    sp.add_argument("name")
+    sp.add_argument("url", help="directory or fsspec URL (file://, s3://, memory://, ...)")
+    sp.add_argument("--tier", choices=TIERS, default="warm")
+    sp.add_argument("--capacity", help="at most this many bytes (e.g. 10G); default unlimited")
+    sp.set_defaults(func=cmd_pool_add)
+    sp = psub.add_parser("ls", help="pools, tiers, usage and capacity", parents=[common])
+    sp.set_defaults(func=cmd_pool_ls)
+
+    tier = sub.add_parser("tier", help="tiered placement: policy, runs, status",
+                          parents=[common])
+    tsub = tier.add_subparsers(dest="tier_command", metavar="ACTION", required=True)
+    pol = tsub.add_parser("policy", help="show or change the tiering policy", parents=[common])
+    polsub = pol.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    sp = polsub.add_parser("set", help="change the policy (other settings stay)",
+                           parents=[common])
+    sp.add_argument("--promote-reads", type=float, help="decayed reads that make a chunk hot")
+    sp.add_argument("--window", help="half-life of read counts (e.g. 1h)")
+    sp.add_argument("--demote-idle", help="idle time after which a chunk goes cold (e.g. 7d)")
+    sp.add_argument("--high", type=float, help="fill a tier to at most this share")
+    sp.add_argument("--low", type=float, help="when over, empty a tier down to this share")
+    sp.add_argument("--cold-level", type=int, help="zstd level of chunks moved to cold")
+    sp.add_argument("--write-tier", choices=TIERS, help="tier new data is written to")
+    sp.add_argument("--rate", help="bytes per second a run may move (e.g. 100M; 0: no limit)")
+    sp.add_argument("--pin", action="append", metavar="PATH=TIER", help="keep PATH in TIER")
+    sp.add_argument("--unpin", action="append", metavar="PATH", help="remove a pin")
+    sp.add_argument("--price", action="append", metavar="TIER=USD",
+                    help="cost per GB-month of a tier")
+    sp.set_defaults(func=cmd_policy_set)
+    sp = polsub.add_parser("show", help="print the policy", parents=[common])
+    sp.set_defaults(func=cmd_policy_show)
+    sp = tsub.add_parser("run", help="move chunks between tiers as the policy asks",
+                         parents=[common])
+    sp.add_argument("--dry-run", action="store_true", help="plan only")
+    sp.set_defaults(func=cmd_tier_run)
+    sp = tsub.add_parser("status", help="bytes per tier, cost, last run", parents=[common])
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_tier_status)
+
+
+__all__ = ["register"]
