@@ -1,0 +1,369 @@
+"""`hutong registry|site|token|grant|rule|status|fed`: the federation on the command line.
+
+Registered through `gfs.cli.EXTENSIONS`. The registry URL comes from --registry, else
+$HUTONG_REGISTRY, else the site.json of --state; the identity from --token
+($HUTONG_TOKEN) or the entity keys of --keys DIR (default STATE/federation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gfs.config import state_dir
+from gfs.errors import ConfigError, HutongError
+from gfs.federation.auth import EntityKeys
+from gfs.federation.client import FederationClient
+
+REGISTRY_ENV = "HUTONG_REGISTRY"
+TOKEN_ENV = "HUTONG_TOKEN"
+log = logging.getLogger("gfs.federation")
+
+
+def duration(text: str) -> float:
+    """Seconds of `7d`, `12h`, `30m`, `45s` or a plain number."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"duration {text!r}: use e.g. 7d, 12h, 30m, 45s") \
+            from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
+    return value
+
+
+# -- serving ------------------------------------------------------------------------------
+
+async def _serve(app: web.Application, host: str, port: int, banner: str,
+                 on_start: Any = None, background: list[Any] | None = None) -> None:
+    runner = web.AppRunner(app, shutdown_timeout=10.0, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound = runner.addresses[0][1]
+    url = f"http://{host}:{bound}" if ":" not in host else f"http://[{host}]:{bound}"
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = []
+    try:
+        if on_start is not None:
+            await on_start(url)
+        print(f"{banner} {url}", flush=True)
+        tasks = [asyncio.create_task(f()) for f in (background or [])]
+        await stop.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()  # stops listening, lets requests in flight finish
+
+
+def cmd_registry_serve(args: argparse.Namespace) -> int:
+    from gfs.federation.registry import RegistryState, make_app
+
+    state = RegistryState(state_dir(args.state), ttl=args.ttl)
+    asyncio.run(_serve(make_app(state), args.host, args.port, "hutong registry: serving on"))
+    return 0
+
+
+def cmd_site_init(args: argparse.Namespace) -> int:
+    from gfs.federation.site import init_site
+
+    registry = args.registry or os.environ.get(REGISTRY_ENV)
+    if not registry:
+        raise ConfigError(f"the registry URL is needed: pass --registry or set ${REGISTRY_ENV}")
+    root = state_dir(args.state)
+    init_site(root, name=args.name, entity=args.entity, region=args.region, registry=registry,
+              industry=args.industry, primary=args.primary, keys_from=args.keys_from)
+    if not args.quiet:
+        print(f"initialised site {args.name} of entity {args.entity} ({args.region}) at {root}")
+    return 0
+
+
+def cmd_site_serve(args: argparse.Namespace) -> int:
+    from gfs.federation.rules import reconcile
+    from gfs.federation.site import Site, make_app
+    from gfs.mover import MoverServer
+
+    site = Site(state_dir(args.state), registry=args.registry)
+    movers: list[MoverServer] = []
+
+    async def on_start(url: str) -> None:
+        site.endpoint = url
+        if not args.no_mover:
+            srv = MoverServer(site.client, site.mover_secret, args.host, 0)
+            movers.append(srv)
+            site.mover_address = srv.address
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, site.register)
+        except HutongError as e:
+            log.warning("site %s: registry not reachable yet (%s); heartbeats will retry",
+                        site.name, e)
+
+    async def heartbeats() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(args.heartbeat)
+            try:
+                await loop.run_in_executor(None, site.heartbeat)
+            except HutongError as e:
+                if getattr(e, "status", 0) == 404:
+                    await loop.run_in_executor(None, site.register)
+                else:
+                    log.warning("site %s: heartbeat failed: %s", site.name, e)
+
+    async def reconciler() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(args.reconcile_interval)
+            try:
+                await loop.run_in_executor(None, reconcile, site)
+            except HutongError as e:
+                log.warning("site %s: reconcile failed: %s", site.name, e)
+
+    background = [heartbeats] + ([reconciler] if site.config.primary
+                                 and args.reconcile_interval > 0 else [])
+    try:
+        asyncio.run(_serve(make_app(site), args.host, args.port,
+                           f"hutong site: {site.name} ({site.entity}) serving on",
+                           on_start, background))
+    finally:
+        for m in movers:
+            m.close()
+        site.close()
+    return 0
+
+
+# -- clients ------------------------------------------------------------------------------
+
+def _fed(args: argparse.Namespace) -> FederationClient:
+    registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV)
+    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
+    keys = None
+    keys_dir = getattr(args, "keys", None)
+    root = state_dir(args.state)
+    if keys_dir is None and token is None and (root / "federation" / "entity.key").exists():
+        keys_dir = root / "federation"
+    if keys_dir is not None:
+        keys = EntityKeys.load(keys_dir)
+    if registry is None and (root / "federation" / "site.json").exists():
+        registry = json.loads((root / "federation" / "site.json").read_text())["registry"]
+    if not registry:
+        raise ConfigError(f"the registry URL is needed: pass --registry or set ${REGISTRY_ENV}")
+    if keys is None and token is None:
+        raise ConfigError(f"no identity: pass --token (or set ${TOKEN_ENV}) or --keys DIR")
+    near = getattr(args, "near", None)
+    return FederationClient(registry, keys=keys, token=token, near=near)
+
+
+def _entity_of(args: argparse.Namespace, fc: FederationClient) -> str:
+    ent = getattr(args, "entity", None) or fc.me
+    if not ent:
+        raise ConfigError("which entity? pass --entity")
+    return str(ent)
+
+
+def cmd_token_mint(args: argparse.Namespace) -> int:
+    keys = EntityKeys.load(args.keys or state_dir(args.state) / "federation")
+    print(keys.mint_token(args.user, args.scope, args.prefix or f"/{keys.name}", args.ttl))
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    with _fed(args) as fc:
+        g = fc.grant(args.pattern, args.to, "write" if args.write else "read")
+    if not args.quiet:
+        print(f"grant {g['id']}: {g['to']} may {g['mode']} {g['pattern']}")
+    return 0
+
+
+def cmd_rule_add(args: argparse.Namespace) -> int:
+    with _fed(args) as fc:
+        r = fc.rule_add(args.pattern, args.copies, args.where, args.lifetime)
+    if not args.quiet:
+        print(f"rule {r['id']}: {r['pattern']} x{r['copies']} where {r['where']!r}")
+    return 0
+
+
+def _rule_line(r: dict[str, Any]) -> str:
+    state = r["state"] + (f" ({r['reason']})" if r.get("reason") else "")
+    return (f"{r['id']}  {r['pattern']}  copies={r['copies']}  where={r['where']!r}  "
+            f"sites={','.join(r.get('sites', [])) or '-'}  {state}")
+
+
+def cmd_rule_ls(args: argparse.Namespace) -> int:
+    with _fed(args) as fc:
+        rules = fc.rules(_entity_of(args, fc))
+    if args.json:
+        print(json.dumps(rules))
+    for r in rules if not args.json else []:
+        print(_rule_line(r))
+    return 0
+
+
+def cmd_rule_rm(args: argparse.Namespace) -> int:
+    with _fed(args) as fc:
+        fc.rule_rm(_entity_of(args, fc), args.id)
+    return 0
+
+
+def cmd_rule_reconcile(args: argparse.Namespace) -> int:
+    with _fed(args) as fc:
+        for r in fc.reconcile(_entity_of(args, fc)):
+            print(_rule_line(r))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gfs.cli import human
+
+    with _fed(args) as fc:
+        sites = fc.sites(refresh=True)
+        rules = []
+        if fc.me:
+            try:
+                rules = fc.rules(fc.me)
+            except HutongError as e:
+                print(f"rules of {fc.me}: unavailable ({e})", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"sites": list(sites.values()), "rules": rules}))
+        return 0
+    print(f"{'site':<14} {'entity':<10} {'region':<10} {'status':<6} {'pool':<10} {'tier':<5} "
+          f"{'used':>10} {'capacity':>10}")
+    for s in sorted(sites.values(), key=lambda s: (s["entity"], s["name"])):
+        for p in s["pools"]:
+            print(f"{s['name']:<14} {s['entity']:<10} {s['region']:<10} {s['status']:<6} "
+                  f"{p['name']:<10} {p['tier']:<5} {human(p.get('used', 0)):>10} "
+                  f"{human(p['capacity']):>10}")
+    if rules:
+        print("\nrules:")
+        for r in rules:
+            print("  " + _rule_line(r))
+    return 0
+
+
+def cmd_fed(args: argparse.Namespace) -> int:
+    with _fed(args) as fc:
+        if args.fed_command == "ls":
+            for e in fc.ls(args.path):
+                print(f"{e['kind']:<8} {e['size']:>12}  {e['path']}")
+        elif args.fed_command == "stat":
+            print(json.dumps(fc.stat(args.path)))
+        elif args.fed_command == "cat":
+            sys.stdout.buffer.write(fc.read_bytes(args.path))
+        elif args.fed_command == "put":
+            fc.write_bytes(args.path, Path(args.local).read_bytes())
+        elif args.fed_command == "mkdir":
+            fc.mkdir(args.path, parents=True, exist_ok=True)
+        elif args.fed_command == "rm":
+            fc.rm(args.path, recursive=args.recursive)
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the federation commands to the `hutong` parser."""
+    ident = argparse.ArgumentParser(add_help=False)
+    ident.add_argument("--registry", metavar="URL", help=f"registry (${REGISTRY_ENV})")
+    ident.add_argument("--token", help=f"user token (${TOKEN_ENV})")
+    ident.add_argument("--keys", metavar="DIR", help="entity keys (default STATE/federation)")
+    ident.add_argument("--near", metavar="SITE", help="read from replicas nearest this site")
+
+    p = sub.add_parser("registry", help="run the federation registry", parents=[common])
+    rs = p.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
+    sp = rs.add_parser("serve", parents=[common], help="serve the registry until SIGTERM",
+                       description="State (LMDB) in --state DIR.")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
+    sp.add_argument("--ttl", type=float, default=15.0, help="heartbeat TTL in seconds (15)")
+    sp.set_defaults(func=cmd_registry_serve)
+
+    p = sub.add_parser("site", help="create or run a federation site", parents=[common])
+    ss = p.add_subparsers(dest="site_command", metavar="COMMAND", required=True)
+    sp = ss.add_parser("init", parents=[common], help="create a site in --state DIR")
+    sp.add_argument("--entity", required=True)
+    sp.add_argument("--name", required=True, help="site name")
+    sp.add_argument("--region", required=True)
+    sp.add_argument("--industry", default="GEN")
+    sp.add_argument("--registry", metavar="URL")
+    sp.add_argument("--primary", action="store_true", help="holds the entity's metadata")
+    sp.add_argument("--keys-from", metavar="DIR", help="reuse the entity keys of another site")
+    sp.set_defaults(func=cmd_site_init)
+    sp = ss.add_parser("serve", parents=[common], help="serve the site until SIGTERM")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
+    sp.add_argument("--registry", metavar="URL", help="override the registry of site.json")
+    sp.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    sp.add_argument("--reconcile-interval", type=float, default=30.0,
+                    help="seconds between rule evaluations (0: only on request)")
+    sp.add_argument("--no-mover", action="store_true", help="no mover port")
+    sp.set_defaults(func=cmd_site_serve)
+
+    p = sub.add_parser("token", help="mint user tokens", parents=[common])
+    ts = p.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    sp = ts.add_parser("mint", parents=[common], help="print a scoped token of the entity")
+    sp.add_argument("--user", required=True)
+    sp.add_argument("--scope", choices=("read", "write"), default="read")
+    sp.add_argument("--prefix", help="namespace prefix (default: /ENTITY)")
+    sp.add_argument("--ttl", type=duration, default=3600.0, help="lifetime (1h)")
+    sp.add_argument("--keys", metavar="DIR")
+    sp.set_defaults(func=cmd_token_mint)
+
+    sp = sub.add_parser("grant", parents=[common, ident],
+                        help="let another entity read or write a subtree",
+                        description="e.g. hutong grant '/bank-a/shared/**' --to telco-b --read")
+    sp.add_argument("pattern")
+    sp.add_argument("--to", required=True, help="grantee entity")
+    mode = sp.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--read", action="store_true")
+    mode.add_argument("--write", action="store_true")
+    sp.set_defaults(func=cmd_grant)
+
+    p = sub.add_parser("rule", help="replication rules", parents=[common])
+    rls = p.add_subparsers(dest="rule_command", metavar="COMMAND", required=True)
+    sp = rls.add_parser("add", parents=[common, ident], help="add a replication rule")
+    sp.add_argument("pattern")
+    sp.add_argument("--copies", type=int, required=True)
+    sp.add_argument("--where", default="", help="site expression, e.g. 'region=cn-west'")
+    sp.add_argument("--lifetime", type=duration, help="e.g. 7d")
+    sp.set_defaults(func=cmd_rule_add)
+    sp = rls.add_parser("ls", parents=[common, ident], help="rules and their states")
+    sp.add_argument("--entity")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_rule_ls)
+    sp = rls.add_parser("rm", parents=[common, ident], help="remove a rule (gc reclaims)")
+    sp.add_argument("id")
+    sp.add_argument("--entity")
+    sp.set_defaults(func=cmd_rule_rm)
+    sp = rls.add_parser("reconcile", parents=[common, ident], help="evaluate rules now")
+    sp.add_argument("--entity")
+    sp.set_defaults(func=cmd_rule_reconcile)
+
+    sp = sub.add_parser("status", parents=[common, ident],
+                        help="sites, pools, usage and rule states")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("fed", help="the global namespace (/ENTITY/...)", parents=[common])
+    fs = p.add_subparsers(dest="fed_command", metavar="COMMAND", required=True)
+    for name, helptext in (("ls", "list a directory"), ("stat", "show an entry"),
+                           ("cat", "print a file"), ("mkdir", "make a directory (-p)"),
+                           ("rm", "remove"), ("put", "write a local file")):
+        sp = fs.add_parser(name, parents=[common, ident], help=helptext)
+        if name == "put":
+            sp.add_argument("local")
+        sp.add_argument("path")
+        if name == "rm":
+            sp.add_argument("-r", "--recursive", action="store_true")
+        sp.set_defaults(func=cmd_fed)

@@ -1,0 +1,234 @@
+"""Replication rules (Rucio-like) and the reconciler that keeps them true.
+
+A rule (pattern, copies, where, expires) lives at its entity's primary. `reconcile(site)`
+evaluates every rule once: it picks `copies` up sites matching `where`, pushes the
+chunks they lack (plain to the entity's own sites, through the mover when the target
+has one; owner-encrypted with keyed ids to other entities' sites), pins them there, and
+records the state `ok`, `replicating` or `stuck` with a reason (docs/format.md, "Rules").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from gfs import mover
+from gfs.codec import encode_encrypted_blob, keyed_chunk_id
+from gfs.errors import HutongError, NotFoundError
+from gfs.federation.http import HttpClient
+from gfs.meta import ChunkRef, Kind
+
+if TYPE_CHECKING:
+    from gfs.federation.site import Site
+
+log = logging.getLogger("gfs.federation.rules")
+BATCH_IDS = 1024
+BATCH_BYTES = 16 << 20
+
+
+def _literal_prefix(pattern: str) -> str:
+    parts = []
+    for p in pattern.strip("/").split("/"):
+        if any(c in p for c in "*?["):
+            break
+        parts.append(p)
+    return "/" + "/".join(parts)
+
+
+def rule_files(site: Site, pattern: str) -> list[tuple[str, list[ChunkRef]]]:
+    """The files of the site's store matching `pattern`, with their chunk refs."""
+    from gfs.federation.site import glob_match
+
+    out: list[tuple[str, list[ChunkRef]]] = []
+    try:
+        entries = list(site.client.walk(_literal_prefix(pattern)))
+    except (NotFoundError, HutongError):
+        return out
+    with site.client.engine.read() as txn:
+        for st in entries:
+            if st.kind == "file" and glob_match(pattern, st.path):
+                node = txn.get_inode(st.ino)
+                m = txn.get_manifest(st.ino) if node and node.kind == Kind.FILE else None
+                out.append((st.path, list(m.chunks) if m else []))
+    return out
+
+
+def _peer(site: Site, rec: dict[str, Any]) -> HttpClient:
+    return HttpClient(rec["endpoint"], keys=site.keys, timeout=30)
+
+
+def _batches(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef]) -> int:
+    """Place `refs` on site `target` and pin them for `rule_id`; returns chunks sent."""
+    if target["name"] == site.name:
+        return 0
+    peer = _peer(site, target)
+    sent = 0
+    try:
+        if target["entity"] == site.entity:
+            ids = [r.id for r in refs]
+            missing: list[bytes] = []
+            for b in _batches(ids, 4096):
+                have = peer.call("POST", "/v1/chunks/has", {"ids": [c.hex() for c in b]})
+                missing += [c for c, h in zip(b, have["have"], strict=True) if not h]
+            if missing and target.get("mover"):
+                sess = peer.call("POST", "/v1/mover/session", {})
+                stats = mover.send(site.client, (sess["host"], int(sess["port"])), missing,
+                                   bytes.fromhex(sess["secret"]))
+                sent += stats.chunks
+            elif missing:
+                sent += _put_plain(site, peer, missing)
+            peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}",
+                      {"chunks": [[r.id.hex(), r.length] for r in refs]})
+        else:
+            keyed = {keyed_chunk_id(r.id, site.keys.id_key): r.id for r in refs}
+            kids = list(keyed)
+            missing = []
+            for b in _batches(kids, 4096):
+                have = peer.call("POST", "/v1/chunks/has",
+                                 {"ids": [c.hex() for c in b], "owner": site.entity})
+                missing += [c for c, h in zip(b, have["have"], strict=True) if not h]
+            batch: list[bytes] = []
+            size = 0
+            for kid in missing:
+                raw = site.client.store.read_chunk(keyed[kid])
+                blob = encode_encrypted_blob(raw, site.keys.enc_key, site.keys.id_key,
+                                             site.client.config.zstd_level, keyed[kid])
+                batch.append(blob)
+                size += len(blob)
+                if len(batch) >= BATCH_IDS or size >= BATCH_BYTES:
+                    _send_frames(peer, batch, site.entity)
+                    sent += len(batch)
+                    batch, size = [], 0
+            if batch:
+                _send_frames(peer, batch, site.entity)
+                sent += len(batch)
+            peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}",
+                      {"ids": [k.hex() for k in kids]})
+    finally:
+        peer.close()
+    return sent
+
+
+def _send_frames(peer: HttpClient, blobs: list[bytes], owner: str) -> None:
+    from gfs.federation.site import pack_frames
+
+    peer.call("POST", "/v1/chunks/put", body=pack_frames(list(blobs)),
+              query={"owner": owner}, content_type="application/octet-stream")
+
+
+def _put_plain(site: Site, peer: HttpClient, missing: list[bytes]) -> int:
+    from gfs.federation.site import pack_frames
+
+    sent = 0
+    batch: list[bytes | None] = []
+    size = 0
+    for cid in missing:
+        blob = site.blob(cid)
+        if blob is None:
+            continue
+        batch.append(blob)
+        size += len(blob)
+        if len(batch) >= BATCH_IDS or size >= BATCH_BYTES:
+            peer.call("POST", "/v1/chunks/put", body=pack_frames(batch),
+                      content_type="application/octet-stream")
+            sent += len(batch)
+            batch, size = [], 0
+    if batch:
+        peer.call("POST", "/v1/chunks/put", body=pack_frames(batch),
+                  content_type="application/octet-stream")
+        sent += len(batch)
+    return sent
+
+
+def _order(site: Site, rule: dict[str, Any], up: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    held = rule.get("sites", [])
+
+    def key(s: dict[str, Any]) -> tuple[int, int, int]:
+        free = sum(p["capacity"] - p.get("used", 0) for p in s["pools"])
+        return (0 if s["name"] in held else 1, 0 if s["name"] == site.name else 1, -free)
+    return sorted(up, key=key)
+
+
+def reconcile_rule(site: Site, rule: dict[str, Any],
+                   sites: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Evaluate one rule now; returns (and stores) its new record."""
+    matching = site.registry.call("GET", "/v1/sites", query={"where": rule["where"]})["sites"]
+    up = [sites.get(s["name"], s) for s in matching if s["status"] == "up"]
+    targets = _order(site, rule, up)[:rule["copies"]]
+    refs_by_id: dict[bytes, ChunkRef] = {}
+    files = rule_files(site, rule["pattern"])
+    for _, refs in files:
+        for r in refs:
+            refs_by_id.setdefault(r.id, r)
+    refs = list(refs_by_id.values())
+    rule["state"], rule["reason"] = "replicating", f"placing on {[t['name'] for t in targets]}"
+    site.put_record("rule", rule)
+    held: list[str] = []
+    problems: list[str] = []
+    sent = 0
+    for t in targets:
+        try:
+            sent += push(site, t, rule["id"], refs)
+            held.append(t["name"])
+        except HutongError as e:
+            log.warning("rule %s: placing on %s failed: %s", rule["id"], t["name"], e)
+            problems.append(f"{t['name']}: {e}")
+    rule["sites"] = held
+    rule["files"], rule["chunks"] = len(files), len(refs)
+    rule["bytes"] = sum(r.length for r in refs)
+    rule["updated"] = time.time()
+    if len(held) >= rule["copies"]:
+        rule["state"], rule["reason"] = "ok", ""
+    elif len(up) < rule["copies"]:
+        down = [s["name"] for s in matching if s["status"] != "up"]
+        rule["state"] = "stuck"
+        rule["reason"] = (f"only {len(up)} of {rule['copies']} sites matching "
+                          f"{rule['where']!r} are up" + (f" (down: {', '.join(down)})"
+                                                         if down else ""))
+    else:
+        rule["state"], rule["reason"] = "stuck", "; ".join(problems)[:500]
+    site.put_record("rule", rule)
+    return rule
+
+
+def reconcile(site: Site) -> list[dict[str, Any]]:
+    """Evaluate every rule of the site's entity once (expired rules are removed)."""
+    sites = {s["name"]: s for s in site.registry.call("GET", "/v1/sites")["sites"]}
+    out = []
+    for rule in site.rules():
+        if rule.get("expires") and time.time() > rule["expires"]:
+            try:
+                site.delete_record("rule", rule["id"])
+            except HutongError:
+                continue
+            unpin_everywhere(site, rule, sites)
+            continue
+        out.append(reconcile_rule(site, rule, sites))
+    return out
+
+
+def unpin_everywhere(site: Site, rule: dict[str, Any],
+                     sites: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Remove a rule's pins from every site holding them (best effort); returns the sites
+    that confirmed."""
+    if sites is None:
+        sites = {s["name"]: s for s in site.registry.call("GET", "/v1/sites")["sites"]}
+    done = []
+    for name in rule.get("sites", []):
+        rec = sites.get(name)
+        if rec is None or name == site.name:
+            continue
+        peer = _peer(site, rec)
+        try:
+            peer.call("DELETE", f"/v1/pins/{site.entity}/{rule['id']}")
+            done.append(name)
+        except HutongError as e:
+            log.warning("rule %s: unpinning at %s failed: %s", rule["id"], name, e)
+        finally:
+            peer.close()
+    return done

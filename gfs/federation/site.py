@@ -1,0 +1,921 @@
+"""The site daemon: one entity's metadata (when primary) and its pools' chunks over HTTP.
+
+`Site` holds the state (an embedded store, the entity keys, the vault of other
+entities' encrypted blobs); `make_app(site)` builds the aiohttp application
+(API: docs/openapi/site.yaml); `hutong site serve` runs it with a mover port,
+heartbeats to the registry and the rule reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gfs import namespace, paths
+from gfs.client import Client, Stat
+from gfs.codec import check_encrypted_blob, decode_blob
+from gfs.errors import (
+    CorruptChunkError,
+    HutongError,
+    InvalidPathError,
+    NotFoundError,
+    StateError,
+)
+from gfs.federation import ids
+from gfs.federation.auth import (
+    AuthError,
+    EntityKeys,
+    NonceCache,
+    Token,
+    public_key,
+    token_issuer,
+    verify_request,
+    verify_token,
+)
+from gfs.federation.http import (
+    ApiError,
+    BadRequestError,
+    HttpClient,
+    Metrics,
+    error_middleware,
+    field,
+    read_json,
+)
+from gfs.meta import ChunkRef, Kind, Manifest, WriteTxn
+from gfs.packs import pack_key
+from gfs.store import Prepared
+
+log = logging.getLogger("gfs.federation.site")
+MAX_BODY = 64 << 20
+"""Largest chunk put body and file write body (bytes)."""
+MAX_IDS = 4096
+KEY_TTL = 60.0
+SITE_FILE = "site.json"
+_FRAME = struct.Struct("<I")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+class NotPrimaryError(ApiError):
+    """A namespace request reached a site that is not its entity's primary."""
+
+
+# -- chunk frames ------------------------------------------------------------------------
+
+def pack_frames(blobs: list[bytes | None]) -> bytes:
+    """Frames `u32 LE length, blob` (length 0 for None)."""
+    out = bytearray()
+    for b in blobs:
+        out += _FRAME.pack(0 if b is None else len(b))
+        if b:
+            out += b
+    return bytes(out)
+
+
+def unpack_frames(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
+    """The blobs of a frame sequence; BadRequestError if truncated or too many."""
+    out: list[bytes] = []
+    view, pos = memoryview(body), 0
+    while pos < len(body):
+        if pos + 4 > len(body):
+            raise BadRequestError(f"truncated frame header at byte {pos}")
+        (n,) = _FRAME.unpack_from(body, pos)
+        pos += 4
+        if pos + n > len(body):
+            raise BadRequestError(f"frame at byte {pos - 4} claims {n} bytes, "
+                                  f"{len(body) - pos} left")
+        out.append(bytes(view[pos:pos + n]))
+        pos += n
+        if len(out) > limit:
+            raise BadRequestError(f"more than {limit} frames in one body")
+    return out
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    """Whether `path` matches `pattern` (`*` within a component, `**` any depth; `/a/**`
+    also matches `/a`)."""
+    if pattern.endswith("/**") and path == pattern[:-3]:
+        return True
+    rx = re.escape(pattern).replace(r"\*\*", "\0").replace(r"\*", "[^/]*").replace("\0", ".*")
+    rx = rx.replace(r"\?", "[^/]")
+    return re.fullmatch(rx, path) is not None
+
+
+# -- the site ------------------------------------------------------------------------------
+
+@dataclass
+class Principal:
+    """Who is asking: an entity (signed request) or a token of an entity."""
+
+    entity: str
+    token: Token | None = None
+
+    @property
+    def entity_wide(self) -> bool:
+        """Signed by the entity, or a token whose prefix is the entity's whole subtree."""
+        return self.token is None or self.token.prefix.rstrip("/") == f"/{self.entity}"
+
+
+@dataclass
+class SiteConfig:
+    """What `site.json` in the state directory says about the site."""
+
+    name: str
+    entity: str
+    region: str
+    industry: str
+    registry: str
+    primary: bool
+
+    @classmethod
+    def load(cls, state: Path) -> SiteConfig:
+        try:
+            d = json.loads((state / "federation" / SITE_FILE).read_text())
+            return cls(d["name"], d["entity"], d["region"], d["industry"], d["registry"],
+                       bool(d["primary"]))
+        except FileNotFoundError:
+            raise StateError(f"{state} is not a site; create it with `hutong site init`") \
+                from None
+
+    def save(self, state: Path) -> None:
+        p = state / "federation" / SITE_FILE
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=1))
+        os.replace(tmp, p)
+
+
+class Vault:
+    """Other entities' encrypted blobs, by owner and keyed id, with per-rule pins."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, owner: str, kid: bytes) -> Path:
+        h = kid.hex()
+        return self.root / owner / h[:2] / h
+
+    def has(self, owner: str, kid: bytes) -> bool:
+        return self._path(owner, kid).exists()
+
+    def get(self, owner: str, kid: bytes) -> bytes | None:
+        try:
+            return self._path(owner, kid).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, owner: str, kid: bytes, blob: bytes) -> bool:
+        p = self._path(owner, kid)
+        if p.exists():
+            return False
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+        return True
+
+    def pin(self, owner: str, rule: str, kids: list[str]) -> None:
+        p = self.root / owner / "pins" / f"{rule}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(set(kids))))
+        os.replace(tmp, p)
+
+    def unpin(self, owner: str, rule: str) -> bool:
+        try:
+            (self.root / owner / "pins" / f"{rule}.json").unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def usage(self) -> int:
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+
+    def gc(self) -> int:
+        """Delete blobs no pin names; returns how many."""
+        removed = 0
+        if not self.root.exists():
+            return 0
+        for owner in self.root.iterdir():
+            pinned: set[str] = set()
+            for pf in (owner / "pins").glob("*.json"):
+                pinned.update(json.loads(pf.read_text()))
+            for f in owner.glob("??/*"):
+                if f.name not in pinned and not f.name.startswith("."):
+                    f.unlink()
+                    removed += 1
+        return removed
+
+
+class Site:
+    """A site's state: its store, keys, configuration, vault and peer key cache."""
+
+    def __init__(self, state: str | os.PathLike[str], *, registry: str | None = None) -> None:
+        self.state = Path(state)
+        self.config = SiteConfig.load(self.state)
+        if registry:
+            self.config.registry = registry
+        self.keys = EntityKeys.load(self.state / "federation")
+        self.client = Client(self.state)
+        self.vault = Vault(self.state / "vault")
+        self.registry = HttpClient(self.config.registry, keys=self.keys, timeout=10)
+        self.nonces = NonceCache()
+        self.metrics = Metrics("hutong_site")
+        self.endpoint = ""
+        self.mover_address: tuple[str, int] | None = None
+        self.mover_secret = secrets.token_bytes(32)
+        self._keys: dict[str, tuple[Ed25519PublicKey, float]] = {}
+        self._keys_lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        self.metrics.gauges["vault_bytes"] = lambda: float(self.vault.usage())
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def entity(self) -> str:
+        return self.config.entity
+
+    def close(self) -> None:
+        self.registry.close()
+        self.client.close()
+
+    # -- registry --------------------------------------------------------------
+    def peer_key(self, entity: str) -> Ed25519PublicKey:
+        """The public key the registry publishes for `entity` (cached for KEY_TTL s)."""
+        if entity == self.entity:
+            return self.keys.private.public_key()
+        with self._keys_lock:
+            hit = self._keys.get(entity)
+        if hit is not None and time.monotonic() - hit[1] < KEY_TTL:
+            return hit[0]
+        try:
+            rec = self.registry.call("GET", f"/v1/entities/{entity}")
+        except NotFoundError:
+            raise AuthError(f"entity {entity!r} is not registered") from None
+        except HutongError as e:
+            if getattr(e, "status", 0) == 404:
+                raise AuthError(f"entity {entity!r} is not registered") from None
+            raise
+        key = public_key(rec["public_key"])
+        with self._keys_lock:
+            self._keys[entity] = (key, time.monotonic())
+        return key
+
+    def pools(self) -> list[dict[str, Any]]:
+        used: dict[int, int] = {}
+        with self.client.engine.read() as txn:
+            for p in txn.iter_packs():
+                used[p.pool] = used.get(p.pool, 0) + p.size
+            recs = list(txn.iter_pools())
+        vault = self.vault.usage() if self.vault.root.exists() else 0
+        return [{"name": r.name, "tier": r.tier, "capacity": r.capacity or (1 << 40),
+                 "used": used.get(r.id, 0) + (vault if i == 0 else 0)}
+                for i, r in enumerate(recs)]
+
+    def register(self) -> dict[str, Any]:
+        """Register (or refresh) the entity and this site at the registry."""
+        body = {"name": self.entity, "industry": self.config.industry,
+                "region": self.config.region, "public_key": self.keys.public_b64}
+        self.registry.call("POST", "/v1/entities", body)
+        mover = (f"{self.mover_address[0]}:{self.mover_address[1]}"
+                 if self.mover_address else None)
+        return dict(self.registry.call("PUT", f"/v1/sites/{self.name}", {
+            "entity": self.entity, "region": self.config.region, "endpoint": self.endpoint,
+            "mover": mover, "primary": self.config.primary, "pools": self.pools()}))
+
+    def heartbeat(self) -> None:
+        used = {p["name"]: p["used"] for p in self.pools()}
+        self.registry.call("POST", f"/v1/sites/{self.name}/heartbeat", {"used": used})
+
+    # -- authorisation -----------------------------------------------------------
+    def principal(self, request: web.Request, body: bytes) -> Principal:
+        """Authenticate a request (token or signature); deny by default."""
+        auth = request.headers.get("Authorization", "")
+        if auth:
+            if not auth.startswith("Bearer "):
+                raise AuthError("Authorization must be 'Bearer TOKEN'")
+            tok = auth[7:].strip()
+            iss = token_issuer(tok)
+            return Principal(iss, verify_token(tok, self.peer_key(iss)))
+        entity = request.headers.get("X-Hutong-Entity")
+        if entity is None:
+            raise AuthError("authentication required: sign the request with an entity key "
+                            "or send a token (Authorization: Bearer)")
+        try:
+            ids.check_name(entity, "X-Hutong-Entity")
+        except ids.IdentifierError as e:
+            raise AuthError(str(e)) from None
+        who = verify_request(request.headers, request.method, request.path_qs, body,
+                             self.peer_key(entity), self.nonces)
+        return Principal(who)
+
+    def grants(self) -> list[dict[str, Any]]:
+        with self.client.engine.read() as txn:
+            return [json.loads(v) for _, v in txn.iter_values("rules", b"grant:")]
+
+    def check_path(self, p: Principal, path: str, write: bool) -> str:
+        """The normalised `path` if `p` may read (or write) it here; else AuthError."""
+        if not isinstance(path, str):
+            raise BadRequestError("path must be a string")
+        norm = paths.normalize(path)
+        parts = paths.split(norm)
+        if not parts or parts[0] != self.entity:
+            raise AuthError(f"path {norm!r} is outside /{self.entity}, the only subtree this "
+                            "site serves", 403, "path_outside_root")
+        if not self.config.primary:
+            raise NotPrimaryError(f"site {self.name} is not the primary of {self.entity}; ask "
+                                  "the registry for the primary", 421, "not_primary")
+        what = "write" if write else "read"
+        if p.token is not None and not p.token.allows(norm, write):
+            raise AuthError(f"token of {p.token.sub!r} does not allow {what} on {norm!r} "
+                            f"(scope {p.token.scope}, prefix {p.token.prefix})", 403,
+                            "forbidden")
+        if p.entity == self.entity:
+            return norm
+        for g in self.grants():
+            if g["to"] == p.entity and glob_match(g["pattern"], norm) and (
+                    not write or g["mode"] == "write"):
+                return norm
+        raise AuthError(f"entity {p.entity!r} has no {what} grant on {norm!r}", 403,
+                        "forbidden")
+
+    def check_owner(self, p: Principal, owner: str, write: bool) -> None:
+        """Chunk-level access: only the owner entity itself (signed, or an entity-wide
+        token; write needs write scope)."""
+        if p.entity != owner or not p.entity_wide or (
+                write and p.token is not None and p.token.scope != "write"):
+            raise AuthError(f"chunk access for owner {owner!r} needs a request signed by "
+                            f"{owner!r} or an entity-wide token of it", 403, "forbidden")
+
+    # -- rules and pins (store side) ---------------------------------------------
+    def pin_store(self, owner: str, rule: str, refs: list[ChunkRef]) -> None:
+        """Pin chunks of this site's own store under /.pins/OWNER/RULE (gc keeps them)."""
+        missing = self.missing(refs)
+        if missing:
+            raise ApiError(f"cannot pin: {len(missing)} chunks are not stored here "
+                           f"(first {missing[0]})", 409, "missing_chunks")
+        path = f"/.pins/{owner}/{rule}"
+
+        def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
+            namespace.mkdir(txn, f"/.pins/{owner}", parents=True, exist_ok=True)
+            return namespace.write_file(txn, path, r)
+        with self.write_lock, self.client.store.writer() as s:
+            s.add_file(refs, action)
+
+    def unpin_store(self, owner: str, rule: str) -> bool:
+        try:
+            self.client.rm(f"/.pins/{owner}/{rule}")
+            return True
+        except NotFoundError:
+            return False
+
+    def missing(self, refs: list[ChunkRef]) -> list[str]:
+        with self.client.engine.read() as txn:
+            return [r.id.hex() for r in refs if not txn.has_chunk(r.id)]
+
+    # -- chunks --------------------------------------------------------------------
+    def blob(self, cid: bytes) -> bytes | None:
+        """The blob of chunk `cid` as stored (first readable location), or None."""
+        with self.client.engine.read() as txn:
+            rec = txn.get_chunk(cid)
+        if rec is None:
+            return None
+        for loc in rec.locations:
+            try:
+                return bytes(self.client.store.pool(loc.pool).get(
+                    pack_key(loc.pack), loc.offset, loc.offset + loc.length))
+            except HutongError:
+                continue
+        return None
+
+    def put_plain(self, blobs: list[bytes]) -> tuple[int, int]:
+        """Verify every blob, then store the new ones (refcount 0); (stored, present)."""
+        raws: list[tuple[ChunkRef, bytes]] = []
+        for i, b in enumerate(blobs):
+            try:
+                raw = decode_blob(b)
+            except CorruptChunkError as e:
+                raise BadRequestError(f"blob {i} of the body is corrupt: {e}") from None
+            raws.append((ChunkRef(b[16:32], len(raw)), raw))
+        with self.client.engine.read() as txn:
+            new = [(r, raw) for r, raw in raws if not txn.has_chunk(r.id)]
+        if new:
+            uniq = dict((r.id, (r, raw)) for r, raw in new)
+            with self.write_lock, self.client.store.writer() as s:
+                s.store_prepared(Prepared([r for r, _ in uniq.values()],
+                                          [memoryview(raw) for _, raw in uniq.values()],
+                                          sum(len(raw) for _, raw in uniq.values())))
+                s.commit()
+            return len(uniq), len(blobs) - len(uniq)
+        return 0, len(blobs)
+
+    def put_foreign(self, owner: str, blobs: list[bytes]) -> tuple[int, int]:
+        heads = []
+        for i, b in enumerate(blobs):
+            try:
+                heads.append(check_encrypted_blob(b))
+            except CorruptChunkError as e:
+                raise BadRequestError(f"blob {i} of the body is not a valid owner-encrypted "
+                                      f"blob: {e}") from None
+        stored = sum(self.vault.put(owner, h.chunk_id, b) for h, b in zip(heads, blobs,
+                                                                            strict=True))
+        return stored, len(blobs) - stored
+
+    # -- namespace --------------------------------------------------------------------
+    def manifest(self, path: str) -> tuple[Stat, Manifest]:
+        with self.client.engine.read() as txn:
+            node = namespace.resolve(txn, path)
+            if node.kind != Kind.FILE:
+                from gfs.errors import IsADirError
+                raise IsADirError(path, "not a regular file")
+            m = txn.get_manifest(node.ino) or Manifest(0, ())
+            return Stat.of(path, node), m
+
+    def commit(self, path: str, refs: list[ChunkRef], mode: int | None) -> Stat:
+        missing = self.missing(refs)
+        if missing:
+            raise ApiError(f"commit of {path}: {len(missing)} chunks are not stored at "
+                           f"{self.name} (put them first; first {missing[0]})", 409,
+                           "missing_chunks")
+
+        def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
+            return namespace.write_file(txn, path, r, mode=mode)
+        with self.write_lock, self.client.store.writer() as s:
+            s.add_file(refs, action)
+        return self.client.stat(path)
+
+    def replica_sites(self, path: str) -> list[str]:
+        out = [self.name]
+        for r in self.rules():
+            if glob_match(r["pattern"], path):
+                out += [s for s in r.get("sites", []) if s not in out]
+        return out
+
+    def rules(self) -> list[dict[str, Any]]:
+        with self.client.engine.read() as txn:
+            return [json.loads(v) for _, v in txn.iter_values("rules", b"rule:")]
+
+    def put_record(self, kind: str, rec: dict[str, Any]) -> None:
+        with self.client.engine.write() as txn:
+            txn.put_value("rules", f"{kind}:{rec['id']}".encode(), json.dumps(rec).encode())
+
+    def delete_record(self, kind: str, rid: str) -> dict[str, Any]:
+        with self.client.engine.write() as txn:
+            key = f"{kind}:{rid}".encode()
+            raw = txn.get_value("rules", key)
+            if raw is None:
+                raise ApiError(f"no {kind} {rid!r} at {self.name}", 404, "not_found")
+            txn.delete_value("rules", key)
+            return dict(json.loads(raw))
+
+
+# -- HTTP handlers -------------------------------------------------------------------------
+
+SITE_KEY: web.AppKey[Site] = web.AppKey("site", Site)
+
+
+def _site(request: web.Request) -> Site:
+    return request.app[SITE_KEY]
+
+
+async def _json_principal(request: web.Request) -> tuple[Site, Principal, dict[str, Any]]:
+    data = await read_json(request)
+    site = _site(request)
+    p = await asyncio.get_running_loop().run_in_executor(
+        None, site.principal, request, await request.read())
+    return site, p, data
+
+
+async def _get_principal(request: web.Request) -> tuple[Site, Principal]:
+    site = _site(request)
+    if request.content_length is not None and request.content_length > 1 << 20:
+        raise ApiError("body too large for this request", 413, "too_large")
+    body = await request.read()
+    p = await asyncio.get_running_loop().run_in_executor(None, site.principal, request, body)
+    return site, p
+
+
+def _stat_json(st: Stat) -> dict[str, Any]:
+    return {"path": st.path, "kind": st.kind, "size": st.size, "mode": st.mode,
+            "mtime_ns": st.mtime_ns, "version": st.version, "target": st.target}
+
+
+def _ids(data: dict[str, Any], name: str = "ids") -> list[bytes]:
+    raw = field(data, name, list, check=lambda v: len(v) <= MAX_IDS)
+    if not all(isinstance(x, str) and _HEX32.fullmatch(x) for x in raw):
+        raise BadRequestError(f"field {name!r} must list chunk ids as 32 lower-case hex digits")
+    return [bytes.fromhex(x) for x in raw]
+
+
+def _refs(data: dict[str, Any]) -> list[ChunkRef]:
+    raw = field(data, "chunks", list, check=lambda v: len(v) <= 1 << 20)
+    out = []
+    for item in raw:
+        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                or not _HEX32.fullmatch(item[0]) or not isinstance(item[1], int)
+                or isinstance(item[1], bool) or not 0 < item[1] < 1 << 31):
+            raise BadRequestError("field 'chunks' must list [id hex, length > 0] pairs")
+        out.append(ChunkRef(bytes.fromhex(item[0]), item[1]))
+    return out
+
+
+def _owner(site: Site, data: dict[str, Any] | None, query: Any = None) -> str:
+    owner = (data or {}).get("owner") if query is None else query.get("owner")
+    if owner is None:
+        return site.entity
+    try:
+        return ids.check_name(owner, "owner")
+    except ids.IdentifierError as e:
+        raise BadRequestError(str(e)) from None
+
+
+async def health(request: web.Request) -> web.Response:
+    s = _site(request)
+    return web.json_response({"status": "ok", "site": s.name, "entity": s.entity,
+                              "primary": s.config.primary})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=_site(request).metrics.render(), content_type="text/plain")
+
+
+async def chunks_has(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    owner = _owner(site, data)
+    site.check_owner(p, owner, write=False)
+    cids = _ids(data)
+    if owner == site.entity:
+        with site.client.engine.read() as txn:
+            have = [txn.has_chunk(c) for c in cids]
+    else:
+        have = [site.vault.has(owner, c) for c in cids]
+    return web.json_response({"have": have})
+
+
+async def chunks_get(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    owner = _owner(site, data)
+    site.check_owner(p, owner, write=False)
+    cids = _ids(data)
+
+    def read() -> bytes:
+        if owner == site.entity:
+            blobs = [site.blob(c) for c in cids]
+        else:
+            blobs = [site.vault.get(owner, c) for c in cids]
+        site.metrics.inc("chunks_served_total", sum(b is not None for b in blobs))
+        return pack_frames(blobs)
+    body = await asyncio.get_running_loop().run_in_executor(None, read)
+    site.metrics.inc("chunk_bytes_out_total", len(body))
+    return web.Response(body=body, content_type="application/octet-stream")
+
+
+async def chunks_put(request: web.Request) -> web.Response:
+    site = _site(request)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(f"body of {request.content_length} bytes exceeds {MAX_BODY}", 413,
+                       "too_large")
+    body = await request.read()
+    loop = asyncio.get_running_loop()
+    p = await loop.run_in_executor(None, site.principal, request, body)
+    owner = _owner(site, None, request.query)
+    site.check_owner(p, owner, write=True)
+    blobs = unpack_frames(body)
+    if owner == site.entity:
+        stored, present = await loop.run_in_executor(None, site.put_plain, blobs)
+    else:
+        stored, present = await loop.run_in_executor(None, site.put_foreign, owner, blobs)
+    site.metrics.inc("chunks_stored_total", stored)
+    site.metrics.inc("chunk_bytes_in_total", len(body))
+    return web.json_response({"stored": stored, "present": present})
+
+
+async def ns_stat(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path = site.check_path(p, request.query.get("path", ""), write=False)
+    return web.json_response(_stat_json(site.client.stat(path)))
+
+
+async def ns_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path = site.check_path(p, request.query.get("path", ""), write=False)
+    return web.json_response({"entries": [_stat_json(s) for s in site.client.ls(path)]})
+
+
+async def ns_manifest(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path = site.check_path(p, request.query.get("path", ""), write=False)
+    st, m = site.manifest(path)
+    return web.json_response({"stat": _stat_json(st),
+                              "chunks": [[r.id.hex(), r.length] for r in m.chunks],
+                              "sites": site.replica_sites(path)})
+
+
+async def ns_read(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path = site.check_path(p, request.query.get("path", ""), write=False)
+    st, _ = site.manifest(path)
+    if st.size > MAX_BODY:
+        raise ApiError(f"{path} is {st.size} bytes; read it chunk by chunk", 413, "too_large")
+    data = await asyncio.get_running_loop().run_in_executor(None, site.client.read_bytes, path)
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def ns_write(request: web.Request) -> web.Response:
+    site = _site(request)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(f"body of {request.content_length} bytes exceeds {MAX_BODY}", 413,
+                       "too_large")
+    body = await request.read()
+    loop = asyncio.get_running_loop()
+    p = await loop.run_in_executor(None, site.principal, request, body)
+    path = site.check_path(p, request.query.get("path", ""), write=True)
+
+    def write() -> Stat:
+        with site.write_lock:
+            site.client.write_bytes(path, body)
+        return site.client.stat(path)
+    return web.json_response(_stat_json(await loop.run_in_executor(None, write)))
+
+
+async def ns_mkdir(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = site.check_path(p, field(data, "path", str), write=True)
+    with site.write_lock:
+        site.client.mkdir(path, parents=field(data, "parents", bool, False),
+                          exist_ok=field(data, "exist_ok", bool, False))
+    return web.json_response(_stat_json(site.client.stat(path)))
+
+
+async def ns_remove(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = site.check_path(p, field(data, "path", str), write=True)
+    if path == f"/{site.entity}":
+        raise AuthError(f"the entity root {path} cannot be removed", 403, "forbidden")
+    with site.write_lock:
+        site.client.rm(path, recursive=field(data, "recursive", bool, False))
+    return web.json_response({"removed": path})
+
+
+async def ns_rename(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    src = site.check_path(p, field(data, "src", str), write=True)
+    dst = site.check_path(p, field(data, "dst", str), write=True)
+    if src == f"/{site.entity}":
+        raise AuthError(f"the entity root {src} cannot be renamed", 403, "forbidden")
+    with site.write_lock:
+        site.client.mv(src, dst)
+    return web.json_response({"src": src, "dst": dst})
+
+
+async def ns_commit(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = site.check_path(p, field(data, "path", str), write=True)
+    refs = _refs(data)
+    if p.entity != site.entity:
+        raise AuthError("commit of chunk lists is for the owner entity; other entities "
+                        "write files with POST /v1/ns/write", 403, "forbidden")
+    mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
+    st = await asyncio.get_running_loop().run_in_executor(None, site.commit, path, refs, mode)
+    site.metrics.inc("commits_total")
+    return web.json_response(_stat_json(st))
+
+
+def _own(site: Site, p: Principal) -> None:
+    if p.entity != site.entity or (p.token is not None and (
+            p.token.scope != "write" or not p.entity_wide)):
+        raise AuthError(f"only entity {site.entity!r} itself (signed, or an entity-wide write "
+                        "token) may change grants and rules", 403, "forbidden")
+    if not site.config.primary:
+        raise NotPrimaryError(f"site {site.name} is not the primary of {site.entity}", 421,
+                              "not_primary")
+
+
+def _pattern(site: Site, pattern: Any) -> str:
+    if not isinstance(pattern, str) or (not pattern.startswith(f"/{site.entity}/") and \
+            pattern != f"/{site.entity}"):
+        raise AuthError(f"pattern {pattern!r} is outside /{site.entity}", 403,
+                        "path_outside_root")
+    try:
+        paths.normalize(pattern.replace("*", "x").replace("?", "x"))
+    except InvalidPathError as e:
+        raise BadRequestError(f"pattern {pattern!r} is not a valid path pattern: {e}") \
+            from None
+    return pattern
+
+
+async def grants_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the entity itself may list its grants", 403, "forbidden")
+    return web.json_response({"grants": site.grants()})
+
+
+async def grants_add(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    _own(site, p)
+    pattern = _pattern(site, field(data, "pattern", str))
+    to = field(data, "to", str)
+    try:
+        ids.check_name(to, "grantee")
+    except ids.IdentifierError as e:
+        raise BadRequestError(str(e)) from None
+    mode = field(data, "mode", str, check=lambda m: m in ("read", "write"))
+    rec = {"id": secrets.token_hex(4), "pattern": pattern, "to": to, "mode": mode,
+           "created": time.time()}
+    site.put_record("grant", rec)
+    return web.json_response(rec, status=201)
+
+
+async def grants_delete(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    _own(site, p)
+    return web.json_response(site.delete_record("grant", request.match_info["id"]))
+
+
+async def rules_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the entity itself may list its rules", 403, "forbidden")
+    return web.json_response({"rules": site.rules()})
+
+
+async def rules_add(request: web.Request) -> web.Response:
+    from gfs.federation import expr
+
+    site, p, data = await _json_principal(request)
+    _own(site, p)
+    pattern = _pattern(site, field(data, "pattern", str))
+    copies = field(data, "copies", int, check=lambda c: 1 <= c <= 16)
+    where = field(data, "where", str, "")
+    try:
+        expr.parse(where)
+    except expr.ExpressionError as e:
+        raise BadRequestError(str(e)) from None
+    lifetime = field(data, "lifetime", (int, float), None, check=lambda v: 0 < v < 1e10)
+    rec = {"id": secrets.token_hex(4), "pattern": pattern, "copies": copies, "where": where,
+           "expires": time.time() + lifetime if lifetime else None, "state": "replicating",
+           "reason": "not evaluated yet", "sites": [], "created": time.time()}
+    site.put_record("rule", rec)
+    return web.json_response(rec, status=201)
+
+
+async def rules_delete(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    _own(site, p)
+    rec = site.delete_record("rule", request.match_info["id"])
+    from gfs.federation.rules import unpin_everywhere
+    await asyncio.get_running_loop().run_in_executor(None, unpin_everywhere, site, rec)
+    return web.json_response(rec)
+
+
+async def rules_reconcile(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    _own(site, p)
+    from gfs.federation.rules import reconcile
+    states = await asyncio.get_running_loop().run_in_executor(None, reconcile, site)
+    return web.json_response({"rules": states})
+
+
+async def pins_put(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    owner = _owner(site, None, {"owner": request.match_info["owner"]})
+    site.check_owner(p, owner, write=True)
+    rule = request.match_info["rule"]
+    if not re.fullmatch(r"[0-9a-z]{1,32}", rule):
+        raise BadRequestError("rule id must be 1 to 32 characters 0-9 a-z")
+    loop = asyncio.get_running_loop()
+    if owner == site.entity:
+        await loop.run_in_executor(None, site.pin_store, owner, rule, _refs(data))
+    else:
+        kids = [c.hex() for c in _ids(data, "ids")] if "ids" in data else []
+        site.vault.pin(owner, rule, kids)
+    return web.json_response({"pinned": rule})
+
+
+async def pins_delete(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    owner = _owner(site, None, {"owner": request.match_info["owner"]})
+    site.check_owner(p, owner, write=True)
+    rule = request.match_info["rule"]
+    if not re.fullmatch(r"[0-9a-z]{1,32}", rule):
+        raise BadRequestError("rule id must be 1 to 32 characters 0-9 a-z")
+    gone = site.unpin_store(owner, rule) if owner == site.entity else \
+        site.vault.unpin(owner, rule)
+    return web.json_response({"unpinned": gone})
+
+
+async def gc(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity or p.token is not None:
+        raise AuthError("only the entity itself (signed) may run gc", 403, "forbidden")
+
+    def run() -> dict[str, Any]:
+        with site.write_lock:
+            report = site.client.gc()
+        return {"vault_removed": site.vault.gc(), "store": str(report)}
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, run))
+
+
+async def mover_session(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity or p.token is not None or site.mover_address is None:
+        raise AuthError("mover sessions are for the site's own entity (signed requests) "
+                        "and need a mover port", 403, "forbidden")
+    host, port = site.mover_address
+    return web.json_response({"host": host, "port": port, "secret": site.mover_secret.hex()})
+
+
+async def status(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    return web.json_response({
+        "site": site.name, "entity": site.entity, "region": site.config.region,
+        "primary": site.config.primary, "pools": site.pools(),
+        "rules": site.rules() if p.entity == site.entity and site.config.primary else []})
+
+
+def make_app(site: Site) -> web.Application:
+    """The site's aiohttp application (docs/openapi/site.yaml)."""
+    app = web.Application(client_max_size=MAX_BODY,
+                          middlewares=[site.metrics.middleware, error_middleware])
+    app[SITE_KEY] = site
+    r = app.router
+    r.add_get("/v1/health", health)
+    r.add_get("/metrics", metrics)
+    r.add_get("/v1/status", status)
+    r.add_post("/v1/chunks/has", chunks_has)
+    r.add_post("/v1/chunks/get", chunks_get)
+    r.add_post("/v1/chunks/put", chunks_put)
+    r.add_get("/v1/ns/stat", ns_stat)
+    r.add_get("/v1/ns/list", ns_list)
+    r.add_get("/v1/ns/manifest", ns_manifest)
+    r.add_get("/v1/ns/read", ns_read)
+    r.add_post("/v1/ns/write", ns_write)
+    r.add_post("/v1/ns/mkdir", ns_mkdir)
+    r.add_post("/v1/ns/remove", ns_remove)
+    r.add_post("/v1/ns/rename", ns_rename)
+    r.add_post("/v1/ns/commit", ns_commit)
+    r.add_get("/v1/grants", grants_list)
+    r.add_post("/v1/grants", grants_add)
+    r.add_delete("/v1/grants/{id}", grants_delete)
+    r.add_get("/v1/rules", rules_list)
+    r.add_post("/v1/rules", rules_add)
+    r.add_delete("/v1/rules/{id}", rules_delete)
+    r.add_post("/v1/rules/reconcile", rules_reconcile)
+    r.add_put("/v1/pins/{owner}/{rule}", pins_put)
+    r.add_delete("/v1/pins/{owner}/{rule}", pins_delete)
+    r.add_post("/v1/gc", gc)
+    r.add_post("/v1/mover/session", mover_session)
+    return app
+
+
+def init_site(state: str | os.PathLike[str], *, name: str, entity: str, region: str,
+              registry: str, industry: str = "GEN", primary: bool = False,
+              keys_from: str | os.PathLike[str] | None = None) -> SiteConfig:
+    """Create a site's state: an embedded store, entity keys (new, or copied from
+    `keys_from` for a second site of the same entity) and site.json."""
+    root = Path(state)
+    for n, what in ((name, "site name"), (entity, "entity name"), (region, "region")):
+        ids.check_name(n, what)
+    if industry.upper() not in ids.INDUSTRIES:
+        raise ids.IdentifierError(f"industry {industry!r} is not one of "
+                                  + " ".join(ids.INDUSTRIES))
+    Client.init(root).close()
+    fed = root / "federation"
+    if keys_from is not None:
+        src = EntityKeys.load(keys_from)
+        if src.name != entity:
+            raise StateError(f"keys in {keys_from} belong to {src.name!r}, not {entity!r}")
+        fed.mkdir(parents=True, exist_ok=True)
+        for f in ("entity.key", "data.key", "entity.name"):
+            data = (Path(keys_from) / f).read_bytes()
+            fd = os.open(fed / f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+    else:
+        EntityKeys.create(fed, entity)
+    cfg = SiteConfig(name, entity, region, industry.upper(), registry, primary)
+    cfg.save(root)
+    with Client(root) as c, contextlib.suppress(HutongError):
+        c.mkdir(f"/{entity}")
+    return cfg
+
+

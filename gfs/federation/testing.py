@@ -1,0 +1,163 @@
+"""Real federations for tests and benchmarks: the registry and each site as processes.
+
+    with Federation(tmp_path) as fed:
+        fed.registry()                                  # 127.0.0.1
+        a = fed.site("a1", "bank-a", "cn-west", primary=True)   # 127.0.0.2, its own process
+        fc = fed.client("bank-a")
+
+Each site binds its own loopback address (127.0.0.2, .3, ...) and port 0. Every
+process is stopped (SIGTERM, then SIGKILL) when the block ends, even on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gfs.federation.auth import EntityKeys
+from gfs.federation.client import FederationClient
+from gfs.federation.site import init_site
+
+
+class Proc:
+    """One server process; `url` is what it printed when ready."""
+
+    def __init__(self, argv: list[str], log: Path, timeout: float = 30.0) -> None:
+        self.argv = argv
+        self.log = log
+        with open(log, "ab") as err:
+            self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.url = self._wait_banner(timeout)
+
+    def _wait_banner(self, timeout: float) -> str:
+        assert self.popen.stdout is not None
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.popen.stdout], [], [], 0.2)
+            if r:
+                chunk = os.read(self.popen.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                buf += chunk
+                for line in buf.decode(errors="replace").splitlines():
+                    if " serving on http://" in line:
+                        return line.rsplit(" ", 1)[-1].strip()
+            elif self.popen.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"{self.argv} did not start: {buf!r}; log: "
+                           f"{self.log.read_text(errors='replace')[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Stop the process (SIGTERM, then SIGKILL after `timeout`); returns its exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+        return self.popen.returncode
+
+
+class Federation:
+    """A registry and sites as real processes on loopback addresses under `root`."""
+
+    def __init__(self, root: Path, *, ttl: float = 3.0, heartbeat: float = 0.5,
+                 reconcile_interval: float = 0.0) -> None:
+        self.root = Path(root)
+        self.ttl, self.heartbeat, self.reconcile_interval = ttl, heartbeat, reconcile_interval
+        self.registry_proc: Proc | None = None
+        self.registry_url = ""
+        self.sites: dict[str, dict[str, Any]] = {}
+        self.procs: dict[str, Proc] = {}
+        self._next_ip = 2
+
+    def _cli(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "gfs.cli", *args]
+
+    def registry(self) -> str:
+        """Start the registry; returns its URL."""
+        d = self.root / "registry"
+        d.mkdir(parents=True, exist_ok=True)
+        self.registry_proc = Proc(self._cli("registry", "serve", "--state", str(d), "--host",
+                                            "127.0.0.1", "--ttl", str(self.ttl)),
+                                  self.root / "registry.log")
+        self.registry_url = self.registry_proc.url
+        return self.registry_url
+
+    def site(self, name: str, entity: str, region: str, *, primary: bool = False,
+             industry: str = "GEN", mover: bool = True) -> str:
+        """Create and start a site (keys shared with the entity's first site)."""
+        state = self.root / name
+        first = next((s for s in self.sites.values() if s["entity"] == entity), None)
+        init_site(state, name=name, entity=entity, region=region, registry=self.registry_url,
+                  industry=industry, primary=primary,
+                  keys_from=first["state"] / "federation" if first else None)
+        host = f"127.0.0.{self._next_ip}"
+        self._next_ip += 1
+        self.sites[name] = {"state": state, "entity": entity, "host": host, "mover": mover}
+        return self.start(name)
+
+    def start(self, name: str) -> str:
+        """(Re)start site `name`; returns its URL."""
+        s = self.sites[name]
+        argv = self._cli("site", "serve", "--state", str(s["state"]), "--host", s["host"],
+                         "--heartbeat", str(self.heartbeat), "--reconcile-interval",
+                         str(self.reconcile_interval))
+        if not s["mover"]:
+            argv.append("--no-mover")
+        self.procs[name] = Proc(argv, self.root / f"{name}.log")
+        s["url"] = self.procs[name].url
+        return str(s["url"])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Stop site `name` (kill -9 by default)."""
+        self.procs.pop(name).stop(sig)
+
+    def keys(self, entity: str) -> EntityKeys:
+        s = next(s for s in self.sites.values() if s["entity"] == entity)
+        return EntityKeys.load(s["state"] / "federation")
+
+    def client(self, entity: str | None = None, *, token: str | None = None,
+               near: str | None = None) -> FederationClient:
+        """A federation client as `entity` (its keys) or with `token`."""
+        return FederationClient(self.registry_url, keys=self.keys(entity) if entity else None,
+                                token=token, near=near)
+
+    def wait_status(self, name: str, status: str, timeout: float = 20.0) -> None:
+        """Wait until the registry reports site `name` as `status` (up/down)."""
+        fc = FederationClient(self.registry_url, timeout=5)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if fc.sites(refresh=True).get(name, {}).get("status") == status:
+                    return
+                time.sleep(0.2)
+        finally:
+            fc.close()
+        raise TimeoutError(f"site {name} not {status} after {timeout} s")
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            p.stop()
+        self.procs.clear()
+        if self.registry_proc is not None:
+            self.registry_proc.stop()
+            self.registry_proc = None
+
+    def __enter__(self) -> Federation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
