@@ -111,9 +111,11 @@ def cmd_tier_status(args: argparse.Namespace) -> int:
         caps = tier_capacity(fs.store)
         policy = fs.store.policy()
         last = last_report(fs.store)
-    info = {
-        "tiers": {t: {"live_bytes": usage.get(t, 0), "capacity": caps.get(t)} for t in TIERS
-                  if t in caps or usage.get(t)},
+    tiers: dict[str, dict[str, Any]] = {
+        t: {"live_bytes": usage.get(t, 0), "capacity": caps.get(t)} for t in TIERS
+        if t in caps or usage.get(t)}
+    info: dict[str, Any] = {
+        "tiers": tiers,
         "monthly_cost_usd": round(sum(usage.get(t, 0) / 1e9 * policy.prices.get(t, 0.0)
                                       for t in TIERS), 4),
         "last_run": None if last is None else asdict(last),
@@ -121,7 +123,7 @@ def cmd_tier_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    for t, v in info["tiers"].items():
+    for t, v in tiers.items():
         cap = v["capacity"]
         cap_text = "no pool" if cap is None else ("unlimited" if cap == 0 else _human(cap))
         print(f"{t:<5} {_human(v['live_bytes']):>11} of {cap_text}")
