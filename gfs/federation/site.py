@@ -95,7 +95,7 @@ def unpack_frames(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
         (n,) = _FRAME.unpack_from(body, pos)
         pos += 4
         if pos + n > len(body):
-            raise BadRequestError(f"frame at byte {pos - 4} claims {n} bytes, "
+            raise BadRequestError(f"truncated frame at byte {pos - 4}: it claims {n} bytes, "
                                   f"{len(body) - pos} left")
         out.append(bytes(view[pos:pos + n]))
         pos += n

@@ -1,0 +1,323 @@
+"""The federation end to end: a registry and three sites as real processes on distinct
+loopback addresses (127.0.0.1 - .4): one namespace, best-replica reads, rules, kill a
+site, corrupt a replica, grants, tokens, and rejected requests that change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gfs.errors import ChunkMissingError, InvalidPathError, NotFoundError
+from gfs.federation.auth import AuthError, EntityKeys
+from gfs.federation.http import ApiError, BadRequestError, HttpClient
+from gfs.federation.site import pack_frames
+from gfs.federation.testing import Federation
+
+DATA = os.urandom(200_000) + b"shared tail " * 20_000
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    f = Federation(tmp_path_factory.mktemp("fed"), ttl=2.0, heartbeat=0.3)
+    try:
+        f.registry()
+        f.site("a1", "bank-a", "cn-west", primary=True, industry="FIN")
+        f.site("a2", "bank-a", "cn-east")
+        f.site("t1", "telco-b", "cn-east", primary=True, industry="TEL")
+        with f.client("bank-a") as fc:
+            fc.mkdir("/bank-a/data", parents=True, exist_ok=True)
+            fc.mkdir("/bank-a/shared", parents=True, exist_ok=True)
+            fc.write_bytes("/bank-a/data/x.bin", DATA)
+            fc.write_bytes("/bank-a/shared/s.txt", b"shared with telco-b\n")
+        yield f
+    finally:
+        f.close()
+
+
+def test_registry_lists_sites_with_ids(fed: Federation) -> None:
+    with fed.client() as fc:
+        sites = fc.sites(refresh=True)
+    assert set(sites) == {"a1", "a2", "t1"}
+    assert sites["a1"]["id"].startswith("BANK-A.FIN.CN-WEST.S.DC.")
+    assert sites["t1"]["pools"][0]["id"].startswith("TELCO-B.TEL.CN-EAST.P.WARM.")
+    assert all(s["status"] == "up" for s in sites.values())
+
+
+def test_namespace_roundtrip_and_close_to_open(fed: Federation) -> None:
+    with fed.client("bank-a") as fc:
+        assert fc.read_bytes("/bank-a/data/x.bin") == DATA
+        st1 = fc.stat("/bank-a/data/x.bin")
+        fc.write_bytes("/bank-a/data/y.bin", b"v1")
+        fc.write_bytes("/bank-a/data/y.bin", b"version 2")
+        assert fc.read_bytes("/bank-a/data/y.bin") == b"version 2"
+        fc.mv("/bank-a/data/y.bin", "/bank-a/data/z.bin")
+        names = {e["path"] for e in fc.ls("/bank-a/data")}
+        assert names == {"/bank-a/data/x.bin", "/bank-a/data/z.bin"}
+        fc.rm("/bank-a/data/z.bin")
+        with pytest.raises(NotFoundError):
+            fc.stat("/bank-a/data/z.bin")
+        assert st1["size"] == len(DATA)
+
+
+def test_rule_places_replicas_encrypted_on_other_entity(fed: Federation) -> None:
+    with fed.client("bank-a") as fc:
+        rule = fc.rule_add("/bank-a/data/**", 3, "region=cn-west | region=cn-east")
+        assert rule["state"] == "replicating"
+        [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r["state"] == "ok" and sorted(r["sites"]) == ["a1", "a2", "t1"]
+        # telco-b's site holds bank-a's chunks only as owner-encrypted blobs under keyed ids
+        vault = fed.sites["t1"]["state"] / "vault" / "bank-a"
+        blobs = [p for p in vault.glob("??/*")]
+        assert blobs and all(p.read_bytes()[6] == 1 for p in blobs)  # flag bit 0
+        plain = fc.http("a1").call("GET", "/v1/ns/manifest", query={"path": "/bank-a/data/x.bin"})
+        assert not {c for c, _ in plain["chunks"]} & {p.name for p in blobs}
+        # the nearest replica serves the read
+        with fed.client("bank-a", near="t1") as near_t1:
+            assert near_t1.read_bytes("/bank-a/data/x.bin") == DATA
+            assert set(near_t1.chunks_from) == {"t1"}
+        with fed.client("bank-a", near="a2") as near_a2:
+            assert near_a2.read_bytes("/bank-a/data/x.bin") == DATA
+            assert set(near_a2.chunks_from) == {"a2"}
+
+
+def test_other_entity_cannot_probe_or_read_chunks(fed: Federation) -> None:
+    telco = fed.keys("telco-b")
+    plain = HttpClient(fed.sites["a1"]["url"], keys=telco)
+    with fed.client("bank-a") as fc:
+        m = fc.http("a1").call("GET", "/v1/ns/manifest", query={"path": "/bank-a/data/x.bin"})
+    with pytest.raises(AuthError) as e:
+        plain.call("POST", "/v1/chunks/has", {"ids": [m["chunks"][0][0]]})
+    assert e.value.status == 403
+    with pytest.raises(AuthError):
+        plain.call("POST", "/v1/chunks/get", {"ids": [m["chunks"][0][0]]})
+    # at its own site, telco-b cannot ask for bank-a's vault either
+    own = HttpClient(fed.sites["t1"]["url"], keys=telco)
+    with pytest.raises(AuthError):
+        own.call("POST", "/v1/chunks/has", {"ids": [m["chunks"][0][0]], "owner": "bank-a"})
+
+
+def test_grants_and_deny_by_default(fed: Federation) -> None:
+    with fed.client("telco-b") as tb:
+        with pytest.raises(AuthError) as e:
+            tb.read_bytes("/bank-a/shared/s.txt")
+        assert e.value.status == 403 and "no read grant" in str(e.value)
+        with fed.client("bank-a") as fc:
+            g = fc.grant("/bank-a/shared/**", "telco-b", "read")
+        assert tb.read_bytes("/bank-a/shared/s.txt") == b"shared with telco-b\n"
+        assert [x["path"] for x in tb.ls("/bank-a/shared")] == ["/bank-a/shared/s.txt"]
+        with pytest.raises(AuthError):
+            tb.read_bytes("/bank-a/data/x.bin")
+        with pytest.raises(AuthError):
+            tb.write_bytes("/bank-a/shared/evil.txt", b"x")
+        with pytest.raises(AuthError):
+            tb.grant("/bank-a/**", "telco-b", "write")  # only bank-a grants on /bank-a
+        with fed.client("bank-a") as fc:
+            fc.revoke("bank-a", g["id"])
+        with pytest.raises(AuthError):
+            tb.read_bytes("/bank-a/shared/s.txt")
+    with fed.client("bank-a") as fc:
+        with pytest.raises(NotFoundError):
+            fc.stat("/bank-a/shared/evil.txt")
+
+
+def test_tokens_scope_prefix_expiry_forgery(fed: Federation) -> None:
+    keys = fed.keys("bank-a")
+    ro = keys.mint_token("alice", "read", "/bank-a/shared", ttl=600)
+    with fed.client(token=ro) as fc:
+        assert fc.read_bytes("/bank-a/shared/s.txt").startswith(b"shared")
+        with pytest.raises(AuthError, match="does not allow write"):
+            fc.write_bytes("/bank-a/shared/new.txt", b"x")
+        with pytest.raises(AuthError, match="does not allow read"):
+            fc.read_bytes("/bank-a/data/x.bin")
+    rw = keys.mint_token("bob", "write", "/bank-a", ttl=600)
+    with fed.client(token=rw) as fc:
+        fc.write_bytes("/bank-a/shared/by-bob.txt", b"bob")
+        assert fc.read_bytes("/bank-a/shared/by-bob.txt") == b"bob"
+    expired = keys.mint_token("carol", "write", "/bank-a", ttl=1)
+    time.sleep(1.1)
+    with fed.client(token=expired) as fc, pytest.raises(AuthError, match="expired"):
+        fc.write_bytes("/bank-a/shared/late.txt", b"x")
+    # a token claiming bank-a but signed with telco-b's key
+    forged = fed.keys("telco-b").mint_token("mallory", "write", "/bank-a", ttl=600)
+    head, sig = forged.split(".")
+    from gfs.federation.auth import b64d, b64e
+    claims = json.loads(b64d(head))
+    claims["iss"] = "bank-a"
+    fake = b64e(json.dumps(claims).encode()) + "." + sig
+    with fed.client(token=fake) as fc, pytest.raises(AuthError, match="invalid token"):
+        fc.write_bytes("/bank-a/shared/forged.txt", b"x")
+    with fed.client("bank-a") as fc:
+        for p in ("late.txt", "forged.txt", "new.txt"):
+            assert not any(e["path"].endswith(p) for e in fc.ls("/bank-a/shared"))
+
+
+def test_forged_signature_and_unsigned_rejected(fed: Federation) -> None:
+    url = fed.sites["a1"]["url"]
+    telco = fed.keys("telco-b")
+    impostor = EntityKeys("bank-a", telco.private, telco.data_secret)  # wrong key, right name
+    with pytest.raises(AuthError, match="bad signature"):
+        HttpClient(url, keys=impostor).call("POST", "/v1/ns/mkdir", {"path": "/bank-a/evil"})
+    with pytest.raises(AuthError, match="authentication required"):
+        HttpClient(url).call("POST", "/v1/ns/mkdir", {"path": "/bank-a/evil"})
+    # a replayed signed request
+    keys = fed.keys("bank-a")
+    h = HttpClient(url, keys=keys)
+    body = json.dumps({"path": "/bank-a/replay", "parents": True, "exist_ok": True}).encode()
+    headers = keys.sign("POST", "/v1/ns/mkdir", body)
+    import http.client
+    for expect in (200, 401):
+        conn = http.client.HTTPConnection(h.host, h.port, timeout=10)
+        conn.request("POST", "/v1/ns/mkdir", body=body,
+                     headers={**headers, "Content-Type": "application/json"})
+        assert conn.getresponse().status == expect
+        conn.close()
+    with fed.client("bank-a") as fc, pytest.raises(NotFoundError):
+        fc.stat("/bank-a/evil")
+
+
+def test_paths_escaping_root_and_bad_bodies(fed: Federation) -> None:
+    keys = fed.keys("bank-a")
+    a1 = HttpClient(fed.sites["a1"]["url"], keys=keys)
+    with pytest.raises(InvalidPathError, match="'..' is not allowed"):
+        a1.call("POST", "/v1/ns/mkdir", {"path": "/bank-a/../telco-b/x"})
+    with pytest.raises(AuthError, match="outside /bank-a") as e2:
+        a1.call("POST", "/v1/ns/mkdir", {"path": "/telco-b/x", "parents": True})
+    assert e2.value.code == "path_outside_root"
+    with pytest.raises(BadRequestError, match="not valid JSON"):
+        a1.call("POST", "/v1/ns/mkdir", body=b"{nope", content_type="application/json")
+    with pytest.raises(BadRequestError, match="'path' is required"):
+        a1.call("POST", "/v1/ns/mkdir", {"parents": True})
+    with pytest.raises(ApiError) as e3:
+        a1.call("POST", "/v1/ns/mkdir", body=b'{"path": "' + b"x" * (2 << 20) + b'"}')
+    assert e3.value.status == 413
+    with pytest.raises(BadRequestError, match="chunk ids"):
+        a1.call("POST", "/v1/chunks/has", {"ids": ["zz"]})
+    # a put body with a truncated frame, or one corrupt blob among good ones: nothing stored
+    from gfs.codec import chunk_id, encode_blob
+    good_raw, bad_raw = b"good chunk " * 100, b"bad chunk " * 100
+    h1, p1 = encode_blob(good_raw)
+    h2, p2 = encode_blob(bad_raw)
+    bad = bytearray(h2 + bytes(p2))
+    bad[-1] ^= 0xFF
+    with pytest.raises(BadRequestError, match="truncated frame"):
+        a1.call("POST", "/v1/chunks/put", body=pack_frames([h1 + bytes(p1)])[:-3],
+                content_type="application/octet-stream")
+    with pytest.raises(BadRequestError, match="corrupt"):
+        a1.call("POST", "/v1/chunks/put", body=pack_frames([h1 + bytes(p1), bytes(bad)]),
+                content_type="application/octet-stream")
+    have = a1.call("POST", "/v1/chunks/has",
+                   {"ids": [chunk_id(good_raw).hex(), chunk_id(bad_raw).hex()]})
+    assert have["have"] == [False, False]
+    # commit naming chunks the site lacks: refused
+    with pytest.raises(ApiError, match="not stored") as e4:
+        a1.call("POST", "/v1/ns/commit", {"path": "/bank-a/data/ghost",
+                                          "chunks": [[chunk_id(good_raw).hex(), 1100]]})
+    assert e4.value.status == 409
+    with fed.client("bank-a") as fc, pytest.raises(NotFoundError):
+        fc.stat("/bank-a/data/ghost")
+
+
+def test_metrics_and_status(fed: Federation) -> None:
+    a1 = HttpClient(fed.sites["a1"]["url"])
+    text = a1.call("GET", "/metrics")
+    assert b"hutong_site_http_requests_total" in text
+    assert b"hutong_site_commits_total" in text
+    st = HttpClient(fed.sites["a1"]["url"], keys=fed.keys("bank-a")).call("GET", "/v1/status")
+    assert st["primary"] and st["pools"][0]["used"] > 0
+
+
+def test_corrupt_replica_detected_and_another_read(fed: Federation) -> None:
+    with fed.client("bank-a") as fc:
+        fc.write_bytes("/bank-a/data/c.bin", os.urandom(50_000))
+        data = fc.read_bytes("/bank-a/data/c.bin")
+        fc.reconcile("bank-a")
+    vault = fed.sites["t1"]["state"] / "vault" / "bank-a"
+    for p in vault.glob("??/*"):
+        b = bytearray(p.read_bytes())
+        b[-5] ^= 0xFF
+        p.write_bytes(bytes(b))
+    with fed.client("bank-a", near="t1") as fc:
+        assert fc.read_bytes("/bank-a/data/c.bin") == data
+        assert fc.bad_copies >= 1 and set(fc.chunks_from) - {"t1"}
+
+
+def test_kill_site_reads_from_replicas_rule_stuck_then_repaired(fed: Federation) -> None:
+    with fed.client("bank-a") as fc:
+        rule = fc.rule_add("/bank-a/data/x.bin", 2, "region=cn-east")
+        [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r["state"] == "ok" and sorted(r["sites"]) == ["a2", "t1"]
+    fed.kill("a2")  # kill -9
+    fed.wait_status("a2", "down")
+    with fed.client("bank-a", near="a2") as fc:
+        assert fc.read_bytes("/bank-a/data/x.bin") == DATA
+        assert "a2" not in fc.chunks_from
+        [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r["state"] == "stuck" and "only 1 of 2" in r["reason"] and "a2" in r["reason"]
+    fed.start("a2")
+    fed.wait_status("a2", "up")
+    with fed.client("bank-a") as fc:
+        [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r["state"] == "ok"
+        assert [x for x in fc.rules("bank-a") if x["id"] == rule["id"]][0]["state"] == "ok"
+
+
+def test_rule_removal_lets_gc_reclaim(fed: Federation) -> None:
+    keys = fed.keys("bank-a")
+    with fed.client("bank-a") as fc:
+        rule = fc.rule_add("/bank-a/shared/**", 1, "site=t1")
+        [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r["state"] == "ok" and r["sites"] == ["t1"]
+        pins = fed.sites["t1"]["state"] / "vault" / "bank-a" / "pins"
+        assert (pins / f"{rule['id']}.json").exists()
+        for other in fc.rules("bank-a"):
+            fc.rule_rm("bank-a", other["id"])
+        assert not list(pins.glob("*.json"))
+    # gc at t1 runs as telco-b; it drops bank-a's unpinned blobs
+    t1 = HttpClient(fed.sites["t1"]["url"], keys=fed.keys("telco-b"))
+    report = t1.call("POST", "/v1/gc", {})
+    assert report["vault_removed"] > 0
+    assert not list((fed.sites["t1"]["state"] / "vault" / "bank-a").glob("??/*"))
+    # a2's pins are gone too: its store's /.pins has no files left
+    a2 = HttpClient(fed.sites["a2"]["url"], keys=keys)
+    a2.call("POST", "/v1/gc", {})
+
+
+def test_not_primary_refuses_namespace(fed: Federation) -> None:
+    a2 = HttpClient(fed.sites["a2"]["url"], keys=fed.keys("bank-a"))
+    with pytest.raises(ApiError) as e:
+        a2.call("GET", "/v1/ns/stat", query={"path": "/bank-a/data"})
+    assert e.value.status == 421
+
+
+def test_missing_everywhere_is_a_clear_error(fed: Federation, tmp_path: Path) -> None:
+    with fed.client("bank-a") as fc:
+        fc.write_bytes("/bank-a/data/only-a1.bin", os.urandom(30_000))
+    # damage a1's copy: no replica holds this file
+    import gfs.client
+    with fed.client("bank-a") as fc:
+        m = fc.http("a1").call("GET", "/v1/ns/manifest",
+                               query={"path": "/bank-a/data/only-a1.bin"})
+    packs = list((fed.sites["a1"]["state"] / "pools" / "default" / "packs").glob("*/*.pack"))
+    target = bytes.fromhex(m["chunks"][0][0])
+    for p in packs:
+        b = bytearray(p.read_bytes())
+        i = b.find(target)
+        if i >= 0:
+            b[i + 40] ^= 0xFF
+            p.write_bytes(bytes(b))
+    with fed.client("bank-a") as fc, pytest.raises(ChunkMissingError, match="no readable"):
+        fc.read_bytes("/bank-a/data/only-a1.bin")
+    assert gfs.client  # imported for its side effect-free use above
+
+
+def test_sigterm_is_graceful(fed: Federation) -> None:
+    proc = fed.procs["t1"]
+    assert proc.stop(signal.SIGTERM) == 0
+    fed.procs.pop("t1")
+    fed.start("t1")
