@@ -9,9 +9,10 @@ Rules, in order:
 2. A chunk whose decayed read count reached `promote_reads` is a candidate
    for `hot`; a chunk already hot stays a candidate while its count is at
    least half of that (hysteresis, so chunks do not flap at the threshold).
-3. Candidates enter `hot` hottest first while the tier stays within `high` of
-   its capacity; those that do not fit stay where they are (a hot one that
-   no longer fits goes to `warm`).
+3. Candidates enter `hot` in order of reads per byte (the greedy answer to
+   "most reads served from a tier of this many bytes") while the tier stays
+   within `high` of its capacity; those that do not fit stay where they are
+   (a hot one that no longer fits goes to `warm`).
 4. A chunk not read for `demote_idle` seconds goes to `cold`.
 5. If `warm` is over `high` of its capacity, its least recently read chunks
    go to `cold` until it is at `low`.
@@ -71,7 +72,7 @@ def plan(chunks: Iterable[ChunkState], capacity: dict[str, int],
                 hot_used += c.size
     candidates = [c for c in states if c.pin is None and (
         c.score >= promote or (c.tier == "hot" and c.score >= promote / 2))]
-    candidates.sort(key=lambda c: (-c.score, c.idle))
+    candidates.sort(key=lambda c: (-c.score / c.size, c.idle))
     hot_limit = limit("hot", policy.high)
     for c in candidates:
         if hot_used + c.size <= hot_limit:
