@@ -264,6 +264,7 @@ class Client:
             if node.kind == Kind.SYMLINK:
                 raise InvalidPathError(norm, "is a symlink (read its target instead)")
             m = txn.get_manifest(node.ino)
+        self.store.heat.record_file(node.ino)  # file heat, for the tierer and reports
         return norm, m if m is not None else Manifest(node.version, ())
 
     def open(self, path: str, mode: str = "rb", *, perm: int | None = None) -> BinaryIO:

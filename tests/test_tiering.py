@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from gfs.cli import main
 from gfs.client import Client
 from gfs.errors import ConfigError, ExistsError
-from gfs.tiering.heat import chunk_heat
+from gfs.tiering.heat import chunk_heat, decode
 from gfs.tiering.planner import ChunkState, plan
 from gfs.tiering.policy import TierPolicy, parse_duration, parse_size
 from gfs.tiering.tierer import run, tier_usage
@@ -139,11 +139,14 @@ def test_reads_make_chunks_hot_and_idle_ones_go_cold(tiered: Client) -> None:
     for _ in range(3):
         assert tiered.read_bytes("/data/f0") == files["/data/f0"]
     tiered.store.heat.flush()
+    ino = tiered.stat("/data/f0").ino
     with tiered.engine.read() as txn:
-        m = txn.get_manifest(tiered.stat("/data/f0").ino)
+        m = txn.get_manifest(ino)
         assert m is not None
         h = chunk_heat(txn, m.chunks[0].id)
+        f = txn.get_value("heat", b"f" + ino.to_bytes(8, "big"))
     assert h is not None and h.reads >= 3
+    assert f is not None and decode(f).reads == 3
     stored_before = tiered.du("/").stored_bytes
     report = run(tiered.store)
     assert report.directions.get("warm->hot", 0) == len(m.chunks)
