@@ -20,6 +20,7 @@ MAX_BATCH: int
 SPOOL_RESERVE: int
 DEFAULT_MAX_BLOB: int
 ENTRY_LEN: int
+ENTRY_VERIFIED: int
 
 Resolve = Callable[[bytes], list[tuple[str, int, int] | None]]
 Need = Callable[[bytes], bytes]

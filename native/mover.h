@@ -39,6 +39,7 @@
 #define MV_BLOB_HEADER_LEN 36
 #define MV_SPOOL_RESERVE 32          /* bytes kept free at the start of a spool */
 #define MV_IO_BUF (1u << 20)
+#define MV_WRITEBACK (8u << 20)      /* start writeback of a spool every 8 MiB */
 #define MV_MIN_SECRET 16
 #define MV_MAX_SECRET 64
 #define MV_REPLAY_RING 4096
@@ -80,11 +81,15 @@ typedef struct {
     uint32_t length;
 } mv_source;
 
-/* One complete blob in a spool file. */
+/* One complete blob in a spool file. flags MV_ENTRY_VERIFIED: the mover
+ * checked it already (a raw blob: header, lengths, id, xxh3-128 of the
+ * payload); the spool callback must verify every other entry itself. */
+#define MV_ENTRY_VERIFIED 1u
 typedef struct {
     uint8_t id[MV_ID_LEN];
     uint64_t offset;
     uint32_t length;
+    uint32_t flags;
 } mv_entry;
 
 /* Fill out[0..count) for the ids (16 bytes each). */

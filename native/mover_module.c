@@ -13,6 +13,8 @@
 
 #include "mover.h"
 
+#define ENTRY_LEN 32 /* one spool entry handed to Python: "<16sQII" */
+
 /* ------------------------------------------------------------------ */
 /* Callbacks                                                            */
 
@@ -138,17 +140,19 @@ c_spool(void *vctx, const char *path, const mv_entry *e, size_t n, uint32_t *com
     int rc = -1;
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *res = NULL;
-    /* Entries as little-endian "<16sQI" records (28 bytes each). */
-    PyObject *buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 28));
+    /* Entries as little-endian "<16sQII" records (32 bytes each). */
+    PyObject *buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * ENTRY_LEN));
     if (buf == NULL)
         goto fail;
     uint8_t *p = (uint8_t *)PyBytes_AS_STRING(buf);
-    for (size_t i = 0; i < n; i++, p += 28) {
+    for (size_t i = 0; i < n; i++, p += ENTRY_LEN) {
         memcpy(p, e[i].id, 16);
         for (int k = 0; k < 8; k++)
             p[16 + k] = (uint8_t)(e[i].offset >> (8 * k));
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < 4; k++) {
             p[24 + k] = (uint8_t)(e[i].length >> (8 * k));
+            p[28 + k] = (uint8_t)(e[i].flags >> (8 * k));
+        }
     }
     res = PyObject_CallFunction(ctx->spool, "sO", path, buf);
     Py_DECREF(buf);
@@ -608,7 +612,7 @@ PyInit__mover(void)
         {"ERR_PEER", MV_ERR_PEER}, {"ERR_NOMEM", MV_ERR_NOMEM}, {"ERR_ARG", MV_ERR_ARG},
         {"OP_FETCH", MV_OP_FETCH}, {"OP_SEND", MV_OP_SEND}, {"MAX_BATCH", MV_MAX_BATCH},
         {"SPOOL_RESERVE", MV_SPOOL_RESERVE}, {"DEFAULT_MAX_BLOB", (int)MV_DEFAULT_MAX_BLOB},
-        {"ENTRY_LEN", 28}};
+        {"ENTRY_LEN", ENTRY_LEN}, {"ENTRY_VERIFIED", MV_ENTRY_VERIFIED}};
     for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {
         if (PyModule_AddIntConstant(m, consts[i].name, consts[i].value) < 0) {
             Py_DECREF(m);

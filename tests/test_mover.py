@@ -493,3 +493,33 @@ def test_fuzz_frame_parser_bounded() -> None:
         assert 0 <= status <= _mover.ERR_ARG and n >= 0 and (status == 0) == (msg == "")
         runs += 1
     assert runs > 1000
+
+
+def test_receiver_verifies_raw_blobs_in_c(src: Client, server: mover.MoverServer,
+                                          tmp_path: Path) -> None:
+    """Raw blobs arrive flagged ENTRY_VERIFIED; zstd and damaged ones are left to Python."""
+    ids = mover.tree_chunks(src, "/data")
+    with src.engine.read() as txn:
+        codecs = {cid: txn.get_chunk(cid).codec for cid in ids}  # type: ignore[union-attr]
+    raw = [cid for cid in ids if codecs[cid] == 0]
+    packed = [cid for cid in ids if codecs[cid] != 0]
+    assert raw and packed
+    bad = raw[len(raw) // 2]
+    _corrupt_one(src, bad)
+    flags: dict[bytes, int] = {}
+
+    def keep(path: str, entries: bytes) -> tuple[int, int]:
+        for k in range(0, len(entries), _mover.ENTRY_LEN):
+            cid, _off, _length, flag = struct.unpack_from("<16sQII", entries, k)
+            flags[cid] = flag
+        os.unlink(path)
+        return 0, 0
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    res = _mover.transfer(_mover.OP_FETCH, "127.0.0.1", server.port, SECRET,
+                          [b"".join(dict.fromkeys(ids))], spool=keep, spool_dir=str(spool))
+    assert res[0][0] == _mover.OK, res
+    assert all(flags[cid] == _mover.ENTRY_VERIFIED for cid in raw if cid != bad)
+    assert flags[bad] == 0
+    assert all(flags[cid] == 0 for cid in packed)
