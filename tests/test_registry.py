@@ -1,0 +1,123 @@
+"""The registry as a real process: signed registration, identifiers, expressions,
+heartbeats, links, and rejected requests that change nothing."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gfs.federation import expr, ids
+from gfs.federation.auth import AuthError, EntityKeys
+from gfs.federation.http import ApiError, BadRequestError, HttpClient
+from gfs.federation.testing import Proc
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    d = tmp_path_factory.mktemp("registry")
+    p = Proc([sys.executable, "-m", "gfs.cli", "registry", "serve", "--state", str(d),
+              "--ttl", "1.5"], d / "log")
+    try:
+        yield p.url
+    finally:
+        assert p.stop() == 0  # SIGTERM: graceful
+
+
+def _entity(tmp: Path, name: str, url: str, industry: str = "FIN",
+            region: str = "cn-west") -> tuple[EntityKeys, HttpClient]:
+    keys = EntityKeys.create(tmp / name, name)
+    h = HttpClient(url, keys=keys)
+    rec = h.call("POST", "/v1/entities", {"name": name, "industry": industry, "region": region,
+                                          "public_key": keys.public_b64})
+    assert ids.parse(rec["id"]).kind == "entity"
+    return keys, h
+
+
+def _site(h: HttpClient, name: str, entity: str, region: str, tier: str, cap: int) -> dict:
+    return dict(h.call("PUT", f"/v1/sites/{name}", {
+        "entity": entity, "region": region, "endpoint": f"http://127.0.0.9:{len(name)}",
+        "primary": False, "pools": [{"name": "p0", "tier": tier, "capacity": cap}]}))
+
+
+def test_register_query_and_ids(registry: str, tmp_path: Path) -> None:
+    _, ha = _entity(tmp_path, "bank-q", registry)
+    _, ht = _entity(tmp_path, "telco-q", registry, "TEL", "cn-east")
+    s1 = _site(ha, "q1", "bank-q", "cn-west", "hot", 1000)
+    _site(ha, "q2", "bank-q", "cn-east", "cold", 5000)
+    _site(ht, "q3", "telco-q", "cn-west", "hot", 10)
+    pub = HttpClient(registry)
+    names = {s["name"] for s in pub.call("GET", "/v1/sites",
+                                          query={"where": "region=cn-west & tier=hot"})["sites"]}
+    assert {"q1", "q3"} <= names and "q2" not in names
+    pools = pub.call("GET", "/v1/pools", query={"where": "entity=bank-q & capacity>=2000"})
+    assert [p["site"] for p in pools["pools"]] == ["q2"]
+    got = pub.call("GET", f"/v1/ids/{s1['pools'][0]['id']}")
+    assert got["kind"] == "pool" and got["name"] == "q1/p0"
+    assert pub.call("GET", f"/v1/ids/{s1['id'].lower()}")["name"] == "q1"
+    with pytest.raises(BadRequestError, match="check character"):
+        pub.call("GET", f"/v1/ids/{s1['id'][:-1]}{'0' if s1['id'][-1] != '0' else '1'}")
+    with pytest.raises(BadRequestError, match="expected a comparison"):
+        pub.call("GET", "/v1/sites", query={"where": "region=cn-west & (tier"})
+    ha.call("PUT", "/v1/links/q1/q2", {"rtt_ms": 12.5, "mbps": 100})
+    assert any(lk["a"] == "q1" and lk["rtt_ms"] == 12.5
+               for lk in pub.call("GET", "/v1/links")["links"])
+
+
+def test_signatures_required_and_checked(registry: str, tmp_path: Path) -> None:
+    keys, h = _entity(tmp_path, "bank-s", registry)
+    other = EntityKeys.create(tmp_path / "other", "bank-s")  # same name, another key
+    with pytest.raises(ApiError) as e:
+        HttpClient(registry, keys=other).call("POST", "/v1/entities", {
+            "name": "bank-s", "region": "cn-west", "public_key": other.public_b64})
+    assert e.value.status == 409
+    with pytest.raises(AuthError, match="unsigned"):
+        HttpClient(registry).call("PUT", "/v1/sites/s1", {
+            "entity": "bank-s", "region": "cn-west", "endpoint": "http://127.0.0.9:1",
+            "pools": [{"name": "p0", "tier": "hot", "capacity": 1}]})
+    with pytest.raises(AuthError, match="bad signature"):
+        HttpClient(registry, keys=other).call("PUT", "/v1/sites/s1", {
+            "entity": "bank-s", "region": "cn-west", "endpoint": "http://127.0.0.9:1",
+            "pools": [{"name": "p0", "tier": "hot", "capacity": 1}]})
+    with pytest.raises(BadRequestError, match="tier"):
+        h.call("PUT", "/v1/sites/s1", {"entity": "bank-s", "region": "cn-west",
+                                       "endpoint": "http://127.0.0.9:1",
+                                       "pools": [{"name": "p0", "tier": "lava",
+                                                  "capacity": 1}]})
+    with pytest.raises(ApiError) as e2:
+        HttpClient(registry).call("GET", "/v1/sites/s1")
+    assert e2.value.status == 404  # nothing was registered by the rejected requests
+    # registration must be signed by the key it registers
+    k3 = EntityKeys.create(tmp_path / "k3", "bank-t")
+    with pytest.raises(AuthError, match="bad signature"):
+        HttpClient(registry, keys=EntityKeys("bank-t", keys.private, keys.data_secret)).call(
+            "POST", "/v1/entities", {"name": "bank-t", "region": "cn-west",
+                                     "public_key": k3.public_b64})
+
+
+def test_heartbeat_status_up_then_down(registry: str, tmp_path: Path) -> None:
+    _, h = _entity(tmp_path, "bank-h", registry)
+    _site(h, "h1", "bank-h", "cn-west", "warm", 100)
+    h.call("POST", "/v1/sites/h1/heartbeat", {"used": {"p0": 42}})
+    rec = HttpClient(registry).call("GET", "/v1/sites/h1")
+    assert rec["status"] == "up" and rec["pools"][0]["used"] == 42
+    deadline = time.monotonic() + 10
+    while HttpClient(registry).call("GET", "/v1/sites/h1")["status"] != "down":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with pytest.raises(BadRequestError):
+        h.call("POST", "/v1/sites/h1/heartbeat", {"used": {"p0": -1}})
+
+
+def test_expressions() -> None:
+    p = expr.parse("region=cn-west & (tier=hot | tier=warm) & !status=down & free>10")
+    assert p({"region": "cn-west", "tier": "warm", "status": "up", "free": 11})
+    assert not p({"region": "cn-west", "tier": "cold", "status": "up", "free": 11})
+    assert not p({"region": "cn-west", "tier": "hot", "status": "down", "free": 11})
+    assert expr.parse("")({})
+    for bad in ("region", "a=b &", "(a=b", "a=b)", "a==b", "a=b $ c=d"):
+        with pytest.raises(expr.ExpressionError):
+            expr.parse(bad)

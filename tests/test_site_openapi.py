@@ -1,0 +1,55 @@
+"""The site and the registry conform to their OpenAPI documents (schemathesis, bounded
+examples) while running as real processes; no input makes them fail with a 5xx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from gfs.federation.testing import Federation
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "openapi"
+site_schema = schemathesis.openapi.from_path(DOCS / "site.yaml")
+registry_schema = schemathesis.openapi.from_path(DOCS / "registry.yaml")
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance]
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, str]]:
+    f = Federation(tmp_path_factory.mktemp("openapi"), heartbeat=1.0)
+    try:
+        f.registry()
+        f.site("o1", "bank-o", "cn-west", primary=True)
+        with f.client("bank-o") as fc:
+            fc.write_bytes("/bank-o/a.txt", b"hello")
+        yield f, f.keys("bank-o").mint_token("fuzz", "write", "/bank-o", ttl=3600)
+    finally:
+        f.close()
+
+
+@site_schema.parametrize()
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+def test_site_conforms(case: schemathesis.Case, fed: tuple[Federation, str]) -> None:
+    f, token = fed
+    case.call_and_validate(base_url=f.sites["o1"]["url"], checks=CHECKS,
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+@registry_schema.parametrize()
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+def test_registry_conforms(case: schemathesis.Case, fed: tuple[Federation, str]) -> None:
+    f, _ = fed
+    case.call_and_validate(base_url=f.registry_url, checks=CHECKS, timeout=30)
