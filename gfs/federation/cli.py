@@ -106,6 +106,8 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
             srv = MoverServer(site.client, site.mover_secret, args.host, 0)
             movers.append(srv)
             site.mover_address = srv.address
+            site.metrics.gauges["mover_bytes"] = lambda: float(
+                srv.counters()["bytes"] if movers else 0)
         try:
             await asyncio.get_running_loop().run_in_executor(None, site.register)
         except HutongError as e:

@@ -1,0 +1,136 @@
+"""`python -m bench replicate [--quick]`: replicating a dataset to a second site.
+
+A registry and three sites run as processes on loopback addresses: a1 (bank-a's
+primary), a2 (bank-a, replicas arrive through the native mover) and t1 (telco-b,
+replicas arrive owner-encrypted over HTTP). Version N of a synthetic dataset is written
+to /bank-a/ds, a rule places it on a2 and t1; then version N+1 (a tenth of the files
+edited in place, a few added) is written and the rule reconciled again.
+
+Measured in one run: bytes on the wire (the mover's counters at a2, chunk bytes
+received at t1) against the dataset's logical and unique bytes, and rsync's bytes sent
+(delta transfer, --no-whole-file) for the same N -> N+1 update between two local dirs.
+Target: the N+1 replication sends at most 1.5x rsync's delta bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.report import headline, table
+from gfs.federation.http import HttpClient
+from gfs.federation.testing import Federation
+
+
+def _make(root: Path, files: int, size: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        text = rnd.random() < 0.5
+        n = rnd.randrange(size // 4, size)
+        data = ("".join(f"row {j},{rnd.random():.6f},value\n" for j in range(n // 24))
+                .encode() if text else rnd.randbytes(n))
+        (root / f"f{i:04d}.dat").write_bytes(data)
+
+
+def _update(src: Path, dst: Path, seed: int) -> None:
+    rnd = random.Random(seed)
+    shutil.copytree(src, dst)
+    files = sorted(dst.iterdir())
+    for f in rnd.sample(files, max(1, len(files) // 10)):
+        b = bytearray(f.read_bytes())
+        pos = rnd.randrange(len(b))
+        b[pos:pos] = rnd.randbytes(2000)
+        f.write_bytes(bytes(b))
+    for i in range(max(1, len(files) // 50)):
+        (dst / f"new{i}.dat").write_bytes(rnd.randbytes(50_000))
+
+
+def _metric(url: str, name: str) -> float:
+    text = HttpClient(url).call("GET", "/metrics").decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"hutong_site_{name}"):
+            total += float(line.rsplit(" ", 1)[-1])
+    return total
+
+
+def _rsync_bytes(src: Path, dst: Path) -> int:
+    out = subprocess.run(["rsync", "-a", "--no-whole-file", "--stats", f"{src}/", f"{dst}/"],
+                         capture_output=True, text=True, check=True).stdout
+    m = re.search(r"Total bytes sent: ([\d,]+)", out)
+    return int(m.group(1).replace(",", "")) if m else -1
+
+
+def _write_tree(fc: object, root: Path, dest: str) -> int:
+    total = 0
+    for f in sorted(root.iterdir()):
+        data = f.read_bytes()
+        fc.write_bytes(f"{dest}/{f.name}", data)  # type: ignore[attr-defined]
+        total += len(data)
+    return total
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench replicate")
+    ap.add_argument("--quick", action="store_true", help="small dataset (under a minute)")
+    args = ap.parse_args(argv)
+    files, size = (40, 200_000) if args.quick else (200, 1_000_000)
+    with tempfile.TemporaryDirectory(prefix="bench-replicate-") as tmp:
+        root = Path(tmp)
+        v1, v2 = root / "v1", root / "v2"
+        _make(v1, files, size, 1)
+        _update(v1, v2, 2)
+        rows = []
+        with Federation(root / "fed", heartbeat=1.0) as fed:
+            fed.registry()
+            fed.site("a1", "bank-a", "cn-west", primary=True)
+            fed.site("a2", "bank-a", "cn-east")
+            fed.site("t1", "telco-b", "cn-east", primary=True)
+            with fed.client("bank-a") as fc:
+                fc.mkdir("/bank-a/ds", parents=True, exist_ok=True)
+                logical = _write_tree(fc, v1, "/bank-a/ds")
+                fc.rule_add("/bank-a/ds/**", 3, "entity=bank-a | entity=telco-b")
+                w_a2, w_t1 = (_metric(fed.sites["a2"]["url"], "mover_bytes"),
+                              _metric(fed.sites["t1"]["url"], "chunk_bytes_in_total"))
+                t0 = time.perf_counter()
+                [r1] = fc.reconcile("bank-a")
+                s1 = time.perf_counter() - t0
+                d_a2 = _metric(fed.sites["a2"]["url"], "mover_bytes") - w_a2
+                d_t1 = _metric(fed.sites["t1"]["url"], "chunk_bytes_in_total") - w_t1
+                rows.append(("N", "a2 (mover)", logical, r1["bytes"], int(d_a2), "-",
+                             d_a2 / max(1, r1["bytes"]), s1))
+                rows.append(("N", "t1 (encrypted)", logical, r1["bytes"], int(d_t1), "-",
+                             d_t1 / max(1, r1["bytes"]), s1))
+                logical2 = _write_tree(fc, v2, "/bank-a/ds")
+                w_a2, w_t1 = (_metric(fed.sites["a2"]["url"], "mover_bytes"),
+                              _metric(fed.sites["t1"]["url"], "chunk_bytes_in_total"))
+                t0 = time.perf_counter()
+                [r2] = fc.reconcile("bank-a")
+                s2 = time.perf_counter() - t0
+                d2_a2 = _metric(fed.sites["a2"]["url"], "mover_bytes") - w_a2
+                d2_t1 = _metric(fed.sites["t1"]["url"], "chunk_bytes_in_total") - w_t1
+        dest = root / "rsync-dest"
+        rs1 = _rsync_bytes(v1, dest)
+        rs2 = _rsync_bytes(v2, dest)
+        new_unique = r2["bytes"] - r1["bytes"]
+        rows.append(("N+1", "a2 (mover)", logical2, r2["bytes"], int(d2_a2), rs2,
+                     d2_a2 / max(1, rs2), s2))
+        rows.append(("N+1", "t1 (encrypted)", logical2, r2["bytes"], int(d2_t1), rs2,
+                     d2_t1 / max(1, rs2), s2))
+        rows.append(("N", "rsync (local)", logical, "-", rs1, rs1, 1.0, "-"))
+        print(table(["version", "to", "logical B", "unique B", "wire B", "rsync B",
+                     "wire/unique or wire/rsync", "seconds"], rows))
+        print(f"new unique bytes in N+1 (grown union): {new_unique}; states: {r1['state']}, "
+              f"{r2['state']}")
+        ratio = max(d2_a2, d2_t1) / max(1, rs2)
+        print(headline("replicate", ratio <= 1.5 and r2["state"] == "ok",
+                       n_wire_over_unique=round(d_a2 / max(1, r1["bytes"]), 3),
+                       n1_wire_over_rsync=round(ratio, 3)))
+    return 0
