@@ -74,8 +74,11 @@ class Federation:
     """A registry and sites as real processes on loopback addresses under `root`."""
 
     def __init__(self, root: Path, *, ttl: float = 3.0, heartbeat: float = 0.5,
-                 reconcile_interval: float = 0.0) -> None:
+                 reconcile_interval: float = 0.0, wan: Any = None) -> None:
+        """With `wan` (a gfs.testing.wan.Wan), processes run in its namespaces: pass
+        `netns=` (a WAN site name) to `registry` and `site`."""
         self.root = Path(root)
+        self.wan = wan
         self.ttl, self.heartbeat, self.reconcile_interval = ttl, heartbeat, reconcile_interval
         self.registry_proc: Proc | None = None
         self.registry_url = ""
@@ -86,27 +89,35 @@ class Federation:
     def _cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "gfs.cli", *args]
 
-    def registry(self) -> str:
+    def _in(self, netns: str | None, argv: list[str]) -> list[str]:
+        return argv if netns is None else list(self.wan[netns].argv(argv))
+
+    def registry(self, netns: str | None = None) -> str:
         """Start the registry; returns its URL."""
         d = self.root / "registry"
         d.mkdir(parents=True, exist_ok=True)
-        self.registry_proc = Proc(self._cli("registry", "serve", "--state", str(d), "--host",
-                                            "127.0.0.1", "--ttl", str(self.ttl)),
-                                  self.root / "registry.log")
+        host = "127.0.0.1" if netns is None else self.wan[netns].address
+        self.registry_proc = Proc(self._in(netns, self._cli(
+            "registry", "serve", "--state", str(d), "--host", host, "--ttl", str(self.ttl))),
+            self.root / "registry.log")
         self.registry_url = self.registry_proc.url
         return self.registry_url
 
     def site(self, name: str, entity: str, region: str, *, primary: bool = False,
-             industry: str = "GEN", mover: bool = True) -> str:
+             industry: str = "GEN", mover: bool = True, netns: str | None = None) -> str:
         """Create and start a site (keys shared with the entity's first site)."""
         state = self.root / name
         first = next((s for s in self.sites.values() if s["entity"] == entity), None)
         init_site(state, name=name, entity=entity, region=region, registry=self.registry_url,
                   industry=industry, primary=primary,
                   keys_from=first["state"] / "federation" if first else None)
-        host = f"127.0.0.{self._next_ip}"
-        self._next_ip += 1
-        self.sites[name] = {"state": state, "entity": entity, "host": host, "mover": mover}
+        if netns is None:
+            host = f"127.0.0.{self._next_ip}"
+            self._next_ip += 1
+        else:
+            host = self.wan[netns].address
+        self.sites[name] = {"state": state, "entity": entity, "host": host, "mover": mover,
+                            "netns": netns}
         return self.start(name)
 
     def start(self, name: str) -> str:
@@ -117,7 +128,7 @@ class Federation:
                          str(self.reconcile_interval))
         if not s["mover"]:
             argv.append("--no-mover")
-        self.procs[name] = Proc(argv, self.root / f"{name}.log")
+        self.procs[name] = Proc(self._in(s["netns"], argv), self.root / f"{name}.log")
         s["url"] = self.procs[name].url
         return str(s["url"])
 
