@@ -320,3 +320,34 @@ def test_sigterm_is_graceful(fed: Federation) -> None:
     assert proc.stop(signal.SIGTERM) == 0
     fed.procs.pop("t1")
     fed.start("t1")
+
+
+def test_cli_grant_rule_status_token(fed: Federation) -> None:
+    import subprocess
+    import sys
+    state = str(fed.sites["a1"]["state"])
+
+    def hutong(*args: str, ok: bool = True) -> str:
+        r = subprocess.run([sys.executable, "-m", "gfs.cli", *args], capture_output=True,
+                           text=True, timeout=60)
+        assert (r.returncode == 0) == ok, r.stderr
+        return r.stdout + r.stderr
+    out = hutong("grant", "/bank-a/shared/**", "--to", "telco-b", "--read", "--state", state)
+    assert "telco-b may read /bank-a/shared/**" in out
+    out = hutong("rule", "add", "/bank-a/shared/**", "--copies", "1", "--where", "site=a1",
+                 "--lifetime", "7d", "--state", state)
+    assert out.startswith("rule ")
+    assert " ok" in hutong("rule", "reconcile", "--state", state)
+    assert "copies=1" in hutong("rule", "ls", "--state", state)
+    status = hutong("status", "--state", state)
+    assert "a1" in status and "t1" in status and "rules:" in status
+    tok = hutong("token", "mint", "--user", "dan", "--scope", "read", "--prefix",
+                 "/bank-a/shared", "--ttl", "10m", "--state", state).strip()
+    assert "shared with" in hutong("fed", "cat", "/bank-a/shared/s.txt", "--token", tok,
+                                   "--registry", fed.registry_url)
+    err = hutong("fed", "cat", "/bank-a/data/x.bin", "--token", tok, "--registry",
+                 fed.registry_url, ok=False)
+    assert "does not allow read" in err
+    err = hutong("rule", "add", "/bank-a/x", "--copies", "1", "--where", "region=(",
+                 "--state", state, ok=False)
+    assert "expression" in err
