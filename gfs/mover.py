@@ -61,6 +61,24 @@ Address = tuple[str, int]
 DEFAULT_STREAMS: Final = 4
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_RETRIES: Final = 3
+
+
+@dataclass
+class Tuning:
+    """Receiver and socket settings, chosen by `python -m bench mover` (module-wide).
+
+    `spool_min`: the smallest spool (so pack) a receiver fills before it
+    commits, for fewer fsyncs and transactions per byte; `sndbuf`/`rcvbuf`:
+    socket buffers in bytes, 0 keeps the kernel's auto-tuning (setting one
+    turns it off).
+    """
+
+    spool_min: int = 64 << 20
+    sndbuf: int = 0
+    rcvbuf: int = 0
+
+
+TUNING = Tuning()
 _ENTRY = struct.Struct("<16sQII")  # id, offset, length, flags (ENTRY_VERIFIED)
 assert _ENTRY.size == _mover.ENTRY_LEN
 assert _mover.SPOOL_RESERVE == PACK_HEADER_LEN
@@ -201,7 +219,7 @@ class Receiver:
         else:
             self.spool_dir = str(store.state / "tmp")
         os.makedirs(self.spool_dir, exist_ok=True)
-        self.spool_limit = store.config.pack_size
+        self.spool_limit = max(store.config.pack_size, TUNING.spool_min)
 
     def lacking(self, ids: Sequence[bytes]) -> list[bytes]:
         """The ids (in order) that the store's index does not hold."""
@@ -436,7 +454,8 @@ class MoverServer:
             host, port, secret, self._source.resolve, self._receiver.need,
             self._receiver.commit_spool, self._receiver.spool_dir,
             spool_limit=self._receiver.spool_limit, timeout=timeout, max_blob=max_blob,
-            sendfile=sendfile)
+            sendfile=sendfile, sndbuf=TUNING.sndbuf,
+            rcvbuf=TUNING.rcvbuf)
         self.port = self._server.port
 
     @property
@@ -504,7 +523,8 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
             spool=committer.submit if committer else None,
             spool_dir=receiver.spool_dir if receiver else ".",
             spool_limit=receiver.spool_limit if receiver else 16 << 20,
-            timeout=timeout, sendfile=sendfile, progress=adapter)
+            timeout=timeout, sendfile=sendfile, progress=adapter,
+            sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf)
     finally:
         if committer is not None:
             committed, rejected = committer.finish()

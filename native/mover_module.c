@@ -213,16 +213,18 @@ static int
 Server_init(ServerObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"host", "port", "secret", "resolve", "need", "spool", "spool_dir",
-                             "spool_limit", "timeout", "max_blob", "sendfile", NULL};
+                             "spool_limit", "timeout", "max_blob", "sendfile", "sndbuf",
+                             "rcvbuf", NULL};
     const char *host, *spool_dir;
-    int port, use_sendfile = 1;
+    int port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0;
     PyObject *secret, *resolve, *need, *spool;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIp:Server", kwlist, &host, &port,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIpii:Server", kwlist, &host, &port,
                                      &secret, &resolve, &need, &spool, &spool_dir,
-                                     &spool_limit, &timeout, &max_blob, &use_sendfile))
+                                     &spool_limit, &timeout, &max_blob, &use_sendfile,
+                                     &sndbuf, &rcvbuf))
         return -1;
     if (self->srv) {
         PyErr_SetString(PyExc_RuntimeError, "server already started");
@@ -238,7 +240,7 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
     self->ctx.need = self->need;
     self->ctx.spool = self->spool;
     self->ctx.keep_error = 0;
-    mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, 0, 0,
+    mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
                      c_resolve, c_need, c_spool, &self->ctx};
     char msg[256] = "";
     int st;
@@ -334,7 +336,7 @@ static PyTypeObject ServerType = {
     .tp_basicsize = sizeof(ServerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Server(host, port, secret, resolve, need, spool, spool_dir, spool_limit=16 MiB,"
-              " timeout=30.0, max_blob=64 MiB, sendfile=True)\n\n"
+              " timeout=30.0, max_blob=64 MiB, sendfile=True, sndbuf=0, rcvbuf=0)\n\n"
               "A mover server on its own threads (docs/format.md, 'Mover protocol').",
     .tp_new = Server_new,
     .tp_init = (initproc)Server_init,
@@ -369,7 +371,7 @@ stream_main(void *arg)
 PyDoc_STRVAR(transfer_doc,
 "transfer(op, host, port, secret, ids, *, resolve=None, spool=None, spool_dir='.',\n"
 "         spool_limit=16 MiB, timeout=30.0, max_blob=64 MiB, sendfile=True,\n"
-"         progress=None, tick=0.1) -> list[tuple]\n\n"
+"         progress=None, tick=0.1, sndbuf=0, rcvbuf=0) -> list[tuple]\n\n"
 "Run one stream per item of ids (bytes of 16-byte chunk ids) in parallel:\n"
 "op 1 fetches (spool called per spool file), op 2 sends (resolve called per\n"
 "batch). progress(bytes, chunks) is called every tick seconds; if it raises\n"
@@ -382,17 +384,17 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"op", "host", "port", "secret", "ids", "resolve", "spool",
                              "spool_dir", "spool_limit", "timeout", "max_blob", "sendfile",
-                             "progress", "tick", NULL};
-    int op, port, use_sendfile = 1;
+                             "progress", "tick", "sndbuf", "rcvbuf", NULL};
+    int op, port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0;
     const char *host, *spool_dir = ".";
     PyObject *secret, *ids, *resolve = Py_None, *spool = Py_None, *progress = Py_None;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0, tick = 0.1;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOd:transfer", kwlist, &op, &host,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOdii:transfer", kwlist, &op, &host,
                                      &port, &secret, &PyList_Type, &ids, &resolve, &spool,
                                      &spool_dir, &spool_limit, &timeout, &max_blob,
-                                     &use_sendfile, &progress, &tick))
+                                     &use_sendfile, &progress, &tick, &sndbuf, &rcvbuf))
         return NULL;
     if (op != MV_OP_FETCH && op != MV_OP_SEND)
         return PyErr_Format(PyExc_ValueError, "op must be 1 (fetch) or 2 (send), not %d", op);
@@ -418,7 +420,7 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
         return NULL;
     }
     cb_ctx ctx = {resolve, Py_None, spool, NULL, 1, PTHREAD_MUTEX_INITIALIZER};
-    mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, 0, 0,
+    mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
                      c_resolve, c_need, c_spool, &ctx};
     volatile int cancel = 0;
     mv_stream *streams = PyMem_Calloc((size_t)n, sizeof *streams);

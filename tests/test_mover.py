@@ -19,6 +19,7 @@ import pytest
 from gfs import _mover, mover
 from gfs.cli import main as cli_main
 from gfs.client import Client
+from gfs.meta import ChunkRecord
 from gfs.packs import pack_key
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,6 +31,17 @@ def _store(path: Path) -> Client:
     # Small chunks: many chunks from little data; small packs: several spools.
     return Client.init(path, min_size=1024, avg_size=4096, max_size=16384,
                        pack_size=1 << 20)
+
+
+@pytest.fixture(autouse=True)
+def _small_spools() -> Iterator[None]:
+    """Spools as small as the stores' 1 MiB packs: every transfer commits several."""
+    saved = mover.TUNING.spool_min
+    mover.TUNING.spool_min = 0
+    try:
+        yield
+    finally:
+        mover.TUNING.spool_min = saved
 
 
 @pytest.fixture
@@ -523,3 +535,21 @@ def test_receiver_verifies_raw_blobs_in_c(src: Client, server: mover.MoverServer
     assert all(flags[cid] == _mover.ENTRY_VERIFIED for cid in raw if cid != bad)
     assert flags[bad] == 0
     assert all(flags[cid] == 0 for cid in packed)
+
+
+def test_large_spools_commit_as_few_packs(src: Client, dst: Client) -> None:
+    mover.TUNING.spool_min = 64 << 20  # the default: one pack per stream here
+    ids = mover.tree_chunks(src, "/data")
+    with mover.MoverServer(src, SECRET) as srv:
+        stats = mover.fetch(dst, srv.address, ids, SECRET, streams=2)
+    assert stats.committed == len(set(ids)) and not stats.missing
+    packs = {rec.locations[0].pack for rec in _records(dst, ids)}
+    assert len(packs) == 2
+    _assert_clean(dst)
+
+
+def _records(c: Client, ids: list[bytes]) -> list[ChunkRecord]:
+    with c.engine.read() as txn:
+        recs = [txn.get_chunk(cid) for cid in ids]
+    assert all(r is not None for r in recs)
+    return [r for r in recs if r is not None]
