@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,29 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
             except HutongError as e:
                 log.warning("site %s: reconcile failed: %s", site.name, e)
 
+    async def tierer() -> None:
+        from gfs.tiering.tierer import run as tier_run
+        from gfs.tiering.tierer import tier_usage
+
+        loop = asyncio.get_running_loop()
+        def gauge(tier: str) -> Callable[[], float]:
+            return lambda: float(tier_usage(site.client.store).get(tier, 0))
+
+        for tier in ("hot", "warm", "cold"):
+            site.metrics.gauges[f"tier_{tier}_bytes"] = gauge(tier)
+        while True:
+            await asyncio.sleep(args.tier_interval)
+            try:
+                report = await loop.run_in_executor(None, tier_run, site.client.store)
+                site.metrics.inc("tier_moves_total", report.moved)
+                site.metrics.inc("tier_moved_bytes_total", report.bytes_moved)
+            except HutongError as e:
+                log.warning("site %s: tierer run failed: %s", site.name, e)
+
     background = [heartbeats] + ([reconciler] if site.config.primary
                                  and args.reconcile_interval > 0 else [])
+    if args.tier_interval > 0:
+        background.append(tierer)
     try:
         asyncio.run(_serve(make_app(site), args.host, args.port,
                            f"hutong site: {site.name} ({site.entity}) serving on",
@@ -307,6 +329,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--registry", metavar="URL", help="override the registry of site.json")
     sp.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    sp.add_argument("--tier-interval", type=float, default=300.0,
+                    help="seconds between tierer runs (0: never; see `hutong tier`)")
     sp.add_argument("--reconcile-interval", type=float, default=30.0,
                     help="seconds between rule evaluations (0: only on request)")
     sp.add_argument("--no-mover", action="store_true", help="no mover port")

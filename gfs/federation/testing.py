@@ -74,12 +74,14 @@ class Federation:
     """A registry and sites as real processes on loopback addresses under `root`."""
 
     def __init__(self, root: Path, *, ttl: float = 3.0, heartbeat: float = 0.5,
-                 reconcile_interval: float = 0.0, wan: Any = None) -> None:
+                 reconcile_interval: float = 0.0, tier_interval: float = 0.0,
+                 wan: Any = None) -> None:
         """With `wan` (a gfs.testing.wan.Wan), processes run in its namespaces: pass
         `netns=` (a WAN site name) to `registry` and `site`."""
         self.root = Path(root)
         self.wan = wan
         self.ttl, self.heartbeat, self.reconcile_interval = ttl, heartbeat, reconcile_interval
+        self.tier_interval = tier_interval
         self.registry_proc: Proc | None = None
         self.registry_url = ""
         self.sites: dict[str, dict[str, Any]] = {}
@@ -125,7 +127,8 @@ class Federation:
         s = self.sites[name]
         argv = self._cli("site", "serve", "--state", str(s["state"]), "--host", s["host"],
                          "--heartbeat", str(self.heartbeat), "--reconcile-interval",
-                         str(self.reconcile_interval))
+                         str(self.reconcile_interval), "--tier-interval",
+                         str(self.tier_interval))
         if not s["mover"]:
             argv.append("--no-mover")
         self.procs[name] = Proc(self._in(s["netns"], argv), self.root / f"{name}.log")
