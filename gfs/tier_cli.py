@@ -10,17 +10,10 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from gfs.cli import human
 from gfs.client import Client
 from gfs.errors import ConfigError
 from gfs.tiering.policy import TIERS, TierPolicy, parse_duration, parse_size
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
@@ -34,8 +27,8 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
 def cmd_pool_ls(args: argparse.Namespace) -> int:
     with Client(args.state) as fs:
         for rec, used in fs.pools():
-            cap = _human(rec.capacity) if rec.capacity else "unlimited"
-            print(f"{rec.id:>3} {rec.name:<12} {rec.tier:<5} {_human(used):>11} of {cap:<11} "
+            cap = human(rec.capacity) if rec.capacity else "unlimited"
+            print(f"{rec.id:>3} {rec.name:<12} {rec.tier:<5} {human(used):>11} of {cap:<11} "
                   f"{rec.url}")
     return 0
 
@@ -97,7 +90,7 @@ def cmd_tier_run(args: argparse.Namespace) -> int:
     verb = "would move" if args.dry_run else "moved"
     moved = r.planned if args.dry_run else r.moved
     dirs = ", ".join(f"{k}: {v}" for k, v in sorted(r.directions.items())) or "nothing to do"
-    print(f"tier run: {verb} {moved} chunks ({_human(r.bytes_moved)}; {dirs}); "
+    print(f"tier run: {verb} {moved} chunks ({human(r.bytes_moved)}; {dirs}); "
           f"{r.skipped} skipped; {r.packs_written} packs written, {r.packs_deleted} deleted; "
           f"{r.seconds:.2f}s")
     return 0
@@ -125,13 +118,13 @@ def cmd_tier_status(args: argparse.Namespace) -> int:
         return 0
     for t, v in tiers.items():
         cap = v["capacity"]
-        cap_text = "no pool" if cap is None else ("unlimited" if cap == 0 else _human(cap))
-        print(f"{t:<5} {_human(v['live_bytes']):>11} of {cap_text}")
+        cap_text = "no pool" if cap is None else ("unlimited" if cap == 0 else human(cap))
+        print(f"{t:<5} {human(v['live_bytes']):>11} of {cap_text}")
     print(f"storage cost: {info['monthly_cost_usd']} USD/month at the policy's prices")
     if last is None:
         print("the tierer has not run yet (`hutong tier run`)")
     else:
-        print(f"last run: moved {last.moved} chunks ({_human(last.bytes_moved)}), "
+        print(f"last run: moved {last.moved} chunks ({human(last.bytes_moved)}), "
               f"skipped {last.skipped}, in {last.seconds:.2f}s")
     return 0
 
