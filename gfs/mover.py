@@ -525,8 +525,13 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
     adapter = _progress_adapter(progress)
     receiver = committer.receiver if committer else None
     try:
+        # Fetches share one queue of ids (a stream slowed by loss takes less);
+        # sends keep one slice per stream (the server commits per batch).
+        shared = op == _mover.OP_FETCH and streams > 1 and len(ids) > streams
+        batch = min(_mover.MAX_BATCH, max(8, -(-len(ids) // (streams * 16))))
         results = _mover.transfer(
-            op, peer[0], peer[1], secret, _split(ids, streams),
+            op, peer[0], peer[1], secret, [b"".join(ids)] if shared else _split(ids, streams),
+            streams=streams if shared else 0, batch=batch,
             resolve=source.resolve if source else None,
             spool=committer.submit if committer else None,
             spool_dir=receiver.spool_dir if receiver else ".",

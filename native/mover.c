@@ -1342,22 +1342,50 @@ send_ids(mv_conn *c, int type, const uint8_t *ids, size_t count)
     return wb_flush(c, 0);
 }
 
+/* The next batch of a stream's ids: from its own list, or claimed from the
+ * queue its transfer shares. Returns the batch size (0: no more). */
+static size_t
+next_batch(mv_stream *s, size_t *own, const uint8_t **ids)
+{
+    if (s->queue) {
+        mv_queue *q = s->queue;
+        size_t start = __atomic_fetch_add(&q->next, q->batch, __ATOMIC_RELAXED);
+        if (start >= q->count)
+            return 0;
+        *ids = q->ids + start * MV_ID_LEN;
+        return q->count - start < q->batch ? q->count - start : q->batch;
+    }
+    if (*own >= s->count)
+        return 0;
+    *ids = s->ids + *own * MV_ID_LEN;
+    size_t n = s->count - *own < MV_MAX_BATCH ? s->count - *own : MV_MAX_BATCH;
+    *own += n;
+    return n;
+}
+
 static int
 client_fetch(mv_stream *s, mv_conn *c, mv_spool *sp)
 {
-    size_t nb = (s->count + MV_MAX_BATCH - 1) / MV_MAX_BATCH, sent = 0, done = 0, pos = 0;
-    int st = MV_OK, type;
+    /* Up to two WANT batches in flight (pipelining), answered in order. */
+    struct { const uint8_t *ids; size_t n; } fl[2];
+    size_t own = 0, pos = 0;
+    int head = 0, nfl = 0, st = MV_OK, type;
     uint32_t len;
-#define BATCH_N(b) ((b) + 1 < nb ? MV_MAX_BATCH : s->count - (b) * MV_MAX_BATCH)
-    while (sent < nb && sent - done < 2 && !st) {
-        st = send_ids(c, MV_WANT, s->ids + sent * MV_MAX_BATCH * MV_ID_LEN, BATCH_N(sent));
-        sent++;
+    while (nfl < 2 && !st) {
+        const uint8_t *ids;
+        size_t n = next_batch(s, &own, &ids);
+        if (!n)
+            break;
+        st = send_ids(c, MV_WANT, ids, n);
+        fl[(head + nfl) % 2].ids = ids;
+        fl[(head + nfl) % 2].n = n;
+        nfl++;
     }
-    while (done < nb && !st) {
+    while (nfl && !st) {
         if ((st = read_frame(c, &type, &len)))
             break;
-        const uint8_t *expect = s->ids + (done * MV_MAX_BATCH + pos) * MV_ID_LEN;
-        size_t bn = BATCH_N(done);
+        size_t bn = fl[head].n;
+        const uint8_t *expect = fl[head].ids + pos * MV_ID_LEN;
         if (type == MV_DATA || type == MV_MISSING) {
             if (pos >= bn || memcmp(c->rbuf + c->rstart, expect, MV_ID_LEN) != 0) {
                 st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
@@ -1381,19 +1409,22 @@ client_fetch(mv_stream *s, mv_conn *c, mv_spool *sp)
                             "END after %zu of %zu answers (counts %u + %u)", pos, bn, nd, nm);
                 break;
             }
-            done++;
+            head = (head + 1) % 2;
+            nfl--;
             pos = 0;
-            if (sent < nb) {
-                st = send_ids(c, MV_WANT, s->ids + sent * MV_MAX_BATCH * MV_ID_LEN,
-                              BATCH_N(sent));
-                sent++;
+            const uint8_t *ids;
+            size_t n = next_batch(s, &own, &ids);
+            if (n) {
+                st = send_ids(c, MV_WANT, ids, n);
+                fl[(head + nfl) % 2].ids = ids;
+                fl[(head + nfl) % 2].n = n;
+                nfl++;
             }
         } else {
             st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                         "frame type %d not allowed in a fetch answer", type);
         }
     }
-#undef BATCH_N
     return st;
 }
 
@@ -1405,9 +1436,9 @@ client_send(mv_stream *s, mv_conn *c)
         return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
     int st = MV_OK, type;
     uint32_t len, nneed;
-    for (size_t off = 0; off < s->count && !st; off += MV_MAX_BATCH) {
-        size_t bn = s->count - off < MV_MAX_BATCH ? s->count - off : MV_MAX_BATCH;
-        const uint8_t *ids = s->ids + off * MV_ID_LEN;
+    size_t own = 0, bn;
+    const uint8_t *ids;
+    while (!st && (bn = next_batch(s, &own, &ids)) != 0) {
         if ((st = send_ids(c, MV_OFFER, ids, bn)) || (st = read_frame(c, &type, &len)))
             break;
         if (type != MV_NEED) {
@@ -1456,7 +1487,7 @@ mv_stream_run(mv_stream *s)
         return s->status = setmsg(s->message, sizeof s->message, MV_ERR_ARG,
                                   "session secret must be %d to %d bytes", MV_MIN_SECRET,
                                   MV_MAX_SECRET);
-    if (s->count == 0)
+    if (s->queue ? s->queue->count == 0 : s->count == 0)
         return MV_OK;
     int fd = -1;
     int st = client_connect(s, &fd);

@@ -114,6 +114,16 @@ typedef struct {
     void *ctx;
 } mv_config;
 
+/* Ids shared by the streams of a transfer: each stream claims the next
+ * `batch` ids when it has room for another request, so a stream slowed by
+ * loss takes less of the work and all streams finish together. */
+typedef struct {
+    const uint8_t *ids;     /* 16 bytes each */
+    size_t count;
+    size_t batch;           /* ids per claim, 1 .. MV_MAX_BATCH */
+    size_t next;            /* next unclaimed index (atomic) */
+} mv_queue;
+
 /* One client stream of a transfer. Fill the inputs, run it on a thread. */
 typedef struct {
     /* inputs */
@@ -124,6 +134,7 @@ typedef struct {
     int op;                 /* MV_OP_FETCH or MV_OP_SEND */
     const uint8_t *ids;     /* this stream's ids, 16 bytes each */
     size_t count;
+    mv_queue *queue;        /* or, if not NULL, ids claimed from this shared queue */
     const mv_config *cfg;
     volatile int *cancel;   /* shared by the streams of a transfer */
     /* progress (read while running with __atomic loads) */

@@ -371,11 +371,14 @@ stream_main(void *arg)
 PyDoc_STRVAR(transfer_doc,
 "transfer(op, host, port, secret, ids, *, resolve=None, spool=None, spool_dir='.',\n"
 "         spool_limit=16 MiB, timeout=30.0, max_blob=64 MiB, sendfile=True,\n"
-"         progress=None, tick=0.1, sndbuf=0, rcvbuf=0) -> list[tuple]\n\n"
+"         progress=None, tick=0.1, sndbuf=0, rcvbuf=0, streams=0,\n"
+"         batch=64) -> list[tuple]\n\n"
 "Run one stream per item of ids (bytes of 16-byte chunk ids) in parallel:\n"
 "op 1 fetches (spool called per spool file), op 2 sends (resolve called per\n"
-"batch). progress(bytes, chunks) is called every tick seconds; if it raises\n"
-"(or a signal handler does), every stream is cancelled and the exception is\n"
+"batch). With streams=N, ids is [all ids] and N streams claim them `batch`\n"
+"at a time from a shared queue. progress(bytes, chunks) is called every tick\n"
+"seconds; if it raises (or a signal handler does), every stream is cancelled\n"
+"and the exception is\n"
 "raised once all have stopped. Returns per stream (status, message, bytes,\n"
 "chunks, missing, committed, rejected).");
 
@@ -384,17 +387,18 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"op", "host", "port", "secret", "ids", "resolve", "spool",
                              "spool_dir", "spool_limit", "timeout", "max_blob", "sendfile",
-                             "progress", "tick", "sndbuf", "rcvbuf", NULL};
-    int op, port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0;
+                             "progress", "tick", "sndbuf", "rcvbuf", "streams", "batch", NULL};
+    int op, port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, nshared = 0, batch = 64;
     const char *host, *spool_dir = ".";
     PyObject *secret, *ids, *resolve = Py_None, *spool = Py_None, *progress = Py_None;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0, tick = 0.1;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOdii:transfer", kwlist, &op, &host,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOdiiii:transfer", kwlist, &op, &host,
                                      &port, &secret, &PyList_Type, &ids, &resolve, &spool,
                                      &spool_dir, &spool_limit, &timeout, &max_blob,
-                                     &use_sendfile, &progress, &tick, &sndbuf, &rcvbuf))
+                                     &use_sendfile, &progress, &tick, &sndbuf, &rcvbuf,
+                                     &nshared, &batch))
         return NULL;
     if (op != MV_OP_FETCH && op != MV_OP_SEND)
         return PyErr_Format(PyExc_ValueError, "op must be 1 (fetch) or 2 (send), not %d", op);
@@ -403,9 +407,14 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     if (op == MV_OP_SEND && !PyCallable_Check(resolve))
         return PyErr_Format(PyExc_TypeError, "send needs a callable resolve");
     Py_ssize_t n = PyList_GET_SIZE(ids);
+    if (nshared && (PyList_GET_SIZE(ids) != 1 || batch < 1 || batch > MV_MAX_BATCH))
+        return PyErr_Format(PyExc_ValueError, "streams=N shares one bytes of ids (ids=[all]) "
+                            "in batches of 1 to %d ids", MV_MAX_BATCH);
+    if (nshared)
+        n = nshared;
     if (n < 1 || n > 64)
         return PyErr_Format(PyExc_ValueError, "1 to 64 streams, got %zd", n);
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ids); i++) {
         PyObject *b = PyList_GET_ITEM(ids, i);
         if (!PyBytes_Check(b) || PyBytes_GET_SIZE(b) % MV_ID_LEN)
             return PyErr_Format(PyExc_ValueError,
@@ -414,7 +423,7 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     Py_buffer sec;
     if (get_secret(secret, &sec) < 0)
         return NULL;
-    ids = PyList_GetSlice(ids, 0, n);  /* our own reference to the bytes objects */
+    ids = PyList_GetSlice(ids, 0, PyList_GET_SIZE(ids));  /* our own references */
     if (ids == NULL) {
         PyBuffer_Release(&sec);
         return NULL;
@@ -435,8 +444,11 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
         PyErr_NoMemory();
         goto out;
     }
+    PyObject *first = PyList_GET_ITEM(ids, 0);
+    mv_queue queue = {(const uint8_t *)PyBytes_AS_STRING(first),
+                      (size_t)PyBytes_GET_SIZE(first) / MV_ID_LEN, (size_t)batch, 0};
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *b = PyList_GET_ITEM(ids, i);
+        PyObject *b = PyList_GET_ITEM(ids, nshared ? 0 : i);
         mv_stream *s = &streams[i];
         s->host = host;
         s->port = port;
@@ -445,6 +457,7 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
         s->op = op;
         s->ids = (const uint8_t *)PyBytes_AS_STRING(b);
         s->count = (size_t)PyBytes_GET_SIZE(b) / MV_ID_LEN;
+        s->queue = nshared ? &queue : NULL;
         s->cfg = &cfg;
         s->cancel = &cancel;
         s->fd = -1;

@@ -553,3 +553,27 @@ def _records(c: Client, ids: list[bytes]) -> list[ChunkRecord]:
         recs = [txn.get_chunk(cid) for cid in ids]
     assert all(r is not None for r in recs)
     return [r for r in recs if r is not None]
+
+
+def test_streams_share_one_queue_of_ids(src: Client, server: mover.MoverServer,
+                                        tmp_path: Path) -> None:
+    ids = list(dict.fromkeys(mover.tree_chunks(src, "/data")))
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def keep(path: str, entries: bytes) -> tuple[int, int]:
+        with lock:
+            seen.extend(entries[k : k + 16] for k in range(0, len(entries), _mover.ENTRY_LEN))
+        os.unlink(path)
+        return 0, 0
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    res = _mover.transfer(_mover.OP_FETCH, "127.0.0.1", server.port, SECRET, [b"".join(ids)],
+                          spool=keep, spool_dir=str(spool), streams=3, batch=5)
+    assert len(res) == 3 and all(r[0] == _mover.OK for r in res), res
+    assert sorted(seen) == sorted(ids)  # every id once, whichever stream took it
+    assert sum(r[3] for r in res) == len(ids)
+    with pytest.raises(ValueError, match="shares one bytes"):
+        _mover.transfer(_mover.OP_FETCH, "127.0.0.1", server.port, SECRET, [ids[0], ids[1]],
+                        spool=keep, spool_dir=str(spool), streams=2)
