@@ -70,12 +70,16 @@ class Tuning:
     `spool_min`: the smallest spool (so pack) a receiver fills before it
     commits, for fewer fsyncs and transactions per byte; `sndbuf`/`rcvbuf`:
     socket buffers in bytes, 0 keeps the kernel's auto-tuning (setting one
-    turns it off).
+    turns it off); `congestion`: TCP congestion control of the mover's
+    sockets ("" keeps the system default; "bbr" keeps a lossy long path
+    full where loss-based ones back off). A name the kernel does not allow
+    raises ValueError.
     """
 
     spool_min: int = 64 << 20
     sndbuf: int = 0
     rcvbuf: int = 0
+    congestion: str = ""
 
 
 TUNING = Tuning()
@@ -453,7 +457,7 @@ class MoverServer:
 
     def __init__(self, store: Client | ChunkStore, secret: bytes, host: str = "127.0.0.1",
                  port: int = 0, *, timeout: float = DEFAULT_TIMEOUT, sendfile: bool = True,
-                 max_blob: int = _mover.DEFAULT_MAX_BLOB) -> None:
+                 max_blob: int = _mover.DEFAULT_MAX_BLOB, congestion: str | None = None) -> None:
         self.store = _store_of(store)
         self.host = host
         self._source = Source(self.store)
@@ -462,8 +466,8 @@ class MoverServer:
             host, port, secret, self._source.resolve, self._receiver.need,
             self._receiver.commit_spool, self._receiver.spool_dir,
             spool_limit=self._receiver.spool_limit, timeout=timeout, max_blob=max_blob,
-            sendfile=sendfile, sndbuf=TUNING.sndbuf,
-            rcvbuf=TUNING.rcvbuf)
+            sendfile=sendfile, sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf,
+            congestion=TUNING.congestion if congestion is None else congestion)
         self.port = self._server.port
 
     @property
@@ -537,7 +541,7 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
             spool_dir=receiver.spool_dir if receiver else ".",
             spool_limit=receiver.spool_limit if receiver else 16 << 20,
             timeout=timeout, sendfile=sendfile, progress=adapter,
-            sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf)
+            sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf, congestion=TUNING.congestion)
     finally:
         if committer is not None:
             committed, rejected = committer.finish()

@@ -49,7 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     with Client(args.state) as fs, mover.MoverServer(fs, secret, args.host, args.port,
-                                                     sendfile=not args.no_sendfile) as srv:
+                                                     sendfile=not args.no_sendfile,
+                                                     congestion=args.congestion) as srv:
         print(f"hutong mover: serving {fs.state} on {srv.host}:{srv.port}", flush=True)
         try:
             while not stop.wait(0.5):
@@ -94,6 +95,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--secret-file", metavar="FILE", help="file holding the session secret")
     sp.add_argument("--no-sendfile", action="store_true", help="send with pread + send")
+    sp.add_argument("--congestion", metavar="NAME", default=None,
+                    help="TCP congestion control of served streams, e.g. bbr for long lossy "
+                    "links (default: the system's)")
     sp.set_defaults(func=cmd_serve)
     cp = sub.add_parser("copy", parents=[common],
                         help="copy a tree's chunks and files to another state directory",

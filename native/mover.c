@@ -545,6 +545,26 @@ set_sock_opts(int fd, const mv_config *cfg)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &cfg->sndbuf, sizeof cfg->sndbuf);
     if (cfg->rcvbuf > 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &cfg->rcvbuf, sizeof cfg->rcvbuf);
+    if (cfg->congestion[0])
+        setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cfg->congestion, strlen(cfg->congestion));
+}
+
+int
+mv_check_congestion(const char *name, char *msg, size_t msglen)
+{
+    if (!name[0])
+        return MV_OK;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return setmsg(msg, msglen, MV_ERR_IO, "socket: %s", strerror(errno));
+    int rc = setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, strlen(name));
+    int err = errno;
+    close(fd);
+    if (rc != 0)
+        return setmsg(msg, msglen, MV_ERR_ARG,
+                      "TCP congestion control \"%s\" is not usable here (%s): choose one of "
+                      "/proc/sys/net/ipv4/tcp_allowed_congestion_control", name, strerror(err));
+    return MV_OK;
 }
 
 /* ------------------------------------------------------------------ */

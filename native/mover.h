@@ -108,6 +108,8 @@ typedef struct {
     const char *spool_dir;  /* where spool files are created (receivers) */
     int use_sendfile;       /* senders: sendfile() (1) or pread + send (0) */
     int sndbuf, rcvbuf;     /* socket buffers; 0 keeps the kernel's auto-tuning */
+    char congestion[16];    /* TCP congestion control of every socket ("" keeps the
+                               system default; the caller checked it with mv_check_congestion) */
     mv_resolve_fn resolve;
     mv_need_fn need;
     mv_spool_fn spool;
@@ -168,6 +170,9 @@ void mv_server_stop(mv_server *srv);
  * (fuzzing and tests): returns MV_OK or the status of the first bad frame. */
 int mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nframes,
                     char *msg, size_t msglen);
+
+/* MV_OK if this process may use TCP congestion control `name` (e.g. "bbr"). */
+int mv_check_congestion(const char *name, char *msg, size_t msglen);
 
 void mv_hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *msg, size_t msglen,
                     uint8_t out[32]);

@@ -174,6 +174,21 @@ done:
 }
 
 static int
+check_congestion(const char *name)
+{
+    char msg[256] = "";
+    if (strlen(name) >= 16) {
+        PyErr_Format(PyExc_ValueError, "congestion control name too long: %s", name);
+        return -1;
+    }
+    if (mv_check_congestion(name, msg, sizeof msg) != MV_OK) {
+        PyErr_SetString(PyExc_ValueError, msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int
 get_secret(PyObject *obj, Py_buffer *view)
 {
     if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
@@ -214,17 +229,19 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"host", "port", "secret", "resolve", "need", "spool", "spool_dir",
                              "spool_limit", "timeout", "max_blob", "sendfile", "sndbuf",
-                             "rcvbuf", NULL};
-    const char *host, *spool_dir;
+                             "rcvbuf", "congestion", NULL};
+    const char *host, *spool_dir, *congestion = "";
     int port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0;
     PyObject *secret, *resolve, *need, *spool;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIpii:Server", kwlist, &host, &port,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIpiis:Server", kwlist, &host, &port,
                                      &secret, &resolve, &need, &spool, &spool_dir,
                                      &spool_limit, &timeout, &max_blob, &use_sendfile,
-                                     &sndbuf, &rcvbuf))
+                                     &sndbuf, &rcvbuf, &congestion))
+        return -1;
+    if (check_congestion(congestion) < 0)
         return -1;
     if (self->srv) {
         PyErr_SetString(PyExc_RuntimeError, "server already started");
@@ -241,7 +258,8 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
     self->ctx.spool = self->spool;
     self->ctx.keep_error = 0;
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
-                     c_resolve, c_need, c_spool, &self->ctx};
+                     "", c_resolve, c_need, c_spool, &self->ctx};
+    snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
     char msg[256] = "";
     int st;
     Py_BEGIN_ALLOW_THREADS
@@ -336,7 +354,7 @@ static PyTypeObject ServerType = {
     .tp_basicsize = sizeof(ServerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Server(host, port, secret, resolve, need, spool, spool_dir, spool_limit=16 MiB,"
-              " timeout=30.0, max_blob=64 MiB, sendfile=True, sndbuf=0, rcvbuf=0)\n\n"
+              " timeout=30.0, max_blob=64 MiB, sendfile=True, sndbuf=0, rcvbuf=0, congestion='')\n\n"
               "A mover server on its own threads (docs/format.md, 'Mover protocol').",
     .tp_new = Server_new,
     .tp_init = (initproc)Server_init,
@@ -372,7 +390,7 @@ PyDoc_STRVAR(transfer_doc,
 "transfer(op, host, port, secret, ids, *, resolve=None, spool=None, spool_dir='.',\n"
 "         spool_limit=16 MiB, timeout=30.0, max_blob=64 MiB, sendfile=True,\n"
 "         progress=None, tick=0.1, sndbuf=0, rcvbuf=0, streams=0,\n"
-"         batch=64) -> list[tuple]\n\n"
+"         batch=64, congestion='') -> list[tuple]\n\n"
 "Run one stream per item of ids (bytes of 16-byte chunk ids) in parallel:\n"
 "op 1 fetches (spool called per spool file), op 2 sends (resolve called per\n"
 "batch). With streams=N, ids is [all ids] and N streams claim them `batch`\n"
@@ -387,18 +405,21 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"op", "host", "port", "secret", "ids", "resolve", "spool",
                              "spool_dir", "spool_limit", "timeout", "max_blob", "sendfile",
-                             "progress", "tick", "sndbuf", "rcvbuf", "streams", "batch", NULL};
+                             "progress", "tick", "sndbuf", "rcvbuf", "streams", "batch",
+                             "congestion", NULL};
     int op, port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, nshared = 0, batch = 64;
-    const char *host, *spool_dir = ".";
+    const char *host, *spool_dir = ".", *congestion = "";
     PyObject *secret, *ids, *resolve = Py_None, *spool = Py_None, *progress = Py_None;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0, tick = 0.1;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOdiiii:transfer", kwlist, &op, &host,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOdiiiis:transfer", kwlist, &op, &host,
                                      &port, &secret, &PyList_Type, &ids, &resolve, &spool,
                                      &spool_dir, &spool_limit, &timeout, &max_blob,
                                      &use_sendfile, &progress, &tick, &sndbuf, &rcvbuf,
-                                     &nshared, &batch))
+                                     &nshared, &batch, &congestion))
+        return NULL;
+    if (check_congestion(congestion) < 0)
         return NULL;
     if (op != MV_OP_FETCH && op != MV_OP_SEND)
         return PyErr_Format(PyExc_ValueError, "op must be 1 (fetch) or 2 (send), not %d", op);
@@ -430,7 +451,8 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     }
     cb_ctx ctx = {resolve, Py_None, spool, NULL, 1, PTHREAD_MUTEX_INITIALIZER};
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
-                     c_resolve, c_need, c_spool, &ctx};
+                     "", c_resolve, c_need, c_spool, &ctx};
+    snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
     volatile int cancel = 0;
     mv_stream *streams = PyMem_Calloc((size_t)n, sizeof *streams);
     stream_job *jobs = PyMem_Calloc((size_t)n, sizeof *jobs);

@@ -577,3 +577,15 @@ def test_streams_share_one_queue_of_ids(src: Client, server: mover.MoverServer,
     with pytest.raises(ValueError, match="shares one bytes"):
         _mover.transfer(_mover.OP_FETCH, "127.0.0.1", server.port, SECRET, [ids[0], ids[1]],
                         spool=keep, spool_dir=str(spool), streams=2)
+
+
+def test_congestion_control_is_checked(src: Client, dst: Client) -> None:
+    with pytest.raises(ValueError, match="tcp_allowed_congestion_control"):
+        mover.MoverServer(src, SECRET, congestion="no-such-cc")
+    allowed = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control").read_text().split()
+    if not allowed:
+        pytest.skip("no TCP congestion control is allowed to this process")
+    ids = mover.tree_chunks(src, "/data")
+    with mover.MoverServer(src, SECRET, congestion=allowed[0]) as srv:
+        stats = mover.fetch(dst, srv.address, ids, SECRET)
+    assert stats.committed == len(set(ids))
