@@ -1,0 +1,32 @@
+"""dataflow: place data and compute across sites (docs/dataflow.md).
+
+    from dataflow import Dataflow
+    df = Dataflow.open("sites.toml")                 # embedded: one store per site
+    plan = df.plan(count_rows, "/bank-a/loans/**")   # where to run, what to move
+    print(plan.explain())
+    result = df.run(count_rows, "/bank-a/loans/**", output="/bank-a/out/rows")
+"""
+
+from dataflow.cost import Constraints, CostModel, Estimate, Task, tasks_of
+from dataflow.datasets import Dataset, FileEntry, Stores
+from dataflow.errors import (
+    ConfigError,
+    DataflowError,
+    DatasetError,
+    JobFailedError,
+    PlanError,
+    SiteLostError,
+    UnknownSiteError,
+)
+from dataflow.executor import Executor, InputFile, JobResult, Runtime
+from dataflow.ops import Dataflow, Job, Subscription
+from dataflow.planner import Plan, Planner
+from dataflow.sites import Link, Site, Topology, probe_link, refresh_links
+
+__all__ = [
+    "ConfigError", "Constraints", "CostModel", "Dataflow", "DataflowError", "Dataset",
+    "DatasetError", "Estimate", "Executor", "FileEntry", "InputFile", "Job", "JobFailedError",
+    "JobResult", "Link", "Plan", "PlanError", "Planner", "Runtime", "Site", "SiteLostError",
+    "Stores", "Subscription", "Task", "Topology", "UnknownSiteError", "probe_link",
+    "refresh_links", "tasks_of",
+]

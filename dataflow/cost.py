@@ -1,0 +1,265 @@
+"""The dedup-aware cost model (docs/dataflow.md, "Cost model").
+
+A *placement* maps each task to a site. For a destination site d:
+
+* missing(d) = (union of the chunks of d's tasks) - (chunks d holds): shared
+  chunks count once, chunks d holds count zero. Each missing chunk comes from
+  the holder with the fastest link to d (cheaper price breaks ties).
+* transfer(d) = max over sources s of rtt(s,d) * (2 + ceil(n(s,d) / 4096))
+  + bytes(s,d) / bandwidth(s,d)   (sources are fetched in parallel).
+* compute(d) = sum of task input bytes / compute rate, spread over d's slots;
+  tasks whose inputs are all local start at once, the others after the
+  prefetch: time(d) = backlog(d) + max(transfer(d), local(d)) + remote(d).
+* makespan = max over used d of time(d).
+* money = sum bytes(s,d) * price(s,d) / 1e9 + compute seconds * price per core
+  hour / 3600 + bytes read from cold tiers * COLD_READ_PRICE / 1e9.
+
+Constraints: the data of entity O may be processed at site S only if S belongs
+to O or O granted S's entity read on the path, and S matches O's owner
+expression; a job may forbid sites or restrict them with its own expression.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from dataflow.datasets import Dataset, FileEntry, glob_regex
+from dataflow.errors import PlanError
+from dataflow.sites import Link, Topology
+
+#: Price per GB read from a cold-tier copy (retrieval), added to the money estimate.
+COLD_READ_PRICE = 0.01
+
+
+@dataclass(frozen=True)
+class Task:
+    """A unit of work: a function over some files, placed at one site."""
+
+    id: str
+    files: tuple[FileEntry, ...]
+
+    @cached_property
+    def chunks(self) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        for f in self.files:
+            for r in f.manifest.chunks:
+                out[r.id] = r.length
+        return out
+
+    @cached_property
+    def input_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def owners(self) -> frozenset[str]:
+        return frozenset(f.owner for f in self.files)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Bytes one placement moves from `src` to `dst`."""
+
+    src: str
+    dst: str
+    chunks: int
+    bytes: int
+    seconds: float
+    money: float
+
+
+@dataclass
+class Estimate:
+    """What a placement costs: makespan, WAN bytes, money, and the detail behind them."""
+
+    seconds: float
+    wan_bytes: int
+    money: float
+    flows: list[Flow] = field(default_factory=list)
+    site_seconds: dict[str, float] = field(default_factory=dict)
+    logical_bytes: int = 0
+    """Bytes a file-level mover (no dedup) would send for the same placement."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"seconds": round(self.seconds, 4), "wan_bytes": self.wan_bytes,
+                "money": round(self.money, 6), "logical_bytes": self.logical_bytes,
+                "site_seconds": {k: round(v, 4) for k, v in self.site_seconds.items()},
+                "flows": [{"src": f.src, "dst": f.dst, "chunks": f.chunks, "bytes": f.bytes,
+                           "seconds": round(f.seconds, 4)} for f in self.flows]}
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Where a job may run: owner rules of the topology plus the job's own limits."""
+
+    forbid: frozenset[str] = frozenset()
+    only: str = ""
+    """A site expression the job restricts itself to (empty: any)."""
+    runner: str | None = None
+    """The entity running the job (None: the data's owners themselves)."""
+
+
+class CostModel:
+    """Estimates placements of tasks over a topology, given where chunks live."""
+
+    def __init__(self, topo: Topology, locations: Mapping[bytes, Mapping[str, str]],
+                 constraints: Constraints | None = None, *,
+                 compute_rate: float | None = None,
+                 backlog: Mapping[str, float] | None = None,
+                 startup: float = 0.0) -> None:
+        self.topo = topo
+        self.locations = locations
+        self.constraints = constraints or Constraints()
+        self.compute_rate = compute_rate
+        self.backlog = dict(backlog or {})
+        self.startup = startup
+        self._only = set(s.name for s in topo.matching(self.constraints.only)) \
+            if self.constraints.only else None
+        self._owner_ok: dict[str, set[str]] = {
+            ent: {s.name for s in topo.matching(where)} for ent, where in topo.owners.items()}
+        self._links: dict[tuple[str, str], Link] = {}
+
+    # -- constraints ----------------------------------------------------------------
+    def refusal(self, task: Task, site: str) -> str | None:
+        """Why `task` may not run at `site`, or None when it may."""
+        s = self.topo.site(site)
+        if s.status != "up":
+            return f"site {site} is {s.status}"
+        if site in self.constraints.forbid:
+            return f"site {site} is forbidden by the job"
+        if self._only is not None and site not in self._only:
+            return f"site {site} does not match the job's expression {self.constraints.only!r}"
+        for f in task.files:
+            owner = f.owner
+            allowed = self._owner_ok.get(owner)
+            if allowed is not None and site not in allowed:
+                return (f"owner {owner} allows its data only at "
+                        f"{self.topo.owners[owner]!r} ({f.path})")
+            if s.entity != owner and not self._granted(owner, s.entity, f.path):
+                return f"{owner} has granted {s.entity} no read of {f.path}"
+        return None
+
+    def _granted(self, owner: str, to: str, path: str) -> bool:
+        if owner not in self.topo.grants and owner not in self.topo.owners:
+            return True  # an owner with no policy on record: no constraint known
+        return any(g == to and glob_regex(pat).match(path)
+                   for pat, g in self.topo.grants.get(owner, []))
+
+    def allowed_sites(self, task: Task) -> list[str]:
+        """Up sites where `task` may run."""
+        return [s.name for s in self.topo.up() if self.refusal(task, s.name) is None]
+
+    # -- estimates --------------------------------------------------------------------
+    def link(self, src: str, dst: str) -> Link:
+        key = (src, dst)
+        lk = self._links.get(key)
+        if lk is None:
+            lk = self._links[key] = self.topo.link(src, dst)
+        return lk
+
+    def source(self, cid: bytes, dst: str) -> str | None:
+        """The holder of `cid` with the fastest link to `dst` (None: no up holder)."""
+        best: tuple[float, float, str] | None = None
+        for s in self.locations.get(cid, {}):
+            if s == dst:
+                return s
+            if self.topo.sites.get(s) is None or self.topo.sites[s].status != "up":
+                continue
+            lk = self.link(s, dst)
+            key = (-lk.bandwidth, lk.price_per_gb, s)
+            if best is None or key < best:
+                best = key
+        return best[2] if best else None
+
+    def task_seconds(self, task: Task, site: str) -> float:
+        rate = self.compute_rate or self.topo.site(site).compute_rate
+        return task.input_bytes / rate
+
+    def estimate(self, placement: Mapping[str, str], tasks: Sequence[Task]) -> Estimate:
+        """Cost of running each task at `placement[task.id]`.
+
+        Raises PlanError naming the chunks no up site holds and the refusals of
+        the constraints.
+        """
+        by_site: dict[str, list[Task]] = {}
+        for t in tasks:
+            site = placement[t.id]
+            why = self.refusal(t, site)
+            if why is not None:
+                raise PlanError(f"task {t.id} at {site}: {why}")
+            by_site.setdefault(site, []).append(t)
+        flows: list[Flow] = []
+        site_seconds: dict[str, float] = {}
+        wan = 0
+        money = 0.0
+        logical = 0
+        for d, ts in sorted(by_site.items()):
+            need: dict[bytes, int] = {}
+            for t in ts:
+                need.update(t.chunks)
+            per_src: dict[str, list[int]] = {}
+            cold = 0
+            unavailable: list[bytes] = []
+            remote_tasks: set[str] = set()
+            missing_ids: set[bytes] = set()
+            for cid, n in need.items():
+                src = self.source(cid, d)
+                if src is None:
+                    unavailable.append(cid)
+                    continue
+                if src == d:
+                    continue
+                missing_ids.add(cid)
+                acc = per_src.setdefault(src, [0, 0])
+                acc[0] += 1
+                acc[1] += n
+                if self.locations[cid].get(src) == "cold":
+                    cold += n
+            if unavailable:
+                raise PlanError(f"{len(unavailable)} chunk(s) of the inputs are held by no up "
+                                f"site (first {unavailable[0].hex()}); restore the lost site "
+                                f"or re-create the files")
+            transfer = 0.0
+            for src, (nchunks, nbytes) in sorted(per_src.items()):
+                lk = self.link(src, d)
+                secs = lk.transfer_seconds(nbytes, nchunks)
+                m = nbytes * lk.price_per_gb / 1e9
+                flows.append(Flow(src, d, nchunks, nbytes, secs, m))
+                transfer = max(transfer, secs)
+                wan += nbytes
+                money += m
+            money += cold * COLD_READ_PRICE / 1e9
+            local = remote = 0.0
+            for t in ts:
+                secs = self.task_seconds(t, d)
+                if any(c in missing_ids for c in t.chunks):
+                    remote += secs
+                    remote_tasks.add(t.id)
+                    logical += sum(f.size for f in t.files if d not in f.sites)
+                else:
+                    local += secs
+            info = self.topo.site(d)
+            money += (local + remote) * info.price_core_hour / 3600
+            slots = max(1, info.slots)
+            span = self.backlog.get(d, 0.0) + max(transfer, local / slots) + remote / slots
+            site_seconds[d] = span
+        seconds = self.startup + max(site_seconds.values(), default=0.0)
+        return Estimate(seconds, wan, money, flows, site_seconds, logical)
+
+
+def tasks_of(datasets: Iterable[Dataset], *, per_task: int = 1) -> list[Task]:
+    """One task per `per_task` files of the datasets' files, in path order."""
+    files: dict[str, FileEntry] = {}
+    for d in datasets:
+        for f in d.files:
+            files.setdefault(f.path, f)
+    ordered = [files[p] for p in sorted(files)]
+    n = max(1, per_task)
+    return [Task(f"t{i // n:04d}", tuple(ordered[i:i + n])) for i in range(0, len(ordered), n)]
+
+
+def total_seconds(est: Estimate) -> float:
+    """The makespan, rounded up to a millisecond (for stable comparisons)."""
+    return math.ceil(est.seconds * 1000) / 1000

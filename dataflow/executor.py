@@ -1,0 +1,584 @@
+"""The executor: runs a plan on Dask distributed, one cluster per site.
+
+    with Runtime(topo) as rt:
+        result = Executor(rt).run(my_fn, plan, output="/bank-a/out/job1")
+
+* Each site has its own Dask cluster: a `LocalCluster` (1 worker process with
+  the site's slots as threads) in the embedded mode, or the scheduler at
+  `Site.scheduler`. Workers carry the resource `site-NAME`; every task is
+  submitted with it, so it can only run at its site.
+* Before a task runs at a site, the chunks of its inputs the site lacks are
+  fetched through the native mover (`gfs.mover.fetch`, one transfer per
+  source site, in parallel); tasks whose inputs are local run meanwhile.
+* The task function gets a list of `InputFile` (readable from the site's own
+  store), its return value (bytes, str or JSON) is written to
+  `OUTPUT/TASK_ID` in the site's namespace.
+* Task errors are retried (`retries`); a transfer cut is resumed by the mover
+  (only the chunks still missing are asked again). A site whose cluster or
+  mover stops answering is marked down and its unfinished tasks are planned
+  again over the sites still up, if replicas of their chunks exist; otherwise
+  the job fails with a report of the missing files and of what was written.
+* The job record (`jobs` value table of the home site's store, key
+  `job:ID`) lists every transfer and every task attempt; running a job again
+  with the same id skips the tasks recorded as done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from dataflow.cost import CostModel, Task
+from dataflow.datasets import Stores, locate
+from dataflow.errors import ConfigError, JobFailedError, PlanError, SiteLostError
+from dataflow.planner import Plan, Planner
+from dataflow.sites import Topology
+from gfs.meta import Manifest
+
+log = logging.getLogger("hutong.dataflow")
+
+JOBS_TABLE = "jobs"
+#: Seconds a task result may take before the site's health is checked.
+POLL_SECONDS = 1.0
+#: Largest JSON task value kept in the job record.
+MAX_VALUE_BYTES = 64 << 10
+
+TaskFn = Callable[[list["InputFile"]], Any]
+
+
+def resource_tag(site: str) -> str:
+    """The Dask worker resource that pins tasks to `site`."""
+    return f"site-{site}"
+
+
+# -- the worker side ----------------------------------------------------------------------
+
+_WORKER_STORES: dict[str, Any] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_store(state: str) -> Any:
+    from gfs.client import Client
+
+    with _WORKER_LOCK:
+        c = _WORKER_STORES.get(state)
+        if c is None:
+            c = _WORKER_STORES[state] = Client(state)
+        return c
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input of a task, read from the store of the site the task runs at."""
+
+    path: str
+    manifest: Manifest
+    state: str
+
+    @property
+    def size(self) -> int:
+        return self.manifest.size
+
+    def open(self) -> IO[bytes]:
+        """A seekable binary reader of this version of the file."""
+        return _worker_store(self.state).open_version(self.path, self.manifest)  # type: ignore[no-any-return]
+
+    def read(self) -> bytes:
+        """The whole content."""
+        with self.open() as f:
+            return f.read()
+
+
+def _encode(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, sort_keys=True, default=str).encode()
+
+
+def run_task(fn: TaskFn | Sequence[TaskFn], state: str, files: list[tuple[str, Manifest]],
+             output: str | None) -> dict[str, Any]:
+    """Worker side of one task: call the function (or pipeline), write its output."""
+    inputs = [InputFile(p, m, state) for p, m in files]
+    t0 = time.monotonic()
+    value: Any = inputs
+    steps: Sequence[TaskFn] = fn if isinstance(fn, list | tuple) else [fn]  # type: ignore[list-item]
+    for step in steps:
+        value = step(value)
+    seconds = time.monotonic() - t0
+    out: dict[str, Any] = {"seconds": seconds, "worker_pid": os.getpid()}
+    if output is not None and value is not None:
+        data = _encode(value)
+        client = _worker_store(state)
+        parent = output.rsplit("/", 1)[0] or "/"
+        client.mkdir(parent, parents=True, exist_ok=True)
+        client.write_bytes(output, data)
+        out.update(output=output, output_bytes=len(data))
+    if value is not None and not isinstance(value, bytes | bytearray | memoryview):
+        with contextlib.suppress(TypeError, ValueError):
+            text = json.dumps(value, default=str)
+            if len(text) <= MAX_VALUE_BYTES:
+                out["value"] = json.loads(text)
+    return out
+
+
+# -- the driver side ---------------------------------------------------------------------
+
+
+class Runtime:
+    """Stores, mover servers and Dask clusters of the sites, started on first use.
+
+    `processes=False` runs each site's worker as threads of this process (for
+    quick notebooks); the default runs a worker process per site.
+    """
+
+    def __init__(self, topo: Topology, *, processes: bool = True, home: str | None = None,
+                 progress: bool = False) -> None:
+        self.topo = topo
+        self.stores = Stores(topo)
+        self.processes = processes
+        self.progress = progress
+        names = [s.name for s in topo.up() if s.state]
+        self.home = home or (names[0] if names else None)
+        if self.home is not None:
+            topo.site(self.home)
+        self._clusters: dict[str, Any] = {}
+        self._clients: dict[str, Any] = {}
+        self._movers: dict[str, Any] = {}
+        self._secret = topo.secret or os.urandom(32)
+        self._lock = threading.Lock()
+        self._dead: set[str] = set()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def dask(self, site: str) -> Any:
+        """The `distributed.Client` of `site`'s cluster (started on first use)."""
+        with self._lock:
+            c = self._clients.get(site)
+            if c is not None:
+                return c
+            s = self.topo.site(site)
+            if s.status != "up":
+                raise SiteLostError(site, f"site {site} is down; its tasks cannot run")
+            from distributed import Client, LocalCluster
+
+            if s.scheduler:
+                c = Client(s.scheduler, timeout=10)  # type: ignore[no-untyped-call]
+            else:
+                cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                    n_workers=1, threads_per_worker=s.slots, processes=self.processes,
+                    resources={resource_tag(site): s.slots}, host="127.0.0.1",
+                    scheduler_port=0, dashboard_address=None, worker_dashboard_address=None,
+                    silence_logs=logging.ERROR)
+                self._clusters[site] = cluster
+                c = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
+            self._clients[site] = c
+            return c
+
+    def mover(self, site: str) -> tuple[tuple[str, int], bytes]:
+        """(address, secret) of the mover server serving `site`'s store."""
+        s = self.topo.site(site)
+        if s.status != "up":
+            raise SiteLostError(site, f"site {site} is down; its chunks cannot be fetched")
+        if s.mover:
+            host, _, port = s.mover.rpartition(":")
+            if not self.topo.secret:
+                raise ConfigError(f"site {site} uses the mover at {s.mover}; put its session "
+                                  f"secret (hex) as `secret` in the sites file")
+            return (host, int(port)), self.topo.secret
+        with self._lock:
+            srv = self._movers.get(site)
+            if srv is None:
+                from gfs.mover import MoverServer
+
+                srv = self._movers[site] = MoverServer(self.stores.get(site), self._secret)
+            return srv.address, self._secret
+
+    def fail_site(self, site: str) -> None:
+        """Fault injection: stop `site`'s cluster and mover as if the site crashed."""
+        with self._lock:
+            srv = self._movers.pop(site, None)
+            client = self._clients.pop(site, None)
+            cluster = self._clusters.pop(site, None)
+        if srv is not None:
+            srv.close()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close(timeout=5)
+        self._dead.add(site)
+
+    def alive(self, site: str) -> bool:
+        """Whether `site`'s cluster answers and has a worker."""
+        if site in self._dead or self.topo.sites[site].status != "up":
+            return False
+        c = self._clients.get(site)
+        if c is None:
+            return True
+        try:
+            info = c.scheduler_info()
+            return bool(info.get("workers"))
+        except Exception:  # a dead scheduler raises whatever its comm layer raises
+            return False
+
+    def close(self) -> None:
+        """Stop every cluster and mover server started here, close the stores."""
+        for c in list(self._clients.values()):
+            with contextlib.suppress(Exception):
+                c.close(timeout=5)
+        for cl in list(self._clusters.values()):
+            with contextlib.suppress(Exception):
+                cl.close(timeout=5)
+        for m in list(self._movers.values()):
+            m.close()
+        self._clients.clear()
+        self._clusters.clear()
+        self._movers.clear()
+        self.stores.close()
+
+    # -- job records --------------------------------------------------------------------
+    def save_record(self, rec: dict[str, Any]) -> None:
+        """Write job record `rec` to the home site's `jobs` table."""
+        if self.home is None:
+            return
+        client = self.stores.get(self.home)
+        with client.engine.write() as txn:
+            txn.put_value(JOBS_TABLE, f"job:{rec['id']}".encode(),
+                          json.dumps(rec, sort_keys=True, default=str).encode())
+
+    def load_record(self, job_id: str) -> dict[str, Any] | None:
+        """The record of job `job_id`, or None."""
+        if self.home is None:
+            return None
+        client = self.stores.get(self.home)
+        with client.engine.read() as txn:
+            raw = txn.get_value(JOBS_TABLE, f"job:{job_id}".encode())
+        return json.loads(raw) if raw else None
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every job record of the home site, oldest first."""
+        if self.home is None:
+            return []
+        client = self.stores.get(self.home)
+        with client.engine.read() as txn:
+            recs = [json.loads(v) for _, v in txn.iter_values(JOBS_TABLE, b"job:")]
+        return sorted(recs, key=lambda r: r.get("created", 0))
+
+
+@dataclass
+class JobResult:
+    """What a job did: its record, the outputs written and the task values."""
+
+    id: str
+    record: dict[str, Any]
+    outputs: dict[str, str] = field(default_factory=dict)
+    """Task id -> output path."""
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return float(self.record.get("seconds", 0.0))
+
+    @property
+    def wan_bytes(self) -> int:
+        return sum(int(t["bytes"]) for t in self.record.get("transfers", []))
+
+
+class _TaskFailed(Exception):
+    def __init__(self, task: str, site: str, message: str, site_lost: bool) -> None:
+        super().__init__(message)
+        self.task, self.site, self.site_lost = task, site, site_lost
+
+
+class Executor:
+    """Runs plans on a Runtime: prefetch, pinned tasks, retries, re-planning, records."""
+
+    def __init__(self, runtime: Runtime, planner: Planner | None = None, *, retries: int = 2,
+                 streams: int = 2) -> None:
+        self.rt = runtime
+        self.planner = planner or Planner()
+        self.retries = retries
+        self.streams = streams
+
+    def run(self, fn: TaskFn | Sequence[TaskFn], plan: Plan, *, output: str | None = None,
+            job_id: str | None = None, name: str = "", model: CostModel | None = None
+            ) -> JobResult:
+        """Run `fn` over `plan`'s tasks; returns when every task is done.
+
+        `output` is a namespace directory: task T writes `OUTPUT/T` at its site.
+        Raises JobFailedError (with `report`) when a task keeps failing or its
+        inputs are held by no site that is still up.
+        """
+        jid = job_id or uuid.uuid4().hex[:12]
+        rec = self.rt.load_record(jid) if job_id else None
+        if rec is None:
+            rec = {"id": jid, "name": name or getattr(fn, "__name__", "job"),
+                   "created": time.time(), "status": "running", "plan": plan.to_dict(),
+                   "output": output, "tasks": {}, "transfers": [], "replans": []}
+        rec["status"] = "running"
+        tasks = {t.id: t for t in plan.tasks}
+        for t in plan.tasks:
+            rec["tasks"].setdefault(t.id, {"files": [f.path for f in t.files],
+                                           "status": "pending", "attempts": []})
+        self.rt.save_record(rec)
+        placement = dict(plan.placement)
+        started = time.monotonic()
+        lock = threading.Lock()
+        bar = _bar(self.rt.progress, len(tasks), f"job {jid}")
+        try:
+            while True:
+                todo = [t for tid, t in tasks.items() if rec["tasks"][tid]["status"] != "done"]
+                if not todo:
+                    break
+                lost = self._round(fn, todo, placement, output, rec, lock, bar)
+                self.rt.save_record(rec)
+                if not lost:
+                    continue
+                for s in lost:
+                    if self.rt.topo.sites[s].status == "up":
+                        self.rt.topo.mark_down(s)
+                pending = [t for tid, t in tasks.items()
+                           if rec["tasks"][tid]["status"] != "done"]
+                placement = self._replan(pending, rec, model)
+        except JobFailedError as e:
+            rec["status"] = "failed"
+            rec["error"] = str(e)
+            rec["seconds"] = time.monotonic() - started
+            e.report.setdefault("written", {k: v.get("output") for k, v in rec["tasks"].items()
+                                            if v["status"] == "done"})
+            rec["report"] = e.report
+            self.rt.save_record(rec)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        rec["status"] = "done"
+        rec["seconds"] = time.monotonic() - started
+        self.rt.save_record(rec)
+        res = JobResult(jid, rec)
+        for tid, t in rec["tasks"].items():
+            if t.get("output"):
+                res.outputs[tid] = t["output"]
+            if "value" in t:
+                res.values[tid] = t["value"]
+        return res
+
+    # -- one round: every pending task at its site --------------------------------------
+    def _round(self, fn: TaskFn | Sequence[TaskFn], todo: list[Task], placement: dict[str, str],
+               output: str | None, rec: dict[str, Any], lock: threading.Lock,
+               bar: Any) -> set[str]:
+        by_site: dict[str, list[Task]] = {}
+        for t in todo:
+            by_site.setdefault(placement[t.id], []).append(t)
+        lost: set[str] = set()
+        with ThreadPoolExecutor(max_workers=max(1, len(by_site))) as pool:
+            futs = [pool.submit(self._run_site, fn, site, ts, output, rec, lock, bar)
+                    for site, ts in by_site.items()]
+            failures: list[_TaskFailed] = []
+            for fut in futs:
+                try:
+                    lost |= fut.result()
+                except _TaskFailed as e:
+                    failures.append(e)
+        if failures and not lost:
+            first = failures[0]
+            raise JobFailedError(f"task {first.task} failed at {first.site} after "
+                                 f"{self.retries} retries: {first}",
+                                 {"task": first.task, "site": first.site})
+        return lost
+
+    def _run_site(self, fn: TaskFn | Sequence[TaskFn], site: str, tasks: list[Task],
+                  output: str | None, rec: dict[str, Any], lock: threading.Lock,
+                  bar: Any) -> set[str]:
+        s = self.rt.topo.site(site)
+        state = s.state
+        if state is None:
+            raise ConfigError(f"site {site} has no store here (state)")
+        try:
+            dest = self.rt.stores.get(site)
+        except Exception as e:
+            raise SiteLostError(site, str(e)) from e
+        need: dict[bytes, int] = {}
+        for t in tasks:
+            need.update(t.chunks)
+        with dest.engine.read() as txn:
+            missing = {c for c in need if txn.get_chunk(c) is None}
+        where = locate(missing, self.rt.stores) if missing else {}
+        model = CostModel(self.rt.topo, where)
+        by_src: dict[str, list[bytes]] = {}
+        for c in missing:
+            src = model.source(c, site)
+            if src is None:
+                raise _TaskFailed("-", site, f"chunk {c.hex()} is held by no up site", False)
+            by_src.setdefault(src, []).append(c)
+        # Transfers run on threads; tasks wait only for the sources they need.
+        transfers: dict[str, Any] = {}
+        lost: set[str] = set()
+        xpool = ThreadPoolExecutor(max_workers=max(1, len(by_src)))
+        try:
+            for src, ids in by_src.items():
+                transfers[src] = xpool.submit(self._transfer, src, site, ids, rec, lock)
+            try:
+                client = self.rt.dask(site)
+            except Exception as e:  # the cluster of a lost site does not start
+                lost.add(site)
+                log.warning("site %s lost: %s", site, e)
+                return lost
+            src_of = {c: s for s, ids in by_src.items() for c in ids}
+            ordered = sorted(tasks, key=lambda t: any(c in src_of for c in t.chunks))
+            futures: dict[str, Any] = {}
+            for t in ordered:
+                deps = {src_of[c] for c in t.chunks if c in src_of}
+                failed_src = None
+                for d in sorted(deps):
+                    try:
+                        transfers[d].result()
+                    except Exception as e:
+                        failed_src = d
+                        log.warning("transfer %s -> %s failed: %s", d, site, e)
+                        break
+                if failed_src is not None:
+                    lost.add(failed_src)
+                    continue
+                files = [(f.path, f.manifest) for f in t.files]
+                out = f"{output.rstrip('/')}/{t.id}" if output else None
+                attempt = {"site": site, "started": time.time()}
+                with lock:
+                    rec["tasks"][t.id]["attempts"].append(attempt)
+                    rec["tasks"][t.id]["site"] = site
+                key = f"{rec['id']}-{t.id}-{len(rec['tasks'][t.id]['attempts'])}"
+                try:
+                    futures[t.id] = client.submit(run_task, fn, state, files, out, key=key,
+                                                  resources={resource_tag(site): 1},
+                                                  retries=self.retries, pure=False)
+                except Exception as e:
+                    attempt["error"] = str(e)
+                    lost.add(site)
+                    return lost
+            for tid, fut in futures.items():
+                attempt = rec["tasks"][tid]["attempts"][-1]
+                try:
+                    res = self._wait(fut, site)
+                except SiteLostError as e:
+                    attempt["error"] = str(e)
+                    lost.add(site)
+                    continue
+                except Exception as e:
+                    attempt["error"] = "".join(traceback.format_exception_only(e)).strip()
+                    if not self.rt.alive(site):
+                        lost.add(site)
+                        continue
+                    raise _TaskFailed(tid, site, attempt["error"], False) from e
+                with lock:
+                    attempt.update(status="done", seconds=res["seconds"],
+                                   finished=time.time())
+                    task_rec = rec["tasks"][tid]
+                    task_rec["status"] = "done"
+                    if "output" in res:
+                        task_rec["output"] = res["output"]
+                        task_rec["output_bytes"] = res["output_bytes"]
+                        task_rec["output_site"] = site
+                    if "value" in res:
+                        task_rec["value"] = res["value"]
+                    self.rt.save_record(rec)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            xpool.shutdown(wait=True)
+        return lost
+
+    def _wait(self, fut: Any, site: str) -> dict[str, Any]:
+        from distributed import TimeoutError as DaskTimeout
+
+        while True:
+            try:
+                return dict(fut.result(timeout=POLL_SECONDS))
+            except (DaskTimeout, TimeoutError):
+                if not self.rt.alive(site):
+                    raise SiteLostError(site, f"site {site} stopped answering") from None
+
+    def _transfer(self, src: str, dst: str, ids: list[bytes], rec: dict[str, Any],
+                  lock: threading.Lock) -> None:
+        from gfs import mover
+
+        addr, secret = self.rt.mover(src)
+        dest = self.rt.stores.get(dst)
+        entry: dict[str, Any] = {"src": src, "dst": dst, "chunks": len(ids), "started":
+                                 time.time(), "bytes": 0}
+        with lock:
+            rec["transfers"].append(entry)
+        bar = _bar(self.rt.progress, 0, f"{src}->{dst}", unit="B")
+
+        def tick(n: int) -> None:
+            if bar is not None:
+                bar.update(n)
+        try:
+            st = mover.fetch(dest, addr, ids, secret, streams=self.streams, progress=tick)
+        except Exception as e:
+            entry["error"] = str(e)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        entry.update(bytes=st.bytes, moved=st.chunks, skipped=st.skipped, retries=st.retries,
+                     seconds=round(st.seconds, 6))
+        self.rt.topo.observe(src, dst, st.bytes, st.chunks, st.seconds)
+
+    def _replan(self, pending: list[Task], rec: dict[str, Any],
+                model: CostModel | None) -> dict[str, str]:
+        ids = {c for t in pending for c in t.chunks}
+        where = locate(ids, self.rt.stores)
+        constraints = model.constraints if model is not None else None
+        m = CostModel(self.rt.topo, where, constraints)
+        down = sorted(s for s, x in self.rt.topo.sites.items() if x.status != "up")
+        try:
+            plan = self.planner.plan(pending, m)
+        except PlanError as e:
+            missing = sorted({f.path for t in pending for f in t.files
+                              if any(not where.get(r.id) for r in f.manifest.chunks)})
+            raise JobFailedError(
+                f"job {rec['id']}: sites {', '.join(down)} lost and {len(missing)} input "
+                f"file(s) have chunks no other site holds: {', '.join(missing[:5])}; "
+                f"bring the site back and run the job again with the same id ({e})",
+                {"missing": missing, "lost_sites": down}) from None
+        rec["replans"].append({"at": time.time(), "lost": down, "strategy": plan.strategy,
+                               "placement": plan.placement})
+        log.warning("sites %s lost: %d task(s) re-planned (%s)", down, len(pending),
+                    plan.strategy)
+        return plan.placement
+
+
+def _bar(enabled: bool, total: int, desc: str, unit: str = "task") -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total or None, desc=desc, unit=unit, unit_scale=unit == "B",
+                leave=False)
+
+
+@contextlib.contextmanager
+def runtime(topo: Topology, **kw: Any) -> Iterator[Runtime]:
+    """A Runtime that is always closed."""
+    rt = Runtime(topo, **kw)
+    try:
+        yield rt
+    finally:
+        rt.close()

@@ -1,0 +1,441 @@
+"""Operations with progress and a notebook-friendly API.
+
+    df = Dataflow.open("sites.toml")
+    loans = df.dataset("loans", "/bank-a/loans/**")
+    print(df.plan(score, loans).explain())
+    a = df.run(score, loans, output="/bank-a/out/scores")            # Job, done
+    b = df.run(summarise, a, output="/bank-a/out/summary")           # chained on a's outputs
+    df.prefetch(loans, "b")                  # chunks missing at b, through the mover
+    df.migrate(loans, to="b")                # copy the files to b, then remove the others
+    df.replicate(loans, copies=2, where="region=cn-west")
+    sub = df.subscribe("/bank-a/incoming/*.csv", score, output="/bank-a/out/in")
+    sub.poll()                               # one job over the files new since last poll
+
+Every operation is resumable: run it again and it does only what is left
+(the mover asks only for missing chunks; a job id skips done tasks; a
+subscription remembers the file versions it has handled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataflow.cost import Constraints, CostModel, Task, tasks_of
+from dataflow.datasets import Dataset, FileEntry, glob_regex, locate, merge
+from dataflow.errors import ConfigError, DatasetError, PlanError
+from dataflow.executor import JOBS_TABLE, Executor, JobResult, Runtime, TaskFn
+from dataflow.planner import Objective, Plan, Planner
+from dataflow.sites import Topology
+
+
+def _fingerprint(f: FileEntry) -> str:
+    """A file version's identity: the digest of its chunk list."""
+    return hashlib.sha256(b"".join(r.id for r in f.manifest.chunks)).hexdigest()[:32]
+
+
+@dataclass
+class TransferSummary:
+    """What a prefetch, migrate or replicate moved."""
+
+    site: str
+    files: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    removed: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+
+
+class Job:
+    """A job submitted with `Dataflow.run`: its plan, and its result once done."""
+
+    def __init__(self, job_id: str, plan: Plan) -> None:
+        self.id = job_id
+        self.plan = plan
+        self._result: JobResult | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+
+    def _finish(self, result: JobResult | None, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        """The result (raises the job's error, or TimeoutError)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} is still running after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    @property
+    def result(self) -> JobResult:
+        return self.wait()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return f"<Job {self.id} {self.plan.strategy} {state}>"
+
+
+class Dataflow:
+    """Sites, datasets and jobs: the entry point of the data-scheduling API."""
+
+    def __init__(self, topo: Topology, *, processes: bool = True, home: str | None = None,
+                 progress: bool = True, objective: Objective = "time",
+                 federation: Any = None) -> None:
+        """`federation` (a gfs.federation.FederationClient) makes `replicate` add rules."""
+        self.topo = topo
+        self.rt = Runtime(topo, processes=processes, home=home, progress=progress)
+        self.objective: Objective = objective
+        self.federation = federation
+        self.datasets: dict[str, Dataset] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, config: str, **kw: Any) -> Dataflow:
+        """A Dataflow over the sites of sites file `config`."""
+        return cls(Topology.from_config(config), **kw)
+
+    def close(self) -> None:
+        """Stop the clusters and movers started for this object."""
+        self.rt.close()
+
+    def __enter__(self) -> Dataflow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- datasets ---------------------------------------------------------------------
+    def dataset(self, name: str, selectors: str | Sequence[str]) -> Dataset:
+        """Define (or redefine) the named dataset and resolve it now."""
+        ds = Dataset.resolve(name, selectors, self.rt.stores)
+        self.datasets[name] = ds
+        return ds
+
+    def resolve(self, inputs: Any) -> Dataset:
+        """A Dataset from a Dataset, a name, selectors, a finished Job or a list of datasets."""
+        if isinstance(inputs, Dataset):
+            return inputs.refresh(self.rt.stores)
+        if isinstance(inputs, Job):
+            res = inputs.wait()
+            out = res.record.get("output")
+            if not out:
+                raise DatasetError(f"job {inputs.id} wrote no output; give it output= to chain")
+            return Dataset.resolve(f"job {inputs.id}", [out.rstrip("/") + "/**"],
+                                   self.rt.stores)
+        if isinstance(inputs, str):
+            if inputs in self.datasets:
+                return self.datasets[inputs].refresh(self.rt.stores)
+            return Dataset.resolve(inputs, inputs, self.rt.stores)
+        if isinstance(inputs, Sequence) and inputs and all(isinstance(d, Dataset)
+                                                            for d in inputs):
+            return merge("+".join(d.name for d in inputs),
+                         [d.refresh(self.rt.stores) for d in inputs])
+        if isinstance(inputs, Sequence) and all(isinstance(s, str) for s in inputs):
+            return Dataset.resolve(",".join(inputs), list(inputs), self.rt.stores)
+        raise ConfigError(f"inputs must be a Dataset, a dataset name, path(s) or glob(s), or a "
+                          f"Job; got {type(inputs).__name__}")
+
+    # -- planning and running -------------------------------------------------------------
+    def plan(self, inputs: Any, *, at: str = "auto", per_task: int = 1,
+             constraints: Constraints | None = None, compute_mbps: float | None = None,
+             deadline: float | None = None, budget: float | None = None,
+             objective: Objective | None = None) -> Plan:
+        """Where to run a job over `inputs` and what to move (nothing runs)."""
+        ds = self.resolve(inputs)
+        tasks = tasks_of([ds], per_task=per_task)
+        model = self._model(ds, tasks, constraints, compute_mbps)
+        planner = Planner(objective or self.objective, deadline=deadline, budget=budget)
+        return planner.plan(tasks, model, at=at)
+
+    def _model(self, ds: Dataset, tasks: list[Task], constraints: Constraints | None,
+               compute_mbps: float | None) -> CostModel:
+        return CostModel(self.topo, ds.locations, constraints,
+                         compute_rate=compute_mbps * 1e6 / 8 if compute_mbps else None)
+
+    def run(self, fn: TaskFn | Sequence[TaskFn], inputs: Any, *, at: str = "auto",
+            output: str | None = None, after: Job | Sequence[Job] | None = None,
+            job_id: str | None = None, per_task: int = 1,
+            constraints: Constraints | None = None, compute_mbps: float | None = None,
+            deadline: float | None = None, budget: float | None = None,
+            wait: bool = True, retries: int = 2) -> Job:
+        """Plan and run `fn` (or a pipeline: a list of functions) over `inputs`.
+
+        `after` waits for other jobs first (and fails if one failed). With
+        `wait=False` the job runs on a background thread: `job.wait()`. With
+        the `job_id` of an interrupted job, only its unfinished tasks run.
+        """
+        if isinstance(after, Job):
+            after = [after]
+        for j in after or []:
+            j.wait()
+        ds = self.resolve(inputs)
+        tasks = tasks_of([ds], per_task=per_task)
+        model = self._model(ds, tasks, constraints, compute_mbps)
+        planner = Planner(self.objective, deadline=deadline, budget=budget)
+        plan = planner.plan(tasks, model, at=at)
+        job = Job(job_id or uuid.uuid4().hex[:12], plan)
+        name = getattr(fn, "__name__", None) or "pipeline"
+
+        def go() -> None:
+            try:
+                res = Executor(self.rt, planner, retries=retries).run(
+                    fn, plan, output=output, job_id=job.id, name=name, model=model)
+            except BaseException as e:
+                job._finish(None, e)
+                return
+            job._finish(res, None)
+        if wait:
+            go()
+            if job._error is not None:
+                raise job._error
+        else:
+            threading.Thread(target=go, name=f"hutong-job-{job.id}", daemon=True).start()
+        return job
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job record of the home site, oldest first."""
+        return self.rt.records()
+
+    # -- data operations --------------------------------------------------------------------
+    def prefetch(self, inputs: Any, site: str) -> TransferSummary:
+        """Fetch the chunks of `inputs` that `site` lacks, from the best holders.
+
+        Chunks only (no namespace entries): they serve jobs at `site` and are
+        reclaimed by gc unless a file there names them (use `migrate` or
+        `replicate` to place files).
+        """
+        from gfs import mover
+
+        self.topo.site(site)
+        ds = self.resolve(inputs)
+        dest = self.rt.stores.get(site)
+        with dest.engine.read() as txn:
+            missing = [c for c in ds.lengths if txn.get_chunk(c) is None]
+        model = CostModel(self.topo, ds.locations)
+        by_src: dict[str, list[bytes]] = {}
+        for c in missing:
+            src = model.source(c, site)
+            if src is None:
+                raise DatasetError(f"prefetch to {site}: chunk {c.hex()} of {ds.name} is held by "
+                                   f"no up site")
+            by_src.setdefault(src, []).append(c)
+        out = TransferSummary(site, files=len(ds.files), skipped=len(ds.lengths) - len(missing))
+        t0 = time.monotonic()
+        bar = _bytes_bar(self.rt.progress, sum(ds.lengths[c] for c in missing), f"prefetch {site}")
+        try:
+            for src, ids in sorted(by_src.items()):
+                addr, secret = self.rt.mover(src)
+                st = mover.fetch(dest, addr, ids, secret, progress=_tick(bar))
+                self.topo.observe(src, site, st.bytes, st.chunks, st.seconds)
+                out.chunks += st.chunks
+                out.bytes += st.bytes
+                out.by_source[src] = st.bytes
+        finally:
+            if bar is not None:
+                bar.close()
+        out.seconds = time.monotonic() - t0
+        return out
+
+    def migrate(self, inputs: Any, to: str, *, remove: bool = True) -> TransferSummary:
+        """Copy every file of `inputs` to site `to`, then (with `remove`) delete the others.
+
+        A copy is removed only after `to` has committed the same manifest, so a
+        failure at any point loses nothing; run it again to finish.
+        """
+        out = self._copy(self.resolve(inputs), to)
+        if remove:
+            for f in self.resolve(inputs).files:
+                dst = self.rt.stores.get(to)
+                if [r.id for r in dst.manifest(f.path).chunks] != \
+                        [r.id for r in f.manifest.chunks]:
+                    continue  # changed since: keep every copy
+                for s in f.sites:
+                    if s != to:
+                        self.rt.stores.get(s).rm(f.path)
+                        out.removed += 1
+        return out
+
+    def _copy(self, ds: Dataset, to: str) -> TransferSummary:
+        from gfs import mover
+
+        self.topo.site(to)
+        dst = self.rt.stores.get(to)
+        out = TransferSummary(to, files=len(ds.files))
+        t0 = time.monotonic()
+        bar = _bytes_bar(self.rt.progress, ds.logical_bytes, f"copy to {to}")
+        try:
+            for f in ds.files:
+                if to in f.sites and dst.exists(f.path) and \
+                        dst.manifest(f.path).chunks == f.manifest.chunks:
+                    out.skipped += 1
+                    if bar is not None:
+                        bar.update(f.size)
+                    continue
+                src = self.rt.stores.get(f.home)
+                rep = mover.copy_tree(src, dst, f.path)
+                out.chunks += rep.transfer.chunks
+                out.bytes += rep.transfer.bytes
+                out.by_source[f.home] = out.by_source.get(f.home, 0) + rep.transfer.bytes
+                if bar is not None:
+                    bar.update(f.size)
+        finally:
+            if bar is not None:
+                bar.close()
+        out.seconds = time.monotonic() - t0
+        return out
+
+    def replicate(self, inputs: Any, copies: int, where: str = "",
+                  lifetime: float | None = None) -> list[TransferSummary] | list[dict[str, Any]]:
+        """Keep `copies` copies of the files of `inputs` at sites matching `where`.
+
+        In a federation this adds a rule (`FederationClient.rule_add`) per
+        selector, which the owner's primary keeps true. Embedded, the files are
+        copied now to the matching sites that hold the most of their chunks,
+        and the replica is recorded (with its expiry) in the jobs table.
+        """
+        if not 1 <= copies <= 64:
+            raise ConfigError(f"copies must be 1 to 64, got {copies}")
+        if self.federation is not None:
+            sels = [inputs] if isinstance(inputs, str) else list(
+                inputs.selectors if isinstance(inputs, Dataset) else inputs)
+            return [self.federation.rule_add(s, copies, where, lifetime) for s in sels]
+        ds = self.resolve(inputs)
+        sites = [s.name for s in self.topo.matching(where) if s.state]
+        if len(sites) < copies:
+            raise PlanError(f"replicate {ds.name}: {copies} copies wanted but only "
+                            f"{len(sites)} up site(s) match {where!r}: {', '.join(sites)}")
+        chosen = sorted(sites, key=lambda s: (-sum(1 for f in ds.files if s in f.sites),
+                                              -ds.bytes_at(s), s))[:copies]
+        results = [self._copy(ds, s) for s in chosen]
+        rid = uuid.uuid4().hex[:12]
+        rec = {"id": rid, "selectors": list(ds.selectors), "copies": copies, "where": where,
+               "sites": chosen, "created": time.time(),
+               "expires": time.time() + lifetime if lifetime else None}
+        self._put_value(f"replica:{rid}", rec)
+        return results
+
+    def expire_replicas(self, now: float | None = None) -> int:
+        """Remove the copies of expired embedded replicas (not the files' home copies)."""
+        now = time.time() if now is None else now
+        removed = 0
+        for key, rec in self._values("replica:"):
+            if rec.get("expires") is None or rec["expires"] > now:
+                continue
+            ds = Dataset.resolve(rec["id"], rec["selectors"], self.rt.stores, missing_ok=True)
+            for f in ds.files:
+                for s in rec["sites"]:
+                    if s != f.home and s in f.sites:
+                        self.rt.stores.get(s).rm(f.path)
+                        removed += 1
+            self._del_value(key)
+        return removed
+
+    # -- subscriptions --------------------------------------------------------------------------
+    def subscribe(self, pattern: str, fn: TaskFn | Sequence[TaskFn], *, name: str | None = None,
+                  at: str = "auto", output: str | None = None) -> Subscription:
+        """Run `fn` over files matching `pattern` each time new ones appear (`poll`)."""
+        if not pattern.startswith("/"):
+            raise ConfigError(f"subscription pattern {pattern!r} must be an absolute glob")
+        glob_regex(pattern)
+        return Subscription(self, name or uuid.uuid5(uuid.NAMESPACE_URL, pattern).hex[:12],
+                            pattern, fn, at, output)
+
+    # -- small value-table helpers (home site's jobs table) ----------------------------------
+    def _put_value(self, key: str, value: dict[str, Any]) -> None:
+        client = self.rt.stores.get(self._home())
+        with client.engine.write() as txn:
+            txn.put_value(JOBS_TABLE, key.encode(), json.dumps(value, sort_keys=True).encode())
+
+    def _get_value(self, key: str) -> dict[str, Any] | None:
+        client = self.rt.stores.get(self._home())
+        with client.engine.read() as txn:
+            raw = txn.get_value(JOBS_TABLE, key.encode())
+        return json.loads(raw) if raw else None
+
+    def _del_value(self, key: str) -> None:
+        client = self.rt.stores.get(self._home())
+        with client.engine.write() as txn:
+            txn.delete_value(JOBS_TABLE, key.encode())
+
+    def _values(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        client = self.rt.stores.get(self._home())
+        with client.engine.read() as txn:
+            return [(k.decode(), json.loads(v))
+                    for k, v in txn.iter_values(JOBS_TABLE, prefix.encode())]
+
+    def _home(self) -> str:
+        if self.rt.home is None:
+            raise ConfigError("no site has a store here; give one site `state = DIR`")
+        return self.rt.home
+
+
+class Subscription:
+    """A trigger on new data: `poll()` runs one job over files not handled before."""
+
+    def __init__(self, df: Dataflow, name: str, pattern: str, fn: TaskFn | Sequence[TaskFn],
+                 at: str, output: str | None) -> None:
+        self.df, self.name, self.pattern, self.fn = df, name, pattern, fn
+        self.at, self.output = at, output
+
+    def _seen(self) -> dict[str, str]:
+        rec = self.df._get_value(f"sub:{self.name}")
+        return dict(rec.get("seen", {})) if rec else {}
+
+    def pending(self) -> Dataset | None:
+        """The new files (path and content not handled yet), or None."""
+        ds = Dataset.resolve(self.name, [self.pattern], self.df.rt.stores, missing_ok=True)
+        seen = self._seen()
+        new = [f for f in ds.files if seen.get(f.path) != _fingerprint(f)]
+        if not new:
+            return None
+        lengths = {r.id: r.length for f in new for r in f.manifest.chunks}
+        return Dataset(f"{self.name} new", ds.selectors, new, lengths,
+                       locate(lengths, self.df.rt.stores))
+
+    def poll(self) -> Job | None:
+        """Run the function over the new files (one job); None when nothing is new.
+
+        The files are marked handled only when the job succeeds, so a failed or
+        interrupted poll is retried by the next one.
+        """
+        ds = self.pending()
+        if ds is None:
+            return None
+        out = f"{self.output.rstrip('/')}/{int(time.time() * 1000)}" if self.output else None
+        job = self.df.run(self.fn, ds, at=self.at, output=out)
+        seen = self._seen()
+        for f in ds.files:
+            seen[f.path] = _fingerprint(f)
+        self.df._put_value(f"sub:{self.name}", {"pattern": self.pattern, "seen": seen})
+        return job
+
+
+def _bytes_bar(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+
+
+def _tick(bar: Any) -> Any:
+    if bar is None:
+        return None
+
+    def tick(n: int) -> None:
+        bar.update(n)
+    return tick

@@ -1,0 +1,461 @@
+"""Sites and the links between them (docs/dataflow.md, "Sites and links").
+
+    topo = Topology.from_config("sites.toml")       # embedded: one store per site
+    topo.link("a", "b").bandwidth                    # bytes/s, measured or configured
+    probe_link(topo, "a", "b")                       # a mover transfer refreshes it
+
+A link's figures come, in this order, from a fresh measurement (a probe or a
+real transfer seen by the executor), a configured value (the sites file or the
+registry's `/v1/links`), the configured defaults for a pair inside one region
+or across regions. The link from a site to itself is free and instant.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dataflow.errors import ConfigError, UnknownSiteError
+
+#: A measurement older than this (seconds) is stale: configured values are used again.
+FRESH_SECONDS = 600.0
+#: Weight of a new observation in the running estimate of a measured link.
+EWMA = 0.5
+#: Mover protocol: ids per WANT/OFFER batch (docs/format.md, "Mover protocol").
+BATCH_IDS = 4096
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place with storage and compute, run by one entity in one region."""
+
+    name: str
+    region: str
+    entity: str
+    slots: int = 1
+    """Dask worker threads this site offers to jobs."""
+    state: str | None = None
+    """Embedded mode: the site's store (state directory)."""
+    mover: str | None = None
+    """`host:port` of a running mover server for the site's store (else one is started)."""
+    scheduler: str | None = None
+    """Address of the site's Dask scheduler (else a LocalCluster is started)."""
+    compute_rate: float = 200e6
+    """Bytes of input one slot processes per second (a job may override it)."""
+    price_core_hour: float = 0.0
+    tier: str = "warm"
+    status: str = "up"
+
+    def attrs(self) -> dict[str, object]:
+        """Attributes for site expressions (`region=cn-west & entity=bank-a`)."""
+        return {"site": self.name, "region": self.region, "entity": self.entity,
+                "status": self.status, "tier": self.tier, "slots": self.slots}
+
+
+@dataclass(frozen=True)
+class Link:
+    """One direction between two sites: bandwidth (bytes/s), round trip (s), price per GB."""
+
+    src: str
+    dst: str
+    bandwidth: float
+    rtt: float
+    price_per_gb: float = 0.0
+    source: str = "configured"
+    """`local`, `measured`, `configured` or `default`."""
+    measured_at: float = 0.0
+
+    def transfer_seconds(self, nbytes: int, chunks: int) -> float:
+        """Time to move `chunks` chunks of `nbytes` bytes: handshake, batches, bytes."""
+        if nbytes <= 0 and chunks <= 0:
+            return 0.0
+        if self.src == self.dst:
+            return 0.0
+        rounds = 2 + math.ceil(max(chunks, 1) / BATCH_IDS)
+        return self.rtt * rounds + nbytes / self.bandwidth
+
+
+@dataclass(frozen=True)
+class LinkDefaults:
+    """Figures for pairs without a measured or configured link."""
+
+    intra_bandwidth: float = 125e6
+    intra_rtt: float = 0.002
+    intra_price: float = 0.0
+    inter_bandwidth: float = 12.5e6
+    inter_rtt: float = 0.040
+    inter_price: float = 0.05
+
+
+def _positive(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 or \
+            not math.isfinite(v):
+        raise ConfigError(f"{what} must be a positive number, got {v!r}")
+    return float(v)
+
+
+def _nonneg(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or not math.isfinite(v):
+        raise ConfigError(f"{what} must be a number >= 0, got {v!r}")
+    return float(v)
+
+
+def _name(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > 64 or \
+            not v.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"{what} must be letters, digits, '-' or '_', got {v!r}")
+    return v
+
+
+@dataclass
+class Topology:
+    """Sites by name and the link matrix between them."""
+
+    sites: dict[str, Site]
+    configured: dict[tuple[str, str], Link] = field(default_factory=dict)
+    measured: dict[tuple[str, str], Link] = field(default_factory=dict)
+    defaults: LinkDefaults = field(default_factory=LinkDefaults)
+    owners: dict[str, str] = field(default_factory=dict)
+    """Entity -> site expression where that entity's data may be processed or copied."""
+    grants: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    """Owner entity -> (path pattern, grantee entity) read grants."""
+    secret: bytes = b""
+    """Mover session secret for sites whose mover runs as its own process."""
+    fresh: float = FRESH_SECONDS
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    # -- lookup -----------------------------------------------------------------------
+    def site(self, name: str) -> Site:
+        """Site `name` (UnknownSiteError names the known ones)."""
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise UnknownSiteError(f"unknown site {name!r}; known sites: "
+                                   f"{', '.join(sorted(self.sites)) or 'none'}") from None
+
+    def up(self) -> list[Site]:
+        """Sites whose status is `up`, by name."""
+        return [s for _, s in sorted(self.sites.items()) if s.status == "up"]
+
+    def matching(self, where: str) -> list[Site]:
+        """Up sites matching the attribute expression `where` (empty: all)."""
+        from gfs.federation import expr
+
+        try:
+            pred = expr.parse(where)
+        except expr.ExpressionError as e:
+            raise ConfigError(f"site expression {where!r}: {e}") from None
+        return [s for s in self.up() if pred(s.attrs())]
+
+    def link(self, src: str, dst: str) -> Link:
+        """The best current figures for moving bytes from `src` to `dst`."""
+        a, b = self.site(src), self.site(dst)
+        if src == dst:
+            return Link(src, dst, math.inf, 0.0, 0.0, "local")
+        with self._lock:
+            m = self.measured.get((src, dst))
+        if m is not None and time.time() - m.measured_at <= self.fresh:
+            return m
+        c = self.configured.get((src, dst))
+        if c is not None:
+            return c
+        d = self.defaults
+        if a.region == b.region:
+            return Link(src, dst, d.intra_bandwidth, d.intra_rtt, d.intra_price, "default")
+        return Link(src, dst, d.inter_bandwidth, d.inter_rtt, d.inter_price, "default")
+
+    # -- changes ----------------------------------------------------------------------
+    def observe(self, src: str, dst: str, nbytes: int, chunks: int, seconds: float) -> Link:
+        """Fold a real transfer into the measured link (passive measurement).
+
+        Transfers too small to tell bandwidth from latency only refresh the
+        round trip when it is the only unknown.
+        """
+        base = self.link(src, dst)
+        rounds = 2 + math.ceil(max(chunks, 1) / BATCH_IDS)
+        if seconds <= 0:
+            return base
+        latency = base.rtt * rounds
+        if nbytes >= 1 << 20 and seconds > latency:
+            bw = nbytes / (seconds - latency)
+            bw = bw if base.source != "measured" else EWMA * bw + (1 - EWMA) * base.bandwidth
+            new = replace(base, bandwidth=bw, source="measured", measured_at=time.time())
+        else:
+            return base
+        with self._lock:
+            self.measured[(src, dst)] = new
+        return new
+
+    def set_measured(self, link: Link) -> None:
+        """Record a probe's measurement."""
+        self.site(link.src)
+        self.site(link.dst)
+        with self._lock:
+            self.measured[(link.src, link.dst)] = replace(link, source="measured",
+                                                         measured_at=link.measured_at or
+                                                         time.time())
+
+    def mark_down(self, name: str) -> None:
+        """Mark site `name` as lost (it is no longer planned on nor read from)."""
+        self.sites[name] = replace(self.site(name), status="down")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Sites and every current link, for job records and `--json` output."""
+        names = sorted(self.sites)
+        return {"sites": [asdict(self.sites[n]) for n in names],
+                "links": [{"src": a, "dst": b, "mbps": round(lk.bandwidth * 8 / 1e6, 3),
+                           "rtt_ms": round(lk.rtt * 1e3, 3), "price_per_gb": lk.price_per_gb,
+                           "source": lk.source}
+                          for a in names for b in names if a != b
+                          for lk in [self.link(a, b)]]}
+
+    # -- loading ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | Mapping[str, Any]) -> Topology:
+        """Sites, links, defaults and owner constraints from a TOML or JSON file (or a dict).
+
+        Relative `state` paths are relative to the file. See docs/dataflow.md for the format.
+        """
+        if isinstance(path, Mapping):
+            data, base = dict(path), Path.cwd()
+        else:
+            p = Path(path)
+            try:
+                text = p.read_text()
+            except OSError as e:
+                raise ConfigError(f"sites file {p}: {e.strerror}; pass an existing file") \
+                    from None
+            try:
+                if p.suffix == ".json":
+                    import json
+                    data = json.loads(text)
+                else:
+                    data = tomllib.loads(text)
+            except ValueError as e:
+                raise ConfigError(f"sites file {p}: {e}") from None
+            base = p.parent.absolute()
+        return cls._from_dict(data, base)
+
+    @classmethod
+    def _from_dict(cls, data: Mapping[str, Any], base: Path) -> Topology:
+        unknown = set(data) - {"sites", "links", "defaults", "owners", "grants", "secret"}
+        if unknown:
+            raise ConfigError(f"sites file: unknown section(s) {sorted(unknown)}")
+        raw_sites = data.get("sites")
+        if not isinstance(raw_sites, Mapping) or not raw_sites:
+            raise ConfigError("sites file: [sites.NAME] tables are required (at least one)")
+        sites: dict[str, Site] = {}
+        for name, s in raw_sites.items():
+            _name(name, "site name")
+            if not isinstance(s, Mapping):
+                raise ConfigError(f"site {name!r} must be a table")
+            bad = set(s) - {"region", "entity", "slots", "state", "mover", "scheduler",
+                            "compute_mbps", "price_core_hour", "tier"}
+            if bad:
+                raise ConfigError(f"site {name!r}: unknown key(s) {sorted(bad)}")
+            slots = s.get("slots", 1)
+            if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= 4096:
+                raise ConfigError(f"site {name!r}: slots must be 1 to 4096, got {slots!r}")
+            state = s.get("state")
+            if state is not None:
+                if not isinstance(state, str):
+                    raise ConfigError(f"site {name!r}: state must be a path")
+                state = str((base / state).absolute())
+            sites[name] = Site(
+                name=name, region=_name(s.get("region", "default"), f"site {name!r} region"),
+                entity=_name(s.get("entity", name), f"site {name!r} entity"), slots=slots,
+                state=state, mover=s.get("mover"), scheduler=s.get("scheduler"),
+                compute_rate=_positive(s.get("compute_mbps", 1600), f"site {name!r} "
+                                       "compute_mbps") * 1e6 / 8,
+                price_core_hour=_nonneg(s.get("price_core_hour", 0.0),
+                                        f"site {name!r} price_core_hour"),
+                tier=str(s.get("tier", "warm")))
+        d = data.get("defaults", {})
+        if not isinstance(d, Mapping):
+            raise ConfigError("sites file: [defaults] must be a table")
+        ld = LinkDefaults()
+        defaults = LinkDefaults(
+            intra_bandwidth=_positive(d.get("intra_mbps", ld.intra_bandwidth * 8 / 1e6),
+                                      "defaults.intra_mbps") * 1e6 / 8,
+            intra_rtt=_nonneg(d.get("intra_rtt_ms", ld.intra_rtt * 1e3),
+                              "defaults.intra_rtt_ms") / 1e3,
+            intra_price=_nonneg(d.get("intra_price_per_gb", ld.intra_price),
+                                "defaults.intra_price_per_gb"),
+            inter_bandwidth=_positive(d.get("inter_mbps", ld.inter_bandwidth * 8 / 1e6),
+                                      "defaults.inter_mbps") * 1e6 / 8,
+            inter_rtt=_nonneg(d.get("inter_rtt_ms", ld.inter_rtt * 1e3),
+                              "defaults.inter_rtt_ms") / 1e3,
+            inter_price=_nonneg(d.get("inter_price_per_gb", ld.inter_price),
+                                "defaults.inter_price_per_gb"))
+        topo = cls(sites, defaults=defaults)
+        links = data.get("links", [])
+        if not isinstance(links, list):
+            raise ConfigError("sites file: links must be an array of tables ([[links]])")
+        for i, lk in enumerate(links):
+            if not isinstance(lk, Mapping):
+                raise ConfigError(f"links[{i}] must be a table")
+            a, b = lk.get("a"), lk.get("b")
+            for end in (a, b):
+                if end not in sites:
+                    raise ConfigError(f"links[{i}]: unknown site {end!r}; define it under "
+                                      f"[sites]")
+            assert isinstance(a, str) and isinstance(b, str)
+            if a == b:
+                raise ConfigError(f"links[{i}]: a link joins two different sites")
+            bw = _positive(lk.get("mbps"), f"links[{i}].mbps") * 1e6 / 8
+            rtt = _nonneg(lk.get("rtt_ms", 0.0), f"links[{i}].rtt_ms") / 1e3
+            price = _nonneg(lk.get("price_per_gb", 0.0), f"links[{i}].price_per_gb")
+            topo.configured[(a, b)] = Link(a, b, bw, rtt, price)
+            if lk.get("symmetric", True):
+                topo.configured[(b, a)] = Link(b, a, bw, rtt, price)
+        owners = data.get("owners", {})
+        if not isinstance(owners, Mapping):
+            raise ConfigError("sites file: [owners] must be a table")
+        for ent, o in owners.items():
+            allow = o.get("allow", "") if isinstance(o, Mapping) else None
+            if not isinstance(allow, str):
+                raise ConfigError(f"owners.{ent}.allow must be a site expression string")
+            topo.owners[ent] = allow
+            topo.matching(allow)  # refuses a malformed expression now
+            grants = o.get("grants", []) if isinstance(o, Mapping) else []
+            for g in grants:
+                if not isinstance(g, Mapping) or not isinstance(g.get("pattern"), str) or \
+                        not isinstance(g.get("to"), str):
+                    raise ConfigError(f"owners.{ent}.grants: each grant is "
+                                      f"{{pattern = \"/{ent}/...\", to = \"entity\"}}")
+                topo.grants.setdefault(ent, []).append((g["pattern"], g["to"]))
+        secret = data.get("secret", "")
+        if secret:
+            try:
+                topo.secret = bytes.fromhex(str(secret))
+            except ValueError:
+                raise ConfigError("sites file: secret must be hex") from None
+        return topo
+
+    @classmethod
+    def from_registry(cls, registry: str, *, config: str | os.PathLike[str] | None = None,
+                      timeout: float = 10.0) -> Topology:
+        """Sites (region, entity, status) and measured links from a federation registry.
+
+        Prices, slots and defaults come from `config` (a sites file whose sites
+        may be a subset); links the registry measured win over configured ones.
+        """
+        from gfs.federation.http import HttpClient
+
+        base = cls.from_config(config) if config is not None else None
+        h = HttpClient(registry, timeout=timeout)
+        try:
+            rsites = h.call("GET", "/v1/sites")["sites"]
+            rlinks = h.call("GET", "/v1/links")["links"]
+        finally:
+            h.close()
+        sites: dict[str, Site] = {}
+        for s in rsites:
+            known = base.sites.get(s["name"]) if base else None
+            tiers = {p["tier"] for p in s.get("pools", [])}
+            site = Site(s["name"], s["region"], s["entity"], status=s.get("status", "up"),
+                        tier="hot" if "hot" in tiers else "warm" if "warm" in tiers else "cold")
+            if known is not None:
+                site = replace(known, region=site.region, entity=site.entity,
+                               status=site.status)
+            sites[site.name] = site
+        topo = cls(sites)
+        if base is not None:
+            topo.defaults, topo.owners, topo.grants = base.defaults, base.owners, base.grants
+            topo.configured = {k: v for k, v in base.configured.items()
+                               if k[0] in sites and k[1] in sites}
+            topo.secret = base.secret
+        for lk in rlinks:
+            a, b = lk["a"], lk["b"]
+            if a in sites and b in sites and lk.get("mbps"):
+                price = topo.link(a, b).price_per_gb
+                topo.measured[(a, b)] = Link(a, b, float(lk["mbps"]) * 1e6 / 8,
+                                             float(lk["rtt_ms"]) / 1e3, price, "measured",
+                                             float(lk.get("measured", time.time())))
+        return topo
+
+
+# -- probes -------------------------------------------------------------------------------
+
+
+def _sample_chunks(client: Any, want_bytes: int) -> list[tuple[bytes, int]]:
+    out: list[tuple[bytes, int]] = []
+    total = 0
+    with client.engine.read() as txn:
+        for rec in txn.iter_chunks():
+            out.append((rec.id, rec.stored_len))
+            total += rec.stored_len
+            if total >= want_bytes:
+                break
+    return out
+
+
+def probe_link(topo: Topology, src: str, dst: str, *, nbytes: int = 8 << 20,
+               stores: Mapping[str, Any] | None = None) -> Link:
+    """Measure `src` -> `dst` with two mover fetches of `src`'s chunks and record it.
+
+    A one-chunk fetch gives the round trip (handshake and one batch: three
+    round trips), a fetch of about `nbytes` gives the bandwidth. The chunks
+    land in a scratch store that is deleted afterwards, so neither site's
+    store changes. Embedded sites only (the prober runs where `dst` is).
+    """
+    from gfs import mover
+    from gfs.client import Client
+
+    s = topo.site(src)
+    topo.site(dst)
+    if s.state is None:
+        raise ConfigError(f"probe {src} -> {dst}: site {src!r} has no store (state) here")
+    own = stores is None or src not in stores
+    client = Client(s.state) if own else stores[src]  # type: ignore[index]
+    try:
+        sample = _sample_chunks(client, nbytes)
+        if len(sample) < 2:
+            raise ConfigError(f"probe {src} -> {dst}: site {src!r} holds too few chunks to "
+                              f"measure; configure the link in the sites file instead")
+        secret = os.urandom(32)
+        with tempfile.TemporaryDirectory(prefix="hutong-probe-") as tmp, \
+                Client.init(Path(tmp) / "scratch") as scratch, \
+                mover.MoverServer(client, secret) as server:
+            first = sample[:1]
+            t0 = time.monotonic()
+            mover.fetch(scratch, server.address, [c for c, _ in first], secret, streams=1)
+            t_small = time.monotonic() - t0
+            rest = sample[1:]
+            t0 = time.monotonic()
+            st = mover.fetch(scratch, server.address, [c for c, _ in rest], secret, streams=1)
+            t_big = time.monotonic() - t0
+        rtt = t_small / 3
+        big = st.bytes
+        latency = rtt * (2 + math.ceil(len(rest) / BATCH_IDS))
+        bw = big / (t_big - latency) if t_big > latency else big / max(t_big, 1e-6)
+    finally:
+        if own:
+            client.close()
+    link = Link(src, dst, max(bw, 1.0), rtt, topo.link(src, dst).price_per_gb, "measured",
+                time.time())
+    topo.set_measured(link)
+    return link
+
+
+def refresh_links(topo: Topology, pairs: Iterable[tuple[str, str]] | None = None, *,
+                  nbytes: int = 8 << 20) -> list[Link]:
+    """Probe every stale pair (or `pairs`) of up embedded sites; returns the new links."""
+    names = [s.name for s in topo.up() if s.state]
+    todo = list(pairs) if pairs is not None else [(a, b) for a in names for b in names
+                                                  if a != b]
+    out = []
+    for a, b in todo:
+        cur = topo.link(a, b)
+        if pairs is None and cur.source == "measured":
+            continue
+        out.append(probe_link(topo, a, b, nbytes=nbytes))
+    return out
