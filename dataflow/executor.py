@@ -177,13 +177,17 @@ class Runtime:
                 raise SiteLostError(site, f"site {site} is down; its tasks cannot run")
             from distributed import Client, LocalCluster
 
+            if not log.isEnabledFor(logging.DEBUG):
+                logging.getLogger("distributed").setLevel(logging.ERROR)
+
             if s.scheduler:
                 c = Client(s.scheduler, timeout=10)  # type: ignore[no-untyped-call]
             else:
                 cluster = LocalCluster(  # type: ignore[no-untyped-call]
                     n_workers=1, threads_per_worker=s.slots, processes=self.processes,
                     resources={resource_tag(site): s.slots}, host="127.0.0.1",
-                    scheduler_port=0, dashboard_address=None, worker_dashboard_address=None,
+                    scheduler_port=0, dashboard_address="127.0.0.1:0",
+                    worker_dashboard_address=None,
                     silence_logs=logging.ERROR)
                 self._clusters[site] = cluster
                 c = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
