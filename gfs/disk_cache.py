@@ -338,6 +338,18 @@ class DiskCache:
         os.close(self._lock_fd)
 
 
+def open_tier(state: str | os.PathLike[str], mode: str, directory: str | None = None,
+              capacity: int | None = None, policy: str = DEFAULT_POLICY) -> DiskCache | None:
+    """The disk tier of the store in `state`: mode "auto" (chunks of pools not on local
+    disk), "on" (every chunk) or "off" (None)."""
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"disk cache mode must be auto, on or off, got {mode!r}")
+    if mode == "off":
+        return None
+    return DiskCache(cache_dir(state, directory), cache_capacity(capacity), policy,
+                     admit_local=mode == "on")
+
+
 def read_saved(root: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The counters saved in `root`/stats.json, or None if there are none (or unreadable)."""
     try:
@@ -379,4 +391,5 @@ def offline_stats(root: str | os.PathLike[str]) -> DiskStats | None:
 
 
 __all__ = ["CACHE_BYTES_ENV", "CACHE_DIR_ENV", "DEFAULT_DISK_BYTES", "DiskCache", "DiskStats",
-           "cache_capacity", "cache_dir", "offline_stats", "read_saved", "scan_usage"]
+           "cache_capacity", "cache_dir", "offline_stats", "open_tier", "read_saved",
+           "scan_usage"]

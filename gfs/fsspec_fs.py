@@ -11,8 +11,10 @@ Reads are buffered and ranged; a file opened for reading sees the version
 committed when it was opened, for as long as it stays open. Writes stream
 into a store writer session and become visible, whole, when the file is
 closed (close-to-open); an abandoned write (`discard()`, or an error inside a
-`with` block) changes nothing. `ab` mode rewrites the old content followed by
-the appended bytes (dedup keeps the unchanged chunks stored once).
+`with` block) changes nothing. `ab` mode keeps the old chunk list and chunks
+only its last chunk again with the appended bytes (`Client.append`), which it
+holds in memory until the close. Removing or replacing a file also drops its
+extended attributes (set through the mount).
 
 Errors are the gfs errors, which inherit the builtins (`FileNotFoundError`,
 `IsADirectoryError`, ...), so callers need nothing special.
@@ -31,9 +33,11 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from gfs import namespace, paths
 from gfs.cache import DEFAULT_MEMORY_BYTES, CachedReader, ChunkCache
 from gfs.client import Client, Stat
+from gfs.disk_cache import open_tier
 from gfs.errors import ExistsError, NotFoundError
 from gfs.files import NsReader, NsWriter
 from gfs.meta import Kind, Manifest
+from gfs.store import release
 
 #: Bytes copied at a time by get/put/cp.
 COPY_BLOCK = 8 << 20
@@ -57,8 +61,10 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     Storage options: `state` (the state directory; default $HUTONG_STATE, else
     ~/.hutong, as for the CLI), `cache_bytes` (memory cache of decompressed
-    chunks, shared by the files this instance opens; 256 MiB) and any store
-    setting accepted by `gfs.Client`.
+    chunks, shared by the files this instance opens; 256 MiB), `disk_cache`
+    ("off", "auto" or "on": the disk tier of stored chunks, as for `hutong
+    mount`; off by default) with `disk_cache_dir` and `disk_cache_bytes`, and
+    any store setting accepted by `gfs.Client`.
     A `client` keyword reuses an open `gfs.Client` instead.
     """
 
@@ -68,13 +74,15 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def __init__(self, state: str | os.PathLike[str] | None = None, *,
                  client: Client | None = None, cache_bytes: int = DEFAULT_MEMORY_BYTES,
-                 **settings: Any) -> None:
+                 disk_cache: str = "off", disk_cache_dir: str | None = None,
+                 disk_cache_bytes: int | None = None, **settings: Any) -> None:
         fs_opts = {k: settings.pop(k) for k in list(settings)
                    if k in {"use_listings_cache", "listings_expiry_time", "max_paths",
                             "skip_instance_cache", "asynchronous", "loop"}}
         super().__init__(**fs_opts)
         self.client = client if client is not None else Client(state, **settings)
-        self.cache = ChunkCache(self.client.store, cache_bytes)
+        self.cache = ChunkCache(self.client.store, cache_bytes, disk=open_tier(
+            self.client.state, disk_cache, disk_cache_dir, disk_cache_bytes))
 
     # -- paths -------------------------------------------------------------------
     @classmethod
@@ -162,8 +170,8 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     # -- reading -----------------------------------------------------------------
     def _reader(self, path: str) -> NsReader:
-        norm, m = self.client._manifest(self._strip_protocol(path))
-        return NsReader(self.client.store, norm, m)
+        norm = self._strip_protocol(path)
+        return NsReader(self.client.store, norm, self.client.manifest(norm))
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:
@@ -259,16 +267,21 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
         self.client.mkdir(p, parents=True, exist_ok=True)
         self.invalidate_cache(p)
 
+    def _remove(self, path: str, recursive: bool = False) -> None:
+        """Remove `path` with its per-inode values (xattrs), releasing its chunks."""
+        with self.client.engine.write() as txn:
+            release(txn, namespace.remove_dropping_values(txn, path, recursive=recursive))
+
     def rmdir(self, path: str) -> None:
         p = self._strip_protocol(path)
         if not self.isdir(p):
             raise NotADirectoryError(p)
-        self.client.rm(p)
+        self._remove(p)
         self.invalidate_cache(p)
 
     def _rm(self, path: str) -> None:
         p = self._strip_protocol(path)
-        self.client.rm(p, recursive=self.isdir(p))
+        self._remove(p, recursive=self.isdir(p))
         self.invalidate_cache(p)
 
     def rm_file(self, path: str) -> None:
@@ -281,7 +294,7 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
             if any(p.startswith(d.rstrip("/") + "/") for d in done):
                 continue  # inside a tree already removed
             try:
-                self.client.rm(p, recursive=recursive)
+                self._remove(p, recursive=recursive)
             except NotFoundError:
                 continue
             done.append(p)
@@ -297,7 +310,14 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
         src, dst = self._strip_protocol(path1), self._strip_protocol(path2)
         if not self.exists(src):
             raise NotFoundError(src)
-        self.client.mv(src, dst)
+        with self.client.engine.write() as txn:  # like Client.mv, dropping replaced xattrs
+            try:
+                target = namespace.resolve(txn, dst)
+            except (NotFoundError, NotADirectoryError):
+                target = None
+            if target is not None and target.kind == Kind.DIR and paths.split(src):
+                dst = paths.join([*paths.split(dst), paths.split(src)[-1]])
+            release(txn, namespace.rename_dropping_values(txn, src, dst))
         self.invalidate_cache()
 
     def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
@@ -326,11 +346,11 @@ class HutongFile(AbstractBufferedFile):  # type: ignore[misc]
                  block_size: int | str = "default", autocommit: bool = True,
                  cache_options: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._writer: NsWriter | None = None
+        self._appended: bytearray | None = None
         size = None
         self._cached: CachedReader | None = None
         if mode == "rb":
-            norm, m = fs.client._manifest(path)
-            self._cached = CachedReader(fs.cache, norm, m)
+            self._cached = CachedReader(fs.cache, path, fs.client.manifest(path))
             size = self._cached.size
         kwargs.pop("size", None)
         super().__init__(fs, path, mode, block_size, autocommit,
@@ -345,27 +365,31 @@ class HutongFile(AbstractBufferedFile):  # type: ignore[misc]
     def _initiate_upload(self) -> None:
         fs: HutongFileSystem = self.fs
         fs._make_parents(self.path)
-        old = b""
         if self.mode == "ab" and fs.exists(self.path):
-            old = fs.cat_file(self.path)
+            self._appended = bytearray()  # committed with Client.append on close
+            return
         self._writer = fs.client.open(self.path, "wb")  # type: ignore[assignment]
-        assert self._writer is not None
-        if old:
-            self._writer.write(old)
 
     def _upload_chunk(self, final: bool = False) -> bool:
-        assert self._writer is not None
-        self._writer.write(self.buffer.getvalue())
+        if self._appended is not None:
+            self._appended += self.buffer.getvalue()
+        else:
+            assert self._writer is not None
+            self._writer.write(self.buffer.getvalue())
         if final and self.autocommit:
             self.commit()
         return True
 
     def commit(self) -> None:
+        if self._appended is not None:
+            data, self._appended = bytes(self._appended), None
+            self.fs.client.append(self.path, data)
         if self._writer is not None:
             w, self._writer = self._writer, None
             w.close()
 
     def discard(self) -> None:
+        self._appended = None
         if self._writer is not None:
             w, self._writer = self._writer, None
             w.abort()

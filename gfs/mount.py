@@ -10,7 +10,8 @@ Design:
 * Every blocking store call runs on a thread pool, never on the event loop, so
   one slow read does not stall the mount.
 * Reads: a handle pins the version committed when it was opened. Chunks come
-  through a memory `ChunkCache`; each read starts read-ahead of the next
+  through the cache tiers (`ChunkCache` in memory, `DiskCache` on disk; see
+  `gfs.disk_cache.open_tier`); each read starts read-ahead of the next
   chunks. The kernel page cache is kept across opens while the committed
   version is unchanged (`keep_cache`), dropped otherwise (close-to-open).
 * Writes: the first write (or truncate) of an inode copies its committed
@@ -18,6 +19,21 @@ Design:
   writes go there, and the whole file is committed as a new version on
   flush/fsync/release (close-to-open). Reads through the mount see the
   uncommitted bytes; other clients see them after the close.
+* Creates: a new file gets an inode number from a block reserved in the store
+  (one transaction per 256 creates) and lives in memory until its first
+  flush/fsync/close, which commits it with its content: one pack write and one
+  metadata transaction, instead of a transaction at create too. This mount
+  sees the file at once; other clients see it when it is closed (close-to-open,
+  as for its content). A change that must see it first (a listing of its
+  directory, rename, unlink, mkdir, setxattr, ...) commits the pending files
+  (empty unless written) before it runs. If another client makes the same name
+  meanwhile, the close replaces that file (logged).
+* Group commit: flush, fsync and release hand the file to one committer thread
+  and wait until it is committed (a close never returns before its file is
+  durable). Files queued while a commit runs are committed together in one
+  writer session (one pack, one metadata transaction), so parallel writers
+  share the fsyncs; a lone sequential writer pays one pack write and one
+  transaction per file.
 * Extended attributes: `user.*` names are stored in the `xattrs` value table
   (key: ino u64 BE + name). `user.hutong.*` are read-only facts computed from
   the index (chunks, stored bytes, replicas, version); they are not listed by
@@ -26,10 +42,11 @@ Design:
   be read gives EIO for that read and a log line naming the file.
 
 Limits: no hard links (EPERM), no device nodes or fifos, no RENAME_EXCHANGE;
-a write rewrites the file's chunk list on commit (unchanged chunks are
-deduplicated, not stored again), so small writes to huge files cost a read
-and chunking of the whole file; metadata changed by other clients is seen
-after `attr_timeout` seconds.
+a write through an open handle rewrites the file's chunk list on commit
+(unchanged chunks are deduplicated, not stored again), so small writes to huge
+files cost a read and chunking of the whole file (a truncate(2) of a file not
+open for writing here keeps the chunks before the cut: `Client.truncate`);
+metadata changed by other clients is seen after `attr_timeout` seconds.
 """
 
 from __future__ import annotations
@@ -40,22 +57,24 @@ import itertools
 import json
 import logging
 import os
+import queue
 import signal
 import struct
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, TypeVar
 
 import pyfuse3
 import pyfuse3.asyncio
 
 from gfs import namespace, paths
+from gfs.cache import DEFAULT_POLICY, ChunkCache
 from gfs.cache import CachedReader as _Reader
-from gfs.cache import ChunkCache
 from gfs.client import Client
+from gfs.disk_cache import open_tier
 from gfs.errors import ExistsError, HutongError, InvalidPathError, NotFoundError
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
 from gfs.store import release
@@ -76,6 +95,11 @@ class MountOptions:
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     cache_bytes: int = 256 << 20
+    #: Disk tier: "auto" (chunks of pools not on local disk), "on" (every chunk), "off".
+    disk_cache: str = "auto"
+    disk_cache_dir: str | None = None
+    disk_cache_bytes: int | None = None
+    cache_policy: str = DEFAULT_POLICY
     threads: int = 8
     debug: bool = False
     allow_other: bool = False
@@ -128,7 +152,10 @@ class HutongOperations(pyfuse3.Operations):
         super().__init__()
         self.client = client
         self.opts = options or MountOptions()
-        self.cache = ChunkCache(client.store, self.opts.cache_bytes)
+        self.cache = ChunkCache(client.store, self.opts.cache_bytes,
+                                policy=self.opts.cache_policy, disk=open_tier(
+                                    client.state, self.opts.disk_cache, self.opts.disk_cache_dir,
+                                    self.opts.disk_cache_bytes, self.opts.cache_policy))
         self._pool = ThreadPoolExecutor(self.opts.threads, thread_name_prefix="hutong-fuse")
         self._handles: dict[int, _Handle] = {}
         self._dirty: dict[int, _Dirty] = {}
@@ -137,9 +164,24 @@ class HutongOperations(pyfuse3.Operations):
         self._names: dict[int, tuple[int, str]] = {}  # ino -> (parent, name), a hint
         self._next_fh = itertools.count(1)
         self._lock = threading.Lock()
+        # files created here and not yet committed (see "Creates" in the module doc)
+        self._pending: dict[int, Inode] = {}
+        self._pending_names: dict[tuple[int, str], int] = {}
+        self._free_inos: list[int] = []
+        self._commits: queue.SimpleQueue[tuple[_Dirty, Future[None]] | None] = \
+            queue.SimpleQueue()
+        self._committer = threading.Thread(target=self._commit_loop, name="hutong-commit",
+                                           daemon=True)
+        self._committer.start()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        try:
+            self._settle()  # files created and never closed (the mount went away)
+        except Exception:
+            log.exception("could not commit the files created before the unmount")
+        self._commits.put(None)
+        self._committer.join()
         self.cache.close()
 
     # -- plumbing ------------------------------------------------------------
@@ -209,6 +251,9 @@ class HutongOperations(pyfuse3.Operations):
         return a
 
     def _node(self, ino: int) -> Inode:
+        pending = self._pending.get(ino)
+        if pending is not None:
+            return pending
         with self.client.engine.read() as txn:
             node = txn.get_inode(ino)
         if node is None:
@@ -219,6 +264,10 @@ class HutongOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         def op() -> Inode:
+            pending_ino = self._pending_names.get((parent_inode, _name(name)))
+            pending = self._pending.get(pending_ino) if pending_ino is not None else None
+            if pending is not None:
+                return pending
             with self.client.engine.read() as txn:
                 parent = namespace.get(txn, parent_inode)
                 if name == b".":
@@ -245,6 +294,7 @@ class HutongOperations(pyfuse3.Operations):
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         def op() -> list[tuple[bytes, Inode]]:
+            self._settle()
             with self.client.engine.read() as txn:
                 node = namespace.get(txn, inode)
                 if node.kind != Kind.DIR:
@@ -292,6 +342,9 @@ class HutongOperations(pyfuse3.Operations):
 
     # -- namespace changes ---------------------------------------------------
     def _write_txn(self, fn: Callable[[WriteTxn], T]) -> T:
+        """Run a namespace change; files created here but not yet committed are
+        committed (empty) first, so the change sees them."""
+        self._settle()
         with self.client.engine.write() as txn:
             return fn(txn)
 
@@ -317,12 +370,6 @@ class HutongOperations(pyfuse3.Operations):
         self._names[node.ino] = (parent_inode, n)
         return self._attr(node)
 
-    @staticmethod
-    def _drop_xattrs(txn: WriteTxn, ino: int) -> None:
-        prefix = _XATTR_KEY.pack(ino)
-        for key, _ in list(txn.iter_values("xattrs", prefix)):
-            txn.delete_value("xattrs", key)
-
     def _remove(self, parent_inode: int, name: bytes, is_dir: bool) -> None:
         n = _name(name)
 
@@ -331,8 +378,7 @@ class HutongOperations(pyfuse3.Operations):
             node = namespace.resolve(txn, path)
             if is_dir and node.kind != Kind.DIR:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            release(txn, namespace.remove(txn, path, dir_ok=is_dir))
-            self._drop_xattrs(txn, node.ino)
+            release(txn, namespace.remove_dropping_values(txn, path, dir_ok=is_dir))
         self._write_txn(op)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -354,9 +400,7 @@ class HutongOperations(pyfuse3.Operations):
             target = txn.lookup(parent_inode_new, new)
             if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
                 raise ExistsError(dst)
-            release(txn, namespace.rename(txn, src, dst))
-            if target is not None and target != moving.ino:
-                self._drop_xattrs(txn, target)
+            release(txn, namespace.rename_dropping_values(txn, src, dst))
             return moving.ino
         ino = await self._run(self._write_txn, op)
         self._names[ino] = (parent_inode_new, new)
@@ -381,6 +425,18 @@ class HutongOperations(pyfuse3.Operations):
                 if d is not None and d.tmp is not None:
                     d.mtime_ns = mtime  # applied again when the content is committed
             if any(v is not None for v in (mode, uid, gid, atime, mtime)):
+                with self._lock:
+                    pending = self._pending.get(inode)
+                    if pending is not None:  # applied when the file is committed
+                        pending = self._pending[inode] = replace(
+                            pending, mode=pending.mode if mode is None else mode,
+                            uid=pending.uid if uid is None else uid,
+                            gid=pending.gid if gid is None else gid,
+                            atime_ns=pending.atime_ns if atime is None else atime,
+                            mtime_ns=pending.mtime_ns if mtime is None else mtime,
+                            ctime_ns=namespace.now_ns())
+                        return pending
+
                 def change(txn: WriteTxn) -> Inode:
                     return namespace.set_attrs(txn, self._path(txn, inode), mode=mode,
                                                uid=uid, gid=gid, atime_ns=atime,
@@ -392,16 +448,19 @@ class HutongOperations(pyfuse3.Operations):
     # -- files ---------------------------------------------------------------
     def _open_reader(self, ino: int) -> tuple[_Reader, bool]:
         """A reader of the committed version, and whether the page cache may be kept."""
+        pending = self._pending.get(ino)
+        if pending is not None:
+            return _Reader(self.cache, f"<new inode {ino}>", Manifest(0, ())), False
+        node = self._node(ino)
+        if node.kind == Kind.DIR:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if node.kind != Kind.FILE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        m = self.client.manifest_ino(ino)
         with self.client.engine.read() as txn:
-            node = namespace.get(txn, ino)
-            if node.kind == Kind.DIR:
-                raise pyfuse3.FUSEError(errno.EISDIR)
-            if node.kind != Kind.FILE:
-                raise pyfuse3.FUSEError(errno.EINVAL)
-            m = txn.get_manifest(ino) or Manifest(node.version, ())
             path = self._path(txn, ino)
-        keep = self._seen_version.get(ino) == node.version
-        self._seen_version[ino] = node.version
+        keep = self._seen_version.get(ino) == m.version
+        self._seen_version[ino] = m.version
         return _Reader(self.cache, path, m), keep
 
     def _new_handle(self, ino: int, reader: _Reader, flags: int) -> int:
@@ -430,21 +489,90 @@ class HutongOperations(pyfuse3.Operations):
         n = _name(name)
 
         def op() -> tuple[pyfuse3.FileInfo, Inode]:
-            def make(txn: WriteTxn) -> Inode:
+            with self.client.engine.read() as txn:
+                parent = namespace.get(txn, parent_inode)
+                if parent.kind != Kind.DIR:
+                    raise pyfuse3.FUSEError(errno.ENOTDIR)
                 path = self._child_path(txn, parent_inode, n)
-                if txn.lookup(parent_inode, n) is not None:
+                exists = txn.lookup(parent_inode, n) is not None
+            now = namespace.now_ns()
+            with self._lock:
+                if exists or (parent_inode, n) in self._pending_names:
                     raise ExistsError(path)
-                namespace.write_file(txn, path, [], mode=mode & 0o7777, uid=ctx.uid,
-                                     gid=ctx.gid)
-                return namespace.resolve(txn, path)
-            node = self._write_txn(make)
+                node = Inode(self._take_ino(), parent_inode, Kind.FILE, mode & 0o7777,
+                             ctx.uid, ctx.gid, 0, now, now, now, 0)
+                self._pending[node.ino] = node
+                self._pending_names[(parent_inode, n)] = node.ino
             self._names[node.ino] = (parent_inode, n)
-            self._seen_version[node.ino] = node.version
-            reader = _Reader(self.cache, n, Manifest(node.version, ()))
+            self._seen_version[node.ino] = 1
+            reader = _Reader(self.cache, path, Manifest(0, ()))
             fh = self._new_handle(node.ino, reader, flags)
             return pyfuse3.FileInfo(fh=fh), node
         fi, node = await self._run(op)
         return fi, self._attr(node)
+
+    #: Inode numbers reserved at a time for creates.
+    INO_BLOCK = 256
+
+    def _take_ino(self) -> int:
+        """An inode number for a new file, from a block reserved in the store (numbers
+        of a block left unused are skipped forever, which is harmless). `_lock` held."""
+        if not self._free_inos:
+            with self.client.engine.write() as txn:
+                block = [txn.alloc_ino() for _ in range(self.INO_BLOCK)]
+            self._free_inos = block[::-1]
+        return self._free_inos.pop()
+
+    def _create_action(self, ino: int) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+        """The commit action of a file created here: link it under its reserved number."""
+        def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+            with self._lock:
+                node = self._pending.get(ino)
+            if node is None:  # committed meanwhile: an ordinary new version
+                return self._update_action(ino, None)(txn, refs)
+            name = self._names.get(ino, (0, ""))[1]
+            parent = txn.get_inode(node.parent)
+            if parent is None or parent.kind != Kind.DIR:
+                log.info("directory of new inode %d was removed before the file was "
+                         "committed", ino)
+                return Manifest(0, tuple(refs))  # releases what was just referenced
+            now = namespace.now_ns()
+            old: Manifest | None = None
+            existing = txn.lookup(node.parent, name)
+            if existing is not None:  # made meanwhile by another client: replaced
+                log.warning("%s was created by another client too; replaced by this one",
+                            name)
+                old = namespace.unlink_in(txn, parent, name, touch=False)
+            new = replace(node, size=sum(r.length for r in refs), version=1, ctime_ns=now)
+            txn.put_inode(new)
+            txn.link(node.parent, name, ino)
+            txn.put_manifest(ino, Manifest(1, tuple(refs)))
+            txn.put_inode(replace(parent, mtime_ns=now, ctime_ns=now))
+            return old
+        return action
+
+    def _update_action(self, ino: int, mtime: int | None
+                       ) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+        def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
+            node = txn.get_inode(ino)
+            if node is None or node.kind != Kind.FILE:
+                log.info("inode %d was removed before its writes were committed", ino)
+                return Manifest(0, tuple(r))  # releases what was just referenced
+            old = namespace.write_file(txn, self._path(txn, ino), r, mtime_ns=mtime)
+            new = txn.get_inode(ino)
+            if new is not None:
+                self._seen_version[ino] = new.version
+            return old
+        return action
+
+    def _settle(self) -> None:
+        """Commit every file created here and not committed yet (with its content so
+        far: empty unless written), before a change that must see them."""
+        with self._lock:
+            inos = list(self._pending)
+        for ino in inos:
+            d = self._dirty.get(ino) or _Dirty(ino)
+            self._commit(d)
 
     def _materialize(self, d: _Dirty, reader: _Reader | None, size: int | None = None) -> None:
         """Give `d` a temporary file holding the committed content (or its first `size`
@@ -453,7 +581,7 @@ class HutongOperations(pyfuse3.Operations):
             return
         tmp = tempfile.TemporaryFile(prefix="hutong-fuse-", buffering=0)  # noqa: SIM115
         if reader is None:
-            reader, _ = self._open_reader(d.ino)
+            reader, _ = self._open_reader(d.ino)  # empty for a file not committed yet
         keep = reader.size if size is None else min(size, reader.size)
         off = 0
         while off < keep:
@@ -465,6 +593,15 @@ class HutongOperations(pyfuse3.Operations):
     def _truncate(self, ino: int, size: int, reader: _Reader | None = None) -> None:
         with self._lock:
             d = self._dirty.get(ino)
+            if d is None and ino not in self._pending:
+                # truncate(2) of a file nobody writes here: a new version that keeps
+                # the chunks before the cut (no copy of the file)
+                with self.client.engine.read() as txn:
+                    path = self._path(txn, ino)
+                self.client.truncate(path, size)
+                m = self.client.manifest_ino(ino)
+                self._seen_version[ino] = m.version
+                return
             temporary = d is None
             if d is None:
                 d = self._dirty[ino] = _Dirty(ino, writers=1)
@@ -517,28 +654,94 @@ class HutongOperations(pyfuse3.Operations):
         return await self._run(op)
 
     def _commit(self, d: _Dirty) -> None:
-        """Commit the temporary content of `d` as the file's new version."""
-        with d.lock:
-            if not d.dirty or d.tmp is None:
-                return
-            tmp, ino, mtime = d.tmp, d.ino, d.mtime_ns
-            tmp.seek(0)
-            with self.client.store.writer() as session:
-                refs = session.store_stream(tmp)
+        """Commit the content of `d` (and create its file if it is new here); returns
+        once committed. Commits queued meanwhile by other threads share one writer
+        session: one pack write and one metadata transaction for all of them."""
+        with self._lock:
+            pending = d.ino in self._pending
+        if not pending and (not d.dirty or d.tmp is None):
+            return
+        fut: Future[None] = Future()
+        self._commits.put((d, fut))
+        fut.result()
 
-                def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
-                    node = txn.get_inode(ino)
-                    if node is None or node.kind != Kind.FILE:
-                        log.info("inode %d was removed before its writes were committed", ino)
-                        return Manifest(0, tuple(r))  # releases what was just referenced
-                    old = namespace.write_file(txn, self._path(txn, ino), r, mtime_ns=mtime)
-                    new = txn.get_inode(ino)
-                    if new is not None:
-                        self._seen_version[ino] = new.version
-                    return old
-                session.add_file(refs, action)
+    def _commit_loop(self) -> None:
+        """The committer thread: takes every queued commit and commits them together."""
+        while True:
+            item = self._commits.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:
+                try:
+                    more = self._commits.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._commits.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            try:
+                self._commit_batch([d for d, _ in batch])
+            except BaseException as e:
+                if len(batch) == 1:
+                    batch[0][1].set_exception(e)
+                    continue
+                for d, fut in batch:  # one by one, so each error reaches its file
+                    try:
+                        self._commit_batch([d])
+                    except BaseException as e1:
+                        fut.set_exception(e1)
+                    else:
+                        fut.set_result(None)
+                continue
+            for _, fut in batch:
+                fut.set_result(None)
+
+    def _commit_batch(self, items: list[_Dirty]) -> None:
+        """Commit `items` in one writer session (their locks held throughout)."""
+        unique = list({id(d): d for d in items}.values())
+        locked: list[_Dirty] = []
+        try:
+            for d in unique:
+                d.lock.acquire()
+                locked.append(d)
+            work = []
+            for d in unique:
+                with self._lock:
+                    new = d.ino in self._pending
+                if new or (d.dirty and d.tmp is not None):
+                    work.append((d, new))
+            if not work:
+                return
+            with self.client.store.writer() as session:
+                for d, new in work:
+                    refs: list[ChunkRef] = []
+                    if d.tmp is not None:
+                        d.tmp.seek(0)
+                        refs = session.store_stream(d.tmp)
+                    if new:
+                        action = self._create_action(d.ino)
+                        if d.mtime_ns is not None:
+                            with self._lock:
+                                self._pending[d.ino] = replace(self._pending[d.ino],
+                                                               mtime_ns=d.mtime_ns)
+                    else:
+                        action = self._update_action(d.ino, d.mtime_ns)
+                    session.add_file(refs, action)
                 session.commit()
-            d.dirty = False
+            for d, new in work:
+                d.dirty = False
+                if new:
+                    with self._lock:
+                        node = self._pending.pop(d.ino, None)
+                        if node is not None:
+                            name = self._names.get(d.ino, (0, ""))[1]
+                            self._pending_names.pop((node.parent, name), None)
+                    self._seen_version[d.ino] = 1
+        finally:
+            for d in locked:
+                d.lock.release()
 
     def _drop_writer(self, d: _Dirty) -> None:
         with self._lock:
@@ -552,16 +755,21 @@ class HutongOperations(pyfuse3.Operations):
 
     async def flush(self, fh: int) -> None:
         h = self._handles.get(fh)
-        if h is not None and h.writable:
-            d = self._dirty.get(h.ino)
-            if d is not None:
-                await self._run(self._commit, d)
+        if h is None:
+            return
+        d = self._dirty.get(h.ino) if h.writable else None
+        if d is None and h.ino in self._pending:
+            d = _Dirty(h.ino)
+        if d is not None:
+            await self._run(self._commit, d)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.flush(fh)
 
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
+        if h is not None and not h.writable and h.ino in self._pending:
+            await self._run(self._commit, _Dirty(h.ino))
         if h is None or not h.writable:
             return
         d = self._dirty.get(h.ino)
@@ -577,6 +785,8 @@ class HutongOperations(pyfuse3.Operations):
 
     # -- extended attributes -------------------------------------------------
     def _facts(self, ino: int) -> dict[bytes, bytes]:
+        if ino in self._pending:
+            self._settle()
         with self.client.engine.read() as txn:
             node = namespace.get(txn, ino)
             out = {b"version": str(node.version).encode(), b"ino": str(ino).encode(),
@@ -610,6 +820,8 @@ class HutongOperations(pyfuse3.Operations):
         def op() -> bytes:
             if name.startswith(HUTONG_XATTR):
                 value = self._facts(inode).get(name[len(HUTONG_XATTR):])
+            elif inode in self._pending or not name.startswith(b"user."):
+                value = None  # a new file has none yet (setxattr commits it first)
             else:
                 with self.client.engine.read() as txn:
                     namespace.get(txn, inode)
@@ -623,6 +835,8 @@ class HutongOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         def op() -> list[bytes]:
             prefix = _XATTR_KEY.pack(inode)
+            if inode in self._pending:
+                return []
             with self.client.engine.read() as txn:
                 namespace.get(txn, inode)
                 return [k[len(prefix):] for k, _ in txn.iter_values("xattrs", prefix)]

@@ -14,7 +14,9 @@ import tempfile
 import time
 from typing import Any
 
+from gfs.cache import DEFAULT_POLICY, POLICIES
 from gfs.client import Client
+from gfs.disk_cache import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import HutongError, StateError
 
 #: Seconds `mount --background` waits for the mount to come up.
@@ -41,6 +43,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     help="how long the kernel caches attributes and names (1)")
     sp.add_argument("--cache-size", type=_size, default=256 << 20, metavar="BYTES",
                     help="memory cache of decompressed chunks (256MiB)")
+    sp.add_argument("--disk-cache", choices=("auto", "on", "off"), default="auto",
+                    help="disk tier of stored chunks: auto = chunks of pools not on local "
+                    "disk, on = every chunk, off (auto)")
+    sp.add_argument("--disk-cache-dir", metavar="DIR",
+                    help=f"disk tier directory (${CACHE_DIR_ENV}, else STATE/cache)")
+    sp.add_argument("--disk-cache-size", type=_size, metavar="BYTES",
+                    help=f"disk tier capacity (${CACHE_BYTES_ENV}, else 4GiB)")
+    sp.add_argument("--cache-policy", choices=sorted(POLICIES), default=DEFAULT_POLICY,
+                    help=f"eviction policy of both tiers ({DEFAULT_POLICY})")
     sp.add_argument("--allow-other", action="store_true", help="let other users in")
     sp.add_argument("--log", metavar="FILE", help="with --background: write logs here")
     sp.add_argument("--fuse-debug", action="store_true", help="log every FUSE request")
@@ -50,13 +61,24 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.set_defaults(func=cmd_umount)
     sp = sub.add_parser("cache", parents=[common], help="local cache tiers")
     csub = sp.add_subparsers(dest="cache_command", metavar="SUBCOMMAND", required=True)
-    cp = csub.add_parser("stats", parents=[common], help="statistics of a mount's cache")
-    cp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    cp = csub.add_parser("stats", parents=[common],
+                         help="statistics of the cache tiers (of a running mount, or the "
+                         "disk tier's saved ones)")
+    cp.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?",
+                    help="a running mount (memory and disk tiers); without it, the disk "
+                    "tier of the store")
+    cp.add_argument("--disk-cache-dir", metavar="DIR",
+                    help=f"disk tier directory (${CACHE_DIR_ENV}, else STATE/cache)")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_cache_stats)
     sp = sub.add_parser("warmup", parents=[common],
-                        help="read files ahead of use (a path in a mount, or a namespace path)")
+                        help="read files ahead of use: through a mount (a path in it), or "
+                        "into the disk tier (a namespace path)")
     sp.add_argument("path", metavar="PATH")
+    sp.add_argument("--disk-cache-dir", metavar="DIR",
+                    help=f"disk tier directory (${CACHE_DIR_ENV}, else STATE/cache)")
+    sp.add_argument("--disk-cache-size", type=_size, metavar="BYTES",
+                    help=f"disk tier capacity (${CACHE_BYTES_ENV}, else 4GiB)")
     sp.set_defaults(func=cmd_warmup)
 
 
@@ -65,7 +87,12 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     if args.state is not None:
         argv += ["--state", str(args.state)]
     argv += ["mount", os.path.abspath(args.mountpoint), "--attr-timeout",
-             str(args.attr_timeout), "--cache-size", str(args.cache_size)]
+             str(args.attr_timeout), "--cache-size", str(args.cache_size),
+             "--disk-cache", args.disk_cache, "--cache-policy", args.cache_policy]
+    if args.disk_cache_dir:
+        argv += ["--disk-cache-dir", os.path.abspath(args.disk_cache_dir)]
+    if args.disk_cache_size is not None:
+        argv += ["--disk-cache-size", str(args.disk_cache_size)]
     if args.allow_other:
         argv.append("--allow-other")
     if args.fuse_debug:
@@ -97,7 +124,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
             print(f"mounted at {mp} (pid {child.pid}); `hutong umount {mp}` to stop")
         return 0
     opts = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.attr_timeout,
-                        cache_bytes=args.cache_size, allow_other=args.allow_other,
+                        cache_bytes=args.cache_size, disk_cache=args.disk_cache,
+                        disk_cache_dir=args.disk_cache_dir,
+                        disk_cache_bytes=args.disk_cache_size, cache_policy=args.cache_policy,
+                        allow_other=args.allow_other,
                         debug=args.fuse_debug)
     with Client(args.state) as fs:
         run_mount(fs, mp, opts)
@@ -111,21 +141,49 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_disk(d: dict[str, Any]) -> None:
+    lookups = d["hits"] + d["misses"]
+    ratio = d["hits"] / lookups if lookups else 0.0
+    print(f"disk tier ({d['mode']}, {d['policy']}, {d['path']}): {d['bytes_cached']}/"
+          f"{d['capacity']} bytes in {d['entries']} chunks; hits {d['hits']}, misses "
+          f"{d['misses']} (hit ratio {ratio:.1%}); admitted {d['admitted']}; evictions "
+          f"{d['evictions']}; damaged files dropped {d['corrupt_dropped']}")
+
+
 def cmd_cache_stats(args: argparse.Namespace) -> int:
+    from gfs.config import state_dir
+    from gfs.disk_cache import cache_dir, offline_stats
+
+    if args.mountpoint is None:  # no mount needed: the disk tier's saved counters
+        root = cache_dir(state_dir(args.state), args.disk_cache_dir)
+        found = offline_stats(root)
+        if found is None:
+            raise StateError(f"no disk cache at {root}; it is made by `hutong mount` or "
+                             "`hutong warmup PATH` (or pass --disk-cache-dir)")
+        disk = found.to_dict()
+        if args.json:
+            print(json.dumps({"disk": disk}, indent=2))
+        else:
+            _print_disk(disk)
+        return 0
     try:
         raw = os.getxattr(args.mountpoint, "user.hutong.cache")
     except OSError as e:
-        raise HutongError(f"{args.mountpoint} is not a Hutong mount ({e.strerror})") from None
+        raise HutongError(f"{args.mountpoint} is not a Hutong mount ({e.strerror}); "
+                          "omit MOUNTPOINT for the disk tier's saved statistics") from None
     stats = json.loads(raw)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
     lookups = stats["hits"] + stats["misses"]
     ratio = stats["hits"] / lookups if lookups else 0.0
-    print(f"memory tier: {stats['bytes_cached']}/{stats['capacity']} bytes in "
+    print(f"memory tier ({stats.get('policy', '?')}): {stats['bytes_cached']}/"
+          f"{stats['capacity']} bytes in "
           f"{stats['entries']} chunks; hits {stats['hits']}, misses {stats['misses']} "
           f"(hit ratio {ratio:.1%}); prefetched {stats['prefetched']}; "
           f"evictions {stats['evictions']}; read from store {stats['bytes_from_store']} bytes")
+    if stats.get("disk"):
+        _print_disk(stats["disk"])
     return 0
 
 
@@ -141,15 +199,48 @@ def cmd_warmup(args: argparse.Namespace) -> int:
                 while data := f.read(8 << 20):
                     total += len(data)
             files += 1
-    else:
-        with Client(args.state) as c:
-            for st in c.walk(args.path):
-                if st.kind != "file":
-                    continue
-                with c.open(st.path, "rb") as g:
-                    while data := g.read(8 << 20):
-                        total += len(data)
-                files += 1
+        if not args.quiet:
+            print(f"warmed {files} files, {total} bytes (through the mount)")
+        return 0
+    from gfs.disk_cache import DiskCache, cache_capacity, cache_dir
+
+    with Client(args.state) as c:
+        root = cache_dir(c.state, args.disk_cache_dir)
+        disk = DiskCache(root, cache_capacity(args.disk_cache_size), admit_local=True)
+        try:
+            if not disk.owner:
+                raise StateError(f"the disk cache {root} is in use by a running mount; warm "
+                                 "up through the mount instead (`hutong warmup "
+                                 "MOUNTPOINT/PATH`)")
+            files, total, added = warm_disk_tier(c, disk, args.path)
+            stats = disk.stats()
+        finally:
+            disk.close()
     if not args.quiet:
-        print(f"warmed {files} files, {total} bytes")
+        print(f"warmed {files} files, {total} bytes: {added} chunks added to the disk tier "
+              f"({stats.bytes_cached}/{stats.capacity} bytes in {stats.entries} chunks)")
     return 0
+
+
+def warm_disk_tier(client: Client, disk: Any, path: str) -> tuple[int, int, int]:
+    """Put the stored chunks of every file under namespace `path` in `disk`;
+    returns (files, bytes, chunks added)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo: dict[bytes, str] = {}
+    files = total = 0
+    for st in client.walk(path):
+        if st.kind != "file":
+            continue
+        m = client.manifest(st.path)
+        files += 1
+        total += st.size
+        for ref in m.chunks:
+            if ref.id not in todo and ref.id not in disk:
+                todo[ref.id] = st.path
+    with ThreadPoolExecutor(4, thread_name_prefix="hutong-warmup") as pool:
+        done = pool.map(lambda item: disk.fetch(client.store, item[0], item[1], admit=True),
+                        todo.items())
+        for _ in done:
+            pass
+    return files, total, sum(1 for cid in todo if cid in disk)
