@@ -224,8 +224,9 @@ class Dataset:
         return ds
 
     def refresh(self, stores: Stores) -> Dataset:
-        """The same selection resolved again (new files, moved chunks)."""
-        return Dataset.resolve(self.name, self.selectors, stores, missing_ok=True)
+        """The same files, with where their chunks live now (`resolve` again for new files)."""
+        return Dataset(self.name, self.selectors, list(self.files), dict(self.lengths),
+                       locate(self.lengths, stores))
 
 
 def locate(ids: Iterable[bytes], stores: Stores) -> dict[bytes, dict[str, str]]:

@@ -173,7 +173,7 @@ class Runtime:
             if c is not None:
                 return c
             s = self.topo.site(site)
-            if s.status != "up":
+            if s.status != "up" or site in self._dead:
                 raise SiteLostError(site, f"site {site} is down; its tasks cannot run")
             from distributed import Client, LocalCluster
 
@@ -197,7 +197,7 @@ class Runtime:
     def mover(self, site: str) -> tuple[tuple[str, int], bytes]:
         """(address, secret) of the mover server serving `site`'s store."""
         s = self.topo.site(site)
-        if s.status != "up":
+        if s.status != "up" or site in self._dead:
             raise SiteLostError(site, f"site {site} is down; its chunks cannot be fetched")
         if s.mover:
             host, _, port = s.mover.rpartition(":")
@@ -216,6 +216,7 @@ class Runtime:
     def fail_site(self, site: str) -> None:
         """Fault injection: stop `site`'s cluster and mover as if the site crashed."""
         with self._lock:
+            self._dead.add(site)
             srv = self._movers.pop(site, None)
             client = self._clients.pop(site, None)
             cluster = self._clusters.pop(site, None)
@@ -227,7 +228,6 @@ class Runtime:
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close(timeout=5)
-        self._dead.add(site)
 
     def alive(self, site: str) -> bool:
         """Whether `site`'s cluster answers and has a worker."""

@@ -138,7 +138,8 @@ class Dataflow:
                                    self.rt.stores)
         if isinstance(inputs, str):
             if inputs in self.datasets:
-                return self.datasets[inputs].refresh(self.rt.stores)
+                ds = self.datasets[inputs]
+                return Dataset.resolve(ds.name, ds.selectors, self.rt.stores)
             return Dataset.resolve(inputs, inputs, self.rt.stores)
         if isinstance(inputs, Sequence) and inputs and all(isinstance(d, Dataset)
                                                             for d in inputs):
