@@ -15,7 +15,9 @@ kernel then forwards it to its destination. The link of a site has
   the RTT between sites a and b is 2 * (delay(a) + delay(b));
 * rate: tbf on both ends of its veth (its upload and its download);
 * loss: nftables `numgen random mod 1000000 < N drop` on the packets it
-  sends, before the delay line (each packet gets one chance to be lost).
+  sends, as they leave the delay line: there every packet is one wire
+  packet (a TUN device without offloads gets TSO/GRO super-packets cut to
+  the MTU), so loss is per 1500-byte packet, never a whole 64 KiB burst.
 
 Kernels here have neither netem nor fq, and a TCP proxy that delays bytes
 does not reproduce TCP under latency (it splits the connection), hence the
@@ -283,8 +285,8 @@ def emulated_wan(sites: Sequence[str] | Mapping[str, Link] = ("a", "b"), *, rtt:
                 queue = max(0.020, 2 * (link.delay + slowest))
                 _sh(_tbf(ns, "wan0", link.rate_bps, queue))
                 _sh(_tbf(router, rdev, link.rate_bps, queue))
-            if link.loss > 0:
-                nft.append(f'  iifname "{rdev}" numgen random mod 1000000 < '
+            if link.loss > 0:  # on the way out of the delay line: one wire packet each
+                nft.append(f'  iifname "delay0" ip saddr {net} numgen random mod 1000000 < '
                            f"{round(link.loss * 1e6)} drop")
             rules.append((4, net.network_address.packed.hex(), 24, round(link.delay * 1e9)))
             wan.sites[name] = Site(name, ns, addr, link)
