@@ -227,13 +227,16 @@ def _tbf(ns: str, dev: str, rate_bps: float, queue_s: float) -> list[str]:
 @contextlib.contextmanager
 def emulated_wan(sites: Sequence[str] | Mapping[str, Link] = ("a", "b"), *, rtt: float = 0.040,
                  rate_bps: float | None = 1e9, loss: float = 0.0, mtu: int = 1500,
-                 slots: int | None = None, congestion: str | None = None) -> Iterator[Wan]:
+                 slots: int | None = None, congestion: str | None = None,
+                 nice: int = 0) -> Iterator[Wan]:
     """Build the WAN, yield it, always tear it down (namespaces and processes).
 
     `sites` names the sites, all with the same link (`rtt` between any two,
     `rate_bps` each way, `loss` per packet sent), or maps names to their own
     `Link`. `congestion` sets the sites' TCP congestion control (a name from
     net.ipv4.tcp_available_congestion_control; None keeps the kernel's).
+    `nice` < 0 raises the delay line's priority (root only) so that other
+    work on a busy machine does not stretch the emulated latency.
     Raises `WanUnavailableError` when this machine cannot build it.
     """
     links = dict(sites) if isinstance(sites, Mapping) else \
@@ -297,7 +300,8 @@ def emulated_wan(sites: Sequence[str] | Mapping[str, Link] = ("a", "b"), *, rtt:
                        for lk in links.values())
         nslots = slots or int(min(1 << 20, max(4096, 2 * inflight / mtu + 2048)))
         delayline = subprocess.Popen(
-            ["ip", "netns", "exec", router, sys.executable, "-c", _DELAYLINE_MAIN,
+            ["ip", "netns", "exec", router, "nice", "-n", str(nice), sys.executable, "-c",
+             _DELAYLINE_MAIN,
              _delayline_so(), "delay0", str(mtu), str(nslots), json.dumps(rules)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert delayline.stdout is not None
