@@ -25,6 +25,7 @@ import logging
 import mmap
 import os
 import struct
+import tempfile
 import threading
 import time
 from collections import deque
@@ -185,18 +186,38 @@ def _unique(ids: Iterable[bytes]) -> list[bytes]:
 
 
 class Source:
-    """Resolves chunk ids to the byte ranges of their blobs in local pack files."""
+    """Resolves chunk ids to the byte ranges of their blobs, for the C sender.
+
+    A blob in a local pool is sent straight from its pack file. A blob whose
+    copies are all in other pools (`s3://`, `memory://`...) is read with
+    `Pool.get` into a *staging file* in the state's `tmp/` directory, one per
+    batch, and sent from there. The C sender sends a batch completely before
+    its thread resolves the next one, so a thread's staging file is deleted
+    at its next `resolve`, when its thread has ended, or at `close`; a crash
+    leaves a temporary that gc removes.
+    """
 
     def __init__(self, store: ChunkStore) -> None:
         self.store = store
+        self._staging: dict[int, str] = {}  # native thread id -> staging file
+        self._lock = threading.Lock()
+        self.staged = 0
+        """Blobs sent through staging files (copies in no local pool)."""
 
     def resolve(self, ids: bytes) -> list[tuple[str, int, int] | None]:
-        """(path, offset, length) of each id's blob, None when not held locally."""
+        """(path, offset, length) of each id's blob, None when no pool holds it."""
+        self._release(threading.get_native_id())
         out: list[tuple[str, int, int] | None] = []
+        remote: list[tuple[int, ChunkRecord]] = []
         with self.store.engine.read() as txn:
             for k in range(0, len(ids), CHUNK_ID_LEN):
                 rec = txn.get_chunk(ids[k : k + CHUNK_ID_LEN])
-                out.append(self._where(rec))
+                where = self._where(rec)
+                if where is None and rec is not None:
+                    remote.append((len(out), rec))
+                out.append(where)
+        if remote:
+            self._stage(remote, out)
         return out
 
     def _where(self, rec: ChunkRecord | None) -> tuple[str, int, int] | None:
@@ -206,9 +227,59 @@ class Source:
             path = self.store.pool(loc.pool).local_path(pack_key(loc.pack))
             if path is not None:
                 return path, loc.offset, loc.length
-        log.warning("chunk %s has no copy in a local pool; the mover cannot send it",
+        return None
+
+    def _stage(self, remote: list[tuple[int, ChunkRecord]],
+               out: list[tuple[str, int, int] | None]) -> None:
+        tmp = self.store.state / "tmp"
+        tmp.mkdir(exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="mover-stage-", suffix=".tmp", dir=tmp)
+        with self._lock:
+            self._staging[threading.get_native_id()] = path
+        at = 0
+        with os.fdopen(fd, "wb") as f:
+            for i, rec in remote:
+                blob = self._get(rec)
+                if blob is None:
+                    continue
+                f.write(blob)
+                out[i] = (path, at, len(blob))
+                at += len(blob)
+                self.staged += 1
+
+    def _get(self, rec: ChunkRecord) -> bytes | None:
+        for loc in rec.locations:
+            try:
+                blob = self.store.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
+                                                     loc.offset + loc.length)
+            except OSError as e:
+                log.warning("chunk %s: pool %d unreadable (%s); trying another copy",
+                            rec.id.hex(), loc.pool, e)
+                continue
+            if len(blob) == loc.length:
+                return blob
+        log.warning("chunk %s: no pool returned its blob; the mover reports it missing",
                     rec.id.hex())
         return None
+
+    def _release(self, tid: int) -> None:
+        """Delete the staging file of thread `tid` and those of threads that have ended."""
+        with self._lock:
+            done = [t for t in self._staging
+                    if t == tid or not os.path.exists(f"/proc/self/task/{t}")]
+            paths = [self._staging.pop(t) for t in done]
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def close(self) -> None:
+        """Delete every staging file (the sender must be stopped)."""
+        with self._lock:
+            paths = list(self._staging.values())
+            self._staging.clear()
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 class Receiver:
@@ -486,6 +557,7 @@ class MoverServer:
         if self._server is not None:
             self._server.close()
             self._server = None
+            self._source.close()
 
     def __enter__(self) -> MoverServer:
         return self
@@ -656,8 +728,12 @@ def send(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret
     attempt = 0
     while held:
         before = stats.chunks
-        failures = _run(_mover.OP_SEND, peer, secret, held, stats, streams=streams,
-                        timeout=timeout, sendfile=sendfile, progress=progress, source=source)
+        try:
+            failures = _run(_mover.OP_SEND, peer, secret, held, stats, streams=streams,
+                            timeout=timeout, sendfile=sendfile, progress=progress,
+                            source=source)
+        finally:
+            source.close()
         if not failures:
             break
         fatal = [f for f in failures if f[0] not in _RETRYABLE]

@@ -589,3 +589,26 @@ def test_congestion_control_is_checked(src: Client, dst: Client) -> None:
     with mover.MoverServer(src, SECRET, congestion=allowed[0]) as srv:
         stats = mover.fetch(dst, srv.address, ids, SECRET)
     assert stats.committed == len(set(ids))
+
+
+def _not_local(c: Client) -> None:
+    """Make the store's pools answer like object stores: no local paths, only `get`."""
+    for rec in c.store.pool_records():
+        pool = c.store.pool(rec.id)
+        pool.local_path = lambda key: None  # type: ignore[method-assign]
+
+
+def test_non_local_pool_serves_fetch_and_send(src: Client, dst: Client,
+                                              tmp_path: Path) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    _not_local(src)
+    with mover.MoverServer(src, SECRET) as srv:
+        stats = mover.fetch(dst, srv.address, ids, SECRET, streams=2)
+        assert srv._source.staged >= len(set(ids))
+    assert stats.committed == len(set(ids)) and not stats.missing
+    assert list((src.state / "tmp").glob("mover-stage-*")) == []
+    with Client.init(tmp_path / "third") as third, mover.MoverServer(third, SECRET) as srv:
+        sent = mover.send(src, srv.address, ids, SECRET)
+        assert sent.committed == len(set(ids)) and not sent.missing
+    assert list((src.state / "tmp").glob("mover-stage-*")) == []
+    _assert_clean(dst)
