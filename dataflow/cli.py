@@ -14,7 +14,7 @@ A job file (TOML, or JSON when it ends in .json)::
     only = "region=cn-west"
     deadline = 60.0                   # seconds
     budget = 1.0                      # money
-    objective = "time"                # or "money"
+    objective = "balanced"            # or "time" or "money"
     compute_mbps = 800                # input processing rate of one slot
 
 Registered through `gfs.cli.EXTENSIONS`.
@@ -55,7 +55,7 @@ class JobFile:
     constraints: Constraints = field(default_factory=Constraints)
     deadline: float | None = None
     budget: float | None = None
-    objective: str = "time"
+    objective: str = "balanced"
     compute_mbps: float | None = None
     job_id: str | None = None
 
@@ -131,9 +131,10 @@ def load_job(path: str | Path) -> JobFile:
     only = c.get("only", "")
     if not isinstance(only, str):
         raise ConfigError(f"job file {p}: constraints.only must be a site expression")
-    objective = c.get("objective", "time")
-    if objective not in ("time", "money"):
-        raise ConfigError(f"job file {p}: constraints.objective must be 'time' or 'money'")
+    objective = c.get("objective", "balanced")
+    if objective not in ("time", "balanced", "money"):
+        raise ConfigError(f"job file {p}: constraints.objective must be 'time', 'balanced' "
+                          f"or 'money'")
     job = JobFile(p, str(data.get("name", p.stem)),
                   (p.parent / sites).absolute() if sites else None, inputs, entry, output,
                   at, per_task, Constraints(frozenset(forbid), only), objective=objective,

@@ -5,11 +5,14 @@ A *placement* maps each task to a site. For a destination site d:
 * missing(d) = (union of the chunks of d's tasks) - (chunks d holds): shared
   chunks count once, chunks d holds count zero. Each missing chunk comes from
   the holder with the fastest link to d (cheaper price breaks ties).
-* transfer(d) = max over sources s of rtt(s,d) * (2 + ceil(n(s,d) / 4096))
-  + bytes(s,d) / bandwidth(s,d)   (sources are fetched in parallel).
-* compute(d) = sum of task input bytes / compute rate, spread over d's slots;
-  tasks whose inputs are all local start at once, the others after the
-  prefetch: time(d) = backlog(d) + max(transfer(d), local(d)) + remote(d).
+* flow(s,d) = rtt(s,d) * (2 + ceil(n(s,d) / 4096)) + max(bytes(s,d) /
+  bandwidth(s,d), out(s) / nic(s)): sources are fetched in parallel, but the
+  flows leaving one site share its network interface (`Site.nic`, 0: no cap);
+  transfer(d) = max(max over s of flow(s,d), in(d) / nic(d)).
+* compute(d) = sum of task input bytes / compute rate, spread over d's slots
+  but never shorter than its longest task; tasks whose inputs are all local
+  start at once, the others after the prefetch:
+  time(d) = backlog(d) + max(transfer(d), local(d)) + remote(d).
 * makespan = max over used d of time(d).
 * money = sum bytes(s,d) * price(s,d) / 1e9 + compute seconds * price per core
   hour / 3600 + bytes read from cold tiers * COLD_READ_PRICE / 1e9.
@@ -195,14 +198,14 @@ class CostModel:
         wan = 0
         money = 0.0
         logical = 0
+        per_pair: dict[tuple[str, str], list[int]] = {}
+        compute: dict[str, tuple[float, float, float, float]] = {}
         for d, ts in sorted(by_site.items()):
             need: dict[bytes, int] = {}
             for t in ts:
                 need.update(t.chunks)
-            per_src: dict[str, list[int]] = {}
             cold = 0
             unavailable: list[bytes] = []
-            remote_tasks: set[str] = set()
             missing_ids: set[bytes] = set()
             for cid, n in need.items():
                 src = self.source(cid, d)
@@ -212,7 +215,7 @@ class CostModel:
                 if src == d:
                     continue
                 missing_ids.add(cid)
-                acc = per_src.setdefault(src, [0, 0])
+                acc = per_pair.setdefault((src, d), [0, 0])
                 acc[0] += 1
                 acc[1] += n
                 if self.locations[cid].get(src) == "cold":
@@ -221,30 +224,45 @@ class CostModel:
                 raise PlanError(f"{len(unavailable)} chunk(s) of the inputs are held by no up "
                                 f"site (first {unavailable[0].hex()}); restore the lost site "
                                 f"or re-create the files")
-            transfer = 0.0
-            for src, (nchunks, nbytes) in sorted(per_src.items()):
-                lk = self.link(src, d)
-                secs = lk.transfer_seconds(nbytes, nchunks)
-                m = nbytes * lk.price_per_gb / 1e9
-                flows.append(Flow(src, d, nchunks, nbytes, secs, m))
-                transfer = max(transfer, secs)
-                wan += nbytes
-                money += m
             money += cold * COLD_READ_PRICE / 1e9
-            local = remote = 0.0
+            local = remote = longest_local = longest_remote = 0.0
             for t in ts:
                 secs = self.task_seconds(t, d)
                 if any(c in missing_ids for c in t.chunks):
                     remote += secs
-                    remote_tasks.add(t.id)
+                    longest_remote = max(longest_remote, secs)
                     logical += sum(f.size for f in t.files if d not in f.sites)
                 else:
                     local += secs
+                    longest_local = max(longest_local, secs)
+            compute[d] = (local, remote, longest_local, longest_remote)
+        # Flows out of one site share its NIC, flows into one site share its NIC.
+        out_bytes: dict[str, int] = {}
+        in_bytes: dict[str, int] = {}
+        for (src, d), (_, nbytes) in per_pair.items():
+            out_bytes[src] = out_bytes.get(src, 0) + nbytes
+            in_bytes[d] = in_bytes.get(d, 0) + nbytes
+        transfer: dict[str, float] = {}
+        for (src, d), (nchunks, nbytes) in sorted(per_pair.items()):
+            lk = self.link(src, d)
+            secs = lk.transfer_seconds(nbytes, nchunks)
+            nic = self.topo.sites[src].nic
+            if nic > 0:
+                secs = max(secs, secs - nbytes / lk.bandwidth + out_bytes[src] / nic)
+            m = nbytes * lk.price_per_gb / 1e9
+            flows.append(Flow(src, d, nchunks, nbytes, secs, m))
+            transfer[d] = max(transfer.get(d, 0.0), secs)
+            wan += nbytes
+            money += m
+        for d, (local, remote, long_l, long_r) in compute.items():
             info = self.topo.site(d)
+            xfer = transfer.get(d, 0.0)
+            if info.nic > 0:
+                xfer = max(xfer, in_bytes.get(d, 0) / info.nic)
             money += (local + remote) * info.price_core_hour / 3600
             slots = max(1, info.slots)
-            span = self.backlog.get(d, 0.0) + max(transfer, local / slots) + remote / slots
-            site_seconds[d] = span
+            site_seconds[d] = self.backlog.get(d, 0.0) + max(xfer, local / slots, long_l) + \
+                max(remote / slots, long_r)
         seconds = self.startup + max(site_seconds.values(), default=0.0)
         return Estimate(seconds, wan, money, flows, site_seconds, logical)
 

@@ -93,7 +93,7 @@ class Dataflow:
     """Sites, datasets and jobs: the entry point of the data-scheduling API."""
 
     def __init__(self, topo: Topology, *, processes: bool = True, home: str | None = None,
-                 progress: bool = True, objective: Objective = "time",
+                 progress: bool = True, objective: Objective = "balanced",
                  federation: Any = None) -> None:
         """`federation` (a gfs.federation.FederationClient) makes `replicate` add rules."""
         self.topo = topo

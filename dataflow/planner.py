@@ -11,26 +11,30 @@ Alternatives evaluated (docs/dataflow.md, "Planner"):
   time to the site that lowers the objective most, until no move helps (shared
   chunks of tasks placed together are fetched once, so the search groups them).
 
-The objective `time` takes the lowest makespan, preferring the cheaper plan
-among those within `TOLERANCE` of it; `money` the cheapest, then the fastest.
+Objectives: `time` takes the lowest makespan, preferring the cheaper plan among
+those within 2 % of it; `balanced` (the default) the cheapest plan (money, then
+bytes moved) among those within 50 % of the fastest; `money` the cheapest, then
+the fastest.
 A `deadline` (seconds) or `budget` (money) rejects alternatives past it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from dataflow.cost import CostModel, Estimate, Task
 from dataflow.errors import PlanError
 
-#: Plans within this fraction of the fastest count as equally fast (the cheaper wins).
-TOLERANCE = 0.02
+#: Per objective: plans within this fraction of the fastest count as fast enough
+#: (the cheaper wins).
+TOLERANCES = {"time": 0.02, "balanced": 0.5}
+TOLERANCE = TOLERANCES["time"]
 #: Passes of the local search of `split by locality`.
 MAX_PASSES = 4
 
-Objective = Literal["time", "money"]
+Objective = Literal["time", "balanced", "money"]
 
 
 @dataclass
@@ -52,7 +56,7 @@ class Plan:
     placement: dict[str, str]
     estimate: Estimate
     alternatives: list[Alternative]
-    objective: str = "time"
+    objective: str = "balanced"
 
     def sites(self) -> list[str]:
         """Sites that run at least one task."""
@@ -110,19 +114,23 @@ def _human(n: float) -> str:
 class Planner:
     """Chooses a placement for a job's tasks under a cost model."""
 
-    def __init__(self, objective: Objective = "time", *, deadline: float | None = None,
-                 budget: float | None = None) -> None:
-        if objective not in ("time", "money"):
-            raise PlanError(f"objective must be 'time' or 'money', got {objective!r}")
+    def __init__(self, objective: Objective = "balanced", *, deadline: float | None = None,
+                 budget: float | None = None, tolerance: float | None = None) -> None:
+        if objective not in ("time", "balanced", "money"):
+            raise PlanError(f"objective must be 'time', 'balanced' or 'money', got "
+                            f"{objective!r}")
         self.objective: Objective = objective
         self.deadline = deadline
         self.budget = budget
+        self.tolerance = tolerance if tolerance is not None else TOLERANCES.get(objective, 0.0)
+        if not 0 <= self.tolerance <= 100:
+            raise PlanError(f"tolerance must be 0 to 100 (a fraction), got {tolerance}")
 
     def key(self, e: Estimate, best_seconds: float) -> tuple[float, ...]:
         """Ordering of estimates under the objective."""
         if self.objective == "money":
             return (round(e.money, 9), e.seconds, e.wan_bytes)
-        slow = e.seconds > best_seconds * (1 + TOLERANCE) + 1e-9
+        slow = e.seconds > best_seconds * (1 + self.tolerance) + 1e-9
         return (float(slow), e.seconds if slow else 0.0, round(e.money, 9), e.wan_bytes,
                 e.seconds)
 
@@ -203,8 +211,24 @@ class Planner:
 
     def _split(self, start: dict[str, str], tasks: Sequence[Task],
                allowed: dict[str, list[str]], model: CostModel) -> Alternative:
+        """Local search: first the objective strictly, then (`time`, `balanced`) the
+        cheapest placement whose makespan stays within the tolerance of the fastest found."""
         placement = dict(start)
         best = model.estimate(placement, tasks)
+        best = self._search(placement, best, tasks, allowed, model, self._score)
+        if self.objective != "money":
+            limit = best.seconds * (1 + self.tolerance)
+
+            def cheap(e: Estimate) -> tuple[float, ...]:
+                return (float(e.seconds > limit), round(e.money, 9), e.wan_bytes, e.seconds)
+            best = self._search(placement, best, tasks, allowed, model, cheap)
+        return Alternative("split by locality", placement, best)
+
+    @staticmethod
+    def _search(placement: dict[str, str], best: Estimate, tasks: Sequence[Task],
+                allowed: dict[str, list[str]], model: CostModel,
+                score: Callable[[Estimate], tuple[float, ...]]) -> Estimate:
+        """Move single tasks while `score` improves (at most MAX_PASSES passes)."""
         order = sorted(tasks, key=lambda t: -t.input_bytes)
         for _ in range(MAX_PASSES):
             improved = False
@@ -218,9 +242,9 @@ class Planner:
                         e = model.estimate(placement, tasks)
                     except PlanError:
                         continue
-                    if self._score(e) < self._score(best):
+                    if score(e) < score(best):
                         best, here, improved = e, s, True
                 placement[t.id] = here
             if not improved:
                 break
-        return Alternative("split by locality", placement, best)
+        return best

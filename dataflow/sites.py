@@ -53,6 +53,8 @@ class Site:
     price_core_hour: float = 0.0
     tier: str = "warm"
     status: str = "up"
+    nic: float = 0.0
+    """Bytes/s all of the site's transfers share, each way (0: links are independent)."""
 
     def attrs(self) -> dict[str, object]:
         """Attributes for site expressions (`region=cn-west & entity=bank-a`)."""
@@ -258,7 +260,7 @@ class Topology:
             if not isinstance(s, Mapping):
                 raise ConfigError(f"site {name!r} must be a table")
             bad = set(s) - {"region", "entity", "slots", "state", "mover", "scheduler",
-                            "compute_mbps", "price_core_hour", "tier"}
+                            "compute_mbps", "price_core_hour", "tier", "nic_mbps"}
             if bad:
                 raise ConfigError(f"site {name!r}: unknown key(s) {sorted(bad)}")
             slots = s.get("slots", 1)
@@ -277,7 +279,8 @@ class Topology:
                                        "compute_mbps") * 1e6 / 8,
                 price_core_hour=_nonneg(s.get("price_core_hour", 0.0),
                                         f"site {name!r} price_core_hour"),
-                tier=str(s.get("tier", "warm")))
+                tier=str(s.get("tier", "warm")),
+                nic=_nonneg(s.get("nic_mbps", 0), f"site {name!r} nic_mbps") * 1e6 / 8)
         d = data.get("defaults", {})
         if not isinstance(d, Mapping):
             raise ConfigError("sites file: [defaults] must be a table")

@@ -95,12 +95,20 @@ def test_planner_picks_the_best_alternative_and_obeys_forbid(w: dict[str, object
                                                              forbid: set[str]) -> None:
     topo, tasks, locations, _ = _build(w)
     model = CostModel(topo, locations, Constraints(forbid=frozenset(forbid)))
-    plan = Planner().plan(tasks, model)
+    plan = Planner("time").plan(tasks, model)
     assert not set(plan.placement.values()) & forbid
     for a in plan.alternatives:
         if a.estimate is not None:
             assert plan.estimate.seconds <= a.estimate.seconds * (1 + TOLERANCE) + 1e-9
     assert "chosen" in plan.explain()
+    # balanced: within its tolerance of the fastest, and the cheapest of those
+    bal = Planner("balanced")
+    plan = bal.plan(tasks, model)
+    fastest = min(a.estimate.seconds for a in plan.alternatives if a.estimate)
+    assert plan.estimate.seconds <= fastest * (1 + bal.tolerance) + 1e-9
+    for a in plan.alternatives:
+        if a.estimate and a.estimate.seconds <= fastest * (1 + bal.tolerance):
+            assert plan.estimate.money <= a.estimate.money + 1e-9
 
 
 def test_owner_rules_and_grants_forbid_sites() -> None:

@@ -1,0 +1,553 @@
+"""`python -m bench schedule [--quick] [--no-real]`: the dataflow planner against baselines.
+
+**Simulation** (a scale we cannot run here): 24 sites in 4 regions (per region
+one compute centre with many slots, one general site, four data sites with
+few slots); links 10 Gbit/s inside a region, 0.3 to 2 Gbit/s between regions
+with 20 to 70 ms round trips and 0.02 to 0.09 per GB. Datasets come in
+families: each family has a base version at a data site and later versions
+(15 % of the chunks rewritten) ingested at other data sites, plus reference
+tables shared by many jobs. A trace of jobs arrives over time; a job runs a
+function per file (optionally joined with a reference file, or comparing two
+versions). Every policy is simulated on the same trace with the same truth:
+the dedup-aware cost model with the true links and the chunks each site holds
+at the job's arrival (chunks fetched by a job stay at its sites; sites queue
+work on their slots). Policies:
+
+* `planner`: dataflow's Planner, seeing links with ±15 % measurement noise;
+* `central`: every job moves its data to one central compute centre;
+* `largest-input`: every job runs where the largest share of its input files live;
+* `dask-like`: per task, Dask's `decide_worker` rule (docs: distributed,
+  "Scheduling Policies"): among the workers holding a dependency, the one
+  minimising occupancy + bytes to transfer / one global bandwidth (100 MB/s),
+  dependencies counted as whole files (no dedup, no knowledge of chunk caches).
+
+Reported: makespan (first arrival to last finish), bytes moved between sites,
+bytes moved between regions, money. Target: at least 2x fewer bytes moved and
+a lower makespan than the best baseline (the one with the lowest makespan).
+
+**Real run** (needs root for network namespaces): three sites as processes in
+an emulated WAN (gfs.testing.wan: tbf rate, nftables loss, delay line), each
+serving its store with `hutong mover serve`; the job's driver runs inside the
+compute site's namespace and its inputs come from the two others. The
+planner's estimate is compared with the measured time. Target: within 25 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bench.report import headline, table
+from dataflow.cost import CostModel, Task
+from dataflow.datasets import FileEntry
+from dataflow.planner import Planner
+from dataflow.sites import Link, Site, Topology
+from gfs.meta import ChunkRef, Manifest
+
+UNIT = 64 << 20                  # one simulated chunk: 64 MiB (chunk groups, for speed)
+DASK_BANDWIDTH = 100e6           # distributed.scheduler.bandwidth default
+REGIONS = ["north", "east", "west", "south"]
+
+
+# -- the simulated world ------------------------------------------------------------
+
+
+def build_topology(rnd: random.Random, per_region: int) -> tuple[Topology, Topology]:
+    """(truth, what the planner sees: every link measured with noise)."""
+    sites: dict[str, Site] = {}
+    for r in REGIONS:
+        for i in range(per_region):
+            kind = "hpc" if i == 0 else "gen" if i == 1 else "dat"
+            slots = {"hpc": 64, "gen": 8, "dat": 2}[kind]
+            name = f"{r}-{kind}{i}"
+            sites[name] = Site(name, r, f"ent-{r}-{i}", slots=slots, compute_rate=20e6,
+                               price_core_hour={"hpc": 0.04, "gen": 0.06, "dat": 0.08}[kind],
+                               nic=NIC[kind])
+    truth = Topology(dict(sites))
+    pair: dict[tuple[str, str], tuple[float, float, float]] = {}
+    for i, a in enumerate(REGIONS):
+        for b in REGIONS[i + 1:]:
+            pair[(a, b)] = pair[(b, a)] = (rnd.uniform(0.3, 2.0) * 1e9 / 8,
+                                           rnd.uniform(0.020, 0.070), rnd.uniform(0.02, 0.09))
+    for a, sa in sites.items():
+        for b, sb in sites.items():
+            if a == b:
+                continue
+            if sa.region == sb.region:
+                truth.configured[(a, b)] = Link(a, b, min(_uplink(sa), _uplink(sb)),
+                                                rnd.uniform(0.001, 0.004), 0.0)
+            else:
+                bw, rtt, price = pair[(sa.region, sb.region)]
+                # the slower uplink of the two sites caps the path
+                cap = min(_uplink(sa), _uplink(sb))
+                truth.configured[(a, b)] = Link(a, b, min(bw, cap), rtt, price)
+    seen = Topology(dict(sites))
+    for k, lk in truth.configured.items():
+        noise = math.exp(rnd.gauss(0, 0.15))
+        seen.configured[k] = replace(lk, bandwidth=lk.bandwidth * noise, source="measured")
+    return truth, seen
+
+
+NIC = {"hpc": 10e9 / 8, "gen": 2e9 / 8, "dat": 1e9 / 8}
+"""Each site's network interface (bytes/s): all its transfers share it."""
+
+
+def _uplink(s: Site) -> float:
+    return NIC[s.name.split("-")[1][:3]]
+
+
+@dataclass
+class World:
+    """Files (as manifests of 64 MiB units), where each unit lives, the job trace."""
+
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    holdings: dict[bytes, dict[str, str]] = field(default_factory=dict)
+    families: list[list[list[str]]] = field(default_factory=list)
+    """family -> version -> file paths."""
+    refs: list[list[str]] = field(default_factory=list)
+
+
+def _cid(rnd: random.Random) -> bytes:
+    return rnd.randbytes(16)
+
+
+def build_world(rnd: random.Random, topo: Topology, families: int, files: int,
+                units: int, versions: int) -> World:
+    w = World()
+    data_sites = [s for s in topo.sites if "-dat" in s]
+
+    def add(path: str, ids: list[bytes], home: str) -> None:
+        m = Manifest(1, tuple(ChunkRef(c, UNIT) for c in ids))
+        w.files[path] = FileEntry(path, m, home, (home,))
+        for c in ids:
+            w.holdings.setdefault(c, {})[home] = "warm"
+    for f in range(families):
+        home = rnd.choice(data_sites)
+        region = topo.sites[home].region
+        cur = [[_cid(rnd) for _ in range(units)] for _ in range(files)]
+        fam: list[list[str]] = []
+        for v in range(versions):
+            if v:
+                cur = [[_cid(rnd) if rnd.random() < 0.15 else c for c in ids] for ids in cur]
+                # later versions are ingested at another data site, usually in-region
+                same = [s for s in data_sites if topo.sites[s].region == region and s != home]
+                home = rnd.choice(same if rnd.random() < 0.7 else data_sites)
+            paths = []
+            for i, ids in enumerate(cur):
+                p = f"/fam{f}/v{v}/part{i:03d}"
+                add(p, ids, home)
+                paths.append(p)
+            fam.append(paths)
+        w.families.append(fam)
+    for r in range(3):
+        home = rnd.choice(data_sites)
+        paths = []
+        for i in range(4):
+            p = f"/ref{r}/table{i}"
+            add(p, [_cid(rnd) for _ in range(2)], home)
+            paths.append(p)
+        w.refs.append(paths)
+    return w
+
+
+@dataclass(frozen=True)
+class Job:
+    arrival: float
+    tasks: tuple[Task, ...]
+    label: str
+
+
+def build_trace(rnd: random.Random, w: World, jobs: int, gap: float) -> list[Job]:
+    out = []
+    t = 0.0
+    for j in range(jobs):
+        t += rnd.expovariate(1 / gap)
+        fam = rnd.randrange(len(w.families))
+        versions = w.families[fam]
+        v = min(len(versions) - 1, int(rnd.triangular(0, len(versions), len(versions))))
+        kind = rnd.choice(["scan", "join", "compare"])
+        tasks = []
+        for i, p in enumerate(versions[v]):
+            fs = [w.files[p]]
+            if kind == "join":
+                ref = w.refs[fam % len(w.refs)]
+                fs.append(w.files[ref[i % len(ref)]])
+            elif kind == "compare" and v > 0:
+                fs.append(w.files[versions[v - 1][i]])
+            tasks.append(Task(f"t{i:03d}", tuple(fs)))
+        out.append(Job(t, tuple(tasks), f"j{j}:{kind}:fam{fam}v{v}"))
+    return out
+
+
+# -- policies ----------------------------------------------------------------------
+
+
+Replicas = dict[str, set[str]]
+"""File path -> sites holding a copy of the whole file (what file-level systems know)."""
+
+
+def policy_planner(job: Job, seen: Topology, hold: dict[bytes, dict[str, str]],
+                   backlog: dict[str, float], central: str, files: Replicas) -> dict[str, str]:
+    model = CostModel(seen, hold, backlog=backlog)
+    return Planner("balanced").plan(list(job.tasks), model).placement
+
+
+def policy_planner_time(job: Job, seen: Topology, hold: dict[bytes, dict[str, str]],
+                        backlog: dict[str, float], central: str, files: Replicas
+                        ) -> dict[str, str]:
+    model = CostModel(seen, hold, backlog=backlog)
+    return Planner("time").plan(list(job.tasks), model).placement
+
+
+def policy_central(job: Job, seen: Topology, hold: dict[bytes, dict[str, str]],
+                   backlog: dict[str, float], central: str, files: Replicas) -> dict[str, str]:
+    return {t.id: central for t in job.tasks}
+
+
+def policy_largest(job: Job, seen: Topology, hold: dict[bytes, dict[str, str]],
+                   backlog: dict[str, float], central: str, files: Replicas) -> dict[str, str]:
+    by: dict[str, int] = {}
+    for t in job.tasks:
+        for f in t.files:
+            for s in files[f.path]:
+                by[s] = by.get(s, 0) + f.size
+    best = max(sorted(by), key=lambda s: by[s])
+    return {t.id: best for t in job.tasks}
+
+
+def policy_dask(job: Job, seen: Topology, hold: dict[bytes, dict[str, str]],
+                backlog: dict[str, float], central: str, files: Replicas) -> dict[str, str]:
+    occupancy = dict(backlog)     # seconds of queued work per site, as Dask tracks it
+    out = {}
+    for t in job.tasks:
+        candidates = sorted({s for f in t.files for s in files[f.path]})
+        def objective(s: str, t: Task = t) -> tuple[float, str]:
+            comm = sum(f.size for f in t.files if s not in files[f.path])
+            return (occupancy.get(s, 0.0) / seen.sites[s].slots + comm / DASK_BANDWIDTH, s)
+        best = min(candidates, key=objective)
+        out[t.id] = best
+        occupancy[best] = occupancy.get(best, 0.0) + t.input_bytes / seen.sites[best].compute_rate
+    return out
+
+
+POLICIES = {"planner": policy_planner, "planner (time)": policy_planner_time,
+            "central": policy_central,
+            "largest-input": policy_largest, "dask-like": policy_dask}
+
+
+@dataclass
+class Outcome:
+    makespan: float = 0.0
+    moved: int = 0
+    inter_region: int = 0
+    money: float = 0.0
+    plan_seconds: float = 0.0
+    response: float = 0.0
+    """Mean seconds from a job's arrival to its end."""
+
+
+def _file_level(tasks: tuple[Task, ...], files: Replicas
+                ) -> tuple[list[Task], dict[bytes, dict[str, str]]]:
+    """The same tasks seen by a file-level mover: one unit per file, held where copies are."""
+    out, where = [], {}
+    for t in tasks:
+        fs = []
+        for f in t.files:
+            pid = f.path.encode().ljust(16, b"\0")[:8] + len(f.path).to_bytes(8, "big")
+            pid = bytes(a ^ b for a, b in zip(pid, f.path.encode()[-16:].ljust(16, b"\0"),
+                                               strict=True))
+            where[pid] = dict.fromkeys(sorted(files[f.path]), "warm")
+            fs.append(replace(f, manifest=Manifest(1, (ChunkRef(pid, f.size),))))
+        out.append(Task(t.id, tuple(fs)))
+    return out, where
+
+
+def simulate(name: str, trace: list[Job], truth: Topology, seen: Topology, world: World,
+             central: str, chunk_mover: bool) -> Outcome:
+    """Run the trace under policy `name`; transfers by the chunk mover (missing chunks)
+    or by file copies (whole files a site has no copy of)."""
+    hold = {c: dict(v) for c, v in world.holdings.items()}
+    files: Replicas = {p: {f.home} for p, f in world.files.items()}
+    busy: dict[str, float] = {}
+    out = Outcome()
+    finish = 0.0
+    policy = POLICIES[name]
+    for job in trace:
+        backlog = {s: max(0.0, b - job.arrival) for s, b in busy.items()}
+        t0 = time.perf_counter()
+        placement = policy(job, seen, hold, backlog, central, files)
+        out.plan_seconds += time.perf_counter() - t0
+        if chunk_mover:
+            est = CostModel(truth, hold, backlog=backlog).estimate(placement, list(job.tasks))
+        else:
+            ftasks, where = _file_level(job.tasks, files)
+            est = CostModel(truth, where, backlog=backlog).estimate(placement, ftasks)
+        for s, secs in est.site_seconds.items():
+            busy[s] = job.arrival + secs
+            finish = max(finish, job.arrival + secs)
+        out.response += est.seconds / len(trace)
+        out.moved += est.wan_bytes
+        out.money += est.money
+        for f in est.flows:
+            if truth.sites[f.src].region != truth.sites[f.dst].region:
+                out.inter_region += f.bytes
+        for t in job.tasks:                     # what arrived stays at the site
+            d = placement[t.id]
+            for c in t.chunks:
+                hold[c].setdefault(d, "warm")
+            for fe in t.files:
+                files[fe.path].add(d)
+    out.makespan = finish - trace[0].arrival
+    return out
+
+
+def run_simulation(quick: bool, seed: int) -> tuple[bool, dict[str, object]]:
+    rnd = random.Random(seed)
+    per_region = 5 if quick else 6
+    truth, seen = build_topology(rnd, per_region)
+    world = build_world(rnd, truth, families=6 if quick else 8, files=10 if quick else 12,
+                        units=8, versions=4)
+    trace = build_trace(rnd, world, jobs=24 if quick else 48, gap=40.0)
+    central = "north-hpc0"
+    results = {n: simulate(n, trace, truth, seen, world, central, True)
+               for n in POLICIES if n.startswith("planner")}
+    for n in POLICIES:
+        if not n.startswith("planner"):
+            results[n] = simulate(n, trace, truth, seen, world, central, False)
+    for n in POLICIES:
+        if not n.startswith("planner"):
+            results[f"{n} + chunk mover"] = simulate(n, trace, truth, seen, world, central,
+                                                     True)
+    gib = 1 << 30
+    print(f"simulation: {len(truth.sites)} sites in {len(REGIONS)} regions, "
+          f"{len(world.files)} files ({len(world.holdings) * UNIT / gib:.0f} GiB unique), "
+          f"{len(trace)} jobs over {trace[-1].arrival:.0f} s; seed {seed}")
+    rows = []
+    for n, o in results.items():
+        rows.append([n, round(o.makespan, 1), round(o.response, 1),
+                     round(o.inter_region / gib, 1), round(o.moved / gib, 1), round(o.money, 2),
+                     round(o.plan_seconds * 1000 / len(trace), 1)])
+    print(table(["policy", "makespan s", "mean job s", "WAN GiB", "all moved GiB", "money",
+                 "plan ms/job"], rows))
+    p = results["planner"]
+    peers = {n: o for n, o in results.items() if n in POLICIES and not n.startswith("planner")}
+    best = min(peers, key=lambda n: peers[n].makespan)
+    b = peers[best]
+    moved_ratio = b.moved / p.moved if p.moved else math.inf
+    wan_ratio = b.inter_region / p.inter_region if p.inter_region else math.inf
+    ablation = {n: o for n, o in results.items() if n.endswith("chunk mover")}
+    best_ab = min(ablation, key=lambda n: ablation[n].makespan)
+    figures = {"best_baseline": best, "makespan_ratio": round(b.makespan / p.makespan, 2),
+               "mean_job_ratio": round(b.response / p.response, 2),
+               "moved_ratio": round(moved_ratio, 2), "wan_ratio": round(wan_ratio, 2),
+               "money_ratio": round(b.money / p.money if p.money else math.inf, 2),
+               "vs_best_with_chunk_mover_makespan": round(
+                   ablation[best_ab].makespan / p.makespan, 2),
+               "vs_best_with_chunk_mover_moved": round(
+                   ablation[best_ab].moved / p.moved if p.moved else math.inf, 2)}
+    print(f"baseline / planner, best baseline by makespan = {best} (file copies): makespan "
+          f"{figures['makespan_ratio']}, mean job {figures['mean_job_ratio']}, WAN "
+          f"(inter-region) bytes {figures['wan_ratio']}, all bytes moved between sites "
+          f"{figures['moved_ratio']}, money {figures['money_ratio']}")
+    ab_wan = ablation[best_ab].inter_region / p.inter_region if p.inter_region else math.inf
+    print(f"baseline / planner, best baseline placement moved by our chunk mover "
+          f"({best_ab}): makespan {figures['vs_best_with_chunk_mover_makespan']}, all bytes "
+          f"moved {figures['vs_best_with_chunk_mover_moved']}, WAN bytes {ab_wan:.2f}")
+    met = p.makespan < b.makespan and wan_ratio >= 2.0
+    return met, figures
+
+
+# -- the real run ----------------------------------------------------------------------
+
+REAL_SITES = ("a", "b", "c")
+
+
+def _real_job(inputs: list[object]) -> dict[str, int]:
+    """The real run's task: read every input byte (checks the data arrived)."""
+    total = 0
+    for f in inputs:
+        with f.open() as r:  # type: ignore[attr-defined]
+            while chunk := r.read(1 << 20):
+                total += len(chunk)
+    return {"bytes": total}
+
+
+def _driver(cfg: str) -> int:
+    """Inside site c's namespace: probe links, plan, run; print estimate and measurement."""
+    from dataflow.ops import Dataflow
+
+    spec = json.loads(Path(cfg).read_text())
+    with Dataflow.open(spec["sites"], progress=False) as df:
+        ds = df.dataset("inputs", spec["inputs"])
+        # Links into c measured with the mover (the probe fetches into a scratch store).
+        t0 = time.monotonic()
+        probed = []
+        for src in ("a", "b"):
+            probed.append(_probe_remote(df, src, "c"))
+        probe_s = time.monotonic() - t0
+        plan = df.plan(ds, at="c", compute_mbps=spec["compute_mbps"])
+        df.rt.dask("c")                       # warm the cluster: not part of the job
+        t0 = time.monotonic()
+        job = df.run(_real_job, ds, at="c", output="/lab/out/real", job_id="real")
+        measured = time.monotonic() - t0
+        res = job.result
+        auto = df.plan(ds)
+    print(json.dumps({"estimate": plan.estimate.seconds, "measured": measured,
+                      "est_bytes": plan.estimate.wan_bytes, "moved": res.wan_bytes,
+                      "explain": plan.explain(), "auto": auto.explain(),
+                      "probe_seconds": probe_s,
+                      "links": [{"src": lk.src, "mbps": lk.bandwidth * 8 / 1e6,
+                                 "rtt_ms": lk.rtt * 1e3} for lk in probed],
+                      "transfers": res.record["transfers"]}))
+    return 0
+
+
+def _probe_remote(df: object, src: str, dst: str) -> Link:
+    """Probe a site whose mover runs as its own process: two fetches into a scratch store."""
+    from gfs import mover
+    from gfs.client import Client
+
+    rt = df.rt  # type: ignore[attr-defined]
+    addr, secret = rt.mover(src)
+    ids = json.loads(Path(os.environ["HUTONG_PROBE_IDS"]).read_text())[src]
+    ids = [bytes.fromhex(c) for c in ids]
+    with tempfile.TemporaryDirectory(prefix="hutong-probe-") as tmp, \
+            Client.init(Path(tmp) / "s") as scratch:
+        t0 = time.monotonic()
+        mover.fetch(scratch, addr, ids[:1], secret, streams=1)
+        t_small = time.monotonic() - t0
+        t0 = time.monotonic()
+        st = mover.fetch(scratch, addr, ids[1:], secret, streams=2)
+        t_big = time.monotonic() - t0
+    rtt = t_small / 3
+    latency = rtt * (2 + math.ceil(len(ids[1:]) / 4096))
+    bw = st.bytes / max(t_big - latency, 1e-6)
+    link = Link(src, dst, bw, rtt, df.topo.link(src, dst).price_per_gb,  # type: ignore[attr-defined]
+                "measured", time.time())
+    df.topo.set_measured(link)  # type: ignore[attr-defined]
+    return link
+
+
+def run_real(work: Path, quick: bool) -> tuple[bool, dict[str, object]] | None:
+    from gfs.client import Client
+    from gfs.testing.wan import Link as WanLink
+    from gfs.testing.wan import emulated_wan, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        print(f"real run skipped: {reason}")
+        return None
+    size = (8 if quick else 24) << 20
+    rate = 80e6                              # 80 Mbit/s each site link
+    links = {"a": WanLink(delay=0.010, rate_bps=rate, loss=0.0005),
+             "b": WanLink(delay=0.015, rate_bps=rate / 2, loss=0.0005),
+             "c": WanLink(delay=0.005, rate_bps=rate, loss=0.0)}
+    rnd = random.Random(7)
+    shared = rnd.randbytes(size)
+    stores = {s: work / s for s in REAL_SITES}
+    for p in stores.values():
+        Client.init(p).close()
+    probe_ids: dict[str, list[str]] = {}
+    with Client(stores["a"]) as a:
+        a.mkdir("/bank-a/in", parents=True)
+        for i in range(3):
+            a.write_bytes(f"/bank-a/in/a{i}", shared[i * size // 3:(i + 1) * size // 3] +
+                          rnd.randbytes(size // 3))
+        a.write_bytes("/bank-a/probe", rnd.randbytes(2 << 20))
+    with Client(stores["b"]) as b:
+        b.mkdir("/bank-b/in", parents=True)
+        for i in range(3):               # half of b's bytes are chunks a holds too
+            b.write_bytes(f"/bank-b/in/b{i}", shared[i * size // 3:(i + 1) * size // 3] +
+                          rnd.randbytes(size // 6))
+        b.write_bytes("/bank-b/probe", rnd.randbytes(2 << 20))
+    for s, path in (("a", "/bank-a/probe"), ("b", "/bank-b/probe")):
+        with Client(stores[s]) as c:
+            probe_ids[s] = [r.id.hex() for r in c.manifest(path).chunks]
+    secret = os.urandom(32).hex()
+    with emulated_wan(links) as wan:
+        procs = {}
+        movers = {}
+        for s in ("a", "b"):
+            proc = wan.popen(s, [sys.executable, "-m", "gfs.cli", "mover", "serve", "--state",
+                                 str(stores[s]), "--host", wan[s].address, "--port", "7070"],
+                             env={**os.environ, "HUTONG_MOVER_SECRET": secret},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs[s] = proc
+            wan.wait_tcp("c", wan[s].address, 7070)
+            movers[s] = f"{wan[s].address}:7070"
+        sites = work / "sites.toml"
+        sites.write_text(
+            f'secret = "{secret}"\n'
+            f'[sites.a]\nregion = "r1"\nentity = "bank-a"\nstate = "{stores["a"]}"\n'
+            f'mover = "{movers["a"]}"\n'
+            f'[sites.b]\nregion = "r2"\nentity = "bank-b"\nstate = "{stores["b"]}"\n'
+            f'mover = "{movers["b"]}"\n'
+            f'[sites.c]\nregion = "r3"\nentity = "lab"\nstate = "{stores["c"]}"\n')
+        (work / "probe.json").write_text(json.dumps(probe_ids))
+        cfg = work / "driver.json"
+        cfg.write_text(json.dumps({"sites": str(sites), "inputs": ["/bank-a/in/**",
+                                                                   "/bank-b/in/**"],
+                                   "probe_bytes": 2 << 20, "compute_mbps": 4000}))
+        t0 = time.monotonic()
+        r = wan.run("c", [sys.executable, "-m", "bench.schedule", "_driver", str(cfg)],
+                    timeout=600, check=False, cwd=str(Path(__file__).parent.parent),
+                    env={**os.environ, "HUTONG_PROBE_IDS": str(work / "probe.json"),
+                         "PYTHONPATH": str(Path(__file__).parent.parent)})
+        wall = time.monotonic() - t0
+    if r.returncode != 0:
+        print(f"real run failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        return False, {"real": "failed"}
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    est, meas = float(out["estimate"]), float(out["measured"])
+    err = abs(est - meas) / meas
+    print(f"real run: 3 sites in network namespaces (a: 80 Mbit/s 20 ms to core, "
+          f"b: 40 Mbit/s 30 ms, c: 80 Mbit/s 10 ms; 0.05 % loss at a and b), "
+          f"inputs {2 * size >> 20} MiB + {size * 5 // 6 >> 20} MiB, driver wall {wall:.1f} s")
+    print("probed links into c: " + ", ".join(
+        f"{lk['src']}: {lk['mbps']:.1f} Mbit/s rtt {lk['rtt_ms']:.1f} ms" for lk in out["links"]))
+    print(out["explain"])
+    print(table(["", "seconds", "bytes moved"],
+                [["planner estimate", round(est, 2), out["est_bytes"]],
+                 ["measured", round(meas, 2), out["moved"]]]))
+    print(f"estimate error: {err * 100:.1f} %")
+    return err <= 0.25, {"estimate_s": round(est, 2), "measured_s": round(meas, 2),
+                         "estimate_error": round(err, 3)}
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "_driver":
+        return _driver(argv[1])
+    p = argparse.ArgumentParser(prog="python -m bench schedule", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller trace, smaller real run")
+    p.add_argument("--no-real", action="store_true", help="simulation only")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
+    args = p.parse_args(argv)
+    print("machine: shared 2-core VM; simulation is deterministic for a seed")
+    met, figures = run_simulation(args.quick, args.seed)
+    if not args.no_real:
+        work = Path(tempfile.mkdtemp(prefix="hutong-bench-schedule-", dir=args.work))
+        try:
+            real = run_real(work, args.quick)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if real is not None:
+            met = met and real[0]
+            figures.update(real[1])
+    print(headline("schedule", met, **figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
