@@ -5,7 +5,8 @@ dedups) through: local disk, gfs:// (fsspec), the Hutong FUSE mount and an
 `rclone mount` of the local directory holding the same bytes; each cold (the
 OS page cache of the backing files dropped with posix_fadvise, a fresh
 process-level cache) and warm (read again). Then small files: create, stat and
-read N small files on local disk, the Hutong mount and the rclone mount.
+read N small files on local disk, the Hutong mount and the rclone mount, and
+N/2 creates by 4 writer threads at once (the mount commits them in groups).
 
 Targets (issue 5): warm FUSE reads >= 50% of warm local-disk reads and ahead
 of rclone; warm gfs:// reads >= 1 GB/s.
@@ -99,6 +100,27 @@ def _small_files(root: Path, n: int, size: int, sub: str) -> tuple[float, float,
     return create, stat, read
 
 
+def _parallel_creates(root: Path, n: int, size: int, sub: str, writers: int = 4) -> float:
+    """Files per second for `n` files of `size` bytes created by `writers` threads."""
+    import threading
+
+    d = root / sub
+    d.mkdir()
+    payload = os.urandom(size)
+
+    def work(k: int) -> None:
+        for i in range(k, n, writers):
+            with open(d / f"f{i:05d}", "wb") as f:
+                f.write(payload)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(writers)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return n / (time.perf_counter() - t)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench fuse")
     ap.add_argument("--quick", action="store_true", help="256 MiB file, 1,000 small files")
@@ -115,6 +137,7 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-fuse-", dir=args.dir))
     rows: list[list[object]] = []
     figures: dict[str, float] = {}
+    par: dict[str, float] = {}
     try:
         local = work / "local"
         local.mkdir()
@@ -166,6 +189,7 @@ def main(argv: list[str]) -> int:
         with _mounted(hutong, mnt, work / "mount.log"):
             seq("hutong mount", mnt / "big.bin", [state / "pools"])
             fuse_small = _small_files(mnt, nfiles, 4096, "small-hutong")
+            par["hutong mount"] = _parallel_creates(mnt, nfiles // 2, 4096, "par-hutong")
         rmnt = work / "rmnt"
         rclone_small = None
         if have_rclone:
@@ -174,12 +198,16 @@ def main(argv: list[str]) -> int:
             with _mounted(rclone, rmnt, work / "rclone.log"):
                 seq("rclone mount", rmnt / "big.bin", [big])
                 rclone_small = _small_files(rmnt, nfiles, 4096, "small-rclone")
+                par["rclone mount"] = _parallel_creates(rmnt, nfiles // 2, 4096, "par-rclone")
         local_small = _small_files(local, nfiles, 4096, "small-local")
+        par["local"] = _parallel_creates(local, nfiles // 2, 4096, "par-local")
         for name, r in (("local", local_small), ("hutong mount", fuse_small),
                         ("rclone mount", rclone_small)):
             if r is not None:
                 rows.append([name, f"{nfiles} x 4 KiB create/stat/read",
                              f"{r[0]:.0f} / {r[1]:.0f} / {r[2]:.0f} files/s"])
+        for name, rate in par.items():
+            rows.append([name, f"{nfiles // 2} x 4 KiB create, 4 writers", f"{rate:.0f} files/s"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(["target", "operation", "result"], rows))

@@ -8,14 +8,18 @@ Design:
 
 * Inode numbers are the store's inode numbers (the root is 1 in both).
 * Every blocking store call runs on a thread pool, never on the event loop, so
-  one slow read does not stall the mount.
+  one slow read does not stall the mount. Requests answered from memory alone
+  (attributes and lookups of files created here, small writes to a memory
+  spool, non-`user.` xattr names) are answered on the loop: a thread trip
+  costs more than they do.
 * Reads: a handle pins the version committed when it was opened. Chunks come
   through the cache tiers (`ChunkCache` in memory, `DiskCache` on disk; see
   `gfs.disk_cache.open_tier`); each read starts read-ahead of the next
   chunks. The kernel page cache is kept across opens while the committed
   version is unchanged (`keep_cache`), dropped otherwise (close-to-open).
 * Writes: the first write (or truncate) of an inode copies its committed
-  content into a local temporary file shared by the inode's writable handles;
+  content into a spool shared by the inode's writable handles (memory up to
+  1 MiB, then an unlinked temporary file);
   writes go there, and the whole file is committed as a new version on
   flush/fsync/release (close-to-open). Reads through the mount see the
   uncommitted bytes; other clients see them after the close.
@@ -52,6 +56,7 @@ metadata changed by other clients is seen after `attr_timeout` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import json
@@ -77,7 +82,7 @@ from gfs.client import Client
 from gfs.disk_cache import open_tier
 from gfs.errors import ExistsError, HutongError, InvalidPathError, NotFoundError
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
-from gfs.store import release
+from gfs.store import WriteSession, release
 
 log = logging.getLogger("hutong.mount")
 
@@ -105,13 +110,73 @@ class MountOptions:
     allow_other: bool = False
 
 
+#: Uncommitted content up to this size stays in memory; larger spills to a temp file.
+SPOOL_MEMORY = 1 << 20
+
+
+class _Spool:
+    """The uncommitted content of one file: a bytearray while small, else an
+    unlinked temporary file (so small files cost no file creation)."""
+
+    def __init__(self) -> None:
+        self.mem: bytearray | None = bytearray()
+        self.file: BinaryIO | None = None
+
+    def _spill(self, need: int) -> None:
+        if self.mem is not None and need > SPOOL_MEMORY:
+            f = tempfile.TemporaryFile(prefix="hutong-fuse-", buffering=0)  # noqa: SIM115
+            _pwrite_all(f.fileno(), bytes(self.mem), 0)
+            self.file, self.mem = f, None
+
+    def pwrite(self, data: bytes, off: int) -> int:
+        self._spill(off + len(data))
+        if self.mem is not None:
+            if off > len(self.mem):
+                self.mem.extend(bytes(off - len(self.mem)))
+            self.mem[off:off + len(data)] = data
+            return len(data)
+        assert self.file is not None
+        return _pwrite_all(self.file.fileno(), data, off)
+
+    def pread(self, size: int, off: int) -> bytes:
+        if self.mem is not None:
+            return bytes(self.mem[off:off + size])
+        assert self.file is not None
+        return os.pread(self.file.fileno(), size, off)
+
+    def truncate(self, size: int) -> None:
+        self._spill(size)
+        if self.mem is not None:
+            if size < len(self.mem):
+                del self.mem[size:]
+            else:
+                self.mem.extend(bytes(size - len(self.mem)))
+        else:
+            assert self.file is not None
+            self.file.truncate(size)
+
+    def store(self, session: WriteSession) -> list[ChunkRef]:
+        """Chunk and store the content in `session`."""
+        if self.mem is not None:
+            return session.store_buffer(bytes(self.mem)) if self.mem else []
+        assert self.file is not None
+        self.file.seek(0)
+        return session.store_stream(self.file)
+
+    def close(self) -> None:
+        self.mem = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 @dataclass
 class _Dirty:
     """The uncommitted content of one inode, shared by its writable handles."""
 
     ino: int
     writers: int = 0
-    tmp: BinaryIO | None = None
+    tmp: _Spool | None = None
     size: int = 0
     dirty: bool = False
     mtime_ns: int | None = None
@@ -263,6 +328,12 @@ class HutongOperations(pyfuse3.Operations):
     # -- looking -------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with contextlib.suppress(pyfuse3.FUSEError):
+            ino = self._pending_names.get((parent_inode, _name(name)))
+            new = self._pending.get(ino) if ino is not None else None
+            if new is not None:  # a file created here, in memory: answered on the loop
+                return self._attr(new)
+
         def op() -> Inode:
             pending_ino = self._pending_names.get((parent_inode, _name(name)))
             pending = self._pending.get(pending_ino) if pending_ino is not None else None
@@ -284,6 +355,9 @@ class HutongOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
+        pending = self._pending.get(inode)
+        if pending is not None:  # in memory: answered on the loop
+            return self._attr(pending)
         return self._attr(await self._run(self._node, inode))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -579,14 +653,14 @@ class HutongOperations(pyfuse3.Operations):
         bytes). Called with `d.lock` held."""
         if d.tmp is not None:
             return
-        tmp = tempfile.TemporaryFile(prefix="hutong-fuse-", buffering=0)  # noqa: SIM115
+        tmp = _Spool()
         if reader is None:
             reader, _ = self._open_reader(d.ino)  # empty for a file not committed yet
         keep = reader.size if size is None else min(size, reader.size)
         off = 0
         while off < keep:
             data = reader.read(off, min(8 << 20, keep - off))
-            _pwrite_all(tmp.fileno(), data, off)
+            tmp.pwrite(data, off)
             off += len(data)
         d.tmp, d.size = tmp, keep
 
@@ -628,7 +702,7 @@ class HutongOperations(pyfuse3.Operations):
             if d is not None and d.tmp is not None:
                 with d.lock:
                     if d.tmp is not None:
-                        return os.pread(d.tmp.fileno(), min(size, max(d.size - off, 0)), off)
+                        return d.tmp.pread(min(size, max(d.size - off, 0)), off)
             try:
                 return h.reader.read(off, size)
             except HutongError as e:
@@ -641,16 +715,28 @@ class HutongOperations(pyfuse3.Operations):
         if h is None or not h.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
 
+        def write_locked(d: _Dirty) -> int:
+            self._materialize(d, h.reader)
+            assert d.tmp is not None
+            n = d.tmp.pwrite(buf, off)
+            d.size = max(d.size, off + n)
+            d.dirty = True
+            d.mtime_ns = None
+            return n
+
         def op() -> int:
             d = self._dirty[h.ino]
             with d.lock:
-                self._materialize(d, h.reader)
-                assert d.tmp is not None
-                n = _pwrite_all(d.tmp.fileno(), buf, off)
-                d.size = max(d.size, off + n)
-                d.dirty = True
-                d.mtime_ns = None
-            return n
+                return write_locked(d)
+
+        d = self._dirty.get(h.ino)
+        if (d is not None and d.tmp is not None and d.tmp.mem is not None
+                and off + len(buf) <= SPOOL_MEMORY and d.lock.acquire(blocking=False)):
+            try:  # a small write to memory: no trip to a worker thread
+                if d.tmp is not None and d.tmp.mem is not None:
+                    return write_locked(d)
+            finally:
+                d.lock.release()
         return await self._run(op)
 
     def _commit(self, d: _Dirty) -> None:
@@ -716,10 +802,7 @@ class HutongOperations(pyfuse3.Operations):
                 return
             with self.client.store.writer() as session:
                 for d, new in work:
-                    refs: list[ChunkRef] = []
-                    if d.tmp is not None:
-                        d.tmp.seek(0)
-                        refs = session.store_stream(d.tmp)
+                    refs = d.tmp.store(session) if d.tmp is not None else []
                     if new:
                         action = self._create_action(d.ino)
                         if d.mtime_ns is not None:
@@ -817,6 +900,12 @@ class HutongOperations(pyfuse3.Operations):
         return out
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(b"user.") or (inode in self._pending
+                                               and not name.startswith(HUTONG_XATTR)):
+            # only user.* names are stored (the kernel asks security.capability on
+            # every write); a new file has none yet: answered on the loop
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
         def op() -> bytes:
             if name.startswith(HUTONG_XATTR):
                 value = self._facts(inode).get(name[len(HUTONG_XATTR):])
