@@ -462,3 +462,28 @@ def refresh_links(topo: Topology, pairs: Iterable[tuple[str, str]] | None = None
             continue
         out.append(probe_link(topo, a, b, nbytes=nbytes))
     return out
+
+
+def publish_links(topo: Topology, registry: str, keys: Any, *,
+                  timeout: float = 10.0) -> int:
+    """Send the measured links whose source belongs to `keys`' entity to the registry.
+
+    The registry keeps them (`GET /v1/links`), so every planner of the
+    federation starts from them (`Topology.from_registry`). Returns how many.
+    """
+    from gfs.federation.http import HttpClient
+
+    h = HttpClient(registry, keys=keys, timeout=timeout)
+    n = 0
+    try:
+        with topo._lock:
+            links = list(topo.measured.values())
+        for lk in links:
+            if topo.sites[lk.src].entity != keys.name:
+                continue
+            h.call("PUT", f"/v1/links/{lk.src}/{lk.dst}",
+                   {"rtt_ms": lk.rtt * 1e3, "mbps": lk.bandwidth * 8 / 1e6})
+            n += 1
+    finally:
+        h.close()
+    return n
