@@ -34,7 +34,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -42,7 +42,7 @@ from dataflow.cost import CostModel, Task
 from dataflow.datasets import Stores, locate
 from dataflow.errors import ConfigError, JobFailedError, PlanError, SiteLostError
 from dataflow.planner import Plan, Planner
-from dataflow.sites import Topology
+from dataflow.sites import Topology, pipeline_groups
 from gfs.meta import Manifest
 
 log = logging.getLogger("hutong.dataflow")
@@ -370,6 +370,13 @@ class Executor:
             rec["report"] = e.report
             self.rt.save_record(rec)
             raise
+        except BaseException as e:
+            rec["status"] = "failed"
+            rec["error"] = f"{type(e).__name__}: {e}"
+            rec["seconds"] = time.monotonic() - started
+            with contextlib.suppress(Exception):
+                self.rt.save_record(rec)
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -401,6 +408,8 @@ class Executor:
                     lost |= fut.result()
                 except _TaskFailed as e:
                     failures.append(e)
+                except SiteLostError as e:
+                    lost.add(e.site)
         if failures and not lost:
             first = failures[0]
             raise JobFailedError(f"task {first.task} failed at {first.site} after "
@@ -430,33 +439,55 @@ class Executor:
         for c in missing:
             src = model.source(c, site)
             if src is None:
-                raise _TaskFailed("-", site, f"chunk {c.hex()} is held by no up site", False)
+                missing_files = sorted({f.path for t in tasks for f in t.files
+                                        if any(r.id == c for r in f.manifest.chunks)})
+                raise JobFailedError(
+                    f"job {rec['id']}: chunk {c.hex()} of {', '.join(missing_files)} is held "
+                    f"by no up site; bring its site back and run the job again with the same "
+                    f"id", {"missing": missing_files})
             by_src.setdefault(src, []).append(c)
-        # Transfers run on threads; tasks wait only for the sources they need.
-        transfers: dict[str, Any] = {}
+        # Transfers run on threads, one per source, each fetching its chunks in task
+        # order in a few groups; a task waits only for the groups holding its chunks.
+        src_of = {c: s for s, ids in by_src.items() for c in ids}
+        ordered = sorted(tasks, key=lambda t: any(c in src_of for c in t.chunks))
+        group_of: dict[bytes, tuple[str, int]] = {}
+        groups: dict[str, list[list[bytes]]] = {}
+        for src in by_src:
+            seq = [c for t in ordered for c in t.chunks if src_of.get(c) == src]
+            seq = list(dict.fromkeys(seq))
+            total = sum(need[c] for c in seq)
+            n = pipeline_groups(total)
+            parts: list[list[bytes]] = [[] for _ in range(n)]
+            acc = 0
+            for c in seq:
+                k = min(n - 1, acc * n // max(total, 1))
+                parts[k].append(c)
+                group_of[c] = (src, k)
+                acc += need[c]
+            groups[src] = parts
+        done: dict[tuple[str, int], Future[None]] = {
+            (src, k): Future() for src, parts in groups.items() for k in range(len(parts))}
         lost: set[str] = set()
         xpool = ThreadPoolExecutor(max_workers=max(1, len(by_src)))
         try:
-            for src, ids in by_src.items():
-                transfers[src] = xpool.submit(self._transfer, src, site, ids, rec, lock)
+            for src, parts in groups.items():
+                xpool.submit(self._fetch_groups, src, site, parts, done, rec, lock)
             try:
                 client = self.rt.dask(site)
             except Exception as e:  # the cluster of a lost site does not start
                 lost.add(site)
                 log.warning("site %s lost: %s", site, e)
                 return lost
-            src_of = {c: s for s, ids in by_src.items() for c in ids}
-            ordered = sorted(tasks, key=lambda t: any(c in src_of for c in t.chunks))
             futures: dict[str, Any] = {}
             for t in ordered:
-                deps = {src_of[c] for c in t.chunks if c in src_of}
+                deps = sorted({group_of[c] for c in t.chunks if c in group_of})
                 failed_src = None
-                for d in sorted(deps):
+                for g in deps:
                     try:
-                        transfers[d].result()
+                        done[g].result()
                     except Exception as e:
-                        failed_src = d
-                        log.warning("transfer %s -> %s failed: %s", d, site, e)
+                        failed_src = g[0]
+                        log.warning("transfer %s -> %s failed: %s", g[0], site, e)
                         break
                 if failed_src is not None:
                     lost.add(failed_src)
@@ -518,14 +549,27 @@ class Executor:
                 if not self.rt.alive(site):
                     raise SiteLostError(site, f"site {site} stopped answering") from None
 
+    def _fetch_groups(self, src: str, dst: str, parts: list[list[bytes]],
+                      done: dict[tuple[str, int], Future[None]], rec: dict[str, Any],
+                      lock: threading.Lock) -> None:
+        """Fetch the groups of one source in order; a failure fails the rest too."""
+        for k, ids in enumerate(parts):
+            try:
+                self._transfer(src, dst, ids, rec, lock, k)
+            except Exception as e:
+                for j in range(k, len(parts)):
+                    done[(src, j)].set_exception(e)
+                return
+            done[(src, k)].set_result(None)
+
     def _transfer(self, src: str, dst: str, ids: list[bytes], rec: dict[str, Any],
-                  lock: threading.Lock) -> None:
+                  lock: threading.Lock, group: int = 0) -> None:
         from gfs import mover
 
         addr, secret = self.rt.mover(src)
         dest = self.rt.stores.get(dst)
-        entry: dict[str, Any] = {"src": src, "dst": dst, "chunks": len(ids), "started":
-                                 time.time(), "bytes": 0}
+        entry: dict[str, Any] = {"src": src, "dst": dst, "group": group, "chunks": len(ids),
+                                 "started": time.time(), "bytes": 0}
         with lock:
             rec["transfers"].append(entry)
         bar = _bar(self.rt.progress, 0, f"{src}->{dst}", unit="B")

@@ -31,6 +31,15 @@ FRESH_SECONDS = 600.0
 EWMA = 0.5
 #: Mover protocol: ids per WANT/OFFER batch (docs/format.md, "Mover protocol").
 BATCH_IDS = 4096
+#: The executor fetches a source's chunks in task order, in up to PIPELINE_MAX
+#: groups of at least PIPELINE_BYTES, so the first tasks start before the last bytes.
+PIPELINE_BYTES = 16 << 20
+PIPELINE_MAX = 4
+
+
+def pipeline_groups(nbytes: int) -> int:
+    """How many sequential fetches the executor makes for `nbytes` from one source."""
+    return max(1, min(PIPELINE_MAX, nbytes // PIPELINE_BYTES))
 
 
 @dataclass(frozen=True)
@@ -76,12 +85,14 @@ class Link:
     measured_at: float = 0.0
 
     def transfer_seconds(self, nbytes: int, chunks: int) -> float:
-        """Time to move `chunks` chunks of `nbytes` bytes: handshake, batches, bytes."""
+        """Time to move `chunks` chunks of `nbytes` bytes the way the executor does:
+        per fetch a handshake (2 round trips), then one round trip per batch of ids."""
         if nbytes <= 0 and chunks <= 0:
             return 0.0
         if self.src == self.dst:
             return 0.0
-        rounds = 2 + math.ceil(max(chunks, 1) / BATCH_IDS)
+        groups = pipeline_groups(nbytes)
+        rounds = 2 * groups + max(groups, math.ceil(max(chunks, 1) / BATCH_IDS))
         return self.rtt * rounds + nbytes / self.bandwidth
 
 

@@ -440,3 +440,19 @@ def test_cli_plan_and_run(world: tuple[Path, dict[str, bytes]]) -> None:
     assert r.returncode == 1 and "nothing_here" in r.stderr
     with Client(root / "b") as b:                             # nothing ran for bad files
         assert not b.exists("/bank-a/out/cli") or len(b.ls("/bank-a/out/cli")) <= 3
+
+
+def test_prefetch_is_pipelined_in_task_order(world: tuple[Path, dict[str, bytes]]) -> None:
+    root, _ = world
+    with Client(root / "a") as a:
+        a.mkdir("/bank-a/big", parents=True)
+        for i in range(3):
+            a.write_bytes(f"/bank-a/big/f{i}", os.urandom(16 << 20))
+    with _df(root) as df:
+        plan = df.plan("/bank-a/big/**", at="c")
+        job = df.run(count, "/bank-a/big/**", at="c", job_id="pipe")
+        xs = [t for t in job.result.record["transfers"] if t["src"] == "a"]
+        assert sorted(t["group"] for t in xs) == [0, 1, 2]     # three fetches, in order
+        assert sum(t["bytes"] for t in xs) >= 48 << 20
+        assert plan.estimate.flows[0].bytes == 48 << 20
+        assert [v["bytes"] for v in job.result.values.values()] == [16 << 20] * 3
