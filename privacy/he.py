@@ -1,0 +1,133 @@
+"""Homomorphic encryption for join-and-aggregate, on TenSEAL: BFV (exact integer
+sums) and CKKS (real sums). Only the value holder ever has the secret key."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import tenseal as ts
+
+from privacy.errors import QueryError
+
+#: BFV plaintext modulus: a 45-bit prime = 1 mod 2*8192 (batching); sums must stay
+#: within +-(T/2).
+BFV_T = 35184371613697
+#: A CKKS masked sum gets a random share uniform in +-2^CKKS_MASK_BITS: the value
+#: holder's view of a sum s is within statistical distance |s| / 2^40 of uniform
+#: (decryption is in float64, which bounds the share's size).
+CKKS_MASK_BITS = 40
+#: CKKS results are rounded to this absolute quantum before they leave the value holder.
+CKKS_QUANTUM = 1e-3
+
+
+@dataclass(frozen=True)
+class HeParams:
+    """Scheme and ring size of one job (both parties must agree)."""
+
+    scheme: str = "bfv"
+    degree: int = 8192
+
+    def slots(self) -> int:
+        """Values per ciphertext."""
+        return self.degree if self.scheme == "bfv" else self.degree // 2
+
+
+def new_context(p: HeParams) -> Any:
+    """A fresh secret context of the value holder (fresh keys per job)."""
+    if p.scheme == "bfv":
+        if p.degree not in (8192, 16384):
+            raise QueryError("BFV needs poly degree 8192 or 16384 (plain modulus 45 bits)")
+        return ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=p.degree, plain_modulus=BFV_T)
+    if p.scheme == "ckks":
+        sizes = {4096: [40, 20, 40], 8192: [60, 50, 50, 58], 16384: [60, 40, 40, 40, 60]}
+        if p.degree not in sizes:
+            raise QueryError(f"CKKS poly degree must be one of {sorted(sizes)}")
+        if p.degree == 4096:
+            raise QueryError("CKKS degree 4096 has too little capacity for masked sums; use 8192")
+        ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=p.degree,
+                         coeff_mod_bit_sizes=sizes[p.degree])
+        ctx.global_scale = 2 ** 50
+        ctx.generate_galois_keys()
+        return ctx
+    raise QueryError(f"unknown scheme {p.scheme!r}; use bfv or ckks")
+
+
+def public_bytes(ctx: Any, p: HeParams) -> bytes:
+    """The context without its secret key, as the selector receives it."""
+    out: bytes = ctx.serialize(save_public_key=True, save_secret_key=False,
+                               save_galois_keys=p.scheme == "ckks", save_relin_keys=False)
+    return out
+
+
+def load_context(data: bytes) -> Any:
+    """A context received from the peer."""
+    return ts.context_from(data)
+
+
+def encrypt(ctx: Any, p: HeParams, values: list[Any]) -> bytes:
+    """One ciphertext of `values` padded with zeros to the slot count."""
+    n = p.slots()
+    vals = values + [0] * (n - len(values))
+    vec = ts.bfv_vector(ctx, vals) if p.scheme == "bfv" else ts.ckks_vector(ctx, vals)
+    out: bytes = vec.serialize()
+    return out
+
+
+def load_vector(ctx: Any, p: HeParams, data: bytes) -> Any:
+    """A ciphertext vector from bytes."""
+    return ts.bfv_vector_from(ctx, data) if p.scheme == "bfv" else ts.ckks_vector_from(ctx, data)
+
+
+class Accumulator:
+    """Selector side: sum of ciphertext x plaintext 0/1 mask products."""
+
+    def __init__(self, ctx: Any, p: HeParams) -> None:
+        self.ctx, self.p = ctx, p
+        self.acc: Any = None
+
+    def add(self, ct: Any, mask: list[int]) -> None:
+        """acc += ct * mask (a mask of all zeros is skipped)."""
+        if not any(mask):
+            return
+        prod = ct * mask
+        self.acc = prod if self.acc is None else self.acc + prod
+
+    def masked(self) -> tuple[bytes, int | float]:
+        """The accumulated ciphertext plus a random share r, and r. BFV: a uniform
+        vector mod T (the value holder sums all slots); CKKS: slots are summed first,
+        then a random real in +-2^CKKS_MASK_BITS is added."""
+        p = self.p
+        acc = self.acc if self.acc is not None else _zero(self.ctx, p)
+        if p.scheme == "bfv":
+            shares = [secrets.randbelow(BFV_T) - BFV_T // 2 for _ in range(p.slots())]
+            out = acc + shares
+            return out.serialize(), sum(shares) % BFV_T
+        acc = acc.sum()
+        half = 1 << CKKS_MASK_BITS
+        r = (secrets.randbelow(2 * half) - half) + secrets.randbelow(1 << 20) / 2**20
+        out = [*acc, r]
+        return out.serialize(), r
+
+
+def _zero(ctx: Any, p: HeParams) -> Any:
+    zeros = [0] * p.slots()
+    return ts.bfv_vector(ctx, zeros) if p.scheme == "bfv" else ts.ckks_vector(ctx, zeros)
+
+
+def decrypt_masked(ctx: Any, p: HeParams, data: bytes) -> int | float:
+    """Value holder: the masked aggregate (BFV: slot sum mod T; CKKS: rounded)."""
+    vec = load_vector(ctx, p, data)
+    vals = vec.decrypt()
+    if p.scheme == "bfv":
+        return int(sum(int(v) for v in vals)) % BFV_T
+    return round(float(vals[0]) / CKKS_QUANTUM) * CKKS_QUANTUM
+
+
+def unmask(p: HeParams, released: int | float, share: int | float) -> int | float:
+    """Selector: the aggregate from the released masked value and its share."""
+    if p.scheme == "bfv":
+        v = (released - int(share)) % BFV_T
+        return v - BFV_T if v > BFV_T // 2 else v
+    return float(released) - float(share)

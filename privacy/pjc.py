@@ -1,0 +1,311 @@
+"""Private join-and-aggregate (the Private Join and Compute pattern, with TenSEAL).
+
+The value holder V encrypts its values; the selector S finds, through ECDH
+blinding, which of V's shuffled rows match its keys (per group), multiplies 0/1
+plaintext masks into V's ciphertexts, adds them up, masks each aggregate with a
+random share and sends it back; V decrypts only the groups its release rules
+pass, and S removes its shares. See docs/privacy.md for what each side learns.
+
+Duplicate keys: a semi-join from V's side. count(*) of a group counts V's rows
+whose key S has in that group; sum adds their values; S's keys are
+de-duplicated per group; `distinct` (for the minimum-group rule) counts
+distinct keys among the matching V rows.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from privacy import he
+from privacy.channel import Channel
+from privacy.ec import POINT_BYTES, TRUNC_BYTES, GroupPool, job_domain, new_scalar, split
+from privacy.errors import ProtocolError, QueryError
+from privacy.psi import shuffled
+
+Progress = Callable[[str, int, int], None]
+COUNT = "#count"
+DISTINCT = "#distinct"
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class ValueRows:
+    """The value holder's input: row keys (None never matches), value columns and
+    optionally its group-by labels."""
+
+    keys: list[str | None]
+    values: dict[str, list[Any]]
+    groups: list[str] | None = None
+
+
+@dataclass
+class SelectRows:
+    """The selector's input: row keys and optionally its group-by labels."""
+
+    keys: list[str | None]
+    groups: list[str] | None = None
+
+
+@dataclass
+class ReleaseRules:
+    """What the value holder enforces on every release."""
+
+    min_distinct: int = 1
+    epsilon: float | None = None
+    #: per value column, the largest |value| after clipping (DP sensitivity, BFV range)
+    bounds: dict[str, float] = field(default_factory=dict)
+    #: called with the released and suppressed groups before anything is sent
+    on_release: Callable[[list[dict[str, Any]], list[str]], None] | None = None
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """One released group: its label, row count, distinct keys and sums."""
+
+    group: str | None
+    count: float
+    sums: dict[str, float]
+
+    def mean(self, column: str) -> float:
+        """sum / count (NaN for an empty group)."""
+        return self.sums[column] / self.count if self.count else math.nan
+
+
+@dataclass
+class JoinResult:
+    """What a party ends with: released groups, suppressed group count, sizes."""
+
+    groups: list[GroupResult]
+    suppressed: int
+    value_rows: int
+    selector_keys: int
+    scheme: str
+
+
+def _laplace(scale: float) -> float:
+    u = (secrets.randbelow(1 << 53) + 0.5) / (1 << 53) - 0.5
+    return -scale * math.copysign(1.0, u) * math.log(1 - 2 * abs(u))
+
+
+# -- value holder -------------------------------------------------------------------
+def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
+                 rules: ReleaseRules, pool: GroupPool, progress: Progress = _no_progress,
+                 ) -> JoinResult:
+    """V's half. Returns what V learns (released group results as sent)."""
+    cols = sorted(rows.values)
+    for c in cols:
+        if len(rows.values[c]) != len(rows.keys):
+            raise QueryError(f"column {c} has {len(rows.values[c])} values for "
+                             f"{len(rows.keys)} keys")
+    live = [i for i, k in enumerate(rows.keys) if k is not None]
+    order = [live[j] for j in shuffled(len(live))]
+    n = len(order)
+    if params.scheme == "bfv":
+        for c in cols:
+            bound = rules.bounds.get(c) or max((abs(int(v)) for v in rows.values[c]), default=0)
+            rules.bounds[c] = float(bound)
+            if bound * max(n, 1) >= he.BFV_T // 2:
+                raise QueryError(f"sum of {c} could reach {bound * n}, beyond the exact BFV "
+                                 f"range +-{he.BFV_T // 2}; clip the column or use ckks")
+    else:
+        for c in cols:
+            rules.bounds.setdefault(c, max((abs(float(v)) for v in rows.values[c]), default=0.0))
+    vlabels = sorted(set(rows.groups[i] for i in order)) if rows.groups is not None else [None]
+    domain, alpha = job_domain(job_id), new_scalar()
+    ctx = he.new_context(params)
+    ch.step = "pjc-blind-own"
+    keys_in_order = [rows.keys[i] or "" for i in order]
+    a_blobs = list(pool.hash_mul(alpha, domain, [keys_in_order]))
+    ch.step = "pjc-encrypt"
+    slots = params.slots()
+    first: set[tuple[str, str | None]] = set()
+    distinct_flag = []
+    for i in order:
+        g = rows.groups[i] if rows.groups is not None else None
+        key = (rows.keys[i] or "", g)
+        distinct_flag.append(0 if key in first else 1)
+        first.add(key)
+    ch.send("pjc-ctx", {"n": n, "scheme": params.scheme, "degree": params.degree,
+                        "vgroups": len(vlabels), "columns": cols},
+            he.public_bytes(ctx, params))
+    for blob in a_blobs:
+        ch.send("pjc-a", body=blob)
+    ch.send("pjc-a-end", {"n": n})
+    del a_blobs
+    chunks = -(-n // slots)
+    sent = 0
+    for ci in range(chunks):
+        idx = order[ci * slots:(ci + 1) * slots]
+        dflags = distinct_flag[ci * slots:(ci + 1) * slots]
+        for gi, label in enumerate(vlabels):
+            sel = [1 if label is None or rows.groups is None or rows.groups[i] == label else 0
+                   for i in idx]
+            vectors: list[tuple[str, list[Any]]] = [
+                (COUNT, sel), (DISTINCT, [s * d for s, d in zip(sel, dflags, strict=True)])]
+            for c in cols:
+                conv = int if params.scheme == "bfv" else float
+                vectors.append((c, [conv(rows.values[c][i]) * s
+                                    for i, s in zip(idx, sel, strict=True)]))
+            for kind, vals in vectors:
+                ch.send("pjc-ct", {"chunk": ci, "vg": gi, "agg": kind},
+                        he.encrypt(ctx, params, vals))
+        sent += len(idx)
+        progress("pjc-encrypt", sent, n)
+    ch.send("pjc-ct-end", {"chunks": chunks})
+    ch.step = "pjc-reblind"
+    lists: list[bytes] = []
+    while True:
+        m = ch.recv("pjc-b", "pjc-b-end")
+        if m.kind == "pjc-b-end":
+            break
+        if len(m.body) % POINT_BYTES:
+            raise ProtocolError(f"{ch.peer} sent a pjc-b list that is not whole points")
+        lists.append(m.body)
+    s_keys = sum(len(b) for b in lists) // POINT_BYTES
+    for gi, blob in enumerate(lists):
+        items = split(b"".join(pool.mul(alpha, [blob], TRUNC_BYTES)), TRUNC_BYTES)
+        ch.send("pjc-bb", {"sg": gi}, b"".join(items[j] for j in shuffled(len(items))))
+        progress("pjc-reblind", gi + 1, len(lists))
+    ch.send("pjc-bb-end", {"lists": len(lists)})
+    ch.step = "pjc-release"
+    aggs: dict[tuple[int, int], dict[str, tuple[bytes, Any]]] = {}
+    while True:
+        m = ch.recv("pjc-agg", "pjc-agg-end")
+        if m.kind == "pjc-agg-end":
+            break
+        aggs.setdefault((int(m.meta["sg"]), int(m.meta["vg"])), {})[str(m.meta["agg"])] = (
+            m.body, m.meta.get("share"))
+    released: list[dict[str, Any]] = []
+    suppressed: list[str] = []
+    results: list[GroupResult] = []
+    per_value = (rules.epsilon / (1 + len(cols))) if rules.epsilon else None
+    for (sg, vg), parts in sorted(aggs.items()):
+        need = {COUNT, DISTINCT, *cols}
+        if set(parts) != need:
+            raise ProtocolError(f"{ch.peer} sent aggregates {sorted(parts)} for group "
+                                f"{sg}/{vg}, expected {sorted(need)}")
+        count = he.unmask(params, he.decrypt_masked(ctx, params, parts[COUNT][0]),
+                          parts[COUNT][1])
+        distinct = he.unmask(params, he.decrypt_masked(ctx, params, parts[DISTINCT][0]),
+                             parts[DISTINCT][1])
+        label = vlabels[vg]
+        if round(distinct) < rules.min_distinct:
+            suppressed.append(f"{sg}/{vg}")
+            continue
+        out: dict[str, Any] = {"sg": sg, "vg": vg, "vlabel": label}
+        rcount: float = round(count)
+        if per_value:
+            rcount = rcount + _laplace(1.0 / per_value)
+        out["count"] = rcount
+        sums: dict[str, float] = {}
+        for c in cols:
+            masked = he.decrypt_masked(ctx, params, parts[c][0])
+            if per_value:
+                masked = float(masked) + _laplace(max(rules.bounds.get(c, 0.0), 1e-12) / per_value)
+            out[c] = masked
+            sums[c] = float(masked)
+        released.append(out)
+        results.append(GroupResult(label, rcount, sums))
+    if rules.on_release is not None:
+        rules.on_release(released, suppressed)
+    ch.send("pjc-release", {"groups": released, "suppressed": len(suppressed)})
+    ch.recv("pjc-done")
+    return JoinResult(results, len(suppressed), n, s_keys, params.scheme)
+
+
+# -- selector -----------------------------------------------------------------------
+def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
+             progress: Progress = _no_progress) -> JoinResult:
+    """S's half. Returns the released aggregates, unmasked."""
+    labels = sorted(set(g for g, k in zip(rows.groups, rows.keys, strict=True) if k is not None)
+                    ) if rows.groups is not None else [None]
+    per_group: dict[str | None, dict[str, None]] = {lab: {} for lab in labels}
+    for i, k in enumerate(rows.keys):
+        if k is not None:
+            per_group[rows.groups[i] if rows.groups is not None else None][k] = None
+    domain, beta = job_domain(job_id), new_scalar()
+    ch.step = "pjc-blind-own"
+    b_lists = []
+    for lab in labels:
+        ks = list(per_group[lab])
+        ks = [ks[j] for j in shuffled(len(ks))]
+        b_lists.append(b"".join(pool.hash_mul(beta, domain, [ks])))
+    ch.step = "pjc-receive"
+    head = ch.recv("pjc-ctx")
+    n, vgroups, cols = int(head.meta["n"]), int(head.meta["vgroups"]), list(head.meta["columns"])
+    ctx = he.load_context(head.body)
+    params = he.HeParams(str(head.meta["scheme"]), int(head.meta["degree"]))
+    a_blobs = []
+    while True:
+        m = ch.recv("pjc-a", "pjc-a-end")
+        if m.kind == "pjc-a-end":
+            break
+        a_blobs.append(m.body)
+    if sum(len(b) for b in a_blobs) != n * POINT_BYTES:
+        raise ProtocolError(f"{ch.peer} announced {n} rows but sent a different number")
+    cts: dict[tuple[int, int, str], bytes] = {}
+    while True:
+        m = ch.recv("pjc-ct", "pjc-ct-end")
+        if m.kind == "pjc-ct-end":
+            break
+        cts[(int(m.meta["chunk"]), int(m.meta["vg"]), str(m.meta["agg"]))] = m.body
+        progress("pjc-receive", len(cts), -1)
+    ch.step = "pjc-send"
+    for gi, blob in enumerate(b_lists):
+        ch.send("pjc-b", {"sg": gi}, blob)
+    ch.send("pjc-b-end", {"lists": len(b_lists)})
+    ch.step = "pjc-blind-peer"
+    d_vals = split(b"".join(pool.mul(beta, a_blobs, TRUNC_BYTES)), TRUNC_BYTES)
+    sets: list[set[bytes]] = []
+    while True:
+        m = ch.recv("pjc-bb", "pjc-bb-end")
+        if m.kind == "pjc-bb-end":
+            break
+        sets.append(set(split(m.body, TRUNC_BYTES)))
+    if len(sets) != len(labels):
+        raise ProtocolError(f"{ch.peer} returned {len(sets)} lists for {len(labels)} sent")
+    ch.step = "pjc-aggregate"
+    slots = params.slots()
+    chunks = -(-n // slots) if n else 0
+    kinds = [COUNT, DISTINCT, *cols]
+    shares: dict[tuple[int, int, str], Any] = {}
+    for sg, sset in enumerate(sets):
+        accs = {(vg, k): he.Accumulator(ctx, params) for vg in range(vgroups) for k in kinds}
+        for ci in range(chunks):
+            piece = d_vals[ci * slots:(ci + 1) * slots]
+            mask = [1 if d in sset else 0 for d in piece]
+            mask += [0] * (slots - len(mask))
+            if any(mask):
+                for vg in range(vgroups):
+                    for k in kinds:
+                        key = (ci, vg, k)
+                        if key not in cts:
+                            raise ProtocolError(f"{ch.peer} did not send ciphertext {key}")
+                        accs[(vg, k)].add(he.load_vector(ctx, params, cts[key]), mask)
+            progress("pjc-aggregate", sg * chunks + ci + 1, len(sets) * chunks)
+        for (vg, k), acc in accs.items():
+            data, share = acc.masked()
+            reveal = k in (COUNT, DISTINCT)
+            shares[(sg, vg, k)] = share
+            ch.send("pjc-agg", {"sg": sg, "vg": vg, "agg": k,
+                                "share": share if reveal else None}, data)
+    ch.send("pjc-agg-end")
+    ch.step = "pjc-release"
+    rel = ch.recv("pjc-release")
+    results: list[GroupResult] = []
+    for g in rel.meta["groups"]:
+        sg, vg = int(g["sg"]), int(g["vg"])
+        sums = {c: float(he.unmask(params, g[c], shares[(sg, vg, c)])) for c in cols}
+        label = labels[sg] if rows.groups is not None else g.get("vlabel")
+        results.append(GroupResult(label, float(g["count"]), sums))
+    ch.send("pjc-done")
+    return JoinResult(results, int(rel.meta["suppressed"]), n,
+                      sum(len(v) for v in per_group.values()), params.scheme)
+
