@@ -35,7 +35,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from gfs.errors import ConfigError
-from gfs.meta import Manifest
+from gfs.meta import Manifest, PoolRecord
+from gfs.packs import pack_key
 from gfs.store import ChunkStore
 
 if TYPE_CHECKING:
@@ -477,6 +478,7 @@ class ChunkCache:
         self._inflight: dict[bytes, Future[bytes]] = {}
         self._lock = threading.Lock()
         self._stats = CacheStats(capacity=memory_bytes, policy=policy)
+        self._batch: bool | None = None
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hutong-prefetch")
 
     def close(self) -> None:
@@ -555,20 +557,65 @@ class ChunkCache:
             return self._fill(cid, fut, path)
         return fut.result()
 
+    def _batch_reads(self) -> bool:
+        """Whether prefetches may read many chunks at once from the packs (coalesced
+        ranged reads, `ChunkStore.read_many`): when no disk tier needs their blobs."""
+        if self._batch is None:
+            self._batch = self.disk is None or (not self.disk.admit_local and all(
+                self.store.pool(rec.id).local_path(pack_key(bytes(16))) is not None
+                for rec in self._pools()))
+        return self._batch
+
+    def _pools(self) -> list[PoolRecord]:
+        with self.store.engine.read() as txn:
+            return list(txn.iter_pools())
+
     def prefetch(self, cids: Iterable[bytes], path: str = "") -> None:
-        """Start reading `cids` in the background (those not cached nor in flight)."""
+        """Start reading `cids` in the background (those not cached nor in flight);
+        neighbouring chunks of one pack are fetched with one ranged read."""
+        owned: list[tuple[bytes, Future[bytes]]] = []
         for cid in cids:
             _, fut, owner = self._lookup(cid)
             if owner and fut is not None:
-                with self._lock:
-                    self._stats.prefetched += 1
-                try:
+                owned.append((cid, fut))
+        if not owned:
+            return
+        with self._lock:
+            self._stats.prefetched += len(owned)
+        try:
+            if len(owned) > 1 and self._batch_reads():
+                self._pool.submit(self._fill_many, owned, path)
+            else:
+                for cid, fut in owned:
                     self._pool.submit(self._quiet_fill, cid, fut, path)
-                except RuntimeError:  # shut down
-                    with self._lock:
+        except RuntimeError:  # shut down
+            with self._lock:
+                for cid, fut in owned:
+                    if self._inflight.get(cid) is fut:
                         self._inflight.pop(cid, None)
-                    fut.cancel()
-                    return
+                        fut.cancel()
+
+    def _fill_many(self, owned: list[tuple[bytes, Future[bytes]]], path: str) -> None:
+        """Read the chunks of `owned` with coalesced reads and complete their futures; a
+        chunk the batch cannot give is read alone (which reports its error)."""
+        try:
+            got = self.store.read_many([cid for cid, _ in owned], lambda _: path)
+        except Exception:
+            got = {}
+        for cid, fut in owned:
+            data = got.get(cid)
+            if data is None:
+                self._quiet_fill(cid, fut, path)
+                continue
+            with self._lock:
+                self._inflight.pop(cid, None)
+                self._stats.bytes_from_store += len(data)
+                for old in self._policy.admit(cid, len(data)):
+                    if self._data.pop(old, None) is not None:
+                        self._stats.evictions += 1
+                if cid in self._policy:
+                    self._data[cid] = data
+            fut.set_result(data)
 
     def _quiet_fill(self, cid: bytes, fut: Future[bytes], path: str) -> None:
         with contextlib.suppress(Exception):  # the reader that needs the chunk reports it
@@ -584,6 +631,7 @@ class CachedReader:
         self.chunks = manifest.chunks
         self.ends = list(itertools.accumulate(c.length for c in manifest.chunks))
         self.size = self.ends[-1] if self.ends else 0
+        self._frontier = 0  # chunks before it were asked for by read-ahead
 
     def read(self, off: int, size: int) -> bytes:
         end = min(off + size, self.size)
@@ -591,9 +639,12 @@ class CachedReader:
             return b""
         first = bisect.bisect_right(self.ends, off)
         last = bisect.bisect_left(self.ends, end)
-        ahead = self.chunks[last + 1:last + 1 + READ_AHEAD_CHUNKS]
-        if ahead:
-            self.cache.prefetch((c.id for c in ahead), self.path)
+        if last + READ_AHEAD_CHUNKS >= self._frontier:  # ask for the next window at once
+            start = max(self._frontier, last + 1)
+            self._frontier = last + 1 + 2 * READ_AHEAD_CHUNKS
+            ahead = self.chunks[start:self._frontier]
+            if ahead:
+                self.cache.prefetch((c.id for c in ahead), self.path)
         parts = []
         for i in range(first, last + 1):
             data = self.cache.get(self.chunks[i].id, self.path)
