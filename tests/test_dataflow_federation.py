@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow import Topology
+from dataflow import ConfigError, Dataflow, Topology
 from dataflow.sites import Link, publish_links
 from gfs.federation.testing import Federation
 
@@ -17,8 +17,9 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     f = Federation(tmp_path_factory.mktemp("dffed"), ttl=3.0, heartbeat=0.3)
     try:
         f.registry()
-        f.site("w1", "bank-a", "cn-west", primary=True, mover=False)
-        f.site("e1", "telco-b", "cn-east", primary=True, mover=False)
+        f.site("w1", "bank-a", "cn-west", primary=True)
+        f.site("w2", "bank-a", "cn-west")
+        f.site("e1", "telco-b", "cn-east", primary=True)
         yield f
     finally:
         f.close()
@@ -30,7 +31,8 @@ def test_topology_from_registry_and_published_links(fed: Federation, tmp_path: P
                    '[sites.w1]\nregion = "x"\nslots = 3\n')
     topo = Topology.from_registry(fed.registry_url, config=cfg)
     assert {s: (x.region, x.entity, x.status) for s, x in topo.sites.items()} == {
-        "w1": ("cn-west", "bank-a", "up"), "e1": ("cn-east", "telco-b", "up")}
+        "w1": ("cn-west", "bank-a", "up"), "w2": ("cn-west", "bank-a", "up"),
+        "e1": ("cn-east", "telco-b", "up")}
     assert topo.sites["w1"].slots == 3                    # from the sites file
     lk = topo.link("w1", "e1")
     assert lk.source == "default" and lk.price_per_gb == 0.07
@@ -42,3 +44,19 @@ def test_topology_from_registry_and_published_links(fed: Federation, tmp_path: P
     assert got.source == "measured" and got.bandwidth == pytest.approx(5e6)
     assert got.rtt == pytest.approx(0.030) and got.price_per_gb == 0.07
     assert again.link("e1", "w1").source == "default"
+
+
+def test_replicate_adds_a_federation_rule(fed: Federation) -> None:
+    with fed.client("bank-a") as fc:
+        fc.mkdir("/bank-a/ds", parents=True, exist_ok=True)
+        fc.write_bytes("/bank-a/ds/x.bin", b"replicate me " * 50_000)
+        topo = Topology.from_registry(fed.registry_url)
+        with Dataflow(topo, federation=fc, progress=False) as df:
+            [rule] = df.replicate("/bank-a/ds/**", copies=2, where="region=cn-west",
+                                  lifetime=3600)
+        assert isinstance(rule, dict) and rule["copies"] == 2
+        [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r["state"] == "ok" and sorted(r["sites"]) == ["w1", "w2"]
+        with Dataflow(topo, federation=fc, progress=False) as df, \
+                pytest.raises(ConfigError, match="copies"):
+            df.replicate("/bank-a/ds/**", 0)
