@@ -57,16 +57,31 @@ class TransferSummary:
 class Job:
     """A job submitted with `Dataflow.run`: its plan, and its result once done."""
 
-    def __init__(self, job_id: str, plan: Plan) -> None:
+    def __init__(self, job_id: str) -> None:
         self.id = job_id
-        self.plan = plan
+        self._plan: Plan | None = None
         self._result: JobResult | None = None
         self._error: BaseException | None = None
+        self._planned = threading.Event()
         self._done = threading.Event()
+
+    def _set_plan(self, plan: Plan) -> None:
+        self._plan = plan
+        self._planned.set()
 
     def _finish(self, result: JobResult | None, error: BaseException | None) -> None:
         self._result, self._error = result, error
         self._done.set()
+        self._planned.set()
+
+    @property
+    def plan(self) -> Plan:
+        """The plan (waits until the jobs it runs after are done and it is planned)."""
+        self._planned.wait()
+        if self._plan is None:
+            assert self._error is not None
+            raise self._error
+        return self._plan
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -85,8 +100,9 @@ class Job:
         return self.wait()
 
     def __repr__(self) -> str:
-        state = "done" if self.done() else "running"
-        return f"<Job {self.id} {self.plan.strategy} {state}>"
+        state = "done" if self.done() else "planned" if self._plan else "waiting"
+        strategy = self._plan.strategy if self._plan else "not planned yet"
+        return f"<Job {self.id} {strategy} {state}>"
 
 
 class Dataflow:
@@ -176,23 +192,24 @@ class Dataflow:
         """Plan and run `fn` (or a pipeline: a list of functions) over `inputs`.
 
         `after` waits for other jobs first (and fails if one failed). With
-        `wait=False` the job runs on a background thread: `job.wait()`. With
-        the `job_id` of an interrupted job, only its unfinished tasks run.
+        `wait=False` everything (waiting, planning, running) happens on a
+        background thread: `job.plan`, `job.wait()`. With the `job_id` of an
+        interrupted job, only its unfinished tasks run.
         """
-        if isinstance(after, Job):
-            after = [after]
-        for j in after or []:
-            j.wait()
-        ds = self.resolve(inputs)
-        tasks = tasks_of([ds], per_task=per_task)
-        model = self._model(ds, tasks, constraints, compute_mbps)
-        planner = Planner(self.objective, deadline=deadline, budget=budget)
-        plan = planner.plan(tasks, model, at=at)
-        job = Job(job_id or uuid.uuid4().hex[:12], plan)
+        deps = [after] if isinstance(after, Job) else list(after or [])
+        job = Job(job_id or uuid.uuid4().hex[:12])
         name = getattr(fn, "__name__", None) or "pipeline"
 
         def go() -> None:
             try:
+                for j in deps:
+                    j.wait()
+                ds = self.resolve(inputs)
+                tasks = tasks_of([ds], per_task=per_task)
+                model = self._model(ds, tasks, constraints, compute_mbps)
+                planner = Planner(self.objective, deadline=deadline, budget=budget)
+                plan = planner.plan(tasks, model, at=at)
+                job._set_plan(plan)
                 res = Executor(self.rt, planner, retries=retries).run(
                     fn, plan, output=output, job_id=job.id, name=name, model=model)
             except BaseException as e:

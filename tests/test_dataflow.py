@@ -456,3 +456,18 @@ def test_prefetch_is_pipelined_in_task_order(world: tuple[Path, dict[str, bytes]
         assert sum(t["bytes"] for t in xs) >= 48 << 20
         assert plan.estimate.flows[0].bytes == 48 << 20
         assert [v["bytes"] for v in job.result.values.values()] == [16 << 20] * 3
+
+
+def test_background_jobs_chain_with_after(world: tuple[Path, dict[str, bytes]]) -> None:
+    root, _ = world
+    with _df(root) as df:
+        first = df.run(slow_count, "/bank-a/loans/x1", at="a", output="/bank-a/out/f",
+                       wait=False)
+        second = df.run(upper, first, after=first, wait=False, output="/bank-a/out/s")
+        assert second.wait(60).outputs and first.done()
+        assert second.plan.sites() == ["a"]
+        out = df.rt.stores.get("a").read_bytes(second.result.outputs["t0000"])
+        assert out == b'{"BYTES": 2097152, "FILES": 1}'[:16]
+        with pytest.raises(JobFailedError):
+            bad = df.run(always_fails, "/bank-a/loans/x1", at="a", retries=0, wait=False)
+            df.run(count, "/bank-a/loans/x1", after=bad, wait=False).wait(60)
