@@ -408,6 +408,10 @@ class Subscription:
                  at: str, output: str | None) -> None:
         self.df, self.name, self.pattern, self.fn = df, name, pattern, fn
         self.at, self.output = at, output
+        self.jobs: list[Job] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _seen(self) -> dict[str, str]:
         rec = self.df._get_value(f"sub:{self.name}")
@@ -423,6 +427,38 @@ class Subscription:
         lengths = {r.id: r.length for f in new for r in f.manifest.chunks}
         return Dataset(f"{self.name} new", ds.selectors, new, lengths,
                        locate(lengths, self.df.rt.stores))
+
+    def start(self, interval: float = 5.0) -> None:
+        """Poll every `interval` seconds on a background thread until `stop()`.
+
+        Jobs it starts are kept in `jobs`; an error stops the loop and is kept
+        in `error` (the files stay unhandled, so a restart retries them).
+        """
+        if not interval > 0:
+            raise ConfigError(f"subscription interval must be > 0 seconds, got {interval}")
+        if self._thread is not None:
+            raise ConfigError(f"subscription {self.name} is already started")
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    job = self.poll()
+                except Exception as e:  # kept for the caller: the loop must not die silently
+                    self.error = e
+                    return
+                if job is not None:
+                    self.jobs.append(job)
+        self._thread = threading.Thread(target=loop, name=f"hutong-sub-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop polling (waits for a poll in progress)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
 
     def poll(self) -> Job | None:
         """Run the function over the new files (one job); None when nothing is new.

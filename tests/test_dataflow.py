@@ -471,3 +471,25 @@ def test_background_jobs_chain_with_after(world: tuple[Path, dict[str, bytes]]) 
         with pytest.raises(JobFailedError):
             bad = df.run(always_fails, "/bank-a/loans/x1", at="a", retries=0, wait=False)
             df.run(count, "/bank-a/loans/x1", after=bad, wait=False).wait(60)
+
+
+def test_subscription_triggers_on_new_data(world: tuple[Path, dict[str, bytes]]) -> None:
+    root, _ = world
+    with _df(root) as df:
+        sub = df.subscribe("/bank-a/incoming/*.csv", count, output="/bank-a/out/in")
+        assert sub.poll() is None                            # nothing matches yet
+        sub.start(interval=0.05)
+        try:
+            a = df.rt.stores.get("a")
+            a.mkdir("/bank-a/incoming", parents=True)
+            a.write_bytes("/bank-a/incoming/day1.csv", b"x,y\n" * 100)
+            a.write_bytes("/bank-a/incoming/notes.txt", b"not matched")
+            deadline = time.monotonic() + 60
+            while not sub.jobs and sub.error is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            sub.stop()
+        assert sub.error is None and len(sub.jobs) == 1
+        assert list(sub.jobs[0].result.values.values()) == [{"bytes": 400, "files": 1}]
+        with pytest.raises(ConfigError, match="interval"):
+            sub.start(interval=0)
