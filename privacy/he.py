@@ -102,7 +102,7 @@ class Accumulator:
         acc = self.acc if self.acc is not None else _zero(self.ctx, p)
         if p.scheme == "bfv":
             shares = [secrets.randbelow(BFV_T) - BFV_T // 2 for _ in range(p.slots())]
-            out = acc + shares
+            out: Any = acc + shares
             return out.serialize(), sum(shares) % BFV_T
         acc = acc.sum()
         half = 1 << CKKS_MASK_BITS

@@ -1,0 +1,419 @@
+"""Privacy jobs: a spec both parties agree on, each party's half (`run_party`),
+and a launcher that runs the two halves as two processes over an authenticated
+loopback channel (`run_job`).
+
+Kinds: `psi` (the left party receives the intersection or its size), `join`
+(join-and-aggregate; the party owning the aggregated columns is the value
+holder, the other receives the aggregates) and `query` (compute-to-data: the
+right party's entity asks the left party, the owner, for aggregates of its table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gfs.client import Client
+from gfs.config import state_dir
+from privacy import c2d, he, keys, pjc, psi
+from privacy.audit import AuditLog
+from privacy.channel import Channel, handshake
+from privacy.ec import GroupPool
+from privacy.errors import AuthError, PolicyError, PrivacyError, ProtocolError, QueryError
+from privacy.policy import Policy, ReleaseTerms, clip_value
+from privacy.tables import check_columns, entity_of, iter_batches, key_strings
+
+KINDS = ("psi", "join", "query")
+_AGG = re.compile(r"^\s*(count|sum|mean|min|max)\s*\(\s*(\*|[A-Za-z_][\w.-]*)\s*\)\s*$")
+FAULT_ENV = "HUTONG_PRIVACY_FAULT"
+
+
+def parse_aggs(text: str) -> list[tuple[str, str | None]]:
+    """"count(*),mean(balance)" -> [("count", None), ("mean", "balance")]."""
+    out: list[tuple[str, str | None]] = []
+    for part in [p for p in text.split(",") if p.strip()]:
+        m = _AGG.match(part)
+        if not m:
+            raise QueryError(f"bad aggregate {part.strip()!r}; use count(*), sum(col), "
+                             f"mean(col), min(col) or max(col)")
+        func, col = m.group(1), m.group(2)
+        if col == "*" and func != "count":
+            raise QueryError(f"{func}(*) is not defined; name a column")
+        out.append((func, None if col == "*" else col))
+    if not out:
+        raise QueryError("no aggregate given; e.g. --agg 'count(*),mean(balance)'")
+    return out
+
+
+@dataclass
+class JobSpec:
+    """What both parties agree to run (its digest is checked in the handshake)."""
+
+    kind: str
+    left: str
+    right: str
+    on: str
+    output: str = "cardinality"
+    aggs: str = "count(*)"
+    group_by: str | None = None
+    scheme: str = "auto"
+    degree: int = 8192
+    where: dict[str, str] = field(default_factory=dict)
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    timeout: float = 600.0
+
+    def validate(self) -> None:
+        """Refuse a malformed spec before anything runs."""
+        if self.kind not in KINDS:
+            raise QueryError(f"job kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if entity_of(self.left) == entity_of(self.right) and self.kind != "query":
+            raise QueryError("both tables belong to one entity; a privacy job joins two")
+        if self.kind == "psi" and self.output not in psi.OUTPUTS:
+            raise QueryError(f"PSI output must be one of {', '.join(psi.OUTPUTS)}")
+        if self.kind != "psi":
+            parse_aggs(self.aggs)
+        if self.scheme not in ("auto", "bfv", "ckks"):
+            raise QueryError("scheme must be auto, bfv or ckks")
+        self.keys()
+
+    def keys(self) -> tuple[str, str]:
+        """Key column of the left and the right table ("a" or "a=b")."""
+        parts = [p.strip() for p in self.on.split("=")]
+        if len(parts) == 1 and parts[0]:
+            return parts[0], parts[0]
+        if len(parts) == 2 and all(parts):
+            return parts[0], parts[1]
+        raise QueryError(f"--on must be COLUMN or LEFT_COLUMN=RIGHT_COLUMN, got {self.on!r}")
+
+    def digest(self) -> str:
+        """The spec's hash both parties must agree on."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    def partner_of(self, side: str) -> str:
+        """The entity on the other side."""
+        return entity_of(self.right if side == "left" else self.left)
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def _fault(side: str) -> Callable[[str], None]:
+    """Test hook: HUTONG_PRIVACY_FAULT=SIDE:STEP makes that party exit at STEP."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if ":" not in spec:
+        return lambda step: None
+    f_side, f_step = spec.split(":", 1)
+
+    def check(step: str) -> None:
+        if f_side == side and step == f_step:
+            os._exit(3)
+    return check
+
+
+def _read_keys_values(fs: Client, path: str, key: str, values: list[str], group: str | None,
+                      clip: dict[str, tuple[float, float]]) -> tuple[
+                          list[str | None], dict[str, list[Any]], list[str] | None]:
+    cols = [key, *values] + ([group] if group else [])
+    ks: list[str | None] = []
+    vals: dict[str, list[Any]] = {c: [] for c in values}
+    groups: list[str] | None = [] if group else None
+    for b in iter_batches(fs, path, list(dict.fromkeys(cols))):
+        ks.extend(key_strings(b.column(key)))
+        for c in values:
+            arr = b.column(c).to_pylist()
+            vals[c].extend(clip_value(0 if v is None else v, clip.get(c)) for v in arr)
+        if group and groups is not None:
+            groups.extend("(null)" if g is None else str(g) for g in b.column(group).to_pylist())
+    return ks, vals, groups
+
+
+def run_party(spec: JobSpec, side: str, state: str | os.PathLike[str] | None,
+              sock: socket.socket, progress: Progress | None = None) -> dict[str, Any]:
+    """Run one party's half of `spec` on a connected socket; returns what this
+    party learns. The left side initiates the handshake."""
+    spec.validate()
+    fault = _fault(side)
+
+    def prog(step: str, done: int, total: int) -> None:
+        fault(step)
+        if progress is not None:
+            progress(step, done, total)
+
+    table = spec.left if side == "left" else spec.right
+    me, peer = entity_of(table), spec.partner_of(side)
+    if spec.kind == "query":
+        me = entity_of(spec.left) if side == "left" else spec.right
+        peer = spec.right if side == "left" else entity_of(spec.left)
+    sock.settimeout(spec.timeout)
+    with Client(state) as fs:
+        ident = keys.identity(fs.state, me)
+        ch = handshake(sock, ident, side, peer, keys.pinned(fs.state, peer), spec.digest(),
+                       initiator=side == "left")
+        audit = AuditLog(fs, me)
+        try:
+            if spec.kind == "query":
+                if side == "left":
+                    return c2d.serve(ch, fs, spec.left, peer, parse_aggs(spec.aggs),
+                                     spec.group_by, spec.where, audit, spec.job_id)
+                return c2d.submit(ch, spec.left, parse_aggs(spec.aggs), spec.group_by,
+                                  spec.where)
+            return _run_two_party(spec, side, fs, ch, audit, me, peer, table, prog)
+        except BaseException as e:
+            ch.abort(str(e))
+            if isinstance(e, PolicyError):
+                audit.append("policy-refused", job=spec.job_id, partner=peer, rule=e.rule,
+                             message=str(e))
+            else:
+                audit.append("job-failed", job=spec.job_id, partner=peer, step=ch.step,
+                             error=str(e)[:500])
+            raise
+        finally:
+            ch.close()
+
+
+def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog,
+                   me: str, peer: str, table: str, prog: Progress) -> dict[str, Any]:
+    key = spec.keys()[0 if side == "left" else 1]
+    aggs = parse_aggs(spec.aggs) if spec.kind == "join" else []
+    wanted = sorted({c for _, c in aggs if c} | ({spec.group_by} if spec.group_by else set()))
+    sch = check_columns(fs, table, [key])
+    has = [c for c in wanted if c in sch.names]
+    ch.step = "hello"
+    ch.send("hello", {"has": has})
+    other = ch.recv("hello").meta["has"]
+    both = set(has) & set(other)
+    if both:
+        raise QueryError(f"column(s) {', '.join(sorted(both))} exist in both tables; rename "
+                         f"one so that each aggregate names one party's column")
+    missing = set(wanted) - set(has) - set(other)
+    if missing:
+        raise QueryError(f"column(s) {', '.join(sorted(missing))} are in neither table")
+    policy = Policy.load(fs, me)
+    if spec.kind == "psi":
+        policy.check_psi(peer, table, key, spec.output)
+        terms = ReleaseTerms(1, None, {})
+    else:
+        value_cols = {c for _, c in aggs if c}
+        mine_values = value_cols & set(has)
+        if value_cols and not mine_values and value_cols - set(other):
+            raise QueryError("aggregated columns must all belong to one party")
+        if value_cols and mine_values and mine_values != value_cols:
+            raise QueryError("aggregated columns must all belong to one party")
+        own_aggs = [(f, c if c in has else None) for f, c in aggs]
+        terms = policy.check_aggregate(peer, table, key, own_aggs,
+                                       spec.group_by if spec.group_by in has else None,
+                                       spent=audit.spent(peer))
+    ch.send("ready", {"terms": terms.to_dict()})
+    peer_terms = ch.recv("ready").meta["terms"]
+    audit.append("job-start", job=spec.job_id, job_kind=spec.kind, partner=peer, table=table,
+                 key=key, aggs=spec.aggs if spec.kind == "join" else spec.output,
+                 group_by=spec.group_by)
+    started = time.monotonic()
+    with GroupPool() as pool:
+        if spec.kind == "psi":
+            ks = psi.load_keys(fs, table, key)
+            if side == "left":
+                r = psi.receiver(ch, ks, spec.job_id, spec.output, pool, prog)
+                out: dict[str, Any] = {"size": r.size, "own_keys": r.receiver_count,
+                                       "peer_keys": r.sender_count}
+                if r.intersection is not None:
+                    out["intersection"] = r.intersection
+            else:
+                r = psi.sender(ch, ks, spec.job_id, spec.output, pool, prog)
+                out = {"own_keys": r.sender_count, "peer_keys": r.receiver_count}
+            audit.append("release", job=spec.job_id, partner=peer,
+                         what=("psi-" + spec.output) if side == "left" else "psi-sender",
+                         size=out.get("size"))
+        else:
+            out = _join(spec, side, fs, ch, audit, peer, table, key, aggs, has, other, terms,
+                        peer_terms, pool, prog)
+    out.update({"role": out.get("role", "receiver" if side == "left" else "sender"),
+                "job": spec.job_id, "entity": me, "seconds": round(time.monotonic() - started, 3),
+                "bytes_sent": ch.bytes_sent, "bytes_received": ch.bytes_received})
+    audit.append("job-done", job=spec.job_id, partner=peer)
+    return out
+
+
+def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, peer: str,
+          table: str, key: str, aggs: list[tuple[str, str | None]], has: list[str],
+          other: list[str], terms: ReleaseTerms, peer_terms: dict[str, Any],
+          pool: GroupPool, prog: Progress) -> dict[str, Any]:
+    value_cols = sorted({c for _, c in aggs if c})
+    i_hold = bool(set(value_cols) & set(has)) or (not value_cols and side == "left")
+    group = spec.group_by if spec.group_by in has else None
+    if i_hold:
+        ks, vals, groups = _read_keys_values(fs, table, key, value_cols, group, terms.clip)
+        scheme = spec.scheme
+        if scheme == "auto":
+            sch = check_columns(fs, table, value_cols)
+            ints = all(str(sch.field(c).type).startswith(("int", "uint")) for c in value_cols)
+            scheme = "bfv" if ints else "ckks"
+        eps = [e for e in (terms.epsilon, peer_terms.get("epsilon")) if e]
+        bounds = {c: max(abs(x) for x in terms.clip[c]) for c in value_cols if c in terms.clip}
+        rules = pjc.ReleaseRules(max(terms.min_group_size, int(peer_terms["min_group_size"])),
+                                 min(eps) if eps else None, bounds)
+
+        def on_release(released: list[dict[str, Any]], suppressed: list[str]) -> None:
+            audit.append("release", job=spec.job_id, partner=peer, groups=len(released),
+                         suppressed=len(suppressed), epsilon=rules.epsilon)
+            if suppressed:
+                audit.append("suppressed", job=spec.job_id, partner=peer,
+                             groups=len(suppressed), min_group_size=rules.min_distinct)
+        rules.on_release = on_release
+        res = pjc.value_holder(ch, pjc.ValueRows(ks, vals, groups), spec.job_id,
+                               he.HeParams(scheme, spec.degree), rules, pool, prog)
+        return {"role": "value-holder", "released_groups": len(res.groups),
+                "suppressed": res.suppressed, "scheme": res.scheme, "rows": res.value_rows}
+    ks, _, groups = _read_keys_values(fs, table, key, [], group, {})
+    res = pjc.selector(ch, pjc.SelectRows(ks, groups), spec.job_id, pool, prog)
+    rows = []
+    for g in sorted(res.groups, key=lambda r: str(r.group)):
+        row: dict[str, Any] = {"group": g.group} if spec.group_by else {}
+        for func, col in aggs:
+            name = f"{func}({col or '*'})"
+            if func == "count":
+                row[name] = round(g.count, 6)
+            elif func == "sum" and col:
+                row[name] = g.sums[col]
+            elif func == "mean" and col:
+                row[name] = g.mean(col)
+            else:
+                raise QueryError(f"{name} is not available in a join; use count, sum or mean")
+        rows.append(row)
+    audit.append("release", job=spec.job_id, partner=peer, groups=len(rows),
+                 suppressed=res.suppressed, epsilon=None, received=True)
+    return {"role": "selector", "groups": rows, "suppressed": res.suppressed,
+            "scheme": res.scheme, "peer_rows": res.value_rows, "own_keys": res.selector_keys}
+
+
+# -- launcher ---------------------------------------------------------------------------
+@dataclass
+class JobResult:
+    """Both parties' results of a job run by `run_job`."""
+
+    left: dict[str, Any]
+    right: dict[str, Any]
+    seconds: float
+
+    @property
+    def answer(self) -> dict[str, Any]:
+        """The released result: the PSI receiver's, the selector's or the querier's."""
+        for r in (self.left, self.right):
+            if r.get("role") in ("receiver", "selector", "querier"):
+                return r
+        return self.left
+
+
+def run_job(spec: JobSpec, state: str | os.PathLike[str] | None = None,
+            progress: Progress | None = None, env: dict[str, str] | None = None) -> JobResult:
+    """Run both halves of `spec` as two processes over loopback; raises the first
+    party's error (ProtocolError, PolicyError, ...) if the job fails, and then
+    nothing was released."""
+    spec.validate()
+    root = state_dir(state)
+    with Client(root) as fs:  # both entities need keys; each side pins the other's
+        for who in (_entity(spec, "left"), _entity(spec, "right")):
+            keys.identity(fs.state, who)
+    procs: list[tuple[subprocess.Popen[bytes], str, Path]] = []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hutong-job-") as tmp:
+        try:
+            out_l = Path(tmp) / "left.json"
+            left = _spawn(spec, "left", root, None, out_l, env)
+            procs.append((left, "left", out_l))
+            assert left.stdout is not None
+            line = left.stdout.readline().decode().strip()
+            if line.startswith("LISTEN "):
+                out_r = Path(tmp) / "right.json"
+                right = _spawn(spec, "right", root, int(line.split()[1]), out_r, env)
+                procs.append((right, "right", out_r))
+            results: dict[str, dict[str, Any] | BaseException] = {}
+            threads = [threading.Thread(target=_collect, args=(p, side, f, progress, results),
+                                        daemon=True) for p, side, f in procs]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + spec.timeout + 60
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            if any(t.is_alive() for t in threads):
+                raise ProtocolError(f"job {spec.job_id} did not finish within "
+                                    f"{spec.timeout:g} s; both parties were stopped and "
+                                    f"nothing was released")
+            errors = [r for r in results.values() if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+            if len(procs) < 2:
+                raise ProtocolError("the left party did not start listening")
+            ok = [results[s] for s in ("left", "right")]
+            return JobResult(ok[0], ok[1], time.monotonic() - t0)  # type: ignore[arg-type]
+        finally:
+            for p, _, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+
+
+def _entity(spec: JobSpec, side: str) -> str:
+    if spec.kind == "query" and side == "right":
+        return spec.right
+    return entity_of(spec.left if side == "left" else spec.right)
+
+
+def _spawn(spec: JobSpec, side: str, root: Path, port: int | None, result: Path,
+           env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "privacy.party", "--side", side, "--state", str(root),
+            "--spec", json.dumps(asdict(spec)), "--result", str(result)]
+    if port is not None:
+        args += ["--connect", str(port)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+
+
+def error_from(line: str, side: str) -> PrivacyError:
+    """The error a party reported on its last `ERROR Kind message` line."""
+    kind, _, msg = line[6:].partition(" ")
+    if kind == "PolicyError":
+        m = re.match(r"rule (\S+): (.*)", msg, re.S)
+        return PolicyError(m.group(1), m.group(2)) if m else PolicyError("policy", msg)
+    if kind == "QueryError":
+        return QueryError(f"{side} party: {msg}")
+    if kind == "AuthError":
+        return AuthError(f"{side} party: {msg}")
+    return ProtocolError(f"{side} party: {msg}")
+
+
+def _collect(p: subprocess.Popen[bytes], side: str, result: Path, progress: Progress | None,
+             out: dict[str, dict[str, Any] | BaseException]) -> None:
+    assert p.stderr is not None
+    lines: list[str] = []
+    for raw in p.stderr:
+        line = raw.decode(errors="replace").rstrip("\n")
+        if line.startswith("PROGRESS "):
+            if progress is not None:
+                _, step, done, total = line.split(" ", 3)
+                progress(f"{side}:{step}", int(done), int(total))
+        else:
+            lines.append(line)
+    p.wait()
+    if p.returncode == 0 and result.exists():
+        out[side] = json.loads(result.read_text())
+        return
+    errs = [ln for ln in lines if ln.startswith("ERROR ")]
+    if errs:
+        out[side] = error_from(errs[-1], side)
+        return
+    out[side] = ProtocolError(f"the {side} party died (exit {p.returncode}) before finishing; "
+                              f"nothing was released" + (f": {lines[-1]}" if lines else ""))

@@ -1,0 +1,62 @@
+"""Entity keys for the privacy channel: an Ed25519 signing key per entity, kept in
+the state directory (privacy/keys/ENTITY.key, mode 0600) with its public half
+(ENTITY.pub) that peers pin.
+
+Until the federation's entity keys land, both parties of a job on one machine
+find each other's public key in the same directory; at separate sites the
+peer's .pub file is copied there (`hutong privacy keys`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import nacl.signing
+
+from privacy.channel import Identity
+from privacy.errors import AuthError, QueryError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def key_dir(state: Path) -> Path:
+    """The directory of entity keys in a state directory."""
+    return state / "privacy" / "keys"
+
+
+def _check(entity: str) -> None:
+    if not _NAME.match(entity):
+        raise QueryError(f"entity name {entity!r} is not valid (letters, digits, . _ -)")
+
+
+def identity(state: Path, entity: str, *, create: bool = True) -> Identity:
+    """The signing identity of `entity` in `state`, created on first use."""
+    _check(entity)
+    d = key_dir(state)
+    path = d / f"{entity}.key"
+    if not path.exists():
+        if not create:
+            raise AuthError(f"no key for entity {entity!r} in {d}; run `hutong privacy keys "
+                            f"{entity}`")
+        d.mkdir(parents=True, exist_ok=True)
+        key = nacl.signing.SigningKey.generate()
+        tmp = d / f".{entity}.key.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(bytes(key).hex() + "\n")
+        os.replace(tmp, path)
+        (d / f"{entity}.pub").write_text(bytes(key.verify_key).hex() + "\n")
+    key = nacl.signing.SigningKey(bytes.fromhex(path.read_text().strip()))
+    return Identity(entity, key)
+
+
+def pinned(state: Path, entity: str) -> str:
+    """The pinned public key (hex) of peer `entity`."""
+    _check(entity)
+    path = key_dir(state) / f"{entity}.pub"
+    if not path.exists():
+        raise AuthError(f"no pinned public key for entity {entity!r} ({path}); copy the "
+                        f"peer's {entity}.pub there")
+    return path.read_text().strip()
