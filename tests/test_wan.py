@@ -92,3 +92,11 @@ def test_bad_arguments_are_refused() -> None:
         Link(loss=1.5)
     with pytest.raises(ValueError, match="2 to 200 sites"), emulated_wan(("a",)):
         pass
+
+
+def test_cut_and_restore_a_site() -> None:
+    with wan_or_skip(("a", "b"), rtt=0.002, rate_bps=None) as wan:
+        wan.cut("b")
+        assert measure_udp(wan, "a", "b", count=5, interval=0.01)["loss"] == 1.0
+        wan.restore("b")
+        assert measure_udp(wan, "a", "b", count=5, interval=0.01)["loss"] == 0.0

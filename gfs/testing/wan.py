@@ -86,6 +86,8 @@ class Site:
     netns: str
     address: str
     link: Link
+    router_dev: str = ""
+    """Its veth on the router side."""
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         """`argv` run inside this site's namespace."""
@@ -101,6 +103,7 @@ class Wan:
     mtu: int
     counters: dict[str, int] = field(default_factory=dict)
     _procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    _cut_handles: dict[str, list[str]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Site:
         try:
@@ -134,6 +137,25 @@ class Wan:
                     check=False, timeout=timeout + 10).returncode:
             raise WanSetupError(f"nothing listens on {host}:{port} seen from site {site!r} "
                                 f"after {timeout} s")
+
+    def cut(self, site: str) -> None:
+        """Drop every packet to and from `site` (a cable pulled: no RST, no ICMP)."""
+        dev = self[site].router_dev
+        if self._cut_handles.get(site):
+            return
+        handles = []
+        for match in (f'iifname "{dev}"', f'oifname "{dev}"'):
+            out = _sh(["ip", "netns", "exec", self.router, "nft", "--echo", "--handle",
+                       "insert", "rule", "inet", f"{PREFIX}loss", "forward", *match.split(),
+                       "drop"])
+            handles.append(out.rsplit("# handle", 1)[-1].strip())
+        self._cut_handles[site] = handles
+
+    def restore(self, site: str) -> None:
+        """Undo `cut(site)`."""
+        for handle in self._cut_handles.pop(site, []):
+            _sh(["ip", "netns", "exec", self.router, "nft", "delete", "rule", "inet",
+                 f"{PREFIX}loss", "forward", "handle", handle])
 
     def popen(self, site: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start `argv` in `site`'s namespace; it is terminated when the WAN is torn down."""
@@ -292,7 +314,7 @@ def emulated_wan(sites: Sequence[str] | Mapping[str, Link] = ("a", "b"), *, rtt:
                 nft.append(f'  iifname "delay0" ip saddr {net} numgen random mod 1000000 < '
                            f"{round(link.loss * 1e6)} drop")
             rules.append((4, net.network_address.packed.hex(), 24, round(link.delay * 1e9)))
-            wan.sites[name] = Site(name, ns, addr, link)
+            wan.sites[name] = Site(name, ns, addr, link, rdev)
         nft += [" }", "}"]
         _sh(["ip", "netns", "exec", router, "nft", "-f", "-"], stdin="\n".join(nft) + "\n")
         # The delay line: a TUN device in the router, every site's packets routed into it.
