@@ -79,7 +79,12 @@ class JobSpec:
         """Refuse a malformed spec before anything runs."""
         if self.kind not in KINDS:
             raise QueryError(f"job kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if entity_of(self.left) == entity_of(self.right) and self.kind != "query":
+        if self.kind == "query":
+            if "/" in self.right or not self.right:
+                raise QueryError(f"a query names the asking entity, not a table: {self.right!r}")
+            if entity_of(self.left) == self.right:
+                raise QueryError("an owner does not query its own table through a privacy job")
+        elif entity_of(self.left) == entity_of(self.right):
             raise QueryError("both tables belong to one entity; a privacy job joins two")
         if self.kind == "psi" and self.output not in psi.OUTPUTS:
             raise QueryError(f"PSI output must be one of {', '.join(psi.OUTPUTS)}")
@@ -87,7 +92,8 @@ class JobSpec:
             parse_aggs(self.aggs)
         if self.scheme not in ("auto", "bfv", "ckks"):
             raise QueryError("scheme must be auto, bfv or ckks")
-        self.keys()
+        if self.kind != "query":
+            self.keys()
 
     def keys(self) -> tuple[str, str]:
         """Key column of the left and the right table ("a" or "a=b")."""
@@ -153,10 +159,7 @@ def run_party(spec: JobSpec, side: str, state: str | os.PathLike[str] | None,
             progress(step, done, total)
 
     table = spec.left if side == "left" else spec.right
-    me, peer = entity_of(table), spec.partner_of(side)
-    if spec.kind == "query":
-        me = entity_of(spec.left) if side == "left" else spec.right
-        peer = spec.right if side == "left" else entity_of(spec.left)
+    me, peer = _entity(spec, side), _entity(spec, "right" if side == "left" else "left")
     sock.settimeout(spec.timeout)
     with Client(state) as fs:
         ident = keys.identity(fs.state, me)

@@ -1,0 +1,207 @@
+"""`hutong join`, `hutong psi`, `hutong query`, `hutong audit` and `hutong privacy`:
+privacy jobs on the command line. Registered through `gfs.cli.EXTENSIONS`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gfs.client import Client
+from privacy import keys
+from privacy.audit import AuditLog
+from privacy.errors import AuditError, QueryError
+from privacy.jobs import JobSpec, run_job
+from privacy.policy import Policy, policy_path
+
+Progress = Callable[[str, int, int], None]
+
+
+def _progress(args: argparse.Namespace) -> Progress | None:
+    if args.quiet or not sys.stderr.isatty():
+        return None
+    state: dict[str, str] = {}
+
+    def show(step: str, done: int, total: int) -> None:
+        side = step.split(":", 1)[0]
+        state[side] = f"{step} {done}" + (f"/{total}" if total > 0 else "")
+        print("\r" + "   ".join(state[k] for k in sorted(state)) + "\033[K", end="",
+              file=sys.stderr, flush=True)
+    return show
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else (f"{v:.0f}" if v.is_integer() else f"{v:.4f}")
+    return str(v)
+
+
+def _print_rows(rows: list[dict[str, Any]], suppressed: int) -> None:
+    if rows:
+        cols = list(rows[0])
+        cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+        for row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    if suppressed:
+        print(f"({suppressed} group(s) suppressed: below the minimum group size)")
+
+
+def _run(args: argparse.Namespace, spec: JobSpec) -> dict[str, Any]:
+    prog = _progress(args)
+    res = run_job(spec, args.state, prog)
+    if prog is not None:
+        print("\r\033[K", end="", file=sys.stderr)
+    return res.answer
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    spec = JobSpec("join", args.left, args.right, args.on, aggs=args.agg,
+                   group_by=args.group_by, scheme=args.scheme, timeout=args.timeout)
+    ans = _run(args, spec)
+    if args.json:
+        print(json.dumps(ans))
+    else:
+        _print_rows(ans["groups"], int(ans["suppressed"]))
+        if not args.quiet:
+            print(f"join {spec.job_id[:8]}: {ans['scheme']}, {ans['seconds']:.1f} s, "
+                  f"{ans['bytes_sent'] + ans['bytes_received']:,} bytes exchanged",
+                  file=sys.stderr)
+    return 0
+
+
+def cmd_psi(args: argparse.Namespace) -> int:
+    spec = JobSpec("psi", args.left, args.right, args.on, output=args.output,
+                   timeout=args.timeout)
+    ans = _run(args, spec)
+    if args.json:
+        print(json.dumps(ans))
+    else:
+        print(f"intersection size: {ans['size']} (left {ans['own_keys']} distinct keys, "
+              f"right {ans['peer_keys']})")
+        for k in ans.get("intersection", []):
+            print(k)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    where: dict[str, str] = {}
+    for w in args.where or []:
+        col, sep, val = w.partition("=")
+        if not sep or not col:
+            raise QueryError(f"--where takes COLUMN=VALUE, got {w!r}")
+        where[col] = val
+    spec = JobSpec("query", args.table, args.as_entity, "-", aggs=args.agg,
+                   group_by=args.group_by, where=where, timeout=args.timeout)
+    ans = _run(args, spec)
+    if args.json:
+        print(json.dumps(ans))
+    else:
+        _print_rows(ans["groups"], int(ans["suppressed"]))
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    with Client(args.state) as fs:
+        entities = args.entities or [s.name for s in fs.ls("/")
+                                     if fs.exists(f"/{s.name}/.privacy/audit.log")]
+        bad = 0
+        for ent in entities:
+            try:
+                n = AuditLog(fs, ent).verify()
+                if not args.quiet:
+                    print(f"audit {ent}: ok, {n} records")
+            except AuditError as e:
+                print(f"audit {ent}: FAILED: {e}", file=sys.stderr)
+                bad += 1
+    return 1 if bad else 0
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    with Client(args.state) as fs:
+        for rec in AuditLog(fs, args.entity).records():
+            print(json.dumps(rec, sort_keys=True))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    with Client(args.state) as fs:
+        ident = keys.identity(fs.state, args.entity)
+        print(f"{args.entity} {ident.public_hex}  ({keys.key_dir(fs.state)})")
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    with open(args.file, "rb") as f:
+        raw = f.read()
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise QueryError(f"{args.file} is not valid JSON: {e}") from e
+    pol = Policy.from_dict(doc)
+    if pol.entity != args.entity:
+        raise QueryError(f"{args.file} is the policy of {pol.entity!r}, not {args.entity!r}")
+    with Client(args.state) as fs:
+        path = policy_path(args.entity)
+        fs.mkdir(path.rsplit("/", 1)[0], parents=True, exist_ok=True)
+        fs.write_bytes(path, raw)
+    if not args.quiet:
+        print(f"policy of {args.entity}: {len(pol.partners)} partner(s), stored at {path}")
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the privacy subcommands to `hutong`."""
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str,
+            parent: Any = sub) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help,
+                                                        parents=[common])
+        sp.set_defaults(func=func)
+        return sp
+
+    def job_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print the result as JSON")
+        sp.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds a party waits for the other (default 600)")
+
+    sp = add("join", cmd_join, "private join-and-aggregate of two entities' tables")
+    sp.add_argument("--left", required=True, metavar="TABLE", help="/ENTITY/table.parquet")
+    sp.add_argument("--right", required=True, metavar="TABLE")
+    sp.add_argument("--on", required=True, metavar="COL[=COL]", help="join key column(s)")
+    sp.add_argument("--agg", default="count(*)", help='e.g. "count(*),mean(balance)"')
+    sp.add_argument("--group-by", metavar="COL", help="a column of either table")
+    sp.add_argument("--scheme", choices=("auto", "bfv", "ckks"), default="auto",
+                    help="bfv: exact integer sums; ckks: reals (default: by column type)")
+    job_opts(sp)
+    sp = add("psi", cmd_psi, "private set intersection (left receives the result)")
+    sp.add_argument("--left", required=True, metavar="TABLE")
+    sp.add_argument("--right", required=True, metavar="TABLE")
+    sp.add_argument("--on", required=True, metavar="COL[=COL]")
+    sp.add_argument("--output", choices=("cardinality", "intersection"), default="cardinality")
+    job_opts(sp)
+    sp = add("query", cmd_query, "compute-to-data: aggregates of an owner's table, at the owner")
+    sp.add_argument("--table", required=True, metavar="TABLE")
+    sp.add_argument("--as", dest="as_entity", required=True, metavar="ENTITY",
+                    help="the partner entity asking")
+    sp.add_argument("--agg", default="count(*)")
+    sp.add_argument("--group-by", metavar="COL")
+    sp.add_argument("--where", action="append", metavar="COL=VALUE")
+    job_opts(sp)
+    audit = sub.add_parser("audit", help="privacy audit logs", parents=[common])
+    asub = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
+    sp = add("verify", cmd_audit_verify, "verify audit log hash chains (exit 1 if one fails)",
+             asub)
+    sp.add_argument("entities", nargs="*", metavar="ENTITY")
+    sp = add("show", cmd_audit_show, "print an entity's audit records", asub)
+    sp.add_argument("entity", metavar="ENTITY")
+    priv = sub.add_parser("privacy", help="privacy keys and policies", parents=[common])
+    psub = priv.add_subparsers(dest="privacy_command", metavar="COMMAND", required=True)
+    sp = add("keys", cmd_keys, "create or show an entity's signing key", psub)
+    sp.add_argument("entity", metavar="ENTITY")
+    sp = add("policy", cmd_policy, "validate and store an entity's policy", psub)
+    sp.add_argument("entity", metavar="ENTITY")
+    sp.add_argument("file", metavar="POLICY.json")
