@@ -116,6 +116,24 @@ def mover_fetch(src: Client, ids: list[bytes], work: Path, streams: int,
     return seconds, stats.bytes
 
 
+def disk_write(work: Path, nbytes: int) -> tuple[float, int]:
+    """(seconds, bytes) of writing `nbytes` to a new file in `work` and fsyncing it: the
+    ceiling of any durable receiver on this disk (the mover commits what it receives)."""
+    block = os.urandom(1 << 20)
+    path = work / "disk-ceiling.tmp"
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(nbytes >> 20):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return seconds, nbytes
+
+
 def mover_wire(src: Client, ids: list[bytes], work: Path, streams: int) -> tuple[float, int]:
     """The wire alone: spools are deleted unverified (what C moves, not a usable transfer)."""
     spool = work / "spool"
@@ -469,6 +487,9 @@ def _loopback(work: Path, data: Path, src: Client, ids: list[bytes], iperf_secon
         row(f"mover wire only, {streams} stream{'s' * (streams > 1)}",
             mover_wire(src, ids, work, streams), "spools dropped, not verified")
     row("aiohttp, 1 stream", aiohttp_fetch(src, ids), "digests verified")
+    total = sum(p.stat().st_size for p in (data / "v1").iterdir())
+    row("disk: write + fsync, same bytes", disk_write(work, total),
+        "durable-write ceiling of this disk")
     row("rsync daemon, 1 stream", rsync(data, work / "rsync-v1", work, "v1"),
         "whole files, no verify")
     # Dedup-aware resume: v1 is at the destination, then v2.
