@@ -40,7 +40,7 @@ demo: setup
 	$(PY) -m bench demo
 
 lint: setup
-	$(VENV)/bin/ruff check gfs bench tests
+	$(VENV)/bin/ruff check gfs bench tests dataflow privacy
 	$(VENV)/bin/mypy
 
 test: setup lint
