@@ -10,8 +10,9 @@ Design:
 * Every blocking store call runs on a thread pool, never on the event loop, so
   one slow read does not stall the mount. Requests answered from memory alone
   (attributes and lookups of files created here, small writes to a memory
-  spool, non-`user.` xattr names) are answered on the loop: a thread trip
-  costs more than they do.
+  spool, non-`user.` xattr names) and lookup/getattr, which are one LMDB
+  snapshot read (no lock, microseconds), are answered on the loop: a thread
+  trip costs more than they do.
 * Reads: a handle pins the version committed when it was opened. Chunks come
   through the cache tiers (`ChunkCache` in memory, `DiskCache` on disk; see
   `gfs.disk_cache.open_tier`); each read starts read-ahead of the next
@@ -268,6 +269,22 @@ class HutongOperations(pyfuse3.Operations):
             log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
             raise pyfuse3.FUSEError(errno.EIO) from None
 
+    def _now(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a short metadata read on the loop itself (an LMDB snapshot lookup takes
+        microseconds, a trip to a worker thread far more); errors as in `_run`."""
+        try:
+            return fn(*args)
+        except pyfuse3.FUSEError:
+            raise
+        except (HutongError, OSError) as e:
+            code = getattr(e, "errno", None) or errno.EIO
+            if code == errno.EIO:
+                log.error("I/O error: %s", e)
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
     def _path(self, txn: ReadTxn, ino: int) -> str:
         """The current path of `ino` (from the name hints, checked; else from the index)."""
         parts: list[str] = []
@@ -351,14 +368,14 @@ class HutongOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             self._names[node.ino] = (parent_inode, _name(name))
             return node
-        return self._attr(await self._run(op))
+        return self._attr(self._now(op))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
         pending = self._pending.get(inode)
         if pending is not None:  # in memory: answered on the loop
             return self._attr(pending)
-        return self._attr(await self._run(self._node, inode))
+        return self._attr(self._now(self._node, inode))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = await self._run(self._node, inode)
