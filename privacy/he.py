@@ -107,7 +107,7 @@ class Accumulator:
         acc = acc.sum()
         half = 1 << CKKS_MASK_BITS
         r = (secrets.randbelow(2 * half) - half) + secrets.randbelow(1 << 20) / 2**20
-        out = [*acc, r]
+        out = acc.add([r])
         return out.serialize(), r
 
 

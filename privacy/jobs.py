@@ -190,6 +190,8 @@ def run_party(spec: JobSpec, side: str, state: str | os.PathLike[str] | None,
 def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog,
                    me: str, peer: str, table: str, prog: Progress) -> dict[str, Any]:
     key = spec.keys()[0 if side == "left" else 1]
+    policy = Policy.load(fs, me)
+    policy.check_partner(peer, table, key)  # before the table is opened at all
     aggs = parse_aggs(spec.aggs) if spec.kind == "join" else []
     wanted = sorted({c for _, c in aggs if c} | ({spec.group_by} if spec.group_by else set()))
     sch = check_columns(fs, table, [key])
@@ -204,7 +206,6 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     missing = set(wanted) - set(has) - set(other)
     if missing:
         raise QueryError(f"column(s) {', '.join(sorted(missing))} are in neither table")
-    policy = Policy.load(fs, me)
     if spec.kind == "psi":
         policy.check_psi(peer, table, key, spec.output)
         terms = ReleaseTerms(1, None, {})

@@ -148,6 +148,12 @@ class Policy:
             raise PolicyError("key_columns", f"column {key!r} of {table} may not be used as a "
                                              f"join key (allowed: {', '.join(t.key_columns)})")
 
+    def check_partner(self, partner: str, table: str, key: str | None) -> None:
+        """Refuse an unknown partner, an unshared table or a key column not allowed."""
+        _, t = self._table(partner, table)
+        if key is not None:
+            self._key(t, table, key)
+
     def check_psi(self, partner: str, table: str, key: str, output: str) -> None:
         """Refuse a PSI job the policy does not allow."""
         _, t = self._table(partner, table)
