@@ -373,6 +373,12 @@ def wan_cases(src_state: Path, data: Path, ids: list[bytes], work: Path, quick: 
                   env=env, cwd=REPO, **quiet)
         wan.wait_tcp("dst", there, 7070)
         wan.wait_tcp("dst", there, 8080)
+        # Warm-up (first connections, the server's first reads): 1/16 of the chunks.
+        warm = work / "wan-warm-ids"
+        warm.write_bytes(b"".join(ids[: max(1, len(ids) // 16)]))
+        wan.run("dst", [py, "-c", _CHILD, "mover-fetch", str(work / "wan-warm"), there, "7070",
+                        "4", str(warm)], env=env, cwd=REPO, timeout=600)
+        shutil.rmtree(work / "wan-warm", ignore_errors=True)
         for streams in ((4,) if quick and slow else (4, 8) if quick else (4, 8, 16)):
             out = wan.run("dst", [py, "-c", _CHILD, "mover-fetch", str(work / f"wan-{streams}"),
                                   there, "7070", str(streams), str(idsfile)],
