@@ -180,7 +180,8 @@ def unavailable_reason() -> str | None:
     """Why the emulated WAN cannot be built here (None when it can)."""
     if sys.platform != "linux":
         return "the emulated WAN needs Linux network namespaces"
-    for tool, pkg in (("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")):
+    for tool, pkg in (("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables"),
+                      ("sysctl", "procps")):
         if shutil.which(tool) is None:
             return f"the emulated WAN needs `{tool}`: install the Debian package {pkg}"
     if not os.path.exists("/dev/net/tun"):
