@@ -10,10 +10,12 @@ right party's entity asks the left party, the owner, for aggregates of its table
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from gfs.client import Client
 from gfs.config import state_dir
@@ -89,7 +93,11 @@ class JobSpec:
         if self.kind == "psi" and self.output not in psi.OUTPUTS:
             raise QueryError(f"PSI output must be one of {', '.join(psi.OUTPUTS)}")
         if self.kind != "psi":
-            parse_aggs(self.aggs)
+            aggs = parse_aggs(self.aggs)
+            bad = [f for f, _ in aggs if f not in ("count", "sum", "mean")]
+            if self.kind == "join" and bad:
+                raise QueryError(f"a join releases count, sum and mean only, not {bad[0]}; "
+                                 f"ask the owner for {bad[0]} with a query job")
         if self.scheme not in ("auto", "bfv", "ckks"):
             raise QueryError("scheme must be auto, bfv or ckks")
         if self.kind != "query":
@@ -194,7 +202,7 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     policy.check_partner(peer, table, key)  # before the table is opened at all
     aggs = parse_aggs(spec.aggs) if spec.kind == "join" else []
     wanted = sorted({c for _, c in aggs if c} | ({spec.group_by} if spec.group_by else set()))
-    sch = check_columns(fs, table, [key])
+    sch = check_columns(fs, table, [key])  # the schema only: no rows are read yet
     has = [c for c in wanted if c in sch.names]
     ch.step = "hello"
     ch.send("hello", {"has": has})
@@ -216,6 +224,11 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
             raise QueryError("aggregated columns must all belong to one party")
         if value_cols and mine_values and mine_values != value_cols:
             raise QueryError("aggregated columns must all belong to one party")
+        for c in sorted(mine_values):
+            t = sch.field(c).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+                raise QueryError(f"column {c!r} of {table} is {t}, not numeric; sum and mean "
+                                 f"need numbers")
         own_aggs = [(f, c if c in has else None) for f, c in aggs]
         terms = policy.check_aggregate(peer, table, key, own_aggs,
                                        spec.group_by if spec.group_by in has else None,
@@ -259,12 +272,14 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
     i_hold = bool(set(value_cols) & set(has)) or (not value_cols and side == "left")
     group = spec.group_by if spec.group_by in has else None
     if i_hold:
-        ks, vals, groups = _read_keys_values(fs, table, key, value_cols, group, terms.clip)
+        sch = check_columns(fs, table, value_cols)
+        ints = all(pa.types.is_integer(sch.field(c).type) for c in value_cols)
         scheme = spec.scheme
         if scheme == "auto":
-            sch = check_columns(fs, table, value_cols)
-            ints = all(str(sch.field(c).type).startswith(("int", "uint")) for c in value_cols)
             scheme = "bfv" if ints else "ckks"
+        elif scheme == "bfv" and not ints:
+            raise QueryError("bfv sums integers only; use --scheme ckks for real-valued columns")
+        ks, vals, groups = _read_keys_values(fs, table, key, value_cols, group, terms.clip)
         eps = [e for e in (terms.epsilon, peer_terms.get("epsilon")) if e]
         bounds = {c: max(abs(x) for x in terms.clip[c]) for c in value_cols if c in terms.clip}
         rules = pjc.ReleaseRules(max(terms.min_group_size, int(peer_terms["min_group_size"])),
@@ -357,8 +372,8 @@ def run_job(spec: JobSpec, state: str | os.PathLike[str] | None = None,
                                     f"{spec.timeout:g} s; both parties were stopped and "
                                     f"nothing was released")
             errors = [r for r in results.values() if isinstance(r, BaseException)]
-            if errors:
-                raise errors[0]
+            if errors:  # the cause first: a refusal or bad input, then the party that broke
+                raise min(errors, key=_cause_rank)
             if len(procs) < 2:
                 raise ProtocolError("the left party did not start listening")
             ok = [results[s] for s in ("left", "right")]
@@ -368,6 +383,13 @@ def run_job(spec: JobSpec, state: str | os.PathLike[str] | None = None,
                 if p.poll() is None:
                     p.kill()
                 p.wait()
+                _reap(p)
+
+
+def _cause_rank(e: BaseException) -> int:
+    if isinstance(e, (PolicyError, QueryError, AuthError)):
+        return 0
+    return 2 if "aborted the job" in str(e) else 1
 
 
 def _entity(spec: JobSpec, side: str) -> str:
@@ -383,7 +405,7 @@ def _spawn(spec: JobSpec, side: str, root: Path, port: int | None, result: Path,
     if port is not None:
         args += ["--connect", str(port)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, start_new_session=True)
 
 
 def error_from(line: str, side: str) -> PrivacyError:
@@ -401,17 +423,24 @@ def error_from(line: str, side: str) -> PrivacyError:
 
 def _collect(p: subprocess.Popen[bytes], side: str, result: Path, progress: Progress | None,
              out: dict[str, dict[str, Any] | BaseException]) -> None:
-    assert p.stderr is not None
     lines: list[str] = []
-    for raw in p.stderr:
-        line = raw.decode(errors="replace").rstrip("\n")
-        if line.startswith("PROGRESS "):
-            if progress is not None:
-                _, step, done, total = line.split(" ", 3)
-                progress(f"{side}:{step}", int(done), int(total))
-        else:
-            lines.append(line)
+
+    def read() -> None:
+        assert p.stderr is not None
+        for raw in p.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith("PROGRESS "):
+                if progress is not None:
+                    _, step, done, total = line.split(" ", 3)
+                    progress(f"{side}:{step}", int(done), int(total))
+            else:
+                lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     p.wait()
+    _reap(p)  # worker processes of a party that died must not outlive it
+    reader.join(5)
     if p.returncode == 0 and result.exists():
         out[side] = json.loads(result.read_text())
         return
@@ -421,3 +450,9 @@ def _collect(p: subprocess.Popen[bytes], side: str, result: Path, progress: Prog
         return
     out[side] = ProtocolError(f"the {side} party died (exit {p.returncode}) before finishing; "
                               f"nothing was released" + (f": {lines[-1]}" if lines else ""))
+
+
+def _reap(p: subprocess.Popen[bytes]) -> None:
+    """Kill what is left of a party's process group (its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)
