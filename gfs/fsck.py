@@ -18,7 +18,7 @@ from gfs.errors import CorruptChunkError, PoolObjectMissingError
 from gfs.meta import ROOT_INO, ChunkRecord, Kind, Location, PackRecord, ReadTxn
 from gfs.packs import PACK_HEADER_LEN, pack_key, parse_pack_key
 from gfs.pools import LocalPool
-from gfs.store import ChunkStore
+from gfs.store import ChunkStore, pinned_chunks
 
 
 @dataclass
@@ -36,6 +36,7 @@ class FsckReport:
     unreferenced_chunks: int = 0
     orphan_packs: int = 0
     temporaries: int = 0
+    pinned_chunks: int = 0
 
     @property
     def ok(self) -> bool:
@@ -52,7 +53,8 @@ def check(store: ChunkStore, *, verify_data: bool = True,
         refs = _check_manifests(txn, report, bad_chunks)
         chunks = {rec.id: rec for rec in txn.iter_chunks()}
         packs = {p.id: p for p in txn.iter_packs()}
-        _check_index(chunks, packs, refs, report, bad_chunks)
+        pinned = pinned_chunks(txn)
+        _check_index(chunks, packs, refs, report, bad_chunks, pinned)
     report.chunks = len(chunks)
     report.packs = len(packs)
     _check_pools(store, packs, report)
@@ -119,7 +121,8 @@ def _check_manifests(txn: ReadTxn, report: FsckReport,
 
 
 def _check_index(chunks: dict[bytes, ChunkRecord], packs: dict[bytes, PackRecord],
-                 refs: Counter[bytes], report: FsckReport, bad: set[bytes]) -> None:
+                 refs: Counter[bytes], report: FsckReport, bad: set[bytes],
+                 pinned: set[bytes]) -> None:
     for cid in bad:
         report.problems.append(f"chunk {cid.hex()} is referenced but has no stored copy")
     live: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
@@ -128,7 +131,9 @@ def _check_index(chunks: dict[bytes, ChunkRecord], packs: dict[bytes, PackRecord
         if rec.refcount != want:
             report.problems.append(f"chunk {cid.hex()} refcount {rec.refcount}, "
                                    f"but {want} manifest entries name it")
-        if rec.refcount == 0:
+        if rec.refcount == 0 and cid in pinned:
+            report.pinned_chunks += 1
+        elif rec.refcount == 0:
             report.unreferenced_chunks += 1
         for loc in rec.locations:
             p = packs.get(loc.pack)

@@ -270,7 +270,7 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _remove(self, path: str, recursive: bool = False) -> None:
         """Remove `path` with its per-inode values (xattrs), releasing its chunks."""
         with self.client.engine.write() as txn:
-            release(txn, namespace.remove_dropping_values(txn, path, recursive=recursive))
+            release(txn, namespace.remove(txn, path, recursive=recursive))
 
     def rmdir(self, path: str) -> None:
         p = self._strip_protocol(path)
@@ -317,7 +317,7 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 target = None
             if target is not None and target.kind == Kind.DIR and paths.split(src):
                 dst = paths.join([*paths.split(dst), paths.split(src)[-1]])
-            release(txn, namespace.rename_dropping_values(txn, src, dst))
+            release(txn, namespace.rename(txn, src, dst))
         self.invalidate_cache()
 
     def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:

@@ -3,7 +3,9 @@
 gc holds the store's gc lock exclusively, so no writer is between writing a
 pack and committing it. Order (docs/format.md, invariant 5): the metadata
 transaction that drops every reference to a pack commits before the pack
-object is deleted; chunks that a manifest references are never dropped.
+object is deleted; chunks that a manifest references are never dropped, nor
+are chunks pinned in the `pins` table (fetched ahead of the files that will
+name them) until their pin expires.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from gfs.errors import CorruptChunkError, PoolObjectMissingError
 from gfs.meta import ChunkRecord, Location, PackRecord
 from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_key
 from gfs.pools import LocalPool
-from gfs.store import ChunkStore
+from gfs.store import ChunkStore, pinned_chunks
 
 log = logging.getLogger("hutong.gc")
 
@@ -57,7 +59,12 @@ def collect(store: ChunkStore) -> GcReport:
 def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
     """Delete chunk records with refcount 0 and the pack records left with no live chunk."""
     with store.engine.write() as txn:
-        dead = [rec for rec in txn.iter_chunks() if rec.refcount == 0]
+        now = time.time_ns()
+        pinned = pinned_chunks(txn, now)
+        for cid, value in list(txn.iter_values("pins")):
+            if int.from_bytes(value, "big") <= now:
+                txn.delete_value("pins", cid)  # expired pins
+        dead = [rec for rec in txn.iter_chunks() if rec.refcount == 0 and rec.id not in pinned]
         packs = {p.id: p for p in txn.iter_packs()}
         live: dict[bytes, list[int]] = {pid: [p.live_chunks, p.live_bytes]
                                         for pid, p in packs.items()}

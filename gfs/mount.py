@@ -469,7 +469,7 @@ class HutongOperations(pyfuse3.Operations):
             node = namespace.resolve(txn, path)
             if is_dir and node.kind != Kind.DIR:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            release(txn, namespace.remove_dropping_values(txn, path, dir_ok=is_dir))
+            release(txn, namespace.remove(txn, path, dir_ok=is_dir))
         self._write_txn(op)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -491,7 +491,7 @@ class HutongOperations(pyfuse3.Operations):
             target = txn.lookup(parent_inode_new, new)
             if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
                 raise ExistsError(dst)
-            release(txn, namespace.rename_dropping_values(txn, src, dst))
+            release(txn, namespace.rename(txn, src, dst))
             return moving.ino
         ino = await self._run(self._write_txn, op)
         self._names[ino] = (parent_inode_new, new)

@@ -178,6 +178,7 @@ def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef],
     else:
         if existing is not None:  # a symlink: replaced by the file
             txn.delete_inode(existing.ino)
+            drop_inode_values(txn, [existing.ino])
         node = _new_inode(txn, parent.ino, Kind.FILE,
                           DEFAULT_FILE_MODE if mode is None else mode, now, uid, gid,
                           mtime_ns=mtime_ns, size=size, version=1)
@@ -244,6 +245,7 @@ def unlink_in(txn: WriteTxn, parent: Inode, name: str, *, touch: bool = True,
     m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
     txn.delete_manifest(node.ino)
     txn.delete_inode(node.ino)
+    drop_inode_values(txn, [node.ino])
     txn.unlink(parent.ino, name)
     if touch:
         _touch_dir(txn, parent, now_ns())
@@ -278,7 +280,9 @@ def remove(txn: WriteTxn, path: str, *, recursive: bool = False,
         if not recursive and next(iter(txn.list_dir(node.ino)), None) is not None:
             raise NotEmptyError(path)
     removed: list[Manifest] = []
-    for n in list(walk(txn, node)):
+    gone = list(walk(txn, node))
+    drop_inode_values(txn, [n.ino for n in gone])  # e.g. xattrs: inodes are never reused
+    for n in gone:
         if n.kind == Kind.FILE:
             m = txn.get_manifest(n.ino)
             if m is not None:
@@ -329,6 +333,7 @@ def rename(txn: WriteTxn, src: str, dst: str) -> list[Manifest]:
                 replaced.append(m)
             txn.delete_manifest(target.ino)
         txn.delete_inode(target.ino)
+        drop_inode_values(txn, [target.ino])
     now = now_ns()
     txn.unlink(sparent.ino, sname)
     txn.link(dparent.ino, dname, node.ino)
@@ -370,9 +375,9 @@ def st_mode(node: Inode) -> int:
     return kind | node.mode
 
 
-#: Value tables whose keys start with an inode number (u64 BE): entries of an
-#: inode that leaves the namespace are dropped with it by the `*_dropping_values`
-#: variants below (the FUSE mount keeps user xattrs in "xattrs").
+#: Value tables whose keys start with an inode number (u64 BE): the entries of an
+#: inode that leaves the namespace (remove, rename over it, unlink, replacement)
+#: are dropped with it (the FUSE mount keeps user xattrs in "xattrs").
 INODE_VALUE_TABLES: tuple[str, ...] = ("xattrs",)
 
 
@@ -386,23 +391,3 @@ def drop_inode_values(txn: WriteTxn, inos: Iterator[int] | list[int],
                 txn.delete_value(table, key)
 
 
-def remove_dropping_values(txn: WriteTxn, path: str, *, recursive: bool = False,
-                           dir_ok: bool = True) -> list[Manifest]:
-    """`remove`, also dropping the per-inode values (xattrs) of every removed inode."""
-    parent, name = resolve_parent(txn, path)
-    node = child(txn, parent, name)
-    gone = [n.ino for n in walk(txn, node)] if node is not None else []
-    removed = remove(txn, path, recursive=recursive, dir_ok=dir_ok)
-    drop_inode_values(txn, gone)
-    return removed
-
-
-def rename_dropping_values(txn: WriteTxn, src: str, dst: str) -> list[Manifest]:
-    """`rename`, also dropping the per-inode values (xattrs) of an entry it replaces."""
-    dparent, dname = resolve_parent(txn, dst)
-    target = txn.lookup(dparent.ino, dname)
-    moving = resolve(txn, src)
-    replaced = rename(txn, src, dst)
-    if target is not None and target != moving.ino:
-        drop_inode_values(txn, [target])
-    return replaced

@@ -622,6 +622,22 @@ def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],
     txn.add_refcounts(deltas)
 
 
+def pin_chunks(txn: WriteTxn, cids: Iterable[bytes], seconds: float) -> None:
+    """Keep chunks from gc for `seconds` although no manifest names them yet (chunks
+    fetched ahead of the file that will use them). A later pin of a chunk extends it."""
+    until = time.time_ns() + int(seconds * 1e9)
+    for cid in cids:
+        old = txn.get_value("pins", cid)
+        if old is None or int.from_bytes(old, "big") < until:
+            txn.put_value("pins", cid, until.to_bytes(8, "big"))
+
+
+def pinned_chunks(txn: ReadTxn, now_ns: int | None = None) -> set[bytes]:
+    """Ids of the chunks whose pin has not expired."""
+    now = time.time_ns() if now_ns is None else now_ns
+    return {cid for cid, v in txn.iter_values("pins") if int.from_bytes(v, "big") > now}
+
+
 def release(txn: WriteTxn, manifests: Iterable[Manifest]) -> None:
     """Drop the references of removed manifests (their chunks may become garbage)."""
     deltas: Counter[bytes] = Counter()

@@ -264,3 +264,45 @@ def test_put_single_file_makes_parents(fs: Client, tmp_path: Path) -> None:
     assert fs.read_bytes("/deep/down/one.txt") == b"one"
     fs.put(f, "/deep")  # an existing directory: goes inside
     assert fs.read_bytes("/deep/one.txt") == b"one"
+
+
+def test_pinned_chunks_survive_gc_until_the_pin_expires(fs: Client) -> None:
+    from gfs.store import pin_chunks
+
+    data = random.Random(8).randbytes(300_000)
+    fs.write_bytes("/tmp-file", data)
+    with fs.engine.read() as txn:
+        m = txn.get_manifest(fs.stat("/tmp-file").ino)
+    assert m is not None
+    ids = [r.id for r in m.chunks]
+    with fs.engine.write() as txn:
+        pin_chunks(txn, ids, seconds=3600)
+    fs.rm("/tmp-file")  # refcounts drop to 0: only the pin keeps the chunks
+    report = fs.fsck()
+    assert report.ok and report.pinned_chunks == len(set(ids)) and report.unreferenced_chunks == 0
+    assert fs.gc().chunks_removed == 0
+    with fs.engine.read() as txn:
+        assert all(txn.has_chunk(c) for c in ids)
+    with fs.engine.write() as txn:
+        pin_chunks(txn, ids[:1], seconds=-1)  # an older pin does not shorten a newer one
+        for c in ids:
+            txn.put_value("pins", c, (0).to_bytes(8, "big"))  # expire them
+    assert fs.gc().chunks_removed == len(set(ids))
+    with fs.engine.read() as txn:
+        assert not any(txn.has_chunk(c) for c in ids)
+        assert not list(txn.iter_values("pins"))  # expired pins are cleared
+    assert fs.fsck().ok
+
+
+def test_removing_a_file_drops_its_inode_values(fs: Client) -> None:
+    fs.write_bytes("/a", b"a")
+    fs.write_bytes("/b", b"b")
+    ino_a, ino_b = fs.stat("/a").ino, fs.stat("/b").ino
+    with fs.engine.write() as txn:
+        for ino in (ino_a, ino_b):
+            txn.put_value("xattrs", ino.to_bytes(8, "big") + b"user.tag", b"x")
+    fs.rm("/a")
+    fs.write_bytes("/c", b"c")
+    fs.mv("/c", "/b")  # replaces /b
+    with fs.engine.read() as txn:
+        assert list(txn.iter_values("xattrs")) == []

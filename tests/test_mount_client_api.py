@@ -104,9 +104,9 @@ def test_remove_and_rename_hooks_drop_xattrs(fs: Client) -> None:
         for ino in inos.values():
             txn.put_value("xattrs", ino.to_bytes(8, "big") + b"user.k", b"\x01v")
     with fs.engine.write() as txn:  # /h replaced by /t/g: the xattrs of /h go
-        release(txn, namespace.rename_dropping_values(txn, "/t/g", "/h"))
+        release(txn, namespace.rename(txn, "/t/g", "/h"))
     with fs.engine.write() as txn:
-        release(txn, namespace.remove_dropping_values(txn, "/t", recursive=True))
+        release(txn, namespace.remove(txn, "/t", recursive=True))
     with fs.engine.read() as txn:
         left = [k for k, _ in txn.iter_values("xattrs")]
     assert left == [inos["/t/g"].to_bytes(8, "big") + b"user.k"]  # moved, kept

@@ -36,8 +36,9 @@ from gfs.meta.records import (
 )
 
 #: Tables of opaque values kept for the layers above (heat counters, placement
-#: rules, entities, sites, extended attributes, job records).
-VALUE_TABLES: frozenset[str] = frozenset({"heat", "rules", "entities", "sites", "xattrs", "jobs"})
+#: rules, entities, sites, extended attributes, job records, chunk pins).
+VALUE_TABLES: frozenset[str] = frozenset(
+    {"heat", "rules", "entities", "sites", "xattrs", "jobs", "pins"})
 
 
 class ReadTxn(ABC):
