@@ -50,7 +50,7 @@ from gfs.meta import ChunkRecord, ChunkRef, Kind, Location, Manifest, PackRecord
 from gfs.packs import PACK_HEADER_LEN, PackBuilder, new_pack_id, pack_header, pack_key
 from gfs.pools.base import TMP_DIR
 from gfs.pools.local import LocalPool
-from gfs.store import ChunkStore
+from gfs.store import ChunkStore, pin_chunks
 
 log = logging.getLogger("hutong.mover")
 
@@ -60,6 +60,8 @@ Progress = Callable[[int], None]
 Address = tuple[str, int]
 
 DEFAULT_STREAMS: Final = 4
+#: How long fetched chunks are kept from gc before a manifest must name them.
+PIN_SECONDS: Final = 24 * 3600.0
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_RETRIES: Final = 3
 
@@ -432,6 +434,8 @@ class Receiver:
                                           (Location(self.pool_id, pack_id, off, length),)))
             txn.put_pack(PackRecord(pack_id, self.pool_id, pack_size, nblobs, committed,
                                     live_bytes, now))
+            # no manifest names them yet: keep them from gc for a while (docs/format.md)
+            pin_chunks(txn, locs, PIN_SECONDS)
         return committed
 
 
@@ -645,7 +649,8 @@ def fetch(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secre
 
     Only chunks the store lacks are asked for, so a second call after an
     interruption moves only what is still missing. Received blobs are
-    verified and committed pack by pack (refcount 0). Retryable stream
+    verified and committed pack by pack (refcount 0, pinned for `PIN_SECONDS` so
+    that gc keeps them until a manifest names them). Retryable stream
     failures (cut, stall) are retried up to `retries` times. With `strict`,
     chunks the peer does not hold (or sent damaged) raise
     `ChunksUnavailableError` after the rest was committed; otherwise they are

@@ -612,3 +612,14 @@ def test_non_local_pool_serves_fetch_and_send(src: Client, dst: Client,
         assert sent.committed == len(set(ids)) and not sent.missing
     assert list((src.state / "tmp").glob("mover-stage-*")) == []
     _assert_clean(dst)
+
+
+def test_fetched_chunks_are_pinned_against_gc(src: Client, dst: Client,
+                                              server: mover.MoverServer) -> None:
+    ids = mover.tree_chunks(src, "/data")[:40]
+    mover.fetch(dst, server.address, ids, SECRET)
+    report = dst.fsck()
+    assert report.ok and report.pinned_chunks == len(set(ids))
+    assert dst.gc().chunks_removed == 0  # no manifest names them yet, the pin keeps them
+    with dst.engine.read() as txn:
+        assert all(txn.has_chunk(c) for c in ids)

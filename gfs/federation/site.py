@@ -56,8 +56,9 @@ from gfs.federation.http import (
     read_json,
 )
 from gfs.meta import ChunkRef, Kind, Manifest, WriteTxn
+from gfs.mover import PIN_SECONDS
 from gfs.packs import pack_key
-from gfs.store import Prepared
+from gfs.store import Prepared, pin_chunks
 
 log = logging.getLogger("gfs.federation.site")
 MAX_BODY = 64 << 20
@@ -424,6 +425,9 @@ class Site:
                                           [memoryview(raw) for _, raw in uniq.values()],
                                           sum(len(raw) for _, raw in uniq.values())))
                 s.commit()
+                # until the manifest commit names them, a pin keeps them from gc
+                with self.client.engine.write() as txn:
+                    pin_chunks(txn, uniq, PIN_SECONDS)
             return len(uniq), len(blobs) - len(uniq)
         return 0, len(blobs)
 
