@@ -24,7 +24,7 @@ setup(
         ),
         Extension(
             "privacy._ec",
-            sources=["native/privacy_module.c", "native/privacy_ec.c"],
+            sources=["native/privacy_module.c", "native/privacy_ec.c", "native/privacy_ec_ifma.c"],
             include_dirs=["native"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),

@@ -235,6 +235,30 @@ void pec_map_to_curve(unsigned char u_out[32], const unsigned char h[32]) {
     fe_tobytes(u_out, &x2);
 }
 
+static int use_ifma = 0;
+
+int pec_set_backend(int ifma) {
+    if (ifma && !pec_ifma_available()) return -1;
+    use_ifma = ifma ? 1 : 0;
+    return 0;
+}
+
+int pec_get_backend(void) { return use_ifma; }
+
+/* radix-2^52 limbs (limbs 0..3 < 2^52, limb 4 < 2^48) -> fe */
+static void fe_from_r52(fe *h, const uint64_t l[5]) {
+    uint64_t w0 = l[0] | (l[1] << 52);
+    uint64_t w1 = (l[1] >> 12) | (l[2] << 40);
+    uint64_t w2 = (l[2] >> 24) | (l[3] << 28);
+    uint64_t w3 = (l[3] >> 36) | (l[4] << 16);
+    h->v[0] = w0 & MASK51;
+    h->v[1] = ((w0 >> 51) | (w1 << 13)) & MASK51;
+    h->v[2] = ((w1 >> 38) | (w2 << 26)) & MASK51;
+    h->v[3] = ((w2 >> 25) | (w3 << 39)) & MASK51;
+    h->v[4] = (w3 >> 12) & MASK51;
+    h->v[0] += 19 * (w3 >> 63);
+}
+
 void pec_ladder_batch(unsigned char *out, size_t outlen, const unsigned char scalar[32],
                       const unsigned char *points, size_t n, uint64_t *scratch) {
     unsigned char k[32];
@@ -245,7 +269,22 @@ void pec_ladder_batch(unsigned char *out, size_t outlen, const unsigned char sca
     fe *xs = (fe *)scratch;          /* x2 per point */
     fe *zs = xs + n;                 /* z2 per point, then inverses */
     fe *pre = zs + n;                /* prefix products */
-    for (size_t i = 0; i < n; i++) {
+    size_t start = 0;
+    if (use_ifma) {
+        uint64_t xl[8][5], zl[8][5];
+        for (; start + 8 <= n; start += 8) {
+            pec_ladder8_ifma(k, points + 32 * start, xl, zl);
+            for (int lane = 0; lane < 8; lane++) {
+                fe_from_r52(&xs[start + lane], xl[lane]);
+                fe_from_r52(&zs[start + lane], zl[lane]);
+                if (fe_is_zero(&zs[start + lane])) {
+                    fe_0(&xs[start + lane]);
+                    fe_1(&zs[start + lane]);
+                }
+            }
+        }
+    }
+    for (size_t i = start; i < n; i++) {
         unsigned char ub[32];
         memcpy(ub, points + 32 * i, 32);
         ub[31] &= 0x7f;

@@ -3,6 +3,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <string.h>
+
 #include "privacy_ec.h"
 
 static int get_scalar(Py_buffer *b) {
@@ -94,7 +96,34 @@ static PyObject *ec_hash_mul(PyObject *self, PyObject *args) {
     return r;
 }
 
+static PyObject *ec_backend(PyObject *self, PyObject *args) {
+    (void)self; (void)args;
+    return PyUnicode_FromString(pec_get_backend() ? "ifma" : "portable");
+}
+
+static PyObject *ec_set_backend(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s:set_backend", &name)) return NULL;
+    int want;
+    if (strcmp(name, "portable") == 0) want = 0;
+    else if (strcmp(name, "ifma") == 0) want = 1;
+    else if (strcmp(name, "auto") == 0) want = pec_ifma_available();
+    else {
+        PyErr_Format(PyExc_ValueError, "unknown backend %s (portable, ifma or auto)", name);
+        return NULL;
+    }
+    if (pec_set_backend(want) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "the ifma backend needs a CPU with AVX-512 IFMA");
+        return NULL;
+    }
+    return PyUnicode_FromString(want ? "ifma" : "portable");
+}
+
 static PyMethodDef methods[] = {
+    {"backend", ec_backend, METH_NOARGS, "backend() -> str: 'ifma' or 'portable'."},
+    {"set_backend", ec_set_backend, METH_VARARGS,
+     "set_backend(name) -> str: 'portable', 'ifma' or 'auto' (the best available)."},
     {"map_to_curve", ec_map_to_curve, METH_VARARGS,
      "map_to_curve(hashes) -> bytes: Elligator 2 u-coordinate of each 32-byte hash."},
     {"mul", ec_mul, METH_VARARGS,
@@ -111,4 +140,7 @@ static struct PyModuleDef moddef = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__ec(void) { return PyModule_Create(&moddef); }
+PyMODINIT_FUNC PyInit__ec(void) {
+    pec_set_backend(pec_ifma_available());
+    return PyModule_Create(&moddef);
+}

@@ -26,6 +26,18 @@ TRUNC_BYTES = 12
 WORK_ITEMS = 8192
 
 
+def backend() -> str:
+    """The group arithmetic in use: "ifma" (AVX-512 IFMA, eight ladders at once)
+    or "portable" (radix 2^51 C); chosen at import, the best this CPU runs."""
+    return str(_ec.backend())
+
+
+def set_backend(name: str) -> str:
+    """Choose "portable", "ifma" or "auto" (in this process); returns the choice.
+    Asking for ifma on a CPU without it raises RuntimeError."""
+    return str(_ec.set_backend(name))
+
+
 def new_scalar() -> bytes:
     """A fresh secret scalar for one job (never stored)."""
     return os.urandom(32)

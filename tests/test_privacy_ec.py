@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 
 import pytest
 from nacl.bindings import crypto_scalarmult
@@ -43,12 +44,37 @@ def test_map_matches_reference_and_lands_on_curve() -> None:
         assert on_curve(u)
 
 
-def test_mul_matches_libsodium_x25519() -> None:
-    pts = ec.split(ec.map_to_curve(os.urandom(32 * 300)), 32)
+@pytest.fixture(params=["portable", "ifma"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    before = ec.backend()
+    try:
+        ec.set_backend(request.param)
+    except RuntimeError:
+        pytest.skip("this CPU has no AVX-512 IFMA")
+    yield request.param
+    ec.set_backend(before)
+
+
+def test_mul_matches_libsodium_x25519(backend: str) -> None:
+    pts = ec.split(ec.map_to_curve(os.urandom(32 * 301)), 32)  # not a multiple of 8
+    pts[5] = bytes(32)  # a small-order point inside an 8-lane group
     for _ in range(3):
         k = os.urandom(32)
         got = ec.split(ec.mul(k, b"".join(pts)), 32)
-        assert got == [crypto_scalarmult(k, p) for p in pts]
+        assert got == [crypto_scalarmult(k, p) if any(p) else bytes(32) for p in pts]
+    assert ec.backend() == backend
+
+
+def test_backends_agree_on_large_batches() -> None:
+    if "ifma" not in (ec.backend(), ec.set_backend("auto")):
+        pytest.skip("this CPU has no AVX-512 IFMA")
+    k, pts = os.urandom(32), ec.map_to_curve(os.urandom(32 * 5000))
+    fast = ec.mul(k, pts, 12)
+    ec.set_backend("portable")
+    try:
+        assert ec.mul(k, pts, 12) == fast
+    finally:
+        ec.set_backend("auto")
 
 
 def test_blinding_commutes_and_truncates() -> None:
@@ -72,6 +98,8 @@ def test_small_order_point_gives_zero() -> None:
 def test_bad_input_is_refused(scalar: bytes, points: bytes) -> None:
     with pytest.raises(ValueError):
         ec.mul(scalar, points)
+    with pytest.raises(ValueError, match="unknown backend"):
+        ec.set_backend("gpu")
 
 
 def test_pool_keeps_order() -> None:

@@ -138,7 +138,7 @@ def test_party_dropping_mid_protocol_releases_nothing(world: tuple[Path, pa.Tabl
     state, _, _ = world
     spec = JobSpec("join", BANK, TELCO, "phone", aggs="count(*),sum(balance)",
                    group_by="region", timeout=60)
-    with pytest.raises(ProtocolError, match="closed the connection|died"):
+    with pytest.raises(ProtocolError, match=r"closed the connection|died"):
         run_job(spec, state, env={FAULT_ENV: fault})
     survivor = "bank-a" if fault.startswith("right") else "telco-b"
     recs = [r for r in records(state, survivor) if r.get("job") == spec.job_id]
