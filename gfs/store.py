@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gfs import chunking
-from gfs.codec import Buffer, chunk_id, decode_blob, encode_blobs, parse_blob_header
+from gfs.codec import (
+    BLOB_HEADER_LEN,
+    Buffer,
+    chunk_id,
+    decode_blob,
+    encode_blobs,
+    parse_blob_header,
+)
 from gfs.config import StoreConfig
 from gfs.errors import (
     ChunkMissingError,
@@ -261,6 +268,70 @@ class ChunkStore:
         if corrupt:
             raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: {detail}")
         raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: {detail}")
+
+    def good_copies(self, cid: bytes) -> int:
+        """How many recorded copies of chunk `cid` read back and verify (0 if none)."""
+        with self.engine.read() as txn:
+            rec = txn.get_chunk(cid)
+        good = 0
+        for loc in rec.locations if rec is not None else ():
+            try:
+                blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
+                                               loc.offset + loc.length)
+                decode_blob(blob, expect_id=cid)
+                good += 1
+            except (CorruptChunkError, PoolError):
+                continue
+        return good
+
+    def replace_copies(self, blobs: dict[bytes, bytes]) -> int:
+        """Repair chunks whose recorded copies all fail verification.
+
+        For each chunk id in `blobs` (blob bytes, verified here first) that has
+        a record but no copy that verifies, the blob is written to a new pack
+        and becomes the chunk's only location; the bad copies become dead
+        bytes that gc repacks. Chunks with a good copy, or without a record,
+        are left alone. Returns the number of chunks repaired.
+        """
+        fix = {}
+        for cid, blob in blobs.items():
+            decode_blob(blob, expect_id=cid)  # never "repair" with bad bytes
+            with self.engine.read() as txn:
+                known = txn.get_chunk(cid) is not None
+            if known and self.good_copies(cid) == 0:
+                fix[cid] = blob
+        if not fix:
+            return 0
+        with self.writer():  # gc must not take the new pack for an orphan
+            builder = PackBuilder()
+            offsets = {cid: builder.add(b[:BLOB_HEADER_LEN], b[BLOB_HEADER_LEN:])
+                       for cid, b in fix.items()}
+            pool_id = self.choose_pool(self.policy().write_tier, builder.size, self.usage())
+            self.pool(pool_id).put(pack_key(builder.pack_id), builder.parts())
+            repaired = 0
+            live = 0
+            with self.engine.write() as txn:
+                for cid, (offset, length) in offsets.items():
+                    rec = txn.get_chunk(cid)
+                    if rec is None:
+                        continue
+                    for old in rec.locations:
+                        p = txn.get_pack(old.pack)
+                        if p is not None:
+                            txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks,
+                                                    p.live_chunks - 1, p.live_bytes - old.length,
+                                                    p.created_ns))
+                    head = parse_blob_header(fix[cid])
+                    txn.put_chunk(ChunkRecord(cid, rec.raw_len, head.payload_len, head.codec,
+                                              rec.refcount,
+                                              (Location(pool_id, builder.pack_id, offset,
+                                                        length),)))
+                    repaired += 1
+                    live += length
+                txn.put_pack(PackRecord(builder.pack_id, pool_id, builder.size, builder.nblobs,
+                                        repaired, live, time.time_ns()))
+        log.warning("repaired %d chunks whose every copy was damaged", repaired)
+        return repaired
 
     def read_many(self, cids: Iterable[bytes],
                   where: Callable[[bytes], str] | None = None) -> dict[bytes, bytes]:

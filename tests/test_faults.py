@@ -254,3 +254,26 @@ def test_gc_running_alongside_writers_loses_nothing(tmp_path: Path) -> None:
             gc_proc.kill()
             gc_proc.wait(timeout=10)
         fs.close()
+
+
+def test_replace_copies_repairs_only_damaged_chunks(fs: Client, tmp_path: Path) -> None:
+    from gfs.codec import encode_blob
+
+    a, b = _two_files(fs)
+    key, off, length = _location(fs, "/victim", 1)
+    flip_byte(fs.store.pool(0), key, off + length - 2)
+    with fs.engine.read() as txn:
+        m = txn.get_manifest(fs.stat("/victim").ino)
+        other = txn.get_manifest(fs.stat("/bystander").ino)
+    assert m is not None and other is not None
+    bad, good = m.chunks[1].id, other.chunks[0].id
+    raw = a[sum(c.length for c in m.chunks[:1]):][:m.chunks[1].length]
+    h, p = encode_blob(raw, 3, bad)
+    hg, pg = encode_blob(b[:other.chunks[0].length], 3, good)
+    with pytest.raises(CorruptChunkError):  # never "repairs" with bad bytes
+        fs.store.replace_copies({bad: h + bytes(p)[:-1] + b"\x00"})
+    assert fs.store.replace_copies({bad: h + bytes(p), good: hg + bytes(pg)}) == 1
+    assert fs.read_bytes("/victim") == a and fs.read_bytes("/bystander") == b
+    fs.gc()
+    report = fs.fsck()
+    assert report.ok, report.problems

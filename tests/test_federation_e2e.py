@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gfs.client import Client
 from gfs.errors import ChunkMissingError, InvalidPathError, NotFoundError
 from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
@@ -244,6 +245,27 @@ def test_corrupt_replica_detected_and_another_read(fed: Federation) -> None:
     with fed.client("bank-a", near="t1") as fc:
         assert fc.read_bytes("/bank-a/data/c.bin") == data
         assert fc.bad_copies >= 1 and set(fc.chunks_from) - {"t1"}
+    # damage bank-a's own replica on a2 as well (every pack of its store)
+    a2 = fed.sites["a2"]["state"]
+    for p in (a2 / "pools" / "default" / "packs").glob("??/*.pack"):
+        b = bytearray(p.read_bytes())
+        b[-3] ^= 0xFF
+        p.write_bytes(bytes(b))
+    with Client(a2) as local:
+        assert not local.fsck().ok
+    # the reconciler's audit reads every replica back and replaces the damaged ones
+    with fed.client("bank-a") as fc:
+        states = fc.reconcile("bank-a", verify=True)
+        assert sum(r.get("repaired", 0) for r in states) >= 2
+    with fed.client("bank-a", near="t1") as fc:
+        assert fc.read_bytes("/bank-a/data/c.bin") == data
+        assert fc.bad_copies == 0 and set(fc.chunks_from) == {"t1"}
+    with Client(a2) as local:
+        report = local.fsck()
+        assert report.ok, report.problems
+    with fed.client("bank-a") as fc:  # a second audit finds nothing to repair
+        again = fc.reconcile("bank-a", verify=True)
+        assert sum(r.get("repaired", 0) for r in again) == 0, (states, again)
 
 
 def test_kill_site_reads_from_replicas_rule_stuck_then_repaired(fed: Federation) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -129,10 +130,11 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
 
     async def reconciler() -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        for round_ in itertools.count(1):
             await asyncio.sleep(args.reconcile_interval)
+            verify = args.verify_every > 0 and round_ % args.verify_every == 0
             try:
-                await loop.run_in_executor(None, reconcile, site)
+                await loop.run_in_executor(None, reconcile, site, verify)
             except HutongError as e:
                 log.warning("site %s: reconcile failed: %s", site.name, e)
 
@@ -245,7 +247,7 @@ def cmd_rule_rm(args: argparse.Namespace) -> int:
 
 def cmd_rule_reconcile(args: argparse.Namespace) -> int:
     with _fed(args) as fc:
-        for r in fc.reconcile(_entity_of(args, fc)):
+        for r in fc.reconcile(_entity_of(args, fc), verify=args.verify):
             print(_rule_line(r))
     return 0
 
@@ -329,6 +331,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--registry", metavar="URL", help="override the registry of site.json")
     sp.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    sp.add_argument("--verify-every", type=int, default=10,
+                    help="audit replicas every N-th reconcile round (0: never)")
     sp.add_argument("--tier-interval", type=float, default=300.0,
                     help="seconds between tierer runs (0: never; see `hutong tier`)")
     sp.add_argument("--reconcile-interval", type=float, default=30.0,
@@ -374,6 +378,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.set_defaults(func=cmd_rule_rm)
     sp = rls.add_parser("reconcile", parents=[common, ident], help="evaluate rules now")
     sp.add_argument("--entity")
+    sp.add_argument("--verify", action="store_true",
+                    help="also read back every replica and replace damaged ones")
     sp.set_defaults(func=cmd_rule_reconcile)
 
     sp = sub.add_parser("status", parents=[common, ident],

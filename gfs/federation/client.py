@@ -326,7 +326,9 @@ class FederationClient:
     def rule_rm(self, entity: str, rule_id: str) -> dict[str, Any]:
         return dict(self._entity_site(entity).call("DELETE", f"/v1/rules/{rule_id}"))
 
-    def reconcile(self, entity: str) -> list[dict[str, Any]]:
-        """Evaluate the entity's rules now (normally the primary does it periodically)."""
-        return list(self._entity_site(entity).call("POST", "/v1/rules/reconcile",
-                                                   {})["rules"])
+    def reconcile(self, entity: str, *, verify: bool = False) -> list[dict[str, Any]]:
+        """Evaluate the entity's rules now (normally the primary does it periodically);
+        `verify` also reads back every replica and replaces damaged ones."""
+        return list(self._entity_site(entity).call(
+            "POST", "/v1/rules/reconcile", {},
+            query={"verify": "1"} if verify else None)["rules"])

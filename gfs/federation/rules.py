@@ -14,8 +14,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gfs import mover
-from gfs.codec import encode_encrypted_blob, keyed_chunk_id
-from gfs.errors import HutongError, NotFoundError
+from gfs.codec import (
+    decode_blob,
+    decode_encrypted_blob,
+    encode_blob,
+    encode_encrypted_blob,
+    keyed_chunk_id,
+)
+from gfs.errors import CorruptChunkError, HutongError, NotFoundError
 from gfs.federation.http import HttpClient
 from gfs.meta import ChunkRef, Kind
 
@@ -25,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gfs.federation.rules")
 BATCH_IDS = 1024
 BATCH_BYTES = 16 << 20
+#: Replicas read back per request by an audit.
+AUDIT_BATCH = 256
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -114,6 +122,54 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef])
     return sent
 
 
+def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> int:
+    """Read back the replicas of `refs` on `target`, verify them here (the owner holds
+    the keys), and replace every damaged one with a good copy; returns how many."""
+    from gfs.federation.site import pack_frames, unpack_frames
+
+    if target["name"] == site.name:
+        return 0
+    own = target["entity"] == site.entity
+    peer = _peer(site, target)
+    repaired = 0
+    try:
+        for batch in _batches(refs, AUDIT_BATCH):
+            ids = [r.id if own else keyed_chunk_id(r.id, site.keys.id_key) for r in batch]
+            body: dict[str, Any] = {"ids": [c.hex() for c in ids]}
+            if not own:
+                body["owner"] = site.entity
+            data = peer.call("POST", "/v1/chunks/get", body)
+            blobs = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
+            bad: list[bytes] = []
+            for ref, blob in zip(batch, blobs, strict=False):
+                if not blob:
+                    continue  # missing: the placement pass sends it
+                try:
+                    if own:
+                        decode_blob(blob, expect_id=ref.id)
+                    else:
+                        decode_encrypted_blob(blob, ref.id, site.keys.enc_key, site.keys.id_key)
+                except CorruptChunkError as e:
+                    log.warning("rule audit: damaged copy of %s on %s: %s", ref.id.hex(),
+                                target["name"], e)
+                    raw = site.client.store.read_chunk(ref.id)  # our verified copy
+                    level = site.client.config.zstd_level
+                    if own:
+                        header, payload = encode_blob(raw, level, ref.id)
+                        bad.append(header + bytes(payload))
+                    else:
+                        bad.append(encode_encrypted_blob(raw, site.keys.enc_key,
+                                                         site.keys.id_key, level, ref.id))
+            if bad:
+                query = {"replace": "1"} | ({} if own else {"owner": site.entity})
+                answer = peer.call("POST", "/v1/chunks/put", body=pack_frames(list(bad)),
+                                   query=query, content_type="application/octet-stream")
+                repaired += int(answer["stored"])
+    finally:
+        peer.close()
+    return repaired
+
+
 def _send_frames(peer: HttpClient, blobs: list[bytes], owner: str) -> None:
     from gfs.federation.site import pack_frames
 
@@ -155,8 +211,9 @@ def _order(site: Site, rule: dict[str, Any], up: list[dict[str, Any]]) -> list[d
 
 
 def reconcile_rule(site: Site, rule: dict[str, Any],
-                   sites: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Evaluate one rule now; returns (and stores) its new record."""
+                   sites: dict[str, dict[str, Any]], *, verify: bool = False) -> dict[str, Any]:
+    """Evaluate one rule now; returns (and stores) its new record. With `verify`, every
+    replica is also read back, checked, and replaced if damaged (`audit`)."""
     matching = site.registry.call("GET", "/v1/sites", query={"where": rule["where"]})["sites"]
     up = [sites.get(s["name"], s) for s in matching if s["status"] == "up"]
     targets = _order(site, rule, up)[:rule["copies"]]
@@ -171,14 +228,19 @@ def reconcile_rule(site: Site, rule: dict[str, Any],
     held: list[str] = []
     problems: list[str] = []
     sent = 0
+    repaired = 0
     for t in targets:
         try:
             sent += push(site, t, rule["id"], refs)
+            if verify:
+                repaired += audit(site, t, refs)
             held.append(t["name"])
         except HutongError as e:
             log.warning("rule %s: placing on %s failed: %s", rule["id"], t["name"], e)
             problems.append(f"{t['name']}: {e}")
     rule["sites"] = held
+    if verify:
+        rule["verified"], rule["repaired"] = time.time(), repaired
     rule["files"], rule["chunks"] = len(files), len(refs)
     rule["bytes"] = sum(r.length for r in refs)
     rule["updated"] = time.time()
@@ -196,8 +258,9 @@ def reconcile_rule(site: Site, rule: dict[str, Any],
     return rule
 
 
-def reconcile(site: Site) -> list[dict[str, Any]]:
-    """Evaluate every rule of the site's entity once (expired rules are removed)."""
+def reconcile(site: Site, verify: bool = False) -> list[dict[str, Any]]:
+    """Evaluate every rule of the site's entity once (expired rules are removed); with
+    `verify`, also audit every replica and replace damaged ones."""
     sites = {s["name"]: s for s in site.registry.call("GET", "/v1/sites")["sites"]}
     out = []
     for rule in site.rules():
@@ -208,7 +271,7 @@ def reconcile(site: Site) -> list[dict[str, Any]]:
                 continue
             unpin_everywhere(site, rule, sites)
             continue
-        out.append(reconcile_rule(site, rule, sites))
+        out.append(reconcile_rule(site, rule, sites, verify=verify))
     return out
 
 

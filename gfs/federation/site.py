@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gfs import namespace, paths
 from gfs.client import Client, Stat
-from gfs.codec import check_encrypted_blob, decode_blob
+from gfs.codec import check_encrypted_blob, decode_blob, parse_blob_header
 from gfs.errors import (
     CorruptChunkError,
     HutongError,
@@ -178,9 +178,10 @@ class Vault:
         except FileNotFoundError:
             return None
 
-    def put(self, owner: str, kid: bytes, blob: bytes) -> bool:
+    def put(self, owner: str, kid: bytes, blob: bytes, *, replace: bool = False) -> bool:
+        """Store a blob; an existing one is kept unless `replace` (the owner's repair)."""
         p = self._path(owner, kid)
-        if p.exists():
+        if p.exists() and not replace:
             return False
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
@@ -431,7 +432,22 @@ class Site:
             return len(uniq), len(blobs) - len(uniq)
         return 0, len(blobs)
 
-    def put_foreign(self, owner: str, blobs: list[bytes]) -> tuple[int, int]:
+    def repair_plain(self, blobs: list[bytes]) -> tuple[int, int]:
+        """Replace this site's copies of chunks whose every copy fails verification with
+        `blobs` (verified first); (repaired, left alone)."""
+        by_id = {}
+        for i, b in enumerate(blobs):
+            try:
+                by_id[parse_blob_header(b).chunk_id] = b
+                decode_blob(b)
+            except CorruptChunkError as e:
+                raise BadRequestError(f"blob {i} of the body is corrupt: {e}") from None
+        with self.write_lock:
+            repaired = self.client.store.replace_copies(by_id)
+        return repaired, len(blobs) - repaired
+
+    def put_foreign(self, owner: str, blobs: list[bytes],
+                    replace: bool = False) -> tuple[int, int]:
         heads = []
         for i, b in enumerate(blobs):
             try:
@@ -439,8 +455,8 @@ class Site:
             except CorruptChunkError as e:
                 raise BadRequestError(f"blob {i} of the body is not a valid owner-encrypted "
                                       f"blob: {e}") from None
-        stored = sum(self.vault.put(owner, h.chunk_id, b) for h, b in zip(heads, blobs,
-                                                                            strict=True))
+        stored = sum(self.vault.put(owner, h.chunk_id, b, replace=replace)
+                     for h, b in zip(heads, blobs, strict=True))
         return stored, len(blobs) - stored
 
     # -- namespace --------------------------------------------------------------------
@@ -603,10 +619,13 @@ async def chunks_put(request: web.Request) -> web.Response:
     owner = _owner(site, None, request.query)
     site.check_owner(p, owner, write=True)
     blobs = unpack_frames(body)
+    replace = request.query.get("replace", "0") == "1"
     if owner == site.entity:
-        stored, present = await loop.run_in_executor(None, site.put_plain, blobs)
+        put = site.repair_plain if replace else site.put_plain
+        stored, present = await loop.run_in_executor(None, put, blobs)
     else:
-        stored, present = await loop.run_in_executor(None, site.put_foreign, owner, blobs)
+        stored, present = await loop.run_in_executor(None, site.put_foreign, owner, blobs,
+                                                     replace)
     site.metrics.inc("chunks_stored_total", stored)
     site.metrics.inc("chunk_bytes_in_total", len(body))
     return web.json_response({"stored": stored, "present": present})
@@ -795,7 +814,8 @@ async def rules_reconcile(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     _own(site, p)
     from gfs.federation.rules import reconcile
-    states = await asyncio.get_running_loop().run_in_executor(None, reconcile, site)
+    verify = request.query.get("verify", "0") == "1"
+    states = await asyncio.get_running_loop().run_in_executor(None, reconcile, site, verify)
     return web.json_response({"rules": states})
 
 
