@@ -15,6 +15,7 @@ only when the primary commits the manifest.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -30,6 +31,8 @@ from gfs.store import prepare
 SITES_TTL = 5.0
 PUT_BATCH_BYTES = 16 << 20
 
+
+log = logging.getLogger("hutong.federation")
 
 class ChunkLru:
     """Verified raw chunks in memory, least recently used out first, bounded by bytes."""
@@ -184,6 +187,29 @@ class FederationClient:
         down = [h for h in holders if h in sites and h not in usable]
         return sorted(usable, key=cost) + down
 
+    def _manifest_or_mirror(self, norm: str, primary: str, owner: str) -> dict[str, Any]:
+        """The file's manifest from the primary; while it cannot be reached, from a
+        mirror that a rule keeps on another site of the entity (maybe one version old)."""
+        try:
+            return dict(self.http(primary).call("GET", "/v1/ns/manifest",
+                                                query={"path": norm}))
+        except ConnectionError as down:  # unreachable or 5xx (UnavailableError)
+            problems = [f"{primary}: {down}"]
+            for name, s in sorted(self.sites(refresh=True).items()):
+                if name == primary or s.get("entity") != owner or s.get("status") != "up":
+                    continue
+                try:
+                    m = dict(self.http(name).call("GET", "/v1/ns/manifest",
+                                                  query={"path": norm, "mirror": "1"}))
+                except HutongError as e:
+                    problems.append(f"{name}: {e}")
+                    continue
+                log.warning("primary %s of %s is unreachable; reading %s from the mirror "
+                            "on %s", primary, owner, norm, name)
+                return m
+            raise UnavailableError(f"{norm}: the primary is unreachable and no site holds a "
+                                   f"mirror ({'; '.join(problems)})", 503, "unavailable") from None
+
     def read_bytes(self, path: str) -> bytes:
         """The whole content of file `path`, from the best replicas."""
         norm, primary = self.primary(path)
@@ -191,7 +217,7 @@ class FederationClient:
         if not self._owner_mode(owner):
             data = self.http(primary).call("GET", "/v1/ns/read", query={"path": norm})
             return data if isinstance(data, bytes) else bytes(str(data), "utf-8")
-        m = self.http(primary).call("GET", "/v1/ns/manifest", query={"path": norm})
+        m = self._manifest_or_mirror(norm, primary, owner)
         refs = [(bytes.fromhex(h), n) for h, n in m["chunks"]]
         got: dict[bytes, bytes] = {}
         for cid, _ in refs:

@@ -70,8 +70,11 @@ def _batches(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef]) -> int:
-    """Place `refs` on site `target` and pin them for `rule_id`; returns chunks sent."""
+def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
+         files: list[tuple[str, list[ChunkRef]]] | None = None) -> int:
+    """Place `refs` on site `target` and pin them for `rule_id`; returns chunks sent.
+    A site of the same entity also keeps a mirror of the `files`' manifests, from
+    which it serves reads while the primary is down."""
     if target["name"] == site.name:
         return 0
     peer = _peer(site, target)
@@ -90,8 +93,11 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef])
                 sent += stats.chunks
             elif missing:
                 sent += _put_plain(site, peer, missing)
-            peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}",
-                      {"chunks": [[r.id.hex(), r.length] for r in refs]})
+            pin: dict[str, Any] = {"chunks": [[r.id.hex(), r.length] for r in refs]}
+            if files is not None:
+                pin["files"] = [{"path": p, "chunks": [[r.id.hex(), r.length] for r in fr]}
+                                for p, fr in files]
+            peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}", pin)
         else:
             keyed = {keyed_chunk_id(r.id, site.keys.id_key): r.id for r in refs}
             kids = list(keyed)
@@ -231,7 +237,7 @@ def reconcile_rule(site: Site, rule: dict[str, Any],
     repaired = 0
     for t in targets:
         try:
-            sent += push(site, t, rule["id"], refs)
+            sent += push(site, t, rule["id"], refs, files)
             if verify:
                 repaired += audit(site, t, refs)
             held.append(t["name"])

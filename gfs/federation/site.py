@@ -18,6 +18,7 @@ import secrets
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from gfs.errors import (
     CorruptChunkError,
     HutongError,
     InvalidPathError,
+    NotADirError,
     NotFoundError,
     StateError,
 )
@@ -368,9 +370,12 @@ class Site:
                             f"{owner!r} or an entity-wide token of it", 403, "forbidden")
 
     # -- rules and pins (store side) ---------------------------------------------
-    def pin_store(self, owner: str, rule: str, refs: list[ChunkRef]) -> None:
-        """Pin chunks of this site's own store under /.pins/OWNER/RULE (gc keeps them)."""
-        missing = self.missing(refs)
+    def pin_store(self, owner: str, rule: str, refs: list[ChunkRef],
+                  files: list[tuple[str, list[ChunkRef]]] | None = None) -> None:
+        """Pin chunks of this site's own store under /.pins/OWNER/RULE (gc keeps them),
+        and keep a mirror of the rule's file manifests under /.mirror/RULE/PATH, from
+        which reads are served while the primary is down."""
+        missing = self.missing(refs + [r for _, rs in files or [] for r in rs])
         if missing:
             raise ApiError(f"cannot pin: {len(missing)} chunks are not stored here "
                            f"(first {missing[0]})", 409, "missing_chunks")
@@ -379,15 +384,51 @@ class Site:
         def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
             namespace.mkdir(txn, f"/.pins/{owner}", parents=True, exist_ok=True)
             return namespace.write_file(txn, path, r)
+
+        def mirror(fpath: str) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
+            target = f"/.mirror/{rule}{fpath}"
+
+            def act(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
+                namespace.mkdir(txn, target.rsplit("/", 1)[0], parents=True, exist_ok=True)
+                return namespace.write_file(txn, target, r)
+            return act
         with self.write_lock, self.client.store.writer() as s:
             s.add_file(refs, action)
+            for fpath, frefs in files or []:
+                if paths.split(fpath)[:1] != [owner]:
+                    raise BadRequestError(f"mirrored file {fpath!r} is outside /{owner}")
+                s.add_file(frefs, mirror(paths.normalize(fpath)))
 
     def unpin_store(self, owner: str, rule: str) -> bool:
-        try:
-            self.client.rm(f"/.pins/{owner}/{rule}")
-            return True
-        except NotFoundError:
-            return False
+        found = False
+        for p in (f"/.pins/{owner}/{rule}", f"/.mirror/{rule}"):
+            try:
+                self.client.rm(p, recursive=True)
+                found = True
+            except NotFoundError:
+                pass
+        return found
+
+    def mirrored(self, path: str) -> tuple[Stat, Manifest]:
+        """The newest mirrored manifest of `path` (kept by the primary's rules)."""
+        best: tuple[Stat, Manifest] | None = None
+        with self.client.engine.read() as txn:
+            try:
+                rules = [name for name, _ in txn.list_dir(namespace.resolve(txn, "/.mirror").ino)]
+            except NotFoundError:
+                rules = []
+            for rule in rules:
+                try:
+                    node = namespace.resolve(txn, f"/.mirror/{rule}{path}")
+                except (NotFoundError, NotADirError):
+                    continue
+                m = txn.get_manifest(node.ino)
+                if node.kind == Kind.FILE and m is not None and (
+                        best is None or node.mtime_ns > best[0].mtime_ns):
+                    best = (Stat.of(path, node), m)
+        if best is None:
+            raise NotFoundError(path, f"no mirror of {path} on site {self.name}")
+        return best
 
     def missing(self, refs: list[ChunkRef]) -> list[str]:
         with self.client.engine.read() as txn:
@@ -645,6 +686,17 @@ async def ns_list(request: web.Request) -> web.Response:
 
 async def ns_manifest(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
+    if request.query.get("mirror", "0") == "1":  # a replica answering for a down primary
+        raw = request.query.get("path", "")
+        norm = paths.normalize(raw) if isinstance(raw, str) else ""
+        site.check_owner(p, paths.split(norm)[0] if norm != "/" else "", write=False)
+        if p.token is not None or paths.split(norm)[:1] != [site.entity]:
+            raise AuthError("mirrored manifests are for the owner entity's signed requests",
+                            403, "forbidden")
+        st, m = await asyncio.get_running_loop().run_in_executor(None, site.mirrored, norm)
+        return web.json_response({"stat": _stat_json(st),
+                                  "chunks": [[r.id.hex(), r.length] for r in m.chunks],
+                                  "sites": [site.name]})
     path = site.check_path(p, request.query.get("path", ""), write=False)
     st, m = site.manifest(path)
     return web.json_response({"stat": _stat_json(st),
@@ -828,7 +880,13 @@ async def pins_put(request: web.Request) -> web.Response:
         raise BadRequestError("rule id must be 1 to 32 characters 0-9 a-z")
     loop = asyncio.get_running_loop()
     if owner == site.entity:
-        await loop.run_in_executor(None, site.pin_store, owner, rule, _refs(data))
+        files = None
+        if "files" in data:
+            if not isinstance(data["files"], list):
+                raise BadRequestError("files must be a list of {path, chunks}")
+            files = [(str(f.get("path", "")), _refs(f)) for f in data["files"]
+                     if isinstance(f, dict)]
+        await loop.run_in_executor(None, site.pin_store, owner, rule, _refs(data), files)
     else:
         kids = [c.hex() for c in _ids(data, "ids")] if "ids" in data else []
         site.vault.pin(owner, rule, kids)
