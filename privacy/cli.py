@@ -8,14 +8,16 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gfs.client import Client
-from privacy import keys
-from privacy.audit import AuditLog
 from privacy.errors import AuditError, QueryError
-from privacy.jobs import JobSpec, run_job
-from privacy.policy import Policy, policy_path
+
+if TYPE_CHECKING:
+    from privacy.jobs import JobSpec
+
+# The job machinery (pyarrow, TenSEAL, nacl) is imported by the commands that
+# need it, so that `hutong` starts fast.
 
 Progress = Callable[[str, int, int], None]
 
@@ -52,6 +54,8 @@ def _print_rows(rows: list[dict[str, Any]], suppressed: int) -> None:
 
 
 def _run(args: argparse.Namespace, spec: JobSpec) -> dict[str, Any]:
+    from privacy.jobs import run_job
+
     prog = _progress(args)
     res = run_job(spec, args.state, prog)
     if prog is not None:
@@ -60,6 +64,8 @@ def _run(args: argparse.Namespace, spec: JobSpec) -> dict[str, Any]:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
+    from privacy.jobs import JobSpec
+
     spec = JobSpec("join", args.left, args.right, args.on, aggs=args.agg,
                    group_by=args.group_by, scheme=args.scheme, timeout=args.timeout)
     ans = _run(args, spec)
@@ -75,6 +81,8 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_psi(args: argparse.Namespace) -> int:
+    from privacy.jobs import JobSpec
+
     spec = JobSpec("psi", args.left, args.right, args.on, output=args.output,
                    timeout=args.timeout)
     ans = _run(args, spec)
@@ -89,6 +97,8 @@ def cmd_psi(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from privacy.jobs import JobSpec
+
     where: dict[str, str] = {}
     for w in args.where or []:
         col, sep, val = w.partition("=")
@@ -106,6 +116,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from privacy.audit import AuditLog
+
     with Client(args.state) as fs:
         entities = args.entities or [s.name for s in fs.ls("/")
                                      if fs.exists(f"/{s.name}/.privacy/audit.log")]
@@ -122,6 +134,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
+    from privacy.audit import AuditLog
+
     with Client(args.state) as fs:
         for rec in AuditLog(fs, args.entity).records():
             print(json.dumps(rec, sort_keys=True))
@@ -129,6 +143,8 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from privacy import keys
+
     with Client(args.state) as fs:
         ident = keys.identity(fs.state, args.entity)
         print(f"{args.entity} {ident.public_hex}  ({keys.key_dir(fs.state)})")
@@ -136,6 +152,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
+    from privacy.policy import Policy, policy_path
+
     with open(args.file, "rb") as f:
         raw = f.read()
     try:

@@ -456,3 +456,30 @@ def _reap(p: subprocess.Popen[bytes]) -> None:
     """Kill what is left of a party's process group (its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(p.pid, signal.SIGKILL)
+
+
+# -- the same from Python ----------------------------------------------------------------
+def join(left: str, right: str, on: str, agg: str = "count(*)", group_by: str | None = None,
+         *, state: str | os.PathLike[str] | None = None, scheme: str = "auto",
+         progress: Progress | None = None) -> dict[str, Any]:
+    """`hutong join`: private join-and-aggregate; returns the released result
+    ({"groups": [...], "suppressed": n, ...})."""
+    spec = JobSpec("join", left, right, on, aggs=agg, group_by=group_by, scheme=scheme)
+    return run_job(spec, state, progress).answer
+
+
+def intersect(left: str, right: str, on: str, output: str = "cardinality", *,
+              state: str | os.PathLike[str] | None = None,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """`hutong psi`: the intersection size (and members, with output="intersection")
+    as the left party learns it."""
+    return run_job(JobSpec("psi", left, right, on, output=output), state, progress).answer
+
+
+def query(table: str, as_entity: str, agg: str = "count(*)", group_by: str | None = None,
+          where: dict[str, str] | None = None, *, state: str | os.PathLike[str] | None = None,
+          ) -> dict[str, Any]:
+    """`hutong query`: compute-to-data at the owner of `table` for `as_entity`."""
+    spec = JobSpec("query", table, as_entity, "-", aggs=agg, group_by=group_by,
+                   where=dict(where or {}))
+    return run_job(spec, state).answer

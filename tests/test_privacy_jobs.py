@@ -14,7 +14,7 @@ import pytest
 
 from gfs.cli import main as hutong
 from gfs.client import Client
-from privacy import keys
+from privacy import jobs, keys
 from privacy.audit import AuditLog
 from privacy.errors import AuthError, PolicyError, ProtocolError, QueryError
 from privacy.jobs import FAULT_ENV, JobSpec, run_job
@@ -176,3 +176,19 @@ def test_cli_join_psi_and_audit(world: tuple[Path, pa.Table, pa.Table],
     assert hutong(["--state", str(state), "audit", "verify"]) == 0
     out = capsys.readouterr().out
     assert "audit bank-a: ok" in out and "audit telco-b: ok" in out
+
+
+def test_python_api(world: tuple[Path, pa.Table, pa.Table]) -> None:
+    state, bank, telco = world
+    ans = jobs.join(BANK, TELCO, "phone", "count(*),mean(balance)", "segment", state=state)
+    b = bank.to_pandas()
+    m = b[b.phone.isin(set(telco.column("phone").to_pylist()))]
+    want = m.groupby("segment")["balance"].agg(["count", "mean"])
+    assert [r["group"] for r in ans["groups"]] == list(want.index)
+    for r in ans["groups"]:
+        assert r["count(*)"] == want.loc[r["group"], "count"]
+        assert r["mean(balance)"] == pytest.approx(want.loc[r["group"], "mean"])
+    assert jobs.intersect(BANK, TELCO, "phone", state=state)["size"] == len(
+        set(b.phone) & set(telco.column("phone").to_pylist()))
+    with pytest.raises(QueryError, match="count, sum and mean only"):
+        jobs.join(BANK, TELCO, "phone", "max(balance)", state=state)
