@@ -11,9 +11,10 @@ import tenseal as ts
 
 from privacy.errors import QueryError
 
-#: BFV plaintext modulus: a 45-bit prime = 1 mod 2*8192 (batching); sums must stay
-#: within +-(T/2).
-BFV_T = 35184371613697
+#: BFV plaintext moduli per ring degree: 45-bit primes = 1 mod 2n (batching); sums
+#: must stay within +-(t/2).
+BFV_PLAIN = {8192: 35184371613697, 16384: 35184371138561}
+BFV_T = BFV_PLAIN[8192]
 #: A CKKS masked sum gets a random share uniform in +-2^CKKS_MASK_BITS: the value
 #: holder's view of a sum s is within statistical distance |s| / 2^40 of uniform
 #: (decryption is in float64, which bounds the share's size).
@@ -29,6 +30,12 @@ class HeParams:
     scheme: str = "bfv"
     degree: int = 8192
 
+    def plain_modulus(self) -> int:
+        """The BFV plaintext modulus t (sums are exact within +-t/2)."""
+        if self.degree not in BFV_PLAIN:
+            raise QueryError(f"BFV needs ring degree 8192 or 16384, not {self.degree}")
+        return BFV_PLAIN[self.degree]
+
     def slots(self) -> int:
         """Values per ciphertext."""
         return self.degree if self.scheme == "bfv" else self.degree // 2
@@ -37,11 +44,10 @@ class HeParams:
 def new_context(p: HeParams) -> Any:
     """A fresh secret context of the value holder (fresh keys per job)."""
     if p.scheme == "bfv":
-        if p.degree not in (8192, 16384):
-            raise QueryError("BFV needs poly degree 8192 or 16384 (plain modulus 45 bits)")
-        return ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=p.degree, plain_modulus=BFV_T)
+        return ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=p.degree,
+                          plain_modulus=p.plain_modulus())
     if p.scheme == "ckks":
-        sizes = {4096: [40, 20, 40], 8192: [60, 50, 50, 58], 16384: [60, 40, 40, 40, 60]}
+        sizes = {4096: [40, 20, 40], 8192: [60, 50, 50, 58], 16384: [60, 50, 50, 50, 60]}
         if p.degree not in sizes:
             raise QueryError(f"CKKS poly degree must be one of {sorted(sizes)}")
         if p.degree == 4096:
@@ -101,9 +107,10 @@ class Accumulator:
         p = self.p
         acc = self.acc if self.acc is not None else _zero(self.ctx, p)
         if p.scheme == "bfv":
-            shares = [secrets.randbelow(BFV_T) - BFV_T // 2 for _ in range(p.slots())]
+            t = p.plain_modulus()
+            shares = [secrets.randbelow(t) - t // 2 for _ in range(p.slots())]
             out: Any = acc + shares
-            return out.serialize(), sum(shares) % BFV_T
+            return out.serialize(), sum(shares) % t
         acc = acc.sum()
         half = 1 << CKKS_MASK_BITS
         r = (secrets.randbelow(2 * half) - half) + secrets.randbelow(1 << 20) / 2**20
@@ -121,13 +128,14 @@ def decrypt_masked(ctx: Any, p: HeParams, data: bytes) -> int | float:
     vec = load_vector(ctx, p, data)
     vals = vec.decrypt()
     if p.scheme == "bfv":
-        return int(sum(int(v) for v in vals)) % BFV_T
+        return int(sum(int(v) for v in vals)) % p.plain_modulus()
     return round(float(vals[0]) / CKKS_QUANTUM) * CKKS_QUANTUM
 
 
 def unmask(p: HeParams, released: int | float, share: int | float) -> int | float:
     """Selector: the aggregate from the released masked value and its share."""
     if p.scheme == "bfv":
-        v = (released - int(share)) % BFV_T
-        return v - BFV_T if v > BFV_T // 2 else v
+        t = p.plain_modulus()
+        v = (released - int(share)) % t
+        return v - t if v > t // 2 else v
     return float(released) - float(share)

@@ -23,7 +23,7 @@ from typing import Any
 from privacy import he
 from privacy.channel import Channel
 from privacy.ec import POINT_BYTES, TRUNC_BYTES, GroupPool, job_domain, new_scalar, split
-from privacy.errors import ProtocolError, QueryError
+from privacy.errors import PrivacyError, ProtocolError, QueryError
 from privacy.psi import shuffled
 
 Progress = Callable[[str, int, int], None]
@@ -111,9 +111,10 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         for c in cols:
             bound = rules.bounds.get(c) or max((abs(int(v)) for v in rows.values[c]), default=0)
             rules.bounds[c] = float(bound)
-            if bound * max(n, 1) >= he.BFV_T // 2:
+            if bound * max(n, 1) >= params.plain_modulus() // 2:
                 raise QueryError(f"sum of {c} could reach {bound * n}, beyond the exact BFV "
-                                 f"range +-{he.BFV_T // 2}; clip the column or use ckks")
+                                 f"range +-{params.plain_modulus() // 2}; clip the column or "
+                                 f"use ckks")
     else:
         for c in cols:
             rules.bounds.setdefault(c, max((abs(float(v)) for v in rows.values[c]), default=0.0))
@@ -196,6 +197,10 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         distinct = he.unmask(params, he.decrypt_masked(ctx, params, parts[DISTINCT][0]),
                              parts[DISTINCT][1])
         label = vlabels[vg]
+        if abs(count - round(count)) > 0.01 or not 0 <= round(count) <= n:
+            raise PrivacyError(f"the {params.scheme} count of group {sg}/{vg} came back as "
+                               f"{count}, not a row count: the parameters lost precision; "
+                               f"nothing was released")
         if round(distinct) < rules.min_distinct:
             suppressed.append(f"{sg}/{vg}")
             continue

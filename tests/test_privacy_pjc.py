@@ -1,5 +1,5 @@
 """Join-and-aggregate with real TenSEAL ciphertexts: results equal the plaintext
-computation (exact for BFV; CKKS within 2e-3 + 1e-9 |sum|), duplicate-key
+computation (exact for BFV; CKKS within 0.05 + 1e-9 |sum|), duplicate-key
 semantics, suppression of small groups."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from privacy import he, pjc
 from privacy.testing import run_pair
 
-CKKS_TOL_ABS = 2e-3
+CKKS_TOL_ABS = 5e-2
 CKKS_TOL_REL = 1e-9
 
 
@@ -120,3 +120,30 @@ def test_dp_noise_is_added_at_the_holder() -> None:
     g = res.groups[0]
     assert g.count != 200 or g.sums["bal"] != 20000  # noisy (continuous noise)
     assert abs(g.count - 200) < 200 and abs(g.sums["bal"] - 20000) < 20000
+
+
+def test_many_ciphertexts_accumulate() -> None:
+    v, s = data(20000, 4, real=False)  # three BFV ciphertexts per vector
+    v.groups = None
+    res = join(v, s, "bfv")
+    want = plaintext(v, s, "bal")
+    assert {g.group: (g.count, g.sums["bal"]) for g in res.groups} == {
+        g: (float(c), float(t)) for g, (c, t) in want.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["bfv", "ckks"])
+def test_large_ring_and_many_rows(scheme: str) -> None:
+    v, s = data(60000, 5, real=scheme == "ckks")
+    v.groups = None
+    vr, sr, _ = run_pair(
+        lambda ch, pool: pjc.value_holder(ch, v, "j", he.HeParams(scheme, 16384),
+                                          pjc.ReleaseRules(), pool),
+        lambda ch, pool: pjc.selector(ch, s, "j", pool), timeout=600)
+    assert isinstance(sr, pjc.JoinResult), (vr, sr)
+    want = plaintext(v, s, "bal")
+    for g in sr.groups:
+        c, total = want[g.group]
+        assert g.count == c
+        tol = 0 if scheme == "bfv" else CKKS_TOL_ABS + CKKS_TOL_REL * abs(total)
+        assert abs(g.sums["bal"] - total) <= tol
