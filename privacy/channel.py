@@ -75,7 +75,9 @@ class Channel:
     step: str = field(default="start")
 
     def send(self, kind: str, meta: dict[str, Any] | None = None, body: bytes = b"") -> None:
-        """Send one message."""
+        """Send one message ("kind" is reserved in `meta`)."""
+        if meta and "kind" in meta:
+            raise ValueError("the header key 'kind' is reserved for the message kind")
         head = json.dumps({**(meta or {}), "kind": kind}, separators=(",", ":")).encode()
         payload = _LEN.pack(len(head)) + head + body
         nonce = self._tx_n.to_bytes(24, "little")
