@@ -192,3 +192,38 @@ def test_python_api(world: tuple[Path, pa.Table, pa.Table]) -> None:
         set(b.phone) & set(telco.column("phone").to_pylist()))
     with pytest.raises(QueryError, match="count, sum and mean only"):
         jobs.join(BANK, TELCO, "phone", "max(balance)", state=state)
+
+
+def test_refusal_comes_before_the_table_is_opened(world: tuple[Path, pa.Table, pa.Table],
+                                                  ) -> None:
+    state, _, _ = world
+    with Client(state) as fs:
+        fs.write_bytes("/bank-a/broken.parquet", b"not parquet at all")
+    spec = JobSpec("psi", "/bank-a/broken.parquet", TELCO, "phone")
+    with pytest.raises(PolicyError, match=r"rule tables: .*broken\.parquet"):
+        run_job(spec, state)
+
+
+def test_dp_budget_is_charged_and_then_refuses(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    n = 300
+    with Client.init(state) as fs:
+        put_table(fs, "/lab-x/v.parquet", pa.table({"id": list(range(n)),
+                                                     "score": [i % 50 for i in range(n)]}))
+        put_table(fs, "/lab-y/s.parquet", pa.table({"id": list(range(0, 2 * n, 2))}))
+        put_policy(fs, open_policy("lab-x", "lab-y", "/lab-x/v.parquet", key="id",
+                                   columns=["score"], epsilon_per_release=1.0,
+                                   epsilon_budget=1.5,
+                                   table_extra={"clip": {"score": [0, 50]}}))
+        put_policy(fs, open_policy("lab-y", "lab-x", "/lab-y/s.parquet", key="id"))
+    spec = JobSpec("join", "/lab-x/v.parquet", "/lab-y/s.parquet", "id",
+                   aggs="count(*),sum(score)")
+    first = run_job(spec, state).answer["groups"][0]
+    assert first["count(*)"] != 150 or first["sum(score)"] != sum(i % 50 for i in range(0, n, 2))
+    assert abs(first["count(*)"] - 150) < 100
+    with pytest.raises(PolicyError, match="rule epsilon_budget"):
+        run_job(JobSpec("join", "/lab-x/v.parquet", "/lab-y/s.parquet", "id",
+                        aggs="count(*),sum(score)"), state)
+    with Client(state) as fs:
+        log = AuditLog(fs, "lab-x")
+        assert log.spent("lab-y") == 1.0 and log.verify() > 0
