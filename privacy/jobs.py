@@ -312,8 +312,10 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
             else:
                 raise QueryError(f"{name} is not available in a join; use count, sum or mean")
         rows.append(row)
+    eps = [e for e in (terms.epsilon, peer_terms.get("epsilon")) if e]
     audit.append("release", job=spec.job_id, partner=peer, groups=len(rows),
-                 suppressed=res.suppressed, epsilon=None, received=True)
+                 suppressed=res.suppressed, received=True,
+                 epsilon=min(eps) if terms.epsilon and eps else None)
     return {"role": "selector", "groups": rows, "suppressed": res.suppressed,
             "scheme": res.scheme, "peer_rows": res.value_rows, "own_keys": res.selector_keys}
 
