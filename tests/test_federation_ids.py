@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
+import random
 
 import pytest
 from hypothesis import given
@@ -53,17 +53,20 @@ def test_single_substitution_detected(i: ids.UnifiedId, data: st.DataObject) -> 
     assert not ids.is_valid(bad)
 
 
-@given(idents, st.data())
-def test_adjacent_transposition_detected(i: ids.UnifiedId, data: st.DataObject) -> None:
-    text = str(i)
-    alnum = [k for k, c in enumerate(text) if c in ALNUM]
-    pairs = [(a, b) for a, b in itertools.pairwise(alnum)
-             if b == a + 1 and text[a] != text[b]]
-    if not pairs:
-        return
-    a, b = data.draw(st.sampled_from(pairs))
-    bad = text[:a] + text[b] + text[a] + text[b + 1:]
-    assert not ids.is_valid(bad)
+def test_adjacent_transpositions_almost_always_detected() -> None:
+    """MOD 37,36 catches every single substitution (above) but, being a hybrid
+    system, not quite every swap of neighbours: measure the rate on a fixed sample."""
+    rnd = random.Random(1)
+    total = caught = 0
+    for _ in range(1000):
+        body = "".join(rnd.choice(ALNUM) for _ in range(20))
+        text = body + ids.check_char(body)
+        for a in range(len(text) - 1):
+            if text[a] != text[a + 1]:
+                swapped = text[:a] + text[a + 1] + text[a] + text[a + 2:]
+                total += 1
+                caught += ids.check_char(swapped[:-1]) != swapped[-1]
+    assert caught / total > 0.995
 
 
 @given(st.text(max_size=60))
