@@ -649,14 +649,20 @@ async def chunks_get(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/octet-stream")
 
 
-async def chunks_put(request: web.Request) -> web.Response:
+async def _binary_principal(request: web.Request) -> tuple[Site, Principal, bytes]:
+    """The site, the verified caller and the raw body (at most MAX_BODY) of a request."""
     site = _site(request)
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(f"body of {request.content_length} bytes exceeds {MAX_BODY}", 413,
                        "too_large")
     body = await request.read()
+    p = await asyncio.get_running_loop().run_in_executor(None, site.principal, request, body)
+    return site, p, body
+
+
+async def chunks_put(request: web.Request) -> web.Response:
+    site, p, body = await _binary_principal(request)
     loop = asyncio.get_running_loop()
-    p = await loop.run_in_executor(None, site.principal, request, body)
     owner = _owner(site, None, request.query)
     site.check_owner(p, owner, write=True)
     blobs = unpack_frames(body)
@@ -715,13 +721,8 @@ async def ns_read(request: web.Request) -> web.Response:
 
 
 async def ns_write(request: web.Request) -> web.Response:
-    site = _site(request)
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(f"body of {request.content_length} bytes exceeds {MAX_BODY}", 413,
-                       "too_large")
-    body = await request.read()
+    site, p, body = await _binary_principal(request)
     loop = asyncio.get_running_loop()
-    p = await loop.run_in_executor(None, site.principal, request, body)
     path = site.check_path(p, request.query.get("path", ""), write=True)
 
     def write() -> Stat:
