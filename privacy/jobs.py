@@ -38,7 +38,8 @@ from privacy.channel import Channel, handshake
 from privacy.ec import GroupPool
 from privacy.errors import AuthError, PolicyError, PrivacyError, ProtocolError, QueryError
 from privacy.policy import Policy, ReleaseTerms, clip_value
-from privacy.tables import check_columns, entity_of, iter_batches, key_strings
+from privacy.spill import budget_from_env
+from privacy.tables import check_columns, entity_of, iter_batches, key_strings, num_rows
 
 KINDS = ("psi", "join", "query")
 _AGG = re.compile(r"^\s*(count|sum|mean|min|max)\s*\(\s*(\*|[A-Za-z_][\w.-]*)\s*\)\s*$")
@@ -241,15 +242,18 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     started = time.monotonic()
     with GroupPool() as pool:
         if spec.kind == "psi":
-            ks = psi.load_keys(fs, table, key)
+            ks = psi.iter_keys(fs, table, key)
+            mem, hint = budget_from_env(), num_rows(fs, table)
             if side == "left":
-                r = psi.receiver(ch, ks, spec.job_id, spec.output, pool, prog)
+                r = psi.receiver(ch, ks, spec.job_id, spec.output, pool, prog,
+                                 budget=mem, workdir=fs.state, hint=hint)
                 out: dict[str, Any] = {"size": r.size, "own_keys": r.receiver_count,
                                        "peer_keys": r.sender_count}
                 if r.intersection is not None:
                     out["intersection"] = r.intersection
             else:
-                r = psi.sender(ch, ks, spec.job_id, spec.output, pool, prog)
+                r = psi.sender(ch, ks, spec.job_id, spec.output, pool, prog,
+                               budget=mem, workdir=fs.state, hint=hint)
                 out = {"own_keys": r.sender_count, "peer_keys": r.receiver_count}
             audit.append("release", job=spec.job_id, partner=peer,
                          what=("psi-" + spec.output) if side == "left" else "psi-sender",

@@ -42,6 +42,12 @@ def check_columns(fs: Client, path: str, columns: Sequence[str]) -> pa.Schema:
     return sch
 
 
+def num_rows(fs: Client, path: str) -> int:
+    """The row count of table `path` from its parquet footer (no rows read)."""
+    with fs.open(path) as f:
+        return int(pq.ParquetFile(f).metadata.num_rows)
+
+
 def iter_batches(fs: Client, path: str, columns: Sequence[str],
                  batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """Record batches of `columns` of table `path`."""
