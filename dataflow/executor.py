@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -257,6 +257,10 @@ class Runtime:
         self._movers.clear()
         self.stores.close()
 
+    def locate(self, ids: Iterable[bytes]) -> dict[bytes, dict[str, str]]:
+        """For each chunk id, the up sites holding it and the tier of that copy."""
+        return locate(ids, self.stores)
+
     # -- job records --------------------------------------------------------------------
     def save_record(self, rec: dict[str, Any]) -> None:
         """Write job record `rec` to the home site's `jobs` table."""
@@ -433,7 +437,7 @@ class Executor:
             need.update(t.chunks)
         with dest.engine.read() as txn:
             missing = {c for c in need if txn.get_chunk(c) is None}
-        where = locate(missing, self.rt.stores) if missing else {}
+        where = self.rt.locate(missing) if missing else {}
         model = CostModel(self.rt.topo, where)
         by_src: dict[str, list[bytes]] = {}
         for c in missing:
@@ -444,7 +448,9 @@ class Executor:
                 raise JobFailedError(
                     f"job {rec['id']}: chunk {c.hex()} of {', '.join(missing_files)} is held "
                     f"by no up site; bring its site back and run the job again with the same "
-                    f"id", {"missing": missing_files})
+                    f"id", {"missing": missing_files,
+                            "lost_sites": sorted(n for n, x in self.rt.topo.sites.items()
+                                                 if x.status != "up")})
             by_src.setdefault(src, []).append(c)
         # Transfers run on threads, one per source, each fetching its chunks in task
         # order in a few groups; a task waits only for the groups holding its chunks.
@@ -592,7 +598,7 @@ class Executor:
     def _replan(self, pending: list[Task], rec: dict[str, Any],
                 model: CostModel | None) -> dict[str, str]:
         ids = {c for t in pending for c in t.chunks}
-        where = locate(ids, self.rt.stores)
+        where = self.rt.locate(ids)
         constraints = model.constraints if model is not None else None
         m = CostModel(self.rt.topo, where, constraints)
         down = sorted(s for s, x in self.rt.topo.sites.items() if x.status != "up")

@@ -210,7 +210,7 @@ class Dataflow:
                 planner = Planner(self.objective, deadline=deadline, budget=budget)
                 plan = planner.plan(tasks, model, at=at)
                 job._set_plan(plan)
-                res = Executor(self.rt, planner, retries=retries).run(
+                res = self._executor(planner, retries).run(
                     fn, plan, output=output, job_id=job.id, name=name, model=model)
             except BaseException as e:
                 job._finish(None, e)
@@ -223,6 +223,10 @@ class Dataflow:
         else:
             threading.Thread(target=go, name=f"hutong-job-{job.id}", daemon=True).start()
         return job
+
+    def _executor(self, planner: Planner, retries: int) -> Executor:
+        """The executor of this mode (embedded: stores opened here, movers)."""
+        return Executor(self.rt, planner, retries=retries)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job record of the home site, oldest first."""

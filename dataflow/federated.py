@@ -1,0 +1,747 @@
+"""Federation mode: datasets, transfers, tasks and records through the sites' HTTP APIs.
+
+    with FederatedDataflow(registry_url, keys_dir="state/federation",
+                           schedulers={"w1": "tcp://...", "w2": "tcp://..."}) as df:
+        ds = df.dataset("loans", "/bank-a/loans/**")     # ls + manifest at the primary
+        print(df.plan(ds).explain())
+        job = df.run(score, ds, output="/bank-a/out/scores")
+
+Nothing here opens a store. The driver and the workers speak to the sites only:
+
+* **Catalog** (`FederatedCatalog`): selectors are resolved at the primary of
+  the path's entity (`/v1/ns/stat`, `/v1/ns/list`, `/v1/ns/manifest`); each
+  file's replica sites come from its manifest, and which site holds which
+  chunk from `/v1/chunks/has` at every up site of the owning entity (so chunks
+  a job prefetched count for the next job).
+* **Executor** (`FederatedExecutor`): each site's tasks run on that site's
+  Dask cluster (`schedulers`, `Site.scheduler`, or a LocalCluster started
+  here). Chunks the executing site lacks are copied into its store before
+  the tasks that need them, by a Dask task *at that site*:
+  `/v1/chunks/get` at the source, `/v1/chunks/put` at the destination (blobs
+  as stored, verified by the receiver). Tasks read their inputs chunk by chunk
+  from their own site first, then from the other holders (`RemoteInputFile`),
+  and write their output with `FederationClient.write_bytes` (the primary of
+  the output path commits it).
+* **Job record**: JSON at `/ENTITY/.dataflow/jobs/ID.json` in the home
+  entity's namespace (catalogs skip `/.dataflow/`).
+* Site loss: a site whose API or cluster stops answering is marked down; its
+  unfinished tasks are planned again over the sites still up, or the job fails
+  with `JobFailedError` and a report (as in embedded mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import IO, Any
+
+from dataflow.cost import CostModel, Task
+from dataflow.datasets import Dataset, FileEntry, glob_regex, merge
+from dataflow.errors import ConfigError, DatasetError, JobFailedError, SiteLostError
+from dataflow.executor import (
+    MAX_VALUE_BYTES,
+    Executor,
+    Runtime,
+    TaskFn,
+    _encode,
+    _TaskFailed,
+)
+from dataflow.ops import Dataflow, Job
+from dataflow.planner import Objective, Planner
+from dataflow.sites import Topology
+from gfs import paths
+from gfs.errors import HutongError, NotFoundError
+from gfs.meta import ChunkRef, Manifest
+
+log = logging.getLogger("hutong.dataflow")
+
+#: Directory (under /ENTITY) of job records; catalogs never list it.
+RECORDS_DIR = ".dataflow"
+#: Ids per `/v1/chunks/has` request (the site's limit).
+HAS_BATCH = 4096
+#: Chunks per `/v1/chunks/get` request, and raw bytes per copy batch.
+GET_BATCH = 1024
+COPY_BATCH_BYTES = 16 << 20
+#: Seconds a health probe of a site may take.
+HEALTH_TIMEOUT = 3.0
+
+
+# -- credentials and per-process clients -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How the driver and the workers reach the federation: registry and entity keys
+    (a directory readable where the workers run) or a token."""
+
+    registry: str
+    keys_dir: str | None = None
+    token: str | None = None
+
+    def open(self, near: str | None = None, timeout: float = 30.0) -> Any:
+        """A new FederationClient (the caller closes it)."""
+        from gfs.federation.auth import EntityKeys
+        from gfs.federation.client import FederationClient
+
+        keys = EntityKeys.load(self.keys_dir) if self.keys_dir else None
+        return FederationClient(self.registry, keys=keys, token=self.token, near=near,
+                                timeout=timeout)
+
+    def client(self, near: str | None = None) -> Any:
+        """A FederationClient shared by this process (workers), per `near` site."""
+        key = (self, near)
+        with _CLIENTS_LOCK:
+            c = _CLIENTS.get(key)
+            if c is None:
+                c = _CLIENTS[key] = self.open(near)
+            return c
+
+
+_CLIENTS: dict[tuple[Credentials, str | None], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _records_prefix(path: str) -> bool:
+    parts = paths.split(path)
+    return len(parts) >= 2 and parts[1] == RECORDS_DIR
+
+
+# -- the catalog ----------------------------------------------------------------------------
+
+
+class FederatedCatalog:
+    """Datasets resolved through the registry and the sites' HTTP APIs."""
+
+    def __init__(self, fc: Any, topo: Topology) -> None:
+        self.fc = fc
+        self.topo = topo
+        self.unreachable: set[str] = set()
+        """Sites that did not answer a query (the runtime marks them down)."""
+
+    def _manifest(self, path: str) -> tuple[Manifest, str, tuple[str, ...]]:
+        norm, primary = self.fc.primary(path)
+        m = self.fc.http(primary).call("GET", "/v1/ns/manifest", query={"path": norm})
+        refs = tuple(ChunkRef(bytes.fromhex(h), int(n)) for h, n in m["chunks"])
+        return Manifest(int(m["stat"].get("version", 0)), refs), primary, \
+            tuple(str(s) for s in m["sites"])
+
+    def _walk(self, top: str) -> list[str]:
+        try:
+            st = self.fc.stat(top)
+        except NotFoundError:
+            return []
+        if st["kind"] == "file":
+            return [str(st["path"])]
+        out: list[str] = []
+        stack = [str(st["path"])]
+        while stack:
+            d = stack.pop()
+            try:
+                entries = self.fc.ls(d)
+            except NotFoundError:
+                continue
+            for e in entries:
+                p = str(e["path"])
+                if _records_prefix(p):
+                    continue
+                if e["kind"] == "dir":
+                    stack.append(p)
+                elif e["kind"] == "file":
+                    out.append(p)
+        return out
+
+    def files(self, selector: str) -> list[str]:
+        """Files matching one selector (a path, a directory or a glob), sorted."""
+        wild = any(ch in selector for ch in "*?")
+        if not wild:
+            return sorted(self._walk(paths.normalize(selector)))
+        parts = selector.split("/")
+        keep = []
+        for p in parts:
+            if any(ch in p for ch in "*?["):
+                break
+            keep.append(p)
+        top = "/".join(keep) or "/"
+        if paths.normalize(top) == "/":
+            raise DatasetError(f"selector {selector!r}: name the entity (/ENTITY/...); the "
+                               f"federation root is not listed")
+        rx = glob_regex(selector)
+        return sorted(p for p in self._walk(top) if rx.match(p))
+
+    def resolve(self, name: str, selectors: str | Sequence[str], *,
+                missing_ok: bool = False) -> Dataset:
+        """Files, manifests and chunk holders of `selectors`, asked of the sites now."""
+        sel = (selectors,) if isinstance(selectors, str) else tuple(selectors)
+        if not sel:
+            raise DatasetError(f"dataset {name!r}: give at least one path or glob")
+        found: dict[str, None] = {}
+        for s in sel:
+            if not isinstance(s, str) or not s.startswith("/"):
+                raise DatasetError(f"dataset {name!r}: selector {s!r} must be an absolute "
+                                   f"namespace path or glob (/entity/...)")
+            hits = self.files(s)
+            if not hits and not missing_ok:
+                raise DatasetError(f"dataset {name!r}: {s!r} matches no file in the "
+                                   f"federation; check the path")
+            found.update(dict.fromkeys(hits))
+        files = []
+        for p in sorted(found):
+            try:
+                m, primary, sites = self._manifest(p)
+            except NotFoundError:
+                continue  # removed while we listed
+            files.append(FileEntry(p, m, primary, sites))
+        ds = Dataset(name, sel, files)
+        for f in files:
+            for ref in f.manifest.chunks:
+                ds.lengths[ref.id] = ref.length
+        ds.locations = self.locate(ds.lengths, owners={f.owner for f in files})
+        return ds
+
+    def refresh(self, ds: Dataset) -> Dataset:
+        """The same files with where their chunks live now."""
+        return Dataset(ds.name, ds.selectors, list(ds.files), dict(ds.lengths),
+                       self.locate(ds.lengths, owners={f.owner for f in ds.files}))
+
+    def has(self, site: str, ids: Sequence[bytes], owner: str | None = None) -> list[bool]:
+        """`/v1/chunks/has` at `site` for `ids` (its own entity's store)."""
+        out: list[bool] = []
+        h = self.fc.http(site)
+        for i in range(0, len(ids), HAS_BATCH):
+            body: dict[str, Any] = {"ids": [c.hex() for c in ids[i:i + HAS_BATCH]]}
+            out += [bool(x) for x in h.call("POST", "/v1/chunks/has", body)["have"]]
+        return out
+
+    def locate(self, ids: Iterable[bytes], owners: Iterable[str] | None = None
+               ) -> dict[bytes, dict[str, str]]:
+        """For each chunk, the up sites (of the owning entities; all up sites of the
+        caller's entity when `owners` is None) whose store holds it, with their tier."""
+        want = list(dict.fromkeys(ids))
+        out: dict[bytes, dict[str, str]] = {c: {} for c in want}
+        if not want:
+            return out
+        ents = set(owners) if owners is not None else {self.fc.me}
+        for site in self.topo.up():
+            if site.entity not in ents or site.name in self.unreachable:
+                continue
+            try:
+                have = self.has(site.name, want)
+            except ConnectionError as e:
+                log.warning("site %s does not answer chunks/has: %s", site.name, e)
+                self.unreachable.add(site.name)
+                continue
+            except HutongError as e:  # not allowed to ask (a grantee): skip the site
+                log.info("chunks/has at %s refused: %s", site.name, e)
+                continue
+            for c, h in zip(want, have, strict=True):
+                if h:
+                    out[c][site.name] = site.tier
+        return out
+
+
+# -- the worker side --------------------------------------------------------------------------
+
+
+def _get_blobs(fc: Any, site: str, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+    """Blobs (as stored) of `ids` that `site` returns."""
+    from gfs.federation.site import unpack_frames
+
+    out: dict[bytes, bytes] = {}
+    for i in range(0, len(ids), GET_BATCH):
+        batch = list(ids[i:i + GET_BATCH])
+        data = fc.http(site).call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in batch]})
+        blobs = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
+        for cid, blob in zip(batch, blobs, strict=False):
+            if blob:
+                out[cid] = bytes(blob)
+    return out
+
+
+@dataclass(frozen=True)
+class RemoteInputFile:
+    """One input of a task, read chunk by chunk through the sites' APIs: the site the
+    task runs at first, then `sources` for chunks it lacks."""
+
+    path: str
+    manifest: Manifest
+    site: str
+    sources: tuple[str, ...]
+    creds: Credentials
+
+    @property
+    def size(self) -> int:
+        return self.manifest.size
+
+    def read(self) -> bytes:
+        """The whole content (each chunk verified against its id)."""
+        from gfs.codec import decode_blob
+        from gfs.errors import ChunkMissingError, CorruptChunkError
+
+        fc = self.creds.client(near=self.site)
+        refs = self.manifest.chunks
+        got: dict[bytes, bytes] = {}
+        for r in refs:
+            hit = fc.cache.get(r.id)
+            if hit is not None:
+                got[r.id] = hit
+        problems: list[str] = []
+        for site in (self.site, *[s for s in self.sources if s != self.site]):
+            todo = list(dict.fromkeys(r.id for r in refs if r.id not in got))
+            if not todo:
+                break
+            try:
+                blobs = _get_blobs(fc, site, todo)
+            except HutongError as e:
+                problems.append(f"{site}: {e}")
+                continue
+            for cid, blob in blobs.items():
+                try:
+                    raw = decode_blob(blob, expect_id=cid)
+                except CorruptChunkError as e:
+                    problems.append(f"{site}: corrupt copy of {cid.hex()} ({e})")
+                    continue
+                got[cid] = raw
+                fc.cache.put(cid, raw)
+        left = [r.id for r in refs if r.id not in got]
+        if left:
+            raise ChunkMissingError(self.path, f"{len(left)} chunks of {self.path} have no "
+                                    f"readable copy at {self.site} nor "
+                                    f"{', '.join(self.sources) or 'any other site'}: "
+                                    + "; ".join(problems)[:600])
+        return b"".join(got[r.id] for r in refs)
+
+    def open(self) -> IO[bytes]:
+        """A seekable binary reader of this version of the file (read whole first)."""
+        return io.BytesIO(self.read())
+
+
+def copy_chunks(creds: Credentials, src: str, dst: str, ids: list[str],
+                lengths: list[int]) -> dict[str, Any]:
+    """Worker side of a transfer (runs at `dst`): chunks from `src`'s API into `dst`'s
+    store (`/v1/chunks/get`, then `/v1/chunks/put`), in batches of ~16 MiB."""
+    from gfs.federation.site import pack_frames
+
+    fc = creds.client(near=dst)
+    t0 = time.monotonic()
+    nbytes = moved = 0
+    i = 0
+    while i < len(ids):
+        j, acc = i, 0
+        while j < len(ids) and j - i < GET_BATCH and (acc < COPY_BATCH_BYTES or j == i):
+            acc += lengths[j]
+            j += 1
+        batch = [bytes.fromhex(h) for h in ids[i:j]]
+        blobs = _get_blobs(fc, src, batch)
+        lack = [c.hex() for c in batch if c not in blobs]
+        if lack:
+            raise ChunkNotHeldError(src, f"site {src} no longer holds {len(lack)} chunk(s) "
+                                    f"(first {lack[0]})")
+        frames: list[bytes | None] = [blobs[c] for c in batch]
+        fc.http(dst).call("POST", "/v1/chunks/put", body=pack_frames(frames),
+                          content_type="application/octet-stream")
+        nbytes += sum(len(b) for b in blobs.values())
+        moved += len(batch)
+        i = j
+    return {"bytes": nbytes, "chunks": moved, "seconds": time.monotonic() - t0}
+
+
+class ChunkNotHeldError(HutongError):
+    """A source site answered but lacks chunks it was expected to hold."""
+
+    def __init__(self, site: str, message: str) -> None:
+        super().__init__(message)
+        self.site = site
+
+
+def run_remote_task(fn: TaskFn | Sequence[TaskFn], creds: Credentials, site: str,
+                    files: list[tuple[str, int, list[tuple[str, int]]]],
+                    sources: tuple[str, ...], output: str | None) -> dict[str, Any]:
+    """Worker side of one task in federation mode: inputs through the sites' APIs,
+    the output written with `FederationClient.write_bytes`."""
+    import os
+
+    inputs = [RemoteInputFile(p, Manifest(v, tuple(ChunkRef(bytes.fromhex(h), n)
+                                                   for h, n in refs)), site, sources, creds)
+              for p, v, refs in files]
+    t0 = time.monotonic()
+    value: Any = inputs
+    steps: Sequence[TaskFn] = fn if isinstance(fn, list | tuple) else [fn]  # type: ignore[list-item]
+    for step in steps:
+        value = step(value)
+    seconds = time.monotonic() - t0
+    out: dict[str, Any] = {"seconds": seconds, "worker_pid": os.getpid()}
+    if output is not None and value is not None:
+        data = _encode(value)
+        fc = creds.client(near=site)
+        parent = output.rsplit("/", 1)[0] or "/"
+        fc.mkdir(parent, parents=True, exist_ok=True)
+        fc.write_bytes(output, data)
+        out.update(output=output, output_bytes=len(data))
+    if value is not None and not isinstance(value, bytes | bytearray | memoryview):
+        with contextlib.suppress(TypeError, ValueError):
+            text = json.dumps(value, default=str)
+            if len(text) <= MAX_VALUE_BYTES:
+                out["value"] = json.loads(text)
+    return out
+
+
+# -- the driver side --------------------------------------------------------------------------
+
+
+class FederatedRuntime(Runtime):
+    """Per-site Dask clusters, the catalog and job records, all reached remotely.
+
+    `schedulers` maps site names to Dask scheduler addresses (else
+    `Site.scheduler`; else a LocalCluster is started here for that site).
+    Records live at `/ENTITY/.dataflow/jobs/` of `entity` (default: the
+    credentials' entity).
+    """
+
+    def __init__(self, topo: Topology, creds: Credentials, *,
+                 schedulers: Mapping[str, str] | None = None, entity: str | None = None,
+                 processes: bool = False, progress: bool = False) -> None:
+        for name, addr in (schedulers or {}).items():
+            topo.sites[name] = replace(topo.site(name), scheduler=addr)
+        super().__init__(topo, processes=processes, home=None, progress=progress)
+        self.creds = creds
+        self.fc = creds.open()
+        self.catalog = FederatedCatalog(self.fc, topo)
+        ent = entity or self.fc.me
+        if not ent:
+            raise ConfigError("federation mode needs an entity for job records: give "
+                              "keys_dir or entity=")
+        self.entity: str = str(ent)
+        self.records_dir = f"/{self.entity}/{RECORDS_DIR}/jobs"
+        self._records_ready = False
+        self.record_errors: list[str] = []
+
+    # -- sites -----------------------------------------------------------------------------
+    def endpoint(self, site: str) -> str:
+        rec = self.fc.sites().get(site)
+        if rec is None:
+            raise SiteLostError(site, f"site {site} is not registered")
+        return str(rec["endpoint"])
+
+    def healthy(self, site: str) -> bool:
+        """Whether `site`'s HTTP API answers `/v1/health`."""
+        from gfs.federation.http import HttpClient
+
+        try:
+            h = HttpClient(self.endpoint(site), timeout=HEALTH_TIMEOUT)
+        except HutongError:
+            return False
+        try:
+            h.call("GET", "/v1/health")
+            return True
+        except (HutongError, OSError):
+            return False
+        finally:
+            h.close()
+
+    def alive(self, site: str) -> bool:
+        return super().alive(site) and site not in self.catalog.unreachable and \
+            self.healthy(site)
+
+    def mark_unreachable(self) -> None:
+        """Mark the sites the catalog could not reach as down."""
+        for s in sorted(self.catalog.unreachable):
+            if s in self.topo.sites and self.topo.sites[s].status == "up":
+                log.warning("site %s unreachable: marked down", s)
+                self.topo.mark_down(s)
+
+    def mover(self, site: str) -> tuple[tuple[str, int], bytes]:
+        raise ConfigError("federation mode moves chunks through the sites' APIs; there is "
+                          "no driver-side mover")
+
+    def locate(self, ids: Iterable[bytes]) -> dict[bytes, dict[str, str]]:
+        owners = {s.entity for s in self.topo.up()}
+        where = self.catalog.locate(ids, owners)
+        self.mark_unreachable()
+        return where
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(Exception):
+            self.fc.close()
+
+    # -- job records -----------------------------------------------------------------------
+    def _record_path(self, job_id: str) -> str:
+        return f"{self.records_dir}/{job_id}.json"
+
+    def save_record(self, rec: dict[str, Any]) -> None:
+        """Write the record to the home entity's namespace; a failure is logged and kept
+        in `record_errors` (the job's own outcome is not changed by it)."""
+        try:
+            if not self._records_ready:
+                self.fc.mkdir(self.records_dir, parents=True, exist_ok=True)
+                self._records_ready = True
+            self.fc.write_bytes(self._record_path(str(rec["id"])),
+                                json.dumps(rec, sort_keys=True, default=str).encode())
+        except (HutongError, OSError) as e:
+            msg = f"job {rec.get('id')}: record not saved at {self.records_dir}: {e}"
+            log.warning("%s", msg)
+            self.record_errors.append(msg)
+
+    def load_record(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.fc.read_bytes(self._record_path(job_id))))
+        except NotFoundError:
+            return None
+
+    def records(self) -> list[dict[str, Any]]:
+        try:
+            entries = self.fc.ls(self.records_dir)
+        except NotFoundError:
+            return []
+        recs = [json.loads(self.fc.read_bytes(e["path"])) for e in entries
+                if e["kind"] == "file" and str(e["path"]).endswith(".json")]
+        return sorted(recs, key=lambda r: r.get("created", 0))
+
+
+class FederatedExecutor(Executor):
+    """Runs plans with every site reached through its API and its own Dask cluster."""
+
+    rt: FederatedRuntime
+
+    def __init__(self, runtime: FederatedRuntime, planner: Planner | None = None, *,
+                 retries: int = 2) -> None:
+        super().__init__(runtime, planner, retries=retries)
+
+    def run(self, fn: TaskFn | Sequence[TaskFn], plan: Any, *, output: str | None = None,
+            job_id: str | None = None, name: str = "", model: CostModel | None = None
+            ) -> Any:
+        try:
+            return super().run(fn, plan, output=output, job_id=job_id, name=name, model=model)
+        except JobFailedError as e:
+            if self.rt.record_errors:
+                e.report.setdefault("record", self.rt.record_errors[-1])
+            raise
+
+    def _sources(self, site: str, owners: Iterable[str]) -> tuple[str, ...]:
+        """Other up sites of the owners, nearest (fastest link to `site`) first."""
+        ents = set(owners)
+        others = [s.name for s in self.rt.topo.up() if s.entity in ents and s.name != site]
+        return tuple(sorted(others, key=lambda s: (-self.rt.topo.link(s, site).bandwidth, s)))
+
+    def _run_site(self, fn: TaskFn | Sequence[TaskFn], site: str, tasks: list[Task],
+                  output: str | None, rec: dict[str, Any], lock: threading.Lock,
+                  bar: Any) -> set[str]:
+        rt = self.rt
+        need: dict[bytes, int] = {}
+        for t in tasks:
+            need.update(t.chunks)
+        ids = list(need)
+        try:
+            have = rt.catalog.has(site, ids) if ids else []
+        except ConnectionError as e:
+            log.warning("site %s lost: %s", site, e)
+            return {site}
+        missing = [c for c, h in zip(ids, have, strict=True) if not h]
+        where = rt.locate(missing) if missing else {}
+        model = CostModel(rt.topo, where)
+        by_src: dict[str, list[bytes]] = {}
+        for c in missing:
+            src = model.source(c, site)
+            if src is None:
+                missing_files = sorted({f.path for t in tasks for f in t.files
+                                        if any(r.id == c for r in f.manifest.chunks)})
+                raise JobFailedError(
+                    f"job {rec['id']}: chunk {c.hex()} of {', '.join(missing_files)} is held "
+                    f"by no up site; bring its site back and run the job again with the same "
+                    f"id", {"missing": missing_files,
+                            "lost_sites": sorted(n for n, x in rt.topo.sites.items()
+                                                 if x.status != "up")})
+            by_src.setdefault(src, []).append(c)
+        try:
+            client = rt.dask(site)
+        except Exception as e:  # the cluster of a lost site does not answer
+            log.warning("site %s lost: %s", site, e)
+            return {site}
+        lost: set[str] = set()
+        xfers: dict[str, tuple[Any, dict[str, Any]]] = {}
+        for src, cids in by_src.items():
+            entry: dict[str, Any] = {"src": src, "dst": site, "group": 0, "chunks": len(cids),
+                                     "started": time.time(), "bytes": 0, "via": "site-api"}
+            with lock:
+                rec["transfers"].append(entry)
+            key = f"{rec['id']}-copy-{src}-{site}-{len(rec['transfers'])}"
+            try:
+                fut = client.submit(copy_chunks, rt.creds, src, site, [c.hex() for c in cids],
+                                    [need[c] for c in cids], key=key, pure=False,
+                                    retries=self.retries, priority=10)
+            except Exception as e:
+                entry["error"] = str(e)
+                return {site}
+            xfers[src] = (fut, entry)
+        src_of = {c: s for s, cids in by_src.items() for c in cids}
+        ordered = sorted(tasks, key=lambda t: any(c in src_of for c in t.chunks))
+        waited: dict[str, bool] = {}
+        futures: dict[str, Any] = {}
+        for t in ordered:
+            srcs = sorted({src_of[c] for c in t.chunks if c in src_of})
+            ok = True
+            for src in srcs:
+                if src not in waited:
+                    waited[src] = self._finish_transfer(src, site, *xfers[src], lost)
+                ok = ok and waited[src]
+            if site in lost:
+                return lost
+            if not ok:
+                continue
+            files = [(f.path, f.manifest.version, [(r.id.hex(), r.length)
+                                                   for r in f.manifest.chunks])
+                     for f in t.files]
+            out = f"{output.rstrip('/')}/{t.id}" if output else None
+            attempt: dict[str, Any] = {"site": site, "started": time.time()}
+            with lock:
+                rec["tasks"][t.id]["attempts"].append(attempt)
+                rec["tasks"][t.id]["site"] = site
+            key = f"{rec['id']}-{t.id}-{len(rec['tasks'][t.id]['attempts'])}"
+            sources = self._sources(site, t.owners)
+            try:
+                futures[t.id] = client.submit(run_remote_task, fn, rt.creds, site, files,
+                                              sources, out, key=key, retries=self.retries,
+                                              pure=False)
+            except Exception as e:
+                attempt["error"] = str(e)
+                lost.add(site)
+                return lost
+        for tid, fut in futures.items():
+            attempt = rec["tasks"][tid]["attempts"][-1]
+            try:
+                res = self._wait(fut, site)
+            except SiteLostError as e:
+                attempt["error"] = str(e)
+                lost.add(site)
+                continue
+            except Exception as e:
+                attempt["error"] = "".join(traceback.format_exception_only(e)).strip()
+                if not rt.alive(site):
+                    lost.add(site)
+                    continue
+                raise _TaskFailed(tid, site, attempt["error"], False) from e
+            with lock:
+                attempt.update(status="done", seconds=res["seconds"], finished=time.time())
+                task_rec = rec["tasks"][tid]
+                task_rec["status"] = "done"
+                if "output" in res:
+                    task_rec["output"] = res["output"]
+                    task_rec["output_bytes"] = res["output_bytes"]
+                    task_rec["output_site"] = rt.fc.primary(res["output"])[1]
+                if "value" in res:
+                    task_rec["value"] = res["value"]
+                rt.save_record(rec)
+            if bar is not None:
+                bar.update(1)
+        return lost
+
+    def _finish_transfer(self, src: str, dst: str, fut: Any, entry: dict[str, Any],
+                         lost: set[str]) -> bool:
+        """Wait for one transfer; on failure, find which end was lost (False)."""
+        try:
+            st = self._wait(fut, dst)
+        except SiteLostError as e:
+            entry["error"] = str(e)
+            lost.add(dst)
+            return False
+        except Exception as e:
+            entry["error"] = "".join(traceback.format_exception_only(e)).strip()
+            if not self.rt.alive(dst):
+                lost.add(dst)
+            else:
+                log.warning("transfer %s -> %s failed: %s", src, dst, entry["error"])
+                lost.add(src)
+            return False
+        entry.update(bytes=st["bytes"], moved=st["chunks"], seconds=round(st["seconds"], 6))
+        self.rt.topo.observe(src, dst, int(st["bytes"]), int(st["chunks"]),
+                             float(st["seconds"]))
+        return True
+
+
+# -- the notebook API -------------------------------------------------------------------------
+
+
+class FederatedDataflow(Dataflow):
+    """`Dataflow` over a federation: topology from the registry, datasets through the
+    primaries' APIs, tasks on each site's Dask cluster, records in the namespace.
+
+    `prefetch`, `migrate` and `subscribe` need embedded stores and are not
+    available here; `replicate` adds federation rules.
+    """
+
+    rt: FederatedRuntime
+
+    def __init__(self, registry: str, *, keys_dir: str | None = None,
+                 token: str | None = None, config: str | None = None,
+                 schedulers: Mapping[str, str] | None = None, entity: str | None = None,
+                 processes: bool = False, progress: bool = False,
+                 objective: Objective = "balanced", topo: Topology | None = None) -> None:
+        topo = topo or Topology.from_registry(registry, config=config)
+        super().__init__(topo, processes=processes, progress=progress, objective=objective)
+        self.creds = Credentials(registry, keys_dir, token)
+        self.rt = FederatedRuntime(topo, self.creds, schedulers=schedulers, entity=entity,
+                                   processes=processes, progress=progress)
+        self.federation = self.rt.fc
+        self.catalog = self.rt.catalog
+
+    def dataset(self, name: str, selectors: str | Sequence[str]) -> Dataset:
+        ds = self.catalog.resolve(name, selectors)
+        self.datasets[name] = ds
+        return ds
+
+    def resolve(self, inputs: Any) -> Dataset:
+        cat = self.catalog
+        if isinstance(inputs, Dataset):
+            return cat.refresh(inputs)
+        if isinstance(inputs, Job):
+            res = inputs.wait()
+            out = res.record.get("output")
+            if not out:
+                raise DatasetError(f"job {inputs.id} wrote no output; give it output= to chain")
+            return cat.resolve(f"job {inputs.id}", [out.rstrip("/") + "/**"])
+        if isinstance(inputs, str):
+            if inputs in self.datasets:
+                ds = self.datasets[inputs]
+                return cat.resolve(ds.name, ds.selectors)
+            return cat.resolve(inputs, inputs)
+        if isinstance(inputs, Sequence) and inputs and all(isinstance(d, Dataset)
+                                                            for d in inputs):
+            return merge("+".join(d.name for d in inputs), [cat.refresh(d) for d in inputs])
+        if isinstance(inputs, Sequence) and all(isinstance(s, str) for s in inputs):
+            return cat.resolve(",".join(inputs), list(inputs))
+        raise ConfigError(f"inputs must be a Dataset, a dataset name, path(s) or glob(s), or a "
+                          f"Job; got {type(inputs).__name__}")
+
+    def _executor(self, planner: Planner, retries: int) -> Executor:
+        return FederatedExecutor(self.rt, planner, retries=retries)
+
+    def fail_site(self, site: str) -> None:
+        """Stop using `site` (its cluster client is closed; it is planned on no more)."""
+        self.rt.fail_site(site)
+
+
+def start_site_cluster(site: str, slots: int = 1, *, processes: bool = False) -> Any:
+    """A LocalCluster for `site` on 127.0.0.1 (tests and single-host deployments):
+    pass `cluster.scheduler_address` as the site's scheduler. The caller closes it."""
+    from distributed import LocalCluster
+
+    from dataflow.executor import resource_tag
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    return LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=1, threads_per_worker=slots, processes=processes,
+        resources={resource_tag(site): slots}, host="127.0.0.1", scheduler_port=0,
+        dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
+        silence_logs=logging.ERROR, protocol="tcp://")
+
+
+__all__ = ["Credentials", "FederatedCatalog", "FederatedDataflow", "FederatedExecutor",
+           "FederatedRuntime", "RemoteInputFile", "copy_chunks", "run_remote_task",
+           "start_site_cluster"]

@@ -1,0 +1,197 @@
+"""Federation mode end to end: registry and sites as processes, one Dask cluster per site,
+datasets, transfers, tasks, outputs and records through the sites' HTTP APIs only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataflow import JobFailedError, PlanError
+from dataflow.federated import (
+    FederatedDataflow,
+    FederatedExecutor,
+    RemoteInputFile,
+    start_site_cluster,
+)
+from gfs.federation.testing import Federation
+
+STARTED = threading.Event()
+
+
+def digest(files: list[RemoteInputFile]) -> dict[str, Any]:
+    data = b"".join(f.read() for f in files)
+    return {"paths": [f.path for f in files], "n": len(data),
+            "sha": hashlib.sha256(data).hexdigest()}
+
+
+def slow_digest(files: list[RemoteInputFile]) -> dict[str, Any]:
+    STARTED.set()
+    time.sleep(0.4)
+    return digest(files)
+
+
+def _content(name: str, shared: bytes) -> bytes:
+    own = hashlib.sha256(name.encode()).digest() * 8192             # 256 KiB of its own
+    return shared + own + shared[: 64 << 10]
+
+
+class Sites:
+    """A federation of bank-a (primary w1, w2) with a Dask cluster next to each site."""
+
+    def __init__(self, root: Path) -> None:
+        self.fed = Federation(root, ttl=3.0, heartbeat=0.3)
+        self.clusters: dict[str, Any] = {}
+        try:
+            self.fed.registry()
+            self.fed.site("w1", "bank-a", "cn-west", primary=True)
+            self.fed.site("w2", "bank-a", "cn-west")
+            for name in ("w1", "w2"):
+                self.clusters[name] = start_site_cluster(name, slots=1)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def schedulers(self) -> dict[str, str]:
+        return {n: str(c.scheduler_address) for n, c in self.clusters.items()}
+
+    def dataflow(self) -> FederatedDataflow:
+        return FederatedDataflow(self.fed.registry_url,
+                                 keys_dir=str(self.fed.sites["w1"]["state"] / "federation"),
+                                 schedulers=self.schedulers)
+
+    def crash(self, name: str) -> None:
+        """The site's API process and its Dask cluster stop (kill -9, cluster closed)."""
+        self.fed.kill(name)
+        cl = self.clusters.pop(name)
+        cl.close(timeout=10)
+
+    def close(self) -> None:
+        for cl in self.clusters.values():
+            cl.close(timeout=10)
+        self.clusters.clear()
+        self.fed.close()
+
+
+def _write(sites: Sites, prefix: str, n: int) -> dict[str, bytes]:
+    shared = hashlib.sha256(prefix.encode()).digest() * 16384         # 512 KiB shared
+    out = {}
+    with sites.fed.client("bank-a") as fc:
+        fc.mkdir(prefix, parents=True, exist_ok=True)
+        for i in range(n):
+            p = f"{prefix}/f{i}.bin"
+            out[p] = _content(p, shared)
+            fc.write_bytes(p, out[p])
+    return out
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
+    s = Sites(tmp_path_factory.mktemp("dffedrun"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_job_over_two_sites_runs_through_the_apis(sites: Sites) -> None:
+    hot = _write(sites, "/bank-a/ds/hot", 3)
+    cold = _write(sites, "/bank-a/ds/cold", 3)
+    with sites.fed.client("bank-a") as fc:
+        rule = fc.rule_add("/bank-a/ds/hot/**", 2, "region=cn-west")
+        [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r["state"] == "ok"
+    with sites.dataflow() as df:
+        ds = df.dataset("ds", "/bank-a/ds/**")
+        assert [f.path for f in ds.files] == sorted({**hot, **cold})
+        for f in ds.files:
+            held = set.intersection(*(set(ds.locations[r.id]) for r in f.manifest.chunks))
+            assert held == ({"w1", "w2"} if "/hot/" in f.path else {"w1"}), f.path
+            assert f.home == "w1"
+        plan = df.plan(ds)
+        assert set(plan.sites()) <= {"w1", "w2"}
+        res = df.run(digest, ds, output="/bank-a/out/j1").wait()
+        assert res.record["status"] == "done" and len(res.outputs) == 6
+        with sites.fed.client("bank-a") as fc:
+            for tid, out in res.outputs.items():
+                got = json.loads(fc.read_bytes(out))
+                data = b"".join({**hot, **cold}[p] for p in got["paths"])
+                assert got["sha"] == hashlib.sha256(data).hexdigest(), tid
+            rec = json.loads(fc.read_bytes(f"/bank-a/.dataflow/jobs/{res.id}.json"))
+            assert rec["status"] == "done" and rec["plan"]["placement"] == plan.placement
+        assert [j["id"] for j in df.jobs()][-1] == res.id
+        # the catalog never lists job records
+        assert not [f for f in df.dataset("all", "/bank-a/**").files if "/.dataflow/" in f.path]
+
+        # pinned at w2: new files' chunks are copied w1 -> w2 through the APIs first
+        _write(sites, "/bank-a/late", 3)
+        cds = df.dataset("late", "/bank-a/late/**")
+        assert cds.bytes_at("w2") == 0
+        res2 = df.run(digest, cds, at="w2", output="/bank-a/out/j2").wait()
+        [xfer] = res2.record["transfers"]
+        assert (xfer["src"], xfer["dst"]) == ("w1", "w2")
+        assert xfer["moved"] == len(cds.lengths)       # distinct chunks, once each
+        assert {t["site"] for t in res2.record["tasks"].values()} == {"w2"}
+        again = df.resolve(cds)
+        assert again.bytes_at("w2") == cds.unique_bytes
+        # a second job at w2 moves nothing (dedup-aware: the chunks are there now)
+        res3 = df.run(digest, "/bank-a/late/**", at="w2").wait()
+        assert res3.record["transfers"] == []
+        assert res3.values == res2.values
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[Sites]:
+    s = Sites(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.mark.slow
+def test_site_lost_mid_job_replans(fresh: Sites) -> None:
+    data = _write(fresh, "/bank-a/in", 4)
+    with fresh.fed.client("bank-a") as fc:
+        fc.rule_add("/bank-a/in/**", 2, "region=cn-west")
+        fc.reconcile("bank-a")
+    STARTED.clear()
+    with fresh.dataflow() as df:
+        job = df.run(slow_digest, "/bank-a/in/**", at="w2", output="/bank-a/out/r",
+                     wait=False)
+        assert STARTED.wait(60)
+        fresh.crash("w2")
+        res = job.wait(120)
+        assert res.record["status"] == "done"
+        [rp] = res.record["replans"]
+        assert rp["lost"] == ["w2"] and set(rp["placement"].values()) == {"w1"}
+        with fresh.fed.client("bank-a") as fc:
+            for out in res.outputs.values():
+                got = json.loads(fc.read_bytes(out))
+                assert got["sha"] == hashlib.sha256(data[got["paths"][0]]).hexdigest()
+
+
+@pytest.mark.slow
+def test_only_holder_lost_fails_with_report(fresh: Sites) -> None:
+    _write(fresh, "/bank-a/only", 2)
+    with fresh.dataflow() as df:
+        ds = df.dataset("only", "/bank-a/only/**")
+        assert ds.bytes_at("w2") == 0
+        plan = df.plan(ds, at="w2")
+        assert plan.estimate.wan_bytes == ds.unique_bytes
+        fresh.crash("w1")                     # the primary: the only holder, and home
+        with pytest.raises(JobFailedError) as err:       # the plan made before the crash
+            FederatedExecutor(df.rt).run(digest, plan, output="/bank-a/out/x")
+        rep = err.value.report
+        assert rep["missing"] == [f.path for f in ds.files]
+        assert "w1" in rep["lost_sites"]
+        assert "not saved" in str(rep["record"])
+        with pytest.raises(PlanError, match="held by no up site"):   # planning again
+            df.plan(ds, at="w2")
