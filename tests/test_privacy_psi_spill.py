@@ -10,10 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
+from gfs.client import Client
 from privacy import psi, spill
-from privacy.testing import run_pair
+from privacy.errors import ProtocolError
+from privacy.jobs import FAULT_ENV, JobSpec, run_job
+from privacy.testing import open_policy, put_policy, put_table, run_pair
 
 TINY = 16 << 10  # bytes: forces dozens of partitions for a few thousand keys
 
@@ -141,3 +145,52 @@ def test_peak_memory_does_not_grow_with_the_set(tmp_path: Path) -> None:
     data_growth_kb = 2 * 3 * n * 100 // 1024  # both parties, 3n more keys, ~100 B each
     assert rss4 - rss1 < data_growth_kb // 3, (rss1, rss4, data_growth_kb)
     assert leftovers(tmp_path) == []
+
+
+BANK = "/bank-a/ids.parquet"
+TELCO = "/telco-b/ids.parquet"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str], set[str]]:
+    state = tmp_path_factory.mktemp("psi-spill") / "state"
+    rnd = random.Random(11)
+    bank = [f"138{rnd.randrange(6000):07d}" for _ in range(3000)]
+    telco = [f"138{rnd.randrange(6000):07d}" for _ in range(3000)]
+    with Client.init(state) as fs:
+        put_table(fs, BANK, pa.table({"phone": bank}))
+        put_table(fs, TELCO, pa.table({"phone": telco}))
+        put_policy(fs, open_policy("bank-a", "telco-b", BANK))
+        put_policy(fs, open_policy("telco-b", "bank-a", TELCO))
+    return state, set(bank), set(telco)
+
+
+def temporaries(state: Path) -> list[Path]:
+    return sorted((state / "tmp" / "psi").glob("*")) if (state / "tmp" / "psi").exists() else []
+
+
+@pytest.mark.parametrize("output", ["intersection", "cardinality"])
+def test_job_with_a_tiny_budget_matches_and_cleans_up(world: tuple[Path, set[str], set[str]],
+                                                      output: str) -> None:
+    state, bank, telco = world
+    res = run_job(JobSpec("psi", BANK, TELCO, "phone", output=output), state,
+                  env={spill.BUDGET_ENV: "0.02"})
+    assert res.answer["size"] == len(bank & telco)
+    assert res.answer.get("intersection") == (sorted(bank & telco)
+                                              if output == "intersection" else None)
+    assert temporaries(state) == []
+
+
+@pytest.mark.parametrize("fault", ["left:psi-b", "right:psi-a", "left:psi-c"])
+def test_party_dying_mid_psi_leaves_no_temporaries(world: tuple[Path, set[str], set[str]],
+                                                   fault: str) -> None:
+    state, bank, telco = world
+    spec = JobSpec("psi", BANK, TELCO, "phone", output="intersection", timeout=60)
+    with pytest.raises(ProtocolError, match=r"closed the connection|died"):
+        run_job(spec, state, env={FAULT_ENV: fault, spill.BUDGET_ENV: "0.02"})
+    # the survivor removed its files; the killed party's are removed by the next job
+    dead = temporaries(state)
+    assert len(dead) == 1 and any(p.is_file() for p in dead[0].iterdir())
+    res = run_job(JobSpec("psi", BANK, TELCO, "phone"), state, env={spill.BUDGET_ENV: "0.02"})
+    assert res.answer["size"] == len(bank & telco)
+    assert temporaries(state) == []
