@@ -446,8 +446,13 @@ class FederatedRuntime(Runtime):
             h.close()
 
     def alive(self, site: str) -> bool:
-        return super().alive(site) and site not in self.catalog.unreachable and \
-            self.healthy(site)
+        """Whether `site`'s API and its cluster answer (a site found dead stays dead)."""
+        if site in self._dead or site in self.catalog.unreachable:
+            return False
+        ok = self.healthy(site) and super().alive(site)
+        if not ok:
+            self._dead.add(site)
+        return ok
 
     def mark_unreachable(self) -> None:
         """Mark the sites the catalog could not reach as down."""

@@ -156,7 +156,6 @@ def fresh(tmp_path: Path) -> Iterator[Sites]:
         s.close()
 
 
-@pytest.mark.slow
 def test_site_lost_mid_job_replans(fresh: Sites) -> None:
     data = _write(fresh, "/bank-a/in", 4)
     with fresh.fed.client("bank-a") as fc:
@@ -178,7 +177,6 @@ def test_site_lost_mid_job_replans(fresh: Sites) -> None:
                 assert got["sha"] == hashlib.sha256(data[got["paths"][0]]).hexdigest()
 
 
-@pytest.mark.slow
 def test_only_holder_lost_fails_with_report(fresh: Sites) -> None:
     _write(fresh, "/bank-a/only", 2)
     with fresh.dataflow() as df:
