@@ -5,6 +5,8 @@
     plan = df.plan(count_rows, "/bank-a/loans/**")   # where to run, what to move
     print(plan.explain())
     result = df.run(count_rows, "/bank-a/loans/**", output="/bank-a/out/rows")
+
+    df = FederatedDataflow(registry_url, keys_dir=..., schedulers={...})  # via site APIs
 """
 
 from dataflow.cost import Constraints, CostModel, Estimate, Task, tasks_of
@@ -19,14 +21,23 @@ from dataflow.errors import (
     UnknownSiteError,
 )
 from dataflow.executor import Executor, InputFile, JobResult, Runtime
+from dataflow.federated import (
+    FederatedCatalog,
+    FederatedDataflow,
+    FederatedExecutor,
+    FederatedRuntime,
+    RemoteInputFile,
+)
 from dataflow.ops import Dataflow, Job, Subscription
 from dataflow.planner import Plan, Planner
 from dataflow.sites import Link, Site, Topology, probe_link, refresh_links
 
 __all__ = [
     "ConfigError", "Constraints", "CostModel", "Dataflow", "DataflowError", "Dataset",
-    "DatasetError", "Estimate", "Executor", "FileEntry", "InputFile", "Job", "JobFailedError",
-    "JobResult", "Link", "Plan", "PlanError", "Planner", "Runtime", "Site", "SiteLostError",
+    "DatasetError", "Estimate", "Executor", "FederatedCatalog", "FederatedDataflow",
+    "FederatedExecutor", "FederatedRuntime", "FileEntry", "InputFile", "Job", "JobFailedError",
+    "JobResult", "Link", "Plan", "PlanError", "Planner", "RemoteInputFile", "Runtime", "Site",
+    "SiteLostError",
     "Stores", "Subscription", "Task", "Topology", "UnknownSiteError", "probe_link",
     "refresh_links", "tasks_of",
 ]

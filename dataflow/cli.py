@@ -16,6 +16,10 @@ A job file (TOML, or JSON when it ends in .json)::
     budget = 1.0                      # money
     objective = "balanced"            # or "time" or "money"
     compute_mbps = 800                # input processing rate of one slot
+    [federation]                      # optional: federation mode (docs/dataflow.md)
+    registry = "http://10.0.0.1:8700"
+    keys = "state/federation"         # the entity's keys (relative to the job file)
+    schedulers = {w1 = "tcp://10.0.0.2:8786"}   # else Site.scheduler, else a LocalCluster
 
 Registered through `gfs.cli.EXTENSIONS`.
 """
@@ -36,7 +40,8 @@ from dataflow.cost import Constraints
 from dataflow.errors import ConfigError
 
 _KEYS = {"name", "sites", "inputs", "entry", "output", "at", "per_task", "constraints",
-         "job_id"}
+         "job_id", "federation"}
+_FKEYS = {"registry", "keys", "schedulers"}
 _CKEYS = {"forbid", "only", "deadline", "budget", "objective", "compute_mbps"}
 
 
@@ -58,6 +63,9 @@ class JobFile:
     objective: str = "balanced"
     compute_mbps: float | None = None
     job_id: str | None = None
+    registry: str | None = None
+    keys: Path | None = None
+    schedulers: dict[str, str] = field(default_factory=dict)
 
     def function(self) -> Callable[..., Any]:
         """Import the entry point (ConfigError names what is wrong)."""
@@ -139,6 +147,26 @@ def load_job(path: str | Path) -> JobFile:
                   (p.parent / sites).absolute() if sites else None, inputs, entry, output,
                   at, per_task, Constraints(frozenset(forbid), only), objective=objective,
                   job_id=data.get("job_id"))
+    fed = data.get("federation", {})
+    if not isinstance(fed, dict):
+        raise ConfigError(f"job file {p}: [federation] must be a table")
+    bad = set(fed) - _FKEYS
+    if bad:
+        raise ConfigError(f"job file {p}: unknown federation key(s) {sorted(bad)}; allowed: "
+                          f"{sorted(_FKEYS)}")
+    reg = fed.get("registry")
+    if reg is not None and (not isinstance(reg, str) or not reg.startswith("http://")):
+        raise ConfigError(f"job file {p}: federation.registry must be http://HOST:PORT")
+    keys = fed.get("keys")
+    if keys is not None and not isinstance(keys, str):
+        raise ConfigError(f"job file {p}: federation.keys must be a directory")
+    scheds = fed.get("schedulers", {})
+    if not isinstance(scheds, dict) or not all(isinstance(v, str) for v in scheds.values()):
+        raise ConfigError(f"job file {p}: federation.schedulers must map site names to "
+                          f"scheduler addresses")
+    job.registry = reg
+    job.keys = (p.parent / keys).absolute() if keys else None
+    job.schedulers = {str(k): v for k, v in scheds.items()}
     if "deadline" in c:
         job.deadline = _num(c["deadline"], "constraints.deadline", p)
     if "budget" in c:
@@ -152,6 +180,19 @@ def _open(args: argparse.Namespace, job: JobFile) -> Any:
     from dataflow.ops import Dataflow
 
     sites = Path(args.sites) if args.sites else job.sites
+    registry = args.registry or job.registry
+    if registry:
+        from dataflow.federated import FederatedDataflow
+
+        keys = args.keys or (str(job.keys) if job.keys else None)
+        if keys is None:
+            raise ConfigError(f"job file {job.path}: federation mode needs the entity's keys; "
+                              f"set federation.keys or pass --keys DIR")
+        return FederatedDataflow(registry, keys_dir=keys,
+                                 config=str(sites) if sites else None,
+                                 schedulers=job.schedulers,
+                                 progress=not args.quiet and sys.stderr.isatty(),
+                                 objective=job.objective)  # type: ignore[arg-type]
     if sites is None:
         raise ConfigError(f"job file {job.path}: no sites file; set `sites = FILE` in it or "
                           f"pass --sites FILE")
@@ -204,6 +245,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("jobfile", metavar="JOBFILE")
         p.add_argument("--sites", metavar="FILE", help="sites file (overrides the job file's)")
         p.add_argument("--json", action="store_true", help="print the plan or record as JSON")
+        p.add_argument("--registry", metavar="URL",
+                       help="federation mode: the registry (overrides the job file's)")
+        p.add_argument("--keys", metavar="DIR",
+                       help="federation mode: the entity's keys directory")
         if name == "run":
             p.add_argument("--job-id", help="resume the job with this id (or name a new one)")
         p.set_defaults(func=func)

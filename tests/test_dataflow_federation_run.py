@@ -193,3 +193,33 @@ def test_only_holder_lost_fails_with_report(fresh: Sites) -> None:
         assert "not saved" in str(rep["record"])
         with pytest.raises(PlanError, match="held by no up site"):   # planning again
             df.plan(ds, at="w2")
+
+
+def test_cli_plan_and_run_in_federation_mode(sites: Sites, tmp_path: Path) -> None:
+    from tests.test_dataflow import _hutong
+
+    data = _write(sites, "/bank-a/cli", 2)
+    keys = sites.fed.sites["w1"]["state"] / "federation"
+    scheds = ", ".join(f'{n} = "{a}"' for n, a in sites.schedulers.items())
+    job = tmp_path / "job.toml"
+    job.write_text(f'inputs = ["/bank-a/cli/**"]\nentry = "tests.test_dataflow_federation_run:'
+                   f'digest"\noutput = "/bank-a/out/cli"\nat = "w2"\n'
+                   f'[federation]\nregistry = "{sites.fed.registry_url}"\nkeys = "{keys}"\n'
+                   f'schedulers = {{{scheds}}}\n')
+    p = _hutong("plan", str(job), "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert set(json.loads(p.stdout)["placement"].values()) == {"w2"}
+    r = _hutong("run", str(job), "-q", "--job-id", "fedcli", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["status"] == "done" and len(rec["tasks"]) == 2
+    with sites.fed.client("bank-a") as fc:
+        for t in rec["tasks"].values():
+            got = json.loads(fc.read_bytes(t["output"]))
+            assert got["sha"] == hashlib.sha256(data[got["paths"][0]]).hexdigest()
+        assert json.loads(fc.read_bytes("/bank-a/.dataflow/jobs/fedcli.json"))["id"] == "fedcli"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'inputs = ["/bank-a/cli/**"]\nentry = "m:f"\n'
+                   f'[federation]\nregistry = "{sites.fed.registry_url}"\n')
+    r = _hutong("plan", str(bad), cwd=tmp_path)
+    assert r.returncode == 1 and "keys" in r.stderr
