@@ -698,10 +698,17 @@ class FederatedDataflow(Dataflow):
 
     def dataset(self, name: str, selectors: str | Sequence[str]) -> Dataset:
         ds = self.catalog.resolve(name, selectors)
+        self.rt.mark_unreachable()
         self.datasets[name] = ds
         return ds
 
     def resolve(self, inputs: Any) -> Dataset:
+        try:
+            return self._resolve(inputs)
+        finally:
+            self.rt.mark_unreachable()
+
+    def _resolve(self, inputs: Any) -> Dataset:
         cat = self.catalog
         if isinstance(inputs, Dataset):
             return cat.refresh(inputs)

@@ -218,6 +218,9 @@ def test_cli_plan_and_run_in_federation_mode(sites: Sites, tmp_path: Path) -> No
             got = json.loads(fc.read_bytes(t["output"]))
             assert got["sha"] == hashlib.sha256(data[got["paths"][0]]).hexdigest()
         assert json.loads(fc.read_bytes("/bank-a/.dataflow/jobs/fedcli.json"))["id"] == "fedcli"
+    again = _hutong("run", str(job), "-q", "--job-id", "fedcli", "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr           # resumed: done tasks are skipped
+    assert [len(t["attempts"]) for t in json.loads(again.stdout)["tasks"].values()] == [1, 1]
     bad = tmp_path / "bad.toml"
     bad.write_text(f'inputs = ["/bank-a/cli/**"]\nentry = "m:f"\n'
                    f'[federation]\nregistry = "{sites.fed.registry_url}"\n')
