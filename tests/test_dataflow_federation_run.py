@@ -226,3 +226,35 @@ def test_cli_plan_and_run_in_federation_mode(sites: Sites, tmp_path: Path) -> No
                    f'[federation]\nregistry = "{sites.fed.registry_url}"\n')
     r = _hutong("plan", str(bad), cwd=tmp_path)
     assert r.returncode == 1 and "keys" in r.stderr
+
+
+def test_worker_processes_copy_and_read_through_the_apis(tmp_path: Path) -> None:
+    """Site clusters with worker processes: credentials travel to them, the copy
+    moves the distinct chunks once (incompressible data: stored bytes >= raw)."""
+    import os
+
+    s = Sites.__new__(Sites)
+    s.fed = Federation(tmp_path, ttl=3.0, heartbeat=0.3)
+    s.clusters = {}
+    try:
+        s.fed.registry()
+        s.fed.site("w1", "bank-a", "cn-west", primary=True)
+        s.fed.site("w2", "bank-a", "cn-west")
+        for n in ("w1", "w2"):
+            s.clusters[n] = start_site_cluster(n, 1, processes=True)
+        blob = os.urandom(1 << 20)
+        with s.fed.client("bank-a") as fc:
+            fc.mkdir("/bank-a/p", parents=True)
+            fc.write_bytes("/bank-a/p/a", blob)
+            fc.write_bytes("/bank-a/p/b", blob + b"tail")      # shares most chunks with a
+        with s.dataflow() as df:
+            ds = df.dataset("p", "/bank-a/p/**")
+            res = df.run(digest, ds, at="w2", output="/bank-a/out/p").wait()
+            [x] = res.record["transfers"]
+            assert x["moved"] == len(ds.lengths) and x["bytes"] >= ds.unique_bytes
+            assert ds.unique_bytes < ds.logical_bytes
+            used = {t["attempts"][-1]["site"] for t in res.record["tasks"].values()}
+            assert used == {"w2"}
+            assert hashlib.sha256(blob).hexdigest() == res.values["t0000"]["sha"]
+    finally:
+        s.close()
