@@ -53,7 +53,7 @@ from dataflow.executor import (
     _encode,
     _TaskFailed,
 )
-from dataflow.ops import Dataflow, Job
+from dataflow.ops import Dataflow, Job, TransferSummary
 from dataflow.planner import Objective, Planner
 from dataflow.sites import Topology
 from gfs import paths
@@ -677,8 +677,8 @@ class FederatedDataflow(Dataflow):
     """`Dataflow` over a federation: topology from the registry, datasets through the
     primaries' APIs, tasks on each site's Dask cluster, records in the namespace.
 
-    `prefetch`, `migrate` and `subscribe` need embedded stores and are not
-    available here; `replicate` adds federation rules.
+    `prefetch` copies chunks through the site APIs; `replicate` adds federation
+    rules; `migrate` and `subscribe` need embedded stores and are not available here.
     """
 
     rt: FederatedRuntime
@@ -733,6 +733,42 @@ class FederatedDataflow(Dataflow):
 
     def _executor(self, planner: Planner, retries: int) -> Executor:
         return FederatedExecutor(self.rt, planner, retries=retries)
+
+    def prefetch(self, inputs: Any, site: str) -> TransferSummary:
+        """Copy the chunks of `inputs` that `site` lacks into its store, from the best
+        holders, by copy tasks on `site`'s cluster (`/v1/chunks/get` -> `/v1/chunks/put`).
+
+        Chunks only: they serve later jobs at `site` (the catalog sees them) and
+        are pinned there for a day, then reclaimable by gc unless a file names them.
+        """
+        self.topo.site(site)
+        ds = self.resolve(inputs)
+        ids = list(ds.lengths)
+        have = self.catalog.has(site, ids) if ids else []
+        missing = [c for c, h in zip(ids, have, strict=True) if not h]
+        model = CostModel(self.topo, ds.locations)
+        by_src: dict[str, list[bytes]] = {}
+        for c in missing:
+            src = model.source(c, site)
+            if src is None:
+                raise DatasetError(f"prefetch to {site}: chunk {c.hex()} of {ds.name} is held by "
+                                   f"no up site")
+            by_src.setdefault(src, []).append(c)
+        out = TransferSummary(site, files=len(ds.files), skipped=len(ids) - len(missing))
+        t0 = time.monotonic()
+        client = self.rt.dask(site)
+        futs = {src: client.submit(copy_chunks, self.creds, src, site, [c.hex() for c in cids],
+                                   [ds.lengths[c] for c in cids], pure=False, retries=2)
+                for src, cids in sorted(by_src.items())}
+        for src, fut in futs.items():
+            st = fut.result()
+            self.topo.observe(src, site, int(st["bytes"]), int(st["chunks"]),
+                              float(st["seconds"]))
+            out.chunks += int(st["chunks"])
+            out.bytes += int(st["bytes"])
+            out.by_source[src] = int(st["bytes"])
+        out.seconds = time.monotonic() - t0
+        return out
 
     def fail_site(self, site: str) -> None:
         """Stop using `site` (its cluster client is closed; it is planned on no more)."""

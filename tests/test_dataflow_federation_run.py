@@ -145,6 +145,13 @@ def test_job_over_two_sites_runs_through_the_apis(sites: Sites) -> None:
         res3 = df.run(digest, "/bank-a/late/**", at="w2").wait()
         assert res3.record["transfers"] == []
         assert res3.values == res2.values
+        # prefetch: only what w2 lacks, once
+        _write(sites, "/bank-a/pre", 2)
+        pre = df.dataset("pre", "/bank-a/pre/**")
+        got = df.prefetch(pre, "w2")
+        assert got.chunks == len(pre.lengths) and got.by_source.keys() == {"w1"}
+        assert df.resolve(pre).bytes_at("w2") == pre.unique_bytes
+        assert df.prefetch(pre, "w2").chunks == 0
 
 
 @pytest.fixture
