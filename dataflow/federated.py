@@ -38,6 +38,7 @@ import logging
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any
@@ -108,6 +109,45 @@ _CLIENTS: dict[tuple[Credentials, str | None], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
+_HTTP: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_HTTP_LOCK = threading.Lock()
+
+
+def _site_client(fc: Any, site: str, refresh: bool = False) -> Any:
+    """An HttpClient to `site`'s current endpoint (from the registry, re-read every few
+    seconds), signed like `fc`: a site restarted on a new port is found again."""
+    from gfs.federation.http import HttpClient, UnavailableError
+
+    rec = fc.sites(refresh=refresh).get(site)
+    if rec is None and not refresh:
+        rec = fc.sites(refresh=True).get(site)
+    if rec is None:
+        raise UnavailableError(f"site {site} is not registered", 503, "unavailable")
+    ep = str(rec["endpoint"])
+    with _HTTP_LOCK:
+        per = _HTTP.setdefault(fc, {})
+        h = per.get(ep)
+        if h is None:
+            h = per[ep] = HttpClient(ep, keys=fc.keys, token=fc.token, timeout=fc.timeout)
+        return h
+
+
+def site_call(fc: Any, site: str, method: str, path: str, payload: Any = None,
+              **kw: Any) -> Any:
+    """One request to `site`'s API; on an unreachable endpoint, the registry is asked
+    again and the request retried once if the site moved."""
+    from gfs.federation.http import UnavailableError
+
+    h = _site_client(fc, site)
+    try:
+        return h.call(method, path, payload, **kw)
+    except UnavailableError:
+        h2 = _site_client(fc, site, refresh=True)
+        if h2 is h:
+            raise
+        return h2.call(method, path, payload, **kw)
+
+
 def _records_prefix(path: str) -> bool:
     parts = paths.split(path)
     return len(parts) >= 2 and parts[1] == RECORDS_DIR
@@ -127,7 +167,7 @@ class FederatedCatalog:
 
     def _manifest(self, path: str) -> tuple[Manifest, str, tuple[str, ...]]:
         norm, primary = self.fc.primary(path)
-        m = self.fc.http(primary).call("GET", "/v1/ns/manifest", query={"path": norm})
+        m = site_call(self.fc, primary, "GET", "/v1/ns/manifest", query={"path": norm})
         refs = tuple(ChunkRef(bytes.fromhex(h), int(n)) for h, n in m["chunks"])
         return Manifest(int(m["stat"].get("version", 0)), refs), primary, \
             tuple(str(s) for s in m["sites"])
@@ -213,10 +253,10 @@ class FederatedCatalog:
     def has(self, site: str, ids: Sequence[bytes], owner: str | None = None) -> list[bool]:
         """`/v1/chunks/has` at `site` for `ids` (its own entity's store)."""
         out: list[bool] = []
-        h = self.fc.http(site)
         for i in range(0, len(ids), HAS_BATCH):
             body: dict[str, Any] = {"ids": [c.hex() for c in ids[i:i + HAS_BATCH]]}
-            out += [bool(x) for x in h.call("POST", "/v1/chunks/has", body)["have"]]
+            out += [bool(x) for x in site_call(self.fc, site, "POST", "/v1/chunks/has",
+                                               body)["have"]]
         return out
 
     def locate(self, ids: Iterable[bytes], owners: Iterable[str] | None = None
@@ -256,7 +296,7 @@ def _get_blobs(fc: Any, site: str, ids: Sequence[bytes]) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     for i in range(0, len(ids), GET_BATCH):
         batch = list(ids[i:i + GET_BATCH])
-        data = fc.http(site).call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in batch]})
+        data = site_call(fc, site, "POST", "/v1/chunks/get", {"ids": [c.hex() for c in batch]})
         blobs = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
         for cid, blob in zip(batch, blobs, strict=False):
             if blob:
@@ -344,8 +384,8 @@ def copy_chunks(creds: Credentials, src: str, dst: str, ids: list[str],
             raise ChunkNotHeldError(src, f"site {src} no longer holds {len(lack)} chunk(s) "
                                     f"(first {lack[0]})")
         frames: list[bytes | None] = [blobs[c] for c in batch]
-        fc.http(dst).call("POST", "/v1/chunks/put", body=pack_frames(frames),
-                          content_type="application/octet-stream")
+        site_call(fc, dst, "POST", "/v1/chunks/put", body=pack_frames(frames),
+                  content_type="application/octet-stream")
         nbytes += sum(len(b) for b in blobs.values())
         moved += len(batch)
         i = j

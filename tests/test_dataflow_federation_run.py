@@ -154,6 +154,26 @@ def test_job_over_two_sites_runs_through_the_apis(sites: Sites) -> None:
         assert df.prefetch(pre, "w2").chunks == 0
 
 
+def test_restarted_site_is_found_at_its_new_endpoint(sites: Sites) -> None:
+    """Workers keep their federation clients; a site restarted on a new port is
+    found again through the registry (no stale connection)."""
+    data = _write(sites, "/bank-a/again", 2)
+    with sites.dataflow() as df:
+        assert df.run(digest, "/bank-a/again/**", at="w2").wait().record["status"] == "done"
+    old = sites.fed.sites["w2"]["url"]
+    sites.fed.kill("w2")
+    assert sites.fed.start("w2") != old
+    more = _write(sites, "/bank-a/again2", 2)
+    with sites.dataflow() as df:
+        res = df.run(digest, ["/bank-a/again/**", "/bank-a/again2/**"], at="w2").wait()
+        assert res.record["status"] == "done" and not res.record["replans"]
+        [x] = res.record["transfers"]
+        assert x["dst"] == "w2" and x["moved"] > 0
+        both = {**data, **more}
+        for v in res.values.values():
+            assert v["sha"] == hashlib.sha256(both[v["paths"][0]]).hexdigest()
+
+
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[Sites]:
     s = Sites(tmp_path)
