@@ -145,6 +145,11 @@ def test_job_over_two_sites_runs_through_the_apis(sites: Sites) -> None:
         res3 = df.run(digest, "/bank-a/late/**", at="w2").wait()
         assert res3.record["transfers"] == []
         assert res3.values == res2.values
+        # chaining: the second job's inputs are the first one's outputs (resolved remotely)
+        first = df.run(digest, "/bank-a/ds/hot/**", output="/bank-a/out/c1", wait=False)
+        nxt = df.run(digest, first, output="/bank-a/out/c2", after=[first]).wait()
+        assert sorted(p for v in nxt.values.values() for p in v["paths"]) == \
+            sorted(first.wait().outputs.values())
         # prefetch: only what w2 lacks, once
         _write(sites, "/bank-a/pre", 2)
         pre = df.dataset("pre", "/bank-a/pre/**")
