@@ -7,7 +7,7 @@ state directory, so a set larger than memory flows through a bounded budget.
 * `KeyPartitions`: distinct keys in a pseudo-random order, in one external pass:
   keys go to files by a keyed hash (a fresh per-job PRF key), each file is
   deduplicated and shuffled in memory (split again by further hash bits when it
-  would not fit the budget).
+  would not fit the budget); a set that fits the budget stays in memory.
 * `ValuePartitions`: fixed-size records (blinded values, optionally with their
   position) by a prefix of the value or by a random draw, read back one
   partition at a time.
@@ -21,6 +21,7 @@ import secrets
 import shutil
 import struct
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -143,6 +144,17 @@ class KeyPartitions:
         self._prf = secrets.token_bytes(32)
         want = max(1, ((hint or 0) * KEY_COST) // self._budget + 1)
         self._bits0 = min(_MAX_FANOUT_BITS, max(0, (want - 1).bit_length()))
+        self._mem: list[str] | None = None
+        if self._bits0 == 0:  # fits, probably: keep in memory unless the budget runs out
+            it, mem, limit = iter(keys), dict[str, None](), self._budget // KEY_COST
+            for k in it:
+                mem[k] = None
+                if len(mem) > limit:
+                    self._bits0 = 4
+                    self._parts = self._spread(chain(mem, it), self._bits0, 0, 0)
+                    return
+            self._mem, self._parts = list(mem), []
+            return
         self._parts = self._spread(keys, self._bits0, 0, 0)
 
     def _prf_of(self, k: bytes) -> int:
@@ -170,6 +182,11 @@ class KeyPartitions:
     def __iter__(self) -> Iterator[list[str]]:
         """Each partition's distinct keys, shuffled; partitions in PRF order.
         Consumes the partition files."""
+        if self._mem is not None:
+            mem, self._mem = self._mem, None
+            perm = shuffled(len(mem))
+            yield [mem[j] for j in perm]
+            return
         stack = list(reversed(self._parts))
         self._parts = []
         while stack:
