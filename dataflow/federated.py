@@ -735,6 +735,11 @@ class FederatedDataflow(Dataflow):
                                    processes=processes, progress=progress)
         self.federation = self.rt.fc
         self.catalog = self.rt.catalog
+        # The chunk API (has/get/put) serves the owner entity only: an entity's data is
+        # processed at its own sites (and wherever its owner policy allows among them).
+        for ent in sorted({x.entity for x in topo.sites.values()}):
+            allow = topo.owners.get(ent, "")
+            topo.owners[ent] = f"({allow}) & entity={ent}" if allow else f"entity={ent}"
 
     def dataset(self, name: str, selectors: str | Sequence[str]) -> Dataset:
         ds = self.catalog.resolve(name, selectors)

@@ -45,13 +45,15 @@ def _content(name: str, shared: bytes) -> bytes:
 class Sites:
     """A federation of bank-a (primary w1, w2) with a Dask cluster next to each site."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, foreign: bool = False) -> None:
         self.fed = Federation(root, ttl=3.0, heartbeat=0.3)
         self.clusters: dict[str, Any] = {}
         try:
             self.fed.registry()
             self.fed.site("w1", "bank-a", "cn-west", primary=True)
             self.fed.site("w2", "bank-a", "cn-west")
+            if foreign:                     # another entity's site, no cluster of ours
+                self.fed.site("e1", "telco-b", "cn-east", primary=True)
             for name in ("w1", "w2"):
                 self.clusters[name] = start_site_cluster(name, slots=1)
         except BaseException:
@@ -94,7 +96,7 @@ def _write(sites: Sites, prefix: str, n: int) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
-    s = Sites(tmp_path_factory.mktemp("dffedrun"))
+    s = Sites(tmp_path_factory.mktemp("dffedrun"), foreign=True)
     try:
         yield s
     finally:
@@ -117,6 +119,9 @@ def test_job_over_two_sites_runs_through_the_apis(sites: Sites) -> None:
             assert f.home == "w1"
         plan = df.plan(ds)
         assert set(plan.sites()) <= {"w1", "w2"}
+        # telco-b's site is never a candidate for bank-a's data (the chunk API is owner-only)
+        assert not [a for a in plan.alternatives if "e1" in a.strategy or
+                    "e1" in a.placement.values()]
         res = df.run(digest, ds, output="/bank-a/out/j1").wait()
         assert res.record["status"] == "done" and len(res.outputs) == 6
         with sites.fed.client("bank-a") as fc:
