@@ -110,11 +110,15 @@ class FederationClient:
         return self._sites[1]
 
     def http(self, site: str) -> HttpClient:
-        """A connection to site `site` that authenticates as this client."""
+        """A connection to site `site` that authenticates as this client (renewed when
+        the registry shows the site at a new endpoint, e.g. after a restart)."""
+        endpoint = str(self.sites()[site]["endpoint"]).rstrip("/")
         h = self._http.get(site)
+        if h is not None and h.base_url != endpoint:
+            h.close()
+            h = None
         if h is None:
-            rec = self.sites()[site]
-            h = self._http[site] = HttpClient(rec["endpoint"], keys=self.keys, token=self.token,
+            h = self._http[site] = HttpClient(endpoint, keys=self.keys, token=self.token,
                                               timeout=self.timeout)
         return h
 
