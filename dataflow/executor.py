@@ -513,37 +513,43 @@ class Executor:
                     attempt["error"] = str(e)
                     lost.add(site)
                     return lost
-            for tid, fut in futures.items():
-                attempt = rec["tasks"][tid]["attempts"][-1]
-                try:
-                    res = self._wait(fut, site)
-                except SiteLostError as e:
-                    attempt["error"] = str(e)
-                    lost.add(site)
-                    continue
-                except Exception as e:
-                    attempt["error"] = "".join(traceback.format_exception_only(e)).strip()
-                    if not self.rt.alive(site):
-                        lost.add(site)
-                        continue
-                    raise _TaskFailed(tid, site, attempt["error"], False) from e
-                with lock:
-                    attempt.update(status="done", seconds=res["seconds"],
-                                   finished=time.time())
-                    task_rec = rec["tasks"][tid]
-                    task_rec["status"] = "done"
-                    if "output" in res:
-                        task_rec["output"] = res["output"]
-                        task_rec["output_bytes"] = res["output_bytes"]
-                        task_rec["output_site"] = site
-                    if "value" in res:
-                        task_rec["value"] = res["value"]
-                    self.rt.save_record(rec)
-                if bar is not None:
-                    bar.update(1)
+            self._collect(futures, rec, site, lost, lock, bar, lambda out: site)
         finally:
             xpool.shutdown(wait=True)
         return lost
+
+    def _collect(self, futures: dict[str, Any], rec: dict[str, Any], site: str,
+                 lost: set[str], lock: Any, bar: Any,
+                 output_site: Callable[[str], str]) -> None:
+        """Wait for the tasks submitted at `site` and record each outcome; a lost
+        site goes into `lost`, a task that failed for good raises _TaskFailed."""
+        for tid, fut in futures.items():
+            attempt = rec["tasks"][tid]["attempts"][-1]
+            try:
+                res = self._wait(fut, site)
+            except SiteLostError as e:
+                attempt["error"] = str(e)
+                lost.add(site)
+                continue
+            except Exception as e:
+                attempt["error"] = "".join(traceback.format_exception_only(e)).strip()
+                if not self.rt.alive(site):
+                    lost.add(site)
+                    continue
+                raise _TaskFailed(tid, site, attempt["error"], False) from e
+            with lock:
+                attempt.update(status="done", seconds=res["seconds"], finished=time.time())
+                task_rec = rec["tasks"][tid]
+                task_rec["status"] = "done"
+                if "output" in res:
+                    task_rec["output"] = res["output"]
+                    task_rec["output_bytes"] = res["output_bytes"]
+                    task_rec["output_site"] = output_site(res["output"])
+                if "value" in res:
+                    task_rec["value"] = res["value"]
+                self.rt.save_record(rec)
+            if bar is not None:
+                bar.update(1)
 
     def _wait(self, fut: Any, site: str) -> dict[str, Any]:
         from distributed import TimeoutError as DaskTimeout

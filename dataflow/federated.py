@@ -52,7 +52,6 @@ from dataflow.executor import (
     Runtime,
     TaskFn,
     _encode,
-    _TaskFailed,
 )
 from dataflow.ops import Dataflow, Job, TransferSummary
 from dataflow.planner import Objective, Planner
@@ -658,33 +657,8 @@ class FederatedExecutor(Executor):
                 attempt["error"] = str(e)
                 lost.add(site)
                 return lost
-        for tid, fut in futures.items():
-            attempt = rec["tasks"][tid]["attempts"][-1]
-            try:
-                res = self._wait(fut, site)
-            except SiteLostError as e:
-                attempt["error"] = str(e)
-                lost.add(site)
-                continue
-            except Exception as e:
-                attempt["error"] = "".join(traceback.format_exception_only(e)).strip()
-                if not rt.alive(site):
-                    lost.add(site)
-                    continue
-                raise _TaskFailed(tid, site, attempt["error"], False) from e
-            with lock:
-                attempt.update(status="done", seconds=res["seconds"], finished=time.time())
-                task_rec = rec["tasks"][tid]
-                task_rec["status"] = "done"
-                if "output" in res:
-                    task_rec["output"] = res["output"]
-                    task_rec["output_bytes"] = res["output_bytes"]
-                    task_rec["output_site"] = rt.fc.primary(res["output"])[1]
-                if "value" in res:
-                    task_rec["value"] = res["value"]
-                rt.save_record(rec)
-            if bar is not None:
-                bar.update(1)
+        self._collect(futures, rec, site, lost, lock, bar,
+                      lambda out: rt.fc.primary(out)[1])
         return lost
 
     def _finish_transfer(self, src: str, dst: str, fut: Any, entry: dict[str, Any],
