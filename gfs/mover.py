@@ -301,7 +301,7 @@ class Receiver:
     def lacking(self, ids: Sequence[bytes]) -> list[bytes]:
         """The ids (in order) that the store's index does not hold."""
         with self.store.engine.read() as txn:
-            return [cid for cid in ids if txn.get_chunk(cid) is None]
+            return [cid for cid in ids if not txn.has_chunk(cid)]
 
     def need(self, ids: bytes) -> bytes:
         """Server callback: the offered ids that the store lacks."""
@@ -426,7 +426,7 @@ class Receiver:
         live_bytes = 0
         with self.store.engine.write() as txn:
             for cid, (off, length, head) in locs.items():
-                if txn.get_chunk(cid) is not None:
+                if txn.has_chunk(cid):
                     continue  # committed meanwhile by another writer: a dead blob
                 committed += 1
                 live_bytes += length
@@ -728,8 +728,9 @@ def send(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret
     stats = TransferStats("send", name, streams, requested=len(want))
     started = time.monotonic()
     with src.engine.read() as txn:
-        held = [cid for cid in want if txn.get_chunk(cid) is not None]
-    stats.missing = [cid for cid in want if cid not in set(held)]
+        held = [cid for cid in want if txn.has_chunk(cid)]
+    have = set(held)
+    stats.missing = [cid for cid in want if cid not in have]
     attempt = 0
     while held:
         before = stats.chunks

@@ -297,7 +297,7 @@ class ChunkStore:
         for cid, blob in blobs.items():
             decode_blob(blob, expect_id=cid)  # never "repair" with bad bytes
             with self.engine.read() as txn:
-                known = txn.get_chunk(cid) is not None
+                known = txn.has_chunk(cid)
             if known and self.good_copies(cid) == 0:
                 fix[cid] = blob
         if not fix:
@@ -641,7 +641,7 @@ class WriteSession:
             records: dict[bytes, ChunkRecord] = {}
             for cid, nc in self._new.items():
                 assert nc is not None
-                if txn.get_chunk(cid) is not None:
+                if txn.has_chunk(cid):
                     continue  # committed meanwhile by another writer: our blob is dead
                 records[cid] = ChunkRecord(
                     cid, nc.raw_len, nc.stored_len, nc.codec, 0,
