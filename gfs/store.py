@@ -475,7 +475,7 @@ class WriteSession:
         self._started = time.monotonic()
         self._level = store.config.zstd_level
         self._tier = store.policy().write_tier
-        self._used = store.usage()
+        self._used: dict[int, int] | None = None  # pool usage, read at the first pack
         self._pack_pool: dict[bytes, int] = {}
         self._pack: PackBuilder | None = None
         self._new: dict[bytes, _NewChunk | None] = {}  # None: still compressing
@@ -601,6 +601,9 @@ class WriteSession:
         pack = self._pack
         if pack is None or pack.nblobs == 0:
             return
+        if self._used is None:  # scanning packs only matters when a pool has a capacity
+            limited = any(r.capacity for r in self.store.pool_records())
+            self._used = self.store.usage() if limited else {}
         pool_id = self.store.choose_pool(self._tier, pack.size, self._used)
         self.store.pool(pool_id).put(pack_key(pack.pack_id), pack.parts())
         self._used[pool_id] = self._used.get(pool_id, 0) + pack.size
