@@ -373,3 +373,18 @@ def test_cli_grant_rule_status_token(fed: Federation) -> None:
     err = hutong("rule", "add", "/bank-a/x", "--copies", "1", "--where", "region=(",
                  "--state", state, ok=False)
     assert "expression" in err
+
+
+def test_binary_answers_that_look_like_json_stay_bytes(fed: Federation) -> None:
+    """A body is JSON only when the server says so, not when its first byte is '{'."""
+    body = b'{"not": "json to the client"}\x99'
+    with fed.client("bank-a") as fc:
+        fc.write_bytes("/bank-a/shared/brace.bin", body)
+        g = fc.grant("/bank-a/shared/brace.bin", "telco-b", "read")
+        assert fc.read_bytes("/bank-a/shared/brace.bin") == body
+    with fed.client("telco-b") as tb:
+        assert tb.read_bytes("/bank-a/shared/brace.bin") == body  # via /v1/ns/read
+    raw = HttpClient(fed.sites["a1"]["url"], keys=fed.keys("bank-a"))
+    assert raw.call("GET", "/v1/ns/read", query={"path": "/bank-a/shared/brace.bin"}) == body
+    with fed.client("bank-a") as fc:
+        fc.revoke("bank-a", g["id"])

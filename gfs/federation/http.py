@@ -188,8 +188,9 @@ class HttpClient:
 
     def request(self, method: str, path: str, *, body: bytes = b"",
                 query: Mapping[str, str] | None = None,
-                content_type: str = "application/json") -> tuple[int, bytes]:
-        """Send one request; returns (status, body). Retries once on a stale connection."""
+                content_type: str = "application/json") -> tuple[int, bytes, str]:
+        """Send one request; returns (status, body, content type). Retries once on a stale
+        connection."""
         target = path + ("?" + urllib.parse.urlencode(query) if query else "")
         for attempt in range(2):
             headers = {"Content-Type": content_type} if body or method != "GET" else {}
@@ -204,7 +205,8 @@ class HttpClient:
                 data = resp.read()
                 if resp.getheader("Connection", "").lower() == "close":
                     self.close()
-                return resp.status, data
+                kind = resp.getheader("Content-Type", "").split(";")[0].strip().lower()
+                return resp.status, data, kind
             except (ConnectionError, http.client.HTTPException, TimeoutError, OSError) as e:
                 self.close()
                 if attempt or isinstance(e, TimeoutError):
@@ -218,11 +220,11 @@ class HttpClient:
         """A JSON request (or raw `body`); returns the decoded JSON (or bytes) answer."""
         raw = body if body is not None else (b"" if payload is None else
                                             json.dumps(payload).encode())
-        status, data = self.request(method, path, body=raw, query=query,
-                                    content_type=content_type)
+        status, data, kind = self.request(method, path, body=raw, query=query,
+                                          content_type=content_type)
         if status >= 400:
             raise error_from(status, data, f"{method} {self.base_url}{path}")
-        if data[:1] in (b"{", b"["):
+        if kind == "application/json":
             return json.loads(data)
         return data
 
