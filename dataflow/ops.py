@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflow.cost import Constraints, CostModel, Task, tasks_of
-from dataflow.datasets import Dataset, FileEntry, glob_regex, locate, merge
+from dataflow.datasets import Dataset, FileEntry, glob_regex, merge
 from dataflow.errors import ConfigError, DatasetError, PlanError
 from dataflow.executor import JOBS_TABLE, Executor, JobResult, Runtime, TaskFn
 from dataflow.planner import Objective, Plan, Planner
@@ -51,7 +51,11 @@ class TransferSummary:
     skipped: int = 0
     seconds: float = 0.0
     removed: int = 0
+    """Copies removed (embedded: files deleted at other sites; federation: replica
+    placements released)."""
     by_source: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """What was kept or released, and why (federation `migrate`)."""
 
 
 class Job:
@@ -376,6 +380,20 @@ class Dataflow:
         return Subscription(self, name or uuid.uuid5(uuid.NAMESPACE_URL, pattern).hex[:12],
                             pattern, fn, at, output)
 
+    # -- subscription hooks (federation mode overrides them) ----------------------------------
+    def _load_subscription(self, name: str) -> dict[str, Any] | None:
+        """The state of subscription `name` (`{"pattern", "seen": {path: fingerprint}}`)."""
+        return self._get_value(f"sub:{name}")
+
+    def _save_subscription(self, name: str, state: dict[str, Any]) -> None:
+        """Replace the state of subscription `name`."""
+        self._put_value(f"sub:{name}", state)
+
+    def _subscription_files(self, name: str, pattern: str) -> list[FileEntry]:
+        """The files matching `pattern` now, with their current manifests (none is an
+        empty list, not an error)."""
+        return Dataset.resolve(name, [pattern], self.rt.stores, missing_ok=True).files
+
     # -- small value-table helpers (home site's jobs table) ----------------------------------
     def _put_value(self, key: str, value: dict[str, Any]) -> None:
         client = self.rt.stores.get(self._home())
@@ -418,19 +436,19 @@ class Subscription:
         self._thread: threading.Thread | None = None
 
     def _seen(self) -> dict[str, str]:
-        rec = self.df._get_value(f"sub:{self.name}")
+        rec = self.df._load_subscription(self.name)
         return dict(rec.get("seen", {})) if rec else {}
 
     def pending(self) -> Dataset | None:
         """The new files (path and content not handled yet), or None."""
-        ds = Dataset.resolve(self.name, [self.pattern], self.df.rt.stores, missing_ok=True)
+        files = self.df._subscription_files(self.name, self.pattern)
         seen = self._seen()
-        new = [f for f in ds.files if seen.get(f.path) != _fingerprint(f)]
+        new = [f for f in files if seen.get(f.path) != _fingerprint(f)]
         if not new:
             return None
         lengths = {r.id: r.length for f in new for r in f.manifest.chunks}
-        return Dataset(f"{self.name} new", ds.selectors, new, lengths,
-                       locate(lengths, self.df.rt.stores))
+        return Dataset(f"{self.name} new", (self.pattern,), new, lengths,
+                       self.df.rt.locate(lengths))
 
     def start(self, interval: float = 5.0) -> None:
         """Poll every `interval` seconds on a background thread until `stop()`.
@@ -478,7 +496,7 @@ class Subscription:
         seen = self._seen()
         for f in ds.files:
             seen[f.path] = _fingerprint(f)
-        self.df._put_value(f"sub:{self.name}", {"pattern": self.pattern, "seen": seen})
+        self.df._save_subscription(self.name, {"pattern": self.pattern, "seen": seen})
         return job
 
 
