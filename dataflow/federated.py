@@ -16,7 +16,9 @@ Nothing here opens a store. The driver and the workers speak to the sites only:
 * **Executor** (`FederatedExecutor`): each site's tasks run on that site's
   Dask cluster (`schedulers`, `Site.scheduler`, or a LocalCluster started
   here). Chunks the executing site lacks are copied into its store before
-  the tasks that need them, by a Dask task *at that site*:
+  the tasks that need them, by a Dask task *at that site*: between two sites
+  of the caller's entity that run movers, the source's mover session and
+  `/v1/mover/pull` at the destination (the native mover); otherwise
   `/v1/chunks/get` at the source, `/v1/chunks/put` at the destination (blobs
   as stored, verified by the receiver). Tasks read their inputs chunk by chunk
   from their own site first, then from the other holders (`RemoteInputFile`),
@@ -69,6 +71,10 @@ HAS_BATCH = 4096
 #: Chunks per `/v1/chunks/get` request, and raw bytes per copy batch.
 GET_BATCH = 1024
 COPY_BATCH_BYTES = 16 << 20
+#: Ids and raw bytes per `/v1/mover/pull` request, and the mover streams of one pull.
+PULL_BATCH = 4096
+PULL_BATCH_BYTES = 64 << 20
+MOVER_STREAMS = 2
 #: Seconds a health probe of a site may take.
 HEALTH_TIMEOUT = 3.0
 
@@ -362,9 +368,20 @@ class RemoteInputFile:
 
 
 def copy_chunks(creds: Credentials, src: str, dst: str, ids: list[str],
-                lengths: list[int]) -> dict[str, Any]:
-    """Worker side of a transfer (runs at `dst`): chunks from `src`'s API into `dst`'s
-    store (`/v1/chunks/get`, then `/v1/chunks/put`), in batches of ~16 MiB."""
+                lengths: list[int], via: str = "site-api",
+                streams: int = MOVER_STREAMS) -> dict[str, Any]:
+    """Worker side of a transfer (runs at `dst`): chunks of `src`'s store into `dst`'s.
+
+    `via="mover"` (two sites of the caller's entity, both with a mover): the
+    source's mover session, then `/v1/mover/pull` at `dst` (the site runs the
+    native fetch; batches of at most 4096 ids and ~64 MiB). `via="site-api"`:
+    `/v1/chunks/get` at the source, `/v1/chunks/put` at the destination, in
+    batches of ~16 MiB. Returns {bytes, chunks, seconds, via, retries}.
+    """
+    if via == "mover":
+        return _pull_chunks(creds, src, dst, ids, lengths, streams)
+    if via != "site-api":
+        raise ConfigError(f"transfer path must be 'mover' or 'site-api', got {via!r}")
     from gfs.federation.site import pack_frames
 
     fc = creds.client(near=dst)
@@ -388,7 +405,30 @@ def copy_chunks(creds: Credentials, src: str, dst: str, ids: list[str],
         nbytes += sum(len(b) for b in blobs.values())
         moved += len(batch)
         i = j
-    return {"bytes": nbytes, "chunks": moved, "seconds": time.monotonic() - t0}
+    return {"bytes": nbytes, "chunks": moved, "seconds": time.monotonic() - t0,
+            "via": "site-api", "retries": 0}
+
+
+def _pull_chunks(creds: Credentials, src: str, dst: str, ids: list[str], lengths: list[int],
+                 streams: int) -> dict[str, Any]:
+    fc = creds.client(near=dst)
+    t0 = time.monotonic()
+    sess = site_call(fc, src, "POST", "/v1/mover/session", {})
+    out: dict[str, Any] = {"bytes": 0, "chunks": 0, "retries": 0, "skipped": 0,
+                           "via": "mover", "streams": streams}
+    i = 0
+    while i < len(ids):
+        j, acc = i, 0
+        while j < len(ids) and j - i < PULL_BATCH and (acc < PULL_BATCH_BYTES or j == i):
+            acc += lengths[j]
+            j += 1
+        st = site_call(fc, dst, "POST", "/v1/mover/pull",
+                       {"source": sess, "ids": ids[i:j], "streams": streams})
+        for k in ("bytes", "chunks", "retries", "skipped"):
+            out[k] += int(st[k])
+        i = j
+    out["seconds"] = time.monotonic() - t0
+    return out
 
 
 class ChunkNotHeldError(HutongError):
@@ -445,7 +485,8 @@ class FederatedRuntime(Runtime):
 
     def __init__(self, topo: Topology, creds: Credentials, *,
                  schedulers: Mapping[str, str] | None = None, entity: str | None = None,
-                 processes: bool = False, progress: bool = False) -> None:
+                 processes: bool = False, progress: bool = False,
+                 use_mover: bool = True) -> None:
         for name, addr in (schedulers or {}).items():
             topo.sites[name] = replace(topo.site(name), scheduler=addr)
         super().__init__(topo, processes=processes, home=None, progress=progress)
@@ -460,6 +501,8 @@ class FederatedRuntime(Runtime):
         self.records_dir = f"/{self.entity}/{RECORDS_DIR}/jobs"
         self._records_ready = False
         self.record_errors: list[str] = []
+        self.use_mover = use_mover
+        """Copy between sites of the caller's entity through the native mover (pull)."""
 
     # -- sites -----------------------------------------------------------------------------
     def endpoint(self, site: str) -> str:
@@ -499,6 +542,18 @@ class FederatedRuntime(Runtime):
             if s in self.topo.sites and self.topo.sites[s].status == "up":
                 log.warning("site %s unreachable: marked down", s)
                 self.topo.mark_down(s)
+
+    def transfer_via(self, src: str, dst: str) -> str:
+        """How chunks go from `src` to `dst`: `mover` when both are sites of the caller's
+        entity (signed with its keys) and both run a mover, else `site-api`."""
+        if not self.use_mover or self.fc.keys is None:
+            return "site-api"
+        sites = self.fc.sites()
+        a, b = sites.get(src), sites.get(dst)
+        me = self.fc.keys.name
+        if a is None or b is None or a.get("entity") != me or b.get("entity") != me:
+            return "site-api"
+        return "mover" if a.get("mover") and b.get("mover") else "site-api"
 
     def mover(self, site: str) -> tuple[tuple[str, int], bytes]:
         raise ConfigError("federation mode moves chunks through the sites' APIs; there is "
@@ -611,14 +666,15 @@ class FederatedExecutor(Executor):
         lost: set[str] = set()
         xfers: dict[str, tuple[Any, dict[str, Any]]] = {}
         for src, cids in by_src.items():
+            via = rt.transfer_via(src, site)
             entry: dict[str, Any] = {"src": src, "dst": site, "group": 0, "chunks": len(cids),
-                                     "started": time.time(), "bytes": 0, "via": "site-api"}
+                                     "started": time.time(), "bytes": 0, "via": via}
             with lock:
                 rec["transfers"].append(entry)
             key = f"{rec['id']}-copy-{src}-{site}-{len(rec['transfers'])}"
             try:
                 fut = client.submit(copy_chunks, rt.creds, src, site, [c.hex() for c in cids],
-                                    [need[c] for c in cids], key=key, pure=False,
+                                    [need[c] for c in cids], via, key=key, pure=False,
                                     retries=self.retries, priority=10)
             except Exception as e:
                 entry["error"] = str(e)
@@ -678,7 +734,8 @@ class FederatedExecutor(Executor):
                 log.warning("transfer %s -> %s failed: %s", src, dst, entry["error"])
                 lost.add(src)
             return False
-        entry.update(bytes=st["bytes"], moved=st["chunks"], seconds=round(st["seconds"], 6))
+        entry.update(bytes=st["bytes"], moved=st["chunks"], seconds=round(st["seconds"], 6),
+                     via=st.get("via", entry.get("via")), retries=st.get("retries", 0))
         self.rt.topo.observe(src, dst, int(st["bytes"]), int(st["chunks"]),
                              float(st["seconds"]))
         return True
@@ -701,12 +758,16 @@ class FederatedDataflow(Dataflow):
                  token: str | None = None, config: str | None = None,
                  schedulers: Mapping[str, str] | None = None, entity: str | None = None,
                  processes: bool = False, progress: bool = False,
-                 objective: Objective = "balanced", topo: Topology | None = None) -> None:
+                 objective: Objective = "balanced", topo: Topology | None = None,
+                 use_mover: bool = True) -> None:
+        """`use_mover=False` copies chunks through the HTTP chunk API even where the
+        native mover could (both sites of the caller's entity, both with a mover)."""
         topo = topo or Topology.from_registry(registry, config=config)
         super().__init__(topo, processes=processes, progress=progress, objective=objective)
         self.creds = Credentials(registry, keys_dir, token)
         self.rt = FederatedRuntime(topo, self.creds, schedulers=schedulers, entity=entity,
-                                   processes=processes, progress=progress)
+                                   processes=processes, progress=progress,
+                                   use_mover=use_mover)
         self.federation = self.rt.fc
         self.catalog = self.rt.catalog
         # The chunk API (has/get/put) serves the owner entity only: an entity's data is
@@ -755,7 +816,9 @@ class FederatedDataflow(Dataflow):
 
     def prefetch(self, inputs: Any, site: str) -> TransferSummary:
         """Copy the chunks of `inputs` that `site` lacks into its store, from the best
-        holders, by copy tasks on `site`'s cluster (`/v1/chunks/get` -> `/v1/chunks/put`).
+        holders, by copy tasks on `site`'s cluster: `/v1/mover/pull` at `site` where
+        source and destination are sites of the caller's entity with movers, else
+        `/v1/chunks/get` -> `/v1/chunks/put` (`FederatedRuntime.transfer_via`).
 
         Chunks only: they serve later jobs at `site` (the catalog sees them) and
         are pinned there for a day, then reclaimable by gc unless a file names them.
@@ -777,10 +840,13 @@ class FederatedDataflow(Dataflow):
         t0 = time.monotonic()
         client = self.rt.dask(site)
         futs = {src: client.submit(copy_chunks, self.creds, src, site, [c.hex() for c in cids],
-                                   [ds.lengths[c] for c in cids], pure=False, retries=2)
+                                   [ds.lengths[c] for c in cids], self.rt.transfer_via(src, site),
+                                   pure=False, retries=2)
                 for src, cids in sorted(by_src.items())}
         for src, fut in futs.items():
             st = fut.result()
+            log.info("prefetch %s -> %s: %d chunks, %d bytes via %s", src, site,
+                     st["chunks"], st["bytes"], st["via"])
             self.topo.observe(src, site, int(st["bytes"]), int(st["chunks"]),
                               float(st["seconds"]))
             out.chunks += int(st["chunks"])

@@ -64,10 +64,23 @@ class Sites:
     def schedulers(self) -> dict[str, str]:
         return {n: str(c.scheduler_address) for n, c in self.clusters.items()}
 
-    def dataflow(self) -> FederatedDataflow:
+    def dataflow(self, **kw: Any) -> FederatedDataflow:
         return FederatedDataflow(self.fed.registry_url,
                                  keys_dir=str(self.fed.sites["w1"]["state"] / "federation"),
-                                 schedulers=self.schedulers)
+                                 schedulers=self.schedulers, **kw)
+
+    def pulls(self, site: str) -> float:
+        """`/v1/mover/pull` requests `site` has served (its metrics)."""
+        from gfs.federation.http import HttpClient
+
+        h = HttpClient(self.fed.sites[site]["url"])
+        try:
+            text = h.call("GET", "/metrics")
+        finally:
+            h.close()
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("hutong_site_mover_pulls_total"))
 
     def crash(self, name: str) -> None:
         """The site's API process and its Dask cluster stop (kill -9, cluster closed)."""
@@ -143,6 +156,8 @@ def test_job_over_two_sites_runs_through_the_apis(sites: Sites) -> None:
         [xfer] = res2.record["transfers"]
         assert (xfer["src"], xfer["dst"]) == ("w1", "w2")
         assert xfer["moved"] == len(cds.lengths)       # distinct chunks, once each
+        assert xfer["via"] == "mover"                  # two bank-a sites with movers
+        assert df.rt.transfer_via("w1", "e1") == "site-api"     # another entity's site
         assert {t["site"] for t in res2.record["tasks"].values()} == {"w2"}
         again = df.resolve(cds)
         assert again.bytes_at("w2") == cds.unique_bytes
@@ -158,8 +173,10 @@ def test_job_over_two_sites_runs_through_the_apis(sites: Sites) -> None:
         # prefetch: only what w2 lacks, once
         _write(sites, "/bank-a/pre", 2)
         pre = df.dataset("pre", "/bank-a/pre/**")
+        before = sites.pulls("w2")
         got = df.prefetch(pre, "w2")
         assert got.chunks == len(pre.lengths) and got.by_source.keys() == {"w1"}
+        assert sites.pulls("w2") > before                # through the native mover
         assert df.resolve(pre).bytes_at("w2") == pre.unique_bytes
         assert df.prefetch(pre, "w2").chunks == 0
 
@@ -284,11 +301,12 @@ def test_worker_processes_copy_and_read_through_the_apis(tmp_path: Path) -> None
             fc.mkdir("/bank-a/p", parents=True)
             fc.write_bytes("/bank-a/p/a", blob)
             fc.write_bytes("/bank-a/p/b", blob + b"tail")      # shares most chunks with a
-        with s.dataflow() as df:
+        with s.dataflow(use_mover=False) as df:         # the HTTP chunk API path
             ds = df.dataset("p", "/bank-a/p/**")
             res = df.run(digest, ds, at="w2", output="/bank-a/out/p").wait()
             [x] = res.record["transfers"]
             assert x["moved"] == len(ds.lengths) and x["bytes"] >= ds.unique_bytes
+            assert x["via"] == "site-api" and s.pulls("w2") == 0
             assert ds.unique_bytes < ds.logical_bytes
             used = {t["attempts"][-1]["site"] for t in res.record["tasks"].values()}
             assert used == {"w2"}

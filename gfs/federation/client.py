@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gfs import chunking, paths
@@ -30,6 +31,8 @@ from gfs.store import prepare
 
 SITES_TTL = 5.0
 PUT_BATCH_BYTES = 16 << 20
+PULL_BATCH = 4096
+"""Chunk ids per `/v1/mover/pull` request (the site's limit)."""
 
 
 log = logging.getLogger("hutong.federation")
@@ -133,6 +136,12 @@ class FederationClient:
             raise UnavailableError(f"entity {parts[0]!r} has no primary site registered", 503,
                                    "no_primary")
         return norm, str(ent["primary"])
+
+    def owner_mode(self, entity: str) -> bool:
+        """Whether this client reads `entity`'s files chunk by chunk as their owner (its
+        keys, or an entity-wide token of it); otherwise only whole files through the
+        primary (`/v1/ns/read`), as the owner's grants allow."""
+        return self._owner_mode(entity)
 
     def _owner_mode(self, entity: str) -> bool:
         if self.keys is not None:
@@ -324,6 +333,35 @@ class FederationClient:
         if mode is not None:
             body["mode"] = mode
         return dict(site.call("POST", "/v1/ns/commit", body))
+
+    # -- site-to-site transfers -----------------------------------------------------------
+    def mover_session(self, site: str) -> dict[str, Any]:
+        """`{host, port, secret}` of `site`'s mover (its own entity's signed requests only)."""
+        return dict(self.http(site).call("POST", "/v1/mover/session", {}))
+
+    def mover_pull(self, dst: str, source: str | Mapping[str, Any], ids: Sequence[bytes],
+                   *, streams: int = 4, session: bool = True) -> dict[str, Any]:
+        """Copy chunks `ids` from `source` into `dst`'s store through the native mover
+        (`POST /v1/mover/pull` at `dst`, batches of PULL_BATCH ids); both sites belong
+        to this client's entity. Only chunks `dst` lacks cross the wire (a repeated
+        call resumes). `source` is a site name — with `session`, its mover session is
+        asked for here and passed on, else `dst` asks for it — or a session dict.
+        Returns the summed stats {bytes, chunks, seconds, streams, retries, requested,
+        skipped, committed}."""
+        if isinstance(source, str) and session:
+            source = self.mover_session(source)
+        src: Any = source if isinstance(source, str) else dict(source)
+        out = {"bytes": 0, "chunks": 0, "seconds": 0.0, "streams": streams, "retries": 0,
+               "requested": 0, "skipped": 0, "committed": 0}
+        uniq = list(dict.fromkeys(bytes(c) for c in ids))
+        for i in range(0, len(uniq), PULL_BATCH):
+            st = self.http(dst).call("POST", "/v1/mover/pull", {
+                "source": src, "ids": [c.hex() for c in uniq[i:i + PULL_BATCH]],
+                "streams": streams})
+            for k in ("bytes", "chunks", "retries", "requested", "skipped", "committed"):
+                out[k] += int(st[k])
+            out["seconds"] += float(st["seconds"])
+        return out
 
     # -- grants, rules, status ----------------------------------------------------------
     def _entity_site(self, entity: str) -> HttpClient:

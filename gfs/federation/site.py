@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,14 @@ from gfs.federation.http import (
     read_json,
 )
 from gfs.meta import ChunkRef, Kind, Manifest, WriteTxn
-from gfs.mover import PIN_SECONDS
+from gfs.mover import (
+    DEFAULT_STREAMS,
+    PIN_SECONDS,
+    ChunksUnavailableError,
+    MoverAuthError,
+    MoverError,
+    TransferStats,
+)
 from gfs.packs import pack_key
 from gfs.store import Prepared, pin_chunks
 
@@ -66,6 +75,9 @@ log = logging.getLogger("gfs.federation.site")
 MAX_BODY = 64 << 20
 """Largest chunk put body and file write body (bytes)."""
 MAX_IDS = 4096
+"""Most chunk ids in one has/get/pull request."""
+PULL_WORKERS = 4
+"""Mover pulls a site runs at once (others wait for a thread)."""
 KEY_TTL = 60.0
 SITE_FILE = "site.json"
 _FRAME = struct.Struct("<I")
@@ -247,6 +259,9 @@ class Site:
         self._keys: dict[str, tuple[Ed25519PublicKey, float]] = {}
         self._keys_lock = threading.Lock()
         self.write_lock = threading.Lock()
+        self.pulls = ThreadPoolExecutor(max_workers=PULL_WORKERS,
+                                        thread_name_prefix="hutong-pull")
+        """Threads of `/v1/mover/pull` (a stalled source must not take the API's)."""
         self.metrics.gauges["vault_bytes"] = lambda: float(self.vault.usage())
 
     @property
@@ -258,6 +273,7 @@ class Site:
         return self.config.entity
 
     def close(self) -> None:
+        self.pulls.shutdown(wait=True, cancel_futures=True)
         self.registry.close()
         self.client.close()
 
@@ -433,6 +449,75 @@ class Site:
     def missing(self, refs: list[ChunkRef]) -> list[str]:
         with self.client.engine.read() as txn:
             return [r.id.hex() for r in refs if not txn.has_chunk(r.id)]
+
+    # -- mover pulls ------------------------------------------------------------------
+    def mover_source(self, source: Any) -> tuple[tuple[str, int], bytes, str]:
+        """(address, session secret, label) of a pull's `source`: a site of this entity
+        (its session is asked for here, signed) or a session `{host, port, secret}`."""
+        if isinstance(source, str):
+            return self._site_session(source)
+        if isinstance(source, dict):
+            host, port, secret = source.get("host"), source.get("port"), source.get("secret")
+            if not isinstance(host, str) or not 0 < len(host) <= 255:
+                raise BadRequestError("source.host must be a host name or address")
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise BadRequestError("source.port must be a port number 1 to 65535")
+            if not isinstance(secret, str) or not re.fullmatch(r"(?:[0-9a-f]{2}){16,64}",
+                                                               secret):
+                raise BadRequestError("source.secret must be the session secret as 32 to 128 "
+                                      "lower-case hex digits (POST /v1/mover/session at the "
+                                      "source)")
+            if (host, port) == self.mover_address:
+                raise BadRequestError(f"source is this site's own mover ({host}:{port})")
+            return (host, port), bytes.fromhex(secret), f"{host}:{port}"
+        raise BadRequestError("field 'source' must be a site name or a mover session "
+                              "{host, port, secret}")
+
+    def _site_session(self, name: str) -> tuple[tuple[str, int], bytes, str]:
+        try:
+            ids.check_name(name, "source")
+        except ids.IdentifierError as e:
+            raise BadRequestError(str(e)) from None
+        if name == self.name:
+            raise BadRequestError(f"source {name} is this site; pull from another site")
+        rec = next((s for s in self.registry.call("GET", "/v1/sites")["sites"]
+                    if s["name"] == name), None)
+        if rec is None:
+            raise BadRequestError(f"source site {name!r} is not registered")
+        if rec["entity"] != self.entity:
+            raise BadRequestError(f"source site {name} belongs to {rec['entity']!r}; mover "
+                                  f"pulls are between sites of {self.entity!r}")
+        if not rec.get("mover"):
+            raise ApiError(f"source site {name} runs no mover; copy with /v1/chunks/get and "
+                           "/v1/chunks/put instead", 409, "no_mover")
+        peer = HttpClient(str(rec["endpoint"]), keys=self.keys, timeout=10)
+        try:
+            sess = peer.call("POST", "/v1/mover/session", {})
+        except ConnectionError as e:
+            raise ApiError(f"source site {name} does not answer: {e}", 502,
+                           "source_unreachable") from None
+        finally:
+            peer.close()
+        return (str(sess["host"]), int(sess["port"])), bytes.fromhex(sess["secret"]), name
+
+    def pull(self, peer: tuple[str, int], cids: list[bytes], secret: bytes, streams: int,
+             label: str) -> TransferStats:
+        """`gfs.mover.fetch` of `cids` from `peer` into this site's store: only the chunks
+        missing here cross the wire (resume), each verified; new ones are pinned for
+        PIN_SECONDS (as `put_plain` pins), until a manifest names them."""
+        from gfs.mover import fetch
+
+        try:
+            return fetch(self.client, peer, cids, secret, streams=streams)
+        except ChunksUnavailableError as e:
+            raise ApiError(f"pull from {label}: the source lacks {len(e.ids)} chunk(s) (first "
+                           f"{e.ids[0].hex()}); the others were stored", 409,
+                           "missing_chunks") from None
+        except MoverAuthError as e:
+            raise BadRequestError(f"pull from {label}: the source refused the session ({e}); "
+                                  "ask it for a new one (POST /v1/mover/session)") from None
+        except MoverError as e:
+            raise ApiError(f"pull from {label}: {e}", 502, "source_unreachable") from None
 
     # -- chunks --------------------------------------------------------------------
     def blob(self, cid: bytes) -> bytes | None:
@@ -927,6 +1012,29 @@ async def mover_session(request: web.Request) -> web.Response:
     return web.json_response({"host": host, "port": port, "secret": site.mover_secret.hex()})
 
 
+async def mover_pull(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    if p.entity != site.entity or p.token is not None:
+        raise AuthError("mover pulls are for the site's own entity (signed requests)", 403,
+                        "forbidden")
+    cids = _ids(data)
+    streams = field(data, "streams", int, DEFAULT_STREAMS, check=lambda n: 1 <= n <= 64)
+    if "source" not in data:
+        raise BadRequestError("field 'source' is required: a site name or a mover session "
+                              "{host, port, secret}")
+    loop = asyncio.get_running_loop()
+    peer, secret, label = await loop.run_in_executor(site.pulls, site.mover_source,
+                                                     data["source"])
+    st = await loop.run_in_executor(site.pulls, functools.partial(
+        site.pull, peer, cids, secret, streams, label))
+    site.metrics.inc("mover_pulls_total")
+    site.metrics.inc("mover_pull_bytes_total", st.bytes)
+    return web.json_response({"source": label, "bytes": st.bytes, "chunks": st.chunks,
+                              "seconds": st.seconds, "streams": st.streams,
+                              "retries": st.retries, "requested": st.requested,
+                              "skipped": st.skipped, "committed": st.committed})
+
+
 async def status(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     return web.json_response({
@@ -967,6 +1075,7 @@ def make_app(site: Site) -> web.Application:
     r.add_delete("/v1/pins/{owner}/{rule}", pins_delete)
     r.add_post("/v1/gc", gc)
     r.add_post("/v1/mover/session", mover_session)
+    r.add_post("/v1/mover/pull", mover_pull)
     return app
 
 
