@@ -12,7 +12,10 @@ Nothing here opens a store. The driver and the workers speak to the sites only:
   the path's entity (`/v1/ns/stat`, `/v1/ns/list`, `/v1/ns/manifest`); each
   file's replica sites come from its manifest, and which site holds which
   chunk from `/v1/chunks/has` at every up site of the owning entity (so chunks
-  a job prefetched count for the next job).
+  a job prefetched count for the next job). Files of another entity that
+  granted the caller read are *whole-file entries* (`datasets.whole_file`):
+  read whole through their primary, charged whole by the cost model, run at
+  the caller's sites.
 * **Executor** (`FederatedExecutor`): each site's tasks run on that site's
   Dask cluster (`schedulers`, `Site.scheduler`, or a LocalCluster started
   here). Chunks the executing site lacks are copied into its store before
@@ -46,7 +49,7 @@ from dataclasses import dataclass, replace
 from typing import IO, Any
 
 from dataflow.cost import CostModel, Task
-from dataflow.datasets import Dataset, FileEntry, glob_regex, merge
+from dataflow.datasets import Dataset, FileEntry, glob_regex, merge, whole_file
 from dataflow.errors import ConfigError, DatasetError, JobFailedError, SiteLostError
 from dataflow.executor import (
     MAX_VALUE_BYTES,
@@ -60,6 +63,7 @@ from dataflow.planner import Objective, Planner
 from dataflow.sites import Topology
 from gfs import paths
 from gfs.errors import HutongError, NotFoundError
+from gfs.federation.auth import AuthError
 from gfs.meta import ChunkRef, Manifest
 
 log = logging.getLogger("hutong.dataflow")
@@ -169,6 +173,8 @@ class FederatedCatalog:
         self.topo = topo
         self.unreachable: set[str] = set()
         """Sites that did not answer a query (the runtime marks them down)."""
+        self.whole: dict[bytes, str] = {}
+        """Pseudo-chunk id of each whole-file entry resolved here -> its home (primary)."""
 
     def _manifest(self, path: str) -> tuple[Manifest, str, tuple[str, ...]]:
         norm, primary = self.fc.primary(path)
@@ -231,7 +237,12 @@ class FederatedCatalog:
             if not isinstance(s, str) or not s.startswith("/"):
                 raise DatasetError(f"dataset {name!r}: selector {s!r} must be an absolute "
                                    f"namespace path or glob (/entity/...)")
-            hits = self.files(s)
+            try:
+                hits = self.files(s)
+            except AuthError as e:
+                raise AuthError(f"dataset {name!r}: {self.fc.me or 'this client'} may not read "
+                                f"{s!r} ({e}); its owner must grant read on it "
+                                f"(FederationClient.grant)", e.status, e.code) from None
             if not hits and not missing_ok:
                 raise DatasetError(f"dataset {name!r}: {s!r} matches no file in the "
                                    f"federation; check the path")
@@ -242,13 +253,31 @@ class FederatedCatalog:
                 m, primary, sites = self._manifest(p)
             except NotFoundError:
                 continue  # removed while we listed
-            files.append(FileEntry(p, m, primary, sites))
+            files.append(self._entry(p, m, primary, sites))
         ds = Dataset(name, sel, files)
         for f in files:
             for ref in f.manifest.chunks:
                 ds.lengths[ref.id] = ref.length
         ds.locations = self.locate(ds.lengths, owners={f.owner for f in files})
         return ds
+
+    def _entry(self, path: str, m: Manifest, primary: str, sites: tuple[str, ...]
+               ) -> FileEntry:
+        """A file the caller reads chunk by chunk (its owner), or a whole-file entry: a
+        grantee (or a prefix token) reads it whole through the owner's primary, which
+        checks the grant; the runner's entity may then process it (a grant recorded in
+        the topology for the cost model's constraints)."""
+        owner = paths.split(path)[0]
+        if self.fc.owner_mode(owner):
+            return FileEntry(path, m, primary, sites)
+        f = whole_file(path, m, primary)
+        self.whole[f.manifest.chunks[0].id] = primary
+        me = self.fc.me
+        if me and me != owner:
+            grants = self.topo.grants.setdefault(owner, [])
+            if (path, me) not in grants:
+                grants.append((path, me))
+        return f
 
     def refresh(self, ds: Dataset) -> Dataset:
         """The same files with where their chunks live now."""
@@ -270,6 +299,13 @@ class FederatedCatalog:
         caller's entity when `owners` is None) whose store holds it, with their tier."""
         want = list(dict.fromkeys(ids))
         out: dict[bytes, dict[str, str]] = {c: {} for c in want}
+        whole = [c for c in want if c in self.whole]
+        for c in whole:                  # read whole from the primary while it is up
+            home = self.topo.sites.get(self.whole[c])
+            if home is not None and home.status == "up" and home.name not in self.unreachable:
+                out[c][home.name] = home.tier
+        if whole:
+            want = [c for c in want if c not in self.whole]
         if not want:
             return out
         ents = set(owners) if owners is not None else {self.fc.me}
@@ -312,17 +348,37 @@ def _get_blobs(fc: Any, site: str, ids: Sequence[bytes]) -> dict[bytes, bytes]:
 @dataclass(frozen=True)
 class RemoteInputFile:
     """One input of a task, read chunk by chunk through the sites' APIs: the site the
-    task runs at first, then `sources` for chunks it lacks."""
+    task runs at first, then `sources` for chunks it lacks. With `whole` (another
+    entity's file the job's entity was granted), read whole through the owner's
+    primary (`/v1/ns/read`) and checked against `manifest`, chunk by chunk."""
 
     path: str
     manifest: Manifest
     site: str
     sources: tuple[str, ...]
     creds: Credentials
+    whole: bool = False
 
     @property
     def size(self) -> int:
         return self.manifest.size
+
+    def _read_whole(self, fc: Any) -> bytes:
+        from gfs.codec import chunk_id
+
+        data = fc.read_bytes(self.path)
+        ok = len(data) == self.manifest.size
+        pos = 0
+        for r in self.manifest.chunks if ok else ():
+            if chunk_id(data[pos:pos + r.length]) != r.id:
+                ok = False
+                break
+            pos += r.length
+        if not ok:
+            raise DatasetError(f"{self.path} changed since the job was planned (what its "
+                               f"primary returns is not version {self.manifest.version}); "
+                               f"run the job again to process the new version")
+        return bytes(data)
 
     def read(self) -> bytes:
         """The whole content (each chunk verified against its id)."""
@@ -330,6 +386,8 @@ class RemoteInputFile:
         from gfs.errors import ChunkMissingError, CorruptChunkError
 
         fc = self.creds.client(near=self.site)
+        if self.whole:
+            return self._read_whole(fc)
         refs = self.manifest.chunks
         got: dict[bytes, bytes] = {}
         for r in refs:
@@ -440,15 +498,17 @@ class ChunkNotHeldError(HutongError):
 
 
 def run_remote_task(fn: TaskFn | Sequence[TaskFn], creds: Credentials, site: str,
-                    files: list[tuple[str, int, list[tuple[str, int]]]],
+                    files: list[tuple[str, int, list[tuple[str, int]], bool]],
                     sources: tuple[str, ...], output: str | None) -> dict[str, Any]:
-    """Worker side of one task in federation mode: inputs through the sites' APIs,
-    the output written with `FederationClient.write_bytes`."""
+    """Worker side of one task in federation mode: inputs through the sites' APIs
+    (`files`: path, version, chunks, read whole), the output written with
+    `FederationClient.write_bytes`."""
     import os
 
     inputs = [RemoteInputFile(p, Manifest(v, tuple(ChunkRef(bytes.fromhex(h), n)
-                                                   for h, n in refs)), site, sources, creds)
-              for p, v, refs in files]
+                                                   for h, n in refs)), site, sources, creds,
+                              whole)
+              for p, v, refs, whole in files]
     t0 = time.monotonic()
     value: Any = inputs
     steps: Sequence[TaskFn] = fn if isinstance(fn, list | tuple) else [fn]  # type: ignore[list-item]
@@ -633,9 +693,11 @@ class FederatedExecutor(Executor):
                   output: str | None, rec: dict[str, Any], lock: threading.Lock,
                   bar: Any) -> set[str]:
         rt = self.rt
-        need: dict[bytes, int] = {}
+        need: dict[bytes, int] = {}          # chunks to have here (whole files: read later)
         for t in tasks:
-            need.update(t.chunks)
+            for f in t.files:
+                if f.whole is None:
+                    need.update((r.id, r.length) for r in f.manifest.chunks)
         ids = list(need)
         try:
             have = rt.catalog.has(site, ids) if ids else []
@@ -695,14 +757,21 @@ class FederatedExecutor(Executor):
                 return lost
             if not ok:
                 continue
-            files = [(f.path, f.manifest.version, [(r.id.hex(), r.length)
-                                                   for r in f.manifest.chunks])
+            files = [(f.path, f.manifest.version,
+                      [(r.id.hex(), r.length) for r in (f.whole or f.manifest).chunks],
+                      f.whole is not None)
                      for f in t.files]
             out = f"{output.rstrip('/')}/{t.id}" if output else None
             attempt: dict[str, Any] = {"site": site, "started": time.time()}
+            whole = [f.path for f in t.files if f.whole is not None]
             with lock:
                 rec["tasks"][t.id]["attempts"].append(attempt)
                 rec["tasks"][t.id]["site"] = site
+                if whole:       # read whole through the owners' primaries by the task
+                    rec["tasks"][t.id]["read_whole"] = {
+                        "files": whole, "bytes": sum(f.size for f in t.files
+                                                     if f.whole is not None),
+                        "from": sorted({f.home for f in t.files if f.whole is not None})}
             key = f"{rec['id']}-{t.id}-{len(rec['tasks'][t.id]['attempts'])}"
             sources = self._sources(site, t.owners)
             try:
@@ -748,8 +817,9 @@ class FederatedDataflow(Dataflow):
     """`Dataflow` over a federation: topology from the registry, datasets through the
     primaries' APIs, tasks on each site's Dask cluster, records in the namespace.
 
-    `prefetch` copies chunks through the site APIs; `replicate` adds federation
-    rules; `migrate` and `subscribe` need embedded stores and are not available here.
+    `prefetch` copies chunks through the site APIs (mover pulls between own sites);
+    `replicate` adds federation rules. Tasks run at the caller's entity's sites;
+    files other entities granted it are read whole through their primaries.
     """
 
     rt: FederatedRuntime
@@ -770,11 +840,15 @@ class FederatedDataflow(Dataflow):
                                    use_mover=use_mover)
         self.federation = self.rt.fc
         self.catalog = self.rt.catalog
-        # The chunk API (has/get/put) serves the owner entity only: an entity's data is
-        # processed at its own sites (and wherever its owner policy allows among them).
-        for ent in sorted({x.entity for x in topo.sites.values()}):
+        # The chunk API (has/get/put) serves the owner entity only: an entity's own data
+        # is processed at its own sites; data another entity granted us is read whole
+        # through its primary, at our sites (as the owner's policy allows; the catalog
+        # records the grants it used).
+        me = self.rt.fc.me
+        for ent in sorted({x.entity for x in topo.sites.values()} | set(topo.owners)):
+            at = ent if me is None or ent == me else me
             allow = topo.owners.get(ent, "")
-            topo.owners[ent] = f"({allow}) & entity={ent}" if allow else f"entity={ent}"
+            topo.owners[ent] = f"({allow}) & entity={at}" if allow else f"entity={at}"
 
     def dataset(self, name: str, selectors: str | Sequence[str]) -> Dataset:
         ds = self.catalog.resolve(name, selectors)
@@ -825,7 +899,11 @@ class FederatedDataflow(Dataflow):
         """
         self.topo.site(site)
         ds = self.resolve(inputs)
-        ids = list(ds.lengths)
+        ids = [c for c in ds.lengths if c not in self.catalog.whole]   # not whole files
+        if len(ids) < len(ds.lengths):
+            log.info("prefetch to %s: %d file(s) of %s are read whole by their tasks (granted "
+                     "by another entity); nothing to copy for them", site,
+                     len(ds.lengths) - len(ids), ds.name)
         have = self.catalog.has(site, ids) if ids else []
         missing = [c for c, h in zip(ids, have, strict=True) if not h]
         model = CostModel(self.topo, ds.locations)
@@ -838,6 +916,8 @@ class FederatedDataflow(Dataflow):
             by_src.setdefault(src, []).append(c)
         out = TransferSummary(site, files=len(ds.files), skipped=len(ids) - len(missing))
         t0 = time.monotonic()
+        if not by_src:
+            return out
         client = self.rt.dask(site)
         futs = {src: client.submit(copy_chunks, self.creds, src, site, [c.hex() for c in cids],
                                    [ds.lengths[c] for c in cids], self.rt.transfer_via(src, site),
