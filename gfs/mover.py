@@ -71,7 +71,9 @@ class Tuning:
     """Receiver and socket settings, chosen by `python -m bench mover` (module-wide).
 
     `spool_min`: the smallest spool (so pack) a receiver fills before it
-    commits, for fewer fsyncs and transactions per byte; `sndbuf`/`rcvbuf`:
+    commits, for fewer fsyncs and transactions per byte; `direct`: receivers
+    write spools with O_DIRECT from aligned buffers where the spool directory
+    allows it (no page-cache copy; docs/format.md, "Receiving"); `sndbuf`/`rcvbuf`:
     socket buffers in bytes, 0 keeps the kernel's auto-tuning (setting one
     turns it off); `congestion`: TCP congestion control of the mover's
     sockets ("" keeps the system default; "bbr" keeps a lossy long path
@@ -80,12 +82,15 @@ class Tuning:
     """
 
     spool_min: int = 64 << 20
+    direct: bool = True
     sndbuf: int = 0
     rcvbuf: int = 0
     congestion: str = ""
 
 
 TUNING = Tuning()
+#: Pack paths a Source remembers (a pack's local path never changes).
+_PATH_CACHE: Final = 1 << 16
 _ENTRY = struct.Struct("<16sQII")  # id, offset, length, flags (ENTRY_VERIFIED)
 assert _ENTRY.size == _mover.ENTRY_LEN
 assert _mover.SPOOL_RESERVE == PACK_HEADER_LEN
@@ -202,6 +207,7 @@ class Source:
     def __init__(self, store: ChunkStore) -> None:
         self.store = store
         self._staging: dict[int, str] = {}  # native thread id -> staging file
+        self._paths: dict[tuple[int, bytes], str] = {}  # (pool, pack) -> local path or ""
         self._lock = threading.Lock()
         self.staged = 0
         """Blobs sent through staging files (copies in no local pool)."""
@@ -225,9 +231,15 @@ class Source:
     def _where(self, rec: ChunkRecord | None) -> tuple[str, int, int] | None:
         if rec is None:
             return None
+        paths = self._paths
         for loc in rec.locations:
-            path = self.store.pool(loc.pool).local_path(pack_key(loc.pack))
-            if path is not None:
+            path = paths.get((loc.pool, loc.pack))
+            if path is None:
+                if len(paths) >= _PATH_CACHE:
+                    paths.clear()
+                path = self.store.pool(loc.pool).local_path(pack_key(loc.pack)) or ""
+                paths[loc.pool, loc.pack] = path
+            if path:
                 return path, loc.offset, loc.length
         return None
 
@@ -297,6 +309,7 @@ class Receiver:
             self.spool_dir = str(store.state / "tmp")
         os.makedirs(self.spool_dir, exist_ok=True)
         self.spool_limit = max(store.config.pack_size, TUNING.spool_min)
+        self.direct = TUNING.direct and _direct_io(self.spool_dir)
 
     def lacking(self, ids: Sequence[bytes]) -> list[bytes]:
         """The ids (in order) that the store's index does not hold."""
@@ -512,6 +525,23 @@ class _Committer:
         self._pool.shutdown(wait=True)
 
 
+def _direct_io(directory: str) -> bool:
+    """Whether files in `directory` can be opened O_DIRECT (some file systems refuse it)."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    fd, path = tempfile.mkstemp(prefix="mover-probe-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CLOEXEC | flag))
+    except OSError:
+        log.debug("spool directory %s refuses O_DIRECT: spools are written buffered", directory)
+        return False
+    finally:
+        os.unlink(path)
+    return True
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -542,7 +572,8 @@ class MoverServer:
             self._receiver.commit_spool, self._receiver.spool_dir,
             spool_limit=self._receiver.spool_limit, timeout=timeout, max_blob=max_blob,
             sendfile=sendfile, sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf,
-            congestion=TUNING.congestion if congestion is None else congestion)
+            congestion=TUNING.congestion if congestion is None else congestion,
+            direct=self._receiver.direct)
         self.port = self._server.port
 
     @property
@@ -617,7 +648,8 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
             spool_dir=receiver.spool_dir if receiver else ".",
             spool_limit=receiver.spool_limit if receiver else 16 << 20,
             timeout=timeout, sendfile=sendfile, progress=adapter,
-            sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf, congestion=TUNING.congestion)
+            sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf, congestion=TUNING.congestion,
+            direct=receiver.direct if receiver else False)
     finally:
         if committer is not None:
             committed, rejected = committer.finish()

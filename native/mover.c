@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------ */
@@ -646,38 +647,44 @@ send_blob(mv_conn *c, const uint8_t *id, const mv_source *src, int use_sendfile)
     return MV_OK;
 }
 
-/* Send DATA or MISSING for each id of a batch; returns the counts. */
+/* Send DATA or MISSING for each id of a batch; returns the counts. The ids
+ * are resolved MV_RESOLVE_STEP at a time, each step sent before the next is
+ * resolved: the socket buffer keeps the peer busy while a step resolves. */
 static int
 send_batch(mv_conn *c, const mv_config *cfg, const uint8_t *ids, size_t count,
            uint32_t *ndata, uint32_t *nmissing, uint64_t *chunks_ctr, int missing_frames)
 {
-    mv_source *src = calloc(count ? count : 1, sizeof *src);
+    size_t room = count < MV_RESOLVE_STEP ? count : MV_RESOLVE_STEP;
+    mv_source *src = calloc(room ? room : 1, sizeof *src);
     if (!src)
         return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
-    int st = cfg->resolve(cfg->ctx, ids, count, src);
-    if (st) {
-        st = setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "resolve callback failed");
-        goto out;
-    }
+    int st = MV_OK;
     *ndata = *nmissing = 0;
-    for (size_t i = 0; i < count && !st; i++) {
-        const uint8_t *id = ids + i * MV_ID_LEN;
-        int s = src[i].path ? send_blob(c, id, &src[i], cfg->use_sendfile) : MV_ERR_IO;
-        if (s == MV_OK) {
-            (*ndata)++;
-            if (chunks_ctr)
-                __atomic_fetch_add(chunks_ctr, 1, __ATOMIC_RELAXED);
-        } else if (s == MV_ERR_IO && (!src[i].path || c->msg[0] == 0)) {
-            (*nmissing)++;  /* not held (or unreadable before any byte was sent) */
-            if (missing_frames)
-                st = wb_frame(c, MV_MISSING, id, MV_ID_LEN);
-        } else {
-            st = s;
+    for (size_t at = 0; at < count && !st; at += room) {
+        size_t n = count - at < room ? count - at : room;
+        memset(src, 0, n * sizeof *src);
+        if (cfg->resolve(cfg->ctx, ids + at * MV_ID_LEN, n, src))
+            st = setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "resolve callback failed");
+        for (size_t i = 0; i < n && !st; i++) {
+            const uint8_t *id = ids + (at + i) * MV_ID_LEN;
+            int s = src[i].path ? send_blob(c, id, &src[i], cfg->use_sendfile) : MV_ERR_IO;
+            if (s == MV_OK) {
+                (*ndata)++;
+                if (chunks_ctr)
+                    __atomic_fetch_add(chunks_ctr, 1, __ATOMIC_RELAXED);
+            } else if (s == MV_ERR_IO && (!src[i].path || c->msg[0] == 0)) {
+                (*nmissing)++;  /* not held (or unreadable before any byte was sent) */
+                if (missing_frames)
+                    st = wb_frame(c, MV_MISSING, id, MV_ID_LEN);
+            } else {
+                st = s;
+            }
+        }
+        for (size_t i = 0; i < n; i++) {
+            free(src[i].path);
+            src[i].path = NULL;
         }
     }
-out:
-    for (size_t i = 0; i < count; i++)
-        free(src[i].path);
     free(src);
     return st;
 }
@@ -685,16 +692,45 @@ out:
 /* ------------------------------------------------------------------ */
 /* Receiving blobs into spool files                                     */
 
+/* O_DIRECT spools (cfg.direct): a ring of aligned buffers. The stream fills
+ * job[head % NBUF].buf; MV_DIRECT_WRITERS threads take the queued jobs in
+ * order and write them (two writes in flight keep a virtual disk busier). */
+typedef struct {
+    uint8_t *buf;           /* MV_DIRECT_BUF bytes, MV_DIRECT_ALIGN-aligned */
+    int fd;
+    uint64_t off;           /* file offset of buf[0] */
+    size_t len;             /* bytes to write (a multiple of MV_DIRECT_ALIGN) */
+    int busy;               /* queued or being written */
+} mv_wjob;
+
+typedef struct {
+    pthread_t thread[MV_DIRECT_WRITERS];
+    int nthreads;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    mv_wjob job[MV_DIRECT_NBUF];
+    uint64_t head, take, done;  /* jobs submitted, taken by a writer, written (or failed) */
+    int stop;
+    int err;                /* errno of the first failed write, until drained */
+} mv_writer;
+
 typedef struct {
     const mv_config *cfg;
     char path[4096];
     int fd;
-    uint64_t off;
+    uint64_t off;           /* end of the last complete entry */
     uint64_t synced;        /* spool bytes whose writeback was started */
     mv_entry *e;
     size_t n, cap;
     uint32_t committed, rejected;
     XXH3_state_t *xxh;      /* digest of the raw blob being received */
+    uint8_t head[MV_BLOB_HEADER_LEN];
+    size_t nhead;
+    int raw;                /* -1 header incomplete, 1 raw blob being hashed, 0 not checked */
+    mv_writer *w;           /* direct: the writer thread and its buffers */
+    uint8_t *cur;           /* direct: the buffer being filled */
+    uint64_t cur_base;      /* direct: file offset of cur[0] */
+    size_t cur_fill;        /* direct: bytes of cur filled (spool bytes cur_base..+fill) */
 } mv_spool;
 
 static uint64_t spool_seq;
@@ -713,7 +749,7 @@ spool_init(mv_spool *sp, const mv_config *cfg)
 static void
 spool_writeback(mv_spool *sp, int all)
 {
-    if (sp->fd < 0 || (!all && sp->off < sp->synced + MV_WRITEBACK))
+    if (sp->fd < 0 || sp->w || (!all && sp->off < sp->synced + MV_WRITEBACK))
         return;
     (void)sync_file_range(sp->fd, (off_t)sp->synced, (off_t)(sp->off - sp->synced),
                           SYNC_FILE_RANGE_WRITE);
@@ -738,24 +774,6 @@ raw_header_ok(const uint8_t *h, uint64_t blob_len, const uint8_t *id)
 }
 
 static int
-spool_open(mv_spool *sp, mv_conn *c)
-{
-    uint32_t r = 0;
-    if (getrandom(&r, sizeof r, 0) != sizeof r)
-        r = (uint32_t)time(NULL);
-    uint64_t seq = __atomic_fetch_add(&spool_seq, 1, __ATOMIC_RELAXED);
-    snprintf(sp->path, sizeof sp->path, "%s/mover-%ld-%08x-%llu.tmp", sp->cfg->spool_dir,
-             (long)getpid(), r, (unsigned long long)seq);
-    sp->fd = open(sp->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (sp->fd < 0)
-        return setmsg(c->msg, c->msglen, MV_ERR_IO, "create spool %s: %s", sp->path,
-                      strerror(errno));
-    sp->off = sp->synced = MV_SPOOL_RESERVE;
-    sp->n = 0;
-    return MV_OK;
-}
-
-static int
 pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
 {
     while (n) {
@@ -765,11 +783,174 @@ pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
                 continue;
             return -1;
         }
+        if (k == 0) {
+            errno = ENOSPC;
+            return -1;
+        }
         p += k;
         n -= (size_t)k;
         off += (uint64_t)k;
     }
     return 0;
+}
+
+static void *
+writer_main(void *arg)
+{
+    mv_writer *w = arg;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (w->take == w->head && !w->stop)
+            pthread_cond_wait(&w->cond, &w->lock);
+        if (w->take == w->head)
+            break;
+        mv_wjob *j = &w->job[w->take++ % MV_DIRECT_NBUF];
+        int err = w->err;
+        pthread_mutex_unlock(&w->lock);
+        if (!err && pwrite_all(j->fd, j->buf, j->len, j->off) != 0)
+            err = errno ? errno : EIO;
+        pthread_mutex_lock(&w->lock);
+        if (err && !w->err)
+            w->err = err;
+        j->busy = 0;
+        w->done++;
+        pthread_cond_broadcast(&w->cond);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+static void
+writer_free(mv_writer *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->lock);
+    w->stop = 1;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    for (int i = 0; i < w->nthreads; i++)
+        pthread_join(w->thread[i], NULL);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+    for (int i = 0; i < MV_DIRECT_NBUF; i++)
+        free(w->job[i].buf);
+    free(w);
+}
+
+static int
+writer_new(mv_writer **out)
+{
+    mv_writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return ENOMEM;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    int rc = 0;
+    for (int i = 0; i < MV_DIRECT_NBUF && !rc; i++)
+        if (posix_memalign((void **)&w->job[i].buf, MV_DIRECT_ALIGN, MV_DIRECT_BUF) != 0)
+            rc = ENOMEM;
+    for (int i = 0; i < MV_DIRECT_WRITERS && !rc; i++)
+        if ((rc = pthread_create(&w->thread[i], NULL, writer_main, w)) == 0)
+            w->nthreads++;
+    if (rc) {
+        writer_free(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+/* Queue cur[0..len) (padded with zeros to the alignment) for writing at
+ * cur_base; then wait for a free buffer and make it cur, at `next_base`. */
+static int
+direct_submit(mv_spool *sp, mv_conn *c, size_t len, uint64_t next_base)
+{
+    mv_writer *w = sp->w;
+    size_t alen = (len + MV_DIRECT_ALIGN - 1) & ~(size_t)(MV_DIRECT_ALIGN - 1);
+    memset(sp->cur + len, 0, alen - len);
+    pthread_mutex_lock(&w->lock);
+    mv_wjob *j = &w->job[w->head % MV_DIRECT_NBUF];
+    j->fd = sp->fd;
+    j->off = sp->cur_base;
+    j->len = alen;
+    j->busy = 1;
+    w->head++;
+    pthread_cond_broadcast(&w->cond);
+    while (w->job[w->head % MV_DIRECT_NBUF].busy)
+        pthread_cond_wait(&w->cond, &w->lock);
+    int err = w->err;
+    pthread_mutex_unlock(&w->lock);
+    sp->cur = w->job[w->head % MV_DIRECT_NBUF].buf;
+    sp->cur_base = next_base;
+    sp->cur_fill = 0;
+    if (err)
+        return setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
+                      strerror(err));
+    return MV_OK;
+}
+
+/* Wait until every queued write is done; the first error of the spool, or 0. */
+static int
+direct_drain(mv_spool *sp)
+{
+    mv_writer *w = sp->w;
+    pthread_mutex_lock(&w->lock);
+    while (w->done != w->head)
+        pthread_cond_wait(&w->cond, &w->lock);
+    int err = w->err;
+    w->err = 0;
+    pthread_mutex_unlock(&w->lock);
+    return err;
+}
+
+static int
+spool_open(mv_spool *sp, mv_conn *c)
+{
+    uint32_t r = 0;
+    if (getrandom(&r, sizeof r, 0) != sizeof r)
+        r = (uint32_t)time(NULL);
+    uint64_t seq = __atomic_fetch_add(&spool_seq, 1, __ATOMIC_RELAXED);
+    snprintf(sp->path, sizeof sp->path, "%s/mover-%ld-%08x-%llu.tmp", sp->cfg->spool_dir,
+             (long)getpid(), r, (unsigned long long)seq);
+    if (sp->cfg->direct && !sp->w) {
+        int rc = writer_new(&sp->w);
+        if (rc)
+            return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no spool writer: %s",
+                          strerror(rc));
+    }
+    int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (sp->cfg->direct ? O_DIRECT : 0);
+    sp->fd = open(sp->path, flags, 0644);
+    if (sp->fd < 0)
+        return setmsg(c->msg, c->msglen, MV_ERR_IO, "create spool %s%s: %s", sp->path,
+                      sp->cfg->direct ? " (O_DIRECT)" : "", strerror(errno));
+    sp->off = sp->synced = MV_SPOOL_RESERVE;
+    sp->n = 0;
+    if (sp->w) {
+        sp->cur = sp->w->job[sp->w->head % MV_DIRECT_NBUF].buf;
+        sp->cur_base = 0;
+        memset(sp->cur, 0, MV_SPOOL_RESERVE);
+        sp->cur_fill = MV_SPOOL_RESERVE;
+    }
+    return MV_OK;
+}
+
+/* Close the spool file: direct, write its tail and wait for every write,
+ * then cut it after the last complete entry. Returns 0 or an errno. */
+static int
+spool_close(mv_spool *sp, mv_conn *c)
+{
+    int err = 0;
+    if (sp->w) {
+        if (sp->cur_fill)
+            direct_submit(sp, c, sp->cur_fill, 0);
+        err = direct_drain(sp);
+        if (!err && ftruncate(sp->fd, (off_t)sp->off) != 0)
+            err = errno;
+    }
+    close(sp->fd);
+    sp->fd = -1;
+    return err;
 }
 
 /* Hand the spool to the callback (which owns the file from then on). */
@@ -778,11 +959,13 @@ spool_handover(mv_spool *sp, mv_conn *c)
 {
     if (sp->fd < 0)
         return MV_OK;
-    close(sp->fd);
-    sp->fd = -1;
-    if (sp->n == 0) {
+    int err = spool_close(sp, c);
+    if (err || sp->n == 0) {
         unlink(sp->path);
-        return MV_OK;
+        sp->n = 0;
+        return err ? setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
+                            strerror(err))
+                   : MV_OK;
     }
     uint32_t com = 0, rej = 0;
     int st = sp->cfg->spool(sp->cfg->ctx, sp->path, sp->e, sp->n, &com, &rej);
@@ -798,15 +981,113 @@ static void
 spool_free(mv_spool *sp)
 {
     if (sp->fd >= 0) {
+        if (sp->w)
+            direct_drain(sp);
         close(sp->fd);
         unlink(sp->path);
         sp->fd = -1;
     }
+    writer_free(sp->w);
+    sp->w = NULL;
     free(sp->e);
     sp->e = NULL;
     if (sp->xxh)
         XXH3_freeState(sp->xxh);
     sp->xxh = NULL;
+}
+
+/* Check and hash the next `take` bytes of the blob of entry `ent`. */
+static void
+blob_update(mv_spool *sp, const mv_entry *ent, const uint8_t *p, size_t take)
+{
+    size_t skip = 0;
+    if (sp->raw < 0) {
+        skip = MV_BLOB_HEADER_LEN - sp->nhead < take ? MV_BLOB_HEADER_LEN - sp->nhead : take;
+        memcpy(sp->head + sp->nhead, p, skip);
+        sp->nhead += skip;
+        if (sp->nhead == MV_BLOB_HEADER_LEN) {
+            sp->raw = raw_header_ok(sp->head, ent->length, ent->id);
+            if (sp->raw)
+                XXH3_128bits_reset(sp->xxh);
+        }
+    }
+    if (sp->raw == 1 && take > skip)
+        XXH3_128bits_update(sp->xxh, p + skip, take - skip);
+}
+
+/* Receive `left` blob bytes straight into the spool buffers (direct). When
+ * the blob's last bytes are asked for, the next frame's header and id are
+ * received into rbuf by the same call. */
+static int
+recv_direct(mv_spool *sp, mv_conn *c, const mv_entry *ent, uint64_t left)
+{
+    int st;
+    while (left) {
+        if (sp->cur_fill == MV_DIRECT_BUF &&
+            (st = direct_submit(sp, c, MV_DIRECT_BUF, sp->cur_base + MV_DIRECT_BUF)))
+            return st;
+        size_t room = MV_DIRECT_BUF - sp->cur_fill;
+        size_t want = left < room ? (size_t)left : room, got;
+        uint8_t *dst = sp->cur + sp->cur_fill;
+        if (c->rstart < c->rend) {
+            got = c->rend - c->rstart < want ? c->rend - c->rstart : want;
+            memcpy(dst, c->rbuf + c->rstart, got);
+            c->rstart += got;
+        } else {
+            c->rstart = c->rend = 0;
+            struct iovec iov[2] = {{dst, want}, {c->rbuf, MV_HEADER_LEN + MV_ID_LEN}};
+            struct msghdr mh;
+            memset(&mh, 0, sizeof mh);
+            mh.msg_iov = iov;
+            mh.msg_iovlen = want == left ? 2 : 1;
+            ssize_t k;
+            for (;;) {
+                if (cancelled(c))
+                    return setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
+                k = recvmsg(c->fd, &mh, 0);
+                if (k > 0)
+                    break;
+                if (k == 0)
+                    return setmsg(c->msg, c->msglen, MV_ERR_CLOSED,
+                                  "connection closed by peer");
+                if (errno != EINTR)
+                    return io_error(c, "recv", errno);
+            }
+            got = (size_t)k < want ? (size_t)k : want;
+            c->rend = (size_t)k - got;
+        }
+        blob_update(sp, ent, dst, got);
+        sp->cur_fill += got;
+        left -= got;
+        if (c->bytes_out)
+            __atomic_fetch_add(c->bytes_out, got, __ATOMIC_RELAXED);
+    }
+    return MV_OK;
+}
+
+/* Receive `left` blob bytes through rbuf into the spool file (buffered). */
+static int
+recv_buffered(mv_spool *sp, mv_conn *c, const mv_entry *ent, uint64_t left)
+{
+    int st;
+    uint64_t off = ent->offset;
+    while (left) {
+        if (c->rstart == c->rend && (st = rb_more(c)))
+            return st;
+        size_t avail = c->rend - c->rstart;
+        size_t take = avail < left ? avail : (size_t)left;
+        const uint8_t *p = c->rbuf + c->rstart;
+        if (pwrite_all(sp->fd, p, take, off) != 0)
+            return setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
+                          strerror(errno));
+        blob_update(sp, ent, p, take);
+        c->rstart += take;
+        off += take;
+        left -= take;
+        if (c->bytes_out)
+            __atomic_fetch_add(c->bytes_out, take, __ATOMIC_RELAXED);
+    }
+    return MV_OK;
 }
 
 /* Stream the blob of a DATA frame (len - 16 bytes after the id, which is at
@@ -833,48 +1114,22 @@ spool_recv(mv_spool *sp, mv_conn *c, uint32_t len)
     mv_entry *ent = &sp->e[sp->n];
     memcpy(ent->id, c->rbuf + c->rstart, MV_ID_LEN);
     c->rstart += MV_ID_LEN;
-    uint64_t left = len - MV_ID_LEN, off = sp->off;
-    ent->offset = off;
+    uint64_t left = len - MV_ID_LEN;
+    ent->offset = sp->off;
     ent->length = (uint32_t)left;
     ent->flags = 0;
-    uint8_t head[MV_BLOB_HEADER_LEN];
-    size_t nhead = 0;
-    int raw = -1;  /* unknown until the header is in; then 1 (hashing) or 0 */
-    while (left) {
-        if (c->rstart == c->rend && (st = rb_more(c)))
-            return st;
-        size_t avail = c->rend - c->rstart;
-        size_t take = avail < left ? avail : (size_t)left;
-        const uint8_t *p = c->rbuf + c->rstart;
-        if (pwrite_all(sp->fd, p, take, off) != 0)
-            return setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
-                          strerror(errno));
-        size_t skip = 0;
-        if (raw < 0) {
-            skip = MV_BLOB_HEADER_LEN - nhead < take ? MV_BLOB_HEADER_LEN - nhead : take;
-            memcpy(head + nhead, p, skip);
-            nhead += skip;
-            if (nhead == MV_BLOB_HEADER_LEN) {
-                raw = raw_header_ok(head, ent->length, ent->id);
-                if (raw)
-                    XXH3_128bits_reset(sp->xxh);
-            }
-        }
-        if (raw == 1 && take > skip)
-            XXH3_128bits_update(sp->xxh, p + skip, take - skip);
-        c->rstart += take;
-        off += take;
-        left -= take;
-        if (c->bytes_out)
-            __atomic_fetch_add(c->bytes_out, take, __ATOMIC_RELAXED);
-    }
-    if (raw == 1) {
+    sp->nhead = 0;
+    sp->raw = -1;
+    st = sp->w ? recv_direct(sp, c, ent, left) : recv_buffered(sp, c, ent, left);
+    if (st)
+        return st;
+    if (sp->raw == 1) {
         XXH128_canonical_t digest;
         XXH128_canonicalFromHash(&digest, XXH3_128bits_digest(sp->xxh));
         if (memcmp(digest.digest, ent->id, MV_ID_LEN) == 0)
             ent->flags = MV_ENTRY_VERIFIED;
     }
-    sp->off = off;
+    sp->off += left;
     sp->n++;
     if (sp->off - MV_SPOOL_RESERVE >= sp->cfg->spool_limit) {
         spool_writeback(sp, 1);

@@ -12,8 +12,20 @@
  *    closed spool file and its complete entries to the spool callback, which
  *    verifies and commits (or deletes) it. Bytes after the last complete
  *    entry (a cut mid-blob) are never listed.
- *  - Memory per stream is bounded by one batch of ids (MV_MAX_BATCH) and two
- *    fixed I/O buffers (MV_IO_BUF), whatever the blob or transfer size.
+ *  - Memory per stream is bounded by one batch of ids (MV_MAX_BATCH), two
+ *    fixed I/O buffers (MV_IO_BUF) and, for a receiver with cfg.direct, the
+ *    spool buffers (MV_DIRECT_NBUF x MV_DIRECT_BUF), whatever the blob or
+ *    transfer size.
+ *  - cfg.direct (receivers): spool files are opened O_DIRECT; blob bytes are
+ *    received straight into aligned spool buffers (no copy through rbuf, none
+ *    into the page cache), hashed there, and written by MV_DIRECT_WRITERS
+ *    threads per stream while the stream receives the next buffer. The spool
+ *    holds the same bytes as without it (the tail is padded to MV_DIRECT_ALIGN
+ *    for the last write, then cut back with ftruncate before the hand-over,
+ *    which waits for every write). A file system without O_DIRECT fails the
+ *    stream (MV_ERR_IO): the caller chooses.
+ *  - Senders resolve a batch MV_RESOLVE_STEP ids at a time, each step sent
+ *    before the next is resolved.
  *  - Every blocking socket call has a deadline (cfg.timeout seconds); a
  *    stall past it ends the stream with MV_ERR_TIMEOUT.
  *  - Callbacks may be called from any mover thread, concurrently; they
@@ -34,12 +46,17 @@
 #define MV_NONCE_LEN 32
 #define MV_MAC_LEN 32
 #define MV_MAX_BATCH 4096            /* ids per WANT / OFFER / NEED */
+#define MV_RESOLVE_STEP 256          /* ids per resolve callback of a sender */
 #define MV_MAX_ERROR_TEXT 1024
 #define MV_DEFAULT_MAX_BLOB (64u << 20)
 #define MV_BLOB_HEADER_LEN 36
 #define MV_SPOOL_RESERVE 32          /* bytes kept free at the start of a spool */
 #define MV_IO_BUF (1u << 20)
 #define MV_WRITEBACK (8u << 20)      /* start writeback of a spool every 8 MiB */
+#define MV_DIRECT_BUF (4u << 20)     /* one O_DIRECT spool write */
+#define MV_DIRECT_NBUF 4             /* spool buffers per stream (one filling, the rest queued) */
+#define MV_DIRECT_WRITERS 2          /* spool writer threads per stream (writes in flight) */
+#define MV_DIRECT_ALIGN 4096         /* offset, length and address alignment of O_DIRECT */
 #define MV_MIN_SECRET 16
 #define MV_MAX_SECRET 64
 #define MV_REPLAY_RING 4096
@@ -114,6 +131,7 @@ typedef struct {
     mv_need_fn need;
     mv_spool_fn spool;
     void *ctx;
+    int direct;             /* receivers: O_DIRECT spools written from aligned buffers */
 } mv_config;
 
 /* Ids shared by the streams of a transfer: each stream claims the next

@@ -229,17 +229,17 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"host", "port", "secret", "resolve", "need", "spool", "spool_dir",
                              "spool_limit", "timeout", "max_blob", "sendfile", "sndbuf",
-                             "rcvbuf", "congestion", NULL};
+                             "rcvbuf", "congestion", "direct", NULL};
     const char *host, *spool_dir, *congestion = "";
-    int port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0;
+    int port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, direct = 0;
     PyObject *secret, *resolve, *need, *spool;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIpiis:Server", kwlist, &host, &port,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIpiisp:Server", kwlist, &host, &port,
                                      &secret, &resolve, &need, &spool, &spool_dir,
                                      &spool_limit, &timeout, &max_blob, &use_sendfile,
-                                     &sndbuf, &rcvbuf, &congestion))
+                                     &sndbuf, &rcvbuf, &congestion, &direct))
         return -1;
     if (check_congestion(congestion) < 0)
         return -1;
@@ -258,8 +258,9 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
     self->ctx.spool = self->spool;
     self->ctx.keep_error = 0;
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
-                     "", c_resolve, c_need, c_spool, &self->ctx};
+                     "", c_resolve, c_need, c_spool, &self->ctx, 0};
     snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
+    cfg.direct = direct;
     char msg[256] = "";
     int st;
     Py_BEGIN_ALLOW_THREADS
@@ -354,7 +355,8 @@ static PyTypeObject ServerType = {
     .tp_basicsize = sizeof(ServerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Server(host, port, secret, resolve, need, spool, spool_dir, spool_limit=16 MiB,"
-              " timeout=30.0, max_blob=64 MiB, sendfile=True, sndbuf=0, rcvbuf=0, congestion='')\n\n"
+              " timeout=30.0, max_blob=64 MiB, sendfile=True, sndbuf=0, rcvbuf=0, congestion='',"
+              " direct=False)\n\n"
               "A mover server on its own threads (docs/format.md, 'Mover protocol').",
     .tp_new = Server_new,
     .tp_init = (initproc)Server_init,
@@ -390,11 +392,12 @@ PyDoc_STRVAR(transfer_doc,
 "transfer(op, host, port, secret, ids, *, resolve=None, spool=None, spool_dir='.',\n"
 "         spool_limit=16 MiB, timeout=30.0, max_blob=64 MiB, sendfile=True,\n"
 "         progress=None, tick=0.1, sndbuf=0, rcvbuf=0, streams=0,\n"
-"         batch=64, congestion='') -> list[tuple]\n\n"
+"         batch=64, congestion='', direct=False) -> list[tuple]\n\n"
 "Run one stream per item of ids (bytes of 16-byte chunk ids) in parallel:\n"
 "op 1 fetches (spool called per spool file), op 2 sends (resolve called per\n"
 "batch). With streams=N, ids is [all ids] and N streams claim them `batch`\n"
-"at a time from a shared queue. progress(bytes, chunks) is called every tick\n"
+"at a time from a shared queue. direct=True: spools are written with O_DIRECT\n"
+"from aligned buffers (native/mover.h). progress(bytes, chunks) is called every tick\n"
 "seconds; if it raises (or a signal handler does), every stream is cancelled\n"
 "and the exception is\n"
 "raised once all have stopped. Returns per stream (status, message, bytes,\n"
@@ -406,18 +409,18 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     static char *kwlist[] = {"op", "host", "port", "secret", "ids", "resolve", "spool",
                              "spool_dir", "spool_limit", "timeout", "max_blob", "sendfile",
                              "progress", "tick", "sndbuf", "rcvbuf", "streams", "batch",
-                             "congestion", NULL};
-    int op, port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, nshared = 0, batch = 64;
+                             "congestion", "direct", NULL};
+    int op, port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, nshared = 0, batch = 64, direct = 0;
     const char *host, *spool_dir = ".", *congestion = "";
     PyObject *secret, *ids, *resolve = Py_None, *spool = Py_None, *progress = Py_None;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0, tick = 0.1;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOdiiiis:transfer", kwlist, &op, &host,
-                                     &port, &secret, &PyList_Type, &ids, &resolve, &spool,
-                                     &spool_dir, &spool_limit, &timeout, &max_blob,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOdiiiisp:transfer", kwlist, &op,
+                                     &host, &port, &secret, &PyList_Type, &ids, &resolve,
+                                     &spool, &spool_dir, &spool_limit, &timeout, &max_blob,
                                      &use_sendfile, &progress, &tick, &sndbuf, &rcvbuf,
-                                     &nshared, &batch, &congestion))
+                                     &nshared, &batch, &congestion, &direct))
         return NULL;
     if (check_congestion(congestion) < 0)
         return NULL;
@@ -451,8 +454,9 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     }
     cb_ctx ctx = {resolve, Py_None, spool, NULL, 1, PTHREAD_MUTEX_INITIALIZER};
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
-                     "", c_resolve, c_need, c_spool, &ctx};
+                     "", c_resolve, c_need, c_spool, &ctx, 0};
     snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
+    cfg.direct = direct;
     volatile int cancel = 0;
     mv_stream *streams = PyMem_Calloc((size_t)n, sizeof *streams);
     stream_job *jobs = PyMem_Calloc((size_t)n, sizeof *jobs);

@@ -44,6 +44,17 @@ def _small_spools() -> Iterator[None]:
         mover.TUNING.spool_min = saved
 
 
+@pytest.fixture(params=[True, False], ids=["direct", "buffered"])
+def spool_io(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Receivers write spools with O_DIRECT from aligned buffers, or buffered."""
+    saved = mover.TUNING.direct
+    mover.TUNING.direct = request.param
+    try:
+        yield request.param
+    finally:
+        mover.TUNING.direct = saved
+
+
 @pytest.fixture
 def src(tmp_path: Path) -> Iterator[Client]:
     c = _store(tmp_path / "src")
@@ -100,8 +111,8 @@ def test_hmac_matches_hashlib() -> None:
 
 
 @pytest.mark.parametrize("streams", [1, 4])
-def test_fetch_roundtrip_and_resume(src: Client, dst: Client, server: mover.MoverServer,
-                                    streams: int) -> None:
+def test_fetch_roundtrip_and_resume(spool_io: bool, src: Client, dst: Client,
+                                    server: mover.MoverServer, streams: int) -> None:
     ids = mover.tree_chunks(src, "/data")
     assert len(ids) > 500
     seen: list[int] = []
@@ -140,7 +151,8 @@ def test_more_ids_than_one_batch(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sendfile", [True, False])
-def test_send_roundtrip_and_resume(src: Client, dst: Client, sendfile: bool) -> None:
+def test_send_roundtrip_and_resume(spool_io: bool, src: Client, dst: Client,
+                                   sendfile: bool) -> None:
     ids = mover.tree_chunks(src, "/data")
     with mover.MoverServer(dst, SECRET) as srv:
         stats = mover.send(src, srv.address, ids, SECRET, streams=3, sendfile=sendfile)
@@ -365,7 +377,7 @@ class CuttingProxy:
 
 
 def test_cut_mid_chunk_leaves_nothing_partial_and_retry_completes(
-        src: Client, dst: Client, server: mover.MoverServer) -> None:
+        spool_io: bool, src: Client, dst: Client, server: mover.MoverServer) -> None:
     ids = mover.tree_chunks(src, "/data")
     proxy = CuttingProxy(server.address, budget=1_500_000 + 777)
     try:
@@ -413,7 +425,7 @@ def _corrupt_one(c: Client, cid: bytes) -> None:
 
 
 def test_chunk_not_matching_its_id_is_rejected_on_fetch(
-        src: Client, dst: Client, server: mover.MoverServer) -> None:
+        spool_io: bool, src: Client, dst: Client, server: mover.MoverServer) -> None:
     ids = mover.tree_chunks(src, "/data")[:40]
     bad = ids[17]
     _corrupt_one(src, bad)
@@ -426,7 +438,8 @@ def test_chunk_not_matching_its_id_is_rejected_on_fetch(
     _assert_clean(dst)
 
 
-def test_chunk_not_matching_its_id_is_rejected_on_send(src: Client, dst: Client) -> None:
+def test_chunk_not_matching_its_id_is_rejected_on_send(spool_io: bool, src: Client,
+                                                       dst: Client) -> None:
     ids = mover.tree_chunks(src, "/data")[:40]
     bad = ids[3]
     _corrupt_one(src, bad)
@@ -537,7 +550,7 @@ def test_receiver_verifies_raw_blobs_in_c(src: Client, server: mover.MoverServer
     assert all(flags[cid] == 0 for cid in packed)
 
 
-def test_large_spools_commit_as_few_packs(src: Client, dst: Client) -> None:
+def test_large_spools_commit_as_few_packs(spool_io: bool, src: Client, dst: Client) -> None:
     mover.TUNING.spool_min = 64 << 20  # the default: one pack per stream here
     ids = mover.tree_chunks(src, "/data")
     with mover.MoverServer(src, SECRET) as srv:
@@ -623,3 +636,75 @@ def test_fetched_chunks_are_pinned_against_gc(src: Client, dst: Client,
     assert dst.gc().chunks_removed == 0  # no manifest names them yet, the pin keeps them
     with dst.engine.read() as txn:
         assert all(txn.has_chunk(c) for c in ids)
+
+
+# -- O_DIRECT spools ---------------------------------------------------------------------
+
+
+def _spools(port: int, ids: list[bytes], spool: Path, direct: bool,
+            limit: int) -> list[tuple[bytes, list[tuple[bytes, int, int, int]]]]:
+    """(bytes, entries) of every spool a fetch of `ids` hands over."""
+    got: list[tuple[bytes, list[tuple[bytes, int, int, int]]]] = []
+
+    def keep(path: str, entries: bytes) -> tuple[int, int]:
+        got.append((Path(path).read_bytes(),
+                    [struct.unpack_from("<16sQII", entries, k)
+                     for k in range(0, len(entries), _mover.ENTRY_LEN)]))
+        os.unlink(path)
+        return 0, 0
+
+    spool.mkdir()
+    res = _mover.transfer(_mover.OP_FETCH, "127.0.0.1", port, SECRET, [b"".join(ids)],
+                          spool=keep, spool_dir=str(spool), spool_limit=limit, direct=direct)
+    assert res[0][0] == _mover.OK, res
+    assert os.listdir(spool) == []
+    return got
+
+
+def test_direct_spools_hold_the_same_bytes_as_buffered(tmp_path: Path) -> None:
+    """Spools crossing several aligned buffers, cut at any length: identical files."""
+    big = Client.init(tmp_path / "big", min_size=16384, avg_size=65536, max_size=262144,
+                      pack_size=4 << 20)
+    try:
+        data = tmp_path / "bigdata"
+        data.mkdir()
+        rnd = random.Random(11)
+        for i in range(3):
+            (data / f"b{i}").write_bytes(rnd.randbytes(5_000_000 + 4321 * i))
+        big.put(str(data), "/big")
+        ids = list(dict.fromkeys(mover.tree_chunks(big, "/big")))
+        with mover.MoverServer(big, SECRET) as srv:
+            # one spool of ~15 MB (4 buffers and a tail), then spools of ~6 MB
+            for limit in (64 << 20, 6 << 20):
+                direct = _spools(srv.port, ids, tmp_path / f"d{limit}", True, limit)
+                buffered = _spools(srv.port, ids, tmp_path / f"b{limit}", False, limit)
+                assert direct == buffered
+                for blob, entries in direct:
+                    _cid, off, length, _flags = entries[-1]
+                    assert len(blob) == off + length  # padding cut off
+                    assert blob[: _mover.SPOOL_RESERVE] == bytes(_mover.SPOOL_RESERVE)
+                    assert all(e[3] == _mover.ENTRY_VERIFIED for e in entries)
+                assert sum(len(e) for _, e in direct) == len(ids)
+                assert sum(len(b) for b, _ in direct) > 15_000_000
+    finally:
+        big.close()
+
+
+def test_direct_spool_that_cannot_be_created_fails_the_stream(
+        src: Client, server: mover.MoverServer, tmp_path: Path) -> None:
+    ids = mover.tree_chunks(src, "/data")[:20]
+    gone = tmp_path / "no-such-dir"
+    res = _mover.transfer(_mover.OP_FETCH, "127.0.0.1", server.port, SECRET,
+                          [b"".join(ids)], spool=lambda p, e: (0, 0),
+                          spool_dir=str(gone), direct=True)
+    assert res[0][0] == _mover.ERR_IO and "O_DIRECT" in res[0][1] and str(gone) in res[0][1]
+
+
+def test_receiver_chooses_direct_spools_where_possible(dst: Client) -> None:
+    assert mover.Receiver(dst.store).direct  # tmp_path: a disk file system here
+    saved = mover.TUNING.direct
+    mover.TUNING.direct = False
+    try:
+        assert not mover.Receiver(dst.store).direct
+    finally:
+        mover.TUNING.direct = saved
