@@ -9,6 +9,13 @@ A *placement* maps each task to a site. For a destination site d:
   bandwidth(s,d), out(s) / nic(s)): sources are fetched in parallel, but the
   flows leaving one site share its network interface (`Site.nic`, 0: no cap);
   transfer(d) = max(max over s of flow(s,d), in(d) / nic(d)).
+* queue(s,d): transfers of jobs already started (`Topology.reserve`) are
+  ahead in line: a new flow waits until the backlog of its link (at the
+  link's bandwidth) and of the source's and destination's NICs (at their
+  rates) is gone, FIFO: flow(s,d) += queue(s,d), and the destination NIC term
+  becomes queue_in(d) + in(d) / nic(d). A busy link is avoided by placing
+  tasks elsewhere; sources stay the fastest holders (the executor picks them
+  the same way, so plan and run agree).
 * compute(d) = sum of task input bytes / compute rate, spread over d's slots
   but never shorter than its longest task; tasks whose inputs are all local
   start at once, the others after the prefetch:
@@ -71,6 +78,8 @@ class Flow:
     bytes: int
     seconds: float
     money: float
+    queue: float = 0.0
+    """Seconds of `seconds` spent waiting for transfers of jobs started earlier."""
 
 
 @dataclass
@@ -85,12 +94,18 @@ class Estimate:
     logical_bytes: int = 0
     """Bytes a file-level mover (no dedup) would send for the same placement."""
 
+    @property
+    def queue_seconds(self) -> float:
+        """The longest wait of a flow behind transfers of earlier jobs (0: links free)."""
+        return max((f.queue for f in self.flows), default=0.0)
+
     def to_dict(self) -> dict[str, object]:
         return {"seconds": round(self.seconds, 4), "wan_bytes": self.wan_bytes,
                 "money": round(self.money, 6), "logical_bytes": self.logical_bytes,
                 "site_seconds": {k: round(v, 4) for k, v in self.site_seconds.items()},
                 "flows": [{"src": f.src, "dst": f.dst, "chunks": f.chunks, "bytes": f.bytes,
-                           "seconds": round(f.seconds, 4)} for f in self.flows]}
+                           "seconds": round(f.seconds, 4), "queue": round(f.queue, 4)}
+                          for f in self.flows]}
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,8 @@ class CostModel:
         self._owner_ok: dict[str, set[str]] = {
             ent: {s.name for s in topo.matching(where)} for ent, where in topo.owners.items()}
         self._links: dict[tuple[str, str], Link] = {}
+        self._queues: dict[tuple[str, str], float] = {}
+        self._in_queues: dict[str, float] = {}
 
     # -- constraints ----------------------------------------------------------------
     def refusal(self, task: Task, site: str) -> str | None:
@@ -161,6 +178,21 @@ class CostModel:
         if lk is None:
             lk = self._links[key] = self.topo.link(src, dst)
         return lk
+
+    def queue(self, src: str, dst: str) -> float:
+        """Seconds a new transfer `src` -> `dst` waits for started jobs' transfers
+        (`Topology.queue_seconds`, read once per model)."""
+        key = (src, dst)
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = self.topo.queue_seconds(src, dst)
+        return q
+
+    def _in_queue(self, dst: str) -> float:
+        q = self._in_queues.get(dst)
+        if q is None:
+            q = self._in_queues[dst] = self.topo.inbound_queue_seconds(dst)
+        return q
 
     def source(self, cid: bytes, dst: str) -> str | None:
         """The holder of `cid` with the fastest link to `dst` (None: no up holder)."""
@@ -249,16 +281,18 @@ class CostModel:
             nic = self.topo.sites[src].nic
             if nic > 0:
                 secs = max(secs, secs - nbytes / lk.bandwidth + out_bytes[src] / nic)
+            q = self.queue(src, d)
+            secs += q
             m = nbytes * lk.price_per_gb / 1e9
-            flows.append(Flow(src, d, nchunks, nbytes, secs, m))
+            flows.append(Flow(src, d, nchunks, nbytes, secs, m, q))
             transfer[d] = max(transfer.get(d, 0.0), secs)
             wan += nbytes
             money += m
         for d, (local, remote, long_l, long_r) in compute.items():
             info = self.topo.site(d)
             xfer = transfer.get(d, 0.0)
-            if info.nic > 0:
-                xfer = max(xfer, in_bytes.get(d, 0) / info.nic)
+            if info.nic > 0 and in_bytes.get(d, 0):
+                xfer = max(xfer, self._in_queue(d) + in_bytes[d] / info.nic)
             money += (local + remote) * info.price_core_hour / 3600
             slots = max(1, info.slots)
             site_seconds[d] = self.backlog.get(d, 0.0) + max(xfer, local / slots, long_l) + \

@@ -23,7 +23,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,8 +214,9 @@ class Dataflow:
                 planner = Planner(self.objective, deadline=deadline, budget=budget)
                 plan = planner.plan(tasks, model, at=at)
                 job._set_plan(plan)
-                res = self._executor(planner, retries).run(
-                    fn, plan, output=output, job_id=job.id, name=name, model=model)
+                res = self._run_reserved(job.id, plan, lambda: self._executor(
+                    planner, retries).run(fn, plan, output=output, job_id=job.id, name=name,
+                                          model=model))
             except BaseException as e:
                 job._finish(None, e)
                 return
@@ -227,6 +228,27 @@ class Dataflow:
         else:
             threading.Thread(target=go, name=f"hutong-job-{job.id}", daemon=True).start()
         return job
+
+    def _run_reserved(self, job_id: str, plan: Plan, go: Callable[[], JobResult]
+                      ) -> JobResult:
+        """Run `go` with the plan's transfers reserved on their links (so jobs planned
+        meanwhile queue behind them); the reservation is settled with the transfers
+        the job's record reports when it ends, however it ends."""
+        t0 = time.time()
+        self.topo.reserve(job_id, [(f.src, f.dst, f.chunks, f.bytes)
+                                   for f in plan.estimate.flows])
+        rec: dict[str, Any] | None = None
+        try:
+            res = go()
+            rec = res.record
+            return res
+        finally:
+            if rec is None:
+                try:
+                    rec = self.rt.load_record(job_id)
+                except Exception:  # the record is unreachable: settle without it
+                    rec = None
+            self.topo.release(job_id, _moved(rec, since=t0))
 
     def _executor(self, planner: Planner, retries: int) -> Executor:
         """The executor of this mode (embedded: stores opened here, movers)."""
@@ -262,15 +284,21 @@ class Dataflow:
         out = TransferSummary(site, files=len(ds.files), skipped=len(ds.lengths) - len(missing))
         t0 = time.monotonic()
         bar = _bytes_bar(self.rt.progress, sum(ds.lengths[c] for c in missing), f"prefetch {site}")
+        rid = f"prefetch-{uuid.uuid4().hex[:12]}"
+        self.topo.reserve(rid, [(src, site, len(ids), sum(ds.lengths[c] for c in ids))
+                                for src, ids in by_src.items()])
+        moved: dict[tuple[str, str], int] = {}
         try:
             for src, ids in sorted(by_src.items()):
                 addr, secret = self.rt.mover(src)
                 st = mover.fetch(dest, addr, ids, secret, progress=_tick(bar))
                 self.topo.observe(src, site, st.bytes, st.chunks, st.seconds)
+                moved[(src, site)] = st.chunks
                 out.chunks += st.chunks
                 out.bytes += st.bytes
                 out.by_source[src] = st.bytes
         finally:
+            self.topo.release(rid, moved)
             if bar is not None:
                 bar.close()
         out.seconds = time.monotonic() - t0
@@ -498,6 +526,17 @@ class Subscription:
             seen[f.path] = _fingerprint(f)
         self.df._save_subscription(self.name, {"pattern": self.pattern, "seen": seen})
         return job
+
+
+def _moved(rec: dict[str, Any] | None, since: float) -> dict[tuple[str, str], int]:
+    """Chunks per link that the transfers of a job record started at or after `since`
+    moved (each was reported to `Topology.observe`)."""
+    out: dict[tuple[str, str], int] = {}
+    for t in (rec or {}).get("transfers", []):
+        if "moved" in t and "error" not in t and float(t.get("started", 0)) >= since - 1e-3:
+            key = (str(t["src"]), str(t["dst"]))
+            out[key] = out.get(key, 0) + int(t["moved"])
+    return out
 
 
 def _bytes_bar(enabled: bool, total: int, desc: str) -> Any:

@@ -69,9 +69,13 @@ class Plan:
                  f"{', '.join(self.sites())}; objective {self.objective})",
                  f"  estimate: {e.seconds:.3f} s, {_human(e.wan_bytes)} over the WAN "
                  f"({_human(e.logical_bytes)} without dedup), cost {e.money:.4f}"]
+        if e.queue_seconds > 0:
+            lines.append(f"  queueing: flows wait up to {e.queue_seconds:.3f} s behind the "
+                         f"transfers of jobs started earlier (link/NIC backlog)")
         for f in e.flows:
+            wait = f" (incl. {f.queue:.3f} s queued)" if f.queue > 0 else ""
             lines.append(f"  move {_human(f.bytes)} ({f.chunks} chunks) {f.src} -> {f.dst}: "
-                         f"{f.seconds:.3f} s, {f.money:.4f}")
+                         f"{f.seconds:.3f} s{wait}, {f.money:.4f}")
         per: dict[str, list[str]] = {}
         for t in self.tasks:
             per.setdefault(self.placement[t.id], []).append(t.id)

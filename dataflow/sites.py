@@ -144,6 +144,12 @@ class Topology:
     """Mover session secret for sites whose mover runs as its own process."""
     fresh: float = FRESH_SECONDS
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _reserved: dict[tuple[str, str], dict[str, list[int]]] = field(
+        default_factory=dict, repr=False, compare=False)
+    """Link -> job -> [chunks, bytes] its started transfers plan to move over the link."""
+    _drained: dict[tuple[str, str], int] = field(default_factory=dict, repr=False,
+                                                 compare=False)
+    """Link -> chunks observed moving over it while it had reservations (not settled)."""
 
     # -- lookup -----------------------------------------------------------------------
     def site(self, name: str) -> Site:
@@ -185,13 +191,100 @@ class Topology:
             return Link(src, dst, d.intra_bandwidth, d.intra_rtt, d.intra_price, "default")
         return Link(src, dst, d.inter_bandwidth, d.inter_rtt, d.inter_price, "default")
 
+    # -- link backlog (transfers of started jobs) -------------------------------------------
+    def reserve(self, job: str, flows: Iterable[tuple[str, str, int, int]]) -> None:
+        """Record that `job` has started and will move (src, dst, chunks, bytes) per flow:
+        until it is released, the cost model makes new transfers on those links (and
+        NICs) queue behind these bytes."""
+        with self._lock:
+            for src, dst, chunks, nbytes in flows:
+                if src == dst or (chunks <= 0 and nbytes <= 0):
+                    continue
+                acc = self._reserved.setdefault((src, dst), {}).setdefault(job, [0, 0])
+                acc[0] += max(0, chunks)
+                acc[1] += max(0, nbytes)
+
+    def release(self, job: str, moved: Mapping[tuple[str, str], int] | None = None) -> None:
+        """`job` ended: drop its reservations. `moved` gives the chunks its own transfers
+        moved per link (they were counted by `observe` and are settled here)."""
+        moved = moved or {}
+        with self._lock:
+            for key in set(self._reserved) | set(moved):
+                per = self._reserved.get(key)
+                if per is None:
+                    continue
+                per.pop(job, None)
+                if not per:
+                    del self._reserved[key]
+                    self._drained.pop(key, None)
+                elif key in self._drained:
+                    self._drained[key] = max(0, self._drained[key] - moved.get(key, 0))
+
+    def _drain(self, src: str, dst: str, chunks: int) -> None:
+        with self._lock:
+            if (src, dst) in self._reserved:
+                self._drained[(src, dst)] = self._drained.get((src, dst), 0) + max(0, chunks)
+
+    def _pending_locked(self, key: tuple[str, str]) -> float:
+        per = self._reserved.get(key)
+        if not per:
+            return 0.0
+        chunks = sum(c for c, _ in per.values())
+        nbytes = sum(b for _, b in per.values())
+        done = min(1.0, self._drained.get(key, 0) / chunks) if chunks else 0.0
+        return nbytes * (1.0 - done)
+
+    def pending(self, src: str, dst: str) -> float:
+        """Bytes that started jobs have yet to move from `src` to `dst` (their planned
+        bytes, less the share of planned chunks observed moving since)."""
+        with self._lock:
+            return self._pending_locked((src, dst))
+
+    def backlog(self) -> dict[tuple[str, str], float]:
+        """Every link with bytes still to move for started jobs."""
+        with self._lock:
+            out = {k: self._pending_locked(k) for k in self._reserved}
+        return {k: v for k, v in out.items() if v > 0}
+
+    def queue_seconds(self, src: str, dst: str) -> float:
+        """How long a transfer started now from `src` to `dst` waits for the backlog
+        of started jobs: the longest of the link's backlog at its bandwidth, the
+        backlog leaving `src` at its NIC rate and the backlog entering `dst` at
+        its NIC rate (FIFO: it queues behind the bytes already committed)."""
+        if src == dst:
+            return 0.0
+        with self._lock:
+            if not self._reserved:
+                return 0.0
+            link = self._pending_locked((src, dst))
+            out = sum(self._pending_locked(k) for k in self._reserved if k[0] == src)
+            inn = sum(self._pending_locked(k) for k in self._reserved if k[1] == dst)
+        wait = link / self.link(src, dst).bandwidth if link else 0.0
+        a, b = self.site(src), self.site(dst)
+        if a.nic > 0:
+            wait = max(wait, out / a.nic)
+        if b.nic > 0:
+            wait = max(wait, inn / b.nic)
+        return wait
+
+    def inbound_queue_seconds(self, dst: str) -> float:
+        """How long `dst`'s NIC stays busy with the backlog entering it (0: no NIC cap)."""
+        nic = self.site(dst).nic
+        if nic <= 0:
+            return 0.0
+        with self._lock:
+            inn = sum(self._pending_locked(k) for k in self._reserved if k[1] == dst)
+        return inn / nic
+
     # -- changes ----------------------------------------------------------------------
     def observe(self, src: str, dst: str, nbytes: int, chunks: int, seconds: float) -> Link:
-        """Fold a real transfer into the measured link (passive measurement).
+        """Fold a real transfer into the measured link (passive measurement), and count
+        its chunks against the link's backlog (`reserve`).
 
         Transfers too small to tell bandwidth from latency only refresh the
         round trip when it is the only unknown.
         """
+        self._drain(src, dst, chunks)
         base = self.link(src, dst)
         rounds = 2 + math.ceil(max(chunks, 1) / BATCH_IDS)
         if seconds <= 0:

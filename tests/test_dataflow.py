@@ -493,3 +493,109 @@ def test_subscription_triggers_on_new_data(world: tuple[Path, dict[str, bytes]])
         assert list(sub.jobs[0].result.values.values()) == [{"bytes": 400, "files": 1}]
         with pytest.raises(ConfigError, match="interval"):
             sub.start(interval=0)
+
+
+# -- link contention between jobs ---------------------------------------------------------------
+
+
+class Gate:
+    """A loopback TCP proxy that holds every connection until `open()` is called."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.seen = threading.Event()
+        self._open = threading.Event()
+        self._threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                a, _ = self.sock.accept()
+            except OSError:
+                return
+            self.seen.set()
+            t = threading.Thread(target=self._hold, args=(a,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _hold(self, a: socket.socket) -> None:
+        self._open.wait(120)
+        b = socket.create_connection(self.target)
+        for x, y in ((a, b), (b, a)):
+            t = threading.Thread(target=CutOnce._pump, args=(x, y, None), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def open(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._open.set()
+        self.sock.close()
+        for t in list(self._threads):
+            t.join(5)
+
+
+CONTENTION = """
+secret = "{secret}"
+[sites.a]
+region = "west"
+entity = "bank-a"
+state = "a"
+mover = "127.0.0.1:{port}"
+compute_mbps = 4
+[sites.c]
+region = "east"
+entity = "bank-a"
+state = "c"
+slots = 2
+[[links]]
+a = "a"
+b = "c"
+mbps = 40
+rtt_ms = 1
+"""
+
+
+def test_second_job_avoids_a_link_busy_with_an_earlier_job(
+        world: tuple[Path, dict[str, bytes]]) -> None:
+    """While job 1's 48 MiB transfer a -> c is held in flight, job 2 (4 MiB at a, where
+    computing is slow) is planned with the queue on a -> c and runs at a instead of
+    moving its data to c; every reservation is settled once the jobs end."""
+    from gfs.mover import MoverServer
+
+    root, _ = world
+    with Client(root / "a") as a:
+        a.mkdir("/bank-a/big", parents=True)
+        a.write_bytes("/bank-a/big/j1", os.urandom(48 << 20))
+        a.write_bytes("/bank-a/big/j2", os.urandom(4 << 20))
+    with Client(root / "a") as a, MoverServer(a, bytes.fromhex(SECRET)) as srv:
+        gate = Gate(srv.address)
+        try:
+            conf = root / "contention.toml"
+            conf.write_text(CONTENTION.format(secret=SECRET, port=gate.port))
+            with Dataflow.open(str(conf), progress=False, objective="time") as df:
+                free = df.plan("/bank-a/big/j2")
+                assert free.placement == {"t0000": "c"}          # the link is free: move
+                first = df.run(count, "/bank-a/big/j1", at="c", wait=False)
+                assert gate.seen.wait(60)                 # its a -> c transfer is in flight
+                assert df.topo.pending("a", "c") == 48 << 20
+                pinned = df.plan("/bank-a/big/j2", at="c")
+                [flow] = pinned.estimate.flows
+                assert flow.queue == pytest.approx((48 << 20) / 5e6)
+                assert "queued" in pinned.explain()
+                second = df.run(count, "/bank-a/big/j2")
+                assert second.plan.placement == {"t0000": "a"}
+                assert second.result.record["transfers"] == []
+                assert list(second.result.values.values()) == [{"bytes": 4 << 20, "files": 1}]
+                assert "move data to c" in second.plan.explain()
+                assert not first.done()
+                gate.open()
+                assert first.wait(120).record["status"] == "done"
+                assert df.topo.backlog() == {}
+                assert df.plan("/bank-a/big/j2").placement == {"t0000": "c"}
+        finally:
+            gate.close()

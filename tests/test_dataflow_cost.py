@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -128,3 +129,132 @@ def test_owner_rules_and_grants_forbid_sites() -> None:
         assert "region=r0" in str(e)
     else:
         raise AssertionError("a forbidden pinned site was accepted")
+
+
+# -- link backlog of started jobs (contention) ------------------------------------------------
+
+reservations = st.lists(st.tuples(st.sampled_from(SITES), st.sampled_from(SITES),
+                                  st.integers(1, 200), st.integers(1, 1 << 30)),
+                        min_size=1, max_size=6)
+
+
+def _single_holder(w: dict[str, object]) -> dict[str, object]:
+    """The same world with one holder per chunk (the source of each chunk is fixed)."""
+    holders = w["holders"]
+    assert isinstance(holders, list)
+    return {**w, "holders": [{sorted(h)[0]} for h in holders]}
+
+
+@settings(max_examples=100, deadline=None)
+@given(world, st.sampled_from(SITES), reservations)
+def test_backlog_delays_flows_by_their_queue_and_no_more(w: dict[str, object], dst: str,
+                                                        res: list[tuple[str, str, int, int]]
+                                                        ) -> None:
+    topo, tasks, locations, _ = _build(_single_holder(w))
+    placement = {t.id: dst for t in tasks}
+    free = CostModel(topo, locations).estimate(placement, tasks)
+    topo.reserve("earlier", res)
+    model = CostModel(topo, locations)
+    busy = model.estimate(placement, tasks)
+    assert busy.wan_bytes == free.wan_bytes              # queueing moves no extra byte
+    assert busy.seconds >= free.seconds - 1e-9
+    assert busy.seconds <= free.seconds + busy.queue_seconds + 1e-9
+    before = {(f.src, f.dst): f for f in free.flows}
+    for f in busy.flows:
+        assert f.queue == topo.queue_seconds(f.src, f.dst) >= 0
+        assert abs(f.seconds - before[(f.src, f.dst)].seconds - f.queue) < 1e-9
+    # a reserved link shows its bytes until its transfers are observed or released
+    for src, dst, _, _ in res:
+        if src != dst:
+            assert topo.pending(src, dst) > 0
+    topo.release("earlier")
+    assert topo.backlog() == {}
+    again = CostModel(topo, locations).estimate(placement, tasks)
+    assert again.seconds == free.seconds
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 50), st.integers(1, 1 << 26)), min_size=1,
+                max_size=4),
+       st.lists(st.integers(0, 60), max_size=8))
+def test_observed_transfers_drain_the_backlog(jobs: list[tuple[int, int]],
+                                              observed: list[int]) -> None:
+    topo = _topo([1e8])
+    for i, (chunks, nbytes) in enumerate(jobs):
+        topo.reserve(f"j{i}", [("s0", "s2", chunks, nbytes)])
+    total = sum(b for _, b in jobs)
+    assert topo.pending("s0", "s2") == total
+    last = float(total)
+    for n in observed:
+        topo.observe("s0", "s2", 0, n, 0.0)
+        now = topo.pending("s0", "s2")
+        assert 0 <= now <= last
+        last = now
+    if sum(observed) >= sum(c for c, _ in jobs):
+        assert last == 0
+    assert topo.pending("s2", "s0") == 0 and topo.pending("s0", "s1") == 0
+    # jobs end: each settles the chunks it moved itself; nothing is left at the end
+    for i in range(len(jobs)):
+        topo.release(f"j{i}", {("s0", "s2"): jobs[i][0]})
+    assert topo.backlog() == {}
+
+
+def test_backlog_of_another_job_is_not_settled_by_one_that_ends() -> None:
+    topo = _topo([1e8])
+    topo.reserve("a", [("s0", "s2", 100, 100 << 20)])
+    topo.reserve("b", [("s0", "s2", 50, 50 << 20)])
+    topo.observe("s0", "s2", 50 << 20, 50, 1.0)       # b's transfer finished first
+    topo.release("b", {("s0", "s2"): 50})             # ... and b ended
+    assert topo.pending("s0", "s2") == 100 << 20       # all of a's bytes are still ahead
+    topo.observe("s0", "s2", 100 << 20, 100, 1.0)
+    assert topo.pending("s0", "s2") == 0
+    topo.release("a", {("s0", "s2"): 100})
+    assert topo.backlog() == {}
+
+
+def test_nic_backlog_queues_flows_on_other_links() -> None:
+    topo = _topo([1e8])
+    topo.sites["s0"] = Site("s0", "r0", "ent", nic=10e6)        # 10 MB/s out of s0
+    topo.reserve("earlier", [("s0", "s1", 10, 50_000_000)])     # 5 s of s0's NIC
+    assert topo.queue_seconds("s0", "s1") == max(50_000_000 / topo.link("s0", "s1").bandwidth,
+                                                 5.0)
+    assert topo.queue_seconds("s0", "s2") == 5.0                # another link, same NIC
+    assert topo.queue_seconds("s1", "s2") == 0.0
+    topo.sites["s3"] = Site("s3", "r1", "ent", nic=25e6)
+    topo.reserve("into-s3", [("s1", "s3", 1, 50_000_000)])
+    assert topo.inbound_queue_seconds("s3") == 2.0
+    assert topo.queue_seconds("s2", "s3") == 2.0                # s3's NIC is busy
+
+
+def test_second_job_queues_behind_or_avoids_a_busy_link() -> None:
+    topo = Topology({"a": Site("a", "r0", "ent"), "b": Site("b", "r0", "ent"),
+                     "c": Site("c", "r1", "ent", slots=8, compute_rate=1e9)})
+    for x, y, bw in (("a", "c", 50e6), ("b", "c", 37.5e6), ("a", "b", 100e6)):
+        topo.configured[(x, y)] = Link(x, y, bw, 0.001)
+        topo.configured[(y, x)] = Link(y, x, bw, 0.001)
+    cids = [bytes([i]) * 16 for i in range(4)]
+    m = Manifest(1, tuple(ChunkRef(c, 4 << 20) for c in cids))
+    task = Task("t0", (FileEntry("/ent/f", m, "a", ("a",)),))
+    only_a = {c: {"a": "warm"} for c in cids}
+    p0 = Planner("time").plan([task], CostModel(topo, only_a), at="c")
+    assert "queued" not in p0.explain()
+    # an earlier job is moving 64 MiB over a -> c: the flow queues, and the plan says so
+    topo.reserve("earlier", [("a", "c", 16, 64 << 20)])
+    p2 = Planner("time").plan([task], CostModel(topo, only_a), at="c")
+    [f] = p2.estimate.flows
+    assert p2.estimate.seconds == pytest.approx(p0.estimate.seconds + f.queue)
+    assert f.queue == (64 << 20) / 50e6
+    assert "queued" in p2.explain() and "queueing" in p2.explain()
+    assert p2.estimate.to_dict()["flows"][0]["queue"] == round(f.queue, 4)
+    # a slow site holding the data: moving to c wins while a -> c is free, computing
+    # where the data is wins once a -> c is busy for longer than that computation
+    topo.release("earlier")
+    topo.sites["a"] = Site("a", "r0", "ent", compute_rate=5e6)
+    no_b = Constraints(forbid=frozenset({"b"}))
+    assert Planner("time").plan([task], CostModel(topo, only_a, no_b)).placement == \
+        {"t0": "c"}
+    topo.reserve("earlier", [("a", "c", 64, 256 << 20)])
+    auto = Planner("time").plan([task], CostModel(topo, only_a, no_b))
+    assert auto.placement == {"t0": "a"}
+    assert any(a.estimate is not None and a.estimate.queue_seconds > 5
+               for a in auto.alternatives if a.strategy == "move data to c")
