@@ -557,7 +557,7 @@ def test_large_spools_commit_as_few_packs(spool_io: bool, src: Client, dst: Clie
         stats = mover.fetch(dst, srv.address, ids, SECRET, streams=2)
     assert stats.committed == len(set(ids)) and not stats.missing
     packs = {rec.locations[0].pack for rec in _records(dst, ids)}
-    assert len(packs) == 2
+    assert 1 <= len(packs) <= 2  # one per stream that got ids (a late stream may get none)
     _assert_clean(dst)
 
 
