@@ -13,7 +13,7 @@ import pytest
 
 from dataflow import JobFailedError
 from dataflow.federated import FederatedDataflow, RemoteInputFile, start_site_cluster
-from dataflow.federated_ops import FederatedOps
+from dataflow.federated_ops import FederatedOps, MigrationIncompleteError
 from gfs import Client
 from gfs.federation.testing import Federation
 
@@ -176,6 +176,16 @@ def test_migrate_without_remove_keeps_other_copies(sites: Sites) -> None:
         assert {(r["pattern"], r["where"]) for r in rules} == {
             ("/bank-a/keep/**", "site=w3"), ("/bank-a/keep/**", "site=w2")}
         assert first["id"] in {r["id"] for r in rules}
+        # to the primary: it holds every file already; both placements existed only for
+        # these files and are released
+        home = df.migrate("/bank-a/keep/**", to="w1")
+        assert (home.chunks, home.removed) == (0, 2)
+        with sites.fed.client("bank-a") as fc:
+            assert [(r["pattern"], r["where"]) for r in fc.rules("bank-a")] == [
+                ("/bank-a/keep/**", "site=w1")]
+    for p, data in files.items():
+        got, by_site = _read_from(sites, p)
+        assert got == data and set(by_site) == {"w1"}
 
 
 def test_subscription_state_lives_in_the_federation(sites: Sites) -> None:
@@ -216,3 +226,28 @@ def test_subscription_state_lives_in_the_federation(sites: Sites) -> None:
         assert sub.pending() is None and sub.poll() is None
         with pytest.raises(ValueError, match="subscription name"):
             df.subscribe("/bank-a/inbox/*.csv", checked, name="../x")
+
+
+def test_migrate_releases_nothing_until_the_destination_is_verified(
+        sites: Sites, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {f"/bank-a/safe/f{i}.bin": _content(f"safe{i}") for i in range(2)}
+    sites.write(files)
+    with sites.fed.client("bank-a") as fc:
+        old = fc.rule_add("/bank-a/safe/**", 1, "site=w3")
+        fc.reconcile("bank-a")
+    with sites.dataflow() as df:
+        real = df.catalog.has
+
+        def lying(site: str, ids: Any, owner: Any = None) -> list[bool]:
+            have = real(site, ids)
+            return [False, *have[1:]] if site == "w2" and have else have
+        monkeypatch.setattr(df.catalog, "has", lying)       # w2 seems to lack a chunk
+        with pytest.raises(MigrationIncompleteError, match="w2 lacks 1 chunk"):
+            df.migrate("/bank-a/safe/**", to="w2", rounds=2)
+        with sites.fed.client("bank-a") as fc:
+            assert old["id"] in {r["id"] for r in fc.rules("bank-a")}   # nothing released
+        monkeypatch.setattr(df.catalog, "has", real)
+        out = df.migrate("/bank-a/safe/**", to="w2")        # run again: it finishes
+        assert out.removed == 1 and out.chunks == 0
+        with sites.fed.client("bank-a") as fc:
+            assert old["id"] not in {r["id"] for r in fc.rules("bank-a")}
