@@ -2,6 +2,16 @@
 #define _GNU_SOURCE
 #include "mover.h"
 
+/* xxh3 with its AVX2 kernel compiled in beside the SSE2 one (the way
+ * xxh_x86dispatch.c does it) and chosen at run time: twice the hashing speed
+ * of the received blobs, and no -mavx2 needed for the whole extension. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define XXH_X86DISPATCH 1
+#define XXH_DISPATCH_AVX2 1
+#define XXH_TARGET_AVX2 __attribute__((__target__("avx2")))
+#define MV_XXH_AVX2 1
+#endif
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
@@ -996,6 +1006,26 @@ spool_free(mv_spool *sp)
     sp->xxh = NULL;
 }
 
+#ifdef MV_XXH_AVX2
+__attribute__((__target__("avx2"))) static void
+xxh3_update_avx2(XXH3_state_t *st, const uint8_t *p, size_t n)
+{
+    (void)XXH3_update(st, p, n, XXH3_accumulate_512_avx2, XXH3_scrambleAcc_avx2);
+}
+#endif
+
+static void
+xxh3_update(XXH3_state_t *st, const uint8_t *p, size_t n)
+{
+#ifdef MV_XXH_AVX2
+    if (__builtin_cpu_supports("avx2")) {
+        xxh3_update_avx2(st, p, n);
+        return;
+    }
+#endif
+    (void)XXH3_128bits_update(st, p, n);
+}
+
 /* Check and hash the next `take` bytes of the blob of entry `ent`. */
 static void
 blob_update(mv_spool *sp, const mv_entry *ent, const uint8_t *p, size_t take)
@@ -1012,7 +1042,7 @@ blob_update(mv_spool *sp, const mv_entry *ent, const uint8_t *p, size_t take)
         }
     }
     if (sp->raw == 1 && take > skip)
-        XXH3_128bits_update(sp->xxh, p + skip, take - skip);
+        xxh3_update(sp->xxh, p + skip, take - skip);
 }
 
 /* Receive `left` blob bytes straight into the spool buffers (direct). When
