@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/sendfile.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -705,8 +706,10 @@ send_batch(mv_conn *c, const mv_config *cfg, const uint8_t *ids, size_t count,
 /* O_DIRECT spools (cfg.direct): a ring of aligned buffers. The stream fills
  * job[head % NBUF].buf; MV_DIRECT_WRITERS threads take the queued jobs in
  * order and write them (two writes in flight keep a virtual disk busier). */
+#define MV_HUGE_ALIGN (2u << 20)
+
 typedef struct {
-    uint8_t *buf;           /* MV_DIRECT_BUF bytes, MV_DIRECT_ALIGN-aligned */
+    uint8_t *buf;           /* MV_DIRECT_BUF bytes, MV_HUGE_ALIGN-aligned */
     int fd;
     uint64_t off;           /* file offset of buf[0] */
     size_t len;             /* bytes to write (a multiple of MV_DIRECT_ALIGN) */
@@ -857,9 +860,14 @@ writer_new(mv_writer **out)
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
     int rc = 0;
-    for (int i = 0; i < MV_DIRECT_NBUF && !rc; i++)
-        if (posix_memalign((void **)&w->job[i].buf, MV_DIRECT_ALIGN, MV_DIRECT_BUF) != 0)
+    /* Huge-page aligned and advised: fewer TLB misses for the receive copy and
+     * far fewer pages for O_DIRECT to pin per write. */
+    for (int i = 0; i < MV_DIRECT_NBUF && !rc; i++) {
+        if (posix_memalign((void **)&w->job[i].buf, MV_HUGE_ALIGN, MV_DIRECT_BUF) != 0)
             rc = ENOMEM;
+        else
+            (void)madvise(w->job[i].buf, MV_DIRECT_BUF, MADV_HUGEPAGE);
+    }
     for (int i = 0; i < MV_DIRECT_WRITERS && !rc; i++)
         if ((rc = pthread_create(&w->thread[i], NULL, writer_main, w)) == 0)
             w->nthreads++;
