@@ -30,6 +30,16 @@ an emulated WAN (gfs.testing.wan: tbf rate, nftables loss, delay line), each
 serving its store with `hutong mover serve`; the job's driver runs inside the
 compute site's namespace and its inputs come from the two others. The
 planner's estimate is compared with the measured time. Target: within 25 %.
+
+**Federation run** (the same WAN emulation): a registry and three `hutong site
+serve` processes of one entity (fa: the primary, holding every input; fb:
+holding half of them; fc: compute, holding nothing), the driver and fc's Dask
+cluster in fc's namespace, the job through `FederatedDataflow` (catalog,
+mover pulls between the sites, tasks reading through fc's API, the record at
+the primary). Links into fc and fc's NIC are probed first with mover pulls of
+probe files (not job data), a task's read rate from fc's API with a read of
+the probed chunks; the estimate is compared with the executor's wall time
+(records included). Target: within 25 % too.
 """
 
 from __future__ import annotations
@@ -564,9 +574,232 @@ def run_real(work: Path, quick: bool) -> tuple[bool, dict[str, object]] | None:
                          "estimate_error": round(err, 3)}
 
 
+# -- the real run in federation mode ----------------------------------------------------
+
+FED_ENTITY = "lab"
+
+
+def _fed_job(inputs: list[object]) -> dict[str, int]:
+    """The federation run's task: read every input byte through the site APIs."""
+    return {"bytes": sum(len(f.read()) for f in inputs)}  # type: ignore[attr-defined]
+
+
+def _fed_probe(df: object, src: str, dst: str, ids: list[bytes]) -> Link:
+    """Probe `src` -> `dst` the way jobs copy: mover pulls at `dst` (POST /v1/mover/pull)
+    of probe chunks of `src` (one chunk: handshake and one batch, three round trips;
+    then the rest for the bandwidth). The probe chunks stay at `dst` (not job data)."""
+    from dataflow.federated import MOVER_STREAMS
+
+    fc = df.rt.fc  # type: ignore[attr-defined]
+    topo = df.topo  # type: ignore[attr-defined]
+    sess = fc.mover_session(src)
+    t0 = time.monotonic()
+    fc.mover_pull(dst, sess, ids[:1], streams=1)
+    t_small = time.monotonic() - t0
+    t0 = time.monotonic()
+    st = fc.mover_pull(dst, sess, ids[1:], streams=MOVER_STREAMS)
+    t_big = time.monotonic() - t0
+    rtt = t_small / 3
+    latency = rtt * (2 + math.ceil(len(ids[1:]) / 4096))
+    bw = st["bytes"] / max(t_big - latency, 1e-6)
+    link = Link(src, dst, bw, rtt, topo.link(src, dst).price_per_gb, "measured", time.time())
+    topo.set_measured(link)
+    return link
+
+
+def _fed_probe_nic(df: object, probe: dict[str, list[bytes]], dst: str, rtt: float) -> float:
+    """Pull fresh probe chunks from every source at once: what `dst` receives in total."""
+    import threading
+
+    from dataflow.federated import MOVER_STREAMS
+
+    fc = df.rt.fc  # type: ignore[attr-defined]
+    sessions = {src: fc.mover_session(src) for src in probe}
+    got: list[int] = []
+
+    def one(src: str) -> None:
+        got.append(int(fc.mover_pull(dst, sessions[src], probe[src],
+                                     streams=MOVER_STREAMS)["bytes"]))
+    threads = [threading.Thread(target=one, args=(s,)) for s in probe]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.monotonic() - t0
+    nic = sum(got) / max(secs - 3 * rtt, 1e-6)
+    topo = df.topo  # type: ignore[attr-defined]
+    topo.sites[dst] = replace(topo.sites[dst], nic=nic)
+    return nic
+
+
+def _fed_probe_read(df: object, site: str, ids: list[tuple[bytes, int]]) -> float:
+    """Bytes/s a task at `site` reads of chunks `site` holds (its API, as tasks read)."""
+    from dataflow.federated import RemoteInputFile
+    from gfs.meta import ChunkRef, Manifest
+
+    m = Manifest(1, tuple(ChunkRef(c, n) for c, n in ids))
+    f = RemoteInputFile("/probe", m, site, (), df.creds)  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    n = len(f.read())
+    return n / max(time.monotonic() - t0, 1e-6)
+
+
+def _fed_driver(cfg: str) -> int:
+    """Inside the compute site's namespace: probe, plan, run through the site APIs."""
+    from dataflow.federated import FederatedDataflow, FederatedExecutor, start_site_cluster
+
+    spec = json.loads(Path(cfg).read_text())
+    probe = {k: [bytes.fromhex(c) for c in v] for k, v in spec["probe"].items()}
+    cluster = start_site_cluster("fc", slots=1)
+    try:
+        topo = Topology.from_registry(spec["registry"])
+        with FederatedDataflow(spec["registry"], keys_dir=spec["keys"], topo=topo,
+                               schedulers={"fc": str(cluster.scheduler_address)}) as df:
+            t0 = time.monotonic()
+            probed = [_fed_probe(df, src, "fc", probe[f"{src}-link"]) for src in ("fa", "fb")]
+            nic = _fed_probe_nic(df, {s: probe[f"{s}-nic"] for s in ("fa", "fb")}, "fc",
+                                 max(lk.rtt for lk in probed))
+            read = _fed_probe_read(df, "fc", [(c, n) for c, n in zip(
+                probe["fa-link"], spec["probe_lengths"]["fa-link"], strict=True)])
+            probe_s = time.monotonic() - t0
+            ds = df.dataset("inputs", "/lab/in/**")
+            plan = df.plan(ds, at="fc", compute_mbps=read * 8 / 1e6)
+            df.rt.dask("fc").submit(int, 1).result()     # warm the cluster: not the job
+            t0 = time.monotonic()
+            t_wall = time.time()
+            res = FederatedExecutor(df.rt).run(_fed_job, plan)
+            measured = time.monotonic() - t0
+            done = max(a["finished"] for t in res.record["tasks"].values()
+                       for a in t["attempts"] if "finished" in a)
+            started = min(x["started"] for x in res.record["transfers"]) \
+                if res.record["transfers"] else None
+            auto = df.plan(ds)
+            print(json.dumps({
+                "estimate": plan.estimate.seconds, "measured": measured,
+                "est_bytes": plan.estimate.wan_bytes, "moved": res.wan_bytes,
+                "explain": plan.explain(), "auto": auto.explain(), "probe_seconds": probe_s,
+                "nic_mbps": nic * 8 / 1e6, "read_mbps": read * 8 / 1e6,
+                "links": [{"src": lk.src, "mbps": lk.bandwidth * 8 / 1e6,
+                           "rtt_ms": lk.rtt * 1e3} for lk in probed],
+                "vias": sorted({x["via"] for x in res.record["transfers"]}),
+                "span": done - started if started else None,
+                "tasks": {k: [(a["started"] - t_wall, a.get("finished", 0) - t_wall,
+                               a.get("seconds")) for a in v["attempts"]]
+                          for k, v in res.record["tasks"].items()},
+                "transfers": res.record["transfers"]}))
+    finally:
+        cluster.close(timeout=10)
+    return 0
+
+
+def _seeded_site(fed: object, name: str, region: str, netns: str, files: dict[str, bytes],
+                 *, primary: bool = False) -> None:
+    """A site of FED_ENTITY whose store holds `files` before it starts (the primary's
+    are the entity's files; another site's only give it their chunks)."""
+    from gfs.client import Client
+    from gfs.federation.site import init_site
+
+    f = fed  # the gfs.federation.testing.Federation
+    first = next((s for s in f.sites.values() if s["entity"] == FED_ENTITY), None)  # type: ignore[attr-defined]
+    state = f.root / name  # type: ignore[attr-defined]
+    init_site(state, name=name, entity=FED_ENTITY, region=region,
+              registry=f.registry_url, primary=primary,  # type: ignore[attr-defined]
+              keys_from=first["state"] / "federation" if first else None)
+    with Client(state) as c:
+        for path, data in files.items():
+            c.mkdir(path.rsplit("/", 1)[0], parents=True, exist_ok=True)
+            c.write_bytes(path, data)
+    f.sites[name] = {"state": state, "entity": FED_ENTITY, "netns": netns,  # type: ignore[attr-defined]
+                     "host": f.wan[netns].address, "mover": True}  # type: ignore[attr-defined]
+    f.start(name)  # type: ignore[attr-defined]
+
+
+def run_fed(work: Path, quick: bool) -> tuple[bool, dict[str, object]] | None:
+    """Federation mode: registry and three sites of one entity as processes in network
+    namespaces; the driver (and the compute site's Dask cluster) in the compute site's."""
+    from gfs.client import Client
+    from gfs.federation.testing import Federation
+    from gfs.testing.wan import Link as WanLink
+    from gfs.testing.wan import emulated_wan, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        print(f"federation run skipped: {reason}")
+        return None
+    size = (15 if quick else 24) << 20
+    links = {"a": WanLink(delay=0.010, rate_bps=40e6, loss=0.0005),
+             "b": WanLink(delay=0.015, rate_bps=80e6, loss=0.0005),
+             "c": WanLink(delay=0.005, rate_bps=80e6, loss=0.0)}
+    rnd = random.Random(11)
+    shared = rnd.randbytes(size // 2)   # half of each file also in a file of the other set
+    only_a = {f"/lab/in/a{i}": shared[i * size // 6:(i + 1) * size // 6] + rnd.randbytes(size // 6)
+              for i in range(3)}
+    at_b = {f"/lab/in/b{i}": shared[i * size // 6:(i + 1) * size // 6] + rnd.randbytes(size // 6)
+            for i in range(3)}
+    probes = {f"/lab/probe/{k}": rnd.randbytes(2 << 20) for k in ("a-link", "a-nic")}
+    b_probes = {f"/lab/probe/{k}": rnd.randbytes(2 << 20) for k in ("b-link", "b-nic")}
+    with emulated_wan(links) as wan, Federation(work / "fed", wan=wan, heartbeat=0.5,
+                                                ttl=10.0) as fed:
+        fed.registry(netns="c")
+        _seeded_site(fed, "fa", "r1", "a", {**only_a, **at_b, **probes}, primary=True)
+        _seeded_site(fed, "fb", "r2", "b", {**at_b, **b_probes})
+        fed.site("fc", FED_ENTITY, "r3", netns="c")
+        ids: dict[str, list[str]] = {}
+        lengths: dict[str, list[int]] = {}
+        for site, names in (("fa", ("a-link", "a-nic")), ("fb", ("b-link", "b-nic"))):
+            with Client(fed.sites[site]["state"]) as c:
+                for k in names:
+                    refs = c.manifest(f"/lab/probe/{k}").chunks
+                    key = f"f{k}"
+                    ids[key] = [r.id.hex() for r in refs]
+                    lengths[key] = [r.length for r in refs]
+        cfg = work / "fed-driver.json"
+        cfg.write_text(json.dumps({"registry": fed.registry_url,
+                                   "keys": str(fed.sites["fa"]["state"] / "federation"),
+                                   "probe": ids, "probe_lengths": lengths}))
+        t0 = time.monotonic()
+        r = wan.run("c", [sys.executable, "-m", "bench.schedule", "_fed_driver", str(cfg)],
+                    timeout=600, check=False, cwd=str(Path(__file__).parent.parent),
+                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        wall = time.monotonic() - t0
+    if r.returncode != 0:
+        print(f"federation run failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        return False, {"fed": "failed"}
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    est, meas = float(out["estimate"]), float(out["measured"])
+    err = abs(est - meas) / meas
+    print(f"federation run: registry and 3 sites of one entity as processes in network "
+          f"namespaces (fa: primary, 40 Mbit/s, 20 ms to core; fb: holds the b files, "
+          f"80 Mbit/s, 30 ms; fc: compute, 80 Mbit/s, 10 ms; 0.05 % loss at fa and fb), "
+          f"inputs 3 a files + 3 b files of {size // 3 >> 20} MiB (each pair shares half), "
+          f"driver wall {wall:.1f} s")
+    print("probed links into fc (mover pulls): " + ", ".join(
+        f"{lk['src']}: {lk['mbps']:.1f} Mbit/s rtt {lk['rtt_ms']:.1f} ms" for lk in out["links"])
+        + f"; fc receives {out['nic_mbps']:.1f} Mbit/s in total; a task reads "
+          f"{out['read_mbps']:.0f} Mbit/s from fc's API (probe {out['probe_seconds']:.1f} s)")
+    print(out["explain"])
+    print(table(["", "seconds", "bytes moved"],
+                [["planner estimate", round(est, 2), out["est_bytes"]],
+                 ["measured (executor wall)", round(meas, 2), out["moved"]]]))
+    print(f"transfers via {', '.join(out['vias']) or 'nothing'}; federation estimate error: "
+          f"{err * 100:.1f} %")
+    if os.environ.get("HUTONG_BENCH_DEBUG"):
+        print("span first transfer -> last task", out["span"])
+        for x in out["transfers"]:
+            print("transfer", x["src"], x["dst"], x["bytes"], x["seconds"], x["via"])
+        for k, v in out["tasks"].items():
+            print("task", k, v)
+        print(out["auto"])
+    return err <= 0.25, {"fed_estimate_s": round(est, 2), "fed_measured_s": round(meas, 2),
+                         "fed_estimate_error": round(err, 3)}
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "_driver":
         return _driver(argv[1])
+    if argv and argv[0] == "_fed_driver":
+        return _fed_driver(argv[1])
     p = argparse.ArgumentParser(prog="python -m bench schedule", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller trace, smaller real run")
@@ -580,11 +813,13 @@ def main(argv: list[str]) -> int:
         work = Path(tempfile.mkdtemp(prefix="hutong-bench-schedule-", dir=args.work))
         try:
             real = run_real(work, args.quick)
+            fed = run_fed(work, args.quick)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        if real is not None:
-            met = met and real[0]
-            figures.update(real[1])
+        for part in (real, fed):
+            if part is not None:
+                met = met and part[0]
+                figures.update(part[1])
     print(headline("schedule", met, **figures))
     return 0
 

@@ -45,6 +45,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
@@ -309,19 +310,25 @@ class FederatedCatalog:
         if not want:
             return out
         ents = set(owners) if owners is not None else {self.fc.me}
-        for site in self.topo.up():
-            if site.entity not in ents or site.name in self.unreachable:
-                continue
+        asked = [site for site in self.topo.up()
+                 if site.entity in ents and site.name not in self.unreachable]
+
+        def ask(name: str) -> list[bool] | None:
             try:
-                have = self.has(site.name, want)
+                return self.has(name, want)
             except ConnectionError as e:
-                log.warning("site %s does not answer chunks/has: %s", site.name, e)
-                self.unreachable.add(site.name)
-                continue
+                log.warning("site %s does not answer chunks/has: %s", name, e)
+                self.unreachable.add(name)
             except HutongError as e:  # not allowed to ask (a grantee): skip the site
-                log.info("chunks/has at %s refused: %s", site.name, e)
-                continue
-            for c, h in zip(want, have, strict=True):
+                log.info("chunks/has at %s refused: %s", name, e)
+            return None
+        if len(asked) > 1:               # every site at once: one round trip, not one each
+            with ThreadPoolExecutor(max_workers=min(16, len(asked))) as pool:
+                answers = list(pool.map(ask, [x.name for x in asked]))
+        else:
+            answers = [ask(x.name) for x in asked]
+        for site, have in zip(asked, answers, strict=True):
+            for c, h in zip(want, have or (), strict=False):
                 if h:
                     out[c][site.name] = site.tier
         return out
@@ -563,6 +570,14 @@ class FederatedRuntime(Runtime):
         self.record_errors: list[str] = []
         self.use_mover = use_mover
         """Copy between sites of the caller's entity through the native mover (pull)."""
+        self._save_cv = threading.Condition()
+        self._pending: dict[str, tuple[int, bytes]] = {}
+        self._saving = 0
+        self._save_seq = 0
+        self._saver: threading.Thread | None = None
+        self._write_lock = threading.Lock()
+        self._written: dict[str, int] = {}
+        self._copiers: ThreadPoolExecutor | None = None
 
     # -- sites -----------------------------------------------------------------------------
     def endpoint(self, site: str) -> str:
@@ -615,6 +630,31 @@ class FederatedRuntime(Runtime):
             return "site-api"
         return "mover" if a.get("mover") and b.get("mover") else "site-api"
 
+    def start_copy(self, client: Any, src: str, dst: str, ids: list[str], lengths: list[int],
+                   via: str, *, key: str | None = None, retries: int = 2) -> Any:
+        """Start one transfer; returns its future. A mover pull is a request to `dst`
+        (whose site process runs the fetch), sent from a thread here: it takes none of
+        `dst`'s compute slots. A copy through the chunk API moves the blobs through a
+        Dask task at `dst` (`client`, its cluster), so they do not cross the driver."""
+        if via == "mover":
+            with self._lock:
+                if self._copiers is None:
+                    self._copiers = ThreadPoolExecutor(max_workers=8,
+                                                       thread_name_prefix="hutong-pull")
+                pool = self._copiers
+
+            def pull() -> dict[str, Any]:
+                for attempt in range(retries + 1):
+                    try:
+                        return copy_chunks(self.creds, src, dst, ids, lengths, via)
+                    except ConnectionError:          # resumable: only what is missing
+                        if attempt == retries:
+                            raise
+                raise AssertionError("unreachable")
+            return pool.submit(pull)
+        return client.submit(copy_chunks, self.creds, src, dst, ids, lengths, via, key=key,
+                             pure=False, retries=retries, priority=10)
+
     def mover(self, site: str) -> tuple[tuple[str, int], bytes]:
         raise ConfigError("federation mode moves chunks through the sites' APIs; there is "
                           "no driver-side mover")
@@ -626,6 +666,10 @@ class FederatedRuntime(Runtime):
         return where
 
     def close(self) -> None:
+        self.flush_records()
+        if self._copiers is not None:
+            self._copiers.shutdown(wait=True, cancel_futures=True)
+            self._copiers = None
         super().close()
         with contextlib.suppress(Exception):
             self.fc.close()
@@ -635,26 +679,74 @@ class FederatedRuntime(Runtime):
         return f"{self.records_dir}/{job_id}.json"
 
     def save_record(self, rec: dict[str, Any]) -> None:
-        """Write the record to the home entity's namespace; a failure is logged and kept
-        in `record_errors` (the job's own outcome is not changed by it)."""
-        try:
-            if not self._records_ready:
-                self.fc.mkdir(self.records_dir, parents=True, exist_ok=True)
-                self._records_ready = True
-            self.fc.write_bytes(self._record_path(str(rec["id"])),
-                                json.dumps(rec, sort_keys=True, default=str).encode())
-        except (HutongError, OSError) as e:
-            msg = f"job {rec.get('id')}: record not saved at {self.records_dir}: {e}"
-            log.warning("%s", msg)
-            self.record_errors.append(msg)
+        """Write the record to the home entity's namespace. While the job runs, a
+        background thread writes the newest state (the executor never waits on the
+        home primary, often across the WAN); a finished job's record (`done`,
+        `failed`) is written before this returns. A failure is logged and kept in
+        `record_errors` (the job's own outcome is not changed by it)."""
+        jid = str(rec["id"])
+        data = json.dumps(rec, sort_keys=True, default=str).encode()
+        with self._save_cv:
+            self._save_seq += 1
+            seq = self._save_seq
+            if rec.get("status") not in ("done", "failed"):
+                self._pending[jid] = (seq, data)
+                if self._saver is None or not self._saver.is_alive():
+                    self._saver = threading.Thread(target=self._save_loop, daemon=True,
+                                                   name="hutong-records")
+                    self._saver.start()
+                self._save_cv.notify_all()
+                return
+            self._pending.pop(jid, None)
+        self._write_record(jid, seq, data)
+
+    def flush_records(self) -> None:
+        """Wait until every record state handed to `save_record` is written (or failed)."""
+        with self._save_cv:
+            while self._pending or self._saving:
+                self._save_cv.wait(1.0)
+
+    def _save_loop(self) -> None:
+        while True:
+            with self._save_cv:
+                while not self._pending:
+                    if not self._save_cv.wait(30.0) and not self._pending:
+                        self._saver = None              # idle: a new save starts another
+                        return
+                jid, (seq, data) = next(iter(self._pending.items()))
+                del self._pending[jid]
+                self._saving += 1
+            try:
+                self._write_record(jid, seq, data)
+            finally:
+                with self._save_cv:
+                    self._saving -= 1
+                    self._save_cv.notify_all()
+
+    def _write_record(self, jid: str, seq: int, data: bytes) -> None:
+        with self._write_lock:
+            if self._written.get(jid, -1) > seq:
+                return                      # a newer state of this record is there already
+            try:
+                if not self._records_ready:
+                    self.fc.mkdir(self.records_dir, parents=True, exist_ok=True)
+                    self._records_ready = True
+                self.fc.write_bytes(self._record_path(jid), data)
+                self._written[jid] = seq
+            except (HutongError, OSError) as e:
+                msg = f"job {jid}: record not saved at {self.records_dir}: {e}"
+                log.warning("%s", msg)
+                self.record_errors.append(msg)
 
     def load_record(self, job_id: str) -> dict[str, Any] | None:
+        self.flush_records()
         try:
             return dict(json.loads(self.fc.read_bytes(self._record_path(job_id))))
         except NotFoundError:
             return None
 
     def records(self) -> list[dict[str, Any]]:
+        self.flush_records()
         try:
             entries = self.fc.ls(self.records_dir)
         except NotFoundError:
@@ -735,9 +827,9 @@ class FederatedExecutor(Executor):
                 rec["transfers"].append(entry)
             key = f"{rec['id']}-copy-{src}-{site}-{len(rec['transfers'])}"
             try:
-                fut = client.submit(copy_chunks, rt.creds, src, site, [c.hex() for c in cids],
-                                    [need[c] for c in cids], via, key=key, pure=False,
-                                    retries=self.retries, priority=10)
+                fut = rt.start_copy(client, src, site, [c.hex() for c in cids],
+                                    [need[c] for c in cids], via, key=key,
+                                    retries=self.retries)
             except Exception as e:
                 entry["error"] = str(e)
                 return {site}
@@ -919,9 +1011,9 @@ class FederatedDataflow(Dataflow):
         if not by_src:
             return out
         client = self.rt.dask(site)
-        futs = {src: client.submit(copy_chunks, self.creds, src, site, [c.hex() for c in cids],
-                                   [ds.lengths[c] for c in cids], self.rt.transfer_via(src, site),
-                                   pure=False, retries=2)
+        futs = {src: self.rt.start_copy(client, src, site, [c.hex() for c in cids],
+                                        [ds.lengths[c] for c in cids],
+                                        self.rt.transfer_via(src, site), retries=2)
                 for src, cids in sorted(by_src.items())}
         for src, fut in futs.items():
             st = fut.result()
