@@ -59,6 +59,7 @@ from dataflow.executor import (
     TaskFn,
     _encode,
 )
+from dataflow.federated_ops import FederatedOps
 from dataflow.ops import Dataflow, Job, TransferSummary
 from dataflow.planner import Objective, Planner
 from dataflow.sites import Topology
@@ -905,7 +906,7 @@ class FederatedExecutor(Executor):
 # -- the notebook API -------------------------------------------------------------------------
 
 
-class FederatedDataflow(Dataflow):
+class FederatedDataflow(FederatedOps, Dataflow):
     """`Dataflow` over a federation: topology from the registry, datasets through the
     primaries' APIs, tasks on each site's Dask cluster, records in the namespace.
 
