@@ -143,3 +143,19 @@ def test_source_down_is_a_clear_502(fed: Federation) -> None:
         with pytest.raises(UnavailableError, match="a4 does not answer") as e:
             _pull(fc, "a2", {"source": "a4", "ids": [c.hex() for c in ids]})
         assert e.value.status == 502
+
+
+def test_dataflow_uses_the_mover_only_between_own_sites_with_movers(fed: Federation) -> None:
+    from dataflow.federated import FederatedDataflow
+
+    keys = str(fed.sites["a1"]["state"] / "federation")
+    with FederatedDataflow(fed.registry_url, keys_dir=keys) as df:
+        via = df.rt.transfer_via
+        assert via("a1", "a2") == via("a2", "a1") == "mover"
+        assert via("a1", "a3") == via("a3", "a2") == "site-api"      # a3 runs no mover
+        assert via("a1", "t1") == "site-api"                         # another entity
+    with FederatedDataflow(fed.registry_url, keys_dir=keys, use_mover=False) as df:
+        assert df.rt.transfer_via("a1", "a2") == "site-api"
+    token = fed.keys("bank-a").mint_token("u", "write", "/bank-a", ttl=600)
+    with FederatedDataflow(fed.registry_url, token=token) as df:    # sessions need keys
+        assert df.rt.transfer_via("a1", "a2") == "site-api"
