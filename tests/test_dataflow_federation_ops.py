@@ -17,10 +17,7 @@ from dataflow.federated_ops import FederatedOps, MigrationIncompleteError
 from gfs import Client
 from gfs.federation.testing import Federation
 
-#: FederatedDataflow with the federation-mode operations (it has them once federated.py
-#: lists FederatedOps among its bases).
-DF: type[FederatedDataflow] = FederatedDataflow if issubclass(FederatedDataflow, FederatedOps) \
-    else type("DF", (FederatedOps, FederatedDataflow), {})
+assert issubclass(FederatedDataflow, FederatedOps)
 
 
 def digest(files: list[RemoteInputFile]) -> dict[str, Any]:
@@ -54,9 +51,9 @@ class Sites:
             raise
 
     def dataflow(self) -> FederatedDataflow:
-        return DF(self.fed.registry_url,
-                  keys_dir=str(self.fed.sites["w1"]["state"] / "federation"),
-                  schedulers={n: str(c.scheduler_address) for n, c in self.clusters.items()})
+        return FederatedDataflow(
+            self.fed.registry_url, keys_dir=str(self.fed.sites["w1"]["state"] / "federation"),
+            schedulers={n: str(c.scheduler_address) for n, c in self.clusters.items()})
 
     def write(self, files: dict[str, bytes]) -> None:
         with self.fed.client("bank-a") as fc:
