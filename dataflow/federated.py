@@ -81,6 +81,9 @@ COPY_BATCH_BYTES = 16 << 20
 PULL_BATCH = 4096
 PULL_BATCH_BYTES = 64 << 20
 MOVER_STREAMS = 2
+#: A pull's answer may take a full batch's bytes at this rate (bytes/s: 256 s), at least
+#: the client's timeout (the destination's fetch itself fails after 30 s without progress).
+PULL_MIN_RATE = 256 << 10
 #: Seconds a health probe of a site may take.
 HEALTH_TIMEOUT = 3.0
 
@@ -124,9 +127,11 @@ _HTTP: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionar
 _HTTP_LOCK = threading.Lock()
 
 
-def _site_client(fc: Any, site: str, refresh: bool = False) -> Any:
+def _site_client(fc: Any, site: str, refresh: bool = False,
+                 timeout: float | None = None) -> Any:
     """An HttpClient to `site`'s current endpoint (from the registry, re-read every few
-    seconds), signed like `fc`: a site restarted on a new port is found again."""
+    seconds), signed like `fc`: a site restarted on a new port is found again.
+    `timeout` (seconds a response may take; default `fc.timeout`) gets its own client."""
     from gfs.federation.http import HttpClient, UnavailableError
 
     rec = fc.sites(refresh=refresh).get(site)
@@ -135,25 +140,27 @@ def _site_client(fc: Any, site: str, refresh: bool = False) -> Any:
     if rec is None:
         raise UnavailableError(f"site {site} is not registered", 503, "unavailable")
     ep = str(rec["endpoint"])
+    key = ep if timeout is None else f"{ep}#{timeout}"
     with _HTTP_LOCK:
         per = _HTTP.setdefault(fc, {})
-        h = per.get(ep)
+        h = per.get(key)
         if h is None:
-            h = per[ep] = HttpClient(ep, keys=fc.keys, token=fc.token, timeout=fc.timeout)
+            h = per[key] = HttpClient(ep, keys=fc.keys, token=fc.token,
+                                      timeout=fc.timeout if timeout is None else timeout)
         return h
 
 
-def site_call(fc: Any, site: str, method: str, path: str, payload: Any = None,
-              **kw: Any) -> Any:
+def site_call(fc: Any, site: str, method: str, path: str, payload: Any = None, *,
+              timeout: float | None = None, **kw: Any) -> Any:
     """One request to `site`'s API; on an unreachable endpoint, the registry is asked
     again and the request retried once if the site moved."""
     from gfs.federation.http import UnavailableError
 
-    h = _site_client(fc, site)
+    h = _site_client(fc, site, timeout=timeout)
     try:
         return h.call(method, path, payload, **kw)
     except UnavailableError:
-        h2 = _site_client(fc, site, refresh=True)
+        h2 = _site_client(fc, site, refresh=True, timeout=timeout)
         if h2 is h:
             raise
         return h2.call(method, path, payload, **kw)
@@ -488,8 +495,9 @@ def _pull_chunks(creds: Credentials, src: str, dst: str, ids: list[str], lengths
         while j < len(ids) and j - i < PULL_BATCH and (acc < PULL_BATCH_BYTES or j == i):
             acc += lengths[j]
             j += 1
-        st = site_call(fc, dst, "POST", "/v1/mover/pull",
-                       {"source": sess, "ids": ids[i:j], "streams": streams})
+        st = site_call(fc, dst, "POST", "/v1/mover/pull",   # the site's fetch stops on a stall
+                       {"source": sess, "ids": ids[i:j], "streams": streams},
+                       timeout=max(fc.timeout, PULL_BATCH_BYTES / PULL_MIN_RATE))
         for k in ("bytes", "chunks", "retries", "skipped"):
             out[k] += int(st[k])
         i = j
@@ -669,7 +677,7 @@ class FederatedRuntime(Runtime):
     def close(self) -> None:
         self.flush_records()
         if self._copiers is not None:
-            self._copiers.shutdown(wait=True, cancel_futures=True)
+            self._copiers.shutdown(wait=False, cancel_futures=True)
             self._copiers = None
         super().close()
         with contextlib.suppress(Exception):

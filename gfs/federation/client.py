@@ -33,6 +33,8 @@ SITES_TTL = 5.0
 PUT_BATCH_BYTES = 16 << 20
 PULL_BATCH = 4096
 """Chunk ids per `/v1/mover/pull` request (the site's limit)."""
+PULL_TIMEOUT = 600.0
+"""Seconds the answer to one pull may take (the site's fetch stops on a 30 s stall)."""
 
 
 log = logging.getLogger("hutong.federation")
@@ -340,27 +342,34 @@ class FederationClient:
         return dict(self.http(site).call("POST", "/v1/mover/session", {}))
 
     def mover_pull(self, dst: str, source: str | Mapping[str, Any], ids: Sequence[bytes],
-                   *, streams: int = 4, session: bool = True) -> dict[str, Any]:
+                   *, streams: int = 4, session: bool = True,
+                   timeout: float = PULL_TIMEOUT) -> dict[str, Any]:
         """Copy chunks `ids` from `source` into `dst`'s store through the native mover
         (`POST /v1/mover/pull` at `dst`, batches of PULL_BATCH ids); both sites belong
         to this client's entity. Only chunks `dst` lacks cross the wire (a repeated
         call resumes). `source` is a site name — with `session`, its mover session is
         asked for here and passed on, else `dst` asks for it — or a session dict.
         Returns the summed stats {bytes, chunks, seconds, streams, retries, requested,
-        skipped, committed}."""
+        skipped, committed}. `timeout` bounds the wait for one batch's answer (the
+        site's fetch itself fails after 30 s without progress)."""
         if isinstance(source, str) and session:
             source = self.mover_session(source)
         src: Any = source if isinstance(source, str) else dict(source)
         out = {"bytes": 0, "chunks": 0, "seconds": 0.0, "streams": streams, "retries": 0,
                "requested": 0, "skipped": 0, "committed": 0}
         uniq = list(dict.fromkeys(bytes(c) for c in ids))
-        for i in range(0, len(uniq), PULL_BATCH):
-            st = self.http(dst).call("POST", "/v1/mover/pull", {
-                "source": src, "ids": [c.hex() for c in uniq[i:i + PULL_BATCH]],
-                "streams": streams})
-            for k in ("bytes", "chunks", "retries", "requested", "skipped", "committed"):
-                out[k] += int(st[k])
-            out["seconds"] += float(st["seconds"])
+        endpoint = self.http(dst).base_url
+        h = HttpClient(endpoint, keys=self.keys, token=self.token, timeout=timeout)
+        try:
+            for i in range(0, len(uniq), PULL_BATCH):
+                st = h.call("POST", "/v1/mover/pull", {
+                    "source": src, "ids": [c.hex() for c in uniq[i:i + PULL_BATCH]],
+                    "streams": streams})
+                for k in ("bytes", "chunks", "retries", "requested", "skipped", "committed"):
+                    out[k] += int(st[k])
+                out["seconds"] += float(st["seconds"])
+        finally:
+            h.close()
         return out
 
     # -- grants, rules, status ----------------------------------------------------------
