@@ -119,6 +119,7 @@ def test_migrate_pins_at_the_destination_and_releases_only_its_own_copies(
         assert out.site == "w2" and out.files == 3
         assert out.chunks == len(ds.lengths) and set(out.by_source) <= {"w1", "w3"}
         assert out.removed == 1                                  # `only` on w3
+        assert df.topo.backlog() == {}                # its copy's link reservation settled
         assert any(only["id"] in n and "removed" in n for n in out.notes)
         assert any(shared["id"] in n and "kept" in n and "/bank-a/other/f0.bin" in n
                    for n in out.notes)
