@@ -9,8 +9,8 @@ entity's primary, whose store holds every chunk of every file (a commit needs
 them there); rules place further replicas and pin them (`/.pins/OWNER/RULE` in
 the target's store, so gc keeps them). Migrating a dataset to X therefore means:
 
-1. the chunks X lacks are copied into its store from the nearest holders (copy
-   tasks on X's cluster, as `prefetch`);
+1. the chunks X lacks are copied into its store from the nearest holders (as
+   `prefetch`), with these flows reserved on their links meanwhile;
 2. a rule per selector, `copies = 1, where = "site=X"`, is added at the primary
    (an existing identical rule is reused), and the entity's rules are
    reconciled: the primary pins the files' chunks at X and keeps a mirror of
