@@ -28,6 +28,7 @@ from dataflow.federated import (
     FederatedRuntime,
     RemoteInputFile,
 )
+from dataflow.federated_ops import FederatedOps, MigrationIncompleteError
 from dataflow.ops import Dataflow, Job, Subscription
 from dataflow.planner import Plan, Planner
 from dataflow.sites import Link, Site, Topology, probe_link, refresh_links
@@ -35,9 +36,9 @@ from dataflow.sites import Link, Site, Topology, probe_link, refresh_links
 __all__ = [
     "ConfigError", "Constraints", "CostModel", "Dataflow", "DataflowError", "Dataset",
     "DatasetError", "Estimate", "Executor", "FederatedCatalog", "FederatedDataflow",
-    "FederatedExecutor", "FederatedRuntime", "FileEntry", "InputFile", "Job", "JobFailedError",
-    "JobResult", "Link", "Plan", "PlanError", "Planner", "RemoteInputFile", "Runtime", "Site",
-    "SiteLostError",
-    "Stores", "Subscription", "Task", "Topology", "UnknownSiteError", "probe_link",
+    "FederatedExecutor", "FederatedOps", "FederatedRuntime", "FileEntry", "InputFile", "Job",
+    "JobFailedError", "JobResult", "Link", "MigrationIncompleteError", "Plan", "PlanError",
+    "Planner", "RemoteInputFile", "Runtime", "Site", "SiteLostError", "Stores",
+    "Subscription", "Task", "Topology", "UnknownSiteError", "probe_link",
     "refresh_links", "tasks_of",
 ]
