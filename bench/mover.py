@@ -8,7 +8,8 @@ Measured in one run, on the same chunks:
   and index committed), and its wire alone (spools discarded unverified);
 * an aiohttp server/client pair moving the same blobs (length-prefixed,
   digests verified by the client);
-* writing and fsyncing the same bytes: the durable-write ceiling of the disk;
+* writing and fsyncing the same bytes, through the page cache and with O_DIRECT
+  (as the mover writes its spools): the durable-write ceilings of the disk;
 * rsync (daemon mode over loopback TCP) of the same files;
 * dedup-aware resume: after version N, version N+1 moves only the chunks N
   lacks; bytes on the wire against rsync's delta transfer;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import multiprocessing
 import os
 import random
@@ -124,28 +126,40 @@ def mover_fetch(src: Client, ids: list[bytes], work: Path, streams: int,
     return seconds, stats.bytes
 
 
-def disk_write(work: Path, nbytes: int) -> tuple[float, int]:
+def disk_write(work: Path, nbytes: int, direct: bool = False) -> tuple[float, int] | None:
     """(seconds, bytes) of writing `nbytes` to a new file in `work` and fsyncing it: the
-    ceiling of any durable receiver on this disk (the mover commits what it receives)."""
-    block = os.urandom(1 << 20)
+    ceiling of any durable receiver on this disk (the mover commits what it receives).
+
+    `direct`: 4 MiB O_DIRECT writes from an aligned buffer, as the mover's spools
+    are written where the file system allows it (None where it does not).
+    """
+    if direct and not mover.direct_io_supported(str(work)):
+        return None
+    size = 4 << 20 if direct else 1 << 20
+    block = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
+    block.write(os.urandom(size))
     path = work / "disk-ceiling.tmp"
     start = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0),
+                 0o600)
     try:
-        for _ in range(nbytes >> 20):
+        for _ in range(nbytes // size):
             os.write(fd, block)
         os.fsync(fd)
     finally:
         os.close(fd)
     seconds = time.perf_counter() - start
     path.unlink()
-    return seconds, nbytes
+    block.close()
+    return seconds, nbytes // size * size
 
 
 def mover_wire(src: Client, ids: list[bytes], work: Path, streams: int) -> tuple[float, int]:
-    """The wire alone: spools are deleted unverified (what C moves, not a usable transfer)."""
+    """The wire alone: spools are written as a receiver writes them (O_DIRECT where the
+    disk allows it), then deleted unverified (what C moves, not a usable transfer)."""
     spool = work / "spool"
     spool.mkdir(exist_ok=True)
+    direct = mover.TUNING.direct and mover.direct_io_supported(str(spool))
 
     def drop(path: str, entries: bytes) -> tuple[int, int]:
         os.unlink(path)
@@ -156,7 +170,8 @@ def mover_wire(src: Client, ids: list[bytes], work: Path, streams: int) -> tuple
     with mover.MoverServer(src, SECRET) as srv:
         start = time.perf_counter()
         res = _mover.transfer(_mover.OP_FETCH, "127.0.0.1", srv.port, SECRET, parts,
-                              spool=drop, spool_dir=str(spool), spool_limit=64 << 20)
+                              spool=drop, spool_dir=str(spool), spool_limit=64 << 20,
+                              direct=direct)
         seconds = time.perf_counter() - start
     assert all(r[0] == 0 for r in res), res
     return seconds, sum(r[2] for r in res)
@@ -503,7 +518,9 @@ def _loopback(work: Path, data: Path, src: Client, ids: list[bytes], iperf_secon
     row("aiohttp, 1 stream", aiohttp_fetch(src, ids), "digests verified")
     total = sum(p.stat().st_size for p in (data / "v1").iterdir())
     row("disk: write + fsync, same bytes", disk_write(work, total),
-        "durable-write ceiling of this disk")
+        "durable-write ceiling, page cache")
+    row("disk: O_DIRECT write + fsync", disk_write(work, total, direct=True),
+        "durable-write ceiling, as spools")
     row("rsync daemon, 1 stream", rsync(data, work / "rsync-v1", work, "v1"),
         "whole files, no verify")
     # Dedup-aware resume: v1 is at the destination, then v2.

@@ -21,6 +21,7 @@ SPOOL_RESERVE: int
 DEFAULT_MAX_BLOB: int
 ENTRY_LEN: int
 ENTRY_VERIFIED: int
+SENDFILE_AUTO: int
 
 Resolve = Callable[[bytes], list[tuple[str, int, int] | None]]
 Need = Callable[[bytes], bytes]
@@ -40,7 +41,7 @@ class Server:
         spool_limit: int = ...,
         timeout: float = ...,
         max_blob: int = ...,
-        sendfile: bool = ...,
+        sendfile: int = ...,
         sndbuf: int = ...,
         rcvbuf: int = ...,
         congestion: str = ...,
@@ -62,7 +63,7 @@ def transfer(
     spool_limit: int = ...,
     timeout: float = ...,
     max_blob: int = ...,
-    sendfile: bool = ...,
+    sendfile: int = ...,
     progress: Callable[[int, int], object] | None = ...,
     tick: float = ...,
     sndbuf: int = ...,

@@ -309,7 +309,7 @@ class Receiver:
             self.spool_dir = str(store.state / "tmp")
         os.makedirs(self.spool_dir, exist_ok=True)
         self.spool_limit = max(store.config.pack_size, TUNING.spool_min)
-        self.direct = TUNING.direct and _direct_io(self.spool_dir)
+        self.direct = TUNING.direct and direct_io_supported(self.spool_dir)
 
     def lacking(self, ids: Sequence[bytes]) -> list[bytes]:
         """The ids (in order) that the store's index does not hold."""
@@ -525,7 +525,7 @@ class _Committer:
         self._pool.shutdown(wait=True)
 
 
-def _direct_io(directory: str) -> bool:
+def direct_io_supported(directory: str) -> bool:
     """Whether files in `directory` can be opened O_DIRECT (some file systems refuse it)."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
@@ -557,12 +557,17 @@ class MoverServer:
     """A mover server for one store: serves fetches from it and receives sends into it.
 
     Runs on native threads until `close` (or the end of a `with` block). Bind
-    port 0 to let the kernel choose; `address` tells which.
+    port 0 to let the kernel choose; `address` tells which. `sendfile`: serve
+    blobs with zero-copy `sendfile` (True), `pread` + `send` (False), or, by
+    default, `pread` + `send` to a client on this host and `sendfile` to
+    others (over loopback both ends share the CPUs; measured by
+    `python -m bench mover`).
     """
 
     def __init__(self, store: Client | ChunkStore, secret: bytes, host: str = "127.0.0.1",
-                 port: int = 0, *, timeout: float = DEFAULT_TIMEOUT, sendfile: bool = True,
-                 max_blob: int = _mover.DEFAULT_MAX_BLOB, congestion: str | None = None) -> None:
+                 port: int = 0, *, timeout: float = DEFAULT_TIMEOUT,
+                 sendfile: bool | None = None, max_blob: int = _mover.DEFAULT_MAX_BLOB,
+                 congestion: str | None = None) -> None:
         self.store = _store_of(store)
         self.host = host
         self._source = Source(self.store)
@@ -571,7 +576,7 @@ class MoverServer:
             host, port, secret, self._source.resolve, self._receiver.need,
             self._receiver.commit_spool, self._receiver.spool_dir,
             spool_limit=self._receiver.spool_limit, timeout=timeout, max_blob=max_blob,
-            sendfile=sendfile, sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf,
+            sendfile=_sendfile_mode(sendfile), sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf,
             congestion=TUNING.congestion if congestion is None else congestion,
             direct=self._receiver.direct)
         self.port = self._server.port
@@ -630,7 +635,7 @@ def _progress_adapter(progress: Progress | None) -> Callable[[int, int], None] |
 
 
 def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: TransferStats, *,
-         streams: int, timeout: float, sendfile: bool, progress: Progress | None,
+         streams: int, timeout: float, sendfile: bool | None, progress: Progress | None,
          committer: _Committer | None = None, source: Source | None = None,
          ) -> list[tuple[int, str]]:
     adapter = _progress_adapter(progress)
@@ -647,7 +652,7 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
             spool=committer.submit if committer else None,
             spool_dir=receiver.spool_dir if receiver else ".",
             spool_limit=receiver.spool_limit if receiver else 16 << 20,
-            timeout=timeout, sendfile=sendfile, progress=adapter,
+            timeout=timeout, sendfile=_sendfile_mode(sendfile), progress=adapter,
             sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf, congestion=TUNING.congestion,
             direct=receiver.direct if receiver else False)
     finally:
@@ -666,6 +671,11 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
     if adapter is not None:
         adapter(sum(r[2] for r in results), 0)
     return failures
+
+
+def _sendfile_mode(sendfile: bool | None) -> int:
+    """The native sender's mode: 1 sendfile, 0 pread + send, SENDFILE_AUTO by peer."""
+    return _mover.SENDFILE_AUTO if sendfile is None else int(sendfile)
 
 
 def _check_streams(streams: int) -> None:
@@ -713,9 +723,11 @@ def _fetch_loop(receiver: Receiver, committer: _Committer, peer: Address, secret
     name = stats.peer
     attempt = 0
     while todo:
+        before = stats.committed
         failures = _run(_mover.OP_FETCH, peer, secret, todo, stats, streams=streams,
                         timeout=timeout, sendfile=True, progress=progress, committer=committer)
-        left = receiver.lacking(todo)
+        # every id newly committed (they are distinct): nothing to look up
+        left = [] if stats.committed - before == len(todo) else receiver.lacking(todo)
         if not failures:
             todo = left
             break
@@ -742,13 +754,14 @@ def _fetch_loop(receiver: Receiver, committer: _Committer, peer: Address, secret
 def send(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret: bytes, *,
          streams: int = DEFAULT_STREAMS, retries: int = DEFAULT_RETRIES,
          timeout: float = DEFAULT_TIMEOUT, progress: Progress | None = None,
-         sendfile: bool = True) -> TransferStats:
+         sendfile: bool | None = None) -> TransferStats:
     """Push chunks `ids` from `store` to the mover server at `peer`.
 
     The server answers each batch with the ids it lacks, so a second call
     moves only what is still missing there; it acknowledges a batch only once
     the batch is verified and committed. `sendfile` chooses zero-copy sends
-    from pack files (True) or `pread` + `send`. Chunks this store does not
+    from pack files (True) or `pread` + `send` (False); by default `pread` +
+    `send` to a server on this host, `sendfile` otherwise. Chunks this store does not
     hold are listed in `stats.missing`; damaged ones the server rejected are
     counted in `stats.rejected`.
     """

@@ -356,6 +356,7 @@ typedef struct {
     volatile int *cancel;
     uint8_t *rbuf, *wbuf;
     size_t rstart, rend, wlen;
+    int sendfile;         /* this connection's choice: sendfile (1) or pread + send (0) */
     char *msg;
     size_t msglen;
     uint32_t max_blob;
@@ -582,6 +583,40 @@ mv_check_congestion(const char *name, char *msg, size_t msglen)
 /* ------------------------------------------------------------------ */
 /* Sending blobs from pack files                                        */
 
+/* Whether the peer of socket fd is on this host: a loopback address, or the
+ * socket's own address. */
+static int
+peer_is_local(int fd)
+{
+    struct sockaddr_storage peer, self;
+    socklen_t pl = sizeof peer, sl = sizeof self;
+    if (getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 ||
+        getsockname(fd, (struct sockaddr *)&self, &sl) != 0)
+        return 0;
+    if (peer.ss_family == AF_INET) {
+        const struct in_addr *a = &((struct sockaddr_in *)&peer)->sin_addr;
+        return (ntohl(a->s_addr) >> 24) == 127 ||
+               a->s_addr == ((struct sockaddr_in *)&self)->sin_addr.s_addr;
+    }
+    if (peer.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&peer)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a) ||
+            memcmp(a, &((struct sockaddr_in6 *)&self)->sin6_addr, sizeof *a) == 0)
+            return 1;
+        return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+    }
+    return 0;
+}
+
+/* Whether a sender uses sendfile on connection fd (cfg.use_sendfile). */
+static int
+choose_sendfile(const mv_config *cfg, int fd)
+{
+    if (cfg->use_sendfile == MV_SENDFILE_AUTO)
+        return !peer_is_local(fd);
+    return cfg->use_sendfile != 0;
+}
+
 static int
 open_cached(mv_conn *c, const char *path)
 {
@@ -678,7 +713,7 @@ send_batch(mv_conn *c, const mv_config *cfg, const uint8_t *ids, size_t count,
             st = setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "resolve callback failed");
         for (size_t i = 0; i < n && !st; i++) {
             const uint8_t *id = ids + (at + i) * MV_ID_LEN;
-            int s = src[i].path ? send_blob(c, id, &src[i], cfg->use_sendfile) : MV_ERR_IO;
+            int s = src[i].path ? send_blob(c, id, &src[i], c->sendfile) : MV_ERR_IO;
             if (s == MV_OK) {
                 (*ndata)++;
                 if (chunks_ctr)
@@ -1370,6 +1405,7 @@ server_conn_main(void *arg)
     spool_init(&sp, &srv->cfg);
     int st = conn_init(&c, sc->fd, &srv->stopping, srv->cfg.max_blob, msg, sizeof msg);
     c.bytes_out = &srv->counters[4];
+    c.sendfile = choose_sendfile(&srv->cfg, sc->fd);
     if (!st)
         st = server_session(srv, &c, &sp);
     if (st && st != MV_ERR_CLOSED && st != MV_ERR_PEER && st != MV_ERR_CANCELLED)
@@ -1814,6 +1850,7 @@ mv_stream_run(mv_stream *s)
     spool_init(&sp, s->cfg);
     st = conn_init(&c, fd, s->cancel, s->cfg->max_blob, s->message, sizeof s->message);
     c.bytes_out = &s->bytes;
+    c.sendfile = choose_sendfile(s->cfg, fd);
     if (!st)
         st = client_handshake(s, &c);
     if (!st)

@@ -61,6 +61,12 @@
 #define MV_MAX_SECRET 64
 #define MV_REPLAY_RING 4096
 
+/* cfg.use_sendfile: sendfile() unless the peer is on this host. Over loopback
+ * both ends share the CPUs, and pread + send (the sender reads the packs,
+ * the receiver copies from bytes still in cache) moves more than sendfile
+ * (the receiver copies from page-cache pages it reads from memory). */
+#define MV_SENDFILE_AUTO 2
+
 /* Frame types. */
 enum {
     MV_HELLO = 1, MV_CHALLENGE = 2, MV_AUTH = 3, MV_READY = 4, MV_WANT = 5,
@@ -123,7 +129,7 @@ typedef struct {
     uint32_t max_blob;      /* largest blob accepted; 0 means MV_DEFAULT_MAX_BLOB */
     uint64_t spool_limit;   /* hand a spool over once it holds this many bytes */
     const char *spool_dir;  /* where spool files are created (receivers) */
-    int use_sendfile;       /* senders: sendfile() (1) or pread + send (0) */
+    int use_sendfile;       /* senders: sendfile() (1), pread + send (0), or MV_SENDFILE_AUTO */
     int sndbuf, rcvbuf;     /* socket buffers; 0 keeps the kernel's auto-tuning */
     char congestion[16];    /* TCP congestion control of every socket ("" keeps the
                                system default; the caller checked it with mv_check_congestion) */

@@ -236,13 +236,18 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIpiisp:Server", kwlist, &host, &port,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIiiisp:Server", kwlist, &host, &port,
                                      &secret, &resolve, &need, &spool, &spool_dir,
                                      &spool_limit, &timeout, &max_blob, &use_sendfile,
                                      &sndbuf, &rcvbuf, &congestion, &direct))
         return -1;
     if (check_congestion(congestion) < 0)
         return -1;
+    if (use_sendfile < 0 || use_sendfile > MV_SENDFILE_AUTO) {
+        PyErr_Format(PyExc_ValueError, "sendfile must be 0, 1 or SENDFILE_AUTO, not %d",
+                     use_sendfile);
+        return -1;
+    }
     if (self->srv) {
         PyErr_SetString(PyExc_RuntimeError, "server already started");
         return -1;
@@ -355,7 +360,7 @@ static PyTypeObject ServerType = {
     .tp_basicsize = sizeof(ServerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Server(host, port, secret, resolve, need, spool, spool_dir, spool_limit=16 MiB,"
-              " timeout=30.0, max_blob=64 MiB, sendfile=True, sndbuf=0, rcvbuf=0, congestion='',"
+              " timeout=30.0, max_blob=64 MiB, sendfile=1, sndbuf=0, rcvbuf=0, congestion='',"
               " direct=False)\n\n"
               "A mover server on its own threads (docs/format.md, 'Mover protocol').",
     .tp_new = Server_new,
@@ -390,13 +395,15 @@ stream_main(void *arg)
 
 PyDoc_STRVAR(transfer_doc,
 "transfer(op, host, port, secret, ids, *, resolve=None, spool=None, spool_dir='.',\n"
-"         spool_limit=16 MiB, timeout=30.0, max_blob=64 MiB, sendfile=True,\n"
+"         spool_limit=16 MiB, timeout=30.0, max_blob=64 MiB, sendfile=1,\n"
 "         progress=None, tick=0.1, sndbuf=0, rcvbuf=0, streams=0,\n"
 "         batch=64, congestion='', direct=False) -> list[tuple]\n\n"
 "Run one stream per item of ids (bytes of 16-byte chunk ids) in parallel:\n"
 "op 1 fetches (spool called per spool file), op 2 sends (resolve called per\n"
 "batch). With streams=N, ids is [all ids] and N streams claim them `batch`\n"
-"at a time from a shared queue. direct=True: spools are written with O_DIRECT\n"
+"at a time from a shared queue. sendfile: 1 sendfile, 0 pread + send,\n"
+"SENDFILE_AUTO pread + send to a peer on this host and sendfile otherwise.\n"
+"direct=True: spools are written with O_DIRECT\n"
 "from aligned buffers (native/mover.h). progress(bytes, chunks) is called every tick\n"
 "seconds; if it raises (or a signal handler does), every stream is cancelled\n"
 "and the exception is\n"
@@ -416,7 +423,7 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0, tick = 0.1;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIpOdiiiisp:transfer", kwlist, &op,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIiOdiiiisp:transfer", kwlist, &op,
                                      &host, &port, &secret, &PyList_Type, &ids, &resolve,
                                      &spool, &spool_dir, &spool_limit, &timeout, &max_blob,
                                      &use_sendfile, &progress, &tick, &sndbuf, &rcvbuf,
@@ -424,6 +431,9 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
         return NULL;
     if (check_congestion(congestion) < 0)
         return NULL;
+    if (use_sendfile < 0 || use_sendfile > MV_SENDFILE_AUTO)
+        return PyErr_Format(PyExc_ValueError, "sendfile must be 0, 1 or SENDFILE_AUTO, not %d",
+                            use_sendfile);
     if (op != MV_OP_FETCH && op != MV_OP_SEND)
         return PyErr_Format(PyExc_ValueError, "op must be 1 (fetch) or 2 (send), not %d", op);
     if (op == MV_OP_FETCH && !PyCallable_Check(spool))
@@ -653,7 +663,8 @@ PyInit__mover(void)
         {"ERR_PEER", MV_ERR_PEER}, {"ERR_NOMEM", MV_ERR_NOMEM}, {"ERR_ARG", MV_ERR_ARG},
         {"OP_FETCH", MV_OP_FETCH}, {"OP_SEND", MV_OP_SEND}, {"MAX_BATCH", MV_MAX_BATCH},
         {"SPOOL_RESERVE", MV_SPOOL_RESERVE}, {"DEFAULT_MAX_BLOB", (int)MV_DEFAULT_MAX_BLOB},
-        {"ENTRY_LEN", ENTRY_LEN}, {"ENTRY_VERIFIED", MV_ENTRY_VERIFIED}};
+        {"ENTRY_LEN", ENTRY_LEN}, {"ENTRY_VERIFIED", MV_ENTRY_VERIFIED},
+        {"SENDFILE_AUTO", MV_SENDFILE_AUTO}};
     for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {
         if (PyModule_AddIntConstant(m, consts[i].name, consts[i].value) < 0) {
             Py_DECREF(m);

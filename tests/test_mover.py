@@ -150,9 +150,9 @@ def test_more_ids_than_one_batch(tmp_path: Path) -> None:
         assert len(ids) > _mover.MAX_BATCH and stats.committed == len(ids)
 
 
-@pytest.mark.parametrize("sendfile", [True, False])
+@pytest.mark.parametrize("sendfile", [True, False, None])
 def test_send_roundtrip_and_resume(spool_io: bool, src: Client, dst: Client,
-                                   sendfile: bool) -> None:
+                                   sendfile: bool | None) -> None:
     ids = mover.tree_chunks(src, "/data")
     with mover.MoverServer(dst, SECRET) as srv:
         stats = mover.send(src, srv.address, ids, SECRET, streams=3, sendfile=sendfile)
@@ -708,3 +708,19 @@ def test_receiver_chooses_direct_spools_where_possible(dst: Client) -> None:
         assert not mover.Receiver(dst.store).direct
     finally:
         mover.TUNING.direct = saved
+
+
+@pytest.mark.parametrize("sendfile", [True, False, None])
+def test_server_sends_with_each_mode(src: Client, dst: Client, sendfile: bool | None) -> None:
+    """sendfile, pread + send, and the default (pread + send to this host's clients)."""
+    ids = mover.tree_chunks(src, "/data")
+    with mover.MoverServer(src, SECRET, sendfile=sendfile) as srv:
+        stats = mover.fetch(dst, srv.address, ids, SECRET, streams=2)
+    assert stats.committed == len(set(ids)) and not stats.missing
+    _assert_clean(dst)
+
+
+def test_sendfile_mode_is_checked(server: mover.MoverServer, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sendfile"):
+        _mover.transfer(_mover.OP_FETCH, "127.0.0.1", server.port, SECRET, [bytes(16)],
+                        spool=lambda p, e: (0, 0), spool_dir=str(tmp_path), sendfile=3)
