@@ -4,7 +4,8 @@ A *placement* maps each task to a site. For a destination site d:
 
 * missing(d) = (union of the chunks of d's tasks) - (chunks d holds): shared
   chunks count once, chunks d holds count zero. Each missing chunk comes from
-  the holder with the fastest link to d (cheaper price breaks ties).
+  the holder with the fastest link to d (cheaper price breaks ties), unless
+  other jobs' queues make another holder sooner (queue, below).
 * flow(s,d) = rtt(s,d) * (2 + ceil(n(s,d) / 4096)) + max(bytes(s,d) /
   bandwidth(s,d), out(s) / nic(s)): sources are fetched in parallel, but the
   flows leaving one site share its network interface (`Site.nic`, 0: no cap);
@@ -14,8 +15,11 @@ A *placement* maps each task to a site. For a destination site d:
   link's bandwidth) and of the source's and destination's NICs (at their
   rates) is gone, FIFO: flow(s,d) += queue(s,d), and the destination NIC term
   becomes queue_in(d) + in(d) / nic(d). A busy link is avoided by placing
-  tasks elsewhere; sources stay the fastest holders (the executor picks them
-  the same way, so plan and run agree).
+  tasks elsewhere or by taking a chunk from another holder: the source of a
+  chunk is the holder with the least queue(s,d) + max(fetch(d), 16 MiB) /
+  bandwidth(s,d), fetch(d) being all d fetches (without queues: the fastest
+  link). A job's own reservation is no queue for it (`job=`): the executor
+  passes its job id and so picks the sources the plan picked.
 * compute(d) = sum of task input bytes / compute rate, spread over d's slots
   but never shorter than its longest task; tasks whose inputs are all local
   start at once, the others after the prefetch:
@@ -42,6 +46,8 @@ from dataflow.sites import Link, Topology
 
 #: Price per GB read from a cold-tier copy (retrieval), added to the money estimate.
 COLD_READ_PRICE = 0.01
+#: Least bytes a chunk's source is judged by (queue + these bytes at the link's rate).
+SOURCE_REF_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -126,8 +132,12 @@ class CostModel:
                  constraints: Constraints | None = None, *,
                  compute_rate: float | None = None,
                  backlog: Mapping[str, float] | None = None,
-                 startup: float = 0.0) -> None:
+                 startup: float = 0.0, job: str | None = None) -> None:
+        """`backlog`: seconds of started jobs' tasks queued per site
+        (`Topology.compute_backlog`); `job`: the id of the job this model serves,
+        whose own link reservations do not count as queue ahead of it."""
         self.topo = topo
+        self.job = job
         self.locations = locations
         self.constraints = constraints or Constraints()
         self.compute_rate = compute_rate
@@ -185,28 +195,38 @@ class CostModel:
         key = (src, dst)
         q = self._queues.get(key)
         if q is None:
-            q = self._queues[key] = self.topo.queue_seconds(src, dst)
+            q = self._queues[key] = self.topo.queue_seconds(src, dst, exclude=self.job)
         return q
 
     def _in_queue(self, dst: str) -> float:
         q = self._in_queues.get(dst)
         if q is None:
-            q = self._in_queues[dst] = self.topo.inbound_queue_seconds(dst)
+            q = self._in_queues[dst] = self.topo.inbound_queue_seconds(dst, exclude=self.job)
         return q
 
-    def source(self, cid: bytes, dst: str) -> str | None:
-        """The holder of `cid` with the fastest link to `dst` (None: no up holder)."""
-        best: tuple[float, float, str] | None = None
+    def missing_bytes(self, chunks: Mapping[bytes, int], dst: str) -> int:
+        """Bytes of `chunks` that `dst` does not hold (what it has to fetch)."""
+        return sum(n for c, n in chunks.items() if dst not in self.locations.get(c, ()))
+
+    def source(self, cid: bytes, dst: str, fetch_bytes: int = 0) -> str | None:
+        """The holder of `cid` from which `dst` would have it soonest (None: no up
+        holder): the least queue(s, dst) + max(`fetch_bytes`, SOURCE_REF_BYTES) /
+        bandwidth(s, dst), then the faster link, the cheaper, the name. Without
+        queues this is the fastest link. `fetch_bytes` is all `dst` has to fetch
+        (`missing_bytes`), so plan and executor weigh a queue the same way."""
+        ref = max(fetch_bytes, SOURCE_REF_BYTES)
+        best: tuple[float, float, float, str] | None = None
         for s in self.locations.get(cid, {}):
             if s == dst:
                 return s
             if self.topo.sites.get(s) is None or self.topo.sites[s].status != "up":
                 continue
             lk = self.link(s, dst)
-            key = (-lk.bandwidth, lk.price_per_gb, s)
+            key = (round(self.queue(s, dst) + ref / lk.bandwidth, 9), -lk.bandwidth,
+                   lk.price_per_gb, s)
             if best is None or key < best:
                 best = key
-        return best[2] if best else None
+        return best[3] if best else None
 
     def task_seconds(self, task: Task, site: str) -> float:
         rate = self.compute_rate or self.topo.site(site).compute_rate
@@ -239,8 +259,9 @@ class CostModel:
             cold = 0
             unavailable: list[bytes] = []
             missing_ids: set[bytes] = set()
+            fetch = self.missing_bytes(need, d)
             for cid, n in need.items():
-                src = self.source(cid, d)
+                src = self.source(cid, d, fetch)
                 if src is None:
                     unavailable.append(cid)
                     continue

@@ -438,10 +438,12 @@ class Executor:
         with dest.engine.read() as txn:
             missing = {c for c in need if txn.get_chunk(c) is None}
         where = self.rt.locate(missing) if missing else {}
-        model = CostModel(self.rt.topo, where)
+        # Sources as the plan chose them: other jobs' queues count, this job's own not.
+        model = CostModel(self.rt.topo, where, job=str(rec["id"]))
+        fetch = sum(need[c] for c in missing)
         by_src: dict[str, list[bytes]] = {}
         for c in missing:
-            src = model.source(c, site)
+            src = model.source(c, site, fetch)
             if src is None:
                 missing_files = sorted({f.path for t in tasks for f in t.files
                                         if any(r.id == c for r in f.manifest.chunks)})

@@ -807,10 +807,12 @@ class FederatedExecutor(Executor):
             return {site}
         missing = [c for c, h in zip(ids, have, strict=True) if not h]
         where = rt.locate(missing) if missing else {}
-        model = CostModel(rt.topo, where)
+        # Sources as the plan chose them: other jobs' queues count, this job's own not.
+        model = CostModel(rt.topo, where, job=str(rec["id"]))
+        fetch = sum(need[c] for c in missing)
         by_src: dict[str, list[bytes]] = {}
         for c in missing:
-            src = model.source(c, site)
+            src = model.source(c, site, fetch)
             if src is None:
                 missing_files = sorted({f.path for t in tasks for f in t.files
                                         if any(r.id == c for r in f.manifest.chunks)})
@@ -1008,9 +1010,10 @@ class FederatedDataflow(FederatedOps, Dataflow):
         have = self.catalog.has(site, ids) if ids else []
         missing = [c for c, h in zip(ids, have, strict=True) if not h]
         model = CostModel(self.topo, ds.locations)
+        fetch = sum(ds.lengths[c] for c in missing)
         by_src: dict[str, list[bytes]] = {}
         for c in missing:
-            src = model.source(c, site)
+            src = model.source(c, site, fetch)
             if src is None:
                 raise DatasetError(f"prefetch to {site}: chunk {c.hex()} of {ds.name} is held by "
                                    f"no up site")

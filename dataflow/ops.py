@@ -274,9 +274,10 @@ class Dataflow:
         with dest.engine.read() as txn:
             missing = [c for c in ds.lengths if txn.get_chunk(c) is None]
         model = CostModel(self.topo, ds.locations)
+        fetch = sum(ds.lengths[c] for c in missing)
         by_src: dict[str, list[bytes]] = {}
         for c in missing:
-            src = model.source(c, site)
+            src = model.source(c, site, fetch)
             if src is None:
                 raise DatasetError(f"prefetch to {site}: chunk {c.hex()} of {ds.name} is held by "
                                    f"no up site")

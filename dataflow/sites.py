@@ -225,20 +225,21 @@ class Topology:
             if (src, dst) in self._reserved:
                 self._drained[(src, dst)] = self._drained.get((src, dst), 0) + max(0, chunks)
 
-    def _pending_locked(self, key: tuple[str, str]) -> float:
+    def _pending_locked(self, key: tuple[str, str], exclude: str | None = None) -> float:
         per = self._reserved.get(key)
         if not per:
             return 0.0
         chunks = sum(c for c, _ in per.values())
-        nbytes = sum(b for _, b in per.values())
+        nbytes = sum(b for j, (_, b) in per.items() if j != exclude)
         done = min(1.0, self._drained.get(key, 0) / chunks) if chunks else 0.0
         return nbytes * (1.0 - done)
 
-    def pending(self, src: str, dst: str) -> float:
-        """Bytes that started jobs have yet to move from `src` to `dst` (their planned
-        bytes, less the share of planned chunks observed moving since)."""
+    def pending(self, src: str, dst: str, *, exclude: str | None = None) -> float:
+        """Bytes that started jobs (but `exclude`) have yet to move from `src` to `dst`
+        (their planned bytes, less the share of the link's planned chunks observed
+        moving since)."""
         with self._lock:
-            return self._pending_locked((src, dst))
+            return self._pending_locked((src, dst), exclude)
 
     def backlog(self) -> dict[tuple[str, str], float]:
         """Every link with bytes still to move for started jobs."""
@@ -246,19 +247,21 @@ class Topology:
             out = {k: self._pending_locked(k) for k in self._reserved}
         return {k: v for k, v in out.items() if v > 0}
 
-    def queue_seconds(self, src: str, dst: str) -> float:
+    def queue_seconds(self, src: str, dst: str, *, exclude: str | None = None) -> float:
         """How long a transfer started now from `src` to `dst` waits for the backlog
         of started jobs: the longest of the link's backlog at its bandwidth, the
         backlog leaving `src` at its NIC rate and the backlog entering `dst` at
-        its NIC rate (FIFO: it queues behind the bytes already committed)."""
+        its NIC rate (FIFO: it queues behind the bytes already committed).
+        `exclude` (a job id) leaves that job's own reservation out: a running job
+        does not wait for itself."""
         if src == dst:
             return 0.0
         with self._lock:
             if not self._reserved:
                 return 0.0
-            link = self._pending_locked((src, dst))
-            out = sum(self._pending_locked(k) for k in self._reserved if k[0] == src)
-            inn = sum(self._pending_locked(k) for k in self._reserved if k[1] == dst)
+            link = self._pending_locked((src, dst), exclude)
+            out = sum(self._pending_locked(k, exclude) for k in self._reserved if k[0] == src)
+            inn = sum(self._pending_locked(k, exclude) for k in self._reserved if k[1] == dst)
         wait = link / self.link(src, dst).bandwidth if link else 0.0
         a, b = self.site(src), self.site(dst)
         if a.nic > 0:
@@ -267,13 +270,14 @@ class Topology:
             wait = max(wait, inn / b.nic)
         return wait
 
-    def inbound_queue_seconds(self, dst: str) -> float:
-        """How long `dst`'s NIC stays busy with the backlog entering it (0: no NIC cap)."""
+    def inbound_queue_seconds(self, dst: str, *, exclude: str | None = None) -> float:
+        """How long `dst`'s NIC stays busy with the backlog entering it (0: no NIC cap),
+        without job `exclude`'s own reservation."""
         nic = self.site(dst).nic
         if nic <= 0:
             return 0.0
         with self._lock:
-            inn = sum(self._pending_locked(k) for k in self._reserved if k[1] == dst)
+            inn = sum(self._pending_locked(k, exclude) for k in self._reserved if k[1] == dst)
         return inn / nic
 
     # -- changes ----------------------------------------------------------------------

@@ -599,3 +599,21 @@ def test_second_job_avoids_a_link_busy_with_an_earlier_job(
                 assert df.plan("/bank-a/big/j2").placement == {"t0000": "c"}
         finally:
             gate.close()
+
+
+def test_executor_takes_the_planned_sources_despite_its_own_reservation(
+        world: tuple[Path, dict[str, bytes]]) -> None:
+    """x1's shared chunks are held at a and b (equal links to c): the plan takes them
+    from a; while the job runs its own reservation is on a -> c, and the executor
+    (which passes its record id to the cost model) still takes them from a."""
+    root, _ = world
+    with _df(root) as df:
+        ds = df.dataset("x1", "/bank-a/loans/x1")
+        assert any(set(w) == {"a", "b"} for w in ds.locations.values())
+        job = df.run(count, ds, at="c")
+        planned = {f.src: f.chunks for f in job.plan.estimate.flows}
+        moved: dict[str, int] = {}
+        for t in job.result.record["transfers"]:
+            moved[t["src"]] = moved.get(t["src"], 0) + t["chunks"]
+        assert planned == moved == {"a": len(ds.locations)}
+        assert df.topo.backlog() == {}

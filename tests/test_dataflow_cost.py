@@ -258,3 +258,40 @@ def test_second_job_queues_behind_or_avoids_a_busy_link() -> None:
     assert auto.placement == {"t0": "a"}
     assert any(a.estimate is not None and a.estimate.queue_seconds > 5
                for a in auto.alternatives if a.strategy == "move data to c")
+
+
+def test_own_reservation_is_no_queue_and_sources_weigh_other_jobs_queues() -> None:
+    """A chunk held at a (50 MB/s to c) and b (25 MB/s) comes from a while a -> c is
+    free or briefly busy, from b once other jobs' backlog on a -> c outweighs the
+    faster link; a job's own reservation never counts against it (`job=`)."""
+    topo = Topology({"a": Site("a", "r0", "ent"), "b": Site("b", "r0", "ent"),
+                     "c": Site("c", "r1", "ent")})
+    for x, bw in (("a", 50e6), ("b", 25e6)):
+        topo.configured[(x, "c")] = Link(x, "c", bw, 0.001)
+    cids = [bytes([i]) * 16 for i in range(4)]
+    m = Manifest(1, tuple(ChunkRef(c, 4 << 20) for c in cids))
+    task = Task("t0", (FileEntry("/ent/f", m, "a", ("a", "b")),))
+    both = {c: {"a": "warm", "b": "warm"} for c in cids}
+    at_c = {"t0": "c"}
+
+    def sources(model: CostModel) -> dict[str, float]:
+        return {f.src: f.queue for f in model.estimate(at_c, [task]).flows}
+    assert sources(CostModel(topo, both)) == {"a": 0.0}
+    topo.reserve("j1", [("a", "c", 2, 8 << 20)])            # 0.17 s ahead: still a
+    assert topo.queue_seconds("a", "c") == (8 << 20) / 50e6
+    assert topo.queue_seconds("a", "c", exclude="j1") == 0.0
+    assert topo.pending("a", "c", exclude="j1") == 0.0
+    assert sources(CostModel(topo, both)) == {"a": (8 << 20) / 50e6}
+    assert sources(CostModel(topo, both, job="j1")) == {"a": 0.0}
+    topo.reserve("j2", [("a", "c", 16, 64 << 20)])          # 1.5 s ahead: b is sooner
+    assert sources(CostModel(topo, both)) == {"b": 0.0}
+    # j2 itself (planned before it reserved, now running) keeps its source: only j1 is
+    # ahead of it, as when it was planned
+    assert sources(CostModel(topo, both, job="j2")) == {"a": (8 << 20) / 50e6}
+    assert topo.queue_seconds("a", "c", exclude="j2") == (8 << 20) / 50e6
+    topo.sites["c"] = Site("c", "r1", "ent", nic=10e6)      # the NIC term leaves j2 out too
+    assert topo.inbound_queue_seconds("c", exclude="j2") == (8 << 20) / 10e6
+    assert topo.inbound_queue_seconds("c") == (72 << 20) / 10e6
+    topo.release("j1")
+    topo.release("j2")
+    assert topo.backlog() == {}
