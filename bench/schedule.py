@@ -10,8 +10,12 @@ tables shared by many jobs. A trace of jobs arrives over time; a job runs a
 function per file (optionally joined with a reference file, or comparing two
 versions). Every policy is simulated on the same trace with the same truth:
 the dedup-aware cost model with the true links and the chunks each site holds
-at the job's arrival (chunks fetched by a job stay at its sites; sites queue
-work on their slots). Policies:
+at the job's arrival (chunks fetched by a job stay at its sites). Jobs that
+overlap in time contend, for every policy alike: a site's slots finish earlier
+jobs' work first (compute backlog), and the bytes earlier jobs' flows have
+still to move are reserved on the links (`Topology.reserve`), so a new flow
+queues behind them on its link and on both NICs; the planner sees these queues
+too (on its noisy links). Policies:
 
 * `planner`: dataflow's Planner, seeing links with ±15 % measurement noise;
 * `central`: every job moves its data to one central compute centre;
@@ -264,6 +268,8 @@ class Outcome:
     plan_seconds: float = 0.0
     response: float = 0.0
     """Mean seconds from a job's arrival to its end."""
+    queued: float = 0.0
+    """Mean over jobs of the longest wait of a flow behind earlier jobs' transfers."""
 
 
 def _file_level(tasks: tuple[Task, ...], files: Replicas
@@ -282,30 +288,73 @@ def _file_level(tasks: tuple[Task, ...], files: Replicas
     return out, where
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A flow of an earlier job: its bytes cross the link from `start` (after its own
+    queue) to `end`, at an even rate."""
+
+    src: str
+    dst: str
+    chunks: int
+    bytes: int
+    start: float
+    end: float
+
+    def left(self, now: float) -> tuple[int, int]:
+        """(chunks, bytes) still to move at `now`."""
+        span = self.end - self.start
+        frac = 1.0 if now <= self.start or span <= 0 else (self.end - now) / span
+        return max(1, math.ceil(self.chunks * frac)), int(self.bytes * frac)
+
+
+IN_FLIGHT = "earlier-jobs"
+"""Reservation id of the unfinished flows of earlier jobs in the simulation."""
+
+
 def simulate(name: str, trace: list[Job], truth: Topology, seen: Topology, world: World,
              central: str, chunk_mover: bool) -> Outcome:
     """Run the trace under policy `name`; transfers by the chunk mover (missing chunks)
-    or by file copies (whole files a site has no copy of)."""
+    or by file copies (whole files a site has no copy of).
+
+    Jobs overlapping in time share links, NICs and slots, for every policy alike:
+    before a job is planned and measured, what earlier jobs have still to move (each
+    flow drains evenly until its end) is reserved on both topologies (`reserve`), so
+    new flows queue behind it, and what they have still to compute is each site's
+    backlog; the reservation is released after the job."""
     hold = {c: dict(v) for c, v in world.holdings.items()}
     files: Replicas = {p: {f.home} for p, f in world.files.items()}
     busy: dict[str, float] = {}
+    flying: list[InFlight] = []
     out = Outcome()
     finish = 0.0
     policy = POLICIES[name]
     for job in trace:
         backlog = {s: max(0.0, b - job.arrival) for s, b in busy.items()}
-        t0 = time.perf_counter()
-        placement = policy(job, seen, hold, backlog, central, files)
-        out.plan_seconds += time.perf_counter() - t0
-        if chunk_mover:
-            est = CostModel(truth, hold, backlog=backlog).estimate(placement, list(job.tasks))
-        else:
-            ftasks, where = _file_level(job.tasks, files)
-            est = CostModel(truth, where, backlog=backlog).estimate(placement, ftasks)
+        flying = [f for f in flying if f.end > job.arrival]
+        ahead = [(f.src, f.dst, *f.left(job.arrival)) for f in flying]
+        for topo in (seen, truth):
+            topo.reserve(IN_FLIGHT, ahead)
+        try:
+            t0 = time.perf_counter()
+            placement = policy(job, seen, hold, backlog, central, files)
+            out.plan_seconds += time.perf_counter() - t0
+            if chunk_mover:
+                est = CostModel(truth, hold, backlog=backlog).estimate(placement,
+                                                                       list(job.tasks))
+            else:
+                ftasks, where = _file_level(job.tasks, files)
+                est = CostModel(truth, where, backlog=backlog).estimate(placement, ftasks)
+        finally:
+            for topo in (seen, truth):
+                topo.release(IN_FLIGHT)
+        for f in est.flows:
+            flying.append(InFlight(f.src, f.dst, f.chunks, f.bytes, job.arrival + f.queue,
+                                   job.arrival + f.seconds))
         for s, secs in est.site_seconds.items():
             busy[s] = job.arrival + secs
             finish = max(finish, job.arrival + secs)
         out.response += est.seconds / len(trace)
+        out.queued += est.queue_seconds / len(trace)
         out.moved += est.wan_bytes
         out.money += est.money
         for f in est.flows:
@@ -346,9 +395,9 @@ def run_simulation(quick: bool, seed: int) -> tuple[bool, dict[str, object]]:
     for n, o in results.items():
         rows.append([n, round(o.makespan, 1), round(o.response, 1),
                      round(o.inter_region / gib, 1), round(o.moved / gib, 1), round(o.money, 2),
-                     round(o.plan_seconds * 1000 / len(trace), 1)])
+                     round(o.queued, 2), round(o.plan_seconds * 1000 / len(trace), 1)])
     print(table(["policy", "makespan s", "mean job s", "WAN GiB", "all moved GiB", "money",
-                 "plan ms/job"], rows))
+                 "link queue s/job", "plan ms/job"], rows))
     p = results["planner"]
     peers = {n: o for n, o in results.items() if n in POLICIES and not n.startswith("planner")}
     best = min(peers, key=lambda n: peers[n].makespan)
