@@ -99,6 +99,8 @@ class Estimate:
     site_seconds: dict[str, float] = field(default_factory=dict)
     logical_bytes: int = 0
     """Bytes a file-level mover (no dedup) would send for the same placement."""
+    backlog: dict[str, float] = field(default_factory=dict)
+    """Seconds each used site's slots stay busy with earlier jobs' tasks first."""
 
     @property
     def queue_seconds(self) -> float:
@@ -109,6 +111,7 @@ class Estimate:
         return {"seconds": round(self.seconds, 4), "wan_bytes": self.wan_bytes,
                 "money": round(self.money, 6), "logical_bytes": self.logical_bytes,
                 "site_seconds": {k: round(v, 4) for k, v in self.site_seconds.items()},
+                "compute_queue": {k: round(v, 4) for k, v in self.backlog.items()},
                 "flows": [{"src": f.src, "dst": f.dst, "chunks": f.chunks, "bytes": f.bytes,
                            "seconds": round(f.seconds, 4), "queue": round(f.queue, 4)}
                           for f in self.flows]}
@@ -319,7 +322,8 @@ class CostModel:
             site_seconds[d] = self.backlog.get(d, 0.0) + max(xfer, local / slots, long_l) + \
                 max(remote / slots, long_r)
         seconds = self.startup + max(site_seconds.values(), default=0.0)
-        return Estimate(seconds, wan, money, flows, site_seconds, logical)
+        queued = {d: self.backlog[d] for d in sorted(compute) if self.backlog.get(d, 0.0) > 0}
+        return Estimate(seconds, wan, money, flows, site_seconds, logical, queued)
 
 
 def tasks_of(datasets: Iterable[Dataset], *, per_task: int = 1) -> list[Task]:

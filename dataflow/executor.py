@@ -345,6 +345,8 @@ class Executor:
         for t in plan.tasks:
             rec["tasks"].setdefault(t.id, {"files": [f.path for f in t.files],
                                            "status": "pending", "attempts": []})
+            if rec["tasks"][t.id]["status"] == "done":     # resumed: no compute left
+                self.rt.topo.compute_done(jid, t.id)
         self.rt.save_record(rec)
         placement = dict(plan.placement)
         started = time.monotonic()
@@ -549,6 +551,7 @@ class Executor:
                     task_rec["output_site"] = output_site(res["output"])
                 if "value" in res:
                     task_rec["value"] = res["value"]
+                self.rt.topo.compute_done(str(rec["id"]), tid)   # its slot is free again
                 self.rt.save_record(rec)
             if bar is not None:
                 bar.update(1)
@@ -608,7 +611,10 @@ class Executor:
         ids = {c for t in pending for c in t.chunks}
         where = self.rt.locate(ids)
         constraints = model.constraints if model is not None else None
-        m = CostModel(self.rt.topo, where, constraints)
+        jid = str(rec["id"])
+        m = CostModel(self.rt.topo, where, constraints,
+                      compute_rate=model.compute_rate if model is not None else None,
+                      backlog=self.rt.topo.compute_backlog(exclude=jid), job=jid)
         down = sorted(s for s, x in self.rt.topo.sites.items() if x.status != "up")
         try:
             plan = self.planner.plan(pending, m)
@@ -622,6 +628,7 @@ class Executor:
                 {"missing": missing, "lost_sites": down}) from None
         rec["replans"].append({"at": time.time(), "lost": down, "strategy": plan.strategy,
                                "placement": plan.placement})
+        self.rt.topo.move_compute(jid, plan.placement)
         log.warning("sites %s lost: %d task(s) re-planned (%s)", down, len(pending),
                     plan.strategy)
         return plan.placement

@@ -184,8 +184,11 @@ class Dataflow:
 
     def _model(self, ds: Dataset, tasks: list[Task], constraints: Constraints | None,
                compute_mbps: float | None) -> CostModel:
+        """The cost model of a job planned now: the compute backlog of the jobs this
+        Dataflow has started and not finished counts at their sites."""
         return CostModel(self.topo, ds.locations, constraints,
-                         compute_rate=compute_mbps * 1e6 / 8 if compute_mbps else None)
+                         compute_rate=compute_mbps * 1e6 / 8 if compute_mbps else None,
+                         backlog=self.topo.compute_backlog())
 
     def run(self, fn: TaskFn | Sequence[TaskFn], inputs: Any, *, at: str = "auto",
             output: str | None = None, after: Job | Sequence[Job] | None = None,
@@ -216,7 +219,7 @@ class Dataflow:
                 job._set_plan(plan)
                 res = self._run_reserved(job.id, plan, lambda: self._executor(
                     planner, retries).run(fn, plan, output=output, job_id=job.id, name=name,
-                                          model=model))
+                                          model=model), model)
             except BaseException as e:
                 job._finish(None, e)
                 return
@@ -229,20 +232,26 @@ class Dataflow:
             threading.Thread(target=go, name=f"hutong-job-{job.id}", daemon=True).start()
         return job
 
-    def _run_reserved(self, job_id: str, plan: Plan, go: Callable[[], JobResult]
-                      ) -> JobResult:
-        """Run `go` with the plan's transfers reserved on their links (so jobs planned
-        meanwhile queue behind them); the reservation is settled with the transfers
-        the job's record reports when it ends, however it ends."""
+    def _run_reserved(self, job_id: str, plan: Plan, go: Callable[[], JobResult],
+                      model: CostModel) -> JobResult:
+        """Run `go` with the plan's transfers reserved on their links and its tasks'
+        compute seconds at their sites (so jobs planned meanwhile queue behind them,
+        or go elsewhere); the executor releases each task's seconds when it is done;
+        the rest is released, and the links settled with the transfers the job's
+        record reports, when the job ends, however it ends."""
         t0 = time.time()
         self.topo.reserve(job_id, [(f.src, f.dst, f.chunks, f.bytes)
                                    for f in plan.estimate.flows])
+        self.topo.reserve_compute(job_id, [(t.id, plan.placement[t.id],
+                                            model.task_seconds(t, plan.placement[t.id]))
+                                           for t in plan.tasks])
         rec: dict[str, Any] | None = None
         try:
             res = go()
             rec = res.record
             return res
         finally:
+            self.topo.release_compute(job_id)
             if rec is None:
                 try:
                     rec = self.rt.load_record(job_id)

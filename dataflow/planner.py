@@ -57,6 +57,9 @@ class Plan:
     estimate: Estimate
     alternatives: list[Alternative]
     objective: str = "balanced"
+    compute_queue: dict[str, float] = field(default_factory=dict)
+    """Seconds each site's slots are busy with the tasks of jobs started earlier (the
+    cost model's backlog when this was planned)."""
 
     def sites(self) -> list[str]:
         """Sites that run at least one task."""
@@ -72,6 +75,9 @@ class Plan:
         if e.queue_seconds > 0:
             lines.append(f"  queueing: flows wait up to {e.queue_seconds:.3f} s behind the "
                          f"transfers of jobs started earlier (link/NIC backlog)")
+        if self.compute_queue:
+            lines.append("  compute queue: tasks of jobs started earlier keep " + ", ".join(
+                f"{s} busy {secs:.3f} s" for s, secs in sorted(self.compute_queue.items())))
         for f in e.flows:
             wait = f" (incl. {f.queue:.3f} s queued)" if f.queue > 0 else ""
             lines.append(f"  move {_human(f.bytes)} ({f.chunks} chunks) {f.src} -> {f.dst}: "
@@ -80,8 +86,10 @@ class Plan:
         for t in self.tasks:
             per.setdefault(self.placement[t.id], []).append(t.id)
         for s, ids in sorted(per.items()):
+            behind = e.backlog.get(s, 0.0)
+            after = f" (incl. {behind:.3f} s behind earlier jobs' tasks)" if behind > 0 else ""
             lines.append(f"  run at {s}: {len(ids)} task(s), done after "
-                         f"{e.site_seconds.get(s, 0.0):.3f} s")
+                         f"{e.site_seconds.get(s, 0.0):.3f} s{after}")
         lines.append("  alternatives:")
         for a in self.alternatives:
             if a.strategy == self.strategy and a.estimate is self.estimate:
@@ -101,6 +109,7 @@ class Plan:
         """JSON-ready form for job records and `hutong plan --json`."""
         return {"strategy": self.strategy, "objective": self.objective,
                 "placement": self.placement, "estimate": self.estimate.to_dict(),
+                "compute_queue": {k: round(v, 4) for k, v in self.compute_queue.items()},
                 "tasks": {t.id: [f.path for f in t.files] for t in self.tasks},
                 "alternatives": [{"strategy": a.strategy, "refused": a.refused,
                                   "estimate": a.estimate.to_dict() if a.estimate else None}
@@ -183,7 +192,7 @@ class Planner:
         chosen = min(fine, key=lambda a: self.key(a.estimate, best_s))  # type: ignore[arg-type]
         assert chosen.estimate is not None
         return Plan(tasks, chosen.strategy, chosen.placement, chosen.estimate, alts,
-                    self.objective)
+                    self.objective, {s: v for s, v in sorted(model.backlog.items()) if v > 0})
 
     def _within_limits(self, a: Alternative) -> bool:
         e = a.estimate

@@ -150,6 +150,9 @@ class Topology:
     _drained: dict[tuple[str, str], int] = field(default_factory=dict, repr=False,
                                                  compare=False)
     """Link -> chunks observed moving over it while it had reservations (not settled)."""
+    _compute: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict,
+                                                              repr=False, compare=False)
+    """Job -> task -> (site, planned compute seconds) of its tasks not finished yet."""
 
     # -- lookup -----------------------------------------------------------------------
     def site(self, name: str) -> Site:
@@ -279,6 +282,50 @@ class Topology:
         with self._lock:
             inn = sum(self._pending_locked(k, exclude) for k in self._reserved if k[1] == dst)
         return inn / nic
+
+    # -- compute backlog (tasks of started jobs) ----------------------------------------
+    def reserve_compute(self, job: str, tasks: Iterable[tuple[str, str, float]]) -> None:
+        """Record that `job` has started and will compute (task, site, seconds) per task:
+        until each task is done (`compute_done`) or the job is released, its seconds
+        are queued work at its site (`compute_backlog`). A task reserved again moves."""
+        with self._lock:
+            per = self._compute.setdefault(job, {})
+            for task, site, secs in tasks:
+                per[task] = (site, max(0.0, float(secs)))
+
+    def move_compute(self, job: str, placement: Mapping[str, str]) -> None:
+        """`job` was re-planned: its reserved tasks named in `placement` move there
+        (a job with no reservation is left alone)."""
+        with self._lock:
+            per = self._compute.get(job)
+            for task, site in placement.items():
+                if per is not None and task in per:
+                    per[task] = (site, per[task][1])
+
+    def compute_done(self, job: str, task: str) -> None:
+        """Task `task` of `job` finished: its seconds leave its site's backlog."""
+        with self._lock:
+            per = self._compute.get(job)
+            if per is not None:
+                per.pop(task, None)
+
+    def release_compute(self, job: str) -> None:
+        """`job` ended, however it ended: none of its tasks is queued work any more."""
+        with self._lock:
+            self._compute.pop(job, None)
+
+    def compute_backlog(self, *, exclude: str | None = None) -> dict[str, float]:
+        """Seconds each site's slots are busy with the unfinished tasks of started jobs
+        (but `exclude`): their planned compute seconds over the site's slots."""
+        with self._lock:
+            work: dict[str, float] = {}
+            for job, per in self._compute.items():
+                if job == exclude:
+                    continue
+                for site, secs in per.values():
+                    work[site] = work.get(site, 0.0) + secs
+        return {s: w / max(1, self.sites[s].slots if s in self.sites else 1)
+                for s, w in sorted(work.items()) if w > 0}
 
     # -- changes ----------------------------------------------------------------------
     def observe(self, src: str, dst: str, nbytes: int, chunks: int, seconds: float) -> Link:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +89,23 @@ def flaky(marker: str, inputs: list[InputFile]) -> dict[str, int]:
         m.write_text("x")
         raise OSError("transient")
     return count(inputs)
+
+
+def gated_count(gate: str, inputs: list[InputFile]) -> dict[str, int]:
+    """x2's task says it started (GATE/started) and waits for GATE/open (at most 120 s)."""
+    if inputs[0].path.endswith("x2"):
+        Path(gate, "started").write_text("x")
+        deadline = time.monotonic() + 120
+        while not Path(gate, "open").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return count(inputs)
+
+
+def _until(cond: Any, what: str, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < deadline, f"still waiting for {what} after {limit} s"
+        time.sleep(0.02)
 
 
 def upper(inputs: list[InputFile]) -> bytes:
@@ -617,3 +635,34 @@ def test_executor_takes_the_planned_sources_despite_its_own_reservation(
             moved[t["src"]] = moved.get(t["src"], 0) + t["chunks"]
         assert planned == moved == {"a": len(ds.locations)}
         assert df.topo.backlog() == {}
+
+
+def test_second_job_goes_where_slots_are_free_while_the_first_computes(
+        world: tuple[Path, dict[str, bytes]]) -> None:
+    """Job 1 (x1 and x2 at a, 168 s of planned compute each on a's single slot) holds
+    a's slot; once x1 is done only x2's seconds are queued there. Job 2 over x1,
+    planned meanwhile, sees that backlog and runs at b (same region, fast link)
+    instead of at a where its data is; every share is released when job 1 ends."""
+    root, _ = world
+    gate = root / "gate"
+    gate.mkdir()
+    with _df(root) as df:
+        assert df.plan("/bank-a/loans/x1").placement == {"t0000": "a"}
+        first = df.run(functools.partial(gated_count, str(gate)), "/bank-a/loans/x*", at="a",
+                       compute_mbps=0.1, wait=False)
+        per_task = (2 << 20) * 8 / 0.1e6
+        _until(lambda: (gate / "started").exists(), "x2's task to start")
+        _until(lambda: df.topo.compute_backlog().get("a") == pytest.approx(per_task),
+               "x1's share to be released")
+        second = df.run(count, "/bank-a/loans/x1")
+        assert second.plan.placement == {"t0000": "b"}
+        assert second.plan.compute_queue == {"a": pytest.approx(per_task)}
+        text = second.plan.explain()
+        assert "compute queue" in text and f"a busy {per_task:.3f} s" in text
+        assert second.result.record["tasks"]["t0000"]["site"] == "b"
+        assert list(second.result.values.values()) == [{"bytes": 2 << 20, "files": 1}]
+        assert not first.done()
+        (gate / "open").write_text("x")
+        assert first.wait(120).record["status"] == "done"
+        assert df.topo.compute_backlog() == {} and df.topo.backlog() == {}
+        assert df.plan("/bank-a/loans/x1").placement == {"t0000": "a"}

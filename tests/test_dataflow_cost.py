@@ -295,3 +295,41 @@ def test_own_reservation_is_no_queue_and_sources_weigh_other_jobs_queues() -> No
     topo.release("j1")
     topo.release("j2")
     assert topo.backlog() == {}
+
+
+def test_compute_backlog_of_started_jobs_sends_a_job_elsewhere() -> None:
+    """Tasks of started jobs keep their site's slots busy (their planned seconds over the
+    slots) until each is done; a job planned meanwhile goes where the slots are free
+    when that is sooner, and its plan says why."""
+    topo = Topology({"a": Site("a", "r0", "ent", slots=2, compute_rate=1e6),
+                     "b": Site("b", "r0", "ent", compute_rate=1e6)})
+    topo.configured[("a", "b")] = Link("a", "b", 100e6, 0.001)
+    cids = [bytes([i]) * 16 for i in range(2)]
+    m = Manifest(1, tuple(ChunkRef(c, 1 << 20) for c in cids))
+    task = Task("t0", (FileEntry("/ent/f", m, "a", ("a",)),))
+    at_a = {c: {"a": "warm"} for c in cids}
+    assert Planner("time").plan([task], CostModel(topo, at_a)).placement == {"t0": "a"}
+    topo.reserve_compute("j1", [("t0", "a", 30.0), ("t1", "a", 10.0), ("t2", "b", 1.0)])
+    topo.reserve_compute("j2", [("t0", "a", 2.0)])
+    assert topo.compute_backlog() == {"a": 21.0, "b": 1.0}          # 42 s over 2 slots
+    assert topo.compute_backlog(exclude="j1") == {"a": 1.0}
+    busy = CostModel(topo, at_a, backlog=topo.compute_backlog())
+    plan = Planner("time").plan([task], busy)
+    assert plan.placement == {"t0": "b"}
+    assert plan.estimate.backlog == {"b": 1.0}
+    assert plan.estimate.site_seconds["b"] >= 1.0
+    text = plan.explain()
+    assert "compute queue" in text and "a busy 21.000 s" in text
+    assert "incl. 1.000 s behind earlier jobs' tasks" in text
+    assert plan.to_dict()["compute_queue"] == {"a": 21.0, "b": 1.0}
+    [stay] = [x for x in plan.alternatives if x.strategy == "move data to a"]
+    assert stay.estimate is not None and stay.estimate.seconds > 21.0
+    topo.compute_done("j1", "t0")                   # finished tasks free their share
+    topo.move_compute("j1", {"t1": "b"})            # re-planned tasks move
+    topo.move_compute("nobody", {"t1": "a"})        # a job without a reservation: nothing
+    assert topo.compute_backlog() == {"a": 1.0, "b": 11.0}
+    topo.release_compute("j1")
+    topo.release_compute("j2")
+    assert topo.compute_backlog() == {}
+    assert Planner("time").plan([task], CostModel(topo, at_a, backlog=topo.compute_backlog())
+                                ).placement == {"t0": "a"}
