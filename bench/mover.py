@@ -39,6 +39,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -130,8 +131,9 @@ def disk_write(work: Path, nbytes: int, direct: bool = False) -> tuple[float, in
     """(seconds, bytes) of writing `nbytes` to a new file in `work` and fsyncing it: the
     ceiling of any durable receiver on this disk (the mover commits what it receives).
 
-    `direct`: 4 MiB O_DIRECT writes from an aligned buffer, as the mover's spools
-    are written where the file system allows it (None where it does not).
+    `direct`: 4 MiB O_DIRECT writes from an aligned buffer by two threads (two
+    writes in flight), as the mover's spools are written where the file system
+    allows it (None where it does not).
     """
     if direct and not mover.direct_io_supported(str(work)):
         return None
@@ -139,19 +141,38 @@ def disk_write(work: Path, nbytes: int, direct: bool = False) -> tuple[float, in
     block = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
     block.write(os.urandom(size))
     path = work / "disk-ceiling.tmp"
+    count = nbytes // size
     start = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0),
                  0o600)
     try:
-        for _ in range(nbytes // size):
-            os.write(fd, block)
+        if direct:
+            failed: list[OSError] = []
+
+            def writer(first: int) -> None:
+                try:
+                    for k in range(first, count, 2):
+                        os.pwrite(fd, block, k * size)
+                except OSError as e:
+                    failed.append(e)
+
+            threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if failed:
+                raise failed[0]
+        else:
+            for _ in range(count):
+                os.write(fd, block)
         os.fsync(fd)
     finally:
         os.close(fd)
     seconds = time.perf_counter() - start
     path.unlink()
     block.close()
-    return seconds, nbytes // size * size
+    return seconds, count * size
 
 
 def mover_wire(src: Client, ids: list[bytes], work: Path, streams: int) -> tuple[float, int]:
