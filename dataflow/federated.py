@@ -995,7 +995,9 @@ class FederatedDataflow(FederatedOps, Dataflow):
         """Copy the chunks of `inputs` that `site` lacks into its store, from the best
         holders, by copy tasks on `site`'s cluster: `/v1/mover/pull` at `site` where
         source and destination are sites of the caller's entity with movers, else
-        `/v1/chunks/get` -> `/v1/chunks/put` (`FederatedRuntime.transfer_via`).
+        `/v1/chunks/get` -> `/v1/chunks/put` (`FederatedRuntime.transfer_via`). The
+        flows are reserved on their links while they run (jobs planned meanwhile
+        queue behind them), as embedded `prefetch` and `migrate` do.
 
         Chunks only: they serve later jobs at `site` (the catalog sees them) and
         are pinned there for a day, then reclaimable by gc unless a file names them.
@@ -1023,19 +1025,21 @@ class FederatedDataflow(FederatedOps, Dataflow):
         if not by_src:
             return out
         client = self.rt.dask(site)
-        futs = {src: self.rt.start_copy(client, src, site, [c.hex() for c in cids],
-                                        [ds.lengths[c] for c in cids],
-                                        self.rt.transfer_via(src, site), retries=2)
-                for src, cids in sorted(by_src.items())}
-        for src, fut in futs.items():
-            st = fut.result()
-            log.info("prefetch %s -> %s: %d chunks, %d bytes via %s", src, site,
-                     st["chunks"], st["bytes"], st["via"])
-            self.topo.observe(src, site, int(st["bytes"]), int(st["chunks"]),
-                              float(st["seconds"]))
-            out.chunks += int(st["chunks"])
-            out.bytes += int(st["bytes"])
-            out.by_source[src] = int(st["bytes"])
+        with self._reserving("prefetch", site, by_src, ds.lengths) as moved:
+            futs = {src: self.rt.start_copy(client, src, site, [c.hex() for c in cids],
+                                            [ds.lengths[c] for c in cids],
+                                            self.rt.transfer_via(src, site), retries=2)
+                    for src, cids in sorted(by_src.items())}
+            for src, fut in futs.items():
+                st = fut.result()
+                log.info("prefetch %s -> %s: %d chunks, %d bytes via %s", src, site,
+                         st["chunks"], st["bytes"], st["via"])
+                self.topo.observe(src, site, int(st["bytes"]), int(st["chunks"]),
+                                  float(st["seconds"]))
+                moved[(src, site)] = int(st["chunks"])
+                out.chunks += int(st["chunks"])
+                out.bytes += int(st["bytes"])
+                out.by_source[src] = int(st["bytes"])
         out.seconds = time.monotonic() - t0
         return out
 

@@ -51,11 +51,9 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dataflow.cost import CostModel
 from dataflow.datasets import Dataset, FileEntry
 from dataflow.errors import ConfigError, DataflowError, PlanError
 from dataflow.ops import Dataflow, Subscription, TransferSummary
@@ -112,7 +110,7 @@ class FederatedOps(Dataflow):
         entity = site.entity
         fc = self.rt.fc
         primary = str(fc.primary(f"/{entity}")[1])
-        out = self._prefetch_reserved(ds, to)
+        out = self.prefetch(ds, to)          # its flows reserved on their links meanwhile
         patterns = self._migrate_patterns(ds, entity)
         where = f"site={to}"
         rules = fc.rules(entity)
@@ -139,29 +137,6 @@ class FederatedOps(Dataflow):
             self._release(entity, primary, to, set(mine.values()), set(current), out)
         out.seconds = time.monotonic() - t0
         return out
-
-    def _prefetch_reserved(self, ds: Dataset, to: str) -> TransferSummary:
-        """`prefetch(ds, to)` with its flows reserved on their links meanwhile, so jobs
-        planned during a migration queue behind it (docs/dataflow.md, "Cost model")."""
-        ids = list(ds.lengths)
-        have = self.catalog.has(to, ids) if ids else []
-        model = CostModel(self.topo, ds.locations)
-        flows: dict[str, list[int]] = {}
-        for c, h in zip(ids, have, strict=True):
-            src = None if h else model.source(c, to)
-            if src is not None and src != to:
-                acc = flows.setdefault(src, [0, 0])
-                acc[0] += 1
-                acc[1] += ds.lengths[c]
-        rid = f"migrate-{uuid.uuid4().hex[:12]}"
-        self.topo.reserve(rid, [(s, to, n, b) for s, (n, b) in flows.items()])
-        out: TransferSummary | None = None
-        try:
-            out = self.prefetch(ds, to)
-            return out
-        finally:
-            done = out.by_source if out is not None else {}
-            self.topo.release(rid, {(s, to): n for s, (n, _) in flows.items() if s in done})
 
     def _migrate_patterns(self, ds: Dataset, entity: str) -> list[str]:
         """Rule patterns covering the dataset: its selectors under /ENTITY (a directory

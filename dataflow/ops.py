@@ -18,12 +18,13 @@ subscription remembers the file versions it has handled).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,25 +295,37 @@ class Dataflow:
         out = TransferSummary(site, files=len(ds.files), skipped=len(ds.lengths) - len(missing))
         t0 = time.monotonic()
         bar = _bytes_bar(self.rt.progress, sum(ds.lengths[c] for c in missing), f"prefetch {site}")
-        rid = f"prefetch-{uuid.uuid4().hex[:12]}"
-        self.topo.reserve(rid, [(src, site, len(ids), sum(ds.lengths[c] for c in ids))
-                                for src, ids in by_src.items()])
-        moved: dict[tuple[str, str], int] = {}
         try:
-            for src, ids in sorted(by_src.items()):
-                addr, secret = self.rt.mover(src)
-                st = mover.fetch(dest, addr, ids, secret, progress=_tick(bar))
-                self.topo.observe(src, site, st.bytes, st.chunks, st.seconds)
-                moved[(src, site)] = st.chunks
-                out.chunks += st.chunks
-                out.bytes += st.bytes
-                out.by_source[src] = st.bytes
+            with self._reserving("prefetch", site, by_src, ds.lengths) as moved:
+                for src, ids in sorted(by_src.items()):
+                    addr, secret = self.rt.mover(src)
+                    st = mover.fetch(dest, addr, ids, secret, progress=_tick(bar))
+                    self.topo.observe(src, site, st.bytes, st.chunks, st.seconds)
+                    moved[(src, site)] = st.chunks
+                    out.chunks += st.chunks
+                    out.bytes += st.bytes
+                    out.by_source[src] = st.bytes
         finally:
-            self.topo.release(rid, moved)
             if bar is not None:
                 bar.close()
         out.seconds = time.monotonic() - t0
         return out
+
+    @contextlib.contextmanager
+    def _reserving(self, kind: str, dst: str, by_src: Mapping[str, Sequence[bytes]],
+                   lengths: Mapping[bytes, int]) -> Iterator[dict[tuple[str, str], int]]:
+        """Reserve the flows `src -> dst` of `by_src` (chunk ids per source) on their links
+        while the block runs, so jobs planned meanwhile queue behind them; the block
+        puts the chunks each link moved (reported to `Topology.observe`) in the dict it
+        gets, and they are settled when the reservation is released, however it ends."""
+        rid = f"{kind}-{uuid.uuid4().hex[:12]}"
+        self.topo.reserve(rid, [(src, dst, len(ids), sum(lengths[c] for c in ids))
+                                for src, ids in by_src.items()])
+        moved: dict[tuple[str, str], int] = {}
+        try:
+            yield moved
+        finally:
+            self.topo.release(rid, moved)
 
     def migrate(self, inputs: Any, to: str, *, remove: bool = True) -> TransferSummary:
         """Copy every file of `inputs` to site `to`, then (with `remove`) delete the others.

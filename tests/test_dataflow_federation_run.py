@@ -116,7 +116,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
         s.close()
 
 
-def test_job_over_two_sites_runs_through_the_apis(sites: Sites) -> None:
+def test_job_over_two_sites_runs_through_the_apis(sites: Sites,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     hot = _write(sites, "/bank-a/ds/hot", 3)
     cold = _write(sites, "/bank-a/ds/cold", 3)
     with sites.fed.client("bank-a") as fc:
@@ -174,7 +175,18 @@ def test_job_over_two_sites_runs_through_the_apis(sites: Sites) -> None:
         _write(sites, "/bank-a/pre", 2)
         pre = df.dataset("pre", "/bank-a/pre/**")
         before = sites.pulls("w2")
+        ahead: list[float] = []
+        start_copy = df.rt.start_copy
+
+        def spy(*a: Any, **kw: Any) -> Any:       # what a job planned now would queue behind
+            ahead.append(df.topo.pending("w1", "w2"))
+            return start_copy(*a, **kw)
+        monkeypatch.setattr(df.rt, "start_copy", spy)
         got = df.prefetch(pre, "w2")
+        monkeypatch.undo()
+        # the copy's flow was reserved on w1 -> w2 while it ran, and settled after
+        assert ahead == [pre.unique_bytes]
+        assert df.topo.backlog() == {}
         assert got.chunks == len(pre.lengths) and got.by_source.keys() == {"w1"}
         assert sites.pulls("w2") > before                # through the native mover
         assert df.resolve(pre).bytes_at("w2") == pre.unique_bytes
