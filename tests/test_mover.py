@@ -9,6 +9,8 @@ import os
 import random
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -724,3 +726,46 @@ def test_sendfile_mode_is_checked(server: mover.MoverServer, tmp_path: Path) -> 
     with pytest.raises(ValueError, match="sendfile"):
         _mover.transfer(_mover.OP_FETCH, "127.0.0.1", server.port, SECRET, [bytes(16)],
                         spool=lambda p, e: (0, 0), spool_dir=str(tmp_path), sendfile=3)
+
+
+_FSIZE_CHILD = """
+import os, resource, signal, struct, sys
+from gfs import _mover
+from gfs.codec import decode_blob
+port, spool, ids, direct = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3]), sys.argv[4]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+handed = []
+
+def keep(path, entries):
+    data = open(path, "rb").read()
+    for k in range(0, len(entries), _mover.ENTRY_LEN):
+        cid, off, length, _ = struct.unpack_from("<16sQII", entries, k)
+        decode_blob(data[off : off + length], expect_id=cid)  # every entry handed over is whole
+        handed.append(cid)
+    os.unlink(path)
+    return 0, 0
+
+res = _mover.transfer(_mover.OP_FETCH, "127.0.0.1", port, bytes(range(32)), [ids],
+                      spool=keep, spool_dir=spool, spool_limit=64 << 20, direct=direct == "1")
+print(res[0][0], len(handed), res[0][1])
+"""
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+def test_spool_write_error_fails_the_stream_and_leaves_nothing(
+        src: Client, server: mover.MoverServer, tmp_path: Path, direct: bool) -> None:
+    """A spool write that fails (here: past RLIMIT_FSIZE) ends the stream with ERR_IO
+    naming the spool and leaves no spool file. Buffered, the blobs completed before
+    the failed write are handed over (whole, verified here); with O_DIRECT, where a
+    failed write may hold earlier blobs, the spool is dropped."""
+    ids = list(dict.fromkeys(mover.tree_chunks(src, "/data")))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    out = subprocess.run([sys.executable, "-c", _FSIZE_CHILD, str(server.port), str(spool),
+                          b"".join(ids).hex(), "1" if direct else "0"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    status, handed, message = out.stdout.split(" ", 2)
+    assert int(status) == _mover.ERR_IO and "write spool" in message, out.stdout
+    assert int(handed) == 0 if direct else 0 < int(handed) < len(ids)
+    assert os.listdir(spool) == []
