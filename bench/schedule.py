@@ -634,26 +634,11 @@ def _fed_job(inputs: list[object]) -> dict[str, int]:
 
 
 def _fed_probe(df: object, src: str, dst: str, ids: list[bytes]) -> Link:
-    """Probe `src` -> `dst` the way jobs copy: mover pulls at `dst` (POST /v1/mover/pull)
-    of probe chunks of `src` (one chunk: handshake and one batch, three round trips;
-    then the rest for the bandwidth). The probe chunks stay at `dst` (not job data)."""
-    from dataflow.federated import MOVER_STREAMS
-
-    fc = df.rt.fc  # type: ignore[attr-defined]
-    topo = df.topo  # type: ignore[attr-defined]
-    sess = fc.mover_session(src)
-    t0 = time.monotonic()
-    fc.mover_pull(dst, sess, ids[:1], streams=1)
-    t_small = time.monotonic() - t0
-    t0 = time.monotonic()
-    st = fc.mover_pull(dst, sess, ids[1:], streams=MOVER_STREAMS)
-    t_big = time.monotonic() - t0
-    rtt = t_small / 3
-    latency = rtt * (2 + math.ceil(len(ids[1:]) / 4096))
-    bw = st["bytes"] / max(t_big - latency, 1e-6)
-    link = Link(src, dst, bw, rtt, topo.link(src, dst).price_per_gb, "measured", time.time())
-    topo.set_measured(link)
-    return link
+    """Probe `src` -> `dst` the way jobs copy (`FederatedDataflow.probe_link`: mover pulls
+    at `dst` of probe chunks of `src`, one chunk for the round trip, the rest for the
+    bandwidth; the probe chunks stay at `dst`, not job data); the link is published to
+    the registry."""
+    return df.probe_link(src, dst, ids)  # type: ignore[attr-defined, no-any-return]
 
 
 def _fed_probe_nic(df: object, probe: dict[str, list[bytes]], dst: str, rtt: float) -> float:

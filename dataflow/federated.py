@@ -40,11 +40,12 @@ import contextlib
 import io
 import json
 import logging
+import math
 import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import IO, Any
@@ -55,14 +56,15 @@ from dataflow.errors import ConfigError, DatasetError, JobFailedError, SiteLostE
 from dataflow.executor import (
     MAX_VALUE_BYTES,
     Executor,
+    JobResult,
     Runtime,
     TaskFn,
     _encode,
 )
 from dataflow.federated_ops import FederatedOps
 from dataflow.ops import Dataflow, Job, TransferSummary
-from dataflow.planner import Objective, Planner
-from dataflow.sites import Topology
+from dataflow.planner import Objective, Plan, Planner
+from dataflow.sites import Link, Topology, publish_links
 from gfs import paths
 from gfs.errors import HutongError, NotFoundError
 from gfs.federation.auth import AuthError
@@ -86,6 +88,11 @@ MOVER_STREAMS = 2
 PULL_MIN_RATE = 256 << 10
 #: Seconds a health probe of a site may take.
 HEALTH_TIMEOUT = 3.0
+#: `FederatedDataflow` publishes the links it measured at most this often (seconds),
+#: unless asked to (`publish_links(force=True)`, after a probe).
+PUBLISH_INTERVAL = 60.0
+#: Seconds a registry request publishing links may take.
+PUBLISH_TIMEOUT = 5.0
 
 
 # -- credentials and per-process clients -----------------------------------------------------
@@ -932,10 +939,18 @@ class FederatedDataflow(FederatedOps, Dataflow):
                  schedulers: Mapping[str, str] | None = None, entity: str | None = None,
                  processes: bool = False, progress: bool = False,
                  objective: Objective = "balanced", topo: Topology | None = None,
-                 use_mover: bool = True) -> None:
+                 use_mover: bool = True, publish_interval: float = PUBLISH_INTERVAL) -> None:
         """`use_mover=False` copies chunks through the HTTP chunk API even where the
-        native mover could (both sites of the caller's entity, both with a mover)."""
+        native mover could (both sites of the caller's entity, both with a mover).
+        `publish_interval`: least seconds between two publications of the measured
+        links to the registry after jobs and prefetches (`publish_links`)."""
+        if not publish_interval >= 0:
+            raise ConfigError(f"publish_interval must be >= 0 seconds, got {publish_interval}")
         topo = topo or Topology.from_registry(registry, config=config)
+        self.publish_interval = publish_interval
+        self._published_upto = time.time()   # links measured later are not in the registry
+        self._published_last: float | None = None
+        self._publish_lock = threading.Lock()
         super().__init__(topo, processes=processes, progress=progress, objective=objective)
         self.creds = Credentials(registry, keys_dir, token)
         self.rt = FederatedRuntime(topo, self.creds, schedulers=schedulers, entity=entity,
@@ -991,6 +1006,68 @@ class FederatedDataflow(FederatedOps, Dataflow):
     def _executor(self, planner: Planner, retries: int) -> Executor:
         return FederatedExecutor(self.rt, planner, retries=retries)
 
+    # -- links kept fresh in the registry ---------------------------------------------------
+    def publish_links(self, *, force: bool = False) -> int:
+        """Send the links measured here since the last publication (probes, and the
+        transfers jobs and prefetches observed) whose source is a site of the caller's
+        entity to the registry (`dataflow.sites.publish_links`), so other planners
+        start from them. At most once per `publish_interval` unless `force`. Errors
+        are logged, never raised (the registry may be away; the next call retries).
+        Returns how many links were published."""
+        keys = self.rt.fc.keys
+        if keys is None:
+            return 0                       # a token cannot sign link reports
+        with self._publish_lock:
+            now = time.monotonic()
+            if not force and self._published_last is not None and \
+                    now - self._published_last < self.publish_interval:
+                return 0
+            self._published_last = now
+            cut = time.time()
+            try:
+                n = publish_links(self.topo, self.creds.registry, keys,
+                                  timeout=PUBLISH_TIMEOUT, since=self._published_upto)
+            except (HutongError, OSError) as e:
+                log.warning("links not published to the registry %s: %s", self.creds.registry,
+                            e)
+                return 0
+            self._published_upto = cut
+            if n:
+                log.info("published %d measured link(s) to the registry", n)
+            return n
+
+    def probe_link(self, src: str, dst: str, ids: Sequence[bytes]) -> Link:
+        """Measure `src` -> `dst` the way jobs copy: mover pulls at `dst` of chunks
+        `ids` that `src` holds and `dst` lacks (e.g. a probe file's; they stay at
+        `dst`): one chunk (handshake and one batch: three round trips) for the round
+        trip, then the rest for the bandwidth. Both are sites of the caller's entity
+        with movers. The link is recorded and published to the registry at once."""
+        if len(ids) < 2:
+            raise ConfigError(f"probe {src} -> {dst}: give at least two chunk ids")
+        fc = self.rt.fc
+        sess = fc.mover_session(src)
+        t0 = time.monotonic()
+        fc.mover_pull(dst, sess, list(ids[:1]), streams=1)
+        t_small = time.monotonic() - t0
+        t0 = time.monotonic()
+        st = fc.mover_pull(dst, sess, list(ids[1:]), streams=MOVER_STREAMS)
+        t_big = time.monotonic() - t0
+        rtt = t_small / 3
+        latency = rtt * (2 + math.ceil((len(ids) - 1) / 4096))
+        bw = int(st["bytes"]) / max(t_big - latency, 1e-6)
+        link = Link(src, dst, max(bw, 1.0), rtt, self.topo.link(src, dst).price_per_gb,
+                    "measured", time.time())
+        self.topo.set_measured(link)
+        self.publish_links(force=True)
+        return link
+
+    def _run_reserved(self, job_id: str, plan: Plan, go: Callable[[], JobResult],
+                      model: CostModel) -> JobResult:
+        try:
+            return super()._run_reserved(job_id, plan, go, model)
+        finally:
+            self.publish_links()           # what the job's transfers measured
+
     def prefetch(self, inputs: Any, site: str) -> TransferSummary:
         """Copy the chunks of `inputs` that `site` lacks into its store, from the best
         holders, by copy tasks on `site`'s cluster: `/v1/mover/pull` at `site` where
@@ -1041,6 +1118,7 @@ class FederatedDataflow(FederatedOps, Dataflow):
                 out.bytes += int(st["bytes"])
                 out.by_source[src] = int(st["bytes"])
         out.seconds = time.monotonic() - t0
+        self.publish_links()
         return out
 
     def fail_site(self, site: str) -> None:

@@ -620,8 +620,9 @@ def refresh_links(topo: Topology, pairs: Iterable[tuple[str, str]] | None = None
 
 
 def publish_links(topo: Topology, registry: str, keys: Any, *,
-                  timeout: float = 10.0) -> int:
-    """Send the measured links whose source belongs to `keys`' entity to the registry.
+                  timeout: float = 10.0, since: float = 0.0) -> int:
+    """Send the measured links whose source belongs to `keys`' entity (and, with
+    `since`, that were measured after that time) to the registry.
 
     The registry keeps them (`GET /v1/links`), so every planner of the
     federation starts from them (`Topology.from_registry`). Returns how many.
@@ -634,7 +635,7 @@ def publish_links(topo: Topology, registry: str, keys: Any, *,
         with topo._lock:
             links = list(topo.measured.values())
         for lk in links:
-            if topo.sites[lk.src].entity != keys.name:
+            if topo.sites[lk.src].entity != keys.name or lk.measured_at <= since:
                 continue
             h.call("PUT", f"/v1/links/{lk.src}/{lk.dst}",
                    {"rtt_ms": lk.rtt * 1e3, "mbps": lk.bandwidth * 8 / 1e6})
