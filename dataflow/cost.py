@@ -23,7 +23,9 @@ A *placement* maps each task to a site. For a destination site d:
 * compute(d) = sum of task input bytes / compute rate, spread over d's slots
   but never shorter than its longest task; tasks whose inputs are all local
   start at once, the others after the prefetch:
-  time(d) = backlog(d) + max(transfer(d), local(d)) + remote(d).
+  time(d) = backlog(d) + max(transfer(d), local(d)) + remote(d), backlog(d)
+  being the seconds d's slots stay busy with the tasks of jobs started
+  earlier (`Topology.compute_backlog`, which `Dataflow` passes).
 * makespan = max over used d of time(d).
 * money = sum bytes(s,d) * price(s,d) / 1e9 + compute seconds * price per core
   hour / 3600 + bytes read from cold tiers * COLD_READ_PRICE / 1e9.
