@@ -1125,6 +1125,14 @@ class FederatedDataflow(FederatedOps, Dataflow):
         """Stop using `site` (its cluster client is closed; it is planned on no more)."""
         self.rt.fail_site(site)
 
+    def close(self) -> None:
+        """Publish the links measured since the last publication, then stop the clusters
+        started here."""
+        try:
+            self.publish_links(force=True)
+        finally:
+            super().close()
+
 
 def start_site_cluster(site: str, slots: int = 1, *, processes: bool = False) -> Any:
     """A LocalCluster for `site` on 127.0.0.1 (tests and single-host deployments):

@@ -112,3 +112,7 @@ def test_publishing_is_rate_limited_and_never_raises(sites: Sites,
         df.creds = real
         assert df.publish_links(force=True) == 1
         assert sites.registry_link("w1", "w2").bandwidth == pytest.approx(6e6)
+        # what is left when the Dataflow closes is published then
+        df.topo.set_measured(Link("w2", "w1", 7e6, 0.010))
+        assert df.publish_links() == 0                          # within the interval
+    assert sites.registry_link("w2", "w1").bandwidth == pytest.approx(7e6)
