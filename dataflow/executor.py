@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -423,6 +423,30 @@ class Executor:
                                  {"task": first.task, "site": first.site})
         return lost
 
+    def _by_source(self, site: str, tasks: list[Task], need: Mapping[bytes, int],
+                   missing: Iterable[bytes], rec: dict[str, Any]) -> dict[str, list[bytes]]:
+        """The chunks `site` lacks grouped by the site to fetch each from, chosen as the
+        plan chose them (other jobs' link queues count, this job's own not); a chunk no
+        up site holds fails the job with the files it belongs to."""
+        missing = list(missing)
+        where = self.rt.locate(missing) if missing else {}
+        model = CostModel(self.rt.topo, where, job=str(rec["id"]))
+        fetch = sum(need[c] for c in missing)
+        by_src: dict[str, list[bytes]] = {}
+        for c in missing:
+            src = model.source(c, site, fetch)
+            if src is None:
+                missing_files = sorted({f.path for t in tasks for f in t.files
+                                        if any(r.id == c for r in f.manifest.chunks)})
+                raise JobFailedError(
+                    f"job {rec['id']}: chunk {c.hex()} of {', '.join(missing_files)} is held "
+                    f"by no up site; bring its site back and run the job again with the same "
+                    f"id", {"missing": missing_files,
+                            "lost_sites": sorted(n for n, x in self.rt.topo.sites.items()
+                                                 if x.status != "up")})
+            by_src.setdefault(src, []).append(c)
+        return by_src
+
     def _run_site(self, fn: TaskFn | Sequence[TaskFn], site: str, tasks: list[Task],
                   output: str | None, rec: dict[str, Any], lock: threading.Lock,
                   bar: Any) -> set[str]:
@@ -439,23 +463,7 @@ class Executor:
             need.update(t.chunks)
         with dest.engine.read() as txn:
             missing = {c for c in need if txn.get_chunk(c) is None}
-        where = self.rt.locate(missing) if missing else {}
-        # Sources as the plan chose them: other jobs' queues count, this job's own not.
-        model = CostModel(self.rt.topo, where, job=str(rec["id"]))
-        fetch = sum(need[c] for c in missing)
-        by_src: dict[str, list[bytes]] = {}
-        for c in missing:
-            src = model.source(c, site, fetch)
-            if src is None:
-                missing_files = sorted({f.path for t in tasks for f in t.files
-                                        if any(r.id == c for r in f.manifest.chunks)})
-                raise JobFailedError(
-                    f"job {rec['id']}: chunk {c.hex()} of {', '.join(missing_files)} is held "
-                    f"by no up site; bring its site back and run the job again with the same "
-                    f"id", {"missing": missing_files,
-                            "lost_sites": sorted(n for n, x in self.rt.topo.sites.items()
-                                                 if x.status != "up")})
-            by_src.setdefault(src, []).append(c)
+        by_src = self._by_source(site, tasks, need, missing, rec)
         # Transfers run on threads, one per source, each fetching its chunks in task
         # order in a few groups; a task waits only for the groups holding its chunks.
         src_of = {c: s for s, ids in by_src.items() for c in ids}

@@ -813,23 +813,7 @@ class FederatedExecutor(Executor):
             log.warning("site %s lost: %s", site, e)
             return {site}
         missing = [c for c, h in zip(ids, have, strict=True) if not h]
-        where = rt.locate(missing) if missing else {}
-        # Sources as the plan chose them: other jobs' queues count, this job's own not.
-        model = CostModel(rt.topo, where, job=str(rec["id"]))
-        fetch = sum(need[c] for c in missing)
-        by_src: dict[str, list[bytes]] = {}
-        for c in missing:
-            src = model.source(c, site, fetch)
-            if src is None:
-                missing_files = sorted({f.path for t in tasks for f in t.files
-                                        if any(r.id == c for r in f.manifest.chunks)})
-                raise JobFailedError(
-                    f"job {rec['id']}: chunk {c.hex()} of {', '.join(missing_files)} is held "
-                    f"by no up site; bring its site back and run the job again with the same "
-                    f"id", {"missing": missing_files,
-                            "lost_sites": sorted(n for n, x in rt.topo.sites.items()
-                                                 if x.status != "up")})
-            by_src.setdefault(src, []).append(c)
+        by_src = self._by_source(site, tasks, need, missing, rec)
         try:
             client = rt.dask(site)
         except Exception as e:  # the cluster of a lost site does not answer
