@@ -21,9 +21,10 @@ Measured in one run, on the same chunks:
 
 Targets (issue 3): on loopback the mover end to end (its best stream count)
 at >= 80% of single-stream iperf3 (the line also gives `best_vs_disk`, the
-same rate against the disk's O_DIRECT durable-write ceiling); on the WAN >= 80% of the link rate and >= 3x one HTTP
-stream (with bbr everywhere one HTTP stream already holds about half the
-link, so that run is held to the link target only).
+same rate against the disk's O_DIRECT durable-write ceiling); on the WAN
+>= 80% of the link rate and >= 3x one HTTP stream (with bbr everywhere one
+HTTP stream already holds a third or more of the link, so that run is held
+to the link target only).
 """
 from __future__ import annotations
 
