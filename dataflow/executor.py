@@ -107,10 +107,10 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, default=str).encode()
 
 
-def run_task(fn: TaskFn | Sequence[TaskFn], state: str, files: list[tuple[str, Manifest]],
-             output: str | None) -> dict[str, Any]:
-    """Worker side of one task: call the function (or pipeline), write its output."""
-    inputs = [InputFile(p, m, state) for p, m in files]
+def apply_task(fn: TaskFn | Sequence[TaskFn], inputs: list[Any], output: str | None,
+               store: Callable[[], Any]) -> dict[str, Any]:
+    """Call the function (or pipeline) on `inputs`; write a non-None result to `output`
+    through `store()` (anything with `mkdir` and `write_bytes`); the task's report."""
     t0 = time.monotonic()
     value: Any = inputs
     steps: Sequence[TaskFn] = fn if isinstance(fn, list | tuple) else [fn]  # type: ignore[list-item]
@@ -120,7 +120,7 @@ def run_task(fn: TaskFn | Sequence[TaskFn], state: str, files: list[tuple[str, M
     out: dict[str, Any] = {"seconds": seconds, "worker_pid": os.getpid()}
     if output is not None and value is not None:
         data = _encode(value)
-        client = _worker_store(state)
+        client = store()
         parent = output.rsplit("/", 1)[0] or "/"
         client.mkdir(parent, parents=True, exist_ok=True)
         client.write_bytes(output, data)
@@ -131,6 +131,13 @@ def run_task(fn: TaskFn | Sequence[TaskFn], state: str, files: list[tuple[str, M
             if len(text) <= MAX_VALUE_BYTES:
                 out["value"] = json.loads(text)
     return out
+
+
+def run_task(fn: TaskFn | Sequence[TaskFn], state: str, files: list[tuple[str, Manifest]],
+             output: str | None) -> dict[str, Any]:
+    """Worker side of one task: call the function (or pipeline), write its output."""
+    return apply_task(fn, [InputFile(p, m, state) for p, m in files], output,
+                      lambda: _worker_store(state))
 
 
 # -- the driver side ---------------------------------------------------------------------

@@ -54,12 +54,11 @@ from dataflow.cost import CostModel, Task
 from dataflow.datasets import Dataset, FileEntry, glob_regex, merge, whole_file
 from dataflow.errors import ConfigError, DatasetError, JobFailedError, SiteLostError
 from dataflow.executor import (
-    MAX_VALUE_BYTES,
     Executor,
     JobResult,
     Runtime,
     TaskFn,
-    _encode,
+    apply_task,
 )
 from dataflow.federated_ops import FederatedOps
 from dataflow.ops import Dataflow, Job, TransferSummary
@@ -526,32 +525,11 @@ def run_remote_task(fn: TaskFn | Sequence[TaskFn], creds: Credentials, site: str
     """Worker side of one task in federation mode: inputs through the sites' APIs
     (`files`: path, version, chunks, read whole), the output written with
     `FederationClient.write_bytes`."""
-    import os
-
     inputs = [RemoteInputFile(p, Manifest(v, tuple(ChunkRef(bytes.fromhex(h), n)
                                                    for h, n in refs)), site, sources, creds,
                               whole)
               for p, v, refs, whole in files]
-    t0 = time.monotonic()
-    value: Any = inputs
-    steps: Sequence[TaskFn] = fn if isinstance(fn, list | tuple) else [fn]  # type: ignore[list-item]
-    for step in steps:
-        value = step(value)
-    seconds = time.monotonic() - t0
-    out: dict[str, Any] = {"seconds": seconds, "worker_pid": os.getpid()}
-    if output is not None and value is not None:
-        data = _encode(value)
-        fc = creds.client(near=site)
-        parent = output.rsplit("/", 1)[0] or "/"
-        fc.mkdir(parent, parents=True, exist_ok=True)
-        fc.write_bytes(output, data)
-        out.update(output=output, output_bytes=len(data))
-    if value is not None and not isinstance(value, bytes | bytearray | memoryview):
-        with contextlib.suppress(TypeError, ValueError):
-            text = json.dumps(value, default=str)
-            if len(text) <= MAX_VALUE_BYTES:
-                out["value"] = json.loads(text)
-    return out
+    return apply_task(fn, inputs, output, lambda: creds.client(near=site))
 
 
 # -- the driver side --------------------------------------------------------------------------
