@@ -8,43 +8,24 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dataflow import JobFailedError, PlanError
-from dataflow.federated import FederatedDataflow, FederatedExecutor, start_site_cluster
+from dataflow.federated import FederatedExecutor
 from gfs.federation.auth import AuthError
-from gfs.federation.testing import Federation
+from tests.federated_sites import FederatedSites
 from tests.test_dataflow_federation_run import digest
 
 
-class World:
+class World(FederatedSites):
     """bank-a (primary a1, a2) owns the data; lab-b (b1, with a Dask cluster) runs jobs."""
 
     def __init__(self, root: Path) -> None:
-        self.fed = Federation(root, ttl=3.0, heartbeat=0.3)
-        self.cluster: Any = None
         self.data: dict[str, bytes] = {}
-        try:
-            self.fed.registry()
-            self.fed.site("a1", "bank-a", "cn-west", primary=True)
-            self.fed.site("a2", "bank-a", "cn-west")
-            self.fed.site("b1", "lab-b", "cn-east", primary=True)
-            self.cluster = start_site_cluster("b1", slots=1)
-        except BaseException:
-            self.close()
-            raise
-
-    def dataflow(self, **kw: Any) -> FederatedDataflow:
-        return FederatedDataflow(self.fed.registry_url,
-                                 keys_dir=str(self.fed.sites["b1"]["state"] / "federation"),
-                                 schedulers={"b1": str(self.cluster.scheduler_address)}, **kw)
-
-    def close(self) -> None:
-        if self.cluster is not None:
-            self.cluster.close(timeout=10)
-        self.fed.close()
+        super().__init__(root, [("a1", "bank-a", "cn-west", True),
+                                ("a2", "bank-a", "cn-west", False),
+                                ("b1", "lab-b", "cn-east", True)], ["b1"], driver="b1")
 
 
 @pytest.fixture(scope="module")

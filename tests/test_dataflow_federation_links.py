@@ -9,49 +9,28 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dataflow import Topology
-from dataflow.federated import FederatedDataflow, RemoteInputFile, start_site_cluster
+from dataflow.federated import RemoteInputFile
 from dataflow.sites import Link
-from gfs.federation.testing import Federation
+from tests.federated_sites import FederatedSites
 
 
 def size(files: list[RemoteInputFile]) -> int:
     return sum(len(f.read()) for f in files)
 
 
-class Sites:
+class Sites(FederatedSites):
     """bank-a: w1 (primary) and w2, each with a Dask cluster."""
 
     def __init__(self, root: Path) -> None:
-        self.fed = Federation(root, ttl=3.0, heartbeat=0.3)
-        self.clusters: dict[str, Any] = {}
-        try:
-            self.fed.registry()
-            self.fed.site("w1", "bank-a", "cn-west", primary=True)
-            self.fed.site("w2", "bank-a", "cn-west")
-            for name in ("w1", "w2"):
-                self.clusters[name] = start_site_cluster(name, slots=1)
-        except BaseException:
-            self.close()
-            raise
-
-    def dataflow(self, **kw: Any) -> FederatedDataflow:
-        return FederatedDataflow(
-            self.fed.registry_url, keys_dir=str(self.fed.sites["w1"]["state"] / "federation"),
-            schedulers={n: str(c.scheduler_address) for n, c in self.clusters.items()}, **kw)
+        super().__init__(root, [("w1", "bank-a", "cn-west", True),
+                                ("w2", "bank-a", "cn-west", False)], ["w1", "w2"], driver="w1")
 
     def registry_link(self, src: str, dst: str) -> Link:
         return Topology.from_registry(self.fed.registry_url).link(src, dst)
-
-    def close(self) -> None:
-        for cl in self.clusters.values():
-            cl.close(timeout=10)
-        self.clusters.clear()
-        self.fed.close()
 
 
 @pytest.fixture

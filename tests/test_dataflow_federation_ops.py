@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from dataflow import JobFailedError
-from dataflow.federated import FederatedDataflow, RemoteInputFile, start_site_cluster
+from dataflow.federated import FederatedDataflow, RemoteInputFile
 from dataflow.federated_ops import FederatedOps, MigrationIncompleteError
 from gfs import Client
-from gfs.federation.testing import Federation
+from tests.federated_sites import FederatedSites
 
 assert issubclass(FederatedDataflow, FederatedOps)
 
@@ -33,39 +33,20 @@ def checked(files: list[RemoteInputFile]) -> dict[str, Any]:
     return digest(files)
 
 
-class Sites:
+class Sites(FederatedSites):
     """bank-a: w1 (primary), w2, w3 in one region, a Dask cluster next to each."""
 
     def __init__(self, root: Path) -> None:
-        self.fed = Federation(root, ttl=3.0, heartbeat=0.3)
-        self.clusters: dict[str, Any] = {}
-        try:
-            self.fed.registry()
-            self.fed.site("w1", "bank-a", "cn-west", primary=True)
-            self.fed.site("w2", "bank-a", "cn-west")
-            self.fed.site("w3", "bank-a", "cn-west")
-            for name in ("w1", "w2", "w3"):
-                self.clusters[name] = start_site_cluster(name, slots=1)
-        except BaseException:
-            self.close()
-            raise
-
-    def dataflow(self) -> FederatedDataflow:
-        return FederatedDataflow(
-            self.fed.registry_url, keys_dir=str(self.fed.sites["w1"]["state"] / "federation"),
-            schedulers={n: str(c.scheduler_address) for n, c in self.clusters.items()})
+        super().__init__(root, [("w1", "bank-a", "cn-west", True),
+                                ("w2", "bank-a", "cn-west", False),
+                                ("w3", "bank-a", "cn-west", False)], ["w1", "w2", "w3"],
+                         driver="w1")
 
     def write(self, files: dict[str, bytes]) -> None:
         with self.fed.client("bank-a") as fc:
             for p, data in files.items():
                 fc.mkdir(p.rsplit("/", 1)[0], parents=True, exist_ok=True)
                 fc.write_bytes(p, data)
-
-    def close(self) -> None:
-        for cl in self.clusters.values():
-            cl.close(timeout=10)
-        self.clusters.clear()
-        self.fed.close()
 
 
 @pytest.fixture

@@ -15,12 +15,10 @@ import pytest
 
 from dataflow import JobFailedError, PlanError
 from dataflow.federated import (
-    FederatedDataflow,
     FederatedExecutor,
     RemoteInputFile,
-    start_site_cluster,
 )
-from gfs.federation.testing import Federation
+from tests.federated_sites import FederatedSites
 
 STARTED = threading.Event()
 
@@ -42,32 +40,14 @@ def _content(name: str, shared: bytes) -> bytes:
     return shared + own + shared[: 64 << 10]
 
 
-class Sites:
+class Sites(FederatedSites):
     """A federation of bank-a (primary w1, w2) with a Dask cluster next to each site."""
 
-    def __init__(self, root: Path, *, foreign: bool = False) -> None:
-        self.fed = Federation(root, ttl=3.0, heartbeat=0.3)
-        self.clusters: dict[str, Any] = {}
-        try:
-            self.fed.registry()
-            self.fed.site("w1", "bank-a", "cn-west", primary=True)
-            self.fed.site("w2", "bank-a", "cn-west")
-            if foreign:                     # another entity's site, no cluster of ours
-                self.fed.site("e1", "telco-b", "cn-east", primary=True)
-            for name in ("w1", "w2"):
-                self.clusters[name] = start_site_cluster(name, slots=1)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def schedulers(self) -> dict[str, str]:
-        return {n: str(c.scheduler_address) for n, c in self.clusters.items()}
-
-    def dataflow(self, **kw: Any) -> FederatedDataflow:
-        return FederatedDataflow(self.fed.registry_url,
-                                 keys_dir=str(self.fed.sites["w1"]["state"] / "federation"),
-                                 schedulers=self.schedulers, **kw)
+    def __init__(self, root: Path, *, foreign: bool = False, processes: bool = False) -> None:
+        specs = [("w1", "bank-a", "cn-west", True), ("w2", "bank-a", "cn-west", False)]
+        if foreign:                     # another entity's site, no cluster of ours
+            specs.append(("e1", "telco-b", "cn-east", True))
+        super().__init__(root, specs, ["w1", "w2"], driver="w1", processes=processes)
 
     def pulls(self, site: str) -> float:
         """`/v1/mover/pull` requests `site` has served (its metrics)."""
@@ -87,12 +67,6 @@ class Sites:
         self.fed.kill(name)
         cl = self.clusters.pop(name)
         cl.close(timeout=10)
-
-    def close(self) -> None:
-        for cl in self.clusters.values():
-            cl.close(timeout=10)
-        self.clusters.clear()
-        self.fed.close()
 
 
 def _write(sites: Sites, prefix: str, n: int) -> dict[str, bytes]:
@@ -299,15 +273,8 @@ def test_worker_processes_copy_and_read_through_the_apis(tmp_path: Path) -> None
     moves the distinct chunks once (incompressible data: stored bytes >= raw)."""
     import os
 
-    s = Sites.__new__(Sites)
-    s.fed = Federation(tmp_path, ttl=3.0, heartbeat=0.3)
-    s.clusters = {}
+    s = Sites(tmp_path, processes=True)
     try:
-        s.fed.registry()
-        s.fed.site("w1", "bank-a", "cn-west", primary=True)
-        s.fed.site("w2", "bank-a", "cn-west")
-        for n in ("w1", "w2"):
-            s.clusters[n] = start_site_cluster(n, 1, processes=True)
         blob = os.urandom(1 << 20)
         with s.fed.client("bank-a") as fc:
             fc.mkdir("/bank-a/p", parents=True)
