@@ -34,15 +34,23 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dataflow.cost import Constraints
 from dataflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dataflow.cost import Constraints
 
 _KEYS = {"name", "sites", "inputs", "entry", "output", "at", "per_task", "constraints",
          "job_id", "federation"}
 _FKEYS = {"registry", "keys", "schedulers"}
 _CKEYS = {"forbid", "only", "deadline", "budget", "objective", "compute_mbps"}
+
+
+def _constraints(*args: Any) -> Constraints:
+    from dataflow.cost import Constraints  # Dask and LMDB load only when a job runs
+
+    return Constraints(*args)
 
 
 @dataclass
@@ -57,7 +65,7 @@ class JobFile:
     output: str | None = None
     at: str = "auto"
     per_task: int = 1
-    constraints: Constraints = field(default_factory=Constraints)
+    constraints: Constraints = field(default_factory=lambda: _constraints())
     deadline: float | None = None
     budget: float | None = None
     objective: str = "balanced"
@@ -145,7 +153,7 @@ def load_job(path: str | Path) -> JobFile:
                           f"or 'money'")
     job = JobFile(p, str(data.get("name", p.stem)),
                   (p.parent / sites).absolute() if sites else None, inputs, entry, output,
-                  at, per_task, Constraints(frozenset(forbid), only), objective=objective,
+                  at, per_task, _constraints(frozenset(forbid), only), objective=objective,
                   job_id=data.get("job_id"))
     fed = data.get("federation", {})
     if not isinstance(fed, dict):

@@ -18,6 +18,13 @@ from gfs.errors import ConfigError
 
 CONFIG_FILE = "config.toml"
 STATE_ENV = "HUTONG_STATE"
+#: parallel TCP streams of the chunk mover unless asked otherwise
+MOVER_STREAMS = 4
+#: tier classes of pools, fastest first
+TIERS: tuple[str, ...] = ("hot", "warm", "cold")
+#: the disk cache tier of readers (mount, gfs://): its directory and capacity
+CACHE_DIR_ENV = "HUTONG_DISK_CACHE"
+CACHE_BYTES_ENV = "HUTONG_DISK_CACHE_BYTES"
 
 
 def state_dir(arg: str | os.PathLike[str] | None = None) -> Path:

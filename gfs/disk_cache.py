@@ -36,17 +36,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gfs.cache import DEFAULT_POLICY, make_policy
 from gfs.codec import decode_blob
+from gfs.config import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import ConfigError, CorruptChunkError, PoolError
+from gfs.eviction import DEFAULT_POLICY, make_policy
 from gfs.packs import pack_key
 from gfs.store import ChunkStore
 
 log = logging.getLogger("hutong.cache")
 
 #: Environment variables naming the tier's directory and capacity.
-CACHE_DIR_ENV = "HUTONG_DISK_CACHE"
-CACHE_BYTES_ENV = "HUTONG_DISK_CACHE_BYTES"
 #: Default capacity of the disk tier.
 DEFAULT_DISK_BYTES = 4 << 30
 STATS_FILE = "stats.json"

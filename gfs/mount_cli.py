@@ -12,12 +12,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gfs.cache import DEFAULT_POLICY, POLICIES
-from gfs.client import Client
-from gfs.disk_cache import CACHE_BYTES_ENV, CACHE_DIR_ENV
+from gfs.config import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import HutongError, StateError
+from gfs.eviction import DEFAULT_POLICY, POLICIES
+
+if TYPE_CHECKING:
+    from gfs.client import Client
 
 #: Seconds `mount --background` waits for the mount to come up.
 READY_TIMEOUT = 30.0
@@ -101,6 +103,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from gfs.mount import MountOptions, _check_mountpoint, run_mount
 
     mp = _check_mountpoint(args.mountpoint)
@@ -188,6 +191,8 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     total = files = 0
     if os.path.exists(args.path):  # a path in a mount: read through it
         targets = ([args.path] if os.path.isfile(args.path) else

@@ -12,8 +12,7 @@ import sys
 import threading
 from typing import Any
 
-from gfs import mover
-from gfs.client import Client
+from gfs.config import MOVER_STREAMS
 from gfs.errors import ConfigError
 
 SECRET_ENV = "HUTONG_MOVER_SECRET"
@@ -41,6 +40,9 @@ def _secret(args: argparse.Namespace) -> bytes:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gfs import mover
+    from gfs.client import Client
+
     secret = _secret(args)
     stop = threading.Event()
 
@@ -63,6 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
+    from gfs import mover
+    from gfs.client import Client
+
     with Client(args.state) as src, Client(args.to_state) as dst:
         ids = mover.tree_chunks(src, args.path)
         from tqdm import tqdm  # here: it costs ~20 ms of every command's start-up
@@ -105,8 +110,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "(default: the same path) of the store in --to-state, through the "
                         "chunk mover. Run it again after an interruption to resume.")
     cp.add_argument("--to-state", required=True, metavar="DIR", help="destination store")
-    cp.add_argument("--streams", type=int, default=mover.DEFAULT_STREAMS,
-                    help=f"parallel TCP streams ({mover.DEFAULT_STREAMS})")
+    cp.add_argument("--streams", type=int, default=MOVER_STREAMS,
+                    help=f"parallel TCP streams ({MOVER_STREAMS})")
     cp.add_argument("path", metavar="NS_PATH")
     cp.add_argument("dest", metavar="DEST", nargs="?")
     cp.set_defaults(func=cmd_copy)

@@ -11,12 +11,14 @@ from dataclasses import asdict
 from typing import Any
 
 from gfs.cli import human
-from gfs.client import Client
+from gfs.config import TIERS
 from gfs.errors import ConfigError
-from gfs.tiering.policy import TIERS, TierPolicy, parse_duration, parse_size
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+    from gfs.tiering.policy import parse_size
+
     with Client(args.state) as fs:
         rec = fs.add_pool(args.name, args.url, tier=args.tier,
                           capacity=parse_size(args.capacity) if args.capacity else 0)
@@ -25,6 +27,8 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_ls(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     with Client(args.state) as fs:
         for rec, used in fs.pools():
             cap = human(rec.capacity) if rec.capacity else "unlimited"
@@ -41,6 +45,9 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+    from gfs.tiering.policy import TierPolicy, parse_duration, parse_size
+
     changes: dict[str, Any] = {}
     if args.promote_reads is not None:
         changes["promote_reads"] = args.promote_reads
@@ -76,6 +83,8 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     with Client(args.state) as fs:
         policy = fs.store.policy()
     print(json.dumps(asdict(policy), indent=2, sort_keys=True))
@@ -83,6 +92,7 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 
 
 def cmd_tier_run(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from gfs.tiering.tierer import run
 
     with Client(args.state) as fs:
@@ -97,6 +107,7 @@ def cmd_tier_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tier_status(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from gfs.tiering.tierer import last_report, tier_capacity, tier_usage
 
     with Client(args.state) as fs:

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gfs.client import Client
 from privacy.errors import AuditError, QueryError
 
 if TYPE_CHECKING:
@@ -116,6 +115,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from privacy.audit import AuditLog
 
     with Client(args.state) as fs:
@@ -134,6 +134,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from privacy.audit import AuditLog
 
     with Client(args.state) as fs:
@@ -143,6 +144,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from privacy import keys
 
     with Client(args.state) as fs:
@@ -152,6 +154,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from privacy.policy import Policy, policy_path
 
     with open(args.file, "rb") as f:

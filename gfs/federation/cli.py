@@ -8,7 +8,6 @@ $HUTONG_REGISTRY, else the site.json of --state; the identity from --token
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import logging
@@ -17,14 +16,15 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from gfs.config import state_dir
 from gfs.errors import ConfigError, HutongError
-from gfs.federation.auth import EntityKeys
-from gfs.federation.client import FederationClient
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gfs.federation.client import FederationClient
 
 REGISTRY_ENV = "HUTONG_REGISTRY"
 TOKEN_ENV = "HUTONG_TOKEN"
@@ -49,6 +49,10 @@ def duration(text: str) -> float:
 
 async def _serve(app: web.Application, host: str, port: int, banner: str,
                  on_start: Any = None, background: list[Any] | None = None) -> None:
+    import asyncio
+
+    from aiohttp import web
+
     runner = web.AppRunner(app, shutdown_timeout=10.0, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
@@ -73,6 +77,8 @@ async def _serve(app: web.Application, host: str, port: int, banner: str,
 
 
 def cmd_registry_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gfs.federation.registry import RegistryState, make_app
 
     state = RegistryState(state_dir(args.state), ttl=args.ttl)
@@ -95,6 +101,8 @@ def cmd_site_init(args: argparse.Namespace) -> int:
 
 
 def cmd_site_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gfs.federation.rules import reconcile
     from gfs.federation.site import Site, make_app
     from gfs.mover import MoverServer
@@ -175,6 +183,9 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
 # -- clients ------------------------------------------------------------------------------
 
 def _fed(args: argparse.Namespace) -> FederationClient:
+    from gfs.federation.auth import EntityKeys
+    from gfs.federation.client import FederationClient
+
     registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV)
     token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
     keys = None
@@ -202,6 +213,8 @@ def _entity_of(args: argparse.Namespace, fc: FederationClient) -> str:
 
 
 def cmd_token_mint(args: argparse.Namespace) -> int:
+    from gfs.federation.auth import EntityKeys
+
     keys = EntityKeys.load(args.keys or state_dir(args.state) / "federation")
     print(keys.mint_token(args.user, args.scope, args.prefix or f"/{keys.name}", args.ttl))
     return 0

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gfs.config import TIERS
 from gfs.errors import ConfigError
-from gfs.meta import ReadTxn, WriteTxn
+
+if TYPE_CHECKING:
+    from gfs.meta import ReadTxn, WriteTxn
 
 #: Tier classes from fastest to cheapest.
-TIERS: tuple[str, ...] = ("hot", "warm", "cold")
 POLICY_KEY = b"tier-policy"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -21,13 +21,14 @@ from dataclasses import asdict, dataclass, field
 
 from gfs import namespace
 from gfs.codec import BLOB_HEADER_LEN, CODEC_ZSTD, decode_blob, encode_blob, parse_blob_header
+from gfs.config import TIERS
 from gfs.errors import CorruptChunkError, NotADirError, NotFoundError, PoolError
 from gfs.meta import ChunkRecord, Kind, Location, PackRecord, ReadTxn
 from gfs.packs import PackBuilder, pack_key
 from gfs.store import ChunkStore
 from gfs.tiering.heat import iter_chunk_heat
 from gfs.tiering.planner import ChunkState, Move, plan
-from gfs.tiering.policy import TIERS, TierPolicy
+from gfs.tiering.policy import TierPolicy
 
 log = logging.getLogger("hutong.tier")
 
