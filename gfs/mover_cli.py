@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Any
 
+from gfs.cli import port
 from gfs.config import MOVER_STREAMS
 from gfs.errors import ConfigError
 
@@ -97,7 +98,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                          description=f"Serve until SIGTERM or Ctrl-C. The session secret "
                          f"comes from --secret-file or ${SECRET_ENV} (hex).")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
+    sp.add_argument("--port", type=port, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--secret-file", metavar="FILE", help="file holding the session secret")
     sp.add_argument("--no-sendfile", action="store_true", help="send with pread + send")
     sp.add_argument("--congestion", metavar="NAME", default=None,

@@ -266,18 +266,23 @@ class ChunkStore:
                 try:
                     blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
                                                    loc.offset + loc.length)
-                    return blob, decode_blob(blob, expect_id=cid)
+                    raw = decode_blob(blob, expect_id=cid)
                 except CorruptChunkError as e:
-                    log.error("corrupt copy of chunk %s in pack %s (file %s): %s",
-                              cid.hex(), loc.pack.hex(), path or "?", e)
                     corrupt = True
                     problems.append(f"pack {loc.pack.hex()}: {e.strerror}")
+                    continue
                 except PoolObjectMissingError:
                     moved = True
                     problems.append(f"pack {loc.pack.hex()} missing from pool {loc.pool}")
+                    continue
+                if problems:  # read from another copy: say so once, the caller has its data
+                    log.error("chunk %s (file %s): skipped bad copies (%s); "
+                              "`hutong fsck --repair` drops them", cid.hex(), path or "?",
+                              "; ".join(problems))
+                return blob, raw
             if not moved or attempt:
                 break  # a missing pack may have been repacked by gc: look it up once more
-        detail = "; ".join(problems) + " (run `hutong fsck`)"
+        detail = "; ".join(problems)
         if corrupt:
             raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: {detail}")
         raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: {detail}")

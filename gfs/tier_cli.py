@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from gfs.cli import human
+from gfs.cli import add_json_flag, human, print_json
 from gfs.config import TIERS
 from gfs.errors import ConfigError
 
@@ -30,10 +30,15 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
     from gfs.client import Client
 
     with Client(args.state) as fs:
-        for rec, used in fs.pools():
-            cap = human(rec.capacity) if rec.capacity else "unlimited"
-            print(f"{rec.id:>3} {rec.name:<12} {rec.tier:<5} {human(used):>11} of {cap:<11} "
-                  f"{rec.url}")
+        pools = fs.pools()
+    if args.json:
+        print_json([{"id": rec.id, "name": rec.name, "tier": rec.tier, "url": rec.url,
+                     "used_bytes": used, "capacity": rec.capacity} for rec, used in pools])
+        return 0
+    for rec, used in pools:
+        cap = human(rec.capacity) if rec.capacity else "unlimited"
+        print(f"{rec.id:>3} {rec.name:<12} {rec.tier:<5} {human(used):>11} of {cap:<11} "
+              f"{rec.url}")
     return 0
 
 
@@ -97,6 +102,9 @@ def cmd_tier_run(args: argparse.Namespace) -> int:
 
     with Client(args.state) as fs:
         r = run(fs.store, dry_run=args.dry_run)
+    if args.json:
+        print_json(asdict(r))
+        return 0
     verb = "would move" if args.dry_run else "moved"
     moved = r.planned if args.dry_run else r.moved
     dirs = ", ".join(f"{k}: {v}" for k, v in sorted(r.directions.items())) or "nothing to do"
@@ -152,6 +160,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--capacity", help="at most this many bytes (e.g. 10G); default unlimited")
     sp.set_defaults(func=cmd_pool_add)
     sp = psub.add_parser("ls", help="pools, tiers, usage and capacity", parents=[common])
+    add_json_flag(sp)
     sp.set_defaults(func=cmd_pool_ls)
 
     tier = sub.add_parser("tier", help="tiered placement: policy, runs, status",
@@ -179,6 +188,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp = tsub.add_parser("run", help="move chunks between tiers as the policy asks",
                          parents=[common])
     sp.add_argument("--dry-run", action="store_true", help="plan only")
+    add_json_flag(sp)
     sp.set_defaults(func=cmd_tier_run)
     sp = tsub.add_parser("status", help="bytes per tier, cost, last run", parents=[common])
     sp.add_argument("--json", action="store_true")

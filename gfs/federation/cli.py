@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gfs.cli import port
 from gfs.config import state_dir
 from gfs.errors import ConfigError, HutongError
 
@@ -186,7 +187,7 @@ def _fed(args: argparse.Namespace) -> FederationClient:
     from gfs.federation.auth import EntityKeys
     from gfs.federation.client import FederationClient
 
-    registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV)
+    registry = _registry_of(args)
     token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
     keys = None
     keys_dir = getattr(args, "keys", None)
@@ -195,8 +196,6 @@ def _fed(args: argparse.Namespace) -> FederationClient:
         keys_dir = root / "federation"
     if keys_dir is not None:
         keys = EntityKeys.load(keys_dir)
-    if registry is None and (root / "federation" / "site.json").exists():
-        registry = json.loads((root / "federation" / "site.json").read_text())["registry"]
     if not registry:
         raise ConfigError(f"the registry URL is needed: pass --registry or set ${REGISTRY_ENV}")
     if keys is None and token is None:
@@ -265,9 +264,52 @@ def cmd_rule_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_of(args: argparse.Namespace) -> str | None:
+    """The registry URL: --registry, else $HUTONG_REGISTRY, else the state's site.json."""
+    registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV)
+    site_json = state_dir(args.state) / "federation" / "site.json"
+    if registry is None and site_json.exists():
+        registry = json.loads(site_json.read_text())["registry"]
+    return registry or None
+
+
+def _local_status(args: argparse.Namespace) -> int:
+    """`hutong status` of an embedded store: pools, tiers, usage, chunks."""
+    from gfs.cli import human, open_client
+    from gfs.tiering.tierer import last_report
+
+    with open_client(args) as fs:
+        pools = fs.pools()
+        du = fs.du("/")
+        last = last_report(fs.store)
+        state = str(fs.state)
+    info = {
+        "mode": "embedded", "state": state,
+        "pools": [{"name": r.name, "tier": r.tier, "url": r.url, "used_bytes": used,
+                   "capacity": r.capacity} for r, used in pools],
+        "usage": du.to_dict(),
+        "last_tier_run": None if last is None else {"moved": last.moved,
+                                                     "bytes_moved": last.bytes_moved},
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"embedded store at {state} (no registry: pass --registry or set "
+          f"${REGISTRY_ENV} for the federation)")
+    print(f"{'pool':<12} {'tier':<5} {'used':>10} {'capacity':>10}  url")
+    for r, used in pools:
+        cap = human(r.capacity) if r.capacity else "unlimited"
+        print(f"{r.name:<12} {r.tier:<5} {human(used):>10} {cap:>10}  {r.url}")
+    print(f"{du.files} files, {du.dirs} dirs, {human(du.logical_bytes)} logical, "
+          f"{human(du.stored_bytes)} stored ({du.total_ratio:.2f}x)")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from gfs.cli import human
 
+    if _registry_of(args) is None:
+        return _local_status(args)
     with _fed(args) as fc:
         sites = fc.sites(refresh=True)
         rules = []
@@ -324,7 +366,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp = rs.add_parser("serve", parents=[common], help="serve the registry until SIGTERM",
                        description="State (LMDB) in --state DIR.")
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
+    sp.add_argument("--port", type=port, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--ttl", type=float, default=15.0, help="heartbeat TTL in seconds (15)")
     sp.set_defaults(func=cmd_registry_serve)
 
@@ -341,7 +383,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.set_defaults(func=cmd_site_init)
     sp = ss.add_parser("serve", parents=[common], help="serve the site until SIGTERM")
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
+    sp.add_argument("--port", type=port, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--registry", metavar="URL", help="override the registry of site.json")
     sp.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
     sp.add_argument("--verify-every", type=int, default=10,
@@ -396,7 +438,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.set_defaults(func=cmd_rule_reconcile)
 
     sp = sub.add_parser("status", parents=[common, ident],
-                        help="sites, pools, usage and rule states")
+                        help="sites, pools, usage and rule states (of the embedded store "
+                        "when no registry is configured)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_status)
 

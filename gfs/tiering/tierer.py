@@ -118,7 +118,10 @@ def run(store: ChunkStore, *, dry_run: bool = False, hook: Hook | None = None,
     policy = store.policy()
     report = TierReport()
     states, records = survey(store, policy)
-    moves = plan(states, tier_capacity(store), policy)
+    capacity = tier_capacity(store)
+    # a tier without a pool takes nothing: its chunks stay where they are (planning them
+    # anyway moved the same chunks back into the same pool on every run)
+    moves = [m for m in plan(states, capacity, policy) if m.dst in capacity]
     report.planned = len(moves)
     for m in moves:
         key = f"{m.src}->{m.dst}"
