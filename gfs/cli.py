@@ -339,7 +339,14 @@ def _size(text: str) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a hint after a usage error (exit code 2, one line)."""
+    """argparse with a hint after a usage error (exit code 2, one line); records the
+    innermost command's name (`hutong site init`) as `_prog` for hints."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, rest = super().parse_known_args(args, namespace)
+        if not getattr(ns, "_prog", None):
+            ns._prog = self.prog
+        return ns, rest
 
     def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: error: {message}\nhint: `{self.prog} --help` lists the "
@@ -460,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("hutong").exception("traceback")
         if isinstance(e, OSError) and e.errno == errno.EPIPE:
             return _quiet_broken_pipe()
-        known, bad_request, hint = _classify(e, args.command)
+        known, bad_request, hint = _classify(e, getattr(args, "_prog", "hutong"))
         if not known:
             print(f"hutong: internal error: {type(e).__name__}: {_one_line(e)}\n"
                   "hint: run again with -v for the traceback and report it", file=sys.stderr)
@@ -469,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if bad_request else 1
 
 
-def _classify(e: BaseException, command: str) -> tuple[bool, bool, str]:
+def _classify(e: BaseException, prog: str) -> tuple[bool, bool, str]:
     """(an expected error?, the request's fault?, a hint naming the remedy)."""
     from gfs.errors import (
         ChunkMissingError,
@@ -496,9 +503,9 @@ def _classify(e: BaseException, command: str) -> tuple[bool, bool, str]:
     if isinstance(e, ConnectionError | TimeoutError):
         return True, False, "check that the server is running and that the URL is right"
     if isinstance(e, ValueError | LookupError):
-        return True, True, f"`hutong {command} --help` shows the accepted values"
+        return True, True, f"`{prog} --help` shows the accepted values"
     if isinstance(e, HutongError | OSError):
-        return True, False, f"`hutong {command} --help`; run with -v for details"
+        return True, False, f"`{prog} --help`; run with -v for details"
     return False, False, ""
 
 

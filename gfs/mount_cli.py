@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gfs.config import CACHE_BYTES_ENV, CACHE_DIR_ENV
-from gfs.errors import HutongError, StateError
+from gfs.errors import InvalidPathError, StateError
 from gfs.eviction import DEFAULT_POLICY, POLICIES
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
     try:
         raw = os.getxattr(args.mountpoint, "user.hutong.cache")
     except OSError as e:
-        raise HutongError(f"{args.mountpoint} is not a Hutong mount ({e.strerror}); "
+        raise InvalidPathError(args.mountpoint, f"not a Hutong mount ({e.strerror}); "
                           "omit MOUNTPOINT for the disk tier's saved statistics") from None
     stats = json.loads(raw)
     if args.json:

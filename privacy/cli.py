@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from privacy.errors import AuditError, QueryError
 
 if TYPE_CHECKING:
+    from gfs.client import Client
     from privacy.jobs import JobSpec
 
 # The job machinery (pyarrow, TenSEAL, nacl) is imported by the commands that
@@ -123,6 +124,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                                      if fs.exists(f"/{s.name}/.privacy/audit.log")]
         bad = 0
         for ent in entities:
+            _require_log(fs, ent)
             try:
                 n = AuditLog(fs, ent).verify()
                 if not args.quiet:
@@ -133,11 +135,21 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _require_log(fs: Client, entity: str) -> None:
+    """Refuse an entity with no audit log (a typo must not read as "ok, 0 records")."""
+    from gfs.errors import NotFoundError
+
+    path = f"/{entity}/.privacy/audit.log"
+    if not fs.exists(path):
+        raise NotFoundError(path, f"no audit log for entity {entity!r}")
+
+
 def cmd_audit_show(args: argparse.Namespace) -> int:
     from gfs.client import Client
     from privacy.audit import AuditLog
 
     with Client(args.state) as fs:
+        _require_log(fs, args.entity)
         for rec in AuditLog(fs, args.entity).records():
             print(json.dumps(rec, sort_keys=True))
     return 0

@@ -299,7 +299,7 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("site", "init"): ["site", "init", "--entity", "bad entity!", "--name", "s",
                        "--region", "r"],
     ("site", "serve"): ["site", "serve", "--port", "-1"],
-    ("token", "mint"): ["token", "mint", "--user", "u", "--ttl", "-5m"],
+    ("token", "mint"): ["token", "mint", "--user", "u", "--ttl=-5m"],
     ("grant",): ["grant", "/x/**", "--to", "y", "--read"],
     ("rule", "add"): ["rule", "add", "/x/**", "--copies", "two"],
     ("rule", "ls"): ["rule", "ls"],
