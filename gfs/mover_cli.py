@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any
 
-from gfs.cli import port
+from gfs.cli import add_json_flag, port, print_json
 from gfs.config import MOVER_STREAMS
 from gfs.errors import ConfigError
 
@@ -81,7 +81,12 @@ def cmd_copy(args: argparse.Namespace) -> int:
             report = mover.copy_tree(src, dst, args.path, args.dest, streams=args.streams,
                                      progress=advance)
     t = report.transfer
-    if not args.quiet:
+    if args.json:
+        print_json({"files": report.files, "dirs": report.dirs, "symlinks": report.symlinks,
+                    "logical_bytes": report.logical_bytes, "chunks": len(ids),
+                    "chunks_moved": t.chunks, "bytes_moved": t.bytes, "seconds": t.seconds,
+                    "streams": t.streams, "already_there": t.skipped, "retries": t.retries})
+    elif not args.quiet:
         print(f"copied {report.files} files, {report.dirs} dirs, {report.symlinks} symlinks "
               f"({report.logical_bytes} bytes); {len(ids)} chunks: {t.chunks} moved "
               f"({t.bytes} bytes in {t.seconds:.2f} s, {t.streams} streams), "
@@ -115,4 +120,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     help=f"parallel TCP streams ({MOVER_STREAMS})")
     cp.add_argument("path", metavar="NS_PATH")
     cp.add_argument("dest", metavar="DEST", nargs="?")
+    add_json_flag(cp)
     cp.set_defaults(func=cmd_copy)
