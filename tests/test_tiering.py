@@ -228,7 +228,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                  "--capacity", "1G"]) == 0
     assert main([*s, "tier", "policy", "set", "--promote-reads", "2", "--window", "30m",
                  "--pin", "/models=hot", "--price", "hot=0.2"]) == 0
-    assert main([*s, "tier", "policy", "set", "--pin", "models=hot"]) == 1
+    assert main([*s, "tier", "policy", "set", "--pin", "models=hot"]) == 2
     assert main([*s, "tier", "policy", "set", "--window", "soon"]) == 1
     capsys.readouterr()
     assert main([*s, "tier", "policy", "show"]) == 0
