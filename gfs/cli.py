@@ -21,6 +21,7 @@ from typing import Any
 from gfs.client import Client, DuReport, Stat
 from gfs.config import STATE_ENV
 from gfs.errors import HutongError
+from gfs.units import size_arg
 
 DESCRIPTION = """\
 Hutong keeps files as deduplicated, compressed, content-defined chunks under
@@ -234,14 +235,6 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if r.ok else 1
 
 
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(t[:-1]) * units[t[-1]]
-    return int(t)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `hutong`."""
     common = argparse.ArgumentParser(add_help=False)
@@ -263,9 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("init", cmd_init, "create a store in the state directory")
     sp.add_argument("--zstd-level", type=int, help="zstd level for new chunks (default 3)")
-    sp.add_argument("--avg-size", type=_size, help="average chunk size, power of two (64KiB)")
-    sp.add_argument("--min-size", type=_size, help="minimum chunk size (16KiB)")
-    sp.add_argument("--max-size", type=_size, help="maximum chunk size (256KiB)")
+    sp.add_argument("--avg-size", type=size_arg,
+                    help="average chunk size, power of two (64KiB)")
+    sp.add_argument("--min-size", type=size_arg, help="minimum chunk size (16KiB)")
+    sp.add_argument("--max-size", type=size_arg, help="maximum chunk size (256KiB)")
     sp = add("put", cmd_put, "copy a local file or tree into the namespace")
     sp.add_argument("local", metavar="LOCAL_PATH")
     sp.add_argument("path", metavar="NS_PATH")
