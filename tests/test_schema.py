@@ -1,0 +1,172 @@
+"""One schema-validated loader for user-written files (gfs.schema): for each kind of
+file, a misspelt key and a wrong type are refused naming the key, and nothing changes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import Field
+
+from gfs.cli import main
+from gfs.client import Client
+from gfs.config import StoreConfig
+from gfs.errors import ConfigError, HutongError
+from gfs.schema import Schema, SchemaError, load, validate
+from gfs.tiering.policy import TierPolicy
+from gfs.units import Duration, Size
+
+
+class _Inner(Schema):
+    min_group_size: int = 1
+    epsilon: float | None = None
+
+
+class _Doc(Schema):
+    name: str
+    limit: Size = 0
+    every: Duration = 60.0
+    inner: _Inner = _Inner()
+    parts: dict[str, _Inner] = Field(default_factory=dict)
+    items: list[_Inner] = Field(default_factory=list)
+
+
+# -- the loader -----------------------------------------------------------------------------
+
+
+def test_error_class() -> None:
+    with pytest.raises(SchemaError) as e:
+        validate(_Doc, {"name": "x", "limt": 1})
+    assert isinstance(e.value, HutongError) and isinstance(e.value, ValueError)
+    assert isinstance(e.value, ConfigError)
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"name": "x", "inner": {"min_group_sise": 10}},
+     ["unknown key 'inner.min_group_sise'", "did you mean 'min_group_size'?"]),
+    ({"name": "x", "parts": {"a": {"epsilonn": 1.0}}},
+     ["'parts.a.epsilonn'", "did you mean 'epsilon'?"]),
+    ({"name": "x", "items": [{}, {"min_grop_size": 2}]},
+     ["'items[1].min_grop_size'", "did you mean 'min_group_size'?"]),
+    ({"name": "x", "zzz": 1}, ["unknown key 'zzz'", "valid keys: every, inner"]),
+    ({"name": "x", "inner": {"epsilon": "0.5"}}, ["inner.epsilon:", "'0.5'"]),
+    ({"name": "x", "inner": {"min_group_size": "10"}}, ["inner.min_group_size:", "'10'"]),
+    ({"name": "x", "inner": {"min_group_size": True}}, ["inner.min_group_size:"]),
+    ({"name": 5}, ["name:", "valid string"]),
+    ({}, ["name: required key missing"]),
+    ({"name": "x", "limit": "lots"}, ["limit: not a size: 'lots'", "e.g. 512k"]),
+    ({"name": "x", "every": "soon"}, ["every: not a duration: 'soon'", "e.g. 45s"]),
+])
+def test_problems_name_the_key(data: dict[str, object], words: list[str]) -> None:
+    with pytest.raises(SchemaError) as e:
+        validate(_Doc, data, where="test file t.toml")
+    text = str(e.value)
+    assert text.startswith("test file t.toml: ") and "\n" not in text
+    for w in words:
+        assert w in text
+
+
+def test_files_json_and_toml(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('name = "a"\nlimit = "64KiB"\nevery = "1h30m"\n'
+                                     '[inner]\nmin_group_size = 3\n')
+    doc = load(_Doc, tmp_path / "a.toml", what="test file")
+    assert (doc.limit, doc.every, doc.inner.min_group_size) == (65536, 5400.0, 3)
+    (tmp_path / "a.json").write_text(json.dumps({"name": "b", "limit": 10}))
+    assert load(_Doc, tmp_path / "a.json").limit == 10
+    for name, text, word in (("bad.toml", "name = ", "not valid TOML"),
+                             ("bad.json", "{", "not valid JSON"),
+                             ("list.json", "[1]", "must be a table"),
+                             ("missing.toml", None, "No such file")):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(SchemaError, match=word) as e:
+            load(_Doc, tmp_path / name, what="test file")
+        assert f"test file {tmp_path / name}" in str(e.value)
+
+
+def test_direct_construction_raises_the_same_error() -> None:
+    with pytest.raises(SchemaError, match="did you mean 'min_group_size'"):
+        _Inner(min_group_sze=3)  # type: ignore[call-arg]
+
+
+# -- store config (STATE/config.toml, HUTONG_* environment, arguments) ---------------------
+
+
+def test_store_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "s"
+    Client.init(state).close()
+    cfg = state / "config.toml"
+    good = cfg.read_text()
+    cfg.write_text(good.replace("zstd_level", "zstd_levl"))
+    with pytest.raises(SchemaError, match=r"unknown key 'store\.zstd_levl'; did you mean "
+                       r"'zstd_level'\?") as e:
+        Client(state)
+    assert str(cfg) in str(e.value)
+    cfg.write_text(good.replace("zstd_level = 3", 'zstd_level = "3"'))
+    with pytest.raises(SchemaError, match=r"store\.zstd_level: input should be a valid "
+                       r"integer, got '3'"):
+        Client(state)
+    cfg.write_text(good.replace("pack_size = 16777216", 'pack_size = "1MiB"'))
+    with Client(state) as fs:
+        assert fs.config.pack_size == 1 << 20
+    monkeypatch.setenv("HUTONG_PACK_SIZE", "2M")
+    assert StoreConfig.load(state).pack_size == 2 << 20
+    monkeypatch.setenv("HUTONG_WORKERS", "four")
+    with pytest.raises(SchemaError, match="environment HUTONG_WORKERS: workers"):
+        StoreConfig.load(state)
+    monkeypatch.delenv("HUTONG_WORKERS")
+    assert StoreConfig.load(state, {"pack_size": "4MiB"}).pack_size == 4 << 20
+    with pytest.raises(SchemaError, match=r"argument: unknown key 'pack_sise'; did you mean"):
+        StoreConfig.load(state, {"pack_sise": 1})
+    with pytest.raises(SchemaError, match="power of two"):
+        StoreConfig.load(state, {"avg_size": 65535})
+
+
+def test_cli_refuses_a_bad_config_file(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "s"
+    Client.init(state).close()
+    (state / "config.toml").write_text("[store]\ncomit_files = 10\n")
+    assert main(["--state", str(state), "ls", "/"]) != 0
+    err = capsys.readouterr().err
+    assert "did you mean 'commit_files'?" in err and "Traceback" not in err
+
+
+# -- tier policy (`hutong tier policy set`, stored as JSON) --------------------------------
+
+
+def test_tier_policy_keys_and_types() -> None:
+    with pytest.raises(SchemaError, match="did you mean 'demote_idle'"):
+        validate(TierPolicy, {"demote_idel": "7d"}, where="tier policy")
+    with pytest.raises(SchemaError, match="promote_reads: input should be a valid number"):
+        validate(TierPolicy, {"promote_reads": "3"}, where="tier policy")
+    p = validate(TierPolicy, {"demote_idle": "1w", "rate": "100MB"}, where="tier policy")
+    assert (p.demote_idle, p.rate) == (604800.0, 100 << 20)
+    with pytest.raises(ConfigError, match="set it again"):
+        TierPolicy.from_json(b'{"window": "3600", "demote_idle": "soon"}')
+
+
+def test_refused_policy_set_changes_nothing(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    s = ["--state", str(tmp_path / "s")]
+    assert main([*s, "init"]) == 0
+    assert main([*s, "tier", "policy", "set", "--window", "2h", "--pin", "/keep=hot"]) == 0
+    with Client(tmp_path / "s") as fs:
+        before = fs.store.policy()
+    assert before.window == 7200.0
+    refused = [["--low", "0.95"],                         # above high: refused by the model
+               ["--window", "1h", "--price", "lukewarm=1"],   # unknown tier key
+               ["--window", "1h", "--pin", "/x=tepid"],   # unknown tier value
+               ["--window", "1h", "--cold-level", "40"]]
+    for args in refused:
+        capsys.readouterr()
+        assert main([*s, "tier", "policy", "set", *args]) == 1
+        err = capsys.readouterr().err
+        assert "tier policy" in err and "Traceback" not in err
+    for args in (["--window", "soon"], ["--rate", "-1"], ["--demote-idle", ""]):
+        with pytest.raises(SystemExit) as e:
+            main([*s, "tier", "policy", "set", *args])
+        assert e.value.code == 2
+    with Client(tmp_path / "s") as fs:
+        assert fs.store.policy() == before
