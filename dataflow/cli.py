@@ -12,7 +12,7 @@ A job file (TOML, or JSON when it ends in .json)::
     [constraints]                     # all optional
     forbid = ["c"]
     only = "region=cn-west"
-    deadline = 60.0                   # seconds
+    deadline = 60.0                   # seconds, or a duration such as "1h30m"
     budget = 1.0                      # money
     objective = "balanced"            # or "time" or "money"
     compute_mbps = 800                # input processing rate of one slot
@@ -30,19 +30,77 @@ import argparse
 import importlib
 import json
 import sys
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from dataflow.cost import Constraints
-from dataflow.errors import ConfigError
+from dataflow.errors import ConfigError, SchemaError
+from gfs.schema import Schema, load
+from gfs.units import Duration
 
-_KEYS = {"name", "sites", "inputs", "entry", "output", "at", "per_task", "constraints",
-         "job_id", "federation"}
-_FKEYS = {"registry", "keys", "schedulers"}
-_CKEYS = {"forbid", "only", "deadline", "budget", "objective", "compute_mbps"}
+
+def _absolute(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"must be an absolute namespace path or glob, got {path!r}")
+    return path
+
+
+def _entry(entry: str) -> str:
+    if entry.count(":") != 1 or not all(entry.split(":")):
+        raise ValueError(f"must be 'module:function', got {entry!r}")
+    return entry
+
+
+def _registry(url: str) -> str:
+    if not url.startswith("http://"):
+        raise ValueError(f"must be http://HOST:PORT, got {url!r}")
+    return url
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Positive = Annotated[float, Field(gt=0)]
+NsPath = Annotated[str, AfterValidator(_absolute)]
+
+
+class ConstraintsSpec(Schema):
+    """`[constraints]` of a job file."""
+
+    forbid: list[str] = Field(default_factory=list)
+    only: str = ""
+    deadline: Annotated[Duration, Field(gt=0)] | None = None
+    budget: Positive | None = None
+    objective: Literal["time", "balanced", "money"] = "balanced"
+    compute_mbps: Positive | None = None
+
+
+class FederationSpec(Schema):
+    """`[federation]` of a job file."""
+
+    registry: Annotated[str, AfterValidator(_registry)] | None = None
+    keys: str | None = None
+    schedulers: dict[str, str] = Field(default_factory=dict)
+
+
+class JobSpec(Schema):
+    """A job file as written (docs/dataflow.md, "CLI")."""
+
+    name: str | None = None
+    sites: str | None = None
+    inputs: Annotated[list[NsPath], BeforeValidator(_one_or_many), Field(min_length=1)]
+    entry: Annotated[str, AfterValidator(_entry)]
+    output: NsPath | None = None
+    at: str = "auto"
+    per_task: Annotated[int, Field(ge=1)] = 1
+    constraints: ConstraintsSpec = Field(default_factory=ConstraintsSpec)
+    job_id: str | None = None
+    federation: FederationSpec = Field(default_factory=FederationSpec)
 
 
 @dataclass
@@ -82,98 +140,19 @@ class JobFile:
         return fn  # type: ignore[no-any-return]
 
 
-def _num(v: Any, what: str, path: Path) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-        raise ConfigError(f"job file {path}: {what} must be a positive number, got {v!r}")
-    return float(v)
-
-
 def load_job(path: str | Path) -> JobFile:
-    """Read and check a job file; every problem is a ConfigError naming the field."""
+    """Read and check a job file; every problem is a ConfigError naming the key."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"job file {p}: {e.strerror}") from None
-    try:
-        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"job file {p}: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"job file {p}: must be a table of keys")
-    bad = set(data) - _KEYS
-    if bad:
-        raise ConfigError(f"job file {p}: unknown key(s) {sorted(bad)}; allowed: "
-                          f"{sorted(_KEYS)}")
-    inputs = data.get("inputs")
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if not isinstance(inputs, list) or not inputs or \
-            not all(isinstance(i, str) and i.startswith("/") for i in inputs):
-        raise ConfigError(f"job file {p}: inputs must be a list of absolute paths or globs")
-    entry = data.get("entry")
-    if not isinstance(entry, str) or entry.count(":") != 1 or not all(entry.split(":")):
-        raise ConfigError(f"job file {p}: entry must be 'module:function', got {entry!r}")
-    sites = data.get("sites")
-    if sites is not None and not isinstance(sites, str):
-        raise ConfigError(f"job file {p}: sites must be a path to a sites file")
-    output = data.get("output")
-    if output is not None and (not isinstance(output, str) or not output.startswith("/")):
-        raise ConfigError(f"job file {p}: output must be an absolute namespace path")
-    per_task = data.get("per_task", 1)
-    if isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1:
-        raise ConfigError(f"job file {p}: per_task must be an integer >= 1")
-    at = data.get("at", "auto")
-    if not isinstance(at, str):
-        raise ConfigError(f"job file {p}: at must be 'auto' or a site name")
-    c = data.get("constraints", {})
-    if not isinstance(c, dict):
-        raise ConfigError(f"job file {p}: [constraints] must be a table")
-    bad = set(c) - _CKEYS
-    if bad:
-        raise ConfigError(f"job file {p}: unknown constraint(s) {sorted(bad)}; allowed: "
-                          f"{sorted(_CKEYS)}")
-    forbid = c.get("forbid", [])
-    if not isinstance(forbid, list) or not all(isinstance(s, str) for s in forbid):
-        raise ConfigError(f"job file {p}: constraints.forbid must be a list of site names")
-    only = c.get("only", "")
-    if not isinstance(only, str):
-        raise ConfigError(f"job file {p}: constraints.only must be a site expression")
-    objective = c.get("objective", "balanced")
-    if objective not in ("time", "balanced", "money"):
-        raise ConfigError(f"job file {p}: constraints.objective must be 'time', 'balanced' "
-                          f"or 'money'")
-    job = JobFile(p, str(data.get("name", p.stem)),
-                  (p.parent / sites).absolute() if sites else None, inputs, entry, output,
-                  at, per_task, Constraints(frozenset(forbid), only), objective=objective,
-                  job_id=data.get("job_id"))
-    fed = data.get("federation", {})
-    if not isinstance(fed, dict):
-        raise ConfigError(f"job file {p}: [federation] must be a table")
-    bad = set(fed) - _FKEYS
-    if bad:
-        raise ConfigError(f"job file {p}: unknown federation key(s) {sorted(bad)}; allowed: "
-                          f"{sorted(_FKEYS)}")
-    reg = fed.get("registry")
-    if reg is not None and (not isinstance(reg, str) or not reg.startswith("http://")):
-        raise ConfigError(f"job file {p}: federation.registry must be http://HOST:PORT")
-    keys = fed.get("keys")
-    if keys is not None and not isinstance(keys, str):
-        raise ConfigError(f"job file {p}: federation.keys must be a directory")
-    scheds = fed.get("schedulers", {})
-    if not isinstance(scheds, dict) or not all(isinstance(v, str) for v in scheds.values()):
-        raise ConfigError(f"job file {p}: federation.schedulers must map site names to "
-                          f"scheduler addresses")
-    job.registry = reg
-    job.keys = (p.parent / keys).absolute() if keys else None
-    job.schedulers = {str(k): v for k, v in scheds.items()}
-    if "deadline" in c:
-        job.deadline = _num(c["deadline"], "constraints.deadline", p)
-    if "budget" in c:
-        job.budget = _num(c["budget"], "constraints.budget", p)
-    if "compute_mbps" in c:
-        job.compute_mbps = _num(c["compute_mbps"], "constraints.compute_mbps", p)
-    return job
+    spec = load(JobSpec, p, what="job file", error=SchemaError)
+    c, fed = spec.constraints, spec.federation
+    return JobFile(p, spec.name or p.stem,
+                   (p.parent / spec.sites).absolute() if spec.sites else None,
+                   list(spec.inputs), spec.entry, spec.output, spec.at, spec.per_task,
+                   Constraints(frozenset(c.forbid), c.only), deadline=c.deadline,
+                   budget=c.budget, objective=c.objective, compute_mbps=c.compute_mbps,
+                   job_id=spec.job_id, registry=fed.registry,
+                   keys=(p.parent / fed.keys).absolute() if fed.keys else None,
+                   schedulers=dict(fed.schedulers))
 
 
 def _open(args: argparse.Namespace, job: JobFile) -> Any:

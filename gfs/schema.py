@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import tomllib
 import types
 import typing
@@ -58,7 +59,7 @@ class Schema(BaseModel):
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
 
-def read(path: str | Path, *, what: str = "file",
+def read(path: str | os.PathLike[str], *, what: str = "file",
          error: type[SchemaError] = SchemaError) -> dict[str, Any]:
     """The table in a JSON (`.json`) or TOML (anything else) file."""
     p = Path(path)
@@ -83,7 +84,7 @@ def parse(text: str, *, json_format: bool = False, where: str = "input",
     return data
 
 
-def load(model: type[M], path: str | Path, *, what: str = "file",
+def load(model: type[M], path: str | os.PathLike[str], *, what: str = "file",
          error: type[SchemaError] = SchemaError) -> M:
     """Read `path` (JSON or TOML) and validate it as `model`."""
     return validate(model, read(path, what=what, error=error), where=f"{what} {path}",

@@ -170,3 +170,91 @@ def test_refused_policy_set_changes_nothing(tmp_path: Path,
         assert e.value.code == 2
     with Client(tmp_path / "s") as fs:
         assert fs.store.policy() == before
+
+
+# -- dataflow job files and sites files ------------------------------------------------------
+
+SITES = ('[defaults]\ninter_mbps = 100\n[sites.a]\nregion = "west"\nentity = "bank-a"\n'
+         '[sites.b]\nregion = "east"\nentity = "lab"\n'
+         '[[links]]\na = "a"\nb = "b"\nmbps = 50\nrtt_ms = 40\n'
+         '[owners.bank-a]\nallow = "region=west"\n')
+JOB = 'sites = "sites.toml"\ninputs = ["/bank-a/x/**"]\nentry = "m:f"\n[constraints]\n'
+
+
+@pytest.mark.parametrize("text, words", [
+    (SITES.replace("inter_mbps", "inter_mpbs"),
+     ["unknown key 'defaults.inter_mpbs'", "did you mean 'inter_mbps'?"]),
+    (SITES.replace("rtt_ms = 40", "rtt_msec = 40"),
+     ["unknown key 'links[0].rtt_msec'", "did you mean 'rtt_ms'?"]),
+    (SITES.replace('region = "east"', 'regoin = "east"'),
+     ["unknown key 'sites.b.regoin'", "did you mean 'region'?"]),
+    (SITES.replace("mbps = 50", 'mbps = "50"'), ["links[0].mbps:", "got '50'"]),
+    (SITES + "[sites.c]\nslots = \"4\"\n", ["sites.c.slots:", "got '4'"]),
+    (SITES.replace("inter_mbps = 100", "inter_mbps = 0"), ["defaults.inter_mbps:"]),
+    (SITES.replace('allow = "region=west"', 'allow = "region=(("'),
+     ["owners.bank-a.allow: site expression"]),
+    (SITES.replace('b = "b"', 'b = "zz"'), ["links[0]: unknown site 'zz'"]),
+    ('secret = "xyz"\n' + SITES, ["secret: must be hex"]),
+    (SITES + 'secret = "ab"\n', ["unknown key 'owners.bank-a.secret'"]),  # TOML: in the table
+])
+def test_sites_file_problems_name_the_key(tmp_path: Path, text: str, words: list[str]) -> None:
+    from dataflow import ConfigError as DataflowConfigError
+    from dataflow import Topology
+
+    p = tmp_path / "sites.toml"
+    p.write_text(text)
+    with pytest.raises(DataflowConfigError) as e:
+        Topology.from_config(p)
+    assert isinstance(e.value, SchemaError) and f"sites file {p}" in str(e.value)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_sites_file_good_and_as_a_dict(tmp_path: Path) -> None:
+    from dataflow import Topology
+
+    (tmp_path / "sites.toml").write_text(SITES)
+    topo = Topology.from_config(tmp_path / "sites.toml")
+    assert topo.link("b", "a").bandwidth == 50e6 / 8 and topo.owners == {"bank-a": "region=west"}
+    assert topo.sites["a"].entity == "bank-a" and topo.sites["b"].slots == 1
+    with pytest.raises(SchemaError, match=r"sites: unknown key 'sites\.a\.slot'; did you mean "
+                       r"'slots'\?"):
+        Topology.from_config({"sites": {"a": {"slot": 2}}})
+
+
+@pytest.mark.parametrize("text, words", [
+    (JOB + "deadlin = 60\n", ["unknown key 'constraints.deadlin'", "did you mean 'deadline'?"]),
+    (JOB.replace("entry", "entyr"), ["unknown key 'entyr'", "did you mean 'entry'?",
+                                     "entry: required key missing"]),
+    (JOB + 'deadline = "soon"\n', ["constraints.deadline: not a duration: 'soon'"]),
+    (JOB + 'budget = "1.0"\n', ["constraints.budget:", "got '1.0'"]),
+    (JOB.replace("[constraints]", 'per_task = "2"\n[constraints]'),
+     ["per_task: input should be a valid integer, got '2'"]),
+    (JOB.replace('entry = "m:f"', 'entry = "nocolon"'), ["entry: must be 'module:function'"]),
+    (JOB + "[federation]\nregistyr = 'http://x'\n",
+     ["unknown key 'federation.registyr'", "did you mean 'registry'?"]),
+])
+def test_job_file_problems_name_the_key(tmp_path: Path, text: str, words: list[str]) -> None:
+    from dataflow.cli import load_job
+
+    p = tmp_path / "job.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_job(p)
+    assert f"job file {p}" in str(e.value)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_job_file_durations_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataflow.cli import load_job
+
+    (tmp_path / "sites.toml").write_text(SITES)
+    p = tmp_path / "job.toml"
+    p.write_text(JOB + 'deadline = "1h30m"\nobjective = "time"\n')
+    job = load_job(p)
+    assert (job.deadline, job.objective, job.inputs) == (5400.0, "time", ["/bank-a/x/**"])
+    p.write_text(JOB + 'objectiv = "time"\n')
+    assert main(["plan", str(p)]) == 1
+    err = capsys.readouterr().err
+    assert "did you mean 'objective'?" in err and "Traceback" not in err
