@@ -25,6 +25,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, model_validator
 
 from dataflow.errors import ConfigError, SchemaError, UnknownSiteError
+from gfs.federation import expr
 from gfs.schema import Schema, load, validate
 
 #: A measurement older than this (seconds) is stale: configured values are used again.
@@ -116,16 +117,6 @@ def _name(v: str) -> str:
     return v
 
 
-def _expression(where: str) -> str:
-    from gfs.federation import expr
-
-    try:
-        expr.parse(where)
-    except expr.ExpressionError as e:
-        raise ValueError(f"site expression {where!r}: {e}") from None
-    return where
-
-
 def _hex(text: str) -> str:
     try:
         bytes.fromhex(text)
@@ -187,7 +178,7 @@ class GrantSpec(Schema):
 class OwnerSpec(Schema):
     """`[owners.ENTITY]` of a sites file."""
 
-    allow: Annotated[str, AfterValidator(_expression)] = ""
+    allow: Annotated[str, AfterValidator(expr.checked)] = ""
     grants: list[GrantSpec] = Field(default_factory=list)
 
 
@@ -260,8 +251,6 @@ class Topology:
 
     def matching(self, where: str) -> list[Site]:
         """Up sites matching the attribute expression `where` (empty: all)."""
-        from gfs.federation import expr
-
         try:
             pred = expr.parse(where)
         except expr.ExpressionError as e:

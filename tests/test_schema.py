@@ -192,7 +192,7 @@ JOB = 'sites = "sites.toml"\ninputs = ["/bank-a/x/**"]\nentry = "m:f"\n[constrai
     (SITES + "[sites.c]\nslots = \"4\"\n", ["sites.c.slots:", "got '4'"]),
     (SITES.replace("inter_mbps = 100", "inter_mbps = 0"), ["defaults.inter_mbps:"]),
     (SITES.replace('allow = "region=west"', 'allow = "region=(("'),
-     ["owners.bank-a.allow: site expression"]),
+     ["owners.bank-a.allow: expression 'region=(('"]),
     (SITES.replace('b = "b"', 'b = "zz"'), ["links[0]: unknown site 'zz'"]),
     ('secret = "xyz"\n' + SITES, ["secret: must be hex"]),
     (SITES + 'secret = "ab"\n', ["unknown key 'owners.bank-a.secret'"]),  # TOML: in the table
@@ -258,3 +258,61 @@ def test_job_file_durations_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["plan", str(p)]) == 1
     err = capsys.readouterr().err
     assert "did you mean 'objective'?" in err and "Traceback" not in err
+
+
+# -- federation: rules (`hutong rule add`, POST /v1/rules) and site.json -----------------------
+
+
+def test_rules_and_site_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from gfs.federation.http import BadRequestError
+    from gfs.federation.testing import Federation
+
+    def hutong(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gfs.cli", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    with Federation(tmp_path) as fed:
+        fed.registry()
+        fed.site("a1", "bank-a", "cn-west", primary=True)
+        state = str(fed.sites["a1"]["state"])
+        with fed.client("bank-a") as fc:
+            before = fc.rules("bank-a")
+            primary = fc._entity_site("bank-a")
+            for body, words in (
+                    ({"pattern": "/bank-a/x", "copies": 1, "wehre": "site=a1"},
+                     ["rule: unknown key 'wehre'", "did you mean 'where'?"]),
+                    ({"pattern": "/bank-a/x", "copies": "2"},
+                     ["copies: input should be a valid integer, got '2'"]),
+                    ({"pattern": "/bank-a/x", "copies": 1, "lifetime": "soon"},
+                     ["lifetime: not a duration: 'soon'"]),
+                    ({"pattern": "/bank-a/x", "copies": 1, "where": "region=("},
+                     ["where: expression 'region=('"])):
+                with pytest.raises(BadRequestError) as e:
+                    primary.call("POST", "/v1/rules", body)
+                for w in words:
+                    assert w in str(e.value)
+            assert fc.rules("bank-a") == before                      # nothing was added
+            r = fc.rule_add("/bank-a/x", 1, "site=a1", lifetime=None)
+            assert r["expires"] is None
+        out = hutong("rule", "add", "/bank-a/y", "--copies", "1", "--lifetime", "1w",
+                     "--state", state)
+        assert out.returncode == 0, out.stderr
+        bad = hutong("rule", "add", "/bank-a/y", "--copies", "1", "--lifetime", "soon",
+                     "--state", state)
+        assert bad.returncode == 2 and "e.g. 45s" in bad.stderr
+        with fed.client("bank-a") as fc:
+            [week] = [r for r in fc.rules("bank-a") if r["pattern"] == "/bank-a/y"]
+            assert 604000 < week["expires"] - week["created"] <= 604800
+    from gfs.federation.site import SiteConfig
+
+    site_json = fed.sites["a1"]["state"] / "federation" / "site.json"
+    good = site_json.read_text()
+    site_json.write_text(good.replace('"primary"', '"primray"'))
+    with pytest.raises(SchemaError, match="did you mean 'primary'"):
+        SiteConfig.load(fed.sites["a1"]["state"])
+    site_json.write_text(good.replace('"primary": true', '"primary": "yes"'))
+    with pytest.raises(SchemaError, match="primary: input should be a valid boolean"):
+        SiteConfig.load(fed.sites["a1"]["state"])
