@@ -185,3 +185,47 @@ def test_model_types_share_the_parser() -> None:
                 {"ttl": "soon"}, {"ttl": True}, {"ttl": -3}):
         with pytest.raises(ValidationError, match=r"e\.g\."):
             _Settings.model_validate(bad)
+
+
+# -- every size and duration flag of `hutong` ------------------------------------------------
+
+FLAGS = [
+    (["init", "--avg-size", "64KiB", "--min-size", "16k", "--max-size", "256KB"],
+     {"avg_size": 65536, "min_size": 16384, "max_size": 262144}),
+    (["mount", "/m", "--cache-size", "1T", "--disk-cache-size", "1.5G", "--attr-timeout",
+      "500ms"], {"cache_size": TIB, "disk_cache_size": GIB * 3 // 2, "attr_timeout": 0.5}),
+    (["warmup", "/x", "--disk-cache-size", "2GiB"], {"disk_cache_size": 2 * GIB}),
+    (["pool", "add", "p", "/tmp/p", "--capacity", "1T"], {"capacity": TIB}),
+    (["tier", "policy", "set", "--window", "1h30m", "--demote-idle", "1w", "--rate", "100MB"],
+     {"window": 5400.0, "demote_idle": 604800.0, "rate": 100 * MIB}),
+    (["registry", "serve", "--ttl", "1w"], {"ttl": 604800.0}),
+    (["site", "serve", "--heartbeat", "500ms", "--tier-interval", "1h",
+      "--reconcile-interval", "0"], {"heartbeat": 0.5, "tier_interval": 3600.0,
+                                     "reconcile_interval": 0.0}),
+    (["token", "mint", "--user", "u", "--ttl", "1w"], {"ttl": 604800.0}),
+    (["rule", "add", "/e/x", "--copies", "1", "--lifetime", "7d"], {"lifetime": 604800.0}),
+]
+
+
+@pytest.mark.parametrize("argv, want", FLAGS)
+def test_every_flag_takes_the_same_spellings(argv: list[str], want: dict[str, object]) -> None:
+    from gfs.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert {k: getattr(args, k) for k in want} == want
+
+
+@pytest.mark.parametrize("argv", [
+    ["mount", "/m", "--cache-size", "lots"], ["pool", "add", "p", "/p", "--capacity=-1G"],
+    ["registry", "serve", "--ttl", "0"], ["tier", "policy", "set", "--window", "1x"],
+    ["rule", "add", "/e/x", "--copies", "1", "--lifetime", "forever"],
+    ["site", "serve", "--heartbeat", ""],
+])
+def test_bad_flag_values_exit_2_with_an_example(argv: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from gfs.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "e.g." in err and "Traceback" not in err
