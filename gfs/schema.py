@@ -9,8 +9,8 @@
 Models derive from `Schema` (unknown keys are refused, types are strict: a
 string is not a number). Every problem raises SchemaError, one line naming
 the file, the key path, what was wrong and, for a misspelt key, the closest
-valid one ("did you mean 'min_group_size'?"). Nothing is returned, so nothing
-half-read is ever used.
+valid one ("did you mean 'min_group_size'?"). On any problem nothing is
+returned, so nothing half-read is ever used.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def read(path: str | os.PathLike[str], *, what: str = "file",
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise error(f"{what} {p}: {reason}; pass an existing file") from None
+        hint = "; pass an existing file" if isinstance(e, FileNotFoundError) else ""
+        raise error(f"{what} {p}: {reason}{hint}") from None
     return parse(text, json_format=p.suffix == ".json", where=f"{what} {p}", error=error)
 
 
