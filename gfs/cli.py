@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from gfs.config import STATE_ENV
+from gfs.env import STATE_ENV
+from gfs.units import size_arg
 
 if TYPE_CHECKING:
     from gfs.client import Client, DuReport, Stat
@@ -327,17 +328,6 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        if t and t[-1] in units:
-            return int(t[:-1]) * units[t[-1]]
-        return int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: use e.g. 64KiB, 1M") from None
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with a hint after a usage error (exit code 2, one line); records the
     innermost command's name (`hutong site init`) as `_prog` for hints."""
@@ -376,9 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("init", cmd_init, "create a store in the state directory")
     sp.add_argument("--zstd-level", type=int, help="zstd level for new chunks (default 3)")
-    sp.add_argument("--avg-size", type=_size, help="average chunk size, power of two (64KiB)")
-    sp.add_argument("--min-size", type=_size, help="minimum chunk size (16KiB)")
-    sp.add_argument("--max-size", type=_size, help="maximum chunk size (256KiB)")
+    sp.add_argument("--avg-size", type=size_arg, help="average chunk size, power of two (64KiB)")
+    sp.add_argument("--min-size", type=size_arg, help="minimum chunk size (16KiB)")
+    sp.add_argument("--max-size", type=size_arg, help="maximum chunk size (256KiB)")
     sp = add("put", cmd_put, "copy a local file or tree into the namespace "
              "(NS_PATH becomes the copy; NS_PATH/ puts it inside; `-` reads standard input)")
     sp.add_argument("local", metavar="LOCAL_PATH")

@@ -14,23 +14,16 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
-from gfs.config import CACHE_BYTES_ENV, CACHE_DIR_ENV
+from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import InvalidPathError, StateError
 from gfs.eviction import DEFAULT_POLICY, POLICIES
+from gfs.units import duration_arg, size_arg
 
 if TYPE_CHECKING:
     from gfs.client import Client
 
 #: Seconds `mount --background` waits for the mount to come up.
 READY_TIMEOUT = 30.0
-
-
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -41,16 +34,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.add_argument("--background", action="store_true",
                     help="detach once the mount is ready")
-    sp.add_argument("--attr-timeout", type=float, default=1.0, metavar="SECONDS",
+    sp.add_argument("--attr-timeout", type=duration_arg, default=1.0, metavar="SECONDS",
                     help="how long the kernel caches attributes and names (1)")
-    sp.add_argument("--cache-size", type=_size, default=256 << 20, metavar="BYTES",
+    sp.add_argument("--cache-size", type=size_arg, default=256 << 20, metavar="BYTES",
                     help="memory cache of decompressed chunks (256MiB)")
     sp.add_argument("--disk-cache", choices=("auto", "on", "off"), default="auto",
                     help="disk tier of stored chunks: auto = chunks of pools not on local "
                     "disk, on = every chunk, off (auto)")
     sp.add_argument("--disk-cache-dir", metavar="DIR",
                     help=f"disk tier directory (${CACHE_DIR_ENV}, else STATE/cache)")
-    sp.add_argument("--disk-cache-size", type=_size, metavar="BYTES",
+    sp.add_argument("--disk-cache-size", type=size_arg, metavar="BYTES",
                     help=f"disk tier capacity (${CACHE_BYTES_ENV}, else 4GiB)")
     sp.add_argument("--cache-policy", choices=sorted(POLICIES), default=DEFAULT_POLICY,
                     help=f"eviction policy of both tiers ({DEFAULT_POLICY})")
@@ -79,7 +72,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("path", metavar="PATH")
     sp.add_argument("--disk-cache-dir", metavar="DIR",
                     help=f"disk tier directory (${CACHE_DIR_ENV}, else STATE/cache)")
-    sp.add_argument("--disk-cache-size", type=_size, metavar="BYTES",
+    sp.add_argument("--disk-cache-size", type=size_arg, metavar="BYTES",
                     help=f"disk tier capacity (${CACHE_BYTES_ENV}, else 4GiB)")
     sp.set_defaults(func=cmd_warmup)
 
@@ -154,8 +147,8 @@ def _print_disk(d: dict[str, Any]) -> None:
 
 
 def cmd_cache_stats(args: argparse.Namespace) -> int:
-    from gfs.config import state_dir
     from gfs.disk_cache import cache_dir, offline_stats
+    from gfs.env import state_dir
 
     if args.mountpoint is None:  # no mount needed: the disk tier's saved counters
         root = cache_dir(state_dir(args.state), args.disk_cache_dir)

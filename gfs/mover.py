@@ -45,7 +45,7 @@ from gfs.codec import (
     decode_blob,
     parse_blob_header,
 )
-from gfs.config import MOVER_STREAMS
+from gfs.env import MOVER_STREAMS
 from gfs.errors import CorruptChunkError, HutongError
 from gfs.meta import ChunkRecord, ChunkRef, Kind, Location, Manifest, PackRecord, WriteTxn
 from gfs.packs import PACK_HEADER_LEN, PackBuilder, new_pack_id, pack_header, pack_key

@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from gfs.cli import add_json_flag, port, print_json
-from gfs.config import MOVER_STREAMS
+from gfs.env import MOVER_STREAMS
 from gfs.errors import ConfigError
 
 SECRET_ENV = "HUTONG_MOVER_SECRET"

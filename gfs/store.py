@@ -32,7 +32,8 @@ from gfs.codec import (
     encode_blobs,
     parse_blob_header,
 )
-from gfs.config import TIERS, StoreConfig
+from gfs.config import StoreConfig
+from gfs.env import TIERS
 from gfs.errors import (
     ChunkMissingError,
     CorruptChunkError,

@@ -11,17 +11,17 @@ from dataclasses import asdict
 from typing import Any
 
 from gfs.cli import add_json_flag, human, print_json
-from gfs.config import TIERS
+from gfs.env import TIERS
 from gfs.errors import ConfigError
+from gfs.units import duration_arg, size_arg
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
     from gfs.client import Client
-    from gfs.tiering.policy import parse_size
 
     with Client(args.state) as fs:
         rec = fs.add_pool(args.name, args.url, tier=args.tier,
-                          capacity=parse_size(args.capacity) if args.capacity else 0)
+                          capacity=args.capacity or 0)
     print(f"added pool {rec.name} (id {rec.id}, tier {rec.tier}) at {rec.url}")
     return 0
 
@@ -51,21 +51,14 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
     from gfs.client import Client
-    from gfs.tiering.policy import TierPolicy, parse_duration, parse_size
+    from gfs.tiering.policy import TierPolicy
 
     changes: dict[str, Any] = {}
-    if args.promote_reads is not None:
-        changes["promote_reads"] = args.promote_reads
-    for name in ("window", "demote_idle"):
-        value = getattr(args, name)
-        if value is not None:
-            changes[name] = parse_duration(value)
-    for name in ("high", "low", "cold_level", "write_tier"):
+    for name in ("promote_reads", "window", "demote_idle", "high", "low", "cold_level",
+                 "write_tier", "rate"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    if args.rate is not None:
-        changes["rate"] = parse_size(args.rate)
     with Client(args.state) as fs, fs.engine.write() as txn:
         policy = TierPolicy.load(txn)
         pins = dict(policy.pins)
@@ -83,7 +76,7 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--price {text!r}: the price must be a number") from None
         new = policy.with_changes(pins=pins, prices=prices, **changes)
         new.save(txn)
-    print(json.dumps(asdict(new), indent=2, sort_keys=True))
+    print(json.dumps(new.as_dict(), indent=2, sort_keys=True))
     return 0
 
 
@@ -92,7 +85,7 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 
     with Client(args.state) as fs:
         policy = fs.store.policy()
-    print(json.dumps(asdict(policy), indent=2, sort_keys=True))
+    print(json.dumps(policy.as_dict(), indent=2, sort_keys=True))
     return 0
 
 
@@ -157,7 +150,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("name")
     sp.add_argument("url", help="directory or fsspec URL (file://, s3://, memory://, ...)")
     sp.add_argument("--tier", choices=TIERS, default="warm")
-    sp.add_argument("--capacity", help="at most this many bytes (e.g. 10G); default unlimited")
+    sp.add_argument("--capacity", type=size_arg,
+                    help="at most this many bytes (e.g. 10G); default unlimited")
     sp.set_defaults(func=cmd_pool_add)
     sp = psub.add_parser("ls", help="pools, tiers, usage and capacity", parents=[common])
     add_json_flag(sp)
@@ -171,13 +165,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp = polsub.add_parser("set", help="change the policy (other settings stay)",
                            parents=[common])
     sp.add_argument("--promote-reads", type=float, help="decayed reads that make a chunk hot")
-    sp.add_argument("--window", help="half-life of read counts (e.g. 1h)")
-    sp.add_argument("--demote-idle", help="idle time after which a chunk goes cold (e.g. 7d)")
+    sp.add_argument("--window", type=duration_arg, help="half-life of read counts (e.g. 1h)")
+    sp.add_argument("--demote-idle", type=duration_arg,
+                    help="idle time after which a chunk goes cold (e.g. 7d)")
     sp.add_argument("--high", type=float, help="fill a tier to at most this share")
     sp.add_argument("--low", type=float, help="when over, empty a tier down to this share")
     sp.add_argument("--cold-level", type=int, help="zstd level of chunks moved to cold")
     sp.add_argument("--write-tier", choices=TIERS, help="tier new data is written to")
-    sp.add_argument("--rate", help="bytes per second a run may move (e.g. 100M; 0: no limit)")
+    sp.add_argument("--rate", type=size_arg,
+                    help="bytes per second a run may move (e.g. 100M; 0: no limit)")
     sp.add_argument("--pin", action="append", metavar="PATH=TIER", help="keep PATH in TIER")
     sp.add_argument("--unpin", action="append", metavar="PATH", help="remove a pin")
     sp.add_argument("--price", action="append", metavar="TIER=USD",

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gfs.cli import port
-from gfs.config import state_dir
+from gfs.env import state_dir
 from gfs.errors import ConfigError, HutongError
+from gfs.units import duration_arg, positive_duration_arg
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -30,20 +31,6 @@ if TYPE_CHECKING:
 REGISTRY_ENV = "HUTONG_REGISTRY"
 TOKEN_ENV = "HUTONG_TOKEN"
 log = logging.getLogger("gfs.federation")
-
-
-def duration(text: str) -> float:
-    """Seconds of `7d`, `12h`, `30m`, `45s` or a plain number."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    t = text.strip().lower()
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"duration {text!r}: use e.g. 7d, 12h, 30m, 45s") \
-            from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
-    return value
 
 
 # -- serving ------------------------------------------------------------------------------
@@ -367,7 +354,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="State (LMDB) in --state DIR.")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=port, default=0, help="port (0: any free port; printed)")
-    sp.add_argument("--ttl", type=float, default=15.0, help="heartbeat TTL in seconds (15)")
+    sp.add_argument("--ttl", type=positive_duration_arg, default=15.0,
+                    help="heartbeat TTL in seconds (15)")
     sp.set_defaults(func=cmd_registry_serve)
 
     p = sub.add_parser("site", help="create or run a federation site", parents=[common])
@@ -385,12 +373,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=port, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--registry", metavar="URL", help="override the registry of site.json")
-    sp.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    sp.add_argument("--heartbeat", type=positive_duration_arg, default=5.0,
+                    help="seconds between heartbeats")
     sp.add_argument("--verify-every", type=int, default=10,
                     help="audit replicas every N-th reconcile round (0: never)")
-    sp.add_argument("--tier-interval", type=float, default=300.0,
+    sp.add_argument("--tier-interval", type=duration_arg, default=300.0,
                     help="seconds between tierer runs (0: never; see `hutong tier`)")
-    sp.add_argument("--reconcile-interval", type=float, default=30.0,
+    sp.add_argument("--reconcile-interval", type=duration_arg, default=30.0,
                     help="seconds between rule evaluations (0: only on request)")
     sp.add_argument("--no-mover", action="store_true", help="no mover port")
     sp.set_defaults(func=cmd_site_serve)
@@ -401,7 +390,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--user", required=True)
     sp.add_argument("--scope", choices=("read", "write"), default="read")
     sp.add_argument("--prefix", help="namespace prefix (default: /ENTITY)")
-    sp.add_argument("--ttl", type=duration, default=3600.0, help="lifetime (1h)")
+    sp.add_argument("--ttl", type=positive_duration_arg, default=3600.0, help="lifetime (1h)")
     sp.add_argument("--keys", metavar="DIR")
     sp.set_defaults(func=cmd_token_mint)
 
@@ -421,7 +410,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("pattern")
     sp.add_argument("--copies", type=int, required=True)
     sp.add_argument("--where", default="", help="site expression, e.g. 'region=cn-west'")
-    sp.add_argument("--lifetime", type=duration, help="e.g. 7d")
+    sp.add_argument("--lifetime", type=positive_duration_arg, help="e.g. 7d")
     sp.set_defaults(func=cmd_rule_add)
     sp = rls.add_parser("ls", parents=[common, ident], help="rules and their states")
     sp.add_argument("--entity")

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 from gfs._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from gfs.config import TIERS
+    from gfs.env import TIERS
     from gfs.tiering.policy import TierPolicy
 
 __all__ = ["TIERS", "TierPolicy"]
 
-__getattr__ = lazy_exports(__name__, {"TIERS": "gfs.config",
+__getattr__ = lazy_exports(__name__, {"TIERS": "gfs.env",
                                        "TierPolicy": "gfs.tiering.policy"})

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from gfs import namespace
 from gfs.codec import BLOB_HEADER_LEN, CODEC_ZSTD, decode_blob, encode_blob, parse_blob_header
-from gfs.config import TIERS
+from gfs.env import TIERS
 from gfs.errors import CorruptChunkError, NotADirError, NotFoundError, PoolError
 from gfs.meta import ChunkRecord, Kind, Location, PackRecord, ReadTxn
 from gfs.packs import PackBuilder, pack_key
