@@ -161,7 +161,7 @@ def test_refused_policy_set_changes_nothing(tmp_path: Path,
                ["--window", "1h", "--cold-level", "40"]]
     for args in refused:
         capsys.readouterr()
-        assert main([*s, "tier", "policy", "set", *args]) == 1
+        assert main([*s, "tier", "policy", "set", *args]) == 2  # a wrong request
         err = capsys.readouterr().err
         assert "tier policy" in err and "Traceback" not in err
     for args in (["--window", "soon"], ["--rate", "-1"], ["--demote-idle", ""]):
