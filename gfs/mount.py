@@ -43,6 +43,16 @@ Design:
   (key: ino u64 BE + name). `user.hutong.*` are read-only facts computed from
   the index (chunks, stored bytes, replicas, version); they are not listed by
   listxattr, so copies of the tree do not carry them, but can be read by name.
+* Shutting down: the first SIGINT/SIGTERM makes new opens, creates and namespace
+  changes fail with ESHUTDOWN and commits the content written so far of every
+  file open for writing (each a whole version as of its last completed write,
+  never a torn one). Then it waits up to `drain_timeout` seconds for the writers
+  to close; each close commits the file's full content as usual. Files still
+  open then have what was written meanwhile committed, further writes fail
+  (ESHUTDOWN, then ENOTCONN once unmounted), and the mount unmounts and exits 0.
+  A second signal unmounts at once: what was written after the first is lost.
+  A mount whose process died leaves a stale mount point (ENOTCONN);
+  `hutong mount` and `hutong umount` clean it (`gfs.mount_points`).
 * Errors: gfs errors carry an errno and become that errno; a chunk that cannot
   be read gives EIO for that read and a log line naming the file.
 
@@ -81,8 +91,9 @@ from gfs.cache import DEFAULT_POLICY, ChunkCache
 from gfs.cache import CachedReader as _Reader
 from gfs.client import Client
 from gfs.disk_cache import open_tier
-from gfs.errors import ExistsError, HutongError, InvalidPathError, NotFoundError
+from gfs.errors import ExistsError, HutongError, NotFoundError
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
+from gfs.mount_points import prepare, unmount
 from gfs.store import WriteSession, release
 
 log = logging.getLogger("hutong.mount")
@@ -109,6 +120,8 @@ class MountOptions:
     threads: int = 8
     debug: bool = False
     allow_other: bool = False
+    #: Seconds SIGINT/SIGTERM wait for open files to be closed before unmounting.
+    drain_timeout: float = 5.0
 
 
 #: Uncommitted content up to this size stays in memory; larger spills to a temp file.
@@ -239,16 +252,53 @@ class HutongOperations(pyfuse3.Operations):
         self._committer = threading.Thread(target=self._commit_loop, name="hutong-commit",
                                            daemon=True)
         self._committer.start()
+        #: Shutting down: new opens and namespace changes are refused (ESHUTDOWN).
+        self.draining = False
+        #: Shut down: writes are refused too (what they would add could not be committed).
+        self.frozen = False
+        self._writers_closed: asyncio.Event | None = None
 
-    def close(self) -> None:
+    def close(self, commit: bool = True) -> None:
+        """Stop the threads; with `commit`, commit the files created and never closed."""
         self._pool.shutdown(wait=True)
         try:
-            self._settle()  # files created and never closed (the mount went away)
+            if commit:
+                self._settle()  # files created and never closed (the mount went away)
         except Exception:
             log.exception("could not commit the files created before the unmount")
         self._commits.put(None)
         self._committer.join()
         self.cache.close()
+
+    # -- shutting down -------------------------------------------------------
+    def _admit(self) -> None:
+        """Refuse a new open or namespace change while shutting down."""
+        if self.draining:
+            raise pyfuse3.FUSEError(errno.ESHUTDOWN)
+
+    def open_writers(self) -> int:
+        """The number of handles open for writing."""
+        return sum(1 for h in list(self._handles.values()) if h.writable)
+
+    def commit_open(self) -> int:
+        """Commit the content written so far of every file open for writing and every
+        file created here (a blocking call); returns how many files were committed."""
+        with self._lock:
+            todo = {**{ino: _Dirty(ino) for ino in self._pending}, **self._dirty}
+        done = 0
+        for d in todo.values():
+            with self._lock:
+                new = d.ino in self._pending
+            if new or (d.dirty and d.tmp is not None):
+                self._commit(d)
+                done += 1
+        return done
+
+    async def writers_closed(self) -> None:
+        """Return once no handle is open for writing."""
+        self._writers_closed = asyncio.Event()
+        if self.open_writers():
+            await self._writers_closed.wait()
 
     # -- plumbing ------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -441,6 +491,7 @@ class HutongOperations(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._admit()
         n = _name(name)
 
         def op(txn: WriteTxn) -> Inode:
@@ -452,6 +503,7 @@ class HutongOperations(pyfuse3.Operations):
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._admit()
         n = _name(name)
 
         def op(txn: WriteTxn) -> Inode:
@@ -473,13 +525,16 @@ class HutongOperations(pyfuse3.Operations):
         self._write_txn(op)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._admit()
         await self._run(self._remove, parent_inode, name, False)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._admit()
         await self._run(self._remove, parent_inode, name, True)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self._admit()
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         old, new = _name(name_old), _name(name_new)
@@ -568,6 +623,7 @@ class HutongOperations(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext
                    ) -> pyfuse3.FileInfo:
+        self._admit()
         def op() -> pyfuse3.FileInfo:
             reader, keep = self._open_reader(inode)
             fh = self._new_handle(inode, reader, flags)
@@ -577,6 +633,7 @@ class HutongOperations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._admit()
         n = _name(name)
 
         def op() -> tuple[pyfuse3.FileInfo, Inode]:
@@ -731,6 +788,8 @@ class HutongOperations(pyfuse3.Operations):
         h = self._handles.get(fh)
         if h is None or not h.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if self.frozen:
+            raise pyfuse3.FUSEError(errno.ESHUTDOWN)
 
         def write_locked(d: _Dirty) -> int:
             self._materialize(d, h.reader)
@@ -867,6 +926,13 @@ class HutongOperations(pyfuse3.Operations):
         await self.flush(fh)
 
     async def release(self, fh: int) -> None:
+        try:
+            await self._release(fh)
+        finally:
+            if self._writers_closed is not None and not self.open_writers():
+                self._writers_closed.set()
+
+    async def _release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
         if h is not None and not h.writable and h.ino in self._pending:
             await self._run(self._commit, _Dirty(h.ino))
@@ -950,6 +1016,7 @@ class HutongOperations(pyfuse3.Operations):
 
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
+        self._admit()
         if name.startswith(HUTONG_XATTR):
             raise pyfuse3.FUSEError(errno.EPERM)
         if not name.startswith(b"user."):
@@ -963,6 +1030,7 @@ class HutongOperations(pyfuse3.Operations):
         await self._run(self._write_txn, op)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._admit()
         if name.startswith(HUTONG_XATTR):
             raise pyfuse3.FUSEError(errno.EPERM)
 
@@ -972,15 +1040,6 @@ class HutongOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             txn.delete_value("xattrs", key)
         await self._run(self._write_txn, op)
-
-
-def _check_mountpoint(mountpoint: str) -> str:
-    mp = os.path.abspath(mountpoint)
-    if not os.path.isdir(mp):
-        raise NotFoundError(mp, "mount point must be an existing directory")
-    if os.path.ismount(mp):
-        raise ExistsError(mp, "something is already mounted here")
-    return mp
 
 
 #: Kernel read-ahead asked for the mount (KiB), so sequential reads arrive in large
@@ -1007,14 +1066,68 @@ def _raise_read_ahead(mountpoint: str) -> None:
         log.info("kernel read-ahead left as is (%s)", e)
 
 
+class _Shutdown:
+    """What SIGINT/SIGTERM do to a running mount (see "Shutting down" in the module doc)."""
+
+    def __init__(self, ops: HutongOperations, grace: float) -> None:
+        self.ops = ops
+        self.grace = grace
+        self.task: asyncio.Task[None] | None = None
+        self.forced = False
+        self.failed = False
+
+    def signal(self) -> None:
+        """The first signal drains and unmounts; a second one unmounts at once."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self.drain())
+            return
+        if not self.forced:
+            self.forced = True
+            log.warning("second signal: unmounting now; what open files wrote since the "
+                        "first signal is not committed")
+            pyfuse3.terminate()
+
+    async def _commit_open(self) -> int:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, self.ops.commit_open)
+        except Exception as e:
+            self.failed = True
+            log.error("could not commit the open files: %s", e)
+            return 0
+
+    async def drain(self) -> None:
+        """Refuse new opens, commit every open file, wait up to `grace` seconds for the
+        writers to close, commit what they wrote meanwhile, then end the main loop."""
+        self.ops.draining = True
+        done = await self._commit_open()
+        writers = self.ops.open_writers()
+        log.warning("shutting down: committed %d open files; waiting up to %g s for %d "
+                    "writers to close them (signal again to unmount now)", done, self.grace,
+                    writers)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ops.writers_closed(), self.grace)
+        self.ops.frozen = True
+        left = self.ops.open_writers()
+        done = await self._commit_open()
+        if left:
+            log.warning("%d files still open for writing: committed what was written to "
+                        "them (%d files); their later writes and closes fail", left, done)
+        if not self.forced:
+            pyfuse3.terminate()
+
+
 def run_mount(client: Client, mountpoint: str, options: MountOptions | None = None,
               ready: Callable[[], None] | None = None) -> None:
     """Mount `client`'s store at `mountpoint` and serve until unmounted or signalled.
 
-    SIGINT and SIGTERM unmount cleanly. `ready` is called once the mount is live.
+    SIGINT and SIGTERM commit the open files and unmount (see "Shutting down" in the
+    module doc); a stale mount at `mountpoint` is cleaned first. `ready` is called
+    once the mount is live. Raises HutongError if committing at shutdown failed.
     """
     opts = options or MountOptions()
-    mp = _check_mountpoint(mountpoint)
+    mp, report = prepare(mountpoint)
+    if report is not None:
+        log.warning("%s", report)
     pyfuse3.asyncio.enable()
     ops = HutongOperations(client, opts)
     fuse_opts = set(pyfuse3.default_options)
@@ -1027,9 +1140,10 @@ def run_mount(client: Client, mountpoint: str, options: MountOptions | None = No
     _raise_read_ahead(mp)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    shutdown = _Shutdown(ops, opts.drain_timeout)
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, pyfuse3.terminate)
+            loop.add_signal_handler(sig, shutdown.signal)
         if ready is not None:
             loop.call_soon(ready)
         log.info("mounted %s at %s", client.state, mp)
@@ -1038,23 +1152,16 @@ def run_mount(client: Client, mountpoint: str, options: MountOptions | None = No
         try:
             pyfuse3.close(unmount=True)
         finally:
-            ops.close()
+            if shutdown.task is not None and not shutdown.task.done():
+                shutdown.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(shutdown.task)
+            ops.close(commit=not shutdown.forced)
             loop.close()
             log.info("unmounted %s", mp)
-
-
-def unmount(mountpoint: str) -> None:
-    """Unmount a FUSE mount (`fusermount3 -u`)."""
-    import subprocess
-
-    mp = os.path.abspath(mountpoint)
-    if not os.path.ismount(mp):
-        raise InvalidPathError(mp, "not a mount point")
-    r = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise HutongError(f"cannot unmount {mp}: {r.stderr.strip() or 'fusermount3 failed'}"
-                          " (is a program still using it? see `fuser -m`)")
-
+    if shutdown.failed:
+        raise HutongError(f"unmounted {mp}, but some open files could not be committed "
+                          "(see the log above); `hutong fsck` checks the store")
 
 
 __all__ = ["HutongOperations", "MountOptions", "run_mount", "unmount"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -39,7 +40,8 @@ def init_store(state: Path) -> None:
 @contextmanager
 def mount(state: Path, mnt: Path, *extra: str, timeout: float = 30.0) -> Iterator[Mounted]:
     """Run `hutong mount` in the foreground in a child process; unmount and reap it after."""
-    mnt.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # not exist_ok: a stale mount point
+        mnt.mkdir(parents=True)                     # cannot be stat'ed (ENOTCONN)
     log = mnt.parent / f"{mnt.name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
