@@ -68,7 +68,10 @@ class Spool:
             self.file, self.mem = f, None
 
     def pwrite(self, data: bytes, off: int) -> int:
-        """Write `data` at `off` (a gap before it reads as zeros)."""
+        """Write `data` at `off` (a gap before it reads as zeros; writing nothing
+        changes nothing, as write(2) of 0 bytes)."""
+        if not data:
+            return 0
         self._spill(off + len(data))
         if self.mem is not None:
             if off > len(self.mem):
@@ -375,7 +378,8 @@ class WriteBack:
         self._materialize(d, reader)
         assert d.tmp is not None
         n = d.tmp.pwrite(data, off)
-        d.size = max(d.size, off + n)
+        if n:
+            d.size = max(d.size, off + n)
         d.dirty = True
         d.mtime_ns = None
         return n

@@ -10,14 +10,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gfs.client import Client
-from tests.test_mount_helpers import Mounted, init_store, mount, needs_fuse
+from tests.test_mount_helpers import Mounted, init_store, mount, needs_fuse, wait_for
 
 pytestmark = needs_fuse
 
@@ -28,15 +27,6 @@ DEADLINE = 30.0
 def state(tmp_path: Path) -> Path:
     init_store(tmp_path / "state")
     return tmp_path / "state"
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll `cond` until true; fail naming `what` after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
