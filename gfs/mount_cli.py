@@ -18,6 +18,7 @@ from gfs.cache import DEFAULT_POLICY, POLICIES
 from gfs.client import Client
 from gfs.disk_cache import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import HutongError, StateError
+from gfs.tiering.policy import parse_duration
 
 #: Seconds `mount --background` waits for the mount to come up.
 READY_TIMEOUT = 30.0
@@ -29,13 +30,6 @@ def _size(text: str) -> int:
     if t and t[-1] in units:
         return int(float(t[:-1]) * units[t[-1]])
     return int(t)
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return value
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -66,9 +60,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--allow-other", action="store_true", help="let other users in")
     sp.add_argument("--log", metavar="FILE", help="with --background: write logs here")
     sp.add_argument("--fuse-debug", action="store_true", help="log every FUSE request")
-    sp.add_argument("--drain-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+    sp.add_argument("--drain-timeout", type=parse_duration, default=5.0,
+                    metavar="DURATION",
                     help="on SIGINT/SIGTERM, how long to wait for open files to be closed "
-                    "after committing them, before unmounting (5)")
+                    "after committing them, before unmounting (5s)")
     sp.set_defaults(func=cmd_mount)
     sp = sub.add_parser("umount", parents=[common], help="unmount a Hutong FUSE mount",
                         description="Unmount MOUNTPOINT; a stale mount (its process "
