@@ -553,7 +553,7 @@ def run_mount(client: Client, mountpoint: str, options: MountOptions | None = No
         try:
             pyfuse3.close(unmount=True)
         finally:
-            if shutdown.task is not None and not shutdown.task.done():
+            if shutdown.task is not None:  # unmounted from outside while draining
                 shutdown.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     loop.run_until_complete(shutdown.task)

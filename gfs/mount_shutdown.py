@@ -57,6 +57,7 @@ class Drain:
             self.forced = True
             log.warning("second signal: unmounting now; what open files wrote since the "
                         "first signal is not committed")
+            self.task.cancel()  # a commit already running on a thread still finishes
             self.terminate()
 
     async def _commit_open(self) -> int:

@@ -274,3 +274,9 @@ def test_crash_between_spool_and_commit(state: Path) -> None:
         after = c.fsck()
         assert after.ok and after.orphan_packs == 0 and after.unreferenced_chunks == 0
         assert not any(p.exists() for p in new_packs)
+
+
+def test_no_fuse_in_the_write_back_and_xattr_modules() -> None:
+    code = ("import sys, gfs.mount_writeback, gfs.mount_xattr, gfs.mount_shutdown, "
+            "gfs.mount_points; sys.exit('pyfuse3' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False).returncode == 0
