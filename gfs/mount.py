@@ -348,6 +348,9 @@ class HutongOperations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if not any(h.ino == inode for h in list(self._handles.values())):
+            self._admit()  # while shutting down, only files open here may change
+
         def op() -> Inode:
             if fields.update_size:
                 self.wb.truncate(inode, attr.st_size)

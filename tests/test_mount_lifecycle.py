@@ -121,16 +121,20 @@ def test_new_opens_refused_while_draining(tmp_path: Path, state: Path) -> None:
             wait_for(lambda: draining(mm), "the mount to start shutting down")
             for op in (lambda: os.open(mm.mnt / "new", os.O_WRONLY | os.O_CREAT),
                        lambda: os.open(mm.mnt / "a", os.O_RDONLY),
-                       lambda: os.mkdir(mm.mnt / "d")):
+                       lambda: os.mkdir(mm.mnt / "d"), lambda: os.chmod(mm.mnt / "a", 0o600),
+                       lambda: os.rename(mm.mnt / "a", mm.mnt / "c")):
                 with pytest.raises(OSError) as exc:
                     op()
                 assert exc.value.errno == errno.ESHUTDOWN
             assert os.listdir(mm.mnt) == ["a", "b"]  # looking still works
+            os.utime(f.fileno(), ns=(1, 2_000_000_000))  # a file open here may change
+            f.write(b"ee")
         finally:
             f.close()
         assert mm.proc.wait(timeout=DEADLINE) == 0, mm.log_text()
     with Client(state) as c:
         assert sorted(s.name for s in c.ls("/")) == ["a", "b"]
+        assert c.read_bytes("/b") == b"bee" and c.stat("/a").mode & 0o777 != 0o600
 
 
 def test_second_sigint_forces(tmp_path: Path, state: Path) -> None:
