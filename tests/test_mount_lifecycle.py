@@ -174,6 +174,31 @@ def test_umount_cleans_a_stale_mount(stale: tuple[Path, Path]) -> None:
     assert not is_stale(mnt) and not os.path.ismount(mnt) and os.path.isdir(mnt)
 
 
+def test_umount_cleans_a_stale_mount_a_program_still_holds(tmp_path: Path,
+                                                            state: Path) -> None:
+    """A file still open on the dead mount makes `fusermount3 -u` fail (busy): the
+    lazy unmount takes over, and says so."""
+    with mount(state, tmp_path / "mnt") as mm:
+        f = open(mm.mnt / "held", "wb")  # noqa: SIM115
+        try:
+            f.write(b"never closed")
+            f.flush()
+            os.kill(mm.proc.pid, signal.SIGKILL)
+            mm.proc.wait()
+            assert is_stale(mm.mnt)
+            r = cli(state, "umount", str(mm.mnt))
+            assert r.returncode == 0, r.stderr
+            out = (r.stdout + r.stderr).strip()
+            assert len(out.splitlines()) == 1 and "stale" in out and "lazily" in out, out
+            assert not is_stale(mm.mnt) and os.path.isdir(mm.mnt)
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()
+    with Client(state) as c:
+        assert not c.exists("/held")
+        assert c.fsck().ok
+
+
 def test_mount_recovers_a_stale_mount_point(stale: tuple[Path, Path]) -> None:
     state, mnt = stale
     with mount(state, mnt) as again:
