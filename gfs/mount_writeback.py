@@ -2,8 +2,7 @@
 
 No FUSE here: `gfs.mount` calls it from its request handlers, and tests drive it
 directly. The rules it keeps (close-to-open, pending creates, group commit, what
-a shutdown commits) are written in `gfs.mount`'s module doc and
-docs/architecture.md. Parts:
+a shutdown commits) are written in docs/architecture.md, "The FUSE mount". Parts:
 
 * `Spool`: the uncommitted content of one file (memory, then a temporary file);
 * `DirtyFile`: a spool shared by an inode's writable handles;
