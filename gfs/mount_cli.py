@@ -29,8 +29,12 @@ READY_TIMEOUT = 30.0
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the mount commands to the `hutong` parser."""
     sp = sub.add_parser("mount", parents=[common], help="mount the namespace with FUSE",
-                        description="Mount the namespace at MOUNTPOINT. Stays in the "
-                        "foreground until unmounted (Ctrl-C or SIGTERM unmount cleanly).")
+                        description="Mount the namespace at MOUNTPOINT (a stale mount left "
+                        "there by a dead mount process is cleaned first). Stays in the "
+                        "foreground until unmounted. Ctrl-C or SIGTERM refuse new opens, "
+                        "commit what open files hold, wait --drain-timeout seconds for "
+                        "them to be closed (each is committed at its close), commit what "
+                        "is still open and unmount; a second Ctrl-C unmounts at once.")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.add_argument("--background", action="store_true",
                     help="detach once the mount is ready")
@@ -50,8 +54,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--allow-other", action="store_true", help="let other users in")
     sp.add_argument("--log", metavar="FILE", help="with --background: write logs here")
     sp.add_argument("--fuse-debug", action="store_true", help="log every FUSE request")
+    sp.add_argument("--drain-timeout", type=duration_arg, default=5.0,
+                    metavar="DURATION",
+                    help="on SIGINT/SIGTERM, how long to wait for open files to be closed "
+                    "after committing them, before unmounting (5s)")
     sp.set_defaults(func=cmd_mount)
-    sp = sub.add_parser("umount", parents=[common], help="unmount a Hutong FUSE mount")
+    sp = sub.add_parser("umount", parents=[common], help="unmount a Hutong FUSE mount",
+                        description="Unmount MOUNTPOINT; a stale mount (its process "
+                        "died) is cleaned.")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.set_defaults(func=cmd_umount)
     sp = sub.add_parser("cache", parents=[common], help="local cache tiers")
@@ -92,15 +102,20 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--allow-other")
     if args.fuse_debug:
         argv.append("--fuse-debug")
+    argv += ["--drain-timeout", str(args.drain_timeout)]
     return argv
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from gfs.client import Client
-    from gfs.mount import MountOptions, _check_mountpoint, run_mount
+    from gfs.mount import MountOptions, run_mount
+    from gfs.mount_points import prepare
 
-    mp = _check_mountpoint(args.mountpoint)
+    mp = args.mountpoint
     if args.background:
+        mp, report = prepare(mp)  # here, so that the report reaches the user
+        if report is not None:
+            print(f"hutong: {report}", file=sys.stderr)
         Client(args.state).close()  # fail here, not in the child, if there is no store
         log: Any = open(args.log, "ab+") if args.log else tempfile.TemporaryFile()  # noqa: SIM115
         with log:
@@ -123,17 +138,19 @@ def cmd_mount(args: argparse.Namespace) -> int:
                         cache_bytes=args.cache_size, disk_cache=args.disk_cache,
                         disk_cache_dir=args.disk_cache_dir,
                         disk_cache_bytes=args.disk_cache_size, cache_policy=args.cache_policy,
-                        allow_other=args.allow_other,
-                        debug=args.fuse_debug)
+                        allow_other=args.allow_other, debug=args.fuse_debug,
+                        drain_timeout=args.drain_timeout)
     with Client(args.state) as fs:
         run_mount(fs, mp, opts)
     return 0
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from gfs.mount import unmount
+    from gfs.mount_points import unmount
 
-    unmount(args.mountpoint)
+    report = unmount(args.mountpoint)
+    if report is not None:
+        print(f"hutong: {report}", file=sys.stderr)
     return 0
 
 

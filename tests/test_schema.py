@@ -255,7 +255,7 @@ def test_job_file_durations_and_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     job = load_job(p)
     assert (job.deadline, job.objective, job.inputs) == (5400.0, "time", ["/bank-a/x/**"])
     p.write_text(JOB + 'objectiv = "time"\n')
-    assert main(["plan", str(p)]) == 1
+    assert main(["plan", str(p)]) == 2
     err = capsys.readouterr().err
     assert "did you mean 'objective'?" in err and "Traceback" not in err
 
