@@ -43,10 +43,12 @@ TIMEOUT = 300
 FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
 MARK = re.compile(r"^<!--\s*doctest:\s*(\w+)\s*=\s*(.*?)\s*-->\s*$")
 
-#: Modules whose docstrings hold doctests, and the named doc block each needs first.
-DOCTEST_MODULES: dict[str, tuple[str, str] | None] = {
-    "gfs.federation.ids": None,
-    "dataflow.ops": ("docs/dataflow.md", "three-sites"),
+#: Modules whose docstrings hold doctests, and their set-up: fixtures (below) and named
+#: Python blocks (FILE#NAME), in order.
+DOCTEST_MODULES: dict[str, tuple[str, ...]] = {
+    "gfs.federation.ids": (),
+    "dataflow": ("docs/dataflow.md#three-sites",),
+    "dataflow.ops": ("docs/dataflow.md#three-sites",),
 }
 
 
@@ -232,9 +234,17 @@ def test_doc_block_runs_as_written(block: Block, tmp_path: Path) -> None:
             run_shell(block, d, env)
 
 
+def _close_dataflows(tests: list[doctest.DocTest]) -> None:
+    """Close what a failed example left open (Dataflow objects and their clusters)."""
+    for t in tests:
+        for v in t.globs.values():
+            if type(v).__module__.startswith("dataflow.") and hasattr(v, "close"):
+                v.close()
+
+
 @pytest.mark.parametrize("module", sorted(DOCTEST_MODULES))
 def test_module_doctests(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The `>>>` examples of a public module's docstrings, after their set-up block."""
+    """The `>>>` examples of a public module's docstrings, after their set-up."""
     mod = importlib.import_module(module)
     tests = [t for t in doctest.DocTestFinder().find(mod) if t.examples]
     assert tests, f"{module} has no doctests; drop it from DOCTEST_MODULES"
@@ -243,19 +253,19 @@ def test_module_doctests(module: str, tmp_path: Path, monkeypatch: pytest.Monkey
     for k in ("HOME", "HUTONG_STATE"):
         monkeypatch.setenv(k, env[k])
     globs: dict[str, object] = {"__name__": "__main__"}
-    setup = DOCTEST_MODULES[module]
-    if setup is not None:
-        [b] = [x for x in ALL if x.id.startswith(setup[0] + ":") and x.mark("name") == setup[1]]
-        exec(compile("\n" * (b.line - 1) + b.code, b.id, "exec"), globs)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    try:
+    with ExitStack() as stack:
+        for setup in DOCTEST_MODULES[module]:
+            if setup in FIXTURES:
+                stack.enter_context(contextmanager(FIXTURES[setup])(tmp_path, env, []))
+                continue
+            file, _, name = setup.partition("#")
+            [b] = [x for x in ALL if x.file == ROOT / file and x.mark("name") == name]
+            exec(compile("\n" * (b.line - 1) + b.code, b.id, "exec"), globs)
+        stack.callback(_close_dataflows, tests)
         for t in tests:
             t.globs.update(globs)
             runner.run(t)
-    finally:
-        for v in list(globs.values()) + [g for t in tests for g in t.globs.values()]:
-            if hasattr(v, "close") and type(v).__module__.startswith("dataflow"):
-                v.close()
     assert runner.failures == 0, f"{runner.failures} doctest(s) of {module} failed (see above)"
 
 
