@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata as md
+import importlib.util
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -141,3 +144,33 @@ def test_version_flag_prints_the_installed_version(capsys: pytest.CaptureFixture
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"hutong {md.version('hutong')}"
+
+
+def _install_check() -> Any:
+    spec = importlib.util.spec_from_file_location("install_check",
+                                                  ROOT / ".ci" / "install_check.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("drop", ["", "gfs/tiering/", "privacy/_ec"])
+def test_install_check_compares_the_wheel_with_the_checkout(
+        tmp_path: Path, drop: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`.ci/install-check` refuses a wheel that lacks a package of the checkout (as the
+    listed packages left out gfs.tiering) or a C extension."""
+    ic = _install_check()
+    names = sorted(ic.source_files(ROOT)) + [
+        f"{e}.cpython-311-x86_64-linux-gnu.so" for e in ic.EXTENSIONS]
+    wheel = tmp_path / "hutong-0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for n in names:
+            if not drop or not n.startswith(drop):
+                z.writestr(n, "")
+    if not drop:
+        ic.check_wheel(ROOT, wheel)
+        return
+    with pytest.raises(SystemExit):
+        ic.check_wheel(ROOT, wheel)
+    assert drop.rstrip("/") in capsys.readouterr().err
