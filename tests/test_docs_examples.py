@@ -226,12 +226,30 @@ def test_doc_block_runs_as_written(block: Block, tmp_path: Path) -> None:
         pytest.skip(reason)
     d = tmp_path / "work"
     d.mkdir()
+    run_block(block, d)
+
+
+def run_block(block: Block, d: Path) -> None:
+    """Run `block` after its set-up in directory `d`; fail on a mount it left."""
     env = environment(d)
-    with prepared(block, d, env) as prelude:
-        if block.lang == "python":
-            run_python(prelude, block, d, env)
-        else:
-            run_shell(block, d, env)
+    try:
+        with prepared(block, d, env) as prelude:
+            if block.lang == "python":
+                run_python(prelude, block, d, env)
+            else:
+                run_shell(block, d, env)
+    finally:
+        left = unmount_under(d)
+    assert not left, f"{block.id} left FUSE mounts behind: {left} (show the umount too)"
+
+
+def unmount_under(d: Path) -> list[str]:
+    """Unmount (lazily) every mount below `d` that an example left; returns them."""
+    left = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(d) + "/")]
+    for m in left:
+        subprocess.run(["fusermount3", "-u", "-z", m], capture_output=True, timeout=30)
+    return left
 
 
 def _close_dataflows(tests: list[doctest.DocTest]) -> None:
@@ -304,3 +322,11 @@ def test_a_failing_block_fails_the_test(tmp_path: Path) -> None:
     p = Block(ROOT / "README.md", 7, "python", "raise ValueError('boom')\n", ())
     with pytest.raises(AssertionError, match=r'README.md", line 7.*\n.*|boom'):
         run_python([], p, tmp_path, environment(tmp_path))
+
+
+def test_a_mount_left_behind_fails_the_block_and_is_unmounted(tmp_path: Path) -> None:
+    b = Block(ROOT / "README.md", 1, "sh",
+              "hutong init -q\nmkdir mnt\nhutong mount mnt --background\nls mnt\n", ())
+    with pytest.raises(AssertionError, match="left FUSE mounts"):
+        run_block(b, tmp_path)
+    assert unmount_under(tmp_path) == []
