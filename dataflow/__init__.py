@@ -1,12 +1,19 @@
 """dataflow: place data and compute across sites (docs/dataflow.md).
 
-    from dataflow import Dataflow
-    df = Dataflow.open("sites.toml")                 # embedded: one store per site
-    plan = df.plan(count_rows, "/bank-a/loans/**")   # where to run, what to move
-    print(plan.explain())
-    result = df.run(count_rows, "/bank-a/loans/**", output="/bank-a/out/rows")
+With the sites, files and task functions of docs/dataflow.md ("Operations"):
 
-    df = FederatedDataflow(registry_url, keys_dir=..., schedulers={...})  # via site APIs
+>>> from dataflow import Dataflow
+>>> df = Dataflow.open("sites.toml", progress=False)    # embedded: one store per site
+>>> plan = df.plan("/bank-a/loans/**")                  # where to run, what to move
+>>> plan.strategy
+'move data to a'
+>>> job = df.run(score, "/bank-a/loans/**", output="/bank-a/out/rows")
+>>> sorted(job.result.outputs.values())
+['/bank-a/out/rows/t0000', '/bank-a/out/rows/t0001', '/bank-a/out/rows/t0002']
+>>> df.close()
+
+In a federation, `FederatedDataflow(registry_url, keys_dir=...)` does the same
+through the sites' HTTP APIs.
 """
 
 from typing import TYPE_CHECKING

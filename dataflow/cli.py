@@ -21,6 +21,9 @@ A job file (TOML, or JSON when it ends in .json)::
     keys = "state/federation"         # the entity's keys (relative to the job file)
     schedulers = {w1 = "tcp://10.0.0.2:8786"}   # else Site.scheduler, else a LocalCluster
 
+The entry's module is imported with the current directory first on sys.path
+(as `python -m` does), by `plan` as well as `run`.
+
 Registered through `gfs.cli.EXTENSIONS`.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,11 +66,22 @@ def _open(args: argparse.Namespace, job: JobFile) -> Any:
                          objective=job.objective)
 
 
+def _entry_function(job: JobFile) -> Callable[..., Any]:
+    """The job's entry function, imported as `python -m` would: with the current
+    directory on sys.path (the console script's own sys.path[0] is its bin
+    directory), so `entry = "mypkg.jobs:f"` is found where the user runs hutong."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return job.function()
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from dataflow.jobfile import load_job  # pydantic, Dask and LMDB load only here
 
     job = load_job(args.jobfile)
     with _open(args, job) as df:
+        _entry_function(job)  # a wrong entry fails here, as it would at `run`
         plan = df.plan(job.inputs, at=job.at, per_task=job.per_task,
                        constraints=job.constraints, compute_mbps=job.compute_mbps,
                        deadline=job.deadline, budget=job.budget)
@@ -81,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataflow.jobfile import load_job  # pydantic, Dask and LMDB load only here
 
     job = load_job(args.jobfile)
-    fn = job.function()
+    fn = _entry_function(job)
     with _open(args, job) as df:
         j = df.run(fn, job.inputs, at=job.at, output=job.output, job_id=args.job_id or
                    job.job_id, per_task=job.per_task, constraints=job.constraints,

@@ -65,12 +65,6 @@ def human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def version() -> str:
-    """The installed version of Hutong."""
-    from gfs import __version__
-    return __version__
-
-
 def port(text: str) -> int:
     """An argparse type: a TCP port, 0 (any free port) to 65535."""
     try:
@@ -343,6 +337,16 @@ class _Parser(argparse.ArgumentParser):
                      "arguments\n")
 
 
+def _version() -> str:
+    """The installed distribution's version (importlib.metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hutong")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `hutong`."""
     common = _Parser(add_help=False)
@@ -354,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hutong", description=DESCRIPTION, epilog=EPILOG, parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
-    p.add_argument("--version", action="version", version=f"hutong {version()}")
+    p.add_argument("--version", action="version", version=f"hutong {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
                            parser_class=_Parser)
 
