@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 from dataflow.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dataflow.jobfile import JobFile
 
 
