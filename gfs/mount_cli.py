@@ -14,6 +14,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
+from gfs.cli import add_json_flag, print_json
 from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import InvalidPathError, StateError
 from gfs.eviction import DEFAULT_POLICY, POLICIES
@@ -84,6 +85,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     help=f"disk tier directory (${CACHE_DIR_ENV}, else STATE/cache)")
     sp.add_argument("--disk-cache-size", type=size_arg, metavar="BYTES",
                     help=f"disk tier capacity (${CACHE_BYTES_ENV}, else 4GiB)")
+    add_json_flag(sp)
     sp.set_defaults(func=cmd_warmup)
 
 
@@ -214,7 +216,9 @@ def cmd_warmup(args: argparse.Namespace) -> int:
                 while data := f.read(8 << 20):
                     total += len(data)
             files += 1
-        if not args.quiet:
+        if args.json:
+            print_json({"files": files, "bytes": total, "via": "mount"})
+        elif not args.quiet:
             print(f"warmed {files} files, {total} bytes (through the mount)")
         return 0
     from gfs.disk_cache import DiskCache, cache_capacity, cache_dir
@@ -231,7 +235,11 @@ def cmd_warmup(args: argparse.Namespace) -> int:
             stats = disk.stats()
         finally:
             disk.close()
-    if not args.quiet:
+    if args.json:
+        print_json({"files": files, "bytes": total, "via": "disk tier", "chunks_added": added,
+                    "bytes_cached": stats.bytes_cached, "capacity": stats.capacity,
+                    "entries": stats.entries})
+    elif not args.quiet:
         print(f"warmed {files} files, {total} bytes: {added} chunks added to the disk tier "
               f"({stats.bytes_cached}/{stats.capacity} bytes in {stats.entries} chunks)")
     return 0

@@ -325,7 +325,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_fed(args: argparse.Namespace) -> int:
     with _fed(args) as fc:
         if args.fed_command == "ls":
-            for e in fc.ls(args.path):
+            entries = fc.ls(args.path)
+            if args.json:
+                print(json.dumps(entries))
+            for e in entries if not args.json else ():
                 print(f"{e['kind']:<8} {e['size']:>12}  {e['path']}")
         elif args.fed_command == "stat":
             print(json.dumps(fc.stat(args.path)))
@@ -443,4 +446,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         sp.add_argument("path")
         if name == "rm":
             sp.add_argument("-r", "--recursive", action="store_true")
+        if name == "ls":
+            sp.add_argument("--json", action="store_true", help="print the result as JSON")
         sp.set_defaults(func=cmd_fed)
