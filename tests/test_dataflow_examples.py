@@ -86,4 +86,4 @@ def test_cli_imports_the_entry_module_from_the_current_directory(
         'sites = "sites.toml"\ninputs = ["/bank-a/loans/**"]\nentry = "mypkg.jobs:nope"\n')
     r = subprocess.run([str(hutong), command, "job.toml"], cwd=root, env=env,
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "no function 'nope'" in r.stderr, r.stderr
+    assert r.returncode == 2 and "no function 'nope'" in r.stderr, r.stderr
