@@ -20,6 +20,7 @@ import os
 import stat as statmod
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from gfs.errors import (
 )
 from gfs.files import NsReader, NsWriter
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, LmdbEngine, Manifest, PoolRecord, WriteTxn
+from gfs.namespace import XattrSource
 from gfs.store import ChunkStore, WriteStats, read_prepared, release
 
 Progress = Callable[[int], None]
@@ -293,6 +295,78 @@ class Client:
         """Create or replace file `path` with `data`, atomically."""
         with self.open(path, "wb", perm=perm) as f:
             f.write(data)
+
+    def iter_bytes(self, path: str, start: int = 0, end: int | None = None, *,
+                   manifest: Manifest | None = None) -> Iterator[bytes]:
+        """Bytes [start, end) of file `path` as a stream of blocks, read ahead in parallel;
+        `manifest` pins a version (see `manifest()`), else the one committed now."""
+        norm, m = (paths.normalize(path), manifest) if manifest is not None \
+            else self._manifest(path)
+        ends = list(itertools.accumulate(r.length for r in m.chunks))
+        size = ends[-1] if ends else 0
+        end = size if end is None else min(end, size)
+        if start >= end:
+            return
+        first = bisect.bisect_right(ends, start)
+        last = bisect.bisect_left(ends, end)
+        pos = ends[first] - m.chunks[first].length
+        for block in self.store.iter_manifest(Manifest(0, m.chunks[first:last + 1]), norm):
+            lo, hi = max(start - pos, 0), min(end - pos, len(block))
+            pos += len(block)
+            yield block if (lo, hi) == (0, len(block)) else block[lo:hi]
+
+    def scan(self, path: str, *, start: str = "", recursive: bool = True) -> Iterator[Stat]:
+        """Entries below directory `path` in the byte order of their relative keys, from
+        the first key >= `start` (see gfs.namespace.scan: "a-1" before "a/b"); each
+        Stat's path is absolute. Recursive: every file; else the direct entries."""
+        norm = paths.normalize(path)
+        base = norm.rstrip("/")
+        with self.engine.read() as txn:
+            top = namespace.resolve(txn, norm)
+            if top.kind != Kind.DIR:
+                raise NotADirError(norm)
+            for key, node in namespace.scan(txn, top, start=start, recursive=recursive):
+                yield Stat.of(f"{base}/{key.rstrip('/')}", node)
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        """The extended attributes of `path` by name ("user.author": b"...")."""
+        with self.engine.read() as txn:
+            return namespace.get_xattrs(txn, namespace.resolve(txn, path).ino)
+
+    def set_xattrs(self, path: str, values: dict[str, bytes], *,
+                   replace_all: bool = False) -> None:
+        """Set extended attributes of `path`; `replace_all` drops the others first."""
+        with self.engine.write() as txn:
+            namespace.set_xattrs(txn, namespace.resolve(txn, path).ino, values,
+                                 replace_all=replace_all)
+
+    def concat(self, path: str, sources: list[str], *, xattrs: XattrSource | None = None,
+               remove: list[str] | None = None) -> Stat:
+        """Create or replace file `path` with the content of the files `sources` one after
+        another, in one transaction and without reading or copying data (their chunk lists
+        are joined). `xattrs` replace the attributes of `path`; the entries in `remove`
+        (e.g. the directory of the sources) are removed in the same transaction."""
+        norm = paths.normalize(path)
+        with self.engine.write() as txn:
+            refs: list[ChunkRef] = []
+            for src in sources:
+                node = namespace.resolve(txn, src)
+                if node.kind != Kind.FILE:
+                    raise IsADirError(src) if node.kind == Kind.DIR else \
+                        InvalidPathError(src, "is a symlink, not a file")
+                m = txn.get_manifest(node.ino)
+                refs.extend(m.chunks if m is not None else ())
+            old = namespace.write_file(txn, norm, refs)
+            node = namespace.resolve(txn, norm)
+            if xattrs is not None:
+                namespace.set_xattrs_of(txn, node, xattrs)
+            deltas: Counter[bytes] = Counter(r.id for r in refs)
+            if old is not None:
+                deltas.subtract(r.id for r in old.chunks)
+            txn.add_refcounts(deltas)
+            for gone in remove or []:
+                release(txn, namespace.remove(txn, gone, recursive=True))
+            return Stat.of(norm, node)
 
     # -- changing --------------------------------------------------------------------
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False,

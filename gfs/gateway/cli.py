@@ -1,0 +1,86 @@
+"""`hutong gateway ...`: serve the store to S3 clients; manage gateway credentials."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from gfs.client import Client
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"listen address {text!r}: use HOST:PORT "
+                                         "(port 0 picks a free one)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def cmd_s3(args: argparse.Namespace) -> int:
+    from gfs.federation.cli import _serve
+    from gfs.gateway.s3 import make_app
+
+    host, port = args.listen
+    with Client(args.state) as fs:
+        asyncio.run(_serve(make_app(fs, args.root), host, port,
+                           "hutong gateway s3: serving on"))
+    return 0
+
+
+def cmd_cred_add(args: argparse.Namespace) -> int:
+    from gfs.gateway import credentials
+
+    with Client(args.state) as fs:
+        cred = credentials.add(fs, tuple(args.bucket or ()))
+    if args.json:
+        print(json.dumps({"access_key": cred.access_key, "secret_key": cred.secret_key,
+                          "buckets": list(cred.buckets)}))
+    else:
+        print(f"access key: {cred.access_key}\nsecret key: {cred.secret_key}\nbuckets:    "
+              + (", ".join(cred.buckets) or "all"))
+    return 0
+
+
+def cmd_cred_ls(args: argparse.Namespace) -> int:
+    from gfs.gateway import credentials
+
+    with Client(args.state) as fs:
+        for c in credentials.list_all(fs):
+            print(f"{c.access_key}  buckets: {', '.join(c.buckets) or 'all'}")
+    return 0
+
+
+def cmd_cred_rm(args: argparse.Namespace) -> int:
+    from gfs.gateway import credentials
+
+    with Client(args.state) as fs:
+        credentials.remove(fs, args.access_key)
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add `gateway` to the `hutong` command line."""
+    gw = sub.add_parser("gateway", help="serve the store over S3", parents=[common])
+    gsub = gw.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
+    sp = gsub.add_parser("s3", help="S3-compatible gateway (SigV4, path-style)",
+                         parents=[common])
+    sp.add_argument("--listen", type=_listen, default=("127.0.0.1", 9000), metavar="HOST:PORT")
+    sp.add_argument("--root", default="/", metavar="NS_PATH",
+                    help="namespace directory whose subdirectories are the buckets")
+    sp.set_defaults(func=cmd_s3)
+    cred = gsub.add_parser("credentials", help="access keys of the gateways",
+                           parents=[common])
+    csub = cred.add_subparsers(dest="cred_command", metavar="ACTION", required=True)
+    sp = csub.add_parser("add", help="issue an access key and secret", parents=[common])
+    sp.add_argument("--bucket", action="append", help="limit the key to this bucket "
+                    "(repeatable; default: every bucket)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_cred_add)
+    sp = csub.add_parser("ls", help="list access keys", parents=[common])
+    sp.set_defaults(func=cmd_cred_ls)
+    sp = csub.add_parser("rm", help="revoke an access key", parents=[common])
+    sp.add_argument("access_key")
+    sp.set_defaults(func=cmd_cred_rm)
+
