@@ -50,6 +50,11 @@ class S3Server:
         return Client(self.state)
 
 
+def code(e: pytest.ExceptionInfo[Any]) -> str:
+    """The S3 error code of a botocore ClientError."""
+    return str(e.value.response["Error"]["Code"])
+
+
 def cli(*args: str) -> list[str]:
     """argv of `hutong ARGS` with this interpreter."""
     return [sys.executable, "-m", "gfs.cli", *args]

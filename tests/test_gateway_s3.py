@@ -11,13 +11,9 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.gateway_servers import S3Server, s3server
+from tests.gateway_servers import S3Server, code, s3server
 
 __all__ = ["s3server"]
-
-
-def code(e: pytest.ExceptionInfo[ClientError]) -> str:
-    return str(e.value.response["Error"]["Code"])
 
 
 def test_buckets(s3server: S3Server) -> None:

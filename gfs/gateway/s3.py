@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gfs.client import Client
 from gfs.gateway import credentials, metrics
+from gfs.gateway.credentials import Credential
 from gfs.gateway.errors import S3Error
 from gfs.gateway.objects import (
     CONTENT_TYPE,
@@ -46,6 +47,7 @@ STREAM_BLOCK = 8 << 20
 MAX_XML = 2 << 20
 _STORE_KEY = web.AppKey("store", ObjectStore)
 _POOL_KEY = web.AppKey("pool", ThreadPoolExecutor)
+_CRED = "hutong.credential"
 
 
 def _iso(ns: int) -> str:
@@ -131,6 +133,7 @@ class S3Gateway:
                 if b and not verified.credential.allows(b):
                     raise S3Error("AccessDenied", "this access key may not use the bucket", b)
             payload = None if verified.payload_hash == UNSIGNED else verified.payload_hash
+            request[_CRED] = verified.credential
             resp = await self._dispatch(request, bucket, key, payload)
         except S3Error as e:
             resp = web.Response(status=e.status, body=e.to_xml(request_id) if
@@ -160,7 +163,7 @@ class S3Gateway:
         if not bucket:
             if m == "GET":
                 op("ListBuckets")
-                return await self.list_buckets()
+                return await self.list_buckets(request[_CRED])
             raise S3Error("MethodNotAllowed", f"{m} / is not an S3 operation")
         if not key:
             routes: dict[tuple[str, str], Callable[[], Awaitable[web.StreamResponse]]] = {
@@ -218,8 +221,8 @@ class S3Gateway:
         raise S3Error("MethodNotAllowed", f"{m} on an object is not supported")
 
     # -- buckets ---------------------------------------------------------------
-    async def list_buckets(self) -> web.Response:
-        buckets = await self.run(self.store.list_buckets)
+    async def list_buckets(self, cred: Credential) -> web.Response:
+        buckets = [b for b in await self.run(self.store.list_buckets) if cred.allows(b.name)]
         items = "".join(f"<Bucket><Name>{escape(b.name)}</Name><CreationDate>"
                         f"{_iso(b.ctime_ns)}</CreationDate></Bucket>" for b in buckets)
         return _xml(f'<ListAllMyBucketsResult xmlns="{XMLNS}"><Owner><ID>hutong</ID>'
