@@ -1,10 +1,13 @@
-"""`hutong gateway ...`: serve the store to S3 clients; manage gateway credentials."""
+"""`hutong gateway ...`: serve the store to S3 and WebDAV clients; manage gateway
+credentials."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import signal
+import threading
 from typing import Any
 
 from gfs.client import Client
@@ -26,6 +29,26 @@ def cmd_s3(args: argparse.Namespace) -> int:
     with Client(args.state) as fs:
         asyncio.run(_serve(make_app(fs, args.root), host, port,
                            "hutong gateway s3: serving on"))
+    return 0
+
+
+def cmd_webdav(args: argparse.Namespace) -> int:
+    from gfs.gateway.webdav import make_app, serve
+
+    host, port = args.listen
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # the server threads must not get them
+    with Client(args.state) as fs:
+        server = serve(make_app(fs, args.root, auth=not args.no_auth), host, port,
+                       lambda url: print(f"hutong gateway webdav: serving on {url}",
+                                         flush=True))
+        thread = threading.Thread(target=server.serve, name="hutong-webdav", daemon=True)
+        thread.start()
+        try:
+            signal.sigwait(stop)
+        finally:
+            server.stop()
+            thread.join(15)
     return 0
 
 
@@ -62,7 +85,7 @@ def cmd_cred_rm(args: argparse.Namespace) -> int:
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `gateway` to the `hutong` command line."""
-    gw = sub.add_parser("gateway", help="serve the store over S3", parents=[common])
+    gw = sub.add_parser("gateway", help="serve the store over S3 or WebDAV", parents=[common])
     gsub = gw.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
     sp = gsub.add_parser("s3", help="S3-compatible gateway (SigV4, path-style)",
                          parents=[common])
@@ -70,6 +93,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--root", default="/", metavar="NS_PATH",
                     help="namespace directory whose subdirectories are the buckets")
     sp.set_defaults(func=cmd_s3)
+    sp = gsub.add_parser("webdav", help="WebDAV server (WsgiDAV; basic auth with an access "
+                         "key and its secret)", parents=[common])
+    sp.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080), metavar="HOST:PORT")
+    sp.add_argument("--root", default="/", metavar="NS_PATH", help="namespace directory served")
+    sp.add_argument("--no-auth", action="store_true",
+                    help="serve without authentication (loopback use only)")
+    sp.set_defaults(func=cmd_webdav)
     cred = gsub.add_parser("credentials", help="access keys of the gateways",
                            parents=[common])
     csub = cred.add_subparsers(dest="cred_command", metavar="ACTION", required=True)
