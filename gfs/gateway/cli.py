@@ -1,5 +1,5 @@
-"""`hutong gateway ...`: serve the store to S3 and WebDAV clients; manage gateway
-credentials."""
+"""`hutong gateway ...` and `hutong dashboard`: serve the store to S3 and WebDAV
+clients and to browsers; manage gateway credentials."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ import threading
 from typing import Any
 
 from gfs.client import Client
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"interval {text!r}: a positive number of seconds")
+    return value
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -52,6 +62,17 @@ def cmd_webdav(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from gfs.federation.cli import _serve
+    from gfs.gateway.dashboard import make_app
+
+    host, port = args.listen
+    with Client(args.state) as fs:
+        asyncio.run(_serve(make_app(fs, args.gateway or [], args.interval), host, port,
+                           "hutong dashboard: serving on"))
+    return 0
+
+
 def cmd_cred_add(args: argparse.Namespace) -> int:
     from gfs.gateway import credentials
 
@@ -84,7 +105,7 @@ def cmd_cred_rm(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add `gateway` to the `hutong` command line."""
+    """Add `gateway` and `dashboard` to the `hutong` command line."""
     gw = sub.add_parser("gateway", help="serve the store over S3 or WebDAV", parents=[common])
     gsub = gw.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
     sp = gsub.add_parser("s3", help="S3-compatible gateway (SigV4, path-style)",
@@ -114,3 +135,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("access_key")
     sp.set_defaults(func=cmd_cred_rm)
 
+
+    sp = sub.add_parser("dashboard", help="live dashboard of the store in a browser",
+                        parents=[common])
+    sp.add_argument("--listen", type=_listen, default=("127.0.0.1", 8090), metavar="HOST:PORT")
+    sp.add_argument("--gateway", action="append", metavar="URL",
+                    help="a gateway whose request metrics to show (repeatable)")
+    sp.add_argument("--interval", type=_seconds, default=5.0, metavar="SECONDS",
+                    help="seconds between samples for the plots (default 5)")
+    sp.set_defaults(func=cmd_dashboard)
