@@ -183,6 +183,16 @@ class ObjectStore:
         check_key(key)
         return self._path(bucket, key)
 
+    def _make_parent(self, path: str) -> None:
+        """Make the missing directories above `path` (a read when none are missing)."""
+        parent = paths.join(paths.split(path)[:-1])
+        try:
+            if self.fs.stat(parent).is_dir:
+                return
+        except NotFoundError:
+            pass
+        self.fs.mkdir(parent, parents=True, exist_ok=True)
+
     def _require_bucket(self, bucket: str) -> str:
         p = self.bucket_path(bucket)
         try:
@@ -245,16 +255,14 @@ class ObjectStore:
     def start_put(self, bucket: str, key: str, xattrs: dict[str, bytes],
                   expect_sha256: str | None) -> ObjectUpload:
         """Begin a streaming PUT of `key` (missing parent directories are made)."""
-        bp = self._require_bucket(bucket)
+        self._require_bucket(bucket)
         p = self.key_path(bucket, key)
-        parent = paths.join(paths.split(p)[:-1])
-        if parent != bp:
-            try:
-                self.fs.mkdir(parent, parents=True, exist_ok=True)
-            except (ExistsError, NotADirError):
-                raise S3Error("ObjectConflict", "a prefix of this key is an object; this "
-                              "gateway stores keys as paths, so 'a' and 'a/b' cannot both be "
-                              "objects", f"{bucket}/{key}") from None
+        try:
+            self._make_parent(p)
+        except (ExistsError, NotADirError):
+            raise S3Error("ObjectConflict", "a prefix of this key is an object; this "
+                          "gateway stores keys as paths, so 'a' and 'a/b' cannot both be "
+                          "objects", f"{bucket}/{key}") from None
         try:
             return ObjectUpload(self.fs.open(p, "wb"), xattrs,  # type: ignore[arg-type]
                                 expect_sha256)
@@ -297,9 +305,8 @@ class ObjectStore:
         dst = self.key_path(bucket, key)
         xattrs = self.fs.xattrs(src) if replace is None else dict(replace)
         xattrs.pop(ETAG, None)
-        parent = paths.join(paths.split(dst)[:-1])
         try:
-            self.fs.mkdir(parent, parents=True, exist_ok=True)
+            self._make_parent(dst)
             st = self.fs.concat(dst, [src], xattrs=lambda node: {
                 **xattrs, ETAG: etag_value(info.etag, node)})
         except (ExistsError, NotADirError, IsADirError):
@@ -419,7 +426,7 @@ class ObjectStore:
         xattrs = {k: v for k, v in facts.items() if k not in (UPLOAD_BUCKET, UPLOAD_KEY)}
         dst = self.key_path(bucket, key)
         try:
-            self.fs.mkdir(paths.join(paths.split(dst)[:-1]), parents=True, exist_ok=True)
+            self._make_parent(dst)
             st = self.fs.concat(dst, [f"{d}/{n:05d}" for n in numbers],
                                 xattrs=lambda node: {**xattrs, ETAG: etag_value(etag, node)},
                                 remove=[d])
