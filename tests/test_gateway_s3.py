@@ -262,3 +262,51 @@ def test_s3fs_client(s3server: S3Server) -> None:
     assert fs.cat("data/c.txt") == b"alpha"
     fs.rm("data/sub", recursive=True)
     assert fs.find("data") == ["data/a.txt", "data/big", "data/c.txt"]
+
+
+def test_keys_with_special_characters(s3server: S3Server) -> None:
+    s3 = s3server.client()
+    s3.create_bucket(Bucket="bkt")
+    keys = ["dir/a b+c=d&e.txt", "数据/文件 1.csv", "x/~tilde(1)!*'", "q?x=1#frag",
+            "pct%20literal", "emoji/😀.bin"]
+    for k in keys:
+        s3.put_object(Bucket="bkt", Key=k, Body=k.encode(), Metadata={"name": "v"})
+    for k in keys:
+        assert s3.get_object(Bucket="bkt", Key=k)["Body"].read() == k.encode()
+    got = [c["Key"] for c in s3.list_objects_v2(Bucket="bkt")["Contents"]]
+    assert got == sorted(keys, key=lambda k: k.encode())
+    got = [c["Key"] for c in s3.list_objects_v2(Bucket="bkt", Prefix="数据/")["Contents"]]
+    assert got == ["数据/文件 1.csv"]
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "bkt", "Key": keys[0]})
+    import urllib.request
+
+    with urllib.request.urlopen(url) as r:
+        assert r.read() == keys[0].encode()
+
+
+def test_gateway_root_and_cli_credentials(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from tests.gateway_servers import cli, start_s3
+
+    server = start_s3(tmp_path, "--root", "/exports/s3")
+    try:
+        out = subprocess.run(cli("--state", str(server.state), "gateway", "credentials",
+                                 "add", "--bucket", "only", "--json"),
+                             check=True, capture_output=True, text=True).stdout
+        made = json.loads(out)
+        assert made["buckets"] == ["only"]
+        listed = subprocess.run(cli("--state", str(server.state), "gateway", "credentials",
+                                    "ls"), check=True, capture_output=True, text=True).stdout
+        assert made["access_key"] in listed and server.cred.access_key in listed
+        s3 = server.client()
+        s3.create_bucket(Bucket="only")
+        s3.put_object(Bucket="only", Key="k", Body=b"v")
+        with server.store() as fs:
+            assert fs.read_bytes("/exports/s3/only/k") == b"v"
+        rm = subprocess.run(cli("--state", str(server.state), "gateway", "credentials", "rm",
+                                "HTNOSUCH"), capture_output=True, text=True)
+        assert rm.returncode == 1 and "no such access key" in rm.stderr
+    finally:
+        server.proc.stop()
