@@ -103,7 +103,7 @@ def seaweedfs(root: Path) -> Iterator[Endpoint]:
         "filer.port.grpc", "s3.port.grpc", "metricsPort")}
     argv = [_weed(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
             "-s3", f"-s3.port={s3_port}", f"-s3.config={conf}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024",
+            "-s3.port.lance=0",
             *[f"{k}={v}" for k, v in ports.items()]]
     log = open(root / "weed.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

@@ -35,7 +35,7 @@ from gfs.gateway.objects import (
     check_key,
     object_xattrs,
 )
-from gfs.gateway.sigv4 import UNSIGNED, SignedRequest, verify
+from gfs.gateway.sigv4 import UNSIGNED, ChunkedDecoder, SignedRequest, Verified, verify
 
 T = TypeVar("T")
 XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -48,6 +48,7 @@ MAX_XML = 2 << 20
 _STORE_KEY = web.AppKey("store", ObjectStore)
 _POOL_KEY = web.AppKey("pool", ThreadPoolExecutor)
 _CRED = "hutong.credential"
+_VERIFIED = "hutong.verified"
 
 
 def _iso(ns: int) -> str:
@@ -132,8 +133,10 @@ class S3Gateway:
             for b in (bucket, self._copy_source(request)[0]):
                 if b and not verified.credential.allows(b):
                     raise S3Error("AccessDenied", "this access key may not use the bucket", b)
-            payload = None if verified.payload_hash == UNSIGNED else verified.payload_hash
+            payload = None if verified.payload_hash == UNSIGNED or verified.chunked \
+                else verified.payload_hash
             request[_CRED] = verified.credential
+            request[_VERIFIED] = verified
             resp = await self._dispatch(request, bucket, key, payload)
         except S3Error as e:
             resp = web.Response(status=e.status, body=e.to_xml(request_id) if
@@ -429,10 +432,22 @@ class S3Gateway:
                        args: tuple[Any, ...], payload: str | None,
                        md5: bytes | None) -> str:
         """Stream the request body into a new object (or part); returns its ETag."""
-        expected = request.content_length
-        if expected is not None and expected <= SMALL_BODY:
+        verified: Verified = request[_VERIFIED]
+        decoder = ChunkedDecoder(verified) if verified.chunked else None
+        if decoder is not None:
+            try:
+                expected: int | None = int(request.headers["x-amz-decoded-content-length"])
+            except (KeyError, ValueError):
+                raise S3Error("MissingContentLength", "an aws-chunked body needs "
+                              "x-amz-decoded-content-length") from None
+        else:
+            expected = request.content_length
+        if request.content_length is not None and request.content_length <= SMALL_BODY:
             body = await request.content.read()
-            if len(body) != expected:
+            if decoder is not None:
+                body = b"".join(decoder.feed(body))
+                decoder.finish()
+            if expected is not None and len(body) != expected:
                 raise S3Error("IncompleteBody", f"received {len(body)} of {expected} bytes")
             etag: str = await self.run(_put_whole, start, args, payload, body, md5)
             metrics.BYTES.labels("s3", "in").inc(len(body))
@@ -443,8 +458,9 @@ class S3Gateway:
         try:
             buf = bytearray()
             async for data in request.content.iter_chunked(1 << 20):
-                buf += data
-                received += len(data)
+                for piece in decoder.feed(data) if decoder is not None else (data,):
+                    buf += piece
+                    received += len(piece)
                 if len(buf) >= STREAM_BLOCK:
                     if pending is not None:
                         await pending
@@ -453,6 +469,8 @@ class S3Gateway:
             if pending is not None:
                 await pending
                 pending = None
+            if decoder is not None:
+                decoder.finish()
             if expected is not None and received != expected:
                 raise S3Error("IncompleteBody", f"received {received} of {expected} bytes")
             if buf:

@@ -20,6 +20,12 @@ from gfs.gateway.errors import S3Error
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED = "UNSIGNED-PAYLOAD"
+#: aws-chunked bodies: each chunk signed (chained from the request's signature), or
+#: unsigned chunks followed by trailing checksums.
+STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+#: Longest chunk header or trailer line of an aws-chunked body.
+MAX_CHUNK_LINE = 4096
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: Largest clock difference accepted for header-signed requests (as AWS).
 MAX_SKEW = dt.timedelta(minutes=15)
@@ -46,10 +52,19 @@ class SignedRequest:
 @dataclass(frozen=True)
 class Verified:
     """A request whose signature checked out: who signed it, and how its body is hashed
-    (a sha256 hex digest the body must match, or UNSIGNED-PAYLOAD)."""
+    (a sha256 hex digest the body must match, UNSIGNED-PAYLOAD, or one of the
+    aws-chunked STREAMING-* forms); with the signature, date and scope that chunk
+    signatures chain from."""
 
     credential: Credential
     payload_hash: str
+    signature: str = ""
+    amz_date: str = ""
+    scope: str = ""
+
+    @property
+    def chunked(self) -> bool:
+        return self.payload_hash in (STREAMING_SIGNED, STREAMING_UNSIGNED_TRAILER)
 
 
 def _enc(s: str) -> str:
@@ -129,10 +144,12 @@ def verify(req: SignedRequest, lookup: Lookup, now: dt.datetime | None = None) -
             raise S3Error("RequestTimeTooSkewed", f"request time {amz_date} differs from the "
                           "server's by more than 15 minutes; check the client's clock")
         payload = req.headers.get("x-amz-content-sha256") or ""
-        if payload.startswith("STREAMING-"):
-            raise S3Error("NotImplemented", f"payload signing {payload} (aws-chunked) is not "
-                          "supported; send the body's sha256 or UNSIGNED-PAYLOAD")
-        if payload != UNSIGNED and not re.fullmatch(r"[0-9a-f]{64}", payload):
+        if payload.startswith("STREAMING-") and payload not in (STREAMING_SIGNED,
+                                                                STREAMING_UNSIGNED_TRAILER):
+            raise S3Error("NotImplemented", f"payload form {payload} is not supported; send "
+                          f"{STREAMING_SIGNED}, the body's sha256 or UNSIGNED-PAYLOAD")
+        if payload not in (UNSIGNED, STREAMING_SIGNED, STREAMING_UNSIGNED_TRAILER) and \
+                not re.fullmatch(r"[0-9a-f]{64}", payload):
             raise S3Error("InvalidArgument", "x-amz-content-sha256 must be the body's sha256 "
                           "hex digest or UNSIGNED-PAYLOAD")
         drop = False
@@ -174,4 +191,113 @@ def verify(req: SignedRequest, lookup: Lookup, now: dt.datetime | None = None) -
         raise S3Error("SignatureDoesNotMatch", "the request signature we calculated does not "
                       "match the signature you provided; check the secret key and signing "
                       "method")
-    return Verified(cred, payload)
+    return Verified(cred, payload, sig, amz_date, scope)
+
+
+class ChunkedDecoder:
+    """Decodes an aws-chunked body fed piece by piece, checking each chunk's signature
+    (STREAMING-AWS4-HMAC-SHA256-PAYLOAD: each chains from the previous one, the first
+    from the request's) or, for the unsigned-trailer form, only the framing.
+
+    Data is returned as it arrives; a chunk whose signature does not match raises
+    SignatureDoesNotMatch when its last byte arrives, so callers must not commit
+    before `finish()`.
+    """
+
+    def __init__(self, verified: Verified) -> None:
+        self._signed = verified.payload_hash == STREAMING_SIGNED
+        self._key = b""
+        if self._signed:
+            day, region, service, _ = verified.scope.split("/")
+            self._key = signing_key(verified.credential.secret_key, day, region, service)
+        self._prefix = f"AWS4-HMAC-SHA256-PAYLOAD\n{verified.amz_date}\n{verified.scope}\n"
+        self._prev = verified.signature
+        self._buf = bytearray()
+        self._state = "header"
+        self._left = 0
+        self._want_sig = ""
+        self._sha = hashlib.sha256()
+        self.decoded = 0
+
+    def _line(self) -> str | None:
+        end = self._buf.find(b"\r\n")
+        if end < 0:
+            if len(self._buf) > MAX_CHUNK_LINE:
+                raise S3Error("IncompleteBody", "aws-chunked body: a chunk header is too long")
+            return None
+        line = bytes(self._buf[:end]).decode("ascii", "replace")
+        del self._buf[:end + 2]
+        return line
+
+    def _check(self) -> None:
+        if not self._signed:
+            return
+        to_sign = (self._prefix + self._prev + "\n" + EMPTY_SHA256 + "\n"
+                   + self._sha.hexdigest())
+        sig = hmac.new(self._key, to_sign.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(sig, self._want_sig):
+            raise S3Error("SignatureDoesNotMatch", "an aws-chunked chunk signature does not "
+                          "match its data; nothing was stored")
+        self._prev = sig
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The body bytes in `data` (framing removed)."""
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            if self._state == "header":
+                line = self._line()
+                if line is None:
+                    return out
+                size_text, _, ext = line.partition(";")
+                try:
+                    self._left = int(size_text.strip(), 16)
+                except ValueError:
+                    raise S3Error("IncompleteBody", f"aws-chunked body: bad chunk header "
+                                  f"{line[:80]!r}") from None
+                self._want_sig = ext.strip().removeprefix("chunk-signature=")
+                if self._signed and not self._want_sig:
+                    raise S3Error("SignatureDoesNotMatch", "aws-chunked chunk without "
+                                  "chunk-signature")
+                self._sha = hashlib.sha256()
+                if self._left == 0:
+                    self._check()
+                    self._state = "trailer"
+                else:
+                    self._state = "data"
+            elif self._state == "data":
+                if not self._buf:
+                    return out
+                take = bytes(self._buf[:self._left])
+                del self._buf[:len(take)]
+                self._sha.update(take)
+                self._left -= len(take)
+                self.decoded += len(take)
+                out.append(take)
+                if self._left == 0:
+                    self._state = "crlf"
+            elif self._state == "crlf":
+                if len(self._buf) < 2:
+                    return out
+                if self._buf[:2] != b"\r\n":
+                    raise S3Error("IncompleteBody", "aws-chunked body: chunk not followed "
+                                  "by CRLF")
+                del self._buf[:2]
+                self._check()
+                self._state = "header"
+            elif self._state == "trailer":  # trailing checksum headers, then an empty line
+                line = self._line()
+                if line is None:
+                    return out
+                if line == "":
+                    self._state = "done"
+            else:
+                if self._buf.strip():
+                    raise S3Error("IncompleteBody", "aws-chunked body: bytes after the end")
+                self._buf.clear()
+                return out
+
+    def finish(self) -> None:
+        """Raise unless the final (empty) chunk arrived."""
+        if self._state not in ("trailer", "done") or (self._state == "trailer" and self._buf):
+            raise S3Error("IncompleteBody", "aws-chunked body ended before its final chunk")
