@@ -310,3 +310,27 @@ def test_gateway_root_and_cli_credentials(tmp_path: Path) -> None:
         assert rm.returncode == 1 and "no such access key" in rm.stderr
     finally:
         server.proc.stop()
+
+
+def test_listing_url_encoding(s3server: S3Server) -> None:
+    import urllib.parse
+
+    s3 = s3server.client()
+    s3.create_bucket(Bucket="bkt")
+    keys = ["sp ace/x", "plus+/y", "ctl\x01/z", "pct%41"]
+    for k in keys:
+        s3.put_object(Bucket="bkt", Key=k, Body=b"1")
+    raw = s3.list_objects_v2(Bucket="bkt", EncodingType="url")  # asked for: not decoded
+    assert sorted(urllib.parse.unquote_plus(c["Key"]) for c in raw["Contents"]) == sorted(keys)
+    assert "ctl%01/z" in [c["Key"] for c in raw["Contents"]]
+    r = s3.list_objects(Bucket="bkt", Delimiter="/")  # botocore asks for url encoding
+    assert sorted(p["Prefix"] for p in r["CommonPrefixes"]) == sorted(
+        ["sp ace/", "plus+/", "ctl\x01/"])
+    url = s3.generate_presigned_url("list_objects_v2", Params={"Bucket": "bkt",
+                                                               "EncodingType": "url"})
+    import urllib.request
+
+    with urllib.request.urlopen(url) as resp:
+        body = resp.read().decode()
+    assert "<Key>ctl%01/z</Key>" in body and "<EncodingType>url</EncodingType>" in body
+    assert urllib.parse.unquote("pct%2541") == "pct%41" and "<Key>pct%2541</Key>" in body

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 from xml.sax.saxutils import escape
 
 from aiohttp import web
@@ -274,15 +274,20 @@ class S3Gateway:
             start = marker + "\0" if marker else ""
         page = await self.run(self.store.list_objects, bucket, prefix, delimiter, start,
                               max_keys)
+        url_encoded = q.get("encoding-type") == "url"
+
+        def enc(text: str) -> str:  # encoding-type=url: keys may hold what XML cannot
+            return quote(text, safe="/") if url_encoded else escape(text)
         contents = "".join(
-            f"<Contents><Key>{escape(o.key)}</Key><LastModified>{_iso(o.mtime_ns)}"
+            f"<Contents><Key>{enc(o.key)}</Key><LastModified>{_iso(o.mtime_ns)}"
             f"</LastModified><ETag>&quot;{o.etag}&quot;</ETag><Size>{o.size}</Size>"
             "<StorageClass>STANDARD</StorageClass></Contents>" for o in page.objects)
-        prefixes = "".join(f"<CommonPrefixes><Prefix>{escape(p)}</Prefix></CommonPrefixes>"
+        prefixes = "".join(f"<CommonPrefixes><Prefix>{enc(p)}</Prefix></CommonPrefixes>"
                            for p in page.prefixes)
-        head = (f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix>"
+        head = (f"<Name>{escape(bucket)}</Name><Prefix>{enc(prefix)}</Prefix>"
                 f"<MaxKeys>{max_keys}</MaxKeys>"
-                + (f"<Delimiter>{escape(delimiter)}</Delimiter>" if delimiter else "")
+                + (f"<Delimiter>{enc(delimiter)}</Delimiter>" if delimiter else "")
+                + ("<EncodingType>url</EncodingType>" if url_encoded else "")
                 + f"<IsTruncated>{'true' if page.truncated else 'false'}</IsTruncated>")
         if v2:
             head += f"<KeyCount>{len(page.objects) + len(page.prefixes)}</KeyCount>"
@@ -293,7 +298,7 @@ class S3Gateway:
                 head += f"<NextContinuationToken>{tok}</NextContinuationToken>"
         elif page.truncated:
             last = max([o.key for o in page.objects] + page.prefixes)
-            head += f"<NextMarker>{escape(last)}</NextMarker>"
+            head += f"<NextMarker>{enc(last)}</NextMarker>"
         tag = "ListBucketResult"
         return _xml(f'<{tag} xmlns="{XMLNS}">{head}{contents}{prefixes}</{tag}>')
 
