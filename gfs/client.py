@@ -298,8 +298,10 @@ class Client:
 
     def iter_bytes(self, path: str, start: int = 0, end: int | None = None, *,
                    manifest: Manifest | None = None) -> Iterator[bytes]:
-        """Bytes [start, end) of file `path` as a stream of blocks, read ahead in parallel;
-        `manifest` pins a version (see `manifest()`), else the one committed now."""
+        """Bytes [start, end) of file `path` as a stream of blocks; `manifest` pins a
+        version (see `manifest()`), else the one committed now. Chunks are fetched in
+        windows of neighbouring blobs (one ranged read per pack span), the next window
+        while the caller consumes this one."""
         norm, m = (paths.normalize(path), manifest) if manifest is not None \
             else self._manifest(path)
         ends = list(itertools.accumulate(r.length for r in m.chunks))
@@ -309,11 +311,33 @@ class Client:
             return
         first = bisect.bisect_right(ends, start)
         last = bisect.bisect_left(ends, end)
+        windows: list[list[ChunkRef]] = [[]]
+        nbytes = 0
+        for ref in m.chunks[first:last + 1]:
+            if nbytes >= READ_WINDOW:
+                windows.append([])
+                nbytes = 0
+            windows[-1].append(ref)
+            nbytes += ref.length
+
+        def fetch(w: list[ChunkRef]) -> dict[bytes, bytes]:
+            return self.store.read_many((r.id for r in w), lambda _: norm)
+
         pos = ends[first] - m.chunks[first].length
-        for block in self.store.iter_manifest(Manifest(0, m.chunks[first:last + 1]), norm):
-            lo, hi = max(start - pos, 0), min(end - pos, len(block))
-            pos += len(block)
-            yield block if (lo, hi) == (0, len(block)) else block[lo:hi]
+        with contextlib.ExitStack() as stack:
+            ahead = None
+            if len(windows) > 1:
+                ahead = stack.enter_context(ThreadPoolExecutor(1, "hutong-read-ahead"))
+            pending = ahead.submit(fetch, windows[0]) if ahead else None
+            for i, w in enumerate(windows):
+                chunks = pending.result() if pending else fetch(w)
+                if ahead is not None and i + 1 < len(windows):
+                    pending = ahead.submit(fetch, windows[i + 1])
+                for ref in w:
+                    block = chunks[ref.id]
+                    lo, hi = max(start - pos, 0), min(end - pos, len(block))
+                    pos += len(block)
+                    yield block if (lo, hi) == (0, len(block)) else block[lo:hi]
 
     def scan(self, path: str, *, start: str = "", recursive: bool = True) -> Iterator[Stat]:
         """Entries below directory `path` in the byte order of their relative keys, from
@@ -356,10 +380,8 @@ class Client:
                         InvalidPathError(src, "is a symlink, not a file")
                 m = txn.get_manifest(node.ino)
                 refs.extend(m.chunks if m is not None else ())
-            old = namespace.write_file(txn, norm, refs)
+            old = namespace.write_file(txn, norm, refs, xattrs=xattrs)
             node = namespace.resolve(txn, norm)
-            if xattrs is not None:
-                namespace.set_xattrs_of(txn, node, xattrs)
             deltas: Counter[bytes] = Counter(r.id for r in refs)
             if old is not None:
                 deltas.subtract(r.id for r in old.chunks)
@@ -367,6 +389,22 @@ class Client:
             for gone in remove or []:
                 release(txn, namespace.remove(txn, gone, recursive=True))
             return Stat.of(norm, node)
+
+    def write_many(self, files: list[tuple[str, bytes, XattrSource | None]]) -> None:
+        """Create or replace each (path, data, xattrs) file, in as few commits as the pack
+        size allows (one for small files): many small writes pay for one pack and one
+        metadata sync. Each file is atomic; if one cannot be written (a directory in the
+        way, a missing parent) the commit it was in raises and none of its files change."""
+        with self.store.writer() as session:
+            for path, data, xattrs in files:
+                norm = paths.normalize(path)
+                refs = session.store_buffer(data) if data else []
+
+                def action(txn: WriteTxn, r: list[ChunkRef], norm: str = norm,
+                           xattrs: XattrSource | None = xattrs) -> Manifest | None:
+                    return namespace.write_file(txn, norm, r, xattrs=xattrs)
+
+                session.add_file(refs, action)
 
     # -- changing --------------------------------------------------------------------
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False,
@@ -851,6 +889,9 @@ def _fast_thread_switching() -> Iterator[None]:
             if _switch_users == 0:
                 sys.setswitchinterval(_switch_saved)
 
+
+#: Bytes of chunks `iter_bytes` fetches at once (and one window ahead).
+READ_WINDOW = 16 << 20
 
 #: Small files are restored in batches of up to this many bytes or files.
 RESTORE_BATCH_BYTES = 32 << 20

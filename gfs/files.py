@@ -152,10 +152,7 @@ class NsWriter(io.RawIOBase):
                 refs, path, mode, xattrs = self._refs, self.name, self._mode, self._xattrs
 
                 def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
-                    old = namespace.write_file(txn, path, r, mode=mode)
-                    if xattrs is not None:
-                        namespace.set_xattrs_of(txn, namespace.resolve(txn, path), xattrs)
-                    return old
+                    return namespace.write_file(txn, path, r, mode=mode, xattrs=xattrs)
 
                 self._session.add_file(refs, action)
                 self._session.commit()

@@ -147,14 +147,21 @@ def mkdir(txn: WriteTxn, path: str, mode: int = DEFAULT_DIR_MODE, *, parents: bo
 
 def write_file(txn: WriteTxn, path: str, refs: list[ChunkRef], *, mode: int | None = None,
                uid: int | None = None, gid: int | None = None,
-               mtime_ns: int | None = None) -> Manifest | None:
+               mtime_ns: int | None = None, xattrs: XattrSource | None = None
+               ) -> Manifest | None:
     """Create or replace file `path` with content `refs`; returns the manifest it replaced.
 
     Replacing a directory raises IsADirError; a symlink at `path` is replaced.
+    `xattrs` replace the file's extended attributes in the same transaction.
     """
     parent, name = resolve_parent(txn, path)
-    return write_file_in(txn, parent, name, refs, mode=mode, uid=uid, gid=gid,
-                         mtime_ns=mtime_ns, path=path)
+    old = write_file_in(txn, parent, name, refs, mode=mode, uid=uid, gid=gid,
+                        mtime_ns=mtime_ns, path=path)
+    if xattrs is not None:
+        node = child(txn, parent, name)
+        assert node is not None
+        set_xattrs_of(txn, node, xattrs)
+    return old
 
 
 def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef], *,

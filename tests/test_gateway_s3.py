@@ -334,3 +334,33 @@ def test_listing_url_encoding(s3server: S3Server) -> None:
         body = resp.read().decode()
     assert "<Key>ctl%01/z</Key>" in body and "<EncodingType>url</EncodingType>" in body
     assert urllib.parse.unquote("pct%2541") == "pct%41" and "<Key>pct%2541</Key>" in body
+
+
+def test_concurrent_small_puts_are_group_committed(s3server: S3Server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore.exceptions import ClientError
+
+    s3 = s3server.client(max_pool_connections=16)
+    s3.create_bucket(Bucket="bkt")
+    s3.put_object(Bucket="bkt", Key="taken/x", Body=b"a directory is in the way")
+    bodies = {f"k/{i:03d}": os.urandom(20_000) for i in range(96)}
+    bodies["taken"] = b"conflicts with the directory taken/"
+
+    def put(key: str) -> str:
+        try:
+            s3.put_object(Bucket="bkt", Key=key, Body=bodies[key])
+            return "ok"
+        except ClientError as e:
+            return str(e.response["Error"]["Code"])
+
+    with ThreadPoolExecutor(16) as pool:
+        results = dict(zip(bodies, pool.map(put, bodies), strict=True))
+    assert results.pop("taken") == "ObjectConflict"  # its batch was retried one by one
+    assert set(results.values()) == {"ok"}
+    for key in ("k/000", "k/050", "k/095"):
+        o = s3.get_object(Bucket="bkt", Key=key)
+        assert o["Body"].read() == bodies[key]
+        assert o["ETag"] == f'"{hashlib.md5(bodies[key]).hexdigest()}"'
+    packs = [p for p in (s3server.state / "pools").rglob("*") if p.is_file()]
+    assert len(packs) < 96  # objects that arrived together share packs (and commits)

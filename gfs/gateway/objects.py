@@ -12,9 +12,13 @@ Every method is synchronous: the HTTP layer runs them on worker threads.
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import secrets
+import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from gfs import paths
@@ -29,6 +33,7 @@ from gfs.errors import (
 from gfs.files import NsWriter
 from gfs.gateway.errors import S3Error
 from gfs.meta import Inode, Manifest
+from gfs.namespace import XattrSource
 
 UPLOADS = ".s3-uploads"
 ETAG = "user.s3.etag"
@@ -118,6 +123,17 @@ def object_xattrs(etag: str, content_type: str | None,
     return out
 
 
+def check_digests(md5: bytes, sha256: str | None, expect_sha256: str | None,
+                  content_md5: bytes | None) -> None:
+    """Refuse a body whose digests differ from what the client signed or sent."""
+    if expect_sha256 is not None and sha256 != expect_sha256:
+        raise S3Error("XAmzContentSHA256Mismatch", "the body's sha256 does not match "
+                      "x-amz-content-sha256; the object was not stored")
+    if content_md5 is not None and md5 != content_md5:
+        raise S3Error("BadDigest", "the body's MD5 does not match Content-MD5; the object "
+                      "was not stored")
+
+
 class ObjectUpload:
     """A streaming PUT: bytes go into the chunk store as they arrive; the object (or
     part) appears, whole, on `commit`. Used by one thread at a time."""
@@ -141,14 +157,10 @@ class ObjectUpload:
 
     def commit(self, content_md5: bytes | None = None) -> str:
         """Check the digests the client sent and make the object visible; its ETag."""
+        digest = self._md5.digest()
         try:
-            if self._sha is not None and self._sha.hexdigest() != self._expect:
-                raise S3Error("XAmzContentSHA256Mismatch", "the body's sha256 does not match "
-                              "x-amz-content-sha256; the object was not stored")
-            digest = self._md5.digest()
-            if content_md5 is not None and digest != content_md5:
-                raise S3Error("BadDigest", "the body's MD5 does not match Content-MD5; the "
-                              "object was not stored")
+            check_digests(digest, self._sha.hexdigest() if self._sha else None, self._expect,
+                          content_md5)
         except S3Error:
             self.abort()
             raise
@@ -163,6 +175,67 @@ class ObjectUpload:
         self._writer.abort()
 
 
+_Item = tuple[str, bytes, XattrSource, "Future[None]"]
+
+
+class SmallWrites:
+    """Group commit for small objects: PUTs that arrive together are written by one
+    thread in one `Client.write_many` (one pack, one metadata sync); a batch that fails
+    is retried file by file, so each PUT gets its own answer."""
+
+    #: Most files and bytes in one batch.
+    MAX_FILES = 512
+    MAX_BYTES = 16 << 20
+
+    def __init__(self, fs: Client) -> None:
+        self.fs = fs
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="hutong-s3-batch", daemon=True)
+        self._thread.start()
+
+    def write(self, path: str, data: bytes, xattrs: XattrSource) -> None:
+        """Write one file in the next batch; returns when it is committed."""
+        done: Future[None] = Future()
+        self._queue.put((path, data, xattrs, done))
+        done.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            size = len(first[1])
+            while len(batch) < self.MAX_FILES and size < self.MAX_BYTES:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+                size += len(item[1])
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Item]) -> None:
+        try:
+            self.fs.write_many([(p, d, x) for p, d, x, _ in batch])
+        except BaseException:
+            if len(batch) > 1:  # find who failed: each on its own
+                for item in batch:
+                    self._commit([item])
+                return
+            batch[0][3].set_exception(sys.exc_info()[1] or RuntimeError("write failed"))
+            return
+        for *_, done in batch:
+            done.set_result(None)
+
+
 class ObjectStore:
     """S3 buckets and objects in the namespace below `root`."""
 
@@ -170,6 +243,28 @@ class ObjectStore:
         self.fs = fs
         self.root = paths.normalize(root)
         self.uploads = self._path(UPLOADS)
+        self.small = SmallWrites(fs)
+
+    def close(self) -> None:
+        """Stop the group-commit thread."""
+        self.small.close()
+
+    def put_small(self, bucket: str, key: str, body: bytes, xattrs: dict[str, bytes],
+                  expect_sha256: str | None, content_md5: bytes | None) -> str:
+        """PutObject of a body held whole, committed together with concurrent ones."""
+        digest = hashlib.md5(body).digest()
+        check_digests(digest, hashlib.sha256(body).hexdigest() if expect_sha256 else None,
+                      expect_sha256, content_md5)
+        self._require_bucket(bucket)
+        p = self.key_path(bucket, key)
+        etag = digest.hex()
+        try:
+            self._make_parent(p)
+            self.small.write(p, body, lambda node: {**xattrs, ETAG: etag_value(etag, node)})
+        except (ExistsError, NotADirError, IsADirError):
+            raise S3Error("ObjectConflict", "the key clashes with the path of another object "
+                          "(this gateway stores keys as paths)", f"{bucket}/{key}") from None
+        return etag
 
     def _path(self, *parts: str) -> str:
         return paths.join([*paths.split(self.root), *[p for s in parts for p in s.split("/")

@@ -342,10 +342,9 @@ class S3Gateway:
             return resp
         await resp.prepare(request)
         blocks = self.store.read(bucket, key, manifest, start, end)
-        while batch := await self.run(_take, blocks, STREAM_BLOCK):
-            for block in batch:
-                await resp.write(block)
-            metrics.BYTES.labels("s3", "out").inc(sum(len(b) for b in batch))
+        while block := await self.run(_take, blocks, STREAM_BLOCK):
+            await resp.write(block)
+            metrics.BYTES.labels("s3", "out").inc(len(block))
         await resp.write_eof()
         return resp
 
@@ -361,8 +360,17 @@ class S3Gateway:
             await self.run(self.store.put_marker, bucket, key)
             return web.Response(headers={"ETag": '"d41d8cd98f00b204e9800998ecf8427e"'})
         check_key(key)
-        etag = await self._receive(request, self.store.start_put, (bucket, key, xattrs),
-                                   payload, md5)
+        if not request[_VERIFIED].chunked and request.content_length is not None and \
+                request.content_length <= SMALL_BODY:  # group-committed with its neighbours
+            body = await request.content.read()
+            if len(body) != request.content_length:
+                raise S3Error("IncompleteBody", f"received {len(body)} of "
+                              f"{request.content_length} bytes")
+            etag = await self.run(self.store.put_small, bucket, key, body, xattrs, payload, md5)
+            metrics.BYTES.labels("s3", "in").inc(len(body))
+        else:
+            etag = await self._receive(request, self.store.start_put, (bucket, key, xattrs),
+                                       payload, md5)
         return web.Response(headers={"ETag": f'"{etag}"'})
 
     async def copy_object(self, request: web.Request, bucket: str, key: str) -> web.Response:
@@ -490,7 +498,8 @@ class S3Gateway:
         return etag
 
 
-def _take(blocks: Iterator[bytes], limit: int) -> list[bytes]:
+def _take(blocks: Iterator[bytes], limit: int) -> bytes:
+    """The next blocks of `blocks`, joined, about `limit` bytes (b"" at the end)."""
     out: list[bytes] = []
     n = 0
     for b in blocks:
@@ -498,7 +507,7 @@ def _take(blocks: Iterator[bytes], limit: int) -> list[bytes]:
         n += len(b)
         if n >= limit:
             break
-    return out
+    return out[0] if len(out) == 1 else b"".join(out)
 
 
 def _put_whole(start: Callable[..., ObjectUpload], args: tuple[Any, ...],
@@ -539,6 +548,7 @@ def make_app(fs: Client, root: str = "/", *, workers: int = 16) -> web.Applicati
 
     async def stop(app: web.Application) -> None:
         pool.shutdown(wait=True)
+        store.close()
     app.on_cleanup.append(stop)
     return app
 
