@@ -159,3 +159,13 @@ def test_key_scoped_to_buckets(s3server: S3Server, s3: Any) -> None:
     assert code(e) == "AccessDenied"
     with pytest.raises(ClientError):
         c.head_object(Bucket="other", Key="stolen")
+
+
+def test_damaged_credential_record_is_an_internal_error(s3server: S3Server) -> None:
+    with s3server.store() as fs, fs.engine.write() as txn:
+        txn.put_value(credentials.TABLE, b"HTDAMAGED", b"{not json")
+    with pytest.raises(ClientError) as e:
+        s3server.client(Credential("HTDAMAGED", "x")).list_buckets()
+    assert code(e) == "InternalError"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert "HTDAMAGED is damaged" in e.value.response["Error"]["Message"]

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from gfs.client import Client
-from gfs.errors import ConfigError, NotFoundError
+from gfs.errors import ConfigError, FormatError, NotFoundError
 
 TABLE = "credentials"
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -59,8 +59,13 @@ def lookup(fs: Client, access_key: str) -> Credential | None:
         raw = txn.get_value(TABLE, access_key.encode())
     if raw is None:
         return None
-    d = json.loads(raw)
-    return Credential(access_key, d["secret"], tuple(d["buckets"]), d["created_ns"])
+    try:
+        d = json.loads(raw)
+        return Credential(access_key, d["secret"], tuple(d["buckets"]), d["created_ns"])
+    except (ValueError, KeyError, TypeError):
+        raise FormatError(f"the stored credential of access key {access_key} is damaged; "
+                          "revoke it (`hutong gateway credentials rm`) and issue another"
+                          ) from None
 
 
 def list_all(fs: Client) -> list[Credential]:

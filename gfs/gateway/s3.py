@@ -12,6 +12,7 @@ import base64
 import binascii
 import datetime as dt
 import email.utils
+import logging
 import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Iterator
@@ -49,6 +50,8 @@ _STORE_KEY = web.AppKey("store", ObjectStore)
 _POOL_KEY = web.AppKey("pool", ThreadPoolExecutor)
 _CRED = "hutong.credential"
 _VERIFIED = "hutong.verified"
+_STREAMING = "hutong.streaming"
+log = logging.getLogger("hutong.gateway")
 
 
 def _iso(ns: int) -> str:
@@ -138,7 +141,13 @@ class S3Gateway:
             request[_CRED] = verified.credential
             request[_VERIFIED] = verified
             resp = await self._dispatch(request, bucket, key, payload)
-        except S3Error as e:
+        except Exception as e:
+            if request.get(_STREAMING):
+                raise  # the status line is sent: only a cut connection can tell the client
+            if not isinstance(e, S3Error):
+                log.exception("S3 %s %s failed", request.method, request.path)
+                e = S3Error("InternalError", f"{type(e).__name__}: {e}; see the gateway's log",
+                            f"{bucket}/{key}")
             resp = web.Response(status=e.status, body=e.to_xml(request_id) if
                                 request.method != "HEAD" else None,
                                 content_type="application/xml")
@@ -340,6 +349,7 @@ class S3Gateway:
         resp = web.StreamResponse(status=status, headers=headers)
         if request.method == "HEAD":
             return resp
+        request[_STREAMING] = True
         await resp.prepare(request)
         blocks = self.store.read(bucket, key, manifest, start, end)
         while block := await self.run(_take, blocks, STREAM_BLOCK):
