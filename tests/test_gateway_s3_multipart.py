@@ -97,7 +97,15 @@ def test_entity_too_small_and_abort(s3server: S3Server) -> None:
     with pytest.raises(ClientError) as e:
         s3.upload_part(Bucket="bkt", Key="k", UploadId=up, PartNumber=10001, Body=b"x")
     assert code(e) == "InvalidArgument"
+    other = s3.create_multipart_upload(Bucket="bkt", Key="dir/other")["UploadId"]
+    listed = s3.list_multipart_uploads(Bucket="bkt")["Uploads"]
+    assert sorted((u["Key"], u["UploadId"]) for u in listed) == [("dir/other", other),
+                                                                  ("k", up)]
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket="bkt", Prefix="dir/")[
+        "Uploads"]] == ["dir/other"]
+    s3.abort_multipart_upload(Bucket="bkt", Key="dir/other", UploadId=other)
     s3.abort_multipart_upload(Bucket="bkt", Key="k", UploadId=up)
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket="bkt")
     with pytest.raises(ClientError) as e:
         s3.abort_multipart_upload(Bucket="bkt", Key="k", UploadId=up)
     assert code(e) == "NoSuchUpload"

@@ -530,6 +530,19 @@ class ObjectStore:
                           "object", f"{bucket}/{key}") from None
         return ObjectInfo(key, st.size, etag, st.mtime_ns, "")
 
+    def list_uploads(self, bucket: str, prefix: str = "") -> list[tuple[str, str, int]]:
+        """(key, upload id, started ns) of the uploads in progress into `bucket`, by key."""
+        self._require_bucket(bucket)
+        if not self.fs.exists(self.uploads):
+            return []
+        out = []
+        for st in self.fs.ls(self.uploads):
+            x = self.fs.xattrs(st.path)
+            key = x.get(UPLOAD_KEY, b"").decode()
+            if x.get(UPLOAD_BUCKET) == bucket.encode() and key.startswith(prefix):
+                out.append((key, st.name, st.ctime_ns))
+        return sorted(out)
+
     def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
         """Drop an upload and its parts (gc reclaims their chunks)."""
         self.fs.rm(self._upload_dir(bucket, key, upload_id), recursive=True)

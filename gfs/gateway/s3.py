@@ -184,10 +184,11 @@ class S3Gateway:
                 ("HEAD", ""): lambda: self.head_bucket(bucket),
                 ("GET", ""): lambda: self.list_objects(request, bucket),
                 ("GET", "location"): lambda: self.location(bucket),
+                ("GET", "uploads"): lambda: self.list_uploads(request, bucket),
                 ("POST", "delete"): lambda: self.delete_objects(request, bucket),
             }
-            sub = next((s for s in ("location", "delete") if s in q), "")
-            if sub == "" and any(s in q for s in ("uploads", "versioning", "acl", "policy",
+            sub = next((s for s in ("location", "delete", "uploads") if s in q), "")
+            if sub == "" and any(s in q for s in ("versioning", "acl", "policy",
                                                   "lifecycle", "cors", "tagging")):
                 raise S3Error("NotImplemented", f"bucket subresource {'&'.join(q)} is not "
                               "supported by this gateway")
@@ -196,7 +197,8 @@ class S3Gateway:
                 raise S3Error("MethodNotAllowed", f"{m} on a bucket is not supported")
             op({"PUT": "CreateBucket", "DELETE": "DeleteBucket", "HEAD": "HeadBucket",
                 "GET": "ListObjects", "POST": "DeleteObjects"}[m] if not sub else
-               "GetBucketLocation" if sub == "location" else "DeleteObjects")
+               {"location": "GetBucketLocation", "delete": "DeleteObjects",
+                "uploads": "ListMultipartUploads"}[sub])
             return await handler()
         if m == "PUT" and "uploadId" in q:
             op("UploadPart")
@@ -310,6 +312,15 @@ class S3Gateway:
             head += f"<NextMarker>{enc(last)}</NextMarker>"
         tag = "ListBucketResult"
         return _xml(f'<{tag} xmlns="{XMLNS}">{head}{contents}{prefixes}</{tag}>')
+
+    async def list_uploads(self, request: web.Request, bucket: str) -> web.Response:
+        prefix = request.rel_url.query.get("prefix", "")
+        uploads = await self.run(self.store.list_uploads, bucket, prefix)
+        items = "".join(f"<Upload><Key>{escape(k)}</Key><UploadId>{u}</UploadId>"
+                        f"<Initiated>{_iso(ns)}</Initiated></Upload>" for k, u, ns in uploads)
+        return _xml(f'<ListMultipartUploadsResult xmlns="{XMLNS}"><Bucket>{escape(bucket)}'
+                    f"</Bucket><Prefix>{escape(prefix)}</Prefix><IsTruncated>false"
+                    f"</IsTruncated>{items}</ListMultipartUploadsResult>")
 
     async def delete_objects(self, request: web.Request, bucket: str) -> web.Response:
         root = _parse_xml(await self._small_body(request), "DeleteObjects")
