@@ -54,7 +54,8 @@ examples:
 #: adding parsers whose `func(args) -> int` default runs the command. They import
 #: their heavy dependencies inside the commands.
 EXTENSIONS: tuple[str, ...] = ("gfs.mount_cli", "gfs.mover_cli", "gfs.tier_cli",
-                               "gfs.federation.cli", "dataflow.cli", "privacy.cli")
+                               "gfs.federation.cli", "dataflow.cli", "privacy.cli",
+                               "gfs.gateway.cli")
 
 def human(n: float) -> str:
     """Bytes in binary units (1.5 MiB)."""

@@ -21,6 +21,7 @@ import os
 import stat as statmod
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from gfs.errors import (
 )
 from gfs.files import NsReader, NsWriter
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, LmdbEngine, Manifest, PoolRecord, WriteTxn
+from gfs.namespace import XattrSource
 from gfs.store import ChunkStore, WriteStats, read_prepared, release
 
 Progress = Callable[[int], None]
@@ -324,6 +326,116 @@ class Client:
         """Create or replace file `path` with `data`, atomically."""
         with self.open(path, "wb", perm=perm) as f:
             f.write(data)
+
+    def iter_bytes(self, path: str, start: int = 0, end: int | None = None, *,
+                   manifest: Manifest | None = None) -> Iterator[bytes]:
+        """Bytes [start, end) of file `path` as a stream of blocks; `manifest` pins a
+        version (see `manifest()`), else the one committed now. Chunks are fetched in
+        windows of neighbouring blobs (one ranged read per pack span), the next window
+        while the caller consumes this one."""
+        norm, m = (paths.normalize(path), manifest) if manifest is not None \
+            else self._manifest(path)
+        ends = list(itertools.accumulate(r.length for r in m.chunks))
+        size = ends[-1] if ends else 0
+        end = size if end is None else min(end, size)
+        if start >= end:
+            return
+        first = bisect.bisect_right(ends, start)
+        last = bisect.bisect_left(ends, end)
+        windows: list[list[ChunkRef]] = [[]]
+        nbytes = 0
+        for ref in m.chunks[first:last + 1]:
+            if nbytes >= READ_WINDOW:
+                windows.append([])
+                nbytes = 0
+            windows[-1].append(ref)
+            nbytes += ref.length
+
+        def fetch(w: list[ChunkRef]) -> dict[bytes, bytes]:
+            return self.store.read_many((r.id for r in w), lambda _: norm)
+
+        pos = ends[first] - m.chunks[first].length
+        with contextlib.ExitStack() as stack:
+            ahead = None
+            if len(windows) > 1:
+                ahead = stack.enter_context(ThreadPoolExecutor(1, "hutong-read-ahead"))
+            pending = ahead.submit(fetch, windows[0]) if ahead else None
+            for i, w in enumerate(windows):
+                chunks = pending.result() if pending else fetch(w)
+                if ahead is not None and i + 1 < len(windows):
+                    pending = ahead.submit(fetch, windows[i + 1])
+                for ref in w:
+                    block = chunks[ref.id]
+                    lo, hi = max(start - pos, 0), min(end - pos, len(block))
+                    pos += len(block)
+                    yield block if (lo, hi) == (0, len(block)) else block[lo:hi]
+
+    def scan(self, path: str, *, start: str = "", recursive: bool = True) -> Iterator[Stat]:
+        """Entries below directory `path` in the byte order of their relative keys, from
+        the first key >= `start` (see gfs.namespace.scan: "a-1" before "a/b"); each
+        Stat's path is absolute. Recursive: every file; else the direct entries."""
+        norm = paths.normalize(path)
+        base = norm.rstrip("/")
+        with self.engine.read() as txn:
+            top = namespace.resolve(txn, norm)
+            if top.kind != Kind.DIR:
+                raise NotADirError(norm)
+            for key, node in namespace.scan(txn, top, start=start, recursive=recursive):
+                yield Stat.of(f"{base}/{key.rstrip('/')}", node)
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        """The extended attributes of `path` by name ("user.author": b"...")."""
+        with self.engine.read() as txn:
+            return namespace.get_xattrs(txn, namespace.resolve(txn, path).ino)
+
+    def set_xattrs(self, path: str, values: dict[str, bytes], *,
+                   replace_all: bool = False) -> None:
+        """Set extended attributes of `path`; `replace_all` drops the others first."""
+        with self.engine.write() as txn:
+            namespace.set_xattrs(txn, namespace.resolve(txn, path).ino, values,
+                                 replace_all=replace_all)
+
+    def concat(self, path: str, sources: list[str], *, xattrs: XattrSource | None = None,
+               remove: list[str] | None = None) -> Stat:
+        """Create or replace file `path` with the content of the files `sources` one after
+        another, in one transaction and without reading or copying data (their chunk lists
+        are joined). `xattrs` replace the attributes of `path`; the entries in `remove`
+        (e.g. the directory of the sources) are removed in the same transaction."""
+        norm = paths.normalize(path)
+        with self.engine.write() as txn:
+            refs: list[ChunkRef] = []
+            for src in sources:
+                node = namespace.resolve(txn, src)
+                if node.kind != Kind.FILE:
+                    raise IsADirError(src) if node.kind == Kind.DIR else \
+                        InvalidPathError(src, "is a symlink, not a file")
+                m = txn.get_manifest(node.ino)
+                refs.extend(m.chunks if m is not None else ())
+            old = namespace.write_file(txn, norm, refs, xattrs=xattrs)
+            node = namespace.resolve(txn, norm)
+            deltas: Counter[bytes] = Counter(r.id for r in refs)
+            if old is not None:
+                deltas.subtract(r.id for r in old.chunks)
+            txn.add_refcounts(deltas)
+            for gone in remove or []:
+                release(txn, namespace.remove(txn, gone, recursive=True))
+            return Stat.of(norm, node)
+
+    def write_many(self, files: list[tuple[str, bytes, XattrSource | None]]) -> None:
+        """Create or replace each (path, data, xattrs) file, in as few commits as the pack
+        size allows (one for small files): many small writes pay for one pack and one
+        metadata sync. Each file is atomic; if one cannot be written (a directory in the
+        way, a missing parent) the commit it was in raises and none of its files change."""
+        with self.store.writer() as session:
+            for path, data, xattrs in files:
+                norm = paths.normalize(path)
+                refs = session.store_buffer(data) if data else []
+
+                def action(txn: WriteTxn, r: list[ChunkRef], norm: str = norm,
+                           xattrs: XattrSource | None = xattrs) -> Manifest | None:
+                    return namespace.write_file(txn, norm, r, xattrs=xattrs)
+
+                session.add_file(refs, action)
 
     # -- changing --------------------------------------------------------------------
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False,
@@ -845,6 +957,9 @@ def _fast_thread_switching() -> Iterator[None]:
             if _switch_users == 0:
                 sys.setswitchinterval(_switch_saved)
 
+
+#: Bytes of chunks `iter_bytes` fetches at once (and one window ahead).
+READ_WINDOW = 16 << 20
 
 #: Small files are restored in batches of up to this many bytes or files.
 RESTORE_BATCH_BYTES = 32 << 20

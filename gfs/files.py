@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from gfs import namespace
 from gfs.meta import ChunkRef, Manifest, WriteTxn
+from gfs.namespace import XattrSource
 
 if TYPE_CHECKING:
     from gfs.store import ChunkStore, WriteSession
@@ -108,6 +109,7 @@ class NsWriter(io.RawIOBase):
         self._refs: list[ChunkRef] = []
         self._size = 0
         self._failed = False
+        self._xattrs: XattrSource | None = None
 
     def writable(self) -> bool:
         return True
@@ -131,6 +133,11 @@ class NsWriter(io.RawIOBase):
         self._refs.extend(refs)
         del self._spool[:used]
 
+    def set_xattrs(self, values: XattrSource) -> None:
+        """Extended attributes committed with the file on close, replacing all it had
+        (a function of the new inode when they depend on its version)."""
+        self._xattrs = values
+
     def abort(self) -> None:
         """Close without committing: the file is left as it was."""
         self._failed = True
@@ -142,10 +149,10 @@ class NsWriter(io.RawIOBase):
         try:
             if not self._failed:
                 self._store_spool(eof=True)
-                refs, path, mode = self._refs, self.name, self._mode
+                refs, path, mode, xattrs = self._refs, self.name, self._mode, self._xattrs
 
                 def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
-                    return namespace.write_file(txn, path, r, mode=mode)
+                    return namespace.write_file(txn, path, r, mode=mode, xattrs=xattrs)
 
                 self._session.add_file(refs, action)
                 self._session.commit()

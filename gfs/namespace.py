@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat as statmod
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 
 from gfs import paths
@@ -147,14 +147,21 @@ def mkdir(txn: WriteTxn, path: str, mode: int = DEFAULT_DIR_MODE, *, parents: bo
 
 def write_file(txn: WriteTxn, path: str, refs: list[ChunkRef], *, mode: int | None = None,
                uid: int | None = None, gid: int | None = None,
-               mtime_ns: int | None = None) -> Manifest | None:
+               mtime_ns: int | None = None, xattrs: XattrSource | None = None
+               ) -> Manifest | None:
     """Create or replace file `path` with content `refs`; returns the manifest it replaced.
 
     Replacing a directory raises IsADirError; a symlink at `path` is replaced.
+    `xattrs` replace the file's extended attributes in the same transaction.
     """
     parent, name = resolve_parent(txn, path)
-    return write_file_in(txn, parent, name, refs, mode=mode, uid=uid, gid=gid,
-                         mtime_ns=mtime_ns, path=path)
+    old = write_file_in(txn, parent, name, refs, mode=mode, uid=uid, gid=gid,
+                        mtime_ns=mtime_ns, path=path)
+    if xattrs is not None:
+        node = child(txn, parent, name)
+        assert node is not None
+        set_xattrs_of(txn, node, xattrs)
+    return old
 
 
 def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef], *,
@@ -391,3 +398,82 @@ def drop_inode_values(txn: WriteTxn, inos: Iterator[int] | list[int],
                 txn.delete_value(table, key)
 
 
+
+
+#: First byte of an extended attribute's stored value (format of the "xattrs"
+#: table: key = ino u64 BE + name, value = this byte + the attribute's bytes).
+XATTR_TAG = b"\x01"
+
+
+def get_xattrs(txn: ReadTxn, ino: int) -> dict[str, bytes]:
+    """The extended attributes of inode `ino`, by name (e.g. "user.author")."""
+    prefix = ino.to_bytes(8, "big")
+    return {k[8:].decode("utf-8", "surrogateescape"): v[1:]
+            for k, v in txn.iter_values("xattrs", prefix)}
+
+
+#: Extended attributes to commit with a file: fixed, or computed from its new inode
+#: (e.g. to record the version they describe).
+XattrSource = Mapping[str, bytes] | Callable[[Inode], Mapping[str, bytes]]
+
+
+def set_xattrs_of(txn: WriteTxn, node: Inode, values: XattrSource) -> None:
+    """Replace every extended attribute of `node` with `values`."""
+    set_xattrs(txn, node.ino, values(node) if callable(values) else values, replace_all=True)
+
+
+def set_xattrs(txn: WriteTxn, ino: int, values: Mapping[str, bytes], *,
+               replace_all: bool = False) -> None:
+    """Set the extended attributes `values` of inode `ino`; with `replace_all` the
+    attributes not in `values` are removed first."""
+    prefix = ino.to_bytes(8, "big")
+    if replace_all:
+        drop_inode_values(txn, [ino], ("xattrs",))
+    for name, value in values.items():
+        txn.put_value("xattrs", prefix + name.encode("utf-8", "surrogateescape"),
+                      XATTR_TAG + value)
+
+
+def scan(txn: ReadTxn, top: Inode, *, start: str = "",
+         recursive: bool = True) -> Iterator[tuple[str, Inode]]:
+    """Entries below directory `top` as (relative key, inode), in the byte order of
+    their keys, from the first key >= `start`.
+
+    A key is the path relative to `top` ("a/b.csv"); a directory's key ends with
+    "/" ("a/"), so "a-1" comes before "a/b" as object stores order them.
+    `recursive` yields every file of the tree (directories are not yielded);
+    otherwise the direct entries of `top`, directories included. Only the
+    entries yielded and the subtrees that can hold keys >= `start` are read.
+    """
+    yield from _scan_dir(txn, top.ino, "", start, recursive)
+
+
+def _scan_dir(txn: ReadTxn, ino: int, prefix: str, start: str,
+              recursive: bool) -> Iterator[tuple[str, Inode]]:
+    entries = list(txn.list_dir(ino))  # in name byte order
+    # A directory's keys sort as name + "/": that differs from the name's own place
+    # only when a sibling extends the name with a byte below "/" ("a" vs "a-1").
+    keyed: list[tuple[str, str, int, Inode | None]] = []
+    for i, (name, child_ino) in enumerate(entries):
+        node: Inode | None = None
+        nxt = entries[i + 1][0] if i + 1 < len(entries) else ""
+        if nxt.startswith(name) and nxt[len(name)] < "/":
+            node = get(txn, child_ino)
+            sort = name + "/" if node.kind == Kind.DIR else name
+        else:
+            sort = name
+        keyed.append((sort, name, child_ino, node))
+    keyed.sort()
+    for _, name, child_ino, node in keyed:
+        key = prefix + name
+        if key + "/" < start and not start.startswith(key + "/"):
+            continue  # neither the file nor any key of the subtree is >= start
+        node = node or get(txn, child_ino)
+        if node.kind != Kind.DIR:
+            if key >= start:
+                yield key, node
+        elif not recursive:
+            if key + "/" >= start:
+                yield key + "/", node
+        elif key + "/" >= start or start.startswith(key + "/"):
+            yield from _scan_dir(txn, child_ino, key + "/", start, recursive)

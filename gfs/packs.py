@@ -110,6 +110,10 @@ class PackBuilder:
         """Return the pack as buffers (pack header, then each blob's header and payload)."""
         return [self._header, *self._parts]
 
+    def release(self) -> None:
+        """Drop the blob buffers once the pack is written; `size` and `nblobs` stay."""
+        self._parts = []
+
 
 def iter_pack_blobs(
     data: Buffer, expect_id: bytes | None = None

@@ -627,6 +627,7 @@ class WriteSession:
             self._used = self.store.usage() if limited else {}
         pool_id = self.store.choose_pool(self._tier, pack.size, self._used)
         self.store.pool(pool_id).put(pack_key(pack.pack_id), pack.parts())
+        pack.release()  # written: a long write must not hold every pack until its commit
         self._used[pool_id] = self._used.get(pool_id, 0) + pack.size
         self._pack_pool[pack.pack_id] = pool_id
         self._flushed.append(pack)

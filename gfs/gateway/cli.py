@@ -1,0 +1,146 @@
+"""`hutong gateway ...` and `hutong dashboard`: serve the store to S3 and WebDAV
+clients and to browsers; manage gateway credentials."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import threading
+from typing import Any
+
+from gfs.client import Client
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"interval {text!r}: a positive number of seconds")
+    return value
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"listen address {text!r}: use HOST:PORT "
+                                         "(port 0 picks a free one)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def cmd_s3(args: argparse.Namespace) -> int:
+    from gfs.federation.cli import _serve
+    from gfs.gateway.s3 import make_app
+
+    host, port = args.listen
+    with Client(args.state) as fs:
+        asyncio.run(_serve(make_app(fs, args.root), host, port,
+                           "hutong gateway s3: serving on"))
+    return 0
+
+
+def cmd_webdav(args: argparse.Namespace) -> int:
+    from gfs.gateway.webdav import make_app, serve
+
+    host, port = args.listen
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # the server threads must not get them
+    with Client(args.state) as fs:
+        server = serve(make_app(fs, args.root, auth=not args.no_auth), host, port,
+                       lambda url: print(f"hutong gateway webdav: serving on {url}",
+                                         flush=True))
+        thread = threading.Thread(target=server.serve, name="hutong-webdav", daemon=True)
+        thread.start()
+        try:
+            signal.sigwait(stop)
+        finally:
+            server.stop()
+            thread.join(15)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from gfs.federation.cli import _serve
+    from gfs.gateway.dashboard import make_app
+
+    host, port = args.listen
+    with Client(args.state) as fs:
+        asyncio.run(_serve(make_app(fs, args.gateway or [], args.interval), host, port,
+                           "hutong dashboard: serving on"))
+    return 0
+
+
+def cmd_cred_add(args: argparse.Namespace) -> int:
+    from gfs.gateway import credentials
+
+    with Client(args.state) as fs:
+        cred = credentials.add(fs, tuple(args.bucket or ()))
+    if args.json:
+        print(json.dumps({"access_key": cred.access_key, "secret_key": cred.secret_key,
+                          "buckets": list(cred.buckets)}))
+    else:
+        print(f"access key: {cred.access_key}\nsecret key: {cred.secret_key}\nbuckets:    "
+              + (", ".join(cred.buckets) or "all"))
+    return 0
+
+
+def cmd_cred_ls(args: argparse.Namespace) -> int:
+    from gfs.gateway import credentials
+
+    with Client(args.state) as fs:
+        for c in credentials.list_all(fs):
+            print(f"{c.access_key}  buckets: {', '.join(c.buckets) or 'all'}")
+    return 0
+
+
+def cmd_cred_rm(args: argparse.Namespace) -> int:
+    from gfs.gateway import credentials
+
+    with Client(args.state) as fs:
+        credentials.remove(fs, args.access_key)
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add `gateway` and `dashboard` to the `hutong` command line."""
+    gw = sub.add_parser("gateway", help="serve the store over S3 or WebDAV", parents=[common])
+    gsub = gw.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
+    sp = gsub.add_parser("s3", help="S3-compatible gateway (SigV4, path-style)",
+                         parents=[common])
+    sp.add_argument("--listen", type=_listen, default=("127.0.0.1", 9000), metavar="HOST:PORT")
+    sp.add_argument("--root", default="/", metavar="NS_PATH",
+                    help="namespace directory whose subdirectories are the buckets")
+    sp.set_defaults(func=cmd_s3)
+    sp = gsub.add_parser("webdav", help="WebDAV server (WsgiDAV; basic auth with an access "
+                         "key and its secret)", parents=[common])
+    sp.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080), metavar="HOST:PORT")
+    sp.add_argument("--root", default="/", metavar="NS_PATH", help="namespace directory served")
+    sp.add_argument("--no-auth", action="store_true",
+                    help="serve without authentication (loopback use only)")
+    sp.set_defaults(func=cmd_webdav)
+    cred = gsub.add_parser("credentials", help="access keys of the gateways",
+                           parents=[common])
+    csub = cred.add_subparsers(dest="cred_command", metavar="ACTION", required=True)
+    sp = csub.add_parser("add", help="issue an access key and secret", parents=[common])
+    sp.add_argument("--bucket", action="append", help="limit the key to this bucket "
+                    "(repeatable; default: every bucket)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_cred_add)
+    sp = csub.add_parser("ls", help="list access keys", parents=[common])
+    sp.set_defaults(func=cmd_cred_ls)
+    sp = csub.add_parser("rm", help="revoke an access key", parents=[common])
+    sp.add_argument("access_key")
+    sp.set_defaults(func=cmd_cred_rm)
+
+
+    sp = sub.add_parser("dashboard", help="live dashboard of the store in a browser",
+                        parents=[common])
+    sp.add_argument("--listen", type=_listen, default=("127.0.0.1", 8090), metavar="HOST:PORT")
+    sp.add_argument("--gateway", action="append", metavar="URL",
+                    help="a gateway whose request metrics to show (repeatable)")
+    sp.add_argument("--interval", type=_seconds, default=5.0, metavar="SECONDS",
+                    help="seconds between samples for the plots (default 5)")
+    sp.set_defaults(func=cmd_dashboard)
