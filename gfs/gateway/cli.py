@@ -4,13 +4,10 @@ clients and to browsers; manage gateway credentials."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import signal
 import threading
 from typing import Any
-
-from gfs.client import Client
 
 
 def _seconds(text: str) -> float:
@@ -32,6 +29,9 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def cmd_s3(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gfs.client import Client
     from gfs.federation.cli import _serve
     from gfs.gateway.s3 import make_app
 
@@ -43,6 +43,7 @@ def cmd_s3(args: argparse.Namespace) -> int:
 
 
 def cmd_webdav(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from gfs.gateway.webdav import make_app, serve
 
     host, port = args.listen
@@ -63,6 +64,9 @@ def cmd_webdav(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gfs.client import Client
     from gfs.federation.cli import _serve
     from gfs.gateway.dashboard import make_app
 
@@ -74,6 +78,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_add(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from gfs.gateway import credentials
 
     with Client(args.state) as fs:
@@ -88,6 +93,7 @@ def cmd_cred_add(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_ls(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from gfs.gateway import credentials
 
     with Client(args.state) as fs:
@@ -97,6 +103,7 @@ def cmd_cred_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_rm(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from gfs.gateway import credentials
 
     with Client(args.state) as fs:

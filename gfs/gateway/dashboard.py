@@ -24,8 +24,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gfs.client import Client
+from gfs.env import TIERS
 from gfs.gateway import metrics
-from gfs.tiering.policy import TIERS
 from gfs.tiering.tierer import last_report, survey, tier_capacity, tier_usage
 
 T = TypeVar("T")
