@@ -321,6 +321,12 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("audit", "show"): ["audit", "show", "no-such-entity"],
     ("privacy", "keys"): ["privacy", "keys", "bad entity!"],
     ("privacy", "policy"): ["privacy", "policy", "e", "/no/such/policy.json"],
+    ("gateway", "s3"): ["gateway", "s3", "--listen", "127.0.0.1:99999"],
+    ("gateway", "webdav"): ["gateway", "webdav", "--listen", "nohost"],
+    ("gateway", "credentials", "add"): ["gateway", "credentials", "add", "--bucket", "../x"],
+    ("gateway", "credentials", "ls"): ["--state", "NOSTATE", "gateway", "credentials", "ls"],
+    ("gateway", "credentials", "rm"): ["gateway", "credentials", "rm", "NOSUCHKEY"],
+    ("dashboard",): ["dashboard", "--listen", "127.0.0.1:abc"],
 }
 
 

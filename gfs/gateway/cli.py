@@ -9,23 +9,16 @@ import signal
 import threading
 from typing import Any
 
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"interval {text!r}: a positive number of seconds")
-    return value
+from gfs.cli import port
+from gfs.units import positive_duration_arg
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    host, sep, number = text.rpartition(":")
+    if not sep or not number.isdigit():
         raise argparse.ArgumentTypeError(f"listen address {text!r}: use HOST:PORT "
                                          "(port 0 picks a free one)")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return host.strip("[]") or "127.0.0.1", port(number)
 
 
 def cmd_s3(args: argparse.Namespace) -> int:
@@ -148,6 +141,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--listen", type=_listen, default=("127.0.0.1", 8090), metavar="HOST:PORT")
     sp.add_argument("--gateway", action="append", metavar="URL",
                     help="a gateway whose request metrics to show (repeatable)")
-    sp.add_argument("--interval", type=_seconds, default=5.0, metavar="SECONDS",
+    sp.add_argument("--interval", type=positive_duration_arg, default=5.0, metavar="SECONDS",
                     help="seconds between samples for the plots (default 5)")
     sp.set_defaults(func=cmd_dashboard)
