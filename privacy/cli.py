@@ -152,15 +152,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from privacy.policy import Policy, policy_path
+    from privacy.policy import load_policy, policy_path
 
     with open(args.file, "rb") as f:
         raw = f.read()
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise QueryError(f"{args.file} is not valid JSON: {e}") from e
-    pol = Policy.from_dict(doc)
+    pol = load_policy(raw, args.file)  # refuses before anything is stored
     if pol.entity != args.entity:
         raise QueryError(f"{args.file} is the policy of {pol.entity!r}, not {args.entity!r}")
     with Client(args.state) as fs:

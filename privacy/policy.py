@@ -10,16 +10,16 @@ the rule.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gfs.client import Client
 from privacy.errors import PolicyError, QueryError
-
-AGGREGATES = ("count", "sum", "mean", "min", "max")
-PSI_OUTPUTS = ("intersection", "cardinality")
 
 
 def policy_path(entity: str) -> str:
@@ -27,26 +27,38 @@ def policy_path(entity: str) -> str:
     return f"/{entity}/.privacy/policy.json"
 
 
-@dataclass(frozen=True)
-class TablePolicy:
+class _Strict(BaseModel):
+    """Unknown keys and wrong types are errors, never silently ignored or coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TablePolicy(_Strict):
     """What a partner may do with one table."""
 
     key_columns: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()
-    aggregates: tuple[str, ...] = ()
+    aggregates: tuple[Literal["count", "sum", "mean", "min", "max"], ...] = ()
     group_by: tuple[str, ...] = ()
-    psi_outputs: tuple[str, ...] = ()
-    clip: dict[str, tuple[float, float]] = field(default_factory=dict)
+    psi_outputs: tuple[Literal["intersection", "cardinality"], ...] = ()
+    clip: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for col, (lo, hi) in v.items():
+            if not lo <= hi:
+                raise ValueError(f"clip of {col} needs lo <= hi, got [{lo:g}, {hi:g}]")
+        return v
 
 
-@dataclass(frozen=True)
-class PartnerPolicy:
+class PartnerPolicy(_Strict):
     """The rules for one partner entity."""
 
     tables: dict[str, TablePolicy]
-    min_group_size: int = 1
-    epsilon_per_release: float | None = None
-    epsilon_budget: float | None = None
+    min_group_size: int = Field(default=1, ge=1)
+    epsilon_per_release: float | None = Field(default=None, gt=0)
+    epsilon_budget: float | None = Field(default=None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -63,57 +75,63 @@ class ReleaseTerms:
                 "clip": {k: list(v) for k, v in self.clip.items()}}
 
 
-def _strs(d: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
-    v = d.get(key, [])
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise QueryError(f"policy {where}: {key} must be a list of strings")
-    return tuple(v)
+def _fields_at(model: Any, loc: tuple[str | int, ...]) -> list[str]:
+    """The valid keys of the object at `loc` inside `model` (for "did you mean")."""
+    tp: Any = model
+    for part in loc:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            f = tp.model_fields.get(str(part))
+            if f is None:
+                return []
+            tp = f.annotation
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        else:
+            return []
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
 
 
-@dataclass(frozen=True)
-class Policy:
+def _explain(e: ValidationError, source: str) -> str:
+    """One line naming the file, the key and the fix for the first error."""
+    errs = e.errors()
+    err = errs[0]
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(Policy, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = (f"; did you mean {close[0]!r}?" if close
+                else f"; valid keys here: {', '.join(valid)}")
+        return f"{source}: unknown key {where!r}{hint}"
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{source}: key {where!r}: {err['msg']}{more}; see docs/privacy.md"
+
+
+def load_policy(raw: bytes | str, source: str) -> Policy:
+    """Parse and validate a policy document (JSON) read from `source`.
+
+    The one entry point for policy files: unknown keys and wrong types raise
+    QueryError naming `source`, the key and (for a misspelt key) the closest valid
+    one; nothing is coerced or defaulted silently."""
+    try:
+        return Policy.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        if first["type"] == "json_invalid":
+            raise QueryError(f"{source} is not valid JSON: {first['msg']}") from None
+        raise QueryError(_explain(e, source)) from None
+
+
+class Policy(_Strict):
     """An entity's policy for all its partners."""
 
     entity: str
-    partners: dict[str, PartnerPolicy]
+    partners: dict[str, PartnerPolicy] = Field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Policy:
-        """Parse and validate a policy document; a bad one raises QueryError."""
-        if not isinstance(d, dict) or not isinstance(d.get("entity"), str):
-            raise QueryError("policy must be a JSON object with an \"entity\" name")
-        partners: dict[str, PartnerPolicy] = {}
-        for name, p in dict(d.get("partners", {})).items():
-            where = f"{d['entity']}/partners/{name}"
-            tables: dict[str, TablePolicy] = {}
-            for path, t in dict(p.get("tables", {})).items():
-                tw = f"{where}/tables/{path}"
-                aggs = _strs(t, "aggregates", tw)
-                for a in aggs:
-                    if a not in AGGREGATES:
-                        raise QueryError(f"policy {tw}: unknown aggregate {a!r}")
-                outs = _strs(t, "psi_outputs", tw)
-                for o in outs:
-                    if o not in PSI_OUTPUTS:
-                        raise QueryError(f"policy {tw}: unknown PSI output {o!r}")
-                clip: dict[str, tuple[float, float]] = {}
-                for col, bounds in dict(t.get("clip", {})).items():
-                    lo, hi = (float(x) for x in bounds)
-                    if not lo <= hi:
-                        raise QueryError(f"policy {tw}: clip of {col} needs lo <= hi")
-                    clip[col] = (lo, hi)
-                tables[path] = TablePolicy(_strs(t, "key_columns", tw), _strs(t, "columns", tw),
-                                           aggs, _strs(t, "group_by", tw), outs, clip)
-            mg = int(p.get("min_group_size", 1))
-            eps = p.get("epsilon_per_release")
-            budget = p.get("epsilon_budget")
-            if mg < 1:
-                raise QueryError(f"policy {where}: min_group_size must be >= 1")
-            if eps is not None and not float(eps) > 0:
-                raise QueryError(f"policy {where}: epsilon_per_release must be > 0")
-            partners[name] = PartnerPolicy(tables, mg, None if eps is None else float(eps),
-                                           None if budget is None else float(budget))
-        return cls(str(d["entity"]), partners)
+    def from_dict(cls, d: dict[str, Any], source: str = "policy") -> Policy:
+        """Validate a policy document already parsed from JSON (see `load_policy`)."""
+        return load_policy(json.dumps(d), source)
 
     @classmethod
     def load(cls, fs: Client, entity: str) -> Policy:
@@ -122,11 +140,7 @@ class Policy:
         if not fs.exists(path):
             raise PolicyError("policy", f"entity {entity!r} has no privacy policy; write one "
                                         f"to {path} (see docs/privacy.md)")
-        try:
-            doc = json.loads(fs.read_bytes(path))
-        except ValueError as e:
-            raise QueryError(f"{path} is not valid JSON: {e}") from e
-        pol = cls.from_dict(doc)
+        pol = load_policy(fs.read_bytes(path), path)
         if pol.entity != entity:
             raise QueryError(f"{path} is the policy of {pol.entity!r}, not {entity!r}")
         return pol

@@ -3,13 +3,17 @@ release rules."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
+from gfs.cli import main as hutong
 from gfs.client import Client
 from privacy import c2d
 from privacy.errors import PolicyError, QueryError
-from privacy.policy import Policy, ReleaseTerms
+from privacy.policy import Policy, ReleaseTerms, policy_path
 from privacy.testing import open_policy, put_policy, put_table
 
 T = "/bank-a/customers.parquet"
@@ -62,15 +66,58 @@ def test_dp_needs_clip_bounds() -> None:
 
 
 @pytest.mark.parametrize("doc,msg", [
-    ({"partners": {}}, "entity"),
+    ({"partners": {}}, "key 'entity': Field required"),
     ({"entity": "a", "partners": {"b": {"tables": {"/a/t": {"aggregates": ["median"]}}}}},
-     "unknown aggregate"),
-    ({"entity": "a", "partners": {"b": {"tables": {}, "min_group_size": 0}}}, "min_group_size"),
-    ({"entity": "a", "partners": {"b": {"tables": {"/a/t": {"clip": {"x": [5, 1]}}}}}}, "lo <= hi"),
+     "aggregates.0': Input should be 'count'"),
+    ({"entity": "a", "partners": {"b": {"tables": {}, "min_group_size": 0}}},
+     "partners.b.min_group_size'"),
+    ({"entity": "a", "partners": {"b": {"tables": {"/a/t": {"clip": {"x": [5, 1]}}}}}},
+     "lo <= hi"),
+    # issue 11: a misspelt key used to be ignored (suppression fell back to 1)
+    ({"entity": "a", "partners": {"b": {"tables": {}, "min_group_sise": 10}}},
+     "unknown key 'partners.b.min_group_sise'; did you mean 'min_group_size'"),
+    ({"entity": "a", "partners": {"b": {"tables": {"/a/t": {"colums": ["x"]}}}}},
+     "unknown key 'partners.b.tables./a/t.colums'; did you mean 'columns'"),
+    ({"entity": "a", "partners": {}, "partner": {}}, "did you mean 'partners'"),
+    # ... and a string epsilon or a boolean group size were coerced
+    ({"entity": "a", "partners": {"b": {"tables": {}, "epsilon_per_release": "1.0"}}},
+     "partners.b.epsilon_per_release': Input should be a valid number"),
+    ({"entity": "a", "partners": {"b": {"tables": {}, "min_group_size": True}}},
+     "partners.b.min_group_size': Input should be a valid integer"),
+    ({"entity": "a", "partners": {"b": {"tables": {"/a/t": {"key_columns": "phone"}}}}},
+     "key_columns'"),
 ])
 def test_bad_policies_are_refused(doc: dict[str, object], msg: str) -> None:
-    with pytest.raises(QueryError, match=msg):
-        Policy.from_dict(doc)
+    with pytest.raises(QueryError) as ei:
+        Policy.from_dict(doc, "p.json")
+    assert str(ei.value).startswith("p.json: ") and msg in str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+def test_misspelt_policy_in_store_refuses_the_job(fs: Client) -> None:
+    doc = open_policy("bank-a", "telco-b", T, min_group_sise=10)
+    put_policy(fs, doc)
+    with pytest.raises(QueryError, match=r"^/bank-a/.privacy/policy.json: unknown key "
+                                         r"'partners.telco-b.min_group_sise'"):
+        Policy.load(fs, "bank-a")
+
+
+def test_cli_refuses_a_bad_policy_and_stores_nothing(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    Client.init(state).close()
+    bad = tmp_path / "policy.json"
+    bad.write_text(json.dumps(open_policy("bank-a", "telco-b", T, epsilon_per_release="0.5")))
+    assert hutong(["--state", str(state), "privacy", "policy", "bank-a", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert str(bad) in err and "epsilon_per_release" in err and "Traceback" not in err
+    with Client(state) as fs:
+        assert not fs.exists(policy_path("bank-a"))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(open_policy("bank-a", "telco-b", T, min_group_size=10)))
+    assert hutong(["--state", str(state), "privacy", "policy", "bank-a", str(good)]) == 0
+    with Client(state) as fs:
+        assert Policy.load(fs, "bank-a").partners["telco-b"].min_group_size == 10
 
 
 def test_no_policy_refuses_everything(fs: Client) -> None:
