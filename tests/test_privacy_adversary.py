@@ -152,19 +152,24 @@ def _main_thread_calls(fn: Callable[..., Any]) -> tuple[Callable[..., Any], list
     return wrapped, seen
 
 
-def test_bfv_value_holder_cannot_recover_the_selectors_mask(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """V keeps its ciphertexts and its secret key and divides the returned
-    ciphertext's second component by its own: on the old code this gives S's mask,
-    i.e. exactly which of V's rows matched S's (even suppressed) groups."""
-    ctxs: list[Any] = []
+@pytest.fixture
+def ctxs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The value holder's secret HE contexts, as the value holder itself keeps them."""
+    kept: list[Any] = []
     orig_ctx = he.new_context
 
     def keep_ctx(p: he.HeParams) -> Any:
-        c = orig_ctx(p)
-        ctxs.append(c)
-        return c
+        kept.append(orig_ctx(p))
+        return kept[-1]
     monkeypatch.setattr(he, "new_context", keep_ctx)
+    return kept
+
+
+def test_bfv_value_holder_cannot_recover_the_selectors_mask(
+        monkeypatch: pytest.MonkeyPatch, ctxs: list[Any]) -> None:
+    """V keeps its ciphertexts and its secret key and divides the returned
+    ciphertext's second component by its own: on the old code this gives S's mask,
+    i.e. exactly which of V's rows matched S's (even suppressed) groups."""
     shuffle, orders = _main_thread_calls(psi.shuffled)
     monkeypatch.setattr(pjc, "shuffled", shuffle)
     vkeys: list[str | None] = [f"k{i}" for i in range(200)]
@@ -205,19 +210,10 @@ def ckks_slots(ctx: Any, data: bytes) -> list[float]:
     return list(sealapi.CKKSEncoder(ctx.seal_context().data).decode_double(plain))
 
 
-def test_ckks_value_holder_cannot_read_the_sum_from_another_slot(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ckks_value_holder_cannot_read_the_sum_from_another_slot(ctxs: list[Any]) -> None:
     """On the old code the selector summed the slots (every slot then holds the
     total) and masked slot 0 only: slot 1 gave the value holder the true sum of a
     group, suppressed or not."""
-    ctxs: list[Any] = []
-    orig_ctx = he.new_context
-
-    def keep_ctx(p: he.HeParams) -> Any:
-        c = orig_ctx(p)
-        ctxs.append(c)
-        return c
-    monkeypatch.setattr(he, "new_context", keep_ctx)
     vals = [float(1000 + i) for i in range(300)]
     v = pjc.ValueRows([f"k{i}" for i in range(300)], {"bal": vals})
     s = pjc.SelectRows([f"k{i}" for i in range(0, 300, 2)] + ["k1", "k3"],
