@@ -216,8 +216,7 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     if missing:
         raise QueryError(f"column(s) {', '.join(sorted(missing))} are in neither table")
     if spec.kind == "psi":
-        policy.check_psi(peer, table, key, spec.output)
-        terms = ReleaseTerms(1, None, {})
+        terms = policy.check_psi(peer, table, key, spec.output, spent=audit.spent(peer))
     else:
         value_cols = {c for _, c in aggs if c}
         mine_values = value_cols & set(has)
@@ -253,11 +252,14 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
                     out["intersection"] = r.intersection
             else:
                 r = psi.sender(ch, ks, spec.job_id, spec.output, pool, prog,
-                               budget=mem, workdir=fs.state, hint=hint)
+                               budget=mem, workdir=fs.state, hint=hint,
+                               min_receiver=terms.min_group_size)
                 out = {"own_keys": r.sender_count, "peer_keys": r.receiver_count}
+            out["noise"] = "none: PSI sizes are exact; the release is metered, not noised"
+            out["epsilon_left"] = terms.epsilon_left
             audit.append("release", job=spec.job_id, partner=peer,
                          what=("psi-" + spec.output) if side == "left" else "psi-sender",
-                         size=out.get("size"))
+                         size=out.get("size"), epsilon=terms.epsilon)
         else:
             out = _join(spec, side, fs, ch, audit, peer, table, key, aggs, has, other, terms,
                         peer_terms, pool, prog)
@@ -286,8 +288,10 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
         ks, vals, groups = _read_keys_values(fs, table, key, value_cols, group, terms.clip)
         eps = [e for e in (terms.epsilon, peer_terms.get("epsilon")) if e]
         bounds = {c: max(abs(x) for x in terms.clip[c]) for c in value_cols if c in terms.clip}
+        bound = [b for b in (terms.max_rows_per_key, peer_terms.get("max_rows_per_key")) if b]
         rules = pjc.ReleaseRules(max(terms.min_group_size, int(peer_terms["min_group_size"])),
-                                 min(eps) if eps else None, bounds)
+                                 min(eps) if eps else None, bounds,
+                                 min(bound) if bound else None, terms.epsilon_left)
 
         def on_release(released: list[dict[str, Any]], suppressed: list[str]) -> None:
             audit.append("release", job=spec.job_id, partner=peer, groups=len(released),
@@ -315,13 +319,16 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
                 row[name] = g.mean(col)
             else:
                 raise QueryError(f"{name} is not available in a join; use count, sum or mean")
+        if g.noise:
+            row["noise"] = g.noise
         rows.append(row)
     eps = [e for e in (terms.epsilon, peer_terms.get("epsilon")) if e]
     audit.append("release", job=spec.job_id, partner=peer, groups=len(rows),
                  suppressed=res.suppressed, received=True,
                  epsilon=min(eps) if terms.epsilon and eps else None)
     return {"role": "selector", "groups": rows, "suppressed": res.suppressed,
-            "scheme": res.scheme, "peer_rows": res.value_rows, "own_keys": res.selector_keys}
+            "scheme": res.scheme, "peer_rows": res.value_rows, "own_keys": res.selector_keys,
+            "epsilon_left": res.epsilon_left}
 
 
 # -- launcher ---------------------------------------------------------------------------

@@ -15,15 +15,15 @@ distinct keys among the matching V rows.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from privacy import he
+from privacy import dp, he
 from privacy.channel import Channel
 from privacy.ec import POINT_BYTES, TRUNC_BYTES, GroupPool, job_domain, new_scalar, split
-from privacy.errors import PrivacyError, ProtocolError, QueryError
+from privacy.errors import PolicyError, PrivacyError, ProtocolError, QueryError
+from privacy.policy import complementary_suppression
 from privacy.psi import shuffled
 
 Progress = Callable[[str, int, int], None]
@@ -61,6 +61,10 @@ class ReleaseRules:
     epsilon: float | None = None
     #: per value column, the largest |value| after clipping (DP sensitivity, BFV range)
     bounds: dict[str, float] = field(default_factory=dict)
+    #: contribution bound: rows of one key used (the rest are dropped at random)
+    max_rows_per_key: int | None = None
+    #: the partner's budget left after this release, reported with the result
+    epsilon_left: float | None = None
     #: called with the released and suppressed groups before anything is sent
     on_release: Callable[[list[dict[str, Any]], list[str]], None] | None = None
 
@@ -72,6 +76,8 @@ class GroupResult:
     group: str | None
     count: float
     sums: dict[str, float]
+    #: per released number, the noise added (mechanism, epsilon, scale); None: exact
+    noise: dict[str, Any] | None = None
 
     def mean(self, column: str) -> float:
         """sum / count (NaN for an empty group)."""
@@ -87,11 +93,8 @@ class JoinResult:
     value_rows: int
     selector_keys: int
     scheme: str
-
-
-def _laplace(scale: float) -> float:
-    u = (secrets.randbelow(1 << 53) + 0.5) / (1 << 53) - 0.5
-    return -scale * math.copysign(1.0, u) * math.log(1 - 2 * abs(u))
+    #: the partner's privacy budget left on the value holder (None: no budget)
+    epsilon_left: float | None = None
 
 
 # -- value holder -------------------------------------------------------------------
@@ -106,6 +109,14 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
                              f"{len(rows.keys)} keys")
     live = [i for i, k in enumerate(rows.keys) if k is not None]
     order = [live[j] for j in shuffled(len(live))]
+    if rules.max_rows_per_key is not None:  # contribution bound: a random few rows per key
+        used: dict[str | None, int] = {}
+        kept = []
+        for i in order:
+            if used.get(rows.keys[i], 0) < rules.max_rows_per_key:
+                used[rows.keys[i]] = used.get(rows.keys[i], 0) + 1
+                kept.append(i)
+        order = kept
     n = len(order)
     if params.scheme == "bfv":
         for c in cols:
@@ -170,6 +181,16 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
             raise ProtocolError(f"{ch.peer} sent a pjc-b list that is not whole points")
         lists.append(m.body)
     s_keys = sum(len(b) for b in lists) // POINT_BYTES
+    seen: set[bytes] = set()
+    for gi, blob in enumerate(lists):  # a key in two groups would let S difference them
+        for pt in split(blob, POINT_BYTES):
+            if pt in seen:
+                raise PolicyError("groups", f"{ch.peer}'s groups overlap (a key is in two "
+                                            f"of its groups, list {gi}): differencing them "
+                                            f"would reveal a group below the minimum size; "
+                                            f"give each key one group")
+            seen.add(pt)
+    del seen
     for gi, blob in enumerate(lists):
         items = split(b"".join(pool.mul(alpha, [blob], TRUNC_BYTES)), TRUNC_BYTES)
         ch.send("pjc-bb", {"sg": gi}, b"".join(items[j] for j in shuffled(len(items))))
@@ -184,9 +205,14 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         aggs.setdefault((int(m.meta["sg"]), int(m.meta["vg"])), {})[str(m.meta["agg"])] = (
             m.body, m.meta.get("share"))
     released: list[dict[str, Any]] = []
-    suppressed: list[str] = []
     results: list[GroupResult] = []
-    per_value = (rules.epsilon / (1 + len(cols))) if rules.epsilon else None
+    parts_of: dict[tuple[int, int], dict[str, tuple[bytes, Any]]] = {}
+    counts: dict[tuple[int, int], int] = {}
+    sizes: dict[tuple[int, int], int] = {}
+    # the budget: parallel over disjoint groups; within a group, one part each for the
+    # threshold decision, the count and every sum
+    part = (rules.epsilon / (2 + len(cols))) if rules.epsilon else None
+    rows_per_key = rules.max_rows_per_key or 1
     for (sg, vg), parts in sorted(aggs.items()):
         need = {COUNT, DISTINCT, *cols}
         if set(parts) != need:
@@ -196,31 +222,48 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
                           parts[COUNT][1])
         distinct = he.unmask(params, he.decrypt_masked(ctx, params, parts[DISTINCT][0]),
                              parts[DISTINCT][1])
-        label = vlabels[vg]
         if abs(count - round(count)) > 0.01 or not 0 <= round(count) <= n:
             raise PrivacyError(f"the {params.scheme} count of group {sg}/{vg} came back as "
                                f"{count}, not a row count: the parameters lost precision; "
                                f"nothing was released")
-        if round(distinct) < rules.min_distinct:
-            suppressed.append(f"{sg}/{vg}")
+        parts_of[(sg, vg)], counts[(sg, vg)] = parts, round(count)
+        sizes[(sg, vg)] = round(distinct)
+        if part:  # suppression is decided on a noisy distinct count
+            sizes[(sg, vg)] = dp.noisy_int(round(distinct), rows_per_key, part)[0]
+    hidden = complementary_suppression(sizes, rules.min_distinct)
+    suppressed = [f"{sg}/{vg}" for sg, vg in sorted(hidden)]
+    for (sg, vg), parts in sorted(parts_of.items()):
+        if (sg, vg) in hidden:
             continue
+        label = vlabels[vg]
         out: dict[str, Any] = {"sg": sg, "vg": vg, "vlabel": label}
-        rcount: float = round(count)
-        if per_value:
-            rcount = rcount + _laplace(1.0 / per_value)
+        rcount: float = counts[(sg, vg)]
+        noise: dict[str, Any] = {}
+        if part:
+            rcount, lab = dp.noisy_int(counts[(sg, vg)], rows_per_key, part)
+            noise["count"] = lab.to_dict()
         out["count"] = rcount
         sums: dict[str, float] = {}
         for c in cols:
             masked = he.decrypt_masked(ctx, params, parts[c][0])
-            if per_value:
-                masked = float(masked) + _laplace(max(rules.bounds.get(c, 0.0), 1e-12) / per_value)
+            if part:
+                sens = max(rules.bounds.get(c, 0.0), 1e-12) * rows_per_key
+                if params.scheme == "bfv":
+                    noisy, lab = dp.noisy_int(int(masked), math.ceil(sens), part)
+                    masked = noisy % params.plain_modulus()
+                else:
+                    masked, lab = dp.noisy_real(float(masked), sens, part)
+                noise[c] = lab.to_dict()
             out[c] = masked
             sums[c] = float(masked)
+        if noise:
+            out["noise"] = noise
         released.append(out)
         results.append(GroupResult(label, rcount, sums))
     if rules.on_release is not None:
         rules.on_release(released, suppressed)
-    ch.send("pjc-release", {"groups": released, "suppressed": len(suppressed)})
+    ch.send("pjc-release", {"groups": released, "suppressed": len(suppressed),
+                            "epsilon_left": rules.epsilon_left})
     ch.recv("pjc-done")
     return JoinResult(results, len(suppressed), n, s_keys, params.scheme)
 
@@ -309,8 +352,9 @@ def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
         sg, vg = int(g["sg"]), int(g["vg"])
         sums = {c: float(he.unmask(params, g[c], shares[(sg, vg, c)])) for c in cols}
         label = labels[sg] if rows.groups is not None else g.get("vlabel")
-        results.append(GroupResult(label, float(g["count"]), sums))
+        results.append(GroupResult(label, float(g["count"]), sums, g.get("noise")))
     ch.send("pjc-done")
     return JoinResult(results, int(rel.meta["suppressed"]), n,
-                      sum(len(v) for v in per_group.values()), params.scheme)
+                      sum(len(v) for v in per_group.values()), params.scheme,
+                      rel.meta.get("epsilon_left"))
 

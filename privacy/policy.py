@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
@@ -59,6 +60,8 @@ class PartnerPolicy(_Strict):
     min_group_size: int = Field(default=1, ge=1)
     epsilon_per_release: float | None = Field(default=None, gt=0)
     epsilon_budget: float | None = Field(default=None, gt=0)
+    #: contribution bound: rows of one key a release may use (default 1 with DP)
+    max_rows_per_key: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,31 @@ class ReleaseTerms:
     min_group_size: int
     epsilon: float | None
     clip: dict[str, tuple[float, float]]
+    #: rows of one key a release may use (duplicates beyond it are dropped)
+    max_rows_per_key: int | None = None
+    #: the partner's budget left after this release (None: no budget)
+    epsilon_left: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"min_group_size": self.min_group_size, "epsilon": self.epsilon,
-                "clip": {k: list(v) for k, v in self.clip.items()}}
+                "clip": {k: list(v) for k, v in self.clip.items()},
+                "max_rows_per_key": self.max_rows_per_key, "epsilon_left": self.epsilon_left}
+
+
+def complementary_suppression(sizes: dict[Any, int], k: int,
+                              union: Callable[[set[Any]], int] | None = None) -> set[Any]:
+    """The groups to suppress: those with fewer than `k` distinct identities and, if
+    those together have fewer than `k` (`union`, default the sum of sizes), the
+    smallest others until they do; so a total minus the released groups never
+    isolates fewer than `k` identities (complementary suppression)."""
+    out = {g for g, n in sizes.items() if n < k}
+    size = union or (lambda gs: sum(sizes[g] for g in gs))
+    for g in sorted((g for g in sizes if g not in out), key=lambda g: (sizes[g], str(g))):
+        if not out or size(out) >= k:
+            break
+        out.add(g)
+    return out
 
 
 def _fields_at(model: Any, loc: tuple[str | int, ...]) -> list[str]:
@@ -168,14 +191,18 @@ class Policy(_Strict):
         if key is not None:
             self._key(t, table, key)
 
-    def check_psi(self, partner: str, table: str, key: str, output: str) -> None:
-        """Refuse a PSI job the policy does not allow."""
-        _, t = self._table(partner, table)
+    def check_psi(self, partner: str, table: str, key: str, output: str,
+                  spent: float = 0.0) -> ReleaseTerms:
+        """Refuse a PSI job the policy does not allow; else its release terms (a PSI
+        release is metered: it costs epsilon_per_release of the budget, though its
+        size is exact, and the peer's set must reach min_group_size)."""
+        p, t = self._table(partner, table)
         self._key(t, table, key)
         if output not in t.psi_outputs:
             raise PolicyError("psi_outputs", f"PSI output {output!r} over {table} is not allowed "
                                              f"for {partner!r} (allowed: "
                                              f"{', '.join(t.psi_outputs) or 'none'})")
+        return self._terms(partner, p, t, spent)
 
     def check_aggregate(self, partner: str, table: str, key: str | None,
                         aggregates: list[tuple[str, str | None]], group_by: str | None,
@@ -202,18 +229,28 @@ class Policy(_Strict):
             if col not in t.columns:
                 raise PolicyError("columns", f"filtering on {col!r} of {table} is not allowed "
                                              f"for {partner!r}")
-        eps = p.epsilon_per_release
-        if eps is not None:
+        if p.epsilon_per_release is not None:
             for _func, col in aggregates:
                 if col is not None and col not in t.clip:
                     raise PolicyError("clip", f"noisy release of {col!r} needs clip bounds in "
                                               f"the policy of {self.entity!r}")
-            if p.epsilon_budget is not None and spent + eps > p.epsilon_budget + 1e-12:
-                raise PolicyError("epsilon_budget", f"privacy budget of {partner!r} on "
-                                                    f"{self.entity!r} is spent ({spent:g} of "
-                                                    f"{p.epsilon_budget:g}; this job needs "
-                                                    f"{eps:g})")
-        return ReleaseTerms(p.min_group_size, eps, dict(t.clip))
+        return self._terms(partner, p, t, spent)
+
+    def _terms(self, partner: str, p: PartnerPolicy, t: TablePolicy,
+               spent: float) -> ReleaseTerms:
+        """The release terms of one job, refusing it if the budget cannot pay it."""
+        eps = p.epsilon_per_release
+        if eps is not None and p.epsilon_budget is not None \
+                and spent + eps > p.epsilon_budget + 1e-12:
+            raise PolicyError("epsilon_budget", f"privacy budget of {partner!r} on "
+                                                f"{self.entity!r} is spent ({spent:g} of "
+                                                f"{p.epsilon_budget:g}; this job needs "
+                                                f"{eps:g})")
+        left = None
+        if p.epsilon_budget is not None:
+            left = max(0.0, p.epsilon_budget - spent - (eps or 0.0))
+        rows = p.max_rows_per_key or (1 if eps is not None else None)
+        return ReleaseTerms(p.min_group_size, eps, dict(t.clip), rows, left)
 
 
 def clip_value(v: float, bounds: tuple[float, float] | None) -> float:

@@ -12,14 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import tenseal as ts
 import zstandard
 from tenseal import sealapi
 
-from privacy import he, pjc, psi
+from gfs.client import Client
+from privacy import c2d, he, pjc, psi
+from privacy.audit import AuditLog
 from privacy.channel import Channel, Message
-from privacy.testing import run_pair
+from privacy.errors import PolicyError, ProtocolError
+from privacy.testing import open_policy, put_policy, put_table, run_pair
 
 
 class Recorder:
@@ -174,8 +178,8 @@ def test_bfv_value_holder_cannot_recover_the_selectors_mask(
     monkeypatch.setattr(pjc, "shuffled", shuffle)
     vkeys: list[str | None] = [f"k{i}" for i in range(200)]
     v = pjc.ValueRows(vkeys, {"bal": list(range(200))})
-    s_keys = [f"k{i}" for i in range(0, 400, 3)] + ["k7", "k11"]
-    s = pjc.SelectRows(list(s_keys), ["a"] * (len(s_keys) - 2) + ["tiny"] * 2)
+    s_keys = [f"k{i}" for i in range(0, 400, 3)] + ["k7", "k11", "k13", "k14", "k16"]
+    s = pjc.SelectRows(list(s_keys), ["a"] * (len(s_keys) - 5) + ["tiny"] * 2 + ["few"] * 3)
     params = he.HeParams("bfv")
     rec: dict[str, Recorder] = {}
 
@@ -186,13 +190,14 @@ def test_bfv_value_holder_cannot_recover_the_selectors_mask(
     _, sr, _ = run_pair(holder, lambda ch, pool: pjc.selector(ch, s, "j", pool),
                          timeout=120, workers=1)
     assert isinstance(sr, pjc.JoinResult), sr
-    assert sr.suppressed == 1  # group "tiny" (2 keys) is below the threshold of 5
+    assert sr.suppressed == 2  # groups "few" and "tiny" (3 and 2 keys) are below 5
     order = orders[0]  # V's own shuffled row order (every key is live here)
     sent_count = next(b for k, m, b in rec["v"].sent
                       if k == "pjc-ct" and m["agg"] == pjc.COUNT and m["chunk"] == 0)
     returned = {int(m.meta["sg"]): m.body for m in rec["v"].received
                 if m.kind == "pjc-agg" and m.meta["agg"] == pjc.COUNT}
-    truth = {0: {f"k{i}" for i in range(0, 200, 3)}, 1: {"k7", "k11"}}
+    truth = {0: {f"k{i}" for i in range(0, 200, 3)}, 1: {"k13", "k14", "k16"},
+             2: {"k7", "k11"}}
     for sg, body in returned.items():
         mask = bfv_mask_attack(ctxs[0], params, sent_count, body)
         learnt = {vkeys[order[j]] for j in range(len(order)) if mask[j] == 1}
@@ -216,9 +221,9 @@ def test_ckks_value_holder_cannot_read_the_sum_from_another_slot(ctxs: list[Any]
     group, suppressed or not."""
     vals = [float(1000 + i) for i in range(300)]
     v = pjc.ValueRows([f"k{i}" for i in range(300)], {"bal": vals})
-    s = pjc.SelectRows([f"k{i}" for i in range(0, 300, 2)] + ["k1", "k3"],
-                       ["big"] * 150 + ["tiny"] * 2)
-    truth = {0: sum(vals[0:300:2]), 1: vals[1] + vals[3]}
+    s = pjc.SelectRows([f"k{i}" for i in range(0, 300, 2)] + ["k1", "k3", "k5", "k7", "k9"],
+                       ["big"] * 150 + ["tiny"] * 2 + ["few"] * 3)
+    truth = {0: sum(vals[0:300:2]), 1: vals[5] + vals[7] + vals[9], 2: vals[1] + vals[3]}
     rec: dict[str, Recorder] = {}
 
     def holder(ch: Channel, pool: Any) -> Any:
@@ -228,9 +233,75 @@ def test_ckks_value_holder_cannot_read_the_sum_from_another_slot(ctxs: list[Any]
     _, sr, _ = run_pair(holder, lambda ch, pool: pjc.selector(ch, s, "j", pool),
                         timeout=120, workers=1)
     assert isinstance(sr, pjc.JoinResult), sr
-    assert sr.suppressed == 1 and abs(sr.groups[0].sums["bal"] - truth[0]) < 0.05
+    assert sr.suppressed == 2 and abs(sr.groups[0].sums["bal"] - truth[0]) < 0.05
     for m in rec["v"].received:
         if m.kind == "pjc-agg" and m.meta["agg"] == "bal":
             slots = ckks_slots(ctxs[0], m.body)
             near = [x for x in slots if abs(x - truth[int(m.meta["sg"])]) < 1.0]
             assert not near, f"slot(s) of group {m.meta['sg']} show its true sum"
+
+
+# -- compute-to-data: differencing within one release and across a partner's jobs ----
+C2D = "/bank-a/accounts.parquet"
+
+
+def c2d_world(fs: Client) -> dict[str, dict[str, int]]:
+    """Regions n (5 people), s (2), w (4); balances known to the test."""
+    rows = [("p1", "n", "retail", 10), ("p2", "n", "retail", 20), ("p3", "n", "retail", 30),
+            ("p4", "n", "retail", 40), ("p5", "n", "vip", 5000), ("p6", "s", "retail", 7),
+            ("p7", "s", "retail", 9), ("p8", "w", "retail", 1), ("p9", "w", "retail", 2),
+            ("p10", "w", "retail", 3), ("p11", "w", "retail", 4)]
+    put_table(fs, C2D, pa.table({"phone": [r[0] for r in rows], "region": [r[1] for r in rows],
+                                 "segment": [r[2] for r in rows],
+                                 "balance": [r[3] for r in rows]}))
+    put_policy(fs, open_policy("bank-a", "right-co", C2D, columns=["balance", "region",
+                                                                    "segment"],
+                               group_by=["region"], min_group_size=3))
+    out: dict[str, dict[str, int]] = {}
+    for _, region, segment, bal in rows:
+        for cell in (region, f"{region}/{segment}", "*"):
+            out.setdefault(cell, {"n": 0, "sum": 0})
+            out[cell]["n"] += 1
+            out[cell]["sum"] += bal
+    return out
+
+
+def ask(fs: Client, group_by: str | None, where: dict[str, str]) -> dict[str, Any]:
+    """The partner's query, served by the owner over a real channel."""
+    aggs: list[tuple[str, str | None]] = [("count", None), ("sum", "balance")]
+    _, got, _ = run_pair(
+        lambda ch, pool: c2d.serve(ch, fs, C2D, "right-co", aggs, group_by, where,
+                                   AuditLog(fs, "bank-a"), "job"),
+        lambda ch, pool: c2d.submit(ch, C2D, aggs, group_by, where), timeout=60, workers=1)
+    assert isinstance(got, dict), got
+    return got
+
+
+def test_c2d_total_minus_released_groups_does_not_isolate_a_group(fs: Client) -> None:
+    truth = c2d_world(fs)
+    groups = ask(fs, "region", {})["groups"]
+    total = ask(fs, None, {})["groups"][0]
+    diff = total["sum(balance)"] - sum(g["sum(balance)"] for g in groups)
+    assert diff != truth["s"]["sum"], "total minus the released regions gave region s"
+    assert "s" not in {g["group"] for g in groups}
+
+
+def test_c2d_differencing_across_jobs_is_prevented(fs: Client) -> None:
+    """Job 1 asks for region n (5 people), job 2 for region n's retail customers (4):
+    the difference would be the one vip's balance."""
+    truth = c2d_world(fs)
+    first = ask(fs, None, {"region": "n"})["groups"]
+    second = ask(fs, None, {"region": "n", "segment": "retail"})
+    assert first and first[0]["sum(balance)"] == truth["n"]["sum"]
+    assert second["groups"] == [] and second["suppressed"] == 1
+
+
+def test_psi_with_a_one_key_set_is_refused_by_the_sender() -> None:
+    """A one-key PSI is an exact membership test of that key in the sender's set."""
+    r, s, _ = run_pair(
+        lambda ch, pool: psi.receiver(ch, ["13800000001"], "j", "cardinality", pool),
+        lambda ch, pool: psi.sender(ch, [f"1380000000{i}" for i in range(10)], "j",
+                                    "cardinality", pool, min_receiver=3),
+        timeout=60, workers=1)
+    assert isinstance(s, PolicyError) and s.rule == "min_group_size"
+    assert isinstance(r, ProtocolError)  # the receiver learns nothing but the refusal

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from privacy import he, pjc
+from privacy import dp, he, pjc
+from privacy.errors import PolicyError
 from privacy.testing import run_pair
 
 CKKS_TOL_ABS = 5e-2
@@ -54,7 +55,7 @@ def data(n: int, seed: int, real: bool) -> tuple[pjc.ValueRows, pjc.SelectRows]:
     vals = [rnd.uniform(-50, 1000) if real else rnd.randrange(-50, 100000) for _ in range(n)]
     sk: list[str | None] = [str(rnd.randrange(n)) for _ in range(n)]
     return (pjc.ValueRows(vk, {"bal": vals}, [rnd.choice("xyz") for _ in range(n)]),
-            pjc.SelectRows(sk, [rnd.choice(["north", "south"]) for _ in range(n)]))
+            pjc.SelectRows(sk, [("north", "south")[int(k or 0) % 2] for k in sk]))
 
 
 @pytest.mark.parametrize("group_side", ["none", "selector", "holder"])
@@ -85,25 +86,49 @@ def test_ckks_within_tolerance() -> None:
 
 
 def test_duplicate_key_semantics() -> None:
-    # V: key k1 twice (two accounts), k2 once; S: k1 three times in one group,
-    # k2 in two groups.
+    # V: key k1 twice (two accounts), k2 once; S: k1 three times in one group, k2 in
+    # another: V's duplicates each count, S's do not multiply.
     v = pjc.ValueRows(["k1", "k1", "k2", "k3"], {"bal": [10, 20, 5, 7]})
-    s = pjc.SelectRows(["k1", "k1", "k1", "k2", "k2"], ["a", "a", "a", "a", "b"])
+    s = pjc.SelectRows(["k1", "k1", "k1", "k2"], ["a", "a", "a", "b"])
     res = join(v, s, "bfv")
     got = {g.group: (g.count, g.sums["bal"]) for g in res.groups}
-    assert got == {"a": (3.0, 35.0), "b": (1.0, 5.0)}
+    assert got == {"a": (2.0, 30.0), "b": (1.0, 5.0)}
+
+
+def test_overlapping_selector_groups_are_refused() -> None:
+    """The overlapping-group attack (issue 14): X = A u B and Y = A both pass the
+    threshold, and sum(X) - sum(Y) is the suppressed group B. The value holder sees
+    the same blinded key in two of S's lists and refuses before anything is released."""
+    v = pjc.ValueRows([str(i) for i in range(40)], {"bal": list(range(40))})
+    a = [str(i) for i in range(30)]
+    s = pjc.SelectRows([*a, "30", "31", *a], ["X"] * 32 + ["Y"] * 30)
+    seen: list[Any] = []
+    rules = pjc.ReleaseRules(min_distinct=5, on_release=lambda rel, sup: seen.append(rel))
+    with pytest.raises(PolicyError, match=r"rule groups: .*groups overlap"):
+        join(v, s, "bfv", rules)
+    assert seen == []
 
 
 def test_small_groups_are_suppressed_and_never_released() -> None:
     v = pjc.ValueRows([str(i) for i in range(40)], {"bal": list(range(40))})
-    s = pjc.SelectRows([str(i) for i in range(40)], ["big"] * 37 + ["tiny"] * 3)
+    s = pjc.SelectRows([str(i) for i in range(40)], ["big"] * 35 + ["tiny"] * 3 + ["two"] * 2)
     seen: list[Any] = []
     rules = pjc.ReleaseRules(min_distinct=5,
                              on_release=lambda rel, sup: seen.append((rel, sup)))
     res = join(v, s, "bfv", rules)
-    assert [g.group for g in res.groups] == ["big"] and res.suppressed == 1
-    assert res.groups[0].count == 37 and res.groups[0].sums["bal"] == sum(range(37))
-    assert len(seen) == 1 and len(seen[0][1]) == 1
+    assert [g.group for g in res.groups] == ["big"] and res.suppressed == 2
+    assert res.groups[0].count == 35 and res.groups[0].sums["bal"] == sum(range(35))
+    assert len(seen) == 1 and len(seen[0][1]) == 2
+
+
+def test_total_minus_released_never_isolates_a_small_group() -> None:
+    """Complementary suppression: with one small group suppressed, the total (from a
+    job without groups) minus the released groups would be that group; so the next
+    smallest group is suppressed too."""
+    v = pjc.ValueRows([str(i) for i in range(40)], {"bal": list(range(40))})
+    s = pjc.SelectRows([str(i) for i in range(40)], ["big"] * 27 + ["mid"] * 10 + ["tiny"] * 3)
+    res = join(v, s, "bfv", pjc.ReleaseRules(min_distinct=5))
+    assert [g.group for g in res.groups] == ["big"] and res.suppressed == 2
 
 
 def test_bfv_range_is_checked_before_anything_is_sent() -> None:
@@ -116,10 +141,23 @@ def test_bfv_range_is_checked_before_anything_is_sent() -> None:
 def test_dp_noise_is_added_at_the_holder() -> None:
     v = pjc.ValueRows([str(i) for i in range(200)], {"bal": [100] * 200})
     s = pjc.SelectRows([str(i) for i in range(200)])
-    res = join(v, s, "bfv", pjc.ReleaseRules(epsilon=1.0, bounds={"bal": 100.0}))
+    res = join(v, s, "bfv", pjc.ReleaseRules(epsilon=1.0, bounds={"bal": 100.0},
+                                             epsilon_left=2.0))
     g = res.groups[0]
-    assert g.count != 200 or g.sums["bal"] != 20000  # noisy (continuous noise)
+    assert g.noise is not None and g.noise["count"]["mechanism"] == dp.MECHANISM_INT
+    assert g.noise["bal"] == {"mechanism": dp.MECHANISM_INT, "epsilon": 1.0 / 3,
+                              "scale": 300.0}
+    assert g.count == int(g.count) and g.sums["bal"] == int(g.sums["bal"])  # discrete
     assert abs(g.count - 200) < 200 and abs(g.sums["bal"] - 20000) < 20000
+    assert res.epsilon_left == 2.0
+
+
+def test_value_holders_duplicates_are_clipped() -> None:
+    """Contribution bound: 575 rows of one key count as max_rows_per_key rows."""
+    v = pjc.ValueRows(["hot"] * 575 + [str(i) for i in range(20)], {"bal": [1] * 595})
+    s = pjc.SelectRows(["hot"] + [str(i) for i in range(20)])
+    res = join(v, s, "bfv", pjc.ReleaseRules(max_rows_per_key=2))
+    assert (res.groups[0].count, res.groups[0].sums["bal"]) == (22.0, 22.0)
 
 
 def test_many_ciphertexts_accumulate() -> None:

@@ -13,7 +13,7 @@ from gfs.cli import main as hutong
 from gfs.client import Client
 from privacy import c2d
 from privacy.errors import PolicyError, QueryError
-from privacy.policy import Policy, ReleaseTerms, policy_path
+from privacy.policy import Policy, ReleaseTerms, complementary_suppression, policy_path
 from privacy.testing import open_policy, put_policy, put_table
 
 T = "/bank-a/customers.parquet"
@@ -127,21 +127,30 @@ def test_no_policy_refuses_everything(fs: Client) -> None:
 
 def test_compute_to_data_release_rules(fs: Client) -> None:
     put_table(fs, T, pa.table({
-        "phone": ["1", "2", "3", "4", "4", "5", "6"],
-        "region": ["n", "n", "n", "n", "n", "s", "s"],
-        "balance": [10, 20, 30, 1000, 40, 5, 6]}))
+        "phone": ["1", "2", "3", "4", "4", "5", "6", "7", "8", "9", "10"],
+        "region": ["n", "n", "n", "n", "n", "s", "s", "e", "w", "w", "w"],
+        "balance": [10, 20, 30, 1000, 40, 5, 6, 7, 1, 2, 3]}))
     put_policy(fs, open_policy("bank-a", "telco-b", T, columns=["balance", "region"],
                                group_by=["region"], min_group_size=3,
                                table_extra={"clip": {"balance": [0, 100]}}))
     terms = Policy.load(fs, "bank-a").check_aggregate("telco-b", T, None,
                                                        [("count", None), ("sum", "balance")],
                                                        "region")
-    rows, suppressed = c2d.evaluate(fs, T, "phone", [("count", None), ("sum", "balance"),
-                                                     ("max", "balance")], "region", {}, terms)
-    # group s has 2 distinct phones < 3: suppressed; 1000 is clipped to 100
-    assert suppressed == 1
-    assert rows == [{"group": "n", "count(*)": 5, "sum(balance)": 200.0,
-                     "max(balance)": 100.0}]
-    rows, _ = c2d.evaluate(fs, T, "phone", [("count", None)], None, {"region": "s"},
-                           ReleaseTerms(1, None, {}))
-    assert rows == [{"count(*)": 2}]
+    rel = c2d.evaluate(fs, T, "phone", [("count", None), ("sum", "balance"),
+                                        ("max", "balance")], "region", {}, terms)
+    # s (2 phones) and e (1) are below 3: suppressed; together they reach 3, so no more
+    # is suppressed; 1000 is clipped to 100
+    assert rel.suppressed == 2
+    assert rel.rows == [{"group": "n", "count(*)": 5, "sum(balance)": 200.0,
+                         "max(balance)": 100.0},
+                        {"group": "w", "count(*)": 3, "sum(balance)": 6.0, "max(balance)": 3.0}]
+    rel = c2d.evaluate(fs, T, "phone", [("count", None)], None, {"region": "s"},
+                       ReleaseTerms(1, None, {}))
+    assert rel.rows == [{"count(*)": 2}]
+
+
+def test_complementary_suppression() -> None:
+    assert complementary_suppression({"a": 10, "b": 2, "c": 5}, 3) == {"b", "c"}
+    assert complementary_suppression({"a": 10, "b": 2, "c": 1}, 3) == {"b", "c"}
+    assert complementary_suppression({"a": 10, "b": 4}, 3) == set()
+    assert complementary_suppression({"a": 1}, 3) == {"a"}
