@@ -32,8 +32,8 @@ import pyarrow as pa
 
 from gfs.client import Client
 from gfs.config import state_dir
-from privacy import c2d, he, keys, pjc, psi
-from privacy.audit import AuditLog
+from privacy import c2d, errors, he, keys, pjc, psi
+from privacy.audit import AuditLog, close_session, note_failure, open_session
 from privacy.channel import Channel, handshake
 from privacy.ec import GroupPool
 from privacy.errors import AuthError, PolicyError, PrivacyError, ProtocolError, QueryError
@@ -176,20 +176,25 @@ def run_party(spec: JobSpec, side: str, state: str | os.PathLike[str] | None,
                        initiator=side == "left")
         audit = AuditLog(fs, me)
         try:
+            open_session(ch, audit, peer)  # no job on a log that fails verification
             if spec.kind == "query":
                 if side == "left":
-                    return c2d.serve(ch, fs, spec.left, peer, parse_aggs(spec.aggs),
-                                     spec.group_by, spec.where, audit, spec.job_id)
-                return c2d.submit(ch, spec.left, parse_aggs(spec.aggs), spec.group_by,
-                                  spec.where)
-            return _run_two_party(spec, side, fs, ch, audit, me, peer, table, prog)
+                    out = c2d.serve(ch, fs, spec.left, peer, parse_aggs(spec.aggs),
+                                    spec.group_by, spec.where, audit, spec.job_id)
+                else:
+                    out = c2d.submit(ch, spec.left, parse_aggs(spec.aggs), spec.group_by,
+                                     spec.where)
+            else:
+                out = _run_two_party(spec, side, fs, ch, audit, me, peer, table, prog)
+            close_session(ch, audit, peer, keys.pinned(fs.state, peer))
+            return out
         except BaseException as e:
             ch.abort(str(e))
             if isinstance(e, PolicyError):
-                audit.append("policy-refused", job=spec.job_id, partner=peer, rule=e.rule,
-                             message=str(e))
+                note_failure(audit, "policy-refused", job=spec.job_id, partner=peer,
+                             rule=e.rule, message=str(e))
             else:
-                audit.append("job-failed", job=spec.job_id, partner=peer, step=ch.step,
+                note_failure(audit, "job-failed", job=spec.job_id, partner=peer, step=ch.step,
                              error=str(e)[:500])
             raise
         finally:
@@ -400,7 +405,7 @@ def run_job(spec: JobSpec, state: str | os.PathLike[str] | None = None,
 
 
 def _cause_rank(e: BaseException) -> int:
-    if isinstance(e, (PolicyError, QueryError, AuthError)):
+    if isinstance(e, (PolicyError, QueryError, AuthError, errors.AuditError)):
         return 0
     return 2 if "aborted the job" in str(e) else 1
 
@@ -431,6 +436,8 @@ def error_from(line: str, side: str) -> PrivacyError:
         return QueryError(f"{side} party: {msg}")
     if kind == "AuthError":
         return AuthError(f"{side} party: {msg}")
+    if kind == "AuditError":
+        return errors.AuditError(f"{side} party: {msg}")
     return ProtocolError(f"{side} party: {msg}")
 
 

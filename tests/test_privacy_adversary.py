@@ -22,6 +22,7 @@ from gfs.client import Client
 from privacy import c2d, he, pjc, psi
 from privacy.audit import AuditLog
 from privacy.channel import Channel, Message
+from privacy.ec import POINT_BYTES, digests, job_domain, map_to_curve, split
 from privacy.errors import PolicyError, ProtocolError
 from privacy.testing import open_policy, put_policy, put_table, run_pair
 
@@ -305,3 +306,46 @@ def test_psi_with_a_one_key_set_is_refused_by_the_sender() -> None:
         timeout=60, workers=1)
     assert isinstance(s, PolicyError) and s.rule == "min_group_size"
     assert isinstance(r, ProtocolError)  # the receiver learns nothing but the refusal
+
+
+# -- what a party sees of the other's keys: blinded points only ------------------------
+def dictionary(keys: list[str], job: str) -> set[bytes]:
+    """H(x) of every candidate key, as an attacker without the peer's scalar can compute."""
+    return set(split(map_to_curve(digests(keys, job_domain(job))), POINT_BYTES))
+
+
+def test_psi_sender_cannot_test_candidates_against_the_receivers_points() -> None:
+    mine = [f"138{i:08d}" for i in range(50)]
+    rec: dict[str, Recorder] = {}
+
+    def sender(ch: Channel, pool: Any) -> Any:
+        rec["s"] = Recorder(ch)
+        return psi.sender(rec["s"], mine[::2], "j", "cardinality", pool)
+    r, _, _ = run_pair(lambda ch, pool: psi.receiver(ch, mine, "j", "cardinality", pool),
+                       sender, timeout=60, workers=1)
+    assert isinstance(r, psi.PsiResult) and r.size == 25
+    seen = b"".join(m.body for m in rec["s"].received if m.kind == "psi-a")
+    assert len(seen) == 50 * POINT_BYTES  # the sender learns |X| ...
+    assert not set(split(seen, POINT_BYTES)) & dictionary(mine, "j")  # ... and not X
+
+
+def test_join_selector_sees_neither_keys_nor_a_secret_key() -> None:
+    vkeys = [f"k{i}" for i in range(60)]
+    v = pjc.ValueRows(list(vkeys), {"bal": list(range(60))})
+    rec: dict[str, Recorder] = {}
+
+    def selector(ch: Channel, pool: Any) -> Any:
+        rec["s"] = Recorder(ch)
+        return pjc.selector(rec["s"], pjc.SelectRows(vkeys[:30]), "j", pool)
+    _, sr, _ = run_pair(lambda ch, pool: pjc.value_holder(ch, v, "j", he.HeParams("bfv"),
+                                                          pjc.ReleaseRules(), pool),
+                        selector, timeout=120, workers=1)
+    assert isinstance(sr, pjc.JoinResult) and sr.groups[0].sums["bal"] == sum(range(30))
+    ctx_msg = next(m for m in rec["s"].received if m.kind == "pjc-ctx")
+    ctx = ts.context_from(ctx_msg.body)
+    assert not ctx.has_secret_key()  # the value holder's values stay encrypted
+    ct = next(m for m in rec["s"].received if m.kind == "pjc-ct")
+    with pytest.raises(ValueError):
+        ts.bfv_vector_from(ctx, ct.body).decrypt()
+    points = b"".join(m.body for m in rec["s"].received if m.kind == "pjc-a")
+    assert not set(split(points, POINT_BYTES)) & dictionary(vkeys, "j")
