@@ -41,9 +41,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _print_rows(rows: list[dict[str, Any]], suppressed: int) -> None:
+def _print_rows(rows: list[dict[str, Any]], suppressed: int,
+                epsilon_left: float | None = None) -> None:
+    noise = next((r["noise"] for r in rows if r.get("noise")), None)
     if rows:
-        cols = list(rows[0])
+        cols = [c for c in rows[0] if c != "noise"]
         cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
         print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
@@ -51,6 +53,11 @@ def _print_rows(rows: list[dict[str, Any]], suppressed: int) -> None:
             print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
     if suppressed:
         print(f"({suppressed} group(s) suppressed: below the minimum group size)")
+    if noise:  # the same mechanism and scale for every released group
+        print("(noisy: " + "; ".join(f"{k} {v['mechanism']}, epsilon {v['epsilon']:.4g}, "
+                                     f"scale {v['scale']:.4g}" for k, v in noise.items()) + ")")
+    if epsilon_left is not None:
+        print(f"(privacy budget left: epsilon {epsilon_left:.4g})")
 
 
 def _run(args: argparse.Namespace, spec: JobSpec) -> dict[str, Any]:
@@ -72,7 +79,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(ans))
     else:
-        _print_rows(ans["groups"], int(ans["suppressed"]))
+        _print_rows(ans["groups"], int(ans["suppressed"]), ans.get("epsilon_left"))
         if not args.quiet:
             print(f"join {spec.job_id[:8]}: {ans['scheme']}, {ans['seconds']:.1f} s, "
                   f"{ans['bytes_sent'] + ans['bytes_received']:,} bytes exchanged",
@@ -111,7 +118,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(ans))
     else:
-        _print_rows(ans["groups"], int(ans["suppressed"]))
+        _print_rows(ans["groups"], int(ans["suppressed"]), ans.get("epsilon_left"))
     return 0
 
 

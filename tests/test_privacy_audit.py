@@ -190,3 +190,11 @@ def test_a_cut_tail_is_caught_by_the_peers_anchor(lab: Path) -> None:
         assert AuditLog(fs, "lab-x").verify() > 0  # a prefix of a chain verifies alone
     with pytest.raises(AuditError, match="tail was cut"):
         dp_join(lab)
+
+
+def test_cli_labels_noise_and_budget_left(lab: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hutong(["--state", str(lab), "-q", "join", "--left", V, "--right", S, "--on", "id",
+                   "--agg", "count(*),sum(score)"]) == 0
+    out = capsys.readouterr().out
+    assert "(noisy: count discrete laplace (opendp), epsilon 0.3333, scale 3;" in out
+    assert "(privacy budget left: epsilon 0.5)" in out
