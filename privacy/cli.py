@@ -70,11 +70,22 @@ def _run(args: argparse.Namespace, spec: JobSpec) -> dict[str, Any]:
     return res.answer
 
 
+def _where(items: list[str] | None) -> dict[str, str]:
+    where: dict[str, str] = {}
+    for w in items or []:
+        col, sep, val = w.partition("=")
+        if not sep or not col:
+            raise QueryError(f"--where takes COLUMN=VALUE, got {w!r}")
+        where[col] = val
+    return where
+
+
 def cmd_join(args: argparse.Namespace) -> int:
     from privacy.jobs import JobSpec
 
     spec = JobSpec("join", args.left, args.right, args.on, aggs=args.agg,
-                   group_by=args.group_by, scheme=args.scheme, timeout=args.timeout)
+                   group_by=args.group_by, scheme=args.scheme, timeout=args.timeout,
+                   where=_where(args.where), receiver=args.receiver)
     ans = _run(args, spec)
     if args.json:
         print(json.dumps(ans))
@@ -106,14 +117,8 @@ def cmd_psi(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from privacy.jobs import JobSpec
 
-    where: dict[str, str] = {}
-    for w in args.where or []:
-        col, sep, val = w.partition("=")
-        if not sep or not col:
-            raise QueryError(f"--where takes COLUMN=VALUE, got {w!r}")
-        where[col] = val
     spec = JobSpec("query", args.table, args.as_entity, "-", aggs=args.agg,
-                   group_by=args.group_by, where=where, timeout=args.timeout)
+                   group_by=args.group_by, where=_where(args.where), timeout=args.timeout)
     ans = _run(args, spec)
     if args.json:
         print(json.dumps(ans))
@@ -194,7 +199,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--right", required=True, metavar="TABLE")
     sp.add_argument("--on", required=True, metavar="COL[=COL]", help="join key column(s)")
     sp.add_argument("--agg", default="count(*)", help='e.g. "count(*),mean(balance)"')
-    sp.add_argument("--group-by", metavar="COL", help="a column of either table")
+    sp.add_argument("--group-by", metavar="COL[,COL...]",
+                    help="columns of either table, comma-separated")
+    sp.add_argument("--where", action="append", metavar="COL=VALUE",
+                    help="a filter on one party's own column, applied before the join")
+    sp.add_argument("--receiver", choices=("auto", "left", "right"), default="auto",
+                    help="the party that receives the result (default: the one without "
+                         "the aggregated columns)")
     sp.add_argument("--scheme", choices=("auto", "bfv", "ckks"), default="auto",
                     help="bfv: exact integer sums; ckks: reals (default: by column type)")
     job_opts(sp)

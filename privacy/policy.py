@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
@@ -205,12 +205,13 @@ class Policy(_Strict):
         return self._terms(partner, p, t, spent)
 
     def check_aggregate(self, partner: str, table: str, key: str | None,
-                        aggregates: list[tuple[str, str | None]], group_by: str | None,
+                        aggregates: list[tuple[str, str | None]],
+                        group_by: str | Sequence[str] | None,
                         filters: list[str] | None = None, spent: float = 0.0) -> ReleaseTerms:
         """Refuse a join or query the policy does not allow; else the release terms.
 
         `aggregates` are (function, column or None for count(*)) of *this* table's
-        columns; `group_by` is this table's group column if it contributes it."""
+        columns; `group_by` is this table's group column(s) it contributes."""
         p, t = self._table(partner, table)
         if key is not None:
             self._key(t, table, key)
@@ -222,9 +223,10 @@ class Policy(_Strict):
             if col is not None and col not in t.columns:
                 raise PolicyError("columns", f"column {col!r} of {table} is not released to "
                                              f"{partner!r}")
-        if group_by is not None and group_by not in t.group_by:
-            raise PolicyError("group_by", f"grouping by {group_by!r} of {table} is not allowed "
-                                          f"for {partner!r}")
+        for g in [group_by] if isinstance(group_by, str) else list(group_by or []):
+            if g not in t.group_by:
+                raise PolicyError("group_by", f"grouping by {g!r} of {table} is not allowed "
+                                              f"for {partner!r}")
         for col in filters or []:
             if col not in t.columns:
                 raise PolicyError("columns", f"filtering on {col!r} of {table} is not allowed "

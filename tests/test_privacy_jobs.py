@@ -79,7 +79,7 @@ def test_join_matches_plaintext_and_suppresses_small_groups(world: tuple[Path, p
     ans = res.answer
     assert ans["role"] == "selector" and ans["scheme"] == "bfv"
     want = expected(bank, telco)
-    got = {r["group"]: (r["count(*)"], r["sum(balance)"]) for r in ans["groups"]}
+    got = {r["region"]: (r["count(*)"], r["sum(balance)"]) for r in ans["groups"]}
     hidden = suppressed(bank, telco)
     assert got == {g: v for g, v in want.items() if g not in hidden}
     assert "island" in hidden and len(hidden) == 2 and ans["suppressed"] == 2
@@ -176,7 +176,7 @@ def test_cli_join_psi_and_audit(world: tuple[Path, pa.Table, pa.Table],
                    "--json"]) == 0
     ans = json.loads(capsys.readouterr().out)
     want = expected(bank, telco)
-    assert {r["group"]: r["count(*)"] for r in ans["groups"]} == {
+    assert {r["region"]: r["count(*)"] for r in ans["groups"]} == {
         g: c for g, (c, _) in want.items() if g not in suppressed(bank, telco)}
     assert hutong(["--state", str(state), "join", "--left", BANK, "--right", TELCO, "--on",
                    "phone", "--agg", "sum(income)"]) == 1
@@ -192,10 +192,10 @@ def test_python_api(world: tuple[Path, pa.Table, pa.Table]) -> None:
     b = bank.to_pandas()
     m = b[b.phone.isin(set(telco.column("phone").to_pylist()))]
     want = m.groupby("segment")["balance"].agg(["count", "mean"])
-    assert [r["group"] for r in ans["groups"]] == list(want.index)
+    assert [r["segment"] for r in ans["groups"]] == list(want.index)
     for r in ans["groups"]:
-        assert r["count(*)"] == want.loc[r["group"], "count"]
-        assert r["mean(balance)"] == pytest.approx(want.loc[r["group"], "mean"])
+        assert r["count(*)"] == want.loc[r["segment"], "count"]
+        assert r["mean(balance)"] == pytest.approx(want.loc[r["segment"], "mean"])
     assert jobs.intersect(BANK, TELCO, "phone", state=state)["size"] == len(
         set(b.phone) & set(telco.column("phone").to_pylist()))
     with pytest.raises(QueryError, match="count, sum and mean only"):

@@ -1,6 +1,6 @@
 """Join-and-aggregate with real TenSEAL ciphertexts: results equal the plaintext
-computation (exact for BFV; CKKS within 0.05 + 1e-9 |sum|), duplicate-key
-semantics, suppression of small groups."""
+computation (exact for BFV; CKKS within 0.05 + 1e-9 |sum|), SQL inner-join
+semantics with duplicate keys, suppression of small groups."""
 
 from __future__ import annotations
 
@@ -19,19 +19,19 @@ CKKS_TOL_REL = 1e-9
 
 
 def plaintext(v: pjc.ValueRows, s: pjc.SelectRows, col: str) -> dict[Any, tuple[int, float]]:
-    """The defined semantics: semi-join from V's side, S de-duplicated per group."""
-    s_groups: dict[str, set[Any]] = defaultdict(set)
+    """SQL inner-join semantics: every (V row, S row) pair with equal keys counts."""
+    s_mult: dict[str, dict[Any, int]] = defaultdict(lambda: defaultdict(int))
     for i, k in enumerate(s.keys):
         if k is not None:
-            s_groups[k].add(s.groups[i] if s.groups is not None else None)
+            s_mult[k][s.groups[i] if s.groups is not None else None] += 1
     out: dict[Any, list[float]] = defaultdict(lambda: [0, 0.0])
     for i, k in enumerate(v.keys):
         if k is None:
             continue
-        for g in s_groups.get(k, ()):
+        for g, m in s_mult.get(k, {}).items():
             label = v.groups[i] if v.groups is not None else g
-            out[label][0] += 1
-            out[label][1] += v.values[col][i]
+            out[label][0] += m
+            out[label][1] += v.values[col][i] * m
     return {g: (int(c), s_) for g, (c, s_) in out.items()}
 
 
@@ -87,12 +87,12 @@ def test_ckks_within_tolerance() -> None:
 
 def test_duplicate_key_semantics() -> None:
     # V: key k1 twice (two accounts), k2 once; S: k1 three times in one group, k2 in
-    # another: V's duplicates each count, S's do not multiply.
+    # another: as in SQL, every pair of rows with equal keys counts (2 x 3 for k1).
     v = pjc.ValueRows(["k1", "k1", "k2", "k3"], {"bal": [10, 20, 5, 7]})
     s = pjc.SelectRows(["k1", "k1", "k1", "k2"], ["a", "a", "a", "b"])
     res = join(v, s, "bfv")
     got = {g.group: (g.count, g.sums["bal"]) for g in res.groups}
-    assert got == {"a": (2.0, 30.0), "b": (1.0, 5.0)}
+    assert got == {"a": (6.0, 90.0), "b": (1.0, 5.0)}
 
 
 def test_overlapping_selector_groups_are_refused() -> None:
@@ -104,9 +104,22 @@ def test_overlapping_selector_groups_are_refused() -> None:
     s = pjc.SelectRows([*a, "30", "31", *a], ["X"] * 32 + ["Y"] * 30)
     seen: list[Any] = []
     rules = pjc.ReleaseRules(min_distinct=5, on_release=lambda rel, sup: seen.append(rel))
-    with pytest.raises(PolicyError, match=r"rule groups: .*groups overlap"):
+    with pytest.raises(PolicyError, match=r"rule groups: .*groups 0 and 1 share keys"):
         join(v, s, "bfv", rules)
     assert seen == []
+
+
+def test_overlapping_groups_far_apart_are_sql_and_allowed_without_dp() -> None:
+    """A key in two groups is ordinary SQL (many-to-many); it is allowed while the
+    groups differ by at least the minimum, and refused under DP (a key's
+    contribution would count in several groups)."""
+    v = pjc.ValueRows([str(i) for i in range(40)], {"bal": list(range(40))})
+    s = pjc.SelectRows([*map(str, range(20)), *map(str, range(10, 40))], ["X"] * 20 + ["Y"] * 30)
+    res = join(v, s, "bfv", pjc.ReleaseRules(min_distinct=5))
+    got = {g.group: (g.count, g.sums["bal"]) for g in res.groups}
+    assert got == {"X": (20.0, float(sum(range(20)))), "Y": (30.0, float(sum(range(10, 40))))}
+    with pytest.raises(PolicyError, match=r"share keys under DP"):
+        join(v, s, "bfv", pjc.ReleaseRules(min_distinct=5, epsilon=1.0, bounds={"bal": 40.0}))
 
 
 def test_small_groups_are_suppressed_and_never_released() -> None:
