@@ -5,7 +5,9 @@ half the phones are shared, with a few duplicates. Hutong runs a full `join`
 job (`count(*),sum(balance)`): two party processes over an authenticated
 loopback channel, ECDH blinding on worker processes, TenSEAL BFV (integer
 balances, exact) and CKKS (real balances). The plaintext answer (pandas merge +
-sum, no privacy) is measured in the same run as the reference.
+sum, no privacy; the selector's keys are distinct, so this semi-join is the SQL
+inner join the private job computes) is measured in the same run as the
+reference.
 
 Target: the BFV sum equals the plaintext sum exactly and the CKKS sum is within
 0.05 + 1e-9 |sum| of it (tests/test_privacy_pjc.py).

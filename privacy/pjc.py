@@ -215,7 +215,8 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
     # the budget: parallel over disjoint groups; within a group, one part each for the
     # threshold decision, the count and every sum
     part = (rules.epsilon / (2 + len(cols))) if rules.epsilon else None
-    rows_per_key = rules.max_rows_per_key or 1
+    # a key's contribution: its rows at V times the rows it joins at S (both clipped)
+    rows_per_key = (rules.max_rows_per_key or 1) * max_mult
     for (sg, vg), parts in sorted(aggs.items()):
         need = {COUNT, DISTINCT, *cols}
         if set(parts) != need:
@@ -232,7 +233,7 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         parts_of[(sg, vg)], counts[(sg, vg)] = parts, round(count)
         sizes[(sg, vg)] = round(distinct)
         if part:  # suppression is decided on a noisy distinct count
-            sizes[(sg, vg)] = dp.noisy_int(round(distinct), rows_per_key, part)[0]
+            sizes[(sg, vg)] = dp.noisy_int(round(distinct), 1, part)[0]
     hidden = complementary_suppression(sizes, rules.min_distinct)
     suppressed = [f"{sg}/{vg}" for sg, vg in sorted(hidden)]
     for (sg, vg), parts in sorted(parts_of.items()):

@@ -16,6 +16,7 @@ import pytest
 
 from gfs.client import Client
 from privacy.jobs import JobSpec, run_job
+from privacy.policy import Policy
 from privacy.testing import open_policy, put_policy, put_table
 
 FACT, DIM, DIM2 = "/shop-a/fact.parquet", "/ref-b/dim.parquet", "/ref-b/dim2.parquet"
@@ -125,3 +126,27 @@ def test_value_from_the_fact_side_grouped_by_the_dimension(
     want = reference(t, 'SELECT region, count(*) AS "count(*)", sum(amt) AS "sum(amt)", '
                         'avg(amt) AS "mean(amt)" FROM fact JOIN dim USING (k) GROUP BY region')
     check(ans["groups"], want, ["region"])
+
+
+def test_real_valued_mean_within_the_stated_bound(world: tuple[Path, dict[str, pa.Table]],
+                                                  tmp_path: Path) -> None:
+    """Reals go through CKKS: each sum within 0.05 + 1e-9 |sum| of the SQL answer."""
+    state, t = world
+    dimf = t["dim"].append_column("vf", pa.array([v / 7 for v in t["dim"]["v"].to_pylist()]))
+    path = "/ref-b/dimf.parquet"
+    with Client(state) as fs:
+        put_table(fs, path, dimf)
+        doc = open_policy("ref-b", "shop-a", path, key="k", columns=["vf"])
+        doc["partners"]["shop-a"]["tables"].update(
+            Policy.load(fs, "ref-b").model_dump()["partners"]["shop-a"]["tables"])
+        put_policy(fs, doc)
+    ans = run_job(JobSpec("join", FACT, path, "k", aggs="count(*),sum(vf)", group_by="g"),
+                  state).answer
+    want = reference({"fact": t["fact"], "dimf": dimf},
+                     'SELECT g, count(*) AS n, sum(vf) AS s FROM fact JOIN dimf USING (k) '
+                     "GROUP BY g")
+    got = {r["g"]: r for r in ans["groups"]}
+    assert set(got) == {w["g"] for w in want}
+    for w in want:
+        assert got[w["g"]]["count(*)"] == w["n"]
+        assert abs(got[w["g"]]["sum(vf)"] - w["s"]) <= 0.05 + 1e-9 * abs(w["s"])
