@@ -5,6 +5,7 @@ DuckDB computes the reference on the plaintext tables (exact for integers)."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from gfs.cli import main as hutong
 from gfs.client import Client
 from privacy.jobs import JobSpec, run_job
 from privacy.policy import Policy
@@ -150,3 +152,19 @@ def test_real_valued_mean_within_the_stated_bound(world: tuple[Path, dict[str, p
     for w in want:
         assert got[w["g"]]["count(*)"] == w["n"]
         assert abs(got[w["g"]]["sum(vf)"] - w["s"]) <= 0.05 + 1e-9 * abs(w["s"])
+
+
+def test_cli_where_and_receiver(world: tuple[Path, dict[str, pa.Table]],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    state, t = world
+    assert hutong(["--state", str(state), "-q", "join", "--left", FACT, "--right", DIM,
+                   "--on", "k", "--agg", "count(*),sum(v)", "--group-by", "region,g",
+                   "--where", "seg=y", "--receiver", "right", "--json"]) == 0
+    ans = json.loads(capsys.readouterr().out)
+    assert ans["entity"] == "ref-b" and ans["role"] == "value-holder"
+    want = reference(t, 'SELECT region, g, count(*) AS "count(*)", sum(v) AS "sum(v)" '
+                        "FROM fact JOIN dim USING (k) WHERE seg = 'y' GROUP BY region, g")
+    check(ans["groups"], want, ["region", "g"])
+    assert hutong(["--state", str(state), "join", "--left", FACT, "--right", DIM, "--on", "k",
+                   "--where", "nosuch=1"]) == 1
+    assert "nosuch" in capsys.readouterr().err
