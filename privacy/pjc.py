@@ -233,7 +233,9 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         parts_of[(sg, vg)], counts[(sg, vg)] = parts, round(count)
         sizes[(sg, vg)] = round(distinct)
         if part:  # suppression is decided on a noisy distinct count
-            sizes[(sg, vg)] = dp.noisy_int(round(distinct), 1, part)[0]
+            # a key counts once per V group it has rows in: at most max_rows_per_key
+            sizes[(sg, vg)] = dp.noisy_int(round(distinct), rules.max_rows_per_key or 1,
+                                           part)[0]
     hidden = complementary_suppression(sizes, rules.min_distinct)
     suppressed = [f"{sg}/{vg}" for sg, vg in sorted(hidden)]
     for (sg, vg), parts in sorted(parts_of.items()):
