@@ -160,6 +160,12 @@ class AuditLog:
             raise AuditError(f"{self.path}: record {seq} is not the one {partner} "
                              f"countersigned: the log was rewritten")
 
+    def releases(self, partner: str) -> int:
+        """Aggregate releases (joins and queries, not PSI) between this entity and
+        `partner`."""
+        return sum(1 for r in self.records() if r.get("kind") == "release"
+                   and r.get("partner") == partner and "what" not in r)
+
     def spent(self, partner: str) -> float:
         """Privacy budget (epsilon) already spent by `partner` on this entity."""
         return sum(float(r.get("epsilon") or 0.0) for r in self.records()

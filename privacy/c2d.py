@@ -168,7 +168,8 @@ def serve(ch: Channel, fs: Client, table: str, partner: str, aggs: list[tuple[st
     ch.step = "c2d-check"
     policy = Policy.load(fs, audit.entity)
     terms = policy.check_aggregate(partner, table, None, aggs, group_by, list(where),
-                                   spent=audit.spent(partner))
+                                   spent=audit.spent(partner),
+                                   releases=audit.releases(partner))
     if terms.epsilon and any(f in ("min", "max") for f, _ in aggs):
         raise PolicyError("aggregates", "min and max cannot be released with DP noise; ask "
                                         "for count, sum or mean")

@@ -258,7 +258,8 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
         terms = policy.check_aggregate(peer, table, key, own_aggs,
                                        [g for g in spec.group_columns() if g in has],
                                        [c for c in spec.where if c in has],
-                                       spent=audit.spent(peer))
+                                       spent=audit.spent(peer),
+                                       releases=audit.releases(peer))
     ch.send("ready", {"terms": terms.to_dict()})
     peer_terms = ch.recv("ready").meta["terms"]
     audit.append("job-start", job=spec.job_id, job_kind=spec.kind, partner=peer, table=table,

@@ -62,6 +62,9 @@ class PartnerPolicy(_Strict):
     epsilon_budget: float | None = Field(default=None, gt=0)
     #: contribution bound: rows of one key a release may use (default 1 with DP)
     max_rows_per_key: int | None = Field(default=None, ge=1)
+    #: joins and queries this partner may get without DP noise (their differences
+    #: are not checked across jobs; with DP the budget bounds them instead)
+    max_releases: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,8 @@ class Policy(_Strict):
     def check_aggregate(self, partner: str, table: str, key: str | None,
                         aggregates: list[tuple[str, str | None]],
                         group_by: str | Sequence[str] | None,
-                        filters: list[str] | None = None, spent: float = 0.0) -> ReleaseTerms:
+                        filters: list[str] | None = None, spent: float = 0.0,
+                        releases: int = 0) -> ReleaseTerms:
         """Refuse a join or query the policy does not allow; else the release terms.
 
         `aggregates` are (function, column or None for count(*)) of *this* table's
@@ -231,6 +235,12 @@ class Policy(_Strict):
             if col not in t.columns:
                 raise PolicyError("columns", f"filtering on {col!r} of {table} is not allowed "
                                              f"for {partner!r}")
+        if p.epsilon_per_release is None and p.max_releases is not None \
+                and releases >= p.max_releases:
+            raise PolicyError("max_releases", f"{partner!r} has had {releases} release(s) "
+                                              f"without noise from {self.entity!r}, the most "
+                                              f"its policy allows (their differences could "
+                                              f"isolate a person); ask the owner for DP")
         if p.epsilon_per_release is not None:
             for _func, col in aggregates:
                 if col is not None and col not in t.clip:

@@ -349,3 +349,19 @@ def test_join_selector_sees_neither_keys_nor_a_secret_key() -> None:
         ts.bfv_vector_from(ctx, ct.body).decrypt()
     points = b"".join(m.body for m in rec["s"].received if m.kind == "pjc-a")
     assert not set(split(points, POINT_BYTES)) & dictionary(vkeys, "j")
+
+
+def test_c2d_repeated_releases_without_dp_are_capped(fs: Client) -> None:
+    """Differencing across jobs that no cell check catches (three or more cells) is
+    prevented by the owner's cap on releases without noise."""
+    c2d_world(fs)
+    put_policy(fs, open_policy("bank-a", "right-co", C2D, columns=["balance", "region"],
+                               group_by=["region"], min_group_size=3, max_releases=2))
+    ask(fs, "region", {})
+    ask(fs, None, {})
+    _, err, _ = run_pair(
+        lambda ch, pool: c2d.serve(ch, fs, C2D, "right-co", [("count", None)], None, {},
+                                   AuditLog(fs, "bank-a"), "job"),
+        lambda ch, pool: c2d.submit(ch, C2D, [("count", None)], None, {}), timeout=60,
+        workers=1)
+    assert isinstance(err, ProtocolError) and "rule max_releases" in str(err)

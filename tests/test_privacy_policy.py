@@ -59,6 +59,15 @@ def test_budget_is_enforced() -> None:
         p.check_aggregate("telco-b", T, "phone", [("mean", "balance")], None, spent=1.5)
 
 
+def test_releases_without_noise_are_capped() -> None:
+    p = policy(max_releases=2)
+    p.check_aggregate("telco-b", T, "phone", [("count", None)], None, releases=1)
+    with pytest.raises(PolicyError, match="rule max_releases"):
+        p.check_aggregate("telco-b", T, "phone", [("count", None)], None, releases=2)
+    noisy = policy(max_releases=2, epsilon_per_release=1.0)  # with DP the budget decides
+    noisy.check_aggregate("telco-b", T, "phone", [("count", None)], None, releases=5)
+
+
 def test_dp_needs_clip_bounds() -> None:
     doc = open_policy("bank-a", "telco-b", T, columns=["income"], epsilon_per_release=1.0)
     with pytest.raises(PolicyError, match="rule clip"):
