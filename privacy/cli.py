@@ -41,9 +41,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _print_rows(rows: list[dict[str, Any]], suppressed: int) -> None:
+def _print_rows(rows: list[dict[str, Any]], suppressed: int,
+                epsilon_left: float | None = None) -> None:
+    noise = next((r["noise"] for r in rows if r.get("noise")), None)
     if rows:
-        cols = list(rows[0])
+        cols = [c for c in rows[0] if c != "noise"]
         cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
         print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
@@ -51,6 +53,11 @@ def _print_rows(rows: list[dict[str, Any]], suppressed: int) -> None:
             print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
     if suppressed:
         print(f"({suppressed} group(s) suppressed: below the minimum group size)")
+    if noise:  # the same mechanism and scale for every released group
+        print("(noisy: " + "; ".join(f"{k} {v['mechanism']}, epsilon {v['epsilon']:.4g}, "
+                                     f"scale {v['scale']:.4g}" for k, v in noise.items()) + ")")
+    if epsilon_left is not None:
+        print(f"(privacy budget left: epsilon {epsilon_left:.4g})")
 
 
 def _run(args: argparse.Namespace, spec: JobSpec) -> dict[str, Any]:
@@ -63,16 +70,27 @@ def _run(args: argparse.Namespace, spec: JobSpec) -> dict[str, Any]:
     return res.answer
 
 
+def _where(items: list[str] | None) -> dict[str, str]:
+    where: dict[str, str] = {}
+    for w in items or []:
+        col, sep, val = w.partition("=")
+        if not sep or not col:
+            raise QueryError(f"--where takes COLUMN=VALUE, got {w!r}")
+        where[col] = val
+    return where
+
+
 def cmd_join(args: argparse.Namespace) -> int:
     from privacy.jobs import JobSpec
 
     spec = JobSpec("join", args.left, args.right, args.on, aggs=args.agg,
-                   group_by=args.group_by, scheme=args.scheme, timeout=args.timeout)
+                   group_by=args.group_by, scheme=args.scheme, timeout=args.timeout,
+                   where=_where(args.where), receiver=args.receiver)
     ans = _run(args, spec)
     if args.json:
         print(json.dumps(ans))
     else:
-        _print_rows(ans["groups"], int(ans["suppressed"]))
+        _print_rows(ans["groups"], int(ans["suppressed"]), ans.get("epsilon_left"))
         if not args.quiet:
             print(f"join {spec.job_id[:8]}: {ans['scheme']}, {ans['seconds']:.1f} s, "
                   f"{ans['bytes_sent'] + ans['bytes_received']:,} bytes exchanged",
@@ -99,19 +117,13 @@ def cmd_psi(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from privacy.jobs import JobSpec
 
-    where: dict[str, str] = {}
-    for w in args.where or []:
-        col, sep, val = w.partition("=")
-        if not sep or not col:
-            raise QueryError(f"--where takes COLUMN=VALUE, got {w!r}")
-        where[col] = val
     spec = JobSpec("query", args.table, args.as_entity, "-", aggs=args.agg,
-                   group_by=args.group_by, where=where, timeout=args.timeout)
+                   group_by=args.group_by, where=_where(args.where), timeout=args.timeout)
     ans = _run(args, spec)
     if args.json:
         print(json.dumps(ans))
     else:
-        _print_rows(ans["groups"], int(ans["suppressed"]))
+        _print_rows(ans["groups"], int(ans["suppressed"]), ans.get("epsilon_left"))
     return 0
 
 
@@ -167,15 +179,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_policy(args: argparse.Namespace) -> int:
     from gfs.client import Client
-    from privacy.policy import Policy, policy_path
+    from privacy.policy import load_policy, policy_path
 
     with open(args.file, "rb") as f:
         raw = f.read()
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise QueryError(f"{args.file} is not valid JSON: {e}") from e
-    pol = Policy.from_dict(doc)
+    pol = load_policy(raw, args.file)  # refuses before anything is stored
     if pol.entity != args.entity:
         raise QueryError(f"{args.file} is the policy of {pol.entity!r}, not {args.entity!r}")
     with Client(args.state) as fs:
@@ -206,7 +214,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--right", required=True, metavar="TABLE")
     sp.add_argument("--on", required=True, metavar="COL[=COL]", help="join key column(s)")
     sp.add_argument("--agg", default="count(*)", help='e.g. "count(*),mean(balance)"')
-    sp.add_argument("--group-by", metavar="COL", help="a column of either table")
+    sp.add_argument("--group-by", metavar="COL[,COL...]",
+                    help="columns of either table, comma-separated")
+    sp.add_argument("--where", action="append", metavar="COL=VALUE",
+                    help="a filter on one party's own column, applied before the join")
+    sp.add_argument("--receiver", choices=("auto", "left", "right"), default="auto",
+                    help="the party that receives the result (default: the one without "
+                         "the aggregated columns)")
     sp.add_argument("--scheme", choices=("auto", "bfv", "ckks"), default="auto",
                     help="bfv: exact integer sums; ckks: reals (default: by column type)")
     job_opts(sp)

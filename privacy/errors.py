@@ -7,7 +7,7 @@ Messages name the object and the remedy.
 
 from __future__ import annotations
 
-from gfs.errors import HutongError
+from gfs.errors import HutongError, SchemaError
 
 
 class PrivacyError(HutongError):
@@ -24,6 +24,11 @@ class PolicyError(PrivacyError, PermissionError):
 
 class QueryError(PrivacyError, ValueError):
     """A job or query is malformed (unknown column, bad aggregate, bad key type)."""
+
+
+class PolicyFileError(QueryError, SchemaError):
+    """A policy file does not follow its schema; the message names the file, the key and,
+    for a misspelt key, the closest valid one (gfs.schema)."""
 
 
 class ProtocolError(PrivacyError, ConnectionError):

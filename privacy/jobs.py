@@ -32,8 +32,8 @@ import pyarrow as pa
 
 from gfs.client import Client
 from gfs.env import state_dir
-from privacy import c2d, he, keys, pjc, psi
-from privacy.audit import AuditLog
+from privacy import c2d, errors, he, keys, pjc, psi
+from privacy.audit import AuditLog, close_session, note_failure, open_session
 from privacy.channel import Channel, handshake
 from privacy.ec import GroupPool
 from privacy.errors import AuthError, PolicyError, PrivacyError, ProtocolError, QueryError
@@ -79,6 +79,13 @@ class JobSpec:
     where: dict[str, str] = field(default_factory=dict)
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     timeout: float = 600.0
+    #: who receives a join's result: "auto" (the party without the aggregated
+    #: columns), "left" or "right"
+    receiver: str = "auto"
+
+    def group_columns(self) -> list[str]:
+        """The group-by columns ("region,segment" -> ["region", "segment"])."""
+        return [c.strip() for c in (self.group_by or "").split(",") if c.strip()]
 
     def validate(self) -> None:
         """Refuse a malformed spec before anything runs."""
@@ -99,6 +106,8 @@ class JobSpec:
             if self.kind == "join" and bad:
                 raise QueryError(f"a join releases count, sum and mean only, not {bad[0]}; "
                                  f"ask the owner for {bad[0]} with a query job")
+        if self.receiver not in ("auto", "left", "right"):
+            raise QueryError(f"receiver must be auto, left or right, got {self.receiver!r}")
         if self.scheme not in ("auto", "bfv", "ckks"):
             raise QueryError("scheme must be auto, bfv or ckks")
         if self.kind != "query":
@@ -138,20 +147,31 @@ def _fault(side: str) -> Callable[[str], None]:
     return check
 
 
-def _read_keys_values(fs: Client, path: str, key: str, values: list[str], group: str | None,
-                      clip: dict[str, tuple[float, float]]) -> tuple[
-                          list[str | None], dict[str, list[Any]], list[str] | None]:
-    cols = [key, *values] + ([group] if group else [])
+#: Separates the values of several group-by columns in one group label.
+LABEL_SEP = "\x1f"
+
+
+def _read_keys_values(fs: Client, path: str, key: str, values: list[str], group: list[str],
+                      clip: dict[str, tuple[float, float]], where: dict[str, str],
+                      ) -> tuple[list[str | None], dict[str, list[Any]], list[str] | None]:
+    """A party's join input: keys, clipped values and group labels (the group-by
+    columns' values joined by LABEL_SEP) of the rows that pass its own filters."""
+    cols = list(dict.fromkeys([key, *values, *group, *where]))
     ks: list[str | None] = []
     vals: dict[str, list[Any]] = {c: [] for c in values}
     groups: list[str] | None = [] if group else None
-    for b in iter_batches(fs, path, list(dict.fromkeys(cols))):
-        ks.extend(key_strings(b.column(key)))
+    for b in iter_batches(fs, path, cols):
+        data = {c: b.column(c).to_pylist() for c in cols if c != key}
+        rows = [i for i in range(b.num_rows)
+                if all(str(data[c][i]) == want for c, want in where.items())]
+        bkeys = key_strings(b.column(key))
+        ks.extend(bkeys[i] for i in rows)
         for c in values:
-            arr = b.column(c).to_pylist()
-            vals[c].extend(clip_value(0 if v is None else v, clip.get(c)) for v in arr)
-        if group and groups is not None:
-            groups.extend("(null)" if g is None else str(g) for g in b.column(group).to_pylist())
+            vals[c].extend(clip_value(0 if data[c][i] is None else data[c][i], clip.get(c))
+                           for i in rows)
+        if groups is not None:
+            groups.extend(LABEL_SEP.join("(null)" if data[g][i] is None else str(data[g][i])
+                                         for g in group) for i in rows)
     return ks, vals, groups
 
 
@@ -176,20 +196,25 @@ def run_party(spec: JobSpec, side: str, state: str | os.PathLike[str] | None,
                        initiator=side == "left")
         audit = AuditLog(fs, me)
         try:
+            open_session(ch, audit, peer)  # no job on a log that fails verification
             if spec.kind == "query":
                 if side == "left":
-                    return c2d.serve(ch, fs, spec.left, peer, parse_aggs(spec.aggs),
-                                     spec.group_by, spec.where, audit, spec.job_id)
-                return c2d.submit(ch, spec.left, parse_aggs(spec.aggs), spec.group_by,
-                                  spec.where)
-            return _run_two_party(spec, side, fs, ch, audit, me, peer, table, prog)
+                    out = c2d.serve(ch, fs, spec.left, peer, parse_aggs(spec.aggs),
+                                    spec.group_by, spec.where, audit, spec.job_id)
+                else:
+                    out = c2d.submit(ch, spec.left, parse_aggs(spec.aggs), spec.group_by,
+                                     spec.where)
+            else:
+                out = _run_two_party(spec, side, fs, ch, audit, me, peer, table, prog)
+            close_session(ch, audit, peer, keys.pinned(fs.state, peer))
+            return out
         except BaseException as e:
             ch.abort(str(e))
             if isinstance(e, PolicyError):
-                audit.append("policy-refused", job=spec.job_id, partner=peer, rule=e.rule,
-                             message=str(e))
+                note_failure(audit, "policy-refused", job=spec.job_id, partner=peer,
+                             rule=e.rule, message=str(e))
             else:
-                audit.append("job-failed", job=spec.job_id, partner=peer, step=ch.step,
+                note_failure(audit, "job-failed", job=spec.job_id, partner=peer, step=ch.step,
                              error=str(e)[:500])
             raise
         finally:
@@ -202,7 +227,7 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     policy = Policy.load(fs, me)
     policy.check_partner(peer, table, key)  # before the table is opened at all
     aggs = parse_aggs(spec.aggs) if spec.kind == "join" else []
-    wanted = sorted({c for _, c in aggs if c} | ({spec.group_by} if spec.group_by else set()))
+    wanted = sorted({c for _, c in aggs if c} | set(spec.group_columns()) | set(spec.where))
     sch = check_columns(fs, table, [key])  # the schema only: no rows are read yet
     has = [c for c in wanted if c in sch.names]
     ch.step = "hello"
@@ -216,8 +241,7 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     if missing:
         raise QueryError(f"column(s) {', '.join(sorted(missing))} are in neither table")
     if spec.kind == "psi":
-        policy.check_psi(peer, table, key, spec.output)
-        terms = ReleaseTerms(1, None, {})
+        terms = policy.check_psi(peer, table, key, spec.output, spent=audit.spent(peer))
     else:
         value_cols = {c for _, c in aggs if c}
         mine_values = value_cols & set(has)
@@ -232,8 +256,10 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
                                  f"need numbers")
         own_aggs = [(f, c if c in has else None) for f, c in aggs]
         terms = policy.check_aggregate(peer, table, key, own_aggs,
-                                       spec.group_by if spec.group_by in has else None,
-                                       spent=audit.spent(peer))
+                                       [g for g in spec.group_columns() if g in has],
+                                       [c for c in spec.where if c in has],
+                                       spent=audit.spent(peer),
+                                       releases=audit.releases(peer))
     ch.send("ready", {"terms": terms.to_dict()})
     peer_terms = ch.recv("ready").meta["terms"]
     audit.append("job-start", job=spec.job_id, job_kind=spec.kind, partner=peer, table=table,
@@ -253,11 +279,14 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
                     out["intersection"] = r.intersection
             else:
                 r = psi.sender(ch, ks, spec.job_id, spec.output, pool, prog,
-                               budget=mem, workdir=fs.state, hint=hint)
+                               budget=mem, workdir=fs.state, hint=hint,
+                               min_receiver=terms.min_group_size)
                 out = {"own_keys": r.sender_count, "peer_keys": r.receiver_count}
+            out["noise"] = "none: PSI sizes are exact; the release is metered, not noised"
+            out["epsilon_left"] = terms.epsilon_left
             audit.append("release", job=spec.job_id, partner=peer,
                          what=("psi-" + spec.output) if side == "left" else "psi-sender",
-                         size=out.get("size"))
+                         size=out.get("size"), epsilon=terms.epsilon)
         else:
             out = _join(spec, side, fs, ch, audit, peer, table, key, aggs, has, other, terms,
                         peer_terms, pool, prog)
@@ -274,7 +303,11 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
           pool: GroupPool, prog: Progress) -> dict[str, Any]:
     value_cols = sorted({c for _, c in aggs if c})
     i_hold = bool(set(value_cols) & set(has)) or (not value_cols and side == "left")
-    group = spec.group_by if spec.group_by in has else None
+    receiver = spec.receiver if spec.receiver != "auto" else None
+    i_receive = (receiver == side) if receiver else not i_hold
+    group = [g for g in spec.group_columns() if g in has]
+    where = {c: v for c, v in spec.where.items() if c in has}
+    bound = [b for b in (terms.max_rows_per_key, peer_terms.get("max_rows_per_key")) if b]
     if i_hold:
         sch = check_columns(fs, table, value_cols)
         ints = all(pa.types.is_integer(sch.field(c).type) for c in value_cols)
@@ -283,11 +316,13 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
             scheme = "bfv" if ints else "ckks"
         elif scheme == "bfv" and not ints:
             raise QueryError("bfv sums integers only; use --scheme ckks for real-valued columns")
-        ks, vals, groups = _read_keys_values(fs, table, key, value_cols, group, terms.clip)
+        ks, vals, groups = _read_keys_values(fs, table, key, value_cols, group, terms.clip,
+                                             where)
         eps = [e for e in (terms.epsilon, peer_terms.get("epsilon")) if e]
         bounds = {c: max(abs(x) for x in terms.clip[c]) for c in value_cols if c in terms.clip}
         rules = pjc.ReleaseRules(max(terms.min_group_size, int(peer_terms["min_group_size"])),
-                                 min(eps) if eps else None, bounds)
+                                 min(eps) if eps else None, bounds,
+                                 min(bound) if bound else None, terms.epsilon_left)
 
         def on_release(released: list[dict[str, Any]], suppressed: list[str]) -> None:
             audit.append("release", job=spec.job_id, partner=peer, groups=len(released),
@@ -297,14 +332,43 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
                              groups=len(suppressed), min_group_size=rules.min_distinct)
         rules.on_release = on_release
         res = pjc.value_holder(ch, pjc.ValueRows(ks, vals, groups), spec.job_id,
-                               he.HeParams(scheme, spec.degree), rules, pool, prog)
-        return {"role": "value-holder", "released_groups": len(res.groups),
-                "suppressed": res.suppressed, "scheme": res.scheme, "rows": res.value_rows}
-    ks, _, groups = _read_keys_values(fs, table, key, [], group, {})
-    res = pjc.selector(ch, pjc.SelectRows(ks, groups), spec.job_id, pool, prog)
+                               he.HeParams(scheme, spec.degree), rules, pool, prog,
+                               receive=i_receive)
+        out = {"role": "value-holder", "released_groups": len(res.groups),
+               "suppressed": res.suppressed, "scheme": res.scheme, "rows": res.value_rows}
+        if i_receive:
+            out.update({"receiver": True, "groups": _result_rows(spec, aggs, res, has, False),
+                        "epsilon_left": res.epsilon_left})
+        return out
+    ks, _, groups = _read_keys_values(fs, table, key, [], group, {}, where)
+    res = pjc.selector(ch, pjc.SelectRows(ks, groups), spec.job_id, pool, prog,
+                       max_mult=min(bound) if bound else None, receive=i_receive)
+    eps = [e for e in (terms.epsilon, peer_terms.get("epsilon")) if e]
+    rows = _result_rows(spec, aggs, res, has, True) if i_receive else []
+    audit.append("release", job=spec.job_id, partner=peer, groups=len(rows),
+                 suppressed=res.suppressed, received=i_receive,
+                 epsilon=min(eps) if terms.epsilon and eps else None)
+    out = {"role": "selector", "suppressed": res.suppressed, "scheme": res.scheme,
+           "peer_rows": res.value_rows, "own_keys": res.selector_keys}
+    if i_receive:
+        out.update({"receiver": True, "groups": rows, "epsilon_left": res.epsilon_left})
+    return out
+
+
+def _result_rows(spec: JobSpec, aggs: list[tuple[str, str | None]], res: pjc.JoinResult,
+                 has: list[str], selector: bool) -> list[dict[str, Any]]:
+    """The released groups as result rows: one column per group-by column (in the
+    spec's order, from whichever party has it), then the aggregates."""
+    cols = spec.group_columns()
+    mine, theirs = [c for c in cols if c in has], [c for c in cols if c not in has]
     rows = []
-    for g in sorted(res.groups, key=lambda r: str(r.group)):
-        row: dict[str, Any] = {"group": g.group} if spec.group_by else {}
+    for g in res.groups:
+        my_lab, their_lab = (g.s_group, g.v_group) if selector else (g.v_group, g.s_group)
+        parts: dict[str, str] = {}
+        for names, lab in ((mine, my_lab), (theirs, their_lab)):
+            if names and lab is not None:
+                parts.update(zip(names, lab.split(LABEL_SEP), strict=True))
+        row: dict[str, Any] = {c: parts.get(c) for c in cols}
         for func, col in aggs:
             name = f"{func}({col or '*'})"
             if func == "count":
@@ -315,13 +379,10 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
                 row[name] = g.mean(col)
             else:
                 raise QueryError(f"{name} is not available in a join; use count, sum or mean")
+        if g.noise:
+            row["noise"] = g.noise
         rows.append(row)
-    eps = [e for e in (terms.epsilon, peer_terms.get("epsilon")) if e]
-    audit.append("release", job=spec.job_id, partner=peer, groups=len(rows),
-                 suppressed=res.suppressed, received=True,
-                 epsilon=min(eps) if terms.epsilon and eps else None)
-    return {"role": "selector", "groups": rows, "suppressed": res.suppressed,
-            "scheme": res.scheme, "peer_rows": res.value_rows, "own_keys": res.selector_keys}
+    return sorted(rows, key=lambda r: [str(r[c]) for c in spec.group_columns()])
 
 
 # -- launcher ---------------------------------------------------------------------------
@@ -335,9 +396,10 @@ class JobResult:
 
     @property
     def answer(self) -> dict[str, Any]:
-        """The released result: the PSI receiver's, the selector's or the querier's."""
+        """The released result: the PSI receiver's, the join's receiving party's or the
+        querier's."""
         for r in (self.left, self.right):
-            if r.get("role") in ("receiver", "selector", "querier"):
+            if r.get("receiver") is True or r.get("role") in ("receiver", "querier"):
                 return r
         return self.left
 
@@ -393,7 +455,7 @@ def run_job(spec: JobSpec, state: str | os.PathLike[str] | None = None,
 
 
 def _cause_rank(e: BaseException) -> int:
-    if isinstance(e, (PolicyError, QueryError, AuthError)):
+    if isinstance(e, (PolicyError, QueryError, AuthError, errors.AuditError)):
         return 0
     return 2 if "aborted the job" in str(e) else 1
 
@@ -424,6 +486,8 @@ def error_from(line: str, side: str) -> PrivacyError:
         return QueryError(f"{side} party: {msg}")
     if kind == "AuthError":
         return AuthError(f"{side} party: {msg}")
+    if kind == "AuditError":
+        return errors.AuditError(f"{side} party: {msg}")
     return ProtocolError(f"{side} party: {msg}")
 
 
@@ -467,10 +531,13 @@ def _reap(p: subprocess.Popen[bytes]) -> None:
 # -- the same from Python ----------------------------------------------------------------
 def join(left: str, right: str, on: str, agg: str = "count(*)", group_by: str | None = None,
          *, state: str | os.PathLike[str] | None = None, scheme: str = "auto",
+         where: dict[str, str] | None = None, receiver: str = "auto",
          progress: Progress | None = None) -> dict[str, Any]:
-    """`hutong join`: private join-and-aggregate; returns the released result
-    ({"groups": [...], "suppressed": n, ...})."""
-    spec = JobSpec("join", left, right, on, aggs=agg, group_by=group_by, scheme=scheme)
+    """`hutong join`: private join-and-aggregate with SQL inner-join semantics;
+    returns the released result as the receiving party gets it ({"groups": [...],
+    "suppressed": n, ...})."""
+    spec = JobSpec("join", left, right, on, aggs=agg, group_by=group_by, scheme=scheme,
+                   where=dict(where or {}), receiver=receiver)
     return run_job(spec, state, progress).answer
 
 

@@ -1,29 +1,30 @@
 """Private join-and-aggregate (the Private Join and Compute pattern, with TenSEAL).
 
 The value holder V encrypts its values; the selector S finds, through ECDH
-blinding, which of V's shuffled rows match its keys (per group), multiplies 0/1
-plaintext masks into V's ciphertexts, adds them up, masks each aggregate with a
-random share and sends it back; V decrypts only the groups its release rules
-pass, and S removes its shares. See docs/privacy.md for what each side learns.
+blinding, which of V's shuffled rows match its keys (per group) and how many of
+its rows each joins, multiplies those weights into V's ciphertexts, adds them
+up, masks each aggregate with a random share, re-randomises it and sends it
+back; V decrypts only the groups its release rules pass, and S removes its
+shares (or sends them to V, when V receives the result). See docs/privacy.md
+for what each side learns.
 
-Duplicate keys: a semi-join from V's side. count(*) of a group counts V's rows
-whose key S has in that group; sum adds their values; S's keys are
-de-duplicated per group; `distinct` (for the minimum-group rule) counts
-distinct keys among the matching V rows.
+Duplicate keys: SQL inner-join semantics; every pair of rows with equal keys
+counts. `distinct` (for the minimum-group rule) counts distinct keys among the
+matching V rows.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from privacy import he
+from privacy import dp, he
 from privacy.channel import Channel
 from privacy.ec import POINT_BYTES, TRUNC_BYTES, GroupPool, job_domain, new_scalar, split
-from privacy.errors import PrivacyError, ProtocolError, QueryError
+from privacy.errors import PolicyError, PrivacyError, ProtocolError, QueryError
+from privacy.policy import complementary_suppression
 from privacy.psi import shuffled
 
 Progress = Callable[[str, int, int], None]
@@ -61,6 +62,10 @@ class ReleaseRules:
     epsilon: float | None = None
     #: per value column, the largest |value| after clipping (DP sensitivity, BFV range)
     bounds: dict[str, float] = field(default_factory=dict)
+    #: contribution bound: rows of one key used (the rest are dropped at random)
+    max_rows_per_key: int | None = None
+    #: the partner's budget left after this release, reported with the result
+    epsilon_left: float | None = None
     #: called with the released and suppressed groups before anything is sent
     on_release: Callable[[list[dict[str, Any]], list[str]], None] | None = None
 
@@ -72,6 +77,11 @@ class GroupResult:
     group: str | None
     count: float
     sums: dict[str, float]
+    #: per released number, the noise added (mechanism, epsilon, scale); None: exact
+    noise: dict[str, Any] | None = None
+    #: the selector's and the value holder's group labels (None: that side has none)
+    s_group: str | None = None
+    v_group: str | None = None
 
     def mean(self, column: str) -> float:
         """sum / count (NaN for an empty group)."""
@@ -87,18 +97,16 @@ class JoinResult:
     value_rows: int
     selector_keys: int
     scheme: str
-
-
-def _laplace(scale: float) -> float:
-    u = (secrets.randbelow(1 << 53) + 0.5) / (1 << 53) - 0.5
-    return -scale * math.copysign(1.0, u) * math.log(1 - 2 * abs(u))
+    #: the partner's privacy budget left on the value holder (None: no budget)
+    epsilon_left: float | None = None
 
 
 # -- value holder -------------------------------------------------------------------
 def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
                  rules: ReleaseRules, pool: GroupPool, progress: Progress = _no_progress,
-                 ) -> JoinResult:
-    """V's half. Returns what V learns (released group results as sent)."""
+                 receive: bool = False) -> JoinResult:
+    """V's half. Returns what V learns: the released groups as sent (masked), or,
+    with `receive`, the result itself (S then learns no aggregate)."""
     cols = sorted(rows.values)
     for c in cols:
         if len(rows.values[c]) != len(rows.keys):
@@ -106,6 +114,14 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
                              f"{len(rows.keys)} keys")
     live = [i for i, k in enumerate(rows.keys) if k is not None]
     order = [live[j] for j in shuffled(len(live))]
+    if rules.max_rows_per_key is not None:  # contribution bound: a random few rows per key
+        used: dict[str | None, int] = {}
+        kept = []
+        for i in order:
+            if used.get(rows.keys[i], 0) < rules.max_rows_per_key:
+                used[rows.keys[i]] = used.get(rows.keys[i], 0) + 1
+                kept.append(i)
+        order = kept
     n = len(order)
     if params.scheme == "bfv":
         for c in cols:
@@ -161,19 +177,27 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         progress("pjc-encrypt", sent, n)
     ch.send("pjc-ct-end", {"chunks": chunks})
     ch.step = "pjc-reblind"
-    lists: list[bytes] = []
+    lists: list[tuple[int, bytes]] = []
     while True:
         m = ch.recv("pjc-b", "pjc-b-end")
         if m.kind == "pjc-b-end":
+            max_mult = max(1, int(m.meta.get("max_mult", 1)))
             break
         if len(m.body) % POINT_BYTES:
             raise ProtocolError(f"{ch.peer} sent a pjc-b list that is not whole points")
-        lists.append(m.body)
-    s_keys = sum(len(b) for b in lists) // POINT_BYTES
-    for gi, blob in enumerate(lists):
+        lists.append((int(m.meta["sg"]), m.body))
+    s_keys = sum(len(b) for _, b in lists) // POINT_BYTES
+    if params.scheme == "bfv":
+        for c in cols:
+            if rules.bounds[c] * max(n, 1) * max_mult >= params.plain_modulus() // 2:
+                raise QueryError(f"sum of {c} could reach {rules.bounds[c] * n * max_mult} "
+                                 f"(with {ch.peer}'s duplicate keys), beyond the exact BFV "
+                                 f"range; clip the column or use ckks")
+    check_groups(lists, rules.min_distinct, strict=rules.epsilon is not None, peer=ch.peer)
+    for li, (_, blob) in enumerate(lists):
         items = split(b"".join(pool.mul(alpha, [blob], TRUNC_BYTES)), TRUNC_BYTES)
-        ch.send("pjc-bb", {"sg": gi}, b"".join(items[j] for j in shuffled(len(items))))
-        progress("pjc-reblind", gi + 1, len(lists))
+        ch.send("pjc-bb", {"list": li}, b"".join(items[j] for j in shuffled(len(items))))
+        progress("pjc-reblind", li + 1, len(lists))
     ch.send("pjc-bb-end", {"lists": len(lists)})
     ch.step = "pjc-release"
     aggs: dict[tuple[int, int], dict[str, tuple[bytes, Any]]] = {}
@@ -184,9 +208,15 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         aggs.setdefault((int(m.meta["sg"]), int(m.meta["vg"])), {})[str(m.meta["agg"])] = (
             m.body, m.meta.get("share"))
     released: list[dict[str, Any]] = []
-    suppressed: list[str] = []
     results: list[GroupResult] = []
-    per_value = (rules.epsilon / (1 + len(cols))) if rules.epsilon else None
+    parts_of: dict[tuple[int, int], dict[str, tuple[bytes, Any]]] = {}
+    counts: dict[tuple[int, int], int] = {}
+    sizes: dict[tuple[int, int], int] = {}
+    # the budget: parallel over disjoint groups; within a group, one part each for the
+    # threshold decision, the count and every sum
+    part = (rules.epsilon / (2 + len(cols))) if rules.epsilon else None
+    # a key's contribution: its rows at V times the rows it joins at S (both clipped)
+    rows_per_key = (rules.max_rows_per_key or 1) * max_mult
     for (sg, vg), parts in sorted(aggs.items()):
         need = {COUNT, DISTINCT, *cols}
         if set(parts) != need:
@@ -196,52 +226,119 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
                           parts[COUNT][1])
         distinct = he.unmask(params, he.decrypt_masked(ctx, params, parts[DISTINCT][0]),
                              parts[DISTINCT][1])
-        label = vlabels[vg]
-        if abs(count - round(count)) > 0.01 or not 0 <= round(count) <= n:
+        if abs(count - round(count)) > 0.01 or not 0 <= round(count) <= n * max_mult:
             raise PrivacyError(f"the {params.scheme} count of group {sg}/{vg} came back as "
                                f"{count}, not a row count: the parameters lost precision; "
                                f"nothing was released")
-        if round(distinct) < rules.min_distinct:
-            suppressed.append(f"{sg}/{vg}")
+        parts_of[(sg, vg)], counts[(sg, vg)] = parts, round(count)
+        sizes[(sg, vg)] = round(distinct)
+        if part:  # suppression is decided on a noisy distinct count
+            # a key counts once per V group it has rows in: at most max_rows_per_key
+            sizes[(sg, vg)] = dp.noisy_int(round(distinct), rules.max_rows_per_key or 1,
+                                           part)[0]
+    hidden = complementary_suppression(sizes, rules.min_distinct)
+    suppressed = [f"{sg}/{vg}" for sg, vg in sorted(hidden)]
+    for (sg, vg), parts in sorted(parts_of.items()):
+        if (sg, vg) in hidden:
             continue
+        label = vlabels[vg]
         out: dict[str, Any] = {"sg": sg, "vg": vg, "vlabel": label}
-        rcount: float = round(count)
-        if per_value:
-            rcount = rcount + _laplace(1.0 / per_value)
+        rcount: float = counts[(sg, vg)]
+        noise: dict[str, Any] = {}
+        if part:
+            rcount, lab = dp.noisy_int(counts[(sg, vg)], rows_per_key, part)
+            noise["count"] = lab.to_dict()
         out["count"] = rcount
         sums: dict[str, float] = {}
         for c in cols:
             masked = he.decrypt_masked(ctx, params, parts[c][0])
-            if per_value:
-                masked = float(masked) + _laplace(max(rules.bounds.get(c, 0.0), 1e-12) / per_value)
+            if part:
+                sens = max(rules.bounds.get(c, 0.0), 1e-12) * rows_per_key
+                if params.scheme == "bfv":
+                    noisy, lab = dp.noisy_int(int(masked), math.ceil(sens), part)
+                    masked = noisy % params.plain_modulus()
+                else:
+                    masked, lab = dp.noisy_real(float(masked), sens, part)
+                noise[c] = lab.to_dict()
             out[c] = masked
             sums[c] = float(masked)
+        if noise:
+            out["noise"] = noise
         released.append(out)
         results.append(GroupResult(label, rcount, sums))
     if rules.on_release is not None:
         rules.on_release(released, suppressed)
-    ch.send("pjc-release", {"groups": released, "suppressed": len(suppressed)})
-    ch.recv("pjc-done")
-    return JoinResult(results, len(suppressed), n, s_keys, params.scheme)
+    if not receive:
+        ch.send("pjc-release", {"groups": released, "suppressed": len(suppressed),
+                                "epsilon_left": rules.epsilon_left})
+        ch.recv("pjc-done")
+        return JoinResult(results, len(suppressed), n, s_keys, params.scheme, rules.epsilon_left)
+    # V receives the result: S sends its shares (and labels) of the released groups only
+    ch.send("pjc-release", {"groups": [{"sg": g["sg"], "vg": g["vg"]} for g in released],
+                            "suppressed": len(suppressed), "receiver": "value-holder"})
+    m = ch.recv("pjc-shares")
+    s_labels = m.meta["labels"]
+    shares = {(int(x["sg"]), int(x["vg"])): x["shares"] for x in m.meta["groups"]}
+    mine = []
+    for rg in released:
+        sh = shares[(int(rg["sg"]), int(rg["vg"]))]
+        sums = {c: float(he.unmask(params, rg[c], sh[c])) for c in cols}
+        slab = s_labels[int(rg["sg"])] if s_labels else None
+        mine.append(GroupResult(slab if slab is not None else rg["vlabel"],
+                                float(rg["count"]), sums, rg.get("noise"), slab, rg["vlabel"]))
+    ch.send("pjc-done")
+    return JoinResult(mine, len(suppressed), n, s_keys, params.scheme, rules.epsilon_left)
+
+
+def check_groups(lists: list[tuple[int, bytes]], k: int, *, strict: bool, peer: str) -> None:
+    """Refuse selector groups whose overlap would let the selector difference them:
+    under DP (`strict`) any key in two groups; otherwise two overlapping groups that
+    differ by 1 to k-1 keys (X = A u B and Y = A give the suppressed B as X - Y)."""
+    groups: dict[int, set[bytes]] = {}
+    for sg, blob in lists:
+        groups.setdefault(sg, set()).update(split(blob, POINT_BYTES))
+    names = sorted(groups)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = groups[a], groups[b]
+            if x.isdisjoint(y):
+                continue
+            if strict or 0 < len(x - y) < k or 0 < len(y - x) < k:
+                why = "under DP" if strict else f"and differ by fewer than {k} keys"
+                raise PolicyError("groups", f"{peer}'s groups {a} and {b} share keys {why}: "
+                                            f"differencing them would reveal a group below "
+                                            f"the minimum size; give each key one group")
 
 
 # -- selector -----------------------------------------------------------------------
 def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
-             progress: Progress = _no_progress) -> JoinResult:
-    """S's half. Returns the released aggregates, unmasked."""
+             progress: Progress = _no_progress, *, max_mult: int | None = None,
+             receive: bool = True) -> JoinResult:
+    """S's half. Each of V's rows is weighted, per S group, by the number of S's rows
+    with its key in that group (clipped to `max_mult`): SQL inner-join semantics.
+    Returns the released aggregates, unmasked (or, unless `receive`, only the number
+    of groups released: the value holder receives the result)."""
     labels = sorted(set(g for g, k in zip(rows.groups, rows.keys, strict=True) if k is not None)
                     ) if rows.groups is not None else [None]
-    per_group: dict[str | None, dict[str, None]] = {lab: {} for lab in labels}
+    per_group: dict[str | None, dict[str, int]] = {lab: {} for lab in labels}
     for i, k in enumerate(rows.keys):
         if k is not None:
-            per_group[rows.groups[i] if rows.groups is not None else None][k] = None
+            mult = per_group[rows.groups[i] if rows.groups is not None else None]
+            mult[k] = mult.get(k, 0) + 1
     domain, beta = job_domain(job_id), new_scalar()
     ch.step = "pjc-blind-own"
-    b_lists = []
-    for lab in labels:
-        ks = list(per_group[lab])
-        ks = [ks[j] for j in shuffled(len(ks))]
-        b_lists.append(b"".join(pool.hash_mul(beta, domain, [ks])))
+    b_lists: list[tuple[int, int, bytes]] = []  # (S group, multiplicity, blinded keys)
+    top = 1
+    for sg, lab in enumerate(labels):
+        by_mult: dict[int, list[str]] = {}
+        for k, c in per_group[lab].items():
+            c = min(c, max_mult) if max_mult else c
+            by_mult.setdefault(c, []).append(k)
+            top = max(top, c)
+        for j in shuffled(len(by_mult)):  # V sees list sizes, not which multiplicity
+            c = sorted(by_mult)[j]
+            ks = [by_mult[c][i] for i in shuffled(len(by_mult[c]))]
+            b_lists.append((sg, c, b"".join(pool.hash_mul(beta, domain, [ks]))))
     ch.step = "pjc-receive"
     head = ch.recv("pjc-ctx")
     n, vgroups, cols = int(head.meta["n"]), int(head.meta["vgroups"]), list(head.meta["columns"])
@@ -263,38 +360,45 @@ def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
         cts[(int(m.meta["chunk"]), int(m.meta["vg"]), str(m.meta["agg"]))] = m.body
         progress("pjc-receive", len(cts), -1)
     ch.step = "pjc-send"
-    for gi, blob in enumerate(b_lists):
-        ch.send("pjc-b", {"sg": gi}, blob)
-    ch.send("pjc-b-end", {"lists": len(b_lists)})
+    for sg, _, blob in b_lists:
+        ch.send("pjc-b", {"sg": sg}, blob)
+    ch.send("pjc-b-end", {"lists": len(b_lists), "max_mult": top})
     ch.step = "pjc-blind-peer"
     d_vals = split(b"".join(pool.mul(beta, a_blobs, TRUNC_BYTES)), TRUNC_BYTES)
-    sets: list[set[bytes]] = []
+    weights: list[dict[bytes, int]] = [{} for _ in labels]
+    got = 0
     while True:
         m = ch.recv("pjc-bb", "pjc-bb-end")
         if m.kind == "pjc-bb-end":
             break
-        sets.append(set(split(m.body, TRUNC_BYTES)))
-    if len(sets) != len(labels):
-        raise ProtocolError(f"{ch.peer} returned {len(sets)} lists for {len(labels)} sent")
+        li = int(m.meta["list"])
+        if not 0 <= li < len(b_lists):
+            raise ProtocolError(f"{ch.peer} returned an unknown list {li}")
+        sg, c, _ = b_lists[li]
+        weights[sg].update(dict.fromkeys(split(m.body, TRUNC_BYTES), c))
+        got += 1
+    if got != len(b_lists):
+        raise ProtocolError(f"{ch.peer} returned {got} lists for {len(b_lists)} sent")
     ch.step = "pjc-aggregate"
     slots = params.slots()
     chunks = -(-n // slots) if n else 0
     kinds = [COUNT, DISTINCT, *cols]
     shares: dict[tuple[int, int, str], Any] = {}
-    for sg, sset in enumerate(sets):
+    for sg, w in enumerate(weights):
         accs = {(vg, k): he.Accumulator(ctx, params) for vg in range(vgroups) for k in kinds}
         for ci in range(chunks):
             piece = d_vals[ci * slots:(ci + 1) * slots]
-            mask = [1 if d in sset else 0 for d in piece]
-            mask += [0] * (slots - len(mask))
-            if any(mask):
+            times = [w.get(d, 0) for d in piece] + [0] * (slots - len(piece))
+            if any(times):
+                hit = [1 if x else 0 for x in times]
                 for vg in range(vgroups):
                     for k in kinds:
                         key = (ci, vg, k)
                         if key not in cts:
                             raise ProtocolError(f"{ch.peer} did not send ciphertext {key}")
-                        accs[(vg, k)].add(he.load_vector(ctx, params, cts[key]), mask)
-            progress("pjc-aggregate", sg * chunks + ci + 1, len(sets) * chunks)
+                        accs[(vg, k)].add(he.load_vector(ctx, params, cts[key]),
+                                          hit if k == DISTINCT else times)
+            progress("pjc-aggregate", sg * chunks + ci + 1, len(weights) * chunks)
         for (vg, k), acc in accs.items():
             data, share = acc.masked()
             reveal = k in (COUNT, DISTINCT)
@@ -304,13 +408,25 @@ def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
     ch.send("pjc-agg-end")
     ch.step = "pjc-release"
     rel = ch.recv("pjc-release")
+    s_keys = sum(len(v) for v in per_group.values())
+    if rel.meta.get("receiver") == "value-holder":
+        out = [{"sg": g["sg"], "vg": g["vg"],
+                "shares": {c: shares[(int(g["sg"]), int(g["vg"]), c)] for c in cols}}
+               for g in rel.meta["groups"]]
+        ch.send("pjc-shares", {"groups": out, "labels": labels if rows.groups else None})
+        ch.recv("pjc-done")
+        return JoinResult([], int(rel.meta["suppressed"]), n, s_keys, params.scheme)
+    if not receive:
+        raise ProtocolError(f"{ch.peer} sent the result to the selector, but the job names "
+                            f"the value holder as the receiver")
     results: list[GroupResult] = []
     for g in rel.meta["groups"]:
         sg, vg = int(g["sg"]), int(g["vg"])
         sums = {c: float(he.unmask(params, g[c], shares[(sg, vg, c)])) for c in cols}
         label = labels[sg] if rows.groups is not None else g.get("vlabel")
-        results.append(GroupResult(label, float(g["count"]), sums))
+        results.append(GroupResult(label, float(g["count"]), sums, g.get("noise"),
+                                   labels[sg] if rows.groups is not None else None,
+                                   g.get("vlabel")))
     ch.send("pjc-done")
-    return JoinResult(results, int(rel.meta["suppressed"]), n,
-                      sum(len(v) for v in per_group.values()), params.scheme)
-
+    return JoinResult(results, int(rel.meta["suppressed"]), n, s_keys, params.scheme,
+                      rel.meta.get("epsilon_left"))

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, field_validator
 
 from gfs.client import Client
-from privacy.errors import PolicyError, QueryError
-
-AGGREGATES = ("count", "sum", "mean", "min", "max")
-PSI_OUTPUTS = ("intersection", "cardinality")
+from gfs.schema import Schema, validate_json
+from privacy.errors import PolicyError, PolicyFileError, QueryError
 
 
 def policy_path(entity: str) -> str:
@@ -27,26 +28,43 @@ def policy_path(entity: str) -> str:
     return f"/{entity}/.privacy/policy.json"
 
 
-@dataclass(frozen=True)
-class TablePolicy:
+class _Strict(Schema):
+    """Unknown keys and wrong types are errors, never silently ignored or coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TablePolicy(_Strict):
     """What a partner may do with one table."""
 
     key_columns: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()
-    aggregates: tuple[str, ...] = ()
+    aggregates: tuple[Literal["count", "sum", "mean", "min", "max"], ...] = ()
     group_by: tuple[str, ...] = ()
-    psi_outputs: tuple[str, ...] = ()
-    clip: dict[str, tuple[float, float]] = field(default_factory=dict)
+    psi_outputs: tuple[Literal["intersection", "cardinality"], ...] = ()
+    clip: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for col, (lo, hi) in v.items():
+            if not lo <= hi:
+                raise ValueError(f"clip of {col} needs lo <= hi, got [{lo:g}, {hi:g}]")
+        return v
 
 
-@dataclass(frozen=True)
-class PartnerPolicy:
+class PartnerPolicy(_Strict):
     """The rules for one partner entity."""
 
     tables: dict[str, TablePolicy]
-    min_group_size: int = 1
-    epsilon_per_release: float | None = None
-    epsilon_budget: float | None = None
+    min_group_size: int = Field(default=1, ge=1)
+    epsilon_per_release: float | None = Field(default=None, gt=0)
+    epsilon_budget: float | None = Field(default=None, gt=0)
+    #: contribution bound: rows of one key a release may use (default 1 with DP)
+    max_rows_per_key: int | None = Field(default=None, ge=1)
+    #: joins and queries this partner may get without DP noise (their differences
+    #: are not checked across jobs; with DP the budget bounds them instead)
+    max_releases: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -56,64 +74,52 @@ class ReleaseTerms:
     min_group_size: int
     epsilon: float | None
     clip: dict[str, tuple[float, float]]
+    #: rows of one key a release may use (duplicates beyond it are dropped)
+    max_rows_per_key: int | None = None
+    #: the partner's budget left after this release (None: no budget)
+    epsilon_left: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"min_group_size": self.min_group_size, "epsilon": self.epsilon,
-                "clip": {k: list(v) for k, v in self.clip.items()}}
+                "clip": {k: list(v) for k, v in self.clip.items()},
+                "max_rows_per_key": self.max_rows_per_key, "epsilon_left": self.epsilon_left}
 
 
-def _strs(d: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
-    v = d.get(key, [])
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise QueryError(f"policy {where}: {key} must be a list of strings")
-    return tuple(v)
+def complementary_suppression(sizes: dict[Any, int], k: int,
+                              union: Callable[[set[Any]], int] | None = None) -> set[Any]:
+    """The groups to suppress: those with fewer than `k` distinct identities and, if
+    those together have fewer than `k` (`union`, default the sum of sizes), the
+    smallest others until they do; so a total minus the released groups never
+    isolates fewer than `k` identities (complementary suppression)."""
+    out = {g for g, n in sizes.items() if n < k}
+    size = union or (lambda gs: sum(sizes[g] for g in gs))
+    for g in sorted((g for g in sizes if g not in out), key=lambda g: (sizes[g], str(g))):
+        if not out or size(out) >= k:
+            break
+        out.add(g)
+    return out
 
 
-@dataclass(frozen=True)
-class Policy:
+def load_policy(raw: bytes | str, source: str) -> Policy:
+    """Parse and validate a policy document (JSON) read from `source`.
+
+    The one entry point for policy files: unknown keys and wrong types raise
+    QueryError naming `source`, the key and (for a misspelt key) the closest valid
+    one; nothing is coerced or defaulted silently."""
+    return validate_json(Policy, raw, where=source, error=PolicyFileError)
+
+
+class Policy(_Strict):
     """An entity's policy for all its partners."""
 
     entity: str
-    partners: dict[str, PartnerPolicy]
+    partners: dict[str, PartnerPolicy] = Field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Policy:
-        """Parse and validate a policy document; a bad one raises QueryError."""
-        if not isinstance(d, dict) or not isinstance(d.get("entity"), str):
-            raise QueryError("policy must be a JSON object with an \"entity\" name")
-        partners: dict[str, PartnerPolicy] = {}
-        for name, p in dict(d.get("partners", {})).items():
-            where = f"{d['entity']}/partners/{name}"
-            tables: dict[str, TablePolicy] = {}
-            for path, t in dict(p.get("tables", {})).items():
-                tw = f"{where}/tables/{path}"
-                aggs = _strs(t, "aggregates", tw)
-                for a in aggs:
-                    if a not in AGGREGATES:
-                        raise QueryError(f"policy {tw}: unknown aggregate {a!r}")
-                outs = _strs(t, "psi_outputs", tw)
-                for o in outs:
-                    if o not in PSI_OUTPUTS:
-                        raise QueryError(f"policy {tw}: unknown PSI output {o!r}")
-                clip: dict[str, tuple[float, float]] = {}
-                for col, bounds in dict(t.get("clip", {})).items():
-                    lo, hi = (float(x) for x in bounds)
-                    if not lo <= hi:
-                        raise QueryError(f"policy {tw}: clip of {col} needs lo <= hi")
-                    clip[col] = (lo, hi)
-                tables[path] = TablePolicy(_strs(t, "key_columns", tw), _strs(t, "columns", tw),
-                                           aggs, _strs(t, "group_by", tw), outs, clip)
-            mg = int(p.get("min_group_size", 1))
-            eps = p.get("epsilon_per_release")
-            budget = p.get("epsilon_budget")
-            if mg < 1:
-                raise QueryError(f"policy {where}: min_group_size must be >= 1")
-            if eps is not None and not float(eps) > 0:
-                raise QueryError(f"policy {where}: epsilon_per_release must be > 0")
-            partners[name] = PartnerPolicy(tables, mg, None if eps is None else float(eps),
-                                           None if budget is None else float(budget))
-        return cls(str(d["entity"]), partners)
+    def from_dict(cls, d: dict[str, Any], source: str = "policy") -> Policy:
+        """Validate a policy document already parsed from JSON (see `load_policy`)."""
+        return load_policy(json.dumps(d), source)
 
     @classmethod
     def load(cls, fs: Client, entity: str) -> Policy:
@@ -122,11 +128,7 @@ class Policy:
         if not fs.exists(path):
             raise PolicyError("policy", f"entity {entity!r} has no privacy policy; write one "
                                         f"to {path} (see docs/privacy.md)")
-        try:
-            doc = json.loads(fs.read_bytes(path))
-        except ValueError as e:
-            raise QueryError(f"{path} is not valid JSON: {e}") from e
-        pol = cls.from_dict(doc)
+        pol = load_policy(fs.read_bytes(path), path)
         if pol.entity != entity:
             raise QueryError(f"{path} is the policy of {pol.entity!r}, not {entity!r}")
         return pol
@@ -154,22 +156,28 @@ class Policy:
         if key is not None:
             self._key(t, table, key)
 
-    def check_psi(self, partner: str, table: str, key: str, output: str) -> None:
-        """Refuse a PSI job the policy does not allow."""
-        _, t = self._table(partner, table)
+    def check_psi(self, partner: str, table: str, key: str, output: str,
+                  spent: float = 0.0) -> ReleaseTerms:
+        """Refuse a PSI job the policy does not allow; else its release terms (a PSI
+        release is metered: it costs epsilon_per_release of the budget, though its
+        size is exact, and the peer's set must reach min_group_size)."""
+        p, t = self._table(partner, table)
         self._key(t, table, key)
         if output not in t.psi_outputs:
             raise PolicyError("psi_outputs", f"PSI output {output!r} over {table} is not allowed "
                                              f"for {partner!r} (allowed: "
                                              f"{', '.join(t.psi_outputs) or 'none'})")
+        return self._terms(partner, p, t, spent)
 
     def check_aggregate(self, partner: str, table: str, key: str | None,
-                        aggregates: list[tuple[str, str | None]], group_by: str | None,
-                        filters: list[str] | None = None, spent: float = 0.0) -> ReleaseTerms:
+                        aggregates: list[tuple[str, str | None]],
+                        group_by: str | Sequence[str] | None,
+                        filters: list[str] | None = None, spent: float = 0.0,
+                        releases: int = 0) -> ReleaseTerms:
         """Refuse a join or query the policy does not allow; else the release terms.
 
         `aggregates` are (function, column or None for count(*)) of *this* table's
-        columns; `group_by` is this table's group column if it contributes it."""
+        columns; `group_by` is this table's group column(s) it contributes."""
         p, t = self._table(partner, table)
         if key is not None:
             self._key(t, table, key)
@@ -181,25 +189,42 @@ class Policy:
             if col is not None and col not in t.columns:
                 raise PolicyError("columns", f"column {col!r} of {table} is not released to "
                                              f"{partner!r}")
-        if group_by is not None and group_by not in t.group_by:
-            raise PolicyError("group_by", f"grouping by {group_by!r} of {table} is not allowed "
-                                          f"for {partner!r}")
+        for g in [group_by] if isinstance(group_by, str) else list(group_by or []):
+            if g not in t.group_by:
+                raise PolicyError("group_by", f"grouping by {g!r} of {table} is not allowed "
+                                              f"for {partner!r}")
         for col in filters or []:
             if col not in t.columns:
                 raise PolicyError("columns", f"filtering on {col!r} of {table} is not allowed "
                                              f"for {partner!r}")
-        eps = p.epsilon_per_release
-        if eps is not None:
+        if p.epsilon_per_release is None and p.max_releases is not None \
+                and releases >= p.max_releases:
+            raise PolicyError("max_releases", f"{partner!r} has had {releases} release(s) "
+                                              f"without noise from {self.entity!r}, the most "
+                                              f"its policy allows (their differences could "
+                                              f"isolate a person); ask the owner for DP")
+        if p.epsilon_per_release is not None:
             for _func, col in aggregates:
                 if col is not None and col not in t.clip:
                     raise PolicyError("clip", f"noisy release of {col!r} needs clip bounds in "
                                               f"the policy of {self.entity!r}")
-            if p.epsilon_budget is not None and spent + eps > p.epsilon_budget + 1e-12:
-                raise PolicyError("epsilon_budget", f"privacy budget of {partner!r} on "
-                                                    f"{self.entity!r} is spent ({spent:g} of "
-                                                    f"{p.epsilon_budget:g}; this job needs "
-                                                    f"{eps:g})")
-        return ReleaseTerms(p.min_group_size, eps, dict(t.clip))
+        return self._terms(partner, p, t, spent)
+
+    def _terms(self, partner: str, p: PartnerPolicy, t: TablePolicy,
+               spent: float) -> ReleaseTerms:
+        """The release terms of one job, refusing it if the budget cannot pay it."""
+        eps = p.epsilon_per_release
+        if eps is not None and p.epsilon_budget is not None \
+                and spent + eps > p.epsilon_budget + 1e-12:
+            raise PolicyError("epsilon_budget", f"privacy budget of {partner!r} on "
+                                                f"{self.entity!r} is spent ({spent:g} of "
+                                                f"{p.epsilon_budget:g}; this job needs "
+                                                f"{eps:g})")
+        left = None
+        if p.epsilon_budget is not None:
+            left = max(0.0, p.epsilon_budget - spent - (eps or 0.0))
+        rows = p.max_rows_per_key or (1 if eps is not None else None)
+        return ReleaseTerms(p.min_group_size, eps, dict(t.clip), rows, left)
 
 
 def clip_value(v: float, bounds: tuple[float, float] | None) -> float:

@@ -23,7 +23,7 @@ import numpy as np
 from gfs.client import Client
 from privacy.channel import Channel
 from privacy.ec import POINT_BYTES, TRUNC_BYTES, GroupPool, job_domain, new_scalar, split
-from privacy.errors import ProtocolError, QueryError
+from privacy.errors import PolicyError, ProtocolError, QueryError
 from privacy.spill import (
     DEFAULT_BUDGET,
     LEN,
@@ -209,19 +209,22 @@ def _receiver(ch: Channel, keys: Iterable[str], job_id: str, output: str, pool: 
 def sender(ch: Channel, keys: Iterable[str], job_id: str, output: str, pool: GroupPool,
            progress: Progress = _no_progress, batch_rows: int = BATCH_ROWS, *,
            budget: int = DEFAULT_BUDGET, workdir: str | os.PathLike[str] | None = None,
-           hint: int | None = None) -> PsiResult:
+           hint: int | None = None, min_receiver: int = 1) -> PsiResult:
     """The sender's half: sends [b]H(y) shuffled and [b] of the receiver's points
     (in the receiver's order for `intersection`, shuffled for `cardinality`).
+    A receiver with fewer than `min_receiver` keys is refused before anything of
+    the sender's is sent (a one-key set would be a membership test).
     Memory and temporary files as for `receiver`."""
     if output not in OUTPUTS:
         raise QueryError(f"PSI output must be one of {', '.join(OUTPUTS)}, got {output!r}")
     with _workdir(workdir) as wd:
-        return _sender(ch, keys, job_id, output, pool, progress, batch_rows, budget, wd, hint)
+        return _sender(ch, keys, job_id, output, pool, progress, batch_rows, budget, wd, hint,
+                       min_receiver)
 
 
 def _sender(ch: Channel, keys: Iterable[str], job_id: str, output: str, pool: GroupPool,
             progress: Progress, batch_rows: int, budget: int, wd: Workdir,
-            hint: int | None) -> PsiResult:
+            hint: int | None, min_receiver: int) -> PsiResult:
     domain, beta = job_domain(job_id), new_scalar()
     ch.step = "psi-blind-own"
     b_path, n = _blind_own(pool, beta, domain, keys, wd, budget, hint, batch_rows, progress,
@@ -232,6 +235,10 @@ def _sender(ch: Channel, keys: Iterable[str], job_id: str, output: str, pool: Gr
         for blob in _recv_stream(ch, "psi-a", progress, -1):
             f.write(blob)
             n_receiver += len(blob) // POINT_BYTES
+    if 0 < n_receiver < min_receiver:  # an empty set tests nothing
+        raise PolicyError("min_group_size", f"{ch.peer} asked for a PSI over {n_receiver} "
+                                            f"key(s), fewer than the minimum {min_receiver}; "
+                                            f"a set that small is a membership test")
     ch.step = "psi-send"
     ch.send("psi-b-size", {"n": n})
     _send_file(ch, "psi-b", b_path, n, batch_rows)

@@ -2,8 +2,9 @@
 state directory, so a set larger than memory flows through a bounded budget.
 
 * `Workdir`: one job's temporary directory (`<state>/tmp/psi/<pid>-<random>`),
-  removed on exit; directories left by a killed job are removed by the next
-  one (their process is gone).
+  removed on exit; if the party is killed, a watchdog process (its own session,
+  waiting for the party's end of a pipe to close) removes it; directories left
+  by a killed watchdog too are removed by the next job (their process is gone).
 * `KeyPartitions`: distinct keys in a pseudo-random order, in one external pass:
   keys go to files by a keyed hash (a fresh per-job PRF key), each file is
   deduplicated and shuffled in memory (split again by further hash bits when it
@@ -20,6 +21,8 @@ import os
 import secrets
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
@@ -46,6 +49,10 @@ def budget_from_env() -> int:
     return int(float(v) * (1 << 20)) if v else DEFAULT_BUDGET
 
 
+#: The watchdog: wait for EOF on stdin (the party ended, however), remove the directory.
+_WATCHDOG = "import shutil, sys; sys.stdin.buffer.read(); shutil.rmtree(sys.argv[1], True)"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -70,6 +77,12 @@ class Workdir:
         self.path = base / f"{os.getpid()}-{secrets.token_hex(6)}"
         self.path.mkdir()
         self._n = 0
+        # the kernel closes our end of the pipe however we die (even SIGKILL); the
+        # watchdog then removes the directory; a new session, so that killing the
+        # party's process group does not kill the watchdog with it
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self.path)], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def file(self, stem: str) -> Path:
         """A fresh file name in the directory."""
@@ -77,8 +90,11 @@ class Workdir:
         return self.path / f"{stem}-{self._n}"
 
     def close(self) -> None:
-        """Remove the directory and everything in it."""
+        """Remove the directory and everything in it (and stop the watchdog)."""
         shutil.rmtree(self.path, ignore_errors=True)
+        if self._watchdog.stdin is not None:
+            self._watchdog.stdin.close()
+        self._watchdog.wait()
 
     def __enter__(self) -> Workdir:
         return self

@@ -18,6 +18,7 @@ from privacy import jobs, keys
 from privacy.audit import AuditLog
 from privacy.errors import AuthError, PolicyError, ProtocolError, QueryError
 from privacy.jobs import FAULT_ENV, JobSpec, run_job
+from privacy.policy import complementary_suppression
 from privacy.testing import open_policy, put_policy, put_table
 
 BANK = "/bank-a/customers.parquet"
@@ -33,7 +34,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, pa.T
                      "balance": [rnd.randrange(0, 50000) for _ in range(N)],
                      "segment": [rnd.choice(["retail", "sme"]) for _ in range(N)],
                      "income": [rnd.randrange(1000) for _ in range(N)]})
-    telco = pa.table({"phone": [f"138{rnd.randrange(2 * N):07d}" for _ in range(N)],
+    telco = pa.table({"phone": [f"138{p:07d}" for p in rnd.sample(range(2 * N), N)],
                       "region": [rnd.choice(["north", "south", "east", "west"])
                                  for _ in range(N - 3)] + ["island"] * 3})
     with Client.init(state) as fs:
@@ -55,6 +56,12 @@ def expected(bank: pa.Table, telco: pa.Table) -> dict[str, tuple[int, int]]:
     return {str(k): (int(r["count"]), int(r["sum"])) for k, r in g.iterrows()}
 
 
+def suppressed(bank: pa.Table, telco: pa.Table) -> set[str]:
+    """The regions a minimum of 10 suppresses (complementary suppression included)."""
+    m = bank.to_pandas().merge(telco.to_pandas(), on="phone")
+    return complementary_suppression(m.groupby("region")["phone"].nunique().to_dict(), 10)
+
+
 def records(state: Path, entity: str) -> list[dict[str, object]]:
     with Client(state) as fs:
         log = AuditLog(fs, entity)
@@ -72,9 +79,10 @@ def test_join_matches_plaintext_and_suppresses_small_groups(world: tuple[Path, p
     ans = res.answer
     assert ans["role"] == "selector" and ans["scheme"] == "bfv"
     want = expected(bank, telco)
-    got = {r["group"]: (r["count(*)"], r["sum(balance)"]) for r in ans["groups"]}
-    assert got == {g: v for g, v in want.items() if v[0] >= 10}
-    assert "island" not in got and ans["suppressed"] == 1
+    got = {r["region"]: (r["count(*)"], r["sum(balance)"]) for r in ans["groups"]}
+    hidden = suppressed(bank, telco)
+    assert got == {g: v for g, v in want.items() if g not in hidden}
+    assert "island" in hidden and len(hidden) == 2 and ans["suppressed"] == 2
     for r in ans["groups"]:
         assert r["mean(balance)"] == pytest.approx(r["sum(balance)"] / r["count(*)"])
     assert res.left["role"] == "value-holder" and "groups" not in res.left
@@ -168,8 +176,8 @@ def test_cli_join_psi_and_audit(world: tuple[Path, pa.Table, pa.Table],
                    "--json"]) == 0
     ans = json.loads(capsys.readouterr().out)
     want = expected(bank, telco)
-    assert {r["group"]: r["count(*)"] for r in ans["groups"]} == {
-        g: c for g, (c, _) in want.items() if c >= 10}
+    assert {r["region"]: r["count(*)"] for r in ans["groups"]} == {
+        g: c for g, (c, _) in want.items() if g not in suppressed(bank, telco)}
     assert hutong(["--state", str(state), "join", "--left", BANK, "--right", TELCO, "--on",
                    "phone", "--agg", "sum(income)"]) == 2
     assert "rule columns" in capsys.readouterr().err
@@ -184,10 +192,10 @@ def test_python_api(world: tuple[Path, pa.Table, pa.Table]) -> None:
     b = bank.to_pandas()
     m = b[b.phone.isin(set(telco.column("phone").to_pylist()))]
     want = m.groupby("segment")["balance"].agg(["count", "mean"])
-    assert [r["group"] for r in ans["groups"]] == list(want.index)
+    assert [r["segment"] for r in ans["groups"]] == list(want.index)
     for r in ans["groups"]:
-        assert r["count(*)"] == want.loc[r["group"], "count"]
-        assert r["mean(balance)"] == pytest.approx(want.loc[r["group"], "mean"])
+        assert r["count(*)"] == want.loc[r["segment"], "count"]
+        assert r["mean(balance)"] == pytest.approx(want.loc[r["segment"], "mean"])
     assert jobs.intersect(BANK, TELCO, "phone", state=state)["size"] == len(
         set(b.phone) & set(telco.column("phone").to_pylist()))
     with pytest.raises(QueryError, match="count, sum and mean only"):
@@ -218,8 +226,11 @@ def test_dp_budget_is_charged_and_then_refuses(tmp_path: Path) -> None:
         put_policy(fs, open_policy("lab-y", "lab-x", "/lab-y/s.parquet", key="id"))
     spec = JobSpec("join", "/lab-x/v.parquet", "/lab-y/s.parquet", "id",
                    aggs="count(*),sum(score)")
-    first = run_job(spec, state).answer["groups"][0]
-    assert first["count(*)"] != 150 or first["sum(score)"] != sum(i % 50 for i in range(0, n, 2))
+    answer = run_job(spec, state).answer
+    first = answer["groups"][0]
+    assert first["noise"]["count"]["mechanism"] == "discrete laplace (opendp)"
+    assert first["noise"]["score"]["epsilon"] == pytest.approx(1.0 / 3)
+    assert answer["epsilon_left"] == pytest.approx(0.5)
     assert abs(first["count(*)"] - 150) < 100
     with pytest.raises(PolicyError, match="rule epsilon_budget"):
         run_job(JobSpec("join", "/lab-x/v.parquet", "/lab-y/s.parquet", "id",
