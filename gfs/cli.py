@@ -338,6 +338,13 @@ class _Parser(argparse.ArgumentParser):
                      "arguments\n")
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, looked up only when asked (importlib.metadata costs start-up time)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        parser.exit(0, f"hutong {_version()}\n")
+
+
 def _version() -> str:
     """The installed distribution's version (importlib.metadata)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -359,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hutong", description=DESCRIPTION, epilog=EPILOG, parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
-    p.add_argument("--version", action="version", version=f"hutong {_version()}")
+    p.add_argument("--version", action=_VersionAction, nargs=0,
+                   help="print the installed version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
                            parser_class=_Parser)
 
