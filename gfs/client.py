@@ -39,6 +39,7 @@ from gfs.errors import (
 )
 from gfs.files import NsReader, NsWriter
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, LmdbEngine, Manifest, PoolRecord, WriteTxn
+from gfs.state import check_identity, pool_location, record_url, relocate
 from gfs.store import ChunkStore, WriteStats, read_prepared, release
 
 Progress = Callable[[int], None]
@@ -143,6 +144,11 @@ class Client:
         self.state = root
         self.config = StoreConfig.load(root, settings)
         self.engine = LmdbEngine(str(root / "meta"))
+        try:
+            check_identity(self.engine, root)
+        except BaseException:
+            self.engine.close()
+            raise
         self.store = ChunkStore(self.engine, root, self.config)
 
     # -- lifecycle -------------------------------------------------------------
@@ -160,8 +166,7 @@ class Client:
         engine = LmdbEngine(str(root / "meta"))
         try:
             with engine.write() as txn:
-                txn.put_pool(PoolRecord(0, "default", (root / "pools" / "default").as_uri(),
-                                        "warm", 0))
+                txn.put_pool(PoolRecord(0, "default", "pools/default", "warm", 0))
         finally:
             engine.close()
         tmp = root / f".{CONFIG_FILE}.{os.getpid()}.tmp"
@@ -718,9 +723,8 @@ class Client:
             raise ConfigError(f"capacity must be >= 0 bytes, got {capacity}")
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"pool name must be letters, digits, '-' or '_', got {name!r}")
-        if "://" not in url:
-            url = Path(url).expanduser().absolute().as_uri()
-        open_pool(url).close()  # refuses an unknown protocol or a missing backend
+        url = record_url(self.state, url)
+        open_pool(pool_location(self.state, url)).close()  # refuses an unknown protocol
         with self.engine.write() as txn:
             pools = list(txn.iter_pools())
             if any(p.name == name for p in pools):
@@ -731,6 +735,13 @@ class Client:
                              capacity)
             txn.put_pool(rec)
         return rec
+
+    def relocate(self, old: str, new: str) -> list[PoolRecord]:
+        """Point the pools whose URL starts with `old` at `new` (pools that moved);
+        returns the changed records. See gfs.state.relocate."""
+        changed = relocate(self.engine, self.state, old, new)
+        self.store.close()  # reopen pools at their new URLs
+        return changed
 
     def pools(self) -> list[tuple[PoolRecord, int]]:
         """Every pool with the bytes its committed packs take."""

@@ -42,6 +42,9 @@ class StoreConfig:
     workers: int = 0
     commit_files: int = 2000
     cache_bytes: int = 64 * 1024 * 1024
+    #: Seconds an unknown pack of this store in a shared pool is kept by gc
+    #: (a writer on another host may be about to commit it).
+    gc_grace: int = 3600
 
     def __post_init__(self) -> None:
         _check(self.zstd_level, -7, 22, "zstd_level")
@@ -49,6 +52,7 @@ class StoreConfig:
         _check(self.workers, 0, 256, "workers")
         _check(self.commit_files, 1, 1_000_000, "commit_files")
         _check(self.cache_bytes, 0, 1 << 40, "cache_bytes")
+        _check(self.gc_grace, 0, 1 << 40, "gc_grace")
         if not (64 <= self.min_size <= self.avg_size <= self.max_size <= (1 << 30)):
             raise ConfigError(
                 f"chunk sizes must satisfy 64 <= min_size <= avg_size <= max_size <= 1 GiB, "

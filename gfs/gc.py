@@ -1,7 +1,9 @@
 """Garbage collection: reclaim unreferenced chunks, sparse packs and orphan packs.
 
-gc holds the store's gc lock exclusively, so no writer is between writing a
-pack and committing it. Order (docs/format.md, invariant 5): the metadata
+gc holds the store's gc lock exclusively, so no writer of this state directory
+is between writing a pack and committing it. It deletes only packs this store
+owns, and in a shared pool no unknown pack younger than the grace period
+(docs/format.md, "Ownership of packs"). Order (invariant 5): the metadata
 transaction that drops every reference to a pack commits before the pack
 object is deleted; chunks that a manifest references are never dropped, nor
 are chunks pinned in the `pins` table (fetched ahead of the files that will
@@ -13,17 +15,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gfs.codec import BLOB_HEADER_LEN, decode_blob
-from gfs.errors import CorruptChunkError, PoolObjectMissingError
+from gfs.errors import CorruptChunkError, FormatError, PoolObjectMissingError
 from gfs.meta import ChunkRecord, Location, PackRecord
-from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_key
+from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_head, parse_pack_key
 from gfs.pools import LocalPool
 from gfs.store import ChunkStore, pinned_chunks
 
 log = logging.getLogger("hutong.gc")
 
+#: Temporaries of a shared pool younger than this (seconds) may be another
+#: store's put in progress (a put takes seconds).
+SHARED_TEMPORARY_AGE = 3600.0
 #: A pack is rewritten when less than this share of its bytes is live.
 REPACK_LIVE_SHARE = 0.5
 
@@ -39,19 +44,32 @@ class GcReport:
     orphan_packs: int = 0
     pending_cleared: int = 0
     temporaries_removed: int = 0
+    not_owned: int = 0
+    young_orphans: int = 0
     bytes_freed: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, msg: str) -> None:
+        """Record why something was left alone (logged as a warning too)."""
+        if msg not in self.notes:
+            self.notes.append(msg)
+            log.warning("%s", msg)
 
 
-def collect(store: ChunkStore) -> GcReport:
-    """Run one full collection on `store` and report what was reclaimed."""
+def collect(store: ChunkStore, *, grace: float | None = None) -> GcReport:
+    """Run one full collection on `store` and report what was reclaimed.
+
+    `grace` (seconds, default the store's `gc_grace`): an unknown pack of this
+    store in a shared pool is deleted only when older than this.
+    """
     started = time.monotonic()
     report = GcReport()
     with store.gc_exclusive():
         doomed = _drop_dead_chunks(store, report)
         _delete_objects(store, doomed, report)
         _repack_sparse(store, report)
-        _delete_orphans(store, report)
+        _delete_orphans(store, report, store.config.gc_grace if grace is None else grace)
     report.seconds = time.monotonic() - started
     return report
 
@@ -92,9 +110,12 @@ def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
 
 def _delete_objects(store: ChunkStore, packs: list[PackRecord], report: GcReport) -> None:
     for p in packs:
-        store.pool(p.pool).delete(pack_key(p.id))
-        report.packs_deleted += 1
-        report.bytes_freed += p.size
+        outcome = store.delete_pack_object(p)
+        if outcome == "deleted":
+            report.packs_deleted += 1
+            report.bytes_freed += p.size
+        elif outcome == "not owned":
+            _not_owned(store, p.pool, report)
 
 
 def _repack_sparse(store: ChunkStore, report: GcReport) -> None:
@@ -122,7 +143,7 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
                   report: GcReport) -> None:
     pool = store.pool(pool_id)
     built: list[PackBuilder] = []
-    builder = PackBuilder()
+    builder = store.new_pack()
     moved: dict[bytes, tuple[Location, Location]] = {}
     done: list[PackRecord] = []
     for p in group:
@@ -130,6 +151,13 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
             data = pool.get(pack_key(p.id))
         except PoolObjectMissingError:
             log.error("pack %s is missing from pool %d; run `hutong fsck`", p.id.hex(), pool_id)
+            continue
+        try:
+            tag: bytes | None = parse_pack_head(data)[1]
+        except FormatError:
+            tag = None
+        if not store.owns(pool_id, tag, referenced=True):
+            _not_owned(store, pool_id, report)  # the old pack could not be deleted
             continue
         intact = True
         staged: list[tuple[bytes, Location, bytes, bytes]] = []
@@ -149,7 +177,7 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
             moved[cid] = (loc, Location(pool_id, builder.pack_id, offset, length))
             if builder.size >= store.config.pack_size:
                 built.append(builder)
-                builder = PackBuilder()
+                builder = store.new_pack()
         done.append(p)
     if builder.nblobs:
         built.append(builder)
@@ -182,20 +210,46 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
     report.bytes_freed -= sum(b.size for b in built)
 
 
-def _delete_orphans(store: ChunkStore, report: GcReport) -> None:
-    """Delete pack objects no pack record names, and temporaries of interrupted writes."""
+def _delete_orphans(store: ChunkStore, report: GcReport, grace: float) -> None:
+    """Delete pack objects no pack record names, and temporaries of interrupted writes.
+
+    In a private pool every such pack is an orphan (the gc lock excludes every
+    writer). In a shared pool only packs with this store's owner tag that are
+    older than `grace` seconds are.
+    """
     with store.engine.read() as txn:
         known = {p.id for p in txn.iter_packs()}
         pools = [p.id for p in txn.iter_pools()]
+    now = time.time()
     for pool_id in pools:
         pool = store.pool(pool_id)
-        if isinstance(pool, LocalPool):  # no writer is mid-put: we hold the lock
-            report.temporaries_removed += pool.clean_temporaries(older_than=0)
+        private = store.is_private(pool_id)
+        if isinstance(pool, LocalPool):  # in a private pool no writer is mid-put: we hold
+            # the lock; in a shared one another store's writer may be, whatever our grace
+            report.temporaries_removed += pool.clean_temporaries(
+                older_than=0 if private else max(grace, SHARED_TEMPORARY_AGE))
         for key in list(pool.list("packs/")):
             pid = parse_pack_key(key)
             if pid is None or pid in known:
                 continue
-            size = pool.size(key)
+            try:
+                if not private:
+                    if not store.owns(pool_id, store.pack_owner(pool_id, pid), referenced=False):
+                        _not_owned(store, pool_id, report)
+                        continue
+                    stored = pool.modified(key)
+                    if stored is None or now - stored < grace:
+                        report.young_orphans += 1
+                        continue
+                size = pool.size(key)
+            except PoolObjectMissingError:
+                continue  # deleted meanwhile by its owner
             pool.delete(key)
             report.orphan_packs += 1
             report.bytes_freed += size
+
+
+def _not_owned(store: ChunkStore, pool_id: int, report: GcReport) -> None:
+    report.not_owned += 1
+    report.note(f"pool {pool_id} ({store.pool(pool_id).url}) is shared with another store: "
+                "packs this store did not write are left for their owner's gc")

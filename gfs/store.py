@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from gfs import chunking
 from gfs.codec import (
@@ -36,6 +36,7 @@ from gfs.config import StoreConfig
 from gfs.errors import (
     ChunkMissingError,
     CorruptChunkError,
+    FormatError,
     NoSpaceError,
     PoolError,
     PoolObjectMissingError,
@@ -52,8 +53,9 @@ from gfs.meta import (
     ReadTxn,
     WriteTxn,
 )
-from gfs.packs import PackBuilder, pack_key
+from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_key, parse_pack_head
 from gfs.pools import Pool, open_pool
+from gfs.state import is_private_url, pool_location
 from gfs.tiering.heat import HeatTracker
 from gfs.tiering.policy import TIERS, TierPolicy
 
@@ -126,6 +128,7 @@ class ChunkStore:
         self._lock_path = state / "locks" / "gc.lock"
         self._heat: HeatTracker | None = None
         self._tier_rank: dict[int, int] | None = None
+        self._owner: bytes | None = None
 
     # -- pools and workers ---------------------------------------------------
     def pool(self, pool_id: int) -> Pool:
@@ -137,8 +140,64 @@ class ChunkStore:
                     rec = txn.get_pool(pool_id)
                 if rec is None:
                     raise StateError(f"pool {pool_id} is not registered in {self.state}")
-                pool = self._pools[pool_id] = open_pool(rec.url)
+                pool = self._pools[pool_id] = open_pool(pool_location(self.state, rec.url))
             return pool
+
+    # -- ownership (docs/format.md, "Ownership of packs") ----------------------
+    @property
+    def owner(self) -> bytes:
+        """The owner tag this store writes into its packs."""
+        if self._owner is None:
+            with self.engine.read() as txn:
+                sid = txn.get_meta("store_id")
+            if sid is None:
+                raise StateError(f"the metadata of {self.state} has no store id; "
+                                 "run `hutong fsck`")
+            self._owner = owner_tag(sid)
+        return self._owner
+
+    def new_pack(self) -> PackBuilder:
+        """A pack builder whose header names this store as the owner."""
+        return PackBuilder(owner=self.owner)
+
+    def is_private(self, pool_id: int) -> bool:
+        """Whether pool `pool_id` lies inside the state directory (only this store uses it)."""
+        with self.engine.read() as txn:
+            rec = txn.get_pool(pool_id)
+        return rec is not None and is_private_url(rec.url)
+
+    def pack_owner(self, pool_id: int, pack_id: bytes) -> bytes | None:
+        """The owner tag in a pack's header (NO_OWNER for a version 1 pack), or None
+        when the object has no valid pack header. A missing object raises
+        PoolObjectMissingError."""
+        head = self.pool(pool_id).get(pack_key(pack_id), 0, PACK_HEADER_LEN)
+        try:
+            pid, tag = parse_pack_head(head)
+        except FormatError:
+            return None
+        return tag if pid == pack_id else None
+
+    def owns(self, pool_id: int, tag: bytes | None, *, referenced: bool) -> bool:
+        """Whether this store may delete a pack of pool `pool_id` whose header holds
+        `tag`: every pack of a private pool, packs with this store's tag, and version 1
+        packs that this store's index references (`referenced`)."""
+        if self.is_private(pool_id):
+            return True
+        return tag == self.owner or (tag == NO_OWNER and referenced)
+
+    def delete_pack_object(self, rec: PackRecord) -> Literal["deleted", "missing", "not owned"]:
+        """Delete the object of a pack whose record was just dropped, if this store owns
+        it; a pack another store owns is left alone and logged."""
+        try:
+            tag = self.pack_owner(rec.pool, rec.id)
+        except PoolObjectMissingError:
+            return "missing"
+        if not self.owns(rec.pool, tag, referenced=True):
+            log.warning("pack %s in pool %d belongs to another store (owner tag %s): "
+                        "left in place", rec.id.hex(), rec.pool, tag.hex() if tag else "?")
+            return "not owned"
+        self.pool(rec.pool).delete(pack_key(rec.id))
+        return "deleted"
 
     def pool_records(self) -> list[PoolRecord]:
         """Every pool of the store, in id order."""
@@ -303,7 +362,7 @@ class ChunkStore:
         if not fix:
             return 0
         with self.writer():  # gc must not take the new pack for an orphan
-            builder = PackBuilder()
+            builder = self.new_pack()
             offsets = {cid: builder.add(b[:BLOB_HEADER_LEN], b[BLOB_HEADER_LEN:])
                        for cid, b in fix.items()}
             pool_id = self.choose_pool(self.policy().write_tier, builder.size, self.usage())
@@ -586,7 +645,7 @@ class WriteSession:
             cids, fut = self._inflight.popleft()
             for cid, (header, payload) in zip(cids, fut.result(), strict=True):
                 if self._pack is None:
-                    self._pack = PackBuilder()
+                    self._pack = self.store.new_pack()
                 offset, blob_len = self._pack.add(header, payload)
                 head = parse_blob_header(header)
                 self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, head.raw_len,
