@@ -45,7 +45,8 @@ examples:
 
 #: Modules that add subcommands: each has `register(subparsers, common_parser)`,
 #: adding parsers whose `func(args) -> int` default runs the command.
-EXTENSIONS: tuple[str, ...] = ("gfs.mount_cli", "gfs.mover_cli", "gfs.tier_cli", "gfs.state_cli",
+EXTENSIONS: tuple[str, ...] = ("gfs.mount_cli", "gfs.mover_cli", "gfs.tier_cli",
+                               "gfs.state_cli", "gfs.meta_cli",
                                "gfs.federation.cli", "dataflow.cli", "privacy.cli")
 
 

@@ -8,12 +8,15 @@ when it is first opened, so the two never take each other's packs for theirs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from gfs.config import CONFIG_FILE
 from gfs.errors import ConfigError
 from gfs.meta import MetaEngine, PoolRecord
 
@@ -21,6 +24,35 @@ log = logging.getLogger("hutong.state")
 
 STATE_PATH = "state_path"
 STORE_ID = "store_id"
+#: Environment variable naming the metadata database of a new store (`hutong init`).
+META_ENV = "HUTONG_META"
+
+
+def is_database_url(url: str) -> bool:
+    """Whether `url` names a metadata database server (PostgreSQL or compatible)."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def meta_location(state: Path) -> str:
+    """Where the metadata of the store in `state` lives: the `[meta] url` of its
+    config.toml, else the embedded environment `state`/meta."""
+    path = state / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the store's settings: {e}") from None
+    section = data.get("meta", {})
+    url = section.get("url") if isinstance(section, dict) else None
+    if url is None:
+        return str(state / "meta")
+    if not isinstance(url, str) or not is_database_url(url):
+        raise ConfigError(f"{path}: [meta] url must be a postgresql:// URL, got {url!r}")
+    return url
+
+
+def meta_toml(url: str | None) -> str:
+    """The `[meta]` section of config.toml for a store whose metadata is at `url`."""
+    return "" if url is None else f"[meta]\nurl = {json.dumps(url)}\n"
 
 
 def is_private_url(url: str) -> bool:

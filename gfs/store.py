@@ -698,7 +698,8 @@ class WriteSession:
             return
         self._end_reader()  # later lookups must see this commit
         now = time.time_ns()
-        with self.store.engine.write() as txn:
+
+        def apply(txn: WriteTxn) -> None:  # run again on a lost conflict: derives all from txn
             live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
             records: dict[bytes, ChunkRecord] = {}
             for cid, nc in self._new.items():
@@ -723,6 +724,8 @@ class WriteSession:
                 if old is not None:
                     deltas.subtract(r.id for r in old.chunks)
             apply_refcounts(txn, deltas, records)
+
+        self.store.engine.transact(apply)
         self._new.clear()
         self._flushed.clear()
         self._files.clear()
