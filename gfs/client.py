@@ -165,6 +165,11 @@ class Client:
         self.config = StoreConfig.load(root, settings)
         self.engine = open_engine(meta)
         try:
+            with self.engine.read() as txn:
+                if txn.get_meta("loading"):
+                    raise StateError(f"the metadata of {root} was not loaded completely; "
+                                     "load the dump again into a new store "
+                                     "(`hutong meta load`)")
             if isinstance(self.engine, LmdbEngine):  # a database server has no copies
                 check_identity(self.engine, root)
         except BaseException:

@@ -55,6 +55,27 @@ def meta_toml(url: str | None) -> str:
     return "" if url is None else f"[meta]\nurl = {json.dumps(url)}\n"
 
 
+def settings_toml(state: Path) -> str:
+    """The store's config.toml without its `[meta]` section."""
+    out: list[str] = []
+    skipping = False
+    for line in (state / CONFIG_FILE).read_text().splitlines(keepends=True):
+        head = line.strip()
+        if head.startswith("[") and not head.startswith("[["):
+            skipping = head == "[meta]"
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
+def write_config(state: Path, settings: str, url: str | None) -> None:
+    """Replace config.toml atomically: `settings` plus the `[meta]` section for `url`."""
+    text = settings if settings.endswith("\n") or not settings else settings + "\n"
+    tmp = state / f".{CONFIG_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(text + meta_toml(url))
+    os.replace(tmp, state / CONFIG_FILE)
+
+
 def is_private_url(url: str) -> bool:
     """Whether a recorded pool URL is relative to the state directory (a private pool)."""
     return "://" not in url and not url.startswith(("/", "file:")) and bool(url)
