@@ -600,8 +600,8 @@ class WriteSession:
                 todo.append((ref, piece))
         if not todo:
             return
-        txn = self._reader()
-        missing = [(r, p) for r, p in todo if not txn.has_chunk(r.id)]
+        present = self._reader().present_chunks([r.id for r, _ in todo])
+        missing = [(r, p) for r, p in todo if r.id not in present]
         self.stats.dedup_chunks += len(todo) - len(missing)
         for ref, piece in missing:
             if ref.id in self._new:  # repeated within this batch
@@ -702,9 +702,10 @@ class WriteSession:
         def apply(txn: WriteTxn) -> None:  # run again on a lost conflict: derives all from txn
             live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
             records: dict[bytes, ChunkRecord] = {}
+            present = txn.present_chunks(self._new)
             for cid, nc in self._new.items():
                 assert nc is not None
-                if txn.has_chunk(cid):
+                if cid in present:
                     continue  # committed meanwhile by another writer: our blob is dead
                 records[cid] = ChunkRecord(
                     cid, nc.raw_len, nc.stored_len, nc.codec, 0,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TypeVar
@@ -86,6 +86,10 @@ class ReadTxn(ABC):
     def has_chunk(self, cid: bytes) -> bool:
         """Whether the chunk index has an entry for `cid` (engines may answer faster)."""
         return self.get_chunk(cid) is not None
+
+    def present_chunks(self, cids: Iterable[bytes]) -> set[bytes]:
+        """Which of `cids` the chunk index has (engines may answer in one round trip)."""
+        return {cid for cid in cids if self.has_chunk(cid)}
 
     @abstractmethod
     def iter_chunks(self) -> Iterator[ChunkRecord]:

@@ -26,7 +26,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -118,7 +118,7 @@ def _split_url(url: str) -> tuple[str, str, int]:
     if not _NAME_RE.fullmatch(schema):
         raise StateError(f"metadata URL: schema {schema!r} must be lower-case letters, "
                          "digits and '_' (at most 63)")
-    size = query.pop("pool_size", "8")
+    size = query.pop("pool_size", "16")
     if not size.isdigit() or not 1 <= int(size) <= 256:
         raise StateError(f"metadata URL: pool_size must be 1 to 256, got {size!r}")
     rest = urlencode(query)
@@ -245,6 +245,20 @@ class _PgRead(ReadTxn):
     def get_chunk(self, cid: bytes) -> ChunkRecord | None:
         data = self._x.one("chunks", (cid,), "rec")
         return None if data is None else enc.decode_chunk(cid, bytes(data))
+
+    def present_chunks(self, cids: Iterable[bytes]) -> set[bytes]:
+        want: list[bytes] = []
+        found: set[bytes] = set()
+        for cid in cids:
+            if ("chunks", (cid,)) in self._x.buf:
+                if self._x.buf[("chunks", (cid,))] is not None:
+                    found.add(cid)
+            else:
+                want.append(cid)
+        q = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(self._x.t("chunks"))
+        for i in range(0, len(want), FETCH):
+            found.update(bytes(r[0]) for r in self._x.conn.execute(q, (want[i:i + FETCH],)))
+        return found
 
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         for cid, rec in self._scan("chunks", "id, rec", "id"):
@@ -501,6 +515,7 @@ class PgEngine(MetaEngine):
         self._writer: int | None = None
         self._ino_lock = threading.Lock()
         self._ino_next = self._ino_end = 0
+        self._ino_conn: psycopg.Connection[Any] | None = None
         try:
             self._pool: ConnectionPool | None = ConnectionPool(
                 self._conninfo, min_size=1, max_size=size, open=True,
@@ -589,20 +604,25 @@ class PgEngine(MetaEngine):
             return ino
 
     def _reserve(self, n: int) -> tuple[int, int]:
-        """Reserve `n` inode numbers in a transaction of their own; (first, end)."""
-        pool = self._live()
+        """Reserve `n` inode numbers in a transaction of their own; (first, end).
+
+        It runs on a connection of its own (not the pool's), so a thread that holds
+        pooled connections can always reserve. Called with `_ino_lock` held.
+        """
+        self._live()
         q = sql.SQL("UPDATE {}.ino_alloc SET next = next + %s WHERE id = 0 "
                     "RETURNING next").format(sql.Identifier(self.schema))
         for _ in range(50):
-            with pool.connection() as conn:
-                conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
-                conn.read_only = False
-                try:
-                    row = conn.execute(q, (n,)).fetchone()
-                    conn.commit()
-                except _CONFLICTS:
-                    conn.rollback()
-                    continue
+            try:
+                if self._ino_conn is None or self._ino_conn.closed:
+                    self._ino_conn = psycopg.connect(self._conninfo, autocommit=True)
+                row = self._ino_conn.execute(q, (n,)).fetchone()
+            except _CONFLICTS:
+                continue
+            except psycopg.Error as e:
+                if self._ino_conn is not None:
+                    self._ino_conn.close()
+                raise StateError(f"metadata {self}: cannot reserve inode numbers: {e}") from e
             if row is None:
                 raise StateError(f"metadata {self} has no inode allocator row; run "
                                  "`hutong fsck`")
@@ -631,6 +651,10 @@ class PgEngine(MetaEngine):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        with self._ino_lock:
+            conn, self._ino_conn = self._ino_conn, None
+            if conn is not None:
+                conn.close()
 
     def drop(self) -> None:
         """Remove this store's schema and everything in it (tests, `meta load --replace`)."""

@@ -681,3 +681,15 @@ class MetaEngineConformance:
 
     def test_transact_returns_the_result(self, engine: MetaEngine) -> None:
         assert engine.transact(lambda w: w.alloc_ino()) > ROOT_INO
+
+    def test_present_chunks_sees_the_transactions_own_writes(self, engine: MetaEngine) -> None:
+        with engine.write() as w:
+            w.put_chunk(_chunk(1))
+            w.put_chunk(_chunk(2))
+        with engine.read() as r:
+            assert r.present_chunks([_cid(i) for i in range(4)]) == {_cid(1), _cid(2)}
+            assert r.present_chunks([]) == set()
+        with engine.write() as w:
+            w.delete_chunk(_cid(1))
+            w.put_chunk(_chunk(3))
+            assert w.present_chunks([_cid(i) for i in range(5)]) == {_cid(2), _cid(3)}
