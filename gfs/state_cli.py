@@ -17,7 +17,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         sid = txn.get_meta(STORE_ID) or b""
         path = (txn.get_meta(STATE_PATH) or b"").decode()
         pools = list(txn.iter_pools())
-    print(f"store id {sid.hex()} (owner tag {sid[:8].hex()}) at {path}")
+    print(f"store id {sid.hex()} (owner tag {sid[:8].hex()}) at {path or fs.engine!r}")
     for rec in pools:
         kind = "private" if is_private_url(rec.url) else "shared"
         print(f"{rec.id:>3} {rec.name:<12} {kind:<7} {rec.url}")
