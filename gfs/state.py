@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from gfs.config import CONFIG_FILE
 from gfs.errors import ConfigError
-from gfs.meta import MetaEngine, PoolRecord
+from gfs.meta import MetaEngine, PoolRecord, ReadTxn, WriteTxn
 
 log = logging.getLogger("hutong.state")
 
@@ -129,25 +129,30 @@ def check_identity(engine: MetaEngine, state: Path) -> None:
     """
     here = str(state.resolve())
     with engine.read() as txn:
+        if txn.get_meta(STATE_PATH) == here.encode() and not _stale(txn, state):
+            return  # the common case: nothing to change, no write transaction
+
+    def update(txn: WriteTxn) -> None:  # decided again inside: openers may race
         recorded = txn.get_meta(STATE_PATH)
         store_id = txn.get_meta(STORE_ID)
-        stale = [p for p in txn.iter_pools()
-                 if not is_private_url(p.url) and is_private_url(_recorded(state, p.url))]
-    if recorded is not None and recorded.decode() == here and not stale:
-        return
-    fork = (recorded is not None and recorded.decode() != here and store_id is not None
-            and _store_id_at(Path(recorded.decode())) == store_id)
-    with engine.write() as txn:
-        for p in stale:
+        for p in _stale(txn, state):
             new = record_url(state, p.url)
             txn.put_pool(replace(p, url=new))
             log.info("pool %s (%s) lies inside %s: recorded as %s", p.name, p.url, here, new)
-        if fork:
+        if (recorded is not None and recorded != here.encode() and store_id is not None
+                and _store_id_at(Path(recorded.decode())) == store_id):
             txn.set_meta(STORE_ID, os.urandom(16))
             log.warning("%s is a copy of the store at %s: it takes a new store id, so "
-                        "neither deletes the other's packs", here, recorded.decode()
-                        if recorded else "?")
+                        "neither deletes the other's packs", here, recorded.decode())
         txn.set_meta(STATE_PATH, here.encode())
+
+    engine.transact(update)
+
+
+def _stale(txn: ReadTxn, state: Path) -> list[PoolRecord]:
+    """Pools recorded by an absolute URL that lies inside `state`."""
+    return [p for p in txn.iter_pools()
+            if not is_private_url(p.url) and is_private_url(_recorded(state, p.url))]
 
 
 def _store_id_at(state: Path) -> bytes | None:

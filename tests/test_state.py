@@ -270,3 +270,28 @@ def test_state_show_names_private_and_shared_pools(
     assert f"owner tag {tag}" in out and str((tmp_path / "s").resolve()) in out
     assert "default      private pools/default" in out
     assert f"far          shared  {(tmp_path / 'far').as_uri()}" in out
+
+
+OPEN_AND_TELL = textwrap.dedent("""
+    import sys
+    from gfs.client import Client
+    with Client(sys.argv[1]) as fs:
+        print(fs.store.owner.hex())
+""")
+
+
+def test_processes_opening_a_fresh_copy_at_once_agree_on_its_id(tmp_path: Path) -> None:
+    with Client.init(tmp_path / "s") as fs:
+        fs.write_bytes("/a", b"a" * 3000)
+    subprocess.run(["cp", "-a", str(tmp_path / "s"), str(tmp_path / "c")], check=True)
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AND_TELL, str(tmp_path / "c")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT) for _ in range(4)]
+    tags = set()
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        tags.add(out.strip())
+    with Client(tmp_path / "c") as fs:
+        assert tags == {fs.store.owner.hex()}
+    assert _store_id(tmp_path / "c") != _store_id(tmp_path / "s")
