@@ -17,6 +17,7 @@ from gfs.meta.pg_engine import SCHEMA_VERSION, PgEngine
 from gfs.testing.meta_suite import MetaEngineConformance
 from gfs.tiering.policy import TierPolicy
 from tests.conftest import make_tree, tree_digest
+from tests.test_faults import kill_put_midway
 
 
 class TestPgConformance(MetaEngineConformance):
@@ -100,3 +101,25 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     url = f"postgresql:///x?host={tmp_path}&port=1&user=nobody"
     with pytest.raises(StateError, match="cannot connect to the metadata database"):
         PgEngine(url, connect_timeout=1)
+
+
+def test_kill9_mid_put_on_postgresql_loses_nothing_committed(tmp_path: Path,
+                                                             pg_url: str) -> None:
+    state = tmp_path / "state"
+    Client.init(state, meta=pg_url).close()
+    src = make_tree(tmp_path / "src", seed=21, files=200, max_size=200_000)
+    kill_put_midway(state, src)
+    originals = tree_digest(src)
+    with Client(state) as fs:
+        report = fs.fsck()
+        assert report.ok, report.problems
+        visible = [st.path for st in fs.walk("/") if st.kind == "file"]
+        for p in visible:  # every visible file is complete and correct
+            assert fs.read_bytes(p) == originals[p.removeprefix("/big/")][2]
+        assert len(visible) < sum(v[0] == "file" for v in originals.values())
+        fs.gc()
+        after = fs.fsck()
+        assert after.ok and after.orphan_packs == 0, after.problems
+        fs.put(f"{src}/", "/big")  # resuming is putting the contents again
+        fs.get("/big", tmp_path / "out")
+    assert tree_digest(tmp_path / "out") == originals
