@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from gfs.codec import BLOB_HEADER_LEN, decode_blob
 from gfs.errors import CorruptChunkError, FormatError, PoolObjectMissingError
-from gfs.meta import ChunkRecord, Location, PackRecord
+from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
 from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_head, parse_pack_key
 from gfs.pools import LocalPool
-from gfs.store import ChunkStore, pinned_chunks
+from gfs.store import ChunkStore, pin_chunks, pinned_chunks
 
 log = logging.getLogger("hutong.gc")
 
@@ -46,6 +46,7 @@ class GcReport:
     temporaries_removed: int = 0
     not_owned: int = 0
     young_orphans: int = 0
+    chunks_waiting: int = 0
     bytes_freed: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -61,28 +62,47 @@ def collect(store: ChunkStore, *, grace: float | None = None) -> GcReport:
     """Run one full collection on `store` and report what was reclaimed.
 
     `grace` (seconds, default the store's `gc_grace`): an unknown pack of this
-    store in a shared pool is deleted only when older than this.
+    store in a shared pool is deleted only when older than this; on an engine
+    that several hosts write (PostgreSQL) a chunk is deleted only when it has
+    been unreferenced for this long (it is pinned when first found dead).
     """
     started = time.monotonic()
     report = GcReport()
+    wait = store.config.gc_grace if grace is None else grace
     with store.gc_exclusive():
-        doomed = _drop_dead_chunks(store, report)
+        doomed = _drop_dead_chunks(store, report, wait if store.engine.MULTI_HOST else 0)
         _delete_objects(store, doomed, report)
         _repack_sparse(store, report)
-        _delete_orphans(store, report, store.config.gc_grace if grace is None else grace)
+        _delete_orphans(store, report, wait)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
-    """Delete chunk records with refcount 0 and the pack records left with no live chunk."""
-    with store.engine.write() as txn:
+def _drop_dead_chunks(store: ChunkStore, report: GcReport, grace: float) -> list[PackRecord]:
+    """Delete chunk records with refcount 0 and the pack records left with no live chunk.
+
+    With `grace` > 0 a dead chunk is first pinned for `grace` seconds and deleted by
+    a later run if still dead: a writer on another host, which the gc lock does not
+    exclude, may have found it by its id and be about to reference it again.
+    """
+    def drop(txn: WriteTxn) -> tuple[list[PackRecord], int, int, int]:
         now = time.time_ns()
         pinned = pinned_chunks(txn, now)
+        expired = set()
         for cid, value in list(txn.iter_values("pins")):
             if int.from_bytes(value, "big") <= now:
                 txn.delete_value("pins", cid)  # expired pins
-        dead = [rec for rec in txn.iter_chunks() if rec.refcount == 0 and rec.id not in pinned]
+                expired.add(cid)
+        dead = []
+        waiting: list[bytes] = []
+        for rec in txn.iter_chunks():
+            if rec.refcount or rec.id in pinned:
+                continue
+            if grace > 0 and rec.id not in expired:
+                waiting.append(rec.id)
+            else:
+                dead.append(rec)
+        pin_chunks(txn, waiting, grace)
         packs = {p.id: p for p in txn.iter_packs()}
         live: dict[bytes, list[int]] = {pid: [p.live_chunks, p.live_bytes]
                                         for pid, p in packs.items()}
@@ -92,7 +112,6 @@ def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
                     live[loc.pack][0] -= 1
                     live[loc.pack][1] -= loc.length
             txn.delete_chunk(rec.id)
-        report.chunks_removed = len(dead)
         doomed = []
         for pid, (n, nbytes) in live.items():
             p = packs[pid]
@@ -102,9 +121,13 @@ def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
             elif (n, nbytes) != (p.live_chunks, p.live_bytes):
                 txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks, n, nbytes,
                                         p.created_ns))
-        for pending in list(txn.iter_pending()):
-            txn.delete_pending(pending.id)
-            report.pending_cleared += 1
+        pending = [rec.id for rec in txn.iter_pending()]
+        for pid in pending:
+            txn.delete_pending(pid)
+        return doomed, len(dead), len(waiting), len(pending)
+
+    doomed, report.chunks_removed, report.chunks_waiting, report.pending_cleared = \
+        store.engine.transact(drop)
     return doomed
 
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from gfs import namespace
 from gfs.cli import main
 from gfs.client import Client
 from gfs.errors import ConfigError, StateError
-from gfs.meta import MetaEngine
+from gfs.gc import collect
+from gfs.meta import ROOT_INO, ChunkRef, Manifest, MetaEngine, WriteTxn
 from gfs.meta.pg_engine import SCHEMA_VERSION, PgEngine
 from gfs.testing.meta_suite import MetaEngineConformance
 from gfs.tiering.policy import TierPolicy
@@ -123,3 +125,32 @@ def test_kill9_mid_put_on_postgresql_loses_nothing_committed(tmp_path: Path,
         fs.put(f"{src}/", "/big")  # resuming is putting the contents again
         fs.get("/big", tmp_path / "out")
     assert tree_digest(tmp_path / "out") == originals
+
+
+def test_gc_on_another_host_keeps_a_dead_chunk_a_writer_is_about_to_reuse(
+        tmp_path: Path, pg_url: str) -> None:
+    data = bytes(range(256)) * 400
+    with _shared_store(tmp_path / "a", pg_url, tmp_path / "shared") as a, \
+            _shared_store(tmp_path / "b", pg_url, tmp_path / "shared") as b:
+        a.write_bytes("/old", data)
+        a.rm("/old")  # its chunks are dead now
+        with a.store.writer() as session:
+            refs = session.store_buffer(data)  # found by id: nothing new to store
+            assert session.stats.new_chunks == 0
+            report = b.gc()  # another host's gc: a's gc lock does not hold it back
+            assert report.chunks_removed == 0 and report.chunks_waiting == len(refs)
+
+            def link(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
+                return namespace.write_file_in(txn, namespace.get(txn, ROOT_INO), "new", r)
+
+            session.add_file(refs, link)
+        assert a.read_bytes("/new") == data
+        assert b.fsck().ok
+        a.rm("/new")
+        assert collect(b.store).chunks_removed == 0  # the first gc's pin still holds
+        with b.engine.write() as txn:  # as if the grace period had passed
+            for ref in refs:
+                txn.put_value("pins", ref.id, (1).to_bytes(8, "big"))
+        assert collect(b.store).chunks_removed == len(refs)  # dead for long enough
+        report = a.fsck()
+        assert report.ok and report.unreferenced_chunks == 0, report.problems

@@ -222,6 +222,9 @@ class MetaEngine(ABC):
 
     #: How often `transact` tries a function that keeps losing conflicts.
     TRANSACT_ATTEMPTS = 30
+    #: Writers on several hosts may share the store (the local gc lock does not
+    #: exclude them), so gc deletes dead chunks only after a grace period.
+    MULTI_HOST = False
 
     def transact(self, fn: Callable[[WriteTxn], T]) -> T:
         """Run `fn` in a write transaction and return its result, running it again

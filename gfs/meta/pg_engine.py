@@ -508,6 +508,8 @@ class PgEngine(MetaEngine):
     (StateError). `url` may carry `schema=NAME` and `pool_size=N` (connections).
     """
 
+    MULTI_HOST = True
+
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         self.url = url
         self._conninfo, self.schema, size = _split_url(url)
