@@ -209,8 +209,10 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
     for b in built:
         pool.put(pack_key(b.pack_id), b.parts())  # durable before referenced
     now = time.time_ns()
-    with store.engine.write() as txn:
+
+    def switch(txn: WriteTxn) -> int:
         live: dict[bytes, list[int]] = {b.pack_id: [0, 0] for b in built}
+        switched = 0
         for cid, (old, new) in moved.items():
             current = txn.get_chunk(cid)
             if current is None or old not in current.locations:
@@ -220,12 +222,15 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
                                       current.codec, current.refcount, locs))
             live[new.pack][0] += 1
             live[new.pack][1] += new.length
-            report.chunks_moved += 1
+            switched += 1
         for b in built:
             n, nbytes = live[b.pack_id]
             txn.put_pack(PackRecord(b.pack_id, pool_id, b.size, b.nblobs, n, nbytes, now))
         for p in done:
             txn.delete_pack(p.id)
+        return switched
+
+    report.chunks_moved += store.engine.transact(switch)
     for p in done:
         pool.delete(pack_key(p.id))
         report.packs_repacked += 1
