@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := build-essential python3-dev python3-venv pkg-config libxxhash-dev fuse3 libfuse3-dev restic borgbackup rclone rsync iperf3 iproute2 nftables procps git sqlite3 postgresql
 SOURCES := $(wildcard native/*.c native/*.h) setup.py pyproject.toml
 
-.PHONY: all setup demo test test-all lint bench-quick clean
+.PHONY: all setup demo test test-all lint bench-quick clean install-check
 
 all: test
 
@@ -42,6 +42,11 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check gfs bench tests dataflow privacy
 	$(VENV)/bin/mypy
+
+# Build the sdist and wheel, install them into a clean venv outside the checkout
+# and run the CLI, an import of every module and a small end-to-end from there.
+install-check: setup
+	PYTHON=$(abspath $(PY)) .ci/install-check
 
 test: setup lint
 	$(PY) -m pytest -q -m "not slow"

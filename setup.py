@@ -1,4 +1,8 @@
-"""Build of the native extension `gfs._native` from native/ (plain CPython C API)."""
+"""Build of the C extensions from native/ (plain CPython C API).
+
+`depends` lists each extension's headers: setuptools puts them in the sdist
+(so the wheel builds from it) and rebuilds an extension when one changes.
+"""
 
 from setuptools import Extension, setup
 
@@ -7,12 +11,14 @@ setup(
         Extension(
             "gfs._native",
             sources=["native/module.c", "native/fastcdc.c", "native/chunkid.c"],
+            depends=["native/fastcdc.h", "native/chunkid.h"],
             include_dirs=["native"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),
         Extension(
             "gfs._mover",
             sources=["native/mover_module.c", "native/mover.c"],
+            depends=["native/mover.h"],
             include_dirs=["native"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             extra_link_args=["-pthread"],
@@ -25,6 +31,7 @@ setup(
         Extension(
             "privacy._ec",
             sources=["native/privacy_module.c", "native/privacy_ec.c", "native/privacy_ec_ifma.c"],
+            depends=["native/privacy_ec.h"],
             include_dirs=["native"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),

@@ -1,4 +1,4 @@
-"""`python -m bench chunker [--quick] [--size-mib N] [--runs N]`: chunker throughput.
+"""`python -m bench chunker [--quick] [--size SIZE] [--runs N]`: chunker throughput.
 
 On one random (incompressible) in-memory buffer, in the same run, best of N:
 
@@ -29,6 +29,7 @@ import xxhash
 
 from bench.report import headline, table
 from gfs import chunking
+from gfs.units import size_arg
 
 
 def _best(fn: Callable[[], int], runs: int) -> tuple[float, int]:
@@ -52,10 +53,10 @@ def _load_pyfastcdc() -> ModuleType | None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench chunker")
     ap.add_argument("--quick", action="store_true", help="256 MiB instead of 1 GiB")
-    ap.add_argument("--size-mib", type=int, default=None)
+    ap.add_argument("--size", type=size_arg, default=None, help="buffer size (e.g. 512MiB)")
     ap.add_argument("--runs", type=int, default=None)
     args = ap.parse_args(argv)
-    size = (args.size_mib or (256 if args.quick else 1024)) << 20
+    size = args.size or (256 if args.quick else 1024) << 20
     runs = args.runs or (3 if args.quick else 5)
     p = chunking.DEFAULT_PARAMS
 

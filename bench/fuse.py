@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.report import headline, table
+from gfs.units import size_arg
 
 BLOCK = 8 << 20
 
@@ -124,11 +125,11 @@ def _parallel_creates(root: Path, n: int, size: int, sub: str, writers: int = 4)
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench fuse")
     ap.add_argument("--quick", action="store_true", help="256 MiB file, 1,000 small files")
-    ap.add_argument("--size", type=int, help="large file size in MiB (2048)")
+    ap.add_argument("--size", type=size_arg, help="large file size (2GiB)")
     ap.add_argument("--files", type=int, help="small files (10000)")
     ap.add_argument("--dir", help="work directory (default: a temporary one)")
     args = ap.parse_args(argv)
-    size = (args.size or (256 if args.quick else 2048)) << 20
+    size = args.size or (256 if args.quick else 2048) << 20
     nfiles = args.files or (1000 if args.quick else 10_000)
     have_rclone = shutil.which("rclone") is not None
     from gfs.client import Client

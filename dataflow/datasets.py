@@ -167,6 +167,23 @@ def _files_at(client: Client, selector: str) -> dict[str, Manifest]:
     return out
 
 
+def _manifest_at(client: Client, path: str) -> Manifest | None:
+    """The manifest of file `path` in one store (None if it has no such file)."""
+    try:
+        return client.manifest(path)
+    except HutongError:
+        return None
+
+
+def _entry(path: str, at: Mapping[str, Manifest], topo: Topology) -> FileEntry:
+    """The entry of a file held by the sites of `at` (site -> its manifest there): its
+    home is the first holder of the path's owner entity, else the first holder."""
+    owner = paths.split(path)[0]
+    owner_sites = [x for x in sorted(at) if topo.sites[x].entity == owner]
+    home = owner_sites[0] if owner_sites else sorted(at)[0]
+    return FileEntry(path, at[home], home, tuple(sorted(at)))
+
+
 @dataclass
 class Dataset:
     """A named selection: files, their distinct chunks and where each chunk lives."""
@@ -235,14 +252,7 @@ class Dataset:
                 if not hit:
                     raise DatasetError(f"dataset {name!r}: {s!r} matches no file at any up site "
                                        f"({', '.join(sites) or 'none'}); check the path")
-        topo = stores.topo
-        files = []
-        for p in sorted(found):
-            at = found[p]
-            owner = paths.split(p)[0]
-            owner_sites = [x for x in sorted(at) if topo.sites[x].entity == owner]
-            home = owner_sites[0] if owner_sites else sorted(at)[0]
-            files.append(FileEntry(p, at[home], home, tuple(sorted(at))))
+        files = [_entry(p, found[p], stores.topo) for p in sorted(found)]
         ds = cls(name, sel, files)
         for f in files:
             for ref in f.manifest.chunks:
@@ -251,8 +261,21 @@ class Dataset:
         return ds
 
     def refresh(self, stores: Stores) -> Dataset:
-        """The same files, with where their chunks live now (`resolve` again for new files)."""
-        return Dataset(self.name, self.selectors, list(self.files), dict(self.lengths),
+        """The same file versions, with where they and their chunks are now (`resolve`
+        again for new files).
+
+        A file's holders are the up sites whose namespace has the same version (the
+        same chunk list) and its home is chosen among them as `resolve` does: after
+        a `migrate` the file is read from where it went. A version no up site holds
+        any more keeps its entry (reading it then fails, naming the file)."""
+        files = []
+        for f in self.files:
+            at = {} if f.whole is not None else {
+                site: m for site in stores.names()
+                if (m := _manifest_at(stores.get(site), f.path)) is not None
+                and m.chunks == f.manifest.chunks}
+            files.append(_entry(f.path, at, stores.topo) if at else f)
+        return Dataset(self.name, self.selectors, files, dict(self.lengths),
                        locate(self.lengths, stores))
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from gfs import errors as gfs_errors
 from gfs.errors import HutongError
+from gfs.errors import SchemaError as _GfsSchemaError
 
 
 class DataflowError(HutongError):
     """Base of every dataflow error."""
 
 
-class ConfigError(DataflowError, ValueError):
+class ConfigError(DataflowError, gfs_errors.ConfigError):
     """A sites file, job file or argument is invalid; the message names the field."""
+
+
+class SchemaError(ConfigError, _GfsSchemaError):
+    """A sites or job file does not follow its schema (gfs.schema names the key)."""
 
 
 class UnknownSiteError(DataflowError, KeyError):

@@ -143,6 +143,32 @@ def run_task(fn: TaskFn | Sequence[TaskFn], state: str, files: list[tuple[str, M
 # -- the driver side ---------------------------------------------------------------------
 
 
+
+def _quiet_dask() -> None:
+    """Dask's own logging at ERROR, unless Hutong's is at DEBUG."""
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+def start_site_cluster(site: str, slots: int = 1, *, processes: bool = False) -> Any:
+    """A one-worker LocalCluster for `site` on 127.0.0.1 whose worker carries the
+    site's resource tag with `slots` threads; the caller closes it.
+
+    The embedded mode starts one per site; tests and single-host federations
+    pass its `scheduler_address` as the site's scheduler. It listens on TCP even
+    with `processes=False`, where Dask would pick its in-process transport, which
+    cannot start on a fixed host (the federated executor lost the site).
+    """
+    from distributed import LocalCluster
+
+    _quiet_dask()
+    return LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=1, threads_per_worker=slots, processes=processes,
+        resources={resource_tag(site): slots}, host="127.0.0.1", scheduler_port=0,
+        dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
+        silence_logs=logging.ERROR, protocol="tcp://")
+
+
 class Runtime:
     """Stores, mover servers and Dask clusters of the sites, started on first use.
 
@@ -182,20 +208,13 @@ class Runtime:
             s = self.topo.site(site)
             if s.status != "up" or site in self._dead:
                 raise SiteLostError(site, f"site {site} is down; its tasks cannot run")
-            from distributed import Client, LocalCluster
-
-            if not log.isEnabledFor(logging.DEBUG):
-                logging.getLogger("distributed").setLevel(logging.ERROR)
+            from distributed import Client
 
             if s.scheduler:
+                _quiet_dask()
                 c = Client(s.scheduler, timeout=10)  # type: ignore[no-untyped-call]
             else:
-                cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                    n_workers=1, threads_per_worker=s.slots, processes=self.processes,
-                    resources={resource_tag(site): s.slots}, host="127.0.0.1",
-                    scheduler_port=0, dashboard_address="127.0.0.1:0",
-                    worker_dashboard_address=None,
-                    silence_logs=logging.ERROR)
+                cluster = start_site_cluster(site, s.slots, processes=self.processes)
                 self._clusters[site] = cluster
                 c = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
             self._clients[site] = c

@@ -59,6 +59,7 @@ from dataflow.executor import (
     Runtime,
     TaskFn,
     apply_task,
+    start_site_cluster,
 )
 from dataflow.federated_ops import FederatedOps
 from dataflow.ops import Dataflow, Job, TransferSummary
@@ -1094,21 +1095,6 @@ class FederatedDataflow(FederatedOps, Dataflow):
             self.publish_links(force=True)
         finally:
             super().close()
-
-
-def start_site_cluster(site: str, slots: int = 1, *, processes: bool = False) -> Any:
-    """A LocalCluster for `site` on 127.0.0.1 (tests and single-host deployments):
-    pass `cluster.scheduler_address` as the site's scheduler. The caller closes it."""
-    from distributed import LocalCluster
-
-    from dataflow.executor import resource_tag
-
-    logging.getLogger("distributed").setLevel(logging.ERROR)
-    return LocalCluster(  # type: ignore[no-untyped-call]
-        n_workers=1, threads_per_worker=slots, processes=processes,
-        resources={resource_tag(site): slots}, host="127.0.0.1", scheduler_port=0,
-        dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
-        silence_logs=logging.ERROR, protocol="tcp://")
 
 
 __all__ = ["Credentials", "FederatedCatalog", "FederatedDataflow", "FederatedExecutor",

@@ -1,21 +1,34 @@
 """Operations with progress and a notebook-friendly API.
 
-    df = Dataflow.open("sites.toml")
-    loans = df.dataset("loans", "/bank-a/loans/**")
-    print(df.plan(score, loans).explain())
-    a = df.run(score, loans, output="/bank-a/out/scores")            # Job, done
-    b = df.run(summarise, a, output="/bank-a/out/summary")           # chained on a's outputs
-    df.prefetch(loans, "b")                  # chunks missing at b, through the mover
-    df.migrate(loans, to="b")                # copy the files to b, then remove the others
-    df.replicate(loans, copies=2, where="region=cn-west")
-    sub = df.subscribe("/bank-a/incoming/*.csv", score, output="/bank-a/out/in")
-    sub.poll()                               # one job over the files new since last poll
+With the sites, files and task functions of docs/dataflow.md ("Operations"),
+which the test suite runs before these examples:
+
+>>> df = Dataflow.open("sites.toml", progress=False)
+>>> loans = df.dataset("loans", "/bank-a/loans/**")
+>>> print(df.plan(loans).explain())                       # where, what moves, alternatives
+plan: move data to a (3 tasks at a; objective balanced)
+...
+>>> a = df.run(score, loans, output="/bank-a/out/scores")             # a Job, done
+>>> b = df.run(summarise, a, output="/bank-a/out/summary")            # chained on a's outputs
+>>> sorted(a.result.values.values(), key=str)[0]
+{'rows': 20000, 'total': ...}
+>>> df.prefetch(loans, "b").files                 # chunks missing at b, through the mover
+3
+>>> df.migrate(loans, to="b").removed             # copy the files to b, then remove the others
+3
+>>> len(df.replicate(loans, copies=2, where="region=west"))
+2
+>>> sub = df.subscribe("/bank-a/incoming/*.csv", score, output="/bank-a/out/in")
+>>> list(sub.poll().result.values.values())       # one job over the files new since last poll
+[{'rows': 2, 'total': 6}]
+>>> sub.poll() is None                            # nothing new
+True
+>>> df.close()
 
 Every operation is resumable: run it again and it does only what is left
 (the mover asks only for missing chunks; a job id skips done tasks; a
 subscription remembers the file versions it has handled).
 """
-
 from __future__ import annotations
 
 import contextlib

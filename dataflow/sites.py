@@ -17,13 +17,16 @@ import os
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from dataflow.errors import ConfigError, UnknownSiteError
+from pydantic import AfterValidator, Field, model_validator
+
+from dataflow.errors import ConfigError, SchemaError, UnknownSiteError
+from gfs.federation import expr
+from gfs.schema import Schema, load, validate
 
 #: A measurement older than this (seconds) is stale: configured values are used again.
 FRESH_SECONDS = 600.0
@@ -108,24 +111,103 @@ class LinkDefaults:
     inter_price: float = 0.05
 
 
-def _positive(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 or \
-            not math.isfinite(v):
-        raise ConfigError(f"{what} must be a positive number, got {v!r}")
-    return float(v)
-
-
-def _nonneg(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or not math.isfinite(v):
-        raise ConfigError(f"{what} must be a number >= 0, got {v!r}")
-    return float(v)
-
-
-def _name(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not v or len(v) > 64 or \
-            not v.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"{what} must be letters, digits, '-' or '_', got {v!r}")
+def _name(v: str) -> str:
+    if not v or len(v) > 64 or not v.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"must be letters, digits, '-' or '_', got {v!r}")
     return v
+
+
+def _hex(text: str) -> str:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("must be hex") from None
+    return text
+
+
+Name = Annotated[str, AfterValidator(_name)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_LD = LinkDefaults()
+
+
+class SiteSpec(Schema):
+    """`[sites.NAME]` of a sites file."""
+
+    region: Name = "default"
+    entity: Name | None = None
+    slots: Annotated[int, Field(ge=1, le=4096)] = 1
+    state: str | None = None
+    mover: str | None = None
+    scheduler: str | None = None
+    compute_mbps: Positive = 1600
+    price_core_hour: NonNegative = 0.0
+    tier: str = "warm"
+    nic_mbps: NonNegative = 0
+
+
+class DefaultsSpec(Schema):
+    """`[defaults]` of a sites file: figures of pairs with no link of their own."""
+
+    intra_mbps: Positive = _LD.intra_bandwidth * 8 / 1e6
+    intra_rtt_ms: NonNegative = _LD.intra_rtt * 1e3
+    intra_price_per_gb: NonNegative = _LD.intra_price
+    inter_mbps: Positive = _LD.inter_bandwidth * 8 / 1e6
+    inter_rtt_ms: NonNegative = _LD.inter_rtt * 1e3
+    inter_price_per_gb: NonNegative = _LD.inter_price
+
+
+class LinkSpec(Schema):
+    """One `[[links]]` entry of a sites file."""
+
+    a: str
+    b: str
+    mbps: Positive
+    rtt_ms: NonNegative = 0.0
+    price_per_gb: NonNegative = 0.0
+    symmetric: bool = True
+
+
+class GrantSpec(Schema):
+    """A read grant of an owner: `{pattern = "/ENTITY/...", to = "entity"}`."""
+
+    pattern: str
+    to: str
+
+
+class OwnerSpec(Schema):
+    """`[owners.ENTITY]` of a sites file."""
+
+    allow: Annotated[str, AfterValidator(expr.checked)] = ""
+    grants: list[GrantSpec] = Field(default_factory=list)
+
+
+def _some_sites(sites: dict[str, SiteSpec]) -> dict[str, SiteSpec]:
+    if not sites:
+        raise ValueError("[sites.NAME] tables are required (at least one)")
+    return sites
+
+
+class SitesSpec(Schema):
+    """A sites file as written (docs/dataflow.md, "Sites and links")."""
+
+    sites: Annotated[dict[Name, SiteSpec], AfterValidator(_some_sites)] = Field(
+        default_factory=dict, validate_default=True)
+    links: list[LinkSpec] = Field(default_factory=list)
+    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
+    owners: dict[str, OwnerSpec] = Field(default_factory=dict)
+    secret: Annotated[str, AfterValidator(_hex)] = ""
+
+    @model_validator(mode="after")
+    def _links_join_known_sites(self) -> SitesSpec:
+        for i, lk in enumerate(self.links):
+            for end in (lk.a, lk.b):
+                if end not in self.sites:
+                    raise ValueError(f"links[{i}]: unknown site {end!r}; define it under "
+                                     f"[sites]")
+            if lk.a == lk.b:
+                raise ValueError(f"links[{i}]: a link joins two different sites")
+        return self
 
 
 @dataclass
@@ -169,8 +251,6 @@ class Topology:
 
     def matching(self, where: str) -> list[Site]:
         """Up sites matching the attribute expression `where` (empty: all)."""
-        from gfs.federation import expr
-
         try:
             pred = expr.parse(where)
         except expr.ExpressionError as e:
@@ -382,120 +462,38 @@ class Topology:
         Relative `state` paths are relative to the file. See docs/dataflow.md for the format.
         """
         if isinstance(path, Mapping):
-            data, base = dict(path), Path.cwd()
+            spec = validate(SitesSpec, path, where="sites", error=SchemaError)
+            base = Path.cwd()
         else:
-            p = Path(path)
-            try:
-                text = p.read_text()
-            except OSError as e:
-                raise ConfigError(f"sites file {p}: {e.strerror}; pass an existing file") \
-                    from None
-            try:
-                if p.suffix == ".json":
-                    import json
-                    data = json.loads(text)
-                else:
-                    data = tomllib.loads(text)
-            except ValueError as e:
-                raise ConfigError(f"sites file {p}: {e}") from None
-            base = p.parent.absolute()
-        return cls._from_dict(data, base)
+            spec = load(SitesSpec, path, what="sites file", error=SchemaError)
+            base = Path(path).parent.absolute()
+        return cls._from_spec(spec, base)
 
     @classmethod
-    def _from_dict(cls, data: Mapping[str, Any], base: Path) -> Topology:
-        unknown = set(data) - {"sites", "links", "defaults", "owners", "grants", "secret"}
-        if unknown:
-            raise ConfigError(f"sites file: unknown section(s) {sorted(unknown)}")
-        raw_sites = data.get("sites")
-        if not isinstance(raw_sites, Mapping) or not raw_sites:
-            raise ConfigError("sites file: [sites.NAME] tables are required (at least one)")
-        sites: dict[str, Site] = {}
-        for name, s in raw_sites.items():
-            _name(name, "site name")
-            if not isinstance(s, Mapping):
-                raise ConfigError(f"site {name!r} must be a table")
-            bad = set(s) - {"region", "entity", "slots", "state", "mover", "scheduler",
-                            "compute_mbps", "price_core_hour", "tier", "nic_mbps"}
-            if bad:
-                raise ConfigError(f"site {name!r}: unknown key(s) {sorted(bad)}")
-            slots = s.get("slots", 1)
-            if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= 4096:
-                raise ConfigError(f"site {name!r}: slots must be 1 to 4096, got {slots!r}")
-            state = s.get("state")
-            if state is not None:
-                if not isinstance(state, str):
-                    raise ConfigError(f"site {name!r}: state must be a path")
-                state = str((base / state).absolute())
-            sites[name] = Site(
-                name=name, region=_name(s.get("region", "default"), f"site {name!r} region"),
-                entity=_name(s.get("entity", name), f"site {name!r} entity"), slots=slots,
-                state=state, mover=s.get("mover"), scheduler=s.get("scheduler"),
-                compute_rate=_positive(s.get("compute_mbps", 1600), f"site {name!r} "
-                                       "compute_mbps") * 1e6 / 8,
-                price_core_hour=_nonneg(s.get("price_core_hour", 0.0),
-                                        f"site {name!r} price_core_hour"),
-                tier=str(s.get("tier", "warm")),
-                nic=_nonneg(s.get("nic_mbps", 0), f"site {name!r} nic_mbps") * 1e6 / 8)
-        d = data.get("defaults", {})
-        if not isinstance(d, Mapping):
-            raise ConfigError("sites file: [defaults] must be a table")
-        ld = LinkDefaults()
+    def _from_spec(cls, spec: SitesSpec, base: Path) -> Topology:
+        sites = {name: Site(name=name, region=s.region, entity=s.entity or name,
+                            slots=s.slots,
+                            state=str((base / s.state).absolute()) if s.state else None,
+                            mover=s.mover, scheduler=s.scheduler,
+                            compute_rate=s.compute_mbps * 1e6 / 8,
+                            price_core_hour=s.price_core_hour, tier=s.tier,
+                            nic=s.nic_mbps * 1e6 / 8)
+                 for name, s in spec.sites.items()}
+        d = spec.defaults
         defaults = LinkDefaults(
-            intra_bandwidth=_positive(d.get("intra_mbps", ld.intra_bandwidth * 8 / 1e6),
-                                      "defaults.intra_mbps") * 1e6 / 8,
-            intra_rtt=_nonneg(d.get("intra_rtt_ms", ld.intra_rtt * 1e3),
-                              "defaults.intra_rtt_ms") / 1e3,
-            intra_price=_nonneg(d.get("intra_price_per_gb", ld.intra_price),
-                                "defaults.intra_price_per_gb"),
-            inter_bandwidth=_positive(d.get("inter_mbps", ld.inter_bandwidth * 8 / 1e6),
-                                      "defaults.inter_mbps") * 1e6 / 8,
-            inter_rtt=_nonneg(d.get("inter_rtt_ms", ld.inter_rtt * 1e3),
-                              "defaults.inter_rtt_ms") / 1e3,
-            inter_price=_nonneg(d.get("inter_price_per_gb", ld.inter_price),
-                                "defaults.inter_price_per_gb"))
-        topo = cls(sites, defaults=defaults)
-        links = data.get("links", [])
-        if not isinstance(links, list):
-            raise ConfigError("sites file: links must be an array of tables ([[links]])")
-        for i, lk in enumerate(links):
-            if not isinstance(lk, Mapping):
-                raise ConfigError(f"links[{i}] must be a table")
-            a, b = lk.get("a"), lk.get("b")
-            for end in (a, b):
-                if end not in sites:
-                    raise ConfigError(f"links[{i}]: unknown site {end!r}; define it under "
-                                      f"[sites]")
-            assert isinstance(a, str) and isinstance(b, str)
-            if a == b:
-                raise ConfigError(f"links[{i}]: a link joins two different sites")
-            bw = _positive(lk.get("mbps"), f"links[{i}].mbps") * 1e6 / 8
-            rtt = _nonneg(lk.get("rtt_ms", 0.0), f"links[{i}].rtt_ms") / 1e3
-            price = _nonneg(lk.get("price_per_gb", 0.0), f"links[{i}].price_per_gb")
-            topo.configured[(a, b)] = Link(a, b, bw, rtt, price)
-            if lk.get("symmetric", True):
-                topo.configured[(b, a)] = Link(b, a, bw, rtt, price)
-        owners = data.get("owners", {})
-        if not isinstance(owners, Mapping):
-            raise ConfigError("sites file: [owners] must be a table")
-        for ent, o in owners.items():
-            allow = o.get("allow", "") if isinstance(o, Mapping) else None
-            if not isinstance(allow, str):
-                raise ConfigError(f"owners.{ent}.allow must be a site expression string")
-            topo.owners[ent] = allow
-            topo.matching(allow)  # refuses a malformed expression now
-            grants = o.get("grants", []) if isinstance(o, Mapping) else []
-            for g in grants:
-                if not isinstance(g, Mapping) or not isinstance(g.get("pattern"), str) or \
-                        not isinstance(g.get("to"), str):
-                    raise ConfigError(f"owners.{ent}.grants: each grant is "
-                                      f"{{pattern = \"/{ent}/...\", to = \"entity\"}}")
-                topo.grants.setdefault(ent, []).append((g["pattern"], g["to"]))
-        secret = data.get("secret", "")
-        if secret:
-            try:
-                topo.secret = bytes.fromhex(str(secret))
-            except ValueError:
-                raise ConfigError("sites file: secret must be hex") from None
+            intra_bandwidth=d.intra_mbps * 1e6 / 8, intra_rtt=d.intra_rtt_ms / 1e3,
+            intra_price=d.intra_price_per_gb, inter_bandwidth=d.inter_mbps * 1e6 / 8,
+            inter_rtt=d.inter_rtt_ms / 1e3, inter_price=d.inter_price_per_gb)
+        topo = cls(sites, defaults=defaults, secret=bytes.fromhex(spec.secret))
+        for lk in spec.links:
+            bw, rtt = lk.mbps * 1e6 / 8, lk.rtt_ms / 1e3
+            topo.configured[(lk.a, lk.b)] = Link(lk.a, lk.b, bw, rtt, lk.price_per_gb)
+            if lk.symmetric:
+                topo.configured[(lk.b, lk.a)] = Link(lk.b, lk.a, bw, rtt, lk.price_per_gb)
+        for ent, o in spec.owners.items():
+            topo.owners[ent] = o.allow
+            for g in o.grants:
+                topo.grants.setdefault(ent, []).append((g.pattern, g.to))
         return topo
 
     @classmethod

@@ -5,8 +5,20 @@ Embedded mode (one machine, no server): `Client.init(state)` once, then
 command line. Formats and invariants: docs/format.md.
 """
 
-from gfs.client import Client, DuReport, Stat, TransferReport
-from gfs.errors import HutongError
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gfs._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from gfs.client import Client, DuReport, Stat, TransferReport
+    from gfs.errors import HutongError
 
 __all__ = ["Client", "DuReport", "HutongError", "Stat", "TransferReport"]
 __version__ = "0.1.0"
+
+__getattr__ = lazy_exports(__name__, {
+    "Client": "gfs.client", "DuReport": "gfs.client", "Stat": "gfs.client",
+    "TransferReport": "gfs.client", "HutongError": "gfs.errors",
+})

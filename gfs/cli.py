@@ -1,13 +1,18 @@
 """`hutong`: the command line of the Hutong global file system (embedded mode).
 
-Exit codes: 0 success; 1 the operation failed (one line on stderr says why);
-2 the command line was wrong.
+Exit codes: 0 success; 1 the operation ran and failed (damage, I/O, no space, a
+server down); 2 the request was wrong (usage, an invalid value, no such path,
+a conflict); 130 interrupted; 141 standard output closed early (`| head`).
+Every error is one line on stderr with a hint; `-v` adds the traceback.
+
+Heavy modules (LMDB, aiohttp, Dask, TenSEAL) are imported by the commands that
+use them, never at start-up: `hutong --help` loads none of them.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import errno
 import importlib
 import json
 import logging
@@ -16,11 +21,13 @@ import stat as statmod
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gfs.client import Client, DuReport, Stat
-from gfs.config import STATE_ENV
-from gfs.errors import HutongError
+from gfs.env import STATE_ENV
+from gfs.units import size_arg
+
+if TYPE_CHECKING:
+    from gfs.client import Client, DuReport, Stat
 
 DESCRIPTION = """\
 Hutong keeps files as deduplicated, compressed, content-defined chunks under
@@ -44,11 +51,11 @@ examples:
 
 
 #: Modules that add subcommands: each has `register(subparsers, common_parser)`,
-#: adding parsers whose `func(args) -> int` default runs the command.
+#: adding parsers whose `func(args) -> int` default runs the command. They import
+#: their heavy dependencies inside the commands.
 EXTENSIONS: tuple[str, ...] = ("gfs.mount_cli", "gfs.mover_cli", "gfs.tier_cli",
                                "gfs.state_cli", "gfs.meta_cli",
                                "gfs.federation.cli", "dataflow.cli", "privacy.cli")
-
 
 def human(n: float) -> str:
     """Bytes in binary units (1.5 MiB)."""
@@ -57,6 +64,28 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a number (0-65535)") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range: use 0 (any free "
+                                         "port) to 65535")
+    return value
+
+
+def print_json(obj: Any) -> None:
+    """Print `obj` as one JSON document (the form of every `--json` output)."""
+    print(json.dumps(obj, default=str))
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    """The `--json` flag of a listing or report command."""
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 @contextmanager
@@ -89,74 +118,112 @@ def _local_size(path: str) -> int:
     return total
 
 
+def open_client(args: argparse.Namespace) -> Client:
+    """The embedded store of `args.state` (the one place commands open it)."""
+    from gfs.client import Client
+    return Client(args.state)
+
+
+def _copy_stream(src: Any, dst: Any) -> int:
+    n = 0
+    while True:
+        block = src.read(1 << 20)
+        if not block:
+            return n
+        dst.write(block)
+        n += len(block)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     settings = {k: getattr(args, k) for k in ("zstd_level", "avg_size", "min_size", "max_size")}
     with Client.init(args.state, **settings) as fs:
-        print(f"initialised Hutong store at {fs.state}")
+        if not args.quiet:
+            print(f"initialised Hutong store at {fs.state}")
     return 0
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs, \
+    if args.local == "-":
+        with open_client(args) as fs, fs.open(args.path, "wb") as out:
+            n = _copy_stream(sys.stdin.buffer, out)
+        if args.json:
+            print_json({"path": args.path, "bytes": n})
+        elif not args.quiet:
+            print(f"put {human(n)} from standard input to {args.path}", file=sys.stderr)
+        return 0
+    with open_client(args) as fs, \
             _progress(args, lambda: _local_size(args.local), "put") as bar:
         r = fs.put(args.local, args.path, progress=bar)
     w = r.write
-    if not args.quiet and w is not None:
+    if args.json:
+        print_json(r.to_dict())
+    elif not args.quiet and w is not None:
         print(f"put {r.files} files, {r.dirs} dirs, {r.symlinks} symlinks, {human(r.bytes)}; "
               f"new data {human(w.new_raw_bytes)} stored as {human(w.new_stored_bytes)}"
+              + (f"; {r.unchanged} unchanged files kept (resumed)" if r.unchanged else "")
               + (f"; skipped {r.skipped} special files" if r.skipped else ""))
     return 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs, \
+    if args.local == "-":
+        with open_client(args) as fs:
+            if fs.stat(args.path).is_dir:
+                from gfs.errors import IsADirError
+                raise IsADirError(args.path, "a directory cannot be written to standard "
+                                  "output; give a local path")
+            with fs.open(args.path) as f:
+                _copy_stream(f, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return 0
+    with open_client(args) as fs, \
             _progress(args, lambda: fs.du(args.path).logical_bytes, "get") as bar:
-        r = fs.get(args.path, args.local, progress=bar)
-    if not args.quiet:
-        print(f"got {r.files} files, {r.dirs} dirs, {r.symlinks} symlinks, {human(r.bytes)}")
-    return 0
+        r = fs.get(args.path, args.local, progress=bar, skip_damaged=args.skip_damaged)
+    if args.json:
+        print_json(r.to_dict())
+    else:
+        for path in r.damaged:
+            print(f"hutong: damaged, not restored: {path}", file=sys.stderr)
+        if not args.quiet:
+            print(f"got {r.files} files, {r.dirs} dirs, {r.symlinks} symlinks, {human(r.bytes)}"
+                  + (f"; {len(r.damaged)} damaged files not restored (see `hutong fsck`)"
+                     if r.damaged else ""))
+    return 1 if r.damaged else 0
 
 
 def _long(st: Stat) -> str:
+    import datetime as dt
+
     when = dt.datetime.fromtimestamp(st.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
     name = st.name + (f" -> {st.target}" if st.kind == "symlink" else "")
     return f"{statmod.filemode(st.mode)} {st.uid:>5} {st.gid:>5} {st.size:>12} {when} {name}"
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs:
-        for st in fs.ls(args.path):
-            if args.long:
-                print(_long(st))
-            else:
-                print(st.name + ("/" if st.is_dir else ""))
+    with open_client(args) as fs:
+        entries = fs.ls(args.path)
+    if args.json:
+        print_json([st.to_dict() for st in entries])
+        return 0
+    for st in entries:
+        print(_long(st) if args.long else st.name + ("/" if st.is_dir else ""))
     return 0
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs, fs.open(args.path) as f:
-        out = sys.stdout.buffer
-        while True:
-            block = f.read(1 << 20)
-            if not block:
-                break
-            out.write(block)
-        out.flush()
+    with open_client(args) as fs, fs.open(args.path) as f:
+        _copy_stream(f, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
     return 0
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs:
-        st = fs.stat(args.path)
-    info: dict[str, Any] = {
-        "path": st.path, "kind": st.kind, "size": st.size, "mode": statmod.filemode(st.mode),
-        "uid": st.uid, "gid": st.gid, "inode": st.ino, "version": st.version,
-        "mtime": dt.datetime.fromtimestamp(st.mtime_ns / 1e9).isoformat(),
-    }
-    if st.kind == "symlink":
-        info["target"] = st.target
+    with open_client(args) as fs:
+        info = fs.stat(args.path).to_dict()
     if args.json:
-        print(json.dumps(info))
+        print_json(info)
     else:
         for k, v in info.items():
             print(f"{k:>8}: {v}")
@@ -164,20 +231,20 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         for p in args.paths:
             fs.rm(p, recursive=args.recursive)
     return 0
 
 
 def cmd_mv(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         fs.mv(args.src, args.dst)
     return 0
 
 
 def cmd_mkdir(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         for p in args.paths:
             fs.mkdir(p, parents=args.parents, exist_ok=args.parents)
     return 0
@@ -196,16 +263,20 @@ def _du_text(r: DuReport) -> str:
 
 
 def cmd_du(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         r = fs.du(args.path)
     print(json.dumps(r.to_dict()) if args.json else _du_text(r))
     return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs:
+    from dataclasses import asdict
+
+    with open_client(args) as fs:
         r = fs.gc()
-    if not args.quiet:
+    if args.json:
+        print_json(asdict(r))
+    elif not args.quiet:
         print(f"gc: removed {r.chunks_removed} chunks, deleted {r.packs_deleted} packs, "
               f"repacked {r.packs_repacked} ({r.chunks_moved} chunks moved), "
               f"{r.orphan_packs} orphan packs; freed {human(r.bytes_freed)}")
@@ -213,48 +284,84 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    with Client(args.state) as fs, _progress(args, lambda: None, "fsck") as bar:
-        r = fs.fsck(verify_data=not args.no_data, progress=bar)
+    from dataclasses import asdict
+
+    with open_client(args) as fs:
+        repair = None
+        if args.repair:
+            repair = fs.repair(sources=args.sources)
+        with _progress(args, lambda: None, "fsck") as bar:
+            r = fs.fsck(verify_data=not args.no_data, progress=bar)
     if args.json:
-        print(json.dumps({"ok": r.ok, "problems": r.problems, "damaged_files": r.damaged_files,
-                          "files": r.files, "chunks": r.chunks, "packs": r.packs,
-                          "chunks_verified": r.chunks_verified,
-                          "unreferenced_chunks": r.unreferenced_chunks,
-                          "orphan_packs": r.orphan_packs}))
-    else:
-        for p in r.problems:
-            print(f"damage: {p}", file=sys.stderr)
-        for f in r.damaged_files:
-            print(f"damaged file: {f}", file=sys.stderr)
-        if not args.quiet or not r.ok:
-            state = "ok" if r.ok else f"DAMAGED ({len(r.problems)} problems)"
-            print(f"fsck: {state}: {r.files} files, {r.dirs} dirs, {r.chunks} chunks in "
-                  f"{r.packs} packs, {r.chunks_verified} chunks verified "
-                  f"({human(r.bytes_verified)}); reclaimable by gc: {r.unreferenced_chunks} "
-                  f"chunks, {r.orphan_packs} orphan packs")
+        print_json({"ok": r.ok, **asdict(r),
+                    **({"repair": asdict(repair)} if repair is not None else {})})
+        return 0 if r.ok else 1
+    if repair is not None and (repair.repaired or repair.dropped_copies or repair.lost):
+        print(f"repair: {repair.repaired} chunks restored from other copies, "
+              f"{repair.dropped_copies} damaged copies dropped, {len(repair.lost)} chunks "
+              f"lost in {len(repair.damaged_files)} files", file=sys.stderr)
+    for p in r.problems:
+        print(f"damage: {p}", file=sys.stderr)
+    for f in r.damaged_files:
+        print(f"damaged file: {f}", file=sys.stderr)
+    if not args.quiet or not r.ok:
+        state = "ok" if r.ok else f"DAMAGED ({len(r.problems)} problems)"
+        print(f"fsck: {state}: {r.files} files, {r.dirs} dirs, {r.chunks} chunks in "
+              f"{r.packs} packs, {r.chunks_verified} chunks verified "
+              f"({human(r.bytes_verified)}); reclaimable by gc: {r.unreferenced_chunks} "
+              f"chunks, {r.orphan_packs} orphan packs")
+        if not r.ok and not args.repair:
+            print("hint: `hutong fsck --repair [--from OTHER_STATE]` restores damaged chunks "
+                  "from any good copy and marks the rest lost", file=sys.stderr)
     return 0 if r.ok else 1
 
 
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(t[:-1]) * units[t[-1]]
-    return int(t)
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a hint after a usage error (exit code 2, one line); records the
+    innermost command's name (`hutong site init`) as `_prog` for hints."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, rest = super().parse_known_args(args, namespace)
+        if not getattr(ns, "_prog", None):
+            ns._prog = self.prog
+        return ns, rest
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message}\nhint: `{self.prog} --help` lists the "
+                     "arguments\n")
+
+
+def _version() -> str:
+    """The installed distribution's version (importlib.metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hutong")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `hutong`."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--state", default=argparse.SUPPRESS, metavar="DIR",
                         help=f"state directory (default: ${STATE_ENV}, else ~/.hutong)")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars or summaries")
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="hutong", description=DESCRIPTION, epilog=EPILOG, parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p.add_argument("--version", action="version", version=f"hutong {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                           parser_class=_Parser)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str,
             ) -> argparse.ArgumentParser:
@@ -264,22 +371,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("init", cmd_init, "create a store in the state directory")
     sp.add_argument("--zstd-level", type=int, help="zstd level for new chunks (default 3)")
-    sp.add_argument("--avg-size", type=_size, help="average chunk size, power of two (64KiB)")
-    sp.add_argument("--min-size", type=_size, help="minimum chunk size (16KiB)")
-    sp.add_argument("--max-size", type=_size, help="maximum chunk size (256KiB)")
-    sp = add("put", cmd_put, "copy a local file or tree into the namespace")
+    sp.add_argument("--avg-size", type=size_arg, help="average chunk size, power of two (64KiB)")
+    sp.add_argument("--min-size", type=size_arg, help="minimum chunk size (16KiB)")
+    sp.add_argument("--max-size", type=size_arg, help="maximum chunk size (256KiB)")
+    sp = add("put", cmd_put, "copy a local file or tree into the namespace "
+             "(NS_PATH becomes the copy; NS_PATH/ puts it inside; `-` reads standard input)")
     sp.add_argument("local", metavar="LOCAL_PATH")
     sp.add_argument("path", metavar="NS_PATH")
-    sp = add("get", cmd_get, "copy a namespace file or tree to a local path")
+    add_json_flag(sp)
+    sp = add("get", cmd_get, "copy a namespace file or tree to a local path "
+             "(`-` writes the file to standard output)")
     sp.add_argument("path", metavar="NS_PATH")
     sp.add_argument("local", metavar="LOCAL_PATH")
+    sp.add_argument("--skip-damaged", action="store_true",
+                    help="restore every readable file, list the damaged ones (exit 1)")
+    add_json_flag(sp)
     sp = add("ls", cmd_ls, "list a directory")
     sp.add_argument("-l", "--long", action="store_true", help="mode, owner, size, time")
     sp.add_argument("path", metavar="NS_PATH", nargs="?", default="/")
+    add_json_flag(sp)
     sp = add("cat", cmd_cat, "write a file's content to standard output")
     sp.add_argument("path", metavar="NS_PATH")
     sp = add("stat", cmd_stat, "show an entry's attributes")
-    sp.add_argument("--json", action="store_true")
+    add_json_flag(sp)
     sp.add_argument("path", metavar="NS_PATH")
     sp = add("rm", cmd_rm, "remove files or (with -r) directory trees")
     sp.add_argument("-r", "--recursive", action="store_true")
@@ -291,15 +405,39 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-p", "--parents", action="store_true", help="make parents; ok if it exists")
     sp.add_argument("paths", metavar="NS_PATH", nargs="+")
     sp = add("du", cmd_du, "logical bytes, stored bytes, dedup and compression ratios")
-    sp.add_argument("--json", action="store_true")
+    add_json_flag(sp)
     sp.add_argument("path", metavar="NS_PATH", nargs="?", default="/")
-    add("gc", cmd_gc, "reclaim unreferenced chunks and orphan packs")
+    sp = add("gc", cmd_gc, "reclaim unreferenced chunks and orphan packs")
+    add_json_flag(sp)
     sp = add("fsck", cmd_fsck, "verify the namespace, the index and every chunk")
     sp.add_argument("--no-data", action="store_true", help="skip reading chunk data")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--repair", action="store_true",
+                    help="first restore damaged chunks from any good copy (another pool or "
+                    "tier, or --from stores); mark chunks with no good copy lost")
+    sp.add_argument("--from", dest="sources", action="append", default=[], metavar="STATE",
+                    help="another store to take good copies from (repeatable)")
+    add_json_flag(sp)
+    sp = add("completion", cmd_completion, "print a shell completion script "
+             "(e.g. `hutong completion bash > /etc/bash_completion.d/hutong`)")
+    sp.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     for name in EXTENSIONS:
         importlib.import_module(name).register(sub, common)
     return p
+
+
+def _quiet_broken_pipe() -> int:
+    """Standard output was closed early (`hutong ls | head`): say nothing, exit 141."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    return 128 + 13
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -311,13 +449,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="hutong: %(levelname)s: %(message)s")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
         print("hutong: interrupted; committed files are intact", file=sys.stderr)
         return 130
-    except (HutongError, OSError, ValueError) as e:
-        print(f"hutong: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # every error is one line with a hint; -v adds the traceback
+        if args.verbose:
+            logging.getLogger("hutong").exception("traceback")
+        if isinstance(e, OSError) and e.errno == errno.EPIPE:
+            return _quiet_broken_pipe()
+        known, bad_request, hint = _classify(e, getattr(args, "_prog", "hutong"))
+        if not known:
+            print(f"hutong: internal error: {type(e).__name__}: {_one_line(e)}\n"
+                  "hint: run again with -v for the traceback and report it", file=sys.stderr)
+            return 1
+        print(f"hutong: error: {_one_line(e)}\nhint: {hint}", file=sys.stderr)
+        return 2 if bad_request else 1
+
+
+def _classify(e: BaseException, prog: str) -> tuple[bool, bool, str]:
+    """(an expected error?, the request's fault?, a hint naming the remedy)."""
+    from gfs.errors import (
+        ChunkMissingError,
+        CorruptChunkError,
+        HutongError,
+        NoSpaceError,
+        StateError,
+    )
+
+    if isinstance(e, CorruptChunkError | ChunkMissingError):
+        return True, False, ("`hutong fsck` lists the damaged files; `hutong fsck --repair "
+                             "[--from OTHER_STATE]` restores chunks from good copies")
+    if isinstance(e, NoSpaceError):
+        return True, False, "free space, or add a pool with `hutong pool add`"
+    if isinstance(e, StateError):
+        return True, True, (f"create a store with `hutong init`, or point --state or "
+                            f"${STATE_ENV} at one")
+    if isinstance(e, FileNotFoundError | NotADirectoryError):
+        return True, True, "check the path (`hutong ls` lists a directory)"
+    if isinstance(e, FileExistsError | IsADirectoryError):
+        return True, True, "choose another destination, or remove the existing entry first"
+    if isinstance(e, PermissionError):
+        return True, True, "check the permissions, or the token's scope and prefix"
+    if isinstance(e, ConnectionError | TimeoutError):
+        return True, False, "check that the server is running and that the URL is right"
+    if isinstance(e, ValueError | LookupError):
+        return True, True, f"`{prog} --help` shows the accepted values"
+    if isinstance(e, HutongError | OSError):
+        return True, False, f"`{prog} --help`; run with -v for details"
+    return False, False, ""
 
 
 if __name__ == "__main__":

@@ -16,20 +16,23 @@ import bisect
 import contextlib
 import io
 import itertools
+import logging
 import os
 import stat as statmod
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from gfs import namespace, paths
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.errors import (
+    ChunkMissingError,
     ConfigError,
+    CorruptChunkError,
     ExistsError,
     InvalidPathError,
     IsADirError,
@@ -62,6 +65,7 @@ from gfs.state import (
 from gfs.store import ChunkStore, WriteStats, read_prepared, release
 
 Progress = Callable[[int], None]
+log = logging.getLogger("gfs.client")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,20 @@ class Stat:
     @property
     def is_dir(self) -> bool:
         return self.kind == "dir"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form printed by `--json` (mode as `-rw-r--r--`, times ISO 8601)."""
+        import datetime as dt
+
+        out: dict[str, Any] = {
+            "path": self.path, "name": self.name, "kind": self.kind, "size": self.size,
+            "mode": statmod.filemode(self.mode), "uid": self.uid, "gid": self.gid,
+            "inode": self.ino, "version": self.version,
+            "mtime": dt.datetime.fromtimestamp(self.mtime_ns / 1e9).isoformat(),
+        }
+        if self.kind == "symlink":
+            out["target"] = self.target
+        return out
 
     @classmethod
     def of(cls, path: str, node: Inode) -> Stat:
@@ -141,7 +159,20 @@ class TransferReport:
     symlinks: int = 0
     skipped: int = 0
     bytes: int = 0
+    #: files of a resumed put already in place (same size, mtime and mode): not re-read
+    unchanged: int = 0
+    #: files a get with skip_damaged could not restore (their chunks are damaged)
+    damaged: list[str] = field(default_factory=list)
     write: WriteStats | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form printed by `--json`."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in (
+            "files", "dirs", "symlinks", "skipped", "bytes", "unchanged", "damaged")}
+        if self.write is not None:
+            out["new_raw_bytes"] = self.write.new_raw_bytes
+            out["new_stored_bytes"] = self.write.new_stored_bytes
+        return out
 
 
 @dataclass(frozen=True)
@@ -388,12 +419,14 @@ class Client:
             progress: Progress | None = None) -> TransferReport:
         """Copy a local file or tree into the namespace, keeping modes and times.
 
-        If `path` is an existing directory the source goes inside it under its
-        own name; otherwise `path` becomes the copy (missing parents are made).
-        A source ending in "/" means its contents (as in rsync), so repeating
-        an interrupted `put("dir/", path)` resumes it.
-        Conflicts (a file onto a directory, a directory onto a file) are found
-        before anything is written. Files become visible in committed batches.
+        `path` becomes the copy: a tree put onto an existing directory merges into
+        it, and files already there with the same size, modification time and mode
+        are kept without being read again, so repeating an interrupted put resumes
+        it (it never nests a second copy inside the first). A `path` ending in "/"
+        means inside that directory, under the source's own name; a source ending
+        in "/" means its contents (as in rsync). Conflicts (a file onto a
+        directory, a directory onto a file) are found before anything is written.
+        Files become visible in committed batches.
         """
         src = Path(local)
         try:
@@ -401,10 +434,11 @@ class Client:
         except FileNotFoundError:
             raise FileNotFoundError(f"local path not found: {src}") from None
         dest = paths.normalize(path)
-        if not str(local).endswith(os.sep):  # "dir/" means its contents, like rsync
-            dest = self._put_destination(src, dest)
+        contents = str(local).endswith(os.sep)  # "dir/" means its contents, like rsync
+        if (path.endswith("/") or dest == "/") and not contents and src.name:
+            dest = paths.join([*paths.split(dest), paths.check_name(src.name)])
         entries = self._scan_local(src, top)
-        self._check_put_conflicts(dest, entries)
+        unchanged = self._check_put_conflicts(dest, entries)
         report = TransferReport()
         base = paths.split(dest)
         dirs: dict[tuple[str, ...], int] = {}  # rel path -> ino, filled in as actions commit
@@ -424,6 +458,8 @@ class Client:
                     session.add_action(_symlink_action(dirs, parent_rel, name,
                                                        os.readlink(e.path), e.st))
                     report.symlinks += 1
+                elif statmod.S_ISREG(e.st.st_mode) and e.rel in unchanged:
+                    report.unchanged += 1
                 elif statmod.S_ISREG(e.st.st_mode):
                     # read, cut and hashed in C in one call; big files are streamed
                     prepared = read_prepared(e.path, self.store.params)
@@ -442,16 +478,6 @@ class Client:
             session.commit()
         report.write = session.stats
         return report
-
-    def _put_destination(self, src: Path, dest: str) -> str:
-        with self.engine.read() as txn:
-            try:
-                node = namespace.resolve(txn, dest)
-            except NotFoundError:
-                return dest
-        if node.kind == Kind.DIR and src.name:
-            return paths.join([*paths.split(dest), paths.check_name(src.name)])
-        return dest
 
     @staticmethod
     def _scan_local(src: Path, top: os.stat_result) -> list[_LocalEntry]:
@@ -481,8 +507,12 @@ class Client:
         entries.sort(key=lambda e: e.rel)
         return entries
 
-    def _check_put_conflicts(self, dest: str, entries: list[_LocalEntry]) -> None:
+    def _check_put_conflicts(self, dest: str, entries: list[_LocalEntry],
+                             ) -> set[tuple[str, ...]]:
+        """Refuse conflicts before anything is written; return the entries (by relative
+        path) of regular files already in place unchanged (same size, mtime and mode)."""
         base = paths.split(dest)
+        unchanged: set[tuple[str, ...]] = set()
         with self.engine.read() as txn:
             try:
                 namespace.resolve(txn, dest)
@@ -507,16 +537,28 @@ class Client:
                 if is_dir and existing.kind != Kind.DIR:
                     raise NotADirError(ns, "cannot replace a non-directory with a directory")
                 if not is_dir and existing.kind == Kind.DIR:
-                    raise IsADirError(ns, "cannot replace a directory with a file")
+                    hint = ("; to put it inside, end the destination with '/'"
+                            if not e.rel else "")
+                    raise IsADirError(ns, f"cannot replace a directory with a file{hint}")
+                if (statmod.S_ISREG(e.st.st_mode) and existing.kind == Kind.FILE
+                        and existing.size == e.st.st_size
+                        and existing.mtime_ns == e.st.st_mtime_ns
+                        and statmod.S_IMODE(existing.mode) == statmod.S_IMODE(e.st.st_mode)):
+                    unchanged.add(e.rel)
+        return unchanged
 
     def get(self, path: str, local: str | os.PathLike[str],
-            progress: Progress | None = None) -> TransferReport:
+            progress: Progress | None = None, *, skip_damaged: bool = False,
+            ) -> TransferReport:
         """Copy a namespace file or tree to a local path, keeping modes and times.
 
         If `local` is an existing directory the source goes inside it under its
         own name. Each file is written under a temporary name and renamed into
         place once complete and verified; small files are restored in batches
-        whose chunks are read from the packs with few large reads.
+        whose chunks are read from the packs with few large reads. With
+        `skip_damaged`, a file whose chunks cannot be read is left out (nothing of
+        it is written) and named in the report's `damaged`; otherwise the first
+        damaged file stops the get.
         """
         norm = paths.normalize(path)
         dest = os.fspath(local)
@@ -550,7 +592,8 @@ class Client:
                 report.dirs += 1
         with _fast_thread_switching():
             self._restore_files([(p, node, m) for p, node, m in items
-                                 if node.kind == Kind.FILE], report, progress)
+                                 if node.kind == Kind.FILE], report, progress,
+                                skip_damaged=skip_damaged)
         for p, node, _ in items:
             if node.kind == Kind.SYMLINK:
                 if os.path.lexists(p):
@@ -565,7 +608,8 @@ class Client:
         return report
 
     def _restore_files(self, files: list[tuple[str, Inode, Manifest | None]],
-                       report: TransferReport, progress: Progress | None) -> None:
+                       report: TransferReport, progress: Progress | None, *,
+                       skip_damaged: bool = False) -> None:
         """Write `files`: batches of small ones read ahead on a thread, big ones streamed."""
         batches: list[list[tuple[str, Inode, Manifest | None]]] = []
         batch: list[tuple[str, Inode, Manifest | None]] = []
@@ -586,7 +630,12 @@ class Client:
             if len(b) == 1 and b[0][1].size > RESTORE_BATCH_BYTES // 4:
                 return {}  # streamed by the writer
             owners = {r.id: p for p, _, m in b if m is not None for r in m.chunks}
-            return self.store.read_many(owners, owners.__getitem__)
+            try:
+                return self.store.read_many(owners, owners.__getitem__)
+            except (CorruptChunkError, ChunkMissingError):
+                if not skip_damaged:
+                    raise
+                return {}  # each file of the batch is then read alone, to find the bad ones
 
         with ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch:
             pending = [prefetch.submit(fetch, b) for b in batches[:2]]
@@ -601,7 +650,14 @@ class Client:
                         data: Iterable[bytes] = [chunks[r.id] for r in refs]
                     else:
                         data = self.store.iter_manifest(Manifest(0, refs), p)
-                    n = _write_local(p, node, data)
+                    try:
+                        n = _write_local(p, node, data)
+                    except (CorruptChunkError, ChunkMissingError) as e:
+                        if not skip_damaged:
+                            raise
+                        log.error("not restored, damaged: %s", e)
+                        report.damaged.append(self.path_of(node.ino))
+                        continue
                     report.files += 1
                     report.bytes += n
                     if progress is not None:
@@ -795,6 +851,18 @@ class Client:
         from gfs.gc import collect
 
         return collect(self.store)
+
+    def repair(self, sources: Iterable[str | os.PathLike[str]] = ()) -> Any:
+        """Restore damaged chunks from good copies (other pools or tiers, then the stores
+        at `sources`), mark the rest lost (see gfs.repair)."""
+        from gfs.repair import repair
+
+        others = [Client(s) for s in sources]
+        try:
+            return repair(self.store, [c.store for c in others])
+        finally:
+            for c in others:
+                c.close()
 
     def fsck(self, *, verify_data: bool = True, progress: Progress | None = None) -> Any:
         """Check every manifest, index entry and (with verify_data) every chunk (see gfs.fsck)."""

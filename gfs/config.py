@@ -9,57 +9,76 @@ never falls back silently.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Annotated, Any
 
+from pydantic import ConfigDict, Field, model_validator
+
+from gfs.env import (  # noqa: F401  (re-exported: the names belong to the config)
+    CACHE_BYTES_ENV,
+    CACHE_DIR_ENV,
+    CONFIG_FILE,
+    MOVER_STREAMS,
+    STATE_ENV,
+    TIERS,
+    state_dir,
+)
 from gfs.errors import ConfigError
-
-CONFIG_FILE = "config.toml"
-STATE_ENV = "HUTONG_STATE"
-
-
-def state_dir(arg: str | os.PathLike[str] | None = None) -> Path:
-    """The state directory: `arg`, else $HUTONG_STATE, else ~/.hutong."""
-    if arg:
-        return Path(arg).expanduser().absolute()
-    env = os.environ.get(STATE_ENV)
-    if env:
-        return Path(env).expanduser().absolute()
-    return (Path.home() / ".hutong").absolute()
+from gfs.schema import Schema, read, validate
+from gfs.units import Duration, Size
 
 
-@dataclass(frozen=True)
-class StoreConfig:
+class StoreSettings(Schema):
+    """Each setting of a store and its own bounds (one source's values, checked alone)."""
+
+    min_size: Size = 16 * 1024
+    avg_size: Size = 64 * 1024
+    max_size: Size = 256 * 1024
+    zstd_level: Annotated[int, Field(ge=-7, le=22)] = 3
+    pack_size: Annotated[Size, Field(ge=1 << 16, le=1 << 30)] = 16 * 1024 * 1024
+    workers: Annotated[int, Field(ge=0, le=256)] = 0
+    commit_files: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
+    cache_bytes: Annotated[Size, Field(le=1 << 40)] = 64 * 1024 * 1024
+    #: Seconds gc waits before it deletes what a writer on another host may still
+    #: use: an unknown pack of this store in a shared pool, a dead chunk on a
+    #: database engine (docs/format.md, "Ownership of packs", "Chunk pins").
+    gc_grace: Annotated[Duration, Field(ge=0, le=1 << 40)] = 3600
+
+
+class MetaSettings(Schema):
+    """Where the metadata lives when it is not the embedded `STATE/meta` (`hutong init
+    --meta`): a database URL."""
+
+    url: str
+
+
+class _ConfigFile(Schema):
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    meta: MetaSettings | None = None
+
+
+def meta_url(state: Path) -> str | None:
+    """The `[meta] url` of STATE/config.toml, or None (the embedded engine)."""
+    path = state / CONFIG_FILE
+    found = validate(_ConfigFile, read(path, what="config file"), where=f"config file {path}")
+    return None if found.meta is None else found.meta.url
+
+
+class StoreConfig(StoreSettings):
     """Settings of one store. Chunk sizes are fixed when the store is created."""
 
-    min_size: int = 16 * 1024
-    avg_size: int = 64 * 1024
-    max_size: int = 256 * 1024
-    zstd_level: int = 3
-    pack_size: int = 16 * 1024 * 1024
-    workers: int = 0
-    commit_files: int = 2000
-    cache_bytes: int = 64 * 1024 * 1024
-    #: Seconds an unknown pack of this store in a shared pool is kept by gc
-    #: (a writer on another host may be about to commit it).
-    gc_grace: int = 3600
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        _check(self.zstd_level, -7, 22, "zstd_level")
-        _check(self.pack_size, 1 << 16, 1 << 30, "pack_size")
-        _check(self.workers, 0, 256, "workers")
-        _check(self.commit_files, 1, 1_000_000, "commit_files")
-        _check(self.cache_bytes, 0, 1 << 40, "cache_bytes")
-        _check(self.gc_grace, 0, 1 << 40, "gc_grace")
+    @model_validator(mode="after")
+    def _chunk_sizes(self) -> StoreConfig:
         if not (64 <= self.min_size <= self.avg_size <= self.max_size <= (1 << 30)):
-            raise ConfigError(
+            raise ValueError(
                 f"chunk sizes must satisfy 64 <= min_size <= avg_size <= max_size <= 1 GiB, "
-                f"got {self.min_size}/{self.avg_size}/{self.max_size}"
-            )
+                f"got {self.min_size}/{self.avg_size}/{self.max_size}")
         if self.avg_size & (self.avg_size - 1):
-            raise ConfigError(f"avg_size must be a power of two, got {self.avg_size}")
+            raise ValueError(f"avg_size must be a power of two, got {self.avg_size}")
+        return self
 
     @property
     def threads(self) -> int:
@@ -69,52 +88,36 @@ class StoreConfig:
     def to_toml(self) -> str:
         """The config as TOML text for `STATE/config.toml`."""
         lines = ["# Hutong store settings; see `hutong --help` and docs/format.md", "[store]"]
-        lines += [f"{k} = {v}" for k, v in asdict(self).items()]
+        lines += [f"{k} = {v}" for k, v in self.model_dump().items()]
         return "\n".join(lines) + "\n"
 
     @classmethod
     def load(cls, state: Path, overrides: Mapping[str, object] | None = None) -> StoreConfig:
-        """Merge defaults < STATE/config.toml < environment < `overrides`."""
-        names = {f.name for f in fields(cls)}
-        values: dict[str, object] = {}
+        """Merge defaults < STATE/config.toml < environment < `overrides`.
+
+        Each source is checked on its own first, so an error names where the bad
+        value came from; then the merged settings are checked together.
+        """
+        values: dict[str, Any] = {}
         path = state / CONFIG_FILE
         if path.exists():
-            try:
-                data = tomllib.loads(path.read_text())
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-                raise ConfigError(f"{path}: not valid TOML: {e}") from None
-            section = data.get("store", {})
-            if not isinstance(section, dict):
-                raise ConfigError(f"{path}: [store] must be a table")
-            for k, v in section.items():
-                if k not in names:
-                    raise ConfigError(f"{path}: unknown setting {k!r}")
-                values[k] = _as_int(v, k, str(path))
-        for k in names:
+            found = validate(_ConfigFile, read(path, what="config file"),
+                             where=f"config file {path}")
+            values |= found.store.model_dump(exclude_unset=True)
+        for k in StoreSettings.model_fields:
             env = os.environ.get(f"HUTONG_{k.upper()}")
             if env is not None:
-                values[k] = _as_int(env, k, f"environment HUTONG_{k.upper()}")
-        for k, v in (overrides or {}).items():
-            if k not in names:
-                raise ConfigError(f"unknown setting {k!r}")
-            if v is not None:
-                values[k] = _as_int(v, k, "argument")
-        return cls(**values)  # type: ignore[arg-type]
+                values |= _settings({k: env}, f"environment HUTONG_{k.upper()}", strings=True)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        values |= _settings(given, "argument")
+        return validate(cls, values, where="store settings")
 
 
-def _as_int(v: object, key: str, source: str) -> int:
-    if isinstance(v, bool):
-        raise ConfigError(f"{source}: {key} must be an integer, got {v!r}")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str):
-        try:
-            return int(v.strip(), 0)
-        except ValueError:
-            pass
-    raise ConfigError(f"{source}: {key} must be an integer, got {v!r}")
+def _settings(data: Mapping[str, Any], where: str, strings: bool = False) -> dict[str, Any]:
+    """The settings in `data` (one source), checked alone and converted."""
+    return validate(StoreSettings, data, where=where, strings=strings).model_dump(
+        exclude_unset=True)
 
 
-def _check(v: int, lo: int, hi: int, key: str) -> None:
-    if not lo <= v <= hi:
-        raise ConfigError(f"{key} must be between {lo} and {hi}, got {v}")
+__all__ = ["CONFIG_FILE", "STATE_ENV", "ConfigError", "MetaSettings", "StoreConfig",
+           "StoreSettings", "meta_url", "state_dir"]

@@ -36,17 +36,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gfs.cache import DEFAULT_POLICY, make_policy
 from gfs.codec import decode_blob
+from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import ConfigError, CorruptChunkError, PoolError
+from gfs.eviction import DEFAULT_POLICY, make_policy
 from gfs.packs import pack_key
 from gfs.store import ChunkStore
+from gfs.units import UnitError, parse_size
 
 log = logging.getLogger("hutong.cache")
 
 #: Environment variables naming the tier's directory and capacity.
-CACHE_DIR_ENV = "HUTONG_DISK_CACHE"
-CACHE_BYTES_ENV = "HUTONG_DISK_CACHE_BYTES"
 #: Default capacity of the disk tier.
 DEFAULT_DISK_BYTES = 4 << 30
 STATS_FILE = "stats.json"
@@ -76,10 +76,9 @@ def cache_capacity(arg: int | None = None) -> int:
             return DEFAULT_DISK_BYTES
         source = f"environment {CACHE_BYTES_ENV}"
         try:
-            value = int(env.strip(), 0)
-        except ValueError:
-            raise ConfigError(f"{source}: must be an integer number of bytes, "
-                              f"got {env!r}") from None
+            value = parse_size(env)
+        except UnitError as e:
+            raise ConfigError(f"{source}: {e}") from None
     if value < 0:
         raise ConfigError(f"{source}: disk cache capacity must be >= 0 bytes, got {value}")
     return value

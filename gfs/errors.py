@@ -121,6 +121,14 @@ class ConfigError(HutongError, ValueError):
     """An invalid configuration value; the message names the key and where it came from."""
 
 
+class SchemaError(ConfigError):
+    """A file or value does not follow its schema; the message names the key and the fix."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
 class StateError(HutongError):
     """The state directory is missing, not initialised or of another format version."""
 

@@ -62,7 +62,7 @@ def check(store: ChunkStore, *, verify_data: bool = True,
         _verify_chunks(store, chunks, packs, report, bad_chunks, progress)
     if bad_chunks:
         with store.engine.read() as txn:
-            report.damaged_files = sorted(_owners(txn, bad_chunks))
+            report.damaged_files = sorted(owners(txn, bad_chunks))
     return report
 
 
@@ -181,47 +181,69 @@ def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: Fsck
             report.problems.append(f"pack {pid.hex()} is missing from pool {p.pool}")
 
 
-def _verify_chunks(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
-                   packs: dict[bytes, PackRecord], report: FsckReport, bad: set[bytes],
-                   progress: Callable[[int], None] | None) -> None:
+@dataclass
+class CopyScan:
+    """Every stored copy of every chunk read back and verified."""
+
+    bad: dict[bytes, list[Location]] = field(default_factory=dict)  # chunk -> bad copies
+    problems: list[str] = field(default_factory=list)
+    copies_verified: int = 0
+    bytes_verified: int = 0
+
+
+def scan_copies(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
+                packs: dict[bytes, PackRecord],
+                progress: Callable[[int], None] | None = None) -> CopyScan:
+    """Read every pack once and verify each chunk copy in it against its id."""
     by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
     for cid, rec in chunks.items():
         for loc in rec.locations:
             if loc.pack in packs:
                 by_pack[loc.pack].append((cid, loc))
+    scan = CopyScan()
 
-    bad_copies: Counter[bytes] = Counter()
-
-    def verify(pid: bytes) -> list[str]:
+    def verify(pid: bytes) -> tuple[list[tuple[bytes, Location]], list[str]]:
         p = packs[pid]
         try:
             data = store.pool(p.pool).get(pack_key(pid))
         except PoolObjectMissingError:
-            bad_copies.update(cid for cid, _ in by_pack[pid])
-            return []  # reported by _check_pools
-        problems = []
+            return list(by_pack[pid]), []  # reported by _check_pools
+        bad, problems = [], []
         for cid, loc in by_pack[pid]:
             try:
                 decode_blob(data[loc.offset:loc.offset + loc.length], expect_id=cid)
             except CorruptChunkError as e:
-                bad_copies[cid] += 1
+                bad.append((cid, loc))
                 problems.append(f"chunk {cid.hex()} in pack {pid.hex()} at offset "
                                 f"{loc.offset}: {e.strerror}")
-        return problems
+        return bad, problems
 
-    for pid, problems in zip(by_pack, store.executor.map(verify, list(by_pack)), strict=True):
-        report.problems.extend(problems)
-        report.chunks_verified += len(by_pack[pid])
+    for pid, (bad, problems) in zip(by_pack, store.executor.map(verify, list(by_pack)),
+                                    strict=True):
+        scan.problems.extend(problems)
+        for cid, loc in bad:
+            scan.bad.setdefault(cid, []).append(loc)
+        scan.copies_verified += len(by_pack[pid])
         size = packs[pid].size
-        report.bytes_verified += size
+        scan.bytes_verified += size
         if progress is not None:
             progress(size)
-    for cid, n in bad_copies.items():
-        if n >= len(chunks[cid].locations):  # no good copy left
+    return scan
+
+
+def _verify_chunks(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
+                   packs: dict[bytes, PackRecord], report: FsckReport, bad: set[bytes],
+                   progress: Callable[[int], None] | None) -> None:
+    scan = scan_copies(store, chunks, packs, progress)
+    report.problems.extend(scan.problems)
+    report.chunks_verified += scan.copies_verified
+    report.bytes_verified += scan.bytes_verified
+    for cid, locs in scan.bad.items():
+        if len(locs) >= len(chunks[cid].locations):  # no good copy left
             bad.add(cid)
 
 
-def _owners(txn: ReadTxn, cids: set[bytes]) -> set[str]:
+def owners(txn: ReadTxn, cids: set[bytes]) -> set[str]:
     """Paths of the files whose manifests name any of `cids`."""
     out = set()
     for ino, m in txn.iter_manifests():

@@ -12,51 +12,57 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gfs.cache import DEFAULT_POLICY, POLICIES
-from gfs.client import Client
-from gfs.disk_cache import CACHE_BYTES_ENV, CACHE_DIR_ENV
-from gfs.errors import HutongError, StateError
+from gfs.cli import add_json_flag, print_json
+from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
+from gfs.errors import InvalidPathError, StateError
+from gfs.eviction import DEFAULT_POLICY, POLICIES
+from gfs.units import duration_arg, size_arg
+
+if TYPE_CHECKING:
+    from gfs.client import Client
 
 #: Seconds `mount --background` waits for the mount to come up.
 READY_TIMEOUT = 30.0
 
 
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
-
-
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the mount commands to the `hutong` parser."""
     sp = sub.add_parser("mount", parents=[common], help="mount the namespace with FUSE",
-                        description="Mount the namespace at MOUNTPOINT. Stays in the "
-                        "foreground until unmounted (Ctrl-C or SIGTERM unmount cleanly).")
+                        description="Mount the namespace at MOUNTPOINT (a stale mount left "
+                        "there by a dead mount process is cleaned first). Stays in the "
+                        "foreground until unmounted. Ctrl-C or SIGTERM refuse new opens, "
+                        "commit what open files hold, wait --drain-timeout seconds for "
+                        "them to be closed (each is committed at its close), commit what "
+                        "is still open and unmount; a second Ctrl-C unmounts at once.")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.add_argument("--background", action="store_true",
                     help="detach once the mount is ready")
-    sp.add_argument("--attr-timeout", type=float, default=1.0, metavar="SECONDS",
+    sp.add_argument("--attr-timeout", type=duration_arg, default=1.0, metavar="SECONDS",
                     help="how long the kernel caches attributes and names (1)")
-    sp.add_argument("--cache-size", type=_size, default=256 << 20, metavar="BYTES",
+    sp.add_argument("--cache-size", type=size_arg, default=256 << 20, metavar="BYTES",
                     help="memory cache of decompressed chunks (256MiB)")
     sp.add_argument("--disk-cache", choices=("auto", "on", "off"), default="auto",
                     help="disk tier of stored chunks: auto = chunks of pools not on local "
                     "disk, on = every chunk, off (auto)")
     sp.add_argument("--disk-cache-dir", metavar="DIR",
                     help=f"disk tier directory (${CACHE_DIR_ENV}, else STATE/cache)")
-    sp.add_argument("--disk-cache-size", type=_size, metavar="BYTES",
+    sp.add_argument("--disk-cache-size", type=size_arg, metavar="BYTES",
                     help=f"disk tier capacity (${CACHE_BYTES_ENV}, else 4GiB)")
     sp.add_argument("--cache-policy", choices=sorted(POLICIES), default=DEFAULT_POLICY,
                     help=f"eviction policy of both tiers ({DEFAULT_POLICY})")
     sp.add_argument("--allow-other", action="store_true", help="let other users in")
     sp.add_argument("--log", metavar="FILE", help="with --background: write logs here")
     sp.add_argument("--fuse-debug", action="store_true", help="log every FUSE request")
+    sp.add_argument("--drain-timeout", type=duration_arg, default=5.0,
+                    metavar="DURATION",
+                    help="on SIGINT/SIGTERM, how long to wait for open files to be closed "
+                    "after committing them, before unmounting (5s)")
     sp.set_defaults(func=cmd_mount)
-    sp = sub.add_parser("umount", parents=[common], help="unmount a Hutong FUSE mount")
+    sp = sub.add_parser("umount", parents=[common], help="unmount a Hutong FUSE mount",
+                        description="Unmount MOUNTPOINT; a stale mount (its process "
+                        "died) is cleaned.")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.set_defaults(func=cmd_umount)
     sp = sub.add_parser("cache", parents=[common], help="local cache tiers")
@@ -77,8 +83,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("path", metavar="PATH")
     sp.add_argument("--disk-cache-dir", metavar="DIR",
                     help=f"disk tier directory (${CACHE_DIR_ENV}, else STATE/cache)")
-    sp.add_argument("--disk-cache-size", type=_size, metavar="BYTES",
+    sp.add_argument("--disk-cache-size", type=size_arg, metavar="BYTES",
                     help=f"disk tier capacity (${CACHE_BYTES_ENV}, else 4GiB)")
+    add_json_flag(sp)
     sp.set_defaults(func=cmd_warmup)
 
 
@@ -97,14 +104,20 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--allow-other")
     if args.fuse_debug:
         argv.append("--fuse-debug")
+    argv += ["--drain-timeout", str(args.drain_timeout)]
     return argv
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from gfs.mount import MountOptions, _check_mountpoint, run_mount
+    from gfs.client import Client
+    from gfs.mount import MountOptions, run_mount
+    from gfs.mount_points import prepare
 
-    mp = _check_mountpoint(args.mountpoint)
+    mp = args.mountpoint
     if args.background:
+        mp, report = prepare(mp)  # here, so that the report reaches the user
+        if report is not None:
+            print(f"hutong: {report}", file=sys.stderr)
         Client(args.state).close()  # fail here, not in the child, if there is no store
         log: Any = open(args.log, "ab+") if args.log else tempfile.TemporaryFile()  # noqa: SIM115
         with log:
@@ -127,17 +140,19 @@ def cmd_mount(args: argparse.Namespace) -> int:
                         cache_bytes=args.cache_size, disk_cache=args.disk_cache,
                         disk_cache_dir=args.disk_cache_dir,
                         disk_cache_bytes=args.disk_cache_size, cache_policy=args.cache_policy,
-                        allow_other=args.allow_other,
-                        debug=args.fuse_debug)
+                        allow_other=args.allow_other, debug=args.fuse_debug,
+                        drain_timeout=args.drain_timeout)
     with Client(args.state) as fs:
         run_mount(fs, mp, opts)
     return 0
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from gfs.mount import unmount
+    from gfs.mount_points import unmount
 
-    unmount(args.mountpoint)
+    report = unmount(args.mountpoint)
+    if report is not None:
+        print(f"hutong: {report}", file=sys.stderr)
     return 0
 
 
@@ -151,8 +166,8 @@ def _print_disk(d: dict[str, Any]) -> None:
 
 
 def cmd_cache_stats(args: argparse.Namespace) -> int:
-    from gfs.config import state_dir
     from gfs.disk_cache import cache_dir, offline_stats
+    from gfs.env import state_dir
 
     if args.mountpoint is None:  # no mount needed: the disk tier's saved counters
         root = cache_dir(state_dir(args.state), args.disk_cache_dir)
@@ -169,7 +184,7 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
     try:
         raw = os.getxattr(args.mountpoint, "user.hutong.cache")
     except OSError as e:
-        raise HutongError(f"{args.mountpoint} is not a Hutong mount ({e.strerror}); "
+        raise InvalidPathError(args.mountpoint, f"not a Hutong mount ({e.strerror}); "
                           "omit MOUNTPOINT for the disk tier's saved statistics") from None
     stats = json.loads(raw)
     if args.json:
@@ -188,6 +203,8 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     total = files = 0
     if os.path.exists(args.path):  # a path in a mount: read through it
         targets = ([args.path] if os.path.isfile(args.path) else
@@ -199,7 +216,9 @@ def cmd_warmup(args: argparse.Namespace) -> int:
                 while data := f.read(8 << 20):
                     total += len(data)
             files += 1
-        if not args.quiet:
+        if args.json:
+            print_json({"files": files, "bytes": total, "via": "mount"})
+        elif not args.quiet:
             print(f"warmed {files} files, {total} bytes (through the mount)")
         return 0
     from gfs.disk_cache import DiskCache, cache_capacity, cache_dir
@@ -216,7 +235,11 @@ def cmd_warmup(args: argparse.Namespace) -> int:
             stats = disk.stats()
         finally:
             disk.close()
-    if not args.quiet:
+    if args.json:
+        print_json({"files": files, "bytes": total, "via": "disk tier", "chunks_added": added,
+                    "bytes_cached": stats.bytes_cached, "capacity": stats.capacity,
+                    "entries": stats.entries})
+    elif not args.quiet:
         print(f"warmed {files} files, {total} bytes: {added} chunks added to the disk tier "
               f"({stats.bytes_cached}/{stats.capacity} bytes in {stats.entries} chunks)")
     return 0

@@ -45,6 +45,7 @@ from gfs.codec import (
     decode_blob,
     parse_blob_header,
 )
+from gfs.env import MOVER_STREAMS
 from gfs.errors import CorruptChunkError, HutongError
 from gfs.meta import ChunkRecord, ChunkRef, Kind, Location, Manifest, PackRecord, WriteTxn
 from gfs.packs import PACK_HEADER_LEN, PackBuilder, new_pack_id, pack_header, pack_key
@@ -59,7 +60,7 @@ Progress = Callable[[int], None]
 
 Address = tuple[str, int]
 
-DEFAULT_STREAMS: Final = 4
+DEFAULT_STREAMS: Final = MOVER_STREAMS
 #: How long fetched chunks are kept from gc before a manifest must name them.
 PIN_SECONDS: Final = 24 * 3600.0
 DEFAULT_TIMEOUT: Final = 30.0

@@ -12,8 +12,8 @@ import sys
 import threading
 from typing import Any
 
-from gfs import mover
-from gfs.client import Client
+from gfs.cli import add_json_flag, port, print_json
+from gfs.env import MOVER_STREAMS
 from gfs.errors import ConfigError
 
 SECRET_ENV = "HUTONG_MOVER_SECRET"
@@ -41,6 +41,9 @@ def _secret(args: argparse.Namespace) -> bytes:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gfs import mover
+    from gfs.client import Client
+
     secret = _secret(args)
     stop = threading.Event()
 
@@ -63,6 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
+    from gfs import mover
+    from gfs.client import Client
+
     with Client(args.state) as src, Client(args.to_state) as dst:
         ids = mover.tree_chunks(src, args.path)
         from tqdm import tqdm  # here: it costs ~20 ms of every command's start-up
@@ -75,7 +81,12 @@ def cmd_copy(args: argparse.Namespace) -> int:
             report = mover.copy_tree(src, dst, args.path, args.dest, streams=args.streams,
                                      progress=advance)
     t = report.transfer
-    if not args.quiet:
+    if args.json:
+        print_json({"files": report.files, "dirs": report.dirs, "symlinks": report.symlinks,
+                    "logical_bytes": report.logical_bytes, "chunks": len(ids),
+                    "chunks_moved": t.chunks, "bytes_moved": t.bytes, "seconds": t.seconds,
+                    "streams": t.streams, "already_there": t.skipped, "retries": t.retries})
+    elif not args.quiet:
         print(f"copied {report.files} files, {report.dirs} dirs, {report.symlinks} symlinks "
               f"({report.logical_bytes} bytes); {len(ids)} chunks: {t.chunks} moved "
               f"({t.bytes} bytes in {t.seconds:.2f} s, {t.streams} streams), "
@@ -92,7 +103,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                          description=f"Serve until SIGTERM or Ctrl-C. The session secret "
                          f"comes from --secret-file or ${SECRET_ENV} (hex).")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
+    sp.add_argument("--port", type=port, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--secret-file", metavar="FILE", help="file holding the session secret")
     sp.add_argument("--no-sendfile", action="store_true", help="send with pread + send")
     sp.add_argument("--congestion", metavar="NAME", default=None,
@@ -105,8 +116,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "(default: the same path) of the store in --to-state, through the "
                         "chunk mover. Run it again after an interruption to resume.")
     cp.add_argument("--to-state", required=True, metavar="DIR", help="destination store")
-    cp.add_argument("--streams", type=int, default=mover.DEFAULT_STREAMS,
-                    help=f"parallel TCP streams ({mover.DEFAULT_STREAMS})")
+    cp.add_argument("--streams", type=int, default=MOVER_STREAMS,
+                    help=f"parallel TCP streams ({MOVER_STREAMS})")
     cp.add_argument("path", metavar="NS_PATH")
     cp.add_argument("dest", metavar="DEST", nargs="?")
+    add_json_flag(cp)
     cp.set_defaults(func=cmd_copy)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from gfs.config import CONFIG_FILE
+from gfs.config import CONFIG_FILE, meta_url
 from gfs.errors import ConfigError
 from gfs.meta import MetaEngine, PoolRecord, ReadTxn, WriteTxn
 
@@ -36,17 +35,12 @@ def is_database_url(url: str) -> bool:
 def meta_location(state: Path) -> str:
     """Where the metadata of the store in `state` lives: the `[meta] url` of its
     config.toml, else the embedded environment `state`/meta."""
-    path = state / CONFIG_FILE
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the store's settings: {e}") from None
-    section = data.get("meta", {})
-    url = section.get("url") if isinstance(section, dict) else None
+    url = meta_url(state)
     if url is None:
         return str(state / "meta")
-    if not isinstance(url, str) or not is_database_url(url):
-        raise ConfigError(f"{path}: [meta] url must be a postgresql:// URL, got {url!r}")
+    if not is_database_url(url):
+        raise ConfigError(f"{state / CONFIG_FILE}: [meta] url must be a postgresql:// URL, "
+                          f"got {url!r}")
     return url
 
 

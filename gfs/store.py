@@ -33,6 +33,7 @@ from gfs.codec import (
     parse_blob_header,
 )
 from gfs.config import StoreConfig
+from gfs.env import TIERS
 from gfs.errors import (
     ChunkMissingError,
     CorruptChunkError,
@@ -57,7 +58,7 @@ from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_ke
 from gfs.pools import Pool, open_pool
 from gfs.state import is_private_url, pool_location
 from gfs.tiering.heat import HeatTracker
-from gfs.tiering.policy import TIERS, TierPolicy
+from gfs.tiering.policy import TierPolicy
 
 log = logging.getLogger("hutong.store")
 
@@ -296,14 +297,27 @@ class ChunkStore:
         Tries every location in turn; a corrupt copy is logged and skipped. A
         missing pack object is looked up again once (gc may have repacked it).
         """
+        return self._read_verified(cid, path)[1]
+
+    def read_blob(self, cid: bytes, path: str = "") -> bytes:
+        """The stored blob of chunk `cid` (header and payload), verified: what another
+        store takes to repair or replicate the chunk."""
+        return self._read_verified(cid, path)[0]
+
+    def _read_verified(self, cid: bytes, path: str) -> tuple[bytes, bytes]:
         problems: list[str] = []
         corrupt = False
         for attempt in range(2):
             with self.engine.read() as txn:
                 rec = txn.get_chunk(cid)
-            if rec is None or not rec.locations:
+            if rec is None:
                 raise ChunkMissingError(path, f"chunk {cid.hex()} is not in the chunk index "
                                         "(run `hutong fsck`)")
+            if not rec.locations:
+                raise ChunkMissingError(path, f"chunk {cid.hex()} is lost: no stored copy is "
+                                        "left (`hutong fsck --repair --from STORE` restores it "
+                                        "from a store that has it; putting the file again "
+                                        "heals it)")
             moved = False
             problems.clear()
             if attempt == 0:
@@ -312,18 +326,23 @@ class ChunkStore:
                 try:
                     blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
                                                    loc.offset + loc.length)
-                    return decode_blob(blob, expect_id=cid)
+                    raw = decode_blob(blob, expect_id=cid)
                 except CorruptChunkError as e:
-                    log.error("corrupt copy of chunk %s in pack %s (file %s): %s",
-                              cid.hex(), loc.pack.hex(), path or "?", e)
                     corrupt = True
                     problems.append(f"pack {loc.pack.hex()}: {e.strerror}")
+                    continue
                 except PoolObjectMissingError:
                     moved = True
                     problems.append(f"pack {loc.pack.hex()} missing from pool {loc.pool}")
+                    continue
+                if problems:  # read from another copy: say so once, the caller has its data
+                    log.error("chunk %s (file %s): skipped bad copies (%s); "
+                              "`hutong fsck --repair` drops them", cid.hex(), path or "?",
+                              "; ".join(problems))
+                return blob, raw
             if not moved or attempt:
                 break  # a missing pack may have been repacked by gc: look it up once more
-        detail = "; ".join(problems) + " (run `hutong fsck`)"
+        detail = "; ".join(problems)
         if corrupt:
             raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: {detail}")
         raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: {detail}")
@@ -545,6 +564,8 @@ class WriteSession:
         self._group: list[tuple[bytes, Buffer]] = []
         self._group_bytes = 0
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
+        with store.engine.read() as txn:  # chunks marked lost by a repair heal when put again
+            self._lost = lost_chunks(txn)
 
     # -- adding data -----------------------------------------------------------
     def store_buffer(self, data: Buffer) -> list[ChunkRef]:
@@ -601,7 +622,7 @@ class WriteSession:
         if not todo:
             return
         present = self._reader().present_chunks([r.id for r, _ in todo])
-        missing = [(r, p) for r, p in todo if r.id not in present]
+        missing = [(r, p) for r, p in todo if r.id not in present or r.id in self._lost]
         self.stats.dedup_chunks += len(todo) - len(missing)
         for ref, piece in missing:
             if ref.id in self._new:  # repeated within this batch
@@ -702,14 +723,21 @@ class WriteSession:
         def apply(txn: WriteTxn) -> None:  # run again on a lost conflict: derives all from txn
             live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
             records: dict[bytes, ChunkRecord] = {}
+            healed: set[bytes] = set()
             present = txn.present_chunks(self._new)
             for cid, nc in self._new.items():
                 assert nc is not None
-                if cid in present:
+                location = Location(self._pack_pool[nc.pack], nc.pack, nc.offset, nc.blob_len)
+                lost = txn.get_chunk(cid) if cid in self._lost else None
+                if lost is not None and not lost.locations:  # a lost chunk put again
+                    txn.put_chunk(ChunkRecord(cid, lost.raw_len, nc.stored_len, nc.codec,
+                                              lost.refcount, (location,)))
+                    healed.add(cid)
+                elif cid in present:
                     continue  # committed meanwhile by another writer: our blob is dead
-                records[cid] = ChunkRecord(
-                    cid, nc.raw_len, nc.stored_len, nc.codec, 0,
-                    (Location(self._pack_pool[nc.pack], nc.pack, nc.offset, nc.blob_len),))
+                else:
+                    records[cid] = ChunkRecord(cid, nc.raw_len, nc.stored_len, nc.codec, 0,
+                                               (location,))
                 counters = live[nc.pack]
                 counters[0] += 1
                 counters[1] += nc.blob_len
@@ -725,6 +753,9 @@ class WriteSession:
                 if old is not None:
                     deltas.subtract(r.id for r in old.chunks)
             apply_refcounts(txn, deltas, records)
+            if healed:
+                set_lost_chunks(txn, lost_chunks(txn) - healed)
+                log.warning("healed %d lost chunks that were put again", len(healed))
 
         self.store.engine.transact(apply)
         self._new.clear()
@@ -757,6 +788,22 @@ def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],
     for rec in (fresh or {}).values():
         txn.put_chunk(rec)
     txn.add_refcounts(deltas)
+
+
+#: meta key: ids of chunks a repair found with no good copy (their records stay,
+#: without locations, so that manifests keep naming them until they are put again)
+LOST_CHUNKS_KEY = "lost_chunks"
+
+
+def lost_chunks(txn: ReadTxn) -> frozenset[bytes]:
+    """Ids of chunks marked lost by `hutong fsck --repair`."""
+    raw = txn.get_meta(LOST_CHUNKS_KEY) or b""
+    return frozenset(raw[i:i + 16] for i in range(0, len(raw), 16))
+
+
+def set_lost_chunks(txn: WriteTxn, ids: Iterable[bytes]) -> None:
+    """Record the set of lost chunks (see `lost_chunks`)."""
+    txn.set_meta(LOST_CHUNKS_KEY, b"".join(sorted(ids)))
 
 
 def pin_chunks(txn: WriteTxn, cids: Iterable[bytes], seconds: float) -> None:

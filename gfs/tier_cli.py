@@ -10,26 +10,35 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from gfs.cli import human
-from gfs.client import Client
+from gfs.cli import add_json_flag, human, print_json
+from gfs.env import TIERS
 from gfs.errors import ConfigError
-from gfs.tiering.policy import TIERS, TierPolicy, parse_duration, parse_size
+from gfs.units import duration_arg, size_arg
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     with Client(args.state) as fs:
         rec = fs.add_pool(args.name, args.url, tier=args.tier,
-                          capacity=parse_size(args.capacity) if args.capacity else 0)
+                          capacity=args.capacity or 0)
     print(f"added pool {rec.name} (id {rec.id}, tier {rec.tier}) at {rec.url}")
     return 0
 
 
 def cmd_pool_ls(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     with Client(args.state) as fs:
-        for rec, used in fs.pools():
-            cap = human(rec.capacity) if rec.capacity else "unlimited"
-            print(f"{rec.id:>3} {rec.name:<12} {rec.tier:<5} {human(used):>11} of {cap:<11} "
-                  f"{rec.url}")
+        pools = fs.pools()
+    if args.json:
+        print_json([{"id": rec.id, "name": rec.name, "tier": rec.tier, "url": rec.url,
+                     "used_bytes": used, "capacity": rec.capacity} for rec, used in pools])
+        return 0
+    for rec, used in pools:
+        cap = human(rec.capacity) if rec.capacity else "unlimited"
+        print(f"{rec.id:>3} {rec.name:<12} {rec.tier:<5} {human(used):>11} of {cap:<11} "
+              f"{rec.url}")
     return 0
 
 
@@ -41,19 +50,15 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+    from gfs.tiering.policy import TierPolicy
+
     changes: dict[str, Any] = {}
-    if args.promote_reads is not None:
-        changes["promote_reads"] = args.promote_reads
-    for name in ("window", "demote_idle"):
-        value = getattr(args, name)
-        if value is not None:
-            changes[name] = parse_duration(value)
-    for name in ("high", "low", "cold_level", "write_tier"):
+    for name in ("promote_reads", "window", "demote_idle", "high", "low", "cold_level",
+                 "write_tier", "rate"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    if args.rate is not None:
-        changes["rate"] = parse_size(args.rate)
     with Client(args.state) as fs, fs.engine.write() as txn:
         policy = TierPolicy.load(txn)
         pins = dict(policy.pins)
@@ -71,22 +76,28 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--price {text!r}: the price must be a number") from None
         new = policy.with_changes(pins=pins, prices=prices, **changes)
         new.save(txn)
-    print(json.dumps(asdict(new), indent=2, sort_keys=True))
+    print(json.dumps(new.as_dict(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     with Client(args.state) as fs:
         policy = fs.store.policy()
-    print(json.dumps(asdict(policy), indent=2, sort_keys=True))
+    print(json.dumps(policy.as_dict(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_tier_run(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from gfs.tiering.tierer import run
 
     with Client(args.state) as fs:
         r = run(fs.store, dry_run=args.dry_run)
+    if args.json:
+        print_json(asdict(r))
+        return 0
     verb = "would move" if args.dry_run else "moved"
     moved = r.planned if args.dry_run else r.moved
     dirs = ", ".join(f"{k}: {v}" for k, v in sorted(r.directions.items())) or "nothing to do"
@@ -97,6 +108,7 @@ def cmd_tier_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tier_status(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from gfs.tiering.tierer import last_report, tier_capacity, tier_usage
 
     with Client(args.state) as fs:
@@ -138,9 +150,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("name")
     sp.add_argument("url", help="directory or fsspec URL (file://, s3://, memory://, ...)")
     sp.add_argument("--tier", choices=TIERS, default="warm")
-    sp.add_argument("--capacity", help="at most this many bytes (e.g. 10G); default unlimited")
+    sp.add_argument("--capacity", type=size_arg,
+                    help="at most this many bytes (e.g. 10G); default unlimited")
     sp.set_defaults(func=cmd_pool_add)
     sp = psub.add_parser("ls", help="pools, tiers, usage and capacity", parents=[common])
+    add_json_flag(sp)
     sp.set_defaults(func=cmd_pool_ls)
 
     tier = sub.add_parser("tier", help="tiered placement: policy, runs, status",
@@ -151,13 +165,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp = polsub.add_parser("set", help="change the policy (other settings stay)",
                            parents=[common])
     sp.add_argument("--promote-reads", type=float, help="decayed reads that make a chunk hot")
-    sp.add_argument("--window", help="half-life of read counts (e.g. 1h)")
-    sp.add_argument("--demote-idle", help="idle time after which a chunk goes cold (e.g. 7d)")
+    sp.add_argument("--window", type=duration_arg, help="half-life of read counts (e.g. 1h)")
+    sp.add_argument("--demote-idle", type=duration_arg,
+                    help="idle time after which a chunk goes cold (e.g. 7d)")
     sp.add_argument("--high", type=float, help="fill a tier to at most this share")
     sp.add_argument("--low", type=float, help="when over, empty a tier down to this share")
     sp.add_argument("--cold-level", type=int, help="zstd level of chunks moved to cold")
     sp.add_argument("--write-tier", choices=TIERS, help="tier new data is written to")
-    sp.add_argument("--rate", help="bytes per second a run may move (e.g. 100M; 0: no limit)")
+    sp.add_argument("--rate", type=size_arg,
+                    help="bytes per second a run may move (e.g. 100M; 0: no limit)")
     sp.add_argument("--pin", action="append", metavar="PATH=TIER", help="keep PATH in TIER")
     sp.add_argument("--unpin", action="append", metavar="PATH", help="remove a pin")
     sp.add_argument("--price", action="append", metavar="TIER=USD",
@@ -168,6 +184,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp = tsub.add_parser("run", help="move chunks between tiers as the policy asks",
                          parents=[common])
     sp.add_argument("--dry-run", action="store_true", help="plan only")
+    add_json_flag(sp)
     sp.set_defaults(func=cmd_tier_run)
     sp = tsub.add_parser("status", help="bytes per tier, cost, last run", parents=[common])
     sp.add_argument("--json", action="store_true")

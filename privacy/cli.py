@@ -10,10 +10,10 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gfs.client import Client
 from privacy.errors import AuditError, QueryError
 
 if TYPE_CHECKING:
+    from gfs.client import Client
     from privacy.jobs import JobSpec
 
 # The job machinery (pyarrow, TenSEAL, nacl) is imported by the commands that
@@ -116,6 +116,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from privacy.audit import AuditLog
 
     with Client(args.state) as fs:
@@ -123,6 +124,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                                      if fs.exists(f"/{s.name}/.privacy/audit.log")]
         bad = 0
         for ent in entities:
+            _require_log(fs, ent)
             try:
                 n = AuditLog(fs, ent).verify()
                 if not args.quiet:
@@ -133,16 +135,28 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _require_log(fs: Client, entity: str) -> None:
+    """Refuse an entity with no audit log (a typo must not read as "ok, 0 records")."""
+    from gfs.errors import NotFoundError
+
+    path = f"/{entity}/.privacy/audit.log"
+    if not fs.exists(path):
+        raise NotFoundError(path, f"no audit log for entity {entity!r}")
+
+
 def cmd_audit_show(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from privacy.audit import AuditLog
 
     with Client(args.state) as fs:
+        _require_log(fs, args.entity)
         for rec in AuditLog(fs, args.entity).records():
             print(json.dumps(rec, sort_keys=True))
     return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from privacy import keys
 
     with Client(args.state) as fs:
@@ -152,6 +166,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
+    from gfs.client import Client
     from privacy.policy import Policy, policy_path
 
     with open(args.file, "rb") as f:

@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from gfs.client import Client
-from gfs.config import state_dir
+from gfs.env import state_dir
 from privacy import c2d, he, keys, pjc, psi
 from privacy.audit import AuditLog
 from privacy.channel import Channel, handshake

@@ -130,6 +130,8 @@ def test_capacity_and_directory_settings(tmp_path: Path, monkeypatch: pytest.Mon
                                          ) -> None:
     monkeypatch.setenv("HUTONG_DISK_CACHE_BYTES", "12345")
     assert cache_capacity() == 12345 and cache_capacity(7) == 7
+    monkeypatch.setenv("HUTONG_DISK_CACHE_BYTES", "2GiB")  # the sizes of gfs.units
+    assert cache_capacity() == 2 << 30
     monkeypatch.setenv("HUTONG_DISK_CACHE_BYTES", "lots")
     with pytest.raises(ConfigError, match="HUTONG_DISK_CACHE_BYTES"):
         cache_capacity()

@@ -63,8 +63,9 @@ def test_full_session_through_processes(tmp_path: Path) -> None:
 def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     proc = run("--state", state, "ls", "/", check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().count("\n") == 0 and "hutong init" in proc.stderr
+    assert proc.returncode == 2
+    assert_one_error(proc.stderr)
+    assert "hutong init" in proc.stderr
     run("--state", state, "init")
     for args, needle in [
         (("ls", "/missing"), "no such file"),
@@ -76,13 +77,21 @@ def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
         (("init",), "already initialised"),
     ]:
         proc = run("--state", state, *args, check=False)
-        assert proc.returncode == 1, args
+        assert proc.returncode == 2, args  # the request was wrong
         assert needle in proc.stderr, (args, proc.stderr)
-        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert_one_error(proc.stderr)
     proc = run("--state", state, "frobnicate", check=False)
     assert proc.returncode == 2
     proc = run("--state", state, "put", check=False)
     assert proc.returncode == 2
+
+
+def assert_one_error(stderr: str) -> None:
+    """An error is one line, then one hint line; never a traceback."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 2, stderr
+    assert lines[0].startswith("hutong: error: ") and lines[1].startswith("hint: "), stderr
+    assert "Traceback" not in stderr
 
 
 def test_help_is_followable(capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,7 +126,7 @@ def test_bad_config_value_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     state = tmp_path / "s"
     assert main(["--state", str(state), "init"]) == 0
     monkeypatch.setenv("HUTONG_ZSTD_LEVEL", "eleven")
-    assert main(["--state", str(state), "ls"]) == 1
+    assert main(["--state", str(state), "ls"]) == 2
     assert "HUTONG_ZSTD_LEVEL" in capsys.readouterr().err
 
 

@@ -45,10 +45,10 @@ def test_put_get_tree_roundtrip(fs: Client, tmp_path: Path) -> None:
         assert back.stat().st_mtime_ns == f.stat().st_mtime_ns
 
 
-def test_put_into_existing_dir_uses_basename(fs: Client, tmp_path: Path) -> None:
+def test_put_inside_a_directory_with_trailing_slash(fs: Client, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "tree", seed=2, files=5)
     fs.mkdir("/in")
-    fs.put(src, "/in")
+    fs.put(src, "/in/")
     assert {s.name for s in fs.ls("/in")} == {"tree"}
     out = tmp_path / "out"
     out.mkdir()
@@ -161,7 +161,7 @@ def test_put_conflicts_refused_before_writing(fs: Client, tmp_path: Path) -> Non
     (src / "a").write_bytes(b"a" * 1000)
     (src / "sub").write_bytes(b"file where a directory is")
     with pytest.raises(IsADirError):
-        fs.put(src, "/dst")  # goes to /dst/src, whose "sub" is a directory
+        fs.put(src, "/dst/")  # goes to /dst/src, whose "sub" is a directory
     assert fs.du("/").files == 0
     assert not fs.exists("/dst/src/a")
 
@@ -262,8 +262,28 @@ def test_put_single_file_makes_parents(fs: Client, tmp_path: Path) -> None:
     f.write_bytes(b"one")
     fs.put(f, "/deep/down/one.txt")
     assert fs.read_bytes("/deep/down/one.txt") == b"one"
-    fs.put(f, "/deep")  # an existing directory: goes inside
+    fs.put(f, "/deep/")  # inside an existing directory
     assert fs.read_bytes("/deep/one.txt") == b"one"
+    with pytest.raises(IsADirError, match="end the destination with '/'"):
+        fs.put(f, "/deep")  # a file cannot replace a directory
+
+
+def test_put_again_resumes_and_never_nests(fs: Client, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "big", seed=4, files=30)
+    first = fs.put(src, "/big")
+    files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file()
+                   and not p.is_symlink())
+    fs.rm(f"/big/{files[3]}")  # as if the first put had been interrupted before it
+    again = fs.put(src, "/big")  # the same command again
+    assert not fs.exists("/big/big")
+    assert again.files == 1 and again.unchanged == first.files - 1
+    out = tmp_path / "out"
+    fs.get("/big", out)
+    assert tree_digest(out) == tree_digest(src)
+    (src / files[0]).write_bytes(b"changed")  # a changed file is written again
+    assert fs.put(src, "/big").files == 1
+    assert fs.read_bytes(f"/big/{files[0]}") == b"changed"
+    assert fs.fsck().ok
 
 
 def test_pinned_chunks_survive_gc_until_the_pin_expires(fs: Client) -> None:

@@ -451,11 +451,11 @@ def test_cli_plan_and_run(world: tuple[Path, dict[str, bytes]]) -> None:
     bad = root / "bad.toml"
     bad.write_text('sites = "sites.toml"\ninputs = ["/bank-a/loans/**"]\nentry = "nocolon"\n')
     r = _hutong("run", str(bad), cwd=root)
-    assert r.returncode == 1 and "module:function" in r.stderr
+    assert r.returncode == 2 and "module:function" in r.stderr
     bad.write_text('sites = "sites.toml"\ninputs = ["/bank-a/loans/**"]\n'
                    'entry = "tests.test_dataflow:nothing_here"\n')
     r = _hutong("run", str(bad), cwd=root)
-    assert r.returncode == 1 and "nothing_here" in r.stderr
+    assert r.returncode == 2 and "nothing_here" in r.stderr
     with Client(root / "b") as b:                             # nothing ran for bad files
         assert not b.exists("/bank-a/out/cli") or len(b.ls("/bank-a/out/cli")) <= 3
 

@@ -265,7 +265,7 @@ def test_cli_plan_and_run_in_federation_mode(sites: Sites, tmp_path: Path) -> No
     bad.write_text(f'inputs = ["/bank-a/cli/**"]\nentry = "m:f"\n'
                    f'[federation]\nregistry = "{sites.fed.registry_url}"\n')
     r = _hutong("plan", str(bad), cwd=tmp_path)
-    assert r.returncode == 1 and "keys" in r.stderr
+    assert r.returncode == 2 and "keys" in r.stderr
 
 
 def test_worker_processes_copy_and_read_through_the_apis(tmp_path: Path) -> None:

@@ -217,7 +217,7 @@ def test_background_and_umount_command(tmp_path: Path) -> None:
     assert not os.path.ismount(mnt)
     bad = subprocess.run([*cli, "umount", str(mnt)], capture_output=True, text=True,
                          check=False)
-    assert bad.returncode == 1 and "not a mount point" in bad.stderr
+    assert bad.returncode == 2 and "not a mount point" in bad.stderr
 
 
 def test_kill_9_leaves_a_consistent_store(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_warmup_fills_the_disk_tier_without_a_mount(tmp_path: Path) -> None:
             c.write_bytes(f"/d/f{i}", random.Random(i).randbytes(100_000 + i))
         chunks = {r.id for i in range(5) for r in c.manifest(f"/d/f{i}").chunks}
     r = _cli(state, "cache", "stats")
-    assert r.returncode == 1 and "no disk cache" in r.stderr
+    assert r.returncode == 2 and "no disk cache" in r.stderr
     r = _cli(state, "warmup", "/d")
     assert r.returncode == 0 and "warmed 5 files" in r.stdout, r.stderr
     assert f"{len(chunks)} chunks added" in r.stdout

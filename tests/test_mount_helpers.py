@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,15 @@ class Mounted:
         return self.log.read_text(errors="replace")
 
 
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `cond` until true; fail naming `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 def init_store(state: Path) -> None:
     Client.init(state, pack_size=1 << 20, workers=2).close()
 
@@ -39,7 +49,8 @@ def init_store(state: Path) -> None:
 @contextmanager
 def mount(state: Path, mnt: Path, *extra: str, timeout: float = 30.0) -> Iterator[Mounted]:
     """Run `hutong mount` in the foreground in a child process; unmount and reap it after."""
-    mnt.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # not exist_ok: a stale mount point
+        mnt.mkdir(parents=True)                     # cannot be stat'ed (ENOTCONN)
     log = mnt.parent / f"{mnt.name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

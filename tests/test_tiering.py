@@ -20,21 +20,10 @@ from gfs.client import Client
 from gfs.errors import ConfigError, ExistsError
 from gfs.tiering.heat import chunk_heat, decode
 from gfs.tiering.planner import ChunkState, plan
-from gfs.tiering.policy import TierPolicy, parse_duration, parse_size
+from gfs.tiering.policy import TierPolicy
 from gfs.tiering.tierer import run, tier_usage
 
 # -- policy -------------------------------------------------------------------------
-
-
-def test_durations_and_sizes() -> None:
-    assert parse_duration("90s") == 90 and parse_duration("2h") == 7200
-    assert parse_duration("7d") == 7 * 86400 and parse_duration("30") == 30
-    assert parse_size("10G") == 10 << 30 and parse_size("512MiB") == 512 << 20
-    for bad in ("", "ten", "5x", "-1h"):
-        with pytest.raises(ConfigError):
-            parse_duration(bad)
-    with pytest.raises(ConfigError):
-        parse_size("lots")
 
 
 def test_policy_validation_and_pins() -> None:
@@ -230,12 +219,16 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                  "--capacity", "1G"]) == 0
     assert main([*s, "tier", "policy", "set", "--promote-reads", "2", "--window", "30m",
                  "--pin", "/models=hot", "--price", "hot=0.2"]) == 0
-    assert main([*s, "tier", "policy", "set", "--pin", "models=hot"]) == 1
-    assert main([*s, "tier", "policy", "set", "--window", "soon"]) == 1
+    assert main([*s, "tier", "policy", "set", "--pin", "models=hot"]) == 2
+    with pytest.raises(SystemExit) as bad:
+        main([*s, "tier", "policy", "set", "--window", "soon"])
+    assert bad.value.code == 2 and "e.g. 45s" in capsys.readouterr().err
+    assert main([*s, "tier", "policy", "set", "--window", "1h30m", "--rate", "1.5M"]) == 0
     capsys.readouterr()
     assert main([*s, "tier", "policy", "show"]) == 0
     shown = capsys.readouterr().out
-    assert '"/models": "hot"' in shown and '"window": 1800.0' in shown
+    assert '"/models": "hot"' in shown and '"window": 5400.0' in shown
+    assert f'"rate": {3 << 19}' in shown
     assert main([*s, "tier", "run"]) == 0
     assert main([*s, "tier", "status", "--json"]) == 0
     assert '"hot"' in capsys.readouterr().out

@@ -8,7 +8,6 @@ $HUTONG_REGISTRY, else the site.json of --state; the identity from --token
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import logging
@@ -17,38 +16,31 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from gfs.config import state_dir
+from gfs.cli import port
+from gfs.env import state_dir
 from gfs.errors import ConfigError, HutongError
-from gfs.federation.auth import EntityKeys
-from gfs.federation.client import FederationClient
+from gfs.units import duration_arg, positive_duration_arg
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gfs.federation.client import FederationClient
 
 REGISTRY_ENV = "HUTONG_REGISTRY"
 TOKEN_ENV = "HUTONG_TOKEN"
 log = logging.getLogger("gfs.federation")
 
 
-def duration(text: str) -> float:
-    """Seconds of `7d`, `12h`, `30m`, `45s` or a plain number."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    t = text.strip().lower()
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"duration {text!r}: use e.g. 7d, 12h, 30m, 45s") \
-            from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
-    return value
-
-
 # -- serving ------------------------------------------------------------------------------
 
 async def _serve(app: web.Application, host: str, port: int, banner: str,
                  on_start: Any = None, background: list[Any] | None = None) -> None:
+    import asyncio
+
+    from aiohttp import web
+
     runner = web.AppRunner(app, shutdown_timeout=10.0, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
@@ -73,6 +65,8 @@ async def _serve(app: web.Application, host: str, port: int, banner: str,
 
 
 def cmd_registry_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gfs.federation.registry import RegistryState, make_app
 
     state = RegistryState(state_dir(args.state), ttl=args.ttl)
@@ -95,6 +89,8 @@ def cmd_site_init(args: argparse.Namespace) -> int:
 
 
 def cmd_site_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gfs.federation.rules import reconcile
     from gfs.federation.site import Site, make_app
     from gfs.mover import MoverServer
@@ -175,7 +171,10 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
 # -- clients ------------------------------------------------------------------------------
 
 def _fed(args: argparse.Namespace) -> FederationClient:
-    registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV)
+    from gfs.federation.auth import EntityKeys
+    from gfs.federation.client import FederationClient
+
+    registry = _registry_of(args)
     token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
     keys = None
     keys_dir = getattr(args, "keys", None)
@@ -184,8 +183,6 @@ def _fed(args: argparse.Namespace) -> FederationClient:
         keys_dir = root / "federation"
     if keys_dir is not None:
         keys = EntityKeys.load(keys_dir)
-    if registry is None and (root / "federation" / "site.json").exists():
-        registry = json.loads((root / "federation" / "site.json").read_text())["registry"]
     if not registry:
         raise ConfigError(f"the registry URL is needed: pass --registry or set ${REGISTRY_ENV}")
     if keys is None and token is None:
@@ -202,6 +199,8 @@ def _entity_of(args: argparse.Namespace, fc: FederationClient) -> str:
 
 
 def cmd_token_mint(args: argparse.Namespace) -> int:
+    from gfs.federation.auth import EntityKeys
+
     keys = EntityKeys.load(args.keys or state_dir(args.state) / "federation")
     print(keys.mint_token(args.user, args.scope, args.prefix or f"/{keys.name}", args.ttl))
     return 0
@@ -252,9 +251,52 @@ def cmd_rule_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_of(args: argparse.Namespace) -> str | None:
+    """The registry URL: --registry, else $HUTONG_REGISTRY, else the state's site.json."""
+    registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV)
+    site_json = state_dir(args.state) / "federation" / "site.json"
+    if registry is None and site_json.exists():
+        registry = json.loads(site_json.read_text())["registry"]
+    return registry or None
+
+
+def _local_status(args: argparse.Namespace) -> int:
+    """`hutong status` of an embedded store: pools, tiers, usage, chunks."""
+    from gfs.cli import human, open_client
+    from gfs.tiering.tierer import last_report
+
+    with open_client(args) as fs:
+        pools = fs.pools()
+        du = fs.du("/")
+        last = last_report(fs.store)
+        state = str(fs.state)
+    info = {
+        "mode": "embedded", "state": state,
+        "pools": [{"name": r.name, "tier": r.tier, "url": r.url, "used_bytes": used,
+                   "capacity": r.capacity} for r, used in pools],
+        "usage": du.to_dict(),
+        "last_tier_run": None if last is None else {"moved": last.moved,
+                                                     "bytes_moved": last.bytes_moved},
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"embedded store at {state} (no registry: pass --registry or set "
+          f"${REGISTRY_ENV} for the federation)")
+    print(f"{'pool':<12} {'tier':<5} {'used':>10} {'capacity':>10}  url")
+    for r, used in pools:
+        cap = human(r.capacity) if r.capacity else "unlimited"
+        print(f"{r.name:<12} {r.tier:<5} {human(used):>10} {cap:>10}  {r.url}")
+    print(f"{du.files} files, {du.dirs} dirs, {human(du.logical_bytes)} logical, "
+          f"{human(du.stored_bytes)} stored ({du.total_ratio:.2f}x)")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from gfs.cli import human
 
+    if _registry_of(args) is None:
+        return _local_status(args)
     with _fed(args) as fc:
         sites = fc.sites(refresh=True)
         rules = []
@@ -283,7 +325,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_fed(args: argparse.Namespace) -> int:
     with _fed(args) as fc:
         if args.fed_command == "ls":
-            for e in fc.ls(args.path):
+            entries = fc.ls(args.path)
+            if args.json:
+                print(json.dumps(entries))
+            for e in entries if not args.json else ():
                 print(f"{e['kind']:<8} {e['size']:>12}  {e['path']}")
         elif args.fed_command == "stat":
             print(json.dumps(fc.stat(args.path)))
@@ -311,8 +356,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp = rs.add_parser("serve", parents=[common], help="serve the registry until SIGTERM",
                        description="State (LMDB) in --state DIR.")
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
-    sp.add_argument("--ttl", type=float, default=15.0, help="heartbeat TTL in seconds (15)")
+    sp.add_argument("--port", type=port, default=0, help="port (0: any free port; printed)")
+    sp.add_argument("--ttl", type=positive_duration_arg, default=15.0,
+                    help="heartbeat TTL in seconds (15)")
     sp.set_defaults(func=cmd_registry_serve)
 
     p = sub.add_parser("site", help="create or run a federation site", parents=[common])
@@ -328,14 +374,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.set_defaults(func=cmd_site_init)
     sp = ss.add_parser("serve", parents=[common], help="serve the site until SIGTERM")
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
+    sp.add_argument("--port", type=port, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--registry", metavar="URL", help="override the registry of site.json")
-    sp.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    sp.add_argument("--heartbeat", type=positive_duration_arg, default=5.0,
+                    help="seconds between heartbeats")
     sp.add_argument("--verify-every", type=int, default=10,
                     help="audit replicas every N-th reconcile round (0: never)")
-    sp.add_argument("--tier-interval", type=float, default=300.0,
+    sp.add_argument("--tier-interval", type=duration_arg, default=300.0,
                     help="seconds between tierer runs (0: never; see `hutong tier`)")
-    sp.add_argument("--reconcile-interval", type=float, default=30.0,
+    sp.add_argument("--reconcile-interval", type=duration_arg, default=30.0,
                     help="seconds between rule evaluations (0: only on request)")
     sp.add_argument("--no-mover", action="store_true", help="no mover port")
     sp.set_defaults(func=cmd_site_serve)
@@ -346,7 +393,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--user", required=True)
     sp.add_argument("--scope", choices=("read", "write"), default="read")
     sp.add_argument("--prefix", help="namespace prefix (default: /ENTITY)")
-    sp.add_argument("--ttl", type=duration, default=3600.0, help="lifetime (1h)")
+    sp.add_argument("--ttl", type=positive_duration_arg, default=3600.0, help="lifetime (1h)")
     sp.add_argument("--keys", metavar="DIR")
     sp.set_defaults(func=cmd_token_mint)
 
@@ -366,7 +413,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("pattern")
     sp.add_argument("--copies", type=int, required=True)
     sp.add_argument("--where", default="", help="site expression, e.g. 'region=cn-west'")
-    sp.add_argument("--lifetime", type=duration, help="e.g. 7d")
+    sp.add_argument("--lifetime", type=positive_duration_arg, help="e.g. 7d")
     sp.set_defaults(func=cmd_rule_add)
     sp = rls.add_parser("ls", parents=[common, ident], help="rules and their states")
     sp.add_argument("--entity")
@@ -383,7 +430,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.set_defaults(func=cmd_rule_reconcile)
 
     sp = sub.add_parser("status", parents=[common, ident],
-                        help="sites, pools, usage and rule states")
+                        help="sites, pools, usage and rule states (of the embedded store "
+                        "when no registry is configured)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_status)
 
@@ -398,4 +446,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         sp.add_argument("path")
         if name == "rm":
             sp.add_argument("-r", "--recursive", action="store_true")
+        if name == "ls":
+            sp.add_argument("--json", action="store_true", help="print the result as JSON")
         sp.set_defaults(func=cmd_fed)

@@ -63,6 +63,12 @@ def _compare(key: str, op: str, value: str) -> Predicate:
     return pred
 
 
+def checked(text: str) -> str:
+    """`text` itself once it parses (ExpressionError otherwise): a validator for models."""
+    parse(text)
+    return text
+
+
 def parse(text: str) -> Predicate:
     """Compile `text` into a predicate over attribute mappings; `ExpressionError` if malformed."""
     if not isinstance(text, str) or len(text) > MAX_EXPR:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import AfterValidator, Field
 
 from gfs import mover
 from gfs.codec import (
@@ -22,8 +24,11 @@ from gfs.codec import (
     keyed_chunk_id,
 )
 from gfs.errors import CorruptChunkError, HutongError, NotFoundError
+from gfs.federation import expr
 from gfs.federation.http import HttpClient
 from gfs.meta import ChunkRef, Kind
+from gfs.schema import Schema
+from gfs.units import Duration
 
 if TYPE_CHECKING:
     from gfs.federation.site import Site
@@ -33,6 +38,17 @@ BATCH_IDS = 1024
 BATCH_BYTES = 16 << 20
 #: Replicas read back per request by an audit.
 AUDIT_BATCH = 256
+
+
+class RuleSpec(Schema):
+    """A rule as a user asks for it (`hutong rule add`, `POST /v1/rules`): `copies` up
+    sites matching `where` hold the files matching `pattern`, for `lifetime` seconds
+    (or a duration such as "7d"; none: until removed)."""
+
+    pattern: str
+    copies: Annotated[int, Field(ge=1, le=16)]
+    where: Annotated[str, AfterValidator(expr.checked)] = ""
+    lifetime: Annotated[Duration, Field(gt=0, lt=1e10)] | None = None
 
 
 def _literal_prefix(pattern: str) -> str:

@@ -69,6 +69,7 @@ from gfs.mover import (
     TransferStats,
 )
 from gfs.packs import pack_key
+from gfs.schema import Schema, load, validate
 from gfs.store import Prepared, pin_chunks
 
 log = logging.getLogger("gfs.federation.site")
@@ -144,8 +145,7 @@ class Principal:
         return self.token is None or self.token.prefix.rstrip("/") == f"/{self.entity}"
 
 
-@dataclass
-class SiteConfig:
+class SiteConfig(Schema):
     """What `site.json` in the state directory says about the site."""
 
     name: str
@@ -157,19 +157,16 @@ class SiteConfig:
 
     @classmethod
     def load(cls, state: Path) -> SiteConfig:
-        try:
-            d = json.loads((state / "federation" / SITE_FILE).read_text())
-            return cls(d["name"], d["entity"], d["region"], d["industry"], d["registry"],
-                       bool(d["primary"]))
-        except FileNotFoundError:
-            raise StateError(f"{state} is not a site; create it with `hutong site init`") \
-                from None
+        path = state / "federation" / SITE_FILE
+        if not path.exists():
+            raise StateError(f"{state} is not a site; create it with `hutong site init`")
+        return load(cls, path, what="site file")
 
     def save(self, state: Path) -> None:
         p = state / "federation" / SITE_FILE
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=1))
+        tmp.write_text(json.dumps(self.model_dump(), indent=1))
         os.replace(tmp, p)
 
 
@@ -920,20 +917,15 @@ async def rules_list(request: web.Request) -> web.Response:
 
 
 async def rules_add(request: web.Request) -> web.Response:
-    from gfs.federation import expr
+    from gfs.federation.rules import RuleSpec
 
     site, p, data = await _json_principal(request)
     _own(site, p)
-    pattern = _pattern(site, field(data, "pattern", str))
-    copies = field(data, "copies", int, check=lambda c: 1 <= c <= 16)
-    where = field(data, "where", str, "")
-    try:
-        expr.parse(where)
-    except expr.ExpressionError as e:
-        raise BadRequestError(str(e)) from None
-    lifetime = field(data, "lifetime", (int, float), None, check=lambda v: 0 < v < 1e10)
-    rec = {"id": secrets.token_hex(4), "pattern": pattern, "copies": copies, "where": where,
-           "expires": time.time() + lifetime if lifetime else None, "state": "replicating",
+    spec = validate(RuleSpec, data, where="rule")  # SchemaError: 400, naming the key
+    pattern = _pattern(site, spec.pattern)
+    rec = {"id": secrets.token_hex(4), "pattern": pattern, "copies": spec.copies,
+           "where": spec.where, "expires": time.time() + spec.lifetime if spec.lifetime
+           else None, "state": "replicating",
            "reason": "not evaluated yet", "sites": [], "created": time.time()}
     site.put_record("rule", rec)
     return web.json_response(rec, status=201)
@@ -1104,7 +1096,8 @@ def init_site(state: str | os.PathLike[str], *, name: str, entity: str, region: 
                 out.write(data)
     else:
         EntityKeys.create(fed, entity)
-    cfg = SiteConfig(name, entity, region, industry.upper(), registry, primary)
+    cfg = SiteConfig(name=name, entity=entity, region=region, industry=industry.upper(),
+                     registry=registry, primary=primary)
     cfg.save(root)
     with Client(root) as c, contextlib.suppress(HutongError):
         c.mkdir(f"/{entity}")

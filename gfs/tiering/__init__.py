@@ -10,6 +10,15 @@ location, then release the old copy, so a crash at any step leaves every
 chunk readable.
 """
 
-from gfs.tiering.policy import TIERS, TierPolicy
+from typing import TYPE_CHECKING
+
+from gfs._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from gfs.env import TIERS
+    from gfs.tiering.policy import TierPolicy
 
 __all__ = ["TIERS", "TierPolicy"]
+
+__getattr__ = lazy_exports(__name__, {"TIERS": "gfs.env",
+                                       "TierPolicy": "gfs.tiering.policy"})

@@ -3,39 +3,31 @@
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
+
+from gfs.env import TIERS
 from gfs.errors import ConfigError
 from gfs.meta import ReadTxn, WriteTxn
+from gfs.schema import Schema, SchemaError, validate
+from gfs.units import Duration, Size
 
 #: Tier classes from fastest to cheapest.
-TIERS: tuple[str, ...] = ("hot", "warm", "cold")
 POLICY_KEY = b"tier-policy"
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_SIZES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+def _tier(name: str) -> str:
+    if name not in TIERS:
+        raise ValueError(f"unknown tier {name!r}; tiers are {', '.join(TIERS)}")
+    return name
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in `text` such as "90s", "15m", "6h", "7d" or a bare number of seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not m:
-        raise ConfigError(f"not a duration: {text!r} (use e.g. 90s, 15m, 6h, 7d)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+#: A tier class name in a model.
+Tier = Annotated[str, AfterValidator(_tier)]
 
 
-def parse_size(text: str) -> int:
-    """Bytes in `text` such as "512M", "10G", "1.5T" or a bare number of bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
-    if not m:
-        raise ConfigError(f"not a size: {text!r} (use e.g. 512M, 10G)")
-    return int(float(m.group(1)) * _SIZES[m.group(2)])
-
-
-@dataclass(frozen=True)
-class TierPolicy:
+class TierPolicy(Schema):
     """The placement policy of one store (site).
 
     A chunk is promoted to `hot` once its decayed read count (half-life
@@ -45,54 +37,57 @@ class TierPolicy:
     it is at `low`. `pins` map a path prefix to a tier that its files' chunks
     must be in. `cold_level` is the zstd level chunks are recompressed at when
     they move to `cold`. `prices` are USD per GB-month, for cost reports.
-    `rate` bounds the bytes a run moves per second (0: unbounded).
+    `rate` bounds the bytes a run moves per second (0: unbounded). Durations
+    and sizes also take the spellings of `gfs.units` ("7d", "100MiB").
     """
 
-    promote_reads: float = 3.0
-    window: float = 3600.0
-    demote_idle: float = 7 * 86400.0
-    high: float = 0.9
-    low: float = 0.75
-    cold_level: int = 19
-    write_tier: str = "warm"
-    rate: int = 0
-    pins: dict[str, str] = field(default_factory=dict)
-    prices: dict[str, float] = field(
+    model_config = ConfigDict(frozen=True)
+
+    promote_reads: Annotated[float, Field(gt=0)] = 3.0
+    window: Annotated[Duration, Field(gt=0)] = 3600.0
+    demote_idle: Annotated[Duration, Field(gt=0)] = 7 * 86400.0
+    high: Annotated[float, Field(gt=0, le=1)] = 0.9
+    low: Annotated[float, Field(gt=0, le=1)] = 0.75
+    cold_level: Annotated[int, Field(ge=-7, le=22)] = 19
+    write_tier: Tier = "warm"
+    rate: Size = 0
+    pins: dict[str, Tier] = Field(default_factory=dict)
+    prices: dict[Tier, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"hot": 0.10, "warm": 0.023, "cold": 0.004})
 
-    def __post_init__(self) -> None:
-        if self.promote_reads <= 0:
-            raise ConfigError(f"promote_reads must be positive, got {self.promote_reads}")
-        if self.window <= 0 or self.demote_idle <= 0:
-            raise ConfigError("window and demote_idle must be positive durations")
-        if not 0 < self.low <= self.high <= 1:
-            raise ConfigError(f"watermarks must satisfy 0 < low <= high <= 1, "
-                              f"got low={self.low} high={self.high}")
-        if not -7 <= self.cold_level <= 22:
-            raise ConfigError(f"cold_level must be a zstd level (-7..22), got {self.cold_level}")
-        if self.rate < 0:
-            raise ConfigError(f"rate must be >= 0 bytes/s, got {self.rate}")
-        for tier in (self.write_tier, *self.pins.values(), *self.prices):
-            if tier not in TIERS:
-                raise ConfigError(f"unknown tier {tier!r}; tiers are {', '.join(TIERS)}")
-        for prefix in self.pins:
+    @field_validator("pins")
+    @classmethod
+    def _absolute(cls, pins: dict[str, str]) -> dict[str, str]:
+        for prefix in pins:
             if not prefix.startswith("/"):
-                raise ConfigError(f"pin path must be absolute, got {prefix!r}")
+                raise ValueError(f"pin path must be absolute, got {prefix!r}")
+        return pins
+
+    @model_validator(mode="after")
+    def _watermarks(self) -> TierPolicy:
+        if self.low > self.high:
+            raise ValueError(f"watermarks must satisfy 0 < low <= high <= 1, "
+                             f"got low={self.low} high={self.high}")
+        return self
 
     def with_changes(self, **changes: Any) -> TierPolicy:
-        """A copy with `changes` applied (validated)."""
-        return replace(self, **changes)
+        """A copy with `changes` applied, validated like a new policy (SchemaError names
+        the setting; the policy itself never changes)."""
+        return validate(type(self), {**self.model_dump(), **changes}, where="tier policy")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The policy as plain data (for `--json` output and storage)."""
+        return self.model_dump()
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return json.dumps(self.as_dict(), sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> TierPolicy:
         try:
-            return cls(**json.loads(data))
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"stored tier policy is not valid: {e}; set it again with "
-                              "`hutong tier policy set`") from None
+            return validate(cls, json.loads(data), where="stored tier policy")
+        except (ValueError, SchemaError) as e:
+            raise ConfigError(f"{e}; set it again with `hutong tier policy set`") from None
 
     @classmethod
     def load(cls, txn: ReadTxn) -> TierPolicy:

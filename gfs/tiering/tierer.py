@@ -21,13 +21,14 @@ from dataclasses import asdict, dataclass, field
 
 from gfs import namespace
 from gfs.codec import BLOB_HEADER_LEN, CODEC_ZSTD, decode_blob, encode_blob, parse_blob_header
+from gfs.env import TIERS
 from gfs.errors import CorruptChunkError, NotADirError, NotFoundError, PoolError
 from gfs.meta import ChunkRecord, Kind, Location, PackRecord, ReadTxn
 from gfs.packs import PackBuilder, pack_key
 from gfs.store import ChunkStore
 from gfs.tiering.heat import iter_chunk_heat
 from gfs.tiering.planner import ChunkState, Move, plan
-from gfs.tiering.policy import TIERS, TierPolicy
+from gfs.tiering.policy import TierPolicy
 
 log = logging.getLogger("hutong.tier")
 
@@ -117,7 +118,10 @@ def run(store: ChunkStore, *, dry_run: bool = False, hook: Hook | None = None,
     policy = store.policy()
     report = TierReport()
     states, records = survey(store, policy)
-    moves = plan(states, tier_capacity(store), policy)
+    capacity = tier_capacity(store)
+    # a tier without a pool takes nothing: its chunks stay where they are (planning them
+    # anyway moved the same chunks back into the same pool on every run)
+    moves = [m for m in plan(states, capacity, policy) if m.dst in capacity]
     report.planned = len(moves)
     for m in moves:
         key = f"{m.src}->{m.dst}"

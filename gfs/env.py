@@ -1,0 +1,28 @@
+"""Names and defaults every layer shares: environment variables, tier classes, the
+state directory rule. Standard library only, so the command line can import it
+without loading pydantic, LMDB or aiohttp."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CONFIG_FILE = "config.toml"
+STATE_ENV = "HUTONG_STATE"
+#: parallel TCP streams of the chunk mover unless asked otherwise
+MOVER_STREAMS = 4
+#: tier classes of pools, fastest first
+TIERS: tuple[str, ...] = ("hot", "warm", "cold")
+#: the disk cache tier of readers (mount, gfs://): its directory and capacity
+CACHE_DIR_ENV = "HUTONG_DISK_CACHE"
+CACHE_BYTES_ENV = "HUTONG_DISK_CACHE_BYTES"
+
+
+def state_dir(arg: str | os.PathLike[str] | None = None) -> Path:
+    """The state directory: `arg`, else $HUTONG_STATE, else ~/.hutong."""
+    if arg:
+        return Path(arg).expanduser().absolute()
+    env = os.environ.get(STATE_ENV)
+    if env:
+        return Path(env).expanduser().absolute()
+    return (Path.home() / ".hutong").absolute()

@@ -1,0 +1,561 @@
+"""Write-back of the FUSE mount: uncommitted content, pending creates, group commit.
+
+No FUSE here: `gfs.mount` calls it from its request handlers, and tests drive it
+directly. The rules it keeps (close-to-open, pending creates, group commit, what
+a shutdown commits) are written in docs/architecture.md, "The FUSE mount". Parts:
+
+* `Spool`: the uncommitted content of one file (memory, then a temporary file);
+* `DirtyFile`: a spool shared by an inode's writable handles;
+* `PendingCreates`: files created here and not committed yet, and the inode
+  numbers reserved for them;
+* `GroupCommitter`: one thread committing queued items in batches;
+* `WriteBack`: the above over one `Client`; a file is visible to other clients
+  only after `commit`, and a crash before it leaves orphan packs (gc reclaims
+  them), never a half-written file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import BinaryIO, Generic, TypeVar
+
+from gfs import namespace
+from gfs.cache import CachedReader, ChunkCache
+from gfs.client import Client
+from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError, NotFoundError
+from gfs.meta import ChunkRef, Inode, Kind, Manifest, MetaEngine, WriteTxn
+from gfs.mount_names import NameHints
+from gfs.store import WriteSession
+
+log = logging.getLogger("hutong.mount")
+
+T = TypeVar("T")
+Action = Callable[[WriteTxn, list[ChunkRef]], Manifest | None]
+
+#: Uncommitted content up to this size stays in memory; larger spills to a temp file.
+SPOOL_MEMORY = 1 << 20
+
+
+def _pwrite_all(fd: int, data: bytes, off: int) -> int:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], off + done)
+    return done
+
+
+class Spool:
+    """The uncommitted content of one file: a bytearray while small, else an
+    unlinked temporary file (so small files cost no file creation)."""
+
+    def __init__(self) -> None:
+        self.mem: bytearray | None = bytearray()
+        self.file: BinaryIO | None = None
+
+    def _spill(self, need: int) -> None:
+        if self.mem is not None and need > SPOOL_MEMORY:
+            f = tempfile.TemporaryFile(prefix="hutong-fuse-", buffering=0)  # noqa: SIM115
+            _pwrite_all(f.fileno(), bytes(self.mem), 0)
+            self.file, self.mem = f, None
+
+    def pwrite(self, data: bytes, off: int) -> int:
+        """Write `data` at `off` (a gap before it reads as zeros; writing nothing
+        changes nothing, as write(2) of 0 bytes)."""
+        if not data:
+            return 0
+        self._spill(off + len(data))
+        if self.mem is not None:
+            if off > len(self.mem):
+                self.mem.extend(bytes(off - len(self.mem)))
+            self.mem[off:off + len(data)] = data
+            return len(data)
+        assert self.file is not None
+        return _pwrite_all(self.file.fileno(), data, off)
+
+    def pread(self, size: int, off: int) -> bytes:
+        """Up to `size` bytes at `off`."""
+        if self.mem is not None:
+            return bytes(self.mem[off:off + size])
+        assert self.file is not None
+        return os.pread(self.file.fileno(), size, off)
+
+    def truncate(self, size: int) -> None:
+        """Cut or zero-extend to `size` bytes."""
+        self._spill(size)
+        if self.mem is not None:
+            if size < len(self.mem):
+                del self.mem[size:]
+            else:
+                self.mem.extend(bytes(size - len(self.mem)))
+        else:
+            assert self.file is not None
+            self.file.truncate(size)
+
+    def store(self, session: WriteSession) -> list[ChunkRef]:
+        """Chunk and store the content in `session`."""
+        if self.mem is not None:
+            return session.store_buffer(bytes(self.mem)) if self.mem else []
+        assert self.file is not None
+        self.file.seek(0)
+        return session.store_stream(self.file)
+
+    def close(self) -> None:
+        """Drop the content."""
+        self.mem = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+@dataclass
+class DirtyFile:
+    """The uncommitted content of one inode, shared by its writable handles."""
+
+    ino: int
+    #: Writable handles open on the inode.
+    writers: int = 0
+    #: The content (None until the first write or truncate).
+    tmp: Spool | None = None
+    size: int = 0
+    #: Changed since the last commit.
+    dirty: bool = False
+    #: An mtime set while writing, applied at the commit.
+    mtime_ns: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class GroupCommitter(Generic[T]):
+    """One thread that commits items in batches: `submit` returns once its item is
+    committed; items submitted while a batch commits form the next batch, so
+    parallel writers share one commit. If a batch fails, its items are committed
+    one by one, so each error reaches the caller whose item caused it."""
+
+    def __init__(self, commit_batch: Callable[[list[T]], None],
+                 name: str = "hutong-commit") -> None:
+        self._commit_batch = commit_batch
+        self._queue: queue.SimpleQueue[tuple[T, Future[None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: T) -> None:
+        """Commit `item` (with whatever else is queued); raises what its commit raised."""
+        fut: Future[None] = Future()
+        self._queue.put((item, fut))
+        fut.result()
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._run(batch)
+
+    def _run(self, batch: list[tuple[T, Future[None]]]) -> None:
+        try:
+            self._commit_batch([it for it, _ in batch])
+        except BaseException as e:
+            if len(batch) == 1:
+                batch[0][1].set_exception(e)
+                return
+            for it, fut in batch:  # one by one, so each error reaches its file
+                try:
+                    self._commit_batch([it])
+                except BaseException as e1:
+                    fut.set_exception(e1)
+                else:
+                    fut.set_result(None)
+            return
+        for _, fut in batch:
+            fut.set_result(None)
+
+
+class PendingCreates:
+    """Files created here and not committed yet (by inode and by name), and the
+    block of inode numbers reserved in the store for them. Thread-safe."""
+
+    #: Inode numbers reserved at a time.
+    INO_BLOCK = 256
+
+    def __init__(self, engine: MetaEngine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._nodes: dict[int, tuple[Inode, str]] = {}
+        self._by_name: dict[tuple[int, str], int] = {}
+        self._free_inos: list[int] = []
+
+    def __contains__(self, ino: object) -> bool:
+        return ino in self._nodes
+
+    def get(self, ino: int) -> Inode | None:
+        """The inode of pending file `ino`, or None."""
+        entry = self._nodes.get(ino)
+        return entry[0] if entry is not None else None
+
+    def find(self, parent: int, name: str) -> Inode | None:
+        """The pending file `name` in directory `parent`, or None."""
+        ino = self._by_name.get((parent, name))
+        return self.get(ino) if ino is not None else None
+
+    def name(self, ino: int) -> str:
+        """The name of pending file `ino`."""
+        return self._nodes[ino][1]
+
+    def inos(self) -> list[int]:
+        """The pending files' inode numbers."""
+        with self._lock:
+            return list(self._nodes)
+
+    def add(self, parent: int, name: str, mode: int, uid: int, gid: int,
+            exists: bool) -> Inode:
+        """A new pending file; ExistsError if `exists` or one of that name is pending."""
+        now = namespace.now_ns()
+        with self._lock:
+            if exists or (parent, name) in self._by_name:
+                raise ExistsError(name)
+            node = Inode(self._take_ino(), parent, Kind.FILE, mode & 0o7777, uid, gid, 0,
+                         now, now, now, 0)
+            self._nodes[node.ino] = (node, name)
+            self._by_name[(parent, name)] = node.ino
+        return node
+
+    def update(self, ino: int, change: Callable[[Inode], Inode]) -> Inode | None:
+        """Apply `change` to pending file `ino`; None if it is not pending."""
+        with self._lock:
+            entry = self._nodes.get(ino)
+            if entry is None:
+                return None
+            node = change(entry[0])
+            self._nodes[ino] = (node, entry[1])
+            return node
+
+    def remove(self, ino: int) -> None:
+        """Forget `ino` (it was committed)."""
+        with self._lock:
+            entry = self._nodes.pop(ino, None)
+            if entry is not None:
+                self._by_name.pop((entry[0].parent, entry[1]), None)
+
+    def _take_ino(self) -> int:
+        """An inode number from the reserved block (numbers of a block left unused are
+        skipped forever, which is harmless). `_lock` held."""
+        if not self._free_inos:
+            with self._engine.write() as txn:
+                block = [txn.alloc_ino() for _ in range(self.INO_BLOCK)]
+            self._free_inos = block[::-1]
+        return self._free_inos.pop()
+
+
+class WriteBack:
+    """The uncommitted state of a mount over `client`: dirty files, pending creates,
+    and the group committer that makes them visible. Methods block (call them
+    from worker threads); those named `*_nowait` never do."""
+
+    def __init__(self, client: Client, cache: ChunkCache, names: NameHints) -> None:
+        self.client = client
+        self.cache = cache
+        self.names = names
+        self.dirty: dict[int, DirtyFile] = {}
+        self.pending = PendingCreates(client.engine)
+        #: The committed version this mount last opened or committed, per inode.
+        self.seen_version: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._committer: GroupCommitter[DirtyFile] = GroupCommitter(self._commit_batch)
+
+    def close(self, commit: bool = True) -> None:
+        """Stop the committer; with `commit`, commit the pending files first."""
+        try:
+            if commit:
+                self.settle()
+        except Exception:
+            log.exception("could not commit the files created before the unmount")
+        self._committer.close()
+
+    # -- looking -------------------------------------------------------------
+    def node(self, ino: int) -> Inode:
+        """The inode `ino` (pending or committed); NotFoundError if none."""
+        pending = self.pending.get(ino)
+        if pending is not None:
+            return pending
+        with self.client.engine.read() as txn:
+            node = txn.get_inode(ino)
+        if node is None:
+            raise NotFoundError(f"<inode {ino}>")
+        return node
+
+    def apparent(self, node: Inode) -> tuple[int, int]:
+        """(size, mtime) of `node` as this mount shows it: with uncommitted writes."""
+        d = self.dirty.get(node.ino)
+        if d is not None and d.tmp is not None:
+            return d.size, node.mtime_ns if d.mtime_ns is None else d.mtime_ns
+        return node.size, node.mtime_ns
+
+    def reader(self, ino: int) -> tuple[CachedReader, bool]:
+        """A reader of the committed version of `ino`, and whether the page cache of
+        earlier opens may be kept (the version is the one this mount saw last)."""
+        if ino in self.pending:
+            return CachedReader(self.cache, f"<new inode {ino}>", Manifest(0, ())), False
+        node = self.node(ino)
+        if node.kind == Kind.DIR:
+            raise IsADirError(f"<inode {ino}>")
+        if node.kind != Kind.FILE:
+            raise InvalidPathError(f"<inode {ino}>", "not a regular file")
+        m = self.client.manifest_ino(ino)
+        with self.client.engine.read() as txn:
+            path = self.names.path(txn, ino)
+        keep = self.seen_version.get(ino) == m.version
+        self.seen_version[ino] = m.version
+        return CachedReader(self.cache, path, m), keep
+
+    def read(self, ino: int, size: int, off: int) -> bytes | None:
+        """Up to `size` uncommitted bytes of `ino` at `off`; None if it has none."""
+        d = self.dirty.get(ino)
+        if d is not None and d.tmp is not None:
+            with d.lock:
+                if d.tmp is not None:
+                    return d.tmp.pread(min(size, max(d.size - off, 0)), off)
+        return None
+
+    # -- creating and writing ------------------------------------------------
+    def create(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Inode:
+        """A new file `name` in `parent`, pending until its first commit."""
+        with self.client.engine.read() as txn:
+            parent_node = namespace.get(txn, parent)
+            if parent_node.kind != Kind.DIR:
+                raise NotADirError(name)
+            path = self.names.child_path(txn, parent, name)
+            exists = txn.lookup(parent, name) is not None
+        try:
+            node = self.pending.add(parent, name, mode, uid, gid, exists)
+        except ExistsError:
+            raise ExistsError(path) from None
+        self.names.remember(node.ino, parent, name)
+        self.seen_version[node.ino] = 1
+        return node
+
+    def open_writer(self, ino: int) -> DirtyFile:
+        """Count a writable handle of `ino`; its shared DirtyFile."""
+        with self._lock:
+            d = self.dirty.setdefault(ino, DirtyFile(ino))
+            d.writers += 1
+        return d
+
+    def drop_writer(self, d: DirtyFile) -> None:
+        """Uncount a writable handle; the last one drops the spool."""
+        with self._lock:
+            d.writers -= 1
+            if d.writers > 0:
+                return
+            self.dirty.pop(d.ino, None)
+        if d.tmp is not None:
+            d.tmp.close()
+            d.tmp = None
+
+    def _write_locked(self, d: DirtyFile, reader: CachedReader, data: bytes, off: int) -> int:
+        self._materialize(d, reader)
+        assert d.tmp is not None
+        n = d.tmp.pwrite(data, off)
+        if n:
+            d.size = max(d.size, off + n)
+        d.dirty = True
+        d.mtime_ns = None
+        return n
+
+    def write(self, d: DirtyFile, reader: CachedReader, data: bytes, off: int) -> int:
+        """Write `data` at `off` into the spool of `d` (first copying the committed
+        content of `reader` there)."""
+        with d.lock:
+            return self._write_locked(d, reader, data, off)
+
+    def write_nowait(self, d: DirtyFile, reader: CachedReader, data: bytes,
+                     off: int) -> int | None:
+        """`write` if it touches memory only and the spool is free; else None."""
+        if (d.tmp is None or d.tmp.mem is None or off + len(data) > SPOOL_MEMORY
+                or not d.lock.acquire(blocking=False)):
+            return None
+        try:
+            if d.tmp is not None and d.tmp.mem is not None:
+                return self._write_locked(d, reader, data, off)
+            return None
+        finally:
+            d.lock.release()
+
+    def _materialize(self, d: DirtyFile, reader: CachedReader | None,
+                     size: int | None = None) -> None:
+        """Give `d` a spool holding the committed content (or its first `size` bytes).
+        Called with `d.lock` held."""
+        if d.tmp is not None:
+            return
+        tmp = Spool()
+        if reader is None:
+            reader, _ = self.reader(d.ino)  # empty for a file not committed yet
+        keep = reader.size if size is None else min(size, reader.size)
+        off = 0
+        while off < keep:
+            data = reader.read(off, min(8 << 20, keep - off))
+            tmp.pwrite(data, off)
+            off += len(data)
+        d.tmp, d.size = tmp, keep
+
+    def truncate(self, ino: int, size: int, reader: CachedReader | None = None) -> None:
+        """Set the size of `ino`: in its spool if it is open for writing here (committed
+        at its close), else at once as a new version."""
+        with self._lock:
+            d = self.dirty.get(ino)
+            temporary = False
+            if d is None and ino not in self.pending:
+                with self.client.engine.read() as txn:
+                    path = self.names.path(txn, ino)
+            elif d is None:
+                temporary = True
+                d = self.dirty[ino] = DirtyFile(ino, writers=1)
+        if d is None:
+            # truncate(2) of a file nobody writes here: a new version that keeps the
+            # chunks before the cut (no copy of the file)
+            self.client.truncate(path, size)
+            self.seen_version[ino] = self.client.manifest_ino(ino).version
+            return
+        try:
+            with d.lock:
+                self._materialize(d, reader, size)
+                assert d.tmp is not None
+                d.tmp.truncate(size)
+                d.size = size
+                d.dirty = True
+            if temporary:  # truncate(2) by path of a pending file: commit now
+                self.commit(d)
+        finally:
+            if temporary:
+                self.drop_writer(d)
+
+    def set_mtime(self, ino: int, mtime_ns: int) -> None:
+        """Remember an mtime set while `ino` has uncommitted writes (kept at commit)."""
+        d = self.dirty.get(ino)
+        if d is not None and d.tmp is not None:
+            d.mtime_ns = mtime_ns
+
+    # -- committing ------------------------------------------------------------
+    def commit(self, d: DirtyFile) -> None:
+        """Commit the content of `d` (and create its file if pending); returns once
+        committed. Commits queued meanwhile share one writer session."""
+        if d.ino not in self.pending and (not d.dirty or d.tmp is None):
+            return
+        self._committer.submit(d)
+
+    def commit_ino(self, ino: int) -> None:
+        """Commit `ino` with its uncommitted content, if it has any or is pending."""
+        self.commit(self.dirty.get(ino) or DirtyFile(ino))
+
+    def settle(self) -> None:
+        """Commit every pending file (with its content so far: empty unless written),
+        before a change that must see them."""
+        for ino in self.pending.inos():
+            self.commit_ino(ino)
+
+    def commit_open(self) -> int:
+        """Commit the content written so far of every dirty and every pending file;
+        returns how many were committed."""
+        with self._lock:
+            todo = {**{ino: DirtyFile(ino) for ino in self.pending.inos()}, **self.dirty}
+        done = 0
+        for d in todo.values():
+            if d.ino in self.pending or (d.dirty and d.tmp is not None):
+                self.commit(d)
+                done += 1
+        return done
+
+    def _commit_batch(self, items: list[DirtyFile]) -> None:
+        """Commit `items` in one writer session (their locks held throughout)."""
+        unique = list({id(d): d for d in items}.values())
+        locked: list[DirtyFile] = []
+        try:
+            for d in unique:
+                d.lock.acquire()
+                locked.append(d)
+            work = [(d, d.ino in self.pending) for d in unique
+                    if d.ino in self.pending or (d.dirty and d.tmp is not None)]
+            if not work:
+                return
+            with self.client.store.writer() as session:
+                for d, new in work:
+                    refs = d.tmp.store(session) if d.tmp is not None else []
+                    if new and d.mtime_ns is not None:
+                        self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
+                    action = self._create_action(d.ino) if new else \
+                        self._update_action(d.ino, d.mtime_ns)
+                    session.add_file(refs, action)
+                session.commit()
+            for d, new in work:
+                d.dirty = False
+                if new:
+                    self.pending.remove(d.ino)
+                    self.seen_version[d.ino] = 1
+        finally:
+            for d in locked:
+                d.lock.release()
+
+    def _create_action(self, ino: int) -> Action:
+        """The commit action of a file created here: link it under its reserved number."""
+        def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+            node = self.pending.get(ino)
+            if node is None:  # committed meanwhile: an ordinary new version
+                return self._update_action(ino, None)(txn, refs)
+            name = self.pending.name(ino)
+            parent = txn.get_inode(node.parent)
+            if parent is None or parent.kind != Kind.DIR:
+                log.info("directory of new inode %d was removed before the file was "
+                         "committed", ino)
+                return Manifest(0, tuple(refs))  # releases what was just referenced
+            now = namespace.now_ns()
+            old: Manifest | None = None
+            if txn.lookup(node.parent, name) is not None:  # made meanwhile elsewhere
+                log.warning("%s was created by another client too; replaced by this one",
+                            name)
+                old = namespace.unlink_in(txn, parent, name, touch=False)
+            new = replace(node, size=sum(r.length for r in refs), version=1, ctime_ns=now)
+            txn.put_inode(new)
+            txn.link(node.parent, name, ino)
+            txn.put_manifest(ino, Manifest(1, tuple(refs)))
+            txn.put_inode(replace(parent, mtime_ns=now, ctime_ns=now))
+            return old
+        return action
+
+    def _update_action(self, ino: int, mtime: int | None) -> Action:
+        """The commit action of new content for a committed file."""
+        def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+            node = txn.get_inode(ino)
+            if node is None or node.kind != Kind.FILE:
+                log.info("inode %d was removed before its writes were committed", ino)
+                return Manifest(0, tuple(refs))  # releases what was just referenced
+            old = namespace.write_file(txn, self.names.path(txn, ino), refs, mtime_ns=mtime)
+            new = txn.get_inode(ino)
+            if new is not None:
+                self.seen_version[ino] = new.version
+            return old
+        return action
+
+
+__all__ = ["SPOOL_MEMORY", "DirtyFile", "GroupCommitter", "PendingCreates", "Spool",
+           "WriteBack"]

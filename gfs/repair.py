@@ -1,0 +1,114 @@
+"""Repair: restore damaged chunks from good copies, mark the rest lost.
+
+`hutong fsck --repair` reads every stored copy once (the same scan as fsck).
+A chunk with a bad copy and a good one keeps the good one (the bad copy's bytes
+become dead and gc reclaims them). A chunk with no good copy is restored from
+another store that has it (`--from STATE`, e.g. a copy made by `hutong copy`):
+the blob is verified against the chunk id before it is written. A chunk that
+no source has is marked lost: its record stays, without locations, so that the
+files naming it read as damaged with a clear error, gc and the tierer skip it,
+and putting the same content again heals every file that names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gfs.errors import ChunkMissingError, CorruptChunkError, PoolError
+from gfs.fsck import owners, scan_copies
+from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
+from gfs.store import ChunkStore, lost_chunks, set_lost_chunks
+
+log = logging.getLogger("gfs.repair")
+
+
+@dataclass
+class RepairReport:
+    """What a repair did."""
+
+    copies_verified: int = 0
+    dropped_copies: int = 0  # bad copies of chunks that kept a good one
+    repaired: int = 0  # chunks restored from another store
+    lost: list[str] = field(default_factory=list)  # ids (hex) of chunks with no good copy
+    damaged_files: list[str] = field(default_factory=list)  # files naming a lost chunk
+
+
+def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairReport:
+    """Verify every copy in `store`; restore or drop bad ones; mark unrecoverable chunks lost.
+
+    Runs under the gc lock, so no gc or repack moves blobs meanwhile.
+    """
+    report = RepairReport()
+    with store.gc_exclusive():
+        with store.engine.read() as txn:
+            chunks = {rec.id: rec for rec in txn.iter_chunks()}
+            packs = {p.id: p for p in txn.iter_packs()}
+        scan = scan_copies(store, chunks, packs)
+        report.copies_verified = scan.copies_verified
+        # copies in unknown packs, or chunks with no location at all, are bad too
+        for cid, rec in chunks.items():
+            unknown = [loc for loc in rec.locations if loc.pack not in packs]
+            if unknown:
+                scan.bad.setdefault(cid, []).extend(unknown)
+        keep_one = {cid: locs for cid, locs in scan.bad.items()
+                    if len(set(locs)) < len(chunks[cid].locations)}
+        if keep_one:
+            with store.engine.write() as txn:
+                for cid, locs in keep_one.items():
+                    report.dropped_copies += _drop_copies(txn, cid, set(locs))
+        hopeless = {cid for cid in scan.bad if cid not in keep_one}
+        hopeless |= {cid for cid, rec in chunks.items() if not rec.locations and rec.refcount}
+    blobs = _from_sources(hopeless, sources)
+    if blobs:
+        report.repaired = store.replace_copies(blobs)
+    with store.gc_exclusive():
+        with store.engine.write() as txn:
+            lost: set[bytes] = set()
+            for cid in hopeless:
+                current = txn.get_chunk(cid)
+                if current is None or cid in blobs:
+                    continue
+                _drop_copies(txn, cid, set(current.locations))
+                lost.add(cid)
+            if lost:
+                set_lost_chunks(txn, lost_chunks(txn) | lost)
+        if lost:
+            with store.engine.read() as txn:
+                report.damaged_files = sorted(owners(txn, lost))
+            log.error("%d chunks have no good copy anywhere; files marked damaged: %s",
+                      len(lost), ", ".join(report.damaged_files) or "none")
+    report.lost = sorted(cid.hex() for cid in lost)
+    return report
+
+
+def _drop_copies(txn: WriteTxn, cid: bytes, bad: set[Location]) -> int:
+    """Remove `bad` locations of chunk `cid`, and their bytes from their packs' live counts."""
+    rec = txn.get_chunk(cid)
+    if rec is None:
+        return 0
+    dropped = 0
+    for loc in rec.locations:
+        if loc not in bad:
+            continue
+        dropped += 1
+        p = txn.get_pack(loc.pack)
+        if p is not None:
+            txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks, p.live_chunks - 1,
+                                    p.live_bytes - loc.length, p.created_ns))
+    txn.put_chunk(ChunkRecord(cid, rec.raw_len, rec.stored_len, rec.codec, rec.refcount,
+                              tuple(loc for loc in rec.locations if loc not in bad)))
+    return dropped
+
+
+def _from_sources(cids: set[bytes], sources: Sequence[ChunkStore]) -> dict[bytes, bytes]:
+    """Verified blobs of `cids` from the first source that has a good copy of each."""
+    found: dict[bytes, bytes] = {}
+    for source in sources:
+        for cid in sorted(cids - found.keys()):
+            try:
+                found[cid] = source.read_blob(cid)
+            except (ChunkMissingError, CorruptChunkError, PoolError):
+                continue
+    return found

@@ -1,0 +1,282 @@
+"""The mount's write-back, driven directly (no FUSE, no kernel): spools, pending
+creates, close-to-open commits, group commit, and a crash between spool and commit."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gfs.cache import ChunkCache
+from gfs.client import Client
+from gfs.errors import ExistsError, NotADirError
+from gfs.meta import ROOT_INO
+from gfs.mount_names import NameHints
+from gfs.mount_writeback import SPOOL_MEMORY, GroupCommitter, Spool, WriteBack
+from tests.test_mount_helpers import init_store, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+DEADLINE = 30.0
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    init_store(tmp_path / "state")
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def wb(state: Path) -> Iterator[WriteBack]:
+    with Client(state) as c:
+        cache = ChunkCache(c.store, 16 << 20)
+        w = WriteBack(c, cache, NameHints())
+        try:
+            yield w
+        finally:
+            w.close()
+            cache.close()
+
+
+def other(state: Path) -> Client:
+    """Another client of the same store (what the rest of the world sees)."""
+    return Client(state)
+
+
+# -- Spool -------------------------------------------------------------------
+ops = st.lists(st.one_of(
+    st.tuples(st.just("w"), st.integers(0, 3 * SPOOL_MEMORY // 2), st.binary(max_size=4096)),
+    st.tuples(st.just("t"), st.integers(0, 3 * SPOOL_MEMORY // 2), st.just(b""))),
+    max_size=25)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops)
+def test_spool_matches_a_bytearray(steps: list[tuple[str, int, bytes]]) -> None:
+    """Writes with gaps and truncates, in memory and after spilling to a file, read
+    back as the same operations on a bytearray."""
+    spool, model = Spool(), bytearray()
+    try:
+        for kind, off, data in steps:
+            if kind == "w":
+                assert spool.pwrite(data, off) == len(data)
+                if data and off > len(model):
+                    model.extend(bytes(off - len(model)))
+                model[off:off + len(data)] = data
+            else:
+                spool.truncate(off)
+                del model[off:]
+                model.extend(bytes(off - len(model)))
+            assert (spool.mem is None) == (spool.file is not None)
+        assert spool.pread(len(model) + 10, 0) == bytes(model)
+        if len(model) > SPOOL_MEMORY:
+            assert spool.file is not None  # spilled
+    finally:
+        spool.close()
+
+
+# -- GroupCommitter ----------------------------------------------------------
+def test_group_committer_batches_what_queues_during_a_commit() -> None:
+    batches: list[list[str]] = []
+    entered, gate = threading.Event(), threading.Event()
+
+    def commit(items: list[str]) -> None:
+        batches.append(items)
+        if items == ["first"]:
+            entered.set()
+            assert gate.wait(DEADLINE)
+
+    gc: GroupCommitter[str] = GroupCommitter(commit)
+    try:
+        t1 = threading.Thread(target=gc.submit, args=("first",))
+        t1.start()
+        assert entered.wait(DEADLINE)
+        rest = [threading.Thread(target=gc.submit, args=(n,)) for n in ("b", "c", "d")]
+        for t in rest:
+            t.start()
+        wait_for(lambda: gc._queue.qsize() == 3, "three commits queued behind the first")
+        gate.set()
+        for t in [t1, *rest]:
+            t.join(DEADLINE)
+            assert not t.is_alive()
+    finally:
+        gc.close()
+    assert batches[0] == ["first"]
+    assert sorted(batches[1]) == ["b", "c", "d"] and len(batches) == 2
+
+
+def test_group_committer_gives_each_error_to_its_own_item() -> None:
+    entered, gate = threading.Event(), threading.Event()
+    committed: list[str] = []
+
+    def commit(items: list[str]) -> None:
+        if items == ["hold"]:
+            entered.set()
+            assert gate.wait(DEADLINE)
+        if "bad" in items:
+            raise ExistsError("/bad")
+        committed.extend(items)
+
+    gc: GroupCommitter[str] = GroupCommitter(commit)
+    results: dict[str, BaseException | None] = {}
+
+    def submit(item: str) -> None:
+        try:
+            gc.submit(item)
+            results[item] = None
+        except BaseException as e:
+            results[item] = e
+
+    try:
+        hold = threading.Thread(target=submit, args=("hold",))
+        hold.start()
+        assert entered.wait(DEADLINE)
+        ts = [threading.Thread(target=submit, args=(n,)) for n in ("good1", "bad", "good2")]
+        for t in ts:
+            t.start()
+        wait_for(lambda: gc._queue.qsize() == 3, "three commits queued behind the first")
+        gate.set()
+        for t in [hold, *ts]:
+            t.join(DEADLINE)
+    finally:
+        gc.close()
+    assert isinstance(results["bad"], ExistsError)
+    assert results["good1"] is None and results["good2"] is None
+    assert sorted(committed) == ["good1", "good2", "hold"]
+
+
+# -- WriteBack -----------------------------------------------------------------
+def test_create_is_invisible_until_committed(wb: WriteBack, state: Path) -> None:
+    data = random.Random(1).randbytes(3 * SPOOL_MEMORY)  # spills to a file
+    node = wb.create(ROOT_INO, "new.bin", 0o640, 1000, 1000)
+    assert wb.node(node.ino) == node and wb.pending.find(ROOT_INO, "new.bin") == node
+    with pytest.raises(ExistsError):
+        wb.create(ROOT_INO, "new.bin", 0o640, 0, 0)
+    d = wb.open_writer(node.ino)
+    reader, _ = wb.reader(node.ino)
+    for off in range(0, len(data), 100_000):
+        assert wb.write(d, reader, data[off:off + 100_000], off) == len(data[off:off + 100_000])
+    assert wb.read(node.ino, 10, 5) == data[5:15]  # this mount sees the bytes
+    assert wb.apparent(node)[0] == len(data)
+    with other(state) as c:
+        assert not c.exists("/new.bin")  # nobody else does
+    wb.commit(d)
+    wb.drop_writer(d)
+    assert node.ino not in wb.pending
+    with other(state) as c:
+        st_ = c.stat("/new.bin")
+        assert (st_.ino, st_.size, st_.mode & 0o7777) == (node.ino, len(data), 0o640)
+        assert c.read_bytes("/new.bin") == data
+        assert c.fsck().ok
+
+
+def test_update_of_a_committed_file(wb: WriteBack, state: Path) -> None:
+    with other(state) as c:
+        c.write_bytes("/f", b"0123456789")
+        ino = c.stat("/f").ino
+    d = wb.open_writer(ino)
+    reader, _ = wb.reader(ino)
+    assert wb.write_nowait(d, reader, b"AB", 2) is None  # no spool yet: must copy first
+    wb.write(d, reader, b"AB", 2)
+    assert wb.write_nowait(d, reader, b"Z", 12) == 1  # memory only now
+    wb.set_mtime(ino, 7_000_000_000)
+    with other(state) as c:
+        assert c.read_bytes("/f") == b"0123456789"
+    wb.commit(d)
+    wb.drop_writer(d)
+    assert wb.read(ino, 100, 0) is None  # nothing uncommitted left
+    with other(state) as c:
+        assert c.read_bytes("/f") == b"01AB456789\0\0Z"
+        assert c.stat("/f").mtime_ns == 7_000_000_000
+    wb.truncate(ino, 4)  # not open for writing: a new version at once
+    with other(state) as c:
+        assert c.read_bytes("/f") == b"01AB"
+
+
+def test_settle_commits_pending_files_empty_unless_written(wb: WriteBack, state: Path) -> None:
+    a = wb.create(ROOT_INO, "a", 0o600, 0, 0)
+    b = wb.create(ROOT_INO, "b", 0o600, 0, 0)
+    d = wb.open_writer(b.ino)
+    wb.write(d, wb.reader(b.ino)[0], b"bee", 0)
+    assert wb.commit_open() == 2
+    assert wb.pending.inos() == []
+    with pytest.raises(NotADirError):
+        wb.create(a.ino, "x", 0o600, 0, 0)  # a file is no directory
+    with other(state) as c:
+        assert c.read_bytes("/a") == b"" and c.read_bytes("/b") == b"bee"
+    wb.drop_writer(d)
+
+
+CRASHER = textwrap.dedent("""
+    import random, sys
+    from gfs.cache import ChunkCache
+    from gfs.client import Client
+    from gfs.meta import ROOT_INO
+    from gfs.mount_names import NameHints
+    from gfs.mount_writeback import WriteBack
+
+    c = Client(sys.argv[1])
+    wb = WriteBack(c, ChunkCache(c.store, 1 << 20), NameHints())
+    node = wb.create(ROOT_INO, "new.bin", 0o644, 0, 0)
+    d = wb.open_writer(node.ino)
+    wb.write(d, wb.reader(node.ino)[0], random.Random(2).randbytes(3 << 20), 0)
+    old = c.stat("/old").ino
+    e = wb.open_writer(old)
+    wb.write(e, wb.reader(old)[0], random.Random(3).randbytes(2 << 20), 0)
+    engine = c.store.engine
+    real_write = engine.write
+
+    def gate():  # the metadata transaction of the commit: stop here
+        print("committing", flush=True)
+        sys.stdin.read()
+        return real_write()
+
+    engine.write = gate
+    wb.commit_open()
+    print("committed", flush=True)
+""")
+
+
+def test_crash_between_spool_and_commit(state: Path) -> None:
+    """kill -9 after the packs of a group commit are written, before its metadata
+    transaction: no file half visible, fsck clean, gc reclaims the packs."""
+    with other(state) as c:
+        c.write_bytes("/old", b"old content")
+    packs_before = set((state / "pools").rglob("*.pack"))
+    proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(state)], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "committing", line
+        new_packs = set((state / "pools").rglob("*.pack")) - packs_before
+        assert new_packs, "the spooled content reached no pack before the commit"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=DEADLINE)
+    assert proc.returncode == -signal.SIGKILL
+    with other(state) as c:
+        assert not c.exists("/new.bin")
+        assert c.read_bytes("/old") == b"old content"
+        report = c.fsck()
+        assert report.ok, report.problems
+        assert report.orphan_packs >= 1
+        c.gc()
+        after = c.fsck()
+        assert after.ok and after.orphan_packs == 0 and after.unreferenced_chunks == 0
+        assert not any(p.exists() for p in new_packs)
+
+
+def test_no_fuse_in_the_write_back_and_xattr_modules() -> None:
+    code = ("import sys, gfs.mount_writeback, gfs.mount_xattr, gfs.mount_shutdown, "
+            "gfs.mount_points; sys.exit('pyfuse3' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False).returncode == 0
