@@ -422,7 +422,8 @@ class ChunkStore:
         """
         unique = list(dict.fromkeys(cids))
         with self.engine.read() as txn:
-            recs = [(cid, txn.get_chunk(cid)) for cid in unique]
+            found = txn.get_chunks(unique)
+            recs = [(cid, found.get(cid)) for cid in unique]
         self.heat.record(unique)
         by_pack: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = defaultdict(list)
         retry: list[bytes] = []

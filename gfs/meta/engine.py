@@ -87,6 +87,16 @@ class ReadTxn(ABC):
         """Whether the chunk index has an entry for `cid` (engines may answer faster)."""
         return self.get_chunk(cid) is not None
 
+    def get_chunks(self, cids: Iterable[bytes]) -> dict[bytes, ChunkRecord]:
+        """The chunk index entries of those of `cids` that have one (engines may answer
+        in one round trip)."""
+        found = {}
+        for cid in cids:
+            rec = self.get_chunk(cid)
+            if rec is not None:
+                found[cid] = rec
+        return found
+
     def present_chunks(self, cids: Iterable[bytes]) -> set[bytes]:
         """Which of `cids` the chunk index has (engines may answer in one round trip)."""
         return {cid for cid in cids if self.has_chunk(cid)}

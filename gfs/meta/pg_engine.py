@@ -246,19 +246,27 @@ class _PgRead(ReadTxn):
         data = self._x.one("chunks", (cid,), "rec")
         return None if data is None else enc.decode_chunk(cid, bytes(data))
 
+    def get_chunks(self, cids: Iterable[bytes]) -> dict[bytes, ChunkRecord]:
+        return {cid: enc.decode_chunk(cid, data) for cid, data in self._chunk_recs(cids, "rec")}
+
     def present_chunks(self, cids: Iterable[bytes]) -> set[bytes]:
+        return {cid for cid, _ in self._chunk_recs(cids, "id")}
+
+    def _chunk_recs(self, cids: Iterable[bytes], col: str) -> Iterator[tuple[bytes, bytes]]:
+        """(id, column `col`) of the chunks of `cids` that exist, buffered writes first."""
         want: list[bytes] = []
-        found: set[bytes] = set()
         for cid in cids:
             if ("chunks", (cid,)) in self._x.buf:
-                if self._x.buf[("chunks", (cid,))] is not None:
-                    found.add(cid)
+                vals = self._x.buf[("chunks", (cid,))]
+                if vals is not None:
+                    yield cid, bytes(vals[0])
             else:
                 want.append(cid)
-        q = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(self._x.t("chunks"))
+        q = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s)").format(
+            sql.Identifier(col), self._x.t("chunks"))
         for i in range(0, len(want), FETCH):
-            found.update(bytes(r[0]) for r in self._x.conn.execute(q, (want[i:i + FETCH],)))
-        return found
+            for cid, data in self._x.conn.execute(q, (want[i:i + FETCH],)):
+                yield bytes(cid), bytes(data)
 
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         for cid, rec in self._scan("chunks", "id, rec", "id"):
@@ -356,17 +364,9 @@ class _PgWrite(_PgRead, WriteTxn):
         self._put("chunks", (rec.id,), enc.encode_chunk(rec))
 
     def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
-        want = [cid for cid, d in deltas.items() if (("chunks", (cid,)) not in self._x.buf)]
-        found: dict[bytes, bytes] = {}
-        for i in range(0, len(want), FETCH):
-            q = sql.SQL("SELECT id, rec FROM {} WHERE id = ANY(%s)").format(self._x.t("chunks"))
-            for cid, rec in self._x.conn.execute(q, (want[i:i + FETCH],)):
-                found[bytes(cid)] = bytes(rec)
+        found = dict(self._chunk_recs(deltas, "rec"))
         for cid, delta in deltas.items():
             data = found.get(cid)
-            if data is None:
-                buffered = self._x.buf.get(("chunks", (cid,)))
-                data = None if buffered is None else bytes(buffered[0])
             if data is None:
                 raise FormatError(f"chunk {cid.hex()} is referenced but not in the chunk "
                                   "index; run `hutong fsck`")

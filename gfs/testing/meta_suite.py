@@ -693,3 +693,15 @@ class MetaEngineConformance:
             w.delete_chunk(_cid(1))
             w.put_chunk(_chunk(3))
             assert w.present_chunks([_cid(i) for i in range(5)]) == {_cid(2), _cid(3)}
+
+    def test_get_chunks_in_one_call(self, engine: MetaEngine) -> None:
+        with engine.write() as w:
+            for i in (1, 2, 3):
+                w.put_chunk(_chunk(i, nloc=2))
+        with engine.write() as w:
+            w.delete_chunk(_cid(2))
+            w.put_chunk(_chunk(4))
+            assert w.get_chunks([_cid(i) for i in range(6)]) == {
+                _cid(1): _chunk(1, nloc=2), _cid(3): _chunk(3, nloc=2), _cid(4): _chunk(4)}
+        with engine.read() as r:
+            assert r.get_chunks([_cid(4), _cid(2)]) == {_cid(4): _chunk(4)}
