@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from gfs import namespace, paths
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
+from gfs.env import META_ENV
 from gfs.errors import (
     ChunkMissingError,
     ConfigError,
@@ -42,8 +43,27 @@ from gfs.errors import (
     StateError,
 )
 from gfs.files import NsReader, NsWriter
-from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, LmdbEngine, Manifest, PoolRecord, WriteTxn
+from gfs.meta import (
+    ROOT_INO,
+    ChunkRef,
+    Inode,
+    Kind,
+    LmdbEngine,
+    Manifest,
+    PoolRecord,
+    WriteTxn,
+    open_engine,
+)
 from gfs.namespace import XattrSource
+from gfs.state import (
+    check_identity,
+    is_database_url,
+    meta_location,
+    meta_toml,
+    pool_location,
+    record_url,
+    relocate,
+)
 from gfs.store import ChunkStore, WriteStats, read_prepared, release
 
 Progress = Callable[[int], None]
@@ -170,35 +190,59 @@ class Client:
     def __init__(self, state: str | os.PathLike[str] | None = None, **settings: Any) -> None:
         """Open the store in `state`; settings override the config file and environment."""
         root = state_dir(state)
-        if not (root / CONFIG_FILE).exists() or not (root / "meta").is_dir():
+        meta = meta_location(root) if (root / CONFIG_FILE).exists() else None
+        if meta is None or (meta == str(root / "meta") and not (root / "meta").is_dir()):
             raise StateError(f"no Hutong store at {root}; create one with `hutong init` "
                              f"(or pass --state / set HUTONG_STATE)")
         self.state = root
         self.config = StoreConfig.load(root, settings)
-        self.engine = LmdbEngine(str(root / "meta"))
+        self.engine = open_engine(meta)
+        try:
+            with self.engine.read() as txn:
+                if txn.get_meta("loading"):
+                    raise StateError(f"the metadata of {root} was not loaded completely; "
+                                     "load the dump again into a new store "
+                                     "(`hutong meta load`)")
+            if isinstance(self.engine, LmdbEngine):  # a database server has no copies
+                check_identity(self.engine, root)
+        except BaseException:
+            self.engine.close()
+            raise
         self.store = ChunkStore(self.engine, root, self.config)
 
     # -- lifecycle -------------------------------------------------------------
     @classmethod
-    def init(cls, state: str | os.PathLike[str] | None = None, **settings: Any) -> Client:
-        """Create a store in `state` (see gfs.config.state_dir) and open it."""
+    def init(cls, state: str | os.PathLike[str] | None = None, *, meta: str | None = None,
+             **settings: Any) -> Client:
+        """Create a store in `state` (see gfs.config.state_dir) and open it.
+
+        `meta` (else $HUTONG_META): a ``postgresql://`` URL puts the metadata on
+        that database; a store already there is joined, not replaced. By default
+        the metadata is the embedded LMDB environment `state`/meta.
+        """
         root = state_dir(state)
         if (root / CONFIG_FILE).exists():
             raise ExistsError(str(root), "a Hutong store is already initialised here")
         if root.exists() and not root.is_dir():
             raise NotADirError(str(root), "state path exists and is not a directory")
         config = StoreConfig.load(root, settings)
-        for sub in ("meta", "locks", "pools/default"):
+        meta = meta or os.environ.get(META_ENV) or None
+        if meta is not None and not is_database_url(meta):
+            raise ConfigError(f"metadata URL {meta!r}: use postgresql://USER@HOST/DB "
+                              "(or leave it out for the embedded engine)")
+        for sub in ("meta" if meta is None else "", "locks", "pools/default"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        engine = LmdbEngine(str(root / "meta"))
+        engine = open_engine(str(root / "meta") if meta is None else meta)
         try:
-            with engine.write() as txn:
-                txn.put_pool(PoolRecord(0, "default", (root / "pools" / "default").as_uri(),
-                                        "warm", 0))
+            def default_pool(txn: WriteTxn) -> None:
+                if txn.get_pool(0) is None:
+                    txn.put_pool(PoolRecord(0, "default", "pools/default", "warm", 0))
+
+            engine.transact(default_pool)
         finally:
             engine.close()
         tmp = root / f".{CONFIG_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(config.to_toml())
+        tmp.write_text(config.to_toml() + meta_toml(meta))
         os.replace(tmp, root / CONFIG_FILE)  # the config file marks the store as ready
         return cls(root, **settings)
 
@@ -441,22 +485,22 @@ class Client:
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False,
               mode: int = namespace.DEFAULT_DIR_MODE) -> None:
         """Create directory `path`."""
-        with self.engine.write() as txn:
-            namespace.mkdir(txn, path, mode, parents=parents, exist_ok=exist_ok)
+        self.engine.transact(
+            lambda txn: namespace.mkdir(txn, path, mode, parents=parents, exist_ok=exist_ok))
 
     def symlink(self, path: str, target: str) -> None:
         """Create symlink `path` -> `target`."""
-        with self.engine.write() as txn:
-            namespace.symlink(txn, path, target)
+        self.engine.transact(lambda txn: namespace.symlink(txn, path, target))
 
     def rm(self, path: str, *, recursive: bool = False) -> None:
         """Remove `path` (a non-empty directory needs `recursive`)."""
-        with self.engine.write() as txn:
-            release(txn, namespace.remove(txn, path, recursive=recursive))
+        self.engine.transact(
+            lambda txn: release(txn, namespace.remove(txn, path, recursive=recursive)))
 
     def mv(self, src: str, dst: str) -> None:
         """Rename `src` to `dst`; into `dst` when it is an existing directory (like mv)."""
-        with self.engine.write() as txn:
+        def rename(txn: WriteTxn) -> None:
+            to = dst
             try:
                 target = namespace.resolve(txn, dst)
             except (NotFoundError, NotADirError):
@@ -464,23 +508,23 @@ class Client:
             if target is not None and target.kind == Kind.DIR:
                 src_name = paths.split(src)
                 if src_name:
-                    dst = paths.join([*paths.split(dst), src_name[-1]])
-            release(txn, namespace.rename(txn, src, dst))
+                    to = paths.join([*paths.split(dst), src_name[-1]])
+            release(txn, namespace.rename(txn, src, to))
+
+        self.engine.transact(rename)
 
     def chmod(self, path: str, mode: int) -> None:
         """Set the permission bits of `path`."""
-        with self.engine.write() as txn:
-            namespace.set_attrs(txn, path, mode=mode)
+        self.engine.transact(lambda txn: namespace.set_attrs(txn, path, mode=mode))
 
     def chown(self, path: str, uid: int | None, gid: int | None) -> None:
         """Set the owner of `path`."""
-        with self.engine.write() as txn:
-            namespace.set_attrs(txn, path, uid=uid, gid=gid)
+        self.engine.transact(lambda txn: namespace.set_attrs(txn, path, uid=uid, gid=gid))
 
     def utime(self, path: str, atime_ns: int | None, mtime_ns: int | None) -> None:
         """Set the access and modification times of `path`."""
-        with self.engine.write() as txn:
-            namespace.set_attrs(txn, path, atime_ns=atime_ns, mtime_ns=mtime_ns)
+        self.engine.transact(
+            lambda txn: namespace.set_attrs(txn, path, atime_ns=atime_ns, mtime_ns=mtime_ns))
 
     # -- copying trees -----------------------------------------------------------------
     def put(self, local: str | os.PathLike[str], path: str,
@@ -886,10 +930,9 @@ class Client:
             raise ConfigError(f"capacity must be >= 0 bytes, got {capacity}")
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"pool name must be letters, digits, '-' or '_', got {name!r}")
-        if "://" not in url:
-            url = Path(url).expanduser().absolute().as_uri()
-        open_pool(url).close()  # refuses an unknown protocol or a missing backend
-        with self.engine.write() as txn:
+        url = record_url(self.state, url)
+        open_pool(pool_location(self.state, url)).close()  # refuses an unknown protocol
+        def add(txn: WriteTxn) -> PoolRecord:
             pools = list(txn.iter_pools())
             if any(p.name == name for p in pools):
                 raise ExistsError(name, "a pool with this name exists already")
@@ -898,7 +941,16 @@ class Client:
             rec = PoolRecord(max((p.id for p in pools), default=-1) + 1, name, url, tier,
                              capacity)
             txn.put_pool(rec)
-        return rec
+            return rec
+
+        return self.engine.transact(add)
+
+    def relocate(self, old: str, new: str) -> list[PoolRecord]:
+        """Point the pools whose URL starts with `old` at `new` (pools that moved);
+        returns the changed records. See gfs.state.relocate."""
+        changed = relocate(self.engine, self.state, old, new)
+        self.store.close()  # reopen pools at their new URLs
+        return changed
 
     def pools(self) -> list[tuple[PoolRecord, int]]:
         """Every pool with the bytes its committed packs take."""

@@ -26,7 +26,7 @@ from gfs.env import (  # noqa: F401  (re-exported: the names belong to the confi
 )
 from gfs.errors import ConfigError
 from gfs.schema import Schema, read, validate
-from gfs.units import Size
+from gfs.units import Duration, Size
 
 
 class StoreSettings(Schema):
@@ -40,10 +40,29 @@ class StoreSettings(Schema):
     workers: Annotated[int, Field(ge=0, le=256)] = 0
     commit_files: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
     cache_bytes: Annotated[Size, Field(le=1 << 40)] = 64 * 1024 * 1024
+    #: Seconds gc waits before it deletes what a writer on another host may still
+    #: use: an unknown pack of this store in a shared pool, a dead chunk on a
+    #: database engine (docs/format.md, "Ownership of packs", "Chunk pins").
+    gc_grace: Annotated[Duration, Field(ge=0, le=1 << 40)] = 3600
+
+
+class MetaSettings(Schema):
+    """Where the metadata lives when it is not the embedded `STATE/meta` (`hutong init
+    --meta`): a database URL."""
+
+    url: str
 
 
 class _ConfigFile(Schema):
     store: StoreSettings = Field(default_factory=StoreSettings)
+    meta: MetaSettings | None = None
+
+
+def meta_url(state: Path) -> str | None:
+    """The `[meta] url` of STATE/config.toml, or None (the embedded engine)."""
+    path = state / CONFIG_FILE
+    found = validate(_ConfigFile, read(path, what="config file"), where=f"config file {path}")
+    return None if found.meta is None else found.meta.url
 
 
 class StoreConfig(StoreSettings):
@@ -100,5 +119,5 @@ def _settings(data: Mapping[str, Any], where: str, strings: bool = False) -> dic
         exclude_unset=True)
 
 
-__all__ = ["CONFIG_FILE", "STATE_ENV", "ConfigError", "StoreConfig", "StoreSettings",
-           "state_dir"]
+__all__ = ["CONFIG_FILE", "STATE_ENV", "ConfigError", "MetaSettings", "StoreConfig",
+           "StoreSettings", "meta_url", "state_dir"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 CONFIG_FILE = "config.toml"
 STATE_ENV = "HUTONG_STATE"
+#: a database URL for the metadata (`hutong init --meta URL`)
+META_ENV = "HUTONG_META"
 #: parallel TCP streams of the chunk mover unless asked otherwise
 MOVER_STREAMS = 4
 #: tier classes of pools, fastest first

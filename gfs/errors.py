@@ -133,6 +133,11 @@ class StateError(HutongError):
     """The state directory is missing, not initialised or of another format version."""
 
 
+class MetaConflictError(StateError):
+    """A metadata write transaction lost a serialisation conflict with another writer
+    and changed nothing; run it again (`MetaEngine.transact` does)."""
+
+
 class NativeExtensionMissing(HutongError, ImportError):
     """The C extension gfs._native is not built. Run `make setup` (or
     `python setup.py build_ext --inplace`) in the source tree."""

@@ -1,7 +1,9 @@
 """Garbage collection: reclaim unreferenced chunks, sparse packs and orphan packs.
 
-gc holds the store's gc lock exclusively, so no writer is between writing a
-pack and committing it. Order (docs/format.md, invariant 5): the metadata
+gc holds the store's gc lock exclusively, so no writer of this state directory
+is between writing a pack and committing it. It deletes only packs this store
+owns, and in a shared pool no unknown pack younger than the grace period
+(docs/format.md, "Ownership of packs"). Order (invariant 5): the metadata
 transaction that drops every reference to a pack commits before the pack
 object is deleted; chunks that a manifest references are never dropped, nor
 are chunks pinned in the `pins` table (fetched ahead of the files that will
@@ -13,17 +15,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gfs.codec import BLOB_HEADER_LEN, decode_blob
-from gfs.errors import CorruptChunkError, PoolObjectMissingError
-from gfs.meta import ChunkRecord, Location, PackRecord
-from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_key
+from gfs.errors import CorruptChunkError, FormatError, PoolObjectMissingError
+from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
+from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_head, parse_pack_key
 from gfs.pools import LocalPool
-from gfs.store import ChunkStore, pinned_chunks
+from gfs.store import ChunkStore, pin_chunks, pinned_chunks
 
 log = logging.getLogger("hutong.gc")
 
+#: Temporaries of a shared pool younger than this (seconds) may be another
+#: store's put in progress (a put takes seconds).
+SHARED_TEMPORARY_AGE = 3600.0
 #: A pack is rewritten when less than this share of its bytes is live.
 REPACK_LIVE_SHARE = 0.5
 
@@ -39,32 +44,65 @@ class GcReport:
     orphan_packs: int = 0
     pending_cleared: int = 0
     temporaries_removed: int = 0
+    not_owned: int = 0
+    young_orphans: int = 0
+    chunks_waiting: int = 0
     bytes_freed: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, msg: str) -> None:
+        """Record why something was left alone (logged as a warning too)."""
+        if msg not in self.notes:
+            self.notes.append(msg)
+            log.warning("%s", msg)
 
 
-def collect(store: ChunkStore) -> GcReport:
-    """Run one full collection on `store` and report what was reclaimed."""
+def collect(store: ChunkStore, *, grace: float | None = None) -> GcReport:
+    """Run one full collection on `store` and report what was reclaimed.
+
+    `grace` (seconds, default the store's `gc_grace`): an unknown pack of this
+    store in a shared pool is deleted only when older than this; on an engine
+    that several hosts write (PostgreSQL) a chunk is deleted only when it has
+    been unreferenced for this long (it is pinned when first found dead).
+    """
     started = time.monotonic()
     report = GcReport()
+    wait = store.config.gc_grace if grace is None else grace
     with store.gc_exclusive():
-        doomed = _drop_dead_chunks(store, report)
+        doomed = _drop_dead_chunks(store, report, wait if store.engine.MULTI_HOST else 0)
         _delete_objects(store, doomed, report)
         _repack_sparse(store, report)
-        _delete_orphans(store, report)
+        _delete_orphans(store, report, wait)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
-    """Delete chunk records with refcount 0 and the pack records left with no live chunk."""
-    with store.engine.write() as txn:
+def _drop_dead_chunks(store: ChunkStore, report: GcReport, grace: float) -> list[PackRecord]:
+    """Delete chunk records with refcount 0 and the pack records left with no live chunk.
+
+    With `grace` > 0 a dead chunk is first pinned for `grace` seconds and deleted by
+    a later run if still dead: a writer on another host, which the gc lock does not
+    exclude, may have found it by its id and be about to reference it again.
+    """
+    def drop(txn: WriteTxn) -> tuple[list[PackRecord], int, int, int]:
         now = time.time_ns()
         pinned = pinned_chunks(txn, now)
+        expired = set()
         for cid, value in list(txn.iter_values("pins")):
             if int.from_bytes(value, "big") <= now:
                 txn.delete_value("pins", cid)  # expired pins
-        dead = [rec for rec in txn.iter_chunks() if rec.refcount == 0 and rec.id not in pinned]
+                expired.add(cid)
+        dead = []
+        waiting: list[bytes] = []
+        for rec in txn.iter_chunks():
+            if rec.refcount or rec.id in pinned:
+                continue
+            if grace > 0 and rec.id not in expired:
+                waiting.append(rec.id)
+            else:
+                dead.append(rec)
+        pin_chunks(txn, waiting, grace)
         packs = {p.id: p for p in txn.iter_packs()}
         live: dict[bytes, list[int]] = {pid: [p.live_chunks, p.live_bytes]
                                         for pid, p in packs.items()}
@@ -74,7 +112,6 @@ def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
                     live[loc.pack][0] -= 1
                     live[loc.pack][1] -= loc.length
             txn.delete_chunk(rec.id)
-        report.chunks_removed = len(dead)
         doomed = []
         for pid, (n, nbytes) in live.items():
             p = packs[pid]
@@ -84,17 +121,24 @@ def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
             elif (n, nbytes) != (p.live_chunks, p.live_bytes):
                 txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks, n, nbytes,
                                         p.created_ns))
-        for pending in list(txn.iter_pending()):
-            txn.delete_pending(pending.id)
-            report.pending_cleared += 1
+        pending = [rec.id for rec in txn.iter_pending()]
+        for pid in pending:
+            txn.delete_pending(pid)
+        return doomed, len(dead), len(waiting), len(pending)
+
+    doomed, report.chunks_removed, report.chunks_waiting, report.pending_cleared = \
+        store.engine.transact(drop)
     return doomed
 
 
 def _delete_objects(store: ChunkStore, packs: list[PackRecord], report: GcReport) -> None:
     for p in packs:
-        store.pool(p.pool).delete(pack_key(p.id))
-        report.packs_deleted += 1
-        report.bytes_freed += p.size
+        outcome = store.delete_pack_object(p)
+        if outcome == "deleted":
+            report.packs_deleted += 1
+            report.bytes_freed += p.size
+        elif outcome == "not owned":
+            _not_owned(store, p.pool, report)
 
 
 def _repack_sparse(store: ChunkStore, report: GcReport) -> None:
@@ -122,7 +166,7 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
                   report: GcReport) -> None:
     pool = store.pool(pool_id)
     built: list[PackBuilder] = []
-    builder = PackBuilder()
+    builder = store.new_pack()
     moved: dict[bytes, tuple[Location, Location]] = {}
     done: list[PackRecord] = []
     for p in group:
@@ -130,6 +174,13 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
             data = pool.get(pack_key(p.id))
         except PoolObjectMissingError:
             log.error("pack %s is missing from pool %d; run `hutong fsck`", p.id.hex(), pool_id)
+            continue
+        try:
+            tag: bytes | None = parse_pack_head(data)[1]
+        except FormatError:
+            tag = None
+        if not store.owns(pool_id, tag, referenced=True):
+            _not_owned(store, pool_id, report)  # the old pack could not be deleted
             continue
         intact = True
         staged: list[tuple[bytes, Location, bytes, bytes]] = []
@@ -149,7 +200,7 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
             moved[cid] = (loc, Location(pool_id, builder.pack_id, offset, length))
             if builder.size >= store.config.pack_size:
                 built.append(builder)
-                builder = PackBuilder()
+                builder = store.new_pack()
         done.append(p)
     if builder.nblobs:
         built.append(builder)
@@ -158,8 +209,10 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
     for b in built:
         pool.put(pack_key(b.pack_id), b.parts())  # durable before referenced
     now = time.time_ns()
-    with store.engine.write() as txn:
+
+    def switch(txn: WriteTxn) -> int:
         live: dict[bytes, list[int]] = {b.pack_id: [0, 0] for b in built}
+        switched = 0
         for cid, (old, new) in moved.items():
             current = txn.get_chunk(cid)
             if current is None or old not in current.locations:
@@ -169,12 +222,15 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
                                       current.codec, current.refcount, locs))
             live[new.pack][0] += 1
             live[new.pack][1] += new.length
-            report.chunks_moved += 1
+            switched += 1
         for b in built:
             n, nbytes = live[b.pack_id]
             txn.put_pack(PackRecord(b.pack_id, pool_id, b.size, b.nblobs, n, nbytes, now))
         for p in done:
             txn.delete_pack(p.id)
+        return switched
+
+    report.chunks_moved += store.engine.transact(switch)
     for p in done:
         pool.delete(pack_key(p.id))
         report.packs_repacked += 1
@@ -182,20 +238,46 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
     report.bytes_freed -= sum(b.size for b in built)
 
 
-def _delete_orphans(store: ChunkStore, report: GcReport) -> None:
-    """Delete pack objects no pack record names, and temporaries of interrupted writes."""
+def _delete_orphans(store: ChunkStore, report: GcReport, grace: float) -> None:
+    """Delete pack objects no pack record names, and temporaries of interrupted writes.
+
+    In a private pool every such pack is an orphan (the gc lock excludes every
+    writer). In a shared pool only packs with this store's owner tag that are
+    older than `grace` seconds are.
+    """
     with store.engine.read() as txn:
         known = {p.id for p in txn.iter_packs()}
         pools = [p.id for p in txn.iter_pools()]
+    now = time.time()
     for pool_id in pools:
         pool = store.pool(pool_id)
-        if isinstance(pool, LocalPool):  # no writer is mid-put: we hold the lock
-            report.temporaries_removed += pool.clean_temporaries(older_than=0)
+        private = store.is_private(pool_id)
+        if isinstance(pool, LocalPool):  # in a private pool no writer is mid-put: we hold
+            # the lock; in a shared one another store's writer may be, whatever our grace
+            report.temporaries_removed += pool.clean_temporaries(
+                older_than=0 if private else max(grace, SHARED_TEMPORARY_AGE))
         for key in list(pool.list("packs/")):
             pid = parse_pack_key(key)
             if pid is None or pid in known:
                 continue
-            size = pool.size(key)
+            try:
+                if not private:
+                    if not store.owns(pool_id, store.pack_owner(pool_id, pid), referenced=False):
+                        _not_owned(store, pool_id, report)
+                        continue
+                    stored = pool.modified(key)
+                    if stored is None or now - stored < grace:
+                        report.young_orphans += 1
+                        continue
+                size = pool.size(key)
+            except PoolObjectMissingError:
+                continue  # deleted meanwhile by its owner
             pool.delete(key)
             report.orphan_packs += 1
             report.bytes_freed += size
+
+
+def _not_owned(store: ChunkStore, pool_id: int, report: GcReport) -> None:
+    report.not_owned += 1
+    report.note(f"pool {pool_id} ({store.pool(pool_id).url}) is shared with another store: "
+                "packs this store did not write are left for their owner's gc")

@@ -1,5 +1,8 @@
 """Pack objects: a pack header and blobs back to back (docs/format.md, "Pack").
 
+A version 2 header carries the owner tag of the store that wrote the pack;
+version 1 packs (no owner) are still read.
+
 `PackBuilder` assembles a pack as a list of buffers (no big concatenation)
 for `Pool.put`; `iter_pack_blobs` scans a whole pack and yields every blob's
 offset and header, which is how fsck and index rebuild recover chunk ids from
@@ -16,11 +19,15 @@ from collections.abc import Iterator
 from gfs.codec import BLOB_HEADER_LEN, BlobHeader, Buffer, _corrupt, _parse_header
 from gfs.errors import FormatError
 
-PACK_MAGIC = b"HTPACK01"
+PACK_MAGIC = b"HTPACK02"
+PACK_MAGIC_V1 = b"HTPACK01"
 PACK_HEADER_LEN = 32
 PACK_ID_LEN = 16
+OWNER_TAG_LEN = 8
+#: The owner of a version 1 pack (it has none): owned by whoever's index references it.
+NO_OWNER = bytes(OWNER_TAG_LEN)
 
-_PACK_HEAD = struct.Struct("<8s16sQ")
+_PACK_HEAD = struct.Struct("<8s16s8s")
 _KEY_RE = re.compile(r"packs/([0-9a-f]{2})/([0-9a-f]{32})\.pack")
 
 
@@ -49,25 +56,50 @@ def parse_pack_key(key: str) -> bytes | None:
     return bytes.fromhex(m.group(2))
 
 
-def pack_header(pack_id: bytes) -> bytes:
-    """Return the 32-byte header of pack `pack_id`."""
+def owner_tag(store_id: bytes) -> bytes:
+    """The owner tag a store writes into its packs: the first 8 bytes of its store id."""
+    if len(store_id) < OWNER_TAG_LEN:
+        raise ValueError(f"store id must have at least {OWNER_TAG_LEN} bytes, "
+                         f"got {len(store_id)}")
+    return bytes(store_id[:OWNER_TAG_LEN])
+
+
+def pack_header(pack_id: bytes, owner: bytes = NO_OWNER) -> bytes:
+    """Return the 32-byte header of pack `pack_id`: version 2 with `owner` (an owner
+    tag), or version 1 when `owner` is NO_OWNER."""
     _check_id(pack_id)
-    return _PACK_HEAD.pack(PACK_MAGIC, pack_id, 0)
+    if len(owner) != OWNER_TAG_LEN:
+        raise ValueError(f"owner tag must be {OWNER_TAG_LEN} bytes, got {len(owner)}")
+    magic = PACK_MAGIC_V1 if owner == NO_OWNER else PACK_MAGIC
+    return _PACK_HEAD.pack(magic, pack_id, owner)
 
 
 def parse_pack_header(buf: Buffer) -> bytes:
     """Check a pack header (the first 32 bytes of `buf`) and return the pack id.
 
-    Raises `FormatError` on a short buffer, bad magic or non-zero reserved field.
+    Raises `FormatError` on a short buffer, bad magic or (version 1) a non-zero
+    reserved field.
     """
+    return parse_pack_head(buf)[0]
+
+
+def parse_pack_head(buf: Buffer) -> tuple[bytes, bytes]:
+    """Like `parse_pack_header`, returning (pack id, owner tag); a version 1 pack's
+    owner is NO_OWNER."""
     if len(buf) < PACK_HEADER_LEN:
         raise FormatError(f"pack too short for its header ({len(buf)} of {PACK_HEADER_LEN} bytes)")
-    magic, pack_id, reserved = _PACK_HEAD.unpack_from(buf, 0)
-    if magic != PACK_MAGIC:
-        raise FormatError(f"not a pack: bad magic {magic!r} (expected {PACK_MAGIC!r})")
-    if reserved != 0:
-        raise FormatError(f"pack {pack_id.hex()}: reserved header field is {reserved:#x}, not 0")
-    return bytes(pack_id)
+    magic, pack_id, owner = _PACK_HEAD.unpack_from(buf, 0)
+    if magic == PACK_MAGIC_V1:
+        if owner != NO_OWNER:
+            raise FormatError(f"pack {pack_id.hex()}: reserved header field is "
+                              f"{owner.hex()}, not 0")
+    elif magic == PACK_MAGIC:
+        if owner == NO_OWNER:
+            raise FormatError(f"pack {pack_id.hex()}: version 2 header without an owner tag")
+    else:
+        raise FormatError(f"not a pack: bad magic {magic!r} (expected {PACK_MAGIC!r} "
+                          f"or {PACK_MAGIC_V1!r})")
+    return bytes(pack_id), bytes(owner)
 
 
 class PackBuilder:
@@ -77,9 +109,10 @@ class PackBuilder:
     callers must not modify them in between.
     """
 
-    def __init__(self, pack_id: bytes | None = None) -> None:
+    def __init__(self, pack_id: bytes | None = None, owner: bytes = NO_OWNER) -> None:
         self.pack_id = new_pack_id() if pack_id is None else bytes(pack_id)
-        self._header = pack_header(self.pack_id)
+        self.owner = owner
+        self._header = pack_header(self.pack_id, owner)
         self._parts: list[Buffer] = []
         self.size = PACK_HEADER_LEN
         self.nblobs = 0

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from gfs import chunking
 from gfs.codec import (
@@ -37,6 +37,7 @@ from gfs.env import TIERS
 from gfs.errors import (
     ChunkMissingError,
     CorruptChunkError,
+    FormatError,
     NoSpaceError,
     PoolError,
     PoolObjectMissingError,
@@ -53,8 +54,9 @@ from gfs.meta import (
     ReadTxn,
     WriteTxn,
 )
-from gfs.packs import PackBuilder, pack_key
+from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_key, parse_pack_head
 from gfs.pools import Pool, open_pool
+from gfs.state import is_private_url, pool_location
 from gfs.tiering.heat import HeatTracker
 from gfs.tiering.policy import TierPolicy
 
@@ -127,6 +129,7 @@ class ChunkStore:
         self._lock_path = state / "locks" / "gc.lock"
         self._heat: HeatTracker | None = None
         self._tier_rank: dict[int, int] | None = None
+        self._owner: bytes | None = None
 
     # -- pools and workers ---------------------------------------------------
     def pool(self, pool_id: int) -> Pool:
@@ -138,8 +141,64 @@ class ChunkStore:
                     rec = txn.get_pool(pool_id)
                 if rec is None:
                     raise StateError(f"pool {pool_id} is not registered in {self.state}")
-                pool = self._pools[pool_id] = open_pool(rec.url)
+                pool = self._pools[pool_id] = open_pool(pool_location(self.state, rec.url))
             return pool
+
+    # -- ownership (docs/format.md, "Ownership of packs") ----------------------
+    @property
+    def owner(self) -> bytes:
+        """The owner tag this store writes into its packs."""
+        if self._owner is None:
+            with self.engine.read() as txn:
+                sid = txn.get_meta("store_id")
+            if sid is None:
+                raise StateError(f"the metadata of {self.state} has no store id; "
+                                 "run `hutong fsck`")
+            self._owner = owner_tag(sid)
+        return self._owner
+
+    def new_pack(self) -> PackBuilder:
+        """A pack builder whose header names this store as the owner."""
+        return PackBuilder(owner=self.owner)
+
+    def is_private(self, pool_id: int) -> bool:
+        """Whether pool `pool_id` lies inside the state directory (only this store uses it)."""
+        with self.engine.read() as txn:
+            rec = txn.get_pool(pool_id)
+        return rec is not None and is_private_url(rec.url)
+
+    def pack_owner(self, pool_id: int, pack_id: bytes) -> bytes | None:
+        """The owner tag in a pack's header (NO_OWNER for a version 1 pack), or None
+        when the object has no valid pack header. A missing object raises
+        PoolObjectMissingError."""
+        head = self.pool(pool_id).get(pack_key(pack_id), 0, PACK_HEADER_LEN)
+        try:
+            pid, tag = parse_pack_head(head)
+        except FormatError:
+            return None
+        return tag if pid == pack_id else None
+
+    def owns(self, pool_id: int, tag: bytes | None, *, referenced: bool) -> bool:
+        """Whether this store may delete a pack of pool `pool_id` whose header holds
+        `tag`: every pack of a private pool, packs with this store's tag, and version 1
+        packs that this store's index references (`referenced`)."""
+        if self.is_private(pool_id):
+            return True
+        return tag == self.owner or (tag == NO_OWNER and referenced)
+
+    def delete_pack_object(self, rec: PackRecord) -> Literal["deleted", "missing", "not owned"]:
+        """Delete the object of a pack whose record was just dropped, if this store owns
+        it; a pack another store owns is left alone and logged."""
+        try:
+            tag = self.pack_owner(rec.pool, rec.id)
+        except PoolObjectMissingError:
+            return "missing"
+        if not self.owns(rec.pool, tag, referenced=True):
+            log.warning("pack %s in pool %d belongs to another store (owner tag %s): "
+                        "left in place", rec.id.hex(), rec.pool, tag.hex() if tag else "?")
+            return "not owned"
+        self.pool(rec.pool).delete(pack_key(rec.id))
+        return "deleted"
 
     def pool_records(self) -> list[PoolRecord]:
         """Every pool of the store, in id order."""
@@ -322,7 +381,7 @@ class ChunkStore:
         if not fix:
             return 0
         with self.writer():  # gc must not take the new pack for an orphan
-            builder = PackBuilder()
+            builder = self.new_pack()
             offsets = {cid: builder.add(b[:BLOB_HEADER_LEN], b[BLOB_HEADER_LEN:])
                        for cid, b in fix.items()}
             pool_id = self.choose_pool(self.policy().write_tier, builder.size, self.usage())
@@ -363,7 +422,8 @@ class ChunkStore:
         """
         unique = list(dict.fromkeys(cids))
         with self.engine.read() as txn:
-            recs = [(cid, txn.get_chunk(cid)) for cid in unique]
+            found = txn.get_chunks(unique)
+            recs = [(cid, found.get(cid)) for cid in unique]
         self.heat.record(unique)
         by_pack: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = defaultdict(list)
         retry: list[bytes] = []
@@ -562,8 +622,8 @@ class WriteSession:
                 todo.append((ref, piece))
         if not todo:
             return
-        txn = self._reader()
-        missing = [(r, p) for r, p in todo if not txn.has_chunk(r.id) or r.id in self._lost]
+        present = self._reader().present_chunks([r.id for r, _ in todo])
+        missing = [(r, p) for r, p in todo if r.id not in present or r.id in self._lost]
         self.stats.dedup_chunks += len(todo) - len(missing)
         for ref, piece in missing:
             if ref.id in self._new:  # repeated within this batch
@@ -607,7 +667,7 @@ class WriteSession:
             cids, fut = self._inflight.popleft()
             for cid, (header, payload) in zip(cids, fut.result(), strict=True):
                 if self._pack is None:
-                    self._pack = PackBuilder()
+                    self._pack = self.store.new_pack()
                 offset, blob_len = self._pack.add(header, payload)
                 head = parse_blob_header(header)
                 self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, head.raw_len,
@@ -661,10 +721,12 @@ class WriteSession:
             return
         self._end_reader()  # later lookups must see this commit
         now = time.time_ns()
-        with self.store.engine.write() as txn:
+
+        def apply(txn: WriteTxn) -> None:  # run again on a lost conflict: derives all from txn
             live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
             records: dict[bytes, ChunkRecord] = {}
             healed: set[bytes] = set()
+            present = txn.present_chunks(self._new)
             for cid, nc in self._new.items():
                 assert nc is not None
                 location = Location(self._pack_pool[nc.pack], nc.pack, nc.offset, nc.blob_len)
@@ -673,7 +735,7 @@ class WriteSession:
                     txn.put_chunk(ChunkRecord(cid, lost.raw_len, nc.stored_len, nc.codec,
                                               lost.refcount, (location,)))
                     healed.add(cid)
-                elif txn.has_chunk(cid):
+                elif cid in present:
                     continue  # committed meanwhile by another writer: our blob is dead
                 else:
                     records[cid] = ChunkRecord(cid, nc.raw_len, nc.stored_len, nc.codec, 0,
@@ -696,6 +758,8 @@ class WriteSession:
             if healed:
                 set_lost_chunks(txn, lost_chunks(txn) - healed)
                 log.warning("healed %d lost chunks that were put again", len(healed))
+
+        self.store.engine.transact(apply)
         self._new.clear()
         self._flushed.clear()
         self._files.clear()

@@ -11,6 +11,8 @@ import pytest
 
 from gfs.client import Client
 
+pytest_plugins = ["gfs.testing.postgres"]
+
 
 @pytest.fixture
 def fs(tmp_path: Path) -> Iterator[Client]:

@@ -327,6 +327,10 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("gateway", "credentials", "ls"): ["--state", "NOSTATE", "gateway", "credentials", "ls"],
     ("gateway", "credentials", "rm"): ["gateway", "credentials", "rm", "NOSUCHKEY"],
     ("dashboard",): ["dashboard", "--listen", "127.0.0.1:abc"],
+    ("state", "show"): ["--state", "NOSTATE", "state", "show"],
+    ("state", "relocate"): ["state", "relocate", "/nonexistent/old", "/nonexistent/new"],
+    ("meta", "dump"): ["meta", "dump", "/no/such/dir/f.dump"],
+    ("meta", "load"): ["meta", "load", "/no/such.dump", "--meta", "notaurl"],
 }
 
 

@@ -168,10 +168,9 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def test_kill9_mid_put_leaves_no_half_visible_file(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    Client.init(state).close()
-    src = make_tree(tmp_path / "src", seed=21, files=200, max_size=400_000)
+def kill_put_midway(state: Path, src: Path) -> None:
+    """Put `src` into the store at `state` in a child and kill -9 it after 60 progress
+    reports (asserting the kill landed before the put finished)."""
     proc = subprocess.Popen([sys.executable, "-c", KILLER, str(state), str(src)],
                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
     assert proc.stdout is not None
@@ -182,8 +181,15 @@ def test_kill9_mid_put_leaves_no_half_visible_file(tmp_path: Path) -> None:
         if seen >= 60 or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
     assert seen >= 60, "the put finished or stalled before it could be killed"
+
+
+def test_kill9_mid_put_leaves_no_half_visible_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    Client.init(state).close()
+    src = make_tree(tmp_path / "src", seed=21, files=200, max_size=400_000)
+    kill_put_midway(state, src)
     fs = Client(state)
     try:
         report = fs.fsck()

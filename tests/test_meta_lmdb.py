@@ -271,22 +271,6 @@ def test_multiprocess_writers(tmp_path: Path) -> None:
 
 # -- crash safety ----------------------------------------------------------------------------
 
-_CRASH_MID_TXN = """
-    import sys, time
-    from gfs.meta import LmdbEngine, Inode, Kind
-    eng = LmdbEngine(sys.argv[1])
-    with eng.write() as w:
-        for i in range(5000):
-            ino = w.alloc_ino()
-            w.put_inode(Inode(ino, 1, Kind.FILE, 0o644, 0, 0, i, 1, 2, 3))
-            w.link(1, f"crash-{i}", ino)
-            w.put_value("jobs", b"crash-%d" % i, b"x" * 200)
-        w.put_value("heat", b"marker", b"uncommitted")
-        w.set_meta("format", b"9")
-        print("MID", flush=True)
-        time.sleep(60)
-"""
-
 _CRASH_AFTER_COMMIT = """
     import sys, time
     from gfs.meta import LmdbEngine
@@ -298,47 +282,6 @@ _CRASH_AFTER_COMMIT = """
     print("COMMITTED", flush=True)
     time.sleep(60)
 """
-
-
-def test_kill_during_write_txn_leaves_previous_state(tmp_path: Path) -> None:
-    path = str(tmp_path / "meta")
-    eng = LmdbEngine(path)  # stays open in this process while the child dies
-    try:
-        _populate(eng)
-        with eng.write() as w:
-            w.put_value("heat", b"marker", b"before")
-        with eng.read() as r:
-            before = dump_store(r, (ROOT_INO, 2))
-            next_ino = r.get_meta("next_ino")
-        proc = _child(_CRASH_MID_TXN, path)
-        try:
-            assert _read_line(proc) == "MID"
-        finally:
-            _kill(proc)
-        with eng.read() as r:
-            assert dump_store(r, (ROOT_INO, 2)) == before
-            assert r.get_meta("next_ino") == next_ino
-
-        def write_after_crash() -> None:  # needs the writer lock the child died holding
-            with eng.write() as w:
-                w.put_value("heat", b"marker", b"after")
-
-        _in_thread_with_timeout(write_after_crash)
-        with eng.read() as r:
-            assert r.get_value("heat", b"marker") == b"after"
-            assert r.lookup(ROOT_INO, "crash-0") is None
-    finally:
-        eng.close()
-    eng = LmdbEngine(path)  # and a fresh open is fine too
-    try:
-        with eng.read() as r:
-            assert r.get_meta("format") == b"1"
-            assert r.get_value("heat", b"marker") == b"after"
-            assert r.get_value("jobs", b"crash-0") is None
-        with eng.write() as w:
-            w.alloc_ino()
-    finally:
-        eng.close()
 
 
 def test_kill_after_commit_keeps_commit(tmp_path: Path) -> None:

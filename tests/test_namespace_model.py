@@ -4,17 +4,26 @@ Hypothesis drives random sequences of mkdir, write, rm, mv, symlink and read
 against a real store (small chunks, so files span many chunks and share them)
 and a dictionary model; after every step the whole tree, every file's content
 and the chunk refcounts must agree, and refused operations must change nothing.
+It runs on the embedded LMDB engine and on the PostgreSQL engine (a real
+server from the `postgres_server` fixture).
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from gfs.client import Client
 from gfs.errors import (
@@ -26,6 +35,8 @@ from gfs.errors import (
     NotEmptyError,
     NotFoundError,
 )
+from gfs.meta.pg_engine import PgEngine
+from gfs.testing.postgres import PostgresServer
 
 NAMES = st.sampled_from(["a", "b", "c", "dé"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map(lambda p: "/" + "/".join(p))
@@ -39,11 +50,17 @@ Node = tuple[str, bytes | str]  # ("dir", b""), ("file", data), ("link", target)
 
 
 class NamespaceModel(RuleBasedStateMachine):
+    #: The metadata database of each example's store (None: embedded LMDB).
+    database: PostgresServer | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="hutong-model-"))
-        self.fs = Client.init(self.tmp / "state", min_size=256, avg_size=1024, max_size=4096,
-                              pack_size=1 << 16, workers=2)
+        meta = None
+        if self.database is not None:
+            meta = self.database.url_for(f"m_{uuid.uuid4().hex[:16]}")
+        self.fs = Client.init(self.tmp / "state", meta=meta, min_size=256, avg_size=1024,
+                              max_size=4096, pack_size=1 << 16, workers=2)
         self.model: dict[str, Node] = {"/": ("dir", b"")}
         self.steps = 0
 
@@ -58,6 +75,10 @@ class NamespaceModel(RuleBasedStateMachine):
         finally:
             self.fs.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(self.fs.engine, PgEngine):
+                eng = PgEngine(self.fs.engine.url)
+                eng.drop()
+                eng.close()
 
     # -- model helpers -------------------------------------------------------
     @staticmethod
@@ -207,3 +228,12 @@ NamespaceModel.TestCase.settings = settings(
     max_examples=150, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestNamespaceModel = NamespaceModel.TestCase
+
+
+def test_namespace_model_on_postgresql(postgres_server: PostgresServer) -> None:
+    class OnPostgres(NamespaceModel):
+        database = postgres_server
+
+    run_state_machine_as_test(OnPostgres, settings=settings(
+        max_examples=40, stateful_step_count=40, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow]))

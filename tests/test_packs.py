@@ -15,8 +15,10 @@ from gfs.packs import (
     PackBuilder,
     iter_pack_blobs,
     new_pack_id,
+    owner_tag,
     pack_header,
     pack_key,
+    parse_pack_head,
     parse_pack_header,
     parse_pack_key,
 )
@@ -71,6 +73,25 @@ def test_header() -> None:
     assert len(h) == PACK_HEADER_LEN == 32
     assert h[:8] == b"HTPACK01" and h[8:24] == pid and h[24:] == bytes(8)
     assert parse_pack_header(h) == pid
+    assert parse_pack_head(h) == (pid, bytes(8))  # version 1: no owner
+
+
+def test_header_v2_carries_owner() -> None:
+    pid, store_id = new_pack_id(), os.urandom(16)
+    tag = owner_tag(store_id)
+    h = pack_header(pid, tag)
+    assert len(h) == PACK_HEADER_LEN
+    assert h[:8] == b"HTPACK02" and h[8:24] == pid and h[24:] == store_id[:8]
+    assert parse_pack_head(h) == (pid, tag)
+    b = PackBuilder(owner=tag)
+    b.add(*encode_blob(b"owned", 3))
+    data = b"".join(b.parts())
+    assert parse_pack_head(data) == (b.pack_id, tag)
+    assert [h.chunk_id for _, h in iter_pack_blobs(data)] == [chunk_id(b"owned")]
+    with pytest.raises(FormatError, match="without an owner"):
+        parse_pack_head(b"HTPACK02" + pid + bytes(8))
+    with pytest.raises(ValueError, match="owner tag"):
+        pack_header(pid, b"short")
 
 
 @FAST
@@ -126,7 +147,7 @@ def test_bad_pack_header() -> None:
     b, _ = build([b"abc"])
     data = bytearray(b"".join(b.parts()))
     with pytest.raises(FormatError, match="bad magic"):
-        list(iter_pack_blobs(b"HTPACK02" + bytes(data[8:])))
+        list(iter_pack_blobs(b"HTPACK09" + bytes(data[8:])))
     with pytest.raises(FormatError, match="too short"):
         list(iter_pack_blobs(data[:20]))
     with pytest.raises(FormatError, match="reserved"):

@@ -39,13 +39,30 @@ __all__ = [
     "PoolRecord",
     "ReadTxn",
     "WriteTxn",
+    "engine_location",
     "open_engine",
 ]
 
 
-def open_engine(path: str, **kw: Any) -> MetaEngine:
-    """Open the metadata engine of the environment at `path` (the embedded LMDB engine).
+def open_engine(location: str, **kw: Any) -> MetaEngine:
+    """Open the metadata engine at `location`: a ``postgresql://`` URL gives the
+    PostgreSQL engine (`gfs.meta.pg_engine`), anything else is the directory of
+    an embedded LMDB environment.
 
-    Keyword arguments go to `LmdbEngine` (map_size, sync, readonly).
+    Keyword arguments go to the engine (LMDB: map_size, sync, readonly).
     """
-    return LmdbEngine(path, **kw)
+    if location.startswith(("postgresql://", "postgres://")):
+        from gfs.meta.pg_engine import PgEngine  # psycopg loads only when asked for
+
+        return PgEngine(location, **kw)
+    return LmdbEngine(location, **kw)
+
+
+def engine_location(engine: MetaEngine) -> str:
+    """What `open_engine` takes to open the same store again (in another process)."""
+    if isinstance(engine, LmdbEngine):
+        return engine.path
+    url = getattr(engine, "url", None)
+    if not isinstance(url, str):
+        raise TypeError(f"{engine!r} has no location")
+    return url

@@ -11,7 +11,11 @@ Contract for every engine:
 
 * `read()` yields a consistent snapshot; it never sees a half-committed write.
 * `write()` yields a transaction that commits when the block exits normally and
-  aborts (changes nothing) when it raises. Write transactions are serialised.
+  aborts (changes nothing) when it raises. Write transactions are serialisable.
+  An engine with optimistic concurrency (PostgreSQL) may abort one of two
+  conflicting writers with `MetaConflictError`; `transact(fn)` runs `fn` in a
+  write transaction and runs it again on such a conflict, so `fn` must derive
+  everything it writes from the transaction (or from state it does not change).
 * A committed write is durable when `write()` returns (unless the engine was
   opened with durability off, for tests).
 * Iterators are valid only inside their transaction.
@@ -20,12 +24,15 @@ Contract for every engine:
 
 from __future__ import annotations
 
+import random
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
+from typing import TypeVar
 
-from gfs.errors import FormatError
+from gfs.errors import FormatError, MetaConflictError
 from gfs.meta.records import (
     ChunkRecord,
     Inode,
@@ -34,6 +41,8 @@ from gfs.meta.records import (
     PendingPack,
     PoolRecord,
 )
+
+T = TypeVar("T")
 
 #: Tables of opaque values kept for the layers above (heat counters, placement
 #: rules, entities, sites, extended attributes, job records, chunk pins, gateway
@@ -78,6 +87,20 @@ class ReadTxn(ABC):
     def has_chunk(self, cid: bytes) -> bool:
         """Whether the chunk index has an entry for `cid` (engines may answer faster)."""
         return self.get_chunk(cid) is not None
+
+    def get_chunks(self, cids: Iterable[bytes]) -> dict[bytes, ChunkRecord]:
+        """The chunk index entries of those of `cids` that have one (engines may answer
+        in one round trip)."""
+        found = {}
+        for cid in cids:
+            rec = self.get_chunk(cid)
+            if rec is not None:
+                found[cid] = rec
+        return found
+
+    def present_chunks(self, cids: Iterable[bytes]) -> set[bytes]:
+        """Which of `cids` the chunk index has (engines may answer in one round trip)."""
+        return {cid for cid in cids if self.has_chunk(cid)}
 
     @abstractmethod
     def iter_chunks(self) -> Iterator[ChunkRecord]:
@@ -207,6 +230,28 @@ class WriteTxn(ReadTxn):
 
 class MetaEngine(ABC):
     """A transactional metadata store. Open one per process and share it between threads."""
+
+    #: How often `transact` tries a function that keeps losing conflicts.
+    TRANSACT_ATTEMPTS = 30
+    #: Writers on several hosts may share the store (the local gc lock does not
+    #: exclude them), so gc deletes dead chunks only after a grace period.
+    MULTI_HOST = False
+
+    def transact(self, fn: Callable[[WriteTxn], T]) -> T:
+        """Run `fn` in a write transaction and return its result, running it again
+        (after a short random back-off) when the transaction loses a serialisation
+        conflict. Raises MetaConflictError after TRANSACT_ATTEMPTS conflicts."""
+        delay = 0.001
+        for attempt in range(self.TRANSACT_ATTEMPTS):
+            try:
+                with self.write() as txn:
+                    return fn(txn)
+            except MetaConflictError:
+                if attempt + 1 == self.TRANSACT_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, delay))  # back-off between retries, not a sync
+                delay = min(delay * 2, 0.2)
+        raise AssertionError("unreachable")
 
     @abstractmethod
     def read(self) -> AbstractContextManager[ReadTxn]:

@@ -107,6 +107,12 @@ class Pool(ABC):
     def list(self, prefix: str = "") -> Iterator[str]:
         """Yield the keys that start with `prefix` (a plain string prefix)."""
 
+    def modified(self, key: str) -> float | None:
+        """When the object was stored (seconds since the epoch), or None if the pool
+        cannot tell. A missing object raises `PoolObjectMissingError`."""
+        self.size(key)
+        return None
+
     def local_path(self, key: str) -> str | None:
         """Return a filesystem path of the object (for zero-copy senders), or None.
 

@@ -11,6 +11,7 @@ local directories (`open_pool` does).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import itertools
 import os
@@ -124,17 +125,30 @@ class FsspecPool(Pool):
                 return b""
             raise self._error(e, key, f"get {key}") from e
 
-    def size(self, key: str) -> int:
+    def _info(self, key: str) -> dict[str, Any]:
         path = self._path(key)
         try:
             info = self.fs.info(path)
         except FileNotFoundError as e:
             raise self._missing(key, e) from e
         except Exception as e:
-            raise self._error(e, key, f"size {key}") from e
+            raise self._error(e, key, f"stat {key}") from e
         if info.get("type") != "file":
             raise self._missing(key)
-        return int(info["size"])
+        return dict(info)
+
+    def size(self, key: str) -> int:
+        return int(self._info(key)["size"])
+
+    def modified(self, key: str) -> float | None:
+        info = self._info(key)
+        for field in ("mtime", "LastModified", "last_modified", "created", "modified"):
+            value = info.get(field)
+            if isinstance(value, int | float):
+                return float(value)
+            if isinstance(value, datetime.datetime):
+                return value.timestamp()
+        return None
 
     def exists(self, key: str) -> bool:
         try:

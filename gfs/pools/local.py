@@ -190,17 +190,23 @@ class LocalPool(Pool):
         finally:
             os.close(fd)
 
-    def size(self, key: str) -> int:
+    def _stat(self, key: str) -> os.stat_result:
         path = self._path(key)
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError) as e:
             raise PoolObjectMissingError(key, f"object missing from pool {self.url}") from e
         except OSError as e:
-            raise self._error(e, path, f"size {key}") from e
+            raise self._error(e, path, f"stat {key}") from e
         if not stat.S_ISREG(st.st_mode):
             raise PoolObjectMissingError(key, f"object missing from pool {self.url}")
-        return st.st_size
+        return st
+
+    def size(self, key: str) -> int:
+        return self._stat(key).st_size
+
+    def modified(self, key: str) -> float | None:
+        return self._stat(key).st_mtime
 
     def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))

@@ -16,20 +16,28 @@ Every engine runs it. In a test module::
 The fixture must yield a freshly initialised, empty store and close the
 engine afterwards (close() must be idempotent). `reopen` closes an
 engine and opens the same store again; engines that cannot do so leave the
-default, which skips the tests that need it.
+default, which skips the tests that need it. Tests with several processes open
+the store in children with `open_engine(engine_location(engine))`.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import select
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gfs.errors import FormatError, StateError
-from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn
+from gfs.meta import engine_location
+from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn, WriteTxn
 from gfs.meta.records import (
     CHUNK_ID_LEN,
     PACK_ID_LEN,
@@ -46,6 +54,63 @@ from gfs.meta.records import (
 )
 
 __all__ = ["MetaEngineConformance", "dump_store"]
+
+CHILD_TIMEOUT = 120.0
+_REPO = str(Path(__file__).resolve().parent.parent.parent)
+
+#: A writer process: argv = location, transactions; prints the inode numbers it got.
+_WRITER = """
+    import sys
+    from gfs.meta import open_engine
+    eng = open_engine(sys.argv[1])
+    inos = []
+    tries = [0]
+    def bump(w):
+        tries[0] += 1
+        raw = w.get_value("heat", b"counter")
+        n = int.from_bytes(raw, "little") if raw else 0
+        w.put_value("heat", b"counter", (n + 1).to_bytes(8, "little"))
+        w.put_value("jobs", b"w%d" % n, b"x")
+        return w.alloc_ino()
+    for _ in range(int(sys.argv[2])):
+        inos.append(eng.transact(bump))
+    eng.close()
+    print(" ".join(map(str, inos)), "|", tries[0])
+"""
+
+#: Dies (kill -9 by the test) inside a write transaction whose changes reached the engine.
+_CRASH_MID_TXN = """
+    import sys, time
+    from gfs.meta import open_engine, Inode, Kind
+    eng = open_engine(sys.argv[1])
+    with eng.write() as w:
+        for i in range(2000):
+            ino = w.alloc_ino()
+            w.put_inode(Inode(ino, 1, Kind.FILE, 0o644, 0, 0, i, 1, 2, 3))
+            w.link(1, f"crash-{i}", ino)
+            w.put_value("jobs", b"crash-%d" % i, b"x" * 200)
+        w.put_value("heat", b"marker", b"uncommitted")
+        w.set_meta("suite_fact", b"uncommitted")
+        list(w.iter_pools())  # engines that buffer writes send them now
+        print("MID", flush=True)
+        time.sleep(60)
+"""
+
+
+def _child(code: str, *args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=_REPO)
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _read_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], CHILD_TIMEOUT)
+    if not ready:
+        proc.kill()
+        proc.wait(timeout=10)
+        pytest.fail("child did not report in time")
+    return proc.stdout.readline().strip()
 
 
 def _inode(ino: int, parent: int = ROOT_INO, kind: Kind = Kind.FILE, **kw: Any) -> Inode:
@@ -136,6 +201,9 @@ def _populate(engine: MetaEngine) -> None:
 
 class MetaEngineConformance:
     """Tests every MetaEngine must pass; subclasses provide the `engine` fixture."""
+
+    #: The engine resolves conflicts by aborting a writer (MetaConflictError).
+    optimistic = False
 
     def reopen(self, engine: MetaEngine) -> MetaEngine:
         """Close `engine` and open the same store again; the default skips."""
@@ -561,3 +629,79 @@ class MetaEngineConformance:
         assert len(inos) == len(set(inos)) == nthreads * (ntxns // 20)
         for a in allocated:
             assert a == sorted(a)
+
+    # -- several processes ---------------------------------------------------------------
+    def test_concurrent_writer_processes(self, engine: MetaEngine) -> None:
+        nproc, ntxn = 6, 60
+        procs = [_child(_WRITER, engine_location(engine), str(ntxn)) for _ in range(nproc)]
+        inos: list[int] = []
+        tries = 0
+        for p in procs:
+            out, err = p.communicate(timeout=CHILD_TIMEOUT)
+            assert p.returncode == 0, err
+            text, _, n = out.partition("|")
+            tries += int(n)
+            got = [int(x) for x in text.split()]
+            assert got == sorted(got) and len(got) == ntxn
+            inos += got
+        assert len(set(inos)) == nproc * ntxn
+        if self.optimistic:  # the writers did conflict, and transact ran them again
+            assert tries > nproc * ntxn
+        with engine.read() as r:
+            raw = r.get_value("heat", b"counter")
+            assert raw is not None and int.from_bytes(raw, "little") == nproc * ntxn
+            # every increment saw the one before it: no lost update
+            assert [k for k, _ in r.iter_values("jobs", b"w")] == sorted(
+                b"w%d" % i for i in range(nproc * ntxn))
+
+    def test_kill_during_write_txn_leaves_previous_state(self, engine: MetaEngine) -> None:
+        _populate(engine)
+        with engine.write() as w:
+            w.put_value("heat", b"marker", b"before")
+        with engine.read() as r:
+            before = dump_store(r, (ROOT_INO, 2))
+        proc = _child(_CRASH_MID_TXN, engine_location(engine))
+        try:
+            assert _read_line(proc) == "MID"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=CHILD_TIMEOUT) == -signal.SIGKILL
+        with engine.read() as r:
+            assert dump_store(r, (ROOT_INO, 2)) == before
+
+        def after(w: WriteTxn) -> None:  # needs whatever the dead writer held
+            w.put_value("heat", b"marker", b"after")
+            w.link(ROOT_INO, "crash-0", w.alloc_ino())
+
+        engine.transact(after)
+        with engine.read() as r:
+            assert r.get_value("heat", b"marker") == b"after"
+            assert r.get_value("jobs", b"crash-1") is None
+            assert r.get_meta("suite_fact") == b"x"
+
+    def test_transact_returns_the_result(self, engine: MetaEngine) -> None:
+        assert engine.transact(lambda w: w.alloc_ino()) > ROOT_INO
+
+    def test_present_chunks_sees_the_transactions_own_writes(self, engine: MetaEngine) -> None:
+        with engine.write() as w:
+            w.put_chunk(_chunk(1))
+            w.put_chunk(_chunk(2))
+        with engine.read() as r:
+            assert r.present_chunks([_cid(i) for i in range(4)]) == {_cid(1), _cid(2)}
+            assert r.present_chunks([]) == set()
+        with engine.write() as w:
+            w.delete_chunk(_cid(1))
+            w.put_chunk(_chunk(3))
+            assert w.present_chunks([_cid(i) for i in range(5)]) == {_cid(2), _cid(3)}
+
+    def test_get_chunks_in_one_call(self, engine: MetaEngine) -> None:
+        with engine.write() as w:
+            for i in (1, 2, 3):
+                w.put_chunk(_chunk(i, nloc=2))
+        with engine.write() as w:
+            w.delete_chunk(_cid(2))
+            w.put_chunk(_chunk(4))
+            assert w.get_chunks([_cid(i) for i in range(6)]) == {
+                _cid(1): _chunk(1, nloc=2), _cid(3): _chunk(3, nloc=2), _cid(4): _chunk(4)}
+        with engine.read() as r:
+            assert r.get_chunks([_cid(4), _cid(2)]) == {_cid(4): _chunk(4)}

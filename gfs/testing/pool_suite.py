@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -121,6 +122,15 @@ class PoolConformance:
             pool.get("no/such.pack", 2, 1)
         with pytest.raises(PoolObjectMissingError):
             pool.size("no/such.pack")
+
+    def test_modified(self, pool: Pool) -> None:
+        before = time.time()
+        pool.put("m/obj", [b"x"])
+        when = pool.modified("m/obj")
+        # None: the pool cannot tell (gc then treats the object as young).
+        assert when is None or before - 5 <= when <= time.time() + 5
+        with pytest.raises(PoolObjectMissingError):
+            pool.modified("m/none")
 
     def test_directory_is_not_an_object(self, pool: Pool) -> None:
         pool.put("d/e/f", [b"x"])

@@ -165,7 +165,7 @@ def _execute(store: ChunkStore, policy: TierPolicy, moves: list[Move],
         by_dst[m.dst].append(m)
     started = time.monotonic()
     for dst, group in by_dst.items():
-        builder = PackBuilder()
+        builder = store.new_pack()
         batch: list[_Copied] = []
         for m in group:
             rec = records[m.id]
@@ -189,7 +189,7 @@ def _execute(store: ChunkStore, policy: TierPolicy, moves: list[Move],
                 hook("copied", report.moved + len(batch))
             if builder.size >= store.config.pack_size:
                 _switch(store, dst, builder, batch, used, report, hook)
-                builder, batch = PackBuilder(), []
+                builder, batch = store.new_pack(), []
             if policy.rate:
                 done = report.bytes_moved + builder.size
                 ahead = done / policy.rate - (time.monotonic() - started)
@@ -245,8 +245,8 @@ def _switch(store: ChunkStore, dst: str, builder: PackBuilder,
     if hook:
         hook("switched", report.moved)
     for p in emptied:  # nothing refers to them any more: the commit above is durable
-        store.pool(p.pool).delete(pack_key(p.id))
-        report.packs_deleted += 1
+        if store.delete_pack_object(p) == "deleted":  # never another store's pack
+            report.packs_deleted += 1
     if hook:
         hook("released", report.moved)
 

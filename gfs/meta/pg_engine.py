@@ -1,0 +1,668 @@
+"""The PostgreSQL metadata engine (docs/format.md, "Metadata (PostgreSQL engine)").
+
+Tables in one schema of a PostgreSQL database hold the same records as the
+LMDB engine, encoded by `gfs.meta.encoding` into `bytea` values. Selected by
+URL: ``postgresql://USER@HOST:PORT/DB?schema=NAME`` (schema default `hutong`).
+
+Concurrency: every transaction is SERIALIZABLE (reads: REPEATABLE READ, read
+only, a snapshot). Two writers that conflict are resolved by the database:
+one of them fails with a serialisation failure, which surfaces as
+`MetaConflictError` (nothing changed); `MetaEngine.transact` runs the work
+again. Threads of one process take turns at writing (as with LMDB), so
+conflicts happen only between processes and hosts. Writes are buffered in the
+transaction and sent in batches (pipelined) before the next query that could
+see them, and at commit. Inode numbers are handed out from blocks reserved in
+a short transaction of their own, so no row is updated by every write.
+
+Portability: plain tables of `bigint`, `text` and `bytea`, primary keys,
+`INSERT ... ON CONFLICT DO UPDATE`, `= ANY(array)` and server-side cursors,
+which CockroachDB and YugabyteDB (YSQL) also implement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pgerr
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from gfs.errors import FormatError, MetaConflictError, StateError
+from gfs.meta import encoding as enc
+from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn, WriteTxn
+from gfs.meta.records import (
+    ROOT_INO,
+    ChunkRecord,
+    Inode,
+    Kind,
+    Manifest,
+    PackRecord,
+    PendingPack,
+    PoolRecord,
+)
+
+__all__ = ["SCHEMA_VERSION", "PgEngine", "is_pg_url"]
+
+#: Inode numbers reserved per trip to the allocation row.
+INO_BLOCK = 1024
+#: Rows fetched per round trip by the iterators.
+FETCH = 2000
+_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_NEXT_INO = "next_ino"
+_SHIFT = 1 << 63
+
+#: The schema, step by step: version N is reached by running MIGRATIONS[N - 1].
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE meta (key text PRIMARY KEY, value bytea NOT NULL)",
+        "CREATE TABLE ino_alloc (id int PRIMARY KEY, next bigint NOT NULL)",
+        "CREATE TABLE inodes (ino bigint PRIMARY KEY, rec bytea NOT NULL)",
+        "CREATE TABLE dirents (parent bigint NOT NULL, name bytea NOT NULL, "
+        "ino bigint NOT NULL, PRIMARY KEY (parent, name))",
+        "CREATE TABLE manifests (ino bigint PRIMARY KEY, rec bytea NOT NULL)",
+        "CREATE TABLE chunks (id bytea PRIMARY KEY, rec bytea NOT NULL)",
+        "CREATE TABLE packs (id bytea PRIMARY KEY, rec bytea NOT NULL)",
+        "CREATE TABLE pending (id bytea PRIMARY KEY, rec bytea NOT NULL)",
+        "CREATE TABLE pools (id int PRIMARY KEY, rec bytea NOT NULL)",
+        "CREATE TABLE kv (tbl text NOT NULL, key bytea NOT NULL, value bytea NOT NULL, "
+        "PRIMARY KEY (tbl, key))",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: table -> (key columns, value columns)
+_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "meta": (("key",), ("value",)),
+    "inodes": (("ino",), ("rec",)),
+    "dirents": (("parent", "name"), ("ino",)),
+    "manifests": (("ino",), ("rec",)),
+    "chunks": (("id",), ("rec",)),
+    "packs": (("id",), ("rec",)),
+    "pending": (("id",), ("rec",)),
+    "pools": (("id",), ("rec",)),
+    "kv": (("tbl", "key"), ("value",)),
+}
+_CONFLICTS = (pgerr.SerializationFailure, pgerr.DeadlockDetected)
+
+
+def _s(ino: int) -> int:
+    """An inode number (u64) as a bigint, keeping the order: shifted by 2**63."""
+    if not 0 <= ino < 1 << 64:
+        raise ValueError(f"inode number {ino} is not a u64")
+    return ino - _SHIFT
+
+
+def _u(value: int) -> int:
+    return int(value) + _SHIFT
+
+
+def is_pg_url(url: str) -> bool:
+    """Whether `url` selects this engine."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def _split_url(url: str) -> tuple[str, str, int]:
+    """(conninfo URL without our parameters, schema name, pool size)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    schema = query.pop("schema", "hutong")
+    if not _NAME_RE.fullmatch(schema):
+        raise StateError(f"metadata URL: schema {schema!r} must be lower-case letters, "
+                         "digits and '_' (at most 63)")
+    size = query.pop("pool_size", "16")
+    if not size.isdigit() or not 1 <= int(size) <= 256:
+        raise StateError(f"metadata URL: pool_size must be 1 to 256, got {size!r}")
+    rest = urlencode(query)
+    base = f"{parts.scheme}://{parts.netloc}{parts.path}"  # keeps an empty host ("///db")
+    return base + (f"?{rest}" if rest else ""), schema, int(size)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class _Txn:
+    """State shared by the read and write views of one transaction."""
+
+    __slots__ = ("buf", "conn", "names", "schema")
+
+    def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.buf: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...] | None] = {}
+        self.names = itertools.count()
+
+    def t(self, table: str) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(table))
+
+    def flush(self) -> None:
+        """Send buffered writes (upserts, then deletes) in pipelined batches."""
+        if not self.buf:
+            return
+        groups: dict[tuple[str, bool], list[tuple[Any, ...]]] = {}
+        for (table, key), vals in self.buf.items():
+            groups.setdefault((table, vals is None), []).append(key + (vals or ()))
+        self.buf.clear()
+        with self.conn.cursor() as cur:
+            for (table, delete), rows in groups.items():
+                keys, values = _TABLES[table]
+                if delete:
+                    q = sql.SQL("DELETE FROM {} WHERE {}").format(
+                        self.t(table), sql.SQL(" AND ").join(
+                            sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys))
+                else:
+                    cols = keys + values
+                    q = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) "
+                                "DO UPDATE SET {}").format(
+                        self.t(table), sql.SQL(", ").join(map(sql.Identifier, cols)),
+                        sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+                        sql.SQL(", ").join(map(sql.Identifier, keys)),
+                        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(
+                            sql.Identifier(v)) for v in values))
+                cur.executemany(q, rows)
+
+    def one(self, table: str, key: tuple[Any, ...], col: str) -> Any:
+        """The value column `col` of one row (buffered writes first), or None."""
+        if (table, key) in self.buf:
+            vals = self.buf[(table, key)]
+            return None if vals is None else vals[0]
+        keys, _ = _TABLES[table]
+        q = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.Identifier(col), self.t(table), sql.SQL(" AND ").join(
+                sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys))
+        row = self.conn.execute(q, key).fetchone()
+        return None if row is None else row[0]
+
+    def rows(self, query: sql.Composed, params: tuple[Any, ...] = ()) -> Iterator[Any]:
+        """Rows of `query` through a server-side cursor, after flushing buffered writes."""
+        self.flush()
+        with self.conn.cursor(name=f"h{next(self.names)}") as cur:
+            cur.itersize = FETCH
+            cur.execute(query, params)
+            yield from cur
+
+
+class _PgRead(ReadTxn):
+    """A ReadTxn over one PostgreSQL transaction."""
+
+    __slots__ = ("_x",)
+
+    def __init__(self, x: _Txn) -> None:
+        self._x = x
+
+    def _scan(self, table: str, cols: str, order: str, where: str = "",
+              params: tuple[Any, ...] = ()) -> Iterator[Any]:
+        q = sql.SQL(f"SELECT {cols} FROM {{}} {where} ORDER BY {order}").format(
+            self._x.t(table))
+        return self._x.rows(q, params)
+
+    # -- namespace ----------------------------------------------------------
+    def get_inode(self, ino: int) -> Inode | None:
+        data = self._x.one("inodes", (_s(ino),), "rec")
+        return None if data is None else enc.decode_inode(ino, bytes(data))
+
+    def lookup(self, parent: int, name: str) -> int | None:
+        ino = self._x.one("dirents", (_s(parent), name.encode()), "ino")
+        return None if ino is None else _u(ino)
+
+    def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+        for name, ino in self._scan("dirents", "name, ino", "name", "WHERE parent = %s",
+                                    (_s(parent),)):
+            try:
+                text = bytes(name).decode("utf-8")
+            except UnicodeDecodeError:
+                raise FormatError(f"directory entry {bytes(name)!r} of inode {parent}: name "
+                                  "is not UTF-8; the metadata is damaged, run `hutong fsck`"
+                                  ) from None
+            yield text, _u(ino)
+
+    def iter_inodes(self) -> Iterator[Inode]:
+        for ino, rec in self._scan("inodes", "ino, rec", "ino"):
+            yield enc.decode_inode(_u(ino), bytes(rec))
+
+    def get_manifest(self, ino: int) -> Manifest | None:
+        data = self._x.one("manifests", (_s(ino),), "rec")
+        return None if data is None else enc.decode_manifest(ino, bytes(data))
+
+    def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:
+        for ino, rec in self._scan("manifests", "ino, rec", "ino"):
+            yield _u(ino), enc.decode_manifest(_u(ino), bytes(rec))
+
+    # -- chunks, packs, pools -------------------------------------------------
+    def get_chunk(self, cid: bytes) -> ChunkRecord | None:
+        data = self._x.one("chunks", (cid,), "rec")
+        return None if data is None else enc.decode_chunk(cid, bytes(data))
+
+    def get_chunks(self, cids: Iterable[bytes]) -> dict[bytes, ChunkRecord]:
+        return {cid: enc.decode_chunk(cid, data) for cid, data in self._chunk_recs(cids, "rec")}
+
+    def present_chunks(self, cids: Iterable[bytes]) -> set[bytes]:
+        return {cid for cid, _ in self._chunk_recs(cids, "id")}
+
+    def _chunk_recs(self, cids: Iterable[bytes], col: str) -> Iterator[tuple[bytes, bytes]]:
+        """(id, column `col`) of the chunks of `cids` that exist, buffered writes first."""
+        want: list[bytes] = []
+        for cid in cids:
+            if ("chunks", (cid,)) in self._x.buf:
+                vals = self._x.buf[("chunks", (cid,))]
+                if vals is not None:
+                    yield cid, bytes(vals[0])
+            else:
+                want.append(cid)
+        q = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s)").format(
+            sql.Identifier(col), self._x.t("chunks"))
+        for i in range(0, len(want), FETCH):
+            for cid, data in self._x.conn.execute(q, (want[i:i + FETCH],)):
+                yield bytes(cid), bytes(data)
+
+    def iter_chunks(self) -> Iterator[ChunkRecord]:
+        for cid, rec in self._scan("chunks", "id, rec", "id"):
+            yield enc.decode_chunk(bytes(cid), bytes(rec))
+
+    def get_pack(self, pack_id: bytes) -> PackRecord | None:
+        data = self._x.one("packs", (pack_id,), "rec")
+        return None if data is None else enc.decode_pack(pack_id, bytes(data))
+
+    def iter_packs(self) -> Iterator[PackRecord]:
+        for pid, rec in self._scan("packs", "id, rec", "id"):
+            yield enc.decode_pack(bytes(pid), bytes(rec))
+
+    def iter_pending(self) -> Iterator[PendingPack]:
+        for pid, rec in self._scan("pending", "id, rec", "id"):
+            yield enc.decode_pending(bytes(pid), bytes(rec))
+
+    def get_pool(self, pool_id: int) -> PoolRecord | None:
+        data = self._x.one("pools", (pool_id,), "rec")
+        return None if data is None else enc.decode_pool(pool_id, bytes(data))
+
+    def iter_pools(self) -> Iterator[PoolRecord]:
+        for pool_id, rec in self._scan("pools", "id, rec", "id"):
+            yield enc.decode_pool(int(pool_id), bytes(rec))
+
+    # -- opaque values and store facts -----------------------------------------
+    def get_value(self, table: str, key: bytes) -> bytes | None:
+        _check_table(table)
+        if not key:
+            return None
+        data = self._x.one("kv", (table, key), "value")
+        return None if data is None else bytes(data)
+
+    def iter_values(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        _check_table(table)
+        n = len(prefix)
+        for key, value in self._scan("kv", "key, value", "key", "WHERE tbl = %s AND key >= %s",
+                                     (table, prefix)):
+            key = bytes(key)
+            if key[:n] != prefix:
+                return
+            yield key, bytes(value)
+
+    def get_meta(self, key: str) -> bytes | None:
+        if key == _NEXT_INO:
+            row = self._x.conn.execute(
+                sql.SQL("SELECT next FROM {} WHERE id = 0").format(self._x.t("ino_alloc"))
+            ).fetchone()
+            return None if row is None else enc.encode_u64(int(row[0]))
+        data = self._x.one("meta", (key,), "value")
+        return None if data is None else bytes(data)
+
+
+class _PgWrite(_PgRead, WriteTxn):
+    """A WriteTxn over one SERIALIZABLE PostgreSQL transaction (writes buffered)."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, x: _Txn, engine: PgEngine) -> None:
+        super().__init__(x)
+        self._engine = engine
+
+    def _put(self, table: str, key: tuple[Any, ...], *values: Any) -> None:
+        self._x.buf[(table, key)] = values
+
+    def _del(self, table: str, key: tuple[Any, ...]) -> None:
+        self._x.buf[(table, key)] = None
+
+    def alloc_ino(self) -> int:
+        return self._engine._alloc_ino()
+
+    def put_inode(self, inode: Inode) -> None:
+        self._put("inodes", (_s(inode.ino),), enc.encode_inode(inode))
+
+    def delete_inode(self, ino: int) -> None:
+        self._del("inodes", (_s(ino),))
+
+    def link(self, parent: int, name: str, ino: int) -> None:
+        raw = name.encode()
+        if not raw or len(raw) > 503:
+            raise ValueError(f"directory entry of inode {parent}: name is {len(raw)} bytes "
+                             "in UTF-8, 1 to 503 allowed")
+        self._put("dirents", (_s(parent), raw), _s(ino))
+
+    def unlink(self, parent: int, name: str) -> None:
+        self._del("dirents", (_s(parent), name.encode()))
+
+    def put_manifest(self, ino: int, manifest: Manifest) -> None:
+        self._put("manifests", (_s(ino),), enc.encode_manifest(manifest))
+
+    def delete_manifest(self, ino: int) -> None:
+        self._del("manifests", (_s(ino),))
+
+    def put_chunk(self, rec: ChunkRecord) -> None:
+        self._put("chunks", (rec.id,), enc.encode_chunk(rec))
+
+    def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
+        found = dict(self._chunk_recs(deltas, "rec"))
+        for cid, delta in deltas.items():
+            data = found.get(cid)
+            if data is None:
+                raise FormatError(f"chunk {cid.hex()} is referenced but not in the chunk "
+                                  "index; run `hutong fsck`")
+            if delta:
+                self._put("chunks", (cid,), enc.with_refcount_delta(cid, data, delta))
+
+    def delete_chunk(self, cid: bytes) -> None:
+        self._del("chunks", (cid,))
+
+    def put_pack(self, rec: PackRecord) -> None:
+        self._put("packs", (rec.id,), enc.encode_pack(rec))
+
+    def delete_pack(self, pack_id: bytes) -> None:
+        self._del("packs", (pack_id,))
+
+    def put_pending(self, rec: PendingPack) -> None:
+        self._put("pending", (rec.id,), enc.encode_pending(rec))
+
+    def delete_pending(self, pack_id: bytes) -> None:
+        self._del("pending", (pack_id,))
+
+    def put_pool(self, rec: PoolRecord) -> None:
+        self._put("pools", (rec.id,), enc.encode_pool(rec))
+
+    def put_value(self, table: str, key: bytes, value: bytes) -> None:
+        _check_table(table)
+        if not 0 < len(key) <= 511:
+            raise ValueError(f"value table {table!r}: key must be 1 to 511 bytes")
+        self._put("kv", (table, bytes(key)), bytes(value))
+
+    def delete_value(self, table: str, key: bytes) -> None:
+        _check_table(table)
+        self._del("kv", (table, bytes(key)))
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        if not key:
+            raise ValueError("meta key must not be empty")
+        if key == _NEXT_INO:  # a restored store: numbers below `value` are taken
+            self._x.flush()
+            self._x.conn.execute(
+                sql.SQL("UPDATE {} SET next = GREATEST(next, %s) WHERE id = 0").format(
+                    self._x.t("ino_alloc")), (enc.decode_u64("meta next_ino", value),))
+            return
+        self._put("meta", (key,), bytes(value))
+
+
+def _check_table(table: str) -> None:
+    if table not in VALUE_TABLES:
+        raise ValueError(
+            f"unknown value table {table!r}; use one of {', '.join(sorted(VALUE_TABLES))}"
+        )
+
+
+class _Ctx:
+    """`with engine.read()` / `with engine.write()`: one pooled connection, one transaction."""
+
+    __slots__ = ("_conn", "_engine", "_locked", "_write", "_x")
+
+    def __init__(self, engine: PgEngine, write: bool) -> None:
+        self._engine = engine
+        self._write = write
+        self._conn: psycopg.Connection[Any] | None = None
+        self._x: _Txn | None = None
+        self._locked = False
+
+    def __enter__(self) -> Any:
+        eng = self._engine
+        pool = eng._live()
+        if self._write:
+            me = threading.get_ident()
+            if eng._writer == me:
+                raise StateError(f"metadata {eng}: nested write transaction in one thread "
+                                 "would deadlock; do all changes in the outer write() block")
+            eng._wlock.acquire()
+            eng._writer, self._locked = me, True
+        try:
+            conn = self._conn = pool.getconn()
+            conn.isolation_level = (psycopg.IsolationLevel.SERIALIZABLE if self._write
+                                    else psycopg.IsolationLevel.REPEATABLE_READ)
+            conn.read_only = not self._write
+            self._x = _Txn(conn, eng.schema)
+        except BaseException:
+            self._release(None)
+            raise
+        return _PgWrite(self._x, eng) if self._write else _PgRead(self._x)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        conn, x = self._conn, self._x
+        failed: BaseException | None = None
+        try:
+            if conn is not None and x is not None:
+                if exc_type is None and self._write:
+                    x.flush()
+                    conn.commit()
+                else:
+                    conn.rollback()
+        except _CONFLICTS as e:
+            failed = e
+            _rollback(conn)
+        except psycopg.Error as e:
+            _rollback(conn)
+            raise StateError(f"metadata {self._engine}: {type(e).__name__}: {e}") from e
+        finally:
+            self._release(conn)
+        if failed is not None:
+            raise MetaConflictError(f"metadata {self._engine}: the transaction conflicted "
+                                    "with another writer and changed nothing; run it "
+                                    "again") from failed
+        if isinstance(exc, _CONFLICTS):
+            raise MetaConflictError(f"metadata {self._engine}: the transaction conflicted "
+                                    "with another writer and changed nothing; run it "
+                                    "again") from exc
+
+    def _release(self, conn: psycopg.Connection[Any] | None) -> None:
+        eng = self._engine
+        self._conn = self._x = None
+        if conn is not None and eng._pool is not None:
+            eng._pool.putconn(conn)
+        if self._locked:
+            self._locked = False
+            eng._writer = None
+            eng._wlock.release()
+
+
+def _rollback(conn: psycopg.Connection[Any] | None) -> None:
+    if conn is not None and not conn.closed:
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            conn.close()  # the pool replaces a closed connection
+
+
+class PgEngine(MetaEngine):
+    """The metadata engine over a PostgreSQL (or compatible) database at `url`.
+
+    The first open of an empty schema creates the tables and the root directory;
+    a schema of an older version is migrated, one of a newer version refused
+    (StateError). `url` may carry `schema=NAME` and `pool_size=N` (connections).
+    """
+
+    MULTI_HOST = True
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self._conninfo, self.schema, size = _split_url(url)
+        self._wlock = threading.Lock()
+        self._writer: int | None = None
+        self._ino_lock = threading.Lock()
+        self._ino_next = self._ino_end = 0
+        self._ino_conn: psycopg.Connection[Any] | None = None
+        try:
+            self._pool: ConnectionPool | None = ConnectionPool(
+                self._conninfo, min_size=1, max_size=size, open=True,
+                timeout=connect_timeout, kwargs={"autocommit": False})
+            self._pool.wait(timeout=connect_timeout)
+        except Exception as e:
+            raise StateError(f"cannot connect to the metadata database "
+                             f"{_redact(url)}: {e}") from None
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"PgEngine({_redact(self.url)!r}, schema {self.schema})"
+
+    __str__ = __repr__
+
+    # -- schema -------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION (several processes may race here)."""
+        for _ in range(20):
+            try:
+                if self._migrate_step():
+                    return
+            except (*_CONFLICTS, pgerr.UniqueViolation, pgerr.DuplicateTable,
+                    pgerr.DuplicateSchema, pgerr.DuplicateObject):
+                time.sleep(0.05)  # another process migrates: look again
+        raise StateError(f"metadata {self}: the schema could not be migrated "
+                         f"to version {SCHEMA_VERSION}")
+
+    def _migrate_step(self) -> bool:
+        assert self._pool is not None
+        with self._pool.connection() as conn:
+            conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+            conn.read_only = False
+            s = sql.Identifier(self.schema)
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+            conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.schema_version "
+                                 "(id int PRIMARY KEY, version int NOT NULL)").format(s))
+            conn.commit()
+            row = conn.execute(sql.SQL("SELECT version FROM {}.schema_version WHERE id = 0")
+                               .format(s)).fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
+                raise StateError(f"metadata {self} has schema version {version}; this "
+                                 f"version of Hutong reads up to {SCHEMA_VERSION}. Use a "
+                                 "newer Hutong")
+            if version == SCHEMA_VERSION:
+                conn.commit()
+                return True
+            for stmt in MIGRATIONS[version]:
+                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(s))
+                conn.execute(stmt)
+            if version == 0:
+                self._initialise(conn)
+            conn.execute(sql.SQL("INSERT INTO {}.schema_version (id, version) VALUES (0, %s) "
+                                 "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version")
+                         .format(s), (version + 1,))
+            conn.commit()
+        return False
+
+    def _initialise(self, conn: psycopg.Connection[Any]) -> None:
+        now = time.time_ns()
+        root = Inode(ROOT_INO, ROOT_INO, Kind.DIR, 0o755, os.getuid(), os.getgid(), 0,
+                     now, now, now)
+        x = _Txn(conn, self.schema)
+        x.buf[("meta", ("format",))] = (enc.FORMAT_VERSION,)
+        x.buf[("meta", ("store_id",))] = (os.urandom(16),)
+        x.buf[("inodes", (_s(ROOT_INO),))] = (enc.encode_inode(root),)
+        x.flush()
+        conn.execute(sql.SQL("INSERT INTO {} (id, next) VALUES (0, %s)").format(
+            x.t("ino_alloc")), (ROOT_INO + 1,))
+        fmt = x.one("meta", ("format",), "value")
+        if bytes(fmt) != enc.FORMAT_VERSION:
+            raise StateError(f"metadata {self}: format {fmt!r} is not {enc.FORMAT_VERSION!r}")
+
+    # -- inode numbers --------------------------------------------------------------
+    def _alloc_ino(self) -> int:
+        with self._ino_lock:
+            if self._ino_next >= self._ino_end:
+                self._ino_next, self._ino_end = self._reserve(INO_BLOCK)
+            ino = self._ino_next
+            self._ino_next += 1
+            return ino
+
+    def _reserve(self, n: int) -> tuple[int, int]:
+        """Reserve `n` inode numbers in a transaction of their own; (first, end).
+
+        It runs on a connection of its own (not the pool's), so a thread that holds
+        pooled connections can always reserve. Called with `_ino_lock` held.
+        """
+        self._live()
+        q = sql.SQL("UPDATE {}.ino_alloc SET next = next + %s WHERE id = 0 "
+                    "RETURNING next").format(sql.Identifier(self.schema))
+        for _ in range(50):
+            try:
+                if self._ino_conn is None or self._ino_conn.closed:
+                    self._ino_conn = psycopg.connect(self._conninfo, autocommit=True)
+                row = self._ino_conn.execute(q, (n,)).fetchone()
+            except _CONFLICTS:
+                continue
+            except psycopg.Error as e:
+                if self._ino_conn is not None:
+                    self._ino_conn.close()
+                raise StateError(f"metadata {self}: cannot reserve inode numbers: {e}") from e
+            if row is None:
+                raise StateError(f"metadata {self} has no inode allocator row; run "
+                                 "`hutong fsck`")
+            end = int(row[0])
+            return end - n, end
+        raise MetaConflictError(f"metadata {self}: could not reserve inode numbers")
+
+    # -- transactions ----------------------------------------------------------------
+    def _live(self) -> ConnectionPool:
+        if self._pool is None:
+            raise StateError(f"metadata engine {self} is closed; open a new one")
+        return self._pool
+
+    def read(self) -> _Ctx:
+        """A read-only snapshot transaction."""
+        self._live()
+        return _Ctx(self, write=False)
+
+    def write(self) -> _Ctx:
+        """A SERIALIZABLE write transaction; a lost conflict raises MetaConflictError."""
+        self._live()
+        return _Ctx(self, write=True)
+
+    def close(self) -> None:
+        """Close the connections; later read() and write() raise StateError. Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        with self._ino_lock:
+            conn, self._ino_conn = self._ino_conn, None
+            if conn is not None:
+                conn.close()
+
+    def drop(self) -> None:
+        """Remove this store's schema and everything in it (tests, `meta load --replace`)."""
+        with self._live().connection() as conn:
+            conn.read_only = False
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(self.schema)))
+            conn.commit()
+

@@ -1,0 +1,136 @@
+"""`hutong meta ...` and `hutong init --meta URL`: where the metadata lives.
+
+`meta load` into an existing state directory moves its store to another
+engine (LMDB <-> PostgreSQL): the pools stay, the new metadata is loaded
+from the dump, then config.toml points at it (the replaced LMDB environment
+is kept as meta.replaced-TIME). Into a new directory it makes a store from
+the dump's settings.
+
+Registered through `gfs.cli.EXTENSIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from gfs.env import CONFIG_FILE, META_ENV, state_dir
+from gfs.errors import ConfigError, StateError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _with_meta(cmd: Command) -> Command:
+    """`hutong init` with `--meta URL`: the URL reaches Client.init as $HUTONG_META."""
+    def run(args: argparse.Namespace) -> int:
+        if not args.meta:
+            return cmd(args)
+        saved = os.environ.get(META_ENV)
+        os.environ[META_ENV] = args.meta
+        try:
+            return cmd(args)
+        finally:
+            if saved is None:
+                os.environ.pop(META_ENV, None)
+            else:
+                os.environ[META_ENV] = saved
+    return run
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add `meta dump`, `meta load` and `--meta` of `hutong init`."""
+
+    meta = sub.add_parser("meta", help="the metadata: dump, load, move between engines",
+                          parents=[common])
+    msub = meta.add_subparsers(dest="meta_command", metavar="ACTION", required=True)
+    sp = msub.add_parser("dump", help="write the metadata to FILE (zstd JSON lines)",
+                         parents=[common])
+    sp.add_argument("file", metavar="FILE")
+    sp.set_defaults(func=cmd_dump)
+    sp = msub.add_parser("load", help="load a dump into a new engine (--meta URL, or the "
+                         "embedded one) and make the state directory use it",
+                         parents=[common])
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--meta", metavar="URL", help="postgresql://... (default: embedded LMDB)")
+    sp.set_defaults(func=cmd_load)
+
+    init = sub.choices.get("init")
+    if init is not None:
+        init.add_argument("--meta", metavar="URL",
+                          help="keep the metadata on a database server "
+                               "(postgresql://USER@HOST/DB?schema=NAME); default: embedded "
+                               f"LMDB in the state directory (also ${META_ENV})")
+        init.set_defaults(func=_with_meta(init.get_default("func")))
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+    from gfs.meta.dump import dump
+    from gfs.state import settings_toml
+
+    path = Path(args.file)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with Client(args.state) as fs:
+        try:
+            with open(tmp, "wb") as f:
+                counts = dump(fs.engine, f, config=settings_toml(fs.state), source=repr(fs.engine))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    if not args.quiet:
+        print(f"dumped {_counts(counts)} to {path}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from gfs.meta import open_engine
+    from gfs.meta.dump import load, read_header
+    from gfs.state import is_database_url, meta_location, settings_toml, write_config
+
+    state = state_dir(args.state)
+    meta: str | None = args.meta or None
+    if meta is not None and not is_database_url(meta):
+        raise ConfigError(f"--meta {meta!r}: use postgresql://USER@HOST/DB?schema=NAME, or "
+                          "leave it out to load into the embedded engine")
+    existing = (state / CONFIG_FILE).exists()
+    if existing and meta is not None and meta_location(state) == meta:
+        raise ConfigError(f"{state} already keeps its metadata at {meta}; load into another "
+                          "schema or database")
+    target = meta or str(state / ("meta.loading" if existing else "meta"))
+    if meta is None and Path(target).exists():
+        raise StateError(f"{target} exists: a load was interrupted or another runs; remove "
+                         "it and load again")
+    with open(args.file, "rb") as f:
+        header, recs = read_header(f)
+        if not existing:
+            for sub in ("locks", "pools/default"):
+                (state / sub).mkdir(parents=True, exist_ok=True)
+        engine = open_engine(target)
+        try:
+            counts = load(engine, recs)
+        finally:
+            engine.close()
+    if existing:
+        settings = settings_toml(state)
+        old = state / "meta"
+        if old.exists():  # the replaced embedded environment is kept aside
+            os.rename(old, state / f"meta.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        if meta is None:
+            os.rename(target, old)
+    else:
+        settings = str(header.get("config") or "")
+    write_config(state, settings, meta)
+    if not args.quiet:
+        print(f"loaded {_counts(counts)} into {meta or state / 'meta'}; {state} uses it now")
+    return 0
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {t}s" for t, n in sorted(counts.items())) or "nothing"

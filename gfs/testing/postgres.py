@@ -1,0 +1,131 @@
+"""A real PostgreSQL server for tests (pytest plugin: ``pytest_plugins = [...]``).
+
+`postgres_server` (session): initdb into a temporary directory, start
+`postgres` listening only on a unix socket in that directory under a free
+port number, yield its URL, stop it (fast shutdown) at the end. As root the
+server runs as the `postgres` user (PostgreSQL refuses to run as root).
+`pg_url` (function): the server's URL with a fresh schema, dropped afterwards.
+Needs Debian's `postgresql` package (`make setup`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+START_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A running test server: `url` reaches database `postgres` as superuser `hutong`."""
+
+    url: str
+    socket_dir: str
+    port: int
+    pid: int
+
+    def url_for(self, schema: str) -> str:
+        """The URL of a store in `schema`."""
+        return f"{self.url}&schema={schema}"
+
+
+def _bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return versions[-1] if versions else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server(base: str) -> tuple[PostgresServer, subprocess.Popen[bytes]]:
+    """initdb into `base`/data and start postgres; returns once it accepts connections."""
+    initdb, postgres = _bin("initdb"), _bin("postgres")
+    if initdb is None or postgres is None:
+        pytest.skip("PostgreSQL is not installed (Debian package `postgresql`; run make setup)")
+    user: str | None = None
+    if os.geteuid() == 0:
+        user = "postgres"
+        pw = pwd.getpwnam(user)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    data = os.path.join(base, "data")
+    subprocess.run([initdb, "-D", data, "-U", "hutong", "--auth=trust", "-E", "UTF8",
+                    "--no-sync", "--no-instructions"], check=True, user=user,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=START_TIMEOUT)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [postgres, "-D", data, "-p", str(port), "-k", base, "-c", "listen_addresses=",
+         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+         "-c", "max_connections=300", "-c", "shared_buffers=64MB"],
+        user=user, stdout=subprocess.DEVNULL, stderr=open(os.path.join(base, "log"), "wb"))  # noqa: SIM115
+    server = PostgresServer(f"postgresql:///postgres?host={base}&port={port}&user=hutong",
+                            base, port, proc.pid)
+    import psycopg
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            psycopg.connect(server.url.split("&schema")[0], connect_timeout=2).close()
+            return server, proc
+        except psycopg.OperationalError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_server(proc)
+                with open(os.path.join(base, "log")) as f:
+                    raise RuntimeError(f"postgres did not start: {f.read()[-2000:]}") from None
+            time.sleep(0.05)  # polling for readiness with a deadline
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Fast shutdown (SIGINT), then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session."""
+    base = tempfile.mkdtemp(prefix="hutong-pg-")  # /tmp: readable by the postgres user
+    try:
+        server, proc = start_server(base)
+        try:
+            yield server
+        finally:
+            stop_server(proc)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty store on the test server (its schema is dropped after)."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield postgres_server.url_for(schema)
+    import psycopg
+
+    with contextlib.suppress(psycopg.Error), psycopg.connect(postgres_server.url) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
