@@ -1,5 +1,6 @@
-/* gfs._native: CPython binding of the FastCDC chunker (native/fastcdc.h) and of
- * the chunk-id hashing (native/chunkid.h). */
+/* gfs._native: CPython binding of the FastCDC chunker (native/fastcdc.h), of
+ * the chunk-id hashing (native/chunkid.h) and of the super-features
+ * (native/superfeat.h). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -10,6 +11,7 @@
 
 #include "chunkid.h"
 #include "fastcdc.h"
+#include "superfeat.h"
 
 /* Buffers smaller than this are scanned without releasing the GIL. */
 #define GIL_RELEASE_MIN (256u * 1024u)
@@ -147,6 +149,41 @@ PyDoc_STRVAR(chunk_ids_doc,
 "end at the offsets in cuts (increasing, within buf), concatenated. The GIL\n"
 "is released while hashing.");
 
+/* Read the cut points of seq (increasing, within a buffer of len bytes) into a
+ * PyMem_RawMalloc'd array. Returns the array (count in *n), or NULL with an
+ * exception set. what names the calling function in messages. */
+static uint64_t *
+parse_cuts(PyObject *seq, Py_ssize_t len, const char *what, Py_ssize_t *n)
+{
+    PyObject *fast = PySequence_Fast(seq, "needs a sequence of cut points");
+    if (fast == NULL)
+        return NULL;
+    *n = PySequence_Fast_GET_SIZE(fast);
+    uint64_t *cuts = PyMem_RawMalloc(((size_t)*n + 1) * sizeof(uint64_t));
+    if (cuts == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    uint64_t prev = 0;
+    for (Py_ssize_t k = 0; k < *n; k++) {
+        unsigned long long c = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, k));
+        if (c == (unsigned long long)-1 && PyErr_Occurred())
+            goto fail;
+        if (c < prev || c > (unsigned long long)len) {
+            PyErr_Format(PyExc_ValueError, "%s(): cut %zd (%llu) is not increasing "
+                         "within the buffer of %zd bytes", what, k, c, len);
+            goto fail;
+        }
+        cuts[k] = prev = c;
+    }
+    Py_DECREF(fast);
+    return cuts;
+fail:
+    PyMem_RawFree(cuts);
+    Py_DECREF(fast);
+    return NULL;
+}
+
 static PyObject *
 chunk_ids(PyObject *Py_UNUSED(module), PyObject *args)
 {
@@ -156,31 +193,11 @@ chunk_ids(PyObject *Py_UNUSED(module), PyObject *args)
     Py_buffer view;
     if (get_buffer(obj, &view) < 0)
         return NULL;
-    PyObject *fast = PySequence_Fast(seq, "chunk_ids() needs a sequence of cut points");
-    if (fast == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    uint64_t *cuts = PyMem_RawMalloc(((size_t)n + 1) * sizeof(uint64_t));
+    Py_ssize_t n;
+    uint64_t *cuts = parse_cuts(seq, view.len, "chunk_ids", &n);
     PyObject *out = NULL;
-    if (cuts == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    uint64_t prev = 0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        unsigned long long c = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, k));
-        if (c == (unsigned long long)-1 && PyErr_Occurred())
-            goto done;
-        if (c < prev || c > (unsigned long long)view.len) {
-            PyErr_Format(PyExc_ValueError, "chunk_ids(): cut %zd (%llu) is not increasing "
-                         "within the buffer of %zd bytes", k, c, view.len);
-            goto done;
-        }
-        cuts[k] = prev = c;
-    }
-    out = PyBytes_FromStringAndSize(NULL, n * CHUNKID_LEN);
+    if (cuts != NULL)
+        out = PyBytes_FromStringAndSize(NULL, n * CHUNKID_LEN);
     if (out != NULL) {
         uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
         const uint8_t *buf = (const uint8_t *)view.buf;
@@ -190,10 +207,73 @@ chunk_ids(PyObject *Py_UNUSED(module), PyObject *args)
         if (released != NULL)
             PyEval_RestoreThread(released);
     }
-done:
     PyMem_RawFree(cuts);
-    Py_DECREF(fast);
     PyBuffer_Release(&view);
+    return out;
+}
+
+PyDoc_STRVAR(superfeatures_doc,
+"superfeatures(buf, cuts, /) -> bytes\n\n"
+"The 3 super-features (docs/format.md, \"Resemblance and delta chunks\") of\n"
+"each chunk of buf ending at the offsets in cuts (increasing, within buf), as\n"
+"u64 little-endian, 24 bytes per chunk. The GIL is released while scanning.");
+
+static PyObject *
+superfeatures(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *obj, *seq;
+    if (!PyArg_ParseTuple(args, "OO:superfeatures", &obj, &seq))
+        return NULL;
+    Py_buffer view;
+    if (get_buffer(obj, &view) < 0)
+        return NULL;
+    Py_ssize_t n;
+    uint64_t *cuts = parse_cuts(seq, view.len, "superfeatures", &n);
+    uint64_t *sf = cuts == NULL ? NULL
+        : PyMem_RawMalloc(((size_t)n * SUPERFEAT_SUPER + 1) * sizeof(uint64_t));
+    PyObject *out = NULL;
+    if (cuts != NULL && sf == NULL)
+        PyErr_NoMemory();
+    if (sf != NULL)
+        out = PyBytes_FromStringAndSize(NULL, n * SUPERFEAT_SUPER * 8);
+    if (out != NULL) {
+        uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+        PyThreadState *released =
+            (size_t)view.len >= GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
+        superfeat_many((const uint8_t *)view.buf, cuts, (size_t)n, sf);
+        for (size_t k = 0; k < (size_t)n * SUPERFEAT_SUPER; k++)
+            for (int b = 0; b < 8; b++)
+                dst[8 * k + (size_t)b] = (uint8_t)(sf[k] >> (8 * b));
+        if (released != NULL)
+            PyEval_RestoreThread(released);
+    }
+    PyMem_RawFree(sf);
+    PyMem_RawFree(cuts);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+PyDoc_STRVAR(features_doc,
+"features(buf, /) -> tuple[int, ...]\n\n"
+"The 12 features of buf taken as one chunk (for tests against the reference).");
+
+static PyObject *
+features(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    Py_buffer view;
+    if (get_buffer(obj, &view) < 0)
+        return NULL;
+    uint64_t f[SUPERFEAT_FEATURES];
+    superfeat_features((const uint8_t *)view.buf, (size_t)view.len, f);
+    PyBuffer_Release(&view);
+    PyObject *out = PyTuple_New(SUPERFEAT_FEATURES);
+    for (Py_ssize_t k = 0; out != NULL && k < SUPERFEAT_FEATURES; k++) {
+        PyObject *item = PyLong_FromUnsignedLongLong(f[k]);
+        if (item == NULL)
+            Py_CLEAR(out);
+        else
+            PyTuple_SET_ITEM(out, k, item);
+    }
     return out;
 }
 
@@ -358,6 +438,8 @@ static PyMethodDef native_methods[] = {
     {"gear_table", gear_table, METH_NOARGS, gear_table_doc},
     {"chunk_ids", chunk_ids, METH_VARARGS, chunk_ids_doc},
     {"load_chunked", load_chunked, METH_VARARGS, load_chunked_doc},
+    {"superfeatures", superfeatures, METH_VARARGS, superfeatures_doc},
+    {"features", features, METH_O, features_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -36,9 +36,10 @@ from gfs.meta.records import (
 )
 
 #: Tables of opaque values kept for the layers above (heat counters, placement
-#: rules, entities, sites, extended attributes, job records, chunk pins).
+#: rules, entities, sites, extended attributes, job records, chunk pins, the
+#: resemblance index and the bases of delta chunks).
 VALUE_TABLES: frozenset[str] = frozenset(
-    {"heat", "rules", "entities", "sites", "xattrs", "jobs", "pins"})
+    {"heat", "rules", "entities", "sites", "xattrs", "jobs", "pins", "resemblance", "deltas"})
 
 
 class ReadTxn(ABC):
