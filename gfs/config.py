@@ -40,6 +40,9 @@ class StoreSettings(Schema):
     workers: Annotated[int, Field(ge=0, le=256)] = 0
     commit_files: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
     cache_bytes: Annotated[Size, Field(le=1 << 40)] = 64 * 1024 * 1024
+    #: Store a new chunk that resembles a stored one as a delta against it
+    #: (docs/format.md, "Resemblance and delta chunks").
+    delta: bool = False
 
 
 class _ConfigFile(Schema):
@@ -69,7 +72,8 @@ class StoreConfig(StoreSettings):
     def to_toml(self) -> str:
         """The config as TOML text for `STATE/config.toml`."""
         lines = ["# Hutong store settings; see `hutong --help` and docs/format.md", "[store]"]
-        lines += [f"{k} = {v}" for k, v in self.model_dump().items()]
+        lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}"
+                  for k, v in self.model_dump().items()]
         return "\n".join(lines) + "\n"
 
     @classmethod

@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from gfs import delta
 from gfs.codec import BLOB_HEADER_LEN, decode_blob
 from gfs.errors import CorruptChunkError, PoolObjectMissingError
 from gfs.meta import ChunkRecord, Location, PackRecord
@@ -65,6 +66,7 @@ def _drop_dead_chunks(store: ChunkStore, report: GcReport) -> list[PackRecord]:
             if int.from_bytes(value, "big") <= now:
                 txn.delete_value("pins", cid)  # expired pins
         dead = [rec for rec in txn.iter_chunks() if rec.refcount == 0 and rec.id not in pinned]
+        dead += delta.release_chain(txn, [rec.id for rec in dead], pinned)
         packs = {p.id: p for p in txn.iter_packs()}
         live: dict[bytes, list[int]] = {pid: [p.live_chunks, p.live_bytes]
                                         for pid, p in packs.items()}
@@ -136,7 +138,7 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
         for rec, loc in movers.get(p.id, []):
             blob = data[loc.offset:loc.offset + loc.length]
             try:
-                decode_blob(blob, expect_id=rec.id)
+                decode_blob(blob, expect_id=rec.id, base=store.read_chunk)
             except CorruptChunkError as e:
                 log.error("not repacking pack %s: %s", p.id.hex(), e)
                 intact = False

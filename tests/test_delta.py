@@ -1,0 +1,265 @@
+"""Delta chunks: codec 2 blobs, the store's write path, gc and fsck (real LMDB, real pools)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gfs import delta, resemblance
+from gfs.client import Client
+from gfs.codec import CODEC_DELTA, chunk_id, decode_blob, parse_blob_header
+from gfs.config import StoreConfig
+from gfs.errors import CorruptChunkError
+from gfs.packs import pack_key
+from gfs.testing.faults import flip_byte
+
+
+def _text(rng: random.Random, n: int) -> bytes:
+    """Compressible text-like bytes (words from a small vocabulary)."""
+    words = [bytes(rng.choice(b"abcdefghijklmnop_ ") for _ in range(rng.randrange(2, 10)))
+             for _ in range(3000)]
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words) + b" "
+    return bytes(out[:n])
+
+
+def _mutate(data: bytes, rng: random.Random, edits: int) -> bytes:
+    """A next version: a few small replacements, insertions and deletions."""
+    out = bytearray(data)
+    for _ in range(edits):
+        at = rng.randrange(max(1, len(out) - 64))
+        out[at:at + rng.randrange(0, 24)] = rng.randbytes(rng.randrange(0, 24))
+    return bytes(out)
+
+
+@pytest.fixture
+def dfs(tmp_path: Path) -> Iterator[Client]:
+    """A store with delta chunks on."""
+    client = Client.init(tmp_path / "state", pack_size=1 << 20, workers=2, delta=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _records(fs: Client) -> dict[bytes, int]:
+    with fs.engine.read() as txn:
+        return {rec.id: rec.codec for rec in txn.iter_chunks()}
+
+
+# -- the blob ---------------------------------------------------------------------------
+
+def test_delta_blob_round_trip_and_header() -> None:
+    rng = random.Random(1)
+    base = _text(rng, 60_000)
+    new = _mutate(base, rng, 5)
+    cid, bid = chunk_id(new), chunk_id(base)
+    header, payload = delta.encode_delta(new, cid, bid, base, 3)
+    blob = header + payload
+    head = parse_blob_header(blob)
+    assert (head.codec, head.raw_len, head.chunk_id) == (CODEC_DELTA, len(new), cid)
+    assert delta.base_of(blob) == bid
+    assert len(payload) < 2000  # a few edits cost a few hundred bytes, not 60 KB
+    assert decode_blob(blob, expect_id=cid, base={bid: base}.__getitem__) == new
+
+
+def test_delta_blob_without_its_base_is_refused() -> None:
+    rng = random.Random(2)
+    base = _text(rng, 10_000)
+    new = _mutate(base, rng, 2)
+    header, payload = delta.encode_delta(new, chunk_id(new), chunk_id(base), base, 3)
+    with pytest.raises(CorruptChunkError, match="without its base"):
+        decode_blob(header + payload)
+
+
+def test_delta_blob_with_a_wrong_base_names_the_base() -> None:
+    rng = random.Random(3)
+    base = _text(rng, 10_000)
+    new = _mutate(base, rng, 2)
+    bid = chunk_id(base)
+    header, payload = delta.encode_delta(new, chunk_id(new), bid, base, 3)
+    wrong = _mutate(base, rng, 30)
+    with pytest.raises(CorruptChunkError, match=bid.hex()):
+        decode_blob(header + payload, base=lambda _: wrong)
+
+
+def test_a_chunk_is_not_its_own_base() -> None:
+    with pytest.raises(ValueError, match="itself"):
+        delta.encode_delta(b"x" * 100, b"\1" * 16, b"\1" * 16, b"x" * 100, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 70_000), edits=st.integers(0, 40),
+       flip=st.booleans())
+def test_a_delta_always_reconstructs_to_its_id(seed: int, size: int, edits: int,
+                                               flip: bool) -> None:
+    rng = random.Random(seed)
+    base = _text(rng, size) if not flip else rng.randbytes(size)
+    new = _mutate(base, rng, edits)
+    cid, bid = chunk_id(new), chunk_id(base)
+    if cid == bid:
+        return
+    header, payload = delta.encode_delta(new, cid, bid, base, 3)
+    raw = decode_blob(header + payload, expect_id=cid, base={bid: base}.__getitem__)
+    assert raw == new and chunk_id(raw) == cid
+
+
+def test_saving_threshold() -> None:
+    assert delta.pays(74, 100) and not delta.pays(75, 100)
+
+
+# -- the store --------------------------------------------------------------------------
+
+def test_similar_versions_are_stored_as_deltas_and_read_back(dfs: Client,
+                                                             tmp_path: Path) -> None:
+    rng = random.Random(5)
+    versions = [_text(rng, 1_500_000)]
+    for _ in range(3):
+        versions.append(_mutate(versions[-1], rng, 60))
+    for i, v in enumerate(versions):
+        dfs.write_bytes(f"/v{i}", v)
+    for i, v in enumerate(versions):
+        assert dfs.read_bytes(f"/v{i}") == v
+    codecs = _records(dfs)
+    assert sum(c == CODEC_DELTA for c in codecs.values()) >= len(codecs) // 3
+    plain = Client.init(tmp_path / "plain", pack_size=1 << 20, workers=2)
+    try:
+        for i, v in enumerate(versions):
+            plain.write_bytes(f"/v{i}", v)
+        stored = {fs_: sum(r.stored_len for r in _iter_records(fs_)) for fs_ in (dfs, plain)}
+    finally:
+        plain.close()
+    assert stored[dfs] < 0.6 * stored[plain], stored
+    assert dfs.fsck().ok
+
+
+def _iter_records(fs: Client) -> list:  # type: ignore[type-arg]
+    with fs.engine.read() as txn:
+        return list(txn.iter_chunks())
+
+
+def test_deltas_pin_their_bases_through_refcounts(dfs: Client) -> None:
+    rng = random.Random(6)
+    a = _text(rng, 600_000)
+    b = _mutate(a, rng, 20)
+    dfs.write_bytes("/a", a)
+    dfs.write_bytes("/b", b)
+    with dfs.engine.read() as txn:
+        deltas = dict(txn.iter_values(delta.DELTAS))
+        assert deltas
+        for cid, base in deltas.items():
+            rec, brec = txn.get_chunk(cid), txn.get_chunk(base)
+            assert rec is not None and brec is not None
+            assert rec.codec == CODEC_DELTA and brec.codec != CODEC_DELTA  # depth 1
+    dfs.rm("/a")
+    dfs.gc()
+    assert dfs.read_bytes("/b") == b  # the bases outlived the file that wrote them
+    assert dfs.fsck().ok
+    dfs.rm("/b")
+    report = dfs.gc()
+    assert report.chunks_removed > 0
+    with dfs.engine.read() as txn:
+        assert list(txn.iter_chunks()) == []
+        assert list(txn.iter_values(delta.DELTAS)) == []
+        assert list(txn.iter_values(resemblance.TABLE)) == []
+    assert dfs.fsck().ok
+
+
+def test_read_blob_of_a_delta_is_whole(dfs: Client) -> None:
+    """What leaves the store (repair sources, replication) must not need a base."""
+    rng = random.Random(7)
+    a = _text(rng, 300_000)
+    dfs.write_bytes("/a", a)
+    dfs.write_bytes("/b", _mutate(a, rng, 10))
+    with dfs.engine.read() as txn:
+        cid = next(iter(dict(txn.iter_values(delta.DELTAS))))
+    blob = dfs.store.read_blob(cid)
+    assert parse_blob_header(blob).codec != CODEC_DELTA
+    assert chunk_id(decode_blob(blob, expect_id=cid)) == cid
+
+
+def test_a_damaged_base_is_reported_against_every_dependent_file(dfs: Client) -> None:
+    rng = random.Random(8)
+    a = _text(rng, 400_000)
+    dfs.write_bytes("/a", a)
+    dfs.write_bytes("/b", _mutate(a, rng, 10))
+    dfs.write_bytes("/c", _mutate(a, rng, 10))
+    other = rng.randbytes(200_000)
+    dfs.write_bytes("/other", other)
+    with dfs.engine.read() as txn:
+        deps = delta.base_refs(txn)
+        base = max(deps, key=lambda b: deps[b])
+        rec = txn.get_chunk(base)
+        assert rec is not None
+        loc = rec.locations[0]
+    flip_byte(dfs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + loc.length // 2)
+    report = dfs.fsck()
+    assert not report.ok
+    assert base.hex() in " ".join(report.problems)
+    dependent = {p for p in ("/a", "/b", "/c") if _names_base_or_delta(dfs, p, base)}
+    assert {"/b", "/c"} <= dependent
+    assert set(report.damaged_files) == dependent
+    assert dfs.read_bytes("/other") == other
+    with pytest.raises(CorruptChunkError):
+        dfs.read_bytes("/b")
+
+
+def _names_base_or_delta(fs: Client, path: str, base: bytes) -> bool:
+    with fs.engine.read() as txn:
+        m = txn.get_manifest(fs.stat(path).ino)
+        deltas = dict(txn.iter_values(delta.DELTAS))
+    assert m is not None
+    return any(r.id == base or deltas.get(r.id) == base for r in m.chunks)
+
+
+def test_delta_setting_round_trips_through_the_config_file(tmp_path: Path) -> None:
+    cfg = StoreConfig(delta=True)
+    (tmp_path / "config.toml").write_text(cfg.to_toml())
+    assert StoreConfig.load(tmp_path).delta is True
+    assert StoreConfig.load(tmp_path, {"delta": False}).delta is False
+
+
+# -- removing bases never loses a dependent chunk -----------------------------------------
+
+_OPS = st.lists(st.tuples(st.sampled_from(["put", "rm", "gc"]), st.integers(0, 3),
+                          st.integers(0, 2**16)), min_size=3, max_size=12)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=_OPS)
+def test_gc_never_loses_a_dependent_chunk(tmp_path_factory: pytest.TempPathFactory,
+                                          ops: list[tuple[str, int, int]]) -> None:
+    root = tmp_path_factory.mktemp("delta-model")
+    fs = Client.init(root / "state", pack_size=1 << 18, workers=2, delta=True)
+    try:
+        rng = random.Random(99)
+        seed_text = _text(rng, 200_000)
+        model: dict[str, bytes] = {}
+        for op, slot, seed in ops:
+            path = f"/f{slot}"
+            if op == "put":
+                parent = model.get(f"/f{(slot + 1) % 4}", seed_text)
+                data = _mutate(parent, random.Random(seed), 8)
+                fs.write_bytes(path, data)
+                model[path] = data
+            elif op == "rm" and path in model:
+                fs.rm(path)
+                del model[path]
+            elif op == "gc":
+                fs.gc()
+            for p, data in model.items():
+                assert fs.read_bytes(p) == data
+        fs.gc()
+        report = fs.fsck()
+        assert report.ok, report.problems[:5]
+        for p, data in model.items():
+            assert fs.read_bytes(p) == data
+    finally:
+        fs.close()
