@@ -37,8 +37,8 @@ log = logging.getLogger("hutong.delta")
 DELTAS = "deltas"
 
 #: A delta is kept only when its payload is below this fraction of the chunk
-#: stored whole (policy; docs/format.md): below a quarter saved, the second
-#: blob read on every access costs more than the bytes it saves.
+#: stored whole (policy; docs/format.md): every read of a delta also reads its
+#: base, so a small saving is not worth it. A starting point, not yet measured.
 SAVING_NUM, SAVING_DEN = 3, 4
 
 

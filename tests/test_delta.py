@@ -263,3 +263,29 @@ def test_gc_never_loses_a_dependent_chunk(tmp_path_factory: pytest.TempPathFacto
             assert fs.read_bytes(p) == data
     finally:
         fs.close()
+
+
+def test_mover_sends_delta_chunks_whole(dfs: Client, tmp_path: Path) -> None:
+    """A peer without the base still gets a verifiable chunk."""
+    from gfs import mover
+
+    rng = random.Random(12)
+    a = _text(rng, 400_000)
+    b = _mutate(a, rng, 10)
+    dfs.write_bytes("/a", a)
+    dfs.write_bytes("/b", b)
+    with dfs.engine.read() as txn:
+        deltas = dict(txn.iter_values(delta.DELTAS))
+    assert deltas
+    secret = bytes(range(32))
+    dst = Client.init(tmp_path / "dst", pack_size=1 << 20, workers=2)
+    try:
+        with mover.MoverServer(dfs, secret, timeout=5.0) as srv:
+            stats = mover.fetch(dst, srv.address, list(deltas), secret)
+        assert stats.committed == len(deltas) and stats.rejected == 0
+        for cid in deltas:
+            assert dst.store.read_chunk(cid) == dfs.store.read_chunk(cid)
+        with dst.engine.read() as txn:
+            assert all(txn.get_chunk(cid).codec != CODEC_DELTA for cid in deltas)  # type: ignore[union-attr]
+    finally:
+        dst.close()
