@@ -48,6 +48,16 @@ def dfs(tmp_path: Path) -> Iterator[Client]:
         client.close()
 
 
+def _two_versions(fs: Client, seed: int, size: int, edits: int) -> tuple[bytes, bytes]:
+    """Write /a and a next version of it, /b; return both."""
+    rng = random.Random(seed)
+    a = _text(rng, size)
+    b = _mutate(a, rng, edits)
+    fs.write_bytes("/a", a)
+    fs.write_bytes("/b", b)
+    return a, b
+
+
 def _records(fs: Client) -> dict[bytes, int]:
     with fs.engine.read() as txn:
         return {rec.id: rec.codec for rec in txn.iter_chunks()}
@@ -145,11 +155,7 @@ def _iter_records(fs: Client) -> list:  # type: ignore[type-arg]
 
 
 def test_deltas_pin_their_bases_through_refcounts(dfs: Client) -> None:
-    rng = random.Random(6)
-    a = _text(rng, 600_000)
-    b = _mutate(a, rng, 20)
-    dfs.write_bytes("/a", a)
-    dfs.write_bytes("/b", b)
+    _, b = _two_versions(dfs, 6, 600_000, 20)
     with dfs.engine.read() as txn:
         deltas = dict(txn.iter_values(delta.DELTAS))
         assert deltas
@@ -173,10 +179,7 @@ def test_deltas_pin_their_bases_through_refcounts(dfs: Client) -> None:
 
 def test_read_blob_of_a_delta_is_whole(dfs: Client) -> None:
     """What leaves the store (repair sources, replication) must not need a base."""
-    rng = random.Random(7)
-    a = _text(rng, 300_000)
-    dfs.write_bytes("/a", a)
-    dfs.write_bytes("/b", _mutate(a, rng, 10))
+    _two_versions(dfs, 7, 300_000, 10)
     with dfs.engine.read() as txn:
         cid = next(iter(dict(txn.iter_values(delta.DELTAS))))
     blob = dfs.store.read_blob(cid)
@@ -269,11 +272,7 @@ def test_mover_sends_delta_chunks_whole(dfs: Client, tmp_path: Path) -> None:
     """A peer without the base still gets a verifiable chunk."""
     from gfs import mover
 
-    rng = random.Random(12)
-    a = _text(rng, 400_000)
-    b = _mutate(a, rng, 10)
-    dfs.write_bytes("/a", a)
-    dfs.write_bytes("/b", b)
+    _two_versions(dfs, 12, 400_000, 10)
     with dfs.engine.read() as txn:
         deltas = dict(txn.iter_values(delta.DELTAS))
     assert deltas
