@@ -31,3 +31,8 @@ def superfeatures(buf: _Buffer, cuts: list[int], /) -> bytes:
 
 def features(buf: _Buffer, /) -> tuple[int, ...]:
     """The 12 resemblance features of `buf` taken as one chunk."""
+
+def cut_superfeatures(
+    buf: _Buffer, min_size: int, avg_size: int, max_size: int, /
+) -> tuple[list[int], bytes]:
+    """cut_points and superfeatures of the whole buffer in one pass; releases the GIL."""

@@ -32,6 +32,13 @@ def superfeatures(buf: Buffer, cuts: list[int]) -> list[tuple[int, int, int]]:
     return [_SF.unpack_from(raw, 24 * k) for k in range(len(cuts))]
 
 
+def cut_superfeatures(buf: Buffer, params: chunking.ChunkParams = chunking.DEFAULT_PARAMS
+                      ) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """Chunk `buf` and compute each chunk's super-features in one pass (native)."""
+    cuts, raw = chunking.cut_superfeatures(buf, params)
+    return cuts, [_SF.unpack_from(raw, 24 * k) for k in range(len(cuts))]
+
+
 def chunk_superfeatures(chunk: Buffer) -> tuple[int, int, int]:
     """The 3 super-features of one chunk."""
     n = memoryview(chunk).nbytes

@@ -212,6 +212,15 @@ chunk_ids(PyObject *Py_UNUSED(module), PyObject *args)
     return out;
 }
 
+/* Write n values as u64 little-endian (the byte order the Python side unpacks). */
+static void
+pack_u64le(uint8_t *dst, const uint64_t *src, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        for (int b = 0; b < 8; b++)
+            dst[8 * k + (size_t)b] = (uint8_t)(src[k] >> (8 * b));
+}
+
 PyDoc_STRVAR(superfeatures_doc,
 "superfeatures(buf, cuts, /) -> bytes\n\n"
 "The 3 super-features (docs/format.md, \"Resemblance and delta chunks\") of\n"
@@ -241,15 +250,88 @@ superfeatures(PyObject *Py_UNUSED(module), PyObject *args)
         PyThreadState *released =
             (size_t)view.len >= GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
         superfeat_many((const uint8_t *)view.buf, cuts, (size_t)n, sf);
-        for (size_t k = 0; k < (size_t)n * SUPERFEAT_SUPER; k++)
-            for (int b = 0; b < 8; b++)
-                dst[8 * k + (size_t)b] = (uint8_t)(sf[k] >> (8 * b));
+        pack_u64le(dst, sf, (size_t)n * SUPERFEAT_SUPER);
         if (released != NULL)
             PyEval_RestoreThread(released);
     }
     PyMem_RawFree(sf);
     PyMem_RawFree(cuts);
     PyBuffer_Release(&view);
+    return out;
+}
+
+PyDoc_STRVAR(cut_superfeatures_doc,
+"cut_superfeatures(buf, min_size, avg_size, max_size, /) -> tuple[list[int], bytes]\n\n"
+"cut_points(buf, ...) and superfeatures(buf, cuts) of the whole buffer in one\n"
+"pass (native/superfeat.h, superfeat_chunk). The GIL is released during the\n"
+"scan of buffers of 256 KiB or more. Raises ValueError on bad sizes.");
+
+/* Chunk buf whole with features into malloc'd arrays; no Python calls. Returns the
+ * chunk count, or (size_t)-1 when out of memory. */
+static size_t
+scan_cut_superfeatures(const uint8_t *buf, size_t len, const fastcdc_params *params,
+                       uint64_t **cuts_out, uint64_t **sf_out)
+{
+    size_t cap = len / params->avg_size + 16, count = 0, start = 0;
+    uint64_t *cuts = PyMem_RawMalloc(cap * sizeof(uint64_t));
+    uint64_t *sf = PyMem_RawMalloc(cap * SUPERFEAT_SUPER * sizeof(uint64_t));
+    while (cuts != NULL && sf != NULL && start < len) {
+        if (count == cap) {
+            uint64_t *c2 = PyMem_RawRealloc(cuts, 2 * cap * sizeof(uint64_t));
+            cuts = c2 != NULL ? c2 : (PyMem_RawFree(cuts), NULL);
+            uint64_t *s2 = PyMem_RawRealloc(sf, 2 * cap * SUPERFEAT_SUPER * sizeof(uint64_t));
+            sf = s2 != NULL ? s2 : (PyMem_RawFree(sf), NULL);
+            cap *= 2;
+            continue;
+        }
+        uint64_t f[SUPERFEAT_FEATURES];
+        start += superfeat_chunk(buf + start, len - start, params, f);
+        superfeat_group(f, sf + SUPERFEAT_SUPER * count);
+        cuts[count++] = (uint64_t)start;
+    }
+    if (cuts == NULL || sf == NULL) {
+        PyMem_RawFree(cuts);
+        PyMem_RawFree(sf);
+        return (size_t)-1;
+    }
+    *cuts_out = cuts;
+    *sf_out = sf;
+    return count;
+}
+
+static PyObject *
+cut_superfeatures(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *obj;
+    unsigned long long min_size, avg_size, max_size;
+    if (!PyArg_ParseTuple(args, "OKKK:cut_superfeatures", &obj, &min_size, &avg_size,
+                          &max_size))
+        return NULL;
+    fastcdc_params params;
+    if (init_params(&params, min_size, avg_size, max_size) < 0)
+        return NULL;
+    Py_buffer view;
+    if (get_buffer(obj, &view) < 0)
+        return NULL;
+    uint64_t *cuts = NULL, *sf = NULL;
+    const size_t len = (size_t)view.len;
+    PyThreadState *released = len >= GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
+    size_t count = scan_cut_superfeatures((const uint8_t *)view.buf, len, &params, &cuts, &sf);
+    if (released != NULL)
+        PyEval_RestoreThread(released);
+    PyBuffer_Release(&view);
+    if (count == (size_t)-1)
+        return PyErr_NoMemory();
+    PyObject *list = cuts_to_list(cuts, count);
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(count * SUPERFEAT_SUPER * 8));
+    if (raw != NULL) {
+        pack_u64le((uint8_t *)PyBytes_AS_STRING(raw), sf, count * SUPERFEAT_SUPER);
+    }
+    PyMem_RawFree(cuts);
+    PyMem_RawFree(sf);
+    PyObject *out = list != NULL && raw != NULL ? PyTuple_Pack(2, list, raw) : NULL;
+    Py_XDECREF(list);
+    Py_XDECREF(raw);
     return out;
 }
 
@@ -440,6 +522,7 @@ static PyMethodDef native_methods[] = {
     {"load_chunked", load_chunked, METH_VARARGS, load_chunked_doc},
     {"superfeatures", superfeatures, METH_VARARGS, superfeatures_doc},
     {"features", features, METH_O, features_doc},
+    {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fastcdc.h"
+
 #define SUPERFEAT_FEATURES 12
 #define SUPERFEAT_SUPER 3
 #define SUPERFEAT_PER_SUPER (SUPERFEAT_FEATURES / SUPERFEAT_SUPER)
@@ -39,6 +41,13 @@ void superfeat_group(const uint64_t features[SUPERFEAT_FEATURES], uint64_t sf[SU
 /* Super-features of the n chunks of buf ending at cuts[0..n) (increasing,
  * within buf, the first chunk starting at 0): 3 values per chunk into out. */
 void superfeat_many(const uint8_t *buf, const uint64_t *cuts, size_t n, uint64_t *out);
+
+/* Chunking and features in one pass: the length of the chunk starting at buf[0]
+ * (exactly fastcdc_chunk_length(buf, len, p)) and its 12 features (exactly
+ * superfeat_features of those bytes). The chunker's hash is reused for the
+ * features from byte min_size + 63 on, where the two hashes agree. */
+size_t superfeat_chunk(const uint8_t *buf, size_t len, const fastcdc_params *p,
+                       uint64_t features[SUPERFEAT_FEATURES]);
 
 /* The multipliers (12) and addends (12) of the feature transforms. */
 const uint64_t *superfeat_multipliers(void);

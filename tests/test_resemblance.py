@@ -54,6 +54,30 @@ def test_many_chunks_equal_one_by_one() -> None:
     assert got == [ref.superfeatures(data[s:e]) for s, e in zip(starts, cuts, strict=True)]
 
 
+_PARAMS = [chunking.ChunkParams(64, 64, 256), chunking.ChunkParams(64, 128, 512),
+           chunking.ChunkParams(100, 128, 128), chunking.ChunkParams(256, 1024, 4096),
+           chunking.DEFAULT_PARAMS]
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.binary(max_size=20_000), params=st.sampled_from(_PARAMS),
+       zeros=st.integers(0, 5000))
+def test_one_pass_equals_chunking_then_features(data: bytes, params: chunking.ChunkParams,
+                                                zeros: int) -> None:
+    """The fused scan reuses the chunker's hash: same cuts, same super-features."""
+    buf = bytes(zeros) + data  # zeros: long runs without cuts or samples
+    cuts, sfs = resemblance.cut_superfeatures(buf, params)
+    assert cuts == chunking.cut_points(buf, params)
+    assert sfs == resemblance.superfeatures(buf, cuts)
+
+
+def test_one_pass_on_large_random_data() -> None:
+    buf = _data(3_000_000, seed=9)
+    cuts, sfs = resemblance.cut_superfeatures(buf)
+    assert cuts == chunking.cut_points(buf)
+    assert sfs == resemblance.superfeatures(buf, cuts)
+
+
 def test_golden() -> None:
     for n, expected in GOLDEN.items():
         assert resemblance.chunk_superfeatures(_data(n)) == expected
