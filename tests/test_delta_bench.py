@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
@@ -56,3 +57,20 @@ def test_zpaq_is_installed() -> None:
     if shutil.which("zpaq") is None:
         pytest.skip("zpaq is not installed (make setup installs APT_PACKAGES)")
     assert "zpaq" in (Path(__file__).parents[1] / "Makefile").read_text()
+
+
+def test_bench_delta_measures_pairs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import delta as bench_delta
+    from tests.test_delta import _mutate, _text
+
+    rng = random.Random(3)
+    v1 = _text(rng, 600_000)
+    for i, data in enumerate([v1, _mutate(v1, rng, 30)], start=1):
+        (tmp_path / f"v{i}").mkdir()
+        (tmp_path / f"v{i}" / "f.txt").write_bytes(data)
+    pairs, new_chunks, new_bytes = bench_delta.measure([tmp_path / "v1", tmp_path / "v2"])
+    assert pairs and new_chunks > len(pairs) and new_bytes > 0
+    assert all(p.delta < p.whole for p in pairs)  # small edits: deltas are small
+    assert bench_delta.main(["--dataset", str(tmp_path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("delta: threshold=0.75") and "target=" in last
