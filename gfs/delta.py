@@ -227,12 +227,18 @@ def base_refs(txn: ReadTxn) -> Counter[bytes]:
     return Counter(base for _, base in txn.iter_values(DELTAS))
 
 
+class BaseChunkError(CorruptChunkError):
+    """A delta chunk cannot be read because its base cannot; repair the base
+    (`hutong fsck --repair --from STORE`): the delta's own bytes may be intact."""
+
+
 def verified_base_reader(read: BaseReader) -> BaseReader:
-    """`read`, with a missing base reported as damage of the delta that needs it."""
+    """`read`, with any failure to read a base raised as `BaseChunkError`, so a
+    checker can tell a delta that is damaged from one whose base is."""
     def reader(base: bytes) -> bytes:
         try:
             return read(base)
-        except ChunkMissingError as e:
-            raise CorruptChunkError(f"base {base.hex()}",
-                                    f"base chunk of a delta is missing: {e.strerror}") from e
+        except (ChunkMissingError, CorruptChunkError) as e:
+            raise BaseChunkError(f"base {base.hex()}",
+                                 f"base chunk of a delta is unreadable: {e.strerror}") from e
     return reader

@@ -187,6 +187,9 @@ class CopyScan:
     """Every stored copy of every chunk read back and verified."""
 
     bad: dict[bytes, list[Location]] = field(default_factory=dict)  # chunk -> bad copies
+    #: delta chunks that failed only because their base is unreadable (their own
+    #: copies are not dropped: repairing the base heals them)
+    base_damaged: set[bytes] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     copies_verified: int = 0
     bytes_verified: int = 0
@@ -215,6 +218,10 @@ def scan_copies(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
             try:
                 decode_blob(data[loc.offset:loc.offset + loc.length], expect_id=cid,
                             base=base)
+            except delta.BaseChunkError as e:
+                scan.base_damaged.add(cid)  # a set: adding is atomic across threads
+                problems.append(f"chunk {cid.hex()} in pack {pid.hex()}: delta whose "
+                                f"{e.filename}: {e.strerror}")
             except CorruptChunkError as e:
                 bad.append((cid, loc))
                 problems.append(f"chunk {cid.hex()} in pack {pid.hex()} at offset "
@@ -244,6 +251,7 @@ def _verify_chunks(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
     for cid, locs in scan.bad.items():
         if len(locs) >= len(chunks[cid].locations):  # no good copy left
             bad.add(cid)
+    bad.update(scan.base_damaged)
 
 
 def owners(txn: ReadTxn, cids: set[bytes]) -> set[str]:

@@ -195,13 +195,7 @@ def test_a_damaged_base_is_reported_against_every_dependent_file(dfs: Client) ->
     dfs.write_bytes("/c", _mutate(a, rng, 10))
     other = rng.randbytes(200_000)
     dfs.write_bytes("/other", other)
-    with dfs.engine.read() as txn:
-        deps = delta.base_refs(txn)
-        base = max(deps, key=lambda b: deps[b])
-        rec = txn.get_chunk(base)
-        assert rec is not None
-        loc = rec.locations[0]
-    flip_byte(dfs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + loc.length // 2)
+    base = _damage_busiest_base(dfs)
     report = dfs.fsck()
     assert not report.ok
     assert base.hex() in " ".join(report.problems)
@@ -211,6 +205,18 @@ def test_a_damaged_base_is_reported_against_every_dependent_file(dfs: Client) ->
     assert dfs.read_bytes("/other") == other
     with pytest.raises(CorruptChunkError):
         dfs.read_bytes("/b")
+
+
+def _damage_busiest_base(fs: Client) -> bytes:
+    """Flip a byte in the stored copy of the base most deltas depend on; return its id."""
+    with fs.engine.read() as txn:
+        deps = delta.base_refs(txn)
+        base = max(deps, key=lambda x: deps[x])
+        rec = txn.get_chunk(base)
+        assert rec is not None
+        loc = rec.locations[0]
+    flip_byte(fs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + loc.length // 2)
+    return base
 
 
 def _names_base_or_delta(fs: Client, path: str, base: bytes) -> bool:
@@ -288,3 +294,22 @@ def test_mover_sends_delta_chunks_whole(dfs: Client, tmp_path: Path) -> None:
             assert all(txn.get_chunk(cid).codec != CODEC_DELTA for cid in deltas)  # type: ignore[union-attr]
     finally:
         dst.close()
+
+
+def test_repairing_a_damaged_base_heals_its_deltas(dfs: Client, tmp_path: Path) -> None:
+    """repair restores the base from another store and leaves the intact deltas alone."""
+    from gfs.repair import repair
+
+    a, b = _two_versions(dfs, 13, 400_000, 10)
+    _damage_busiest_base(dfs)
+    with pytest.raises(CorruptChunkError):
+        dfs.read_bytes("/b")
+    source = Client.init(tmp_path / "source", pack_size=1 << 20, workers=2)
+    try:
+        source.write_bytes("/a", a)  # holds the bases, not the deltas
+        report = repair(dfs.store, [source.store])
+    finally:
+        source.close()
+    assert report.repaired >= 1 and report.lost == []
+    assert dfs.read_bytes("/a") == a and dfs.read_bytes("/b") == b
+    assert dfs.fsck().ok
