@@ -227,11 +227,17 @@ def _names_base_or_delta(fs: Client, path: str, base: bytes) -> bool:
     return any(r.id == base or deltas.get(r.id) == base for r in m.chunks)
 
 
-def test_delta_setting_round_trips_through_the_config_file(tmp_path: Path) -> None:
+def test_delta_setting_round_trips_through_the_config_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = StoreConfig(delta=True)
     (tmp_path / "config.toml").write_text(cfg.to_toml())
     assert StoreConfig.load(tmp_path).delta is True
     assert StoreConfig.load(tmp_path, {"delta": False}).delta is False
+    monkeypatch.setenv("HUTONG_DELTA", "0")
+    assert StoreConfig.load(tmp_path).delta is False
+    monkeypatch.setenv("HUTONG_DELTA", "maybe")
+    with pytest.raises(ValueError, match="HUTONG_DELTA"):
+        StoreConfig.load(tmp_path)
 
 
 # -- removing bases never loses a dependent chunk -----------------------------------------
