@@ -319,3 +319,28 @@ def test_repairing_a_damaged_base_heals_its_deltas(dfs: Client, tmp_path: Path) 
     assert report.repaired >= 1 and report.lost == []
     assert dfs.read_bytes("/a") == a and dfs.read_bytes("/b") == b
     assert dfs.fsck().ok
+
+
+def test_gc_repacks_delta_blobs_with_their_pack(dfs: Client, tmp_path: Path) -> None:
+    """A sparse pack holding deltas is repacked: the blobs move, verified, bases kept."""
+    rng = random.Random(14)
+    a = _text(rng, 300_000)
+    b = _mutate(a, rng, 10)
+    dfs.write_bytes("/a", a)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "b").write_bytes(b)
+    (src / "junk").write_bytes(rng.randbytes(600_000))
+    dfs.put(str(src), "/one")  # b's deltas and junk in one pack
+    with dfs.engine.read() as txn:
+        moved = dict(txn.iter_values(delta.DELTAS))
+        before = {cid: txn.get_chunk(cid).locations for cid in moved}  # type: ignore[union-attr]
+    assert moved
+    dfs.rm("/one/junk")
+    report = dfs.gc()
+    assert report.packs_repacked >= 1
+    with dfs.engine.read() as txn:
+        after = {cid: txn.get_chunk(cid).locations for cid in moved}  # type: ignore[union-attr]
+    assert all(after[cid] != before[cid] for cid in moved)  # the delta blobs moved
+    assert dfs.read_bytes("/a") == a and dfs.read_bytes("/one/b") == b
+    assert dfs.fsck().ok
