@@ -344,3 +344,24 @@ def test_gc_repacks_delta_blobs_with_their_pack(dfs: Client, tmp_path: Path) -> 
     assert all(after[cid] != before[cid] for cid in moved)  # the delta blobs moved
     assert dfs.read_bytes("/a") == a and dfs.read_bytes("/one/b") == b
     assert dfs.fsck().ok
+
+
+def test_tierer_moves_delta_chunks_as_they_are(dfs: Client, tmp_path: Path) -> None:
+    """Demoted to cold (recompressed there), a delta stays a delta and still reads back."""
+    from gfs.tiering.policy import TierPolicy
+    from gfs.tiering.tierer import run, tier_usage
+
+    dfs.add_pool("archive", str(tmp_path / "cold"), tier="cold")
+    a, b = _two_versions(dfs, 15, 300_000, 10)
+    with dfs.engine.read() as txn:
+        deltas = dict(txn.iter_values(delta.DELTAS))
+    assert deltas
+    with dfs.engine.write() as txn:
+        TierPolicy(demote_idle=1e-3, cold_level=19).save(txn)
+    report = run(dfs.store)
+    assert report.directions.get("warm->cold", 0) > 0 and report.skipped == 0
+    assert tier_usage(dfs.store)["warm"] == 0
+    with dfs.engine.read() as txn:
+        assert all(txn.get_chunk(c).codec == CODEC_DELTA for c in deltas)  # type: ignore[union-attr]
+    assert dfs.read_bytes("/a") == a and dfs.read_bytes("/b") == b
+    assert dfs.fsck().ok
