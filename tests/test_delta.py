@@ -365,3 +365,24 @@ def test_tierer_moves_delta_chunks_as_they_are(dfs: Client, tmp_path: Path) -> N
         assert all(txn.get_chunk(c).codec == CODEC_DELTA for c in deltas)  # type: ignore[union-attr]
     assert dfs.read_bytes("/a") == a and dfs.read_bytes("/b") == b
     assert dfs.fsck().ok
+
+
+def test_site_serves_delta_chunks_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`/v1/chunks/get` answers from Site.blob: a peer must get a blob it can verify."""
+    from gfs.federation.site import Site, init_site
+
+    init_site(tmp_path / "site", name="s1", entity="bank", region="r1",
+              registry="http://127.0.0.1:9")  # never contacted here
+    monkeypatch.setenv("HUTONG_DELTA", "1")
+    site = Site(tmp_path / "site")
+    try:
+        _two_versions(site.client, 16, 300_000, 10)
+        with site.client.engine.read() as txn:
+            deltas = dict(txn.iter_values(delta.DELTAS))
+        assert deltas
+        for cid in deltas:
+            blob = site.blob(cid)
+            assert blob is not None and parse_blob_header(blob).codec != CODEC_DELTA
+            assert chunk_id(decode_blob(blob, expect_id=cid)) == cid
+    finally:
+        site.close()
