@@ -10,8 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "gfs._native",
-            sources=["native/module.c", "native/fastcdc.c", "native/chunkid.c"],
-            depends=["native/fastcdc.h", "native/chunkid.h"],
+            sources=["native/module.c", "native/fastcdc.c", "native/chunkid.c", "native/superfeat.c"],
+            depends=["native/fastcdc.h", "native/chunkid.h", "native/superfeat.h"],
             include_dirs=["native"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),

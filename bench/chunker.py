@@ -6,6 +6,8 @@ On one random (incompressible) in-memory buffer, in the same run, best of N:
   cut points only;
 * hutong iter_chunks: the same plus one memoryview slice per chunk (what
   pyfastcdc yields);
+* hutong cut_points + superfeatures: chunking and the resemblance
+  super-features of every chunk in one pass (`gfs.chunking.cut_superfeatures`);
 * pyfastcdc cut_buf: `pyfastcdc.FastCDC(avg, min_size, max_size,
   normalized_chunking=2).cut_buf`, iterated; each chunk is a Chunk object with
   offset, length, memoryview and gear hash, no content hashing (its cheapest form);
@@ -13,7 +15,10 @@ On one random (incompressible) in-memory buffer, in the same run, best of N:
   practical ceiling;
 * copy: the buffer copied into a preallocated one (memory bandwidth, context).
 
-Target: hutong cut_points at least as fast as pyfastcdc.
+Targets: hutong cut_points at least as fast as pyfastcdc; chunking +
+super-features >= 1.5 GB/s on one core (judged on CPU time). Each row also gives GB/s of CPU
+time (the thread's own time), which a loaded machine distorts less than
+wall time.
 """
 
 from __future__ import annotations
@@ -32,15 +37,17 @@ from gfs import chunking
 from gfs.units import size_arg
 
 
-def _best(fn: Callable[[], int], runs: int) -> tuple[float, int]:
-    """Best wall time of `runs` calls and the last result (a chunk count)."""
-    best = float("inf")
+def _best(fn: Callable[[], int], runs: int) -> tuple[float, float, int]:
+    """Best wall time and best thread CPU time of `runs` calls, and the last result
+    (a chunk count)."""
+    best = best_cpu = float("inf")
     result = 0
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         result = fn()
         best = min(best, time.perf_counter() - t0)
-    return best, result
+        best_cpu = min(best_cpu, time.thread_time() - c0)
+    return best, best_cpu, result
 
 
 def _load_pyfastcdc() -> ModuleType | None:
@@ -72,6 +79,9 @@ def main(argv: list[str]) -> int:
             n += 1
         return n
 
+    def native_sf() -> int:
+        return len(chunking.cut_superfeatures(buf, p)[0])
+
     def xxh3() -> int:
         xxhash.xxh3_128_digest(buf)
         return 0
@@ -80,16 +90,20 @@ def main(argv: list[str]) -> int:
         dst[:] = buf  # memoryview assignment: one memcpy
         return 0
 
-    rows: list[tuple[str, float, float, str]] = []
+    rows: list[tuple[str, float, float, float, str]] = []
+    cpu: dict[str, float] = {}
 
     def measure(name: str, fn: Callable[[], int], what: str) -> float:
-        t, n = _best(fn, runs)
+        t, c, n = _best(fn, runs)
         gbps = size / t / 1e9
-        rows.append((name, gbps, size / n / 1024 if n else float("nan"), what))
+        cpu[name] = size / c / 1e9 if c > 0 else float("nan")
+        rows.append((name, gbps, cpu[name], size / n / 1024 if n else float("nan"), what))
         return gbps
 
     native_gbps = measure("hutong cut_points", native, "cut points (list of ints)")
     measure("hutong iter_chunks", native_views, "cut points + memoryview per chunk")
+    sf_gbps = measure("hutong cut_points + superfeatures", native_sf,
+                      "cut points + 3 super-features per chunk")
     pyfastcdc = _load_pyfastcdc()
     pyfastcdc_gbps = float("nan")
     if pyfastcdc is not None:
@@ -109,12 +123,16 @@ def main(argv: list[str]) -> int:
 
     print(f"chunker: {size >> 20} MiB random buffer, params "
           f"{p.min_size}/{p.avg_size}/{p.max_size}, best of {runs}")
-    print(table(["row", "GB/s", "mean chunk KiB", "measures"],
-                [(n, g, k if k == k else "-", w) for n, g, k, w in rows]))
+    print(table(["row", "GB/s", "GB/s (cpu)", "mean chunk KiB", "measures"],
+                [(n, g, c, k if k == k else "-", w) for n, g, c, k, w in rows]))
     if pyfastcdc is None:
         print("pyfastcdc is not installed (pip install -e '.[dev]'): no peer row")
+    sf_cpu = cpu["hutong cut_points + superfeatures"]
     ratio = native_gbps / pyfastcdc_gbps if pyfastcdc is not None else float("nan")
-    met = pyfastcdc is not None and native_gbps >= pyfastcdc_gbps
+    # "On one core": the super-features target is judged on the thread's CPU time,
+    # which other processes on a shared machine do not stretch (wall is printed too).
+    met = pyfastcdc is not None and native_gbps >= pyfastcdc_gbps and sf_cpu >= 1.5
     print(headline("chunker", met, native_gbps=native_gbps, pyfastcdc_gbps=pyfastcdc_gbps,
-                   xxh3_gbps=xxh3_gbps, ratio_vs_pyfastcdc=ratio))
+                   xxh3_gbps=xxh3_gbps, ratio_vs_pyfastcdc=ratio,
+                   chunk_superfeatures_gbps=sf_gbps, chunk_superfeatures_cpu_gbps=sf_cpu))
     return 0

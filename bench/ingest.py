@@ -1,13 +1,25 @@
-"""Ingest and restore versioned real data with hutong, restic and borg.
+"""Ingest and restore versioned real data with hutong, restic, borg, zpaq and zstd.
 
-`python -m bench ingest [--quick] [--tools hutong,restic,borg] [--workdir DIR] [--keep]`
+`python -m bench ingest [--quick] [--tools hutong,hutong-delta,...] [--workdir DIR]
+[--tmpfs] [--keep]`
 
-For each tool, on the same dataset and the same filesystem (tmpfs when it fits): ingest the
-snapshots in order (one put/backup/archive per snapshot), then restore all of them, verify
-every restored byte against the source, and measure stored bytes on disk (`du -sb`),
-ingest and restore MB/s (logical bytes / wall seconds, MB = 10^6 bytes) and the peak RSS of
-the tool's processes. Targets: hutong stores no more than the smaller of restic and borg, and
-ingests and restores at least 2x as fast as the faster of the two.
+For each tool, on the same dataset and the same filesystem (the real disk under
+bench/.work unless --workdir or --tmpfs say otherwise), with the page cache warmed by
+reading the sources first: ingest the snapshots in order (one put/backup/archive per
+snapshot), then restore all of them, verify every restored byte against the source, and
+measure stored bytes on disk (`du -sb`), ingest and restore MB/s (logical bytes / wall
+seconds, MB = 10^6 bytes) and the peak RSS of the tool's processes. Rows:
+
+* hutong: defaults; hutong-delta: with delta chunks on (`HUTONG_DELTA=1`); both also
+  split stored bytes into data (pools) and metadata (the LMDB environment);
+* restic, borg: their defaults with zstd-class compression;
+* zpaq: `zpaq add ARCHIVE DIR -m1` per snapshot (Debian `zpaq`);
+* zstd-long: `tar` of all snapshots piped to `zstd --long=30 -3` (one stream, no
+  per-snapshot access: the long-window compression bound).
+
+Targets (issue 17): hutong stores no more than zpaq -m1 (without zpaq: the smaller of
+restic and borg), and ingests and restores at least 2x as fast as the faster of restic
+and borg. The headline judges hutong-delta when it ran, else hutong.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -36,7 +49,7 @@ from bench._measure import (
 )
 from bench.report import headline, table
 
-TOOLS = ("hutong", "restic", "borg")
+TOOLS = ("hutong", "hutong-delta", "restic", "borg", "zpaq", "zstd-long")
 SHM = Path("/dev/shm")
 LOCAL_WORK = Path(__file__).resolve().parent / ".work"
 
@@ -85,6 +98,13 @@ class Tool:
         """Tool-specific figures worth printing."""
         return {}
 
+    def finish_ingest(self, snapshots: Sequence[Path]) -> None:
+        """Called once after the last snapshot, inside the ingest time."""
+
+    def stored_split(self) -> tuple[int, int] | None:
+        """(data bytes, metadata bytes) on disk, where the tool keeps them apart."""
+        return None
+
 
 class Hutong(Tool):
     name = "hutong"
@@ -125,6 +145,78 @@ class Hutong(Tool):
             if (self.repo / sub).exists():
                 out[f"on_disk_{sub}"] = du_sb(self.repo / sub)
         return out
+
+    def stored_split(self) -> tuple[int, int] | None:
+        return du_sb(self.repo / "pools"), du_sb(self.repo / "meta")
+
+
+class HutongDelta(Hutong):
+    """hutong with delta chunks against resembling stored chunks."""
+
+    name = "hutong-delta"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HUTONG_DELTA": "1"}
+
+
+class Zpaq(Tool):
+    """zpaq's journaling archive, method 1 (its fastest), one version per snapshot."""
+
+    name = "zpaq"
+
+    def version(self) -> str:
+        out = subprocess.run(["zpaq"], capture_output=True, text=True, check=False)
+        words = (out.stdout + out.stderr).split()
+        return words[2] if len(words) > 2 and words[0] == "zpaq" else "?"
+
+    def stored_bytes(self) -> int:
+        return du_sb(self.work / "repo.zpaq")
+
+    def init(self) -> None:
+        pass
+
+    def ingest(self, snapshot: Path, name: str) -> None:
+        self._run(["zpaq", "add", str(self.work / "repo.zpaq"), name, "-m1"],
+                  cwd=snapshot.parent)
+
+    def restore(self, names: Sequence[str], target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        self._run(["zpaq", "extract", str(self.work / "repo.zpaq"), *names], cwd=target)
+
+
+class ZstdLong(Tool):
+    """A tar of every snapshot through `zstd --long=30 -3`: one stream, the window bound."""
+
+    name = "zstd-long"
+
+    def unavailable(self) -> str | None:
+        return None if shutil.which("zstd") and shutil.which("tar") else "zstd or tar missing"
+
+    def version(self) -> str:
+        out = subprocess.run(["zstd", "-V"], capture_output=True, text=True, check=False)
+        words = out.stdout.replace(",", " ").split()
+        return next((w.lstrip("v") for w in words if w.startswith("v")), "?")
+
+    def stored_bytes(self) -> int:
+        return du_sb(self.work / "repo.tar.zst")
+
+    def init(self) -> None:
+        pass
+
+    def ingest(self, snapshot: Path, name: str) -> None:
+        pass  # one stream of every snapshot: see finish_ingest
+
+    def finish_ingest(self, snapshots: Sequence[Path]) -> None:
+        parent = snapshots[0].parent
+        names = " ".join(shlex.quote(s.name) for s in snapshots)
+        out = shlex.quote(str(self.work / "repo.tar.zst"))
+        self._run(["sh", "-c", f"tar cf - {names} | zstd -q --long=30 -3 -T1 -f -o {out}"],
+                  cwd=parent)
+
+    def restore(self, names: Sequence[str], target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        src = shlex.quote(str(self.work / "repo.tar.zst"))
+        self._run(["sh", "-c", f"zstd -q -d --long=30 -c {src} | tar xf -"], cwd=target)
 
 
 class Restic(Tool):
@@ -182,7 +274,9 @@ class Borg(Tool):
             self._run(["borg", "extract", f"::{name}"], cwd=dest)
 
 
-TOOL_CLASSES: dict[str, type[Tool]] = {"hutong": Hutong, "restic": Restic, "borg": Borg}
+TOOL_CLASSES: dict[str, type[Tool]] = {"hutong": Hutong, "hutong-delta": HutongDelta,
+                                        "restic": Restic, "borg": Borg, "zpaq": Zpaq,
+                                        "zstd-long": ZstdLong}
 
 
 @dataclass
@@ -199,6 +293,7 @@ class Result:
     files: int
     per_snapshot_s: list[float] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
+    split: tuple[int, int] | None = None  #: (data, metadata) bytes, when known
 
     @property
     def ingest_mbs(self) -> float:
@@ -240,6 +335,7 @@ def run_tool(tool: Tool, snapshots: Sequence[Path], expected: Mapping[str, Mappi
             t1 = time.perf_counter()
             tool.ingest(snap, snap.name)
             per_snapshot.append(time.perf_counter() - t1)
+        tool.finish_ingest(snapshots)
         ingest_s = time.perf_counter() - t0
         target = tool.work / "restore"
         t0 = time.perf_counter()
@@ -250,18 +346,19 @@ def run_tool(tool: Tool, snapshots: Sequence[Path], expected: Mapping[str, Mappi
         stored = tool.stored_bytes()
         details = tool.details()
         return Result(tool.name, tool.version(), logical, stored, ingest_s, restore_s, peak,
-                      files, per_snapshot, details)
+                      files, per_snapshot, details, tool.stored_split())
     finally:
         if not keep:
             remove_tree(tool.work)
 
 
-def choose_workdir(logical: int, override: str | None) -> Path:
-    """tmpfs if it has room for a repository plus a restore (with margin), else bench/.work."""
+def choose_workdir(logical: int, override: str | None, tmpfs: bool = False) -> Path:
+    """`override`, else the real disk (bench/.work); with `tmpfs`, /dev/shm when it has
+    room for a repository plus a restore (with margin)."""
     if override:
         return Path(override) / f"hutong-bench-{os.getpid()}"
     need = int(logical * 2.5) + (256 << 20)
-    if SHM.is_dir() and shutil.disk_usage(SHM).free > need:
+    if tmpfs and SHM.is_dir() and shutil.disk_usage(SHM).free > need:
         return SHM / f"hutong-bench-{os.getpid()}"
     return LOCAL_WORK / f"ingest-{os.getpid()}"
 
@@ -270,32 +367,42 @@ def print_results(results: Sequence[Result]) -> None:
     """The table, per-tool detail lines and the headline."""
     mib = 1 << 20
     rows = [[r.tool, r.version, f"{r.logical / 1e6:.1f}", f"{r.stored / 1e6:.1f}",
+             f"{r.split[0] / 1e6:.1f}" if r.split else "-",
+             f"{r.split[1] / 1e6:.1f}" if r.split else "-",
              f"{100 * r.stored / r.logical:.1f}", f"{r.ingest_s:.2f}", f"{r.ingest_mbs:.1f}",
              f"{r.restore_s:.2f}", f"{r.restore_mbs:.1f}", f"{r.peak_rss_kib * 1024 / mib:.0f}",
              r.files] for r in results]
-    print(table(["tool", "version", "logical MB", "stored MB", "stored %", "ingest s",
-                 "ingest MB/s", "restore s", "restore MB/s", "peak RSS MiB", "files verified"],
-                rows))
+    print(table(["tool", "version", "logical MB", "stored MB", "data MB", "meta MB",
+                 "stored %", "ingest s", "ingest MB/s", "restore s", "restore MB/s",
+                 "peak RSS MiB", "files verified"], rows))
     for r in results:
         snaps = " ".join(f"{s:.2f}" for s in r.per_snapshot_s)
         print(f"{r.tool}: peak RSS {r.peak_rss_kib / 1024:.0f} MiB; ingest s per snapshot: {snaps}")
         if r.details:
             print(f"{r.tool}: du --json /: " + " ".join(f"{k}={v}" for k, v in r.details.items()))
     by = {r.tool: r for r in results}
-    peers = [r for r in results if r.tool != "hutong"]
-    h = by.get("hutong")
+    peers = [r for r in results if r.tool in ("restic", "borg")]
+    h = by.get("hutong-delta") or by.get("hutong")
     if h is None or not peers:
-        print(headline("ingest", False, note="needs_hutong_and_a_peer",
+        print(headline("ingest", False, note="needs_hutong_and_restic_or_borg",
                        tools=",".join(r.tool for r in results)))
         return
-    best_stored = min(p.stored for p in peers)
+    zpaq = by.get("zpaq")
+    best_stored = zpaq.stored if zpaq is not None else min(p.stored for p in peers)
     fastest_in = max(p.ingest_mbs for p in peers)
     fastest_out = max(p.restore_mbs for p in peers)
     stored_vs_best = h.stored / best_stored
     ingest_x = h.ingest_mbs / fastest_in
     restore_x = h.restore_mbs / fastest_out
     met = stored_vs_best <= 1.0 and ingest_x >= 2.0 and restore_x >= 2.0
-    print(headline("ingest", met, stored_vs_best=round(stored_vs_best, 3),
+    figures: dict[str, object] = {}
+    if "zstd-long" in by:
+        figures["stored_vs_zstd_long"] = round(h.stored / by["zstd-long"].stored, 3)
+    if h.split is not None:
+        figures["meta_share"] = round(h.split[1] / h.stored, 3)
+    print(headline("ingest", met, row=h.tool,
+                   stored_vs=("zpaq" if zpaq is not None else "best_peer"),
+                   stored_vs_best=round(stored_vs_best, 3), **figures,
                    ingest_x=round(ingest_x, 2), restore_x=round(restore_x, 2),
                    hutong_rss_mib=round(h.peak_rss_kib / 1024),
                    peers=",".join(p.tool for p in peers)))
@@ -304,9 +411,13 @@ def print_results(results: Sequence[Result]) -> None:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2 snapshots (~120 MB) instead of 6")
-    p.add_argument("--tools", default=",".join(TOOLS), help="comma list of hutong,restic,borg")
+    p.add_argument("--tools", default=",".join(TOOLS),
+                   help=f"comma list of {','.join(TOOLS)}")
     p.add_argument("--dataset", help="use this directory of v1/, v2/, ... instead of fetching")
-    p.add_argument("--workdir", help="where repositories and restores go (default tmpfs)")
+    p.add_argument("--workdir", help="where repositories and restores go "
+                   "(default: the real disk, bench/.work)")
+    p.add_argument("--tmpfs", action="store_true",
+                   help="work in /dev/shm when it has room (not the real disk)")
     p.add_argument("--keep", action="store_true", help="keep each tool's work dir")
     args = p.parse_args(argv)
     names = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -328,7 +439,7 @@ def main(argv: list[str]) -> int:
         print(f"dataset: {datasets.describe(root)}")
     expected = source_digests(snapshots)
     logical = tree_bytes(snapshots)
-    base = choose_workdir(logical, args.workdir)
+    base = choose_workdir(logical, args.workdir, args.tmpfs)
     print(f"snapshots: {len(snapshots)}, logical {logical / 1e6:.1f} MB; work dir {base}; "
           f"{os.cpu_count()} CPUs (shared: figures are noisy when others are busy)")
 

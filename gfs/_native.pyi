@@ -25,3 +25,14 @@ def load_chunked(
     path: str | bytes, min_size: int, avg_size: int, max_size: int, limit: int, /
 ) -> tuple[bytes, list[int], bytes] | None:
     """(data, cuts, ids) of a whole file, or None if larger than `limit`; releases the GIL."""
+
+def superfeatures(buf: _Buffer, cuts: list[int], /) -> bytes:
+    """3 u64 LE super-features per chunk ending at `cuts` (24 bytes each); releases the GIL."""
+
+def features(buf: _Buffer, /) -> tuple[int, ...]:
+    """The 12 resemblance features of `buf` taken as one chunk."""
+
+def cut_superfeatures(
+    buf: _Buffer, min_size: int, avg_size: int, max_size: int, /
+) -> tuple[list[int], bytes]:
+    """cut_points and superfeatures of the whole buffer in one pass; releases the GIL."""

@@ -117,6 +117,18 @@ def chunk_ids(buf: Buffer, cuts: list[int]) -> bytes:
     return _native.chunk_ids(buf, cuts)
 
 
+def superfeatures(buf: Buffer, cuts: list[int]) -> bytes:
+    """The resemblance super-features of the chunks ending at `cuts`: 3 u64 LE per
+    chunk (docs/format.md, "Resemblance and delta chunks"; see gfs.resemblance)."""
+    return _native.superfeatures(buf, cuts)
+
+
+def cut_superfeatures(buf: Buffer, params: ChunkParams = DEFAULT_PARAMS
+                      ) -> tuple[list[int], bytes]:
+    """`cut_points(buf, params)` and `superfeatures` of those chunks, in one native pass."""
+    return _native.cut_superfeatures(buf, params.min_size, params.avg_size, params.max_size)
+
+
 def load_chunked(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PARAMS,
                  limit: int = 8 << 20) -> tuple[bytes, list[int], bytes] | None:
     """Read a whole file, cut and hash it in C without the GIL: (data, cuts, ids).

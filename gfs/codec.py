@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import xxhash
@@ -30,13 +30,19 @@ BLOB_MAGIC = b"HTCB"
 BLOB_VERSION = 1
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+#: A delta against a base chunk (docs/format.md, "Resemblance and delta chunks"; gfs.delta).
+CODEC_DELTA = 2
 MAX_RAW_LEN = 0xFFFF_FFFF
 DEFAULT_LEVEL = 3
 
 # magic, version, codec, flags, raw length, payload length, chunk id; then the check.
 _HEAD = struct.Struct("<4sBBHII16s")
 _CHECK = struct.Struct("<I")
-_CODECS = (CODEC_RAW, CODEC_ZSTD)
+_CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_DELTA)
+#: Codecs an encrypted blob may carry (a delta never leaves its store).
+_WHOLE_CODECS = (CODEC_RAW, CODEC_ZSTD)
+#: Reads the verified raw bytes of a base chunk, by id.
+BaseReader = Callable[[bytes], bytes]
 
 
 def chunk_id(data: Buffer) -> bytes:
@@ -102,6 +108,8 @@ def _parse_header(buf: Buffer, where: str = "") -> BlobHeader:
         raise _corrupt(f"unknown codec {codec}", cid, where)
     if flags != 0:
         raise _corrupt(f"flags {flags:#06x} set (must be 0 in version 1)", cid, where)
+    if codec == CODEC_DELTA and payload_len <= CHUNK_ID_LEN:
+        raise _corrupt(f"delta blob with payload length {payload_len}", cid, where)
     if codec == CODEC_RAW and payload_len != raw_len:
         raise _corrupt(
             f"raw blob with payload length {payload_len} != raw length {raw_len}", cid, where
@@ -202,14 +210,17 @@ def encode_blobs(
     return out
 
 
-def decode_blob(blob: Buffer, expect_id: bytes | None = None) -> bytes:
+def decode_blob(blob: Buffer, expect_id: bytes | None = None,
+                base: BaseReader | None = None) -> bytes:
     """Verify one whole blob (header + payload, nothing more) and return the raw chunk.
 
     Checks the header, that the blob length is exactly header + payload length
     (truncation, trailing garbage), the zstd frame size before decompressing
     (bounded by the raw length), the raw length, that xxh3-128 of the result
     equals the stored id, and that the id equals `expect_id` when given. Any
-    failure raises `CorruptChunkError`; wrong bytes are never returned.
+    failure raises `CorruptChunkError`; wrong bytes are never returned. A delta
+    blob (codec 2) is decoded with its base read through `base`; without
+    `base` it is refused with `CorruptChunkError`.
     """
     header = _parse_header(blob)
     cid = header.chunk_id
@@ -221,6 +232,14 @@ def decode_blob(blob: Buffer, expect_id: bytes | None = None) -> bytes:
             f"{kind} payload (blob has {len(blob)} bytes, header says {header.blob_len})", cid
         )
     payload = memoryview(blob)[BLOB_HEADER_LEN:]
+    if header.codec == CODEC_DELTA:
+        from gfs import delta  # gfs.delta builds on this module
+
+        base_id = bytes(payload[:CHUNK_ID_LEN])
+        if base is None:
+            raise _corrupt(f"delta blob against base {base_id.hex()} read without its base "
+                           "(this reader does not support delta chunks)", cid)
+        return delta.decode_delta_payload(header, payload, base(base_id))
     if header.codec == CODEC_RAW:
         raw = bytes(payload)
     else:
@@ -276,7 +295,7 @@ def parse_encrypted_header(buf: Buffer) -> BlobHeader:
     (check,) = _CHECK.unpack_from(buf, 32)
     if check != xxhash.xxh32_intdigest(head):
         raise _corrupt("header check mismatch", kid)
-    if version != BLOB_VERSION or codec not in _CODECS:
+    if version != BLOB_VERSION or codec not in _WHOLE_CODECS:
         raise _corrupt(f"unsupported version {version} or codec {codec}", kid)
     if flags != FLAG_ENCRYPTED:
         raise _corrupt(f"flags {flags:#06x}: not an owner-encrypted blob (expected 0x0001)", kid)

@@ -44,6 +44,9 @@ class StoreSettings(Schema):
     #: use: an unknown pack of this store in a shared pool, a dead chunk on a
     #: database engine (docs/format.md, "Ownership of packs", "Chunk pins").
     gc_grace: Annotated[Duration, Field(ge=0, le=1 << 40)] = 3600
+    #: Store a new chunk that resembles a stored one as a delta against it
+    #: (docs/format.md, "Resemblance and delta chunks").
+    delta: bool = False
 
 
 class MetaSettings(Schema):
@@ -88,7 +91,8 @@ class StoreConfig(StoreSettings):
     def to_toml(self) -> str:
         """The config as TOML text for `STATE/config.toml`."""
         lines = ["# Hutong store settings; see `hutong --help` and docs/format.md", "[store]"]
-        lines += [f"{k} = {v}" for k, v in self.model_dump().items()]
+        lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}"
+                  for k, v in self.model_dump().items()]
         return "\n".join(lines) + "\n"
 
     @classmethod

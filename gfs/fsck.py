@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gfs import namespace
+from gfs import delta, namespace
 from gfs.codec import decode_blob
 from gfs.errors import CorruptChunkError, PoolObjectMissingError
 from gfs.meta import ROOT_INO, ChunkRecord, Kind, Location, PackRecord, ReadTxn
@@ -51,6 +51,7 @@ def check(store: ChunkStore, *, verify_data: bool = True,
     with store.engine.read() as txn:
         _check_tree(txn, report)
         refs = _check_manifests(txn, report, bad_chunks)
+        refs.update(delta.base_refs(txn))  # each delta chunk pins its base
         chunks = {rec.id: rec for rec in txn.iter_chunks()}
         packs = {p.id: p for p in txn.iter_packs()}
         pinned = pinned_chunks(txn)
@@ -130,7 +131,7 @@ def _check_index(chunks: dict[bytes, ChunkRecord], packs: dict[bytes, PackRecord
         want = refs.get(cid, 0)
         if rec.refcount != want:
             report.problems.append(f"chunk {cid.hex()} refcount {rec.refcount}, "
-                                   f"but {want} manifest entries name it")
+                                   f"but {want} manifest entries and delta chunks name it")
         if rec.refcount == 0 and cid in pinned:
             report.pinned_chunks += 1
         elif rec.refcount == 0:
@@ -186,6 +187,9 @@ class CopyScan:
     """Every stored copy of every chunk read back and verified."""
 
     bad: dict[bytes, list[Location]] = field(default_factory=dict)  # chunk -> bad copies
+    #: delta chunks that failed only because their base is unreadable (their own
+    #: copies are not dropped: repairing the base heals them)
+    base_damaged: set[bytes] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     copies_verified: int = 0
     bytes_verified: int = 0
@@ -201,6 +205,7 @@ def scan_copies(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
             if loc.pack in packs:
                 by_pack[loc.pack].append((cid, loc))
     scan = CopyScan()
+    base = delta.verified_base_reader(store.read_chunk)
 
     def verify(pid: bytes) -> tuple[list[tuple[bytes, Location]], list[str]]:
         p = packs[pid]
@@ -211,7 +216,12 @@ def scan_copies(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
         bad, problems = [], []
         for cid, loc in by_pack[pid]:
             try:
-                decode_blob(data[loc.offset:loc.offset + loc.length], expect_id=cid)
+                decode_blob(data[loc.offset:loc.offset + loc.length], expect_id=cid,
+                            base=base)
+            except delta.BaseChunkError as e:
+                scan.base_damaged.add(cid)  # a set: adding is atomic across threads
+                problems.append(f"chunk {cid.hex()} in pack {pid.hex()}: delta whose "
+                                f"{e.filename}: {e.strerror}")
             except CorruptChunkError as e:
                 bad.append((cid, loc))
                 problems.append(f"chunk {cid.hex()} in pack {pid.hex()} at offset "
@@ -241,6 +251,7 @@ def _verify_chunks(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
     for cid, locs in scan.bad.items():
         if len(locs) >= len(chunks[cid].locations):  # no good copy left
             bad.add(cid)
+    bad.update(scan.base_damaged)
 
 
 def owners(txn: ReadTxn, cids: set[bytes]) -> set[str]:

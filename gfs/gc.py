@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from gfs import delta
 from gfs.codec import BLOB_HEADER_LEN, decode_blob
 from gfs.errors import CorruptChunkError, FormatError, PoolObjectMissingError
 from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
@@ -103,6 +104,7 @@ def _drop_dead_chunks(store: ChunkStore, report: GcReport, grace: float) -> list
             else:
                 dead.append(rec)
         pin_chunks(txn, waiting, grace)
+        dead += delta.release_chain(txn, [rec.id for rec in dead], pinned)
         packs = {p.id: p for p in txn.iter_packs()}
         live: dict[bytes, list[int]] = {pid: [p.live_chunks, p.live_bytes]
                                         for pid, p in packs.items()}
@@ -187,7 +189,7 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
         for rec, loc in movers.get(p.id, []):
             blob = data[loc.offset:loc.offset + loc.length]
             try:
-                decode_blob(blob, expect_id=rec.id)
+                decode_blob(blob, expect_id=rec.id, base=store.read_chunk)
             except CorruptChunkError as e:
                 log.error("not repacking pack %s: %s", p.id.hex(), e)
                 intact = False

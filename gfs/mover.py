@@ -39,6 +39,7 @@ from gfs.client import Client
 from gfs.codec import (
     BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
+    CODEC_DELTA,
     CODEC_RAW,
     BlobHeader,
     chunk_id,
@@ -221,7 +222,8 @@ class Source:
         with self.store.engine.read() as txn:
             for k in range(0, len(ids), CHUNK_ID_LEN):
                 rec = txn.get_chunk(ids[k : k + CHUNK_ID_LEN])
-                where = self._where(rec)
+                # A delta is sent whole through staging: the peer may lack its base.
+                where = None if rec is not None and rec.codec == CODEC_DELTA else self._where(rec)
                 if where is None and rec is not None:
                     remote.append((len(out), rec))
                 out.append(where)
@@ -263,6 +265,13 @@ class Source:
                 self.staged += 1
 
     def _get(self, rec: ChunkRecord) -> bytes | None:
+        if rec.codec == CODEC_DELTA:
+            try:
+                return self.store.read_blob(rec.id)  # verified, re-encoded whole
+            except OSError as e:
+                log.warning("chunk %s: delta not readable (%s); the mover reports it "
+                            "missing", rec.id.hex(), e)
+                return None
         for loc in rec.locations:
             try:
                 blob = self.store.pool(loc.pool).get(pack_key(loc.pack), loc.offset,

@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from gfs import chunking
+from gfs import chunking, delta
 from gfs.codec import (
     BLOB_HEADER_LEN,
+    CHUNK_ID_LEN,
+    CODEC_DELTA,
     Buffer,
     chunk_id,
     decode_blob,
+    encode_blob,
     encode_blobs,
     parse_blob_header,
 )
@@ -110,6 +113,7 @@ class WriteStats:
     new_raw_bytes: int = 0
     new_stored_bytes: int = 0
     dedup_chunks: int = 0
+    delta_chunks: int = 0
     packs: int = 0
     commits: int = 0
     seconds: float = 0.0
@@ -301,8 +305,13 @@ class ChunkStore:
 
     def read_blob(self, cid: bytes, path: str = "") -> bytes:
         """The stored blob of chunk `cid` (header and payload), verified: what another
-        store takes to repair or replicate the chunk."""
-        return self._read_verified(cid, path)[0]
+        store takes to repair or replicate the chunk. A delta is sent whole (its base
+        may not exist elsewhere)."""
+        blob, raw = self._read_verified(cid, path)
+        if parse_blob_header(blob).codec != CODEC_DELTA:
+            return blob
+        header, payload = encode_blob(raw, self.config.zstd_level, cid)
+        return header + bytes(payload)
 
     def _read_verified(self, cid: bytes, path: str) -> tuple[bytes, bytes]:
         problems: list[str] = []
@@ -326,7 +335,8 @@ class ChunkStore:
                 try:
                     blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
                                                    loc.offset + loc.length)
-                    raw = decode_blob(blob, expect_id=cid)
+                    raw = decode_blob(blob, expect_id=cid,
+                                      base=lambda b: self.read_chunk(b, path))
                 except CorruptChunkError as e:
                     corrupt = True
                     problems.append(f"pack {loc.pack.hex()}: {e.strerror}")
@@ -356,7 +366,7 @@ class ChunkStore:
             try:
                 blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
                                                loc.offset + loc.length)
-                decode_blob(blob, expect_id=cid)
+                decode_blob(blob, expect_id=cid, base=self.read_chunk)
                 good += 1
             except (CorruptChunkError, PoolError):
                 continue
@@ -373,7 +383,7 @@ class ChunkStore:
         """
         fix = {}
         for cid, blob in blobs.items():
-            decode_blob(blob, expect_id=cid)  # never "repair" with bad bytes
+            decode_blob(blob, expect_id=cid, base=self.read_chunk)  # never "repair" with bad bytes
             with self.engine.read() as txn:
                 known = txn.has_chunk(cid)
             if known and self.good_copies(cid) == 0:
@@ -466,7 +476,7 @@ class ChunkStore:
         for off, length, cid in span.members:
             try:
                 blob = view[off - span.start: off - span.start + length]
-                results.append((cid, decode_blob(blob, expect_id=cid)))
+                results.append((cid, decode_blob(blob, expect_id=cid, base=self.read_chunk)))
             except CorruptChunkError:
                 results.append((cid, None))  # read_chunk reports it, naming the file
         return results
@@ -565,6 +575,10 @@ class WriteSession:
         self._group: list[tuple[bytes, Buffer]] = []
         self._group_bytes = 0
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
+        # Delta chunks (docs/format.md "Resemblance and delta chunks"), when enabled.
+        self._planner = delta.DeltaPlanner(store.read_chunk) if store.config.delta else None
+        self._plans: list[delta.Plan | None] = []
+        self._delta_meta: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
         with store.engine.read() as txn:  # chunks marked lost by a repair heal when put again
             self._lost = lost_chunks(txn)
 
@@ -622,7 +636,8 @@ class WriteSession:
                 todo.append((ref, piece))
         if not todo:
             return
-        present = self._reader().present_chunks([r.id for r, _ in todo])
+        txn = self._reader()
+        present = txn.present_chunks([r.id for r, _ in todo])
         missing = [(r, p) for r, p in todo if r.id not in present or r.id in self._lost]
         self.stats.dedup_chunks += len(todo) - len(missing)
         for ref, piece in missing:
@@ -631,6 +646,9 @@ class WriteSession:
                 continue
             self._new[ref.id] = None
             self._group.append((ref.id, piece))
+            if self._planner is not None:
+                lost = ref.id in self._lost  # a lost chunk is healed whole
+                self._plans.append(None if lost else self._planner.plan(txn, ref.id, piece))
             self._group_bytes += len(piece)
             if len(self._group) >= ENCODE_GROUP or self._group_bytes >= ENCODE_GROUP_BYTES:
                 self._submit()
@@ -639,10 +657,18 @@ class WriteSession:
         """Compress the gathered new chunks on a worker: one hand-over per group, across
         files, so small files do not each pay a trip between threads."""
         group, self._group, self._group_bytes = self._group, [], 0
+        plans, self._plans = self._plans, []
         if not group:
             return
-        fut = self.store.executor.submit(
-            encode_blobs, [piece for _, piece in group], [cid for cid, _ in group], self._level)
+        pieces, ids = [piece for _, piece in group], [cid for cid, _ in group]
+        if self._planner is not None:
+            for cid, plan in zip(ids, plans, strict=True):
+                if plan is not None:
+                    self._delta_meta[cid] = (None, plan.keys)
+            fut = self.store.executor.submit(self._planner.encode, pieces, ids, plans,
+                                             self._level)
+        else:
+            fut = self.store.executor.submit(encode_blobs, pieces, ids, self._level)
         self._inflight.append(([cid for cid, _ in group], fut))
         if len(self._inflight) > self._max_inflight:
             self._drain(self._max_inflight // 2)
@@ -670,6 +696,9 @@ class WriteSession:
                     self._pack = self.store.new_pack()
                 offset, blob_len = self._pack.add(header, payload)
                 head = parse_blob_header(header)
+                if head.codec == CODEC_DELTA:
+                    self._delta_meta[cid] = (bytes(payload[:CHUNK_ID_LEN]), [])
+                    self.stats.delta_chunks += 1
                 self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, head.raw_len,
                                            head.payload_len, head.codec)
                 self.stats.new_chunks += 1
@@ -725,6 +754,7 @@ class WriteSession:
         def apply(txn: WriteTxn) -> None:  # run again on a lost conflict: derives all from txn
             live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
             records: dict[bytes, ChunkRecord] = {}
+            recorded: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
             healed: set[bytes] = set()
             present = txn.present_chunks(self._new)
             for cid, nc in self._new.items():
@@ -740,6 +770,8 @@ class WriteSession:
                 else:
                     records[cid] = ChunkRecord(cid, nc.raw_len, nc.stored_len, nc.codec, 0,
                                                (location,))
+                    if cid in self._delta_meta:
+                        recorded[cid] = self._delta_meta[cid]
                 counters = live[nc.pack]
                 counters[0] += 1
                 counters[1] += nc.blob_len
@@ -754,6 +786,7 @@ class WriteSession:
                 deltas.update(r.id for r in refs)
                 if old is not None:
                     deltas.subtract(r.id for r in old.chunks)
+            deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base
             apply_refcounts(txn, deltas, records)
             if healed:
                 set_lost_chunks(txn, lost_chunks(txn) - healed)
@@ -763,13 +796,19 @@ class WriteSession:
         self._new.clear()
         self._flushed.clear()
         self._files.clear()
+        self._delta_meta.clear()
+        if self._planner is not None:
+            self._planner.clear()
         self.stats.commits += 1
         self.stats.seconds = time.monotonic() - self._started
 
     def abandon(self) -> None:
         """Drop what was not committed (its packs become orphans that gc reclaims)."""
         self._end_reader()
-        self._group, self._group_bytes = [], 0
+        self._group, self._group_bytes, self._plans = [], 0, []
+        self._delta_meta.clear()
+        if self._planner is not None:
+            self._planner.clear()
         for _, fut in self._inflight:
             fut.cancel()
         self._inflight.clear()

@@ -1,5 +1,6 @@
-/* gfs._native: CPython binding of the FastCDC chunker (native/fastcdc.h) and of
- * the chunk-id hashing (native/chunkid.h). */
+/* gfs._native: CPython binding of the FastCDC chunker (native/fastcdc.h), of
+ * the chunk-id hashing (native/chunkid.h) and of the super-features
+ * (native/superfeat.h). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -10,6 +11,7 @@
 
 #include "chunkid.h"
 #include "fastcdc.h"
+#include "superfeat.h"
 
 /* Buffers smaller than this are scanned without releasing the GIL. */
 #define GIL_RELEASE_MIN (256u * 1024u)
@@ -147,6 +149,41 @@ PyDoc_STRVAR(chunk_ids_doc,
 "end at the offsets in cuts (increasing, within buf), concatenated. The GIL\n"
 "is released while hashing.");
 
+/* Read the cut points of seq (increasing, within a buffer of len bytes) into a
+ * PyMem_RawMalloc'd array. Returns the array (count in *n), or NULL with an
+ * exception set. what names the calling function in messages. */
+static uint64_t *
+parse_cuts(PyObject *seq, Py_ssize_t len, const char *what, Py_ssize_t *n)
+{
+    PyObject *fast = PySequence_Fast(seq, "needs a sequence of cut points");
+    if (fast == NULL)
+        return NULL;
+    *n = PySequence_Fast_GET_SIZE(fast);
+    uint64_t *cuts = PyMem_RawMalloc(((size_t)*n + 1) * sizeof(uint64_t));
+    if (cuts == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    uint64_t prev = 0;
+    for (Py_ssize_t k = 0; k < *n; k++) {
+        unsigned long long c = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, k));
+        if (c == (unsigned long long)-1 && PyErr_Occurred())
+            goto fail;
+        if (c < prev || c > (unsigned long long)len) {
+            PyErr_Format(PyExc_ValueError, "%s(): cut %zd (%llu) is not increasing "
+                         "within the buffer of %zd bytes", what, k, c, len);
+            goto fail;
+        }
+        cuts[k] = prev = c;
+    }
+    Py_DECREF(fast);
+    return cuts;
+fail:
+    PyMem_RawFree(cuts);
+    Py_DECREF(fast);
+    return NULL;
+}
+
 static PyObject *
 chunk_ids(PyObject *Py_UNUSED(module), PyObject *args)
 {
@@ -156,31 +193,11 @@ chunk_ids(PyObject *Py_UNUSED(module), PyObject *args)
     Py_buffer view;
     if (get_buffer(obj, &view) < 0)
         return NULL;
-    PyObject *fast = PySequence_Fast(seq, "chunk_ids() needs a sequence of cut points");
-    if (fast == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    uint64_t *cuts = PyMem_RawMalloc(((size_t)n + 1) * sizeof(uint64_t));
+    Py_ssize_t n;
+    uint64_t *cuts = parse_cuts(seq, view.len, "chunk_ids", &n);
     PyObject *out = NULL;
-    if (cuts == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    uint64_t prev = 0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        unsigned long long c = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, k));
-        if (c == (unsigned long long)-1 && PyErr_Occurred())
-            goto done;
-        if (c < prev || c > (unsigned long long)view.len) {
-            PyErr_Format(PyExc_ValueError, "chunk_ids(): cut %zd (%llu) is not increasing "
-                         "within the buffer of %zd bytes", k, c, view.len);
-            goto done;
-        }
-        cuts[k] = prev = c;
-    }
-    out = PyBytes_FromStringAndSize(NULL, n * CHUNKID_LEN);
+    if (cuts != NULL)
+        out = PyBytes_FromStringAndSize(NULL, n * CHUNKID_LEN);
     if (out != NULL) {
         uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
         const uint8_t *buf = (const uint8_t *)view.buf;
@@ -190,10 +207,155 @@ chunk_ids(PyObject *Py_UNUSED(module), PyObject *args)
         if (released != NULL)
             PyEval_RestoreThread(released);
     }
-done:
     PyMem_RawFree(cuts);
-    Py_DECREF(fast);
     PyBuffer_Release(&view);
+    return out;
+}
+
+/* Write n values as u64 little-endian (the byte order the Python side unpacks). */
+static void
+pack_u64le(uint8_t *dst, const uint64_t *src, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        for (int b = 0; b < 8; b++)
+            dst[8 * k + (size_t)b] = (uint8_t)(src[k] >> (8 * b));
+}
+
+PyDoc_STRVAR(superfeatures_doc,
+"superfeatures(buf, cuts, /) -> bytes\n\n"
+"The 3 super-features (docs/format.md, \"Resemblance and delta chunks\") of\n"
+"each chunk of buf ending at the offsets in cuts (increasing, within buf), as\n"
+"u64 little-endian, 24 bytes per chunk. The GIL is released while scanning.");
+
+static PyObject *
+superfeatures(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *obj, *seq;
+    if (!PyArg_ParseTuple(args, "OO:superfeatures", &obj, &seq))
+        return NULL;
+    Py_buffer view;
+    if (get_buffer(obj, &view) < 0)
+        return NULL;
+    Py_ssize_t n;
+    uint64_t *cuts = parse_cuts(seq, view.len, "superfeatures", &n);
+    uint64_t *sf = cuts == NULL ? NULL
+        : PyMem_RawMalloc(((size_t)n * SUPERFEAT_SUPER + 1) * sizeof(uint64_t));
+    PyObject *out = NULL;
+    if (cuts != NULL && sf == NULL)
+        PyErr_NoMemory();
+    if (sf != NULL)
+        out = PyBytes_FromStringAndSize(NULL, n * SUPERFEAT_SUPER * 8);
+    if (out != NULL) {
+        uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+        PyThreadState *released =
+            (size_t)view.len >= GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
+        superfeat_many((const uint8_t *)view.buf, cuts, (size_t)n, sf);
+        pack_u64le(dst, sf, (size_t)n * SUPERFEAT_SUPER);
+        if (released != NULL)
+            PyEval_RestoreThread(released);
+    }
+    PyMem_RawFree(sf);
+    PyMem_RawFree(cuts);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+PyDoc_STRVAR(cut_superfeatures_doc,
+"cut_superfeatures(buf, min_size, avg_size, max_size, /) -> tuple[list[int], bytes]\n\n"
+"cut_points(buf, ...) and superfeatures(buf, cuts) of the whole buffer in one\n"
+"pass (native/superfeat.h, superfeat_chunk). The GIL is released during the\n"
+"scan of buffers of 256 KiB or more. Raises ValueError on bad sizes.");
+
+/* Chunk buf whole with features into malloc'd arrays; no Python calls. Returns the
+ * chunk count, or (size_t)-1 when out of memory. */
+static size_t
+scan_cut_superfeatures(const uint8_t *buf, size_t len, const fastcdc_params *params,
+                       uint64_t **cuts_out, uint64_t **sf_out)
+{
+    size_t cap = len / params->avg_size + 16, count = 0, start = 0;
+    uint64_t *cuts = PyMem_RawMalloc(cap * sizeof(uint64_t));
+    uint64_t *sf = PyMem_RawMalloc(cap * SUPERFEAT_SUPER * sizeof(uint64_t));
+    while (cuts != NULL && sf != NULL && start < len) {
+        if (count == cap) {
+            uint64_t *c2 = PyMem_RawRealloc(cuts, 2 * cap * sizeof(uint64_t));
+            cuts = c2 != NULL ? c2 : (PyMem_RawFree(cuts), NULL);
+            uint64_t *s2 = PyMem_RawRealloc(sf, 2 * cap * SUPERFEAT_SUPER * sizeof(uint64_t));
+            sf = s2 != NULL ? s2 : (PyMem_RawFree(sf), NULL);
+            cap *= 2;
+            continue;
+        }
+        uint64_t f[SUPERFEAT_FEATURES];
+        start += superfeat_chunk(buf + start, len - start, params, f);
+        superfeat_group(f, sf + SUPERFEAT_SUPER * count);
+        cuts[count++] = (uint64_t)start;
+    }
+    if (cuts == NULL || sf == NULL) {
+        PyMem_RawFree(cuts);
+        PyMem_RawFree(sf);
+        return (size_t)-1;
+    }
+    *cuts_out = cuts;
+    *sf_out = sf;
+    return count;
+}
+
+static PyObject *
+cut_superfeatures(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *obj;
+    unsigned long long min_size, avg_size, max_size;
+    if (!PyArg_ParseTuple(args, "OKKK:cut_superfeatures", &obj, &min_size, &avg_size,
+                          &max_size))
+        return NULL;
+    fastcdc_params params;
+    if (init_params(&params, min_size, avg_size, max_size) < 0)
+        return NULL;
+    Py_buffer view;
+    if (get_buffer(obj, &view) < 0)
+        return NULL;
+    uint64_t *cuts = NULL, *sf = NULL;
+    const size_t len = (size_t)view.len;
+    PyThreadState *released = len >= GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
+    size_t count = scan_cut_superfeatures((const uint8_t *)view.buf, len, &params, &cuts, &sf);
+    if (released != NULL)
+        PyEval_RestoreThread(released);
+    PyBuffer_Release(&view);
+    if (count == (size_t)-1)
+        return PyErr_NoMemory();
+    PyObject *list = cuts_to_list(cuts, count);
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(count * SUPERFEAT_SUPER * 8));
+    if (raw != NULL) {
+        pack_u64le((uint8_t *)PyBytes_AS_STRING(raw), sf, count * SUPERFEAT_SUPER);
+    }
+    PyMem_RawFree(cuts);
+    PyMem_RawFree(sf);
+    PyObject *out = list != NULL && raw != NULL ? PyTuple_Pack(2, list, raw) : NULL;
+    Py_XDECREF(list);
+    Py_XDECREF(raw);
+    return out;
+}
+
+PyDoc_STRVAR(features_doc,
+"features(buf, /) -> tuple[int, ...]\n\n"
+"The 12 features of buf taken as one chunk (for tests against the reference).");
+
+static PyObject *
+features(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    Py_buffer view;
+    if (get_buffer(obj, &view) < 0)
+        return NULL;
+    uint64_t f[SUPERFEAT_FEATURES];
+    superfeat_features((const uint8_t *)view.buf, (size_t)view.len, f);
+    PyBuffer_Release(&view);
+    PyObject *out = PyTuple_New(SUPERFEAT_FEATURES);
+    for (Py_ssize_t k = 0; out != NULL && k < SUPERFEAT_FEATURES; k++) {
+        PyObject *item = PyLong_FromUnsignedLongLong(f[k]);
+        if (item == NULL)
+            Py_CLEAR(out);
+        else
+            PyTuple_SET_ITEM(out, k, item);
+    }
     return out;
 }
 
@@ -358,6 +520,9 @@ static PyMethodDef native_methods[] = {
     {"gear_table", gear_table, METH_NOARGS, gear_table_doc},
     {"chunk_ids", chunk_ids, METH_VARARGS, chunk_ids_doc},
     {"load_chunked", load_chunked, METH_VARARGS, load_chunked_doc},
+    {"superfeatures", superfeatures, METH_VARARGS, superfeatures_doc},
+    {"features", features, METH_O, features_doc},
+    {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -301,3 +301,30 @@ def test_kill_after_commit_keeps_commit(tmp_path: Path) -> None:
             assert w.alloc_ino() == 3
     finally:
         eng.close()
+
+
+def test_readonly_open_of_an_environment_without_a_newer_value_table(tmp_path: Path) -> None:
+    """A store made before a value table existed opens read-only; the table reads empty."""
+    import lmdb
+
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path)
+    with eng.write() as txn:
+        txn.put_value("jobs", b"k", b"v")
+    eng.close()
+    env = lmdb.open(path, max_dbs=64, subdir=True)
+    with env.begin(write=True) as txn:  # as an older version left it: no "deltas" table
+        txn.drop(env.open_db(b"deltas", txn=txn), delete=True)
+    env.close()
+    ro = LmdbEngine(path, readonly=True)
+    try:
+        with ro.read() as txn:
+            assert txn.get_value("deltas", b"x") is None
+            assert list(txn.iter_values("deltas")) == []
+            assert txn.get_value("jobs", b"k") == b"v"
+    finally:
+        ro.close()
+    rw = LmdbEngine(path)  # a writable open creates the table
+    with rw.write() as txn:
+        txn.put_value("deltas", b"x", b"y")
+    rw.close()

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gfs import namespace, paths
 from gfs.client import Client, Stat
-from gfs.codec import check_encrypted_blob, decode_blob, parse_blob_header
+from gfs.codec import CODEC_DELTA, check_encrypted_blob, decode_blob, parse_blob_header
 from gfs.errors import (
     CorruptChunkError,
     HutongError,
@@ -518,11 +518,17 @@ class Site:
 
     # -- chunks --------------------------------------------------------------------
     def blob(self, cid: bytes) -> bytes | None:
-        """The blob of chunk `cid` as stored (first readable location), or None."""
+        """The blob of chunk `cid` as stored (first readable location), or None. A delta
+        chunk is served whole: the peer may not hold its base."""
         with self.client.engine.read() as txn:
             rec = txn.get_chunk(cid)
         if rec is None:
             return None
+        if rec.codec == CODEC_DELTA:
+            try:
+                return self.client.store.read_blob(cid)
+            except HutongError:
+                return None
         for loc in rec.locations:
             try:
                 return bytes(self.client.store.pool(loc.pool).get(

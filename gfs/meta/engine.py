@@ -46,9 +46,10 @@ T = TypeVar("T")
 
 #: Tables of opaque values kept for the layers above (heat counters, placement
 #: rules, entities, sites, extended attributes, job records, chunk pins, gateway
-#: credentials).
+#: credentials, the resemblance index and the bases of delta chunks).
 VALUE_TABLES: frozenset[str] = frozenset(
-    {"heat", "rules", "entities", "sites", "xattrs", "jobs", "pins", "credentials"})
+    {"heat", "rules", "entities", "sites", "xattrs", "jobs", "pins", "credentials",
+     "resemblance", "deltas"})
 
 
 class ReadTxn(ABC):

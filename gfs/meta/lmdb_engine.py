@@ -87,6 +87,11 @@ class _Dbs:
         self.values: dict[str, Any] = {t: handles[t] for t in VALUE_TABLES}
 
 
+#: A value table that a read-only environment made by an older version lacks: it
+#: reads as empty (a writable open creates it).
+_ABSENT = object()
+
+
 def _value_db(dbs: _Dbs, table: str) -> Any:
     db = dbs.values.get(table)
     if db is None:
@@ -187,13 +192,16 @@ class _LmdbRead(ReadTxn):
     # -- opaque values and store facts -----------------------------------------
     def get_value(self, table: str, key: bytes) -> bytes | None:
         db = _value_db(self._d, table)
-        if not 0 < len(key) <= _MAX_KEY:
+        if db is _ABSENT or not 0 < len(key) <= _MAX_KEY:
             return None
         data: bytes | None = self._txn.get(key, db=db)
         return data
 
     def iter_values(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        cur = self._txn.cursor(db=_value_db(self._d, table))
+        db = _value_db(self._d, table)
+        if db is _ABSENT:
+            return
+        cur = self._txn.cursor(db=db)
         if prefix:
             if len(prefix) > _MAX_KEY or not cur.set_range(prefix):
                 return
@@ -463,8 +471,13 @@ class LmdbEngine(MetaEngine):
             try:
                 # Without a txn argument py-lmdb opens each handle in its own
                 # transaction and keeps it for the environment's lifetime.
-                for name in names:
+                for name in _CORE_TABLES:
                     handles[name] = env.open_db(name.encode(), create=False)
+                for name in sorted(VALUE_TABLES):
+                    try:
+                        handles[name] = env.open_db(name.encode(), create=False)
+                    except lmdb.NotFoundError:
+                        handles[name] = _ABSENT
                 with env.begin(write=False) as txn:
                     fmt = txn.get(_FORMAT, db=handles["meta"])
             except lmdb.NotFoundError:

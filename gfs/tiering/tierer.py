@@ -20,7 +20,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from gfs import namespace
-from gfs.codec import BLOB_HEADER_LEN, CODEC_ZSTD, decode_blob, encode_blob, parse_blob_header
+from gfs.codec import (
+    BLOB_HEADER_LEN,
+    CODEC_DELTA,
+    CODEC_ZSTD,
+    decode_blob,
+    encode_blob,
+    parse_blob_header,
+)
 from gfs.env import TIERS
 from gfs.errors import CorruptChunkError, NotADirError, NotFoundError, PoolError
 from gfs.meta import ChunkRecord, Kind, Location, PackRecord, ReadTxn
@@ -173,13 +180,16 @@ def _execute(store: ChunkStore, policy: TierPolicy, moves: list[Move],
             try:
                 blob = store.pool(old.pool).get(pack_key(old.pack), old.offset,
                                                 old.offset + old.length)
-                raw = decode_blob(blob, expect_id=rec.id)  # verify before copying
+                raw = decode_blob(blob, expect_id=rec.id,  # verify before copying
+                                  base=store.read_chunk)
             except (CorruptChunkError, PoolError) as e:
                 log.error("not moving chunk %s: %s (run `hutong fsck`)", rec.id.hex(), e)
                 report.skipped += 1
                 continue
             head = parse_blob_header(blob)
-            if dst == "cold" and not (head.codec == CODEC_ZSTD and policy.cold_level <= 3):
+            # A delta moves as it is: its base stays pinned by its `deltas` entry.
+            if dst == "cold" and head.codec != CODEC_DELTA and not (
+                    head.codec == CODEC_ZSTD and policy.cold_level <= 3):
                 header, payload = encode_blob(raw, policy.cold_level, rec.id)  # recompress
             else:
                 header, payload = blob[:BLOB_HEADER_LEN], blob[BLOB_HEADER_LEN:]

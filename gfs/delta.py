@@ -1,0 +1,244 @@
+"""Delta blobs (codec 2): a chunk stored as zstd with a base chunk as prefix.
+
+docs/format.md, "Resemblance and delta chunks". The payload is the base id
+(16 bytes) and one zstd frame compressed with the base chunk's raw bytes as a
+raw-content dictionary (zstd's prefix, what `zstd --patch-from` does). The
+chunk id stays the id of the plain content; decoding verifies it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import zstandard
+
+from gfs import resemblance
+from gfs.codec import (
+    BLOB_HEADER_LEN,
+    CHUNK_ID_LEN,
+    CODEC_DELTA,
+    BaseReader,
+    BlobHeader,
+    Buffer,
+    _corrupt,
+    chunk_id,
+    encode_blobs,
+    parse_blob_header,
+)
+from gfs.errors import ChunkMissingError, CorruptChunkError
+from gfs.meta import ChunkRecord, ReadTxn, WriteTxn
+
+log = logging.getLogger("hutong.delta")
+
+#: The value table of delta chunks: delta chunk id -> base id.
+DELTAS = "deltas"
+
+#: A delta is kept only when its payload is below this fraction of the chunk
+#: stored whole (policy; docs/format.md): every read of a delta also reads its
+#: base, so a small saving is not worth it. A starting point, not yet measured.
+SAVING_NUM, SAVING_DEN = 3, 4
+
+
+def _dictionary(base_raw: Buffer) -> zstandard.ZstdCompressionDict:
+    return zstandard.ZstdCompressionDict(bytes(base_raw),
+                                         dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def delta_frame(raw: Buffer, base_raw: Buffer, level: int) -> bytes:
+    """One zstd frame of `raw` with `base_raw` as prefix (content size, no checksum)."""
+    comp = zstandard.ZstdCompressor(level=level, dict_data=_dictionary(base_raw),
+                                    write_content_size=True, write_checksum=False,
+                                    write_dict_id=False)
+    return comp.compress(raw)
+
+
+def encode_delta(raw: Buffer, cid: bytes, base_id: bytes, base_raw: Buffer,
+                 level: int) -> tuple[bytes, bytes]:
+    """The (header, payload) of a delta blob of chunk `cid` against `base_id`."""
+    if len(base_id) != CHUNK_ID_LEN or len(cid) != CHUNK_ID_LEN:
+        raise ValueError(f"chunk ids must be {CHUNK_ID_LEN} bytes")
+    if base_id == cid:
+        raise ValueError(f"chunk {cid.hex()} cannot be a delta against itself")
+    payload = base_id + delta_frame(raw, base_raw, level)
+    header = BlobHeader(CODEC_DELTA, 0, len(raw), len(payload), cid).to_bytes()
+    return header, payload
+
+
+def pays(delta_payload_len: int, whole_payload_len: int) -> bool:
+    """Whether a delta of this size is worth its extra read (the saving threshold)."""
+    return delta_payload_len * SAVING_DEN < whole_payload_len * SAVING_NUM
+
+
+def base_of(blob: Buffer) -> bytes:
+    """The base id named by a delta blob (its header is checked)."""
+    head = parse_blob_header(blob)
+    if head.codec != CODEC_DELTA:
+        raise ValueError(f"chunk {head.chunk_id.hex()} is not stored as a delta")
+    if len(blob) < BLOB_HEADER_LEN + CHUNK_ID_LEN:
+        raise _corrupt("truncated delta payload", head.chunk_id)
+    return bytes(blob[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN])
+
+
+def decode_delta_payload(header: BlobHeader, payload: Buffer, base_raw: Buffer) -> bytes:
+    """The raw chunk of a delta payload given its base's verified raw bytes.
+
+    Checks the frame's declared size before decompressing (bounded by the raw
+    length) and the digest of the result; raises `CorruptChunkError` naming
+    the chunk and its base.
+    """
+    cid = header.chunk_id
+    view = memoryview(payload)
+    base_id = bytes(view[:CHUNK_ID_LEN])
+    frame = view[CHUNK_ID_LEN:]
+    of = f"delta against base {base_id.hex()}"
+    try:
+        size = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise _corrupt(f"{of}: bad zstd frame header ({e})", cid) from e
+    if size != header.raw_len:
+        raise _corrupt(f"{of}: frame declares {size} bytes, header says {header.raw_len}", cid)
+    try:
+        raw = zstandard.ZstdDecompressor(dict_data=_dictionary(base_raw)).decompress(
+            frame, max_output_size=header.raw_len, allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise _corrupt(f"{of}: does not decompress ({e})", cid) from e
+    digest = chunk_id(raw)
+    if len(raw) != header.raw_len or digest != cid:
+        raise _corrupt(f"{of}: reconstructed digest {digest.hex()} does not match the id "
+                       "(the delta or its base is damaged)", cid)
+    return raw
+
+
+# -- writing: choosing bases and encoding (used by gfs.store.WriteSession) ----------------
+
+@dataclass(slots=True)
+class Plan:
+    """What a write session decided for one new chunk before encoding it."""
+
+    keys: list[bytes]  #: its resemblance index keys
+    base: bytes | None = None  #: the base to try a delta against
+    base_raw: Buffer | None = None  #: the base's bytes when it is new in this session
+
+
+class DeltaPlanner:
+    """Finds bases for a write session's new chunks and encodes them.
+
+    `read_base` reads a committed chunk's verified raw bytes (`ChunkStore.read_chunk`).
+    Bases are chunks stored whole: committed ones found in the resemblance
+    index, or chunks new in this session (kept until the next commit).
+    """
+
+    def __init__(self, read_base: BaseReader) -> None:
+        self._read_base = read_base
+        self._local: dict[bytes, tuple[bytes, Buffer]] = {}
+
+    def plan(self, txn: ReadTxn, cid: bytes, piece: Buffer) -> Plan | None:
+        """The plan for a new chunk, or None when it is too small to take part."""
+        if len(piece) < resemblance.MIN_CHUNK:
+            return None
+        keys = resemblance.index_keys(resemblance.chunk_superfeatures(piece))
+        if not keys:
+            return None
+        for key in keys:
+            local = self._local.get(key)
+            if local is not None:
+                return Plan(keys, local[0], local[1])
+        base = resemblance.find_base(txn, keys)
+        if base is None:
+            for key in keys:
+                self._local[key] = (cid, piece)
+        return Plan(keys, base)
+
+    def clear(self) -> None:
+        """Forget the session's own bases (at commit: they are in the index then)."""
+        self._local.clear()
+
+    def encode(self, raws: Sequence[Buffer], ids: Sequence[bytes],
+               plans: Sequence[Plan | None], level: int) -> list[tuple[bytes, Buffer]]:
+        """`encode_blobs`, then a delta for each chunk with a base where it pays."""
+        out = encode_blobs(raws, ids, level)
+        for i, plan in enumerate(plans):
+            if plan is None or plan.base is None:
+                continue
+            try:
+                base_raw = (plan.base_raw if plan.base_raw is not None
+                            else self._read_base(plan.base))
+            except (CorruptChunkError, ChunkMissingError) as e:
+                log.warning("chunk %s stored whole: its base %s cannot be read (%s)",
+                            ids[i].hex(), plan.base.hex(), e)
+                continue
+            header, payload = encode_delta(raws[i], ids[i], plan.base, base_raw, level)
+            if pays(len(payload), len(out[i][1])):
+                out[i] = (header, payload)
+        return out
+
+
+def commit_records(txn: WriteTxn, new: Mapping[bytes, tuple[bytes | None, list[bytes]]]
+                   ) -> Counter[bytes]:
+    """Record a commit's new chunks: `deltas` entries, index entries for whole ones.
+
+    `new` maps each newly recorded chunk to (its base or None, its index keys).
+    Returns the references the deltas add to their bases (added to refcounts
+    by the caller, in the same transaction).
+    """
+    refs: Counter[bytes] = Counter()
+    for cid, (base, keys) in new.items():
+        if base is not None:
+            txn.put_value(DELTAS, cid, base)
+            refs[base] += 1
+        elif keys:
+            resemblance.record_base(txn, cid, keys)
+    return refs
+
+
+def release_chain(txn: WriteTxn, deleted: Iterable[bytes],
+                  pinned: set[bytes]) -> list[ChunkRecord]:
+    """Before gc deletes the records of `deleted`: drop their `deltas` and index entries
+    and the references their deltas hold on bases.
+
+    Returns the records of bases that thereby fall to refcount 0 (and are not
+    pinned): garbage too, for the caller to delete in the same transaction.
+    """
+    extra: list[ChunkRecord] = []
+    todo = set(deleted)
+    while todo:
+        refs: Counter[bytes] = Counter()
+        for cid in todo:
+            base = txn.get_value(DELTAS, cid)
+            if base is not None:
+                txn.delete_value(DELTAS, cid)
+                refs[base] -= 1
+        resemblance.forget(txn, todo)
+        txn.add_refcounts(refs)
+        todo = set()
+        for base in refs:
+            rec = txn.get_chunk(base)
+            if rec is not None and rec.refcount == 0 and base not in pinned:
+                extra.append(rec)
+                todo.add(base)
+    return extra
+
+
+def base_refs(txn: ReadTxn) -> Counter[bytes]:
+    """The references delta chunks hold on their bases (one per delta)."""
+    return Counter(base for _, base in txn.iter_values(DELTAS))
+
+
+class BaseChunkError(CorruptChunkError):
+    """A delta chunk cannot be read because its base cannot; repair the base
+    (`hutong fsck --repair --from STORE`): the delta's own bytes may be intact."""
+
+
+def verified_base_reader(read: BaseReader) -> BaseReader:
+    """`read`, with any failure to read a base raised as `BaseChunkError`, so a
+    checker can tell a delta that is damaged from one whose base is."""
+    def reader(base: bytes) -> bytes:
+        try:
+            return read(base)
+        except (ChunkMissingError, CorruptChunkError) as e:
+            raise BaseChunkError(f"base {base.hex()}",
+                                 f"base chunk of a delta is unreadable: {e.strerror}") from e
+    return reader

@@ -1,0 +1,83 @@
+"""Resemblance detection: super-features of chunks and the index of bases.
+
+Super-features are computed in C (`gfs._native.superfeatures`, next to the
+chunker); `gfs.superfeatures_reference` is their executable specification.
+The index is the `resemblance` value table (docs/format.md, "Resemblance and
+delta chunks"): key `j` u8 + super-feature u64 BE, value a base chunk id.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+
+from gfs import chunking
+from gfs.codec import CODEC_RAW, CODEC_ZSTD, Buffer
+from gfs.meta import ReadTxn, WriteTxn
+
+#: The index's value table.
+TABLE = "resemblance"
+#: Super-features per chunk.
+SUPER = 3
+#: Chunks shorter than this are neither deltas nor bases (policy): their
+#: saving cannot pay for an index entry and a second read.
+MIN_CHUNK = 4096
+
+_SF = struct.Struct("<3Q")
+
+
+def superfeatures(buf: Buffer, cuts: list[int]) -> list[tuple[int, int, int]]:
+    """The 3 super-features of each chunk of `buf` ending at `cuts` (native, GIL released)."""
+    raw = chunking.superfeatures(buf, cuts)
+    return [_SF.unpack_from(raw, 24 * k) for k in range(len(cuts))]
+
+
+def cut_superfeatures(buf: Buffer, params: chunking.ChunkParams = chunking.DEFAULT_PARAMS
+                      ) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """Chunk `buf` and compute each chunk's super-features in one pass (native)."""
+    cuts, raw = chunking.cut_superfeatures(buf, params)
+    return cuts, [_SF.unpack_from(raw, 24 * k) for k in range(len(cuts))]
+
+
+def chunk_superfeatures(chunk: Buffer) -> tuple[int, int, int]:
+    """The 3 super-features of one chunk."""
+    n = memoryview(chunk).nbytes
+    return superfeatures(chunk, [n])[0] if n else (0, 0, 0)
+
+
+def index_keys(sfs: Sequence[int]) -> list[bytes]:
+    """The index keys of a chunk's super-features (none for a chunk without samples)."""
+    return [bytes([j]) + sf.to_bytes(8, "big") for j, sf in enumerate(sfs) if sf]
+
+
+def find_base(txn: ReadTxn, keys: Iterable[bytes]) -> bytes | None:
+    """A stored whole chunk (codec 0 or 1, with a copy) sharing a super-feature, or None.
+
+    Stale entries (chunk gone, lost, or itself a delta) are ignored.
+    """
+    for key in keys:
+        base = txn.get_value(TABLE, key)
+        if base is None:
+            continue
+        rec = txn.get_chunk(base)
+        if rec is not None and rec.locations and rec.codec in (CODEC_RAW, CODEC_ZSTD):
+            return base
+    return None
+
+
+def record_base(txn: WriteTxn, cid: bytes, keys: Iterable[bytes]) -> int:
+    """Enter `cid` under each key that has no live base yet; returns how many it took."""
+    taken = 0
+    for key in keys:
+        if find_base(txn, (key,)) is None:
+            txn.put_value(TABLE, key, cid)
+            taken += 1
+    return taken
+
+
+def forget(txn: WriteTxn, cids: set[bytes]) -> int:
+    """Drop the index entries that name one of `cids` (chunks gc deletes); returns how many."""
+    stale = [key for key, value in txn.iter_values(TABLE) if value in cids]
+    for key in stale:
+        txn.delete_value(TABLE, key)
+    return len(stale)

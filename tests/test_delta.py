@@ -1,0 +1,388 @@
+"""Delta chunks: codec 2 blobs, the store's write path, gc and fsck (real LMDB, real pools)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gfs import delta, resemblance
+from gfs.client import Client
+from gfs.codec import CODEC_DELTA, chunk_id, decode_blob, parse_blob_header
+from gfs.config import StoreConfig
+from gfs.errors import CorruptChunkError
+from gfs.packs import pack_key
+from gfs.testing.faults import flip_byte
+
+
+def _text(rng: random.Random, n: int) -> bytes:
+    """Compressible text-like bytes (words from a small vocabulary)."""
+    words = [bytes(rng.choice(b"abcdefghijklmnop_ ") for _ in range(rng.randrange(2, 10)))
+             for _ in range(3000)]
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words) + b" "
+    return bytes(out[:n])
+
+
+def _mutate(data: bytes, rng: random.Random, edits: int) -> bytes:
+    """A next version: a few small replacements, insertions and deletions."""
+    out = bytearray(data)
+    for _ in range(edits):
+        at = rng.randrange(max(1, len(out) - 64))
+        out[at:at + rng.randrange(0, 24)] = rng.randbytes(rng.randrange(0, 24))
+    return bytes(out)
+
+
+@pytest.fixture
+def dfs(tmp_path: Path) -> Iterator[Client]:
+    """A store with delta chunks on."""
+    client = Client.init(tmp_path / "state", pack_size=1 << 20, workers=2, delta=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _two_versions(fs: Client, seed: int, size: int, edits: int) -> tuple[bytes, bytes]:
+    """Write /a and a next version of it, /b; return both."""
+    rng = random.Random(seed)
+    a = _text(rng, size)
+    b = _mutate(a, rng, edits)
+    fs.write_bytes("/a", a)
+    fs.write_bytes("/b", b)
+    return a, b
+
+
+def _records(fs: Client) -> dict[bytes, int]:
+    with fs.engine.read() as txn:
+        return {rec.id: rec.codec for rec in txn.iter_chunks()}
+
+
+# -- the blob ---------------------------------------------------------------------------
+
+def test_delta_blob_round_trip_and_header() -> None:
+    rng = random.Random(1)
+    base = _text(rng, 60_000)
+    new = _mutate(base, rng, 5)
+    cid, bid = chunk_id(new), chunk_id(base)
+    header, payload = delta.encode_delta(new, cid, bid, base, 3)
+    blob = header + payload
+    head = parse_blob_header(blob)
+    assert (head.codec, head.raw_len, head.chunk_id) == (CODEC_DELTA, len(new), cid)
+    assert delta.base_of(blob) == bid
+    assert len(payload) < 2000  # a few edits cost a few hundred bytes, not 60 KB
+    assert decode_blob(blob, expect_id=cid, base={bid: base}.__getitem__) == new
+
+
+def test_delta_blob_without_its_base_is_refused() -> None:
+    rng = random.Random(2)
+    base = _text(rng, 10_000)
+    new = _mutate(base, rng, 2)
+    header, payload = delta.encode_delta(new, chunk_id(new), chunk_id(base), base, 3)
+    with pytest.raises(CorruptChunkError, match="without its base"):
+        decode_blob(header + payload)
+
+
+def test_delta_blob_with_a_wrong_base_names_the_base() -> None:
+    rng = random.Random(3)
+    base = _text(rng, 10_000)
+    new = _mutate(base, rng, 2)
+    bid = chunk_id(base)
+    header, payload = delta.encode_delta(new, chunk_id(new), bid, base, 3)
+    wrong = _mutate(base, rng, 30)
+    with pytest.raises(CorruptChunkError, match=bid.hex()):
+        decode_blob(header + payload, base=lambda _: wrong)
+
+
+def test_a_chunk_is_not_its_own_base() -> None:
+    with pytest.raises(ValueError, match="itself"):
+        delta.encode_delta(b"x" * 100, b"\1" * 16, b"\1" * 16, b"x" * 100, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 70_000), edits=st.integers(0, 40),
+       flip=st.booleans())
+def test_a_delta_always_reconstructs_to_its_id(seed: int, size: int, edits: int,
+                                               flip: bool) -> None:
+    rng = random.Random(seed)
+    base = _text(rng, size) if not flip else rng.randbytes(size)
+    new = _mutate(base, rng, edits)
+    cid, bid = chunk_id(new), chunk_id(base)
+    if cid == bid:
+        return
+    header, payload = delta.encode_delta(new, cid, bid, base, 3)
+    raw = decode_blob(header + payload, expect_id=cid, base={bid: base}.__getitem__)
+    assert raw == new and chunk_id(raw) == cid
+
+
+def test_saving_threshold() -> None:
+    assert delta.pays(74, 100) and not delta.pays(75, 100)
+
+
+# -- the store --------------------------------------------------------------------------
+
+def test_similar_versions_are_stored_as_deltas_and_read_back(dfs: Client,
+                                                             tmp_path: Path) -> None:
+    rng = random.Random(5)
+    versions = [_text(rng, 1_500_000)]
+    for _ in range(3):
+        versions.append(_mutate(versions[-1], rng, 60))
+    for i, v in enumerate(versions):
+        dfs.write_bytes(f"/v{i}", v)
+    for i, v in enumerate(versions):
+        assert dfs.read_bytes(f"/v{i}") == v
+    codecs = _records(dfs)
+    assert sum(c == CODEC_DELTA for c in codecs.values()) >= len(codecs) // 3
+    plain = Client.init(tmp_path / "plain", pack_size=1 << 20, workers=2)
+    try:
+        for i, v in enumerate(versions):
+            plain.write_bytes(f"/v{i}", v)
+        stored = {fs_: sum(r.stored_len for r in _iter_records(fs_)) for fs_ in (dfs, plain)}
+    finally:
+        plain.close()
+    assert stored[dfs] < 0.6 * stored[plain], stored
+    assert dfs.fsck().ok
+
+
+def _iter_records(fs: Client) -> list:  # type: ignore[type-arg]
+    with fs.engine.read() as txn:
+        return list(txn.iter_chunks())
+
+
+def test_deltas_pin_their_bases_through_refcounts(dfs: Client) -> None:
+    _, b = _two_versions(dfs, 6, 600_000, 20)
+    with dfs.engine.read() as txn:
+        deltas = dict(txn.iter_values(delta.DELTAS))
+        assert deltas
+        for cid, base in deltas.items():
+            rec, brec = txn.get_chunk(cid), txn.get_chunk(base)
+            assert rec is not None and brec is not None
+            assert rec.codec == CODEC_DELTA and brec.codec != CODEC_DELTA  # depth 1
+    dfs.rm("/a")
+    dfs.gc()
+    assert dfs.read_bytes("/b") == b  # the bases outlived the file that wrote them
+    assert dfs.fsck().ok
+    dfs.rm("/b")
+    report = dfs.gc()
+    assert report.chunks_removed > 0
+    with dfs.engine.read() as txn:
+        assert list(txn.iter_chunks()) == []
+        assert list(txn.iter_values(delta.DELTAS)) == []
+        assert list(txn.iter_values(resemblance.TABLE)) == []
+    assert dfs.fsck().ok
+
+
+def test_read_blob_of_a_delta_is_whole(dfs: Client) -> None:
+    """What leaves the store (repair sources, replication) must not need a base."""
+    _two_versions(dfs, 7, 300_000, 10)
+    with dfs.engine.read() as txn:
+        cid = next(iter(dict(txn.iter_values(delta.DELTAS))))
+    blob = dfs.store.read_blob(cid)
+    assert parse_blob_header(blob).codec != CODEC_DELTA
+    assert chunk_id(decode_blob(blob, expect_id=cid)) == cid
+
+
+def test_a_damaged_base_is_reported_against_every_dependent_file(dfs: Client) -> None:
+    rng = random.Random(8)
+    a = _text(rng, 400_000)
+    dfs.write_bytes("/a", a)
+    dfs.write_bytes("/b", _mutate(a, rng, 10))
+    dfs.write_bytes("/c", _mutate(a, rng, 10))
+    other = rng.randbytes(200_000)
+    dfs.write_bytes("/other", other)
+    base = _damage_busiest_base(dfs)
+    report = dfs.fsck()
+    assert not report.ok
+    assert base.hex() in " ".join(report.problems)
+    dependent = {p for p in ("/a", "/b", "/c") if _names_base_or_delta(dfs, p, base)}
+    assert {"/b", "/c"} <= dependent
+    assert set(report.damaged_files) == dependent
+    assert dfs.read_bytes("/other") == other
+    with pytest.raises(CorruptChunkError):
+        dfs.read_bytes("/b")
+
+
+def _damage_busiest_base(fs: Client) -> bytes:
+    """Flip a byte in the stored copy of the base most deltas depend on; return its id."""
+    with fs.engine.read() as txn:
+        deps = delta.base_refs(txn)
+        base = max(deps, key=lambda x: deps[x])
+        rec = txn.get_chunk(base)
+        assert rec is not None
+        loc = rec.locations[0]
+    flip_byte(fs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + loc.length // 2)
+    return base
+
+
+def _names_base_or_delta(fs: Client, path: str, base: bytes) -> bool:
+    with fs.engine.read() as txn:
+        m = txn.get_manifest(fs.stat(path).ino)
+        deltas = dict(txn.iter_values(delta.DELTAS))
+    assert m is not None
+    return any(r.id == base or deltas.get(r.id) == base for r in m.chunks)
+
+
+def test_delta_setting_round_trips_through_the_config_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = StoreConfig(delta=True)
+    (tmp_path / "config.toml").write_text(cfg.to_toml())
+    assert StoreConfig.load(tmp_path).delta is True
+    assert StoreConfig.load(tmp_path, {"delta": False}).delta is False
+    monkeypatch.setenv("HUTONG_DELTA", "0")
+    assert StoreConfig.load(tmp_path).delta is False
+    monkeypatch.setenv("HUTONG_DELTA", "maybe")
+    with pytest.raises(ValueError, match="HUTONG_DELTA"):
+        StoreConfig.load(tmp_path)
+
+
+# -- removing bases never loses a dependent chunk -----------------------------------------
+
+_OPS = st.lists(st.tuples(st.sampled_from(["put", "rm", "gc"]), st.integers(0, 3),
+                          st.integers(0, 2**16)), min_size=3, max_size=12)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=_OPS)
+def test_gc_never_loses_a_dependent_chunk(tmp_path_factory: pytest.TempPathFactory,
+                                          ops: list[tuple[str, int, int]]) -> None:
+    root = tmp_path_factory.mktemp("delta-model")
+    fs = Client.init(root / "state", pack_size=1 << 18, workers=2, delta=True)
+    try:
+        rng = random.Random(99)
+        seed_text = _text(rng, 200_000)
+        model: dict[str, bytes] = {}
+        for op, slot, seed in ops:
+            path = f"/f{slot}"
+            if op == "put":
+                parent = model.get(f"/f{(slot + 1) % 4}", seed_text)
+                data = _mutate(parent, random.Random(seed), 8)
+                fs.write_bytes(path, data)
+                model[path] = data
+            elif op == "rm" and path in model:
+                fs.rm(path)
+                del model[path]
+            elif op == "gc":
+                fs.gc()
+            for p, data in model.items():
+                assert fs.read_bytes(p) == data
+        fs.gc()
+        report = fs.fsck()
+        assert report.ok, report.problems[:5]
+        for p, data in model.items():
+            assert fs.read_bytes(p) == data
+    finally:
+        fs.close()
+
+
+def test_mover_sends_delta_chunks_whole(dfs: Client, tmp_path: Path) -> None:
+    """A peer without the base still gets a verifiable chunk."""
+    from gfs import mover
+
+    _two_versions(dfs, 12, 400_000, 10)
+    with dfs.engine.read() as txn:
+        deltas = dict(txn.iter_values(delta.DELTAS))
+    assert deltas
+    secret = bytes(range(32))
+    dst = Client.init(tmp_path / "dst", pack_size=1 << 20, workers=2)
+    try:
+        with mover.MoverServer(dfs, secret, timeout=5.0) as srv:
+            stats = mover.fetch(dst, srv.address, list(deltas), secret)
+        assert stats.committed == len(deltas) and stats.rejected == 0
+        for cid in deltas:
+            assert dst.store.read_chunk(cid) == dfs.store.read_chunk(cid)
+        with dst.engine.read() as txn:
+            assert all(txn.get_chunk(cid).codec != CODEC_DELTA for cid in deltas)  # type: ignore[union-attr]
+    finally:
+        dst.close()
+
+
+def test_repairing_a_damaged_base_heals_its_deltas(dfs: Client, tmp_path: Path) -> None:
+    """repair restores the base from another store and leaves the intact deltas alone."""
+    from gfs.repair import repair
+
+    a, b = _two_versions(dfs, 13, 400_000, 10)
+    _damage_busiest_base(dfs)
+    with pytest.raises(CorruptChunkError):
+        dfs.read_bytes("/b")
+    source = Client.init(tmp_path / "source", pack_size=1 << 20, workers=2)
+    try:
+        source.write_bytes("/a", a)  # holds the bases, not the deltas
+        report = repair(dfs.store, [source.store])
+    finally:
+        source.close()
+    assert report.repaired >= 1 and report.lost == []
+    assert dfs.read_bytes("/a") == a and dfs.read_bytes("/b") == b
+    assert dfs.fsck().ok
+
+
+def test_gc_repacks_delta_blobs_with_their_pack(dfs: Client, tmp_path: Path) -> None:
+    """A sparse pack holding deltas is repacked: the blobs move, verified, bases kept."""
+    rng = random.Random(14)
+    a = _text(rng, 300_000)
+    b = _mutate(a, rng, 10)
+    dfs.write_bytes("/a", a)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "b").write_bytes(b)
+    (src / "junk").write_bytes(rng.randbytes(600_000))
+    dfs.put(str(src), "/one")  # b's deltas and junk in one pack
+    with dfs.engine.read() as txn:
+        moved = dict(txn.iter_values(delta.DELTAS))
+        before = {cid: txn.get_chunk(cid).locations for cid in moved}  # type: ignore[union-attr]
+    assert moved
+    dfs.rm("/one/junk")
+    report = dfs.gc()
+    assert report.packs_repacked >= 1
+    with dfs.engine.read() as txn:
+        after = {cid: txn.get_chunk(cid).locations for cid in moved}  # type: ignore[union-attr]
+    assert all(after[cid] != before[cid] for cid in moved)  # the delta blobs moved
+    assert dfs.read_bytes("/a") == a and dfs.read_bytes("/one/b") == b
+    assert dfs.fsck().ok
+
+
+def test_tierer_moves_delta_chunks_as_they_are(dfs: Client, tmp_path: Path) -> None:
+    """Demoted to cold (recompressed there), a delta stays a delta and still reads back."""
+    from gfs.tiering.policy import TierPolicy
+    from gfs.tiering.tierer import run, tier_usage
+
+    dfs.add_pool("archive", str(tmp_path / "cold"), tier="cold")
+    a, b = _two_versions(dfs, 15, 300_000, 10)
+    with dfs.engine.read() as txn:
+        deltas = dict(txn.iter_values(delta.DELTAS))
+    assert deltas
+    with dfs.engine.write() as txn:
+        TierPolicy(demote_idle=1e-3, cold_level=19).save(txn)
+    report = run(dfs.store)
+    assert report.directions.get("warm->cold", 0) > 0 and report.skipped == 0
+    assert tier_usage(dfs.store)["warm"] == 0
+    with dfs.engine.read() as txn:
+        assert all(txn.get_chunk(c).codec == CODEC_DELTA for c in deltas)  # type: ignore[union-attr]
+    assert dfs.read_bytes("/a") == a and dfs.read_bytes("/b") == b
+    assert dfs.fsck().ok
+
+
+def test_site_serves_delta_chunks_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`/v1/chunks/get` answers from Site.blob: a peer must get a blob it can verify."""
+    from gfs.federation.site import Site, init_site
+
+    init_site(tmp_path / "site", name="s1", entity="bank", region="r1",
+              registry="http://127.0.0.1:9")  # never contacted here
+    monkeypatch.setenv("HUTONG_DELTA", "1")
+    site = Site(tmp_path / "site")
+    try:
+        _two_versions(site.client, 16, 300_000, 10)
+        with site.client.engine.read() as txn:
+            deltas = dict(txn.iter_values(delta.DELTAS))
+        assert deltas
+        for cid in deltas:
+            blob = site.blob(cid)
+            assert blob is not None and parse_blob_header(blob).codec != CODEC_DELTA
+            assert chunk_id(decode_blob(blob, expect_id=cid)) == cid
+    finally:
+        site.close()

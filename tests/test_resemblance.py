@@ -1,0 +1,125 @@
+"""Super-features: native against the reference, frozen values, and what they find."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gfs import _native, chunking, resemblance
+from gfs import superfeatures_reference as ref
+from gfs.cdc_reference import splitmix64
+
+#: Super-features of random.Random(7).randbytes(N) taken as one chunk: part of
+#: the format (docs/format.md, "Resemblance and delta chunks"), since indexes
+#: store them. Computed with gfs.superfeatures_reference; a change here is a
+#: format change, not a refactoring.
+GOLDEN: dict[int, tuple[int, int, int]] = {
+    4096: (0xD84849D55E6A5EB1, 0x1088A4D77F55AC3C, 0x093C5E0FE041A941),
+    65536: (0x102AD7A4131AE6A8, 0x5CBF51269557C61E, 0x3082F738112E3BAD),
+}
+
+
+def _data(n: int, seed: int = 7) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def test_transform_constants_follow_the_format() -> None:
+    out = splitmix64(24, 0x4875746F_6E675346)
+    assert [out[2 * k] | 1 for k in range(12)] == ref.MULT
+    assert [out[2 * k + 1] for k in range(12)] == ref.ADD
+    assert ref.MULT[0] == 0x15C2FA8A27BB80EB and ref.ADD[11] == 0x8B7782EE00095EC2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=3000))
+def test_native_features_equal_reference(data: bytes) -> None:
+    assert _native.features(data) == ref.features(data)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 63, 64, 65, 1001, 4096, 70_001])
+def test_native_superfeatures_equal_reference(n: int) -> None:
+    data = _data(n)
+    assert resemblance.chunk_superfeatures(data) == ref.superfeatures(data)
+
+
+def test_many_chunks_equal_one_by_one() -> None:
+    data = _data(300_000)
+    cuts = chunking.cut_points(data)
+    got = resemblance.superfeatures(data, cuts)
+    starts = [0, *cuts[:-1]]
+    assert got == [ref.superfeatures(data[s:e]) for s, e in zip(starts, cuts, strict=True)]
+
+
+_PARAMS = [chunking.ChunkParams(64, 64, 256), chunking.ChunkParams(64, 128, 512),
+           chunking.ChunkParams(100, 128, 128), chunking.ChunkParams(256, 1024, 4096),
+           chunking.DEFAULT_PARAMS]
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.binary(max_size=20_000), params=st.sampled_from(_PARAMS),
+       zeros=st.integers(0, 5000))
+def test_one_pass_equals_chunking_then_features(data: bytes, params: chunking.ChunkParams,
+                                                zeros: int) -> None:
+    """The fused scan reuses the chunker's hash: same cuts, same super-features."""
+    buf = bytes(zeros) + data  # zeros: long runs without cuts or samples
+    cuts, sfs = resemblance.cut_superfeatures(buf, params)
+    assert cuts == chunking.cut_points(buf, params)
+    assert sfs == resemblance.superfeatures(buf, cuts)
+
+
+def test_one_pass_on_large_random_data() -> None:
+    buf = _data(3_000_000, seed=9)
+    cuts, sfs = resemblance.cut_superfeatures(buf)
+    assert cuts == chunking.cut_points(buf)
+    assert sfs == resemblance.superfeatures(buf, cuts)
+
+
+def test_golden() -> None:
+    for n, expected in GOLDEN.items():
+        assert resemblance.chunk_superfeatures(_data(n)) == expected
+        assert ref.superfeatures(_data(n)) == expected
+
+
+def test_no_samples_means_zero_features_and_no_keys() -> None:
+    assert _native.features(bytes(5000)) == (0,) * 12
+    assert resemblance.index_keys(resemblance.chunk_superfeatures(bytes(5000))) == []
+
+
+def test_bad_cuts_are_refused() -> None:
+    with pytest.raises(ValueError, match="superfeatures"):
+        _native.superfeatures(b"abc", [5])
+    with pytest.raises(TypeError):
+        _native.superfeatures("abc", [1])  # type: ignore[arg-type]
+
+
+def _edited(base: bytes, rng: random.Random, edits: int) -> bytes:
+    out = bytearray(base)
+    for _ in range(edits):
+        at = rng.randrange(len(out) - 64)
+        out[at:at + 16] = rng.randbytes(rng.randrange(1, 32))  # replace, insert or delete
+    return bytes(out)
+
+
+def test_similar_chunks_share_a_superfeature_unrelated_do_not() -> None:
+    rng = random.Random(11)
+    shared = unrelated = 0
+    trials = 40
+    for _ in range(trials):
+        base = rng.randbytes(64 << 10)
+        near = _edited(base, rng, 3)
+        other = rng.randbytes(64 << 10)
+        a = set(resemblance.index_keys(resemblance.chunk_superfeatures(base)))
+        shared += bool(a & set(resemblance.index_keys(resemblance.chunk_superfeatures(near))))
+        unrelated += bool(a & set(resemblance.index_keys(resemblance.chunk_superfeatures(other))))
+    assert shared >= trials * 0.9, shared
+    assert unrelated == 0
+
+
+def test_superfeature_bytes_are_little_endian_u64() -> None:
+    data = _data(10_000)
+    raw = _native.superfeatures(data, [10_000])
+    assert struct.unpack("<3Q", raw) == ref.superfeatures(data)
