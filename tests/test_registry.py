@@ -121,3 +121,16 @@ def test_expressions() -> None:
     for bad in ("region", "a=b &", "(a=b", "a=b)", "a==b", "a=b $ c=d"):
         with pytest.raises(expr.ExpressionError):
             expr.parse(bad)
+
+
+def test_deep_expressions_are_a_clear_400(registry: str) -> None:
+    """V11: 1,000 `!` or 400 `(` were a 500 RecursionError; now a 400 naming the limit,
+    and the server goes on answering."""
+    pub = HttpClient(registry)
+    for where in ("!" * 1000 + "a=b", "(" * 400 + "a=b" + ")" * 400):
+        with pytest.raises(BadRequestError, match="nesting deeper than 32"):
+            pub.call("GET", "/v1/sites", query={"where": where})
+        with pytest.raises(BadRequestError, match="nesting deeper than 32"):
+            pub.call("GET", "/v1/pools", query={"where": where})
+    assert expr.parse("!" * 31 + "a=b")({"a": "c"})  # 31 levels are still fine
+    assert pub.call("GET", "/v1/health")["status"] == "ok"
