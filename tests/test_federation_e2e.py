@@ -169,7 +169,7 @@ def test_forged_signature_and_unsigned_rejected(fed: Federation) -> None:
     keys = fed.keys("bank-a")
     h = HttpClient(url, keys=keys)
     body = json.dumps({"path": "/bank-a/replay", "parents": True, "exist_ok": True}).encode()
-    headers = keys.sign("POST", "/v1/ns/mkdir", body)
+    headers = keys.sign("POST", "/v1/ns/mkdir", body, h.audience)
     import http.client
     for expect in (200, 401):
         conn = http.client.HTTPConnection(h.host, h.port, timeout=10)

@@ -73,10 +73,15 @@ async def _serve(app: web.Application, host: str, port: int, banner: str,
 
 
 def cmd_registry_serve(args: argparse.Namespace) -> int:
+    from gfs.federation.auth import audience_of
     from gfs.federation.registry import RegistryState, make_app
 
     state = RegistryState(state_dir(args.state), ttl=args.ttl)
-    asyncio.run(_serve(make_app(state), args.host, args.port, "hutong registry: serving on"))
+
+    async def on_start(url: str) -> None:
+        state.audience = audience_of(url)
+    asyncio.run(_serve(make_app(state), args.host, args.port, "hutong registry: serving on",
+                       on_start))
     return 0
 
 

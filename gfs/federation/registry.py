@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import time
@@ -16,13 +17,23 @@ from typing import Any
 from aiohttp import web
 
 from gfs.federation import expr, ids
-from gfs.federation.auth import AuthError, NonceCache, public_key, verify_request
+from gfs.federation.auth import (
+    AuthError,
+    NonceCache,
+    check_body,
+    public_key,
+    signed_entity,
+    verify_request,
+)
 from gfs.federation.http import (
+    MAX_JSON,
     ApiError,
     BadRequestError,
     Metrics,
     error_middleware,
     field,
+    parse_json,
+    read_body,
     read_json,
 )
 from gfs.meta import LmdbEngine, WriteTxn
@@ -40,6 +51,8 @@ class RegistryState:
         self.engine = LmdbEngine(str(self.root / "meta"))
         self.ttl = ttl
         self.nonces = NonceCache()
+        self.audience = ""
+        """`host:port` that signed requests must name (`audience_of` the served URL)."""
         self.metrics = Metrics("hutong_registry")
 
     def close(self) -> None:
@@ -169,16 +182,25 @@ def _state(request: web.Request) -> RegistryState:
     return request.app[STATE_KEY]
 
 
-async def _signed_by(request: web.Request, entity: str, body: bytes) -> None:
+def _verify(request: web.Request, key_b64: str) -> str:
     st = _state(request)
-    rec = st.entity(entity)
+    if not st.audience:
+        raise AuthError("the registry is starting; retry", 503, "starting")
+    return verify_request(request.headers, request.method, request.path_qs, st.audience,
+                          public_key(key_b64), st.nonces)
+
+
+async def _signed_json(request: web.Request, entity: str) -> dict[str, Any]:
+    """The JSON body of a request that `entity` must have signed; the signature is checked
+    on the headers before the body is read."""
+    rec = _state(request).entity(entity)
     if rec is None:
         raise AuthError(f"entity {entity!r} is not registered", 403, "forbidden")
-    who = verify_request(request.headers, request.method, request.path_qs, body,
-                         public_key(rec["public_key"]), st.nonces)
+    who = _verify(request, rec["public_key"])
     if who != entity:
         raise AuthError(f"request signed by {who!r}, but only {entity!r} may do this", 403,
                         "forbidden")
+    return await read_json(request, signed=True)
 
 
 def _name(v: Any, what: str) -> str:
@@ -199,18 +221,18 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def register_entity(request: web.Request) -> web.Response:
-    data = await read_json(request)
-    body = await request.read()
+    body = await read_body(request, MAX_JSON)
+    data = parse_json(body)
     name = _name(field(data, "name", str), "entity name")
     industry = field(data, "industry", str, "GEN").upper()
     if industry not in ids.INDUSTRIES:
         raise BadRequestError(f"industry {industry!r} is not one of {' '.join(ids.INDUSTRIES)}")
     region = _name(field(data, "region", str), "region")
     key_b64 = field(data, "public_key", str)
-    key = public_key(key_b64)
+    public_key(key_b64)
     # proof of possession: the registration is signed by the key it registers
-    who = verify_request(request.headers, request.method, request.path_qs, body, key,
-                         _state(request).nonces)
+    who = _verify(request, key_b64)
+    check_body(request.headers, hashlib.sha256(body).hexdigest())
     if who != name:
         raise AuthError(f"registration of {name!r} signed as {who!r}", 403, "forbidden")
     rec, created = _state(request).put_entity(
@@ -232,9 +254,13 @@ async def get_entity(request: web.Request) -> web.Response:
 
 async def put_site(request: web.Request) -> web.Response:
     name = _name(request.match_info["name"], "site name")
-    data = await read_json(request)
-    entity = _name(field(data, "entity", str), "entity name")
-    await _signed_by(request, entity, await request.read())
+    entity = signed_entity(request.headers)
+    if entity is None:
+        raise AuthError("unsigned request: sign it with the entity's key (X-Hutong-* headers)")
+    data = await _signed_json(request, entity)
+    if field(data, "entity", str) != entity:
+        raise AuthError(f"site {name!r} for entity {data['entity']!r} must be signed by it",
+                        403, "forbidden")
     pools = []
     for p in field(data, "pools", list, check=lambda v: 1 <= len(v) <= 64):
         if not isinstance(p, dict):
@@ -261,8 +287,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     if site is None:
         raise ApiError(f"site {name!r} is not registered; PUT /v1/sites/{name} first", 404,
                        "not_found")
-    data = await read_json(request)
-    await _signed_by(request, site["entity"], await request.read())
+    data = await _signed_json(request, site["entity"])
     used = field(data, "used", dict, {})
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                for v in used.values()):
@@ -303,8 +328,7 @@ async def put_link(request: web.Request) -> web.Response:
     site = st.site(a)
     if site is None or st.site(b) is None:
         raise ApiError(f"link {a} -> {b}: both sites must be registered", 404, "not_found")
-    data = await read_json(request)
-    await _signed_by(request, site["entity"], await request.read())
+    data = await _signed_json(request, site["entity"])
     rtt = field(data, "rtt_ms", (int, float), check=lambda v: 0 <= v < 1e6)
     mbps = field(data, "mbps", (int, float), 0.0, check=lambda v: 0 <= v < 1e9)
     return web.json_response(st.put_link(a, b, float(rtt), float(mbps)))

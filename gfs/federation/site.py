@@ -45,18 +45,21 @@ from gfs.federation.auth import (
     EntityKeys,
     NonceCache,
     Token,
+    audience_of,
     public_key,
     token_issuer,
     verify_request,
     verify_token,
 )
 from gfs.federation.http import (
+    MAX_JSON,
     ApiError,
     BadRequestError,
     HttpClient,
     Metrics,
     error_middleware,
     field,
+    read_body,
     read_json,
 )
 from gfs.meta import ChunkRef, Kind, Manifest, WriteTxn
@@ -326,8 +329,9 @@ class Site:
         self.registry.call("POST", f"/v1/sites/{self.name}/heartbeat", {"used": used})
 
     # -- authorisation -----------------------------------------------------------
-    def principal(self, request: web.Request, body: bytes) -> Principal:
-        """Authenticate a request (token or signature); deny by default."""
+    def principal(self, request: web.Request) -> Principal:
+        """Authenticate a request on its headers alone (token or signature; a signed body
+        is checked as it is read); deny by default."""
         auth = request.headers.get("Authorization", "")
         if auth:
             if not auth.startswith("Bearer "):
@@ -343,8 +347,10 @@ class Site:
             ids.check_name(entity, "X-Hutong-Entity")
         except ids.IdentifierError as e:
             raise AuthError(str(e)) from None
-        who = verify_request(request.headers, request.method, request.path_qs, body,
-                             self.peer_key(entity), self.nonces)
+        if not self.endpoint:
+            raise AuthError(f"site {self.name} is starting; retry", 503, "starting")
+        who = verify_request(request.headers, request.method, request.path_qs,
+                             audience_of(self.endpoint), self.peer_key(entity), self.nonces)
         return Principal(who)
 
     def grants(self) -> list[dict[str, Any]]:
@@ -642,20 +648,21 @@ def _site(request: web.Request) -> Site:
     return request.app[SITE_KEY]
 
 
-async def _json_principal(request: web.Request) -> tuple[Site, Principal, dict[str, Any]]:
-    data = await read_json(request)
+async def _principal(request: web.Request) -> tuple[Site, Principal]:
+    """The site and the caller, authenticated on the headers before any body is read."""
     site = _site(request)
-    p = await asyncio.get_running_loop().run_in_executor(
-        None, site.principal, request, await request.read())
-    return site, p, data
+    p = await asyncio.get_running_loop().run_in_executor(None, site.principal, request)
+    return site, p
+
+
+async def _json_principal(request: web.Request) -> tuple[Site, Principal, dict[str, Any]]:
+    site, p = await _principal(request)
+    return site, p, await read_json(request, signed=p.token is None)
 
 
 async def _get_principal(request: web.Request) -> tuple[Site, Principal]:
-    site = _site(request)
-    if request.content_length is not None and request.content_length > 1 << 20:
-        raise ApiError("body too large for this request", 413, "too_large")
-    body = await request.read()
-    p = await asyncio.get_running_loop().run_in_executor(None, site.principal, request, body)
+    site, p = await _principal(request)
+    await read_body(request, MAX_JSON, signed=p.token is None)
     return site, p
 
 
@@ -736,13 +743,8 @@ async def chunks_get(request: web.Request) -> web.Response:
 
 async def _binary_principal(request: web.Request) -> tuple[Site, Principal, bytes]:
     """The site, the verified caller and the raw body (at most MAX_BODY) of a request."""
-    site = _site(request)
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(f"body of {request.content_length} bytes exceeds {MAX_BODY}", 413,
-                       "too_large")
-    body = await request.read()
-    p = await asyncio.get_running_loop().run_in_executor(None, site.principal, request, body)
-    return site, p, body
+    site, p = await _principal(request)
+    return site, p, await read_body(request, MAX_BODY, signed=p.token is None)
 
 
 async def chunks_put(request: web.Request) -> web.Response:
