@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from gfs.federation.http import HttpClient
+from gfs.codec import chunk_id, encode_blob
+from gfs.errors import NotFoundError
+from gfs.federation.auth import AuthError
+from gfs.federation.http import BadRequestError, HttpClient
+from gfs.federation.site import pack_frames
 from gfs.federation.testing import Federation
 
 
@@ -125,3 +131,70 @@ def test_signed_body_must_match(fed: Federation) -> None:
     assert status == 401 and b"does not match the signed" in answer
     with fed.client("bank-a") as fc:
         assert not any(e["path"].endswith("evil") for e in fc.ls("/bank-a/shared"))
+
+
+def _manifest(fed: Federation, path: str) -> list[list[Any]]:
+    a1 = HttpClient(fed.sites["a1"]["url"], keys=fed.keys("bank-a"))
+    return list(a1.call("GET", "/v1/ns/manifest", query={"path": path})["chunks"])
+
+
+def test_prefix_token_cannot_commit_foreign_chunks(fed: Federation) -> None:
+    """V1: a write token limited to /bank-a/shared committed a manifest naming the chunks
+    of /bank-a/secret/key.txt, then read the secret; 200 vs 409 told which content the
+    entity holds. Now such a token cannot commit chunk lists at all, with one answer
+    whether the chunks exist or not."""
+    token = fed.keys("bank-a").mint_token("mallory", "write", "/bank-a/shared", ttl=600)
+    secret = _manifest(fed, "/bank-a/secret/key.txt")
+    h = HttpClient(fed.sites["a1"]["url"], token=token)
+    answers = []
+    for chunks in (secret, [["0" * 32, 25]]):
+        with pytest.raises(AuthError) as e:
+            h.call("POST", "/v1/ns/commit", {"path": "/bank-a/shared/leak.txt",
+                                             "chunks": chunks})
+        answers.append((e.value.status, e.value.code))
+    assert answers == [(403, "forbidden")] * 2
+    with fed.client(token=token) as fc:
+        fc.write_bytes("/bank-a/shared/fine.txt", b"written whole, through the primary")
+        assert fc.read_bytes("/bank-a/shared/fine.txt").startswith(b"written whole")
+        with pytest.raises(NotFoundError):
+            fc.stat("/bank-a/shared/leak.txt")
+
+
+def test_commit_lengths_checked_against_stored_chunks(fed: Federation) -> None:
+    """V2: a commit with a wrong chunk length (7 or 2^30 for a 35-byte chunk) was
+    accepted: reads returned 7 bytes, stat said 1 GiB, fsck said DAMAGED."""
+    [[cid, length]] = _manifest(fed, "/bank-a/secret/key.txt")
+    h = HttpClient(fed.sites["a1"]["url"], keys=fed.keys("bank-a"))
+    for wrong in (7, 1 << 30):
+        with pytest.raises(BadRequestError, match=f"is {length} bytes, not {wrong}"):
+            h.call("POST", "/v1/ns/commit", {"path": "/bank-a/secret/copy.txt",
+                                             "chunks": [[cid, wrong]]})
+    with fed.client("bank-a") as fc:
+        with pytest.raises(NotFoundError):
+            fc.stat("/bank-a/secret/copy.txt")
+        h.call("POST", "/v1/ns/commit", {"path": "/bank-a/secret/copy.txt",
+                                         "chunks": [[cid, length]]})
+        assert fc.read_bytes("/bank-a/secret/copy.txt") == fc.read_bytes(
+            "/bank-a/secret/key.txt")
+        fc.rm("/bank-a/secret/copy.txt")
+
+
+def test_commit_releases_upload_pins(fed: Federation) -> None:
+    """R3: every chunk put through the site API stayed pinned for 24 h after its commit,
+    so deleting files on a full site freed nothing for a day."""
+    data = os.urandom(300_000)
+    with fed.client("bank-a") as fc:
+        fc.write_bytes("/bank-a/secret/big.bin", data)
+        ids = [c for c, _ in _manifest(fed, "/bank-a/secret/big.bin")]
+        a1 = fc.http("a1")
+        assert all(a1.call("POST", "/v1/chunks/has", {"ids": ids})["have"])
+        fc.rm("/bank-a/secret/big.bin")
+        # a put not committed yet stays pinned (a writer between its put and its commit)
+        raw = os.urandom(5000)
+        head, payload = encode_blob(raw, 3, chunk_id(raw))
+        a1.call("POST", "/v1/chunks/put", body=pack_frames([head + bytes(payload)]),
+                content_type="application/octet-stream")
+        a1.call("POST", "/v1/gc", {})
+        assert not any(a1.call("POST", "/v1/chunks/has", {"ids": ids})["have"])
+        assert a1.call("POST", "/v1/chunks/has", {"ids": [chunk_id(raw).hex()]})["have"] == [
+            True]

@@ -397,14 +397,13 @@ class Site:
         """Pin chunks of this site's own store under /.pins/OWNER/RULE (gc keeps them),
         and keep a mirror of the rule's file manifests under /.mirror/RULE/PATH, from
         which reads are served while the primary is down."""
-        missing = self.missing(refs + [r for _, rs in files or [] for r in rs])
-        if missing:
-            raise ApiError(f"cannot pin: {len(missing)} chunks are not stored here "
-                           f"(first {missing[0]})", 409, "missing_chunks")
+        self.check_refs(refs + [r for _, rs in files or [] for r in rs], "cannot pin")
         path = f"/.pins/{owner}/{rule}"
 
         def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
             namespace.mkdir(txn, f"/.pins/{owner}", parents=True, exist_ok=True)
+            for ref in r:  # the rule's manifest keeps them now, not the transfer's pin
+                txn.delete_value("pins", ref.id)
             return namespace.write_file(txn, path, r)
 
         def mirror(fpath: str) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
@@ -451,10 +450,6 @@ class Site:
         if best is None:
             raise NotFoundError(path, f"no mirror of {path} on site {self.name}")
         return best
-
-    def missing(self, refs: list[ChunkRef]) -> list[str]:
-        with self.client.engine.read() as txn:
-            return [r.id.hex() for r in refs if not txn.has_chunk(r.id)]
 
     # -- mover pulls ------------------------------------------------------------------
     def mover_source(self, source: Any) -> tuple[tuple[str, int], bytes, str]:
@@ -601,14 +596,31 @@ class Site:
             m = txn.get_manifest(node.ino) or Manifest(0, ())
             return Stat.of(path, node), m
 
-    def commit(self, path: str, refs: list[ChunkRef], mode: int | None) -> Stat:
-        missing = self.missing(refs)
+    def check_refs(self, refs: list[ChunkRef], what: str) -> None:
+        """409 if a chunk of `refs` is not stored here, 400 if a length is not the stored
+        chunk's (a manifest must describe its chunks exactly)."""
+        missing: list[str] = []
+        with self.client.engine.read() as txn:
+            for r in refs:
+                rec = txn.get_chunk(r.id)
+                if rec is None:
+                    missing.append(r.id.hex())
+                elif rec.raw_len != r.length:
+                    raise BadRequestError(f"{what}: chunk {r.id.hex()} is {rec.raw_len} bytes, "
+                                          f"not {r.length}; send the lengths of the chunks "
+                                          "as cut")
         if missing:
-            raise ApiError(f"commit of {path}: {len(missing)} chunks are not stored at "
-                           f"{self.name} (put them first; first {missing[0]})", 409,
-                           "missing_chunks")
+            raise ApiError(f"{what}: {len(missing)} chunks are not stored at {self.name} (put "
+                           f"them first; first {missing[0]})", 409, "missing_chunks")
+
+    def commit(self, path: str, refs: list[ChunkRef], mode: int | None) -> Stat:
+        """Commit a manifest of chunks stored here; their upload pins are released in the
+        same transaction (the manifest now keeps them from gc)."""
+        self.check_refs(refs, f"commit of {path}")
 
         def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
+            for ref in r:
+                txn.delete_value("pins", ref.id)
             return namespace.write_file(txn, path, r, mode=mode)
         with self.write_lock, self.client.store.writer() as s:
             s.add_file(refs, action)
@@ -852,10 +864,15 @@ async def ns_rename(request: web.Request) -> web.Response:
 async def ns_commit(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
     path = site.check_path(p, field(data, "path", str), write=True)
+    # A commit names chunks by id: only a principal that may read every chunk of the
+    # entity (signed by it, or an entity-wide token) may, or chunk ids of files outside
+    # a token's prefix would be readable through a new file, and the answer would tell
+    # whether the entity holds some content.
+    if p.entity != site.entity or not p.entity_wide:
+        raise AuthError("commit of chunk lists is for the owner entity itself (signed, or an "
+                        "entity-wide token); write files with POST /v1/ns/write", 403,
+                        "forbidden")
     refs = _refs(data)
-    if p.entity != site.entity:
-        raise AuthError("commit of chunk lists is for the owner entity; other entities "
-                        "write files with POST /v1/ns/write", 403, "forbidden")
     mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
     st = await asyncio.get_running_loop().run_in_executor(None, site.commit, path, refs, mode)
     site.metrics.inc("commits_total")
