@@ -134,3 +134,35 @@ def test_deep_expressions_are_a_clear_400(registry: str) -> None:
             pub.call("GET", "/v1/pools", query={"where": where})
     assert expr.parse("!" * 31 + "a=b")({"a": "c"})  # 31 levels are still fine
     assert pub.call("GET", "/v1/health")["status"] == "ok"
+
+
+def test_registry_is_not_an_amplifier(registry: str, tmp_path: Path) -> None:
+    """V10: a 1 MiB heartbeat `info` was stored and returned by every unauthenticated
+    `GET /v1/sites` (150 sites: 135 MB per call); no limit of sites per entity and no
+    way to remove a site."""
+    _, h = _entity(tmp_path, "bank-v", registry)
+    _, other = _entity(tmp_path, "telco-v", registry, "TEL")
+    _site(h, "v0", "bank-v", "cn-west", "hot", 100)
+    with pytest.raises(ApiError) as e:
+        h.call("POST", "/v1/sites/v0/heartbeat", {"info": {"pad": "x" * (1 << 20)}})
+    assert e.value.status == 413
+    h.call("POST", "/v1/sites/v0/heartbeat", {"info": {"build": "x" * 3000}})
+    pub = HttpClient(registry)
+    assert pub.call("GET", "/v1/sites/v0")["info"] == {"build": "x" * 3000}
+    listing = pub.request("GET", "/v1/sites")[1]
+    assert b"x" * 3000 not in listing
+    for i in range(1, 64):
+        _site(h, f"v{i}", "bank-v", "cn-west", "hot", 100)
+    with pytest.raises(ApiError, match="already has 64 sites") as e2:
+        _site(h, "v64", "bank-v", "cn-west", "hot", 100)
+    assert e2.value.status == 409
+    with pytest.raises(AuthError) as e3:  # another entity cannot remove bank-v's sites
+        other.call("DELETE", "/v1/sites/v1")
+    assert e3.value.status in (401, 403)
+    h.call("PUT", "/v1/links/v0/v1", {"rtt_ms": 1.0})
+    assert h.call("DELETE", "/v1/sites/v1")["name"] == "v1"
+    with pytest.raises(ApiError) as e4:
+        pub.call("GET", "/v1/sites/v1")
+    assert e4.value.status == 404
+    assert not any("v1" in (lk["a"], lk["b"]) for lk in pub.call("GET", "/v1/links")["links"])
+    _site(h, "v64", "bank-v", "cn-west", "hot", 100)  # room again

@@ -104,9 +104,9 @@ async def read_body(request: web.Request, limit: int, *, signed: bool = False) -
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
-    """A JSON object body; BadRequestError otherwise."""
+    """A JSON object body (an empty body is `{}`); BadRequestError otherwise."""
     try:
-        data = json.loads(body or b"null")
+        data = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequestError(f"body is not valid JSON: {e}") from None
     if not isinstance(data, dict):

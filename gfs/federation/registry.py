@@ -40,6 +40,10 @@ from gfs.meta import LmdbEngine, WriteTxn
 
 DEFAULT_TTL = 15.0
 TIERS = ("hot", "warm", "cold")
+MAX_SITES = 64
+"""Most sites one entity may register."""
+MAX_INFO = 4096
+"""Largest heartbeat `info` object (bytes of compact JSON); listings leave it out."""
 
 
 class RegistryState:
@@ -74,8 +78,37 @@ class RegistryState:
         return None if raw is None else self._with_status(json.loads(raw))
 
     def sites(self) -> list[dict[str, Any]]:
+        """Every site, without its heartbeat `info` (which `site(name)` returns)."""
+        out = []
         with self.engine.read() as txn:
-            return [self._with_status(json.loads(v)) for _, v in txn.iter_values("sites", b"site:")]
+            for _, v in txn.iter_values("sites", b"site:"):
+                rec = json.loads(v)
+                rec.pop("info", None)
+                out.append(self._with_status(rec))
+        return out
+
+    def delete_site(self, name: str, entity: str) -> dict[str, Any]:
+        """Remove site `name` of `entity` and the links from or to it."""
+        with self.engine.write() as txn:
+            key = b"site:" + name.encode()
+            raw = txn.get_value("sites", key)
+            if raw is None:
+                raise ApiError(f"site {name!r} is not registered", 404, "not_found")
+            rec = json.loads(raw)
+            if rec["entity"] != entity:
+                raise AuthError(f"site {name!r} belongs to {rec['entity']!r}; only it may "
+                                "remove it", 403, "forbidden")
+            txn.delete_value("sites", key)
+            for k, v in list(txn.iter_values("sites", b"link:")):
+                link = json.loads(v)
+                if name in (link["a"], link["b"]):
+                    txn.delete_value("sites", k)
+            ent = json.loads(txn.get_value("entities", entity.encode()) or b"{}")
+            if ent.get("primary") == name:
+                ent["primary"] = None
+                txn.put_value("entities", entity.encode(), json.dumps(ent).encode())
+        rec.pop("info", None)
+        return self._with_status(rec)
 
     def links(self) -> list[dict[str, Any]]:
         with self.engine.read() as txn:
@@ -123,6 +156,13 @@ class RegistryState:
             if old is not None and old["entity"] != rec["entity"]:
                 raise ApiError(f"site {rec['name']!r} belongs to entity {old['entity']!r}", 409,
                                "conflict")
+            if old is None:
+                count = sum(1 for _, v in txn.iter_values("sites", b"site:")
+                            if json.loads(v)["entity"] == rec["entity"])
+                if count >= MAX_SITES:
+                    raise ApiError(f"entity {rec['entity']!r} already has {count} sites, the "
+                                   f"most one entity may register; remove one first (DELETE "
+                                   "/v1/sites/NAME)", 409, "too_many_sites")
             owner = rec["entity"].upper()
             region = rec["region"]
             rec["id"] = old["id"] if old else str(ids.make(
@@ -292,7 +332,21 @@ async def heartbeat(request: web.Request) -> web.Response:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                for v in used.values()):
         raise BadRequestError("field 'used' must map pool names to byte counts")
-    return web.json_response(st.heartbeat(name, used, field(data, "info", dict, {})))
+    info = field(data, "info", dict, {})
+    if len(json.dumps(info, separators=(",", ":"))) > MAX_INFO:
+        raise ApiError(f"heartbeat info of site {name!r} exceeds {MAX_INFO} bytes of JSON; "
+                       "send a summary", 413, "too_large")
+    return web.json_response(st.heartbeat(name, used, info))
+
+
+async def delete_site(request: web.Request) -> web.Response:
+    name = _name(request.match_info["name"], "site name")
+    st = _state(request)
+    site = st.site(name)
+    if site is None:
+        raise ApiError(f"site {name!r} is not registered", 404, "not_found")
+    await _signed_json(request, site["entity"])
+    return web.json_response(st.delete_site(name, site["entity"]))
 
 
 def _where(request: web.Request) -> expr.Predicate:
@@ -373,6 +427,7 @@ def make_app(state: RegistryState) -> web.Application:
     app.router.add_put("/v1/sites/{name}", put_site)
     app.router.add_get("/v1/sites", list_sites)
     app.router.add_get("/v1/sites/{name}", get_site)
+    app.router.add_delete("/v1/sites/{name}", delete_site)
     app.router.add_post("/v1/sites/{name}/heartbeat", heartbeat)
     app.router.add_get("/v1/pools", list_pools)
     app.router.add_put("/v1/links/{a}/{b}", put_link)
