@@ -4,11 +4,15 @@ entities as real processes on loopback, attacked from the outside."""
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,8 +22,8 @@ from gfs.codec import chunk_id, encode_blob
 from gfs.errors import NotFoundError
 from gfs.federation.auth import AuthError
 from gfs.federation.http import BadRequestError, HttpClient
-from gfs.federation.site import pack_frames
-from gfs.federation.testing import Federation
+from gfs.federation.site import init_site, pack_frames
+from gfs.federation.testing import Federation, Proc
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +202,61 @@ def test_commit_releases_upload_pins(fed: Federation) -> None:
         assert not any(a1.call("POST", "/v1/chunks/has", {"ids": ids})["have"])
         assert a1.call("POST", "/v1/chunks/has", {"ids": [chunk_id(raw).hex()]})["have"] == [
             True]
+
+
+class _GarblingRegistry(http.server.ThreadingHTTPServer):
+    """A registry stand-in whose first `bad` heartbeat answers are not JSON."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__(("127.0.0.1", 0), _GarblingHandler)
+        self.bad, self.heartbeats = bad, 0
+        self.healthy = threading.Event()
+
+
+class _GarblingHandler(http.server.BaseHTTPRequestHandler):
+    server: _GarblingRegistry
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b"{}"
+        if self.path.endswith("/heartbeat"):
+            self.server.heartbeats += 1
+            if self.server.heartbeats <= self.server.bad:
+                body = b"<html>proxy error"  # a garbled answer: ValueError, not HutongError
+            elif self.server.heartbeats >= self.server.bad + 2:
+                self.server.healthy.set()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT = do_GET = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_background_tasks_survive_any_exception(tmp_path: Path) -> None:
+    """R6: the heartbeat task died for good on an exception that is not a HutongError
+    (a garbled registry answer here; EMFILE in the hostile test): the site kept serving
+    but showed as down forever. Now the failure is logged and the heartbeats go on."""
+    reg = _GarblingRegistry(bad=3)
+    t = threading.Thread(target=reg.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{reg.server_address[1]}"
+        init_site(tmp_path / "s", name="g1", entity="bank-g", region="cn-west",
+                  registry=url, primary=True)
+        proc = Proc([sys.executable, "-m", "gfs.cli", "site", "serve", "--state",
+                     str(tmp_path / "s"), "--host", "127.0.0.1", "--heartbeat", "0.1",
+                     "--reconcile-interval", "0", "--no-mover"], tmp_path / "g1.log")
+        try:
+            assert reg.healthy.wait(30), f"heartbeats stopped after {reg.heartbeats}"
+        finally:
+            proc.stop()
+    finally:
+        reg.shutdown()
+        reg.server_close()
+    log = (tmp_path / "g1.log").read_text()
+    assert "heartbeat failed (3 in a row" in log and "works again after 3" in log

@@ -24,6 +24,7 @@ from aiohttp import web
 from gfs.config import state_dir
 from gfs.errors import ConfigError, HutongError
 from gfs.federation.auth import EntityKeys
+from gfs.federation.background import every
 from gfs.federation.client import FederationClient
 
 REGISTRY_ENV = "HUTONG_REGISTRY"
@@ -117,50 +118,50 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
                 srv.counters()["bytes"] if movers else 0)
         try:
             await asyncio.get_running_loop().run_in_executor(None, site.register)
+        except Exception as e:  # any failure: the heartbeats register again
+            log.warning("site %s: registration failed (%s: %s); heartbeats will retry",
+                        site.name, type(e).__name__, e)
+
+    async def heartbeat() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, site.heartbeat)
         except HutongError as e:
-            log.warning("site %s: registry not reachable yet (%s); heartbeats will retry",
-                        site.name, e)
+            if getattr(e, "status", 0) != 404:
+                raise
+            await loop.run_in_executor(None, site.register)
 
     async def heartbeats() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(args.heartbeat)
-            try:
-                await loop.run_in_executor(None, site.heartbeat)
-            except HutongError as e:
-                if getattr(e, "status", 0) == 404:
-                    await loop.run_in_executor(None, site.register)
-                else:
-                    log.warning("site %s: heartbeat failed: %s", site.name, e)
+        await every(f"site {site.name}: heartbeat", args.heartbeat, heartbeat, log)
+
+    rounds = itertools.count(1)
+
+    async def reconcile_round() -> None:
+        round_ = next(rounds)
+        verify = args.verify_every > 0 and round_ % args.verify_every == 0
+        await asyncio.get_running_loop().run_in_executor(None, reconcile, site, verify)
 
     async def reconciler() -> None:
-        loop = asyncio.get_running_loop()
-        for round_ in itertools.count(1):
-            await asyncio.sleep(args.reconcile_interval)
-            verify = args.verify_every > 0 and round_ % args.verify_every == 0
-            try:
-                await loop.run_in_executor(None, reconcile, site, verify)
-            except HutongError as e:
-                log.warning("site %s: reconcile failed: %s", site.name, e)
+        await every(f"site {site.name}: reconcile", args.reconcile_interval,
+                    reconcile_round, log)
+
+    async def tier_round() -> None:
+        from gfs.tiering.tierer import run as tier_run
+
+        report = await asyncio.get_running_loop().run_in_executor(None, tier_run,
+                                                                  site.client.store)
+        site.metrics.inc("tier_moves_total", report.moved)
+        site.metrics.inc("tier_moved_bytes_total", report.bytes_moved)
 
     async def tierer() -> None:
-        from gfs.tiering.tierer import run as tier_run
         from gfs.tiering.tierer import tier_usage
 
-        loop = asyncio.get_running_loop()
         def gauge(tier: str) -> Callable[[], float]:
             return lambda: float(tier_usage(site.client.store).get(tier, 0))
 
         for tier in ("hot", "warm", "cold"):
             site.metrics.gauges[f"tier_{tier}_bytes"] = gauge(tier)
-        while True:
-            await asyncio.sleep(args.tier_interval)
-            try:
-                report = await loop.run_in_executor(None, tier_run, site.client.store)
-                site.metrics.inc("tier_moves_total", report.moved)
-                site.metrics.inc("tier_moved_bytes_total", report.bytes_moved)
-            except HutongError as e:
-                log.warning("site %s: tierer run failed: %s", site.name, e)
+        await every(f"site {site.name}: tierer run", args.tier_interval, tier_round, log)
 
     background = [heartbeats] + ([reconciler] if site.config.primary
                                  and args.reconcile_interval > 0 else [])
