@@ -260,3 +260,19 @@ def test_background_tasks_survive_any_exception(tmp_path: Path) -> None:
         reg.server_close()
     log = (tmp_path / "g1.log").read_text()
     assert "heartbeat failed (3 in a row" in log and "works again after 3" in log
+
+
+def test_full_site_is_507_without_server_paths(fed: Federation) -> None:
+    """R5/R9: a full target answered 500 (ENOSPC in the vault) or a 507 naming the
+    pool's absolute file:// URL. Now: 507, a remedy, no server path."""
+    url = fed.site("a3", "bank-a", "cn-north", capacity=100_000)
+    raw = os.urandom(300_000)
+    head, payload = encode_blob(raw, 3, chunk_id(raw))
+    h = HttpClient(url, keys=fed.keys("bank-a"))
+    status, answer, _ = h.request("POST", "/v1/chunks/put",
+                                  body=pack_frames([head + bytes(payload)]),
+                                  content_type="application/octet-stream")
+    assert status == 507, answer
+    assert b"no space left" in answer
+    assert str(fed.root).encode() not in answer and b"file://" not in answer
+    assert h.call("POST", "/v1/chunks/has", {"ids": [chunk_id(raw).hex()]})["have"] == [False]

@@ -70,10 +70,24 @@ async def error_middleware(request: web.Request,
         return error_body(e.status, e.code, str(e))
     except ApiError as e:
         return error_body(e.status, e.code, str(e))
+    except (gerr.NoSpaceError, gerr.PoolError) as e:
+        # the detail names server paths and pool URLs: it goes to the log, not the peer
+        log.warning("%s %s: %s", request.method, request.path, e)
+        if isinstance(e, gerr.NoSpaceError):
+            return error_body(507, "ENOSPC", "no space left at this server for the data; "
+                              "place it elsewhere or ask its operator to free space")
+        return error_body(500, "EIO", "a storage pool of this server failed; retry, or "
+                          "read another replica")
     except gerr._OSLike as e:
         code = _errno.errorcode.get(e.errno or _errno.EIO, "EIO")
         return error_body(_STATUS_OF_ERRNO.get(e.errno or 0, 500), code, e.strerror or str(e),
                           str(e.filename or ""))
+    except OSError as e:
+        log.warning("%s %s: %s", request.method, request.path, e)
+        if e.errno in (_errno.ENOSPC, _errno.EDQUOT):
+            return error_body(507, "ENOSPC", "no space left at this server for the data; "
+                              "place it elsewhere or ask its operator to free space")
+        return error_body(500, "EIO", "input/output error at this server; retry later")
     except (FormatError, gerr.ConfigError) as e:
         return error_body(400, "bad_request", str(e))
     except web.HTTPRequestEntityTooLarge as e:

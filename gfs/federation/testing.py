@@ -11,6 +11,7 @@ process is stopped (SIGTERM, then SIGKILL) when the block ends, even on failure.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 from gfs.federation.auth import EntityKeys
 from gfs.federation.client import FederationClient
 from gfs.federation.site import init_site
+from gfs.meta import LmdbEngine
 
 
 class Proc:
@@ -106,13 +108,23 @@ class Federation:
         return self.registry_url
 
     def site(self, name: str, entity: str, region: str, *, primary: bool = False,
-             industry: str = "GEN", mover: bool = True, netns: str | None = None) -> str:
-        """Create and start a site (keys shared with the entity's first site)."""
+             industry: str = "GEN", mover: bool = True, netns: str | None = None,
+             capacity: int = 0) -> str:
+        """Create and start a site (keys shared with the entity's first site); `capacity`
+        bounds its default pool (bytes, 0: no limit)."""
         state = self.root / name
         first = next((s for s in self.sites.values() if s["entity"] == entity), None)
         init_site(state, name=name, entity=entity, region=region, registry=self.registry_url,
                   industry=industry, primary=primary,
                   keys_from=first["state"] / "federation" if first else None)
+        if capacity:
+            engine = LmdbEngine(str(state / "meta"))
+            try:
+                with engine.write() as txn:
+                    pool = next(p for p in txn.iter_pools() if p.id == 0)
+                    txn.put_pool(dataclasses.replace(pool, capacity=capacity))
+            finally:
+                engine.close()
         if netns is None:
             host = f"127.0.0.{self._next_ip}"
             self._next_ip += 1
