@@ -31,6 +31,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.site("a1", "bank-a", "cn-west", primary=True, industry="FIN")
         f.site("a2", "bank-a", "cn-east")
         f.site("t1", "telco-b", "cn-east", primary=True, industry="TEL")
+        with f.client("telco-b") as tc:
+            tc.agreement_add("t1", "bank-a", 64 << 20)
         with f.client("bank-a") as fc:
             fc.mkdir("/bank-a/data", parents=True, exist_ok=True)
             fc.mkdir("/bank-a/shared", parents=True, exist_ok=True)

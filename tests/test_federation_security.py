@@ -18,10 +18,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gfs.codec import chunk_id, encode_blob
+from gfs.chunking import ChunkParams
+from gfs.codec import chunk_id, encode_blob, encode_encrypted_blob, keyed_chunk_id
 from gfs.errors import NotFoundError
 from gfs.federation.auth import AuthError
-from gfs.federation.http import BadRequestError, HttpClient
+from gfs.federation.client import FederationClient
+from gfs.federation.http import ApiError, BadRequestError, HttpClient
 from gfs.federation.site import init_site, pack_frames
 from gfs.federation.testing import Federation, Proc
 
@@ -276,3 +278,84 @@ def test_full_site_is_507_without_server_paths(fed: Federation) -> None:
     assert b"no space left" in answer
     assert str(fed.root).encode() not in answer and b"file://" not in answer
     assert h.call("POST", "/v1/chunks/has", {"ids": [chunk_id(raw).hex()]})["have"] == [False]
+
+
+def _sealed(fed: Federation, raw: bytes) -> tuple[bytes, bytes]:
+    """(keyed id, owner-encrypted blob) of `raw` as bank-a places it on another entity."""
+    k = fed.keys("bank-a")
+    return (keyed_chunk_id(chunk_id(raw), k.id_key),
+            encode_encrypted_blob(raw, k.enc_key, k.id_key, 3, chunk_id(raw)))
+
+
+def test_foreign_storage_only_under_an_agreement(fed: Federation) -> None:
+    """V3: any registered entity stored and pinned data in any site's vault, without the
+    host's consent or a quota, and the host could not list or remove it. Now the host
+    grants an agreement (quota, expiry), lists what it keeps and revokes it."""
+    bank = HttpClient(fed.sites["t1"]["url"], keys=fed.keys("bank-a"))
+    kid, blob = _sealed(fed, os.urandom(60_000))
+
+    def put(b: bytes) -> dict[str, Any]:
+        return dict(bank.call("POST", "/v1/chunks/put", body=pack_frames([b]),
+                              query={"owner": "bank-a"},
+                              content_type="application/octet-stream"))
+    with pytest.raises(AuthError, match="no storage agreement") as e:
+        put(blob)
+    assert e.value.status == 403
+    with pytest.raises(AuthError, match="no storage agreement"):
+        bank.call("PUT", "/v1/pins/bank-a/r1", {"ids": [kid.hex()]})
+    assert bank.call("POST", "/v1/chunks/has", {"ids": [kid.hex()], "owner": "bank-a"})[
+        "have"] == [False]
+    with fed.client("telco-b") as host:
+        with pytest.raises(AuthError):  # the guest cannot grant itself an agreement
+            fed.client("bank-a").http("t1").call("POST", "/v1/agreements",
+                                                 {"to": "bank-a", "quota": 1 << 40})
+        ag = host.agreement_add("t1", "bank-a", 100_000, lifetime=3600)
+        assert put(blob)["stored"] == 1
+        _, blob2 = _sealed(fed, os.urandom(60_000))
+        with pytest.raises(ApiError, match="allows 100000 bytes") as e2:
+            put(blob2)
+        assert e2.value.status == 507
+        [held] = host.vault("t1")
+        assert held["owner"] == "bank-a" and held["blobs"] == 1 and held["agreement"]
+        assert [a["id"] for a in host.agreements("t1")] == [ag["id"]]
+        assert host.agreement_rm("t1", ag["id"])["removed_blobs"] == 1
+        assert host.vault("t1") == []
+    with pytest.raises(AuthError, match="no storage agreement"):
+        put(blob)
+
+
+def test_rule_to_another_entity_pins_in_batches(fed: Federation) -> None:
+    """R2: a rule sent every keyed id in one `PUT /v1/pins`, which takes at most 4,096:
+    the rule stayed stuck, re-pushed everything each round, and the host's gc deleted
+    the unpinned blobs. Now pins go in batches and a second round sends nothing."""
+    tiny = ChunkParams(64, 128, 256)
+    data = os.urandom(800_000)  # about 5,200 chunks of 64-256 bytes
+    with fed.client("telco-b") as host:
+        ag = host.agreement_add("t1", "bank-a", 1 << 30)
+    fc = FederationClient(fed.registry_url, keys=fed.keys("bank-a"), params=tiny,
+                          timeout=120)
+    try:
+        fc.mkdir("/bank-a/many", exist_ok=True)
+        fc.write_bytes("/bank-a/many/small-chunks.bin", data)
+        n = len({c for c, _ in _manifest(fed, "/bank-a/many/small-chunks.bin")})
+        assert n > 4096
+        rule = fc.rule_add("/bank-a/many/**", 1, "site=t1")
+        [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r["state"] == "ok", r["reason"]
+        t1 = HttpClient(fed.sites["t1"]["url"], keys=fed.keys("telco-b"))
+        t1.call("POST", "/v1/gc", {})
+        [held] = [o for o in t1.call("GET", "/v1/vault")["owners"] if o["owner"] == "bank-a"]
+        assert held["blobs"] == n
+
+        def bytes_in() -> float:
+            text = t1.call("GET", "/metrics").decode()
+            return sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("hutong_site_chunk_bytes_in_total"))
+        before = bytes_in()
+        [r2] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r2["state"] == "ok" and bytes_in() == before
+        fc.rule_rm("bank-a", rule["id"])
+    finally:
+        fc.close()
+        with fed.client("telco-b") as host:
+            host.agreement_rm("t1", ag["id"])

@@ -409,3 +409,24 @@ class FederationClient:
         return list(self._entity_site(entity).call(
             "POST", "/v1/rules/reconcile", {},
             query={"verify": "1"} if verify else None)["rules"])
+
+    # -- storage agreements (the host's side) ---------------------------------------------
+    def agreement_add(self, site: str, to: str, quota: int,
+                      lifetime: float | None = None) -> dict[str, Any]:
+        """Let entity `to` keep up to `quota` bytes of its encrypted replicas at `site` (a
+        site of this client's entity), for `lifetime` seconds (None: until revoked)."""
+        body: dict[str, Any] = {"to": to, "quota": quota}
+        if lifetime is not None:
+            body["lifetime"] = lifetime
+        return dict(self.http(site).call("POST", "/v1/agreements", body))
+
+    def agreements(self, site: str) -> list[dict[str, Any]]:
+        return list(self.http(site).call("GET", "/v1/agreements")["agreements"])
+
+    def agreement_rm(self, site: str, agreement_id: str) -> dict[str, Any]:
+        """Revoke an agreement; the guest's data at `site` is removed with it."""
+        return dict(self.http(site).call("DELETE", f"/v1/agreements/{agreement_id}"))
+
+    def vault(self, site: str) -> list[dict[str, Any]]:
+        """What `site` keeps for other entities: owner, bytes, blobs, rules, agreement."""
+        return list(self.http(site).call("GET", "/v1/vault")["owners"])

@@ -10,6 +10,7 @@ records the state `ok`, `replicating` or `stuck` with a reason (docs/format.md, 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gfs.federation.rules")
 BATCH_IDS = 1024
+PIN_BATCH = 4096
+"""Keyed ids per pin request (the host's limit per request)."""
 BATCH_BYTES = 16 << 20
 #: Replicas read back per request by an audit.
 AUDIT_BATCH = 256
@@ -101,6 +104,13 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
         else:
             keyed = {keyed_chunk_id(r.id, site.keys.id_key): r.id for r in refs}
             kids = list(keyed)
+            # pin first (in batches under the host's per-request limit): the host's gc
+            # then never removes a blob sent below before its pin arrives
+            parts = _batches([k.hex() for k in kids], PIN_BATCH) or [[]]
+            round_ = secrets.token_hex(8)
+            for i, part in enumerate(parts):
+                peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}",
+                          {"ids": part, "round": round_, "batch": i, "batches": len(parts)})
             missing = []
             for b in _batches(kids, 4096):
                 have = peer.call("POST", "/v1/chunks/has",
@@ -121,8 +131,6 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
             if batch:
                 _send_frames(peer, batch, site.entity)
                 sent += len(batch)
-            peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}",
-                      {"ids": [k.hex() for k in kids]})
     finally:
         peer.close()
     return sent

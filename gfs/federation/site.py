@@ -62,6 +62,7 @@ from gfs.federation.http import (
     read_body,
     read_json,
 )
+from gfs.federation.vault import Vault
 from gfs.meta import ChunkRef, Kind, Manifest, WriteTxn
 from gfs.mover import (
     DEFAULT_STREAMS,
@@ -174,72 +175,6 @@ class SiteConfig:
         tmp = p.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.__dict__, indent=1))
         os.replace(tmp, p)
-
-
-class Vault:
-    """Other entities' encrypted blobs, by owner and keyed id, with per-rule pins."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _path(self, owner: str, kid: bytes) -> Path:
-        h = kid.hex()
-        return self.root / owner / h[:2] / h
-
-    def has(self, owner: str, kid: bytes) -> bool:
-        return self._path(owner, kid).exists()
-
-    def get(self, owner: str, kid: bytes) -> bytes | None:
-        try:
-            return self._path(owner, kid).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def put(self, owner: str, kid: bytes, blob: bytes, *, replace: bool = False) -> bool:
-        """Store a blob; an existing one is kept unless `replace` (the owner's repair)."""
-        p = self._path(owner, kid)
-        if p.exists() and not replace:
-            return False
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-        return True
-
-    def pin(self, owner: str, rule: str, kids: list[str]) -> None:
-        p = self.root / owner / "pins" / f"{rule}.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(set(kids))))
-        os.replace(tmp, p)
-
-    def unpin(self, owner: str, rule: str) -> bool:
-        try:
-            (self.root / owner / "pins" / f"{rule}.json").unlink()
-            return True
-        except FileNotFoundError:
-            return False
-
-    def usage(self) -> int:
-        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
-
-    def gc(self) -> int:
-        """Delete blobs no pin names; returns how many."""
-        removed = 0
-        if not self.root.exists():
-            return 0
-        for owner in self.root.iterdir():
-            pinned: set[str] = set()
-            for pf in (owner / "pins").glob("*.json"):
-                pinned.update(json.loads(pf.read_text()))
-            for f in owner.glob("??/*"):
-                if f.name not in pinned and not f.name.startswith("."):
-                    f.unlink()
-                    removed += 1
-        return removed
 
 
 class Site:
@@ -475,10 +410,7 @@ class Site:
                               "{host, port, secret}")
 
     def _site_session(self, name: str) -> tuple[tuple[str, int], bytes, str]:
-        try:
-            ids.check_name(name, "source")
-        except ids.IdentifierError as e:
-            raise BadRequestError(str(e)) from None
+        _name(name, "source")
         if name == self.name:
             raise BadRequestError(f"source {name} is this site; pull from another site")
         rec = next((s for s in self.registry.call("GET", "/v1/sites")["sites"]
@@ -575,6 +507,9 @@ class Site:
 
     def put_foreign(self, owner: str, blobs: list[bytes],
                     replace: bool = False) -> tuple[int, int]:
+        """Keep `owner`'s encrypted blobs, only under a live storage agreement and within
+        its quota; (stored, present)."""
+        agreement = self.agreement(owner)
         heads = []
         for i, b in enumerate(blobs):
             try:
@@ -582,9 +517,31 @@ class Site:
             except CorruptChunkError as e:
                 raise BadRequestError(f"blob {i} of the body is not a valid owner-encrypted "
                                       f"blob: {e}") from None
-        stored = sum(self.vault.put(owner, h.chunk_id, b, replace=replace)
-                     for h, b in zip(heads, blobs, strict=True))
+        stored = self.vault.put_many(owner, [(h.chunk_id, b) for h, b in
+                                             zip(heads, blobs, strict=True)],
+                                     replace=replace, quota=int(agreement["quota"]))
         return stored, len(blobs) - stored
+
+    # -- storage agreements (docs/trust.md) -----------------------------------------------
+    def agreements(self) -> list[dict[str, Any]]:
+        with self.client.engine.read() as txn:
+            return [json.loads(v) for _, v in txn.iter_values("rules", b"agreement:")]
+
+    def agreement(self, owner: str) -> dict[str, Any]:
+        """The live storage agreement under which this site keeps `owner`'s data; 403
+        if there is none (never granted, expired or revoked)."""
+        now = time.time()
+        for a in self.agreements():
+            if a["to"] == owner and (a["expires"] is None or a["expires"] > now):
+                return a
+        raise AuthError(f"site {self.name} has no storage agreement with {owner!r}; its "
+                        f"entity {self.entity!r} grants one with POST /v1/agreements", 403,
+                        "no_agreement")
+
+    def live_guests(self) -> set[str]:
+        now = time.time()
+        return {a["to"] for a in self.agreements()
+                if a["expires"] is None or a["expires"] > now}
 
     # -- namespace --------------------------------------------------------------------
     def manifest(self, path: str) -> tuple[Stat, Manifest]:
@@ -676,6 +633,14 @@ async def _get_principal(request: web.Request) -> tuple[Site, Principal]:
     site, p = await _principal(request)
     await read_body(request, MAX_JSON, signed=p.token is None)
     return site, p
+
+
+def _name(value: Any, what: str) -> str:
+    """`value` as an entity or site name; BadRequestError naming `what` otherwise."""
+    try:
+        return ids.check_name(value, what)
+    except ids.IdentifierError as e:
+        raise BadRequestError(str(e)) from None
 
 
 def _stat_json(st: Stat) -> dict[str, Any]:
@@ -879,12 +844,12 @@ async def ns_commit(request: web.Request) -> web.Response:
     return web.json_response(_stat_json(st))
 
 
-def _own(site: Site, p: Principal) -> None:
+def _own(site: Site, p: Principal, primary: bool = True) -> None:
     if p.entity != site.entity or (p.token is not None and (
             p.token.scope != "write" or not p.entity_wide)):
         raise AuthError(f"only entity {site.entity!r} itself (signed, or an entity-wide write "
-                        "token) may change grants and rules", 403, "forbidden")
-    if not site.config.primary:
+                        "token) may change grants, rules and agreements", 403, "forbidden")
+    if primary and not site.config.primary:
         raise NotPrimaryError(f"site {site.name} is not the primary of {site.entity}", 421,
                               "not_primary")
 
@@ -914,10 +879,7 @@ async def grants_add(request: web.Request) -> web.Response:
     _own(site, p)
     pattern = _pattern(site, field(data, "pattern", str))
     to = field(data, "to", str)
-    try:
-        ids.check_name(to, "grantee")
-    except ids.IdentifierError as e:
-        raise BadRequestError(str(e)) from None
+    _name(to, "grantee")
     mode = field(data, "mode", str, check=lambda m: m in ("read", "write"))
     rec = {"id": secrets.token_hex(4), "pattern": pattern, "to": to, "mode": mode,
            "created": time.time()}
@@ -993,9 +955,18 @@ async def pins_put(request: web.Request) -> web.Response:
                      if isinstance(f, dict)]
         await loop.run_in_executor(None, site.pin_store, owner, rule, _refs(data), files)
     else:
+        site.agreement(owner)
         kids = [c.hex() for c in _ids(data, "ids")] if "ids" in data else []
-        site.vault.pin(owner, rule, kids)
-    return web.json_response({"pinned": rule})
+        batches = field(data, "batches", int, 1, check=lambda n: 1 <= n <= 4096)
+        batch = field(data, "batch", int, 0, check=lambda i: 0 <= i < batches)
+        round_ = field(data, "round", str, "0" * 16,
+                       check=lambda r: re.fullmatch(r"[0-9a-f]{16}", r) is not None)
+        if batches == 1:
+            site.vault.pin(owner, rule, kids)
+        elif not await loop.run_in_executor(None, site.vault.pin_part, owner, rule, round_,
+                                            batch, batches, kids):
+            return web.json_response({"pinned": rule, "complete": False})
+    return web.json_response({"pinned": rule, "complete": True})
 
 
 async def pins_delete(request: web.Request) -> web.Response:
@@ -1018,8 +989,58 @@ async def gc(request: web.Request) -> web.Response:
     def run() -> dict[str, Any]:
         with site.write_lock:
             report = site.client.gc()
-        return {"vault_removed": site.vault.gc(), "store": str(report)}
+        return {"vault_removed": site.vault.gc(keep=site.live_guests()),
+                "store": str(report)}
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, run))
+
+
+async def agreements_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the host entity may list its storage agreements", 403,
+                        "forbidden")
+    return web.json_response({"agreements": site.agreements()})
+
+
+async def agreements_add(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    _own(site, p, primary=False)
+    to = field(data, "to", str)
+    _name(to, "guest entity")
+    if to == site.entity:
+        raise BadRequestError(f"{to!r} is this site's own entity; it needs no agreement")
+    quota = field(data, "quota", int, check=lambda q: 0 < q < 1 << 60)
+    lifetime = field(data, "lifetime", (int, float), None, check=lambda v: 0 < v < 1e10)
+    now = time.time()
+    rec = {"id": secrets.token_hex(4), "to": to, "quota": quota, "created": now,
+           "expires": now + lifetime if lifetime else None}
+    for old in site.agreements():  # one agreement per guest: a new grant replaces it
+        if old["to"] == to:
+            site.delete_record("agreement", old["id"])
+    site.put_record("agreement", rec)
+    return web.json_response(rec, status=201)
+
+
+async def agreements_delete(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    _own(site, p, primary=False)
+    rec = site.delete_record("agreement", request.match_info["id"])
+    removed = 0
+    if rec["to"] not in site.live_guests():
+        removed = await asyncio.get_running_loop().run_in_executor(
+            None, site.vault.remove_owner, rec["to"])
+    return web.json_response(rec | {"removed_blobs": removed})
+
+
+async def vault_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the host entity may list the data it keeps for others", 403,
+                        "forbidden")
+    owners = await asyncio.get_running_loop().run_in_executor(None, site.vault.owners)
+    guests = site.live_guests()
+    return web.json_response({"owners": [o | {"agreement": o["owner"] in guests}
+                                         for o in owners]})
 
 
 async def mover_session(request: web.Request) -> web.Response:
@@ -1093,6 +1114,10 @@ def make_app(site: Site) -> web.Application:
     r.add_put("/v1/pins/{owner}/{rule}", pins_put)
     r.add_delete("/v1/pins/{owner}/{rule}", pins_delete)
     r.add_post("/v1/gc", gc)
+    r.add_get("/v1/agreements", agreements_list)
+    r.add_post("/v1/agreements", agreements_add)
+    r.add_delete("/v1/agreements/{id}", agreements_delete)
+    r.add_get("/v1/vault", vault_list)
     r.add_post("/v1/mover/session", mover_session)
     r.add_post("/v1/mover/pull", mover_pull)
     return app
