@@ -4,6 +4,7 @@ entities as real processes on loopback, attacked from the outside."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
 import json
 import os
@@ -359,3 +360,41 @@ def test_rule_to_another_entity_pins_in_batches(fed: Federation) -> None:
         fc.close()
         with fed.client("telco-b") as host:
             host.agreement_rm("t1", ag["id"])
+
+
+def test_slowloris_bounded_and_legitimate_request_served(fed: Federation) -> None:
+    """V9 (HTTP): half-open connections were never closed and never limited (20,000
+    made a site unavailable for ~90 s and filled its log with EMFILE tracebacks). Now
+    one address holds at most 256 connections, a connection that has not sent its
+    headers within 10 s is closed, and a request from elsewhere is served meanwhile."""
+    u = urlsplit(fed.sites["a2"]["url"])
+    assert u.hostname is not None and u.port is not None
+    attack: list[socket.socket] = []
+    try:
+        for _ in range(300):  # bounded: 300 connections from 127.0.0.1
+            s = socket.create_connection((u.hostname, u.port), timeout=10,
+                                         source_address=("127.0.0.1", 0))
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: a2\r\nX-Slow: ")  # never ends
+            attack.append(s)
+        t0 = time.monotonic()
+        legit = http.client.HTTPConnection(u.hostname, u.port, timeout=5,
+                                           source_address=("127.0.0.77", 0))
+        legit.request("GET", "/v1/health")
+        assert legit.getresponse().status == 200
+        legit.close()
+        assert time.monotonic() - t0 < 5
+        closed = 0
+        deadline = time.monotonic() + 30
+        for s in attack:  # the server closed every one: refused at once or expired
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                break
+        assert closed == len(attack)
+    finally:
+        for s in attack:
+            s.close()

@@ -26,6 +26,7 @@ from gfs.errors import ConfigError, HutongError
 from gfs.federation.auth import EntityKeys
 from gfs.federation.background import every
 from gfs.federation.client import FederationClient
+from gfs.federation.guard import GuardedSite, Limits
 
 REGISTRY_ENV = "HUTONG_REGISTRY"
 TOKEN_ENV = "HUTONG_TOKEN"
@@ -50,9 +51,11 @@ def duration(text: str) -> float:
 
 async def _serve(app: web.Application, host: str, port: int, banner: str,
                  on_start: Any = None, background: list[Any] | None = None) -> None:
-    runner = web.AppRunner(app, shutdown_timeout=10.0, access_log=None)
+    limits = Limits()
+    runner = web.AppRunner(app, shutdown_timeout=10.0, access_log=None,
+                           keepalive_timeout=limits.idle)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await GuardedSite(runner, host, port, limits=limits).start()
     bound = runner.addresses[0][1]
     url = f"http://{host}:{bound}" if ":" not in host else f"http://[{host}]:{bound}"
     loop = asyncio.get_running_loop()
