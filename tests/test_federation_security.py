@@ -398,3 +398,21 @@ def test_slowloris_bounded_and_legitimate_request_served(fed: Federation) -> Non
     finally:
         for s in attack:
             s.close()
+
+
+def test_405_names_the_allowed_methods(fed: Federation) -> None:
+    """R7: 405 answers lacked `Allow`; `DELETE /v1/rules/reconcile` even reached the
+    rule-removal handler (rule id "reconcile")."""
+    for url, method, path, allow in (
+            (fed.sites["a1"]["url"], "PUT", "/v1/health", "GET"),
+            (fed.sites["a1"]["url"], "DELETE", "/v1/rules/reconcile", "POST"),
+            (fed.registry_url, "POST", "/v1/links", "GET")):
+        u = urlsplit(url)
+        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+        conn.request(method, path)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 405 and {m.strip() for m in (resp.getheader("Allow") or "")
+                                        .split(",")} - {"HEAD"} == {allow}, (
+            path, resp.getheader("Allow"))

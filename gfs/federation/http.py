@@ -95,7 +95,10 @@ async def error_middleware(request: web.Request,
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return error_body(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+        resp = error_body(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+        if "Allow" in e.headers:  # 405: which methods the resource has
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
 
 
 async def read_body(request: web.Request, limit: int, *, signed: bool = False) -> bytes:
@@ -135,8 +138,12 @@ async def read_json(request: web.Request, limit: int = MAX_JSON, *,
 
 
 def field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
-          default: Any = ..., *, check: Callable[[Any], bool] | None = None) -> Any:
-    """`data[name]` of type `kind` (bool is not an int), or `default`; BadRequestError."""
+          default: Any = ..., *, check: Callable[[Any], bool] | None = None,
+          nullable: bool = False) -> Any:
+    """`data[name]` of type `kind` (bool is not an int), or `default` when absent (or
+    null, if `nullable`); BadRequestError."""
+    if name in data and data[name] is None and not nullable:
+        raise BadRequestError(f"field {name!r} must not be null; leave it out instead")
     if name not in data or data[name] is None:
         if default is ...:
             raise BadRequestError(f"field {name!r} is required")

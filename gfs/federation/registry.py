@@ -315,7 +315,8 @@ async def put_site(request: web.Request) -> web.Response:
            "region": _name(field(data, "region", str), "region"),
            "endpoint": field(data, "endpoint", str,
                              check=lambda u: u.startswith("http://") and len(u) < 256),
-           "mover": field(data, "mover", str, None, check=lambda m: len(m) < 256),
+           "mover": field(data, "mover", str, None, check=lambda m: len(m) < 256,
+                          nullable=True),
            "primary": field(data, "primary", bool, False), "pools": pools}
     return web.json_response(_state(request).put_site(rec))
 

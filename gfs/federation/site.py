@@ -643,6 +643,14 @@ def _name(value: Any, what: str) -> str:
         raise BadRequestError(str(e)) from None
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """A `0`/`1` query flag (absent: 0); BadRequestError for anything else."""
+    v = request.query.get(name, "0")
+    if v not in ("0", "1"):
+        raise BadRequestError(f"query parameter {name!r} must be 0 or 1, not {v!r}")
+    return v == "1"
+
+
 def _stat_json(st: Stat) -> dict[str, Any]:
     return {"path": st.path, "kind": st.kind, "size": st.size, "mode": st.mode,
             "mtime_ns": st.mtime_ns, "version": st.version, "target": st.target}
@@ -668,13 +676,8 @@ def _refs(data: dict[str, Any]) -> list[ChunkRef]:
 
 
 def _owner(site: Site, data: dict[str, Any] | None, query: Any = None) -> str:
-    owner = (data or {}).get("owner") if query is None else query.get("owner")
-    if owner is None:
-        return site.entity
-    try:
-        return ids.check_name(owner, "owner")
-    except ids.IdentifierError as e:
-        raise BadRequestError(str(e)) from None
+    owner = field(data or {}, "owner", str, None) if query is None else query.get("owner")
+    return site.entity if owner is None else _name(owner, "owner")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -730,7 +733,7 @@ async def chunks_put(request: web.Request) -> web.Response:
     owner = _owner(site, None, request.query)
     site.check_owner(p, owner, write=True)
     blobs = unpack_frames(body)
-    replace = request.query.get("replace", "0") == "1"
+    replace = _flag(request, "replace")
     if owner == site.entity:
         put = site.repair_plain if replace else site.put_plain
         stored, present = await loop.run_in_executor(None, put, blobs)
@@ -756,7 +759,7 @@ async def ns_list(request: web.Request) -> web.Response:
 
 async def ns_manifest(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
-    if request.query.get("mirror", "0") == "1":  # a replica answering for a down primary
+    if _flag(request, "mirror"):  # a replica answering for a down primary
         raw = request.query.get("path", "")
         norm = paths.normalize(raw) if isinstance(raw, str) else ""
         site.check_owner(p, paths.split(norm)[0] if norm != "/" else "", write=False)
@@ -933,7 +936,7 @@ async def rules_reconcile(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     _own(site, p)
     from gfs.federation.rules import reconcile
-    verify = request.query.get("verify", "0") == "1"
+    verify = _flag(request, "verify")
     states = await asyncio.get_running_loop().run_in_executor(None, reconcile, site, verify)
     return web.json_response({"rules": states})
 
@@ -1106,17 +1109,17 @@ def make_app(site: Site) -> web.Application:
     r.add_post("/v1/ns/commit", ns_commit)
     r.add_get("/v1/grants", grants_list)
     r.add_post("/v1/grants", grants_add)
-    r.add_delete("/v1/grants/{id}", grants_delete)
+    r.add_delete("/v1/grants/{id:[0-9a-f]{8}}", grants_delete)
     r.add_get("/v1/rules", rules_list)
     r.add_post("/v1/rules", rules_add)
-    r.add_delete("/v1/rules/{id}", rules_delete)
+    r.add_delete("/v1/rules/{id:[0-9a-f]{8}}", rules_delete)
     r.add_post("/v1/rules/reconcile", rules_reconcile)
     r.add_put("/v1/pins/{owner}/{rule}", pins_put)
     r.add_delete("/v1/pins/{owner}/{rule}", pins_delete)
     r.add_post("/v1/gc", gc)
     r.add_get("/v1/agreements", agreements_list)
     r.add_post("/v1/agreements", agreements_add)
-    r.add_delete("/v1/agreements/{id}", agreements_delete)
+    r.add_delete("/v1/agreements/{id:[0-9a-f]{8}}", agreements_delete)
     r.add_get("/v1/vault", vault_list)
     r.add_post("/v1/mover/session", mover_session)
     r.add_post("/v1/mover/pull", mover_pull)
