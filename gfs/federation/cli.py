@@ -80,12 +80,37 @@ def cmd_registry_serve(args: argparse.Namespace) -> int:
     from gfs.federation.auth import audience_of
     from gfs.federation.registry import RegistryState, make_app
 
-    state = RegistryState(state_dir(args.state), ttl=args.ttl)
+    state = RegistryState(state_dir(args.state), ttl=args.ttl, admission=args.admission)
 
     async def on_start(url: str) -> None:
         state.audience = audience_of(url)
     asyncio.run(_serve(make_app(state), args.host, args.port, "hutong registry: serving on",
                        on_start))
+    return 0
+
+
+def cmd_registry_admit(args: argparse.Namespace) -> int:
+    from gfs.federation.registry import RegistryState
+
+    state = RegistryState(state_dir(args.state))
+    try:
+        rec = state.admit(args.name, args.key, args.industry, args.region, rekey=args.rekey)
+    finally:
+        state.close()
+    if not args.quiet:
+        print(f"admitted entity {rec['name']} ({rec['id']})")
+    return 0
+
+
+def cmd_registry_pending(args: argparse.Namespace) -> int:
+    from gfs.federation.registry import RegistryState
+
+    state = RegistryState(state_dir(args.state))
+    try:
+        for r in state.pending():
+            print(f"{r['name']}\t{r['industry']}\t{r['region']}\t{r['public_key']}")
+    finally:
+        state.close()
     return 0
 
 
@@ -322,7 +347,23 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--ttl", type=float, default=15.0, help="heartbeat TTL in seconds (15)")
+    sp.add_argument("--admission", choices=("operator", "open"), default="operator",
+                    help="operator: entities exist once `registry admit` admits them "
+                    "(default); open: on a signed registration (tests, demos)")
     sp.set_defaults(func=cmd_registry_serve)
+    sp = rs.add_parser("admit", parents=[common], help="admit an entity (the operator)",
+                       description="Bind entity NAME to its public key in the registry "
+                       "state of --state DIR (the registry may be running).")
+    sp.add_argument("name")
+    sp.add_argument("--key", help="its public key, base64 (default: that of its only "
+                    "pending request)")
+    sp.add_argument("--industry")
+    sp.add_argument("--region")
+    sp.add_argument("--rekey", action="store_true",
+                    help="rebind an admitted entity to --key (a lost or rotated key)")
+    sp.set_defaults(func=cmd_registry_admit)
+    sp = rs.add_parser("pending", parents=[common], help="list registration requests")
+    sp.set_defaults(func=cmd_registry_pending)
 
     p = sub.add_parser("site", help="create or run a federation site", parents=[common])
     ss = p.add_subparsers(dest="site_command", metavar="COMMAND", required=True)

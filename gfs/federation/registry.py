@@ -40,6 +40,10 @@ from gfs.meta import LmdbEngine, WriteTxn
 
 DEFAULT_TTL = 15.0
 TIERS = ("hot", "warm", "cold")
+ADMISSIONS = ("operator", "open")
+"""`operator`: entities exist once the operator admits them; `open`: on registration."""
+MAX_PENDING = 256
+"""Most pending registration requests kept for the operator (oldest dropped)."""
 MAX_SITES = 64
 """Most sites one entity may register."""
 MAX_INFO = 4096
@@ -49,7 +53,11 @@ MAX_INFO = 4096
 class RegistryState:
     """The registry's records in an LMDB environment."""
 
-    def __init__(self, root: str | Path, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(self, root: str | Path, ttl: float = DEFAULT_TTL,
+                 admission: str = "operator") -> None:
+        if admission not in ADMISSIONS:
+            raise ValueError(f"admission must be one of {ADMISSIONS}, not {admission!r}")
+        self.admission = admission
         self.root = Path(root)
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
         self.engine = LmdbEngine(str(self.root / "meta"))
@@ -129,21 +137,84 @@ class RegistryState:
         return n
 
     def put_entity(self, rec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """A signed registration: the existing record if the key matches; a new one if
+        admission is open; otherwise a pending request for the operator and a 403."""
         with self.engine.write() as txn:
             raw = txn.get_value("entities", rec["name"].encode())
             if raw is not None:
                 old = json.loads(raw)
                 if old["public_key"] != rec["public_key"]:
-                    raise ApiError(f"entity {rec['name']!r} is registered with another key",
-                                   409, "conflict")
+                    raise ApiError(f"entity {rec['name']!r} is registered with another key; "
+                                   "rotate it with POST /v1/entities/NAME/key", 409,
+                                   "conflict")
                 return old, False
-            owner = rec["name"].upper()
-            rec["id"] = str(ids.make(owner, rec["industry"], rec["region"], "E", "ORG",
-                                     self._serial(txn, owner, "E")))
-            rec["created"] = time.time()
-            rec["primary"] = None
-            txn.put_value("entities", rec["name"].encode(), json.dumps(rec).encode())
-            return rec, True
+            if self.admission == "operator":
+                self._request(txn, rec)
+            else:
+                return self._create(txn, rec), True
+        raise AuthError(f"entity {rec['name']!r} is not admitted at this registry; its "
+                        "operator admits it with `hutong registry admit` (the request is "
+                        "listed by `hutong registry pending`)", 403, "not_admitted")
+
+    def _create(self, txn: WriteTxn, rec: dict[str, Any]) -> dict[str, Any]:
+        owner = rec["name"].upper()
+        rec["id"] = str(ids.make(owner, rec["industry"], rec["region"], "E", "ORG",
+                                 self._serial(txn, owner, "E")))
+        rec["created"] = time.time()
+        rec["primary"] = None
+        rec["revoked"] = []
+        rec["revoked_before"] = 0
+        txn.put_value("entities", rec["name"].encode(), json.dumps(rec).encode())
+        txn.delete_value("sites", f"pending:{rec['name']}".encode())
+        return rec
+
+    def _request(self, txn: WriteTxn, rec: dict[str, Any]) -> None:
+        key = f"pending:{rec['name']}".encode()
+        reqs = [r for r in json.loads(txn.get_value("sites", key) or b"[]")
+                if r["public_key"] != rec["public_key"]]
+        reqs.append(rec | {"requested": time.time()})
+        txn.put_value("sites", key, json.dumps(reqs[-8:]).encode())
+        pending = [k for k, _ in txn.iter_values("sites", b"pending:")]
+        for k in pending[:max(0, len(pending) - MAX_PENDING)]:
+            txn.delete_value("sites", k)
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Registration requests waiting for the operator."""
+        with self.engine.read() as txn:
+            return [r for _, v in txn.iter_values("sites", b"pending:")
+                    for r in json.loads(v)]
+
+    def admit(self, name: str, public_key_b64: str | None = None, industry: str | None = None,
+              region: str | None = None, *, rekey: bool = False) -> dict[str, Any]:
+        """The operator admits entity `name` with its key (by default the one of its only
+        pending request); with `rekey`, rebinds an admitted entity to a new key."""
+        ids.check_name(name, "entity name")
+        with self.engine.write() as txn:
+            reqs = json.loads(txn.get_value("sites", f"pending:{name}".encode()) or b"[]")
+            if public_key_b64 is None:
+                if len(reqs) != 1:
+                    raise ApiError(f"entity {name!r} has {len(reqs)} pending requests; pass "
+                                   "--key to say which key to admit", 400, "bad_request")
+                public_key_b64 = str(reqs[0]["public_key"])
+            public_key(public_key_b64)
+            req: dict[str, Any] = next((r for r in reqs if r["public_key"] == public_key_b64),
+                                       {})
+            raw = txn.get_value("entities", name.encode())
+            if raw is not None:
+                old = json.loads(raw)
+                if old["public_key"] != public_key_b64 and not rekey:
+                    raise ApiError(f"entity {name!r} is admitted with another key; pass "
+                                   "--rekey to bind it to this one", 409, "conflict")
+                old["public_key"] = public_key_b64
+                txn.put_value("entities", name.encode(), json.dumps(old).encode())
+                return dict(old)
+            industry = (industry or req.get("industry") or "GEN").upper()
+            if industry not in ids.INDUSTRIES:
+                raise ApiError(f"industry {industry!r} is not one of "
+                               + " ".join(ids.INDUSTRIES), 400, "bad_request")
+            region = ids.check_name(region or req.get("region") or "", "region")
+            return self._create(txn, {"name": name, "industry": industry, "region": region,
+                                      "public_key": public_key_b64})
 
     def put_site(self, rec: dict[str, Any]) -> dict[str, Any]:
         with self.engine.write() as txn:

@@ -96,14 +96,15 @@ class Federation:
     def _in(self, netns: str | None, argv: list[str]) -> list[str]:
         return argv if netns is None else list(self.wan[netns].argv(argv))
 
-    def registry(self, netns: str | None = None) -> str:
-        """Start the registry; returns its URL."""
+    def registry(self, netns: str | None = None, admission: str = "operator") -> str:
+        """Start the registry; returns its URL. With operator admission (the default),
+        `site` admits each new entity as the registry's operator would."""
         d = self.root / "registry"
         d.mkdir(parents=True, exist_ok=True)
         host = "127.0.0.1" if netns is None else self.wan[netns].address
         self.registry_proc = Proc(self._in(netns, self._cli(
-            "registry", "serve", "--state", str(d), "--host", host, "--ttl", str(self.ttl))),
-            self.root / "registry.log")
+            "registry", "serve", "--state", str(d), "--host", host, "--ttl", str(self.ttl),
+            "--admission", admission)), self.root / "registry.log")
         self.registry_url = self.registry_proc.url
         return self.registry_url
 
@@ -117,6 +118,8 @@ class Federation:
         init_site(state, name=name, entity=entity, region=region, registry=self.registry_url,
                   industry=industry, primary=primary,
                   keys_from=first["state"] / "federation" if first else None)
+        if first is None:
+            self.admit(entity, region, industry, EntityKeys.load(state / "federation"))
         if capacity:
             engine = LmdbEngine(str(state / "meta"))
             try:
@@ -133,6 +136,18 @@ class Federation:
         self.sites[name] = {"state": state, "entity": entity, "host": host, "mover": mover,
                             "netns": netns}
         return self.start(name)
+
+    def admit(self, entity: str, region: str, industry: str = "GEN",
+              keys: EntityKeys | None = None) -> None:
+        """`hutong registry admit`: the operator admits `entity` (the keys of its first
+        site, or `keys`)."""
+        if keys is None:
+            s = next(s for s in self.sites.values() if s["entity"] == entity)
+            keys = EntityKeys.load(s["state"] / "federation")
+        subprocess.run(self._cli("registry", "admit", "--state", str(self.root / "registry"),
+                                 entity, "--key", keys.public_b64, "--region", region,
+                                 "--industry", industry, "--quiet"),
+                       check=True, capture_output=True, timeout=60)
 
     def start(self, name: str) -> str:
         """(Re)start site `name`; returns its URL."""
