@@ -8,21 +8,23 @@ import http.client
 import http.server
 import json
 import os
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gfs.chunking import ChunkParams
 from gfs.codec import chunk_id, encode_blob, encode_encrypted_blob, keyed_chunk_id
 from gfs.errors import NotFoundError
-from gfs.federation.auth import AuthError
+from gfs.federation.auth import AuthError, EntityKeys, token_claims
 from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
 from gfs.federation.site import init_site, pack_frames
@@ -31,7 +33,7 @@ from gfs.federation.testing import Federation, Proc
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    f = Federation(tmp_path_factory.mktemp("hostile"), ttl=3.0, heartbeat=0.3)
+    f = Federation(tmp_path_factory.mktemp("hostile"), ttl=3.0, heartbeat=0.3, key_cache=0.5)
     try:
         f.registry()
         f.site("a1", "bank-a", "cn-west", primary=True, industry="FIN")
@@ -221,7 +223,7 @@ class _GarblingHandler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = b"{}"
+        body = json.dumps({"time": time.time()}).encode()  # health: the registry's clock
         if self.path.endswith("/heartbeat"):
             self.server.heartbeats += 1
             if self.server.heartbeats <= self.server.bad:
@@ -416,3 +418,88 @@ def test_405_names_the_allowed_methods(fed: Federation) -> None:
         assert resp.status == 405 and {m.strip() for m in (resp.getheader("Allow") or "")
                                         .split(",")} - {"HEAD"} == {allow}, (
             path, resp.getheader("Allow"))
+
+
+def _status(url: str, token: str, path: str = "/v1/ns/stat?path=/bank-a/secret") -> int:
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _until(what: str, pred: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
+        time.sleep(0.1)
+
+
+def test_tokens_are_revocable(fed: Federation) -> None:
+    """R11: tokens could not be revoked. Now the issuer revokes one (or all issued before
+    a time) at the registry and sites refuse it within their key cache time."""
+    keys = fed.keys("bank-a")
+    stolen = keys.mint_token("alice", "read", "/bank-a", ttl=3600)
+    kept = keys.mint_token("bob", "read", "/bank-a", ttl=3600)
+    url = fed.sites["a1"]["url"]
+    assert _status(url, stolen) == 200 and _status(url, kept) == 200
+    with fed.client("bank-a") as fc:
+        rec = fc.revoke_token(stolen)
+    assert [r["jti"] for r in rec["revoked"]] == [token_claims(stolen)["jti"]]
+    _until("revocation at a1", lambda: _status(url, stolen) == 401)
+    assert _status(url, kept) == 200
+    with fed.client(token=stolen) as fc, pytest.raises(AuthError, match="revoked"):
+        fc.stat("/bank-a/secret")
+
+
+def test_entity_key_rotates(fed: Federation, tmp_path: Path) -> None:
+    """R11: the registry answered 409 to a new key. Now the entity rotates it (signed by
+    the current key, proven by the new one) and other entities' sites follow."""
+    old = fed.keys("bank-a")
+    new = EntityKeys("bank-a", Ed25519PrivateKey.generate(), old.data_secret)
+    t1 = fed.sites["t1"]["url"]
+
+    def has_status(keys: EntityKeys) -> int:
+        h = HttpClient(t1, keys=keys)
+        return h.request("POST", "/v1/chunks/has",
+                         body=json.dumps({"ids": [], "owner": "bank-a"}).encode())[0]
+    assert has_status(old) == 200 and has_status(new) == 401
+    impostor = EntityKeys("bank-a", Ed25519PrivateKey.generate(), old.data_secret)
+    with FederationClient(fed.registry_url, keys=old) as fc:
+        with pytest.raises(BadRequestError, match="proof"):  # no proof by the new key
+            fc.registry.call("POST", "/v1/entities/bank-a/key",
+                             {"public_key": new.public_b64, "proof": "AAAA"})
+        with pytest.raises(AuthError):  # not signed by the current key
+            FederationClient(fed.registry_url, keys=impostor).rotate_key(new)
+        assert fc.rotate_key(new)["public_key"] == new.public_b64
+    try:
+        _until("the new key at t1", lambda: has_status(new) == 200 and has_status(old) == 401)
+    finally:
+        with FederationClient(fed.registry_url, keys=new) as fc:
+            fc.rotate_key(old)
+        _until("the old key back at t1", lambda: has_status(old) == 200)
+
+
+def test_site_with_a_wrong_clock_refuses_instead_of_judging(fed: Federation,
+                                                            tmp_path: Path) -> None:
+    """R11: a site whose clock was a day behind served an expired token. Now a site
+    measures its clock against the registry's and, beyond 300 s, refuses every token
+    (503 clock_skew) rather than judge expiry with a wrong clock."""
+    shim = tmp_path / "clock"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import time\n_real = time.time\ntime.time = lambda: _real() - 86400.0\n")
+    pythonpath = os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])
+    url = fed.site("c1", "bank-c", "cn-west", primary=True,
+                   env={"PYTHONPATH": pythonpath})
+    expired = fed.keys("bank-c").mint_token("eve", "read", "/bank-c", ttl=-3600)
+    fresh = fed.keys("bank-c").mint_token("eve", "read", "/bank-c", ttl=3600)
+    path = "/v1/ns/stat?path=/bank-c"
+    _until("clock skew measured", lambda: _status(url, fresh, path) == 503)
+    assert _status(url, expired, path) == 503
+    assert _status(fed.sites["a1"]["url"], expired) == 401  # a correct clock: expired
+    fed.kill("c1", signal.SIGTERM)

@@ -89,6 +89,11 @@ def audience_of(url: str) -> str:
     return f"{host}:{u.port or (443 if u.scheme == 'https' else 80)}".lower()
 
 
+def rotation_text(entity: str, new_key_b64: str) -> bytes:
+    """What the new key signs to prove its possession when an entity rotates its key."""
+    return f"HTROT1\n{entity}\n{new_key_b64}".encode()
+
+
 @dataclass(frozen=True)
 class Token:
     """The verified claims of a user token."""
@@ -99,6 +104,17 @@ class Token:
     prefix: str
     exp: int
     iat: int
+    jti: str = ""
+
+    def revoked_by(self, record: Mapping[str, object]) -> bool:
+        """Whether the issuer's registry `record` revokes this token (by id, or all
+        tokens issued before `revoked_before`)."""
+        before = record.get("revoked_before") or 0
+        if isinstance(before, (int, float)) and self.iat < before:
+            return True
+        revoked = record.get("revoked") or []
+        return isinstance(revoked, list) and any(
+            isinstance(r, dict) and r.get("jti") == self.jti for r in revoked)
 
     def allows(self, path: str, write: bool) -> bool:
         """Whether the claims cover `path` for reading (or writing)."""
@@ -185,7 +201,7 @@ class EntityKeys:
         prefix = paths.normalize(prefix)
         now = int(time.time())
         claims = {"iss": self.name, "sub": sub, "scope": scope, "prefix": prefix,
-                  "iat": now, "exp": now + int(ttl)}
+                  "iat": now, "exp": now + int(ttl), "jti": secrets.token_hex(16)}
         head = b64e(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
         return head + "." + b64e(self.private.sign(b"HTTOK1." + head.encode()))
 
@@ -291,12 +307,26 @@ def check_body(headers: Mapping[str, str], digest: str) -> None:
                         "the body that is sent")
 
 
+def token_claims(token: str) -> dict[str, object]:
+    """The claims of a token, unverified (to find the key that must verify it)."""
+    try:
+        claims = json.loads(b64d(token.split(".", 1)[0]))
+        if not isinstance(claims, dict):
+            raise TypeError("claims")
+        return claims
+    except (ValueError, TypeError):
+        raise AuthError("malformed token: expected base64url(claims).base64url(signature)") \
+            from None
+
+
 def token_issuer(token: str) -> str:
     """The `iss` claim of a token, unverified (to find the key that must verify it)."""
     try:
-        claims = json.loads(b64d(token.split(".", 1)[0]))
-        return check_name(claims["iss"], "token issuer")
-    except (ValueError, KeyError, TypeError, HutongError):
+        iss = token_claims(token)["iss"]
+        if not isinstance(iss, str):
+            raise KeyError("iss")
+        return check_name(iss, "token issuer")
+    except (KeyError, HutongError):
         raise AuthError("malformed token: expected base64url(claims).base64url(signature)") \
             from None
 
@@ -308,7 +338,7 @@ def verify_token(token: str, key: Ed25519PublicKey, now: float | None = None) ->
         key.verify(b64d(sig), b"HTTOK1." + head.encode())
         c = json.loads(b64d(head))
         tok = Token(str(c["iss"]), str(c["sub"]), str(c["scope"]), str(c["prefix"]),
-                    int(c["exp"]), int(c["iat"]))
+                    int(c["exp"]), int(c["iat"]), str(c.get("jti", "")))
     except (InvalidSignature, ValueError, KeyError, TypeError):
         raise AuthError("invalid token (bad signature or claims); mint a new one") from None
     if tok.scope not in ("read", "write"):

@@ -133,7 +133,7 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
     from gfs.federation.site import Site, make_app
     from gfs.mover import MoverServer
 
-    site = Site(state_dir(args.state), registry=args.registry)
+    site = Site(state_dir(args.state), registry=args.registry, key_ttl=args.key_cache)
     movers: list[MoverServer] = []
 
     async def on_start(url: str) -> None:
@@ -381,6 +381,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--port", type=int, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--registry", metavar="URL", help="override the registry of site.json")
     sp.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    sp.add_argument("--key-cache", type=float, default=60.0,
+                    help="seconds peers' keys and token revocations are cached (60)")
     sp.add_argument("--verify-every", type=int, default=10,
                     help="audit replicas every N-th reconcile round (0: never)")
     sp.add_argument("--tier-interval", type=float, default=300.0,

@@ -24,8 +24,14 @@ from typing import Any
 
 from gfs import chunking, paths
 from gfs.codec import decode_blob, decode_encrypted_blob, encode_blobs, keyed_chunk_id
-from gfs.errors import ChunkMissingError, CorruptChunkError, HutongError, InvalidPathError
-from gfs.federation.auth import EntityKeys, token_issuer
+from gfs.errors import (
+    ChunkMissingError,
+    ConfigError,
+    CorruptChunkError,
+    HutongError,
+    InvalidPathError,
+)
+from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, token_issuer
 from gfs.federation.http import HttpClient, UnavailableError
 from gfs.store import prepare
 
@@ -149,10 +155,7 @@ class FederationClient:
         if self.keys is not None:
             return self.keys.name == entity
         if self.token is not None and self.me == entity:
-            import json
-
-            from gfs.federation.auth import b64d
-            claims = json.loads(b64d(self.token.split(".", 1)[0]))
+            claims = token_claims(self.token)
             return str(claims.get("prefix", "")).rstrip("/") == f"/{entity}"
         return False
 
@@ -430,3 +433,29 @@ class FederationClient:
     def vault(self, site: str) -> list[dict[str, Any]]:
         """What `site` keeps for other entities: owner, bytes, blobs, rules, agreement."""
         return list(self.http(site).call("GET", "/v1/vault")["owners"])
+
+    # -- keys and tokens (the entity's side) --------------------------------------------
+    def revoke_token(self, token: str) -> dict[str, Any]:
+        """Revoke one token of this client's entity (sites refuse it within their key
+        cache time)."""
+        claims = token_claims(token)
+        return dict(self.registry.call("POST", f"/v1/entities/{self._me()}/revoke",
+                                       {"jti": claims["jti"], "exp": claims["exp"]}))
+
+    def revoke_tokens_before(self, when: float) -> dict[str, Any]:
+        """Revoke every token of this client's entity issued before `when` (unix s)."""
+        return dict(self.registry.call("POST", f"/v1/entities/{self._me()}/revoke",
+                                       {"before": when}))
+
+    def rotate_key(self, new: EntityKeys) -> dict[str, Any]:
+        """Bind this client's entity to `new`'s key at the registry (signed with the
+        current key, proven by the new one); copy the new key to the entity's sites."""
+        me = self._me()
+        proof = b64e(new.private.sign(rotation_text(me, new.public_b64)))
+        return dict(self.registry.call("POST", f"/v1/entities/{me}/key",
+                                       {"public_key": new.public_b64, "proof": proof}))
+
+    def _me(self) -> str:
+        if self.keys is None:
+            raise ConfigError("this needs the entity's keys (--keys), not a token")
+        return self.keys.name

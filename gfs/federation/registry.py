@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
 
 from gfs.federation import expr, ids
 from gfs.federation.auth import (
     AuthError,
     NonceCache,
+    b64d,
     check_body,
     public_key,
+    rotation_text,
     signed_entity,
     verify_request,
 )
@@ -44,6 +49,8 @@ ADMISSIONS = ("operator", "open")
 """`operator`: entities exist once the operator admits them; `open`: on registration."""
 MAX_PENDING = 256
 """Most pending registration requests kept for the operator (oldest dropped)."""
+MAX_REVOKED = 4096
+"""Most individually revoked tokens an entity lists (expired ones are dropped first)."""
 MAX_SITES = 64
 """Most sites one entity may register."""
 MAX_INFO = 4096
@@ -177,6 +184,18 @@ class RegistryState:
         pending = [k for k, _ in txn.iter_values("sites", b"pending:")]
         for k in pending[:max(0, len(pending) - MAX_PENDING)]:
             txn.delete_value("sites", k)
+
+    def update_entity(self, name: str, change: Callable[[dict[str, Any]], None]
+                      ) -> dict[str, Any]:
+        """Apply `change` to entity `name`'s record in one transaction."""
+        with self.engine.write() as txn:
+            raw = txn.get_value("entities", name.encode())
+            if raw is None:
+                raise ApiError(f"entity {name!r} is not registered", 404, "not_found")
+            rec = json.loads(raw)
+            change(rec)
+            txn.put_value("entities", name.encode(), json.dumps(rec).encode())
+            return dict(rec)
 
     def pending(self) -> list[dict[str, Any]]:
         """Registration requests waiting for the operator."""
@@ -324,7 +343,7 @@ def _name(v: Any, what: str) -> str:
 async def health(request: web.Request) -> web.Response:
     st = _state(request)
     return web.json_response({"status": "ok", "entities": len(st.entities()),
-                              "sites": len(st.sites())})
+                              "sites": len(st.sites()), "time": time.time()})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -349,6 +368,49 @@ async def register_entity(request: web.Request) -> web.Response:
     rec, created = _state(request).put_entity(
         {"name": name, "industry": industry, "region": region, "public_key": key_b64})
     return web.json_response(rec, status=201 if created else 200)
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    """A new key for an entity: signed by the current key, with a proof by the new one."""
+    name = _name(request.match_info["name"], "entity name")
+    data = await _signed_json(request, name)
+    new = field(data, "public_key", str)
+    try:
+        public_key(new).verify(b64d(field(data, "proof", str)), rotation_text(name, new))
+    except (InvalidSignature, ValueError):
+        raise AuthError("proof must be the new key's signature of the rotation text "
+                        "(auth.rotation_text)", 400, "bad_proof") from None
+
+    def change(rec: dict[str, Any]) -> None:
+        rec["public_key"] = new
+        rec["rotated"] = time.time()
+    return web.json_response(_state(request).update_entity(name, change))
+
+
+async def revoke_tokens(request: web.Request) -> web.Response:
+    """Revoke one token of the entity (`jti`, with its `exp`) or all issued `before`."""
+    name = _name(request.match_info["name"], "entity name")
+    data = await _signed_json(request, name)
+    jti = field(data, "jti", str, None, check=lambda j: re.fullmatch(r"[0-9a-f]{16,64}", j)
+                is not None)
+    exp = field(data, "exp", int, None, check=lambda e: 0 < e < 1 << 40)
+    before = field(data, "before", (int, float), None, check=lambda b: 0 < b < 1e11)
+    if (jti is None) == (before is None) or (jti is not None and exp is None):
+        raise BadRequestError("send either {jti, exp} (one token) or {before} (all tokens "
+                              "issued before that time)")
+    now = time.time()
+
+    def change(rec: dict[str, Any]) -> None:
+        if before is not None:
+            rec["revoked_before"] = max(float(rec.get("revoked_before", 0)), float(before))
+        else:
+            live = [r for r in rec.get("revoked", []) if r["exp"] > now]
+            live = [r for r in live if r["jti"] != jti] + [{"jti": jti, "exp": exp}]
+            if len(live) > MAX_REVOKED:
+                raise ApiError(f"entity {name!r} already revokes {MAX_REVOKED} live tokens; "
+                               "revoke all issued before a time instead", 409, "too_many")
+            rec["revoked"] = live
+    return web.json_response(_state(request).update_entity(name, change))
 
 
 async def list_entities(request: web.Request) -> web.Response:
@@ -496,6 +558,8 @@ def make_app(state: RegistryState) -> web.Application:
     app.router.add_post("/v1/entities", register_entity)
     app.router.add_get("/v1/entities", list_entities)
     app.router.add_get("/v1/entities/{name}", get_entity)
+    app.router.add_post("/v1/entities/{name}/key", rotate_key)
+    app.router.add_post("/v1/entities/{name}/revoke", revoke_tokens)
     app.router.add_put("/v1/sites/{name}", put_site)
     app.router.add_get("/v1/sites", list_sites)
     app.router.add_get("/v1/sites/{name}", get_site)

@@ -41,6 +41,7 @@ from gfs.errors import (
 )
 from gfs.federation import ids
 from gfs.federation.auth import (
+    SKEW,
     AuthError,
     EntityKeys,
     NonceCache,
@@ -180,8 +181,11 @@ class SiteConfig:
 class Site:
     """A site's state: its store, keys, configuration, vault and peer key cache."""
 
-    def __init__(self, state: str | os.PathLike[str], *, registry: str | None = None) -> None:
+    def __init__(self, state: str | os.PathLike[str], *, registry: str | None = None,
+                 key_ttl: float = KEY_TTL) -> None:
         self.state = Path(state)
+        self.key_ttl = key_ttl
+        """Seconds a peer's registry record (key, revocations) is cached."""
         self.config = SiteConfig.load(self.state)
         if registry:
             self.config.registry = registry
@@ -194,7 +198,9 @@ class Site:
         self.endpoint = ""
         self.mover_address: tuple[str, int] | None = None
         self.mover_secret = secrets.token_bytes(32)
-        self._keys: dict[str, tuple[Ed25519PublicKey, float]] = {}
+        self._records: dict[str, tuple[dict[str, Any], float]] = {}
+        self.clock_skew = 0.0
+        """Registry clock minus this site's, measured at the last heartbeat (seconds)."""
         self._keys_lock = threading.Lock()
         self.write_lock = threading.Lock()
         self.pulls = ThreadPoolExecutor(max_workers=PULL_WORKERS,
@@ -216,26 +222,33 @@ class Site:
         self.client.close()
 
     # -- registry --------------------------------------------------------------
+    def entity_record(self, entity: str) -> dict[str, Any]:
+        """The registry's record of `entity` (key, revoked tokens), cached for KEY_TTL s.
+        For this site's own entity an unreachable registry gives the last record known
+        (or none): its own key is local."""
+        with self._keys_lock:
+            hit = self._records.get(entity)
+        if hit is not None and time.monotonic() - hit[1] < self.key_ttl:
+            return hit[0]
+        try:
+            rec = dict(self.registry.call("GET", f"/v1/entities/{entity}"))
+        except HutongError as e:
+            if getattr(e, "status", 0) == 404 or isinstance(e, NotFoundError):
+                raise AuthError(f"entity {entity!r} is not registered") from None
+            if entity != self.entity:
+                raise
+            log.warning("site %s: registry unreachable for the record of %s: %s", self.name,
+                        entity, e)
+            return hit[0] if hit is not None else {}
+        with self._keys_lock:
+            self._records[entity] = (rec, time.monotonic())
+        return rec
+
     def peer_key(self, entity: str) -> Ed25519PublicKey:
         """The public key the registry publishes for `entity` (cached for KEY_TTL s)."""
         if entity == self.entity:
             return self.keys.private.public_key()
-        with self._keys_lock:
-            hit = self._keys.get(entity)
-        if hit is not None and time.monotonic() - hit[1] < KEY_TTL:
-            return hit[0]
-        try:
-            rec = self.registry.call("GET", f"/v1/entities/{entity}")
-        except NotFoundError:
-            raise AuthError(f"entity {entity!r} is not registered") from None
-        except HutongError as e:
-            if getattr(e, "status", 0) == 404:
-                raise AuthError(f"entity {entity!r} is not registered") from None
-            raise
-        key = public_key(rec["public_key"])
-        with self._keys_lock:
-            self._keys[entity] = (key, time.monotonic())
-        return key
+        return public_key(self.entity_record(entity)["public_key"])
 
     def pools(self) -> list[dict[str, Any]]:
         used: dict[int, int] = {}
@@ -260,6 +273,14 @@ class Site:
             "mover": mover, "primary": self.config.primary, "pools": self.pools()}))
 
     def heartbeat(self) -> None:
+        """Report usage; measure this site's clock against the registry's."""
+        t0 = time.time()
+        health = self.registry.call("GET", "/v1/health")  # unsigned: works with any clock
+        skew = float(health["time"]) - (t0 + time.time()) / 2
+        if abs(skew) > SKEW >= abs(self.clock_skew):
+            log.warning("site %s: clock differs from the registry's by %.0f s; refusing "
+                        "tokens and signatures until it is fixed", self.name, skew)
+        self.clock_skew = skew
         used = {p["name"]: p["used"] for p in self.pools()}
         self.registry.call("POST", f"/v1/sites/{self.name}/heartbeat", {"used": used})
 
@@ -267,13 +288,21 @@ class Site:
     def principal(self, request: web.Request) -> Principal:
         """Authenticate a request on its headers alone (token or signature; a signed body
         is checked as it is read); deny by default."""
+        if abs(self.clock_skew) > SKEW:
+            raise AuthError(f"the clock of site {self.name} differs from the registry's by "
+                            f"{self.clock_skew:.0f} s (more than {SKEW}); it cannot judge "
+                            "expiry until its clock is fixed", 503, "clock_skew")
         auth = request.headers.get("Authorization", "")
         if auth:
             if not auth.startswith("Bearer "):
                 raise AuthError("Authorization must be 'Bearer TOKEN'")
             tok = auth[7:].strip()
             iss = token_issuer(tok)
-            return Principal(iss, verify_token(tok, self.peer_key(iss)))
+            claims = verify_token(tok, self.peer_key(iss))
+            if claims.revoked_by(self.entity_record(iss)):
+                raise AuthError(f"token {claims.jti or '(no id)'} of {claims.sub!r} was "
+                                f"revoked by {iss!r}; ask it for a new one", 401, "revoked")
+            return Principal(iss, claims)
         entity = request.headers.get("X-Hutong-Entity")
         if entity is None:
             raise AuthError("authentication required: sign the request with an entity key "

@@ -30,12 +30,15 @@ from gfs.meta import LmdbEngine
 class Proc:
     """One server process; `url` is what it printed when ready."""
 
-    def __init__(self, argv: list[str], log: Path, timeout: float = 30.0) -> None:
+    def __init__(self, argv: list[str], log: Path, timeout: float = 30.0,
+                 env: dict[str, str] | None = None) -> None:
+        """`env` is added to this process's environment."""
         self.argv = argv
         self.log = log
         with open(log, "ab") as err:
             self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                               **(env or {})})
         self.url = self._wait_banner(timeout)
 
     def _wait_banner(self, timeout: float) -> str:
@@ -77,13 +80,14 @@ class Federation:
 
     def __init__(self, root: Path, *, ttl: float = 3.0, heartbeat: float = 0.5,
                  reconcile_interval: float = 0.0, tier_interval: float = 0.0,
-                 wan: Any = None) -> None:
+                 wan: Any = None, key_cache: float | None = None) -> None:
         """With `wan` (a gfs.testing.wan.Wan), processes run in its namespaces: pass
         `netns=` (a WAN site name) to `registry` and `site`."""
         self.root = Path(root)
         self.wan = wan
         self.ttl, self.heartbeat, self.reconcile_interval = ttl, heartbeat, reconcile_interval
         self.tier_interval = tier_interval
+        self.key_cache = key_cache
         self.registry_proc: Proc | None = None
         self.registry_url = ""
         self.sites: dict[str, dict[str, Any]] = {}
@@ -110,9 +114,10 @@ class Federation:
 
     def site(self, name: str, entity: str, region: str, *, primary: bool = False,
              industry: str = "GEN", mover: bool = True, netns: str | None = None,
-             capacity: int = 0) -> str:
+             capacity: int = 0, env: dict[str, str] | None = None) -> str:
         """Create and start a site (keys shared with the entity's first site); `capacity`
-        bounds its default pool (bytes, 0: no limit)."""
+        bounds its default pool (bytes, 0: no limit); `env` is added to its process's
+        environment."""
         state = self.root / name
         first = next((s for s in self.sites.values() if s["entity"] == entity), None)
         init_site(state, name=name, entity=entity, region=region, registry=self.registry_url,
@@ -134,7 +139,7 @@ class Federation:
         else:
             host = self.wan[netns].address
         self.sites[name] = {"state": state, "entity": entity, "host": host, "mover": mover,
-                            "netns": netns}
+                            "netns": netns, "env": env}
         return self.start(name)
 
     def admit(self, entity: str, region: str, industry: str = "GEN",
@@ -158,7 +163,10 @@ class Federation:
                          str(self.tier_interval))
         if not s["mover"]:
             argv.append("--no-mover")
-        self.procs[name] = Proc(self._in(s["netns"], argv), self.root / f"{name}.log")
+        if self.key_cache is not None:
+            argv += ["--key-cache", str(self.key_cache)]
+        self.procs[name] = Proc(self._in(s["netns"], argv), self.root / f"{name}.log",
+                                env=s.get("env"))
         s["url"] = self.procs[name].url
         return str(s["url"])
 
