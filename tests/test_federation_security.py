@@ -503,3 +503,76 @@ def test_site_with_a_wrong_clock_refuses_instead_of_judging(fed: Federation,
     assert _status(url, expired, path) == 503
     assert _status(fed.sites["a1"]["url"], expired) == 401  # a correct clock: expired
     fed.kill("c1", signal.SIGTERM)
+
+
+class _LiarHandler(http.server.BaseHTTPRequestHandler):
+    """A hostile site: claims to hold every chunk and pins all, stores nothing."""
+
+    def _json(self, obj: object, kind: str = "application/json") -> None:
+        body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        data = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        ids = data.get("ids", []) if isinstance(data, dict) else []
+        if self.path.startswith("/v1/chunks/has"):
+            self._json({"have": [True] * len(ids)})
+        elif self.path.startswith("/v1/chunks/get"):
+            self._json(pack_frames([None] * len(ids)), "application/octet-stream")
+        else:
+            self._json({"stored": 0, "present": 0})
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._json({"pinned": "x", "complete": True})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_declared_capacity_and_lies_attract_no_replica(fed: Federation,
+                                                       tmp_path: Path) -> None:
+    """V4: placement ordered by self-declared free space (4 EiB accepted), the reconciler
+    trusted the target's `has` and the audit skipped missing copies: a lying site got
+    bank-a's replica, and rule and audit both said ok with no byte stored there."""
+    liar = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LiarHandler)
+    threading.Thread(target=liar.serve_forever, daemon=True).start()
+    evil = EntityKeys.create(tmp_path / "evil", "evil")
+    fed.admit("evil", "cn-east", keys=evil)
+    reg = HttpClient(fed.registry_url, keys=evil)
+    reg.call("POST", "/v1/entities", {"name": "evil", "region": "cn-east",
+                                      "public_key": evil.public_b64})
+    reg.call("PUT", "/v1/sites/e1", {
+        "entity": "evil", "region": "cn-east", "primary": True,
+        "endpoint": f"http://127.0.0.1:{liar.server_address[1]}",
+        "pools": [{"name": "p0", "tier": "hot", "capacity": 4 << 60}]})
+    reg.call("PUT", "/v1/links/e1/a1", {"rtt_ms": 0.0})  # "I am right next to you"
+    HttpClient(fed.registry_url, keys=fed.keys("bank-a")).call(
+        "PUT", "/v1/links/a1/t1", {"rtt_ms": 5.0})  # what a1 measured
+    with fed.client("telco-b") as host:
+        ag = host.agreement_add("t1", "bank-a", 1 << 30)
+    try:
+        with fed.client("bank-a") as fc:
+            fc.mkdir("/bank-a/v4", exist_ok=True)
+            fc.write_bytes("/bank-a/v4/f.bin", os.urandom(50_000))
+            both = fc.rule_add("/bank-a/v4/**", 1, "entity=evil | entity=telco-b")
+            reg.call("POST", "/v1/sites/e1/heartbeat", {})
+            [r] = [r for r in fc.reconcile("bank-a") if r["id"] == both["id"]]
+            assert r["state"] == "ok" and r["sites"] == ["t1"]
+            fc.rule_rm("bank-a", both["id"])
+            only = fc.rule_add("/bank-a/v4/**", 1, "entity=evil")
+            reg.call("POST", "/v1/sites/e1/heartbeat", {})
+            [r] = [r for r in fc.reconcile("bank-a", verify=True) if r["id"] == only["id"]]
+            assert r["state"] == "stuck" and r["sites"] == []
+            assert "e1: audit found 1 of 1 copies missing" in r["reason"]
+            fc.rule_rm("bank-a", only["id"])
+    finally:
+        liar.shutdown()
+        liar.server_close()
+        with fed.client("telco-b") as host:
+            host.agreement_rm("t1", ag["id"])
+        reg.call("DELETE", "/v1/sites/e1")

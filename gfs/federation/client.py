@@ -197,8 +197,10 @@ class FederationClient:
             elif name == near["name"]:
                 c = -1.0
             else:
-                c = rtt.get((near["name"], name), rtt.get((name, near["name"]),
-                            1.0 if s["region"] == near["region"] else 1000.0))
+                # only links measured from the near site count: a link another entity
+                # published from its own site says nothing the reader can trust
+                c = rtt.get((near["name"], name),
+                            1.0 if s["region"] == near["region"] else 1000.0)
             return (c, 1 if name == holders[0] else 0)
         usable = [h for h in holders if h in sites and sites[h]["status"] == "up"
                   and (sites[h]["entity"] == owner or self.keys is not None)]

@@ -36,6 +36,8 @@ PIN_BATCH = 4096
 BATCH_BYTES = 16 << 20
 #: Replicas read back per request by an audit.
 AUDIT_BATCH = 256
+DISTRUST = 24 * 3600.0
+"""Seconds a site whose audit found copies missing is placed after every other."""
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -136,16 +138,17 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
     return sent
 
 
-def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> int:
+def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> tuple[int, int]:
     """Read back the replicas of `refs` on `target`, verify them here (the owner holds
-    the keys), and replace every damaged one with a good copy; returns how many."""
+    the keys), and replace every damaged one with a good copy; returns (repaired,
+    missing). A missing copy is a failure of the target, whatever its `has` said."""
     from gfs.federation.site import pack_frames, unpack_frames
 
     if target["name"] == site.name:
-        return 0
+        return 0, 0
     own = target["entity"] == site.entity
     peer = _peer(site, target)
-    repaired = 0
+    repaired = missing = 0
     try:
         for batch in _batches(refs, AUDIT_BATCH):
             ids = [r.id if own else keyed_chunk_id(r.id, site.keys.id_key) for r in batch]
@@ -155,9 +158,11 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> int:
             data = peer.call("POST", "/v1/chunks/get", body)
             blobs = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
             bad: list[bytes] = []
+            missing += max(0, len(batch) - len(blobs))
             for ref, blob in zip(batch, blobs, strict=False):
                 if not blob:
-                    continue  # missing: the placement pass sends it
+                    missing += 1
+                    continue
                 try:
                     if own:
                         decode_blob(blob, expect_id=ref.id)
@@ -181,7 +186,7 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> int:
                 repaired += int(answer["stored"])
     finally:
         peer.close()
-    return repaired
+    return repaired, missing
 
 
 def _send_frames(peer: HttpClient, blobs: list[bytes], owner: str) -> None:
@@ -215,12 +220,23 @@ def _put_plain(site: Site, peer: HttpClient, missing: list[bytes]) -> int:
     return sent
 
 
-def _order(site: Site, rule: dict[str, Any], up: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _order(site: Site, rule: dict[str, Any], up: list[dict[str, Any]],
+           links: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Targets by what the owner knows, not by what they declare: sites already holding
+    the rule, this site, the entity's own sites, sites without a failed audit in the
+    last DISTRUST seconds, then by the rtt this site measured to them (docs/trust.md).
+    Declared capacity never attracts a replica."""
     held = rule.get("sites", [])
+    failed = rule.get("failed", {})
+    now = time.time()
+    rtt = {lk["b"]: float(lk["rtt_ms"]) for lk in links if lk["a"] == site.name}
 
-    def key(s: dict[str, Any]) -> tuple[int, int, int]:
-        free = sum(p["capacity"] - p.get("used", 0) for p in s["pools"])
-        return (0 if s["name"] in held else 1, 0 if s["name"] == site.name else 1, -free)
+    def key(s: dict[str, Any]) -> tuple[int, int, int, int, float, str]:
+        name = s["name"]
+        return (0 if name in held else 1, 0 if name == site.name else 1,
+                0 if s["entity"] == site.entity else 1,
+                1 if now - failed.get(name, 0) < DISTRUST else 0,
+                rtt.get(name, float("inf")), name)
     return sorted(up, key=key)
 
 
@@ -230,7 +246,8 @@ def reconcile_rule(site: Site, rule: dict[str, Any],
     replica is also read back, checked, and replaced if damaged (`audit`)."""
     matching = site.registry.call("GET", "/v1/sites", query={"where": rule["where"]})["sites"]
     up = [sites.get(s["name"], s) for s in matching if s["status"] == "up"]
-    targets = _order(site, rule, up)[:rule["copies"]]
+    links = site.registry.call("GET", "/v1/links")["links"]
+    targets = _order(site, rule, up, links)[:rule["copies"]]
     refs_by_id: dict[bytes, ChunkRef] = {}
     files = rule_files(site, rule["pattern"])
     for _, refs in files:
@@ -247,7 +264,15 @@ def reconcile_rule(site: Site, rule: dict[str, Any],
         try:
             sent += push(site, t, rule["id"], refs, files)
             if verify:
-                repaired += audit(site, t, refs)
+                fixed, lost = audit(site, t, refs)
+                repaired += fixed
+                if lost:
+                    rule.setdefault("failed", {})[t["name"]] = time.time()
+                    log.warning("rule %s: audit of %s: %d of %d copies missing", rule["id"],
+                                t["name"], lost, len(refs))
+                    problems.append(f"{t['name']}: audit found {lost} of {len(refs)} copies "
+                                    "missing")
+                    continue
             held.append(t["name"])
         except HutongError as e:
             log.warning("rule %s: placing on %s failed: %s", rule["id"], t["name"], e)
