@@ -576,3 +576,31 @@ def test_declared_capacity_and_lies_attract_no_replica(fed: Federation,
         with fed.client("telco-b") as host:
             host.agreement_rm("t1", ag["id"])
         reg.call("DELETE", "/v1/sites/e1")
+
+
+def test_reader_ignores_links_published_by_others(fed: Federation) -> None:
+    """V4: a link published from the attacker's own site to the victim's (rtt 0) made the
+    attacker look nearest. Readers now rank replicas only by links measured from their
+    own near site."""
+    with fed.client("telco-b") as host:
+        ag = host.agreement_add("t1", "bank-a", 1 << 30)
+    data = os.urandom(120_000)
+    try:
+        with fed.client("bank-a") as fc:
+            fc.mkdir("/bank-a/near", exist_ok=True)
+            fc.write_bytes("/bank-a/near/f.bin", data)
+            rule = fc.rule_add("/bank-a/near/**", 1, "site=t1")
+            [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+            assert r["sites"] == ["t1"]
+        HttpClient(fed.registry_url, keys=fed.keys("bank-a")).call(
+            "PUT", "/v1/links/a2/a1", {"rtt_ms": 0.5})     # measured by bank-a
+        HttpClient(fed.registry_url, keys=fed.keys("telco-b")).call(
+            "PUT", "/v1/links/t1/a2", {"rtt_ms": 0.0})     # telco-b's claim about itself
+        with FederationClient(fed.registry_url, keys=fed.keys("bank-a"), near="a2") as fc:
+            assert fc.read_bytes("/bank-a/near/f.bin") == data
+            assert fc.chunks_from.get("t1", 0) == 0 and fc.chunks_from.get("a1", 0) > 0
+        with fed.client("bank-a") as fc:
+            fc.rule_rm("bank-a", rule["id"])
+    finally:
+        with fed.client("telco-b") as host:
+            host.agreement_rm("t1", ag["id"])
