@@ -604,3 +604,39 @@ def test_reader_ignores_links_published_by_others(fed: Federation) -> None:
     finally:
         with fed.client("telco-b") as host:
             host.agreement_rm("t1", ag["id"])
+
+
+class _SlowHandler(_LiarHandler):
+    """A target that takes 2 s to answer which chunks it has."""
+
+    def do_POST(self) -> None:
+        if self.path.startswith("/v1/chunks/has"):
+            time.sleep(2.0)  # the simulated slow target, not a synchronisation
+        super().do_POST()
+
+
+def test_reconcile_waits_for_a_slow_round(fed: Federation, tmp_path: Path) -> None:
+    """Reliability: `hutong rule reconcile` said "unreachable: timed out" after the
+    client's 30 s while the server was still working. A round is waited for."""
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    lazy = EntityKeys.create(tmp_path / "lazy", "lazy")
+    fed.admit("lazy", "cn-east", keys=lazy)
+    reg = HttpClient(fed.registry_url, keys=lazy)
+    reg.call("POST", "/v1/entities", {"name": "lazy", "region": "cn-east",
+                                      "public_key": lazy.public_b64})
+    reg.call("PUT", "/v1/sites/l1", {
+        "entity": "lazy", "region": "cn-east", "primary": True,
+        "endpoint": f"http://127.0.0.1:{slow.server_address[1]}",
+        "pools": [{"name": "p0", "tier": "hot", "capacity": 1 << 30}]})
+    try:
+        with FederationClient(fed.registry_url, keys=fed.keys("bank-a"), timeout=1.0) as fc:
+            rule = fc.rule_add("/bank-a/secret/**", 1, "site=l1")
+            reg.call("POST", "/v1/sites/l1/heartbeat", {})  # up for this round
+            [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+            assert r["sites"] == ["l1"]  # the round took over 2 s; the answer came
+            fc.rule_rm("bank-a", rule["id"])
+    finally:
+        slow.shutdown()
+        slow.server_close()
+        reg.call("DELETE", "/v1/sites/l1")

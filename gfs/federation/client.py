@@ -40,6 +40,8 @@ PUT_BATCH_BYTES = 16 << 20
 PULL_BATCH = 4096
 """Chunk ids per `/v1/mover/pull` request (the site's limit)."""
 PULL_TIMEOUT = 600.0
+RECONCILE_TIMEOUT = 3600.0
+"""Seconds `reconcile` waits for its answer (a round places and audits data)."""
 """Seconds the answer to one pull may take (the site's fetch stops on a 30 s stall)."""
 
 
@@ -408,12 +410,19 @@ class FederationClient:
     def rule_rm(self, entity: str, rule_id: str) -> dict[str, Any]:
         return dict(self._entity_site(entity).call("DELETE", f"/v1/rules/{rule_id}"))
 
-    def reconcile(self, entity: str, *, verify: bool = False) -> list[dict[str, Any]]:
+    def reconcile(self, entity: str, *, verify: bool = False,
+                  timeout: float = RECONCILE_TIMEOUT) -> list[dict[str, Any]]:
         """Evaluate the entity's rules now (normally the primary does it periodically);
-        `verify` also reads back every replica and replaces damaged ones."""
-        return list(self._entity_site(entity).call(
-            "POST", "/v1/rules/reconcile", {},
-            query={"verify": "1"} if verify else None)["rules"])
+        `verify` also reads back every replica and replaces damaged ones. `timeout`
+        bounds the wait for the answer: a round moves data, so it is not the client's
+        per-request timeout."""
+        h = HttpClient(self._entity_site(entity).base_url, keys=self.keys, token=self.token,
+                       timeout=max(timeout, self.timeout))
+        try:
+            return list(h.call("POST", "/v1/rules/reconcile", {},
+                               query={"verify": "1"} if verify else None)["rules"])
+        finally:
+            h.close()
 
     # -- storage agreements (the host's side) ---------------------------------------------
     def agreement_add(self, site: str, to: str, quota: int,
