@@ -534,22 +534,31 @@ class _LiarHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _fake_site(fed: Federation, tmp_path: Path,
+               handler: type[http.server.BaseHTTPRequestHandler], entity: str, name: str,
+               capacity: int) -> tuple[http.server.ThreadingHTTPServer, HttpClient]:
+    """A hostile site `name` of a new admitted `entity` (cn-east), answered by `handler`,
+    registered with a declared `capacity`; (its server, the entity's registry client)."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    keys = EntityKeys.create(tmp_path / entity, entity)
+    fed.admit(entity, "cn-east", keys=keys)
+    reg = HttpClient(fed.registry_url, keys=keys)
+    reg.call("POST", "/v1/entities", {"name": entity, "region": "cn-east",
+                                      "public_key": keys.public_b64})
+    reg.call("PUT", f"/v1/sites/{name}", {
+        "entity": entity, "region": "cn-east", "primary": True,
+        "endpoint": f"http://127.0.0.1:{srv.server_address[1]}",
+        "pools": [{"name": "p0", "tier": "hot", "capacity": capacity}]})
+    return srv, reg
+
+
 def test_declared_capacity_and_lies_attract_no_replica(fed: Federation,
                                                        tmp_path: Path) -> None:
     """V4: placement ordered by self-declared free space (4 EiB accepted), the reconciler
     trusted the target's `has` and the audit skipped missing copies: a lying site got
     bank-a's replica, and rule and audit both said ok with no byte stored there."""
-    liar = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LiarHandler)
-    threading.Thread(target=liar.serve_forever, daemon=True).start()
-    evil = EntityKeys.create(tmp_path / "evil", "evil")
-    fed.admit("evil", "cn-east", keys=evil)
-    reg = HttpClient(fed.registry_url, keys=evil)
-    reg.call("POST", "/v1/entities", {"name": "evil", "region": "cn-east",
-                                      "public_key": evil.public_b64})
-    reg.call("PUT", "/v1/sites/e1", {
-        "entity": "evil", "region": "cn-east", "primary": True,
-        "endpoint": f"http://127.0.0.1:{liar.server_address[1]}",
-        "pools": [{"name": "p0", "tier": "hot", "capacity": 4 << 60}]})
+    liar, reg = _fake_site(fed, tmp_path, _LiarHandler, "evil", "e1", 4 << 60)
     reg.call("PUT", "/v1/links/e1/a1", {"rtt_ms": 0.0})  # "I am right next to you"
     HttpClient(fed.registry_url, keys=fed.keys("bank-a")).call(
         "PUT", "/v1/links/a1/t1", {"rtt_ms": 5.0})  # what a1 measured
@@ -618,17 +627,7 @@ class _SlowHandler(_LiarHandler):
 def test_reconcile_waits_for_a_slow_round(fed: Federation, tmp_path: Path) -> None:
     """Reliability: `hutong rule reconcile` said "unreachable: timed out" after the
     client's 30 s while the server was still working. A round is waited for."""
-    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
-    threading.Thread(target=slow.serve_forever, daemon=True).start()
-    lazy = EntityKeys.create(tmp_path / "lazy", "lazy")
-    fed.admit("lazy", "cn-east", keys=lazy)
-    reg = HttpClient(fed.registry_url, keys=lazy)
-    reg.call("POST", "/v1/entities", {"name": "lazy", "region": "cn-east",
-                                      "public_key": lazy.public_b64})
-    reg.call("PUT", "/v1/sites/l1", {
-        "entity": "lazy", "region": "cn-east", "primary": True,
-        "endpoint": f"http://127.0.0.1:{slow.server_address[1]}",
-        "pools": [{"name": "p0", "tier": "hot", "capacity": 1 << 30}]})
+    slow, reg = _fake_site(fed, tmp_path, _SlowHandler, "lazy", "l1", 1 << 30)
     try:
         with FederationClient(fed.registry_url, keys=fed.keys("bank-a"), timeout=1.0) as fc:
             rule = fc.rule_add("/bank-a/secret/**", 1, "site=l1")
