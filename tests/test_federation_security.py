@@ -538,7 +538,8 @@ def _fake_site(fed: Federation, tmp_path: Path,
                handler: type[http.server.BaseHTTPRequestHandler], entity: str, name: str,
                capacity: int) -> tuple[http.server.ThreadingHTTPServer, HttpClient]:
     """A hostile site `name` of a new admitted `entity` (cn-east), answered by `handler`,
-    registered with a declared `capacity`; (its server, the entity's registry client)."""
+    registered with a declared `capacity` and kept up by heartbeats until its server
+    shuts down; (its server, the entity's registry client)."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     keys = EntityKeys.create(tmp_path / entity, entity)
@@ -550,6 +551,14 @@ def _fake_site(fed: Federation, tmp_path: Path,
         "entity": entity, "region": "cn-east", "primary": True,
         "endpoint": f"http://127.0.0.1:{srv.server_address[1]}",
         "pools": [{"name": "p0", "tier": "hot", "capacity": capacity}]})
+    beats = HttpClient(fed.registry_url, keys=keys)
+
+    def heartbeats() -> None:
+        while srv.socket.fileno() != -1:
+            with contextlib.suppress(ApiError, ConnectionError):
+                beats.call("POST", f"/v1/sites/{name}/heartbeat", {})
+            time.sleep(0.5)  # a heartbeat interval, as a site's
+    threading.Thread(target=heartbeats, daemon=True).start()
     return srv, reg
 
 
@@ -569,12 +578,10 @@ def test_declared_capacity_and_lies_attract_no_replica(fed: Federation,
             fc.mkdir("/bank-a/v4", exist_ok=True)
             fc.write_bytes("/bank-a/v4/f.bin", os.urandom(50_000))
             both = fc.rule_add("/bank-a/v4/**", 1, "entity=evil | entity=telco-b")
-            reg.call("POST", "/v1/sites/e1/heartbeat", {})
             [r] = [r for r in fc.reconcile("bank-a") if r["id"] == both["id"]]
             assert r["state"] == "ok" and r["sites"] == ["t1"]
             fc.rule_rm("bank-a", both["id"])
             only = fc.rule_add("/bank-a/v4/**", 1, "entity=evil")
-            reg.call("POST", "/v1/sites/e1/heartbeat", {})
             [r] = [r for r in fc.reconcile("bank-a", verify=True) if r["id"] == only["id"]]
             assert r["state"] == "stuck" and r["sites"] == []
             assert "e1: audit found 1 of 1 copies missing" in r["reason"]
@@ -631,7 +638,6 @@ def test_reconcile_waits_for_a_slow_round(fed: Federation, tmp_path: Path) -> No
     try:
         with FederationClient(fed.registry_url, keys=fed.keys("bank-a"), timeout=1.0) as fc:
             rule = fc.rule_add("/bank-a/secret/**", 1, "site=l1")
-            reg.call("POST", "/v1/sites/l1/heartbeat", {})  # up for this round
             [r] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
             assert r["sites"] == ["l1"]  # the round took over 2 s; the answer came
             fc.rule_rm("bank-a", rule["id"])
