@@ -93,6 +93,8 @@ def main(argv: list[str]) -> int:
             fed.site("a1", "bank-a", "cn-west", primary=True)
             fed.site("a2", "bank-a", "cn-east")
             fed.site("t1", "telco-b", "cn-east", primary=True)
+            with fed.client("telco-b") as tc:
+                tc.agreement_add("t1", "bank-a", 1 << 40)
             with fed.client("bank-a") as fc:
                 fc.mkdir("/bank-a/ds", parents=True, exist_ok=True)
                 logical = _write_tree(fc, v1, "/bank-a/ds")

@@ -328,6 +328,8 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("gateway", "credentials", "rm"): ["gateway", "credentials", "rm", "NOSUCHKEY"],
     ("dashboard",): ["dashboard", "--listen", "127.0.0.1:abc"],
     ("state", "show"): ["--state", "NOSTATE", "state", "show"],
+    ("registry", "admit"): ["registry", "admit", "bad name!", "--key", "xyz"],
+    ("registry", "pending"): ["--state", "NOSTATE", "registry", "pending"],
     ("state", "relocate"): ["state", "relocate", "/nonexistent/old", "/nonexistent/new"],
     ("meta", "dump"): ["meta", "dump", "/no/such/dir/f.dump"],
     ("meta", "load"): ["meta", "load", "/no/such.dump", "--meta", "notaurl"],

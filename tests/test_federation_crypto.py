@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,15 @@ from hypothesis import strategies as st
 
 from gfs import codec
 from gfs.errors import CorruptChunkError
-from gfs.federation.auth import AuthError, EntityKeys, NonceCache, verify_request, verify_token
+from gfs.federation.auth import (
+    SKEW,
+    AuthError,
+    EntityKeys,
+    NonceCache,
+    check_body,
+    verify_request,
+    verify_token,
+)
 
 K1, K2 = os.urandom(32), os.urandom(32)
 
@@ -57,21 +67,75 @@ def test_signatures_and_tokens(tmp_path: Path) -> None:
     assert again.public_b64 == keys.public_b64 and again.enc_key == keys.enc_key
     assert (tmp_path / "k" / "entity.key").stat().st_mode & 0o777 == 0o600
     pub = keys.private.public_key()
-    h = keys.sign("POST", "/v1/x?a=1", b"body")
-    assert verify_request(h, "POST", "/v1/x?a=1", b"body", pub, NonceCache()) == "bank-a"
-    for method, target, body in (("GET", "/v1/x?a=1", b"body"), ("POST", "/v1/x?a=2", b"body"),
-                                 ("POST", "/v1/x?a=1", b"bodY")):
+    aud = "127.0.0.2:8080"
+    h = keys.sign("POST", "/v1/x?a=1", b"body", aud)
+    assert verify_request(h, "POST", "/v1/x?a=1", aud, pub, NonceCache()) == "bank-a"
+    check_body(h, hashlib.sha256(b"body").hexdigest())
+    with pytest.raises(AuthError, match="does not match the signed"):
+        check_body(h, hashlib.sha256(b"bodY").hexdigest())
+    for method, target in (("GET", "/v1/x?a=1"), ("POST", "/v1/x?a=2")):
         with pytest.raises(AuthError, match="bad signature"):
-            verify_request(h, method, target, body, pub, NonceCache())
+            verify_request(h, method, target, aud, pub, NonceCache())
+    with pytest.raises(AuthError, match=r"signed for .127\.0\.0\.2:8080."):
+        verify_request(h, "POST", "/v1/x?a=1", "127.0.0.3:8080", pub, NonceCache())
+    forged = {**h, "X-Hutong-Audience": "127.0.0.3:8080"}
+    with pytest.raises(AuthError, match="bad signature"):
+        verify_request(forged, "POST", "/v1/x?a=1", "127.0.0.3:8080", pub, NonceCache())
     nonces = NonceCache()
-    verify_request(h, "POST", "/v1/x?a=1", b"body", pub, nonces)
+    verify_request(h, "POST", "/v1/x?a=1", aud, pub, nonces)
     with pytest.raises(AuthError, match="replayed"):
-        verify_request(h, "POST", "/v1/x?a=1", b"body", pub, nonces)
+        verify_request(h, "POST", "/v1/x?a=1", aud, pub, nonces)
     with pytest.raises(AuthError, match="clock"):
-        verify_request(h, "POST", "/v1/x?a=1", b"body", pub, NonceCache(),
+        verify_request(h, "POST", "/v1/x?a=1", aud, pub, NonceCache(),
                        now=float(h["X-Hutong-Time"]) + 1000)
     tok = verify_token(keys.mint_token("u", "read", "/bank-a/p", 60), pub)
     assert tok.allows("/bank-a/p/q", write=False) and not tok.allows("/bank-a/pq", False)
     assert not tok.allows("/bank-a/p/q", write=True)
     with pytest.raises(ValueError):
         keys.mint_token("u", "admin", "/bank-a", 60)
+
+
+def test_nonce_cache_never_forgets_inside_the_window() -> None:
+    """V6: once the cache held `limit` nonces it evicted ones still inside the window, so
+    a captured request was accepted again. Now a full cache refuses new requests (429 for
+    the entity over its share, 503 in all) and still refuses the replay."""
+    cache = NonceCache(limit=8, per_entity=4)
+    t0 = 1_000_000.0
+    cache.check("0" * 32, t0, "bank-a")  # the captured request
+    for i in range(1, 4):
+        cache.check(f"{i:032x}", t0 + i, "bank-a")
+    with pytest.raises(AuthError) as e:
+        cache.check("f" * 32, t0 + 5, "bank-a")
+    assert e.value.status == 429 and "bank-a" in str(e.value)
+    for i in range(4):
+        cache.check(f"{100 + i:032x}", t0 + 5, f"e{i}")
+    with pytest.raises(AuthError) as e2:
+        cache.check("e" * 32, t0 + 6, "telco-b")
+    assert e2.value.status == 503
+    with pytest.raises(AuthError, match="replayed"):
+        cache.check("0" * 32, t0 + 2 * SKEW - 1, "bank-a")  # still inside the window
+    cache.check("f" * 32, t0 + 2 * SKEW + 4, "bank-a")  # old ones expired: room again
+    assert len(cache) <= 8
+
+
+def test_nonce_cache_is_thread_safe() -> None:
+    """R1: executor threads shared the cache without a lock ("OrderedDict mutated during
+    iteration"). 8 threads x 2,000 nonces with expiry running: no error, none lost."""
+    cache = NonceCache(limit=1 << 20, per_entity=1 << 20)
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def worker(k: int) -> None:
+        start.wait()
+        try:
+            for i in range(2000):
+                cache.check(f"{k:08x}{i:024x}", 1000.0 + i * 0.01, f"e{k}")
+        except BaseException as e:
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(cache) == 8 * 2000  # 20 s of steps: nothing has expired yet

@@ -31,6 +31,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.site("a1", "bank-a", "cn-west", primary=True, industry="FIN")
         f.site("a2", "bank-a", "cn-east")
         f.site("t1", "telco-b", "cn-east", primary=True, industry="TEL")
+        with f.client("telco-b") as tc:
+            tc.agreement_add("t1", "bank-a", 64 << 20)
         with f.client("bank-a") as fc:
             fc.mkdir("/bank-a/data", parents=True, exist_ok=True)
             fc.mkdir("/bank-a/shared", parents=True, exist_ok=True)
@@ -169,7 +171,7 @@ def test_forged_signature_and_unsigned_rejected(fed: Federation) -> None:
     keys = fed.keys("bank-a")
     h = HttpClient(url, keys=keys)
     body = json.dumps({"path": "/bank-a/replay", "parents": True, "exist_ok": True}).encode()
-    headers = keys.sign("POST", "/v1/ns/mkdir", body)
+    headers = keys.sign("POST", "/v1/ns/mkdir", body, h.audience)
     import http.client
     for expect in (200, 401):
         conn = http.client.HTTPConnection(h.host, h.port, timeout=10)

@@ -3,6 +3,7 @@ heartbeats, links, and rejected requests that change nothing."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from gfs.federation.testing import Proc
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     d = tmp_path_factory.mktemp("registry")
     p = Proc([sys.executable, "-m", "gfs.cli", "registry", "serve", "--state", str(d),
-              "--ttl", "1.5"], d / "log")
+              "--ttl", "1.5", "--admission", "open"], d / "log")
     try:
         yield p.url
     finally:
@@ -121,3 +122,90 @@ def test_expressions() -> None:
     for bad in ("region", "a=b &", "(a=b", "a=b)", "a==b", "a=b $ c=d"):
         with pytest.raises(expr.ExpressionError):
             expr.parse(bad)
+
+
+def test_deep_expressions_are_a_clear_400(registry: str) -> None:
+    """V11: 1,000 `!` or 400 `(` were a 500 RecursionError; now a 400 naming the limit,
+    and the server goes on answering."""
+    pub = HttpClient(registry)
+    for where in ("!" * 1000 + "a=b", "(" * 400 + "a=b" + ")" * 400):
+        with pytest.raises(BadRequestError, match="nesting deeper than 32"):
+            pub.call("GET", "/v1/sites", query={"where": where})
+        with pytest.raises(BadRequestError, match="nesting deeper than 32"):
+            pub.call("GET", "/v1/pools", query={"where": where})
+    assert expr.parse("!" * 31 + "a=b")({"a": "c"})  # 31 levels are still fine
+    assert pub.call("GET", "/v1/health")["status"] == "ok"
+
+
+def test_registry_is_not_an_amplifier(registry: str, tmp_path: Path) -> None:
+    """V10: a 1 MiB heartbeat `info` was stored and returned by every unauthenticated
+    `GET /v1/sites` (150 sites: 135 MB per call); no limit of sites per entity and no
+    way to remove a site."""
+    _, h = _entity(tmp_path, "bank-v", registry)
+    _, other = _entity(tmp_path, "telco-v", registry, "TEL")
+    _site(h, "v0", "bank-v", "cn-west", "hot", 100)
+    with pytest.raises(ApiError) as e:
+        h.call("POST", "/v1/sites/v0/heartbeat", {"info": {"pad": "x" * (1 << 20)}})
+    assert e.value.status == 413
+    h.call("POST", "/v1/sites/v0/heartbeat", {"info": {"build": "x" * 3000}})
+    pub = HttpClient(registry)
+    assert pub.call("GET", "/v1/sites/v0")["info"] == {"build": "x" * 3000}
+    listing = pub.request("GET", "/v1/sites")[1]
+    assert b"x" * 3000 not in listing
+    for i in range(1, 64):
+        _site(h, f"v{i}", "bank-v", "cn-west", "hot", 100)
+    with pytest.raises(ApiError, match="already has 64 sites") as e2:
+        _site(h, "v64", "bank-v", "cn-west", "hot", 100)
+    assert e2.value.status == 409
+    with pytest.raises(AuthError) as e3:  # another entity cannot remove bank-v's sites
+        other.call("DELETE", "/v1/sites/v1")
+    assert e3.value.status in (401, 403)
+    h.call("PUT", "/v1/links/v0/v1", {"rtt_ms": 1.0})
+    assert h.call("DELETE", "/v1/sites/v1")["name"] == "v1"
+    with pytest.raises(ApiError) as e4:
+        pub.call("GET", "/v1/sites/v1")
+    assert e4.value.status == 404
+    assert not any("v1" in (lk["a"], lk["b"]) for lk in pub.call("GET", "/v1/links")["links"])
+    _site(h, "v64", "bank-v", "cn-west", "hot", 100)  # room again
+
+
+def test_entities_exist_only_once_the_operator_admits_them(tmp_path: Path) -> None:
+    """V4: registration was open and names first come, first served. Now a squatter's
+    registration is a pending request; the operator admits the rightful key."""
+    d = tmp_path / "reg"
+    p = Proc([sys.executable, "-m", "gfs.cli", "registry", "serve", "--state", str(d)],
+             tmp_path / "log")
+    try:
+        squatter = EntityKeys.create(tmp_path / "squat", "bank-z")
+        owner = EntityKeys.create(tmp_path / "owner", "bank-z")
+        body = {"name": "bank-z", "industry": "FIN", "region": "cn-west"}
+        for k in (squatter, owner):
+            with pytest.raises(AuthError, match="not admitted") as e:
+                HttpClient(p.url, keys=k).call("POST", "/v1/entities",
+                                               body | {"public_key": k.public_b64})
+            assert e.value.status == 403
+        pub = HttpClient(p.url)
+        assert pub.call("GET", "/v1/entities")["entities"] == []
+        with pytest.raises(AuthError):  # nothing can be done in its name meanwhile
+            HttpClient(p.url, keys=squatter).call("PUT", "/v1/sites/z1", {
+                "entity": "bank-z", "region": "cn-west", "endpoint": "http://127.0.0.9:1",
+                "pools": [{"name": "p0", "tier": "hot", "capacity": 1}]})
+        cli = [sys.executable, "-m", "gfs.cli", "registry"]
+        pending = subprocess.run([*cli, "pending", "--state", str(d)], check=True,
+                                 capture_output=True, text=True, timeout=60).stdout
+        assert squatter.public_b64 in pending and owner.public_b64 in pending
+        no_choice = subprocess.run([*cli, "admit", "--state", str(d), "bank-z"],
+                                   capture_output=True, text=True, timeout=60)
+        assert no_choice.returncode != 0 and "2 pending requests" in no_choice.stderr
+        subprocess.run([*cli, "admit", "--state", str(d), "bank-z", "--key", owner.public_b64],
+                       check=True, capture_output=True, timeout=60)
+        rec = pub.call("GET", "/v1/entities/bank-z")
+        assert rec["public_key"] == owner.public_b64 and rec["industry"] == "FIN"
+        with pytest.raises(ApiError) as e2:
+            HttpClient(p.url, keys=squatter).call("POST", "/v1/entities",
+                                                  body | {"public_key": squatter.public_b64})
+        assert e2.value.status == 409
+        assert HttpClient(p.url, keys=owner).call(
+            "POST", "/v1/entities", body | {"public_key": owner.public_b64})["id"] == rec["id"]
+    finally:
+        assert p.stop() == 0

@@ -14,8 +14,10 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
-from collections import OrderedDict
+import urllib.parse
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ KEY_FILE = "entity.key"
 DATA_FILE = "data.key"
 NAME_FILE = "entity.name"
 _NONCE = re.compile(r"[0-9a-f]{32}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class AuthError(HutongError, PermissionError):
@@ -71,10 +74,24 @@ def public_key(raw_b64: str) -> Ed25519PublicKey:
                         "bad_key") from e
 
 
-def _string_to_sign(method: str, target: str, entity: str, when: str, nonce: str,
-                    body: bytes) -> bytes:
-    return "\n".join(("HTSIG1", method.upper(), target, entity, when, nonce,
-                      hashlib.sha256(body).hexdigest())).encode()
+def _string_to_sign(method: str, audience: str, target: str, entity: str, when: str,
+                    nonce: str, body_sha256: str) -> bytes:
+    return "\n".join(("HTSIG2", method.upper(), audience, target, entity, when, nonce,
+                      body_sha256)).encode()
+
+
+def audience_of(url: str) -> str:
+    """The audience a request to `url` is signed for: its `host:port`, lower case."""
+    u = urllib.parse.urlsplit(url)
+    if not u.hostname:
+        raise ValueError(f"URL {url!r} has no host")
+    host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+    return f"{host}:{u.port or (443 if u.scheme == 'https' else 80)}".lower()
+
+
+def rotation_text(entity: str, new_key_b64: str) -> bytes:
+    """What the new key signs to prove its possession when an entity rotates its key."""
+    return f"HTROT1\n{entity}\n{new_key_b64}".encode()
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,17 @@ class Token:
     prefix: str
     exp: int
     iat: int
+    jti: str = ""
+
+    def revoked_by(self, record: Mapping[str, object]) -> bool:
+        """Whether the issuer's registry `record` revokes this token (by id, or all
+        tokens issued before `revoked_before`)."""
+        before = record.get("revoked_before") or 0
+        if isinstance(before, (int, float)) and self.iat < before:
+            return True
+        revoked = record.get("revoked") or []
+        return isinstance(revoked, list) and any(
+            isinstance(r, dict) and r.get("jti") == self.jti for r in revoked)
 
     def allows(self, path: str, write: bool) -> bool:
         """Whether the claims cover `path` for reading (or writing)."""
@@ -153,12 +181,17 @@ class EntityKeys:
             raise StateError(f"entity keys in {d} are not an Ed25519 key and a 32-byte secret")
         return cls(name, private, secret)
 
-    def sign(self, method: str, target: str, body: bytes = b"") -> dict[str, str]:
-        """Headers that sign a request (`target` is the path with its query string)."""
+    def sign(self, method: str, target: str, body: bytes, audience: str) -> dict[str, str]:
+        """Headers that sign a request for the server `audience` (`audience_of` its URL);
+        `target` is the path with its query string. The body is signed through its
+        SHA-256, sent in a header, so the server authenticates before reading it."""
         when = str(int(time.time()))
         nonce = secrets.token_hex(16)
-        sig = self.private.sign(_string_to_sign(method, target, self.name, when, nonce, body))
+        digest = hashlib.sha256(body).hexdigest()
+        sig = self.private.sign(_string_to_sign(method, audience, target, self.name, when,
+                                                nonce, digest))
         return {"X-Hutong-Entity": self.name, "X-Hutong-Time": when, "X-Hutong-Nonce": nonce,
+                "X-Hutong-Audience": audience, "X-Hutong-Content-SHA256": digest,
                 "X-Hutong-Signature": b64e(sig)}
 
     def mint_token(self, sub: str, scope: str, prefix: str, ttl: float) -> str:
@@ -168,28 +201,56 @@ class EntityKeys:
         prefix = paths.normalize(prefix)
         now = int(time.time())
         claims = {"iss": self.name, "sub": sub, "scope": scope, "prefix": prefix,
-                  "iat": now, "exp": now + int(ttl)}
+                  "iat": now, "exp": now + int(ttl), "jti": secrets.token_hex(16)}
         head = b64e(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
         return head + "." + b64e(self.private.sign(b"HTTOK1." + head.encode()))
 
 
 class NonceCache:
-    """Nonces seen within the skew window (bounded), to refuse replayed requests."""
+    """Nonces seen within the replay window, to refuse replayed requests; thread-safe.
 
-    def __init__(self, limit: int = 65536) -> None:
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._limit = limit
+    A nonce is never forgotten while a request carrying it could still be accepted
+    (2 * SKEW seconds). Memory is bounded by refusing new requests instead: at most
+    `per_entity` remembered nonces per entity (429 beyond) and `limit` in all (503)."""
 
-    def check(self, nonce: str, now: float) -> None:
-        """Record `nonce`; AuthError if it was seen in the last 2 * SKEW seconds."""
-        while self._seen:
-            oldest, t = next(iter(self._seen.items()))
-            if t > now - 2 * SKEW and len(self._seen) < self._limit:
-                break
-            self._seen.pop(oldest)
-        if nonce in self._seen:
-            raise AuthError("replayed request (nonce seen before); sign every request anew")
-        self._seen[nonce] = now
+    WINDOW = 2 * SKEW
+
+    def __init__(self, limit: int = 1 << 18, per_entity: int = 1 << 16) -> None:
+        self._seen: dict[str, str] = {}
+        self._order: deque[tuple[float, str]] = deque()
+        self._count: dict[str, int] = {}
+        self._limit, self._per_entity = limit, per_entity
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+    def check(self, nonce: str, now: float, entity: str = "") -> None:
+        """Record `nonce` of `entity`; AuthError if it was seen in the window (401) or the
+        cache is full of nonces still inside it (429 for the entity, 503 in all)."""
+        with self._lock:
+            while self._order and self._order[0][0] <= now - self.WINDOW:
+                _, old = self._order.popleft()
+                owner = self._seen.pop(old)
+                left = self._count[owner] - 1
+                if left:
+                    self._count[owner] = left
+                else:
+                    del self._count[owner]
+            if nonce in self._seen:
+                raise AuthError("replayed request (nonce seen before); sign every request "
+                                "anew")
+            if self._count.get(entity, 0) >= self._per_entity:
+                raise AuthError(f"entity {entity!r} sent more than {self._per_entity} signed "
+                                f"requests in {self.WINDOW} s; slow down and retry", 429,
+                                "too_many_requests")
+            if len(self._seen) >= self._limit:
+                raise AuthError(f"more than {self._limit} signed requests in {self.WINDOW} s; "
+                                "the server is busy, retry later", 503, "busy")
+            self._seen[nonce] = entity
+            self._order.append((now, nonce))
+            self._count[entity] = self._count.get(entity, 0) + 1
 
 
 def signed_entity(headers: Mapping[str, str]) -> str | None:
@@ -204,37 +265,68 @@ def signed_entity(headers: Mapping[str, str]) -> str | None:
         raise AuthError(str(e)) from None
 
 
-def verify_request(headers: Mapping[str, str], method: str, target: str, body: bytes,
+def verify_request(headers: Mapping[str, str], method: str, target: str, audience: str,
                    key: Ed25519PublicKey, nonces: NonceCache, now: float | None = None) -> str:
-    """Check a signed request against the entity's public `key`; returns the entity name."""
+    """Check a signed request's headers against the entity's public `key` and this
+    server's `audience`; returns the entity name. The body is checked afterwards, as it
+    is read, against `X-Hutong-Content-SHA256` (`check_body`)."""
     get = headers.get
     entity = signed_entity(headers)
     when, nonce, sig = (get("X-Hutong-Time"), get("X-Hutong-Nonce"),
                         get("X-Hutong-Signature"))
-    if entity is None or when is None or nonce is None or sig is None:
-        raise AuthError("unsigned request: X-Hutong-Entity, -Time, -Nonce and -Signature "
-                        "are all required")
+    aud, digest = get("X-Hutong-Audience"), get("X-Hutong-Content-SHA256")
+    if (entity is None or when is None or nonce is None or sig is None or aud is None
+            or digest is None):
+        raise AuthError("unsigned request: X-Hutong-Entity, -Time, -Nonce, -Audience, "
+                        "-Content-SHA256 and -Signature are all required")
     now = time.time() if now is None else now
     if not when.isdigit() or abs(int(when) - now) > SKEW:
         raise AuthError(f"request time {when!r} is more than {SKEW} s from the server's clock; "
                         "check the clocks")
     if not _NONCE.fullmatch(nonce):
         raise AuthError("X-Hutong-Nonce must be 32 lower-case hex digits")
+    if not _SHA256.fullmatch(digest):
+        raise AuthError("X-Hutong-Content-SHA256 must be 64 lower-case hex digits")
+    if aud.lower() != audience:
+        raise AuthError(f"request signed for {aud!r}, but this server is {audience!r}; sign "
+                        "it for the server it is sent to", 401, "wrong_audience")
     try:
-        key.verify(b64d(sig), _string_to_sign(method, target, entity, when, nonce, body))
+        key.verify(b64d(sig), _string_to_sign(method, audience, target, entity, when, nonce,
+                                              digest))
     except (InvalidSignature, ValueError):
         raise AuthError(f"bad signature for entity {entity!r} (not signed with the key the "
                         "registry publishes)") from None
-    nonces.check(nonce, now)
+    nonces.check(nonce, now, entity)
     return entity
+
+
+def check_body(headers: Mapping[str, str], digest: str) -> None:
+    """AuthError unless `digest` (SHA-256 hex of the body read) is the signed one."""
+    if headers.get("X-Hutong-Content-SHA256") != digest:
+        raise AuthError("the body does not match the signed X-Hutong-Content-SHA256; sign "
+                        "the body that is sent")
+
+
+def token_claims(token: str) -> dict[str, object]:
+    """The claims of a token, unverified (to find the key that must verify it)."""
+    try:
+        claims = json.loads(b64d(token.split(".", 1)[0]))
+        if not isinstance(claims, dict):
+            raise TypeError("claims")
+        return claims
+    except (ValueError, TypeError):
+        raise AuthError("malformed token: expected base64url(claims).base64url(signature)") \
+            from None
 
 
 def token_issuer(token: str) -> str:
     """The `iss` claim of a token, unverified (to find the key that must verify it)."""
     try:
-        claims = json.loads(b64d(token.split(".", 1)[0]))
-        return check_name(claims["iss"], "token issuer")
-    except (ValueError, KeyError, TypeError, HutongError):
+        iss = token_claims(token)["iss"]
+        if not isinstance(iss, str):
+            raise KeyError("iss")
+        return check_name(iss, "token issuer")
+    except (KeyError, HutongError):
         raise AuthError("malformed token: expected base64url(claims).base64url(signature)") \
             from None
 
@@ -246,7 +338,7 @@ def verify_token(token: str, key: Ed25519PublicKey, now: float | None = None) ->
         key.verify(b64d(sig), b"HTTOK1." + head.encode())
         c = json.loads(b64d(head))
         tok = Token(str(c["iss"]), str(c["sub"]), str(c["scope"]), str(c["prefix"]),
-                    int(c["exp"]), int(c["iat"]))
+                    int(c["exp"]), int(c["iat"]), str(c.get("jti", "")))
     except (InvalidSignature, ValueError, KeyError, TypeError):
         raise AuthError("invalid token (bad signature or claims); mint a new one") from None
     if tok.scope not in ("read", "write"):

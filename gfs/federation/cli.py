@@ -41,9 +41,13 @@ async def _serve(app: web.Application, host: str, port: int, banner: str,
 
     from aiohttp import web
 
-    runner = web.AppRunner(app, shutdown_timeout=10.0, access_log=None)
+    from gfs.federation.guard import GuardedSite, Limits
+
+    limits = Limits()
+    runner = web.AppRunner(app, shutdown_timeout=10.0, access_log=None,
+                           keepalive_timeout=limits.idle)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await GuardedSite(runner, host, port, limits=limits).start()
     bound = runner.addresses[0][1]
     url = f"http://{host}:{bound}" if ":" not in host else f"http://[{host}]:{bound}"
     loop = asyncio.get_running_loop()
@@ -67,10 +71,52 @@ async def _serve(app: web.Application, host: str, port: int, banner: str,
 def cmd_registry_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from gfs.federation.auth import audience_of
     from gfs.federation.registry import RegistryState, make_app
 
-    state = RegistryState(state_dir(args.state), ttl=args.ttl)
-    asyncio.run(_serve(make_app(state), args.host, args.port, "hutong registry: serving on"))
+    state = RegistryState(state_dir(args.state), ttl=args.ttl, admission=args.admission)
+
+    async def on_start(url: str) -> None:
+        state.audience = audience_of(url)
+    asyncio.run(_serve(make_app(state), args.host, args.port, "hutong registry: serving on",
+                       on_start))
+    return 0
+
+
+def cmd_registry_admit(args: argparse.Namespace) -> int:
+    from gfs.federation.registry import RegistryState
+
+    state = RegistryState(state_dir(args.state))  # may prepare a registry before it serves
+    try:
+        rec = state.admit(args.name, args.key, args.industry, args.region, rekey=args.rekey)
+    finally:
+        state.close()
+    if not args.quiet:
+        print(f"admitted entity {rec['name']} ({rec['id']})")
+    return 0
+
+
+def _existing_registry_dir(args: argparse.Namespace) -> Path:
+    """The state directory of a registry that has served once (operator commands never
+    create one: a typo must not look like an empty registry)."""
+    from gfs.errors import StateError
+
+    root = state_dir(args.state)
+    if not (root / "meta" / "data.mdb").is_file():
+        raise StateError(f"no registry state at {root}; pass the --state of "
+                         "`hutong registry serve`")
+    return root
+
+
+def cmd_registry_pending(args: argparse.Namespace) -> int:
+    from gfs.federation.registry import RegistryState
+
+    state = RegistryState(_existing_registry_dir(args))
+    try:
+        for r in state.pending():
+            print(f"{r['name']}\t{r['industry']}\t{r['region']}\t{r['public_key']}")
+    finally:
+        state.close()
     return 0
 
 
@@ -91,11 +137,12 @@ def cmd_site_init(args: argparse.Namespace) -> int:
 def cmd_site_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from gfs.federation.background import every
     from gfs.federation.rules import reconcile
     from gfs.federation.site import Site, make_app
     from gfs.mover import MoverServer
 
-    site = Site(state_dir(args.state), registry=args.registry)
+    site = Site(state_dir(args.state), registry=args.registry, key_ttl=args.key_cache)
     movers: list[MoverServer] = []
 
     async def on_start(url: str) -> None:
@@ -108,50 +155,50 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
                 srv.counters()["bytes"] if movers else 0)
         try:
             await asyncio.get_running_loop().run_in_executor(None, site.register)
+        except Exception as e:  # any failure: the heartbeats register again
+            log.warning("site %s: registration failed (%s: %s); heartbeats will retry",
+                        site.name, type(e).__name__, e)
+
+    async def heartbeat() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, site.heartbeat)
         except HutongError as e:
-            log.warning("site %s: registry not reachable yet (%s); heartbeats will retry",
-                        site.name, e)
+            if getattr(e, "status", 0) != 404:
+                raise
+            await loop.run_in_executor(None, site.register)
 
     async def heartbeats() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(args.heartbeat)
-            try:
-                await loop.run_in_executor(None, site.heartbeat)
-            except HutongError as e:
-                if getattr(e, "status", 0) == 404:
-                    await loop.run_in_executor(None, site.register)
-                else:
-                    log.warning("site %s: heartbeat failed: %s", site.name, e)
+        await every(f"site {site.name}: heartbeat", args.heartbeat, heartbeat, log)
+
+    rounds = itertools.count(1)
+
+    async def reconcile_round() -> None:
+        round_ = next(rounds)
+        verify = args.verify_every > 0 and round_ % args.verify_every == 0
+        await asyncio.get_running_loop().run_in_executor(None, reconcile, site, verify)
 
     async def reconciler() -> None:
-        loop = asyncio.get_running_loop()
-        for round_ in itertools.count(1):
-            await asyncio.sleep(args.reconcile_interval)
-            verify = args.verify_every > 0 and round_ % args.verify_every == 0
-            try:
-                await loop.run_in_executor(None, reconcile, site, verify)
-            except HutongError as e:
-                log.warning("site %s: reconcile failed: %s", site.name, e)
+        await every(f"site {site.name}: reconcile", args.reconcile_interval,
+                    reconcile_round, log)
+
+    async def tier_round() -> None:
+        from gfs.tiering.tierer import run as tier_run
+
+        report = await asyncio.get_running_loop().run_in_executor(None, tier_run,
+                                                                  site.client.store)
+        site.metrics.inc("tier_moves_total", report.moved)
+        site.metrics.inc("tier_moved_bytes_total", report.bytes_moved)
 
     async def tierer() -> None:
-        from gfs.tiering.tierer import run as tier_run
         from gfs.tiering.tierer import tier_usage
 
-        loop = asyncio.get_running_loop()
         def gauge(tier: str) -> Callable[[], float]:
             return lambda: float(tier_usage(site.client.store).get(tier, 0))
 
         for tier in ("hot", "warm", "cold"):
             site.metrics.gauges[f"tier_{tier}_bytes"] = gauge(tier)
-        while True:
-            await asyncio.sleep(args.tier_interval)
-            try:
-                report = await loop.run_in_executor(None, tier_run, site.client.store)
-                site.metrics.inc("tier_moves_total", report.moved)
-                site.metrics.inc("tier_moved_bytes_total", report.bytes_moved)
-            except HutongError as e:
-                log.warning("site %s: tierer run failed: %s", site.name, e)
+        await every(f"site {site.name}: tierer run", args.tier_interval, tier_round, log)
 
     background = [heartbeats] + ([reconciler] if site.config.primary
                                  and args.reconcile_interval > 0 else [])
@@ -359,7 +406,23 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--port", type=port, default=0, help="port (0: any free port; printed)")
     sp.add_argument("--ttl", type=positive_duration_arg, default=15.0,
                     help="heartbeat TTL in seconds (15)")
+    sp.add_argument("--admission", choices=("operator", "open"), default="operator",
+                    help="operator: entities exist once `registry admit` admits them "
+                    "(default); open: on a signed registration (tests, demos)")
     sp.set_defaults(func=cmd_registry_serve)
+    sp = rs.add_parser("admit", parents=[common], help="admit an entity (the operator)",
+                       description="Bind entity NAME to its public key in the registry "
+                       "state of --state DIR (the registry may be running).")
+    sp.add_argument("name")
+    sp.add_argument("--key", help="its public key, base64 (default: that of its only "
+                    "pending request)")
+    sp.add_argument("--industry")
+    sp.add_argument("--region")
+    sp.add_argument("--rekey", action="store_true",
+                    help="rebind an admitted entity to --key (a lost or rotated key)")
+    sp.set_defaults(func=cmd_registry_admit)
+    sp = rs.add_parser("pending", parents=[common], help="list registration requests")
+    sp.set_defaults(func=cmd_registry_pending)
 
     p = sub.add_parser("site", help="create or run a federation site", parents=[common])
     ss = p.add_subparsers(dest="site_command", metavar="COMMAND", required=True)
@@ -378,6 +441,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--registry", metavar="URL", help="override the registry of site.json")
     sp.add_argument("--heartbeat", type=positive_duration_arg, default=5.0,
                     help="seconds between heartbeats")
+    sp.add_argument("--key-cache", type=positive_duration_arg, default=60.0,
+                    help="seconds peers' keys and token revocations are cached (60)")
     sp.add_argument("--verify-every", type=int, default=10,
                     help="audit replicas every N-th reconcile round (0: never)")
     sp.add_argument("--tier-interval", type=duration_arg, default=300.0,

@@ -24,8 +24,14 @@ from typing import Any
 
 from gfs import chunking, paths
 from gfs.codec import decode_blob, decode_encrypted_blob, encode_blobs, keyed_chunk_id
-from gfs.errors import ChunkMissingError, CorruptChunkError, HutongError, InvalidPathError
-from gfs.federation.auth import EntityKeys, token_issuer
+from gfs.errors import (
+    ChunkMissingError,
+    ConfigError,
+    CorruptChunkError,
+    HutongError,
+    InvalidPathError,
+)
+from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, token_issuer
 from gfs.federation.http import HttpClient, UnavailableError
 from gfs.store import prepare
 
@@ -34,6 +40,8 @@ PUT_BATCH_BYTES = 16 << 20
 PULL_BATCH = 4096
 """Chunk ids per `/v1/mover/pull` request (the site's limit)."""
 PULL_TIMEOUT = 600.0
+RECONCILE_TIMEOUT = 3600.0
+"""Seconds `reconcile` waits for its answer (a round places and audits data)."""
 """Seconds the answer to one pull may take (the site's fetch stops on a 30 s stall)."""
 
 
@@ -149,10 +157,7 @@ class FederationClient:
         if self.keys is not None:
             return self.keys.name == entity
         if self.token is not None and self.me == entity:
-            import json
-
-            from gfs.federation.auth import b64d
-            claims = json.loads(b64d(self.token.split(".", 1)[0]))
+            claims = token_claims(self.token)
             return str(claims.get("prefix", "")).rstrip("/") == f"/{entity}"
         return False
 
@@ -194,8 +199,10 @@ class FederationClient:
             elif name == near["name"]:
                 c = -1.0
             else:
-                c = rtt.get((near["name"], name), rtt.get((name, near["name"]),
-                            1.0 if s["region"] == near["region"] else 1000.0))
+                # only links measured from the near site count: a link another entity
+                # published from its own site says nothing the reader can trust
+                c = rtt.get((near["name"], name),
+                            1.0 if s["region"] == near["region"] else 1000.0)
             return (c, 1 if name == holders[0] else 0)
         usable = [h for h in holders if h in sites and sites[h]["status"] == "up"
                   and (sites[h]["entity"] == owner or self.keys is not None)]
@@ -403,9 +410,63 @@ class FederationClient:
     def rule_rm(self, entity: str, rule_id: str) -> dict[str, Any]:
         return dict(self._entity_site(entity).call("DELETE", f"/v1/rules/{rule_id}"))
 
-    def reconcile(self, entity: str, *, verify: bool = False) -> list[dict[str, Any]]:
+    def reconcile(self, entity: str, *, verify: bool = False,
+                  timeout: float = RECONCILE_TIMEOUT) -> list[dict[str, Any]]:
         """Evaluate the entity's rules now (normally the primary does it periodically);
-        `verify` also reads back every replica and replaces damaged ones."""
-        return list(self._entity_site(entity).call(
-            "POST", "/v1/rules/reconcile", {},
-            query={"verify": "1"} if verify else None)["rules"])
+        `verify` also reads back every replica and replaces damaged ones. `timeout`
+        bounds the wait for the answer: a round moves data, so it is not the client's
+        per-request timeout."""
+        h = HttpClient(self._entity_site(entity).base_url, keys=self.keys, token=self.token,
+                       timeout=max(timeout, self.timeout))
+        try:
+            return list(h.call("POST", "/v1/rules/reconcile", {},
+                               query={"verify": "1"} if verify else None)["rules"])
+        finally:
+            h.close()
+
+    # -- storage agreements (the host's side) ---------------------------------------------
+    def agreement_add(self, site: str, to: str, quota: int,
+                      lifetime: float | None = None) -> dict[str, Any]:
+        """Let entity `to` keep up to `quota` bytes of its encrypted replicas at `site` (a
+        site of this client's entity), for `lifetime` seconds (None: until revoked)."""
+        body: dict[str, Any] = {"to": to, "quota": quota}
+        if lifetime is not None:
+            body["lifetime"] = lifetime
+        return dict(self.http(site).call("POST", "/v1/agreements", body))
+
+    def agreements(self, site: str) -> list[dict[str, Any]]:
+        return list(self.http(site).call("GET", "/v1/agreements")["agreements"])
+
+    def agreement_rm(self, site: str, agreement_id: str) -> dict[str, Any]:
+        """Revoke an agreement; the guest's data at `site` is removed with it."""
+        return dict(self.http(site).call("DELETE", f"/v1/agreements/{agreement_id}"))
+
+    def vault(self, site: str) -> list[dict[str, Any]]:
+        """What `site` keeps for other entities: owner, bytes, blobs, rules, agreement."""
+        return list(self.http(site).call("GET", "/v1/vault")["owners"])
+
+    # -- keys and tokens (the entity's side) --------------------------------------------
+    def revoke_token(self, token: str) -> dict[str, Any]:
+        """Revoke one token of this client's entity (sites refuse it within their key
+        cache time)."""
+        claims = token_claims(token)
+        return dict(self.registry.call("POST", f"/v1/entities/{self._me()}/revoke",
+                                       {"jti": claims["jti"], "exp": claims["exp"]}))
+
+    def revoke_tokens_before(self, when: float) -> dict[str, Any]:
+        """Revoke every token of this client's entity issued before `when` (unix s)."""
+        return dict(self.registry.call("POST", f"/v1/entities/{self._me()}/revoke",
+                                       {"before": when}))
+
+    def rotate_key(self, new: EntityKeys) -> dict[str, Any]:
+        """Bind this client's entity to `new`'s key at the registry (signed with the
+        current key, proven by the new one); copy the new key to the entity's sites."""
+        me = self._me()
+        proof = b64e(new.private.sign(rotation_text(me, new.public_b64)))
+        return dict(self.registry.call("POST", f"/v1/entities/{me}/key",
+                                       {"public_key": new.public_b64, "proof": proof}))
+
+    def _me(self) -> str:
+        if self.keys is None:
+            raise ConfigError("this needs the entity's keys (--keys), not a token")
+        return self.keys.name

@@ -20,6 +20,8 @@ Predicate = Callable[[Attrs], bool]
 
 _TOKEN = re.compile(r"\s*(?:(?P<op>!=|>=|<=|[=<>&|!()])|(?P<word>[A-Za-z0-9_.:*\-]+))")
 MAX_EXPR = 1024
+MAX_DEPTH = 32
+"""Deepest nesting of `!` and `(` accepted (a deeper one is refused, never recursed into)."""
 
 
 class ExpressionError(FormatError):
@@ -77,6 +79,7 @@ def parse(text: str) -> Predicate:
     if not toks:
         return lambda attrs: True
     i = 0
+    depth = 0
 
     def peek() -> tuple[str, str, int] | None:
         return toks[i] if i < len(toks) else None
@@ -94,6 +97,17 @@ def parse(text: str) -> Predicate:
         i += 1
         return t[1]
 
+    def nested(parse_inner: Callable[[], Predicate]) -> Predicate:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise fail(f"nesting deeper than {MAX_DEPTH} levels of '!' and '('; simplify "
+                       "the expression")
+        try:
+            return parse_inner()
+        finally:
+            depth -= 1
+
     def unary() -> Predicate:
         nonlocal i
         t = peek()
@@ -101,11 +115,11 @@ def parse(text: str) -> Predicate:
             raise fail("expected a term")
         if t == ("op", "!", t[2]):
             i += 1
-            inner = unary()
+            inner = nested(unary)
             return lambda a: not inner(a)
         if t[0] == "op" and t[1] == "(":
             i += 1
-            inner = disj()
+            inner = nested(disj)
             take("op", ")")
             return inner
         key = take("word")

@@ -4,6 +4,7 @@ a synchronous keep-alive client that signs requests, and Prometheus text metrics
 from __future__ import annotations
 
 import errno as _errno
+import hashlib
 import http.client
 import json
 import logging
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from gfs import errors as gerr
 from gfs.errors import FormatError, HutongError
-from gfs.federation.auth import AuthError, EntityKeys
+from gfs.federation.auth import AuthError, EntityKeys, audience_of, check_body
 
 log = logging.getLogger("gfs.federation")
 MAX_JSON = 1 << 20
@@ -69,10 +70,24 @@ async def error_middleware(request: web.Request,
         return error_body(e.status, e.code, str(e))
     except ApiError as e:
         return error_body(e.status, e.code, str(e))
+    except (gerr.NoSpaceError, gerr.PoolError) as e:
+        # the detail names server paths and pool URLs: it goes to the log, not the peer
+        log.warning("%s %s: %s", request.method, request.path, e)
+        if isinstance(e, gerr.NoSpaceError):
+            return error_body(507, "ENOSPC", "no space left at this server for the data; "
+                              "place it elsewhere or ask its operator to free space")
+        return error_body(500, "EIO", "a storage pool of this server failed; retry, or "
+                          "read another replica")
     except gerr._OSLike as e:
         code = _errno.errorcode.get(e.errno or _errno.EIO, "EIO")
         return error_body(_STATUS_OF_ERRNO.get(e.errno or 0, 500), code, e.strerror or str(e),
                           str(e.filename or ""))
+    except OSError as e:
+        log.warning("%s %s: %s", request.method, request.path, e)
+        if e.errno in (_errno.ENOSPC, _errno.EDQUOT):
+            return error_body(507, "ENOSPC", "no space left at this server for the data; "
+                              "place it elsewhere or ask its operator to free space")
+        return error_body(500, "EIO", "input/output error at this server; retry later")
     except (FormatError, gerr.ConfigError) as e:
         return error_body(400, "bad_request", str(e))
     except web.HTTPRequestEntityTooLarge as e:
@@ -80,19 +95,35 @@ async def error_middleware(request: web.Request,
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return error_body(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+        resp = error_body(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+        if "Allow" in e.headers:  # 405: which methods the resource has
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
 
 
-async def read_json(request: web.Request, limit: int = MAX_JSON) -> dict[str, Any]:
-    """The request's JSON object body, bounded by `limit` bytes; BadRequestError otherwise."""
+async def read_body(request: web.Request, limit: int, *, signed: bool = False) -> bytes:
+    """The request body, streamed and refused (413) as soon as it passes `limit` bytes,
+    whatever Content-Length says (or not, when chunked). With `signed`, the body must be
+    the one the request's signature covers (`X-Hutong-Content-SHA256`)."""
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(f"JSON body of {request.content_length} bytes exceeds {limit}", 413,
+        raise ApiError(f"body of {request.content_length} bytes exceeds {limit}", 413,
                        "too_large")
-    body = await request.read()
-    if len(body) > limit:
-        raise ApiError(f"JSON body exceeds {limit} bytes", 413, "too_large")
+    buf = bytearray()
+    digest = hashlib.sha256()
+    async for part in request.content.iter_any():
+        if len(buf) + len(part) > limit:
+            raise ApiError(f"body exceeds {limit} bytes", 413, "too_large")
+        buf += part
+        digest.update(part)
+    if signed:
+        check_body(request.headers, digest.hexdigest())
+    return bytes(buf)
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """A JSON object body (an empty body is `{}`); BadRequestError otherwise."""
     try:
-        data = json.loads(body or b"null")
+        data = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequestError(f"body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
@@ -100,9 +131,19 @@ async def read_json(request: web.Request, limit: int = MAX_JSON) -> dict[str, An
     return data
 
 
+async def read_json(request: web.Request, limit: int = MAX_JSON, *,
+                    signed: bool = False) -> dict[str, Any]:
+    """The request's JSON object body, bounded by `limit` bytes (`read_body`)."""
+    return parse_json(await read_body(request, limit, signed=signed))
+
+
 def field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
-          default: Any = ..., *, check: Callable[[Any], bool] | None = None) -> Any:
-    """`data[name]` of type `kind` (bool is not an int), or `default`; BadRequestError."""
+          default: Any = ..., *, check: Callable[[Any], bool] | None = None,
+          nullable: bool = False) -> Any:
+    """`data[name]` of type `kind` (bool is not an int), or `default` when absent (or
+    null, if `nullable`); BadRequestError."""
+    if name in data and data[name] is None and not nullable:
+        raise BadRequestError(f"field {name!r} must not be null; leave it out instead")
     if name not in data or data[name] is None:
         if default is ...:
             raise BadRequestError(f"field {name!r} is required")
@@ -170,6 +211,7 @@ class HttpClient:
             raise gerr.ConfigError(f"URL {base_url!r} must be http://HOST:PORT")
         self.base_url = base_url.rstrip("/")
         self.host, self.port = u.hostname, u.port or 80
+        self.audience = audience_of(base_url)
         self.keys, self.token, self.timeout = keys, token, timeout
         self._local = threading.local()
 
@@ -195,7 +237,7 @@ class HttpClient:
         for attempt in range(2):
             headers = {"Content-Type": content_type} if body or method != "GET" else {}
             if self.keys is not None:
-                headers.update(self.keys.sign(method, target, body))
+                headers.update(self.keys.sign(method, target, body, self.audience))
             if self.token is not None:
                 headers["Authorization"] = f"Bearer {self.token}"
             conn = self._conn()

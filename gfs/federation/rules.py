@@ -10,6 +10,7 @@ records the state `ok`, `replicating` or `stuck` with a reason (docs/format.md, 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,9 +36,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gfs.federation.rules")
 BATCH_IDS = 1024
+PIN_BATCH = 4096
+"""Keyed ids per pin request (the host's limit per request)."""
 BATCH_BYTES = 16 << 20
 #: Replicas read back per request by an audit.
 AUDIT_BATCH = 256
+DISTRUST = 24 * 3600.0
+"""Seconds a site whose audit found copies missing is placed after every other."""
 
 
 class RuleSpec(Schema):
@@ -117,6 +122,13 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
         else:
             keyed = {keyed_chunk_id(r.id, site.keys.id_key): r.id for r in refs}
             kids = list(keyed)
+            # pin first (in batches under the host's per-request limit): the host's gc
+            # then never removes a blob sent below before its pin arrives
+            parts = _batches([k.hex() for k in kids], PIN_BATCH) or [[]]
+            round_ = secrets.token_hex(8)
+            for i, part in enumerate(parts):
+                peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}",
+                          {"ids": part, "round": round_, "batch": i, "batches": len(parts)})
             missing = []
             for b in _batches(kids, 4096):
                 have = peer.call("POST", "/v1/chunks/has",
@@ -137,23 +149,22 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
             if batch:
                 _send_frames(peer, batch, site.entity)
                 sent += len(batch)
-            peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}",
-                      {"ids": [k.hex() for k in kids]})
     finally:
         peer.close()
     return sent
 
 
-def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> int:
+def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> tuple[int, int]:
     """Read back the replicas of `refs` on `target`, verify them here (the owner holds
-    the keys), and replace every damaged one with a good copy; returns how many."""
+    the keys), and replace every damaged one with a good copy; returns (repaired,
+    missing). A missing copy is a failure of the target, whatever its `has` said."""
     from gfs.federation.site import pack_frames, unpack_frames
 
     if target["name"] == site.name:
-        return 0
+        return 0, 0
     own = target["entity"] == site.entity
     peer = _peer(site, target)
-    repaired = 0
+    repaired = missing = 0
     try:
         for batch in _batches(refs, AUDIT_BATCH):
             ids = [r.id if own else keyed_chunk_id(r.id, site.keys.id_key) for r in batch]
@@ -163,9 +174,11 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> int:
             data = peer.call("POST", "/v1/chunks/get", body)
             blobs = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
             bad: list[bytes] = []
+            missing += max(0, len(batch) - len(blobs))
             for ref, blob in zip(batch, blobs, strict=False):
                 if not blob:
-                    continue  # missing: the placement pass sends it
+                    missing += 1
+                    continue
                 try:
                     if own:
                         decode_blob(blob, expect_id=ref.id)
@@ -189,7 +202,7 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> int:
                 repaired += int(answer["stored"])
     finally:
         peer.close()
-    return repaired
+    return repaired, missing
 
 
 def _send_frames(peer: HttpClient, blobs: list[bytes], owner: str) -> None:
@@ -223,12 +236,23 @@ def _put_plain(site: Site, peer: HttpClient, missing: list[bytes]) -> int:
     return sent
 
 
-def _order(site: Site, rule: dict[str, Any], up: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _order(site: Site, rule: dict[str, Any], up: list[dict[str, Any]],
+           links: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Targets by what the owner knows, not by what they declare: sites already holding
+    the rule, this site, the entity's own sites, sites without a failed audit in the
+    last DISTRUST seconds, then by the rtt this site measured to them (docs/trust.md).
+    Declared capacity never attracts a replica."""
     held = rule.get("sites", [])
+    failed = rule.get("failed", {})
+    now = time.time()
+    rtt = {lk["b"]: float(lk["rtt_ms"]) for lk in links if lk["a"] == site.name}
 
-    def key(s: dict[str, Any]) -> tuple[int, int, int]:
-        free = sum(p["capacity"] - p.get("used", 0) for p in s["pools"])
-        return (0 if s["name"] in held else 1, 0 if s["name"] == site.name else 1, -free)
+    def key(s: dict[str, Any]) -> tuple[int, int, int, int, float, str]:
+        name = s["name"]
+        return (0 if name in held else 1, 0 if name == site.name else 1,
+                0 if s["entity"] == site.entity else 1,
+                1 if now - failed.get(name, 0) < DISTRUST else 0,
+                rtt.get(name, float("inf")), name)
     return sorted(up, key=key)
 
 
@@ -238,7 +262,8 @@ def reconcile_rule(site: Site, rule: dict[str, Any],
     replica is also read back, checked, and replaced if damaged (`audit`)."""
     matching = site.registry.call("GET", "/v1/sites", query={"where": rule["where"]})["sites"]
     up = [sites.get(s["name"], s) for s in matching if s["status"] == "up"]
-    targets = _order(site, rule, up)[:rule["copies"]]
+    links = site.registry.call("GET", "/v1/links")["links"]
+    targets = _order(site, rule, up, links)[:rule["copies"]]
     refs_by_id: dict[bytes, ChunkRef] = {}
     files = rule_files(site, rule["pattern"])
     for _, refs in files:
@@ -255,7 +280,15 @@ def reconcile_rule(site: Site, rule: dict[str, Any],
         try:
             sent += push(site, t, rule["id"], refs, files)
             if verify:
-                repaired += audit(site, t, refs)
+                fixed, lost = audit(site, t, refs)
+                repaired += fixed
+                if lost:
+                    rule.setdefault("failed", {})[t["name"]] = time.time()
+                    log.warning("rule %s: audit of %s: %d of %d copies missing", rule["id"],
+                                t["name"], lost, len(refs))
+                    problems.append(f"{t['name']}: audit found {lost} of {len(refs)} copies "
+                                    "missing")
+                    continue
             held.append(t["name"])
         except HutongError as e:
             log.warning("rule %s: placing on %s failed: %s", rule["id"], t["name"], e)

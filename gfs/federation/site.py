@@ -41,24 +41,29 @@ from gfs.errors import (
 )
 from gfs.federation import ids
 from gfs.federation.auth import (
+    SKEW,
     AuthError,
     EntityKeys,
     NonceCache,
     Token,
+    audience_of,
     public_key,
     token_issuer,
     verify_request,
     verify_token,
 )
 from gfs.federation.http import (
+    MAX_JSON,
     ApiError,
     BadRequestError,
     HttpClient,
     Metrics,
     error_middleware,
     field,
+    read_body,
     read_json,
 )
+from gfs.federation.vault import Vault
 from gfs.meta import ChunkRef, Kind, Manifest, WriteTxn
 from gfs.mover import (
     DEFAULT_STREAMS,
@@ -170,77 +175,14 @@ class SiteConfig(Schema):
         os.replace(tmp, p)
 
 
-class Vault:
-    """Other entities' encrypted blobs, by owner and keyed id, with per-rule pins."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _path(self, owner: str, kid: bytes) -> Path:
-        h = kid.hex()
-        return self.root / owner / h[:2] / h
-
-    def has(self, owner: str, kid: bytes) -> bool:
-        return self._path(owner, kid).exists()
-
-    def get(self, owner: str, kid: bytes) -> bytes | None:
-        try:
-            return self._path(owner, kid).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def put(self, owner: str, kid: bytes, blob: bytes, *, replace: bool = False) -> bool:
-        """Store a blob; an existing one is kept unless `replace` (the owner's repair)."""
-        p = self._path(owner, kid)
-        if p.exists() and not replace:
-            return False
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-        return True
-
-    def pin(self, owner: str, rule: str, kids: list[str]) -> None:
-        p = self.root / owner / "pins" / f"{rule}.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(set(kids))))
-        os.replace(tmp, p)
-
-    def unpin(self, owner: str, rule: str) -> bool:
-        try:
-            (self.root / owner / "pins" / f"{rule}.json").unlink()
-            return True
-        except FileNotFoundError:
-            return False
-
-    def usage(self) -> int:
-        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
-
-    def gc(self) -> int:
-        """Delete blobs no pin names; returns how many."""
-        removed = 0
-        if not self.root.exists():
-            return 0
-        for owner in self.root.iterdir():
-            pinned: set[str] = set()
-            for pf in (owner / "pins").glob("*.json"):
-                pinned.update(json.loads(pf.read_text()))
-            for f in owner.glob("??/*"):
-                if f.name not in pinned and not f.name.startswith("."):
-                    f.unlink()
-                    removed += 1
-        return removed
-
-
 class Site:
     """A site's state: its store, keys, configuration, vault and peer key cache."""
 
-    def __init__(self, state: str | os.PathLike[str], *, registry: str | None = None) -> None:
+    def __init__(self, state: str | os.PathLike[str], *, registry: str | None = None,
+                 key_ttl: float = KEY_TTL) -> None:
         self.state = Path(state)
+        self.key_ttl = key_ttl
+        """Seconds a peer's registry record (key, revocations) is cached."""
         self.config = SiteConfig.load(self.state)
         if registry:
             self.config.registry = registry
@@ -253,7 +195,9 @@ class Site:
         self.endpoint = ""
         self.mover_address: tuple[str, int] | None = None
         self.mover_secret = secrets.token_bytes(32)
-        self._keys: dict[str, tuple[Ed25519PublicKey, float]] = {}
+        self._records: dict[str, tuple[dict[str, Any], float]] = {}
+        self.clock_skew = 0.0
+        """Registry clock minus this site's, measured at the last heartbeat (seconds)."""
         self._keys_lock = threading.Lock()
         self.write_lock = threading.Lock()
         self.pulls = ThreadPoolExecutor(max_workers=PULL_WORKERS,
@@ -275,26 +219,33 @@ class Site:
         self.client.close()
 
     # -- registry --------------------------------------------------------------
+    def entity_record(self, entity: str) -> dict[str, Any]:
+        """The registry's record of `entity` (key, revoked tokens), cached for KEY_TTL s.
+        For this site's own entity an unreachable registry gives the last record known
+        (or none): its own key is local."""
+        with self._keys_lock:
+            hit = self._records.get(entity)
+        if hit is not None and time.monotonic() - hit[1] < self.key_ttl:
+            return hit[0]
+        try:
+            rec = dict(self.registry.call("GET", f"/v1/entities/{entity}"))
+        except HutongError as e:
+            if getattr(e, "status", 0) == 404 or isinstance(e, NotFoundError):
+                raise AuthError(f"entity {entity!r} is not registered") from None
+            if entity != self.entity:
+                raise
+            log.warning("site %s: registry unreachable for the record of %s: %s", self.name,
+                        entity, e)
+            return hit[0] if hit is not None else {}
+        with self._keys_lock:
+            self._records[entity] = (rec, time.monotonic())
+        return rec
+
     def peer_key(self, entity: str) -> Ed25519PublicKey:
         """The public key the registry publishes for `entity` (cached for KEY_TTL s)."""
         if entity == self.entity:
             return self.keys.private.public_key()
-        with self._keys_lock:
-            hit = self._keys.get(entity)
-        if hit is not None and time.monotonic() - hit[1] < KEY_TTL:
-            return hit[0]
-        try:
-            rec = self.registry.call("GET", f"/v1/entities/{entity}")
-        except NotFoundError:
-            raise AuthError(f"entity {entity!r} is not registered") from None
-        except HutongError as e:
-            if getattr(e, "status", 0) == 404:
-                raise AuthError(f"entity {entity!r} is not registered") from None
-            raise
-        key = public_key(rec["public_key"])
-        with self._keys_lock:
-            self._keys[entity] = (key, time.monotonic())
-        return key
+        return public_key(self.entity_record(entity)["public_key"])
 
     def pools(self) -> list[dict[str, Any]]:
         used: dict[int, int] = {}
@@ -319,19 +270,36 @@ class Site:
             "mover": mover, "primary": self.config.primary, "pools": self.pools()}))
 
     def heartbeat(self) -> None:
+        """Report usage; measure this site's clock against the registry's."""
+        t0 = time.time()
+        health = self.registry.call("GET", "/v1/health")  # unsigned: works with any clock
+        skew = float(health["time"]) - (t0 + time.time()) / 2
+        if abs(skew) > SKEW >= abs(self.clock_skew):
+            log.warning("site %s: clock differs from the registry's by %.0f s; refusing "
+                        "tokens and signatures until it is fixed", self.name, skew)
+        self.clock_skew = skew
         used = {p["name"]: p["used"] for p in self.pools()}
         self.registry.call("POST", f"/v1/sites/{self.name}/heartbeat", {"used": used})
 
     # -- authorisation -----------------------------------------------------------
-    def principal(self, request: web.Request, body: bytes) -> Principal:
-        """Authenticate a request (token or signature); deny by default."""
+    def principal(self, request: web.Request) -> Principal:
+        """Authenticate a request on its headers alone (token or signature; a signed body
+        is checked as it is read); deny by default."""
+        if abs(self.clock_skew) > SKEW:
+            raise AuthError(f"the clock of site {self.name} differs from the registry's by "
+                            f"{self.clock_skew:.0f} s (more than {SKEW}); it cannot judge "
+                            "expiry until its clock is fixed", 503, "clock_skew")
         auth = request.headers.get("Authorization", "")
         if auth:
             if not auth.startswith("Bearer "):
                 raise AuthError("Authorization must be 'Bearer TOKEN'")
             tok = auth[7:].strip()
             iss = token_issuer(tok)
-            return Principal(iss, verify_token(tok, self.peer_key(iss)))
+            claims = verify_token(tok, self.peer_key(iss))
+            if claims.revoked_by(self.entity_record(iss)):
+                raise AuthError(f"token {claims.jti or '(no id)'} of {claims.sub!r} was "
+                                f"revoked by {iss!r}; ask it for a new one", 401, "revoked")
+            return Principal(iss, claims)
         entity = request.headers.get("X-Hutong-Entity")
         if entity is None:
             raise AuthError("authentication required: sign the request with an entity key "
@@ -340,8 +308,10 @@ class Site:
             ids.check_name(entity, "X-Hutong-Entity")
         except ids.IdentifierError as e:
             raise AuthError(str(e)) from None
-        who = verify_request(request.headers, request.method, request.path_qs, body,
-                             self.peer_key(entity), self.nonces)
+        if not self.endpoint:
+            raise AuthError(f"site {self.name} is starting; retry", 503, "starting")
+        who = verify_request(request.headers, request.method, request.path_qs,
+                             audience_of(self.endpoint), self.peer_key(entity), self.nonces)
         return Principal(who)
 
     def grants(self) -> list[dict[str, Any]]:
@@ -388,14 +358,13 @@ class Site:
         """Pin chunks of this site's own store under /.pins/OWNER/RULE (gc keeps them),
         and keep a mirror of the rule's file manifests under /.mirror/RULE/PATH, from
         which reads are served while the primary is down."""
-        missing = self.missing(refs + [r for _, rs in files or [] for r in rs])
-        if missing:
-            raise ApiError(f"cannot pin: {len(missing)} chunks are not stored here "
-                           f"(first {missing[0]})", 409, "missing_chunks")
+        self.check_refs(refs + [r for _, rs in files or [] for r in rs], "cannot pin")
         path = f"/.pins/{owner}/{rule}"
 
         def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
             namespace.mkdir(txn, f"/.pins/{owner}", parents=True, exist_ok=True)
+            for ref in r:  # the rule's manifest keeps them now, not the transfer's pin
+                txn.delete_value("pins", ref.id)
             return namespace.write_file(txn, path, r)
 
         def mirror(fpath: str) -> Callable[[WriteTxn, list[ChunkRef]], Manifest | None]:
@@ -443,10 +412,6 @@ class Site:
             raise NotFoundError(path, f"no mirror of {path} on site {self.name}")
         return best
 
-    def missing(self, refs: list[ChunkRef]) -> list[str]:
-        with self.client.engine.read() as txn:
-            return [r.id.hex() for r in refs if not txn.has_chunk(r.id)]
-
     # -- mover pulls ------------------------------------------------------------------
     def mover_source(self, source: Any) -> tuple[tuple[str, int], bytes, str]:
         """(address, session secret, label) of a pull's `source`: a site of this entity
@@ -471,10 +436,7 @@ class Site:
                               "{host, port, secret}")
 
     def _site_session(self, name: str) -> tuple[tuple[str, int], bytes, str]:
-        try:
-            ids.check_name(name, "source")
-        except ids.IdentifierError as e:
-            raise BadRequestError(str(e)) from None
+        _name(name, "source")
         if name == self.name:
             raise BadRequestError(f"source {name} is this site; pull from another site")
         rec = next((s for s in self.registry.call("GET", "/v1/sites")["sites"]
@@ -577,6 +539,9 @@ class Site:
 
     def put_foreign(self, owner: str, blobs: list[bytes],
                     replace: bool = False) -> tuple[int, int]:
+        """Keep `owner`'s encrypted blobs, only under a live storage agreement and within
+        its quota; (stored, present)."""
+        agreement = self.agreement(owner)
         heads = []
         for i, b in enumerate(blobs):
             try:
@@ -584,9 +549,31 @@ class Site:
             except CorruptChunkError as e:
                 raise BadRequestError(f"blob {i} of the body is not a valid owner-encrypted "
                                       f"blob: {e}") from None
-        stored = sum(self.vault.put(owner, h.chunk_id, b, replace=replace)
-                     for h, b in zip(heads, blobs, strict=True))
+        stored = self.vault.put_many(owner, [(h.chunk_id, b) for h, b in
+                                             zip(heads, blobs, strict=True)],
+                                     replace=replace, quota=int(agreement["quota"]))
         return stored, len(blobs) - stored
+
+    # -- storage agreements (docs/trust.md) -----------------------------------------------
+    def agreements(self) -> list[dict[str, Any]]:
+        with self.client.engine.read() as txn:
+            return [json.loads(v) for _, v in txn.iter_values("rules", b"agreement:")]
+
+    def agreement(self, owner: str) -> dict[str, Any]:
+        """The live storage agreement under which this site keeps `owner`'s data; 403
+        if there is none (never granted, expired or revoked)."""
+        now = time.time()
+        for a in self.agreements():
+            if a["to"] == owner and (a["expires"] is None or a["expires"] > now):
+                return a
+        raise AuthError(f"site {self.name} has no storage agreement with {owner!r}; its "
+                        f"entity {self.entity!r} grants one with POST /v1/agreements", 403,
+                        "no_agreement")
+
+    def live_guests(self) -> set[str]:
+        now = time.time()
+        return {a["to"] for a in self.agreements()
+                if a["expires"] is None or a["expires"] > now}
 
     # -- namespace --------------------------------------------------------------------
     def manifest(self, path: str) -> tuple[Stat, Manifest]:
@@ -598,14 +585,31 @@ class Site:
             m = txn.get_manifest(node.ino) or Manifest(0, ())
             return Stat.of(path, node), m
 
-    def commit(self, path: str, refs: list[ChunkRef], mode: int | None) -> Stat:
-        missing = self.missing(refs)
+    def check_refs(self, refs: list[ChunkRef], what: str) -> None:
+        """409 if a chunk of `refs` is not stored here, 400 if a length is not the stored
+        chunk's (a manifest must describe its chunks exactly)."""
+        missing: list[str] = []
+        with self.client.engine.read() as txn:
+            for r in refs:
+                rec = txn.get_chunk(r.id)
+                if rec is None:
+                    missing.append(r.id.hex())
+                elif rec.raw_len != r.length:
+                    raise BadRequestError(f"{what}: chunk {r.id.hex()} is {rec.raw_len} bytes, "
+                                          f"not {r.length}; send the lengths of the chunks "
+                                          "as cut")
         if missing:
-            raise ApiError(f"commit of {path}: {len(missing)} chunks are not stored at "
-                           f"{self.name} (put them first; first {missing[0]})", 409,
-                           "missing_chunks")
+            raise ApiError(f"{what}: {len(missing)} chunks are not stored at {self.name} (put "
+                           f"them first; first {missing[0]})", 409, "missing_chunks")
+
+    def commit(self, path: str, refs: list[ChunkRef], mode: int | None) -> Stat:
+        """Commit a manifest of chunks stored here; their upload pins are released in the
+        same transaction (the manifest now keeps them from gc)."""
+        self.check_refs(refs, f"commit of {path}")
 
         def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
+            for ref in r:
+                txn.delete_value("pins", ref.id)
             return namespace.write_file(txn, path, r, mode=mode)
         with self.write_lock, self.client.store.writer() as s:
             s.add_file(refs, action)
@@ -645,21 +649,38 @@ def _site(request: web.Request) -> Site:
     return request.app[SITE_KEY]
 
 
-async def _json_principal(request: web.Request) -> tuple[Site, Principal, dict[str, Any]]:
-    data = await read_json(request)
+async def _principal(request: web.Request) -> tuple[Site, Principal]:
+    """The site and the caller, authenticated on the headers before any body is read."""
     site = _site(request)
-    p = await asyncio.get_running_loop().run_in_executor(
-        None, site.principal, request, await request.read())
-    return site, p, data
+    p = await asyncio.get_running_loop().run_in_executor(None, site.principal, request)
+    return site, p
+
+
+async def _json_principal(request: web.Request) -> tuple[Site, Principal, dict[str, Any]]:
+    site, p = await _principal(request)
+    return site, p, await read_json(request, signed=p.token is None)
 
 
 async def _get_principal(request: web.Request) -> tuple[Site, Principal]:
-    site = _site(request)
-    if request.content_length is not None and request.content_length > 1 << 20:
-        raise ApiError("body too large for this request", 413, "too_large")
-    body = await request.read()
-    p = await asyncio.get_running_loop().run_in_executor(None, site.principal, request, body)
+    site, p = await _principal(request)
+    await read_body(request, MAX_JSON, signed=p.token is None)
     return site, p
+
+
+def _name(value: Any, what: str) -> str:
+    """`value` as an entity or site name; BadRequestError naming `what` otherwise."""
+    try:
+        return ids.check_name(value, what)
+    except ids.IdentifierError as e:
+        raise BadRequestError(str(e)) from None
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A `0`/`1` query flag (absent: 0); BadRequestError for anything else."""
+    v = request.query.get(name, "0")
+    if v not in ("0", "1"):
+        raise BadRequestError(f"query parameter {name!r} must be 0 or 1, not {v!r}")
+    return v == "1"
 
 
 def _stat_json(st: Stat) -> dict[str, Any]:
@@ -687,13 +708,8 @@ def _refs(data: dict[str, Any]) -> list[ChunkRef]:
 
 
 def _owner(site: Site, data: dict[str, Any] | None, query: Any = None) -> str:
-    owner = (data or {}).get("owner") if query is None else query.get("owner")
-    if owner is None:
-        return site.entity
-    try:
-        return ids.check_name(owner, "owner")
-    except ids.IdentifierError as e:
-        raise BadRequestError(str(e)) from None
+    owner = field(data or {}, "owner", str, None) if query is None else query.get("owner")
+    return site.entity if owner is None else _name(owner, "owner")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -739,13 +755,8 @@ async def chunks_get(request: web.Request) -> web.Response:
 
 async def _binary_principal(request: web.Request) -> tuple[Site, Principal, bytes]:
     """The site, the verified caller and the raw body (at most MAX_BODY) of a request."""
-    site = _site(request)
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(f"body of {request.content_length} bytes exceeds {MAX_BODY}", 413,
-                       "too_large")
-    body = await request.read()
-    p = await asyncio.get_running_loop().run_in_executor(None, site.principal, request, body)
-    return site, p, body
+    site, p = await _principal(request)
+    return site, p, await read_body(request, MAX_BODY, signed=p.token is None)
 
 
 async def chunks_put(request: web.Request) -> web.Response:
@@ -754,7 +765,7 @@ async def chunks_put(request: web.Request) -> web.Response:
     owner = _owner(site, None, request.query)
     site.check_owner(p, owner, write=True)
     blobs = unpack_frames(body)
-    replace = request.query.get("replace", "0") == "1"
+    replace = _flag(request, "replace")
     if owner == site.entity:
         put = site.repair_plain if replace else site.put_plain
         stored, present = await loop.run_in_executor(None, put, blobs)
@@ -780,7 +791,7 @@ async def ns_list(request: web.Request) -> web.Response:
 
 async def ns_manifest(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
-    if request.query.get("mirror", "0") == "1":  # a replica answering for a down primary
+    if _flag(request, "mirror"):  # a replica answering for a down primary
         raw = request.query.get("path", "")
         norm = paths.normalize(raw) if isinstance(raw, str) else ""
         site.check_owner(p, paths.split(norm)[0] if norm != "/" else "", write=False)
@@ -853,22 +864,27 @@ async def ns_rename(request: web.Request) -> web.Response:
 async def ns_commit(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
     path = site.check_path(p, field(data, "path", str), write=True)
+    # A commit names chunks by id: only a principal that may read every chunk of the
+    # entity (signed by it, or an entity-wide token) may, or chunk ids of files outside
+    # a token's prefix would be readable through a new file, and the answer would tell
+    # whether the entity holds some content.
+    if p.entity != site.entity or not p.entity_wide:
+        raise AuthError("commit of chunk lists is for the owner entity itself (signed, or an "
+                        "entity-wide token); write files with POST /v1/ns/write", 403,
+                        "forbidden")
     refs = _refs(data)
-    if p.entity != site.entity:
-        raise AuthError("commit of chunk lists is for the owner entity; other entities "
-                        "write files with POST /v1/ns/write", 403, "forbidden")
     mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
     st = await asyncio.get_running_loop().run_in_executor(None, site.commit, path, refs, mode)
     site.metrics.inc("commits_total")
     return web.json_response(_stat_json(st))
 
 
-def _own(site: Site, p: Principal) -> None:
+def _own(site: Site, p: Principal, primary: bool = True) -> None:
     if p.entity != site.entity or (p.token is not None and (
             p.token.scope != "write" or not p.entity_wide)):
         raise AuthError(f"only entity {site.entity!r} itself (signed, or an entity-wide write "
-                        "token) may change grants and rules", 403, "forbidden")
-    if not site.config.primary:
+                        "token) may change grants, rules and agreements", 403, "forbidden")
+    if primary and not site.config.primary:
         raise NotPrimaryError(f"site {site.name} is not the primary of {site.entity}", 421,
                               "not_primary")
 
@@ -898,10 +914,7 @@ async def grants_add(request: web.Request) -> web.Response:
     _own(site, p)
     pattern = _pattern(site, field(data, "pattern", str))
     to = field(data, "to", str)
-    try:
-        ids.check_name(to, "grantee")
-    except ids.IdentifierError as e:
-        raise BadRequestError(str(e)) from None
+    _name(to, "grantee")
     mode = field(data, "mode", str, check=lambda m: m in ("read", "write"))
     rec = {"id": secrets.token_hex(4), "pattern": pattern, "to": to, "mode": mode,
            "created": time.time()}
@@ -950,7 +963,7 @@ async def rules_reconcile(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     _own(site, p)
     from gfs.federation.rules import reconcile
-    verify = request.query.get("verify", "0") == "1"
+    verify = _flag(request, "verify")
     states = await asyncio.get_running_loop().run_in_executor(None, reconcile, site, verify)
     return web.json_response({"rules": states})
 
@@ -972,9 +985,18 @@ async def pins_put(request: web.Request) -> web.Response:
                      if isinstance(f, dict)]
         await loop.run_in_executor(None, site.pin_store, owner, rule, _refs(data), files)
     else:
+        site.agreement(owner)
         kids = [c.hex() for c in _ids(data, "ids")] if "ids" in data else []
-        site.vault.pin(owner, rule, kids)
-    return web.json_response({"pinned": rule})
+        batches = field(data, "batches", int, 1, check=lambda n: 1 <= n <= 4096)
+        batch = field(data, "batch", int, 0, check=lambda i: 0 <= i < batches)
+        round_ = field(data, "round", str, "0" * 16,
+                       check=lambda r: re.fullmatch(r"[0-9a-f]{16}", r) is not None)
+        if batches == 1:
+            site.vault.pin(owner, rule, kids)
+        elif not await loop.run_in_executor(None, site.vault.pin_part, owner, rule, round_,
+                                            batch, batches, kids):
+            return web.json_response({"pinned": rule, "complete": False})
+    return web.json_response({"pinned": rule, "complete": True})
 
 
 async def pins_delete(request: web.Request) -> web.Response:
@@ -997,8 +1019,58 @@ async def gc(request: web.Request) -> web.Response:
     def run() -> dict[str, Any]:
         with site.write_lock:
             report = site.client.gc()
-        return {"vault_removed": site.vault.gc(), "store": str(report)}
+        return {"vault_removed": site.vault.gc(keep=site.live_guests()),
+                "store": str(report)}
     return web.json_response(await asyncio.get_running_loop().run_in_executor(None, run))
+
+
+async def agreements_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the host entity may list its storage agreements", 403,
+                        "forbidden")
+    return web.json_response({"agreements": site.agreements()})
+
+
+async def agreements_add(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    _own(site, p, primary=False)
+    to = field(data, "to", str)
+    _name(to, "guest entity")
+    if to == site.entity:
+        raise BadRequestError(f"{to!r} is this site's own entity; it needs no agreement")
+    quota = field(data, "quota", int, check=lambda q: 0 < q < 1 << 60)
+    lifetime = field(data, "lifetime", (int, float), None, check=lambda v: 0 < v < 1e10)
+    now = time.time()
+    rec = {"id": secrets.token_hex(4), "to": to, "quota": quota, "created": now,
+           "expires": now + lifetime if lifetime else None}
+    for old in site.agreements():  # one agreement per guest: a new grant replaces it
+        if old["to"] == to:
+            site.delete_record("agreement", old["id"])
+    site.put_record("agreement", rec)
+    return web.json_response(rec, status=201)
+
+
+async def agreements_delete(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    _own(site, p, primary=False)
+    rec = site.delete_record("agreement", request.match_info["id"])
+    removed = 0
+    if rec["to"] not in site.live_guests():
+        removed = await asyncio.get_running_loop().run_in_executor(
+            None, site.vault.remove_owner, rec["to"])
+    return web.json_response(rec | {"removed_blobs": removed})
+
+
+async def vault_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the host entity may list the data it keeps for others", 403,
+                        "forbidden")
+    owners = await asyncio.get_running_loop().run_in_executor(None, site.vault.owners)
+    guests = site.live_guests()
+    return web.json_response({"owners": [o | {"agreement": o["owner"] in guests}
+                                         for o in owners]})
 
 
 async def mover_session(request: web.Request) -> web.Response:
@@ -1064,14 +1136,18 @@ def make_app(site: Site) -> web.Application:
     r.add_post("/v1/ns/commit", ns_commit)
     r.add_get("/v1/grants", grants_list)
     r.add_post("/v1/grants", grants_add)
-    r.add_delete("/v1/grants/{id}", grants_delete)
+    r.add_delete("/v1/grants/{id:[0-9a-f]{8}}", grants_delete)
     r.add_get("/v1/rules", rules_list)
     r.add_post("/v1/rules", rules_add)
-    r.add_delete("/v1/rules/{id}", rules_delete)
+    r.add_delete("/v1/rules/{id:[0-9a-f]{8}}", rules_delete)
     r.add_post("/v1/rules/reconcile", rules_reconcile)
     r.add_put("/v1/pins/{owner}/{rule}", pins_put)
     r.add_delete("/v1/pins/{owner}/{rule}", pins_delete)
     r.add_post("/v1/gc", gc)
+    r.add_get("/v1/agreements", agreements_list)
+    r.add_post("/v1/agreements", agreements_add)
+    r.add_delete("/v1/agreements/{id:[0-9a-f]{8}}", agreements_delete)
+    r.add_get("/v1/vault", vault_list)
     r.add_post("/v1/mover/session", mover_session)
     r.add_post("/v1/mover/pull", mover_pull)
     return app

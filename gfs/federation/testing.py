@@ -11,6 +11,7 @@ process is stopped (SIGTERM, then SIGKILL) when the block ends, even on failure.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import signal
@@ -23,17 +24,21 @@ from typing import Any
 from gfs.federation.auth import EntityKeys
 from gfs.federation.client import FederationClient
 from gfs.federation.site import init_site
+from gfs.meta import LmdbEngine
 
 
 class Proc:
     """One server process; `url` is what it printed when ready."""
 
-    def __init__(self, argv: list[str], log: Path, timeout: float = 30.0) -> None:
+    def __init__(self, argv: list[str], log: Path, timeout: float = 30.0,
+                 env: dict[str, str] | None = None) -> None:
+        """`env` is added to this process's environment."""
         self.argv = argv
         self.log = log
         with open(log, "ab") as err:
             self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                               **(env or {})})
         self.url = self._wait_banner(timeout)
 
     def _wait_banner(self, timeout: float) -> str:
@@ -75,13 +80,14 @@ class Federation:
 
     def __init__(self, root: Path, *, ttl: float = 3.0, heartbeat: float = 0.5,
                  reconcile_interval: float = 0.0, tier_interval: float = 0.0,
-                 wan: Any = None) -> None:
+                 wan: Any = None, key_cache: float | None = None) -> None:
         """With `wan` (a gfs.testing.wan.Wan), processes run in its namespaces: pass
         `netns=` (a WAN site name) to `registry` and `site`."""
         self.root = Path(root)
         self.wan = wan
         self.ttl, self.heartbeat, self.reconcile_interval = ttl, heartbeat, reconcile_interval
         self.tier_interval = tier_interval
+        self.key_cache = key_cache
         self.registry_proc: Proc | None = None
         self.registry_url = ""
         self.sites: dict[str, dict[str, Any]] = {}
@@ -94,33 +100,59 @@ class Federation:
     def _in(self, netns: str | None, argv: list[str]) -> list[str]:
         return argv if netns is None else list(self.wan[netns].argv(argv))
 
-    def registry(self, netns: str | None = None) -> str:
-        """Start the registry; returns its URL."""
+    def registry(self, netns: str | None = None, admission: str = "operator") -> str:
+        """Start the registry; returns its URL. With operator admission (the default),
+        `site` admits each new entity as the registry's operator would."""
         d = self.root / "registry"
         d.mkdir(parents=True, exist_ok=True)
         host = "127.0.0.1" if netns is None else self.wan[netns].address
         self.registry_proc = Proc(self._in(netns, self._cli(
-            "registry", "serve", "--state", str(d), "--host", host, "--ttl", str(self.ttl))),
-            self.root / "registry.log")
+            "registry", "serve", "--state", str(d), "--host", host, "--ttl", str(self.ttl),
+            "--admission", admission)), self.root / "registry.log")
         self.registry_url = self.registry_proc.url
         return self.registry_url
 
     def site(self, name: str, entity: str, region: str, *, primary: bool = False,
-             industry: str = "GEN", mover: bool = True, netns: str | None = None) -> str:
-        """Create and start a site (keys shared with the entity's first site)."""
+             industry: str = "GEN", mover: bool = True, netns: str | None = None,
+             capacity: int = 0, env: dict[str, str] | None = None) -> str:
+        """Create and start a site (keys shared with the entity's first site); `capacity`
+        bounds its default pool (bytes, 0: no limit); `env` is added to its process's
+        environment."""
         state = self.root / name
         first = next((s for s in self.sites.values() if s["entity"] == entity), None)
         init_site(state, name=name, entity=entity, region=region, registry=self.registry_url,
                   industry=industry, primary=primary,
                   keys_from=first["state"] / "federation" if first else None)
+        if first is None:
+            self.admit(entity, region, industry, EntityKeys.load(state / "federation"))
+        if capacity:
+            engine = LmdbEngine(str(state / "meta"))
+            try:
+                with engine.write() as txn:
+                    pool = next(p for p in txn.iter_pools() if p.id == 0)
+                    txn.put_pool(dataclasses.replace(pool, capacity=capacity))
+            finally:
+                engine.close()
         if netns is None:
             host = f"127.0.0.{self._next_ip}"
             self._next_ip += 1
         else:
             host = self.wan[netns].address
         self.sites[name] = {"state": state, "entity": entity, "host": host, "mover": mover,
-                            "netns": netns}
+                            "netns": netns, "env": env}
         return self.start(name)
+
+    def admit(self, entity: str, region: str, industry: str = "GEN",
+              keys: EntityKeys | None = None) -> None:
+        """`hutong registry admit`: the operator admits `entity` (the keys of its first
+        site, or `keys`)."""
+        if keys is None:
+            s = next(s for s in self.sites.values() if s["entity"] == entity)
+            keys = EntityKeys.load(s["state"] / "federation")
+        subprocess.run(self._cli("registry", "admit", "--state", str(self.root / "registry"),
+                                 entity, "--key", keys.public_b64, "--region", region,
+                                 "--industry", industry, "--quiet"),
+                       check=True, capture_output=True, timeout=60)
 
     def start(self, name: str) -> str:
         """(Re)start site `name`; returns its URL."""
@@ -131,7 +163,10 @@ class Federation:
                          str(self.tier_interval))
         if not s["mover"]:
             argv.append("--no-mover")
-        self.procs[name] = Proc(self._in(s["netns"], argv), self.root / f"{name}.log")
+        if self.key_cache is not None:
+            argv += ["--key-cache", str(self.key_cache)]
+        self.procs[name] = Proc(self._in(s["netns"], argv), self.root / f"{name}.log",
+                                env=s.get("env"))
         s["url"] = self.procs[name].url
         return str(s["url"])
 

@@ -1,0 +1,148 @@
+"""Connection limits and a header deadline in front of an aiohttp server (slowloris).
+
+    site = GuardedSite(runner, host, 0, limits=Limits())
+    await site.start()
+
+Each accepted connection passes `ConnectionGuard.admit`: at most `per_peer` open
+connections from one address and `total` in all (others are closed at once, before
+aiohttp sees them, so descriptors never run out); the first request's headers must be
+complete within `header_timeout` seconds of the connection, or it is closed. Idle
+keep-alive connections are closed by aiohttp's `keepalive_timeout` (`Limits.idle`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+log = logging.getLogger("gfs.federation.guard")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many connections a server keeps open and how long it waits for them."""
+
+    total: int = 4096
+    per_peer: int = 256
+    header_timeout: float = 10.0
+    idle: float = 15.0
+
+
+class ConnectionGuard:
+    """Counts open connections per peer address; refuses beyond the limits."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._open: dict[str, int] = {}
+        self._total = 0
+        self.refused = 0
+        self.expired = 0
+        self._lock = threading.Lock()
+
+    def admit(self, peer: str) -> bool:
+        with self._lock:
+            if (self._total >= self.limits.total
+                    or self._open.get(peer, 0) >= self.limits.per_peer):
+                self.refused += 1
+                return False
+            self._open[peer] = self._open.get(peer, 0) + 1
+            self._total += 1
+            return True
+
+    def release(self, peer: str) -> None:
+        with self._lock:
+            left = self._open.get(peer, 0) - 1
+            if left > 0:
+                self._open[peer] = left
+            else:
+                self._open.pop(peer, None)
+            self._total -= 1
+
+    @property
+    def open(self) -> int:
+        return self._total
+
+
+class _Guarded(asyncio.Protocol):
+    """Wraps aiohttp's request handler: admission, then the first header deadline."""
+
+    def __init__(self, make: Callable[[], asyncio.Protocol], guard: ConnectionGuard) -> None:
+        self._make, self._guard = make, guard
+        self._inner: asyncio.Protocol | None = None
+        self._peer = ""
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if peer else ""
+        if not self._guard.admit(self._peer):
+            transport.abort()
+            return
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(
+            self._guard.limits.header_timeout, self._expire)
+        self._inner = self._make()
+        self._inner.connection_made(transport)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._guard.expired += 1
+        if self._transport is not None:
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data[:4096]
+            if b"\r\n\r\n" in seen or b"\r\n\r\n" in data:
+                self._timer.cancel()
+                self._timer = None
+            else:
+                self._tail = seen[-3:]
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._inner is not None:
+            self._guard.release(self._peer)
+            self._inner.connection_lost(exc)
+            self._inner = None
+
+
+class GuardedSite(web.TCPSite):
+    """A TCP site whose connections pass a `ConnectionGuard` before aiohttp's handler."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
+                 limits: Limits | None = None) -> None:
+        super().__init__(runner, host, port)
+        self.guard = ConnectionGuard(limits or Limits())
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        guard = self.guard
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Guarded(server, guard), self._host, self._port, backlog=self._backlog)
+        self._bound_port = self._server.sockets[0].getsockname()[1]
