@@ -307,7 +307,7 @@ def test_gateway_root_and_cli_credentials(tmp_path: Path) -> None:
             assert fs.read_bytes("/exports/s3/only/k") == b"v"
         rm = subprocess.run(cli("--state", str(server.state), "gateway", "credentials", "rm",
                                 "HTNOSUCH"), capture_output=True, text=True)
-        assert rm.returncode == 1 and "no such access key" in rm.stderr
+        assert rm.returncode == 2 and "no such access key" in rm.stderr
     finally:
         server.proc.stop()
 
