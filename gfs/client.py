@@ -891,7 +891,7 @@ def _fast_thread_switching() -> Iterator[None]:
 
 
 #: Bytes of chunks `iter_bytes` fetches at once (and one window ahead).
-READ_WINDOW = 16 << 20
+READ_WINDOW = 8 << 20
 
 #: Small files are restored in batches of up to this many bytes or files.
 RESTORE_BATCH_BYTES = 32 << 20
