@@ -212,7 +212,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench gateway")
     ap.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     args = ap.parse_args(argv)
-    big_size, nbig, nsmall, small_size = ((128 << 20, 1, 600, 8192) if args.quick
+    big_size, nbig, nsmall, small_size = ((96 << 20, 1, 400, 8192) if args.quick
                                           else (1 << 30, 2, 10_000, 8192))
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         root = Path(tmp)

@@ -373,10 +373,8 @@ class Client:
 
     def iter_bytes(self, path: str, start: int = 0, end: int | None = None, *,
                    manifest: Manifest | None = None) -> Iterator[bytes]:
-        """Bytes [start, end) of file `path` as a stream of blocks; `manifest` pins a
-        version (see `manifest()`), else the one committed now. Chunks are fetched in
-        windows of neighbouring blobs (one ranged read per pack span), the next window
-        while the caller consumes this one."""
+        """Bytes [start, end) of file `path` as a stream of blocks, read ahead in parallel;
+        `manifest` pins a version (see `manifest()`), else the one committed now."""
         norm, m = (paths.normalize(path), manifest) if manifest is not None \
             else self._manifest(path)
         ends = list(itertools.accumulate(r.length for r in m.chunks))
@@ -386,33 +384,11 @@ class Client:
             return
         first = bisect.bisect_right(ends, start)
         last = bisect.bisect_left(ends, end)
-        windows: list[list[ChunkRef]] = [[]]
-        nbytes = 0
-        for ref in m.chunks[first:last + 1]:
-            if nbytes >= READ_WINDOW:
-                windows.append([])
-                nbytes = 0
-            windows[-1].append(ref)
-            nbytes += ref.length
-
-        def fetch(w: list[ChunkRef]) -> dict[bytes, bytes]:
-            return self.store.read_many((r.id for r in w), lambda _: norm)
-
         pos = ends[first] - m.chunks[first].length
-        with contextlib.ExitStack() as stack:
-            ahead = None
-            if len(windows) > 1:
-                ahead = stack.enter_context(ThreadPoolExecutor(1, "hutong-read-ahead"))
-            pending = ahead.submit(fetch, windows[0]) if ahead else None
-            for i, w in enumerate(windows):
-                chunks = pending.result() if pending else fetch(w)
-                if ahead is not None and i + 1 < len(windows):
-                    pending = ahead.submit(fetch, windows[i + 1])
-                for ref in w:
-                    block = chunks[ref.id]
-                    lo, hi = max(start - pos, 0), min(end - pos, len(block))
-                    pos += len(block)
-                    yield block if (lo, hi) == (0, len(block)) else block[lo:hi]
+        for block in self.store.iter_manifest(Manifest(0, m.chunks[first:last + 1]), norm):
+            lo, hi = max(start - pos, 0), min(end - pos, len(block))
+            pos += len(block)
+            yield block if (lo, hi) == (0, len(block)) else block[lo:hi]
 
     def scan(self, path: str, *, start: str = "", recursive: bool = True) -> Iterator[Stat]:
         """Entries below directory `path` in the byte order of their relative keys, from
@@ -1009,9 +985,6 @@ def _fast_thread_switching() -> Iterator[None]:
             if _switch_users == 0:
                 sys.setswitchinterval(_switch_saved)
 
-
-#: Bytes of chunks `iter_bytes` fetches at once (and one window ahead).
-READ_WINDOW = 16 << 20
 
 #: Small files are restored in batches of up to this many bytes or files.
 RESTORE_BATCH_BYTES = 32 << 20

@@ -249,10 +249,11 @@ def killed_upload_case(server: S3Server, size: int, part: int) -> None:
     assert grew * 1024 < STREAM_BOUND, f"server peak RSS grew by {grew / 1024:.0f} MiB"
 
 
-#: What streaming a body may hold at once: the receive block, the writer's spool,
-#: compression in flight and the pack being filled (measured ~100 MiB), far below the
-#: objects of these tests.
-STREAM_BOUND = 200 << 20
+#: What the server may grow by while streaming bodies in and out: the receive block,
+#: the writer's spool, compression in flight, the pack being filled, read windows and
+#: allocator slack (measured 130 to 225 MiB for 100 MiB to 1 GiB objects), below the
+#: 384 MiB object of test_large_put_is_streamed and far below 1 GiB.
+STREAM_BOUND = 256 << 20
 
 
 def test_large_put_is_streamed(s3server: S3Server, tmp_path: Path) -> None:

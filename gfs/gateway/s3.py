@@ -43,7 +43,9 @@ XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 #: Bodies up to this size are read whole and stored in one worker call (small objects).
 SMALL_BODY = 1 << 20
 #: Bytes handed to the store per worker call while streaming a large body.
-STREAM_BLOCK = 8 << 20
+STREAM_BLOCK = 4 << 20
+#: Bytes of an object sent per write on GET.
+SEND_BLOCK = 2 << 20
 #: Largest XML request body (CompleteMultipartUpload of 10,000 parts, DeleteObjects).
 MAX_XML = 2 << 20
 _STORE_KEY = web.AppKey("store", ObjectStore)
@@ -363,7 +365,7 @@ class S3Gateway:
         request[_STREAMING] = True
         await resp.prepare(request)
         blocks = self.store.read(bucket, key, manifest, start, end)
-        while block := await self.run(_take, blocks, STREAM_BLOCK):
+        while block := await self.run(_take, blocks, SEND_BLOCK):
             await resp.write(block)
             metrics.BYTES.labels("s3", "out").inc(len(block))
         await resp.write_eof()
