@@ -343,7 +343,8 @@ class _VersionAction(argparse.Action):
     """`--version`, looked up only when asked (importlib.metadata costs start-up time)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
-        parser.exit(0, f"hutong {_version()}\n")
+        print(f"hutong {_version()}")
+        parser.exit(0)
 
 
 def _version() -> str:
