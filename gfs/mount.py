@@ -239,15 +239,10 @@ class HutongOperations(pyfuse3.Operations):
             if pending is not None:
                 return pending
             with self.client.engine.read() as txn:
-                parent = namespace.get(txn, parent_inode)
-                if name == b".":
-                    return parent
-                if name == b"..":
-                    return namespace.get(txn, parent.parent)
-                ino = txn.lookup(parent_inode, n)
-                node = txn.get_inode(ino) if ino is not None else None
-            if node is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                if name in (b".", b".."):
+                    parent = namespace.get(txn, parent_inode)
+                    return parent if name == b"." else namespace.get(txn, parent.parent)
+                node = namespace.lookup(txn, parent_inode, n)
             self._names.remember(node.ino, parent_inode, n)
             return node
         return self._attr(self._now(op))
@@ -266,16 +261,10 @@ class HutongOperations(pyfuse3.Operations):
         def op() -> list[tuple[bytes, Inode]]:
             self.wb.settle()
             with self.client.engine.read() as txn:
-                node = namespace.get(txn, inode)
-                if node.kind != Kind.DIR:
-                    raise pyfuse3.FUSEError(errno.ENOTDIR)
-                out = []
-                for n, i in txn.list_dir(inode):
-                    kid = txn.get_inode(i)
-                    if kid is not None:
-                        out.append((n.encode(), kid))
-                        self._names.remember(i, inode, n)
-                return out
+                entries = namespace.readdir(txn, inode)
+            for n, kid in entries:
+                self._names.remember(kid.ino, inode, n)
+            return [(n.encode(), kid) for n, kid in entries]
         entries = await self._run(op)
         fh = next(self._next_fh)
         self._dirs[fh] = entries

@@ -344,11 +344,17 @@ def link_in(txn: WriteTxn, node: Inode, parent: Inode, name: str) -> Inode:
 
 
 def readdir(txn: ReadTxn, ino: int) -> list[tuple[str, Inode]]:
-    """The (name, inode) entries of directory `ino`, in name byte order."""
+    """The (name, inode) entries of directory `ino`, in name byte order (an entry
+    naming a missing inode is left out: fsck reports it)."""
     node = get(txn, ino)
     if node.kind != Kind.DIR:
         raise NotADirError(f"<inode {ino}>")
-    return [(n, get(txn, i)) for n, i in txn.list_dir(ino)]
+    out = []
+    for n, i in txn.list_dir(ino):
+        kid = txn.get_inode(i)
+        if kid is not None:
+            out.append((n, kid))
+    return out
 
 
 def lookup(txn: ReadTxn, parent: int, name: str) -> Inode:
