@@ -295,6 +295,9 @@ class Client:
                 raise IsADirError(norm)
             if node.kind == Kind.SYMLINK:
                 raise InvalidPathError(norm, "is a symlink (read its target instead)")
+            if node.kind != Kind.FILE:
+                raise InvalidPathError(norm, f"is a {node.kind.name.lower()}, not a regular "
+                                       "file (special files hold no data in the store)")
             m = txn.get_manifest(node.ino)
         self.store.heat.record_file(node.ino)  # file heat, for the tierer and reports
         return norm, m if m is not None else Manifest(node.version, ())
@@ -670,7 +673,8 @@ class Client:
             if node.kind == Kind.DIR:
                 raise IsADirError(f"<inode {ino}>")
             if node.kind != Kind.FILE:
-                raise InvalidPathError(f"<inode {ino}>", "is a symlink, not a file")
+                raise InvalidPathError(f"<inode {ino}>",
+                                       f"is a {node.kind.name.lower()}, not a regular file")
             m = txn.get_manifest(ino)
         return m if m is not None else Manifest(node.version, ())
 

@@ -961,3 +961,34 @@ class TestTimes:
             r.note("second read", changed(t, times("f")))
             os.listdir(".")
         run_case(posix, who, act)
+
+
+# -- the Python API over the same store ------------------------------------------------
+
+def test_client_links_and_special_files(tmp_path: Path) -> None:
+    """Hard links and special files made through `Client` (the path layer over the
+    namespace's inode forms): shared content, link counts, refusals naming the path."""
+    from gfs.client import Client
+    from gfs.errors import ExistsError, InvalidPathError, NotPermittedError
+    from gfs.meta import Kind
+
+    with Client.init(tmp_path / "state") as c:
+        c.mkdir("/d")
+        c.write_bytes("/a", b"one")
+        c.link("/a", "/d/b")
+        c.write_bytes("/d/b", b"two")  # the same inode: seen through both names
+        assert c.read_bytes("/a") == b"two" and c.stat("/a").ino == c.stat("/d/b").ino
+        c.mknod("/p", Kind.FIFO, 0o600)
+        c.mknod("/tty", Kind.CHARDEV, 0o620, os.makedev(4, 1))
+        assert c.stat("/p").mode == stat.S_IFIFO | 0o600
+        with pytest.raises(ExistsError, match="/d/b"):
+            c.link("/a", "/d/b")
+        with pytest.raises(NotPermittedError, match="/e"):
+            c.link("/d", "/e")
+        with pytest.raises(InvalidPathError, match="is a fifo, not a regular file"):
+            c.read_bytes("/p")
+        with pytest.raises(InvalidPathError, match="/q"):
+            c.mknod("/q", Kind.DIR)
+        c.rm("/a")
+        assert c.read_bytes("/d/b") == b"two"
+        assert c.fsck().ok
