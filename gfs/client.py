@@ -40,6 +40,7 @@ from gfs.errors import (
     IsADirError,
     NotADirError,
     NotFoundError,
+    NotPermittedError,
     StateError,
 )
 from gfs.files import NsReader, NsWriter
@@ -340,6 +341,9 @@ class Client:
                 raise IsADirError(norm)
             if node.kind == Kind.SYMLINK:
                 raise InvalidPathError(norm, "is a symlink (read its target instead)")
+            if node.kind != Kind.FILE:
+                raise InvalidPathError(norm, f"is a {node.kind.name.lower()}, not a regular "
+                                       "file (special files hold no data in the store)")
             m = txn.get_manifest(node.ino)
         self.store.heat.record_file(node.ino)  # file heat, for the tierer and reports
         return norm, m if m is not None else Manifest(node.version, ())
@@ -467,6 +471,25 @@ class Client:
     def symlink(self, path: str, target: str) -> None:
         """Create symlink `path` -> `target`."""
         self.engine.transact(lambda txn: namespace.symlink(txn, path, target))
+
+    def link(self, src: str, dst: str) -> None:
+        """Make `dst` a hard link to the file (or symlink, or special file) `src`."""
+        with self.engine.write() as txn:
+            node = namespace.resolve(txn, src)
+            parent, name = namespace.resolve_parent(txn, dst)
+            try:
+                namespace.link_in(txn, node, parent, name)
+            except (ExistsError, NotPermittedError) as e:
+                raise type(e)(dst, e.strerror) from None
+
+    def mknod(self, path: str, kind: Kind, mode: int = 0o644, rdev: int = 0) -> None:
+        """Create special file `path`: a FIFO, socket or device node (metadata only)."""
+        with self.engine.write() as txn:
+            parent, name = namespace.resolve_parent(txn, path)
+            try:
+                namespace.mknod_in(txn, parent, name, kind, mode, rdev=rdev)
+            except (ExistsError, InvalidPathError) as e:
+                raise type(e)(path, e.strerror) from None
 
     def rm(self, path: str, *, recursive: bool = False) -> None:
         """Remove `path` (a non-empty directory needs `recursive`)."""
@@ -782,7 +805,8 @@ class Client:
             if node.kind == Kind.DIR:
                 raise IsADirError(f"<inode {ino}>")
             if node.kind != Kind.FILE:
-                raise InvalidPathError(f"<inode {ino}>", "is a symlink, not a file")
+                raise InvalidPathError(f"<inode {ino}>",
+                                       f"is a {node.kind.name.lower()}, not a regular file")
             m = txn.get_manifest(ino)
         return m if m is not None else Manifest(node.version, ())
 
@@ -828,7 +852,20 @@ class Client:
         if the file did not change meanwhile (else StateError: retry)."""
         norm = paths.normalize(path)
         with self.engine.read() as txn:
-            node = namespace.resolve(txn, norm)
+            ino = namespace.resolve(txn, norm).ino
+        self._edit_ino(ino, norm, offset, data, size)
+
+    def truncate_ino(self, ino: int, size: int) -> None:
+        """`truncate` of the file with inode number `ino` (whatever its names)."""
+        if size < 0:
+            raise ValueError(f"truncate size must be >= 0, got {size}")
+        self._edit_ino(ino, f"<inode {ino}>", size, b"", size)
+
+    def _edit_ino(self, ino: int, norm: str, offset: int | None, data: bytes,
+                  size: int | None) -> None:
+        """`_edit` of inode `ino` (`norm` names it in messages)."""
+        with self.engine.read() as txn:
+            node = namespace.get(txn, ino, norm)
             if node.kind == Kind.DIR:
                 raise IsADirError(norm)
             if node.kind != Kind.FILE:
@@ -874,10 +911,10 @@ class Client:
             expect = node.version
 
             def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
-                now = namespace.resolve(txn, norm)
-                if now.ino != node.ino or now.version != expect:
+                now = namespace.get(txn, ino, norm)
+                if now.version != expect:
                     raise StateError(f"{norm} changed while it was being edited; retry")
-                return namespace.write_file(txn, norm, r)
+                return namespace.write_content(txn, now, r)
 
             session.add_file(final, action)
 

@@ -71,6 +71,27 @@ class PermissionDeniedError(_OSLike, PermissionError):
     message = "permission denied"
 
 
+class NotPermittedError(_OSLike, PermissionError):
+    """The operation is never allowed on this kind of object (EPERM)."""
+
+    errno_value = _errno.EPERM
+    message = "operation not permitted"
+
+
+class TooManyLinksError(_OSLike):
+    """The inode has as many hard links as it may have (EMLINK)."""
+
+    errno_value = _errno.EMLINK
+    message = "too many links"
+
+
+class FileTooLargeError(_OSLike):
+    """The size asked for is above the largest file (EFBIG)."""
+
+    errno_value = _errno.EFBIG
+    message = "file too large"
+
+
 class InvalidPathError(_OSLike, ValueError):
     """The path is not a valid namespace path (relative, '..', NUL, too long)."""
 

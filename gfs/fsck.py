@@ -73,27 +73,48 @@ def _check_tree(txn: ReadTxn, report: FsckReport) -> None:
         report.problems.append("root directory (inode 1) is missing or not a directory")
         return
     reachable = {ROOT_INO}
+    links: Counter[int] = Counter()  # directory entries naming each non-directory
+    linked_from: dict[int, int] = {}  # a directory linking each non-directory
     stack = [root]
     while stack:
         node = stack.pop()
         report.dirs += 1
+        subdirs = 0
         for name, ino in txn.list_dir(node.ino):
             kid = txn.get_inode(ino)
             if kid is None:
                 report.problems.append(f"directory entry {name!r} in inode {node.ino} names "
                                        f"missing inode {ino}")
                 continue
+            if kid.kind != Kind.DIR:  # hard links: counted, checked against nlink below
+                links[ino] += 1
+                linked_from.setdefault(ino, node.ino)
+                if ino not in reachable and kid.kind == Kind.FILE:
+                    report.files += 1
+                reachable.add(ino)
+                continue
             if ino in reachable:
-                report.problems.append(f"inode {ino} is linked more than once")
+                report.problems.append(f"directory inode {ino} is linked more than once")
                 continue
             reachable.add(ino)
+            subdirs += 1
             if kid.parent != node.ino:
                 report.problems.append(f"inode {ino} ({name!r}) records parent {kid.parent}, "
                                        f"but is linked from {node.ino}")
-            if kid.kind == Kind.DIR:
-                stack.append(kid)
-            elif kid.kind == Kind.FILE:
-                report.files += 1
+            stack.append(kid)
+        if node.nlink != 1 and node.nlink != 2 + subdirs:  # 1: made before link counts
+            report.problems.append(f"directory inode {node.ino} has link count {node.nlink}, "
+                                   f"but {subdirs} subdirectories")
+    for ino, n in links.items():
+        kid = txn.get_inode(ino)
+        assert kid is not None
+        if kid.nlink != n:
+            report.problems.append(f"inode {ino} has link count {kid.nlink}, but {n} "
+                                   "directory entries name it")
+        # one link: its directory, or 0 once it has had more; several: always 0
+        if kid.parent not in ((0, linked_from[ino]) if n == 1 else (0,)):
+            report.problems.append(f"inode {ino} records parent {kid.parent}, but is "
+                                   f"linked from {linked_from[ino]}")
     for node in txn.iter_inodes():
         if node.ino not in reachable:
             report.problems.append(f"inode {node.ino} is not reachable from the root")

@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import signal
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -32,8 +33,9 @@ from gfs import namespace
 from gfs.cache import DEFAULT_POLICY, CachedReader, ChunkCache
 from gfs.client import Client
 from gfs.disk_cache import open_tier
-from gfs.errors import ExistsError, HutongError
+from gfs.errors import HutongError
 from gfs.meta import Inode, Kind, WriteTxn
+from gfs.mount_atime import AccessTimes
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
 from gfs.mount_shutdown import Drain
@@ -71,6 +73,37 @@ class _Handle:
     reader: CachedReader
     #: The inode's shared uncommitted content, for a handle open for writing.
     dirty: DirtyFile | None
+    #: Whether a read through this handle has been counted as an access (atime).
+    accessed: bool = False
+    #: The first write must clear a setgid bit the kernel leaves (see `_sgid_left`).
+    drop_sgid: bool = False
+
+
+def _groups(pid: int) -> set[int]:
+    """The supplementary groups of process `pid` (empty if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
+
+
+def _sgid_left(node: Inode, ctx: pyfuse3.RequestContext) -> bool:
+    """Whether a write by the caller of `ctx` must clear a setgid bit that the kernel's
+    FUSE layer leaves and ext4 clears: setgid without group-execute, written by a
+    caller who is neither root nor a member of the file's group."""
+    if node.mode & (stat.S_ISGID | stat.S_IXGRP) != stat.S_ISGID:
+        return False
+    if ctx.uid == 0 or ctx.gid == node.gid:
+        return False
+    return node.gid not in _groups(ctx.pid)
+
+
+#: The largest file (ext4's with 4 KiB blocks): larger sizes give EFBIG, as there.
+MAX_FILE_SIZE = ((1 << 32) - 1) << 12
 
 
 def _name(raw: bytes) -> str:
@@ -123,11 +156,17 @@ class HutongOperations(pyfuse3.Operations):
         #: Shut down: writes are refused too (what they would add could not be committed).
         self.frozen = False
         self._writers_closed: asyncio.Event | None = None
+        self.atimes = AccessTimes()
 
     def close(self, commit: bool = True) -> None:
         """Stop the threads; with `commit`, commit the files created and never closed."""
         self._pool.shutdown(wait=True)
         self.wb.close(commit)
+        try:
+            with self.client.engine.write() as txn:
+                self.atimes.flush(txn)
+        except Exception:
+            log.exception("could not record the access times of files read")
         self.cache.close()
 
     # -- shutting down -------------------------------------------------------
@@ -174,15 +213,15 @@ class HutongOperations(pyfuse3.Operations):
         a.entry_timeout = self.opts.entry_timeout
         a.attr_timeout = self.opts.attr_timeout
         a.st_mode = namespace.st_mode(node)
-        a.st_nlink = 1
+        a.st_nlink = node.nlink
         a.st_uid = node.uid
         a.st_gid = node.gid
-        a.st_rdev = 0
+        a.st_rdev = node.rdev
         size, mtime = self.wb.apparent(node)
         a.st_size = size
         a.st_blksize = 1 << 17
         a.st_blocks = (size + 511) // 512
-        a.st_atime_ns = node.atime_ns
+        a.st_atime_ns = self.atimes.get(node)
         a.st_mtime_ns = mtime
         a.st_ctime_ns = node.ctime_ns
         return a
@@ -200,15 +239,10 @@ class HutongOperations(pyfuse3.Operations):
             if pending is not None:
                 return pending
             with self.client.engine.read() as txn:
-                parent = namespace.get(txn, parent_inode)
-                if name == b".":
-                    return parent
-                if name == b"..":
-                    return namespace.get(txn, parent.parent)
-                ino = txn.lookup(parent_inode, n)
-                node = txn.get_inode(ino) if ino is not None else None
-            if node is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                if name in (b".", b".."):
+                    parent = namespace.get(txn, parent_inode)
+                    return parent if name == b"." else namespace.get(txn, parent.parent)
+                node = namespace.lookup(txn, parent_inode, n)
             self._names.remember(node.ino, parent_inode, n)
             return node
         return self._attr(self._now(op))
@@ -227,16 +261,10 @@ class HutongOperations(pyfuse3.Operations):
         def op() -> list[tuple[bytes, Inode]]:
             self.wb.settle()
             with self.client.engine.read() as txn:
-                node = namespace.get(txn, inode)
-                if node.kind != Kind.DIR:
-                    raise pyfuse3.FUSEError(errno.ENOTDIR)
-                out = []
-                for n, i in txn.list_dir(inode):
-                    kid = txn.get_inode(i)
-                    if kid is not None:
-                        out.append((n.encode(), kid))
-                        self._names.remember(i, inode, n)
-                return out
+                entries = namespace.readdir(txn, inode)
+            for n, kid in entries:
+                self._names.remember(kid.ino, inode, n)
+            return [(n.encode(), kid) for n, kid in entries]
         entries = await self._run(op)
         fh = next(self._next_fh)
         self._dirs[fh] = entries
@@ -277,41 +305,78 @@ class HutongOperations(pyfuse3.Operations):
         committed (empty) first, so the change sees them."""
         self.wb.settle()
         with self.client.engine.write() as txn:
+            self.atimes.flush(txn)  # access times ride along with the next change
             return fn(txn)
+
+    def _dir(self, txn: WriteTxn, ino: int) -> Inode:
+        node = namespace.get(txn, ino)
+        if node.kind != Kind.DIR:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return node
+
+    def _free(self, txn: WriteTxn, parent: int, name: str) -> Inode:
+        """Directory `parent`, in which `name` must not exist yet (EEXIST)."""
+        node = self._dir(txn, parent)
+        if txn.lookup(parent, name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        return node
+
+    async def _make(self, parent_inode: int, name: bytes,
+                    fn: Callable[[WriteTxn, Inode, str], Inode]) -> pyfuse3.EntryAttributes:
+        """Create entry `name` of `parent_inode` with `fn(txn, parent, name)`."""
+        self._admit()
+        n = _name(name)
+        node = await self._run(self._write_txn,
+                               lambda txn: fn(txn, self._free(txn, parent_inode, n), n))
+        self._names.remember(node.ino, parent_inode, n)
+        return self._attr(node)
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        self._admit()
-        n = _name(name)
-
-        def op(txn: WriteTxn) -> Inode:
-            path = self._names.child_path(txn, parent_inode, n)
-            return namespace.mkdir(txn, path, mode & 0o7777, uid=ctx.uid, gid=ctx.gid)
-        node = await self._run(self._write_txn, op)
-        self._names.remember(node.ino, parent_inode, n)
-        return self._attr(node)
+        def op(txn: WriteTxn, parent: Inode, n: str) -> Inode:
+            perm, gid = namespace.inherit(parent, Kind.DIR, mode & 0o7777, ctx.gid)
+            return namespace.mkdir_in(txn, parent, n, perm, uid=ctx.uid, gid=gid)
+        return await self._make(parent_inode, name, op)
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        self._admit()
-        n = _name(name)
+        def op(txn: WriteTxn, parent: Inode, n: str) -> Inode:
+            _, gid = namespace.inherit(parent, Kind.SYMLINK, 0o777, ctx.gid)
+            return namespace.symlink_in(txn, parent, n, os.fsdecode(target), uid=ctx.uid,
+                                        gid=gid)
+        return await self._make(parent_inode, name, op)
 
-        def op(txn: WriteTxn) -> Inode:
-            path = self._names.child_path(txn, parent_inode, n)
-            return namespace.symlink(txn, path, os.fsdecode(target), uid=ctx.uid, gid=ctx.gid)
-        node = await self._run(self._write_txn, op)
-        self._names.remember(node.ino, parent_inode, n)
-        return self._attr(node)
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        kind = namespace.KIND_OF_S_IFMT.get(stat.S_IFMT(mode))
+        if kind is None or kind in (Kind.DIR, Kind.SYMLINK):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+
+        def op(txn: WriteTxn, parent: Inode, n: str) -> Inode:
+            perm, gid = namespace.inherit(parent, kind, mode & 0o7777, ctx.gid)
+            if kind == Kind.FILE:
+                namespace.write_file_in(txn, parent, n, [], mode=perm, uid=ctx.uid, gid=gid)
+                return namespace.lookup(txn, parent.ino, n)
+            return namespace.mknod_in(txn, parent, n, kind, perm, rdev=rdev, uid=ctx.uid,
+                                      gid=gid)
+        return await self._make(parent_inode, name, op)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        def op(txn: WriteTxn, parent: Inode, n: str) -> Inode:
+            return namespace.link_in(txn, namespace.get(txn, inode), parent, n)
+        return await self._make(new_parent_inode, new_name, op)
 
     def _remove(self, parent_inode: int, name: bytes, is_dir: bool) -> None:
         n = _name(name)
 
         def op(txn: WriteTxn) -> None:
-            path = self._names.child_path(txn, parent_inode, n)
-            node = namespace.resolve(txn, path)
-            if is_dir and node.kind != Kind.DIR:
-                raise pyfuse3.FUSEError(errno.ENOTDIR)
-            release(txn, namespace.remove(txn, path, dir_ok=is_dir))
+            parent = self._dir(txn, parent_inode)
+            if is_dir:
+                namespace.rmdir_in(txn, parent, n)
+                return
+            m = namespace.unlink_in(txn, parent, n)
+            release(txn, [m] if m is not None else [])
         self._write_txn(op)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -325,31 +390,27 @@ class HutongOperations(pyfuse3.Operations):
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         self._admit()
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise pyfuse3.FUSEError(errno.EINVAL)
         old, new = _name(name_old), _name(name_new)
 
         def op(txn: WriteTxn) -> int:
-            src = self._names.child_path(txn, parent_inode_old, old)
-            dst = self._names.child_path(txn, parent_inode_new, new)
-            moving = namespace.resolve(txn, src)
-            target = txn.lookup(parent_inode_new, new)
-            if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
-                raise ExistsError(dst)
-            release(txn, namespace.rename(txn, src, dst))
+            sparent, dparent = self._dir(txn, parent_inode_old), self._dir(txn, parent_inode_new)
+            moving = namespace.lookup(txn, sparent.ino, old)
+            release(txn, namespace.rename_in(
+                txn, sparent, old, dparent, new,
+                noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                exchange=bool(flags & pyfuse3.RENAME_EXCHANGE)))
             return moving.ino
         ino = await self._run(self._write_txn, op)
         self._names.remember(ino, parent_inode_new, new)
-
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if not any(h.ino == inode for h in list(self._handles.values())):
             self._admit()  # while shutting down, only files open here may change
+
+        if fields.update_size and attr.st_size > MAX_FILE_SIZE:
+            raise pyfuse3.FUSEError(errno.EFBIG)
 
         def op() -> Inode:
             if fields.update_size:
@@ -361,8 +422,9 @@ class HutongOperations(pyfuse3.Operations):
             mtime = attr.st_mtime_ns if fields.update_mtime else None
             if mtime is not None:
                 self.wb.set_mtime(inode, mtime)  # applied again when the content is committed
-            if all(v is None for v in (mode, uid, gid, atime, mtime)):
+            if fields.update_size and all(v is None for v in (mode, uid, gid, atime, mtime)):
                 return self.wb.node(inode)
+            # else a change, or none at all (chown(f, -1, -1)): ctime moves, as on ext4
 
             def pending_change(n: Inode) -> Inode:
                 return replace(n, mode=n.mode if mode is None else mode,
@@ -376,8 +438,9 @@ class HutongOperations(pyfuse3.Operations):
                 return pending
 
             def change(txn: WriteTxn) -> Inode:
-                return namespace.set_attrs(txn, self._names.path(txn, inode), mode=mode,
-                                           uid=uid, gid=gid, atime_ns=atime, mtime_ns=mtime)
+                return namespace.set_attrs_of(txn, namespace.get(txn, inode), mode=mode,
+                                              uid=uid, gid=gid, atime_ns=atime,
+                                              mtime_ns=mtime)
             return self._write_txn(change)
         return self._attr(await self._run(op))
 
@@ -397,6 +460,8 @@ class HutongOperations(pyfuse3.Operations):
         def op() -> pyfuse3.FileInfo:
             reader, keep = self.wb.reader(inode)
             fh = self._new_handle(inode, reader, flags)
+            if self._handles[fh].dirty is not None and _sgid_left(self.wb.node(inode), ctx):
+                self._handles[fh].drop_sgid = True
             return pyfuse3.FileInfo(fh=fh, keep_cache=keep and not flags & os.O_TRUNC)
         return await self._run(op)
 
@@ -419,6 +484,9 @@ class HutongOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
 
         def op() -> bytes:
+            if not h.accessed:
+                h.accessed = True
+                self.atimes.read(self.wb.node(h.ino))
             data = self.wb.read(h.ino, size, off)
             if data is not None:
                 return data
@@ -435,10 +503,21 @@ class HutongOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if self.frozen:
             raise pyfuse3.FUSEError(errno.ESHUTDOWN)
+        if off + len(buf) > MAX_FILE_SIZE:
+            raise pyfuse3.FUSEError(errno.EFBIG)
+        if h.drop_sgid and buf:
+            h.drop_sgid = False
+            await self._run(self._clear_sgid, h.ino)
         n = self.wb.write_nowait(h.dirty, h.reader, buf, off)  # memory only: on the loop
         if n is not None:
             return n
         return await self._run(self.wb.write, h.dirty, h.reader, buf, off)
+
+    def _clear_sgid(self, ino: int) -> None:
+        def change(txn: WriteTxn) -> None:
+            node = namespace.get(txn, ino)
+            namespace.set_attrs_of(txn, node, mode=node.mode & ~stat.S_ISGID)
+        self._write_txn(change)
 
     async def flush(self, fh: int) -> None:
         h = self._handles.get(fh)

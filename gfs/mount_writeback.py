@@ -323,8 +323,11 @@ class WriteBack:
         if node.kind != Kind.FILE:
             raise InvalidPathError(f"<inode {ino}>", "not a regular file")
         m = self.client.manifest_ino(ino)
-        with self.client.engine.read() as txn:
-            path = self.names.path(txn, ino)
+        with self.client.engine.read() as txn:  # the path names it in messages only
+            try:
+                path = self.names.path(txn, ino)
+            except NotFoundError:  # a hard link whose name is not known here
+                path = f"<inode {ino}>"
         keep = self.seen_version.get(ino) == m.version
         self.seen_version[ino] = m.version
         return CachedReader(self.cache, path, m), keep
@@ -345,12 +348,9 @@ class WriteBack:
             parent_node = namespace.get(txn, parent)
             if parent_node.kind != Kind.DIR:
                 raise NotADirError(name)
-            path = self.names.child_path(txn, parent, name)
             exists = txn.lookup(parent, name) is not None
-        try:
-            node = self.pending.add(parent, name, mode, uid, gid, exists)
-        except ExistsError:
-            raise ExistsError(path) from None
+        mode, gid = namespace.inherit(parent_node, Kind.FILE, mode & 0o7777, gid)
+        node = self.pending.add(parent, name, mode, uid, gid, exists)
         self.names.remember(node.ino, parent, name)
         self.seen_version[node.ino] = 1
         return node
@@ -425,16 +425,13 @@ class WriteBack:
         with self._lock:
             d = self.dirty.get(ino)
             temporary = False
-            if d is None and ino not in self.pending:
-                with self.client.engine.read() as txn:
-                    path = self.names.path(txn, ino)
-            elif d is None:
+            if d is None and ino in self.pending:
                 temporary = True
                 d = self.dirty[ino] = DirtyFile(ino, writers=1)
         if d is None:
             # truncate(2) of a file nobody writes here: a new version that keeps the
             # chunks before the cut (no copy of the file)
-            self.client.truncate(path, size)
+            self.client.truncate_ino(ino, size)
             self.seen_version[ino] = self.client.manifest_ino(ino).version
             return
         try:
@@ -549,10 +546,8 @@ class WriteBack:
             if node is None or node.kind != Kind.FILE:
                 log.info("inode %d was removed before its writes were committed", ino)
                 return Manifest(0, tuple(refs))  # releases what was just referenced
-            old = namespace.write_file(txn, self.names.path(txn, ino), refs, mtime_ns=mtime)
-            new = txn.get_inode(ino)
-            if new is not None:
-                self.seen_version[ino] = new.version
+            old = namespace.write_content(txn, node, refs, mtime_ns=mtime)
+            self.seen_version[ino] = node.version + 1
             return old
         return action
 

@@ -22,6 +22,9 @@ from gfs.errors import (
     NotADirError,
     NotEmptyError,
     NotFoundError,
+    NotPermittedError,
+    TooManyLinksError,
+    _OSLike,
 )
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
 
@@ -83,6 +86,8 @@ def path_of(txn: ReadTxn, ino: int) -> str:
     node = txn.get_inode(ino)
     while node is not None and node.ino != ROOT_INO and node.ino not in seen:
         seen.add(node.ino)
+        if node.parent == 0:
+            return f"<hard-linked inode {node.ino}>"
         parent = txn.get_inode(node.parent)
         if parent is None:
             return f"<orphan inode {ino}>"
@@ -94,19 +99,41 @@ def path_of(txn: ReadTxn, ino: int) -> str:
     return "/" + "/".join(reversed(names))
 
 
-def _touch_dir(txn: WriteTxn, parent: Inode, now: int) -> None:
-    txn.put_inode(replace(parent, mtime_ns=now, ctime_ns=now))
+def _touch_dir(txn: WriteTxn, parent: Inode, now: int, subdirs: int = 0) -> Inode:
+    """Stamp directory `parent` changed; `subdirs` added to its link count (kept only
+    once known: a directory with nlink 1 predates link counts)."""
+    cur = get(txn, parent.ino)  # the caller's copy may predate changes in this txn
+    nlink = cur.nlink + subdirs if cur.nlink >= 2 else cur.nlink
+    new = replace(cur, mtime_ns=now, ctime_ns=now, nlink=nlink)
+    txn.put_inode(new)
+    return new
+
+
+def _count_subdirs(txn: WriteTxn, parent: int, delta: int) -> None:
+    """Add `delta` to directory `parent`'s link count (if known), times unchanged."""
+    cur = get(txn, parent)
+    if cur.nlink >= 2:
+        txn.put_inode(replace(cur, nlink=cur.nlink + delta))
 
 
 def _new_inode(txn: WriteTxn, parent: int, kind: Kind, mode: int, now: int,
                uid: int | None = None, gid: int | None = None, target: str = "",
-               mtime_ns: int | None = None, size: int = 0, version: int = 0) -> Inode:
+               mtime_ns: int | None = None, size: int = 0, version: int = 0,
+               rdev: int = 0) -> Inode:
     return Inode(
         ino=txn.alloc_ino(), parent=parent, kind=kind, mode=mode & 0o7777,
         uid=_UID if uid is None else uid, gid=_GID if gid is None else gid,
         size=len(target.encode()) if kind == Kind.SYMLINK else size,
         atime_ns=now, mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now,
-        version=version, target=target)
+        version=version, target=target, nlink=2 if kind == Kind.DIR else 1, rdev=rdev)
+
+
+def inherit(parent: Inode, kind: Kind, mode: int, gid: int) -> tuple[int, int]:
+    """(mode, gid) of a new `kind` made in `parent` by a caller of group `gid`: in a
+    setgid directory it takes the directory's group, and a directory keeps setgid."""
+    if not parent.mode & statmod.S_ISGID:
+        return mode, gid
+    return (mode | statmod.S_ISGID if kind == Kind.DIR else mode), parent.gid
 
 
 def mkdir(txn: WriteTxn, path: str, mode: int = DEFAULT_DIR_MODE, *, parents: bool = False,
@@ -140,7 +167,7 @@ def mkdir(txn: WriteTxn, path: str, mode: int = DEFAULT_DIR_MODE, *, parents: bo
                          uid, gid, mtime_ns=mtime_ns if last else None)
         txn.put_inode(new)
         txn.link(node.ino, name, new.ino)
-        _touch_dir(txn, node, now)
+        _touch_dir(txn, node, now, subdirs=1)
         node = new
     return node
 
@@ -169,31 +196,42 @@ def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef],
                   mtime_ns: int | None = None, touch: bool = True,
                   path: str = "") -> Manifest | None:
     """`write_file` of entry `name` in directory `parent` (`touch`: update its mtime)."""
-    now = now_ns()
-    size = sum(r.length for r in refs)
     existing = child(txn, parent, name)
-    old: Manifest | None = None
     if existing is not None and existing.kind == Kind.DIR:
         raise IsADirError(path or name)
     if existing is not None and existing.kind == Kind.FILE:
-        old = txn.get_manifest(existing.ino)
-        node = replace(existing, size=size, version=existing.version + 1, ctime_ns=now,
-                       mtime_ns=now if mtime_ns is None else mtime_ns,
-                       mode=existing.mode if mode is None else mode & 0o7777,
-                       uid=existing.uid if uid is None else uid,
-                       gid=existing.gid if gid is None else gid)
-    else:
-        if existing is not None:  # a symlink: replaced by the file
-            txn.delete_inode(existing.ino)
-            drop_inode_values(txn, [existing.ino])
-        node = _new_inode(txn, parent.ino, Kind.FILE,
-                          DEFAULT_FILE_MODE if mode is None else mode, now, uid, gid,
-                          mtime_ns=mtime_ns, size=size, version=1)
-        txn.link(parent.ino, name, node.ino)
-        if touch:
-            _touch_dir(txn, parent, now)
+        return write_content(txn, replace(
+            existing, mode=existing.mode if mode is None else mode & 0o7777,
+            uid=existing.uid if uid is None else uid,
+            gid=existing.gid if gid is None else gid), refs, mtime_ns=mtime_ns)
+    now = now_ns()
+    if existing is not None:  # a symlink or special file: replaced by the file
+        _drop_link(txn, existing, now)
+    node = _new_inode(txn, parent.ino, Kind.FILE, DEFAULT_FILE_MODE if mode is None else mode,
+                      now, uid, gid, mtime_ns=mtime_ns, size=sum(r.length for r in refs),
+                      version=1)
+    txn.link(parent.ino, name, node.ino)
+    if touch:
+        _touch_dir(txn, parent, now)
     txn.put_inode(node)
     txn.put_manifest(node.ino, Manifest(node.version, tuple(refs)))
+    return None
+
+
+def write_content(txn: WriteTxn, node: Inode, refs: list[ChunkRef], *,
+                  mtime_ns: int | None = None) -> Manifest | None:
+    """Make `refs` the content of file `node` (by inode, whatever its links); returns
+    the manifest it replaced."""
+    if node.kind == Kind.DIR:
+        raise IsADirError(f"<inode {node.ino}>")
+    if node.kind != Kind.FILE:
+        raise InvalidPathError(f"<inode {node.ino}>", "not a regular file")
+    now = now_ns()
+    old = txn.get_manifest(node.ino)
+    new = replace(node, size=sum(r.length for r in refs), version=node.version + 1,
+                  ctime_ns=now, mtime_ns=now if mtime_ns is None else mtime_ns)
+    txn.put_inode(new)
+    txn.put_manifest(new.ino, Manifest(new.version, tuple(refs)))
     return old
 
 
@@ -211,7 +249,9 @@ def mkdir_in(txn: WriteTxn, parent: Inode, name: str, mode: int = DEFAULT_DIR_MO
     txn.put_inode(new)
     txn.link(parent.ino, name, new.ino)
     if touch:
-        _touch_dir(txn, parent, now)
+        _touch_dir(txn, parent, now, subdirs=1)
+    else:
+        _count_subdirs(txn, parent.ino, 1)
     return new
 
 
@@ -249,14 +289,105 @@ def unlink_in(txn: WriteTxn, parent: Inode, name: str, *, touch: bool = True,
         raise NotFoundError(path or name)
     if node.kind == Kind.DIR:
         raise IsADirError(path or name)
+    now = now_ns()
+    m = _drop_link(txn, node, now)
+    txn.unlink(parent.ino, name)
+    if touch:
+        _touch_dir(txn, parent, now)
+    return m
+
+
+def _drop_link(txn: WriteTxn, node: Inode, now: int) -> Manifest | None:
+    """One directory entry of non-directory `node` goes (the caller removes the entry):
+    its link count falls, and the last link deletes it. Returns the manifest of a
+    deleted file (to release)."""
+    if node.nlink > 1:
+        txn.put_inode(replace(node, nlink=node.nlink - 1, ctime_ns=now))
+        return None
     m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
     txn.delete_manifest(node.ino)
     txn.delete_inode(node.ino)
     drop_inode_values(txn, [node.ino])
-    txn.unlink(parent.ino, name)
-    if touch:
-        _touch_dir(txn, parent, now_ns())
     return m
+
+
+def mknod_in(txn: WriteTxn, parent: Inode, name: str, kind: Kind, mode: int, *,
+             rdev: int = 0, uid: int | None = None, gid: int | None = None) -> Inode:
+    """Create special file `name` in `parent` (a FIFO, socket or device node: metadata
+    only); an existing entry raises ExistsError."""
+    if kind in (Kind.FILE, Kind.DIR, Kind.SYMLINK):
+        raise InvalidPathError(name, f"mknod makes special files, not {kind.name.lower()}")
+    if child(txn, parent, paths.check_name(name)) is not None:
+        raise ExistsError(name)
+    now = now_ns()
+    node = _new_inode(txn, parent.ino, kind, mode, now, uid, gid,
+                      rdev=rdev if kind in (Kind.CHARDEV, Kind.BLOCKDEV) else 0)
+    txn.put_inode(node)
+    txn.link(parent.ino, name, node.ino)
+    _touch_dir(txn, parent, now)
+    return node
+
+
+#: The largest link count of an inode (ext4's).
+LINK_MAX = 65000
+
+
+def link_in(txn: WriteTxn, node: Inode, parent: Inode, name: str) -> Inode:
+    """Make `name` in directory `parent` another link to non-directory `node`."""
+    if node.kind == Kind.DIR:
+        raise NotPermittedError(name, "hard links to directories are not allowed")
+    if parent.kind != Kind.DIR:
+        raise NotADirError(name)
+    if child(txn, parent, paths.check_name(name)) is not None:
+        raise ExistsError(name)
+    if node.nlink >= LINK_MAX:
+        raise TooManyLinksError(name)
+    now = now_ns()
+    new = replace(node, nlink=node.nlink + 1, ctime_ns=now, parent=0)
+    txn.put_inode(new)
+    txn.link(parent.ino, name, node.ino)
+    _touch_dir(txn, parent, now)
+    return new
+
+
+def readdir(txn: ReadTxn, ino: int) -> list[tuple[str, Inode]]:
+    """The (name, inode) entries of directory `ino`, in name byte order (an entry
+    naming a missing inode is left out: fsck reports it)."""
+    node = get(txn, ino)
+    if node.kind != Kind.DIR:
+        raise NotADirError(f"<inode {ino}>")
+    out = []
+    for n, i in txn.list_dir(ino):
+        kid = txn.get_inode(i)
+        if kid is not None:
+            out.append((n, kid))
+    return out
+
+
+def lookup(txn: ReadTxn, parent: int, name: str) -> Inode:
+    """The entry `name` of directory `parent` (NotFoundError, NotADirError)."""
+    node = get(txn, parent)
+    if node.kind != Kind.DIR:
+        raise NotADirError(f"<inode {parent}>")
+    found = child(txn, node, paths.check_name(name))
+    if found is None:
+        raise NotFoundError(name)
+    return found
+
+
+def rmdir_in(txn: WriteTxn, parent: Inode, name: str) -> None:
+    """Remove the empty directory `name` of `parent`."""
+    node = child(txn, parent, name)
+    if node is None:
+        raise NotFoundError(name)
+    if node.kind != Kind.DIR:
+        raise NotADirError(name)
+    if next(iter(txn.list_dir(node.ino)), None) is not None:
+        raise NotEmptyError(name)
+    drop_inode_values(txn, [node.ino])
+    txn.delete_inode(node.ino)
+    txn.unlink(parent.ino, name)
+    _touch_dir(txn, parent, now_ns(), subdirs=-1)
 
 
 def walk(txn: ReadTxn, top: Inode) -> Iterator[Inode]:
@@ -287,20 +418,19 @@ def remove(txn: WriteTxn, path: str, *, recursive: bool = False,
         if not recursive and next(iter(txn.list_dir(node.ino)), None) is not None:
             raise NotEmptyError(path)
     removed: list[Manifest] = []
-    gone = list(walk(txn, node))
-    drop_inode_values(txn, [n.ino for n in gone])  # e.g. xattrs: inodes are never reused
-    for n in gone:
-        if n.kind == Kind.FILE:
-            m = txn.get_manifest(n.ino)
-            if m is not None:
-                removed.append(m)
-            txn.delete_manifest(n.ino)
+    now = now_ns()
+    for n in list(walk(txn, node)):
         if n.kind == Kind.DIR:
+            drop_inode_values(txn, [n.ino])  # e.g. xattrs: inodes are never reused
             for entry, _ in list(txn.list_dir(n.ino)):
                 txn.unlink(n.ino, entry)
-        txn.delete_inode(n.ino)
+            txn.delete_inode(n.ino)
+            continue
+        m = _drop_link(txn, get(txn, n.ino), now)  # a hard link outside may keep it
+        if m is not None:
+            removed.append(m)
     txn.unlink(parent.ino, name)
-    _touch_dir(txn, parent, now_ns())
+    _touch_dir(txn, parent, now, subdirs=-1 if node.kind == Kind.DIR else 0)
     return removed
 
 
@@ -311,44 +441,107 @@ def rename(txn: WriteTxn, src: str, dst: str) -> list[Manifest]:
     directory; a directory cannot move below itself.
     """
     sparent, sname = resolve_parent(txn, src)
-    node = child(txn, sparent, sname)
-    if node is None:
+    if child(txn, sparent, sname) is None:  # the source is reported first
         raise NotFoundError(src)
     dparent, dname = resolve_parent(txn, dst)
+    try:
+        return rename_in(txn, sparent, sname, dparent, dname)
+    except _OSLike as e:
+        raise type(e)(dst, e.strerror) from None
+
+
+def _inside(txn: ReadTxn, node: Inode, where: Inode) -> bool:
+    """Whether directory `where` is `node` or below it."""
+    anc: Inode | None = where
+    while anc is not None:
+        if anc.ino == node.ino:
+            return True
+        if anc.ino == ROOT_INO:
+            return False
+        anc = txn.get_inode(anc.parent)
+    return False
+
+
+def rename_in(txn: WriteTxn, sparent: Inode, sname: str, dparent: Inode, dname: str, *,
+              noreplace: bool = False, exchange: bool = False) -> list[Manifest]:
+    """rename(2) of entry `sname` of `sparent` to `dname` of `dparent`; returns the
+    manifests of files it deleted (to release). `noreplace` and `exchange` are
+    renameat2's RENAME_NOREPLACE and RENAME_EXCHANGE."""
+    if dparent.kind != Kind.DIR:
+        raise NotADirError(dname)
+    node = child(txn, sparent, sname)
+    if node is None:
+        raise NotFoundError(sname)
+    target = child(txn, dparent, paths.check_name(dname))
+    if exchange:
+        if target is None:
+            raise NotFoundError(dname)
+        _exchange(txn, sparent, sname, node, dparent, dname, target)
+        return []
+    if target is not None and noreplace:
+        raise ExistsError(dname)
     if sparent.ino == dparent.ino and sname == dname:
         return []
-    if node.kind == Kind.DIR:
-        anc: Inode | None = dparent
-        while anc is not None:
-            if anc.ino == node.ino:
-                raise InvalidPathError(dst, "cannot move a directory inside itself")
-            if anc.ino == ROOT_INO:
-                break
-            anc = txn.get_inode(anc.parent)
+    if target is not None and target.ino == node.ino:
+        return []  # two links to one inode: rename does nothing
+    if node.kind == Kind.DIR and _inside(txn, node, dparent):
+        raise InvalidPathError(dname, "cannot move a directory inside itself")
+    now = now_ns()
     replaced: list[Manifest] = []
-    target = child(txn, dparent, dname)
+    dst_subdirs = 1 if node.kind == Kind.DIR else 0
     if target is not None:
         if node.kind == Kind.DIR and target.kind != Kind.DIR:
-            raise NotADirError(dst)
+            raise NotADirError(dname)
         if node.kind != Kind.DIR and target.kind == Kind.DIR:
-            raise IsADirError(dst)
-        if target.kind == Kind.DIR and next(iter(txn.list_dir(target.ino)), None) is not None:
-            raise NotEmptyError(dst)
-        if target.kind == Kind.FILE:
-            m = txn.get_manifest(target.ino)
+            raise IsADirError(dname)
+        if target.kind == Kind.DIR:
+            if next(iter(txn.list_dir(target.ino)), None) is not None:
+                raise NotEmptyError(dname)
+            txn.delete_inode(target.ino)
+            drop_inode_values(txn, [target.ino])
+            dst_subdirs -= 1
+        else:
+            m = _drop_link(txn, target, now)
             if m is not None:
                 replaced.append(m)
-            txn.delete_manifest(target.ino)
-        txn.delete_inode(target.ino)
-        drop_inode_values(txn, [target.ino])
-    now = now_ns()
     txn.unlink(sparent.ino, sname)
     txn.link(dparent.ino, dname, node.ino)
-    txn.put_inode(replace(node, parent=dparent.ino, ctime_ns=now))
-    _touch_dir(txn, get(txn, sparent.ino), now)
-    if dparent.ino != sparent.ino:
-        _touch_dir(txn, get(txn, dparent.ino), now)
+    _moved(txn, node, dparent.ino, now)
+    src_subdirs = -1 if node.kind == Kind.DIR else 0
+    if dparent.ino == sparent.ino:
+        _touch_dir(txn, sparent, now, subdirs=src_subdirs + dst_subdirs)
+    else:
+        _touch_dir(txn, sparent, now, subdirs=src_subdirs)
+        _touch_dir(txn, dparent, now, subdirs=dst_subdirs)
     return replaced
+
+
+def _moved(txn: WriteTxn, node: Inode, parent: int, now: int) -> None:
+    """Record that `node` is now linked from `parent` (a hard-linked file keeps 0)."""
+    cur = get(txn, node.ino)
+    keep = cur.kind != Kind.DIR and cur.nlink > 1
+    txn.put_inode(replace(cur, parent=cur.parent if keep else parent, ctime_ns=now))
+
+
+def _exchange(txn: WriteTxn, sparent: Inode, sname: str, node: Inode, dparent: Inode,
+              dname: str, target: Inode) -> None:
+    """RENAME_EXCHANGE: swap the two entries atomically."""
+    if node.ino == target.ino:
+        return
+    if (node.kind == Kind.DIR and _inside(txn, node, dparent)) or \
+            (target.kind == Kind.DIR and _inside(txn, target, sparent)):
+        raise InvalidPathError(dname, "cannot move a directory inside itself")
+    now = now_ns()
+    txn.link(sparent.ino, sname, target.ino)
+    txn.link(dparent.ino, dname, node.ino)
+    _moved(txn, node, dparent.ino, now)
+    _moved(txn, target, sparent.ino, now)
+    dirs = (node.kind == Kind.DIR) - (target.kind == Kind.DIR)
+    if sparent.ino == dparent.ino:
+        _touch_dir(txn, sparent, now)
+    else:
+        _touch_dir(txn, sparent, now, subdirs=-dirs)
+        _touch_dir(txn, dparent, now, subdirs=dirs)
 
 
 def set_attrs(txn: WriteTxn, path: str, *, mode: int | None = None, uid: int | None = None,
@@ -375,11 +568,17 @@ def set_attrs_of(txn: WriteTxn, node: Inode, *, mode: int | None = None, uid: in
     return new
 
 
+#: The file type bits of st_mode of each kind of inode.
+S_IFMT_OF_KIND: dict[Kind, int] = {
+    Kind.FILE: statmod.S_IFREG, Kind.DIR: statmod.S_IFDIR, Kind.SYMLINK: statmod.S_IFLNK,
+    Kind.FIFO: statmod.S_IFIFO, Kind.SOCKET: statmod.S_IFSOCK, Kind.CHARDEV: statmod.S_IFCHR,
+    Kind.BLOCKDEV: statmod.S_IFBLK}
+KIND_OF_S_IFMT: dict[int, Kind] = {v: k for k, v in S_IFMT_OF_KIND.items()}
+
+
 def st_mode(node: Inode) -> int:
     """The POSIX st_mode of an inode (type bits and permission bits)."""
-    kind = {Kind.FILE: statmod.S_IFREG, Kind.DIR: statmod.S_IFDIR,
-            Kind.SYMLINK: statmod.S_IFLNK}[node.kind]
-    return kind | node.mode
+    return S_IFMT_OF_KIND[node.kind] | node.mode
 
 
 #: Value tables whose keys start with an inode number (u64 BE): the entries of an

@@ -48,6 +48,8 @@ inodes = st.builds(
     ctime_ns=I64,
     version=U64,
     target=st.text(max_size=50),
+    nlink=U32,
+    rdev=U64,
 )
 manifests = st.builds(
     Manifest,
@@ -144,6 +146,20 @@ def _all_truncations(data: bytes) -> list[bytes]:
     return [data[:n] for n in range(len(data))]
 
 
+def test_inode_links_extension() -> None:
+    """nlink 1 and rdev 0 keep the original record; others set the kind's high bit."""
+    base = Inode(5, 1, Kind.FILE, 0o644, 0, 0, 3, 1, 2, 3, 1)
+    plain = enc.encode_inode(base)
+    assert len(plain) == enc.INODE_HEADER.size and plain[0] == Kind.FILE
+    linked = enc.encode_inode(Inode(5, 0, Kind.CHARDEV, 0o600, 0, 0, 0, 1, 2, 3, 0, "",
+                                    nlink=3, rdev=0x0103))
+    assert linked[0] == Kind.CHARDEV | enc.INODE_HAS_LINKS
+    assert linked[enc.INODE_HEADER.size:] == (3).to_bytes(4, "little") + \
+        (0x0103).to_bytes(8, "little")
+    with pytest.raises(FormatError, match="link count field truncated"):
+        enc.decode_inode(5, linked[:-1])
+
+
 @settings(max_examples=30)
 @given(inodes)
 def test_truncated_inode(inode: Inode) -> None:
@@ -228,7 +244,7 @@ def test_unrepresentable_records_rejected() -> None:
     with pytest.raises(ValueError, match="inode 5"):
         enc.encode_inode(Inode(5, 1, Kind.FILE, 0o644, 1 << 32, 0, 0, 0, 0, 0))
     with pytest.raises(ValueError, match="inode 5"):
-        enc.encode_inode(Inode(5, 1, 7, 0o644, 0, 0, 0, 0, 0, 0))  # type: ignore[arg-type]
+        enc.encode_inode(Inode(5, 1, 9, 0o644, 0, 0, 0, 0, 0, 0))  # type: ignore[arg-type]
     assert enc.encode_inode(ok)
     with pytest.raises(ValueError, match="manifest entry 1"):
         enc.encode_manifest(Manifest(1, (ChunkRef(b"a" * 16, 1), ChunkRef(b"b" * 15, 1))))

@@ -76,7 +76,7 @@ def test_errnos(m: Mounted) -> None:
     assert _errno(os.unlink, m.mnt / "d") == errno.EISDIR
     assert _errno(os.rename, m.mnt / "d", m.mnt / "f") == errno.ENOTDIR
     assert _errno(os.open, m.mnt / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
-    assert _errno(os.link, m.mnt / "f", m.mnt / "h") == errno.EPERM
+    assert _errno(os.link, m.mnt / "d", m.mnt / "h") == errno.EPERM
     assert (m.mnt / "f").read_bytes() == b"x"  # the mount is still up
 
 
@@ -236,3 +236,54 @@ def test_kill_9_leaves_a_consistent_store(tmp_path: Path) -> None:
         assert c.read_bytes("/done") == b"committed"
         report = c.fsck()
         assert report.ok, report
+
+
+def test_hard_links_keep_data_through_gc_and_fsck(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    init_store(state)
+    data = os.urandom(300_000)
+    with mount(state, tmp_path / "mnt") as mm:
+        (mm.mnt / "d").mkdir()
+        (mm.mnt / "a").write_bytes(data)
+        os.link(mm.mnt / "a", mm.mnt / "d" / "b")
+        os.link(mm.mnt / "a", mm.mnt / "c")
+        os.mkfifo(mm.mnt / "d" / "fifo")
+        os.unlink(mm.mnt / "a")
+        os.rename(mm.mnt / "c", mm.mnt / "d" / "c")
+    with Client(state) as c:
+        report = c.fsck()
+        assert report.ok, report.problems
+        c.gc()
+        assert c.read_bytes("/d/b") == data and c.read_bytes("/d/c") == data
+        assert c.fsck().ok
+    with mount(state, tmp_path / "mnt") as mm:
+        assert os.stat(mm.mnt / "d" / "b").st_nlink == 2
+        assert os.stat(mm.mnt / "d").st_nlink == 2
+        os.unlink(mm.mnt / "d" / "b")
+        assert (mm.mnt / "d" / "c").read_bytes() == data
+        os.unlink(mm.mnt / "d" / "c")
+    with Client(state) as c:
+        assert c.fsck().ok
+        c.gc()
+        with c.engine.read() as txn:
+            assert not list(txn.iter_manifests())  # the last link took the data
+
+
+def test_fsck_finds_wrong_link_counts(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    state = tmp_path / "state"
+    init_store(state)
+    with mount(state, tmp_path / "mnt") as mm:
+        (mm.mnt / "a").write_bytes(b"x")
+        os.link(mm.mnt / "a", mm.mnt / "b")
+        (mm.mnt / "d").mkdir()
+    with Client(state) as c:
+        with c.engine.write() as txn:
+            for name, nlink in (("a", 3), ("d", 4)):
+                node = txn.get_inode(txn.lookup(1, name) or 0)
+                assert node is not None
+                txn.put_inode(replace(node, nlink=nlink))
+        problems = " | ".join(c.fsck().problems)
+    assert "link count 3, but 2 directory entries" in problems
+    assert "link count 4, but 0 subdirectories" in problems

@@ -1,9 +1,11 @@
 """Stateful property test: the namespace behaves like a simple model of a POSIX tree.
 
-Hypothesis drives random sequences of mkdir, write, rm, mv, symlink and read
-against a real store (small chunks, so files span many chunks and share them)
-and a dictionary model; after every step the whole tree, every file's content
-and the chunk refcounts must agree, and refused operations must change nothing.
+Hypothesis drives random sequences of mkdir, write, rm, mv, symlink, link,
+mknod and read against a real store (small chunks, so files span many chunks
+and share them) and a dictionary model whose files are shared boxes (a hard
+link is a second path to the same box); after every step the whole tree, every
+file's content, inode identity and link counts, and the chunk refcounts must
+agree, and refused operations must change nothing.
 It runs on the embedded LMDB engine and on the PostgreSQL engine (a real
 server from the `postgres_server` fixture).
 """
@@ -25,6 +27,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from gfs import namespace
 from gfs.client import Client
 from gfs.errors import (
     ExistsError,
@@ -34,7 +37,9 @@ from gfs.errors import (
     NotADirError,
     NotEmptyError,
     NotFoundError,
+    NotPermittedError,
 )
+from gfs.meta import Kind
 from gfs.meta.pg_engine import PgEngine
 from gfs.testing.postgres import PostgresServer
 
@@ -46,7 +51,16 @@ DATA = st.one_of(
     st.tuples(st.integers(0, 5000), st.integers(0, 5000)).map(lambda t: BASE[t[0]:t[0] + t[1]]),
 )
 
-Node = tuple[str, bytes | str]  # ("dir", b""), ("file", data), ("link", target)
+class Box:
+    """A file of the model: every path linked to it shares it (hard links)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+#: ("dir", b""), ("file", box), ("link", target), ("fifo" | "socket" | "chardev", b"")
+Node = tuple[str, "bytes | str | Box"]
+SPECIALS = {"fifo": Kind.FIFO, "socket": Kind.SOCKET, "chardev": Kind.CHARDEV}
 
 
 class NamespaceModel(RuleBasedStateMachine):
@@ -141,7 +155,11 @@ class NamespaceModel(RuleBasedStateMachine):
         if err is None and p in self.model and self.model[p][0] == "dir":
             err = IsADirError
         if self.expect(err, self.fs.write_bytes, p, data):
-            self.model[p] = ("file", data)
+            node = self.model.get(p)
+            if node is not None and isinstance(node[1], Box):
+                node[1].data = data  # same inode: seen through every link
+            else:
+                self.model[p] = ("file", Box(data))
 
     @rule(p=PATHS, link_to=st.sampled_from(["a", "../x", "/abs/path"]))
     def symlink(self, p: str, link_to: str) -> None:
@@ -177,6 +195,8 @@ class NamespaceModel(RuleBasedStateMachine):
                     err = IsADirError
                 elif tkind == "dir" and self.children(final):
                     err = NotEmptyError
+        if err is None and final in self.model and self.model[final] is self.model[src]:
+            final = src  # two links to one inode: rename does nothing
         if self.expect(err, self.fs.mv, src, dst) and final != src:
             moved = {k: v for k, v in self.model.items() if k == src or k.startswith(src + "/")}
             self.remove_subtree(final)
@@ -185,13 +205,37 @@ class NamespaceModel(RuleBasedStateMachine):
             for k, v in moved.items():
                 self.model[final + k[len(src):]] = v
 
+    @rule(data=st.data())
+    def link(self, data: st.DataObject) -> None:
+        # mostly an existing source and a free name in an existing directory
+        existing = sorted(p for p in self.model if p != "/")
+        src = data.draw(st.sampled_from(existing) if existing and data.draw(st.booleans())
+                        else PATHS)
+        dirs = sorted(p for p, n in self.model.items() if n[0] == "dir")
+        dst = data.draw(PATHS | st.tuples(st.sampled_from(dirs), NAMES).map(
+            lambda t: t[0].rstrip("/") + "/" + t[1]))
+        err = self.lookup_error(src) or self.parent_error(dst)
+        if err is None and self.model[src][0] == "dir":
+            err = NotPermittedError
+        if err is None and dst in self.model:
+            err = ExistsError
+        if self.expect(err, self.fs.link, src, dst):
+            self.model[dst] = self.model[src]
+
+    @rule(p=PATHS, kind=st.sampled_from(sorted(SPECIALS)))
+    def mknod(self, p: str, kind: str) -> None:
+        err = self.parent_error(p) or (ExistsError if p in self.model else None)
+        if self.expect(err, self.fs.mknod, p, SPECIALS[kind], 0o640, 0x0103):
+            self.model[p] = (kind, b"")
+
     @precondition(lambda self: any(v[0] == "file" for v in self.model.values()))
     @rule(data=st.data())
     def read_range(self, data: st.DataObject) -> None:
         files = sorted(k for k, v in self.model.items() if v[0] == "file")
         p = data.draw(st.sampled_from(files))
-        content = self.model[p][1]
-        assert isinstance(content, bytes)
+        box = self.model[p][1]
+        assert isinstance(box, Box)
+        content = box.data
         a = data.draw(st.integers(0, len(content) + 10))
         b = data.draw(st.integers(a, len(content) + 20))
         assert self.fs.read_bytes(p, a, b) == content[a:b]
@@ -202,15 +246,30 @@ class NamespaceModel(RuleBasedStateMachine):
 
     # -- invariants ----------------------------------------------------------
     def _check_tree(self) -> None:
-        seen: dict[str, Node] = {}
+        seen: dict[str, tuple[str, bytes | str]] = {}
         for s in self.fs.walk("/"):
             if s.kind == "dir":
                 seen[s.path] = ("dir", b"")
             elif s.kind == "symlink":
                 seen[s.path] = ("link", s.target)
-            else:
+            elif s.kind == "file":
                 seen[s.path] = ("file", self.fs.read_bytes(s.path))
-        assert seen == self.model
+            else:
+                seen[s.path] = (s.kind, b"")
+        assert seen == {p: (k, v.data if isinstance(v, Box) else v)
+                        for p, (k, v) in self.model.items()}
+        # inode identity and link counts: one inode per model node, nlink = its paths
+        with self.fs.engine.read() as txn:
+            inos = {p: namespace.resolve(txn, p) for p in self.model}
+        for p, node in self.model.items():
+            if node[0] == "dir":
+                subdirs = [c for c in self.children(p) if c != p and self.model[c][0] == "dir"]
+                assert inos[p].nlink == 2 + len(subdirs), p
+                continue
+            same = [q for q, n in self.model.items() if n is node or
+                    (isinstance(n[1], Box) and n[1] is node[1])]
+            assert inos[p].nlink == len(same), p
+            assert {inos[q].ino for q in same} == {inos[p].ino}, p
 
     @invariant()
     def tree_matches_model(self) -> None:

@@ -139,6 +139,10 @@ def decode_u64(what: str, data: bytes) -> int:
 #: kind u8, mode u16, uid u32, gid u32, parent u64, size u64, atime_ns i64,
 #: mtime_ns i64, ctime_ns i64, version u64; then the symlink target to the end.
 INODE_HEADER = struct.Struct("<BHIIQQqqqQ")
+#: Set in the kind byte when the header is followed by INODE_LINKS (nlink u32,
+#: rdev u64); records without it have nlink 1 and rdev 0.
+INODE_HAS_LINKS = 0x80
+INODE_LINKS = struct.Struct("<IQ")
 _KINDS = {k.value: k for k in Kind}
 
 
@@ -161,8 +165,12 @@ def encode_inode(inode: Inode) -> bytes:
         raise ValueError(f"inode {inode.ino}: a field is out of range ({e})") from None
     if inode.kind not in _KINDS:
         raise ValueError(f"inode {inode.ino}: unknown kind {inode.kind!r}")
-    if not inode.target:
-        return head
+    if inode.nlink != 1 or inode.rdev:
+        try:
+            ext = INODE_LINKS.pack(inode.nlink, inode.rdev)
+        except struct.error as e:
+            raise ValueError(f"inode {inode.ino}: nlink or rdev out of range ({e})") from None
+        head = bytes([head[0] | INODE_HAS_LINKS]) + head[1:] + ext
     return head + inode.target.encode("utf-8")
 
 
@@ -176,16 +184,24 @@ def decode_inode(ino: int, data: bytes) -> Inode:
     kind, mode, uid, gid, parent, size, atime, mtime, ctime, version = INODE_HEADER.unpack_from(
         data
     )
+    start, nlink, rdev = INODE_HEADER.size, 1, 0
+    if kind & INODE_HAS_LINKS:
+        kind &= ~INODE_HAS_LINKS
+        if len(data) < start + INODE_LINKS.size:
+            raise FormatError(f"inode {ino}: link count field truncated; {_DAMAGED}")
+        nlink, rdev = INODE_LINKS.unpack_from(data, start)
+        start += INODE_LINKS.size
     k = _KINDS.get(kind)
     if k is None:
         raise FormatError(f"inode {ino}: unknown kind {kind}; {_DAMAGED}")
     target = ""
-    if len(data) > INODE_HEADER.size:
+    if len(data) > start:
         try:
-            target = data[INODE_HEADER.size :].decode("utf-8")
+            target = data[start:].decode("utf-8")
         except UnicodeDecodeError:
             raise FormatError(f"inode {ino}: symlink target is not UTF-8; {_DAMAGED}") from None
-    return Inode(ino, parent, k, mode, uid, gid, size, atime, mtime, ctime, version, target)
+    return Inode(ino, parent, k, mode, uid, gid, size, atime, mtime, ctime, version, target,
+                 nlink, rdev)
 
 
 # -- manifest -------------------------------------------------------------------

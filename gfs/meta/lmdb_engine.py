@@ -525,6 +525,7 @@ class LmdbEngine(MetaEngine):
             atime_ns=now,
             mtime_ns=now,
             ctime_ns=now,
+            nlink=2,
         )
         txn.put(_FORMAT, enc.FORMAT_VERSION, db=meta)
         txn.put(_STORE_ID, os.urandom(16), db=meta)

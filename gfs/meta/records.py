@@ -16,11 +16,23 @@ class Kind(enum.IntEnum):
     FILE = 1
     DIR = 2
     SYMLINK = 3
+    #: Special files: metadata only (the kernel serves their I/O, as on every
+    #: network file system); a device's numbers are in `Inode.rdev`.
+    FIFO = 4
+    SOCKET = 5
+    CHARDEV = 6
+    BLOCKDEV = 7
 
 
 @dataclass(frozen=True, slots=True)
 class Inode:
-    """A namespace node. `parent` is the containing directory (ROOT_INO for the root)."""
+    """A namespace node. `parent` is the containing directory (ROOT_INO for the root);
+    0 for a non-directory that has had more than one link (it has no single parent).
+
+    `nlink` counts directory entries naming a non-directory (hard links); for a
+    directory it is 2 + its subdirectories, or 1 for a directory made before link
+    counts were kept (unknown, as some kernel file systems report). `rdev` is the
+    device number of a character or block device node."""
 
     ino: int
     parent: int
@@ -34,6 +46,8 @@ class Inode:
     ctime_ns: int
     version: int = 0
     target: str = ""
+    nlink: int = 1
+    rdev: int = 0
 
 
 @dataclass(frozen=True, slots=True)

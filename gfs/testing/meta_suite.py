@@ -259,6 +259,24 @@ class MetaEngineConformance:
             assert r.get_inode(7) is None
             assert [i.ino for i in r.iter_inodes()] == [1, 5, big.ino]
 
+    def test_inode_link_counts_and_device_numbers(self, engine: MetaEngine) -> None:
+        nodes = [
+            _inode(20, parent=0, nlink=(1 << 32) - 1),  # a hard-linked file: no parent
+            _inode(21, kind=Kind.CHARDEV, mode=0o620, rdev=(1 << 64) - 1),
+            _inode(22, kind=Kind.BLOCKDEV, nlink=2, rdev=0x0807),
+            _inode(23, kind=Kind.FIFO),
+            _inode(24, kind=Kind.SOCKET, nlink=3),
+            _inode(25, kind=Kind.SYMLINK, nlink=2, target="t"),
+            _inode(26, kind=Kind.DIR, nlink=5),
+        ]
+        with engine.write() as w:
+            for n in nodes:
+                w.put_inode(n)
+        with engine.read() as r:
+            assert [r.get_inode(n.ino) for n in nodes] == nodes
+            root = r.get_inode(ROOT_INO)
+            assert root is not None and root.nlink == 2  # a new store counts links
+
     # -- directory entries ----------------------------------------------------------
     def test_link_lookup_unlink(self, engine: MetaEngine) -> None:
         with engine.write() as w:
