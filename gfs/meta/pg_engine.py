@@ -584,7 +584,7 @@ class PgEngine(MetaEngine):
     def _initialise(self, conn: psycopg.Connection[Any]) -> None:
         now = time.time_ns()
         root = Inode(ROOT_INO, ROOT_INO, Kind.DIR, 0o755, os.getuid(), os.getgid(), 0,
-                     now, now, now)
+                     now, now, now, nlink=2)  # "." and its entry in itself, as ext4
         x = _Txn(conn, self.schema)
         x.buf[("meta", ("format",))] = (enc.FORMAT_VERSION,)
         x.buf[("meta", ("store_id",))] = (os.urandom(16),)
