@@ -18,18 +18,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gfs.client import Client
-from gfs.config import CONFIG_FILE, state_dir
-from gfs.errors import ConfigError, StateError
-from gfs.meta import open_engine
-from gfs.meta.dump import dump, load, read_header
-from gfs.state import (
-    META_ENV,
-    is_database_url,
-    meta_location,
-    settings_toml,
-    write_config,
-)
+from gfs.env import CONFIG_FILE, META_ENV, state_dir
+
+# Heavy modules (the client, engines, pydantic) load inside the commands: `hutong
+# --help` imports this module.
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -77,6 +69,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+    from gfs.meta.dump import dump
+    from gfs.state import settings_toml
+
     path = Path(args.file)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with Client(args.state) as fs:
@@ -95,6 +91,11 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from gfs.errors import ConfigError, StateError
+    from gfs.meta import open_engine
+    from gfs.meta.dump import load, read_header
+    from gfs.state import is_database_url, meta_location, settings_toml, write_config
+
     state = state_dir(args.state)
     meta: str | None = args.meta or None
     if meta is not None and not is_database_url(meta):

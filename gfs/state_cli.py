@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gfs.client import Client
-from gfs.state import STATE_PATH, STORE_ID, is_private_url
-
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+    from gfs.state import STATE_PATH, STORE_ID, is_private_url
+
     with Client(args.state) as fs, fs.engine.read() as txn:
         sid = txn.get_meta(STORE_ID) or b""
         path = (txn.get_meta(STATE_PATH) or b"").decode()
@@ -25,6 +25,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_relocate(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     with Client(args.state) as fs:
         changed = fs.relocate(args.old, args.new)
     for rec in changed:
