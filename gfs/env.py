@@ -18,6 +18,8 @@ TIERS: tuple[str, ...] = ("hot", "warm", "cold")
 #: the disk cache tier of readers (mount, gfs://): its directory and capacity
 CACHE_DIR_ENV = "HUTONG_DISK_CACHE"
 CACHE_BYTES_ENV = "HUTONG_DISK_CACHE_BYTES"
+#: the metadata database of a new store (`hutong init --meta URL`)
+META_ENV = "HUTONG_META"
 
 
 def state_dir(arg: str | os.PathLike[str] | None = None) -> Path:

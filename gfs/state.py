@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from gfs.config import CONFIG_FILE, meta_url
+from gfs.env import META_ENV
 from gfs.errors import ConfigError
 from gfs.meta import MetaEngine, PoolRecord, ReadTxn, WriteTxn
 
@@ -23,7 +24,9 @@ log = logging.getLogger("hutong.state")
 
 STATE_PATH = "state_path"
 STORE_ID = "store_id"
-#: Environment variable naming the metadata database of a new store (`hutong init`).
+__all__ = ["META_ENV", "STATE_PATH", "STORE_ID", "check_identity", "is_database_url",
+           "is_private_url", "meta_location", "meta_toml", "pool_location", "record_url",
+           "relocate", "settings_toml", "write_config"]
 
 
 def is_database_url(url: str) -> bool:

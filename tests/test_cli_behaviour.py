@@ -295,6 +295,10 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("tier", "policy", "show"): ["--state", "NOSTATE", "tier", "policy", "show"],
     ("tier", "run"): ["--state", "NOSTATE", "tier", "run"],
     ("tier", "status"): ["--state", "NOSTATE", "tier", "status"],
+    ("state", "show"): ["--state", "NOSTATE", "state", "show"],
+    ("state", "relocate"): ["state", "relocate", "/no/such/pool", "/elsewhere"],
+    ("meta", "dump"): ["meta", "dump", "/no/such/dir/meta.zst"],
+    ("meta", "load"): ["meta", "load", "/no/such/meta.zst", "--meta", "mysql://x"],
     ("registry", "serve"): ["registry", "serve", "--port", "99999"],
     ("site", "init"): ["site", "init", "--entity", "bad entity!", "--name", "s",
                        "--region", "r"],
@@ -327,12 +331,8 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("gateway", "credentials", "ls"): ["--state", "NOSTATE", "gateway", "credentials", "ls"],
     ("gateway", "credentials", "rm"): ["gateway", "credentials", "rm", "NOSUCHKEY"],
     ("dashboard",): ["dashboard", "--listen", "127.0.0.1:abc"],
-    ("state", "show"): ["--state", "NOSTATE", "state", "show"],
     ("registry", "admit"): ["registry", "admit", "bad name!", "--key", "xyz"],
     ("registry", "pending"): ["--state", "NOSTATE", "registry", "pending"],
-    ("state", "relocate"): ["state", "relocate", "/nonexistent/old", "/nonexistent/new"],
-    ("meta", "dump"): ["meta", "dump", "/no/such/dir/f.dump"],
-    ("meta", "load"): ["meta", "load", "/no/such.dump", "--meta", "notaurl"],
 }
 
 
