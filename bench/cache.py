@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 
 from bench.report import headline, table
-from gfs.cache import DEFAULT_POLICY, POLICIES
+from gfs.eviction import DEFAULT_POLICY, POLICIES
 
 Trace = list[tuple[int, int]]
 MiB = 1 << 20
