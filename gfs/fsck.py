@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gfs import namespace
-from gfs.codec import decode_blob
-from gfs.errors import CorruptChunkError, PoolObjectMissingError
+from gfs.errors import PoolObjectMissingError
 from gfs.meta import ROOT_INO, ChunkRecord, Kind, Location, PackRecord, ReadTxn
-from gfs.packs import PACK_HEADER_LEN, pack_key, parse_pack_key
+from gfs.packs import PACK_HEADER_LEN, parse_pack_key
 from gfs.pools import LocalPool
 from gfs.store import ChunkStore, pinned_chunks
 
@@ -205,17 +204,15 @@ def scan_copies(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
     def verify(pid: bytes) -> tuple[list[tuple[bytes, Location]], list[str]]:
         p = packs[pid]
         try:
-            data = store.pool(p.pool).get(pack_key(pid))
+            checked = store.source.read_span(p.pool, pid, by_pack[pid], whole=True)
         except PoolObjectMissingError:
             return list(by_pack[pid]), []  # reported by _check_pools
         bad, problems = [], []
-        for cid, loc in by_pack[pid]:
-            try:
-                decode_blob(data[loc.offset:loc.offset + loc.length], expect_id=cid)
-            except CorruptChunkError as e:
-                bad.append((cid, loc))
-                problems.append(f"chunk {cid.hex()} in pack {pid.hex()} at offset "
-                                f"{loc.offset}: {e.strerror}")
+        for c in checked:
+            if c.error is not None:
+                bad.append((c.cid, c.loc))
+                problems.append(f"chunk {c.cid.hex()} in pack {pid.hex()} at offset "
+                                f"{c.loc.offset}: {c.error.strerror}")
         return bad, problems
 
     for pid, (bad, problems) in zip(by_pack, store.executor.map(verify, list(by_pack)),

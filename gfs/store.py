@@ -225,11 +225,6 @@ class ChunkStore:
         """The verified raw bytes of chunk `cid`; `path` names the file in errors."""
         return self.source.get(cid, path=path)
 
-    def read_blob(self, cid: bytes, path: str = "") -> bytes:
-        """The verified stored blob of chunk `cid` (what another store takes to repair
-        or replicate the chunk)."""
-        return self.source.get_blob(cid, path=path)
-
     def replace_copies(self, blobs: dict[bytes, bytes]) -> int:
         """Repair chunks whose recorded copies all fail verification.
 
