@@ -3,7 +3,8 @@ blob is read at a location and checked against its id.
 
 Every location of a chunk is tried in tier order (hot first); a corrupt or
 missing copy is skipped and reported once, naming the file, when another copy
-serves the read. A pack missing from its pool is looked up once more (gc may
+serves the read (a corrupt copy once reported is tried last afterwards and
+not reported again). A pack missing from its pool is looked up once more (gc may
 have repacked it meanwhile). `get_many` fetches neighbouring blobs of one pack
 with one ranged read and decodes them on the store's worker threads.
 `blob_at` and `read_span` are the location-level primitives the tierer, gc,
@@ -13,6 +14,7 @@ repair, fsck and the mover use.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ log = logging.getLogger("hutong.store")
 COALESCE_GAP = 256 << 10
 #: The longest single ranged read of a pack.
 MAX_SPAN = 16 << 20
+#: Corrupt copies remembered (tried last, reported once) before the memory is reset.
+BAD_COPIES_KEPT = 100_000
 
 
 @dataclass(slots=True)
@@ -61,6 +65,8 @@ class LocalSource:
     def __init__(self, store: ChunkStore) -> None:
         self.store = store
         self._local: dict[int, bool] = {}
+        self._bad: set[tuple[bytes, bytes]] = set()  # (chunk, pack) copies reported bad
+        self._bad_lock = threading.Lock()
 
     def close(self) -> None:
         """Nothing to release: the store owns the pools and threads."""
@@ -149,20 +155,24 @@ class LocalSource:
                                         "heals it)")
             moved = False
             problems.clear()
+            failed: list[Location] = []
             if attempt == 0:
                 self.store.heat.record((cid,))
-            for loc in sorted(rec.locations, key=lambda x: self.store.tier_rank(x.pool)):
+            for loc in sorted(rec.locations, key=lambda x: ((cid, x.pack) in self._bad,
+                                                            self.store.tier_rank(x.pool))):
                 try:
                     blob, raw = self.blob_at(loc, cid)
                 except CorruptChunkError as e:
                     corrupt = True
+                    failed.append(loc)
                     problems.append(f"pack {loc.pack.hex()}: {e.strerror}")
                     continue
                 except PoolObjectMissingError:
                     moved = True
                     problems.append(f"pack {loc.pack.hex()} missing from pool {loc.pool}")
                     continue
-                if problems:  # read from another copy: say so once, the caller has its data
+                if problems and self._first_report(cid, failed):
+                    # read from another copy: say so once, the caller has its data
                     log.error("chunk %s (file %s): skipped bad copies (%s); "
                               "`hutong fsck --repair` drops them", cid.hex(), path or "?",
                               "; ".join(problems))
@@ -173,6 +183,18 @@ class LocalSource:
         if corrupt:
             raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: {detail}")
         raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: {detail}")
+
+    def _first_report(self, cid: bytes, failed: list[Location]) -> bool:
+        """Remember the corrupt copies of `cid`; True unless all were reported before
+        (they are then tried last, and not reported again)."""
+        keys = {(cid, loc.pack) for loc in failed}
+        with self._bad_lock:
+            if keys and keys <= self._bad:
+                return False
+            if len(self._bad) >= BAD_COPIES_KEPT:
+                self._bad.clear()
+            self._bad |= keys
+        return True
 
     def get_many(self, cids: Iterable[bytes], *,
                  path_of: PathOf | None = None) -> dict[bytes, bytes]:

@@ -106,7 +106,7 @@ class ManifestReader(io.RawIOBase):
     # -- ranged reads --------------------------------------------------------------------
     def read_range(self, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file, clipped to its size (the position is unchanged)."""
-        return self.pread(start, end - start)
+        return self.pread(start, max(end - start, 0))
 
     def blocks(self, size: int = READ_AHEAD_BYTES) -> Iterator[bytes]:
         """The rest of the file from the position, in pieces of `size` bytes."""
@@ -116,8 +116,9 @@ class ManifestReader(io.RawIOBase):
 
     def pread(self, off: int, size: int) -> bytes:
         """`size` bytes at offset `off` (fewer at the end of the file)."""
+        if off < 0 or size < 0:
+            raise ValueError(f"read of {self.name}: offset {off} and size {size} must be >= 0")
         end = min(off + size, self.size)
-        off = max(off, 0)
         if off >= end:
             return b""
         first = bisect.bisect_right(self._ends, off)
