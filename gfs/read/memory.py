@@ -134,13 +134,17 @@ class MemoryTier:
 
     def _fill_many(self, owned: list[tuple[bytes, Future[bytes]]], path_of: PathOf | None,
                    *, quiet: bool) -> None:
-        """Read `owned` with one `get_many` and complete their futures; a chunk the
-        batch cannot give is read alone (which raises, or with `quiet` leaves the
-        error to the reader that waits for it)."""
+        """Read `owned` with one `get_many` and complete their futures. Without `quiet`
+        an error is raised; with it, each chunk is read alone, and a failure is left
+        to the reader that waits for that chunk (it reads again itself)."""
         got: dict[bytes, bytes] = {}
         if len(owned) > 1:
-            with contextlib.suppress(Exception):
+            try:
                 got = self.inner.get_many([cid for cid, _ in owned], path_of=path_of)
+            except Exception:
+                if not quiet:
+                    raise  # get_many's caller ends the flights it owns
+                got = {}
         for cid, fut in owned:
             data = got.get(cid)
             if data is None:

@@ -76,22 +76,24 @@ class SourceCase:
     """Corrupt every copy of a chunk."""
     bottom: CountingSource | None = None
     """The counted source under the tiers (for single flight)."""
+    path: str = "/f"
+    """The file the chunks belong to (remote sources find their holders by it)."""
 
 
 def check_verified_reads(case: SourceCase) -> None:
     """`get` and `get_blob` return bytes that match the chunk id."""
     for cid, raw in case.chunks.items():
-        got = case.source.get(cid, path="/f")
+        got = case.source.get(cid, path=case.path)
         assert got == raw and chunk_id(got) == cid
-        assert decode_blob(case.source.get_blob(cid, path="/f"), expect_id=cid) == raw
+        assert decode_blob(case.source.get_blob(cid, path=case.path), expect_id=cid) == raw
 
 
 def check_get_many_equals_get(case: SourceCase) -> None:
     """`get_many` of every chunk (twice over, with duplicates) equals `get` of each."""
     ids = list(case.chunks)
-    many = case.source.get_many(ids + ids[::2], path_of=lambda _: "/f")
+    many = case.source.get_many(ids + ids[::2], path_of=lambda _: case.path)
     assert set(many) == set(ids)
-    assert all(many[cid] == case.source.get(cid, path="/f") for cid in ids)
+    assert all(many[cid] == case.source.get(cid, path=case.path) for cid in ids)
 
 
 def check_missing_chunk_named(case: SourceCase) -> None:
@@ -115,8 +117,8 @@ def check_corrupt_copy_skipped(case: SourceCase, reports: Callable[[bytes], int]
     cid, raw = next(iter(case.chunks.items()))
     case.damage_one_copy(cid)
     before = reports(cid)
-    assert case.source.get(cid, path="/f") == raw
-    assert case.source.get(cid, path="/f") == raw
+    assert case.source.get(cid, path=case.path) == raw
+    assert case.source.get(cid, path=case.path) == raw
     assert reports(cid) - before in (0, 1)  # 0 when a cache tier held it already
 
 
@@ -141,7 +143,7 @@ def check_single_flight(case: SourceCase, threads: int = 8) -> None:
     bottom.entered.clear()
     try:
         with ThreadPoolExecutor(threads) as pool:
-            futs = [pool.submit(case.source.get, cid, path="/f") for _ in range(threads)]
+            futs = [pool.submit(case.source.get, cid, path=case.path) for _ in range(threads)]
             assert bottom.entered.wait(30), "no read reached the source"
             deadline = time.monotonic() + 30
             stats = getattr(case.source, "stats", None)
