@@ -83,16 +83,8 @@ def case(request: pytest.FixtureRequest, fs: Client, tmp_path: Path) -> Iterator
     c.source.close()
 
 
-def test_verified_reads(case: suite.SourceCase) -> None:
-    suite.check_verified_reads(case)
-
-
-def test_get_many_equals_get(case: suite.SourceCase) -> None:
-    suite.check_get_many_equals_get(case)
-
-
-def test_missing_chunk_is_named(case: suite.SourceCase) -> None:
-    suite.check_missing_chunk_named(case)
+class TestLocalStacks(suite.SourceConformance):
+    """The shared conformance tests, on every stack of this module."""
 
 
 def test_corrupt_copy_skipped_and_reported_once(case: suite.SourceCase,

@@ -58,16 +58,8 @@ def case(request: pytest.FixtureRequest, fed: Federation) -> Iterator[suite.Sour
         yield suite.SourceCase(source, chunks, bottom=bottom, path=PATH)
 
 
-def test_verified_reads(case: suite.SourceCase) -> None:
-    suite.check_verified_reads(case)
-
-
-def test_get_many_equals_get(case: suite.SourceCase) -> None:
-    suite.check_get_many_equals_get(case)
-
-
-def test_missing_chunk_is_named(case: suite.SourceCase) -> None:
-    suite.check_missing_chunk_named(case)
+class TestSiteStacks(suite.SourceConformance):
+    """The shared conformance tests, on every stack of this module."""
 
 
 def test_single_flight_over_the_network(fed: Federation) -> None:

@@ -3,7 +3,8 @@
 Each check takes a `SourceCase`: the stack under test, the ids and raw bytes of
 the chunks it serves, and hooks the backend provides (damage one copy of a
 chunk that has a good copy elsewhere; damage every copy). Test modules build
-cases for each implementation and call the checks (tests/test_read_sources.py).
+cases for each implementation, subclass `SourceConformance` and call the
+checks that need their hooks (tests/test_read_sources*.py).
 """
 
 from __future__ import annotations
@@ -158,6 +159,28 @@ def check_single_flight(case: SourceCase, threads: int = 8) -> None:
     assert bottom.reads_of(cid) == 1, bottom.calls
 
 
-__all__ = ["CountingSource", "SourceCase", "check_all_copies_corrupt",
-           "check_corrupt_copy_skipped", "check_get_many_equals_get",
-           "check_missing_chunk_named", "check_single_flight", "check_verified_reads"]
+class SourceConformance:
+    """Tests every chunk source runs: subclass it in a test module that defines a
+    `case` fixture yielding a `SourceCase` (as fsspec's abstract test classes)."""
+
+    def test_verified_reads(self, case: SourceCase) -> None:
+        check_verified_reads(case)
+
+    def test_get_many_equals_get(self, case: SourceCase) -> None:
+        check_get_many_equals_get(case)
+
+    def test_missing_chunk_is_named(self, case: SourceCase) -> None:
+        check_missing_chunk_named(case)
+
+
+__all__ = [
+    "CountingSource",
+    "SourceCase",
+    "SourceConformance",
+    "check_all_copies_corrupt",
+    "check_corrupt_copy_skipped",
+    "check_get_many_equals_get",
+    "check_missing_chunk_named",
+    "check_single_flight",
+    "check_verified_reads",
+]
