@@ -21,6 +21,7 @@ from typing import Any
 
 from gfs.errors import ConfigError
 from gfs.eviction import DEFAULT_POLICY, make_policy
+from gfs.read.disk import DiskTier
 from gfs.read.source import ChunkSource, PathOf
 
 #: Default capacity of the memory tier.
@@ -80,11 +81,9 @@ class MemoryTier:
             s = TierStats(**asdict(self._stats))
             s.bytes_cached, s.entries = self._policy.size, len(self._data)
             s.bytes_from_store = self._from_inner
-        inner_stats = getattr(self.inner, "stats", None)
-        if callable(inner_stats):
-            d = inner_stats().to_dict()
-            s.bytes_from_store = int(d.get("bytes_from_store", s.bytes_from_store))
-            s.disk = d if "admitted" in d else None
+        if isinstance(self.inner, DiskTier):
+            disk = self.inner.stats()
+            s.bytes_from_store, s.disk = disk.bytes_from_store, disk.to_dict()
         return s
 
     def __contains__(self, cid: object) -> bool:
