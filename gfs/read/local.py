@@ -35,6 +35,8 @@ log = logging.getLogger("hutong.store")
 COALESCE_GAP = 256 << 10
 #: The longest single ranged read of a pack.
 MAX_SPAN = 16 << 20
+#: Spans are not cut shorter than this to spread decoding over threads.
+MIN_SPLIT = 1 << 20
 #: Corrupt copies remembered (tried last, reported once) before the memory is reset.
 BAD_COPIES_KEPT = 100_000
 
@@ -214,6 +216,10 @@ class LocalSource:
                 continue
             loc = min(rec.locations, key=lambda x: self.store.tier_rank(x.pool))
             by_pack[(loc.pool, loc.pack)].append((cid, loc))
+        # spans long enough for few reads, short enough to share the decoding among
+        # the worker threads (one span is decoded by one thread)
+        total = sum(loc.length for members in by_pack.values() for _, loc in members)
+        longest = min(MAX_SPAN, max(MIN_SPLIT, total // max(self.store.config.threads, 1)))
         spans: list[_Span] = []
         for (pool_id, pack), members in by_pack.items():
             members.sort(key=lambda m: m[1].offset)
@@ -221,7 +227,7 @@ class LocalSource:
                 last = spans[-1] if spans else None
                 if (last is not None and last.pack == pack and last.pool == pool_id
                         and loc.offset - last.end <= COALESCE_GAP
-                        and loc.offset + loc.length - last.start <= MAX_SPAN):
+                        and loc.offset + loc.length - last.start <= longest):
                     last.end = max(last.end, loc.offset + loc.length)
                     last.members.append((cid, loc))
                 else:

@@ -26,6 +26,9 @@ from gfs.read.source import ChunkSource, PathOf
 
 #: Default capacity of the memory tier.
 DEFAULT_MEMORY_BYTES = 256 << 20
+#: Chunks one prefetch thread reads with one `get_many` (a read-ahead of more is
+#: split, so that the tier's threads read and decode it in parallel).
+PREFETCH_BATCH = 16
 
 
 @dataclass
@@ -221,7 +224,9 @@ class MemoryTier:
                                                 thread_name_prefix="hutong-prefetch")
             pool = self._pool
         try:
-            pool.submit(self._fill_many, owned, (lambda _: path), quiet=True)
+            for i in range(0, len(owned), PREFETCH_BATCH):  # batches read in parallel
+                pool.submit(self._fill_many, owned[i:i + PREFETCH_BATCH], (lambda _: path),
+                            quiet=True)
         except RuntimeError:  # shut down
             with self._lock:
                 for cid, fut in owned:

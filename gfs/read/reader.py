@@ -22,8 +22,11 @@ from gfs.meta import Manifest
 from gfs.read.memory import MemoryTier
 from gfs.read.source import ChunkSource
 
-#: Bytes of chunks fetched together, and ahead of a forward-moving reader.
-READ_AHEAD_BYTES = 4 << 20
+#: Bytes of chunks fetched together, and ahead of a forward-moving reader. Small
+#: enough that what a memory tier prefetches stays in S3-FIFO's small queue (10%
+#: of the tier) until it is read: with 4 MiB, `gfs://` sequential reads through a
+#: 32 MiB tier fell from ~900 to ~550 MiB/s (chunks evicted before their read).
+READ_AHEAD_BYTES = 1 << 20
 #: Blocks a reader without a memory tier keeps (the one being read, the next).
 WINDOW_BLOCKS = 3
 
@@ -148,8 +151,10 @@ class ManifestReader(io.RawIOBase):
         nxt = kl + 1 if forward and kl + 1 < len(self._block_starts) else None
         ids = [c.id for c in self.chunks[first:last + 1]]
         if self._memory is not None:
-            if nxt is not None:
-                self._memory.prefetch(self._block_ids(nxt), self.path)
+            if nxt is not None:  # the rest of this block and the next one
+                upto = (self._block_starts[nxt + 1] if nxt + 1 < len(self._block_starts)
+                        else len(self.chunks))
+                self._memory.prefetch([c.id for c in self.chunks[last + 1:upto]], self.path)
             return self._memory.get_many(ids, path_of=self._path_of)
         out: dict[bytes, bytes] = {}
         for k in range(kf, kl + 1):
