@@ -4,14 +4,14 @@ Each trace is a sequence of chunk reads (id, size) shaped like a reader of the
 mount or of gfs://: a hot set read over and over while large files are scanned
 once, loops over a working set larger than the cache, Zipf-popular whole files,
 a hot set that moves. Chunk sizes follow the chunker's spread (16 to 256 KiB,
-mean near 64 KiB). Every policy of `gfs.cache.POLICIES` replays every trace
+mean near 64 KiB). Every policy of `gfs.eviction.POLICIES` replays every trace
 with the same byte capacity; the figure is the byte hit ratio (bytes served
 from the cache / bytes read). The limit measured beside them is Belady's
 clairvoyant policy (evict the chunk read again furthest in the future), which
 no online policy can beat on unit sizes and which is close to the best on
 bytes. The cost column is the policy's own time per access (Python).
 
-The target: the default policy (`gfs.cache.DEFAULT_POLICY`) has the best mean
+The target: the default policy (`gfs.eviction.DEFAULT_POLICY`) has the best mean
 byte hit ratio over the traces, or within 0.01 of it.
 """
 
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 
 from bench.report import headline, table
-from gfs.cache import DEFAULT_POLICY, POLICIES
+from gfs.eviction import DEFAULT_POLICY, POLICIES
 
 Trace = list[tuple[int, int]]
 MiB = 1 << 20

@@ -673,7 +673,9 @@ def _fed_probe_read(df: object, site: str, ids: list[tuple[bytes, int]]) -> floa
     from gfs.meta import ChunkRef, Manifest
 
     m = Manifest(1, tuple(ChunkRef(c, n) for c, n in ids))
-    f = RemoteInputFile("/probe", m, site, (), df.creds)  # type: ignore[attr-defined]
+    creds = df.creds  # type: ignore[attr-defined]
+    entity = creds.client(near=site).sites()[site]["entity"]  # chunks are read as its owner's
+    f = RemoteInputFile(f"/{entity}/probe", m, site, (), creds)
     t0 = time.monotonic()
     n = len(f.read())
     return n / max(time.monotonic() - t0, 1e-6)

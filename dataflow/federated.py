@@ -404,47 +404,19 @@ class RemoteInputFile:
 
     def read(self) -> bytes:
         """The whole content (each chunk verified against its id)."""
-        from gfs.codec import decode_blob
-        from gfs.errors import ChunkMissingError, CorruptChunkError
-
-        fc = self.creds.client(near=self.site)
-        if self.whole:
-            return self._read_whole(fc)
-        refs = self.manifest.chunks
-        got: dict[bytes, bytes] = {}
-        for r in refs:
-            hit = fc.cache.get(r.id)
-            if hit is not None:
-                got[r.id] = hit
-        problems: list[str] = []
-        for site in (self.site, *[s for s in self.sources if s != self.site]):
-            todo = list(dict.fromkeys(r.id for r in refs if r.id not in got))
-            if not todo:
-                break
-            try:
-                blobs = _get_blobs(fc, site, todo)
-            except HutongError as e:
-                problems.append(f"{site}: {e}")
-                continue
-            for cid, blob in blobs.items():
-                try:
-                    raw = decode_blob(blob, expect_id=cid)
-                except CorruptChunkError as e:
-                    problems.append(f"{site}: corrupt copy of {cid.hex()} ({e})")
-                    continue
-                got[cid] = raw
-                fc.cache.put(cid, raw)
-        left = [r.id for r in refs if r.id not in got]
-        if left:
-            raise ChunkMissingError(self.path, f"{len(left)} chunks of {self.path} have no "
-                                    f"readable copy at {self.site} nor "
-                                    f"{', '.join(self.sources) or 'any other site'}: "
-                                    + "; ".join(problems)[:600])
-        return b"".join(got[r.id] for r in refs)
+        with self.open() as f:
+            return f.read()
 
     def open(self) -> IO[bytes]:
-        """A seekable binary reader of this version of the file (read whole first)."""
-        return io.BytesIO(self.read())
+        """A seekable binary reader of this version of the file: chunks through the
+        client's memory tier from the task's site first, then from `sources`."""
+        fc = self.creds.client(near=self.site)
+        if self.whole:
+            return io.BytesIO(self._read_whole(fc))
+        from gfs.read import ManifestReader
+
+        fc.source.note(self.path, [self.site, *[s for s in self.sources if s != self.site]])
+        return io.BufferedReader(ManifestReader(fc.cache, self.path, self.manifest), 1 << 20)
 
 
 def copy_chunks(creds: Credentials, src: str, dst: str, ids: list[str],

@@ -43,7 +43,7 @@ from gfs.errors import (
     NotPermittedError,
     StateError,
 )
-from gfs.files import NsReader, NsWriter
+from gfs.files import NsWriter
 from gfs.meta import (
     ROOT_INO,
     ChunkRef,
@@ -56,6 +56,7 @@ from gfs.meta import (
     open_engine,
 )
 from gfs.namespace import XattrSource
+from gfs.read import ManifestReader
 from gfs.state import (
     check_identity,
     is_database_url,
@@ -68,6 +69,8 @@ from gfs.state import (
 from gfs.store import ChunkStore, WriteStats, read_prepared, release
 
 Progress = Callable[[int], None]
+#: the block size of `iter_bytes` (read ahead by the manifest reader)
+READ_BLOCK = 4 << 20
 log = logging.getLogger("gfs.client")
 
 
@@ -353,7 +356,7 @@ class Client:
         new version that becomes visible on close."""
         if mode in ("rb", "r"):
             norm, m = self._manifest(path)
-            return io.BufferedReader(NsReader(self.store, norm, m), 1 << 20)
+            return io.BufferedReader(ManifestReader(self.store.source, norm, m), 1 << 20)
         if mode in ("wb", "w"):
             norm = paths.normalize(path)
             with self.engine.read() as txn:
@@ -367,7 +370,7 @@ class Client:
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""
         norm, m = self._manifest(path)
-        reader = NsReader(self.store, norm, m)
+        reader = ManifestReader(self.store.source, norm, m)
         return reader.read_range(max(start, 0), reader.size if end is None else end)
 
     def write_bytes(self, path: str, data: bytes, *, perm: int | None = None) -> None:
@@ -381,18 +384,18 @@ class Client:
         `manifest` pins a version (see `manifest()`), else the one committed now."""
         norm, m = (paths.normalize(path), manifest) if manifest is not None \
             else self._manifest(path)
-        ends = list(itertools.accumulate(r.length for r in m.chunks))
-        size = ends[-1] if ends else 0
-        end = size if end is None else min(end, size)
-        if start >= end:
-            return
-        first = bisect.bisect_right(ends, start)
-        last = bisect.bisect_left(ends, end)
-        pos = ends[first] - m.chunks[first].length
-        for block in self.store.iter_manifest(Manifest(0, m.chunks[first:last + 1]), norm):
-            lo, hi = max(start - pos, 0), min(end - pos, len(block))
-            pos += len(block)
-            yield block if (lo, hi) == (0, len(block)) else block[lo:hi]
+        reader = ManifestReader(self.store.source, norm, m)
+        try:
+            end = reader.size if end is None else min(end, reader.size)
+            reader.seek(start)
+            while reader.tell() < end:
+                block = reader.pread(reader.tell(), min(READ_BLOCK, end - reader.tell()))
+                if not block:
+                    return
+                reader.seek(reader.tell() + len(block))
+                yield block
+        finally:
+            reader.close()
 
     def scan(self, path: str, *, start: str = "", recursive: bool = True) -> Iterator[Stat]:
         """Entries below directory `path` in the byte order of their relative keys, from
@@ -742,7 +745,7 @@ class Client:
                 return {}  # streamed by the writer
             owners = {r.id: p for p, _, m in b if m is not None for r in m.chunks}
             try:
-                return self.store.read_many(owners, owners.__getitem__)
+                return self.store.source.get_many(owners, path_of=owners.__getitem__)
             except (CorruptChunkError, ChunkMissingError):
                 if not skip_damaged:
                     raise
@@ -760,7 +763,7 @@ class Client:
                     if chunks or not refs:
                         data: Iterable[bytes] = [chunks[r.id] for r in refs]
                     else:
-                        data = self.store.iter_manifest(Manifest(0, refs), p)
+                        data = ManifestReader(self.store.source, p, Manifest(0, refs)).blocks()
                     try:
                         n = _write_local(p, node, data)
                     except (CorruptChunkError, ChunkMissingError) as e:
@@ -790,7 +793,8 @@ class Client:
 
     def open_version(self, path: str, manifest: Manifest) -> BinaryIO:
         """A seekable reader of `manifest`, a version of `path` pinned by `manifest()`."""
-        return io.BufferedReader(NsReader(self.store, paths.normalize(path), manifest), 1 << 20)
+        return io.BufferedReader(ManifestReader(self.store.source, paths.normalize(path),
+                                                manifest), 1 << 20)
 
     def stat_ino(self, ino: int) -> Stat:
         """The entry with inode number `ino` (its path is looked up from its parents)."""
@@ -874,9 +878,10 @@ class Client:
         refs = list(m.chunks) if m is not None else []
         ends = list(itertools.accumulate(r.length for r in refs))
         old_size = ends[-1] if ends else 0
+        reader = ManifestReader(self.store.source, norm, Manifest(0, tuple(refs)))
 
         def old(lo: int, hi: int) -> bytes:
-            return self._range_bytes(norm, refs, ends, lo, hi)
+            return reader.read_range(lo, hi)
 
         keep_after: list[ChunkRef] = []
         if size is not None:
@@ -917,18 +922,6 @@ class Client:
                 return namespace.write_content(txn, now, r)
 
             session.add_file(final, action)
-
-    def _range_bytes(self, path: str, refs: list[ChunkRef], ends: list[int], lo: int,
-                     hi: int) -> bytes:
-        """Bytes [lo, hi) of the file whose chunks are `refs`."""
-        if lo >= hi:
-            return b""
-        first = bisect.bisect_right(ends, lo)
-        last = bisect.bisect_left(ends, hi)
-        base = ends[first - 1] if first else 0
-        data = b"".join(self.store.iter_manifest(Manifest(0, tuple(refs[first:last + 1])),
-                                                 path))
-        return data[lo - base:hi - base]
 
     # -- pools ---------------------------------------------------------------------------
     def add_pool(self, name: str, url: str, *, tier: str = "warm", capacity: int = 0) -> PoolRecord:

@@ -18,9 +18,10 @@ One process owns the tier (the lock): it admits and evicts. Other processes
 that open the same directory (a second mount, `hutong warmup` beside a mount)
 use it read-only: they serve verified hits and never write or evict.
 
-By default only chunks whose pool is not on local disk are admitted (caching a
-local pack file in another local file saves nothing); `admit_local=True`
-(`hutong mount --disk-cache on`, `hutong warmup`) admits every chunk.
+`gfs.read.DiskTier` puts this cache in front of a chunk source. By default only
+chunks whose pool is not on local disk are admitted (caching a local pack file
+in another local file saves nothing); `admit_local=True` (`hutong mount
+--disk-cache on`, `hutong warmup`) admits every chunk.
 """
 
 from __future__ import annotations
@@ -38,10 +39,8 @@ from typing import Any
 
 from gfs.codec import decode_blob
 from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
-from gfs.errors import ConfigError, CorruptChunkError, PoolError
+from gfs.errors import ConfigError, CorruptChunkError
 from gfs.eviction import DEFAULT_POLICY, make_policy
-from gfs.packs import pack_key
-from gfs.store import ChunkStore
 from gfs.units import UnitError, parse_size
 
 log = logging.getLogger("hutong.cache")
@@ -95,6 +94,7 @@ class DiskStats:
     corrupt_dropped: int = 0
     bytes_written: int = 0
     bytes_read: int = 0
+    bytes_from_store: int = 0
     bytes_cached: int = 0
     entries: int = 0
     capacity: int = 0
@@ -198,6 +198,15 @@ class DiskCache:
 
         A file that fails verification is deleted and counted, never returned.
         """
+        got = self._read(cid)
+        return None if got is None else got[1]
+
+    def get_blob(self, cid: bytes) -> bytes | None:
+        """The verified stored blob of chunk `cid` from disk, or None (a miss)."""
+        got = self._read(cid)
+        return None if got is None else got[0]
+
+    def _read(self, cid: bytes) -> tuple[bytes, bytes] | None:
         if self.owner:
             with self._lock:
                 known = cid in self._policy
@@ -230,7 +239,7 @@ class DiskCache:
             self._stats.hits += 1
             self._stats.bytes_read += len(blob)
         self._maybe_save()
-        return raw
+        return blob, raw
 
     def put(self, cid: bytes, blob: bytes) -> bool:
         """Admit the stored blob of chunk `cid` (not verified here: callers pass blobs
@@ -269,34 +278,6 @@ class DiskCache:
             self._unlink(old)
         self._maybe_save()
         return kept
-
-    def _is_local(self, store: ChunkStore, pool_id: int, key: str) -> bool:
-        local = self._local.get(pool_id)
-        if local is None:
-            local = self._local[pool_id] = store.pool(pool_id).local_path(key) is not None
-        return local
-
-    def fetch(self, store: ChunkStore, cid: bytes, path: str = "",
-              admit: bool | None = None) -> bytes:
-        """Read chunk `cid` from `store` (verified), admitting its blob when it should be
-        cached (`admit`: None follows `admit_local`). Errors are the store's."""
-        with store.engine.read() as txn:
-            rec = txn.get_chunk(cid)
-        if rec is not None and rec.locations:
-            loc = rec.locations[0]
-            key = pack_key(loc.pack)
-            want = admit if admit is not None else (
-                self.admit_local or not self._is_local(store, loc.pool, key))
-            if want and self.owner:
-                try:
-                    blob = store.pool(loc.pool).get(key, loc.offset, loc.offset + loc.length)
-                    raw = decode_blob(blob, expect_id=cid)
-                except (CorruptChunkError, PoolError):
-                    pass  # read_chunk tries the other copies and reports, naming the file
-                else:
-                    self.put(cid, blob)
-                    return raw
-        return store.read_chunk(cid, path)
 
     # -- statistics --------------------------------------------------------------------
     def stats(self) -> DiskStats:

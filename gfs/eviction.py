@@ -5,8 +5,15 @@ data. `hit(key)` records an access to a resident key and says whether it was
 resident; `admit(key, size)` makes a key resident and returns the keys evicted
 to stay within `capacity` bytes; `load` is `admit` for entries found at start-up
 (no history); `discard` forgets a resident key. Not thread-safe: the tiers call
-them under their lock. The default was chosen by `python -m bench cache`
-(gfs.cache's docstring has the figures).
+them under their lock.
+
+The default was chosen by `python -m bench cache`, which replays five traces
+(hot set + one-time scans, a loop 1.3x the cache, Zipf whole files, a moving
+hot set, dataset passes with re-reads); mean byte hit ratios measured
+2026-11-22: S3-FIFO 0.440, ARC 0.440, SIEVE 0.423, LRU 0.393 (Belady's
+clairvoyant limit per trace 0.47-0.76). S3-FIFO ties ARC on the mean, wins on
+whole-file and dataset traces (ARC wins on the moving hot set), and its hits
+only bump a counter (no list reordering under the lock).
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""File objects over the namespace: a seekable reader and a streaming writer.
-
-A reader sees the version that was committed when it was opened; a writer's
-content becomes visible, whole, when it is closed (close-to-open).
+"""The streaming writer over the namespace: a file's content becomes visible,
+whole, when it is closed (close-to-open). Readers are `gfs.read.ManifestReader`.
 """
 
 from __future__ import annotations
 
-import bisect
 import io
-import itertools
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
@@ -25,75 +21,6 @@ WRITE_SPOOL = 8 << 20
 
 class _Aborted(Exception):
     """Raised into a write session to abandon it without committing."""
-
-
-class NsReader(io.RawIOBase):
-    """Seekable, read-only view of one file version."""
-
-    def __init__(self, store: ChunkStore, path: str, manifest: Manifest) -> None:
-        super().__init__()
-        self._store = store
-        self.name = path
-        self._chunks = manifest.chunks
-        self._ends = list(itertools.accumulate(c.length for c in manifest.chunks))
-        self.size = self._ends[-1] if self._ends else 0
-        self._pos = 0
-        self._cached: tuple[int, bytes] | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        pos = base + offset
-        if pos < 0:
-            raise ValueError(f"negative seek position {pos} in {self.name}")
-        self._pos = pos
-        return pos
-
-    def _chunk(self, index: int) -> bytes:
-        if self._cached is not None and self._cached[0] == index:
-            return self._cached[1]
-        data = self._store.read_chunk(self._chunks[index].id, self.name)
-        self._cached = (index, data)
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        out = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(out) and self._pos < self.size:
-            index = bisect.bisect_right(self._ends, self._pos)
-            start = self._ends[index] - self._chunks[index].length
-            data = self._chunk(index)
-            take = min(len(out) - done, self._ends[index] - self._pos)
-            off = self._pos - start
-            out[done:done + take] = data[off:off + take]
-            done += take
-            self._pos += take
-        return done
-
-    def readall(self) -> bytes:
-        return self.read_range(self._pos, self.size)
-
-    def read_range(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the file (clipped to its size); moves the position to end."""
-        end = min(end, self.size)
-        if start >= end:
-            self._pos = max(start, 0)
-            return b""
-        first = bisect.bisect_right(self._ends, start)
-        last = bisect.bisect_left(self._ends, end)
-        sub = Manifest(0, self._chunks[first:last + 1])
-        base = self._ends[first] - self._chunks[first].length
-        data = b"".join(self._store.iter_manifest(sub, self.name))
-        self._pos = end
-        return data[start - base:end - base]
 
 
 class NsWriter(io.RawIOBase):

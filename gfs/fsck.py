@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gfs import delta, namespace
-from gfs.codec import decode_blob
-from gfs.errors import CorruptChunkError, PoolObjectMissingError
+from gfs.errors import PoolObjectMissingError
 from gfs.meta import ROOT_INO, ChunkRecord, Kind, Location, PackRecord, ReadTxn
-from gfs.packs import PACK_HEADER_LEN, pack_key, parse_pack_key
+from gfs.packs import PACK_HEADER_LEN, parse_pack_key
 from gfs.pools import LocalPool
 from gfs.store import ChunkStore, pinned_chunks
 
@@ -226,27 +225,23 @@ def scan_copies(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
             if loc.pack in packs:
                 by_pack[loc.pack].append((cid, loc))
     scan = CopyScan()
-    base = delta.verified_base_reader(store.read_chunk)
 
     def verify(pid: bytes) -> tuple[list[tuple[bytes, Location]], list[str]]:
         p = packs[pid]
         try:
-            data = store.pool(p.pool).get(pack_key(pid))
+            checked = store.source.read_span(p.pool, pid, by_pack[pid], whole=True)
         except PoolObjectMissingError:
             return list(by_pack[pid]), []  # reported by _check_pools
         bad, problems = [], []
-        for cid, loc in by_pack[pid]:
-            try:
-                decode_blob(data[loc.offset:loc.offset + loc.length], expect_id=cid,
-                            base=base)
-            except delta.BaseChunkError as e:
-                scan.base_damaged.add(cid)  # a set: adding is atomic across threads
-                problems.append(f"chunk {cid.hex()} in pack {pid.hex()}: delta whose "
-                                f"{e.filename}: {e.strerror}")
-            except CorruptChunkError as e:
-                bad.append((cid, loc))
-                problems.append(f"chunk {cid.hex()} in pack {pid.hex()} at offset "
-                                f"{loc.offset}: {e.strerror}")
+        for c in checked:
+            if isinstance(c.error, delta.BaseChunkError):
+                scan.base_damaged.add(c.cid)  # a set: adding is atomic across threads
+                problems.append(f"chunk {c.cid.hex()} in pack {pid.hex()}: delta whose "
+                                f"{c.error.filename}: {c.error.strerror}")
+            elif c.error is not None:
+                bad.append((c.cid, c.loc))
+                problems.append(f"chunk {c.cid.hex()} in pack {pid.hex()} at offset "
+                                f"{c.loc.offset}: {c.error.strerror}")
         return bad, problems
 
     for pid, (bad, problems) in zip(by_pack, store.executor.map(verify, list(by_pack)),

@@ -31,12 +31,13 @@ import xxhash
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from gfs import namespace, paths
-from gfs.cache import DEFAULT_MEMORY_BYTES, CachedReader, ChunkCache
 from gfs.client import Client, Stat
 from gfs.disk_cache import open_tier
 from gfs.errors import ExistsError, NotFoundError
-from gfs.files import NsReader, NsWriter
-from gfs.meta import Kind, Manifest
+from gfs.files import NsWriter
+from gfs.meta import Kind
+from gfs.read import ManifestReader, cached
+from gfs.read.memory import DEFAULT_MEMORY_BYTES
 from gfs.store import release
 
 #: Bytes copied at a time by get/put/cp.
@@ -81,7 +82,7 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
                             "skip_instance_cache", "asynchronous", "loop"}}
         super().__init__(**fs_opts)
         self.client = client if client is not None else Client(state, **settings)
-        self.cache = ChunkCache(self.client.store, cache_bytes, disk=open_tier(
+        self.cache = cached(self.client.store.source, cache_bytes, disk=open_tier(
             self.client.state, disk_cache, disk_cache_dir, disk_cache_bytes))
 
     # -- paths -------------------------------------------------------------------
@@ -169,9 +170,9 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return dt.datetime.fromtimestamp(st.ctime_ns / 1e9, tz=dt.UTC)
 
     # -- reading -----------------------------------------------------------------
-    def _reader(self, path: str) -> NsReader:
+    def _reader(self, path: str) -> ManifestReader:
         norm = self._strip_protocol(path)
-        return NsReader(self.client.store, norm, self.client.manifest(norm))
+        return ManifestReader(self.cache, norm, self.client.manifest(norm))
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:
@@ -202,7 +203,7 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if target is None and os.path.dirname(lpath):
             os.makedirs(os.path.dirname(lpath), exist_ok=True)
         with open(lpath, "wb") if target is None else nullcontext(target) as f:
-            for data in self.client.store.iter_manifest(Manifest(0, reader._chunks), rpath):
+            for data in reader.blocks(COPY_BLOCK):
                 f.write(data)
                 if callback is not None:
                     callback.relative_update(len(data))
@@ -244,7 +245,7 @@ class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
         self._make_parents(dst)
         reader = self._reader(src)
         with self.client.open(dst, "wb") as out:
-            for data in self.client.store.iter_manifest(Manifest(0, reader._chunks), src):
+            for data in reader.blocks(COPY_BLOCK):
                 out.write(data)
         self.invalidate_cache(dst)
 
@@ -348,9 +349,9 @@ class HutongFile(AbstractBufferedFile):  # type: ignore[misc]
         self._writer: NsWriter | None = None
         self._appended: bytearray | None = None
         size = None
-        self._cached: CachedReader | None = None
+        self._cached: ManifestReader | None = None
         if mode == "rb":
-            self._cached = CachedReader(fs.cache, path, fs.client.manifest(path))
+            self._cached = ManifestReader(fs.cache, path, fs.client.manifest(path))
             size = self._cached.size
         kwargs.pop("size", None)
         super().__init__(fs, path, mode, block_size, autocommit,
@@ -360,7 +361,7 @@ class HutongFile(AbstractBufferedFile):  # type: ignore[misc]
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         assert self._cached is not None
-        return self._cached.read(start, end - start)
+        return self._cached.pread(start, end - start)
 
     def _initiate_upload(self) -> None:
         fs: HutongFileSystem = self.fs

@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from gfs import delta
-from gfs.codec import BLOB_HEADER_LEN, decode_blob
-from gfs.errors import CorruptChunkError, FormatError, PoolObjectMissingError
+from gfs.codec import BLOB_HEADER_LEN
+from gfs.errors import FormatError, PoolError, PoolObjectMissingError
 from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
 from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_head, parse_pack_key
 from gfs.pools import LocalPool
@@ -173,30 +173,25 @@ def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
     done: list[PackRecord] = []
     for p in group:
         try:
-            data = pool.get(pack_key(p.id))
+            checked = store.source.read_span(pool_id, p.id,
+                                             [(rec.id, loc) for rec, loc in movers.get(p.id, [])],
+                                             whole=True)
         except PoolObjectMissingError:
             log.error("pack %s is missing from pool %d; run `hutong fsck`", p.id.hex(), pool_id)
             continue
         try:
-            tag: bytes | None = parse_pack_head(data)[1]
-        except FormatError:
+            tag: bytes | None = parse_pack_head(pool.get(pack_key(p.id), 0, PACK_HEADER_LEN))[1]
+        except (FormatError, PoolError):
             tag = None
         if not store.owns(pool_id, tag, referenced=True):
             _not_owned(store, pool_id, report)  # the old pack could not be deleted
             continue
-        intact = True
-        staged: list[tuple[bytes, Location, bytes, bytes]] = []
-        for rec, loc in movers.get(p.id, []):
-            blob = data[loc.offset:loc.offset + loc.length]
-            try:
-                decode_blob(blob, expect_id=rec.id, base=store.read_chunk)
-            except CorruptChunkError as e:
-                log.error("not repacking pack %s: %s", p.id.hex(), e)
-                intact = False
-                break
-            staged.append((rec.id, loc, blob[:BLOB_HEADER_LEN], blob[BLOB_HEADER_LEN:]))
-        if not intact:
+        bad = next((c.error for c in checked if c.error is not None), None)
+        if bad is not None:
+            log.error("not repacking pack %s: %s", p.id.hex(), bad)
             continue
+        staged = [(c.cid, c.loc, bytes(c.blob[:BLOB_HEADER_LEN]), bytes(c.blob[BLOB_HEADER_LEN:]))
+                  for c in checked]
         for cid, loc, header, payload in staged:
             offset, length = builder.add(header, payload)
             moved[cid] = (loc, Location(pool_id, builder.pack_id, offset, length))

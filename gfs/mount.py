@@ -30,10 +30,10 @@ import pyfuse3
 import pyfuse3.asyncio
 
 from gfs import namespace
-from gfs.cache import DEFAULT_POLICY, CachedReader, ChunkCache
 from gfs.client import Client
 from gfs.disk_cache import open_tier
 from gfs.errors import HutongError
+from gfs.eviction import DEFAULT_POLICY
 from gfs.meta import Inode, Kind, WriteTxn
 from gfs.mount_atime import AccessTimes
 from gfs.mount_names import NameHints
@@ -41,6 +41,7 @@ from gfs.mount_points import prepare, unmount
 from gfs.mount_shutdown import Drain
 from gfs.mount_writeback import DirtyFile, WriteBack
 from gfs.mount_xattr import HUTONG_XATTR, Xattrs
+from gfs.read import ManifestReader, cached
 from gfs.store import release
 
 log = logging.getLogger("hutong.mount")
@@ -70,7 +71,7 @@ class MountOptions:
 @dataclass
 class _Handle:
     ino: int
-    reader: CachedReader
+    reader: ManifestReader
     #: The inode's shared uncommitted content, for a handle open for writing.
     dirty: DirtyFile | None
     #: Whether a read through this handle has been counted as an access (atime).
@@ -140,10 +141,10 @@ class HutongOperations(pyfuse3.Operations):
         super().__init__()
         self.client = client
         self.opts = options or MountOptions()
-        self.cache = ChunkCache(client.store, self.opts.cache_bytes,
-                                policy=self.opts.cache_policy, disk=open_tier(
-                                    client.state, self.opts.disk_cache, self.opts.disk_cache_dir,
-                                    self.opts.disk_cache_bytes, self.opts.cache_policy))
+        self.cache = cached(client.store.source, self.opts.cache_bytes,
+                            policy=self.opts.cache_policy, disk=open_tier(
+                                client.state, self.opts.disk_cache, self.opts.disk_cache_dir,
+                                self.opts.disk_cache_bytes, self.opts.cache_policy))
         self._pool = ThreadPoolExecutor(self.opts.threads, thread_name_prefix="hutong-fuse")
         self._names = NameHints()
         self.wb = WriteBack(client, self.cache, self._names)
@@ -445,7 +446,7 @@ class HutongOperations(pyfuse3.Operations):
         return self._attr(await self._run(op))
 
     # -- files ---------------------------------------------------------------
-    def _new_handle(self, ino: int, reader: CachedReader, flags: int) -> int:
+    def _new_handle(self, ino: int, reader: ManifestReader, flags: int) -> int:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         fh = next(self._next_fh)
         self._handles[fh] = _Handle(ino, reader, self.wb.open_writer(ino) if writable else None)
@@ -491,7 +492,7 @@ class HutongOperations(pyfuse3.Operations):
             if data is not None:
                 return data
             try:
-                return h.reader.read(off, size)
+                return h.reader.pread(off, size)
             except HutongError as e:
                 log.error("read of %s failed at offset %d: %s", h.reader.path, off, e)
                 raise pyfuse3.FUSEError(errno.EIO) from None

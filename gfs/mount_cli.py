@@ -250,6 +250,9 @@ def warm_disk_tier(client: Client, disk: Any, path: str) -> tuple[int, int, int]
     returns (files, bytes, chunks added)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from gfs.read import DiskTier
+
+    tier = DiskTier(client.store.source, disk)  # the disk admits every chunk (admit_local)
     todo: dict[bytes, str] = {}
     files = total = 0
     for st in client.walk(path):
@@ -262,8 +265,7 @@ def warm_disk_tier(client: Client, disk: Any, path: str) -> tuple[int, int, int]
             if ref.id not in todo and ref.id not in disk:
                 todo[ref.id] = st.path
     with ThreadPoolExecutor(4, thread_name_prefix="hutong-warmup") as pool:
-        done = pool.map(lambda item: disk.fetch(client.store, item[0], item[1], admit=True),
-                        todo.items())
+        done = pool.map(lambda item: tier.get(item[0], path=item[1]), todo.items())
         for _ in done:
             pass
     return files, total, sum(1 for cid in todo if cid in disk)

@@ -28,11 +28,11 @@ from functools import partial
 from typing import BinaryIO, Generic, TypeVar
 
 from gfs import namespace
-from gfs.cache import CachedReader, ChunkCache
 from gfs.client import Client
 from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError, NotFoundError
 from gfs.meta import ChunkRef, Inode, Kind, Manifest, MetaEngine, WriteTxn
 from gfs.mount_names import NameHints
+from gfs.read import ManifestReader, MemoryTier
 from gfs.store import WriteSession
 
 log = logging.getLogger("hutong.mount")
@@ -273,7 +273,7 @@ class WriteBack:
     and the group committer that makes them visible. Methods block (call them
     from worker threads); those named `*_nowait` never do."""
 
-    def __init__(self, client: Client, cache: ChunkCache, names: NameHints) -> None:
+    def __init__(self, client: Client, cache: MemoryTier, names: NameHints) -> None:
         self.client = client
         self.cache = cache
         self.names = names
@@ -312,11 +312,11 @@ class WriteBack:
             return d.size, node.mtime_ns if d.mtime_ns is None else d.mtime_ns
         return node.size, node.mtime_ns
 
-    def reader(self, ino: int) -> tuple[CachedReader, bool]:
+    def reader(self, ino: int) -> tuple[ManifestReader, bool]:
         """A reader of the committed version of `ino`, and whether the page cache of
         earlier opens may be kept (the version is the one this mount saw last)."""
         if ino in self.pending:
-            return CachedReader(self.cache, f"<new inode {ino}>", Manifest(0, ())), False
+            return ManifestReader(self.cache, f"<new inode {ino}>", Manifest(0, ())), False
         node = self.node(ino)
         if node.kind == Kind.DIR:
             raise IsADirError(f"<inode {ino}>")
@@ -330,7 +330,7 @@ class WriteBack:
                 path = f"<inode {ino}>"
         keep = self.seen_version.get(ino) == m.version
         self.seen_version[ino] = m.version
-        return CachedReader(self.cache, path, m), keep
+        return ManifestReader(self.cache, path, m), keep
 
     def read(self, ino: int, size: int, off: int) -> bytes | None:
         """Up to `size` uncommitted bytes of `ino` at `off`; None if it has none."""
@@ -373,7 +373,7 @@ class WriteBack:
             d.tmp.close()
             d.tmp = None
 
-    def _write_locked(self, d: DirtyFile, reader: CachedReader, data: bytes, off: int) -> int:
+    def _write_locked(self, d: DirtyFile, reader: ManifestReader, data: bytes, off: int) -> int:
         self._materialize(d, reader)
         assert d.tmp is not None
         n = d.tmp.pwrite(data, off)
@@ -383,13 +383,13 @@ class WriteBack:
         d.mtime_ns = None
         return n
 
-    def write(self, d: DirtyFile, reader: CachedReader, data: bytes, off: int) -> int:
+    def write(self, d: DirtyFile, reader: ManifestReader, data: bytes, off: int) -> int:
         """Write `data` at `off` into the spool of `d` (first copying the committed
         content of `reader` there)."""
         with d.lock:
             return self._write_locked(d, reader, data, off)
 
-    def write_nowait(self, d: DirtyFile, reader: CachedReader, data: bytes,
+    def write_nowait(self, d: DirtyFile, reader: ManifestReader, data: bytes,
                      off: int) -> int | None:
         """`write` if it touches memory only and the spool is free; else None."""
         if (d.tmp is None or d.tmp.mem is None or off + len(data) > SPOOL_MEMORY
@@ -402,7 +402,7 @@ class WriteBack:
         finally:
             d.lock.release()
 
-    def _materialize(self, d: DirtyFile, reader: CachedReader | None,
+    def _materialize(self, d: DirtyFile, reader: ManifestReader | None,
                      size: int | None = None) -> None:
         """Give `d` a spool holding the committed content (or its first `size` bytes).
         Called with `d.lock` held."""
@@ -414,12 +414,12 @@ class WriteBack:
         keep = reader.size if size is None else min(size, reader.size)
         off = 0
         while off < keep:
-            data = reader.read(off, min(8 << 20, keep - off))
+            data = reader.pread(off, min(8 << 20, keep - off))
             tmp.pwrite(data, off)
             off += len(data)
         d.tmp, d.size = tmp, keep
 
-    def truncate(self, ino: int, size: int, reader: CachedReader | None = None) -> None:
+    def truncate(self, ino: int, size: int, reader: ManifestReader | None = None) -> None:
         """Set the size of `ino`: in its spool if it is open for writing here (committed
         at its close), else at once as a new version."""
         with self._lock:

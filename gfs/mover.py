@@ -197,13 +197,16 @@ def _unique(ids: Iterable[bytes]) -> list[bytes]:
 class Source:
     """Resolves chunk ids to the byte ranges of their blobs, for the C sender.
 
-    A blob in a local pool is sent straight from its pack file. A blob whose
-    copies are all in other pools (`s3://`, `memory://`...) is read with
-    `Pool.get` into a *staging file* in the state's `tmp/` directory, one per
-    batch, and sent from there. The C sender sends a batch completely before
-    its thread resolves the next one, so a thread's staging file is deleted
-    at its next `resolve`, when its thread has ended, or at `close`; a crash
-    leaves a temporary that gc removes.
+    A blob in a local pool is sent straight from its pack file by the C
+    sender (sendfile; the bytes never enter Python, so they are not verified
+    here: the receiver verifies every blob before committing it, and reading
+    them through `LocalSource` would cost the zero-copy path). A blob whose
+    copies are all in other pools (`s3://`, `memory://`...) is read and
+    verified with `LocalSource.blob_at` into a *staging file* in the state's
+    `tmp/` directory, one per batch, and sent from there. The C sender sends
+    a batch completely before its thread resolves the next one, so a
+    thread's staging file is deleted at its next `resolve`, when its thread
+    has ended, or at `close`; a crash leaves a temporary that gc removes.
     """
 
     def __init__(self, store: ChunkStore) -> None:
@@ -274,14 +277,10 @@ class Source:
                 return None
         for loc in rec.locations:
             try:
-                blob = self.store.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
-                                                     loc.offset + loc.length)
-            except OSError as e:
-                log.warning("chunk %s: pool %d unreadable (%s); trying another copy",
+                return self.store.source.blob_at(loc, rec.id)[0]
+            except OSError as e:  # PoolError, CorruptChunkError
+                log.warning("chunk %s: copy in pool %d unusable (%s); trying another copy",
                             rec.id.hex(), loc.pool, e)
-                continue
-            if len(blob) == loc.length:
-                return blob
         log.warning("chunk %s: no pool returned its blob; the mover reports it missing",
                     rec.id.hex())
         return None

@@ -108,7 +108,7 @@ def _from_sources(cids: set[bytes], sources: Sequence[ChunkStore]) -> dict[bytes
     for source in sources:
         for cid in sorted(cids - found.keys()):
             try:
-                found[cid] = source.read_blob(cid)
+                found[cid] = source.source.get_blob(cid)
             except (ChunkMissingError, CorruptChunkError, PoolError):
                 continue
     return found

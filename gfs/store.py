@@ -31,18 +31,14 @@ from gfs.codec import (
     Buffer,
     chunk_id,
     decode_blob,
-    encode_blob,
     encode_blobs,
     parse_blob_header,
 )
 from gfs.config import StoreConfig
 from gfs.env import TIERS
 from gfs.errors import (
-    ChunkMissingError,
-    CorruptChunkError,
     FormatError,
     NoSpaceError,
-    PoolError,
     PoolObjectMissingError,
     StateError,
 )
@@ -59,6 +55,7 @@ from gfs.meta import (
 )
 from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_key, parse_pack_head
 from gfs.pools import Pool, open_pool
+from gfs.read.local import LocalSource
 from gfs.state import is_private_url, pool_location
 from gfs.tiering.heat import HeatTracker
 from gfs.tiering.policy import TierPolicy
@@ -70,12 +67,6 @@ WHOLE_READ_LIMIT = 8 << 20
 #: New chunks compressed together by one worker task (at most this many, or bytes).
 ENCODE_GROUP = 64
 ENCODE_GROUP_BYTES = 1 << 20
-#: Chunks read ahead of the consumer when a file spans several chunks.
-READ_AHEAD = 8
-#: Blobs of one pack closer than this are fetched with one ranged read.
-COALESCE_GAP = 256 << 10
-#: The longest single ranged read of a pack.
-MAX_SPAN = 16 << 20
 
 #: Called inside the commit transaction with the file's new manifest; returns
 #: the manifest it replaced (whose references are then released), if any.
@@ -90,17 +81,6 @@ class _NewChunk:
     raw_len: int
     stored_len: int
     codec: int
-
-
-@dataclass(slots=True)
-class _Span:
-    """One ranged read of a pack, covering the blobs in `members` (offset, length, id)."""
-
-    pool: int
-    pack: bytes
-    start: int
-    end: int
-    members: list[tuple[int, int, bytes]]
 
 
 @dataclass(slots=True)
@@ -134,6 +114,7 @@ class ChunkStore:
         self._heat: HeatTracker | None = None
         self._tier_rank: dict[int, int] | None = None
         self._owner: bytes | None = None
+        self._source: LocalSource | None = None
 
     # -- pools and workers ---------------------------------------------------
     def pool(self, pool_id: int) -> Pool:
@@ -295,82 +276,21 @@ class ChunkStore:
         return self._gc_lock(fcntl.LOCK_EX)
 
     # -- reading -------------------------------------------------------------
-    def read_chunk(self, cid: bytes, path: str = "") -> bytes:
-        """The verified raw bytes of chunk `cid`; `path` names the file in errors.
+    @property
+    def source(self) -> LocalSource:
+        """The store's chunks as a verified chunk source (gfs.read): every read of a
+        stored blob goes through it."""
+        if self._source is None:
+            self._source = LocalSource(self)
+        return self._source
 
-        Tries every location in turn; a corrupt copy is logged and skipped. A
-        missing pack object is looked up again once (gc may have repacked it).
-        """
-        return self._read_verified(cid, path)[1]
+    def read_chunk(self, cid: bytes, path: str = "") -> bytes:
+        """The verified raw bytes of chunk `cid`; `path` names the file in errors."""
+        return self.source.get(cid, path=path)
 
     def read_blob(self, cid: bytes, path: str = "") -> bytes:
-        """The stored blob of chunk `cid` (header and payload), verified: what another
-        store takes to repair or replicate the chunk. A delta is sent whole (its base
-        may not exist elsewhere)."""
-        blob, raw = self._read_verified(cid, path)
-        if parse_blob_header(blob).codec != CODEC_DELTA:
-            return blob
-        header, payload = encode_blob(raw, self.config.zstd_level, cid)
-        return header + bytes(payload)
-
-    def _read_verified(self, cid: bytes, path: str) -> tuple[bytes, bytes]:
-        problems: list[str] = []
-        corrupt = False
-        for attempt in range(2):
-            with self.engine.read() as txn:
-                rec = txn.get_chunk(cid)
-            if rec is None:
-                raise ChunkMissingError(path, f"chunk {cid.hex()} is not in the chunk index "
-                                        "(run `hutong fsck`)")
-            if not rec.locations:
-                raise ChunkMissingError(path, f"chunk {cid.hex()} is lost: no stored copy is "
-                                        "left (`hutong fsck --repair --from STORE` restores it "
-                                        "from a store that has it; putting the file again "
-                                        "heals it)")
-            moved = False
-            problems.clear()
-            if attempt == 0:
-                self.heat.record((cid,))
-            for loc in sorted(rec.locations, key=lambda x: self.tier_rank(x.pool)):
-                try:
-                    blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
-                                                   loc.offset + loc.length)
-                    raw = decode_blob(blob, expect_id=cid,
-                                      base=lambda b: self.read_chunk(b, path))
-                except CorruptChunkError as e:
-                    corrupt = True
-                    problems.append(f"pack {loc.pack.hex()}: {e.strerror}")
-                    continue
-                except PoolObjectMissingError:
-                    moved = True
-                    problems.append(f"pack {loc.pack.hex()} missing from pool {loc.pool}")
-                    continue
-                if problems:  # read from another copy: say so once, the caller has its data
-                    log.error("chunk %s (file %s): skipped bad copies (%s); "
-                              "`hutong fsck --repair` drops them", cid.hex(), path or "?",
-                              "; ".join(problems))
-                return blob, raw
-            if not moved or attempt:
-                break  # a missing pack may have been repacked by gc: look it up once more
-        detail = "; ".join(problems)
-        if corrupt:
-            raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: {detail}")
-        raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: {detail}")
-
-    def good_copies(self, cid: bytes) -> int:
-        """How many recorded copies of chunk `cid` read back and verify (0 if none)."""
-        with self.engine.read() as txn:
-            rec = txn.get_chunk(cid)
-        good = 0
-        for loc in rec.locations if rec is not None else ():
-            try:
-                blob = self.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
-                                               loc.offset + loc.length)
-                decode_blob(blob, expect_id=cid, base=self.read_chunk)
-                good += 1
-            except (CorruptChunkError, PoolError):
-                continue
-        return good
+        """The verified blob of chunk `cid` as another store takes it (a delta whole)."""
+        return self.source.get_blob(cid, path=path)
 
     def replace_copies(self, blobs: dict[bytes, bytes]) -> int:
         """Repair chunks whose recorded copies all fail verification.
@@ -386,7 +306,7 @@ class ChunkStore:
             decode_blob(blob, expect_id=cid, base=self.read_chunk)  # never "repair" with bad bytes
             with self.engine.read() as txn:
                 known = txn.has_chunk(cid)
-            if known and self.good_copies(cid) == 0:
+            if known and self.source.good_copies(cid) == 0:
                 fix[cid] = blob
         if not fix:
             return 0
@@ -420,90 +340,6 @@ class ChunkStore:
                                         repaired, live, time.time_ns()))
         log.warning("repaired %d chunks whose every copy was damaged", repaired)
         return repaired
-
-    def read_many(self, cids: Iterable[bytes],
-                  where: Callable[[bytes], str] | None = None) -> dict[bytes, bytes]:
-        """Verified raw bytes of many chunks, by id.
-
-        Neighbouring blobs of one pack are fetched with one ranged read and
-        decoded on the worker threads. A chunk whose batched read fails is read
-        again alone with `read_chunk` (other copies, then an error naming the
-        file `where(cid)`).
-        """
-        unique = list(dict.fromkeys(cids))
-        with self.engine.read() as txn:
-            found = txn.get_chunks(unique)
-            recs = [(cid, found.get(cid)) for cid in unique]
-        self.heat.record(unique)
-        by_pack: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = defaultdict(list)
-        retry: list[bytes] = []
-        for cid, rec in recs:
-            if rec is None or not rec.locations:
-                retry.append(cid)
-                continue
-            loc = min(rec.locations, key=lambda x: self.tier_rank(x.pool))
-            by_pack[(loc.pool, loc.pack)].append((loc.offset, loc.length, cid))
-        spans: list[_Span] = []
-        for (pool_id, pack), members in by_pack.items():
-            members.sort()
-            for off, length, cid in members:
-                last = spans[-1] if spans else None
-                if (last is not None and last.pack == pack and last.pool == pool_id
-                        and off - last.end <= COALESCE_GAP
-                        and off + length - last.start <= MAX_SPAN):
-                    last.end = max(last.end, off + length)
-                    last.members.append((off, length, cid))
-                else:
-                    spans.append(_Span(pool_id, pack, off, off + length, [(off, length, cid)]))
-        out: dict[bytes, bytes] = {}
-        for results in self.executor.map(self._fetch_span, spans):
-            for cid, data in results:
-                if data is None:
-                    retry.append(cid)
-                else:
-                    out[cid] = data
-        for cid in retry:  # counted once above; read_chunk counts its own reads too
-            out[cid] = self.read_chunk(cid, where(cid) if where else "")
-        return out
-
-    def _fetch_span(self, span: _Span) -> list[tuple[bytes, bytes | None]]:
-        try:
-            data = self.pool(span.pool).get(pack_key(span.pack), span.start, span.end)
-        except (PoolObjectMissingError, PoolError):
-            return [(cid, None) for _, _, cid in span.members]
-        view = memoryview(data)
-        results: list[tuple[bytes, bytes | None]] = []
-        for off, length, cid in span.members:
-            try:
-                blob = view[off - span.start: off - span.start + length]
-                results.append((cid, decode_blob(blob, expect_id=cid, base=self.read_chunk)))
-            except CorruptChunkError:
-                results.append((cid, None))  # read_chunk reports it, naming the file
-        return results
-
-    def iter_manifest(self, manifest: Manifest, path: str = "") -> Iterator[bytes]:
-        """The raw chunks of `manifest` in order, read ahead on worker threads."""
-        refs = manifest.chunks
-        if len(refs) <= 1:
-            for ref in refs:
-                yield self.read_chunk(ref.id, path)
-            return
-        window: deque[Future[bytes]] = deque()
-        it = iter(refs)
-        for ref in it:
-            window.append(self.executor.submit(self.read_chunk, ref.id, path))
-            if len(window) >= READ_AHEAD:
-                break
-        try:
-            while window:
-                data = window.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    window.append(self.executor.submit(self.read_chunk, nxt.id, path))
-                yield data
-        finally:
-            for f in window:
-                f.cancel()
 
     # -- writing -------------------------------------------------------------
     @contextmanager

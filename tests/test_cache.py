@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gfs.cache import POLICIES, CachedReader, ChunkCache, make_policy
 from gfs.client import Client
 from gfs.codec import encode_blob
 from gfs.disk_cache import DiskCache, cache_capacity, cache_dir, offline_stats
 from gfs.errors import ConfigError
+from gfs.eviction import POLICIES, make_policy
+from gfs.read import ManifestReader, cached
 
 
 def _key(i: int) -> bytes:
@@ -150,18 +151,18 @@ def test_memory_tier_in_front_of_the_disk_tier(fs: Client) -> None:
     m = fs.manifest("/f") if hasattr(fs, "manifest") else fs._manifest("/f")[1]
     root = fs.state / "cache"
     disk = DiskCache(root, capacity=64 << 20, admit_local=True)
-    cache = ChunkCache(fs.store, 1 << 20, disk=disk)  # memory smaller than the file
+    cache = cached(fs.store.source, 1 << 20, disk=disk)  # memory smaller than the file
     try:
-        assert CachedReader(cache, "/f", m).read(0, len(data)) == data
+        assert ManifestReader(cache, "/f", m).pread(0, len(data)) == data
         s = cache.stats()
         assert s.disk is not None and s.disk["admitted"] == len(m.chunks)
         assert s.bytes_from_store == len(data) and s.bytes_cached <= 1 << 20
     finally:
         cache.close()
     disk2 = DiskCache(root, capacity=64 << 20)
-    cache2 = ChunkCache(fs.store, 1 << 20, disk=disk2)
+    cache2 = cached(fs.store.source, 1 << 20, disk=disk2)
     try:
-        assert CachedReader(cache2, "/f", m).read(100, 800_000) == data[100:800_100]
+        assert ManifestReader(cache2, "/f", m).pread(100, 800_000) == data[100:800_100]
         s = cache2.stats()
         assert s.bytes_from_store == 0 and s.disk is not None and s.disk["hits"] >= 1
     finally:
@@ -171,9 +172,9 @@ def test_memory_tier_in_front_of_the_disk_tier(fs: Client) -> None:
 def test_disk_tier_skips_local_pools_by_default(fs: Client) -> None:
     fs.write_bytes("/g", os.urandom(200_000))
     m = fs._manifest("/g")[1]
-    cache = ChunkCache(fs.store, 1 << 20, disk=DiskCache(fs.state / "cache", 1 << 20))
+    cache = cached(fs.store.source, 1 << 20, disk=DiskCache(fs.state / "cache", 1 << 20))
     try:
-        CachedReader(cache, "/g", m).read(0, 200_000)
+        ManifestReader(cache, "/g", m).pread(0, 200_000)
         s = cache.stats()
         assert s.disk is not None and s.disk["admitted"] == 0
     finally:

@@ -233,7 +233,7 @@ def test_repair_keeps_the_good_of_two_copies(tmp_path: Path) -> None:
         with fs.engine.read() as txn:
             rec = txn.get_chunk(cid)
         assert rec is not None
-        blob = fs.store.read_blob(cid)
+        blob = fs.store.source.get_blob(cid)
         loc = rec.locations[0]
         flip_byte(fs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + 40)
         assert fs.store.replace_copies({cid: blob}) == 1  # a second, good copy

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gfs.cache import ChunkCache
 from gfs.client import Client
 from gfs.errors import ExistsError, NotADirError
 from gfs.meta import ROOT_INO
 from gfs.mount_names import NameHints
 from gfs.mount_writeback import SPOOL_MEMORY, GroupCommitter, Spool, WriteBack
+from gfs.read import cached
 from tests.test_mount_helpers import init_store, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def state(tmp_path: Path) -> Path:
 @pytest.fixture
 def wb(state: Path) -> Iterator[WriteBack]:
     with Client(state) as c:
-        cache = ChunkCache(c.store, 16 << 20)
+        cache = cached(c.store.source, 16 << 20)
         w = WriteBack(c, cache, NameHints())
         try:
             yield w
@@ -217,14 +217,14 @@ def test_settle_commits_pending_files_empty_unless_written(wb: WriteBack, state:
 
 CRASHER = textwrap.dedent("""
     import random, sys
-    from gfs.cache import ChunkCache
     from gfs.client import Client
     from gfs.meta import ROOT_INO
     from gfs.mount_names import NameHints
     from gfs.mount_writeback import WriteBack
+    from gfs.read import cached
 
     c = Client(sys.argv[1])
-    wb = WriteBack(c, ChunkCache(c.store, 1 << 20), NameHints())
+    wb = WriteBack(c, cached(c.store.source, 1 << 20), NameHints())
     node = wb.create(ROOT_INO, "new.bin", 0o644, 0, 0)
     d = wb.open_writer(node.ino)
     wb.write(d, wb.reader(node.ino)[0], random.Random(2).randbytes(3 << 20), 0)

@@ -16,16 +16,13 @@ only when the primary commits the manifest.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gfs import chunking, paths
 from gfs.codec import decode_blob, decode_encrypted_blob, encode_blobs, keyed_chunk_id
 from gfs.errors import (
-    ChunkMissingError,
     ConfigError,
     CorruptChunkError,
     HutongError,
@@ -33,6 +30,9 @@ from gfs.errors import (
 )
 from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, token_issuer
 from gfs.federation.http import HttpClient, UnavailableError
+from gfs.federation.source import SiteSource
+from gfs.meta import ChunkRef, Manifest
+from gfs.read import ManifestReader, MemoryTier
 from gfs.store import prepare
 
 SITES_TTL = 5.0
@@ -47,40 +47,6 @@ RECONCILE_TIMEOUT = 3600.0
 
 log = logging.getLogger("hutong.federation")
 
-class ChunkLru:
-    """Verified raw chunks in memory, least recently used out first, bounded by bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 0
-        self.hits = 0
-        self.misses = 0
-        self._d: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, cid: bytes) -> bytes | None:
-        with self._lock:
-            data = self._d.get(cid)
-            if data is None:
-                self.misses += 1
-                return None
-            self._d.move_to_end(cid)
-            self.hits += 1
-            return data
-
-    def put(self, cid: bytes, data: bytes) -> None:
-        if len(data) > self.limit:
-            return
-        with self._lock:
-            if cid in self._d:
-                return
-            self._d[cid] = data
-            self.size += len(data)
-            while self.size > self.limit:
-                _, old = self._d.popitem(last=False)
-                self.size -= len(old)
-
-
 class FederationClient:
     """A user's or a site's view of the global namespace."""
 
@@ -91,7 +57,10 @@ class FederationClient:
         self.registry = HttpClient(registry, keys=keys, token=token, timeout=timeout)
         self.keys, self.token, self.near = keys, token, near
         self.me = keys.name if keys is not None else (token_issuer(token) if token else None)
-        self.cache = ChunkLru(cache_bytes)
+        self.source = SiteSource(self)
+        """The sites' chunks as a verified chunk source."""
+        self.cache = MemoryTier(self.source, cache_bytes)
+        """The memory tier every chunk read of this client goes through."""
         self.level = zstd_level
         self.params = params or chunking.ChunkParams()
         self.timeout = timeout
@@ -103,6 +72,7 @@ class FederationClient:
 
     def close(self) -> None:
         """Close every connection."""
+        self.cache.close()
         for h in self._http.values():
             h.close()
         self.registry.close()
@@ -240,39 +210,20 @@ class FederationClient:
             data = self.http(primary).call("GET", "/v1/ns/read", query={"path": norm})
             return data if isinstance(data, bytes) else bytes(str(data), "utf-8")
         m = self._manifest_or_mirror(norm, primary, owner)
-        refs = [(bytes.fromhex(h), n) for h, n in m["chunks"]]
-        got: dict[bytes, bytes] = {}
-        for cid, _ in refs:
-            hit = self.cache.get(cid)
-            if hit is not None:
-                got[cid] = hit
-        todo = [cid for cid, _ in refs if cid not in got]
-        problems: list[str] = []
-        for site in self._candidates(list(m["sites"]), owner):
-            if not todo:
-                break
-            todo = list(dict.fromkeys(todo))
-            try:
-                fetched = self._fetch(site, owner, todo, problems)
-            except HutongError as e:
-                problems.append(f"{site}: {e}")
-                continue
-            for cid, raw in fetched.items():
-                got[cid] = raw
-                self.cache.put(cid, raw)
-            todo = [c for c in todo if c not in got]
-        if todo:
-            raise ChunkMissingError(norm, f"{len(todo)} chunks of {norm} have no readable "
-                                    f"copy at any of {m['sites']}: " + "; ".join(problems)[:800])
-        return b"".join(got[cid] for cid, _ in refs)
+        manifest = Manifest(int(m.get("stat", {}).get("version", 0)), tuple(
+            ChunkRef(bytes.fromhex(h), int(n)) for h, n in m["chunks"]))
+        self.source.note(norm, list(m["sites"]))
+        return ManifestReader(self.cache, norm, manifest).read_range(0, manifest.size)
 
-    def _fetch(self, site: str, owner: str, cids: list[bytes],
-               problems: list[str]) -> dict[bytes, bytes]:
+    def _fetch(self, site: str, owner: str, cids: list[bytes], problems: list[str],
+               *, blobs: bool = False) -> dict[bytes, bytes]:
+        """Verified raw chunks `cids` that `site` returns (`blobs`: their stored blobs,
+        from the owner's own sites only); bad copies are counted and described."""
         from gfs.federation.site import unpack_frames
 
         rec = self.sites()[site]
         foreign = rec["entity"] != owner
-        if foreign and self.keys is None:
+        if foreign and (self.keys is None or blobs):
             return {}
         out: dict[bytes, bytes] = {}
         for i in range(0, len(cids), 1024):
@@ -284,8 +235,8 @@ class FederationClient:
             else:
                 body = {"ids": [c.hex() for c in batch]}
             data = self.http(site).call("POST", "/v1/chunks/get", body)
-            blobs = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
-            for cid, blob in zip(batch, blobs, strict=False):
+            frames = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
+            for cid, blob in zip(batch, frames, strict=False):
                 if not blob:
                     continue
                 try:
@@ -299,7 +250,7 @@ class FederationClient:
                     self.bad_copies += 1
                     problems.append(f"{site}: corrupt copy of {cid.hex()} ({e.strerror})")
                     continue
-                out[cid] = raw
+                out[cid] = bytes(blob) if blobs else raw
         self.chunks_from[site] = self.chunks_from.get(site, 0) + len(out)
         return out
 

@@ -20,14 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from gfs import namespace
-from gfs.codec import (
-    BLOB_HEADER_LEN,
-    CODEC_DELTA,
-    CODEC_ZSTD,
-    decode_blob,
-    encode_blob,
-    parse_blob_header,
-)
+from gfs.codec import BLOB_HEADER_LEN, CODEC_DELTA, CODEC_ZSTD, encode_blob, parse_blob_header
 from gfs.env import TIERS
 from gfs.errors import CorruptChunkError, NotADirError, NotFoundError, PoolError
 from gfs.meta import ChunkRecord, Kind, Location, PackRecord, ReadTxn
@@ -178,10 +171,7 @@ def _execute(store: ChunkStore, policy: TierPolicy, moves: list[Move],
             rec = records[m.id]
             old = min(rec.locations, key=lambda x: store.tier_rank(x.pool))
             try:
-                blob = store.pool(old.pool).get(pack_key(old.pack), old.offset,
-                                                old.offset + old.length)
-                raw = decode_blob(blob, expect_id=rec.id,  # verify before copying
-                                  base=store.read_chunk)
+                blob, raw = store.source.blob_at(old, rec.id)  # verified before copying
             except (CorruptChunkError, PoolError) as e:
                 log.error("not moving chunk %s: %s (run `hutong fsck`)", rec.id.hex(), e)
                 report.skipped += 1

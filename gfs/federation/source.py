@@ -1,0 +1,110 @@
+"""`SiteSource`: the federation's chunk fetching as a `gfs.read.ChunkSource`.
+
+A chunk is asked of the sites holding the file it belongs to — nearest first
+by measured round-trip time from the client's `near` site — and verified (a
+foreign site's copy is decrypted with the owner's keys, then verified); a
+missing or corrupt copy is skipped and the next site asked. Which sites hold a
+file is learnt from its manifest (`note`); a file not noted is looked for at
+every site of its owner entity. This adapter leaves the federation client's
+transport as it is; the memory tier wraps it (`FederationClient.cache`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from gfs import paths
+from gfs.errors import ChunkMissingError, HutongError
+from gfs.read.source import PathOf
+
+if TYPE_CHECKING:
+    from gfs.federation.client import FederationClient
+
+#: Files whose holders are remembered (the oldest are forgotten first).
+NOTED_FILES = 4096
+
+
+class SiteSource:
+    """Verified chunks from the sites of the federation, through `fc`."""
+
+    def __init__(self, fc: FederationClient) -> None:
+        self.fc = fc
+        self._holders: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Nothing to release: the client owns the connections."""
+
+    def note(self, path: str, sites: Sequence[str]) -> None:
+        """Record that the current version of file `path` is held by `sites`."""
+        with self._lock:
+            self._holders.pop(path, None)
+            if len(self._holders) >= NOTED_FILES:
+                self._holders.pop(next(iter(self._holders)))
+            self._holders[path] = list(sites)
+
+    def _holders_of(self, path: str, owner: str) -> list[str]:
+        with self._lock:
+            known = self._holders.get(path)
+        if known:
+            return known
+        return sorted(n for n, s in self.fc.sites().items() if s.get("entity") == owner)
+
+    def _fetch(self, path: str, cids: list[bytes], *, blobs: bool) -> dict[bytes, bytes]:
+        parts = paths.split(paths.normalize(path)) if path else []
+        if not parts:
+            raise ChunkMissingError(path, f"chunk {cids[0].hex()}: no file names the entity "
+                                    "that owns it; read it through a path /ENTITY/...")
+        owner = parts[0]
+        holders = self._holders_of(path, owner)
+        todo = list(dict.fromkeys(cids))
+        got: dict[bytes, bytes] = {}
+        problems: list[str] = []
+        for site in self.fc._candidates(holders, owner):
+            if not todo:
+                break
+            try:
+                fetched = self.fc._fetch(site, owner, todo, problems, blobs=blobs)
+            except HutongError as e:
+                problems.append(f"{site}: {e}")
+                continue
+            got.update(fetched)
+            todo = [c for c in todo if c not in got]
+        if todo:
+            what = "a plain (owner's) copy" if blobs else "a readable copy"
+            ids = ", ".join(c.hex() for c in todo[:4]) + (", ..." if len(todo) > 4 else "")
+            raise ChunkMissingError(path, f"{len(todo)} chunks of {path} ({ids}) have no "
+                                    f"readable copy: none has {what} at any of {holders}: "
+                                    + "; ".join(problems)[:800])
+        return got
+
+    # -- the ChunkSource protocol --------------------------------------------------------
+    def get(self, cid: bytes, *, path: str = "") -> bytes:
+        """The verified raw bytes of chunk `cid` of file `path` (`/ENTITY/...`)."""
+        return self._fetch(path, [cid], blobs=False)[cid]
+
+    def get_many(self, cids: Iterable[bytes], *,
+                 path_of: PathOf | None = None) -> dict[bytes, bytes]:
+        """Verified raw bytes of `cids`: one batched request per site per file."""
+        by_path: dict[str, list[bytes]] = defaultdict(list)
+        for cid in dict.fromkeys(cids):
+            by_path[path_of(cid) if path_of else ""].append(cid)
+        out: dict[bytes, bytes] = {}
+        for path, ids in by_path.items():
+            out.update(self._fetch(path, ids, blobs=False))
+        return out
+
+    def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
+        """The verified stored blob of chunk `cid` from one of the owner's own sites
+        (other sites hold it encrypted for the owner)."""
+        return self._fetch(path, [cid], blobs=True)[cid]
+
+    def worth_caching(self, cid: bytes) -> bool:
+        """Always: every copy is across the network."""
+        return True
+
+
+__all__ = ["SiteSource"]

@@ -1,0 +1,93 @@
+"""`DiskTier`: stored blobs on local disk (a `gfs.disk_cache.DiskCache`) in front of
+any chunk source.
+
+A hit is a blob file that verifies (a damaged one is dropped, never served); a
+miss reads the inner source and, when the chunk is worth caching (the inner
+source does not read it from local disk, or the cache admits every chunk),
+admits the verified blob. Only the process owning the directory admits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from gfs.codec import decode_blob
+from gfs.disk_cache import DiskCache, DiskStats
+from gfs.read.source import ChunkSource, PathOf
+
+
+class DiskTier:
+    """Chunks of `inner` cached as blobs in `disk` (see the module docstring)."""
+
+    def __init__(self, inner: ChunkSource, disk: DiskCache) -> None:
+        self.inner = inner
+        self.disk = disk
+        self._lock = threading.Lock()
+        self._from_inner = 0
+
+    def close(self) -> None:
+        """Save the disk tier's counters and give up ownership; close the inner source."""
+        self.disk.close()
+        self.inner.close()
+
+    def stats(self) -> DiskStats:
+        """The disk tier's counters; `bytes_from_store`: bytes this run read below it."""
+        s = self.disk.stats()
+        with self._lock:
+            s.bytes_from_store = self._from_inner
+        return s
+
+    def _admits(self, cid: bytes) -> bool:
+        return self.disk.owner and (self.disk.admit_local or self.inner.worth_caching(cid))
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self._from_inner += n
+
+    def _miss(self, cid: bytes, path: str) -> bytes:
+        if self._admits(cid):
+            blob = self.inner.get_blob(cid, path=path)
+            raw = decode_blob(blob, expect_id=cid)  # a source's blob is verified; so is ours
+            self.disk.put(cid, blob)
+        else:
+            raw = self.inner.get(cid, path=path)
+        self._count(len(raw))
+        return raw
+
+    # -- the ChunkSource protocol --------------------------------------------------------
+    def get(self, cid: bytes, *, path: str = "") -> bytes:
+        """The verified raw bytes of chunk `cid`: from disk, else from the inner source."""
+        data = self.disk.get(cid)
+        return data if data is not None else self._miss(cid, path)
+
+    def get_many(self, cids: Iterable[bytes], *,
+                 path_of: PathOf | None = None) -> dict[bytes, bytes]:
+        """Disk hits, then the misses: admitted ones one by one (their blobs are kept),
+        the others with one `get_many` of the inner source."""
+        out: dict[bytes, bytes] = {}
+        batch: list[bytes] = []
+        for cid in dict.fromkeys(cids):
+            data = self.disk.get(cid)
+            if data is not None:
+                out[cid] = data
+            elif self._admits(cid):
+                out[cid] = self._miss(cid, path_of(cid) if path_of else "")
+            else:
+                batch.append(cid)
+        if batch:
+            got = self.inner.get_many(batch, path_of=path_of)
+            self._count(sum(len(v) for v in got.values()))
+            out.update(got)
+        return out
+
+    def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
+        """The stored blob of chunk `cid`: the cached file if it verifies, else the inner's."""
+        blob = self.disk.get_blob(cid)
+        return blob if blob is not None else self.inner.get_blob(cid, path=path)
+
+    def worth_caching(self, cid: bytes) -> bool:
+        return self.inner.worth_caching(cid)
+
+
+__all__ = ["DiskTier"]

@@ -1,0 +1,269 @@
+"""`LocalSource`: chunks from the pools of one store, verified — the one place a
+blob is read at a location and checked against its id.
+
+Every location of a chunk is tried in tier order (hot first); a corrupt or
+missing copy is skipped and reported once, naming the file, when another copy
+serves the read (a corrupt copy once reported is tried last afterwards and
+not reported again). A pack missing from its pool is looked up once more (gc may
+have repacked it meanwhile). `get_many` fetches neighbouring blobs of one pack
+with one ranged read and decodes them on the store's worker threads.
+`blob_at` and `read_span` are the location-level primitives the tierer, gc,
+repair, fsck and the mover use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gfs.codec import CODEC_DELTA, decode_blob, encode_blob, parse_blob_header
+from gfs.errors import ChunkMissingError, CorruptChunkError, PoolError, PoolObjectMissingError
+from gfs.meta import Location
+from gfs.packs import pack_key
+from gfs.read.source import PathOf
+
+if TYPE_CHECKING:
+    from gfs.store import ChunkStore
+
+log = logging.getLogger("hutong.store")
+
+#: Blobs of one pack closer than this are fetched with one ranged read.
+COALESCE_GAP = 256 << 10
+#: The longest single ranged read of a pack.
+MAX_SPAN = 16 << 20
+#: Spans are not cut shorter than this to spread decoding over threads.
+MIN_SPLIT = 1 << 20
+#: Corrupt copies remembered (tried last, reported once) before the memory is reset.
+BAD_COPIES_KEPT = 100_000
+
+
+@dataclass(slots=True)
+class Checked:
+    """One blob of a span read: its bytes, and its raw bytes or why it failed."""
+
+    cid: bytes
+    loc: Location
+    blob: memoryview
+    raw: bytes | None
+    error: CorruptChunkError | None
+
+
+@dataclass(slots=True)
+class _Span:
+    pool: int
+    pack: bytes
+    start: int
+    end: int
+    members: list[tuple[bytes, Location]]
+
+
+class LocalSource:
+    """Verified chunks of `store` (see the module docstring)."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self._local: dict[int, bool] = {}
+        self._bad: set[tuple[bytes, bytes]] = set()  # (chunk, pack) copies reported bad
+        self._bad_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Nothing to release: the store owns the pools and threads."""
+
+    def _base(self, cid: bytes) -> bytes:
+        """The base of a delta blob, verified; a failure is a BaseChunkError so that fsck
+        and repair tell a damaged delta from one whose base is damaged."""
+        from gfs.delta import verified_base_reader
+
+        return verified_base_reader(self.get)(cid)
+
+    # -- location-level primitives -------------------------------------------------
+    def blob_at(self, loc: Location, cid: bytes) -> tuple[bytes, bytes]:
+        """(blob, raw bytes) of chunk `cid` at `loc`, verified. Raises
+        CorruptChunkError, PoolObjectMissingError or PoolError."""
+        blob = self.store.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
+                                             loc.offset + loc.length)
+        return blob, decode_blob(blob, expect_id=cid, base=self._base)
+
+    def read_span(self, pool_id: int, pack: bytes, members: list[tuple[bytes, Location]],
+                  *, whole: bool = False) -> list[Checked]:
+        """Blobs `members` (chunk id, location in `pack`) read with one ranged read
+        (`whole`: the whole pack object) and each verified. Raises
+        PoolObjectMissingError or PoolError when the read itself fails."""
+        if not members:
+            return []
+        if whole:
+            start, data = 0, self.store.pool(pool_id).get(pack_key(pack))
+        else:
+            start = min(loc.offset for _, loc in members)
+            end = max(loc.offset + loc.length for _, loc in members)
+            data = self.store.pool(pool_id).get(pack_key(pack), start, end)
+        view = memoryview(data)
+        out: list[Checked] = []
+        for cid, loc in members:
+            blob = view[loc.offset - start:loc.offset - start + loc.length]
+            try:
+                out.append(Checked(cid, loc, blob,
+                                   decode_blob(blob, expect_id=cid, base=self._base), None))
+            except CorruptChunkError as e:
+                out.append(Checked(cid, loc, blob, None, e))
+        return out
+
+    def good_copies(self, cid: bytes) -> int:
+        """How many recorded copies of chunk `cid` read back and verify (0 if none)."""
+        with self.store.engine.read() as txn:
+            rec = txn.get_chunk(cid)
+        good = 0
+        for loc in rec.locations if rec is not None else ():
+            try:
+                self.blob_at(loc, cid)
+                good += 1
+            except (CorruptChunkError, PoolError):
+                continue
+        return good
+
+    # -- the ChunkSource protocol ----------------------------------------------------
+    def get(self, cid: bytes, *, path: str = "") -> bytes:
+        """The verified raw bytes of chunk `cid`; `path` names the file in errors."""
+        return self.read_verified(cid, path)[1]
+
+    def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
+        """The verified blob of chunk `cid` as another store or a cache takes it: a delta
+        blob (docs/format.md, "Resemblance and delta chunks") is re-encoded whole, since
+        its base may not exist there."""
+        blob, raw = self.read_verified(cid, path)
+        if parse_blob_header(blob).codec != CODEC_DELTA:
+            return blob
+        header, payload = encode_blob(raw, self.store.config.zstd_level, cid)
+        return header + bytes(payload)
+
+    def worth_caching(self, cid: bytes) -> bool:
+        """True when chunk `cid`'s nearest copy is not in a pool on local disk."""
+        with self.store.engine.read() as txn:
+            rec = txn.get_chunk(cid)
+        if rec is None or not rec.locations:
+            return False
+        loc = min(rec.locations, key=lambda x: self.store.tier_rank(x.pool))
+        local = self._local.get(loc.pool)
+        if local is None:
+            pool = self.store.pool(loc.pool)
+            local = self._local[loc.pool] = pool.local_path(pack_key(loc.pack)) is not None
+        return not local
+
+    def read_verified(self, cid: bytes, path: str = "") -> tuple[bytes, bytes]:
+        """(blob, raw bytes) of chunk `cid` from the first copy, in tier order, that
+        reads and verifies; bad copies skipped are logged once."""
+        problems: list[str] = []
+        corrupt = False
+        for attempt in range(2):
+            with self.store.engine.read() as txn:
+                rec = txn.get_chunk(cid)
+            if rec is None:
+                raise ChunkMissingError(path, f"chunk {cid.hex()} is not in the chunk index "
+                                        "(run `hutong fsck`)")
+            if not rec.locations:
+                raise ChunkMissingError(path, f"chunk {cid.hex()} is lost: no stored copy is "
+                                        "left (`hutong fsck --repair --from STORE` restores it "
+                                        "from a store that has it; putting the file again "
+                                        "heals it)")
+            moved = False
+            problems.clear()
+            failed: list[Location] = []
+            if attempt == 0:
+                self.store.heat.record((cid,))
+            for loc in sorted(rec.locations, key=lambda x: ((cid, x.pack) in self._bad,
+                                                            self.store.tier_rank(x.pool))):
+                try:
+                    blob, raw = self.blob_at(loc, cid)
+                except CorruptChunkError as e:
+                    corrupt = True
+                    failed.append(loc)
+                    problems.append(f"pack {loc.pack.hex()}: {e.strerror}")
+                    continue
+                except PoolObjectMissingError:
+                    moved = True
+                    problems.append(f"pack {loc.pack.hex()} missing from pool {loc.pool}")
+                    continue
+                if problems and self._first_report(cid, failed):
+                    # read from another copy: say so once, the caller has its data
+                    log.error("chunk %s (file %s): skipped bad copies (%s); "
+                              "`hutong fsck --repair` drops them", cid.hex(), path or "?",
+                              "; ".join(problems))
+                return blob, raw
+            if not moved or attempt:
+                break  # a missing pack may have been repacked by gc: look it up once more
+        detail = "; ".join(problems)
+        if corrupt:
+            raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: {detail}")
+        raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: {detail}")
+
+    def _first_report(self, cid: bytes, failed: list[Location]) -> bool:
+        """Remember the corrupt copies of `cid`; True unless all were reported before
+        (they are then tried last, and not reported again)."""
+        keys = {(cid, loc.pack) for loc in failed}
+        with self._bad_lock:
+            if keys and keys <= self._bad:
+                return False
+            if len(self._bad) >= BAD_COPIES_KEPT:
+                self._bad.clear()
+            self._bad |= keys
+        return True
+
+    def get_many(self, cids: Iterable[bytes], *,
+                 path_of: PathOf | None = None) -> dict[bytes, bytes]:
+        """Verified raw bytes of many chunks, by id: neighbouring blobs of one pack in
+        one ranged read, decoded on the store's worker threads. A chunk the batch
+        cannot give is read again alone with `get` (other copies, then an error
+        naming the file `path_of(cid)`)."""
+        unique = list(dict.fromkeys(cids))
+        with self.store.engine.read() as txn:
+            recs = [(cid, txn.get_chunk(cid)) for cid in unique]
+        self.store.heat.record(unique)
+        by_pack: dict[tuple[int, bytes], list[tuple[bytes, Location]]] = defaultdict(list)
+        retry: list[bytes] = []
+        for cid, rec in recs:
+            if rec is None or not rec.locations:
+                retry.append(cid)
+                continue
+            loc = min(rec.locations, key=lambda x: self.store.tier_rank(x.pool))
+            by_pack[(loc.pool, loc.pack)].append((cid, loc))
+        # spans long enough for few reads, short enough to share the decoding among
+        # the worker threads (one span is decoded by one thread)
+        total = sum(loc.length for members in by_pack.values() for _, loc in members)
+        longest = min(MAX_SPAN, max(MIN_SPLIT, total // max(self.store.config.threads, 1)))
+        spans: list[_Span] = []
+        for (pool_id, pack), members in by_pack.items():
+            members.sort(key=lambda m: m[1].offset)
+            for cid, loc in members:
+                last = spans[-1] if spans else None
+                if (last is not None and last.pack == pack and last.pool == pool_id
+                        and loc.offset - last.end <= COALESCE_GAP
+                        and loc.offset + loc.length - last.start <= longest):
+                    last.end = max(last.end, loc.offset + loc.length)
+                    last.members.append((cid, loc))
+                else:
+                    spans.append(_Span(pool_id, pack, loc.offset, loc.offset + loc.length,
+                                       [(cid, loc)]))
+        out: dict[bytes, bytes] = {}
+        for results in self.store.executor.map(self._fetch_span, spans):
+            for cid, data in results:
+                if data is None:
+                    retry.append(cid)
+                else:
+                    out[cid] = data
+        for cid in retry:  # counted once above; get counts its own reads too
+            out[cid] = self.get(cid, path=path_of(cid) if path_of else "")
+        return out
+
+    def _fetch_span(self, span: _Span) -> list[tuple[bytes, bytes | None]]:
+        try:
+            checked = self.read_span(span.pool, span.pack, span.members)
+        except PoolError:
+            return [(cid, None) for cid, _ in span.members]
+        return [(c.cid, c.raw) for c in checked]  # a failure: `get` reports it, naming the file
+
+
+__all__ = ["COALESCE_GAP", "MAX_SPAN", "Checked", "LocalSource"]

@@ -1,0 +1,87 @@
+"""The chunk-source conformance suite run by the federation's `SiteSource` and by a
+memory tier over it: a registry and two sites of one entity as real processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gfs.codec import chunk_id
+from gfs.federation.client import FederationClient
+from gfs.federation.source import SiteSource
+from gfs.federation.testing import Federation
+from gfs.read import MemoryTier
+from gfs.testing import source_suite as suite
+
+DATA = os.urandom(300_000)
+PATH = "/lab/d/x.bin"
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    f = Federation(tmp_path_factory.mktemp("fedsrc"), ttl=2.0, heartbeat=0.3)
+    try:
+        f.registry()
+        f.site("p1", "lab", "cn-west", primary=True)
+        f.site("p2", "lab", "cn-east")
+        with f.client("lab") as fc:
+            fc.mkdir("/lab/d", parents=True, exist_ok=True)
+            fc.write_bytes(PATH, DATA)
+            fc.rule_add("/lab/d/**", 2, "region=cn-west | region=cn-east")
+            [rule] = fc.reconcile("lab")
+            assert rule["state"] == "ok"
+        yield f
+    finally:
+        f.close()
+
+
+def _chunks(fc: FederationClient) -> dict[bytes, bytes]:
+    m = fc._manifest_or_mirror(PATH, "p1", "lab")
+    fc.source.note(PATH, list(m["sites"]))
+    out, pos = {}, 0
+    for h, n in m["chunks"]:
+        out[bytes.fromhex(h)] = DATA[pos:pos + n]
+        pos += n
+    assert all(chunk_id(v) == k for k, v in out.items())
+    return out
+
+
+@pytest.fixture(params=["site", "memory"])
+def case(request: pytest.FixtureRequest, fed: Federation) -> Iterator[suite.SourceCase]:
+    with fed.client("lab", near="p1") as fc:
+        chunks = _chunks(fc)
+        bottom = suite.CountingSource(SiteSource(fc))
+        source = bottom if request.param == "site" else MemoryTier(bottom, 16 << 20)
+        yield suite.SourceCase(source, chunks, bottom=bottom, path=PATH)
+
+
+class TestSiteStacks(suite.SourceConformance):
+    """The shared conformance tests, on every stack of this module."""
+
+
+def test_single_flight_over_the_network(fed: Federation) -> None:
+    with fed.client("lab", near="p1") as fc:
+        chunks = _chunks(fc)
+        bottom = suite.CountingSource(SiteSource(fc))
+        suite.check_single_flight(suite.SourceCase(MemoryTier(bottom, 16 << 20), chunks,
+                                                   bottom=bottom, path=PATH))
+
+
+def test_corrupt_copy_skipped_and_counted(fed: Federation, tmp_path: Path) -> None:
+    """The nearest site's copy is damaged: the other site's copy is read and the bad
+    one counted once; a second read is served by the memory tier."""
+    for p in (fed.sites["p1"]["state"] / "pools" / "default" / "packs").glob("??/*.pack"):
+        b = bytearray(p.read_bytes())
+        b[-3] ^= 0xFF
+        p.write_bytes(bytes(b))
+    with fed.client("lab", near="p1") as fc:
+        chunks = _chunks(fc)
+        last = list(chunks)[-1]
+        assert fc.cache.get(last, path=PATH) == chunks[last]
+        assert fc.bad_copies == 1 and fc.chunks_from.get("p2") == 1
+        assert fc.cache.get(last, path=PATH) == chunks[last]
+        assert fc.bad_copies == 1 and fc.cache.stats().hits == 1
+        assert fc.read_bytes(PATH) == DATA
