@@ -360,6 +360,10 @@ def test_tierer_moves_delta_chunks_as_they_are(dfs: Client, tmp_path: Path) -> N
         TierPolicy(demote_idle=1e-3, cold_level=19).save(txn)
     report = run(dfs.store)
     assert report.directions.get("warm->cold", 0) > 0 and report.skipped == 0
+    for _ in range(3):  # a chunk read within the last millisecond demotes on the next run
+        if tier_usage(dfs.store)["warm"] == 0:
+            break
+        assert run(dfs.store).skipped == 0
     assert tier_usage(dfs.store)["warm"] == 0
     with dfs.engine.read() as txn:
         assert all(txn.get_chunk(c).codec == CODEC_DELTA for c in deltas)  # type: ignore[union-attr]
