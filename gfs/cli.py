@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from gfs.env import STATE_ENV
+from gfs.env import META_ENV, STATE_ENV
 from gfs.units import size_arg
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from gfs.client import Client
 
     settings = {k: getattr(args, k) for k in ("zstd_level", "avg_size", "min_size", "max_size")}
-    with Client.init(args.state, **settings) as fs:
+    with Client.init(args.state, meta=getattr(args, "meta", None), **settings) as fs:
         if not args.quiet:
             print(f"initialised Hutong store at {fs.state}")
     return 0
@@ -384,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--avg-size", type=size_arg, help="average chunk size, power of two (64KiB)")
     sp.add_argument("--min-size", type=size_arg, help="minimum chunk size (16KiB)")
     sp.add_argument("--max-size", type=size_arg, help="maximum chunk size (256KiB)")
+    sp.add_argument("--meta", metavar="URL",
+                    help="keep the metadata on a database server "
+                    "(postgresql://USER@HOST/DB?schema=NAME); default: embedded LMDB in the "
+                    f"state directory (also ${META_ENV})")
     sp = add("put", cmd_put, "copy a local file or tree into the namespace "
              "(NS_PATH becomes the copy; NS_PATH/ puts it inside; `-` reads standard input)")
     sp.add_argument("local", metavar="LOCAL_PATH")

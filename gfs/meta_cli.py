@@ -14,35 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gfs.env import CONFIG_FILE, META_ENV, state_dir
+from gfs.env import CONFIG_FILE, state_dir
 from gfs.errors import ConfigError, StateError
-
-Command = Callable[[argparse.Namespace], int]
-
-
-def _with_meta(cmd: Command) -> Command:
-    """`hutong init` with `--meta URL`: the URL reaches Client.init as $HUTONG_META."""
-    def run(args: argparse.Namespace) -> int:
-        if not args.meta:
-            return cmd(args)
-        saved = os.environ.get(META_ENV)
-        os.environ[META_ENV] = args.meta
-        try:
-            return cmd(args)
-        finally:
-            if saved is None:
-                os.environ.pop(META_ENV, None)
-            else:
-                os.environ[META_ENV] = saved
-    return run
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add `meta dump`, `meta load` and `--meta` of `hutong init`."""
+    """Add `meta dump` and `meta load` (`hutong init --meta` is in gfs.cli)."""
 
     meta = sub.add_parser("meta", help="the metadata: dump, load, move between engines",
                           parents=[common])
@@ -58,13 +39,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--meta", metavar="URL", help="postgresql://... (default: embedded LMDB)")
     sp.set_defaults(func=cmd_load)
 
-    init = sub.choices.get("init")
-    if init is not None:
-        init.add_argument("--meta", metavar="URL",
-                          help="keep the metadata on a database server "
-                               "(postgresql://USER@HOST/DB?schema=NAME); default: embedded "
-                               f"LMDB in the state directory (also ${META_ENV})")
-        init.set_defaults(func=_with_meta(init.get_default("func")))
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
