@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING
 from gfs._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from gfs.client import Client, DuReport, Stat, TransferReport
+    from gfs.client import Client, TransferReport
     from gfs.errors import HutongError
+    from gfs.namespace_api import DuReport, Namespace, Stat
 
-__all__ = ["Client", "DuReport", "HutongError", "Stat", "TransferReport"]
+__all__ = ["Client", "DuReport", "HutongError", "Namespace", "Stat", "TransferReport"]
 __version__ = "0.1.0"
 
 __getattr__ = lazy_exports(__name__, {
-    "Client": "gfs.client", "DuReport": "gfs.client", "Stat": "gfs.client",
+    "Client": "gfs.client", "DuReport": "gfs.namespace_api", "Stat": "gfs.namespace_api",
+    "Namespace": "gfs.namespace_api",
     "TransferReport": "gfs.client", "HutongError": "gfs.errors",
 })

@@ -27,7 +27,8 @@ from gfs.env import META_ENV, STATE_ENV
 from gfs.units import size_arg
 
 if TYPE_CHECKING:
-    from gfs.client import Client, DuReport, Stat
+    from gfs.client import Client
+    from gfs.namespace_api import DuReport, Stat
 
 DESCRIPTION = """\
 Hutong keeps files as deduplicated, compressed, content-defined chunks under

@@ -56,6 +56,7 @@ from gfs.meta import (
     open_engine,
 )
 from gfs.namespace import XattrSource
+from gfs.namespace_api import DuReport, Stat
 from gfs.read import ManifestReader
 from gfs.state import (
     check_identity,
@@ -72,88 +73,6 @@ Progress = Callable[[int], None]
 #: the block size of `iter_bytes` (read ahead by the manifest reader)
 READ_BLOCK = 4 << 20
 log = logging.getLogger("gfs.client")
-
-
-@dataclass(frozen=True)
-class Stat:
-    """What `stat` and `ls` tell about one namespace entry."""
-
-    path: str
-    kind: str
-    size: int
-    mode: int
-    uid: int
-    gid: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-    version: int
-    target: str
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1] or "/"
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == "dir"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The form printed by `--json` (mode as `-rw-r--r--`, times ISO 8601)."""
-        import datetime as dt
-
-        out: dict[str, Any] = {
-            "path": self.path, "name": self.name, "kind": self.kind, "size": self.size,
-            "mode": statmod.filemode(self.mode), "uid": self.uid, "gid": self.gid,
-            "inode": self.ino, "version": self.version,
-            "mtime": dt.datetime.fromtimestamp(self.mtime_ns / 1e9).isoformat(),
-        }
-        if self.kind == "symlink":
-            out["target"] = self.target
-        return out
-
-    @classmethod
-    def of(cls, path: str, node: Inode) -> Stat:
-        return cls(path, node.kind.name.lower(), node.size, namespace.st_mode(node), node.uid,
-                   node.gid, node.atime_ns, node.mtime_ns, node.ctime_ns, node.ino,
-                   node.version, node.target)
-
-
-@dataclass(frozen=True)
-class DuReport:
-    """Space used under a path: logical, after dedup, and as stored."""
-
-    path: str
-    files: int
-    dirs: int
-    symlinks: int
-    chunks: int
-    logical_bytes: int
-    unique_bytes: int
-    stored_bytes: int
-
-    @property
-    def dedup_ratio(self) -> float:
-        return self.logical_bytes / self.unique_bytes if self.unique_bytes else 1.0
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.unique_bytes / self.stored_bytes if self.stored_bytes else 1.0
-
-    @property
-    def total_ratio(self) -> float:
-        return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path, "files": self.files, "dirs": self.dirs,
-            "symlinks": self.symlinks, "chunks": self.chunks,
-            "logical_bytes": self.logical_bytes, "unique_bytes": self.unique_bytes,
-            "stored_bytes": self.stored_bytes, "dedup_ratio": round(self.dedup_ratio, 4),
-            "compression_ratio": round(self.compression_ratio, 4),
-            "total_ratio": round(self.total_ratio, 4),
-        }
 
 
 @dataclass

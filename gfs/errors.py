@@ -99,6 +99,21 @@ class InvalidPathError(_OSLike, ValueError):
     message = "invalid namespace path"
 
 
+class ReadOnlyError(_OSLike):
+    """Writes are refused for now (EROFS): on the federation, the entity's primary site
+    is unreachable; reads continue from its mirrors."""
+
+    errno_value = _errno.EROFS
+    message = "read-only file system"
+
+
+class UnavailableSiteError(_OSLike, ConnectionError):
+    """No site holding the data answered (EHOSTUNREACH); retry when one is back."""
+
+    errno_value = _errno.EHOSTUNREACH
+    message = "no site holding this data is reachable"
+
+
 class CorruptChunkError(_OSLike):
     """A stored chunk does not match its digest; run `hutong fsck` to find every damaged file."""
 

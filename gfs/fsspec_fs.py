@@ -31,11 +31,12 @@ import xxhash
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from gfs import namespace, paths
-from gfs.client import Client, Stat
+from gfs.client import Client
 from gfs.disk_cache import open_tier
 from gfs.errors import ExistsError, NotFoundError
 from gfs.files import NsWriter
 from gfs.meta import Kind
+from gfs.namespace_api import Stat
 from gfs.read import ManifestReader, cached
 from gfs.read.memory import DEFAULT_MEMORY_BYTES
 from gfs.store import release

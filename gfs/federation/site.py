@@ -29,7 +29,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gfs import namespace, paths
-from gfs.client import Client, Stat
+from gfs.client import Client
 from gfs.codec import CODEC_DELTA, check_encrypted_blob, decode_blob, parse_blob_header
 from gfs.errors import (
     CorruptChunkError,
@@ -73,6 +73,7 @@ from gfs.mover import (
     MoverError,
     TransferStats,
 )
+from gfs.namespace_api import Stat
 from gfs.packs import pack_key
 from gfs.schema import Schema, load, validate
 from gfs.store import Prepared, pin_chunks

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from gfs import paths
-from gfs.client import Client, Stat
+from gfs.client import Client
 from gfs.errors import (
     ExistsError,
     IsADirError,
@@ -34,6 +34,7 @@ from gfs.files import NsWriter
 from gfs.gateway.errors import S3Error
 from gfs.meta import Inode, Manifest
 from gfs.namespace import XattrSource
+from gfs.namespace_api import Stat
 
 UPLOADS = ".s3-uploads"
 ETAG = "user.s3.etag"

@@ -26,7 +26,7 @@ from wsgidav.dc.base_dc import BaseDomainController
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from gfs import paths
-from gfs.client import Client, Stat
+from gfs.client import Client
 from gfs.errors import (
     ExistsError,
     HutongError,
@@ -37,6 +37,7 @@ from gfs.errors import (
 )
 from gfs.files import NsWriter
 from gfs.gateway import credentials, metrics
+from gfs.namespace_api import Stat
 
 _CLIENT = "hutong.client"
 _STATUS = ((NotFoundError, HTTP_NOT_FOUND), (ExistsError, HTTP_CONFLICT),
