@@ -121,3 +121,28 @@ def test_a_blocked_write_does_not_stall_other_requests(served: Served, op: str) 
         served.gate.inner.release()
         writer.join(DEADLINE)
     assert not writer.is_alive() and "error" not in result, result
+
+
+def test_a_slow_gauge_does_not_stall_health(served: Served) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_gauge() -> float:  # a gauge reading a slow disk (the vault's usage)
+        entered.set()
+        release.wait(DEADLINE)
+        return 1.0
+    served.site.metrics.gauges["slow"] = slow_gauge
+    got: dict[str, Any] = {}
+
+    def scrape() -> None:
+        with SiteClient(served.url, timeout=DEADLINE) as sc:
+            got["text"] = sc.call("GET", "/metrics")
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        assert entered.wait(DEADLINE)
+        with SiteClient(served.url, timeout=PROMPT) as quick:
+            assert quick.health().status == "ok"
+    finally:
+        release.set()
+        scraper.join(DEADLINE)
+    assert b"hutong_site_slow 1.0" in got["text"]
