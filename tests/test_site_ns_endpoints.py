@@ -14,7 +14,7 @@ import pytest
 
 from gfs.errors import NotFoundError, UnavailableSiteError
 from gfs.federation.auth import AuthError, EntityKeys
-from gfs.federation.http import BadRequestError
+from gfs.federation.http import ApiError, BadRequestError
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
 
@@ -98,6 +98,25 @@ def test_symlink_setattr_xattrs_du(fed: Federation) -> None:
         assert sc.stat("/bank-a/data/f").mode & 0o7777 == 0o640
         with pytest.raises(NotFoundError):
             sc.stat("/bank-a/data/ghost")
+
+
+def test_ranged_reads_of_one_version(fed: Federation) -> None:
+    data = bytes(range(256)) * 4000
+    with _site(fed, "bank-a") as owner, _site(fed, "telco-b") as sc:
+        owner.write("/bank-a/rw/big", data)
+        st = sc.stat("/bank-a/rw/big")
+        assert sc.read("/bank-a/rw/big", 1000, 300_000, version=st.version) == \
+            data[1000:300_000]
+        assert sc.read("/bank-a/rw/big", 1_020_000) == data[1_020_000:]
+        assert sc.read("/bank-a/rw/big", 2_000_000, 3_000_000) == b""
+        owner.write("/bank-a/rw/big", b"new")
+        with pytest.raises(ApiError) as e:
+            sc.read("/bank-a/rw/big", 0, 10, version=st.version)
+        assert e.value.status == 409 and e.value.code == "version_changed"
+        with pytest.raises(BadRequestError, match="start"):
+            sc.call("GET", "/v1/ns/read", query={"path": "/bank-a/rw/big", "start": "-1"})
+        with pytest.raises(AuthError):  # a range does not widen the grant
+            sc.read("/bank-a/data/secret.txt", 0, 4)
 
 
 def test_visible_and_filtered_listing_for_a_grantee(fed: Federation) -> None:

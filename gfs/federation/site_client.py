@@ -217,9 +217,19 @@ class SiteClient:
                             [(r.id, r.length) for r in refs_from_wire(d["chunks"])],
                             [str(s) for s in d["sites"]])
 
-    def read(self, path: str) -> bytes:
-        """The whole file (checked against the caller's grants at the primary)."""
-        data = self.call("GET", "/v1/ns/read", query={"path": path})
+    def read(self, path: str, start: int = 0, end: int | None = None, *,
+             version: int | None = None) -> bytes:
+        """Bytes [start, end) of file `path` (checked against the caller's grants at the
+        primary; at most 64 MiB per call); with `version`, ApiError 409
+        `version_changed` if the file has another version now."""
+        q = {"path": path}
+        if start:
+            q["start"] = str(start)
+        if end is not None:
+            q["end"] = str(end)
+        if version is not None:
+            q["version"] = str(version)
+        data = self.call("GET", "/v1/ns/read", query=q)
         return data if isinstance(data, bytes) else str(data).encode()
 
     def write(self, path: str, data: bytes) -> Stat:
