@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gfs.errors import NotFoundError, UnavailableSiteError
+from gfs.errors import ExistsError, NotEmptyError, NotFoundError, UnavailableSiteError
 from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.http import ApiError, BadRequestError
 from gfs.federation.site_client import SiteClient
@@ -203,3 +203,20 @@ def test_unreachable_site_is_unavailable_site_error() -> None:
             pytest.raises(UnavailableSiteError) as e:
         sc.health()
     assert e.value.errno == errno.EHOSTUNREACH and isinstance(e.value, ConnectionError)
+
+
+def test_errors_come_back_as_gfs_errors(fed: Federation) -> None:
+    with _site(fed, "bank-a") as sc:
+        sc.mkdir("/bank-a/errs/sub", parents=True)
+        with pytest.raises(ExistsError):
+            sc.mkdir("/bank-a/errs/sub")
+        with pytest.raises(NotEmptyError):
+            sc.remove("/bank-a/errs")
+        with pytest.raises(NotFoundError):
+            sc.list_dir("/bank-a/errs/none")
+        with pytest.raises(AuthError) as e:
+            sc.stat("/telco-b/x")                  # not this site's entity
+        assert isinstance(e.value, PermissionError) and e.value.code == "path_outside_root"
+        assert sc.ls("/bank-a/errs/sub") == []
+        sc.write("/bank-a/errs/f", b"f")
+        assert [e.path for e in sc.ls("/bank-a/errs/f")] == ["/bank-a/errs/f"]  # a file: itself
