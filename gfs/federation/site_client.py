@@ -138,8 +138,11 @@ class SiteClient:
     """Typed calls to one site, authenticated with entity `keys` or a `token`."""
 
     def __init__(self, base_url: str, keys: EntityKeys | None = None, token: str | None = None,
-                 *, timeout: float = 30.0) -> None:
-        self.http = HttpClient(base_url, keys=keys, token=token, timeout=timeout)
+                 *, timeout: float = 30.0, **options: Any) -> None:
+        """`options` go to the HttpClient below (the one place a site connection is
+        made: transport options such as TLS trust belong here) and to `with_timeout`."""
+        self.options = options
+        self.http = HttpClient(base_url, keys=keys, token=token, timeout=timeout, **options)
 
     @property
     def base_url(self) -> str:
@@ -158,7 +161,8 @@ class SiteClient:
     def with_timeout(self, timeout: float) -> SiteClient:
         """Another client of the same site whose answers may take `timeout` seconds
         (a reconcile round or a mover pull moves data); close it after use."""
-        return SiteClient(self.base_url, self.http.keys, self.http.token, timeout=timeout)
+        return SiteClient(self.base_url, self.http.keys, self.http.token, timeout=timeout,
+                          **self.options)
 
     def call(self, method: str, path: str, payload: Any = None, *,
              query: Mapping[str, str] | None = None, body: bytes | None = None,
