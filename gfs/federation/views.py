@@ -61,10 +61,11 @@ class Visibility:
         return "hidden"
 
     def children(self, norm: str) -> list[str]:
-        """Names of the entries of synthesised directory (or the root) `norm`, sorted."""
+        """Names of the entries of synthesised directory `norm`, sorted (of the root: the
+        visible entities, the caller's own first)."""
         parts = paths.split(norm)
         if not parts:
-            return sorted(self.names())
+            return self.names()
         depth = len(parts)
         return sorted({paths.split(p)[depth] for p in self.prefixes(parts[0])
                        if _under(p, norm) and p != norm})
