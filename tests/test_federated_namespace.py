@@ -267,3 +267,15 @@ def test_kill_9_of_the_primary_during_an_upload_leaves_nothing(mirrored: Federat
     mirrored.wait_status("lab-1", "up")
     with _ns(mirrored, "lab") as ns:
         assert ns.read_bytes("/lab/up.bin") == b"old"
+
+
+def test_a_listing_is_revalidated_by_the_directory_version(fed: Federation) -> None:
+    with _ns(fed, "bank") as ns:
+        ns.mkdir("/bank/reval")
+        ns.write_bytes("/bank/reval/a", b"1")
+        top, entries = ns.ls_if_changed("/bank/reval", None)
+        assert top.kind == "dir" and [s.name for s in entries or []] == ["a"]
+        assert ns.ls_if_changed("/bank/reval", top.version) == (top, None)
+        ns.write_bytes("/bank/reval/b", b"2")
+        top2, entries2 = ns.ls_if_changed("/bank/reval", top.version)
+        assert top2.version != top.version and [s.name for s in entries2 or []] == ["a", "b"]

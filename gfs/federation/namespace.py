@@ -243,8 +243,25 @@ class FederatedNamespace:
                 except NotFoundError:  # a granted prefix that does not exist (yet)
                     continue
             return out
-        got = self._call(norm, "GET", "/v1/ns/list", query={"path": norm})
-        return ls_sorted([stat_from_wire(e) for e in got["entries"]])
+        entries = self.ls_if_changed(norm, None)[1]
+        assert entries is not None
+        return entries
+
+    def ls_if_changed(self, path: str, version: int | None) -> tuple[Stat, list[Stat] | None]:
+        """(the Stat of `path`, its entries as `ls` gives them), or entries None when the
+        directory's version is still `version` (one cheap request: a cache revalidates
+        a listing without fetching it again)."""
+        norm = paths.normalize(path)
+        if self.visibility().place(norm) in ("root", "synthetic"):
+            return self.stat(norm), self.ls(norm)
+        query = {"path": norm}
+        if version is not None:
+            query["if_version"] = str(version)
+        got = self._call(norm, "GET", "/v1/ns/list", query=query)
+        top = stat_from_wire(got["dir"], path=norm) if "dir" in got else self.stat(norm)
+        if got.get("unchanged"):
+            return top, None
+        return top, ls_sorted([stat_from_wire(e) for e in got["entries"]])
 
     def walk(self, path: str = "/") -> Iterator[Stat]:
         """`path` and everything below it the caller may see, depth first, parents first."""
