@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gfs.cli import port
 from gfs.env import state_dir
 from gfs.errors import ConfigError, HutongError
+from gfs.namespace_api import stat_to_wire
 from gfs.units import duration_arg, positive_duration_arg
 
 if TYPE_CHECKING:
@@ -374,11 +375,11 @@ def cmd_fed(args: argparse.Namespace) -> int:
         if args.fed_command == "ls":
             entries = fc.ls(args.path)
             if args.json:
-                print(json.dumps(entries))
+                print(json.dumps([stat_to_wire(e) for e in entries]))
             for e in entries if not args.json else ():
-                print(f"{e['kind']:<8} {e['size']:>12}  {e['path']}")
+                print(f"{e.kind:<8} {e.size:>12}  {e.path}")
         elif args.fed_command == "stat":
-            print(json.dumps(fc.stat(args.path)))
+            print(json.dumps(stat_to_wire(fc.stat(args.path))))
         elif args.fed_command == "cat":
             sys.stdout.buffer.write(fc.read_bytes(args.path))
         elif args.fed_command == "put":

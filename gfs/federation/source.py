@@ -63,11 +63,11 @@ class SiteSource:
         todo = list(dict.fromkeys(cids))
         got: dict[bytes, bytes] = {}
         problems: list[str] = []
-        for site in self.fc._candidates(holders, owner):
+        for site in self.fc.candidates(holders, owner):
             if not todo:
                 break
             try:
-                fetched = self.fc._fetch(site, owner, todo, problems, blobs=blobs)
+                fetched = self.fc.fetch_chunks(site, owner, todo, problems, blobs=blobs)
             except HutongError as e:
                 problems.append(f"{site}: {e}")
                 continue
