@@ -228,8 +228,14 @@ def test_primary_down_writes_are_erofs_and_reads_need_a_holder(mirrored: Federat
                 change()
         assert time.monotonic() - t0 < 5  # refused at once, no hang
         assert ns.read_bytes("/lab/d/f.txt") == b"committed"  # from the mirror
+        st = ns.stat("/lab/d/f.txt")  # so is a file's stat
+        assert (st.path, st.kind, st.size) == ("/lab/d/f.txt", "file", len(b"committed"))
         with pytest.raises(UnavailableSiteError):
             ns.read_bytes("/lab/alone.txt")
+        with pytest.raises(UnavailableSiteError):
+            ns.stat("/lab/alone.txt")
+        with pytest.raises(UnavailableSiteError):
+            ns.ls("/lab/d")  # no mirror of listings
     mirrored.start("lab-1")
     mirrored.wait_status("lab-1", "up")
     with _ns(mirrored, "lab") as ns:
