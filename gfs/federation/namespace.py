@@ -21,7 +21,7 @@ import io
 import stat as statmod
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,6 +30,7 @@ from gfs.disk_cache import DiskCache
 from gfs.errors import (
     CrossEntityError,
     ExistsError,
+    FileTooLargeError,
     InvalidPathError,
     IsADirError,
     NotFoundError,
@@ -314,7 +315,7 @@ class FederatedNamespace:
         with self._at(path) as (norm, site):
             if not self.fc.owner_mode(paths.split(norm)[0]):
                 # a grantee may not read chunks: whole files through the primary
-                return io.BufferedReader(io.BytesIO(self._not_dir(norm, site.read)))
+                return io.BufferedReader(io.BytesIO(self._whole(norm, site)))
             try:
                 m = site.manifest(norm)
             except ConnectionError:  # the primary is down: from a mirror
@@ -328,11 +329,18 @@ class FederatedNamespace:
         return io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
                                                 read_ahead=self.read_ahead), 1 << 20)
 
-    def _not_dir(self, norm: str, read: Callable[[str], bytes]) -> bytes:
+    def _whole(self, norm: str, site: SiteClient) -> bytes:
+        """File `norm` read whole through its primary (a grantee's read)."""
         try:
-            return read(norm)
+            return site.read(norm)
         except IsADirError:
             raise _not_a_file(self.stat(norm)) from None
+        except ApiError as e:
+            if e.status != 413:
+                raise
+            raise FileTooLargeError(norm, f"another entity's file is read whole through its "
+                                    f"primary, and this one is too large for that ({e}); "
+                                    "ask its owner for a copy in parts") from None
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""
