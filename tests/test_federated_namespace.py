@@ -73,8 +73,11 @@ def _ns(fed: Federation, entity: str | None = None, token: str | None = None,
 
 def test_the_root_lists_the_callers_entity_first(fed: Federation) -> None:
     with _ns(fed, "telco") as ns:
-        assert [s.path for s in ns.ls("/")] == ["/telco", "/bank"]
-        assert all(s.kind == "dir" for s in ns.ls("/"))
+        own, granted = ns.ls("/")
+        assert [own.path, granted.path] == ["/telco", "/bank"]
+        assert own == ns.stat("/telco") and own.ino != 0  # its real, writable root
+        assert granted == ns.stat("/bank") and granted.ino == 0  # synthesised, read-only
+        assert granted.kind == own.kind == "dir" and granted.mode & 0o222 == 0
         assert ns.stat("/").kind == "dir"
     with _ns(fed, "bank") as ns:
         assert [s.path for s in ns.ls("/")] == ["/bank"]  # telco granted bank nothing

@@ -213,6 +213,16 @@ class FederatedNamespace:
     def _synthetic(self, norm: str) -> Stat:
         return Stat(norm, "dir", 0, SYNTHETIC_MODE, 0, 0, 0, 0, 0, 0, 0, "")
 
+    def _entity_root(self, entity: str) -> Stat:
+        """`/ENTITY` as the root lists it: its real stat where the caller sees all of it
+        (its mode says whether it may write there), else (or while the primary is
+        unreachable) a synthesised directory."""
+        top = f"/{entity}"
+        if self.visibility().place(top) == "real":
+            with contextlib.suppress(UnavailableSiteError, NotFoundError):
+                return self.stat(top)
+        return self._synthetic(top)
+
     def _shown(self, norm: str) -> bool:
         """Whether `norm` is the root or a synthesised directory of the caller's view."""
         return self.visibility().place(norm) in ("root", "synthetic")
@@ -254,7 +264,7 @@ class FederatedNamespace:
         view = self.visibility()
         where = view.place(norm)
         if where == "root":
-            return self._synthetic(norm), [self._synthetic(f"/{e}") for e in view.names()]
+            return self._synthetic(norm), [self._entity_root(e) for e in view.names()]
         if where == "synthetic":
             out = []
             for name in view.children(norm):
