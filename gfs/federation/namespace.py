@@ -22,6 +22,7 @@ import stat as statmod
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -147,16 +148,18 @@ class FederatedNamespace:
         if self.entity is not None and self.fc.keys is not None:
             prefixes[self.entity] = [f"/{self.entity}"]
         old = self._view[1] if self._view is not None else None
-        for name in self._entity_records():
-            if name in prefixes:
-                continue
+
+        def ask(name: str) -> list[str]:
             try:
-                prefixes[name] = self._site(name)[1].visible().prefixes
+                return self._site(name)[1].visible().prefixes
             except UnavailableSiteError:  # its primary is down: keep what it showed last
-                if old is not None and old.prefixes(name):
-                    prefixes[name] = list(old.prefixes(name))
+                return list(old.prefixes(name)) if old is not None else []
             except (PermissionError, ApiError):
-                continue
+                return []
+        others = [n for n in self._entity_records() if n not in prefixes]
+        if others:  # one round trip for all, not one per entity
+            with ThreadPoolExecutor(min(len(others), 16)) as pool:
+                prefixes.update(zip(others, pool.map(ask, others), strict=True))
         return Visibility.of(self.entity, prefixes)
 
     @contextlib.contextmanager
