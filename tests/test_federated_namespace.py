@@ -316,3 +316,28 @@ def test_a_grantee_gets_a_clear_error_for_a_file_too_large_to_read_whole(
         with pytest.raises(FileTooLargeError, match="read whole") as e:
             ns.open("/bank/shared/huge.bin")
         assert e.value.errno == errno.EFBIG
+
+
+def test_one_namespace_serves_many_threads(fed: Federation) -> None:
+    """A mount or gfs:// calls one namespace from many threads at once."""
+    blobs = {f"/bank/threads/f{i}": os.urandom(300_000 + i) for i in range(8)}
+    with _ns(fed, "bank", memory_bytes=2 << 20) as ns:
+        ns.mkdir("/bank/threads")
+        errors: list[BaseException] = []
+
+        def work(path: str, data: bytes) -> None:
+            try:
+                for _ in range(3):
+                    ns.write_bytes(path, data)
+                    assert ns.read_bytes(path) == data
+                    assert ns.stat(path).size == len(data)
+            except BaseException as e:  # handed to the test thread
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=kv) for kv in blobs.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and not any(t.is_alive() for t in threads), errors
+        assert {s.path: s.size for s in ns.ls("/bank/threads")} == {
+            p: len(d) for p, d in blobs.items()}
