@@ -62,6 +62,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
             fc.write_bytes("/bank/secret/keys.txt", b"do not read")
             fc.write_bytes("/bank/top.txt", b"top level")
             fc.grant("/bank/shared/**", "telco", "read")
+            fc.mkdir("/bank/inbox")
+            fc.grant("/bank/inbox/**", "telco", "write")
         yield f
 
 
@@ -81,17 +83,20 @@ def test_the_root_lists_the_callers_entity_first(fed: Federation) -> None:
         assert ns.stat("/").kind == "dir"
     with _ns(fed, "bank") as ns:
         assert [s.path for s in ns.ls("/")] == ["/bank"]  # telco granted bank nothing
-        assert [s.name for s in ns.ls("/bank")] == ["secret", "shared", "top.txt"]
+        assert [s.name for s in ns.ls("/bank")] == ["inbox", "secret", "shared", "top.txt"]
 
 
 def test_a_grantee_sees_exactly_the_granted_part(fed: Federation) -> None:
     with _ns(fed, "telco") as ns:
-        assert [s.name for s in ns.ls("/bank")] == ["shared"]
+        assert [s.name for s in ns.ls("/bank")] == ["inbox", "shared"]
         assert ns.stat("/bank").kind == "dir"
-        walked = [s.path for s in ns.walk("/bank")]  # other tests add files to shared/
-        assert walked[:2] == ["/bank", "/bank/shared"]
+        walked = [s.path for s in ns.walk("/bank/shared")]  # other tests add files
+        assert walked[0] == "/bank/shared"
         assert {"/bank/shared/q1", "/bank/shared/q1/data.csv"} <= set(walked)
-        assert all(p.startswith("/bank/shared/") for p in walked[2:])
+        assert all(p.startswith("/bank/shared/") for p in walked[1:])
+        assert {s.path for s in ns.walk("/bank")} == {"/bank", "/bank/inbox",
+                                                      *(s.path for s in ns.walk("/bank/inbox")),
+                                                      *walked}
         assert ns.read_bytes("/bank/shared/q1/data.csv") == b"a,b\n1,2\n"
         with ns.open("/bank/shared/q1/data.csv") as f:
             f.seek(4)
@@ -313,7 +318,7 @@ def test_a_grantee_gets_a_clear_error_for_a_file_too_large_to_read_whole(
         owner.write_bytes("/bank/shared/huge.bin", bytes(65 << 20))  # zeros: one chunk
     with _ns(fed, "telco") as ns:
         assert ns.stat("/bank/shared/huge.bin").size == 65 << 20
-        with pytest.raises(FileTooLargeError, match="read whole") as e:
+        with pytest.raises(FileTooLargeError, match="read and written whole") as e:
             ns.open("/bank/shared/huge.bin")
         assert e.value.errno == errno.EFBIG
 
@@ -341,3 +346,17 @@ def test_one_namespace_serves_many_threads(fed: Federation) -> None:
         assert not errors and not any(t.is_alive() for t in threads), errors
         assert {s.path: s.size for s in ns.ls("/bank/threads")} == {
             p: len(d) for p, d in blobs.items()}
+
+
+def test_a_grantee_writes_where_it_may(fed: Federation) -> None:
+    with _ns(fed, "telco") as ns:
+        assert [s.name for s in ns.ls("/bank")] == ["inbox", "shared"]
+        ns.write_bytes("/bank/inbox/report.csv", b"x,y\n")
+        with ns.open("/bank/inbox/report.csv") as f:
+            assert f.read() == b"x,y\n"
+        with pytest.raises(FileTooLargeError, match="whole") as e:
+            ns.write_bytes("/bank/inbox/huge.bin", bytes(65 << 20))
+        assert e.value.errno == errno.EFBIG
+    with _ns(fed, "bank") as owner:
+        assert owner.read_bytes("/bank/inbox/report.csv") == b"x,y\n"
+        assert not owner.exists("/bank/inbox/huge.bin")

@@ -174,6 +174,12 @@ class FederatedNamespace:
             if write:
                 raise PermissionDeniedError(path, f"not allowed to change it ({e})") from None
             raise NotFoundError(path) from None
+        except ApiError as e:
+            if e.status != 413:
+                raise
+            raise FileTooLargeError(path, "another entity's files are read and written whole "
+                                    f"through its primary, and this one is too large for that "
+                                    f"({e}); ask its owner for a copy in parts") from None
         except (UnavailableError, UnavailableSiteError) as e:
             ent = (paths.split(path) or ["?"])[0]
             if write:
@@ -348,12 +354,6 @@ class FederatedNamespace:
             return site.read(norm)
         except IsADirError:
             raise _not_a_file(self.stat(norm)) from None
-        except ApiError as e:
-            if e.status != 413:
-                raise
-            raise FileTooLargeError(norm, f"another entity's file is read whole through its "
-                                    f"primary, and this one is too large for that ({e}); "
-                                    "ask its owner for a copy in parts") from None
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""
