@@ -393,3 +393,8 @@ def test_a_grantee_writes_where_it_may(fed: Federation) -> None:
     with _ns(fed, "bank") as owner:
         assert owner.read_bytes("/bank/inbox/report.csv") == b"x,y\n"
         assert not owner.exists("/bank/inbox/huge.bin")
+
+
+def test_credentials_of_another_entity_are_refused_at_once(fed: Federation) -> None:
+    with pytest.raises(PermissionDeniedError, match="credentials are 'bank'"):
+        FederatedNamespace(fed.registry_url, keys=fed.keys("bank"), entity="telco")
