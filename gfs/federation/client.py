@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gfs import chunking, paths
-from gfs.codec import decode_blob, decode_encrypted_blob, encode_blobs, keyed_chunk_id
+from gfs.codec import decode_blob, decode_encrypted_blob, keyed_chunk_id
 from gfs.errors import (
     ConfigError,
     CorruptChunkError,
@@ -41,14 +41,13 @@ from gfs.federation.site_client import (
     SiteUnavailableError,
 )
 from gfs.federation.source import SiteSource
-from gfs.federation.wire import MAX_IDS
+from gfs.federation.upload import put_missing
 from gfs.meta import Manifest
 from gfs.namespace_api import Stat
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import prepare
 
 SITES_TTL = 5.0
-PUT_BATCH_BYTES = 16 << 20
 PULL_BATCH = 4096
 """Chunk ids per `/v1/mover/pull` request (the site's limit)."""
 PULL_TIMEOUT = 600.0
@@ -269,13 +268,14 @@ class FederationClient:
         return ManifestReader(self.cache, norm, manifest).read_range(0, manifest.size)
 
     def fetch_chunks(self, site: str, owner: str, cids: list[bytes], problems: list[str],
-                     *, blobs: bool = False) -> dict[bytes, bytes]:
+                     *, blobs: bool = False, path: str | None = None) -> dict[bytes, bytes]:
         """Verified raw chunks `cids` of entity `owner` that `site` returns (`blobs`: their
         stored blobs, from the owner's own sites only); bad copies are counted and
-        described in `problems`."""
+        described in `problems`. A caller that is not the owner reads only chunks of a
+        file it may read (`path`), at the owner's primary."""
         rec = self.sites()[site]
         foreign = rec["entity"] != owner
-        if foreign and (self.keys is None or blobs):
+        if foreign and (self.keys is None or blobs or not self._owner_mode(owner)):
             return {}
         out: dict[bytes, bytes] = {}
         sc = self.site(site)
@@ -285,8 +285,8 @@ class FederationClient:
                 assert self.keys is not None
                 keys = self.keys
                 frames = sc.get([keyed_chunk_id(c, keys.id_key) for c in batch], owner=owner)
-            else:
-                frames = sc.get(batch)
+            else:  # a caller that may not read every chunk names the file (`path`)
+                frames = sc.get(batch, path=None if self._owner_mode(owner) else path)
             for cid, blob in zip(batch, frames, strict=True):
                 if not blob:
                     continue
@@ -314,23 +314,8 @@ class FederationClient:
         if not self._owner_mode(owner):
             return site.write(norm, data)
         prep = prepare(data, self.params)
+        put_missing(site, prep.refs, prep.pieces, self.level)
         refs = prep.refs
-        uniq = list(dict.fromkeys(r.id for r in refs))
-        have = site.has(uniq)
-        need = {c for c, h in zip(uniq, have, strict=True) if not h}
-        pieces = {r.id: p for r, p in zip(refs, prep.pieces, strict=True) if r.id in need}
-        order = list(pieces)
-        batch: list[bytes] = []
-        size = 0
-        for head, payload in encode_blobs([pieces[c] for c in order], order, self.level):
-            blob = head + bytes(payload)
-            batch.append(blob)
-            size += len(blob)
-            if size >= PUT_BATCH_BYTES or len(batch) >= MAX_IDS:
-                site.put(batch)
-                batch, size = [], 0
-        if batch:
-            site.put(batch)
         return site.commit(norm, refs, mode)
 
     # -- site-to-site transfers -----------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from gfs import paths
-from gfs.errors import ChunkMissingError, HutongError
+from gfs.errors import ChunkMissingError, HutongError, UnavailableSiteError
 from gfs.read.source import PathOf
 
 if TYPE_CHECKING:
@@ -59,23 +59,42 @@ class SiteSource:
             raise ChunkMissingError(path, f"chunk {cids[0].hex()}: no file names the entity "
                                     "that owns it; read it through a path /ENTITY/...")
         owner = parts[0]
-        holders = self._holders_of(path, owner)
+        if self.fc.owner_mode(owner):
+            holders = self._holders_of(path, owner)
+        else:  # a grantee reads the file's chunks at the primary (first of the holders)
+            with self._lock:
+                known = self._holders.get(path)
+            if known is None:
+                try:
+                    known = [self.fc.primary(path)[1]]
+                except HutongError:  # no such entity, or no primary: no holder to ask
+                    known = []
+            holders = known[:1]
         todo = list(dict.fromkeys(cids))
         got: dict[bytes, bytes] = {}
         problems: list[str] = []
+        answered = tried = False
         for site in self.fc.candidates(holders, owner):
             if not todo:
                 break
+            tried = True
             try:
-                fetched = self.fc.fetch_chunks(site, owner, todo, problems, blobs=blobs)
+                fetched = self.fc.fetch_chunks(site, owner, todo, problems, blobs=blobs,
+                                               path=path)
             except HutongError as e:
                 problems.append(f"{site}: {e}")
+                answered = answered or not isinstance(e, ConnectionError)
                 continue
+            answered = True
             got.update(fetched)
             todo = [c for c in todo if c not in got]
         if todo:
-            what = "a plain (owner's) copy" if blobs else "a readable copy"
             ids = ", ".join(c.hex() for c in todo[:4]) + (", ..." if len(todo) > 4 else "")
+            if tried and not answered:  # no holder could be asked: not a data loss
+                raise UnavailableSiteError(path, f"{len(todo)} chunks of {path} ({ids}): no "
+                                           f"site holding them answered ({holders}): "
+                                           + "; ".join(problems)[:800])
+            what = "a plain (owner's) copy" if blobs else "a readable copy"
             raise ChunkMissingError(path, f"{len(todo)} chunks of {path} ({ids}) have no "
                                     f"readable copy: none has {what} at any of {holders}: "
                                     + "; ".join(problems)[:800])
@@ -89,18 +108,28 @@ class SiteSource:
     def get_many(self, cids: Iterable[bytes], *,
                  path_of: PathOf | None = None) -> dict[bytes, bytes]:
         """Verified raw bytes of `cids`: one batched request per site per file."""
+        return self._by_file(cids, path_of, blobs=False)
+
+    def _by_file(self, cids: Iterable[bytes], path_of: PathOf | None, *,
+                 blobs: bool) -> dict[bytes, bytes]:
         by_path: dict[str, list[bytes]] = defaultdict(list)
         for cid in dict.fromkeys(cids):
             by_path[path_of(cid) if path_of else ""].append(cid)
         out: dict[bytes, bytes] = {}
         for path, ids in by_path.items():
-            out.update(self._fetch(path, ids, blobs=False))
+            out.update(self._fetch(path, ids, blobs=blobs))
         return out
 
     def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
         """The verified stored blob of chunk `cid` from one of the owner's own sites
         (other sites hold it encrypted for the owner)."""
         return self._fetch(path, [cid], blobs=True)[cid]
+
+    def get_blob_many(self, cids: Iterable[bytes], *,
+                      path_of: PathOf | None = None) -> dict[bytes, bytes]:
+        """Verified stored blobs of `cids` from the owner's own sites, one batched request
+        per site per file (what a disk tier keeps; `gfs.read.source.BlobBatches`)."""
+        return self._by_file(cids, path_of, blobs=True)
 
     def worth_caching(self, cid: bytes) -> bool:
         """Always: every copy is across the network."""

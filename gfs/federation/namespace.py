@@ -1,0 +1,439 @@
+"""`FederatedNamespace`: the global tree across entities and sites, as a `Namespace`.
+
+    ns = FederatedNamespace("http://registry:8700", keys=EntityKeys.load(d), near="b-1")
+    ns.ls("/")                          # the entities the caller may see, its own first
+    with ns.open("/bank-a/shared/x.parquet") as f: ...   # nearest verified replicas
+    ns.write_bytes("/telco-b/out/y.csv", data)           # close-to-open commit
+
+`/ENTITY/...` lives at that entity's primary site; a grantee sees only the
+directories leading to what it was granted (see gfs.federation.views).
+Reads go through the one read stack (memory and disk tiers over the sites'
+verified chunks, nearest replica first; while the primary is down, manifests
+come from mirrors). Writes spool locally and commit on close
+(gfs.federation.upload); while the primary is down they raise ReadOnlyError.
+Errors are the embedded store's (`gfs.errors`), so code runs on either back end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import stat as statmod
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gfs import paths
+from gfs.disk_cache import DiskCache
+from gfs.errors import (
+    CrossEntityError,
+    ExistsError,
+    FileTooLargeError,
+    InvalidPathError,
+    IsADirError,
+    NotFoundError,
+    NotPermittedError,
+    PermissionDeniedError,
+    ReadOnlyError,
+    UnavailableSiteError,
+)
+from gfs.federation.auth import AuthError, EntityKeys, token_claims, token_issuer
+from gfs.federation.client import FederationClient
+from gfs.federation.http import ApiError, UnavailableError
+from gfs.federation.site_client import SiteClient, SiteUnavailableError
+from gfs.federation.upload import SpoolWriter, upload
+from gfs.federation.views import Visibility
+from gfs.meta import Manifest
+from gfs.namespace_api import DuReport, Stat
+from gfs.read import ManifestReader, MemoryTier
+from gfs.read.memory import DEFAULT_MEMORY_BYTES
+from gfs.read.reader import READ_AHEAD_BYTES
+from gfs.read.stack import cached
+
+#: Seconds the entities, their primaries and what the caller may see are kept.
+VIEW_TTL = 5.0
+#: Largest read-ahead of a reader (bytes): 40 ms at 1 Gbit/s is 5 MB in flight.
+WAN_READ_AHEAD = 8 << 20
+#: Requests for chunks in flight at once (the memory tier's prefetch threads).
+FETCH_THREADS = 8
+#: Mode of a directory the federation synthesises (the root, the way to a grant).
+SYNTHETIC_MODE = statmod.S_IFDIR | 0o555
+
+
+class FederatedNamespace:
+    """The federation as a `gfs.namespace_api.Namespace` (see the module docstring)."""
+
+    def __init__(self, registry: str, *, keys: EntityKeys | None = None,
+                 token: str | None = None, entity: str | None = None,
+                 near: str | None = None, cache_dir: Path | None = None,
+                 memory_bytes: int | None = None) -> None:
+        me = keys.name if keys is not None else token_issuer(token) if token else None
+        if entity is not None and me is not None and entity != me:
+            raise PermissionDeniedError(f"/{entity}", f"the credentials are {me!r}'s, not "
+                                        f"{entity!r}'s; use that entity's keys or token")
+        self.entity = entity or me
+        memory = DEFAULT_MEMORY_BYTES if memory_bytes is None else memory_bytes
+        self.fc = FederationClient(registry, keys=keys, token=token, near=near,
+                                   cache_bytes=0)
+        self.chunks: MemoryTier = cached(
+            self.fc.source, memory, threads=FETCH_THREADS,
+            disk=None if cache_dir is None else DiskCache(cache_dir))
+        """The read stack every chunk read of this namespace goes through."""
+        self.read_ahead = max(READ_AHEAD_BYTES, min(WAN_READ_AHEAD, memory // 32))
+        """Bytes a reader fetches ahead: what keeps a long link busy, within the memory
+        tier's small queue (a 32nd of it) so that prefetched chunks stay until read."""
+        self.spool_dir = None if cache_dir is None else Path(cache_dir)
+        self._lock = threading.Lock()
+        self._entities: tuple[float, dict[str, dict[str, Any]]] | None = None
+        self._view: tuple[float, Visibility] | None = None
+
+    def close(self) -> None:
+        """Release connections and the cache tiers."""
+        self.chunks.close()
+        self.fc.close()
+
+    def __enter__(self) -> FederatedNamespace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- who sees what -------------------------------------------------------------------
+    def sites(self) -> dict[str, dict[str, Any]]:
+        """Every registered site by name, with its entity, region and status."""
+        with self._errors("/", write=False):
+            return self.fc.sites()
+
+    def _entity_records(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            if self._entities is not None and time.monotonic() - self._entities[0] < VIEW_TTL:
+                return self._entities[1]
+        recs = {str(r["name"]): r for r in self.fc.registry.call("GET", "/v1/entities")
+                ["entities"]}
+        with self._lock:
+            self._entities = (time.monotonic(), recs)
+        return recs
+
+    def _site(self, entity: str) -> tuple[str, SiteClient]:
+        """(name, client) of `entity`'s primary site."""
+        rec = self._entity_records().get(entity)
+        if rec is None:
+            raise NotFoundError(f"/{entity}")
+        primary = rec.get("primary")
+        if not primary:
+            raise SiteUnavailableError(f"/{entity}", f"entity {entity!r} has no primary "
+                                       "site registered", 503, "no_primary")
+        return str(primary), self.fc.site(str(primary))
+
+    def visibility(self, refresh: bool = False) -> Visibility:
+        """The entities and prefixes the caller may see (kept VIEW_TTL seconds)."""
+        with self._lock:
+            if (not refresh and self._view is not None
+                    and time.monotonic() - self._view[0] < VIEW_TTL):
+                return self._view[1]
+        with self._errors("/", write=False):
+            view = self._fetch_visibility()
+        with self._lock:
+            self._view = (time.monotonic(), view)
+        return view
+
+    def _fetch_visibility(self) -> Visibility:
+        if self.fc.token is not None:  # a token reaches its prefix of its issuer only
+            return Visibility.of(self.entity, {str(self.entity):
+                                               [str(token_claims(self.fc.token)["prefix"])]})
+        prefixes: dict[str, list[str]] = {}
+        if self.entity is not None and self.fc.keys is not None:
+            prefixes[self.entity] = [f"/{self.entity}"]
+        old = self._view[1] if self._view is not None else None
+
+        def ask(name: str) -> list[str]:
+            try:
+                return self._site(name)[1].visible().prefixes
+            except UnavailableSiteError:  # its primary is down: keep what it showed last
+                return list(old.prefixes(name)) if old is not None else []
+            except (PermissionError, ApiError):
+                return []
+        others = [n for n in self._entity_records() if n not in prefixes]
+        if others:  # one round trip for all, not one per entity
+            with ThreadPoolExecutor(min(len(others), 16)) as pool:
+                prefixes.update(zip(others, pool.map(ask, others), strict=True))
+        return Visibility.of(self.entity, prefixes)
+
+    @contextlib.contextmanager
+    def _errors(self, path: str, *, write: bool) -> Iterator[None]:
+        """The site's refusals as the embedded store's errors: a read refused is a path
+        that does not exist for the caller; an unreachable primary makes writes EROFS."""
+        try:
+            yield
+        except (AuthError, PermissionDeniedError) as e:
+            if isinstance(e, AuthError) and e.status != 403:
+                raise
+            if write:
+                raise PermissionDeniedError(path, f"not allowed to change it ({e})") from None
+            raise NotFoundError(path) from None
+        except ApiError as e:
+            if e.status != 413:
+                raise
+            raise FileTooLargeError(path, "another entity's files are read and written whole "
+                                    f"through its primary, and this one is too large for that "
+                                    f"({e}); ask its owner for a copy in parts") from None
+        except (UnavailableError, UnavailableSiteError) as e:
+            ent = (paths.split(path) or ["?"])[0]
+            if write:
+                raise ReadOnlyError(path, f"read-only: the primary site of {ent!r} is "
+                                    f"unreachable ({e}); writes are refused until it is back, "
+                                    "reads continue from its mirrors") from None
+            raise UnavailableSiteError(path, f"no site of {ent!r} holding it answered ({e}); "
+                                       "retry when one is back") from None
+
+    def _real(self, path: str, *, write: bool = False) -> tuple[str, str]:
+        """(normalised path, entity) of a path in the real tree the caller sees; a path
+        outside it is NotFoundError (a change next to a synthesised directory:
+        PermissionDeniedError)."""
+        norm = paths.normalize(path)
+        view = self.visibility()
+        where = view.place(norm)
+        if where == "real":
+            return norm, paths.split(norm)[0]
+        parent = paths.join(paths.split(norm)[:-1])
+        if write and where == "hidden" and view.place(parent) in ("root", "synthetic"):
+            raise PermissionDeniedError(norm, "only what its entity granted may be "
+                                        "changed here")
+        if write and where in ("root", "synthetic"):
+            raise NotPermittedError(norm, "a directory of the federation's view (the root, "
+                                    "or the way to a grant) cannot be changed")
+        raise NotFoundError(norm)
+
+    @contextlib.contextmanager
+    def _at(self, path: str, *, write: bool = False) -> Iterator[tuple[str, SiteClient]]:
+        """(normalised path, its primary's client) for one call in the real tree, the
+        call's errors translated (`_errors`); a write first checks the primary is up."""
+        norm, ent = self._real(path, write=write)
+        with self._errors(norm, write=write):
+            primary, site = self._site(ent)
+            if write and self.fc.sites().get(primary, {}).get("status") not in (None, "up"):
+                raise SiteUnavailableError(primary, f"site {primary} is down")
+            yield norm, site
+
+    # -- reading -------------------------------------------------------------------------
+    def _synthetic(self, norm: str) -> Stat:
+        return Stat(norm, "dir", 0, SYNTHETIC_MODE, 0, 0, 0, 0, 0, 0, 0, "")
+
+    def _entity_root(self, entity: str) -> Stat:
+        """`/ENTITY` as the root lists it: its real stat where the caller sees all of it
+        (its mode says whether it may write there), else (or while the primary is
+        unreachable) a synthesised directory."""
+        top = f"/{entity}"
+        if self.visibility().place(top) == "real":
+            with contextlib.suppress(UnavailableSiteError, NotFoundError):
+                return self.stat(top)
+        return self._synthetic(top)
+
+    def _shown(self, norm: str) -> bool:
+        """Whether `norm` is the root or a synthesised directory of the caller's view."""
+        return self.visibility().place(norm) in ("root", "synthetic")
+
+    def stat(self, path: str) -> Stat:
+        """The entry at `path` (symlinks are not followed); while the primary is down,
+        a file's stat as a mirror holds it (for the owner entity)."""
+        norm = paths.normalize(path)
+        if self._shown(norm):
+            return self._synthetic(norm)
+        with self._at(norm) as (n, site):
+            try:
+                return site.stat(n)
+            except ConnectionError:
+                if not self.fc.owner_mode(paths.split(n)[0]):
+                    raise
+                return self.fc.manifest(n).stat
+
+    def exists(self, path: str) -> bool:
+        """Whether `path` names an entry the caller may see."""
+        try:
+            self.stat(path)
+        except NotFoundError:
+            return False
+        return True
+
+    def ls(self, path: str = "/") -> list[Stat]:
+        """The entries of directory `path` (or the file itself), each with its full Stat;
+        the root lists the visible entities, the caller's own first."""
+        entries = self.ls_if_changed(path, None)[1]
+        assert entries is not None
+        return entries
+
+    def ls_if_changed(self, path: str, version: int | None) -> tuple[Stat, list[Stat] | None]:
+        """(the Stat of `path`, its entries as `ls` gives them), or entries None when the
+        directory's version is still `version` (one cheap request: a cache revalidates
+        a listing without fetching it again)."""
+        norm = paths.normalize(path)
+        view = self.visibility()
+        where = view.place(norm)
+        if where == "root":
+            return self._synthetic(norm), [self._entity_root(e) for e in view.names()]
+        if where == "synthetic":
+            out = []
+            for name in view.children(norm):
+                try:
+                    out.append(self.stat(f"{norm.rstrip('/')}/{name}"))
+                except NotFoundError:  # a granted prefix that does not exist (yet)
+                    continue
+            return self._synthetic(norm), out
+        with self._at(norm) as (n, site):
+            listing = site.list_dir(n, if_version=version)
+        return listing.dir, listing.entries
+
+    def walk(self, path: str = "/") -> Iterator[Stat]:
+        """`path` and everything below it the caller may see, depth first, parents first."""
+        stack = [self.stat(path)]
+        while stack:
+            st = stack.pop()
+            yield st
+            if st.kind == "dir":
+                stack.extend(reversed(self.ls(st.path)))
+
+    def readlink(self, path: str) -> str:
+        """The target of symlink `path`."""
+        st = self.stat(path)
+        if st.kind != "symlink":
+            raise InvalidPathError(st.path, "not a symlink")
+        return st.target
+
+    def du(self, path: str = "/") -> DuReport:
+        """Space used under `path`; above the real tree, the sum over the visible prefixes
+        below it (chunks shared between prefixes count once per prefix)."""
+        norm = paths.normalize(path)
+        view = self.visibility()
+        if view.place(norm) in ("root", "synthetic"):
+            tops = [p for _, ps in view.entities for p in ps
+                    if norm == "/" or p.startswith(norm.rstrip("/") + "/")]
+            total = DuReport(norm, 0, 0, 0, 0, 0, 0, 0)
+            for top in tops:
+                try:
+                    r = self.du(top)
+                except NotFoundError:
+                    continue
+                total = DuReport(norm, *(a + b for a, b in zip(
+                    _du_counts(total), _du_counts(r), strict=True)))
+            return total
+        with self._at(norm) as (n, site):
+            return site.du(n)
+
+    def open(self, path: str, mode: str = "rb", *, perm: int | None = None) -> BinaryIO:
+        """A seekable reader of the version committed now ("rb"), or a writer ("wb") whose
+        bytes become visible all at once when it is closed (close-to-open)."""
+        if mode in ("wb", "w"):
+            norm, _ = self._real(path, write=True)
+            return SpoolWriter(norm, lambda f, size: self._commit(norm, f, size, perm),
+                               self.spool_dir)  # type: ignore[return-value]
+        if mode not in ("rb", "r"):
+            raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
+        with self._at(path) as (norm, site):
+            try:
+                m = site.manifest(norm)
+            except ConnectionError:  # the primary is down: from a mirror
+                m = self.fc.manifest(norm)
+            except IsADirError:  # the site says so of symlinks too
+                raise _not_a_file(self.stat(norm)) from None
+        if m.stat.kind != "file":
+            raise _not_a_file(m.stat)
+        self.fc.source.note(norm, m.sites)
+        manifest = Manifest(m.stat.version, tuple(m.refs()))
+        return io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
+                                                read_ahead=self.read_ahead), 1 << 20)
+
+    def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of file `path` (all of it by default)."""
+        with self.open(path) as f:
+            f.seek(max(start, 0))
+            return f.read() if end is None else f.read(max(end - max(start, 0), 0))
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        """The extended attributes of `path` by name."""
+        norm = paths.normalize(path)
+        if self._shown(norm):
+            return {}
+        with self._at(norm) as (n, site):
+            return site.xattrs(n)
+
+    # -- changing ------------------------------------------------------------------------
+    def _commit(self, path: str, f: BinaryIO, size: int, perm: int | None) -> None:
+        with self._at(path, write=True) as (norm, site):
+            upload(site, norm, f, size, owner=self.fc.owner_mode(paths.split(norm)[0]),
+                   mode=perm, params=self.fc.params, level=self.fc.level)
+
+    def write_bytes(self, path: str, data: bytes, *, perm: int | None = None) -> None:
+        """Create or replace file `path` with `data`, atomically."""
+        with self.open(path, "wb", perm=perm) as f:
+            f.write(data)
+
+    def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> None:
+        """Create directory `path` (`parents`: and the missing ones above it)."""
+        norm = paths.normalize(path)
+        if self._shown(norm):
+            if exist_ok:
+                return
+            raise ExistsError(norm)
+        with self._at(norm, write=True) as (n, site):
+            site.mkdir(n, parents=parents, exist_ok=exist_ok)
+
+    def rm(self, path: str, *, recursive: bool = False) -> None:
+        """Remove `path` (a non-empty directory needs `recursive`)."""
+        with self._at(path, write=True) as (n, site):
+            site.remove(n, recursive=recursive)
+
+    def mv(self, src: str, dst: str) -> None:
+        """Rename `src` to `dst` (into `dst` when it is a directory), within one entity."""
+        s, d = paths.normalize(src), paths.normalize(dst)
+        se, de = paths.split(s)[:1], paths.split(d)[:1]
+        if se and de and se != de:
+            raise CrossEntityError(s, f"cannot rename to {d}: it belongs to another entity; "
+                                   "copy it there, then remove it")
+        self._real(d, write=True)
+        with self._at(s, write=True) as (n, site):
+            site.rename(n, d)
+
+    def symlink(self, path: str, target: str) -> None:
+        """Create symlink `path` -> `target`."""
+        with self._at(path, write=True) as (n, site):
+            site.symlink(n, target)
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Set the permission bits of `path`."""
+        with self._at(path, write=True) as (n, site):
+            site.setattr(n, mode=mode)
+
+    def utime(self, path: str, atime_ns: int | None, mtime_ns: int | None) -> None:
+        """Set the access and modification times of `path` (None keeps one)."""
+        with self._at(path, write=True) as (n, site):
+            site.setattr(n, atime_ns=atime_ns, mtime_ns=mtime_ns)
+
+    def set_xattrs(self, path: str, values: dict[str, bytes], *,
+                   replace_all: bool = False) -> None:
+        """Set extended attributes of `path`; `replace_all` drops the others first."""
+        with self._at(path, write=True) as (n, site):
+            site.set_xattrs(n, values, replace_all=replace_all)
+
+
+_DU_FIELDS = ("files", "dirs", "symlinks", "chunks", "logical_bytes", "unique_bytes",
+              "stored_bytes")
+
+
+def _du_counts(r: DuReport) -> tuple[int, ...]:
+    return tuple(int(getattr(r, k)) for k in _DU_FIELDS)
+
+
+def _not_a_file(st: Stat) -> Exception:
+    """The embedded store's error for reading something that is not a regular file."""
+    if st.kind == "dir":
+        return IsADirError(st.path)
+    if st.kind == "symlink":
+        return InvalidPathError(st.path, "is a symlink (read its target instead)")
+    return InvalidPathError(st.path, f"is a {st.kind}, not a regular file (special files "
+                            "hold no data in the store)")
+
+
+__all__ = ["FederatedNamespace"]
