@@ -6,8 +6,10 @@
  * spool file is verified and committed).
  *
  * Contract
- *  - C owns the bytes: framing, the HMAC-SHA256 handshake, socket I/O,
- *    sendfile / pread+send from pack files, and spooling received blobs to
+ *  - C owns the bytes: framing, the HMAC-SHA256 handshake, the AEAD record
+ *    layer every frame after the handshake travels in (mover_record.h),
+ *    socket I/O, sendfile / pread+send from pack files (pread+send on an
+ *    encrypted stream), and spooling received blobs to
  *    temporary files. It never makes a received blob visible: it hands a
  *    closed spool file and its complete entries to the spool callback, which
  *    verifies and commits (or deletes) it. Bytes after the last complete
@@ -40,7 +42,7 @@
 #include <stdint.h>
 
 #define MV_MAGIC "HTMV"
-#define MV_VERSION 1
+#define MV_VERSION 2
 #define MV_HEADER_LEN 12
 #define MV_ID_LEN 16
 #define MV_NONCE_LEN 32
@@ -91,9 +93,15 @@ enum {
     MV_ERR_PEER = 9,      /* the peer sent ERROR (its message follows) */
     MV_ERR_NOMEM = 10,
     MV_ERR_ARG = 11,      /* bad argument (host, port, secret size) */
+    MV_ERR_RECORD = 12,   /* a record failed authentication, or arrived out of sequence */
+    MV_ERR_REKEY = 13,    /* a stream's key sealed its limit of records: resume on a new one */
 };
 
 const char *mv_strerror(int status);
+
+/* Format a one-line message into msg (unless it holds one already); returns status. */
+int mv_setmsg(char *msg, size_t msglen, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Where the blob of one chunk is: `length` bytes at `offset` of file `path`
  * (malloc'd by the resolve callback, freed by the mover). path NULL: the
@@ -138,6 +146,9 @@ typedef struct {
     mv_spool_fn spool;
     void *ctx;
     int direct;             /* receivers: O_DIRECT spools written from aligned buffers */
+    int cipher;             /* clients: MV_CIPHER_* asked for (MV_CIPHER_AUTO: by CPU);
+                               MV_CIPHER_NONE is a plaintext stream */
+    int allow_plaintext;    /* servers: accept clients that ask for MV_CIPHER_NONE */
 } mv_config;
 
 /* Ids shared by the streams of a transfer: each stream claims the next
@@ -166,6 +177,7 @@ typedef struct {
     /* progress (read while running with __atomic loads) */
     uint64_t bytes, chunks, missing, committed, rejected;
     /* result */
+    int cipher;             /* the stream's cipher (MV_CIPHER_*) once the handshake is done */
     int status;
     char message[256];
     int fd;                 /* the socket while connected, else -1 */
@@ -198,6 +210,7 @@ int mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *n
 /* MV_OK if this process may use TCP congestion control `name` (e.g. "bbr"). */
 int mv_check_congestion(const char *name, char *msg, size_t msglen);
 
+/* HMAC-SHA256 (libcrypto), as the handshake uses it. */
 void mv_hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *msg, size_t msglen,
                     uint8_t out[32]);
 

@@ -22,7 +22,7 @@ import pytest
 
 
 def _frame(ftype: int, payload: bytes = b"") -> bytes:
-    return b"HTMV" + struct.pack("<BBHI", 1, ftype, 0, len(payload)) + payload
+    return b"HTMV" + struct.pack("<BBHI", 2, ftype, 0, len(payload)) + payload
 
 
 SEEDS = [
@@ -42,7 +42,7 @@ def one_input(data: bytes) -> None:
     buf = SEEDS[data[0] % len(SEEDS)] + data[1:] if data else data
     for candidate in (data, buf):
         status, n, msg = _mover.check_frames(candidate, max_blob)
-        if not (0 <= status <= _mover.ERR_ARG and n >= 0 and (status == 0) == (msg == "")):
+        if not (0 <= status <= _mover.ERR_REKEY and n >= 0 and (status == 0) == (msg == "")):
             raise AssertionError(f"bad parser result {status}, {n}, {msg!r}")
 
 
