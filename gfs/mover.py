@@ -159,7 +159,7 @@ def _cipher(name: str) -> int:
 def _error(status: int, message: str, peer: str) -> MoverError:
     text = f"mover {peer}: {message or _mover.strerror(status)}"
     if status == _mover.ERR_AUTH:
-        return MoverAuthError(text + " (check the session secret)", status, peer)
+        return MoverAuthError(text + " (check the session secret and the cipher)", status, peer)
     if status == _mover.ERR_TIMEOUT:
         return MoverTimeoutError(text + " (run the transfer again to resume)", status, peer)
     if status in (_mover.ERR_PROTOCOL, _mover.ERR_LIMIT):

@@ -256,6 +256,7 @@ typedef struct {
     uint8_t *cbuf;        /* received record bytes not yet opened (MV_IO_BUF) */
     size_t cstart, cend;
     uint8_t *obuf;        /* sealed records being sent (MV_OBUF) */
+    int peer_error;       /* the status came from the peer's ERROR frame */
 } mv_conn;
 
 /* Room for the records of one full wbuf. */
@@ -550,8 +551,10 @@ read_frame(mv_conn *c, int *type, uint32_t *len)
         mv_setmsg(c->msg, c->msglen, MV_ERR_PEER, "peer error (%s): %.*s", mv_strerror((int)code),
                tl, (const char *)p + 4);
         c->rstart += *len;
-        /* The peer found a record of ours tampered with: not worth a retry. */
-        return code == MV_ERR_RECORD ? MV_ERR_RECORD : MV_ERR_PEER;
+        c->peer_error = 1;
+        /* The peer refused our proof or cipher, or found a record of ours
+         * altered: not worth a retry. */
+        return code == MV_ERR_RECORD || code == MV_ERR_AUTH ? (int)code : MV_ERR_PEER;
     }
     return MV_OK;
 }
@@ -1331,11 +1334,8 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp)
 {
     int op = 0, st, type;
     uint32_t len, count;
-    if ((st = server_handshake(srv, c, &op))) {
-        if (st == MV_ERR_AUTH)
-            __atomic_fetch_add(&srv->counters[1], 1, __ATOMIC_RELAXED);
+    if ((st = server_handshake(srv, c, &op)))
         return st;
-    }
     uint8_t *ids = malloc(MV_ID_LEN * MV_MAX_BATCH), *need = malloc(MV_ID_LEN * MV_MAX_BATCH);
     if (!ids || !need) {
         st = mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
@@ -1443,7 +1443,8 @@ server_conn_main(void *arg)
     c.sendfile = choose_sendfile(&srv->cfg, sc->fd);
     if (!st)
         st = server_session(srv, &c, &sp);
-    if (st == MV_ERR_RECORD)
+    /* Handshakes this server refused, and records it found altered. */
+    if ((st == MV_ERR_AUTH || st == MV_ERR_RECORD) && !c.peer_error)
         __atomic_fetch_add(&srv->counters[1], 1, __ATOMIC_RELAXED);
     if (st && st != MV_ERR_CLOSED && st != MV_ERR_PEER && st != MV_ERR_CANCELLED)
         send_error(&c, st);

@@ -22,17 +22,14 @@ from gfs.cli import main as cli_main
 from gfs.client import Client
 from gfs.meta import ChunkRecord
 from gfs.packs import pack_key
-from tests.mover_peer import RawClient, Relay, frame, read_plain_frame
+from tests.mover_peer import RawClient, Relay, assert_clean, frame, read_plain_frame, small_store
 
 pytestmark = pytest.mark.timeout(60)
 
 SECRET = bytes(range(32))
 
 
-def _store(path: Path) -> Client:
-    # Small chunks: many chunks from little data; small packs: several spools.
-    return Client.init(path, min_size=1024, avg_size=4096, max_size=16384,
-                       pack_size=1 << 20)
+_store = small_store  # small packs: every transfer fills several spools
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +92,7 @@ def _temporaries(c: Client) -> list[str]:
     return os.listdir(c.state / "pools" / "default" / "tmp")
 
 
-def _assert_clean(c: Client) -> None:
-    report = c.fsck()
-    assert report.ok, report.problems
-    assert _temporaries(c) == []
+_assert_clean = assert_clean
 
 
 # -- transfers ------------------------------------------------------------------------

@@ -1,0 +1,319 @@
+"""The mover's encrypted streams, from the attacker's side (issue 13).
+
+A relay on loopback sits between the two ends of a real transfer and flips,
+replays, drops, reorders, injects or cuts records; every one must fail the
+transfer with a clear error and leave nothing it carried committed. The
+relay's capture must hold no plaintext of the chunks; the C record layer is
+checked against the pure-Python reference (gfs.mover_reference).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gfs import _mover, mover
+from gfs import mover_reference as ref
+from gfs.client import Client
+from tests.mover_peer import (
+    OP_FETCH,
+    RawClient,
+    Relay,
+    Tamper,
+    assert_clean,
+    frame,
+    read_plain_frame,
+    small_store,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+SECRET = bytes(range(100, 132))
+MARKER = b"hutong-mover-marker:" + bytes(range(65, 65 + 44))  # 64 bytes
+assert len(MARKER) == 64
+CIPHERS = [ref.CIPHER_AES256GCM, ref.CIPHER_CHACHA20]
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Iterator[Client]:
+    """About 1.5 MiB of random bytes (stored raw) with MARKER every 16 KiB."""
+    rnd = random.Random(13)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        parts = [rnd.randbytes(16384 - 64) + MARKER for _ in range(32)]
+        (data / f"f{i}").write_bytes(b"".join(parts))
+    with small_store(tmp_path / "src") as c:
+        c.put(str(data), "/data")
+        yield c
+
+
+@pytest.fixture
+def dst(tmp_path: Path) -> Iterator[Client]:
+    with small_store(tmp_path / "dst") as c:
+        yield c
+
+
+def _held(c: Client, ids: list[bytes]) -> list[bytes]:
+    with c.engine.read() as txn:
+        return [cid for cid in ids if txn.get_chunk(cid) is not None]
+
+
+_clean = assert_clean
+
+
+# -- the C record layer against the reference -----------------------------------------
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_keys_match_the_reference_and_differ_per_direction_and_stream(cipher: int) -> None:
+    cn, sn = os.urandom(32), os.urandom(32)
+    keys = _mover.record_keys(SECRET, cn, sn, OP_FETCH, cipher)
+    c2s, s2c = ref.record_keys(SECRET, cn, sn, OP_FETCH, cipher)
+    assert keys == (c2s.key, c2s.iv, s2c.key, s2c.iv)
+    other = _mover.record_keys(SECRET, cn, os.urandom(32), OP_FETCH, cipher)  # another stream
+    send = _mover.record_keys(SECRET, cn, sn, 2, cipher)
+    assert len({keys[0], keys[2], other[0], other[2], send[0], send[2]}) == 6
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_c_opens_reference_records_and_refuses_every_alteration(cipher: int) -> None:
+    keys = ref.DirKeys(os.urandom(32), os.urandom(12))
+    seal = ref.Direction(cipher, keys)
+    recs = [seal.seal(os.urandom(n)) for n in (1, 1000, ref.RECORD_MAX, 77)]
+    good = b"".join(recs)
+    assert _mover.check_records(cipher, keys.key, keys.iv, good) == (0, 4, "")
+
+    def check(buf: bytes) -> tuple[int, int, str]:
+        return _mover.check_records(cipher, keys.key, keys.iv, buf)
+
+    flipped = bytearray(good)
+    flipped[len(recs[0]) + 16 + 500] ^= 1
+    assert check(bytes(flipped))[:2] == (_mover.ERR_RECORD, 1)
+    assert "failed authentication" in check(bytes(flipped))[2]
+    tag = bytearray(good)
+    tag[len(recs[0]) - 1] ^= 0x80  # the first record's tag
+    assert check(bytes(tag))[:2] == (_mover.ERR_RECORD, 0)
+    for name, buf, opened in (("replayed", recs[0] + recs[0] + recs[1], 1),
+                              ("dropped", recs[0] + recs[2], 1),
+                              ("reordered", recs[1] + recs[0], 0)):
+        status, n, msg = check(buf)
+        assert (status, n) == (_mover.ERR_RECORD, opened), name
+        assert "dropped, replayed or reordered" in msg
+    # The sequence number rewritten to the expected one: the tag still fails.
+    moved = bytearray(recs[1])
+    moved[8:16] = struct.pack("<Q", 0)
+    assert check(bytes(moved))[0] == _mover.ERR_RECORD
+    assert check(os.urandom(100))[0] == _mover.ERR_RECORD
+    assert check(good[:-1])[:2] == (_mover.ERR_CLOSED, 3)
+    other = ref.Direction(cipher, ref.DirKeys(os.urandom(32), keys.iv)).seal(b"x" * 64)
+    assert check(other)[0] == _mover.ERR_RECORD  # sealed with another key
+
+
+def test_record_parser_survives_random_mutations() -> None:
+    """Bounded fuzzing of the record opener: a status for any input, no crash."""
+    rnd = random.Random(99)
+    keys = ref.DirKeys(rnd.randbytes(32), rnd.randbytes(12))
+    seal = ref.Direction(ref.CIPHER_AES256GCM, keys)
+    seed = b"".join(seal.seal(rnd.randbytes(rnd.randrange(1, 3000))) for _ in range(4))
+    for _ in range(3000):
+        buf = bytearray(seed)
+        for _ in range(rnd.randrange(1, 4)):
+            pos = rnd.randrange(len(buf))
+            op = rnd.randrange(3)
+            if op == 0:
+                buf[pos] ^= 1 << rnd.randrange(8)
+            elif op == 1:
+                del buf[pos:]
+            else:
+                buf[pos:pos] = rnd.randbytes(rnd.randrange(1, 40))
+            if not buf:
+                break
+        status, n, msg = _mover.check_records(1, keys.key, keys.iv, bytes(buf))
+        assert status in (0, _mover.ERR_RECORD, _mover.ERR_CLOSED) and 0 <= n <= 4
+        assert (status == 0) == (msg == "")
+
+
+# -- what crosses the wire ---------------------------------------------------------------
+
+
+def _handshake_of(relay: Relay) -> tuple[bytes, bytes, int, int, bytes]:
+    """(cn, sn, op, cipher, server records) of the relay's first connection."""
+    c2s, s2c = bytes(relay.captures[0, "c2s"]), bytes(relay.captures[0, "s2c"])
+    hello = c2s[12:48]
+    challenge_len = struct.unpack_from("<I", s2c, 8)[0]
+    sn = s2c[12:44]
+    after = 12 + challenge_len + 12  # CHALLENGE, then READY (empty)
+    return hello[:32], sn, hello[32], hello[33], s2c[after:]
+
+
+def test_wire_holds_no_chunk_plaintext(src: Client, dst: Client, tmp_path: Path) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    # Plaintext streams (allowed explicitly): the marker is on the wire...
+    with mover.MoverServer(src, SECRET, allow_plaintext=True) as srv:
+        relay = Relay(srv.address)
+        try:
+            plain = mover.fetch(dst, relay.address, ids, SECRET, streams=1, cipher="none")
+        finally:
+            relay.close()
+        assert plain.cipher == "none" and MARKER in relay.capture()
+    with small_store(tmp_path / "dst2") as dst2, mover.MoverServer(src, SECRET) as srv:
+        relay = Relay(srv.address)
+        try:
+            stats = mover.fetch(dst2, relay.address, ids, SECRET, streams=1)
+        finally:
+            relay.close()
+        assert stats.committed == len(ids) and stats.cipher == _mover.cipher_name(-1)
+        wire = relay.capture()
+        # ...and encrypted it is not, anywhere in either direction.
+        assert len(wire) > stats.bytes and MARKER not in wire
+        assert MARKER[:16] not in wire
+        # The records are the documented ones: the reference opens them in order.
+        cn, sn, op, cipher, records = _handshake_of(relay)
+        _, s2c = ref.record_keys(SECRET, cn, sn, op, cipher)
+        opener = ref.Direction(cipher, s2c)
+        recs, rest = ref.split_records(records)
+        plaintext = b"".join(opener.open(r) for r in recs)
+        assert rest == b"" and MARKER in plaintext and opener.seq == len(recs) > 4
+
+
+def test_each_stream_and_direction_has_its_own_keys(src: Client, dst: Client) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    with mover.MoverServer(src, SECRET) as srv:
+        relay = Relay(srv.address)
+        try:
+            mover.fetch(dst, relay.address, ids, SECRET, streams=3)
+        finally:
+            relay.close()
+    streams = {k[0] for k in relay.captures}
+    assert len(streams) == 3
+    keys = set()
+    for n in streams:
+        c2s, s2c = bytes(relay.captures[n, "c2s"]), bytes(relay.captures[n, "s2c"])
+        keys |= set(_mover.record_keys(SECRET, c2s[12:44], s2c[12:44], OP_FETCH,
+                                       c2s[45])[::2])
+    assert len(keys) == 6
+
+
+# -- an attacker on the path ---------------------------------------------------------------
+
+ATTACKS = ["flip", "replay", "drop", "swap", "inject", "forge", "cut"]
+
+
+@pytest.mark.parametrize("action", ATTACKS)
+def test_altered_fetch_fails_and_commits_nothing_it_carried(
+        src: Client, dst: Client, action: str) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    # Replay repeats record 0 after itself: record 0 is genuine, so attack from 1.
+    index = 1 if action == "replay" else 0
+    with mover.MoverServer(src, SECRET, timeout=5) as srv:
+        relay = Relay(srv.address, Tamper("s2c", index, action))  # type: ignore[arg-type]
+        try:
+            with pytest.raises(mover.MoverError) as info:
+                mover.fetch(dst, relay.address, ids, SECRET, streams=1, retries=0)
+        finally:
+            relay.close()
+    assert relay.hits == 1
+    if action == "cut":
+        assert "truncated in transit" in str(info.value)
+    else:
+        assert isinstance(info.value, mover.MoverRecordError), info.value
+        assert info.value.status == _mover.ERR_RECORD
+        assert "altered in transit" in str(info.value)
+    held = _held(dst, ids)
+    if index == 0:
+        assert held == []  # the first record from the server was the one attacked
+    else:
+        assert len(held) < len(ids)
+    _clean(dst)
+    # The same transfer without the attacker completes.
+    with mover.MoverServer(src, SECRET) as srv:
+        stats = mover.fetch(dst, srv.address, ids, SECRET)
+    assert stats.committed == len(ids) - len(held)
+    _clean(dst)
+
+
+@pytest.mark.parametrize("action", ATTACKS)
+def test_altered_send_fails_and_the_server_commits_nothing(
+        src: Client, dst: Client, action: str) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    with mover.MoverServer(dst, SECRET, timeout=5) as srv:
+        # Record 0 carries the OFFER; records 1.. the DATA frames of the batch.
+        relay = Relay(srv.address, Tamper("c2s", 2, action))  # type: ignore[arg-type]
+        try:
+            with pytest.raises(mover.MoverError) as info:
+                mover.send(src, relay.address, ids, SECRET, streams=1, retries=0)
+        finally:
+            relay.close()
+        if action != "cut":
+            assert isinstance(info.value, mover.MoverRecordError), info.value
+            assert srv.counters()["auth_failures"] == 1  # the server saw the bad record
+        assert relay.hits == 1
+    assert _held(dst, ids) == []
+    _clean(dst)
+
+
+# -- peers without the secret ------------------------------------------------------------
+
+
+def test_peers_without_the_secret_get_nothing(src: Client, dst: Client) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    with mover.MoverServer(src, SECRET, timeout=2) as srv:
+        with pytest.raises(mover.MoverAuthError, match="secret"):
+            mover.fetch(dst, srv.address, ids, os.urandom(32), retries=0)
+        # A raw client that cannot prove the secret: a guessed proof is refused.
+        peer = RawClient(srv.port, SECRET, auth=os.urandom(32))
+        assert peer.last == 12 and b"bad secret" in peer.error
+        # One that skips the proof and sends a record instead: refused, unread.
+        attacker = RawClient(srv.port, SECRET)  # READY: a genuine session...
+        assert attacker.last == 4
+        # ...taken over by someone who seals with keys of another secret.
+        attacker.tx = ref.Direction(ref.CIPHER_AES256GCM,
+                                    ref.DirKeys(os.urandom(32), os.urandom(12)))
+        attacker.send(frame(5, struct.pack("<I", 1) + ids[0]))
+        assert "failed authentication" in attacker.expect_error(_mover.ERR_RECORD)
+        # Frames in the clear after the handshake: not a record.
+        bare = RawClient(srv.port, SECRET)
+        bare.tx = None
+        bare.send(frame(5, struct.pack("<I", 1) + ids[0]))
+        assert "bad magic" in bare.expect_error(_mover.ERR_RECORD)
+        assert srv.counters()["auth_failures"] == 3
+    assert _held(dst, ids) == []
+
+
+def test_plaintext_needs_both_ends_to_ask(src: Client, dst: Client) -> None:
+    ids = mover.tree_chunks(src, "/data")
+    with mover.MoverServer(src, SECRET) as srv:
+        with pytest.raises(mover.MoverAuthError, match="requires encrypted streams"):
+            mover.fetch(dst, srv.address, ids, SECRET, cipher="none", retries=0)
+        raw = RawClient(srv.port, SECRET, cipher=ref.CIPHER_NONE)
+        assert raw.last == 12
+        stats = mover.fetch(dst, srv.address, ids[:20], SECRET, cipher="chacha20-poly1305")
+        assert stats.cipher == "chacha20-poly1305" and stats.committed == 20
+    with pytest.raises(ValueError, match="unknown"):
+        mover.fetch(dst, ("127.0.0.1", 1), ids, SECRET, cipher="rot13")
+    with pytest.raises(ValueError, match="cipher 7"):
+        _mover.transfer(1, "127.0.0.1", 1, SECRET, [ids[0]], spool=lambda p, e: (0, 0),
+                        cipher=7)
+    # A HELLO naming an unknown cipher is a protocol error.
+    with mover.MoverServer(src, SECRET) as srv:
+        peer = RawClient(srv.port, SECRET, cipher=9)
+        assert peer.last == 12 and b"unknown cipher 9" in peer.error
+    _clean(dst)
+
+
+def test_version_1_peers_are_refused(src: Client) -> None:
+    import socket
+
+    with mover.MoverServer(src, SECRET) as srv:
+        sock = socket.create_connection(srv.address, timeout=5)
+        hello = b"HTMV" + struct.pack("<BBHI", 1, 1, 0, 36) + os.urandom(32) + b"\x01\0\0\0"
+        sock.sendall(hello)
+        ftype, payload = read_plain_frame(sock)
+        assert ftype == 12 and b"unsupported protocol version 1" in payload
+        sock.close()
