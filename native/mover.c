@@ -237,6 +237,11 @@ mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nfram
 /* ------------------------------------------------------------------ */
 /* Connections: buffered reads and writes with deadlines               */
 
+/* A blob of at least MV_CUT_MIN bytes starts a record of its own (so a
+ * receiver can open it straight into its spool buffer); smaller ones share. */
+#define MV_CUT_MIN 32768u
+#define MV_MAX_CUTS (MV_IO_BUF / MV_CUT_MIN + 1)
+
 typedef struct {
     int fd;
     volatile int *cancel;
@@ -256,11 +261,13 @@ typedef struct {
     uint8_t *cbuf;        /* received record bytes not yet opened (MV_IO_BUF) */
     size_t cstart, cend;
     uint8_t *obuf;        /* sealed records being sent (MV_OBUF) */
+    uint32_t cuts[MV_MAX_CUTS];  /* wbuf offsets where a record must start (ascending) */
+    size_t ncuts;
     int peer_error;       /* the status came from the peer's ERROR frame */
 } mv_conn;
 
-/* Room for the records of one full wbuf. */
-#define MV_OBUF (MV_IO_BUF + (MV_IO_BUF / MV_RECORD_MAX + 1) * MV_RECORD_OVERHEAD)
+/* Room for the records of one full wbuf: a record per cut, per MV_RECORD_MAX. */
+#define MV_OBUF (MV_IO_BUF + (MV_MAX_CUTS + MV_IO_BUF / MV_RECORD_MAX + 1) * MV_RECORD_OVERHEAD)
 
 static int
 conn_init(mv_conn *c, int fd, volatile int *cancel, uint32_t max_blob, char *msg, size_t msglen)
@@ -343,15 +350,28 @@ wb_flush(mv_conn *c, int more)
         c->wlen = 0;
         return st;
     }
-    size_t out = 0;
+    size_t out = 0, at = 0;
     int st = MV_OK;
-    for (size_t at = 0; at < c->wlen && !st; at += MV_RECORD_MAX) {
-        size_t n = c->wlen - at < MV_RECORD_MAX ? c->wlen - at : MV_RECORD_MAX;
-        st = mv_rec_seal(&c->tx, c->wbuf + at, n, c->obuf + out, c->msg, c->msglen);
-        out += n + MV_RECORD_OVERHEAD;
+    for (size_t k = 0; k <= c->ncuts && !st; k++) {
+        size_t end = k < c->ncuts ? c->cuts[k] : c->wlen;
+        while (at < end && !st) {
+            size_t n = end - at < MV_RECORD_MAX ? end - at : MV_RECORD_MAX;
+            st = mv_rec_seal(&c->tx, c->wbuf + at, n, c->obuf + out, c->msg, c->msglen);
+            out += n + MV_RECORD_OVERHEAD;
+            at += n;
+        }
     }
-    c->wlen = 0;
+    c->wlen = c->ncuts = 0;
     return st ? st : send_all(c, c->obuf, out, more);
+}
+
+/* Start a record at the current end of wbuf (record layer on, room for a cut). */
+static void
+wb_cut(mv_conn *c)
+{
+    if (c->rec_on && c->wlen && c->ncuts < MV_MAX_CUTS &&
+        (!c->ncuts || c->cuts[c->ncuts - 1] < c->wlen))
+        c->cuts[c->ncuts++] = (uint32_t)c->wlen;
 }
 
 static int
@@ -566,7 +586,7 @@ send_error(mv_conn *c, int status)
     wr32(p, (uint32_t)status);
     size_t n = c->msg ? strnlen(c->msg, MV_MAX_ERROR_TEXT) : 0;
     memcpy(p + 4, c->msg, n);
-    c->wlen = 0;
+    c->wlen = c->ncuts = 0;
     if (wb_frame(c, MV_ERROR, p, (uint32_t)(4 + n)) == MV_OK)
         wb_flush(c, 0);
 }
@@ -676,6 +696,8 @@ send_blob(mv_conn *c, const uint8_t *id, const mv_source *src, int use_sendfile)
     if (s)
         return s;
     uint64_t off = src->offset, left = src->length;
+    if (src->length >= MV_CUT_MIN)
+        wb_cut(c);
     if (use_sendfile) {
         if ((s = wb_flush(c, 1)))
             return s;
@@ -1133,9 +1155,23 @@ recv_direct(mv_spool *sp, mv_conn *c, const mv_entry *ent, uint64_t left)
             memcpy(dst, c->rbuf + c->rstart, got);
             c->rstart += got;
         } else if (c->rec_on) {
-            if ((st = rb_more(c)))  /* open the next record; copied above next round */
+            /* A record made only of this blob's bytes is opened straight into the
+             * spool buffer (counted only once its tag verified); any other is
+             * opened into rbuf and copied from there next round. */
+            size_t n;
+            if ((st = cb_need(c, MV_RECORD_HEADER)) ||
+                (st = mv_rec_header(&c->rx, c->cbuf + c->cstart, &n, c->msg, c->msglen)))
                 return st;
-            continue;
+            if (n > want) {
+                if ((st = rb_more(c)))
+                    return st;
+                continue;
+            }
+            if ((st = cb_need(c, n + MV_RECORD_OVERHEAD)) ||
+                (st = mv_rec_open(&c->rx, c->cbuf + c->cstart, n, dst, c->msg, c->msglen)))
+                return st;
+            c->cstart += n + MV_RECORD_OVERHEAD;
+            got = n;
         } else {
             c->rstart = c->rend = 0;
             struct iovec iov[2] = {{dst, want}, {c->rbuf, MV_HEADER_LEN + MV_ID_LEN}};

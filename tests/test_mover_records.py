@@ -317,3 +317,52 @@ def test_version_1_peers_are_refused(src: Client) -> None:
         ftype, payload = read_plain_frame(sock)
         assert ftype == 12 and b"unsupported protocol version 1" in payload
         sock.close()
+
+
+@pytest.fixture
+def big(tmp_path: Path) -> Iterator[Client]:
+    """Blobs of 64 KiB to 256 KiB (the default chunk sizes), stored raw."""
+    data = tmp_path / "big"
+    data.mkdir()
+    (data / "f").write_bytes(random.Random(5).randbytes(6 << 20))
+    with Client.init(tmp_path / "bigsrc", pack_size=1 << 20) as c:
+        c.put(str(data), "/data")
+        yield c
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+def test_large_blobs_start_their_own_records(big: Client, dst: Client, direct: bool,
+                                             tmp_path: Path) -> None:
+    """A blob of >= 32 KiB is sealed in records of its own, which a receiver opens
+    straight into its spool buffers; an altered one is refused there too."""
+    ids = mover.tree_chunks(big, "/data")
+    saved = mover.TUNING.direct
+    mover.TUNING.direct = direct
+    try:
+        with mover.MoverServer(big, SECRET) as srv:
+            relay = Relay(srv.address)
+            try:
+                stats = mover.fetch(dst, relay.address, ids, SECRET, streams=1)
+            finally:
+                relay.close()
+            assert stats.committed == len(ids)
+            cn, sn, op, cipher, records = _handshake_of(relay)
+            opener = ref.Direction(cipher, ref.record_keys(SECRET, cn, sn, op, cipher)[1])
+            plain = [opener.open(r) for r in ref.split_records(records)[0]]
+            starts = {p[:4] for p in plain}
+            assert b"HTCB" in starts  # records that begin with a blob's header
+            assert sum(len(p) for p in plain if p[:4] == b"HTCB") > stats.bytes // 2
+            with small_store(tmp_path / "again") as again:
+                # Record 3 is inside the blobs: flipped, it fails the fetch there.
+                relay = Relay(srv.address, Tamper("s2c", 3, "flip"))
+                try:
+                    with pytest.raises(mover.MoverRecordError):
+                        mover.fetch(again, relay.address, ids, SECRET, streams=1, retries=0)
+                finally:
+                    relay.close()
+                held = _held(again, ids)
+                assert len(held) < len(ids)
+                _clean(again)
+    finally:
+        mover.TUNING.direct = saved
+    _clean(dst)
