@@ -626,7 +626,8 @@ class MoverServer:
         return self.host, self.port
 
     def counters(self) -> dict[str, int]:
-        """connections, auth_failures, chunks_served, chunks_received, bytes (sent + received)."""
+        """connections, auth_failures (handshakes refused and records found altered),
+        chunks_served, chunks_received, bytes (sent + received)."""
         if self._server is None:
             raise ValueError("mover server is closed")
         return self._server.counters()

@@ -197,7 +197,8 @@ typedef struct mv_server mv_server;
 int mv_server_start(const char *host, int port, const uint8_t *secret, size_t secret_len,
                     const mv_config *cfg, mv_server **out, char *msg, size_t msglen);
 int mv_server_port(const mv_server *srv);
-/* Counters: connections, auth failures, chunks served, chunks received, bytes sent. */
+/* Counters: connections, auth failures (handshakes this server refused and
+ * records it found altered), chunks served, chunks received, bytes sent. */
 void mv_server_counters(const mv_server *srv, uint64_t out[5]);
 /* Close the listener and every connection, join every thread, free. */
 void mv_server_stop(mv_server *srv);

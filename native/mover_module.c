@@ -682,6 +682,43 @@ check_records(PyObject *Py_UNUSED(module), PyObject *args)
     return res;
 }
 
+/* One record sealed by C at sequence number seq: (status, record, message). */
+static PyObject *
+seal_record(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer key, iv, pt;
+    int cipher;
+    unsigned long long seq;
+    if (!PyArg_ParseTuple(args, "iy*y*Ky*:seal_record", &cipher, &key, &iv, &seq, &pt))
+        return NULL;
+    PyObject *res = NULL;
+    uint8_t *out = NULL;
+    if (key.len != MV_KEY_LEN || iv.len != MV_IV_LEN) {
+        PyErr_Format(PyExc_ValueError, "key must be %d bytes and iv %d", MV_KEY_LEN, MV_IV_LEN);
+    } else if (!(out = PyMem_Malloc((size_t)pt.len + MV_RECORD_OVERHEAD))) {
+        PyErr_NoMemory();
+    } else {
+        mv_dir_keys k;
+        memcpy(k.key, key.buf, MV_KEY_LEN);
+        memcpy(k.iv, iv.buf, MV_IV_LEN);
+        char msg[256] = "";
+        mv_rec_dir d;
+        int st = mv_rec_init(&d, cipher, &k, 1, msg, sizeof msg);
+        if (!st) {
+            d.seq = seq;
+            st = mv_rec_seal(&d, pt.buf, (size_t)pt.len, out, msg, sizeof msg);
+            mv_rec_free(&d);
+        }
+        res = Py_BuildValue("(iy#s)", st, (const char *)out,
+                            st ? (Py_ssize_t)0 : (Py_ssize_t)(pt.len + MV_RECORD_OVERHEAD), msg);
+    }
+    PyMem_Free(out);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&iv);
+    PyBuffer_Release(&pt);
+    return res;
+}
+
 static PyObject *
 cipher_name(PyObject *Py_UNUSED(module), PyObject *args)
 {
@@ -716,6 +753,9 @@ static PyMethodDef methods[] = {
     {"check_records", check_records, METH_VARARGS,
      "check_records(cipher, key, iv, buf, /) -> (status, nrecords, message)\n\n"
      "Open buf as the records one direction of a stream reads."},
+    {"seal_record", seal_record, METH_VARARGS,
+     "seal_record(cipher, key, iv, seq, plaintext, /) -> (status, record, message)\n\n"
+     "Seal one record as a stream does at sequence number seq (tests)."},
     {"cipher_name", cipher_name, METH_VARARGS,
      "cipher_name(cipher, /) -> str\n\nThe name of a CIPHER_* (CIPHER_AUTO: the one this CPU "
      "gets)."},

@@ -115,6 +115,22 @@ def test_c_opens_reference_records_and_refuses_every_alteration(cipher: int) -> 
     assert check(other)[0] == _mover.ERR_RECORD  # sealed with another key
 
 
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_c_seals_what_the_reference_opens_and_stops_at_the_record_limit(cipher: int) -> None:
+    keys = ref.DirKeys(os.urandom(32), os.urandom(12))
+    opener = ref.Direction(cipher, keys)
+    for seq, size in ((0, 1), (1, 4096), (2, ref.RECORD_MAX)):
+        text = os.urandom(size)
+        status, rec, msg = _mover.seal_record(cipher, keys.key, keys.iv, seq, text)
+        assert (status, msg) == (0, "") and opener.open(rec) == text
+    limit = 1 << 20  # records one key may seal (docs/format.md, "Records")
+    assert _mover.seal_record(cipher, keys.key, keys.iv, limit - 1, b"x")[0] == 0
+    status, rec, msg = _mover.seal_record(cipher, keys.key, keys.iv, limit, b"x")
+    assert status == _mover.ERR_REKEY and rec == b"" and "new stream" in msg
+    assert _mover.ERR_REKEY in mover._RETRYABLE  # the transfer resumes on new streams
+    assert _mover.seal_record(cipher, keys.key, keys.iv, 0, b"")[0] == _mover.ERR_ARG
+
+
 def test_record_parser_survives_random_mutations() -> None:
     """Bounded fuzzing of the record opener: a status for any input, no crash."""
     rnd = random.Random(99)
