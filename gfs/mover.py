@@ -715,6 +715,24 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
     return failures
 
 
+def _next_attempt(failures: list[tuple[int, str]], attempt: int, retries: int,
+                  progressed: bool, stats: TransferStats, started: float) -> int:
+    """The attempt number of the next try after stream `failures`, or raise the error.
+
+    Streams that only used up their keys' record limit (`ERR_REKEY`) after
+    moving data resume on new streams without spending an attempt.
+    """
+    rekey = progressed and all(status == _mover.ERR_REKEY for status, _ in failures)
+    fatal = [f for f in failures if f[0] not in _RETRYABLE]
+    if fatal or (attempt >= retries and not rekey):
+        stats.seconds = time.monotonic() - started
+        status, message = (fatal or failures)[0]
+        raise _error(status, message, stats.peer)
+    stats.errors += [m for _, m in failures]
+    stats.retries += 1
+    return attempt if rekey else attempt + 1
+
+
 def _sendfile_mode(sendfile: bool | None) -> int:
     """The native sender's mode: 1 sendfile, 0 pread + send, SENDFILE_AUTO by peer."""
     return _mover.SENDFILE_AUTO if sendfile is None else int(sendfile)
@@ -775,16 +793,10 @@ def _fetch_loop(receiver: Receiver, committer: _Committer, peer: Address, secret
         if not failures:
             todo = left
             break
-        fatal = [f for f in failures if f[0] not in _RETRYABLE]
-        if fatal or attempt >= retries:
-            stats.seconds = time.monotonic() - started
-            status, message = (fatal or failures)[0]
-            raise _error(status, message, name)
-        stats.errors += [m for _, m in failures]
+        attempt = _next_attempt(failures, attempt, retries, stats.committed > before, stats,
+                                started)
         log.warning("mover fetch from %s: %d stream(s) failed (%s); retrying %d chunks",
                     name, len(failures), failures[0][1], len(left))
-        stats.retries += 1
-        attempt += 1
         todo = left
     stats.missing = todo
     stats.seconds = time.monotonic() - started
@@ -834,16 +846,10 @@ def send(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret
             source.close()
         if not failures:
             break
-        fatal = [f for f in failures if f[0] not in _RETRYABLE]
-        if fatal or attempt >= retries:
-            stats.seconds = time.monotonic() - started
-            status, message = (fatal or failures)[0]
-            raise _error(status, message, name)
-        stats.errors += [m for _, m in failures]
+        attempt = _next_attempt(failures, attempt, retries, stats.chunks > before, stats,
+                                started)
         log.warning("mover send to %s: %d stream(s) failed (%s); retrying (%d chunks moved)",
                     name, len(failures), failures[0][1], stats.chunks - before)
-        stats.retries += 1
-        attempt += 1
     stats.skipped = len(held) - stats.committed - stats.rejected
     stats.seconds = time.monotonic() - started
     return stats

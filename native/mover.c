@@ -572,9 +572,12 @@ read_frame(mv_conn *c, int *type, uint32_t *len)
                tl, (const char *)p + 4);
         c->rstart += *len;
         c->peer_error = 1;
-        /* The peer refused our proof or cipher, or found a record of ours
-         * altered: not worth a retry. */
-        return code == MV_ERR_RECORD || code == MV_ERR_AUTH ? (int)code : MV_ERR_PEER;
+        /* Kept as they are: the peer refused our proof or cipher, or found a
+         * record of ours altered (not worth a retry); its key reached its
+         * record limit (resume on new streams). */
+        if (code == MV_ERR_RECORD || code == MV_ERR_AUTH || code == MV_ERR_REKEY)
+            return (int)code;
+        return MV_ERR_PEER;
     }
     return MV_OK;
 }

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -324,8 +326,6 @@ def test_plaintext_needs_both_ends_to_ask(src: Client, dst: Client) -> None:
 
 
 def test_version_1_peers_are_refused(src: Client) -> None:
-    import socket
-
     with mover.MoverServer(src, SECRET) as srv:
         sock = socket.create_connection(srv.address, timeout=5)
         hello = b"HTMV" + struct.pack("<BBHI", 1, 1, 0, 36) + os.urandom(32) + b"\x01\0\0\0"
@@ -382,3 +382,61 @@ def test_large_blobs_start_their_own_records(big: Client, dst: Client, direct: b
     finally:
         mover.TUNING.direct = saved
     _clean(dst)
+
+
+def _fake_server(code: int) -> tuple[socket.socket, threading.Thread]:
+    """A peer with the secret that answers the first request with a sealed ERROR `code`."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            _, hello = read_plain_frame(conn)
+            cn, op, cipher = hello[:32], hello[32], hello[33]
+            sn = os.urandom(32)
+            conn.sendall(frame(2, sn + ref.proof(SECRET, "server", cn, sn, op, cipher)))
+            read_plain_frame(conn)  # AUTH (not checked: this peer is ours)
+            conn.sendall(frame(4))
+            _, s2c = ref.record_keys(SECRET, cn, sn, op, cipher)
+            conn.sendall(ref.Direction(cipher, s2c).seal(
+                frame(12, struct.pack("<I", code) + b"from the fake peer")))
+            conn.recv(1 << 16)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize("code, status", [
+    (_mover.ERR_REKEY, _mover.ERR_REKEY), (_mover.ERR_RECORD, _mover.ERR_RECORD),
+    (_mover.ERR_AUTH, _mover.ERR_AUTH), (_mover.ERR_IO, _mover.ERR_PEER)])
+def test_peer_errors_that_decide_the_retry_keep_their_code(code: int, status: int) -> None:
+    listener, thread = _fake_server(code)
+    try:
+        [result] = _mover.transfer(_mover.OP_FETCH, "127.0.0.1", listener.getsockname()[1],
+                                   SECRET, [os.urandom(16)], spool=lambda p, e: (0, 0),
+                                   timeout=5)
+    finally:
+        listener.close()
+        thread.join(10)
+    assert result[0] == status and "from the fake peer" in result[1]
+
+
+def test_streams_out_of_key_resume_without_spending_a_retry(
+        dst: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [os.urandom(16) for _ in range(4)]
+    answers = [(_mover.ERR_REKEY, "key used up", 10, 2, 0, 2, 0, "aes-256-gcm"),
+               (_mover.OK, "", 10, 4, 0, 4, 0, "aes-256-gcm")]
+    calls: list[int] = []
+
+    def transfer(*args: object, **kw: object) -> list[tuple[object, ...]]:
+        calls.append(1)
+        return [answers[len(calls) - 1]]
+
+    monkeypatch.setattr(mover._mover, "transfer", transfer)
+    stats = mover.fetch(dst, ("127.0.0.1", 1), ids, SECRET, streams=1, retries=0)
+    assert len(calls) == 2 and stats.retries == 1 and stats.errors == ["key used up"]
+    # Without progress, the same status spends attempts like any other failure.
+    answers[:] = [(_mover.ERR_REKEY, "key used up", 0, 0, 0, 0, 0, "aes-256-gcm")]
+    calls.clear()
+    with pytest.raises(mover.MoverError, match="key used up"):
+        mover.fetch(dst, ("127.0.0.1", 1), ids, SECRET, streams=1, retries=0)
