@@ -440,3 +440,35 @@ def test_streams_out_of_key_resume_without_spending_a_retry(
     calls.clear()
     with pytest.raises(mover.MoverError, match="key used up"):
         mover.fetch(dst, ("127.0.0.1", 1), ids, SECRET, streams=1, retries=0)
+
+
+def test_cli_server_takes_plaintext_only_when_told(src: Client, dst: Client,
+                                                   tmp_path: Path) -> None:
+    """`hutong mover serve`: encrypted streams always, plaintext ones with --allow-plaintext."""
+    import subprocess
+    import sys
+
+    ids = mover.tree_chunks(src, "/data")
+    src.close()  # the server process opens the store
+    env = {**os.environ, "HUTONG_MOVER_SECRET": SECRET.hex()}
+    for flags, plain_ok in (([], False), (["--allow-plaintext"], True)):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gfs.cli", "mover", "serve", "--state",
+             str(tmp_path / "src"), "--port", "0", "--quiet", *flags],
+            env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # "hutong mover: serving STATE on HOST:PORT"
+            port = int(line.rsplit(":", 1)[1])
+            if plain_ok:
+                stats = mover.fetch(dst, ("127.0.0.1", port), ids, SECRET, cipher="none")
+                assert stats.cipher == "none" and stats.committed == len(ids) - 5
+            else:
+                with pytest.raises(mover.MoverAuthError, match="requires encrypted"):
+                    mover.fetch(dst, ("127.0.0.1", port), ids, SECRET, cipher="none",
+                                retries=0)
+                assert mover.fetch(dst, ("127.0.0.1", port), ids[:5], SECRET).committed == 5
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    _clean(dst)
