@@ -379,6 +379,12 @@ def test_large_blobs_start_their_own_records(big: Client, dst: Client, direct: b
                 held = _held(again, ids)
                 assert len(held) < len(ids)
                 _clean(again)
+        # Pushed: the server opens them straight into its spool buffers too.
+        with small_store(tmp_path / "pushed") as pushed, \
+                mover.MoverServer(pushed, SECRET) as srv:
+            sent = mover.send(big, srv.address, ids, SECRET, streams=2)
+            assert sent.committed == len(ids) and sent.rejected == 0
+            _clean(pushed)
     finally:
         mover.TUNING.direct = saved
     _clean(dst)
