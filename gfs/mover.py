@@ -3,7 +3,8 @@
 The native extension `gfs._mover` (native/mover.[ch]) owns the bytes: the
 framed protocol of docs/format.md ("Mover protocol"), the HMAC handshake,
 the AEAD records every frame after it travels in (AES-256-GCM or
-ChaCha20-Poly1305, keys from HKDF over the session secret), parallel
+ChaCha20-Poly1305, keys from HKDF over the session secret and an ephemeral
+X25519 exchange), parallel
 streams, `sendfile` or `pread` + `send` from pack files, spooling of
 received blobs to temporaries. This module owns policy: which chunks
 (only those the destination lacks: resume), which peer, how many streams,

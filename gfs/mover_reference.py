@@ -15,6 +15,7 @@ from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -27,10 +28,23 @@ TAG_LEN: Final = 16
 RECORD_MAX: Final = 256 << 10
 
 
-def proof(secret: bytes, side: str, cn: bytes, sn: bytes, op: int, cipher: int) -> bytes:
-    """HMAC-SHA256 proof of `side` ("server" or "client") for one handshake."""
-    msg = f"HTMV2 {side}".encode() + cn + sn + bytes([op, cipher])
+def proof(secret: bytes, side: str, cn: bytes, sn: bytes, op: int, cipher: int,
+          cpub: bytes, spub: bytes) -> bytes:
+    """HMAC-SHA256 proof of `side` ("server" or "client") for one handshake; `cpub` and
+    `spub` are the two ephemeral X25519 public keys (zeros on a plaintext stream)."""
+    msg = f"HTMV2 {side}".encode() + cn + sn + bytes([op, cipher]) + cpub + spub
     return hmac.new(secret, msg, "sha256").digest()
+
+
+def ephemeral() -> tuple[X25519PrivateKey, bytes]:
+    """A fresh X25519 key and its 32-byte public key."""
+    key = X25519PrivateKey.generate()
+    return key, key.public_key().public_bytes_raw()
+
+
+def shared(key: X25519PrivateKey, peer: bytes) -> bytes:
+    """The X25519 shared secret with the peer's public key."""
+    return key.exchange(X25519PublicKey.from_public_bytes(peer))
 
 
 @dataclass(frozen=True)
@@ -41,13 +55,14 @@ class DirKeys:
     iv: bytes
 
 
-def record_keys(secret: bytes, cn: bytes, sn: bytes, op: int, cipher: int
+def record_keys(secret: bytes, dh: bytes, cn: bytes, sn: bytes, op: int, cipher: int
                 ) -> tuple[DirKeys, DirKeys]:
-    """(client-to-server, server-to-client) keys: HKDF-SHA256(secret, salt cn || sn,
+    """(client-to-server, server-to-client) keys: HKDF-SHA256(secret || dh, salt cn || sn,
     info "HTMV2 c2s"/"HTMV2 s2c" || op || cipher), 32 key bytes then 12 IV bytes."""
     out = []
     for label in (b"HTMV2 c2s", b"HTMV2 s2c"):
-        okm = HKDF(hashes.SHA256(), 44, cn + sn, label + bytes([op, cipher])).derive(secret)
+        okm = HKDF(hashes.SHA256(), 44, cn + sn, label + bytes([op, cipher])).derive(
+            secret + dh)
         out.append(DirKeys(okm[:32], okm[32:]))
     return out[0], out[1]
 

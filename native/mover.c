@@ -54,22 +54,41 @@ mv_hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *msg, size_t msg
         memset(out, 0, 32);
 }
 
-/* The proofs of the handshake (format.md, "Handshake"): both bind the
- * operation and the cipher, so a man in the middle can change neither. */
+/* What both ends of a handshake know (format.md, "Handshake"). */
+typedef struct {
+    uint8_t cn[MV_NONCE_LEN], sn[MV_NONCE_LEN];
+    uint8_t cpub[MV_KX_LEN], spub[MV_KX_LEN];  /* ephemeral X25519 keys (zero: plaintext) */
+    int op, cipher;
+    void *kx;                                   /* this end's ephemeral key, or NULL */
+} mv_hs;
+
+/* Free the ephemeral key and wipe what the handshake held. */
 static void
-proof(const uint8_t *secret, size_t slen, const char *label, const uint8_t *cn,
-      const uint8_t *sn, int op, int cipher, uint8_t out[32])
+hs_forget(mv_hs *hs)
 {
-    uint8_t m[12 + 2 * MV_NONCE_LEN + 2];
+    mv_kx_free(hs->kx);
+    OPENSSL_cleanse(hs, sizeof *hs);
+}
+
+/* The proofs of the handshake: both bind the operation, the cipher and both
+ * ephemeral public keys, so a man in the middle can change none of them. */
+static void
+proof(const uint8_t *secret, size_t slen, const char *label, const mv_hs *hs, uint8_t out[32])
+{
+    uint8_t m[12 + 2 * MV_NONCE_LEN + 2 + 2 * MV_KX_LEN];
     size_t ll = strlen(label), n = 0;
     memcpy(m, label, ll);
     n = ll;
-    memcpy(m + n, cn, MV_NONCE_LEN);
+    memcpy(m + n, hs->cn, MV_NONCE_LEN);
     n += MV_NONCE_LEN;
-    memcpy(m + n, sn, MV_NONCE_LEN);
+    memcpy(m + n, hs->sn, MV_NONCE_LEN);
     n += MV_NONCE_LEN;
-    m[n++] = (uint8_t)op;
-    m[n++] = (uint8_t)cipher;
+    m[n++] = (uint8_t)hs->op;
+    m[n++] = (uint8_t)hs->cipher;
+    memcpy(m + n, hs->cpub, MV_KX_LEN);
+    n += MV_KX_LEN;
+    memcpy(m + n, hs->spub, MV_KX_LEN);
+    n += MV_KX_LEN;
     mv_hmac_sha256(secret, slen, m, n, out);
 }
 
@@ -151,8 +170,8 @@ check_header(const uint8_t *h, uint32_t max_blob, int *type, uint32_t *len, char
     uint32_t n = rd32(h + 8);
     uint32_t lo, hi;
     switch (t) {
-    case MV_HELLO: lo = hi = 36; break;
-    case MV_CHALLENGE: lo = hi = 64; break;
+    case MV_HELLO: lo = hi = MV_HELLO_LEN; break;
+    case MV_CHALLENGE: lo = hi = MV_CHALLENGE_LEN; break;
     case MV_AUTH: lo = hi = 32; break;
     case MV_READY: case MV_BYE: lo = hi = 0; break;
     case MV_WANT: case MV_OFFER: lo = 4 + MV_ID_LEN; hi = 4 + MV_ID_LEN * MV_MAX_BATCH; break;
@@ -516,17 +535,23 @@ conn_records(mv_conn *c, int cipher, const mv_dir_keys *tx, const mv_dir_keys *r
     return MV_OK;
 }
 
-/* Derive the stream's keys and turn the record layer on (plaintext: nothing). */
+/* Complete the key exchange, derive the stream's keys and turn the record
+ * layer on (plaintext: nothing). */
 static int
-conn_secure(mv_conn *c, const uint8_t *secret, size_t slen, const uint8_t *cn,
-            const uint8_t *sn, int op, int cipher, int server)
+conn_secure(mv_conn *c, const uint8_t *secret, size_t slen, const mv_hs *hs, int server)
 {
-    if (cipher == MV_CIPHER_NONE)
+    if (hs->cipher == MV_CIPHER_NONE)
         return MV_OK;
     mv_dir_keys c2s, s2c;
-    int st = mv_rec_derive(secret, slen, cn, sn, op, cipher, &c2s, &s2c, c->msg, c->msglen);
+    uint8_t dh[MV_KX_LEN];
+    int st = mv_kx_shared(hs->kx, server ? hs->cpub : hs->spub, dh, c->msg, c->msglen);
     if (!st)
-        st = server ? conn_records(c, cipher, &s2c, &c2s) : conn_records(c, cipher, &c2s, &s2c);
+        st = mv_rec_derive(secret, slen, dh, hs->cn, hs->sn, hs->op, hs->cipher, &c2s, &s2c,
+                           c->msg, c->msglen);
+    if (!st)
+        st = server ? conn_records(c, hs->cipher, &s2c, &c2s)
+                    : conn_records(c, hs->cipher, &c2s, &s2c);
+    OPENSSL_cleanse(dh, sizeof dh);
     OPENSSL_cleanse(&c2s, sizeof c2s);
     OPENSSL_cleanse(&s2c, sizeof s2c);
     return st;
@@ -1308,7 +1333,7 @@ struct mv_server {
 };
 
 static int
-server_handshake(mv_server *srv, mv_conn *c, int *op)
+server_hs(mv_server *srv, mv_conn *c, mv_hs *hs)
 {
     int type, st;
     uint32_t len;
@@ -1317,15 +1342,17 @@ server_handshake(mv_server *srv, mv_conn *c, int *op)
     if (type != MV_HELLO)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected HELLO, got frame type %d",
                       type);
-    uint8_t cn[MV_NONCE_LEN], sn[MV_NONCE_LEN], mac[MV_MAC_LEN];
+    uint8_t mac[MV_MAC_LEN];
     const uint8_t *p = c->rbuf + c->rstart;
-    memcpy(cn, p, MV_NONCE_LEN);
-    *op = p[32];
-    int cipher = p[33], pad = p[34] | p[35];
+    memcpy(hs->cn, p, MV_NONCE_LEN);
+    memcpy(hs->cpub, p + 36, MV_KX_LEN);
+    int op = hs->op = p[32];
+    int cipher = hs->cipher = p[33], pad = p[34] | p[35];
+    uint8_t *cn = hs->cn, *sn = hs->sn;
     c->rstart += len;
-    if ((*op != MV_OP_FETCH && *op != MV_OP_SEND) || pad)
+    if ((op != MV_OP_FETCH && op != MV_OP_SEND) || pad)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown operation %d",
-                      *op);
+                      op);
     if (cipher != MV_CIPHER_NONE && cipher != MV_CIPHER_AES256GCM && cipher != MV_CIPHER_CHACHA20)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown cipher %d",
                          cipher);
@@ -1348,24 +1375,37 @@ server_handshake(mv_server *srv, mv_conn *c, int *op)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_AUTH, "replayed handshake (client nonce reused)");
     if (getrandom(sn, sizeof sn, 0) != sizeof sn)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "getrandom: %s", strerror(errno));
-    uint8_t ch[64];
-    memcpy(ch, sn, 32);
-    proof(srv->secret, srv->secret_len, "HTMV2 server", cn, sn, *op, cipher, ch + 32);
-    if ((st = wb_frame(c, MV_CHALLENGE, ch, 64)) || (st = wb_flush(c, 0)))
+    if (cipher != MV_CIPHER_NONE && (st = mv_kx_new(&hs->kx, hs->spub, c->msg, c->msglen)))
+        return st;
+    uint8_t ch[MV_CHALLENGE_LEN];
+    memcpy(ch, sn, MV_NONCE_LEN);
+    proof(srv->secret, srv->secret_len, "HTMV2 server", hs, ch + MV_NONCE_LEN);
+    memcpy(ch + MV_NONCE_LEN + MV_MAC_LEN, hs->spub, MV_KX_LEN);
+    if ((st = wb_frame(c, MV_CHALLENGE, ch, sizeof ch)) || (st = wb_flush(c, 0)))
         return st;
     if ((st = read_frame(c, &type, &len)))
         return st;
     if (type != MV_AUTH)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected AUTH, got frame type %d",
                       type);
-    proof(srv->secret, srv->secret_len, "HTMV2 client", cn, sn, *op, cipher, mac);
+    proof(srv->secret, srv->secret_len, "HTMV2 client", hs, mac);
     int ok = CRYPTO_memcmp(mac, c->rbuf + c->rstart, MV_MAC_LEN) == 0;
     c->rstart += len;
     if (!ok)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_AUTH, "wrong client proof (bad secret)");
     if ((st = wb_frame(c, MV_READY, NULL, 0)) || (st = wb_flush(c, 0)))
         return st;
-    return conn_secure(c, srv->secret, srv->secret_len, cn, sn, *op, cipher, 1);
+    return conn_secure(c, srv->secret, srv->secret_len, hs, 1);
+}
+
+static int
+server_handshake(mv_server *srv, mv_conn *c, int *op)
+{
+    mv_hs hs = {.kx = NULL};
+    int st = server_hs(srv, c, &hs);
+    *op = hs.op;
+    hs_forget(&hs);
+    return st;
 }
 
 static int
@@ -1721,41 +1761,56 @@ client_connect(mv_stream *s, int *fdout)
 }
 
 static int
-client_handshake(mv_stream *s, mv_conn *c)
+client_hs(mv_stream *s, mv_conn *c, mv_hs *hs)
 {
-    uint8_t hello[36] = {0}, cn[MV_NONCE_LEN], sn[MV_NONCE_LEN], mac[MV_MAC_LEN];
-    if (getrandom(cn, sizeof cn, 0) != sizeof cn)
-        return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "getrandom: %s", strerror(errno));
-    int cipher = s->cfg->cipher == MV_CIPHER_AUTO ? mv_cipher_choose() : s->cfg->cipher;
-    memcpy(hello, cn, 32);
-    hello[32] = (uint8_t)s->op;
-    hello[33] = (uint8_t)cipher;
+    uint8_t hello[MV_HELLO_LEN] = {0}, mac[MV_MAC_LEN];
     int st, type;
     uint32_t len;
-    if ((st = wb_frame(c, MV_HELLO, hello, 36)) || (st = wb_flush(c, 0)))
+    if (getrandom(hs->cn, MV_NONCE_LEN, 0) != MV_NONCE_LEN)
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "getrandom: %s", strerror(errno));
+    hs->op = s->op;
+    hs->cipher = s->cfg->cipher == MV_CIPHER_AUTO ? mv_cipher_choose() : s->cfg->cipher;
+    if (hs->cipher != MV_CIPHER_NONE && (st = mv_kx_new(&hs->kx, hs->cpub, c->msg, c->msglen)))
+        return st;
+    memcpy(hello, hs->cn, MV_NONCE_LEN);
+    hello[32] = (uint8_t)hs->op;
+    hello[33] = (uint8_t)hs->cipher;
+    memcpy(hello + 36, hs->cpub, MV_KX_LEN);
+    if ((st = wb_frame(c, MV_HELLO, hello, sizeof hello)) || (st = wb_flush(c, 0)))
         return st;
     if ((st = read_frame(c, &type, &len)))
         return st;
     if (type != MV_CHALLENGE)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                       "expected CHALLENGE, got frame type %d", type);
-    memcpy(sn, c->rbuf + c->rstart, 32);
-    proof(s->secret, s->secret_len, "HTMV2 server", cn, sn, s->op, cipher, mac);
-    int ok = CRYPTO_memcmp(mac, c->rbuf + c->rstart + 32, 32) == 0;
+    const uint8_t *p = c->rbuf + c->rstart;
+    memcpy(hs->sn, p, MV_NONCE_LEN);
+    memcpy(hs->spub, p + MV_NONCE_LEN + MV_MAC_LEN, MV_KX_LEN);
+    proof(s->secret, s->secret_len, "HTMV2 server", hs, mac);
+    int ok = CRYPTO_memcmp(mac, p + MV_NONCE_LEN, MV_MAC_LEN) == 0;
     c->rstart += len;
     if (!ok)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_AUTH,
                       "server %s:%d failed to prove the session secret", s->host, s->port);
-    proof(s->secret, s->secret_len, "HTMV2 client", cn, sn, s->op, cipher, mac);
-    if ((st = wb_frame(c, MV_AUTH, mac, 32)) || (st = wb_flush(c, 0)))
+    proof(s->secret, s->secret_len, "HTMV2 client", hs, mac);
+    if ((st = wb_frame(c, MV_AUTH, mac, MV_MAC_LEN)) || (st = wb_flush(c, 0)))
         return st;
     if ((st = read_frame(c, &type, &len)))
         return st;
     if (type != MV_READY)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected READY, got frame type %d",
                       type);
-    s->cipher = cipher;
-    return conn_secure(c, s->secret, s->secret_len, cn, sn, s->op, cipher, 0);
+    s->cipher = hs->cipher;
+    return conn_secure(c, s->secret, s->secret_len, hs, 0);
+}
+
+static int
+client_handshake(mv_stream *s, mv_conn *c)
+{
+    mv_hs hs = {.kx = NULL};
+    int st = client_hs(s, c, &hs);
+    hs_forget(&hs);
+    return st;
 }
 
 static int

@@ -6,7 +6,8 @@
  * spool file is verified and committed).
  *
  * Contract
- *  - C owns the bytes: framing, the HMAC-SHA256 handshake, the AEAD record
+ *  - C owns the bytes: framing, the HMAC-SHA256 handshake (with an
+ *    ephemeral X25519 exchange on encrypted streams), the AEAD record
  *    layer every frame after the handshake travels in (mover_record.h),
  *    socket I/O, sendfile / pread+send from pack files (pread+send on an
  *    encrypted stream), and spooling received blobs to
@@ -47,6 +48,10 @@
 #define MV_ID_LEN 16
 #define MV_NONCE_LEN 32
 #define MV_MAC_LEN 32
+/* HELLO: nonce, op, cipher, 2 zero bytes, X25519 public key; CHALLENGE:
+ * nonce, proof, X25519 public key (zeros on a plaintext stream). */
+#define MV_HELLO_LEN (MV_NONCE_LEN + 4 + 32)
+#define MV_CHALLENGE_LEN (MV_NONCE_LEN + MV_MAC_LEN + 32)
 #define MV_MAX_BATCH 4096            /* ids per WANT / OFFER / NEED */
 #define MV_RESOLVE_STEP 256          /* ids per resolve callback of a sender */
 #define MV_MAX_ERROR_TEXT 1024

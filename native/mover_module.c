@@ -632,23 +632,25 @@ check_frames(PyObject *Py_UNUSED(module), PyObject *args)
 static PyObject *
 record_keys(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    Py_buffer secret, cn, sn;
+    Py_buffer secret, dh, cn, sn;
     int op, cipher;
-    if (!PyArg_ParseTuple(args, "y*y*y*ii:record_keys", &secret, &cn, &sn, &op, &cipher))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*ii:record_keys", &secret, &dh, &cn, &sn, &op, &cipher))
         return NULL;
     PyObject *res = NULL;
     char msg[256] = "";
     mv_dir_keys c2s, s2c;
-    if (cn.len != MV_NONCE_LEN || sn.len != MV_NONCE_LEN)
-        PyErr_Format(PyExc_ValueError, "nonces must be %d bytes", MV_NONCE_LEN);
-    else if (mv_rec_derive(secret.buf, (size_t)secret.len, cn.buf, sn.buf, op, cipher, &c2s,
-                           &s2c, msg, sizeof msg) != MV_OK)
+    if (cn.len != MV_NONCE_LEN || sn.len != MV_NONCE_LEN || dh.len != MV_KX_LEN)
+        PyErr_Format(PyExc_ValueError, "nonces and the shared secret must be %d bytes",
+                     MV_NONCE_LEN);
+    else if (mv_rec_derive(secret.buf, (size_t)secret.len, dh.buf, cn.buf, sn.buf, op, cipher,
+                           &c2s, &s2c, msg, sizeof msg) != MV_OK)
         PyErr_SetString(PyExc_OSError, msg);
     else
         res = Py_BuildValue("(y#y#y#y#)", c2s.key, (Py_ssize_t)MV_KEY_LEN, c2s.iv,
                             (Py_ssize_t)MV_IV_LEN, s2c.key, (Py_ssize_t)MV_KEY_LEN, s2c.iv,
                             (Py_ssize_t)MV_IV_LEN);
     PyBuffer_Release(&secret);
+    PyBuffer_Release(&dh);
     PyBuffer_Release(&cn);
     PyBuffer_Release(&sn);
     return res;
@@ -748,7 +750,7 @@ static PyMethodDef methods[] = {
      "Parse buf as the frames a server reads after the handshake."},
     {"strerror", strerror_, METH_VARARGS, "strerror(status, /) -> str"},
     {"record_keys", record_keys, METH_VARARGS,
-     "record_keys(secret, cn, sn, op, cipher, /) -> (c2s_key, c2s_iv, s2c_key, s2c_iv)\n\n"
+     "record_keys(secret, dh, cn, sn, op, cipher, /) -> (c2s_key, c2s_iv, s2c_key, s2c_iv)\n\n"
      "The record keys a handshake derives (HKDF-SHA256; docs/format.md, 'Records')."},
     {"check_records", check_records, METH_VARARGS,
      "check_records(cipher, key, iv, buf, /) -> (status, nrecords, message)\n\n"

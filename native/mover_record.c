@@ -56,9 +56,45 @@ evp_cipher(int cipher)
     return NULL;
 }
 
-/* HKDF-SHA256(secret, salt = cn || sn, info = label || op || cipher) -> key || iv. */
+int
+mv_kx_new(void **key, uint8_t pub[MV_KX_LEN], char *msg, size_t msglen)
+{
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
+    size_t n = MV_KX_LEN;
+    if (!k || EVP_PKEY_get_raw_public_key(k, pub, &n) != 1 || n != MV_KX_LEN) {
+        EVP_PKEY_free(k);
+        return ossl_fail(msg, msglen, MV_ERR_NOMEM, "X25519 key generation");
+    }
+    *key = k;
+    return MV_OK;
+}
+
+int
+mv_kx_shared(void *key, const uint8_t peer[MV_KX_LEN], uint8_t out[MV_KX_LEN], char *msg,
+             size_t msglen)
+{
+    EVP_PKEY *theirs = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer, MV_KX_LEN);
+    EVP_PKEY_CTX *ctx = theirs ? EVP_PKEY_CTX_new(key, NULL) : NULL;
+    size_t n = MV_KX_LEN;
+    /* OpenSSL refuses a shared secret of all zeros (a low-order peer key). */
+    int ok = ctx && EVP_PKEY_derive_init(ctx) == 1 && EVP_PKEY_derive_set_peer(ctx, theirs) == 1 &&
+             EVP_PKEY_derive(ctx, out, &n) == 1 && n == MV_KX_LEN;
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(theirs);
+    if (!ok)
+        return ossl_fail(msg, msglen, MV_ERR_AUTH, "X25519 exchange with the peer's key");
+    return MV_OK;
+}
+
+void
+mv_kx_free(void *key)
+{
+    EVP_PKEY_free(key);
+}
+
+/* HKDF-SHA256(secret || dh, salt = cn || sn, info = label || op || cipher) -> key || iv. */
 static int
-hkdf(EVP_KDF_CTX *kctx, const uint8_t *secret, size_t slen, const uint8_t *salt,
+hkdf(EVP_KDF_CTX *kctx, const uint8_t *ikm, size_t ikmlen, const uint8_t *salt,
      const char *label, int op, int cipher, mv_dir_keys *out)
 {
     uint8_t info[16], okm[MV_KEY_LEN + MV_IV_LEN];
@@ -68,7 +104,7 @@ hkdf(EVP_KDF_CTX *kctx, const uint8_t *secret, size_t slen, const uint8_t *salt,
     info[ll + 1] = (uint8_t)cipher;
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)secret, slen),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)ikm, ikmlen),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt,
                                           2 * MV_NONCE_LEN),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, ll + 2),
@@ -83,16 +119,23 @@ hkdf(EVP_KDF_CTX *kctx, const uint8_t *secret, size_t slen, const uint8_t *salt,
 }
 
 int
-mv_rec_derive(const uint8_t *secret, size_t slen, const uint8_t *cn, const uint8_t *sn,
-              int op, int cipher, mv_dir_keys *c2s, mv_dir_keys *s2c, char *msg, size_t msglen)
+mv_rec_derive(const uint8_t *secret, size_t slen, const uint8_t *dh, const uint8_t *cn,
+              const uint8_t *sn, int op, int cipher, mv_dir_keys *c2s, mv_dir_keys *s2c,
+              char *msg, size_t msglen)
 {
-    uint8_t salt[2 * MV_NONCE_LEN];
+    uint8_t salt[2 * MV_NONCE_LEN], ikm[MV_MAX_SECRET + MV_KX_LEN];
+    if (slen > MV_MAX_SECRET)
+        return mv_setmsg(msg, msglen, MV_ERR_ARG, "session secret of %zu bytes", slen);
     memcpy(salt, cn, MV_NONCE_LEN);
     memcpy(salt + MV_NONCE_LEN, sn, MV_NONCE_LEN);
+    memcpy(ikm, secret, slen);
+    memcpy(ikm + slen, dh, MV_KX_LEN);
+    size_t ikmlen = slen + MV_KX_LEN;
     EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
     EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-    int ok = kctx && hkdf(kctx, secret, slen, salt, "HTMV2 c2s", op, cipher, c2s) &&
-             hkdf(kctx, secret, slen, salt, "HTMV2 s2c", op, cipher, s2c);
+    int ok = kctx && hkdf(kctx, ikm, ikmlen, salt, "HTMV2 c2s", op, cipher, c2s) &&
+             hkdf(kctx, ikm, ikmlen, salt, "HTMV2 s2c", op, cipher, s2c);
+    OPENSSL_cleanse(ikm, sizeof ikm);
     EVP_KDF_CTX_free(kctx);
     EVP_KDF_free(kdf);
     if (!ok)

@@ -8,8 +8,10 @@
  * 16-byte header is the associated data; the nonce is the direction's IV
  * XOR the sequence number (little-endian, into the last 8 bytes), so a nonce
  * is never reused under a key. Keys and IVs come from HKDF-SHA256 over the
- * session secret, salted with both handshake nonces: one key and IV per
- * direction of each stream.
+ * session secret and an ephemeral X25519 exchange (both public keys bound
+ * into the handshake's proofs), salted with both handshake nonces: one key
+ * and IV per direction of each stream, none recoverable from the secret
+ * alone once the stream's ephemeral keys are gone.
  *
  * Contract
  *  - mv_rec_open never releases plaintext of a record whose tag, sequence
@@ -40,6 +42,7 @@
 #define MV_RECORD_LIMIT (1ull << 20)
 #define MV_KEY_LEN 32
 #define MV_IV_LEN 12
+#define MV_KX_LEN 32                 /* X25519 public key and shared secret */
 
 /* Ciphers named in HELLO (byte 33). */
 enum { MV_CIPHER_NONE = 0, MV_CIPHER_AES256GCM = 1, MV_CIPHER_CHACHA20 = 2 };
@@ -65,11 +68,20 @@ typedef struct {
 int mv_cipher_choose(void);
 const char *mv_cipher_name(int cipher);
 
+/* A fresh ephemeral X25519 key (*key, freed with mv_kx_free) and its public half. */
+int mv_kx_new(void **key, uint8_t pub[MV_KX_LEN], char *msg, size_t msglen);
+/* The X25519 shared secret of `key` and the peer's public key (a low-order
+ * peer key, whose secret would be all zero, is refused: MV_ERR_AUTH). */
+int mv_kx_shared(void *key, const uint8_t peer[MV_KX_LEN], uint8_t out[MV_KX_LEN], char *msg,
+                 size_t msglen);
+void mv_kx_free(void *key);
+
 /* Derive both directions' keys (c2s: client to server, s2c: server to
- * client) from the session secret and the handshake's nonces, op and cipher. */
-int mv_rec_derive(const uint8_t *secret, size_t slen, const uint8_t *cn, const uint8_t *sn,
-                  int op, int cipher, mv_dir_keys *c2s, mv_dir_keys *s2c, char *msg,
-                  size_t msglen);
+ * client) from the session secret, the X25519 shared secret `dh` and the
+ * handshake's nonces, op and cipher. */
+int mv_rec_derive(const uint8_t *secret, size_t slen, const uint8_t *dh, const uint8_t *cn,
+                  const uint8_t *sn, int op, int cipher, mv_dir_keys *c2s, mv_dir_keys *s2c,
+                  char *msg, size_t msglen);
 
 /* Key a direction (seal: 1 to seal, 0 to open). Wipes nothing of `k`. */
 int mv_rec_init(mv_rec_dir *d, int cipher, const mv_dir_keys *k, int seal, char *msg,

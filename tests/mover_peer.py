@@ -64,39 +64,47 @@ class RawClient:
 
     def __init__(self, port: int, secret: bytes, *, op: int = OP_FETCH,
                  cipher: int = ref.CIPHER_AES256GCM, cn: bytes | None = None,
-                 auth: bytes | None = None) -> None:
+                 auth: bytes | None = None, pub: bytes | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.cn = cn or os.urandom(32)
         self.tx: ref.Direction | None = None
         self.rx: ref.Direction | None = None
         self._plain = b""
         self.proof = b""
-        self.sock.sendall(frame(1, self.cn + bytes([op, cipher, 0, 0])))
+        key, cpub = ref.ephemeral()
+        cpub = pub if pub is not None else cpub  # another public key, as an attacker sends
+        self.sock.sendall(frame(1, self.cn + bytes([op, cipher, 0, 0]) + cpub))
         self.last, payload = read_plain_frame(self.sock)
         if self.last != 2:  # not a CHALLENGE
             self.error = payload
             return
-        sn = payload[:32]
-        assert payload[32:] == ref.proof(secret, "server", self.cn, sn, op, cipher)
-        self.proof = auth or ref.proof(secret, "client", self.cn, sn, op, cipher)
+        sn, spub = payload[:32], payload[64:]
+        assert payload[32:64] == ref.proof(secret, "server", self.cn, sn, op, cipher, cpub,
+                                           spub)
+        self.proof = auth or ref.proof(secret, "client", self.cn, sn, op, cipher, cpub, spub)
         self.sock.sendall(frame(3, self.proof))
         self.last, self.error = read_plain_frame(self.sock)
         if self.last == 4 and cipher:  # READY: records from now on
-            c2s, s2c = ref.record_keys(secret, self.cn, sn, op, cipher)
+            c2s, s2c = ref.record_keys(secret, ref.shared(key, spub), self.cn, sn, op, cipher)
             self.tx, self.rx = ref.Direction(cipher, c2s), ref.Direction(cipher, s2c)
 
     def send(self, data: bytes) -> None:
         """Send frame bytes (sealed in one record once the record layer is on)."""
         self.sock.sendall(self.tx.seal(data) if self.tx else data)
 
+    def read_record(self) -> bytes:
+        """The plaintext of the next record from the server."""
+        assert self.rx is not None
+        head = recv_exact(self.sock, 16)
+        length = struct.unpack_from("<I", head, 4)[0]
+        return self.rx.open(head + recv_exact(self.sock, length + 16))
+
     def read_frame(self) -> tuple[int, bytes]:
         if self.rx is None:
             return read_plain_frame(self.sock)
         while len(self._plain) < 12 or len(self._plain) < 12 + struct.unpack_from(
                 "<I", self._plain, 8)[0]:
-            head = recv_exact(self.sock, 16)
-            length = struct.unpack_from("<I", head, 4)[0]
-            self._plain += self.rx.open(head + recv_exact(self.sock, length + 16))
+            self._plain += self.read_record()
         n = 12 + struct.unpack_from("<I", self._plain, 8)[0]
         out, self._plain = self._plain[:n], self._plain[n:]
         return out[5], out[12:]

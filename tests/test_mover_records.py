@@ -74,13 +74,14 @@ _clean = assert_clean
 
 @pytest.mark.parametrize("cipher", CIPHERS)
 def test_keys_match_the_reference_and_differ_per_direction_and_stream(cipher: int) -> None:
-    cn, sn = os.urandom(32), os.urandom(32)
-    keys = _mover.record_keys(SECRET, cn, sn, OP_FETCH, cipher)
-    c2s, s2c = ref.record_keys(SECRET, cn, sn, OP_FETCH, cipher)
+    cn, sn, dh = os.urandom(32), os.urandom(32), os.urandom(32)
+    keys = _mover.record_keys(SECRET, dh, cn, sn, OP_FETCH, cipher)
+    c2s, s2c = ref.record_keys(SECRET, dh, cn, sn, OP_FETCH, cipher)
     assert keys == (c2s.key, c2s.iv, s2c.key, s2c.iv)
-    other = _mover.record_keys(SECRET, cn, os.urandom(32), OP_FETCH, cipher)  # another stream
-    send = _mover.record_keys(SECRET, cn, sn, 2, cipher)
-    assert len({keys[0], keys[2], other[0], other[2], send[0], send[2]}) == 6
+    other = _mover.record_keys(SECRET, dh, cn, os.urandom(32), OP_FETCH, cipher)  # stream
+    send = _mover.record_keys(SECRET, dh, cn, sn, 2, cipher)
+    fresh = _mover.record_keys(SECRET, os.urandom(32), cn, sn, OP_FETCH, cipher)  # exchange
+    assert len({k for ks in (keys, other, send, fresh) for k in ks[::2]}) == 8
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
@@ -160,14 +161,13 @@ def test_record_parser_survives_random_mutations() -> None:
 # -- what crosses the wire ---------------------------------------------------------------
 
 
-def _handshake_of(relay: Relay) -> tuple[bytes, bytes, int, int, bytes]:
-    """(cn, sn, op, cipher, server records) of the relay's first connection."""
-    c2s, s2c = bytes(relay.captures[0, "c2s"]), bytes(relay.captures[0, "s2c"])
-    hello = c2s[12:48]
-    challenge_len = struct.unpack_from("<I", s2c, 8)[0]
-    sn = s2c[12:44]
-    after = 12 + challenge_len + 12  # CHALLENGE, then READY (empty)
-    return hello[:32], sn, hello[32], hello[33], s2c[after:]
+def _handshake_of(relay: Relay, n: int = 0) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """(cn, client public key, sn, server public key, server records) of connection n."""
+    c2s, s2c = bytes(relay.captures[n, "c2s"]), bytes(relay.captures[n, "s2c"])
+    hello = c2s[12:80]
+    challenge = s2c[12:12 + struct.unpack_from("<I", s2c, 8)[0]]
+    after = 12 + len(challenge) + 12  # CHALLENGE, then READY (empty)
+    return hello[:32], hello[36:], challenge[:32], challenge[64:], s2c[after:]
 
 
 def test_wire_holds_no_chunk_plaintext(src: Client, dst: Client, tmp_path: Path) -> None:
@@ -191,16 +191,21 @@ def test_wire_holds_no_chunk_plaintext(src: Client, dst: Client, tmp_path: Path)
         # ...and encrypted it is not, anywhere in either direction.
         assert len(wire) > stats.bytes and MARKER not in wire
         assert MARKER[:16] not in wire
-        # The records are the documented ones: the reference opens them in order.
-        cn, sn, op, cipher, records = _handshake_of(relay)
-        _, s2c = ref.record_keys(SECRET, cn, sn, op, cipher)
-        opener = ref.Direction(cipher, s2c)
+        # The server's bytes after the handshake are records, numbered 0, 1, 2, ...
+        cn, cpub, sn, spub, records = _handshake_of(relay)
         recs, rest = ref.split_records(records)
-        plaintext = b"".join(opener.open(r) for r in recs)
-        assert rest == b"" and MARKER in plaintext and opener.seq == len(recs) > 4
+        assert rest == b"" and len(recs) > 4
+        assert [ref.RECORD_HEADER.unpack_from(r)[2] for r in recs] == list(range(len(recs)))
+        # Forward secrecy: the session secret alone does not open them (the keys
+        # also come from the ephemeral X25519 exchange, whose private halves are gone).
+        cipher = ref.CIPHER_AES256GCM if stats.cipher == "aes-256-gcm" else ref.CIPHER_CHACHA20
+        for dh in (bytes(32), cpub, spub):
+            _, s2c = ref.record_keys(SECRET, dh, cn, sn, OP_FETCH, cipher)
+            with pytest.raises(ref.RecordError):
+                ref.Direction(cipher, s2c).open(recs[0])
 
 
-def test_each_stream_and_direction_has_its_own_keys(src: Client, dst: Client) -> None:
+def test_each_stream_has_fresh_nonces_and_ephemeral_keys(src: Client, dst: Client) -> None:
     ids = mover.tree_chunks(src, "/data")
     with mover.MoverServer(src, SECRET) as srv:
         relay = Relay(srv.address)
@@ -210,12 +215,8 @@ def test_each_stream_and_direction_has_its_own_keys(src: Client, dst: Client) ->
             relay.close()
     streams = {k[0] for k in relay.captures}
     assert len(streams) == 3
-    keys = set()
-    for n in streams:
-        c2s, s2c = bytes(relay.captures[n, "c2s"]), bytes(relay.captures[n, "s2c"])
-        keys |= set(_mover.record_keys(SECRET, c2s[12:44], s2c[12:44], OP_FETCH,
-                                       c2s[45])[::2])
-    assert len(keys) == 6
+    values = [v for n in streams for v in _handshake_of(relay, n)[:4]]
+    assert len(set(values)) == 12 and bytes(32) not in values
 
 
 # -- an attacker on the path ---------------------------------------------------------------
@@ -304,6 +305,18 @@ def test_peers_without_the_secret_get_nothing(src: Client, dst: Client) -> None:
     assert _held(dst, ids) == []
 
 
+def test_low_order_exchange_key_is_refused(src: Client) -> None:
+    """A peer with the secret that sends a low-order X25519 key (shared secret zero)."""
+    with mover.MoverServer(src, SECRET) as srv:
+        peer = RawClient(srv.port, SECRET, pub=bytes(32))
+        assert peer.last == 4  # READY: the proof binds the key, then the exchange fails
+        ftype, payload = read_plain_frame(peer.sock)
+        assert ftype == 12 and struct.unpack_from("<I", payload)[0] == _mover.ERR_AUTH
+        assert b"X25519" in payload
+        assert srv.counters()["auth_failures"] == 1
+        peer.close()
+
+
 def test_plaintext_needs_both_ends_to_ask(src: Client, dst: Client) -> None:
     ids = mover.tree_chunks(src, "/data")
     with mover.MoverServer(src, SECRET) as srv:
@@ -362,11 +375,14 @@ def test_large_blobs_start_their_own_records(big: Client, dst: Client, direct: b
             finally:
                 relay.close()
             assert stats.committed == len(ids)
-            cn, sn, op, cipher, records = _handshake_of(relay)
-            opener = ref.Direction(cipher, ref.record_keys(SECRET, cn, sn, op, cipher)[1])
-            plain = [opener.open(r) for r in ref.split_records(records)[0]]
-            starts = {p[:4] for p in plain}
-            assert b"HTCB" in starts  # records that begin with a blob's header
+            # The records a server sends for them, read by a raw client.
+            peer = RawClient(srv.port, SECRET)
+            peer.send(frame(5, struct.pack("<I", len(ids)) + b"".join(ids)))
+            plain = [peer.read_record()]
+            while plain[-1][-20:-14] != b"HTMV\x02\x08" and len(plain) < 4 * len(ids) + 8:
+                plain.append(peer.read_record())  # until the record that ends with END
+            peer.close()
+            assert sum(p[:4] == b"HTCB" for p in plain) >= len(ids) // 2  # a blob's header
             assert sum(len(p) for p in plain if p[:4] == b"HTCB") > stats.bytes // 2
             with small_store(tmp_path / "again") as again:
                 # Record 3 is inside the blobs: flipped, it fails the fetch there.
@@ -398,12 +414,14 @@ def _fake_server(code: int) -> tuple[socket.socket, threading.Thread]:
         conn, _ = listener.accept()
         with conn:
             _, hello = read_plain_frame(conn)
-            cn, op, cipher = hello[:32], hello[32], hello[33]
+            cn, op, cipher, cpub = hello[:32], hello[32], hello[33], hello[36:]
             sn = os.urandom(32)
-            conn.sendall(frame(2, sn + ref.proof(SECRET, "server", cn, sn, op, cipher)))
+            key, spub = ref.ephemeral()
+            conn.sendall(frame(2, sn + ref.proof(SECRET, "server", cn, sn, op, cipher, cpub,
+                                                 spub) + spub))
             read_plain_frame(conn)  # AUTH (not checked: this peer is ours)
             conn.sendall(frame(4))
-            _, s2c = ref.record_keys(SECRET, cn, sn, op, cipher)
+            _, s2c = ref.record_keys(SECRET, ref.shared(key, cpub), cn, sn, op, cipher)
             conn.sendall(ref.Direction(cipher, s2c).seal(
                 frame(12, struct.pack("<I", code) + b"from the fake peer")))
             conn.recv(1 << 16)
