@@ -369,7 +369,7 @@ wb_flush(mv_conn *c, int more)
         c->wlen = 0;
         return st;
     }
-    size_t out = 0, at = 0;
+    size_t out = 0, sent = 0, at = 0;
     int st = MV_OK;
     for (size_t k = 0; k <= c->ncuts && !st; k++) {
         size_t end = k < c->ncuts ? c->cuts[k] : c->wlen;
@@ -378,10 +378,16 @@ wb_flush(mv_conn *c, int more)
             st = mv_rec_seal(&c->tx, c->wbuf + at, n, c->obuf + out, c->msg, c->msglen);
             out += n + MV_RECORD_OVERHEAD;
             at += n;
+            /* Send every record's worth at once: the peer opens it while the
+             * next one is sealed. */
+            if (!st && out - sent >= MV_RECORD_MAX) {
+                st = send_all(c, c->obuf + sent, out - sent, 1);
+                sent = out;
+            }
         }
     }
     c->wlen = c->ncuts = 0;
-    return st ? st : send_all(c, c->obuf, out, more);
+    return st ? st : send_all(c, c->obuf + sent, out - sent, more);
 }
 
 /* Start a record at the current end of wbuf (record layer on, room for a cut). */
