@@ -17,11 +17,12 @@ setup(
         ),
         Extension(
             "gfs._mover",
-            sources=["native/mover_module.c", "native/mover.c"],
-            depends=["native/mover.h"],
+            sources=["native/mover_module.c", "native/mover.c", "native/mover_record.c"],
+            depends=["native/mover.h", "native/mover_record.h"],
             include_dirs=["native"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             extra_link_args=["-pthread"],
+            libraries=["crypto"],  # OpenSSL libcrypto (Debian: libssl-dev): HMAC, HKDF, AEAD
         ),
         Extension(
             "gfs._delayline",

@@ -22,6 +22,13 @@ DEFAULT_MAX_BLOB: int
 ENTRY_LEN: int
 ENTRY_VERIFIED: int
 SENDFILE_AUTO: int
+ERR_RECORD: int
+ERR_REKEY: int
+CIPHER_NONE: int
+CIPHER_AES256GCM: int
+CIPHER_CHACHA20: int
+CIPHER_AUTO: int
+RECORD_MAX: int
 
 Resolve = Callable[[bytes], list[tuple[str, int, int] | None]]
 Need = Callable[[bytes], bytes]
@@ -46,6 +53,7 @@ class Server:
         rcvbuf: int = ...,
         congestion: str = ...,
         direct: bool = ...,
+        allow_plaintext: bool = ...,
     ) -> None: ...
     def close(self) -> None: ...
     def counters(self) -> dict[str, int]: ...
@@ -72,7 +80,16 @@ def transfer(
     batch: int = ...,
     congestion: str = ...,
     direct: bool = ...,
-) -> list[tuple[int, str, int, int, int, int, int]]: ...
+    cipher: int = ...,
+) -> list[tuple[int, str, int, int, int, int, int, str]]: ...
 def hmac_sha256(key: bytes, msg: bytes, /) -> bytes: ...
 def check_frames(buf: bytes, max_blob: int = ..., /) -> tuple[int, int, str]: ...
 def strerror(status: int, /) -> str: ...
+def record_keys(
+    secret: bytes, dh: bytes, cn: bytes, sn: bytes, op: int, cipher: int, /
+) -> tuple[bytes, bytes, bytes, bytes]: ...
+def check_records(cipher: int, key: bytes, iv: bytes, buf: bytes, /) -> tuple[int, int, str]: ...
+def seal_record(
+    cipher: int, key: bytes, iv: bytes, seq: int, plaintext: bytes, /
+) -> tuple[int, bytes, str]: ...
+def cipher_name(cipher: int, /) -> str: ...

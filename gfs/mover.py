@@ -2,8 +2,11 @@
 
 The native extension `gfs._mover` (native/mover.[ch]) owns the bytes: the
 framed protocol of docs/format.md ("Mover protocol"), the HMAC handshake,
-parallel streams, `sendfile` or `pread` + `send` from pack files, spooling
-of received blobs to temporaries. This module owns policy: which chunks
+the AEAD records every frame after it travels in (AES-256-GCM or
+ChaCha20-Poly1305, keys from HKDF over the session secret and an ephemeral
+X25519 exchange), parallel
+streams, `sendfile` or `pread` + `send` from pack files, spooling of
+received blobs to temporaries. This module owns policy: which chunks
 (only those the destination lacks: resume), which peer, how many streams,
 retries, and the commit of received blobs, which are verified with
 `decode_blob` before anything of them becomes visible.
@@ -122,6 +125,12 @@ class MoverProtocolError(MoverError):
     """The peer sent a malformed frame or a length past a limit; the stream was closed."""
 
 
+class MoverRecordError(MoverError):
+    """A record failed authentication or arrived out of sequence: the stream was tampered
+    with in transit (or the peer's key differs). Nothing of that record or after it was
+    committed; the transfer is not retried."""
+
+
 class ChunksUnavailableError(MoverError):
     """The peer does not hold some chunks (or sent damaged copies); `ids` lists them."""
 
@@ -130,17 +139,35 @@ class ChunksUnavailableError(MoverError):
         self.ids = list(ids)
 
 
-_RETRYABLE = frozenset({_mover.ERR_IO, _mover.ERR_TIMEOUT, _mover.ERR_CLOSED, _mover.ERR_PEER})
+_RETRYABLE = frozenset({_mover.ERR_IO, _mover.ERR_TIMEOUT, _mover.ERR_CLOSED, _mover.ERR_PEER,
+                        _mover.ERR_REKEY})
+
+#: Ciphers of a client's streams (`fetch`/`send` `cipher=`); "auto" is AES-256-GCM on
+#: CPUs with AES instructions, ChaCha20-Poly1305 elsewhere; "none" is plaintext and only
+#: a server started with `allow_plaintext=True` accepts it (benchmarks, tests).
+CIPHERS: Final = {"auto": _mover.CIPHER_AUTO, "aes-256-gcm": _mover.CIPHER_AES256GCM,
+                  "chacha20-poly1305": _mover.CIPHER_CHACHA20, "none": _mover.CIPHER_NONE}
+
+
+def _cipher(name: str) -> int:
+    try:
+        return CIPHERS[name]
+    except KeyError:
+        raise ValueError(f"mover cipher {name!r} is unknown: use one of "
+                         f"{', '.join(CIPHERS)}") from None
 
 
 def _error(status: int, message: str, peer: str) -> MoverError:
     text = f"mover {peer}: {message or _mover.strerror(status)}"
     if status == _mover.ERR_AUTH:
-        return MoverAuthError(text + " (check the session secret)", status, peer)
+        return MoverAuthError(text + " (check the session secret and the cipher)", status, peer)
     if status == _mover.ERR_TIMEOUT:
         return MoverTimeoutError(text + " (run the transfer again to resume)", status, peer)
     if status in (_mover.ERR_PROTOCOL, _mover.ERR_LIMIT):
         return MoverProtocolError(text, status, peer)
+    if status == _mover.ERR_RECORD:
+        return MoverRecordError(text + " (the stream was altered in transit; nothing of the "
+                                "altered record was committed)", status, peer)
     return MoverError(text + " (run the transfer again to resume)", status, peer)
 
 
@@ -170,6 +197,8 @@ class TransferStats:
     """Chunks the source does not hold."""
     retries: int = 0
     seconds: float = 0.0
+    cipher: str = ""
+    """The streams' cipher ("aes-256-gcm", "chacha20-poly1305", "none")."""
     errors: list[str] = field(default_factory=list)
     """Stream errors that a retry recovered from."""
 
@@ -570,13 +599,15 @@ class MoverServer:
     blobs with zero-copy `sendfile` (True), `pread` + `send` (False), or, by
     default, `pread` + `send` to a client on this host and `sendfile` to
     others (over loopback both ends share the CPUs; measured by
-    `python -m bench mover`).
+    `python -m bench mover`). Every stream is encrypted and authenticated;
+    `allow_plaintext` also accepts clients that ask for plaintext streams
+    (`cipher="none"`: benchmarks and tests only).
     """
 
     def __init__(self, store: Client | ChunkStore, secret: bytes, host: str = "127.0.0.1",
                  port: int = 0, *, timeout: float = DEFAULT_TIMEOUT,
                  sendfile: bool | None = None, max_blob: int = _mover.DEFAULT_MAX_BLOB,
-                 congestion: str | None = None) -> None:
+                 congestion: str | None = None, allow_plaintext: bool = False) -> None:
         self.store = _store_of(store)
         self.host = host
         self._source = Source(self.store)
@@ -587,7 +618,7 @@ class MoverServer:
             spool_limit=self._receiver.spool_limit, timeout=timeout, max_blob=max_blob,
             sendfile=_sendfile_mode(sendfile), sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf,
             congestion=TUNING.congestion if congestion is None else congestion,
-            direct=self._receiver.direct)
+            direct=self._receiver.direct, allow_plaintext=allow_plaintext)
         self.port = self._server.port
 
     @property
@@ -596,7 +627,8 @@ class MoverServer:
         return self.host, self.port
 
     def counters(self) -> dict[str, int]:
-        """connections, auth_failures, chunks_served, chunks_received, bytes (sent + received)."""
+        """connections, auth_failures (handshakes refused and records found altered),
+        chunks_served, chunks_received, bytes (sent + received)."""
         if self._server is None:
             raise ValueError("mover server is closed")
         return self._server.counters()
@@ -645,7 +677,7 @@ def _progress_adapter(progress: Progress | None) -> Callable[[int, int], None] |
 
 def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: TransferStats, *,
          streams: int, timeout: float, sendfile: bool | None, progress: Progress | None,
-         committer: _Committer | None = None, source: Source | None = None,
+         cipher: str, committer: _Committer | None = None, source: Source | None = None,
          ) -> list[tuple[int, str]]:
     adapter = _progress_adapter(progress)
     receiver = committer.receiver if committer else None
@@ -663,14 +695,16 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
             spool_limit=receiver.spool_limit if receiver else 16 << 20,
             timeout=timeout, sendfile=_sendfile_mode(sendfile), progress=adapter,
             sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf, congestion=TUNING.congestion,
-            direct=receiver.direct if receiver else False)
+            direct=receiver.direct if receiver else False, cipher=_cipher(cipher))
     finally:
         if committer is not None:
             committed, rejected = committer.finish()
             stats.committed += committed
             stats.rejected += rejected
     failures = []
-    for status, message, nbytes, chunks, _missing, committed, rejected in results:
+    for status, message, nbytes, chunks, _missing, committed, rejected, used in results:
+        if used != "unknown":
+            stats.cipher = used
         stats.bytes += nbytes
         stats.chunks += chunks
         stats.committed += committed
@@ -680,6 +714,24 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
     if adapter is not None:
         adapter(sum(r[2] for r in results), 0)
     return failures
+
+
+def _next_attempt(failures: list[tuple[int, str]], attempt: int, retries: int,
+                  progressed: bool, stats: TransferStats, started: float) -> int:
+    """The attempt number of the next try after stream `failures`, or raise the error.
+
+    Streams that only used up their keys' record limit (`ERR_REKEY`) after
+    moving data resume on new streams without spending an attempt.
+    """
+    rekey = progressed and all(status == _mover.ERR_REKEY for status, _ in failures)
+    fatal = [f for f in failures if f[0] not in _RETRYABLE]
+    if fatal or (attempt >= retries and not rekey):
+        stats.seconds = time.monotonic() - started
+        status, message = (fatal or failures)[0]
+        raise _error(status, message, stats.peer)
+    stats.errors += [m for _, m in failures]
+    stats.retries += 1
+    return attempt if rekey else attempt + 1
 
 
 def _sendfile_mode(sendfile: bool | None) -> int:
@@ -695,7 +747,7 @@ def _check_streams(streams: int) -> None:
 def fetch(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret: bytes, *,
           streams: int = DEFAULT_STREAMS, retries: int = DEFAULT_RETRIES,
           timeout: float = DEFAULT_TIMEOUT, progress: Progress | None = None,
-          strict: bool = True) -> TransferStats:
+          strict: bool = True, cipher: str = "auto") -> TransferStats:
     """Pull chunks `ids` from the mover server at `peer` into `store`.
 
     Only chunks the store lacks are asked for, so a second call after an
@@ -705,9 +757,10 @@ def fetch(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secre
     failures (cut, stall) are retried up to `retries` times. With `strict`,
     chunks the peer does not hold (or sent damaged) raise
     `ChunksUnavailableError` after the rest was committed; otherwise they are
-    listed in `stats.missing`.
+    listed in `stats.missing`. `cipher` chooses the streams' AEAD (`CIPHERS`).
     """
     _check_streams(streams)
+    _cipher(cipher)
     dest = _store_of(store)
     receiver = Receiver(dest)
     want = _unique(ids)
@@ -720,7 +773,7 @@ def fetch(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secre
     try:
         return _fetch_loop(receiver, committer, peer, secret, todo, stats, started,
                            streams=streams, retries=retries, timeout=timeout,
-                           progress=progress, strict=strict)
+                           progress=progress, strict=strict, cipher=cipher)
     finally:
         committer.close()
 
@@ -728,28 +781,23 @@ def fetch(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secre
 def _fetch_loop(receiver: Receiver, committer: _Committer, peer: Address, secret: bytes,
                 todo: list[bytes], stats: TransferStats, started: float, *, streams: int,
                 retries: int, timeout: float, progress: Progress | None,
-                strict: bool) -> TransferStats:
+                strict: bool, cipher: str) -> TransferStats:
     name = stats.peer
     attempt = 0
     while todo:
         before = stats.committed
         failures = _run(_mover.OP_FETCH, peer, secret, todo, stats, streams=streams,
-                        timeout=timeout, sendfile=True, progress=progress, committer=committer)
+                        timeout=timeout, sendfile=True, progress=progress, cipher=cipher,
+                        committer=committer)
         # every id newly committed (they are distinct): nothing to look up
         left = [] if stats.committed - before == len(todo) else receiver.lacking(todo)
         if not failures:
             todo = left
             break
-        fatal = [f for f in failures if f[0] not in _RETRYABLE]
-        if fatal or attempt >= retries:
-            stats.seconds = time.monotonic() - started
-            status, message = (fatal or failures)[0]
-            raise _error(status, message, name)
-        stats.errors += [m for _, m in failures]
+        attempt = _next_attempt(failures, attempt, retries, stats.committed > before, stats,
+                                started)
         log.warning("mover fetch from %s: %d stream(s) failed (%s); retrying %d chunks",
                     name, len(failures), failures[0][1], len(left))
-        stats.retries += 1
-        attempt += 1
         todo = left
     stats.missing = todo
     stats.seconds = time.monotonic() - started
@@ -763,7 +811,7 @@ def _fetch_loop(receiver: Receiver, committer: _Committer, peer: Address, secret
 def send(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret: bytes, *,
          streams: int = DEFAULT_STREAMS, retries: int = DEFAULT_RETRIES,
          timeout: float = DEFAULT_TIMEOUT, progress: Progress | None = None,
-         sendfile: bool | None = None) -> TransferStats:
+         sendfile: bool | None = None, cipher: str = "auto") -> TransferStats:
     """Push chunks `ids` from `store` to the mover server at `peer`.
 
     The server answers each batch with the ids it lacks, so a second call
@@ -772,9 +820,12 @@ def send(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret
     from pack files (True) or `pread` + `send` (False); by default `pread` +
     `send` to a server on this host, `sendfile` otherwise. Chunks this store does not
     hold are listed in `stats.missing`; damaged ones the server rejected are
-    counted in `stats.rejected`.
+    counted in `stats.rejected`. `cipher` chooses the streams' AEAD (`CIPHERS`); an
+    encrypted stream always sends with `pread` + `send` (the bytes are sealed in
+    user space).
     """
     _check_streams(streams)
+    _cipher(cipher)
     src = _store_of(store)
     source = Source(src)
     want = _unique(ids)
@@ -791,21 +842,15 @@ def send(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret
         try:
             failures = _run(_mover.OP_SEND, peer, secret, held, stats, streams=streams,
                             timeout=timeout, sendfile=sendfile, progress=progress,
-                            source=source)
+                            cipher=cipher, source=source)
         finally:
             source.close()
         if not failures:
             break
-        fatal = [f for f in failures if f[0] not in _RETRYABLE]
-        if fatal or attempt >= retries:
-            stats.seconds = time.monotonic() - started
-            status, message = (fatal or failures)[0]
-            raise _error(status, message, name)
-        stats.errors += [m for _, m in failures]
+        attempt = _next_attempt(failures, attempt, retries, stats.chunks > before, stats,
+                                started)
         log.warning("mover send to %s: %d stream(s) failed (%s); retrying (%d chunks moved)",
                     name, len(failures), failures[0][1], stats.chunks - before)
-        stats.retries += 1
-        attempt += 1
     stats.skipped = len(held) - stats.committed - stats.rejected
     stats.seconds = time.monotonic() - started
     return stats

@@ -53,7 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     with Client(args.state) as fs, mover.MoverServer(fs, secret, args.host, args.port,
                                                      sendfile=not args.no_sendfile,
-                                                     congestion=args.congestion) as srv:
+                                                     congestion=args.congestion,
+                                                     allow_plaintext=args.allow_plaintext) as srv:
         print(f"hutong mover: serving {fs.state} on {srv.host}:{srv.port}", flush=True)
         try:
             while not stop.wait(0.5):
@@ -109,6 +110,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--congestion", metavar="NAME", default=None,
                     help="TCP congestion control of served streams, e.g. bbr for long lossy "
                     "links (default: the system's)")
+    sp.add_argument("--allow-plaintext", action="store_true",
+                    help="also accept clients that ask for unencrypted streams (benchmarks "
+                    "and tests only; every stream is encrypted otherwise)")
     sp.set_defaults(func=cmd_serve)
     cp = sub.add_parser("copy", parents=[common],
                         help="copy a tree's chunks and files to another state directory",

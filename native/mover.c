@@ -15,6 +15,12 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "mover_record.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -35,157 +41,54 @@
 #include <unistd.h>
 
 /* ------------------------------------------------------------------ */
-/* SHA-256 and HMAC-SHA256 (FIPS 180-4, RFC 2104)                      */
-
-typedef struct {
-    uint32_t h[8];
-    uint64_t len;
-    uint8_t buf[64];
-    size_t nbuf;
-} sha256_ctx;
-
-static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2};
-
-#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-
-static void
-sha256_block(sha256_ctx *c, const uint8_t *p)
-{
-    uint32_t w[64];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
-               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = c->h[0], b = c->h[1], cc = c->h[2], d = c->h[3];
-    uint32_t e = c->h[4], f = c->h[5], g = c->h[6], h = c->h[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) +
-                      K256[i] + w[i];
-        uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & cc) ^ (b & cc));
-        h = g; g = f; f = e; e = d + t1; d = cc; cc = b; b = a; a = t1 + t2;
-    }
-    c->h[0] += a; c->h[1] += b; c->h[2] += cc; c->h[3] += d;
-    c->h[4] += e; c->h[5] += f; c->h[6] += g; c->h[7] += h;
-}
-
-static void
-sha256_init(sha256_ctx *c)
-{
-    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    memcpy(c->h, iv, sizeof iv);
-    c->len = 0;
-    c->nbuf = 0;
-}
-
-static void
-sha256_update(sha256_ctx *c, const uint8_t *p, size_t n)
-{
-    c->len += n;
-    while (n) {
-        if (c->nbuf == 0 && n >= 64) {
-            sha256_block(c, p);
-            p += 64;
-            n -= 64;
-            continue;
-        }
-        size_t take = 64 - c->nbuf < n ? 64 - c->nbuf : n;
-        memcpy(c->buf + c->nbuf, p, take);
-        c->nbuf += take;
-        p += take;
-        n -= take;
-        if (c->nbuf == 64) {
-            sha256_block(c, c->buf);
-            c->nbuf = 0;
-        }
-    }
-}
-
-static void
-sha256_final(sha256_ctx *c, uint8_t out[32])
-{
-    uint64_t bits = c->len * 8;
-    uint8_t pad = 0x80, zero = 0, lenbuf[8];
-    sha256_update(c, &pad, 1);
-    while (c->nbuf != 56)
-        sha256_update(c, &zero, 1);
-    for (int i = 0; i < 8; i++)
-        lenbuf[i] = (uint8_t)(bits >> (56 - 8 * i));
-    sha256_update(c, lenbuf, 8);
-    for (int i = 0; i < 8; i++) {
-        out[4 * i] = (uint8_t)(c->h[i] >> 24);
-        out[4 * i + 1] = (uint8_t)(c->h[i] >> 16);
-        out[4 * i + 2] = (uint8_t)(c->h[i] >> 8);
-        out[4 * i + 3] = (uint8_t)c->h[i];
-    }
-}
+/* HMAC-SHA256 (libcrypto) and the handshake's proofs                  */
 
 void
 mv_hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *msg, size_t msglen,
                uint8_t out[32])
 {
-    uint8_t k[64] = {0}, pad[64], inner[32];
-    if (keylen > 64) {
-        sha256_ctx t;
-        sha256_init(&t);
-        sha256_update(&t, key, keylen);
-        sha256_final(&t, k);
-    } else if (keylen) {
-        memcpy(k, key, keylen);
-    }
-    sha256_ctx c;
-    for (int i = 0; i < 64; i++)
-        pad[i] = k[i] ^ 0x36;
-    sha256_init(&c);
-    sha256_update(&c, pad, 64);
-    sha256_update(&c, msg, msglen);
-    sha256_final(&c, inner);
-    for (int i = 0; i < 64; i++)
-        pad[i] = k[i] ^ 0x5c;
-    sha256_init(&c);
-    sha256_update(&c, pad, 64);
-    sha256_update(&c, inner, 32);
-    sha256_final(&c, out);
+    unsigned int n = 32;
+    static const uint8_t none[1];
+    /* HMAC() fails only without memory; a zeroed proof then never matches. */
+    if (!HMAC(EVP_sha256(), keylen ? key : none, (int)keylen, msg, msglen, out, &n))
+        memset(out, 0, 32);
 }
 
-static int
-ct_equal(const uint8_t *a, const uint8_t *b, size_t n)
-{
-    uint8_t d = 0;
-    for (size_t i = 0; i < n; i++)
-        d |= a[i] ^ b[i];
-    return d == 0;
-}
+/* What both ends of a handshake know (format.md, "Handshake"). */
+typedef struct {
+    uint8_t cn[MV_NONCE_LEN], sn[MV_NONCE_LEN];
+    uint8_t cpub[MV_KX_LEN], spub[MV_KX_LEN];  /* ephemeral X25519 keys (zero: plaintext) */
+    int op, cipher;
+    void *kx;                                   /* this end's ephemeral key, or NULL */
+} mv_hs;
 
-/* The proofs of the handshake (format.md, "Handshake"). */
+/* Free the ephemeral key and wipe what the handshake held. */
 static void
-proof(const uint8_t *secret, size_t slen, const char *label, const uint8_t *cn,
-      const uint8_t *sn, int op, uint8_t out[32])
+hs_forget(mv_hs *hs)
 {
-    uint8_t m[12 + 2 * MV_NONCE_LEN + 1];
+    mv_kx_free(hs->kx);
+    OPENSSL_cleanse(hs, sizeof *hs);
+}
+
+/* The proofs of the handshake: both bind the operation, the cipher and both
+ * ephemeral public keys, so a man in the middle can change none of them. */
+static void
+proof(const uint8_t *secret, size_t slen, const char *label, const mv_hs *hs, uint8_t out[32])
+{
+    uint8_t m[12 + 2 * MV_NONCE_LEN + 2 + 2 * MV_KX_LEN];
     size_t ll = strlen(label), n = 0;
     memcpy(m, label, ll);
     n = ll;
-    memcpy(m + n, cn, MV_NONCE_LEN);
+    memcpy(m + n, hs->cn, MV_NONCE_LEN);
     n += MV_NONCE_LEN;
-    memcpy(m + n, sn, MV_NONCE_LEN);
+    memcpy(m + n, hs->sn, MV_NONCE_LEN);
     n += MV_NONCE_LEN;
-    if (op)
-        m[n++] = (uint8_t)op;
+    m[n++] = (uint8_t)hs->op;
+    m[n++] = (uint8_t)hs->cipher;
+    memcpy(m + n, hs->cpub, MV_KX_LEN);
+    n += MV_KX_LEN;
+    memcpy(m + n, hs->spub, MV_KX_LEN);
+    n += MV_KX_LEN;
     mv_hmac_sha256(secret, slen, m, n, out);
 }
 
@@ -208,6 +111,8 @@ mv_strerror(int status)
     case MV_ERR_PEER: return "peer reported an error";
     case MV_ERR_NOMEM: return "out of memory";
     case MV_ERR_ARG: return "bad argument";
+    case MV_ERR_RECORD: return "record failed authentication";
+    case MV_ERR_REKEY: return "stream key used up";
     default: return "unknown status";
     }
 }
@@ -237,8 +142,8 @@ put_header(uint8_t *h, int type, uint32_t len)
     wr32(h + 8, len);
 }
 
-static int
-setmsg(char *msg, size_t msglen, int status, const char *fmt, ...)
+int
+mv_setmsg(char *msg, size_t msglen, int status, const char *fmt, ...)
 {
     if (msg && msglen && !msg[0]) {
         va_list ap;
@@ -255,18 +160,18 @@ check_header(const uint8_t *h, uint32_t max_blob, int *type, uint32_t *len, char
              size_t msglen)
 {
     if (memcmp(h, MV_MAGIC, 4) != 0)
-        return setmsg(msg, msglen, MV_ERR_PROTOCOL, "bad frame magic %02x%02x%02x%02x",
+        return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "bad frame magic %02x%02x%02x%02x",
                       h[0], h[1], h[2], h[3]);
     if (h[4] != MV_VERSION)
-        return setmsg(msg, msglen, MV_ERR_PROTOCOL, "unsupported protocol version %u", h[4]);
+        return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "unsupported protocol version %u", h[4]);
     if (h[6] || h[7])
-        return setmsg(msg, msglen, MV_ERR_PROTOCOL, "frame flags %02x%02x must be 0", h[6], h[7]);
+        return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "frame flags %02x%02x must be 0", h[6], h[7]);
     int t = h[5];
     uint32_t n = rd32(h + 8);
     uint32_t lo, hi;
     switch (t) {
-    case MV_HELLO: lo = hi = 36; break;
-    case MV_CHALLENGE: lo = hi = 64; break;
+    case MV_HELLO: lo = hi = MV_HELLO_LEN; break;
+    case MV_CHALLENGE: lo = hi = MV_CHALLENGE_LEN; break;
     case MV_AUTH: lo = hi = 32; break;
     case MV_READY: case MV_BYE: lo = hi = 0; break;
     case MV_WANT: case MV_OFFER: lo = 4 + MV_ID_LEN; hi = 4 + MV_ID_LEN * MV_MAX_BATCH; break;
@@ -276,10 +181,10 @@ check_header(const uint8_t *h, uint32_t max_blob, int *type, uint32_t *len, char
     case MV_END: case MV_ACK: lo = hi = 8; break;
     case MV_ERROR: lo = 4; hi = 4 + MV_MAX_ERROR_TEXT; break;
     default:
-        return setmsg(msg, msglen, MV_ERR_PROTOCOL, "unknown frame type %d", t);
+        return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "unknown frame type %d", t);
     }
     if (n < lo || n > hi)
-        return setmsg(msg, msglen, n > hi ? MV_ERR_LIMIT : MV_ERR_PROTOCOL,
+        return mv_setmsg(msg, msglen, n > hi ? MV_ERR_LIMIT : MV_ERR_PROTOCOL,
                       "frame type %d has length %u, allowed %u..%u", t, n, lo, hi);
     *type = t;
     *len = n;
@@ -292,10 +197,10 @@ check_batch(const uint8_t *p, uint32_t len, uint32_t *count, char *msg, size_t m
 {
     uint32_t c = rd32(p);
     if (c > MV_MAX_BATCH)
-        return setmsg(msg, msglen, MV_ERR_LIMIT, "batch of %u ids exceeds the limit of %d",
+        return mv_setmsg(msg, msglen, MV_ERR_LIMIT, "batch of %u ids exceeds the limit of %d",
                       c, MV_MAX_BATCH);
     if ((uint64_t)4 + (uint64_t)c * MV_ID_LEN != len)
-        return setmsg(msg, msglen, MV_ERR_PROTOCOL,
+        return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL,
                       "batch says %u ids but its frame has %u bytes", c, len);
     *count = c;
     return MV_OK;
@@ -311,7 +216,7 @@ mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nfram
     int st = MV_OK;
     while (off < len) {
         if (len - off < MV_HEADER_LEN) {
-            st = setmsg(msg, msglen, MV_ERR_CLOSED, "truncated frame header at offset %zu", off);
+            st = mv_setmsg(msg, msglen, MV_ERR_CLOSED, "truncated frame header at offset %zu", off);
             break;
         }
         int type;
@@ -321,7 +226,7 @@ mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nfram
             break;
         off += MV_HEADER_LEN;
         if (len - off < flen) {
-            st = setmsg(msg, msglen, MV_ERR_CLOSED, "truncated frame payload at offset %zu", off);
+            st = mv_setmsg(msg, msglen, MV_ERR_CLOSED, "truncated frame payload at offset %zu", off);
             break;
         }
         const uint8_t *p = buf + off;
@@ -330,12 +235,12 @@ mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nfram
         case MV_WANT: case MV_OFFER:
             st = check_batch(p, flen, &count, msg, msglen);
             if (!st && count == 0)
-                st = setmsg(msg, msglen, MV_ERR_PROTOCOL, "empty batch");
+                st = mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "empty batch");
             break;
         case MV_DATA: case MV_END: case MV_BYE: case MV_ERROR:
             break;
         default:
-            st = setmsg(msg, msglen, MV_ERR_PROTOCOL, "frame type %d not allowed from a client",
+            st = mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "frame type %d not allowed from a client",
                         type);
         }
         if (st)
@@ -351,6 +256,11 @@ mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nfram
 /* ------------------------------------------------------------------ */
 /* Connections: buffered reads and writes with deadlines               */
 
+/* A blob of at least MV_CUT_MIN bytes starts a record of its own (so a
+ * receiver can open it straight into its spool buffer); smaller ones share. */
+#define MV_CUT_MIN 32768u
+#define MV_MAX_CUTS (MV_IO_BUF / MV_CUT_MIN + 1)
+
 typedef struct {
     int fd;
     volatile int *cancel;
@@ -363,7 +273,20 @@ typedef struct {
     uint64_t *bytes_out;  /* progress counter of blob bytes sent/received, or NULL */
     char lastpath[4096];  /* cached pack file for senders */
     int lastfd;
+    /* The record layer, on once the handshake is done (rec_on): every frame is
+     * then sealed into records on its way out of wbuf, and opened into rbuf. */
+    int rec_on;
+    mv_rec_dir tx, rx;
+    uint8_t *cbuf;        /* received record bytes not yet opened (MV_IO_BUF) */
+    size_t cstart, cend;
+    uint8_t *obuf;        /* sealed records being sent (MV_OBUF) */
+    uint32_t cuts[MV_MAX_CUTS];  /* wbuf offsets where a record must start (ascending) */
+    size_t ncuts;
+    int peer_error;       /* the status came from the peer's ERROR frame */
 } mv_conn;
+
+/* Room for the records of one full wbuf: a record per cut, per MV_RECORD_MAX. */
+#define MV_OBUF (MV_IO_BUF + (MV_MAX_CUTS + MV_IO_BUF / MV_RECORD_MAX + 1) * MV_RECORD_OVERHEAD)
 
 static int
 conn_init(mv_conn *c, int fd, volatile int *cancel, uint32_t max_blob, char *msg, size_t msglen)
@@ -378,7 +301,7 @@ conn_init(mv_conn *c, int fd, volatile int *cancel, uint32_t max_blob, char *msg
     c->rbuf = malloc(MV_IO_BUF);
     c->wbuf = malloc(MV_IO_BUF);
     if (!c->rbuf || !c->wbuf)
-        return setmsg(msg, msglen, MV_ERR_NOMEM, "no memory for stream buffers");
+        return mv_setmsg(msg, msglen, MV_ERR_NOMEM, "no memory for stream buffers");
     return MV_OK;
 }
 
@@ -388,6 +311,14 @@ conn_free(mv_conn *c)
     free(c->rbuf);
     free(c->wbuf);
     c->rbuf = c->wbuf = NULL;
+    free(c->cbuf);
+    free(c->obuf);
+    c->cbuf = c->obuf = NULL;
+    if (c->tx.ctx)
+        mv_rec_free(&c->tx);
+    if (c->rx.ctx)
+        mv_rec_free(&c->rx);
+    c->rec_on = 0;
     if (c->lastfd >= 0)
         close(c->lastfd);
     c->lastfd = -1;
@@ -403,13 +334,13 @@ static int
 io_error(mv_conn *c, const char *what, int err)
 {
     if (cancelled(c))
-        return setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
     if (err == EAGAIN || err == EWOULDBLOCK)
-        return setmsg(c->msg, c->msglen, MV_ERR_TIMEOUT, "%s: peer stalled past the timeout",
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_TIMEOUT, "%s: peer stalled past the timeout",
                       what);
     if (err == EPIPE || err == ECONNRESET)
-        return setmsg(c->msg, c->msglen, MV_ERR_CLOSED, "%s: connection reset by peer", what);
-    return setmsg(c->msg, c->msglen, MV_ERR_IO, "%s: %s", what, strerror(err));
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_CLOSED, "%s: connection reset by peer", what);
+    return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "%s: %s", what, strerror(err));
 }
 
 static int
@@ -428,26 +359,62 @@ send_all(mv_conn *c, const uint8_t *p, size_t n, int more)
     return MV_OK;
 }
 
+/* Send what wbuf holds: as it is, or sealed into records of up to
+ * MV_RECORD_MAX bytes once the record layer is on. */
 static int
 wb_flush(mv_conn *c, int more)
 {
-    int st = send_all(c, c->wbuf, c->wlen, more);
-    c->wlen = 0;
-    return st;
+    if (!c->rec_on) {
+        int st = send_all(c, c->wbuf, c->wlen, more);
+        c->wlen = 0;
+        return st;
+    }
+    size_t out = 0, sent = 0, at = 0;
+    int st = MV_OK;
+    for (size_t k = 0; k <= c->ncuts && !st; k++) {
+        size_t end = k < c->ncuts ? c->cuts[k] : c->wlen;
+        while (at < end && !st) {
+            size_t n = end - at < MV_RECORD_MAX ? end - at : MV_RECORD_MAX;
+            st = mv_rec_seal(&c->tx, c->wbuf + at, n, c->obuf + out, c->msg, c->msglen);
+            out += n + MV_RECORD_OVERHEAD;
+            at += n;
+            /* Send every record's worth at once: the peer opens it while the
+             * next one is sealed. */
+            if (!st && out - sent >= MV_RECORD_MAX) {
+                st = send_all(c, c->obuf + sent, out - sent, 1);
+                sent = out;
+            }
+        }
+    }
+    c->wlen = c->ncuts = 0;
+    return st ? st : send_all(c, c->obuf + sent, out - sent, more);
+}
+
+/* Start a record at the current end of wbuf (record layer on, room for a cut). */
+static void
+wb_cut(mv_conn *c)
+{
+    if (c->rec_on && c->wlen && c->ncuts < MV_MAX_CUTS &&
+        (!c->ncuts || c->cuts[c->ncuts - 1] < c->wlen))
+        c->cuts[c->ncuts++] = (uint32_t)c->wlen;
 }
 
 static int
 wb_put(mv_conn *c, const void *p, size_t n)
 {
-    if (c->wlen + n > MV_IO_BUF) {
-        int st = wb_flush(c, 1);
-        if (st)
-            return st;
-        if (n > MV_IO_BUF)
-            return send_all(c, p, n, 1);
+    const uint8_t *b = p;
+    while (n) {
+        if (c->wlen == MV_IO_BUF) {
+            int st = wb_flush(c, 1);
+            if (st)
+                return st;
+        }
+        size_t take = MV_IO_BUF - c->wlen < n ? MV_IO_BUF - c->wlen : n;
+        memcpy(c->wbuf + c->wlen, b, take);
+        c->wlen += take;
+        b += take;
+        n -= take;
     }
-    memcpy(c->wbuf + c->wlen, p, n);
-    c->wlen += n;
     return MV_OK;
 }
 
@@ -460,41 +427,148 @@ wb_frame(mv_conn *c, int type, const void *payload, uint32_t len)
     return st ? st : wb_put(c, payload, len);
 }
 
+/* Receive at least one byte (at most cap) into p; *got says how many. */
+static int
+recv_some(mv_conn *c, uint8_t *p, size_t cap, size_t *got, const char *closed)
+{
+    for (;;) {
+        if (cancelled(c))
+            return mv_setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
+        ssize_t k = recv(c->fd, p, cap, 0);
+        if (k > 0) {
+            *got = (size_t)k;
+            return MV_OK;
+        }
+        if (k == 0)
+            return mv_setmsg(c->msg, c->msglen, MV_ERR_CLOSED, "%s", closed);
+        if (errno != EINTR)
+            return io_error(c, "recv", errno);
+    }
+}
+
+/* Move the unread bytes buf[*start..*end) to the front of buf. */
+static void
+shift(uint8_t *buf, size_t *start, size_t *end)
+{
+    memmove(buf, buf + *start, *end - *start);
+    *end -= *start;
+    *start = 0;
+}
+
+/* Make n (<= MV_IO_BUF) received record bytes available at cbuf + cstart. */
+static int
+cb_need(mv_conn *c, size_t n)
+{
+    if (c->cstart + n > MV_IO_BUF)
+        shift(c->cbuf, &c->cstart, &c->cend);
+    while (c->cend - c->cstart < n) {
+        size_t got;
+        int st = recv_some(c, c->cbuf + c->cend, MV_IO_BUF - c->cend, &got,
+                           c->cend > c->cstart
+                               ? "connection closed by peer mid-record (truncated in transit)"
+                               : "connection closed by peer");
+        if (st)
+            return st;
+        c->cend += got;
+    }
+    return MV_OK;
+}
+
+/* Open the next record into rbuf at rend. Its plaintext becomes readable
+ * (rend moves) only once its header, sequence number and tag are verified. */
+static int
+rec_more(mv_conn *c)
+{
+    size_t n;
+    int st;
+    if ((st = cb_need(c, MV_RECORD_HEADER)) ||
+        (st = mv_rec_header(&c->rx, c->cbuf + c->cstart, &n, c->msg, c->msglen)) ||
+        (st = cb_need(c, n + MV_RECORD_OVERHEAD)))
+        return st;
+    if (MV_IO_BUF - c->rend < n)
+        shift(c->rbuf, &c->rstart, &c->rend);
+    /* Callers ask for more only with less than a frame header and a batch
+     * pending (< 64 KiB), so a record always fits; checked all the same. */
+    if (MV_IO_BUF - c->rend < n)
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_LIMIT, "no room for a record of %zu bytes",
+                         n);
+    if ((st = mv_rec_open(&c->rx, c->cbuf + c->cstart, n, c->rbuf + c->rend, c->msg,
+                          c->msglen)))
+        return st;
+    c->cstart += n + MV_RECORD_OVERHEAD;
+    c->rend += n;
+    return MV_OK;
+}
+
 /* Receive more bytes into rbuf (at least one). */
 static int
 rb_more(mv_conn *c)
 {
     if (c->rstart == c->rend)
         c->rstart = c->rend = 0;
-    else if (c->rend == MV_IO_BUF) {
-        memmove(c->rbuf, c->rbuf + c->rstart, c->rend - c->rstart);
-        c->rend -= c->rstart;
-        c->rstart = 0;
-    }
-    for (;;) {
-        if (cancelled(c))
-            return setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
-        ssize_t k = recv(c->fd, c->rbuf + c->rend, MV_IO_BUF - c->rend, 0);
-        if (k > 0) {
-            c->rend += (size_t)k;
-            return MV_OK;
-        }
-        if (k == 0)
-            return setmsg(c->msg, c->msglen, MV_ERR_CLOSED, "connection closed by peer");
-        if (errno != EINTR)
-            return io_error(c, "recv", errno);
-    }
+    else if (c->rend == MV_IO_BUF)
+        shift(c->rbuf, &c->rstart, &c->rend);
+    if (c->rec_on)
+        return rec_more(c);
+    size_t got;
+    int st = recv_some(c, c->rbuf + c->rend, MV_IO_BUF - c->rend, &got,
+                       "connection closed by peer");
+    if (!st)
+        c->rend += got;
+    return st;
+}
+
+/* Turn the record layer on (after the handshake): frames are sealed with
+ * `tx` and opened with `rx` from now on. Bytes already received after the
+ * last handshake frame are the peer's first records. */
+static int
+conn_records(mv_conn *c, int cipher, const mv_dir_keys *tx, const mv_dir_keys *rx)
+{
+    int st;
+    c->cbuf = malloc(MV_IO_BUF);
+    c->obuf = malloc(MV_OBUF);
+    if (!c->cbuf || !c->obuf)
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for record buffers");
+    if ((st = mv_rec_init(&c->tx, cipher, tx, 1, c->msg, c->msglen)) ||
+        (st = mv_rec_init(&c->rx, cipher, rx, 0, c->msg, c->msglen)))
+        return st;
+    c->cend = c->rend - c->rstart;
+    memcpy(c->cbuf, c->rbuf + c->rstart, c->cend);
+    c->cstart = 0;
+    c->rstart = c->rend = 0;
+    c->rec_on = 1;
+    c->sendfile = 0;  /* sealed bytes pass through user space */
+    return MV_OK;
+}
+
+/* Complete the key exchange, derive the stream's keys and turn the record
+ * layer on (plaintext: nothing). */
+static int
+conn_secure(mv_conn *c, const uint8_t *secret, size_t slen, const mv_hs *hs, int server)
+{
+    if (hs->cipher == MV_CIPHER_NONE)
+        return MV_OK;
+    mv_dir_keys c2s, s2c;
+    uint8_t dh[MV_KX_LEN];
+    int st = mv_kx_shared(hs->kx, server ? hs->cpub : hs->spub, dh, c->msg, c->msglen);
+    if (!st)
+        st = mv_rec_derive(secret, slen, dh, hs->cn, hs->sn, hs->op, hs->cipher, &c2s, &s2c,
+                           c->msg, c->msglen);
+    if (!st)
+        st = server ? conn_records(c, hs->cipher, &s2c, &c2s)
+                    : conn_records(c, hs->cipher, &c2s, &s2c);
+    OPENSSL_cleanse(dh, sizeof dh);
+    OPENSSL_cleanse(&c2s, sizeof c2s);
+    OPENSSL_cleanse(&s2c, sizeof s2c);
+    return st;
 }
 
 /* Make n bytes (n <= MV_IO_BUF) available at rbuf + rstart. */
 static int
 rb_need(mv_conn *c, size_t n)
 {
-    if (c->rstart + n > MV_IO_BUF) {
-        memmove(c->rbuf, c->rbuf + c->rstart, c->rend - c->rstart);
-        c->rend -= c->rstart;
-        c->rstart = 0;
-    }
+    if (c->rstart + n > MV_IO_BUF)
+        shift(c->rbuf, &c->rstart, &c->rend);
     while (c->rend - c->rstart < n) {
         int st = rb_more(c);
         if (st)
@@ -525,9 +599,15 @@ read_frame(mv_conn *c, int *type, uint32_t *len)
         const uint8_t *p = c->rbuf + c->rstart;
         uint32_t code = rd32(p);
         int tl = (int)(*len - 4);
-        setmsg(c->msg, c->msglen, MV_ERR_PEER, "peer error (%s): %.*s", mv_strerror((int)code),
+        mv_setmsg(c->msg, c->msglen, MV_ERR_PEER, "peer error (%s): %.*s", mv_strerror((int)code),
                tl, (const char *)p + 4);
         c->rstart += *len;
+        c->peer_error = 1;
+        /* Kept as they are: the peer refused our proof or cipher, or found a
+         * record of ours altered (not worth a retry); its key reached its
+         * record limit (resume on new streams). */
+        if (code == MV_ERR_RECORD || code == MV_ERR_AUTH || code == MV_ERR_REKEY)
+            return (int)code;
         return MV_ERR_PEER;
     }
     return MV_OK;
@@ -540,7 +620,7 @@ send_error(mv_conn *c, int status)
     wr32(p, (uint32_t)status);
     size_t n = c->msg ? strnlen(c->msg, MV_MAX_ERROR_TEXT) : 0;
     memcpy(p + 4, c->msg, n);
-    c->wlen = 0;
+    c->wlen = c->ncuts = 0;
     if (wb_frame(c, MV_ERROR, p, (uint32_t)(4 + n)) == MV_OK)
         wb_flush(c, 0);
 }
@@ -569,12 +649,12 @@ mv_check_congestion(const char *name, char *msg, size_t msglen)
         return MV_OK;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return setmsg(msg, msglen, MV_ERR_IO, "socket: %s", strerror(errno));
+        return mv_setmsg(msg, msglen, MV_ERR_IO, "socket: %s", strerror(errno));
     int rc = setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, strlen(name));
     int err = errno;
     close(fd);
     if (rc != 0)
-        return setmsg(msg, msglen, MV_ERR_ARG,
+        return mv_setmsg(msg, msglen, MV_ERR_ARG,
                       "TCP congestion control \"%s\" is not usable here (%s): choose one of "
                       "/proc/sys/net/ipv4/tcp_allowed_congestion_control", name, strerror(err));
     return MV_OK;
@@ -650,6 +730,8 @@ send_blob(mv_conn *c, const uint8_t *id, const mv_source *src, int use_sendfile)
     if (s)
         return s;
     uint64_t off = src->offset, left = src->length;
+    if (src->length >= MV_CUT_MIN)
+        wb_cut(c);
     if (use_sendfile) {
         if ((s = wb_flush(c, 1)))
             return s;
@@ -662,7 +744,7 @@ send_blob(mv_conn *c, const uint8_t *id, const mv_source *src, int use_sendfile)
                 return io_error(c, "sendfile", errno);
             }
             if (k == 0)
-                return setmsg(c->msg, c->msglen, MV_ERR_IO, "pack file %s shrank while sending",
+                return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "pack file %s shrank while sending",
                               src->path);
             off += (uint64_t)k;
             left -= (uint64_t)k;
@@ -677,11 +759,11 @@ send_blob(mv_conn *c, const uint8_t *id, const mv_source *src, int use_sendfile)
             if (k < 0) {
                 if (errno == EINTR)
                     continue;
-                return setmsg(c->msg, c->msglen, MV_ERR_IO, "read %s: %s", src->path,
+                return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "read %s: %s", src->path,
                               strerror(errno));
             }
             if (k == 0)
-                return setmsg(c->msg, c->msglen, MV_ERR_IO, "pack file %s shrank while sending",
+                return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "pack file %s shrank while sending",
                               src->path);
             c->wlen += (size_t)k;
             off += (uint64_t)k;
@@ -703,14 +785,14 @@ send_batch(mv_conn *c, const mv_config *cfg, const uint8_t *ids, size_t count,
     size_t room = count < MV_RESOLVE_STEP ? count : MV_RESOLVE_STEP;
     mv_source *src = calloc(room ? room : 1, sizeof *src);
     if (!src)
-        return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
     int st = MV_OK;
     *ndata = *nmissing = 0;
     for (size_t at = 0; at < count && !st; at += room) {
         size_t n = count - at < room ? count - at : room;
         memset(src, 0, n * sizeof *src);
         if (cfg->resolve(cfg->ctx, ids + at * MV_ID_LEN, n, src))
-            st = setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "resolve callback failed");
+            st = mv_setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "resolve callback failed");
         for (size_t i = 0; i < n && !st; i++) {
             const uint8_t *id = ids + (at + i) * MV_ID_LEN;
             int s = src[i].path ? send_blob(c, id, &src[i], c->sendfile) : MV_ERR_IO;
@@ -938,7 +1020,7 @@ direct_submit(mv_spool *sp, mv_conn *c, size_t len, uint64_t next_base)
     sp->cur_base = next_base;
     sp->cur_fill = 0;
     if (err)
-        return setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
                       strerror(err));
     return MV_OK;
 }
@@ -969,13 +1051,13 @@ spool_open(mv_spool *sp, mv_conn *c)
     if (sp->cfg->direct && !sp->w) {
         int rc = writer_new(&sp->w);
         if (rc)
-            return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no spool writer: %s",
+            return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no spool writer: %s",
                           strerror(rc));
     }
     int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (sp->cfg->direct ? O_DIRECT : 0);
     sp->fd = open(sp->path, flags, 0644);
     if (sp->fd < 0)
-        return setmsg(c->msg, c->msglen, MV_ERR_IO, "create spool %s%s: %s", sp->path,
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "create spool %s%s: %s", sp->path,
                       sp->cfg->direct ? " (O_DIRECT)" : "", strerror(errno));
     sp->off = sp->synced = MV_SPOOL_RESERVE;
     sp->n = 0;
@@ -1016,7 +1098,7 @@ spool_handover(mv_spool *sp, mv_conn *c)
     if (err || sp->n == 0) {
         unlink(sp->path);
         sp->n = 0;
-        return err ? setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
+        return err ? mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
                             strerror(err))
                    : MV_OK;
     }
@@ -1024,7 +1106,7 @@ spool_handover(mv_spool *sp, mv_conn *c)
     int st = sp->cfg->spool(sp->cfg->ctx, sp->path, sp->e, sp->n, &com, &rej);
     sp->n = 0;
     if (st)
-        return setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "spool callback failed");
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "spool callback failed");
     sp->committed += com;
     sp->rejected += rej;
     return MV_OK;
@@ -1106,6 +1188,24 @@ recv_direct(mv_spool *sp, mv_conn *c, const mv_entry *ent, uint64_t left)
             got = c->rend - c->rstart < want ? c->rend - c->rstart : want;
             memcpy(dst, c->rbuf + c->rstart, got);
             c->rstart += got;
+        } else if (c->rec_on) {
+            /* A record made only of this blob's bytes is opened straight into the
+             * spool buffer (counted only once its tag verified); any other is
+             * opened into rbuf and copied from there next round. */
+            size_t n;
+            if ((st = cb_need(c, MV_RECORD_HEADER)) ||
+                (st = mv_rec_header(&c->rx, c->cbuf + c->cstart, &n, c->msg, c->msglen)))
+                return st;
+            if (n > want) {
+                if ((st = rb_more(c)))
+                    return st;
+                continue;
+            }
+            if ((st = cb_need(c, n + MV_RECORD_OVERHEAD)) ||
+                (st = mv_rec_open(&c->rx, c->cbuf + c->cstart, n, dst, c->msg, c->msglen)))
+                return st;
+            c->cstart += n + MV_RECORD_OVERHEAD;
+            got = n;
         } else {
             c->rstart = c->rend = 0;
             struct iovec iov[2] = {{dst, want}, {c->rbuf, MV_HEADER_LEN + MV_ID_LEN}};
@@ -1116,12 +1216,12 @@ recv_direct(mv_spool *sp, mv_conn *c, const mv_entry *ent, uint64_t left)
             ssize_t k;
             for (;;) {
                 if (cancelled(c))
-                    return setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
+                    return mv_setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
                 k = recvmsg(c->fd, &mh, 0);
                 if (k > 0)
                     break;
                 if (k == 0)
-                    return setmsg(c->msg, c->msglen, MV_ERR_CLOSED,
+                    return mv_setmsg(c->msg, c->msglen, MV_ERR_CLOSED,
                                   "connection closed by peer");
                 if (errno != EINTR)
                     return io_error(c, "recv", errno);
@@ -1151,7 +1251,7 @@ recv_buffered(mv_spool *sp, mv_conn *c, const mv_entry *ent, uint64_t left)
         size_t take = avail < left ? avail : (size_t)left;
         const uint8_t *p = c->rbuf + c->rstart;
         if (pwrite_all(sp->fd, p, take, off) != 0)
-            return setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
+            return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "write spool %s: %s", sp->path,
                           strerror(errno));
         blob_update(sp, ent, p, take);
         c->rstart += take;
@@ -1175,12 +1275,12 @@ spool_recv(mv_spool *sp, mv_conn *c, uint32_t len)
     if (sp->fd < 0 && (st = spool_open(sp, c)))
         return st;
     if (!sp->xxh && !(sp->xxh = XXH3_createState()))
-        return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a digest state");
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a digest state");
     if (sp->n == sp->cap) {
         size_t cap = sp->cap ? 2 * sp->cap : 256;
         mv_entry *e = realloc(sp->e, cap * sizeof *e);
         if (!e)
-            return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for spool entries");
+            return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for spool entries");
         sp->e = e;
         sp->cap = cap;
     }
@@ -1239,23 +1339,33 @@ struct mv_server {
 };
 
 static int
-server_handshake(mv_server *srv, mv_conn *c, int *op)
+server_hs(mv_server *srv, mv_conn *c, mv_hs *hs)
 {
     int type, st;
     uint32_t len;
     if ((st = read_frame(c, &type, &len)))
         return st;
     if (type != MV_HELLO)
-        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected HELLO, got frame type %d",
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected HELLO, got frame type %d",
                       type);
-    uint8_t cn[MV_NONCE_LEN], sn[MV_NONCE_LEN], mac[MV_MAC_LEN];
+    uint8_t mac[MV_MAC_LEN];
     const uint8_t *p = c->rbuf + c->rstart;
-    memcpy(cn, p, MV_NONCE_LEN);
-    *op = p[32];
+    memcpy(hs->cn, p, MV_NONCE_LEN);
+    memcpy(hs->cpub, p + 36, MV_KX_LEN);
+    int op = hs->op = p[32];
+    int cipher = hs->cipher = p[33], pad = p[34] | p[35];
+    uint8_t *cn = hs->cn, *sn = hs->sn;
     c->rstart += len;
-    if ((*op != MV_OP_FETCH && *op != MV_OP_SEND) || p[33] || p[34] || p[35])
-        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown operation %d",
-                      *op);
+    if ((op != MV_OP_FETCH && op != MV_OP_SEND) || pad)
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown operation %d",
+                      op);
+    if (cipher != MV_CIPHER_NONE && cipher != MV_CIPHER_AES256GCM && cipher != MV_CIPHER_CHACHA20)
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown cipher %d",
+                         cipher);
+    if (cipher == MV_CIPHER_NONE && !srv->cfg.allow_plaintext)
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_AUTH,
+                         "client asked for a plaintext stream; this server requires encrypted "
+                         "streams (cipher auto)");
     int replay = 0;
     pthread_mutex_lock(&srv->lock);
     for (size_t i = 0; i < srv->nseen && !replay; i++)
@@ -1268,27 +1378,40 @@ server_handshake(mv_server *srv, mv_conn *c, int *op)
     }
     pthread_mutex_unlock(&srv->lock);
     if (replay)
-        return setmsg(c->msg, c->msglen, MV_ERR_AUTH, "replayed handshake (client nonce reused)");
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_AUTH, "replayed handshake (client nonce reused)");
     if (getrandom(sn, sizeof sn, 0) != sizeof sn)
-        return setmsg(c->msg, c->msglen, MV_ERR_IO, "getrandom: %s", strerror(errno));
-    uint8_t ch[64];
-    memcpy(ch, sn, 32);
-    proof(srv->secret, srv->secret_len, "HTMV1 server", cn, sn, 0, ch + 32);
-    if ((st = wb_frame(c, MV_CHALLENGE, ch, 64)) || (st = wb_flush(c, 0)))
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "getrandom: %s", strerror(errno));
+    if (cipher != MV_CIPHER_NONE && (st = mv_kx_new(&hs->kx, hs->spub, c->msg, c->msglen)))
+        return st;
+    uint8_t ch[MV_CHALLENGE_LEN];
+    memcpy(ch, sn, MV_NONCE_LEN);
+    proof(srv->secret, srv->secret_len, "HTMV2 server", hs, ch + MV_NONCE_LEN);
+    memcpy(ch + MV_NONCE_LEN + MV_MAC_LEN, hs->spub, MV_KX_LEN);
+    if ((st = wb_frame(c, MV_CHALLENGE, ch, sizeof ch)) || (st = wb_flush(c, 0)))
         return st;
     if ((st = read_frame(c, &type, &len)))
         return st;
     if (type != MV_AUTH)
-        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected AUTH, got frame type %d",
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected AUTH, got frame type %d",
                       type);
-    proof(srv->secret, srv->secret_len, "HTMV1 client", cn, sn, *op, mac);
-    int ok = ct_equal(mac, c->rbuf + c->rstart, MV_MAC_LEN);
+    proof(srv->secret, srv->secret_len, "HTMV2 client", hs, mac);
+    int ok = CRYPTO_memcmp(mac, c->rbuf + c->rstart, MV_MAC_LEN) == 0;
     c->rstart += len;
     if (!ok)
-        return setmsg(c->msg, c->msglen, MV_ERR_AUTH, "wrong client proof (bad secret)");
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_AUTH, "wrong client proof (bad secret)");
     if ((st = wb_frame(c, MV_READY, NULL, 0)) || (st = wb_flush(c, 0)))
         return st;
-    return MV_OK;
+    return conn_secure(c, srv->secret, srv->secret_len, hs, 1);
+}
+
+static int
+server_handshake(mv_server *srv, mv_conn *c, int *op)
+{
+    mv_hs hs = {.kx = NULL};
+    int st = server_hs(srv, c, &hs);
+    *op = hs.op;
+    hs_forget(&hs);
+    return st;
 }
 
 static int
@@ -1296,14 +1419,11 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp)
 {
     int op = 0, st, type;
     uint32_t len, count;
-    if ((st = server_handshake(srv, c, &op))) {
-        if (st == MV_ERR_AUTH)
-            __atomic_fetch_add(&srv->counters[1], 1, __ATOMIC_RELAXED);
+    if ((st = server_handshake(srv, c, &op)))
         return st;
-    }
     uint8_t *ids = malloc(MV_ID_LEN * MV_MAX_BATCH), *need = malloc(MV_ID_LEN * MV_MAX_BATCH);
     if (!ids || !need) {
-        st = setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
+        st = mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
         goto out;
     }
     for (;;) {
@@ -1331,7 +1451,7 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp)
             c->rstart += len;
             size_t nneed = 0;
             if (srv->cfg.need(srv->cfg.ctx, ids, count, need + 4, &nneed) || nneed > count) {
-                st = setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "need callback failed");
+                st = mv_setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "need callback failed");
                 break;
             }
             /* NEED payload: count then ids; `need` has 4 spare bytes in front... */
@@ -1354,7 +1474,7 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp)
                     break;
                 }
                 if (type != MV_DATA) {
-                    st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                    st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                                 "expected DATA or END, got frame type %d", type);
                     break;
                 }
@@ -1362,7 +1482,7 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp)
                 while (pos < nneed && memcmp(need + 4 + pos * MV_ID_LEN, id, MV_ID_LEN) != 0)
                     pos++;
                 if (pos == nneed) {
-                    st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                    st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                                 "DATA for a chunk that was not asked for (or out of order)");
                     break;
                 }
@@ -1382,7 +1502,7 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp)
             if ((st = wb_frame(c, MV_ACK, ack, 8)) || (st = wb_flush(c, 0)))
                 break;
         } else {
-            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+            st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                         "frame type %d not allowed in a %s session", type,
                         op == MV_OP_FETCH ? "fetch" : "send");
             break;
@@ -1408,6 +1528,9 @@ server_conn_main(void *arg)
     c.sendfile = choose_sendfile(&srv->cfg, sc->fd);
     if (!st)
         st = server_session(srv, &c, &sp);
+    /* Handshakes this server refused, and records it found altered. */
+    if ((st == MV_ERR_AUTH || st == MV_ERR_RECORD) && !c.peer_error)
+        __atomic_fetch_add(&srv->counters[1], 1, __ATOMIC_RELAXED);
     if (st && st != MV_ERR_CLOSED && st != MV_ERR_PEER && st != MV_ERR_CANCELLED)
         send_error(&c, st);
     /* A send batch cut before its END is not committed: drop its spool. */
@@ -1495,7 +1618,7 @@ resolve_addr(const char *host, int port, int passive, struct addrinfo **res, cha
     hints.ai_flags = passive ? AI_PASSIVE : 0;
     int rc = getaddrinfo(host, pbuf, &hints, res);
     if (rc)
-        return setmsg(msg, msglen, MV_ERR_ARG, "cannot resolve %s:%d: %s", host, port,
+        return mv_setmsg(msg, msglen, MV_ERR_ARG, "cannot resolve %s:%d: %s", host, port,
                       gai_strerror(rc));
     return MV_OK;
 }
@@ -1505,10 +1628,10 @@ mv_server_start(const char *host, int port, const uint8_t *secret, size_t secret
                 const mv_config *cfg, mv_server **out, char *msg, size_t msglen)
 {
     if (secret_len < MV_MIN_SECRET || secret_len > MV_MAX_SECRET)
-        return setmsg(msg, msglen, MV_ERR_ARG, "session secret must be %d to %d bytes, got %zu",
+        return mv_setmsg(msg, msglen, MV_ERR_ARG, "session secret must be %d to %d bytes, got %zu",
                       MV_MIN_SECRET, MV_MAX_SECRET, secret_len);
     if (port < 0 || port > 65535)
-        return setmsg(msg, msglen, MV_ERR_ARG, "port %d out of range", port);
+        return mv_setmsg(msg, msglen, MV_ERR_ARG, "port %d out of range", port);
     mv_server *srv = calloc(1, sizeof *srv);
     if (!srv)
         return MV_ERR_NOMEM;
@@ -1543,19 +1666,19 @@ mv_server_start(const char *host, int port, const uint8_t *secret, size_t secret
                                   ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                   : ((struct sockaddr_in *)&ss)->sin_port);
         } else {
-            setmsg(msg, msglen, MV_ERR_IO, "cannot listen on %s:%d: %s", host, port,
+            mv_setmsg(msg, msglen, MV_ERR_IO, "cannot listen on %s:%d: %s", host, port,
                    strerror(errno));
             close(fd);
         }
     }
     freeaddrinfo(res);
     if (srv->lfd < 0) {
-        st = setmsg(msg, msglen, MV_ERR_IO, "cannot listen on %s:%d", host, port);
+        st = mv_setmsg(msg, msglen, MV_ERR_IO, "cannot listen on %s:%d", host, port);
         goto fail;
     }
     if (pthread_create(&srv->accept_thread, NULL, accept_main, srv) != 0) {
         close(srv->lfd);
-        st = setmsg(msg, msglen, MV_ERR_IO, "cannot start the accept thread");
+        st = mv_setmsg(msg, msglen, MV_ERR_IO, "cannot start the accept thread");
         goto fail;
     }
     *out = srv;
@@ -1636,7 +1759,7 @@ client_connect(mv_stream *s, int *fdout)
     }
     freeaddrinfo(res);
     if (fd < 0)
-        return setmsg(s->message, sizeof s->message,
+        return mv_setmsg(s->message, sizeof s->message,
                       err == EINPROGRESS || err == EAGAIN ? MV_ERR_TIMEOUT : MV_ERR_IO,
                       "cannot connect to %s:%d: %s", s->host, s->port, strerror(err));
     *fdout = fd;
@@ -1644,38 +1767,56 @@ client_connect(mv_stream *s, int *fdout)
 }
 
 static int
-client_handshake(mv_stream *s, mv_conn *c)
+client_hs(mv_stream *s, mv_conn *c, mv_hs *hs)
 {
-    uint8_t hello[36] = {0}, cn[MV_NONCE_LEN], sn[MV_NONCE_LEN], mac[MV_MAC_LEN];
-    if (getrandom(cn, sizeof cn, 0) != sizeof cn)
-        return setmsg(c->msg, c->msglen, MV_ERR_IO, "getrandom: %s", strerror(errno));
-    memcpy(hello, cn, 32);
-    hello[32] = (uint8_t)s->op;
+    uint8_t hello[MV_HELLO_LEN] = {0}, mac[MV_MAC_LEN];
     int st, type;
     uint32_t len;
-    if ((st = wb_frame(c, MV_HELLO, hello, 36)) || (st = wb_flush(c, 0)))
+    if (getrandom(hs->cn, MV_NONCE_LEN, 0) != MV_NONCE_LEN)
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_IO, "getrandom: %s", strerror(errno));
+    hs->op = s->op;
+    hs->cipher = s->cfg->cipher == MV_CIPHER_AUTO ? mv_cipher_choose() : s->cfg->cipher;
+    if (hs->cipher != MV_CIPHER_NONE && (st = mv_kx_new(&hs->kx, hs->cpub, c->msg, c->msglen)))
+        return st;
+    memcpy(hello, hs->cn, MV_NONCE_LEN);
+    hello[32] = (uint8_t)hs->op;
+    hello[33] = (uint8_t)hs->cipher;
+    memcpy(hello + 36, hs->cpub, MV_KX_LEN);
+    if ((st = wb_frame(c, MV_HELLO, hello, sizeof hello)) || (st = wb_flush(c, 0)))
         return st;
     if ((st = read_frame(c, &type, &len)))
         return st;
     if (type != MV_CHALLENGE)
-        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                       "expected CHALLENGE, got frame type %d", type);
-    memcpy(sn, c->rbuf + c->rstart, 32);
-    proof(s->secret, s->secret_len, "HTMV1 server", cn, sn, 0, mac);
-    int ok = ct_equal(mac, c->rbuf + c->rstart + 32, 32);
+    const uint8_t *p = c->rbuf + c->rstart;
+    memcpy(hs->sn, p, MV_NONCE_LEN);
+    memcpy(hs->spub, p + MV_NONCE_LEN + MV_MAC_LEN, MV_KX_LEN);
+    proof(s->secret, s->secret_len, "HTMV2 server", hs, mac);
+    int ok = CRYPTO_memcmp(mac, p + MV_NONCE_LEN, MV_MAC_LEN) == 0;
     c->rstart += len;
     if (!ok)
-        return setmsg(c->msg, c->msglen, MV_ERR_AUTH,
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_AUTH,
                       "server %s:%d failed to prove the session secret", s->host, s->port);
-    proof(s->secret, s->secret_len, "HTMV1 client", cn, sn, s->op, mac);
-    if ((st = wb_frame(c, MV_AUTH, mac, 32)) || (st = wb_flush(c, 0)))
+    proof(s->secret, s->secret_len, "HTMV2 client", hs, mac);
+    if ((st = wb_frame(c, MV_AUTH, mac, MV_MAC_LEN)) || (st = wb_flush(c, 0)))
         return st;
     if ((st = read_frame(c, &type, &len)))
         return st;
     if (type != MV_READY)
-        return setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected READY, got frame type %d",
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected READY, got frame type %d",
                       type);
-    return MV_OK;
+    s->cipher = hs->cipher;
+    return conn_secure(c, s->secret, s->secret_len, hs, 0);
+}
+
+static int
+client_handshake(mv_stream *s, mv_conn *c)
+{
+    mv_hs hs = {.kx = NULL};
+    int st = client_hs(s, c, &hs);
+    hs_forget(&hs);
+    return st;
 }
 
 static int
@@ -1737,7 +1878,7 @@ client_fetch(mv_stream *s, mv_conn *c, mv_spool *sp)
         const uint8_t *expect = fl[head].ids + pos * MV_ID_LEN;
         if (type == MV_DATA || type == MV_MISSING) {
             if (pos >= bn || memcmp(c->rbuf + c->rstart, expect, MV_ID_LEN) != 0) {
-                st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                             "server sent a chunk that was not asked for (or out of order)");
                 break;
             }
@@ -1754,7 +1895,7 @@ client_fetch(mv_stream *s, mv_conn *c, mv_spool *sp)
             uint32_t nd = rd32(c->rbuf + c->rstart), nm = rd32(c->rbuf + c->rstart + 4);
             c->rstart += len;
             if (pos != bn || (uint64_t)nd + nm != bn) {
-                st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                             "END after %zu of %zu answers (counts %u + %u)", pos, bn, nd, nm);
                 break;
             }
@@ -1770,7 +1911,7 @@ client_fetch(mv_stream *s, mv_conn *c, mv_spool *sp)
                 nfl++;
             }
         } else {
-            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+            st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                         "frame type %d not allowed in a fetch answer", type);
         }
     }
@@ -1782,7 +1923,7 @@ client_send(mv_stream *s, mv_conn *c)
 {
     uint8_t *need = malloc(MV_ID_LEN * MV_MAX_BATCH);
     if (!need)
-        return setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
     int st = MV_OK, type;
     uint32_t len, nneed;
     size_t own = 0, bn;
@@ -1791,14 +1932,14 @@ client_send(mv_stream *s, mv_conn *c)
         if ((st = send_ids(c, MV_OFFER, ids, bn)) || (st = read_frame(c, &type, &len)))
             break;
         if (type != MV_NEED) {
-            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected NEED, got frame type %d",
+            st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected NEED, got frame type %d",
                         type);
             break;
         }
         if ((st = check_batch(c->rbuf + c->rstart, len, &nneed, c->msg, c->msglen)))
             break;
         if (nneed > bn) {
-            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "NEED names more ids than offered");
+            st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "NEED names more ids than offered");
             break;
         }
         memcpy(need, c->rbuf + c->rstart + 4, (size_t)nneed * MV_ID_LEN);
@@ -1814,7 +1955,7 @@ client_send(mv_stream *s, mv_conn *c)
             (st = read_frame(c, &type, &len)))
             break;
         if (type != MV_ACK) {
-            st = setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected ACK, got frame type %d",
+            st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "expected ACK, got frame type %d",
                         type);
             break;
         }
@@ -1832,8 +1973,9 @@ mv_stream_run(mv_stream *s)
     s->message[0] = 0;
     s->status = MV_OK;
     s->fd = -1;
+    s->cipher = -1;
     if (s->secret_len < MV_MIN_SECRET || s->secret_len > MV_MAX_SECRET)
-        return s->status = setmsg(s->message, sizeof s->message, MV_ERR_ARG,
+        return s->status = mv_setmsg(s->message, sizeof s->message, MV_ERR_ARG,
                                   "session secret must be %d to %d bytes", MV_MIN_SECRET,
                                   MV_MAX_SECRET);
     if (s->queue ? s->queue->count == 0 : s->count == 0)

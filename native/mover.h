@@ -6,8 +6,11 @@
  * spool file is verified and committed).
  *
  * Contract
- *  - C owns the bytes: framing, the HMAC-SHA256 handshake, socket I/O,
- *    sendfile / pread+send from pack files, and spooling received blobs to
+ *  - C owns the bytes: framing, the HMAC-SHA256 handshake (with an
+ *    ephemeral X25519 exchange on encrypted streams), the AEAD record
+ *    layer every frame after the handshake travels in (mover_record.h),
+ *    socket I/O, sendfile / pread+send from pack files (pread+send on an
+ *    encrypted stream), and spooling received blobs to
  *    temporary files. It never makes a received blob visible: it hands a
  *    closed spool file and its complete entries to the spool callback, which
  *    verifies and commits (or deletes) it. Bytes after the last complete
@@ -40,11 +43,15 @@
 #include <stdint.h>
 
 #define MV_MAGIC "HTMV"
-#define MV_VERSION 1
+#define MV_VERSION 2
 #define MV_HEADER_LEN 12
 #define MV_ID_LEN 16
 #define MV_NONCE_LEN 32
 #define MV_MAC_LEN 32
+/* HELLO: nonce, op, cipher, 2 zero bytes, X25519 public key; CHALLENGE:
+ * nonce, proof, X25519 public key (zeros on a plaintext stream). */
+#define MV_HELLO_LEN (MV_NONCE_LEN + 4 + 32)
+#define MV_CHALLENGE_LEN (MV_NONCE_LEN + MV_MAC_LEN + 32)
 #define MV_MAX_BATCH 4096            /* ids per WANT / OFFER / NEED */
 #define MV_RESOLVE_STEP 256          /* ids per resolve callback of a sender */
 #define MV_MAX_ERROR_TEXT 1024
@@ -91,9 +98,15 @@ enum {
     MV_ERR_PEER = 9,      /* the peer sent ERROR (its message follows) */
     MV_ERR_NOMEM = 10,
     MV_ERR_ARG = 11,      /* bad argument (host, port, secret size) */
+    MV_ERR_RECORD = 12,   /* a record failed authentication, or arrived out of sequence */
+    MV_ERR_REKEY = 13,    /* a stream's key sealed its limit of records: resume on a new one */
 };
 
 const char *mv_strerror(int status);
+
+/* Format a one-line message into msg (unless it holds one already); returns status. */
+int mv_setmsg(char *msg, size_t msglen, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Where the blob of one chunk is: `length` bytes at `offset` of file `path`
  * (malloc'd by the resolve callback, freed by the mover). path NULL: the
@@ -138,6 +151,9 @@ typedef struct {
     mv_spool_fn spool;
     void *ctx;
     int direct;             /* receivers: O_DIRECT spools written from aligned buffers */
+    int cipher;             /* clients: MV_CIPHER_* asked for (MV_CIPHER_AUTO: by CPU);
+                               MV_CIPHER_NONE is a plaintext stream */
+    int allow_plaintext;    /* servers: accept clients that ask for MV_CIPHER_NONE */
 } mv_config;
 
 /* Ids shared by the streams of a transfer: each stream claims the next
@@ -166,6 +182,7 @@ typedef struct {
     /* progress (read while running with __atomic loads) */
     uint64_t bytes, chunks, missing, committed, rejected;
     /* result */
+    int cipher;             /* the stream's cipher (MV_CIPHER_*) once the handshake is done */
     int status;
     char message[256];
     int fd;                 /* the socket while connected, else -1 */
@@ -185,7 +202,8 @@ typedef struct mv_server mv_server;
 int mv_server_start(const char *host, int port, const uint8_t *secret, size_t secret_len,
                     const mv_config *cfg, mv_server **out, char *msg, size_t msglen);
 int mv_server_port(const mv_server *srv);
-/* Counters: connections, auth failures, chunks served, chunks received, bytes sent. */
+/* Counters: connections, auth failures (handshakes this server refused and
+ * records it found altered), chunks served, chunks received, bytes sent. */
 void mv_server_counters(const mv_server *srv, uint64_t out[5]);
 /* Close the listener and every connection, join every thread, free. */
 void mv_server_stop(mv_server *srv);
@@ -198,6 +216,7 @@ int mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *n
 /* MV_OK if this process may use TCP congestion control `name` (e.g. "bbr"). */
 int mv_check_congestion(const char *name, char *msg, size_t msglen);
 
+/* HMAC-SHA256 (libcrypto), as the handshake uses it. */
 void mv_hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *msg, size_t msglen,
                     uint8_t out[32]);
 

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "mover.h"
+#include "mover_record.h"
 
 #define ENTRY_LEN 32 /* one spool entry handed to Python: "<16sQII" */
 
@@ -229,17 +230,17 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"host", "port", "secret", "resolve", "need", "spool", "spool_dir",
                              "spool_limit", "timeout", "max_blob", "sendfile", "sndbuf",
-                             "rcvbuf", "congestion", "direct", NULL};
+                             "rcvbuf", "congestion", "direct", "allow_plaintext", NULL};
     const char *host, *spool_dir, *congestion = "";
-    int port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, direct = 0;
+    int port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, direct = 0, allow_plaintext = 0;
     PyObject *secret, *resolve, *need, *spool;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIiiisp:Server", kwlist, &host, &port,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIiiispp:Server", kwlist, &host, &port,
                                      &secret, &resolve, &need, &spool, &spool_dir,
                                      &spool_limit, &timeout, &max_blob, &use_sendfile,
-                                     &sndbuf, &rcvbuf, &congestion, &direct))
+                                     &sndbuf, &rcvbuf, &congestion, &direct, &allow_plaintext))
         return -1;
     if (check_congestion(congestion) < 0)
         return -1;
@@ -263,9 +264,10 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
     self->ctx.spool = self->spool;
     self->ctx.keep_error = 0;
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
-                     "", c_resolve, c_need, c_spool, &self->ctx, 0};
+                     "", c_resolve, c_need, c_spool, &self->ctx, 0, MV_CIPHER_NONE, 0};
     snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
     cfg.direct = direct;
+    cfg.allow_plaintext = allow_plaintext;
     char msg[256] = "";
     int st;
     Py_BEGIN_ALLOW_THREADS
@@ -361,7 +363,7 @@ static PyTypeObject ServerType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Server(host, port, secret, resolve, need, spool, spool_dir, spool_limit=16 MiB,"
               " timeout=30.0, max_blob=64 MiB, sendfile=1, sndbuf=0, rcvbuf=0, congestion='',"
-              " direct=False)\n\n"
+              " direct=False, allow_plaintext=False)\n\n"
               "A mover server on its own threads (docs/format.md, 'Mover protocol').",
     .tp_new = Server_new,
     .tp_init = (initproc)Server_init,
@@ -397,7 +399,7 @@ PyDoc_STRVAR(transfer_doc,
 "transfer(op, host, port, secret, ids, *, resolve=None, spool=None, spool_dir='.',\n"
 "         spool_limit=16 MiB, timeout=30.0, max_blob=64 MiB, sendfile=1,\n"
 "         progress=None, tick=0.1, sndbuf=0, rcvbuf=0, streams=0,\n"
-"         batch=64, congestion='', direct=False) -> list[tuple]\n\n"
+"         batch=64, congestion='', direct=False, cipher=CIPHER_AUTO) -> list[tuple]\n\n"
 "Run one stream per item of ids (bytes of 16-byte chunk ids) in parallel:\n"
 "op 1 fetches (spool called per spool file), op 2 sends (resolve called per\n"
 "batch). With streams=N, ids is [all ids] and N streams claim them `batch`\n"
@@ -407,8 +409,10 @@ PyDoc_STRVAR(transfer_doc,
 "from aligned buffers (native/mover.h). progress(bytes, chunks) is called every tick\n"
 "seconds; if it raises (or a signal handler does), every stream is cancelled\n"
 "and the exception is\n"
-"raised once all have stopped. Returns per stream (status, message, bytes,\n"
-"chunks, missing, committed, rejected).");
+"raised once all have stopped. cipher: CIPHER_AUTO (AES-256-GCM with AES-NI,\n"
+"else ChaCha20-Poly1305), a CIPHER_* constant, or CIPHER_NONE (plaintext; the\n"
+"server must allow it). Returns per stream (status, message, bytes, chunks,\n"
+"missing, committed, rejected, cipher name).");
 
 static PyObject *
 transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
@@ -416,19 +420,24 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     static char *kwlist[] = {"op", "host", "port", "secret", "ids", "resolve", "spool",
                              "spool_dir", "spool_limit", "timeout", "max_blob", "sendfile",
                              "progress", "tick", "sndbuf", "rcvbuf", "streams", "batch",
-                             "congestion", "direct", NULL};
+                             "congestion", "direct", "cipher", NULL};
     int op, port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, nshared = 0, batch = 64, direct = 0;
+    int cipher = MV_CIPHER_AUTO;
     const char *host, *spool_dir = ".", *congestion = "";
     PyObject *secret, *ids, *resolve = Py_None, *spool = Py_None, *progress = Py_None;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0, tick = 0.1;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIiOdiiiisp:transfer", kwlist, &op,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIiOdiiiispi:transfer", kwlist, &op,
                                      &host, &port, &secret, &PyList_Type, &ids, &resolve,
                                      &spool, &spool_dir, &spool_limit, &timeout, &max_blob,
                                      &use_sendfile, &progress, &tick, &sndbuf, &rcvbuf,
-                                     &nshared, &batch, &congestion, &direct))
+                                     &nshared, &batch, &congestion, &direct, &cipher))
         return NULL;
+    if (cipher != MV_CIPHER_AUTO && cipher != MV_CIPHER_NONE && cipher != MV_CIPHER_AES256GCM &&
+        cipher != MV_CIPHER_CHACHA20)
+        return PyErr_Format(PyExc_ValueError, "unknown cipher %d: use a CIPHER_* constant",
+                            cipher);
     if (check_congestion(congestion) < 0)
         return NULL;
     if (use_sendfile < 0 || use_sendfile > MV_SENDFILE_AUTO)
@@ -464,9 +473,10 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     }
     cb_ctx ctx = {resolve, Py_None, spool, NULL, 1, PTHREAD_MUTEX_INITIALIZER};
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
-                     "", c_resolve, c_need, c_spool, &ctx, 0};
+                     "", c_resolve, c_need, c_spool, &ctx, 0, MV_CIPHER_AUTO, 0};
     snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
     cfg.direct = direct;
+    cfg.cipher = cipher;
     volatile int cancel = 0;
     mv_stream *streams = PyMem_Calloc((size_t)n, sizeof *streams);
     stream_job *jobs = PyMem_Calloc((size_t)n, sizeof *jobs);
@@ -566,11 +576,11 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     result = PyList_New(n);
     for (Py_ssize_t i = 0; result && i < n; i++) {
         mv_stream *s = &streams[i];
-        PyObject *t = Py_BuildValue("(isKKKKK)", s->status, s->message,
+        PyObject *t = Py_BuildValue("(isKKKKKs)", s->status, s->message,
                                     (unsigned long long)s->bytes, (unsigned long long)s->chunks,
                                     (unsigned long long)s->missing,
                                     (unsigned long long)s->committed,
-                                    (unsigned long long)s->rejected);
+                                    (unsigned long long)s->rejected, mv_cipher_name(s->cipher));
         if (t == NULL)
             Py_CLEAR(result);
         else
@@ -618,6 +628,109 @@ check_frames(PyObject *Py_UNUSED(module), PyObject *args)
     return Py_BuildValue("(ins)", st, (Py_ssize_t)n, msg);
 }
 
+/* Both directions' keys of a handshake: (c2s key, c2s iv, s2c key, s2c iv). */
+static PyObject *
+record_keys(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer secret, dh, cn, sn;
+    int op, cipher;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*ii:record_keys", &secret, &dh, &cn, &sn, &op, &cipher))
+        return NULL;
+    PyObject *res = NULL;
+    char msg[256] = "";
+    mv_dir_keys c2s, s2c;
+    if (cn.len != MV_NONCE_LEN || sn.len != MV_NONCE_LEN || dh.len != MV_KX_LEN)
+        PyErr_Format(PyExc_ValueError, "nonces and the shared secret must be %d bytes",
+                     MV_NONCE_LEN);
+    else if (mv_rec_derive(secret.buf, (size_t)secret.len, dh.buf, cn.buf, sn.buf, op, cipher,
+                           &c2s, &s2c, msg, sizeof msg) != MV_OK)
+        PyErr_SetString(PyExc_OSError, msg);
+    else
+        res = Py_BuildValue("(y#y#y#y#)", c2s.key, (Py_ssize_t)MV_KEY_LEN, c2s.iv,
+                            (Py_ssize_t)MV_IV_LEN, s2c.key, (Py_ssize_t)MV_KEY_LEN, s2c.iv,
+                            (Py_ssize_t)MV_IV_LEN);
+    PyBuffer_Release(&secret);
+    PyBuffer_Release(&dh);
+    PyBuffer_Release(&cn);
+    PyBuffer_Release(&sn);
+    return res;
+}
+
+static PyObject *
+check_records(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer key, iv, buf;
+    int cipher;
+    if (!PyArg_ParseTuple(args, "iy*y*y*:check_records", &cipher, &key, &iv, &buf))
+        return NULL;
+    PyObject *res = NULL;
+    if (key.len != MV_KEY_LEN || iv.len != MV_IV_LEN) {
+        PyErr_Format(PyExc_ValueError, "key must be %d bytes and iv %d", MV_KEY_LEN, MV_IV_LEN);
+    } else {
+        mv_dir_keys k;
+        memcpy(k.key, key.buf, MV_KEY_LEN);
+        memcpy(k.iv, iv.buf, MV_IV_LEN);
+        char msg[256] = "";
+        size_t n = 0;
+        int st;
+        Py_BEGIN_ALLOW_THREADS
+        st = mv_check_records(cipher, &k, buf.buf, (size_t)buf.len, &n, msg, sizeof msg);
+        Py_END_ALLOW_THREADS
+        res = Py_BuildValue("(ins)", st, (Py_ssize_t)n, msg);
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&iv);
+    PyBuffer_Release(&buf);
+    return res;
+}
+
+/* One record sealed by C at sequence number seq: (status, record, message). */
+static PyObject *
+seal_record(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer key, iv, pt;
+    int cipher;
+    unsigned long long seq;
+    if (!PyArg_ParseTuple(args, "iy*y*Ky*:seal_record", &cipher, &key, &iv, &seq, &pt))
+        return NULL;
+    PyObject *res = NULL;
+    uint8_t *out = NULL;
+    if (key.len != MV_KEY_LEN || iv.len != MV_IV_LEN) {
+        PyErr_Format(PyExc_ValueError, "key must be %d bytes and iv %d", MV_KEY_LEN, MV_IV_LEN);
+    } else if (!(out = PyMem_Malloc((size_t)pt.len + MV_RECORD_OVERHEAD))) {
+        PyErr_NoMemory();
+    } else {
+        mv_dir_keys k;
+        memcpy(k.key, key.buf, MV_KEY_LEN);
+        memcpy(k.iv, iv.buf, MV_IV_LEN);
+        char msg[256] = "";
+        mv_rec_dir d;
+        int st = mv_rec_init(&d, cipher, &k, 1, msg, sizeof msg);
+        if (!st) {
+            d.seq = seq;
+            st = mv_rec_seal(&d, pt.buf, (size_t)pt.len, out, msg, sizeof msg);
+            mv_rec_free(&d);
+        }
+        res = Py_BuildValue("(iy#s)", st, (const char *)out,
+                            st ? (Py_ssize_t)0 : (Py_ssize_t)(pt.len + MV_RECORD_OVERHEAD), msg);
+    }
+    PyMem_Free(out);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&iv);
+    PyBuffer_Release(&pt);
+    return res;
+}
+
+static PyObject *
+cipher_name(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int cipher;
+    if (!PyArg_ParseTuple(args, "i:cipher_name", &cipher))
+        return NULL;
+    return PyUnicode_FromString(mv_cipher_name(cipher == MV_CIPHER_AUTO ? mv_cipher_choose()
+                                                                        : cipher));
+}
+
 static PyObject *
 strerror_(PyObject *Py_UNUSED(module), PyObject *args)
 {
@@ -636,6 +749,18 @@ static PyMethodDef methods[] = {
      "check_frames(buf, max_blob=0, /) -> (status, nframes, message)\n\n"
      "Parse buf as the frames a server reads after the handshake."},
     {"strerror", strerror_, METH_VARARGS, "strerror(status, /) -> str"},
+    {"record_keys", record_keys, METH_VARARGS,
+     "record_keys(secret, dh, cn, sn, op, cipher, /) -> (c2s_key, c2s_iv, s2c_key, s2c_iv)\n\n"
+     "The record keys a handshake derives (HKDF-SHA256; docs/format.md, 'Records')."},
+    {"check_records", check_records, METH_VARARGS,
+     "check_records(cipher, key, iv, buf, /) -> (status, nrecords, message)\n\n"
+     "Open buf as the records one direction of a stream reads."},
+    {"seal_record", seal_record, METH_VARARGS,
+     "seal_record(cipher, key, iv, seq, plaintext, /) -> (status, record, message)\n\n"
+     "Seal one record as a stream does at sequence number seq (tests)."},
+    {"cipher_name", cipher_name, METH_VARARGS,
+     "cipher_name(cipher, /) -> str\n\nThe name of a CIPHER_* (CIPHER_AUTO: the one this CPU "
+     "gets)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {
@@ -664,7 +789,10 @@ PyInit__mover(void)
         {"OP_FETCH", MV_OP_FETCH}, {"OP_SEND", MV_OP_SEND}, {"MAX_BATCH", MV_MAX_BATCH},
         {"SPOOL_RESERVE", MV_SPOOL_RESERVE}, {"DEFAULT_MAX_BLOB", (int)MV_DEFAULT_MAX_BLOB},
         {"ENTRY_LEN", ENTRY_LEN}, {"ENTRY_VERIFIED", MV_ENTRY_VERIFIED},
-        {"SENDFILE_AUTO", MV_SENDFILE_AUTO}};
+        {"SENDFILE_AUTO", MV_SENDFILE_AUTO}, {"ERR_RECORD", MV_ERR_RECORD},
+        {"ERR_REKEY", MV_ERR_REKEY}, {"CIPHER_NONE", MV_CIPHER_NONE},
+        {"CIPHER_AES256GCM", MV_CIPHER_AES256GCM}, {"CIPHER_CHACHA20", MV_CIPHER_CHACHA20},
+        {"CIPHER_AUTO", MV_CIPHER_AUTO}, {"RECORD_MAX", (int)MV_RECORD_MAX}};
     for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {
         if (PyModule_AddIntConstant(m, consts[i].name, consts[i].value) < 0) {
             Py_DECREF(m);

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
@@ -23,16 +22,14 @@ from gfs.cli import main as cli_main
 from gfs.client import Client
 from gfs.meta import ChunkRecord
 from gfs.packs import pack_key
+from tests.mover_peer import RawClient, Relay, assert_clean, frame, read_plain_frame, small_store
 
 pytestmark = pytest.mark.timeout(60)
 
 SECRET = bytes(range(32))
 
 
-def _store(path: Path) -> Client:
-    # Small chunks: many chunks from little data; small packs: several spools.
-    return Client.init(path, min_size=1024, avg_size=4096, max_size=16384,
-                       pack_size=1 << 20)
+_store = small_store  # small packs: every transfer fills several spools
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +92,7 @@ def _temporaries(c: Client) -> list[str]:
     return os.listdir(c.state / "pools" / "default" / "tmp")
 
 
-def _assert_clean(c: Client) -> None:
-    report = c.fsck()
-    assert report.ok, report.problems
-    assert _temporaries(c) == []
+_assert_clean = assert_clean
 
 
 # -- transfers ------------------------------------------------------------------------
@@ -198,46 +192,11 @@ def test_wrong_secret_is_refused(src: Client, dst: Client, server: mover.MoverSe
     assert dst.store.engine.read().__enter__().get_chunk(ids[0]) is None
 
 
-def _frame(ftype: int, payload: bytes = b"") -> bytes:
-    return b"HTMV" + struct.pack("<BBHI", 1, ftype, 0, len(payload)) + payload
-
-
-def _read_frame(sock: socket.socket) -> tuple[int, bytes]:
-    head = _recv_exact(sock, 12)
-    assert head[:4] == b"HTMV"
-    ftype, length = head[5], struct.unpack_from("<I", head, 8)[0]
-    return ftype, _recv_exact(sock, length)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        more = sock.recv(n - len(out))
-        if not more:
-            raise ConnectionError("closed")
-        out += more
-    return out
-
-
-def _handshake(port: int, secret: bytes = SECRET, op: int = 1, cn: bytes | None = None,
-               auth: bytes | None = None) -> tuple[socket.socket, int, bytes]:
-    """Raw client handshake; returns (socket, type of the last frame, proof sent)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    cn = cn or os.urandom(32)
-    sock.sendall(_frame(1, cn + bytes([op, 0, 0, 0])))
-    ftype, payload = _read_frame(sock)
-    if ftype != 3 - 1:  # CHALLENGE
-        return sock, ftype, b""
-    sn = payload[:32]
-    assert payload[32:] == hmac.new(secret, b"HTMV1 server" + cn + sn, "sha256").digest()
-    proof = auth or hmac.new(secret, b"HTMV1 client" + cn + sn + bytes([op]), "sha256").digest()
-    sock.sendall(_frame(3, proof))
-    ftype, _ = _read_frame(sock)
-    return sock, ftype, proof
+_frame = frame
 
 
 def _expect_error(sock: socket.socket, code: int) -> str:
-    ftype, payload = _read_frame(sock)
+    ftype, payload = read_plain_frame(sock)
     assert ftype == 12, ftype
     assert struct.unpack_from("<I", payload)[0] == code, payload
     assert sock.recv(1) == b""  # then the server closes
@@ -246,36 +205,33 @@ def _expect_error(sock: socket.socket, code: int) -> str:
 
 
 def test_replayed_handshake_is_refused(server: mover.MoverServer) -> None:
-    sock, ftype, proof = _handshake(server.port)
-    assert ftype == 4  # READY
-    sock.close()
+    peer = RawClient(server.port, SECRET)
+    assert peer.last == 4  # READY
+    peer.close()
     # The same AUTH against a fresh challenge: refused.
-    sock, ftype, _ = _handshake(server.port, auth=proof)
-    assert ftype == 12
+    assert RawClient(server.port, SECRET, auth=peer.proof).last == 12
     # A reused client nonce: refused before any challenge.
     cn = os.urandom(32)
-    sock, ftype, _ = _handshake(server.port, cn=cn)
-    sock.close()
-    sock, ftype, _ = _handshake(server.port, cn=cn)
-    assert ftype == 12
+    RawClient(server.port, SECRET, cn=cn).close()
+    assert RawClient(server.port, SECRET, cn=cn).last == 12
     assert server.counters()["auth_failures"] == 2
 
 
 @pytest.mark.parametrize("bad, code", [
     (b"XXXX" + bytes(8), _mover.ERR_PROTOCOL),                       # bad magic
-    (b"HTMV\x02\x05" + bytes(6), _mover.ERR_PROTOCOL),               # bad version
-    (b"HTMV\x01\x63" + bytes(6), _mover.ERR_PROTOCOL),               # unknown type
+    (b"HTMV\x03\x05" + bytes(6), _mover.ERR_PROTOCOL),               # bad version
+    (b"HTMV\x02\x63" + bytes(6), _mover.ERR_PROTOCOL),               # unknown type
     (_frame(5, struct.pack("<I", 5000) + bytes(16 * 5000))[:12], _mover.ERR_LIMIT),
     (_frame(5, struct.pack("<I", 3) + bytes(16)), _mover.ERR_PROTOCOL),  # count mismatch
-    (b"HTMV\x01\x06\x00\x00" + struct.pack("<I", (1 << 32) - 1), _mover.ERR_LIMIT),
+    (b"HTMV\x02\x06\x00\x00" + struct.pack("<I", (1 << 32) - 1), _mover.ERR_LIMIT),
     (_frame(9, struct.pack("<I", 1) + bytes(16)), _mover.ERR_PROTOCOL),  # OFFER in a fetch
 ])
 def test_malformed_frames_close_the_stream(server: mover.MoverServer, bad: bytes,
                                            code: int) -> None:
-    sock, ftype, _ = _handshake(server.port)
-    assert ftype == 4
-    sock.sendall(bad)
-    assert _expect_error(sock, code)
+    peer = RawClient(server.port, SECRET)
+    assert peer.last == 4
+    peer.send(bad)  # sealed in a valid record: the frame parser must refuse it
+    assert peer.expect_error(code)
 
 
 def test_garbage_before_handshake(server: mover.MoverServer) -> None:
@@ -321,73 +277,23 @@ def test_stalled_server_times_out(dst: Client) -> None:
 
 def test_stalled_client_is_dropped(src: Client) -> None:
     with mover.MoverServer(src, SECRET, timeout=0.5) as srv:
-        sock, ftype, _ = _handshake(srv.port)
-        assert ftype == 4
+        peer = RawClient(srv.port, SECRET)
+        assert peer.last == 4
         start = time.monotonic()
-        sock.settimeout(5)
-        _expect_error(sock, _mover.ERR_TIMEOUT)
+        peer.expect_error(_mover.ERR_TIMEOUT)
         assert time.monotonic() - start < 4
-
-
-class CuttingProxy:
-    """Forwards one connection at a time; cuts it after `budget` bytes from the server."""
-
-    def __init__(self, target: tuple[str, int], budget: int) -> None:
-        self.target = target
-        self.budget = budget
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()
-        self.cut = 0
-        self._threads: list[threading.Thread] = []
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
-        self._threads.append(t)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for args in ((client, upstream, None), (upstream, client, self.budget)):
-                t = threading.Thread(target=self._pump, args=args, daemon=True)
-                t.start()
-                self._threads.append(t)
-
-    def _pump(self, a: socket.socket, b: socket.socket, budget: int | None) -> None:
-        try:
-            while True:
-                data = a.recv(65536)
-                if not data:
-                    break
-                if budget is not None:
-                    if len(data) >= budget:
-                        b.sendall(data[:budget])
-                        self.cut += 1
-                        break
-                    budget -= len(data)
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def test_cut_mid_chunk_leaves_nothing_partial_and_retry_completes(
         spool_io: bool, src: Client, dst: Client, server: mover.MoverServer) -> None:
     ids = mover.tree_chunks(src, "/data")
-    proxy = CuttingProxy(server.address, budget=1_500_000 + 777)
+    proxy = Relay(server.address, budget=1_500_000 + 777)
     try:
         with pytest.raises(mover.MoverError, match="resume"):
             mover.fetch(dst, proxy.address, ids, SECRET, streams=1, retries=0)
     finally:
         proxy.close()
-    assert proxy.cut == 1
+    assert proxy.cuts == 1
     with dst.engine.read() as txn:
         have = [cid for cid in ids if txn.get_chunk(cid) is not None]
     assert 0 < len(have) < len(ids)  # complete chunks before the cut were kept
@@ -400,7 +306,7 @@ def test_cut_mid_chunk_leaves_nothing_partial_and_retry_completes(
 def test_retry_after_cut_within_one_call(src: Client, dst: Client,
                                          server: mover.MoverServer) -> None:
     ids = mover.tree_chunks(src, "/data")
-    proxy = CuttingProxy(server.address, budget=300_000)
+    proxy = Relay(server.address, budget=300_000)
     try:
         with pytest.raises(mover.MoverError):
             mover.fetch(dst, proxy.address, ids, SECRET, streams=2, retries=1)
@@ -463,7 +369,7 @@ def test_cancel_from_progress_callback(src: Client, dst: Client,
     def progress(_n: int) -> None:
         raise Stop
 
-    proxy = CuttingProxy(server.address, budget=1 << 40)
+    proxy = Relay(server.address, budget=1 << 40)
     try:
         with pytest.raises(Stop):
             # the proxy slows nothing; a callback raising cancels all streams
@@ -517,7 +423,7 @@ def test_fuzz_frame_parser_bounded() -> None:
                 pos = rnd.randrange(len(buf))
                 buf[pos:pos] = rnd.choice(seeds)
         status, n, msg = _mover.check_frames(bytes(buf), rnd.choice([0, 64, 1 << 20]))
-        assert 0 <= status <= _mover.ERR_ARG and n >= 0 and (status == 0) == (msg == "")
+        assert 0 <= status <= _mover.ERR_REKEY and n >= 0 and (status == 0) == (msg == "")
         runs += 1
     assert runs > 1000
 

@@ -4,9 +4,11 @@ Run directly for a fuzzing session (`make fuzz-mover` runs it for 30 s):
 
     python tests/test_mover_fuzz.py -max_total_time=30 -rss_limit_mb=2048
 
-The native parser (`mv_check_frames`, the same header and batch checks the
-server applies to a live stream) must return a status for any input, never
-crash, hang or read past the buffer. Atheris drives it with libFuzzer's
+The native parsers (`mv_check_frames`, the same header and batch checks the
+server applies to a live stream, and `mv_check_records`, the record opener
+every encrypted stream reads through, fed the same bytes and valid records
+spliced in front) must return a status for any input, never crash, hang or
+read past the buffer. Atheris drives it with libFuzzer's
 mutator; the C code is not coverage-instrumented (no clang here), so the
 mutations are guided by the Python harness only. A short run is a slow test.
 """
@@ -22,7 +24,17 @@ import pytest
 
 
 def _frame(ftype: int, payload: bytes = b"") -> bytes:
-    return b"HTMV" + struct.pack("<BBHI", 1, ftype, 0, len(payload)) + payload
+    return b"HTMV" + struct.pack("<BBHI", 2, ftype, 0, len(payload)) + payload
+
+
+KEY, IV = bytes(range(32)), bytes(range(12))
+
+
+def _records(n: int) -> bytes:
+    from gfs import mover_reference as ref
+
+    seal = ref.Direction(ref.CIPHER_AES256GCM, ref.DirKeys(KEY, IV))
+    return b"".join(seal.seal(bytes([i]) * (40 + i)) for i in range(n))
 
 
 SEEDS = [
@@ -42,8 +54,13 @@ def one_input(data: bytes) -> None:
     buf = SEEDS[data[0] % len(SEEDS)] + data[1:] if data else data
     for candidate in (data, buf):
         status, n, msg = _mover.check_frames(candidate, max_blob)
-        if not (0 <= status <= _mover.ERR_ARG and n >= 0 and (status == 0) == (msg == "")):
+        if not (0 <= status <= _mover.ERR_REKEY and n >= 0 and (status == 0) == (msg == "")):
             raise AssertionError(f"bad parser result {status}, {n}, {msg!r}")
+    for candidate in (data, _records(2) + data[1:]):
+        status, n, msg = _mover.check_records(_mover.CIPHER_AES256GCM, KEY, IV, candidate)
+        if status not in (0, _mover.ERR_RECORD, _mover.ERR_CLOSED) or (status == 0) != (
+                msg == "") or n > 2 + len(candidate) // 33:
+            raise AssertionError(f"bad record parser result {status}, {n}, {msg!r}")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The chunk mover across the emulated WAN (gfs.testing.wan): latency, loss, a cut.
+"""The chunk mover across the emulated WAN (gfs.testing.wan): latency, loss, a cut, and
+what a router on the path sees of an encrypted transfer.
 
 Bounded: a few MiB over a 100 Mbit/s link; skips where network namespaces
 cannot be created.
@@ -100,3 +101,76 @@ def test_fetch_survives_a_cut_link(tmp_path: Path) -> None:
     assert r["committed"] == len(set(ids)) and r["missing"] == 0, r
     assert r["retries"] >= 1, r
     _check(tmp_path, ids)
+
+
+_CAPTURE = """
+import signal, socket, sys
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # every frame
+sock.settimeout(0.2)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+total, limit = 0, int(sys.argv[2])
+with open(sys.argv[1], "wb") as out:
+    print("ready", flush=True)
+    while not stop and total < limit:
+        try:
+            frame = sock.recv(1 << 16)
+        except (TimeoutError, InterruptedError):
+            continue
+        out.write(frame)
+        total += len(frame)
+"""
+
+_FETCH_WITH = """
+import sys
+from gfs import mover
+from gfs.client import Client
+dest, host, port, idsfile, cipher = sys.argv[1:6]
+raw = open(idsfile, "rb").read()
+with Client.init(dest) as dst:
+    s = mover.fetch(dst, (host, int(port)), [raw[k : k + 16] for k in range(0, len(raw), 16)],
+                    bytes(range(32)), streams=2, cipher=cipher)
+print(s.committed, s.cipher)
+"""
+
+
+def test_router_between_sites_sees_no_chunk_bytes(tmp_path: Path) -> None:
+    """A third host on the path (the WAN's router) captures every frame of a transfer:
+    plaintext streams show the file's bytes, encrypted ones (the default) do not."""
+    marker = b"hutong-wan-marker-" + bytes(range(70, 116))  # 64 bytes
+    rnd = random.Random(9)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(b"".join(rnd.randbytes(16320) + marker for _ in range(64)))
+    with Client.init(tmp_path / "src") as src:
+        src.put(str(data), "/d")
+        ids = mover.tree_chunks(src, "/d")
+    idsfile = tmp_path / "ids"
+    idsfile.write_bytes(b"".join(ids))
+    env = {**os.environ, "HUTONG_MOVER_SECRET": SECRET.hex(),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    captures = {}
+    with wan_or_skip(("dst", "src"), rtt=0.010, rate_bps=200e6) as wan:
+        wan.popen("src", [sys.executable, "-m", "gfs.cli", "mover", "serve", "--state",
+                          str(tmp_path / "src"), "--host", "0.0.0.0", "--port", "7070",
+                          "--quiet", "--allow-plaintext"], env=env, stdout=subprocess.DEVNULL)
+        wan.wait_tcp("dst", wan["src"].address, 7070)
+        for cipher in ("none", "auto"):
+            path = tmp_path / f"capture-{cipher}"
+            cap = subprocess.Popen(["ip", "netns", "exec", wan.router, sys.executable, "-c",
+                                    _CAPTURE, str(path), str(64 << 20)],
+                                   stdout=subprocess.PIPE, text=True)
+            try:
+                assert cap.stdout is not None and cap.stdout.readline() == "ready\n"
+                out = wan.run("dst", [sys.executable, "-c", _FETCH_WITH,
+                                      str(tmp_path / f"dst-{cipher}"), wan["src"].address,
+                                      "7070", str(idsfile), cipher], env=env, timeout=90)
+            finally:
+                cap.terminate()
+                cap.wait(10)
+            committed, used = out.stdout.split()
+            assert int(committed) == len(ids) and (used == "none") == (cipher == "none")
+            captures[cipher] = path.read_bytes()
+    assert len(captures["auto"]) > (data / "f").stat().st_size  # the transfer was seen
+    assert marker in captures["none"]  # the capture does see the chunks' bytes in the clear
+    assert marker not in captures["auto"] and marker[:24] not in captures["auto"]

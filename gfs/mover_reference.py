@@ -1,0 +1,120 @@
+"""Pure-Python reference of the mover's handshake proofs, key schedule and records.
+
+The native mover (native/mover.c, native/mover_record.c) is what runs; this
+module states the same wire format (docs/format.md, "Mover protocol") in a
+few lines of Python with `cryptography`, so that tests can check the C side
+against it and speak the protocol as a peer or an attacker would.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+CIPHER_NONE: Final = 0
+CIPHER_AES256GCM: Final = 1
+CIPHER_CHACHA20: Final = 2
+RECORD_MAGIC: Final = b"HTMR"
+RECORD_HEADER: Final = struct.Struct("<4sIQ")  # magic, ciphertext length, sequence number
+TAG_LEN: Final = 16
+RECORD_MAX: Final = 256 << 10
+
+
+def proof(secret: bytes, side: str, cn: bytes, sn: bytes, op: int, cipher: int,
+          cpub: bytes, spub: bytes) -> bytes:
+    """HMAC-SHA256 proof of `side` ("server" or "client") for one handshake; `cpub` and
+    `spub` are the two ephemeral X25519 public keys (zeros on a plaintext stream)."""
+    msg = f"HTMV2 {side}".encode() + cn + sn + bytes([op, cipher]) + cpub + spub
+    return hmac.new(secret, msg, "sha256").digest()
+
+
+def ephemeral() -> tuple[X25519PrivateKey, bytes]:
+    """A fresh X25519 key and its 32-byte public key."""
+    key = X25519PrivateKey.generate()
+    return key, key.public_key().public_bytes_raw()
+
+
+def shared(key: X25519PrivateKey, peer: bytes) -> bytes:
+    """The X25519 shared secret with the peer's public key."""
+    return key.exchange(X25519PublicKey.from_public_bytes(peer))
+
+
+@dataclass(frozen=True)
+class DirKeys:
+    """Key and IV of one direction of a stream."""
+
+    key: bytes
+    iv: bytes
+
+
+def record_keys(secret: bytes, dh: bytes, cn: bytes, sn: bytes, op: int, cipher: int
+                ) -> tuple[DirKeys, DirKeys]:
+    """(client-to-server, server-to-client) keys: HKDF-SHA256(secret || dh, salt cn || sn,
+    info "HTMV2 c2s"/"HTMV2 s2c" || op || cipher), 32 key bytes then 12 IV bytes."""
+    out = []
+    for label in (b"HTMV2 c2s", b"HTMV2 s2c"):
+        okm = HKDF(hashes.SHA256(), 44, cn + sn, label + bytes([op, cipher])).derive(
+            secret + dh)
+        out.append(DirKeys(okm[:32], okm[32:]))
+    return out[0], out[1]
+
+
+class RecordError(ValueError):
+    """A record that does not open: bad header, wrong sequence number or failed tag."""
+
+
+class Direction:
+    """One direction of a stream: seals or opens its records in sequence."""
+
+    def __init__(self, cipher: int, keys: DirKeys) -> None:
+        self._aead = AESGCM(keys.key) if cipher == CIPHER_AES256GCM else ChaCha20Poly1305(
+            keys.key)
+        self._iv = keys.iv
+        self.seq = 0
+
+    def _nonce(self, seq: int) -> bytes:
+        mask = bytes(4) + seq.to_bytes(8, "little")
+        return bytes(a ^ b for a, b in zip(self._iv, mask, strict=True))
+
+    def seal(self, plaintext: bytes) -> bytes:
+        """The next record carrying `plaintext` (1 .. RECORD_MAX bytes)."""
+        head = RECORD_HEADER.pack(RECORD_MAGIC, len(plaintext), self.seq)
+        body = self._aead.encrypt(self._nonce(self.seq), plaintext, head)
+        self.seq += 1
+        return head + body
+
+    def open(self, record: bytes) -> bytes:
+        """The plaintext of the next record, or RecordError."""
+        magic, length, seq = RECORD_HEADER.unpack_from(record)
+        if magic != RECORD_MAGIC or not 0 < length <= RECORD_MAX:
+            raise RecordError(f"bad record header {record[:16].hex()}")
+        if seq != self.seq:
+            raise RecordError(f"record {seq} where {self.seq} was expected")
+        try:
+            out = self._aead.decrypt(self._nonce(seq), record[16:16 + length + TAG_LEN],
+                                     record[:16])
+        except InvalidTag:
+            raise RecordError(f"record {seq} failed authentication") from None
+        self.seq += 1
+        return out
+
+
+def split_records(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The complete records at the start of `buf`, and the bytes after them."""
+    out = []
+    while len(buf) >= RECORD_HEADER.size:
+        length = RECORD_HEADER.unpack_from(buf)[1]
+        end = RECORD_HEADER.size + length + TAG_LEN
+        if len(buf) < end:
+            break
+        out.append(buf[:end])
+        buf = buf[end:]
+    return out, buf
