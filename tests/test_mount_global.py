@@ -4,8 +4,10 @@ POSIX operations, close-to-open, metadata cache round trips, errors."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +40,11 @@ class GMounted:
         return Counter(text.split())
 
 
-def global_mount(state: Path, mnt: Path, ttl: float = 1.0) -> Iterator[GMounted]:
+def global_mount(state: Path, mnt: Path, ttl: float = 1.0,
+                 op_timeout: float = 60.0) -> Iterator[GMounted]:
     calls = mnt.parent / f"{mnt.name}.calls"
     argv = [sys.executable, "-m", "tests.global_mount_child", str(state), str(mnt),
-            str(calls), "--ttl", str(ttl)]
+            str(calls), "--ttl", str(ttl), "--op-timeout", str(op_timeout)]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     with serve_child(argv, state, mnt, env=env) as m:
         yield GMounted(m, calls)
@@ -127,3 +130,67 @@ def test_ls_l_of_a_big_directory_costs_one_listing(tmp_path: Path) -> None:
         assert len(names) == n and sizes == [0] * n
         assert after["ls"] == 1, after
         assert after["stat"] <= 3, after  # the path to the directory, not its entries
+
+
+def _faults(m: GMounted, **kinds: list[str]) -> None:
+    tmp = m.calls_log.with_suffix(".tmp")
+    tmp.write_text(json.dumps(kinds))
+    tmp.replace(Path(str(m.calls_log) + ".faults"))  # the child reads it whole
+
+
+def test_read_only_entity_gives_erofs_and_reads_continue(g: GMounted) -> None:
+    (g.mnt / "e").mkdir()
+    (g.mnt / "e" / "old").write_bytes(b"committed")
+    _faults(g, readonly=["/e"])
+    assert (g.mnt / "e" / "old").read_bytes() == b"committed"  # reads continue
+    assert errno_of(os.mkdir, g.mnt / "e" / "sub") == errno.EROFS
+    assert errno_of(os.unlink, g.mnt / "e" / "old") == errno.EROFS
+    # a write is spooled; its commit at close() fails, and nothing of it is visible
+    f = open(g.mnt / "e" / "new", "wb")  # noqa: SIM115
+    f.write(b"half")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.EROFS
+    f2 = open(g.mnt / "e" / "old", "r+b")  # noqa: SIM115
+    f2.write(b"X")
+    f2.flush()
+    with pytest.raises(OSError) as e:
+        os.fsync(f2.fileno())  # fsync returns the commit's error too
+    assert e.value.errno == errno.EROFS
+    with pytest.raises(OSError) as e:
+        f2.close()  # and so does every close while it is not committed
+    assert e.value.errno == errno.EROFS
+    with Client(g.state) as c:
+        assert not c.exists("/e/new") and c.read_bytes("/e/old") == b"committed"
+    _faults(g)
+    (g.mnt / "e" / "again").write_bytes(b"ok")  # the primary is back: writes work
+    assert (g.mnt / "e" / "again").read_bytes() == b"ok"
+
+
+def test_unreachable_sites_give_ehostunreach(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    init_store(state)
+    with Client(state) as c:
+        c.mkdir("/far")
+        c.write_bytes("/far/f", b"x" * 1000)
+    for m in global_mount(state, tmp_path / "mnt", ttl=0.0):
+        _faults(m, unreachable=["/far"])
+        assert errno_of(os.stat, m.mnt / "far" / "f") == errno.EHOSTUNREACH
+        assert errno_of((m.mnt / "far" / "f").read_bytes) == errno.EHOSTUNREACH
+        assert os.listdir(m.mnt) == ["far"]  # the rest of the tree still answers
+
+
+def test_a_hung_back_end_is_bounded_by_the_op_timeout(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    init_store(state)
+    with Client(state) as c:
+        c.mkdir("/slow")
+        c.write_bytes("/slow/f", b"x")
+    for m in global_mount(state, tmp_path / "mnt", ttl=0.0, op_timeout=1.0):
+        _faults(m, hang=["/slow"])
+        t0 = time.monotonic()
+        assert errno_of(os.stat, m.mnt / "slow" / "f") == errno.EHOSTUNREACH
+        assert time.monotonic() - t0 < 10  # the op timeout, not the back end's hang
+        assert "gave no answer" in m.m.log_text()
+        _faults(m)  # lifted: the same call answers again
+        assert os.stat(m.mnt / "slow" / "f").st_size == 1
