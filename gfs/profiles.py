@@ -259,13 +259,11 @@ def open_namespace(profile: str | None = None, *, state: str | os.PathLike[str] 
         raise ProfileError(f"profile {name!r} opens the federation; store settings "
                            f"({', '.join(sorted(settings))}) apply to an embedded store only")
     prof = get_profile(name)
-    import importlib
-
     from gfs.federation.auth import EntityKeys
+    from gfs.federation.namespace import FederatedNamespace
 
-    federated = importlib.import_module("gfs.federation.namespace").FederatedNamespace
     keys = EntityKeys.load(prof.keys) if prof.keys is not None else None
-    ns: Namespace = federated(
+    ns: Namespace = FederatedNamespace(
         prof.registry, keys=keys, token=prof.token, entity=prof.entity, near=prof.near,
         cache_dir=Path(prof.cache_dir) if prof.cache_dir else None, memory_bytes=memory_bytes)
     return ns
