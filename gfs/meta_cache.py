@@ -6,7 +6,7 @@ Used by the global mount (gfs.mount_global). Rules (docs/globalmount.md):
 * one listing (`Namespace.ls`, every entry with its full Stat) answers the stats of
   all its entries and the absence of every other name in that directory, so
   `ls -l` of a directory costs one call, not one per entry;
-* a back end that offers `list_dir(path, if_version=N)` (the federation's
+* a back end that offers `ls_if_changed(path, N)` (the federation's
   `GET /v1/ns/list?if_version=N`) revalidates an expired listing cheaply: a site
   changes a directory's version whenever an entry is added, removed, renamed or
   replaced in it, so while the version is unchanged the listing is renewed without
@@ -38,10 +38,10 @@ DEFAULT_MAX_ENTRIES = 200_000
 class VersionedListing(Protocol):
     """A back end that can answer "directory unchanged since version N"."""
 
-    def list_dir(self, path: str, *, if_version: int | None = None
-                 ) -> tuple[Stat, list[Stat] | None]:
+    def ls_if_changed(self, path: str, version: int | None
+                      ) -> tuple[Stat, list[Stat] | None]:
         """The directory's Stat and its entries, or None for the entries when its
-        version still equals `if_version`."""
+        version still equals `version`."""
         ...
 
 
@@ -182,7 +182,7 @@ class MetaCache:
             with self._lock:
                 self._put_listing(path, entries, 0, at)
             return entries
-        dir_st, fetched = self.ns.list_dir(path, if_version=version or None)
+        dir_st, fetched = self.ns.ls_if_changed(path, version or None)
         with self._lock:
             self._put_stat(path, dir_st, at)
             if fetched is None and lst is not None:  # unchanged since `version`: renewed

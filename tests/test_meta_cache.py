@@ -48,11 +48,11 @@ class Versioned(Counting):
         super().__init__(inner)
         self.version = 1
 
-    def list_dir(self, path: str, *, if_version: int | None = None
-                 ) -> tuple[Stat, list[Stat] | None]:
-        self.calls["list_dir"] += 1
+    def ls_if_changed(self, path: str, version: int | None
+                      ) -> tuple[Stat, list[Stat] | None]:
+        self.calls["ls_if_changed"] += 1
         st = replace(self.inner.stat(path), version=self.version)
-        if if_version == self.version:
+        if version == self.version:
             return st, None
         return st, self.inner.ls(path)
 
@@ -136,7 +136,7 @@ def test_revalidation_by_version(fs: Client) -> None:
     assert [s.name for s in c.ls("/d")] == ["a"]
     clock.now = 2.0
     assert [s.name for s in c.ls("/d")] == ["a"]  # unchanged: renewed without a listing
-    assert ns.calls == Counter({"list_dir": 2})
+    assert ns.calls == Counter({"ls_if_changed": 2})
     assert c.counters.revalidated == 1
     fs.write_bytes("/d/b", b"2")
     ns.version = 2
