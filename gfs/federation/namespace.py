@@ -48,10 +48,15 @@ from gfs.meta import ChunkRef, Manifest
 from gfs.namespace_api import DuReport, Stat, ls_sorted, stat_from_wire
 from gfs.read import ManifestReader, MemoryTier
 from gfs.read.memory import DEFAULT_MEMORY_BYTES
+from gfs.read.reader import READ_AHEAD_BYTES
 from gfs.read.stack import cached
 
 #: Seconds the entities, their primaries and what the caller may see are kept.
 VIEW_TTL = 5.0
+#: Largest read-ahead of a reader (bytes): 40 ms at 1 Gbit/s is 5 MB in flight.
+WAN_READ_AHEAD = 8 << 20
+#: Requests for chunks in flight at once (the memory tier's prefetch threads).
+FETCH_THREADS = 8
 #: Mode of a directory the federation synthesises (the root, the way to a grant).
 SYNTHETIC_MODE = statmod.S_IFDIR | 0o555
 
@@ -70,10 +75,14 @@ class FederatedNamespace:
         self.entity = entity or me
         memory = DEFAULT_MEMORY_BYTES if memory_bytes is None else memory_bytes
         self.fc = FederationClient(registry, keys=keys, token=token, near=near,
-                                   cache_bytes=memory)
-        self.chunks: MemoryTier = (self.fc.cache if cache_dir is None else
-                                   cached(self.fc.source, memory, disk=DiskCache(cache_dir)))
+                                   cache_bytes=0)
+        self.chunks: MemoryTier = cached(
+            self.fc.source, memory, threads=FETCH_THREADS,
+            disk=None if cache_dir is None else DiskCache(cache_dir))
         """The read stack every chunk read of this namespace goes through."""
+        self.read_ahead = max(READ_AHEAD_BYTES, min(WAN_READ_AHEAD, memory // 32))
+        """Bytes a reader fetches ahead: what keeps a long link busy, within the memory
+        tier's small queue (a 32nd of it) so that prefetched chunks stay until read."""
         self.spool_dir = None if cache_dir is None else Path(cache_dir)
         self._lock = threading.Lock()
         self._entities: tuple[float, dict[str, dict[str, Any]]] | None = None
@@ -81,8 +90,7 @@ class FederatedNamespace:
 
     def close(self) -> None:
         """Release connections and the cache tiers."""
-        if self.chunks is not self.fc.cache:
-            self.chunks.close()
+        self.chunks.close()
         self.fc.close()
 
     def __enter__(self) -> FederatedNamespace:
@@ -158,13 +166,13 @@ class FederatedNamespace:
         that does not exist for the caller; an unreachable primary makes writes EROFS."""
         try:
             yield
-        except AuthError as e:
-            if e.status != 403:
+        except (AuthError, PermissionDeniedError) as e:
+            if isinstance(e, AuthError) and e.status != 403:
                 raise
             if write:
                 raise PermissionDeniedError(path, f"not allowed to change it ({e})") from None
             raise NotFoundError(path) from None
-        except UnavailableError as e:
+        except (UnavailableError, UnavailableSiteError) as e:
             ent = (paths.split(path) or ["?"])[0]
             if write:
                 raise ReadOnlyError(path, f"read-only: the primary site of {ent!r} is "
@@ -329,7 +337,8 @@ class FederatedNamespace:
             except IsADirError:
                 raise _not_a_file(self.stat(norm)) from None
             self.fc.source.note(norm, holders)
-            return io.BufferedReader(ManifestReader(self.chunks, norm, manifest), 1 << 20)
+            return io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
+                                                    read_ahead=self.read_ahead), 1 << 20)
 
     def _read_whole(self, norm: str, ent: str) -> bytes:
         _, site = self._site(ent)
