@@ -34,6 +34,7 @@ from gfs.errors import (
     NotEmptyError,
     NotFoundError,
     NotPermittedError,
+    ReadOnlyError,
     UnavailableSiteError,
 )
 from gfs.meta_cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, MetaCache, child_path, parent_of
@@ -41,6 +42,7 @@ from gfs.mount import MAX_FILE_SIZE, ServeOptions, fuse_error, readdir_replies, 
 from gfs.mount_inodes import ROOT_INO, InodeTable, entity_scope, one_scope
 from gfs.mount_points import prepare
 from gfs.mount_spool import Spool
+from gfs.namespace import DEFAULT_DIR_MODE  # a new directory's (others: a chmod after)
 from gfs.namespace_api import Namespace, Stat
 
 log = logging.getLogger("hutong.mount")
@@ -237,14 +239,16 @@ class GlobalOperations(pyfuse3.Operations):
         return st.target.encode()
 
     def _listing(self, path: str) -> list[tuple[bytes, Stat]]:
+        """The entries of `path` in the back end's order (the federation's root: the
+        caller's own entity first), then the files created here and not committed."""
         entries = {st.name: st for st in self.meta.ls(path)}
         prefix = path.rstrip("/") + "/"
-        with self._spool_lock:  # files created here and not committed yet
+        with self._spool_lock:
             created = [p for p, sp in self._spools.items() if sp.created]
         for p in created:
             if p.startswith(prefix) and "/" not in p[len(prefix):]:
                 entries[p[len(prefix):]] = self._stat(p)
-        return [(n.encode(), entries[n]) for n in sorted(entries)]
+        return [(n.encode(), st) for n, st in entries.items()]
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         path = self._path(inode)
@@ -277,12 +281,19 @@ class GlobalOperations(pyfuse3.Operations):
                       subtree: bool = False) -> None:
         self._admit()
 
+        def forget() -> None:
+            for p in paths:
+                self.meta.invalidate(p, subtree=subtree)
+
         def op() -> None:
             try:
                 fn()
-            finally:
-                for p in paths:
-                    self.meta.invalidate(p, subtree=subtree)
+            except ReadOnlyError:
+                raise  # refused before anything changed: what is cached stays true
+            except BaseException:
+                forget()  # it may have changed something before failing
+                raise
+            forget()
         await self._run(op)
 
     async def _made(self, path: str) -> pyfuse3.EntryAttributes:
@@ -292,10 +303,12 @@ class GlobalOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         path = child_path(self._path(parent_inode), _name(name))
 
+        perm = mode & 0o7777 & ~ctx.umask
+
         def op() -> None:
             self.ns.mkdir(path)
-            if mode & 0o7777 != 0o755:
-                self.ns.chmod(path, mode & 0o7777 & ~ctx.umask)
+            if perm != DEFAULT_DIR_MODE:
+                self.ns.chmod(path, perm)
         await self._change(op, path)
         return await self._made(path)
 
@@ -439,6 +452,10 @@ class GlobalOperations(pyfuse3.Operations):
                 if st.kind == "dir":
                     raise IsADirError(path)
                 reader = self.ns.open(path, "rb")
+                size = reader.seek(0, os.SEEK_END)
+                reader.seek(0)
+                if size != st.size:  # committed meanwhile: the size of what is read
+                    self.meta.put(replace(st, size=size))
             elif fresh and not flags & os.O_TRUNC:
                 st = self.meta.refresh(path)
                 if st.kind == "dir":
@@ -495,8 +512,7 @@ class GlobalOperations(pyfuse3.Operations):
                 raise ExistsError(path)
             self._stat(parent_of(path))  # the parent must exist (ENOENT otherwise)
             h = self._open(path, flags, True, mode & 0o7777 & ~ctx.umask)
-            self.meta.invalidate(path)
-            return h, self._stat(path)
+            return h, self._stat(path)  # the spool's: the cache is told at the commit
         h, st = await self._run(op)
         a = self._entry(st)
         return pyfuse3.FileInfo(fh=self._new_fh(h, a.st_ino)), a
@@ -532,11 +548,14 @@ class GlobalOperations(pyfuse3.Operations):
         created = sp.created
         try:
             sp.commit(self.ns)
-        except HutongError as e:
+        except ReadOnlyError as e:  # refused before anything changed: the cache stays
             log.warning("commit of %s failed: %s", sp.path, e)
             raise
-        finally:
+        except HutongError as e:
+            log.warning("commit of %s failed: %s", sp.path, e)
             self.meta.invalidate(sp.path)
+            raise
+        self.meta.invalidate(sp.path)
         if created:  # it keeps the number it was created with
             self.inodes.bind(self.meta.refresh(sp.path), h.ino)
 

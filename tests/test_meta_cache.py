@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gfs.client import Client
-from gfs.errors import NotFoundError
+from gfs.errors import NotFoundError, UnavailableSiteError
 from gfs.meta_cache import MetaCache
 from gfs.mount_inodes import ROOT_INO, InodeTable, entity_scope, one_scope
 from gfs.namespace_api import Stat
@@ -175,3 +175,23 @@ def test_removed_entries_live_until_forgotten() -> None:
         t.path(a)
     assert t.ino_for(_st("/f", 9)) != a  # a new entry gets a new number
     assert len(t) == 2
+
+
+def test_the_last_answer_is_served_while_the_back_end_is_unreachable(ns: Counting) -> None:
+    clock = Clock()
+    c = MetaCache(ns, ttl=1.0, clock=clock)  # type: ignore[arg-type]
+    c.ls("/d")
+    assert c.stat("/d/f05").size == 5
+    down = UnavailableSiteError("/d", "primary down")
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise down
+    ns.inner = type("Down", (), {"stat": unreachable, "ls": unreachable})()  # type: ignore[assignment]
+    clock.now = 10.0  # long past the TTL
+    assert c.stat("/d/f05").size == 5  # seen before: the last answer
+    assert [s.name for s in c.ls("/d")][:2] == ["f00", "f01"]
+    with pytest.raises(NotFoundError):  # not in the last listing: still absent
+        c.stat("/d/new")
+    assert c.counters.stale == 3
+    with pytest.raises(UnavailableSiteError):
+        c.stat("/never/seen")
