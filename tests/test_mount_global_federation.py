@@ -21,11 +21,15 @@ import pytest
 from gfs.federation.http import HttpClient
 from gfs.federation.testing import Federation
 from gfs.profiles import add_profile
+from tests import test_federated_namespace as fedns
 from tests.test_mount_helpers import Mounted, errno_of, needs_fuse, serve_child, wait_for
 
 pytestmark = needs_fuse
 
 TTL = 1.0
+#: Entity lab: primary lab-1, lab-2 holding a mirror of /lab/d (the fixture, shared).
+lab_fed = fedns.mirrored
+_replicate = fedns._replicate
 
 
 @contextmanager
@@ -211,40 +215,20 @@ def test_a_revoked_grant_stops_reads_within_the_ttl(fed: Federation, tmp_path: P
 
 
 # -- the primary fails ----------------------------------------------------------------------
-@pytest.fixture
-def mirrored(tmp_path: Path) -> Iterator[Federation]:
-    """Entity lab: primary lab-1, and lab-2 holding a mirror of /lab/d by a rule."""
-    with Federation(tmp_path / "fed", ttl=1.5, heartbeat=0.2) as f:
-        f.registry()
-        f.site("lab-1", "lab", "cn-west", primary=True)
-        f.site("lab-2", "lab", "cn-east")
-        yield f
-
-
-def _replicate(fed: Federation, files: dict[str, bytes]) -> None:
-    with fed.client("lab") as fc:
-        fc.mkdir("/lab/d", parents=True, exist_ok=True)
-        for p, data in files.items():
-            fc.write_bytes(p, data)
-        fc.rule_add("/lab/d/**", 2, "region=cn-west | region=cn-east")
-        [rule] = fc.reconcile("lab")
-        assert rule["state"] == "ok"
-
-
-def test_kill_9_of_the_primary_during_reads(mirrored: Federation, tmp_path: Path) -> None:
+def test_kill_9_of_the_primary_during_reads(lab_fed: Federation, tmp_path: Path) -> None:
     data = os.urandom(8 << 20)
-    _replicate(mirrored, {"/lab/d/big.bin": data, "/lab/d/f.txt": b"committed"})
-    with gmount(mirrored, _profile(mirrored, "lab", "lab", "lab-1"), tmp_path / "mnt") as m:
+    _replicate(lab_fed, {"/lab/d/big.bin": data, "/lab/d/f.txt": b"committed"})
+    with gmount(lab_fed, _profile(lab_fed, "lab", "lab", "lab-1"), tmp_path / "mnt") as m:
         d = m.mnt / "lab" / "d"
         assert sorted(os.listdir(d)) == ["big.bin", "f.txt"]  # seen before the failure
         with open(d / "big.bin", "rb", buffering=0) as f:
             head = f.read(1 << 20)
-            mirrored.kill("lab-1")  # kill -9, mid-read
+            lab_fed.kill("lab-1")  # kill -9, mid-read
             rest = b""
             while chunk := f.read(1 << 20):
                 rest += chunk
         assert head + rest == data  # the rest came from the mirror
-        mirrored.wait_status("lab-1", "down")
+        lab_fed.wait_status("lab-1", "down")
         assert (d / "f.txt").read_bytes() == b"committed"  # new opens too
         t0 = time.monotonic()
         assert errno_of(os.mkdir, d / "sub") == errno.EROFS
@@ -253,11 +237,11 @@ def test_kill_9_of_the_primary_during_reads(mirrored: Federation, tmp_path: Path
         assert not (d / "g.txt").exists()
 
 
-def test_kill_9_of_the_primary_during_a_write(mirrored: Federation, tmp_path: Path) -> None:
+def test_kill_9_of_the_primary_during_a_write(lab_fed: Federation, tmp_path: Path) -> None:
     data = os.urandom(48 << 20)
-    with mirrored.client("lab") as fc:
+    with lab_fed.client("lab") as fc:
         fc.write_bytes("/lab/up.bin", b"old")
-    with gmount(mirrored, _profile(mirrored, "lab", "lab", "lab-1"), tmp_path / "mnt") as m:
+    with gmount(lab_fed, _profile(lab_fed, "lab", "lab", "lab-1"), tmp_path / "mnt") as m:
         target = m.mnt / "lab" / "up.bin"
         w = open(target, "wb")  # noqa: SIM115
         w.write(data)  # spooled: the commit starts at close
@@ -270,19 +254,19 @@ def test_kill_9_of_the_primary_during_a_write(mirrored: Federation, tmp_path: Pa
                 failure.append(e)
         t = threading.Thread(target=close)
         t.start()
-        probe = HttpClient(mirrored.sites["lab-1"]["url"], timeout=5)
+        probe = HttpClient(lab_fed.sites["lab-1"]["url"], timeout=5)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # until the primary stored the first chunks
             if b"chunks_stored_total" in probe.call("GET", "/metrics"):
                 break
         probe.close()
         assert t.is_alive(), "the commit ended before the kill: nothing tested"
-        mirrored.kill("lab-1")
+        lab_fed.kill("lab-1")
         t.join(60)
         assert not t.is_alive()
         assert failure and isinstance(failure[0], OSError), failure
         assert failure[0].errno in (errno.EROFS, errno.EHOSTUNREACH), failure
-    mirrored.start("lab-1")
-    mirrored.wait_status("lab-1", "up")
-    with mirrored.client("lab") as fc:
+    lab_fed.start("lab-1")
+    lab_fed.wait_status("lab-1", "up")
+    with lab_fed.client("lab") as fc:
         assert fc.read_bytes("/lab/up.bin") == b"old"  # nothing half-visible
