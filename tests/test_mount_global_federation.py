@@ -7,11 +7,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -270,3 +272,34 @@ def test_kill_9_of_the_primary_during_a_write(lab_fed: Federation, tmp_path: Pat
     lab_fed.wait_status("lab-1", "up")
     with lab_fed.client("lab") as fc:
         assert fc.read_bytes("/lab/up.bin") == b"old"  # nothing half-visible
+
+
+def _requests(fed: Federation, site: str) -> Counter[str]:
+    """Requests served by `site` so far, by route (its /metrics)."""
+    probe = HttpClient(fed.sites[site]["url"], timeout=5)
+    try:
+        text = probe.call("GET", "/metrics").decode()
+    finally:
+        probe.close()
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        m = re.match(r'\w+_http_requests_total\{.*route="([^"]+)".*\} ([0-9.e+]+)$', line)
+        if m:
+            out[m.group(1)] += int(float(m.group(2)))
+    return out
+
+
+def test_ls_l_of_a_big_directory_is_one_listing_at_the_site(fed: Federation,
+                                                             telco: Mounted) -> None:
+    n = 1000
+    with fed.client("telco") as fc:
+        fc.mkdir("/telco/many", parents=True)
+    many = telco.mnt / "telco" / "many"
+    for i in range(n):  # through the mount: one commit each
+        (many / f"f{i:04d}").write_bytes(b"x" * (i % 7))
+    before = _requests(fed, "telco-1")
+    out = subprocess.run(["ls", "-l", str(many)], capture_output=True, check=True,
+                         timeout=120).stdout.decode().splitlines()
+    after = _requests(fed, "telco-1") - before
+    assert len(out) == n + 1  # "total" and one line per entry
+    assert after["/v1/ns/list"] == 1 and after["/v1/ns/stat"] <= 2, after
