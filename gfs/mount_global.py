@@ -407,13 +407,17 @@ class GlobalOperations(pyfuse3.Operations):
                 raise NotPermittedError(path, "the global mount does not change owners")
             if fields.update_size:
                 self._truncate(path, attr.st_size)
+            sp = self._spool_at(path)
+            created = sp is not None and sp.created  # nothing in the namespace yet
             if fields.update_mode:
-                self.ns.chmod(path, attr.st_mode & 0o7777)
+                if sp is not None and created:
+                    sp.perm = attr.st_mode & 0o7777  # given at its first commit
+                else:
+                    self.ns.chmod(path, attr.st_mode & 0o7777)
             if fields.update_atime or fields.update_mtime:
-                sp = self._spool_at(path)
                 if sp is not None and fields.update_mtime:
                     sp.mtime_ns = attr.st_mtime_ns
-                if sp is None or not sp.created:
+                if not created:
                     self.ns.utime(path, attr.st_atime_ns if fields.update_atime else None,
                                   attr.st_mtime_ns if fields.update_mtime else None)
         if not (fields.update_size and self._spool_at(path) is not None):
