@@ -210,3 +210,17 @@ def test_lock_file_pattern_of_git(g: GMounted) -> None:
         assert (d / "config").read_bytes() == f"version {i}\n".encode()
         assert (d / "config").stat().st_mode & 0o777 == 0o640
         assert not (d / "config.lock").exists()
+
+
+def test_entries_are_shown_as_the_mounting_users_and_truncate_keeps_the_head(
+        g: GMounted) -> None:
+    with Client(g.state) as c:
+        c.write_bytes("/theirs", bytes(range(256)) * 4000)
+        c.chown("/theirs", 1234, 5678)  # an owner id of another machine
+    st = os.stat(g.mnt / "theirs")
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert errno_of(os.chown, g.mnt / "theirs", 4321, -1) == errno.EPERM
+    os.truncate(g.mnt / "theirs", 1000)  # not open here: through a spool, one commit
+    assert (g.mnt / "theirs").read_bytes() == (bytes(range(256)) * 4)[:1000]
+    os.truncate(g.mnt / "theirs", 0)
+    assert (g.mnt / "theirs").stat().st_size == 0
