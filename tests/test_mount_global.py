@@ -3,9 +3,11 @@ POSIX operations, close-to-open, metadata cache round trips, errors."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -224,3 +226,22 @@ def test_entries_are_shown_as_the_mounting_users_and_truncate_keeps_the_head(
     assert (g.mnt / "theirs").read_bytes() == (bytes(range(256)) * 4)[:1000]
     os.truncate(g.mnt / "theirs", 0)
     assert (g.mnt / "theirs").stat().st_size == 0
+
+
+def test_sigterm_commits_a_file_held_open_then_unmounts(tmp_path: Path) -> None:
+    """The embedded mount's drain (gfs.mount.serve), on the global mount: what an open
+    writer wrote is committed whole, the mount unmounts and exits 0."""
+    state = tmp_path / "state"
+    init_store(state)
+    data = os.urandom(3 << 20)
+    for m in global_mount(state, tmp_path / "mnt"):
+        f = open(m.mnt / "held.bin", "wb")  # noqa: SIM115
+        f.write(data)
+        f.flush()
+        m.m.proc.send_signal(signal.SIGTERM)
+        assert m.m.proc.wait(timeout=60) == 0, m.m.log_text()
+        assert not os.path.ismount(m.mnt)
+        with contextlib.suppress(OSError):
+            f.close()
+    with Client(state) as c:
+        assert c.read_bytes("/held.bin") == data
