@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from gfs.client import Client
+from gfs.federation.auth import EntityKeys
+from gfs.profiles import add_profile
+from tests.test_cli_behaviour import assert_one_error, hutong
 from tests.test_mount_helpers import (
     Mounted,
     assert_edits,
@@ -245,3 +248,14 @@ def test_sigterm_commits_a_file_held_open_then_unmounts(tmp_path: Path) -> None:
             f.close()
     with Client(state) as c:
         assert c.read_bytes("/held.bin") == data
+
+
+def test_mount_of_a_profile_refuses_the_embedded_disk_tier_flags(tmp_path: Path) -> None:
+    EntityKeys.create(tmp_path / "keys", "lab")
+    add_profile("p", registry="http://127.0.0.1:9", entity="lab", keys=tmp_path / "keys")
+    (tmp_path / "mnt").mkdir()
+    proc = hutong("--profile", "p", "mount", str(tmp_path / "mnt"), "--disk-cache-dir",
+                  str(tmp_path / "c"), check=False)
+    assert proc.returncode == 2
+    assert_one_error(proc.stderr)
+    assert b"cache directory" in proc.stderr and not os.path.ismount(tmp_path / "mnt")
