@@ -259,3 +259,13 @@ def test_mount_of_a_profile_refuses_the_embedded_disk_tier_flags(tmp_path: Path)
     assert proc.returncode == 2
     assert_one_error(proc.stderr)
     assert b"cache directory" in proc.stderr and not os.path.ismount(tmp_path / "mnt")
+
+
+def test_xattr_of_a_file_still_being_written(g: GMounted) -> None:
+    with open(g.mnt / "new.bin", "wb") as f:
+        f.write(b"part one")
+        f.flush()
+        os.setxattr(g.mnt / "new.bin", "user.origin", b"sensor-7")  # not committed yet
+        f.write(b", part two")
+    assert (g.mnt / "new.bin").read_bytes() == b"part one, part two"
+    assert os.getxattr(g.mnt / "new.bin", "user.origin") == b"sensor-7"
