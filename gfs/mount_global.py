@@ -66,6 +66,10 @@ class GlobalMountOptions(ServeOptions):
     op_timeout: float = 60.0
     #: Directory of the write spools (the system's temporary directory if None).
     spool_dir: str | None = None
+    #: Show every entry as owned by the user running the mount (True), or with the
+    #: owner the back end records (False). Who may read or change what is decided by
+    #: the federation (keys, tokens, grants), not by user ids of other machines.
+    own_everything: bool = True
 
 
 @dataclass
@@ -113,6 +117,7 @@ class GlobalOperations(pyfuse3.Operations):
         self.draining = False
         self.frozen = False
         self._writers_closed: asyncio.Event | None = None
+        self._uid, self._gid = os.getuid(), os.getgid()
 
     def close(self, commit: bool = True) -> None:
         """Stop the threads; with `commit`, commit what open files hold."""
@@ -189,6 +194,11 @@ class GlobalOperations(pyfuse3.Operations):
             st = replace(st, size=sp.size, mtime_ns=sp.mtime_ns)
         return st
 
+    def _owner(self, st: Stat) -> tuple[int, int]:
+        if self.opts.own_everything:
+            return self._uid, self._gid
+        return st.uid, st.gid
+
     def _attr(self, st: Stat, ino: int | None = None) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino if ino is not None else self.inodes.ino_for(st)
@@ -200,8 +210,7 @@ class GlobalOperations(pyfuse3.Operations):
             mode |= _KIND_BITS.get(st.kind, statmod.S_IFREG)
         a.st_mode = mode
         a.st_nlink = 2 if st.kind == "dir" else 1
-        a.st_uid = st.uid
-        a.st_gid = st.gid
+        a.st_uid, a.st_gid = self._owner(st)
         a.st_rdev = 0
         a.st_size = len(st.target.encode()) if st.kind == "symlink" else st.size
         a.st_blksize = 1 << 17
@@ -401,19 +410,23 @@ class GlobalOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EFBIG)
 
         def op() -> None:
-            st = self._stat(path)
-            if (fields.update_uid and attr.st_uid != st.uid) or (
-                    fields.update_gid and attr.st_gid != st.gid):
+            uid, gid = self._owner(self._stat(path))
+            if (fields.update_uid and attr.st_uid != uid) or (
+                    fields.update_gid and attr.st_gid != gid):
                 raise NotPermittedError(path, "the global mount does not change owners")
             if fields.update_size:
                 self._truncate(path, attr.st_size)
+            sp = self._spool_at(path)
+            created = sp is not None and sp.created  # nothing in the namespace yet
             if fields.update_mode:
-                self.ns.chmod(path, attr.st_mode & 0o7777)
+                if sp is not None and created:
+                    sp.perm = attr.st_mode & 0o7777  # given at its first commit
+                else:
+                    self.ns.chmod(path, attr.st_mode & 0o7777)
             if fields.update_atime or fields.update_mtime:
-                sp = self._spool_at(path)
                 if sp is not None and fields.update_mtime:
                     sp.mtime_ns = attr.st_mtime_ns
-                if sp is None or not sp.created:
+                if not created:
                     self.ns.utime(path, attr.st_atime_ns if fields.update_atime else None,
                                   attr.st_mtime_ns if fields.update_mtime else None)
         if not (fields.update_size and self._spool_at(path) is not None):
@@ -426,11 +439,17 @@ class GlobalOperations(pyfuse3.Operations):
         if sp is not None:
             sp.truncate(size)
             return
-        cur = self.meta.refresh(path)
-        if cur.kind == "dir":
+        if self.meta.refresh(path).kind == "dir":
             raise IsADirError(path)
-        head = self.ns.read_bytes(path, 0, min(size, cur.size)) if size else b""
-        self.ns.write_bytes(path, head + bytes(size - len(head)))
+        tmp = Spool(path, directory=self.opts.spool_dir)  # the file is not open here
+        try:
+            if size:
+                with self.ns.open(path, "rb") as src:
+                    tmp.load(src)
+            tmp.truncate(size)
+            tmp.commit(self.ns)
+        finally:
+            tmp.close()
 
     # -- files ----------------------------------------------------------------------------
     def _open(self, path: str, flags: int, created: bool, perm: int | None) -> _Handle:
@@ -489,7 +508,8 @@ class GlobalOperations(pyfuse3.Operations):
                    ) -> pyfuse3.FileInfo:
         self._admit()
         path = self._path(inode)
-        h = await self._run(self._open, path, flags, False, None)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY  # copies the file: unbounded
+        h = await self._run(self._open, path, flags, False, None, bounded=not writable)
         try:
             # close-to-open: what the kernel cached of the file's size may be older
             pyfuse3.invalidate_inode(inode, attr_only=True)

@@ -57,7 +57,7 @@ class InodeTable:
         key = self._key(st)
         with self._lock:
             ino = self._by_key.get(key)
-            if ino is None:
+            if ino is None or ino in self._gone:  # a removed entry's number is not reused
                 ino = self._next
                 self._next += 1
                 self._by_key[key] = ino
@@ -72,6 +72,9 @@ class InodeTable:
         its first commit gave it a back-end inode)."""
         key = self._key(st)
         with self._lock:
+            old = self._key_of.get(ino)
+            if old is not None and self._by_key.get(old) == ino:
+                del self._by_key[old]  # its path no longer names it once renamed
             self._by_key[key] = ino
             self._key_of[ino] = key
             self._path[ino] = st.path

@@ -195,3 +195,18 @@ def test_the_last_answer_is_served_while_the_back_end_is_unreachable(ns: Countin
     assert c.counters.stale == 3
     with pytest.raises(UnavailableSiteError):
         c.stat("/never/seen")
+
+
+def test_a_created_file_keeps_its_number_and_its_path_is_free_after_a_rename() -> None:
+    """git's lock files: create x.lock (no back-end inode until its first commit),
+    commit, rename over x, create x.lock again: a new number, not x's."""
+    t = InodeTable(one_scope)
+    lock = t.ino_for(_st("/r/config.lock", 0))  # created here, not committed
+    t.bind(_st("/r/config.lock", 41), lock)  # committed: the back end's inode 41
+    t.moved("/r/config.lock", "/r/config")
+    assert t.ino_for(_st("/r/config", 41)) == lock
+    again = t.ino_for(_st("/r/config.lock", 0))
+    assert again != lock and t.path(lock) == "/r/config"
+    t.looked_up(again)
+    t.removed("/r/config.lock")  # unlinked while the kernel holds it
+    assert t.ino_for(_st("/r/config.lock", 0)) not in (again, lock)

@@ -3,9 +3,11 @@ POSIX operations, close-to-open, metadata cache round trips, errors."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -15,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from gfs.client import Client
+from gfs.federation.auth import EntityKeys
+from gfs.profiles import add_profile
+from tests.test_cli_behaviour import assert_one_error, hutong
 from tests.test_mount_helpers import (
     Mounted,
     assert_edits,
@@ -194,3 +199,63 @@ def test_a_hung_back_end_is_bounded_by_the_op_timeout(tmp_path: Path) -> None:
         assert "gave no answer" in m.m.log_text()
         _faults(m)  # lifted: the same call answers again
         assert os.stat(m.mnt / "slow" / "f").st_size == 1
+
+
+def test_lock_file_pattern_of_git(g: GMounted) -> None:
+    """Create x.lock exclusively, chmod it before anything is committed, close, rename
+    over x; again and again (what git does to its config and index)."""
+    d = g.mnt / "repo"
+    d.mkdir()
+    for i in range(3):
+        fd = os.open(d / "config.lock", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        os.chmod(d / "config.lock", 0o640)  # not committed yet: given at the commit
+        os.write(fd, f"version {i}\n".encode())
+        os.close(fd)
+        os.rename(d / "config.lock", d / "config")
+        assert (d / "config").read_bytes() == f"version {i}\n".encode()
+        assert (d / "config").stat().st_mode & 0o777 == 0o640
+        assert not (d / "config.lock").exists()
+
+
+def test_entries_are_shown_as_the_mounting_users_and_truncate_keeps_the_head(
+        g: GMounted) -> None:
+    with Client(g.state) as c:
+        c.write_bytes("/theirs", bytes(range(256)) * 4000)
+        c.chown("/theirs", 1234, 5678)  # an owner id of another machine
+    st = os.stat(g.mnt / "theirs")
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert errno_of(os.chown, g.mnt / "theirs", 4321, -1) == errno.EPERM
+    os.truncate(g.mnt / "theirs", 1000)  # not open here: through a spool, one commit
+    assert (g.mnt / "theirs").read_bytes() == (bytes(range(256)) * 4)[:1000]
+    os.truncate(g.mnt / "theirs", 0)
+    assert (g.mnt / "theirs").stat().st_size == 0
+
+
+def test_sigterm_commits_a_file_held_open_then_unmounts(tmp_path: Path) -> None:
+    """The embedded mount's drain (gfs.mount.serve), on the global mount: what an open
+    writer wrote is committed whole, the mount unmounts and exits 0."""
+    state = tmp_path / "state"
+    init_store(state)
+    data = os.urandom(3 << 20)
+    for m in global_mount(state, tmp_path / "mnt"):
+        f = open(m.mnt / "held.bin", "wb")  # noqa: SIM115
+        f.write(data)
+        f.flush()
+        m.m.proc.send_signal(signal.SIGTERM)
+        assert m.m.proc.wait(timeout=60) == 0, m.m.log_text()
+        assert not os.path.ismount(m.mnt)
+        with contextlib.suppress(OSError):
+            f.close()
+    with Client(state) as c:
+        assert c.read_bytes("/held.bin") == data
+
+
+def test_mount_of_a_profile_refuses_the_embedded_disk_tier_flags(tmp_path: Path) -> None:
+    EntityKeys.create(tmp_path / "keys", "lab")
+    add_profile("p", registry="http://127.0.0.1:9", entity="lab", keys=tmp_path / "keys")
+    (tmp_path / "mnt").mkdir()
+    proc = hutong("--profile", "p", "mount", str(tmp_path / "mnt"), "--disk-cache-dir",
+                  str(tmp_path / "c"), check=False)
+    assert proc.returncode == 2
+    assert_one_error(proc.stderr)
+    assert b"cache directory" in proc.stderr and not os.path.ismount(tmp_path / "mnt")
