@@ -577,7 +577,7 @@ class GlobalOperations(pyfuse3.Operations):
             raise
         self.meta.invalidate(sp.path)
         if created:  # it keeps the number it was created with
-            self.inodes.bind(self.meta.refresh(sp.path), h.ino)
+            self.inodes.expect(sp.path, h.ino)
 
     async def flush(self, fh: int) -> None:
         h = self._handles.get(fh)
