@@ -18,6 +18,7 @@ from gfs.cli import add_json_flag, print_json
 from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import InvalidPathError, StateError
 from gfs.eviction import DEFAULT_POLICY, POLICIES
+from gfs.meta_cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL
 from gfs.units import duration_arg, size_arg
 
 if TYPE_CHECKING:
@@ -25,6 +26,23 @@ if TYPE_CHECKING:
 
 #: Seconds `mount --background` waits for the mount to come up.
 READY_TIMEOUT = 30.0
+def _entries_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--meta-entries must be a whole number >= 1, "
+                                         f"not {text!r}")
+    return n
+
+
+def _profile(args: argparse.Namespace) -> str | None:
+    """The profile the mount uses (--profile, $HUTONG_PROFILE, `hutong profile use`);
+    None: the embedded store."""
+    from gfs.profiles import selected
+
+    return selected(getattr(args, "profile", None))
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -35,8 +53,19 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "foreground until unmounted. Ctrl-C or SIGTERM refuse new opens, "
                         "commit what open files hold, wait --drain-timeout seconds for "
                         "them to be closed (each is committed at its close), commit what "
-                        "is still open and unmount; a second Ctrl-C unmounts at once.")
+                        "is still open and unmount; a second Ctrl-C unmounts at once. "
+                        "With a profile (--profile NAME, $HUTONG_PROFILE or `hutong profile "
+                        "use`) it mounts "
+                        "the global tree: / lists the entities you may see, metadata is "
+                        "cached for --meta-ttl seconds, writes are committed when the file "
+                        "is closed (docs/globalmount.md).")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    sp.add_argument("--meta-ttl", type=duration_arg, default=DEFAULT_TTL, metavar="SECONDS",
+                    help="with a profile: how long metadata (stats, listings) is trusted "
+                    f"before it is fetched again ({DEFAULT_TTL:g})")
+    sp.add_argument("--meta-entries", type=_entries_arg, default=DEFAULT_MAX_ENTRIES,
+                    metavar="N", help="with a profile: stats and listed names the "
+                    f"metadata cache keeps at most ({DEFAULT_MAX_ENTRIES})")
     sp.add_argument("--background", action="store_true",
                     help="detach once the mount is ready")
     sp.add_argument("--attr-timeout", type=duration_arg, default=1.0, metavar="SECONDS",
@@ -105,6 +134,10 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     if args.fuse_debug:
         argv.append("--fuse-debug")
     argv += ["--drain-timeout", str(args.drain_timeout)]
+    profile = _profile(args)
+    if profile is not None:
+        argv += ["--profile", profile, "--meta-ttl", str(args.meta_ttl), "--meta-entries",
+                 str(args.meta_entries)]
     return argv
 
 
@@ -114,11 +147,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from gfs.mount_points import prepare
 
     mp = args.mountpoint
+    profile = _profile(args)
     if args.background:
         mp, report = prepare(mp)  # here, so that the report reaches the user
         if report is not None:
             print(f"hutong: {report}", file=sys.stderr)
-        Client(args.state).close()  # fail here, not in the child, if there is no store
+        if profile is not None:  # fail here, not in the child, if it cannot be opened
+            from gfs.profiles import open_namespace
+
+            open_namespace(profile).close()
+        else:
+            Client(args.state).close()
         log: Any = open(args.log, "ab+") if args.log else tempfile.TemporaryFile()  # noqa: SIM115
         with log:
             child = subprocess.Popen(_child_argv(args), stdin=subprocess.DEVNULL,
@@ -136,6 +175,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"mounted at {mp} (pid {child.pid}); `hutong umount {mp}` to stop")
         return 0
+    if profile is not None:
+        return _mount_global(args, profile)
     opts = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.attr_timeout,
                         cache_bytes=args.cache_size, disk_cache=args.disk_cache,
                         disk_cache_dir=args.disk_cache_dir,
@@ -144,6 +185,26 @@ def cmd_mount(args: argparse.Namespace) -> int:
                         drain_timeout=args.drain_timeout)
     with Client(args.state) as fs:
         run_mount(fs, mp, opts)
+    return 0
+
+
+def _mount_global(args: argparse.Namespace, profile: str) -> int:
+    from gfs.mount_global import GlobalMountOptions, run_global_mount
+    from gfs.profiles import ProfileError, open_namespace
+
+    if args.disk_cache_dir is not None or args.disk_cache_size is not None:
+        raise ProfileError(f"profile {profile!r} mounts the federation, whose disk tier is "
+                           "the profile's cache directory; drop --disk-cache-dir/"
+                           "--disk-cache-size (or set the profile's cache directory)")
+
+    opts = GlobalMountOptions(meta_ttl=args.meta_ttl, meta_entries=args.meta_entries,
+                              allow_other=args.allow_other, debug=args.fuse_debug,
+                              drain_timeout=args.drain_timeout)
+    ns = open_namespace(profile, memory_bytes=args.cache_size)
+    try:
+        run_global_mount(ns, args.mountpoint, opts, label=f"profile {profile}")
+    finally:
+        ns.close()
     return 0
 
 

@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any
 
-from gfs.cli import add_json_flag, port, print_json
+from gfs.cli import add_json_flag, open_client, port, print_json
 from gfs.env import MOVER_STREAMS
 from gfs.errors import ConfigError
 
@@ -42,7 +42,6 @@ def _secret(args: argparse.Namespace) -> bytes:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gfs import mover
-    from gfs.client import Client
 
     secret = _secret(args)
     stop = threading.Event()
@@ -51,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
-    with Client(args.state) as fs, mover.MoverServer(fs, secret, args.host, args.port,
+    with open_client(args) as fs, mover.MoverServer(fs, secret, args.host, args.port,
                                                      sendfile=not args.no_sendfile,
                                                      congestion=args.congestion,
                                                      allow_plaintext=args.allow_plaintext) as srv:
@@ -70,7 +69,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
     from gfs import mover
     from gfs.client import Client
 
-    with Client(args.state) as src, Client(args.to_state) as dst:
+    with open_client(args) as src, Client(args.to_state) as dst:
         ids = mover.tree_chunks(src, args.path)
         from tqdm import tqdm  # here: it costs ~20 ms of every command's start-up
 

@@ -10,16 +10,15 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from gfs.cli import add_json_flag, human, print_json
+from gfs.cli import add_json_flag, human, open_client, print_json
 from gfs.env import TIERS
 from gfs.errors import ConfigError
 from gfs.units import duration_arg, size_arg
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
-    from gfs.client import Client
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         rec = fs.add_pool(args.name, args.url, tier=args.tier,
                           capacity=args.capacity or 0)
     print(f"added pool {rec.name} (id {rec.id}, tier {rec.tier}) at {rec.url}")
@@ -27,9 +26,8 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_ls(args: argparse.Namespace) -> int:
-    from gfs.client import Client
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         pools = fs.pools()
     if args.json:
         print_json([{"id": rec.id, "name": rec.name, "tier": rec.tier, "url": rec.url,
@@ -50,7 +48,6 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
-    from gfs.client import Client
     from gfs.tiering.policy import TierPolicy
 
     changes: dict[str, Any] = {}
@@ -59,7 +56,7 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    with Client(args.state) as fs, fs.engine.write() as txn:
+    with open_client(args) as fs, fs.engine.write() as txn:
         policy = TierPolicy.load(txn)
         pins = dict(policy.pins)
         for text in args.pin or []:
@@ -81,19 +78,17 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
-    from gfs.client import Client
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         policy = fs.store.policy()
     print(json.dumps(policy.as_dict(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_tier_run(args: argparse.Namespace) -> int:
-    from gfs.client import Client
     from gfs.tiering.tierer import run
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         r = run(fs.store, dry_run=args.dry_run)
     if args.json:
         print_json(asdict(r))
@@ -108,10 +103,9 @@ def cmd_tier_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tier_status(args: argparse.Namespace) -> int:
-    from gfs.client import Client
     from gfs.tiering.tierer import last_report, tier_capacity, tier_usage
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         usage = tier_usage(fs.store)
         caps = tier_capacity(fs.store)
         policy = fs.store.policy()

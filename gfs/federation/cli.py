@@ -1,8 +1,10 @@
-"""`hutong registry|site|token|grant|rule|status|fed`: the federation on the command line.
+"""`hutong registry|site|token|grant|rule|status`: running and administering the federation.
 
-Registered through `gfs.cli.EXTENSIONS`. The registry URL comes from --registry, else
-$HUTONG_REGISTRY, else the site.json of --state; the identity from --token
-($HUTONG_TOKEN) or the entity keys of --keys DIR (default STATE/federation).
+Registered through `gfs.cli.EXTENSIONS`. The namespace itself (/ENTITY/...) is reached
+by the ordinary commands (`hutong ls`, `cat`, `put`, ...) through a profile. Here the
+registry URL comes from --registry, else $HUTONG_REGISTRY, else the selected profile,
+else the site.json of --state; the identity from --token ($HUTONG_TOKEN) or the entity
+keys of --keys DIR, else the selected profile's, else STATE/federation.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 from gfs.cli import port
 from gfs.env import state_dir
 from gfs.errors import ConfigError, HutongError
-from gfs.namespace_api import stat_to_wire
 from gfs.units import duration_arg, positive_duration_arg
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from gfs.federation.client import FederationClient
+    from gfs.profiles import Profile
 
 REGISTRY_ENV = "HUTONG_REGISTRY"
 TOKEN_ENV = "HUTONG_TOKEN"
@@ -218,6 +220,14 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
 
 # -- clients ------------------------------------------------------------------------------
 
+def _profile(args: argparse.Namespace) -> Profile | None:
+    """The selected profile, if any (see gfs.profiles)."""
+    from gfs.profiles import get_profile, selected
+
+    name = selected(getattr(args, "profile", None))
+    return None if name is None else get_profile(name)
+
+
 def _fed(args: argparse.Namespace) -> FederationClient:
     from gfs.federation.auth import EntityKeys
     from gfs.federation.client import FederationClient
@@ -226,6 +236,9 @@ def _fed(args: argparse.Namespace) -> FederationClient:
     token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
     keys = None
     keys_dir = getattr(args, "keys", None)
+    prof = _profile(args) if token is None and keys_dir is None else None
+    if prof is not None:
+        token, keys_dir = prof.token, prof.keys
     root = state_dir(args.state)
     if keys_dir is None and token is None and (root / "federation" / "entity.key").exists():
         keys_dir = root / "federation"
@@ -235,7 +248,7 @@ def _fed(args: argparse.Namespace) -> FederationClient:
         raise ConfigError(f"the registry URL is needed: pass --registry or set ${REGISTRY_ENV}")
     if keys is None and token is None:
         raise ConfigError(f"no identity: pass --token (or set ${TOKEN_ENV}) or --keys DIR")
-    near = getattr(args, "near", None)
+    near = getattr(args, "near", None) or (prof.near if prof is not None else None)
     return FederationClient(registry, keys=keys, token=token, near=near)
 
 
@@ -249,7 +262,9 @@ def _entity_of(args: argparse.Namespace, fc: FederationClient) -> str:
 def cmd_token_mint(args: argparse.Namespace) -> int:
     from gfs.federation.auth import EntityKeys
 
-    keys = EntityKeys.load(args.keys or state_dir(args.state) / "federation")
+    prof = _profile(args) if args.keys is None else None
+    keys = EntityKeys.load(args.keys or (prof.keys if prof is not None and prof.keys else None)
+                           or state_dir(args.state) / "federation")
     print(keys.mint_token(args.user, args.scope, args.prefix or f"/{keys.name}", args.ttl))
     return 0
 
@@ -300,8 +315,12 @@ def cmd_rule_reconcile(args: argparse.Namespace) -> int:
 
 
 def _registry_of(args: argparse.Namespace) -> str | None:
-    """The registry URL: --registry, else $HUTONG_REGISTRY, else the state's site.json."""
-    registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV)
+    """The registry URL: --registry, else $HUTONG_REGISTRY, else the selected profile's,
+    else the state's site.json."""
+    registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV) or None
+    if registry is None:
+        prof = _profile(args)
+        registry = prof.registry if prof is not None else None
     site_json = state_dir(args.state) / "federation" / "site.json"
     if registry is None and site_json.exists():
         registry = json.loads(site_json.read_text())["registry"]
@@ -367,27 +386,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\nrules:")
         for r in rules:
             print("  " + _rule_line(r))
-    return 0
-
-
-def cmd_fed(args: argparse.Namespace) -> int:
-    with _fed(args) as fc:
-        if args.fed_command == "ls":
-            entries = fc.ls(args.path)
-            if args.json:
-                print(json.dumps([stat_to_wire(e) for e in entries]))
-            for e in entries if not args.json else ():
-                print(f"{e.kind:<8} {e.size:>12}  {e.path}")
-        elif args.fed_command == "stat":
-            print(json.dumps(stat_to_wire(fc.stat(args.path))))
-        elif args.fed_command == "cat":
-            sys.stdout.buffer.write(fc.read_bytes(args.path))
-        elif args.fed_command == "put":
-            fc.write_bytes(args.path, Path(args.local).read_bytes())
-        elif args.fed_command == "mkdir":
-            fc.mkdir(args.path, parents=True, exist_ok=True)
-        elif args.fed_command == "rm":
-            fc.rm(args.path, recursive=args.recursive)
     return 0
 
 
@@ -460,7 +458,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--scope", choices=("read", "write"), default="read")
     sp.add_argument("--prefix", help="namespace prefix (default: /ENTITY)")
     sp.add_argument("--ttl", type=positive_duration_arg, default=3600.0, help="lifetime (1h)")
-    sp.add_argument("--keys", metavar="DIR")
+    sp.add_argument("--keys", metavar="DIR", help="the entity's keys (default: those of the "
+                    "profile in use, else STATE/federation)")
     sp.set_defaults(func=cmd_token_mint)
 
     sp = sub.add_parser("grant", parents=[common, ident],
@@ -500,18 +499,3 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "when no registry is configured)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("fed", help="the global namespace (/ENTITY/...)", parents=[common])
-    fs = p.add_subparsers(dest="fed_command", metavar="COMMAND", required=True)
-    for name, helptext in (("ls", "list a directory"), ("stat", "show an entry"),
-                           ("cat", "print a file"), ("mkdir", "make a directory (-p)"),
-                           ("rm", "remove"), ("put", "write a local file")):
-        sp = fs.add_parser(name, parents=[common, ident], help=helptext)
-        if name == "put":
-            sp.add_argument("local")
-        sp.add_argument("path")
-        if name == "rm":
-            sp.add_argument("-r", "--recursive", action="store_true")
-        if name == "ls":
-            sp.add_argument("--json", action="store_true", help="print the result as JSON")
-        sp.set_defaults(func=cmd_fed)
