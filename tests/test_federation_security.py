@@ -30,6 +30,7 @@ from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
 from gfs.federation.site import init_site, pack_frames
 from gfs.federation.testing import Federation, Proc
+from gfs.federation.tls import trust_for
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,21 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.close()
 
 
-def _raw(url: str, head: str, body: bytes = b"", timeout: float = 10.0) -> tuple[int, bytes]:
+def _connection(fed: Federation, url: str, timeout: float = 10.0,
+                keys: EntityKeys | None = None) -> http.client.HTTPConnection:
+    """A fresh TLS connection to `url` with bank-a's certificate (or `keys`')."""
+    return HttpClient(url, keys=keys or fed.keys("bank-a")).connection(timeout)
+
+
+def _raw(fed: Federation, url: str, head: str, body: bytes = b"", timeout: float = 10.0
+         ) -> tuple[int, bytes]:
     """Send `head` (request line and headers, without the blank line) and `body` on a
-    fresh connection; (status, answer bytes) of whatever the server answers within
+    fresh TLS connection; (status, answer bytes) of whatever the server answers within
     `timeout`, even if it answers before the body is sent in full."""
-    u = urlsplit(url)
-    with socket.create_connection((u.hostname, u.port), timeout=timeout) as s:
+    conn = _connection(fed, url, timeout)
+    conn.connect()
+    assert conn.sock is not None
+    with conn.sock as s:
         s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n")
         with contextlib.suppress(OSError):  # the server may answer before the whole body
             s.sendall(body)
@@ -76,20 +86,20 @@ def _raw(url: str, head: str, body: bytes = b"", timeout: float = 10.0) -> tuple
 def test_signature_for_one_site_refused_at_another(fed: Federation) -> None:
     """V5: a `POST /v1/gc` signed for a1 ran on a2. The signed text names the target."""
     keys = fed.keys("bank-a")
-    a1, a2 = HttpClient(fed.sites["a1"]["url"]), HttpClient(fed.sites["a2"]["url"])
+    a1, a2 = fed.http("a1"), fed.http("a2")
     headers = keys.sign("POST", "/v1/gc", b"{}", a1.audience)
     head = (f"POST /v1/gc HTTP/1.1\nHost: {a2.host}:{a2.port}\nContent-Length: 2\n"
             "Content-Type: application/json\nConnection: close\n"
             + "".join(f"{k}: {v}\n" for k, v in headers.items())).rstrip("\n")
-    status, answer = _raw(fed.sites["a2"]["url"], head, b"{}")
+    status, answer = _raw(fed, fed.sites["a2"]["url"], head, b"{}")
     assert status == 401 and b"wrong_audience" in answer
     # the same captured headers with the audience edited do not verify either
     forged = head.replace(f"X-Hutong-Audience: {a1.audience}",
                           f"X-Hutong-Audience: {a2.audience}")
-    status, answer = _raw(fed.sites["a2"]["url"], forged, b"{}")
+    status, answer = _raw(fed, fed.sites["a2"]["url"], forged, b"{}")
     assert status == 401 and b"bad signature" in answer
     # and the genuine request still works at a1
-    assert _raw(fed.sites["a1"]["url"], head.replace(f"Host: {a2.host}:{a2.port}",
+    assert _raw(fed, fed.sites["a1"]["url"], head.replace(f"Host: {a2.host}:{a2.port}",
                                                      f"Host: {a1.host}:{a1.port}"),
                 b"{}")[0] == 200
 
@@ -101,11 +111,11 @@ def test_unauthenticated_upload_refused_before_the_body(fed: Federation) -> None
     for path in ("/v1/chunks/put", "/v1/ns/write?path=/bank-a/x", "/v1/ns/mkdir"):
         head = (f"POST {path} HTTP/1.1\nHost: a1\nContent-Length: {63 << 20}\n"
                 "Content-Type: application/octet-stream")
-        status, answer = _raw(url, head, b"", timeout=10)
+        status, answer = _raw(fed, url, head, b"", timeout=10)
         assert status == 401, answer[:300]
     bad_token = (f"POST /v1/chunks/put HTTP/1.1\nHost: a1\nContent-Length: {63 << 20}\n"
                  "Authorization: Bearer eyJ4IjoxfQ.AAAA")
-    assert _raw(url, bad_token, b"", timeout=10)[0] == 401
+    assert _raw(fed, url, bad_token, b"", timeout=10)[0] == 401
 
 
 def test_chunked_json_capped_while_streaming(fed: Federation) -> None:
@@ -113,14 +123,14 @@ def test_chunked_json_capped_while_streaming(fed: Federation) -> None:
     before the 413. Now reading stops at 1 MiB: the 413 arrives while the client has
     sent 2 MiB of an endless body."""
     keys = fed.keys("bank-a")
-    a1 = HttpClient(fed.sites["a1"]["url"])
+    a1 = fed.http("a1")
     headers = keys.sign("POST", "/v1/ns/mkdir", b"whatever", a1.audience)
     head = ("POST /v1/ns/mkdir HTTP/1.1\nHost: a1\nTransfer-Encoding: chunked\n"
             "Content-Type: application/json\n"
             + "".join(f"{k}: {v}\n" for k, v in headers.items())).rstrip("\n")
     piece = b" " * 65536
     body = b"".join(b"%x\r\n" % len(piece) + piece + b"\r\n" for _ in range(32))  # 2 MiB
-    status, answer = _raw(fed.sites["a1"]["url"], head, body, timeout=10)
+    status, answer = _raw(fed, fed.sites["a1"]["url"], head, body, timeout=10)
     assert status == 413 and b"exceeds 1048576" in answer
     with fed.client("bank-a") as fc:  # the site still serves
         assert fc.read_bytes("/bank-a/secret/key.txt").startswith(b"the vault")
@@ -130,14 +140,14 @@ def test_signed_body_must_match(fed: Federation) -> None:
     """V8 corollary: the signature covers the body through its SHA-256 header, so a
     captured signature cannot carry another body."""
     keys = fed.keys("bank-a")
-    a1 = HttpClient(fed.sites["a1"]["url"])
+    a1 = fed.http("a1")
     good = json.dumps({"path": "/bank-a/shared/ok"}).encode()
     evil = json.dumps({"path": "/bank-a/shared/evil"}).encode()
     headers = keys.sign("POST", "/v1/ns/mkdir", good, a1.audience)
     head = (f"POST /v1/ns/mkdir HTTP/1.1\nHost: a1\nContent-Length: {len(evil)}\n"
             "Content-Type: application/json\nConnection: close\n"
             + "".join(f"{k}: {v}\n" for k, v in headers.items())).rstrip("\n")
-    status, answer = _raw(fed.sites["a1"]["url"], head, evil)
+    status, answer = _raw(fed, fed.sites["a1"]["url"], head, evil)
     assert status == 401 and b"does not match the signed" in answer
     with fed.client("bank-a") as fc:
         assert not any(e["path"].endswith("evil") for e in fc.ls("/bank-a/shared"))
@@ -155,7 +165,7 @@ def test_prefix_token_cannot_commit_foreign_chunks(fed: Federation) -> None:
     whether the chunks exist or not."""
     token = fed.keys("bank-a").mint_token("mallory", "write", "/bank-a/shared", ttl=600)
     secret = _manifest(fed, "/bank-a/secret/key.txt")
-    h = HttpClient(fed.sites["a1"]["url"], token=token)
+    h = fed.http("a1", token=token)
     answers = []
     for chunks in (secret, [["0" * 32, 25]]):
         with pytest.raises(AuthError) as e:
@@ -368,8 +378,9 @@ def test_rule_to_another_entity_pins_in_batches(fed: Federation) -> None:
 def test_slowloris_bounded_and_legitimate_request_served(fed: Federation) -> None:
     """V9 (HTTP): half-open connections were never closed and never limited (20,000
     made a site unavailable for ~90 s and filled its log with EMFILE tracebacks). Now
-    one address holds at most 256 connections, a connection that has not sent its
-    headers within 10 s is closed, and a request from elsewhere is served meanwhile."""
+    one address holds at most 256 connections, a connection that has not finished its
+    TLS handshake and sent its headers within 10 s is closed, and a request from
+    elsewhere is served meanwhile."""
     u = urlsplit(fed.sites["a2"]["url"])
     assert u.hostname is not None and u.port is not None
     attack: list[socket.socket] = []
@@ -377,11 +388,10 @@ def test_slowloris_bounded_and_legitimate_request_served(fed: Federation) -> Non
         for _ in range(300):  # bounded: 300 connections from 127.0.0.1
             s = socket.create_connection((u.hostname, u.port), timeout=10,
                                          source_address=("127.0.0.1", 0))
-            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: a2\r\nX-Slow: ")  # never ends
-            attack.append(s)
+            attack.append(s)  # a TLS slowloris: never says hello
         t0 = time.monotonic()
-        legit = http.client.HTTPConnection(u.hostname, u.port, timeout=5,
-                                           source_address=("127.0.0.77", 0))
+        legit = _connection(fed, fed.sites["a2"]["url"], timeout=5)
+        legit.source_address = ("127.0.0.77", 0)
         legit.request("GET", "/v1/health")
         assert legit.getresponse().status == 200
         legit.close()
@@ -410,8 +420,7 @@ def test_405_names_the_allowed_methods(fed: Federation) -> None:
             (fed.sites["a1"]["url"], "PUT", "/v1/health", "GET"),
             (fed.sites["a1"]["url"], "DELETE", "/v1/rules/reconcile", "POST"),
             (fed.registry_url, "POST", "/v1/links", "GET")):
-        u = urlsplit(url)
-        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+        conn = _connection(fed, url)
         conn.request(method, path)
         resp = conn.getresponse()
         resp.read()
@@ -421,9 +430,9 @@ def test_405_names_the_allowed_methods(fed: Federation) -> None:
             path, resp.getheader("Allow"))
 
 
-def _status(url: str, token: str, path: str = "/v1/ns/stat?path=/bank-a/secret") -> int:
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+def _status(fed: Federation, url: str, token: str,
+            path: str = "/v1/ns/stat?path=/bank-a/secret") -> int:
+    conn = _connection(fed, url)
     try:
         conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
@@ -447,12 +456,12 @@ def test_tokens_are_revocable(fed: Federation) -> None:
     stolen = keys.mint_token("alice", "read", "/bank-a", ttl=3600)
     kept = keys.mint_token("bob", "read", "/bank-a", ttl=3600)
     url = fed.sites["a1"]["url"]
-    assert _status(url, stolen) == 200 and _status(url, kept) == 200
+    assert _status(fed, url, stolen) == 200 and _status(fed, url, kept) == 200
     with fed.client("bank-a") as fc:
         rec = fc.revoke_token(stolen)
     assert [r["jti"] for r in rec["revoked"]] == [token_claims(stolen)["jti"]]
-    _until("revocation at a1", lambda: _status(url, stolen) == 401)
-    assert _status(url, kept) == 200
+    _until("revocation at a1", lambda: _status(fed, url, stolen) == 401)
+    assert _status(fed, url, kept) == 200
     with fed.client(token=stolen) as fc, pytest.raises(AuthError, match="revoked"):
         fc.stat("/bank-a/secret")
 
@@ -465,7 +474,7 @@ def test_entity_key_rotates(fed: Federation, tmp_path: Path) -> None:
     t1 = fed.sites["t1"]["url"]
 
     def has_status(keys: EntityKeys) -> int:
-        h = HttpClient(t1, keys=keys)
+        h = HttpClient(t1, keys=keys, tls=trust_for(old))
         return h.request("POST", "/v1/chunks/has",
                          body=json.dumps({"ids": [], "owner": "bank-a"}).encode())[0]
     assert has_status(old) == 200 and has_status(new) == 401
@@ -500,9 +509,9 @@ def test_site_with_a_wrong_clock_refuses_instead_of_judging(fed: Federation,
     expired = fed.keys("bank-c").mint_token("eve", "read", "/bank-c", ttl=-3600)
     fresh = fed.keys("bank-c").mint_token("eve", "read", "/bank-c", ttl=3600)
     path = "/v1/ns/stat?path=/bank-c"
-    _until("clock skew measured", lambda: _status(url, fresh, path) == 503)
-    assert _status(url, expired, path) == 503
-    assert _status(fed.sites["a1"]["url"], expired) == 401  # a correct clock: expired
+    _until("clock skew measured", lambda: _status(fed, url, fresh, path) == 503)
+    assert _status(fed, url, expired, path) == 503
+    assert _status(fed, fed.sites["a1"]["url"], expired) == 401  # a correct clock: expired
     fed.kill("c1", signal.SIGTERM)
 
 

@@ -28,9 +28,11 @@ from gfs.errors import (
     HutongError,
     InvalidPathError,
 )
+from gfs.federation import certs
 from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, token_issuer
 from gfs.federation.http import HttpClient, UnavailableError
 from gfs.federation.source import SiteSource
+from gfs.federation.tls import Trust, trust_for
 from gfs.meta import ChunkRef, Manifest
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import prepare
@@ -53,8 +55,13 @@ class FederationClient:
     def __init__(self, registry: str, *, keys: EntityKeys | None = None,
                  token: str | None = None, near: str | None = None,
                  cache_bytes: int = 256 << 20, zstd_level: int = 3,
-                 params: chunking.ChunkParams | None = None, timeout: float = 30.0) -> None:
-        self.registry = HttpClient(registry, keys=keys, token=token, timeout=timeout)
+                 params: chunking.ChunkParams | None = None, timeout: float = 30.0,
+                 tls: Trust | None = None) -> None:
+        """`tls`: the registry's CA and this party's certificate (default: the trust
+        kept beside `keys`, `gfs.federation.tls.trust_for`); needed with a token."""
+        self.tls = tls if tls is not None else trust_for(keys)
+        self.registry = HttpClient(registry, keys=keys, token=token, timeout=timeout,
+                                   tls=self.tls)
         self.keys, self.token, self.near = keys, token, near
         self.me = keys.name if keys is not None else (token_issuer(token) if token else None)
         self.source = SiteSource(self)
@@ -102,7 +109,7 @@ class FederationClient:
             h = None
         if h is None:
             h = self._http[site] = HttpClient(endpoint, keys=self.keys, token=self.token,
-                                              timeout=self.timeout)
+                                              timeout=self.timeout, tls=self.tls, site=site)
         return h
 
     def primary(self, path: str) -> tuple[str, str]:
@@ -317,7 +324,8 @@ class FederationClient:
                "requested": 0, "skipped": 0, "committed": 0}
         uniq = list(dict.fromkeys(bytes(c) for c in ids))
         endpoint = self.http(dst).base_url
-        h = HttpClient(endpoint, keys=self.keys, token=self.token, timeout=timeout)
+        h = HttpClient(endpoint, keys=self.keys, token=self.token, timeout=timeout,
+                       tls=self.tls, site=dst)
         try:
             for i in range(0, len(uniq), PULL_BATCH):
                 st = h.call("POST", "/v1/mover/pull", {
@@ -367,8 +375,9 @@ class FederationClient:
         `verify` also reads back every replica and replaces damaged ones. `timeout`
         bounds the wait for the answer: a round moves data, so it is not the client's
         per-request timeout."""
-        h = HttpClient(self._entity_site(entity).base_url, keys=self.keys, token=self.token,
-                       timeout=max(timeout, self.timeout))
+        site = self._entity_site(entity)
+        h = HttpClient(site.base_url, keys=self.keys, token=self.token,
+                       timeout=max(timeout, self.timeout), tls=self.tls, site=site.site)
         try:
             return list(h.call("POST", "/v1/rules/reconcile", {},
                                query={"verify": "1"} if verify else None)["rules"])
@@ -414,8 +423,12 @@ class FederationClient:
         current key, proven by the new one); copy the new key to the entity's sites."""
         me = self._me()
         proof = b64e(new.private.sign(rotation_text(me, new.public_b64)))
-        return dict(self.registry.call("POST", f"/v1/entities/{me}/key",
-                                       {"public_key": new.public_b64, "proof": proof}))
+        body = {"public_key": new.public_b64, "proof": proof}
+        assert self.keys is not None
+        ca = certs.ca_fields(self.keys)  # the entity's own CA, bound anew to the new key
+        if ca:
+            body["ca_sig"] = certs.sign_ca(new, ca["ca"].encode())
+        return dict(self.registry.call("POST", f"/v1/entities/{me}/key", body))
 
     def _me(self) -> str:
         if self.keys is None:

@@ -39,7 +39,7 @@ from gfs.errors import (
     NotFoundError,
     StateError,
 )
-from gfs.federation import ids
+from gfs.federation import certs, ids
 from gfs.federation.auth import (
     SKEW,
     AuthError,
@@ -262,7 +262,8 @@ class Site:
     def register(self) -> dict[str, Any]:
         """Register (or refresh) the entity and this site at the registry."""
         body = {"name": self.entity, "industry": self.config.industry,
-                "region": self.config.region, "public_key": self.keys.public_b64}
+                "region": self.config.region, "public_key": self.keys.public_b64,
+                **certs.ca_fields(self.keys)}
         self.registry.call("POST", "/v1/entities", body)
         mover = (f"{self.mover_address[0]}:{self.mover_address[1]}"
                  if self.mover_address else None)
@@ -1156,12 +1157,15 @@ def make_app(site: Site) -> web.Application:
 
 def init_site(state: str | os.PathLike[str], *, name: str, entity: str, region: str,
               registry: str, industry: str = "GEN", primary: bool = False,
-              keys_from: str | os.PathLike[str] | None = None) -> SiteConfig:
-    """Create a site's state: an embedded store, entity keys (new, or copied from
-    `keys_from` for a second site of the same entity) and site.json."""
+              keys_from: str | os.PathLike[str] | None = None,
+              registry_ca: bytes | None = None) -> SiteConfig:
+    """Create a site's state: an embedded store, entity keys and CA (new, or copied from
+    `keys_from` for a second site of the same entity), the site's TLS certificate, the
+    registry's CA it pins (`registry_ca`, PEM) and site.json."""
     root = Path(state)
     for n, what in ((name, "site name"), (entity, "entity name"), (region, "region")):
         ids.check_name(n, what)
+    certs.check_registry_ca(registry, registry_ca)
     if industry.upper() not in ids.INDUSTRIES:
         raise ids.IdentifierError(f"industry {industry!r} is not one of "
                                   + " ".join(ids.INDUSTRIES))
@@ -1179,6 +1183,9 @@ def init_site(state: str | os.PathLike[str], *, name: str, entity: str, region: 
                 out.write(data)
     else:
         EntityKeys.create(fed, entity)
+    certs.init_site_tls(fed / "tls", site=name, entity=entity, registry=registry,
+                        registry_ca=registry_ca,
+                        ca_from=Path(keys_from) / "tls" if keys_from is not None else None)
     cfg = SiteConfig(name=name, entity=entity, region=region, industry=industry.upper(),
                      registry=registry, primary=primary)
     cfg.save(root)
