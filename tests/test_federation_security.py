@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gfs.chunking import ChunkParams
 from gfs.codec import chunk_id, encode_blob, encode_encrypted_blob, keyed_chunk_id
 from gfs.errors import NotFoundError
+from gfs.federation import certs
 from gfs.federation.auth import AuthError, EntityKeys, token_claims
 from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
@@ -51,9 +53,13 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
 
 
 def _connection(fed: Federation, url: str, timeout: float = 10.0,
-                keys: EntityKeys | None = None) -> http.client.HTTPConnection:
-    """A fresh TLS connection to `url` with bank-a's certificate (or `keys`')."""
-    return HttpClient(url, keys=keys or fed.keys("bank-a")).connection(timeout)
+                keys: EntityKeys | None = None, peer: tuple[str, str] | None = None
+                ) -> http.client.HTTPConnection:
+    """A fresh TLS connection to `url` with bank-a's certificate (or `keys`'), to the
+    site the registry lists there (or `peer`, (site, entity), as that entity)."""
+    site, entity = peer or (None, None)
+    return HttpClient(url, keys=keys or fed.keys(entity or "bank-a"), site=site,
+                      entity=entity).connection(timeout)
 
 
 def _raw(fed: Federation, url: str, head: str, body: bytes = b"", timeout: float = 10.0
@@ -266,7 +272,8 @@ def test_background_tasks_survive_any_exception(tmp_path: Path) -> None:
                   registry=url, primary=True)
         proc = Proc([sys.executable, "-m", "gfs.cli", "site", "serve", "--state",
                      str(tmp_path / "s"), "--host", "127.0.0.1", "--heartbeat", "0.1",
-                     "--reconcile-interval", "0", "--no-mover"], tmp_path / "g1.log")
+                     "--reconcile-interval", "0", "--no-mover", "--insecure-plaintext"],
+                    tmp_path / "g1.log")  # the garbling registry speaks plain HTTP
         try:
             assert reg.healthy.wait(30), f"heartbeats stopped after {reg.heartbeats}"
         finally:
@@ -431,8 +438,9 @@ def test_405_names_the_allowed_methods(fed: Federation) -> None:
 
 
 def _status(fed: Federation, url: str, token: str,
-            path: str = "/v1/ns/stat?path=/bank-a/secret") -> int:
-    conn = _connection(fed, url)
+            path: str = "/v1/ns/stat?path=/bank-a/secret",
+            peer: tuple[str, str] | None = None) -> int:
+    conn = _connection(fed, url, peer=peer)
     try:
         conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
@@ -484,12 +492,12 @@ def test_entity_key_rotates(fed: Federation, tmp_path: Path) -> None:
             fc.registry.call("POST", "/v1/entities/bank-a/key",
                              {"public_key": new.public_b64, "proof": "AAAA"})
         with pytest.raises(AuthError):  # not signed by the current key
-            FederationClient(fed.registry_url, keys=impostor).rotate_key(new)
+            FederationClient(fed.registry_url, keys=impostor, tls=trust_for(old)).rotate_key(new)
         assert fc.rotate_key(new)["public_key"] == new.public_b64
     try:
         _until("the new key at t1", lambda: has_status(new) == 200 and has_status(old) == 401)
     finally:
-        with FederationClient(fed.registry_url, keys=new) as fc:
+        with FederationClient(fed.registry_url, keys=new, tls=trust_for(old)) as fc:
             fc.rotate_key(old)
         _until("the old key back at t1", lambda: has_status(old) == 200)
 
@@ -505,12 +513,13 @@ def test_site_with_a_wrong_clock_refuses_instead_of_judging(fed: Federation,
         "import time\n_real = time.time\ntime.time = lambda: _real() - 86400.0\n")
     pythonpath = os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])
     url = fed.site("c1", "bank-c", "cn-west", primary=True,
-                   env={"PYTHONPATH": pythonpath})
+                   env={"PYTHONPATH": pythonpath}, trusted=False)  # it cannot register
+    c1 = ("c1", "bank-c")
     expired = fed.keys("bank-c").mint_token("eve", "read", "/bank-c", ttl=-3600)
     fresh = fed.keys("bank-c").mint_token("eve", "read", "/bank-c", ttl=3600)
     path = "/v1/ns/stat?path=/bank-c"
-    _until("clock skew measured", lambda: _status(fed, url, fresh, path) == 503)
-    assert _status(fed, url, expired, path) == 503
+    _until("clock skew measured", lambda: _status(fed, url, fresh, path, c1) == 503)
+    assert _status(fed, url, expired, path, c1) == 503
     assert _status(fed, fed.sites["a1"]["url"], expired) == 401  # a correct clock: expired
     fed.kill("c1", signal.SIGTERM)
 
@@ -550,16 +559,22 @@ def _fake_site(fed: Federation, tmp_path: Path,
     """A hostile site `name` of a new admitted `entity` (cn-east), answered by `handler`,
     registered with a declared `capacity` and kept up by heartbeats until its server
     shuts down; (its server, the entity's registry client)."""
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
     keys = EntityKeys.create(tmp_path / entity, entity)
+    tls = tmp_path / entity / "tls"  # a CA of its own, a certificate for its site
+    certs.init_site_tls(tls, site=name, entity=entity, registry=fed.registry_url,
+                        registry_ca=fed.registry_ca, ca_from=None)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls / certs.NODE_CERT, tls / certs.NODE_KEY)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
     fed.admit(entity, "cn-east", keys=keys)
     reg = HttpClient(fed.registry_url, keys=keys)
     reg.call("POST", "/v1/entities", {"name": entity, "region": "cn-east",
-                                      "public_key": keys.public_b64})
+                                      "public_key": keys.public_b64, **certs.ca_fields(keys)})
     reg.call("PUT", f"/v1/sites/{name}", {
         "entity": entity, "region": "cn-east", "primary": True,
-        "endpoint": f"http://127.0.0.1:{srv.server_address[1]}",
+        "endpoint": f"https://127.0.0.1:{srv.server_address[1]}",
         "pools": [{"name": "p0", "tier": "hot", "capacity": capacity}]})
     beats = HttpClient(fed.registry_url, keys=keys)
 

@@ -424,10 +424,9 @@ class FederationClient:
         me = self._me()
         proof = b64e(new.private.sign(rotation_text(me, new.public_b64)))
         body = {"public_key": new.public_b64, "proof": proof}
-        assert self.keys is not None
-        ca = certs.ca_fields(self.keys)  # the entity's own CA, bound anew to the new key
-        if ca:
-            body["ca_sig"] = certs.sign_ca(new, ca["ca"].encode())
+        ca = self.tls.own_ca_pem() if self.tls is not None else None
+        if ca is not None:  # the entity's own CA, bound anew to the new key
+            body["ca_sig"] = certs.sign_ca(new, ca)
         return dict(self.registry.call("POST", f"/v1/entities/{me}/key", body))
 
     def _me(self) -> str:

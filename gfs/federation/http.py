@@ -230,26 +230,22 @@ class HttpClient:
     bearer tokens.
 
     `tls` says which certificate to expect at the URL and which to present (by default
-    the trust kept beside `keys`, `tls.trust_for`); `site` names the site expected there
-    when the caller knows it (otherwise the registry says). Plain http:// only with a
-    trust that allows it (`--insecure-plaintext`). Thread-safe: one connection per
-    thread. Errors come back as the Hutong exception the server named (NotFoundError,
+    the trust kept beside `keys`, `tls.trust_for`); `site` (and its `entity`) name the
+    site expected there when the caller knows it (otherwise the registry says). Plain
+    http:// only with a trust that allows it (`--insecure-plaintext`). Thread-safe: one
+    connection per thread. Errors come back as the Hutong exception the server named (NotFoundError,
     AuthError, ...); a certificate refused by either side is an AuthError (`tls`).
     """
 
     def __init__(self, base_url: str, keys: EntityKeys | None = None, token: str | None = None,
                  timeout: float = 30.0, *, tls: Trust | None = None,
-                 site: str | None = None) -> None:
-        from gfs.federation.tls import PLAINTEXT_OPTION, trust_for
+                 site: str | None = None, entity: str | None = None) -> None:
+        from gfs.federation.tls import trust_for
 
         u = urllib.parse.urlsplit(base_url)
         if u.scheme not in ("https", "http") or not u.hostname:
             raise gerr.ConfigError(f"URL {base_url!r} must be https://HOST:PORT")
         self.tls = tls if tls is not None else trust_for(keys)
-        if u.scheme == "http" and (self.tls is None or not self.tls.plaintext):
-            raise gerr.ConfigError(f"plain http:// to {base_url} refused: federation servers "
-                                   f"speak TLS (https://); {PLAINTEXT_OPTION} allows it on a "
-                                   "development machine")
         if u.scheme == "https" and self.tls is None:
             raise gerr.ConfigError(f"no TLS trust to check {base_url}: load the entity keys "
                                    "from a site directory, or pass the registry's CA "
@@ -257,7 +253,7 @@ class HttpClient:
         self.base_url = base_url.rstrip("/")
         self.host, self.port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
         self.secure = u.scheme == "https"
-        self.site = site
+        self.site, self.entity = site, entity
         self.audience = audience_of(base_url)
         self.keys, self.token, self.timeout = keys, token, timeout
         self._local = threading.local()
@@ -265,11 +261,17 @@ class HttpClient:
     def connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
         """A new connection to the server (not kept, requests not signed) with the TLS
         checks of `request`: for sending hand-made requests."""
+        from gfs.federation.tls import PLAINTEXT_OPTION
+
         t = self.timeout if timeout is None else timeout
         if not self.secure:
+            if self.tls is None or not self.tls.plaintext:  # judged now: the option may
+                raise gerr.ConfigError(                     # be set after construction
+                    f"plain http:// to {self.base_url} refused: federation servers speak "
+                    f"TLS (https://); {PLAINTEXT_OPTION} allows it on a development machine")
             return http.client.HTTPConnection(self.host, self.port, timeout=t)
         assert self.tls is not None
-        ctx, name = self.tls.client_context(self.base_url, self.site)
+        ctx, name = self.tls.client_context(self.base_url, self.site, self.entity)
         return _TlsConnection(self.host, self.port, context=ctx, server_name=name, timeout=t)
 
     def _conn(self) -> http.client.HTTPConnection:

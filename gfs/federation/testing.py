@@ -127,10 +127,13 @@ class Federation:
 
     def site(self, name: str, entity: str, region: str, *, primary: bool = False,
              industry: str = "GEN", mover: bool = True, netns: str | None = None,
-             capacity: int = 0, env: dict[str, str] | None = None) -> str:
+             capacity: int = 0, env: dict[str, str] | None = None,
+             trusted: bool = True) -> str:
         """Create and start a site (keys shared with the entity's first site); `capacity`
         bounds its default pool (bytes, 0: no limit); `env` is added to its process's
-        environment."""
+        environment. The first site of an entity returns once every running site accepts
+        the entity's certificate (`wait_trusted`), unless not `trusted` (a site that
+        cannot register)."""
         state = self.root / name
         first = next((s for s in self.sites.values() if s["entity"] == entity), None)
         init_site(state, name=name, entity=entity, region=region, registry=self.registry_url,
@@ -155,7 +158,7 @@ class Federation:
         self.sites[name] = {"state": state, "entity": entity, "host": host, "mover": mover,
                             "netns": netns, "env": env}
         url = self.start(name)
-        if first is None:
+        if first is None and trusted:
             self.wait_trusted(entity)
         return url
 

@@ -90,6 +90,12 @@ class Trust:
         return cls(url, ca.read_bytes() if ca.exists() else None, directory=d,
                    plaintext=plaintext)
 
+    def own_ca_pem(self) -> bytes | None:
+        """This party's entity CA certificate (PEM), if it has one."""
+        if self.own_ca is None:
+            return None
+        return self.own_ca.public_bytes(serialization.Encoding.PEM)
+
     def close(self) -> None:
         if self._registry is not None:
             self._registry.close()
@@ -161,10 +167,12 @@ class Trust:
         return out
 
     # -- client side ---------------------------------------------------------------------
-    def client_context(self, url: str, site: str | None = None) -> tuple[ssl.SSLContext, str]:
+    def client_context(self, url: str, site: str | None = None, entity: str | None = None
+                       ) -> tuple[ssl.SSLContext, str]:
         """(context, server name) for a connection to `url`: the registry's CA and name
         for the registry; otherwise the CA of the entity of the site the registry lists
-        there (or of `site`, when the caller names it) and that site's name."""
+        there (or of `site` of `entity`, when the caller names them) and that site's
+        name."""
         if _key(url) == _key(self.registry_url):
             if self.registry_ca is None:
                 raise ConfigError(f"no CA pinned for registry {self.registry_url}; pass "
@@ -172,7 +180,7 @@ class Trust:
             return self._ctx(self.registry_ca.decode("ascii")), certs.REGISTRY_NAME
         if site is None:
             site, entity = self.site_at(url)
-        else:
+        elif entity is None:
             entity = self._entity_of_site(site)
         return self._ctx(_pem(self.entity_ca(entity))), certs.site_name(site, entity)
 
