@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 import os
 from pathlib import Path
 
@@ -94,9 +95,18 @@ def copy_ca(src: Path, dst: Path) -> None:
         _write_new(dst / f, data, mode)
 
 
-def issue_node(directory: Path, org: str, cn: str, dns: str) -> x509.Certificate:
-    """A certificate for this server (`dns` is the name its clients check), signed by
-    the CA in `directory`, usable as server and client certificate; written as
+def _alt_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def issue_node(directory: Path, org: str, cn: str, dns: str, host: str | None = None
+               ) -> x509.Certificate:
+    """A certificate for this server (`dns` is the name federation clients check; `host`,
+    the address it serves on, is added for other TLS clients), signed by the CA in
+    `directory`, usable as server and client certificate; written as
     `node.pem`/`node.key` (replacing an older one)."""
     ca_key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -112,7 +122,8 @@ def issue_node(directory: Path, org: str, cn: str, dns: str) -> x509.Certificate
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(dns)] + ([_alt_name(host)] if host else [])), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
@@ -204,15 +215,33 @@ def init_site_tls(directory: Path, *, site: str, entity: str, registry: str,
     (directory / REGISTRY_URL).write_text(registry.rstrip("/") + "\n")
 
 
-def registry_tls(root: Path) -> Path:
-    """The registry's TLS directory `root/tls`, with its CA and certificate created the
-    first time; `ca.pem` there is what sites and users pin (`--registry-ca`)."""
+def registry_tls(root: Path, host: str) -> Path:
+    """The registry's TLS directory `root/tls`, with its CA created the first time and
+    a certificate for `host` issued at every start; `ca.pem` there is what sites and
+    users pin (`--registry-ca`)."""
     d = root / "tls"
     if not (d / CA_KEY).exists():
         create_ca(d, "registry", "Hutong registry CA")
-    if not (d / NODE_CERT).exists():
-        issue_node(d, "registry", "registry", REGISTRY_NAME)
+    if not _covers(d, host):
+        issue_node(d, "registry", "registry", REGISTRY_NAME, host)
     return d
+
+
+def site_serve_tls(directory: Path, site: str, entity: str, host: str) -> None:
+    """Make the certificate of site `site` name `host` too (a new one from the entity
+    CA kept in `directory` if it does not)."""
+    if not _covers(directory, host):
+        issue_node(directory, entity, site, site_name(site, entity), host)
+
+
+def _covers(directory: Path, host: str) -> bool:
+    """Whether the node certificate in `directory` exists and names `host`."""
+    try:
+        cert = load_cert((directory / NODE_CERT).read_bytes(), "node certificate")
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (FileNotFoundError, StateError, x509.ExtensionNotFound):
+        return False
+    return _alt_name(host) in list(alt)
 
 
 def ca_fields(keys: EntityKeys) -> dict[str, str]:

@@ -86,7 +86,7 @@ def cmd_registry_serve(args: argparse.Namespace) -> int:
 
     root = state_dir(args.state)
     state = RegistryState(root, ttl=args.ttl, admission=args.admission)
-    tls = None if _plaintext(args) else ServerTls(registry_tls(root))
+    tls = None if _plaintext(args) else ServerTls(registry_tls(root, args.host))
 
     async def on_start(url: str) -> None:
         state.audience = audience_of(url)
@@ -270,6 +270,7 @@ def _read_ca(path: str) -> bytes:
 def _site_tls(site: Any, args: argparse.Namespace) -> ServerTls | None:
     """The site's server TLS (None with --insecure-plaintext); its clients' trust follows
     the same choice and --registry."""
+    from gfs.federation.certs import site_serve_tls
     from gfs.federation.tls import ServerTls, trust_for
 
     trust = trust_for(site.keys)
@@ -280,7 +281,9 @@ def _site_tls(site: Any, args: argparse.Namespace) -> ServerTls | None:
     if _plaintext(args):
         trust.plaintext = True
         return None
-    tls = ServerTls(trust.directory or Path(), trust, mutual=True)
+    assert trust.directory is not None
+    site_serve_tls(trust.directory, site.name, site.entity, args.host)
+    tls = ServerTls(trust.directory, trust, mutual=True)
     try:
         tls.refresh()
     except HutongError as e:  # the registry may start later: the refresh task retries
