@@ -18,7 +18,7 @@ import pytest
 
 from gfs.errors import ConfigError
 from gfs.federation import certs
-from gfs.federation.auth import AuthError, audience_of
+from gfs.federation.auth import AuthError, EntityKeys, audience_of
 from gfs.federation.http import BadRequestError, HttpClient, UnavailableError
 from gfs.federation.testing import Federation
 from gfs.federation.tls import Trust, trust_for
@@ -283,3 +283,42 @@ def test_capture_holds_no_file_byte_and_no_token(fed: Federation) -> None:
     assert MARK not in seen and data[:4096] not in seen
     assert token.encode() not in seen and token.split(".")[1].encode() not in seen
     assert b"/bank-a/cap" not in seen and b"X-Hutong-Signature" not in seen
+
+
+def test_ca_binding_checks_key_name_and_kind(tmp_path: Path) -> None:
+    """The binding verifies only with the entity's key, for the entity's name, over a
+    self-signed CA certificate (a site's certificate is not a CA)."""
+    keys = EntityKeys.create(tmp_path / "k", "bank-u")
+    other = EntityKeys.create(tmp_path / "o", "bank-u")
+    d = tmp_path / "k" / "tls"
+    certs.init_site_tls(d, site="u1", entity="bank-u", registry="https://127.0.0.1:1",
+                        registry_ca=_self_signed_pem(tmp_path), ca_from=None)
+    ca = (d / certs.CA_CERT).read_text()
+    node = (d / certs.NODE_CERT).read_text()
+    sig = certs.sign_ca(keys, ca.encode())
+    mine = keys.private.public_key()
+    assert certs.ca_fields(keys) == {"ca": ca, "ca_sig": sig}  # Ed25519: deterministic
+    assert certs.verify_ca("bank-u", ca, sig, mine).subject.rfc4514_string().endswith(
+        "O=bank-u")
+    for name, pem, s, key in (("bank-u", ca, sig, other.private.public_key()),  # key
+                              ("bank-v", ca, sig, mine),                        # name
+                              ("bank-u", node, certs.sign_ca(keys, node.encode()), mine)):
+        with pytest.raises(AuthError, match="not a self-signed CA"):
+            certs.verify_ca(name, pem, s, key)
+
+
+def test_site_init_refuses_a_bad_registry_ca_and_changes_nothing(tmp_path: Path) -> None:
+    from gfs.federation.site import init_site
+
+    with pytest.raises(ConfigError, match="registry-ca"):
+        init_site(tmp_path / "s", name="x1", entity="bank-x", region="cn-west",
+                  registry="https://127.0.0.1:1")
+    with pytest.raises(ConfigError, match="not a PEM certificate"):
+        init_site(tmp_path / "s", name="x1", entity="bank-x", region="cn-west",
+                  registry="https://127.0.0.1:1", registry_ca=b"junk")
+    assert not (tmp_path / "s").exists()
+
+
+def _self_signed_pem(tmp: Path) -> bytes:
+    certs.create_ca(tmp / "reg", "registry", "Hutong registry CA")
+    return (tmp / "reg" / certs.CA_CERT).read_bytes()

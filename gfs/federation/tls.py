@@ -42,6 +42,8 @@ PLAINTEXT_WARNING = ("WARNING: --insecure-plaintext: requests, tokens and file d
 RECORD_TTL = 60.0
 """Seconds another entity's CA (from the registry) is trusted before it is fetched again."""
 SITES_TTL = 5.0
+MISS_REFRESH = 1.0
+"""Least seconds between two re-reads of the entity CAs for an unknown signer."""
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -238,6 +240,7 @@ class ServerTls:
     def __init__(self, directory: Path, trust: Trust | None = None, *,
                  mutual: bool = False) -> None:
         self.directory, self.trust, self.mutual = directory, trust, mutual
+        self._missed = -MISS_REFRESH
         self.cas: dict[str, x509.Certificate] = {}
         if mutual and trust is not None and trust.entity and trust.own_ca is not None:
             self.cas = {trust.entity: trust.own_ca}
@@ -291,7 +294,9 @@ class ServerTls:
                                 f"from {entity!r}'s CA (mutual TLS); connect with the "
                                 "entity's site directory", 401, "client_certificate")
             if not self.client_entity_ok(entity, der):
-                if entity not in self.cas:
+                now = time.monotonic()
+                if entity not in self.cas and now - self._missed >= MISS_REFRESH:
+                    self._missed = now  # a new entity: read the CAs again, once a second
                     await asyncio.get_running_loop().run_in_executor(None, self.refresh)
                 if not self.client_entity_ok(entity, der):
                     raise AuthError(f"the client certificate was not issued by the CA of "
