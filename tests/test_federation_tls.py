@@ -10,6 +10,8 @@ import os
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from gfs.errors import ConfigError
 from gfs.federation import certs
 from gfs.federation.auth import AuthError, EntityKeys, audience_of
 from gfs.federation.http import BadRequestError, HttpClient, UnavailableError
-from gfs.federation.testing import Federation
+from gfs.federation.testing import Federation, Proc
 from gfs.federation.tls import Trust, trust_for
 
 MARK = b"TLS-CAPTURE-MARKER-7f3a9c"
@@ -322,3 +324,39 @@ def test_site_init_refuses_a_bad_registry_ca_and_changes_nothing(tmp_path: Path)
 def _self_signed_pem(tmp: Path) -> bytes:
     certs.create_ca(tmp / "reg", "registry", "Hutong registry CA")
     return (tmp / "reg" / certs.CA_CERT).read_bytes()
+
+
+def test_insecure_plaintext_is_explicit_and_loud(tmp_path: Path) -> None:
+    """A registry serves plain HTTP only with --insecure-plaintext, and says so on
+    stderr; a client talks to it only with a trust that allows plaintext."""
+    d = tmp_path / "reg"
+    p = Proc([sys.executable, "-m", "gfs.cli", "registry", "serve", "--state", str(d),
+              "--insecure-plaintext"], tmp_path / "reg.log")
+    try:
+        assert p.url.startswith("http://")
+        assert "UNENCRYPTED" in (tmp_path / "reg.log").read_text()
+        with pytest.raises(ConfigError, match="insecure-plaintext"):
+            HttpClient(p.url, tls=Trust(p.url, None)).call("GET", "/v1/health")
+        plain = Trust(p.url, None, plaintext=True)
+        assert HttpClient(p.url, tls=plain).call("GET", "/v1/health")["status"] == "ok"
+    finally:
+        assert p.stop() == 0
+    assert not (d / "tls").exists()  # no TLS material made for a plaintext registry
+
+
+def test_site_init_pins_the_registry_ca_from_the_command_line(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "gfs.cli", "site", "init", "--entity", "bank-w", "--name",
+           "w1", "--region", "cn-west", "--registry", "https://127.0.0.1:1"]
+    r = subprocess.run([*cli, "--state", str(tmp_path / "s")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "--registry-ca" in r.stderr
+    assert not (tmp_path / "s").exists()
+    ca = _self_signed_pem(tmp_path)
+    (tmp_path / "ca.pem").write_bytes(ca)
+    subprocess.run([*cli, "--state", str(tmp_path / "s"), "--quiet"], check=True,
+                   timeout=60, env={**os.environ, "HUTONG_REGISTRY_CA": str(tmp_path / "ca.pem")})
+    tls = tmp_path / "s" / "federation" / "tls"
+    assert (tls / certs.REGISTRY_CA).read_bytes() == ca
+    assert (tls / certs.REGISTRY_URL).read_text().strip() == "https://127.0.0.1:1"
+    assert oct((tls / certs.CA_KEY).stat().st_mode & 0o777) == "0o600"
+    assert oct((tls / certs.NODE_KEY).stat().st_mode & 0o777) == "0o600"
