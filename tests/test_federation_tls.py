@@ -43,15 +43,15 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
 
 
 def _rogue(tmp: Path, fed: Federation, org: str, site: str, *,
-           ca_from: str | None = None) -> Trust:
-    """A client trust presenting a certificate for `site` of `org`, issued by a CA of
-    its own (self-made) or by the CA of site `ca_from`'s entity."""
-    d = tmp / f"rogue-{org}-{site}-{ca_from}"
+           ca_from: str | None = None, days: int = 30) -> Trust:
+    """A client trust presenting a certificate for `site` of `org` (valid for `days`),
+    issued by a CA of its own (self-made) or by the CA of site `ca_from`'s entity."""
+    d = tmp / f"rogue-{org}-{site}-{ca_from}-{days}"
     if ca_from is None:
         certs.create_ca(d, org, f"Hutong entity CA {org}")  # the same names as the real CA
     else:
         certs.copy_ca(fed.sites[ca_from]["state"] / "federation" / "tls", d)
-    certs.issue_node(d, org, site, certs.site_name(site, org))
+    certs.issue_node(d, org, site, certs.site_name(site, org), days=days)
     for f in (certs.CA_CERT, certs.CA_KEY):  # it checks servers against the real CAs
         (d / f).unlink()
     return Trust(fed.registry_url, fed.registry_ca, directory=d)
@@ -86,6 +86,19 @@ def test_foreign_client_certificate_refused(fed: Federation, tmp_path: Path,
         with pytest.raises(AuthError) as e:
             h.call("GET", "/v1/status")
         assert e.value.status == 403 and e.value.code == "client_certificate"
+
+
+def test_expired_client_certificate_refused(fed: Federation, tmp_path: Path) -> None:
+    """bank-a's own CA, its own site's name, but expired yesterday: the handshake fails;
+    the same certificate still valid gets through."""
+    for days, refused in ((-1, True), (30, False)):
+        mine = _rogue(tmp_path, fed, "bank-a", "a2", ca_from="a2", days=days)
+        h = HttpClient(fed.sites["a1"]["url"], keys=fed.keys("bank-a"), tls=mine, site="a1")
+        if refused:
+            with pytest.raises((AuthError, UnavailableError), match=_HANDSHAKE_REFUSED):
+                h.call("GET", "/v1/status")
+        else:
+            assert h.call("GET", "/v1/status")["site"] == "a1"
 
 
 def test_self_signed_client_certificate_refused(fed: Federation, tmp_path: Path) -> None:

@@ -56,9 +56,12 @@ def _name(cn: str, org: str) -> x509.Name:
 
 
 def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
+    """Valid from 5 minutes ago (clock skew) for `days` (a negative `days`: expired,
+    for tests)."""
     now = datetime.datetime.now(datetime.UTC)
-    return builder.not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(
-        now + datetime.timedelta(days=days))
+    end = now + datetime.timedelta(days=days)
+    start = min(now - datetime.timedelta(minutes=5), end - datetime.timedelta(days=1))
+    return builder.not_valid_before(start).not_valid_after(end)
 
 
 def create_ca(directory: Path, org: str, cn: str) -> x509.Certificate:
@@ -102,8 +105,8 @@ def _alt_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def issue_node(directory: Path, org: str, cn: str, dns: str, host: str | None = None
-               ) -> x509.Certificate:
+def issue_node(directory: Path, org: str, cn: str, dns: str, host: str | None = None, *,
+               days: int = NODE_DAYS) -> x509.Certificate:
     """A certificate for this server (`dns` is the name federation clients check; `host`,
     the address it serves on, is added for other TLS clients), signed by the CA in
     `directory`, usable as server and client certificate; written as
@@ -113,7 +116,7 @@ def issue_node(directory: Path, org: str, cn: str, dns: str, host: str | None = 
         raise StateError(f"{directory / CA_KEY} is not an EC key")
     ca = load_cert((directory / CA_CERT).read_bytes(), str(directory / CA_CERT))
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (_validity(x509.CertificateBuilder(), NODE_DAYS)
+    cert = (_validity(x509.CertificateBuilder(), days)
             .subject_name(_name(cn, org)).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

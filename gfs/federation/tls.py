@@ -76,7 +76,7 @@ class Trust:
             self.entity = self.own_ca.subject.get_attributes_for_oid(
                 x509.oid.NameOID.ORGANIZATION_NAME)[0].value  # type: ignore[assignment]
         self._lock = threading.Lock()
-        self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}
         self._cas: dict[str, tuple[x509.Certificate, float]] = {}
         self._sites: tuple[float, dict[str, tuple[str, str]]] = (0.0, {})
         self._registry: HttpClient | None = None
@@ -192,7 +192,7 @@ class Trust:
 
     def _ctx(self, ca_pem: str) -> ssl.SSLContext:
         with self._lock:
-            ctx = self._contexts.get((ca_pem,))
+            ctx = self._contexts.get(ca_pem)
             if ctx is None:
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                 ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
@@ -200,7 +200,7 @@ class Trust:
                 if self.directory is not None and (self.directory / certs.NODE_CERT).exists():
                     ctx.load_cert_chain(self.directory / certs.NODE_CERT,
                                         self.directory / certs.NODE_KEY)
-                self._contexts[(ca_pem,)] = ctx
+                self._contexts[ca_pem] = ctx
             return ctx
 
 
