@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -373,3 +374,39 @@ def test_site_init_pins_the_registry_ca_from_the_command_line(tmp_path: Path) ->
     assert (tls / certs.REGISTRY_URL).read_text().strip() == "https://127.0.0.1:1"
     assert oct((tls / certs.CA_KEY).stat().st_mode & 0o777) == "0o600"
     assert oct((tls / certs.NODE_KEY).stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_replaced_entity_ca_revokes_its_old_certificates(fed: Federation,
+                                                           tmp_path: Path) -> None:
+    """An entity whose certificates leaked registers a new CA (signed by its key); every
+    site drops the old CA at its next refresh, so the old certificates stop working."""
+    fed.site("r1", "bank-r", "cn-west", primary=True)
+    keys = fed.keys("bank-r")
+    leaked = tmp_path / "leaked"
+    shutil.copytree(fed.sites["r1"]["state"] / "federation" / "tls", leaked)
+    for f in (certs.CA_CERT, certs.CA_KEY):
+        (leaked / f).unlink()
+    stolen = Trust(fed.registry_url, fed.registry_ca, directory=leaked)
+
+    def status() -> str:
+        h = HttpClient(fed.sites["a1"]["url"], keys=keys, tls=stolen, site="a1")
+        try:
+            return str(h.call("GET", "/v1/status")["site"])
+        finally:
+            h.close()
+    assert status() == "a1"
+    new = tmp_path / "new"
+    certs.create_ca(new, "bank-r", "Hutong entity CA bank-r")
+    pem = (new / certs.CA_CERT).read_bytes()
+    HttpClient(fed.registry_url, keys=keys).call("POST", "/v1/entities", {
+        "name": "bank-r", "region": "cn-west", "public_key": keys.public_b64,
+        "ca": pem.decode(), "ca_sig": certs.sign_ca(keys, pem)})
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            status()
+        except (AuthError, UnavailableError):
+            break
+        assert time.monotonic() < deadline, "a1 still accepts the replaced CA"
+        time.sleep(0.2)
+    fed.kill("r1")
