@@ -44,6 +44,8 @@ RECORD_TTL = 60.0
 SITES_TTL = 5.0
 MISS_REFRESH = 1.0
 """Least seconds between two re-reads of the entity CAs for an unknown signer."""
+CHECKED_LIMIT = 4096
+"""Client certificates whose issuer check a site remembers."""
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -244,6 +246,8 @@ class ServerTls:
         self.cas: dict[str, x509.Certificate] = {}
         if mutual and trust is not None and trust.entity and trust.own_ca is not None:
             self.cas = {trust.entity: trust.own_ca}
+        self._state: tuple[dict[str, x509.Certificate], dict[tuple[str, bytes], bool]] = (
+            self.cas, {})
         self._current = self._build()
         self.context = self._build()
         self.context.sni_callback = self._sni
@@ -269,14 +273,24 @@ class ServerTls:
                 {k: c.fingerprint(hashes.SHA256()) for k, c in self.cas.items()}:
             return False
         self.cas = cas
+        self._state = (cas, {})
         self._current = self._build()
         log.info("TLS: trusting the CAs of %d entities", len(cas))
         return True
 
     def client_entity_ok(self, entity: str, leaf_der: bytes) -> bool:
-        """Whether `leaf_der` was issued by `entity`'s CA (as last refreshed)."""
-        ca = self.cas.get(entity)
-        return ca is not None and certs.issued_by(leaf_der, ca)
+        """Whether `leaf_der` was issued by `entity`'s CA (as last refreshed; answers
+        are remembered until the CAs change, as every request of a connection asks)."""
+        cas, checked = self._state  # one snapshot: a refresh replaces both at once
+        key = (entity, leaf_der)
+        ok = checked.get(key)
+        if ok is None:
+            ca = cas.get(entity)
+            ok = ca is not None and certs.issued_by(leaf_der, ca)
+            if len(checked) >= CHECKED_LIMIT:
+                checked.clear()
+            checked[key] = ok
+        return ok
 
     @web.middleware
     async def middleware(self, request: web.Request,
