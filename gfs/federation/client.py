@@ -102,14 +102,16 @@ class FederationClient:
     def http(self, site: str) -> HttpClient:
         """A connection to site `site` that authenticates as this client (renewed when
         the registry shows the site at a new endpoint, e.g. after a restart)."""
-        endpoint = str(self.sites()[site]["endpoint"]).rstrip("/")
+        rec = self.sites()[site]
+        endpoint = str(rec["endpoint"]).rstrip("/")
         h = self._http.get(site)
         if h is not None and h.base_url != endpoint:
             h.close()
             h = None
         if h is None:
             h = self._http[site] = HttpClient(endpoint, keys=self.keys, token=self.token,
-                                              timeout=self.timeout, tls=self.tls, site=site)
+                                              timeout=self.timeout, tls=self.tls, site=site,
+                                              entity=str(rec["entity"]))
         return h
 
     def primary(self, path: str) -> tuple[str, str]:
