@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from bench.report import headline, table
-from gfs.federation.http import HttpClient
 from gfs.federation.testing import Federation
 
 
@@ -52,8 +51,8 @@ def _update(src: Path, dst: Path, seed: int) -> None:
         (dst / f"new{i}.dat").write_bytes(rnd.randbytes(50_000))
 
 
-def _metric(url: str, name: str) -> float:
-    text = HttpClient(url).call("GET", "/metrics").decode()
+def _metric(fed: Federation, site: str, name: str) -> float:
+    text = fed.http(site).call("GET", "/metrics").decode()
     total = 0.0
     for line in text.splitlines():
         if line.startswith(f"hutong_site_{name}"):
@@ -99,25 +98,25 @@ def main(argv: list[str]) -> int:
                 fc.mkdir("/bank-a/ds", parents=True, exist_ok=True)
                 logical = _write_tree(fc, v1, "/bank-a/ds")
                 fc.rule_add("/bank-a/ds/**", 3, "entity=bank-a | entity=telco-b")
-                w_a2, w_t1 = (_metric(fed.sites["a2"]["url"], "mover_bytes"),
-                              _metric(fed.sites["t1"]["url"], "chunk_bytes_in_total"))
+                w_a2, w_t1 = (_metric(fed, "a2", "mover_bytes"),
+                              _metric(fed, "t1", "chunk_bytes_in_total"))
                 t0 = time.perf_counter()
                 [r1] = fc.reconcile("bank-a")
                 s1 = time.perf_counter() - t0
-                d_a2 = _metric(fed.sites["a2"]["url"], "mover_bytes") - w_a2
-                d_t1 = _metric(fed.sites["t1"]["url"], "chunk_bytes_in_total") - w_t1
+                d_a2 = _metric(fed, "a2", "mover_bytes") - w_a2
+                d_t1 = _metric(fed, "t1", "chunk_bytes_in_total") - w_t1
                 rows.append(("N", "a2 (mover)", logical, r1["bytes"], int(d_a2), "-",
                              d_a2 / max(1, r1["bytes"]), s1))
                 rows.append(("N", "t1 (encrypted)", logical, r1["bytes"], int(d_t1), "-",
                              d_t1 / max(1, r1["bytes"]), s1))
                 logical2 = _write_tree(fc, v2, "/bank-a/ds")
-                w_a2, w_t1 = (_metric(fed.sites["a2"]["url"], "mover_bytes"),
-                              _metric(fed.sites["t1"]["url"], "chunk_bytes_in_total"))
+                w_a2, w_t1 = (_metric(fed, "a2", "mover_bytes"),
+                              _metric(fed, "t1", "chunk_bytes_in_total"))
                 t0 = time.perf_counter()
                 [r2] = fc.reconcile("bank-a")
                 s2 = time.perf_counter() - t0
-                d2_a2 = _metric(fed.sites["a2"]["url"], "mover_bytes") - w_a2
-                d2_t1 = _metric(fed.sites["t1"]["url"], "chunk_bytes_in_total") - w_t1
+                d2_a2 = _metric(fed, "a2", "mover_bytes") - w_a2
+                d2_t1 = _metric(fed, "t1", "chunk_bytes_in_total") - w_t1
         dest = root / "rsync-dest"
         rs1 = _rsync_bytes(v1, dest)
         rs2 = _rsync_bytes(v2, dest)

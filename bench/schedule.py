@@ -684,12 +684,15 @@ def _fed_probe_read(df: object, site: str, ids: list[tuple[bytes, int]]) -> floa
 def _fed_driver(cfg: str) -> int:
     """Inside the compute site's namespace: probe, plan, run through the site APIs."""
     from dataflow.federated import FederatedDataflow, FederatedExecutor, start_site_cluster
+    from gfs.federation.auth import EntityKeys
+    from gfs.federation.tls import trust_for
 
     spec = json.loads(Path(cfg).read_text())
     probe = {k: [bytes.fromhex(c) for c in v] for k, v in spec["probe"].items()}
     cluster = start_site_cluster("fc", slots=1)
     try:
-        topo = Topology.from_registry(spec["registry"])
+        keys = EntityKeys.load(spec["keys"])
+        topo = Topology.from_registry(spec["registry"], tls=trust_for(keys))
         with FederatedDataflow(spec["registry"], keys_dir=spec["keys"], topo=topo,
                                schedulers={"fc": str(cluster.scheduler_address)}) as df:
             t0 = time.monotonic()
@@ -741,7 +744,8 @@ def _seeded_site(fed: object, name: str, region: str, netns: str, files: dict[st
     state = f.root / name  # type: ignore[attr-defined]
     init_site(state, name=name, entity=FED_ENTITY, region=region,
               registry=f.registry_url, primary=primary,  # type: ignore[attr-defined]
-              keys_from=first["state"] / "federation" if first else None)
+              keys_from=first["state"] / "federation" if first else None,
+              registry_ca=f.registry_ca)  # type: ignore[attr-defined]
     with Client(state) as c:
         for path, data in files.items():
             c.mkdir(path.rsplit("/", 1)[0], parents=True, exist_ok=True)

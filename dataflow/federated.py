@@ -47,6 +47,7 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import IO, Any
 
 from dataflow.cost import CostModel, Task
@@ -102,6 +103,15 @@ class Credentials:
     registry: str
     keys_dir: str | None = None
     token: str | None = None
+    registry_ca: str | None = None
+    """The registry's CA certificate file (needed with a token; keys carry their own)."""
+
+    def trust(self, keys: Any = None) -> Any:
+        """The TLS trust of these credentials (gfs.federation.tls.client_trust)."""
+        from gfs.federation.tls import client_trust
+
+        ca = Path(self.registry_ca).read_bytes() if self.registry_ca else None
+        return client_trust(self.registry, keys=keys, registry_ca=ca)
 
     def open(self, near: str | None = None, timeout: float = 30.0) -> Any:
         """A new FederationClient (the caller closes it)."""
@@ -110,7 +120,7 @@ class Credentials:
 
         keys = EntityKeys.load(self.keys_dir) if self.keys_dir else None
         return FederationClient(self.registry, keys=keys, token=self.token, near=near,
-                                timeout=timeout)
+                                timeout=timeout, tls=self.trust(keys))
 
     def client(self, near: str | None = None) -> Any:
         """A FederationClient shared by this process (workers), per `near` site."""
@@ -484,7 +494,8 @@ class FederatedRuntime(Runtime):
         from gfs.federation.site_client import SiteClient
 
         try:
-            h = SiteClient(self.endpoint(site), timeout=HEALTH_TIMEOUT)
+            h = SiteClient(self.endpoint(site), timeout=HEALTH_TIMEOUT, tls=self.fc.tls,
+                           site=site)
         except HutongError:
             return False
         try:
@@ -800,20 +811,27 @@ class FederatedDataflow(FederatedOps, Dataflow):
                  schedulers: Mapping[str, str] | None = None, entity: str | None = None,
                  processes: bool = False, progress: bool = False,
                  objective: Objective = "balanced", topo: Topology | None = None,
-                 use_mover: bool = True, publish_interval: float = PUBLISH_INTERVAL) -> None:
+                 use_mover: bool = True, publish_interval: float = PUBLISH_INTERVAL,
+                 registry_ca: str | None = None) -> None:
         """`use_mover=False` copies chunks through the HTTP chunk API even where the
         native mover could (both sites of the caller's entity, both with a mover).
         `publish_interval`: least seconds between two publications of the measured
-        links to the registry after jobs and prefetches (`publish_links`)."""
+        links to the registry after jobs and prefetches (`publish_links`).
+        `registry_ca`: the registry's CA certificate file (with a token)."""
         if not publish_interval >= 0:
             raise ConfigError(f"publish_interval must be >= 0 seconds, got {publish_interval}")
-        topo = topo or Topology.from_registry(registry, config=config)
+        creds = Credentials(registry, keys_dir, token, registry_ca)
+        if topo is None:
+            from gfs.federation.auth import EntityKeys
+
+            tls = creds.trust(EntityKeys.load(keys_dir) if keys_dir else None)
+            topo = Topology.from_registry(registry, config=config, tls=tls)
         self.publish_interval = publish_interval
         self._published_upto = time.time()   # links measured later are not in the registry
         self._published_last: float | None = None
         self._publish_lock = threading.Lock()
         super().__init__(topo, processes=processes, progress=progress, objective=objective)
-        self.creds = Credentials(registry, keys_dir, token)
+        self.creds = creds
         self.rt = FederatedRuntime(topo, self.creds, schedulers=schedulers, entity=entity,
                                    processes=processes, progress=progress,
                                    use_mover=use_mover)

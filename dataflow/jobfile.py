@@ -33,8 +33,8 @@ def _entry(entry: str) -> str:
 
 
 def _registry(url: str) -> str:
-    if not url.startswith("http://"):
-        raise ValueError(f"must be http://HOST:PORT, got {url!r}")
+    if not url.startswith(("https://", "http://")):
+        raise ValueError(f"must be https://HOST:PORT, got {url!r}")
     return url
 
 

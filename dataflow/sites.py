@@ -498,16 +498,17 @@ class Topology:
 
     @classmethod
     def from_registry(cls, registry: str, *, config: str | os.PathLike[str] | None = None,
-                      timeout: float = 10.0) -> Topology:
+                      timeout: float = 10.0, tls: Any = None) -> Topology:
         """Sites (region, entity, status) and measured links from a federation registry.
 
         Prices, slots and defaults come from `config` (a sites file whose sites
         may be a subset); links the registry measured win over configured ones.
+        `tls` (a gfs.federation.tls.Trust) checks the registry's certificate.
         """
         from gfs.federation.http import HttpClient
 
         base = cls.from_config(config) if config is not None else None
-        h = HttpClient(registry, timeout=timeout)
+        h = HttpClient(registry, timeout=timeout, tls=tls)
         try:
             rsites = h.call("GET", "/v1/sites")["sites"]
             rlinks = h.call("GET", "/v1/links")["links"]

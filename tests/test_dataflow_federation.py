@@ -29,7 +29,7 @@ def test_topology_from_registry_and_published_links(fed: Federation, tmp_path: P
     cfg = tmp_path / "sites.toml"
     cfg.write_text('[defaults]\ninter_price_per_gb = 0.07\n'
                    '[sites.w1]\nregion = "x"\nslots = 3\n')
-    topo = Topology.from_registry(fed.registry_url, config=cfg)
+    topo = Topology.from_registry(fed.registry_url, config=cfg, tls=fed.trust)
     assert {s: (x.region, x.entity, x.status) for s, x in topo.sites.items()} == {
         "w1": ("cn-west", "bank-a", "up"), "w2": ("cn-west", "bank-a", "up"),
         "e1": ("cn-east", "telco-b", "up")}
@@ -39,7 +39,7 @@ def test_topology_from_registry_and_published_links(fed: Federation, tmp_path: P
     topo.set_measured(Link("w1", "e1", 5e6, 0.030, 0.07))
     topo.set_measured(Link("e1", "w1", 6e6, 0.030, 0.07))
     assert publish_links(topo, fed.registry_url, fed.keys("bank-a")) == 1  # only its own
-    again = Topology.from_registry(fed.registry_url, config=cfg)
+    again = Topology.from_registry(fed.registry_url, config=cfg, tls=fed.trust)
     got = again.link("w1", "e1")
     assert got.source == "measured" and got.bandwidth == pytest.approx(5e6)
     assert got.rtt == pytest.approx(0.030) and got.price_per_gb == 0.07
@@ -50,7 +50,7 @@ def test_replicate_adds_a_federation_rule(fed: Federation) -> None:
     with fed.client("bank-a") as fc:
         fc.mkdir("/bank-a/ds", parents=True, exist_ok=True)
         fc.write_bytes("/bank-a/ds/x.bin", b"replicate me " * 50_000)
-        topo = Topology.from_registry(fed.registry_url)
+        topo = Topology.from_registry(fed.registry_url, tls=fed.trust)
         with Dataflow(topo, federation=fc, progress=False) as df:
             [rule] = df.replicate("/bank-a/ds/**", copies=2, where="region=cn-west",
                                   lifetime=3600)

@@ -30,7 +30,7 @@ class Sites(FederatedSites):
                                 ("w2", "bank-a", "cn-west", False)], ["w1", "w2"], driver="w1")
 
     def registry_link(self, src: str, dst: str) -> Link:
-        return Topology.from_registry(self.fed.registry_url).link(src, dst)
+        return Topology.from_registry(self.fed.registry_url, tls=self.fed.trust).link(src, dst)
 
 
 @pytest.fixture

@@ -51,9 +51,7 @@ class Sites(FederatedSites):
 
     def pulls(self, site: str) -> float:
         """`/v1/mover/pull` requests `site` has served (its metrics)."""
-        from gfs.federation.http import HttpClient
-
-        h = HttpClient(self.fed.sites[site]["url"])
+        h = self.fed.http(site)
         try:
             text = h.call("GET", "/metrics")
         finally:

@@ -19,6 +19,7 @@ from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
 from gfs.federation.testing import Federation
 from gfs.federation.wire import pack_frames
+from gfs.federation.tls import trust_for
 
 DATA = os.urandom(200_000) + b"shared tail " * 20_000
 
@@ -164,17 +165,17 @@ def test_forged_signature_and_unsigned_rejected(fed: Federation) -> None:
     telco = fed.keys("telco-b")
     impostor = EntityKeys("bank-a", telco.private, telco.data_secret)  # wrong key, right name
     with pytest.raises(AuthError, match="bad signature"):
-        HttpClient(url, keys=impostor).call("POST", "/v1/ns/mkdir", {"path": "/bank-a/evil"})
+        HttpClient(url, keys=impostor, tls=trust_for(fed.keys("bank-a"))).call(
+            "POST", "/v1/ns/mkdir", {"path": "/bank-a/evil"})
     with pytest.raises(AuthError, match="authentication required"):
-        HttpClient(url).call("POST", "/v1/ns/mkdir", {"path": "/bank-a/evil"})
+        fed.http("a1").call("POST", "/v1/ns/mkdir", {"path": "/bank-a/evil"})
     # a replayed signed request
     keys = fed.keys("bank-a")
     h = HttpClient(url, keys=keys)
     body = json.dumps({"path": "/bank-a/replay", "parents": True, "exist_ok": True}).encode()
     headers = keys.sign("POST", "/v1/ns/mkdir", body, h.audience)
-    import http.client
     for expect in (200, 401):
-        conn = http.client.HTTPConnection(h.host, h.port, timeout=10)
+        conn = h.connection(10)
         conn.request("POST", "/v1/ns/mkdir", body=body,
                      headers={**headers, "Content-Type": "application/json"})
         assert conn.getresponse().status == expect
@@ -226,7 +227,7 @@ def test_paths_escaping_root_and_bad_bodies(fed: Federation) -> None:
 
 
 def test_metrics_and_status(fed: Federation) -> None:
-    a1 = HttpClient(fed.sites["a1"]["url"])
+    a1 = fed.http("a1")
     text = a1.call("GET", "/metrics")
     assert b"hutong_site_http_requests_total" in text
     assert b"hutong_site_commits_total" in text

@@ -158,5 +158,6 @@ def test_dataflow_uses_the_mover_only_between_own_sites_with_movers(fed: Federat
     with FederatedDataflow(fed.registry_url, keys_dir=keys, use_mover=False) as df:
         assert df.rt.transfer_via("a1", "a2") == "site-api"
     token = fed.keys("bank-a").mint_token("u", "write", "/bank-a", ttl=600)
-    with FederatedDataflow(fed.registry_url, token=token) as df:    # sessions need keys
+    with FederatedDataflow(fed.registry_url, token=token,     # sessions need keys
+                           registry_ca=str(fed.registry_ca_file)) as df:
         assert df.rt.transfer_via("a1", "a2") == "site-api"

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -25,12 +26,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gfs.chunking import ChunkParams
 from gfs.codec import chunk_id, encode_blob, encode_encrypted_blob, keyed_chunk_id
 from gfs.errors import NotFoundError
+from gfs.federation import certs
 from gfs.federation.auth import AuthError, EntityKeys, token_claims
 from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
 from gfs.federation.site import init_site
 from gfs.federation.testing import Federation, Proc
 from gfs.federation.wire import pack_frames
+from gfs.federation.tls import trust_for
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +53,25 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.close()
 
 
-def _raw(url: str, head: str, body: bytes = b"", timeout: float = 10.0) -> tuple[int, bytes]:
+def _connection(fed: Federation, url: str, timeout: float = 10.0,
+                keys: EntityKeys | None = None, peer: tuple[str, str] | None = None
+                ) -> http.client.HTTPConnection:
+    """A fresh TLS connection to `url` with bank-a's certificate (or `keys`'), to the
+    site the registry lists there (or `peer`, (site, entity), as that entity)."""
+    site, entity = peer or (None, None)
+    return HttpClient(url, keys=keys or fed.keys(entity or "bank-a"), site=site,
+                      entity=entity).connection(timeout)
+
+
+def _raw(fed: Federation, url: str, head: str, body: bytes = b"", timeout: float = 10.0
+         ) -> tuple[int, bytes]:
     """Send `head` (request line and headers, without the blank line) and `body` on a
-    fresh connection; (status, answer bytes) of whatever the server answers within
+    fresh TLS connection; (status, answer bytes) of whatever the server answers within
     `timeout`, even if it answers before the body is sent in full."""
-    u = urlsplit(url)
-    with socket.create_connection((u.hostname, u.port), timeout=timeout) as s:
+    conn = _connection(fed, url, timeout)
+    conn.connect()
+    assert conn.sock is not None
+    with conn.sock as s:
         s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n\r\n")
         with contextlib.suppress(OSError):  # the server may answer before the whole body
             s.sendall(body)
@@ -77,20 +93,20 @@ def _raw(url: str, head: str, body: bytes = b"", timeout: float = 10.0) -> tuple
 def test_signature_for_one_site_refused_at_another(fed: Federation) -> None:
     """V5: a `POST /v1/gc` signed for a1 ran on a2. The signed text names the target."""
     keys = fed.keys("bank-a")
-    a1, a2 = HttpClient(fed.sites["a1"]["url"]), HttpClient(fed.sites["a2"]["url"])
+    a1, a2 = fed.http("a1"), fed.http("a2")
     headers = keys.sign("POST", "/v1/gc", b"{}", a1.audience)
     head = (f"POST /v1/gc HTTP/1.1\nHost: {a2.host}:{a2.port}\nContent-Length: 2\n"
             "Content-Type: application/json\nConnection: close\n"
             + "".join(f"{k}: {v}\n" for k, v in headers.items())).rstrip("\n")
-    status, answer = _raw(fed.sites["a2"]["url"], head, b"{}")
+    status, answer = _raw(fed, fed.sites["a2"]["url"], head, b"{}")
     assert status == 401 and b"wrong_audience" in answer
     # the same captured headers with the audience edited do not verify either
     forged = head.replace(f"X-Hutong-Audience: {a1.audience}",
                           f"X-Hutong-Audience: {a2.audience}")
-    status, answer = _raw(fed.sites["a2"]["url"], forged, b"{}")
+    status, answer = _raw(fed, fed.sites["a2"]["url"], forged, b"{}")
     assert status == 401 and b"bad signature" in answer
     # and the genuine request still works at a1
-    assert _raw(fed.sites["a1"]["url"], head.replace(f"Host: {a2.host}:{a2.port}",
+    assert _raw(fed, fed.sites["a1"]["url"], head.replace(f"Host: {a2.host}:{a2.port}",
                                                      f"Host: {a1.host}:{a1.port}"),
                 b"{}")[0] == 200
 
@@ -102,11 +118,11 @@ def test_unauthenticated_upload_refused_before_the_body(fed: Federation) -> None
     for path in ("/v1/chunks/put", "/v1/ns/write?path=/bank-a/x", "/v1/ns/mkdir"):
         head = (f"POST {path} HTTP/1.1\nHost: a1\nContent-Length: {63 << 20}\n"
                 "Content-Type: application/octet-stream")
-        status, answer = _raw(url, head, b"", timeout=10)
+        status, answer = _raw(fed, url, head, b"", timeout=10)
         assert status == 401, answer[:300]
     bad_token = (f"POST /v1/chunks/put HTTP/1.1\nHost: a1\nContent-Length: {63 << 20}\n"
                  "Authorization: Bearer eyJ4IjoxfQ.AAAA")
-    assert _raw(url, bad_token, b"", timeout=10)[0] == 401
+    assert _raw(fed, url, bad_token, b"", timeout=10)[0] == 401
 
 
 def test_chunked_json_capped_while_streaming(fed: Federation) -> None:
@@ -114,14 +130,14 @@ def test_chunked_json_capped_while_streaming(fed: Federation) -> None:
     before the 413. Now reading stops at 1 MiB: the 413 arrives while the client has
     sent 2 MiB of an endless body."""
     keys = fed.keys("bank-a")
-    a1 = HttpClient(fed.sites["a1"]["url"])
+    a1 = fed.http("a1")
     headers = keys.sign("POST", "/v1/ns/mkdir", b"whatever", a1.audience)
     head = ("POST /v1/ns/mkdir HTTP/1.1\nHost: a1\nTransfer-Encoding: chunked\n"
             "Content-Type: application/json\n"
             + "".join(f"{k}: {v}\n" for k, v in headers.items())).rstrip("\n")
     piece = b" " * 65536
     body = b"".join(b"%x\r\n" % len(piece) + piece + b"\r\n" for _ in range(32))  # 2 MiB
-    status, answer = _raw(fed.sites["a1"]["url"], head, body, timeout=10)
+    status, answer = _raw(fed, fed.sites["a1"]["url"], head, body, timeout=10)
     assert status == 413 and b"exceeds 1048576" in answer
     with fed.client("bank-a") as fc:  # the site still serves
         assert fc.read_bytes("/bank-a/secret/key.txt").startswith(b"the vault")
@@ -131,14 +147,14 @@ def test_signed_body_must_match(fed: Federation) -> None:
     """V8 corollary: the signature covers the body through its SHA-256 header, so a
     captured signature cannot carry another body."""
     keys = fed.keys("bank-a")
-    a1 = HttpClient(fed.sites["a1"]["url"])
+    a1 = fed.http("a1")
     good = json.dumps({"path": "/bank-a/shared/ok"}).encode()
     evil = json.dumps({"path": "/bank-a/shared/evil"}).encode()
     headers = keys.sign("POST", "/v1/ns/mkdir", good, a1.audience)
     head = (f"POST /v1/ns/mkdir HTTP/1.1\nHost: a1\nContent-Length: {len(evil)}\n"
             "Content-Type: application/json\nConnection: close\n"
             + "".join(f"{k}: {v}\n" for k, v in headers.items())).rstrip("\n")
-    status, answer = _raw(fed.sites["a1"]["url"], head, evil)
+    status, answer = _raw(fed, fed.sites["a1"]["url"], head, evil)
     assert status == 401 and b"does not match the signed" in answer
     with fed.client("bank-a") as fc:
         assert not any(e.path.endswith("evil") for e in fc.ls("/bank-a/shared"))
@@ -156,7 +172,7 @@ def test_prefix_token_cannot_commit_foreign_chunks(fed: Federation) -> None:
     whether the chunks exist or not."""
     token = fed.keys("bank-a").mint_token("mallory", "write", "/bank-a/shared", ttl=600)
     secret = _manifest(fed, "/bank-a/secret/key.txt")
-    h = HttpClient(fed.sites["a1"]["url"], token=token)
+    h = fed.http("a1", token=token)
     answers = []
     for chunks in (secret, [["0" * 32, 25]]):
         with pytest.raises(AuthError) as e:
@@ -257,7 +273,8 @@ def test_background_tasks_survive_any_exception(tmp_path: Path) -> None:
                   registry=url, primary=True)
         proc = Proc([sys.executable, "-m", "gfs.cli", "site", "serve", "--state",
                      str(tmp_path / "s"), "--host", "127.0.0.1", "--heartbeat", "0.1",
-                     "--reconcile-interval", "0", "--no-mover"], tmp_path / "g1.log")
+                     "--reconcile-interval", "0", "--no-mover", "--insecure-plaintext"],
+                    tmp_path / "g1.log")  # the garbling registry speaks plain HTTP
         try:
             assert reg.healthy.wait(30), f"heartbeats stopped after {reg.heartbeats}"
         finally:
@@ -369,8 +386,9 @@ def test_rule_to_another_entity_pins_in_batches(fed: Federation) -> None:
 def test_slowloris_bounded_and_legitimate_request_served(fed: Federation) -> None:
     """V9 (HTTP): half-open connections were never closed and never limited (20,000
     made a site unavailable for ~90 s and filled its log with EMFILE tracebacks). Now
-    one address holds at most 256 connections, a connection that has not sent its
-    headers within 10 s is closed, and a request from elsewhere is served meanwhile."""
+    one address holds at most 256 connections, a connection that has not finished its
+    TLS handshake and sent its headers within 10 s is closed, and a request from
+    elsewhere is served meanwhile."""
     u = urlsplit(fed.sites["a2"]["url"])
     assert u.hostname is not None and u.port is not None
     attack: list[socket.socket] = []
@@ -378,11 +396,10 @@ def test_slowloris_bounded_and_legitimate_request_served(fed: Federation) -> Non
         for _ in range(300):  # bounded: 300 connections from 127.0.0.1
             s = socket.create_connection((u.hostname, u.port), timeout=10,
                                          source_address=("127.0.0.1", 0))
-            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: a2\r\nX-Slow: ")  # never ends
-            attack.append(s)
+            attack.append(s)  # a TLS slowloris: never says hello
         t0 = time.monotonic()
-        legit = http.client.HTTPConnection(u.hostname, u.port, timeout=5,
-                                           source_address=("127.0.0.77", 0))
+        legit = _connection(fed, fed.sites["a2"]["url"], timeout=5)
+        legit.source_address = ("127.0.0.77", 0)
         legit.request("GET", "/v1/health")
         assert legit.getresponse().status == 200
         legit.close()
@@ -411,8 +428,7 @@ def test_405_names_the_allowed_methods(fed: Federation) -> None:
             (fed.sites["a1"]["url"], "PUT", "/v1/health", "GET"),
             (fed.sites["a1"]["url"], "DELETE", "/v1/rules/reconcile", "POST"),
             (fed.registry_url, "POST", "/v1/links", "GET")):
-        u = urlsplit(url)
-        conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+        conn = _connection(fed, url)
         conn.request(method, path)
         resp = conn.getresponse()
         resp.read()
@@ -422,9 +438,10 @@ def test_405_names_the_allowed_methods(fed: Federation) -> None:
             path, resp.getheader("Allow"))
 
 
-def _status(url: str, token: str, path: str = "/v1/ns/stat?path=/bank-a/secret") -> int:
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+def _status(fed: Federation, url: str, token: str,
+            path: str = "/v1/ns/stat?path=/bank-a/secret",
+            peer: tuple[str, str] | None = None) -> int:
+    conn = _connection(fed, url, peer=peer)
     try:
         conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
@@ -448,12 +465,12 @@ def test_tokens_are_revocable(fed: Federation) -> None:
     stolen = keys.mint_token("alice", "read", "/bank-a", ttl=3600)
     kept = keys.mint_token("bob", "read", "/bank-a", ttl=3600)
     url = fed.sites["a1"]["url"]
-    assert _status(url, stolen) == 200 and _status(url, kept) == 200
+    assert _status(fed, url, stolen) == 200 and _status(fed, url, kept) == 200
     with fed.client("bank-a") as fc:
         rec = fc.revoke_token(stolen)
     assert [r["jti"] for r in rec["revoked"]] == [token_claims(stolen)["jti"]]
-    _until("revocation at a1", lambda: _status(url, stolen) == 401)
-    assert _status(url, kept) == 200
+    _until("revocation at a1", lambda: _status(fed, url, stolen) == 401)
+    assert _status(fed, url, kept) == 200
     with fed.client(token=stolen) as fc, pytest.raises(AuthError, match="revoked"):
         fc.stat("/bank-a/secret")
 
@@ -466,7 +483,7 @@ def test_entity_key_rotates(fed: Federation, tmp_path: Path) -> None:
     t1 = fed.sites["t1"]["url"]
 
     def has_status(keys: EntityKeys) -> int:
-        h = HttpClient(t1, keys=keys)
+        h = HttpClient(t1, keys=keys, tls=trust_for(old))
         return h.request("POST", "/v1/chunks/has",
                          body=json.dumps({"ids": [], "owner": "bank-a"}).encode())[0]
     assert has_status(old) == 200 and has_status(new) == 401
@@ -476,12 +493,12 @@ def test_entity_key_rotates(fed: Federation, tmp_path: Path) -> None:
             fc.registry.call("POST", "/v1/entities/bank-a/key",
                              {"public_key": new.public_b64, "proof": "AAAA"})
         with pytest.raises(AuthError):  # not signed by the current key
-            FederationClient(fed.registry_url, keys=impostor).rotate_key(new)
+            FederationClient(fed.registry_url, keys=impostor, tls=trust_for(old)).rotate_key(new)
         assert fc.rotate_key(new)["public_key"] == new.public_b64
     try:
         _until("the new key at t1", lambda: has_status(new) == 200 and has_status(old) == 401)
     finally:
-        with FederationClient(fed.registry_url, keys=new) as fc:
+        with FederationClient(fed.registry_url, keys=new, tls=trust_for(old)) as fc:
             fc.rotate_key(old)
         _until("the old key back at t1", lambda: has_status(old) == 200)
 
@@ -497,13 +514,14 @@ def test_site_with_a_wrong_clock_refuses_instead_of_judging(fed: Federation,
         "import time\n_real = time.time\ntime.time = lambda: _real() - 86400.0\n")
     pythonpath = os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])
     url = fed.site("c1", "bank-c", "cn-west", primary=True,
-                   env={"PYTHONPATH": pythonpath})
+                   env={"PYTHONPATH": pythonpath}, trusted=False)  # it cannot register
+    c1 = ("c1", "bank-c")
     expired = fed.keys("bank-c").mint_token("eve", "read", "/bank-c", ttl=-3600)
     fresh = fed.keys("bank-c").mint_token("eve", "read", "/bank-c", ttl=3600)
     path = "/v1/ns/stat?path=/bank-c"
-    _until("clock skew measured", lambda: _status(url, fresh, path) == 503)
-    assert _status(url, expired, path) == 503
-    assert _status(fed.sites["a1"]["url"], expired) == 401  # a correct clock: expired
+    _until("clock skew measured", lambda: _status(fed, url, fresh, path, c1) == 503)
+    assert _status(fed, url, expired, path, c1) == 503
+    assert _status(fed, fed.sites["a1"]["url"], expired) == 401  # a correct clock: expired
     fed.kill("c1", signal.SIGTERM)
 
 
@@ -542,16 +560,22 @@ def _fake_site(fed: Federation, tmp_path: Path,
     """A hostile site `name` of a new admitted `entity` (cn-east), answered by `handler`,
     registered with a declared `capacity` and kept up by heartbeats until its server
     shuts down; (its server, the entity's registry client)."""
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
     keys = EntityKeys.create(tmp_path / entity, entity)
+    tls = tmp_path / entity / "tls"  # a CA of its own, a certificate for its site
+    certs.init_site_tls(tls, site=name, entity=entity, registry=fed.registry_url,
+                        registry_ca=fed.registry_ca, ca_from=None)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls / certs.NODE_CERT, tls / certs.NODE_KEY)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
     fed.admit(entity, "cn-east", keys=keys)
     reg = HttpClient(fed.registry_url, keys=keys)
     reg.call("POST", "/v1/entities", {"name": entity, "region": "cn-east",
-                                      "public_key": keys.public_b64})
+                                      "public_key": keys.public_b64, **certs.ca_fields(keys)})
     reg.call("PUT", f"/v1/sites/{name}", {
         "entity": entity, "region": "cn-east", "primary": True,
-        "endpoint": f"http://127.0.0.1:{srv.server_address[1]}",
+        "endpoint": f"https://127.0.0.1:{srv.server_address[1]}",
         "pools": [{"name": "p0", "tier": "hot", "capacity": capacity}]})
     beats = HttpClient(fed.registry_url, keys=keys)
 

@@ -15,13 +15,27 @@ from gfs.federation import expr, ids
 from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
 from gfs.federation.testing import Proc
+from gfs.federation.tls import Trust
+
+_TRUST: dict[str, Trust] = {}
+"""Each registry's trust by URL: its CA, pinned by the clients of these tests."""
+
+
+def _serve(d: Path, log: Path, *args: str) -> Proc:
+    p = Proc([sys.executable, "-m", "gfs.cli", "registry", "serve", "--state", str(d), *args],
+             log)
+    _TRUST[p.url] = Trust(p.url, (d / "tls" / "ca.pem").read_bytes())
+    return p
+
+
+def _client(url: str, keys: EntityKeys | None = None) -> HttpClient:
+    return HttpClient(url, keys=keys, tls=_TRUST[url])
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     d = tmp_path_factory.mktemp("registry")
-    p = Proc([sys.executable, "-m", "gfs.cli", "registry", "serve", "--state", str(d),
-              "--ttl", "1.5", "--admission", "open"], d / "log")
+    p = _serve(d, d / "log", "--ttl", "1.5", "--admission", "open")
     try:
         yield p.url
     finally:
@@ -31,7 +45,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def _entity(tmp: Path, name: str, url: str, industry: str = "FIN",
             region: str = "cn-west") -> tuple[EntityKeys, HttpClient]:
     keys = EntityKeys.create(tmp / name, name)
-    h = HttpClient(url, keys=keys)
+    h = _client(url, keys)
     rec = h.call("POST", "/v1/entities", {"name": name, "industry": industry, "region": region,
                                           "public_key": keys.public_b64})
     assert ids.parse(rec["id"]).kind == "entity"
@@ -50,7 +64,7 @@ def test_register_query_and_ids(registry: str, tmp_path: Path) -> None:
     s1 = _site(ha, "q1", "bank-q", "cn-west", "hot", 1000)
     _site(ha, "q2", "bank-q", "cn-east", "cold", 5000)
     _site(ht, "q3", "telco-q", "cn-west", "hot", 10)
-    pub = HttpClient(registry)
+    pub = _client(registry)
     names = {s["name"] for s in pub.call("GET", "/v1/sites",
                                           query={"where": "region=cn-west & tier=hot"})["sites"]}
     assert {"q1", "q3"} <= names and "q2" not in names
@@ -72,15 +86,15 @@ def test_signatures_required_and_checked(registry: str, tmp_path: Path) -> None:
     keys, h = _entity(tmp_path, "bank-s", registry)
     other = EntityKeys.create(tmp_path / "other", "bank-s")  # same name, another key
     with pytest.raises(ApiError) as e:
-        HttpClient(registry, keys=other).call("POST", "/v1/entities", {
+        _client(registry, other).call("POST", "/v1/entities", {
             "name": "bank-s", "region": "cn-west", "public_key": other.public_b64})
     assert e.value.status == 409
     with pytest.raises(AuthError, match="unsigned"):
-        HttpClient(registry).call("PUT", "/v1/sites/s1", {
+        _client(registry).call("PUT", "/v1/sites/s1", {
             "entity": "bank-s", "region": "cn-west", "endpoint": "http://127.0.0.9:1",
             "pools": [{"name": "p0", "tier": "hot", "capacity": 1}]})
     with pytest.raises(AuthError, match="bad signature"):
-        HttpClient(registry, keys=other).call("PUT", "/v1/sites/s1", {
+        _client(registry, other).call("PUT", "/v1/sites/s1", {
             "entity": "bank-s", "region": "cn-west", "endpoint": "http://127.0.0.9:1",
             "pools": [{"name": "p0", "tier": "hot", "capacity": 1}]})
     with pytest.raises(BadRequestError, match="tier"):
@@ -89,12 +103,12 @@ def test_signatures_required_and_checked(registry: str, tmp_path: Path) -> None:
                                        "pools": [{"name": "p0", "tier": "lava",
                                                   "capacity": 1}]})
     with pytest.raises(ApiError) as e2:
-        HttpClient(registry).call("GET", "/v1/sites/s1")
+        _client(registry).call("GET", "/v1/sites/s1")
     assert e2.value.status == 404  # nothing was registered by the rejected requests
     # registration must be signed by the key it registers
     k3 = EntityKeys.create(tmp_path / "k3", "bank-t")
     with pytest.raises(AuthError, match="bad signature"):
-        HttpClient(registry, keys=EntityKeys("bank-t", keys.private, keys.data_secret)).call(
+        _client(registry, EntityKeys("bank-t", keys.private, keys.data_secret)).call(
             "POST", "/v1/entities", {"name": "bank-t", "region": "cn-west",
                                      "public_key": k3.public_b64})
 
@@ -103,10 +117,10 @@ def test_heartbeat_status_up_then_down(registry: str, tmp_path: Path) -> None:
     _, h = _entity(tmp_path, "bank-h", registry)
     _site(h, "h1", "bank-h", "cn-west", "warm", 100)
     h.call("POST", "/v1/sites/h1/heartbeat", {"used": {"p0": 42}})
-    rec = HttpClient(registry).call("GET", "/v1/sites/h1")
+    rec = _client(registry).call("GET", "/v1/sites/h1")
     assert rec["status"] == "up" and rec["pools"][0]["used"] == 42
     deadline = time.monotonic() + 10
-    while HttpClient(registry).call("GET", "/v1/sites/h1")["status"] != "down":
+    while _client(registry).call("GET", "/v1/sites/h1")["status"] != "down":
         assert time.monotonic() < deadline
         time.sleep(0.2)
     with pytest.raises(BadRequestError):
@@ -127,7 +141,7 @@ def test_expressions() -> None:
 def test_deep_expressions_are_a_clear_400(registry: str) -> None:
     """V11: 1,000 `!` or 400 `(` were a 500 RecursionError; now a 400 naming the limit,
     and the server goes on answering."""
-    pub = HttpClient(registry)
+    pub = _client(registry)
     for where in ("!" * 1000 + "a=b", "(" * 400 + "a=b" + ")" * 400):
         with pytest.raises(BadRequestError, match="nesting deeper than 32"):
             pub.call("GET", "/v1/sites", query={"where": where})
@@ -148,7 +162,7 @@ def test_registry_is_not_an_amplifier(registry: str, tmp_path: Path) -> None:
         h.call("POST", "/v1/sites/v0/heartbeat", {"info": {"pad": "x" * (1 << 20)}})
     assert e.value.status == 413
     h.call("POST", "/v1/sites/v0/heartbeat", {"info": {"build": "x" * 3000}})
-    pub = HttpClient(registry)
+    pub = _client(registry)
     assert pub.call("GET", "/v1/sites/v0")["info"] == {"build": "x" * 3000}
     listing = pub.request("GET", "/v1/sites")[1]
     assert b"x" * 3000 not in listing
@@ -173,21 +187,20 @@ def test_entities_exist_only_once_the_operator_admits_them(tmp_path: Path) -> No
     """V4: registration was open and names first come, first served. Now a squatter's
     registration is a pending request; the operator admits the rightful key."""
     d = tmp_path / "reg"
-    p = Proc([sys.executable, "-m", "gfs.cli", "registry", "serve", "--state", str(d)],
-             tmp_path / "log")
+    p = _serve(d, tmp_path / "log")
     try:
         squatter = EntityKeys.create(tmp_path / "squat", "bank-z")
         owner = EntityKeys.create(tmp_path / "owner", "bank-z")
         body = {"name": "bank-z", "industry": "FIN", "region": "cn-west"}
         for k in (squatter, owner):
             with pytest.raises(AuthError, match="not admitted") as e:
-                HttpClient(p.url, keys=k).call("POST", "/v1/entities",
+                _client(p.url, k).call("POST", "/v1/entities",
                                                body | {"public_key": k.public_b64})
             assert e.value.status == 403
-        pub = HttpClient(p.url)
+        pub = _client(p.url)
         assert pub.call("GET", "/v1/entities")["entities"] == []
         with pytest.raises(AuthError):  # nothing can be done in its name meanwhile
-            HttpClient(p.url, keys=squatter).call("PUT", "/v1/sites/z1", {
+            _client(p.url, squatter).call("PUT", "/v1/sites/z1", {
                 "entity": "bank-z", "region": "cn-west", "endpoint": "http://127.0.0.9:1",
                 "pools": [{"name": "p0", "tier": "hot", "capacity": 1}]})
         cli = [sys.executable, "-m", "gfs.cli", "registry"]
@@ -202,10 +215,10 @@ def test_entities_exist_only_once_the_operator_admits_them(tmp_path: Path) -> No
         rec = pub.call("GET", "/v1/entities/bank-z")
         assert rec["public_key"] == owner.public_b64 and rec["industry"] == "FIN"
         with pytest.raises(ApiError) as e2:
-            HttpClient(p.url, keys=squatter).call("POST", "/v1/entities",
+            _client(p.url, squatter).call("POST", "/v1/entities",
                                                   body | {"public_key": squatter.public_b64})
         assert e2.value.status == 409
-        assert HttpClient(p.url, keys=owner).call(
+        assert _client(p.url, owner).call(
             "POST", "/v1/entities", body | {"public_key": owner.public_b64})["id"] == rec["id"]
     finally:
         assert p.stop() == 0

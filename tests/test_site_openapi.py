@@ -52,7 +52,9 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, 
 def test_site_conforms(case: schemathesis.Case, fed: tuple[Federation, str]) -> None:
     f, token = fed
     case.call_and_validate(base_url=f.sites["o1"]["url"], checks=CHECKS,
-                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                           verify=str(f.sites["o1"]["state"] / "federation" / "tls" /
+                                      "ca.pem"))
 
 
 @registry_schema.parametrize()
@@ -60,4 +62,5 @@ def test_site_conforms(case: schemathesis.Case, fed: tuple[Federation, str]) -> 
           suppress_health_check=list(HealthCheck))
 def test_registry_conforms(case: schemathesis.Case, fed: tuple[Federation, str]) -> None:
     f, _ = fed
-    case.call_and_validate(base_url=f.registry_url, checks=CHECKS, timeout=30)
+    case.call_and_validate(base_url=f.registry_url, checks=CHECKS, timeout=30,
+                           verify=str(f.registry_ca_file))

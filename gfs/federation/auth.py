@@ -141,6 +141,8 @@ class EntityKeys:
         self.public_b64 = base64.b64encode(raw).decode("ascii")
         self.enc_key = self._derive(b"hutong chunk enc v1")
         self.id_key = self._derive(b"hutong chunk id v1")
+        self.directory: Path | None = None
+        """The directory the keys were loaded from (its `tls/` holds the TLS trust)."""
 
     def _derive(self, info: bytes) -> bytes:
         return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(self.data_secret)
@@ -163,7 +165,9 @@ class EntityKeys:
             fd = os.open(d / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-        return cls(name, private, secret)
+        keys = cls(name, private, secret)
+        keys.directory = d
+        return keys
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> EntityKeys:
@@ -179,7 +183,9 @@ class EntityKeys:
         private = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(private, Ed25519PrivateKey) or len(secret) != 32:
             raise StateError(f"entity keys in {d} are not an Ed25519 key and a 32-byte secret")
-        return cls(name, private, secret)
+        keys = cls(name, private, secret)
+        keys.directory = d
+        return keys
 
     def sign(self, method: str, target: str, body: bytes, audience: str) -> dict[str, str]:
         """Headers that sign a request for the server `audience` (`audience_of` its URL);

@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 
     from gfs.federation.client import FederationClient
     from gfs.profiles import Profile
+    from gfs.federation.tls import ServerTls, Trust
 
 REGISTRY_ENV = "HUTONG_REGISTRY"
+REGISTRY_CA_ENV = "HUTONG_REGISTRY_CA"
 TOKEN_ENV = "HUTONG_TOKEN"
 log = logging.getLogger("gfs.federation")
 
@@ -39,7 +41,9 @@ log = logging.getLogger("gfs.federation")
 # -- serving ------------------------------------------------------------------------------
 
 async def _serve(app: web.Application, host: str, port: int, banner: str,
-                 on_start: Any = None, background: list[Any] | None = None) -> None:
+                 on_start: Any = None, background: list[Any] | None = None,
+                 tls: ServerTls | None = None) -> None:
+    """Serve `app` over TLS 1.3 with `tls` (plain HTTP without: --insecure-plaintext)."""
     import asyncio
 
     from aiohttp import web
@@ -47,12 +51,16 @@ async def _serve(app: web.Application, host: str, port: int, banner: str,
     from gfs.federation.guard import GuardedSite, Limits
 
     limits = Limits()
+    if tls is not None and tls.mutual:
+        app.middlewares.append(tls.middleware)
     runner = web.AppRunner(app, shutdown_timeout=10.0, access_log=None,
                            keepalive_timeout=limits.idle)
     await runner.setup()
-    await GuardedSite(runner, host, port, limits=limits).start()
+    await GuardedSite(runner, host, port, limits=limits,
+                      ssl_context=tls.context if tls is not None else None).start()
     bound = runner.addresses[0][1]
-    url = f"http://{host}:{bound}" if ":" not in host else f"http://[{host}]:{bound}"
+    scheme = "https" if tls is not None else "http"
+    url = f"{scheme}://{host}:{bound}" if ":" not in host else f"{scheme}://[{host}]:{bound}"
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,14 +83,18 @@ def cmd_registry_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from gfs.federation.auth import audience_of
+    from gfs.federation.certs import registry_tls
     from gfs.federation.registry import RegistryState, make_app
+    from gfs.federation.tls import ServerTls
 
-    state = RegistryState(state_dir(args.state), ttl=args.ttl, admission=args.admission)
+    root = state_dir(args.state)
+    state = RegistryState(root, ttl=args.ttl, admission=args.admission)
+    tls = None if _plaintext(args) else ServerTls(registry_tls(root, args.host))
 
     async def on_start(url: str) -> None:
         state.audience = audience_of(url)
     asyncio.run(_serve(make_app(state), args.host, args.port, "hutong registry: serving on",
-                       on_start))
+                       on_start, tls=tls))
     return 0
 
 
@@ -130,8 +142,10 @@ def cmd_site_init(args: argparse.Namespace) -> int:
     if not registry:
         raise ConfigError(f"the registry URL is needed: pass --registry or set ${REGISTRY_ENV}")
     root = state_dir(args.state)
+    ca = args.registry_ca or os.environ.get(REGISTRY_CA_ENV)
     init_site(root, name=args.name, entity=args.entity, region=args.region, registry=registry,
-              industry=args.industry, primary=args.primary, keys_from=args.keys_from)
+              industry=args.industry, primary=args.primary, keys_from=args.keys_from,
+              registry_ca=_read_ca(ca) if ca else None)
     if not args.quiet:
         print(f"initialised site {args.name} of entity {args.entity} ({args.region}) at {root}")
     return 0
@@ -147,6 +161,7 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
 
     site = Site(state_dir(args.state), registry=args.registry, key_ttl=args.key_cache)
     movers: list[MoverServer] = []
+    tls = _site_tls(site, args)
 
     async def on_start(url: str) -> None:
         site.endpoint = url
@@ -173,6 +188,15 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
 
     async def heartbeats() -> None:
         await every(f"site {site.name}: heartbeat", args.heartbeat, heartbeat, log)
+
+    async def trust_refresh() -> None:
+        if tls is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        async def refresh() -> None:
+            await loop.run_in_executor(None, tls.refresh)
+        await every(f"site {site.name}: TLS trust refresh", args.heartbeat, refresh, log)
 
     rounds = itertools.count(1)
 
@@ -203,19 +227,79 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
             site.metrics.gauges[f"tier_{tier}_bytes"] = gauge(tier)
         await every(f"site {site.name}: tierer run", args.tier_interval, tier_round, log)
 
-    background = [heartbeats] + ([reconciler] if site.config.primary
+    background = [heartbeats, trust_refresh] + ([reconciler] if site.config.primary
                                  and args.reconcile_interval > 0 else [])
     if args.tier_interval > 0:
         background.append(tierer)
     try:
         asyncio.run(_serve(make_app(site), args.host, args.port,
                            f"hutong site: {site.name} ({site.entity}) serving on",
-                           on_start, background))
+                           on_start, background, tls=tls))
     finally:
         for m in movers:
             m.close()
         site.close()
     return 0
+
+
+# -- TLS (gfs/federation/tls.py) -----------------------------------------------------------
+
+def _plaintext_option(p: argparse.ArgumentParser) -> None:
+    from gfs.federation.tls import PLAINTEXT_OPTION
+
+    p.add_argument(PLAINTEXT_OPTION, action="store_true", dest="insecure_plaintext",
+                   help="plain HTTP, no TLS: unencrypted and unauthenticated, for a "
+                   "development machine only")
+
+
+def _plaintext(args: argparse.Namespace) -> bool:
+    from gfs.federation.tls import PLAINTEXT_WARNING
+
+    if getattr(args, "insecure_plaintext", False):
+        log.warning(PLAINTEXT_WARNING)
+        print(PLAINTEXT_WARNING, file=sys.stderr, flush=True)
+        return True
+    return False
+
+
+def _read_ca(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read the registry CA {path}: {e.strerror}; pass the "
+                          "registry's STATE/tls/ca.pem") from None
+
+
+def _site_tls(site: Any, args: argparse.Namespace) -> ServerTls | None:
+    """The site's server TLS (None with --insecure-plaintext); its clients' trust follows
+    the same choice and --registry."""
+    from gfs.federation.certs import site_serve_tls
+    from gfs.federation.tls import ServerTls, trust_for
+
+    trust = trust_for(site.keys)
+    if trust is None:
+        raise ConfigError(f"site {site.name} has no TLS directory (STATE/federation/tls); "
+                          "create the site again with `hutong site init --registry-ca`")
+    trust.registry_url = site.config.registry.rstrip("/")
+    if _plaintext(args):
+        trust.plaintext = True
+        return None
+    assert trust.directory is not None
+    site_serve_tls(trust.directory, site.name, site.entity, args.host)
+    tls = ServerTls(trust.directory, trust, mutual=True)
+    try:
+        tls.refresh()
+    except HutongError as e:  # the registry may start later: the refresh task retries
+        log.warning("site %s: entity CAs not read from the registry yet: %s", site.name, e)
+    return tls
+
+
+def _client_trust(args: argparse.Namespace, registry: str, keys: Any) -> Trust:
+    from gfs.federation.tls import client_trust
+
+    ca = getattr(args, "registry_ca", None) or os.environ.get(REGISTRY_CA_ENV)
+    return client_trust(registry, keys=keys, registry_ca=_read_ca(ca) if ca else None,
+                        plaintext=_plaintext(args))
 
 
 # -- clients ------------------------------------------------------------------------------
@@ -249,7 +333,8 @@ def _fed(args: argparse.Namespace) -> FederationClient:
     if keys is None and token is None:
         raise ConfigError(f"no identity: pass --token (or set ${TOKEN_ENV}) or --keys DIR")
     near = getattr(args, "near", None) or (prof.near if prof is not None else None)
-    return FederationClient(registry, keys=keys, token=token, near=near)
+    return FederationClient(registry, keys=keys, token=token, near=near,
+                            tls=_client_trust(args, registry, keys))
 
 
 def _entity_of(args: argparse.Namespace, fc: FederationClient) -> str:
@@ -396,6 +481,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     ident.add_argument("--token", help=f"user token (${TOKEN_ENV})")
     ident.add_argument("--keys", metavar="DIR", help="entity keys (default STATE/federation)")
     ident.add_argument("--near", metavar="SITE", help="read from replicas nearest this site")
+    ident.add_argument("--registry-ca", metavar="FILE", help="the registry's CA certificate "
+                       f"(${REGISTRY_CA_ENV}); with --keys, the one pinned at site init")
+    _plaintext_option(ident)
 
     p = sub.add_parser("registry", help="run the federation registry", parents=[common])
     rs = p.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
@@ -408,6 +496,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--admission", choices=("operator", "open"), default="operator",
                     help="operator: entities exist once `registry admit` admits them "
                     "(default); open: on a signed registration (tests, demos)")
+    _plaintext_option(sp)
     sp.set_defaults(func=cmd_registry_serve)
     sp = rs.add_parser("admit", parents=[common], help="admit an entity (the operator)",
                        description="Bind entity NAME to its public key in the registry "
@@ -433,6 +522,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--registry", metavar="URL")
     sp.add_argument("--primary", action="store_true", help="holds the entity's metadata")
     sp.add_argument("--keys-from", metavar="DIR", help="reuse the entity keys of another site")
+    sp.add_argument("--registry-ca", metavar="FILE", help="the registry's CA certificate, "
+                    f"its STATE/tls/ca.pem (${REGISTRY_CA_ENV}); not for an http:// registry")
     sp.set_defaults(func=cmd_site_init)
     sp = ss.add_parser("serve", parents=[common], help="serve the site until SIGTERM")
     sp.add_argument("--host", default="127.0.0.1")
@@ -449,6 +540,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--reconcile-interval", type=duration_arg, default=30.0,
                     help="seconds between rule evaluations (0: only on request)")
     sp.add_argument("--no-mover", action="store_true", help="no mover port")
+    _plaintext_option(sp)
     sp.set_defaults(func=cmd_site_serve)
 
     p = sub.add_parser("token", help="mint user tokens", parents=[common])

@@ -31,6 +31,7 @@ from gfs.errors import (
     NotFoundError,
     UnavailableSiteError,
 )
+from gfs.federation import certs
 from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, token_issuer
 from gfs.federation.http import HttpClient
 from gfs.federation.site_client import (
@@ -44,6 +45,7 @@ from gfs.federation.source import SiteSource
 from gfs.federation.upload import put_missing
 from gfs.meta import Manifest
 from gfs.namespace_api import Stat
+from gfs.federation.tls import Trust, trust_for
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import prepare
 
@@ -65,8 +67,13 @@ class FederationClient:
     def __init__(self, registry: str, *, keys: EntityKeys | None = None,
                  token: str | None = None, near: str | None = None,
                  cache_bytes: int = 256 << 20, zstd_level: int = 3,
-                 params: chunking.ChunkParams | None = None, timeout: float = 30.0) -> None:
-        self.registry = HttpClient(registry, keys=keys, token=token, timeout=timeout)
+                 params: chunking.ChunkParams | None = None, timeout: float = 30.0,
+                 tls: Trust | None = None) -> None:
+        """`tls`: the registry's CA and this party's certificate (default: the trust
+        kept beside `keys`, `gfs.federation.tls.trust_for`); needed with a token."""
+        self.tls = tls if tls is not None else trust_for(keys)
+        self.registry = HttpClient(registry, keys=keys, token=token, timeout=timeout,
+                                   tls=self.tls)
         self.keys, self.token, self.near = keys, token, near
         self.me = keys.name if keys is not None else (token_issuer(token) if token else None)
         self.source = SiteSource(self)
@@ -118,9 +125,9 @@ class FederationClient:
         with self._site_lock:
             h = self._site_clients.get(name)
             if h is None or h.base_url != endpoint:
-                h = self._site_clients[name] = SiteClient(endpoint, keys=self.keys,
-                                                          token=self.token,
-                                                          timeout=self.timeout)
+                h = self._site_clients[name] = SiteClient(
+                    endpoint, keys=self.keys, token=self.token, timeout=self.timeout,
+                    tls=self.tls, site=name, entity=str(rec["entity"]))
             return h
 
     def with_site(self, name: str, op: Callable[[SiteClient], T]) -> T:
@@ -429,8 +436,11 @@ class FederationClient:
         current key, proven by the new one); copy the new key to the entity's sites."""
         me = self._me()
         proof = b64e(new.private.sign(rotation_text(me, new.public_b64)))
-        return dict(self.registry.call("POST", f"/v1/entities/{me}/key",
-                                       {"public_key": new.public_b64, "proof": proof}))
+        body = {"public_key": new.public_b64, "proof": proof}
+        ca = self.tls.own_ca_pem() if self.tls is not None else None
+        if ca is not None:  # the entity's own CA, bound anew to the new key
+            body["ca_sig"] = certs.sign_ca(new, ca)
+        return dict(self.registry.call("POST", f"/v1/entities/{me}/key", body))
 
     def _me(self) -> str:
         if self.keys is None:

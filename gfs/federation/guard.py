@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 log = logging.getLogger("gfs.federation.guard")
+EARLY_LIMIT = 1 << 20
+"""Bytes kept that arrive between a TLS handshake and the handler taking over."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +72,20 @@ class ConnectionGuard:
 
 
 class _Guarded(asyncio.Protocol):
-    """Wraps aiohttp's request handler: admission, then the first header deadline."""
+    """Wraps aiohttp's request handler: admission, then (with TLS) the handshake, then
+    the first header deadline, which counts from the connection, handshake included."""
 
-    def __init__(self, make: Callable[[], asyncio.Protocol], guard: ConnectionGuard) -> None:
-        self._make, self._guard = make, guard
+    def __init__(self, make: Callable[[], asyncio.Protocol], guard: ConnectionGuard,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self._make, self._guard, self._tls = make, guard, tls
         self._inner: asyncio.Protocol | None = None
         self._peer = ""
+        self._admitted = False
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""
         self._transport: asyncio.Transport | None = None
+        self._task: asyncio.Future[None] | None = None
+        self._early = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -86,17 +94,53 @@ class _Guarded(asyncio.Protocol):
         if not self._guard.admit(self._peer):
             transport.abort()
             return
+        self._admitted = True
         self._transport = transport
         self._timer = asyncio.get_running_loop().call_later(
             self._guard.limits.header_timeout, self._expire)
+        if self._tls is None:
+            self._start(transport)
+        else:  # admitted before the handshake: a half-open TLS connection counts too
+            transport.pause_reading()  # the ClientHello waits for start_tls
+            self._task = asyncio.ensure_future(self._handshake(transport))
+
+    async def _handshake(self, raw: asyncio.Transport) -> None:
+        assert self._tls is not None
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                raw, self, self._tls, server_side=True,
+                ssl_handshake_timeout=self._guard.limits.header_timeout)
+        except OSError as e:  # ssl.SSLError, ConnectionError and TimeoutError too
+            log.debug("TLS handshake from %s failed: %s", self._peer, e)
+            raw.abort()
+            self._release()
+            return
+        if tls is None or tls.is_closing():
+            self._release()
+            return
+        self._transport = tls
+        self._start(tls)
+
+    def _start(self, transport: asyncio.Transport) -> None:
         self._inner = self._make()
         self._inner.connection_made(transport)
+        early, self._early = self._early, b""
+        if early:  # sent right after the handshake, before start_tls returned
+            self._inner.data_received(early)
 
     def _expire(self) -> None:
         self._timer = None
         self._guard.expired += 1
         if self._transport is not None:
             self._transport.abort()
+
+    def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._admitted:
+            self._admitted = False
+            self._guard.release(self._peer)
 
     def data_received(self, data: bytes) -> None:
         if self._timer is not None:
@@ -108,6 +152,10 @@ class _Guarded(asyncio.Protocol):
                 self._tail = seen[-3:]
         if self._inner is not None:
             self._inner.data_received(data)
+        elif self._admitted:
+            self._early += data
+            if len(self._early) > EARLY_LIMIT and self._transport is not None:
+                self._transport.abort()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
@@ -121,11 +169,8 @@ class _Guarded(asyncio.Protocol):
             self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._release()
         if self._inner is not None:
-            self._guard.release(self._peer)
             self._inner.connection_lost(exc)
             self._inner = None
 
@@ -134,9 +179,13 @@ class GuardedSite(web.TCPSite):
     """A TCP site whose connections pass a `ConnectionGuard` before aiohttp's handler."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, ssl_context: ssl.SSLContext | None = None
+                 ) -> None:
+        """With `ssl_context`, connections speak TLS (the handshake within the header
+        deadline)."""
         super().__init__(runner, host, port)
         self.guard = ConnectionGuard(limits or Limits())
+        self.tls = ssl_context
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -144,5 +193,6 @@ class GuardedSite(web.TCPSite):
         assert server is not None
         guard = self.guard
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Guarded(server, guard), self._host, self._port, backlog=self._backlog)
+            lambda: _Guarded(server, guard, self.tls), self._host, self._port,
+            backlog=self._backlog)
         self._bound_port = self._server.sockets[0].getsockname()[1]

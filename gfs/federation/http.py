@@ -8,18 +8,22 @@ import hashlib
 import http.client
 import json
 import logging
+import ssl
 import threading
 import time
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gfs import errors as gerr
 from gfs.errors import FormatError, HutongError
 from gfs.federation.auth import AuthError, EntityKeys, audience_of, check_body
+
+if TYPE_CHECKING:
+    from gfs.federation.tls import Trust
 
 log = logging.getLogger("gfs.federation")
 MAX_JSON = 1 << 20
@@ -197,29 +201,83 @@ class Metrics:
         return resp
 
 
-class HttpClient:
-    """A small synchronous HTTP/1.1 client with keep-alive, signing and bearer tokens.
+class _TlsConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that checks the certificate for `server_name`, the peer's
+    federation name, instead of the URL's host."""
 
-    Thread-safe: one connection per thread. Errors come back as the Hutong
-    exception the server named (NotFoundError, AuthError, ...).
+    def __init__(self, host: str, port: int, *, context: ssl.SSLContext, server_name: str,
+                 timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._server_name = server_name
+        self._tls_context = context
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_name)
+
+
+_TLS_REFUSALS = ("CERTIFICATE_VERIFY_FAILED", "UNKNOWN_CA", "BAD_CERTIFICATE",
+                 "CERTIFICATE_REQUIRED", "PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL",
+                 "WRONG_VERSION_NUMBER", "CERTIFICATE_UNKNOWN", "HANDSHAKE_FAILURE")
+
+
+def _tls_refusal(e: BaseException) -> bool:
+    return isinstance(e, ssl.SSLError) and any(r in str(e).upper() for r in _TLS_REFUSALS)
+
+
+class HttpClient:
+    """A small synchronous HTTP/1.1 client over TLS 1.3, with keep-alive, signing and
+    bearer tokens.
+
+    `tls` says which certificate to expect at the URL and which to present (by default
+    the trust kept beside `keys`, `tls.trust_for`); `site` (and its `entity`) name the
+    site expected there when the caller knows it (otherwise the registry says). Plain
+    http:// only with a trust that allows it (`--insecure-plaintext`). Thread-safe: one
+    connection per thread. Errors come back as the Hutong exception the server named (NotFoundError,
+    AuthError, ...); a certificate refused by either side is an AuthError (`tls`).
     """
 
     def __init__(self, base_url: str, keys: EntityKeys | None = None, token: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, *, tls: Trust | None = None,
+                 site: str | None = None, entity: str | None = None) -> None:
+        from gfs.federation.tls import trust_for
+
         u = urllib.parse.urlsplit(base_url)
-        if u.scheme != "http" or not u.hostname:
-            raise gerr.ConfigError(f"URL {base_url!r} must be http://HOST:PORT")
+        if u.scheme not in ("https", "http") or not u.hostname:
+            raise gerr.ConfigError(f"URL {base_url!r} must be https://HOST:PORT")
+        self.tls = tls if tls is not None else trust_for(keys)
+        if u.scheme == "https" and self.tls is None:
+            raise gerr.ConfigError(f"no TLS trust to check {base_url}: load the entity keys "
+                                   "from a site directory, or pass the registry's CA "
+                                   "(--registry-ca)")
         self.base_url = base_url.rstrip("/")
-        self.host, self.port = u.hostname, u.port or 80
+        self.host, self.port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+        self.secure = u.scheme == "https"
+        self.site, self.entity = site, entity
         self.audience = audience_of(base_url)
         self.keys, self.token, self.timeout = keys, token, timeout
         self._local = threading.local()
 
+    def connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
+        """A new connection to the server (not kept, requests not signed) with the TLS
+        checks of `request`: for sending hand-made requests."""
+        from gfs.federation.tls import PLAINTEXT_OPTION
+
+        t = self.timeout if timeout is None else timeout
+        if not self.secure:
+            if self.tls is None or not self.tls.plaintext:  # judged now: the option may
+                raise gerr.ConfigError(                     # be set after construction
+                    f"plain http:// to {self.base_url} refused: federation servers speak "
+                    f"TLS (https://); {PLAINTEXT_OPTION} allows it on a development machine")
+            return http.client.HTTPConnection(self.host, self.port, timeout=t)
+        assert self.tls is not None
+        ctx, name = self.tls.client_context(self.base_url, self.site, self.entity)
+        return _TlsConnection(self.host, self.port, context=ctx, server_name=name, timeout=t)
+
     def _conn(self) -> http.client.HTTPConnection:
         c: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if c is None:
-            c = self._local.conn = http.client.HTTPConnection(self.host, self.port,
-                                                              timeout=self.timeout)
+            c = self._local.conn = self.connection()
         return c
 
     def close(self) -> None:
@@ -251,6 +309,9 @@ class HttpClient:
                 return resp.status, data, kind
             except (ConnectionError, http.client.HTTPException, TimeoutError, OSError) as e:
                 self.close()
+                if _tls_refusal(e):
+                    raise AuthError(f"TLS with {self.base_url} refused: {e}", 401,
+                                    "tls") from e
                 if attempt or isinstance(e, TimeoutError):
                     raise UnavailableError(f"{self.base_url} unreachable: {e}", 503,
                                            "unavailable") from e

@@ -30,6 +30,7 @@ from gfs.federation.auth import (
     signed_entity,
     verify_request,
 )
+from gfs.federation.certs import verify_ca
 from gfs.federation.http import (
     MAX_JSON,
     ApiError,
@@ -154,6 +155,10 @@ class RegistryState:
                     raise ApiError(f"entity {rec['name']!r} is registered with another key; "
                                    "rotate it with POST /v1/entities/NAME/key", 409,
                                    "conflict")
+                if "ca" in rec and (old.get("ca"), old.get("ca_sig")) != (rec["ca"],
+                                                                         rec["ca_sig"]):
+                    old |= {"ca": rec["ca"], "ca_sig": rec["ca_sig"]}
+                    txn.put_value("entities", rec["name"].encode(), json.dumps(old).encode())
                 return old, False
             if self.admission == "operator":
                 self._request(txn, rec)
@@ -232,8 +237,11 @@ class RegistryState:
                 raise ApiError(f"industry {industry!r} is not one of "
                                + " ".join(ids.INDUSTRIES), 400, "bad_request")
             region = ids.check_name(region or req.get("region") or "", "region")
-            return self._create(txn, {"name": name, "industry": industry, "region": region,
-                                      "public_key": public_key_b64})
+            admitted = {"name": name, "industry": industry, "region": region,
+                        "public_key": public_key_b64}
+            if "ca" in req:
+                admitted |= {"ca": req["ca"], "ca_sig": req["ca_sig"]}
+            return self._create(txn, admitted)
 
     def put_site(self, rec: dict[str, Any]) -> dict[str, Any]:
         with self.engine.write() as txn:
@@ -365,8 +373,14 @@ async def register_entity(request: web.Request) -> web.Response:
     check_body(request.headers, hashlib.sha256(body).hexdigest())
     if who != name:
         raise AuthError(f"registration of {name!r} signed as {who!r}", 403, "forbidden")
-    rec, created = _state(request).put_entity(
-        {"name": name, "industry": industry, "region": region, "public_key": key_b64})
+    rec: dict[str, Any] = {"name": name, "industry": industry, "region": region,
+                           "public_key": key_b64}
+    ca = field(data, "ca", str, None)
+    if ca is not None:  # the entity's TLS CA, bound to its key (docs/trust.md "Transport")
+        ca_sig = field(data, "ca_sig", str)
+        verify_ca(name, ca, ca_sig, public_key(key_b64))
+        rec |= {"ca": ca, "ca_sig": ca_sig}
+    rec, created = _state(request).put_entity(rec)
     return web.json_response(rec, status=201 if created else 200)
 
 
@@ -381,7 +395,15 @@ async def rotate_key(request: web.Request) -> web.Response:
         raise AuthError("proof must be the new key's signature of the rotation text "
                         "(auth.rotation_text)", 400, "bad_proof") from None
 
+    ca_sig = field(data, "ca_sig", str, None)
+
     def change(rec: dict[str, Any]) -> None:
+        if rec.get("ca"):  # the CA stays bound: the new key signs it too
+            if ca_sig is None:
+                raise BadRequestError(f"entity {name!r} has a CA certificate: send ca_sig, "
+                                      "the new key's signature of it (certs.sign_ca)")
+            verify_ca(name, str(rec["ca"]), ca_sig, public_key(new))
+            rec["ca_sig"] = ca_sig
         rec["public_key"] = new
         rec["rotated"] = time.time()
     return web.json_response(_state(request).update_entity(name, change))
@@ -447,7 +469,8 @@ async def put_site(request: web.Request) -> web.Response:
     rec = {"name": name, "entity": entity,
            "region": _name(field(data, "region", str), "region"),
            "endpoint": field(data, "endpoint", str,
-                             check=lambda u: u.startswith("http://") and len(u) < 256),
+                             check=lambda u: u.startswith(("https://", "http://"))
+                             and len(u) < 256),
            "mover": field(data, "mover", str, None, check=lambda m: len(m) < 256,
                           nullable=True),
            "primary": field(data, "primary", bool, False), "pools": pools}

@@ -16,7 +16,7 @@ from gfs.errors import (
     HutongError,
     StateError,
 )
-from gfs.federation import ids
+from gfs.federation import certs, ids
 from gfs.federation.auth import EntityKeys
 from gfs.federation.site_handlers import make_app
 from gfs.federation.site_state import Site, SiteConfig
@@ -24,12 +24,15 @@ from gfs.federation.site_state import Site, SiteConfig
 
 def init_site(state: str | os.PathLike[str], *, name: str, entity: str, region: str,
               registry: str, industry: str = "GEN", primary: bool = False,
-              keys_from: str | os.PathLike[str] | None = None) -> SiteConfig:
-    """Create a site's state: an embedded store, entity keys (new, or copied from
-    `keys_from` for a second site of the same entity) and site.json."""
+              keys_from: str | os.PathLike[str] | None = None,
+              registry_ca: bytes | None = None) -> SiteConfig:
+    """Create a site's state: an embedded store, entity keys and CA (new, or copied from
+    `keys_from` for a second site of the same entity), the site's TLS certificate, the
+    registry's CA it pins (`registry_ca`, PEM) and site.json."""
     root = Path(state)
     for n, what in ((name, "site name"), (entity, "entity name"), (region, "region")):
         ids.check_name(n, what)
+    certs.check_registry_ca(registry, registry_ca)
     if industry.upper() not in ids.INDUSTRIES:
         raise ids.IdentifierError(f"industry {industry!r} is not one of "
                                   + " ".join(ids.INDUSTRIES))
@@ -47,14 +50,15 @@ def init_site(state: str | os.PathLike[str], *, name: str, entity: str, region: 
                 out.write(data)
     else:
         EntityKeys.create(fed, entity)
+    certs.init_site_tls(fed / "tls", site=name, entity=entity, registry=registry,
+                        registry_ca=registry_ca,
+                        ca_from=Path(keys_from) / "tls" if keys_from is not None else None)
     cfg = SiteConfig(name=name, entity=entity, region=region, industry=industry.upper(),
                      registry=registry, primary=primary)
     cfg.save(root)
     with Client(root) as c, contextlib.suppress(HutongError):
         c.mkdir(f"/{entity}")
     return cfg
-
-
 
 
 __all__ = ["Site", "SiteConfig", "init_site", "make_app"]

@@ -30,7 +30,7 @@ from gfs.errors import (
     NotFoundError,
     StateError,
 )
-from gfs.federation import ids
+from gfs.federation import certs, ids
 from gfs.federation.auth import (
     SKEW,
     AuthError,
@@ -207,7 +207,8 @@ class Site:
     def register(self) -> dict[str, Any]:
         """Register (or refresh) the entity and this site at the registry."""
         body = {"name": self.entity, "industry": self.config.industry,
-                "region": self.config.region, "public_key": self.keys.public_b64}
+                "region": self.config.region, "public_key": self.keys.public_b64,
+                **certs.ca_fields(self.keys)}
         self.registry.call("POST", "/v1/entities", body)
         mover = (f"{self.mover_address[0]}:{self.mover_address[1]}"
                  if self.mover_address else None)

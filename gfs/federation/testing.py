@@ -21,9 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gfs.errors import HutongError
+from gfs.federation import certs
 from gfs.federation.auth import EntityKeys
 from gfs.federation.client import FederationClient
+from gfs.federation.http import HttpClient
 from gfs.federation.site import init_site
+from gfs.federation.tls import Trust, trust_for
 from gfs.meta import LmdbEngine
 
 
@@ -53,7 +57,7 @@ class Proc:
                     break
                 buf += chunk
                 for line in buf.decode(errors="replace").splitlines():
-                    if " serving on http://" in line:
+                    if " serving on http" in line:
                         return line.rsplit(" ", 1)[-1].strip()
             elif self.popen.poll() is not None:
                 break
@@ -90,6 +94,12 @@ class Federation:
         self.key_cache = key_cache
         self.registry_proc: Proc | None = None
         self.registry_url = ""
+        self.registry_ca = b""
+        self.registry_ca_file = self.root / "registry" / "tls" / certs.CA_CERT
+        """The registry's CA certificate (PEM), pinned by every site and client."""
+        self.trust: Trust | None = None
+        """Trust of a party without a certificate (a user with a token): the registry's
+        CA, and the entity CAs it publishes."""
         self.sites: dict[str, dict[str, Any]] = {}
         self.procs: dict[str, Proc] = {}
         self._next_ip = 2
@@ -110,19 +120,26 @@ class Federation:
             "registry", "serve", "--state", str(d), "--host", host, "--ttl", str(self.ttl),
             "--admission", admission)), self.root / "registry.log")
         self.registry_url = self.registry_proc.url
+        self.registry_ca_file = d / "tls" / certs.CA_CERT
+        self.registry_ca = self.registry_ca_file.read_bytes()
+        self.trust = Trust(self.registry_url, self.registry_ca)
         return self.registry_url
 
     def site(self, name: str, entity: str, region: str, *, primary: bool = False,
              industry: str = "GEN", mover: bool = True, netns: str | None = None,
-             capacity: int = 0, env: dict[str, str] | None = None) -> str:
+             capacity: int = 0, env: dict[str, str] | None = None,
+             trusted: bool = True) -> str:
         """Create and start a site (keys shared with the entity's first site); `capacity`
         bounds its default pool (bytes, 0: no limit); `env` is added to its process's
-        environment."""
+        environment. The first site of an entity returns once every running site accepts
+        the entity's certificate (`wait_trusted`), unless not `trusted` (a site that
+        cannot register)."""
         state = self.root / name
         first = next((s for s in self.sites.values() if s["entity"] == entity), None)
         init_site(state, name=name, entity=entity, region=region, registry=self.registry_url,
                   industry=industry, primary=primary,
-                  keys_from=first["state"] / "federation" if first else None)
+                  keys_from=first["state"] / "federation" if first else None,
+                  registry_ca=self.registry_ca)
         if first is None:
             self.admit(entity, region, industry, EntityKeys.load(state / "federation"))
         if capacity:
@@ -140,7 +157,10 @@ class Federation:
             host = self.wan[netns].address
         self.sites[name] = {"state": state, "entity": entity, "host": host, "mover": mover,
                             "netns": netns, "env": env}
-        return self.start(name)
+        url = self.start(name)
+        if first is None and trusted:
+            self.wait_trusted(entity)
+        return url
 
     def admit(self, entity: str, region: str, industry: str = "GEN",
               keys: EntityKeys | None = None) -> None:
@@ -170,6 +190,36 @@ class Federation:
         s["url"] = self.procs[name].url
         return str(s["url"])
 
+    def wait_trusted(self, entity: str, timeout: float = 20.0) -> None:
+        """Wait until every running site accepts `entity`'s certificate (it learns a new
+        entity's CA from the registry within one heartbeat)."""
+        mine = trust_for(self.keys(entity))
+        assert mine is not None
+        deadline = time.monotonic() + timeout
+        for name, s in self.sites.items():
+            if name not in self.procs or s["entity"] == entity:
+                continue
+            while True:
+                h = HttpClient(str(s["url"]), keys=self.keys(entity), tls=mine, site=name)
+                try:
+                    h.call("GET", "/v1/status")
+                    break
+                except HutongError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"site {name} does not accept {entity}'s "
+                                           f"certificate after {timeout} s") from None
+                    time.sleep(0.1)
+                finally:
+                    h.close()
+
+    def http(self, site: str, *, keys: EntityKeys | None = None, token: str | None = None,
+             timeout: float = 30.0) -> HttpClient:
+        """An HTTP client to site `site`: as `keys`' entity (its certificate), or as a
+        user (a token, or nobody) trusting the registry's CA."""
+        return HttpClient(str(self.sites[site]["url"]), keys=keys, token=token,
+                          timeout=timeout, tls=trust_for(keys) if keys else self.trust,
+                          site=site)
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Stop site `name` (kill -9 by default)."""
         self.procs.pop(name).stop(sig)
@@ -182,11 +232,11 @@ class Federation:
                near: str | None = None) -> FederationClient:
         """A federation client as `entity` (its keys) or with `token`."""
         return FederationClient(self.registry_url, keys=self.keys(entity) if entity else None,
-                                token=token, near=near)
+                                token=token, near=near, tls=None if entity else self.trust)
 
     def wait_status(self, name: str, status: str, timeout: float = 20.0) -> None:
         """Wait until the registry reports site `name` as `status` (up/down)."""
-        fc = FederationClient(self.registry_url, timeout=5)
+        fc = FederationClient(self.registry_url, timeout=5, tls=self.trust)
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
