@@ -11,11 +11,15 @@ from typing import Any
 
 
 def cmd_profile_add(args: argparse.Namespace) -> int:
+    import os
+
+    from gfs.federation.cli import REGISTRY_CA_ENV
     from gfs.profiles import add_profile, use_profile
 
     prof = add_profile(args.name, registry=args.registry, entity=args.entity,
                        token=args.token, keys=args.keys_dir, near=args.near,
-                       cache_dir=args.cache_dir)
+                       cache_dir=args.cache_dir, plaintext=args.insecure_plaintext,
+                       registry_ca=args.registry_ca or os.environ.get(REGISTRY_CA_ENV) or None)
     if args.use:
         use_profile(args.name)
     if not args.quiet:
@@ -28,7 +32,8 @@ def _row(name: str, current: bool, prof: Any) -> dict[str, Any]:
     """A profile as `ls --json` prints it (the token itself is never printed)."""
     return {"name": name, "current": current, "registry": prof.registry,
             "entity": prof.entity, "identity": "token" if prof.token else "keys",
-            "keys": prof.keys, "near": prof.near, "cache_dir": prof.cache_dir}
+            "keys": prof.keys, "near": prof.near, "cache_dir": prof.cache_dir,
+            "registry_ca": prof.registry_ca is not None, "plaintext": prof.plaintext}
 
 
 def cmd_profile_ls(args: argparse.Namespace) -> int:
@@ -73,6 +78,7 @@ def cmd_profile_rm(args: argparse.Namespace) -> int:
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `hutong profile ...` to the `hutong` parser."""
     from gfs.cli import add_json_flag
+    from gfs.federation.cli import add_plaintext_option
 
     p = sub.add_parser("profile", parents=[common],
                        help="profiles: a registry, an entity and an identity, by name",
@@ -92,7 +98,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="the entity's keys (a site's STATE/federation)")
     sp.add_argument("--near", metavar="SITE", help="read from replicas nearest this site")
     sp.add_argument("--cache-dir", metavar="DIR", help="disk cache of chunks read")
+    sp.add_argument("--registry-ca", metavar="FILE", help="the registry's CA certificate, "
+                    "its STATE/tls/ca.pem ($HUTONG_REGISTRY_CA), copied into the profile; "
+                    "not needed with --keys of a site (it pinned one)")
     sp.add_argument("--use", action="store_true", help="and use it from now on")
+    add_plaintext_option(sp)
     sp.set_defaults(func=cmd_profile_add)
     sp = ps.add_parser("ls", parents=[common], help="list the profiles (* in use)")
     add_json_flag(sp)

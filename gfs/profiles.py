@@ -1,6 +1,7 @@
 """Profiles: named ways into the federation, and `open_namespace`, the one door to a tree.
 
-    hutong profile add work --registry http://10.0.0.1:8700 --entity telco-b --token T
+    hutong profile add work --registry https://10.0.0.1:8700 --entity telco-b --token T \
+        --registry-ca ca.pem
     hutong profile use work          # or HUTONG_PROFILE=work, or --profile work
 
     ns = gfs.open_namespace()        # the selected profile, else the embedded store
@@ -8,7 +9,11 @@
 
 A profile names a registry, the entity it acts for and one identity: a user token
 of that entity or a directory of the entity's keys (never both), optionally the
-site to read near and a disk cache directory. Profiles live in one TOML file,
+site to read near and a disk cache directory. The registry's CA certificate
+(`--registry-ca FILE`, its STATE/tls/ca.pem) is copied into the profile, so the
+profile keeps working when the file moves; a keys directory of a site brings the CA
+it pinned at `hutong site init`. A plain http:// registry needs `--insecure-plaintext`
+(a development machine only). Profiles live in one TOML file,
 `$HUTONG_PROFILES`, else `$XDG_CONFIG_HOME/hutong/profiles.toml`, else
 `~/.config/hutong/profiles.toml` (mode 0600: it holds tokens). The profile in use
 is the argument, else `$HUTONG_PROFILE`, else the file's `current` (set by
@@ -79,6 +84,10 @@ class Profile(Schema):
     keys: str | None = None
     near: str | None = None
     cache_dir: str | None = None
+    registry_ca: str | None = None
+    """The registry's CA certificate (PEM), copied in by `add_profile`."""
+    plaintext: bool = False
+    """Plain http:// to the registry and sites (`--insecure-plaintext`)."""
 
     @model_validator(mode="after")
     def _one_identity(self) -> Profile:
@@ -174,12 +183,45 @@ def _check_identity(entity: str, token: str | None, keys: str | None) -> None:
                                f"not {entity!r}")
 
 
+def _registry_ca(name: str, url: str, registry_ca: bytes | str | os.PathLike[str] | None,
+                 plaintext: bool) -> str | None:
+    """The PEM text of `registry_ca` (a file or PEM), checked; ProfileError otherwise."""
+    from gfs.federation.tls import PLAINTEXT_OPTION, read_registry_ca
+
+    if url.startswith("http://") and not plaintext:
+        raise ProfileError(f"profile {name!r}: registry {url} is plain http://, unencrypted "
+                           f"and unauthenticated; use its https:// URL, or {PLAINTEXT_OPTION} "
+                           "on a development machine")
+    if url.startswith("https://") and plaintext:
+        raise ProfileError(f"profile {name!r}: {PLAINTEXT_OPTION} is for an http:// "
+                           f"registry, and {url} is https://; drop it")
+    if registry_ca is None:
+        return None
+    if plaintext:
+        raise ProfileError(f"profile {name!r}: --registry-ca checks an https:// registry; "
+                           f"drop it or {PLAINTEXT_OPTION}")
+    source = registry_ca if isinstance(registry_ca, (bytes, str)) else Path(registry_ca)
+    try:
+        return read_registry_ca(source).decode("ascii")
+    except (ConfigError, UnicodeDecodeError) as e:
+        raise ProfileError(f"profile {name!r}: {e}") from None
+
+
+def _site_keys(keys: str | None) -> bool:
+    """Whether keys directory `keys` is a site's, with the registry CA it pinned."""
+    from gfs.federation import certs
+
+    return keys is not None and (Path(keys) / "tls" / certs.REGISTRY_CA).exists()
+
+
 def add_profile(name: str, *, registry: str, entity: str, token: str | None = None,
                 keys: str | os.PathLike[str] | None = None, near: str | None = None,
                 cache_dir: str | os.PathLike[str] | None = None,
-                path: Path | None = None) -> Profile:
+                registry_ca: bytes | str | os.PathLike[str] | None = None,
+                plaintext: bool = False, path: Path | None = None) -> Profile:
     """Add profile `name` (an existing one of that name is replaced); nothing is written
-    unless every value is valid."""
+    unless every value is valid. `registry_ca` (PEM, or its file) is copied into the
+    profile; `plaintext` allows an http:// registry."""
     check_profile_name(name)
     if token is not None and keys is not None:
         raise ProfileError("give --token or --keys, not both: a profile has one identity")
@@ -188,12 +230,17 @@ def add_profile(name: str, *, registry: str, entity: str, token: str | None = No
                            "or --keys DIR (the entity's keys)")
     keys_dir = str(Path(keys).expanduser().absolute()) if keys is not None else None
     cache = str(Path(cache_dir).expanduser().absolute()) if cache_dir is not None else None
+    url = check_registry_url(registry)
+    ca = _registry_ca(name, url, registry_ca, plaintext)
     try:
-        prof = Profile(registry=check_registry_url(registry), entity=entity, token=token,
-                       keys=keys_dir, near=near, cache_dir=cache)
+        prof = Profile(registry=url, entity=entity, token=token, keys=keys_dir, near=near,
+                       cache_dir=cache, registry_ca=ca, plaintext=plaintext)
     except SchemaError as e:
         raise ProfileError(f"profile {name!r}: {'; '.join(e.problems)}") from None
     _check_identity(entity, token, keys_dir)
+    if ca is None and url.startswith("https://") and not _site_keys(keys_dir):
+        raise ProfileError(f"profile {name!r}: no CA to check registry {url}; pass "
+                           "--registry-ca FILE (the registry's STATE/tls/ca.pem)")
     pf = load_profiles(path)
     pf.profiles[name] = prof
     save_profiles(pf, path)
@@ -265,7 +312,8 @@ def open_namespace(profile: str | None = None, *, state: str | os.PathLike[str] 
     keys = EntityKeys.load(prof.keys) if prof.keys is not None else None
     ns: Namespace = FederatedNamespace(
         prof.registry, keys=keys, token=prof.token, entity=prof.entity, near=prof.near,
-        cache_dir=Path(prof.cache_dir) if prof.cache_dir else None, memory_bytes=memory_bytes)
+        cache_dir=Path(prof.cache_dir) if prof.cache_dir else None, memory_bytes=memory_bytes,
+        registry_ca=prof.registry_ca, plaintext=prof.plaintext)
     return ns
 
 

@@ -18,8 +18,8 @@ from gfs.errors import ChunkMissingError, InvalidPathError, NotFoundError
 from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
 from gfs.federation.testing import Federation
-from gfs.federation.wire import pack_frames
 from gfs.federation.tls import trust_for
+from gfs.federation.wire import pack_frames
 
 DATA = os.urandom(200_000) + b"shared tail " * 20_000
 

@@ -32,8 +32,8 @@ from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
 from gfs.federation.site import init_site
 from gfs.federation.testing import Federation, Proc
-from gfs.federation.wire import pack_frames
 from gfs.federation.tls import trust_for
+from gfs.federation.wire import pack_frames
 
 
 @pytest.fixture(scope="module")

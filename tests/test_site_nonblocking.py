@@ -1,6 +1,7 @@
 """Handlers never block the event loop: while a namespace write waits for the site's
 write lock (held here, from the outside), /v1/health and reads of other files still
-answer. An in-process site on loopback (port 0), signed requests of its own entity."""
+answer. An in-process site on loopback (port 0) over TLS with its own certificate,
+signed requests of its own entity."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gfs.federation.auth import EntityKeys
+from gfs.federation.certs import site_serve_tls
 from gfs.federation.site import Site, init_site, make_app
 from gfs.federation.site_client import SiteClient
+from gfs.federation.tls import ServerTls, Trust, trust_for
 
 #: Seconds a request that must not wait may take (far above a loopback answer).
 PROMPT = 5.0
@@ -47,6 +51,13 @@ class Served:
     site: Site
     url: str
     gate: GateLock
+    trust: Trust
+
+    def client(self, keys: EntityKeys | None, timeout: float) -> SiteClient:
+        """A client of the site that checks its certificate (no registry is asked: the
+        site and its entity are named, and the entity's CA is the trust's own)."""
+        return SiteClient(self.url, keys=keys, timeout=timeout, tls=self.trust, site="s1",
+                          entity="bank-a")
 
 
 @pytest.fixture
@@ -56,19 +67,25 @@ def served(tmp_path: Path) -> Iterator[Served]:
     init_site(state, name="s1", entity="bank-a", region="cn-west",
               registry="http://127.0.0.1:9", primary=True)
     site = Site(state)
+    trust = trust_for(site.keys)
+    assert trust is not None and trust.directory is not None
+    site_serve_tls(trust.directory, "s1", "bank-a", "127.0.0.1")
+    tls = ServerTls(trust.directory, trust, mutual=True)
     gate = GateLock()
     site.write_lock = gate  # type: ignore[assignment]
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app(site))
+    app = make_app(site)
+    app.middlewares.append(tls.middleware)
+    runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
-    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    tcp = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
     loop.run_until_complete(tcp.start())
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}"
     site.endpoint = url
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield Served(site, url, gate)
+        yield Served(site, url, gate, trust)
     finally:
         if gate.inner.locked():
             gate.inner.release()
@@ -93,14 +110,14 @@ WRITES: dict[str, Callable[[SiteClient], Any]] = {
 @pytest.mark.parametrize("op", sorted(WRITES))
 def test_a_blocked_write_does_not_stall_other_requests(served: Served, op: str) -> None:
     keys = served.site.keys
-    with SiteClient(served.url, keys=keys, timeout=DEADLINE) as sc:
+    with served.client(keys, DEADLINE) as sc:
         sc.mkdir("/bank-a/d")
         sc.write("/bank-a/d/other", b"other file")
         sc.write("/bank-a/d/victim", b"v")
     result: dict[str, Any] = {}
 
     def write() -> None:
-        with SiteClient(served.url, keys=keys, timeout=DEADLINE) as w:
+        with served.client(keys, DEADLINE) as w:
             try:
                 result["ok"] = WRITES[op](w)
             except Exception as e:  # reported by the assertion below
@@ -111,7 +128,7 @@ def test_a_blocked_write_does_not_stall_other_requests(served: Served, op: str) 
     writer.start()
     try:
         assert served.gate.contended.wait(DEADLINE), f"{op} never reached the write lock"
-        with SiteClient(served.url, keys=keys, timeout=PROMPT) as quick:
+        with served.client(keys, PROMPT) as quick:
             assert quick.health().status == "ok"
             assert quick.read("/bank-a/d/other") == b"other file"
             assert quick.stat("/bank-a/d/other").size == 10
@@ -134,13 +151,13 @@ def test_a_slow_gauge_does_not_stall_health(served: Served) -> None:
     got: dict[str, Any] = {}
 
     def scrape() -> None:
-        with SiteClient(served.url, timeout=DEADLINE) as sc:
+        with served.client(None, DEADLINE) as sc:
             got["text"] = sc.call("GET", "/metrics")
     scraper = threading.Thread(target=scrape)
     scraper.start()
     try:
         assert entered.wait(DEADLINE)
-        with SiteClient(served.url, timeout=PROMPT) as quick:
+        with served.client(None, PROMPT) as quick:
             assert quick.health().status == "ok"
     finally:
         release.set()

@@ -17,6 +17,7 @@ from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.http import ApiError, BadRequestError
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
+from gfs.federation.tls import trust_for
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.registry()
         f.site("a1", "bank-a", "cn-west", primary=True, industry="FIN")
         f.site("t1", "telco-b", "cn-east", primary=True, industry="TEL")
-        f.admit("lab-c", "cn-north", keys=EntityKeys.create(root / "lab-c", "lab-c"))
+        f.site("c1", "lab-c", "cn-north", primary=True)  # an entity with no grants
         with f.client("bank-a") as fc:
             for d in ("data", "shared/sub", "rw", "lists"):
                 fc.mkdir(f"/bank-a/{d}", parents=True, exist_ok=True)
@@ -44,8 +45,9 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
 
 def _site(fed: Federation, entity: str | None = None, *, token: str | None = None,
           keys: EntityKeys | None = None) -> SiteClient:
-    return SiteClient(fed.sites["a1"]["url"],
-                      keys=keys or (fed.keys(entity) if entity else None), token=token)
+    keys = keys or (fed.keys(entity) if entity else None)
+    return SiteClient(fed.sites["a1"]["url"], keys=keys, token=token,
+                      tls=trust_for(keys) if keys else fed.trust, site="a1")
 
 
 def test_list_has_full_stats_and_revalidates_by_version(fed: Federation) -> None:
@@ -162,7 +164,7 @@ def test_grantee_cannot_change_outside_its_write_grant(fed: Federation) -> None:
 
 
 def test_an_entity_without_grants_sees_nothing(fed: Federation, tmp_path: Path) -> None:
-    lab = EntityKeys.load(fed.root / "lab-c")
+    lab = fed.keys("lab-c")
     with _site(fed, keys=lab) as sc:
         assert sc.visible().prefixes == []
         for call in (lambda: sc.list_dir("/bank-a/shared"), lambda: sc.stat("/bank-a/shared"),
@@ -195,11 +197,12 @@ def test_a_token_bound_to_a_prefix_cannot_list_outside_it(fed: Federation) -> No
         sc.list_dir("/bank-a/shared")
 
 
-def test_unreachable_site_is_unavailable_site_error() -> None:
+def test_unreachable_site_is_unavailable_site_error(fed: Federation) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with SiteClient(f"http://127.0.0.1:{port}") as sc, \
+    with SiteClient(f"https://127.0.0.1:{port}", keys=fed.keys("bank-a"), site="a1",
+                    entity="bank-a") as sc, \
             pytest.raises(UnavailableSiteError) as e:
         sc.health()
     assert e.value.errno == errno.EHOSTUNREACH and isinstance(e.value, ConnectionError)

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from gfs.federation.client import FederationClient
-    from gfs.profiles import Profile
     from gfs.federation.tls import ServerTls, Trust
+    from gfs.profiles import Profile
 
 REGISTRY_ENV = "HUTONG_REGISTRY"
 REGISTRY_CA_ENV = "HUTONG_REGISTRY_CA"
@@ -244,7 +244,8 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
 
 # -- TLS (gfs/federation/tls.py) -----------------------------------------------------------
 
-def _plaintext_option(p: argparse.ArgumentParser) -> None:
+def add_plaintext_option(p: argparse.ArgumentParser) -> None:
+    """Add --insecure-plaintext (plain http://, development only) to parser `p`."""
     from gfs.federation.tls import PLAINTEXT_OPTION
 
     p.add_argument(PLAINTEXT_OPTION, action="store_true", dest="insecure_plaintext",
@@ -263,11 +264,9 @@ def _plaintext(args: argparse.Namespace) -> bool:
 
 
 def _read_ca(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read the registry CA {path}: {e.strerror}; pass the "
-                          "registry's STATE/tls/ca.pem") from None
+    from gfs.federation.tls import read_registry_ca
+
+    return read_registry_ca(Path(path))
 
 
 def _site_tls(site: Any, args: argparse.Namespace) -> ServerTls | None:
@@ -294,12 +293,20 @@ def _site_tls(site: Any, args: argparse.Namespace) -> ServerTls | None:
     return tls
 
 
-def _client_trust(args: argparse.Namespace, registry: str, keys: Any) -> Trust:
+def _client_trust(args: argparse.Namespace, registry: str, keys: Any,
+                  prof: Profile | None = None) -> Trust:
+    """--registry-ca (else $HUTONG_REGISTRY_CA, else the profile's copy) and
+    --insecure-plaintext (or the profile's choice)."""
     from gfs.federation.tls import client_trust
 
     ca = getattr(args, "registry_ca", None) or os.environ.get(REGISTRY_CA_ENV)
-    return client_trust(registry, keys=keys, registry_ca=_read_ca(ca) if ca else None,
-                        plaintext=_plaintext(args))
+    pem = _read_ca(ca) if ca else None
+    if prof is not None and prof.registry != registry.rstrip("/"):
+        prof = None  # another registry than the profile's: its CA says nothing of it
+    if pem is None and prof is not None and prof.registry_ca is not None:
+        pem = prof.registry_ca.encode("ascii")
+    plaintext = _plaintext(args) or (prof is not None and prof.plaintext)
+    return client_trust(registry, keys=keys, registry_ca=pem, plaintext=plaintext)
 
 
 # -- clients ------------------------------------------------------------------------------
@@ -334,7 +341,7 @@ def _fed(args: argparse.Namespace) -> FederationClient:
         raise ConfigError(f"no identity: pass --token (or set ${TOKEN_ENV}) or --keys DIR")
     near = getattr(args, "near", None) or (prof.near if prof is not None else None)
     return FederationClient(registry, keys=keys, token=token, near=near,
-                            tls=_client_trust(args, registry, keys))
+                            tls=_client_trust(args, registry, keys, prof or _profile(args)))
 
 
 def _entity_of(args: argparse.Namespace, fc: FederationClient) -> str:
@@ -483,7 +490,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     ident.add_argument("--near", metavar="SITE", help="read from replicas nearest this site")
     ident.add_argument("--registry-ca", metavar="FILE", help="the registry's CA certificate "
                        f"(${REGISTRY_CA_ENV}); with --keys, the one pinned at site init")
-    _plaintext_option(ident)
+    add_plaintext_option(ident)
 
     p = sub.add_parser("registry", help="run the federation registry", parents=[common])
     rs = p.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
@@ -496,7 +503,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--admission", choices=("operator", "open"), default="operator",
                     help="operator: entities exist once `registry admit` admits them "
                     "(default); open: on a signed registration (tests, demos)")
-    _plaintext_option(sp)
+    add_plaintext_option(sp)
     sp.set_defaults(func=cmd_registry_serve)
     sp = rs.add_parser("admit", parents=[common], help="admit an entity (the operator)",
                        description="Bind entity NAME to its public key in the registry "
@@ -540,7 +547,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--reconcile-interval", type=duration_arg, default=30.0,
                     help="seconds between rule evaluations (0: only on request)")
     sp.add_argument("--no-mover", action="store_true", help="no mover port")
-    _plaintext_option(sp)
+    add_plaintext_option(sp)
     sp.set_defaults(func=cmd_site_serve)
 
     p = sub.add_parser("token", help="mint user tokens", parents=[common])

@@ -42,10 +42,10 @@ from gfs.federation.site_client import (
     SiteUnavailableError,
 )
 from gfs.federation.source import SiteSource
+from gfs.federation.tls import Trust, trust_for
 from gfs.federation.upload import put_missing
 from gfs.meta import Manifest
 from gfs.namespace_api import Stat
-from gfs.federation.tls import Trust, trust_for
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import prepare
 

@@ -1,6 +1,7 @@
 """`FederatedNamespace`: the global tree across entities and sites, as a `Namespace`.
 
-    ns = FederatedNamespace("http://registry:8700", keys=EntityKeys.load(d), near="b-1")
+    ns = FederatedNamespace("https://registry:8700", keys=EntityKeys.load(d), near="b-1")
+    ns = FederatedNamespace("https://registry:8700", token=t, registry_ca="ca.pem")
     ns.ls("/")                          # the entities the caller may see, its own first
     with ns.open("/bank-a/shared/x.parquet") as f: ...   # nearest verified replicas
     ns.write_bytes("/telco-b/out/y.csv", data)           # close-to-open commit
@@ -29,6 +30,7 @@ from typing import Any, BinaryIO
 from gfs import paths
 from gfs.disk_cache import DiskCache
 from gfs.errors import (
+    ConfigError,
     CrossEntityError,
     ExistsError,
     FileTooLargeError,
@@ -44,6 +46,7 @@ from gfs.federation.auth import AuthError, EntityKeys, token_claims, token_issue
 from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, UnavailableError
 from gfs.federation.site_client import SiteClient, SiteUnavailableError
+from gfs.federation.tls import Trust, client_trust, read_registry_ca
 from gfs.federation.upload import SpoolWriter, upload
 from gfs.federation.views import Visibility
 from gfs.meta import Manifest
@@ -69,15 +72,29 @@ class FederatedNamespace:
     def __init__(self, registry: str, *, keys: EntityKeys | None = None,
                  token: str | None = None, entity: str | None = None,
                  near: str | None = None, cache_dir: Path | None = None,
-                 memory_bytes: int | None = None) -> None:
+                 memory_bytes: int | None = None,
+                 registry_ca: bytes | str | Path | None = None, tls: Trust | None = None,
+                 plaintext: bool = False) -> None:
+        """`registry_ca` (PEM, or its file) is the registry's CA, needed with a token;
+        keys from a site directory bring their own (its pinned CA and certificate).
+        `tls` gives the whole trust instead; `plaintext` allows an http:// registry
+        (development only, `--insecure-plaintext`)."""
         me = keys.name if keys is not None else token_issuer(token) if token else None
         if entity is not None and me is not None and entity != me:
             raise PermissionDeniedError(f"/{entity}", f"the credentials are {me!r}'s, not "
                                         f"{entity!r}'s; use that entity's keys or token")
         self.entity = entity or me
         memory = DEFAULT_MEMORY_BYTES if memory_bytes is None else memory_bytes
+        if tls is None:
+            tls = client_trust(registry, keys=keys, plaintext=plaintext,
+                               registry_ca=None if registry_ca is None
+                               else read_registry_ca(registry_ca))
+        if registry.startswith("https://") and tls.registry_ca is None:
+            raise ConfigError(f"no CA to check registry {registry}: pass registry_ca= "
+                              "(--registry-ca FILE, the registry's STATE/tls/ca.pem) or "
+                              "keys from a site directory")
         self.fc = FederationClient(registry, keys=keys, token=token, near=near,
-                                   cache_bytes=0)
+                                   cache_bytes=0, tls=tls)
         self.chunks: MemoryTier = cached(
             self.fc.source, memory, threads=FETCH_THREADS,
             disk=None if cache_dir is None else DiskCache(cache_dir))

@@ -323,10 +323,38 @@ class ServerTls:
 
 def client_trust(registry: str, *, keys: EntityKeys | None = None,
                  registry_ca: bytes | None = None, plaintext: bool = False) -> Trust:
-    """The trust of a client: the one beside `keys` (a site's directory) unless a
-    `registry_ca` is given, else a user's trust in that CA; `plaintext` allows http://."""
-    trust = trust_for(keys) if registry_ca is None else None
-    if trust is None:
-        trust = Trust(registry, registry_ca, plaintext=plaintext)
+    """The trust of a client of `registry`: the one kept beside `keys` (a site's
+    directory: its certificate and pinned CA) when it pins that registry's CA, a trust
+    with the site's certificate and `registry_ca` when either differs, else a user's
+    trust in `registry_ca` (no certificate). `plaintext` allows http://."""
+    base = trust_for(keys)
+    if base is not None and registry_ca in (None, base.registry_ca) \
+            and _key(registry) == _key(base.registry_url):
+        trust = base
+    elif base is not None:
+        trust = Trust(registry, registry_ca or base.registry_ca, directory=base.directory)
+    else:
+        trust = Trust(registry, registry_ca)
     trust.plaintext = trust.plaintext or plaintext
     return trust
+
+
+def read_registry_ca(source: bytes | str | Path) -> bytes:
+    """The registry CA certificate (PEM) given as its bytes or text, or as the path of
+    its file; ConfigError naming the file and the remedy when it is not one."""
+    if isinstance(source, Path) or (isinstance(source, str) and "-----BEGIN" not in source):
+        try:
+            pem = Path(source).expanduser().read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read the registry CA {source}: {e.strerror}; pass "
+                              "the registry's STATE/tls/ca.pem") from None
+        where = f"registry CA {source}"
+    else:
+        pem = source.encode("ascii", "replace") if isinstance(source, str) else source
+        where = "the registry CA"
+    try:
+        x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise ConfigError(f"{where} is not a PEM certificate; pass the registry's "
+                          "STATE/tls/ca.pem") from None
+    return pem
