@@ -311,7 +311,8 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("rule", "reconcile"): ["rule", "reconcile"],
     ("status",): ["status", "--registry", "not a url"],
     ("profile", "add"): ["profile", "add", "p", "--registry", "http://127.0.0.1:9",
-                         "--entity", "bank-a", "--keys", "/no/such/keys"],
+                         "--entity", "bank-a", "--keys", "/no/such/keys",
+                         "--insecure-plaintext"],
     ("profile", "ls"): ["--profile", "nosuch", "profile", "ls"],
     ("profile", "use"): ["profile", "use", "nosuch"],
     ("profile", "rm"): ["profile", "rm", "nosuch"],
@@ -344,6 +345,15 @@ BAD_FLAGS: dict[str, list[str]] = {
     "mount --meta-entries": ["mount", "OUT", "--meta-entries", "0"],
     "mount --meta-ttl": ["mount", "OUT", "--meta-ttl", "-1"],
     "mount --profile": ["mount", "OUT", "--profile", "no-such-profile"],
+    "profile add --registry-ca missing": ["profile", "add", "p", "--registry",
+                                          "https://127.0.0.1:9", "--entity", "bank-a",
+                                          "--token", "t", "--registry-ca", "/no/such/ca.pem"],
+    "profile add --registry-ca garbage": ["profile", "add", "p", "--registry",
+                                          "https://127.0.0.1:9", "--entity", "bank-a",
+                                          "--token", "t", "--registry-ca", "pyproject.toml"],
+    "grant --registry-ca garbage": ["grant", "/x/**", "--to", "y", "--read", "--registry",
+                                    "https://127.0.0.1:9", "--token", "t", "--registry-ca",
+                                    "pyproject.toml"],
 }
 
 

@@ -24,7 +24,6 @@ from gfs.errors import (
     ReadOnlyError,
     UnavailableSiteError,
 )
-from gfs.federation.http import HttpClient
 from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
@@ -72,7 +71,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
 def _ns(fed: Federation, entity: str | None = None, token: str | None = None,
         **kw: object) -> FederatedNamespace:
     return FederatedNamespace(fed.registry_url, keys=fed.keys(entity) if entity else None,
-                              token=token, **kw)  # type: ignore[arg-type]
+                              token=token, registry_ca=None if entity else fed.registry_ca,
+                              **kw)  # type: ignore[arg-type]
 
 
 def test_the_root_lists_the_callers_entity_first(fed: Federation) -> None:
@@ -271,7 +271,7 @@ def test_kill_9_of_the_primary_during_an_upload_leaves_nothing(mirrored: Federat
                 failure.append(e)
         t = threading.Thread(target=close)
         t.start()
-        probe = HttpClient(mirrored.sites["lab-1"]["url"], timeout=5)
+        probe = mirrored.http("lab-1", timeout=5)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # until the primary stored the first chunks
             text = probe.call("GET", "/metrics")
@@ -338,7 +338,7 @@ def test_chunks_by_path_serve_only_that_files_chunks(fed: Federation) -> None:
         secret = owner.fc.manifest("/bank/secret/keys.txt").refs()[0].id
         shared = owner.fc.manifest("/bank/shared/q1/data.csv").refs()[0].id
     url = fed.sites["bank-1"]["url"]
-    with SiteClient(url, keys=fed.keys("telco")) as sc:
+    with SiteClient(url, keys=fed.keys("telco"), site="bank-1") as sc:
         [blob] = sc.get([shared], path="/bank/shared/q1/data.csv")
         assert blob is not None and decode_blob(blob, expect_id=shared) == b"a,b\n1,2\n"
         for ids, path in (([secret], "/bank/shared/q1/data.csv"),
@@ -350,7 +350,7 @@ def test_chunks_by_path_serve_only_that_files_chunks(fed: Federation) -> None:
         with pytest.raises(ValueError, match="owner"):
             sc.get([shared], owner="telco", path="/bank/shared/q1/data.csv")
     token = fed.keys("bank").mint_token("ann", "read", "/bank/shared", ttl=600)
-    with SiteClient(url, token=token) as sc:
+    with SiteClient(url, token=token, tls=fed.trust, site="bank-1") as sc:
         assert sc.get([shared], path="/bank/shared/q1/data.csv")[0] is not None
         with pytest.raises(PermissionError):
             sc.get([secret], path="/bank/secret/keys.txt")

@@ -252,7 +252,8 @@ def test_sigterm_commits_a_file_held_open_then_unmounts(tmp_path: Path) -> None:
 
 def test_mount_of_a_profile_refuses_the_embedded_disk_tier_flags(tmp_path: Path) -> None:
     EntityKeys.create(tmp_path / "keys", "lab")
-    add_profile("p", registry="http://127.0.0.1:9", entity="lab", keys=tmp_path / "keys")
+    add_profile("p", registry="http://127.0.0.1:9", entity="lab", keys=tmp_path / "keys",
+                plaintext=True)
     (tmp_path / "mnt").mkdir()
     proc = hutong("--profile", "p", "mount", str(tmp_path / "mnt"), "--disk-cache-dir",
                   str(tmp_path / "c"), check=False)

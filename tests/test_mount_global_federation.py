@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from gfs.federation.http import HttpClient
 from gfs.federation.testing import Federation
 from gfs.profiles import add_profile
 from tests import test_federated_namespace as fedns
@@ -46,7 +45,7 @@ def gmount(fed: Federation, profile: str, mnt: Path, ttl: float = TTL) -> Iterat
 def _needs_endpoint(fed: Federation, site: str, method: str, endpoint: str) -> None:
     """Skip unless the site serves `endpoint` (the grant view and attribute changes of
     the federated namespace come with the typed site server, issue 12 part 3)."""
-    probe = HttpClient(fed.sites[site]["url"], timeout=5)
+    probe = fed.http(site, timeout=5)
     try:
         status, _, _ = probe.request(method, endpoint, query={"path": "/"})
     finally:
@@ -256,7 +255,7 @@ def test_kill_9_of_the_primary_during_a_write(lab_fed: Federation, tmp_path: Pat
                 failure.append(e)
         t = threading.Thread(target=close)
         t.start()
-        probe = HttpClient(lab_fed.sites["lab-1"]["url"], timeout=5)
+        probe = lab_fed.http("lab-1", timeout=5)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # until the primary stored the first chunks
             if b"chunks_stored_total" in probe.call("GET", "/metrics"):
@@ -276,7 +275,7 @@ def test_kill_9_of_the_primary_during_a_write(lab_fed: Federation, tmp_path: Pat
 
 def _requests(fed: Federation, site: str) -> Counter[str]:
     """Requests served by `site` so far, by route (its /metrics)."""
-    probe = HttpClient(fed.sites[site]["url"], timeout=5)
+    probe = fed.http(site, timeout=5)
     try:
         text = probe.call("GET", "/metrics").decode()
     finally:

@@ -14,6 +14,7 @@ import pytest
 import gfs
 from gfs.client import Client
 from gfs.federation.auth import EntityKeys
+from gfs.federation.certs import CA_CERT, create_ca
 from gfs.profiles import (
     PROFILES_ENV,
     ProfileError,
@@ -24,7 +25,17 @@ from gfs.profiles import (
 )
 from tests.test_cli_behaviour import assert_one_error, hutong
 
-REGISTRY = "http://127.0.0.1:8700"
+REGISTRY = "https://127.0.0.1:8700"
+
+
+@pytest.fixture(autouse=True)
+def ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A registry CA certificate, given to every `profile add` here through
+    $HUTONG_REGISTRY_CA unless a test passes --registry-ca itself."""
+    create_ca(tmp_path / "registry-tls", "registry", "registry CA")
+    path = tmp_path / "registry-tls" / CA_CERT
+    monkeypatch.setenv("HUTONG_REGISTRY_CA", str(path))
+    return path
 
 
 @pytest.fixture
@@ -77,8 +88,13 @@ def test_add_ls_use_rm_through_the_command(keys: Path, profiles: Path) -> None:
     (["--keys", "KEYS", "--registry", "ftp://x"], "registry URL"),
     (["--keys", "KEYS", "--registry", "http://h:99999"], "invalid port"),
     (["--keys", "KEYS", "--near", "Bad Site"], "site"),
+    (["--keys", "KEYS", "--registry-ca", "/no/such/ca.pem"], "cannot read the registry CA"),
+    (["--keys", "KEYS", "--registry-ca", "GARBAGE"], "not a PEM certificate"),
+    (["--keys", "KEYS", "NOCA"], "no CA to check registry"),
+    (["--keys", "KEYS", "--registry", "http://h:1"], "plain http://"),
+    (["--keys", "KEYS", "--insecure-plaintext"], "is for an http:// registry"),
 ], ids=["both", "missing-keys", "empty-keys", "bad-token", "other-token", "url", "port",
-        "near"])
+        "near", "missing-ca", "garbage-ca", "no-ca", "http", "plaintext-https"])
 def test_bad_profile_is_refused_and_changes_nothing(argv: list[str], words: str, keys: Path,
                                                     profiles: Path, tmp_path: Path) -> None:
     hutong("profile", "add", "keep", "--registry", REGISTRY, "--entity", "bank-a", "--keys",
@@ -87,16 +103,35 @@ def test_bad_profile_is_refused_and_changes_nothing(argv: list[str], words: str,
     (tmp_path / "empty").mkdir()
     other = tmp_path / "other"
     EntityKeys.create(other, "telco-b")
+    (tmp_path / "garbage.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nnot one\n")
     subst = {"KEYS": str(keys), "EMPTY": str(tmp_path / "empty"),
+             "GARBAGE": str(tmp_path / "garbage.pem"),
              "TOKEN_OF_OTHER": EntityKeys.load(other).mint_token("u", "read", "/telco-b", 60)}
-    argv = [subst.get(a, a) for a in argv]
+    env = {"HUTONG_REGISTRY_CA": ""} if "NOCA" in argv else None
+    argv = [subst.get(a, a) for a in argv if a != "NOCA"]
     if "--registry" not in argv:
         argv += ["--registry", REGISTRY]
-    proc = hutong("profile", "add", "keep", "--entity", "bank-a", *argv, check=False)
+    proc = hutong("profile", "add", "keep", "--entity", "bank-a", *argv, check=False, env=env)
     assert proc.returncode == 2, proc.stderr.decode()
     assert words in proc.stderr.decode()
     assert "Traceback" not in proc.stderr.decode()
     assert profiles.read_bytes() == before
+
+
+def test_the_registry_ca_is_copied_into_the_profile(keys: Path, ca: Path,
+                                                     profiles: Path) -> None:
+    pem = ca.read_text()
+    hutong("profile", "add", "a", "--registry", REGISTRY, "--entity", "bank-a", "--keys",
+           str(keys), "--registry-ca", str(ca))
+    ca.unlink()  # the profile does not depend on the file any more
+    assert load_profiles(profiles).profiles["a"].registry_ca == pem
+    hutong("profile", "add", "dev", "--registry", "http://127.0.0.1:8700", "--entity",
+           "bank-a", "--keys", str(keys), "--insecure-plaintext", env={
+               "HUTONG_REGISTRY_CA": ""})
+    rows = {r["name"]: r for r in json.loads(hutong("profile", "ls", "--json").stdout)}
+    assert (rows["a"]["registry_ca"], rows["a"]["plaintext"]) == (True, False)
+    assert (rows["dev"]["registry_ca"], rows["dev"]["plaintext"]) == (False, True)
+    assert load_profiles(profiles).profiles["dev"].registry_ca is None
 
 
 def test_keys_of_another_entity_and_reserved_names_are_refused(keys: Path,
