@@ -17,7 +17,8 @@ comment directly above a block (one per line) tells the runner about it:
 Fixtures: `venv` links ./.venv to the environment under test; `dataset` makes a
 small tree ./dataset; `store` runs `hutong init`; `federation` starts a registry and
 sites w1 and w2 of entity bank-a (states ./w1, ./w2) holding /bank-a/loans, and
-defines `registry_url` (Python) or $REGISTRY_URL (shell).
+defines `registry_url` and `registry_ca` (the registry's CA file; Python) or
+$REGISTRY_URL and $REGISTRY_CA (shell).
 """
 
 from __future__ import annotations
@@ -150,7 +151,9 @@ def _federation(d: Path, env: dict[str, str], py: list[str]) -> Iterator[None]:
                 fc.write_bytes(f"/bank-a/loans/part-{i}.csv",
                                "".join(f"{j},{j % 7}\n" for j in range(5000 * (i + 1))).encode())
         env["REGISTRY_URL"] = fed.registry_url
-        py.append(f"registry_url = {fed.registry_url!r}\n")
+        env["REGISTRY_CA"] = str(fed.registry_ca_file)
+        py.append(f"registry_url = {fed.registry_url!r}\n"
+                  f"registry_ca = {str(fed.registry_ca_file)!r}\n")
         yield
 
 

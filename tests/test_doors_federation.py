@@ -47,7 +47,8 @@ def profiles(fed: Federation) -> dict[str, str]:
     keys = fed.sites["a1"]["state"] / "federation"
     add_profile("bank", registry=fed.registry_url, entity="bank-a", keys=keys, near="a1")
     token = fed.keys("bank-a").mint_token("dan", "read", "/bank-a/shared", 600)
-    add_profile("dan", registry=fed.registry_url, entity="bank-a", token=token)
+    add_profile("dan", registry=fed.registry_url, entity="bank-a", token=token,
+                registry_ca=fed.registry_ca_file)
     add_profile("telco", registry=fed.registry_url, entity="telco-b",
                 keys=fed.sites["t1"]["state"] / "federation")
     return {"bank": "bank", "dan": "dan", "telco": "telco"}
