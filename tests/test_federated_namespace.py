@@ -15,6 +15,7 @@ import pytest
 
 from gfs.codec import decode_blob
 from gfs.errors import (
+    ConfigError,
     CrossEntityError,
     FileTooLargeError,
     InvalidPathError,
@@ -24,6 +25,8 @@ from gfs.errors import (
     ReadOnlyError,
     UnavailableSiteError,
 )
+from gfs.federation.auth import AuthError
+from gfs.federation.certs import CA_CERT, create_ca
 from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
@@ -398,3 +401,39 @@ def test_a_grantee_writes_where_it_may(fed: Federation) -> None:
 def test_credentials_of_another_entity_are_refused_at_once(fed: Federation) -> None:
     with pytest.raises(PermissionDeniedError, match="credentials are 'bank'"):
         FederatedNamespace(fed.registry_url, keys=fed.keys("bank"), entity="telco")
+
+
+# -- the registry's CA ---------------------------------------------------------------------
+def test_a_token_needs_the_registry_ca_and_takes_it_as_file_or_pem(fed: Federation) -> None:
+    token = fed.keys("bank").mint_token("ann", "read", "/bank/shared", ttl=600)
+    with pytest.raises(ConfigError, match="no CA to check registry"):
+        FederatedNamespace(fed.registry_url, token=token)
+    for ca in (fed.registry_ca_file, str(fed.registry_ca_file), fed.registry_ca,
+               fed.registry_ca.decode()):
+        with FederatedNamespace(fed.registry_url, token=token, registry_ca=ca) as ns:
+            assert ns.read_bytes("/bank/shared/q1/data.csv") == b"a,b\n1,2\n"
+    with pytest.raises(ConfigError, match="not a PEM certificate"):
+        FederatedNamespace(fed.registry_url, token=token, registry_ca=b"-----BEGIN junk")
+
+
+def test_a_registry_not_certified_by_the_given_ca_is_refused(fed: Federation,
+                                                             tmp_path: Path) -> None:
+    """A CA the attacker controls (or a wrong file) does not vouch for the registry: the
+    first call fails on the TLS check, and nothing is read."""
+    create_ca(tmp_path / "rogue", "registry", "rogue CA")
+    token = fed.keys("bank").mint_token("ann", "read", "/bank/shared", ttl=600)
+    with FederatedNamespace(fed.registry_url, token=token,
+                            registry_ca=tmp_path / "rogue" / CA_CERT) as ns, \
+            pytest.raises(AuthError) as e:
+        ns.read_bytes("/bank/shared/q1/data.csv")
+    assert e.value.code == "tls"
+
+
+def test_site_keys_with_a_registry_ca_still_present_the_sites_certificate(
+        fed: Federation) -> None:
+    """Keys of a site directory and an explicit registry CA: signed requests still come
+    with the entity's client certificate (mutual TLS), so the owner reads its own tree."""
+    with FederatedNamespace(fed.registry_url, keys=fed.keys("bank"),
+                            registry_ca=fed.registry_ca_file) as ns:
+        assert ns.fc.tls is not None and ns.fc.tls.directory is not None
+        assert ns.read_bytes("/bank/shared/q1/data.csv") == b"a,b\n1,2\n"
