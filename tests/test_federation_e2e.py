@@ -370,6 +370,8 @@ def test_cli_grant_rule_status_token(fed: Federation) -> None:
                  "/bank-a/shared", "--ttl", "10m", "--state", state).strip()
     hutong("profile", "add", "dan", "--registry", fed.registry_url, "--entity", "bank-a",
            "--token", tok, "--registry-ca", str(fed.registry_ca_file))
+    # the federation's own commands take the registry CA copied into the profile
+    assert "a1" in hutong("--profile", "dan", "status")
     assert "shared with" in hutong("--profile", "dan", "cat", "/bank-a/shared/s.txt")
     err = hutong("--profile", "dan", "cat", "/bank-a/data/x.bin", ok=False)
     assert "no such file" in err  # outside the token's prefix nothing exists
