@@ -737,6 +737,7 @@ def _seeded_site(fed: object, name: str, region: str, netns: str, files: dict[st
     """A site of FED_ENTITY whose store holds `files` before it starts (the primary's
     are the entity's files; another site's only give it their chunks)."""
     from gfs.client import Client
+    from gfs.federation.auth import EntityKeys
     from gfs.federation.site import init_site
 
     f = fed  # the gfs.federation.testing.Federation
@@ -746,6 +747,8 @@ def _seeded_site(fed: object, name: str, region: str, netns: str, files: dict[st
               registry=f.registry_url, primary=primary,  # type: ignore[attr-defined]
               keys_from=first["state"] / "federation" if first else None,
               registry_ca=f.registry_ca)  # type: ignore[attr-defined]
+    if first is None:  # the operator admits the entity (the registry's default admission)
+        f.admit(FED_ENTITY, region, keys=EntityKeys.load(state / "federation"))  # type: ignore[attr-defined]
     with Client(state) as c:
         for path, data in files.items():
             c.mkdir(path.rsplit("/", 1)[0], parents=True, exist_ok=True)

@@ -146,7 +146,7 @@ def save_profiles(pf: ProfilesFile, path: Path | None = None) -> Path:
     for name, prof in sorted(pf.profiles.items()):
         lines.append(f"\n[profiles.{json.dumps(name)}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in prof.model_dump().items()
-                  if v is not None]
+                  if v is not None and v is not False]  # defaults left out
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
