@@ -23,8 +23,10 @@ from gfs.errors import ConfigError
 from gfs.federation import certs
 from gfs.federation.auth import AuthError, EntityKeys, audience_of
 from gfs.federation.http import BadRequestError, HttpClient, UnavailableError
+from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.testing import Federation, Proc
 from gfs.federation.tls import Trust, trust_for
+from gfs.profiles import ProfileError, add_profile, open_namespace
 
 MARK = b"TLS-CAPTURE-MARKER-7f3a9c"
 _HANDSHAKE_REFUSED = r"(?i)unknown.ca|closed connection|reset"
@@ -356,6 +358,28 @@ def test_insecure_plaintext_is_explicit_and_loud(tmp_path: Path) -> None:
     finally:
         assert p.stop() == 0
     assert not (d / "tls").exists()  # no TLS material made for a plaintext registry
+
+
+def test_a_plaintext_profile_reaches_a_plaintext_registry_only_when_it_says_so(
+        tmp_path: Path) -> None:
+    """A profile of an http:// registry is made only with plaintext (--insecure-plaintext),
+    and its namespace then talks plain HTTP; without it the namespace refuses to."""
+    d = tmp_path / "reg"
+    p = Proc([sys.executable, "-m", "gfs.cli", "registry", "serve", "--state", str(d),
+              "--insecure-plaintext"], tmp_path / "reg.log")
+    try:
+        token = EntityKeys.create(tmp_path / "keys", "bank-p").mint_token(
+            "ann", "read", "/bank-p", 600)
+        with pytest.raises(ProfileError, match="insecure-plaintext"):
+            add_profile("dev", registry=p.url, entity="bank-p", token=token)
+        add_profile("dev", registry=p.url, entity="bank-p", token=token, plaintext=True)
+        with open_namespace("dev") as ns:
+            assert ns.sites() == {}  # type: ignore[attr-defined]
+        with FederatedNamespace(p.url, token=token) as fns, \
+                pytest.raises(ConfigError, match="insecure-plaintext"):
+            fns.sites()
+    finally:
+        assert p.stop() == 0
 
 
 def test_site_init_pins_the_registry_ca_from_the_command_line(tmp_path: Path) -> None:
