@@ -99,6 +99,10 @@ class Profile(Schema):
             raise ValueError("give exactly one identity: a token or a keys directory")
         if self.near is not None:
             check_name(self.near, "site")
+        if self.registry_ca is not None:
+            from gfs.federation.tls import read_registry_ca
+
+            read_registry_ca(self.registry_ca)  # a ConfigError is a ValueError: key named
         return self
 
 

@@ -166,6 +166,13 @@ def test_corrupt_file_is_a_clear_error(profiles: Path, state_dir: Path) -> None:
     assert proc.returncode == 2
     assert "did you mean 'token'?" in proc.stderr.decode()
     assert_one_error(proc.stderr)
+    profiles.write_text("current = 'a'\n[profiles.a]\nregistry = 'https://x:1'\n"
+                        "entity = 'bank-a'\ntoken = 't'\nregistry_ca = "
+                        "'-----BEGIN CERTIFICATE-----\\nnope\\n-----END CERTIFICATE-----'\n")
+    proc = hutong("ls", "/", state=state_dir, check=False)
+    assert proc.returncode == 2
+    assert "profiles.a: the registry CA is not a PEM certificate" in proc.stderr.decode()
+    assert_one_error(proc.stderr)
 
 
 @pytest.fixture
