@@ -190,7 +190,8 @@ def _check_identity(entity: str, token: str | None, keys: str | None) -> None:
 def _registry_ca(name: str, url: str, registry_ca: bytes | str | os.PathLike[str] | None,
                  plaintext: bool) -> str | None:
     """The PEM text of `registry_ca` (a file or PEM), checked; ProfileError otherwise."""
-    from gfs.federation.tls import PLAINTEXT_OPTION, read_registry_ca
+    from gfs.federation import PLAINTEXT_OPTION
+    from gfs.federation.tls import read_registry_ca
 
     if url.startswith("http://") and not plaintext:
         raise ProfileError(f"profile {name!r}: registry {url} is plain http://, unencrypted "

@@ -11,3 +11,10 @@ registry/site/rule/grant/token/status` commands.
 """
 
 from __future__ import annotations
+
+PLAINTEXT_OPTION = "--insecure-plaintext"
+"""The command-line option that allows plain http:// (local development only); here, not
+in gfs.federation.tls, so that building the command line imports no TLS code."""
+PLAINTEXT_WARNING = ("WARNING: --insecure-plaintext: requests, tokens and file data travel "
+                     "UNENCRYPTED and servers are NOT authenticated; use it only on a "
+                     "development machine")

@@ -246,7 +246,7 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
 
 def add_plaintext_option(p: argparse.ArgumentParser) -> None:
     """Add --insecure-plaintext (plain http://, development only) to parser `p`."""
-    from gfs.federation.tls import PLAINTEXT_OPTION
+    from gfs.federation import PLAINTEXT_OPTION
 
     p.add_argument(PLAINTEXT_OPTION, action="store_true", dest="insecure_plaintext",
                    help="plain HTTP, no TLS: unencrypted and unauthenticated, for a "
@@ -254,7 +254,7 @@ def add_plaintext_option(p: argparse.ArgumentParser) -> None:
 
 
 def _plaintext(args: argparse.Namespace) -> bool:
-    from gfs.federation.tls import PLAINTEXT_WARNING
+    from gfs.federation import PLAINTEXT_WARNING
 
     if getattr(args, "insecure_plaintext", False):
         log.warning(PLAINTEXT_WARNING)

@@ -261,7 +261,7 @@ class HttpClient:
     def connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
         """A new connection to the server (not kept, requests not signed) with the TLS
         checks of `request`: for sending hand-made requests."""
-        from gfs.federation.tls import PLAINTEXT_OPTION
+        from gfs.federation import PLAINTEXT_OPTION
 
         t = self.timeout if timeout is None else timeout
         if not self.secure:

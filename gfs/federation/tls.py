@@ -34,11 +34,6 @@ if TYPE_CHECKING:
     from gfs.federation.http import HttpClient
 
 log = logging.getLogger("gfs.federation")
-PLAINTEXT_OPTION = "--insecure-plaintext"
-"""The command-line option that allows plain http:// (local development only)."""
-PLAINTEXT_WARNING = ("WARNING: --insecure-plaintext: requests, tokens and file data travel "
-                     "UNENCRYPTED and servers are NOT authenticated; use it only on a "
-                     "development machine")
 RECORD_TTL = 60.0
 """Seconds another entity's CA (from the registry) is trusted before it is fetched again."""
 SITES_TTL = 5.0
