@@ -13,6 +13,7 @@ and putting the same content again heals every file that names it.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,7 +46,11 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
         with store.engine.read() as txn:
             chunks = {rec.id: rec for rec in txn.iter_chunks()}
             packs = {p.id: p for p in txn.iter_packs()}
-        scan = scan_copies(store, chunks, packs)
+        by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
+        for cid, rec in chunks.items():
+            for loc in rec.locations:
+                by_pack[loc.pack].append((cid, loc))
+        scan = scan_copies(store, by_pack.items(), packs)
         report.copies_verified = scan.copies_verified
         # copies in unknown packs, or chunks with no location at all, are bad too
         for cid, rec in chunks.items():
