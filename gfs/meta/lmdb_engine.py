@@ -48,6 +48,7 @@ from gfs.meta.records import (
     PendingPack,
     PoolRecord,
 )
+from gfs.meta.residency import MapTrimmer
 
 __all__ = ["LmdbEngine"]
 
@@ -58,6 +59,8 @@ _MAX_KEY = 511  # LMDB's default maximum key size
 _CORE_TABLES = ("meta", "inodes", "dirents", "manifests", "chunks", "packs", "pending", "pools")
 
 _ino_key = enc.encode_ino
+#: Scans note their activity to the map trimmer every this many rows (+1).
+_TICK_ROWS = 1023
 
 
 class _Dbs:
@@ -72,10 +75,12 @@ class _Dbs:
         "packs",
         "pending",
         "pools",
+        "trimmer",
         "values",
     )
 
-    def __init__(self, handles: dict[str, Any]) -> None:
+    def __init__(self, handles: dict[str, Any], trimmer: MapTrimmer) -> None:
+        self.trimmer = trimmer
         self.meta = handles["meta"]
         self.inodes = handles["inodes"]
         self.dirents = handles["dirents"]
@@ -128,9 +133,12 @@ class _LmdbRead(ReadTxn):
         if not cur.set_range(prefix):
             return
         from_bytes = int.from_bytes
-        for key, val in cur.iternext():
+        tick = self._d.trimmer.tick
+        for i, (key, val) in enumerate(cur.iternext()):
             if key[:8] != prefix:
                 return
+            if not i & _TICK_ROWS:
+                tick()
             try:
                 name = key[8:].decode("utf-8")
             except UnicodeDecodeError:
@@ -144,7 +152,10 @@ class _LmdbRead(ReadTxn):
 
     def iter_inodes(self) -> Iterator[Inode]:
         decode = enc.decode_inode
-        for key, val in self._txn.cursor(db=self._d.inodes).iternext():
+        tick = self._d.trimmer.tick
+        for i, (key, val) in enumerate(self._txn.cursor(db=self._d.inodes).iternext()):
+            if not i & _TICK_ROWS:
+                tick()
             yield decode(enc.decode_ino(key), val)
 
     def get_manifest(self, ino: int) -> Manifest | None:
@@ -152,7 +163,10 @@ class _LmdbRead(ReadTxn):
         return None if data is None else enc.decode_manifest(ino, data)
 
     def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:
-        for key, val in self._txn.cursor(db=self._d.manifests).iternext():
+        tick = self._d.trimmer.tick
+        for i, (key, val) in enumerate(self._txn.cursor(db=self._d.manifests).iternext()):
+            if not i & _TICK_ROWS:
+                tick()
             ino = enc.decode_ino(key)
             yield ino, enc.decode_manifest(ino, val)
 
@@ -166,7 +180,10 @@ class _LmdbRead(ReadTxn):
 
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         decode = enc.decode_chunk
-        for key, val in self._txn.cursor(db=self._d.chunks).iternext():
+        tick = self._d.trimmer.tick
+        for i, (key, val) in enumerate(self._txn.cursor(db=self._d.chunks).iternext()):
+            if not i & _TICK_ROWS:
+                tick()
             yield decode(key, val)
 
     def get_pack(self, pack_id: bytes) -> PackRecord | None:
@@ -320,6 +337,7 @@ class _ReadCtx:
         self._txn: Any = None
 
     def __enter__(self) -> ReadTxn:
+        self._dbs.trimmer.tick()
         self._txn = self._env.begin(write=False)
         return _LmdbRead(self._txn, self._dbs)
 
@@ -352,6 +370,7 @@ class _WriteCtx:
                 f"metadata {eng.path}: nested write transaction in one thread would "
                 "deadlock; do all changes in the outer write() block"
             )
+        shared.dbs.trimmer.tick()
         shared.wlock.acquire()
         try:
             shared.writer = me
@@ -486,7 +505,7 @@ class LmdbEngine(MetaEngine):
                     "open it writable once (`hutong init`)"
                 ) from None
             self._check_format(fmt)
-            return _Dbs(handles)
+            return _Dbs(handles, MapTrimmer(env))
         with env.begin(write=True) as txn:
             for name in names:
                 handles[name] = env.open_db(name.encode(), txn=txn, create=True)
@@ -495,7 +514,7 @@ class LmdbEngine(MetaEngine):
                 self._initialise(txn, handles)
             else:
                 self._check_format(fmt)
-        return _Dbs(handles)
+        return _Dbs(handles, MapTrimmer(env))
 
     def _check_format(self, fmt: bytes | None) -> None:
         if fmt != enc.FORMAT_VERSION:
