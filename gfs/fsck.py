@@ -38,6 +38,9 @@ class FsckReport:
     bytes_verified: int = 0
     unreferenced_chunks: int = 0
     orphan_packs: int = 0
+    #: unknown packs of a shared pool that another store wrote (neither garbage of
+    #: this store nor damage: their owner's gc reclaims them)
+    foreign_packs: int = 0
     temporaries: int = 0
     pinned_chunks: int = 0
 
@@ -216,6 +219,7 @@ def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: Fsck
     present: set[bytes] = set()
     for pool_id in pools:
         pool = store.pool(pool_id)
+        private = store.is_private(pool_id)
         for key in pool.list("packs/"):
             pid = parse_pack_key(key)
             if pid is None:
@@ -223,7 +227,15 @@ def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: Fsck
             present.add(pid)
             p = packs.get(pid)
             if p is None:
-                report.orphan_packs += 1
+                try:  # in a shared pool, only packs with this store's tag are its orphans
+                    ours = private or store.owns(pool_id, store.pack_owner(pool_id, pid),
+                                                 referenced=False)
+                except PoolObjectMissingError:
+                    continue  # deleted meanwhile by its owner
+                if ours:
+                    report.orphan_packs += 1
+                else:
+                    report.foreign_packs += 1
                 continue
             size = pool.size(key)
             if size != p.size:  # a cut between two blobs still parses: compare sizes
