@@ -342,9 +342,8 @@ class Client:
     def set_xattrs(self, path: str, values: dict[str, bytes], *,
                    replace_all: bool = False) -> None:
         """Set extended attributes of `path`; `replace_all` drops the others first."""
-        with self.engine.write() as txn:
-            namespace.set_xattrs(txn, namespace.resolve(txn, path).ino, values,
-                                 replace_all=replace_all)
+        self.engine.transact(lambda txn: namespace.set_xattrs(
+            txn, namespace.resolve(txn, path).ino, values, replace_all=replace_all))
 
     def concat(self, path: str, sources: list[str], *, xattrs: XattrSource | None = None,
                remove: list[str] | None = None) -> Stat:
@@ -353,7 +352,8 @@ class Client:
         are joined). `xattrs` replace the attributes of `path`; the entries in `remove`
         (e.g. the directory of the sources) are removed in the same transaction."""
         norm = paths.normalize(path)
-        with self.engine.write() as txn:
+
+        def join(txn: WriteTxn) -> Stat:
             refs: list[ChunkRef] = []
             for src in sources:
                 node = namespace.resolve(txn, src)
@@ -371,6 +371,8 @@ class Client:
             for gone in remove or []:
                 release(txn, namespace.remove(txn, gone, recursive=True))
             return Stat.of(norm, node)
+
+        return self.engine.transact(join)
 
     def write_many(self, files: list[tuple[str, bytes, XattrSource | None]]) -> None:
         """Create or replace each (path, data, xattrs) file, in as few commits as the pack
@@ -401,7 +403,7 @@ class Client:
 
     def link(self, src: str, dst: str) -> None:
         """Make `dst` a hard link to the file (or symlink, or special file) `src`."""
-        with self.engine.write() as txn:
+        def link(txn: WriteTxn) -> None:
             node = namespace.resolve(txn, src)
             parent, name = namespace.resolve_parent(txn, dst)
             try:
@@ -409,14 +411,18 @@ class Client:
             except (ExistsError, NotPermittedError) as e:
                 raise type(e)(dst, e.strerror) from None
 
+        self.engine.transact(link)
+
     def mknod(self, path: str, kind: Kind, mode: int = 0o644, rdev: int = 0) -> None:
         """Create special file `path`: a FIFO, socket or device node (metadata only)."""
-        with self.engine.write() as txn:
+        def mknod(txn: WriteTxn) -> None:
             parent, name = namespace.resolve_parent(txn, path)
             try:
                 namespace.mknod_in(txn, parent, name, kind, mode, rdev=rdev)
             except (ExistsError, InvalidPathError) as e:
                 raise type(e)(path, e.strerror) from None
+
+        self.engine.transact(mknod)
 
     def rm(self, path: str, *, recursive: bool = False) -> None:
         """Remove `path` (a non-empty directory needs `recursive`)."""

@@ -60,16 +60,16 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
         keep_one = {cid: locs for cid, locs in scan.bad.items()
                     if len(set(locs)) < len(chunks[cid].locations)}
         if keep_one:
-            with store.engine.write() as txn:
-                for cid, locs in keep_one.items():
-                    report.dropped_copies += _drop_copies(txn, cid, set(locs))
+            report.dropped_copies += store.engine.transact(
+                lambda txn: sum(_drop_copies(txn, cid, set(locs))
+                                for cid, locs in keep_one.items()))
         hopeless = {cid for cid in scan.bad if cid not in keep_one}
         hopeless |= {cid for cid, rec in chunks.items() if not rec.locations and rec.refcount}
     blobs = _from_sources(hopeless, sources)
     if blobs:
         report.repaired = store.replace_copies(blobs)
     with store.gc_exclusive():
-        with store.engine.write() as txn:
+        def mark_lost(txn: WriteTxn) -> set[bytes]:
             lost: set[bytes] = set()
             for cid in hopeless:
                 current = txn.get_chunk(cid)
@@ -79,6 +79,9 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
                 lost.add(cid)
             if lost:
                 set_lost_chunks(txn, lost_chunks(txn) | lost)
+            return lost
+
+        lost = store.engine.transact(mark_lost)
         if lost:
             with store.engine.read() as txn:
                 report.damaged_files = sorted(owners(txn, lost))

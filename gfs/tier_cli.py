@@ -51,6 +51,7 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
     from gfs.client import Client
+    from gfs.meta import WriteTxn
     from gfs.tiering.policy import TierPolicy
 
     changes: dict[str, Any] = {}
@@ -59,7 +60,7 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    with Client(args.state) as fs, fs.engine.write() as txn:
+    def update(txn: WriteTxn) -> TierPolicy:
         policy = TierPolicy.load(txn)
         pins = dict(policy.pins)
         for text in args.pin or []:
@@ -76,6 +77,10 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--price {text!r}: the price must be a number") from None
         new = policy.with_changes(pins=pins, prices=prices, **changes)
         new.save(txn)
+        return new
+
+    with Client(args.state) as fs:
+        new = fs.engine.transact(update)
     print(json.dumps(new.as_dict(), indent=2, sort_keys=True))
     return 0
 
