@@ -29,7 +29,7 @@ _END: Any = object()
 #: Rows buffered in Python before one `executemany`.
 BATCH = 10_000
 #: SQLite page cache (and sorter memory) per table, KiB.
-CACHE_KIB = 16 << 10
+CACHE_KIB = 4 << 10
 
 
 class SpillTable:

@@ -117,6 +117,7 @@ class _LmdbRead(ReadTxn):
 
     # -- namespace ----------------------------------------------------------
     def get_inode(self, ino: int) -> Inode | None:
+        self._d.trimmer.tick()
         data = self._txn.get(_ino_key(ino), db=self._d.inodes)
         return None if data is None else enc.decode_inode(ino, data)
 
@@ -159,6 +160,7 @@ class _LmdbRead(ReadTxn):
             yield decode(enc.decode_ino(key), val)
 
     def get_manifest(self, ino: int) -> Manifest | None:
+        self._d.trimmer.tick()
         data = self._txn.get(_ino_key(ino), db=self._d.manifests)
         return None if data is None else enc.decode_manifest(ino, data)
 
@@ -172,10 +174,12 @@ class _LmdbRead(ReadTxn):
 
     # -- chunks, packs, pools -------------------------------------------------
     def get_chunk(self, cid: bytes) -> ChunkRecord | None:
+        self._d.trimmer.tick()
         data = self._txn.get(cid, db=self._d.chunks)
         return None if data is None else enc.decode_chunk(cid, data)
 
     def has_chunk(self, cid: bytes) -> bool:
+        self._d.trimmer.tick()
         return self._txn.get(cid, db=self._d.chunks) is not None
 
     def iter_chunks(self) -> Iterator[ChunkRecord]:

@@ -24,7 +24,10 @@ import time
 from typing import Any
 
 #: Seconds between two trims of one map.
-TRIM_INTERVAL = 0.25
+TRIM_INTERVAL = 0.1
+#: Lookups (or scan blocks) between two trims: random lookups touch about one page
+#: each, so this bounds the pages touched between trims (4096 pages: 16 MiB).
+TRIM_TICKS = 4096
 _MADV_DONTNEED = 4
 
 _libc: Any = None
@@ -37,23 +40,27 @@ if sys.platform.startswith("linux"):
 class MapTrimmer:
     """Trims the resident pages of one LMDB environment's map (see the module doc)."""
 
-    __slots__ = ("_env", "_lock", "_map", "_next", "trims")
+    __slots__ = ("_env", "_lock", "_map", "_next", "_ticks", "trims")
 
     def __init__(self, env: Any) -> None:
         self._env = env
+        self._ticks = 0
         self._map: tuple[int, int] | None = None
         self._next = time.monotonic() + TRIM_INTERVAL
         self._lock = threading.Lock()
         self.trims = 0
 
     def tick(self) -> None:
-        """Note activity; trim the map if the interval has passed since the last trim."""
-        if _libc is None or time.monotonic() < self._next:
+        """Note activity; trim the map if TRIM_TICKS ticks or TRIM_INTERVAL seconds have
+        passed since the last trim."""
+        self._ticks += 1  # approximate across threads: it only paces the trims
+        if _libc is None or (self._ticks < TRIM_TICKS and time.monotonic() < self._next):
             return
         with self._lock:
-            if time.monotonic() < self._next:
+            if self._ticks < TRIM_TICKS and time.monotonic() < self._next:
                 return
             self.trim()
+            self._ticks = 0
             self._next = time.monotonic() + TRIM_INTERVAL
 
     def trim(self) -> None:
