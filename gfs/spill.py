@@ -41,7 +41,8 @@ class SpillTable:
                 ...
     """
 
-    def __init__(self, columns: str, *, cache_kib: int = CACHE_KIB) -> None:
+    def __init__(self, columns: str, *, cache_kib: int | None = None) -> None:
+        cache_kib = CACHE_KIB if cache_kib is None else cache_kib
         # "": SQLite's private temporary database, on disk once it outgrows the cache,
         # unlinked at once (nothing is left behind, even by a killed process)
         self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
