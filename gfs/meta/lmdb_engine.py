@@ -60,7 +60,7 @@ _CORE_TABLES = ("meta", "inodes", "dirents", "manifests", "chunks", "packs", "pe
 
 _ino_key = enc.encode_ino
 #: Scans note their activity to the map trimmer every this many rows (+1).
-_TICK_ROWS = 1023
+_TICK_ROWS = 63
 
 
 class _Dbs:
@@ -139,7 +139,7 @@ class _LmdbRead(ReadTxn):
             if key[:8] != prefix:
                 return
             if not i & _TICK_ROWS:
-                tick()
+                tick(_TICK_ROWS + 1)
             try:
                 name = key[8:].decode("utf-8")
             except UnicodeDecodeError:
@@ -156,7 +156,7 @@ class _LmdbRead(ReadTxn):
         tick = self._d.trimmer.tick
         for i, (key, val) in enumerate(self._txn.cursor(db=self._d.inodes).iternext()):
             if not i & _TICK_ROWS:
-                tick()
+                tick(_TICK_ROWS + 1)
             yield decode(enc.decode_ino(key), val)
 
     def get_manifest(self, ino: int) -> Manifest | None:
@@ -168,7 +168,7 @@ class _LmdbRead(ReadTxn):
         tick = self._d.trimmer.tick
         for i, (key, val) in enumerate(self._txn.cursor(db=self._d.manifests).iternext()):
             if not i & _TICK_ROWS:
-                tick()
+                tick(_TICK_ROWS + 1)
             ino = enc.decode_ino(key)
             yield ino, enc.decode_manifest(ino, val)
 
@@ -187,7 +187,7 @@ class _LmdbRead(ReadTxn):
         tick = self._d.trimmer.tick
         for i, (key, val) in enumerate(self._txn.cursor(db=self._d.chunks).iternext()):
             if not i & _TICK_ROWS:
-                tick()
+                tick(_TICK_ROWS + 1)
             yield decode(key, val)
 
     def get_pack(self, pack_id: bytes) -> PackRecord | None:
