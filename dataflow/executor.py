@@ -293,9 +293,9 @@ class Runtime:
         if self.home is None:
             return
         client = self.stores.get(self.home)
-        with client.engine.write() as txn:
-            txn.put_value(JOBS_TABLE, f"job:{rec['id']}".encode(),
-                          json.dumps(rec, sort_keys=True, default=str).encode())
+        value = json.dumps(rec, sort_keys=True, default=str).encode()
+        client.engine.transact(
+            lambda txn: txn.put_value(JOBS_TABLE, f"job:{rec['id']}".encode(), value))
 
     def load_record(self, job_id: str) -> dict[str, Any] | None:
         """The record of job `job_id`, or None."""

@@ -461,8 +461,8 @@ class Dataflow:
     # -- small value-table helpers (home site's jobs table) ----------------------------------
     def _put_value(self, key: str, value: dict[str, Any]) -> None:
         client = self.rt.stores.get(self._home())
-        with client.engine.write() as txn:
-            txn.put_value(JOBS_TABLE, key.encode(), json.dumps(value, sort_keys=True).encode())
+        raw = json.dumps(value, sort_keys=True).encode()
+        client.engine.transact(lambda txn: txn.put_value(JOBS_TABLE, key.encode(), raw))
 
     def _get_value(self, key: str) -> dict[str, Any] | None:
         client = self.rt.stores.get(self._home())
@@ -472,8 +472,7 @@ class Dataflow:
 
     def _del_value(self, key: str) -> None:
         client = self.rt.stores.get(self._home())
-        with client.engine.write() as txn:
-            txn.delete_value(JOBS_TABLE, key.encode())
+        client.engine.transact(lambda txn: txn.delete_value(JOBS_TABLE, key.encode()))
 
     def _values(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
         client = self.rt.stores.get(self._home())

@@ -21,12 +21,12 @@ import os
 import stat as statmod
 import sys
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from gfs import namespace, paths
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
@@ -51,13 +51,16 @@ from gfs.meta import (
     Kind,
     LmdbEngine,
     Manifest,
+    MetaEngine,
     PoolRecord,
+    ReadTxn,
     WriteTxn,
     open_engine,
 )
 from gfs.namespace import XattrSource
 from gfs.namespace_api import DuReport, Stat
 from gfs.read import ChunkSource, ManifestReader, cached
+from gfs.spill import SpillTable
 from gfs.state import (
     check_identity,
     is_database_url,
@@ -258,11 +261,14 @@ class Client:
         return st.target
 
     def du(self, path: str = "/") -> DuReport:
-        """Logical bytes under `path`, the bytes of its distinct chunks, and their stored size."""
+        """Logical bytes under `path`, the bytes of its distinct chunks, and their stored size.
+
+        The chunk ids are spilled to a temporary table and counted once each in
+        id order, so memory does not grow with the tree (gfs.spill).
+        """
         norm = paths.normalize(path)
-        files = dirs = links = logical = unique = stored = 0
-        seen: set[bytes] = set()
-        with self.engine.read() as txn:
+        files = dirs = links = logical = unique = stored = distinct = 0
+        with self.engine.read() as txn, SpillTable("id BLOB") as ids:
             for node in namespace.walk(txn, namespace.resolve(txn, norm)):
                 if node.kind == Kind.DIR:
                     dirs += 1
@@ -273,16 +279,15 @@ class Client:
                     m = txn.get_manifest(node.ino)
                     if m is None:
                         continue
-                    for ref in m.chunks:
-                        logical += ref.length
-                        if ref.id in seen:
-                            continue
-                        seen.add(ref.id)
-                        rec = txn.get_chunk(ref.id)
-                        if rec is not None:
-                            unique += rec.raw_len
-                            stored += sum(loc.length for loc in rec.locations)
-        return DuReport(norm, files, dirs, links, len(seen), logical, unique, stored)
+                    logical += m.size
+                    ids.add_many((ref.id,) for ref in m.chunks)
+            rows = ids.query("SELECT DISTINCT id FROM t ORDER BY id")
+            while batch := [row[0] for row in itertools.islice(rows, 1000)]:
+                distinct += len(batch)
+                for rec in txn.get_chunks(batch).values():
+                    unique += rec.raw_len
+                    stored += sum(loc.length for loc in rec.locations)
+        return DuReport(norm, files, dirs, links, distinct, logical, unique, stored)
 
     # -- reading -------------------------------------------------------------------
     def _manifest(self, path: str) -> tuple[str, Manifest]:
@@ -367,9 +372,8 @@ class Client:
     def set_xattrs(self, path: str, values: dict[str, bytes], *,
                    replace_all: bool = False) -> None:
         """Set extended attributes of `path`; `replace_all` drops the others first."""
-        with self.engine.write() as txn:
-            namespace.set_xattrs(txn, namespace.resolve(txn, path).ino, values,
-                                 replace_all=replace_all)
+        self.engine.transact(lambda txn: namespace.set_xattrs(
+            txn, namespace.resolve(txn, path).ino, values, replace_all=replace_all))
 
     def concat(self, path: str, sources: list[str], *, xattrs: XattrSource | None = None,
                remove: list[str] | None = None) -> Stat:
@@ -378,7 +382,8 @@ class Client:
         are joined). `xattrs` replace the attributes of `path`; the entries in `remove`
         (e.g. the directory of the sources) are removed in the same transaction."""
         norm = paths.normalize(path)
-        with self.engine.write() as txn:
+
+        def join(txn: WriteTxn) -> Stat:
             refs: list[ChunkRef] = []
             for src in sources:
                 node = namespace.resolve(txn, src)
@@ -396,6 +401,8 @@ class Client:
             for gone in remove or []:
                 release(txn, namespace.remove(txn, gone, recursive=True))
             return Stat.of(norm, node)
+
+        return self.engine.transact(join)
 
     def write_many(self, files: list[tuple[str, bytes, XattrSource | None]]) -> None:
         """Create or replace each (path, data, xattrs) file, in as few commits as the pack
@@ -426,7 +433,7 @@ class Client:
 
     def link(self, src: str, dst: str) -> None:
         """Make `dst` a hard link to the file (or symlink, or special file) `src`."""
-        with self.engine.write() as txn:
+        def link(txn: WriteTxn) -> None:
             node = namespace.resolve(txn, src)
             parent, name = namespace.resolve_parent(txn, dst)
             try:
@@ -434,14 +441,18 @@ class Client:
             except (ExistsError, NotPermittedError) as e:
                 raise type(e)(dst, e.strerror) from None
 
+        self.engine.transact(link)
+
     def mknod(self, path: str, kind: Kind, mode: int = 0o644, rdev: int = 0) -> None:
         """Create special file `path`: a FIFO, socket or device node (metadata only)."""
-        with self.engine.write() as txn:
+        def mknod(txn: WriteTxn) -> None:
             parent, name = namespace.resolve_parent(txn, path)
             try:
                 namespace.mknod_in(txn, parent, name, kind, mode, rdev=rdev)
             except (ExistsError, InvalidPathError) as e:
                 raise type(e)(path, e.strerror) from None
+
+        self.engine.transact(mknod)
 
     def rm(self, path: str, *, recursive: bool = False) -> None:
         """Remove `path` (a non-empty directory needs `recursive`)."""
@@ -492,15 +503,18 @@ class Client:
         Files become visible in committed batches.
         """
         src, top, dest = put_source(local, path)
-        entries = self._scan_local(src, top)
-        unchanged = self._check_put_conflicts(dest, entries)
+        dest_exists = self._check_put_conflicts(dest, src, top)
         report = TransferReport()
         base = paths.split(dest)
         dirs: dict[tuple[str, ...], int] = {}  # rel path -> ino, filled in as actions commit
+        existing = _ExistingFiles(self.engine, base) if dest_exists else None
         with _fast_thread_switching(), self.store.writer() as session:
             if not statmod.S_ISDIR(top.st_mode) and base:
                 session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
-            for e in entries:
+            for leaving, e in _walk_local(src, top):
+                if leaving:  # directory modes and times, once its children are queued
+                    session.add_action(_dir_attrs_action(dirs, e.rel, e.st))
+                    continue
                 name = e.rel[-1] if e.rel else (base[-1] if base else "")
                 parent_rel = e.rel[:-1] if e.rel else None
                 if statmod.S_ISDIR(e.st.st_mode):
@@ -513,7 +527,7 @@ class Client:
                     session.add_action(_symlink_action(dirs, parent_rel, name,
                                                        os.readlink(e.path), e.st))
                     report.symlinks += 1
-                elif statmod.S_ISREG(e.st.st_mode) and e.rel in unchanged:
+                elif statmod.S_ISREG(e.st.st_mode) and existing and existing.unchanged(e):
                     report.unchanged += 1
                 elif statmod.S_ISREG(e.st.st_mode):
                     # read, cut and hashed in C in one call; big files are streamed
@@ -527,52 +541,21 @@ class Client:
                         progress(e.st.st_size)
                 else:
                     report.skipped += 1
-            for e in reversed(entries):  # directory modes and times, children first
-                if statmod.S_ISDIR(e.st.st_mode):
-                    session.add_action(_dir_attrs_action(dirs, e.rel, e.st))
             session.commit()
         report.write = session.stats
         return report
 
-    @staticmethod
-    def _scan_local(src: Path, top: os.stat_result) -> list[_LocalEntry]:
-        entries = [_LocalEntry((), str(src), top)]
-        if not statmod.S_ISDIR(top.st_mode):
-            return entries
-        stack: list[tuple[tuple[str, ...], str]] = [((), str(src))]
-        while stack:
-            rel, d = stack.pop()
-            try:
-                with os.scandir(d) as it:
-                    kids = sorted(it, key=lambda e: e.name)
-            except PermissionError:
-                raise PermissionError(f"cannot read local directory {d}") from None
-            subdirs = []
-            for k in kids:
-                paths.check_name(k.name, os.path.join(d, k.name))
-                st = k.stat(follow_symlinks=False)
-                if statmod.S_ISREG(st.st_mode) and not os.access(k.path, os.R_OK):
-                    raise PermissionError(f"cannot read local file {k.path}")
-                entry = _LocalEntry((*rel, k.name), k.path, st)
-                entries.append(entry)
-                if statmod.S_ISDIR(st.st_mode):
-                    subdirs.append((entry.rel, k.path))
-            stack.extend(reversed(subdirs))
-        # parents before children, in name order within a directory
-        entries.sort(key=lambda e: e.rel)
-        return entries
-
-    def _check_put_conflicts(self, dest: str, entries: list[_LocalEntry],
-                             ) -> set[tuple[str, ...]]:
-        """Refuse conflicts before anything is written; return the entries (by relative
-        path) of regular files already in place unchanged (same size, mtime and mode)."""
+    def _check_put_conflicts(self, dest: str, src: Path, top: os.stat_result) -> bool:
+        """Refuse conflicts (and unreadable or badly named local entries) before anything
+        is written: one streaming pass over the local tree. Returns whether `dest`
+        exists."""
         base = paths.split(dest)
-        unchanged: set[tuple[str, ...]] = set()
         with self.engine.read() as txn:
             try:
                 namespace.resolve(txn, dest)
+                dest_exists = True
             except NotFoundError:
-                entries = entries[:1]  # nothing exists below a missing destination
+                dest_exists = False  # nothing exists below a missing destination
             # every existing ancestor must be a directory
             node = namespace.get(txn, ROOT_INO, "/")
             for i, name in enumerate(base[:-1] if base else []):
@@ -582,25 +565,22 @@ class Client:
                 if kid.kind != Kind.DIR:
                     raise NotADirError(paths.join(base[: i + 1]))
                 node = kid
-            for e in entries:
+            parents = _NsDirs(base)
+            for leaving, e in _walk_local(src, top):
+                if leaving or (e.rel and not dest_exists):
+                    continue
                 ns = paths.join([*base, *e.rel])
-                try:
-                    existing = namespace.resolve(txn, ns)
-                except (NotFoundError, NotADirError):
+                found = parents.entry(txn, e.rel)
+                if found is None:
                     continue
                 is_dir = statmod.S_ISDIR(e.st.st_mode)
-                if is_dir and existing.kind != Kind.DIR:
+                if is_dir and found.kind != Kind.DIR:
                     raise NotADirError(ns, "cannot replace a non-directory with a directory")
-                if not is_dir and existing.kind == Kind.DIR:
+                if not is_dir and found.kind == Kind.DIR:
                     hint = ("; to put it inside, end the destination with '/'"
                             if not e.rel else "")
                     raise IsADirError(ns, f"cannot replace a directory with a file{hint}")
-                if (statmod.S_ISREG(e.st.st_mode) and existing.kind == Kind.FILE
-                        and existing.size == e.st.st_size
-                        and existing.mtime_ns == e.st.st_mtime_ns
-                        and statmod.S_IMODE(existing.mode) == statmod.S_IMODE(e.st.st_mode)):
-                    unchanged.add(e.rel)
-        return unchanged
+        return dest_exists
 
     def get(self, path: str, local: str | os.PathLike[str],
             progress: Progress | None = None, *, skip_damaged: bool = False,
@@ -617,74 +597,37 @@ class Client:
         """
         norm = paths.normalize(path)
         dest = os.fspath(local)
+        report = TransferReport()
         with self.engine.read() as txn:
             top = namespace.resolve(txn, norm)
             if os.path.isdir(dest) and norm != "/":
                 dest = os.path.join(dest, paths.split(norm)[-1])
-            items: list[tuple[str, Inode, Manifest | None]] = []
-            stack: list[tuple[str, Inode]] = [(dest, top)]
-            while stack:
-                p, node = stack.pop()
-                items.append((p, node, txn.get_manifest(node.ino)
-                              if node.kind == Kind.FILE else None))
+            for leaving, p, node in _walk_ns(txn, top, dest):  # refuse conflicts first
+                if leaving:
+                    continue
                 if node.kind == Kind.DIR:
-                    kids = [(os.path.join(p, n), namespace.get(txn, i))
-                            for n, i in txn.list_dir(node.ino)]
-                    stack.extend(reversed(kids))
-        report = TransferReport()
-        for p, node, _ in items:
-            if node.kind == Kind.DIR:
-                if os.path.lexists(p) and not os.path.isdir(p):
-                    raise NotADirError(p, "local path exists and is not a directory")
-            elif os.path.isdir(p) and not os.path.islink(p):
-                raise IsADirError(p, "local path is a directory")
-        parent = os.path.dirname(dest)
-        if parent and not os.path.isdir(parent):
-            os.makedirs(parent)
-        for p, node, _ in items:
-            if node.kind == Kind.DIR:
-                os.makedirs(p, exist_ok=True)
-                report.dirs += 1
-        with _fast_thread_switching():
-            self._restore_files([(p, node, m) for p, node, m in items
-                                 if node.kind == Kind.FILE], report, progress,
-                                skip_damaged=skip_damaged)
-        for p, node, _ in items:
-            if node.kind == Kind.SYMLINK:
-                if os.path.lexists(p):
-                    os.unlink(p)
-                os.symlink(node.target, p)
-                os.utime(p, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
-                report.symlinks += 1
-        for p, node, _ in reversed(items):
-            if node.kind == Kind.DIR:
-                os.chmod(p, node.mode)
-                os.utime(p, ns=(node.atime_ns, node.mtime_ns))
+                    if os.path.lexists(p) and not os.path.isdir(p):
+                        raise NotADirError(p, "local path exists and is not a directory")
+                elif os.path.isdir(p) and not os.path.islink(p):
+                    raise IsADirError(p, "local path is a directory")
+            parent = os.path.dirname(dest)
+            if parent and not os.path.isdir(parent):
+                os.makedirs(parent)
+            with _fast_thread_switching():
+                self._restore(_restore_batches(txn, _walk_ns(txn, top, dest)), report,
+                              progress, skip_damaged=skip_damaged)
         return report
 
-    def _restore_files(self, files: list[tuple[str, Inode, Manifest | None]],
-                       report: TransferReport, progress: Progress | None, *,
-                       skip_damaged: bool = False) -> None:
-        """Write `files`: batches of small ones read ahead on a thread, big ones streamed."""
-        batches: list[list[tuple[str, Inode, Manifest | None]]] = []
-        batch: list[tuple[str, Inode, Manifest | None]] = []
-        size = 0
-        for f in files:
-            if f[1].size > RESTORE_BATCH_BYTES // 4:
-                batches.append([f])  # streamed alone
-                continue
-            batch.append(f)
-            size += f[1].size
-            if size >= RESTORE_BATCH_BYTES or len(batch) >= RESTORE_BATCH_FILES:
-                batches.append(batch)
-                batch, size = [], 0
-        if batch:
-            batches.append(batch)
-
-        def fetch(b: list[tuple[str, Inode, Manifest | None]]) -> dict[bytes, bytes]:
-            if len(b) == 1 and b[0][1].size > RESTORE_BATCH_BYTES // 4:
+    def _restore(self, batches: Iterator[list[_RestoreItem]], report: TransferReport,
+                 progress: Progress | None, *, skip_damaged: bool = False) -> None:
+        """Carry out `batches` in order: directories made on entry and given their modes
+        and times on leaving, symlinks made, files written. The chunks of each batch of
+        small files are read ahead on a thread (two batches ahead); big files stream."""
+        def fetch(b: list[_RestoreItem]) -> dict[bytes, bytes]:
+            owners = {r.id: p for op, p, _, m in b if op == "file" and m is not None
+                      for r in m.chunks}
+            if not owners or _streamed(b):
                 return {}  # streamed by the writer
-            owners = {r.id: p for p, _, m in b if m is not None for r in m.chunks}
             try:
                 return self.store.source.get_many(owners, path_of=owners.__getitem__)
             except (CorruptChunkError, ChunkMissingError):
@@ -693,30 +636,53 @@ class Client:
                 return {}  # each file of the batch is then read alone, to find the bad ones
 
         with ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch:
-            pending = [prefetch.submit(fetch, b) for b in batches[:2]]
-            for i, b in enumerate(batches):
-                chunks = pending[i].result()
-                if i + 2 < len(batches):
-                    pending.append(prefetch.submit(fetch, batches[i + 2]))
-                pending[i] = None  # type: ignore[call-overload]
-                for p, node, m in b:
-                    refs = m.chunks if m is not None else ()
-                    if chunks or not refs:
-                        data: Iterable[bytes] = [chunks[r.id] for r in refs]
-                    else:
-                        data = ManifestReader(self.store.source, p, Manifest(0, refs)).blocks()
-                    try:
-                        n = _write_local(p, node, data)
-                    except (CorruptChunkError, ChunkMissingError) as e:
-                        if not skip_damaged:
-                            raise
-                        log.error("not restored, damaged: %s", e)
-                        report.damaged.append(self.path_of(node.ino))
-                        continue
-                    report.files += 1
-                    report.bytes += n
-                    if progress is not None:
-                        progress(n)
+            pending: deque[tuple[list[_RestoreItem], Future[dict[bytes, bytes]]]] = deque()
+            for b in batches:
+                pending.append((b, prefetch.submit(fetch, b)))
+                if len(pending) <= 2:
+                    continue
+                batch, fut = pending.popleft()
+                self._restore_batch(batch, fut.result(), report, progress,
+                                    skip_damaged=skip_damaged)
+            while pending:
+                batch, fut = pending.popleft()
+                self._restore_batch(batch, fut.result(), report, progress,
+                                    skip_damaged=skip_damaged)
+
+    def _restore_batch(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
+                       report: TransferReport, progress: Progress | None, *,
+                       skip_damaged: bool) -> None:
+        for op, p, node, m in batch:
+            if op == "mkdir":
+                os.makedirs(p, exist_ok=True)
+                report.dirs += 1
+            elif op == "dirattrs":
+                os.chmod(p, node.mode)
+                os.utime(p, ns=(node.atime_ns, node.mtime_ns))
+            elif op == "symlink":
+                if os.path.lexists(p):
+                    os.unlink(p)
+                os.symlink(node.target, p)
+                os.utime(p, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
+                report.symlinks += 1
+            else:
+                refs = m.chunks if m is not None else ()
+                if chunks or not refs:
+                    data: Iterable[bytes] = [chunks[r.id] for r in refs]
+                else:
+                    data = ManifestReader(self.store.source, p, Manifest(0, refs)).blocks()
+                try:
+                    n = _write_local(p, node, data)
+                except (CorruptChunkError, ChunkMissingError) as e:
+                    if not skip_damaged:
+                        raise
+                    log.error("not restored, damaged: %s", e)
+                    report.damaged.append(self.path_of(node.ino))
+                    continue
+                report.files += 1
+                report.bytes += n
+                if progress is not None:
+                    progress(n)
 
     # -- pinned versions, inodes and in-place edits ------------------------------------
     def manifest(self, path: str, *, version: int | None = None) -> Manifest:
@@ -1048,6 +1014,155 @@ def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
                                        mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
                                        mtime_ns=st.st_mtime_ns, touch=False)
     return action
+
+
+def _list_local(entry: _LocalEntry) -> list[_LocalEntry]:
+    """The entries of local directory `entry`, by name (checked: names, readability)."""
+    try:
+        with os.scandir(entry.path) as it:
+            kids = sorted(it, key=lambda k: k.name)
+    except PermissionError:
+        raise PermissionError(f"cannot read local directory {entry.path}") from None
+    out = []
+    for k in kids:
+        paths.check_name(k.name, os.path.join(entry.path, k.name))
+        st = k.stat(follow_symlinks=False)
+        if statmod.S_ISREG(st.st_mode) and not os.access(k.path, os.R_OK):
+            raise PermissionError(f"cannot read local file {k.path}")
+        out.append(_LocalEntry((*entry.rel, k.name), k.path, st))
+    return out
+
+
+def _walk_local(src: Path, top: os.stat_result) -> Iterator[tuple[bool, _LocalEntry]]:
+    """(leaving, entry) for a local tree: each entry as it is entered (parents before
+    children, by name within a directory), and each directory again (leaving=True)
+    after everything below it. Holds one directory listing per level, not the tree."""
+    root = _LocalEntry((), str(src), top)
+    yield False, root
+    if not statmod.S_ISDIR(top.st_mode):
+        return
+    stack: list[tuple[_LocalEntry, Iterator[_LocalEntry]]] = [(root, iter(_list_local(root)))]
+    while stack:
+        entry, kids = stack[-1]
+        kid = next(kids, None)
+        if kid is None:
+            stack.pop()
+            yield True, entry
+            continue
+        yield False, kid
+        if statmod.S_ISDIR(kid.st.st_mode):
+            stack.append((kid, iter(_list_local(kid))))
+
+
+class _NsDirs:
+    """Looks up the namespace entries a local tree maps to under `base`, remembering
+    the last parent directory (a walk visits a directory's entries together)."""
+
+    def __init__(self, base: list[str]) -> None:
+        self.base = base
+        self._parent: tuple[tuple[str, ...] | None, int | None] = (None, None)
+
+    def entry(self, txn: ReadTxn, rel: tuple[str, ...]) -> Inode | None:
+        """The namespace entry at `base`/`rel`, or None."""
+        if not rel:
+            try:
+                return namespace.resolve(txn, paths.join(self.base))
+            except (NotFoundError, NotADirError):
+                return None
+        prel = rel[:-1]
+        if self._parent[0] != prel:
+            try:
+                node: Inode | None = namespace.resolve(txn, paths.join([*self.base, *prel]))
+            except (NotFoundError, NotADirError):
+                node = None
+            self._parent = (prel, node.ino if node is not None and node.kind == Kind.DIR
+                            else None)
+        parent = self._parent[1]
+        ino = None if parent is None else txn.lookup(parent, rel[-1])
+        return None if ino is None else txn.get_inode(ino)
+
+
+class _ExistingFiles:
+    """Whether a local file is in place already in the namespace (same size,
+    modification time and mode), so a repeated put does not read it again."""
+
+    def __init__(self, engine: MetaEngine, base: list[str]) -> None:
+        self.engine, self.dirs = engine, _NsDirs(base)
+
+    def unchanged(self, e: _LocalEntry) -> bool:
+        """Whether local file `e` is in place unchanged."""
+        with self.engine.read() as txn:
+            found = self.dirs.entry(txn, e.rel)
+        return (found is not None and found.kind == Kind.FILE
+                and found.size == e.st.st_size and found.mtime_ns == e.st.st_mtime_ns
+                and statmod.S_IMODE(found.mode) == statmod.S_IMODE(e.st.st_mode))
+
+
+_RestoreOp = Literal["mkdir", "dirattrs", "symlink", "file"]
+#: One step of a get: (op, local path, inode, manifest of a file).
+_RestoreItem = tuple[_RestoreOp, str, Inode, Manifest | None]
+
+
+def _walk_ns(txn: ReadTxn, top: Inode, dest: str) -> Iterator[tuple[bool, str, Inode]]:
+    """(leaving, local path, inode) for a namespace tree restored at `dest`: each entry
+    as it is entered (parents first, by name), each directory again (leaving=True)
+    after everything below it. Holds one directory cursor per level, not the tree."""
+    yield False, dest, top
+    if top.kind != Kind.DIR:
+        return
+    stack: list[tuple[str, Inode, Iterator[tuple[str, int]]]] = [
+        (dest, top, iter(txn.list_dir(top.ino)))]
+    while stack:
+        p, node, kids = stack[-1]
+        nxt = next(kids, None)
+        if nxt is None:
+            stack.pop()
+            yield True, p, node
+            continue
+        kid = namespace.get(txn, nxt[1])
+        kp = os.path.join(p, nxt[0])
+        yield False, kp, kid
+        if kid.kind == Kind.DIR:
+            stack.append((kp, kid, iter(txn.list_dir(kid.ino))))
+
+
+def _streamed(batch: list[_RestoreItem]) -> bool:
+    """Whether `batch` is one big file, streamed rather than read ahead whole."""
+    files = [node for op, _, node, _ in batch if op == "file"]
+    return len(files) == 1 and files[0].size > RESTORE_BATCH_BYTES // 4
+
+
+def _restore_batches(txn: ReadTxn, walk: Iterator[tuple[bool, str, Inode]],
+                     ) -> Iterator[list[_RestoreItem]]:
+    """The steps of a get in order, in batches of up to RESTORE_BATCH_BYTES or
+    RESTORE_BATCH_FILES of small files (a big file alone in its batch)."""
+    batch: list[_RestoreItem] = []
+    size = files = 0
+    for leaving, p, node in walk:
+        if node.kind == Kind.DIR:
+            batch.append(("dirattrs" if leaving else "mkdir", p, node, None))
+            continue
+        if node.kind == Kind.SYMLINK:
+            batch.append(("symlink", p, node, None))
+            continue
+        if node.kind != Kind.FILE:
+            continue
+        item: _RestoreItem = ("file", p, node, txn.get_manifest(node.ino))
+        if node.size > RESTORE_BATCH_BYTES // 4:  # streamed alone
+            if files:
+                yield batch
+                batch, size, files = [], 0, 0
+            yield [*batch, item]
+            batch = []
+            continue
+        batch.append(item)
+        size += node.size
+        files += 1
+        if size >= RESTORE_BATCH_BYTES or files >= RESTORE_BATCH_FILES:
+            yield batch
+            batch, size, files = [], 0, 0
+    if batch:
+        yield batch
 
 
 __all__ = ["Client", "DuReport", "Stat", "TransferReport"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import zstandard
@@ -222,9 +222,9 @@ def release_chain(txn: WriteTxn, deleted: Iterable[bytes],
     return extra
 
 
-def base_refs(txn: ReadTxn) -> Counter[bytes]:
-    """The references delta chunks hold on their bases (one per delta)."""
-    return Counter(base for _, base in txn.iter_values(DELTAS))
+def base_refs(txn: ReadTxn) -> Iterator[bytes]:
+    """The references delta chunks hold on their bases (one base id per delta)."""
+    return (base for _, base in txn.iter_values(DELTAS))
 
 
 class BaseChunkError(CorruptChunkError):

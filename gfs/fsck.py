@@ -8,15 +8,19 @@ packs) is counted but is not damage.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Callable
+import itertools
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from gfs import delta, namespace
 from gfs.errors import PoolObjectMissingError
-from gfs.meta import ROOT_INO, ChunkRecord, Kind, Location, PackRecord, ReadTxn
+from gfs.meta import ROOT_INO, ChunkRecord, Inode, Kind, Location, PackRecord, ReadTxn
 from gfs.packs import PACK_HEADER_LEN, parse_pack_key
 from gfs.pools import LocalPool
+from gfs.spill import SpillTable, merge_outer
 from gfs.store import ChunkStore, pinned_chunks
 
 
@@ -34,6 +38,9 @@ class FsckReport:
     bytes_verified: int = 0
     unreferenced_chunks: int = 0
     orphan_packs: int = 0
+    #: unknown packs of a shared pool that another store wrote (neither garbage of
+    #: this store nor damage: their owner's gc reclaims them)
+    foreign_packs: int = 0
     temporaries: int = 0
     pinned_chunks: int = 0
 
@@ -44,22 +51,30 @@ class FsckReport:
 
 def check(store: ChunkStore, *, verify_data: bool = True,
           progress: Callable[[int], None] | None = None) -> FsckReport:
-    """Check `store`; with `verify_data`, read and verify every stored chunk."""
+    """Check `store`; with `verify_data`, read and verify every stored chunk.
+
+    Memory stays flat as the store grows: the sets fsck needs (directory
+    entries naming each file, references to each chunk, copies in each pack)
+    are spilled to temporary tables and merge-joined, in key order, with the
+    engine's sorted scans of inodes and chunks (gfs.spill).
+    """
     report = FsckReport()
     bad_chunks: set[bytes] = set()
-    with store.engine.read() as txn:
-        _check_tree(txn, report)
-        refs = _check_manifests(txn, report, bad_chunks)
-        refs.update(delta.base_refs(txn))  # each delta chunk pins its base
-        chunks = {rec.id: rec for rec in txn.iter_chunks()}
-        packs = {p.id: p for p in txn.iter_packs()}
-        pinned = pinned_chunks(txn)
-        _check_index(chunks, packs, refs, report, bad_chunks, pinned)
-    report.chunks = len(chunks)
-    report.packs = len(packs)
-    _check_pools(store, packs, report)
-    if verify_data:
-        _verify_chunks(store, chunks, packs, report, bad_chunks, progress)
+    with SpillTable(COPY_COLUMNS) as copies:
+        with store.engine.read() as txn:
+            _check_tree(txn, report)
+            with SpillTable("id BLOB") as refs:
+                _check_manifests(txn, report, bad_chunks, refs)
+                refs.add_many((base,) for base in delta.base_refs(txn))  # each delta
+                # chunk pins its base
+                packs = {p.id: p for p in txn.iter_packs()}
+                pinned = pinned_chunks(txn)
+                _check_index(txn, packs, refs, report, bad_chunks, pinned,
+                             copies if verify_data else None)
+        report.packs = len(packs)
+        _check_pools(store, packs, report)
+        if verify_data:
+            _verify_chunks(store, copies, packs, report, bad_chunks, progress)
     if bad_chunks:
         with store.engine.read() as txn:
             report.damaged_files = sorted(owners(txn, bad_chunks))
@@ -71,63 +86,74 @@ def _check_tree(txn: ReadTxn, report: FsckReport) -> None:
     if root is None or root.kind != Kind.DIR:
         report.problems.append("root directory (inode 1) is missing or not a directory")
         return
-    reachable = {ROOT_INO}
-    links: Counter[int] = Counter()  # directory entries naming each non-directory
-    linked_from: dict[int, int] = {}  # a directory linking each non-directory
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        report.dirs += 1
-        subdirs = 0
-        for name, ino in txn.list_dir(node.ino):
-            kid = txn.get_inode(ino)
+    reached = {ROOT_INO}  # directories (one link each; few next to the files)
+    with SpillTable("ino INTEGER, dir INTEGER") as links:  # entries naming non-directories
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            report.dirs += 1
+            subdirs = 0
+            for name, ino in txn.list_dir(node.ino):
+                kid = txn.get_inode(ino)
+                if kid is None:
+                    report.problems.append(f"directory entry {name!r} in inode {node.ino} "
+                                           f"names missing inode {ino}")
+                    continue
+                if kid.kind != Kind.DIR:  # hard links: counted, checked against nlink below
+                    links.add((ino, node.ino))
+                    continue
+                if ino in reached:
+                    report.problems.append(f"directory inode {ino} is linked more than once")
+                    continue
+                reached.add(ino)
+                subdirs += 1
+                if kid.parent != node.ino:
+                    report.problems.append(f"inode {ino} ({name!r}) records parent "
+                                           f"{kid.parent}, but is linked from {node.ino}")
+                stack.append(kid)
+            if node.nlink != 1 and node.nlink != 2 + subdirs:  # 1: made before link counts
+                report.problems.append(f"directory inode {node.ino} has link count "
+                                       f"{node.nlink}, but {subdirs} subdirectories")
+        groups = links.query("SELECT ino, count(*), min(dir) FROM t GROUP BY ino ORDER BY ino")
+        for ino, kid, group in merge_outer(txn.iter_inodes(), _ino, groups, _first):
             if kid is None:
-                report.problems.append(f"directory entry {name!r} in inode {node.ino} names "
-                                       f"missing inode {ino}")
+                continue  # entries naming missing inodes are reported above
+            if group is None:
+                if kid.kind != Kind.DIR or ino not in reached:
+                    report.problems.append(f"inode {ino} is not reachable from the root")
                 continue
-            if kid.kind != Kind.DIR:  # hard links: counted, checked against nlink below
-                links[ino] += 1
-                linked_from.setdefault(ino, node.ino)
-                if ino not in reachable and kid.kind == Kind.FILE:
-                    report.files += 1
-                reachable.add(ino)
-                continue
-            if ino in reachable:
-                report.problems.append(f"directory inode {ino} is linked more than once")
-                continue
-            reachable.add(ino)
-            subdirs += 1
-            if kid.parent != node.ino:
-                report.problems.append(f"inode {ino} ({name!r}) records parent {kid.parent}, "
-                                       f"but is linked from {node.ino}")
-            stack.append(kid)
-        if node.nlink != 1 and node.nlink != 2 + subdirs:  # 1: made before link counts
-            report.problems.append(f"directory inode {node.ino} has link count {node.nlink}, "
-                                   f"but {subdirs} subdirectories")
-    for ino, n in links.items():
-        kid = txn.get_inode(ino)
-        assert kid is not None
-        if kid.nlink != n:
-            report.problems.append(f"inode {ino} has link count {kid.nlink}, but {n} "
-                                   "directory entries name it")
-        # one link: its directory, or 0 once it has had more; several: always 0
-        if kid.parent not in ((0, linked_from[ino]) if n == 1 else (0,)):
-            report.problems.append(f"inode {ino} records parent {kid.parent}, but is "
-                                   f"linked from {linked_from[ino]}")
-    for node in txn.iter_inodes():
-        if node.ino not in reachable:
-            report.problems.append(f"inode {node.ino} is not reachable from the root")
+            n, linked_from = group[1], group[2]
+            if kid.kind == Kind.FILE:
+                report.files += 1
+            if kid.nlink != n:
+                report.problems.append(f"inode {ino} has link count {kid.nlink}, but {n} "
+                                       "directory entries name it")
+            # one link: its directory, or 0 once it has had more; several: always 0
+            if kid.parent not in ((0, linked_from) if n == 1 else (0,)):
+                report.problems.append(f"inode {ino} records parent {kid.parent}, but is "
+                                       f"linked from {linked_from}")
 
 
-def _check_manifests(txn: ReadTxn, report: FsckReport,
-                     bad: set[bytes]) -> Counter[bytes]:
-    refs: Counter[bytes] = Counter()
+def _ino(node: Inode) -> int:
+    return node.ino
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def _chunk_id(rec: ChunkRecord) -> bytes:
+    return rec.id
+
+
+def _check_manifests(txn: ReadTxn, report: FsckReport, bad: set[bytes],
+                     refs: SpillTable) -> None:
     for ino, m in txn.iter_manifests():
         node = txn.get_inode(ino)
         if node is None or node.kind != Kind.FILE:
             report.problems.append(f"manifest of inode {ino} belongs to no file")
             continue
-        refs.update(r.id for r in m.chunks)
+        refs.add_many((r.id,) for r in m.chunks)
         if m.size != node.size:
             report.problems.append(f"{namespace.path_of(txn, ino)}: size {node.size} but "
                                    f"manifest holds {m.size} bytes")
@@ -138,17 +164,26 @@ def _check_manifests(txn: ReadTxn, report: FsckReport,
             elif rec.raw_len != r.length:
                 report.problems.append(f"{namespace.path_of(txn, ino)}: chunk {r.id.hex()} "
                                        f"length {r.length} but index says {rec.raw_len}")
-    return refs
 
 
-def _check_index(chunks: dict[bytes, ChunkRecord], packs: dict[bytes, PackRecord],
-                 refs: Counter[bytes], report: FsckReport, bad: set[bytes],
-                 pinned: set[bytes]) -> None:
+#: Columns of the spilled chunk copies to verify (read back grouped by pack).
+COPY_COLUMNS = "pack BLOB, pool INTEGER, off INTEGER, len INTEGER, id BLOB"
+
+
+def _check_index(txn: ReadTxn, packs: dict[bytes, PackRecord], refs: SpillTable,
+                 report: FsckReport, bad: set[bytes], pinned: set[bytes],
+                 copies: SpillTable | None) -> None:
+    """Merge the chunk index (in id order) with the counted references; spill the
+    copies to verify into `copies`."""
     for cid in bad:
         report.problems.append(f"chunk {cid.hex()} is referenced but has no stored copy")
     live: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
-    for cid, rec in chunks.items():
-        want = refs.get(cid, 0)
+    counted = refs.query("SELECT id, count(*) FROM t GROUP BY id ORDER BY id")
+    for cid, rec, group in merge_outer(txn.iter_chunks(), _chunk_id, counted, _first):
+        if rec is None:
+            continue  # referenced without a record: in `bad`, reported above
+        report.chunks += 1
+        want = group[1] if group is not None else 0
         if rec.refcount != want:
             report.problems.append(f"chunk {cid.hex()} refcount {rec.refcount}, "
                                    f"but {want} manifest entries and delta chunks name it")
@@ -167,6 +202,8 @@ def _check_index(chunks: dict[bytes, ChunkRecord], packs: dict[bytes, PackRecord
                 report.problems.append(f"chunk {cid.hex()} location lies outside pack "
                                        f"{loc.pack.hex()}")
                 bad.add(cid)
+            elif copies is not None:
+                copies.add((loc.pack, loc.pool, loc.offset, loc.length, cid))
             live[loc.pack][0] += 1
             live[loc.pack][1] += loc.length
     for pid, p in packs.items():
@@ -182,6 +219,7 @@ def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: Fsck
     present: set[bytes] = set()
     for pool_id in pools:
         pool = store.pool(pool_id)
+        private = store.is_private(pool_id)
         for key in pool.list("packs/"):
             pid = parse_pack_key(key)
             if pid is None:
@@ -189,7 +227,15 @@ def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: Fsck
             present.add(pid)
             p = packs.get(pid)
             if p is None:
-                report.orphan_packs += 1
+                try:  # in a shared pool, only packs with this store's tag are its orphans
+                    ours = private or store.owns(pool_id, store.pack_owner(pool_id, pid),
+                                                 referenced=False)
+                except PoolObjectMissingError:
+                    continue  # deleted meanwhile by its owner
+                if ours:
+                    report.orphan_packs += 1
+                else:
+                    report.foreign_packs += 1
                 continue
             size = pool.size(key)
             if size != p.size:  # a cut between two blobs still parses: compare sizes
@@ -215,23 +261,35 @@ class CopyScan:
     bytes_verified: int = 0
 
 
-def scan_copies(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
+PackCopies = tuple[bytes, list[tuple[bytes, Location]]]
+
+
+def copies_by_pack(copies: SpillTable) -> Iterator[PackCopies]:
+    """(pack id, [(chunk id, location)] in offset order) for each pack of spilled
+    `copies` (COPY_COLUMNS), one pack at a time."""
+    rows = copies.query("SELECT pack, pool, off, len, id FROM t ORDER BY pack, off")
+    for pid, group in itertools.groupby(rows, key=_first):
+        yield pid, [(cid, Location(pool, pid, off, length)) for _, pool, off, length, cid
+                    in group]
+
+
+def scan_copies(store: ChunkStore, by_pack: Iterable[PackCopies],
                 packs: dict[bytes, PackRecord],
                 progress: Callable[[int], None] | None = None) -> CopyScan:
-    """Read every pack once and verify each chunk copy in it against its id."""
-    by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
-    for cid, rec in chunks.items():
-        for loc in rec.locations:
-            if loc.pack in packs:
-                by_pack[loc.pack].append((cid, loc))
+    """Read each pack of `by_pack` once and verify each chunk copy in it against its id.
+
+    A bounded number of packs is in flight at once, so memory does not grow with
+    the number of packs.
+    """
     scan = CopyScan()
 
-    def verify(pid: bytes) -> tuple[list[tuple[bytes, Location]], list[str]]:
+    def verify(pid: bytes, copies: list[tuple[bytes, Location]],
+               ) -> tuple[list[tuple[bytes, Location]], list[str]]:
         p = packs[pid]
         try:
-            checked = store.source.read_span(p.pool, pid, by_pack[pid], whole=True)
+            checked = store.source.read_span(p.pool, pid, copies, whole=True)
         except PoolObjectMissingError:
-            return list(by_pack[pid]), []  # reported by _check_pools
+            return list(copies), []  # reported by _check_pools
         bad, problems = [], []
         for c in checked:
             if isinstance(c.error, delta.BaseChunkError):
@@ -244,29 +302,46 @@ def scan_copies(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
                                 f"{c.loc.offset}: {c.error.strerror}")
         return bad, problems
 
-    for pid, (bad, problems) in zip(by_pack, store.executor.map(verify, list(by_pack)),
-                                    strict=True):
+    def finish(pid: bytes, n: int,
+               fut: Future[tuple[list[tuple[bytes, Location]], list[str]]]) -> None:
+        bad, problems = fut.result()
         scan.problems.extend(problems)
         for cid, loc in bad:
             scan.bad.setdefault(cid, []).append(loc)
-        scan.copies_verified += len(by_pack[pid])
+        scan.copies_verified += n
         size = packs[pid].size
         scan.bytes_verified += size
         if progress is not None:
             progress(size)
+
+    window = 2 * store.config.threads
+    inflight: deque[tuple[bytes, int, Future[tuple[list[tuple[bytes, Location]],
+                                                   list[str]]]]] = deque()
+    for pid, copies in by_pack:
+        if pid not in packs:
+            continue
+        inflight.append((pid, len(copies), store.executor.submit(verify, pid, copies)))
+        if len(inflight) >= window:
+            finish(*inflight.popleft())
+    while inflight:
+        finish(*inflight.popleft())
     return scan
 
 
-def _verify_chunks(store: ChunkStore, chunks: dict[bytes, ChunkRecord],
-                   packs: dict[bytes, PackRecord], report: FsckReport, bad: set[bytes],
+def _verify_chunks(store: ChunkStore, copies: SpillTable, packs: dict[bytes, PackRecord],
+                   report: FsckReport, bad: set[bytes],
                    progress: Callable[[int], None] | None) -> None:
-    scan = scan_copies(store, chunks, packs, progress)
+    scan = scan_copies(store, copies_by_pack(copies), packs, progress)
     report.problems.extend(scan.problems)
     report.chunks_verified += scan.copies_verified
     report.bytes_verified += scan.bytes_verified
-    for cid, locs in scan.bad.items():
-        if len(locs) >= len(chunks[cid].locations):  # no good copy left
-            bad.add(cid)
+    if scan.bad:
+        with store.engine.read() as txn:
+            records = txn.get_chunks(scan.bad)
+        for cid, locs in scan.bad.items():
+            rec = records.get(cid)
+            if rec is None or len(locs) >= len(rec.locations):  # no good copy left
+                bad.add(cid)
     bad.update(scan.base_damaged)
 
 

@@ -187,8 +187,7 @@ class HutongOperations(pyfuse3.Operations):
         self._pool.shutdown(wait=True)
         self.wb.close(commit)
         try:
-            with self.client.engine.write() as txn:
-                self.atimes.flush(txn)
+            self.client.engine.transact(self.atimes.flush)  # a retry finds them flushed
         except Exception:
             log.exception("could not record the access times of files read")
         self.cache.close()
@@ -325,9 +324,12 @@ class HutongOperations(pyfuse3.Operations):
         """Run a namespace change; files created here but not yet committed are
         committed (empty) first, so the change sees them."""
         self.wb.settle()
-        with self.client.engine.write() as txn:
-            self.atimes.flush(txn)  # access times ride along with the next change
+
+        def change(txn: WriteTxn) -> T:  # run again on a lost conflict (fn is pure)
+            self.atimes.flush(txn)  # access times ride along (a retry finds them gone)
             return fn(txn)
+
+        return self.client.engine.transact(change)
 
     def _dir(self, txn: WriteTxn, ino: int) -> Inode:
         node = namespace.get(txn, ino)

@@ -262,8 +262,8 @@ class PendingCreates:
         """An inode number from the reserved block (numbers of a block left unused are
         skipped forever, which is harmless). `_lock` held."""
         if not self._free_inos:
-            with self._engine.write() as txn:
-                block = [txn.alloc_ino() for _ in range(self.INO_BLOCK)]
+            block = self._engine.transact(
+                lambda txn: [txn.alloc_ino() for _ in range(self.INO_BLOCK)])
             self._free_inos = block[::-1]
         return self._free_inos.pop()
 

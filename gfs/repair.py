@@ -13,6 +13,7 @@ and putting the same content again heals every file that names it.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,7 +46,11 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
         with store.engine.read() as txn:
             chunks = {rec.id: rec for rec in txn.iter_chunks()}
             packs = {p.id: p for p in txn.iter_packs()}
-        scan = scan_copies(store, chunks, packs)
+        by_pack: dict[bytes, list[tuple[bytes, Location]]] = defaultdict(list)
+        for cid, rec in chunks.items():
+            for loc in rec.locations:
+                by_pack[loc.pack].append((cid, loc))
+        scan = scan_copies(store, by_pack.items(), packs)
         report.copies_verified = scan.copies_verified
         # copies in unknown packs, or chunks with no location at all, are bad too
         for cid, rec in chunks.items():
@@ -55,16 +60,16 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
         keep_one = {cid: locs for cid, locs in scan.bad.items()
                     if len(set(locs)) < len(chunks[cid].locations)}
         if keep_one:
-            with store.engine.write() as txn:
-                for cid, locs in keep_one.items():
-                    report.dropped_copies += _drop_copies(txn, cid, set(locs))
+            report.dropped_copies += store.engine.transact(
+                lambda txn: sum(_drop_copies(txn, cid, set(locs))
+                                for cid, locs in keep_one.items()))
         hopeless = {cid for cid in scan.bad if cid not in keep_one}
         hopeless |= {cid for cid, rec in chunks.items() if not rec.locations and rec.refcount}
     blobs = _from_sources(hopeless, sources)
     if blobs:
         report.repaired = store.replace_copies(blobs)
     with store.gc_exclusive():
-        with store.engine.write() as txn:
+        def mark_lost(txn: WriteTxn) -> set[bytes]:
             lost: set[bytes] = set()
             for cid in hopeless:
                 current = txn.get_chunk(cid)
@@ -74,6 +79,9 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
                 lost.add(cid)
             if lost:
                 set_lost_chunks(txn, lost_chunks(txn) | lost)
+            return lost
+
+        lost = store.engine.transact(mark_lost)
         if lost:
             with store.engine.read() as txn:
                 report.damaged_files = sorted(owners(txn, lost))

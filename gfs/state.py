@@ -176,8 +176,9 @@ def relocate(engine: MetaEngine, state: Path, old: str, new: str) -> list[PoolRe
     Returns the changed records; raises ConfigError (changing nothing) when no pool
     matches or a new URL would clash with another pool's."""
     old_path, new_path = _local_path(old), _local_path(new)
-    changed: list[PoolRecord] = []
-    with engine.write() as txn:
+
+    def rewrite(txn: WriteTxn) -> list[PoolRecord]:
+        changed: list[PoolRecord] = []
         pools = list(txn.iter_pools())
         for p in pools:
             url = pool_location(state, p.url)
@@ -206,4 +207,6 @@ def relocate(engine: MetaEngine, state: Path, old: str, new: str) -> list[PoolRe
             raise ConfigError(f"relocating {old!r} to {new!r} would give two pools one URL")
         for rec in changed:
             txn.put_pool(rec)
-    return changed
+        return changed
+
+    return engine.transact(rewrite)

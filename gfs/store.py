@@ -316,9 +316,9 @@ class ChunkStore:
                        for cid, b in fix.items()}
             pool_id = self.choose_pool(self.policy().write_tier, builder.size, self.usage())
             self.pool(pool_id).put(pack_key(builder.pack_id), builder.parts())
-            repaired = 0
-            live = 0
-            with self.engine.write() as txn:
+
+            def switch(txn: WriteTxn) -> int:
+                repaired = live = 0
                 for cid, (offset, length) in offsets.items():
                     rec = txn.get_chunk(cid)
                     if rec is None:
@@ -338,6 +338,9 @@ class ChunkStore:
                     live += length
                 txn.put_pack(PackRecord(builder.pack_id, pool_id, builder.size, builder.nblobs,
                                         repaired, live, time.time_ns()))
+                return repaired
+
+            repaired = self.engine.transact(switch)
         log.warning("repaired %d chunks whose every copy was damaged", repaired)
         return repaired
 

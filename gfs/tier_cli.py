@@ -48,6 +48,7 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
+    from gfs.meta import WriteTxn
     from gfs.tiering.policy import TierPolicy
 
     changes: dict[str, Any] = {}
@@ -56,7 +57,7 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    with open_client(args) as fs, fs.engine.write() as txn:
+    def update(txn: WriteTxn) -> TierPolicy:
         policy = TierPolicy.load(txn)
         pins = dict(policy.pins)
         for text in args.pin or []:
@@ -73,6 +74,10 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--price {text!r}: the price must be a number") from None
         new = policy.with_changes(pins=pins, prices=prices, **changes)
         new.save(txn)
+        return new
+
+    with open_client(args) as fs:
+        new = fs.engine.transact(update)
     print(json.dumps(new.as_dict(), indent=2, sort_keys=True))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,7 +211,7 @@ def test_a_damaged_base_is_reported_against_every_dependent_file(dfs: Client) ->
 def _damage_busiest_base(fs: Client) -> bytes:
     """Flip a byte in the stored copy of the base most deltas depend on; return its id."""
     with fs.engine.read() as txn:
-        deps = delta.base_refs(txn)
+        deps = Counter(delta.base_refs(txn))
         base = max(deps, key=lambda x: deps[x])
         rec = txn.get_chunk(base)
         assert rec is not None

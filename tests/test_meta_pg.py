@@ -4,6 +4,8 @@ schema versioning, several writer processes and kill -9 mid-transaction."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +19,12 @@ from gfs.gc import collect
 from gfs.meta import ROOT_INO, ChunkRef, Manifest, MetaEngine, WriteTxn
 from gfs.meta.pg_engine import SCHEMA_VERSION, PgEngine
 from gfs.testing.meta_suite import MetaEngineConformance
+from gfs.tiering.heat import chunk_heat
 from gfs.tiering.policy import TierPolicy
 from tests.conftest import make_tree, tree_digest
 from tests.test_faults import kill_put_midway
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class TestPgConformance(MetaEngineConformance):
@@ -154,3 +159,62 @@ def test_gc_on_another_host_keeps_a_dead_chunk_a_writer_is_about_to_reuse(
         assert collect(b.store).chunks_removed == len(refs)  # dead for long enough
         report = a.fsck()
         assert report.ok and report.unreferenced_chunks == 0, report.problems
+
+
+HEAT_WORKER = r"""
+import contextlib, sys
+from gfs.errors import MetaConflictError
+from gfs.meta.pg_engine import PgEngine
+from gfs.tiering.heat import HeatTracker
+
+class Counting(PgEngine):
+    conflicts = 0
+
+    @contextlib.contextmanager
+    def write(self):
+        try:
+            with PgEngine.write(self) as txn:
+                yield txn
+        except MetaConflictError:
+            Counting.conflicts += 1
+            raise
+
+url, rounds = sys.argv[1], int(sys.argv[2])
+engine = Counting(url)
+heat = HeatTracker(engine, 3600.0)
+sys.stdin.read(1)  # the gate: both workers start together
+for _ in range(rounds):
+    heat.record([b"a" * 16, b"b" * 16])
+    heat.flush()
+engine.close()
+print(Counting.conflicts)
+"""
+
+
+def test_conflicting_heat_flushes_from_two_processes_are_retried_not_lost(pg_url: str) -> None:
+    """Two processes add to the same heat counters at once: PostgreSQL aborts one of
+    two conflicting transactions, `transact` runs it again, no read is lost."""
+    rounds = 150
+    PgEngine(pg_url).close()  # the schema exists before the workers race
+    procs = [subprocess.Popen([sys.executable, "-c", HEAT_WORKER, pg_url, str(rounds)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for _ in range(2)]
+    outs = []
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("g")
+        p.stdin.flush()
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]  # no MetaConflictError escaped
+        outs.append(int(out))
+    assert sum(outs) > 0  # the workers did conflict, and were retried
+    engine = PgEngine(pg_url)
+    try:
+        with engine.read() as txn:
+            for cid in (b"a" * 16, b"b" * 16):
+                h = chunk_heat(txn, cid)
+                assert h is not None and h.reads == 2 * rounds
+    finally:
+        engine.close()

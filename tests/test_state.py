@@ -295,3 +295,22 @@ def test_processes_opening_a_fresh_copy_at_once_agree_on_its_id(tmp_path: Path) 
     with Client(tmp_path / "c") as fs:
         assert tags == {fs.store.owner.hex()}
     assert _store_id(tmp_path / "c") != _store_id(tmp_path / "s")
+
+
+def test_fsck_of_a_shared_pool_counts_the_other_stores_packs_as_theirs(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    stores = [tmp_path / "s1", tmp_path / "s2"]
+    for i, s in enumerate(stores):
+        with Client.init(s) as fs:
+            fs.add_pool("shared", str(shared), tier="hot")
+            with fs.engine.write() as txn:
+                TierPolicy(write_tier="hot").save(txn)
+            fs.write_bytes(f"/f{i}", bytes([i + 1]) * 5000)
+    assert len(list(shared.rglob("*.pack"))) == 2
+    with Client(stores[0]) as fs:
+        pool = fs.store.pool(1)
+        mine = PackBuilder(owner=fs.store.owner)  # an orphan of this store: counted as one
+        pool.put(pack_key(mine.pack_id), mine.parts())
+        report = fs.fsck()
+    assert report.ok, report.problems
+    assert (report.orphan_packs, report.foreign_packs) == (1, 1)

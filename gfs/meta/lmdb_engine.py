@@ -48,6 +48,7 @@ from gfs.meta.records import (
     PendingPack,
     PoolRecord,
 )
+from gfs.meta.residency import MapTrimmer
 
 __all__ = ["LmdbEngine"]
 
@@ -58,6 +59,8 @@ _MAX_KEY = 511  # LMDB's default maximum key size
 _CORE_TABLES = ("meta", "inodes", "dirents", "manifests", "chunks", "packs", "pending", "pools")
 
 _ino_key = enc.encode_ino
+#: Scans note their activity to the map trimmer every this many rows (+1).
+_TICK_ROWS = 63
 
 
 class _Dbs:
@@ -72,10 +75,12 @@ class _Dbs:
         "packs",
         "pending",
         "pools",
+        "trimmer",
         "values",
     )
 
-    def __init__(self, handles: dict[str, Any]) -> None:
+    def __init__(self, handles: dict[str, Any], trimmer: MapTrimmer) -> None:
+        self.trimmer = trimmer
         self.meta = handles["meta"]
         self.inodes = handles["inodes"]
         self.dirents = handles["dirents"]
@@ -112,6 +117,7 @@ class _LmdbRead(ReadTxn):
 
     # -- namespace ----------------------------------------------------------
     def get_inode(self, ino: int) -> Inode | None:
+        self._d.trimmer.tick()
         data = self._txn.get(_ino_key(ino), db=self._d.inodes)
         return None if data is None else enc.decode_inode(ino, data)
 
@@ -128,9 +134,12 @@ class _LmdbRead(ReadTxn):
         if not cur.set_range(prefix):
             return
         from_bytes = int.from_bytes
-        for key, val in cur.iternext():
+        tick = self._d.trimmer.tick
+        for i, (key, val) in enumerate(cur.iternext()):
             if key[:8] != prefix:
                 return
+            if not i & _TICK_ROWS:
+                tick(_TICK_ROWS + 1)
             try:
                 name = key[8:].decode("utf-8")
             except UnicodeDecodeError:
@@ -144,29 +153,41 @@ class _LmdbRead(ReadTxn):
 
     def iter_inodes(self) -> Iterator[Inode]:
         decode = enc.decode_inode
-        for key, val in self._txn.cursor(db=self._d.inodes).iternext():
+        tick = self._d.trimmer.tick
+        for i, (key, val) in enumerate(self._txn.cursor(db=self._d.inodes).iternext()):
+            if not i & _TICK_ROWS:
+                tick(_TICK_ROWS + 1)
             yield decode(enc.decode_ino(key), val)
 
     def get_manifest(self, ino: int) -> Manifest | None:
+        self._d.trimmer.tick()
         data = self._txn.get(_ino_key(ino), db=self._d.manifests)
         return None if data is None else enc.decode_manifest(ino, data)
 
     def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:
-        for key, val in self._txn.cursor(db=self._d.manifests).iternext():
+        tick = self._d.trimmer.tick
+        for i, (key, val) in enumerate(self._txn.cursor(db=self._d.manifests).iternext()):
+            if not i & _TICK_ROWS:
+                tick(_TICK_ROWS + 1)
             ino = enc.decode_ino(key)
             yield ino, enc.decode_manifest(ino, val)
 
     # -- chunks, packs, pools -------------------------------------------------
     def get_chunk(self, cid: bytes) -> ChunkRecord | None:
+        self._d.trimmer.tick()
         data = self._txn.get(cid, db=self._d.chunks)
         return None if data is None else enc.decode_chunk(cid, data)
 
     def has_chunk(self, cid: bytes) -> bool:
+        self._d.trimmer.tick()
         return self._txn.get(cid, db=self._d.chunks) is not None
 
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         decode = enc.decode_chunk
-        for key, val in self._txn.cursor(db=self._d.chunks).iternext():
+        tick = self._d.trimmer.tick
+        for i, (key, val) in enumerate(self._txn.cursor(db=self._d.chunks).iternext()):
+            if not i & _TICK_ROWS:
+                tick(_TICK_ROWS + 1)
             yield decode(key, val)
 
     def get_pack(self, pack_id: bytes) -> PackRecord | None:
@@ -320,6 +341,7 @@ class _ReadCtx:
         self._txn: Any = None
 
     def __enter__(self) -> ReadTxn:
+        self._dbs.trimmer.tick()
         self._txn = self._env.begin(write=False)
         return _LmdbRead(self._txn, self._dbs)
 
@@ -352,6 +374,7 @@ class _WriteCtx:
                 f"metadata {eng.path}: nested write transaction in one thread would "
                 "deadlock; do all changes in the outer write() block"
             )
+        shared.dbs.trimmer.tick()
         shared.wlock.acquire()
         try:
             shared.writer = me
@@ -486,7 +509,7 @@ class LmdbEngine(MetaEngine):
                     "open it writable once (`hutong init`)"
                 ) from None
             self._check_format(fmt)
-            return _Dbs(handles)
+            return _Dbs(handles, MapTrimmer(env))
         with env.begin(write=True) as txn:
             for name in names:
                 handles[name] = env.open_db(name.encode(), txn=txn, create=True)
@@ -495,7 +518,7 @@ class LmdbEngine(MetaEngine):
                 self._initialise(txn, handles)
             else:
                 self._check_format(fmt)
-        return _Dbs(handles)
+        return _Dbs(handles, MapTrimmer(env))
 
     def _check_format(self, fmt: bytes | None) -> None:
         if fmt != enc.FORMAT_VERSION:

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from gfs.meta import MetaEngine, ReadTxn
+from gfs.meta import MetaEngine, ReadTxn, WriteTxn
 
 _VALUE = struct.Struct("<dqQ")
 CHUNK_PREFIX = b"c"
@@ -100,7 +100,8 @@ class HeatTracker:
         now = time.time_ns()
         keys = [(CHUNK_PREFIX + cid, n) for cid, n in chunks.items()]
         keys += [(FILE_PREFIX + ino.to_bytes(8, "big"), n) for ino, n in files.items()]
-        with self.engine.write() as txn:
+
+        def add(txn: WriteTxn) -> None:
             for key, n in keys:
                 old = txn.get_value("heat", key)
                 if old is None:
@@ -109,3 +110,5 @@ class HeatTracker:
                     h = decode(old)
                     new = Heat(h.at(now, self.half_life) + n, now, h.reads + n)
                 txn.put_value("heat", key, encode(new))
+
+        self.engine.transact(add)

@@ -23,7 +23,7 @@ from gfs import namespace
 from gfs.codec import BLOB_HEADER_LEN, CODEC_DELTA, CODEC_ZSTD, encode_blob, parse_blob_header
 from gfs.env import TIERS
 from gfs.errors import CorruptChunkError, NotADirError, NotFoundError, PoolError
-from gfs.meta import ChunkRecord, Kind, Location, PackRecord, ReadTxn
+from gfs.meta import ChunkRecord, Kind, Location, PackRecord, ReadTxn, WriteTxn
 from gfs.packs import PackBuilder, pack_key
 from gfs.store import ChunkStore
 from gfs.tiering.heat import iter_chunk_heat
@@ -133,8 +133,8 @@ def run(store: ChunkStore, *, dry_run: bool = False, hook: Hook | None = None,
     report.finished_ns = time.time_ns()
     report.tier_bytes = tier_usage(store)
     if not dry_run:
-        with store.engine.write() as txn:
-            txn.put_value("rules", STATS_KEY, json.dumps(asdict(report)).encode())
+        stats = json.dumps(asdict(report)).encode()
+        store.engine.transact(lambda txn: txn.put_value("rules", STATS_KEY, stats))
     return report
 
 
@@ -211,14 +211,16 @@ def _switch(store: ChunkStore, dst: str, builder: PackBuilder,
     report.packs_written += 1
     if hook:
         hook("written", report.moved + len(batch))
-    emptied: list[PackRecord] = []
-    with store.engine.write() as txn:
-        live_n = live_b = 0
+
+    def switch(txn: WriteTxn) -> tuple[int, int, list[PackRecord]]:
+        """Returns (skipped, live bytes, emptied packs); derives all from `txn`."""
+        live_n = live_b = skipped = 0
+        emptied: list[PackRecord] = []
         dead: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
         for rec, old, offset, length, codec in batch:
             current = txn.get_chunk(rec.id)
             if current is None or old not in current.locations:
-                report.skipped += 1  # removed or moved meanwhile: the new copy is dead
+                skipped += 1  # removed or moved meanwhile: the new copy is dead
                 continue
             new = Location(pool_id, builder.pack_id, offset, length)
             locs = tuple(new if loc == old else loc for loc in current.locations)
@@ -228,8 +230,6 @@ def _switch(store: ChunkStore, dst: str, builder: PackBuilder,
             live_b += length
             dead[old.pack][0] += 1
             dead[old.pack][1] += old.length
-            report.moved += 1
-            report.bytes_moved += length
         txn.put_pack(PackRecord(builder.pack_id, pool_id, builder.size, builder.nblobs,
                                 live_n, live_b, time.time_ns()))
         for pid, (n, nbytes) in dead.items():
@@ -242,6 +242,12 @@ def _switch(store: ChunkStore, dst: str, builder: PackBuilder,
             else:
                 txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks, p.live_chunks - n,
                                         p.live_bytes - nbytes, p.created_ns))
+        return skipped, live_b, emptied
+
+    skipped, moved_bytes, emptied = store.engine.transact(switch)
+    report.skipped += skipped
+    report.moved += len(batch) - skipped
+    report.bytes_moved += moved_bytes
     if hook:
         hook("switched", report.moved)
     for p in emptied:  # nothing refers to them any more: the commit above is durable

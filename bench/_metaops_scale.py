@@ -1,0 +1,80 @@
+"""The scale curve of `python -m bench metaops`: put, fsck, du, get and gc of N small files.
+
+Each command runs as its own `hutong` process, so its peak RSS (from `wait4`) is
+the whole command's. Files are small and distinct (one chunk each), 1000 to a
+directory; the curve is per-file time and peak RSS at each N, and the target is
+both flat within 2x from the smallest to the largest N.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench._measure import Run, hutong_cmd, run
+
+#: Files per directory of the generated tree.
+PER_DIR = 1000
+#: Bytes per file (distinct content, one chunk each).
+FILE_BYTES = 200
+#: Commands measured at each N, in order.
+OPS = ("put", "fsck", "du", "get", "gc")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One N of the curve: per-op wall seconds and peak RSS (MiB)."""
+
+    n: int
+    seconds: dict[str, float]
+    rss_mib: dict[str, float]
+
+    def per_file_us(self, op: str) -> float:
+        """Microseconds per file of `op`."""
+        return self.seconds[op] / self.n * 1e6
+
+
+def make_tree(root: Path, n: int) -> None:
+    """`n` distinct files of FILE_BYTES bytes, PER_DIR to a directory."""
+    for i in range(n):
+        d = root / f"d{i // PER_DIR:05d}"
+        if i % PER_DIR == 0:
+            d.mkdir(parents=True)
+        body = (f"{i:012d}".encode() * (FILE_BYTES // 12 + 1))[:FILE_BYTES]
+        fd = os.open(d / f"f{i:07d}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, body)
+        finally:
+            os.close(fd)
+
+
+def measure(work: Path, n: int) -> Point:
+    """Put `n` files into a fresh store, then fsck, du, get them back and gc."""
+    src, state, out = work / f"src-{n}", work / f"state-{n}", work / f"out-{n}"
+    make_tree(src, n)
+    env = {**os.environ, "HUTONG_STATE": str(state)}
+    hutong = hutong_cmd()
+    run([*hutong, "-q", "init"], env=env)
+    argv = {
+        "put": [*hutong, "-q", "put", f"{src}/", "/data"],
+        "fsck": [*hutong, "-q", "fsck"],
+        "du": [*hutong, "-q", "du", "/"],
+        "get": [*hutong, "-q", "get", "/data", str(out)],
+        "gc": [*hutong, "-q", "gc"],
+    }
+    runs: dict[str, Run] = {op: run(argv[op], env=env) for op in OPS}
+    got = sum(len(files) for _, _, files in os.walk(out))
+    if got != n:
+        raise RuntimeError(f"get restored {got} files of {n}")
+    for p in (src, state, out):
+        shutil.rmtree(p)
+    return Point(n, {op: r.wall for op, r in runs.items()},
+                 {op: r.maxrss_kib / 1024 for op, r in runs.items()})
+
+
+def flat(points: list[Point], op: str) -> tuple[float, float]:
+    """(ratio of per-file time, ratio of peak RSS) of `op`, largest N over smallest."""
+    lo, hi = points[0], points[-1]
+    return hi.per_file_us(op) / lo.per_file_us(op), hi.rss_mib[op] / lo.rss_mib[op]

@@ -1,0 +1,94 @@
+"""Keep the resident part of LMDB's memory map bounded during long scans.
+
+LMDB reads through a shared, file-backed memory map: every page a scan or a
+lookup touches stays in the process's resident set (RSS) until the kernel
+reclaims it, so the RSS of an fsck, du or put grows with the metadata file
+(measured: +38 MB of RSS for a 38 MB metadata file of 10^5 files). Those pages
+are clean page cache, but they count against the process. `MapTrimmer`
+drops the map's pages from this process's page tables with
+`madvise(MADV_DONTNEED)` at most once per interval: for a shared file mapping
+that only unmaps them (the data stays in the file and the page cache, and a
+later access faults the same page back in), so it is safe while other threads
+read through the map. Where madvise is unavailable (not Linux), it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+#: Seconds between two trims of one map.
+TRIM_INTERVAL = 0.1
+#: Lookups or scanned rows between two trims: a random lookup touches about one
+#: page, so this bounds the pages touched between trims (4096 pages: 16 MiB; a
+#: scan touches far fewer, and a fast scan touches 15 MB in under 0.1 s).
+TRIM_TICKS = 4096
+_MADV_DONTNEED = 4
+
+_libc: Any = None
+if sys.platform.startswith("linux"):
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    _libc.madvise.restype = ctypes.c_int
+
+
+class MapTrimmer:
+    """Trims the resident pages of one LMDB environment's map (see the module doc)."""
+
+    __slots__ = ("_env", "_lock", "_map", "_next", "_ticks", "trims")
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+        self._ticks = 0
+        self._map: tuple[int, int] | None = None
+        self._next = time.monotonic() + TRIM_INTERVAL
+        self._lock = threading.Lock()
+        self.trims = 0
+
+    def tick(self, n: int = 1) -> None:
+        """Note activity; trim the map if TRIM_TICKS ticks or TRIM_INTERVAL seconds have
+        passed since the last trim (`n`: lookups or rows read since the last tick)."""
+        self._ticks += n  # approximate across threads: it only paces the trims
+        if _libc is None or (self._ticks < TRIM_TICKS and time.monotonic() < self._next):
+            return
+        with self._lock:
+            if self._ticks < TRIM_TICKS and time.monotonic() < self._next:
+                return
+            self.trim()
+            self._ticks = 0
+            self._next = time.monotonic() + TRIM_INTERVAL
+
+    def trim(self) -> None:
+        """Drop the map's resident pages from this process now."""
+        if _libc is None:
+            return
+        if self._map is None:
+            self._map = _find_map(os.path.join(self._env.path(), "data.mdb"))
+        start, size = self._map
+        used = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+        length = min(size, -(-used // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if start and length:
+            _libc.madvise(start, length, _MADV_DONTNEED)
+            self.trims += 1
+
+
+def _find_map(path: str) -> tuple[int, int]:
+    """(start address, length) of this process's mapping of file `path` ((0, 0) if
+    none): LMDB does not report where it mapped its file, /proc/self/maps does."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == real:
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    return lo, hi - lo
+    except OSError:
+        pass
+    return 0, 0
