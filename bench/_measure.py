@@ -144,6 +144,17 @@ def drop_page_cache(path: Path) -> None:
             os.close(fd)
 
 
+def write_random(path: Path, size: int) -> Path:
+    """Write `size` random bytes (nothing compresses or deduplicates) to `path`."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            k = min(left, 64 << 20)
+            f.write(os.urandom(k))
+            left -= k
+    return path
+
+
 def read_file(path: Path, block: int = READ_BLOCK) -> int:
     """Read `path` sequentially in `block`-sized reads; return the bytes read."""
     n = 0
@@ -155,12 +166,14 @@ def read_file(path: Path, block: int = READ_BLOCK) -> int:
 
 
 @contextmanager
-def mounted(argv: list[str], mnt: Path, log: Path, timeout: float = 60) -> Iterator[None]:
-    """Run the FUSE mount command `argv` (foreground) until `mnt` is a mount point; unmount
-    and stop it when the block ends."""
+def mounted(argv: list[str], mnt: Path, log: Path, timeout: float = 60,
+            env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Run the FUSE mount command `argv` (foreground; `env`: its whole environment) until
+    `mnt` is a mount point; unmount and stop it when the block ends."""
     mnt.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                env=dict(env) if env is not None else None)
     try:
         deadline = time.monotonic() + timeout
         while not os.path.ismount(mnt):

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench._measure import drop_page_cache, mounted, read_file
+from bench._measure import drop_page_cache, mounted, read_file, write_random
 from bench.report import headline, table
 from gfs.units import size_arg
 
@@ -99,13 +99,7 @@ def main(argv: list[str]) -> int:
     try:
         local = work / "local"
         local.mkdir()
-        big = local / "big.bin"
-        with open(big, "wb") as f:
-            left = size
-            while left:
-                k = min(left, 64 << 20)
-                f.write(os.urandom(k))
-                left -= k
+        big = write_random(local / "big.bin", size)
         state = work / "state"
         with Client.init(state) as c:
             c.put(big, "/big.bin")

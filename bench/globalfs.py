@@ -1,0 +1,383 @@
+"""`python -m bench globalfs [--quick]`: the global namespace over an emulated WAN, beside JuiceFS.
+
+Three hosts in network namespaces (gfs.testing.wan), each on a link of 1 Gbit/s
+with 0.1% loss, 40 ms RTT between any two:
+
+* A: the registry and bank-a's primary site;
+* B: telco-b's primary site, holding the data set, and JuiceFS's servers
+  (Redis for metadata, `weed server -s3` of SeaweedFS for data);
+* C: the client: `hutong mount --profile` acting for telco-b with its keys,
+  gfs:// reads in a process there, and a JuiceFS mount.
+
+Measured in the same run: the RTT (UDP probes from C to B) and the link rate
+(iperf3 from B to C with 1 and 4 streams; the link rate is the larger). On
+loopback: the embedded mount (`hutong --state S mount`) of a store holding the
+same tree, and the same federation on 127.0.0.x with our mount and gfs://.
+
+The data set (bench._fsops): a 1 GiB random file, two directories of 10,000
+empty files and 1,000 creates of 4 KiB. Rows: cold sequential read (every
+client cache empty, the servers' page cache of the stored data dropped) and
+warm re-read; `ls -l` of one directory and a stat of every file of the other,
+in round trips of the link; creates per second (bounded in time). JuiceFS
+writes its copy through a mount on B (beside its servers) and reads through a
+fresh mount on C, with its default options.
+
+Targets (issue 12): cold reads on the WAN >= 80% of the link rate (mount and
+gfs://); on loopback >= 50% of the embedded mount's cold read; warm re-reads
+>= 80% of the embedded mount's; `ls -l` and the stats within 3 round trips.
+JuiceFS's figures stand beside ours; the targets hold either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import _federated, _juicefs
+from bench._federated import Ours, fill_site
+from bench._fsops import (
+    Dataset,
+    Timing,
+    creates,
+    fill_client,
+    fill_dir,
+    ls_l,
+    make_dataset,
+    sequential_read,
+    stat_all,
+)
+from bench._measure import hutong_cmd, mounted
+from bench.report import headline, table
+from gfs.client import Client
+from gfs.federation.testing import Federation
+from gfs.testing.wan import Link, Wan, emulated_wan, measure_udp, unavailable_reason
+from gfs.units import size_arg
+
+RTT = 0.040
+LOSS = 0.001
+RATE_BPS = 1e9
+ROUND_TRIPS = 3.0
+"""Target: a listing or the stats of a whole directory in at most this many RTTs."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and time bounds of one run."""
+
+    size: int
+    entries: int
+    creates: int
+    iperf_seconds: int
+    budget: float
+    """Seconds at most for the stats and for the creates of one system."""
+
+
+FULL = Plan(1 << 30, 10_000, 1_000, 6, 180.0)
+QUICK = Plan(64 << 20, 1_000, 100, 2, 4.0)
+
+
+@dataclass
+class Tree:
+    """What one system's tree measured (None: not measured)."""
+
+    cold: Timing | None = None
+    warm: Timing | None = None
+    ls: Timing | None = None
+    stat: Timing | None = None
+    creates: Timing | None = None
+
+
+@dataclass
+class Results:
+    """Every figure of the run, by system."""
+
+    rtt: float = RTT
+    link_1: float = 0.0
+    link_4: float = 0.0
+    trees: dict[str, Tree] = field(default_factory=dict)
+    gfs: dict[str, tuple[Timing, Timing]] = field(default_factory=dict)
+    why_not: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def link_mbs(self) -> float:
+        return max(self.link_1, self.link_4) / 8 / 1e6
+
+
+def measure_tree(base: Path, ds: Dataset, plan: Plan, drop: Sequence[Path] = ()) -> Tree:
+    """Every operation on the tree at `base` (a mount), in the order the rows show."""
+    t = Tree()
+    t.cold = sequential_read(base / "big.bin", ds.size, cold=True, drop=tuple(drop))
+    t.warm = sequential_read(base / "big.bin", ds.size, cold=False)
+    t.ls = ls_l(base / "list", ds.entries, timeout=max(300.0, plan.budget))
+    t.stat = stat_all(base / "stat", ds.entries, plan.budget)
+    t.creates = creates(base / "creates", ds.creates, plan.budget)
+    return t
+
+
+def _iperf(wan: Wan, seconds: int) -> tuple[float, float]:
+    """Bits per second from B to C with 1 and with 4 TCP streams (the first second, slow
+    start, left out)."""
+    wan.popen("b", ["iperf3", "-s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wan.wait_tcp("c", wan["b"].address, 5201)
+    got = []
+    for streams in (1, 4):
+        out = wan.run("c", ["iperf3", "-c", wan["b"].address, "-R", "-J", "-t", str(seconds),
+                            "-O", "1", "-P", str(streams)], timeout=seconds + 60)
+        got.append(float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]))
+    return got[0], got[1]
+
+
+def _ours_wan(wan: Wan, work: Path, ds: Dataset, plan: Plan, res: Results) -> None:
+    ours = Ours(work / "ours")
+    with Federation(work / "fed", wan=wan, heartbeat=0.5, ttl=5.0) as fed:
+        fed.registry(netns="a")
+        fed.site("a1", "bank-a", "cn-north", primary=True, netns="a")
+        fed.site("b1", "telco-b", "cn-east", primary=True, netns="b")
+        pools = fill_site(fed, "b1", "/telco-b/bench", ds)
+        ours.add_profile("wan", fed, "telco-b", "b1")
+        mnt = work / "mnt-ours"
+        with mounted(wan["c"].net_argv(ours.mount_argv("wan", mnt)), mnt,
+                     work / "mount-ours.log", env=ours.fresh_env()):
+            res.trees["hutong mount"] = measure_tree(mnt / "telco-b" / "bench", ds, plan,
+                                                     (pools,))
+        res.gfs["gfs://"] = ours.gfs_reads(wan["c"].net_argv([]),
+                                           "gfs://telco-b/bench/big.bin", "wan", ds.size)
+
+
+def _juicefs_wan(servers: _juicefs.Servers, wan: Wan, work: Path, ds: Dataset,
+                 plan: Plan, res: Results) -> None:
+    volume = servers.format()
+    mb, mc = work / "mnt-jfs-b", work / "mnt-jfs-c"
+    with mounted(_juicefs.mount_argv(wan, "b", volume, mb, work / "jfs-cache-b"), mb,
+                 work / "jfs-b.log"):
+        fill_dir(mb, ds)
+    with mounted(_juicefs.mount_argv(wan, "c", volume, mc, work / "jfs-cache-c"), mc,
+                 work / "jfs-c.log"):
+        res.trees["juicefs mount"] = measure_tree(mc, ds, plan, (servers.root / "weed",))
+
+
+def _loopback(work: Path, ds: Dataset, plan: Plan, res: Results, ours_ok: bool) -> None:
+    emb = work / "embedded"
+    with Client.init(emb) as c:
+        fill_client(c, "/bench", ds)
+    mnt = work / "mnt-embedded"
+    with mounted([*hutong_cmd(), "--state", str(emb), "mount", str(mnt)], mnt,
+                 work / "mount-embedded.log"):
+        res.trees["embedded mount (lo)"] = measure_tree(mnt / "bench", ds, plan,
+                                                        (emb / "pools",))
+    if not ours_ok:
+        return
+    ours = Ours(work / "ours-lo")
+    with Federation(work / "fed-lo", heartbeat=0.5, ttl=5.0) as fed:
+        fed.registry()
+        fed.site("b1", "telco-b", "cn-east", primary=True)
+        pools = fill_site(fed, "b1", "/telco-b/bench", ds)
+        ours.add_profile("lo", fed, "telco-b", "b1")
+        mnt = work / "mnt-ours-lo"
+        with mounted(ours.mount_argv("lo", mnt), mnt, work / "mount-ours-lo.log",
+                     env=ours.fresh_env()):
+            res.trees["hutong mount (lo)"] = measure_tree(mnt / "telco-b" / "bench", ds,
+                                                          plan, (pools,))
+        res.gfs["gfs:// (lo)"] = ours.gfs_reads([], "gfs://telco-b/bench/big.bin", "lo",
+                                                ds.size)
+
+
+class _Progress:
+    """One line on stderr as each phase ends (a full run takes minutes)."""
+
+    def __init__(self) -> None:
+        self.t0 = self.t = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        print(f"globalfs: {phase} ({now - self.t:.1f} s, {now - self.t0:.0f} s in all)",
+              file=sys.stderr, flush=True)
+        self.t = now
+
+
+def run(work: Path, plan: Plan) -> Results:
+    """Build the topology, measure every system, tear everything down."""
+    res = Results()
+    done = _Progress()
+    ds = make_dataset(work, plan.size, plan.entries, plan.creates)
+    done("data set written")
+    ours_why = _federated.unavailable_reason()
+    jfs_why = _juicefs.unavailable_reason()
+    if ours_why:
+        res.why_not["ours"] = ours_why
+    if jfs_why:
+        res.why_not["juicefs"] = jfs_why
+    link = Link(delay=RTT / 4, rate_bps=RATE_BPS, loss=LOSS)
+    with emulated_wan({"a": link, "b": link, "c": link}, nice=-5) as wan:
+        servers = None if jfs_why else _juicefs.Servers(wan, "b", work / "jfs")
+        probe = measure_udp(wan, "c", "b", count=20, interval=0.02)
+        res.rtt = statistics.median(probe["rtts"])
+        res.link_1, res.link_4 = _iperf(wan, plan.iperf_seconds)
+        done("RTT and link rate measured")
+        if not ours_why:
+            _ours_wan(wan, work, ds, plan, res)
+            done("hutong on the WAN measured")
+        if servers is not None:
+            _juicefs_wan(servers, wan, work, ds, plan, res)
+            done("JuiceFS on the WAN measured")
+    _loopback(work, ds, plan, res, ours_ok=not ours_why)
+    done("loopback measured")
+    return res
+
+
+# -- the table ---------------------------------------------------------------------------
+
+class Verdicts:
+    """Rows of the table and whether each of our targets is met."""
+
+    def __init__(self, res: Results, ds_size: int, entries: int) -> None:
+        self.res, self.size, self.entries = res, ds_size, entries
+        self.rows: list[list[object]] = []
+        self.met: dict[str, bool] = {}
+        self.figures: dict[str, object] = {}
+
+    def ratio(self, key: str, where: str, op: str, system: str, t: Timing | None,
+              ref: float | None, ref_name: str, want: float | None) -> None:
+        """A throughput row: MB/s, and its ratio to `ref` MB/s against target `want`."""
+        if t is None or ref is None or ref <= 0:
+            self.rows.append([where, op, system, "n/a", ref_name, "n/a",
+                              f">= {want:.0%} missed" if want else "peer"])
+            if want:
+                self.met[key] = False
+                self.figures[key] = "n/a"
+            return
+        r = t.mbs / ref
+        ok = want is None or r >= want
+        self.rows.append([where, op, system, f"{t.mbs:.0f} MB/s", f"{ref_name} {ref:.0f} MB/s",
+                          f"{r:.2f}", (f">= {want:.0%} " + ("met" if ok else "missed"))
+                          if want else "peer"])
+        if want is not None:
+            self.met[key] = ok
+        self.figures[key] = round(r, 3)
+
+    def round_trips(self, key: str, op: str, system: str, t: Timing | None,
+                    target: bool) -> None:
+        """A listing row: seconds and round trips of the link (extrapolated when the time
+        budget ran out before the last entry)."""
+        if t is None:
+            self.rows.append(["WAN", op, system, "n/a", "", "n/a",
+                              f"<= {ROUND_TRIPS:g} RTT missed" if target else "peer"])
+            if target:
+                self.met[key] = False
+                self.figures[key] = "n/a"
+            return
+        secs = t.seconds * (t.wanted / t.done) if t.done else float("inf")
+        rtts = secs / self.res.rtt
+        ok = rtts <= ROUND_TRIPS
+        note = "" if t.complete else f" ({t.done} of {t.wanted} in the time bound)"
+        self.rows.append(["WAN", op, system, f"{secs:.2f} s{note}",
+                          f"RTT {self.res.rtt * 1e3:.1f} ms", f"{rtts:.1f} RTT",
+                          (f"<= {ROUND_TRIPS:g} RTT " + ("met" if ok else "missed"))
+                          if target else "peer"])
+        if target:
+            self.met[key] = ok
+        self.figures[key] = round(rtts, 1)
+
+
+def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
+    """The table, whether every target is met, and the headline's figures."""
+    v = Verdicts(res, plan.size, plan.entries)
+    link = res.link_mbs
+    v.rows.append(["WAN", "link rate (iperf3 B->C, 1 / 4 streams)", "iperf3",
+                   f"{res.link_1 / 8e6:.0f} / {res.link_4 / 8e6:.0f} MB/s",
+                   f"RTT {res.rtt * 1e3:.1f} ms", "", ""])
+    trees, gfs = res.trees, res.gfs
+    mount, lo_mount = trees.get("hutong mount"), trees.get("hutong mount (lo)")
+    jfs, emb = trees.get("juicefs mount"), trees.get("embedded mount (lo)")
+    g, g_lo = gfs.get("gfs://"), gfs.get("gfs:// (lo)")
+    emb_cold = emb.cold.mbs if emb and emb.cold else None
+    emb_warm = emb.warm.mbs if emb and emb.warm else None
+    mib = f"{plan.size >> 20} MiB"
+    v.ratio("cold_wan_mount", "WAN", f"cold read {mib}", "hutong mount",
+            mount.cold if mount else None, link, "link", 0.8)
+    v.ratio("cold_wan_gfs", "WAN", f"cold read {mib}", "gfs://", g[0] if g else None, link,
+            "link", 0.8)
+    v.ratio("cold_wan_jfs", "WAN", f"cold read {mib}", "juicefs mount",
+            jfs.cold if jfs else None, link, "link", None)
+    v.ratio("warm_wan_mount", "WAN", f"warm re-read {mib}", "hutong mount",
+            mount.warm if mount else None, emb_warm, "embedded", 0.8)
+    v.ratio("warm_wan_gfs", "WAN", f"warm re-read {mib}", "gfs://", g[1] if g else None,
+            emb_warm, "embedded", 0.8)
+    v.ratio("warm_wan_jfs", "WAN", f"warm re-read {mib}", "juicefs mount",
+            jfs.warm if jfs else None, emb_warm, "embedded", None)
+    for key, system, tree in (("mount", "hutong mount", mount), ("jfs", "juicefs mount", jfs)):
+        v.round_trips(f"ls_{key}_rtts", f"ls -l of {plan.entries} entries", system,
+                      tree.ls if tree else None, key == "mount")
+        v.round_trips(f"stat_{key}_rtts", f"stat of {plan.entries} files", system,
+                      tree.stat if tree else None, key == "mount")
+    for system, tree in (("hutong mount", mount), ("juicefs mount", jfs),
+                         ("embedded mount (lo)", emb)):
+        c = tree.creates if tree else None
+        v.rows.append(["WAN" if "lo" not in system else "loopback",
+                       f"{plan.creates} creates of 4 KiB", system,
+                       f"{c.rate:.0f} files/s" + ("" if c.complete else
+                                                  f" ({c.done} in the time bound)")
+                       if c else "n/a", "", "", ""])
+        if c:
+            v.figures[f"creates_{system.split()[0]}_per_s"] = round(c.rate, 1)
+    v.ratio("cold_lo_mount", "loopback", f"cold read {mib}", "hutong mount",
+            lo_mount.cold if lo_mount else None, emb_cold, "embedded", 0.5)
+    v.ratio("cold_lo_gfs", "loopback", f"cold read {mib}", "gfs://", g_lo[0] if g_lo else None,
+            emb_cold, "embedded", 0.5)
+    v.ratio("warm_lo_mount", "loopback", f"warm re-read {mib}", "hutong mount",
+            lo_mount.warm if lo_mount else None, emb_warm, "embedded", 0.8)
+    v.ratio("warm_lo_gfs", "loopback", f"warm re-read {mib}", "gfs://",
+            g_lo[1] if g_lo else None, emb_warm, "embedded", 0.8)
+    if emb and emb.cold and emb.warm:
+        v.rows.append(["loopback", f"cold / warm read {mib}", "embedded mount",
+                       f"{emb.cold.mbs:.0f} / {emb.warm.mbs:.0f} MB/s", "", "", "reference"])
+    text = table(["where", "operation", "system", "result", "against", "ratio", "target"],
+                 v.rows)
+    for who, why in res.why_not.items():
+        text += f"\n{who}: not measured: {why}"
+    figures: dict[str, object] = {"rtt_ms": round(res.rtt * 1e3, 1),
+                                  "link_mbs": round(link), **v.figures,
+                                  "size_mib": plan.size >> 20}
+    return text, bool(v.met) and all(v.met.values()), figures
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench globalfs")
+    ap.add_argument("--quick", action="store_true",
+                    help="64 MiB file, 1,000 entries, 100 creates (under a minute)")
+    ap.add_argument("--size", type=size_arg, help="large file size (1GiB)")
+    ap.add_argument("--entries", type=int, help="entries per listed directory (10000)")
+    ap.add_argument("--dir", help="work directory (default: a temporary one)")
+    args = ap.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.size:
+        plan = dataclasses.replace(plan, size=args.size)
+    if args.entries:
+        plan = dataclasses.replace(plan, entries=args.entries)
+    why = unavailable_reason()
+    if why:
+        print(f"bench globalfs: cannot build the emulated WAN: {why}", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-globalfs-", dir=args.dir))
+    try:
+        res = run(work, plan)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text, met, figures = report(res, plan)
+    print(text)
+    print(headline("globalfs", met, **figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
