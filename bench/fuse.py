@@ -132,8 +132,7 @@ def main(argv: list[str]) -> int:
             assert n == size
             figures[f"gfs_{label}"] = n / secs / 1e6
             rows.append(["gfs://", f"sequential read {label}", f"{n / secs / 1e6:.0f} MB/s"])
-        fs.cache.close()
-        fs.client.close()
+        fs.close()
 
         mnt = work / "mnt"
         hutong = [sys.executable, "-m", "gfs.cli", "--state", str(state), "mount", str(mnt),

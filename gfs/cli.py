@@ -1,4 +1,10 @@
-"""`hutong`: the command line of the Hutong global file system (embedded mode).
+"""`hutong`: the command line of the Hutong global file system.
+
+The namespace commands (ls, stat, cat, put, get, mkdir, rm, mv, du) run on the
+selected namespace: the federation of a profile (--profile NAME, $HUTONG_PROFILE,
+`hutong profile use`; see gfs.profiles), else the embedded store of --state.
+Commands that manage an embedded store (gc, fsck, pools, tiers, ...) refuse a
+federated profile with a clear error.
 
 Exit codes: 0 success; 1 the operation ran and failed (damage, I/O, no space, a
 server down); 2 the request was wrong (usage, an invalid value, no such path,
@@ -28,7 +34,7 @@ from gfs.units import size_arg
 
 if TYPE_CHECKING:
     from gfs.client import Client
-    from gfs.namespace_api import DuReport, Stat
+    from gfs.namespace_api import DuReport, Namespace, Stat
 
 DESCRIPTION = """\
 Hutong keeps files as deduplicated, compressed, content-defined chunks under
@@ -37,6 +43,10 @@ are ordinary paths.
 
 The state directory is --state DIR, else $HUTONG_STATE, else ~/.hutong.
 Start with `hutong init`, then `hutong put LOCAL /PATH`.
+
+With a profile (`hutong profile add`, then --profile NAME, $HUTONG_PROFILE or
+`hutong profile use NAME`) the same commands work on the global tree of the
+federation: /ENTITY/... for every entity you may see.
 """
 
 EPILOG = """\
@@ -48,13 +58,14 @@ examples:
   hutong get /lab/dataset ./restored     copy a tree out
   hutong fsck                            verify every chunk; exit 0 only if all is well
   hutong gc                              reclaim space of deleted files
+  hutong --profile work ls /bank-a       the federation's tree, through a profile
 """
 
 
 #: Modules that add subcommands: each has `register(subparsers, common_parser)`,
 #: adding parsers whose `func(args) -> int` default runs the command. They import
 #: their heavy dependencies inside the commands.
-EXTENSIONS: tuple[str, ...] = ("gfs.mount_cli", "gfs.mover_cli", "gfs.tier_cli",
+EXTENSIONS: tuple[str, ...] = ("gfs.profile_cli", "gfs.mount_cli", "gfs.mover_cli", "gfs.tier_cli",
                                "gfs.state_cli", "gfs.meta_cli",
                                "gfs.federation.cli", "dataflow.cli", "privacy.cli",
                                "gfs.gateway.cli")
@@ -121,9 +132,32 @@ def _local_size(path: str) -> int:
 
 
 def open_client(args: argparse.Namespace) -> Client:
-    """The embedded store of `args.state` (the one place commands open it)."""
+    """The embedded store of `args.state` (the one place commands open it); refused when
+    a federated profile is selected, since the command manages a store."""
     from gfs.client import Client
+    from gfs.profiles import ProfileError, selected
+
+    name = selected(getattr(args, "profile", None))
+    if name is not None:
+        prog = getattr(args, "_prog", "hutong")
+        raise ProfileError(f"`{prog}` needs an embedded store, but profile {name!r} selects "
+                           "the federation; run it with --profile local (and --state DIR)")
     return Client(args.state)
+
+
+def open_ns(args: argparse.Namespace) -> Namespace:
+    """The selected namespace: the profile's federation, else the embedded store."""
+    from gfs.profiles import open_namespace
+    return open_namespace(getattr(args, "profile", None), state=args.state)
+
+
+@contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[Namespace]:
+    ns = open_ns(args)
+    try:
+        yield ns
+    finally:
+        ns.close()
 
 
 def _copy_stream(src: Any, dst: Any) -> int:
@@ -147,20 +181,30 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     if args.local == "-":
-        with open_client(args) as fs, fs.open(args.path, "wb") as out:
+        with _opened(args) as fs, fs.open(args.path, "wb") as out:
             n = _copy_stream(sys.stdin.buffer, out)
         if args.json:
             print_json({"path": args.path, "bytes": n})
         elif not args.quiet:
             print(f"put {human(n)} from standard input to {args.path}", file=sys.stderr)
         return 0
-    with open_client(args) as fs, \
+    with _opened(args) as fs, \
             _progress(args, lambda: _local_size(args.local), "put") as bar:
-        r = fs.put(args.local, args.path, progress=bar)
+        if isinstance(fs, Client):
+            r = fs.put(args.local, args.path, progress=bar)
+        else:
+            from gfs.ns_transfer import put_tree
+            r = put_tree(fs, args.local, args.path, progress=bar)
     w = r.write
     if args.json:
         print_json(r.to_dict())
+    elif not args.quiet and w is None:
+        print(f"put {r.files} files, {r.dirs} dirs, {r.symlinks} symlinks, {human(r.bytes)}"
+              + (f"; {r.unchanged} unchanged entries kept (resumed)" if r.unchanged else "")
+              + (f"; skipped {r.skipped} special files" if r.skipped else ""))
     elif not args.quiet and w is not None:
         print(f"put {r.files} files, {r.dirs} dirs, {r.symlinks} symlinks, {human(r.bytes)}; "
               f"new data {human(w.new_raw_bytes)} stored as {human(w.new_stored_bytes)}"
@@ -170,8 +214,10 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from gfs.client import Client
+
     if args.local == "-":
-        with open_client(args) as fs:
+        with _opened(args) as fs:
             if fs.stat(args.path).is_dir:
                 from gfs.errors import IsADirError
                 raise IsADirError(args.path, "a directory cannot be written to standard "
@@ -180,9 +226,17 @@ def cmd_get(args: argparse.Namespace) -> int:
                 _copy_stream(f, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return 0
-    with open_client(args) as fs, \
+    with _opened(args) as fs, \
             _progress(args, lambda: fs.du(args.path).logical_bytes, "get") as bar:
-        r = fs.get(args.path, args.local, progress=bar, skip_damaged=args.skip_damaged)
+        if isinstance(fs, Client):
+            r = fs.get(args.path, args.local, progress=bar, skip_damaged=args.skip_damaged)
+        elif args.skip_damaged:
+            from gfs.profiles import ProfileError
+            raise ProfileError("--skip-damaged works on an embedded store; on the federation "
+                               "every chunk is read from a verified replica")
+        else:
+            from gfs.ns_transfer import get_tree
+            r = get_tree(fs, args.path, args.local, progress=bar)
     if args.json:
         print_json(r.to_dict())
     else:
@@ -204,7 +258,7 @@ def _long(st: Stat) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    with open_client(args) as fs:
+    with _opened(args) as fs:
         entries = fs.ls(args.path)
     if args.json:
         print_json([st.to_dict() for st in entries])
@@ -215,14 +269,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    with open_client(args) as fs, fs.open(args.path) as f:
+    with _opened(args) as fs, fs.open(args.path) as f:
         _copy_stream(f, sys.stdout.buffer)
     sys.stdout.buffer.flush()
     return 0
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
-    with open_client(args) as fs:
+    with _opened(args) as fs:
         info = fs.stat(args.path).to_dict()
     if args.json:
         print_json(info)
@@ -233,20 +287,20 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    with open_client(args) as fs:
+    with _opened(args) as fs:
         for p in args.paths:
             fs.rm(p, recursive=args.recursive)
     return 0
 
 
 def cmd_mv(args: argparse.Namespace) -> int:
-    with open_client(args) as fs:
+    with _opened(args) as fs:
         fs.mv(args.src, args.dst)
     return 0
 
 
 def cmd_mkdir(args: argparse.Namespace) -> int:
-    with open_client(args) as fs:
+    with _opened(args) as fs:
         for p in args.paths:
             fs.mkdir(p, parents=args.parents, exist_ok=args.parents)
     return 0
@@ -265,7 +319,7 @@ def _du_text(r: DuReport) -> str:
 
 
 def cmd_du(args: argparse.Namespace) -> int:
-    with open_client(args) as fs:
+    with _opened(args) as fs:
         r = fs.du(args.path)
     print(json.dumps(r.to_dict()) if args.json else _du_text(r))
     return 0
@@ -363,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--state", default=argparse.SUPPRESS, metavar="DIR",
                         help=f"state directory (default: ${STATE_ENV}, else ~/.hutong)")
+    common.add_argument("--profile", default=argparse.SUPPRESS, metavar="NAME",
+                        help="work on the federation through profile NAME (`local`: the "
+                        "embedded store; default: $HUTONG_PROFILE, else `hutong profile use`)")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars or summaries")
     p = _Parser(
@@ -460,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.state = getattr(args, "state", None)
+    args.profile = getattr(args, "profile", None)
     args.quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="hutong: %(levelname)s: %(message)s")

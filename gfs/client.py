@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from gfs import namespace, paths
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
@@ -57,7 +57,7 @@ from gfs.meta import (
 )
 from gfs.namespace import XattrSource
 from gfs.namespace_api import DuReport, Stat
-from gfs.read import ManifestReader
+from gfs.read import ChunkSource, ManifestReader, cached
 from gfs.state import (
     check_identity,
     is_database_url,
@@ -69,10 +69,29 @@ from gfs.state import (
 )
 from gfs.store import ChunkStore, WriteStats, read_prepared, release
 
+if TYPE_CHECKING:
+    from gfs.disk_cache import DiskCache
+
 Progress = Callable[[int], None]
 #: the block size of `iter_bytes` (read ahead by the manifest reader)
 READ_BLOCK = 4 << 20
 log = logging.getLogger("gfs.client")
+
+
+def put_source(local: str | os.PathLike[str], path: str) -> tuple[Path, os.stat_result, str]:
+    """(local source, its lstat, namespace destination) of a put: a `path` ending in "/"
+    (or the root) means inside it under the source's name, unless the source ends in
+    "/" (its contents, like rsync)."""
+    src = Path(local)
+    try:
+        top = os.lstat(src)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"local path not found: {src}") from None
+    dest = paths.normalize(path)
+    contents = str(local).endswith(os.sep)  # "dir/" means its contents, like rsync
+    if (path.endswith("/") or dest == "/") and not contents and src.name:
+        dest = paths.join([*paths.split(dest), paths.check_name(src.name)])
+    return src, top, dest
 
 
 @dataclass
@@ -132,6 +151,15 @@ class Client:
             self.engine.close()
             raise
         self.store = ChunkStore(self.engine, root, self.config)
+        self.reads: ChunkSource = self.store.source
+        """The chunk source file reads go through (the store; `cache_reads` adds tiers)."""
+
+    def cache_reads(self, memory_bytes: int, *, disk: DiskCache | None = None) -> None:
+        """From now on, read chunks through a memory tier of `memory_bytes` (and the disk
+        tier `disk`), as gfs:// and the mount do; `close()` closes the tiers."""
+        if self.reads is not self.store.source:
+            self.reads.close()
+        self.reads = cached(self.store.source, memory_bytes, disk=disk)
 
     # -- lifecycle -------------------------------------------------------------
     @classmethod
@@ -171,6 +199,8 @@ class Client:
 
     def close(self) -> None:
         """Release the store."""
+        if self.reads is not self.store.source:
+            self.reads.close()
         self.store.close()
         self.engine.close()
 
@@ -275,7 +305,7 @@ class Client:
         new version that becomes visible on close."""
         if mode in ("rb", "r"):
             norm, m = self._manifest(path)
-            return io.BufferedReader(ManifestReader(self.store.source, norm, m), 1 << 20)
+            return io.BufferedReader(ManifestReader(self.reads, norm, m), 1 << 20)
         if mode in ("wb", "w"):
             norm = paths.normalize(path)
             with self.engine.read() as txn:
@@ -289,7 +319,7 @@ class Client:
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""
         norm, m = self._manifest(path)
-        reader = ManifestReader(self.store.source, norm, m)
+        reader = ManifestReader(self.reads, norm, m)
         return reader.read_range(max(start, 0), reader.size if end is None else end)
 
     def write_bytes(self, path: str, data: bytes, *, perm: int | None = None) -> None:
@@ -303,7 +333,7 @@ class Client:
         `manifest` pins a version (see `manifest()`), else the one committed now."""
         norm, m = (paths.normalize(path), manifest) if manifest is not None \
             else self._manifest(path)
-        reader = ManifestReader(self.store.source, norm, m)
+        reader = ManifestReader(self.reads, norm, m)
         try:
             end = reader.size if end is None else min(end, reader.size)
             reader.seek(start)
@@ -461,15 +491,7 @@ class Client:
         directory, a directory onto a file) are found before anything is written.
         Files become visible in committed batches.
         """
-        src = Path(local)
-        try:
-            top = os.lstat(src)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"local path not found: {src}") from None
-        dest = paths.normalize(path)
-        contents = str(local).endswith(os.sep)  # "dir/" means its contents, like rsync
-        if (path.endswith("/") or dest == "/") and not contents and src.name:
-            dest = paths.join([*paths.split(dest), paths.check_name(src.name)])
+        src, top, dest = put_source(local, path)
         entries = self._scan_local(src, top)
         unchanged = self._check_put_conflicts(dest, entries)
         report = TransferReport()
@@ -712,7 +734,7 @@ class Client:
 
     def open_version(self, path: str, manifest: Manifest) -> BinaryIO:
         """A seekable reader of `manifest`, a version of `path` pinned by `manifest()`."""
-        return io.BufferedReader(ManifestReader(self.store.source, paths.normalize(path),
+        return io.BufferedReader(ManifestReader(self.reads, paths.normalize(path),
                                                 manifest), 1 << 20)
 
     def stat_ino(self, ino: int) -> Stat:

@@ -114,6 +114,14 @@ class UnavailableSiteError(_OSLike, ConnectionError):
     message = "no site holding this data is reachable"
 
 
+class CrossEntityError(_OSLike):
+    """A rename between two entities' subtrees (EXDEV): they live at different sites;
+    copy the data, then remove the original."""
+
+    errno_value = _errno.EXDEV
+    message = "cannot move across entities"
+
+
 class CorruptChunkError(_OSLike):
     """A stored chunk does not match its digest; run `hutong fsck` to find every damaged file."""
 

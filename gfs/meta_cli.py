@@ -42,13 +42,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.meta.dump import dump
     from gfs.state import settings_toml
 
     path = Path(args.file)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         try:
             with open(tmp, "wb") as f:
                 counts = dump(fs.engine, f, config=settings_toml(fs.state), source=repr(fs.engine))

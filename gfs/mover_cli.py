@@ -42,7 +42,7 @@ def _secret(args: argparse.Namespace) -> bytes:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gfs import mover
-    from gfs.client import Client
+    from gfs.cli import open_client
 
     secret = _secret(args)
     stop = threading.Event()
@@ -51,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
-    with Client(args.state) as fs, mover.MoverServer(fs, secret, args.host, args.port,
+    with open_client(args) as fs, mover.MoverServer(fs, secret, args.host, args.port,
                                                      sendfile=not args.no_sendfile,
                                                      congestion=args.congestion) as srv:
         print(f"hutong mover: serving {fs.state} on {srv.host}:{srv.port}", flush=True)
@@ -67,9 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_copy(args: argparse.Namespace) -> int:
     from gfs import mover
+    from gfs.cli import open_client
     from gfs.client import Client
 
-    with Client(args.state) as src, Client(args.to_state) as dst:
+    with open_client(args) as src, Client(args.to_state) as dst:
         ids = mover.tree_chunks(src, args.path)
         from tqdm import tqdm  # here: it costs ~20 ms of every command's start-up
 

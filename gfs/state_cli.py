@@ -10,10 +10,10 @@ from typing import Any
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.state import STATE_PATH, STORE_ID, is_private_url
 
-    with Client(args.state) as fs, fs.engine.read() as txn:
+    with open_client(args) as fs, fs.engine.read() as txn:
         sid = txn.get_meta(STORE_ID) or b""
         path = (txn.get_meta(STATE_PATH) or b"").decode()
         pools = list(txn.iter_pools())
@@ -25,9 +25,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_relocate(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         changed = fs.relocate(args.old, args.new)
     for rec in changed:
         print(f"pool {rec.name} (id {rec.id}) now at {rec.url}")

@@ -17,9 +17,9 @@ from gfs.units import duration_arg, size_arg
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         rec = fs.add_pool(args.name, args.url, tier=args.tier,
                           capacity=args.capacity or 0)
     print(f"added pool {rec.name} (id {rec.id}, tier {rec.tier}) at {rec.url}")
@@ -27,9 +27,9 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_ls(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         pools = fs.pools()
     if args.json:
         print_json([{"id": rec.id, "name": rec.name, "tier": rec.tier, "url": rec.url,
@@ -50,7 +50,7 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.tiering.policy import TierPolicy
 
     changes: dict[str, Any] = {}
@@ -59,7 +59,7 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    with Client(args.state) as fs, fs.engine.write() as txn:
+    with open_client(args) as fs, fs.engine.write() as txn:
         policy = TierPolicy.load(txn)
         pins = dict(policy.pins)
         for text in args.pin or []:
@@ -81,19 +81,19 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         policy = fs.store.policy()
     print(json.dumps(policy.as_dict(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_tier_run(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.tiering.tierer import run
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         r = run(fs.store, dry_run=args.dry_run)
     if args.json:
         print_json(asdict(r))
@@ -108,10 +108,10 @@ def cmd_tier_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tier_status(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.tiering.tierer import last_report, tier_capacity, tier_usage
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         usage = tier_usage(fs.store)
         caps = tier_capacity(fs.store)
         policy = fs.store.policy()

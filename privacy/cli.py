@@ -128,10 +128,10 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from privacy.audit import AuditLog
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         entities = args.entities or [s.name for s in fs.ls("/")
                                      if fs.exists(f"/{s.name}/.privacy/audit.log")]
         bad = 0
@@ -157,10 +157,10 @@ def _require_log(fs: Client, entity: str) -> None:
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from privacy.audit import AuditLog
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         _require_log(fs, args.entity)
         for rec in AuditLog(fs, args.entity).records():
             print(json.dumps(rec, sort_keys=True))
@@ -168,17 +168,17 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from privacy import keys
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         ident = keys.identity(fs.state, args.entity)
         print(f"{args.entity} {ident.public_hex}  ({keys.key_dir(fs.state)})")
     return 0
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from privacy.policy import load_policy, policy_path
 
     with open(args.file, "rb") as f:
@@ -186,7 +186,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     pol = load_policy(raw, args.file)  # refuses before anything is stored
     if pol.entity != args.entity:
         raise QueryError(f"{args.file} is the policy of {pol.entity!r}, not {args.entity!r}")
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         path = policy_path(args.entity)
         fs.mkdir(path.rsplit("/", 1)[0], parents=True, exist_ok=True)
         fs.write_bytes(path, raw)

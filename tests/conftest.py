@@ -14,6 +14,14 @@ from gfs.client import Client
 pytest_plugins = ["gfs.testing.postgres"]
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and the commands it runs) sees its own empty profiles file and no
+    selected profile, never the user's (gfs.profiles)."""
+    monkeypatch.setenv("HUTONG_PROFILES", str(tmp_path / "profiles.toml"))
+    monkeypatch.delenv("HUTONG_PROFILE", raising=False)
+
+
 @pytest.fixture
 def fs(tmp_path: Path) -> Iterator[Client]:
     """A new store in a temporary state directory (small packs to exercise packing)."""

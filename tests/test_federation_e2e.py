@@ -367,11 +367,11 @@ def test_cli_grant_rule_status_token(fed: Federation) -> None:
     assert "a1" in status and "t1" in status and "rules:" in status
     tok = hutong("token", "mint", "--user", "dan", "--scope", "read", "--prefix",
                  "/bank-a/shared", "--ttl", "10m", "--state", state).strip()
-    assert "shared with" in hutong("fed", "cat", "/bank-a/shared/s.txt", "--token", tok,
-                                   "--registry", fed.registry_url)
-    err = hutong("fed", "cat", "/bank-a/data/x.bin", "--token", tok, "--registry",
-                 fed.registry_url, ok=False)
-    assert "does not allow read" in err
+    hutong("profile", "add", "dan", "--registry", fed.registry_url, "--entity", "bank-a",
+           "--token", tok)
+    assert "shared with" in hutong("--profile", "dan", "cat", "/bank-a/shared/s.txt")
+    err = hutong("--profile", "dan", "cat", "/bank-a/data/x.bin", ok=False)
+    assert "no such file" in err  # outside the token's prefix nothing exists
     err = hutong("rule", "add", "/bank-a/x", "--copies", "1", "--where", "region=(",
                  "--state", state, ok=False)
     assert "expression" in err

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from gfs.disk_cache import DiskCache
 from gfs.meta import Location, PackRecord
 from gfs.packs import pack_key
 from gfs.read import DiskTier, LocalSource, MemoryTier
-from gfs.read.source import ChunkSource
+from gfs.read.source import ChunkSource, PathOf
 from gfs.testing import source_suite as suite
 from gfs.testing.faults import flip_byte
 
@@ -128,6 +128,37 @@ def test_disk_tier_keeps_verified_blobs_and_serves_them(fs: Client, tmp_path: Pa
         assert again.stats().hits == len(set(ids))
     finally:
         again.close()
+
+
+class _BatchedBlobs(suite.CountingSource):
+    """A counted source that also hands out blobs in batches (as a remote site does)."""
+
+    def get_blob_many(self, cids: Iterable[bytes], *,
+                      path_of: PathOf | None = None) -> dict[bytes, bytes]:
+        ids = tuple(dict.fromkeys(cids))
+        self._enter("get_blob_many", ids)
+        return {c: self.inner.get_blob(c) for c in ids}
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_disk_tier_fetches_a_block_of_misses_in_one_batch(batched: bool, fs: Client,
+                                                          tmp_path: Path) -> None:
+    """A block of misses costs one request to a source that batches blobs (one round
+    trip over a WAN, not one per chunk); any other source is asked chunk by chunk."""
+    fs.write_bytes("/g", random.Random(9).randbytes(600_000))
+    ids = [r.id for r in fs.manifest("/g").chunks]
+    assert len(set(ids)) > 2
+    bottom = (_BatchedBlobs if batched else suite.CountingSource)(LocalSource(fs.store))
+    tier = DiskTier(bottom, DiskCache(tmp_path / "d", 8 << 20, admit_local=True))
+    try:
+        got = tier.get_many(ids)
+        assert got == {c: fs.store.source.get(c) for c in ids}
+        kinds = [k for k, _ in bottom.calls]
+        assert kinds == (["get_blob_many"] if batched else ["get_blob"] * len(set(ids)))
+        bottom.calls.clear()
+        assert tier.get_many(ids) == got and bottom.calls == []  # kept on disk
+    finally:
+        tier.close()
 
 
 def test_local_source_is_a_chunk_source(fs: Client) -> None:

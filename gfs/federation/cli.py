@@ -1,8 +1,10 @@
-"""`hutong registry|site|token|grant|rule|status|fed`: the federation on the command line.
+"""`hutong registry|site|token|grant|rule|status`: running and administering the federation.
 
-Registered through `gfs.cli.EXTENSIONS`. The registry URL comes from --registry, else
-$HUTONG_REGISTRY, else the site.json of --state; the identity from --token
-($HUTONG_TOKEN) or the entity keys of --keys DIR (default STATE/federation).
+Registered through `gfs.cli.EXTENSIONS`. The namespace itself (/ENTITY/...) is reached
+by the ordinary commands (`hutong ls`, `cat`, `put`, ...) through a profile. Here the
+registry URL comes from --registry, else $HUTONG_REGISTRY, else the selected profile,
+else the site.json of --state; the identity from --token ($HUTONG_TOKEN) or the entity
+keys of --keys DIR, else the selected profile's, else STATE/federation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from gfs.federation.client import FederationClient
+    from gfs.profiles import Profile
 
 REGISTRY_ENV = "HUTONG_REGISTRY"
 TOKEN_ENV = "HUTONG_TOKEN"
@@ -217,6 +220,14 @@ def cmd_site_serve(args: argparse.Namespace) -> int:
 
 # -- clients ------------------------------------------------------------------------------
 
+def _profile(args: argparse.Namespace) -> Profile | None:
+    """The selected profile, if any (see gfs.profiles)."""
+    from gfs.profiles import get_profile, selected
+
+    name = selected(getattr(args, "profile", None))
+    return None if name is None else get_profile(name)
+
+
 def _fed(args: argparse.Namespace) -> FederationClient:
     from gfs.federation.auth import EntityKeys
     from gfs.federation.client import FederationClient
@@ -225,6 +236,9 @@ def _fed(args: argparse.Namespace) -> FederationClient:
     token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
     keys = None
     keys_dir = getattr(args, "keys", None)
+    prof = _profile(args) if token is None and keys_dir is None else None
+    if prof is not None:
+        token, keys_dir = prof.token, prof.keys
     root = state_dir(args.state)
     if keys_dir is None and token is None and (root / "federation" / "entity.key").exists():
         keys_dir = root / "federation"
@@ -234,7 +248,7 @@ def _fed(args: argparse.Namespace) -> FederationClient:
         raise ConfigError(f"the registry URL is needed: pass --registry or set ${REGISTRY_ENV}")
     if keys is None and token is None:
         raise ConfigError(f"no identity: pass --token (or set ${TOKEN_ENV}) or --keys DIR")
-    near = getattr(args, "near", None)
+    near = getattr(args, "near", None) or (prof.near if prof is not None else None)
     return FederationClient(registry, keys=keys, token=token, near=near)
 
 
@@ -299,8 +313,12 @@ def cmd_rule_reconcile(args: argparse.Namespace) -> int:
 
 
 def _registry_of(args: argparse.Namespace) -> str | None:
-    """The registry URL: --registry, else $HUTONG_REGISTRY, else the state's site.json."""
-    registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV)
+    """The registry URL: --registry, else $HUTONG_REGISTRY, else the selected profile's,
+    else the state's site.json."""
+    registry = getattr(args, "registry", None) or os.environ.get(REGISTRY_ENV) or None
+    if registry is None:
+        prof = _profile(args)
+        registry = prof.registry if prof is not None else None
     site_json = state_dir(args.state) / "federation" / "site.json"
     if registry is None and site_json.exists():
         registry = json.loads(site_json.read_text())["registry"]
@@ -366,27 +384,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\nrules:")
         for r in rules:
             print("  " + _rule_line(r))
-    return 0
-
-
-def cmd_fed(args: argparse.Namespace) -> int:
-    with _fed(args) as fc:
-        if args.fed_command == "ls":
-            entries = fc.ls(args.path)
-            if args.json:
-                print(json.dumps(entries))
-            for e in entries if not args.json else ():
-                print(f"{e['kind']:<8} {e['size']:>12}  {e['path']}")
-        elif args.fed_command == "stat":
-            print(json.dumps(fc.stat(args.path)))
-        elif args.fed_command == "cat":
-            sys.stdout.buffer.write(fc.read_bytes(args.path))
-        elif args.fed_command == "put":
-            fc.write_bytes(args.path, Path(args.local).read_bytes())
-        elif args.fed_command == "mkdir":
-            fc.mkdir(args.path, parents=True, exist_ok=True)
-        elif args.fed_command == "rm":
-            fc.rm(args.path, recursive=args.recursive)
     return 0
 
 
@@ -499,18 +496,3 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "when no registry is configured)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("fed", help="the global namespace (/ENTITY/...)", parents=[common])
-    fs = p.add_subparsers(dest="fed_command", metavar="COMMAND", required=True)
-    for name, helptext in (("ls", "list a directory"), ("stat", "show an entry"),
-                           ("cat", "print a file"), ("mkdir", "make a directory (-p)"),
-                           ("rm", "remove"), ("put", "write a local file")):
-        sp = fs.add_parser(name, parents=[common, ident], help=helptext)
-        if name == "put":
-            sp.add_argument("local")
-        sp.add_argument("path")
-        if name == "rm":
-            sp.add_argument("-r", "--recursive", action="store_true")
-        if name == "ls":
-            sp.add_argument("--json", action="store_true", help="print the result as JSON")
-        sp.set_defaults(func=cmd_fed)

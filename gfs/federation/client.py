@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gfs import chunking, paths
-from gfs.codec import decode_blob, decode_encrypted_blob, encode_blobs, keyed_chunk_id
+from gfs.codec import decode_blob, decode_encrypted_blob, keyed_chunk_id
 from gfs.errors import (
     ConfigError,
     CorruptChunkError,
@@ -36,7 +36,6 @@ from gfs.read import ManifestReader, MemoryTier
 from gfs.store import prepare
 
 SITES_TTL = 5.0
-PUT_BATCH_BYTES = 16 << 20
 PULL_BATCH = 4096
 """Chunk ids per `/v1/mover/pull` request (the site's limit)."""
 PULL_TIMEOUT = 600.0
@@ -257,7 +256,7 @@ class FederationClient:
     # -- writing ------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes, *, mode: int | None = None) -> dict[str, Any]:
         """Create or replace file `path`: missing chunks first, then the manifest commit."""
-        from gfs.federation.site import pack_frames
+        from gfs.federation.upload import put_missing
 
         norm, primary = self.primary(path)
         owner = paths.split(norm)[0]
@@ -268,27 +267,7 @@ class FederationClient:
                                   content_type="application/octet-stream"))
         prep = prepare(data, self.params)
         refs = prep.refs
-        uniq = list(dict.fromkeys(r.id for r in refs))
-        have: list[bool] = []
-        for i in range(0, len(uniq), 4096):
-            have += site.call("POST", "/v1/chunks/has",
-                              {"ids": [c.hex() for c in uniq[i:i + 4096]]})["have"]
-        need = {c for c, h in zip(uniq, have, strict=True) if not h}
-        pieces = {r.id: p for r, p in zip(refs, prep.pieces, strict=True) if r.id in need}
-        order = list(pieces)
-        batch: list[bytes | None] = []
-        size = 0
-        for head, payload in encode_blobs([pieces[c] for c in order], order, self.level):
-            blob = head + bytes(payload)
-            batch.append(blob)
-            size += len(blob)
-            if size >= PUT_BATCH_BYTES or len(batch) >= 4096:
-                site.call("POST", "/v1/chunks/put", body=pack_frames(batch),
-                          content_type="application/octet-stream")
-                batch, size = [], 0
-        if batch:
-            site.call("POST", "/v1/chunks/put", body=pack_frames(batch),
-                      content_type="application/octet-stream")
+        put_missing(site, refs, prep.pieces, self.level)
         body: dict[str, Any] = {"path": norm, "chunks": [[r.id.hex(), r.length] for r in refs]}
         if mode is not None:
             body["mode"] = mode

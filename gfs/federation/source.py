@@ -89,18 +89,28 @@ class SiteSource:
     def get_many(self, cids: Iterable[bytes], *,
                  path_of: PathOf | None = None) -> dict[bytes, bytes]:
         """Verified raw bytes of `cids`: one batched request per site per file."""
+        return self._by_file(cids, path_of, blobs=False)
+
+    def _by_file(self, cids: Iterable[bytes], path_of: PathOf | None, *,
+                 blobs: bool) -> dict[bytes, bytes]:
         by_path: dict[str, list[bytes]] = defaultdict(list)
         for cid in dict.fromkeys(cids):
             by_path[path_of(cid) if path_of else ""].append(cid)
         out: dict[bytes, bytes] = {}
         for path, ids in by_path.items():
-            out.update(self._fetch(path, ids, blobs=False))
+            out.update(self._fetch(path, ids, blobs=blobs))
         return out
 
     def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
         """The verified stored blob of chunk `cid` from one of the owner's own sites
         (other sites hold it encrypted for the owner)."""
         return self._fetch(path, [cid], blobs=True)[cid]
+
+    def get_blob_many(self, cids: Iterable[bytes], *,
+                      path_of: PathOf | None = None) -> dict[bytes, bytes]:
+        """Verified stored blobs of `cids` from the owner's own sites, one batched request
+        per site per file (what a disk tier keeps; `gfs.read.source.BlobBatches`)."""
+        return self._by_file(cids, path_of, blobs=True)
 
     def worth_caching(self, cid: bytes) -> bool:
         """Always: every copy is across the network."""

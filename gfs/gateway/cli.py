@@ -24,25 +24,25 @@ def _listen(text: str) -> tuple[str, int]:
 def cmd_s3(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.federation.cli import _serve
     from gfs.gateway.s3 import make_app
 
     host, port = args.listen
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         asyncio.run(_serve(make_app(fs, args.root), host, port,
                            "hutong gateway s3: serving on"))
     return 0
 
 
 def cmd_webdav(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.gateway.webdav import make_app, serve
 
     host, port = args.listen
     stop = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # the server threads must not get them
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         server = serve(make_app(fs, args.root, auth=not args.no_auth), host, port,
                        lambda url: print(f"hutong gateway webdav: serving on {url}",
                                          flush=True))
@@ -59,22 +59,22 @@ def cmd_webdav(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.federation.cli import _serve
     from gfs.gateway.dashboard import make_app
 
     host, port = args.listen
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         asyncio.run(_serve(make_app(fs, args.gateway or [], args.interval), host, port,
                            "hutong dashboard: serving on"))
     return 0
 
 
 def cmd_cred_add(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.gateway import credentials
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         cred = credentials.add(fs, tuple(args.bucket or ()))
     if args.json:
         print(json.dumps({"access_key": cred.access_key, "secret_key": cred.secret_key,
@@ -86,20 +86,20 @@ def cmd_cred_add(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_ls(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.gateway import credentials
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         for c in credentials.list_all(fs):
             print(f"{c.access_key}  buckets: {', '.join(c.buckets) or 'all'}")
     return 0
 
 
 def cmd_cred_rm(args: argparse.Namespace) -> int:
-    from gfs.client import Client
+    from gfs.cli import open_client
     from gfs.gateway import credentials
 
-    with Client(args.state) as fs:
+    with open_client(args) as fs:
         credentials.remove(fs, args.access_key)
     return 0
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from gfs.codec import decode_blob
 from gfs.disk_cache import DiskCache, DiskStats
-from gfs.read.source import ChunkSource, PathOf
+from gfs.read.source import ChunkSource, PathOf, blobs_of
 
 
 class DiskTier:
@@ -63,18 +63,28 @@ class DiskTier:
 
     def get_many(self, cids: Iterable[bytes], *,
                  path_of: PathOf | None = None) -> dict[bytes, bytes]:
-        """Disk hits, then the misses: admitted ones one by one (their blobs are kept),
-        the others with one `get_many` of the inner source."""
+        """Disk hits, then the misses: the blobs of admitted ones in one batch where the
+        inner source can (`blobs_of`; they are kept), the others with one `get_many`."""
         out: dict[bytes, bytes] = {}
         batch: list[bytes] = []
+        admitted: list[bytes] = []
         for cid in dict.fromkeys(cids):
             data = self.disk.get(cid)
             if data is not None:
                 out[cid] = data
             elif self._admits(cid):
-                out[cid] = self._miss(cid, path_of(cid) if path_of else "")
+                admitted.append(cid)
             else:
                 batch.append(cid)
+        if len(admitted) == 1:
+            out[admitted[0]] = self._miss(admitted[0],
+                                          path_of(admitted[0]) if path_of else "")
+        elif admitted:
+            for cid, blob in blobs_of(self.inner, admitted, path_of).items():
+                raw = decode_blob(blob, expect_id=cid)
+                self.disk.put(cid, blob)
+                self._count(len(raw))
+                out[cid] = raw
         if batch:
             got = self.inner.get_many(batch, path_of=path_of)
             self._count(sum(len(v) for v in got.values()))

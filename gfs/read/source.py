@@ -46,6 +46,27 @@ class ChunkSource(Protocol):
         ...
 
 
+@runtime_checkable
+class BlobBatches(Protocol):
+    """A source that can hand out many stored blobs in one request (a remote site):
+    what a disk tier asks of it for a block of misses, instead of one `get_blob` each."""
+
+    def get_blob_many(self, cids: Iterable[bytes], *,
+                      path_of: PathOf | None = None) -> dict[bytes, bytes]:
+        """The verified stored blobs of `cids` by id; raises like `get_blob`."""
+        ...
+
+
+def blobs_of(source: ChunkSource, cids: Iterable[bytes],
+             path_of: PathOf | None) -> dict[bytes, bytes]:
+    """The verified stored blobs of `cids`: batched when `source` is a `BlobBatches`,
+    else one `get_blob` each."""
+    if isinstance(source, BlobBatches):
+        return source.get_blob_many(cids, path_of=path_of)
+    return {cid: source.get_blob(cid, path=path_of(cid) if path_of else "")
+            for cid in dict.fromkeys(cids)}
+
+
 def one_by_one(source: ChunkSource, cids: Iterable[bytes],
                path_of: PathOf | None) -> dict[bytes, bytes]:
     """`get_many` for sources that cannot batch: `get` of each distinct id."""
@@ -53,4 +74,4 @@ def one_by_one(source: ChunkSource, cids: Iterable[bytes],
             for cid in dict.fromkeys(cids)}
 
 
-__all__ = ["ChunkSource", "PathOf", "one_by_one"]
+__all__ = ["BlobBatches", "ChunkSource", "PathOf", "blobs_of", "one_by_one"]

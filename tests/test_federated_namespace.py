@@ -1,0 +1,281 @@
+"""The federated namespace on real sites: what a caller sees (entity roots, grants, from
+the attacker's side), close-to-open across clients, and the primary's failure (mirror
+reads go on, writes are EROFS and leave nothing half-visible)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gfs.errors import (
+    CrossEntityError,
+    InvalidPathError,
+    NotFoundError,
+    NotPermittedError,
+    PermissionDeniedError,
+    ReadOnlyError,
+    UnavailableSiteError,
+)
+from gfs.federation.http import HttpClient
+from gfs.federation.namespace import FederatedNamespace
+from gfs.federation.testing import Federation
+from gfs.federation.views import Visibility
+
+
+# -- the view, as pure logic -------------------------------------------------------------
+def test_visibility_places_paths() -> None:
+    v = Visibility.of("telco", {"bank": ["/bank/shared/q1", "/bank/shared", "/elsewhere"],
+                                "telco": ["/telco"], "none": []})
+    assert v.names() == ["telco", "bank"]  # own first, entities showing nothing left out
+    assert v.prefixes("bank") == ("/bank/shared",)  # folded, foreign prefix dropped
+    assert v.place("/") == "root"
+    assert v.place("/bank") == "synthetic"
+    assert v.place("/bank/shared") == v.place("/bank/shared/x/y") == "real"
+    assert v.place("/bank/sharedX") == v.place("/bank/secret") == "hidden"
+    assert v.place("/none") == v.place("/nobody/x") == "hidden"
+    assert v.place("/telco/any/thing") == "real"
+    assert v.children("/") == ["telco", "bank"]
+    assert v.children("/bank") == ["shared"]
+    deep = Visibility.of(None, {"b": ["/b/x/y/z", "/b/x/w"]})
+    assert deep.children("/b") == ["x"] and deep.children("/b/x") == ["w", "y"]
+    assert deep.place("/b/x/y") == "synthetic"
+
+
+# -- one entity, and a second that grants -------------------------------------------------
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    with Federation(tmp_path_factory.mktemp("fed"), ttl=1.5, heartbeat=0.2) as f:
+        f.registry()
+        f.site("bank-1", "bank", "cn-west", primary=True)
+        f.site("telco-1", "telco", "cn-east", primary=True)
+        with f.client("bank") as fc:
+            fc.mkdir("/bank/shared/q1", parents=True)
+            fc.mkdir("/bank/secret", parents=True)
+            fc.write_bytes("/bank/shared/q1/data.csv", b"a,b\n1,2\n")
+            fc.write_bytes("/bank/secret/keys.txt", b"do not read")
+            fc.write_bytes("/bank/top.txt", b"top level")
+            fc.grant("/bank/shared/**", "telco", "read")
+        yield f
+
+
+def _ns(fed: Federation, entity: str | None = None, token: str | None = None,
+        **kw: object) -> FederatedNamespace:
+    return FederatedNamespace(fed.registry_url, keys=fed.keys(entity) if entity else None,
+                              token=token, **kw)  # type: ignore[arg-type]
+
+
+def test_the_root_lists_the_callers_entity_first(fed: Federation) -> None:
+    with _ns(fed, "telco") as ns:
+        assert [s.path for s in ns.ls("/")] == ["/telco", "/bank"]
+        assert all(s.kind == "dir" for s in ns.ls("/"))
+        assert ns.stat("/").kind == "dir"
+    with _ns(fed, "bank") as ns:
+        assert [s.path for s in ns.ls("/")] == ["/bank"]  # telco granted bank nothing
+        assert [s.name for s in ns.ls("/bank")] == ["secret", "shared", "top.txt"]
+
+
+def test_a_grantee_sees_exactly_the_granted_part(fed: Federation) -> None:
+    with _ns(fed, "telco") as ns:
+        assert [s.name for s in ns.ls("/bank")] == ["shared"]
+        assert ns.stat("/bank").kind == "dir"
+        assert [s.path for s in ns.walk("/bank")] == [
+            "/bank", "/bank/shared", "/bank/shared/q1", "/bank/shared/q1/data.csv"]
+        assert ns.read_bytes("/bank/shared/q1/data.csv") == b"a,b\n1,2\n"
+        with ns.open("/bank/shared/q1/data.csv") as f:
+            f.seek(4)
+            assert f.read() == b"1,2\n"
+
+
+@pytest.mark.parametrize("path", ["/bank/secret", "/bank/secret/keys.txt", "/bank/top.txt",
+                                  "/bank/sharedX", "/bank/guess/what", "/nobody",
+                                  "/nobody/x"])
+def test_outside_the_grant_nothing_exists(fed: Federation, path: str) -> None:
+    """The attacker's side: listing, stat, reading and writing outside the grant, and
+    guessed paths, all say 'no such file', never 'permission denied' (which would
+    confirm that the path exists)."""
+    with _ns(fed, "telco") as ns:
+        for probe in (ns.stat, ns.ls, ns.read_bytes, ns.xattrs, ns.readlink):
+            with pytest.raises(NotFoundError):
+                probe(path)
+        assert not ns.exists(path)
+        with pytest.raises(NotFoundError):
+            ns.open(path)
+    with _ns(fed, "bank") as owner:
+        before = [s.path for s in owner.walk("/bank")]
+    with _ns(fed, "telco") as ns:
+        with pytest.raises((NotFoundError, PermissionDeniedError)):
+            ns.write_bytes(f"{path}/new", b"x")
+        with pytest.raises((NotFoundError, PermissionDeniedError)):
+            ns.rm(path, recursive=True)
+    with _ns(fed, "bank") as owner:
+        assert [s.path for s in owner.walk("/bank")] == before
+
+
+def test_a_grantee_cannot_change_the_granted_or_synthesised_part(fed: Federation) -> None:
+    with _ns(fed, "telco") as ns:
+        with pytest.raises(PermissionDeniedError):
+            ns.write_bytes("/bank/shared/q1/data.csv", b"overwritten")
+        with pytest.raises(PermissionDeniedError):
+            ns.write_bytes("/bank/new.txt", b"next to the grant")
+        with pytest.raises(NotPermittedError):
+            ns.rm("/bank")
+        with pytest.raises(InvalidPathError):
+            ns.stat("/bank/shared/../secret")
+    with _ns(fed, "bank") as owner:
+        assert owner.read_bytes("/bank/shared/q1/data.csv") == b"a,b\n1,2\n"
+        assert not owner.exists("/bank/new.txt")
+
+
+def test_a_prefix_token_sees_its_prefix_only(fed: Federation) -> None:
+    token = fed.keys("bank").mint_token("ann", "write", "/bank/shared", ttl=600)
+    with _ns(fed, token=token) as ns:
+        assert [s.path for s in ns.ls("/")] == ["/bank"]
+        assert [s.name for s in ns.ls("/bank")] == ["shared"]
+        ns.write_bytes("/bank/shared/by-token.txt", b"t")
+        assert ns.read_bytes("/bank/shared/by-token.txt") == b"t"
+        with pytest.raises(NotFoundError):
+            ns.read_bytes("/bank/secret/keys.txt")
+        with pytest.raises(NotFoundError):
+            ns.ls("/telco")
+        with pytest.raises(PermissionDeniedError):
+            ns.write_bytes("/bank/escape.txt", b"x")
+
+
+def test_rename_across_entities_is_exdev_and_changes_nothing(fed: Federation) -> None:
+    with _ns(fed, "bank") as ns:
+        ns.write_bytes("/bank/move-me", b"m")
+        with pytest.raises(CrossEntityError) as e:
+            ns.mv("/bank/move-me", "/telco/moved")
+        assert e.value.errno == errno.EXDEV
+        assert ns.read_bytes("/bank/move-me") == b"m"
+
+
+def test_a_write_is_invisible_to_another_client_until_close(fed: Federation) -> None:
+    with _ns(fed, "bank") as a, _ns(fed, "bank") as b:
+        a.write_bytes("/bank/cto.bin", b"version one")
+        big = os.urandom(3 << 20)
+        w = a.open("/bank/cto.bin", "wb")
+        try:
+            for i in range(0, len(big), 1 << 20):
+                w.write(big[i:i + (1 << 20)])
+                assert b.read_bytes("/bank/cto.bin") == b"version one"
+                assert b.stat("/bank/cto.bin").size == len(b"version one")
+        finally:
+            w.close()
+        assert b.read_bytes("/bank/cto.bin") == big
+
+
+# -- the primary fails ----------------------------------------------------------------------
+@pytest.fixture
+def mirrored(tmp_path: Path) -> Iterator[Federation]:
+    """Entity lab: primary lab-1, and lab-2 holding a mirror of /lab/d by a rule."""
+    with Federation(tmp_path / "fed", ttl=1.5, heartbeat=0.2) as f:
+        f.registry()
+        f.site("lab-1", "lab", "cn-west", primary=True)
+        f.site("lab-2", "lab", "cn-east")
+        yield f
+
+
+def _replicate(fed: Federation, files: dict[str, bytes]) -> None:
+    with fed.client("lab") as fc:
+        fc.mkdir("/lab/d", parents=True, exist_ok=True)
+        for p, data in files.items():
+            fc.write_bytes(p, data)
+        fc.rule_add("/lab/d/**", 2, "region=cn-west | region=cn-east")
+        [rule] = fc.reconcile("lab")
+        assert rule["state"] == "ok"
+
+
+def test_kill_9_of_the_primary_during_a_read_reads_on_from_the_mirror(
+        mirrored: Federation) -> None:
+    data = os.urandom(8 << 20)
+    _replicate(mirrored, {"/lab/d/big.bin": data})
+    with _ns(mirrored, "lab", near="lab-1", memory_bytes=1 << 20) as ns:
+        f = ns.open("/lab/d/big.bin")
+        head = f.read(1 << 20)
+        assert ns.fc.chunks_from.get("lab-1", 0) > 0 and not ns.fc.chunks_from.get("lab-2")
+        mirrored.kill("lab-1")  # kill -9, mid-read
+        rest = f.read()
+        f.close()
+        assert head + rest == data
+        assert ns.fc.chunks_from.get("lab-2", 0) > 0  # the rest came from the mirror
+        mirrored.wait_status("lab-1", "down")
+        assert ns.read_bytes("/lab/d/big.bin", 5, 10) == data[5:10]  # new opens too
+
+
+def test_primary_down_writes_are_erofs_and_reads_need_a_holder(mirrored: Federation) -> None:
+    _replicate(mirrored, {"/lab/d/f.txt": b"committed"})
+    with _ns(mirrored, "lab") as ns:
+        ns.write_bytes("/lab/alone.txt", b"only at the primary")
+        w = ns.open("/lab/d/f.txt", "wb")
+        w.write(b"never visible")
+        mirrored.kill("lab-1")
+        with pytest.raises(ReadOnlyError) as e:
+            w.close()
+        assert e.value.errno == errno.EROFS and "lab" in str(e.value)
+        mirrored.wait_status("lab-1", "down")
+        t0 = time.monotonic()
+        for change in (lambda: ns.write_bytes("/lab/d/g.txt", b"x"),
+                       lambda: ns.mkdir("/lab/d/sub"), lambda: ns.rm("/lab/d/f.txt"),
+                       lambda: ns.mv("/lab/d/f.txt", "/lab/d/h.txt")):
+            with pytest.raises(ReadOnlyError):
+                change()
+        assert time.monotonic() - t0 < 5  # refused at once, no hang
+        assert ns.read_bytes("/lab/d/f.txt") == b"committed"  # from the mirror
+        with pytest.raises(UnavailableSiteError):
+            ns.read_bytes("/lab/alone.txt")
+    mirrored.start("lab-1")
+    mirrored.wait_status("lab-1", "up")
+    with _ns(mirrored, "lab") as ns:
+        assert ns.read_bytes("/lab/d/f.txt") == b"committed"
+        assert not ns.exists("/lab/d/g.txt")
+
+
+def test_kill_9_of_the_primary_during_an_upload_leaves_nothing(mirrored: Federation) -> None:
+    data = os.urandom(64 << 20)
+    with _ns(mirrored, "lab") as ns:
+        ns.write_bytes("/lab/up.bin", b"old")
+        w = ns.open("/lab/up.bin", "wb")
+        w.write(data)
+        failure: list[BaseException] = []
+
+        def close() -> None:
+            try:
+                w.close()
+            except BaseException as e:  # handed to the test thread
+                failure.append(e)
+        t = threading.Thread(target=close)
+        t.start()
+        probe = HttpClient(mirrored.sites["lab-1"]["url"], timeout=5)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the primary stored the first chunks
+            text = probe.call("GET", "/metrics")
+            if b"chunks_stored_total" in text:
+                break
+        probe.close()
+        mirrored.kill("lab-1")
+        t.join(60)
+        assert not t.is_alive()
+        assert failure and isinstance(failure[0], ReadOnlyError), failure  # mid-upload
+    mirrored.start("lab-1")
+    mirrored.wait_status("lab-1", "up")
+    with _ns(mirrored, "lab") as ns:
+        assert ns.read_bytes("/lab/up.bin") == b"old"
+
+
+def test_a_listing_is_revalidated_by_the_directory_version(fed: Federation) -> None:
+    with _ns(fed, "bank") as ns:
+        ns.mkdir("/bank/reval")
+        ns.write_bytes("/bank/reval/a", b"1")
+        top, entries = ns.ls_if_changed("/bank/reval", None)
+        assert top.kind == "dir" and [s.name for s in entries or []] == ["a"]
+        assert ns.ls_if_changed("/bank/reval", top.version) == (top, None)
+        ns.write_bytes("/bank/reval/b", b"2")
+        top2, entries2 = ns.ls_if_changed("/bank/reval", top.version)
+        assert top2.version != top.version and [s.name for s in entries2 or []] == ["a", "b"]
