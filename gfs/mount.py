@@ -21,10 +21,10 @@ import logging
 import os
 import signal
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import pyfuse3
 import pyfuse3.asyncio
@@ -38,7 +38,7 @@ from gfs.meta import Inode, Kind, WriteTxn
 from gfs.mount_atime import AccessTimes
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
-from gfs.mount_shutdown import Drain
+from gfs.mount_shutdown import Drain, Drainable
 from gfs.mount_writeback import DirtyFile, WriteBack
 from gfs.mount_xattr import HUTONG_XATTR, Xattrs
 from gfs.read import ManifestReader, cached
@@ -50,8 +50,19 @@ T = TypeVar("T")
 
 
 @dataclass
-class MountOptions:
-    """Tunables of a mount."""
+class ServeOptions:
+    """Tunables every mount has (embedded or global)."""
+
+    threads: int = 8
+    debug: bool = False
+    allow_other: bool = False
+    #: Seconds SIGINT/SIGTERM wait for open files to be closed before unmounting.
+    drain_timeout: float = 5.0
+
+
+@dataclass
+class MountOptions(ServeOptions):
+    """Tunables of a mount of the embedded store."""
 
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
@@ -61,11 +72,6 @@ class MountOptions:
     disk_cache_dir: str | None = None
     disk_cache_bytes: int | None = None
     cache_policy: str = DEFAULT_POLICY
-    threads: int = 8
-    debug: bool = False
-    allow_other: bool = False
-    #: Seconds SIGINT/SIGTERM wait for open files to be closed before unmounting.
-    drain_timeout: float = 5.0
 
 
 @dataclass
@@ -78,6 +84,22 @@ class _Handle:
     accessed: bool = False
     #: The first write must clear a setgid bit the kernel leaves (see `_sgid_left`).
     drop_sgid: bool = False
+
+
+E = TypeVar("E")
+
+
+def readdir_replies(token: pyfuse3.ReaddirToken, entries: Sequence[tuple[bytes, E]],
+                    start_id: int, attr: Callable[[E], pyfuse3.EntryAttributes]
+                    ) -> Iterator[pyfuse3.EntryAttributes]:
+    """Reply `entries[start_id:]` to a readdir until the kernel's buffer is full; yields
+    the attributes of each entry the kernel took (each is a lookup of its inode)."""
+    for i in range(start_id, len(entries)):
+        name, entry = entries[i]
+        a = attr(entry)
+        if not pyfuse3.readdir_reply(token, name, a, i + 1):
+            return
+        yield a
 
 
 def _groups(pid: int) -> set[int]:
@@ -103,7 +125,8 @@ def _sgid_left(node: Inode, ctx: pyfuse3.RequestContext) -> bool:
     return node.gid not in _groups(ctx.pid)
 
 
-#: The largest file (ext4's with 4 KiB blocks): larger sizes give EFBIG, as there.
+#: The largest file (ext4's with 4 KiB blocks): larger sizes give EFBIG, as there
+#: (the global mount's too).
 MAX_FILE_SIZE = ((1 << 32) - 1) << 12
 
 
@@ -117,7 +140,7 @@ def _name(raw: bytes) -> str:
     return name
 
 
-def _errno(e: BaseException, what: str) -> pyfuse3.FUSEError:
+def fuse_error(e: BaseException, what: str) -> pyfuse3.FUSEError:
     """The FUSE error of exception `e` raised by `what` (logged unless expected)."""
     if isinstance(e, pyfuse3.FUSEError):
         return e
@@ -197,7 +220,7 @@ class HutongOperations(pyfuse3.Operations):
         try:
             return await loop.run_in_executor(self._pool, fn, *args)
         except Exception as e:
-            raise _errno(e, getattr(fn, "__name__", str(fn))) from None
+            raise fuse_error(e, getattr(fn, "__name__", str(fn))) from None
 
     def _now(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a short metadata read on the loop itself (an LMDB snapshot lookup takes
@@ -205,7 +228,7 @@ class HutongOperations(pyfuse3.Operations):
         try:
             return fn(*args)
         except Exception as e:
-            raise _errno(e, getattr(fn, "__name__", str(fn))) from None
+            raise fuse_error(e, getattr(fn, "__name__", str(fn))) from None
 
     def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -272,11 +295,8 @@ class HutongOperations(pyfuse3.Operations):
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dirs.get(fh, [])
-        for i in range(start_id, len(entries)):
-            name, node = entries[i]
-            if not pyfuse3.readdir_reply(token, name, self._attr(node), i + 1):
-                break
+        for _ in readdir_replies(token, self._dirs.get(fh, []), start_id, self._attr):
+            pass
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -600,27 +620,28 @@ def _raise_read_ahead(mountpoint: str) -> None:
         log.info("kernel read-ahead left as is (%s)", e)
 
 
-def run_mount(client: Client, mountpoint: str, options: MountOptions | None = None,
-              ready: Callable[[], None] | None = None) -> None:
-    """Mount `client`'s store at `mountpoint` and serve until unmounted or signalled.
+class Served(Drainable, Protocol):
+    """What `serve` needs of a mount's request handlers (a pyfuse3.Operations)."""
 
-    SIGINT and SIGTERM commit the open files and unmount (see "Shutting down" in the
-    module doc); a stale mount at `mountpoint` is cleaned first. `ready` is called
-    once the mount is live. Raises HutongError if committing at shutdown failed.
-    """
-    opts = options or MountOptions()
-    mp, report = prepare(mountpoint)
-    if report is not None:
-        log.warning("%s", report)
+    def close(self, commit: bool = True) -> None:
+        """Stop the handlers' threads; with `commit`, commit what open files hold."""
+        ...
+
+
+def serve(ops: Served, mp: str, opts: ServeOptions, *, fsname: str,
+          ready: Callable[[], None] | None, label: str) -> None:
+    """Serve the handlers `ops` at mount point `mp` (checked by `prepare`) until
+    unmounted or signalled: SIGINT and SIGTERM drain, commit and unmount (see
+    gfs.mount_shutdown); `ready` is called once the mount is live. Raises HutongError
+    if committing at shutdown failed."""
     pyfuse3.asyncio.enable()
-    ops = HutongOperations(client, opts)
     fuse_opts = set(pyfuse3.default_options)
-    fuse_opts |= {"fsname=hutong", "subtype=hutong"}
+    fuse_opts |= {f"fsname={fsname}", "subtype=hutong"}
     if opts.allow_other:
         fuse_opts.add("allow_other")
     if opts.debug:
         fuse_opts.add("debug")
-    pyfuse3.init(ops, mp, fuse_opts)
+    pyfuse3.init(cast(pyfuse3.Operations, ops), mp, fuse_opts)
     _raise_read_ahead(mp)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -630,7 +651,7 @@ def run_mount(client: Client, mountpoint: str, options: MountOptions | None = No
             loop.add_signal_handler(sig, shutdown.signal)
         if ready is not None:
             loop.call_soon(ready)
-        log.info("mounted %s at %s", client.state, mp)
+        log.info("mounted %s at %s", label, mp)
         loop.run_until_complete(pyfuse3.main())
     finally:
         try:
@@ -648,4 +669,22 @@ def run_mount(client: Client, mountpoint: str, options: MountOptions | None = No
                           "(see the log above); `hutong fsck` checks the store")
 
 
-__all__ = ["HutongOperations", "MountOptions", "run_mount", "unmount"]
+def run_mount(client: Client, mountpoint: str, options: MountOptions | None = None,
+              ready: Callable[[], None] | None = None) -> None:
+    """Mount `client`'s store at `mountpoint` and serve until unmounted or signalled.
+
+    SIGINT and SIGTERM commit the open files and unmount (see "Shutting down" in the
+    module doc); a stale mount at `mountpoint` is cleaned first. `ready` is called
+    once the mount is live. Raises HutongError if committing at shutdown failed.
+    """
+    opts = options or MountOptions()
+    mp, report = prepare(mountpoint)
+    if report is not None:
+        log.warning("%s", report)
+    ops = HutongOperations(client, opts)
+    serve(ops, mp, opts, fsname="hutong", ready=ready, label=str(client.state))
+
+
+__all__ = ["HutongOperations", "MountOptions", "ServeOptions", "Served", "fuse_error",
+           "readdir_replies", "run_mount", "serve",
+           "unmount"]

@@ -16,15 +16,49 @@ from typing import TYPE_CHECKING, Any
 
 from gfs.cli import add_json_flag, print_json
 from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
-from gfs.errors import InvalidPathError, StateError
+from gfs.errors import ConfigError, InvalidPathError, StateError
 from gfs.eviction import DEFAULT_POLICY, POLICIES
+from gfs.meta_cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL
 from gfs.units import duration_arg, size_arg
 
 if TYPE_CHECKING:
     from gfs.client import Client
+    from gfs.namespace_api import Namespace
 
 #: Seconds `mount --background` waits for the mount to come up.
 READY_TIMEOUT = 30.0
+#: The environment variable naming the profile (as the `--profile` flag does).
+PROFILE_ENV = "HUTONG_PROFILE"
+
+
+def _entries_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--meta-entries must be a whole number >= 1, "
+                                         f"not {text!r}")
+    return n
+
+
+def _profile(args: argparse.Namespace) -> str | None:
+    """The profile the mount uses: --profile, else $HUTONG_PROFILE, else none."""
+    name: str | None = getattr(args, "profile", None) or os.environ.get(PROFILE_ENV) or None
+    return name
+
+
+def _open_profile(name: str) -> Namespace:
+    """The global namespace of profile `name` (gfs.open_namespace)."""
+    import gfs
+
+    opener = getattr(gfs, "open_namespace", None)
+    if opener is None:
+        raise ConfigError(f"cannot mount profile {name!r}: this build has no profiles "
+                          "(gfs.open_namespace); mount without --profile for the "
+                          "embedded store")
+    ns: Namespace = opener(profile=name)
+    return ns
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -37,6 +71,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "them to be closed (each is committed at its close), commit what "
                         "is still open and unmount; a second Ctrl-C unmounts at once.")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
+    if not any("--profile" in a.option_strings for a in common._actions):
+        sp.add_argument("--profile", metavar="NAME",
+                        help=f"mount the global namespace of profile NAME (${PROFILE_ENV}); "
+                        "without one, the embedded store")
+    sp.add_argument("--meta-ttl", type=duration_arg, default=DEFAULT_TTL, metavar="SECONDS",
+                    help="with a profile: how long metadata (stats, listings) is trusted "
+                    f"before it is fetched again ({DEFAULT_TTL:g})")
+    sp.add_argument("--meta-entries", type=_entries_arg, default=DEFAULT_MAX_ENTRIES,
+                    metavar="N", help="with a profile: stats and listed names the "
+                    f"metadata cache keeps at most ({DEFAULT_MAX_ENTRIES})")
     sp.add_argument("--background", action="store_true",
                     help="detach once the mount is ready")
     sp.add_argument("--attr-timeout", type=duration_arg, default=1.0, metavar="SECONDS",
@@ -105,6 +149,10 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     if args.fuse_debug:
         argv.append("--fuse-debug")
     argv += ["--drain-timeout", str(args.drain_timeout)]
+    profile = _profile(args)
+    if profile is not None:
+        argv += ["--profile", profile, "--meta-ttl", str(args.meta_ttl), "--meta-entries",
+                 str(args.meta_entries)]
     return argv
 
 
@@ -114,11 +162,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from gfs.mount_points import prepare
 
     mp = args.mountpoint
+    profile = _profile(args)
     if args.background:
         mp, report = prepare(mp)  # here, so that the report reaches the user
         if report is not None:
             print(f"hutong: {report}", file=sys.stderr)
-        Client(args.state).close()  # fail here, not in the child, if there is no store
+        if profile is not None:  # fail here, not in the child, if it cannot be opened
+            _open_profile(profile).close()
+        else:
+            Client(args.state).close()
         log: Any = open(args.log, "ab+") if args.log else tempfile.TemporaryFile()  # noqa: SIM115
         with log:
             child = subprocess.Popen(_child_argv(args), stdin=subprocess.DEVNULL,
@@ -136,6 +188,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"mounted at {mp} (pid {child.pid}); `hutong umount {mp}` to stop")
         return 0
+    if profile is not None:
+        return _mount_global(args, profile)
     opts = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.attr_timeout,
                         cache_bytes=args.cache_size, disk_cache=args.disk_cache,
                         disk_cache_dir=args.disk_cache_dir,
@@ -144,6 +198,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
                         drain_timeout=args.drain_timeout)
     with Client(args.state) as fs:
         run_mount(fs, mp, opts)
+    return 0
+
+
+def _mount_global(args: argparse.Namespace, profile: str) -> int:
+    from gfs.mount_global import GlobalMountOptions, run_global_mount
+
+    opts = GlobalMountOptions(meta_ttl=args.meta_ttl, meta_entries=args.meta_entries,
+                              allow_other=args.allow_other, debug=args.fuse_debug,
+                              drain_timeout=args.drain_timeout)
+    ns = _open_profile(profile)
+    try:
+        run_global_mount(ns, args.mountpoint, opts, label=f"profile {profile}")
+    finally:
+        ns.close()
     return 0
 
 

@@ -339,11 +339,28 @@ def test_bad_input_table_covers_every_command() -> None:
     assert sorted(_leaf_commands()) == sorted(BAD_INPUT)
 
 
+#: Flags with input, beyond each command's row above.
+BAD_FLAGS: dict[str, list[str]] = {
+    "mount --meta-entries": ["mount", "OUT", "--meta-entries", "0"],
+    "mount --meta-ttl": ["mount", "OUT", "--meta-ttl", "-1"],
+    "mount --profile": ["mount", "OUT", "--profile", "no-such-profile"],
+}
+
+
 @pytest.mark.parametrize("command", sorted(BAD_INPUT), ids=" ".join)
 def test_bad_input_is_one_line_and_exit_2(command: tuple[str, ...], state: Path,
                                           tmp_path: Path) -> None:
+    _assert_bad_input(BAD_INPUT[command], state, tmp_path)
+
+
+@pytest.mark.parametrize("flag", sorted(BAD_FLAGS))
+def test_bad_flag_is_one_line_and_exit_2(flag: str, state: Path, tmp_path: Path) -> None:
+    _assert_bad_input(BAD_FLAGS[flag], state, tmp_path)
+
+
+def _assert_bad_input(raw: list[str], state: Path, tmp_path: Path) -> None:
     argv = [a.replace("NOSTATE", str(tmp_path / "nostate")).replace("OUT", str(tmp_path / "o"))
-            for a in BAD_INPUT[command]]
+            for a in raw]
     env = {"HUTONG_REGISTRY": "", "HUTONG_TOKEN": ""}
     before = sorted(p.name for p in (state / "pools" / "default").rglob("*"))
     proc = hutong(*argv, state=state, check=False, env=env)

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from gfs.client import Client
-from tests.test_mount_helpers import Mounted, init_store, mount, needs_fuse
+from tests.test_mount_helpers import (
+    Mounted,
+    assert_edits,
+    assert_posix_errnos,
+    errno_of,
+    init_store,
+    mount,
+    needs_fuse,
+)
 
 pytestmark = needs_fuse
 
@@ -28,29 +36,10 @@ def m(tmp_path: Path) -> Iterator[Mounted]:
         yield mounted
 
 
-def _errno(fn: object, *args: object) -> int:
-    try:
-        fn(*args)  # type: ignore[operator]
-    except OSError as e:
-        return e.errno or 0
-    return 0
-
-
 def test_files_dirs_and_rename(m: Mounted) -> None:
     d = m.mnt / "dir"
     d.mkdir()
-    (d / "a.txt").write_bytes(b"hello")
-    assert (d / "a.txt").read_bytes() == b"hello"
-    with open(d / "a.txt", "ab") as f:
-        f.write(b" world")
-    assert (d / "a.txt").read_bytes() == b"hello world"
-    with open(d / "a.txt", "r+b") as f:  # write in the middle
-        f.seek(2)
-        f.write(b"XY")
-    assert (d / "a.txt").read_bytes() == b"heXYo world"
-    (d / "b.txt").write_bytes(b"other")
-    os.rename(d / "b.txt", d / "a.txt")  # over an existing file
-    assert (d / "a.txt").read_bytes() == b"other" and not (d / "b.txt").exists()
+    assert_edits(d)
     (d / "sub").mkdir()
     os.rename(d / "sub", m.mnt / "moved")
     assert sorted(os.listdir(m.mnt)) == ["dir", "moved"]
@@ -64,19 +53,8 @@ def test_files_dirs_and_rename(m: Mounted) -> None:
 
 
 def test_errnos(m: Mounted) -> None:
-    (m.mnt / "f").write_bytes(b"x")
-    (m.mnt / "d").mkdir()
-    (m.mnt / "d" / "g").write_bytes(b"y")
-    assert _errno(os.stat, m.mnt / "nope") == errno.ENOENT
-    assert _errno(os.stat, m.mnt / "f" / "x") == errno.ENOTDIR
-    assert _errno(open, m.mnt / "d", "wb") == errno.EISDIR
-    assert _errno(os.rmdir, m.mnt / "d") == errno.ENOTEMPTY
-    assert _errno(os.mkdir, m.mnt / "f") == errno.EEXIST
-    assert _errno(os.rmdir, m.mnt / "f") == errno.ENOTDIR
-    assert _errno(os.unlink, m.mnt / "d") == errno.EISDIR
-    assert _errno(os.rename, m.mnt / "d", m.mnt / "f") == errno.ENOTDIR
-    assert _errno(os.open, m.mnt / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
-    assert _errno(os.link, m.mnt / "d", m.mnt / "h") == errno.EPERM
+    assert_posix_errnos(m.mnt)
+    assert errno_of(os.link, m.mnt / "d", m.mnt / "h") == errno.EPERM
     assert (m.mnt / "f").read_bytes() == b"x"  # the mount is still up
 
 
@@ -128,8 +106,8 @@ def test_xattrs(m: Mounted) -> None:
     assert os.listxattr(p) == ["user.color"]
     assert os.getxattr(p, "user.color") == b"blue"
     os.removexattr(p, "user.color")
-    assert _errno(os.getxattr, p, "user.color") == errno.ENODATA
-    assert _errno(os.setxattr, p, "user.hutong.chunks", b"1") == errno.EPERM
+    assert errno_of(os.getxattr, p, "user.color") == errno.ENODATA
+    assert errno_of(os.setxattr, p, "user.hutong.chunks", b"1") == errno.EPERM
 
 
 def test_large_file_reads(m: Mounted) -> None:
@@ -172,7 +150,7 @@ def test_corrupt_chunk_gives_eio_and_mount_stays_up(m: Mounted) -> None:
         for i in range(2000, len(raw), 5000):
             raw[i] ^= 0xFF
         pack.write_bytes(bytes(raw))
-    assert _errno((m.mnt / "bad.bin").read_bytes) == errno.EIO
+    assert errno_of((m.mnt / "bad.bin").read_bytes) == errno.EIO
     assert "/bad.bin" in m.log_text()
     (m.mnt / "ok").write_bytes(b"still up")
     assert (m.mnt / "ok").read_bytes() == b"still up"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -42,6 +43,47 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None
         time.sleep(0.02)
 
 
+def errno_of(fn: object, *args: object) -> int:
+    """The errno `fn(*args)` fails with (0 if it does not)."""
+    try:
+        fn(*args)  # type: ignore[operator]
+    except OSError as e:
+        return e.errno or 0
+    return 0
+
+
+def assert_posix_errnos(mnt: Path) -> None:
+    """The errnos of the usual mistakes, after making file f (b"x"), directory d and d/g."""
+    (mnt / "f").write_bytes(b"x")
+    (mnt / "d").mkdir()
+    (mnt / "d" / "g").write_bytes(b"y")
+    assert errno_of(os.stat, mnt / "nope") == errno.ENOENT
+    assert errno_of(os.stat, mnt / "f" / "x") == errno.ENOTDIR
+    assert errno_of(open, mnt / "d", "wb") == errno.EISDIR
+    assert errno_of(os.rmdir, mnt / "d") == errno.ENOTEMPTY
+    assert errno_of(os.mkdir, mnt / "f") == errno.EEXIST
+    assert errno_of(os.rmdir, mnt / "f") == errno.ENOTDIR
+    assert errno_of(os.unlink, mnt / "d") == errno.EISDIR
+    assert errno_of(os.rename, mnt / "d", mnt / "f") == errno.ENOTDIR
+    assert errno_of(os.open, mnt / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
+
+
+def assert_edits(d: Path) -> None:
+    """Create, append to and overwrite the middle of d/a.txt, then replace it by a rename."""
+    (d / "a.txt").write_bytes(b"hello")
+    assert (d / "a.txt").read_bytes() == b"hello"
+    with open(d / "a.txt", "ab") as f:
+        f.write(b" world")
+    assert (d / "a.txt").read_bytes() == b"hello world"
+    with open(d / "a.txt", "r+b") as f:  # write in the middle
+        f.seek(2)
+        f.write(b"XY")
+    assert (d / "a.txt").read_bytes() == b"heXYo world"
+    (d / "b.txt").write_bytes(b"other")
+    os.rename(d / "b.txt", d / "a.txt")  # over an existing file
+    assert (d / "a.txt").read_bytes() == b"other" and not (d / "b.txt").exists()
+
+
 def init_store(state: Path) -> None:
     Client.init(state, pack_size=1 << 20, workers=2).close()
 
@@ -49,14 +91,23 @@ def init_store(state: Path) -> None:
 @contextmanager
 def mount(state: Path, mnt: Path, *extra: str, timeout: float = 30.0) -> Iterator[Mounted]:
     """Run `hutong mount` in the foreground in a child process; unmount and reap it after."""
+    argv = [sys.executable, "-m", "gfs.cli", "--state", str(state), "-v", "mount", str(mnt),
+            "--attr-timeout", "0", *extra]
+    with serve_child(argv, state, mnt, timeout=timeout) as mounted:
+        yield mounted
+
+
+@contextmanager
+def serve_child(argv: list[str], state: Path, mnt: Path, *, timeout: float = 30.0,
+                env: dict[str, str] | None = None) -> Iterator[Mounted]:
+    """Run the mount command `argv` (serving at `mnt`) in a child process until the
+    mount is live; unmount and reap it after."""
     with contextlib.suppress(FileExistsError):  # not exist_ok: a stale mount point
         mnt.mkdir(parents=True)                     # cannot be stat'ed (ENOTCONN)
     log = mnt.parent / f"{mnt.name}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gfs.cli", "--state", str(state), "-v", "mount", str(mnt),
-             "--attr-timeout", "0", *extra],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                env=env)
     try:
         deadline = time.monotonic() + timeout
         while not os.path.ismount(mnt):

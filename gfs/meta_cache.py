@@ -1,0 +1,223 @@
+"""Metadata cache over any `Namespace`: Stats and directory listings for a bounded TTL.
+
+Used by the global mount (gfs.mount_global). Rules (docs/globalmount.md):
+
+* an answer is served from the cache for at most `ttl` seconds after it was fetched;
+* one listing (`Namespace.ls`, every entry with its full Stat) answers the stats of
+  all its entries and the absence of every other name in that directory, so
+  `ls -l` of a directory costs one call, not one per entry;
+* a back end that offers `list_dir(path, if_version=N)` (the federation's
+  `GET /v1/ns/list?if_version=N`) revalidates an expired listing cheaply: a site
+  changes a directory's version whenever an entry is added, removed, renamed or
+  replaced in it, so while the version is unchanged the listing is renewed without
+  being sent again (the embedded store, without `list_dir`, is simply re-read);
+* changes made through the cache's owner are followed by `invalidate`;
+* at most `max_entries` entries (a listing weighs one per name) are kept, least
+  recently used first out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from gfs.errors import NotFoundError
+from gfs.eviction import LRUPolicy
+from gfs.namespace_api import Namespace, Stat
+
+#: Seconds a cached Stat or listing is trusted (the mount's `--meta-ttl`).
+DEFAULT_TTL = 1.0
+#: Cached stats plus listed names kept at most.
+DEFAULT_MAX_ENTRIES = 200_000
+
+
+@runtime_checkable
+class VersionedListing(Protocol):
+    """A back end that can answer "directory unchanged since version N"."""
+
+    def list_dir(self, path: str, *, if_version: int | None = None
+                 ) -> tuple[Stat, list[Stat] | None]:
+        """The directory's Stat and its entries, or None for the entries when its
+        version still equals `if_version`."""
+        ...
+
+
+def parent_of(path: str) -> str:
+    """The parent directory of absolute path `path` ("/" for "/")."""
+    head = path.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def child_path(parent: str, name: str) -> str:
+    """`name` in directory `parent`."""
+    return f"{parent.rstrip('/')}/{name}"
+
+
+@dataclass
+class _Entry:
+    stat: Stat | None  # None: known not to exist
+    at: float
+
+
+@dataclass
+class _Listing:
+    names: dict[str, Stat]
+    #: The directory's version when listed (0: unknown, no revalidation).
+    version: int
+    at: float
+    #: When the entries' stats were fetched (or last revalidated).
+    stats_at: float
+
+
+@dataclass
+class CacheCounters:
+    """What the cache saved and what it asked the back end."""
+
+    hits: int = 0
+    misses: int = 0
+    revalidated: int = 0
+
+
+class MetaCache:
+    """Stats and listings of `ns`, trusted for `ttl` seconds (see the module doc).
+
+    Thread-safe; back-end calls are made outside the lock.
+    """
+
+    def __init__(self, ns: Namespace, *, ttl: float = DEFAULT_TTL,
+                 max_entries: int = DEFAULT_MAX_ENTRIES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if ttl < 0:
+            raise ValueError(f"metadata TTL must be >= 0 seconds, got {ttl}")
+        if max_entries < 1:
+            raise ValueError(f"metadata cache size must be >= 1 entry, got {max_entries}")
+        self.ns = ns
+        self.ttl = ttl
+        self.clock = clock
+        self.counters = CacheCounters()
+        self._lock = threading.Lock()
+        self._stats: dict[str, _Entry] = {}
+        self._lists: dict[str, _Listing] = {}
+        self._lru = LRUPolicy(max_entries)
+
+    # -- bookkeeping (under the lock) -----------------------------------------------
+    def _fresh(self, at: float) -> bool:
+        return self.clock() - at < self.ttl
+
+    def _admit(self, key: bytes, weight: int) -> None:
+        self._lru.discard(key)
+        for out in self._lru.admit(key, weight):
+            kind, path = out[:1], out[2:].decode()
+            if kind == b"s":
+                self._stats.pop(path, None)
+            else:
+                self._lists.pop(path, None)
+
+    def _put_stat(self, path: str, st: Stat | None, at: float) -> None:
+        self._stats[path] = _Entry(st, at)
+        self._admit(b"s:" + path.encode(), 1)
+
+    def _put_listing(self, path: str, entries: list[Stat], version: int, at: float) -> None:
+        names = {st.name: st for st in entries}
+        self._lists[path] = _Listing(names, version, at, at)
+        self._admit(b"l:" + path.encode(), len(names) + 1)
+
+    def _from_listing(self, path: str) -> _Entry | None:
+        """What a fresh listing of the parent says of `path` (None: no fresh listing)."""
+        if path == "/":
+            return None
+        lst = self._lists.get(parent_of(path))
+        if lst is None or not self._fresh(lst.at):
+            return None
+        st = lst.names.get(path.rsplit("/", 1)[1])
+        if st is None:
+            return _Entry(None, lst.at)
+        if not self._fresh(lst.stats_at):
+            return None  # the name is known, its stat must be fetched
+        return _Entry(st, lst.stats_at)
+
+    # -- reading ----------------------------------------------------------------------
+    def stat(self, path: str) -> Stat:
+        """The Stat of `path` (NotFoundError if it does not exist), cached."""
+        with self._lock:
+            hit = self._stats.get(path)
+            if hit is None or not self._fresh(hit.at):
+                hit = self._from_listing(path)
+            if hit is not None:
+                self.counters.hits += 1
+                if hit.stat is None:
+                    raise NotFoundError(path)
+                return hit.stat
+            self.counters.misses += 1
+        return self.refresh(path)
+
+    def refresh(self, path: str) -> Stat:
+        """The Stat of `path` fetched now (and cached); NotFoundError is cached too."""
+        at = self.clock()
+        try:
+            st = self.ns.stat(path)
+        except NotFoundError:
+            with self._lock:
+                self._put_stat(path, None, at)
+            raise
+        with self._lock:
+            self._put_stat(path, st, at)
+        return st
+
+    def ls(self, path: str) -> list[Stat]:
+        """The entries of directory `path` with their Stats, in name order, cached."""
+        with self._lock:
+            lst = self._lists.get(path)
+            if lst is not None and self._fresh(lst.stats_at):
+                self.counters.hits += 1
+                return list(lst.names.values())
+            self.counters.misses += 1
+            version = lst.version if lst is not None else 0
+        at = self.clock()
+        if not isinstance(self.ns, VersionedListing):
+            entries = self.ns.ls(path)
+            with self._lock:
+                self._put_listing(path, entries, 0, at)
+            return entries
+        dir_st, fetched = self.ns.list_dir(path, if_version=version or None)
+        with self._lock:
+            self._put_stat(path, dir_st, at)
+            if fetched is None and lst is not None:  # unchanged since `version`: renewed
+                self.counters.revalidated += 1
+                lst.at = lst.stats_at = at
+                self._admit(b"l:" + path.encode(), len(lst.names) + 1)
+                return list(lst.names.values())
+        entries = fetched if fetched is not None else self.ns.ls(path)
+        with self._lock:
+            self._put_listing(path, entries, dir_st.version, at)
+        return entries
+
+    # -- after a change -----------------------------------------------------------------
+    def invalidate(self, path: str, *, subtree: bool = False) -> None:
+        """Forget what is cached of `path` and of its parent (after a change made to
+        it); with `subtree` (a directory renamed or removed), of everything below it."""
+        with self._lock:
+            drop = {path, parent_of(path)}
+            if subtree:
+                below = path.rstrip("/") + "/"
+                drop.update(p for p in self._stats if p.startswith(below))
+                drop.update(p for p in self._lists if p.startswith(below))
+            for p in drop:
+                if self._stats.pop(p, None) is not None:
+                    self._lru.discard(b"s:" + p.encode())
+                if self._lists.pop(p, None) is not None:
+                    self._lru.discard(b"l:" + p.encode())
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._stats.clear()
+            self._lists.clear()
+            self._lru = LRUPolicy(self._lru.capacity)
+
+
+__all__ = ["DEFAULT_MAX_ENTRIES", "DEFAULT_TTL", "CacheCounters", "MetaCache",
+           "VersionedListing", "child_path", "parent_of"]

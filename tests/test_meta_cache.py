@@ -1,0 +1,177 @@
+"""The metadata cache of the global mount (gfs.meta_cache) and its inode table
+(gfs.mount_inodes), over the embedded store, with an injected clock."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from gfs.client import Client
+from gfs.errors import NotFoundError
+from gfs.meta_cache import MetaCache
+from gfs.mount_inodes import ROOT_INO, InodeTable, entity_scope, one_scope
+from gfs.namespace_api import Stat
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Counting:
+    """The embedded store, counting the calls made of it."""
+
+    def __init__(self, inner: Client) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+        return call
+
+
+class Versioned(Counting):
+    """A back end with cheap revalidation (as the federation's sites answer it)."""
+
+    def __init__(self, inner: Client) -> None:
+        super().__init__(inner)
+        self.version = 1
+
+    def list_dir(self, path: str, *, if_version: int | None = None
+                 ) -> tuple[Stat, list[Stat] | None]:
+        self.calls["list_dir"] += 1
+        st = replace(self.inner.stat(path), version=self.version)
+        if if_version == self.version:
+            return st, None
+        return st, self.inner.ls(path)
+
+
+@pytest.fixture
+def ns(fs: Client) -> Iterator[Counting]:
+    fs.mkdir("/d")
+    for i in range(50):
+        fs.write_bytes(f"/d/f{i:02d}", b"x" * i)
+    yield Counting(fs)
+
+
+def test_one_listing_answers_every_entry_and_every_absent_name(ns: Counting) -> None:
+    clock = Clock()
+    c = MetaCache(ns, ttl=1.0, clock=clock)  # type: ignore[arg-type]
+    assert len(c.ls("/d")) == 50
+    assert [c.stat(f"/d/f{i:02d}").size for i in range(50)] == list(range(50))
+    with pytest.raises(NotFoundError):
+        c.stat("/d/nope")
+    assert ns.calls == Counter({"ls": 1})
+    clock.now = 1.5  # past the TTL: asked again
+    assert c.stat("/d/f07").size == 7
+    assert ns.calls["stat"] == 1
+
+
+def test_ttl_bounds_staleness_and_invalidate_drops_at_once(ns: Counting) -> None:
+    clock = Clock()
+    c = MetaCache(ns, ttl=1.0, clock=clock)  # type: ignore[arg-type]
+    assert c.stat("/d/f03").size == 3
+    ns.inner.write_bytes("/d/f03", b"longer")  # changed behind the cache's back
+    clock.now = 0.9
+    assert c.stat("/d/f03").size == 3  # within the TTL: the cached answer
+    clock.now = 1.0
+    assert c.stat("/d/f03").size == 6  # at the TTL: fetched again
+    ns.inner.write_bytes("/d/f03", b"")
+    c.invalidate("/d/f03")  # a change made through the cache's owner
+    assert c.stat("/d/f03").size == 0
+    with pytest.raises(NotFoundError):
+        c.stat("/d/new")
+    ns.inner.write_bytes("/d/new", b"1")
+    with pytest.raises(NotFoundError):  # a negative answer is cached too
+        c.stat("/d/new")
+    c.invalidate("/d/new")
+    assert c.stat("/d/new").size == 1
+
+
+def test_invalidate_subtree(ns: Counting) -> None:
+    c = MetaCache(ns, ttl=60.0)  # type: ignore[arg-type]
+    c.ls("/d")
+    ns.inner.mv("/d", "/e")
+    c.invalidate("/d", subtree=True)
+    with pytest.raises(NotFoundError):
+        c.stat("/d/f01")
+    assert c.stat("/e/f01").size == 1
+
+
+def test_bounded_in_entries(ns: Counting) -> None:
+    c = MetaCache(ns, ttl=60.0, max_entries=60)  # type: ignore[arg-type]
+    c.ls("/d")  # weighs 51
+    for i in range(20):
+        c.stat(f"/d/f{i:02d}")  # from the listing: no call
+    assert ns.calls["ls"] == 1 and ns.calls["stat"] == 0
+    ns.inner.mkdir("/x")
+    for i in range(20):
+        ns.inner.write_bytes(f"/x/g{i}", b"")
+        c.stat(f"/x/g{i}")  # 20 more entries: the listing must go
+    c.ls("/d")
+    assert ns.calls["ls"] == 2
+    with pytest.raises(ValueError, match="must be >= 1"):
+        MetaCache(ns, max_entries=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="TTL"):
+        MetaCache(ns, ttl=-1)  # type: ignore[arg-type]
+
+
+def test_revalidation_by_version(fs: Client) -> None:
+    fs.mkdir("/d")
+    fs.write_bytes("/d/a", b"1")
+    ns = Versioned(fs)
+    clock = Clock()
+    c = MetaCache(ns, ttl=1.0, clock=clock)  # type: ignore[arg-type]
+    assert [s.name for s in c.ls("/d")] == ["a"]
+    clock.now = 2.0
+    assert [s.name for s in c.ls("/d")] == ["a"]  # unchanged: renewed without a listing
+    assert ns.calls == Counter({"list_dir": 2})
+    assert c.counters.revalidated == 1
+    fs.write_bytes("/d/b", b"2")
+    ns.version = 2
+    clock.now = 4.0
+    assert [s.name for s in c.ls("/d")] == ["a", "b"]  # changed: the new entries
+    assert c.counters.revalidated == 1
+
+
+def _st(path: str, ino: int) -> Stat:
+    return Stat(path, "file", 0, 0o100644, 0, 0, 0, 0, 0, ino, 1, "")
+
+
+def test_inode_numbers_per_entity_stable_across_renames() -> None:
+    t = InodeTable(entity_scope)
+    a = t.ino_for(_st("/bank-a/x", 5))
+    b = t.ino_for(_st("/telco-b/x", 5))  # the same back-end number at another entity
+    assert len({a, b, ROOT_INO}) == 3
+    t.moved("/bank-a/x", "/bank-a/y")
+    assert t.ino_for(_st("/bank-a/y", 5)) == a and t.path(a) == "/bank-a/y"
+    synthetic = t.ino_for(_st("/bank-a", 0))  # no back-end number: known by its path
+    t.moved("/bank-a", "/bank-z")
+    assert t.ino_for(_st("/bank-z", 0)) == synthetic
+    assert t.ino_for(_st("/", 0)) == ROOT_INO
+
+
+def test_removed_entries_live_until_forgotten() -> None:
+    t = InodeTable(one_scope)
+    a = t.ino_for(_st("/f", 9))
+    t.looked_up(a, 2)
+    t.removed("/f")
+    assert t.path(a) == "/f"  # the kernel still holds it
+    t.forget(a, 1)
+    assert t.path(a) == "/f"
+    t.forget(a, 1)
+    with pytest.raises(NotFoundError):
+        t.path(a)
+    assert t.ino_for(_st("/f", 9)) != a  # a new entry gets a new number
+    assert len(t) == 2
