@@ -2,8 +2,8 @@
 the global mount and gfs:// reads, on the emulated WAN or on loopback.
 
 Every hutong process gets `HUTONG_PROFILES` (a profiles file in the work
-directory, never the user's) and its own disk-cache directory, so that a cold
-read really starts cold.
+directory, never the user's) and a profile of its own whose disk cache is a new
+directory, so that a cold read really starts cold.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 from bench._fsops import Dataset, Timing, fill_client
 from bench._measure import hutong_cmd
 from gfs.client import Client
-from gfs.env import CACHE_DIR_ENV
 from gfs.federation.testing import Federation
 
 BLOCK = 8 << 20
@@ -29,11 +28,12 @@ GFS_READ = """
 import json, sys, time
 import fsspec
 url, profile, block, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+fs, path = fsspec.core.url_to_fs(url, profile=profile)
 out = []
 for label in ("cold", "warm"):
     t = time.perf_counter()
     n = 0
-    with fsspec.open(url, "rb", profile=profile, block_size=block, cache_type="none") as f:
+    with fs.open(path, "rb", block_size=block, cache_type="none") as f:
         while data := f.read(block):
             n += len(data)
     out.append({"label": label, "seconds": time.perf_counter() - t, "bytes": n})
@@ -65,21 +65,20 @@ class Ours:
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, PROFILES_ENV: str(work / "profiles.toml")}
-        self._caches = 0
+        self._profiles = 0
 
-    def fresh_env(self) -> dict[str, str]:
-        """The environment of one hutong process, with an empty disk-cache directory."""
-        self._caches += 1
-        cache = self.work / f"cache{self._caches}"
-        cache.mkdir()
-        return {**self.env, CACHE_DIR_ENV: str(cache)}
-
-    def add_profile(self, name: str, fed: Federation, entity: str, near: str) -> None:
-        """`hutong profile add NAME` acting for `entity` with its keys."""
+    def add_profile(self, fed: Federation, entity: str, near: str) -> str:
+        """`hutong profile add` of a new profile acting for `entity` with its keys, reading
+        near site `near`, with an empty disk cache; returns its name."""
+        self._profiles += 1
+        name = f"p{self._profiles}"
+        cache = self.work / f"cache-{name}"
         keys = fed.sites[near]["state"] / "federation"
         subprocess.run([*hutong_cmd(), "profile", "add", name, "--registry", fed.registry_url,
-                        "--entity", entity, "--keys", str(keys), "--near", near],
+                        "--entity", entity, "--keys", str(keys), "--near", near,
+                        "--cache-dir", str(cache)],
                        env=self.env, check=True, capture_output=True, timeout=60)
+        return name
 
     def mount_argv(self, profile: str, mnt: Path) -> list[str]:
         """`hutong mount MNT --profile NAME` (foreground)."""
@@ -90,7 +89,7 @@ class Ours:
         """Cold then warm sequential read of `url` through gfs:// in one fresh process
         (run under `prefix`, e.g. a WAN site's nsenter)."""
         out = subprocess.run([*prefix, sys.executable, "-c", GFS_READ, url, profile,
-                              str(BLOCK), str(size)], env=self.fresh_env(),
+                              str(BLOCK), str(size)], env=self.env,
                              capture_output=True, text=True, timeout=1800, check=False)
         if out.returncode:
             raise SystemExit(f"bench: gfs:// read of {url} failed: {out.stderr.strip()[-800:]}")

@@ -31,15 +31,18 @@ JuiceFS's figures stand beside ours; the targets hold either way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +69,7 @@ from gfs.units import size_arg
 RTT = 0.040
 LOSS = 0.001
 RATE_BPS = 1e9
+URL = "gfs://telco-b/bench/big.bin"
 ROUND_TRIPS = 3.0
 """Target: a listing or the stats of a whole directory in at most this many RTTs."""
 
@@ -83,7 +87,7 @@ class Plan:
 
 
 FULL = Plan(1 << 30, 10_000, 1_000, 6, 180.0)
-QUICK = Plan(64 << 20, 1_000, 100, 2, 4.0)
+QUICK = Plan(32 << 20, 1_000, 100, 2, 2.0)
 
 
 @dataclass
@@ -137,59 +141,124 @@ def _iperf(wan: Wan, seconds: int) -> tuple[float, float]:
     return got[0], got[1]
 
 
-def _ours_wan(wan: Wan, work: Path, ds: Dataset, plan: Plan, res: Results) -> None:
-    ours = Ours(work / "ours")
-    with Federation(work / "fed", wan=wan, heartbeat=0.5, ttl=5.0) as fed:
-        fed.registry(netns="a")
+@dataclass
+class Setup:
+    """What the set-up phase started and filled, for the measuring phase."""
+
+    ours: Ours | None = None
+    wan_fed: Federation | None = None
+    wan_pools: Path | None = None
+    lo_fed: Federation | None = None
+    lo_pools: Path | None = None
+    jfs: _juicefs.Volume | None = None
+    embedded: Path | None = None
+
+
+def _start_federation(stack: contextlib.ExitStack, root: Path, ds: Dataset,
+                      wan: Wan | None) -> tuple[Federation, Path]:
+    """The registry (host A), bank-a's primary (A) and telco-b's (B, holding the data
+    set); on loopback only the registry and telco-b's site."""
+    fed = stack.enter_context(Federation(root, wan=wan, heartbeat=0.5, ttl=5.0))
+    stack.callback(_kill_all, fed)  # runs first: a bench needs no graceful stop
+    fed.registry(netns="a" if wan else None)
+    if wan is not None:
         fed.site("a1", "bank-a", "cn-north", primary=True, netns="a")
-        fed.site("b1", "telco-b", "cn-east", primary=True, netns="b")
-        pools = fill_site(fed, "b1", "/telco-b/bench", ds)
-        ours.add_profile("wan", fed, "telco-b", "b1")
-        mnt = work / "mnt-ours"
-        with mounted(wan["c"].net_argv(ours.mount_argv("wan", mnt)), mnt,
-                     work / "mount-ours.log", env=ours.fresh_env()):
-            res.trees["hutong mount"] = measure_tree(mnt / "telco-b" / "bench", ds, plan,
-                                                     (pools,))
-        res.gfs["gfs://"] = ours.gfs_reads(wan["c"].net_argv([]),
-                                           "gfs://telco-b/bench/big.bin", "wan", ds.size)
+    fed.site("b1", "telco-b", "cn-east", primary=True, netns="b" if wan else None)
+    return fed, fill_site(fed, "b1", "/telco-b/bench", ds)
 
 
-def _juicefs_wan(servers: _juicefs.Servers, wan: Wan, work: Path, ds: Dataset,
-                 plan: Plan, res: Results) -> None:
+def _kill_all(fed: Federation) -> None:
+    """kill -9 every process of `fed` (its state is thrown away with the work directory)."""
+    for name in list(fed.procs):
+        fed.kill(name, signal.SIGKILL)
+    if fed.registry_proc is not None:
+        fed.registry_proc.stop(signal.SIGKILL)
+        fed.registry_proc = None
+
+
+def _fill_juicefs(servers: _juicefs.Servers, wan: Wan, work: Path,
+                  ds: Dataset) -> _juicefs.Volume:
+    """Format the volume and write the data set through a JuiceFS mount on B."""
     volume = servers.format()
-    mb, mc = work / "mnt-jfs-b", work / "mnt-jfs-c"
+    mb = work / "mnt-jfs-b"
     with mounted(_juicefs.mount_argv(wan, "b", volume, mb, work / "jfs-cache-b"), mb,
                  work / "jfs-b.log"):
         fill_dir(mb, ds)
-    with mounted(_juicefs.mount_argv(wan, "c", volume, mc, work / "jfs-cache-c"), mc,
-                 work / "jfs-c.log"):
-        res.trees["juicefs mount"] = measure_tree(mc, ds, plan, (servers.root / "weed",))
+    return volume
 
 
-def _loopback(work: Path, ds: Dataset, plan: Plan, res: Results, ours_ok: bool) -> None:
+def _fill_embedded(work: Path, ds: Dataset) -> Path:
     emb = work / "embedded"
     with Client.init(emb) as c:
         fill_client(c, "/bench", ds)
+    return emb
+
+
+def set_up(stack: contextlib.ExitStack, wan: Wan, servers: _juicefs.Servers | None,
+           work: Path, ds: Dataset, ours_ok: bool) -> Setup:
+    """Start and fill every system, ours and the embedded store at once (nothing is
+    measured meanwhile)."""
+    st = Setup()
+    with ThreadPoolExecutor(3) as pool:
+        emb = pool.submit(_fill_embedded, work, ds)
+        feds = [pool.submit(_start_federation, stack, work / name, ds, w)
+                for name, w in (("fed", wan), ("fed-lo", None))] if ours_ok else []
+        st.embedded = emb.result()
+        if feds:
+            st.ours = Ours(work / "ours")
+            st.wan_fed, st.wan_pools = feds[0].result()
+            st.lo_fed, st.lo_pools = feds[1].result()
+    # JuiceFS's fill alone: beside the others its 2 x entries creates over FUSE and
+    # SeaweedFS's start-up slowed down six-fold (7.5 -> 44 s) on a 2-core machine.
+    st.jfs = None if servers is None else _fill_juicefs(servers, wan, work, ds)
+    return st
+
+
+def measure_wan(st: Setup, wan: Wan, servers: _juicefs.Servers | None, work: Path,
+                ds: Dataset, plan: Plan, res: Results, done: Callable[[str], None]) -> None:
+    """Our global mount and gfs:// on host C, then JuiceFS's mount on host C."""
+    if st.ours is not None and st.wan_fed is not None and st.wan_pools is not None:
+        ours, fed = st.ours, st.wan_fed
+        mnt = work / "mnt-ours"
+        argv = wan["c"].net_argv(ours.mount_argv(ours.add_profile(fed, "telco-b", "b1"), mnt))
+        with mounted(argv, mnt, work / "mount-ours.log", env=ours.env):
+            res.trees["hutong mount"] = measure_tree(mnt / "telco-b" / "bench", ds, plan,
+                                                     (st.wan_pools,))
+        done("the global mount on C measured")
+        res.gfs["gfs://"] = ours.gfs_reads(wan["c"].net_argv([]), URL,
+                                           ours.add_profile(fed, "telco-b", "b1"), ds.size)
+        done("gfs:// on C measured")
+    if servers is not None and st.jfs is not None:
+        mc = work / "mnt-jfs-c"
+        with mounted(_juicefs.mount_argv(wan, "c", st.jfs, mc, work / "jfs-cache-c"), mc,
+                     work / "jfs-c.log"):
+            res.trees["juicefs mount"] = measure_tree(mc, ds, plan, (servers.root / "weed",))
+        done("JuiceFS on C measured")
+
+
+def measure_loopback(st: Setup, work: Path, ds: Dataset, plan: Plan, res: Results,
+                     done: Callable[[str], None]) -> None:
+    """The embedded mount, then our global mount and gfs:// on the loopback federation."""
+    emb = st.embedded
+    assert emb is not None
     mnt = work / "mnt-embedded"
     with mounted([*hutong_cmd(), "--state", str(emb), "mount", str(mnt)], mnt,
                  work / "mount-embedded.log"):
         res.trees["embedded mount (lo)"] = measure_tree(mnt / "bench", ds, plan,
                                                         (emb / "pools",))
-    if not ours_ok:
+    done("the embedded mount measured")
+    if st.ours is None or st.lo_fed is None or st.lo_pools is None:
         return
-    ours = Ours(work / "ours-lo")
-    with Federation(work / "fed-lo", heartbeat=0.5, ttl=5.0) as fed:
-        fed.registry()
-        fed.site("b1", "telco-b", "cn-east", primary=True)
-        pools = fill_site(fed, "b1", "/telco-b/bench", ds)
-        ours.add_profile("lo", fed, "telco-b", "b1")
-        mnt = work / "mnt-ours-lo"
-        with mounted(ours.mount_argv("lo", mnt), mnt, work / "mount-ours-lo.log",
-                     env=ours.fresh_env()):
-            res.trees["hutong mount (lo)"] = measure_tree(mnt / "telco-b" / "bench", ds,
-                                                          plan, (pools,))
-        res.gfs["gfs:// (lo)"] = ours.gfs_reads([], "gfs://telco-b/bench/big.bin", "lo",
-                                                ds.size)
+    ours, fed = st.ours, st.lo_fed
+    mnt = work / "mnt-ours-lo"
+    with mounted(ours.mount_argv(ours.add_profile(fed, "telco-b", "b1"), mnt), mnt,
+                 work / "mount-ours-lo.log", env=ours.env):
+        res.trees["hutong mount (lo)"] = measure_tree(mnt / "telco-b" / "bench", ds,
+                                                      plan, (st.lo_pools,))
+    done("the global mount on loopback measured")
+    res.gfs["gfs:// (lo)"] = ours.gfs_reads([], URL, ours.add_profile(fed, "telco-b", "b1"),
+                                            ds.size)
+    done("gfs:// on loopback measured")
 
 
 class _Progress:
@@ -218,20 +287,18 @@ def run(work: Path, plan: Plan) -> Results:
     if jfs_why:
         res.why_not["juicefs"] = jfs_why
     link = Link(delay=RTT / 4, rate_bps=RATE_BPS, loss=LOSS)
-    with emulated_wan({"a": link, "b": link, "c": link}, nice=-5) as wan:
+    with emulated_wan({"a": link, "b": link, "c": link}, nice=-5) as wan, \
+            contextlib.ExitStack() as stack:
         servers = None if jfs_why else _juicefs.Servers(wan, "b", work / "jfs")
         probe = measure_udp(wan, "c", "b", count=20, interval=0.02)
         res.rtt = statistics.median(probe["rtts"])
         res.link_1, res.link_4 = _iperf(wan, plan.iperf_seconds)
         done("RTT and link rate measured")
-        if not ours_why:
-            _ours_wan(wan, work, ds, plan, res)
-            done("hutong on the WAN measured")
-        if servers is not None:
-            _juicefs_wan(servers, wan, work, ds, plan, res)
-            done("JuiceFS on the WAN measured")
-    _loopback(work, ds, plan, res, ours_ok=not ours_why)
-    done("loopback measured")
+        st = set_up(stack, wan, servers, work, ds, not ours_why)
+        done("every system started and filled")
+        measure_wan(st, wan, servers, work, ds, plan, res, done)
+        measure_loopback(st, work, ds, plan, res, done)
+    done("torn down")
     return res
 
 
@@ -354,7 +421,7 @@ def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench globalfs")
     ap.add_argument("--quick", action="store_true",
-                    help="64 MiB file, 1,000 entries, 100 creates (under a minute)")
+                    help="32 MiB file, 1,000 entries, 100 creates (about a minute)")
     ap.add_argument("--size", type=size_arg, help="large file size (1GiB)")
     ap.add_argument("--entries", type=int, help="entries per listed directory (10000)")
     ap.add_argument("--dir", help="work directory (default: a temporary one)")
