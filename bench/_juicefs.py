@@ -81,10 +81,15 @@ class Servers:
         if probe.returncode or self.weed.poll() is not None:
             raise SystemExit(f"bench: SeaweedFS did not start in site {self.host}: "
                              f"{probe.stderr.strip()[-300:]}; see {self.root}/weed.log")
-        self.wan.run(self.host, [
+        out = self.wan.run(self.host, [
             juicefs(), "format", "--storage", "s3", "--bucket", f"{self.s3.url}/jfs",
             "--access-key", self.s3.access_key, "--secret-key", self.s3.secret_key,
-            "--trash-days", "0", "--no-update", self.meta_url, name], timeout=120)
+            "--trash-days", "0", "--no-update", self.meta_url, name], timeout=120,
+            check=False)
+        if out.returncode:
+            tail = " | ".join(out.stderr.strip().splitlines()[-4:])
+            raise SystemExit(f"bench: juicefs format in site {self.host} failed: {tail}; "
+                             f"see {self.root}/weed.log")
         return Volume(self.meta_url, self.s3)
 
 

@@ -86,7 +86,7 @@ class Plan:
     """Seconds at most for the stats and for the creates of one system."""
 
 
-FULL = Plan(1 << 30, 10_000, 1_000, 6, 180.0)
+FULL = Plan(1 << 30, 10_000, 1_000, 6, 60.0)
 QUICK = Plan(32 << 20, 1_000, 100, 2, 2.0)
 
 
