@@ -438,11 +438,11 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-globalfs-", dir=args.dir))
     try:
         res = run(work, plan)
-    finally:
+        text, met, figures = report(res, plan)
+        print(text)
+        print(headline("globalfs", met, **figures), flush=True)
+    finally:  # several GiB: slow where the disk discards freed blocks
         shutil.rmtree(work, ignore_errors=True)
-    text, met, figures = report(res, plan)
-    print(text)
-    print(headline("globalfs", met, **figures))
     return 0
 
 
