@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
             fed.site("m1", "bank-m", "cn-west", primary=True)
             with fed.client("bank-m") as fc:
                 fc.primary("/bank-m")
-                site = fc.http("m1")
+                site = fc.site("m1")
                 fed_rates: dict[str, float] = {
                     "mkdir": _rate(n, lambda i: fc.mkdir(f"/bank-m/d{i}")),
                     "create": _rate(n, lambda i: fc.write_bytes(f"/bank-m/d{i}/f", payload)),

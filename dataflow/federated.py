@@ -201,28 +201,10 @@ class FederatedCatalog:
 
     def _walk(self, top: str) -> list[str]:
         try:
-            st = self.fc.stat(top)
+            return [st.path for st in self.fc.walk(top)
+                    if st.kind == "file" and not _records_prefix(st.path)]
         except NotFoundError:
             return []
-        if st["kind"] == "file":
-            return [str(st["path"])]
-        out: list[str] = []
-        stack = [str(st["path"])]
-        while stack:
-            d = stack.pop()
-            try:
-                entries = self.fc.ls(d)
-            except NotFoundError:
-                continue
-            for e in entries:
-                p = str(e["path"])
-                if _records_prefix(p):
-                    continue
-                if e["kind"] == "dir":
-                    stack.append(p)
-                elif e["kind"] == "file":
-                    out.append(p)
-        return out
 
     def files(self, selector: str) -> list[str]:
         """Files matching one selector (a path, a directory or a glob), sorted."""
@@ -354,7 +336,7 @@ class FederatedCatalog:
 
 def _get_blobs(fc: Any, site: str, ids: Sequence[bytes]) -> dict[bytes, bytes]:
     """Blobs (as stored) of `ids` that `site` returns."""
-    from gfs.federation.site import unpack_frames
+    from gfs.federation.wire import unpack_frames
 
     out: dict[bytes, bytes] = {}
     for i in range(0, len(ids), GET_BATCH):
@@ -434,7 +416,7 @@ def copy_chunks(creds: Credentials, src: str, dst: str, ids: list[str],
         return _pull_chunks(creds, src, dst, ids, lengths, streams)
     if via != "site-api":
         raise ConfigError(f"transfer path must be 'mover' or 'site-api', got {via!r}")
-    from gfs.federation.site import pack_frames
+    from gfs.federation.wire import pack_frames
 
     fc = creds.client(near=dst)
     t0 = time.monotonic()
@@ -718,8 +700,8 @@ class FederatedRuntime(Runtime):
             entries = self.fc.ls(self.records_dir)
         except NotFoundError:
             return []
-        recs = [json.loads(self.fc.read_bytes(e["path"])) for e in entries
-                if e["kind"] == "file" and str(e["path"]).endswith(".json")]
+        recs = [json.loads(self.fc.read_bytes(e.path)) for e in entries
+                if e.kind == "file" and e.path.endswith(".json")]
         return sorted(recs, key=lambda r: r.get("created", 0))
 
 

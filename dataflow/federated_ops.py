@@ -141,7 +141,7 @@ class FederatedOps(Dataflow):
     def _migrate_patterns(self, ds: Dataset, entity: str) -> list[str]:
         """Rule patterns covering the dataset: its selectors under /ENTITY (a directory
         becomes DIR/**), plus the exact path of any file they do not match."""
-        from gfs.federation.site import glob_match
+        from gfs.federation.wire import glob_match
 
         pats: list[str] = []
         for s in ds.selectors:
@@ -150,7 +150,7 @@ class FederatedOps(Dataflow):
             else:
                 norm = paths.normalize(s)
                 try:
-                    kind = self.rt.fc.stat(norm)["kind"]
+                    kind = self.rt.fc.stat(norm).kind
                 except NotFoundError:
                     continue
                 pat = norm if kind == "file" else norm.rstrip("/") + "/**"
@@ -188,7 +188,7 @@ class FederatedOps(Dataflow):
                before: dict[str, tuple[int, tuple[ChunkRef, ...]]],
                current: dict[str, tuple[int, tuple[ChunkRef, ...]]]) -> list[str]:
         """What keeps `to` from being the verified, pinned holder of every current file."""
-        from gfs.federation.site import glob_match
+        from gfs.federation.wire import glob_match
 
         problems = []
         for pat, rid in mine.items():
@@ -213,35 +213,13 @@ class FederatedOps(Dataflow):
     def _rule_files(self, pattern: str) -> list[str] | None:
         """Files (job records included) the primary would match with `pattern` now;
         None when the listing fails (the rule is then kept)."""
-        from gfs.federation.site import glob_match
+        from gfs.federation.wire import glob_match, literal_prefix
 
-        parts = []
-        for p in pattern.strip("/").split("/"):
-            if any(c in p for c in "*?["):
-                break
-            parts.append(p)
-        top = "/" + "/".join(parts)
-        fc = self.rt.fc
         try:
-            st = fc.stat(top)
+            return [st.path for st in self.rt.fc.walk(literal_prefix(pattern))
+                    if st.kind != "dir" and glob_match(pattern, st.path)]
         except NotFoundError:
             return []
-        if st["kind"] == "file":
-            return [str(st["path"])] if glob_match(pattern, str(st["path"])) else []
-        out: list[str] = []
-        stack = [str(st["path"])]
-        while stack:
-            d = stack.pop()
-            try:
-                entries = fc.ls(d)
-            except NotFoundError:
-                continue
-            for e in entries:
-                if e["kind"] == "dir":
-                    stack.append(str(e["path"]))
-                elif glob_match(pattern, str(e["path"])):
-                    out.append(str(e["path"]))
-        return out
 
     def _release(self, entity: str, primary: str, to: str, mine: set[str], files: set[str],
                  out: TransferSummary) -> None:

@@ -6,12 +6,15 @@ Used by the global mount (gfs.mount_global). Rules (docs/globalmount.md):
 * one listing (`Namespace.ls`, every entry with its full Stat) answers the stats of
   all its entries and the absence of every other name in that directory, so
   `ls -l` of a directory costs one call, not one per entry;
-* a back end that offers `list_dir(path, if_version=N)` (the federation's
+* a back end that offers `ls_if_changed(path, N)` (the federation's
   `GET /v1/ns/list?if_version=N`) revalidates an expired listing cheaply: a site
   changes a directory's version whenever an entry is added, removed, renamed or
   replaced in it, so while the version is unchanged the listing is renewed without
   being sent again (the embedded store, without `list_dir`, is simply re-read);
 * changes made through the cache's owner are followed by `invalidate`;
+* while the back end cannot be reached (`UnavailableSiteError`: an entity's primary
+  is down), the last answer known is served, however old, so that files already
+  seen stay readable from the mirrors; what was never seen fails;
 * at most `max_entries` entries (a listing weighs one per name) are kept, least
   recently used first out.
 """
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from gfs.errors import NotFoundError
+from gfs.errors import NotFoundError, UnavailableSiteError
 from gfs.eviction import LRUPolicy
 from gfs.namespace_api import Namespace, Stat
 
@@ -38,10 +41,10 @@ DEFAULT_MAX_ENTRIES = 200_000
 class VersionedListing(Protocol):
     """A back end that can answer "directory unchanged since version N"."""
 
-    def list_dir(self, path: str, *, if_version: int | None = None
-                 ) -> tuple[Stat, list[Stat] | None]:
+    def ls_if_changed(self, path: str, version: int | None
+                      ) -> tuple[Stat, list[Stat] | None]:
         """The directory's Stat and its entries, or None for the entries when its
-        version still equals `if_version`."""
+        version still equals `version`."""
         ...
 
 
@@ -79,6 +82,8 @@ class CacheCounters:
     hits: int = 0
     misses: int = 0
     revalidated: int = 0
+    #: Answers served past their TTL because the back end was unreachable.
+    stale: int = 0
 
 
 class MetaCache:
@@ -163,9 +168,38 @@ class MetaCache:
             with self._lock:
                 self._put_stat(path, None, at)
             raise
+        except UnavailableSiteError:
+            last = self._last_known(path)
+            if last is None:
+                raise
+            return last
         with self._lock:
             self._put_stat(path, st, at)
         return st
+
+    def _last_known(self, path: str) -> Stat | None:
+        """The last Stat known of `path`, however old (None if none); NotFoundError if
+        what was last known is that it does not exist."""
+        with self._lock:
+            hit = self._stats.get(path)
+            if hit is not None:
+                self.counters.stale += 1
+                if hit.stat is None:
+                    raise NotFoundError(path)
+                return hit.stat
+            lst = self._lists.get(parent_of(path)) if path != "/" else None
+            if lst is None:
+                return None
+            self.counters.stale += 1
+            st = lst.names.get(path.rsplit("/", 1)[1])
+            if st is None:
+                raise NotFoundError(path)
+            return st
+
+    def put(self, st: Stat) -> None:
+        """Cache `st` as fetched now (what an open found out about the file)."""
+        with self._lock:
+            self._put_stat(st.path, st, self.clock())
 
     def ls(self, path: str) -> list[Stat]:
         """The entries of directory `path` with their Stats, in name order, cached."""
@@ -176,13 +210,23 @@ class MetaCache:
                 return list(lst.names.values())
             self.counters.misses += 1
             version = lst.version if lst is not None else 0
+        try:
+            return self._fetch_listing(path, lst, version)
+        except UnavailableSiteError:
+            if lst is None:
+                raise
+            with self._lock:
+                self.counters.stale += 1
+            return list(lst.names.values())
+
+    def _fetch_listing(self, path: str, lst: _Listing | None, version: int) -> list[Stat]:
         at = self.clock()
         if not isinstance(self.ns, VersionedListing):
             entries = self.ns.ls(path)
             with self._lock:
                 self._put_listing(path, entries, 0, at)
             return entries
-        dir_st, fetched = self.ns.list_dir(path, if_version=version or None)
+        dir_st, fetched = self.ns.ls_if_changed(path, version or None)
         with self._lock:
             self._put_stat(path, dir_st, at)
             if fetched is None and lst is not None:  # unchanged since `version`: renewed

@@ -16,21 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from gfs.cli import add_json_flag, print_json
 from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
-from gfs.errors import ConfigError, InvalidPathError, StateError
+from gfs.errors import InvalidPathError, StateError
 from gfs.eviction import DEFAULT_POLICY, POLICIES
 from gfs.meta_cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL
 from gfs.units import duration_arg, size_arg
 
 if TYPE_CHECKING:
     from gfs.client import Client
-    from gfs.namespace_api import Namespace
 
 #: Seconds `mount --background` waits for the mount to come up.
 READY_TIMEOUT = 30.0
-#: The environment variable naming the profile (as the `--profile` flag does).
-PROFILE_ENV = "HUTONG_PROFILE"
-
-
 def _entries_arg(text: str) -> int:
     try:
         n = int(text)
@@ -43,22 +38,11 @@ def _entries_arg(text: str) -> int:
 
 
 def _profile(args: argparse.Namespace) -> str | None:
-    """The profile the mount uses: --profile, else $HUTONG_PROFILE, else none."""
-    name: str | None = getattr(args, "profile", None) or os.environ.get(PROFILE_ENV) or None
-    return name
+    """The profile the mount uses (--profile, $HUTONG_PROFILE, `hutong profile use`);
+    None: the embedded store."""
+    from gfs.profiles import selected
 
-
-def _open_profile(name: str) -> Namespace:
-    """The global namespace of profile `name` (gfs.open_namespace)."""
-    import gfs
-
-    opener = getattr(gfs, "open_namespace", None)
-    if opener is None:
-        raise ConfigError(f"cannot mount profile {name!r}: this build has no profiles "
-                          "(gfs.open_namespace); mount without --profile for the "
-                          "embedded store")
-    ns: Namespace = opener(profile=name)
-    return ns
+    return selected(getattr(args, "profile", None))
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -69,12 +53,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "foreground until unmounted. Ctrl-C or SIGTERM refuse new opens, "
                         "commit what open files hold, wait --drain-timeout seconds for "
                         "them to be closed (each is committed at its close), commit what "
-                        "is still open and unmount; a second Ctrl-C unmounts at once.")
+                        "is still open and unmount; a second Ctrl-C unmounts at once. "
+                        "With a profile (--profile NAME, $HUTONG_PROFILE or `hutong profile "
+                        "use`) it mounts "
+                        "the global tree: / lists the entities you may see, metadata is "
+                        "cached for --meta-ttl seconds, writes are committed when the file "
+                        "is closed (docs/globalmount.md).")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
-    if not any("--profile" in a.option_strings for a in common._actions):
-        sp.add_argument("--profile", metavar="NAME",
-                        help=f"mount the global namespace of profile NAME (${PROFILE_ENV}); "
-                        "without one, the embedded store")
     sp.add_argument("--meta-ttl", type=duration_arg, default=DEFAULT_TTL, metavar="SECONDS",
                     help="with a profile: how long metadata (stats, listings) is trusted "
                     f"before it is fetched again ({DEFAULT_TTL:g})")
@@ -168,7 +153,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if report is not None:
             print(f"hutong: {report}", file=sys.stderr)
         if profile is not None:  # fail here, not in the child, if it cannot be opened
-            _open_profile(profile).close()
+            from gfs.profiles import open_namespace
+
+            open_namespace(profile).close()
         else:
             Client(args.state).close()
         log: Any = open(args.log, "ab+") if args.log else tempfile.TemporaryFile()  # noqa: SIM115
@@ -203,11 +190,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _mount_global(args: argparse.Namespace, profile: str) -> int:
     from gfs.mount_global import GlobalMountOptions, run_global_mount
+    from gfs.profiles import open_namespace
 
     opts = GlobalMountOptions(meta_ttl=args.meta_ttl, meta_entries=args.meta_entries,
                               allow_other=args.allow_other, debug=args.fuse_debug,
                               drain_timeout=args.drain_timeout)
-    ns = _open_profile(profile)
+    ns = open_namespace(profile, memory_bytes=args.cache_size)
     try:
         run_global_mount(ns, args.mountpoint, opts, label=f"profile {profile}")
     finally:

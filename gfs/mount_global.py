@@ -34,6 +34,7 @@ from gfs.errors import (
     NotEmptyError,
     NotFoundError,
     NotPermittedError,
+    ReadOnlyError,
     UnavailableSiteError,
 )
 from gfs.meta_cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, MetaCache, child_path, parent_of
@@ -41,6 +42,7 @@ from gfs.mount import MAX_FILE_SIZE, ServeOptions, fuse_error, readdir_replies, 
 from gfs.mount_inodes import ROOT_INO, InodeTable, entity_scope, one_scope
 from gfs.mount_points import prepare
 from gfs.mount_spool import Spool
+from gfs.namespace import DEFAULT_DIR_MODE  # a new directory's (others: a chmod after)
 from gfs.namespace_api import Namespace, Stat
 
 log = logging.getLogger("hutong.mount")
@@ -64,6 +66,10 @@ class GlobalMountOptions(ServeOptions):
     op_timeout: float = 60.0
     #: Directory of the write spools (the system's temporary directory if None).
     spool_dir: str | None = None
+    #: Show every entry as owned by the user running the mount (True), or with the
+    #: owner the back end records (False). Who may read or change what is decided by
+    #: the federation (keys, tokens, grants), not by user ids of other machines.
+    own_everything: bool = True
 
 
 @dataclass
@@ -111,6 +117,7 @@ class GlobalOperations(pyfuse3.Operations):
         self.draining = False
         self.frozen = False
         self._writers_closed: asyncio.Event | None = None
+        self._uid, self._gid = os.getuid(), os.getgid()
 
     def close(self, commit: bool = True) -> None:
         """Stop the threads; with `commit`, commit what open files hold."""
@@ -187,6 +194,11 @@ class GlobalOperations(pyfuse3.Operations):
             st = replace(st, size=sp.size, mtime_ns=sp.mtime_ns)
         return st
 
+    def _owner(self, st: Stat) -> tuple[int, int]:
+        if self.opts.own_everything:
+            return self._uid, self._gid
+        return st.uid, st.gid
+
     def _attr(self, st: Stat, ino: int | None = None) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino if ino is not None else self.inodes.ino_for(st)
@@ -198,8 +210,7 @@ class GlobalOperations(pyfuse3.Operations):
             mode |= _KIND_BITS.get(st.kind, statmod.S_IFREG)
         a.st_mode = mode
         a.st_nlink = 2 if st.kind == "dir" else 1
-        a.st_uid = st.uid
-        a.st_gid = st.gid
+        a.st_uid, a.st_gid = self._owner(st)
         a.st_rdev = 0
         a.st_size = len(st.target.encode()) if st.kind == "symlink" else st.size
         a.st_blksize = 1 << 17
@@ -237,14 +248,16 @@ class GlobalOperations(pyfuse3.Operations):
         return st.target.encode()
 
     def _listing(self, path: str) -> list[tuple[bytes, Stat]]:
+        """The entries of `path` in the back end's order (the federation's root: the
+        caller's own entity first), then the files created here and not committed."""
         entries = {st.name: st for st in self.meta.ls(path)}
         prefix = path.rstrip("/") + "/"
-        with self._spool_lock:  # files created here and not committed yet
+        with self._spool_lock:
             created = [p for p, sp in self._spools.items() if sp.created]
         for p in created:
             if p.startswith(prefix) and "/" not in p[len(prefix):]:
                 entries[p[len(prefix):]] = self._stat(p)
-        return [(n.encode(), entries[n]) for n in sorted(entries)]
+        return [(n.encode(), st) for n, st in entries.items()]
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         path = self._path(inode)
@@ -277,12 +290,19 @@ class GlobalOperations(pyfuse3.Operations):
                       subtree: bool = False) -> None:
         self._admit()
 
+        def forget() -> None:
+            for p in paths:
+                self.meta.invalidate(p, subtree=subtree)
+
         def op() -> None:
             try:
                 fn()
-            finally:
-                for p in paths:
-                    self.meta.invalidate(p, subtree=subtree)
+            except ReadOnlyError:
+                raise  # refused before anything changed: what is cached stays true
+            except BaseException:
+                forget()  # it may have changed something before failing
+                raise
+            forget()
         await self._run(op)
 
     async def _made(self, path: str) -> pyfuse3.EntryAttributes:
@@ -292,10 +312,12 @@ class GlobalOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         path = child_path(self._path(parent_inode), _name(name))
 
+        perm = mode & 0o7777 & ~ctx.umask
+
         def op() -> None:
             self.ns.mkdir(path)
-            if mode & 0o7777 != 0o755:
-                self.ns.chmod(path, mode & 0o7777 & ~ctx.umask)
+            if perm != DEFAULT_DIR_MODE:
+                self.ns.chmod(path, perm)
         await self._change(op, path)
         return await self._made(path)
 
@@ -388,19 +410,23 @@ class GlobalOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EFBIG)
 
         def op() -> None:
-            st = self._stat(path)
-            if (fields.update_uid and attr.st_uid != st.uid) or (
-                    fields.update_gid and attr.st_gid != st.gid):
+            uid, gid = self._owner(self._stat(path))
+            if (fields.update_uid and attr.st_uid != uid) or (
+                    fields.update_gid and attr.st_gid != gid):
                 raise NotPermittedError(path, "the global mount does not change owners")
             if fields.update_size:
                 self._truncate(path, attr.st_size)
+            sp = self._spool_at(path)
+            created = sp is not None and sp.created  # nothing in the namespace yet
             if fields.update_mode:
-                self.ns.chmod(path, attr.st_mode & 0o7777)
+                if sp is not None and created:
+                    sp.perm = attr.st_mode & 0o7777  # given at its first commit
+                else:
+                    self.ns.chmod(path, attr.st_mode & 0o7777)
             if fields.update_atime or fields.update_mtime:
-                sp = self._spool_at(path)
                 if sp is not None and fields.update_mtime:
                     sp.mtime_ns = attr.st_mtime_ns
-                if sp is None or not sp.created:
+                if not created:
                     self.ns.utime(path, attr.st_atime_ns if fields.update_atime else None,
                                   attr.st_mtime_ns if fields.update_mtime else None)
         if not (fields.update_size and self._spool_at(path) is not None):
@@ -413,11 +439,17 @@ class GlobalOperations(pyfuse3.Operations):
         if sp is not None:
             sp.truncate(size)
             return
-        cur = self.meta.refresh(path)
-        if cur.kind == "dir":
+        if self.meta.refresh(path).kind == "dir":
             raise IsADirError(path)
-        head = self.ns.read_bytes(path, 0, min(size, cur.size)) if size else b""
-        self.ns.write_bytes(path, head + bytes(size - len(head)))
+        tmp = Spool(path, directory=self.opts.spool_dir)  # the file is not open here
+        try:
+            if size:
+                with self.ns.open(path, "rb") as src:
+                    tmp.load(src)
+            tmp.truncate(size)
+            tmp.commit(self.ns)
+        finally:
+            tmp.close()
 
     # -- files ----------------------------------------------------------------------------
     def _open(self, path: str, flags: int, created: bool, perm: int | None) -> _Handle:
@@ -439,6 +471,10 @@ class GlobalOperations(pyfuse3.Operations):
                 if st.kind == "dir":
                     raise IsADirError(path)
                 reader = self.ns.open(path, "rb")
+                size = reader.seek(0, os.SEEK_END)
+                reader.seek(0)
+                if size != st.size:  # committed meanwhile: the size of what is read
+                    self.meta.put(replace(st, size=size))
             elif fresh and not flags & os.O_TRUNC:
                 st = self.meta.refresh(path)
                 if st.kind == "dir":
@@ -472,7 +508,8 @@ class GlobalOperations(pyfuse3.Operations):
                    ) -> pyfuse3.FileInfo:
         self._admit()
         path = self._path(inode)
-        h = await self._run(self._open, path, flags, False, None)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY  # copies the file: unbounded
+        h = await self._run(self._open, path, flags, False, None, bounded=not writable)
         try:
             # close-to-open: what the kernel cached of the file's size may be older
             pyfuse3.invalidate_inode(inode, attr_only=True)
@@ -495,8 +532,7 @@ class GlobalOperations(pyfuse3.Operations):
                 raise ExistsError(path)
             self._stat(parent_of(path))  # the parent must exist (ENOENT otherwise)
             h = self._open(path, flags, True, mode & 0o7777 & ~ctx.umask)
-            self.meta.invalidate(path)
-            return h, self._stat(path)
+            return h, self._stat(path)  # the spool's: the cache is told at the commit
         h, st = await self._run(op)
         a = self._entry(st)
         return pyfuse3.FileInfo(fh=self._new_fh(h, a.st_ino)), a
@@ -532,11 +568,14 @@ class GlobalOperations(pyfuse3.Operations):
         created = sp.created
         try:
             sp.commit(self.ns)
-        except HutongError as e:
+        except ReadOnlyError as e:  # refused before anything changed: the cache stays
             log.warning("commit of %s failed: %s", sp.path, e)
             raise
-        finally:
+        except HutongError as e:
+            log.warning("commit of %s failed: %s", sp.path, e)
             self.meta.invalidate(sp.path)
+            raise
+        self.meta.invalidate(sp.path)
         if created:  # it keeps the number it was created with
             self.inodes.bind(self.meta.refresh(sp.path), h.ino)
 

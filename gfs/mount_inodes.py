@@ -42,6 +42,8 @@ class InodeTable:
         self._by_key: dict[Key, int] = {}
         self._key_of: dict[int, Key] = {}
         self._path: dict[int, str] = {ROOT_INO: "/"}
+        #: path -> the inode number last seen there
+        self._at: dict[str, int] = {"/": ROOT_INO}
         self._lookups: dict[int, int] = {}
         self._gone: set[int] = set()
 
@@ -55,12 +57,13 @@ class InodeTable:
         key = self._key(st)
         with self._lock:
             ino = self._by_key.get(key)
-            if ino is None:
+            if ino is None or ino in self._gone:  # a removed entry's number is not reused
                 ino = self._next
                 self._next += 1
                 self._by_key[key] = ino
                 self._key_of[ino] = key
             self._path[ino] = st.path
+            self._at[st.path] = ino
             self._gone.discard(ino)
             return ino
 
@@ -69,9 +72,13 @@ class InodeTable:
         its first commit gave it a back-end inode)."""
         key = self._key(st)
         with self._lock:
+            old = self._key_of.get(ino)
+            if old is not None and self._by_key.get(old) == ino:
+                del self._by_key[old]  # its path no longer names it once renamed
             self._by_key[key] = ino
             self._key_of[ino] = key
             self._path[ino] = st.path
+            self._at[st.path] = ino
 
     def path(self, ino: int) -> str:
         """The current path of local inode `ino` (NotFoundError if it was forgotten)."""
@@ -102,7 +109,9 @@ class InodeTable:
 
     def _drop(self, ino: int) -> None:
         self._gone.discard(ino)
-        self._path.pop(ino, None)
+        p = self._path.pop(ino, None)
+        if p is not None and self._at.get(p) == ino:
+            del self._at[p]
         key = self._key_of.pop(ino, None)
         if key is not None and self._by_key.get(key) == ino:
             del self._by_key[key]
@@ -110,12 +119,13 @@ class InodeTable:
     def removed(self, path: str) -> None:
         """Entry `path` was removed: its number lives on only while the kernel holds it."""
         with self._lock:
-            for ino, p in list(self._path.items()):
-                if p == path and ino != ROOT_INO:
-                    if self._lookups.get(ino, 0) > 0:
-                        self._gone.add(ino)
-                    else:
-                        self._drop(ino)
+            ino = self._at.pop(path, None)
+            if ino is None or ino == ROOT_INO or self._path.get(ino) != path:
+                return
+            if self._lookups.get(ino, 0) > 0:
+                self._gone.add(ino)
+            else:
+                self._drop(ino)
 
     def moved(self, src: str, dst: str) -> None:
         """`src` was renamed to `dst`: it and everything below it keep their numbers."""
@@ -123,16 +133,18 @@ class InodeTable:
         with self._lock:
             for ino, p in list(self._path.items()):
                 if p == src:
-                    self._path[ino] = dst
-                    key = self._key_of.get(ino)
-                    if key is not None and key[0] == "/":  # keyed by path: re-key it
-                        self._rekey(ino, key, ("/", dst))
+                    new = dst
                 elif p.startswith(below):
                     new = dst.rstrip("/") + "/" + p[len(below):]
-                    self._path[ino] = new
-                    key = self._key_of.get(ino)
-                    if key is not None and key[0] == "/":
-                        self._rekey(ino, key, ("/", new))
+                else:
+                    continue
+                self._path[ino] = new
+                if self._at.get(p) == ino:
+                    del self._at[p]
+                self._at[new] = ino
+                key = self._key_of.get(ino)
+                if key is not None and key[0] == "/":  # keyed by path: re-key it
+                    self._rekey(ino, key, ("/", new))
 
     def _rekey(self, ino: int, old: Key, new: Key) -> None:
         if self._by_key.get(old) == ino:

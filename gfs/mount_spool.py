@@ -39,6 +39,8 @@ class Spool:
         self._file = tempfile.TemporaryFile(buffering=0, dir=directory,  # noqa: SIM115
                                             prefix="hutong-spool-")
         self._lock = threading.Lock()
+        #: Kept apart from the file so that a stat never waits for a commit in progress.
+        self._size = 0
 
     def load(self, src: BinaryIO) -> None:
         """Fill the spool with the committed content (opening an existing file for writing)."""
@@ -49,11 +51,11 @@ class Spool:
                 view = memoryview(block)
                 while view:
                     view = view[self._file.write(view) or 0:]
+            self._size = self._file.tell()
 
     @property
     def size(self) -> int:
-        with self._lock:
-            return os.fstat(self._file.fileno()).st_size
+        return self._size
 
     def read(self, off: int, size: int) -> bytes:
         with self._lock:
@@ -62,6 +64,7 @@ class Spool:
     def write(self, off: int, data: bytes) -> int:
         with self._lock:
             n = os.pwrite(self._file.fileno(), data, off)
+            self._size = max(self._size, off + n)
             self.dirty = True
             self.mtime_ns = time.time_ns()
             return n
@@ -69,6 +72,7 @@ class Spool:
     def truncate(self, size: int) -> None:
         with self._lock:
             os.ftruncate(self._file.fileno(), size)
+            self._size = size
             self.dirty = True
             self.mtime_ns = time.time_ns()
 

@@ -535,7 +535,8 @@ class WriteBack:
             txn.put_inode(new)
             txn.link(node.parent, name, ino)
             txn.put_manifest(ino, Manifest(1, tuple(refs)))
-            txn.put_inode(replace(parent, mtime_ns=now, ctime_ns=now))
+            cur = txn.get_inode(parent.ino) or parent  # unlink_in may have changed it
+            txn.put_inode(replace(cur, mtime_ns=now, ctime_ns=now, version=cur.version + 1))
             return old
         return action
 

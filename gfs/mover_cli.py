@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any
 
-from gfs.cli import add_json_flag, port, print_json
+from gfs.cli import add_json_flag, open_client, port, print_json
 from gfs.env import MOVER_STREAMS
 from gfs.errors import ConfigError
 
@@ -42,7 +42,6 @@ def _secret(args: argparse.Namespace) -> bytes:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gfs import mover
-    from gfs.cli import open_client
 
     secret = _secret(args)
     stop = threading.Event()
@@ -67,7 +66,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_copy(args: argparse.Namespace) -> int:
     from gfs import mover
-    from gfs.cli import open_client
     from gfs.client import Client
 
     with open_client(args) as src, Client(args.to_state) as dst:

@@ -100,11 +100,12 @@ def path_of(txn: ReadTxn, ino: int) -> str:
 
 
 def _touch_dir(txn: WriteTxn, parent: Inode, now: int, subdirs: int = 0) -> Inode:
-    """Stamp directory `parent` changed; `subdirs` added to its link count (kept only
-    once known: a directory with nlink 1 predates link counts)."""
+    """Stamp directory `parent` changed (times and change version); `subdirs` added to
+    its link count (kept only once known: a directory with nlink 1 predates link
+    counts)."""
     cur = get(txn, parent.ino)  # the caller's copy may predate changes in this txn
     nlink = cur.nlink + subdirs if cur.nlink >= 2 else cur.nlink
-    new = replace(cur, mtime_ns=now, ctime_ns=now, nlink=nlink)
+    new = replace(cur, mtime_ns=now, ctime_ns=now, nlink=nlink, version=cur.version + 1)
     txn.put_inode(new)
     return new
 
@@ -112,8 +113,22 @@ def _touch_dir(txn: WriteTxn, parent: Inode, now: int, subdirs: int = 0) -> Inod
 def _count_subdirs(txn: WriteTxn, parent: int, delta: int) -> None:
     """Add `delta` to directory `parent`'s link count (if known), times unchanged."""
     cur = get(txn, parent)
-    if cur.nlink >= 2:
-        txn.put_inode(replace(cur, nlink=cur.nlink + delta))
+    nlink = cur.nlink + delta if cur.nlink >= 2 else cur.nlink
+    txn.put_inode(replace(cur, nlink=nlink, version=cur.version + 1))
+
+
+def entries_changed(txn: WriteTxn, parent: int) -> None:
+    """Advance directory `parent`'s change version, times unchanged.
+
+    A directory's `version` changes whenever an entry is added, removed, renamed or
+    replaced in it, or an entry's content or attributes are replaced (docs/format.md):
+    a listing cached with its version is revalidated by comparing it. Every function
+    of this module that changes entries does it; call this after changing entries
+    with the engine's primitives (`txn.link`, `txn.unlink`) directly.
+    """
+    cur = txn.get_inode(parent)
+    if cur is not None and cur.kind == Kind.DIR:
+        txn.put_inode(replace(cur, version=cur.version + 1))
 
 
 def _new_inode(txn: WriteTxn, parent: int, kind: Kind, mode: int, now: int,
@@ -213,6 +228,8 @@ def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef],
     txn.link(parent.ino, name, node.ino)
     if touch:
         _touch_dir(txn, parent, now)
+    else:
+        entries_changed(txn, parent.ino)
     txn.put_inode(node)
     txn.put_manifest(node.ino, Manifest(node.version, tuple(refs)))
     return None
@@ -232,6 +249,8 @@ def write_content(txn: WriteTxn, node: Inode, refs: list[ChunkRef], *,
                   ctime_ns=now, mtime_ns=now if mtime_ns is None else mtime_ns)
     txn.put_inode(new)
     txn.put_manifest(new.ino, Manifest(new.version, tuple(refs)))
+    if node.parent:  # a hard-linked file (parent 0) changes no one listing
+        entries_changed(txn, node.parent)
     return old
 
 
@@ -278,6 +297,8 @@ def symlink_in(txn: WriteTxn, parent: Inode, name: str, target: str, *,
     txn.link(parent.ino, name, node.ino)
     if touch:
         _touch_dir(txn, parent, now)
+    else:
+        entries_changed(txn, parent.ino)
     return node
 
 
@@ -294,6 +315,8 @@ def unlink_in(txn: WriteTxn, parent: Inode, name: str, *, touch: bool = True,
     txn.unlink(parent.ino, name)
     if touch:
         _touch_dir(txn, parent, now)
+    else:
+        entries_changed(txn, parent.ino)
     return m
 
 
@@ -565,6 +588,8 @@ def set_attrs_of(txn: WriteTxn, node: Inode, *, mode: int | None = None, uid: in
         mtime_ns=node.mtime_ns if mtime_ns is None else mtime_ns,
         ctime_ns=now_ns())
     txn.put_inode(new)
+    if node.parent and node.parent != node.ino:
+        entries_changed(txn, node.parent)
     return new
 
 

@@ -104,6 +104,8 @@ def _put_link(ns: Namespace, local: str, dest: str, existing: Stat | None,
     if existing is not None:
         ns.rm(dest)
     ns.symlink(dest, target)
+    st = os.lstat(local)
+    ns.utime(dest, st.st_atime_ns, st.st_mtime_ns)  # the link's own times (not followed)
     report.symlinks += 1
 
 
@@ -153,6 +155,7 @@ def get_tree(ns: Namespace, path: str, local: str | os.PathLike[str],
             if os.path.lexists(target):
                 os.unlink(target)
             os.symlink(st.target, target)
+            os.utime(target, ns=(st.atime_ns, st.mtime_ns), follow_symlinks=False)
             report.symlinks += 1
         elif st.kind == "file":
             if os.path.isdir(target) and not os.path.islink(target):

@@ -10,14 +10,13 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from gfs.cli import add_json_flag, human, print_json
+from gfs.cli import add_json_flag, human, open_client, print_json
 from gfs.env import TIERS
 from gfs.errors import ConfigError
 from gfs.units import duration_arg, size_arg
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
 
     with open_client(args) as fs:
         rec = fs.add_pool(args.name, args.url, tier=args.tier,
@@ -27,7 +26,6 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_ls(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
 
     with open_client(args) as fs:
         pools = fs.pools()
@@ -50,7 +48,6 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
     from gfs.tiering.policy import TierPolicy
 
     changes: dict[str, Any] = {}
@@ -81,7 +78,6 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
 
     with open_client(args) as fs:
         policy = fs.store.policy()
@@ -90,7 +86,6 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 
 
 def cmd_tier_run(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
     from gfs.tiering.tierer import run
 
     with open_client(args) as fs:
@@ -108,7 +103,6 @@ def cmd_tier_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tier_status(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
     from gfs.tiering.tierer import last_report, tier_capacity, tier_usage
 
     with open_client(args) as fs:

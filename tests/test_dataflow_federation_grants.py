@@ -73,7 +73,7 @@ def test_grantee_job_reads_granted_files_whole(world: World) -> None:
             v = res.values[tid]
             assert v["sha"] == hashlib.sha256(data[v["paths"][0]]).hexdigest()
         with world.fed.client("lab-b") as fc:
-            outs = sorted(e["path"] for e in fc.ls("/lab-b/out/g"))
+            outs = sorted(e.path for e in fc.ls("/lab-b/out/g"))
             assert outs == sorted(res.outputs.values()) and len(outs) == 3
             rec = json.loads(fc.read_bytes(f"/lab-b/.dataflow/jobs/{res.id}.json"))
             assert rec["status"] == "done"
@@ -94,7 +94,7 @@ def test_ungranted_files_fail_clearly_and_write_nothing(world: World) -> None:
         assert len(df.jobs()) == before
     with world.fed.client("lab-b") as fc:
         fc.mkdir("/lab-b/out", parents=True, exist_ok=True)
-        assert "/lab-b/out/bad" not in {e["path"] for e in fc.ls("/lab-b/out")}
+        assert "/lab-b/out/bad" not in {e.path for e in fc.ls("/lab-b/out")}
 
 
 def test_owner_policy_and_changed_inputs(world: World, tmp_path: Path) -> None:

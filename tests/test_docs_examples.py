@@ -164,8 +164,10 @@ def _check(r: subprocess.CompletedProcess[str], what: str) -> None:
 
 
 def environment(d: Path) -> dict[str, str]:
-    """A fresh HOME and HUTONG_STATE in `d`, this environment's bin first on PATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUTONG_", "VIRTUAL_ENV"))}
+    """A fresh HOME and HUTONG_STATE in `d` (so no profile but the example's own), this
+    environment's bin first on PATH."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HUTONG_", "VIRTUAL_ENV", "XDG_CONFIG_HOME"))}
     bindir = str(Path(sys.executable).parent)
     env.update(HOME=str(d), HUTONG_STATE=str(d / ".hutong"), PYTHONPATH=str(ROOT),
                PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}", PYTHONDONTWRITEBYTECODE="1")

@@ -279,3 +279,17 @@ def test_a_listing_is_revalidated_by_the_directory_version(fed: Federation) -> N
         ns.write_bytes("/bank/reval/b", b"2")
         top2, entries2 = ns.ls_if_changed("/bank/reval", top.version)
         assert top2.version != top.version and [s.name for s in entries2 or []] == ["a", "b"]
+
+
+def test_a_read_whose_only_holder_dies_is_unavailable_not_lost(mirrored: Federation) -> None:
+    """Chunks no holder can be asked for are EHOSTUNREACH (retry later), not EIO's
+    'chunk missing' (which would say the data is gone)."""
+    data = os.urandom(8 << 20)
+    with _ns(mirrored, "lab", memory_bytes=1 << 20) as ns:
+        ns.write_bytes("/lab/alone.bin", data)  # no rule: only the primary holds it
+        with ns.open("/lab/alone.bin") as f:
+            assert f.read(1 << 20) == data[:1 << 20]
+            mirrored.kill("lab-1")
+            with pytest.raises(UnavailableSiteError) as e:
+                f.read()
+        assert e.value.errno == errno.EHOSTUNREACH

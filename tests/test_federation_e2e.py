@@ -17,8 +17,8 @@ from gfs.client import Client
 from gfs.errors import ChunkMissingError, InvalidPathError, NotFoundError
 from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
-from gfs.federation.site import pack_frames
 from gfs.federation.testing import Federation
+from gfs.federation.wire import pack_frames
 
 DATA = os.urandom(200_000) + b"shared tail " * 20_000
 
@@ -60,12 +60,12 @@ def test_namespace_roundtrip_and_close_to_open(fed: Federation) -> None:
         fc.write_bytes("/bank-a/data/y.bin", b"version 2")
         assert fc.read_bytes("/bank-a/data/y.bin") == b"version 2"
         fc.mv("/bank-a/data/y.bin", "/bank-a/data/z.bin")
-        names = {e["path"] for e in fc.ls("/bank-a/data")}
+        names = {e.path for e in fc.ls("/bank-a/data")}
         assert names == {"/bank-a/data/x.bin", "/bank-a/data/z.bin"}
         fc.rm("/bank-a/data/z.bin")
         with pytest.raises(NotFoundError):
             fc.stat("/bank-a/data/z.bin")
-        assert st1["size"] == len(DATA)
+        assert st1.size == len(DATA)
 
 
 def test_rule_places_replicas_encrypted_on_other_entity(fed: Federation) -> None:
@@ -78,7 +78,7 @@ def test_rule_places_replicas_encrypted_on_other_entity(fed: Federation) -> None
         vault = fed.sites["t1"]["state"] / "vault" / "bank-a"
         blobs = [p for p in vault.glob("??/*")]
         assert blobs and all(p.read_bytes()[6] == 1 for p in blobs)  # flag bit 0
-        plain = fc.http("a1").call("GET", "/v1/ns/manifest", query={"path": "/bank-a/data/x.bin"})
+        plain = fc.site("a1").call("GET", "/v1/ns/manifest", query={"path": "/bank-a/data/x.bin"})
         assert not {c for c, _ in plain["chunks"]} & {p.name for p in blobs}
         # the nearest replica serves the read
         with fed.client("bank-a", near="t1") as near_t1:
@@ -93,7 +93,7 @@ def test_other_entity_cannot_probe_or_read_chunks(fed: Federation) -> None:
     telco = fed.keys("telco-b")
     plain = HttpClient(fed.sites["a1"]["url"], keys=telco)
     with fed.client("bank-a") as fc:
-        m = fc.http("a1").call("GET", "/v1/ns/manifest", query={"path": "/bank-a/data/x.bin"})
+        m = fc.site("a1").call("GET", "/v1/ns/manifest", query={"path": "/bank-a/data/x.bin"})
     with pytest.raises(AuthError) as e:
         plain.call("POST", "/v1/chunks/has", {"ids": [m["chunks"][0][0]]})
     assert e.value.status == 403
@@ -113,7 +113,7 @@ def test_grants_and_deny_by_default(fed: Federation) -> None:
         with fed.client("bank-a") as fc:
             g = fc.grant("/bank-a/shared/**", "telco-b", "read")
         assert tb.read_bytes("/bank-a/shared/s.txt") == b"shared with telco-b\n"
-        assert [x["path"] for x in tb.ls("/bank-a/shared")] == ["/bank-a/shared/s.txt"]
+        assert [x.path for x in tb.ls("/bank-a/shared")] == ["/bank-a/shared/s.txt"]
         with pytest.raises(AuthError):
             tb.read_bytes("/bank-a/data/x.bin")
         with pytest.raises(AuthError):
@@ -156,7 +156,7 @@ def test_tokens_scope_prefix_expiry_forgery(fed: Federation) -> None:
         fc.write_bytes("/bank-a/shared/forged.txt", b"x")
     with fed.client("bank-a") as fc:
         for p in ("late.txt", "forged.txt", "new.txt"):
-            assert not any(e["path"].endswith(p) for e in fc.ls("/bank-a/shared"))
+            assert not any(e.path.endswith(p) for e in fc.ls("/bank-a/shared"))
 
 
 def test_forged_signature_and_unsigned_rejected(fed: Federation) -> None:
@@ -324,7 +324,7 @@ def test_missing_everywhere_is_a_clear_error(fed: Federation, tmp_path: Path) ->
     # damage a1's copy: no replica holds this file
     import gfs.client
     with fed.client("bank-a") as fc:
-        m = fc.http("a1").call("GET", "/v1/ns/manifest",
+        m = fc.site("a1").call("GET", "/v1/ns/manifest",
                                query={"path": "/bank-a/data/only-a1.bin"})
     packs = list((fed.sites["a1"]["state"] / "pools" / "default" / "packs").glob("*/*.pack"))
     target = bytes.fromhex(m["chunks"][0][0])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gfs.federation.http import UnavailableError
+from gfs.errors import UnavailableSiteError
 from gfs.federation.testing import Federation
 
 
@@ -29,7 +29,7 @@ def test_primary_down_reads_from_mirror(tmp_path: Path) -> None:
         with fed.client("lab") as fc:
             assert fc.read_bytes("/lab/d/kept.bin") == data  # from p2's mirror
             assert set(fc.chunks_from) == {"p2"}
-            with pytest.raises(UnavailableError, match="no site holds a mirror"):
+            with pytest.raises(UnavailableSiteError, match="no site holds a mirror"):
                 fc.read_bytes("/lab/unruled.bin")
         fed.start("p1")
         fed.wait_status("p1", "up")

@@ -11,7 +11,8 @@ import pytest
 
 from gfs.federation.auth import AuthError
 from gfs.federation.client import FederationClient
-from gfs.federation.http import ApiError, BadRequestError, UnavailableError
+from gfs.federation.http import ApiError, BadRequestError
+from gfs.federation.site_client import SiteUnavailableError
 from gfs.federation.testing import Federation
 
 
@@ -35,17 +36,17 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
 
 def _ids(fc: FederationClient, path: str) -> list[bytes]:
     norm, site = fc.primary(path)
-    m = fc.http(site).call("GET", "/v1/ns/manifest", query={"path": norm})
+    m = fc.site(site).call("GET", "/v1/ns/manifest", query={"path": norm})
     return list(dict.fromkeys(bytes.fromhex(h) for h, _ in m["chunks"]))
 
 
 def _has(fc: FederationClient, site: str, ids: list[bytes]) -> list[bool]:
-    return [bool(x) for x in fc.http(site).call(
+    return [bool(x) for x in fc.site(site).call(
         "POST", "/v1/chunks/has", {"ids": [c.hex() for c in ids]})["have"]]
 
 
 def _pull(fc: FederationClient, site: str, body: Any) -> Any:
-    return fc.http(site).call("POST", "/v1/mover/pull", body)
+    return fc.site(site).call("POST", "/v1/mover/pull", body)
 
 
 def test_pull_copies_only_what_is_missing_and_pins_it(fed: Federation) -> None:
@@ -65,10 +66,10 @@ def test_pull_copies_only_what_is_missing_and_pins_it(fed: Federation) -> None:
         again = fc.mover_pull("a2", "a1", ids)
         assert again["chunks"] == 0 and again["skipped"] == len(ids)
         # the copies are the source's blobs, and gc keeps them (pinned: no manifest at a2)
-        fc.http("a2").call("POST", "/v1/gc", {})
+        fc.site("a2").call("POST", "/v1/gc", {})
         assert all(_has(fc, "a2", ids))
-        a1 = fc.http("a1").call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
-        a2 = fc.http("a2").call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
+        a1 = fc.site("a1").call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
+        a2 = fc.site("a2").call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
         assert a1 == a2
         # the destination may also ask the source for the session itself (a site name)
         fc.write_bytes("/bank-a/p/y.bin", _data("y", 20_000))
@@ -83,8 +84,8 @@ def test_bad_bodies_are_refused_with_400(fed: Federation) -> None:
         fc.mkdir("/bank-a/p", parents=True, exist_ok=True)
         fc.write_bytes("/bank-a/p/z.bin", _data("z", 5_000))
         ids = [c.hex() for c in _ids(fc, "/bank-a/p/z.bin")]
-        sess = fc.mover_session("a1")
-        h = fc.http("a2")
+        sess = fc.mover_session("a1").to_wire()
+        h = fc.site("a2")
         bad: list[tuple[Any, str]] = [
             ({"ids": ids}, "source"),
             ({"source": "a1"}, "ids"),
@@ -118,11 +119,11 @@ def test_other_entities_and_tokens_get_403(fed: Federation) -> None:
         fc.mkdir("/bank-a/p", parents=True, exist_ok=True)
         fc.write_bytes("/bank-a/p/w.bin", _data("w", 3_000))
         ids = [c.hex() for c in _ids(fc, "/bank-a/p/w.bin")]
-        sess = fc.mover_session("a1")
+        sess = fc.mover_session("a1").to_wire()
     token = fed.keys("bank-a").mint_token("u", "write", "/bank-a", ttl=600)
     for c in (fed.client("telco-b"), fed.client(token=token)):
         with c, pytest.raises(AuthError, match="own entity") as e:
-            c.http("a2").call("POST", "/v1/mover/pull", {"source": sess, "ids": ids})
+            c.site("a2").call("POST", "/v1/mover/pull", {"source": sess, "ids": ids})
         assert e.value.status == 403
     with fed.client("telco-b") as tb, pytest.raises(AuthError):
         tb.mover_session("a1")
@@ -137,10 +138,10 @@ def test_source_down_is_a_clear_502(fed: Federation) -> None:
         fc.mover_pull("a4", "a1", ids)
         sess = fc.mover_session("a4")
         fed.kill("a4")
-        with pytest.raises(UnavailableError, match="pull from") as e:
+        with pytest.raises(SiteUnavailableError, match="pull from") as e:
             fc.mover_pull("a2", sess, ids)                 # its mover port is gone
         assert e.value.status == 502 and "run the transfer again" in str(e.value)
-        with pytest.raises(UnavailableError, match="a4 does not answer") as e:
+        with pytest.raises(SiteUnavailableError, match="a4 does not answer") as e:
             _pull(fc, "a2", {"source": "a4", "ids": [c.hex() for c in ids]})
         assert e.value.status == 502
 

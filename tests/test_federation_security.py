@@ -28,8 +28,9 @@ from gfs.errors import NotFoundError
 from gfs.federation.auth import AuthError, EntityKeys, token_claims
 from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
-from gfs.federation.site import init_site, pack_frames
+from gfs.federation.site import init_site
 from gfs.federation.testing import Federation, Proc
+from gfs.federation.wire import pack_frames
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,7 @@ def test_signed_body_must_match(fed: Federation) -> None:
     status, answer = _raw(fed.sites["a1"]["url"], head, evil)
     assert status == 401 and b"does not match the signed" in answer
     with fed.client("bank-a") as fc:
-        assert not any(e["path"].endswith("evil") for e in fc.ls("/bank-a/shared"))
+        assert not any(e.path.endswith("evil") for e in fc.ls("/bank-a/shared"))
 
 
 def _manifest(fed: Federation, path: str) -> list[list[Any]]:
@@ -196,7 +197,7 @@ def test_commit_releases_upload_pins(fed: Federation) -> None:
     with fed.client("bank-a") as fc:
         fc.write_bytes("/bank-a/secret/big.bin", data)
         ids = [c for c, _ in _manifest(fed, "/bank-a/secret/big.bin")]
-        a1 = fc.http("a1")
+        a1 = fc.site("a1")
         assert all(a1.call("POST", "/v1/chunks/has", {"ids": ids})["have"])
         fc.rm("/bank-a/secret/big.bin")
         # a put not committed yet stays pinned (a writer between its put and its commit)
@@ -311,7 +312,7 @@ def test_foreign_storage_only_under_an_agreement(fed: Federation) -> None:
         "have"] == [False]
     with fed.client("telco-b") as host:
         with pytest.raises(AuthError):  # the guest cannot grant itself an agreement
-            fed.client("bank-a").http("t1").call("POST", "/v1/agreements",
+            fed.client("bank-a").site("t1").call("POST", "/v1/agreements",
                                                  {"to": "bank-a", "quota": 1 << 40})
         ag = host.agreement_add("t1", "bank-a", 100_000, lifetime=3600)
         assert put(blob)["stored"] == 1

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gfs.client import Client
-from gfs.errors import NotFoundError
+from gfs.errors import NotFoundError, UnavailableSiteError
 from gfs.meta_cache import MetaCache
 from gfs.mount_inodes import ROOT_INO, InodeTable, entity_scope, one_scope
 from gfs.namespace_api import Stat
@@ -48,11 +48,11 @@ class Versioned(Counting):
         super().__init__(inner)
         self.version = 1
 
-    def list_dir(self, path: str, *, if_version: int | None = None
-                 ) -> tuple[Stat, list[Stat] | None]:
-        self.calls["list_dir"] += 1
+    def ls_if_changed(self, path: str, version: int | None
+                      ) -> tuple[Stat, list[Stat] | None]:
+        self.calls["ls_if_changed"] += 1
         st = replace(self.inner.stat(path), version=self.version)
-        if if_version == self.version:
+        if version == self.version:
             return st, None
         return st, self.inner.ls(path)
 
@@ -136,7 +136,7 @@ def test_revalidation_by_version(fs: Client) -> None:
     assert [s.name for s in c.ls("/d")] == ["a"]
     clock.now = 2.0
     assert [s.name for s in c.ls("/d")] == ["a"]  # unchanged: renewed without a listing
-    assert ns.calls == Counter({"list_dir": 2})
+    assert ns.calls == Counter({"ls_if_changed": 2})
     assert c.counters.revalidated == 1
     fs.write_bytes("/d/b", b"2")
     ns.version = 2
@@ -175,3 +175,38 @@ def test_removed_entries_live_until_forgotten() -> None:
         t.path(a)
     assert t.ino_for(_st("/f", 9)) != a  # a new entry gets a new number
     assert len(t) == 2
+
+
+def test_the_last_answer_is_served_while_the_back_end_is_unreachable(ns: Counting) -> None:
+    clock = Clock()
+    c = MetaCache(ns, ttl=1.0, clock=clock)  # type: ignore[arg-type]
+    c.ls("/d")
+    assert c.stat("/d/f05").size == 5
+    down = UnavailableSiteError("/d", "primary down")
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise down
+    ns.inner = type("Down", (), {"stat": unreachable, "ls": unreachable})()  # type: ignore[assignment]
+    clock.now = 10.0  # long past the TTL
+    assert c.stat("/d/f05").size == 5  # seen before: the last answer
+    assert [s.name for s in c.ls("/d")][:2] == ["f00", "f01"]
+    with pytest.raises(NotFoundError):  # not in the last listing: still absent
+        c.stat("/d/new")
+    assert c.counters.stale == 3
+    with pytest.raises(UnavailableSiteError):
+        c.stat("/never/seen")
+
+
+def test_a_created_file_keeps_its_number_and_its_path_is_free_after_a_rename() -> None:
+    """git's lock files: create x.lock (no back-end inode until its first commit),
+    commit, rename over x, create x.lock again: a new number, not x's."""
+    t = InodeTable(one_scope)
+    lock = t.ino_for(_st("/r/config.lock", 0))  # created here, not committed
+    t.bind(_st("/r/config.lock", 41), lock)  # committed: the back end's inode 41
+    t.moved("/r/config.lock", "/r/config")
+    assert t.ino_for(_st("/r/config", 41)) == lock
+    again = t.ino_for(_st("/r/config.lock", 0))
+    assert again != lock and t.path(lock) == "/r/config"
+    t.looked_up(again)
+    t.removed("/r/config.lock")  # unlinked while the kernel holds it
+    assert t.ino_for(_st("/r/config.lock", 0)) not in (again, lock)

@@ -194,3 +194,33 @@ def test_a_hung_back_end_is_bounded_by_the_op_timeout(tmp_path: Path) -> None:
         assert "gave no answer" in m.m.log_text()
         _faults(m)  # lifted: the same call answers again
         assert os.stat(m.mnt / "slow" / "f").st_size == 1
+
+
+def test_lock_file_pattern_of_git(g: GMounted) -> None:
+    """Create x.lock exclusively, chmod it before anything is committed, close, rename
+    over x; again and again (what git does to its config and index)."""
+    d = g.mnt / "repo"
+    d.mkdir()
+    for i in range(3):
+        fd = os.open(d / "config.lock", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        os.chmod(d / "config.lock", 0o640)  # not committed yet: given at the commit
+        os.write(fd, f"version {i}\n".encode())
+        os.close(fd)
+        os.rename(d / "config.lock", d / "config")
+        assert (d / "config").read_bytes() == f"version {i}\n".encode()
+        assert (d / "config").stat().st_mode & 0o777 == 0o640
+        assert not (d / "config.lock").exists()
+
+
+def test_entries_are_shown_as_the_mounting_users_and_truncate_keeps_the_head(
+        g: GMounted) -> None:
+    with Client(g.state) as c:
+        c.write_bytes("/theirs", bytes(range(256)) * 4000)
+        c.chown("/theirs", 1234, 5678)  # an owner id of another machine
+    st = os.stat(g.mnt / "theirs")
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert errno_of(os.chown, g.mnt / "theirs", 4321, -1) == errno.EPERM
+    os.truncate(g.mnt / "theirs", 1000)  # not open here: through a spool, one commit
+    assert (g.mnt / "theirs").read_bytes() == (bytes(range(256)) * 4)[:1000]
+    os.truncate(g.mnt / "theirs", 0)
+    assert (g.mnt / "theirs").stat().st_size == 0

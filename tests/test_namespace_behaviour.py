@@ -239,3 +239,7 @@ def test_walk_is_depth_first_parents_first(ns: tuple[Namespace, str]) -> None:
     n.write_bytes(f"{d}/z", b"3")
     assert [s.path for s in n.walk(d)] == [d, f"{d}/a", f"{d}/a/b", f"{d}/a/b/f",
                                            f"{d}/a/g", f"{d}/z"]
+
+
+def test_both_back_ends_are_namespaces(ns: tuple[Namespace, str]) -> None:
+    assert isinstance(ns[0], Namespace)

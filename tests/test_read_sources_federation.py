@@ -39,11 +39,11 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
 
 
 def _chunks(fc: FederationClient) -> dict[bytes, bytes]:
-    m = fc._manifest_or_mirror(PATH, "p1", "lab")
-    fc.source.note(PATH, list(m["sites"]))
+    m = fc.manifest(PATH)
+    fc.source.note(PATH, m.sites)
     out, pos = {}, 0
-    for h, n in m["chunks"]:
-        out[bytes.fromhex(h)] = DATA[pos:pos + n]
+    for cid, n in m.chunks:
+        out[cid] = DATA[pos:pos + n]
         pos += n
     assert all(chunk_id(v) == k for k, v in out.items())
     return out

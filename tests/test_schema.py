@@ -280,7 +280,7 @@ def test_rules_and_site_file(tmp_path: Path) -> None:
         state = str(fed.sites["a1"]["state"])
         with fed.client("bank-a") as fc:
             before = fc.rules("bank-a")
-            primary = fc._entity_site("bank-a")
+            primary = fc.entity_site("bank-a")
             for body, words in (
                     ({"pattern": "/bank-a/x", "copies": 1, "wehre": "site=a1"},
                      ["rule: unknown key 'wehre'", "did you mean 'where'?"]),

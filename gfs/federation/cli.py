@@ -262,7 +262,9 @@ def _entity_of(args: argparse.Namespace, fc: FederationClient) -> str:
 def cmd_token_mint(args: argparse.Namespace) -> int:
     from gfs.federation.auth import EntityKeys
 
-    keys = EntityKeys.load(args.keys or state_dir(args.state) / "federation")
+    prof = _profile(args) if args.keys is None else None
+    keys = EntityKeys.load(args.keys or (prof.keys if prof is not None and prof.keys else None)
+                           or state_dir(args.state) / "federation")
     print(keys.mint_token(args.user, args.scope, args.prefix or f"/{keys.name}", args.ttl))
     return 0
 
@@ -456,7 +458,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--scope", choices=("read", "write"), default="read")
     sp.add_argument("--prefix", help="namespace prefix (default: /ENTITY)")
     sp.add_argument("--ttl", type=positive_duration_arg, default=3600.0, help="lifetime (1h)")
-    sp.add_argument("--keys", metavar="DIR")
+    sp.add_argument("--keys", metavar="DIR", help="the entity's keys (default: those of the "
+                    "profile in use, else STATE/federation)")
     sp.set_defaults(func=cmd_token_mint)
 
     sp = sub.add_parser("grant", parents=[common, ident],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from gfs import chunking, paths
@@ -27,11 +27,22 @@ from gfs.errors import (
     CorruptChunkError,
     HutongError,
     InvalidPathError,
+    NotFoundError,
+    UnavailableSiteError,
 )
 from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, token_issuer
-from gfs.federation.http import HttpClient, UnavailableError
+from gfs.federation.http import HttpClient
+from gfs.federation.site_client import (
+    MoverSession,
+    Record,
+    SiteClient,
+    SiteManifest,
+    SiteUnavailableError,
+)
 from gfs.federation.source import SiteSource
-from gfs.meta import ChunkRef, Manifest
+from gfs.federation.upload import put_missing
+from gfs.meta import Manifest
+from gfs.namespace_api import Stat
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import prepare
 
@@ -64,7 +75,7 @@ class FederationClient:
         self.params = params or chunking.ChunkParams()
         self.timeout = timeout
         self._sites: tuple[float, dict[str, dict[str, Any]], list[dict[str, Any]]] | None = None
-        self._http: dict[str, HttpClient] = {}
+        self._site_clients: dict[str, SiteClient] = {}
         self.chunks_from: dict[str, int] = {}
         """Chunks fetched per site (for tests and `status`)."""
         self.bad_copies = 0
@@ -72,7 +83,7 @@ class FederationClient:
     def close(self) -> None:
         """Close every connection."""
         self.cache.close()
-        for h in self._http.values():
+        for h in self._site_clients.values():
             h.close()
         self.registry.close()
 
@@ -91,17 +102,23 @@ class FederationClient:
             self._sites = (time.monotonic(), sites, links)
         return self._sites[1]
 
-    def http(self, site: str) -> HttpClient:
-        """A connection to site `site` that authenticates as this client (renewed when
-        the registry shows the site at a new endpoint, e.g. after a restart)."""
-        endpoint = str(self.sites()[site]["endpoint"]).rstrip("/")
-        h = self._http.get(site)
+    def site(self, name: str) -> SiteClient:
+        """A client of site `name` that authenticates as this client (renewed when the
+        registry shows the site at a new endpoint, e.g. after a restart)."""
+        rec = self.sites().get(name)
+        if rec is None:
+            rec = self.sites(refresh=True).get(name)
+        if rec is None:
+            raise SiteUnavailableError(name, f"site {name!r} is not registered", 404,
+                                       "not_registered")
+        endpoint = str(rec["endpoint"]).rstrip("/")
+        h = self._site_clients.get(name)
         if h is not None and h.base_url != endpoint:
             h.close()
             h = None
         if h is None:
-            h = self._http[site] = HttpClient(endpoint, keys=self.keys, token=self.token,
-                                              timeout=self.timeout)
+            h = self._site_clients[name] = SiteClient(endpoint, keys=self.keys,
+                                                      token=self.token, timeout=self.timeout)
         return h
 
     def primary(self, path: str) -> tuple[str, str]:
@@ -112,8 +129,8 @@ class FederationClient:
             raise InvalidPathError(path, "the federation root has no site; use /ENTITY/...")
         ent = self.registry.call("GET", f"/v1/entities/{parts[0]}")
         if not ent.get("primary"):
-            raise UnavailableError(f"entity {parts[0]!r} has no primary site registered", 503,
-                                   "no_primary")
+            raise SiteUnavailableError(norm, f"entity {parts[0]!r} has no primary site "
+                                       "registered", 503, "no_primary")
         return norm, str(ent["primary"])
 
     def owner_mode(self, entity: str) -> bool:
@@ -131,30 +148,52 @@ class FederationClient:
         return False
 
     # -- namespace ----------------------------------------------------------------------
-    def stat(self, path: str) -> dict[str, Any]:
+    def stat(self, path: str) -> Stat:
+        """The entry at `path` (asked of its entity's primary)."""
         norm, site = self.primary(path)
-        return dict(self.http(site).call("GET", "/v1/ns/stat", query={"path": norm}))
+        return self.site(site).stat(norm)
 
-    def ls(self, path: str) -> list[dict[str, Any]]:
+    def ls(self, path: str) -> list[Stat]:
+        """The entries of directory `path` with their full stats, in name order."""
         norm, site = self.primary(path)
-        return list(self.http(site).call("GET", "/v1/ns/list", query={"path": norm})["entries"])
+        return self.site(site).ls(norm)
+
+    def walk(self, path: str) -> Iterator[Stat]:
+        """`path` and everything below it, parents before children (a directory removed
+        meanwhile is skipped); NotFoundError if `path` is not there."""
+        norm, site = self.primary(path)
+        sc = self.site(site)
+        top = sc.stat(norm)
+        yield top
+        stack = [top] if top.is_dir else []
+        while stack:
+            d = stack.pop()
+            try:
+                entries = sc.ls(d.path)
+            except NotFoundError:
+                continue
+            for e in entries:
+                yield e
+                if e.is_dir:
+                    stack.append(e)
 
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> None:
         norm, site = self.primary(path)
-        self.http(site).call("POST", "/v1/ns/mkdir",
-                             {"path": norm, "parents": parents, "exist_ok": exist_ok})
+        self.site(site).mkdir(norm, parents=parents, exist_ok=exist_ok)
 
     def rm(self, path: str, *, recursive: bool = False) -> None:
         norm, site = self.primary(path)
-        self.http(site).call("POST", "/v1/ns/remove", {"path": norm, "recursive": recursive})
+        self.site(site).remove(norm, recursive=recursive)
 
     def mv(self, src: str, dst: str) -> None:
         norm, site = self.primary(src)
-        self.http(site).call("POST", "/v1/ns/rename", {"src": norm,
-                                                       "dst": paths.normalize(dst)})
+        self.site(site).rename(norm, paths.normalize(dst))
 
     # -- reading ------------------------------------------------------------------------
-    def _candidates(self, holders: list[str], owner: str) -> list[str]:
+    def candidates(self, holders: list[str], owner: str) -> list[str]:
+        """The sites of `holders` to ask for `owner`'s chunks, best first: up sites this
+        client may read from, by measured round-trip time from `near` (same region before
+        others, the primary last among equals), then the down ones."""
         sites = self.sites()
         assert self._sites is not None
         links = self._sites[2]
@@ -178,64 +217,61 @@ class FederationClient:
         down = [h for h in holders if h in sites and h not in usable]
         return sorted(usable, key=cost) + down
 
-    def _manifest_or_mirror(self, norm: str, primary: str, owner: str) -> dict[str, Any]:
-        """The file's manifest from the primary; while it cannot be reached, from a
-        mirror that a rule keeps on another site of the entity (maybe one version old)."""
+    def manifest(self, path: str) -> SiteManifest:
+        """The manifest of file `path` from its entity's primary; while the primary
+        cannot be reached, from a mirror that a rule keeps on another site of the
+        entity (maybe one version old). UnavailableSiteError if none answers."""
+        norm, primary = self.primary(path)
+        owner = paths.split(norm)[0]
         try:
-            return dict(self.http(primary).call("GET", "/v1/ns/manifest",
-                                                query={"path": norm}))
-        except ConnectionError as down:  # unreachable or 5xx (UnavailableError)
+            return self.site(primary).manifest(norm)
+        except ConnectionError as down:  # unreachable or 5xx
             problems = [f"{primary}: {down}"]
             for name, s in sorted(self.sites(refresh=True).items()):
                 if name == primary or s.get("entity") != owner or s.get("status") != "up":
                     continue
                 try:
-                    m = dict(self.http(name).call("GET", "/v1/ns/manifest",
-                                                  query={"path": norm, "mirror": "1"}))
+                    m = self.site(name).manifest(norm, mirror=True)
                 except HutongError as e:
                     problems.append(f"{name}: {e}")
                     continue
                 log.warning("primary %s of %s is unreachable; reading %s from the mirror "
                             "on %s", primary, owner, norm, name)
                 return m
-            raise UnavailableError(f"{norm}: the primary is unreachable and no site holds a "
-                                   f"mirror ({'; '.join(problems)})", 503, "unavailable") from None
+            raise UnavailableSiteError(norm, f"the primary is unreachable and no site holds "
+                                       f"a mirror ({'; '.join(problems)})") from None
 
     def read_bytes(self, path: str) -> bytes:
         """The whole content of file `path`, from the best replicas."""
         norm, primary = self.primary(path)
         owner = paths.split(norm)[0]
         if not self._owner_mode(owner):
-            data = self.http(primary).call("GET", "/v1/ns/read", query={"path": norm})
-            return data if isinstance(data, bytes) else bytes(str(data), "utf-8")
-        m = self._manifest_or_mirror(norm, primary, owner)
-        manifest = Manifest(int(m.get("stat", {}).get("version", 0)), tuple(
-            ChunkRef(bytes.fromhex(h), int(n)) for h, n in m["chunks"]))
-        self.source.note(norm, list(m["sites"]))
+            return self.site(primary).read(norm)
+        m = self.manifest(norm)
+        manifest = Manifest(m.stat.version, tuple(m.refs()))
+        self.source.note(norm, m.sites)
         return ManifestReader(self.cache, norm, manifest).read_range(0, manifest.size)
 
-    def _fetch(self, site: str, owner: str, cids: list[bytes], problems: list[str],
-               *, blobs: bool = False) -> dict[bytes, bytes]:
-        """Verified raw chunks `cids` that `site` returns (`blobs`: their stored blobs,
-        from the owner's own sites only); bad copies are counted and described."""
-        from gfs.federation.site import unpack_frames
-
+    def fetch_chunks(self, site: str, owner: str, cids: list[bytes], problems: list[str],
+                     *, blobs: bool = False) -> dict[bytes, bytes]:
+        """Verified raw chunks `cids` of entity `owner` that `site` returns (`blobs`: their
+        stored blobs, from the owner's own sites only); bad copies are counted and
+        described in `problems`."""
         rec = self.sites()[site]
         foreign = rec["entity"] != owner
         if foreign and (self.keys is None or blobs):
             return {}
         out: dict[bytes, bytes] = {}
+        sc = self.site(site)
         for i in range(0, len(cids), 1024):
             batch = cids[i:i + 1024]
             if foreign:
                 assert self.keys is not None
-                ask = [keyed_chunk_id(c, self.keys.id_key) for c in batch]
-                body = {"ids": [k.hex() for k in ask], "owner": owner}
+                keys = self.keys
+                frames = sc.get([keyed_chunk_id(c, keys.id_key) for c in batch], owner=owner)
             else:
-                body = {"ids": [c.hex() for c in batch]}
-            data = self.http(site).call("POST", "/v1/chunks/get", body)
-            frames = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
-            for cid, blob in zip(batch, frames, strict=False):
+                frames = sc.get(batch)
+            for cid, blob in zip(batch, frames, strict=True):
                 if not blob:
                     continue
                 try:
@@ -254,126 +290,110 @@ class FederationClient:
         return out
 
     # -- writing ------------------------------------------------------------------------
-    def write_bytes(self, path: str, data: bytes, *, mode: int | None = None) -> dict[str, Any]:
+    def write_bytes(self, path: str, data: bytes, *, mode: int | None = None) -> Stat:
         """Create or replace file `path`: missing chunks first, then the manifest commit."""
-        from gfs.federation.upload import put_missing
-
         norm, primary = self.primary(path)
         owner = paths.split(norm)[0]
-        site = self.http(primary)
+        site = self.site(primary)
         if not self._owner_mode(owner):
-            return dict(site.call("POST", "/v1/ns/write", body=bytes(data),
-                                  query={"path": norm},
-                                  content_type="application/octet-stream"))
+            return site.write(norm, data)
         prep = prepare(data, self.params)
+        put_missing(site, prep.refs, prep.pieces, self.level)
         refs = prep.refs
-        put_missing(site, refs, prep.pieces, self.level)
-        body: dict[str, Any] = {"path": norm, "chunks": [[r.id.hex(), r.length] for r in refs]}
-        if mode is not None:
-            body["mode"] = mode
-        return dict(site.call("POST", "/v1/ns/commit", body))
+        return site.commit(norm, refs, mode)
 
     # -- site-to-site transfers -----------------------------------------------------------
-    def mover_session(self, site: str) -> dict[str, Any]:
-        """`{host, port, secret}` of `site`'s mover (its own entity's signed requests only)."""
-        return dict(self.http(site).call("POST", "/v1/mover/session", {}))
+    def mover_session(self, site: str) -> MoverSession:
+        """Where `site`'s mover serves a pull (its own entity's signed requests only)."""
+        return self.site(site).mover_session()
 
-    def mover_pull(self, dst: str, source: str | Mapping[str, Any], ids: Sequence[bytes],
-                   *, streams: int = 4, session: bool = True,
+    def mover_pull(self, dst: str, source: str | MoverSession | Mapping[str, Any],
+                   ids: Sequence[bytes], *, streams: int = 4, session: bool = True,
                    timeout: float = PULL_TIMEOUT) -> dict[str, Any]:
         """Copy chunks `ids` from `source` into `dst`'s store through the native mover
         (`POST /v1/mover/pull` at `dst`, batches of PULL_BATCH ids); both sites belong
         to this client's entity. Only chunks `dst` lacks cross the wire (a repeated
         call resumes). `source` is a site name — with `session`, its mover session is
-        asked for here and passed on, else `dst` asks for it — or a session dict.
+        asked for here and passed on, else `dst` asks for it — or a session.
         Returns the summed stats {bytes, chunks, seconds, streams, retries, requested,
         skipped, committed}. `timeout` bounds the wait for one batch's answer (the
         site's fetch itself fails after 30 s without progress)."""
         if isinstance(source, str) and session:
             source = self.mover_session(source)
-        src: Any = source if isinstance(source, str) else dict(source)
+        if isinstance(source, Mapping):
+            source = MoverSession(str(source["host"]), int(source["port"]),
+                                  str(source["secret"]))
         out = {"bytes": 0, "chunks": 0, "seconds": 0.0, "streams": streams, "retries": 0,
                "requested": 0, "skipped": 0, "committed": 0}
         uniq = list(dict.fromkeys(bytes(c) for c in ids))
-        endpoint = self.http(dst).base_url
-        h = HttpClient(endpoint, keys=self.keys, token=self.token, timeout=timeout)
+        h = self.site(dst).with_timeout(timeout)
         try:
             for i in range(0, len(uniq), PULL_BATCH):
-                st = h.call("POST", "/v1/mover/pull", {
-                    "source": src, "ids": [c.hex() for c in uniq[i:i + PULL_BATCH]],
-                    "streams": streams})
+                st = h.mover_pull(source, uniq[i:i + PULL_BATCH], streams=streams)
                 for k in ("bytes", "chunks", "retries", "requested", "skipped", "committed"):
-                    out[k] += int(st[k])
-                out["seconds"] += float(st["seconds"])
+                    out[k] += getattr(st, k)
+                out["seconds"] += st.seconds
         finally:
             h.close()
         return out
 
     # -- grants, rules, status ----------------------------------------------------------
-    def _entity_site(self, entity: str) -> HttpClient:
-        return self.http(self.primary(f"/{entity}")[1])
+    def entity_site(self, entity: str) -> SiteClient:
+        """The primary site of `entity`."""
+        return self.site(self.primary(f"/{entity}")[1])
 
-    def grant(self, pattern: str, to: str, mode: str) -> dict[str, Any]:
+    def grant(self, pattern: str, to: str, mode: str) -> Record:
         """Let entity `to` read (or write) paths matching `pattern` of its owner."""
         owner = paths.split(paths.normalize(pattern.replace("*", "x")))[0]
-        return dict(self._entity_site(owner).call(
-            "POST", "/v1/grants", {"pattern": pattern, "to": to, "mode": mode}))
+        return self.entity_site(owner).grant(pattern, to, mode)
 
-    def grants(self, entity: str) -> list[dict[str, Any]]:
-        return list(self._entity_site(entity).call("GET", "/v1/grants")["grants"])
+    def grants(self, entity: str) -> list[Record]:
+        return self.entity_site(entity).grants()
 
     def revoke(self, entity: str, grant_id: str) -> None:
-        self._entity_site(entity).call("DELETE", f"/v1/grants/{grant_id}")
+        self.entity_site(entity).revoke(grant_id)
 
     def rule_add(self, pattern: str, copies: int, where: str = "",
-                 lifetime: float | None = None) -> dict[str, Any]:
+                 lifetime: float | None = None) -> Record:
         """Add a replication rule at the pattern's entity primary."""
         owner = paths.split(paths.normalize(pattern.replace("*", "x")))[0]
-        body: dict[str, Any] = {"pattern": pattern, "copies": copies, "where": where}
-        if lifetime is not None:
-            body["lifetime"] = lifetime
-        return dict(self._entity_site(owner).call("POST", "/v1/rules", body))
+        return self.entity_site(owner).rule_add(pattern, copies, where, lifetime)
 
-    def rules(self, entity: str) -> list[dict[str, Any]]:
-        return list(self._entity_site(entity).call("GET", "/v1/rules")["rules"])
+    def rules(self, entity: str) -> list[Record]:
+        return self.entity_site(entity).rules()
 
-    def rule_rm(self, entity: str, rule_id: str) -> dict[str, Any]:
-        return dict(self._entity_site(entity).call("DELETE", f"/v1/rules/{rule_id}"))
+    def rule_rm(self, entity: str, rule_id: str) -> Record:
+        return self.entity_site(entity).rule_rm(rule_id)
 
     def reconcile(self, entity: str, *, verify: bool = False,
-                  timeout: float = RECONCILE_TIMEOUT) -> list[dict[str, Any]]:
+                  timeout: float = RECONCILE_TIMEOUT) -> list[Record]:
         """Evaluate the entity's rules now (normally the primary does it periodically);
         `verify` also reads back every replica and replaces damaged ones. `timeout`
         bounds the wait for the answer: a round moves data, so it is not the client's
         per-request timeout."""
-        h = HttpClient(self._entity_site(entity).base_url, keys=self.keys, token=self.token,
-                       timeout=max(timeout, self.timeout))
+        h = self.entity_site(entity).with_timeout(max(timeout, self.timeout))
         try:
-            return list(h.call("POST", "/v1/rules/reconcile", {},
-                               query={"verify": "1"} if verify else None)["rules"])
+            return h.reconcile(verify=verify)
         finally:
             h.close()
 
     # -- storage agreements (the host's side) ---------------------------------------------
     def agreement_add(self, site: str, to: str, quota: int,
-                      lifetime: float | None = None) -> dict[str, Any]:
+                      lifetime: float | None = None) -> Record:
         """Let entity `to` keep up to `quota` bytes of its encrypted replicas at `site` (a
         site of this client's entity), for `lifetime` seconds (None: until revoked)."""
-        body: dict[str, Any] = {"to": to, "quota": quota}
-        if lifetime is not None:
-            body["lifetime"] = lifetime
-        return dict(self.http(site).call("POST", "/v1/agreements", body))
+        return self.site(site).agreement_add(to, quota, lifetime)
 
-    def agreements(self, site: str) -> list[dict[str, Any]]:
-        return list(self.http(site).call("GET", "/v1/agreements")["agreements"])
+    def agreements(self, site: str) -> list[Record]:
+        return self.site(site).agreements()
 
-    def agreement_rm(self, site: str, agreement_id: str) -> dict[str, Any]:
+    def agreement_rm(self, site: str, agreement_id: str) -> Record:
         """Revoke an agreement; the guest's data at `site` is removed with it."""
-        return dict(self.http(site).call("DELETE", f"/v1/agreements/{agreement_id}"))
+        return self.site(site).agreement_rm(agreement_id)
 
-    def vault(self, site: str) -> list[dict[str, Any]]:
+    def vault(self, site: str) -> list[Record]:
         """What `site` keeps for other entities: owner, bytes, blobs, rules, agreement."""
-        return list(self.http(site).call("GET", "/v1/vault")["owners"])
+        return self.site(site).vault()
 
     # -- keys and tokens (the entity's side) --------------------------------------------
     def revoke_token(self, token: str) -> dict[str, Any]:

@@ -16,13 +16,12 @@ Errors are the embedded store's (`gfs.errors`), so code runs on either back end.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import stat as statmod
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,17 +40,23 @@ from gfs.errors import (
 )
 from gfs.federation.auth import AuthError, EntityKeys, token_claims, token_issuer
 from gfs.federation.client import FederationClient
-from gfs.federation.http import ApiError, HttpClient, UnavailableError
+from gfs.federation.http import ApiError, UnavailableError
+from gfs.federation.site_client import SiteClient, SiteUnavailableError
 from gfs.federation.upload import SpoolWriter, upload
 from gfs.federation.views import Visibility
-from gfs.meta import ChunkRef, Manifest
-from gfs.namespace_api import DuReport, Stat, ls_sorted, stat_from_wire
+from gfs.meta import Manifest
+from gfs.namespace_api import DuReport, Stat
 from gfs.read import ManifestReader, MemoryTier
 from gfs.read.memory import DEFAULT_MEMORY_BYTES
+from gfs.read.reader import READ_AHEAD_BYTES
 from gfs.read.stack import cached
 
 #: Seconds the entities, their primaries and what the caller may see are kept.
 VIEW_TTL = 5.0
+#: Largest read-ahead of a reader (bytes): 40 ms at 1 Gbit/s is 5 MB in flight.
+WAN_READ_AHEAD = 8 << 20
+#: Requests for chunks in flight at once (the memory tier's prefetch threads).
+FETCH_THREADS = 8
 #: Mode of a directory the federation synthesises (the root, the way to a grant).
 SYNTHETIC_MODE = statmod.S_IFDIR | 0o555
 
@@ -70,10 +75,14 @@ class FederatedNamespace:
         self.entity = entity or me
         memory = DEFAULT_MEMORY_BYTES if memory_bytes is None else memory_bytes
         self.fc = FederationClient(registry, keys=keys, token=token, near=near,
-                                   cache_bytes=memory)
-        self.chunks: MemoryTier = (self.fc.cache if cache_dir is None else
-                                   cached(self.fc.source, memory, disk=DiskCache(cache_dir)))
+                                   cache_bytes=0)
+        self.chunks: MemoryTier = cached(
+            self.fc.source, memory, threads=FETCH_THREADS,
+            disk=None if cache_dir is None else DiskCache(cache_dir))
         """The read stack every chunk read of this namespace goes through."""
+        self.read_ahead = max(READ_AHEAD_BYTES, min(WAN_READ_AHEAD, memory // 32))
+        """Bytes a reader fetches ahead: what keeps a long link busy, within the memory
+        tier's small queue (a 32nd of it) so that prefetched chunks stay until read."""
         self.spool_dir = None if cache_dir is None else Path(cache_dir)
         self._lock = threading.Lock()
         self._entities: tuple[float, dict[str, dict[str, Any]]] | None = None
@@ -81,8 +90,7 @@ class FederatedNamespace:
 
     def close(self) -> None:
         """Release connections and the cache tiers."""
-        if self.chunks is not self.fc.cache:
-            self.chunks.close()
+        self.chunks.close()
         self.fc.close()
 
     def __enter__(self) -> FederatedNamespace:
@@ -107,16 +115,16 @@ class FederatedNamespace:
             self._entities = (time.monotonic(), recs)
         return recs
 
-    def _site(self, entity: str) -> tuple[str, HttpClient]:
-        """(name, connection) of `entity`'s primary site."""
+    def _site(self, entity: str) -> tuple[str, SiteClient]:
+        """(name, client) of `entity`'s primary site."""
         rec = self._entity_records().get(entity)
         if rec is None:
             raise NotFoundError(f"/{entity}")
         primary = rec.get("primary")
         if not primary:
-            raise UnavailableError(f"entity {entity!r} has no primary site registered", 503,
-                                   "no_primary")
-        return str(primary), self.fc.http(str(primary))
+            raise SiteUnavailableError(f"/{entity}", f"entity {entity!r} has no primary "
+                                       "site registered", 503, "no_primary")
+        return str(primary), self.fc.site(str(primary))
 
     def visibility(self, refresh: bool = False) -> Visibility:
         """The entities and prefixes the caller may see (kept VIEW_TTL seconds)."""
@@ -142,13 +150,11 @@ class FederatedNamespace:
             if name in prefixes:
                 continue
             try:
-                _, site = self._site(name)
-                got = site.call("GET", "/v1/ns/visible")
-                prefixes[name] = [str(p) for p in got.get("prefixes", [])]
-            except UnavailableError:  # its primary is down: keep what it showed last
+                prefixes[name] = self._site(name)[1].visible().prefixes
+            except UnavailableSiteError:  # its primary is down: keep what it showed last
                 if old is not None and old.prefixes(name):
                     prefixes[name] = list(old.prefixes(name))
-            except (AuthError, ApiError):
+            except (PermissionError, ApiError):
                 continue
         return Visibility.of(self.entity, prefixes)
 
@@ -158,13 +164,13 @@ class FederatedNamespace:
         that does not exist for the caller; an unreachable primary makes writes EROFS."""
         try:
             yield
-        except AuthError as e:
-            if e.status != 403:
+        except (AuthError, PermissionDeniedError) as e:
+            if isinstance(e, AuthError) and e.status != 403:
                 raise
             if write:
                 raise PermissionDeniedError(path, f"not allowed to change it ({e})") from None
             raise NotFoundError(path) from None
-        except UnavailableError as e:
+        except (UnavailableError, UnavailableSiteError) as e:
             ent = (paths.split(path) or ["?"])[0]
             if write:
                 raise ReadOnlyError(path, f"read-only: the primary site of {ent!r} is "
@@ -191,32 +197,32 @@ class FederatedNamespace:
                                     "or the way to a grant) cannot be changed")
         raise NotFoundError(norm)
 
-    def _call(self, path: str, method: str, endpoint: str, payload: Any = None, *,
-              write: bool = False, query: dict[str, str] | None = None) -> Any:
+    @contextlib.contextmanager
+    def _at(self, path: str, *, write: bool = False) -> Iterator[tuple[str, SiteClient]]:
+        """(normalised path, its primary's client) for one call in the real tree, the
+        call's errors translated (`_errors`); a write first checks the primary is up."""
         norm, ent = self._real(path, write=write)
         with self._errors(norm, write=write):
-            if write:
-                self._writable(ent, norm)
-            _, site = self._site(ent)
-            return site.call(method, endpoint, payload, query=query)
-
-    def _writable(self, entity: str, norm: str) -> None:
-        """ReadOnlyError at once when the registry shows `entity`'s primary down."""
-        primary, _ = self._site(entity)
-        if self.fc.sites().get(primary, {}).get("status") not in (None, "up"):
-            raise UnavailableError(f"site {primary} is down", 503, "unavailable")
+            primary, site = self._site(ent)
+            if write and self.fc.sites().get(primary, {}).get("status") not in (None, "up"):
+                raise SiteUnavailableError(primary, f"site {primary} is down")
+            yield norm, site
 
     # -- reading -------------------------------------------------------------------------
     def _synthetic(self, norm: str) -> Stat:
         return Stat(norm, "dir", 0, SYNTHETIC_MODE, 0, 0, 0, 0, 0, 0, 0, "")
 
+    def _shown(self, norm: str) -> bool:
+        """Whether `norm` is the root or a synthesised directory of the caller's view."""
+        return self.visibility().place(norm) in ("root", "synthetic")
+
     def stat(self, path: str) -> Stat:
         """The entry at `path` (symlinks are not followed)."""
         norm = paths.normalize(path)
-        if self.visibility().place(norm) in ("root", "synthetic"):
+        if self._shown(norm):
             return self._synthetic(norm)
-        return stat_from_wire(self._call(norm, "GET", "/v1/ns/stat", query={"path": norm}),
-                              path=norm)
+        with self._at(norm) as (n, site):
+            return site.stat(n)
 
     def exists(self, path: str) -> bool:
         """Whether `path` names an entry the caller may see."""
@@ -229,21 +235,7 @@ class FederatedNamespace:
     def ls(self, path: str = "/") -> list[Stat]:
         """The entries of directory `path` (or the file itself), each with its full Stat;
         the root lists the visible entities, the caller's own first."""
-        norm = paths.normalize(path)
-        view = self.visibility()
-        where = view.place(norm)
-        base = norm.rstrip("/")
-        if where == "root":
-            return [self._synthetic(f"/{e}") for e in view.names()]
-        if where == "synthetic":
-            out = []
-            for name in view.children(norm):
-                try:
-                    out.append(self.stat(f"{base}/{name}"))
-                except NotFoundError:  # a granted prefix that does not exist (yet)
-                    continue
-            return out
-        entries = self.ls_if_changed(norm, None)[1]
+        entries = self.ls_if_changed(path, None)[1]
         assert entries is not None
         return entries
 
@@ -252,16 +244,21 @@ class FederatedNamespace:
         directory's version is still `version` (one cheap request: a cache revalidates
         a listing without fetching it again)."""
         norm = paths.normalize(path)
-        if self.visibility().place(norm) in ("root", "synthetic"):
-            return self.stat(norm), self.ls(norm)
-        query = {"path": norm}
-        if version is not None:
-            query["if_version"] = str(version)
-        got = self._call(norm, "GET", "/v1/ns/list", query=query)
-        top = stat_from_wire(got["dir"], path=norm) if "dir" in got else self.stat(norm)
-        if got.get("unchanged"):
-            return top, None
-        return top, ls_sorted([stat_from_wire(e) for e in got["entries"]])
+        view = self.visibility()
+        where = view.place(norm)
+        if where == "root":
+            return self._synthetic(norm), [self._synthetic(f"/{e}") for e in view.names()]
+        if where == "synthetic":
+            out = []
+            for name in view.children(norm):
+                try:
+                    out.append(self.stat(f"{norm.rstrip('/')}/{name}"))
+                except NotFoundError:  # a granted prefix that does not exist (yet)
+                    continue
+            return self._synthetic(norm), out
+        with self._at(norm) as (n, site):
+            listing = site.list_dir(n, if_version=version)
+        return listing.dir, listing.entries
 
     def walk(self, path: str = "/") -> Iterator[Stat]:
         """`path` and everything below it the caller may see, depth first, parents first."""
@@ -296,48 +293,40 @@ class FederatedNamespace:
                 total = DuReport(norm, *(a + b for a, b in zip(
                     _du_counts(total), _du_counts(r), strict=True)))
             return total
-        got = self._call(norm, "GET", "/v1/ns/du", query={"path": norm})
-        return DuReport(norm, *(int(got[k]) for k in _DU_FIELDS))
-
-    def _manifest(self, norm: str, ent: str) -> tuple[Manifest, list[str]]:
-        """The committed version of file `norm` and the sites holding it (from a mirror
-        while the primary is down)."""
-        primary, _ = self._site(ent)
-        m = self.fc._manifest_or_mirror(norm, primary, ent)
-        st = stat_from_wire(m["stat"], path=norm)
-        if st.kind != "file":
-            raise _not_a_file(st)
-        manifest = Manifest(st.version, tuple(ChunkRef(bytes.fromhex(h), int(n))
-                                              for h, n in m["chunks"]))
-        return manifest, [str(s) for s in m["sites"]]
+        with self._at(norm) as (n, site):
+            return site.du(n)
 
     def open(self, path: str, mode: str = "rb", *, perm: int | None = None) -> BinaryIO:
         """A seekable reader of the version committed now ("rb"), or a writer ("wb") whose
         bytes become visible all at once when it is closed (close-to-open)."""
         if mode in ("wb", "w"):
-            norm, ent = self._real(path, write=True)
-            return SpoolWriter(norm, lambda f, size: self._commit(norm, ent, f, size, perm),
+            norm, _ = self._real(path, write=True)
+            return SpoolWriter(norm, lambda f, size: self._commit(norm, f, size, perm),
                                self.spool_dir)  # type: ignore[return-value]
         if mode not in ("rb", "r"):
             raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
-        norm, ent = self._real(path)
-        with self._errors(norm, write=False):
-            if not self.fc.owner_mode(ent):  # a grantee reads whole files via the primary
-                return io.BufferedReader(io.BytesIO(self._read_whole(norm, ent)))
+        with self._at(path) as (norm, site):
+            if not self.fc.owner_mode(paths.split(norm)[0]):
+                # a grantee may not read chunks: whole files through the primary
+                return io.BufferedReader(io.BytesIO(self._not_dir(norm, site.read)))
             try:
-                manifest, holders = self._manifest(norm, ent)
-            except IsADirError:
+                m = site.manifest(norm)
+            except ConnectionError:  # the primary is down: from a mirror
+                m = self.fc.manifest(norm)
+            except IsADirError:  # the site says so of symlinks too
                 raise _not_a_file(self.stat(norm)) from None
-            self.fc.source.note(norm, holders)
-            return io.BufferedReader(ManifestReader(self.chunks, norm, manifest), 1 << 20)
+        if m.stat.kind != "file":
+            raise _not_a_file(m.stat)
+        self.fc.source.note(norm, m.sites)
+        manifest = Manifest(m.stat.version, tuple(m.refs()))
+        return io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
+                                                read_ahead=self.read_ahead), 1 << 20)
 
-    def _read_whole(self, norm: str, ent: str) -> bytes:
-        _, site = self._site(ent)
+    def _not_dir(self, norm: str, read: Callable[[str], bytes]) -> bytes:
         try:
-            data = site.call("GET", "/v1/ns/read", query={"path": norm})
+            return read(norm)
         except IsADirError:
             raise _not_a_file(self.stat(norm)) from None
-        return data if isinstance(data, bytes) else str(data).encode()
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""
@@ -348,18 +337,16 @@ class FederatedNamespace:
     def xattrs(self, path: str) -> dict[str, bytes]:
         """The extended attributes of `path` by name."""
         norm = paths.normalize(path)
-        if self.visibility().place(norm) in ("root", "synthetic"):
+        if self._shown(norm):
             return {}
-        got = self._call(norm, "GET", "/v1/ns/xattrs", query={"path": norm})
-        return {str(k): base64.b64decode(str(v)) for k, v in got["xattrs"].items()}
+        with self._at(norm) as (n, site):
+            return site.xattrs(n)
 
     # -- changing ------------------------------------------------------------------------
-    def _commit(self, norm: str, ent: str, f: BinaryIO, size: int, perm: int | None) -> None:
-        with self._errors(norm, write=True):
-            self._writable(ent, norm)
-            _, site = self._site(ent)
-            upload(site, norm, f, size, owner=self.fc.owner_mode(ent), mode=perm,
-                   params=self.fc.params, level=self.fc.level)
+    def _commit(self, path: str, f: BinaryIO, size: int, perm: int | None) -> None:
+        with self._at(path, write=True) as (norm, site):
+            upload(site, norm, f, size, owner=self.fc.owner_mode(paths.split(norm)[0]),
+                   mode=perm, params=self.fc.params, level=self.fc.level)
 
     def write_bytes(self, path: str, data: bytes, *, perm: int | None = None) -> None:
         """Create or replace file `path` with `data`, atomically."""
@@ -369,18 +356,17 @@ class FederatedNamespace:
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> None:
         """Create directory `path` (`parents`: and the missing ones above it)."""
         norm = paths.normalize(path)
-        if self.visibility().place(norm) in ("root", "synthetic"):
+        if self._shown(norm):
             if exist_ok:
                 return
             raise ExistsError(norm)
-        self._call(norm, "POST", "/v1/ns/mkdir",
-                   {"path": norm, "parents": parents, "exist_ok": exist_ok}, write=True)
+        with self._at(norm, write=True) as (n, site):
+            site.mkdir(n, parents=parents, exist_ok=exist_ok)
 
     def rm(self, path: str, *, recursive: bool = False) -> None:
         """Remove `path` (a non-empty directory needs `recursive`)."""
-        norm = paths.normalize(path)
-        self._call(norm, "POST", "/v1/ns/remove", {"path": norm, "recursive": recursive},
-                   write=True)
+        with self._at(path, write=True) as (n, site):
+            site.remove(n, recursive=recursive)
 
     def mv(self, src: str, dst: str) -> None:
         """Rename `src` to `dst` (into `dst` when it is a directory), within one entity."""
@@ -390,37 +376,29 @@ class FederatedNamespace:
             raise CrossEntityError(s, f"cannot rename to {d}: it belongs to another entity; "
                                    "copy it there, then remove it")
         self._real(d, write=True)
-        self._call(s, "POST", "/v1/ns/rename", {"src": s, "dst": d}, write=True)
+        with self._at(s, write=True) as (n, site):
+            site.rename(n, d)
 
     def symlink(self, path: str, target: str) -> None:
         """Create symlink `path` -> `target`."""
-        norm = paths.normalize(path)
-        self._call(norm, "POST", "/v1/ns/symlink", {"path": norm, "target": target},
-                   write=True)
+        with self._at(path, write=True) as (n, site):
+            site.symlink(n, target)
 
     def chmod(self, path: str, mode: int) -> None:
         """Set the permission bits of `path`."""
-        norm = paths.normalize(path)
-        self._call(norm, "POST", "/v1/ns/setattr", {"path": norm, "mode": mode}, write=True)
+        with self._at(path, write=True) as (n, site):
+            site.setattr(n, mode=mode)
 
     def utime(self, path: str, atime_ns: int | None, mtime_ns: int | None) -> None:
         """Set the access and modification times of `path` (None keeps one)."""
-        norm = paths.normalize(path)
-        body: dict[str, Any] = {"path": norm}
-        if atime_ns is not None:
-            body["atime_ns"] = atime_ns
-        if mtime_ns is not None:
-            body["mtime_ns"] = mtime_ns
-        self._call(norm, "POST", "/v1/ns/setattr", body, write=True)
+        with self._at(path, write=True) as (n, site):
+            site.setattr(n, atime_ns=atime_ns, mtime_ns=mtime_ns)
 
     def set_xattrs(self, path: str, values: dict[str, bytes], *,
                    replace_all: bool = False) -> None:
         """Set extended attributes of `path`; `replace_all` drops the others first."""
-        norm = paths.normalize(path)
-        self._call(norm, "POST", "/v1/ns/xattrs",
-                   {"path": norm, "replace_all": replace_all,
-                    "set": {k: base64.b64encode(v).decode() for k, v in values.items()}},
-                   write=True)
+        with self._at(path, write=True) as (n, site):
+            site.set_xattrs(n, values, replace_all=replace_all)
 
 
 _DU_FIELDS = ("files", "dirs", "symlinks", "chunks", "logical_bytes", "unique_bytes",

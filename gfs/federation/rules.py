@@ -27,6 +27,7 @@ from gfs.codec import (
 from gfs.errors import CorruptChunkError, HutongError, NotFoundError
 from gfs.federation import expr
 from gfs.federation.http import HttpClient
+from gfs.federation.wire import glob_match, literal_prefix
 from gfs.meta import ChunkRef, Kind
 from gfs.schema import Schema
 from gfs.units import Duration
@@ -56,22 +57,11 @@ class RuleSpec(Schema):
     lifetime: Annotated[Duration, Field(gt=0, lt=1e10)] | None = None
 
 
-def _literal_prefix(pattern: str) -> str:
-    parts = []
-    for p in pattern.strip("/").split("/"):
-        if any(c in p for c in "*?["):
-            break
-        parts.append(p)
-    return "/" + "/".join(parts)
-
-
 def rule_files(site: Site, pattern: str) -> list[tuple[str, list[ChunkRef]]]:
     """The files of the site's store matching `pattern`, with their chunk refs."""
-    from gfs.federation.site import glob_match
-
     out: list[tuple[str, list[ChunkRef]]] = []
     try:
-        entries = list(site.client.walk(_literal_prefix(pattern)))
+        entries = list(site.client.walk(literal_prefix(pattern)))
     except (NotFoundError, HutongError):
         return out
     with site.client.engine.read() as txn:
@@ -158,7 +148,7 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> tuple[int
     """Read back the replicas of `refs` on `target`, verify them here (the owner holds
     the keys), and replace every damaged one with a good copy; returns (repaired,
     missing). A missing copy is a failure of the target, whatever its `has` said."""
-    from gfs.federation.site import pack_frames, unpack_frames
+    from gfs.federation.wire import pack_frames, unpack_frames
 
     if target["name"] == site.name:
         return 0, 0
@@ -206,14 +196,14 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> tuple[int
 
 
 def _send_frames(peer: HttpClient, blobs: list[bytes], owner: str) -> None:
-    from gfs.federation.site import pack_frames
+    from gfs.federation.wire import pack_frames
 
     peer.call("POST", "/v1/chunks/put", body=pack_frames(list(blobs)),
               query={"owner": owner}, content_type="application/octet-stream")
 
 
 def _put_plain(site: Site, peer: HttpClient, missing: list[bytes]) -> int:
-    from gfs.federation.site import pack_frames
+    from gfs.federation.wire import pack_frames
 
     sent = 0
     batch: list[bytes | None] = []

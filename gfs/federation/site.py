@@ -9,6 +9,8 @@ heartbeats to the registry and the rule reconciler.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import functools
 import json
@@ -16,14 +18,13 @@ import logging
 import os
 import re
 import secrets
-import struct
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -47,6 +48,7 @@ from gfs.federation.auth import (
     NonceCache,
     Token,
     audience_of,
+    covers,
     public_key,
     token_issuer,
     verify_request,
@@ -64,6 +66,16 @@ from gfs.federation.http import (
     read_json,
 )
 from gfs.federation.vault import Vault
+from gfs.federation.wire import (
+    MAX_BODY,
+    check_name,
+    glob_match,
+    literal_prefix,
+    pack_frames,
+    parse_ids,
+    parse_refs,
+    unpack_frames,
+)
 from gfs.meta import ChunkRef, Kind, Manifest, WriteTxn
 from gfs.mover import (
     DEFAULT_STREAMS,
@@ -73,67 +85,21 @@ from gfs.mover import (
     MoverError,
     TransferStats,
 )
-from gfs.namespace_api import Stat
+from gfs.namespace_api import Stat, stat_to_wire
 from gfs.packs import pack_key
 from gfs.schema import Schema, load, validate
 from gfs.store import Prepared, pin_chunks
 
 log = logging.getLogger("gfs.federation.site")
-MAX_BODY = 64 << 20
-"""Largest chunk put body and file write body (bytes)."""
-MAX_IDS = 4096
-"""Most chunk ids in one has/get/pull request."""
+T = TypeVar("T")
 PULL_WORKERS = 4
 """Mover pulls a site runs at once (others wait for a thread)."""
 KEY_TTL = 60.0
 SITE_FILE = "site.json"
-_FRAME = struct.Struct("<I")
-_HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 class NotPrimaryError(ApiError):
     """A namespace request reached a site that is not its entity's primary."""
-
-
-# -- chunk frames ------------------------------------------------------------------------
-
-def pack_frames(blobs: list[bytes | None]) -> bytes:
-    """Frames `u32 LE length, blob` (length 0 for None)."""
-    out = bytearray()
-    for b in blobs:
-        out += _FRAME.pack(0 if b is None else len(b))
-        if b:
-            out += b
-    return bytes(out)
-
-
-def unpack_frames(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
-    """The blobs of a frame sequence; BadRequestError if truncated or too many."""
-    out: list[bytes] = []
-    view, pos = memoryview(body), 0
-    while pos < len(body):
-        if pos + 4 > len(body):
-            raise BadRequestError(f"truncated frame header at byte {pos}")
-        (n,) = _FRAME.unpack_from(body, pos)
-        pos += 4
-        if pos + n > len(body):
-            raise BadRequestError(f"truncated frame at byte {pos - 4}: it claims {n} bytes, "
-                                  f"{len(body) - pos} left")
-        out.append(bytes(view[pos:pos + n]))
-        pos += n
-        if len(out) > limit:
-            raise BadRequestError(f"more than {limit} frames in one body")
-    return out
-
-
-def glob_match(pattern: str, path: str) -> bool:
-    """Whether `path` matches `pattern` (`*` within a component, `**` any depth; `/a/**`
-    also matches `/a`)."""
-    if pattern.endswith("/**") and path == pattern[:-3]:
-        return True
-    rx = re.escape(pattern).replace(r"\*\*", "\0").replace(r"\*", "[^/]*").replace("\0", ".*")
-    rx = rx.replace(r"\?", "[^/]")
-    return re.fullmatch(rx, path) is not None
 
 
 # -- the site ------------------------------------------------------------------------------
@@ -345,6 +311,74 @@ class Site:
         raise AuthError(f"entity {p.entity!r} has no {what} grant on {norm!r}", 403,
                         "forbidden")
 
+    def visible(self, p: Principal) -> list[str]:
+        """The path prefixes of this site's entity that `p` may read: `/E` for the entity
+        itself, the fixed leading parts of its grants' patterns for a grantee, each cut
+        to a token's prefix; [] for none (docs/openapi/site.yaml, /v1/ns/visible)."""
+        if not self.config.primary:
+            raise NotPrimaryError(f"site {self.name} is not the primary of {self.entity}; ask "
+                                  "the registry for the primary", 421, "not_primary")
+        if p.entity == self.entity:
+            cands = [f"/{self.entity}"]
+        else:
+            cands = [literal_prefix(g["pattern"]) for g in self.grants()
+                     if g["to"] == p.entity]
+        out: set[str] = set()
+        for c in cands:
+            if p.token is not None and not covers(p.token.prefix, c):
+                tp = paths.normalize(p.token.prefix)
+                if not covers(c, tp):
+                    continue
+                c = tp  # the token reaches only part of what the grant shows
+            out.add(c)
+        return sorted(c for c in out if not any(o != c and covers(o, c) for o in out))
+
+    def list_access(self, p: Principal, path: Any) -> tuple[str, Callable[[str], bool] | None]:
+        """(normalised `path`, filter of the entries `p` may see) if `p` may stat or list
+        `path`: anything it may read (no filter), or, for a grantee, a directory that is
+        one of its `visible` prefixes (only the entries its grants match)."""
+        try:
+            return self.check_path(p, path, write=False), None
+        except AuthError:
+            norm = paths.normalize(path)
+            if p.entity == self.entity or norm not in self.visible(p):
+                raise
+        pats = [g["pattern"] for g in self.grants() if g["to"] == p.entity]
+        tok = p.token
+
+        def keep(entry: str) -> bool:
+            return any(glob_match(pt, entry) for pt in pats) and (
+                tok is None or tok.allows(entry, False))
+        return norm, keep
+
+    def listing(self, path: str, if_version: int | None,
+                keep: Callable[[str], bool] | None) -> dict[str, Any]:
+        """The `/v1/ns/list` answer for `path` (one read transaction: the directory's
+        stat and its entries agree); `{"dir", "unchanged": true}` when its change
+        version is `if_version`."""
+        with self.client.engine.read() as txn:
+            node = namespace.resolve(txn, path)
+            top = Stat.of(path, node)
+            if node.kind != Kind.DIR:
+                entries = [top]
+            elif if_version is not None and node.version == if_version:
+                return {"dir": stat_to_wire(top), "unchanged": True}
+            else:
+                base = path.rstrip("/")
+                entries = [Stat.of(f"{base}/{name}", kid)
+                           for name, kid in namespace.readdir(txn, node.ino)]
+        if keep is not None:
+            entries = [e for e in entries if keep(e.path)]
+        return {"dir": stat_to_wire(top), "entries": [stat_to_wire(e) for e in entries]}
+
+    def setattr(self, path: str, mode: int | None, atime_ns: int | None,
+                mtime_ns: int | None) -> Stat:
+        """Set the mode and times of `path` in one transaction; its new stat."""
+        with self.write_lock:
+            self.client.engine.transact(lambda txn: namespace.set_attrs(
+                txn, path, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns))
+        return self.client.stat(path)
+
     def check_owner(self, p: Principal, owner: str, write: bool) -> None:
         """Chunk-level access: only the owner entity itself (signed, or an entity-wide
         token; write needs write scope)."""
@@ -437,7 +471,7 @@ class Site:
                               "{host, port, secret}")
 
     def _site_session(self, name: str) -> tuple[tuple[str, int], bytes, str]:
-        _name(name, "source")
+        check_name(name, "source")
         if name == self.name:
             raise BadRequestError(f"source {name} is this site; pull from another site")
         rec = next((s for s in self.registry.call("GET", "/v1/sites")["sites"]
@@ -668,14 +702,6 @@ async def _get_principal(request: web.Request) -> tuple[Site, Principal]:
     return site, p
 
 
-def _name(value: Any, what: str) -> str:
-    """`value` as an entity or site name; BadRequestError naming `what` otherwise."""
-    try:
-        return ids.check_name(value, what)
-    except ids.IdentifierError as e:
-        raise BadRequestError(str(e)) from None
-
-
 def _flag(request: web.Request, name: str) -> bool:
     """A `0`/`1` query flag (absent: 0); BadRequestError for anything else."""
     v = request.query.get(name, "0")
@@ -684,33 +710,9 @@ def _flag(request: web.Request, name: str) -> bool:
     return v == "1"
 
 
-def _stat_json(st: Stat) -> dict[str, Any]:
-    return {"path": st.path, "kind": st.kind, "size": st.size, "mode": st.mode,
-            "mtime_ns": st.mtime_ns, "version": st.version, "target": st.target}
-
-
-def _ids(data: dict[str, Any], name: str = "ids") -> list[bytes]:
-    raw = field(data, name, list, check=lambda v: len(v) <= MAX_IDS)
-    if not all(isinstance(x, str) and _HEX32.fullmatch(x) for x in raw):
-        raise BadRequestError(f"field {name!r} must list chunk ids as 32 lower-case hex digits")
-    return [bytes.fromhex(x) for x in raw]
-
-
-def _refs(data: dict[str, Any]) -> list[ChunkRef]:
-    raw = field(data, "chunks", list, check=lambda v: len(v) <= 1 << 20)
-    out = []
-    for item in raw:
-        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
-                or not _HEX32.fullmatch(item[0]) or not isinstance(item[1], int)
-                or isinstance(item[1], bool) or not 0 < item[1] < 1 << 31):
-            raise BadRequestError("field 'chunks' must list [id hex, length > 0] pairs")
-        out.append(ChunkRef(bytes.fromhex(item[0]), item[1]))
-    return out
-
-
 def _owner(site: Site, data: dict[str, Any] | None, query: Any = None) -> str:
     owner = field(data or {}, "owner", str, None) if query is None else query.get("owner")
-    return site.entity if owner is None else _name(owner, "owner")
+    return site.entity if owner is None else check_name(owner, "owner")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -727,7 +729,7 @@ async def chunks_has(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
     owner = _owner(site, data)
     site.check_owner(p, owner, write=False)
-    cids = _ids(data)
+    cids = parse_ids(data)
     if owner == site.entity:
         with site.client.engine.read() as txn:
             have = [txn.has_chunk(c) for c in cids]
@@ -740,7 +742,7 @@ async def chunks_get(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
     owner = _owner(site, data)
     site.check_owner(p, owner, write=False)
-    cids = _ids(data)
+    cids = parse_ids(data)
 
     def read() -> bytes:
         if owner == site.entity:
@@ -778,16 +780,38 @@ async def chunks_put(request: web.Request) -> web.Response:
     return web.json_response({"stored": stored, "present": present})
 
 
+async def _run(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in the default thread pool: handlers never block the event loop on
+    the store, LMDB or the write lock."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+
+def _version(request: web.Request) -> int | None:
+    v = request.query.get("if_version")
+    if v is None:
+        return None
+    if not v.isdigit() or len(v) > 20:
+        raise BadRequestError(f"query parameter 'if_version' must be a directory's change "
+                              f"version (a non-negative integer), not {v!r}")
+    return int(v)
+
+
 async def ns_stat(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
-    path = site.check_path(p, request.query.get("path", ""), write=False)
-    return web.json_response(_stat_json(site.client.stat(path)))
+    path, _ = await _run(site.list_access, p, request.query.get("path", ""))
+    return web.json_response(stat_to_wire(await _run(site.client.stat, path)))
 
 
 async def ns_list(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
-    path = site.check_path(p, request.query.get("path", ""), write=False)
-    return web.json_response({"entries": [_stat_json(s) for s in site.client.ls(path)]})
+    if_version = _version(request)
+    path, keep = await _run(site.list_access, p, request.query.get("path", ""))
+    return web.json_response(await _run(site.listing, path, if_version, keep))
+
+
+async def ns_visible(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    return web.json_response({"entity": site.entity, "prefixes": await _run(site.visible, p)})
 
 
 async def ns_manifest(request: web.Request) -> web.Response:
@@ -800,12 +824,12 @@ async def ns_manifest(request: web.Request) -> web.Response:
             raise AuthError("mirrored manifests are for the owner entity's signed requests",
                             403, "forbidden")
         st, m = await asyncio.get_running_loop().run_in_executor(None, site.mirrored, norm)
-        return web.json_response({"stat": _stat_json(st),
+        return web.json_response({"stat": stat_to_wire(st),
                                   "chunks": [[r.id.hex(), r.length] for r in m.chunks],
                                   "sites": [site.name]})
     path = site.check_path(p, request.query.get("path", ""), write=False)
     st, m = site.manifest(path)
-    return web.json_response({"stat": _stat_json(st),
+    return web.json_response({"stat": stat_to_wire(st),
                               "chunks": [[r.id.hex(), r.length] for r in m.chunks],
                               "sites": site.replica_sites(path)})
 
@@ -829,37 +853,113 @@ async def ns_write(request: web.Request) -> web.Response:
         with site.write_lock:
             site.client.write_bytes(path, body)
         return site.client.stat(path)
-    return web.json_response(_stat_json(await loop.run_in_executor(None, write)))
+    return web.json_response(stat_to_wire(await loop.run_in_executor(None, write)))
 
 
 async def ns_mkdir(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
-    path = site.check_path(p, field(data, "path", str), write=True)
-    with site.write_lock:
-        site.client.mkdir(path, parents=field(data, "parents", bool, False),
-                          exist_ok=field(data, "exist_ok", bool, False))
-    return web.json_response(_stat_json(site.client.stat(path)))
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    parents = field(data, "parents", bool, False)
+    exist_ok = field(data, "exist_ok", bool, False)
+
+    def run() -> Stat:
+        with site.write_lock:
+            site.client.mkdir(path, parents=parents, exist_ok=exist_ok)
+        return site.client.stat(path)
+    return web.json_response(stat_to_wire(await _run(run)))
 
 
 async def ns_remove(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
-    path = site.check_path(p, field(data, "path", str), write=True)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
     if path == f"/{site.entity}":
         raise AuthError(f"the entity root {path} cannot be removed", 403, "forbidden")
-    with site.write_lock:
-        site.client.rm(path, recursive=field(data, "recursive", bool, False))
+    recursive = field(data, "recursive", bool, False)
+
+    def run() -> None:
+        with site.write_lock:
+            site.client.rm(path, recursive=recursive)
+    await _run(run)
     return web.json_response({"removed": path})
 
 
 async def ns_rename(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
-    src = site.check_path(p, field(data, "src", str), write=True)
-    dst = site.check_path(p, field(data, "dst", str), write=True)
+    src = await _run(site.check_path, p, field(data, "src", str), True)
+    dst = await _run(site.check_path, p, field(data, "dst", str), True)
     if src == f"/{site.entity}":
         raise AuthError(f"the entity root {src} cannot be renamed", 403, "forbidden")
-    with site.write_lock:
-        site.client.mv(src, dst)
+
+    def run() -> None:
+        with site.write_lock:
+            site.client.mv(src, dst)
+    await _run(run)
     return web.json_response({"src": src, "dst": dst})
+
+
+async def ns_symlink(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    target = field(data, "target", str)
+
+    def run() -> Stat:
+        with site.write_lock:
+            site.client.symlink(path, target)
+        return site.client.stat(path)
+    return web.json_response(stat_to_wire(await _run(run)))
+
+
+async def ns_setattr(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
+    times = [field(data, k, int, None, check=lambda t: 0 <= t < 1 << 63)
+             for k in ("atime_ns", "mtime_ns")]
+    st = await _run(site.setattr, path, mode, times[0], times[1])
+    return web.json_response(stat_to_wire(st))
+
+
+async def ns_xattrs_get(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path = await _run(site.check_path, p, request.query.get("path", ""), False)
+    values = await _run(site.client.xattrs, path)
+    return web.json_response({"xattrs": {k: base64.b64encode(v).decode("ascii")
+                                         for k, v in sorted(values.items())}})
+
+
+def _xattr_values(data: dict[str, Any]) -> dict[str, bytes]:
+    raw = field(data, "set", dict, {})
+    out: dict[str, bytes] = {}
+    for name, value in raw.items():
+        if not name or "\0" in name or len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise BadRequestError(f"xattr name {name[:40]!r} must be 1 to 255 bytes without "
+                                  "NUL")
+        if not isinstance(value, str):
+            raise BadRequestError(f"xattr {name!r}: value must be a base64 string")
+        try:
+            out[name] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequestError(f"xattr {name!r}: value is not valid base64") from None
+    return out
+
+
+async def ns_xattrs_set(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    values = _xattr_values(data)
+    replace_all = field(data, "replace_all", bool, False)
+
+    def run() -> Stat:
+        with site.write_lock:
+            site.client.set_xattrs(path, values, replace_all=replace_all)
+        return site.client.stat(path)
+    return web.json_response(stat_to_wire(await _run(run)))
+
+
+async def ns_du(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path = await _run(site.check_path, p, request.query.get("path", ""), False)
+    return web.json_response((await _run(site.client.du, path)).to_dict())
 
 
 async def ns_commit(request: web.Request) -> web.Response:
@@ -873,11 +973,11 @@ async def ns_commit(request: web.Request) -> web.Response:
         raise AuthError("commit of chunk lists is for the owner entity itself (signed, or an "
                         "entity-wide token); write files with POST /v1/ns/write", 403,
                         "forbidden")
-    refs = _refs(data)
+    refs = parse_refs(data)
     mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
     st = await asyncio.get_running_loop().run_in_executor(None, site.commit, path, refs, mode)
     site.metrics.inc("commits_total")
-    return web.json_response(_stat_json(st))
+    return web.json_response(stat_to_wire(st))
 
 
 def _own(site: Site, p: Principal, primary: bool = True) -> None:
@@ -915,7 +1015,7 @@ async def grants_add(request: web.Request) -> web.Response:
     _own(site, p)
     pattern = _pattern(site, field(data, "pattern", str))
     to = field(data, "to", str)
-    _name(to, "grantee")
+    check_name(to, "grantee")
     mode = field(data, "mode", str, check=lambda m: m in ("read", "write"))
     rec = {"id": secrets.token_hex(4), "pattern": pattern, "to": to, "mode": mode,
            "created": time.time()}
@@ -982,12 +1082,12 @@ async def pins_put(request: web.Request) -> web.Response:
         if "files" in data:
             if not isinstance(data["files"], list):
                 raise BadRequestError("files must be a list of {path, chunks}")
-            files = [(str(f.get("path", "")), _refs(f)) for f in data["files"]
+            files = [(str(f.get("path", "")), parse_refs(f)) for f in data["files"]
                      if isinstance(f, dict)]
-        await loop.run_in_executor(None, site.pin_store, owner, rule, _refs(data), files)
+        await loop.run_in_executor(None, site.pin_store, owner, rule, parse_refs(data), files)
     else:
         site.agreement(owner)
-        kids = [c.hex() for c in _ids(data, "ids")] if "ids" in data else []
+        kids = [c.hex() for c in parse_ids(data, "ids")] if "ids" in data else []
         batches = field(data, "batches", int, 1, check=lambda n: 1 <= n <= 4096)
         batch = field(data, "batch", int, 0, check=lambda i: 0 <= i < batches)
         round_ = field(data, "round", str, "0" * 16,
@@ -1037,7 +1137,7 @@ async def agreements_add(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
     _own(site, p, primary=False)
     to = field(data, "to", str)
-    _name(to, "guest entity")
+    check_name(to, "guest entity")
     if to == site.entity:
         raise BadRequestError(f"{to!r} is this site's own entity; it needs no agreement")
     quota = field(data, "quota", int, check=lambda q: 0 < q < 1 << 60)
@@ -1088,7 +1188,7 @@ async def mover_pull(request: web.Request) -> web.Response:
     if p.entity != site.entity or p.token is not None:
         raise AuthError("mover pulls are for the site's own entity (signed requests)", 403,
                         "forbidden")
-    cids = _ids(data)
+    cids = parse_ids(data)
     streams = field(data, "streams", int, DEFAULT_STREAMS, check=lambda n: 1 <= n <= 64)
     if "source" not in data:
         raise BadRequestError("field 'source' is required: a site name or a mover session "
@@ -1135,6 +1235,12 @@ def make_app(site: Site) -> web.Application:
     r.add_post("/v1/ns/remove", ns_remove)
     r.add_post("/v1/ns/rename", ns_rename)
     r.add_post("/v1/ns/commit", ns_commit)
+    r.add_post("/v1/ns/symlink", ns_symlink)
+    r.add_post("/v1/ns/setattr", ns_setattr)
+    r.add_get("/v1/ns/xattrs", ns_xattrs_get)
+    r.add_post("/v1/ns/xattrs", ns_xattrs_set)
+    r.add_get("/v1/ns/du", ns_du)
+    r.add_get("/v1/ns/visible", ns_visible)
     r.add_get("/v1/grants", grants_list)
     r.add_post("/v1/grants", grants_add)
     r.add_delete("/v1/grants/{id:[0-9a-f]{8}}", grants_delete)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from gfs import paths
-from gfs.errors import ChunkMissingError, HutongError
+from gfs.errors import ChunkMissingError, HutongError, UnavailableSiteError
 from gfs.read.source import PathOf
 
 if TYPE_CHECKING:
@@ -63,19 +63,27 @@ class SiteSource:
         todo = list(dict.fromkeys(cids))
         got: dict[bytes, bytes] = {}
         problems: list[str] = []
-        for site in self.fc._candidates(holders, owner):
+        answered = tried = False
+        for site in self.fc.candidates(holders, owner):
             if not todo:
                 break
+            tried = True
             try:
-                fetched = self.fc._fetch(site, owner, todo, problems, blobs=blobs)
+                fetched = self.fc.fetch_chunks(site, owner, todo, problems, blobs=blobs)
             except HutongError as e:
                 problems.append(f"{site}: {e}")
+                answered = answered or not isinstance(e, ConnectionError)
                 continue
+            answered = True
             got.update(fetched)
             todo = [c for c in todo if c not in got]
         if todo:
-            what = "a plain (owner's) copy" if blobs else "a readable copy"
             ids = ", ".join(c.hex() for c in todo[:4]) + (", ..." if len(todo) > 4 else "")
+            if tried and not answered:  # no holder could be asked: not a data loss
+                raise UnavailableSiteError(path, f"{len(todo)} chunks of {path} ({ids}): no "
+                                           f"site holding them answered ({holders}): "
+                                           + "; ".join(problems)[:800])
+            what = "a plain (owner's) copy" if blobs else "a readable copy"
             raise ChunkMissingError(path, f"{len(todo)} chunks of {path} ({ids}) have no "
                                     f"readable copy: none has {what} at any of {holders}: "
                                     + "; ".join(problems)[:800])

@@ -15,12 +15,14 @@ import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, BinaryIO
 
 from gfs import chunking
 from gfs.codec import encode_blobs
-from gfs.federation.http import HttpClient
+from gfs.federation.site_client import SiteClient
+from gfs.federation.wire import MAX_IDS
 from gfs.meta import ChunkRef
+from gfs.namespace_api import Stat
 from gfs.store import prepare
 
 #: Files up to this size go in one request (`POST /v1/ns/write`), unless a mode is set.
@@ -29,8 +31,6 @@ SMALL_FILE = 1 << 20
 BLOCK = 16 << 20
 #: Bytes of encoded chunks per `POST /v1/chunks/put`.
 PUT_BATCH_BYTES = 16 << 20
-#: Chunk ids per `POST /v1/chunks/has` (the site's limit).
-HAS_BATCH = 4096
 
 
 class SpoolWriter(io.RawIOBase):
@@ -82,17 +82,14 @@ class SpoolWriter(io.RawIOBase):
         self.close()
 
 
-def upload(site: HttpClient, norm: str, f: BinaryIO, size: int, *, owner: bool,
-           mode: int | None, params: chunking.ChunkParams, level: int) -> dict[str, Any]:
+def upload(site: SiteClient, norm: str, f: BinaryIO, size: int, *, owner: bool,
+           mode: int | None, params: chunking.ChunkParams, level: int) -> Stat:
     """Create or replace file `norm` at its primary `site` with the `size` bytes of `f`;
     `owner`: the caller may put chunks and commit manifests (the entity itself).
-    Returns the site's answer (the new stat)."""
+    Returns the new stat."""
     if not owner or (size <= SMALL_FILE and mode is None):
-        out = dict(site.call("POST", "/v1/ns/write", body=f.read(), query={"path": norm},
-                             content_type="application/octet-stream"))
-        if mode is not None:
-            out = dict(site.call("POST", "/v1/ns/setattr", {"path": norm, "mode": mode}))
-        return out
+        st = site.write(norm, f.read())
+        return st if mode is None else site.setattr(norm, mode=mode)
     refs: list[ChunkRef] = []
     buf = bytearray()
     while True:
@@ -104,38 +101,27 @@ def upload(site: HttpClient, norm: str, f: BinaryIO, size: int, *, owner: bool,
         del buf[:prep.consumed]
         if not block:
             break
-    body: dict[str, Any] = {"path": norm, "chunks": [[r.id.hex(), r.length] for r in refs]}
-    if mode is not None:
-        body["mode"] = mode
-    return dict(site.call("POST", "/v1/ns/commit", body))
+    return site.commit(norm, refs, mode)
 
 
-def put_missing(site: HttpClient, refs: list[ChunkRef], pieces: list[memoryview],
+def put_missing(site: SiteClient, refs: list[ChunkRef], pieces: list[memoryview],
                 level: int) -> None:
     """Store at `site` the chunks of `refs` (raw bytes `pieces`) it does not hold yet."""
-    from gfs.federation.site import pack_frames
-
     uniq = list(dict.fromkeys(r.id for r in refs))
-    have: list[bool] = []
-    for i in range(0, len(uniq), HAS_BATCH):
-        have += site.call("POST", "/v1/chunks/has",
-                          {"ids": [c.hex() for c in uniq[i:i + HAS_BATCH]]})["have"]
-    need = {c for c, h in zip(uniq, have, strict=True) if not h}
+    need = {c for c, h in zip(uniq, site.has(uniq), strict=True) if not h}
     todo = {r.id: p for r, p in zip(refs, pieces, strict=True) if r.id in need}
     order = list(todo)
-    batch: list[bytes | None] = []
+    batch: list[bytes] = []
     size = 0
     for head, payload in encode_blobs([todo[c] for c in order], order, level):
         blob = head + bytes(payload)
         batch.append(blob)
         size += len(blob)
-        if size >= PUT_BATCH_BYTES or len(batch) >= HAS_BATCH:
-            site.call("POST", "/v1/chunks/put", body=pack_frames(batch),
-                      content_type="application/octet-stream")
+        if size >= PUT_BATCH_BYTES or len(batch) >= MAX_IDS:
+            site.put(batch)
             batch, size = [], 0
     if batch:
-        site.call("POST", "/v1/chunks/put", body=pack_frames(batch),
-                  content_type="application/octet-stream")
+        site.put(batch)
 
 
 __all__ = ["SpoolWriter", "put_missing", "upload"]

@@ -9,7 +9,7 @@ import signal
 import threading
 from typing import Any
 
-from gfs.cli import port
+from gfs.cli import open_client, port
 from gfs.units import positive_duration_arg
 
 
@@ -24,7 +24,6 @@ def _listen(text: str) -> tuple[str, int]:
 def cmd_s3(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gfs.cli import open_client
     from gfs.federation.cli import _serve
     from gfs.gateway.s3 import make_app
 
@@ -36,7 +35,6 @@ def cmd_s3(args: argparse.Namespace) -> int:
 
 
 def cmd_webdav(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
     from gfs.gateway.webdav import make_app, serve
 
     host, port = args.listen
@@ -59,7 +57,6 @@ def cmd_webdav(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gfs.cli import open_client
     from gfs.federation.cli import _serve
     from gfs.gateway.dashboard import make_app
 
@@ -71,7 +68,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_add(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
     from gfs.gateway import credentials
 
     with open_client(args) as fs:
@@ -86,7 +82,6 @@ def cmd_cred_add(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_ls(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
     from gfs.gateway import credentials
 
     with open_client(args) as fs:
@@ -96,7 +91,6 @@ def cmd_cred_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cred_rm(args: argparse.Namespace) -> int:
-    from gfs.cli import open_client
     from gfs.gateway import credentials
 
     with open_client(args) as fs:

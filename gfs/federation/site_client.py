@@ -1,0 +1,398 @@
+"""`SiteClient`: one typed method per endpoint of a site's HTTP API (docs/openapi/site.yaml).
+
+    sc = SiteClient("http://127.0.0.1:8701", keys=EntityKeys.load(dir))
+    st = sc.stat("/bank-a/data/x.csv")            # a gfs.namespace_api.Stat
+    listing = sc.list_dir("/bank-a/data", if_version=st_dir.version)
+
+Answers come back as `Stat`, `DuReport` and the small frozen dataclasses below;
+errors as `gfs.errors` exceptions (404 NotFoundError, 403 AuthError — a
+PermissionError —, 409 ExistsError/ApiError, 400 BadRequestError, ...); a site
+that cannot be reached or answers 5xx raises `SiteUnavailableError`, an
+`UnavailableSiteError` (EHOSTUNREACH, a ConnectionError). Framing, glob and id
+checks come from gfs.federation.wire, shared with the site; this module never
+imports the site daemon.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gfs.errors import FormatError, UnavailableSiteError
+from gfs.federation.auth import EntityKeys
+from gfs.federation.http import HttpClient, UnavailableError
+from gfs.federation.wire import (
+    MAX_IDS,
+    ids_to_wire,
+    pack_frames,
+    refs_from_wire,
+    refs_to_wire,
+    unpack_frames,
+)
+from gfs.meta import ChunkRef
+from gfs.namespace_api import DuReport, Stat, stat_from_wire
+
+Record = dict[str, Any]
+"""A JSON record the site keeps (grant, rule, agreement, vault owner: see the spec)."""
+
+
+class SiteUnavailableError(UnavailableSiteError):
+    """A site could not be reached, or answered 5xx; `status` and `code` say which
+    (503 `unavailable` when it did not answer). Try another replica or retry later."""
+
+    def __init__(self, site: str, message: str, status: int = 503,
+                 code: str = "unavailable") -> None:
+        super().__init__(site, message)
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A directory's stat and entries (`entries` is None when the site said the
+    directory is unchanged since the version asked about)."""
+
+    dir: Stat
+    entries: list[Stat] | None
+
+    @property
+    def unchanged(self) -> bool:
+        return self.entries is None
+
+
+@dataclass(frozen=True)
+class SiteManifest:
+    """A file's stat, its chunks as (id, length), and the sites holding replicas."""
+
+    stat: Stat
+    chunks: list[tuple[bytes, int]]
+    sites: list[str]
+
+    def refs(self) -> list[ChunkRef]:
+        return [ChunkRef(c, n) for c, n in self.chunks]
+
+
+@dataclass(frozen=True)
+class Visible:
+    """The prefixes of `entity` the caller may read (`/v1/ns/visible`)."""
+
+    entity: str
+    prefixes: list[str]
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """Blobs a chunk put stored, and those the site had already."""
+
+    stored: int
+    present: int
+
+
+@dataclass(frozen=True)
+class MoverSession:
+    """Where and with which secret a site's mover serves one pull."""
+
+    host: str
+    port: int
+    secret: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "secret": self.secret}
+
+
+@dataclass(frozen=True)
+class PullStats:
+    """What one `/v1/mover/pull` moved."""
+
+    source: str
+    bytes: int
+    chunks: int
+    seconds: float
+    streams: int
+    retries: int
+    requested: int
+    skipped: int
+    committed: int
+
+
+@dataclass(frozen=True)
+class Health:
+    """A site's unauthenticated health answer."""
+
+    status: str
+    site: str
+    entity: str
+    primary: bool
+
+
+def _stat(data: Any, what: str) -> Stat:
+    try:
+        return stat_from_wire(data)
+    except ValueError as e:
+        raise FormatError(f"{what}: malformed stat in the site's answer: {e}") from None
+
+
+class SiteClient:
+    """Typed calls to one site, authenticated with entity `keys` or a `token`."""
+
+    def __init__(self, base_url: str, keys: EntityKeys | None = None, token: str | None = None,
+                 *, timeout: float = 30.0) -> None:
+        self.http = HttpClient(base_url, keys=keys, token=token, timeout=timeout)
+
+    @property
+    def base_url(self) -> str:
+        return self.http.base_url
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        self.http.close()
+
+    def __enter__(self) -> SiteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def with_timeout(self, timeout: float) -> SiteClient:
+        """Another client of the same site whose answers may take `timeout` seconds
+        (a reconcile round or a mover pull moves data); close it after use."""
+        return SiteClient(self.base_url, self.http.keys, self.http.token, timeout=timeout)
+
+    def call(self, method: str, path: str, payload: Any = None, *,
+             query: Mapping[str, str] | None = None, body: bytes | None = None,
+             content_type: str = "application/json") -> Any:
+        """One request (JSON or raw `body`): the decoded answer; errors as gfs.errors."""
+        try:
+            return self.http.call(method, path, payload, query=query, body=body,
+                                  content_type=content_type)
+        except UnavailableError as e:
+            raise SiteUnavailableError(self.base_url, str(e), e.status, e.code) from e
+
+    def _json(self, method: str, path: str, payload: Any = None, *,
+              query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        out = self.call(method, path, payload, query=query)
+        if not isinstance(out, dict):
+            raise FormatError(f"{method} {self.base_url}{path}: the answer is not a JSON "
+                              "object")
+        return out
+
+    # -- health -------------------------------------------------------------------------
+    def health(self) -> Health:
+        d = self._json("GET", "/v1/health")
+        return Health(str(d["status"]), str(d["site"]), str(d["entity"]), bool(d["primary"]))
+
+    def status(self) -> Record:
+        """Site, entity, region, primary, pools (with use) and, for the entity, rules."""
+        return self._json("GET", "/v1/status")
+
+    # -- namespace ------------------------------------------------------------------------
+    def stat(self, path: str) -> Stat:
+        return _stat(self._json("GET", "/v1/ns/stat", query={"path": path}), path)
+
+    def list_dir(self, path: str, *, if_version: int | None = None) -> Listing:
+        """Directory `path` with every entry's full stat, in name order; with
+        `if_version`, `entries` is None if the directory's version is still that."""
+        q = {"path": path}
+        if if_version is not None:
+            q["if_version"] = str(if_version)
+        d = self._json("GET", "/v1/ns/list", query=q)
+        top = _stat(d["dir"], path)
+        if d.get("unchanged"):
+            return Listing(top, None)
+        return Listing(top, [_stat(e, path) for e in d["entries"]])
+
+    def ls(self, path: str) -> list[Stat]:
+        """The entries of directory `path` (a file: itself)."""
+        entries = self.list_dir(path).entries
+        assert entries is not None
+        return entries
+
+    def manifest(self, path: str, *, mirror: bool = False) -> SiteManifest:
+        """The file's manifest (from a mirror a rule keeps there, with `mirror`)."""
+        q = {"path": path} | ({"mirror": "1"} if mirror else {})
+        d = self._json("GET", "/v1/ns/manifest", query=q)
+        return SiteManifest(_stat(d["stat"], path),
+                            [(r.id, r.length) for r in refs_from_wire(d["chunks"])],
+                            [str(s) for s in d["sites"]])
+
+    def read(self, path: str) -> bytes:
+        """The whole file (checked against the caller's grants at the primary)."""
+        data = self.call("GET", "/v1/ns/read", query={"path": path})
+        return data if isinstance(data, bytes) else str(data).encode()
+
+    def write(self, path: str, data: bytes) -> Stat:
+        """Create or replace file `path` with `data` in one request (grantees)."""
+        return _stat(self.call("POST", "/v1/ns/write", body=bytes(data), query={"path": path},
+                               content_type="application/octet-stream"), path)
+
+    def commit(self, path: str, refs: Sequence[ChunkRef], mode: int | None = None) -> Stat:
+        """Commit a manifest of chunks stored at the site (the owner entity only)."""
+        body: dict[str, Any] = {"path": path, "chunks": refs_to_wire(refs)}
+        if mode is not None:
+            body["mode"] = mode
+        return _stat(self._json("POST", "/v1/ns/commit", body), path)
+
+    def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> Stat:
+        return _stat(self._json("POST", "/v1/ns/mkdir", {"path": path, "parents": parents,
+                                                         "exist_ok": exist_ok}), path)
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        self._json("POST", "/v1/ns/remove", {"path": path, "recursive": recursive})
+
+    def rename(self, src: str, dst: str) -> None:
+        self._json("POST", "/v1/ns/rename", {"src": src, "dst": dst})
+
+    def symlink(self, path: str, target: str) -> Stat:
+        return _stat(self._json("POST", "/v1/ns/symlink", {"path": path, "target": target}),
+                     path)
+
+    def setattr(self, path: str, *, mode: int | None = None, atime_ns: int | None = None,
+                mtime_ns: int | None = None) -> Stat:
+        """Set the mode and/or times of `path` (None leaves one as it is)."""
+        body: dict[str, Any] = {"path": path}
+        for k, v in (("mode", mode), ("atime_ns", atime_ns), ("mtime_ns", mtime_ns)):
+            if v is not None:
+                body[k] = v
+        return _stat(self._json("POST", "/v1/ns/setattr", body), path)
+
+    def xattrs(self, path: str) -> dict[str, bytes]:
+        d = self._json("GET", "/v1/ns/xattrs", query={"path": path})["xattrs"]
+        try:
+            return {str(k): base64.b64decode(v, validate=True) for k, v in d.items()}
+        except (ValueError, TypeError) as e:
+            raise FormatError(f"{path}: malformed xattrs in the site's answer: {e}") from None
+
+    def set_xattrs(self, path: str, values: Mapping[str, bytes], *,
+                   replace_all: bool = False) -> Stat:
+        body = {"path": path, "replace_all": replace_all,
+                "set": {k: base64.b64encode(v).decode("ascii") for k, v in values.items()}}
+        return _stat(self._json("POST", "/v1/ns/xattrs", body), path)
+
+    def du(self, path: str) -> DuReport:
+        d = self._json("GET", "/v1/ns/du", query={"path": path})
+        try:
+            return DuReport(str(d["path"]), *(int(d[k]) for k in (
+                "files", "dirs", "symlinks", "chunks", "logical_bytes", "unique_bytes",
+                "stored_bytes")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"{path}: malformed du report in the site's answer: {e}") \
+                from None
+
+    def visible(self) -> Visible:
+        """The path prefixes of the site's entity the caller may read."""
+        d = self._json("GET", "/v1/ns/visible")
+        return Visible(str(d["entity"]), [str(p) for p in d["prefixes"]])
+
+    # -- chunks -------------------------------------------------------------------------
+    def has(self, cids: Sequence[bytes], *, owner: str | None = None) -> list[bool]:
+        """Whether the site holds each chunk (of `owner`: keyed ids in its vault)."""
+        out: list[bool] = []
+        for i in range(0, len(cids), MAX_IDS):
+            body: dict[str, Any] = {"ids": ids_to_wire(cids[i:i + MAX_IDS])}
+            if owner is not None:
+                body["owner"] = owner
+            out += [bool(x) for x in self._json("POST", "/v1/chunks/has", body)["have"]]
+        return out
+
+    def get(self, cids: Sequence[bytes], *, owner: str | None = None) -> list[bytes | None]:
+        """The stored blobs of `cids` (at most MAX_IDS), None where the site has none;
+        the caller verifies them."""
+        if len(cids) > MAX_IDS:
+            raise ValueError(f"at most {MAX_IDS} chunk ids per get, not {len(cids)}")
+        body: dict[str, Any] = {"ids": ids_to_wire(cids)}
+        if owner is not None:
+            body["owner"] = owner
+        data = self.call("POST", "/v1/chunks/get", body)
+        frames = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(cids))
+        got: list[bytes | None] = [f or None for f in frames]
+        return got + [None] * (len(cids) - len(got))
+
+    def put(self, blobs: Iterable[bytes], *, owner: str | None = None,
+            replace: bool = False) -> PutResult:
+        """Store blobs (verified by the site; `owner`: another entity's encrypted blobs
+        under a storage agreement; `replace`: repair damaged copies)."""
+        q: dict[str, str] = {}
+        if owner is not None:
+            q["owner"] = owner
+        if replace:
+            q["replace"] = "1"
+        d = self.call("POST", "/v1/chunks/put", body=pack_frames(blobs), query=q or None,
+                      content_type="application/octet-stream")
+        return PutResult(int(d["stored"]), int(d["present"]))
+
+    # -- grants, rules, pins ------------------------------------------------------------
+    def grants(self) -> list[Record]:
+        return list(self._json("GET", "/v1/grants")["grants"])
+
+    def grant(self, pattern: str, to: str, mode: str) -> Record:
+        return self._json("POST", "/v1/grants", {"pattern": pattern, "to": to, "mode": mode})
+
+    def revoke(self, grant_id: str) -> Record:
+        return self._json("DELETE", f"/v1/grants/{grant_id}")
+
+    def rules(self) -> list[Record]:
+        return list(self._json("GET", "/v1/rules")["rules"])
+
+    def rule_add(self, pattern: str, copies: int, where: str = "",
+                 lifetime: float | None = None) -> Record:
+        body: dict[str, Any] = {"pattern": pattern, "copies": copies, "where": where}
+        if lifetime is not None:
+            body["lifetime"] = lifetime
+        return self._json("POST", "/v1/rules", body)
+
+    def rule_rm(self, rule_id: str) -> Record:
+        return self._json("DELETE", f"/v1/rules/{rule_id}")
+
+    def reconcile(self, *, verify: bool = False) -> list[Record]:
+        """Evaluate the entity's rules now (use `with_timeout`: a round moves data)."""
+        return list(self._json("POST", "/v1/rules/reconcile", {},
+                               query={"verify": "1"} if verify else None)["rules"])
+
+    def pin(self, owner: str, rule: str, body: Mapping[str, Any]) -> bool:
+        """Pin chunks for `rule` (`body` as the spec's PUT /v1/pins); whether the pin is
+        complete (a batched vault pin completes with its last batch)."""
+        return bool(self._json("PUT", f"/v1/pins/{owner}/{rule}", dict(body))["complete"])
+
+    def unpin(self, owner: str, rule: str) -> bool:
+        return bool(self._json("DELETE", f"/v1/pins/{owner}/{rule}")["unpinned"])
+
+    def gc(self) -> Record:
+        return self._json("POST", "/v1/gc", {})
+
+    # -- storage agreements and the vault -----------------------------------------------
+    def agreements(self) -> list[Record]:
+        return list(self._json("GET", "/v1/agreements")["agreements"])
+
+    def agreement_add(self, to: str, quota: int, lifetime: float | None = None) -> Record:
+        body: dict[str, Any] = {"to": to, "quota": quota}
+        if lifetime is not None:
+            body["lifetime"] = lifetime
+        return self._json("POST", "/v1/agreements", body)
+
+    def agreement_rm(self, agreement_id: str) -> Record:
+        return self._json("DELETE", f"/v1/agreements/{agreement_id}")
+
+    def vault(self) -> list[Record]:
+        return list(self._json("GET", "/v1/vault")["owners"])
+
+    # -- mover ----------------------------------------------------------------------------
+    def mover_session(self) -> MoverSession:
+        d = self._json("POST", "/v1/mover/session", {})
+        return MoverSession(str(d["host"]), int(d["port"]), str(d["secret"]))
+
+    def mover_pull(self, source: str | MoverSession, cids: Sequence[bytes], *,
+                   streams: int = 4) -> PullStats:
+        """Have the site pull `cids` (at most MAX_IDS) from `source` (a site name or a
+        mover session) through the native mover."""
+        src: Any = source if isinstance(source, str) else source.to_wire()
+        d = self._json("POST", "/v1/mover/pull", {"source": src, "ids": ids_to_wire(cids),
+                                                  "streams": streams})
+        return PullStats(str(d["source"]), int(d["bytes"]), int(d["chunks"]),
+                         float(d["seconds"]), int(d["streams"]), int(d["retries"]),
+                         int(d["requested"]), int(d["skipped"]), int(d["committed"]))
+
+
+__all__ = ["Health", "Listing", "MoverSession", "PullStats", "PutResult", "Record",
+           "SiteClient", "SiteManifest", "SiteUnavailableError", "Visible"]

@@ -1,0 +1,131 @@
+"""What a site and its clients both need on the wire: chunk frames, path globs, and the
+checks of chunk ids, chunk lists and names (docs/openapi/site.yaml).
+
+Both the site daemon (gfs.federation.site*) and every client (SiteClient, the rule
+reconciler, dataflow) import this module; no client imports the daemon.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from gfs.federation import ids
+from gfs.federation.http import BadRequestError, field
+from gfs.meta import ChunkRef
+
+MAX_BODY = 64 << 20
+"""Largest chunk put body and file write body (bytes)."""
+MAX_IDS = 4096
+"""Most chunk ids in one has/get/pull/pin request."""
+MAX_REFS = 1 << 20
+"""Most chunks in one manifest commit."""
+HEX32 = re.compile(r"[0-9a-f]{32}")
+"""A chunk id on the wire: 32 lower-case hex digits."""
+_FRAME = struct.Struct("<I")
+
+
+# -- chunk frames ------------------------------------------------------------------------
+
+def pack_frames(blobs: Iterable[bytes | None]) -> bytes:
+    """Frames `u32 LE length, blob` (length 0 for None)."""
+    out = bytearray()
+    for b in blobs:
+        out += _FRAME.pack(0 if b is None else len(b))
+        if b:
+            out += b
+    return bytes(out)
+
+
+def unpack_frames(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
+    """The blobs of a frame sequence; BadRequestError if truncated or too many."""
+    out: list[bytes] = []
+    view, pos = memoryview(body), 0
+    while pos < len(body):
+        if pos + 4 > len(body):
+            raise BadRequestError(f"truncated frame header at byte {pos}")
+        (n,) = _FRAME.unpack_from(body, pos)
+        pos += 4
+        if pos + n > len(body):
+            raise BadRequestError(f"truncated frame at byte {pos - 4}: it claims {n} bytes, "
+                                  f"{len(body) - pos} left")
+        out.append(bytes(view[pos:pos + n]))
+        pos += n
+        if len(out) > limit:
+            raise BadRequestError(f"more than {limit} frames in one body")
+    return out
+
+
+# -- paths -----------------------------------------------------------------------------
+
+def glob_match(pattern: str, path: str) -> bool:
+    """Whether `path` matches `pattern` (`*` within a component, `**` any depth; `/a/**`
+    also matches `/a`)."""
+    if pattern.endswith("/**") and path == pattern[:-3]:
+        return True
+    rx = re.escape(pattern).replace(r"\*\*", "\0").replace(r"\*", "[^/]*").replace("\0", ".*")
+    rx = rx.replace(r"\?", "[^/]")
+    return re.fullmatch(rx, path) is not None
+
+
+def literal_prefix(pattern: str) -> str:
+    """The fixed leading components of a path pattern (`/a/b/*/c` -> `/a/b`)."""
+    parts = []
+    for p in pattern.strip("/").split("/"):
+        if any(c in p for c in "*?["):
+            break
+        parts.append(p)
+    return "/" + "/".join(parts)
+
+
+# -- ids, chunk lists, names -------------------------------------------------------------
+
+def ids_to_wire(cids: Iterable[bytes]) -> list[str]:
+    """Chunk ids as the wire lists them."""
+    return [c.hex() for c in cids]
+
+
+def parse_ids(data: Mapping[str, Any], name: str = "ids") -> list[bytes]:
+    """The chunk ids listed in field `name` (at most MAX_IDS); BadRequestError."""
+    raw = field(data, name, list, check=lambda v: len(v) <= MAX_IDS)
+    if not all(isinstance(x, str) and HEX32.fullmatch(x) for x in raw):
+        raise BadRequestError(f"field {name!r} must list chunk ids as 32 lower-case hex digits")
+    return [bytes.fromhex(x) for x in raw]
+
+
+def refs_to_wire(refs: Iterable[ChunkRef]) -> list[list[Any]]:
+    """A chunk list as the wire gives it: `[[id hex, length], ...]`."""
+    return [[r.id.hex(), r.length] for r in refs]
+
+
+def parse_refs(data: Mapping[str, Any], name: str = "chunks") -> list[ChunkRef]:
+    """The `[id hex, length > 0]` pairs of field `name`; BadRequestError."""
+    raw = field(data, name, list, check=lambda v: len(v) <= MAX_REFS)
+    return refs_from_wire(raw, name)
+
+
+def refs_from_wire(raw: Sequence[Any], name: str = "chunks") -> list[ChunkRef]:
+    """ChunkRefs of a wire chunk list; BadRequestError naming field `name`."""
+    out = []
+    for item in raw:
+        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                or not HEX32.fullmatch(item[0]) or not isinstance(item[1], int)
+                or isinstance(item[1], bool) or not 0 < item[1] < 1 << 31):
+            raise BadRequestError(f"field {name!r} must list [id hex, length > 0] pairs")
+        out.append(ChunkRef(bytes.fromhex(item[0]), item[1]))
+    return out
+
+
+def check_name(value: Any, what: str) -> str:
+    """`value` as an entity or site name; BadRequestError naming `what` otherwise."""
+    try:
+        return ids.check_name(value, what)
+    except ids.IdentifierError as e:
+        raise BadRequestError(str(e)) from None
+
+
+__all__ = ["HEX32", "MAX_BODY", "MAX_IDS", "MAX_REFS", "check_name", "glob_match",
+           "ids_to_wire", "literal_prefix", "pack_frames", "parse_ids", "parse_refs",
+           "refs_from_wire", "refs_to_wire", "unpack_frames"]
