@@ -44,7 +44,6 @@ import math
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -61,21 +60,18 @@ from dataflow.executor import (
     apply_task,
     start_site_cluster,
 )
-from dataflow.federated_ops import FederatedOps
+from dataflow.federated_ops import RECORDS_DIR, FederatedOps
 from dataflow.ops import Dataflow, Job, TransferSummary
 from dataflow.planner import Objective, Plan, Planner
 from dataflow.sites import Link, Topology, publish_links
 from gfs import paths
 from gfs.errors import HutongError, NotFoundError
 from gfs.federation.auth import AuthError
+from gfs.federation.site_client import PullStats, SiteClient
 from gfs.meta import ChunkRef, Manifest
 
 log = logging.getLogger("hutong.dataflow")
 
-#: Directory (under /ENTITY) of job records; catalogs never list it.
-RECORDS_DIR = ".dataflow"
-#: Ids per `/v1/chunks/has` request (the site's limit).
-HAS_BATCH = 4096
 #: Chunks per `/v1/chunks/get` request, and raw bytes per copy batch.
 GET_BATCH = 1024
 COPY_BATCH_BYTES = 16 << 20
@@ -130,49 +126,6 @@ _CLIENTS: dict[tuple[Credentials, str | None], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-_HTTP: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-_HTTP_LOCK = threading.Lock()
-
-
-def _site_client(fc: Any, site: str, refresh: bool = False,
-                 timeout: float | None = None) -> Any:
-    """An HttpClient to `site`'s current endpoint (from the registry, re-read every few
-    seconds), signed like `fc`: a site restarted on a new port is found again.
-    `timeout` (seconds a response may take; default `fc.timeout`) gets its own client."""
-    from gfs.federation.http import HttpClient, UnavailableError
-
-    rec = fc.sites(refresh=refresh).get(site)
-    if rec is None and not refresh:
-        rec = fc.sites(refresh=True).get(site)
-    if rec is None:
-        raise UnavailableError(f"site {site} is not registered", 503, "unavailable")
-    ep = str(rec["endpoint"])
-    key = ep if timeout is None else f"{ep}#{timeout}"
-    with _HTTP_LOCK:
-        per = _HTTP.setdefault(fc, {})
-        h = per.get(key)
-        if h is None:
-            h = per[key] = HttpClient(ep, keys=fc.keys, token=fc.token,
-                                      timeout=fc.timeout if timeout is None else timeout)
-        return h
-
-
-def site_call(fc: Any, site: str, method: str, path: str, payload: Any = None, *,
-              timeout: float | None = None, **kw: Any) -> Any:
-    """One request to `site`'s API; on an unreachable endpoint, the registry is asked
-    again and the request retried once if the site moved."""
-    from gfs.federation.http import UnavailableError
-
-    h = _site_client(fc, site, timeout=timeout)
-    try:
-        return h.call(method, path, payload, **kw)
-    except UnavailableError:
-        h2 = _site_client(fc, site, refresh=True, timeout=timeout)
-        if h2 is h:
-            raise
-        return h2.call(method, path, payload, **kw)
-
-
 def _records_prefix(path: str) -> bool:
     parts = paths.split(path)
     return len(parts) >= 2 and parts[1] == RECORDS_DIR
@@ -194,10 +147,8 @@ class FederatedCatalog:
 
     def _manifest(self, path: str) -> tuple[Manifest, str, tuple[str, ...]]:
         norm, primary = self.fc.primary(path)
-        m = site_call(self.fc, primary, "GET", "/v1/ns/manifest", query={"path": norm})
-        refs = tuple(ChunkRef(bytes.fromhex(h), int(n)) for h, n in m["chunks"])
-        return Manifest(int(m["stat"].get("version", 0)), refs), primary, \
-            tuple(str(s) for s in m["sites"])
+        m = self.fc.with_site(primary, lambda sc: sc.manifest(norm))
+        return Manifest(m.stat.version, tuple(m.refs())), primary, tuple(m.sites)
 
     def _walk(self, top: str) -> list[str]:
         try:
@@ -284,12 +235,7 @@ class FederatedCatalog:
 
     def has(self, site: str, ids: Sequence[bytes], owner: str | None = None) -> list[bool]:
         """`/v1/chunks/has` at `site` for `ids` (its own entity's store)."""
-        out: list[bool] = []
-        for i in range(0, len(ids), HAS_BATCH):
-            body: dict[str, Any] = {"ids": [c.hex() for c in ids[i:i + HAS_BATCH]]}
-            out += [bool(x) for x in site_call(self.fc, site, "POST", "/v1/chunks/has",
-                                               body)["have"]]
-        return out
+        return list(self.fc.with_site(site, lambda sc: sc.has(ids)))
 
     def locate(self, ids: Iterable[bytes], owners: Iterable[str] | None = None
                ) -> dict[bytes, dict[str, str]]:
@@ -336,16 +282,11 @@ class FederatedCatalog:
 
 def _get_blobs(fc: Any, site: str, ids: Sequence[bytes]) -> dict[bytes, bytes]:
     """Blobs (as stored) of `ids` that `site` returns."""
-    from gfs.federation.wire import unpack_frames
-
     out: dict[bytes, bytes] = {}
     for i in range(0, len(ids), GET_BATCH):
         batch = list(ids[i:i + GET_BATCH])
-        data = site_call(fc, site, "POST", "/v1/chunks/get", {"ids": [c.hex() for c in batch]})
-        blobs = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
-        for cid, blob in zip(batch, blobs, strict=False):
-            if blob:
-                out[cid] = bytes(blob)
+        blobs = fc.with_site(site, lambda sc, b=batch: sc.get(b))
+        out.update((cid, blob) for cid, blob in zip(batch, blobs, strict=True) if blob)
     return out
 
 
@@ -416,8 +357,6 @@ def copy_chunks(creds: Credentials, src: str, dst: str, ids: list[str],
         return _pull_chunks(creds, src, dst, ids, lengths, streams)
     if via != "site-api":
         raise ConfigError(f"transfer path must be 'mover' or 'site-api', got {via!r}")
-    from gfs.federation.wire import pack_frames
-
     fc = creds.client(near=dst)
     t0 = time.monotonic()
     nbytes = moved = 0
@@ -433,9 +372,8 @@ def copy_chunks(creds: Credentials, src: str, dst: str, ids: list[str],
         if lack:
             raise ChunkNotHeldError(src, f"site {src} no longer holds {len(lack)} chunk(s) "
                                     f"(first {lack[0]})")
-        frames: list[bytes | None] = [blobs[c] for c in batch]
-        site_call(fc, dst, "POST", "/v1/chunks/put", body=pack_frames(frames),
-                  content_type="application/octet-stream")
+        frames = [blobs[c] for c in batch]
+        fc.with_site(dst, lambda sc, f=frames: sc.put(f))
         nbytes += sum(len(b) for b in blobs.values())
         moved += len(batch)
         i = j
@@ -447,7 +385,15 @@ def _pull_chunks(creds: Credentials, src: str, dst: str, ids: list[str], lengths
                  streams: int) -> dict[str, Any]:
     fc = creds.client(near=dst)
     t0 = time.monotonic()
-    sess = site_call(fc, src, "POST", "/v1/mover/session", {})
+    sess = fc.with_site(src, lambda sc: sc.mover_session())
+    # the site's fetch stops on a stall; the answer may take a whole batch
+    wait = max(fc.timeout, PULL_BATCH_BYTES / PULL_MIN_RATE)
+
+    def pull(batch: list[bytes]) -> Callable[[SiteClient], PullStats]:
+        def op(sc: SiteClient) -> PullStats:
+            with sc.with_timeout(wait) as slow:
+                return slow.mover_pull(sess, batch, streams=streams)
+        return op
     out: dict[str, Any] = {"bytes": 0, "chunks": 0, "retries": 0, "skipped": 0,
                            "via": "mover", "streams": streams}
     i = 0
@@ -456,11 +402,9 @@ def _pull_chunks(creds: Credentials, src: str, dst: str, ids: list[str], lengths
         while j < len(ids) and j - i < PULL_BATCH and (acc < PULL_BATCH_BYTES or j == i):
             acc += lengths[j]
             j += 1
-        st = site_call(fc, dst, "POST", "/v1/mover/pull",   # the site's fetch stops on a stall
-                       {"source": sess, "ids": ids[i:j], "streams": streams},
-                       timeout=max(fc.timeout, PULL_BATCH_BYTES / PULL_MIN_RATE))
+        st = fc.with_site(dst, pull([bytes.fromhex(h) for h in ids[i:j]]))
         for k in ("bytes", "chunks", "retries", "skipped"):
-            out[k] += int(st[k])
+            out[k] += getattr(st, k)
         i = j
     out["seconds"] = time.monotonic() - t0
     return out
@@ -537,14 +481,14 @@ class FederatedRuntime(Runtime):
 
     def healthy(self, site: str) -> bool:
         """Whether `site`'s HTTP API answers `/v1/health`."""
-        from gfs.federation.http import HttpClient
+        from gfs.federation.site_client import SiteClient
 
         try:
-            h = HttpClient(self.endpoint(site), timeout=HEALTH_TIMEOUT)
+            h = SiteClient(self.endpoint(site), timeout=HEALTH_TIMEOUT)
         except HutongError:
             return False
         try:
-            h.call("GET", "/v1/health")
+            h.health()
             return True
         except (HutongError, OSError):
             return False

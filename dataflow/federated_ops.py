@@ -59,12 +59,15 @@ from dataflow.errors import ConfigError, DataflowError, PlanError
 from dataflow.ops import Dataflow, Subscription, TransferSummary
 from gfs import paths
 from gfs.errors import NotFoundError
+from gfs.federation.site_client import SiteManifest
 from gfs.meta import ChunkRef, Manifest
 
 if TYPE_CHECKING:
     from dataflow.executor import TaskFn
     from dataflow.federated import Credentials, FederatedCatalog, FederatedRuntime
 
+#: Directory (under /ENTITY) of the dataflow's job records and subscription states.
+RECORDS_DIR = ".dataflow"
 #: Directory (under /ENTITY/.dataflow) of subscription states.
 SUBS_DIR = "subs"
 #: Seconds a reconcile request may take (the primary places every rule of the entity).
@@ -170,19 +173,20 @@ class FederatedOps(Dataflow):
 
     def _versions(self, files: Sequence[str]) -> dict[str, tuple[int, tuple[ChunkRef, ...]]]:
         """(mtime_ns, chunk refs) of each file now, at its primary (removed: left out)."""
-        from dataflow.federated import site_call
-
         out: dict[str, tuple[int, tuple[ChunkRef, ...]]] = {}
         for p in files:
-            norm, primary = self.rt.fc.primary(p)
             try:
-                m = site_call(self.rt.fc, primary, "GET", "/v1/ns/manifest",
-                              query={"path": norm})
+                m = self._manifest(p)[1]
             except NotFoundError:
                 continue
-            out[p] = (int(m["stat"].get("mtime_ns", 0)),
-                      tuple(ChunkRef(bytes.fromhex(h), int(n)) for h, n in m["chunks"]))
+            out[p] = (m.stat.mtime_ns, tuple(m.refs()))
         return out
+
+    def _manifest(self, path: str) -> tuple[str, SiteManifest]:
+        """(primary, manifest) of file `path`, from its entity's primary."""
+        fc = self.rt.fc
+        norm, primary = fc.primary(path)
+        return primary, fc.with_site(primary, lambda sc: sc.manifest(norm))
 
     def _check(self, to: str, mine: dict[str, str], states: dict[str, dict[str, Any]],
                before: dict[str, tuple[int, tuple[ChunkRef, ...]]],
@@ -257,8 +261,6 @@ class FederatedOps(Dataflow):
         return super().subscribe(pattern, fn, name=name, at=at, output=output)
 
     def _subscription_path(self, name: str) -> str:
-        from dataflow.federated import RECORDS_DIR
-
         return f"/{self.rt.entity}/{RECORDS_DIR}/{SUBS_DIR}/{name}.json"
 
     def _load_subscription(self, name: str) -> dict[str, Any] | None:
@@ -273,20 +275,15 @@ class FederatedOps(Dataflow):
         self.rt.fc.write_bytes(path, json.dumps(state, sort_keys=True).encode())
 
     def _subscription_files(self, name: str, pattern: str) -> list[FileEntry]:
-        from dataflow.federated import site_call
-
-        fc = self.rt.fc
         files = []
         try:
             for p in self.catalog.files(pattern):
-                norm, primary = fc.primary(p)
                 try:
-                    m = site_call(fc, primary, "GET", "/v1/ns/manifest", query={"path": norm})
+                    primary, m = self._manifest(p)
                 except NotFoundError:
                     continue  # removed while we listed
-                refs = tuple(ChunkRef(bytes.fromhex(h), int(n)) for h, n in m["chunks"])
-                files.append(FileEntry(p, Manifest(int(m["stat"].get("version", 0)), refs),
-                                       primary, tuple(str(s) for s in m["sites"])))
+                files.append(FileEntry(p, Manifest(m.stat.version, tuple(m.refs())), primary,
+                                       tuple(m.sites)))
         finally:
             self.rt.mark_unreachable()
         return files

@@ -15,6 +15,7 @@ import pytest
 
 from gfs.errors import (
     CrossEntityError,
+    FileTooLargeError,
     InvalidPathError,
     NotFoundError,
     NotPermittedError,
@@ -61,6 +62,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
             fc.write_bytes("/bank/secret/keys.txt", b"do not read")
             fc.write_bytes("/bank/top.txt", b"top level")
             fc.grant("/bank/shared/**", "telco", "read")
+            fc.mkdir("/bank/inbox")
+            fc.grant("/bank/inbox/**", "telco", "write")
         yield f
 
 
@@ -72,20 +75,28 @@ def _ns(fed: Federation, entity: str | None = None, token: str | None = None,
 
 def test_the_root_lists_the_callers_entity_first(fed: Federation) -> None:
     with _ns(fed, "telco") as ns:
-        assert [s.path for s in ns.ls("/")] == ["/telco", "/bank"]
-        assert all(s.kind == "dir" for s in ns.ls("/"))
+        own, granted = ns.ls("/")
+        assert [own.path, granted.path] == ["/telco", "/bank"]
+        assert own == ns.stat("/telco") and own.ino != 0  # its real, writable root
+        assert granted == ns.stat("/bank") and granted.ino == 0  # synthesised, read-only
+        assert granted.kind == own.kind == "dir" and granted.mode & 0o222 == 0
         assert ns.stat("/").kind == "dir"
     with _ns(fed, "bank") as ns:
         assert [s.path for s in ns.ls("/")] == ["/bank"]  # telco granted bank nothing
-        assert [s.name for s in ns.ls("/bank")] == ["secret", "shared", "top.txt"]
+        assert [s.name for s in ns.ls("/bank")] == ["inbox", "secret", "shared", "top.txt"]
 
 
 def test_a_grantee_sees_exactly_the_granted_part(fed: Federation) -> None:
     with _ns(fed, "telco") as ns:
-        assert [s.name for s in ns.ls("/bank")] == ["shared"]
+        assert [s.name for s in ns.ls("/bank")] == ["inbox", "shared"]
         assert ns.stat("/bank").kind == "dir"
-        assert [s.path for s in ns.walk("/bank")] == [
-            "/bank", "/bank/shared", "/bank/shared/q1", "/bank/shared/q1/data.csv"]
+        walked = [s.path for s in ns.walk("/bank/shared")]  # other tests add files
+        assert walked[0] == "/bank/shared"
+        assert {"/bank/shared/q1", "/bank/shared/q1/data.csv"} <= set(walked)
+        assert all(p.startswith("/bank/shared/") for p in walked[1:])
+        assert {s.path for s in ns.walk("/bank")} == {"/bank", "/bank/inbox",
+                                                      *(s.path for s in ns.walk("/bank/inbox")),
+                                                      *walked}
         assert ns.read_bytes("/bank/shared/q1/data.csv") == b"a,b\n1,2\n"
         with ns.open("/bank/shared/q1/data.csv") as f:
             f.seek(4)
@@ -228,8 +239,14 @@ def test_primary_down_writes_are_erofs_and_reads_need_a_holder(mirrored: Federat
                 change()
         assert time.monotonic() - t0 < 5  # refused at once, no hang
         assert ns.read_bytes("/lab/d/f.txt") == b"committed"  # from the mirror
+        st = ns.stat("/lab/d/f.txt")  # so is a file's stat
+        assert (st.path, st.kind, st.size) == ("/lab/d/f.txt", "file", len(b"committed"))
         with pytest.raises(UnavailableSiteError):
             ns.read_bytes("/lab/alone.txt")
+        with pytest.raises(UnavailableSiteError):
+            ns.stat("/lab/alone.txt")
+        with pytest.raises(UnavailableSiteError):
+            ns.ls("/lab/d")  # no mirror of listings
     mirrored.start("lab-1")
     mirrored.wait_status("lab-1", "up")
     with _ns(mirrored, "lab") as ns:
@@ -293,3 +310,53 @@ def test_a_read_whose_only_holder_dies_is_unavailable_not_lost(mirrored: Federat
             with pytest.raises(UnavailableSiteError) as e:
                 f.read()
         assert e.value.errno == errno.EHOSTUNREACH
+
+
+def test_a_grantee_gets_a_clear_error_for_a_file_too_large_to_read_whole(
+        fed: Federation) -> None:
+    with _ns(fed, "bank") as owner:
+        owner.write_bytes("/bank/shared/huge.bin", bytes(65 << 20))  # zeros: one chunk
+    with _ns(fed, "telco") as ns:
+        assert ns.stat("/bank/shared/huge.bin").size == 65 << 20
+        with pytest.raises(FileTooLargeError, match="read and written whole") as e:
+            ns.open("/bank/shared/huge.bin")
+        assert e.value.errno == errno.EFBIG
+
+
+def test_one_namespace_serves_many_threads(fed: Federation) -> None:
+    """A mount or gfs:// calls one namespace from many threads at once."""
+    blobs = {f"/bank/threads/f{i}": os.urandom(300_000 + i) for i in range(8)}
+    with _ns(fed, "bank", memory_bytes=2 << 20) as ns:
+        ns.mkdir("/bank/threads")
+        errors: list[BaseException] = []
+
+        def work(path: str, data: bytes) -> None:
+            try:
+                for _ in range(3):
+                    ns.write_bytes(path, data)
+                    assert ns.read_bytes(path) == data
+                    assert ns.stat(path).size == len(data)
+            except BaseException as e:  # handed to the test thread
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=kv) for kv in blobs.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and not any(t.is_alive() for t in threads), errors
+        assert {s.path: s.size for s in ns.ls("/bank/threads")} == {
+            p: len(d) for p, d in blobs.items()}
+
+
+def test_a_grantee_writes_where_it_may(fed: Federation) -> None:
+    with _ns(fed, "telco") as ns:
+        assert [s.name for s in ns.ls("/bank")] == ["inbox", "shared"]
+        ns.write_bytes("/bank/inbox/report.csv", b"x,y\n")
+        with ns.open("/bank/inbox/report.csv") as f:
+            assert f.read() == b"x,y\n"
+        with pytest.raises(FileTooLargeError, match="whole") as e:
+            ns.write_bytes("/bank/inbox/huge.bin", bytes(65 << 20))
+        assert e.value.errno == errno.EFBIG
+    with _ns(fed, "bank") as owner:
+        assert owner.read_bytes("/bank/inbox/report.csv") == b"x,y\n"
+        assert not owner.exists("/bank/inbox/huge.bin")

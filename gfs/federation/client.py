@@ -16,9 +16,10 @@ only when the primary commits the manifest.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from gfs import chunking, paths
 from gfs.codec import decode_blob, decode_encrypted_blob, keyed_chunk_id
@@ -56,6 +57,7 @@ RECONCILE_TIMEOUT = 3600.0
 
 
 log = logging.getLogger("hutong.federation")
+T = TypeVar("T")
 
 class FederationClient:
     """A user's or a site's view of the global namespace."""
@@ -76,6 +78,7 @@ class FederationClient:
         self.timeout = timeout
         self._sites: tuple[float, dict[str, dict[str, Any]], list[dict[str, Any]]] | None = None
         self._site_clients: dict[str, SiteClient] = {}
+        self._site_lock = threading.Lock()
         self.chunks_from: dict[str, int] = {}
         """Chunks fetched per site (for tests and `status`)."""
         self.bad_copies = 0
@@ -112,14 +115,26 @@ class FederationClient:
             raise SiteUnavailableError(name, f"site {name!r} is not registered", 404,
                                        "not_registered")
         endpoint = str(rec["endpoint"]).rstrip("/")
-        h = self._site_clients.get(name)
-        if h is not None and h.base_url != endpoint:
-            h.close()
-            h = None
-        if h is None:
-            h = self._site_clients[name] = SiteClient(endpoint, keys=self.keys,
-                                                      token=self.token, timeout=self.timeout)
-        return h
+        with self._site_lock:
+            h = self._site_clients.get(name)
+            if h is None or h.base_url != endpoint:
+                h = self._site_clients[name] = SiteClient(endpoint, keys=self.keys,
+                                                          token=self.token,
+                                                          timeout=self.timeout)
+            return h
+
+    def with_site(self, name: str, op: Callable[[SiteClient], T]) -> T:
+        """`op(self.site(name))`; when the site does not answer, the registry is asked
+        again and `op` retried once if the site moved (e.g. restarted on a new port)."""
+        h = self.site(name)
+        try:
+            return op(h)
+        except ConnectionError:
+            self.sites(refresh=True)
+            h2 = self.site(name)
+            if h2 is h:
+                raise
+            return op(h2)
 
     def primary(self, path: str) -> tuple[str, str]:
         """(normalised path, primary site name) of the entity owning `path`."""

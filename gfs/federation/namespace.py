@@ -21,7 +21,8 @@ import io
 import stat as statmod
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,6 +31,7 @@ from gfs.disk_cache import DiskCache
 from gfs.errors import (
     CrossEntityError,
     ExistsError,
+    FileTooLargeError,
     InvalidPathError,
     IsADirError,
     NotFoundError,
@@ -146,16 +148,18 @@ class FederatedNamespace:
         if self.entity is not None and self.fc.keys is not None:
             prefixes[self.entity] = [f"/{self.entity}"]
         old = self._view[1] if self._view is not None else None
-        for name in self._entity_records():
-            if name in prefixes:
-                continue
+
+        def ask(name: str) -> list[str]:
             try:
-                prefixes[name] = self._site(name)[1].visible().prefixes
+                return self._site(name)[1].visible().prefixes
             except UnavailableSiteError:  # its primary is down: keep what it showed last
-                if old is not None and old.prefixes(name):
-                    prefixes[name] = list(old.prefixes(name))
+                return list(old.prefixes(name)) if old is not None else []
             except (PermissionError, ApiError):
-                continue
+                return []
+        others = [n for n in self._entity_records() if n not in prefixes]
+        if others:  # one round trip for all, not one per entity
+            with ThreadPoolExecutor(min(len(others), 16)) as pool:
+                prefixes.update(zip(others, pool.map(ask, others), strict=True))
         return Visibility.of(self.entity, prefixes)
 
     @contextlib.contextmanager
@@ -170,6 +174,12 @@ class FederatedNamespace:
             if write:
                 raise PermissionDeniedError(path, f"not allowed to change it ({e})") from None
             raise NotFoundError(path) from None
+        except ApiError as e:
+            if e.status != 413:
+                raise
+            raise FileTooLargeError(path, "another entity's files are read and written whole "
+                                    f"through its primary, and this one is too large for that "
+                                    f"({e}); ask its owner for a copy in parts") from None
         except (UnavailableError, UnavailableSiteError) as e:
             ent = (paths.split(path) or ["?"])[0]
             if write:
@@ -212,17 +222,33 @@ class FederatedNamespace:
     def _synthetic(self, norm: str) -> Stat:
         return Stat(norm, "dir", 0, SYNTHETIC_MODE, 0, 0, 0, 0, 0, 0, 0, "")
 
+    def _entity_root(self, entity: str) -> Stat:
+        """`/ENTITY` as the root lists it: its real stat where the caller sees all of it
+        (its mode says whether it may write there), else (or while the primary is
+        unreachable) a synthesised directory."""
+        top = f"/{entity}"
+        if self.visibility().place(top) == "real":
+            with contextlib.suppress(UnavailableSiteError, NotFoundError):
+                return self.stat(top)
+        return self._synthetic(top)
+
     def _shown(self, norm: str) -> bool:
         """Whether `norm` is the root or a synthesised directory of the caller's view."""
         return self.visibility().place(norm) in ("root", "synthetic")
 
     def stat(self, path: str) -> Stat:
-        """The entry at `path` (symlinks are not followed)."""
+        """The entry at `path` (symlinks are not followed); while the primary is down,
+        a file's stat as a mirror holds it (for the owner entity)."""
         norm = paths.normalize(path)
         if self._shown(norm):
             return self._synthetic(norm)
         with self._at(norm) as (n, site):
-            return site.stat(n)
+            try:
+                return site.stat(n)
+            except ConnectionError:
+                if not self.fc.owner_mode(paths.split(n)[0]):
+                    raise
+                return self.fc.manifest(n).stat
 
     def exists(self, path: str) -> bool:
         """Whether `path` names an entry the caller may see."""
@@ -247,7 +273,7 @@ class FederatedNamespace:
         view = self.visibility()
         where = view.place(norm)
         if where == "root":
-            return self._synthetic(norm), [self._synthetic(f"/{e}") for e in view.names()]
+            return self._synthetic(norm), [self._entity_root(e) for e in view.names()]
         if where == "synthetic":
             out = []
             for name in view.children(norm):
@@ -308,7 +334,7 @@ class FederatedNamespace:
         with self._at(path) as (norm, site):
             if not self.fc.owner_mode(paths.split(norm)[0]):
                 # a grantee may not read chunks: whole files through the primary
-                return io.BufferedReader(io.BytesIO(self._not_dir(norm, site.read)))
+                return io.BufferedReader(io.BytesIO(self._whole(norm, site)))
             try:
                 m = site.manifest(norm)
             except ConnectionError:  # the primary is down: from a mirror
@@ -322,9 +348,10 @@ class FederatedNamespace:
         return io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
                                                 read_ahead=self.read_ahead), 1 << 20)
 
-    def _not_dir(self, norm: str, read: Callable[[str], bytes]) -> bytes:
+    def _whole(self, norm: str, site: SiteClient) -> bytes:
+        """File `norm` read whole through its primary (a grantee's read)."""
         try:
-            return read(norm)
+            return site.read(norm)
         except IsADirError:
             raise _not_a_file(self.stat(norm)) from None
 

@@ -26,14 +26,14 @@ from gfs.codec import (
 )
 from gfs.errors import CorruptChunkError, HutongError, NotFoundError
 from gfs.federation import expr
-from gfs.federation.http import HttpClient
-from gfs.federation.wire import glob_match, literal_prefix
+from gfs.federation.site_client import SiteClient
+from gfs.federation.wire import glob_match, literal_prefix, refs_to_wire
 from gfs.meta import ChunkRef, Kind
 from gfs.schema import Schema
 from gfs.units import Duration
 
 if TYPE_CHECKING:
-    from gfs.federation.site import Site
+    from gfs.federation.site_state import Site
 
 log = logging.getLogger("gfs.federation.rules")
 BATCH_IDS = 1024
@@ -73,8 +73,8 @@ def rule_files(site: Site, pattern: str) -> list[tuple[str, list[ChunkRef]]]:
     return out
 
 
-def _peer(site: Site, rec: dict[str, Any]) -> HttpClient:
-    return HttpClient(rec["endpoint"], keys=site.keys, timeout=30)
+def _peer(site: Site, rec: dict[str, Any]) -> SiteClient:
+    return SiteClient(rec["endpoint"], keys=site.keys, timeout=30)
 
 
 def _batches(items: list[Any], size: int) -> list[list[Any]]:
@@ -93,22 +93,18 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
     try:
         if target["entity"] == site.entity:
             ids = [r.id for r in refs]
-            missing: list[bytes] = []
-            for b in _batches(ids, 4096):
-                have = peer.call("POST", "/v1/chunks/has", {"ids": [c.hex() for c in b]})
-                missing += [c for c, h in zip(b, have["have"], strict=True) if not h]
+            missing = [c for c, h in zip(ids, peer.has(ids), strict=True) if not h]
             if missing and target.get("mover"):
-                sess = peer.call("POST", "/v1/mover/session", {})
-                stats = mover.send(site.client, (sess["host"], int(sess["port"])), missing,
-                                   bytes.fromhex(sess["secret"]))
+                sess = peer.mover_session()
+                stats = mover.send(site.client, (sess.host, sess.port), missing,
+                                   bytes.fromhex(sess.secret))
                 sent += stats.chunks
             elif missing:
                 sent += _put_plain(site, peer, missing)
-            pin: dict[str, Any] = {"chunks": [[r.id.hex(), r.length] for r in refs]}
+            pin: dict[str, Any] = {"chunks": refs_to_wire(refs)}
             if files is not None:
-                pin["files"] = [{"path": p, "chunks": [[r.id.hex(), r.length] for r in fr]}
-                                for p, fr in files]
-            peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}", pin)
+                pin["files"] = [{"path": p, "chunks": refs_to_wire(fr)} for p, fr in files]
+            peer.pin(site.entity, rule_id, pin)
         else:
             keyed = {keyed_chunk_id(r.id, site.keys.id_key): r.id for r in refs}
             kids = list(keyed)
@@ -117,13 +113,10 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
             parts = _batches([k.hex() for k in kids], PIN_BATCH) or [[]]
             round_ = secrets.token_hex(8)
             for i, part in enumerate(parts):
-                peer.call("PUT", f"/v1/pins/{site.entity}/{rule_id}",
-                          {"ids": part, "round": round_, "batch": i, "batches": len(parts)})
-            missing = []
-            for b in _batches(kids, 4096):
-                have = peer.call("POST", "/v1/chunks/has",
-                                 {"ids": [c.hex() for c in b], "owner": site.entity})
-                missing += [c for c, h in zip(b, have["have"], strict=True) if not h]
+                peer.pin(site.entity, rule_id, {"ids": part, "round": round_, "batch": i,
+                                                "batches": len(parts)})
+            missing = [c for c, h in zip(kids, peer.has(kids, owner=site.entity), strict=True)
+                       if not h]
             batch: list[bytes] = []
             size = 0
             for kid in missing:
@@ -133,11 +126,11 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
                 batch.append(blob)
                 size += len(blob)
                 if len(batch) >= BATCH_IDS or size >= BATCH_BYTES:
-                    _send_frames(peer, batch, site.entity)
+                    peer.put(batch, owner=site.entity)
                     sent += len(batch)
                     batch, size = [], 0
             if batch:
-                _send_frames(peer, batch, site.entity)
+                peer.put(batch, owner=site.entity)
                 sent += len(batch)
     finally:
         peer.close()
@@ -148,8 +141,6 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> tuple[int
     """Read back the replicas of `refs` on `target`, verify them here (the owner holds
     the keys), and replace every damaged one with a good copy; returns (repaired,
     missing). A missing copy is a failure of the target, whatever its `has` said."""
-    from gfs.federation.wire import pack_frames, unpack_frames
-
     if target["name"] == site.name:
         return 0, 0
     own = target["entity"] == site.entity
@@ -158,14 +149,9 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> tuple[int
     try:
         for batch in _batches(refs, AUDIT_BATCH):
             ids = [r.id if own else keyed_chunk_id(r.id, site.keys.id_key) for r in batch]
-            body: dict[str, Any] = {"ids": [c.hex() for c in ids]}
-            if not own:
-                body["owner"] = site.entity
-            data = peer.call("POST", "/v1/chunks/get", body)
-            blobs = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(batch))
+            blobs = peer.get(ids, owner=None if own else site.entity)
             bad: list[bytes] = []
-            missing += max(0, len(batch) - len(blobs))
-            for ref, blob in zip(batch, blobs, strict=False):
+            for ref, blob in zip(batch, blobs, strict=True):
                 if not blob:
                     missing += 1
                     continue
@@ -186,27 +172,16 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> tuple[int
                         bad.append(encode_encrypted_blob(raw, site.keys.enc_key,
                                                          site.keys.id_key, level, ref.id))
             if bad:
-                query = {"replace": "1"} | ({} if own else {"owner": site.entity})
-                answer = peer.call("POST", "/v1/chunks/put", body=pack_frames(list(bad)),
-                                   query=query, content_type="application/octet-stream")
-                repaired += int(answer["stored"])
+                repaired += peer.put(bad, owner=None if own else site.entity,
+                                     replace=True).stored
     finally:
         peer.close()
     return repaired, missing
 
 
-def _send_frames(peer: HttpClient, blobs: list[bytes], owner: str) -> None:
-    from gfs.federation.wire import pack_frames
-
-    peer.call("POST", "/v1/chunks/put", body=pack_frames(list(blobs)),
-              query={"owner": owner}, content_type="application/octet-stream")
-
-
-def _put_plain(site: Site, peer: HttpClient, missing: list[bytes]) -> int:
-    from gfs.federation.wire import pack_frames
-
+def _put_plain(site: Site, peer: SiteClient, missing: list[bytes]) -> int:
     sent = 0
-    batch: list[bytes | None] = []
+    batch: list[bytes] = []
     size = 0
     for cid in missing:
         blob = site.blob(cid)
@@ -215,13 +190,11 @@ def _put_plain(site: Site, peer: HttpClient, missing: list[bytes]) -> int:
         batch.append(blob)
         size += len(blob)
         if len(batch) >= BATCH_IDS or size >= BATCH_BYTES:
-            peer.call("POST", "/v1/chunks/put", body=pack_frames(batch),
-                      content_type="application/octet-stream")
+            peer.put(batch)
             sent += len(batch)
             batch, size = [], 0
     if batch:
-        peer.call("POST", "/v1/chunks/put", body=pack_frames(batch),
-                  content_type="application/octet-stream")
+        peer.put(batch)
         sent += len(batch)
     return sent
 
@@ -333,7 +306,7 @@ def unpin_everywhere(site: Site, rule: dict[str, Any],
             continue
         peer = _peer(site, rec)
         try:
-            peer.call("DELETE", f"/v1/pins/{site.entity}/{rule['id']}")
+            peer.unpin(site.entity, rule["id"])
             done.append(name)
         except HutongError as e:
             log.warning("rule %s: unpinning at %s failed: %s", rule["id"], name, e)

@@ -1,0 +1,621 @@
+"""The site's HTTP API (docs/openapi/site.yaml): aiohttp handlers over `Site` and
+`make_app`. A handler authenticates on the headers, reads a bounded body and runs
+everything that touches the store, LMDB or the write lock in a thread pool, so that one
+slow write never stalls another request (health checks included)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from gfs import paths
+from gfs.errors import InvalidPathError
+from gfs.federation.auth import AuthError
+from gfs.federation.http import (
+    MAX_JSON,
+    ApiError,
+    BadRequestError,
+    error_middleware,
+    field,
+    read_body,
+    read_json,
+)
+from gfs.federation.rules import RuleSpec, reconcile, unpin_everywhere
+from gfs.federation.site_state import NotPrimaryError, Principal, Site
+from gfs.federation.wire import (
+    MAX_BODY,
+    check_name,
+    pack_frames,
+    parse_ids,
+    parse_refs,
+    refs_to_wire,
+    unpack_frames,
+)
+from gfs.mover import DEFAULT_STREAMS
+from gfs.namespace_api import stat_to_wire
+from gfs.schema import validate
+
+log = logging.getLogger("gfs.federation.site")
+T = TypeVar("T")
+
+
+# -- HTTP handlers -------------------------------------------------------------------------
+
+SITE_KEY: web.AppKey[Site] = web.AppKey("site", Site)
+
+
+def _site(request: web.Request) -> Site:
+    return request.app[SITE_KEY]
+
+
+async def _principal(request: web.Request) -> tuple[Site, Principal]:
+    """The site and the caller, authenticated on the headers before any body is read."""
+    site = _site(request)
+    p = await _run(site.principal, request.headers,
+                                                         request.method, request.path_qs)
+    return site, p
+
+
+async def _json_principal(request: web.Request) -> tuple[Site, Principal, dict[str, Any]]:
+    site, p = await _principal(request)
+    return site, p, await read_json(request, signed=p.token is None)
+
+
+async def _get_principal(request: web.Request) -> tuple[Site, Principal]:
+    site, p = await _principal(request)
+    await read_body(request, MAX_JSON, signed=p.token is None)
+    return site, p
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A `0`/`1` query flag (absent: 0); BadRequestError for anything else."""
+    v = request.query.get(name, "0")
+    if v not in ("0", "1"):
+        raise BadRequestError(f"query parameter {name!r} must be 0 or 1, not {v!r}")
+    return v == "1"
+
+
+def _owner(site: Site, data: dict[str, Any] | None, query: Any = None) -> str:
+    owner = field(data or {}, "owner", str, None) if query is None else query.get("owner")
+    return site.entity if owner is None else check_name(owner, "owner")
+
+
+async def health(request: web.Request) -> web.Response:
+    s = _site(request)
+    return web.json_response({"status": "ok", "site": s.name, "entity": s.entity,
+                              "primary": s.config.primary})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    # gauges read the vault's disk use and the tiers' LMDB records
+    text = await _run(_site(request).metrics.render)
+    return web.Response(text=text, content_type="text/plain")
+
+
+async def chunks_has(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    owner = _owner(site, data)
+    site.check_owner(p, owner, write=False)
+    cids = parse_ids(data)
+
+    def has() -> list[bool]:
+        if owner == site.entity:
+            with site.client.engine.read() as txn:
+                return [txn.has_chunk(c) for c in cids]
+        return [site.vault.has(owner, c) for c in cids]
+    return web.json_response({"have": await _run(has)})
+
+
+async def chunks_get(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    owner = _owner(site, data)
+    site.check_owner(p, owner, write=False)
+    cids = parse_ids(data)
+
+    def read() -> bytes:
+        if owner == site.entity:
+            blobs = [site.blob(c) for c in cids]
+        else:
+            blobs = [site.vault.get(owner, c) for c in cids]
+        site.metrics.inc("chunks_served_total", sum(b is not None for b in blobs))
+        return pack_frames(blobs)
+    body = await _run(read)
+    site.metrics.inc("chunk_bytes_out_total", len(body))
+    return web.Response(body=body, content_type="application/octet-stream")
+
+
+async def _binary_principal(request: web.Request) -> tuple[Site, Principal, bytes]:
+    """The site, the verified caller and the raw body (at most MAX_BODY) of a request."""
+    site, p = await _principal(request)
+    return site, p, await read_body(request, MAX_BODY, signed=p.token is None)
+
+
+async def chunks_put(request: web.Request) -> web.Response:
+    site, p, body = await _binary_principal(request)
+    loop = asyncio.get_running_loop()
+    owner = _owner(site, None, request.query)
+    site.check_owner(p, owner, write=True)
+    blobs = unpack_frames(body)
+    replace = _flag(request, "replace")
+    if owner == site.entity:
+        put = site.repair_plain if replace else site.put_plain
+        stored, present = await loop.run_in_executor(None, put, blobs)
+    else:
+        stored, present = await loop.run_in_executor(None, site.put_foreign, owner, blobs,
+                                                     replace)
+    site.metrics.inc("chunks_stored_total", stored)
+    site.metrics.inc("chunk_bytes_in_total", len(body))
+    return web.json_response({"stored": stored, "present": present})
+
+
+async def _run(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in the default thread pool: handlers never block the event loop on
+    the store, LMDB or the write lock."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+
+def _version(request: web.Request) -> int | None:
+    v = request.query.get("if_version")
+    if v is None:
+        return None
+    if not v.isdigit() or len(v) > 20:
+        raise BadRequestError(f"query parameter 'if_version' must be a directory's change "
+                              f"version (a non-negative integer), not {v!r}")
+    return int(v)
+
+
+async def ns_stat(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path, _ = await _run(site.list_access, p, request.query.get("path", ""))
+    return web.json_response(stat_to_wire(await _run(site.client.stat, path)))
+
+
+async def ns_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if_version = _version(request)
+    path, keep = await _run(site.list_access, p, request.query.get("path", ""))
+    return web.json_response(await _run(site.listing, path, if_version, keep))
+
+
+async def ns_visible(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    return web.json_response({"entity": site.entity, "prefixes": await _run(site.visible, p)})
+
+
+async def ns_manifest(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if _flag(request, "mirror"):  # a replica answering for a down primary
+        raw = request.query.get("path", "")
+        norm = paths.normalize(raw) if isinstance(raw, str) else ""
+        site.check_owner(p, paths.split(norm)[0] if norm != "/" else "", write=False)
+        if p.token is not None or paths.split(norm)[:1] != [site.entity]:
+            raise AuthError("mirrored manifests are for the owner entity's signed requests",
+                            403, "forbidden")
+        st, m = await _run(site.mirrored, norm)
+        return web.json_response({"stat": stat_to_wire(st), "chunks": refs_to_wire(m.chunks),
+                                  "sites": [site.name]})
+    path = await _run(site.check_path, p, request.query.get("path", ""), False)
+
+    def answer() -> dict[str, Any]:
+        st, m = site.manifest(path)
+        return {"stat": stat_to_wire(st), "chunks": refs_to_wire(m.chunks),
+                "sites": site.replica_sites(path)}
+    return web.json_response(await _run(answer))
+
+
+async def ns_read(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path = await _run(site.check_path, p, request.query.get("path", ""), False)
+
+    def read() -> bytes:
+        st, m = site.manifest(path)
+        if st.size > MAX_BODY:
+            raise ApiError(f"{path} is {st.size} bytes; read it chunk by chunk", 413,
+                           "too_large")
+        return site.client.open_version(path, m).read()
+    return web.Response(body=await _run(read), content_type="application/octet-stream")
+
+
+async def ns_write(request: web.Request) -> web.Response:
+    site, p, body = await _binary_principal(request)
+    path = await _run(site.check_path, p, request.query.get("path", ""), True)
+
+    st = await _run(site.change, path, lambda: site.client.write_bytes(path, body))
+    return web.json_response(stat_to_wire(st))
+
+
+async def ns_mkdir(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    parents = field(data, "parents", bool, False)
+    exist_ok = field(data, "exist_ok", bool, False)
+
+    st = await _run(site.change, path,
+                    lambda: site.client.mkdir(path, parents=parents, exist_ok=exist_ok))
+    return web.json_response(stat_to_wire(st))
+
+
+async def ns_remove(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    if path == f"/{site.entity}":
+        raise AuthError(f"the entity root {path} cannot be removed", 403, "forbidden")
+    recursive = field(data, "recursive", bool, False)
+
+    await _run(site.change, None, lambda: site.client.rm(path, recursive=recursive))
+    return web.json_response({"removed": path})
+
+
+async def ns_rename(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    src = await _run(site.check_path, p, field(data, "src", str), True)
+    dst = await _run(site.check_path, p, field(data, "dst", str), True)
+    if src == f"/{site.entity}":
+        raise AuthError(f"the entity root {src} cannot be renamed", 403, "forbidden")
+
+    await _run(site.change, None, lambda: site.client.mv(src, dst))
+    return web.json_response({"src": src, "dst": dst})
+
+
+async def ns_symlink(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    target = field(data, "target", str)
+
+    st = await _run(site.change, path, lambda: site.client.symlink(path, target))
+    return web.json_response(stat_to_wire(st))
+
+
+async def ns_setattr(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
+    times = [field(data, k, int, None, check=lambda t: 0 <= t < 1 << 63)
+             for k in ("atime_ns", "mtime_ns")]
+    st = await _run(site.setattr, path, mode, times[0], times[1])
+    return web.json_response(stat_to_wire(st))
+
+
+async def ns_xattrs_get(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path = await _run(site.check_path, p, request.query.get("path", ""), False)
+    values = await _run(site.client.xattrs, path)
+    return web.json_response({"xattrs": {k: base64.b64encode(v).decode("ascii")
+                                         for k, v in sorted(values.items())}})
+
+
+def _xattr_values(data: dict[str, Any]) -> dict[str, bytes]:
+    raw = field(data, "set", dict, {})
+    out: dict[str, bytes] = {}
+    for name, value in raw.items():
+        if not name or "\0" in name or len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise BadRequestError(f"xattr name {name[:40]!r} must be 1 to 255 bytes without "
+                                  "NUL")
+        if not isinstance(value, str):
+            raise BadRequestError(f"xattr {name!r}: value must be a base64 string")
+        try:
+            out[name] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequestError(f"xattr {name!r}: value is not valid base64") from None
+    return out
+
+
+async def ns_xattrs_set(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    values = _xattr_values(data)
+    replace_all = field(data, "replace_all", bool, False)
+
+    st = await _run(site.change, path,
+                    lambda: site.client.set_xattrs(path, values, replace_all=replace_all))
+    return web.json_response(stat_to_wire(st))
+
+
+async def ns_du(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    path = await _run(site.check_path, p, request.query.get("path", ""), False)
+    return web.json_response((await _run(site.client.du, path)).to_dict())
+
+
+async def ns_commit(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    # A commit names chunks by id: only a principal that may read every chunk of the
+    # entity (signed by it, or an entity-wide token) may, or chunk ids of files outside
+    # a token's prefix would be readable through a new file, and the answer would tell
+    # whether the entity holds some content.
+    if p.entity != site.entity or not p.entity_wide:
+        raise AuthError("commit of chunk lists is for the owner entity itself (signed, or an "
+                        "entity-wide token); write files with POST /v1/ns/write", 403,
+                        "forbidden")
+    refs = parse_refs(data)
+    mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
+    st = await _run(site.commit, path, refs, mode)
+    site.metrics.inc("commits_total")
+    return web.json_response(stat_to_wire(st))
+
+
+def _own(site: Site, p: Principal, primary: bool = True) -> None:
+    if p.entity != site.entity or (p.token is not None and (
+            p.token.scope != "write" or not p.entity_wide)):
+        raise AuthError(f"only entity {site.entity!r} itself (signed, or an entity-wide write "
+                        "token) may change grants, rules and agreements", 403, "forbidden")
+    if primary and not site.config.primary:
+        raise NotPrimaryError(f"site {site.name} is not the primary of {site.entity}", 421,
+                              "not_primary")
+
+
+def _pattern(site: Site, pattern: Any) -> str:
+    if not isinstance(pattern, str) or (not pattern.startswith(f"/{site.entity}/") and \
+            pattern != f"/{site.entity}"):
+        raise AuthError(f"pattern {pattern!r} is outside /{site.entity}", 403,
+                        "path_outside_root")
+    try:
+        paths.normalize(pattern.replace("*", "x").replace("?", "x"))
+    except InvalidPathError as e:
+        raise BadRequestError(f"pattern {pattern!r} is not a valid path pattern: {e}") \
+            from None
+    return pattern
+
+
+async def grants_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the entity itself may list its grants", 403, "forbidden")
+    return web.json_response({"grants": await _run(site.grants)})
+
+
+async def grants_add(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    _own(site, p)
+    pattern = _pattern(site, field(data, "pattern", str))
+    to = field(data, "to", str)
+    check_name(to, "grantee")
+    mode = field(data, "mode", str, check=lambda m: m in ("read", "write"))
+    rec = {"id": secrets.token_hex(4), "pattern": pattern, "to": to, "mode": mode,
+           "created": time.time()}
+    await _run(site.put_record, "grant", rec)
+    return web.json_response(rec, status=201)
+
+
+async def grants_delete(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    _own(site, p)
+    return web.json_response(await _run(site.delete_record, "grant", request.match_info["id"]))
+
+
+async def rules_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the entity itself may list its rules", 403, "forbidden")
+    return web.json_response({"rules": await _run(site.rules)})
+
+
+async def rules_add(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    _own(site, p)
+    spec = validate(RuleSpec, data, where="rule")  # SchemaError: 400, naming the key
+    pattern = _pattern(site, spec.pattern)
+    rec = {"id": secrets.token_hex(4), "pattern": pattern, "copies": spec.copies,
+           "where": spec.where, "expires": time.time() + spec.lifetime if spec.lifetime
+           else None, "state": "replicating",
+           "reason": "not evaluated yet", "sites": [], "created": time.time()}
+    await _run(site.put_record, "rule", rec)
+    return web.json_response(rec, status=201)
+
+
+async def rules_delete(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    _own(site, p)
+    rec = await _run(site.delete_record, "rule", request.match_info["id"])
+    await _run(unpin_everywhere, site, rec)
+    return web.json_response(rec)
+
+
+async def rules_reconcile(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    _own(site, p)
+    verify = _flag(request, "verify")
+    states = await _run(reconcile, site, verify)
+    return web.json_response({"rules": states})
+
+
+async def pins_put(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    owner = _owner(site, None, {"owner": request.match_info["owner"]})
+    site.check_owner(p, owner, write=True)
+    rule = request.match_info["rule"]
+    if not re.fullmatch(r"[0-9a-z]{1,32}", rule):
+        raise BadRequestError("rule id must be 1 to 32 characters 0-9 a-z")
+    loop = asyncio.get_running_loop()
+    if owner == site.entity:
+        files = None
+        if "files" in data:
+            if not isinstance(data["files"], list):
+                raise BadRequestError("files must be a list of {path, chunks}")
+            files = [(str(f.get("path", "")), parse_refs(f)) for f in data["files"]
+                     if isinstance(f, dict)]
+        await loop.run_in_executor(None, site.pin_store, owner, rule, parse_refs(data), files)
+    else:
+        await _run(site.agreement, owner)
+        kids = [c.hex() for c in parse_ids(data, "ids")] if "ids" in data else []
+        batches = field(data, "batches", int, 1, check=lambda n: 1 <= n <= 4096)
+        batch = field(data, "batch", int, 0, check=lambda i: 0 <= i < batches)
+        round_ = field(data, "round", str, "0" * 16,
+                       check=lambda r: re.fullmatch(r"[0-9a-f]{16}", r) is not None)
+        if batches == 1:
+            await _run(site.vault.pin, owner, rule, kids)
+        elif not await loop.run_in_executor(None, site.vault.pin_part, owner, rule, round_,
+                                            batch, batches, kids):
+            return web.json_response({"pinned": rule, "complete": False})
+    return web.json_response({"pinned": rule, "complete": True})
+
+
+async def pins_delete(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    owner = _owner(site, None, {"owner": request.match_info["owner"]})
+    site.check_owner(p, owner, write=True)
+    rule = request.match_info["rule"]
+    if not re.fullmatch(r"[0-9a-z]{1,32}", rule):
+        raise BadRequestError("rule id must be 1 to 32 characters 0-9 a-z")
+    gone = await _run(site.unpin_store if owner == site.entity else site.vault.unpin, owner,
+                      rule)
+    return web.json_response({"unpinned": gone})
+
+
+async def gc(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity or p.token is not None:
+        raise AuthError("only the entity itself (signed) may run gc", 403, "forbidden")
+
+    def run() -> dict[str, Any]:
+        with site.write_lock:
+            report = site.client.gc()
+        return {"vault_removed": site.vault.gc(keep=site.live_guests()),
+                "store": str(report)}
+    return web.json_response(await _run(run))
+
+
+async def agreements_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the host entity may list its storage agreements", 403,
+                        "forbidden")
+    return web.json_response({"agreements": await _run(site.agreements)})
+
+
+async def agreements_add(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    _own(site, p, primary=False)
+    to = field(data, "to", str)
+    check_name(to, "guest entity")
+    if to == site.entity:
+        raise BadRequestError(f"{to!r} is this site's own entity; it needs no agreement")
+    quota = field(data, "quota", int, check=lambda q: 0 < q < 1 << 60)
+    lifetime = field(data, "lifetime", (int, float), None, check=lambda v: 0 < v < 1e10)
+    now = time.time()
+    rec = {"id": secrets.token_hex(4), "to": to, "quota": quota, "created": now,
+           "expires": now + lifetime if lifetime else None}
+    await _run(site.replace_agreement, rec)
+    return web.json_response(rec, status=201)
+
+
+async def agreements_delete(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    _own(site, p, primary=False)
+    rec = await _run(site.delete_record, "agreement", request.match_info["id"])
+    removed = 0
+    if rec["to"] not in await _run(site.live_guests):
+        removed = await asyncio.get_running_loop().run_in_executor(
+            None, site.vault.remove_owner, rec["to"])
+    return web.json_response(rec | {"removed_blobs": removed})
+
+
+async def vault_list(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity:
+        raise AuthError("only the host entity may list the data it keeps for others", 403,
+                        "forbidden")
+    owners = await _run(site.vault.owners)
+    guests = await _run(site.live_guests)
+    return web.json_response({"owners": [o | {"agreement": o["owner"] in guests}
+                                         for o in owners]})
+
+
+async def mover_session(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    if p.entity != site.entity or p.token is not None or site.mover_address is None:
+        raise AuthError("mover sessions are for the site's own entity (signed requests) "
+                        "and need a mover port", 403, "forbidden")
+    host, port = site.mover_address
+    return web.json_response({"host": host, "port": port, "secret": site.mover_secret.hex()})
+
+
+async def mover_pull(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    if p.entity != site.entity or p.token is not None:
+        raise AuthError("mover pulls are for the site's own entity (signed requests)", 403,
+                        "forbidden")
+    cids = parse_ids(data)
+    streams = field(data, "streams", int, DEFAULT_STREAMS, check=lambda n: 1 <= n <= 64)
+    if "source" not in data:
+        raise BadRequestError("field 'source' is required: a site name or a mover session "
+                              "{host, port, secret}")
+    loop = asyncio.get_running_loop()
+    peer, secret, label = await loop.run_in_executor(site.pulls, site.mover_source,
+                                                     data["source"])
+    st = await loop.run_in_executor(site.pulls, functools.partial(
+        site.pull, peer, cids, secret, streams, label))
+    site.metrics.inc("mover_pulls_total")
+    site.metrics.inc("mover_pull_bytes_total", st.bytes)
+    return web.json_response({"source": label, "bytes": st.bytes, "chunks": st.chunks,
+                              "seconds": st.seconds, "streams": st.streams,
+                              "retries": st.retries, "requested": st.requested,
+                              "skipped": st.skipped, "committed": st.committed})
+
+
+async def status(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    return web.json_response({
+        "site": site.name, "entity": site.entity, "region": site.config.region,
+        "primary": site.config.primary, "pools": await _run(site.pools),
+        "rules": await _run(site.rules) if p.entity == site.entity and site.config.primary
+        else []})
+
+
+def make_app(site: Site) -> web.Application:
+    """The site's aiohttp application (docs/openapi/site.yaml)."""
+    app = web.Application(client_max_size=MAX_BODY,
+                          middlewares=[site.metrics.middleware, error_middleware])
+    app[SITE_KEY] = site
+    r = app.router
+    r.add_get("/v1/health", health)
+    r.add_get("/metrics", metrics)
+    r.add_get("/v1/status", status)
+    r.add_post("/v1/chunks/has", chunks_has)
+    r.add_post("/v1/chunks/get", chunks_get)
+    r.add_post("/v1/chunks/put", chunks_put)
+    r.add_get("/v1/ns/stat", ns_stat)
+    r.add_get("/v1/ns/list", ns_list)
+    r.add_get("/v1/ns/manifest", ns_manifest)
+    r.add_get("/v1/ns/read", ns_read)
+    r.add_post("/v1/ns/write", ns_write)
+    r.add_post("/v1/ns/mkdir", ns_mkdir)
+    r.add_post("/v1/ns/remove", ns_remove)
+    r.add_post("/v1/ns/rename", ns_rename)
+    r.add_post("/v1/ns/commit", ns_commit)
+    r.add_post("/v1/ns/symlink", ns_symlink)
+    r.add_post("/v1/ns/setattr", ns_setattr)
+    r.add_get("/v1/ns/xattrs", ns_xattrs_get)
+    r.add_post("/v1/ns/xattrs", ns_xattrs_set)
+    r.add_get("/v1/ns/du", ns_du)
+    r.add_get("/v1/ns/visible", ns_visible)
+    r.add_get("/v1/grants", grants_list)
+    r.add_post("/v1/grants", grants_add)
+    r.add_delete("/v1/grants/{id:[0-9a-f]{8}}", grants_delete)
+    r.add_get("/v1/rules", rules_list)
+    r.add_post("/v1/rules", rules_add)
+    r.add_delete("/v1/rules/{id:[0-9a-f]{8}}", rules_delete)
+    r.add_post("/v1/rules/reconcile", rules_reconcile)
+    r.add_put("/v1/pins/{owner}/{rule}", pins_put)
+    r.add_delete("/v1/pins/{owner}/{rule}", pins_delete)
+    r.add_post("/v1/gc", gc)
+    r.add_get("/v1/agreements", agreements_list)
+    r.add_post("/v1/agreements", agreements_add)
+    r.add_delete("/v1/agreements/{id:[0-9a-f]{8}}", agreements_delete)
+    r.add_get("/v1/vault", vault_list)
+    r.add_post("/v1/mover/session", mover_session)
+    r.add_post("/v1/mover/pull", mover_pull)
+    return app
+
+

@@ -1,0 +1,148 @@
+"""Handlers never block the event loop: while a namespace write waits for the site's
+write lock (held here, from the outside), /v1/health and reads of other files still
+answer. An in-process site on loopback (port 0), signed requests of its own entity."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gfs.federation.site import Site, init_site, make_app
+from gfs.federation.site_client import SiteClient
+
+#: Seconds a request that must not wait may take (far above a loopback answer).
+PROMPT = 5.0
+#: Seconds to wait for an event the test causes.
+DEADLINE = 30.0
+
+
+class GateLock:
+    """The site's write lock, observable: `contended` is set when a writer finds it held."""
+
+    def __init__(self) -> None:
+        self.inner = threading.Lock()
+        self.contended = threading.Event()
+
+    def __enter__(self) -> GateLock:
+        if not self.inner.acquire(blocking=False):
+            self.contended.set()
+            self.inner.acquire()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.inner.release()
+
+
+@dataclass
+class Served:
+    site: Site
+    url: str
+    gate: GateLock
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    state = tmp_path / "s1"
+    # the registry is never asked: the entity's own key is local
+    init_site(state, name="s1", entity="bank-a", region="cn-west",
+              registry="http://127.0.0.1:9", primary=True)
+    site = Site(state)
+    gate = GateLock()
+    site.write_lock = gate  # type: ignore[assignment]
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(make_app(site))
+    loop.run_until_complete(runner.setup())
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(tcp.start())
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    site.endpoint = url
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield Served(site, url, gate)
+    finally:
+        if gate.inner.locked():
+            gate.inner.release()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(DEADLINE)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+        site.close()
+
+
+WRITES: dict[str, Callable[[SiteClient], Any]] = {
+    "mkdir": lambda sc: sc.mkdir("/bank-a/d/new"),
+    "remove": lambda sc: sc.remove("/bank-a/d/victim"),
+    "rename": lambda sc: sc.rename("/bank-a/d/victim", "/bank-a/d/moved"),
+    "write": lambda sc: sc.write("/bank-a/d/w", b"w" * 100_000),
+    "symlink": lambda sc: sc.symlink("/bank-a/d/l", "other"),
+    "setattr": lambda sc: sc.setattr("/bank-a/d/victim", mode=0o600),
+    "xattrs": lambda sc: sc.set_xattrs("/bank-a/d/victim", {"user.a": b"1"}),
+}
+
+
+@pytest.mark.parametrize("op", sorted(WRITES))
+def test_a_blocked_write_does_not_stall_other_requests(served: Served, op: str) -> None:
+    keys = served.site.keys
+    with SiteClient(served.url, keys=keys, timeout=DEADLINE) as sc:
+        sc.mkdir("/bank-a/d")
+        sc.write("/bank-a/d/other", b"other file")
+        sc.write("/bank-a/d/victim", b"v")
+    result: dict[str, Any] = {}
+
+    def write() -> None:
+        with SiteClient(served.url, keys=keys, timeout=DEADLINE) as w:
+            try:
+                result["ok"] = WRITES[op](w)
+            except Exception as e:  # reported by the assertion below
+                result["error"] = e
+
+    served.gate.inner.acquire()  # a long write holds the lock
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert served.gate.contended.wait(DEADLINE), f"{op} never reached the write lock"
+        with SiteClient(served.url, keys=keys, timeout=PROMPT) as quick:
+            assert quick.health().status == "ok"
+            assert quick.read("/bank-a/d/other") == b"other file"
+            assert quick.stat("/bank-a/d/other").size == 10
+            assert [e.name for e in quick.ls("/bank-a")] == ["d"]
+        assert writer.is_alive() and not result  # the write still waits
+    finally:
+        served.gate.inner.release()
+        writer.join(DEADLINE)
+    assert not writer.is_alive() and "error" not in result, result
+
+
+def test_a_slow_gauge_does_not_stall_health(served: Served) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_gauge() -> float:  # a gauge reading a slow disk (the vault's usage)
+        entered.set()
+        release.wait(DEADLINE)
+        return 1.0
+    served.site.metrics.gauges["slow"] = slow_gauge
+    got: dict[str, Any] = {}
+
+    def scrape() -> None:
+        with SiteClient(served.url, timeout=DEADLINE) as sc:
+            got["text"] = sc.call("GET", "/metrics")
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        assert entered.wait(DEADLINE)
+        with SiteClient(served.url, timeout=PROMPT) as quick:
+            assert quick.health().status == "ok"
+    finally:
+        release.set()
+        scraper.join(DEADLINE)
+    assert b"hutong_site_slow 1.0" in got["text"]
