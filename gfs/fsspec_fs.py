@@ -34,7 +34,7 @@ from contextlib import nullcontext
 from typing import Any, BinaryIO, ClassVar
 
 import xxhash
-from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem, _Cached
 
 from gfs import paths
 from gfs.errors import ConfigError, ExistsError, NotFoundError
@@ -67,7 +67,24 @@ def _copy(src: BinaryIO, dst: Any, callback: Any = None) -> None:
             callback.relative_update(len(data))
 
 
-class HutongFileSystem(AbstractFileSystem):  # type: ignore[misc]
+class _Resolved(_Cached):  # type: ignore[misc]
+    """fsspec's instance cache, keyed by the tree the options select *now*: the profile
+    in use (or the state directory) is resolved before the cache is looked up, so that
+    changing $HUTONG_PROFILE, `hutong profile use` or $HUTONG_STATE between two calls
+    never hands back a filesystem over the other tree."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if not {"profile", "namespace", "client"} & set(kwargs):
+            from gfs.env import state_dir
+            from gfs.profiles import LOCAL, selected
+
+            kwargs["profile"] = selected() or LOCAL
+            if kwargs["profile"] == LOCAL and not args:
+                kwargs["state"] = str(state_dir(kwargs.get("state")))
+        return super().__call__(*args, **kwargs)
+
+
+class HutongFileSystem(AbstractFileSystem, metaclass=_Resolved):  # type: ignore[misc]
     """fsspec filesystem over a Hutong namespace.
 
     Storage options: `profile` (a federation profile, see gfs.profiles; default the

@@ -16,6 +16,7 @@ import gfs
 from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.testing import Federation
 from gfs.profiles import add_profile
+from tests.conftest import make_tree, tree_digest
 from tests.test_cli_behaviour import assert_one_error, hutong
 
 DATA = random.Random(12).randbytes(700_000)
@@ -33,6 +34,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
             ns.mkdir("/bank-a/data", parents=True)
             ns.write_bytes("/bank-a/shared/s.txt", b"shared with dan\n")
             ns.write_bytes("/bank-a/data/x.bin", DATA)
+            ns.fc.grant("/bank-a/shared/**", "telco-b", "read")
         yield f
     finally:
         f.close()
@@ -46,7 +48,9 @@ def profiles(fed: Federation) -> dict[str, str]:
     add_profile("bank", registry=fed.registry_url, entity="bank-a", keys=keys, near="a1")
     token = fed.keys("bank-a").mint_token("dan", "read", "/bank-a/shared", 600)
     add_profile("dan", registry=fed.registry_url, entity="bank-a", token=token)
-    return {"bank": "bank", "dan": "dan"}
+    add_profile("telco", registry=fed.registry_url, entity="telco-b",
+                keys=fed.sites["t1"]["state"] / "federation")
+    return {"bank": "bank", "dan": "dan", "telco": "telco"}
 
 
 def test_open_namespace_picks_the_federation(profiles: dict[str, str],
@@ -176,3 +180,43 @@ def test_gfs_filesystem_listing_and_ranges_on_the_federation(
     finally:
         fs.close()
     assert os.environ["HUTONG_PROFILE"] == "bank"
+
+
+def test_trees_put_and_get_on_the_federation(profiles: dict[str, str], tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", seed=9, files=25)
+    env = {"HUTONG_PROFILE": "bank"}
+    put = json.loads(hutong("put", "--json", str(src), "/bank-a/tree", env=env).stdout)
+    assert put["files"] > 0 and put["symlinks"] == 2
+    again = json.loads(hutong("put", "--json", str(src), "/bank-a/tree", env=env).stdout)
+    assert again["files"] == 0 and again["unchanged"] == put["files"] + put["symlinks"]
+    out = tmp_path / "out"
+    got = json.loads(hutong("get", "--json", "/bank-a/tree", str(out), env=env).stdout)
+    assert got["files"] == put["files"]
+    assert tree_digest(out) == tree_digest(src)
+    du = json.loads(hutong("du", "--json", "/bank-a/tree", env=env).stdout)
+    assert du["files"] == put["files"] and du["logical_bytes"] == put["bytes"]
+    hutong("rm", "-r", "/bank-a/tree", env=env)
+
+
+def test_a_grantee_entity_sees_the_granted_part_through_every_door(
+        profiles: dict[str, str]) -> None:
+    import pandas as pd
+
+    env = {"HUTONG_PROFILE": "telco"}
+    assert hutong("ls", "/", env=env).stdout.decode().split() == ["telco-b/", "bank-a/"]
+    assert hutong("ls", "/bank-a", env=env).stdout.decode().split() == ["shared/"]
+    assert hutong("cat", "/bank-a/shared/s.txt", env=env).stdout == b"shared with dan\n"
+    for argv in (["cat", "/bank-a/data/x.bin"], ["ls", "/bank-a/data"],
+                 ["get", "/bank-a/data/x.bin", "-"]):
+        proc = hutong(*argv, env=env, check=False)
+        assert proc.returncode == 2, argv
+        assert "no such file" in proc.stderr.decode()
+    df = _frame(500)
+    with gfs.open_namespace("bank") as ns, ns.open("/bank-a/shared/g.parquet", "wb") as f:
+        df.to_parquet(f)  # type: ignore[attr-defined]
+    back = pd.read_parquet("gfs://bank-a/shared/g.parquet",
+                           storage_options={"profile": "telco", "skip_instance_cache": True})
+    pd.testing.assert_frame_equal(back, df)
+    with pytest.raises(FileNotFoundError):
+        pd.read_parquet("gfs://bank-a/data/x.bin",
+                        storage_options={"profile": "telco", "skip_instance_cache": True})

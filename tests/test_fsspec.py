@@ -186,3 +186,17 @@ def test_dask_dataframe_read(fs: Client) -> None:
         assert int(ddf.id.sum().compute()) == int(df.id.sum())
         means = ddf.groupby("city").x.mean().compute()
     assert means.round(9).to_dict() == df.groupby("city").x.mean().round(9).to_dict()
+
+
+def test_the_instance_cache_follows_the_selected_tree(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsspec caches filesystems by their options; the tree they select is resolved
+    first, so switching $HUTONG_STATE (or the profile) never reuses the other tree's."""
+    for name in ("one", "two"):
+        with Client.init(tmp_path / name) as c:
+            c.write_bytes("/which", name.encode())
+    monkeypatch.setenv("HUTONG_STATE", str(tmp_path / "one"))
+    assert fsspec.filesystem("gfs").cat("/which") == b"one"
+    monkeypatch.setenv("HUTONG_STATE", str(tmp_path / "two"))
+    assert fsspec.filesystem("gfs").cat("/which") == b"two"
+    assert fsspec.filesystem("gfs", state=str(tmp_path / "one")).cat("/which") == b"one"
