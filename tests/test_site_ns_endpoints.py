@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gfs.errors import NotFoundError, UnavailableSiteError
+from gfs.errors import ExistsError, NotEmptyError, NotFoundError, UnavailableSiteError
 from gfs.federation.auth import AuthError, EntityKeys
-from gfs.federation.http import BadRequestError
+from gfs.federation.http import ApiError, BadRequestError
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
 
@@ -98,6 +98,25 @@ def test_symlink_setattr_xattrs_du(fed: Federation) -> None:
         assert sc.stat("/bank-a/data/f").mode & 0o7777 == 0o640
         with pytest.raises(NotFoundError):
             sc.stat("/bank-a/data/ghost")
+
+
+def test_ranged_reads_of_one_version(fed: Federation) -> None:
+    data = bytes(range(256)) * 4000
+    with _site(fed, "bank-a") as owner, _site(fed, "telco-b") as sc:
+        owner.write("/bank-a/rw/big", data)
+        st = sc.stat("/bank-a/rw/big")
+        assert sc.read("/bank-a/rw/big", 1000, 300_000, version=st.version) == \
+            data[1000:300_000]
+        assert sc.read("/bank-a/rw/big", 1_020_000) == data[1_020_000:]
+        assert sc.read("/bank-a/rw/big", 2_000_000, 3_000_000) == b""
+        owner.write("/bank-a/rw/big", b"new")
+        with pytest.raises(ApiError) as e:
+            sc.read("/bank-a/rw/big", 0, 10, version=st.version)
+        assert e.value.status == 409 and e.value.code == "version_changed"
+        with pytest.raises(BadRequestError, match="start"):
+            sc.call("GET", "/v1/ns/read", query={"path": "/bank-a/rw/big", "start": "-1"})
+        with pytest.raises(AuthError):  # a range does not widen the grant
+            sc.read("/bank-a/data/secret.txt", 0, 4)
 
 
 def test_visible_and_filtered_listing_for_a_grantee(fed: Federation) -> None:
@@ -184,3 +203,20 @@ def test_unreachable_site_is_unavailable_site_error() -> None:
             pytest.raises(UnavailableSiteError) as e:
         sc.health()
     assert e.value.errno == errno.EHOSTUNREACH and isinstance(e.value, ConnectionError)
+
+
+def test_errors_come_back_as_gfs_errors(fed: Federation) -> None:
+    with _site(fed, "bank-a") as sc:
+        sc.mkdir("/bank-a/errs/sub", parents=True)
+        with pytest.raises(ExistsError):
+            sc.mkdir("/bank-a/errs/sub")
+        with pytest.raises(NotEmptyError):
+            sc.remove("/bank-a/errs")
+        with pytest.raises(NotFoundError):
+            sc.list_dir("/bank-a/errs/none")
+        with pytest.raises(AuthError) as e:
+            sc.stat("/telco-b/x")                  # not this site's entity
+        assert isinstance(e.value, PermissionError) and e.value.code == "path_outside_root"
+        assert sc.ls("/bank-a/errs/sub") == []
+        sc.write("/bank-a/errs/f", b"f")
+        assert [e.path for e in sc.ls("/bank-a/errs/f")] == ["/bank-a/errs/f"]  # a file: itself

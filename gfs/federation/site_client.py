@@ -138,8 +138,11 @@ class SiteClient:
     """Typed calls to one site, authenticated with entity `keys` or a `token`."""
 
     def __init__(self, base_url: str, keys: EntityKeys | None = None, token: str | None = None,
-                 *, timeout: float = 30.0) -> None:
-        self.http = HttpClient(base_url, keys=keys, token=token, timeout=timeout)
+                 *, timeout: float = 30.0, **options: Any) -> None:
+        """`options` go to the HttpClient below (the one place a site connection is
+        made: transport options such as TLS trust belong here) and to `with_timeout`."""
+        self.options = options
+        self.http = HttpClient(base_url, keys=keys, token=token, timeout=timeout, **options)
 
     @property
     def base_url(self) -> str:
@@ -158,7 +161,8 @@ class SiteClient:
     def with_timeout(self, timeout: float) -> SiteClient:
         """Another client of the same site whose answers may take `timeout` seconds
         (a reconcile round or a mover pull moves data); close it after use."""
-        return SiteClient(self.base_url, self.http.keys, self.http.token, timeout=timeout)
+        return SiteClient(self.base_url, self.http.keys, self.http.token, timeout=timeout,
+                          **self.options)
 
     def call(self, method: str, path: str, payload: Any = None, *,
              query: Mapping[str, str] | None = None, body: bytes | None = None,
@@ -217,9 +221,19 @@ class SiteClient:
                             [(r.id, r.length) for r in refs_from_wire(d["chunks"])],
                             [str(s) for s in d["sites"]])
 
-    def read(self, path: str) -> bytes:
-        """The whole file (checked against the caller's grants at the primary)."""
-        data = self.call("GET", "/v1/ns/read", query={"path": path})
+    def read(self, path: str, start: int = 0, end: int | None = None, *,
+             version: int | None = None) -> bytes:
+        """Bytes [start, end) of file `path` (checked against the caller's grants at the
+        primary; at most 64 MiB per call); with `version`, ApiError 409
+        `version_changed` if the file has another version now."""
+        q = {"path": path}
+        if start:
+            q["start"] = str(start)
+        if end is not None:
+            q["end"] = str(end)
+        if version is not None:
+            q["version"] = str(version)
+        data = self.call("GET", "/v1/ns/read", query=q)
         return data if isinstance(data, bytes) else str(data).encode()
 
     def write(self, path: str, data: bytes) -> Stat:

@@ -164,13 +164,15 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
 
 
-def _version(request: web.Request) -> int | None:
-    v = request.query.get("if_version")
+def _uint(request: web.Request, name: str, what: str) -> int | None:
+    """Query parameter `name` as a non-negative integer (absent: None); BadRequestError
+    naming `what` it must be."""
+    v = request.query.get(name)
     if v is None:
         return None
     if not v.isdigit() or len(v) > 20:
-        raise BadRequestError(f"query parameter 'if_version' must be a directory's change "
-                              f"version (a non-negative integer), not {v!r}")
+        raise BadRequestError(f"query parameter {name!r} must be {what} (a non-negative "
+                              f"integer), not {v!r}")
     return int(v)
 
 
@@ -182,7 +184,7 @@ async def ns_stat(request: web.Request) -> web.Response:
 
 async def ns_list(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
-    if_version = _version(request)
+    if_version = _uint(request, "if_version", "a directory's change version")
     path, keep = await _run(site.list_access, p, request.query.get("path", ""))
     return web.json_response(await _run(site.listing, path, if_version, keep))
 
@@ -216,13 +218,23 @@ async def ns_manifest(request: web.Request) -> web.Response:
 async def ns_read(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     path = await _run(site.check_path, p, request.query.get("path", ""), False)
+    start = _uint(request, "start", "a byte offset") or 0
+    end = _uint(request, "end", "a byte offset")
+    version = _uint(request, "version", "the file version to read")
 
     def read() -> bytes:
         st, m = site.manifest(path)
-        if st.size > MAX_BODY:
-            raise ApiError(f"{path} is {st.size} bytes; read it chunk by chunk", 413,
-                           "too_large")
-        return site.client.open_version(path, m).read()
+        if version is not None and st.version != version:
+            raise ApiError(f"{path} is at version {st.version} now, not {version}; stat it "
+                           "and read the current version", 409, "version_changed")
+        stop = st.size if end is None else min(end, st.size)
+        first = min(start, stop)
+        if stop - first > MAX_BODY:
+            raise ApiError(f"{path}: {stop - first} bytes asked for; read at most {MAX_BODY} "
+                           "per request (start, end)", 413, "too_large")
+        with site.client.open_version(path, m) as f:
+            f.seek(first)
+            return f.read(stop - first)
     return web.Response(body=await _run(read), content_type="application/octet-stream")
 
 

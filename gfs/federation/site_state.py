@@ -50,6 +50,7 @@ from gfs.federation.http import (
     HttpClient,
     Metrics,
 )
+from gfs.federation.site_client import SiteClient
 from gfs.federation.vault import Vault
 from gfs.federation.wire import (
     check_name,
@@ -474,15 +475,13 @@ class Site:
         if not rec.get("mover"):
             raise ApiError(f"source site {name} runs no mover; copy with /v1/chunks/get and "
                            "/v1/chunks/put instead", 409, "no_mover")
-        peer = HttpClient(str(rec["endpoint"]), keys=self.keys, timeout=10)
         try:
-            sess = peer.call("POST", "/v1/mover/session", {})
+            with SiteClient(str(rec["endpoint"]), keys=self.keys, timeout=10) as peer:
+                sess = peer.mover_session()
         except ConnectionError as e:
             raise ApiError(f"source site {name} does not answer: {e}", 502,
                            "source_unreachable") from None
-        finally:
-            peer.close()
-        return (str(sess["host"]), int(sess["port"])), bytes.fromhex(sess["secret"]), name
+        return (sess.host, sess.port), bytes.fromhex(sess.secret), name
 
     def pull(self, peer: tuple[str, int], cids: list[bytes], secret: bytes, streams: int,
              label: str) -> TransferStats:
