@@ -104,6 +104,10 @@ def weed_server(root: Path, host: str = "127.0.0.1") -> tuple[list[str], Endpoin
     argv = [_weed(), "server", f"-ip={host}", f"-ip.bind={host}", f"-dir={root / 'data'}",
             "-s3", f"-s3.port={s3_port}", f"-s3.config={conf}", "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            # 1 GiB volumes, up to 64: with the defaults (30 GB volumes, their number
+            # from the free disk) each bucket's growth takes a few and, after a minute
+            # or two of run time, a new bucket gets "no free volumes left" (HTTP 500).
+            "-master.volumeSizeLimitMB=1024", "-volume.max=64",
             *[f"{k}={v}" for k, v in ports.items()]]
     return argv, Endpoint("seaweedfs", f"http://{host}:{s3_port}", "BENCHKEY", "benchsecret")
 
