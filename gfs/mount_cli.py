@@ -190,7 +190,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _mount_global(args: argparse.Namespace, profile: str) -> int:
     from gfs.mount_global import GlobalMountOptions, run_global_mount
-    from gfs.profiles import open_namespace
+    from gfs.profiles import ProfileError, open_namespace
+
+    if args.disk_cache_dir is not None or args.disk_cache_size is not None:
+        raise ProfileError(f"profile {profile!r} mounts the federation, whose disk tier is "
+                           "the profile's cache directory; drop --disk-cache-dir/"
+                           "--disk-cache-size (or set the profile's cache directory)")
 
     opts = GlobalMountOptions(meta_ttl=args.meta_ttl, meta_entries=args.meta_entries,
                               allow_other=args.allow_other, debug=args.fuse_debug,

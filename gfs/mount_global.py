@@ -370,7 +370,7 @@ class GlobalOperations(pyfuse3.Operations):
         sst = self._stat(src)
         sp = self._spool_at(src)
         if sp is not None and sp.commit(self.ns):  # open for writing here: content first
-            self.meta.invalidate(src)
+            self.meta.invalidate(src)  # (a created file is settled by the same commit)
         try:
             dst_st: Stat | None = self._stat(dst)
         except NotFoundError:
@@ -577,7 +577,7 @@ class GlobalOperations(pyfuse3.Operations):
             raise
         self.meta.invalidate(sp.path)
         if created:  # it keeps the number it was created with
-            self.inodes.bind(self.meta.refresh(sp.path), h.ino)
+            self.inodes.expect(sp.path, h.ino)
 
     async def flush(self, fh: int) -> None:
         h = self._handles.get(fh)
@@ -630,19 +630,31 @@ class GlobalOperations(pyfuse3.Operations):
         values = await self._run(self._xattrs, inode)
         return [n.encode(errors="surrogateescape") for n in sorted(values)]
 
+    def _settle(self, path: str) -> None:
+        """Commit a file created here and not committed yet (so that the namespace has
+        it to attach attributes to)."""
+        sp = self._spool_at(path)
+        if sp is not None and sp.created and sp.commit(self.ns):
+            self.meta.invalidate(path)
+
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
         if not name.startswith(b"user."):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         path = self._path(inode)
         key = name.decode(errors="surrogateescape")
-        await self._change(lambda: self.ns.set_xattrs(path, {key: value}), path)
+
+        def op() -> None:
+            self._settle(path)
+            self.ns.set_xattrs(path, {key: value})
+        await self._change(op, path)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         path = self._path(inode)
         key = name.decode(errors="surrogateescape")
 
         def op() -> None:
+            self._settle(path)
             values = self.ns.xattrs(path)
             if key not in values:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

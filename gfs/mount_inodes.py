@@ -46,6 +46,9 @@ class InodeTable:
         self._at: dict[str, int] = {"/": ROOT_INO}
         self._lookups: dict[int, int] = {}
         self._gone: set[int] = set()
+        #: path -> number of a file created by the mount and committed, until the back
+        #: end's inode number of it is first seen
+        self._expected: dict[str, int] = {}
 
     def _key(self, st: Stat) -> Key:
         return (self._scope(st.path), st.ino) if st.ino else ("/", st.path)
@@ -58,8 +61,10 @@ class InodeTable:
         with self._lock:
             ino = self._by_key.get(key)
             if ino is None or ino in self._gone:  # a removed entry's number is not reused
-                ino = self._next
-                self._next += 1
+                ino = self._expected.pop(st.path, None)
+                if ino is None or ino in self._gone or ino not in self._path:
+                    ino = self._next
+                    self._next += 1
                 self._by_key[key] = ino
                 self._key_of[ino] = key
             self._path[ino] = st.path
@@ -67,18 +72,14 @@ class InodeTable:
             self._gone.discard(ino)
             return ino
 
-    def bind(self, st: Stat, ino: int) -> None:
-        """Entry `st` is local inode `ino` (a file created by the mount, numbered before
-        its first commit gave it a back-end inode)."""
-        key = self._key(st)
+    def expect(self, path: str, ino: int) -> None:
+        """The file created as local `ino` at `path` was committed: the back-end inode
+        number seen next at `path` is `ino`'s (without asking for it now)."""
         with self._lock:
-            old = self._key_of.get(ino)
+            old = self._key_of.pop(ino, None)
             if old is not None and self._by_key.get(old) == ino:
-                del self._by_key[old]  # its path no longer names it once renamed
-            self._by_key[key] = ino
-            self._key_of[ino] = key
-            self._path[ino] = st.path
-            self._at[st.path] = ino
+                del self._by_key[old]
+            self._expected[path] = ino
 
     def path(self, ino: int) -> str:
         """The current path of local inode `ino` (NotFoundError if it was forgotten)."""
@@ -119,6 +120,7 @@ class InodeTable:
     def removed(self, path: str) -> None:
         """Entry `path` was removed: its number lives on only while the kernel holds it."""
         with self._lock:
+            self._expected.pop(path, None)
             ino = self._at.pop(path, None)
             if ino is None or ino == ROOT_INO or self._path.get(ino) != path:
                 return
@@ -131,6 +133,10 @@ class InodeTable:
         """`src` was renamed to `dst`: it and everything below it keep their numbers."""
         below = src.rstrip("/") + "/"
         with self._lock:
+            for p, ino in list(self._expected.items()):
+                if p == src or p.startswith(below):
+                    del self._expected[p]
+                    self._expected[dst + p[len(src):]] = ino
             for ino, p in list(self._path.items()):
                 if p == src:
                     new = dst

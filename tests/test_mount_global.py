@@ -3,9 +3,11 @@ POSIX operations, close-to-open, metadata cache round trips, errors."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -15,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from gfs.client import Client
+from gfs.federation.auth import EntityKeys
+from gfs.profiles import add_profile
+from tests.test_cli_behaviour import assert_one_error, hutong
 from tests.test_mount_helpers import (
     Mounted,
     assert_edits,
@@ -224,3 +229,43 @@ def test_entries_are_shown_as_the_mounting_users_and_truncate_keeps_the_head(
     assert (g.mnt / "theirs").read_bytes() == (bytes(range(256)) * 4)[:1000]
     os.truncate(g.mnt / "theirs", 0)
     assert (g.mnt / "theirs").stat().st_size == 0
+
+
+def test_sigterm_commits_a_file_held_open_then_unmounts(tmp_path: Path) -> None:
+    """The embedded mount's drain (gfs.mount.serve), on the global mount: what an open
+    writer wrote is committed whole, the mount unmounts and exits 0."""
+    state = tmp_path / "state"
+    init_store(state)
+    data = os.urandom(3 << 20)
+    for m in global_mount(state, tmp_path / "mnt"):
+        f = open(m.mnt / "held.bin", "wb")  # noqa: SIM115
+        f.write(data)
+        f.flush()
+        m.m.proc.send_signal(signal.SIGTERM)
+        assert m.m.proc.wait(timeout=60) == 0, m.m.log_text()
+        assert not os.path.ismount(m.mnt)
+        with contextlib.suppress(OSError):
+            f.close()
+    with Client(state) as c:
+        assert c.read_bytes("/held.bin") == data
+
+
+def test_mount_of_a_profile_refuses_the_embedded_disk_tier_flags(tmp_path: Path) -> None:
+    EntityKeys.create(tmp_path / "keys", "lab")
+    add_profile("p", registry="http://127.0.0.1:9", entity="lab", keys=tmp_path / "keys")
+    (tmp_path / "mnt").mkdir()
+    proc = hutong("--profile", "p", "mount", str(tmp_path / "mnt"), "--disk-cache-dir",
+                  str(tmp_path / "c"), check=False)
+    assert proc.returncode == 2
+    assert_one_error(proc.stderr)
+    assert b"cache directory" in proc.stderr and not os.path.ismount(tmp_path / "mnt")
+
+
+def test_xattr_of_a_file_still_being_written(g: GMounted) -> None:
+    with open(g.mnt / "new.bin", "wb") as f:
+        f.write(b"part one")
+        f.flush()
+        os.setxattr(g.mnt / "new.bin", "user.origin", b"sensor-7")  # not committed yet
+        f.write(b", part two")
+    assert (g.mnt / "new.bin").read_bytes() == b"part one, part two"
+    assert os.getxattr(g.mnt / "new.bin", "user.origin") == b"sensor-7"
