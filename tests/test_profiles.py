@@ -110,13 +110,18 @@ def test_keys_of_another_entity_and_reserved_names_are_refused(keys: Path,
     assert not profiles.exists()
 
 
-def test_unknown_profile_names_the_remedy(state_dir: Path) -> None:
+def test_unknown_profile_names_the_remedy(state_dir: Path, keys: Path,
+                                          profiles: Path) -> None:
+    hutong("profile", "add", "keep", "--registry", REGISTRY, "--entity", "bank-a", "--keys",
+           str(keys), "--use")
+    before = profiles.read_bytes()
     for argv in (["profile", "use", "nope"], ["profile", "rm", "nope"],
                  ["--profile", "nope", "ls", "/"], ["--profile", "nope", "profile", "ls"]):
         proc = hutong(*argv, state=state_dir, check=False)
         assert proc.returncode == 2, argv
         assert_one_error(proc.stderr)
         assert "no profile 'nope'" in proc.stderr.decode()
+        assert profiles.read_bytes() == before
 
 
 def test_corrupt_file_is_a_clear_error(profiles: Path, state_dir: Path) -> None:
