@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gfs.codec import decode_blob
 from gfs.errors import (
     CrossEntityError,
     FileTooLargeError,
@@ -25,6 +26,7 @@ from gfs.errors import (
 )
 from gfs.federation.http import HttpClient
 from gfs.federation.namespace import FederatedNamespace
+from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
 from gfs.federation.views import Visibility
 
@@ -312,15 +314,46 @@ def test_a_read_whose_only_holder_dies_is_unavailable_not_lost(mirrored: Federat
         assert e.value.errno == errno.EHOSTUNREACH
 
 
-def test_a_grantee_gets_a_clear_error_for_a_file_too_large_to_read_whole(
-        fed: Federation) -> None:
+def test_a_grantee_reads_chunk_by_chunk_through_the_read_stack(fed: Federation,
+                                                                tmp_path: Path) -> None:
+    """Larger than one request may carry (64 MiB), through the memory and disk tiers."""
     with _ns(fed, "bank") as owner:
         owner.write_bytes("/bank/shared/huge.bin", bytes(65 << 20))  # zeros: one chunk
-    with _ns(fed, "telco") as ns:
-        assert ns.stat("/bank/shared/huge.bin").size == 65 << 20
-        with pytest.raises(FileTooLargeError, match="read and written whole") as e:
-            ns.open("/bank/shared/huge.bin")
-        assert e.value.errno == errno.EFBIG
+        tail = os.urandom(3 << 20)
+        owner.write_bytes("/bank/shared/tail.bin", tail)
+    with _ns(fed, "telco", cache_dir=tmp_path / "cache") as ns:
+        with ns.open("/bank/shared/huge.bin") as f:
+            f.seek((65 << 20) - 10)
+            assert f.read() == bytes(10)
+        assert ns.read_bytes("/bank/shared/tail.bin") == tail
+        assert ns.chunks.stats().disk is not None and ns.chunks.stats().disk["admitted"] > 0
+        assert set(ns.fc.chunks_from) == {"bank-1"}
+
+
+def test_chunks_by_path_serve_only_that_files_chunks(fed: Federation) -> None:
+    """The attacker's side of chunk reads by path: a grantee gets the chunks of a file it
+    may read, and nothing else — not another file's chunks named with a granted path,
+    not a path outside its grants, not chunks without a path."""
+    with _ns(fed, "bank") as owner:
+        secret = owner.fc.manifest("/bank/secret/keys.txt").refs()[0].id
+        shared = owner.fc.manifest("/bank/shared/q1/data.csv").refs()[0].id
+    url = fed.sites["bank-1"]["url"]
+    with SiteClient(url, keys=fed.keys("telco")) as sc:
+        [blob] = sc.get([shared], path="/bank/shared/q1/data.csv")
+        assert blob is not None and decode_blob(blob, expect_id=shared) == b"a,b\n1,2\n"
+        for ids, path in (([secret], "/bank/shared/q1/data.csv"),
+                          ([shared, secret], "/bank/shared/q1/data.csv"),
+                          ([secret], "/bank/secret/keys.txt"),
+                          ([shared], None)):
+            with pytest.raises(PermissionError):
+                sc.get(ids, path=path)
+        with pytest.raises(ValueError, match="owner"):
+            sc.get([shared], owner="telco", path="/bank/shared/q1/data.csv")
+    token = fed.keys("bank").mint_token("ann", "read", "/bank/shared", ttl=600)
+    with SiteClient(url, token=token) as sc:
+        assert sc.get([shared], path="/bank/shared/q1/data.csv")[0] is not None
+        with pytest.raises(PermissionError):
+            sc.get([secret], path="/bank/secret/keys.txt")
 
 
 def test_one_namespace_serves_many_threads(fed: Federation) -> None:
@@ -360,3 +393,8 @@ def test_a_grantee_writes_where_it_may(fed: Federation) -> None:
     with _ns(fed, "bank") as owner:
         assert owner.read_bytes("/bank/inbox/report.csv") == b"x,y\n"
         assert not owner.exists("/bank/inbox/huge.bin")
+
+
+def test_credentials_of_another_entity_are_refused_at_once(fed: Federation) -> None:
+    with pytest.raises(PermissionDeniedError, match="credentials are 'bank'"):
+        FederatedNamespace(fed.registry_url, keys=fed.keys("bank"), entity="telco")

@@ -268,13 +268,14 @@ class FederationClient:
         return ManifestReader(self.cache, norm, manifest).read_range(0, manifest.size)
 
     def fetch_chunks(self, site: str, owner: str, cids: list[bytes], problems: list[str],
-                     *, blobs: bool = False) -> dict[bytes, bytes]:
+                     *, blobs: bool = False, path: str | None = None) -> dict[bytes, bytes]:
         """Verified raw chunks `cids` of entity `owner` that `site` returns (`blobs`: their
         stored blobs, from the owner's own sites only); bad copies are counted and
-        described in `problems`."""
+        described in `problems`. A caller that is not the owner reads only chunks of a
+        file it may read (`path`), at the owner's primary."""
         rec = self.sites()[site]
         foreign = rec["entity"] != owner
-        if foreign and (self.keys is None or blobs):
+        if foreign and (self.keys is None or blobs or not self._owner_mode(owner)):
             return {}
         out: dict[bytes, bytes] = {}
         sc = self.site(site)
@@ -284,8 +285,8 @@ class FederationClient:
                 assert self.keys is not None
                 keys = self.keys
                 frames = sc.get([keyed_chunk_id(c, keys.id_key) for c in batch], owner=owner)
-            else:
-                frames = sc.get(batch)
+            else:  # a caller that may not read every chunk names the file (`path`)
+                frames = sc.get(batch, path=None if self._owner_mode(owner) else path)
             for cid, blob in zip(batch, frames, strict=True):
                 if not blob:
                     continue

@@ -332,9 +332,6 @@ class FederatedNamespace:
         if mode not in ("rb", "r"):
             raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
         with self._at(path) as (norm, site):
-            if not self.fc.owner_mode(paths.split(norm)[0]):
-                # a grantee may not read chunks: whole files through the primary
-                return io.BufferedReader(io.BytesIO(self._whole(norm, site)))
             try:
                 m = site.manifest(norm)
             except ConnectionError:  # the primary is down: from a mirror
@@ -347,13 +344,6 @@ class FederatedNamespace:
         manifest = Manifest(m.stat.version, tuple(m.refs()))
         return io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
                                                 read_ahead=self.read_ahead), 1 << 20)
-
-    def _whole(self, norm: str, site: SiteClient) -> bytes:
-        """File `norm` read whole through its primary (a grantee's read)."""
-        try:
-            return site.read(norm)
-        except IsADirError:
-            raise _not_a_file(self.stat(norm)) from None
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""

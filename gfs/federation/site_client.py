@@ -310,14 +310,18 @@ class SiteClient:
             out += [bool(x) for x in self._json("POST", "/v1/chunks/has", body)["have"]]
         return out
 
-    def get(self, cids: Sequence[bytes], *, owner: str | None = None) -> list[bytes | None]:
+    def get(self, cids: Sequence[bytes], *, owner: str | None = None,
+            path: str | None = None) -> list[bytes | None]:
         """The stored blobs of `cids` (at most MAX_IDS), None where the site has none;
-        the caller verifies them."""
+        the caller verifies them. With `path`, chunks of that file (a grantee's or a
+        prefix token's read, at the primary)."""
         if len(cids) > MAX_IDS:
             raise ValueError(f"at most {MAX_IDS} chunk ids per get, not {len(cids)}")
         body: dict[str, Any] = {"ids": ids_to_wire(cids)}
         if owner is not None:
             body["owner"] = owner
+        if path is not None:
+            body["path"] = path
         data = self.call("POST", "/v1/chunks/get", body)
         frames = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(cids))
         got: list[bytes | None] = [f or None for f in frames]

@@ -119,8 +119,15 @@ async def chunks_has(request: web.Request) -> web.Response:
 async def chunks_get(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
     owner = _owner(site, data)
-    site.check_owner(p, owner, write=False)
     cids = parse_ids(data)
+    path = field(data, "path", str, None)
+    if path is None:
+        site.check_owner(p, owner, write=False)
+    elif owner != site.entity:
+        raise BadRequestError("chunks are read by file path from the file's own entity's "
+                              "primary; leave 'owner' out")
+    else:  # a grantee or a prefix token: the chunks of one file it may read
+        await _run(site.check_file_chunks, p, path, cids)
 
     def read() -> bytes:
         if owner == site.entity:

@@ -370,6 +370,20 @@ class Site:
             lambda txn: namespace.set_attrs(txn, path, mode=mode, atime_ns=atime_ns,
                                             mtime_ns=mtime_ns)))
 
+    def check_file_chunks(self, p: Principal, path: str, cids: list[bytes]) -> None:
+        """Chunk reads by a principal that may read file `path` but not every chunk of the
+        entity (a grantee, a prefix token): only chunks of the file's current version,
+        here at the primary; AuthError otherwise. The ids follow from bytes the caller
+        may read anyway, so the answer tells nothing of other files."""
+        norm = self.check_path(p, path, write=False)
+        _, m = self.manifest(norm)
+        held = {r.id for r in m.chunks}
+        stray = [c for c in cids if c not in held]
+        if stray:
+            raise AuthError(f"{len(stray)} of the chunk ids asked for are not chunks of the "
+                            f"current version of {norm} (first {stray[0].hex()}); read "
+                            "its manifest again", 403, "forbidden")
+
     def check_owner(self, p: Principal, owner: str, write: bool) -> None:
         """Chunk-level access: only the owner entity itself (signed, or an entity-wide
         token; write needs write scope)."""

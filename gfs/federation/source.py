@@ -59,7 +59,17 @@ class SiteSource:
             raise ChunkMissingError(path, f"chunk {cids[0].hex()}: no file names the entity "
                                     "that owns it; read it through a path /ENTITY/...")
         owner = parts[0]
-        holders = self._holders_of(path, owner)
+        if self.fc.owner_mode(owner):
+            holders = self._holders_of(path, owner)
+        else:  # a grantee reads the file's chunks at the primary (first of the holders)
+            with self._lock:
+                known = self._holders.get(path)
+            if known is None:
+                try:
+                    known = [self.fc.primary(path)[1]]
+                except HutongError:  # no such entity, or no primary: no holder to ask
+                    known = []
+            holders = known[:1]
         todo = list(dict.fromkeys(cids))
         got: dict[bytes, bytes] = {}
         problems: list[str] = []
@@ -69,7 +79,8 @@ class SiteSource:
                 break
             tried = True
             try:
-                fetched = self.fc.fetch_chunks(site, owner, todo, problems, blobs=blobs)
+                fetched = self.fc.fetch_chunks(site, owner, todo, problems, blobs=blobs,
+                                               path=path)
             except HutongError as e:
                 problems.append(f"{site}: {e}")
                 answered = answered or not isinstance(e, ConnectionError)
