@@ -1,4 +1,4 @@
-"""Running and measuring subprocesses; hashing and verifying restored trees."""
+"""Running and measuring subprocesses and FUSE mounts; hashing and verifying restored trees."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +128,65 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+READ_BLOCK = 8 << 20
+
+
+def drop_page_cache(path: Path) -> None:
+    """Drop the page cache of one file or of every file below a directory."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def write_random(path: Path, size: int) -> Path:
+    """Write `size` random bytes (nothing compresses or deduplicates) to `path`."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            k = min(left, 64 << 20)
+            f.write(os.urandom(k))
+            left -= k
+    return path
+
+
+def read_file(path: Path, block: int = READ_BLOCK) -> int:
+    """Read `path` sequentially in `block`-sized reads; return the bytes read."""
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(block)
+        while k := f.readinto(buf):
+            n += k
+    return n
+
+
+@contextmanager
+def mounted(argv: list[str], mnt: Path, log: Path, timeout: float = 60,
+            env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Run the FUSE mount command `argv` (foreground; `env`: its whole environment) until
+    `mnt` is a mount point; unmount and stop it when the block ends."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                env=dict(env) if env is not None else None)
+    try:
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mount of {mnt} by `{' '.join(argv)}` failed: "
+                                   f"{log.read_text(errors='replace')[-500:]}")
+            time.sleep(0.05)
+        yield
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
+                       capture_output=True)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -17,66 +17,23 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
+from bench._measure import drop_page_cache, mounted, read_file, write_random
 from bench.report import headline, table
 from gfs.units import size_arg
 
 BLOCK = 8 << 20
 
 
-def _drop(path: Path) -> None:
-    """Drop the page cache of one file or of every file below a directory."""
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def _read_file(path: Path) -> int:
-    n = 0
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(BLOCK)
-        while k := f.readinto(buf):
-            n += k
-    return n
-
-
 def _timed(fn: Callable[[], int]) -> tuple[float, int]:
     t = time.perf_counter()
     n = fn()
     return time.perf_counter() - t, n
-
-
-@contextmanager
-def _mounted(argv: list[str], mnt: Path, log: Path) -> Iterator[None]:
-    mnt.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[0]} mount failed: {log.read_text()[-500:]}")
-            time.sleep(0.05)
-        yield
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
-                       capture_output=True)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _small_files(root: Path, n: int, size: int, sub: str) -> tuple[float, float, float]:
@@ -142,13 +99,7 @@ def main(argv: list[str]) -> int:
     try:
         local = work / "local"
         local.mkdir()
-        big = local / "big.bin"
-        with open(big, "wb") as f:
-            left = size
-            while left:
-                k = min(left, 64 << 20)
-                f.write(os.urandom(k))
-                left -= k
+        big = write_random(local / "big.bin", size)
         state = work / "state"
         with Client.init(state) as c:
             c.put(big, "/big.bin")
@@ -157,8 +108,8 @@ def main(argv: list[str]) -> int:
             for label in ("cold", "warm"):
                 if label == "cold":
                     for p in drop:
-                        _drop(p)
-                secs, n = _timed(lambda: _read_file(path))
+                        drop_page_cache(p)
+                secs, n = _timed(lambda: read_file(path))
                 assert n == size, f"{name}: read {n} of {size} bytes"
                 mbs = n / secs / 1e6
                 figures[f"{name}_{label}"] = mbs
@@ -173,7 +124,7 @@ def main(argv: list[str]) -> int:
                     n += len(data)
             return n
 
-        _drop(state / "pools")
+        drop_page_cache(state / "pools")
         fs = HutongFileSystem(str(state), skip_instance_cache=True,
                               cache_bytes=min(size + (64 << 20), 3 << 30))
         for label in ("cold", "warm"):
@@ -186,7 +137,7 @@ def main(argv: list[str]) -> int:
         mnt = work / "mnt"
         hutong = [sys.executable, "-m", "gfs.cli", "--state", str(state), "mount", str(mnt),
                   "--cache-size", str(512 << 20)]
-        with _mounted(hutong, mnt, work / "mount.log"):
+        with mounted(hutong, mnt, work / "mount.log"):
             seq("hutong mount", mnt / "big.bin", [state / "pools"])
             fuse_small = _small_files(mnt, nfiles, 4096, "small-hutong")
             par["hutong mount"] = _parallel_creates(mnt, nfiles // 2, 4096, "par-hutong")
@@ -195,7 +146,7 @@ def main(argv: list[str]) -> int:
         if have_rclone:
             rclone = ["rclone", "mount", str(local), str(rmnt), "--vfs-cache-mode", "off",
                       "--read-only=false"]
-            with _mounted(rclone, rmnt, work / "rclone.log"):
+            with mounted(rclone, rmnt, work / "rclone.log"):
                 seq("rclone mount", rmnt / "big.bin", [big])
                 rclone_small = _small_files(rmnt, nfiles, 4096, "small-rclone")
                 par["rclone mount"] = _parallel_creates(rmnt, nfiles // 2, 4096, "par-rclone")

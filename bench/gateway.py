@@ -89,9 +89,9 @@ def _weed() -> str:
     return str(exe)
 
 
-@contextlib.contextmanager
-def seaweedfs(root: Path) -> Iterator[Endpoint]:
-    """`weed server -s3` with one SigV4 identity, its data under `root`."""
+def weed_server(root: Path, host: str = "127.0.0.1") -> tuple[list[str], Endpoint]:
+    """argv of `weed server -s3` bound to `host`, with one SigV4 identity and its data
+    under `root`, and the S3 endpoint it will serve."""
     (root / "data").mkdir(parents=True)
     conf = root / "s3.json"
     conf.write_text(json.dumps({"identities": [{
@@ -101,26 +101,46 @@ def seaweedfs(root: Path) -> Iterator[Endpoint]:
     ports = {f"-{k}": str(_free_port()) for k in (
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
         "filer.port.grpc", "s3.port.grpc", "metricsPort")}
-    argv = [_weed(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
+    argv = [_weed(), "server", f"-ip={host}", f"-ip.bind={host}", f"-dir={root / 'data'}",
             "-s3", f"-s3.port={s3_port}", f"-s3.config={conf}", "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            # 1 GiB volumes, up to 64: with the defaults (30 GB volumes, their number
+            # from the free disk) each bucket's growth takes a few and, after a minute
+            # or two of run time, a new bucket gets "no free volumes left" (HTTP 500).
+            "-master.volumeSizeLimitMB=1024", "-volume.max=64",
             *[f"{k}={v}" for k, v in ports.items()]]
+    return argv, Endpoint("seaweedfs", f"http://{host}:{s3_port}", "BENCHKEY", "benchsecret")
+
+
+def wait_s3(ep: Endpoint, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Wait until a bucket can be made and written at `ep` (SeaweedFS's master, volume
+    and filer all up); SystemExit when `alive()` turns false or after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    s3 = ep.client()
+    while True:
+        try:
+            s3.create_bucket(Bucket="probe")
+            s3.put_object(Bucket="probe", Key="p", Body=b"p")
+            return
+        except Exception:
+            if not alive() or time.monotonic() > deadline:
+                raise SystemExit(f"bench: the S3 server at {ep.url} did not come up "
+                                 f"within {timeout:.0f} s") from None
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def seaweedfs(root: Path) -> Iterator[Endpoint]:
+    """`weed server -s3` on loopback with one SigV4 identity, its data under `root`."""
+    argv, ep = weed_server(root)
     log = open(root / "weed.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    ep = Endpoint("seaweedfs", f"http://127.0.0.1:{s3_port}", "BENCHKEY", "benchsecret")
     try:
-        deadline = time.monotonic() + 120
-        s3 = ep.client()
-        while True:  # ready when a bucket can be made (master, volume and filer all up)
-            try:
-                s3.create_bucket(Bucket="probe")
-                s3.put_object(Bucket="probe", Key="p", Body=b"p")
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"bench gateway: weed did not start; see {root}/weed.log"
-                                     ) from None
-                time.sleep(0.5)
+        try:
+            wait_s3(ep, 120, lambda: proc.poll() is None)
+        except SystemExit:
+            raise SystemExit(f"bench gateway: weed did not start; see {root}/weed.log"
+                             ) from None
         yield ep
     finally:
         proc.terminate()

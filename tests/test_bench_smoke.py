@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,40 @@ def test_ingest_machinery_hutong(tmp_path: Path, capsys: pytest.CaptureFixture[s
     print_results([res])
     out = capsys.readouterr().out
     assert "hutong" in out and "ingest:" in out
+
+
+@pytest.mark.slow
+def test_globalfs_quick_runs_every_system() -> None:
+    """`python -m bench globalfs --quick`: the topology on the emulated WAN, the link
+    measured, JuiceFS beside us (unless it is not installed, which the table says), our
+    federated rows; about a minute on an idle machine, 90 s at a load of 9 on 2 cores."""
+    from gfs.testing.wan import unavailable_reason
+
+    why = unavailable_reason()
+    if why:
+        pytest.skip(why)
+    from bench import _federated, _juicefs
+
+    t = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "bench", "globalfs", "--quick"],
+                         capture_output=True, text=True, timeout=240, check=False)
+    elapsed = time.monotonic() - t
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("globalfs: ") and " target=" in last, out.stdout
+    figures = dict(kv.split("=", 1) for kv in last.removeprefix("globalfs: ").split())
+    assert float(figures["rtt_ms"]) == pytest.approx(40, abs=8)
+    assert float(figures["link_mbs"]) > 5
+    jfs_why = _juicefs.unavailable_reason()
+    if jfs_why:
+        assert f"juicefs: not measured: {jfs_why}" in out.stdout
+    else:
+        assert float(figures["cold_wan_jfs"]) > 0 and float(figures["ls_jfs_rtts"]) > 0
+    ours_why = _federated.unavailable_reason()
+    if ours_why:
+        assert f"ours: not measured: {ours_why}" in out.stdout
+    else:
+        for key in ("cold_wan_mount", "cold_wan_gfs", "warm_wan_mount", "cold_lo_mount",
+                    "ls_mount_rtts", "stat_mount_rtts", "creates_hutong_per_s"):
+            assert float(figures[key]) > 0, (key, last)
+    assert elapsed < 150, f"globalfs --quick took {elapsed:.0f} s"  # ~60 s on an idle machine

@@ -93,6 +93,12 @@ class Site:
         """`argv` run inside this site's namespace."""
         return ["ip", "netns", "exec", self.netns, *argv]
 
+    def net_argv(self, argv: Sequence[str]) -> list[str]:
+        """`argv` run in this site's network namespace only: unlike `argv()` (whose
+        `ip netns exec` gives the command a private mount namespace), a FUSE mount it
+        makes is visible to every process on the machine."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
+
 
 @dataclass
 class Wan:
@@ -181,7 +187,7 @@ def unavailable_reason() -> str | None:
     if sys.platform != "linux":
         return "the emulated WAN needs Linux network namespaces"
     for tool, pkg in (("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables"),
-                      ("sysctl", "procps")):
+                      ("sysctl", "procps"), ("nsenter", "util-linux")):
         if shutil.which(tool) is None:
             return f"the emulated WAN needs `{tool}`: install the Debian package {pkg}"
     if not os.path.exists("/dev/net/tun"):

@@ -1,0 +1,465 @@
+"""`python -m bench globalfs [--quick]`: the global namespace over an emulated WAN, beside JuiceFS.
+
+Three hosts in network namespaces (gfs.testing.wan), each on a link of 1 Gbit/s
+with 0.1% loss, 40 ms RTT between any two:
+
+* A: the registry and bank-a's primary site;
+* B: telco-b's primary site, holding the data set, and JuiceFS's servers
+  (Redis for metadata, `weed server -s3` of SeaweedFS for data);
+* C: the client: `hutong mount --profile` acting for telco-b with its keys,
+  gfs:// reads in a process there, and a JuiceFS mount.
+
+Measured in the same run: the RTT (UDP probes from C to B) and the link rate
+(iperf3 from B to C with 1 and 4 streams; the link rate is the larger). On
+loopback: the embedded mount (`hutong --state S mount`) of a store holding the
+same tree, and the same federation on 127.0.0.x with our mount and gfs://.
+
+The data set (bench._fsops): a 1 GiB random file, two directories of 10,000
+empty files and 1,000 creates of 4 KiB. Rows: cold sequential read (every
+client cache empty, the servers' page cache of the stored data dropped) and
+warm re-read; `ls -l` of one directory and a stat of every file of the other,
+in round trips of the link (total time / RTT, the target's measure) and the
+round trips beyond the embedded mount's time for the same on loopback (the
+local cost of FUSE and of the program); creates per second (bounded in time). JuiceFS
+writes its copy through a mount on B (beside its servers) and reads through a
+fresh mount on C, with its default options.
+
+Targets (issue 12): cold reads on the WAN >= 80% of the link rate (mount and
+gfs://); on loopback >= 50% of the embedded mount's cold read; warm re-reads
+>= 80% of the embedded mount's; `ls -l` and the stats within 3 round trips.
+JuiceFS's figures stand beside ours; the targets hold either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import _federated, _juicefs
+from bench._federated import Ours, fill_site
+from bench._fsops import (
+    Dataset,
+    Timing,
+    creates,
+    fill_client,
+    fill_dir,
+    ls_l,
+    make_dataset,
+    sequential_read,
+    stat_all,
+)
+from bench._measure import hutong_cmd, mounted
+from bench.report import headline, table
+from gfs.client import Client
+from gfs.federation.testing import Federation
+from gfs.testing.wan import Link, Wan, emulated_wan, measure_udp, unavailable_reason
+from gfs.units import size_arg
+
+RTT = 0.040
+LOSS = 0.001
+RATE_BPS = 1e9
+URL = "gfs://telco-b/bench/big.bin"
+ROUND_TRIPS = 3.0
+"""Target: a listing or the stats of a whole directory in at most this many RTTs."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and time bounds of one run."""
+
+    size: int
+    entries: int
+    creates: int
+    iperf_seconds: int
+    budget: float
+    """Seconds at most for the stats and for the creates of one system."""
+
+
+FULL = Plan(1 << 30, 10_000, 1_000, 6, 60.0)
+QUICK = Plan(32 << 20, 1_000, 100, 2, 2.0)
+
+
+@dataclass
+class Tree:
+    """What one system's tree measured (None: not measured)."""
+
+    cold: Timing | None = None
+    warm: Timing | None = None
+    ls: Timing | None = None
+    stat: Timing | None = None
+    creates: Timing | None = None
+
+
+@dataclass
+class Results:
+    """Every figure of the run, by system."""
+
+    rtt: float = RTT
+    link_1: float = 0.0
+    link_4: float = 0.0
+    trees: dict[str, Tree] = field(default_factory=dict)
+    gfs: dict[str, tuple[Timing, Timing]] = field(default_factory=dict)
+    why_not: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def link_mbs(self) -> float:
+        return max(self.link_1, self.link_4) / 8 / 1e6
+
+
+def measure_tree(base: Path, ds: Dataset, plan: Plan, drop: Sequence[Path] = ()) -> Tree:
+    """Every operation on the tree at `base` (a mount), in the order the rows show."""
+    t = Tree()
+    t.cold = sequential_read(base / "big.bin", ds.size, cold=True, drop=tuple(drop))
+    t.warm = sequential_read(base / "big.bin", ds.size, cold=False)
+    t.ls = ls_l(base / "list", ds.entries, timeout=max(300.0, plan.budget))
+    t.stat = stat_all(base / "stat", ds.entries, plan.budget)
+    t.creates = creates(base / "creates", ds.creates, plan.budget)
+    return t
+
+
+def _iperf(wan: Wan, seconds: int) -> tuple[float, float]:
+    """Bits per second from B to C with 1 and with 4 TCP streams (the first second, slow
+    start, left out)."""
+    wan.popen("b", ["iperf3", "-s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wan.wait_tcp("c", wan["b"].address, 5201)
+    got = []
+    for streams in (1, 4):
+        out = wan.run("c", ["iperf3", "-c", wan["b"].address, "-R", "-J", "-t", str(seconds),
+                            "-O", "1", "-P", str(streams)], timeout=seconds + 60)
+        got.append(float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]))
+    return got[0], got[1]
+
+
+@dataclass
+class Setup:
+    """What the set-up phase started and filled, for the measuring phase."""
+
+    ours: Ours | None = None
+    wan_fed: Federation | None = None
+    wan_pools: Path | None = None
+    lo_fed: Federation | None = None
+    lo_pools: Path | None = None
+    jfs: _juicefs.Volume | None = None
+    embedded: Path | None = None
+
+
+def _start_federation(stack: contextlib.ExitStack, root: Path, ds: Dataset,
+                      wan: Wan | None) -> tuple[Federation, Path]:
+    """The registry (host A), bank-a's primary (A) and telco-b's (B, holding the data
+    set); on loopback only the registry and telco-b's site."""
+    fed = stack.enter_context(Federation(root, wan=wan, heartbeat=0.5, ttl=5.0))
+    stack.callback(_kill_all, fed)  # runs first: a bench needs no graceful stop
+    fed.registry(netns="a" if wan else None)
+    if wan is not None:
+        fed.site("a1", "bank-a", "cn-north", primary=True, netns="a")
+    fed.site("b1", "telco-b", "cn-east", primary=True, netns="b" if wan else None)
+    return fed, fill_site(fed, "b1", "/telco-b/bench", ds)
+
+
+def _kill_all(fed: Federation) -> None:
+    """kill -9 every process of `fed` (its state is thrown away with the work directory)."""
+    for name in list(fed.procs):
+        fed.kill(name, signal.SIGKILL)
+    if fed.registry_proc is not None:
+        fed.registry_proc.stop(signal.SIGKILL)
+        fed.registry_proc = None
+
+
+def _fill_juicefs(servers: _juicefs.Servers, wan: Wan, work: Path,
+                  ds: Dataset) -> _juicefs.Volume:
+    """Format the volume and write the data set through a JuiceFS mount on B."""
+    volume = servers.format()
+    mb = work / "mnt-jfs-b"
+    with mounted(_juicefs.mount_argv(wan, "b", volume, mb, work / "jfs-cache-b"), mb,
+                 work / "jfs-b.log"):
+        fill_dir(mb, ds)
+    return volume
+
+
+def _fill_embedded(work: Path, ds: Dataset) -> Path:
+    emb = work / "embedded"
+    with Client.init(emb) as c:
+        fill_client(c, "/bench", ds)
+    return emb
+
+
+def set_up(stack: contextlib.ExitStack, wan: Wan, servers: _juicefs.Servers | None,
+           work: Path, ds: Dataset, ours_ok: bool) -> Setup:
+    """Start and fill every system, ours and the embedded store at once (nothing is
+    measured meanwhile)."""
+    st = Setup()
+    with ThreadPoolExecutor(3) as pool:
+        emb = pool.submit(_fill_embedded, work, ds)
+        feds = [pool.submit(_start_federation, stack, work / name, ds, w)
+                for name, w in (("fed", wan), ("fed-lo", None))] if ours_ok else []
+        st.embedded = emb.result()
+        if feds:
+            st.ours = Ours(work / "ours")
+            st.wan_fed, st.wan_pools = feds[0].result()
+            st.lo_fed, st.lo_pools = feds[1].result()
+    # JuiceFS's fill alone: beside the others its 2 x entries creates over FUSE and
+    # SeaweedFS's start-up slowed down six-fold (7.5 -> 44 s) on a 2-core machine.
+    st.jfs = None if servers is None else _fill_juicefs(servers, wan, work, ds)
+    return st
+
+
+def measure_wan(st: Setup, wan: Wan, servers: _juicefs.Servers | None, work: Path,
+                ds: Dataset, plan: Plan, res: Results, done: Callable[[str], None]) -> None:
+    """Our global mount and gfs:// on host C, then JuiceFS's mount on host C."""
+    if st.ours is not None and st.wan_fed is not None and st.wan_pools is not None:
+        ours, fed = st.ours, st.wan_fed
+        mnt = work / "mnt-ours"
+        argv = wan["c"].net_argv(ours.mount_argv(ours.add_profile(fed, "telco-b", "b1"), mnt))
+        with mounted(argv, mnt, work / "mount-ours.log", env=ours.env):
+            res.trees["hutong mount"] = measure_tree(mnt / "telco-b" / "bench", ds, plan,
+                                                     (st.wan_pools,))
+        done("the global mount on C measured")
+        res.gfs["gfs://"] = ours.gfs_reads(wan["c"].net_argv([]), URL,
+                                           ours.add_profile(fed, "telco-b", "b1"), ds.size)
+        done("gfs:// on C measured")
+    if servers is not None and st.jfs is not None:
+        mc = work / "mnt-jfs-c"
+        with mounted(_juicefs.mount_argv(wan, "c", st.jfs, mc, work / "jfs-cache-c"), mc,
+                     work / "jfs-c.log"):
+            res.trees["juicefs mount"] = measure_tree(mc, ds, plan, (servers.root / "weed",))
+        done("JuiceFS on C measured")
+
+
+def measure_loopback(st: Setup, work: Path, ds: Dataset, plan: Plan, res: Results,
+                     done: Callable[[str], None]) -> None:
+    """The embedded mount, then our global mount and gfs:// on the loopback federation."""
+    emb = st.embedded
+    assert emb is not None
+    mnt = work / "mnt-embedded"
+    with mounted([*hutong_cmd(), "--state", str(emb), "mount", str(mnt)], mnt,
+                 work / "mount-embedded.log"):
+        res.trees["embedded mount (lo)"] = measure_tree(mnt / "bench", ds, plan,
+                                                        (emb / "pools",))
+    done("the embedded mount measured")
+    if st.ours is None or st.lo_fed is None or st.lo_pools is None:
+        return
+    ours, fed = st.ours, st.lo_fed
+    mnt = work / "mnt-ours-lo"
+    with mounted(ours.mount_argv(ours.add_profile(fed, "telco-b", "b1"), mnt), mnt,
+                 work / "mount-ours-lo.log", env=ours.env):
+        res.trees["hutong mount (lo)"] = measure_tree(mnt / "telco-b" / "bench", ds,
+                                                      plan, (st.lo_pools,))
+    done("the global mount on loopback measured")
+    res.gfs["gfs:// (lo)"] = ours.gfs_reads([], URL, ours.add_profile(fed, "telco-b", "b1"),
+                                            ds.size)
+    done("gfs:// on loopback measured")
+
+
+class _Progress:
+    """One line on stderr as each phase ends (a full run takes minutes)."""
+
+    def __init__(self) -> None:
+        self.t0 = self.t = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        print(f"globalfs: {phase} ({now - self.t:.1f} s, {now - self.t0:.0f} s in all)",
+              file=sys.stderr, flush=True)
+        self.t = now
+
+
+def run(work: Path, plan: Plan) -> Results:
+    """Build the topology, measure every system, tear everything down."""
+    res = Results()
+    done = _Progress()
+    ds = make_dataset(work, plan.size, plan.entries, plan.creates)
+    done("data set written")
+    ours_why = _federated.unavailable_reason()
+    jfs_why = _juicefs.unavailable_reason()
+    if ours_why:
+        res.why_not["ours"] = ours_why
+    if jfs_why:
+        res.why_not["juicefs"] = jfs_why
+    link = Link(delay=RTT / 4, rate_bps=RATE_BPS, loss=LOSS)
+    with emulated_wan({"a": link, "b": link, "c": link}, nice=-5) as wan, \
+            contextlib.ExitStack() as stack:
+        servers = None if jfs_why else _juicefs.Servers(wan, "b", work / "jfs")
+        probe = measure_udp(wan, "c", "b", count=20, interval=0.02)
+        res.rtt = statistics.median(probe["rtts"])
+        res.link_1, res.link_4 = _iperf(wan, plan.iperf_seconds)
+        done("RTT and link rate measured")
+        st = set_up(stack, wan, servers, work, ds, not ours_why)
+        done("every system started and filled")
+        measure_wan(st, wan, servers, work, ds, plan, res, done)
+        measure_loopback(st, work, ds, plan, res, done)
+    done("torn down")
+    return res
+
+
+# -- the table ---------------------------------------------------------------------------
+
+class Verdicts:
+    """Rows of the table and whether each of our targets is met."""
+
+    def __init__(self, res: Results, ds_size: int, entries: int) -> None:
+        self.res, self.size, self.entries = res, ds_size, entries
+        self.rows: list[list[object]] = []
+        self.met: dict[str, bool] = {}
+        self.figures: dict[str, object] = {}
+
+    def ratio(self, key: str, where: str, op: str, system: str, t: Timing | None,
+              ref: float | None, ref_name: str, want: float | None) -> None:
+        """A throughput row: MB/s, and its ratio to `ref` MB/s against target `want`."""
+        if t is None or ref is None or ref <= 0:
+            self.rows.append([where, op, system, "n/a", ref_name, "n/a",
+                              f">= {want:.0%} missed" if want else "peer"])
+            if want:
+                self.met[key] = False
+                self.figures[key] = "n/a"
+            return
+        r = t.mbs / ref
+        ok = want is None or r >= want
+        self.rows.append([where, op, system, f"{t.mbs:.0f} MB/s", f"{ref_name} {ref:.0f} MB/s",
+                          f"{r:.2f}", (f">= {want:.0%} " + ("met" if ok else "missed"))
+                          if want else "peer"])
+        if want is not None:
+            self.met[key] = ok
+        self.figures[key] = round(r, 3)
+
+    def round_trips(self, key: str, op: str, system: str, t: Timing | None,
+                    target: bool, local: Timing | None) -> None:
+        """A listing row: seconds and round trips of the link (extrapolated when the time
+        budget ran out before the last entry); beside them, the round trips beyond
+        `local`, the same operation on the embedded mount (FUSE and the program's own
+        cost, no network)."""
+        if t is None:
+            self.rows.append(["WAN", op, system, "n/a", "", "n/a",
+                              f"<= {ROUND_TRIPS:g} RTT missed" if target else "peer"])
+            if target:
+                self.met[key] = False
+                self.figures[key] = "n/a"
+            return
+        secs = t.seconds * (t.wanted / t.done) if t.done else float("inf")
+        rtts = secs / self.res.rtt
+        ok = rtts <= ROUND_TRIPS
+        note = "" if t.complete else f" ({t.done} of {t.wanted} in the time bound)"
+        beyond = None
+        if local is not None and local.complete:
+            beyond = (secs - local.seconds) / self.res.rtt
+            note += f" ({beyond:.1f} RTT beyond the embedded mount's {local.seconds:.2f} s)"
+        self.rows.append(["WAN", op, system, f"{secs:.2f} s{note}",
+                          f"RTT {self.res.rtt * 1e3:.1f} ms", f"{rtts:.1f} RTT",
+                          (f"<= {ROUND_TRIPS:g} RTT " + ("met" if ok else "missed"))
+                          if target else "peer"])
+        if target:
+            self.met[key] = ok
+        self.figures[key] = round(rtts, 1)
+        if beyond is not None:
+            self.figures[f"{key}_beyond"] = round(beyond, 1)
+
+
+def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
+    """The table, whether every target is met, and the headline's figures."""
+    v = Verdicts(res, plan.size, plan.entries)
+    link = res.link_mbs
+    v.rows.append(["WAN", "link rate (iperf3 B->C, 1 / 4 streams)", "iperf3",
+                   f"{res.link_1 / 8e6:.0f} / {res.link_4 / 8e6:.0f} MB/s",
+                   f"RTT {res.rtt * 1e3:.1f} ms", "", ""])
+    trees, gfs = res.trees, res.gfs
+    mount, lo_mount = trees.get("hutong mount"), trees.get("hutong mount (lo)")
+    jfs, emb = trees.get("juicefs mount"), trees.get("embedded mount (lo)")
+    g, g_lo = gfs.get("gfs://"), gfs.get("gfs:// (lo)")
+    emb_cold = emb.cold.mbs if emb and emb.cold else None
+    emb_warm = emb.warm.mbs if emb and emb.warm else None
+    mib = f"{plan.size >> 20} MiB"
+    v.ratio("cold_wan_mount", "WAN", f"cold read {mib}", "hutong mount",
+            mount.cold if mount else None, link, "link", 0.8)
+    v.ratio("cold_wan_gfs", "WAN", f"cold read {mib}", "gfs://", g[0] if g else None, link,
+            "link", 0.8)
+    v.ratio("cold_wan_jfs", "WAN", f"cold read {mib}", "juicefs mount",
+            jfs.cold if jfs else None, link, "link", None)
+    v.ratio("warm_wan_mount", "WAN", f"warm re-read {mib}", "hutong mount",
+            mount.warm if mount else None, emb_warm, "embedded", 0.8)
+    v.ratio("warm_wan_gfs", "WAN", f"warm re-read {mib}", "gfs://", g[1] if g else None,
+            emb_warm, "embedded", 0.8)
+    v.ratio("warm_wan_jfs", "WAN", f"warm re-read {mib}", "juicefs mount",
+            jfs.warm if jfs else None, emb_warm, "embedded", None)
+    for key, system, tree in (("mount", "hutong mount", mount), ("jfs", "juicefs mount", jfs)):
+        v.round_trips(f"ls_{key}_rtts", f"ls -l of {plan.entries} entries", system,
+                      tree.ls if tree else None, key == "mount", emb.ls if emb else None)
+        v.round_trips(f"stat_{key}_rtts", f"stat of {plan.entries} files", system,
+                      tree.stat if tree else None, key == "mount", emb.stat if emb else None)
+    for system, tree in (("hutong mount", mount), ("juicefs mount", jfs),
+                         ("embedded mount (lo)", emb)):
+        c = tree.creates if tree else None
+        v.rows.append(["WAN" if "lo" not in system else "loopback",
+                       f"{plan.creates} creates of 4 KiB", system,
+                       f"{c.rate:.0f} files/s" + ("" if c.complete else
+                                                  f" ({c.done} in the time bound)")
+                       if c else "n/a", "", "", ""])
+        if c:
+            v.figures[f"creates_{system.split()[0]}_per_s"] = round(c.rate, 1)
+    v.ratio("cold_lo_mount", "loopback", f"cold read {mib}", "hutong mount",
+            lo_mount.cold if lo_mount else None, emb_cold, "embedded", 0.5)
+    v.ratio("cold_lo_gfs", "loopback", f"cold read {mib}", "gfs://", g_lo[0] if g_lo else None,
+            emb_cold, "embedded", 0.5)
+    v.ratio("warm_lo_mount", "loopback", f"warm re-read {mib}", "hutong mount",
+            lo_mount.warm if lo_mount else None, emb_warm, "embedded", 0.8)
+    v.ratio("warm_lo_gfs", "loopback", f"warm re-read {mib}", "gfs://",
+            g_lo[1] if g_lo else None, emb_warm, "embedded", 0.8)
+    if emb and emb.cold and emb.warm:
+        v.rows.append(["loopback", f"cold / warm read {mib}", "embedded mount",
+                       f"{emb.cold.mbs:.0f} / {emb.warm.mbs:.0f} MB/s", "", "", "reference"])
+    for system, tree in (("hutong mount", lo_mount),):
+        if tree and tree.ls and tree.stat:  # what the listings cost without a WAN
+            v.rows.append(["loopback", f"ls -l / stat of {plan.entries}", system,
+                           f"{tree.ls.seconds:.2f} / {tree.stat.seconds:.2f} s", "", "",
+                           "reference"])
+    text = table(["where", "operation", "system", "result", "against", "ratio", "target"],
+                 v.rows)
+    for who, why in res.why_not.items():
+        text += f"\n{who}: not measured: {why}"
+    figures: dict[str, object] = {"rtt_ms": round(res.rtt * 1e3, 1),
+                                  "link_mbs": round(link), **v.figures,
+                                  "size_mib": plan.size >> 20}
+    return text, bool(v.met) and all(v.met.values()), figures
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench globalfs")
+    ap.add_argument("--quick", action="store_true",
+                    help="32 MiB file, 1,000 entries, 100 creates (about a minute)")
+    ap.add_argument("--size", type=size_arg, help="large file size (1GiB)")
+    ap.add_argument("--entries", type=int, help="entries per listed directory (10000)")
+    ap.add_argument("--dir", help="work directory (default: a temporary one)")
+    args = ap.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.size:
+        plan = dataclasses.replace(plan, size=args.size)
+    if args.entries:
+        plan = dataclasses.replace(plan, entries=args.entries)
+    why = unavailable_reason()
+    if why:
+        print(f"bench globalfs: cannot build the emulated WAN: {why}", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-globalfs-", dir=args.dir))
+    try:
+        res = run(work, plan)
+        text, met, figures = report(res, plan)
+        print(text)
+        print(headline("globalfs", met, **figures), flush=True)
+    finally:  # several GiB: slow where the disk discards freed blocks
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
