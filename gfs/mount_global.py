@@ -81,6 +81,8 @@ class _Handle:
     spool: Spool | None
     writable: bool
     lock: threading.Lock
+    #: (version, size, mtime_ns) of the committed version `reader` reads, when known
+    version: tuple[int, int, int] | None = None
 
 
 def _name(raw: bytes) -> str:
@@ -109,6 +111,8 @@ class GlobalOperations(pyfuse3.Operations):
         self.inodes = InodeTable(scope)
         self._pool = ThreadPoolExecutor(self.opts.threads, thread_name_prefix="hutong-gfuse")
         self._handles: dict[int, _Handle] = {}
+        #: inode -> the version whose pages the kernel may still cache (read-only opens)
+        self._page_versions: dict[int, tuple[int, int, int]] = {}
         self._dirs: dict[int, list[tuple[bytes, Stat]]] = {}
         #: Spools by namespace path (one per file open for writing in this mount).
         self._spools: dict[str, Spool] = {}
@@ -276,6 +280,7 @@ class GlobalOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             self.inodes.forget(ino, n)
+            self._page_versions.pop(ino, None)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
@@ -466,6 +471,7 @@ class GlobalOperations(pyfuse3.Operations):
                 sp.handles += 1
         try:
             reader: BinaryIO | None = None
+            version: tuple[int, int, int] | None = None
             if sp is None:
                 st = self.meta.refresh(path)  # close-to-open: the version committed now
                 if st.kind == "dir":
@@ -475,6 +481,8 @@ class GlobalOperations(pyfuse3.Operations):
                 reader.seek(0)
                 if size != st.size:  # committed meanwhile: the size of what is read
                     self.meta.put(replace(st, size=size))
+                else:
+                    version = (st.version, st.size, st.mtime_ns)
             elif fresh and not flags & os.O_TRUNC:
                 st = self.meta.refresh(path)
                 if st.kind == "dir":
@@ -487,7 +495,7 @@ class GlobalOperations(pyfuse3.Operations):
             if sp is not None:
                 self._drop_spool(sp)
             raise
-        return _Handle(0, path, reader, sp, writable, threading.Lock())
+        return _Handle(0, path, reader, sp, writable, threading.Lock(), version)
 
     def _drop_spool(self, sp: Spool) -> None:
         with self._spool_lock:
@@ -515,7 +523,14 @@ class GlobalOperations(pyfuse3.Operations):
             pyfuse3.invalidate_inode(inode, attr_only=True)
         except OSError as e:
             log.debug("attribute invalidation of %s: %s", path, e)
-        return pyfuse3.FileInfo(fh=self._new_fh(h, inode), keep_cache=False)
+        # The kernel's page cache of the file survives this open only if it holds the
+        # version this handle reads (the last read-only open saw the same one).
+        keep = h.version is not None and self._page_versions.get(inode) == h.version
+        if h.version is None:
+            self._page_versions.pop(inode, None)
+        else:
+            self._page_versions[inode] = h.version
+        return pyfuse3.FileInfo(fh=self._new_fh(h, inode), keep_cache=keep)
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext

@@ -32,6 +32,34 @@ _CHANGES = frozenset({"write_bytes", "mkdir", "rm", "mv", "symlink", "chmod", "u
                       "set_xattrs"})
 
 
+class CountingReader:
+    """A reader that logs "read" for every call that fetches file data."""
+
+    def __init__(self, inner: Any, log: Any, lock: threading.Lock) -> None:
+        self._inner, self._log, self._lock = inner, log, lock
+
+    def _note(self) -> None:
+        with self._lock:
+            self._log.write("read\n")
+
+    def read(self, *args: Any) -> Any:
+        self._note()
+        return self._inner.read(*args)
+
+    def readinto(self, *args: Any) -> Any:
+        self._note()
+        return self._inner.readinto(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __enter__(self) -> CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.close()
+
+
 class CountingNamespace:
     """A Namespace that logs the name of every method called on it, injects the faults
     of the fault file, then delegates."""
@@ -79,7 +107,10 @@ class CountingNamespace:
             with self._lock:
                 self._log.write(f"{name}\n")
             self._inject(name, args, kwargs)
-            return attr(*args, **kwargs)
+            out = attr(*args, **kwargs)
+            if name == "open" and "w" not in (args[1:2] or (kwargs.get("mode", "rb"),))[0]:
+                return CountingReader(out, self._log, self._lock)
+            return out
         return call
 
 

@@ -137,6 +137,23 @@ def test_ls_l_of_a_big_directory_costs_one_listing(tmp_path: Path) -> None:
         assert after["stat"] <= 3, after  # the path to the directory, not its entries
 
 
+def test_an_unchanged_file_is_read_again_from_the_page_cache(g: GMounted) -> None:
+    data = os.urandom(3 << 20)
+    with Client(g.state) as c:
+        c.write_bytes("/f", data)
+    assert (g.mnt / "f").read_bytes() == data  # first open: fetched
+    before = g.calls()
+    assert (g.mnt / "f").read_bytes() == data  # same version: the kernel's pages
+    again = g.calls() - before
+    assert again["open"] == 1 and again["read"] == 0, again
+    with Client(g.state) as c:  # a new version (same size) behind the mount's back
+        c.write_bytes("/f", data[::-1])
+    deadline = time.monotonic() + 10
+    while (g.mnt / "f").read_bytes() != data[::-1]:  # within the metadata TTL
+        assert time.monotonic() < deadline, "the new version never showed"
+    assert g.calls()["read"] > before["read"]
+
+
 def _faults(m: GMounted, **kinds: list[str]) -> None:
     tmp = m.calls_log.with_suffix(".tmp")
     tmp.write_text(json.dumps(kinds))
