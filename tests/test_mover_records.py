@@ -270,7 +270,11 @@ def test_altered_send_fails_and_the_server_commits_nothing(
         finally:
             relay.close()
         if action != "cut":
-            assert isinstance(info.value, mover.MoverRecordError), info.value
+            # The server refuses the bad record and closes; the sender learns why, or
+            # only that the connection was reset when it was still writing (a race).
+            assert isinstance(info.value, mover.MoverRecordError) \
+                or any(w in str(info.value) for w in ("connection reset", "connection closed")), \
+                info.value
             assert srv.counters()["auth_failures"] == 1  # the server saw the bad record
         assert relay.hits == 1
     assert _held(dst, ids) == []

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
 from gfs.client import Client
+from gfs.federation.http import HttpClient
 from gfs.federation.testing import Federation
 from gfs.tiering.policy import TierPolicy
 
 
-def _metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
+def _metric(site: HttpClient, name: str) -> float:
+    """A figure of the site's /metrics, read over TLS as a user trusting the registry."""
+    status, body, _ = site.request("GET", "/metrics")
+    assert status == 200, body[:200]
+    for line in body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
 def test_background_tierer_moves_idle_chunks_to_cold(tmp_path: Path) -> None:
     with Federation(tmp_path / "fed", tier_interval=0.3) as fed:
         fed.registry()
-        url = fed.site("w1", "lab", "cn-west", primary=True)
+        fed.site("w1", "lab", "cn-west", primary=True)
+        url = fed.http("w1")
         state = fed.sites["w1"]["state"]
         with Client(state) as local:
             local.add_pool("archive", str(tmp_path / "cold"), tier="cold")
