@@ -192,25 +192,26 @@ class Federation:
 
     def wait_trusted(self, entity: str, timeout: float = 20.0) -> None:
         """Wait until every running site accepts `entity`'s certificate (it learns a new
-        entity's CA from the registry within one heartbeat)."""
-        mine = trust_for(self.keys(entity))
-        assert mine is not None
-        deadline = time.monotonic() + timeout
+        entity's CA from the registry within one heartbeat). A site in a network
+        namespace is asked from inside it (the test's own namespace cannot reach it)."""
+        first = next(s for s in self.sites.values() if s["entity"] == entity)
+        keys_dir = str(first["state"] / "federation")
         for name, s in self.sites.items():
             if name not in self.procs or s["entity"] == entity:
                 continue
-            while True:
-                h = HttpClient(str(s["url"]), keys=self.keys(entity), tls=mine, site=name)
-                try:
-                    h.call("GET", "/v1/status")
-                    break
-                except HutongError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"site {name} does not accept {entity}'s "
-                                           f"certificate after {timeout} s") from None
-                    time.sleep(0.1)
-                finally:
-                    h.close()
+            url = str(s["url"])
+            if s["netns"] is None:
+                ok = accepted(url, keys_dir, name, timeout)
+            else:
+                probe = ("import sys; from gfs.federation.testing import accepted; "
+                         "sys.exit(0 if accepted(*sys.argv[1:4], float(sys.argv[4])) else 1)")
+                argv = self._in(s["netns"], [sys.executable, "-c", probe, url, keys_dir, name,
+                                             str(timeout)])
+                ok = subprocess.run(argv, capture_output=True, timeout=timeout + 30,
+                                    check=False).returncode == 0
+            if not ok:
+                raise TimeoutError(f"site {name} does not accept {entity}'s certificate "
+                                   f"after {timeout} s")
 
     def http(self, site: str, *, keys: EntityKeys | None = None, token: str | None = None,
              timeout: float = 30.0) -> HttpClient:
@@ -260,3 +261,23 @@ class Federation:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def accepted(url: str, keys_dir: str, site: str, timeout: float) -> bool:
+    """Whether site `site` at `url` answers a request signed with the keys in `keys_dir`
+    (over mutual TLS) within `timeout` seconds, asking every 0.1 s."""
+    keys = EntityKeys.load(keys_dir)
+    mine = trust_for(keys)
+    assert mine is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        h = HttpClient(url, keys=keys, tls=mine, site=site)
+        try:
+            h.call("GET", "/v1/status")
+            return True
+        except HutongError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        finally:
+            h.close()
