@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from gfs import namespace, paths
+from gfs import namespace, namespace_api, paths
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.env import META_ENV
 from gfs.errors import (
@@ -221,11 +221,7 @@ class Client:
 
     def exists(self, path: str) -> bool:
         """Whether `path` exists."""
-        try:
-            self.stat(path)
-        except NotFoundError:
-            return False
-        return True
+        return namespace_api.exists(self, path)
 
     def ls(self, path: str = "/") -> list[Stat]:
         """The entries of directory `path` (or the file itself), by name."""

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
+from gfs.errors import NotFoundError
+
 if TYPE_CHECKING:
     from gfs.meta import Inode
 
@@ -195,6 +197,16 @@ class Namespace(Protocol):
     def close(self) -> None:
         """Release connections and caches."""
         ...
+
+
+def exists(ns: Namespace, path: str) -> bool:
+    """Whether `path` names an entry of `ns` (one that the caller may see): what every
+    back end's `exists` answers."""
+    try:
+        ns.stat(path)
+    except NotFoundError:
+        return False
+    return True
 
 
 def stat_to_wire(st: Stat) -> dict[str, Any]:

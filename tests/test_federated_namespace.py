@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -259,31 +260,38 @@ def test_primary_down_writes_are_erofs_and_reads_need_a_holder(mirrored: Federat
         assert not ns.exists("/lab/d/g.txt")
 
 
+
+def kill_primary_during_commit(fed: Federation, site: str, w: Any) -> list[BaseException]:
+    """Close writer `w` on a thread, kill -9 `site` once it has stored the first chunks
+    of that commit (its /metrics), and return what the close raised."""
+    failure: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            w.close()
+        except BaseException as e:  # handed to the test thread
+            failure.append(e)
+    t = threading.Thread(target=close)
+    t.start()
+    probe = fed.http(site, timeout=5)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the primary stored the first chunks
+        if b"chunks_stored_total" in probe.call("GET", "/metrics"):
+            break
+    probe.close()
+    assert t.is_alive(), "the commit ended before the kill: nothing tested"
+    fed.kill(site)
+    t.join(60)
+    assert not t.is_alive()
+    return failure
+
 def test_kill_9_of_the_primary_during_an_upload_leaves_nothing(mirrored: Federation) -> None:
     data = os.urandom(64 << 20)
     with _ns(mirrored, "lab") as ns:
         ns.write_bytes("/lab/up.bin", b"old")
         w = ns.open("/lab/up.bin", "wb")
         w.write(data)
-        failure: list[BaseException] = []
-
-        def close() -> None:
-            try:
-                w.close()
-            except BaseException as e:  # handed to the test thread
-                failure.append(e)
-        t = threading.Thread(target=close)
-        t.start()
-        probe = mirrored.http("lab-1", timeout=5)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # until the primary stored the first chunks
-            text = probe.call("GET", "/metrics")
-            if b"chunks_stored_total" in text:
-                break
-        probe.close()
-        mirrored.kill("lab-1")
-        t.join(60)
-        assert not t.is_alive()
+        failure = kill_primary_during_commit(mirrored, "lab-1", w)
         assert failure and isinstance(failure[0], ReadOnlyError), failure  # mid-upload
     mirrored.start("lab-1")
     mirrored.wait_status("lab-1", "up")

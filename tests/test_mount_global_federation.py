@@ -246,25 +246,7 @@ def test_kill_9_of_the_primary_during_a_write(lab_fed: Federation, tmp_path: Pat
         target = m.mnt / "lab" / "up.bin"
         w = open(target, "wb")  # noqa: SIM115
         w.write(data)  # spooled: the commit starts at close
-        failure: list[BaseException] = []
-
-        def close() -> None:
-            try:
-                w.close()
-            except BaseException as e:  # handed to the test thread
-                failure.append(e)
-        t = threading.Thread(target=close)
-        t.start()
-        probe = lab_fed.http("lab-1", timeout=5)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # until the primary stored the first chunks
-            if b"chunks_stored_total" in probe.call("GET", "/metrics"):
-                break
-        probe.close()
-        assert t.is_alive(), "the commit ended before the kill: nothing tested"
-        lab_fed.kill("lab-1")
-        t.join(60)
-        assert not t.is_alive()
+        failure = fedns.kill_primary_during_commit(lab_fed, "lab-1", w)
         assert failure and isinstance(failure[0], OSError), failure
         assert failure[0].errno in (errno.EROFS, errno.EHOSTUNREACH), failure
     lab_fed.start("lab-1")

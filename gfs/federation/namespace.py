@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gfs import paths
+from gfs import namespace_api, paths
 from gfs.disk_cache import DiskCache
 from gfs.errors import (
     ConfigError,
@@ -269,11 +269,7 @@ class FederatedNamespace:
 
     def exists(self, path: str) -> bool:
         """Whether `path` names an entry the caller may see."""
-        try:
-            self.stat(path)
-        except NotFoundError:
-            return False
-        return True
+        return namespace_api.exists(self, path)
 
     def ls(self, path: str = "/") -> list[Stat]:
         """The entries of directory `path` (or the file itself), each with its full Stat;
