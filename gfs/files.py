@@ -23,26 +23,45 @@ class _Aborted(Exception):
     """Raised into a write session to abandon it without committing."""
 
 
-class NsWriter(io.RawIOBase):
-    """Streaming writer; the file appears (or is replaced) atomically on close."""
+class CloseToOpenWriter(io.RawIOBase):
+    """A write-only file whose new content becomes visible all at once when `close()`
+    commits it; `abort()`, or leaving a `with` block by an exception, commits nothing.
+    Subclasses count written bytes in `_size` and commit in `close()` unless `_failed`."""
 
-    def __init__(self, store: ChunkStore, path: str, mode: int | None = None) -> None:
+    def __init__(self, path: str) -> None:
         super().__init__()
         self.name = path
-        self._mode = mode
-        self._stack = ExitStack()
-        self._session: WriteSession = self._stack.enter_context(store.writer())
-        self._spool = bytearray()
-        self._refs: list[ChunkRef] = []
         self._size = 0
         self._failed = False
-        self._xattrs: XattrSource | None = None
 
     def writable(self) -> bool:
         return True
 
     def tell(self) -> int:
         return self._size
+
+    def abort(self) -> None:
+        """Close without committing: the file is left as it was."""
+        self._failed = True
+        self.close()
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self._failed = True
+        self.close()
+
+
+class NsWriter(CloseToOpenWriter):
+    """Streaming writer; the file appears (or is replaced) atomically on close."""
+
+    def __init__(self, store: ChunkStore, path: str, mode: int | None = None) -> None:
+        super().__init__(path)
+        self._mode = mode
+        self._stack = ExitStack()
+        self._session: WriteSession = self._stack.enter_context(store.writer())
+        self._spool = bytearray()
+        self._refs: list[ChunkRef] = []
+        self._xattrs: XattrSource | None = None
 
     def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self.closed:
@@ -64,11 +83,6 @@ class NsWriter(io.RawIOBase):
         """Extended attributes committed with the file on close, replacing all it had
         (a function of the new inode when they depend on its version)."""
         self._xattrs = values
-
-    def abort(self) -> None:
-        """Close without committing: the file is left as it was."""
-        self._failed = True
-        self.close()
 
     def close(self) -> None:
         if self.closed:
@@ -94,8 +108,3 @@ class NsWriter(io.RawIOBase):
                     self._stack.close()
             finally:
                 super().close()
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is not None:
-            self._failed = True
-        self.close()

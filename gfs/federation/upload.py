@@ -11,7 +11,6 @@ Until the commit nothing of the new version is visible; after it, all of it.
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from gfs import chunking
 from gfs.codec import encode_blobs
 from gfs.federation.site_client import SiteClient
 from gfs.federation.wire import MAX_IDS
+from gfs.files import CloseToOpenWriter
 from gfs.meta import ChunkRef
 from gfs.namespace_api import Stat
 from gfs.store import prepare
@@ -33,25 +33,16 @@ BLOCK = 16 << 20
 PUT_BATCH_BYTES = 16 << 20
 
 
-class SpoolWriter(io.RawIOBase):
+class SpoolWriter(CloseToOpenWriter):
     """A write-only file spooled to local disk; `close()` hands the spool to `commit`
     (rewound, with its size); leaving a `with` block by an exception commits nothing."""
 
     def __init__(self, path: str, commit: Callable[[BinaryIO, int], None],
                  spool_dir: Path | None = None) -> None:
-        super().__init__()
-        self.name = path
+        super().__init__(path)
         self._commit = commit
         self._spool: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115 (closed by close)
             prefix="hutong-spool-", dir=None if spool_dir is None else str(spool_dir))
-        self._size = 0
-        self._failed = False
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._size
 
     def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self.closed:
@@ -59,11 +50,6 @@ class SpoolWriter(io.RawIOBase):
         n = self._spool.write(b)
         self._size += n
         return n
-
-    def abort(self) -> None:
-        """Close without committing: the file is left as it was."""
-        self._failed = True
-        self.close()
 
     def close(self) -> None:
         if self.closed:
@@ -75,11 +61,6 @@ class SpoolWriter(io.RawIOBase):
         finally:
             self._spool.close()
             super().close()
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is not None:
-            self._failed = True
-        self.close()
 
 
 def upload(site: SiteClient, norm: str, f: BinaryIO, size: int, *, owner: bool,
