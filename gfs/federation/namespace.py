@@ -174,7 +174,7 @@ class FederatedNamespace:
             except (PermissionError, ApiError):
                 return []
         others = [n for n in self._entity_records() if n not in prefixes]
-        if others:  # one round trip for all, not one per entity
+        if others:  # one request per entity, all at once (one round trip of wall time)
             with ThreadPoolExecutor(min(len(others), 16)) as pool:
                 prefixes.update(zip(others, pool.map(ask, others), strict=True))
         return Visibility.of(self.entity, prefixes)
