@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 from gfs.errors import NotFoundError, UnavailableSiteError
 from gfs.eviction import LRUPolicy
 from gfs.namespace_api import Namespace, Stat
+from gfs.paths import child_path, parent_of
 
 #: Seconds a cached Stat or listing is trusted (the mount's `--meta-ttl`).
 DEFAULT_TTL = 1.0
@@ -46,17 +47,6 @@ class VersionedListing(Protocol):
         """The directory's Stat and its entries, or None for the entries when its
         version still equals `version`."""
         ...
-
-
-def parent_of(path: str) -> str:
-    """The parent directory of absolute path `path` ("/" for "/")."""
-    head = path.rsplit("/", 1)[0]
-    return head or "/"
-
-
-def child_path(parent: str, name: str) -> str:
-    """`name` in directory `parent`."""
-    return f"{parent.rstrip('/')}/{name}"
 
 
 @dataclass

@@ -37,13 +37,14 @@ from gfs.errors import (
     ReadOnlyError,
     UnavailableSiteError,
 )
-from gfs.meta_cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, MetaCache, child_path, parent_of
+from gfs.meta_cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, MetaCache
 from gfs.mount import MAX_FILE_SIZE, ServeOptions, fuse_error, readdir_replies, serve
 from gfs.mount_inodes import ROOT_INO, InodeTable, entity_scope, one_scope
 from gfs.mount_points import prepare
 from gfs.mount_spool import Spool
 from gfs.namespace import DEFAULT_DIR_MODE  # a new directory's (others: a chmod after)
 from gfs.namespace_api import Namespace, Stat
+from gfs.paths import child_path, parent_of
 
 log = logging.getLogger("hutong.mount")
 

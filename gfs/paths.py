@@ -51,3 +51,14 @@ def join(parts: list[str]) -> str:
 def normalize(path: str) -> str:
     """The canonical form of a namespace path (validated)."""
     return join(split(path))
+
+
+def parent_of(path: str) -> str:
+    """The parent directory of absolute path `path` ("/" for "/")."""
+    head = path.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def child_path(parent: str, name: str) -> str:
+    """`name` in directory `parent`."""
+    return f"{parent.rstrip('/')}/{name}"
