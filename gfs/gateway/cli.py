@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -25,12 +26,32 @@ def cmd_s3(args: argparse.Namespace) -> int:
     import asyncio
 
     from gfs.federation.cli import _serve
+    from gfs.gateway.access import profile_access, store_access
     from gfs.gateway.s3 import make_app
+    from gfs.profiles import selected
 
     host, port = args.listen
-    with open_client(args) as fs:
-        asyncio.run(_serve(make_app(fs, args.root), host, port,
+    profile = selected(getattr(args, "profile", None))
+    if profile is not None:  # the federation: tokens as credentials
+        asyncio.run(_serve(make_app(profile_access(profile, args.root)), host, port,
                            "hutong gateway s3: serving on"))
+        return 0
+    with open_client(args) as fs:
+        asyncio.run(_serve(make_app(store_access(fs, args.root)), host, port,
+                           "hutong gateway s3: serving on"))
+    return 0
+
+
+def cmd_token_credentials(args: argparse.Namespace) -> int:
+    from gfs.gateway.access import token_credentials
+
+    token = args.token if args.token != "-" else sys.stdin.read().strip()
+    creds = token_credentials(token)
+    if args.json:
+        print(json.dumps(creds))
+    else:
+        print(f"access key:    {creds['access_key']}\nsecret key:    {creds['secret_key']}\n"
+              f"session token: {creds['session_token']}")
     return 0
 
 
@@ -106,7 +127,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                          parents=[common])
     sp.add_argument("--listen", type=_listen, default=("127.0.0.1", 9000), metavar="HOST:PORT")
     sp.add_argument("--root", default="/", metavar="NS_PATH",
-                    help="namespace directory whose subdirectories are the buckets")
+                    help="namespace directory whose subdirectories are the buckets (with "
+                    "--profile, `/` makes each entity a bucket)")
     sp.set_defaults(func=cmd_s3)
     sp = gsub.add_parser("webdav", help="WebDAV server (WsgiDAV; basic auth with an access "
                          "key and its secret)", parents=[common])
@@ -115,6 +137,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--no-auth", action="store_true",
                     help="serve without authentication (loopback use only)")
     sp.set_defaults(func=cmd_webdav)
+    sp = gsub.add_parser("token-credentials", help="the S3 access key, secret and session "
+                         "token of a federation token (for a gateway run with --profile)",
+                         parents=[common])
+    sp.add_argument("token", help="the token (`hutong token mint`), or - to read it from stdin")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_token_credentials)
     cred = gsub.add_parser("credentials", help="access keys of the gateways",
                            parents=[common])
     csub = cred.add_subparsers(dest="cred_command", metavar="ACTION", required=True)

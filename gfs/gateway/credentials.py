@@ -24,12 +24,17 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 @dataclass(frozen=True)
 class Credential:
-    """An access key id, its secret, and the buckets it may use (empty: all)."""
+    """An access key id, its secret, and the buckets it may use (empty: all); for a
+    federation token (gfs.gateway.access): the token, whether it may only read, and
+    whether it acts as the gateway's own entity."""
 
     access_key: str
     secret_key: str
     buckets: tuple[str, ...] = ()
     created_ns: int = 0
+    token: str | None = None
+    read_only: bool = False
+    as_gateway: bool = False
 
     def allows(self, bucket: str) -> bool:
         """Whether this credential may act on `bucket` ("" = the bucket list)."""

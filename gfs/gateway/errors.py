@@ -11,6 +11,7 @@ STATUS: dict[str, int] = {
     "AccessDenied": 403, "AuthorizationHeaderMalformed": 400,
     "AuthorizationQueryParametersError": 400, "BadDigest": 400,
     "BucketAlreadyOwnedByYou": 409, "BucketNotEmpty": 409, "EntityTooSmall": 400,
+    "EntityTooLarge": 400,
     "IncompleteBody": 400, "InternalError": 500, "InvalidAccessKeyId": 403,
     "InvalidArgument": 400, "InvalidBucketName": 400, "InvalidDigest": 400,
     "InvalidPart": 400, "InvalidPartOrder": 400, "InvalidRange": 416, "InvalidRequest": 400,
@@ -18,7 +19,8 @@ STATUS: dict[str, int] = {
     "MissingContentLength": 411, "NoSuchBucket": 404, "NoSuchKey": 404, "NoSuchUpload": 404,
     "NotImplemented": 501, "ObjectConflict": 409, "PreconditionFailed": 412,
     "RequestTimeTooSkewed": 403, "SignatureDoesNotMatch": 403,
-    "XAmzContentSHA256Mismatch": 400, "ServiceUnavailable": 503,
+    "XAmzContentSHA256Mismatch": 400, "ServiceUnavailable": 503, "InvalidToken": 400,
+    "ExpiredToken": 400,
 }
 
 

@@ -11,18 +11,14 @@ Every method is synchronous: the HTTP layer runs them on worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import queue
 import re
 import secrets
-import sys
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from gfs import paths
-from gfs.client import Client
 from gfs.errors import (
     ExistsError,
     IsADirError,
@@ -30,10 +26,8 @@ from gfs.errors import (
     NotEmptyError,
     NotFoundError,
 )
-from gfs.files import NsWriter
+from gfs.gateway.backend import Backend, VersionXattrs, Writer
 from gfs.gateway.errors import S3Error
-from gfs.meta import Inode, Manifest
-from gfs.namespace import XattrSource
 from gfs.namespace_api import Stat
 
 UPLOADS = ".s3-uploads"
@@ -94,9 +88,9 @@ def check_key(key: str, *, marker_ok: bool = False) -> None:
                       "unless it is an empty folder marker", key)
 
 
-def etag_value(etag: str, node: Inode) -> bytes:
-    """The stored `user.s3.etag` of a file version."""
-    return f"{node.version} {etag}".encode()
+def etag_value(etag: str, version: int) -> bytes:
+    """The stored `user.s3.etag` of file version `version`."""
+    return f"{version} {etag}".encode()
 
 
 def _etag_of(st: Stat, xattrs: dict[str, bytes]) -> str:
@@ -136,13 +130,14 @@ def check_digests(md5: bytes, sha256: str | None, expect_sha256: str | None,
 
 
 class ObjectUpload:
-    """A streaming PUT: bytes go into the chunk store as they arrive; the object (or
-    part) appears, whole, on `commit`. Used by one thread at a time."""
+    """A streaming PUT: bytes go into the store as they arrive; the object (or part)
+    appears, whole, on `commit`. Used by one thread at a time."""
 
-    def __init__(self, writer: NsWriter, xattrs: dict[str, bytes],
+    def __init__(self, backend: Backend, path: str, xattrs: dict[str, bytes],
                  expect_sha256: str | None) -> None:
-        self._writer = writer
-        self._xattrs = xattrs
+        self._etag = ""
+        self._writer: Writer = backend.writer(
+            path, lambda version: {**xattrs, ETAG: etag_value(self._etag, version)})
         self._md5 = hashlib.md5()
         self._sha = hashlib.sha256() if expect_sha256 else None
         self._expect = expect_sha256
@@ -165,90 +160,36 @@ class ObjectUpload:
         except S3Error:
             self.abort()
             raise
-        etag = digest.hex()
-        xattrs = dict(self._xattrs)
-        self._writer.set_xattrs(lambda node: {**xattrs, ETAG: etag_value(etag, node)})
-        self._writer.close()
-        return etag
+        self._etag = digest.hex()
+        self._writer.commit()
+        return self._etag
 
     def abort(self) -> None:
         """Drop what was written; the previous object (if any) stays."""
         self._writer.abort()
 
 
-_Item = tuple[str, bytes, XattrSource, "Future[None]"]
-
-
-class SmallWrites:
-    """Group commit for small objects: PUTs that arrive together are written by one
-    thread in one `Client.write_many` (one pack, one metadata sync); a batch that fails
-    is retried file by file, so each PUT gets its own answer."""
-
-    #: Most files and bytes in one batch.
-    MAX_FILES = 512
-    MAX_BYTES = 16 << 20
-
-    def __init__(self, fs: Client) -> None:
-        self.fs = fs
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="hutong-s3-batch", daemon=True)
-        self._thread.start()
-
-    def write(self, path: str, data: bytes, xattrs: XattrSource) -> None:
-        """Write one file in the next batch; returns when it is committed."""
-        done: Future[None] = Future()
-        self._queue.put((path, data, xattrs, done))
-        done.result()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            size = len(first[1])
-            while len(batch) < self.MAX_FILES and size < self.MAX_BYTES:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-                size += len(item[1])
-            self._commit(batch)
-
-    def _commit(self, batch: list[_Item]) -> None:
-        try:
-            self.fs.write_many([(p, d, x) for p, d, x, _ in batch])
-        except BaseException:
-            if len(batch) > 1:  # find who failed: each on its own
-                for item in batch:
-                    self._commit([item])
-                return
-            batch[0][3].set_exception(sys.exc_info()[1] or RuntimeError("write failed"))
-            return
-        for *_, done in batch:
-            done.set_result(None)
+def _with_etag(xattrs: dict[str, bytes], etag: str) -> VersionXattrs:
+    return lambda version: {**xattrs, ETAG: etag_value(etag, version)}
 
 
 class ObjectStore:
     """S3 buckets and objects in the namespace below `root`."""
 
-    def __init__(self, fs: Client, root: str = "/") -> None:
-        self.fs = fs
+    def __init__(self, backend: Backend, root: str = "/", *,
+                 uploads_beside: bool = False) -> None:
+        """`uploads_beside`: stage multipart uploads in `.s3-uploads/` of the key's own
+        directory (where a token limited to a prefix may write; the federation) rather
+        than in `ROOT/.s3-uploads/`; keys may then hold no `.s3-uploads` segment."""
+        self.backend = backend
+        self.ns = backend.ns
         self.root = paths.normalize(root)
         self.uploads = self._path(UPLOADS)
-        self.small = SmallWrites(fs)
+        self.beside = uploads_beside
 
     def close(self) -> None:
-        """Stop the group-commit thread."""
-        self.small.close()
+        """Release the back end (its group-commit thread, its connections)."""
+        self.backend.close()
 
     def put_small(self, bucket: str, key: str, body: bytes, xattrs: dict[str, bytes],
                   expect_sha256: str | None, content_md5: bytes | None) -> str:
@@ -261,7 +202,7 @@ class ObjectStore:
         etag = digest.hex()
         try:
             self._make_parent(p)
-            self.small.write(p, body, lambda node: {**xattrs, ETAG: etag_value(etag, node)})
+            self.backend.write_small(p, body, _with_etag(xattrs, etag))
         except (ExistsError, NotADirError, IsADirError):
             raise S3Error("ObjectConflict", "the key clashes with the path of another object "
                           "(this gateway stores keys as paths)", f"{bucket}/{key}") from None
@@ -277,22 +218,28 @@ class ObjectStore:
 
     def key_path(self, bucket: str, key: str) -> str:
         check_key(key)
+        self._check_staging(key)
         return self._path(bucket, key)
+
+    def _check_staging(self, key: str) -> None:
+        if self.beside and UPLOADS in key.split("/"):
+            raise S3Error("InvalidArgument", f"'{UPLOADS}' is where this gateway stages "
+                          "multipart uploads; no key segment may be named so", key)
 
     def _make_parent(self, path: str) -> None:
         """Make the missing directories above `path` (a read when none are missing)."""
         parent = paths.join(paths.split(path)[:-1])
         try:
-            if self.fs.stat(parent).is_dir:
+            if self.ns.stat(parent).is_dir:
                 return
         except NotFoundError:
             pass
-        self.fs.mkdir(parent, parents=True, exist_ok=True)
+        self.ns.mkdir(parent, parents=True, exist_ok=True)
 
     def _require_bucket(self, bucket: str) -> str:
         p = self.bucket_path(bucket)
         try:
-            if self.fs.stat(p).is_dir:
+            if self.ns.stat(p).is_dir:
                 return p
         except (NotFoundError, NotADirError):
             pass
@@ -302,15 +249,15 @@ class ObjectStore:
     # -- buckets ---------------------------------------------------------------
     def list_buckets(self) -> list[Stat]:
         """Every bucket (directory under the root with a valid bucket name)."""
-        if not self.fs.exists(self.root):
+        if not self.ns.exists(self.root):
             return []
-        return [st for st in self.fs.ls(self.root) if st.is_dir and _BUCKET.match(st.name)]
+        return [st for st in self.ns.ls(self.root) if st.is_dir and _BUCKET.match(st.name)]
 
     def create_bucket(self, bucket: str) -> None:
         p = self.bucket_path(bucket)
-        self.fs.mkdir(self.root, parents=True, exist_ok=True)
+        self.ns.mkdir(self.root, parents=True, exist_ok=True)
         try:
-            self.fs.mkdir(p)
+            self.ns.mkdir(p)
         except ExistsError:
             raise S3Error("BucketAlreadyOwnedByYou", "the bucket exists already", bucket) \
                 from None
@@ -318,7 +265,7 @@ class ObjectStore:
     def delete_bucket(self, bucket: str) -> None:
         p = self._require_bucket(bucket)
         try:
-            self.fs.rm(p)
+            self.ns.rm(p)
         except NotEmptyError:
             raise S3Error("BucketNotEmpty", "the bucket holds objects; delete them first",
                           bucket) from None
@@ -327,26 +274,26 @@ class ObjectStore:
         self._require_bucket(bucket)
 
     # -- objects ---------------------------------------------------------------
-    def info(self, bucket: str, key: str) -> tuple[ObjectInfo, Manifest]:
-        """The object's facts and its manifest (pinning the version described)."""
+    def info(self, bucket: str, key: str, *, pin: bool = True) -> tuple[ObjectInfo, object]:
+        """The object's facts and a handle on the version described (`pin`; else None)."""
         self._require_bucket(bucket)
         p = self.key_path(bucket, key)
         for _ in range(3):  # a writer may commit between the reads: retry
             try:
-                st = self.fs.stat(p)
+                st = self.ns.stat(p)
                 if st.kind != "file":
                     break
-                xattrs = self.fs.xattrs(p)
-                m = self.fs.manifest(p, version=st.version)
+                xattrs = self.ns.xattrs(p)
+                m = self.backend.pin(p, st.version) if pin else None
             except (NotFoundError, NotADirError):
                 break
             return _info(key, st, xattrs), m
         raise S3Error("NoSuchKey", "the object does not exist", f"{bucket}/{key}")
 
-    def read(self, bucket: str, key: str, m: Manifest, start: int,
+    def read(self, bucket: str, key: str, pinned: object, start: int,
              end: int) -> Iterator[bytes]:
-        """Bytes [start, end) of the object version `m`."""
-        return self.fs.iter_bytes(self.key_path(bucket, key), start, end, manifest=m)
+        """Bytes [start, end) of the object version `pinned` (from `info`)."""
+        return self.backend.read(self.key_path(bucket, key), pinned, start, end)
 
     def start_put(self, bucket: str, key: str, xattrs: dict[str, bytes],
                   expect_sha256: str | None) -> ObjectUpload:
@@ -360,8 +307,7 @@ class ObjectStore:
                           "gateway stores keys as paths, so 'a' and 'a/b' cannot both be "
                           "objects", f"{bucket}/{key}") from None
         try:
-            return ObjectUpload(self.fs.open(p, "wb"), xattrs,  # type: ignore[arg-type]
-                                expect_sha256)
+            return ObjectUpload(self.backend, p, xattrs, expect_sha256)
         except IsADirError:
             raise S3Error("ObjectConflict", "the key is a prefix of other objects (a "
                           "directory); this gateway stores keys as paths",
@@ -372,7 +318,7 @@ class ObjectStore:
         self._require_bucket(bucket)
         check_key(key, marker_ok=True)
         try:
-            self.fs.mkdir(self._path(bucket, key), parents=True, exist_ok=True)
+            self.ns.mkdir(self._path(bucket, key), parents=True, exist_ok=True)
         except (ExistsError, NotADirError):
             raise S3Error("ObjectConflict", "an object has this name", f"{bucket}/{key}") \
                 from None
@@ -384,10 +330,10 @@ class ObjectStore:
         check_key(key, marker_ok=True)
         p = self._path(bucket, key)
         try:
-            st = self.fs.stat(p)
+            st = self.ns.stat(p)
             if st.is_dir and not marker:
                 return
-            self.fs.rm(p)
+            self.ns.rm(p)
         except (NotFoundError, NotADirError, NotEmptyError):
             pass
 
@@ -399,12 +345,11 @@ class ObjectStore:
         self._require_bucket(bucket)
         src = self.key_path(src_bucket, src_key)
         dst = self.key_path(bucket, key)
-        xattrs = self.fs.xattrs(src) if replace is None else dict(replace)
+        xattrs = self.ns.xattrs(src) if replace is None else dict(replace)
         xattrs.pop(ETAG, None)
         try:
             self._make_parent(dst)
-            st = self.fs.concat(dst, [src], xattrs=lambda node: {
-                **xattrs, ETAG: etag_value(info.etag, node)})
+            st = self.backend.concat(dst, [src], _with_etag(xattrs, info.etag), [])
         except (ExistsError, NotADirError, IsADirError):
             raise S3Error("ObjectConflict", "the destination key clashes with a path of "
                           "another object", f"{bucket}/{key}") from None
@@ -425,9 +370,10 @@ class ObjectStore:
         prefixes: list[str] = []
         resume = ""
         try:
-            for st in self.fs.scan(top, start=lo[len(dir_part):],
-                                   recursive=delimiter != "/"):
+            for st in self.backend.scan(top, lo[len(dir_part):], delimiter != "/"):
                 key = dir_part + st.path[len(top.rstrip("/")) + 1:] + ("/" if st.is_dir else "")
+                if self.beside and UPLOADS in key.split("/"):
+                    continue  # multipart staging, not objects
                 if not key.startswith(prefix):
                     if key > prefix:
                         break  # past every key with the prefix
@@ -445,19 +391,31 @@ class ObjectStore:
                     prefixes.append(roll)
                     resume = roll + _TOP
                 else:
-                    objects.append(_info(key, st, self.fs.xattrs(st.path)))
+                    objects.append(_info(key, st, self.ns.xattrs(st.path)))
                     resume = key + "\0"
         except (NotFoundError, NotADirError):
             pass
         return Listing(objects, prefixes, False, "")
 
     # -- multipart -------------------------------------------------------------
+    def _staging(self, bucket: str, key: str) -> str:
+        """The directory that holds the uploads of `key`."""
+        if not self.beside:
+            return self.uploads
+        return paths.join([*paths.split(self.key_path(bucket, key))[:-1], UPLOADS])
+
+    def _drop_staging(self, bucket: str, key: str) -> None:
+        """Remove the key's staging directory once it holds no upload (beside only)."""
+        if self.beside:
+            with contextlib.suppress(NotFoundError, NotEmptyError):
+                self.ns.rm(self._staging(bucket, key))
+
     def _upload_dir(self, bucket: str, key: str, upload_id: str) -> str:
         if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
             raise S3Error("NoSuchUpload", "no such upload", upload_id)
-        p = self._path(UPLOADS, upload_id)
+        p = f"{self._staging(bucket, key)}/{upload_id}"
         try:
-            x = self.fs.xattrs(p)
+            x = self.ns.xattrs(p)
         except (NotFoundError, NotADirError):
             raise S3Error("NoSuchUpload", "the upload does not exist (completed or aborted?)",
                           upload_id) from None
@@ -468,11 +426,10 @@ class ObjectStore:
     def create_upload(self, bucket: str, key: str, xattrs: dict[str, bytes]) -> str:
         """Start a multipart upload; its id."""
         self._require_bucket(bucket)
-        check_key(key)
         upload_id = secrets.token_hex(16)
-        p = self._path(UPLOADS, upload_id)
-        self.fs.mkdir(p, parents=True)
-        self.fs.set_xattrs(p, {**xattrs, UPLOAD_BUCKET: bucket.encode(),
+        p = f"{self._staging(bucket, key)}/{upload_id}"
+        self.ns.mkdir(p, parents=True)
+        self.ns.set_xattrs(p, {**xattrs, UPLOAD_BUCKET: bucket.encode(),
                                UPLOAD_KEY: key.encode()})
         return upload_id
 
@@ -482,18 +439,17 @@ class ObjectStore:
         d = self._upload_dir(bucket, key, upload_id)
         if not 1 <= number <= MAX_PARTS:
             raise S3Error("InvalidArgument", f"part numbers are 1 to {MAX_PARTS}, got {number}")
-        return ObjectUpload(self.fs.open(f"{d}/{number:05d}", "wb"),  # type: ignore[arg-type]
-                            {}, expect_sha256)
+        return ObjectUpload(self.backend, f"{d}/{number:05d}", {}, expect_sha256)
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> list[tuple[int, ObjectInfo]]:
         """(number, facts) of every part uploaded so far, by number."""
         d = self._upload_dir(bucket, key, upload_id)
-        return [(int(st.name), _info(st.name, st, self.fs.xattrs(st.path)))
-                for st in self.fs.ls(d)]
+        return [(int(st.name), _info(st.name, st, self.ns.xattrs(st.path)))
+                for st in self.ns.ls(d)]
 
     def upload_facts(self, bucket: str, key: str, upload_id: str) -> dict[str, bytes]:
         """The metadata given when the upload was created."""
-        return self.fs.xattrs(self._upload_dir(bucket, key, upload_id))
+        return self.ns.xattrs(self._upload_dir(bucket, key, upload_id))
 
     def complete(self, bucket: str, key: str, upload_id: str,
                  parts: list[tuple[int, str]]) -> ObjectInfo:
@@ -518,27 +474,30 @@ class ObjectStore:
                               f"but the last must be at least {MIN_PART} bytes", upload_id)
             md5s += bytes.fromhex(info.etag)
         etag = f"{hashlib.md5(md5s).hexdigest()}-{len(parts)}"
-        facts = self.fs.xattrs(d)
+        facts = self.ns.xattrs(d)
         xattrs = {k: v for k, v in facts.items() if k not in (UPLOAD_BUCKET, UPLOAD_KEY)}
         dst = self.key_path(bucket, key)
         try:
             self._make_parent(dst)
-            st = self.fs.concat(dst, [f"{d}/{n:05d}" for n in numbers],
-                                xattrs=lambda node: {**xattrs, ETAG: etag_value(etag, node)},
-                                remove=[d])
+            st = self.backend.concat(dst, [f"{d}/{n:05d}" for n in numbers],
+                                     _with_etag(xattrs, etag), [d])
         except (ExistsError, NotADirError, IsADirError):
             raise S3Error("ObjectConflict", "the key clashes with the path of another "
                           "object", f"{bucket}/{key}") from None
+        self._drop_staging(bucket, key)
         return ObjectInfo(key, st.size, etag, st.mtime_ns, "")
 
     def list_uploads(self, bucket: str, prefix: str = "") -> list[tuple[str, str, int]]:
         """(key, upload id, started ns) of the uploads in progress into `bucket`, by key."""
-        self._require_bucket(bucket)
-        if not self.fs.exists(self.uploads):
-            return []
+        bp = self._require_bucket(bucket)
+        if self.beside:  # a walk of the bucket for its staging directories
+            found = [u for d in self.ns.walk(bp) if d.is_dir and d.name == UPLOADS
+                     for u in self.ns.ls(d.path)]
+        else:
+            found = self.ns.ls(self.uploads) if self.ns.exists(self.uploads) else []
         out = []
-        for st in self.fs.ls(self.uploads):
-            x = self.fs.xattrs(st.path)
+        for st in found:
+            x = self.ns.xattrs(st.path)
             key = x.get(UPLOAD_KEY, b"").decode()
             if x.get(UPLOAD_BUCKET) == bucket.encode() and key.startswith(prefix):
                 out.append((key, st.name, st.ctime_ns))
@@ -546,4 +505,5 @@ class ObjectStore:
 
     def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
         """Drop an upload and its parts (gc reclaims their chunks)."""
-        self.fs.rm(self._upload_dir(bucket, key, upload_id), recursive=True)
+        self.ns.rm(self._upload_dir(bucket, key, upload_id), recursive=True)
+        self._drop_staging(bucket, key)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
 import datetime as dt
 import email.utils
+import functools
 import logging
 import secrets
 import xml.etree.ElementTree as ET
@@ -23,8 +25,9 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from gfs.client import Client
-from gfs.gateway import credentials, metrics
+from gfs.errors import FileTooLargeError, ReadOnlyError, UnavailableSiteError
+from gfs.gateway import metrics
+from gfs.gateway.access import Access
 from gfs.gateway.credentials import Credential
 from gfs.gateway.errors import S3Error
 from gfs.gateway.objects import (
@@ -48,7 +51,9 @@ STREAM_BLOCK = 4 << 20
 SEND_BLOCK = 2 << 20
 #: Largest XML request body (CompleteMultipartUpload of 10,000 parts, DeleteObjects).
 MAX_XML = 2 << 20
-_STORE_KEY = web.AppKey("store", ObjectStore)
+_ACCESS_KEY = web.AppKey("access", Access)
+#: The object store of the request being handled (its credential's).
+_REQUEST_STORE: contextvars.ContextVar[ObjectStore] = contextvars.ContextVar("s3_store")
 _POOL_KEY = web.AppKey("pool", ThreadPoolExecutor)
 _CRED = "hutong.credential"
 _VERIFIED = "hutong.verified"
@@ -116,11 +121,17 @@ def _parse_xml(body: bytes, what: str) -> ET.Element:
 
 
 class S3Gateway:
-    """The request handlers; one per server, over one ObjectStore."""
+    """The request handlers; one per server. Each request acts on the object store of
+    the credential that signed it (`access`)."""
 
-    def __init__(self, store: ObjectStore, pool: ThreadPoolExecutor) -> None:
-        self.store = store
+    def __init__(self, access: Access, pool: ThreadPoolExecutor) -> None:
+        self.access = access
         self.pool = pool
+
+    @property
+    def store(self) -> ObjectStore:
+        """The store of the request being handled."""
+        return _REQUEST_STORE.get()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -134,10 +145,17 @@ class S3Gateway:
             headers = {k.lower(): v for k, v in request.headers.items()}
             signed = SignedRequest(request.method, raw_path,
                                    tuple(request.rel_url.query.items()), headers)
-            verified = verify(signed, lambda ak: credentials.lookup(self.store.fs, ak))
+            session = headers.get("x-amz-security-token") or \
+                request.rel_url.query.get("X-Amz-Security-Token")
+            verified = verify(signed, lambda ak: self.access.lookup(ak, session))
+            cred = verified.credential
             for b in (bucket, self._copy_source(request)[0]):
-                if b and not verified.credential.allows(b):
+                if b and not cred.allows(b):
                     raise S3Error("AccessDenied", "this access key may not use the bucket", b)
+            if cred.read_only and request.method not in ("GET", "HEAD"):
+                raise S3Error("AccessDenied", "this token may only read; mint a write token "
+                              "to change objects", f"{bucket}/{key}")
+            _REQUEST_STORE.set(await self.run(self.access.store, cred))
             payload = None if verified.payload_hash == UNSIGNED or verified.chunked \
                 else verified.payload_hash
             request[_CRED] = verified.credential
@@ -146,6 +164,7 @@ class S3Gateway:
         except Exception as e:
             if request.get(_STREAMING):
                 raise  # the status line is sent: only a cut connection can tell the client
+            e = _as_s3(e, f"{bucket}/{key}")
             if not isinstance(e, S3Error):
                 log.exception("S3 %s %s failed", request.method, request.path)
                 e = S3Error("InternalError", f"{type(e).__name__}: {e}; see the gateway's log",
@@ -344,7 +363,8 @@ class S3Gateway:
     # -- objects ---------------------------------------------------------------
     async def get_object(self, request: web.Request, bucket: str, key: str
                          ) -> web.StreamResponse:
-        info, manifest = await self.run(self.store.info, bucket, key)
+        info, pinned = await self.run(functools.partial(
+            self.store.info, bucket, key, pin=request.method == "GET"))
         headers = _object_headers(info)
         if_match = request.headers.get("If-Match")
         if if_match is not None and if_match.strip('"') not in (info.etag, "*"):
@@ -364,7 +384,7 @@ class S3Gateway:
             return resp
         request[_STREAMING] = True
         await resp.prepare(request)
-        blocks = self.store.read(bucket, key, manifest, start, end)
+        blocks = self.store.read(bucket, key, pinned, start, end)
         while block := await self.run(_take, blocks, SEND_BLOCK):
             await resp.write(block)
             metrics.BYTES.labels("s3", "out").inc(len(block))
@@ -557,21 +577,34 @@ def _content_md5(request: web.Request) -> bytes | None:
     return digest
 
 
-def make_app(fs: Client, root: str = "/", *, workers: int = 16) -> web.Application:
-    """The S3 gateway application over store `fs`, buckets under namespace `root`."""
-    store = ObjectStore(fs, root)
+def _as_s3(e: Exception, resource: str) -> Exception:
+    """The S3 error of a namespace refusal (a token's limits, a site that is down)."""
+    if isinstance(e, S3Error):
+        return e
+    if isinstance(e, PermissionError):
+        return S3Error("AccessDenied", f"{e}", resource)
+    if isinstance(e, FileTooLargeError):
+        return S3Error("EntityTooLarge", f"{e}", resource)
+    if isinstance(e, (ReadOnlyError, UnavailableSiteError)):
+        return S3Error("ServiceUnavailable", f"{e}", resource)
+    return e
+
+
+def make_app(access: Access, *, workers: int = 16) -> web.Application:
+    """The S3 gateway application: requests act on the store `access` maps their
+    credential to (gfs.gateway.access)."""
     pool = ThreadPoolExecutor(workers, thread_name_prefix="hutong-s3")
-    gw = S3Gateway(store, pool)
+    gw = S3Gateway(access, pool)
     app = web.Application(middlewares=[metrics.middleware("s3")],
                           client_max_size=MAX_XML)
-    app[_STORE_KEY] = store
+    app[_ACCESS_KEY] = access
     app[_POOL_KEY] = pool
     app.router.add_get(metrics.METRICS_PATH, metrics.serve_metrics)
     app.router.add_route("*", "/{tail:.*}", gw.handle)
 
     async def stop(app: web.Application) -> None:
         pool.shutdown(wait=True)
-        store.close()
+        access.close()
     app.on_cleanup.append(stop)
     return app
 
