@@ -234,7 +234,15 @@ class ObjectStore:
                 return
         except NotFoundError:
             pass
-        self.ns.mkdir(parent, parents=True, exist_ok=True)
+        self._mkdirs(parent)
+
+    def _mkdirs(self, path: str) -> None:
+        """mkdir -p; a directory the credentials cannot see is AccessDenied."""
+        try:
+            self.ns.mkdir(path, parents=True, exist_ok=True)
+        except NotFoundError:
+            raise S3Error("AccessDenied", "the key is outside what these credentials may "
+                          "change", path) from None
 
     def _require_bucket(self, bucket: str) -> str:
         p = self.bucket_path(bucket)
@@ -428,7 +436,11 @@ class ObjectStore:
         self._require_bucket(bucket)
         upload_id = secrets.token_hex(16)
         p = f"{self._staging(bucket, key)}/{upload_id}"
-        self.ns.mkdir(p, parents=True)
+        try:
+            self._mkdirs(p)
+        except (ExistsError, NotADirError):
+            raise S3Error("ObjectConflict", "a prefix of this key is an object; this "
+                          "gateway stores keys as paths", f"{bucket}/{key}") from None
         self.ns.set_xattrs(p, {**xattrs, UPLOAD_BUCKET: bucket.encode(),
                                UPLOAD_KEY: key.encode()})
         return upload_id

@@ -1,0 +1,274 @@
+"""The S3 gateway on the federation (`hutong gateway s3 --profile NAME`), against a real
+two-site federation on loopback, with boto3 as the client and federation tokens as
+credentials: every bucket is an entity, writes go through the federated namespace, a
+token reaches only its prefix, and an entity's gateway serves the grants it received."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from gfs.federation.namespace import FederatedNamespace
+from gfs.federation.testing import Federation, Proc
+from gfs.gateway.access import token_credentials
+from gfs.profiles import add_profile
+from tests.gateway_servers import cli, code
+
+SHARED = b"shared with telco-b\n"
+SECRET = random.Random(5).randbytes(300_000)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    f = Federation(tmp_path_factory.mktemp("s3fed"), ttl=3.0, heartbeat=0.3)
+    try:
+        f.registry()
+        f.site("a1", "bank-a", "cn-west", primary=True)
+        f.site("t1", "telco-b", "cn-east", primary=True)
+        with FederatedNamespace(f.registry_url, keys=f.keys("bank-a")) as ns:
+            for d in ("/bank-a/shared", "/bank-a/data", "/bank-a/team"):
+                ns.mkdir(d, parents=True)
+            ns.write_bytes("/bank-a/shared/s.txt", SHARED)
+            ns.write_bytes("/bank-a/data/secret.bin", SECRET)
+            ns.fc.grant("/bank-a/shared/**", "telco-b", "read")
+        yield f
+    finally:
+        f.close()
+
+
+def _gateway(fed: Federation, tmp: Path, name: str, entity: str, site: str) -> Proc:
+    """`hutong gateway s3 --profile NAME` with the keys of `entity`, in its own
+    profiles file."""
+    profiles = tmp / f"{name}-profiles.toml"
+    add_profile(name, registry=fed.registry_url, entity=entity,
+                keys=fed.sites[site]["state"] / "federation", path=profiles)
+    return Proc(cli("gateway", "s3", "--profile", name, "--listen", "127.0.0.1:0"),
+                tmp / f"{name}.log", env={"HUTONG_PROFILES": str(profiles)})
+
+
+@pytest.fixture(scope="module")
+def gateways(fed: Federation, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[dict[str, str]]:
+    """The URLs of bank-a's gateway ("bank") and telco-b's ("telco")."""
+    tmp = tmp_path_factory.mktemp("gw")
+    procs = [_gateway(fed, tmp, "bank", "bank-a", "a1"),
+             _gateway(fed, tmp, "telco", "telco-b", "t1")]
+    try:
+        yield {"bank": procs[0].url, "telco": procs[1].url}
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@pytest.fixture
+def bank_gw(gateways: dict[str, str]) -> str:
+    return gateways["bank"]
+
+
+@pytest.fixture
+def telco_gw(gateways: dict[str, str]) -> str:
+    return gateways["telco"]
+
+
+def s3(url: str, token: str, *, access_key: str | None = None,
+       secret: str | None = None, session: str | None = "") -> Any:
+    """A boto3 client signing with `token` (parts of the credentials replaceable)."""
+    c = token_credentials(token)
+    return boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1",
+        aws_access_key_id=access_key or c["access_key"],
+        aws_secret_access_key=secret or c["secret_key"],
+        aws_session_token=c["session_token"] if session == "" else session,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                      retries={"max_attempts": 1}))
+
+
+def body(resp: dict[str, Any]) -> bytes:
+    data: bytes = resp["Body"].read()
+    return data
+
+
+def test_objects_through_the_federation(fed: Federation, bank_gw: str) -> None:
+    """put/get/range/list/copy/multipart/delete with an entity-wide write token; what the
+    gateway wrote is in the federated namespace, and what the namespace holds is served."""
+    c = s3(bank_gw, fed.keys("bank-a").mint_token("ops", "write", "/bank-a", 600))
+    assert "bank-a" in [b["Name"] for b in c.list_buckets()["Buckets"]]
+    data = random.Random(1).randbytes(2_500_000)
+    put = c.put_object(Bucket="bank-a", Key="s3/x.bin", Body=data,
+                       Metadata={"owner": "ops"}, ContentType="application/x-test")
+    assert put["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+    got = c.get_object(Bucket="bank-a", Key="s3/x.bin")
+    assert body(got) == data and got["Metadata"] == {"owner": "ops"}
+    assert got["ContentType"] == "application/x-test" and got["ETag"] == put["ETag"]
+    assert body(c.get_object(Bucket="bank-a", Key="s3/x.bin", Range="bytes=100-199")) \
+        == data[100:200]
+    assert body(c.get_object(Bucket="bank-a", Key="data/secret.bin")) == SECRET
+    with FederatedNamespace(fed.registry_url, keys=fed.keys("bank-a")) as ns:
+        assert ns.read_bytes("/bank-a/s3/x.bin") == data
+
+    c.copy_object(Bucket="bank-a", Key="s3/copy.bin", CopySource="bank-a/s3/x.bin")
+    assert body(c.get_object(Bucket="bank-a", Key="s3/copy.bin")) == data
+    page = c.list_objects_v2(Bucket="bank-a", Prefix="s3/")
+    assert [o["Key"] for o in page["Contents"]] == ["s3/copy.bin", "s3/x.bin"]
+    top = c.list_objects_v2(Bucket="bank-a", Delimiter="/")
+    assert {p["Prefix"] for p in top["CommonPrefixes"]} >= {"data/", "s3/", "shared/"}
+    two = c.list_objects_v2(Bucket="bank-a", Prefix="s3/", MaxKeys=1)
+    assert two["IsTruncated"] and len(two["Contents"]) == 1
+    rest = c.list_objects_v2(Bucket="bank-a", Prefix="s3/",
+                             ContinuationToken=two["NextContinuationToken"])
+    assert [o["Key"] for o in rest["Contents"]] == ["s3/x.bin"]
+
+    parts = [random.Random(10 + i).randbytes(n) for i, n in enumerate((5 << 20, 5 << 20, 9))]
+    up = c.create_multipart_upload(Bucket="bank-a", Key="s3/big.bin")["UploadId"]
+    etags = [c.upload_part(Bucket="bank-a", Key="s3/big.bin", UploadId=up, PartNumber=i + 1,
+                           Body=p)["ETag"] for i, p in enumerate(parts)]
+    assert [p["PartNumber"] for p in c.list_parts(Bucket="bank-a", Key="s3/big.bin",
+                                                  UploadId=up)["Parts"]] == [1, 2, 3]
+    assert [u["UploadId"] for u in c.list_multipart_uploads(Bucket="bank-a")
+            .get("Uploads", [])] == [up]
+    assert "s3/.s3-uploads/" not in [p["Prefix"] for p in c.list_objects_v2(
+        Bucket="bank-a", Prefix="s3/", Delimiter="/").get("CommonPrefixes", [])]
+    done = c.complete_multipart_upload(
+        Bucket="bank-a", Key="s3/big.bin", UploadId=up,
+        MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e}
+                                   for i, e in enumerate(etags)]})
+    md5s = b"".join(hashlib.md5(p).digest() for p in parts)
+    assert done["ETag"] == f'"{hashlib.md5(md5s).hexdigest()}-3"'
+    assert body(c.get_object(Bucket="bank-a", Key="s3/big.bin")) == b"".join(parts)
+    assert c.head_object(Bucket="bank-a", Key="s3/big.bin")["ETag"] == done["ETag"]
+    with FederatedNamespace(fed.registry_url, keys=fed.keys("bank-a")) as ns:
+        assert [s.name for s in ns.ls("/bank-a/s3")] == ["big.bin", "copy.bin", "x.bin"]
+
+    up2 = c.create_multipart_upload(Bucket="bank-a", Key="s3/gone.bin")["UploadId"]
+    c.upload_part(Bucket="bank-a", Key="s3/gone.bin", UploadId=up2, PartNumber=1, Body=b"x")
+    c.abort_multipart_upload(Bucket="bank-a", Key="s3/gone.bin", UploadId=up2)
+    assert c.list_multipart_uploads(Bucket="bank-a").get("Uploads", []) == []
+    for k in ("s3/x.bin", "s3/copy.bin", "s3/big.bin"):
+        c.delete_object(Bucket="bank-a", Key=k)
+    assert c.list_objects_v2(Bucket="bank-a", Prefix="s3/").get("Contents", []) == []
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="bank-a", Key="s3/x.bin")
+    assert code(e) == "NoSuchKey"
+
+
+def test_a_prefix_token_reaches_only_its_prefix(fed: Federation, bank_gw: str) -> None:
+    """The attacker holds a write token for /bank-a/team and tries everything else."""
+    keys = fed.keys("bank-a")
+    c = s3(bank_gw, keys.mint_token("eve", "write", "/bank-a/team", 600))
+    c.put_object(Bucket="bank-a", Key="team/a.txt", Body=b"mine")
+    assert body(c.get_object(Bucket="bank-a", Key="team/a.txt")) == b"mine"
+    parts = [random.Random(20).randbytes(5 << 20), b"tail"]
+    up = c.create_multipart_upload(Bucket="bank-a", Key="team/m.bin")["UploadId"]
+    etags = [c.upload_part(Bucket="bank-a", Key="team/m.bin", UploadId=up, PartNumber=i + 1,
+                           Body=p)["ETag"] for i, p in enumerate(parts)]
+    c.complete_multipart_upload(Bucket="bank-a", Key="team/m.bin", UploadId=up,
+                                MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e}
+                                                           for i, e in enumerate(etags)]})
+    assert body(c.get_object(Bucket="bank-a", Key="team/m.bin")) == b"".join(parts)
+
+    for key in ("data/secret.bin", "shared/s.txt"):
+        with pytest.raises(ClientError) as e:
+            c.get_object(Bucket="bank-a", Key=key)
+        assert code(e) in ("NoSuchKey", "AccessDenied")
+    for key in ("data/evil.bin", "shared/s.txt", "evil.bin"):
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket="bank-a", Key=key, Body=b"evil")
+        assert code(e) == "AccessDenied"
+    c.delete_object(Bucket="bank-a", Key="data/secret.bin")  # absent to it: 204, as S3
+    with pytest.raises(ClientError) as e:
+        c.copy_object(Bucket="bank-a", Key="team/stolen.bin", CopySource="bank-a/data/secret.bin")
+    assert code(e) in ("NoSuchKey", "AccessDenied")
+    with pytest.raises(ClientError) as e:
+        c.create_multipart_upload(Bucket="bank-a", Key="data/evil.bin")
+    assert code(e) == "AccessDenied"
+    keys_seen = [o["Key"] for o in c.list_objects_v2(Bucket="bank-a").get("Contents", [])]
+    assert keys_seen == ["team/a.txt", "team/m.bin"]
+    assert [b["Name"] for b in c.list_buckets()["Buckets"]] == ["bank-a"]
+    with pytest.raises(ClientError) as e:
+        c.list_objects_v2(Bucket="telco-b")
+    assert code(e) == "NoSuchBucket"
+    with FederatedNamespace(fed.registry_url, keys=keys) as ns:
+        assert ns.read_bytes("/bank-a/data/secret.bin") == SECRET
+        assert ns.read_bytes("/bank-a/shared/s.txt") == SHARED
+        assert not ns.exists("/bank-a/data/evil.bin") and not ns.exists("/bank-a/evil.bin")
+        assert not ns.exists("/bank-a/team/stolen.bin")
+
+
+def _forged(token: str, **changes: Any) -> str:
+    head, _, sig = token.partition(".")
+    claims = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    claims.update(changes)
+    raw = json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=") + "." + sig
+
+
+def test_bad_credentials_are_refused(fed: Federation, bank_gw: str) -> None:
+    keys = fed.keys("bank-a")
+    eve = keys.mint_token("eve", "read", "/bank-a/team", 600)
+    other = keys.mint_token("bob", "read", "/bank-a/team", 600)
+    cases = {
+        "forged prefix": (s3(bank_gw, _forged(eve, prefix="/bank-a")), "InvalidToken"),
+        "expired": (s3(bank_gw, keys.mint_token("old", "read", "/bank-a", 0)), "ExpiredToken"),
+        "no session token": (s3(bank_gw, eve, session=None), "InvalidAccessKeyId"),
+        "another token's id": (s3(bank_gw, eve, access_key=token_credentials(other)
+                                  ["access_key"]), "InvalidAccessKeyId"),
+        "wrong secret": (s3(bank_gw, eve, secret=token_credentials(other)["secret_key"]),
+                         "SignatureDoesNotMatch"),
+    }
+    for what, (client, want) in cases.items():
+        with pytest.raises(ClientError) as e:
+            client.get_object(Bucket="bank-a", Key="data/secret.bin")
+        assert code(e) == want, what
+    revoked = keys.mint_token("gone", "read", "/bank-a", 600)
+    assert body(s3(bank_gw, revoked).get_object(Bucket="bank-a", Key="data/secret.bin")) \
+        == SECRET
+    with FederatedNamespace(fed.registry_url, keys=keys) as ns:
+        ns.fc.revoke_token(revoked)
+    with pytest.raises(ClientError) as e:  # the gateway keeps records for a few seconds
+        _refused_within(s3(bank_gw, revoked), 15.0)
+    assert code(e) == "InvalidToken"
+
+
+def _refused_within(client: Any, seconds: float) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.get_object(Bucket="bank-a", Key="data/secret.bin")
+        time.sleep(0.2)  # polling a cache's expiry, not synchronisation
+
+
+def test_an_entity_gateway_serves_the_grants_it_received(fed: Federation, telco_gw: str
+                                                         ) -> None:
+    """telco-b's gateway with a read token of telco-b: bank-a's grant is readable, the
+    rest of bank-a is not, and a read token writes nothing."""
+    c = s3(telco_gw, fed.keys("telco-b").mint_token("ana", "read", "/telco-b", 600))
+    assert {"bank-a", "telco-b"} <= {b["Name"] for b in c.list_buckets()["Buckets"]}
+    assert body(c.get_object(Bucket="bank-a", Key="shared/s.txt")) == SHARED
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="bank-a")["Contents"]] \
+        == ["shared/s.txt"]
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="bank-a", Key="data/secret.bin")
+    assert code(e) in ("NoSuchKey", "AccessDenied")
+    for bucket, key in (("telco-b", "x.txt"), ("bank-a", "shared/x.txt")):
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket=bucket, Key=key, Body=b"x")
+        assert code(e) == "AccessDenied"
+    w = s3(telco_gw, fed.keys("telco-b").mint_token("ana", "write", "/telco-b", 600))
+    w.put_object(Bucket="telco-b", Key="in/x.txt", Body=b"telco data")
+    assert body(c.get_object(Bucket="telco-b", Key="in/x.txt")) == b"telco data"
+    with pytest.raises(ClientError) as e:  # a write token writes no grant it only reads
+        w.put_object(Bucket="bank-a", Key="shared/x.txt", Body=b"x")
+    assert code(e) == "AccessDenied"
+    bank = s3(telco_gw, fed.keys("bank-a").mint_token("ops", "read", "/bank-a", 600))
+    assert body(bank.get_object(Bucket="bank-a", Key="data/secret.bin")) == SECRET
