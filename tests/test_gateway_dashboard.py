@@ -4,6 +4,7 @@ live while the gateway serves more requests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import urllib.request
@@ -60,49 +61,57 @@ def scene(tmp_path: Path) -> Iterator[tuple[S3Server, Proc]]:
         s3.proc.stop()
 
 
-def test_dashboard_in_chromium(scene: tuple[S3Server, Proc]) -> None:
+@contextlib.contextmanager
+def chromium_page(url: str, problems: list[str]) -> Iterator[Any]:
+    """A page of headless Chromium open at `url`; console errors and page errors are
+    appended to `problems`."""
     from playwright.sync_api import sync_playwright
 
-    s3, dash = scene
-    problems: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page()
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(dash.url)
-            page.wait_for_selector("#pools tbody tr", timeout=30_000)
-            pools = page.inner_text("#pools")
-            assert "fastpool" in pools and "archivepool" in pools and "default" in pools
-            tiers = page.inner_text("#tiers")
-            assert "cold" in tiers and "USD" in page.inner_text("#tiers thead")
-            rules = {r[0]: r for r in _rows(page, "rules", 1)}
-            assert rules["/lab/archive"][2] == "met"
-            assert rules["/lab/data"][2] == "pending" and "tier run" in rules["/lab/data"][3]
-            assert rules["/lab/later"][2] == "waiting"
-            assert "tier run" in page.inner_text("#jobs")
-            page.wait_for_function(
-                "document.querySelector('#gateways').innerText.includes('PutObject')",
-                timeout=30_000)
-            before = _count(page, "PutObject")
-            client = s3.client()
-            for i in range(5):
-                client.put_object(Bucket="bkt", Key=f"more{i}", Body=b"y" * 10_000)
-            page.wait_for_function(  # the page updates by itself
-                "n => [...document.querySelectorAll('#gateways tbody tr')].some(r => "
-                "r.cells[1].innerText === 'PutObject' && Number(r.cells[2].innerText) >= n)",
-                arg=before + 5, timeout=30_000)
-            page.wait_for_function(  # the plots have lines once two samples are in
-                "document.querySelectorAll('#plots polyline').length >= 8", timeout=30_000)
-            assert page.inner_text("figure[data-series=stored_bytes] figcaption") \
-                .startswith("stored bytes")
-            s3.proc.stop()  # a gateway that goes away is shown as down
-            page.wait_for_function(
-                "document.querySelector('#gateways').innerText.includes('down')",
-                timeout=30_000)
+            page.goto(url)
+            yield page
         finally:
             browser.close()
+
+
+def test_dashboard_in_chromium(scene: tuple[S3Server, Proc]) -> None:
+    s3, dash = scene
+    problems: list[str] = []
+    with chromium_page(dash.url, problems) as page:
+        page.wait_for_selector("#pools tbody tr", timeout=30_000)
+        pools = page.inner_text("#pools")
+        assert "fastpool" in pools and "archivepool" in pools and "default" in pools
+        tiers = page.inner_text("#tiers")
+        assert "cold" in tiers and "USD" in page.inner_text("#tiers thead")
+        rules = {r[0]: r for r in _rows(page, "rules", 1)}
+        assert rules["/lab/archive"][2] == "met"
+        assert rules["/lab/data"][2] == "pending" and "tier run" in rules["/lab/data"][3]
+        assert rules["/lab/later"][2] == "waiting"
+        assert "tier run" in page.inner_text("#jobs")
+        page.wait_for_function(
+            "document.querySelector('#gateways').innerText.includes('PutObject')",
+            timeout=30_000)
+        before = _count(page, "PutObject")
+        client = s3.client()
+        for i in range(5):
+            client.put_object(Bucket="bkt", Key=f"more{i}", Body=b"y" * 10_000)
+        page.wait_for_function(  # the page updates by itself
+            "n => [...document.querySelectorAll('#gateways tbody tr')].some(r => "
+            "r.cells[1].innerText === 'PutObject' && Number(r.cells[2].innerText) >= n)",
+            arg=before + 5, timeout=30_000)
+        page.wait_for_function(  # the plots have lines once two samples are in
+            "document.querySelectorAll('#plots polyline').length >= 8", timeout=30_000)
+        assert page.inner_text("figure[data-series=stored_bytes] figcaption") \
+            .startswith("stored bytes")
+        s3.proc.stop()  # a gateway that goes away is shown as down
+        page.wait_for_function(
+            "document.querySelector('#gateways').innerText.includes('down')",
+            timeout=30_000)
     assert problems == []
     with urllib.request.urlopen(dash.url + "/api/state") as r:
         state = json.load(r)

@@ -79,11 +79,24 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import asyncio
 
     from gfs.federation.cli import _serve
-    from gfs.gateway.dashboard import make_app
+    from gfs.gateway.dashboard import make_app, store_state
+    from gfs.profiles import open_namespace, selected
 
     host, port = args.listen
+    profile = selected(getattr(args, "profile", None))
+    if profile is not None:  # the federation as the profile sees it
+        from gfs.federation.namespace import FederatedNamespace
+        from gfs.gateway.fed_dashboard import federation_state
+
+        with open_namespace(profile) as ns:  # type: ignore[attr-defined]
+            assert isinstance(ns, FederatedNamespace)
+            asyncio.run(_serve(make_app(lambda: federation_state(ns), args.gateway or [],
+                                        args.interval), host, port,
+                               "hutong dashboard: serving on"))
+        return 0
     with open_client(args) as fs:
-        asyncio.run(_serve(make_app(fs, args.gateway or [], args.interval), host, port,
+        asyncio.run(_serve(make_app(lambda: store_state(fs), args.gateway or [],
+                                    args.interval), host, port,
                            "hutong dashboard: serving on"))
     return 0
 
@@ -158,7 +171,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.set_defaults(func=cmd_cred_rm)
 
 
-    sp = sub.add_parser("dashboard", help="live dashboard of the store in a browser",
+    sp = sub.add_parser("dashboard", help="live dashboard of the store (or, with --profile, "
+                        "of the federation: sites, pools, rules) in a browser",
                         parents=[common])
     sp.add_argument("--listen", type=_listen, default=("127.0.0.1", 8090), metavar="HOST:PORT")
     sp.add_argument("--gateway", action="append", metavar="URL",

@@ -1,4 +1,5 @@
-"""The live dashboard of an embedded store: one static page over a JSON API.
+"""The live dashboard of an embedded store or of the federation (gfs.gateway.fed_dashboard,
+`--profile`): one static page over a JSON API.
 
 `GET /` is the page (gfs/gateway/dashboard.html, plain JS, no build chain);
 `GET /api/state` is the current picture (pools, tiers with usage and cost, rules
@@ -120,10 +121,11 @@ def store_state(fs: Client) -> dict[str, Any]:
 
 
 class Dashboard:
-    """The state the page shows, refreshed every `interval` seconds."""
+    """The state the page shows (`picture()`), refreshed every `interval` seconds."""
 
-    def __init__(self, fs: Client, gateways: list[str], interval: float = 5.0) -> None:
-        self.fs = fs
+    def __init__(self, picture: Callable[[], dict[str, Any]], gateways: list[str],
+                 interval: float = 5.0) -> None:
+        self.picture = picture
         self.gateways = gateways
         self.interval = interval
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="hutong-dashboard")
@@ -135,13 +137,13 @@ class Dashboard:
 
     async def sample(self) -> None:
         """Take one sample of the store and the gateways."""
-        state = await self.run(store_state, self.fs)
+        state = await self.run(self.picture)
         state["gateways"] = [await self.run(gateway_metrics, g) for g in self.gateways]
         state["sampled_at"] = time.time()
         self.state = state
         point: dict[str, Any] = {"t": state["sampled_at"],
-                                 "stored_bytes": state["usage"]["stored_bytes"],
-                                 "logical_bytes": state["usage"]["logical_bytes"]}
+                                 "stored_bytes": state["usage"].get("stored_bytes", 0),
+                                 "logical_bytes": state["usage"].get("logical_bytes", 0)}
         for t in state["tiers"]:
             point[f"tier_{t['tier']}"] = t["live_bytes"]
         point["requests"] = sum(o["count"] for g in state["gateways"] for o in g["operations"])
@@ -178,9 +180,11 @@ async def _series(request: web.Request) -> web.Response:
                               "points": list(request.app[_DASH].series)})
 
 
-def make_app(fs: Client, gateways: list[str], interval: float = 5.0) -> web.Application:
-    """The dashboard application for store `fs` and the gateways at `gateways`."""
-    dash = Dashboard(fs, gateways, interval)
+def make_app(picture: Callable[[], dict[str, Any]], gateways: list[str],
+             interval: float = 5.0) -> web.Application:
+    """The dashboard application showing `picture()` (`store_state` of a store, or
+    `federation_state` of a federated namespace) and the gateways at `gateways`."""
+    dash = Dashboard(picture, gateways, interval)
     app = web.Application(middlewares=[metrics.middleware("dashboard")])
     app[_DASH] = dash
     app.router.add_get("/", _page)
