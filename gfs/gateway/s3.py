@@ -385,9 +385,17 @@ class S3Gateway:
         request[_STREAMING] = True
         await resp.prepare(request)
         blocks = self.store.read(bucket, key, pinned, start, end)
-        while block := await self.run(_take, blocks, SEND_BLOCK):
-            await resp.write(block)
-            metrics.BYTES.labels("s3", "out").inc(len(block))
+        # The next block is read on a worker while this one is sent: without the overlap
+        # the socket idles for a thread round trip after every drain.
+        nxt = asyncio.ensure_future(self.run(_take, blocks, SEND_BLOCK))
+        try:
+            while block := await nxt:
+                nxt = asyncio.ensure_future(self.run(_take, blocks, SEND_BLOCK))
+                await resp.write(block)
+                metrics.BYTES.labels("s3", "out").inc(len(block))
+        finally:
+            if not nxt.done():  # the client went away mid-body: let the read finish
+                await asyncio.gather(nxt, return_exceptions=True)
         await resp.write_eof()
         return resp
 
