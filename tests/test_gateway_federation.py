@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import random
 from collections.abc import Iterator
@@ -46,14 +47,15 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.close()
 
 
-def _gateway(fed: Federation, tmp: Path, name: str, entity: str, site: str) -> Proc:
-    """`hutong gateway s3 --profile NAME` with the keys of `entity`, in its own
+def _gateway(fed: Federation, tmp: Path, name: str, entity: str, site: str,
+             kind: str = "s3") -> Proc:
+    """`hutong gateway KIND --profile NAME` with the keys of `entity`, in its own
     profiles file."""
-    profiles = tmp / f"{name}-profiles.toml"
+    profiles = tmp / f"{name}-{kind}-profiles.toml"
     add_profile(name, registry=fed.registry_url, entity=entity,
                 keys=fed.sites[site]["state"] / "federation", path=profiles)
-    return Proc(cli("gateway", "s3", "--profile", name, "--listen", "127.0.0.1:0"),
-                tmp / f"{name}.log", env={"HUTONG_PROFILES": str(profiles)})
+    return Proc(cli("gateway", kind, "--profile", name, "--listen", "127.0.0.1:0"),
+                tmp / f"{name}-{kind}.log", env={"HUTONG_PROFILES": str(profiles)})
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +64,10 @@ def gateways(fed: Federation, tmp_path_factory: pytest.TempPathFactory
     """The URLs of bank-a's gateway ("bank") and telco-b's ("telco")."""
     tmp = tmp_path_factory.mktemp("gw")
     procs = [_gateway(fed, tmp, "bank", "bank-a", "a1"),
-             _gateway(fed, tmp, "telco", "telco-b", "t1")]
+             _gateway(fed, tmp, "telco", "telco-b", "t1"),
+             _gateway(fed, tmp, "bank", "bank-a", "a1", "webdav")]
     try:
-        yield {"bank": procs[0].url, "telco": procs[1].url}
+        yield {"bank": procs[0].url, "telco": procs[1].url, "webdav": procs[2].url}
     finally:
         for p in procs:
             p.stop()
@@ -272,3 +275,33 @@ def test_an_entity_gateway_serves_the_grants_it_received(fed: Federation, telco_
     assert code(e) == "AccessDenied"
     bank = s3(telco_gw, fed.keys("bank-a").mint_token("ops", "read", "/bank-a", 600))
     assert body(bank.get_object(Bucket="bank-a", Key="data/secret.bin")) == SECRET
+
+
+def test_webdav_with_a_prefix_token(fed: Federation, gateways: dict[str, str]) -> None:
+    """`hutong gateway webdav --profile`: user = token id, password = token; the token's
+    prefix bounds what WebDAV shows and changes."""
+    from webdav4.client import Client as DavClient
+    from webdav4.client import HTTPError
+
+    keys = fed.keys("bank-a")
+    token = keys.mint_token("eve", "write", "/bank-a/team", 600)
+    c = DavClient(gateways["webdav"], auth=(token_credentials(token)["access_key"], token))
+    data = random.Random(30).randbytes(2 << 20)
+    c.upload_fileobj(io.BytesIO(data), "bank-a/team/dav.bin")
+    out = io.BytesIO()
+    c.download_fileobj("bank-a/team/dav.bin", out)
+    assert out.getvalue() == data
+    assert [e["name"] for e in c.ls("bank-a")] == ["bank-a/team"]
+    assert not c.exists("bank-a/data/secret.bin")
+    with pytest.raises(HTTPError):
+        c.upload_fileobj(io.BytesIO(b"evil"), "bank-a/data/evil.bin")
+    with FederatedNamespace(fed.registry_url, keys=keys) as ns:
+        assert ns.read_bytes("/bank-a/team/dav.bin") == data
+        assert not ns.exists("/bank-a/data/evil.bin")
+    other = keys.mint_token("bob", "write", "/bank-a/team", 600)
+    for user, password in ((token_credentials(other)["access_key"], token),
+                           (token_credentials(token)["access_key"], _forged(token,
+                                                                            prefix="/bank-a"))):
+        with pytest.raises(HTTPError) as e:
+            DavClient(gateways["webdav"], auth=(user, password)).ls("bank-a")
+        assert e.value.status_code == 401  # type: ignore[attr-defined]

@@ -50,6 +50,10 @@ class Access(Protocol):
         S3Error for a token that is refused."""
         ...
 
+    def basic(self, user: str, password: str) -> Credential | None:
+        """The credential of an HTTP basic sign-in (WebDAV), None if it is refused."""
+        ...
+
     def store(self, cred: Credential) -> ObjectStore:
         """The object store requests signed by `cred` act on."""
         ...
@@ -74,6 +78,12 @@ class StoreAccess:
                           "no session tokens; sign with an access key of `hutong gateway "
                           "credentials add`")
         return credentials.lookup(self._fs, access_key)
+
+    def basic(self, user: str, password: str) -> Credential | None:
+        cred = credentials.lookup(self._fs, user)
+        ok = cred is not None and hmac.compare_digest(cred.secret_key.encode(),
+                                                      password.encode())
+        return cred if ok else None
 
     def store(self, cred: Credential) -> ObjectStore:
         return self._store
@@ -152,6 +162,13 @@ class FederationAccess:
         return Credential(access_key, token_secret(session_token), token=session_token,
                           read_only=as_entity and tok.scope != "write",
                           as_gateway=as_entity)
+
+    def basic(self, user: str, password: str) -> Credential | None:
+        """User name = a token's id, password = the token."""
+        try:
+            return self.lookup(user, password)
+        except S3Error:
+            return None
 
     def store(self, cred: Credential) -> ObjectStore:
         if cred.as_gateway or cred.token is None:

@@ -4,6 +4,7 @@ clients and to browsers; manage gateway credentials."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -11,6 +12,7 @@ import threading
 from typing import Any
 
 from gfs.cli import open_client, port
+from gfs.errors import ConfigError
 from gfs.units import positive_duration_arg
 
 
@@ -56,13 +58,25 @@ def cmd_token_credentials(args: argparse.Namespace) -> int:
 
 
 def cmd_webdav(args: argparse.Namespace) -> int:
+    from gfs.gateway.access import Access, profile_access, store_access
     from gfs.gateway.webdav import make_app, serve
+    from gfs.profiles import selected
 
     host, port = args.listen
+    profile = selected(getattr(args, "profile", None))
+    if profile is not None and args.no_auth:
+        raise ConfigError("--no-auth serves the embedded store only; on the federation "
+                          "every request acts with a token (user = token id, password = "
+                          "the token)")
     stop = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # the server threads must not get them
-    with open_client(args) as fs:
-        server = serve(make_app(fs, args.root, auth=not args.no_auth), host, port,
+    with contextlib.ExitStack() as closing:
+        if profile is not None:  # the federation: tokens as credentials
+            access: Access = profile_access(profile, "/")
+        else:
+            access = store_access(closing.enter_context(open_client(args)), "/")
+        closing.callback(access.close)
+        server = serve(make_app(access, args.root, auth=not args.no_auth), host, port,
                        lambda url: print(f"hutong gateway webdav: serving on {url}",
                                          flush=True))
         thread = threading.Thread(target=server.serve, name="hutong-webdav", daemon=True)

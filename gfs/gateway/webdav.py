@@ -1,8 +1,11 @@
-"""WebDAV over the namespace: a WsgiDAV provider on the Client API, served by cheroot.
+"""WebDAV over the namespace: a WsgiDAV provider on the namespace API, served by cheroot.
 
-Users sign in with HTTP basic auth: user name = gateway access key, password = its
-secret (gfs.gateway.credentials), so S3 and WebDAV share one set of keys. Dead
-properties and locks are kept in memory for the life of the server.
+Users sign in with HTTP basic auth, checked by the S3 gateway's `Access`
+(gfs.gateway.access): on the embedded store, user name = gateway access key and
+password = its secret, so S3 and WebDAV share one set of keys; on the federation
+(`--profile`), user name = a token's id and password = the token, and each request
+acts on that token's namespace. Dead properties and locks are kept in memory for
+the life of the server.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from wsgidav.dc.base_dc import BaseDomainController
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from gfs import paths
-from gfs.client import Client
 from gfs.errors import (
     ExistsError,
     HutongError,
@@ -35,11 +37,17 @@ from gfs.errors import (
     NotEmptyError,
     NotFoundError,
 )
-from gfs.files import NsWriter
-from gfs.gateway import credentials, metrics
+from gfs.files import CloseToOpenWriter
+from gfs.gateway import metrics
+from gfs.gateway.access import Access
+from gfs.gateway.backend import Backend
+from gfs.gateway.credentials import Credential
 from gfs.namespace_api import Stat
 
-_CLIENT = "hutong.client"
+_ACCESS = "hutong.access"
+_CRED = "hutong.credential"
+#: Methods a read-only credential may use.
+_READS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND"})
 _STATUS = ((NotFoundError, HTTP_NOT_FOUND), (ExistsError, HTTP_CONFLICT),
            (NotEmptyError, HTTP_CONFLICT), (NotADirError, HTTP_CONFLICT),
            (InvalidPathError, HTTP_BAD_REQUEST))
@@ -53,7 +61,7 @@ def _dav(e: HutongError) -> DAVError:
 class _Upload:
     """The file a PUT writes into: committed on close only if the whole body came."""
 
-    def __init__(self, writer: NsWriter, expected: int | None) -> None:
+    def __init__(self, writer: CloseToOpenWriter, expected: int | None) -> None:
         self._writer = writer
         self._expected = expected
         self._n = 0
@@ -79,10 +87,11 @@ class _Common:
     provider: HutongProvider
     path: str
 
-    def _init(self, provider: HutongProvider, st: Stat) -> None:
+    def _init(self, provider: HutongProvider, st: Stat, backend: Backend) -> None:
         self.st = st
         self.ns = st.path
-        self.fs = provider.fs
+        self.backend = backend
+        self.fs = backend.ns
 
     def get_creation_date(self) -> float:
         return self.st.ctime_ns / 1e9
@@ -128,9 +137,9 @@ class HutongFile(_Common, DAVNonCollection):  # type: ignore[misc]
     """A namespace file as a WebDAV resource."""
 
     def __init__(self, path: str, environ: dict[str, Any], provider: HutongProvider,
-                 st: Stat) -> None:
+                 st: Stat, backend: Backend) -> None:
         DAVNonCollection.__init__(self, path, environ)
-        self._init(provider, st)
+        self._init(provider, st, backend)
         self._upload: _Upload | None = None
 
     def get_content_length(self) -> int:
@@ -147,8 +156,9 @@ class HutongFile(_Common, DAVNonCollection):  # type: ignore[misc]
 
     def begin_write(self, *, content_type: str | None = None) -> _Upload:
         length = self.environ.get("CONTENT_LENGTH")
-        self._upload = _Upload(self.fs.open(self.ns, "wb"),  # type: ignore[arg-type]
-                               int(length) if length else None)
+        writer = self.fs.open(self.ns, "wb")
+        assert isinstance(writer, CloseToOpenWriter)
+        self._upload = _Upload(writer, int(length) if length else None)
         return self._upload
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -157,7 +167,7 @@ class HutongFile(_Common, DAVNonCollection):  # type: ignore[misc]
 
     def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
         try:  # the copy shares the chunks: no data is read or written
-            self.fs.concat(self.provider.ns_path(dest_path), [self.ns])
+            self.backend.concat(self.provider.ns_path(dest_path), [self.ns], lambda _: {}, [])
         except HutongError as e:
             raise _dav(e) from None
 
@@ -166,9 +176,9 @@ class HutongDir(_Common, DAVCollection):  # type: ignore[misc]
     """A namespace directory as a WebDAV collection."""
 
     def __init__(self, path: str, environ: dict[str, Any], provider: HutongProvider,
-                 st: Stat) -> None:
+                 st: Stat, backend: Backend) -> None:
         DAVCollection.__init__(self, path, environ)
-        self._init(provider, st)
+        self._init(provider, st, backend)
 
     def get_member_names(self) -> list[str]:
         return [st.name for st in self.fs.ls(self.ns) if st.kind != "symlink"]
@@ -198,12 +208,19 @@ class HutongDir(_Common, DAVCollection):  # type: ignore[misc]
 
 
 class HutongProvider(DAVProvider):  # type: ignore[misc]
-    """Serves the namespace below `root` of store `fs`."""
+    """Serves the namespace below `root` of the store each request's credential maps to
+    (`access`; without authentication, the first store)."""
 
-    def __init__(self, fs: Client, root: str = "/") -> None:
+    def __init__(self, access: Access, root: str = "/") -> None:
         super().__init__()
-        self.fs = fs
+        self.access = access
         self.root = paths.normalize(root)
+
+    def backend(self, environ: dict[str, Any]) -> Backend:
+        """The back end the request acts on."""
+        cred: Credential | None = environ.get(_CRED)
+        store = self.access.store(cred) if cred is not None else self.access.stores()[0]
+        return store.backend
 
     def ns_path(self, dav_path: str) -> str:
         """The namespace path of a WebDAV path ('..' and the like are refused)."""
@@ -215,23 +232,25 @@ class HutongProvider(DAVProvider):  # type: ignore[misc]
 
     def get_resource_inst(self, path: str, environ: dict[str, Any]
                           ) -> HutongFile | HutongDir | None:
+        backend = self.backend(environ)
         try:
-            st = self.fs.stat(self.ns_path(path))
+            st = backend.ns.stat(self.ns_path(path))
         except (NotFoundError, NotADirError):
             return None
         if st.is_dir:
-            return HutongDir(path, environ, self, st)
+            return HutongDir(path, environ, self, st, backend)
         if st.kind == "file":
-            return HutongFile(path, environ, self, st)
+            return HutongFile(path, environ, self, st, backend)
         return None  # symlinks are not served
 
 
 class CredentialDomainController(BaseDomainController):  # type: ignore[misc]
-    """Basic auth against the store's gateway credentials (access key / secret)."""
+    """Basic auth through `Access.basic` (an access key and its secret, or a token id
+    and the token); a read-only credential may only read."""
 
     def __init__(self, wsgidav_app: Any, config: dict[str, Any]) -> None:
         super().__init__(wsgidav_app, config)
-        self.fs: Client = config[_CLIENT]
+        self.access: Access = config[_ACCESS]
 
     def get_domain_realm(self, path_info: str, environ: dict[str, Any] | None) -> str:
         return "hutong"
@@ -241,11 +260,13 @@ class CredentialDomainController(BaseDomainController):  # type: ignore[misc]
 
     def basic_auth_user(self, realm: str, user_name: str, password: str,
                         environ: dict[str, Any]) -> bool:
-        import hmac
-
-        cred = credentials.lookup(self.fs, user_name)
-        return cred is not None and not cred.buckets and hmac.compare_digest(
-            cred.secret_key.encode(), password.encode())
+        cred = self.access.basic(user_name, password)
+        if cred is None or cred.buckets:  # WebDAV sees all of ROOT: no bucket-scoped keys
+            return False
+        if cred.read_only and environ.get("REQUEST_METHOD") not in _READS:
+            return False
+        environ[_CRED] = cred
+        return True
 
     def supports_http_digest_auth(self) -> bool:
         return False
@@ -275,10 +296,10 @@ def _timed(app: WSGIApp) -> WSGIApp:
     return wrapped
 
 
-def make_app(fs: Client, root: str = "/", *, auth: bool = True) -> WSGIApp:
-    """The WebDAV WSGI application serving `root` of store `fs`."""
+def make_app(access: Access, root: str = "/", *, auth: bool = True) -> WSGIApp:
+    """The WebDAV WSGI application serving `root` of the stores of `access`."""
     config: dict[str, Any] = {
-        "provider_mapping": {"/": HutongProvider(fs, root)},
+        "provider_mapping": {"/": HutongProvider(access, root)},
         "http_authenticator": {"domain_controller": CredentialDomainController,
                                "accept_basic": True, "accept_digest": False,
                                "default_to_digest": False},
@@ -288,7 +309,7 @@ def make_app(fs: Client, root: str = "/", *, auth: bool = True) -> WSGIApp:
         "property_manager": True,
         "lock_storage": True,
         "dir_browser": {"enable": True},
-        _CLIENT: fs,
+        _ACCESS: access,
     }
     if not auth:
         config["http_authenticator"]["domain_controller"] = None
