@@ -39,7 +39,7 @@ from gfs.mount_atime import AccessTimes
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
 from gfs.mount_shutdown import Drain, Drainable
-from gfs.mount_writeback import DirtyFile, WriteBack
+from gfs.mount_writeback import GATHER_WINDOW, DirtyFile, WriteBack
 from gfs.mount_xattr import HUTONG_XATTR, Xattrs
 from gfs.read import ManifestReader, cached
 from gfs.store import release
@@ -72,6 +72,8 @@ class MountOptions(ServeOptions):
     disk_cache_dir: str | None = None
     disk_cache_bytes: int | None = None
     cache_policy: str = DEFAULT_POLICY
+    #: Seconds a close waits for other files being written to commit with it.
+    commit_window: float = GATHER_WINDOW
 
 
 @dataclass
@@ -170,8 +172,9 @@ class HutongOperations(pyfuse3.Operations):
                                 self.opts.disk_cache_bytes, self.opts.cache_policy))
         self._pool = ThreadPoolExecutor(self.opts.threads, thread_name_prefix="hutong-fuse")
         self._names = NameHints()
-        self.wb = WriteBack(client, self.cache, self._names)
-        self._xattrs = Xattrs(client.engine, lambda: self.cache.stats().to_dict())
+        self.wb = WriteBack(client, self.cache, self._names, self.opts.commit_window)
+        self._xattrs = Xattrs(client.engine, lambda: self.cache.stats().to_dict(),
+                              self.wb.stats.to_dict)
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._next_fh = itertools.count(1)
@@ -542,10 +545,21 @@ class HutongOperations(pyfuse3.Operations):
             namespace.set_attrs_of(txn, node, mode=node.mode & ~stat.S_ISGID)
         self._write_txn(change)
 
+    async def _commit(self, d: DirtyFile) -> None:
+        """Commit `d` through the group committer; the wait holds no pool thread, so
+        the writers of other files keep going and join the same commit."""
+        fut = self.wb.commit_future(d)
+        if fut is None:
+            return
+        try:
+            await asyncio.wrap_future(fut)
+        except Exception as e:
+            raise fuse_error(e, "commit") from None
+
     async def flush(self, fh: int) -> None:
         h = self._handles.get(fh)
         if h is not None and (h.dirty is not None or h.ino in self.wb.pending):
-            await self._run(self.wb.commit_ino, h.ino)
+            await self._commit(self.wb.dirty_of(h.ino))
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.flush(fh)
@@ -554,20 +568,20 @@ class HutongOperations(pyfuse3.Operations):
         h = self._handles.pop(fh, None)
         try:
             if h is not None:
-                await self._run(self._release, h)
+                await self._release(h)
         finally:
             if self._writers_closed is not None and not self.open_writers():
                 self._writers_closed.set()
 
-    def _release(self, h: _Handle) -> None:
+    async def _release(self, h: _Handle) -> None:
         if h.dirty is None:
             if h.ino in self.wb.pending:
-                self.wb.commit_ino(h.ino)
+                await self._commit(self.wb.dirty_of(h.ino))
             return
         try:
-            self.wb.commit(h.dirty)
+            await self._commit(h.dirty)
         finally:
-            self.wb.drop_writer(h.dirty)
+            await self._run(self.wb.drop_writer, h.dirty)
 
     # -- extended attributes -------------------------------------------------
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

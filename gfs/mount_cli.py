@@ -81,6 +81,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     help=f"disk tier capacity (${CACHE_BYTES_ENV}, else 4GiB)")
     sp.add_argument("--cache-policy", choices=sorted(POLICIES), default=DEFAULT_POLICY,
                     help=f"eviction policy of both tiers ({DEFAULT_POLICY})")
+    sp.add_argument("--commit-window", type=duration_arg, default=0.01,
+                    metavar="DURATION",
+                    help="how long a close waits for the closes of other files being "
+                    "written at the same time, to commit them together (one pack write, "
+                    "one metadata transaction); 0 = never (10ms)")
     sp.add_argument("--allow-other", action="store_true", help="let other users in")
     sp.add_argument("--log", metavar="FILE", help="with --background: write logs here")
     sp.add_argument("--fuse-debug", action="store_true", help="log every FUSE request")
@@ -124,7 +129,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--state", str(args.state)]
     argv += ["mount", os.path.abspath(args.mountpoint), "--attr-timeout",
              str(args.attr_timeout), "--cache-size", str(args.cache_size),
-             "--disk-cache", args.disk_cache, "--cache-policy", args.cache_policy]
+             "--disk-cache", args.disk_cache, "--cache-policy", args.cache_policy,
+             "--commit-window", str(args.commit_window)]
     if args.disk_cache_dir:
         argv += ["--disk-cache-dir", os.path.abspath(args.disk_cache_dir)]
     if args.disk_cache_size is not None:
@@ -182,7 +188,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                         disk_cache_dir=args.disk_cache_dir,
                         disk_cache_bytes=args.disk_cache_size, cache_policy=args.cache_policy,
                         allow_other=args.allow_other, debug=args.fuse_debug,
-                        drain_timeout=args.drain_timeout)
+                        drain_timeout=args.drain_timeout, commit_window=args.commit_window)
     with Client(args.state) as fs:
         run_mount(fs, mp, opts)
     return 0
