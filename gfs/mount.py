@@ -74,6 +74,10 @@ class MountOptions(ServeOptions):
     cache_policy: str = DEFAULT_POLICY
     #: Seconds a close waits for other files being written to commit with it.
     commit_window: float = GATHER_WINDOW
+    #: 0: a close returns once its file is committed and durable. > 0: committed
+    #: (visible, safe from kill -9) at close, durable at fsync(2), at unmount or
+    #: within this many seconds (packs written without fsync, synced in batches).
+    sync_interval: float = 0.0
 
 
 @dataclass
@@ -172,7 +176,8 @@ class HutongOperations(pyfuse3.Operations):
                                 self.opts.disk_cache_bytes, self.opts.cache_policy))
         self._pool = ThreadPoolExecutor(self.opts.threads, thread_name_prefix="hutong-fuse")
         self._names = NameHints()
-        self.wb = WriteBack(client, self.cache, self._names, self.opts.commit_window)
+        self.wb = WriteBack(client, self.cache, self._names, self.opts.commit_window,
+                            self.opts.sync_interval)
         self._xattrs = Xattrs(client.engine, lambda: self.cache.stats().to_dict(),
                               self.wb.stats.to_dict)
         self._handles: dict[int, _Handle] = {}
@@ -501,7 +506,9 @@ class HutongOperations(pyfuse3.Operations):
             node = self.wb.create(parent_inode, n, mode, ctx.uid, ctx.gid)
             reader, _ = self.wb.reader(node.ino)
             return pyfuse3.FileInfo(fh=self._new_handle(node.ino, reader, flags)), node
-        fi, node = await self._run(op)
+        # in memory but for one snapshot read, unless a block of inode numbers must be
+        # reserved: then on the loop (a trip to a worker costs more than the call)
+        fi, node = self._now(op) if self.wb.pending.can_add_now() else await self._run(op)
         return fi, self._attr(node)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -563,6 +570,8 @@ class HutongOperations(pyfuse3.Operations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.flush(fh)
+        if self.wb.sync_interval > 0:
+            await self._run(self.wb.sync)
 
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
@@ -581,7 +590,7 @@ class HutongOperations(pyfuse3.Operations):
         try:
             await self._commit(h.dirty)
         finally:
-            await self._run(self.wb.drop_writer, h.dirty)
+            self.wb.drop_writer(h.dirty)  # in memory (closes a spool file at most)
 
     # -- extended attributes -------------------------------------------------
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

@@ -86,6 +86,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     help="how long a close waits for the closes of other files being "
                     "written at the same time, to commit them together (one pack write, "
                     "one metadata transaction); 0 = never (10ms)")
+    sp.add_argument("--sync-interval", type=duration_arg, default=0.0, metavar="DURATION",
+                    help="0: a close returns once its file is committed and durable; "
+                    "else committed (visible, safe from a crash of the mount) at close and "
+                    "durable at fsync, at unmount or within DURATION, packs being fsynced "
+                    "in batches; an OS crash or power loss may damage files closed in "
+                    "the last DURATION and never fsynced (fsck reports them) (0)")
     sp.add_argument("--allow-other", action="store_true", help="let other users in")
     sp.add_argument("--log", metavar="FILE", help="with --background: write logs here")
     sp.add_argument("--fuse-debug", action="store_true", help="log every FUSE request")
@@ -130,7 +136,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     argv += ["mount", os.path.abspath(args.mountpoint), "--attr-timeout",
              str(args.attr_timeout), "--cache-size", str(args.cache_size),
              "--disk-cache", args.disk_cache, "--cache-policy", args.cache_policy,
-             "--commit-window", str(args.commit_window)]
+             "--commit-window", str(args.commit_window),
+             "--sync-interval", str(args.sync_interval)]
     if args.disk_cache_dir:
         argv += ["--disk-cache-dir", os.path.abspath(args.disk_cache_dir)]
     if args.disk_cache_size is not None:
@@ -188,7 +195,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
                         disk_cache_dir=args.disk_cache_dir,
                         disk_cache_bytes=args.disk_cache_size, cache_policy=args.cache_policy,
                         allow_other=args.allow_other, debug=args.fuse_debug,
-                        drain_timeout=args.drain_timeout, commit_window=args.commit_window)
+                        drain_timeout=args.drain_timeout, commit_window=args.commit_window,
+                        sync_interval=args.sync_interval)
     with Client(args.state) as fs:
         run_mount(fs, mp, opts)
     return 0

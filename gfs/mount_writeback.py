@@ -144,14 +144,18 @@ class DirtyFile:
 @dataclass
 class CommitStats:
     """What the group committer did: batches (each one writer session: at most one
-    pack write per pack filled and one metadata transaction) and the files in them."""
+    pack write per pack filled and one metadata transaction), the files in them,
+    the syncs of packs written without fsync, and the batches not synced yet."""
 
     batches: int = 0
     files: int = 0
+    syncs: int = 0
+    unsynced: int = 0
 
     def to_dict(self) -> dict[str, int]:
         """The counters as a JSON-ready dict."""
-        return {"batches": self.batches, "files": self.files}
+        return {"batches": self.batches, "files": self.files, "syncs": self.syncs,
+                "unsynced": self.unsynced}
 
 
 class GroupCommitter(Generic[T]):
@@ -308,6 +312,10 @@ class PendingCreates:
             if entry is not None:
                 self._by_name.pop((entry[0].parent, entry[1]), None)
 
+    def can_add_now(self) -> bool:
+        """Whether `add` needs no transaction (an inode number is reserved already)."""
+        return bool(self._free_inos)
+
     def _take_ino(self) -> int:
         """An inode number from the reserved block (numbers of a block left unused are
         skipped forever, which is harmless). `_lock` held."""
@@ -324,7 +332,7 @@ class WriteBack:
     from worker threads); those named `*_nowait` never do."""
 
     def __init__(self, client: Client, cache: MemoryTier, names: NameHints,
-                 gather_window: float = GATHER_WINDOW) -> None:
+                 gather_window: float = GATHER_WINDOW, sync_interval: float = 0.0) -> None:
         self.client = client
         self.cache = cache
         self.names = names
@@ -334,8 +342,17 @@ class WriteBack:
         self.seen_version: dict[int, int] = {}
         self._lock = threading.Lock()
         self.stats = CommitStats()
+        self._stats_lock = threading.Lock()
+        #: > 0: packs are written without fsync and synced this often (and by `sync`).
+        self.sync_interval = sync_interval
         self._committer: GroupCommitter[DirtyFile] = GroupCommitter(
             self._commit_batch, expected=self._writers_elsewhere, window=gather_window)
+        self._stop_syncer = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if sync_interval > 0:
+            self._syncer = threading.Thread(target=self._sync_loop, name="hutong-sync",
+                                            daemon=True)
+            self._syncer.start()
 
     def close(self, commit: bool = True) -> None:
         """Stop the committer; with `commit`, commit the pending files first."""
@@ -345,6 +362,34 @@ class WriteBack:
         except Exception:
             log.exception("could not commit the files created before the unmount")
         self._committer.close()
+        self._stop_syncer.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        self.sync()
+
+    # -- durability ------------------------------------------------------------
+    def sync(self) -> None:
+        """Make every committed file durable: fsync the packs written without it (with
+        `sync_interval`; nothing to do otherwise)."""
+        with self._stats_lock:
+            pending, self.stats.unsynced = self.stats.unsynced, 0
+        if not pending:
+            return
+        try:
+            self.client.store.sync_puts()
+        except BaseException:
+            with self._stats_lock:
+                self.stats.unsynced += pending
+            raise
+        with self._stats_lock:
+            self.stats.syncs += 1
+
+    def _sync_loop(self) -> None:
+        while not self._stop_syncer.wait(self.sync_interval):
+            try:
+                self.sync()
+            except Exception:
+                log.exception("could not sync the packs of committed files; retrying")
 
     # -- looking -------------------------------------------------------------
     def node(self, ino: int) -> Inode:
@@ -571,7 +616,7 @@ class WriteBack:
                     if d.ino in self.pending or (d.dirty and d.tmp is not None)]
             if not work:
                 return
-            with self.client.store.writer() as session:
+            with self.client.store.writer(durable=self.sync_interval <= 0) as session:
                 for d, new in work:
                     refs = d.tmp.store(session) if d.tmp is not None else []
                     if new and d.mtime_ns is not None:
@@ -580,8 +625,11 @@ class WriteBack:
                         self._update_action(d.ino, d.mtime_ns)
                     session.add_file(refs, action)
                 session.commit()
-            self.stats.batches += 1
-            self.stats.files += len(work)
+            with self._stats_lock:
+                self.stats.batches += 1
+                self.stats.files += len(work)
+                if self.sync_interval > 0:
+                    self.stats.unsynced += 1
             for d, new in work:
                 d.dirty = False
                 if new:
