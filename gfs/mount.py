@@ -337,7 +337,10 @@ class HutongOperations(pyfuse3.Operations):
             self.atimes.flush(txn)  # access times ride along (a retry finds them gone)
             return fn(txn)
 
-        return self.client.engine.transact(change)
+        try:
+            return self.client.engine.transact(change)
+        finally:
+            self.wb.changed()
 
     def _dir(self, txn: WriteTxn, ino: int) -> Inode:
         node = namespace.get(txn, ino)

@@ -31,7 +31,7 @@ from typing import BinaryIO, Generic, TypeVar
 from gfs import namespace
 from gfs.client import Client
 from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError, NotFoundError
-from gfs.meta import ChunkRef, Inode, Kind, Manifest, MetaEngine, WriteTxn
+from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, WriteTxn
 from gfs.mount_names import NameHints
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import WriteSession
@@ -368,15 +368,24 @@ class WriteBack:
         self.sync()
 
     # -- durability ------------------------------------------------------------
+    def changed(self) -> None:
+        """Note a metadata change made outside the committer (for the next `sync`)."""
+        if self.sync_interval > 0:
+            with self._stats_lock:
+                self.stats.unsynced += 1
+
     def sync(self) -> None:
-        """Make every committed file durable: fsync the packs written without it (with
-        `sync_interval`; nothing to do otherwise)."""
+        """Make every committed change durable (with `sync_interval`; nothing to do
+        otherwise): fsync the packs written without it, then flush the metadata
+        (an engine opened with `metasync=False` leaves its last commit to this)."""
         with self._stats_lock:
             pending, self.stats.unsynced = self.stats.unsynced, 0
         if not pending:
             return
         try:
             self.client.store.sync_puts()
+            if isinstance(self.client.engine, LmdbEngine):
+                self.client.engine.sync()
         except BaseException:
             with self._stats_lock:
                 self.stats.unsynced += pending
@@ -542,6 +551,7 @@ class WriteBack:
             # truncate(2) of a file nobody writes here: a new version that keeps the
             # chunks before the cut (no copy of the file)
             self.client.truncate_ino(ino, size)
+            self.changed()
             self.seen_version[ino] = self.client.manifest_ino(ino).version
             return
         try:

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -233,6 +234,11 @@ def test_sync_interval_commits_at_close_and_syncs_at_fsync_and_in_time(
             os.fsync(f.fileno())
         after = _commits(mnt)
         assert after["unsynced"] == 0 and after["syncs"] == 1, after
+        os.unlink(mnt / "f01")  # a metadata change: its flush is left to the syncs too
+        assert _commits(mnt)["unsynced"] == 1
+        with open(mnt / "f00", "rb") as f:
+            os.fsync(f.fileno())
+        assert _commits(mnt) == {**after, "syncs": 2}
     mnt2 = tmp_path / "mnt2"
     argv = [sys.executable, "-m", "gfs.cli", "--state", str(state), "mount", str(mnt2),
             "--sync-interval", "0.2"]
@@ -260,3 +266,25 @@ def test_kill_9_with_unsynced_packs_loses_no_closed_file(tmp_path: Path) -> None
             assert c.read_bytes(f"/f{i:02d}") == content(f"/f{i:02d}")
         report = c.fsck()
         assert report.ok, report.problems
+
+
+def test_metasync_off_keeps_commits_and_syncs_on_demand(tmp_path: Path) -> None:
+    """The engine a --sync-interval mount opens: commits are visible at once (to other
+    processes too) and `sync` flushes them."""
+    from gfs.meta import LmdbEngine
+
+    state = tmp_path / "state"
+    init_store(state)
+    engine = LmdbEngine(str(state / "meta"), metasync=False)
+    try:
+        assert engine._env.flags()["metasync"] is False
+        with Client(state) as c:  # shares the environment opened above
+            c.write_bytes("/a", b"a")
+            engine.sync()
+        probe = subprocess.run([sys.executable, "-c", "import sys; from gfs.client import "
+                                "Client; c = Client(sys.argv[1]); "
+                                "print(c.read_bytes('/a').decode())", str(state)],
+                               capture_output=True, text=True, timeout=DEADLINE, check=True)
+        assert probe.stdout.strip() == "a"
+    finally:
+        engine.close()
