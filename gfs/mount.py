@@ -446,27 +446,35 @@ class HutongOperations(pyfuse3.Operations):
         if fields.update_size and attr.st_size > MAX_FILE_SIZE:
             raise pyfuse3.FUSEError(errno.EFBIG)
 
+        mode = attr.st_mode & 0o7777 if fields.update_mode else None
+        uid = attr.st_uid if fields.update_uid else None
+        gid = attr.st_gid if fields.update_gid else None
+        atime = attr.st_atime_ns if fields.update_atime else None
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+
+        def pending_change(n: Inode) -> Inode:
+            return replace(n, mode=n.mode if mode is None else mode,
+                           uid=n.uid if uid is None else uid,
+                           gid=n.gid if gid is None else gid,
+                           atime_ns=n.atime_ns if atime is None else atime,
+                           mtime_ns=n.mtime_ns if mtime is None else mtime,
+                           ctime_ns=namespace.now_ns())
+
+        if not fields.update_size:  # of a file created here, not committed: in memory
+            if mtime is not None:
+                self.wb.set_mtime(inode, mtime)
+            pending = self.wb.pending.update(inode, pending_change)
+            if pending is not None:  # applied when the file is committed
+                return self._attr(pending)
+
         def op() -> Inode:
             if fields.update_size:
                 self.wb.truncate(inode, attr.st_size)
-            mode = attr.st_mode & 0o7777 if fields.update_mode else None
-            uid = attr.st_uid if fields.update_uid else None
-            gid = attr.st_gid if fields.update_gid else None
-            atime = attr.st_atime_ns if fields.update_atime else None
-            mtime = attr.st_mtime_ns if fields.update_mtime else None
             if mtime is not None:
                 self.wb.set_mtime(inode, mtime)  # applied again when the content is committed
             if fields.update_size and all(v is None for v in (mode, uid, gid, atime, mtime)):
                 return self.wb.node(inode)
             # else a change, or none at all (chown(f, -1, -1)): ctime moves, as on ext4
-
-            def pending_change(n: Inode) -> Inode:
-                return replace(n, mode=n.mode if mode is None else mode,
-                               uid=n.uid if uid is None else uid,
-                               gid=n.gid if gid is None else gid,
-                               atime_ns=n.atime_ns if atime is None else atime,
-                               mtime_ns=n.mtime_ns if mtime is None else mtime,
-                               ctime_ns=namespace.now_ns())
             pending = self.wb.pending.update(inode, pending_change)
             if pending is not None:  # applied when the file is committed
                 return pending
