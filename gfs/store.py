@@ -67,6 +67,8 @@ WHOLE_READ_LIMIT = 8 << 20
 #: New chunks compressed together by one worker task (at most this many, or bytes).
 ENCODE_GROUP = 64
 ENCODE_GROUP_BYTES = 1 << 20
+#: A group this small with nothing else in flight is encoded by the writing thread.
+INLINE_ENCODE_BYTES = 64 << 10
 
 #: Called inside the commit transaction with the file's new manifest; returns
 #: the manifest it replaced (whose references are then released), if any.
@@ -517,6 +519,11 @@ class WriteSession:
                     self._delta_meta[cid] = (None, plan.keys)
             fut = self.store.executor.submit(self._planner.encode, pieces, ids, plans,
                                              self._level)
+        elif not self._inflight and sum(len(p) for p in pieces) <= INLINE_ENCODE_BYTES:
+            # a small write alone (a small file's commit): encoding it here costs less
+            # than the trip to a worker and back
+            fut = Future()
+            fut.set_result(encode_blobs(pieces, ids, self._level))
         else:
             fut = self.store.executor.submit(encode_blobs, pieces, ids, self._level)
         self._inflight.append(([cid for cid, _ in group], fut))
