@@ -196,6 +196,8 @@ class HutongOperations(pyfuse3.Operations):
         self.wb.close(commit)
         try:
             self.client.engine.transact(self.atimes.flush)  # a retry finds them flushed
+            self.wb.changed()
+            self.wb.sync()  # with --sync-interval: the last changes made durable
         except Exception:
             log.exception("could not record the access times of files read")
         self.cache.close()
