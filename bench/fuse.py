@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,11 @@ QUICK_MEMBER = "Django-5.1.4/django/contrib/admin"
 CACHE = Path.home() / ".cache" / "hutong-bench"
 #: The row of the Hutong mount with packs synced in batches.
 SYNC_1S = "hutong --sync-interval 1s"
+
+
+def _progress(name: str, what: str, result: object) -> None:
+    """One measurement as it is made (on stderr: the table comes at the end)."""
+    print(f"  {name}: {what}: {result} (load {_load()})", file=sys.stderr, flush=True)
 
 
 def _load() -> str:
@@ -170,6 +176,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--files", type=int, help="small files (10000)")
     ap.add_argument("--dir", help="work directory (default: a temporary one)")
     args = ap.parse_args(argv)
+    # SIGTERM (a timeout) unwinds like Ctrl-C: mounts unmounted, work directory removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     size = args.size or (256 if args.quick else 2048) << 20
     nfiles = args.files or (1000 if args.quick else 10_000)
     tarball = sdist()
@@ -201,11 +209,14 @@ def main(argv: list[str]) -> int:
                 n = read_file(path)
                 assert n == size, f"{name}: read {n} of {size} bytes"
                 seq[f"{name} {label}"] = n / (time.perf_counter() - t) / 1e6
+                _progress(name, f"read {label}", f"{seq[f'{name} {label}']:.0f} MB/s")
 
         def files_and_untar(name: str, root: Path) -> None:
             small[name] = _small_files(root, nfiles, "small")
+            _progress(name, "create/stat/read/unlink", small[name])
             par[name] = _parallel_creates(root, nfiles // 2, "par")
             untar[name] = _untar(root, tarball, members)
+            _progress(name, "untar / rm", untar[name])
 
         read_seq("local", big, [big])
         files_and_untar("local", local)
