@@ -39,7 +39,7 @@ from gfs.mount_atime import AccessTimes
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
 from gfs.mount_shutdown import Drain, Drainable
-from gfs.mount_writeback import DirtyFile, WriteBack
+from gfs.mount_writeback import GATHER_WINDOW, DirtyFile, WriteBack
 from gfs.mount_xattr import HUTONG_XATTR, Xattrs
 from gfs.read import ManifestReader, cached
 from gfs.store import release
@@ -72,6 +72,12 @@ class MountOptions(ServeOptions):
     disk_cache_dir: str | None = None
     disk_cache_bytes: int | None = None
     cache_policy: str = DEFAULT_POLICY
+    #: Seconds a close waits for other files being written to commit with it.
+    commit_window: float = GATHER_WINDOW
+    #: 0: a close returns once its file is committed and durable. > 0: committed
+    #: (visible, safe from kill -9) at close, durable at fsync(2), at unmount or
+    #: within this many seconds (packs written without fsync, synced in batches).
+    sync_interval: float = 0.0
 
 
 @dataclass
@@ -170,8 +176,10 @@ class HutongOperations(pyfuse3.Operations):
                                 self.opts.disk_cache_bytes, self.opts.cache_policy))
         self._pool = ThreadPoolExecutor(self.opts.threads, thread_name_prefix="hutong-fuse")
         self._names = NameHints()
-        self.wb = WriteBack(client, self.cache, self._names)
-        self._xattrs = Xattrs(client.engine, lambda: self.cache.stats().to_dict())
+        self.wb = WriteBack(client, self.cache, self._names, self.opts.commit_window,
+                            self.opts.sync_interval)
+        self._xattrs = Xattrs(client.engine, lambda: self.cache.stats().to_dict(),
+                              self.wb.stats.to_dict)
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._next_fh = itertools.count(1)
@@ -188,6 +196,8 @@ class HutongOperations(pyfuse3.Operations):
         self.wb.close(commit)
         try:
             self.client.engine.transact(self.atimes.flush)  # a retry finds them flushed
+            self.wb.changed()
+            self.wb.sync()  # with --sync-interval: the last changes made durable
         except Exception:
             log.exception("could not record the access times of files read")
         self.cache.close()
@@ -329,7 +339,10 @@ class HutongOperations(pyfuse3.Operations):
             self.atimes.flush(txn)  # access times ride along (a retry finds them gone)
             return fn(txn)
 
-        return self.client.engine.transact(change)
+        try:
+            return self.client.engine.transact(change)
+        finally:
+            self.wb.changed()
 
     def _dir(self, txn: WriteTxn, ino: int) -> Inode:
         node = namespace.get(txn, ino)
@@ -435,27 +448,35 @@ class HutongOperations(pyfuse3.Operations):
         if fields.update_size and attr.st_size > MAX_FILE_SIZE:
             raise pyfuse3.FUSEError(errno.EFBIG)
 
+        mode = attr.st_mode & 0o7777 if fields.update_mode else None
+        uid = attr.st_uid if fields.update_uid else None
+        gid = attr.st_gid if fields.update_gid else None
+        atime = attr.st_atime_ns if fields.update_atime else None
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+
+        def pending_change(n: Inode) -> Inode:
+            return replace(n, mode=n.mode if mode is None else mode,
+                           uid=n.uid if uid is None else uid,
+                           gid=n.gid if gid is None else gid,
+                           atime_ns=n.atime_ns if atime is None else atime,
+                           mtime_ns=n.mtime_ns if mtime is None else mtime,
+                           ctime_ns=namespace.now_ns())
+
+        if not fields.update_size:  # of a file created here, not committed: in memory
+            if mtime is not None:
+                self.wb.set_mtime(inode, mtime)
+            pending = self.wb.pending.update(inode, pending_change)
+            if pending is not None:  # applied when the file is committed
+                return self._attr(pending)
+
         def op() -> Inode:
             if fields.update_size:
                 self.wb.truncate(inode, attr.st_size)
-            mode = attr.st_mode & 0o7777 if fields.update_mode else None
-            uid = attr.st_uid if fields.update_uid else None
-            gid = attr.st_gid if fields.update_gid else None
-            atime = attr.st_atime_ns if fields.update_atime else None
-            mtime = attr.st_mtime_ns if fields.update_mtime else None
             if mtime is not None:
                 self.wb.set_mtime(inode, mtime)  # applied again when the content is committed
             if fields.update_size and all(v is None for v in (mode, uid, gid, atime, mtime)):
                 return self.wb.node(inode)
             # else a change, or none at all (chown(f, -1, -1)): ctime moves, as on ext4
-
-            def pending_change(n: Inode) -> Inode:
-                return replace(n, mode=n.mode if mode is None else mode,
-                               uid=n.uid if uid is None else uid,
-                               gid=n.gid if gid is None else gid,
-                               atime_ns=n.atime_ns if atime is None else atime,
-                               mtime_ns=n.mtime_ns if mtime is None else mtime,
-                               ctime_ns=namespace.now_ns())
             pending = self.wb.pending.update(inode, pending_change)
             if pending is not None:  # applied when the file is committed
                 return pending
@@ -498,7 +519,9 @@ class HutongOperations(pyfuse3.Operations):
             node = self.wb.create(parent_inode, n, mode, ctx.uid, ctx.gid)
             reader, _ = self.wb.reader(node.ino)
             return pyfuse3.FileInfo(fh=self._new_handle(node.ino, reader, flags)), node
-        fi, node = await self._run(op)
+        # in memory but for one snapshot read, unless a block of inode numbers must be
+        # reserved: then on the loop (a trip to a worker costs more than the call)
+        fi, node = self._now(op) if self.wb.pending.can_add_now() else await self._run(op)
         return fi, self._attr(node)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -542,32 +565,45 @@ class HutongOperations(pyfuse3.Operations):
             namespace.set_attrs_of(txn, node, mode=node.mode & ~stat.S_ISGID)
         self._write_txn(change)
 
+    async def _commit(self, d: DirtyFile) -> None:
+        """Commit `d` through the group committer; the wait holds no pool thread, so
+        the writers of other files keep going and join the same commit."""
+        fut = self.wb.commit_future(d)
+        if fut is None:
+            return
+        try:
+            await asyncio.wrap_future(fut)
+        except Exception as e:
+            raise fuse_error(e, "commit") from None
+
     async def flush(self, fh: int) -> None:
         h = self._handles.get(fh)
         if h is not None and (h.dirty is not None or h.ino in self.wb.pending):
-            await self._run(self.wb.commit_ino, h.ino)
+            await self._commit(self.wb.dirty_of(h.ino))
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.flush(fh)
+        if self.wb.sync_interval > 0:
+            await self._run(self.wb.sync)
 
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
         try:
             if h is not None:
-                await self._run(self._release, h)
+                await self._release(h)
         finally:
             if self._writers_closed is not None and not self.open_writers():
                 self._writers_closed.set()
 
-    def _release(self, h: _Handle) -> None:
+    async def _release(self, h: _Handle) -> None:
         if h.dirty is None:
             if h.ino in self.wb.pending:
-                self.wb.commit_ino(h.ino)
+                await self._commit(self.wb.dirty_of(h.ino))
             return
         try:
-            self.wb.commit(h.dirty)
+            await self._commit(h.dirty)
         finally:
-            self.wb.drop_writer(h.dirty)
+            self.wb.drop_writer(h.dirty)  # in memory (closes a spool file at most)
 
     # -- extended attributes -------------------------------------------------
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

@@ -6,6 +6,7 @@ Registered through `gfs.cli.EXTENSIONS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -81,6 +82,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     help=f"disk tier capacity (${CACHE_BYTES_ENV}, else 4GiB)")
     sp.add_argument("--cache-policy", choices=sorted(POLICIES), default=DEFAULT_POLICY,
                     help=f"eviction policy of both tiers ({DEFAULT_POLICY})")
+    sp.add_argument("--commit-window", type=duration_arg, default=0.01,
+                    metavar="DURATION",
+                    help="how long a close waits for the closes of other files being "
+                    "written at the same time, to commit them together (one pack write, "
+                    "one metadata transaction); 0 = never (10ms)")
+    sp.add_argument("--sync-interval", type=duration_arg, default=0.0, metavar="DURATION",
+                    help="0: a close returns once its file is committed and durable; "
+                    "else committed (visible, safe from a crash of the mount) at close and "
+                    "durable at fsync, at unmount or within DURATION, packs and metadata "
+                    "being synced in batches; an OS crash or power loss may lose or damage "
+                    "files changed in the last DURATION and never fsynced (fsck reports "
+                    "damage) (0)")
     sp.add_argument("--allow-other", action="store_true", help="let other users in")
     sp.add_argument("--log", metavar="FILE", help="with --background: write logs here")
     sp.add_argument("--fuse-debug", action="store_true", help="log every FUSE request")
@@ -124,7 +137,9 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--state", str(args.state)]
     argv += ["mount", os.path.abspath(args.mountpoint), "--attr-timeout",
              str(args.attr_timeout), "--cache-size", str(args.cache_size),
-             "--disk-cache", args.disk_cache, "--cache-policy", args.cache_policy]
+             "--disk-cache", args.disk_cache, "--cache-policy", args.cache_policy,
+             "--commit-window", str(args.commit_window),
+             "--sync-interval", str(args.sync_interval)]
     if args.disk_cache_dir:
         argv += ["--disk-cache-dir", os.path.abspath(args.disk_cache_dir)]
     if args.disk_cache_size is not None:
@@ -182,10 +197,26 @@ def cmd_mount(args: argparse.Namespace) -> int:
                         disk_cache_dir=args.disk_cache_dir,
                         disk_cache_bytes=args.disk_cache_size, cache_policy=args.cache_policy,
                         allow_other=args.allow_other, debug=args.fuse_debug,
-                        drain_timeout=args.drain_timeout)
-    with Client(args.state) as fs:
+                        drain_timeout=args.drain_timeout, commit_window=args.commit_window,
+                        sync_interval=args.sync_interval)
+    with _engine_flags(args), Client(args.state) as fs:
         run_mount(fs, mp, opts)
     return 0
+
+
+def _engine_flags(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """With --sync-interval, the embedded metadata environment opened (first, so the
+    Client's engine shares it) with its meta-page flush left to the mount's syncs."""
+    from gfs.env import state_dir
+    from gfs.meta import LmdbEngine
+    from gfs.state import is_database_url, meta_location
+
+    if args.sync_interval <= 0:
+        return contextlib.nullcontext()
+    meta = meta_location(state_dir(args.state))
+    if is_database_url(meta):
+        return contextlib.nullcontext()
+    return contextlib.closing(LmdbEngine(meta, metasync=False))
 
 
 def _mount_global(args: argparse.Namespace, profile: str) -> int:

@@ -21,6 +21,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,7 @@ from typing import BinaryIO, Generic, TypeVar
 from gfs import namespace
 from gfs.client import Client
 from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError, NotFoundError
-from gfs.meta import ChunkRef, Inode, Kind, Manifest, MetaEngine, WriteTxn
+from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, WriteTxn
 from gfs.mount_names import NameHints
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import WriteSession
@@ -42,6 +43,12 @@ Action = Callable[[WriteTxn, list[ChunkRef]], Manifest | None]
 
 #: Uncommitted content up to this size stays in memory; larger spills to a temp file.
 SPOOL_MEMORY = 1 << 20
+#: Seconds a commit waits for the closes of other files being written at the same
+#: time, so that they share its pack write, fsyncs and metadata transaction.
+GATHER_WINDOW = 0.01
+#: A file open for writing counts as "being written" (worth waiting for) if it was
+#: opened or written within this many seconds.
+ACTIVE_WRITER = 0.05
 
 
 def _pwrite_all(fd: int, data: bytes, off: int) -> int:
@@ -129,27 +136,59 @@ class DirtyFile:
     dirty: bool = False
     #: An mtime set while writing, applied at the commit.
     mtime_ns: int | None = None
+    #: When a handle was opened or a write arrived (time.monotonic()).
+    touched: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class CommitStats:
+    """What the group committer did: batches (each one writer session: at most one
+    pack write per pack filled and one metadata transaction), the files in them,
+    the syncs of packs written without fsync, and the batches not synced yet."""
+
+    batches: int = 0
+    files: int = 0
+    syncs: int = 0
+    unsynced: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """The counters as a JSON-ready dict."""
+        return {"batches": self.batches, "files": self.files, "syncs": self.syncs,
+                "unsynced": self.unsynced}
 
 
 class GroupCommitter(Generic[T]):
     """One thread that commits items in batches: `submit` returns once its item is
     committed; items submitted while a batch commits form the next batch, so
-    parallel writers share one commit. If a batch fails, its items are committed
-    one by one, so each error reaches the caller whose item caused it."""
+    parallel writers share one commit. With `expected` (how many more items are
+    on their way, given the batch so far), a batch also waits up to `window`
+    seconds for those, so closes that arrive together share one commit even when
+    none is running; a lone writer (nothing expected) never waits. If a batch
+    fails, its items are committed one by one, so each error reaches the caller
+    whose item caused it."""
 
     def __init__(self, commit_batch: Callable[[list[T]], None],
-                 name: str = "hutong-commit") -> None:
+                 name: str = "hutong-commit", *,
+                 expected: Callable[[list[T]], int] | None = None,
+                 window: float = 0.0) -> None:
         self._commit_batch = commit_batch
+        self._expected = expected
+        self._window = window
         self._queue: queue.SimpleQueue[tuple[T, Future[None]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, item: T) -> None:
         """Commit `item` (with whatever else is queued); raises what its commit raised."""
+        self.submit_future(item).result()
+
+    def submit_future(self, item: T) -> Future[None]:
+        """Queue `item`; the future is done once it is committed (or its commit failed).
+        Waiting on it needs no thread of a pool (the FUSE handlers await it)."""
         fut: Future[None] = Future()
         self._queue.put((item, fut))
-        fut.result()
+        return fut
 
     def close(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -162,16 +201,31 @@ class GroupCommitter(Generic[T]):
             if item is None:
                 return
             batch = [item]
-            while True:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(more)
+            stopping = self._take(batch, None)
+            if not stopping and self._expected is not None and self._window > 0:
+                deadline = time.monotonic() + self._window
+                while not stopping and self._expected([it for it, _ in batch]) > 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    stopping = self._take(batch, left)
+            if stopping:
+                self._queue.put(None)  # stop after this batch
             self._run(batch)
+
+    def _take(self, batch: list[tuple[T, Future[None]]], wait: float | None) -> bool:
+        """Move what is queued into `batch` (waiting up to `wait` seconds for the first
+        when given); True if the stop marker was met."""
+        while True:
+            try:
+                more = self._queue.get(timeout=wait) if wait is not None else \
+                    self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if more is None:
+                return True
+            batch.append(more)
+            wait = None
 
     def _run(self, batch: list[tuple[T, Future[None]]]) -> None:
         try:
@@ -258,6 +312,10 @@ class PendingCreates:
             if entry is not None:
                 self._by_name.pop((entry[0].parent, entry[1]), None)
 
+    def can_add_now(self) -> bool:
+        """Whether `add` needs no transaction (an inode number is reserved already)."""
+        return bool(self._free_inos)
+
     def _take_ino(self) -> int:
         """An inode number from the reserved block (numbers of a block left unused are
         skipped forever, which is harmless). `_lock` held."""
@@ -273,7 +331,8 @@ class WriteBack:
     and the group committer that makes them visible. Methods block (call them
     from worker threads); those named `*_nowait` never do."""
 
-    def __init__(self, client: Client, cache: MemoryTier, names: NameHints) -> None:
+    def __init__(self, client: Client, cache: MemoryTier, names: NameHints,
+                 gather_window: float = GATHER_WINDOW, sync_interval: float = 0.0) -> None:
         self.client = client
         self.cache = cache
         self.names = names
@@ -282,7 +341,18 @@ class WriteBack:
         #: The committed version this mount last opened or committed, per inode.
         self.seen_version: dict[int, int] = {}
         self._lock = threading.Lock()
-        self._committer: GroupCommitter[DirtyFile] = GroupCommitter(self._commit_batch)
+        self.stats = CommitStats()
+        self._stats_lock = threading.Lock()
+        #: > 0: packs are written without fsync and synced this often (and by `sync`).
+        self.sync_interval = sync_interval
+        self._committer: GroupCommitter[DirtyFile] = GroupCommitter(
+            self._commit_batch, expected=self._writers_elsewhere, window=gather_window)
+        self._stop_syncer = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if sync_interval > 0:
+            self._syncer = threading.Thread(target=self._sync_loop, name="hutong-sync",
+                                            daemon=True)
+            self._syncer.start()
 
     def close(self, commit: bool = True) -> None:
         """Stop the committer; with `commit`, commit the pending files first."""
@@ -292,6 +362,43 @@ class WriteBack:
         except Exception:
             log.exception("could not commit the files created before the unmount")
         self._committer.close()
+        self._stop_syncer.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        self.sync()
+
+    # -- durability ------------------------------------------------------------
+    def changed(self) -> None:
+        """Note a metadata change made outside the committer (for the next `sync`)."""
+        if self.sync_interval > 0:
+            with self._stats_lock:
+                self.stats.unsynced += 1
+
+    def sync(self) -> None:
+        """Make every committed change durable (with `sync_interval`; nothing to do
+        otherwise): fsync the packs written without it, then flush the metadata
+        (an engine opened with `metasync=False` leaves its last commit to this)."""
+        with self._stats_lock:
+            pending, self.stats.unsynced = self.stats.unsynced, 0
+        if not pending:
+            return
+        try:
+            self.client.store.sync_puts()
+            if isinstance(self.client.engine, LmdbEngine):
+                self.client.engine.sync()
+        except BaseException:
+            with self._stats_lock:
+                self.stats.unsynced += pending
+            raise
+        with self._stats_lock:
+            self.stats.syncs += 1
+
+    def _sync_loop(self) -> None:
+        while not self._stop_syncer.wait(self.sync_interval):
+            try:
+                self.sync()
+            except Exception:
+                log.exception("could not sync the packs of committed files; retrying")
 
     # -- looking -------------------------------------------------------------
     def node(self, ino: int) -> Inode:
@@ -360,7 +467,18 @@ class WriteBack:
         with self._lock:
             d = self.dirty.setdefault(ino, DirtyFile(ino))
             d.writers += 1
+            d.touched = time.monotonic()
         return d
+
+    def _writers_elsewhere(self, batch: list[DirtyFile]) -> int:
+        """How many files outside `batch` are being written now (uncommitted, opened or
+        written in the last ACTIVE_WRITER seconds): closes worth a short wait."""
+        inos = {d.ino for d in batch}
+        since = time.monotonic() - ACTIVE_WRITER
+        with self._lock:
+            return sum(1 for d in self.dirty.values()
+                       if d.writers > 0 and d.ino not in inos and d.touched >= since
+                       and (d.dirty or d.ino in self.pending))
 
     def drop_writer(self, d: DirtyFile) -> None:
         """Uncount a writable handle; the last one drops the spool."""
@@ -381,6 +499,7 @@ class WriteBack:
             d.size = max(d.size, off + n)
         d.dirty = True
         d.mtime_ns = None
+        d.touched = time.monotonic()
         return n
 
     def write(self, d: DirtyFile, reader: ManifestReader, data: bytes, off: int) -> int:
@@ -432,6 +551,7 @@ class WriteBack:
             # truncate(2) of a file nobody writes here: a new version that keeps the
             # chunks before the cut (no copy of the file)
             self.client.truncate_ino(ino, size)
+            self.changed()
             self.seen_version[ino] = self.client.manifest_ino(ino).version
             return
         try:
@@ -457,13 +577,24 @@ class WriteBack:
     def commit(self, d: DirtyFile) -> None:
         """Commit the content of `d` (and create its file if pending); returns once
         committed. Commits queued meanwhile share one writer session."""
+        fut = self.commit_future(d)
+        if fut is not None:
+            fut.result()
+
+    def commit_future(self, d: DirtyFile) -> Future[None] | None:
+        """`commit` without waiting: a future done once `d` is committed, or None if
+        it has nothing to commit. Never blocks."""
         if d.ino not in self.pending and (not d.dirty or d.tmp is None):
-            return
-        self._committer.submit(d)
+            return None
+        return self._committer.submit_future(d)
 
     def commit_ino(self, ino: int) -> None:
         """Commit `ino` with its uncommitted content, if it has any or is pending."""
-        self.commit(self.dirty.get(ino) or DirtyFile(ino))
+        self.commit(self.dirty_of(ino))
+
+    def dirty_of(self, ino: int) -> DirtyFile:
+        """The uncommitted state of `ino` (an empty one if it has none)."""
+        return self.dirty.get(ino) or DirtyFile(ino)
 
     def settle(self) -> None:
         """Commit every pending file (with its content so far: empty unless written),
@@ -495,7 +626,7 @@ class WriteBack:
                     if d.ino in self.pending or (d.dirty and d.tmp is not None)]
             if not work:
                 return
-            with self.client.store.writer() as session:
+            with self.client.store.writer(durable=self.sync_interval <= 0) as session:
                 for d, new in work:
                     refs = d.tmp.store(session) if d.tmp is not None else []
                     if new and d.mtime_ns is not None:
@@ -504,6 +635,11 @@ class WriteBack:
                         self._update_action(d.ino, d.mtime_ns)
                     session.add_file(refs, action)
                 session.commit()
+            with self._stats_lock:
+                self.stats.batches += 1
+                self.stats.files += len(work)
+                if self.sync_interval > 0:
+                    self.stats.unsynced += 1
             for d, new in work:
                 d.dirty = False
                 if new:
@@ -553,5 +689,5 @@ class WriteBack:
         return action
 
 
-__all__ = ["SPOOL_MEMORY", "DirtyFile", "GroupCommitter", "PendingCreates", "Spool",
-           "WriteBack"]
+__all__ = ["ACTIVE_WRITER", "GATHER_WINDOW", "SPOOL_MEMORY", "CommitStats", "DirtyFile",
+           "GroupCommitter", "PendingCreates", "Spool", "WriteBack"]

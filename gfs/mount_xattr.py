@@ -2,7 +2,8 @@
 
 `user.*` names are stored in the `xattrs` value table (key: inode u64 BE + name;
 value: 0x01 + bytes). `user.hutong.*` names are read-only facts computed from the
-index (chunks, stored bytes, replicas, pools, version, cache statistics); they
+index (chunks, stored bytes, replicas, pools, version, cache and group-commit
+statistics); they
 are not listed by listxattr, so copies of the tree do not carry them, but can be
 read by name. Other namespaces (security., trusted., system.) are not stored.
 """
@@ -57,19 +58,23 @@ def check_settable(name: bytes, value: bytes) -> None:
 
 
 class Xattrs:
-    """The extended attributes of the inodes of `engine`; `cache_stats` gives the
-    statistics shown as `user.hutong.cache`."""
+    """The extended attributes of the inodes of `engine`; `cache_stats` and
+    `commit_stats` give the statistics shown as `user.hutong.cache` and
+    `user.hutong.commits`."""
 
-    def __init__(self, engine: MetaEngine, cache_stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, engine: MetaEngine, cache_stats: Callable[[], dict[str, Any]],
+                 commit_stats: Callable[[], dict[str, int]] = dict) -> None:
         self.engine = engine
         self.cache_stats = cache_stats
+        self.commit_stats = commit_stats
 
     def facts(self, ino: int) -> dict[bytes, bytes]:
         """The read-only facts of `ino`, by name without the `user.hutong.` prefix."""
         with self.engine.read() as txn:
             node = namespace.get(txn, ino)
             out = {b"version": str(node.version).encode(), b"ino": str(ino).encode(),
-                   b"cache": json.dumps(self.cache_stats()).encode()}
+                   b"cache": json.dumps(self.cache_stats()).encode(),
+                   b"commits": json.dumps(self.commit_stats()).encode()}
             m = txn.get_manifest(ino) if node.kind == Kind.FILE else None
             if m is None:
                 return out

@@ -67,6 +67,8 @@ WHOLE_READ_LIMIT = 8 << 20
 #: New chunks compressed together by one worker task (at most this many, or bytes).
 ENCODE_GROUP = 64
 ENCODE_GROUP_BYTES = 1 << 20
+#: A group this small with nothing else in flight is encoded by the writing thread.
+INLINE_ENCODE_BYTES = 64 << 10
 
 #: Called inside the commit transaction with the file's new manifest; returns
 #: the manifest it replaced (whose references are then released), if any.
@@ -248,6 +250,13 @@ class ChunkStore:
             self._executor = ThreadPoolExecutor(self.config.threads, thread_name_prefix="hutong")
         return self._executor
 
+    def sync_puts(self) -> None:
+        """Make the packs written by sessions with `durable=False` durable."""
+        with self._pools_lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.sync_puts()
+
     def close(self) -> None:
         """Record pending heat, stop the workers and close the pools."""
         if self._heat is not None:
@@ -346,10 +355,13 @@ class ChunkStore:
 
     # -- writing -------------------------------------------------------------
     @contextmanager
-    def writer(self) -> Iterator[WriteSession]:
-        """A write session; committed files stay committed even if the block raises."""
+    def writer(self, *, durable: bool = True) -> Iterator[WriteSession]:
+        """A write session; committed files stay committed even if the block raises.
+        With `durable=False` its packs are written without fsync (`Pool.put_unsynced`)
+        and become durable at the next `sync_puts`; the metadata commit is durable
+        either way."""
         with self._gc_lock(fcntl.LOCK_SH):
-            session = WriteSession(self)
+            session = WriteSession(self, durable=durable)
             try:
                 yield session
                 session.commit()
@@ -397,8 +409,9 @@ def read_prepared(path: str, params: chunking.ChunkParams) -> Prepared | None:
 class WriteSession:
     """Stores chunks and commits files in batches. One thread uses a session."""
 
-    def __init__(self, store: ChunkStore) -> None:
+    def __init__(self, store: ChunkStore, *, durable: bool = True) -> None:
         self.store = store
+        self.durable = durable
         self.stats = WriteStats()
         self._started = time.monotonic()
         self._level = store.config.zstd_level
@@ -506,6 +519,11 @@ class WriteSession:
                     self._delta_meta[cid] = (None, plan.keys)
             fut = self.store.executor.submit(self._planner.encode, pieces, ids, plans,
                                              self._level)
+        elif not self._inflight and sum(len(p) for p in pieces) <= INLINE_ENCODE_BYTES:
+            # a small write alone (a small file's commit): encoding it here costs less
+            # than the trip to a worker and back
+            fut = Future()
+            fut.set_result(encode_blobs(pieces, ids, self._level))
         else:
             fut = self.store.executor.submit(encode_blobs, pieces, ids, self._level)
         self._inflight.append(([cid for cid, _ in group], fut))
@@ -554,7 +572,8 @@ class WriteSession:
             limited = any(r.capacity for r in self.store.pool_records())
             self._used = self.store.usage() if limited else {}
         pool_id = self.store.choose_pool(self._tier, pack.size, self._used)
-        self.store.pool(pool_id).put(pack_key(pack.pack_id), pack.parts())
+        pool = self.store.pool(pool_id)
+        (pool.put if self.durable else pool.put_unsynced)(pack_key(pack.pack_id), pack.parts())
         pack.release()  # written: a long write must not hold every pack until its commit
         self._used[pool_id] = self._used.get(pool_id, 0) + pack.size
         self._pack_pool[pack.pack_id] = pool_id

@@ -430,7 +430,10 @@ class LmdbEngine(MetaEngine):
 
     `map_size` bounds the database size (address space, not disk use);
     `sync=False` skips fsync on commit (tests only: a committed write may be
-    lost on an OS crash); `readonly=True` opens an initialised environment for
+    lost on an OS crash); `metasync=False` keeps the data flush of each commit
+    but leaves its meta page to the next commit or `sync()` (LMDB's
+    MDB_NOMETASYNC: an OS crash keeps the database intact but may undo the last
+    commits); `readonly=True` opens an initialised environment for
     reading only. The first writable open initialises an empty environment.
     Engines of one process on the same directory share one environment (the
     first open's settings apply). Raises StateError if the environment cannot
@@ -443,6 +446,7 @@ class LmdbEngine(MetaEngine):
         *,
         map_size: int = 1 << 40,
         sync: bool = True,
+        metasync: bool | None = None,
         readonly: bool = False,
     ) -> None:
         self.path = path
@@ -454,11 +458,12 @@ class LmdbEngine(MetaEngine):
                 raise StateError(f"metadata environment {path} is open read-only in this "
                                  "process; close that engine before opening it writable")
             if shared is None:
-                shared = _SHARED[self._key] = self._open(map_size, sync)
+                shared = _SHARED[self._key] = self._open(
+                    map_size, sync, sync if metasync is None else sync and metasync)
             shared.users += 1
         self._shared: _SharedEnv | None = shared
 
-    def _open(self, map_size: int, sync: bool) -> _SharedEnv:
+    def _open(self, map_size: int, sync: bool, metasync: bool) -> _SharedEnv:
         path, readonly = self.path, self.readonly
         try:
             env = lmdb.open(
@@ -469,7 +474,7 @@ class LmdbEngine(MetaEngine):
                 create=not readonly,
                 lock=True,
                 sync=sync,
-                metasync=sync,
+                metasync=metasync,
                 readahead=False,
                 max_dbs=len(_CORE_TABLES) + len(VALUE_TABLES) + 8,
                 max_readers=512,
@@ -572,6 +577,11 @@ class LmdbEngine(MetaEngine):
         if self.readonly:
             raise StateError(f"metadata engine {self.path} was opened read-only")
         return _WriteCtx(self)
+
+    def sync(self) -> None:
+        """Flush every committed transaction to disk (after commits with
+        `metasync=False` or `sync=False`)."""
+        self._live().env.sync(True)
 
     def close(self) -> None:
         """Release the environment (closed when its last engine closes); later read()

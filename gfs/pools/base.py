@@ -87,6 +87,14 @@ class Pool(ABC):
     def put(self, key: str, parts: Sequence[Buffer]) -> None:
         """Store the concatenation of `parts` under `key`, atomically and durably."""
 
+    def put_unsynced(self, key: str, parts: Sequence[Buffer]) -> None:
+        """`put`, atomic but durable only after the next `sync_puts` (a pool whose
+        `put` costs no fsync keeps this default: durable at once)."""
+        self.put(key, parts)
+
+    def sync_puts(self) -> None:  # noqa: B027 - optional hook, see put_unsynced
+        """Make every `put_unsynced` object so far durable."""
+
     @abstractmethod
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Return bytes ``[start, end)`` of the object (clamped to its size, like slicing)."""

@@ -2,8 +2,9 @@
 
 `put` writes a temporary under ``ROOT/tmp/``, fsyncs it, renames it over the
 key's path and fsyncs that directory, so the object is atomic and durable on
-return. Fan-out directories are created on demand (and their parents fsynced
-once). Reads use `os.pread` on the object's file.
+return; `put_unsynced` does the same without the two fsyncs, which
+`sync_puts` makes later for every such object at once. Fan-out directories are
+created on demand (and their parents fsynced once). Reads use `os.pread` on the object's file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import errno
 import itertools
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -71,6 +73,9 @@ class LocalPool(Pool):
         self._dirs: set[str] = set()  # directories known to exist durably
         self._seq = itertools.count()
         self._rand = os.urandom(4).hex()
+        self._unsynced: set[str] = set()  # objects put without fsync
+        self._unsynced_dirs: set[str] = set()  # parents of directories made without it
+        self._unsynced_lock = threading.Lock()
         try:
             if not os.path.isdir(self.root):
                 if not create:
@@ -101,8 +106,9 @@ class LocalPool(Pool):
             )
         return PoolError(path, f"pool {self.url}: {what} failed: {e.strerror or e}")
 
-    def _mkdirs(self, path: str) -> None:
-        """Make sure directory `path` exists durably (its entry fsynced in its parent).
+    def _mkdirs(self, path: str, durable: bool = True) -> None:
+        """Make sure directory `path` exists durably (its entry fsynced in its parent;
+        with `durable=False`, at the next `sync_puts`).
 
         The parent is fsynced even when the directory existed already: another
         thread or a crashed process may have created it without that fsync.
@@ -112,19 +118,61 @@ class LocalPool(Pool):
             return
         parent = os.path.dirname(path)
         if path != self.root and parent not in self._dirs:
-            self._mkdirs(parent)
+            self._mkdirs(parent, durable)
         try:
             os.mkdir(path)
         except FileExistsError:
             if not os.path.isdir(path):
                 raise
         if parent != path:
-            _fsync_dir(parent)
+            if durable:
+                _fsync_dir(parent)
+            else:
+                with self._unsynced_lock:
+                    self._unsynced_dirs.add(parent)
         self._dirs.add(path)
 
     # -- Pool API --------------------------------------------------------
 
     def put(self, key: str, parts: Sequence[Buffer]) -> None:
+        self._put(key, parts, durable=True)
+
+    def put_unsynced(self, key: str, parts: Sequence[Buffer]) -> None:
+        self._put(key, parts, durable=False)
+        with self._unsynced_lock:
+            self._unsynced.add(self._path(key))
+
+    def sync_puts(self) -> None:
+        with self._unsynced_lock:
+            paths, self._unsynced = self._unsynced, set()
+            dirs, self._unsynced_dirs = self._unsynced_dirs, set()
+        try:
+            for path in sorted(paths):
+                try:
+                    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # deleted meanwhile (gc): nothing to make durable
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            # the objects' directories, then the parents of directories made meanwhile
+            # (deepest first: a directory's entry is synced after its own content)
+            for parent in sorted({os.path.dirname(p) for p in paths} | dirs,
+                                 key=lambda d: (-d.count(os.sep), d)):
+                _fsync_dir(parent)
+        except OSError as e:
+            with self._unsynced_lock:  # still not durable: the next sync tries again
+                self._unsynced |= paths
+                self._unsynced_dirs |= dirs
+            raise self._error(e, self.root, "sync") from e
+
+
+    def close(self) -> None:
+        """Make the objects put without fsync durable."""
+        self.sync_puts()
+
+    def _put(self, key: str, parts: Sequence[Buffer], *, durable: bool) -> None:
         path = self._path(key)
         name = f"{os.getpid()}-{self._rand}-{next(self._seq)}{_TMP_SUFFIX}"
         tmp = os.path.join(self._tmp, name)
@@ -133,19 +181,21 @@ class LocalPool(Pool):
             self._mkdirs(self._tmp)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
             _write_all(fd, parts)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
             os.close(fd)
             fd = -1
             parent = os.path.dirname(path)
-            self._mkdirs(parent)
+            self._mkdirs(parent, durable)
             try:
                 os.replace(tmp, path)
             except FileNotFoundError:
                 # A cached fan-out directory was removed behind our back: recreate it.
                 self._dirs.clear()
-                self._mkdirs(parent)
+                self._mkdirs(parent, durable)
                 os.replace(tmp, path)
-            _fsync_dir(parent)
+            if durable:
+                _fsync_dir(parent)
         except BaseException as e:
             if fd >= 0:
                 os.close(fd)
