@@ -6,6 +6,9 @@ Used by the global mount (gfs.mount_global). Rules (docs/globalmount.md):
 * one listing (`Namespace.ls`, every entry with its full Stat) answers the stats of
   all its entries and the absence of every other name in that directory, so
   `ls -l` of a directory costs one call, not one per entry;
+* a stat that misses lists (or revalidates) the parent directory instead of asking
+  for the one entry, so stats of the files of one directory cost one listing per
+  TTL, not one request per file;
 * a back end that offers `ls_if_changed(path, N)` (the federation's
   `GET /v1/ns/list?if_version=N`) revalidates an expired listing cheaply: a site
   changes a directory's version whenever an entry is added, removed, renamed or
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from gfs.errors import NotFoundError, UnavailableSiteError
+from gfs.errors import HutongError, NotFoundError, UnavailableSiteError
 from gfs.eviction import LRUPolicy
 from gfs.namespace_api import Namespace, Stat
 from gfs.paths import child_path, parent_of
@@ -147,7 +150,30 @@ class MetaCache:
                     raise NotFoundError(path)
                 return hit.stat
             self.counters.misses += 1
+        listed = self._via_parent(path)
+        if listed is not None:
+            if listed.stat is None:
+                raise NotFoundError(path)
+            return listed.stat
         return self.refresh(path)
+
+    def _via_parent(self, path: str) -> _Entry | None:
+        """What a listing of the parent, fetched or revalidated now, says of `path`
+        (None when the parent cannot be listed: then `path` is asked alone). A stat
+        is rarely alone: programs stat the files of a directory one after another,
+        and one listing answers them all."""
+        if path == "/" or not isinstance(self.ns, VersionedListing):
+            return None  # (the embedded store answers a stat as fast as a listing)
+        parent = parent_of(path)
+        try:
+            self.ls(parent)
+        except HutongError:
+            return None
+        with self._lock:
+            dir_hit = self._stats.get(parent)
+            if dir_hit is None or dir_hit.stat is None or dir_hit.stat.kind != "dir":
+                return None  # a file, or not known
+            return self._from_listing(path)
 
     def refresh(self, path: str) -> Stat:
         """The Stat of `path` fetched now (and cached); NotFoundError is cached too."""

@@ -193,7 +193,11 @@ async def ns_list(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     if_version = _uint(request, "if_version", "a directory's change version")
     path, keep = await _run(site.list_access, p, request.query.get("path", ""))
-    return web.json_response(await _run(site.listing, path, if_version, keep))
+    resp = web.json_response(await _run(site.listing, path, if_version, keep))
+    # A listing of 10,000 entries is 2.4 MB of JSON: gzip (if the client accepts it)
+    # makes it about a tenth, a few round trips less of TCP slow start on a long link.
+    resp.enable_compression()
+    return resp
 
 
 async def ns_visible(request: web.Request) -> web.Response:
