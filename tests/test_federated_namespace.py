@@ -5,7 +5,9 @@ reads go on, writes are EROFS and leave nothing half-visible)."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -445,3 +447,27 @@ def test_site_keys_with_a_registry_ca_still_present_the_sites_certificate(
                             registry_ca=fed.registry_ca_file) as ns:
         assert ns.fc.tls is not None and ns.fc.tls.directory is not None
         assert ns.read_bytes("/bank/shared/q1/data.csv") == b"a,b\n1,2\n"
+
+
+# -- the registry fails ----------------------------------------------------------------------
+def test_registry_down_serves_the_last_answer_with_a_warning(
+        mirrored: Federation, caplog: pytest.LogCaptureFixture) -> None:
+    """While the registry is down, a client that has seen it goes on with its last
+    answer (entities, sites) and says so once; one that never saw it gets a clear
+    EHOSTUNREACH naming the registry."""
+    _replicate(mirrored, {"/lab/d/f.txt": b"committed"})
+    with _ns(mirrored, "lab") as ns:
+        ns.fc.view.ttl = 0.0  # every call asks the registry again
+        assert [s.name for s in ns.ls("/lab/d")] == ["f.txt"]
+        mirrored.registry_proc.stop(signal.SIGKILL)
+        with caplog.at_level(logging.WARNING, logger="hutong.federation"):
+            assert [s.name for s in ns.ls("/lab/d")] == ["f.txt"]
+            assert ns.read_bytes("/lab/d/f.txt") == b"committed"
+            ns.write_bytes("/lab/d/g.txt", b"written with the registry down")
+        assert ns.fc.view.stale_served >= 3
+        warned = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(warned) == 1 and mirrored.registry_url in warned[0].getMessage()
+        assert ns.read_bytes("/lab/d/g.txt") == b"written with the registry down"
+    with _ns(mirrored, "lab") as fresh, pytest.raises(UnavailableSiteError) as e:
+        fresh.ls("/lab/d")
+    assert e.value.errno == errno.EHOSTUNREACH and "registry" in str(e.value)

@@ -104,7 +104,6 @@ class FederatedNamespace:
         tier's small queue (a 32nd of it) so that prefetched chunks stay until read."""
         self.spool_dir = None if cache_dir is None else Path(cache_dir)
         self._lock = threading.Lock()
-        self._entities: tuple[float, dict[str, dict[str, Any]]] | None = None
         self._view: tuple[float, Visibility] | None = None
 
     def close(self) -> None:
@@ -125,14 +124,7 @@ class FederatedNamespace:
             return self.fc.sites()
 
     def _entity_records(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            if self._entities is not None and time.monotonic() - self._entities[0] < VIEW_TTL:
-                return self._entities[1]
-        recs = {str(r["name"]): r for r in self.fc.registry.call("GET", "/v1/entities")
-                ["entities"]}
-        with self._lock:
-            self._entities = (time.monotonic(), recs)
-        return recs
+        return self.fc.view.entities()
 
     def _site(self, entity: str) -> tuple[str, SiteClient]:
         """(name, client) of `entity`'s primary site."""
