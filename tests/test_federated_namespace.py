@@ -30,6 +30,7 @@ from gfs.errors import (
 )
 from gfs.federation.auth import AuthError
 from gfs.federation.certs import CA_CERT, create_ca
+from gfs.federation.http import ApiError
 from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
@@ -253,8 +254,23 @@ def test_primary_down_writes_are_erofs_and_reads_need_a_holder(mirrored: Federat
             ns.read_bytes("/lab/alone.txt")
         with pytest.raises(UnavailableSiteError):
             ns.stat("/lab/alone.txt")
+        # listings come from the mirror too: what the rule replicates there
+        assert [(e.name, e.size) for e in ns.ls("/lab/d")] == [("f.txt", len(b"committed"))]
+        assert [e.name for e in ns.ls("/lab")] == ["d"]
+        assert ns.stat("/lab/d").kind == "dir" and ns.stat("/lab").kind == "dir"
         with pytest.raises(UnavailableSiteError):
-            ns.ls("/lab/d")  # no mirror of listings
+            ns.stat("/lab/alone.txt")  # not mirrored: unknown, not "does not exist"
+        # mirrors answer the owner's signed requests only (not filtered by grants)
+        token = mirrored.keys("lab").mint_token("ann", "read", "/lab", ttl=600)
+        with SiteClient(mirrored.sites["lab-2"]["url"], token=token, tls=mirrored.trust,
+                        site="lab-2") as sc:
+            with pytest.raises((AuthError, PermissionDeniedError)):
+                sc.list_dir("/lab/d", mirror=True)
+            # nor chunks by path (rule 13: grants are checked at the primary only)
+            cids = [r[0] for r in ns.fc.manifest("/lab/d/f.txt").chunks]
+            with pytest.raises(ApiError, match="not the primary") as refused:
+                sc.get(cids, path="/lab/d/f.txt")
+            assert not isinstance(refused.value, ConnectionError)
     mirrored.start("lab-1")
     mirrored.wait_status("lab-1", "up")
     with _ns(mirrored, "lab") as ns:

@@ -218,10 +218,13 @@ def test_a_revoked_grant_stops_reads_within_the_ttl(fed: Federation, tmp_path: P
 # -- the primary fails ----------------------------------------------------------------------
 def test_kill_9_of_the_primary_during_reads(lab_fed: Federation, tmp_path: Path) -> None:
     data = os.urandom(8 << 20)
-    _replicate(lab_fed, {"/lab/d/big.bin": data, "/lab/d/f.txt": b"committed"})
+    with lab_fed.client("lab") as fc:
+        fc.mkdir("/lab/d/e", parents=True)
+    _replicate(lab_fed, {"/lab/d/big.bin": data, "/lab/d/f.txt": b"committed",
+                         "/lab/d/e/x.txt": b"deeper"})
     with gmount(lab_fed, _profile(lab_fed, "lab", "lab", "lab-1"), tmp_path / "mnt") as m:
         d = m.mnt / "lab" / "d"
-        assert sorted(os.listdir(d)) == ["big.bin", "f.txt"]  # seen before the failure
+        assert sorted(os.listdir(d)) == ["big.bin", "e", "f.txt"]  # seen before the failure
         with open(d / "big.bin", "rb", buffering=0) as f:
             head = f.read(1 << 20)
             lab_fed.kill("lab-1")  # kill -9, mid-read
@@ -231,11 +234,15 @@ def test_kill_9_of_the_primary_during_reads(lab_fed: Federation, tmp_path: Path)
         assert head + rest == data  # the rest came from the mirror
         lab_fed.wait_status("lab-1", "down")
         assert (d / "f.txt").read_bytes() == b"committed"  # new opens too
+        # a directory never listed before the failure: listed from the mirror
+        assert os.listdir(d / "e") == ["x.txt"]
+        assert (d / "e" / "x.txt").read_bytes() == b"deeper"
         t0 = time.monotonic()
         assert errno_of(os.mkdir, d / "sub") == errno.EROFS
         assert errno_of((d / "g.txt").write_bytes, b"x") == errno.EROFS
+        assert errno_of((d / "e" / "new.txt").write_bytes, b"x") == errno.EROFS
         assert time.monotonic() - t0 < 10  # refused, not hung
-        assert not (d / "g.txt").exists()
+        assert not (d / "g.txt").exists() and not (d / "e" / "new.txt").exists()
 
 
 def test_kill_9_of_the_primary_during_a_write(lab_fed: Federation, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, t
 from gfs.federation.http import HttpClient
 from gfs.federation.registry_view import RegistryView
 from gfs.federation.site_client import (
+    Listing,
     MoverSession,
     Record,
     SiteClient,
@@ -245,24 +246,40 @@ class FederationClient:
         cannot be reached, from a mirror that a rule keeps on another site of the
         entity (maybe one version old). UnavailableSiteError if none answers."""
         norm, primary = self.primary(path)
-        owner = paths.split(norm)[0]
         try:
             return self.site(primary).manifest(norm)
         except ConnectionError as down:  # unreachable or 5xx
-            problems = [f"{primary}: {down}"]
-            for name, s in sorted(self.sites(refresh=True).items()):
-                if name == primary or s.get("entity") != owner or s.get("status") != "up":
-                    continue
-                try:
-                    m = self.site(name).manifest(norm, mirror=True)
-                except HutongError as e:
-                    problems.append(f"{name}: {e}")
-                    continue
-                log.warning("primary %s of %s is unreachable; reading %s from the mirror "
-                            "on %s", primary, owner, norm, name)
-                return m
-            raise UnavailableSiteError(norm, f"the primary is unreachable and no site holds "
-                                       f"a mirror ({'; '.join(problems)})") from None
+            return self._from_mirrors(norm, primary, down,
+                                      lambda h: h.manifest(norm, mirror=True))
+
+    def mirror_listing(self, path: str) -> Listing:
+        """Directory `path` as the mirrors of its entity's other sites hold it (what the
+        rules replicate there, as of their last reconcile), for when the primary cannot
+        be reached; UnavailableSiteError if no mirror holds it."""
+        norm, primary = self.primary(path)
+        down = SiteUnavailableError(primary, f"primary {primary} is unreachable")
+        return self._from_mirrors(norm, primary, down,
+                                  lambda h: h.list_dir(norm, mirror=True))
+
+    def _from_mirrors(self, norm: str, primary: str, down: Exception,
+                      op: Callable[[SiteClient], T]) -> T:
+        """`op` on the first up site of `norm`'s entity, other than the down primary,
+        that answers it from its mirrors."""
+        owner = paths.split(norm)[0]
+        problems = [f"{primary}: {down}"]
+        for name, s in sorted(self.sites(refresh=True).items()):
+            if name == primary or s.get("entity") != owner or s.get("status") != "up":
+                continue
+            try:
+                out = op(self.site(name))
+            except HutongError as e:
+                problems.append(f"{name}: {e}")
+                continue
+            log.warning("primary %s of %s is unreachable; %s answered from the mirror "
+                        "on %s", primary, owner, norm, name)
+            return out
+        raise UnavailableSiteError(norm, f"the primary is unreachable and no site holds "
+                                   f"a mirror of it ({'; '.join(problems)})") from None
 
     def read_bytes(self, path: str) -> bytes:
         """The whole content of file `path`, from the best replicas."""

@@ -257,7 +257,28 @@ class FederatedNamespace:
             except ConnectionError:
                 if not self.fc.owner_mode(paths.split(n)[0]):
                     raise
-                return self.fc.manifest(n).stat
+                return self._mirrored_stat(n)
+
+    def _mirrored_stat(self, n: str) -> Stat:
+        """The stat of `n` as a mirror holds it (its primary being down): a file's from
+        its mirrored manifest, a directory's from the listing of its parent (an entity's
+        top from its own). Not held by any mirror: UnavailableSiteError, since the
+        mirrors hold only what the rules replicate and cannot say it does not exist."""
+        parts = paths.split(n)
+        if len(parts) == 1:
+            return self.fc.mirror_listing(n).dir
+        try:
+            return self.fc.manifest(n).stat
+        except UnavailableSiteError as e:
+            missing = e
+        try:
+            entries = self.fc.mirror_listing(paths.join(parts[:-1])).entries or []
+        except UnavailableSiteError:
+            raise missing from None
+        for st in entries:
+            if st.path == n:
+                return st
+        raise missing
 
     def exists(self, path: str) -> bool:
         """Whether `path` names an entry the caller may see."""
@@ -288,7 +309,12 @@ class FederatedNamespace:
                     continue
             return self._synthetic(norm), out
         with self._at(norm) as (n, site):
-            listing = site.list_dir(n, if_version=version)
+            try:
+                listing = site.list_dir(n, if_version=version)
+            except ConnectionError:
+                if not self.fc.owner_mode(paths.split(n)[0]):
+                    raise
+                listing = self.fc.mirror_listing(n)  # what the mirrors hold of it
         return listing.dir, listing.entries
 
     def walk(self, path: str = "/") -> Iterator[Stat]:
