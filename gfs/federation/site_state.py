@@ -12,7 +12,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,7 +57,7 @@ from gfs.federation.wire import (
     glob_match,
     literal_prefix,
 )
-from gfs.meta import ChunkRef, Kind, Manifest, ReadTxn, WriteTxn
+from gfs.meta import ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
 from gfs.mover import (
     PIN_SECONDS,
     ChunksUnavailableError,
@@ -433,12 +433,17 @@ class Site:
         return found
 
     @staticmethod
-    def _mirror_rules(txn: ReadTxn) -> list[str]:
-        """The rules whose mirrors this site keeps (`/.mirror/RULE/...`)."""
+    def _mirror_nodes(txn: ReadTxn, path: str) -> Iterator[Inode]:
+        """The inodes of `path` in each rule's mirror kept here (`/.mirror/RULE/PATH`)."""
         try:
-            return [name for name, _ in txn.list_dir(namespace.resolve(txn, "/.mirror").ino)]
+            rules = [name for name, _ in txn.list_dir(namespace.resolve(txn, "/.mirror").ino)]
         except NotFoundError:
-            return []
+            return
+        for rule in rules:
+            try:
+                yield namespace.resolve(txn, f"/.mirror/{rule}{path}")
+            except (NotFoundError, NotADirError):
+                continue
 
     def mirrored_listing(self, path: str) -> dict[str, Any]:
         """The `/v1/ns/list` answer for directory `path` as this site's mirrors hold it:
@@ -448,11 +453,7 @@ class Site:
         entries: dict[str, Stat] = {}
         base = path.rstrip("/")
         with self.client.engine.read() as txn:
-            for rule in self._mirror_rules(txn):
-                try:
-                    node = namespace.resolve(txn, f"/.mirror/{rule}{path}")
-                except (NotFoundError, NotADirError):
-                    continue
+            for node in self._mirror_nodes(txn, path):
                 if node.kind != Kind.DIR:
                     continue
                 if top is None or node.mtime_ns > top.mtime_ns:
@@ -471,11 +472,7 @@ class Site:
         """The newest mirrored manifest of `path` (kept by the primary's rules)."""
         best: tuple[Stat, Manifest] | None = None
         with self.client.engine.read() as txn:
-            for rule in self._mirror_rules(txn):
-                try:
-                    node = namespace.resolve(txn, f"/.mirror/{rule}{path}")
-                except (NotFoundError, NotADirError):
-                    continue
+            for node in self._mirror_nodes(txn, path):
                 m = txn.get_manifest(node.ino)
                 if node.kind == Kind.FILE and m is not None and (
                         best is None or node.mtime_ns > best[0].mtime_ns):
