@@ -43,7 +43,7 @@ from gfs.mount_inodes import ROOT_INO, InodeTable, entity_scope, one_scope
 from gfs.mount_points import prepare
 from gfs.mount_spool import Spool
 from gfs.namespace import DEFAULT_DIR_MODE  # a new directory's (others: a chmod after)
-from gfs.namespace_api import Namespace, Stat
+from gfs.namespace_api import SPECIAL_KINDS, Namespace, Stat
 from gfs.paths import child_path, parent_of
 
 log = logging.getLogger("hutong.mount")
@@ -53,6 +53,7 @@ T = TypeVar("T")
 _KIND_BITS = {"file": statmod.S_IFREG, "dir": statmod.S_IFDIR, "symlink": statmod.S_IFLNK,
               "fifo": statmod.S_IFIFO, "socket": statmod.S_IFSOCK,
               "chardev": statmod.S_IFCHR, "blockdev": statmod.S_IFBLK}
+_SPECIAL_KINDS = {bits: kind for kind, bits in _KIND_BITS.items() if kind in SPECIAL_KINDS}
 
 
 @dataclass
@@ -123,6 +124,7 @@ class GlobalOperations(pyfuse3.Operations):
         self.frozen = False
         self._writers_closed: asyncio.Event | None = None
         self._uid, self._gid = os.getuid(), os.getgid()
+        self._warned_link = False
 
     def close(self, commit: bool = True) -> None:
         """Stop the threads; with `commit`, commit what open files hold."""
@@ -335,15 +337,27 @@ class GlobalOperations(pyfuse3.Operations):
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if not statmod.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)  # the namespace API makes no special files
         path = child_path(self._path(parent_inode), _name(name))
-        await self._change(lambda: self.ns.write_bytes(path, b"", perm=mode & 0o7777), path)
+        perm = mode & 0o7777 & ~ctx.umask
+        if statmod.S_ISREG(mode):
+            await self._change(lambda: self.ns.write_bytes(path, b"", perm=perm), path)
+            return await self._made(path)
+        kind = _SPECIAL_KINDS.get(statmod.S_IFMT(mode))
+        if kind is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        # a FIFO or socket (a device node where the back end makes them: the
+        # federation refuses them with EPERM, see FederatedNamespace.mknod)
+        await self._change(lambda: self.ns.mknod(path, kind, perm, rdev), path)
         return await self._made(path)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # no hard links across the namespace API
+        if not self._warned_link:
+            self._warned_link = True
+            log.warning("hard link refused (EPERM): the global mount names every entry by "
+                        "its path, one per entry, across the federation; copy the file, "
+                        "or make a symlink")
+        raise pyfuse3.FUSEError(errno.EPERM)
 
     def _remove(self, path: str, is_dir: bool) -> None:
         st = self._stat(path)

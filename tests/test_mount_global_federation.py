@@ -8,6 +8,8 @@ import errno
 import hashlib
 import os
 import re
+import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -93,6 +95,38 @@ def test_the_mount_shows_its_entity_and_the_granted_part(fed: Federation,
     assert errno_of(os.mkdir, mnt / "bank" / "shared" / "mine") in (errno.EACCES, errno.EPERM)
     (mnt / "telco" / "own.txt").write_bytes(b"telco's own")
     assert (mnt / "telco" / "own.txt").read_bytes() == b"telco's own"
+
+
+def test_special_files_and_hard_links(fed: Federation, telco: Mounted) -> None:
+    """FIFOs and sockets are made through the site (and seen by other clients); device
+    nodes and hard links are refused with EPERM, changing nothing; a grantee makes none
+    where it may not write."""
+    d = telco.mnt / "telco" / "special"
+    d.mkdir()
+    os.mkfifo(d / "pipe", 0o640)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(d / "sock"))
+    finally:
+        sock.close()
+    assert stat.S_ISFIFO(os.lstat(d / "pipe").st_mode)
+    assert stat.S_IMODE(os.lstat(d / "pipe").st_mode) == 0o640
+    assert stat.S_ISSOCK(os.lstat(d / "sock").st_mode)
+    with fed.client("telco") as fc:  # at the site, for every other client
+        assert {s.name: s.kind for s in fc.ls("/telco/special")} == {
+            "pipe": "fifo", "sock": "socket"}
+    (d / "f").write_bytes(b"x")
+    for make in (lambda: os.mknod(d / "tty", 0o600 | stat.S_IFCHR, os.makedev(4, 1)),
+                 lambda: os.mknod(d / "sda", 0o600 | stat.S_IFBLK, os.makedev(8, 0)),
+                 lambda: os.link(d / "f", d / "hard")):
+        assert errno_of(make) == errno.EPERM
+    assert sorted(os.listdir(d)) == ["f", "pipe", "sock"]
+    with fed.client("telco") as fc:
+        assert sorted(s.name for s in fc.ls("/telco/special")) == ["f", "pipe", "sock"]
+    assert errno_of(os.mkfifo, telco.mnt / "bank" / "shared" / "p") in (errno.EACCES,
+                                                                         errno.EPERM)
+    with fed.client("bank") as fc:
+        assert "p" not in {s.name for s in fc.ls("/bank/shared")}
 
 
 def _repo(src: Path) -> None:

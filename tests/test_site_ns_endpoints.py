@@ -153,7 +153,9 @@ def test_grantee_cannot_change_outside_its_write_grant(fed: Federation) -> None:
                     lambda: sc.setattr("/bank-a/shared/s.csv", mode=0o777),
                     lambda: sc.setattr("/bank-a/data/secret.txt", mtime_ns=1),
                     lambda: sc.set_xattrs("/bank-a/shared/s.csv", {"user.x": b"1"}),
-                    lambda: sc.set_xattrs("/bank-a/data/secret.txt", {"user.x": b"1"})]
+                    lambda: sc.set_xattrs("/bank-a/data/secret.txt", {"user.x": b"1"}),
+                    lambda: sc.mknod("/bank-a/shared/p", "fifo", 0o644),
+                    lambda: sc.mknod("/bank-a/data/p", "fifo", 0o644)]
         for attempt in attempts:
             with pytest.raises(AuthError):
                 attempt()
@@ -165,6 +167,15 @@ def test_grantee_cannot_change_outside_its_write_grant(fed: Federation) -> None:
         assert sc.setattr("/bank-a/rw/mine", mode=0o600).mode & 0o7777 == 0o600
         sc.set_xattrs("/bank-a/rw/mine", {"user.k": b"v"})
         assert sc.xattrs("/bank-a/rw/mine") == {"user.k": b"v"}
+        assert sc.mknod("/bank-a/rw/pipe", "fifo", 0o600).kind == "fifo"
+        # no device nodes, from anyone: a request that asks for one changes nothing
+        for who in (sc, owner):
+            for kind in ("chardev", "blockdev", "file", "dir"):
+                with pytest.raises(BadRequestError, match="no device nodes"):
+                    who.mknod(f"/bank-a/rw/{kind}", kind, 0o600)
+        assert {e.name for e in owner.ls("/bank-a/rw")} >= {"mine", "l", "pipe"}
+        assert not {"chardev", "blockdev", "file", "dir"} & {e.name for e in owner.ls(
+            "/bank-a/rw")}
 
 
 def test_an_entity_without_grants_sees_nothing(fed: Federation, tmp_path: Path) -> None:

@@ -432,6 +432,17 @@ class FederatedNamespace:
         with self._at(path, write=True) as (n, site):
             site.symlink(n, target)
 
+    def mknod(self, path: str, kind: str, mode: int = 0o644, rdev: int = 0) -> None:
+        """Create FIFO or socket `path` (metadata only). Device nodes are refused
+        (NotPermittedError): their numbers mean something only on the machine that made
+        them, and one planted in another entity's tree could open its devices."""
+        if kind not in ("fifo", "socket"):
+            raise NotPermittedError(paths.normalize(path), f"the federation makes FIFOs and "
+                                    f"sockets, not {kind} nodes (device numbers are "
+                                    "local to one machine)")
+        with self._at(path, write=True) as (n, site):
+            site.mknod(n, kind, mode & 0o7777)
+
     def chmod(self, path: str, mode: int) -> None:
         """Set the permission bits of `path`."""
         with self._at(path, write=True) as (n, site):

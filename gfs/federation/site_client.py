@@ -266,6 +266,11 @@ class SiteClient:
         return _stat(self._json("POST", "/v1/ns/symlink", {"path": path, "target": target}),
                      path)
 
+    def mknod(self, path: str, kind: str, mode: int) -> Stat:
+        """Create FIFO or socket `path` (the sites make no device nodes)."""
+        return _stat(self._json("POST", "/v1/ns/mknod",
+                                {"path": path, "kind": kind, "mode": mode}), path)
+
     def setattr(self, path: str, *, mode: int | None = None, atime_ns: int | None = None,
                 mtime_ns: int | None = None) -> Stat:
         """Set the mode and/or times of `path` (None leaves one as it is)."""

@@ -310,6 +310,24 @@ async def ns_symlink(request: web.Request) -> web.Response:
     return web.json_response(stat_to_wire(st))
 
 
+#: What `POST /v1/ns/mknod` makes: no device nodes, whose numbers mean something only
+#: on the machine that made them (and a device node another entity planted in a tree
+#: mounted with `dev` would open that device).
+MKNOD_KINDS = ("fifo", "socket")
+
+
+async def ns_mknod(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    kind = field(data, "kind", str)
+    if kind not in MKNOD_KINDS:
+        raise BadRequestError(f"kind must be one of {', '.join(MKNOD_KINDS)}, not {kind!r}: "
+                              "sites make no device nodes")
+    mode = field(data, "mode", int, 0o644, check=lambda m: 0 <= m <= 0o7777)
+    st = await _run(site.change, path, lambda: site.client.mknod(path, kind, mode))
+    return web.json_response(stat_to_wire(st))
+
+
 async def ns_setattr(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
     path = await _run(site.check_path, p, field(data, "path", str), True)
@@ -629,6 +647,7 @@ def make_app(site: Site) -> web.Application:
     r.add_post("/v1/ns/rename", ns_rename)
     r.add_post("/v1/ns/commit", ns_commit)
     r.add_post("/v1/ns/symlink", ns_symlink)
+    r.add_post("/v1/ns/mknod", ns_mknod)
     r.add_post("/v1/ns/setattr", ns_setattr)
     r.add_get("/v1/ns/xattrs", ns_xattrs_get)
     r.add_post("/v1/ns/xattrs", ns_xattrs_set)
