@@ -21,7 +21,6 @@ import contextlib
 import io
 import stat as statmod
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +44,7 @@ from gfs.errors import (
 from gfs.federation.auth import AuthError, EntityKeys, token_claims, token_issuer
 from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, UnavailableError
+from gfs.federation.kept import Kept
 from gfs.federation.site_client import SiteClient, SiteUnavailableError
 from gfs.federation.tls import Trust, client_trust, read_registry_ca
 from gfs.federation.upload import SpoolWriter, upload
@@ -104,10 +104,12 @@ class FederatedNamespace:
         tier's small queue (a 32nd of it) so that prefetched chunks stay until read."""
         self.spool_dir = None if cache_dir is None else Path(cache_dir)
         self._lock = threading.Lock()
-        self._view: tuple[float, Visibility] | None = None
+        self._view = Kept(self._fetch_visibility, VIEW_TTL, what="what the caller may see")
+        self._asks = ThreadPoolExecutor(16, thread_name_prefix="hutong-visible")
 
     def close(self) -> None:
         """Release connections and the cache tiers."""
+        self._asks.shutdown(wait=False, cancel_futures=True)
         self.chunks.close()
         self.fc.close()
 
@@ -138,16 +140,10 @@ class FederatedNamespace:
         return str(primary), self.fc.site(str(primary))
 
     def visibility(self, refresh: bool = False) -> Visibility:
-        """The entities and prefixes the caller may see (kept VIEW_TTL seconds)."""
-        with self._lock:
-            if (not refresh and self._view is not None
-                    and time.monotonic() - self._view[0] < VIEW_TTL):
-                return self._view[1]
+        """The entities and prefixes the caller may see (kept VIEW_TTL seconds, renewed
+        in the background while a little older: the sites check every request anyway)."""
         with self._errors("/", write=False):
-            view = self._fetch_visibility()
-        with self._lock:
-            self._view = (time.monotonic(), view)
-        return view
+            return self._view.get(refresh)
 
     def _fetch_visibility(self) -> Visibility:
         if self.fc.token is not None:  # a token reaches its prefix of its issuer only
@@ -156,7 +152,7 @@ class FederatedNamespace:
         prefixes: dict[str, list[str]] = {}
         if self.entity is not None and self.fc.keys is not None:
             prefixes[self.entity] = [f"/{self.entity}"]
-        old = self._view[1] if self._view is not None else None
+        old = self._view.peek()
 
         def ask(name: str) -> list[str]:
             try:
@@ -166,9 +162,9 @@ class FederatedNamespace:
             except (PermissionError, ApiError):
                 return []
         others = [n for n in self._entity_records() if n not in prefixes]
-        if others:  # one request per entity, all at once (one round trip of wall time)
-            with ThreadPoolExecutor(min(len(others), 16)) as pool:
-                prefixes.update(zip(others, pool.map(ask, others), strict=True))
+        if others:  # one request per entity, all at once (one round trip of wall time),
+            # from threads that keep their connections
+            prefixes.update(zip(others, self._asks.map(ask, others), strict=True))
         return Visibility.of(self.entity, prefixes)
 
     @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """`RegistryView`: what the registry says of the federation (its entities, sites and
-links), kept for a few seconds; the one cache of it a client holds.
+links), kept for a few seconds and renewed in the background; the one cache of it a
+client holds.
 
 While the registry cannot be reached, the last answer known is served, however old,
 with a warning (once per outage), so that a client that has seen the federation
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gfs.federation.http import HttpClient, UnavailableError
+from gfs.federation.kept import Kept
 from gfs.federation.site_client import SiteUnavailableError
 
 log = logging.getLogger("hutong.federation")
@@ -36,30 +38,42 @@ class _Answer:
 
 class RegistryView:
     """Entities, sites and links of the registry behind `registry`, kept `ttl` seconds
-    (see the module doc). Thread-safe; requests are made outside the lock."""
+    and renewed in the background while a little older (`gfs.federation.kept`); see
+    the module doc for an unreachable registry. Thread-safe."""
 
     def __init__(self, registry: HttpClient, *, ttl: float = REGISTRY_TTL,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
-        self.ttl = ttl
         self.clock = clock
         self._lock = threading.Lock()
-        self._answers: dict[str, _Answer] = {}
+        self._entities = Kept(lambda: self._answer(self._entities, self._fetch_entities),
+                              ttl, what="the registry's entities", clock=clock)
+        self._sites = Kept(lambda: self._answer(self._sites, self._fetch_sites),
+                           ttl, what="the registry's sites", clock=clock)
         #: Answers served past their TTL because the registry was unreachable.
         self.stale_served = 0
         self._warned = False
 
+    @property
+    def ttl(self) -> float:
+        """Seconds an answer is trusted before it is asked again."""
+        return self._entities.ttl
+
+    @ttl.setter
+    def ttl(self, value: float) -> None:
+        self._entities.ttl = self._sites.ttl = value
+
     def entities(self, refresh: bool = False) -> Records:
         """Every entity by name (its primary site among its fields)."""
-        return self._get("entities", refresh, self._fetch_entities).records
+        return self._entities.get(refresh).records
 
     def sites(self, refresh: bool = False) -> Records:
         """Every registered site by name, with its entity, region, endpoint and status."""
-        return self._get("sites", refresh, self._fetch_sites).records
+        return self._sites.get(refresh).records
 
     def links(self) -> list[dict[str, Any]]:
         """The measured links between sites (as fetched with the sites)."""
-        return self._get("sites", False, self._fetch_sites).links
+        return self._sites.get().links
 
     def _fetch_entities(self) -> _Answer:
         recs = self.registry.call("GET", "/v1/entities")["entities"]
@@ -70,11 +84,9 @@ class RegistryView:
         links = self.registry.call("GET", "/v1/links")["links"]
         return _Answer(self.clock(), {str(s["name"]): s for s in sites}, list(links))
 
-    def _get(self, key: str, refresh: bool, fetch: Callable[[], _Answer]) -> _Answer:
-        with self._lock:
-            old = self._answers.get(key)
-        if old is not None and not refresh and self.clock() - old.at < self.ttl:
-            return old
+    def _answer(self, kept: Kept[_Answer], fetch: Callable[[], _Answer]) -> _Answer:
+        """A new answer of the registry, or the last one while it is unreachable."""
+        old = kept.peek()
         try:
             new = fetch()
         except UnavailableError as e:
@@ -92,7 +104,6 @@ class RegistryView:
                             self.registry.base_url, e, self.clock() - old.at)
             return old
         with self._lock:
-            self._answers[key] = new
             if self._warned:
                 log.warning("registry %s answers again", self.registry.base_url)
             self._warned = False
