@@ -27,10 +27,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, replace
+from typing import BinaryIO, Protocol, runtime_checkable
 
-from gfs.errors import HutongError, NotFoundError, UnavailableSiteError
+from gfs.errors import HutongError, IsADirError, NotFoundError, UnavailableSiteError
 from gfs.eviction import LRUPolicy
 from gfs.namespace_api import Namespace, Stat
 from gfs.paths import child_path, parent_of
@@ -49,6 +49,15 @@ class VersionedListing(Protocol):
                       ) -> tuple[Stat, list[Stat] | None]:
         """The directory's Stat and its entries, or None for the entries when its
         version still equals `version`."""
+        ...
+
+
+@runtime_checkable
+class StatOpener(Protocol):
+    """A back end whose open for reading also tells the Stat of the version it reads."""
+
+    def open_stat(self, path: str) -> tuple[Stat, BinaryIO]:
+        """(Stat of the version committed now, a reader of that version)."""
         ...
 
 
@@ -211,6 +220,26 @@ class MetaCache:
             if st is None:
                 raise NotFoundError(path)
             return st
+
+    def open(self, path: str) -> tuple[Stat | None, BinaryIO]:
+        """A reader of file `path`'s version committed now (close-to-open) and the Stat
+        of that version (None if not known), cached: one request where the back end
+        tells both (`StatOpener`), else a stat, then an open (if the sizes differ, a
+        commit came between: the size of what is read is cached)."""
+        if isinstance(self.ns, StatOpener):
+            st, reader = self.ns.open_stat(path)
+            self.put(st)
+            return st, reader
+        st = self.refresh(path)
+        if st.kind == "dir":
+            raise IsADirError(path)
+        reader = self.ns.open(path, "rb")
+        size = reader.seek(0, 2)
+        reader.seek(0)
+        if size != st.size:
+            self.put(replace(st, size=size))
+            return None, reader
+        return st, reader
 
     def put(self, st: Stat) -> None:
         """Cache `st` as fetched now (what an open found out about the file)."""

@@ -487,17 +487,10 @@ class GlobalOperations(pyfuse3.Operations):
         try:
             reader: BinaryIO | None = None
             version: tuple[int, int, int] | None = None
-            if sp is None:
-                st = self.meta.refresh(path)  # close-to-open: the version committed now
-                if st.kind == "dir":
-                    raise IsADirError(path)
-                reader = self.ns.open(path, "rb")
-                size = reader.seek(0, os.SEEK_END)
-                reader.seek(0)
-                if size != st.size:  # committed meanwhile: the size of what is read
-                    self.meta.put(replace(st, size=size))
-                else:
-                    version = (st.version, st.size, st.mtime_ns)
+            if sp is None:  # close-to-open: the version committed now
+                opened, reader = self.meta.open(path)
+                if opened is not None:  # (not known: the kernel's pages are dropped)
+                    version = (opened.version, opened.size, opened.mtime_ns)
             elif fresh and not flags & os.O_TRUNC:
                 st = self.meta.refresh(path)
                 if st.kind == "dir":

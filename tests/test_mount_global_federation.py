@@ -325,3 +325,22 @@ def test_ls_l_of_a_big_directory_is_one_listing_at_the_site(fed: Federation,
     after = _requests(fed, "telco-1") - before
     assert len(out) == n + 1  # "total" and one line per entry
     assert after["/v1/ns/list"] == 1 and after["/v1/ns/stat"] <= 2, after
+
+
+def test_an_open_costs_one_request_and_stats_a_listing(fed: Federation,
+                                                       telco: Mounted) -> None:
+    """Opening a file asks for its manifest only (the version read comes with it); the
+    stats of a directory's files, without a listing first, cost one listing."""
+    with fed.client("telco") as fc:
+        fc.mkdir("/telco/opens", parents=True)
+        for i in range(20):
+            fc.write_bytes(f"/telco/opens/f{i:02d}", b"o" * i)
+    d = telco.mnt / "telco" / "opens"
+    before = _requests(fed, "telco-1")
+    assert [os.stat(d / f"f{i:02d}").st_size for i in range(20)] == list(range(20))
+    mid = _requests(fed, "telco-1")
+    assert (d / "f07").read_bytes() == b"o" * 7
+    after = _requests(fed, "telco-1")
+    stats, opens = mid - before, after - mid
+    assert stats["/v1/ns/list"] <= 2 and stats["/v1/ns/stat"] <= 1, stats
+    assert opens["/v1/ns/manifest"] == 1 and opens["/v1/ns/stat"] == 0, opens

@@ -358,6 +358,11 @@ class FederatedNamespace:
                                self.spool_dir)  # type: ignore[return-value]
         if mode not in ("rb", "r"):
             raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
+        return self.open_stat(path)[1]
+
+    def open_stat(self, path: str) -> tuple[Stat, BinaryIO]:
+        """A seekable reader of the version of file `path` committed now, and that
+        version's Stat (one request: the manifest carries it)."""
         with self._at(path) as (norm, site):
             try:
                 m = site.manifest(norm)
@@ -369,8 +374,8 @@ class FederatedNamespace:
             raise _not_a_file(m.stat)
         self.fc.source.note(norm, m.sites)
         manifest = Manifest(m.stat.version, tuple(m.refs()))
-        return io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
-                                                read_ahead=self.read_ahead), 1 << 20)
+        return m.stat, io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
+                                                        read_ahead=self.read_ahead), 1 << 20)
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""
