@@ -147,17 +147,27 @@ class MetaCache:
         return _Entry(st, lst.stats_at)
 
     # -- reading ----------------------------------------------------------------------
-    def stat(self, path: str) -> Stat:
-        """The Stat of `path` (NotFoundError if it does not exist), cached."""
+    def cached(self, path: str) -> Stat | None:
+        """The Stat of `path` if a fresh answer is cached (NotFoundError if that answer
+        is that it does not exist), else None; never asks the back end, so it may run
+        where blocking may not (the mount's event loop)."""
         with self._lock:
             hit = self._stats.get(path)
             if hit is None or not self._fresh(hit.at):
                 hit = self._from_listing(path)
-            if hit is not None:
-                self.counters.hits += 1
-                if hit.stat is None:
-                    raise NotFoundError(path)
-                return hit.stat
+            if hit is None:
+                return None
+            self.counters.hits += 1
+        if hit.stat is None:
+            raise NotFoundError(path)
+        return hit.stat
+
+    def stat(self, path: str) -> Stat:
+        """The Stat of `path` (NotFoundError if it does not exist), cached."""
+        hit = self.cached(path)
+        if hit is not None:
+            return hit
+        with self._lock:
             self.counters.misses += 1
         listed = self._via_parent(path)
         if listed is not None:

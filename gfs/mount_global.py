@@ -201,6 +201,18 @@ class GlobalOperations(pyfuse3.Operations):
             st = replace(st, size=sp.size, mtime_ns=sp.mtime_ns)
         return st
 
+    async def _stat_now(self, path: str) -> Stat:
+        """`_stat`, answered on the event loop when the metadata cache holds a fresh
+        answer (most lookups and getattrs: no hop to a thread), else on the pool."""
+        if self._spool_at(path) is None:
+            try:
+                st = self.meta.cached(path)
+            except NotFoundError:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            if st is not None:
+                return st
+        return await self._run(self._stat, path)
+
     def _owner(self, st: Stat) -> tuple[int, int]:
         if self.opts.own_everything:
             return self._uid, self._gid
@@ -242,11 +254,11 @@ class GlobalOperations(pyfuse3.Operations):
         if name == b"..":
             return self._entry(await self._run(self._stat, parent_of(parent)))
         path = child_path(parent, _name(name))
-        return self._entry(await self._run(self._stat, path))
+        return self._entry(await self._stat_now(path))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
-        return self._attr(await self._run(self._stat, self._path(inode)), inode)
+        return self._attr(await self._stat_now(self._path(inode)), inode)
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         st = await self._run(self._stat, self._path(inode))

@@ -167,6 +167,23 @@ def test_stats_in_one_directory_cost_one_listing_per_ttl(ns: Counting) -> None:
     assert v.calls["stat"] == 0
 
 
+def test_cached_never_asks_the_back_end(ns: Counting) -> None:
+    """`cached` (answered on the mount's event loop) tells a fresh answer, present or
+    absent, and None otherwise, without a call of the back end."""
+    clock = Clock()
+    c = MetaCache(ns, ttl=1.0, clock=clock)  # type: ignore[arg-type]
+    assert c.cached("/d/f03") is None
+    assert ns.calls == Counter()
+    c.ls("/d")
+    cached = c.cached("/d/f03")
+    assert cached is not None and cached.size == 3
+    with pytest.raises(NotFoundError):
+        c.cached("/d/nope")
+    clock.now = 1.5
+    assert c.cached("/d/f03") is None
+    assert ns.calls == Counter({"ls": 1})
+
+
 def test_a_stat_under_a_file_is_asked_alone(ns: Counting) -> None:
     v = Versioned(ns.inner)
     c = MetaCache(v, ttl=1.0, clock=Clock())  # type: ignore[arg-type]
