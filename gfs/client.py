@@ -439,8 +439,15 @@ class Client:
 
         self.engine.transact(link)
 
-    def mknod(self, path: str, kind: Kind, mode: int = 0o644, rdev: int = 0) -> None:
-        """Create special file `path`: a FIFO, socket or device node (metadata only)."""
+    def mknod(self, path: str, kind: Kind | str, mode: int = 0o644, rdev: int = 0) -> None:
+        """Create special file `path`: a FIFO, socket or device node (metadata only);
+        `kind` a Kind or its name ("fifo", ...)."""
+        if isinstance(kind, str):
+            if kind not in namespace_api.SPECIAL_KINDS:
+                allowed = ", ".join(namespace_api.SPECIAL_KINDS)
+                raise InvalidPathError(path, f"mknod makes {allowed}, not {kind!r}")
+            kind = Kind[kind.upper()]
+
         def mknod(txn: WriteTxn) -> None:
             parent, name = namespace.resolve_parent(txn, path)
             try:

@@ -6,6 +6,9 @@ Used by the global mount (gfs.mount_global). Rules (docs/globalmount.md):
 * one listing (`Namespace.ls`, every entry with its full Stat) answers the stats of
   all its entries and the absence of every other name in that directory, so
   `ls -l` of a directory costs one call, not one per entry;
+* a stat that misses lists (or revalidates) the parent directory instead of asking
+  for the one entry, so stats of the files of one directory cost one listing per
+  TTL, not one request per file;
 * a back end that offers `ls_if_changed(path, N)` (the federation's
   `GET /v1/ns/list?if_version=N`) revalidates an expired listing cheaply: a site
   changes a directory's version whenever an entry is added, removed, renamed or
@@ -24,10 +27,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, replace
+from typing import BinaryIO, Protocol, runtime_checkable
 
-from gfs.errors import NotFoundError, UnavailableSiteError
+from gfs.errors import HutongError, IsADirError, NotFoundError, UnavailableSiteError
 from gfs.eviction import LRUPolicy
 from gfs.namespace_api import Namespace, Stat
 from gfs.paths import child_path, parent_of
@@ -46,6 +49,15 @@ class VersionedListing(Protocol):
                       ) -> tuple[Stat, list[Stat] | None]:
         """The directory's Stat and its entries, or None for the entries when its
         version still equals `version`."""
+        ...
+
+
+@runtime_checkable
+class StatOpener(Protocol):
+    """A back end whose open for reading also tells the Stat of the version it reads."""
+
+    def open_stat(self, path: str) -> tuple[Stat, BinaryIO]:
+        """(Stat of the version committed now, a reader of that version)."""
         ...
 
 
@@ -135,19 +147,52 @@ class MetaCache:
         return _Entry(st, lst.stats_at)
 
     # -- reading ----------------------------------------------------------------------
-    def stat(self, path: str) -> Stat:
-        """The Stat of `path` (NotFoundError if it does not exist), cached."""
+    def cached(self, path: str) -> Stat | None:
+        """The Stat of `path` if a fresh answer is cached (NotFoundError if that answer
+        is that it does not exist), else None; never asks the back end, so it may run
+        where blocking may not (the mount's event loop)."""
         with self._lock:
             hit = self._stats.get(path)
             if hit is None or not self._fresh(hit.at):
                 hit = self._from_listing(path)
-            if hit is not None:
-                self.counters.hits += 1
-                if hit.stat is None:
-                    raise NotFoundError(path)
-                return hit.stat
+            if hit is None:
+                return None
+            self.counters.hits += 1
+        if hit.stat is None:
+            raise NotFoundError(path)
+        return hit.stat
+
+    def stat(self, path: str) -> Stat:
+        """The Stat of `path` (NotFoundError if it does not exist), cached."""
+        hit = self.cached(path)
+        if hit is not None:
+            return hit
+        with self._lock:
             self.counters.misses += 1
+        listed = self._via_parent(path)
+        if listed is not None:
+            if listed.stat is None:
+                raise NotFoundError(path)
+            return listed.stat
         return self.refresh(path)
+
+    def _via_parent(self, path: str) -> _Entry | None:
+        """What a listing of the parent, fetched or revalidated now, says of `path`
+        (None when the parent cannot be listed: then `path` is asked alone). A stat
+        is rarely alone: programs stat the files of a directory one after another,
+        and one listing answers them all."""
+        if path == "/" or not isinstance(self.ns, VersionedListing):
+            return None  # (the embedded store answers a stat as fast as a listing)
+        parent = parent_of(path)
+        try:
+            self.ls(parent)
+        except HutongError:
+            return None
+        with self._lock:
+            dir_hit = self._stats.get(parent)
+            if dir_hit is None or dir_hit.stat is None or dir_hit.stat.kind != "dir":
+                return None  # a file, or not known
+            return self._from_listing(path)
 
     def refresh(self, path: str) -> Stat:
         """The Stat of `path` fetched now (and cached); NotFoundError is cached too."""
@@ -185,6 +230,26 @@ class MetaCache:
             if st is None:
                 raise NotFoundError(path)
             return st
+
+    def open(self, path: str) -> tuple[Stat | None, BinaryIO]:
+        """A reader of file `path`'s version committed now (close-to-open) and the Stat
+        of that version (None if not known), cached: one request where the back end
+        tells both (`StatOpener`), else a stat, then an open (if the sizes differ, a
+        commit came between: the size of what is read is cached)."""
+        if isinstance(self.ns, StatOpener):
+            st, reader = self.ns.open_stat(path)
+            self.put(st)
+            return st, reader
+        st = self.refresh(path)
+        if st.kind == "dir":
+            raise IsADirError(path)
+        reader = self.ns.open(path, "rb")
+        size = reader.seek(0, 2)
+        reader.seek(0)
+        if size != st.size:
+            self.put(replace(st, size=size))
+            return None, reader
+        return st, reader
 
     def put(self, st: Stat) -> None:
         """Cache `st` as fetched now (what an open found out about the file)."""

@@ -43,7 +43,7 @@ from gfs.mount_inodes import ROOT_INO, InodeTable, entity_scope, one_scope
 from gfs.mount_points import prepare
 from gfs.mount_spool import Spool
 from gfs.namespace import DEFAULT_DIR_MODE  # a new directory's (others: a chmod after)
-from gfs.namespace_api import Namespace, Stat
+from gfs.namespace_api import SPECIAL_KINDS, Namespace, Stat
 from gfs.paths import child_path, parent_of
 
 log = logging.getLogger("hutong.mount")
@@ -53,6 +53,7 @@ T = TypeVar("T")
 _KIND_BITS = {"file": statmod.S_IFREG, "dir": statmod.S_IFDIR, "symlink": statmod.S_IFLNK,
               "fifo": statmod.S_IFIFO, "socket": statmod.S_IFSOCK,
               "chardev": statmod.S_IFCHR, "blockdev": statmod.S_IFBLK}
+_SPECIAL_KINDS = {bits: kind for kind, bits in _KIND_BITS.items() if kind in SPECIAL_KINDS}
 
 
 @dataclass
@@ -123,6 +124,7 @@ class GlobalOperations(pyfuse3.Operations):
         self.frozen = False
         self._writers_closed: asyncio.Event | None = None
         self._uid, self._gid = os.getuid(), os.getgid()
+        self._warned_link = False
 
     def close(self, commit: bool = True) -> None:
         """Stop the threads; with `commit`, commit what open files hold."""
@@ -199,6 +201,18 @@ class GlobalOperations(pyfuse3.Operations):
             st = replace(st, size=sp.size, mtime_ns=sp.mtime_ns)
         return st
 
+    async def _stat_now(self, path: str) -> Stat:
+        """`_stat`, answered on the event loop when the metadata cache holds a fresh
+        answer (most lookups and getattrs: no hop to a thread), else on the pool."""
+        if self._spool_at(path) is None:
+            try:
+                st = self.meta.cached(path)
+            except NotFoundError:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            if st is not None:
+                return st
+        return await self._run(self._stat, path)
+
     def _owner(self, st: Stat) -> tuple[int, int]:
         if self.opts.own_everything:
             return self._uid, self._gid
@@ -240,11 +254,11 @@ class GlobalOperations(pyfuse3.Operations):
         if name == b"..":
             return self._entry(await self._run(self._stat, parent_of(parent)))
         path = child_path(parent, _name(name))
-        return self._entry(await self._run(self._stat, path))
+        return self._entry(await self._stat_now(path))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
-        return self._attr(await self._run(self._stat, self._path(inode)), inode)
+        return self._attr(await self._stat_now(self._path(inode)), inode)
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         st = await self._run(self._stat, self._path(inode))
@@ -335,15 +349,27 @@ class GlobalOperations(pyfuse3.Operations):
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if not statmod.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)  # the namespace API makes no special files
         path = child_path(self._path(parent_inode), _name(name))
-        await self._change(lambda: self.ns.write_bytes(path, b"", perm=mode & 0o7777), path)
+        perm = mode & 0o7777 & ~ctx.umask
+        if statmod.S_ISREG(mode):
+            await self._change(lambda: self.ns.write_bytes(path, b"", perm=perm), path)
+            return await self._made(path)
+        kind = _SPECIAL_KINDS.get(statmod.S_IFMT(mode))
+        if kind is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        # a FIFO or socket (a device node where the back end makes them: the
+        # federation refuses them with EPERM, see FederatedNamespace.mknod)
+        await self._change(lambda: self.ns.mknod(path, kind, perm, rdev), path)
         return await self._made(path)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # no hard links across the namespace API
+        if not self._warned_link:
+            self._warned_link = True
+            log.warning("hard link refused (EPERM): the global mount names every entry by "
+                        "its path, one per entry, across the federation; copy the file, "
+                        "or make a symlink")
+        raise pyfuse3.FUSEError(errno.EPERM)
 
     def _remove(self, path: str, is_dir: bool) -> None:
         st = self._stat(path)
@@ -473,17 +499,10 @@ class GlobalOperations(pyfuse3.Operations):
         try:
             reader: BinaryIO | None = None
             version: tuple[int, int, int] | None = None
-            if sp is None:
-                st = self.meta.refresh(path)  # close-to-open: the version committed now
-                if st.kind == "dir":
-                    raise IsADirError(path)
-                reader = self.ns.open(path, "rb")
-                size = reader.seek(0, os.SEEK_END)
-                reader.seek(0)
-                if size != st.size:  # committed meanwhile: the size of what is read
-                    self.meta.put(replace(st, size=size))
-                else:
-                    version = (st.version, st.size, st.mtime_ns)
+            if sp is None:  # close-to-open: the version committed now
+                opened, reader = self.meta.open(path)
+                if opened is not None:  # (not known: the kernel's pages are dropped)
+                    version = (opened.version, opened.size, opened.mtime_ns)
             elif fresh and not flags & os.O_TRUNC:
                 st = self.meta.refresh(path)
                 if st.kind == "dir":
@@ -635,7 +654,11 @@ class GlobalOperations(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not name.startswith(b"user."):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # only user.* names are stored
+            # Only user.* names are stored: another namespace (security.*, system.*) is
+            # not supported (ENOTSUP, as the kernel says of a namespace a file system has
+            # no handler for), which `ls -l` remembers for the whole mount instead of
+            # asking twice per entry (20,000 requests for a directory of 10,000).
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
         values = await self._run(self._xattrs, inode)
         value = values.get(name.decode(errors="surrogateescape"))
         if value is None:

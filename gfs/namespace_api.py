@@ -181,6 +181,12 @@ class Namespace(Protocol):
         """Create symlink `path` -> `target`."""
         ...
 
+    def mknod(self, path: str, kind: str, mode: int = 0o644, rdev: int = 0) -> None:
+        """Create special file `path` of `kind` ("fifo", "socket", "chardev",
+        "blockdev"; metadata only). The federation makes FIFOs and sockets only
+        (NotPermittedError for device nodes)."""
+        ...
+
     def chmod(self, path: str, mode: int) -> None:
         """Set the permission bits of `path`."""
         ...
@@ -220,6 +226,8 @@ def stat_to_wire(st: Stat) -> dict[str, Any]:
 _INT_FIELDS = ("size", "mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns", "ino",
                "version")
 _KINDS = frozenset({"file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev"})
+#: The kinds `Namespace.mknod` makes.
+SPECIAL_KINDS = ("fifo", "socket", "chardev", "blockdev")
 
 
 def stat_from_wire(data: Mapping[str, Any], *, path: str | None = None) -> Stat:

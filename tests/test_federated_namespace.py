@@ -5,7 +5,9 @@ reads go on, writes are EROFS and leave nothing half-visible)."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from gfs.errors import (
 )
 from gfs.federation.auth import AuthError
 from gfs.federation.certs import CA_CERT, create_ca
+from gfs.federation.http import ApiError
 from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
@@ -251,8 +254,23 @@ def test_primary_down_writes_are_erofs_and_reads_need_a_holder(mirrored: Federat
             ns.read_bytes("/lab/alone.txt")
         with pytest.raises(UnavailableSiteError):
             ns.stat("/lab/alone.txt")
+        # listings come from the mirror too: what the rule replicates there
+        assert [(e.name, e.size) for e in ns.ls("/lab/d")] == [("f.txt", len(b"committed"))]
+        assert [e.name for e in ns.ls("/lab")] == ["d"]
+        assert ns.stat("/lab/d").kind == "dir" and ns.stat("/lab").kind == "dir"
         with pytest.raises(UnavailableSiteError):
-            ns.ls("/lab/d")  # no mirror of listings
+            ns.stat("/lab/alone.txt")  # not mirrored: unknown, not "does not exist"
+        # mirrors answer the owner's signed requests only (not filtered by grants)
+        token = mirrored.keys("lab").mint_token("ann", "read", "/lab", ttl=600)
+        with SiteClient(mirrored.sites["lab-2"]["url"], token=token, tls=mirrored.trust,
+                        site="lab-2") as sc:
+            with pytest.raises((AuthError, PermissionDeniedError)):
+                sc.list_dir("/lab/d", mirror=True)
+            # nor chunks by path (rule 13: grants are checked at the primary only)
+            cids = [r[0] for r in ns.fc.manifest("/lab/d/f.txt").chunks]
+            with pytest.raises(ApiError, match="not the primary") as refused:
+                sc.get(cids, path="/lab/d/f.txt")
+            assert not isinstance(refused.value, ConnectionError)
     mirrored.start("lab-1")
     mirrored.wait_status("lab-1", "up")
     with _ns(mirrored, "lab") as ns:
@@ -445,3 +463,27 @@ def test_site_keys_with_a_registry_ca_still_present_the_sites_certificate(
                             registry_ca=fed.registry_ca_file) as ns:
         assert ns.fc.tls is not None and ns.fc.tls.directory is not None
         assert ns.read_bytes("/bank/shared/q1/data.csv") == b"a,b\n1,2\n"
+
+
+# -- the registry fails ----------------------------------------------------------------------
+def test_registry_down_serves_the_last_answer_with_a_warning(
+        mirrored: Federation, caplog: pytest.LogCaptureFixture) -> None:
+    """While the registry is down, a client that has seen it goes on with its last
+    answer (entities, sites) and says so once; one that never saw it gets a clear
+    EHOSTUNREACH naming the registry."""
+    _replicate(mirrored, {"/lab/d/f.txt": b"committed"})
+    with _ns(mirrored, "lab") as ns:
+        ns.fc.view.ttl = 0.0  # every call asks the registry again
+        assert [s.name for s in ns.ls("/lab/d")] == ["f.txt"]
+        mirrored.registry_proc.stop(signal.SIGKILL)
+        with caplog.at_level(logging.WARNING, logger="hutong.federation"):
+            assert [s.name for s in ns.ls("/lab/d")] == ["f.txt"]
+            assert ns.read_bytes("/lab/d/f.txt") == b"committed"
+            ns.write_bytes("/lab/d/g.txt", b"written with the registry down")
+        assert ns.fc.view.stale_served >= 3
+        warned = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(warned) == 1 and mirrored.registry_url in warned[0].getMessage()
+        assert ns.read_bytes("/lab/d/g.txt") == b"written with the registry down"
+    with _ns(mirrored, "lab") as fresh, pytest.raises(UnavailableSiteError) as e:
+        fresh.ls("/lab/d")
+    assert e.value.errno == errno.EHOSTUNREACH and "registry" in str(e.value)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gfs.client import Client
-from gfs.errors import NotFoundError, UnavailableSiteError
+from gfs.errors import NotADirError, NotFoundError, UnavailableSiteError
 from gfs.meta_cache import MetaCache
 from gfs.mount_inodes import ROOT_INO, InodeTable, entity_scope, one_scope
 from gfs.namespace_api import Stat
@@ -143,6 +143,53 @@ def test_revalidation_by_version(fs: Client) -> None:
     clock.now = 4.0
     assert [s.name for s in c.ls("/d")] == ["a", "b"]  # changed: the new entries
     assert c.counters.revalidated == 1
+
+
+def test_stats_in_one_directory_cost_one_listing_per_ttl(ns: Counting) -> None:
+    """A stat that misses lists the parent: the files of one directory stat'ed one by
+    one (no ls first, and again after the TTL) cost one listing, then one cheap
+    revalidation, never a request per file."""
+    v = Versioned(ns.inner)
+    clock = Clock()
+    c = MetaCache(v, ttl=1.0, clock=clock)  # type: ignore[arg-type]
+    assert [c.stat(f"/d/f{i:02d}").size for i in range(50)] == list(range(50))
+    with pytest.raises(NotFoundError):
+        c.stat("/d/nope")
+    assert v.calls == Counter({"ls_if_changed": 1})
+    clock.now = 1.5  # expired: revalidated once by the directory's version
+    assert [c.stat(f"/d/f{i:02d}").size for i in range(50)] == list(range(50))
+    assert v.calls == Counter({"ls_if_changed": 2})
+    assert c.counters.revalidated == 1
+    ns.inner.write_bytes("/d/f07", b"new")
+    v.version = 2
+    clock.now = 3.0  # changed: the new listing, with the new size
+    assert c.stat("/d/f07").size == 3
+    assert v.calls["stat"] == 0
+
+
+def test_cached_never_asks_the_back_end(ns: Counting) -> None:
+    """`cached` (answered on the mount's event loop) tells a fresh answer, present or
+    absent, and None otherwise, without a call of the back end."""
+    clock = Clock()
+    c = MetaCache(ns, ttl=1.0, clock=clock)  # type: ignore[arg-type]
+    assert c.cached("/d/f03") is None
+    assert ns.calls == Counter()
+    c.ls("/d")
+    cached = c.cached("/d/f03")
+    assert cached is not None and cached.size == 3
+    with pytest.raises(NotFoundError):
+        c.cached("/d/nope")
+    clock.now = 1.5
+    assert c.cached("/d/f03") is None
+    assert ns.calls == Counter({"ls": 1})
+
+
+def test_a_stat_under_a_file_is_asked_alone(ns: Counting) -> None:
+    v = Versioned(ns.inner)
+    c = MetaCache(v, ttl=1.0, clock=Clock())  # type: ignore[arg-type]
+    with pytest.raises(NotADirError):
+        c.stat("/d/f01/x")  # the parent is a file: no listing answers for it
+    assert v.calls["stat"] == 1
 
 
 def _st(path: str, ino: int) -> Stat:

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -88,6 +89,24 @@ def test_files_dirs_rename_symlink_xattr(g: GMounted) -> None:
     with Client(g.state) as c:  # all of it reached the namespace
         assert [s.name for s in c.ls("/")] == ["moved"]
         assert c.read_bytes("/moved/deep") == b"deep"
+
+
+def test_ls_l_learns_once_that_acls_and_labels_are_unsupported(g: GMounted) -> None:
+    """Only user.* extended attributes are stored; the others are ENOTSUP (as the
+    kernel says of a namespace a file system has no handler for), which `ls -l`
+    remembers for the mount: a few requests, not two per entry."""
+    d = g.mnt / "many"
+    d.mkdir()
+    for i in range(300):
+        (d / f"f{i:03d}").touch()
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        assert errno_of(os.getxattr, d / "f000", name) == errno.ENOTSUP
+    out = subprocess.run(["strace", "-f", "-c", "-e", "trace=getxattr,lgetxattr", "ls", "-l",
+                          str(d)], capture_output=True, text=True, check=True, timeout=120)
+    assert len(out.stdout.splitlines()) == 301  # "total" and one line per entry
+    calls = sum(int(line.split()[3]) for line in out.stderr.splitlines()
+                if line.rstrip().endswith("getxattr"))
+    assert 0 < calls <= 6, out.stderr
 
 
 def test_errnos(g: GMounted) -> None:

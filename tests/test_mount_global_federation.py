@@ -8,6 +8,8 @@ import errno
 import hashlib
 import os
 import re
+import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -93,6 +95,38 @@ def test_the_mount_shows_its_entity_and_the_granted_part(fed: Federation,
     assert errno_of(os.mkdir, mnt / "bank" / "shared" / "mine") in (errno.EACCES, errno.EPERM)
     (mnt / "telco" / "own.txt").write_bytes(b"telco's own")
     assert (mnt / "telco" / "own.txt").read_bytes() == b"telco's own"
+
+
+def test_special_files_and_hard_links(fed: Federation, telco: Mounted) -> None:
+    """FIFOs and sockets are made through the site (and seen by other clients); device
+    nodes and hard links are refused with EPERM, changing nothing; a grantee makes none
+    where it may not write."""
+    d = telco.mnt / "telco" / "special"
+    d.mkdir()
+    os.mkfifo(d / "pipe", 0o640)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(d / "sock"))
+    finally:
+        sock.close()
+    assert stat.S_ISFIFO(os.lstat(d / "pipe").st_mode)
+    assert stat.S_IMODE(os.lstat(d / "pipe").st_mode) == 0o640
+    assert stat.S_ISSOCK(os.lstat(d / "sock").st_mode)
+    with fed.client("telco") as fc:  # at the site, for every other client
+        assert {s.name: s.kind for s in fc.ls("/telco/special")} == {
+            "pipe": "fifo", "sock": "socket"}
+    (d / "f").write_bytes(b"x")
+    for make in (lambda: os.mknod(d / "tty", 0o600 | stat.S_IFCHR, os.makedev(4, 1)),
+                 lambda: os.mknod(d / "sda", 0o600 | stat.S_IFBLK, os.makedev(8, 0)),
+                 lambda: os.link(d / "f", d / "hard")):
+        assert errno_of(make) == errno.EPERM
+    assert sorted(os.listdir(d)) == ["f", "pipe", "sock"]
+    with fed.client("telco") as fc:
+        assert sorted(s.name for s in fc.ls("/telco/special")) == ["f", "pipe", "sock"]
+    assert errno_of(os.mkfifo, telco.mnt / "bank" / "shared" / "p") in (errno.EACCES,
+                                                                         errno.EPERM)
+    with fed.client("bank") as fc:
+        assert "p" not in {s.name for s in fc.ls("/bank/shared")}
 
 
 def _repo(src: Path) -> None:
@@ -218,10 +252,13 @@ def test_a_revoked_grant_stops_reads_within_the_ttl(fed: Federation, tmp_path: P
 # -- the primary fails ----------------------------------------------------------------------
 def test_kill_9_of_the_primary_during_reads(lab_fed: Federation, tmp_path: Path) -> None:
     data = os.urandom(8 << 20)
-    _replicate(lab_fed, {"/lab/d/big.bin": data, "/lab/d/f.txt": b"committed"})
+    with lab_fed.client("lab") as fc:
+        fc.mkdir("/lab/d/e", parents=True)
+    _replicate(lab_fed, {"/lab/d/big.bin": data, "/lab/d/f.txt": b"committed",
+                         "/lab/d/e/x.txt": b"deeper"})
     with gmount(lab_fed, _profile(lab_fed, "lab", "lab", "lab-1"), tmp_path / "mnt") as m:
         d = m.mnt / "lab" / "d"
-        assert sorted(os.listdir(d)) == ["big.bin", "f.txt"]  # seen before the failure
+        assert sorted(os.listdir(d)) == ["big.bin", "e", "f.txt"]  # seen before the failure
         with open(d / "big.bin", "rb", buffering=0) as f:
             head = f.read(1 << 20)
             lab_fed.kill("lab-1")  # kill -9, mid-read
@@ -231,11 +268,15 @@ def test_kill_9_of_the_primary_during_reads(lab_fed: Federation, tmp_path: Path)
         assert head + rest == data  # the rest came from the mirror
         lab_fed.wait_status("lab-1", "down")
         assert (d / "f.txt").read_bytes() == b"committed"  # new opens too
+        # a directory never listed before the failure: listed from the mirror
+        assert os.listdir(d / "e") == ["x.txt"]
+        assert (d / "e" / "x.txt").read_bytes() == b"deeper"
         t0 = time.monotonic()
         assert errno_of(os.mkdir, d / "sub") == errno.EROFS
         assert errno_of((d / "g.txt").write_bytes, b"x") == errno.EROFS
+        assert errno_of((d / "e" / "new.txt").write_bytes, b"x") == errno.EROFS
         assert time.monotonic() - t0 < 10  # refused, not hung
-        assert not (d / "g.txt").exists()
+        assert not (d / "g.txt").exists() and not (d / "e" / "new.txt").exists()
 
 
 def test_kill_9_of_the_primary_during_a_write(lab_fed: Federation, tmp_path: Path) -> None:
@@ -284,3 +325,22 @@ def test_ls_l_of_a_big_directory_is_one_listing_at_the_site(fed: Federation,
     after = _requests(fed, "telco-1") - before
     assert len(out) == n + 1  # "total" and one line per entry
     assert after["/v1/ns/list"] == 1 and after["/v1/ns/stat"] <= 2, after
+
+
+def test_an_open_costs_one_request_and_stats_a_listing(fed: Federation,
+                                                       telco: Mounted) -> None:
+    """Opening a file asks for its manifest only (the version read comes with it); the
+    stats of a directory's files, without a listing first, cost one listing."""
+    with fed.client("telco") as fc:
+        fc.mkdir("/telco/opens", parents=True)
+        for i in range(20):
+            fc.write_bytes(f"/telco/opens/f{i:02d}", b"o" * i)
+    d = telco.mnt / "telco" / "opens"
+    before = _requests(fed, "telco-1")
+    assert [os.stat(d / f"f{i:02d}").st_size for i in range(20)] == list(range(20))
+    mid = _requests(fed, "telco-1")
+    assert (d / "f07").read_bytes() == b"o" * 7
+    after = _requests(fed, "telco-1")
+    stats, opens = mid - before, after - mid
+    assert stats["/v1/ns/list"] <= 2 and stats["/v1/ns/stat"] <= 1, stats
+    assert opens["/v1/ns/manifest"] == 1 and opens["/v1/ns/stat"] == 0, opens

@@ -6,7 +6,11 @@ outside its grant, a third entity, a token bound to a prefix)."""
 from __future__ import annotations
 
 import errno
+import gzip
+import http.client
+import json
 import socket
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import pytest
 
 from gfs.errors import ExistsError, NotEmptyError, NotFoundError, UnavailableSiteError
 from gfs.federation.auth import AuthError, EntityKeys
-from gfs.federation.http import ApiError, BadRequestError
+from gfs.federation.http import MAX_DECODED, ApiError, BadRequestError, _decoded
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
 from gfs.federation.tls import trust_for
@@ -149,7 +153,9 @@ def test_grantee_cannot_change_outside_its_write_grant(fed: Federation) -> None:
                     lambda: sc.setattr("/bank-a/shared/s.csv", mode=0o777),
                     lambda: sc.setattr("/bank-a/data/secret.txt", mtime_ns=1),
                     lambda: sc.set_xattrs("/bank-a/shared/s.csv", {"user.x": b"1"}),
-                    lambda: sc.set_xattrs("/bank-a/data/secret.txt", {"user.x": b"1"})]
+                    lambda: sc.set_xattrs("/bank-a/data/secret.txt", {"user.x": b"1"}),
+                    lambda: sc.mknod("/bank-a/shared/p", "fifo", 0o644),
+                    lambda: sc.mknod("/bank-a/data/p", "fifo", 0o644)]
         for attempt in attempts:
             with pytest.raises(AuthError):
                 attempt()
@@ -161,6 +167,15 @@ def test_grantee_cannot_change_outside_its_write_grant(fed: Federation) -> None:
         assert sc.setattr("/bank-a/rw/mine", mode=0o600).mode & 0o7777 == 0o600
         sc.set_xattrs("/bank-a/rw/mine", {"user.k": b"v"})
         assert sc.xattrs("/bank-a/rw/mine") == {"user.k": b"v"}
+        assert sc.mknod("/bank-a/rw/pipe", "fifo", 0o600).kind == "fifo"
+        # no device nodes, from anyone: a request that asks for one changes nothing
+        for who in (sc, owner):
+            for kind in ("chardev", "blockdev", "file", "dir"):
+                with pytest.raises(BadRequestError, match="no device nodes"):
+                    who.mknod(f"/bank-a/rw/{kind}", kind, 0o600)
+        assert {e.name for e in owner.ls("/bank-a/rw")} >= {"mine", "l", "pipe"}
+        assert not {"chardev", "blockdev", "file", "dir"} & {e.name for e in owner.ls(
+            "/bank-a/rw")}
 
 
 def test_an_entity_without_grants_sees_nothing(fed: Federation, tmp_path: Path) -> None:
@@ -223,3 +238,49 @@ def test_errors_come_back_as_gfs_errors(fed: Federation) -> None:
         assert sc.ls("/bank-a/errs/sub") == []
         sc.write("/bank-a/errs/f", b"f")
         assert [e.path for e in sc.ls("/bank-a/errs/f")] == ["/bank-a/errs/f"]  # a file: itself
+
+
+def test_a_big_listing_comes_gzip_compressed(fed: Federation) -> None:
+    """A listing is sent gzip-compressed to a client that accepts it (a tenth of the
+    bytes: round trips of slow start saved on a long link), and decoded to the same
+    entries."""
+    with fed.client("bank-a") as fc:
+        fc.mkdir("/bank-a/big", parents=True, exist_ok=True)
+        for i in range(200):
+            fc.write_bytes(f"/bank-a/big/f{i:04d}", b"")
+    keys = fed.keys("bank-a")
+    hc = fed.http("a1", keys=keys)
+    target = "/v1/ns/list?path=%2Fbank-a%2Fbig"
+    conn = hc.connection()
+    try:
+        conn.request("GET", target, headers={"Accept-Encoding": "gzip",
+                                             **keys.sign("GET", target, b"", hc.audience)})
+        resp = conn.getresponse()
+        raw = resp.read()
+        assert resp.status == 200 and resp.getheader("Content-Encoding") == "gzip"
+    finally:
+        conn.close()
+    plain = gzip.decompress(raw)
+    assert len(raw) * 5 < len(plain)
+    with _site(fed, "bank-a") as sc:
+        entries = sc.ls("/bank-a/big")
+    assert [e["path"] for e in json.loads(plain)["entries"]] == [e.path for e in entries]
+    assert len(entries) == 200
+
+
+def test_a_hostile_servers_compressed_answer_is_refused() -> None:
+    """A gzip bomb, a corrupt or truncated body and an encoding not asked for are errors
+    of the response, not memory exhausted or garbage returned."""
+    assert _decoded(gzip.compress(b"ok"), "gzip") == b"ok"
+    assert _decoded(b"plain", "") == b"plain"
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    data = b"".join(bomb.compress(bytes(1 << 20)) for _ in range(MAX_DECODED // (1 << 20) + 1))
+    data += bomb.flush()
+    with pytest.raises(http.client.HTTPException, match="beyond"):
+        _decoded(data, "gzip")
+    with pytest.raises(http.client.HTTPException, match="does not decompress"):
+        _decoded(b"not gzip at all", "gzip")
+    with pytest.raises(http.client.HTTPException, match="truncated"):
+        _decoded(gzip.compress(bytes(1000))[:-12], "gzip")
+    with pytest.raises(http.client.HTTPException, match="br"):
+        _decoded(b"x", "br")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -34,7 +33,9 @@ from gfs.errors import (
 from gfs.federation import certs
 from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, token_issuer
 from gfs.federation.http import HttpClient
+from gfs.federation.registry_view import RegistryView
 from gfs.federation.site_client import (
+    Listing,
     MoverSession,
     Record,
     SiteClient,
@@ -49,7 +50,6 @@ from gfs.namespace_api import Stat
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import prepare
 
-SITES_TTL = 5.0
 PULL_BATCH = 4096
 """Chunk ids per `/v1/mover/pull` request (the site's limit)."""
 PULL_TIMEOUT = 600.0
@@ -83,7 +83,9 @@ class FederationClient:
         self.level = zstd_level
         self.params = params or chunking.ChunkParams()
         self.timeout = timeout
-        self._sites: tuple[float, dict[str, dict[str, Any]], list[dict[str, Any]]] | None = None
+        self.view = RegistryView(self.registry)
+        """The registry's entities, sites and links, kept a few seconds (stale while the
+        registry is unreachable)."""
         self._site_clients: dict[str, SiteClient] = {}
         self._site_lock = threading.Lock()
         self.chunks_from: dict[str, int] = {}
@@ -105,12 +107,9 @@ class FederationClient:
 
     # -- resolving ---------------------------------------------------------------------
     def sites(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
-        """Every registered site by name, with status (cached for a few seconds)."""
-        if refresh or self._sites is None or time.monotonic() - self._sites[0] > SITES_TTL:
-            sites = {s["name"]: s for s in self.registry.call("GET", "/v1/sites")["sites"]}
-            links = self.registry.call("GET", "/v1/links")["links"]
-            self._sites = (time.monotonic(), sites, links)
-        return self._sites[1]
+        """Every registered site by name, with status (`RegistryView`: kept a few
+        seconds; the last answer while the registry is unreachable)."""
+        return self.view.sites(refresh)
 
     def site(self, name: str) -> SiteClient:
         """A client of site `name` that authenticates as this client (renewed when the
@@ -149,7 +148,11 @@ class FederationClient:
         parts = paths.split(norm)
         if not parts:
             raise InvalidPathError(path, "the federation root has no site; use /ENTITY/...")
-        ent = self.registry.call("GET", f"/v1/entities/{parts[0]}")
+        ent = self.view.entities().get(parts[0])
+        if ent is None:
+            ent = self.view.entities(refresh=True).get(parts[0])
+        if ent is None:
+            raise NotFoundError(f"/{parts[0]}")
         if not ent.get("primary"):
             raise SiteUnavailableError(norm, f"entity {parts[0]!r} has no primary site "
                                        "registered", 503, "no_primary")
@@ -217,8 +220,7 @@ class FederationClient:
         client may read from, by measured round-trip time from `near` (same region before
         others, the primary last among equals), then the down ones."""
         sites = self.sites()
-        assert self._sites is not None
-        links = self._sites[2]
+        links = self.view.links()
         near = sites.get(self.near or "")
         rtt = {(lk["a"], lk["b"]): lk["rtt_ms"] for lk in links}
 
@@ -244,24 +246,40 @@ class FederationClient:
         cannot be reached, from a mirror that a rule keeps on another site of the
         entity (maybe one version old). UnavailableSiteError if none answers."""
         norm, primary = self.primary(path)
-        owner = paths.split(norm)[0]
         try:
             return self.site(primary).manifest(norm)
         except ConnectionError as down:  # unreachable or 5xx
-            problems = [f"{primary}: {down}"]
-            for name, s in sorted(self.sites(refresh=True).items()):
-                if name == primary or s.get("entity") != owner or s.get("status") != "up":
-                    continue
-                try:
-                    m = self.site(name).manifest(norm, mirror=True)
-                except HutongError as e:
-                    problems.append(f"{name}: {e}")
-                    continue
-                log.warning("primary %s of %s is unreachable; reading %s from the mirror "
-                            "on %s", primary, owner, norm, name)
-                return m
-            raise UnavailableSiteError(norm, f"the primary is unreachable and no site holds "
-                                       f"a mirror ({'; '.join(problems)})") from None
+            return self._from_mirrors(norm, primary, down,
+                                      lambda h: h.manifest(norm, mirror=True))
+
+    def mirror_listing(self, path: str) -> Listing:
+        """Directory `path` as the mirrors of its entity's other sites hold it (what the
+        rules replicate there, as of their last reconcile), for when the primary cannot
+        be reached; UnavailableSiteError if no mirror holds it."""
+        norm, primary = self.primary(path)
+        down = SiteUnavailableError(primary, f"primary {primary} is unreachable")
+        return self._from_mirrors(norm, primary, down,
+                                  lambda h: h.list_dir(norm, mirror=True))
+
+    def _from_mirrors(self, norm: str, primary: str, down: Exception,
+                      op: Callable[[SiteClient], T]) -> T:
+        """`op` on the first up site of `norm`'s entity, other than the down primary,
+        that answers it from its mirrors."""
+        owner = paths.split(norm)[0]
+        problems = [f"{primary}: {down}"]
+        for name, s in sorted(self.sites(refresh=True).items()):
+            if name == primary or s.get("entity") != owner or s.get("status") != "up":
+                continue
+            try:
+                out = op(self.site(name))
+            except HutongError as e:
+                problems.append(f"{name}: {e}")
+                continue
+            log.warning("primary %s of %s is unreachable; %s answered from the mirror "
+                        "on %s", primary, owner, norm, name)
+            return out
+        raise UnavailableSiteError(norm, f"the primary is unreachable and no site holds "
+                                   f"a mirror of it ({'; '.join(problems)})") from None
 
     def read_bytes(self, path: str) -> bytes:
         """The whole content of file `path`, from the best replicas."""

@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -225,6 +226,31 @@ def _tls_refusal(e: BaseException) -> bool:
     return isinstance(e, ssl.SSLError) and any(r in str(e).upper() for r in _TLS_REFUSALS)
 
 
+#: Largest body a compressed response may expand to (a hostile server's gzip bomb stops
+#: here).
+MAX_DECODED = 256 << 20
+
+
+def _decoded(data: bytes, encoding: str) -> bytes:
+    """A response body without its content encoding (gzip, or none)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    if encoding != "gzip":
+        raise http.client.HTTPException(f"response in content encoding {encoding!r}, "
+                                         "not the gzip or identity asked for")
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, MAX_DECODED)
+    except zlib.error as e:
+        raise http.client.HTTPException(f"a gzip response that does not decompress: "
+                                         f"{e}") from e
+    if d.unconsumed_tail or not d.eof:
+        raise http.client.HTTPException(
+            f"a gzip response that is truncated or expands beyond {MAX_DECODED} bytes")
+    return out
+
+
 class HttpClient:
     """A small synchronous HTTP/1.1 client over TLS 1.3, with keep-alive, signing and
     bearer tokens.
@@ -294,6 +320,7 @@ class HttpClient:
         target = path + ("?" + urllib.parse.urlencode(query) if query else "")
         for attempt in range(2):
             headers = {"Content-Type": content_type} if body or method != "GET" else {}
+            headers["Accept-Encoding"] = "gzip"  # listings come compressed
             if self.keys is not None:
                 headers.update(self.keys.sign(method, target, body, self.audience))
             if self.token is not None:
@@ -302,7 +329,7 @@ class HttpClient:
             try:
                 conn.request(method, target, body=body, headers=headers)
                 resp = conn.getresponse()
-                data = resp.read()
+                data = _decoded(resp.read(), resp.getheader("Content-Encoding", ""))
                 if resp.getheader("Connection", "").lower() == "close":
                     self.close()
                 kind = resp.getheader("Content-Type", "").split(";")[0].strip().lower()

@@ -22,7 +22,6 @@ import io
 import shutil
 import stat as statmod
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,6 +45,7 @@ from gfs.errors import (
 from gfs.federation.auth import AuthError, EntityKeys, token_claims, token_issuer
 from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, UnavailableError
+from gfs.federation.kept import Kept
 from gfs.federation.site_client import SiteClient, SiteUnavailableError
 from gfs.federation.tls import Trust, client_trust, read_registry_ca
 from gfs.federation.upload import SpoolWriter, upload
@@ -105,11 +105,12 @@ class FederatedNamespace:
         tier's small queue (a 32nd of it) so that prefetched chunks stay until read."""
         self.spool_dir = None if cache_dir is None else Path(cache_dir)
         self._lock = threading.Lock()
-        self._entities: tuple[float, dict[str, dict[str, Any]]] | None = None
-        self._view: tuple[float, Visibility] | None = None
+        self._view = Kept(self._fetch_visibility, VIEW_TTL, what="what the caller may see")
+        self._asks = ThreadPoolExecutor(16, thread_name_prefix="hutong-visible")
 
     def close(self) -> None:
         """Release connections and the cache tiers."""
+        self._asks.shutdown(wait=False, cancel_futures=True)
         self.chunks.close()
         self.fc.close()
 
@@ -126,14 +127,7 @@ class FederatedNamespace:
             return self.fc.sites()
 
     def _entity_records(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            if self._entities is not None and time.monotonic() - self._entities[0] < VIEW_TTL:
-                return self._entities[1]
-        recs = {str(r["name"]): r for r in self.fc.registry.call("GET", "/v1/entities")
-                ["entities"]}
-        with self._lock:
-            self._entities = (time.monotonic(), recs)
-        return recs
+        return self.fc.view.entities()
 
     def _site(self, entity: str) -> tuple[str, SiteClient]:
         """(name, client) of `entity`'s primary site."""
@@ -147,16 +141,10 @@ class FederatedNamespace:
         return str(primary), self.fc.site(str(primary))
 
     def visibility(self, refresh: bool = False) -> Visibility:
-        """The entities and prefixes the caller may see (kept VIEW_TTL seconds)."""
-        with self._lock:
-            if (not refresh and self._view is not None
-                    and time.monotonic() - self._view[0] < VIEW_TTL):
-                return self._view[1]
+        """The entities and prefixes the caller may see (kept VIEW_TTL seconds, renewed
+        in the background while a little older: the sites check every request anyway)."""
         with self._errors("/", write=False):
-            view = self._fetch_visibility()
-        with self._lock:
-            self._view = (time.monotonic(), view)
-        return view
+            return self._view.get(refresh)
 
     def _fetch_visibility(self) -> Visibility:
         if self.fc.token is not None:  # a token reaches its prefix of its issuer only
@@ -165,7 +153,7 @@ class FederatedNamespace:
         prefixes: dict[str, list[str]] = {}
         if self.entity is not None and self.fc.keys is not None:
             prefixes[self.entity] = [f"/{self.entity}"]
-        old = self._view[1] if self._view is not None else None
+        old = self._view.peek()
 
         def ask(name: str) -> list[str]:
             try:
@@ -175,9 +163,9 @@ class FederatedNamespace:
             except (PermissionError, ApiError):
                 return []
         others = [n for n in self._entity_records() if n not in prefixes]
-        if others:  # one request per entity, all at once (one round trip of wall time)
-            with ThreadPoolExecutor(min(len(others), 16)) as pool:
-                prefixes.update(zip(others, pool.map(ask, others), strict=True))
+        if others:  # one request per entity, all at once (one round trip of wall time),
+            # from threads that keep their connections
+            prefixes.update(zip(others, self._asks.map(ask, others), strict=True))
         return Visibility.of(self.entity, prefixes)
 
     @contextlib.contextmanager
@@ -266,7 +254,28 @@ class FederatedNamespace:
             except ConnectionError:
                 if not self.fc.owner_mode(paths.split(n)[0]):
                     raise
-                return self.fc.manifest(n).stat
+                return self._mirrored_stat(n)
+
+    def _mirrored_stat(self, n: str) -> Stat:
+        """The stat of `n` as a mirror holds it (its primary being down): a file's from
+        its mirrored manifest, a directory's from the listing of its parent (an entity's
+        top from its own). Not held by any mirror: UnavailableSiteError, since the
+        mirrors hold only what the rules replicate and cannot say it does not exist."""
+        parts = paths.split(n)
+        if len(parts) == 1:
+            return self.fc.mirror_listing(n).dir
+        try:
+            return self.fc.manifest(n).stat
+        except UnavailableSiteError as e:
+            missing = e
+        try:
+            entries = self.fc.mirror_listing(paths.join(parts[:-1])).entries or []
+        except UnavailableSiteError:
+            raise missing from None
+        for st in entries:
+            if st.path == n:
+                return st
+        raise missing
 
     def exists(self, path: str) -> bool:
         """Whether `path` names an entry the caller may see."""
@@ -297,7 +306,12 @@ class FederatedNamespace:
                     continue
             return self._synthetic(norm), out
         with self._at(norm) as (n, site):
-            listing = site.list_dir(n, if_version=version)
+            try:
+                listing = site.list_dir(n, if_version=version)
+            except ConnectionError:
+                if not self.fc.owner_mode(paths.split(n)[0]):
+                    raise
+                listing = self.fc.mirror_listing(n)  # what the mirrors hold of it
         return listing.dir, listing.entries
 
     def walk(self, path: str = "/") -> Iterator[Stat]:
@@ -345,6 +359,11 @@ class FederatedNamespace:
                                self.spool_dir)  # type: ignore[return-value]
         if mode not in ("rb", "r"):
             raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
+        return self.open_stat(path)[1]
+
+    def open_stat(self, path: str) -> tuple[Stat, BinaryIO]:
+        """A seekable reader of the version of file `path` committed now, and that
+        version's Stat (one request: the manifest carries it)."""
         with self._at(path) as (norm, site):
             try:
                 m = site.manifest(norm)
@@ -356,8 +375,8 @@ class FederatedNamespace:
             raise _not_a_file(m.stat)
         self.fc.source.note(norm, m.sites)
         manifest = Manifest(m.stat.version, tuple(m.refs()))
-        return io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
-                                                read_ahead=self.read_ahead), 1 << 20)
+        return m.stat, io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
+                                                        read_ahead=self.read_ahead), 1 << 20)
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""
@@ -437,6 +456,17 @@ class FederatedNamespace:
         """Create symlink `path` -> `target`."""
         with self._at(path, write=True) as (n, site):
             site.symlink(n, target)
+
+    def mknod(self, path: str, kind: str, mode: int = 0o644, rdev: int = 0) -> None:
+        """Create FIFO or socket `path` (metadata only). Device nodes are refused
+        (NotPermittedError): their numbers mean something only on the machine that made
+        them, and one planted in another entity's tree could open its devices."""
+        if kind not in ("fifo", "socket"):
+            raise NotPermittedError(paths.normalize(path), f"the federation makes FIFOs and "
+                                    f"sockets, not {kind} nodes (device numbers are "
+                                    "local to one machine)")
+        with self._at(path, write=True) as (n, site):
+            site.mknod(n, kind, mode & 0o7777)
 
     def chmod(self, path: str, mode: int) -> None:
         """Set the permission bits of `path`."""

@@ -195,12 +195,16 @@ class SiteClient:
     def stat(self, path: str) -> Stat:
         return _stat(self._json("GET", "/v1/ns/stat", query={"path": path}), path)
 
-    def list_dir(self, path: str, *, if_version: int | None = None) -> Listing:
+    def list_dir(self, path: str, *, if_version: int | None = None,
+                 mirror: bool = False) -> Listing:
         """Directory `path` with every entry's full stat, in name order; with
-        `if_version`, `entries` is None if the directory's version is still that."""
+        `if_version`, `entries` is None if the directory's version is still that. With
+        `mirror`, as the mirrors a rule keeps here hold it (what they replicate)."""
         q = {"path": path}
         if if_version is not None:
             q["if_version"] = str(if_version)
+        if mirror:
+            q["mirror"] = "1"
         d = self._json("GET", "/v1/ns/list", query=q)
         top = _stat(d["dir"], path)
         if d.get("unchanged"):
@@ -261,6 +265,11 @@ class SiteClient:
     def symlink(self, path: str, target: str) -> Stat:
         return _stat(self._json("POST", "/v1/ns/symlink", {"path": path, "target": target}),
                      path)
+
+    def mknod(self, path: str, kind: str, mode: int) -> Stat:
+        """Create FIFO or socket `path` (the sites make no device nodes)."""
+        return _stat(self._json("POST", "/v1/ns/mknod",
+                                {"path": path, "kind": kind, "mode": mode}), path)
 
     def setattr(self, path: str, *, mode: int | None = None, atime_ns: int | None = None,
                 mtime_ns: int | None = None) -> Stat:

@@ -12,9 +12,9 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, overload
 
@@ -57,7 +57,7 @@ from gfs.federation.wire import (
     glob_match,
     literal_prefix,
 )
-from gfs.meta import ChunkRef, Kind, Manifest, WriteTxn
+from gfs.meta import ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
 from gfs.mover import (
     PIN_SECONDS,
     ChunksUnavailableError,
@@ -432,19 +432,47 @@ class Site:
                 pass
         return found
 
+    @staticmethod
+    def _mirror_nodes(txn: ReadTxn, path: str) -> Iterator[Inode]:
+        """The inodes of `path` in each rule's mirror kept here (`/.mirror/RULE/PATH`)."""
+        try:
+            rules = [name for name, _ in txn.list_dir(namespace.resolve(txn, "/.mirror").ino)]
+        except NotFoundError:
+            return
+        for rule in rules:
+            try:
+                yield namespace.resolve(txn, f"/.mirror/{rule}{path}")
+            except (NotFoundError, NotADirError):
+                continue
+
+    def mirrored_listing(self, path: str) -> dict[str, Any]:
+        """The `/v1/ns/list` answer for directory `path` as this site's mirrors hold it:
+        the entries the rules replicate here (newest of each name), as of their last
+        reconcile; NotFoundError if no mirror holds that directory."""
+        top: Stat | None = None
+        entries: dict[str, Stat] = {}
+        base = path.rstrip("/")
+        with self.client.engine.read() as txn:
+            for node in self._mirror_nodes(txn, path):
+                if node.kind != Kind.DIR:
+                    continue
+                if top is None or node.mtime_ns > top.mtime_ns:
+                    top = replace(Stat.of(path, node), version=0)  # no revalidation
+                for name, kid in namespace.readdir(txn, node.ino):
+                    st = Stat.of(f"{base}/{name}", kid)
+                    old = entries.get(name)
+                    if old is None or st.mtime_ns > old.mtime_ns:
+                        entries[name] = st
+        if top is None:
+            raise NotFoundError(path, f"no mirror of directory {path} on site {self.name}")
+        return {"dir": stat_to_wire(top),
+                "entries": [stat_to_wire(entries[n]) for n in sorted(entries)]}
+
     def mirrored(self, path: str) -> tuple[Stat, Manifest]:
         """The newest mirrored manifest of `path` (kept by the primary's rules)."""
         best: tuple[Stat, Manifest] | None = None
         with self.client.engine.read() as txn:
-            try:
-                rules = [name for name, _ in txn.list_dir(namespace.resolve(txn, "/.mirror").ino)]
-            except NotFoundError:
-                rules = []
-            for rule in rules:
-                try:
-                    node = namespace.resolve(txn, f"/.mirror/{rule}{path}")
-                except (NotFoundError, NotADirError):
-                    continue
+            for node in self._mirror_nodes(txn, path):
                 m = txn.get_manifest(node.ino)
                 if node.kind == Kind.FILE and m is not None and (
                         best is None or node.mtime_ns > best[0].mtime_ns):
