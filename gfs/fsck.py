@@ -241,8 +241,9 @@ def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: Fsck
             if size != p.size:  # a cut between two blobs still parses: compare sizes
                 report.problems.append(f"pack {pid.hex()} has {size} bytes in pool {pool_id}, "
                                        f"its record says {p.size}")
-        if isinstance(pool, LocalPool):
-            report.temporaries += len(pool.temporaries())
+        backend = getattr(pool, "inner", pool)  # an encrypted pool's temporaries are its backend's
+        if isinstance(backend, LocalPool):
+            report.temporaries += len(backend.temporaries())
     for pid, p in packs.items():
         if pid not in present:
             report.problems.append(f"pack {pid.hex()} is missing from pool {p.pool}")

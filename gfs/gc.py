@@ -249,9 +249,10 @@ def _delete_orphans(store: ChunkStore, report: GcReport, grace: float) -> None:
     for pool_id in pools:
         pool = store.pool(pool_id)
         private = store.is_private(pool_id)
-        if isinstance(pool, LocalPool):  # in a private pool no writer is mid-put: we hold
+        backend = getattr(pool, "inner", pool)  # an encrypted pool's temporaries are its backend's
+        if isinstance(backend, LocalPool):  # in a private pool no writer is mid-put: we hold
             # the lock; in a shared one another store's writer may be, whatever our grace
-            report.temporaries_removed += pool.clean_temporaries(
+            report.temporaries_removed += backend.clean_temporaries(
                 older_than=0 if private else max(grace, SHARED_TEMPORARY_AGE))
         for key in list(pool.list("packs/")):
             pid = parse_pack_key(key)

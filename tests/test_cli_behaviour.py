@@ -343,6 +343,7 @@ def test_bad_input_table_covers_every_command() -> None:
 #: Flags with input, beyond each command's row above.
 BAD_FLAGS: dict[str, list[str]] = {
     "mount --meta-entries": ["mount", "OUT", "--meta-entries", "0"],
+    "pool add --encrypt": ["pool", "add", "p2", "nosuchproto://x", "--encrypt"],
     "mount --meta-ttl": ["mount", "OUT", "--meta-ttl", "-1"],
     "mount --profile": ["mount", "OUT", "--profile", "no-such-profile"],
     "profile add --registry-ca missing": ["profile", "add", "p", "--registry",
