@@ -66,7 +66,7 @@ examples:
 #: adding parsers whose `func(args) -> int` default runs the command. They import
 #: their heavy dependencies inside the commands.
 EXTENSIONS: tuple[str, ...] = ("gfs.profile_cli", "gfs.mount_cli", "gfs.mover_cli", "gfs.tier_cli",
-                               "gfs.state_cli", "gfs.meta_cli",
+                               "gfs.state_cli", "gfs.meta_cli", "gfs.accesslog_cli",
                                "gfs.federation.cli", "dataflow.cli", "privacy.cli",
                                "gfs.gateway.cli")
 

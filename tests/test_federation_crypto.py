@@ -150,6 +150,55 @@ def test_signatures_and_tokens(tmp_path: Path) -> None:
         keys.mint_token("u", "admin", "/bank-a", 60)
 
 
+def test_tokens_are_eddsa_jwts_and_nothing_else_is_accepted(tmp_path: Path) -> None:
+    """Item 4: tokens are standard JWTs (RFC 7519) signed with EdDSA; the attacks on JWT
+    verifiers (alg none, HS256 keyed with the public key, a stripped signature, another
+    key) and the old format are refused, each with a clear message."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+
+    keys = EntityKeys.create(tmp_path / "k", "bank-a")
+    pub = keys.private.public_key()
+    token = keys.mint_token("alice", "write", "/bank-a/shared", 600)
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "EdDSA", "typ": "JWT"}
+    claims = jwt.decode(token, pub, algorithms=["EdDSA"])  # any JWT library verifies it
+    assert {k: claims[k] for k in ("iss", "sub", "scope", "prefix")} == {
+        "iss": "bank-a", "sub": "alice", "scope": "write", "prefix": "/bank-a/shared"}
+    assert claims["exp"] - claims["iat"] == 600 and len(claims["jti"]) == 32
+    tok = verify_token(token, pub)
+    assert (tok.iss, tok.jti) == ("bank-a", claims["jti"])
+    evil = {**claims, "prefix": "/bank-a"}
+    h64 = codec_b64({"alg": "none", "typ": "JWT"})
+    attacks = [
+        h64 + "." + codec_b64(evil) + ".",  # alg none
+        jwt.encode(evil, pub.public_bytes(serialization.Encoding.Raw,
+                                          serialization.PublicFormat.Raw), algorithm="HS256"),
+        token.rsplit(".", 1)[0] + ".",  # signature stripped
+        EntityKeys.create(tmp_path / "m", "bank-a").mint_token("m", "write", "/bank-a", 600),
+        ".".join([token.split(".")[0], codec_b64(evil), token.split(".")[2]]),  # claims swapped
+    ]
+    for bad in attacks:
+        with pytest.raises(AuthError, match=r"invalid token|malformed"):
+            verify_token(bad, pub)
+    old = codec_b64(claims) + "." + "A" * 86  # the format before JWT
+    with pytest.raises(AuthError, match=r"old-format token .* mint a new one"):
+        verify_token(old, pub)
+    with pytest.raises(AuthError, match="expired"):
+        verify_token(token, pub, now=claims["exp"])
+    with pytest.raises(AuthError, match="issued in the future"):
+        verify_token(token, pub, now=claims["iat"] - SKEW - 10)
+
+
+def codec_b64(obj: object) -> str:
+    """base64url (no padding) of compact JSON, as JWT segments are."""
+    import json
+
+    from gfs.federation.auth import b64e
+
+    return b64e(json.dumps(obj, separators=(",", ":")).encode())
+
+
 def test_nonce_cache_never_forgets_inside_the_window() -> None:
     """V6: once the cache held `limit` nonces it evicted ones still inside the window, so
     a captured request was accepted again. Now a full cache refuses new requests (429 for

@@ -148,13 +148,22 @@ def test_tokens_scope_prefix_expiry_forgery(fed: Federation) -> None:
         fc.write_bytes("/bank-a/shared/late.txt", b"x")
     # a token claiming bank-a but signed with telco-b's key
     forged = fed.keys("telco-b").mint_token("mallory", "write", "/bank-a", ttl=600)
-    head, sig = forged.split(".")
+    head, body, sig = forged.split(".")
     from gfs.federation.auth import b64d, b64e
-    claims = json.loads(b64d(head))
+    claims = json.loads(b64d(body))
     claims["iss"] = "bank-a"
-    fake = b64e(json.dumps(claims).encode()) + "." + sig
+    fake = f"{head}.{b64e(json.dumps(claims).encode())}.{sig}"
     with fed.client(token=fake) as fc, pytest.raises(AuthError, match="invalid token"):
         fc.write_bytes("/bank-a/shared/forged.txt", b"x")
+    # a token of the format before JWT, validly signed by bank-a, is refused by name
+    claims = {"iss": "bank-a", "sub": "old", "scope": "write", "prefix": "/bank-a",
+              "iat": int(time.time()), "exp": int(time.time()) + 600, "jti": "0" * 32}
+    body = b64e(json.dumps(claims).encode())
+    old = body + "." + b64e(keys.private.sign(b"HTTOK1." + body.encode()))
+    site = HttpClient(fed.sites["a1"]["url"], token=old, tls=trust_for(keys))
+    with pytest.raises(AuthError, match="old-format token") as e:
+        site.call("GET", "/v1/ns/stat", query={"path": "/bank-a/shared"})
+    assert e.value.status == 401
     with fed.client("bank-a") as fc:
         for p in ("late.txt", "forged.txt", "new.txt"):
             assert not any(e.path.endswith(p) for e in fc.ls("/bank-a/shared"))
@@ -227,12 +236,34 @@ def test_paths_escaping_root_and_bad_bodies(fed: Federation) -> None:
 
 
 def test_metrics_and_status(fed: Federation) -> None:
-    a1 = fed.http("a1")
-    text = a1.call("GET", "/metrics")
+    text = fed.metrics("a1")
     assert b"hutong_site_http_requests_total" in text
     assert b"hutong_site_commits_total" in text
     st = HttpClient(fed.sites["a1"]["url"], keys=fed.keys("bank-a")).call("GET", "/v1/status")
     assert st["primary"] and st["pools"][0]["used"] > 0
+
+
+def test_metrics_need_the_sites_own_entity(fed: Federation) -> None:
+    """R11: /metrics was served to anyone. Now only the site's entity reads it: signed, an
+    entity-wide token, or a `metrics` token, which reads nothing else."""
+    keys = fed.keys("bank-a")
+    with pytest.raises(AuthError) as e:
+        fed.http("a1").call("GET", "/metrics")
+    assert e.value.status == 401
+    narrow = keys.mint_token("u", "read", "/bank-a/shared", ttl=600)
+    for h in (fed.http("a1", keys=fed.keys("telco-b")), fed.http("a1", token=narrow)):
+        with pytest.raises(AuthError) as e:
+            h.call("GET", "/metrics")
+        assert e.value.status == 403
+    scraper = fed.http("a1", token=keys.mint_token("prom", "metrics", "/bank-a", ttl=600))
+    assert b"hutong_site_http_requests_total" in scraper.call("GET", "/metrics")
+    for target, query in (("/v1/ns/stat", {"path": "/bank-a/data/x.bin"}),
+                          ("/v1/ns/read", {"path": "/bank-a/data/x.bin"})):
+        with pytest.raises(AuthError, match="metrics token") as e:
+            scraper.call("GET", target, query=query)
+        assert e.value.status == 403
+    with fed.client(token=scraper.token) as fc, pytest.raises(AuthError):
+        fc.read_bytes("/bank-a/data/x.bin")
 
 
 def test_corrupt_replica_detected_and_another_read(fed: Federation) -> None:

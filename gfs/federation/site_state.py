@@ -21,6 +21,7 @@ from typing import Any, overload
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gfs import namespace, paths
+from gfs.accesslog import AccessLog
 from gfs.client import Client
 from gfs.codec import CODEC_DELTA, check_encrypted_blob, decode_blob, parse_blob_header
 from gfs.errors import (
@@ -38,7 +39,6 @@ from gfs.federation.auth import (
     NonceCache,
     Token,
     audience_of,
-    covers,
     public_key,
     token_issuer,
     verify_request,
@@ -67,6 +67,7 @@ from gfs.mover import (
 )
 from gfs.namespace_api import Stat, stat_to_wire
 from gfs.packs import pack_key
+from gfs.paths import covers
 from gfs.schema import Schema, load
 from gfs.store import Prepared, pin_chunks
 
@@ -82,6 +83,10 @@ class NotPrimaryError(ApiError):
 
 
 # -- the site ------------------------------------------------------------------------------
+
+#: the route of the Prometheus metrics (authenticated: `Site.check_metrics`)
+METRICS_PATH = "/metrics"
+
 
 @dataclass
 class Principal:
@@ -150,6 +155,8 @@ class Site:
                                         thread_name_prefix="hutong-pull")
         """Threads of `/v1/mover/pull` (a stalled source must not take the API's)."""
         self.metrics.gauges["vault_bytes"] = lambda: float(self.vault.usage())
+        self.access = AccessLog(self.state)
+        """Every request answered, appended to STATE/log/access.jsonl (`hutong log`)."""
 
     @property
     def name(self) -> str:
@@ -163,6 +170,7 @@ class Site:
         self.pulls.shutdown(wait=True, cancel_futures=True)
         self.registry.close()
         self.client.close()
+        self.access.close()
 
     # -- registry --------------------------------------------------------------
     def entity_record(self, entity: str) -> dict[str, Any]:
@@ -246,6 +254,9 @@ class Site:
             if claims.revoked_by(self.entity_record(iss)):
                 raise AuthError(f"token {claims.jti or '(no id)'} of {claims.sub!r} was "
                                 f"revoked by {iss!r}; ask it for a new one", 401, "revoked")
+            if claims.scope == "metrics" and path_qs.split("?", 1)[0] != METRICS_PATH:
+                raise AuthError(f"a metrics token of {claims.sub!r} reads {METRICS_PATH} "
+                                "only; use a read or write token", 403, "forbidden")
             return Principal(iss, claims)
         entity = headers.get("X-Hutong-Entity")
         if entity is None:
@@ -384,6 +395,15 @@ class Site:
             raise AuthError(f"{len(stray)} of the chunk ids asked for are not chunks of the "
                             f"current version of {norm} (first {stray[0].hex()}); read "
                             "its manifest again", 403, "forbidden")
+
+    def check_metrics(self, p: Principal) -> None:
+        """Only this site's own entity reads its metrics: signed, an entity-wide token, or
+        a token of scope `metrics` (made for scrapers: it reads nothing else)."""
+        if p.entity != self.entity or not (p.entity_wide or (
+                p.token is not None and p.token.scope == "metrics")):
+            raise AuthError(f"metrics of site {self.name} are for entity {self.entity!r} "
+                            "only: sign the request or send its token (`hutong token mint "
+                            "--scope metrics`)", 403, "forbidden")
 
     def check_owner(self, p: Principal, owner: str, write: bool) -> None:
         """Chunk-level access: only the owner entity itself (signed, or an entity-wide
