@@ -352,6 +352,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         print_json({"ok": r.ok, **asdict(r),
                     **({"repair": asdict(repair)} if repair is not None else {})})
         return 0 if r.ok else 1
+    if repair is not None and repair.temporaries_removed:
+        print(f"repair: removed {repair.temporaries_removed} temporaries of interrupted "
+              "writes", file=sys.stderr)
     if repair is not None and (repair.repaired or repair.dropped_copies or repair.lost):
         print(f"repair: {repair.repaired} chunks restored from other copies, "
               f"{repair.dropped_copies} damaged copies dropped, {len(repair.lost)} chunks "
@@ -366,6 +369,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
               f"{r.packs} packs, {r.chunks_verified} chunks verified "
               f"({human(r.bytes_verified)}); reclaimable by gc: {r.unreferenced_chunks} "
               f"chunks, {r.orphan_packs} orphan packs")
+        if r.temporaries:
+            print(f"fsck: {r.temporaries} temporaries of interrupted writes (spools, staging "
+                  "files); `hutong fsck --repair` or `hutong gc` removes them", file=sys.stderr)
         if not r.ok and not args.repair:
             print("hint: `hutong fsck --repair [--from OTHER_STATE]` restores damaged chunks "
                   "from any good copy and marks the rest lost", file=sys.stderr)
