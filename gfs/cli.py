@@ -174,7 +174,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from gfs.client import Client
 
     settings = {k: getattr(args, k) for k in ("zstd_level", "avg_size", "min_size", "max_size")}
-    with Client.init(args.state, meta=getattr(args, "meta", None), **settings) as fs:
+    with Client.init(args.state, meta=getattr(args, "meta", None), encrypt=args.encrypt,
+                     **settings) as fs:
         if not args.quiet:
             print(f"initialised Hutong store at {fs.state}")
     return 0
@@ -448,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--avg-size", type=size_arg, help="average chunk size, power of two (64KiB)")
     sp.add_argument("--min-size", type=size_arg, help="minimum chunk size (16KiB)")
     sp.add_argument("--max-size", type=size_arg, help="maximum chunk size (256KiB)")
+    sp.add_argument("--encrypt", action="store_true",
+                    help="encrypt the default pool at rest under STATE/at-rest.key (or "
+                    "$HUTONG_AT_REST_KEY); back the key up apart from the pools")
     sp.add_argument("--meta", metavar="URL",
                     help="keep the metadata on a database server "
                     "(postgresql://USER@HOST/DB?schema=NAME); default: embedded LMDB in the "

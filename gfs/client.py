@@ -167,12 +167,13 @@ class Client:
     # -- lifecycle -------------------------------------------------------------
     @classmethod
     def init(cls, state: str | os.PathLike[str] | None = None, *, meta: str | None = None,
-             **settings: Any) -> Client:
+             encrypt: bool = False, **settings: Any) -> Client:
         """Create a store in `state` (see gfs.config.state_dir) and open it.
 
         `meta` (else $HUTONG_META): a ``postgresql://`` URL puts the metadata on
         that database; a store already there is joined, not replaced. By default
-        the metadata is the embedded LMDB environment `state`/meta.
+        the metadata is the embedded LMDB environment `state`/meta. `encrypt`: the
+        default pool is encrypted at rest (see `add_pool`).
         """
         root = state_dir(state)
         if (root / CONFIG_FILE).exists():
@@ -186,11 +187,14 @@ class Client:
                               "(or leave it out for the embedded engine)")
         for sub in ("meta" if meta is None else "", "locks", "pools/default"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        key = pool_keys.load_or_create(root) if encrypt else None
         engine = open_engine(str(root / "meta") if meta is None else meta)
         try:
             def default_pool(txn: WriteTxn) -> None:
                 if txn.get_pool(0) is None:
                     txn.put_pool(PoolRecord(0, "default", "pools/default", "warm", 0))
+                    if key is not None:
+                        pool_keys.mark_sealed(txn, 0, key)
 
             engine.transact(default_pool)
         finally:

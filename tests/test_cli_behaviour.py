@@ -345,6 +345,7 @@ def test_bad_input_table_covers_every_command() -> None:
 BAD_FLAGS: dict[str, list[str]] = {
     "mount --meta-entries": ["mount", "OUT", "--meta-entries", "0"],
     "pool add --encrypt": ["pool", "add", "p2", "nosuchproto://x", "--encrypt"],
+    "init --encrypt": ["init", "--encrypt"],
     "log --since": ["log", "--since", "last tuesday"],
     "log --path": ["--state", "NOSTATE", "log", "--path", "/a/../b"],
     "mount --meta-ttl": ["mount", "OUT", "--meta-ttl", "-1"],

@@ -173,3 +173,32 @@ def test_encrypted_pool_must_start_empty_and_changes_nothing(sealed_fs: Client,
     with pytest.raises(ConfigError, match="must start empty"):
         sealed_fs.add_pool("late", str(full), encrypt=True)
     assert sealed_fs.pools() == before
+
+
+def test_init_encrypt_and_copy_between_encrypted_stores(tmp_path: Path) -> None:
+    """`hutong init --encrypt` seals the default pool; the mover reads from and writes to
+    sealed pools (no zero-copy path to ciphertext, a receiver that cannot rename a spool
+    in place) and nothing lands in clear."""
+    import subprocess
+    import sys
+
+    from gfs import mover
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for state in (src, dst):
+        subprocess.run([sys.executable, "-m", "gfs.cli", "--state", str(state), "init", "-q",
+                        "--encrypt"], check=True, timeout=60)
+    files = _files(4, 120_000)
+    with Client(src) as s, Client(dst) as d:
+        assert s.encrypted_pools() == d.encrypted_pools() == {0}
+        s.mkdir("/d")
+        for p, data in files.items():
+            s.write_bytes(p, data)
+        report = mover.copy_tree(s, d, "/d", streams=2)
+        assert report.transfer.chunks > 0
+        for p, data in files.items():
+            assert d.read_bytes(p) == data
+        assert d.fsck().ok
+    for state in (src, dst):
+        stored = _pool_bytes(state / "pools" / "default")
+        assert len(stored) > 100_000 and b"secret" not in stored
