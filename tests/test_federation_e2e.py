@@ -260,6 +260,27 @@ def test_concurrent_small_puts_share_packs(fed: Federation) -> None:
     assert 0 < made <= puts // 2, made
 
 
+def test_vault_temporaries_reported_and_removed(fed: Federation) -> None:
+    """A host killed -9 while writing a guest's blob left `.NAME.tmp` files that nothing
+    reported or removed; the vault listing counts them and gc removes those of an earlier
+    process (never a write in flight of the running one)."""
+    vault = Path(fed.sites["t1"]["state"]) / "vault" / "bank-a" / "ab"
+    vault.mkdir(parents=True, exist_ok=True)
+    left = vault / f".ab{'0' * 30}.1a2b3c4d.tmp"
+    left.write_bytes(os.urandom(5000))
+    os.utime(left, (time.time() - 86400, time.time() - 86400))  # before the site started
+    young = vault / f".ab{'1' * 30}.5e6f7a8b.tmp"
+    young.write_bytes(b"in flight")  # as if the running site were writing it
+    t1 = fed.http("t1", keys=fed.keys("telco-b"))
+    [held] = [o for o in t1.call("GET", "/v1/vault")["owners"] if o["owner"] == "bank-a"]
+    assert held["temporaries"] == 2
+    assert t1.call("POST", "/v1/gc", {})["vault_temporaries_removed"] == 1
+    assert not left.exists() and young.exists()
+    young.unlink()
+    [held] = [o for o in t1.call("GET", "/v1/vault")["owners"] if o["owner"] == "bank-a"]
+    assert held["temporaries"] == 0
+
+
 def test_metrics_and_status(fed: Federation) -> None:
     text = fed.metrics("a1")
     assert b"hutong_site_http_requests_total" in text

@@ -544,6 +544,7 @@ async def gc(request: web.Request) -> web.Response:
         with site.write_lock:
             report = site.client.gc()
         return {"vault_removed": site.vault.gc(keep=site.live_guests()),
+                "vault_temporaries_removed": site.vault.clean_temporaries(),
                 "store": str(report)}
     return web.json_response(await _run(run))
 
