@@ -68,7 +68,7 @@ class SealedPool(PoolWrapper):
         check_key(key)
         salt = os.urandom(SALT_LEN)
         aead = self._aead(key, salt)
-        plain = b"".join(parts)
+        plain = memoryview(b"".join(parts))  # segments are views, not copies
         n = max(1, -(-len(plain) // SEGMENT))
         out: list[Buffer] = [_HEAD.pack(MAGIC, VERSION, salt)]
         for i in range(n):
@@ -105,12 +105,14 @@ class SealedPool(PoolWrapper):
             return b""
         first, last = start // SEGMENT, (end - 1) // SEGMENT
         step = SEGMENT + TAG
+        # views, not copies: copying is what a read of a large object costs most
         if first == 0:  # one backend call for header and segments
-            both = self.inner.get(key, 0, HEAD_LEN + (last + 1) * step)
-            head, sealed = both[:HEAD_LEN], both[HEAD_LEN:]
+            both = memoryview(self.inner.get(key, 0, HEAD_LEN + (last + 1) * step))
+            head, view = bytes(both[:HEAD_LEN]), both[HEAD_LEN:]
         else:
             head = self.inner.get(key, 0, HEAD_LEN)
-            sealed = self.inner.get(key, HEAD_LEN + first * step, HEAD_LEN + (last + 1) * step)
+            view = memoryview(self.inner.get(key, HEAD_LEN + first * step,
+                                             HEAD_LEN + (last + 1) * step))
         magic, version, salt = _HEAD.unpack(head) if len(head) == HEAD_LEN else (b"", 0, b"")
         if magic != MAGIC or version != VERSION:
             raise self._corrupt(key, "has no sealed header (a plaintext object in an "
@@ -120,13 +122,13 @@ class SealedPool(PoolWrapper):
         for i in range(first, last + 1):
             at = (i - first) * step
             try:
-                plain.append(aead.decrypt(i.to_bytes(12, "big"), sealed[at:at + step],
+                plain.append(aead.decrypt(i.to_bytes(12, "big"), view[at:at + step],
                                           _AD.pack(i, i == n - 1)))
             except InvalidTag:
                 raise self._corrupt(key, f"segment {i} fails authentication") from None
         skip = start - first * SEGMENT
         whole = plain[0] if len(plain) == 1 else b"".join(plain)
-        return whole[skip:skip + end - start]
+        return whole if skip == 0 and len(whole) == end - start else whole[skip:skip + end - start]
 
     def size(self, key: str) -> int:
         return self._layout(key)[1]
