@@ -66,7 +66,7 @@ examples:
 #: adding parsers whose `func(args) -> int` default runs the command. They import
 #: their heavy dependencies inside the commands.
 EXTENSIONS: tuple[str, ...] = ("gfs.profile_cli", "gfs.mount_cli", "gfs.mover_cli", "gfs.tier_cli",
-                               "gfs.state_cli", "gfs.meta_cli",
+                               "gfs.state_cli", "gfs.meta_cli", "gfs.accesslog_cli",
                                "gfs.federation.cli", "dataflow.cli", "privacy.cli",
                                "gfs.gateway.cli")
 
@@ -174,7 +174,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from gfs.client import Client
 
     settings = {k: getattr(args, k) for k in ("zstd_level", "avg_size", "min_size", "max_size")}
-    with Client.init(args.state, meta=getattr(args, "meta", None), **settings) as fs:
+    with Client.init(args.state, meta=getattr(args, "meta", None), encrypt=args.encrypt,
+                     **settings) as fs:
         if not args.quiet:
             print(f"initialised Hutong store at {fs.state}")
     return 0
@@ -352,6 +353,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         print_json({"ok": r.ok, **asdict(r),
                     **({"repair": asdict(repair)} if repair is not None else {})})
         return 0 if r.ok else 1
+    if repair is not None and repair.temporaries_removed:
+        print(f"repair: removed {repair.temporaries_removed} temporaries of interrupted "
+              "writes", file=sys.stderr)
     if repair is not None and (repair.repaired or repair.dropped_copies or repair.lost):
         print(f"repair: {repair.repaired} chunks restored from other copies, "
               f"{repair.dropped_copies} damaged copies dropped, {len(repair.lost)} chunks "
@@ -366,6 +370,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
               f"{r.packs} packs, {r.chunks_verified} chunks verified "
               f"({human(r.bytes_verified)}); reclaimable by gc: {r.unreferenced_chunks} "
               f"chunks, {r.orphan_packs} orphan packs")
+        if r.temporaries:
+            print(f"fsck: {r.temporaries} temporaries of interrupted writes (spools, staging "
+                  "files); `hutong fsck --repair` or `hutong gc` removes them", file=sys.stderr)
         if not r.ok and not args.repair:
             print("hint: `hutong fsck --repair [--from OTHER_STATE]` restores damaged chunks "
                   "from any good copy and marks the rest lost", file=sys.stderr)
@@ -442,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--avg-size", type=size_arg, help="average chunk size, power of two (64KiB)")
     sp.add_argument("--min-size", type=size_arg, help="minimum chunk size (16KiB)")
     sp.add_argument("--max-size", type=size_arg, help="maximum chunk size (256KiB)")
+    sp.add_argument("--encrypt", action="store_true",
+                    help="encrypt the default pool at rest under STATE/at-rest.key (or "
+                    "$HUTONG_AT_REST_KEY); back the key up apart from the pools")
     sp.add_argument("--meta", metavar="URL",
                     help="keep the metadata on a database server "
                     "(postgresql://USER@HOST/DB?schema=NAME); default: embedded LMDB in the "

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from gfs import namespace, namespace_api, paths
+from gfs import namespace, namespace_api, paths, pool_keys
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.env import META_ENV
 from gfs.errors import (
@@ -167,12 +167,13 @@ class Client:
     # -- lifecycle -------------------------------------------------------------
     @classmethod
     def init(cls, state: str | os.PathLike[str] | None = None, *, meta: str | None = None,
-             **settings: Any) -> Client:
+             encrypt: bool = False, **settings: Any) -> Client:
         """Create a store in `state` (see gfs.config.state_dir) and open it.
 
         `meta` (else $HUTONG_META): a ``postgresql://`` URL puts the metadata on
         that database; a store already there is joined, not replaced. By default
-        the metadata is the embedded LMDB environment `state`/meta.
+        the metadata is the embedded LMDB environment `state`/meta. `encrypt`: the
+        default pool is encrypted at rest (see `add_pool`).
         """
         root = state_dir(state)
         if (root / CONFIG_FILE).exists():
@@ -186,11 +187,14 @@ class Client:
                               "(or leave it out for the embedded engine)")
         for sub in ("meta" if meta is None else "", "locks", "pools/default"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        key = pool_keys.load_or_create(root) if encrypt else None
         engine = open_engine(str(root / "meta") if meta is None else meta)
         try:
             def default_pool(txn: WriteTxn) -> None:
                 if txn.get_pool(0) is None:
                     txn.put_pool(PoolRecord(0, "default", "pools/default", "warm", 0))
+                    if key is not None:
+                        pool_keys.mark_sealed(txn, 0, key)
 
             engine.transact(default_pool)
         finally:
@@ -834,9 +838,12 @@ class Client:
             session.add_file(final, action)
 
     # -- pools ---------------------------------------------------------------------------
-    def add_pool(self, name: str, url: str, *, tier: str = "warm", capacity: int = 0) -> PoolRecord:
+    def add_pool(self, name: str, url: str, *, tier: str = "warm", capacity: int = 0,
+                 encrypt: bool = False) -> PoolRecord:
         """Register a storage pool (any fsspec URL; a plain path is a local directory)
-        of `tier` ("hot", "warm" or "cold") holding at most `capacity` bytes (0: no limit)."""
+        of `tier` ("hot", "warm" or "cold") holding at most `capacity` bytes (0: no limit).
+        `encrypt`: every object is encrypted at rest under the store's at-rest key
+        (gfs.pool_keys; created on first use, kept outside the pool)."""
         from gfs.pools import open_pool
         from gfs.tiering import TIERS
 
@@ -847,7 +854,11 @@ class Client:
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"pool name must be letters, digits, '-' or '_', got {name!r}")
         url = record_url(self.state, url)
-        open_pool(pool_location(self.state, url)).close()  # refuses an unknown protocol
+        with open_pool(pool_location(self.state, url)) as pool:  # refuses an unknown protocol
+            if encrypt and next(iter(pool.list()), None) is not None:
+                raise ConfigError(f"pool {name}: {url} already holds objects; an encrypted "
+                                  "pool must start empty (give an empty location)")
+        key = pool_keys.load_or_create(self.state) if encrypt else None
         def add(txn: WriteTxn) -> PoolRecord:
             pools = list(txn.iter_pools())
             if any(p.name == name for p in pools):
@@ -857,6 +868,8 @@ class Client:
             rec = PoolRecord(max((p.id for p in pools), default=-1) + 1, name, url, tier,
                              capacity)
             txn.put_pool(rec)
+            if key is not None:
+                pool_keys.mark_sealed(txn, rec.id, key)
             return rec
 
         return self.engine.transact(add)
@@ -872,6 +885,11 @@ class Client:
         """Every pool with the bytes its committed packs take."""
         used = self.store.usage()
         return [(rec, used.get(rec.id, 0)) for rec in self.store.pool_records()]
+
+    def encrypted_pools(self) -> frozenset[int]:
+        """Ids of the pools encrypted at rest."""
+        with self.engine.read() as txn:
+            return pool_keys.sealed_pools(txn)[0]
 
     # -- maintenance ---------------------------------------------------------------------
     def gc(self) -> Any:

@@ -265,11 +265,16 @@ def decode_blob(blob: Buffer, expect_id: bytes | None = None,
     return raw
 
 
-# -- owner-encrypted blobs (flag bit 0; docs/format.md "Owner-encrypted blobs") -----------
+# -- sealed blobs (flag bit 0; docs/format.md "Sealed blobs") ------------------------------
 
 FLAG_ENCRYPTED = 1
 ENC_NONCE_LEN = 12
 ENC_TAG_LEN = 16
+#: Sealed blob lengths are whole multiples of this many bytes at least.
+PAD_MIN = 4096
+#: Sealed blob lengths above PAD_MIN take 2^PAD_SHIFT values per power of two
+#: (padding adds at most 1/2^PAD_SHIFT = 12.5 %).
+PAD_SHIFT = 3
 _ENC_OVERHEAD = ENC_NONCE_LEN + ENC_TAG_LEN
 
 
@@ -281,11 +286,23 @@ def keyed_chunk_id(cid: bytes, id_key: bytes) -> bytes:
     return hmac.new(id_key, cid, hashlib.sha256).digest()[:CHUNK_ID_LEN]
 
 
-def parse_encrypted_header(buf: Buffer) -> BlobHeader:
-    """Parse and check the header of an owner-encrypted blob (flags exactly 1).
+def padded_blob_len(n: int) -> int:
+    """The length a sealed blob of `n` unpadded bytes is padded to.
 
-    `chunk_id` of the result is the keyed id. Raises `CorruptChunkError`.
+    At most `PAD_MIN`: `PAD_MIN`. Above: the next multiple of 2^(e-3) where 2^e <= n, so a
+    length is one of 8 values per power of two and padding adds at most 12.5 %. A host
+    then learns only the bucket, which many chunks of different content share.
     """
+    if n <= PAD_MIN:
+        return PAD_MIN
+    step = 1 << (n.bit_length() - 1 - PAD_SHIFT)
+    return -(-n // step) * step
+
+
+def parse_encrypted_header(buf: Buffer) -> BlobHeader:
+    """Parse and check the clear header of a sealed blob (flags exactly 1, codec and raw
+    length 0: both are inside the ciphertext). `chunk_id` of the result is the keyed id.
+    Raises `CorruptChunkError`."""
     if len(buf) < BLOB_HEADER_LEN:
         raise _corrupt(f"truncated header ({len(buf)} of {BLOB_HEADER_LEN} bytes)", None)
     head = bytes(buf[:32])
@@ -295,14 +312,15 @@ def parse_encrypted_header(buf: Buffer) -> BlobHeader:
     (check,) = _CHECK.unpack_from(buf, 32)
     if check != xxhash.xxh32_intdigest(head):
         raise _corrupt("header check mismatch", kid)
-    if version != BLOB_VERSION or codec not in _WHOLE_CODECS:
-        raise _corrupt(f"unsupported version {version} or codec {codec}", kid)
     if flags != FLAG_ENCRYPTED:
-        raise _corrupt(f"flags {flags:#06x}: not an owner-encrypted blob (expected 0x0001)", kid)
-    if payload_len < _ENC_OVERHEAD or (codec == CODEC_RAW
-                                       and payload_len != raw_len + _ENC_OVERHEAD):
-        raise _corrupt(f"encrypted payload length {payload_len} does not fit raw length "
-                       f"{raw_len}", kid)
+        raise _corrupt(f"flags {flags:#06x}: not a sealed blob (expected 0x0001)", kid)
+    if version != BLOB_VERSION or codec != 0 or raw_len != 0:
+        raise _corrupt(f"sealed blob of an old layout (version {version}, codec {codec}, "
+                       f"raw length {raw_len} in clear); place it again (`hutong rule "
+                       "reconcile`) to re-seal it", kid)
+    total = BLOB_HEADER_LEN + payload_len
+    if payload_len < _ENC_OVERHEAD + BLOB_HEADER_LEN or padded_blob_len(total) != total:
+        raise _corrupt(f"sealed payload length {payload_len} is not a padded length", kid)
     return BlobHeader(codec, flags, raw_len, payload_len, kid)
 
 
@@ -317,39 +335,45 @@ def check_encrypted_blob(blob: Buffer) -> BlobHeader:
 
 def encode_encrypted_blob(raw: Buffer, enc_key: bytes, id_key: bytes,
                           level: int = DEFAULT_LEVEL, cid: bytes | None = None) -> bytes:
-    """Encode `raw` as an owner-encrypted blob (AES-256-GCM, random nonce, keyed id)."""
+    """Seal `raw`: its plain blob (header and payload) plus zero padding, encrypted with
+    AES-256-GCM under a random nonce, behind a clear header holding only the keyed id and
+    the padded length (`padded_blob_len`)."""
     import os
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     header, payload = encode_blob(raw, level, cid)
     inner = parse_blob_header(header)
-    head = BlobHeader(inner.codec, FLAG_ENCRYPTED, inner.raw_len,
-                      inner.payload_len + _ENC_OVERHEAD,
+    total = padded_blob_len(BLOB_HEADER_LEN + _ENC_OVERHEAD + inner.blob_len)
+    head = BlobHeader(0, FLAG_ENCRYPTED, 0, total - BLOB_HEADER_LEN,
                       keyed_chunk_id(inner.chunk_id, id_key)).to_bytes()
+    pad = bytes(total - BLOB_HEADER_LEN - _ENC_OVERHEAD - inner.blob_len)
     nonce = os.urandom(ENC_NONCE_LEN)
-    return head + nonce + AESGCM(enc_key).encrypt(nonce, bytes(payload), head[:32])
+    sealed = AESGCM(enc_key).encrypt(nonce, b"".join((header, payload, pad)), head[:32])
+    return head + nonce + sealed
 
 
 def decode_encrypted_blob(blob: Buffer, cid: bytes, enc_key: bytes, id_key: bytes) -> bytes:
-    """Decrypt and verify an owner-encrypted blob of chunk `cid`; returns the raw bytes.
+    """Decrypt and verify a sealed blob of chunk `cid`; returns the raw bytes.
 
-    A wrong keyed id, a bad tag (wrong key or damaged bytes) or content that
-    does not hash to `cid` raises `CorruptChunkError`.
+    A wrong keyed id, a bad tag (wrong key or damaged bytes), non-zero padding or
+    content that does not hash to `cid` raises `CorruptChunkError`.
     """
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     header = check_encrypted_blob(blob)
     if header.chunk_id != keyed_chunk_id(cid, id_key):
-        raise _corrupt("encrypted blob holds another keyed id", cid)
+        raise _corrupt("sealed blob holds another keyed id", cid)
     view = memoryview(blob)
     nonce = bytes(view[BLOB_HEADER_LEN:BLOB_HEADER_LEN + ENC_NONCE_LEN])
     try:
-        payload = AESGCM(enc_key).decrypt(nonce, bytes(view[BLOB_HEADER_LEN + ENC_NONCE_LEN:]),
-                                          bytes(view[:32]))
+        plain = AESGCM(enc_key).decrypt(nonce, bytes(view[BLOB_HEADER_LEN + ENC_NONCE_LEN:]),
+                                        bytes(view[:32]))
     except InvalidTag:
-        raise _corrupt("encrypted blob fails authentication (damaged, or another owner's "
+        raise _corrupt("sealed blob fails authentication (damaged, or sealed with another "
                        "key)", cid) from None
-    inner = BlobHeader(header.codec, 0, header.raw_len, len(payload), cid).to_bytes()
-    return decode_blob(inner + payload, expect_id=cid)
+    inner = _parse_header(plain)
+    if inner.blob_len > len(plain) or plain[inner.blob_len:].strip(b"\0"):
+        raise _corrupt("sealed blob's inner blob does not fit its padding", cid)
+    return decode_blob(memoryview(plain)[:inner.blob_len], expect_id=cid)

@@ -18,6 +18,8 @@ TIERS: tuple[str, ...] = ("hot", "warm", "cold")
 #: the disk cache tier of readers (mount, gfs://): its directory and capacity
 CACHE_DIR_ENV = "HUTONG_DISK_CACHE"
 CACHE_BYTES_ENV = "HUTONG_DISK_CACHE_BYTES"
+#: the key file of pools encrypted at rest (default STATE/at-rest.key)
+AT_REST_KEY_ENV = "HUTONG_AT_REST_KEY"
 #: the metadata database of a new store (`hutong init --meta URL`)
 META_ENV = "HUTONG_META"
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from gfs import delta, namespace
 from gfs.errors import PoolObjectMissingError
+from gfs.gc import local_backend, state_temporaries
 from gfs.meta import ROOT_INO, ChunkRecord, Inode, Kind, Location, PackRecord, ReadTxn
 from gfs.packs import PACK_HEADER_LEN, parse_pack_key
-from gfs.pools import LocalPool
 from gfs.spill import SpillTable, merge_outer
 from gfs.store import ChunkStore, pinned_chunks
 
@@ -41,6 +41,8 @@ class FsckReport:
     #: unknown packs of a shared pool that another store wrote (neither garbage of
     #: this store nor damage: their owner's gc reclaims them)
     foreign_packs: int = 0
+    #: files of interrupted writes: pool temporaries (a killed put, a receiver's spool
+    #: after kill -9) and STATE/tmp (mover staging); gc and `fsck --repair` remove them
     temporaries: int = 0
     pinned_chunks: int = 0
 
@@ -241,8 +243,10 @@ def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: Fsck
             if size != p.size:  # a cut between two blobs still parses: compare sizes
                 report.problems.append(f"pack {pid.hex()} has {size} bytes in pool {pool_id}, "
                                        f"its record says {p.size}")
-        if isinstance(pool, LocalPool):
-            report.temporaries += len(pool.temporaries())
+        backend = local_backend(pool)
+        if backend is not None:
+            report.temporaries += len(backend.temporaries())
+    report.temporaries += len(state_temporaries(store))
     for pid, p in packs.items():
         if pid not in present:
             report.problems.append(f"pack {pid.hex()} is missing from pool {p.pool}")

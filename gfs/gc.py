@@ -16,13 +16,14 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gfs import delta
 from gfs.codec import BLOB_HEADER_LEN
 from gfs.errors import FormatError, PoolError, PoolObjectMissingError
 from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
 from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_head, parse_pack_key
-from gfs.pools import LocalPool
+from gfs.pools import LocalPool, Pool
 from gfs.store import ChunkStore, pin_chunks, pinned_chunks
 
 log = logging.getLogger("hutong.gc")
@@ -246,13 +247,10 @@ def _delete_orphans(store: ChunkStore, report: GcReport, grace: float) -> None:
         known = {p.id for p in txn.iter_packs()}
         pools = [p.id for p in txn.iter_pools()]
     now = time.time()
+    report.temporaries_removed += remove_temporaries(store, grace)
     for pool_id in pools:
         pool = store.pool(pool_id)
         private = store.is_private(pool_id)
-        if isinstance(pool, LocalPool):  # in a private pool no writer is mid-put: we hold
-            # the lock; in a shared one another store's writer may be, whatever our grace
-            report.temporaries_removed += pool.clean_temporaries(
-                older_than=0 if private else max(grace, SHARED_TEMPORARY_AGE))
         for key in list(pool.list("packs/")):
             pid = parse_pack_key(key)
             if pid is None or pid in known:
@@ -272,6 +270,46 @@ def _delete_orphans(store: ChunkStore, report: GcReport, grace: float) -> None:
             pool.delete(key)
             report.orphan_packs += 1
             report.bytes_freed += size
+
+
+def local_backend(pool: Pool) -> LocalPool | None:
+    """The local pool under `pool` (an encrypted pool's temporaries are its backend's)."""
+    backend = getattr(pool, "inner", pool)
+    return backend if isinstance(backend, LocalPool) else None
+
+
+def state_temporaries(store: ChunkStore) -> list[Path]:
+    """Files in STATE/tmp: mover staging files and spools for non-local pools."""
+    try:
+        return sorted(p for p in (store.state / "tmp").iterdir() if p.is_file())
+    except FileNotFoundError:
+        return []
+
+
+def remove_temporaries(store: ChunkStore, grace: float) -> int:
+    """Remove temporaries of interrupted writes (a killed put, a receiver killed mid-
+    transfer); the caller holds the gc lock exclusive. In a private pool no writer of
+    this store is mid-put, so all go; in a shared pool (another store's writer may be
+    writing) and in STATE/tmp (the mover's sender stages there without the lock) only
+    those untouched for max(`grace`, SHARED_TEMPORARY_AGE) seconds. Returns how many."""
+    removed = 0
+    old = max(grace, SHARED_TEMPORARY_AGE)
+    with store.engine.read() as txn:
+        pools = [p.id for p in txn.iter_pools()]
+    for pool_id in pools:
+        backend = local_backend(store.pool(pool_id))
+        if backend is not None:
+            removed += backend.clean_temporaries(
+                older_than=0 if store.is_private(pool_id) else old)
+    cutoff = time.time() - old
+    for p in state_temporaries(store):
+        try:
+            if p.stat().st_mtime <= cutoff:
+                p.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def _not_owned(store: ChunkStore, pool_id: int, report: GcReport) -> None:

@@ -62,3 +62,9 @@ def parent_of(path: str) -> str:
 def child_path(parent: str, name: str) -> str:
     """`name` in directory `parent`."""
     return f"{parent.rstrip('/')}/{name}"
+
+
+def covers(prefix: str, path: str) -> bool:
+    """Whether namespace `path` is `prefix` or below it."""
+    p = prefix.rstrip("/")
+    return path == p or path.startswith(p + "/") or p == ""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from gfs.errors import ChunkMissingError, CorruptChunkError, PoolError
 from gfs.fsck import owners, scan_copies
+from gfs.gc import remove_temporaries
 from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
 from gfs.store import ChunkStore, lost_chunks, set_lost_chunks
 
@@ -34,6 +35,7 @@ class RepairReport:
     repaired: int = 0  # chunks restored from another store
     lost: list[str] = field(default_factory=list)  # ids (hex) of chunks with no good copy
     damaged_files: list[str] = field(default_factory=list)  # files naming a lost chunk
+    temporaries_removed: int = 0  # files of interrupted writes (gfs.gc.remove_temporaries)
 
 
 def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairReport:
@@ -43,6 +45,7 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
     """
     report = RepairReport()
     with store.gc_exclusive():
+        report.temporaries_removed = remove_temporaries(store, store.config.gc_grace)
         with store.engine.read() as txn:
             chunks = {rec.id: rec for rec in txn.iter_chunks()}
             packs = {p.id: p for p in txn.iter_packs()}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from gfs import chunking, delta
+from gfs import chunking, delta, pool_keys
 from gfs.codec import (
     BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
@@ -126,9 +126,16 @@ class ChunkStore:
             if pool is None:
                 with self.engine.read() as txn:
                     rec = txn.get_pool(pool_id)
+                    sealed, check = pool_keys.sealed_pools(txn)
                 if rec is None:
                     raise StateError(f"pool {pool_id} is not registered in {self.state}")
-                pool = self._pools[pool_id] = open_pool(pool_location(self.state, rec.url))
+                key = pool_keys.load(self.state, rec.name, check) if pool_id in sealed else None
+                pool = open_pool(pool_location(self.state, rec.url))
+                if key is not None:
+                    from gfs.pools.sealed import SealedPool  # loads cryptography
+
+                    pool = SealedPool(pool, key)
+                self._pools[pool_id] = pool
             return pool
 
     # -- ownership (docs/format.md, "Ownership of packs") ----------------------

@@ -20,8 +20,9 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
 
     with open_client(args) as fs:
         rec = fs.add_pool(args.name, args.url, tier=args.tier,
-                          capacity=args.capacity or 0)
-    print(f"added pool {rec.name} (id {rec.id}, tier {rec.tier}) at {rec.url}")
+                          capacity=args.capacity or 0, encrypt=args.encrypt)
+    sealed = ", encrypted at rest" if args.encrypt else ""
+    print(f"added pool {rec.name} (id {rec.id}, tier {rec.tier}{sealed}) at {rec.url}")
     return 0
 
 
@@ -29,14 +30,17 @@ def cmd_pool_ls(args: argparse.Namespace) -> int:
 
     with open_client(args) as fs:
         pools = fs.pools()
+        sealed = fs.encrypted_pools()
     if args.json:
         print_json([{"id": rec.id, "name": rec.name, "tier": rec.tier, "url": rec.url,
-                     "used_bytes": used, "capacity": rec.capacity} for rec, used in pools])
+                     "used_bytes": used, "capacity": rec.capacity,
+                     "encrypted": rec.id in sealed} for rec, used in pools])
         return 0
     for rec, used in pools:
         cap = human(rec.capacity) if rec.capacity else "unlimited"
+        enc = " (encrypted)" if rec.id in sealed else ""
         print(f"{rec.id:>3} {rec.name:<12} {rec.tier:<5} {human(used):>11} of {cap:<11} "
-              f"{rec.url}")
+              f"{rec.url}{enc}")
     return 0
 
 
@@ -151,6 +155,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--tier", choices=TIERS, default="warm")
     sp.add_argument("--capacity", type=size_arg,
                     help="at most this many bytes (e.g. 10G); default unlimited")
+    sp.add_argument("--encrypt", action="store_true",
+                    help="encrypt every object at rest (AES-256-GCM) under the store's key "
+                    "file STATE/at-rest.key or $HUTONG_AT_REST_KEY, kept outside the pool; "
+                    "back it up: without it the pool cannot be read")
     sp.set_defaults(func=cmd_pool_add)
     sp = psub.add_parser("ls", help="pools, tiers, usage and capacity", parents=[common])
     add_json_flag(sp)

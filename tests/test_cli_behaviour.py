@@ -334,6 +334,7 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("dashboard",): ["dashboard", "--listen", "127.0.0.1:abc"],
     ("registry", "admit"): ["registry", "admit", "bad name!", "--key", "xyz"],
     ("registry", "pending"): ["--state", "NOSTATE", "registry", "pending"],
+    ("log",): ["--state", "NOSTATE", "log"],
 }
 
 
@@ -344,6 +345,10 @@ def test_bad_input_table_covers_every_command() -> None:
 #: Flags with input, beyond each command's row above.
 BAD_FLAGS: dict[str, list[str]] = {
     "mount --meta-entries": ["mount", "OUT", "--meta-entries", "0"],
+    "pool add --encrypt": ["pool", "add", "p2", "nosuchproto://x", "--encrypt"],
+    "init --encrypt": ["init", "--encrypt"],
+    "log --since": ["log", "--since", "last tuesday"],
+    "log --path": ["--state", "NOSTATE", "log", "--path", "/a/../b"],
     "mount --meta-ttl": ["mount", "OUT", "--meta-ttl", "-1"],
     "mount --profile": ["mount", "OUT", "--profile", "no-such-profile"],
     "gateway s3 --profile": ["gateway", "s3", "--profile", "no-such-profile", "--listen",

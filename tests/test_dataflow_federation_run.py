@@ -51,11 +51,7 @@ class Sites(FederatedSites):
 
     def pulls(self, site: str) -> float:
         """`/v1/mover/pull` requests `site` has served (its metrics)."""
-        h = self.fed.http(site)
-        try:
-            text = h.call("GET", "/metrics")
-        finally:
-            h.close()
+        text = self.fed.metrics(site)
         text = text.decode() if isinstance(text, bytes) else str(text)
         return sum(float(line.split()[-1]) for line in text.splitlines()
                    if line.startswith("hutong_site_mover_pulls_total"))

@@ -283,3 +283,65 @@ def test_replace_copies_repairs_only_damaged_chunks(fs: Client, tmp_path: Path) 
     fs.gc()
     report = fs.fsck()
     assert report.ok, report.problems
+
+
+COPIER = textwrap.dedent("""
+    import sys
+    from gfs import mover
+    from gfs.client import Client
+    with Client(sys.argv[1]) as src, Client(sys.argv[2]) as dst:
+        mover.copy_tree(src, dst, "/big", streams=1)
+    print("done", flush=True)
+""")
+
+
+def _freeze_with_spool(proc: subprocess.Popen[str], spools: Path) -> list[str]:
+    """Stop `proc` (SIGSTOP: every thread at once) at a moment its receiver holds a spool
+    in `spools`; returns the spools seen while it is stopped."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if spools.is_dir() and any(e.stat().st_size for e in os.scandir(spools)):
+            proc.send_signal(signal.SIGSTOP)
+            held = os.listdir(spools)
+            if held:
+                return held
+            proc.send_signal(signal.SIGCONT)  # the spool became a pack meanwhile
+        time.sleep(0.001)
+    return []
+
+
+def test_kill9_of_a_receiver_leaves_temporaries_fsck_reports_and_removes(
+        tmp_path: Path) -> None:
+    """A receiving store killed -9 mid-transfer kept its spool files: fsck said nothing of
+    them and nothing removed them. fsck now reports them and `fsck --repair` removes them
+    (gc too); the copy then resumes to an intact tree."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    with Client.init(src) as fs:
+        fs.mkdir("/big")
+        for i in range(4):
+            fs.write_bytes(f"/big/f{i}", random.Random(i).randbytes(24 << 20))
+    Client.init(dst).close()
+    proc = subprocess.Popen([sys.executable, "-c", COPIER, str(src), str(dst)],
+                            stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent)
+    try:
+        held = _freeze_with_spool(proc, dst / "pools" / "default" / "tmp")
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert held, "the copy finished or stalled before a spool could be caught"
+    hutong = [sys.executable, "-m", "gfs.cli", "--state", str(dst), "fsck"]
+    out = subprocess.run(hutong, capture_output=True, text=True, timeout=120)
+    assert f"{len(held)} temporaries of interrupted writes" in out.stderr, out.stderr
+    out = subprocess.run([*hutong, "--repair"], capture_output=True, text=True, timeout=120)
+    assert f"removed {len(held)} temporaries" in out.stderr, out.stderr
+    with Client(dst) as fs:
+        report = fs.fsck()
+        assert report.ok and report.temporaries == 0, report.problems
+    with Client(src) as s, Client(dst) as d:
+        from gfs import mover
+
+        mover.copy_tree(s, d, "/big", streams=1)
+        assert all(d.read_bytes(f"/big/f{i}") == s.read_bytes(f"/big/f{i}") for i in range(4))

@@ -291,7 +291,7 @@ def kill_primary_during_commit(fed: Federation, site: str, w: Any) -> list[BaseE
             failure.append(e)
     t = threading.Thread(target=close)
     t.start()
-    probe = fed.http(site, timeout=5)
+    probe = fed.http(site, keys=fed.keys(str(fed.sites[site]["entity"])), timeout=5)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # until the primary stored the first chunks
         if b"chunks_stored_total" in probe.call("GET", "/metrics"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,60 @@ def test_wrong_key_and_dedup_within_owner() -> None:
         codec.decode_encrypted_blob(a, codec.chunk_id(b"x"), K1, K2)
 
 
+def _blob_lengths_of(path: str) -> tuple[list[bytes], list[int], list[int]]:
+    """Chunks of the file at `path`, their blob lengths in clear as before V7 (header, nonce,
+    payload, tag), and the lengths of their sealed blobs now."""
+    from gfs.chunking import iter_chunks
+
+    with open(path, "rb") as f:
+        chunks = [bytes(c) for c in iter_chunks(f.read())]
+    exact = [codec.BLOB_HEADER_LEN + 28 + len(codec.encode_blob(c)[1]) for c in chunks]
+    return chunks, exact, [len(codec.encode_encrypted_blob(c, K1, K2)) for c in chunks]
+
+
+def test_host_cannot_match_a_known_file_by_blob_lengths() -> None:
+    """V7: a host keeping an owner's sealed blobs knows a file (a shared library) and
+    computes the length each of its chunks would have when sealed. Before, every chunk's
+    length was unique among the blobs held, so the host matched the file chunk by chunk
+    (59 of 59); now lengths are padded buckets that many chunks share, and a vault that
+    never held the file shows the same lengths."""
+    import cryptography.hazmat.bindings._rust as other_lib
+    import zstandard.backend_c as known_lib
+
+    known, known_exact, known_sealed = _blob_lengths_of(known_lib.__file__)
+    other, other_exact, other_sealed = _blob_lengths_of(other_lib.__file__)
+    assert len(known) > 50 and len(other) > 50
+    # the attack on exact lengths (the control): nearly every chunk has a unique length
+    held = Counter(known_exact + other_exact)
+    assert sum(held[n] == 1 for n in known_exact) >= 0.9 * len(known)
+    assert not set(known_exact) & set(other_exact)
+    # the same attack on sealed blobs singles out (almost) nothing: a length alone in the
+    # vault can happen only in a sparse top bucket (0 of 146 here, 2 of 186 the other way)
+    held = Counter(known_sealed + other_sealed)
+    assert sum(held[n] == 1 for n in known_sealed) <= 0.03 * len(known)
+    assert sum(n in set(other_sealed) for n in known_sealed) >= 0.9 * len(known)
+    # codec and plaintext length are not in clear; padding costs under 12.5 % (5 % here)
+    for c in (known[0], bytes(5000), os.urandom(5000)):
+        head = codec.check_encrypted_blob(codec.encode_encrypted_blob(c, K1, K2))
+        assert (head.codec, head.raw_len) == (0, 0)
+    assert sum(known_sealed) < 1.125 * sum(known_exact)
+
+
+def test_sealed_blob_old_layout_and_bad_padding_refused() -> None:
+    raw = os.urandom(3000)
+    cid = codec.chunk_id(raw)
+    blob = codec.encode_encrypted_blob(raw, K1, K2)
+    head = codec.parse_encrypted_header(blob)
+    old = codec.BlobHeader(0, 1, len(raw), head.payload_len, head.chunk_id).to_bytes()
+    with pytest.raises(CorruptChunkError, match="old layout"):
+        codec.decode_encrypted_blob(old + blob[36:], cid, K1, K2)
+    short = codec.BlobHeader(0, 1, 0, head.payload_len - 16, head.chunk_id).to_bytes()
+    with pytest.raises(CorruptChunkError, match="not a padded length"):
+        codec.check_encrypted_blob(short + blob[36:-16])
+    assert [codec.padded_blob_len(n) for n in (1, 4096, 4097, 65537, 70000)] == [
+        4096, 4096, 4608, 73728, 73728]
+
+
 def test_signatures_and_tokens(tmp_path: Path) -> None:
     keys = EntityKeys.create(tmp_path / "k", "bank-a")
     again = EntityKeys.load(tmp_path / "k")
@@ -93,6 +148,55 @@ def test_signatures_and_tokens(tmp_path: Path) -> None:
     assert not tok.allows("/bank-a/p/q", write=True)
     with pytest.raises(ValueError):
         keys.mint_token("u", "admin", "/bank-a", 60)
+
+
+def test_tokens_are_eddsa_jwts_and_nothing_else_is_accepted(tmp_path: Path) -> None:
+    """Item 4: tokens are standard JWTs (RFC 7519) signed with EdDSA; the attacks on JWT
+    verifiers (alg none, HS256 keyed with the public key, a stripped signature, another
+    key) and the old format are refused, each with a clear message."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+
+    keys = EntityKeys.create(tmp_path / "k", "bank-a")
+    pub = keys.private.public_key()
+    token = keys.mint_token("alice", "write", "/bank-a/shared", 600)
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "EdDSA", "typ": "JWT"}
+    claims = jwt.decode(token, pub, algorithms=["EdDSA"])  # any JWT library verifies it
+    assert {k: claims[k] for k in ("iss", "sub", "scope", "prefix")} == {
+        "iss": "bank-a", "sub": "alice", "scope": "write", "prefix": "/bank-a/shared"}
+    assert claims["exp"] - claims["iat"] == 600 and len(claims["jti"]) == 32
+    tok = verify_token(token, pub)
+    assert (tok.iss, tok.jti) == ("bank-a", claims["jti"])
+    evil = {**claims, "prefix": "/bank-a"}
+    h64 = codec_b64({"alg": "none", "typ": "JWT"})
+    attacks = [
+        h64 + "." + codec_b64(evil) + ".",  # alg none
+        jwt.encode(evil, pub.public_bytes(serialization.Encoding.Raw,
+                                          serialization.PublicFormat.Raw), algorithm="HS256"),
+        token.rsplit(".", 1)[0] + ".",  # signature stripped
+        EntityKeys.create(tmp_path / "m", "bank-a").mint_token("m", "write", "/bank-a", 600),
+        ".".join([token.split(".")[0], codec_b64(evil), token.split(".")[2]]),  # claims swapped
+    ]
+    for bad in attacks:
+        with pytest.raises(AuthError, match=r"invalid token|malformed"):
+            verify_token(bad, pub)
+    old = codec_b64(claims) + "." + "A" * 86  # the format before JWT
+    with pytest.raises(AuthError, match=r"old-format token .* mint a new one"):
+        verify_token(old, pub)
+    with pytest.raises(AuthError, match="expired"):
+        verify_token(token, pub, now=claims["exp"])
+    with pytest.raises(AuthError, match="issued in the future"):
+        verify_token(token, pub, now=claims["iat"] - SKEW - 10)
+
+
+def codec_b64(obj: object) -> str:
+    """base64url (no padding) of compact JSON, as JWT segments are."""
+    import json
+
+    from gfs.federation.auth import b64e
+
+    return b64e(json.dumps(obj, separators=(",", ":")).encode())
 
 
 def test_nonce_cache_never_forgets_inside_the_window() -> None:

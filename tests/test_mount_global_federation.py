@@ -298,11 +298,7 @@ def test_kill_9_of_the_primary_during_a_write(lab_fed: Federation, tmp_path: Pat
 
 def _requests(fed: Federation, site: str) -> Counter[str]:
     """Requests served by `site` so far, by route (its /metrics)."""
-    probe = fed.http(site, timeout=5)
-    try:
-        text = probe.call("GET", "/metrics").decode()
-    finally:
-        probe.close()
+    text = fed.metrics(site, timeout=5).decode()
     out: Counter[str] = Counter()
     for line in text.splitlines():
         m = re.match(r'\w+_http_requests_total\{.*route="([^"]+)".*\} ([0-9.e+]+)$', line)

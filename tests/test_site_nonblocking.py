@@ -151,7 +151,7 @@ def test_a_slow_gauge_does_not_stall_health(served: Served) -> None:
     got: dict[str, Any] = {}
 
     def scrape() -> None:
-        with served.client(None, DEADLINE) as sc:
+        with served.client(served.site.keys, DEADLINE) as sc:
             got["text"] = sc.call("GET", "/metrics")
     scraper = threading.Thread(target=scrape)
     scraper.start()

@@ -12,7 +12,7 @@ from gfs.tiering.policy import TierPolicy
 
 
 def _metric(site: HttpClient, name: str) -> float:
-    """A figure of the site's /metrics, read over TLS as a user trusting the registry."""
+    """A figure of the site's /metrics, read over TLS as its own entity."""
     status, body, _ = site.request("GET", "/metrics")
     assert status == 200, body[:200]
     for line in body.decode().splitlines():
@@ -25,7 +25,7 @@ def test_background_tierer_moves_idle_chunks_to_cold(tmp_path: Path) -> None:
     with Federation(tmp_path / "fed", tier_interval=0.3) as fed:
         fed.registry()
         fed.site("w1", "lab", "cn-west", primary=True)
-        url = fed.http("w1")
+        url = fed.http("w1", keys=fed.keys("lab"))
         state = fed.sites["w1"]["state"]
         with Client(state) as local:
             local.add_pool("archive", str(tmp_path / "cold"), tier="cold")

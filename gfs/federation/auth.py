@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -30,9 +29,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from gfs import paths
 from gfs.errors import HutongError, InvalidPathError, StateError
 from gfs.federation.ids import check_name
+from gfs.paths import covers
 
 SKEW = 300
 """Seconds a signed request's time may differ from the receiver's clock."""
+TOKEN_TYP = "JWT"
+#: read; write (implies read); metrics (reads a site's /metrics and nothing else)
+TOKEN_SCOPES = ("read", "write", "metrics")
 KEY_FILE = "entity.key"
 DATA_FILE = "data.key"
 NAME_FILE = "entity.name"
@@ -118,15 +121,9 @@ class Token:
 
     def allows(self, path: str, write: bool) -> bool:
         """Whether the claims cover `path` for reading (or writing)."""
-        if write and self.scope != "write":
-            return False
+        if self.scope not in ("read", "write") or (write and self.scope != "write"):
+            return False  # a metrics token reads no data
         return covers(self.prefix, path)
-
-
-def covers(prefix: str, path: str) -> bool:
-    """Whether namespace `path` is `prefix` or below it."""
-    p = prefix.rstrip("/")
-    return path == p or path.startswith(p + "/") or p == ""
 
 
 class EntityKeys:
@@ -201,15 +198,18 @@ class EntityKeys:
                 "X-Hutong-Signature": b64e(sig)}
 
     def mint_token(self, sub: str, scope: str, prefix: str, ttl: float) -> str:
-        """A user token of this entity: `scope` read or write, limited to `prefix`, `ttl` s."""
-        if scope not in ("read", "write"):
-            raise ValueError(f"token scope must be 'read' or 'write', not {scope!r}")
+        """A user token of this entity: a JWT signed with EdDSA (Ed25519) by the entity key,
+        `scope` one of TOKEN_SCOPES, limited to `prefix`, valid `ttl` seconds."""
+        import jwt
+
+        if scope not in TOKEN_SCOPES:
+            raise ValueError(f"token scope must be one of {', '.join(TOKEN_SCOPES)}, not "
+                             f"{scope!r}")
         prefix = paths.normalize(prefix)
         now = int(time.time())
         claims = {"iss": self.name, "sub": sub, "scope": scope, "prefix": prefix,
                   "iat": now, "exp": now + int(ttl), "jti": secrets.token_hex(16)}
-        head = b64e(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
-        return head + "." + b64e(self.private.sign(b"HTTOK1." + head.encode()))
+        return jwt.encode(claims, self.private, algorithm="EdDSA", headers={"typ": TOKEN_TYP})
 
 
 class NonceCache:
@@ -313,46 +313,66 @@ def check_body(headers: Mapping[str, str], digest: str) -> None:
                         "the body that is sent")
 
 
+_OLD_TOKEN = ("an old-format token (base64url(claims).signature, before JWT) is no longer "
+              "accepted; mint a new one with `hutong token mint`")
+_MALFORMED = "malformed token: expected a JWT (header.claims.signature) signed with EdDSA"
+
+
 def token_claims(token: str) -> dict[str, object]:
     """The claims of a token, unverified (to find the key that must verify it)."""
+    import jwt
+
+    if token.count(".") == 1:
+        raise AuthError(_OLD_TOKEN, 401, "old_token")
     try:
-        claims = json.loads(b64d(token.split(".", 1)[0]))
-        if not isinstance(claims, dict):
-            raise TypeError("claims")
-        return claims
-    except (ValueError, TypeError):
-        raise AuthError("malformed token: expected base64url(claims).base64url(signature)") \
-            from None
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise AuthError(_MALFORMED) from None
+    if not isinstance(claims, dict):
+        raise AuthError(_MALFORMED)
+    return claims
 
 
 def token_issuer(token: str) -> str:
     """The `iss` claim of a token, unverified (to find the key that must verify it)."""
+    iss = token_claims(token).get("iss")
     try:
-        iss = token_claims(token)["iss"]
         if not isinstance(iss, str):
-            raise KeyError("iss")
+            raise AuthError(_MALFORMED)
         return check_name(iss, "token issuer")
-    except (KeyError, HutongError):
-        raise AuthError("malformed token: expected base64url(claims).base64url(signature)") \
-            from None
+    except HutongError:
+        raise AuthError(_MALFORMED) from None
 
 
 def verify_token(token: str, key: Ed25519PublicKey, now: float | None = None) -> Token:
-    """Verify a token's signature and expiry against its issuer's public key."""
-    head, _, sig = token.partition(".")
+    """Verify a token (a JWT, EdDSA only: no other algorithm is accepted) against its
+    issuer's public key: signature, claims, expiry, and an issue time not in the future
+    beyond the clock skew bound."""
+    import jwt
+
+    token_claims(token)  # the old format gets its own message
     try:
-        key.verify(b64d(sig), b"HTTOK1." + head.encode())
-        c = json.loads(b64d(head))
+        if jwt.get_unverified_header(token).get("typ") != TOKEN_TYP:
+            raise AuthError(_MALFORMED)
+        c = jwt.decode(token, key, algorithms=["EdDSA"],
+                       options={"require": ["iss", "sub", "scope", "prefix", "iat", "exp",
+                                            "jti"],
+                                "verify_exp": False, "verify_iat": False,
+                                "verify_nbf": False})
         tok = Token(str(c["iss"]), str(c["sub"]), str(c["scope"]), str(c["prefix"]),
-                    int(c["exp"]), int(c["iat"]), str(c.get("jti", "")))
-    except (InvalidSignature, ValueError, KeyError, TypeError):
+                    int(c["exp"]), int(c["iat"]), str(c["jti"]))
+    except (jwt.PyJWTError, ValueError, KeyError, TypeError):
         raise AuthError("invalid token (bad signature or claims); mint a new one") from None
-    if tok.scope not in ("read", "write"):
-        raise AuthError(f"token scope {tok.scope!r} is neither read nor write")
+    if tok.scope not in TOKEN_SCOPES:
+        raise AuthError(f"token scope {tok.scope!r} is not one of {', '.join(TOKEN_SCOPES)}")
     try:
         paths.normalize(tok.prefix)
     except InvalidPathError:
         raise AuthError(f"token prefix {tok.prefix!r} is not a namespace path") from None
-    if (time.time() if now is None else now) >= tok.exp:
+    at = time.time() if now is None else now
+    if at >= tok.exp:
         raise AuthError(f"token of {tok.sub!r} expired; mint a new one")
+    if tok.iat > at + SKEW:
+        raise AuthError(f"token of {tok.sub!r} issued in the future ({tok.iat - at:.0f} s "
+                        "ahead); check the issuer's clock")
     return tok

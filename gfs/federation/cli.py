@@ -554,7 +554,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     ts = p.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
     sp = ts.add_parser("mint", parents=[common], help="print a scoped token of the entity")
     sp.add_argument("--user", required=True)
-    sp.add_argument("--scope", choices=("read", "write"), default="read")
+    sp.add_argument("--scope", choices=("read", "write", "metrics"), default="read",
+                    help="read; write (implies read); metrics (a site's /metrics only, for "
+                    "a Prometheus scraper)")
     sp.add_argument("--prefix", help="namespace prefix (default: /ENTITY)")
     sp.add_argument("--ttl", type=positive_duration_arg, default=3600.0, help="lifetime (1h)")
     sp.add_argument("--keys", metavar="DIR", help="the entity's keys (default: those of the "

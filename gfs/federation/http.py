@@ -106,6 +106,10 @@ async def error_middleware(request: web.Request,
         return resp
 
 
+#: bytes of the request body `read_body` read (for the access log)
+BYTES_IN_KEY: web.RequestKey[int] = web.RequestKey("bytes_in", int)
+
+
 async def read_body(request: web.Request, limit: int, *, signed: bool = False) -> bytes:
     """The request body, streamed and refused (413) as soon as it passes `limit` bytes,
     whatever Content-Length says (or not, when chunked). With `signed`, the body must be
@@ -122,6 +126,7 @@ async def read_body(request: web.Request, limit: int, *, signed: bool = False) -
         digest.update(part)
     if signed:
         check_body(request.headers, digest.hexdigest())
+    request[BYTES_IN_KEY] = len(buf)
     return bytes(buf)
 
 

@@ -9,19 +9,22 @@ import asyncio
 import base64
 import binascii
 import functools
+import json
 import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from gfs import paths
+from gfs.accesslog import Access
 from gfs.errors import InvalidPathError
 from gfs.federation.auth import AuthError
 from gfs.federation.http import (
+    BYTES_IN_KEY,
     MAX_JSON,
     ApiError,
     BadRequestError,
@@ -31,7 +34,7 @@ from gfs.federation.http import (
     read_json,
 )
 from gfs.federation.rules import RuleSpec, reconcile, unpin_everywhere
-from gfs.federation.site_state import NotPrimaryError, Principal, Site
+from gfs.federation.site_state import METRICS_PATH, NotPrimaryError, Principal, Site
 from gfs.federation.wire import (
     MAX_BODY,
     check_name,
@@ -63,12 +66,50 @@ async def _principal(request: web.Request) -> tuple[Site, Principal]:
     site = _site(request)
     p = await _run(site.principal, request.headers,
                                                          request.method, request.path_qs)
+    request[_PRINCIPAL] = p
     return site, p
 
 
 async def _json_principal(request: web.Request) -> tuple[Site, Principal, dict[str, Any]]:
     site, p = await _principal(request)
-    return site, p, await read_json(request, signed=p.token is None)
+    data = await read_json(request, signed=p.token is None)
+    if isinstance(data.get("path"), str):
+        request[_PATH] = data["path"]
+    return site, p, data
+
+
+_PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+_PATH: web.RequestKey[str] = web.RequestKey("path", str)
+
+
+@web.middleware
+async def access_middleware(request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                            ) -> web.StreamResponse:
+    """Record every answered request in the site's access log (who, what, when, bytes,
+    result); health checks are not recorded."""
+    resp = await handler(request)
+    if request.path == "/v1/health":
+        return resp
+    p = request.get(_PRINCIPAL)
+    who = entity = "-"
+    if p is not None:
+        entity = p.entity
+        who = f"{p.token.sub}@{p.entity}" if p.token is not None else p.entity
+    result = "ok"
+    if resp.status >= 400 and isinstance(resp, web.Response) and resp.body is not None:
+        try:
+            result = str(json.loads(bytes(resp.body))["error"])  # type: ignore[arg-type]
+        except (ValueError, KeyError, TypeError):
+            result = f"http {resp.status}"
+    out = resp.content_length if resp.content_length is not None else resp.body_length
+    route = request.match_info.route.resource
+    _site(request).access.record(Access(
+        time.time(), who, entity, request.method,
+        route.canonical if route is not None else "unmatched",
+        request.get(_PATH) or request.query.get("path", ""),
+        request.get(BYTES_IN_KEY, 0), out or 0, resp.status, result))
+    return resp
 
 
 async def _get_principal(request: web.Request) -> tuple[Site, Principal]:
@@ -97,8 +138,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    site, p = await _get_principal(request)
+    site.check_metrics(p)
     # gauges read the vault's disk use and the tiers' LMDB records
-    text = await _run(_site(request).metrics.render)
+    text = await _run(site.metrics.render)
     return web.Response(text=text, content_type="text/plain")
 
 
@@ -534,6 +577,7 @@ async def gc(request: web.Request) -> web.Response:
         with site.write_lock:
             report = site.client.gc()
         return {"vault_removed": site.vault.gc(keep=site.live_guests()),
+                "vault_temporaries_removed": site.vault.clean_temporaries(),
                 "store": str(report)}
     return web.json_response(await _run(run))
 
@@ -628,11 +672,12 @@ async def status(request: web.Request) -> web.Response:
 def make_app(site: Site) -> web.Application:
     """The site's aiohttp application (docs/openapi/site.yaml)."""
     app = web.Application(client_max_size=MAX_BODY,
-                          middlewares=[site.metrics.middleware, error_middleware])
+                          middlewares=[access_middleware, site.metrics.middleware,
+                                       error_middleware])
     app[SITE_KEY] = site
     r = app.router
     r.add_get("/v1/health", health)
-    r.add_get("/metrics", metrics)
+    r.add_get(METRICS_PATH, metrics)
     r.add_get("/v1/status", status)
     r.add_post("/v1/chunks/has", chunks_has)
     r.add_post("/v1/chunks/get", chunks_get)

@@ -221,6 +221,15 @@ class Federation:
                           timeout=timeout, tls=trust_for(keys) if keys else self.trust,
                           site=site)
 
+    def metrics(self, site: str, timeout: float = 30.0) -> bytes:
+        """Site `site`'s Prometheus metrics, read as its own entity (they need its
+        authentication)."""
+        h = self.http(site, keys=self.keys(str(self.sites[site]["entity"])), timeout=timeout)
+        try:
+            return bytes(h.call("GET", "/metrics"))
+        finally:
+            h.close()
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Stop site `name` (kill -9 by default)."""
         self.procs.pop(name).stop(sig)

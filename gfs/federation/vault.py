@@ -31,6 +31,8 @@ class Vault:
         self.root = root
         self._lock = threading.Lock()
         self._used: dict[str, int] = {}
+        self._started = time.time()
+        """Temporaries older than this were left by an earlier process (killed mid-put)."""
 
     def _path(self, owner: str, kid: bytes) -> Path:
         h = kid.hex()
@@ -58,8 +60,29 @@ class Vault:
             blobs = self._blobs(d.name)
             out.append({"owner": d.name, "bytes": sum(f.stat().st_size for f in blobs),
                         "blobs": len(blobs),
-                        "rules": sorted(p.stem for p in (d / "pins").glob("*.json"))})
+                        "rules": sorted(p.stem for p in (d / "pins").glob("*.json")),
+                        "temporaries": len(self._temporaries(d.name))})
         return out
+
+    def _temporaries(self, owner: str) -> list[Path]:
+        """Temporary names of blob and pin writes (`_write`) under `owner`."""
+        return list((self.root / owner).glob("**/.*.tmp"))
+
+    def clean_temporaries(self) -> int:
+        """Remove temporaries an earlier process left (killed mid-write); ones of this
+        process are in use or already renamed. Returns how many."""
+        removed = 0
+        if not self.root.exists():
+            return 0
+        for d in [p for p in self.root.iterdir() if p.is_dir()]:
+            for f in self._temporaries(d.name):
+                try:
+                    if f.stat().st_mtime < self._started:
+                        f.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
     def has(self, owner: str, kid: bytes) -> bool:
         return self._path(owner, kid).exists()

@@ -150,3 +150,40 @@ class Pool(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+class PoolWrapper(Pool):
+    """A pool that adds behaviour around `inner` (encryption, fault injection): every
+    operation goes to `inner` unless the subclass overrides it; `local_path` stays None
+    (the default) so that zero-copy readers cannot bypass the wrapper."""
+
+    def __init__(self, inner: Pool) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def put(self, key: str, parts: Sequence[Buffer]) -> None:
+        self.inner.put(key, parts)
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        return self.inner.get(key, start, end)
+
+    def size(self, key: str) -> int:
+        return self.inner.size(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def modified(self, key: str) -> float | None:
+        return self.inner.modified(key)
+
+    def usage(self) -> PoolUsage:
+        return self.inner.usage()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, overload
 
 from gfs.codec import Buffer
-from gfs.pools.base import Pool, PoolUsage
+from gfs.pools.base import Pool, PoolUsage, PoolWrapper
 
 OPERATIONS = frozenset({"put", "get", "size", "exists", "delete", "list", "usage"})
 When = Literal["before", "during", "after"]
@@ -162,7 +162,7 @@ class FaultyPool(Pool):
         self.inner.close()
 
 
-class CorruptingPool(Pool):
+class CorruptingPool(PoolWrapper):
     """A pool whose `get` returns damaged bytes; the stored objects stay intact.
 
     For each `get` of a key accepted by `keys` (default: every key) the byte
@@ -181,8 +181,7 @@ class CorruptingPool(Pool):
     ) -> None:
         if not 1 <= mask <= 0xFF:
             raise ValueError("CorruptingPool: mask must be 1..255")
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.offset = offset
         self.mask = mask
         self.keys = keys
@@ -199,27 +198,6 @@ class CorruptingPool(Pool):
         out[pos] ^= self.mask
         self.corrupted += 1
         return bytes(out)
-
-    def put(self, key: str, parts: Sequence[Buffer]) -> None:
-        self.inner.put(key, parts)
-
-    def size(self, key: str) -> int:
-        return self.inner.size(key)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return self.inner.list(prefix)
-
-    def usage(self) -> PoolUsage:
-        return self.inner.usage()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def flip_byte(pool: Pool, key: str, offset: int, mask: int = 0x01) -> None:
