@@ -16,6 +16,7 @@ from gfs.federation.http import BadRequestError
 from gfs.federation.testing import Federation
 from gfs.federation.wire import unpack_frames
 from tests.similar_data import mutate, text
+from tests.site_chunks import file_chunk_ids, site_has
 
 FILES = 3
 
@@ -32,20 +33,14 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.close()
 
 
-def _ids(fc: FederationClient, path: str) -> list[bytes]:
-    norm, site = fc.primary(path)
-    m = fc.site(site).call("GET", "/v1/ns/manifest", query={"path": norm})
-    return list(dict.fromkeys(bytes.fromhex(h) for h, _ in m["chunks"]))
-
-
 def _get(fc: FederationClient, site: str, ids: list[bytes]) -> list[bytes]:
     body = fc.site(site).call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
     return unpack_frames(body)
 
 
-def _has(fc: FederationClient, site: str, ids: list[bytes]) -> list[bool]:
-    return [bool(x) for x in fc.site(site).call(
-        "POST", "/v1/chunks/has", {"ids": [c.hex() for c in ids]})["have"]]
+def _chunks(fc: FederationClient) -> list[bytes]:
+    return list(dict.fromkeys(c for i in range(FILES)
+                              for c in file_chunk_ids(fc, f"/bank-a/d/f{i}")))
 
 
 def _wire(fed: Federation) -> float:
@@ -63,12 +58,12 @@ def test_n_plus_1_replication_sends_deltas_and_a2_holds_verified_chunks(
         fc.rule_add("/bank-a/d/**", 2, "entity=bank-a")
         [r1] = fc.reconcile("bank-a")
         assert r1["state"] == "ok", r1
-        old = {c for i in range(FILES) for c in _ids(fc, f"/bank-a/d/f{i}")}
+        old = set(_chunks(fc))
         for i, data in enumerate(v1):
             fc.write_bytes(f"/bank-a/d/f{i}", mutate(data, rng, 20))
-        ids = list(dict.fromkeys(c for i in range(FILES) for c in _ids(fc, f"/bank-a/d/f{i}")))
+        ids = _chunks(fc)
         new = [c for c in ids if c not in old]
-        assert new and not any(_has(fc, "a2", new))
+        assert new and not any(site_has(fc, "a2", new))
         whole = sum(len(b) for b in _get(fc, "a1", new))  # a1 serves whole blobs
         before = _wire(fed)
         [r2] = fc.reconcile("bank-a")
@@ -76,7 +71,7 @@ def test_n_plus_1_replication_sends_deltas_and_a2_holds_verified_chunks(
         assert r2["state"] == "ok", r2
         # without delta transfer every new chunk crosses whole (plus framing)
         assert 0 < sent < whole / 3, (sent, whole)
-        assert all(_has(fc, "a2", ids))
+        assert all(site_has(fc, "a2", ids))
         for cid, b1, b2 in zip(ids, _get(fc, "a1", ids), _get(fc, "a2", ids), strict=True):
             assert decode_blob(b2, expect_id=cid) == decode_blob(b1, expect_id=cid)
 
@@ -89,8 +84,8 @@ def test_tampered_delta_or_missing_base_is_refused_and_nothing_stored(fed: Feder
         fc.write_bytes("/bank-a/t/base", base)
         fc.rule_add("/bank-a/t/**", 2, "entity=bank-a")
         fc.reconcile("bank-a")
-        [bid] = _ids(fc, "/bank-a/t/base")
-        assert bid == chunk_id(base) and _has(fc, "a2", [bid]) == [True]
+        [bid] = file_chunk_ids(fc, "/bank-a/t/base")
+        assert bid == chunk_id(base) and site_has(fc, "a2", [bid]) == [True]
         new = mutate(base, rng, 5)
         cid = chunk_id(new)
         header, payload = delta.encode_delta(new, cid, bid, base, 3)
@@ -104,7 +99,7 @@ def test_tampered_delta_or_missing_base_is_refused_and_nothing_stored(fed: Feder
             a2.put([bytes(tampered)])
         with pytest.raises(BadRequestError, match=f"{chunk_id(absent).hex()}.*not hold"):
             a2.put([h2 + p2])
-        assert _has(fc, "a2", [cid]) == [False]
+        assert site_has(fc, "a2", [cid]) == [False]
         assert fed.metric("a2", "chunks_stored_total") == stored_before
         # the honest delta is taken and rebuilt to its id
         assert a2.put([header + payload]).stored == 1
