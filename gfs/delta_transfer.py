@@ -26,16 +26,39 @@ class MissingBaseError(HutongError, LookupError):
     """A delta names a base the receiver does not hold; the sender sends the chunk whole."""
 
 
+#: Raw bytes of missing chunks examined per round (bounds the sender's memory).
+BATCH_BYTES = 32 << 20
+
+
 def delta_blobs(store: ChunkStore, missing: Sequence[bytes], holds: Holds) -> dict[bytes, bytes]:
     """The delta blob of each chunk of `missing` that has a base the receiver holds
-    and whose delta pays; chunks not in the result are sent whole."""
-    raws: dict[bytes, bytes] = {}
-    cands: dict[bytes, list[bytes]] = {}
+    and whose delta pays; chunks not in the result are sent whole. A store without
+    delta chunks (`[store] delta`) has no resemblance index: nothing is examined."""
+    out: dict[bytes, bytes] = {}
+    if not store.config.delta:
+        return out
+    batch: list[bytes] = []
+    size = 0
     with store.engine.read() as txn:
         for cid in missing:
             rec = txn.get_chunk(cid)
             if rec is None or rec.raw_len < resemblance.MIN_CHUNK:
                 continue
+            batch.append(cid)
+            size += rec.raw_len
+            if size >= BATCH_BYTES:
+                out |= _round(store, batch, holds)
+                batch, size = [], 0
+    if batch:
+        out |= _round(store, batch, holds)
+    return out
+
+
+def _round(store: ChunkStore, cids: list[bytes], holds: Holds) -> dict[bytes, bytes]:
+    raws: dict[bytes, bytes] = {}
+    cands: dict[bytes, list[bytes]] = {}
+    with store.engine.read() as txn:
+        for cid in cids:
             try:
                 raw = store.read_chunk(cid)
             except HutongError:

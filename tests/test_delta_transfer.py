@@ -106,3 +106,30 @@ def test_a_transferred_delta_always_reconstructs_to_its_id(
             raw = decode_blob(blob, expect_id=cid, base=delta_transfer.base_reader(dst.store))
             assert chunk_id(raw) == cid and raw == src.store.read_chunk(cid)
             assert len(blob) - BLOB_HEADER_LEN < len(src.store.read_blob(cid)) - BLOB_HEADER_LEN
+
+
+def test_rounds_bound_memory_and_give_the_same_deltas(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(11)
+    a = text(rng, 400_000)
+    with _pair(tmp_path, a, mutate(a, rng, 30)) as (src, dst, missing):
+        whole_round = delta_transfer.delta_blobs(src.store, missing, _holds(dst))
+        asked: list[int] = []
+
+        def holds(ids: list[bytes]) -> list[bool]:
+            asked.append(len(ids))
+            return _holds(dst)(ids)
+        monkeypatch.setattr(delta_transfer, "BATCH_BYTES", 1)
+        assert delta_transfer.delta_blobs(src.store, missing, holds) == whole_round
+        assert len(asked) >= len(whole_round) > 1  # one have-list question per chunk
+
+
+def test_a_store_with_delta_chunks_off_sends_everything_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(12)
+    a = text(rng, 200_000)
+    with _pair(tmp_path, a, mutate(a, rng, 10)) as (src, dst, missing):
+        assert delta_transfer.delta_blobs(src.store, missing, _holds(dst))
+        off = src.store.config.model_copy(update={"delta": False})
+        monkeypatch.setattr(src.store, "config", off)
+        assert delta_transfer.delta_blobs(src.store, missing, _holds(dst)) == {}
