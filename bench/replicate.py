@@ -124,7 +124,8 @@ def main(argv: list[str]) -> int:
         rs1 = _rsync_bytes(v1, dest)
         rs2 = _rsync_bytes(v2, dest)
         new_unique = r2["bytes"] - r1["bytes"]
-        rows.append(("N+1", "a2 (mover+delta)", logical2, r2["bytes"], int(d2_a2), rs2,
+        a2 = "a2 (mover+delta)" if args.delta else "a2 (mover)"
+        rows.append(("N+1", a2, logical2, r2["bytes"], int(d2_a2), rs2,
                      d2_a2 / max(1, rs2), s2))
         rows.append(("N+1", "t1 (encrypted)", logical2, r2["bytes"], int(d2_t1), rs2,
                      d2_t1 / max(1, rs2), s2))
