@@ -5,15 +5,22 @@ receiver holds, and the receiver refuses a tampered delta or one whose base it l
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
-from gfs import delta
+from gfs import delta, delta_transfer
+from gfs.client import Client
 from gfs.codec import chunk_id, decode_blob
+from gfs.federation import rules
 from gfs.federation.client import FederationClient
 from gfs.federation.http import BadRequestError
+from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
+from gfs.federation.tls import trust_for
 from gfs.federation.wire import unpack_frames
 from tests.similar_data import mutate, text
 from tests.site_chunks import file_chunk_ids, site_has
@@ -105,3 +112,33 @@ def test_tampered_delta_or_missing_base_is_refused_and_nothing_stored(fed: Feder
         assert a2.put([header + payload]).stored == 1
         [blob] = _get(fc, "a2", [cid])
         assert decode_blob(blob, expect_id=cid) == new
+
+
+class _LyingPeer(SiteClient):
+    """A receiver whose have-list claims every chunk (as if a base it named were
+    collected between the answer and the put)."""
+
+    def has(self, cids: Sequence[bytes], *, owner: str | None = None) -> list[bool]:
+        return [True] * len(cids)
+
+
+def test_a_refused_delta_batch_leaves_its_chunks_to_the_whole_path(
+        fed: Federation, tmp_path: Path) -> None:
+    rng = random.Random(19)
+    a = text(rng, 300_000)
+    src = Client.init(tmp_path / "src", pack_size=1 << 20, workers=1, delta=True)
+    peer = _LyingPeer(str(fed.sites["a2"]["url"]), keys=fed.keys("bank-a"),
+                      tls=trust_for(fed.keys("bank-a")))
+    try:
+        src.write_bytes("/v", a)
+        before = {r.id for r in src.manifest("/v").chunks}
+        src.write_bytes("/w", mutate(a, rng, 10))
+        missing = [r.id for r in src.manifest("/w").chunks if r.id not in before]
+        assert delta_transfer.delta_blobs(src.store, missing, peer.has)  # deltas were made
+        sent, left = rules._put_deltas(cast(Any, SimpleNamespace(client=src)), peer, missing)
+        assert (sent, left) == (0, missing)
+        with fed.client("bank-a") as fc:
+            assert not any(site_has(fc, "a2", missing))
+    finally:
+        peer.close()
+        src.close()

@@ -217,7 +217,7 @@ def _put_deltas(site: Site, peer: SiteClient, missing: list[bytes]) -> tuple[int
         sent = _put_batches(peer, deltas.values())
     except BadRequestError as e:
         log.warning("delta transfer to %s refused (%s); sending those chunks whole",
-                    peer.http.base_url, e)
+                    peer.base_url, e)
         return 0, missing
     return sent, [c for c in missing if c not in deltas]
 
