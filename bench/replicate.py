@@ -6,15 +6,19 @@ replicas arrive owner-encrypted over HTTP). Version N of a synthetic dataset is 
 to /bank-a/ds, a rule places it on a2 and t1; then version N+1 (a tenth of the files
 edited in place, a few added) is written and the rule reconciled again.
 
-Measured in one run: bytes on the wire (the mover's counters at a2, chunk bytes
-received at t1) against the dataset's logical and unique bytes, and rsync's bytes sent
-(delta transfer, --no-whole-file) for the same N -> N+1 update between two local dirs.
+a1 stores with delta chunks on (`--no-delta`: off), so a changed chunk goes to a2 as a
+delta against a base a2 holds (docs/format.md "Delta transfer"); t1's owner-encrypted
+copies are always sent whole. Measured in one run: bytes on the wire (the mover's
+counters plus chunk bytes received over HTTP at a2, chunk bytes received at t1)
+against the dataset's logical and unique bytes, and rsync's bytes sent (delta
+transfer, --no-whole-file) for the same N -> N+1 update between two local dirs.
 Target: the N+1 replication sends at most 1.5x rsync's delta bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import shutil
@@ -51,13 +55,9 @@ def _update(src: Path, dst: Path, seed: int) -> None:
         (dst / f"new{i}.dat").write_bytes(rnd.randbytes(50_000))
 
 
-def _metric(fed: Federation, site: str, name: str) -> float:
-    text = fed.http(site).call("GET", "/metrics").decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(f"hutong_site_{name}"):
-            total += float(line.rsplit(" ", 1)[-1])
-    return total
+def _a2_wire(fed: Federation) -> float:
+    """Chunk bytes received at a2: through its mover, and deltas through HTTP puts."""
+    return fed.metric("a2", "mover_bytes") + fed.metric("a2", "chunk_bytes_in_total")
 
 
 def _rsync_bytes(src: Path, dst: Path) -> int:
@@ -79,6 +79,8 @@ def _write_tree(fc: object, root: Path, dest: str) -> int:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench replicate")
     ap.add_argument("--quick", action="store_true", help="small dataset (under a minute)")
+    ap.add_argument("--no-delta", dest="delta", action="store_false",
+                    help="a1 without delta chunks, so every changed chunk is sent whole")
     args = ap.parse_args(argv)
     files, size = (40, 200_000) if args.quick else (200, 1_000_000)
     with tempfile.TemporaryDirectory(prefix="bench-replicate-") as tmp:
@@ -89,7 +91,8 @@ def main(argv: list[str]) -> int:
         rows = []
         with Federation(root / "fed", heartbeat=1.0) as fed:
             fed.registry()
-            fed.site("a1", "bank-a", "cn-west", primary=True)
+            fed.site("a1", "bank-a", "cn-west", primary=True,
+                     env={"HUTONG_DELTA": "1"} if args.delta else None)
             fed.site("a2", "bank-a", "cn-east")
             fed.site("t1", "telco-b", "cn-east", primary=True)
             with fed.client("telco-b") as tc:
@@ -98,30 +101,31 @@ def main(argv: list[str]) -> int:
                 fc.mkdir("/bank-a/ds", parents=True, exist_ok=True)
                 logical = _write_tree(fc, v1, "/bank-a/ds")
                 fc.rule_add("/bank-a/ds/**", 3, "entity=bank-a | entity=telco-b")
-                w_a2, w_t1 = (_metric(fed, "a2", "mover_bytes"),
-                              _metric(fed, "t1", "chunk_bytes_in_total"))
+                w_a2, w_t1 = (_a2_wire(fed),
+                              fed.metric("t1", "chunk_bytes_in_total"))
                 t0 = time.perf_counter()
                 [r1] = fc.reconcile("bank-a")
                 s1 = time.perf_counter() - t0
-                d_a2 = _metric(fed, "a2", "mover_bytes") - w_a2
-                d_t1 = _metric(fed, "t1", "chunk_bytes_in_total") - w_t1
+                d_a2 = _a2_wire(fed) - w_a2
+                d_t1 = fed.metric("t1", "chunk_bytes_in_total") - w_t1
                 rows.append(("N", "a2 (mover)", logical, r1["bytes"], int(d_a2), "-",
                              d_a2 / max(1, r1["bytes"]), s1))
                 rows.append(("N", "t1 (encrypted)", logical, r1["bytes"], int(d_t1), "-",
                              d_t1 / max(1, r1["bytes"]), s1))
                 logical2 = _write_tree(fc, v2, "/bank-a/ds")
-                w_a2, w_t1 = (_metric(fed, "a2", "mover_bytes"),
-                              _metric(fed, "t1", "chunk_bytes_in_total"))
+                w_a2, w_t1 = (_a2_wire(fed),
+                              fed.metric("t1", "chunk_bytes_in_total"))
                 t0 = time.perf_counter()
                 [r2] = fc.reconcile("bank-a")
                 s2 = time.perf_counter() - t0
-                d2_a2 = _metric(fed, "a2", "mover_bytes") - w_a2
-                d2_t1 = _metric(fed, "t1", "chunk_bytes_in_total") - w_t1
+                d2_a2 = _a2_wire(fed) - w_a2
+                d2_t1 = fed.metric("t1", "chunk_bytes_in_total") - w_t1
         dest = root / "rsync-dest"
         rs1 = _rsync_bytes(v1, dest)
         rs2 = _rsync_bytes(v2, dest)
         new_unique = r2["bytes"] - r1["bytes"]
-        rows.append(("N+1", "a2 (mover)", logical2, r2["bytes"], int(d2_a2), rs2,
+        a2 = "a2 (mover+delta)" if args.delta else "a2 (mover)"
+        rows.append(("N+1", a2, logical2, r2["bytes"], int(d2_a2), rs2,
                      d2_a2 / max(1, rs2), s2))
         rows.append(("N+1", "t1 (encrypted)", logical2, r2["bytes"], int(d2_t1), rs2,
                      d2_t1 / max(1, rs2), s2))
@@ -129,9 +133,12 @@ def main(argv: list[str]) -> int:
         print(table(["version", "to", "logical B", "unique B", "wire B", "rsync B",
                      "wire/unique or wire/rsync", "seconds"], rows))
         print(f"new unique bytes in N+1 (grown union): {new_unique}; states: {r1['state']}, "
-              f"{r2['state']}")
+              f"{r2['state']}; delta transfer: {'on' if args.delta else 'off'}; "
+              f"loadavg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         ratio = max(d2_a2, d2_t1) / max(1, rs2)
         print(headline("replicate", ratio <= 1.5 and r2["state"] == "ok",
                        n_wire_over_unique=round(d_a2 / max(1, r1["bytes"]), 3),
-                       n1_wire_over_rsync=round(ratio, 3)))
+                       n1_wire_over_rsync=round(ratio, 3),
+                       n1_a2_over_rsync=round(d2_a2 / max(1, rs2), 3),
+                       n1_t1_over_rsync=round(d2_t1 / max(1, rs2), 3)))
     return 0

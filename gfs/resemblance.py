@@ -9,7 +9,7 @@ delta chunks"): key `j` u8 + super-feature u64 BE, value a base chunk id.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from gfs import chunking
 from gfs.codec import CODEC_RAW, CODEC_ZSTD, Buffer
@@ -55,14 +55,21 @@ def find_base(txn: ReadTxn, keys: Iterable[bytes]) -> bytes | None:
 
     Stale entries (chunk gone, lost, or itself a delta) are ignored.
     """
+    return next(candidates(txn, keys), None)
+
+
+def candidates(txn: ReadTxn, keys: Iterable[bytes]) -> Iterator[bytes]:
+    """The distinct stored whole chunks the index names under `keys`, in key order
+    (stale entries skipped, as in `find_base`)."""
+    seen: set[bytes] = set()
     for key in keys:
         base = txn.get_value(TABLE, key)
-        if base is None:
+        if base is None or base in seen:
             continue
+        seen.add(base)
         rec = txn.get_chunk(base)
         if rec is not None and rec.locations and rec.codec in (CODEC_RAW, CODEC_ZSTD):
-            return base
-    return None
+            yield base
 
 
 def record_base(txn: WriteTxn, cid: bytes, keys: Iterable[bytes]) -> int:

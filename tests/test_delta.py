@@ -18,25 +18,7 @@ from gfs.config import StoreConfig
 from gfs.errors import CorruptChunkError
 from gfs.packs import pack_key
 from gfs.testing.faults import flip_byte
-
-
-def _text(rng: random.Random, n: int) -> bytes:
-    """Compressible text-like bytes (words from a small vocabulary)."""
-    words = [bytes(rng.choice(b"abcdefghijklmnop_ ") for _ in range(rng.randrange(2, 10)))
-             for _ in range(3000)]
-    out = bytearray()
-    while len(out) < n:
-        out += rng.choice(words) + b" "
-    return bytes(out[:n])
-
-
-def _mutate(data: bytes, rng: random.Random, edits: int) -> bytes:
-    """A next version: a few small replacements, insertions and deletions."""
-    out = bytearray(data)
-    for _ in range(edits):
-        at = rng.randrange(max(1, len(out) - 64))
-        out[at:at + rng.randrange(0, 24)] = rng.randbytes(rng.randrange(0, 24))
-    return bytes(out)
+from tests.similar_data import mutate, text
 
 
 @pytest.fixture
@@ -52,8 +34,8 @@ def dfs(tmp_path: Path) -> Iterator[Client]:
 def _two_versions(fs: Client, seed: int, size: int, edits: int) -> tuple[bytes, bytes]:
     """Write /a and a next version of it, /b; return both."""
     rng = random.Random(seed)
-    a = _text(rng, size)
-    b = _mutate(a, rng, edits)
+    a = text(rng, size)
+    b = mutate(a, rng, edits)
     fs.write_bytes("/a", a)
     fs.write_bytes("/b", b)
     return a, b
@@ -68,8 +50,8 @@ def _records(fs: Client) -> dict[bytes, int]:
 
 def test_delta_blob_round_trip_and_header() -> None:
     rng = random.Random(1)
-    base = _text(rng, 60_000)
-    new = _mutate(base, rng, 5)
+    base = text(rng, 60_000)
+    new = mutate(base, rng, 5)
     cid, bid = chunk_id(new), chunk_id(base)
     header, payload = delta.encode_delta(new, cid, bid, base, 3)
     blob = header + payload
@@ -82,8 +64,8 @@ def test_delta_blob_round_trip_and_header() -> None:
 
 def test_delta_blob_without_its_base_is_refused() -> None:
     rng = random.Random(2)
-    base = _text(rng, 10_000)
-    new = _mutate(base, rng, 2)
+    base = text(rng, 10_000)
+    new = mutate(base, rng, 2)
     header, payload = delta.encode_delta(new, chunk_id(new), chunk_id(base), base, 3)
     with pytest.raises(CorruptChunkError, match="without its base"):
         decode_blob(header + payload)
@@ -91,11 +73,11 @@ def test_delta_blob_without_its_base_is_refused() -> None:
 
 def test_delta_blob_with_a_wrong_base_names_the_base() -> None:
     rng = random.Random(3)
-    base = _text(rng, 10_000)
-    new = _mutate(base, rng, 2)
+    base = text(rng, 10_000)
+    new = mutate(base, rng, 2)
     bid = chunk_id(base)
     header, payload = delta.encode_delta(new, chunk_id(new), bid, base, 3)
-    wrong = _mutate(base, rng, 30)
+    wrong = mutate(base, rng, 30)
     with pytest.raises(CorruptChunkError, match=bid.hex()):
         decode_blob(header + payload, base=lambda _: wrong)
 
@@ -111,8 +93,8 @@ def test_a_chunk_is_not_its_own_base() -> None:
 def test_a_delta_always_reconstructs_to_its_id(seed: int, size: int, edits: int,
                                                flip: bool) -> None:
     rng = random.Random(seed)
-    base = _text(rng, size) if not flip else rng.randbytes(size)
-    new = _mutate(base, rng, edits)
+    base = text(rng, size) if not flip else rng.randbytes(size)
+    new = mutate(base, rng, edits)
     cid, bid = chunk_id(new), chunk_id(base)
     if cid == bid:
         return
@@ -130,9 +112,9 @@ def test_saving_threshold() -> None:
 def test_similar_versions_are_stored_as_deltas_and_read_back(dfs: Client,
                                                              tmp_path: Path) -> None:
     rng = random.Random(5)
-    versions = [_text(rng, 1_500_000)]
+    versions = [text(rng, 1_500_000)]
     for _ in range(3):
-        versions.append(_mutate(versions[-1], rng, 60))
+        versions.append(mutate(versions[-1], rng, 60))
     for i, v in enumerate(versions):
         dfs.write_bytes(f"/v{i}", v)
     for i, v in enumerate(versions):
@@ -190,10 +172,10 @@ def test_read_blob_of_a_delta_is_whole(dfs: Client) -> None:
 
 def test_a_damaged_base_is_reported_against_every_dependent_file(dfs: Client) -> None:
     rng = random.Random(8)
-    a = _text(rng, 400_000)
+    a = text(rng, 400_000)
     dfs.write_bytes("/a", a)
-    dfs.write_bytes("/b", _mutate(a, rng, 10))
-    dfs.write_bytes("/c", _mutate(a, rng, 10))
+    dfs.write_bytes("/b", mutate(a, rng, 10))
+    dfs.write_bytes("/c", mutate(a, rng, 10))
     other = rng.randbytes(200_000)
     dfs.write_bytes("/other", other)
     base = _damage_busiest_base(dfs)
@@ -256,13 +238,13 @@ def test_gc_never_loses_a_dependent_chunk(tmp_path_factory: pytest.TempPathFacto
     fs = Client.init(root / "state", pack_size=1 << 18, workers=2, delta=True)
     try:
         rng = random.Random(99)
-        seed_text = _text(rng, 200_000)
+        seed_text = text(rng, 200_000)
         model: dict[str, bytes] = {}
         for op, slot, seed in ops:
             path = f"/f{slot}"
             if op == "put":
                 parent = model.get(f"/f{(slot + 1) % 4}", seed_text)
-                data = _mutate(parent, random.Random(seed), 8)
+                data = mutate(parent, random.Random(seed), 8)
                 fs.write_bytes(path, data)
                 model[path] = data
             elif op == "rm" and path in model:
@@ -325,8 +307,8 @@ def test_repairing_a_damaged_base_heals_its_deltas(dfs: Client, tmp_path: Path) 
 def test_gc_repacks_delta_blobs_with_their_pack(dfs: Client, tmp_path: Path) -> None:
     """A sparse pack holding deltas is repacked: the blobs move, verified, bases kept."""
     rng = random.Random(14)
-    a = _text(rng, 300_000)
-    b = _mutate(a, rng, 10)
+    a = text(rng, 300_000)
+    b = mutate(a, rng, 10)
     dfs.write_bytes("/a", a)
     src = tmp_path / "src"
     src.mkdir()

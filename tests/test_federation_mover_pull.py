@@ -14,6 +14,7 @@ from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, BadRequestError
 from gfs.federation.site_client import SiteUnavailableError
 from gfs.federation.testing import Federation
+from tests.site_chunks import file_chunk_ids, site_has
 
 
 def _data(name: str, n: int) -> bytes:
@@ -34,17 +35,6 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.close()
 
 
-def _ids(fc: FederationClient, path: str) -> list[bytes]:
-    norm, site = fc.primary(path)
-    m = fc.site(site).call("GET", "/v1/ns/manifest", query={"path": norm})
-    return list(dict.fromkeys(bytes.fromhex(h) for h, _ in m["chunks"]))
-
-
-def _has(fc: FederationClient, site: str, ids: list[bytes]) -> list[bool]:
-    return [bool(x) for x in fc.site(site).call(
-        "POST", "/v1/chunks/has", {"ids": [c.hex() for c in ids]})["have"]]
-
-
 def _pull(fc: FederationClient, site: str, body: Any) -> Any:
     return fc.site(site).call("POST", "/v1/mover/pull", body)
 
@@ -53,8 +43,8 @@ def test_pull_copies_only_what_is_missing_and_pins_it(fed: Federation) -> None:
     with fed.client("bank-a") as fc:
         fc.mkdir("/bank-a/p", parents=True, exist_ok=True)
         fc.write_bytes("/bank-a/p/x.bin", _data("x", 40_000))       # ~1.3 MB
-        ids = _ids(fc, "/bank-a/p/x.bin")
-        assert len(ids) > 4 and not any(_has(fc, "a2", ids))
+        ids = file_chunk_ids(fc, "/bank-a/p/x.bin")
+        assert len(ids) > 4 and not any(site_has(fc, "a2", ids))
         half = ids[: len(ids) // 2]
         first = fc.mover_pull("a2", "a1", half, streams=2)
         assert first["chunks"] == len(half) and first["committed"] == len(half)
@@ -62,28 +52,28 @@ def test_pull_copies_only_what_is_missing_and_pins_it(fed: Federation) -> None:
         # resume: the whole list again moves only the other half
         st = fc.mover_pull("a2", "a1", ids)
         assert (st["chunks"], st["skipped"]) == (len(ids) - len(half), len(half))
-        assert all(_has(fc, "a2", ids))
+        assert all(site_has(fc, "a2", ids))
         again = fc.mover_pull("a2", "a1", ids)
         assert again["chunks"] == 0 and again["skipped"] == len(ids)
         # the copies are the source's blobs, and gc keeps them (pinned: no manifest at a2)
         fc.site("a2").call("POST", "/v1/gc", {})
-        assert all(_has(fc, "a2", ids))
+        assert all(site_has(fc, "a2", ids))
         a1 = fc.site("a1").call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
         a2 = fc.site("a2").call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
         assert a1 == a2
         # the destination may also ask the source for the session itself (a site name)
         fc.write_bytes("/bank-a/p/y.bin", _data("y", 20_000))
-        yids = _ids(fc, "/bank-a/p/y.bin")
+        yids = file_chunk_ids(fc, "/bank-a/p/y.bin")
         st = _pull(fc, "a2", {"source": "a1", "ids": [c.hex() for c in yids]})
         assert st["source"] == "a1" and st["chunks"] == len(yids)
-        assert all(_has(fc, "a2", yids))
+        assert all(site_has(fc, "a2", yids))
 
 
 def test_bad_bodies_are_refused_with_400(fed: Federation) -> None:
     with fed.client("bank-a") as fc:
         fc.mkdir("/bank-a/p", parents=True, exist_ok=True)
         fc.write_bytes("/bank-a/p/z.bin", _data("z", 5_000))
-        ids = [c.hex() for c in _ids(fc, "/bank-a/p/z.bin")]
+        ids = [c.hex() for c in file_chunk_ids(fc, "/bank-a/p/z.bin")]
         sess = fc.mover_session("a1").to_wire()
         h = fc.site("a2")
         bad: list[tuple[Any, str]] = [
@@ -111,14 +101,14 @@ def test_bad_bodies_are_refused_with_400(fed: Federation) -> None:
         with pytest.raises(ApiError, match="no mover") as e2:
             h.call("POST", "/v1/mover/pull", {"source": "a3", "ids": ids})
         assert e2.value.status == 409
-        assert not any(_has(fc, "a2", [bytes.fromhex(c) for c in ids]))
+        assert not any(site_has(fc, "a2", [bytes.fromhex(c) for c in ids]))
 
 
 def test_other_entities_and_tokens_get_403(fed: Federation) -> None:
     with fed.client("bank-a") as fc:
         fc.mkdir("/bank-a/p", parents=True, exist_ok=True)
         fc.write_bytes("/bank-a/p/w.bin", _data("w", 3_000))
-        ids = [c.hex() for c in _ids(fc, "/bank-a/p/w.bin")]
+        ids = [c.hex() for c in file_chunk_ids(fc, "/bank-a/p/w.bin")]
         sess = fc.mover_session("a1").to_wire()
     token = fed.keys("bank-a").mint_token("u", "write", "/bank-a", ttl=600)
     for c in (fed.client("telco-b"), fed.client(token=token)):
@@ -134,7 +124,7 @@ def test_source_down_is_a_clear_502(fed: Federation) -> None:
     with fed.client("bank-a") as fc:
         fc.mkdir("/bank-a/p", parents=True, exist_ok=True)
         fc.write_bytes("/bank-a/p/v.bin", _data("v", 6_000))
-        ids = _ids(fc, "/bank-a/p/v.bin")
+        ids = file_chunk_ids(fc, "/bank-a/p/v.bin")
         fc.mover_pull("a4", "a1", ids)
         sess = fc.mover_session("a4")
         fed.kill("a4")

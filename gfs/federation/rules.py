@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, Field
 
-from gfs import mover
+from gfs import delta_transfer, mover
 from gfs.codec import (
     decode_blob,
     decode_encrypted_blob,
@@ -26,6 +27,7 @@ from gfs.codec import (
 )
 from gfs.errors import CorruptChunkError, HutongError, NotFoundError
 from gfs.federation import expr
+from gfs.federation.http import BadRequestError
 from gfs.federation.site_client import SiteClient
 from gfs.federation.wire import glob_match, literal_prefix, refs_to_wire
 from gfs.meta import ChunkRef, Kind
@@ -94,6 +96,9 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
         if target["entity"] == site.entity:
             ids = [r.id for r in refs]
             missing = [c for c, h in zip(ids, peer.has(ids), strict=True) if not h]
+            if missing:
+                n, missing = _put_deltas(site, peer, missing)
+                sent += n
             if missing and target.get("mover"):
                 sess = peer.mover_session()
                 stats = mover.send(site.client, (sess.host, sess.port), missing,
@@ -179,14 +184,12 @@ def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> tuple[int
     return repaired, missing
 
 
-def _put_plain(site: Site, peer: SiteClient, missing: list[bytes]) -> int:
+def _put_batches(peer: SiteClient, blobs: Iterable[bytes]) -> int:
+    """`peer.put` of `blobs` in batches of at most BATCH_IDS / BATCH_BYTES; blobs sent."""
     sent = 0
     batch: list[bytes] = []
     size = 0
-    for cid in missing:
-        blob = site.blob(cid)
-        if blob is None:
-            continue
+    for blob in blobs:
         batch.append(blob)
         size += len(blob)
         if len(batch) >= BATCH_IDS or size >= BATCH_BYTES:
@@ -197,6 +200,26 @@ def _put_plain(site: Site, peer: SiteClient, missing: list[bytes]) -> int:
         peer.put(batch)
         sent += len(batch)
     return sent
+
+
+def _put_plain(site: Site, peer: SiteClient, missing: list[bytes]) -> int:
+    return _put_batches(peer, (b for b in map(site.blob, missing) if b is not None))
+
+
+def _put_deltas(site: Site, peer: SiteClient, missing: list[bytes]) -> tuple[int, list[bytes]]:
+    """Send as deltas the chunks of `missing` that resemble one the peer holds and whose
+    delta pays (docs/format.md "Delta transfer"); (sent, chunks still to send whole).
+    A refused delta batch (a base gone meanwhile) leaves its chunks to the whole path."""
+    deltas = delta_transfer.delta_blobs(site.client.store, missing, peer.has)
+    if not deltas:
+        return 0, missing
+    try:
+        sent = _put_batches(peer, deltas.values())
+    except BadRequestError as e:
+        log.warning("delta transfer to %s refused (%s); sending those chunks whole",
+                    peer.base_url, e)
+        return 0, missing
+    return sent, [c for c in missing if c not in deltas]
 
 
 def _order(site: Site, rule: dict[str, Any], up: list[dict[str, Any]],

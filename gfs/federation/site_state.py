@@ -20,7 +20,7 @@ from typing import Any, overload
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gfs import namespace, paths
+from gfs import delta_transfer, namespace, paths
 from gfs.accesslog import AccessLog
 from gfs.client import Client
 from gfs.codec import CODEC_DELTA, check_encrypted_blob, decode_blob, parse_blob_header
@@ -592,13 +592,19 @@ class Site:
         return None
 
     def put_plain(self, blobs: list[bytes]) -> tuple[int, int]:
-        """Verify every blob, then store the new ones (refcount 0); (stored, present)."""
+        """Verify every blob, then store the new ones (refcount 0); (stored, present).
+        A delta blob (docs/format.md "Delta transfer") is rebuilt against this site's
+        copy of its base and verified; a missing base refuses the whole body."""
         raws: list[tuple[ChunkRef, bytes]] = []
+        base = delta_transfer.base_reader(self.client.store)
         for i, b in enumerate(blobs):
             try:
-                raw = decode_blob(b)
+                raw = decode_blob(b, base=base)
             except CorruptChunkError as e:
                 raise BadRequestError(f"blob {i} of the body is corrupt: {e}") from None
+            except delta_transfer.MissingBaseError as e:
+                raise BadRequestError(f"blob {i} of the body (chunk {b[16:32].hex()}) is a "
+                                      f"{e}") from None
             raws.append((ChunkRef(b[16:32], len(raw)), raw))
         with self.client.engine.read() as txn:
             new = [(r, raw) for r, raw in raws if not txn.has_chunk(r.id)]

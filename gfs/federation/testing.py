@@ -230,6 +230,12 @@ class Federation:
         finally:
             h.close()
 
+    def metric(self, site: str, name: str) -> float:
+        """The sum of site `site`'s `/metrics` samples named hutong_site_`name`*."""
+        text = self.metrics(site).decode()
+        return sum(float(line.rsplit(" ", 1)[-1]) for line in text.splitlines()
+                   if line.startswith(f"hutong_site_{name}"))
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Stop site `name` (kill -9 by default)."""
         self.procs.pop(name).stop(sig)

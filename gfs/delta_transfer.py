@@ -1,0 +1,102 @@
+"""Delta transfer: a chunk a receiver lacks, sent as a delta against a base it holds.
+
+docs/format.md, "Delta transfer". The sender looks each missing chunk up in its
+resemblance index, asks the receiver which candidate bases it holds (its
+have-list), and sends a delta blob (codec 2, `gfs.delta.encode_delta`) where the
+delta pays (`gfs.delta.pays`) against the whole blob. The receiver decodes it
+against its own verified copy of the base (`gfs.codec.decode_blob` with a base
+reader), so the chunk id of the plain content is checked before anything is
+stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from gfs import delta, resemblance
+from gfs.codec import BLOB_HEADER_LEN, BaseReader
+from gfs.errors import HutongError
+from gfs.store import ChunkStore
+
+#: Asks the receiver which of these chunk ids it holds (its have-list).
+Holds = Callable[[list[bytes]], list[bool]]
+
+
+class MissingBaseError(HutongError, LookupError):
+    """A delta names a base the receiver does not hold; the sender sends the chunk whole."""
+
+
+#: Raw bytes of missing chunks examined per round (bounds the sender's memory).
+BATCH_BYTES = 32 << 20
+
+
+def delta_blobs(store: ChunkStore, missing: Sequence[bytes], holds: Holds) -> dict[bytes, bytes]:
+    """The delta blob of each chunk of `missing` that has a base the receiver holds
+    and whose delta pays; chunks not in the result are sent whole. A store without
+    delta chunks (`[store] delta`) has no resemblance index: nothing is examined."""
+    out: dict[bytes, bytes] = {}
+    if not store.config.delta:
+        return out
+    batch: list[bytes] = []
+    size = 0
+    with store.engine.read() as txn:
+        for cid in missing:
+            rec = txn.get_chunk(cid)
+            if rec is None or rec.raw_len < resemblance.MIN_CHUNK:
+                continue
+            batch.append(cid)
+            size += rec.raw_len
+            if size >= BATCH_BYTES:
+                out |= _round(store, batch, holds)
+                batch, size = [], 0
+    if batch:
+        out |= _round(store, batch, holds)
+    return out
+
+
+def _round(store: ChunkStore, cids: list[bytes], holds: Holds) -> dict[bytes, bytes]:
+    raws: dict[bytes, bytes] = {}
+    cands: dict[bytes, list[bytes]] = {}
+    with store.engine.read() as txn:
+        for cid in cids:
+            try:
+                raw = store.read_chunk(cid)
+            except HutongError:
+                continue  # sent (or reported) by the whole-blob path
+            keys = resemblance.index_keys(resemblance.chunk_superfeatures(raw))
+            found = [b for b in resemblance.candidates(txn, keys) if b != cid]
+            if found:
+                raws[cid], cands[cid] = raw, found
+    asked = sorted({b for found in cands.values() for b in found})
+    held = {b for b, h in zip(asked, holds(asked) if asked else [], strict=True) if h}
+    out: dict[bytes, bytes] = {}
+    level = store.config.zstd_level
+    for cid, found in cands.items():
+        base = next((b for b in found if b in held), None)
+        if base is None:
+            continue
+        try:
+            base_raw = store.read_chunk(base)
+            whole = len(store.read_blob(cid)) - BLOB_HEADER_LEN
+        except HutongError:
+            continue
+        header, payload = delta.encode_delta(raws[cid], cid, base, base_raw, level)
+        if delta.pays(len(payload), whole):
+            out[cid] = header + payload
+    return out
+
+
+def base_reader(store: ChunkStore) -> BaseReader:
+    """Reads a received delta's base from this store: `MissingBaseError` when it holds
+    none, `gfs.delta.BaseChunkError` when its copy is damaged."""
+    verified = delta.verified_base_reader(store.read_chunk)
+
+    def read(base: bytes) -> bytes:
+        with store.engine.read() as txn:
+            rec = txn.get_chunk(base)
+        if rec is None or not rec.locations:
+            raise MissingBaseError(f"delta against base {base.hex()}, which this store does "
+                                   "not hold; send the chunk whole")
+        return verified(base)
+    return read
+

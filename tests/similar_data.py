@@ -1,0 +1,24 @@
+"""Similar data for the delta tests: compressible text and its next versions."""
+
+from __future__ import annotations
+
+import random
+
+
+def text(rng: random.Random, n: int) -> bytes:
+    """Compressible text-like bytes (words from a small vocabulary)."""
+    words = [bytes(rng.choice(b"abcdefghijklmnop_ ") for _ in range(rng.randrange(2, 10)))
+             for _ in range(3000)]
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words) + b" "
+    return bytes(out[:n])
+
+
+def mutate(data: bytes, rng: random.Random, edits: int) -> bytes:
+    """A next version: a few small replacements, insertions and deletions."""
+    out = bytearray(data)
+    for _ in range(edits):
+        at = rng.randrange(max(1, len(out) - 64))
+        out[at:at + rng.randrange(0, 24)] = rng.randbytes(rng.randrange(0, 24))
+    return bytes(out)

@@ -1,0 +1,18 @@
+"""Chunk-level questions to federation sites in tests: a file's chunk ids, what a site holds."""
+
+from __future__ import annotations
+
+from gfs.federation.client import FederationClient
+
+
+def file_chunk_ids(fc: FederationClient, path: str) -> list[bytes]:
+    """The distinct chunk ids of `path`'s manifest at its primary, in order."""
+    norm, site = fc.primary(path)
+    m = fc.site(site).call("GET", "/v1/ns/manifest", query={"path": norm})
+    return list(dict.fromkeys(bytes.fromhex(h) for h, _ in m["chunks"]))
+
+
+def site_has(fc: FederationClient, site: str, ids: list[bytes]) -> list[bool]:
+    """Which of `ids` site `site` holds (its `/v1/chunks/has` answer)."""
+    return [bool(x) for x in fc.site(site).call(
+        "POST", "/v1/chunks/has", {"ids": [c.hex() for c in ids]})["have"]]
