@@ -23,12 +23,24 @@ static size_t bin_of(const uint8_t *id, int h, size_t bins) {
     return (size_t)(((uint64_t)le32(id + 4 * h) * (uint64_t)bins) >> 32);
 }
 
+/* Algorithms fetched once (pso_init): OpenSSL 3 looks a legacy EVP_sha256() up again
+ * on every init, which tripled the cost of hashing one 72-byte message. */
+static EVP_MD *SHA256_MD;
+static EVP_CIPHER *AES_CTR, *AES_ECB;
+
+int pso_init(void) {
+    if (SHA256_MD == NULL) SHA256_MD = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+    if (AES_CTR == NULL) AES_CTR = EVP_CIPHER_fetch(NULL, "AES-128-CTR", NULL);
+    if (AES_ECB == NULL) AES_ECB = EVP_CIPHER_fetch(NULL, "AES-128-ECB", NULL);
+    return SHA256_MD && AES_CTR && AES_ECB ? 0 : -1;
+}
+
 /* Streaming hash contexts are reused: one EVP_MD_CTX per call of a bulk function. */
-static int sha256_prefix(EVP_MD_CTX *ctx, const EVP_MD *md, uint8_t *out, size_t ob,
+static int sha256_prefix(EVP_MD_CTX *ctx, uint8_t *out, size_t ob,
                          const uint8_t *a, size_t alen, const uint8_t *b, size_t blen) {
     uint8_t d[32];
     unsigned int dl = 0;
-    if (EVP_DigestInit_ex(ctx, md, NULL) != 1 || EVP_DigestUpdate(ctx, a, alen) != 1 ||
+    if (EVP_DigestInit_ex2(ctx, SHA256_MD, NULL) != 1 || EVP_DigestUpdate(ctx, a, alen) != 1 ||
         EVP_DigestUpdate(ctx, b, blen) != 1 || EVP_DigestFinal_ex(ctx, d, &dl) != 1)
         return -1;
     memcpy(out, d, ob);
@@ -38,7 +50,6 @@ static int sha256_prefix(EVP_MD_CTX *ctx, const EVP_MD *md, uint8_t *out, size_t
 int pso_hash_items(uint8_t *out, const uint8_t key[32], const uint8_t *data,
                    const void *offsets, int off64, size_t start, size_t n) {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    const EVP_MD *md = EVP_sha256();
     int rc = ctx == NULL ? -1 : 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         size_t a, b;
@@ -49,7 +60,7 @@ int pso_hash_items(uint8_t *out, const uint8_t key[32], const uint8_t *data,
             a = (size_t)((const int32_t *)offsets)[start + i];
             b = (size_t)((const int32_t *)offsets)[start + i + 1];
         }
-        rc = sha256_prefix(ctx, md, out + PSO_ID * i, PSO_ID, key, 32, data + a, b - a);
+        rc = sha256_prefix(ctx, out + PSO_ID * i, PSO_ID, key, 32, data + a, b - a);
     }
     EVP_MD_CTX_free(ctx);
     return rc;
@@ -84,7 +95,7 @@ int pso_prg_columns(uint8_t *cols, const uint8_t *keys, size_t w, size_t start, 
     if (ctx == NULL) return -1;
     int rc = 0;
     for (size_t c = 0; c < w && rc == 0; c++) {
-        if (EVP_EncryptInit_ex(ctx, EVP_aes_128_ctr(), NULL, keys + 16 * c, iv) != 1) {
+        if (EVP_EncryptInit_ex2(ctx, AES_CTR, keys + 16 * c, iv, NULL) != 1) {
             rc = -1;
             break;
         }
@@ -107,7 +118,7 @@ int pso_code(uint8_t *out, const uint8_t code_key[16], const uint8_t *ids, size_
         }
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     if (ctx == NULL) return -1;
-    int rc = EVP_EncryptInit_ex(ctx, EVP_aes_128_ecb(), NULL, code_key, NULL) == 1 ? 0 : -1;
+    int rc = EVP_EncryptInit_ex2(ctx, AES_ECB, code_key, NULL, NULL) == 1 ? 0 : -1;
     if (rc == 0) EVP_CIPHER_CTX_set_padding(ctx, 0);
     size_t total = n * PSO_ROW, step = (size_t)1 << 24;
     for (size_t off = 0; off < total && rc == 0; off += step) {
@@ -204,7 +215,7 @@ static int hash_rows(EVP_MD_CTX *ctx, uint8_t *out, size_t ob, size_t j, const u
     uint8_t jb[8];
     uint64_t jj = (uint64_t)j;
     memcpy(jb, &jj, 8);
-    return sha256_prefix(ctx, EVP_sha256(), out, ob, jb, 8, row, PSO_ROW);
+    return sha256_prefix(ctx, out, ob, jb, 8, row, PSO_ROW);
 }
 
 int pso_recv_block(uint8_t *u, uint8_t *vals, size_t ob, const uint8_t *k0, const uint8_t *k1,

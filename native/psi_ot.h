@@ -23,6 +23,9 @@
 #define PSO_ROW (PSO_W / 8)
 #define PSO_ID 16
 
+/* Fetch the OpenSSL algorithms; call once before anything else (module init). */
+int pso_init(void);
+
 /* SHA-256(key || item) truncated to 16 bytes for items [start, start + n) of an
  * Arrow string array (offsets are int32, or int64 when off64). */
 int pso_hash_items(uint8_t *out, const uint8_t key[32], const uint8_t *data,

@@ -356,4 +356,10 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "privacy._psi_ot",
                                     "OT-extension PSI core loops (KKRT16).", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__psi_ot(void) { return PyModule_Create(&moddef); }
+PyMODINIT_FUNC PyInit__psi_ot(void) {
+    if (pso_init() != 0) {
+        PyErr_SetString(PyExc_ImportError, "privacy._psi_ot: OpenSSL lacks SHA2-256 or AES-128");
+        return NULL;
+    }
+    return PyModule_Create(&moddef);
+}

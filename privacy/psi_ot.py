@@ -72,7 +72,7 @@ class Params:
 
 def stash_size(n: int) -> int:
     """Stash slots for n receiver items at EXPANSION (measured: see docs/privacy.md)."""
-    return 6 if n < 1 << 10 else 4 if n < 1 << 14 else 3 if n < 1 << 18 else 2
+    return 4 if n < 1 << 10 else 3 if n < 1 << 14 else 2 if n < 1 << 18 else 1
 
 
 def params(n: int, m: int, bins: int | None = None, stash: int | None = None) -> Params:
