@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import nacl.bindings as sodium
 import nacl.exceptions
@@ -44,7 +45,7 @@ MAX_STASH = 64
 #: Statistical security of the false-match bound (bits).
 SIGMA = 40
 __all__ = ["Params", "ReceiverView", "SenderView", "key_array_of", "params", "receiver",
-           "sender"]
+           "run_half", "sender"]
 
 
 class CuckooError(PrivacyError, RuntimeError):
@@ -88,7 +89,8 @@ def params(n: int, m: int, bins: int | None = None, stash: int | None = None) ->
 def key_array_of(fs: Client, path: str, column: str, batch_rows: int = BATCH_ROWS) -> pa.Array:
     """The distinct non-null keys of `column` in table `path` as one Arrow string
     array (canonical text as `privacy.tables.key_strings`)."""
-    chunks = [key_array(b.column(0)) for b in iter_batches(fs, path, [column], batch_rows)]
+    chunks = [key_array(b.column(0)).cast(pa.large_string())
+              for b in iter_batches(fs, path, [column], batch_rows)]
     return distinct(pa.chunked_array(chunks, type=pa.large_string()))
 
 
@@ -158,6 +160,7 @@ class ReceiverView:
     inputs: bytes = b""
     received: list[bytes] = field(default_factory=list)
     params: Params | None = None
+    stash_used: int = 0
 
 
 @dataclass
@@ -189,6 +192,8 @@ def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
     if used < 0:
         raise CuckooError(f"cuckoo hashing of {n} keys into {p0.bins} bins needed more than "
                           f"{p0.stash} stash slots; run the job again")
+    if view is not None:
+        view.stash_used = used
     a = _scalar()
     big_a = bytes(sodium.crypto_scalarmult_ed25519_base_noclamp(a))
     ch.step = "psi-ot-base"
@@ -336,3 +341,15 @@ def sender(ch: Channel, keys: pa.Array | list[str], job_id: str,
     if view is not None:
         view.ks, view.s, view.code_key, view.params = bytes(ks), s, code_key, p
     return PsiResult(-1, n, m, None)
+
+
+def run_half(side: str, ch: Channel, keys: pa.Array, job_id: str, progress: Progress,
+             *, min_receiver: int = 1) -> dict[str, Any]:
+    """A job's PSI half: the left party receives; returns what this party learns,
+    in the same shape as the ECDH half's answer."""
+    if side == "left":
+        r = receiver(ch, keys, job_id, progress)
+        return {"size": r.size, "own_keys": r.receiver_count, "peer_keys": r.sender_count,
+                "intersection": r.intersection}
+    r = sender(ch, keys, job_id, progress, min_receiver=min_receiver)
+    return {"own_keys": r.sender_count, "peer_keys": r.receiver_count}
