@@ -244,9 +244,9 @@ def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
     while True:
         msg = ch.recv("ot-v", "ot-v-end")
         if msg.kind == "ot-v-end":
-            if msg.meta.get("n") != got:
-                raise ProtocolError(f"{ch.peer} announced {msg.meta.get('n')!r} OPRF values "
-                                    f"but sent {got}")
+            if msg.meta.get("n") != got or got != limit:
+                raise ProtocolError(f"{ch.peer} sent {got} OPRF values (announced "
+                                    f"{msg.meta.get('n')!r}); {m} keys make {limit}")
             break
         if len(msg.body) % p.ob:
             raise ProtocolError(f"{ch.peer} sent an OPRF batch that is not whole "
@@ -330,6 +330,9 @@ def sender(ch: Channel, keys: pa.Array | list[str], job_id: str,
                              p.bins, p.stash, ids, p.ob)
         start += rows
         progress("psi-ot-extend", start, p.rows)
+    # an item whose hash functions share a bin yields fewer values: pad with random
+    # ones to exactly (3 + stash) m, so the count says nothing about Y but its size
+    out += os.urandom(((3 + p.stash) * m - len(out) // p.ob) * p.ob)
     _c.shuffle(out, p.ob)  # a uniform order: the position of a value says nothing
     ch.step = "psi-send"
     total = len(out) // p.ob

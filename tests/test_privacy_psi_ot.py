@@ -181,6 +181,8 @@ def _views(x: list[str], y: list[str]) -> tuple[psi_ot.ReceiverView, psi_ot.Send
     r, _ = pair(lambda ch, _: psi_ot.receiver(ch, x, "job", view=rv),
                 lambda ch, _: psi_ot.sender(ch, y, "job", view=sv))
     assert isinstance(r, PsiResult) and r.intersection == sorted(set(x) & set(y))
+    assert rv.params is not None  # the count of values depends on |Y| only
+    assert sum(map(len, rv.received)) == (3 + rv.params.stash) * len(y) * rv.params.ob
     return rv, sv
 
 
@@ -371,6 +373,23 @@ def test_receiver_refuses_too_many_or_broken_values() -> None:
     assert isinstance(r, ProtocolError) and "more than the" in str(r)
     r, _ = pair(lambda ch, _: psi_ot.receiver(ch, x, "job"), flood(1, b"\x00"))
     assert isinstance(r, ProtocolError) and "not whole" in str(r)
+
+    ob = psi_ot.params(len(x), len(x)).ob
+
+    def short(ch: Channel, pool: GroupPool) -> None:
+        real = ch.send
+
+        def send(kind: str, meta: dict[str, Any] | None = None, body: bytes = b"") -> None:
+            if kind == "ot-v":  # one value fewer, and a count to match
+                body = body[ob:]
+            if kind == "ot-v-end":
+                meta = {"n": int((meta or {})["n"]) - 1}
+            real(kind, meta, body)
+        ch.send = send  # type: ignore[method-assign]
+        psi_ot.sender(ch, x, "job")
+
+    r, _ = pair(lambda ch, _: psi_ot.receiver(ch, x, "job"), short)
+    assert isinstance(r, ProtocolError) and "make" in str(r)
 
 
 # -- the job interface ------------------------------------------------------------------
