@@ -108,7 +108,7 @@ def cmd_psi(args: argparse.Namespace) -> int:
         print(json.dumps(ans))
     else:
         print(f"intersection size: {ans['size']} (left {ans['own_keys']} distinct keys, "
-              f"right {ans['peer_keys']})")
+              f"right {ans['peer_keys']}; {ans.get('protocol', 'ecdh')}-PSI)")
         for k in ans.get("intersection", []):
             print(k)
     return 0

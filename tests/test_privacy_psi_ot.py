@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gfs.cli import main as hutong
 from gfs.client import Client
 from privacy import _psi_ot as _c  # type: ignore[attr-defined]
 from privacy import psi_ot
@@ -403,7 +404,8 @@ def test_keys_from_a_table_are_distinct_canonical_text(fs: Client) -> None:
         psi_ot.key_array_of(fs, "/a/f.parquet", "phone")
 
 
-def test_job_picks_ot_for_the_intersection_and_ecdh_for_cardinality(tmp_path: Path) -> None:
+def test_job_picks_ot_for_the_intersection_and_ecdh_for_cardinality(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state = tmp_path / "state"
     left = [f"+86138{i:09d}" for i in range(3000)]
     right = [f"+86138{i:09d}" for i in range(2000, 5000)] + left[:10]
@@ -428,3 +430,10 @@ def test_job_picks_ot_for_the_intersection_and_ecdh_for_cardinality(tmp_path: Pa
     with pytest.raises(QueryError, match="PSI protocol must be one of"):
         JobSpec("psi", "/bank-a/ids.parquet", "/telco-b/ids.parquet", "phone",
                 protocol="kkrt").validate()
+    cli = ["--state", str(state), "psi", "--left", "/bank-a/ids.parquet", "--right",
+           "/telco-b/ids.parquet", "--on", "phone"]
+    assert hutong([*cli, "--output", "intersection"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "ot-PSI" in out[0] and out[1:] == want
+    assert hutong([*cli, "--protocol", "ot"]) == 2
+    assert "cannot release the cardinality only" in capsys.readouterr().err
