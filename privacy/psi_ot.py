@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gfs.client import Client
-from privacy import _psi_ot as _c  # type: ignore[attr-defined]
+from privacy import _psi_ot as _c
 from privacy.channel import Channel
 from privacy.ec import job_domain
 from privacy.errors import PolicyError, PrivacyError, ProtocolError

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from gfs.cli import main as hutong
 from gfs.client import Client
-from privacy import _psi_ot as _c  # type: ignore[attr-defined]
+from privacy import _psi_ot as _c
 from privacy import psi_ot
 from privacy.channel import Channel
 from privacy.ec import GroupPool, job_domain
