@@ -239,7 +239,7 @@ def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
     mine_b = mine.tobytes()
     slots = _c.match_build(mine_b, p.ob)
     ch.step = "psi-match"
-    hits: set[int] = set()
+    hits: list[np.ndarray] = []
     got, limit = 0, (3 + p.stash) * m
     while True:
         msg = ch.recv("ot-v", "ot-v-end")
@@ -257,11 +257,14 @@ def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
                                 f"{m} keys allow")
         if view is not None:
             view.received.append(msg.body)
-        hits.update(np.frombuffer(_c.match_probe(slots, mine_b, p.ob, msg.body),
-                                  dtype=np.uint32).tolist())
+        hits.append(np.frombuffer(_c.match_probe(slots, mine_b, p.ob, msg.body),
+                                  dtype=np.uint32))
         progress("psi-match", got, limit)
-    idx = owner[sorted(hits)]
-    inter = sorted(arr.take(pa.array(idx, type=pa.int64())).to_pylist())
+    del slots, mine_b, mine
+    idx = owner[np.unique(np.concatenate([np.zeros(0, np.uint32), *hits]))]
+    matched = arr.take(pa.array(idx, type=pa.int64()))
+    # byte order of UTF-8 is code point order: the same order as sorted() on str
+    inter: list[str] = matched.take(pc.sort_indices(matched)).to_pylist()
     if view is not None:
         view.k0, view.k1, view.code_key, view.params = bytes(k0), bytes(k1), code_key, p
         view.inputs = r.tobytes()

@@ -115,7 +115,7 @@ def test_cuckoo_and_simple_hashing_place_every_item_in_its_bins() -> None:
 
 # -- correctness ---------------------------------------------------------------------
 
-keys_st = st.lists(st.text(alphabet="abc0123", max_size=4), max_size=60)
+keys_st = st.lists(st.text(alphabet="abc01éZ中😀", max_size=4), max_size=60)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
