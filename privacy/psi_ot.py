@@ -217,10 +217,13 @@ def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
         k1 += _kdf(i, big_a, bi, _mul(a, diff, ch.peer))
     # bin inputs: the cuckoo item, or a random dummy for an empty bin or slot
     table = np.frombuffer(table_b, dtype=np.int32)
-    r = np.frombuffer(os.urandom(p.rows * ID), dtype=np.uint8).reshape(p.rows, ID).copy()
+    r = np.empty((p.rows, ID), dtype=np.uint8)
     occ = np.flatnonzero(table >= 0)
-    ids_np = np.frombuffer(ids, dtype=np.uint8).reshape(n, ID)
-    r[occ] = ids_np[table[occ]]
+    r[occ] = np.frombuffer(ids, dtype=np.uint8).reshape(n, ID)[table[occ]]
+    empty = np.ones(p.rows, dtype=bool)
+    empty[occ] = False
+    r[empty] = np.frombuffer(os.urandom(int(empty.sum()) * ID), np.uint8).reshape(-1, ID)
+    del empty
     mine = np.empty((n, p.ob), dtype=np.uint8)
     owner = table[occ]  # item index of each occupied row, in row order
     ch.step = "psi-ot-extend"
@@ -236,7 +239,7 @@ def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
         pos += len(sel)
         progress("psi-ot-extend", start + rows, p.rows)
     ch.send("ot-u-end", {"rows": p.rows})
-    mine_b = mine.tobytes()
+    mine_b = mine.data.cast("B")  # the values, without a copy
     slots = _c.match_build(mine_b, p.ob)
     ch.step = "psi-match"
     hits: list[np.ndarray] = []
@@ -260,14 +263,15 @@ def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
         hits.append(np.frombuffer(_c.match_probe(slots, mine_b, p.ob, msg.body),
                                   dtype=np.uint32))
         progress("psi-match", got, limit)
-    del slots, mine_b, mine
+    if view is not None:
+        view.inputs = r.tobytes()
+    del slots, mine_b, mine, r
     idx = owner[np.unique(np.concatenate([np.zeros(0, np.uint32), *hits]))]
     matched = arr.take(pa.array(idx, type=pa.int64()))
     # byte order of UTF-8 is code point order: the same order as sorted() on str
     inter: list[str] = matched.take(pc.sort_indices(matched)).to_pylist()
     if view is not None:
         view.k0, view.k1, view.code_key, view.params = bytes(k0), bytes(k1), code_key, p
-        view.inputs = r.tobytes()
     return PsiResult(len(inter), n, m, inter)
 
 
