@@ -36,5 +36,13 @@ setup(
             include_dirs=["native"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),
+        Extension(
+            "privacy._psi_ot",
+            sources=["native/psi_ot_module.c", "native/psi_ot.c"],
+            depends=["native/psi_ot.h"],
+            include_dirs=["native"],
+            extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+            libraries=["crypto"],  # OpenSSL libcrypto: AES (AES-NI), SHA-256, RAND_bytes
+        ),
     ]
 )

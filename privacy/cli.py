@@ -102,13 +102,13 @@ def cmd_psi(args: argparse.Namespace) -> int:
     from privacy.jobs import JobSpec
 
     spec = JobSpec("psi", args.left, args.right, args.on, output=args.output,
-                   timeout=args.timeout)
+                   timeout=args.timeout, protocol=args.protocol)
     ans = _run(args, spec)
     if args.json:
         print(json.dumps(ans))
     else:
         print(f"intersection size: {ans['size']} (left {ans['own_keys']} distinct keys, "
-              f"right {ans['peer_keys']})")
+              f"right {ans['peer_keys']}; {ans.get('protocol', 'ecdh')}-PSI)")
         for k in ans.get("intersection", []):
             print(k)
     return 0
@@ -229,6 +229,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--right", required=True, metavar="TABLE")
     sp.add_argument("--on", required=True, metavar="COL[=COL]")
     sp.add_argument("--output", choices=("cardinality", "intersection"), default="cardinality")
+    sp.add_argument("--protocol", choices=("auto", "ot", "ecdh"), default="auto",
+                    help="ot: OT-extension PSI (fast; intersection only); ecdh: ECDH-PSI "
+                         "(cardinality only, or fewer bytes); auto: ot for the "
+                         "intersection, ecdh for cardinality (docs/privacy.md)")
     job_opts(sp)
     sp = add("query", cmd_query, "compute-to-data: aggregates of an owner's table, at the owner")
     sp.add_argument("--table", required=True, metavar="TABLE")

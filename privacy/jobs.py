@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from gfs.client import Client
 from gfs.env import state_dir
-from privacy import c2d, errors, he, keys, pjc, psi
+from privacy import c2d, errors, he, keys, pjc, psi, psi_ot
 from privacy.audit import AuditLog, close_session, note_failure, open_session
 from privacy.channel import Channel, handshake
 from privacy.ec import GroupPool
@@ -42,6 +42,7 @@ from privacy.spill import budget_from_env
 from privacy.tables import check_columns, entity_of, iter_batches, key_strings, num_rows
 
 KINDS = ("psi", "join", "query")
+PSI_PROTOCOLS = ("auto", "ot", "ecdh")
 _AGG = re.compile(r"^\s*(count|sum|mean|min|max)\s*\(\s*(\*|[A-Za-z_][\w.-]*)\s*\)\s*$")
 FAULT_ENV = "HUTONG_PRIVACY_FAULT"
 
@@ -82,6 +83,15 @@ class JobSpec:
     #: who receives a join's result: "auto" (the party without the aggregated
     #: columns), "left" or "right"
     receiver: str = "auto"
+    #: PSI protocol: "ot" (KKRT16 OT extension, privacy.psi_ot), "ecdh" (privacy.psi)
+    #: or "auto" (ot for the intersection, ecdh for cardinality only)
+    protocol: str = "auto"
+
+    def psi_protocol(self) -> str:
+        """The PSI protocol this job runs ("ot" or "ecdh"); see docs/privacy.md."""
+        if self.protocol != "auto":
+            return self.protocol
+        return "ot" if self.output == "intersection" else "ecdh"
 
     def group_columns(self) -> list[str]:
         """The group-by columns ("region,segment" -> ["region", "segment"])."""
@@ -100,6 +110,12 @@ class JobSpec:
             raise QueryError("both tables belong to one entity; a privacy job joins two")
         if self.kind == "psi" and self.output not in psi.OUTPUTS:
             raise QueryError(f"PSI output must be one of {', '.join(psi.OUTPUTS)}")
+        if self.protocol not in PSI_PROTOCOLS:
+            raise QueryError(f"PSI protocol must be one of {', '.join(PSI_PROTOCOLS)}, "
+                             f"got {self.protocol!r}")
+        if self.kind == "psi" and self.protocol == "ot" and self.output != "intersection":
+            raise QueryError("OT-PSI tells the receiver which of its keys matched, so it "
+                             "cannot release the cardinality only; use protocol ecdh or auto")
         if self.kind != "psi":
             aggs = parse_aggs(self.aggs)
             bad = [f for f, _ in aggs if f not in ("count", "sum", "mean")]
@@ -266,15 +282,19 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
                  key=key, aggs=spec.aggs if spec.kind == "join" else spec.output,
                  group_by=spec.group_by)
     started = time.monotonic()
+    out: dict[str, Any]
     with GroupPool() as pool:
-        if spec.kind == "psi":
+        if spec.kind == "psi" and spec.psi_protocol() == "ot":
+            out = psi_ot.run_half(side, ch, psi_ot.key_array_of(fs, table, key), spec.job_id,
+                                  prog, min_receiver=terms.min_group_size)
+        elif spec.kind == "psi":
             ks = psi.iter_keys(fs, table, key)
             mem, hint = budget_from_env(), num_rows(fs, table)
             if side == "left":
                 r = psi.receiver(ch, ks, spec.job_id, spec.output, pool, prog,
                                  budget=mem, workdir=fs.state, hint=hint)
-                out: dict[str, Any] = {"size": r.size, "own_keys": r.receiver_count,
-                                       "peer_keys": r.sender_count}
+                out = {"size": r.size, "own_keys": r.receiver_count,
+                       "peer_keys": r.sender_count}
                 if r.intersection is not None:
                     out["intersection"] = r.intersection
             else:
@@ -282,6 +302,8 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
                                budget=mem, workdir=fs.state, hint=hint,
                                min_receiver=terms.min_group_size)
                 out = {"own_keys": r.sender_count, "peer_keys": r.receiver_count}
+        if spec.kind == "psi":
+            out["protocol"] = spec.psi_protocol()
             out["noise"] = "none: PSI sizes are exact; the release is metered, not noised"
             out["epsilon_left"] = terms.epsilon_left
             audit.append("release", job=spec.job_id, partner=peer,

@@ -58,17 +58,22 @@ def iter_batches(fs: Client, path: str, columns: Sequence[str],
 
 
 def key_strings(arr: Any) -> list[str | None]:
-    """Canonical string form of join keys: integers in decimal, strings as is,
-    nulls as None. Floating-point keys are refused (their text is ambiguous)."""
+    """Canonical string form of join keys (`key_array`) as Python strings."""
+    out: list[str | None] = key_array(arr).to_pylist()
+    return out
+
+
+def key_array(arr: Any) -> pa.Array:
+    """Canonical string form of join keys as an Arrow string array: integers in
+    decimal, strings as is, nulls as nulls. Floating-point keys are refused (their
+    text is ambiguous)."""
     t = arr.type
     if pa.types.is_floating(t):
         raise QueryError("join keys must be integers or strings, not floating point")
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        out: list[str | None] = arr.to_pylist()
-        return out
+        return arr
     if pa.types.is_dictionary(t):
-        return key_strings(arr.dictionary_decode())
+        return key_array(arr.dictionary_decode())
     if pa.types.is_integer(t) or pa.types.is_date(t) or pa.types.is_binary(t):
-        res: list[str | None] = pc.cast(arr, pa.string()).to_pylist()
-        return res
+        return pc.cast(arr, pa.string())
     raise QueryError(f"join keys of type {t} are not supported; use integers or strings")
