@@ -61,13 +61,23 @@ def _print_rows(rows: list[dict[str, Any]], suppressed: int,
 
 
 def _run(args: argparse.Namespace, spec: JobSpec) -> dict[str, Any]:
-    from privacy.jobs import run_job
+    """Run `spec`: with a profile, this entity's half at its site and the partner's
+    at the partner's site; without, both halves here on the embedded store."""
+    from gfs.profiles import selected
 
     prog = _progress(args)
-    res = run_job(spec, args.state, prog)
+    profile = selected(getattr(args, "profile", None))
+    if profile is not None:
+        from privacy.remote import run_with_profile
+
+        ans = run_with_profile(profile, spec, prog)
+    else:
+        from privacy.jobs import run_job
+
+        ans = run_job(spec, args.state, prog).answer
     if prog is not None:
         print("\r\033[K", end="", file=sys.stderr)
-    return res.answer
+    return ans
 
 
 def _where(items: list[str] | None) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import nacl.signing
@@ -60,3 +61,18 @@ def pinned(state: Path, entity: str) -> str:
         raise AuthError(f"no pinned public key for entity {entity!r} ({path}); copy the "
                         f"peer's {entity}.pub there")
     return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What one party of a job proves itself with and pins its peer to: its entity's
+    signing identity and the peer entity's public key (hex)."""
+
+    identity: Identity
+    peer_key: str
+
+
+def local_credentials(state: Path, entity: str, peer: str) -> Credentials:
+    """Credentials from the privacy keys of one state directory (both parties on one
+    host: `run_job`)."""
+    return Credentials(identity(state, entity), pinned(state, peer))

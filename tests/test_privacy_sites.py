@@ -1,0 +1,202 @@
+"""Privacy jobs between two real sites (loopback addresses, real site daemons, the
+registry, mutual TLS): each entity's half runs at its own primary site on its own
+store and keys; the answers equal DuckDB's; the registry keeps each party's
+countersigned audit head, so a rewrite that both parties agree on is still caught."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from gfs.client import Client
+from gfs.errors import HutongError
+from gfs.federation.client import FederationClient
+from gfs.federation.http import HttpClient
+from gfs.federation.testing import Federation
+from gfs.federation.tls import trust_for
+from privacy import remote
+from privacy.audit import AuditLog, audit_path
+from privacy.errors import AuditError
+from privacy.jobs import JobSpec
+from privacy.testing import open_policy, put_policy, put_table
+from privacy.transport import SiteParty
+from tests.test_privacy_sql import check, reference
+
+FACT, DIM, DIM2 = "/shop-a/fact.parquet", "/ref-b/dim.parquet", "/ref-b/dim2.parquet"
+SECRET = "/ref-b/secret.parquet"
+KEYS = 40
+
+
+def tables() -> dict[str, pa.Table]:
+    """A fact table (many rows per key), a dimension table (one row per key) and one
+    with 1-3 rows per key (many-to-many)."""
+    n = 300
+    fact = pa.table({"k": [(i * 7) % (KEYS + 8) for i in range(n)],
+                     "g": [("a", "b", "c")[(i * 5) % 3] for i in range(n)],
+                     "amt": [(i * 37) % 400 - 20 for i in range(n)]})
+    dim = pa.table({"k": list(range(KEYS)), "v": [(k * 13) % 90 for k in range(KEYS)],
+                    "region": [("north", "south")[k % 2] for k in range(KEYS)]})
+    dup = [k for k in range(KEYS) for _ in range(1 + k % 3)]
+    dim2 = pa.table({"k": dup, "w": [(i * 11) % 60 for i in range(len(dup))],
+                     "zone": [("east", "west")[k % 2] for k in dup]})
+    return {"fact": fact, "dim": dim, "dim2": dim2}
+
+
+class Sites:
+    """shop-a at site a1, ref-b at site b1, each the primary of its entity."""
+
+    def __init__(self, fed: Federation, t: dict[str, pa.Table]) -> None:
+        self.fed, self.t = fed, t
+        self.a = fed.client("shop-a")
+        self.b = fed.client("ref-b")
+
+    def run(self, fc: FederationClient, entity: str, spec: JobSpec) -> dict[str, Any]:
+        return remote.run(fc, entity, spec)
+
+    def state(self, site: str) -> Path:
+        return Path(self.fed.sites[site]["state"])
+
+    def partner_result(self, entity: str, job: str) -> dict[str, Any]:
+        """The result of `entity`'s half of `job`, read at its site when it ends."""
+        fc = self.a if entity == "shop-a" else self.b
+        return remote.wait(fc.entity_site(entity), job, 60)
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
+    t = tables()
+    with Federation(tmp_path_factory.mktemp("psites"), heartbeat=0.3) as fed:
+        fed.registry()
+        fed.site("a1", "shop-a", "cn-east", primary=True)
+        fed.site("b1", "ref-b", "cn-west", primary=True)
+        s = Sites(fed, t)
+        put_table(s.a, FACT, t["fact"])
+        put_policy(s.a, open_policy("shop-a", "ref-b", FACT, key="k", columns=["amt", "g"],
+                                    group_by=["g"]))
+        put_table(s.b, DIM, t["dim"])
+        put_table(s.b, DIM2, t["dim2"])
+        put_table(s.b, SECRET, t["dim"])
+        doc = open_policy("ref-b", "shop-a", DIM, key="k", columns=["v", "region"],
+                          group_by=["region"])
+        doc["partners"]["shop-a"]["tables"][DIM2] = {
+            "key_columns": ["k"], "columns": ["w", "zone"], "group_by": ["zone"],
+            "aggregates": ["count", "sum", "mean"]}
+        put_policy(s.b, doc)
+        try:
+            yield s
+        finally:
+            s.a.close()
+            s.b.close()
+
+
+def test_each_half_runs_at_its_own_site_and_the_join_equals_sql(sites: Sites) -> None:
+    """SELECT g, count(*), avg(v) FROM fact JOIN dim USING (k) GROUP BY g, started by
+    shop-a's user: shop-a's half at a1 on a1's store, ref-b's at b1 on b1's."""
+    spec = JobSpec("join", FACT, DIM, "k", aggs="count(*),mean(v)", group_by="g")
+    ans = sites.run(sites.a, "shop-a", spec)
+    assert ans["entity"] == "shop-a" and ans["role"] == "selector" and ans["receiver"]
+    want = reference(sites.t, 'SELECT g, count(*) AS "count(*)", avg(v) AS "mean(v)" '
+                              "FROM fact JOIN dim USING (k) GROUP BY g")
+    check(ans["groups"], want, ["g"])
+    other = sites.partner_result("ref-b", spec.job_id)
+    assert other["role"] == "value-holder" and "groups" not in other
+    # neither store holds the other's table; each log verifies with the entity's key
+    with Client(sites.state("a1")) as fs:
+        assert not fs.exists(DIM) and not fs.exists("/ref-b")
+        assert AuditLog(fs, "shop-a", SiteParty.load(sites.state("a1")).identity()).verify()
+    with Client(sites.state("b1")) as fs:
+        assert not fs.exists(FACT)
+        log = AuditLog(fs, "ref-b", SiteParty.load(sites.state("b1")).identity())
+        assert log.verify() and log.anchored_head("shop-a") is not None
+
+
+def test_many_to_many_started_by_the_right_party_result_there(sites: Sites) -> None:
+    """The right party (ref-b) starts the job and receives it; the value column is
+    shop-a's, groups come from both sides; shop-a's half listens, ref-b's connects."""
+    spec = JobSpec("join", FACT, DIM2, "k", aggs="count(*),sum(amt),mean(amt)",
+                   group_by="zone,g", receiver="right")
+    ans = sites.run(sites.b, "ref-b", spec)
+    assert ans["entity"] == "ref-b" and ans["receiver"]
+    want = reference(sites.t, 'SELECT zone, g, count(*) AS "count(*)", sum(amt) AS '
+                              '"sum(amt)", avg(amt) AS "mean(amt)" FROM fact JOIN dim2 '
+                              "USING (k) GROUP BY zone, g")
+    check(ans["groups"], want, ["zone", "g"])
+    assert "groups" not in sites.partner_result("shop-a", spec.job_id)
+
+
+def test_the_partner_site_refuses_before_starting_a_half(sites: Sites) -> None:
+    spec = JobSpec("join", FACT, SECRET, "k", aggs="count(*)")  # no policy for SECRET
+    with pytest.raises(HutongError, match=r"secret.parquet"):
+        remote.start(sites.a.entity_site("shop-a"), spec)
+    with Client(sites.state("b1")) as fs:
+        assert not list((sites.state("b1") / "privacy" / "jobs").glob(f"{spec.job_id}*"))
+        recs = AuditLog(fs, "ref-b", SiteParty.load(sites.state("b1")).identity()).records()
+        assert all(r.get("job") != spec.job_id for r in recs)
+
+
+def test_only_the_named_partner_may_ask_for_a_half(sites: Sites) -> None:
+    """shop-a's site cannot make b1 run a half of a job between other entities, and
+    shop-a's users cannot start a job at ref-b's site."""
+    spec = JobSpec("join", "/other-c/t.parquet", DIM, "k")
+    h = sites.fed.http("b1", keys=sites.fed.keys("shop-a"))
+    try:
+        with pytest.raises(HutongError, match="not the other party"):
+            h.call("POST", "/v1/privacy/peer-jobs", {"spec": asdict(spec)})
+    finally:
+        h.close()
+    # a user of shop-a cannot start a job at ref-b's site
+    with pytest.raises(HutongError, match="only users of ref-b"):
+        remote.start(sites.a.entity_site("ref-b"),
+                     JobSpec("join", FACT, DIM, "k"))
+
+
+def test_registry_keeps_each_head_and_refuses_to_go_back(sites: Sites) -> None:
+    keys = sites.fed.keys("shop-a")
+    reg = HttpClient(sites.fed.registry_url, keys=keys, tls=trust_for(keys))
+    try:
+        rec = reg.call("GET", "/v1/audit/shop-a/head")
+        with Client(sites.state("a1")) as fs:
+            log = AuditLog(fs, "shop-a", SiteParty.load(sites.state("a1")).identity())
+            assert (rec["seq"], rec["head"]) == log.head()
+        with pytest.raises(HutongError, match="rewritten or cut"):
+            reg.call("PUT", "/v1/audit/shop-a/head", {"seq": rec["seq"] - 1,
+                                                      "head": "0" * 64})
+        with pytest.raises(HutongError, match="bad signature"):
+            reg.call("PUT", "/v1/audit/ref-b/head", {"seq": 99, "head": "0" * 64})
+    finally:
+        reg.close()
+
+
+def _cut(state: Path, entity: str, n: int) -> None:
+    """An insider cuts the entity's log back to its first `n` records (a prefix of a
+    chain verifies on its own)."""
+    ident = SiteParty.load(state).identity()
+    with Client(state) as fs:
+        path = audit_path(entity)
+        lines = fs.read_bytes(path).decode().splitlines()[:n]
+        fs.write_bytes(path, ("\n".join(lines) + "\n").encode())
+        assert AuditLog(fs, entity, ident).verify() == n
+
+
+def _length(state: Path, entity: str) -> int:
+    with Client(state) as fs:
+        return len(AuditLog(fs, entity, SiteParty.load(state).identity()).records())
+
+
+def test_a_cut_both_parties_agree_on_is_caught_by_the_registry(sites: Sites) -> None:
+    """Both insiders cut their last job from their logs (so each still holds the head
+    the other countersigned before it, and the peers' check passes); the registry's
+    copy of each head is newer: the next job is refused. (Runs last: it breaks the
+    logs.)"""
+    before = {s: _length(sites.state(s), e) for s, e in (("a1", "shop-a"), ("b1", "ref-b"))}
+    sites.run(sites.a, "shop-a", JobSpec("join", FACT, DIM, "k", aggs="count(*),sum(v)",
+                                         group_by="g"))
+    for site, entity in (("a1", "shop-a"), ("b1", "ref-b")):
+        _cut(sites.state(site), entity, before[site])
+    with pytest.raises(AuditError, match=r"the registry countersigned .*tail was cut"):
+        sites.run(sites.a, "shop-a", JobSpec("join", FACT, DIM, "k", aggs="count(*)"))
