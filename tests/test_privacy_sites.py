@@ -5,6 +5,9 @@ countersigned audit head, so a rewrite that both parties agree on is still caugh
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +24,7 @@ from gfs.federation.testing import Federation
 from gfs.federation.tls import trust_for
 from privacy import remote
 from privacy.audit import AuditLog, audit_path
-from privacy.errors import AuditError
+from privacy.errors import AuditError, ProtocolError
 from privacy.jobs import JobSpec
 from privacy.testing import open_policy, put_policy, put_table
 from privacy.transport import SiteParty
@@ -29,7 +32,9 @@ from tests.test_privacy_sql import check, reference
 
 FACT, DIM, DIM2 = "/shop-a/fact.parquet", "/ref-b/dim.parquet", "/ref-b/dim2.parquet"
 SECRET = "/ref-b/secret.parquet"
+IDS_A, IDS_B = "/shop-a/ids.parquet", "/ref-b/ids.parquet"
 KEYS = 40
+PSI_KEYS = 120_000
 
 
 def tables() -> dict[str, pa.Table]:
@@ -76,16 +81,23 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
         fed.site("b1", "ref-b", "cn-west", primary=True)
         s = Sites(fed, t)
         put_table(s.a, FACT, t["fact"])
-        put_policy(s.a, open_policy("shop-a", "ref-b", FACT, key="k", columns=["amt", "g"],
-                                    group_by=["g"]))
+        put_table(s.a, IDS_A, pa.table({"id": list(range(PSI_KEYS))}))
+        doc = open_policy("shop-a", "ref-b", FACT, key="k", columns=["amt", "g"],
+                          group_by=["g"])
+        doc["partners"]["ref-b"]["tables"][IDS_A] = {"key_columns": ["id"],
+                                                     "psi_outputs": ["cardinality"]}
+        put_policy(s.a, doc)
         put_table(s.b, DIM, t["dim"])
         put_table(s.b, DIM2, t["dim2"])
         put_table(s.b, SECRET, t["dim"])
+        put_table(s.b, IDS_B, pa.table({"id": list(range(PSI_KEYS // 2, 2 * PSI_KEYS))}))
         doc = open_policy("ref-b", "shop-a", DIM, key="k", columns=["v", "region"],
                           group_by=["region"])
         doc["partners"]["shop-a"]["tables"][DIM2] = {
             "key_columns": ["k"], "columns": ["w", "zone"], "group_by": ["zone"],
             "aggregates": ["count", "sum", "mean"]}
+        doc["partners"]["shop-a"]["tables"][IDS_B] = {"key_columns": ["id"],
+                                                      "psi_outputs": ["cardinality"]}
         put_policy(s.b, doc)
         try:
             yield s
@@ -153,6 +165,48 @@ def test_only_the_named_partner_may_ask_for_a_half(sites: Sites) -> None:
     with pytest.raises(HutongError, match="only users of ref-b"):
         remote.start(sites.a.entity_site("ref-b"),
                      JobSpec("join", FACT, DIM, "k"))
+
+
+def spill_dirs(state: Path) -> list[Path]:
+    """The PSI spill directories of a site (`<pid>-<random>`, the pid of the half)."""
+    base = state / "tmp" / "psi"
+    return sorted(base.iterdir()) if base.exists() else []
+
+
+def kill_partner_mid_psi(sites: Sites, started: float, timeout: float = 60) -> int:
+    """SIGKILL ref-b's half as soon as its spill directory exists (the job is
+    running); returns its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dirs = [d for d in spill_dirs(sites.state("b1")) if d.stat().st_mtime >= started - 1]
+        if dirs:
+            pid = int(dirs[0].name.split("-", 1)[0])
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        time.sleep(0.01)
+    raise TimeoutError("ref-b's half never started its PSI")
+
+
+def wait_empty(states: list[Path], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(spill_dirs(s) for s in states):
+        assert time.monotonic() < deadline, [spill_dirs(s) for s in states]
+        time.sleep(0.05)
+
+
+def test_a_half_killed_mid_job_leaves_no_spill_files_at_either_site(sites: Sites) -> None:
+    spec = JobSpec("psi", IDS_A, IDS_B, "id")
+    site = sites.a.entity_site("shop-a")
+    started = time.time()
+    remote.start(site, spec)
+    kill_partner_mid_psi(sites, started)
+    with pytest.raises(ProtocolError, match="ref-b"):  # the kill landed mid-job
+        remote.wait(site, spec.job_id, 120)
+    wait_empty([sites.state("a1"), sites.state("b1")])
+    # the next PSI between them still runs and is right
+    ans = sites.run(sites.a, "shop-a", JobSpec("psi", IDS_A, IDS_B, "id"))
+    assert ans["size"] == PSI_KEYS // 2
+    wait_empty([sites.state("a1"), sites.state("b1")])
 
 
 def test_registry_keeps_each_head_and_refuses_to_go_back(sites: Sites) -> None:
