@@ -37,19 +37,33 @@ KEYS = 40
 PSI_KEYS = 120_000
 
 
-def tables() -> dict[str, pa.Table]:
-    """A fact table (many rows per key), a dimension table (one row per key) and one
-    with 1-3 rows per key (many-to-many)."""
-    n = 300
-    fact = pa.table({"k": [(i * 7) % (KEYS + 8) for i in range(n)],
+def tables(n: int = 300, keys: int = KEYS) -> dict[str, pa.Table]:
+    """A fact table of `n` rows (many rows per key, some keys unmatched), a dimension
+    table (one row per key of `keys`) and one with 1-3 rows per key (many-to-many)."""
+    fact = pa.table({"k": [(i * 7) % (keys + 8) for i in range(n)],
                      "g": [("a", "b", "c")[(i * 5) % 3] for i in range(n)],
                      "amt": [(i * 37) % 400 - 20 for i in range(n)]})
-    dim = pa.table({"k": list(range(KEYS)), "v": [(k * 13) % 90 for k in range(KEYS)],
-                    "region": [("north", "south")[k % 2] for k in range(KEYS)]})
-    dup = [k for k in range(KEYS) for _ in range(1 + k % 3)]
+    dim = pa.table({"k": list(range(keys)), "v": [(k * 13) % 90 for k in range(keys)],
+                    "region": [("north", "south")[k % 2] for k in range(keys)]})
+    dup = [k for k in range(keys) for _ in range(1 + k % 3)]
     dim2 = pa.table({"k": dup, "w": [(i * 11) % 60 for i in range(len(dup))],
                      "zone": [("east", "west")[k % 2] for k in dup]})
     return {"fact": fact, "dim": dim, "dim2": dim2}
+
+
+def policies() -> tuple[dict[str, Any], dict[str, Any]]:
+    """shop-a's and ref-b's policies: each lets the other join and intersect."""
+    a = open_policy("shop-a", "ref-b", FACT, key="k", columns=["amt", "g"], group_by=["g"])
+    a["partners"]["ref-b"]["tables"][IDS_A] = {"key_columns": ["id"],
+                                               "psi_outputs": ["cardinality"]}
+    b = open_policy("ref-b", "shop-a", DIM, key="k", columns=["v", "region"],
+                    group_by=["region"])
+    b["partners"]["shop-a"]["tables"][DIM2] = {
+        "key_columns": ["k"], "columns": ["w", "zone"], "group_by": ["zone"],
+        "aggregates": ["count", "sum", "mean"]}
+    b["partners"]["shop-a"]["tables"][IDS_B] = {"key_columns": ["id"],
+                                                "psi_outputs": ["cardinality"]}
+    return a, b
 
 
 class Sites:
@@ -82,23 +96,13 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
         s = Sites(fed, t)
         put_table(s.a, FACT, t["fact"])
         put_table(s.a, IDS_A, pa.table({"id": list(range(PSI_KEYS))}))
-        doc = open_policy("shop-a", "ref-b", FACT, key="k", columns=["amt", "g"],
-                          group_by=["g"])
-        doc["partners"]["ref-b"]["tables"][IDS_A] = {"key_columns": ["id"],
-                                                     "psi_outputs": ["cardinality"]}
-        put_policy(s.a, doc)
+        doc_a, doc_b = policies()
+        put_policy(s.a, doc_a)
         put_table(s.b, DIM, t["dim"])
         put_table(s.b, DIM2, t["dim2"])
         put_table(s.b, SECRET, t["dim"])
         put_table(s.b, IDS_B, pa.table({"id": list(range(PSI_KEYS // 2, 2 * PSI_KEYS))}))
-        doc = open_policy("ref-b", "shop-a", DIM, key="k", columns=["v", "region"],
-                          group_by=["region"])
-        doc["partners"]["shop-a"]["tables"][DIM2] = {
-            "key_columns": ["k"], "columns": ["w", "zone"], "group_by": ["zone"],
-            "aggregates": ["count", "sum", "mean"]}
-        doc["partners"]["shop-a"]["tables"][IDS_B] = {"key_columns": ["id"],
-                                                      "psi_outputs": ["cardinality"]}
-        put_policy(s.b, doc)
+        put_policy(s.b, doc_b)
         try:
             yield s
         finally:
@@ -173,18 +177,18 @@ def spill_dirs(state: Path) -> list[Path]:
     return sorted(base.iterdir()) if base.exists() else []
 
 
-def kill_partner_mid_psi(sites: Sites, started: float, timeout: float = 60) -> int:
-    """SIGKILL ref-b's half as soon as its spill directory exists (the job is
-    running); returns its pid."""
+def kill_mid_psi(state: Path, started: float, timeout: float = 60) -> int:
+    """SIGKILL the half at the site of `state` as soon as its spill directory exists
+    (its PSI is running); returns its pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dirs = [d for d in spill_dirs(sites.state("b1")) if d.stat().st_mtime >= started - 1]
+        dirs = [d for d in spill_dirs(state) if d.stat().st_mtime >= started - 1]
         if dirs:
             pid = int(dirs[0].name.split("-", 1)[0])
             os.kill(pid, signal.SIGKILL)
             return pid
         time.sleep(0.01)
-    raise TimeoutError("ref-b's half never started its PSI")
+    raise TimeoutError(f"the half at {state} never started its PSI")
 
 
 def wait_empty(states: list[Path], timeout: float = 30) -> None:
@@ -199,7 +203,7 @@ def test_a_half_killed_mid_job_leaves_no_spill_files_at_either_site(sites: Sites
     site = sites.a.entity_site("shop-a")
     started = time.time()
     remote.start(site, spec)
-    kill_partner_mid_psi(sites, started)
+    kill_mid_psi(sites.state("b1"), started)
     with pytest.raises(ProtocolError, match="ref-b"):  # the kill landed mid-job
         remote.wait(site, spec.job_id, 120)
     wait_empty([sites.state("a1"), sites.state("b1")])
