@@ -5,8 +5,11 @@ countersigned audit head, so a rewrite that both parties agree on is still caugh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -24,7 +27,7 @@ from gfs.federation.testing import Federation
 from gfs.federation.tls import trust_for
 from privacy import remote
 from privacy.audit import AuditLog, audit_path
-from privacy.errors import AuditError, ProtocolError
+from privacy.errors import AuditError, AuthError, ProtocolError, QueryError
 from privacy.jobs import JobSpec
 from privacy.testing import open_policy, put_policy, put_table
 from privacy.transport import SiteParty
@@ -155,6 +158,22 @@ def test_the_partner_site_refuses_before_starting_a_half(sites: Sites) -> None:
         assert all(r.get("job") != spec.job_id for r in recs)
 
 
+@pytest.mark.parametrize("raw, message", [
+    ({"kind": "join", "left": FACT, "right": DIM, "on": "k", "job_id": "../../../etc/x"},
+     "job id must be 32 hex digits"),
+    ({"kind": "join", "left": FACT, "right": DIM, "on": "k", "evil": 1},
+     "unknown job spec field"),
+    ({"kind": "join", "left": FACT, "right": DIM, "on": "k", "timeout": "9"}, "'timeout'"),
+    ({"kind": "join", "left": FACT, "right": DIM, "on": "k", "where": {"g": 1}}, "'where'"),
+    ({"kind": "join", "left": FACT, "right": DIM}, r"field\(s\) on missing"),
+    ("join", "JSON object"),
+])
+def test_a_spec_from_another_site_is_checked_field_by_field(raw: object, message: str
+                                                           ) -> None:
+    with pytest.raises(QueryError, match=message):
+        JobSpec.from_wire(raw)
+
+
 def test_only_the_named_partner_may_ask_for_a_half(sites: Sites) -> None:
     """shop-a's site cannot make b1 run a half of a job between other entities, and
     shop-a's users cannot start a job at ref-b's site."""
@@ -211,6 +230,36 @@ def test_a_half_killed_mid_job_leaves_no_spill_files_at_either_site(sites: Sites
     ans = sites.run(sites.a, "shop-a", JobSpec("psi", IDS_A, IDS_B, "id"))
     assert ans["size"] == PSI_KEYS // 2
     wait_empty([sites.state("a1"), sites.state("b1")])
+
+
+def _connect(host: str, port: int, cert: tuple[Path, Path] | None) -> ssl.SSLSocket:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    return ctx.wrap_socket(socket.create_connection((host, port), timeout=30))
+
+
+@pytest.mark.parametrize("cert", ["none", "registry"])
+def test_a_listening_half_admits_only_the_partners_certificate(sites: Sites, cert: str
+                                                                ) -> None:
+    """An attacker who learns where ref-b's half listens connects first, without a
+    client certificate or with one no shop-a CA issued: TLS refuses it and the half
+    ends without reading a byte of the job (nothing released, the job failed)."""
+    spec = JobSpec("join", FACT, DIM, "k", aggs="count(*)")
+    h = sites.fed.http("b1", keys=sites.fed.keys("shop-a"))
+    try:  # as shop-a's site would: ref-b's site starts its half and says where
+        where = h.call("POST", "/v1/privacy/peer-jobs", {"spec": asdict(spec)})
+    finally:
+        h.close()
+    reg_tls = sites.fed.root / "registry" / "tls"
+    pair = None if cert == "none" else (reg_tls / "node.pem", reg_tls / "node.key")
+    with contextlib.suppress(ssl.SSLError, OSError):
+        s = _connect(where["host"], int(where["port"]), pair)
+        s.sendall(b"HUTONG-PRIV/1\n")  # TLS 1.3: the refusal arrives with the first read
+        assert s.recv(1) == b""
+    with pytest.raises(AuthError, match="TLS handshake with shop-a's party failed"):
+        remote.wait(sites.b.entity_site("ref-b"), spec.job_id, 60)
 
 
 def test_registry_keeps_each_head_and_refuses_to_go_back(sites: Sites) -> None:
