@@ -31,7 +31,7 @@ from gfs.federation.tls import Trust, trust_for
 from privacy.audit import AuditLog
 from privacy.channel import Identity
 from privacy.errors import AuditError, AuthError
-from privacy.keys import Credentials
+from privacy.keys import Credentials, federation_identity
 
 
 @dataclass
@@ -60,10 +60,7 @@ class SiteParty:
 
     def identity(self) -> Identity:
         """The entity's federation key as the privacy channel's signing identity."""
-        seed = self.keys.private.private_bytes(serialization.Encoding.Raw,
-                                               serialization.PrivateFormat.Raw,
-                                               serialization.NoEncryption())
-        return Identity(self.keys.name, nacl.signing.SigningKey(seed))
+        return federation_identity(self.keys)
 
     def credentials(self, peer: str) -> Credentials:
         """Our identity and `peer`'s key as the registry publishes it."""
@@ -150,10 +147,12 @@ class RegistryAnchors:
         return dict(rec)
 
     def check(self, log: AuditLog) -> None:
+        """Raise AuditError unless `log` holds the head the registry keeps."""
         rec = self.latest(log.entity)
         if rec is not None:
             log.check_anchor(int(str(rec["seq"])), str(rec["head"]), "the registry")
 
     def anchor(self, log: AuditLog) -> None:
+        """Send `log`'s head to the registry (409 if it went back)."""
         seq, head = log.head()
         self.party.registry.call("PUT", self._path(log.entity), {"seq": seq, "head": head})

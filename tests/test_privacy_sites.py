@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from gfs.cli import main as hutong
 from gfs.client import Client
 from gfs.errors import HutongError
 from gfs.federation.client import FederationClient
@@ -113,7 +114,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
             s.b.close()
 
 
-def test_each_half_runs_at_its_own_site_and_the_join_equals_sql(sites: Sites) -> None:
+def test_each_half_runs_at_its_own_site_and_the_join_equals_sql(
+        sites: Sites, capsys: pytest.CaptureFixture[str]) -> None:
     """SELECT g, count(*), avg(v) FROM fact JOIN dim USING (k) GROUP BY g, started by
     shop-a's user: shop-a's half at a1 on a1's store, ref-b's at b1 on b1's."""
     spec = JobSpec("join", FACT, DIM, "k", aggs="count(*),mean(v)", group_by="g")
@@ -132,6 +134,9 @@ def test_each_half_runs_at_its_own_site_and_the_join_equals_sql(sites: Sites) ->
         assert not fs.exists(FACT)
         log = AuditLog(fs, "ref-b", SiteParty.load(sites.state("b1")).identity())
         assert log.verify() and log.anchored_head("shop-a") is not None
+    for site, entity in (("a1", "shop-a"), ("b1", "ref-b")):
+        assert hutong(["--state", str(sites.state(site)), "audit", "verify", entity]) == 0
+        assert "the registry keeps" in capsys.readouterr().out
 
 
 def test_many_to_many_started_by_the_right_party_result_there(sites: Sites) -> None:
@@ -295,7 +300,8 @@ def _length(state: Path, entity: str) -> int:
         return len(AuditLog(fs, entity, SiteParty.load(state).identity()).records())
 
 
-def test_a_cut_both_parties_agree_on_is_caught_by_the_registry(sites: Sites) -> None:
+def test_a_cut_both_parties_agree_on_is_caught_by_the_registry(
+        sites: Sites, capsys: pytest.CaptureFixture[str]) -> None:
     """Both insiders cut their last job from their logs (so each still holds the head
     the other countersigned before it, and the peers' check passes); the registry's
     copy of each head is newer: the next job is refused. (Runs last: it breaks the
@@ -307,3 +313,5 @@ def test_a_cut_both_parties_agree_on_is_caught_by_the_registry(sites: Sites) -> 
         _cut(sites.state(site), entity, before[site])
     with pytest.raises(AuditError, match=r"the registry countersigned .*tail was cut"):
         sites.run(sites.a, "shop-a", JobSpec("join", FACT, DIM, "k", aggs="count(*)"))
+    assert hutong(["--state", str(sites.state("b1")), "audit", "verify", "ref-b"]) == 1
+    assert "the registry countersigned" in capsys.readouterr().err
