@@ -252,7 +252,7 @@ async def peer_job(request: web.Request) -> web.Response:
     if table is not None:
         if entity_of(table) != site.entity:
             raise AuthError(f"{table} is not a table of {site.entity}", 403, "forbidden")
-        key = spec.keys()[0 if side == "left" else 1]
+        key = None if spec.kind == "query" else spec.keys()[0 if side == "left" else 1]
         try:  # refused here, before a process starts (the half checks again)
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: Policy.load(site.client, site.entity).check_partner(

@@ -153,6 +153,19 @@ def test_many_to_many_started_by_the_right_party_result_there(sites: Sites) -> N
     assert "groups" not in sites.partner_result("shop-a", spec.job_id)
 
 
+def test_a_query_runs_at_the_owners_site_for_the_asker(sites: Sites) -> None:
+    """Compute-to-data: shop-a asks ref-b's site for aggregates of ref-b's table; the
+    query runs at ref-b's site on ref-b's store and shop-a receives the released rows."""
+    spec = JobSpec("query", DIM, "shop-a", "-", aggs="count(*),sum(v)", group_by="region")
+    ans = sites.run(sites.a, "shop-a", spec)
+    want = reference(sites.t, 'SELECT region AS "group", count(*) AS "count(*)", '
+                              'sum(v) AS "sum(v)" FROM dim GROUP BY region')
+    assert ans["role"] == "querier"
+    check(ans["groups"], want, ["group"])
+    owner = sites.partner_result("ref-b", spec.job_id)
+    assert owner["role"] == "owner" and "groups" not in owner
+
+
 def test_the_partner_site_refuses_before_starting_a_half(sites: Sites) -> None:
     spec = JobSpec("join", FACT, SECRET, "k", aggs="count(*)")  # no policy for SECRET
     with pytest.raises(HutongError, match=r"secret.parquet"):
