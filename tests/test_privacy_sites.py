@@ -38,7 +38,7 @@ FACT, DIM, DIM2 = "/shop-a/fact.parquet", "/ref-b/dim.parquet", "/ref-b/dim2.par
 SECRET = "/ref-b/secret.parquet"
 IDS_A, IDS_B = "/shop-a/ids.parquet", "/ref-b/ids.parquet"
 KEYS = 40
-PSI_KEYS = 120_000
+PSI_KEYS = 40_000
 
 
 def tables(n: int = 300, keys: int = KEYS) -> dict[str, pa.Table]:
