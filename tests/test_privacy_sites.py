@@ -6,6 +6,7 @@ countersigned audit head, so a rewrite that both parties agree on is still caugh
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -27,11 +28,12 @@ from gfs.federation.http import HttpClient
 from gfs.federation.testing import Federation
 from gfs.federation.tls import trust_for
 from privacy import remote
-from privacy.audit import AuditLog, audit_path
+from privacy.audit import AuditLog, audit_path, record_hash
 from privacy.errors import AuditError, AuthError, ProtocolError, QueryError
 from privacy.jobs import JobSpec
 from privacy.testing import open_policy, put_policy, put_table
 from privacy.transport import SiteParty
+from tests.test_privacy_audit import rechain
 from tests.test_privacy_sql import check, reference
 
 FACT, DIM, DIM2 = "/shop-a/fact.parquet", "/ref-b/dim.parquet", "/ref-b/dim2.parquet"
@@ -295,6 +297,31 @@ def test_registry_keeps_each_head_and_refuses_to_go_back(sites: Sites) -> None:
             reg.call("PUT", "/v1/audit/ref-b/head", {"seq": 99, "head": "0" * 64})
     finally:
         reg.close()
+
+
+def test_a_log_rewritten_with_the_key_is_caught_by_the_registry(sites: Sites) -> None:
+    """An insider of shop-a rewrites the release record of the last job and
+    re-chains the log with the entity key, so that it verifies on its own; the
+    record the registry keeps no longer matches: the next job is refused."""
+    state = sites.state("a1")
+    ident = SiteParty.load(state).identity()
+    path = audit_path("shop-a")
+    with Client(state) as fs:
+        original = fs.read_bytes(path)
+        key = AuditLog(fs, "shop-a", ident)._key
+        lines = original.decode().splitlines()
+        i = max(n for n, ln in enumerate(lines) if json.loads(ln)["kind"] == "release")
+        lines[i] = json.dumps({**json.loads(lines[i]), "groups": 0})  # "nothing released"
+        rechain(lines, lambda p, r: record_hash(key, p, r))
+        fs.write_bytes(path, ("\n".join(lines) + "\n").encode())
+        assert AuditLog(fs, "shop-a", ident).verify() == len(lines)
+    try:
+        with pytest.raises(AuditError, match="not the one the registry countersigned: the "
+                                             "log was rewritten"):
+            sites.run(sites.a, "shop-a", JobSpec("join", FACT, DIM, "k", aggs="count(*)"))
+    finally:
+        with Client(state) as fs:
+            fs.write_bytes(path, original)
 
 
 def _cut(state: Path, entity: str, n: int) -> None:
