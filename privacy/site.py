@@ -27,7 +27,7 @@ import urllib.parse
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
@@ -44,9 +44,12 @@ from gfs.federation.site_handlers import SITE_KEY
 from gfs.federation.site_state import NotPrimaryError, Principal, Site
 from gfs.federation.tls import trust_for
 from privacy.errors import PolicyError, PrivacyError
-from privacy.jobs import JobSpec, party_entity
-from privacy.policy import Policy
-from privacy.tables import entity_of
+
+if TYPE_CHECKING:
+    from privacy.jobs import JobSpec
+
+# The job machinery (pyarrow, TenSEAL) is imported by the first request that needs
+# it, in a worker thread, so that it adds nothing to a site's start-up.
 
 JobState = Literal["running", "done", "failed"]
 KEEP_JOBS = 256
@@ -165,11 +168,25 @@ async def _caller(request: web.Request) -> tuple[Site, Principal, dict[str, Any]
     return site, p, await read_json(request, signed=p.token is None)
 
 
-def _spec(data: dict[str, Any]) -> JobSpec:
+def _parse_spec(data: dict[str, Any]) -> JobSpec:
+    from privacy.jobs import JobSpec
+
     try:
         return JobSpec.from_wire(data.get("spec"))
     except PrivacyError as e:
         raise BadRequestError(str(e)) from None
+
+
+async def _spec(data: dict[str, Any]) -> JobSpec:
+    """The request's job spec, checked (privacy.jobs imported off the event loop)."""
+    return await asyncio.get_running_loop().run_in_executor(None, _parse_spec, data)
+
+
+def party_entity(spec: JobSpec, side: str) -> str:
+    """privacy.jobs.party_entity (loaded by `_spec` before any caller)."""
+    from privacy.jobs import party_entity as entity
+
+    return entity(spec, side)
 
 
 def _side_of(spec: JobSpec, entity: str) -> str:
@@ -217,7 +234,7 @@ async def start_job(request: web.Request) -> web.Response:
     site, p, data = await _caller(request)
     if p.entity != site.entity:
         raise AuthError(f"only users of {site.entity} start its jobs here", 403, "forbidden")
-    spec = _spec(data)
+    spec = await _spec(data)
     side = _side_of(spec, site.entity)
     table = _table(spec, side)
     if spec.kind == "query" and side == "left":
@@ -236,13 +253,19 @@ async def start_job(request: web.Request) -> web.Response:
                               "partner_site": name}, status=202)
 
 
+def _check_policy(site: Site, partner: str, table: str, key: str | None) -> None:
+    from privacy.policy import Policy
+
+    Policy.load(site.client, site.entity).check_partner(partner, table, key)
+
+
 async def peer_job(request: web.Request) -> web.Response:
     """The partner entity's site asks this site to run its side of a job."""
     site, p, data = await _caller(request)
     if p.token is not None:
         raise AuthError("only a partner entity's site (a signed request) starts a job's "
                         "other half", 403, "forbidden")
-    spec = _spec(data)
+    spec = await _spec(data)
     side = _side_of(spec, site.entity)
     other = "right" if side == "left" else "left"
     if party_entity(spec, other) != p.entity:
@@ -250,13 +273,12 @@ async def peer_job(request: web.Request) -> web.Response:
     _require_primary(site)
     table = _table(spec, side)
     if table is not None:
-        if entity_of(table) != site.entity:
+        if party_entity(spec, side) != site.entity:
             raise AuthError(f"{table} is not a table of {site.entity}", 403, "forbidden")
         key = None if spec.kind == "query" else spec.keys()[0 if side == "left" else 1]
         try:  # refused here, before a process starts (the half checks again)
             await asyncio.get_running_loop().run_in_executor(
-                None, lambda: Policy.load(site.client, site.entity).check_partner(
-                    p.entity, table, key))
+                None, _check_policy, site, p.entity, table, key)
         except PolicyError as e:
             raise AuthError(str(e), 403, "policy") from None
     host = urllib.parse.urlsplit(site.endpoint).hostname or "127.0.0.1"
