@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import nacl.exceptions
 import nacl.signing
@@ -65,9 +65,11 @@ def anchor_message(entity: str, seq: int, head: str) -> bytes:
 class AuditLog:
     """One entity's audit log in a store (keyed with the entity's key there)."""
 
-    def __init__(self, fs: Client, entity: str) -> None:
+    def __init__(self, fs: Client, entity: str, identity: Identity | None = None) -> None:
+        """`identity`: the entity's signing identity (default: its privacy key in the
+        store's state directory; at a site, the entity's federation key)."""
         self.fs, self.entity, self.path = fs, entity, audit_path(entity)
-        self.identity = keys.identity(fs.state, entity)
+        self.identity = identity if identity is not None else keys.identity(fs.state, entity)
         self._key = log_key(self.identity)
 
     @contextmanager
@@ -170,6 +172,16 @@ class AuditLog:
         """Privacy budget (epsilon) already spent by `partner` on this entity."""
         return sum(float(r.get("epsilon") or 0.0) for r in self.records()
                    if r.get("kind") == "release" and r.get("partner") == partner)
+
+
+class AnchorStore(Protocol):
+    """A keeper of countersigned audit heads outside the party (the registry)."""
+
+    def check(self, log: AuditLog) -> None:
+        """Raise AuditError unless `log` still holds the head last anchored here."""
+
+    def anchor(self, log: AuditLog) -> None:
+        """Have `log`'s current head countersigned and kept here."""
 
 
 def open_session(ch: Channel, log: AuditLog, peer: str) -> None:

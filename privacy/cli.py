@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 from privacy.errors import AuditError, QueryError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from gfs.client import Client
+    from privacy.audit import AuditLog
     from privacy.jobs import JobSpec
 
 # The job machinery (pyarrow, TenSEAL, nacl) is imported by the commands that
@@ -61,13 +64,23 @@ def _print_rows(rows: list[dict[str, Any]], suppressed: int,
 
 
 def _run(args: argparse.Namespace, spec: JobSpec) -> dict[str, Any]:
-    from privacy.jobs import run_job
+    """Run `spec`: with a profile, this entity's half at its site and the partner's
+    at the partner's site; without, both halves here on the embedded store."""
+    from gfs.profiles import selected
 
     prog = _progress(args)
-    res = run_job(spec, args.state, prog)
+    profile = selected(getattr(args, "profile", None))
+    if profile is not None:
+        from privacy.remote import run_with_profile
+
+        ans = run_with_profile(profile, spec, prog)
+    else:
+        from privacy.jobs import run_job
+
+        ans = run_job(spec, args.state, prog).answer
     if prog is not None:
         print("\r\033[K", end="", file=sys.stderr)
-    return res.answer
+    return ans
 
 
 def _where(items: list[str] | None) -> dict[str, str]:
@@ -138,13 +151,34 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         for ent in entities:
             _require_log(fs, ent)
             try:
-                n = AuditLog(fs, ent).verify()
+                log = AuditLog(fs, ent)
+                n = log.verify()
+                anchored = _check_registry(fs.state, log)
                 if not args.quiet:
-                    print(f"audit {ent}: ok, {n} records")
+                    print(f"audit {ent}: ok, {n} records{anchored}")
             except AuditError as e:
                 print(f"audit {ent}: FAILED: {e}", file=sys.stderr)
                 bad += 1
     return 1 if bad else 0
+
+
+def _check_registry(state: Path, log: AuditLog) -> str:
+    """At a site of the log's entity: check the log against the head the registry
+    keeps (AuditError if it is gone); what to add to the report line."""
+    from privacy.keys import site_keys
+    from privacy.transport import RegistryAnchors, SiteParty
+
+    if site_keys(state, log.entity) is None:
+        return ""
+    party = SiteParty.load(state)
+    try:
+        rec = RegistryAnchors(party).latest(log.entity)
+        if rec is None:
+            return "; the registry keeps no head of it yet"
+        log.check_anchor(int(str(rec["seq"])), str(rec["head"]), "the registry")
+        return f"; holds head {rec['seq']} the registry keeps"
+    finally:
+        party.close()
 
 
 def _require_log(fs: Client, entity: str) -> None:

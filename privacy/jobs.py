@@ -33,7 +33,7 @@ import pyarrow as pa
 from gfs.client import Client
 from gfs.env import state_dir
 from privacy import c2d, errors, he, keys, pjc, psi, psi_ot
-from privacy.audit import AuditLog, close_session, note_failure, open_session
+from privacy.audit import AnchorStore, AuditLog, close_session, note_failure, open_session
 from privacy.channel import Channel, handshake
 from privacy.ec import GroupPool
 from privacy.errors import AuthError, PolicyError, PrivacyError, ProtocolError, QueryError
@@ -93,6 +93,28 @@ class JobSpec:
             return self.protocol
         return "ot" if self.output == "intersection" else "ecdh"
 
+    @classmethod
+    def from_wire(cls, raw: object) -> JobSpec:
+        """A spec from its JSON form (another site's request), every field checked;
+        QueryError naming the first bad one."""
+        if not isinstance(raw, dict):
+            raise QueryError("the job spec must be a JSON object")
+        unknown = sorted(set(raw) - set(_WIRE_TYPES))
+        if unknown:
+            raise QueryError(f"unknown job spec field(s): {', '.join(unknown)}")
+        for name, typ in _WIRE_TYPES.items():
+            if name in raw and (not isinstance(raw[name], typ) or isinstance(raw[name], bool)):
+                raise QueryError(f"job spec field {name!r} has the wrong type")
+        where = raw.get("where", {})
+        if not all(isinstance(v, str) for v in where.values()):
+            raise QueryError("job spec field 'where' maps columns to strings")
+        missing = [n for n in ("kind", "left", "right", "on") if n not in raw]
+        if missing:
+            raise QueryError(f"job spec field(s) {', '.join(missing)} missing")
+        spec = cls(**raw)
+        spec.validate()
+        return spec
+
     def group_columns(self) -> list[str]:
         """The group-by columns ("region,segment" -> ["region", "segment"])."""
         return [c.strip() for c in (self.group_by or "").split(",") if c.strip()]
@@ -126,6 +148,10 @@ class JobSpec:
             raise QueryError(f"receiver must be auto, left or right, got {self.receiver!r}")
         if self.scheme not in ("auto", "bfv", "ckks"):
             raise QueryError("scheme must be auto, bfv or ckks")
+        if not _JOB_ID.fullmatch(self.job_id):
+            raise QueryError(f"job id must be 32 hex digits, got {self.job_id!r}")
+        if not 1 <= self.timeout <= 86400:
+            raise QueryError(f"timeout must be 1 to 86400 s, got {self.timeout:g}")
         if self.kind != "query":
             self.keys()
 
@@ -147,6 +173,11 @@ class JobSpec:
         return entity_of(self.right if side == "left" else self.left)
 
 
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+_WIRE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "kind": str, "left": str, "right": str, "on": str, "output": str, "aggs": str,
+    "group_by": (str, type(None)), "scheme": str, "degree": int, "where": dict,
+    "job_id": str, "timeout": (int, float), "receiver": str, "protocol": str}
 Progress = Callable[[str, int, int], None]
 
 
@@ -192,9 +223,13 @@ def _read_keys_values(fs: Client, path: str, key: str, values: list[str], group:
 
 
 def run_party(spec: JobSpec, side: str, state: str | os.PathLike[str] | None,
-              sock: socket.socket, progress: Progress | None = None) -> dict[str, Any]:
+              sock: socket.socket, progress: Progress | None = None,
+              creds: keys.Credentials | None = None,
+              anchors: AnchorStore | None = None) -> dict[str, Any]:
     """Run one party's half of `spec` on a connected socket; returns what this
-    party learns. The left side initiates the handshake."""
+    party learns. The left side initiates the handshake. `creds` default to the
+    privacy keys of the state directory; `anchors` (at a site: the registry) keep a
+    countersigned copy of the audit head, checked before and renewed after the job."""
     spec.validate()
     fault = _fault(side)
 
@@ -204,14 +239,17 @@ def run_party(spec: JobSpec, side: str, state: str | os.PathLike[str] | None,
             progress(step, done, total)
 
     table = spec.left if side == "left" else spec.right
-    me, peer = _entity(spec, side), _entity(spec, "right" if side == "left" else "left")
+    me, peer = party_entity(spec, side), party_entity(spec, "right" if side == "left" else "left")
     sock.settimeout(spec.timeout)
     with Client(state) as fs:
-        ident = keys.identity(fs.state, me)
-        ch = handshake(sock, ident, side, peer, keys.pinned(fs.state, peer), spec.digest(),
+        if creds is None:
+            creds = keys.local_credentials(fs.state, me, peer)
+        ch = handshake(sock, creds.identity, side, peer, creds.peer_key, spec.digest(),
                        initiator=side == "left")
-        audit = AuditLog(fs, me)
+        audit = AuditLog(fs, me, creds.identity)
         try:
+            if anchors is not None:
+                anchors.check(audit)  # the registry's copy of our head is still in the log
             open_session(ch, audit, peer)  # no job on a log that fails verification
             if spec.kind == "query":
                 if side == "left":
@@ -222,7 +260,9 @@ def run_party(spec: JobSpec, side: str, state: str | os.PathLike[str] | None,
                                      spec.where)
             else:
                 out = _run_two_party(spec, side, fs, ch, audit, me, peer, table, prog)
-            close_session(ch, audit, peer, keys.pinned(fs.state, peer))
+            close_session(ch, audit, peer, creds.peer_key)
+            if anchors is not None:
+                anchors.anchor(audit)
             return out
         except BaseException as e:
             ch.abort(str(e))
@@ -434,7 +474,7 @@ def run_job(spec: JobSpec, state: str | os.PathLike[str] | None = None,
     spec.validate()
     root = state_dir(state)
     with Client(root) as fs:  # both entities need keys; each side pins the other's
-        for who in (_entity(spec, "left"), _entity(spec, "right")):
+        for who in (party_entity(spec, "left"), party_entity(spec, "right")):
             keys.identity(fs.state, who)
     procs: list[tuple[subprocess.Popen[bytes], str, Path]] = []
     t0 = time.monotonic()
@@ -482,7 +522,8 @@ def _cause_rank(e: BaseException) -> int:
     return 2 if "aborted the job" in str(e) else 1
 
 
-def _entity(spec: JobSpec, side: str) -> str:
+def party_entity(spec: JobSpec, side: str) -> str:
+    """The entity of party `side` of `spec` (a query's right side is the asker)."""
     if spec.kind == "query" and side == "right":
         return spec.right
     return entity_of(spec.left if side == "left" else spec.right)

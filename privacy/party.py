@@ -1,7 +1,10 @@
 """One party's half of a privacy job as its own process (`python -m privacy.party`).
 
 Started by `privacy.jobs.run_job`: the left party listens on 127.0.0.1 (port 0)
-and prints `LISTEN PORT`; the right party connects. Progress goes to stderr as
+and prints `LISTEN PORT`; the right party connects. At a site (`--site`, started by
+the site daemon, privacy.site) the party uses the site's federation keys and talks
+mutual TLS: the partner's party listens on its site's address (`--listen HOST`), the
+initiator's connects (`--connect HOST:PORT --peer-site NAME`). Progress goes to stderr as
 `PROGRESS STEP DONE TOTAL`, a failure as `ERROR KIND MESSAGE` with exit code 1;
 the result is written as JSON to --result only when the job succeeded.
 """
@@ -14,8 +17,15 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
-from privacy.jobs import JobSpec, run_party
+from privacy.errors import QueryError
+from privacy.jobs import JobSpec, party_entity, run_party
+
+Progress = Callable[[str, int, int], None]
+ACCEPT_TIMEOUT = 60.0
+"""Seconds a listening party waits for its partner to connect."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", required=True)
     ap.add_argument("--spec", required=True, help="the job spec as JSON")
     ap.add_argument("--result", required=True, help="file for the result JSON")
-    ap.add_argument("--connect", type=int, help="port of the left party on 127.0.0.1")
+    ap.add_argument("--connect", help="PORT of the left party on 127.0.0.1, or HOST:PORT "
+                    "of the partner's party (--site)")
+    ap.add_argument("--site", action="store_true",
+                    help="--state is a site's: its federation keys, mutual TLS, and the "
+                    "registry keeps the audit head")
+    ap.add_argument("--listen", metavar="HOST", help="listen on HOST (--site)")
+    ap.add_argument("--peer-site", metavar="NAME", help="the partner's site (--site)")
     args = ap.parse_args(argv)
     last = [0.0]
 
@@ -37,15 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         spec = JobSpec(**json.loads(args.spec))
-        if args.side == "left":
-            with socket.create_server(("127.0.0.1", 0)) as srv:
-                srv.settimeout(spec.timeout)
-                print(f"LISTEN {srv.getsockname()[1]}", flush=True)
-                sock, _ = srv.accept()
-        else:
-            sock = socket.create_connection(("127.0.0.1", args.connect), timeout=spec.timeout)
-        with sock:
-            result = run_party(spec, args.side, args.state, sock, progress)
+        run = _at_site if args.site else _on_loopback
+        result = run(spec, args, progress)
         tmp = f"{args.result}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(result, f)
@@ -55,6 +64,43 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split())
         print(f"ERROR {type(e).__name__} {msg}", file=sys.stderr, flush=True)
         return 1
+
+
+def _on_loopback(spec: JobSpec, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    if args.side == "left":
+        with socket.create_server(("127.0.0.1", 0)) as srv:
+            srv.settimeout(spec.timeout)
+            print(f"LISTEN {srv.getsockname()[1]}", flush=True)
+            sock, _ = srv.accept()
+    else:
+        sock = socket.create_connection(("127.0.0.1", int(args.connect)), timeout=spec.timeout)
+    with sock:
+        return run_party(spec, args.side, args.state, sock, progress)
+
+
+def _at_site(spec: JobSpec, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    from privacy.transport import RegistryAnchors, SiteParty
+
+    peer = party_entity(spec, "right" if args.side == "left" else "left")
+    party = SiteParty.load(args.state)
+    try:
+        creds = party.credentials(peer)
+        if args.listen:
+            srv, ctx = party.listen(args.listen, peer)
+            with srv:
+                print(f"LISTEN {srv.getsockname()[1]}", flush=True)
+                sock = party.accept(srv, ctx, peer, min(spec.timeout, ACCEPT_TIMEOUT))
+        else:
+            if not args.connect or ":" not in args.connect or not args.peer_site:
+                raise QueryError("a site party connects with --connect HOST:PORT "
+                                 "--peer-site NAME")
+            host, _, port = args.connect.rpartition(":")
+            sock = party.connect(host, int(port), args.peer_site, peer, spec.timeout)
+        with sock:
+            return run_party(spec, args.side, args.state, sock, progress, creds,
+                             RegistryAnchors(party))
+    finally:
+        party.close()
 
 
 if __name__ == "__main__":

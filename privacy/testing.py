@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import nacl.signing
 import pyarrow as pa
@@ -57,7 +57,15 @@ def run_pair(left: Half, right: Half, *, timeout: float = 60.0, workers: int | N
     return out.get("left"), out.get("right"), sent.get("left", 0) + sent.get("right", 0)
 
 
-def put_table(fs: Client, path: str, table: pa.Table) -> None:
+class Writable(Protocol):
+    """A store or a federation client: what `put_table` and `put_policy` write to."""
+
+    def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> Any: ...
+
+    def write_bytes(self, path: str, data: bytes) -> Any: ...
+
+
+def put_table(fs: Writable, path: str, table: pa.Table) -> None:
     """Write `table` as parquet to namespace `path`."""
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -65,7 +73,7 @@ def put_table(fs: Client, path: str, table: pa.Table) -> None:
     fs.write_bytes(path, buf.getvalue())
 
 
-def put_policy(fs: Client, doc: dict[str, Any]) -> None:
+def put_policy(fs: Writable, doc: dict[str, Any]) -> None:
     """Store an entity's policy document."""
     path = policy_path(str(doc["entity"]))
     fs.mkdir(path.rsplit("/", 1)[0], parents=True, exist_ok=True)

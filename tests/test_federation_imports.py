@@ -13,9 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DAEMON = {"gfs.federation.site", "gfs.federation.site_state", "gfs.federation.site_handlers"}
 #: Modules that start the daemon or are part of it (start-up, the harnesses that create
-#: sites for tests and benchmarks).
+#: sites for tests and benchmarks, the routes extensions add to it).
 DAEMON_SIDE = DAEMON | {"gfs.federation.cli", "gfs.federation.testing",
-                        "gfs.federation.rules", "bench.schedule"}
+                        "gfs.federation.rules", "bench.schedule", "privacy.site"}
 
 
 def _module(path: Path) -> str:

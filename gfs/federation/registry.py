@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 
-from gfs.federation import expr, ids
+from gfs.federation import audit_heads, expr, ids
 from gfs.federation.auth import (
     AuthError,
     NonceCache,
@@ -74,6 +74,8 @@ class RegistryState:
         self.audience = ""
         """`host:port` that signed requests must name (`audience_of` the served URL)."""
         self.metrics = Metrics("hutong_registry")
+        self.notary = audit_heads.notary_key(self.root)
+        """Signs the audit heads the registry keeps (gfs.federation.audit_heads)."""
 
     def close(self) -> None:
         self.engine.close()
@@ -435,6 +437,26 @@ async def revoke_tokens(request: web.Request) -> web.Response:
     return web.json_response(_state(request).update_entity(name, change))
 
 
+async def put_audit_head(request: web.Request) -> web.Response:
+    """An entity's privacy audit-log head, kept signed and timestamped."""
+    name = _name(request.match_info["name"], "entity name")
+    data = await _signed_json(request, name)
+    st = _state(request)
+    with st.engine.write() as txn:
+        rec = audit_heads.keep(txn, st.notary, name, data)
+    return audit_heads.answer(rec, st.notary)
+
+
+async def get_audit_head(request: web.Request) -> web.Response:
+    name = _name(request.match_info["name"], "entity name")
+    st = _state(request)
+    with st.engine.read() as txn:
+        raw = txn.get_value("sites", audit_heads.record_key(name))
+    if raw is None:
+        raise ApiError(f"the registry keeps no audit head of {name!r}", 404, "not_found")
+    return audit_heads.answer(json.loads(raw), st.notary)
+
+
 async def list_entities(request: web.Request) -> web.Response:
     return web.json_response({"entities": _state(request).entities()})
 
@@ -592,6 +614,8 @@ def make_app(state: RegistryState) -> web.Application:
     app.router.add_put("/v1/links/{a}/{b}", put_link)
     app.router.add_get("/v1/links", list_links)
     app.router.add_get("/v1/ids/{ident}", get_id)
+    app.router.add_put("/v1/audit/{name}/head", put_audit_head)
+    app.router.add_get("/v1/audit/{name}/head", get_audit_head)
 
     async def cleanup(_app: web.Application) -> None:
         state.close()

@@ -8,18 +8,34 @@ gfs.federation.site_client and gfs.federation.wire).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from pathlib import Path
+
+from aiohttp import web
 
 from gfs.client import Client
 from gfs.errors import (
     HutongError,
     StateError,
 )
-from gfs.federation import certs, ids
+from gfs.federation import certs, ids, site_handlers
 from gfs.federation.auth import EntityKeys
-from gfs.federation.site_handlers import make_app
 from gfs.federation.site_state import Site, SiteConfig
+
+#: Modules that add routes to every site daemon: each has `install(app, site)`. They
+#: live above gfs (privacy runs each party's half of a job at its entity's site), so
+#: gfs names them here and imports them at start, as gfs.cli does its subcommands.
+EXTENSIONS: tuple[str, ...] = ("privacy.site",)
+
+
+def make_app(site: Site) -> web.Application:
+    """The site's application: its HTTP API (gfs.federation.site_handlers) and the
+    routes of EXTENSIONS."""
+    app = site_handlers.make_app(site)
+    for name in EXTENSIONS:
+        importlib.import_module(name).install(app, site)
+    return app
 
 
 def init_site(state: str | os.PathLike[str], *, name: str, entity: str, region: str,
