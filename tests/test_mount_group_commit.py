@@ -22,7 +22,7 @@ import pytest
 
 from gfs.client import Client
 from gfs.errors import NotFoundError
-from gfs.mount_writeback import GroupCommitter
+from gfs.group_commit import GroupCommitter
 from tests.test_mount_helpers import init_store, needs_fuse, serve_child, wait_for
 
 DEADLINE = 60.0

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 from gfs.client import Client
 from gfs.errors import ExistsError, NotADirError
+from gfs.group_commit import GroupCommitter
 from gfs.meta import ROOT_INO
 from gfs.mount_names import NameHints
-from gfs.mount_writeback import SPOOL_MEMORY, GroupCommitter, Spool, WriteBack
+from gfs.mount_writeback import SPOOL_MEMORY, Spool, WriteBack
 from gfs.read import cached
 from tests.test_mount_helpers import init_store, wait_for
 

@@ -57,8 +57,8 @@ from gfs.federation.wire import (
     glob_match,
     literal_prefix,
 )
+from gfs.group_commit import GroupCommitter
 from gfs.meta import ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
-from gfs.mount_writeback import GroupCommitter
 from gfs.mover import (
     PIN_SECONDS,
     ChunksUnavailableError,
