@@ -5,7 +5,8 @@ directory, or PostgreSQL); it works in its own directory. The phases (create,
 stat, ls, rename, unlink) start together at a barrier, and a phase's rate is all
 clients' operations over the wall time from the barrier to the last client done.
 An operation that still lost its PostgreSQL serialisation conflicts after every
-retry (`MetaConflictError`) is counted as failed, not hidden.
+retry (`MetaConflictError`) is counted as failed, not hidden. Files have distinct
+contents (a create benchmark, not a dedup one).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from multiprocessing.synchronize import Barrier
 from typing import TypeAlias
 
 PHASES = ("create", "stat", "ls", "rename", "unlink")
-PAYLOAD = b"x" * 100
+#: Bytes per created file; each file's content is distinct (as files are), so no two
+#: clients write the same chunk (which would meet on its reference count).
+FILE_BYTES = 100
+
+
+def payload(k: int, i: int) -> bytes:
+    """The content of client `k`'s file `i`."""
+    return f"client {k} file {i} ".encode().ljust(FILE_BYTES, b".")
 
 
 #: Where each client puts (its number, the end time of each phase, failed operations).
@@ -34,7 +42,7 @@ def _client(state: str, k: int, n: int, barrier: Barrier, out: Results) -> None:
         fs.mkdir(d, exist_ok=True)
         done: dict[str, float] = {}
         steps: dict[str, Callable[[int], object]] = {
-            "create": lambda i: fs.write_bytes(f"{d}/f{i}", PAYLOAD),
+            "create": lambda i: fs.write_bytes(f"{d}/f{i}", payload(k, i)),
             "stat": lambda i: fs.stat(f"{d}/f{i}"),
             "ls": lambda i: fs.ls(d),
             "rename": lambda i: fs.mv(f"{d}/f{i}", f"{d}/g{i}"),
