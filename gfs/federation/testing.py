@@ -128,8 +128,9 @@ class Federation:
     def site(self, name: str, entity: str, region: str, *, primary: bool = False,
              industry: str = "GEN", mover: bool = True, netns: str | None = None,
              capacity: int = 0, env: dict[str, str] | None = None,
-             trusted: bool = True) -> str:
-        """Create and start a site (keys shared with the entity's first site); `capacity`
+             trusted: bool = True, meta: str | None = None) -> str:
+        """Create and start a site (keys shared with the entity's first site; metadata
+        on the database at `meta` if given, else embedded); `capacity`
         bounds its default pool (bytes, 0: no limit); `env` is added to its process's
         environment. The first site of an entity returns once every running site accepts
         the entity's certificate (`wait_trusted`), unless not `trusted` (a site that
@@ -139,7 +140,7 @@ class Federation:
         init_site(state, name=name, entity=entity, region=region, registry=self.registry_url,
                   industry=industry, primary=primary,
                   keys_from=first["state"] / "federation" if first else None,
-                  registry_ca=self.registry_ca)
+                  registry_ca=self.registry_ca, meta=meta)
         if first is None:
             self.admit(entity, region, industry, EntityKeys.load(state / "federation"))
         if capacity:

@@ -228,6 +228,11 @@ class WriteTxn(ReadTxn):
     def set_meta(self, key: str, value: bytes) -> None:
         """Set a store-wide fact."""
 
+    def serialize_on(self, key: str) -> None:
+        """Make this transaction conflict with every concurrent one that also calls
+        `serialize_on(key)`, for an invariant that no single row carries (no directory
+        moved inside itself). Engines with one writer at a time need nothing."""
+
 
 class MetaEngine(ABC):
     """A transactional metadata store. Open one per process and share it between threads."""

@@ -4,19 +4,28 @@ Tables in one schema of a PostgreSQL database hold the same records as the
 LMDB engine, encoded by `gfs.meta.encoding` into `bytea` values. Selected by
 URL: ``postgresql://USER@HOST:PORT/DB?schema=NAME`` (schema default `hutong`).
 
-Concurrency: every transaction is SERIALIZABLE (reads: REPEATABLE READ, read
-only, a snapshot). Two writers that conflict are resolved by the database:
-one of them fails with a serialisation failure, which surfaces as
-`MetaConflictError` (nothing changed); `MetaEngine.transact` runs the work
-again. Threads of one process take turns at writing (as with LMDB), so
-conflicts happen only between processes and hosts. Writes are buffered in the
-transaction and sent in batches (pipelined) before the next query that could
-see them, and at commit. Inode numbers are handed out from blocks reserved in
-a short transaction of their own, so no row is updated by every write.
+Concurrency: every transaction works on a snapshot (REPEATABLE READ; reads are
+read only). A write transaction locks each row it reads by key against deletion
+(`FOR KEY SHARE`), and the database refuses it when a row it reads, locks,
+changes or inserts was changed by a writer that committed after its snapshot
+began (first updater wins). Every namespace change rewrites the inode of each
+directory whose entries it changes, so two changes that depend on one directory
+meet on that row; an invariant no row carries (no directory moved inside
+itself) is guarded by `WriteTxn.serialize_on`. This is snapshot isolation with
+explicit row locks, not SERIALIZABLE: PostgreSQL's serialisable mode tracks
+reads by index page, so two clients creating files in their own directories
+conflicted on shared index pages (16 clients exhausted every retry). A lost
+conflict surfaces as `MetaConflictError` (nothing changed);
+`MetaEngine.transact` runs the work again. Threads of one process take turns at
+writing (as with LMDB), so conflicts happen only between processes and hosts.
+Writes are buffered in the transaction and sent in batches (pipelined) before
+the next query that could see them, and at commit. Inode numbers are handed
+out from blocks reserved in a short transaction of their own, so no row is
+updated by every write.
 
 Portability: plain tables of `bigint`, `text` and `bytea`, primary keys,
-`INSERT ... ON CONFLICT DO UPDATE`, `= ANY(array)` and server-side cursors,
-which CockroachDB and YugabyteDB (YSQL) also implement.
+`INSERT ... ON CONFLICT DO UPDATE`, `= ANY(array)`, `FOR KEY SHARE` and
+server-side cursors, which CockroachDB and YugabyteDB (YSQL) also implement.
 """
 
 from __future__ import annotations
@@ -58,6 +67,8 @@ INO_BLOCK = 1024
 FETCH = 2000
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _NEXT_INO = "next_ino"
+#: Prefix of the meta rows `serialize_on` rewrites.
+_SERIALIZE = "serialize."
 _SHIFT = 1 << 63
 
 #: The schema, step by step: version N is reached by running MIGRATIONS[N - 1].
@@ -137,11 +148,14 @@ def _redact(url: str) -> str:
 class _Txn:
     """State shared by the read and write views of one transaction."""
 
-    __slots__ = ("buf", "conn", "names", "schema")
+    __slots__ = ("buf", "conn", "lock", "names", "schema")
 
-    def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
+                 write: bool = False) -> None:
         self.conn = conn
         self.schema = schema
+        #: rows a write transaction reads by key are locked against deletion
+        self.lock = sql.SQL(" FOR KEY SHARE" if write else "")
         self.buf: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...] | None] = {}
         self.names = itertools.count()
 
@@ -180,9 +194,9 @@ class _Txn:
             vals = self.buf[(table, key)]
             return None if vals is None else vals[0]
         keys, _ = _TABLES[table]
-        q = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+        q = sql.SQL("SELECT {} FROM {} WHERE {}{}").format(
             sql.Identifier(col), self.t(table), sql.SQL(" AND ").join(
-                sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys))
+                sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys), self.lock)
         row = self.conn.execute(q, key).fetchone()
         return None if row is None else row[0]
 
@@ -262,8 +276,8 @@ class _PgRead(ReadTxn):
                     yield cid, bytes(vals[0])
             else:
                 want.append(cid)
-        q = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s)").format(
-            sql.Identifier(col), self._x.t("chunks"))
+        q = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s){}").format(
+            sql.Identifier(col), self._x.t("chunks"), self._x.lock)
         for i in range(0, len(want), FETCH):
             for cid, data in self._x.conn.execute(q, (want[i:i + FETCH],)):
                 yield bytes(cid), bytes(data)
@@ -321,7 +335,7 @@ class _PgRead(ReadTxn):
 
 
 class _PgWrite(_PgRead, WriteTxn):
-    """A WriteTxn over one SERIALIZABLE PostgreSQL transaction (writes buffered)."""
+    """A WriteTxn over one REPEATABLE READ PostgreSQL transaction (writes buffered)."""
 
     __slots__ = ("_engine",)
 
@@ -337,6 +351,9 @@ class _PgWrite(_PgRead, WriteTxn):
 
     def alloc_ino(self) -> int:
         return self._engine._alloc_ino()
+
+    def serialize_on(self, key: str) -> None:
+        self._put("meta", (f"{_SERIALIZE}{key}",), b"")
 
     def put_inode(self, inode: Inode) -> None:
         self._put("inodes", (_s(inode.ino),), enc.encode_inode(inode))
@@ -444,10 +461,9 @@ class _Ctx:
             eng._writer, self._locked = me, True
         try:
             conn = self._conn = pool.getconn()
-            conn.isolation_level = (psycopg.IsolationLevel.SERIALIZABLE if self._write
-                                    else psycopg.IsolationLevel.REPEATABLE_READ)
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = not self._write
-            self._x = _Txn(conn, eng.schema)
+            self._x = _Txn(conn, eng.schema, write=self._write)
         except BaseException:
             self._release(None)
             raise
@@ -644,7 +660,8 @@ class PgEngine(MetaEngine):
         return _Ctx(self, write=False)
 
     def write(self) -> _Ctx:
-        """A SERIALIZABLE write transaction; a lost conflict raises MetaConflictError."""
+        """A write transaction (snapshot, row locks); a lost conflict raises
+        MetaConflictError."""
         self._live()
         return _Ctx(self, write=True)
 
