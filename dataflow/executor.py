@@ -38,8 +38,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from dataflow.catalog import Catalog, EmbeddedCatalog
 from dataflow.cost import CostModel, Task
-from dataflow.datasets import Stores, locate
+from dataflow.datasets import Stores
 from dataflow.errors import ConfigError, JobFailedError, PlanError, SiteLostError
 from dataflow.planner import Plan, Planner
 from dataflow.sites import Topology, pipeline_groups
@@ -47,7 +48,6 @@ from gfs.meta import Manifest
 
 log = logging.getLogger("hutong.dataflow")
 
-JOBS_TABLE = "jobs"
 #: Seconds a task result may take before the site's health is checked.
 POLL_SECONDS = 1.0
 #: Largest JSON task value kept in the job record.
@@ -180,6 +180,9 @@ class Runtime:
                  progress: bool = False) -> None:
         self.topo = topo
         self.stores = Stores(topo)
+        self.states = EmbeddedCatalog(self.stores, lambda: self.home)
+        self.catalog: Catalog = self.states
+        """Where datasets are resolved and chunks located (embedded: the stores here)."""
         self.processes = processes
         self.progress = progress
         names = [s.name for s in topo.up() if s.state]
@@ -283,36 +286,25 @@ class Runtime:
         self._movers.clear()
         self.stores.close()
 
-    def locate(self, ids: Iterable[bytes]) -> dict[bytes, dict[str, str]]:
-        """For each chunk id, the up sites holding it and the tier of that copy."""
-        return locate(ids, self.stores)
+    def executor(self, planner: Planner | None = None, *, retries: int = 2) -> Executor:
+        """An executor running plans on this runtime."""
+        return Executor(self, planner, retries=retries)
 
     # -- job records --------------------------------------------------------------------
     def save_record(self, rec: dict[str, Any]) -> None:
         """Write job record `rec` to the home site's `jobs` table."""
-        if self.home is None:
-            return
-        client = self.stores.get(self.home)
-        value = json.dumps(rec, sort_keys=True, default=str).encode()
-        client.engine.transact(
-            lambda txn: txn.put_value(JOBS_TABLE, f"job:{rec['id']}".encode(), value))
+        if self.home is not None:
+            self.states.save_state("job", str(rec["id"]), rec)
 
     def load_record(self, job_id: str) -> dict[str, Any] | None:
         """The record of job `job_id`, or None."""
-        if self.home is None:
-            return None
-        client = self.stores.get(self.home)
-        with client.engine.read() as txn:
-            raw = txn.get_value(JOBS_TABLE, f"job:{job_id}".encode())
-        return json.loads(raw) if raw else None
+        return None if self.home is None else self.states.load_state("job", job_id)
 
     def records(self) -> list[dict[str, Any]]:
         """Every job record of the home site, oldest first."""
         if self.home is None:
             return []
-        client = self.stores.get(self.home)
-        with client.engine.read() as txn:
-            recs = [json.loads(v) for _, v in txn.iter_values(JOBS_TABLE, b"job:")]
+        recs = [r for _, r in self.states.states("job")]
         return sorted(recs, key=lambda r: r.get("created", 0))
 
 
@@ -455,7 +447,7 @@ class Executor:
         plan chose them (other jobs' link queues count, this job's own not); a chunk no
         up site holds fails the job with the files it belongs to."""
         missing = list(missing)
-        where = self.rt.locate(missing) if missing else {}
+        where = self.rt.catalog.locate(missing) if missing else {}
         model = CostModel(self.rt.topo, where, job=str(rec["id"]))
         fetch = sum(need[c] for c in missing)
         by_src: dict[str, list[bytes]] = {}
@@ -643,7 +635,7 @@ class Executor:
     def _replan(self, pending: list[Task], rec: dict[str, Any],
                 model: CostModel | None) -> dict[str, str]:
         ids = {c for t in pending for c in t.chunks}
-        where = self.rt.locate(ids)
+        where = self.rt.catalog.locate(ids)
         constraints = model.constraints if model is not None else None
         jid = str(rec["id"])
         m = CostModel(self.rt.topo, where, constraints,

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dataflow.cost import CostModel, Task
-from dataflow.datasets import Dataset, FileEntry, glob_regex, merge, whole_file
+from dataflow.datasets import Dataset, FileEntry, glob_regex, whole_file
 from dataflow.errors import ConfigError, DatasetError, JobFailedError, SiteLostError
 from dataflow.executor import (
     Executor,
@@ -61,14 +61,16 @@ from dataflow.executor import (
     apply_task,
     start_site_cluster,
 )
-from dataflow.federated_ops import RECORDS_DIR, FederatedOps
-from dataflow.ops import Dataflow, Job, TransferSummary
+from dataflow.federated_ops import RECORDS_DIR, Migration
+from dataflow.ops import Dataflow, TransferSummary
 from dataflow.planner import Objective, Plan, Planner
 from dataflow.sites import Link, Topology, publish_links
 from gfs import paths
 from gfs.errors import HutongError, NotFoundError
-from gfs.federation.auth import AuthError
+from gfs.federation.auth import AuthError, EntityKeys
+from gfs.federation.client import FederationClient
 from gfs.federation.site_client import PullStats, SiteClient
+from gfs.federation.tls import client_trust
 from gfs.meta import ChunkRef, Manifest
 
 log = logging.getLogger("hutong.dataflow")
@@ -108,16 +110,11 @@ class Credentials:
 
     def trust(self, keys: Any = None) -> Any:
         """The TLS trust of these credentials (gfs.federation.tls.client_trust)."""
-        from gfs.federation.tls import client_trust
-
         ca = Path(self.registry_ca).read_bytes() if self.registry_ca else None
         return client_trust(self.registry, keys=keys, registry_ca=ca)
 
     def open(self, near: str | None = None, timeout: float = 30.0) -> Any:
         """A new FederationClient (the caller closes it)."""
-        from gfs.federation.auth import EntityKeys
-        from gfs.federation.client import FederationClient
-
         keys = EntityKeys.load(self.keys_dir) if self.keys_dir else None
         return FederationClient(self.registry, keys=keys, token=self.token, near=near,
                                 timeout=timeout, tls=self.trust(keys))
@@ -147,9 +144,11 @@ def _records_prefix(path: str) -> bool:
 class FederatedCatalog:
     """Datasets resolved through the registry and the sites' HTTP APIs."""
 
-    def __init__(self, fc: Any, topo: Topology) -> None:
+    def __init__(self, fc: Any, topo: Topology, entity: str) -> None:
+        """`entity`: whose namespace (`/ENTITY/.dataflow/`) keeps the dataflow's states."""
         self.fc = fc
         self.topo = topo
+        self.entity = entity
         self.unreachable: set[str] = set()
         """Sites that did not answer a query (the runtime marks them down)."""
         self.whole: dict[bytes, str] = {}
@@ -185,9 +184,23 @@ class FederatedCatalog:
         rx = glob_regex(selector)
         return sorted(p for p in self._walk(top) if rx.match(p))
 
+    def settle(self) -> None:
+        """Mark the sites that did not answer a query as down in the topology."""
+        for s in sorted(self.unreachable):
+            if s in self.topo.sites and self.topo.sites[s].status == "up":
+                log.warning("site %s unreachable: marked down", s)
+                self.topo.mark_down(s)
+
     def resolve(self, name: str, selectors: str | Sequence[str], *,
                 missing_ok: bool = False) -> Dataset:
         """Files, manifests and chunk holders of `selectors`, asked of the sites now."""
+        try:
+            return self._resolve(name, selectors, missing_ok)
+        finally:
+            self.settle()
+
+    def _resolve(self, name: str, selectors: str | Sequence[str], missing_ok: bool
+                 ) -> Dataset:
         sel = (selectors,) if isinstance(selectors, str) else tuple(selectors)
         if not sel:
             raise DatasetError(f"dataset {name!r}: give at least one path or glob")
@@ -243,14 +256,42 @@ class FederatedCatalog:
         return Dataset(ds.name, ds.selectors, list(ds.files), dict(ds.lengths),
                        self.locate(ds.lengths, owners={f.owner for f in ds.files}))
 
+    def files_now(self, pattern: str) -> list[FileEntry]:
+        """The files matching glob `pattern` now (none: an empty list)."""
+        return self.resolve(pattern, [pattern], missing_ok=True).files
+
+    def _state_path(self, kind: str, name: str) -> str:
+        return f"/{self.entity}/{RECORDS_DIR}/{kind}s/{name}.json"
+
+    def load_state(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The JSON file `/ENTITY/.dataflow/KINDs/NAME.json`, or None."""
+        try:
+            return dict(json.loads(self.fc.read_bytes(self._state_path(kind, name))))
+        except NotFoundError:
+            return None
+
+    def save_state(self, kind: str, name: str, value: dict[str, Any]) -> None:
+        """Replace `/ENTITY/.dataflow/KINDs/NAME.json` (committed at its primary)."""
+        path = self._state_path(kind, name)
+        self.fc.mkdir(path.rsplit("/", 1)[0], parents=True, exist_ok=True)
+        self.fc.write_bytes(path, json.dumps(value, sort_keys=True, default=str).encode())
+
     def has(self, site: str, ids: Sequence[bytes], owner: str | None = None) -> list[bool]:
         """`/v1/chunks/has` at `site` for `ids` (its own entity's store)."""
         return list(self.fc.with_site(site, lambda sc: sc.has(ids)))
 
     def locate(self, ids: Iterable[bytes], owners: Iterable[str] | None = None
                ) -> dict[bytes, dict[str, str]]:
-        """For each chunk, the up sites (of the owning entities; all up sites of the
-        caller's entity when `owners` is None) whose store holds it, with their tier."""
+        """For each chunk, the up sites (of the owning entities; of every entity when
+        `owners` is None) whose store holds it, with their tier; sites that do not
+        answer are marked down."""
+        try:
+            return self._locate(ids, owners)
+        finally:
+            self.settle()
+
+    def _locate(self, ids: Iterable[bytes], owners: Iterable[str] | None
+                ) -> dict[bytes, dict[str, str]]:
         want = list(dict.fromkeys(ids))
         out: dict[bytes, dict[str, str]] = {c: {} for c in want}
         whole = [c for c in want if c in self.whole]
@@ -262,7 +303,7 @@ class FederatedCatalog:
             want = [c for c in want if c not in self.whole]
         if not want:
             return out
-        ents = set(owners) if owners is not None else {self.fc.me}
+        ents = set(owners) if owners is not None else {s.entity for s in self.topo.up()}
         asked = [site for site in self.topo.up()
                  if site.entity in ents and site.name not in self.unreachable]
 
@@ -462,12 +503,12 @@ class FederatedRuntime(Runtime):
         super().__init__(topo, processes=processes, home=None, progress=progress)
         self.creds = creds
         self.fc = creds.open()
-        self.catalog = FederatedCatalog(self.fc, topo)
         ent = entity or self.fc.me
         if not ent:
             raise ConfigError("federation mode needs an entity for job records: give "
                               "keys_dir or entity=")
         self.entity: str = str(ent)
+        self.catalog: FederatedCatalog = FederatedCatalog(self.fc, topo, self.entity)
         self.records_dir = f"/{self.entity}/{RECORDS_DIR}/jobs"
         self._records_ready = False
         self.record_errors: list[str] = []
@@ -515,12 +556,6 @@ class FederatedRuntime(Runtime):
             self._dead.add(site)
         return ok
 
-    def mark_unreachable(self) -> None:
-        """Mark the sites the catalog could not reach as down."""
-        for s in sorted(self.catalog.unreachable):
-            if s in self.topo.sites and self.topo.sites[s].status == "up":
-                log.warning("site %s unreachable: marked down", s)
-                self.topo.mark_down(s)
 
     def transfer_via(self, src: str, dst: str) -> str:
         """How chunks go from `src` to `dst`: `mover` when both are sites of the caller's
@@ -563,11 +598,9 @@ class FederatedRuntime(Runtime):
         raise ConfigError("federation mode moves chunks through the sites' APIs; there is "
                           "no driver-side mover")
 
-    def locate(self, ids: Iterable[bytes]) -> dict[bytes, dict[str, str]]:
-        owners = {s.entity for s in self.topo.up()}
-        where = self.catalog.locate(ids, owners)
-        self.mark_unreachable()
-        return where
+    def executor(self, planner: Planner | None = None, *, retries: int = 2) -> Executor:
+        """An executor running plans through the sites' APIs and clusters."""
+        return FederatedExecutor(self, planner, retries=retries)
 
     def close(self) -> None:
         self.flush_records()
@@ -795,16 +828,19 @@ class FederatedExecutor(Executor):
 # -- the notebook API -------------------------------------------------------------------------
 
 
-class FederatedDataflow(FederatedOps, Dataflow):
+class FederatedDataflow(Dataflow):
     """`Dataflow` over a federation: topology from the registry, datasets through the
-    primaries' APIs, tasks on each site's Dask cluster, records in the namespace.
+    primaries' APIs (`FederatedCatalog`), tasks on each site's Dask cluster and
+    records in the namespace (`FederatedRuntime`).
 
     `prefetch` copies chunks through the site APIs (mover pulls between own sites);
+    `migrate` pins files at a site with rules (`dataflow.federated_ops.Migration`);
     `replicate` adds federation rules. Tasks run at the caller's entity's sites;
     files other entities granted it are read whole through their primaries.
     """
 
     rt: FederatedRuntime
+    catalog: FederatedCatalog
 
     def __init__(self, registry: str, *, keys_dir: str | None = None,
                  token: str | None = None, config: str | None = None,
@@ -822,21 +858,17 @@ class FederatedDataflow(FederatedOps, Dataflow):
             raise ConfigError(f"publish_interval must be >= 0 seconds, got {publish_interval}")
         creds = Credentials(registry, keys_dir, token, registry_ca)
         if topo is None:
-            from gfs.federation.auth import EntityKeys
-
             tls = creds.trust(EntityKeys.load(keys_dir) if keys_dir else None)
             topo = Topology.from_registry(registry, config=config, tls=tls)
         self.publish_interval = publish_interval
         self._published_upto = time.time()   # links measured later are not in the registry
         self._published_last: float | None = None
         self._publish_lock = threading.Lock()
-        super().__init__(topo, processes=processes, progress=progress, objective=objective)
         self.creds = creds
-        self.rt = FederatedRuntime(topo, self.creds, schedulers=schedulers, entity=entity,
-                                   processes=processes, progress=progress,
-                                   use_mover=use_mover)
-        self.federation = self.rt.fc
-        self.catalog = self.rt.catalog
+        rt = FederatedRuntime(topo, creds, schedulers=schedulers, entity=entity,
+                              processes=processes, progress=progress, use_mover=use_mover)
+        super().__init__(topo, rt.catalog, rt, progress=progress, objective=objective,
+                         federation=rt.fc)
         # The chunk API (has/get/put) serves the owner entity only: an entity's own data
         # is processed at its own sites; data another entity granted us is read whole
         # through its primary, at our sites (as the owner's policy allows; the catalog
@@ -847,43 +879,15 @@ class FederatedDataflow(FederatedOps, Dataflow):
             allow = topo.owners.get(ent, "")
             topo.owners[ent] = f"({allow}) & entity={at}" if allow else f"entity={at}"
 
-    def dataset(self, name: str, selectors: str | Sequence[str]) -> Dataset:
-        ds = self.catalog.resolve(name, selectors)
-        self.rt.mark_unreachable()
-        self.datasets[name] = ds
-        return ds
-
-    def resolve(self, inputs: Any) -> Dataset:
-        try:
-            return self._resolve(inputs)
-        finally:
-            self.rt.mark_unreachable()
-
-    def _resolve(self, inputs: Any) -> Dataset:
-        cat = self.catalog
-        if isinstance(inputs, Dataset):
-            return cat.refresh(inputs)
-        if isinstance(inputs, Job):
-            res = inputs.wait()
-            out = res.record.get("output")
-            if not out:
-                raise DatasetError(f"job {inputs.id} wrote no output; give it output= to chain")
-            return cat.resolve(f"job {inputs.id}", [out.rstrip("/") + "/**"])
-        if isinstance(inputs, str):
-            if inputs in self.datasets:
-                ds = self.datasets[inputs]
-                return cat.resolve(ds.name, ds.selectors)
-            return cat.resolve(inputs, inputs)
-        if isinstance(inputs, Sequence) and inputs and all(isinstance(d, Dataset)
-                                                            for d in inputs):
-            return merge("+".join(d.name for d in inputs), [cat.refresh(d) for d in inputs])
-        if isinstance(inputs, Sequence) and all(isinstance(s, str) for s in inputs):
-            return cat.resolve(",".join(inputs), list(inputs))
-        raise ConfigError(f"inputs must be a Dataset, a dataset name, path(s) or glob(s), or a "
-                          f"Job; got {type(inputs).__name__}")
-
-    def _executor(self, planner: Planner, retries: int) -> Executor:
-        return FederatedExecutor(self.rt, planner, retries=retries)
+    def migrate(self, inputs: Any, to: str, *, remove: bool = True,
+                rounds: int = 3) -> TransferSummary:
+        """Make site `to` the durable holder of every file of `inputs`: copy what it
+        lacks, pin the files there with a rule per selector, verify, then (with
+        `remove`) delete the other rules that exist only for these files
+        (`dataflow.federated_ops.Migration`). Raises MigrationIncompleteError
+        (nothing released) when `to` cannot be verified after `rounds` reconciles."""
+        return Migration(self.topo, self.rt.fc, self.catalog, self.creds).run(
+            self.resolve(inputs), to, self.prefetch, remove=remove, rounds=rounds)
 
     # -- links kept fresh in the registry ---------------------------------------------------
     def publish_links(self, *, force: bool = False) -> int:

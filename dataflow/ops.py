@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import re
 import threading
 import time
 import uuid
@@ -41,12 +41,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dataflow.catalog import Catalog, EmbeddedCatalog
 from dataflow.cost import Constraints, CostModel, Task, tasks_of
 from dataflow.datasets import Dataset, FileEntry, glob_regex, merge
 from dataflow.errors import ConfigError, DatasetError, PlanError
-from dataflow.executor import JOBS_TABLE, Executor, JobResult, Runtime, TaskFn
+from dataflow.executor import Executor, JobResult, Runtime, TaskFn
 from dataflow.planner import Objective, Plan, Planner
 from dataflow.sites import Topology
+
+#: A subscription's name (it names a file in a federation).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _fingerprint(f: FileEntry) -> str:
@@ -126,12 +130,18 @@ class Job:
 class Dataflow:
     """Sites, datasets and jobs: the entry point of the data-scheduling API."""
 
-    def __init__(self, topo: Topology, *, processes: bool = True, home: str | None = None,
-                 progress: bool = True, objective: Objective = "balanced",
-                 federation: Any = None) -> None:
-        """`federation` (a gfs.federation.FederationClient) makes `replicate` add rules."""
+    def __init__(self, topo: Topology, catalog: Catalog | None = None,
+                 runtime: Runtime | None = None, *, processes: bool = True,
+                 home: str | None = None, progress: bool = True,
+                 objective: Objective = "balanced", federation: Any = None) -> None:
+        """A Dataflow composed of `topo`, a `catalog` (default: `runtime.catalog`) and
+        a `runtime` (default: an embedded `Runtime` over `topo` with `processes`,
+        `home`, `progress`). `federation` (a
+        gfs.federation.FederationClient) makes `replicate` add rules."""
         self.topo = topo
-        self.rt = Runtime(topo, processes=processes, home=home, progress=progress)
+        self.rt = runtime if runtime is not None else Runtime(
+            topo, processes=processes, home=home, progress=progress)
+        self.catalog: Catalog = catalog if catalog is not None else self.rt.catalog
         self.objective: Objective = objective
         self.federation = federation
         self.datasets: dict[str, Dataset] = {}
@@ -155,32 +165,31 @@ class Dataflow:
     # -- datasets ---------------------------------------------------------------------
     def dataset(self, name: str, selectors: str | Sequence[str]) -> Dataset:
         """Define (or redefine) the named dataset and resolve it now."""
-        ds = Dataset.resolve(name, selectors, self.rt.stores)
+        ds = self.catalog.resolve(name, selectors)
         self.datasets[name] = ds
         return ds
 
     def resolve(self, inputs: Any) -> Dataset:
         """A Dataset from a Dataset, a name, selectors, a finished Job or a list of datasets."""
+        cat = self.catalog
         if isinstance(inputs, Dataset):
-            return inputs.refresh(self.rt.stores)
+            return cat.refresh(inputs)
         if isinstance(inputs, Job):
             res = inputs.wait()
             out = res.record.get("output")
             if not out:
                 raise DatasetError(f"job {inputs.id} wrote no output; give it output= to chain")
-            return Dataset.resolve(f"job {inputs.id}", [out.rstrip("/") + "/**"],
-                                   self.rt.stores)
+            return cat.resolve(f"job {inputs.id}", [out.rstrip("/") + "/**"])
         if isinstance(inputs, str):
             if inputs in self.datasets:
                 ds = self.datasets[inputs]
-                return Dataset.resolve(ds.name, ds.selectors, self.rt.stores)
-            return Dataset.resolve(inputs, inputs, self.rt.stores)
+                return cat.resolve(ds.name, ds.selectors)
+            return cat.resolve(inputs, inputs)
         if isinstance(inputs, Sequence) and inputs and all(isinstance(d, Dataset)
                                                             for d in inputs):
-            return merge("+".join(d.name for d in inputs),
-                         [d.refresh(self.rt.stores) for d in inputs])
+            return merge("+".join(d.name for d in inputs), [cat.refresh(d) for d in inputs])
         if isinstance(inputs, Sequence) and all(isinstance(s, str) for s in inputs):
-            return Dataset.resolve(",".join(inputs), list(inputs), self.rt.stores)
+            return cat.resolve(",".join(inputs), list(inputs))
         raise ConfigError(f"inputs must be a Dataset, a dataset name, path(s) or glob(s), or a "
                           f"Job; got {type(inputs).__name__}")
 
@@ -274,8 +283,8 @@ class Dataflow:
             self.topo.release(job_id, _moved(rec, since=t0))
 
     def _executor(self, planner: Planner, retries: int) -> Executor:
-        """The executor of this mode (embedded: stores opened here, movers)."""
-        return Executor(self.rt, planner, retries=retries)
+        """The executor of this Dataflow's runtime."""
+        return self.rt.executor(planner, retries=retries)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job record of the home site, oldest first."""
@@ -415,14 +424,15 @@ class Dataflow:
         rec = {"id": rid, "selectors": list(ds.selectors), "copies": copies, "where": where,
                "sites": chosen, "created": time.time(),
                "expires": time.time() + lifetime if lifetime else None}
-        self._put_value(f"replica:{rid}", rec)
+        self._embedded("replicate").save_state("replica", rid, rec)
         return results
 
     def expire_replicas(self, now: float | None = None) -> int:
         """Remove the copies of expired embedded replicas (not the files' home copies)."""
         now = time.time() if now is None else now
         removed = 0
-        for key, rec in self._values("replica:"):
+        states = self._embedded("expire_replicas")
+        for key, rec in states.states("replica"):
             if rec.get("expires") is None or rec["expires"] > now:
                 continue
             ds = Dataset.resolve(rec["id"], rec["selectors"], self.rt.stores, missing_ok=True)
@@ -431,7 +441,7 @@ class Dataflow:
                     if s != f.home and s in f.sites:
                         self.rt.stores.get(s).rm(f.path)
                         removed += 1
-            self._del_value(key)
+            states.delete_state("replica", key)
         return removed
 
     # -- subscriptions --------------------------------------------------------------------------
@@ -440,50 +450,18 @@ class Dataflow:
         """Run `fn` over files matching `pattern` each time new ones appear (`poll`)."""
         if not pattern.startswith("/"):
             raise ConfigError(f"subscription pattern {pattern!r} must be an absolute glob")
+        if name is not None and not _NAME.fullmatch(name):
+            raise ConfigError(f"subscription name {name!r}: use 1 to 128 letters, digits, "
+                              f"'.', '_' or '-' (it names a file)")
         glob_regex(pattern)
         return Subscription(self, name or uuid.uuid5(uuid.NAMESPACE_URL, pattern).hex[:12],
                             pattern, fn, at, output)
 
-    # -- subscription hooks (federation mode overrides them) ----------------------------------
-    def _load_subscription(self, name: str) -> dict[str, Any] | None:
-        """The state of subscription `name` (`{"pattern", "seen": {path: fingerprint}}`)."""
-        return self._get_value(f"sub:{name}")
-
-    def _save_subscription(self, name: str, state: dict[str, Any]) -> None:
-        """Replace the state of subscription `name`."""
-        self._put_value(f"sub:{name}", state)
-
-    def _subscription_files(self, name: str, pattern: str) -> list[FileEntry]:
-        """The files matching `pattern` now, with their current manifests (none is an
-        empty list, not an error)."""
-        return Dataset.resolve(name, [pattern], self.rt.stores, missing_ok=True).files
-
-    # -- small value-table helpers (home site's jobs table) ----------------------------------
-    def _put_value(self, key: str, value: dict[str, Any]) -> None:
-        client = self.rt.stores.get(self._home())
-        raw = json.dumps(value, sort_keys=True).encode()
-        client.engine.transact(lambda txn: txn.put_value(JOBS_TABLE, key.encode(), raw))
-
-    def _get_value(self, key: str) -> dict[str, Any] | None:
-        client = self.rt.stores.get(self._home())
-        with client.engine.read() as txn:
-            raw = txn.get_value(JOBS_TABLE, key.encode())
-        return json.loads(raw) if raw else None
-
-    def _del_value(self, key: str) -> None:
-        client = self.rt.stores.get(self._home())
-        client.engine.transact(lambda txn: txn.delete_value(JOBS_TABLE, key.encode()))
-
-    def _values(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
-        client = self.rt.stores.get(self._home())
-        with client.engine.read() as txn:
-            return [(k.decode(), json.loads(v))
-                    for k, v in txn.iter_values(JOBS_TABLE, prefix.encode())]
-
-    def _home(self) -> str:
-        if self.rt.home is None:
-            raise ConfigError("no site has a store here; give one site `state = DIR`")
-        return self.rt.home
+    def _embedded(self, what: str) -> EmbeddedCatalog:
+        if not isinstance(self.catalog, EmbeddedCatalog):
+            raise ConfigError(f"{what} works on embedded stores; in a federation, rules "
+                              f"place copies (replicate adds them)")
+        return self.catalog
 
 
 class Subscription:
@@ -499,19 +477,19 @@ class Subscription:
         self._thread: threading.Thread | None = None
 
     def _seen(self) -> dict[str, str]:
-        rec = self.df._load_subscription(self.name)
+        rec = self.df.catalog.load_state("sub", self.name)
         return dict(rec.get("seen", {})) if rec else {}
 
     def pending(self) -> Dataset | None:
         """The new files (path and content not handled yet), or None."""
-        files = self.df._subscription_files(self.name, self.pattern)
+        files = self.df.catalog.files_now(self.pattern)
         seen = self._seen()
         new = [f for f in files if seen.get(f.path) != _fingerprint(f)]
         if not new:
             return None
         lengths = {r.id: r.length for f in new for r in f.manifest.chunks}
         return Dataset(f"{self.name} new", (self.pattern,), new, lengths,
-                       self.df.rt.locate(lengths))
+                       self.df.catalog.locate(lengths))
 
     def start(self, interval: float = 5.0) -> None:
         """Poll every `interval` seconds on a background thread until `stop()`.
@@ -559,7 +537,7 @@ class Subscription:
         seen = self._seen()
         for f in ds.files:
             seen[f.path] = _fingerprint(f)
-        self.df._save_subscription(self.name, {"pattern": self.pattern, "seen": seen})
+        self.df.catalog.save_state("sub", self.name, {"pattern": self.pattern, "seen": seen})
         return job
 
 

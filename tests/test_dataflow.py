@@ -29,7 +29,7 @@ from dataflow import (
     Topology,
     probe_link,
 )
-from dataflow.executor import JOBS_TABLE
+from dataflow.catalog import JOBS_TABLE
 from gfs import Client
 
 SITES = """
