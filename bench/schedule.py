@@ -683,7 +683,7 @@ def _fed_probe_read(df: object, site: str, ids: list[tuple[bytes, int]]) -> floa
 
 def _fed_driver(cfg: str) -> int:
     """Inside the compute site's namespace: probe, plan, run through the site APIs."""
-    from dataflow.federated import FederatedDataflow, FederatedExecutor, start_site_cluster
+    from dataflow.federated import FederatedDataflow, start_site_cluster
     from gfs.federation.auth import EntityKeys
     from gfs.federation.tls import trust_for
 
@@ -707,7 +707,7 @@ def _fed_driver(cfg: str) -> int:
             df.rt.dask("fc").submit(int, 1).result()     # warm the cluster: not the job
             t0 = time.monotonic()
             t_wall = time.time()
-            res = FederatedExecutor(df.rt).run(_fed_job, plan)
+            res = df.rt.executor().run(_fed_job, plan)
             measured = time.monotonic() - t0
             done = max(a["finished"] for t in res.record["tasks"].values()
                        for a in t["attempts"] if "finished" in a)

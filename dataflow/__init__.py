@@ -33,20 +33,29 @@ if TYPE_CHECKING:
         SiteLostError,
         UnknownSiteError,
     )
-    from dataflow.executor import Executor, InputFile, JobResult, Runtime
+    from dataflow.executor import (
+        EmbeddedDriver,
+        Executor,
+        InputFile,
+        JobResult,
+        Runtime,
+        SiteDriver,
+    )
     from dataflow.federated import (
         FederatedCatalog,
         FederatedDataflow,
-        FederatedExecutor,
+        FederatedDriver,
         FederatedRuntime,
         RemoteInputFile,
     )
     from dataflow.federated_ops import Migration, MigrationIncompleteError
     from dataflow.ops import Dataflow, Job, Subscription
     from dataflow.planner import Plan, Planner
+    from dataflow.records import Attempt, JobRecord, TaskRecord, TransferRecord
     from dataflow.sites import Link, Site, Topology, probe_link, refresh_links
 
 __all__ = [
+    "Attempt",
     "Catalog",
     "ConfigError",
     "Constraints",
@@ -56,16 +65,18 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "EmbeddedCatalog",
+    "EmbeddedDriver",
     "Estimate",
     "Executor",
     "FederatedCatalog",
     "FederatedDataflow",
-    "FederatedExecutor",
+    "FederatedDriver",
     "FederatedRuntime",
     "FileEntry",
     "InputFile",
     "Job",
     "JobFailedError",
+    "JobRecord",
     "JobResult",
     "Link",
     "Migration",
@@ -76,11 +87,14 @@ __all__ = [
     "RemoteInputFile",
     "Runtime",
     "Site",
+    "SiteDriver",
     "SiteLostError",
     "Stores",
     "Subscription",
     "Task",
+    "TaskRecord",
     "Topology",
+    "TransferRecord",
     "UnknownSiteError",
     "probe_link",
     "refresh_links",
@@ -88,6 +102,12 @@ __all__ = [
 ]
 
 __getattr__ = lazy_exports(__name__, {
+    "SiteDriver": "dataflow.executor",
+    "EmbeddedDriver": "dataflow.executor",
+    "TransferRecord": "dataflow.records",
+    "TaskRecord": "dataflow.records",
+    "JobRecord": "dataflow.records",
+    "Attempt": "dataflow.records",
     "Catalog": "dataflow.catalog",
     "ConfigError": "dataflow.errors",
     "Constraints": "dataflow.cost",
@@ -101,7 +121,7 @@ __getattr__ = lazy_exports(__name__, {
     "Executor": "dataflow.executor",
     "FederatedCatalog": "dataflow.federated",
     "FederatedDataflow": "dataflow.federated",
-    "FederatedExecutor": "dataflow.federated",
+    "FederatedDriver": "dataflow.federated",
     "Migration": "dataflow.federated_ops",
     "FederatedRuntime": "dataflow.federated",
     "FileEntry": "dataflow.datasets",

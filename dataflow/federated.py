@@ -43,7 +43,6 @@ import logging
 import math
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -52,9 +51,8 @@ from typing import IO, Any
 
 from dataflow.cost import CostModel, Task
 from dataflow.datasets import Dataset, FileEntry, glob_regex, whole_file
-from dataflow.errors import ConfigError, DatasetError, JobFailedError, SiteLostError
+from dataflow.errors import ConfigError, DatasetError, SiteLostError
 from dataflow.executor import (
-    Executor,
     JobResult,
     Runtime,
     TaskFn,
@@ -63,7 +61,8 @@ from dataflow.executor import (
 )
 from dataflow.federated_ops import RECORDS_DIR, Migration
 from dataflow.ops import Dataflow, TransferSummary
-from dataflow.planner import Objective, Plan, Planner
+from dataflow.planner import Objective, Plan
+from dataflow.records import JobRecord
 from dataflow.sites import Link, Topology, publish_links
 from gfs import paths
 from gfs.errors import HutongError, NotFoundError
@@ -598,9 +597,9 @@ class FederatedRuntime(Runtime):
         raise ConfigError("federation mode moves chunks through the sites' APIs; there is "
                           "no driver-side mover")
 
-    def executor(self, planner: Planner | None = None, *, retries: int = 2) -> Executor:
-        """An executor running plans through the sites' APIs and clusters."""
-        return FederatedExecutor(self, planner, retries=retries)
+    def driver(self, streams: int = 2) -> FederatedDriver:
+        """The per-site driver: everything through the sites' APIs and clusters."""
+        return FederatedDriver(self)
 
     def close(self) -> None:
         self.flush_records()
@@ -615,18 +614,18 @@ class FederatedRuntime(Runtime):
     def _record_path(self, job_id: str) -> str:
         return f"{self.records_dir}/{job_id}.json"
 
-    def save_record(self, rec: dict[str, Any]) -> None:
+    def save_record(self, rec: JobRecord) -> None:
         """Write the record to the home entity's namespace. While the job runs, a
         background thread writes the newest state (the executor never waits on the
         home primary, often across the WAN); a finished job's record (`done`,
         `failed`) is written before this returns. A failure is logged and kept in
         `record_errors` (the job's own outcome is not changed by it)."""
-        jid = str(rec["id"])
-        data = json.dumps(rec, sort_keys=True, default=str).encode()
+        jid = rec.id
+        data = json.dumps(rec.to_dict(), sort_keys=True, default=str).encode()
         with self._save_cv:
             self._save_seq += 1
             seq = self._save_seq
-            if rec.get("status") not in ("done", "failed"):
+            if rec.status not in ("done", "failed"):
                 self._pending[jid] = (seq, data)
                 if self._saver is None or not self._saver.is_alive():
                     self._saver = threading.Thread(target=self._save_loop, daemon=True,
@@ -693,136 +692,63 @@ class FederatedRuntime(Runtime):
         return sorted(recs, key=lambda r: r.get("created", 0))
 
 
-class FederatedExecutor(Executor):
-    """Runs plans with every site reached through its API and its own Dask cluster."""
+class FederatedDriver:
+    """Sites reached through their HTTP APIs: `/v1/chunks/has` for what a site lacks,
+    mover pulls or chunk-API copies between sites (`FederatedRuntime.start_copy`),
+    tasks that read their inputs through the sites (`run_remote_task`)."""
 
-    rt: FederatedRuntime
+    def __init__(self, rt: FederatedRuntime) -> None:
+        self.rt = rt
 
-    def __init__(self, runtime: FederatedRuntime, planner: Planner | None = None, *,
-                 retries: int = 2) -> None:
-        super().__init__(runtime, planner, retries=retries)
+    def need(self, task: Task) -> dict[bytes, int]:
+        """The real chunks of the task's files (whole-file entries are read by the task)."""
+        out: dict[bytes, int] = {}
+        for f in task.files:
+            if f.whole is None:
+                out.update((r.id, r.length) for r in f.manifest.chunks)
+        return out
 
-    def run(self, fn: TaskFn | Sequence[TaskFn], plan: Any, *, output: str | None = None,
-            job_id: str | None = None, name: str = "", model: CostModel | None = None
-            ) -> Any:
-        try:
-            return super().run(fn, plan, output=output, job_id=job_id, name=name, model=model)
-        except JobFailedError as e:
-            if self.rt.record_errors:
-                e.report.setdefault("record", self.rt.record_errors[-1])
-            raise
+    def missing(self, site: str, ids: list[bytes]) -> list[bytes]:
+        have = self.rt.catalog.has(site, ids)
+        return [c for c, h in zip(ids, have, strict=True) if not h]
+
+    def via(self, src: str, dst: str) -> str | None:
+        return self.rt.transfer_via(src, dst)
+
+    def copy(self, src: str, dst: str, ids: list[bytes], lengths: list[int], *, key: str,
+             retries: int) -> Any:
+        via = self.rt.transfer_via(src, dst)
+        client = None if via == "mover" else self.rt.dask(dst)
+        return self.rt.start_copy(client, src, dst, [c.hex() for c in ids], lengths, via,
+                                  key=key, retries=retries)
+
+    def note(self, task: Task) -> dict[str, Any] | None:
+        """The files `task` reads whole through their owners' primaries, or None."""
+        whole = [f for f in task.files if f.whole is not None]
+        if not whole:
+            return None
+        return {"files": [f.path for f in whole], "bytes": sum(f.size for f in whole),
+                "from": sorted({f.home for f in whole})}
 
     def _sources(self, site: str, owners: Iterable[str]) -> tuple[str, ...]:
         """Other up sites of the owners, nearest (fastest link to `site`) first."""
         ents = set(owners)
-        others = [s.name for s in self.rt.topo.up() if s.entity in ents and s.name != site]
-        return tuple(sorted(others, key=lambda s: (-self.rt.topo.link(s, site).bandwidth, s)))
+        topo = self.rt.topo
+        others = [s.name for s in topo.up() if s.entity in ents and s.name != site]
+        return tuple(sorted(others, key=lambda s: (-topo.link(s, site).bandwidth, s)))
 
-    def _run_site(self, fn: TaskFn | Sequence[TaskFn], site: str, tasks: list[Task],
-                  output: str | None, rec: dict[str, Any], lock: threading.Lock,
-                  bar: Any) -> set[str]:
-        rt = self.rt
-        need: dict[bytes, int] = {}          # chunks to have here (whole files: read later)
-        for t in tasks:
-            for f in t.files:
-                if f.whole is None:
-                    need.update((r.id, r.length) for r in f.manifest.chunks)
-        ids = list(need)
-        try:
-            have = rt.catalog.has(site, ids) if ids else []
-        except ConnectionError as e:
-            log.warning("site %s lost: %s", site, e)
-            return {site}
-        missing = [c for c, h in zip(ids, have, strict=True) if not h]
-        by_src = self._by_source(site, tasks, need, missing, rec)
-        try:
-            client = rt.dask(site)
-        except Exception as e:  # the cluster of a lost site does not answer
-            log.warning("site %s lost: %s", site, e)
-            return {site}
-        lost: set[str] = set()
-        xfers: dict[str, tuple[Any, dict[str, Any]]] = {}
-        for src, cids in by_src.items():
-            via = rt.transfer_via(src, site)
-            entry: dict[str, Any] = {"src": src, "dst": site, "group": 0, "chunks": len(cids),
-                                     "started": time.time(), "bytes": 0, "via": via}
-            with lock:
-                rec["transfers"].append(entry)
-            key = f"{rec['id']}-copy-{src}-{site}-{len(rec['transfers'])}"
-            try:
-                fut = rt.start_copy(client, src, site, [c.hex() for c in cids],
-                                    [need[c] for c in cids], via, key=key,
-                                    retries=self.retries)
-            except Exception as e:
-                entry["error"] = str(e)
-                return {site}
-            xfers[src] = (fut, entry)
-        src_of = {c: s for s, cids in by_src.items() for c in cids}
-        ordered = sorted(tasks, key=lambda t: any(c in src_of for c in t.chunks))
-        waited: dict[str, bool] = {}
-        futures: dict[str, Any] = {}
-        for t in ordered:
-            srcs = sorted({src_of[c] for c in t.chunks if c in src_of})
-            ok = True
-            for src in srcs:
-                if src not in waited:
-                    waited[src] = self._finish_transfer(src, site, *xfers[src], lost)
-                ok = ok and waited[src]
-            if site in lost:
-                return lost
-            if not ok:
-                continue
-            files = [(f.path, f.manifest.version,
-                      [(r.id.hex(), r.length) for r in (f.whole or f.manifest).chunks],
-                      f.whole is not None)
-                     for f in t.files]
-            out = f"{output.rstrip('/')}/{t.id}" if output else None
-            attempt: dict[str, Any] = {"site": site, "started": time.time()}
-            whole = [f.path for f in t.files if f.whole is not None]
-            with lock:
-                rec["tasks"][t.id]["attempts"].append(attempt)
-                rec["tasks"][t.id]["site"] = site
-                if whole:       # read whole through the owners' primaries by the task
-                    rec["tasks"][t.id]["read_whole"] = {
-                        "files": whole, "bytes": sum(f.size for f in t.files
-                                                     if f.whole is not None),
-                        "from": sorted({f.home for f in t.files if f.whole is not None})}
-            key = f"{rec['id']}-{t.id}-{len(rec['tasks'][t.id]['attempts'])}"
-            sources = self._sources(site, t.owners)
-            try:
-                futures[t.id] = client.submit(run_remote_task, fn, rt.creds, site, files,
-                                              sources, out, key=key, retries=self.retries,
-                                              pure=False)
-            except Exception as e:
-                attempt["error"] = str(e)
-                lost.add(site)
-                return lost
-        self._collect(futures, rec, site, lost, lock, bar,
-                      lambda out: rt.fc.primary(out)[1])
-        return lost
+    def submit(self, client: Any, site: str, fn: TaskFn | Sequence[TaskFn], task: Task,
+               output: str | None, *, key: str, retries: int) -> Any:
+        files = [(f.path, f.manifest.version,
+                  [(r.id.hex(), r.length) for r in (f.whole or f.manifest).chunks],
+                  f.whole is not None)
+                 for f in task.files]
+        return client.submit(run_remote_task, fn, self.rt.creds, site, files,
+                             self._sources(site, task.owners), output, key=key,
+                             retries=retries, pure=False)
 
-    def _finish_transfer(self, src: str, dst: str, fut: Any, entry: dict[str, Any],
-                         lost: set[str]) -> bool:
-        """Wait for one transfer; on failure, find which end was lost (False)."""
-        try:
-            st = self._wait(fut, dst)
-        except SiteLostError as e:
-            entry["error"] = str(e)
-            lost.add(dst)
-            return False
-        except Exception as e:
-            entry["error"] = "".join(traceback.format_exception_only(e)).strip()
-            if not self.rt.alive(dst):
-                lost.add(dst)
-            else:
-                log.warning("transfer %s -> %s failed: %s", src, dst, entry["error"])
-                lost.add(src)
-            return False
-        entry.update(bytes=st["bytes"], moved=st["chunks"], seconds=round(st["seconds"], 6),
-                     via=st.get("via", entry.get("via")), retries=st.get("retries", 0))
-        self.rt.topo.observe(src, dst, int(st["bytes"]), int(st["chunks"]),
-                             float(st["seconds"]))
-        return True
+    def output_site(self, output: str, site: str) -> str:
+        return str(self.rt.fc.primary(output)[1])
 
 
 # -- the notebook API -------------------------------------------------------------------------
@@ -1017,6 +943,6 @@ class FederatedDataflow(Dataflow):
             super().close()
 
 
-__all__ = ["Credentials", "FederatedCatalog", "FederatedDataflow", "FederatedExecutor",
+__all__ = ["Credentials", "FederatedCatalog", "FederatedDataflow", "FederatedDriver",
            "FederatedRuntime", "RemoteInputFile", "copy_chunks", "run_remote_task",
            "start_site_cluster"]

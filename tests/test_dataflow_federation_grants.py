@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from dataflow import JobFailedError, PlanError
-from dataflow.federated import FederatedExecutor
 from gfs.federation.auth import AuthError
 from tests.federated_sites import FederatedSites
 from tests.test_dataflow_federation_run import digest
@@ -110,4 +109,4 @@ def test_owner_policy_and_changed_inputs(world: World, tmp_path: Path) -> None:
         with world.fed.client("bank-a") as fc:           # the owner rewrites it meanwhile
             fc.write_bytes("/bank-a/shared/s0.bin", b"new content")
         with pytest.raises(JobFailedError, match="changed since the job was planned"):
-            FederatedExecutor(df.rt, retries=0).run(digest, plan, output="/lab-b/out/c")
+            df.rt.executor(retries=0).run(digest, plan, output="/lab-b/out/c")
