@@ -233,6 +233,22 @@ class CostModel:
                 best = key
         return best[3] if best else None
 
+    def by_source(self, dst: str, missing: Iterable[bytes], lengths: Mapping[bytes, int]
+                  ) -> tuple[dict[str, list[bytes]], list[bytes]]:
+        """The chunks `dst` lacks (`missing`) grouped by the holder each is fetched from
+        (`source`, weighing all of them), and those no up site holds."""
+        missing = list(missing)
+        fetch = sum(lengths[c] for c in missing)
+        by_src: dict[str, list[bytes]] = {}
+        unheld: list[bytes] = []
+        for c in missing:
+            src = self.source(c, dst, fetch)
+            if src is None:
+                unheld.append(c)
+            else:
+                by_src.setdefault(src, []).append(c)
+        return by_src, unheld
+
     def task_seconds(self, task: Task, site: str) -> float:
         rate = self.compute_rate or self.topo.site(site).compute_rate
         return task.input_bytes / rate

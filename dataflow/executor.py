@@ -40,7 +40,7 @@ from typing import IO, Any, Protocol
 
 from dataflow.catalog import Catalog, EmbeddedCatalog
 from dataflow.cost import CostModel, Task
-from dataflow.datasets import Stores
+from dataflow.datasets import FileEntry, Stores
 from dataflow.errors import ConfigError, JobFailedError, PlanError, SiteLostError
 from dataflow.planner import Plan, Planner
 from dataflow.records import Attempt, JobRecord, TaskRecord, TransferRecord
@@ -289,6 +289,11 @@ class Runtime:
         self._movers.clear()
         self.stores.close()
 
+    def publish_links(self, *, force: bool = False) -> int:
+        """Send the links measured here to where other planners read them (embedded:
+        nowhere, 0; a federation: the registry)."""
+        return 0
+
     def executor(self, planner: Planner | None = None, *, retries: int = 2) -> Executor:
         """An executor running plans on this runtime."""
         return Executor(self, planner, retries=retries)
@@ -354,8 +359,9 @@ class SiteDriver(Protocol):
     a task needs there, which of them the site lacks (`missing`), a copy of chunks
     between two sites, and a task submitted to the site's cluster."""
 
-    def need(self, task: Task) -> dict[bytes, int]:
-        """Chunk id -> raw length of the chunks `task` needs in its site's store."""
+    def need(self, files: Iterable[FileEntry]) -> dict[bytes, int]:
+        """Chunk id -> raw length of the chunks of `files` a site must hold before a task
+        reads them there."""
         ...
 
     def missing(self, site: str, ids: list[bytes]) -> list[bytes]:
@@ -390,8 +396,8 @@ class EmbeddedDriver:
         self.rt = rt
         self.streams = streams
 
-    def need(self, task: Task) -> dict[bytes, int]:
-        return dict(task.chunks)
+    def need(self, files: Iterable[FileEntry]) -> dict[bytes, int]:
+        return {r.id: r.length for f in files for r in f.manifest.chunks}
 
     def missing(self, site: str, ids: list[bytes]) -> list[bytes]:
         try:
@@ -550,21 +556,18 @@ class Executor:
         up site holds fails the job with the files it belongs to."""
         missing = list(missing)
         where = self.rt.catalog.locate(missing) if missing else {}
-        model = CostModel(self.rt.topo, where, job=rec.id)
-        fetch = sum(need[c] for c in missing)
-        by_src: dict[str, list[bytes]] = {}
-        for c in missing:
-            src = model.source(c, site, fetch)
-            if src is None:
-                missing_files = sorted({f.path for t in tasks for f in t.files
-                                        if any(r.id == c for r in f.manifest.chunks)})
-                raise JobFailedError(
-                    f"job {rec.id}: chunk {c.hex()} of {', '.join(missing_files)} is held "
-                    f"by no up site; bring its site back and run the job again with the same "
-                    f"id", {"missing": missing_files,
-                            "lost_sites": sorted(n for n, x in self.rt.topo.sites.items()
-                                                 if x.status != "up")})
-            by_src.setdefault(src, []).append(c)
+        by_src, unheld = CostModel(self.rt.topo, where, job=rec.id).by_source(site, missing,
+                                                                              need)
+        if unheld:
+            gone = set(unheld)
+            missing_files = sorted({f.path for t in tasks for f in t.files
+                                    if any(r.id in gone for r in f.manifest.chunks)})
+            raise JobFailedError(
+                f"job {rec.id}: {len(gone)} chunk(s) (first {unheld[0].hex()}) of "
+                f"{', '.join(missing_files)} are held by no up site; bring its site back "
+                f"and run the job again with the same id", {"missing": missing_files,
+                        "lost_sites": sorted(n for n, x in self.rt.topo.sites.items()
+                                             if x.status != "up")})
         return by_src
 
     def _run_site(self, fn: TaskFn | Sequence[TaskFn], site: str, tasks: list[Task],
@@ -575,7 +578,7 @@ class Executor:
         d = self.driver
         need: dict[bytes, int] = {}
         for t in tasks:
-            need.update(d.need(t))
+            need.update(d.need(t.files))
         try:
             missing = set(d.missing(site, list(need))) if need else set()
         except (SiteLostError, ConnectionError) as e:

@@ -49,11 +49,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from dataflow.cost import CostModel, Task
+from dataflow.cost import Task
 from dataflow.datasets import Dataset, FileEntry, glob_regex, whole_file
 from dataflow.errors import ConfigError, DatasetError, SiteLostError
 from dataflow.executor import (
-    JobResult,
     Runtime,
     TaskFn,
     apply_task,
@@ -61,7 +60,7 @@ from dataflow.executor import (
 )
 from dataflow.federated_ops import RECORDS_DIR, Migration
 from dataflow.ops import Dataflow, TransferSummary
-from dataflow.planner import Objective, Plan
+from dataflow.planner import Objective
 from dataflow.records import JobRecord
 from dataflow.sites import Link, Topology, publish_links
 from gfs import paths
@@ -496,7 +495,8 @@ class FederatedRuntime(Runtime):
     def __init__(self, topo: Topology, creds: Credentials, *,
                  schedulers: Mapping[str, str] | None = None, entity: str | None = None,
                  processes: bool = False, progress: bool = False,
-                 use_mover: bool = True) -> None:
+                 use_mover: bool = True, publish_interval: float = PUBLISH_INTERVAL
+                 ) -> None:
         for name, addr in (schedulers or {}).items():
             topo.sites[name] = replace(topo.site(name), scheduler=addr)
         super().__init__(topo, processes=processes, home=None, progress=progress)
@@ -521,6 +521,10 @@ class FederatedRuntime(Runtime):
         self._write_lock = threading.Lock()
         self._written: dict[str, int] = {}
         self._copiers: ThreadPoolExecutor | None = None
+        self.publish_interval = publish_interval
+        self._published_upto = time.time()   # links measured later are not in the registry
+        self._published_last: float | None = None
+        self._publish_lock = threading.Lock()
 
     # -- sites -----------------------------------------------------------------------------
     def endpoint(self, site: str) -> str:
@@ -601,7 +605,41 @@ class FederatedRuntime(Runtime):
         """The per-site driver: everything through the sites' APIs and clusters."""
         return FederatedDriver(self)
 
+    # -- links kept fresh in the registry -------------------------------------------------
+    def publish_links(self, *, force: bool = False) -> int:
+        """Send the links measured here since the last publication (probes, and the
+        transfers jobs and prefetches observed) whose source is a site of the caller's
+        entity to the registry (`dataflow.sites.publish_links`), so other planners
+        start from them. At most once per `publish_interval` unless `force`. Errors
+        are logged, never raised (the registry may be away; the next call retries).
+        Returns how many links were published."""
+        keys = self.fc.keys
+        if keys is None:
+            return 0                       # a token cannot sign link reports
+        with self._publish_lock:
+            now = time.monotonic()
+            if not force and self._published_last is not None and \
+                    now - self._published_last < self.publish_interval:
+                return 0
+            self._published_last = now
+            cut = time.time()
+            try:
+                n = publish_links(self.topo, self.creds.registry, keys,
+                                  timeout=PUBLISH_TIMEOUT, since=self._published_upto)
+            except (HutongError, OSError) as e:
+                log.warning("links not published to the registry %s: %s", self.creds.registry,
+                            e)
+                return 0
+            self._published_upto = cut
+            if n:
+                log.info("published %d measured link(s) to the registry", n)
+            return n
+
     def close(self) -> None:
+        """Publish the links measured since the last publication, write the pending
+        records, stop the clusters started here."""
+        with contextlib.suppress(Exception):
+            self.publish_links(force=True)
         self.flush_records()
         if self._copiers is not None:
             self._copiers.shutdown(wait=False, cancel_futures=True)
@@ -700,10 +738,10 @@ class FederatedDriver:
     def __init__(self, rt: FederatedRuntime) -> None:
         self.rt = rt
 
-    def need(self, task: Task) -> dict[bytes, int]:
-        """The real chunks of the task's files (whole-file entries are read by the task)."""
+    def need(self, files: Iterable[FileEntry]) -> dict[bytes, int]:
+        """The real chunks of `files` (whole-file entries are read by the task)."""
         out: dict[bytes, int] = {}
-        for f in task.files:
+        for f in files:
             if f.whole is None:
                 out.update((r.id, r.length) for r in f.manifest.chunks)
         return out
@@ -786,13 +824,10 @@ class FederatedDataflow(Dataflow):
         if topo is None:
             tls = creds.trust(EntityKeys.load(keys_dir) if keys_dir else None)
             topo = Topology.from_registry(registry, config=config, tls=tls)
-        self.publish_interval = publish_interval
-        self._published_upto = time.time()   # links measured later are not in the registry
-        self._published_last: float | None = None
-        self._publish_lock = threading.Lock()
         self.creds = creds
         rt = FederatedRuntime(topo, creds, schedulers=schedulers, entity=entity,
-                              processes=processes, progress=progress, use_mover=use_mover)
+                              processes=processes, progress=progress, use_mover=use_mover,
+                              publish_interval=publish_interval)
         super().__init__(topo, rt.catalog, rt, progress=progress, objective=objective,
                          federation=rt.fc)
         # The chunk API (has/get/put) serves the owner entity only: an entity's own data
@@ -815,35 +850,9 @@ class FederatedDataflow(Dataflow):
         return Migration(self.topo, self.rt.fc, self.catalog, self.creds).run(
             self.resolve(inputs), to, self.prefetch, remove=remove, rounds=rounds)
 
-    # -- links kept fresh in the registry ---------------------------------------------------
     def publish_links(self, *, force: bool = False) -> int:
-        """Send the links measured here since the last publication (probes, and the
-        transfers jobs and prefetches observed) whose source is a site of the caller's
-        entity to the registry (`dataflow.sites.publish_links`), so other planners
-        start from them. At most once per `publish_interval` unless `force`. Errors
-        are logged, never raised (the registry may be away; the next call retries).
-        Returns how many links were published."""
-        keys = self.rt.fc.keys
-        if keys is None:
-            return 0                       # a token cannot sign link reports
-        with self._publish_lock:
-            now = time.monotonic()
-            if not force and self._published_last is not None and \
-                    now - self._published_last < self.publish_interval:
-                return 0
-            self._published_last = now
-            cut = time.time()
-            try:
-                n = publish_links(self.topo, self.creds.registry, keys,
-                                  timeout=PUBLISH_TIMEOUT, since=self._published_upto)
-            except (HutongError, OSError) as e:
-                log.warning("links not published to the registry %s: %s", self.creds.registry,
-                            e)
-                return 0
-            self._published_upto = cut
-            if n:
-                log.info("published %d measured link(s) to the registry", n)
-            return n
+        """`FederatedRuntime.publish_links`: the links measured here, to the registry."""
+        return self.rt.publish_links(force=force)
 
     def probe_link(self, src: str, dst: str, ids: Sequence[bytes]) -> Link:
         """Measure `src` -> `dst` the way jobs copy: mover pulls at `dst` of chunks
@@ -870,77 +879,9 @@ class FederatedDataflow(Dataflow):
         self.publish_links(force=True)
         return link
 
-    def _run_reserved(self, job_id: str, plan: Plan, go: Callable[[], JobResult],
-                      model: CostModel) -> JobResult:
-        try:
-            return super()._run_reserved(job_id, plan, go, model)
-        finally:
-            self.publish_links()           # what the job's transfers measured
-
-    def prefetch(self, inputs: Any, site: str) -> TransferSummary:
-        """Copy the chunks of `inputs` that `site` lacks into its store, from the best
-        holders, by copy tasks on `site`'s cluster: `/v1/mover/pull` at `site` where
-        source and destination are sites of the caller's entity with movers, else
-        `/v1/chunks/get` -> `/v1/chunks/put` (`FederatedRuntime.transfer_via`). The
-        flows are reserved on their links while they run (jobs planned meanwhile
-        queue behind them), as embedded `prefetch` and `migrate` do.
-
-        Chunks only: they serve later jobs at `site` (the catalog sees them) and
-        are pinned there for a day, then reclaimable by gc unless a file names them.
-        """
-        self.topo.site(site)
-        ds = self.resolve(inputs)
-        ids = [c for c in ds.lengths if c not in self.catalog.whole]   # not whole files
-        if len(ids) < len(ds.lengths):
-            log.info("prefetch to %s: %d file(s) of %s are read whole by their tasks (granted "
-                     "by another entity); nothing to copy for them", site,
-                     len(ds.lengths) - len(ids), ds.name)
-        have = self.catalog.has(site, ids) if ids else []
-        missing = [c for c, h in zip(ids, have, strict=True) if not h]
-        model = CostModel(self.topo, ds.locations)
-        fetch = sum(ds.lengths[c] for c in missing)
-        by_src: dict[str, list[bytes]] = {}
-        for c in missing:
-            src = model.source(c, site, fetch)
-            if src is None:
-                raise DatasetError(f"prefetch to {site}: chunk {c.hex()} of {ds.name} is held by "
-                                   f"no up site")
-            by_src.setdefault(src, []).append(c)
-        out = TransferSummary(site, files=len(ds.files), skipped=len(ids) - len(missing))
-        t0 = time.monotonic()
-        if not by_src:
-            return out
-        client = self.rt.dask(site)
-        with self._reserving("prefetch", site, by_src, ds.lengths) as moved:
-            futs = {src: self.rt.start_copy(client, src, site, [c.hex() for c in cids],
-                                            [ds.lengths[c] for c in cids],
-                                            self.rt.transfer_via(src, site), retries=2)
-                    for src, cids in sorted(by_src.items())}
-            for src, fut in futs.items():
-                st = fut.result()
-                log.info("prefetch %s -> %s: %d chunks, %d bytes via %s", src, site,
-                         st["chunks"], st["bytes"], st["via"])
-                self.topo.observe(src, site, int(st["bytes"]), int(st["chunks"]),
-                                  float(st["seconds"]))
-                moved[(src, site)] = int(st["chunks"])
-                out.chunks += int(st["chunks"])
-                out.bytes += int(st["bytes"])
-                out.by_source[src] = int(st["bytes"])
-        out.seconds = time.monotonic() - t0
-        self.publish_links()
-        return out
-
     def fail_site(self, site: str) -> None:
         """Stop using `site` (its cluster client is closed; it is planned on no more)."""
         self.rt.fail_site(site)
-
-    def close(self) -> None:
-        """Publish the links measured since the last publication, then stop the clusters
-        started here."""
-        try:
-            self.publish_links(force=True)
-        finally:
-            super().close()
 
 
 __all__ = ["Credentials", "FederatedCatalog", "FederatedDataflow", "FederatedDriver",

@@ -281,6 +281,7 @@ class Dataflow:
                 except Exception:  # the record is unreachable: settle without it
                     rec = None
             self.topo.release(job_id, _moved(rec, since=t0))
+            self.rt.publish_links()           # what the job's transfers measured
 
     def _executor(self, planner: Planner, retries: int) -> Executor:
         """The executor of this Dataflow's runtime."""
@@ -292,45 +293,42 @@ class Dataflow:
 
     # -- data operations --------------------------------------------------------------------
     def prefetch(self, inputs: Any, site: str) -> TransferSummary:
-        """Fetch the chunks of `inputs` that `site` lacks, from the best holders.
+        """Copy the chunks of `inputs` that `site` lacks into its store, from the best
+        holders, through the runtime's driver (embedded: the native mover; a
+        federation: mover pulls between the caller's sites, else the chunk API). The
+        flows are reserved on their links while they run (jobs planned meanwhile
+        queue behind them).
 
-        Chunks only (no namespace entries): they serve jobs at `site` and are
+        Chunks only (no namespace entries): they serve later jobs at `site` and are
         reclaimed by gc unless a file there names them (use `migrate` or
         `replicate` to place files).
         """
-        from gfs import mover
-
         self.topo.site(site)
         ds = self.resolve(inputs)
-        dest = self.rt.stores.get(site)
-        with dest.engine.read() as txn:
-            missing = [c for c in ds.lengths if txn.get_chunk(c) is None]
-        model = CostModel(self.topo, ds.locations)
-        fetch = sum(ds.lengths[c] for c in missing)
-        by_src: dict[str, list[bytes]] = {}
-        for c in missing:
-            src = model.source(c, site, fetch)
-            if src is None:
-                raise DatasetError(f"prefetch to {site}: chunk {c.hex()} of {ds.name} is held by "
-                                   f"no up site")
-            by_src.setdefault(src, []).append(c)
-        out = TransferSummary(site, files=len(ds.files), skipped=len(ds.lengths) - len(missing))
+        d = self.rt.driver()
+        need = d.need(ds.files)
+        missing = d.missing(site, list(need)) if need else []
+        by_src, unheld = CostModel(self.topo, ds.locations).by_source(site, missing, need)
+        if unheld:
+            raise DatasetError(f"prefetch to {site}: chunk {unheld[0].hex()} of {ds.name} is "
+                               f"held by no up site")
+        out = TransferSummary(site, files=len(ds.files), skipped=len(need) - len(missing))
         t0 = time.monotonic()
-        bar = _bytes_bar(self.rt.progress, sum(ds.lengths[c] for c in missing), f"prefetch {site}")
-        try:
-            with self._reserving("prefetch", site, by_src, ds.lengths) as moved:
-                for src, ids in sorted(by_src.items()):
-                    addr, secret = self.rt.mover(src)
-                    st = mover.fetch(dest, addr, ids, secret, progress=_tick(bar))
-                    self.topo.observe(src, site, st.bytes, st.chunks, st.seconds)
-                    moved[(src, site)] = st.chunks
-                    out.chunks += st.chunks
-                    out.bytes += st.bytes
-                    out.by_source[src] = st.bytes
-        finally:
-            if bar is not None:
-                bar.close()
+        rid = uuid.uuid4().hex[:12]
+        with self._reserving("prefetch", site, by_src, ds.lengths) as moved:
+            futs = {src: d.copy(src, site, cids, [need[c] for c in cids],
+                                key=f"prefetch-{rid}-{src}", retries=2)
+                    for src, cids in sorted(by_src.items())}
+            for src, fut in futs.items():
+                st = fut.result()
+                self.topo.observe(src, site, int(st["bytes"]), int(st["chunks"]),
+                                  float(st["seconds"]))
+                moved[(src, site)] = int(st["chunks"])
+                out.chunks += int(st["chunks"])
+                out.bytes += int(st["bytes"])
+                out.by_source[src] = int(st["bytes"])
         out.seconds = time.monotonic() - t0
+        self.rt.publish_links()
         return out
 
     @contextlib.contextmanager
@@ -558,12 +556,3 @@ def _bytes_bar(enabled: bool, total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
-
-
-def _tick(bar: Any) -> Any:
-    if bar is None:
-        return None
-
-    def tick(n: int) -> None:
-        bar.update(n)
-    return tick
