@@ -378,6 +378,11 @@ class SiteDriver(Protocol):
         {bytes, chunks, seconds} (and `via`, `retries`, `skipped` when known)."""
         ...
 
+    def note(self, task: Task) -> dict[str, Any] | None:
+        """What the job record keeps of how `task` reads its inputs beyond its site's
+        store (a federation: granted files), or None."""
+        ...
+
     def submit(self, client: Any, site: str, fn: TaskFn | Sequence[TaskFn], task: Task,
                output: str | None, *, key: str, retries: int) -> Any:
         """Submit `task` to `site`'s cluster (`client`); a future of its report."""
@@ -408,6 +413,9 @@ class EmbeddedDriver:
             return [c for c in ids if txn.get_chunk(c) is None]
 
     def via(self, src: str, dst: str) -> str | None:
+        return None
+
+    def note(self, task: Task) -> dict[str, Any] | None:
         return None
 
     def copy(self, src: str, dst: str, ids: list[bytes], lengths: list[int], *, key: str,
@@ -637,7 +645,7 @@ class Executor:
                     tr = rec.tasks[t.id]
                     tr.attempts.append(attempt)
                     tr.site = site
-                    tr.read_whole = self.driver_note(t)
+                    tr.granted = d.note(t)
                     key = f"{rec.id}-{t.id}-{len(tr.attempts)}"
                 try:
                     futures[t.id] = d.submit(client, site, fn, t, out, key=key,
@@ -650,10 +658,6 @@ class Executor:
         finally:
             xpool.shutdown(wait=True)
         return lost
-
-    def driver_note(self, task: Task) -> dict[str, Any] | None:
-        note = getattr(self.driver, "note", None)
-        return note(task) if note is not None else None
 
     def _collect(self, futures: dict[str, Any], rec: JobRecord, site: str,
                  lost: set[str], bar: Any) -> None:

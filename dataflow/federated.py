@@ -13,8 +13,10 @@ Nothing here opens a store. The driver and the workers speak to the sites only:
   file's replica sites come from its manifest, and which site holds which
   chunk from `/v1/chunks/has` at every up site of the owning entity (so chunks
   a job prefetched count for the next job). Files of another entity that
-  granted the caller read are *whole-file entries* (`datasets.whole_file`):
-  read whole through their primary, charged whole by the cost model, run at
+  granted the caller read are *granted entries* (`FileEntry.granted`): listed
+  at their primary, their chunks located there and at the caller's own sites
+  (dedup credit), read chunk by chunk by the tasks through the read stack
+  (`SiteSource`: the task's site first, then the primary), run at
   the caller's sites.
 * **Executor** (`FederatedExecutor`): each site's tasks run on that site's
   Dask cluster (`schedulers`, `Site.scheduler`, or a LocalCluster started
@@ -50,7 +52,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dataflow.cost import Task
-from dataflow.datasets import Dataset, FileEntry, glob_regex, whole_file
+from dataflow.datasets import Dataset, FileEntry, glob_regex
 from dataflow.errors import ConfigError, DatasetError, SiteLostError
 from dataflow.executor import (
     Runtime,
@@ -70,6 +72,7 @@ from gfs.federation.client import FederationClient
 from gfs.federation.site_client import PullStats, SiteClient
 from gfs.federation.tls import client_trust
 from gfs.meta import ChunkRef, Manifest
+from gfs.read import ManifestReader
 
 log = logging.getLogger("hutong.dataflow")
 
@@ -149,8 +152,8 @@ class FederatedCatalog:
         self.entity = entity
         self.unreachable: set[str] = set()
         """Sites that did not answer a query (the runtime marks them down)."""
-        self.whole: dict[bytes, str] = {}
-        """Pseudo-chunk id of each whole-file entry resolved here -> its home (primary)."""
+        self.granted: dict[bytes, str] = {}
+        """Chunk id of each granted file resolved here -> the file's home (primary)."""
 
     def _manifest(self, path: str) -> tuple[Manifest, str, tuple[str, ...]]:
         norm, primary = self.fc.primary(path)
@@ -233,21 +236,22 @@ class FederatedCatalog:
 
     def _entry(self, path: str, m: Manifest, primary: str, sites: tuple[str, ...]
                ) -> FileEntry:
-        """A file the caller reads chunk by chunk (its owner), or a whole-file entry: a
-        grantee (or a prefix token) reads it whole through the owner's primary, which
-        checks the grant; the runner's entity may then process it (a grant recorded in
-        the topology for the cost model's constraints)."""
+        """A file of the caller's entity, or a granted entry: a grantee (or a prefix
+        token) reads its chunks at the owner's primary, which checks the grant (or
+        at its own sites where they hold the same chunks); the runner's entity may
+        then process it (a grant recorded in the topology for the cost model's
+        constraints)."""
         owner = paths.split(path)[0]
         if self.fc.owner_mode(owner):
             return FileEntry(path, m, primary, sites)
-        f = whole_file(path, m, primary)
-        self.whole[f.manifest.chunks[0].id] = primary
+        for r in m.chunks:
+            self.granted[r.id] = primary
         me = self.fc.me
         if me and me != owner:
             grants = self.topo.grants.setdefault(owner, [])
             if (path, me) not in grants:
                 grants.append((path, me))
-        return f
+        return FileEntry(path, m, primary, (primary,), granted=True)
 
     def refresh(self, ds: Dataset) -> Dataset:
         """The same files with where their chunks live now."""
@@ -292,16 +296,17 @@ class FederatedCatalog:
                 ) -> dict[bytes, dict[str, str]]:
         want = list(dict.fromkeys(ids))
         out: dict[bytes, dict[str, str]] = {c: {} for c in want}
-        whole = [c for c in want if c in self.whole]
-        for c in whole:                  # read whole from the primary while it is up
-            home = self.topo.sites.get(self.whole[c])
+        for c in want:                   # granted files: at their primary while it is up
+            home = self.topo.sites.get(self.granted.get(c, ""))
             if home is not None and home.status == "up" and home.name not in self.unreachable:
                 out[c][home.name] = home.tier
-        if whole:
-            want = [c for c in want if c not in self.whole]
         if not want:
             return out
         ents = set(owners) if owners is not None else {s.entity for s in self.topo.up()}
+        # the chunk API answers an entity's own sites only; a grantee's own sites may
+        # hold chunks of a granted file too (dedup credit)
+        ents = {e for e in ents if self.fc.owner_mode(e)} | ({self.fc.me} if self.fc.me
+                                                              else set())
         asked = [site for site in self.topo.up()
                  if site.entity in ents and site.name not in self.unreachable]
 
@@ -341,38 +346,21 @@ def _get_blobs(fc: Any, site: str, ids: Sequence[bytes]) -> dict[bytes, bytes]:
 
 @dataclass(frozen=True)
 class RemoteInputFile:
-    """One input of a task, read chunk by chunk through the sites' APIs: the site the
-    task runs at first, then `sources` for chunks it lacks. With `whole` (another
-    entity's file the job's entity was granted), read whole through the owner's
-    primary (`/v1/ns/read`) and checked against `manifest`, chunk by chunk."""
+    """One input of a task, read chunk by chunk through the sites' APIs and the
+    client's read stack: the site the task runs at first, then `sources` for chunks
+    it lacks. A `granted` file (another entity's, granted to the job's entity) has
+    its owner's primary as only source; the primary checks the grant."""
 
     path: str
     manifest: Manifest
     site: str
     sources: tuple[str, ...]
     creds: Credentials
-    whole: bool = False
+    granted: bool = False
 
     @property
     def size(self) -> int:
         return self.manifest.size
-
-    def _read_whole(self, fc: Any) -> bytes:
-        from gfs.codec import chunk_id
-
-        data = fc.read_bytes(self.path)
-        ok = len(data) == self.manifest.size
-        pos = 0
-        for r in self.manifest.chunks if ok else ():
-            if chunk_id(data[pos:pos + r.length]) != r.id:
-                ok = False
-                break
-            pos += r.length
-        if not ok:
-            raise DatasetError(f"{self.path} changed since the job was planned (what its "
-                               f"primary returns is not version {self.manifest.version}); "
-                               f"run the job again to process the new version")
-        return bytes(data)
 
     def read(self) -> bytes:
         """The whole content (each chunk verified against its id)."""
@@ -383,11 +371,18 @@ class RemoteInputFile:
         """A seekable binary reader of this version of the file: chunks through the
         client's memory tier from the task's site first, then from `sources`."""
         fc = self.creds.client(near=self.site)
-        if self.whole:
-            return io.BytesIO(self._read_whole(fc))
-        from gfs.read import ManifestReader
-
-        fc.source.note(self.path, [self.site, *[s for s in self.sources if s != self.site]])
+        if self.granted:
+            home = self.sources[0]
+            now = fc.with_site(home, lambda sc: sc.manifest(self.path))
+            if tuple(now.refs()) != self.manifest.chunks:
+                raise DatasetError(f"{self.path} changed since the job was planned (its "
+                                   f"primary {home} has another version than "
+                                   f"{self.manifest.version}); run the job again to process "
+                                   f"the new version")
+            fc.source.note(self.path, [home])
+        else:
+            fc.source.note(self.path,
+                           [self.site, *[s for s in self.sources if s != self.site]])
         return io.BufferedReader(ManifestReader(fc.cache, self.path, self.manifest), 1 << 20)
 
 
@@ -468,15 +463,15 @@ class ChunkNotHeldError(HutongError):
 
 
 def run_remote_task(fn: TaskFn | Sequence[TaskFn], creds: Credentials, site: str,
-                    files: list[tuple[str, int, list[tuple[str, int]], bool]],
+                    files: list[tuple[str, int, list[tuple[str, int]], str | None]],
                     sources: tuple[str, ...], output: str | None) -> dict[str, Any]:
     """Worker side of one task in federation mode: inputs through the sites' APIs
-    (`files`: path, version, chunks, read whole), the output written with
-    `FederationClient.write_bytes`."""
+    (`files`: path, version, chunks, and the primary of a granted file, else None),
+    the output written with `FederationClient.write_bytes`."""
     inputs = [RemoteInputFile(p, Manifest(v, tuple(ChunkRef(bytes.fromhex(h), n)
-                                                   for h, n in refs)), site, sources, creds,
-                              whole)
-              for p, v, refs, whole in files]
+                                                   for h, n in refs)), site,
+                              (home,) if home else sources, creds, home is not None)
+              for p, v, refs, home in files]
     return apply_task(fn, inputs, output, lambda: creds.client(near=site))
 
 
@@ -739,10 +734,10 @@ class FederatedDriver:
         self.rt = rt
 
     def need(self, files: Iterable[FileEntry]) -> dict[bytes, int]:
-        """The real chunks of `files` (whole-file entries are read by the task)."""
+        """The chunks of the caller's own files (granted files are read by the task)."""
         out: dict[bytes, int] = {}
         for f in files:
-            if f.whole is None:
+            if not f.granted:
                 out.update((r.id, r.length) for r in f.manifest.chunks)
         return out
 
@@ -761,12 +756,12 @@ class FederatedDriver:
                                   key=key, retries=retries)
 
     def note(self, task: Task) -> dict[str, Any] | None:
-        """The files `task` reads whole through their owners' primaries, or None."""
-        whole = [f for f in task.files if f.whole is not None]
-        if not whole:
+        """The granted files `task` reads through their owners' primaries, or None."""
+        granted = [f for f in task.files if f.granted]
+        if not granted:
             return None
-        return {"files": [f.path for f in whole], "bytes": sum(f.size for f in whole),
-                "from": sorted({f.home for f in whole})}
+        return {"files": [f.path for f in granted], "bytes": sum(f.size for f in granted),
+                "from": sorted({f.home for f in granted})}
 
     def _sources(self, site: str, owners: Iterable[str]) -> tuple[str, ...]:
         """Other up sites of the owners, nearest (fastest link to `site`) first."""
@@ -778,8 +773,8 @@ class FederatedDriver:
     def submit(self, client: Any, site: str, fn: TaskFn | Sequence[TaskFn], task: Task,
                output: str | None, *, key: str, retries: int) -> Any:
         files = [(f.path, f.manifest.version,
-                  [(r.id.hex(), r.length) for r in (f.whole or f.manifest).chunks],
-                  f.whole is not None)
+                  [(r.id.hex(), r.length) for r in f.manifest.chunks],
+                  f.home if f.granted else None)
                  for f in task.files]
         return client.submit(run_remote_task, fn, self.rt.creds, site, files,
                              self._sources(site, task.owners), output, key=key,
@@ -800,7 +795,7 @@ class FederatedDataflow(Dataflow):
     `prefetch` copies chunks through the site APIs (mover pulls between own sites);
     `migrate` pins files at a site with rules (`dataflow.federated_ops.Migration`);
     `replicate` adds federation rules. Tasks run at the caller's entity's sites;
-    files other entities granted it are read whole through their primaries.
+    files other entities granted it are read chunk by chunk through their primaries.
     """
 
     rt: FederatedRuntime
@@ -831,8 +826,8 @@ class FederatedDataflow(Dataflow):
         super().__init__(topo, rt.catalog, rt, progress=progress, objective=objective,
                          federation=rt.fc)
         # The chunk API (has/get/put) serves the owner entity only: an entity's own data
-        # is processed at its own sites; data another entity granted us is read whole
-        # through its primary, at our sites (as the owner's policy allows; the catalog
+        # is processed at its own sites; data another entity granted us is read through
+        # its primary (chunk by chunk), at our sites (as the owner's policy allows; the catalog
         # records the grants it used).
         me = self.rt.fc.me
         for ent in sorted({x.entity for x in topo.sites.values()} | set(topo.owners)):

@@ -81,9 +81,9 @@ class TaskRecord:
     output_site: str | None = None
     value: Any = None
     """The task's JSON value (small values only)."""
-    read_whole: dict[str, Any] | None = None
-    """Files the task read whole through their owners' primaries (granted to the job's
-    entity): {files, bytes, from}."""
+    granted: dict[str, Any] | None = None
+    """Files of other entities granted to the job's entity that the task read through
+    their owners' primaries: {files, bytes, from}."""
 
     def to_dict(self) -> dict[str, Any]:
         d = _pack(self, frozenset({"attempts"}))
