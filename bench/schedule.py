@@ -14,8 +14,9 @@ at the job's arrival (chunks fetched by a job stay at its sites). Jobs that
 overlap in time contend, for every policy alike: a site's slots finish earlier
 jobs' work first (compute backlog), and the bytes earlier jobs' flows have
 still to move are reserved on the links (`Topology.reserve`), so a new flow
-queues behind them on its link and on both NICs; the planner sees these queues
-too (on its noisy links). Policies:
+shares its link and both NICs fairly with them (it is held up by each other
+flow's bytes up to its own size); the planner sees this load too (on its
+noisy links). Policies:
 
 * `planner`: dataflow's Planner, seeing links with ±15 % measurement noise;
 * `central`: every job moves its data to one central compute centre;
@@ -348,7 +349,9 @@ def simulate(name: str, trace: list[Job], truth: Topology, seen: Topology, world
             for topo in (seen, truth):
                 topo.release(IN_FLIGHT)
         for f in est.flows:
-            flying.append(InFlight(f.src, f.dst, f.chunks, f.bytes, job.arrival + f.queue,
+            # the link is shared fairly: the flow moves from its start, slowed by the
+            # others (its `queue` is that slowdown), until its planned end
+            flying.append(InFlight(f.src, f.dst, f.chunks, f.bytes, job.arrival,
                                    job.arrival + f.seconds))
         for s, secs in est.site_seconds.items():
             busy[s] = job.arrival + secs

@@ -53,6 +53,14 @@ class Catalog(Protocol):
         """Replace the JSON state `kind`/`name`."""
         ...
 
+    def delete_state(self, kind: str, name: str) -> None:
+        """Remove the state `kind`/`name` (absent: nothing happens)."""
+        ...
+
+    def states(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """(name, state) of every state of `kind`."""
+        ...
+
 
 class EmbeddedCatalog:
     """The catalog over the stores of the sites with a state directory here; states

@@ -272,6 +272,29 @@ class FederatedCatalog:
         except NotFoundError:
             return None
 
+    def delete_state(self, kind: str, name: str) -> None:
+        """Remove `/ENTITY/.dataflow/KINDs/NAME.json` (absent: nothing happens)."""
+        with contextlib.suppress(NotFoundError):
+            self.fc.rm(self._state_path(kind, name))
+
+    def states(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """(name, state) of every `/ENTITY/.dataflow/KINDs/*.json`."""
+        top = self._state_path(kind, "x").rsplit("/", 1)[0]
+        try:
+            entries = self.fc.ls(top)
+        except NotFoundError:
+            return []
+        out = []
+        for e in entries:
+            name = e.path.rsplit("/", 1)[1]
+            if e.kind != "file" or not name.endswith(".json"):
+                continue
+            try:
+                out.append((name[:-5], dict(json.loads(self.fc.read_bytes(e.path)))))
+            except NotFoundError:
+                continue                         # removed while we listed
+        return out
+
     def save_state(self, kind: str, name: str, value: dict[str, Any]) -> None:
         """Replace `/ENTITY/.dataflow/KINDs/NAME.json` (committed at its primary)."""
         path = self._state_path(kind, name)

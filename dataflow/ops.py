@@ -46,6 +46,7 @@ from dataflow.cost import Constraints, CostModel, Task, tasks_of
 from dataflow.datasets import Dataset, FileEntry, glob_regex, merge
 from dataflow.errors import ConfigError, DatasetError, PlanError
 from dataflow.executor import Executor, JobResult, Runtime, TaskFn
+from dataflow.leases import LEASE_SECONDS, Leases
 from dataflow.planner import Objective, Plan, Planner
 from dataflow.sites import Topology
 
@@ -133,11 +134,14 @@ class Dataflow:
     def __init__(self, topo: Topology, catalog: Catalog | None = None,
                  runtime: Runtime | None = None, *, processes: bool = True,
                  home: str | None = None, progress: bool = True,
-                 objective: Objective = "balanced", federation: Any = None) -> None:
+                 objective: Objective = "balanced", federation: Any = None,
+                 lease_seconds: float = LEASE_SECONDS) -> None:
         """A Dataflow composed of `topo`, a `catalog` (default: `runtime.catalog`) and
         a `runtime` (default: an embedded `Runtime` over `topo` with `processes`,
         `home`, `progress`). `federation` (a
-        gfs.federation.FederationClient) makes `replicate` add rules."""
+        gfs.federation.FederationClient) makes `replicate` add rules.
+        `lease_seconds`: lifetime of the leases that publish this driver's running
+        jobs to other drivers (`dataflow.leases`; renewed every third of it)."""
         self.topo = topo
         self.rt = runtime if runtime is not None else Runtime(
             topo, processes=processes, home=home, progress=progress)
@@ -146,6 +150,8 @@ class Dataflow:
         self.federation = federation
         self.datasets: dict[str, Dataset] = {}
         self._lock = threading.Lock()
+        self.leases = Leases(self.catalog, topo, ttl=lease_seconds)
+        """This driver's leases, and the other drivers' load (`dataflow.leases`)."""
 
     @classmethod
     def open(cls, config: str, **kw: Any) -> Dataflow:
@@ -153,8 +159,11 @@ class Dataflow:
         return cls(Topology.from_config(config), **kw)
 
     def close(self) -> None:
-        """Stop the clusters and movers started for this object."""
-        self.rt.close()
+        """Delete this driver's leases, stop the clusters and movers started here."""
+        try:
+            self.leases.close()
+        finally:
+            self.rt.close()
 
     def __enter__(self) -> Dataflow:
         return self
@@ -207,8 +216,10 @@ class Dataflow:
 
     def _model(self, ds: Dataset, tasks: list[Task], constraints: Constraints | None,
                compute_mbps: float | None) -> CostModel:
-        """The cost model of a job planned now: the compute backlog of the jobs this
-        Dataflow has started and not finished counts at their sites."""
+        """The cost model of a job planned now: the flows and compute backlog of the
+        jobs this Dataflow and every other driver (their leases) have started and not
+        finished count on their links and at their sites."""
+        self.leases.refresh()
         return CostModel(self.topo, ds.locations, constraints,
                          compute_rate=compute_mbps * 1e6 / 8 if compute_mbps else None,
                          backlog=self.topo.compute_backlog())
@@ -268,6 +279,7 @@ class Dataflow:
         self.topo.reserve_compute(job_id, [(t.id, plan.placement[t.id],
                                             model.task_seconds(t, plan.placement[t.id]))
                                            for t in plan.tasks])
+        self.leases.publish(job_id)
         rec: dict[str, Any] | None = None
         try:
             res = go()
@@ -281,6 +293,7 @@ class Dataflow:
                 except Exception:  # the record is unreachable: settle without it
                     rec = None
             self.topo.release(job_id, _moved(rec, since=t0))
+            self.leases.drop(job_id)
             self.rt.publish_links()           # what the job's transfers measured
 
     def _executor(self, planner: Planner, retries: int) -> Executor:
@@ -341,11 +354,13 @@ class Dataflow:
         rid = f"{kind}-{uuid.uuid4().hex[:12]}"
         self.topo.reserve(rid, [(src, dst, len(ids), sum(lengths[c] for c in ids))
                                 for src, ids in by_src.items()])
+        self.leases.publish(rid)
         moved: dict[tuple[str, str], int] = {}
         try:
             yield moved
         finally:
             self.topo.release(rid, moved)
+            self.leases.drop(rid)
 
     def migrate(self, inputs: Any, to: str, *, remove: bool = True) -> TransferSummary:
         """Copy every file of `inputs` to site `to`, then (with `remove`) delete the others.
