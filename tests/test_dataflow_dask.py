@@ -21,13 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 DASK = Path(sys.executable).parent / "dask"
 SITES = """
 [sites.a]
-region = "west"
-entity = "bank-a"
 state = "a"
-[sites.c]
-region = "east"
 entity = "bank-a"
+[sites.c]
 state = "c"
+entity = "bank-a"
 slots = 2
 scheduler = "{address}"
 """
