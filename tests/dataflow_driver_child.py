@@ -32,7 +32,12 @@ def main() -> None:
     with Dataflow(Topology.from_config(sites), processes=False, progress=False,
                   lease_seconds=ttl) as df:
         job = df.run(size, "/bank-a/in/**", at="c", wait=False)
-        print("running", job.id, job.plan.estimate.wan_bytes, flush=True)
+        wan = job.plan.estimate.wan_bytes
+        deadline = time.monotonic() + 60              # planned, then its lease published
+        while df.catalog.load_state("lease", job.id) is None:
+            assert time.monotonic() < deadline, "the job's lease was never published"
+            time.sleep(0.02)
+        print("running", job.id, wan, flush=True)
         job.wait(300)
         print("done", flush=True)
 
