@@ -14,8 +14,9 @@ at the job's arrival (chunks fetched by a job stay at its sites). Jobs that
 overlap in time contend, for every policy alike: a site's slots finish earlier
 jobs' work first (compute backlog), and the bytes earlier jobs' flows have
 still to move are reserved on the links (`Topology.reserve`), so a new flow
-queues behind them on its link and on both NICs; the planner sees these queues
-too (on its noisy links). Policies:
+shares its link and both NICs fairly with them (it is held up by each other
+flow's bytes up to its own size); the planner sees this load too (on its
+noisy links). Policies:
 
 * `planner`: dataflow's Planner, seeing links with ±15 % measurement noise;
 * `central`: every job moves its data to one central compute centre;
@@ -312,7 +313,8 @@ IN_FLIGHT = "earlier-jobs"
 
 
 def simulate(name: str, trace: list[Job], truth: Topology, seen: Topology, world: World,
-             central: str, chunk_mover: bool) -> Outcome:
+             central: str, chunk_mover: bool, drivers: int = 1,
+             shared: bool = True) -> Outcome:
     """Run the trace under policy `name`; transfers by the chunk mover (missing chunks)
     or by file copies (whole files a site has no copy of).
 
@@ -320,23 +322,34 @@ def simulate(name: str, trace: list[Job], truth: Topology, seen: Topology, world
     before a job is planned and measured, what earlier jobs have still to move (each
     flow drains evenly until its end) is reserved on both topologies (`reserve`), so
     new flows queue behind it, and what they have still to compute is each site's
-    backlog; the reservation is released after the job."""
+    backlog; the reservation is released after the job.
+
+    With `drivers` > 1 the jobs are planned by that many drivers in turn (job i by
+    driver i mod drivers); `shared` drivers see every driver's load (leases,
+    `dataflow.leases`), isolated ones only their own jobs' (the truth has all)."""
     hold = {c: dict(v) for c, v in world.holdings.items()}
     files: Replicas = {p: {f.home} for p, f in world.files.items()}
     busy: dict[str, float] = {}
+    mine_busy: list[dict[str, float]] = [{} for _ in range(drivers)]
     flying: list[InFlight] = []
+    owner: dict[int, int] = {}                    # id(flow) -> the driver of its job
     out = Outcome()
     finish = 0.0
     policy = POLICIES[name]
-    for job in trace:
+    for i, job in enumerate(trace):
+        me = i % drivers
         backlog = {s: max(0.0, b - job.arrival) for s, b in busy.items()}
         flying = [f for f in flying if f.end > job.arrival]
         ahead = [(f.src, f.dst, *f.left(job.arrival)) for f in flying]
-        for topo in (seen, truth):
-            topo.reserve(IN_FLIGHT, ahead)
+        known = backlog if shared else {s: max(0.0, b - job.arrival)
+                                         for s, b in mine_busy[me].items()}
+        truth.reserve(IN_FLIGHT, ahead)
+        seen.reserve(IN_FLIGHT, ahead if shared else
+                     [(f.src, f.dst, *f.left(job.arrival)) for f in flying
+                      if owner.get(id(f)) == me])
         try:
             t0 = time.perf_counter()
-            placement = policy(job, seen, hold, backlog, central, files)
+            placement = policy(job, seen, hold, known, central, files)
             out.plan_seconds += time.perf_counter() - t0
             if chunk_mover:
                 est = CostModel(truth, hold, backlog=backlog).estimate(placement,
@@ -348,10 +361,14 @@ def simulate(name: str, trace: list[Job], truth: Topology, seen: Topology, world
             for topo in (seen, truth):
                 topo.release(IN_FLIGHT)
         for f in est.flows:
-            flying.append(InFlight(f.src, f.dst, f.chunks, f.bytes, job.arrival + f.queue,
+            # the link is shared fairly: the flow moves from its start, slowed by the
+            # others (its `queue` is that slowdown), until its planned end
+            flying.append(InFlight(f.src, f.dst, f.chunks, f.bytes, job.arrival,
                                    job.arrival + f.seconds))
+            owner[id(flying[-1])] = me
         for s, secs in est.site_seconds.items():
             busy[s] = job.arrival + secs
+            mine_busy[me][s] = job.arrival + secs
             finish = max(finish, job.arrival + secs)
         out.response += est.seconds / len(trace)
         out.queued += est.queue_seconds / len(trace)
@@ -387,6 +404,12 @@ def run_simulation(quick: bool, seed: int) -> tuple[bool, dict[str, object]]:
         if not n.startswith("planner"):
             results[f"{n} + chunk mover"] = simulate(n, trace, truth, seen, world, central,
                                                      True)
+    # two drivers planning in turn: blind to each other, or sharing leases
+    results["planner, 2 drivers, isolated"] = simulate("planner", trace, truth, seen, world,
+                                                       central, True, drivers=2,
+                                                       shared=False)
+    results["planner, 2 drivers, leases"] = simulate("planner", trace, truth, seen, world,
+                                                     central, True, drivers=2, shared=True)
     gib = 1 << 30
     print(f"simulation: {len(truth.sites)} sites in {len(REGIONS)} regions, "
           f"{len(world.files)} files ({len(world.holdings) * UNIT / gib:.0f} GiB unique), "
@@ -414,6 +437,16 @@ def run_simulation(quick: bool, seed: int) -> tuple[bool, dict[str, object]]:
                    ablation[best_ab].makespan / p.makespan, 2),
                "vs_best_with_chunk_mover_moved": round(
                    ablation[best_ab].moved / p.moved if p.moved else math.inf, 2)}
+    iso, lea = results["planner, 2 drivers, isolated"], results["planner, 2 drivers, leases"]
+    figures["two_drivers"] = {
+        "isolated": {"makespan": round(iso.makespan, 1), "wan_gib": round(
+            iso.inter_region / gib, 2), "mean_job": round(iso.response, 1)},
+        "leases": {"makespan": round(lea.makespan, 1), "wan_gib": round(
+            lea.inter_region / gib, 2), "mean_job": round(lea.response, 1)}}
+    print(f"two drivers (load average {os.getloadavg()[0]:.1f}): isolated / with leases: "
+          f"makespan "
+          f"{iso.makespan / lea.makespan if lea.makespan else math.inf:.2f}, mean job "
+          f"{iso.response / lea.response if lea.response else math.inf:.2f}")
     print(f"baseline / planner, best baseline by makespan = {best} (file copies): makespan "
           f"{figures['makespan_ratio']}, mean job {figures['mean_job_ratio']}, WAN "
           f"(inter-region) bytes {figures['wan_ratio']}, all bytes moved between sites "
@@ -683,7 +716,7 @@ def _fed_probe_read(df: object, site: str, ids: list[tuple[bytes, int]]) -> floa
 
 def _fed_driver(cfg: str) -> int:
     """Inside the compute site's namespace: probe, plan, run through the site APIs."""
-    from dataflow.federated import FederatedDataflow, FederatedExecutor, start_site_cluster
+    from dataflow.federated import FederatedDataflow, start_site_cluster
     from gfs.federation.auth import EntityKeys
     from gfs.federation.tls import trust_for
 
@@ -707,7 +740,7 @@ def _fed_driver(cfg: str) -> int:
             df.rt.dask("fc").submit(int, 1).result()     # warm the cluster: not the job
             t0 = time.monotonic()
             t_wall = time.time()
-            res = FederatedExecutor(df.rt).run(_fed_job, plan)
+            res = df.rt.executor().run(_fed_job, plan)
             measured = time.monotonic() - t0
             done = max(a["finished"] for t in res.record["tasks"].values()
                        for a in t["attempts"] if "finished" in a)

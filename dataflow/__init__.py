@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from gfs._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from dataflow.catalog import Catalog, EmbeddedCatalog
     from dataflow.cost import Constraints, CostModel, Estimate, Task, tasks_of
     from dataflow.datasets import Dataset, FileEntry, Stores
     from dataflow.errors import (
@@ -32,30 +33,82 @@ if TYPE_CHECKING:
         SiteLostError,
         UnknownSiteError,
     )
-    from dataflow.executor import Executor, InputFile, JobResult, Runtime
+    from dataflow.executor import (
+        EmbeddedDriver,
+        Executor,
+        InputFile,
+        JobResult,
+        Runtime,
+        SiteDriver,
+    )
     from dataflow.federated import (
         FederatedCatalog,
         FederatedDataflow,
-        FederatedExecutor,
+        FederatedDriver,
         FederatedRuntime,
         RemoteInputFile,
     )
-    from dataflow.federated_ops import FederatedOps, MigrationIncompleteError
+    from dataflow.federated_ops import Migration, MigrationIncompleteError
     from dataflow.ops import Dataflow, Job, Subscription
     from dataflow.planner import Plan, Planner
+    from dataflow.records import Attempt, JobRecord, TaskRecord, TransferRecord
     from dataflow.sites import Link, Site, Topology, probe_link, refresh_links
 
 __all__ = [
-    "ConfigError", "Constraints", "CostModel", "Dataflow", "DataflowError", "Dataset",
-    "DatasetError", "Estimate", "Executor", "FederatedCatalog", "FederatedDataflow",
-    "FederatedExecutor", "FederatedOps", "FederatedRuntime", "FileEntry", "InputFile", "Job",
-    "JobFailedError", "JobResult", "Link", "MigrationIncompleteError", "Plan", "PlanError",
-    "Planner", "RemoteInputFile", "Runtime", "Site", "SiteLostError", "Stores",
-    "Subscription", "Task", "Topology", "UnknownSiteError", "probe_link",
-    "refresh_links", "tasks_of",
+    "Attempt",
+    "Catalog",
+    "ConfigError",
+    "Constraints",
+    "CostModel",
+    "Dataflow",
+    "DataflowError",
+    "Dataset",
+    "DatasetError",
+    "EmbeddedCatalog",
+    "EmbeddedDriver",
+    "Estimate",
+    "Executor",
+    "FederatedCatalog",
+    "FederatedDataflow",
+    "FederatedDriver",
+    "FederatedRuntime",
+    "FileEntry",
+    "InputFile",
+    "Job",
+    "JobFailedError",
+    "JobRecord",
+    "JobResult",
+    "Link",
+    "Migration",
+    "MigrationIncompleteError",
+    "Plan",
+    "PlanError",
+    "Planner",
+    "RemoteInputFile",
+    "Runtime",
+    "Site",
+    "SiteDriver",
+    "SiteLostError",
+    "Stores",
+    "Subscription",
+    "Task",
+    "TaskRecord",
+    "Topology",
+    "TransferRecord",
+    "UnknownSiteError",
+    "probe_link",
+    "refresh_links",
+    "tasks_of",
 ]
 
 __getattr__ = lazy_exports(__name__, {
+    "SiteDriver": "dataflow.executor",
+    "EmbeddedDriver": "dataflow.executor",
+    "TransferRecord": "dataflow.records",
+    "TaskRecord": "dataflow.records",
+    "JobRecord": "dataflow.records",
+    "Attempt": "dataflow.records",
+    "Catalog": "dataflow.catalog",
     "ConfigError": "dataflow.errors",
     "Constraints": "dataflow.cost",
     "CostModel": "dataflow.cost",
@@ -63,12 +116,13 @@ __getattr__ = lazy_exports(__name__, {
     "DataflowError": "dataflow.errors",
     "Dataset": "dataflow.datasets",
     "DatasetError": "dataflow.errors",
+    "EmbeddedCatalog": "dataflow.catalog",
     "Estimate": "dataflow.cost",
     "Executor": "dataflow.executor",
     "FederatedCatalog": "dataflow.federated",
     "FederatedDataflow": "dataflow.federated",
-    "FederatedExecutor": "dataflow.federated",
-    "FederatedOps": "dataflow.federated_ops",
+    "FederatedDriver": "dataflow.federated",
+    "Migration": "dataflow.federated_ops",
     "FederatedRuntime": "dataflow.federated",
     "FileEntry": "dataflow.datasets",
     "InputFile": "dataflow.executor",

@@ -10,16 +10,17 @@ A *placement* maps each task to a site. For a destination site d:
   bandwidth(s,d), out(s) / nic(s)): sources are fetched in parallel, but the
   flows leaving one site share its network interface (`Site.nic`, 0: no cap);
   transfer(d) = max(max over s of flow(s,d), in(d) / nic(d)).
-* queue(s,d): transfers of jobs already started (`Topology.reserve`) are
-  ahead in line: a new flow waits until the backlog of its link (at the
-  link's bandwidth) and of the source's and destination's NICs (at their
-  rates) is gone, FIFO: flow(s,d) += queue(s,d), and the destination NIC term
-  becomes queue_in(d) + in(d) / nic(d). A busy link is avoided by placing
-  tasks elsewhere or by taking a chunk from another holder: the source of a
-  chunk is the holder with the least queue(s,d) + max(fetch(d), 16 MiB) /
-  bandwidth(s,d), fetch(d) being all d fetches (without queues: the fastest
-  link). A job's own reservation is no queue for it (`job=`): the executor
-  passes its job id and so picks the sources the plan picked.
+* queue(s,d): transfers of jobs already started (`Topology.reserve`, and other
+  drivers' leases) share the link and the source's and destination's NICs
+  fairly with a new flow of B bytes: it is held up by each other job's
+  pending bytes up to B, at the link's (or NIC's) rate: flow(s,d) +=
+  queue(s,d), and the destination NIC term becomes queue_in(d) + in(d) / nic(d).
+  A busy link is avoided by placing tasks elsewhere or by taking a chunk from
+  another holder: the source of a chunk is the holder with the least
+  queue(s,d) + max(fetch(d), 16 MiB) / bandwidth(s,d), fetch(d) being all d
+  fetches (without queues: the fastest link). A job's own reservation is no
+  queue for it (`job=`): the executor passes its job id and so picks the
+  sources the plan picked.
 * compute(d) = sum of task input bytes / compute rate, spread over d's slots
   but never shorter than its longest task; tasks whose inputs are all local
   start at once, the others after the prefetch:
@@ -153,8 +154,8 @@ class CostModel:
         self._owner_ok: dict[str, set[str]] = {
             ent: {s.name for s in topo.matching(where)} for ent, where in topo.owners.items()}
         self._links: dict[tuple[str, str], Link] = {}
-        self._queues: dict[tuple[str, str], float] = {}
-        self._in_queues: dict[str, float] = {}
+        self._queues: dict[tuple[str, str, float], float] = {}
+        self._in_queues: dict[tuple[str, float], float] = {}
 
     # -- constraints ----------------------------------------------------------------
     def refusal(self, task: Task, site: str) -> str | None:
@@ -194,19 +195,22 @@ class CostModel:
             lk = self._links[key] = self.topo.link(src, dst)
         return lk
 
-    def queue(self, src: str, dst: str) -> float:
-        """Seconds a new transfer `src` -> `dst` waits for started jobs' transfers
-        (`Topology.queue_seconds`, read once per model)."""
-        key = (src, dst)
+    def queue(self, src: str, dst: str, nbytes: float) -> float:
+        """Seconds started jobs' transfers hold up a new transfer of `nbytes` from `src`
+        to `dst`, the link and NICs shared fairly (`Topology.queue_seconds`, read once
+        per model and size)."""
+        key = (src, dst, nbytes)
         q = self._queues.get(key)
         if q is None:
-            q = self._queues[key] = self.topo.queue_seconds(src, dst, exclude=self.job)
+            q = self._queues[key] = self.topo.queue_seconds(src, dst, exclude=self.job,
+                                                            nbytes=nbytes)
         return q
 
-    def _in_queue(self, dst: str) -> float:
-        q = self._in_queues.get(dst)
+    def _in_queue(self, dst: str, nbytes: float) -> float:
+        q = self._in_queues.get((dst, nbytes))
         if q is None:
-            q = self._in_queues[dst] = self.topo.inbound_queue_seconds(dst, exclude=self.job)
+            q = self._in_queues[(dst, nbytes)] = self.topo.inbound_queue_seconds(
+                dst, exclude=self.job, nbytes=nbytes)
         return q
 
     def missing_bytes(self, chunks: Mapping[bytes, int], dst: str) -> int:
@@ -227,11 +231,27 @@ class CostModel:
             if self.topo.sites.get(s) is None or self.topo.sites[s].status != "up":
                 continue
             lk = self.link(s, dst)
-            key = (round(self.queue(s, dst) + ref / lk.bandwidth, 9), -lk.bandwidth,
+            key = (round(self.queue(s, dst, ref) + ref / lk.bandwidth, 9), -lk.bandwidth,
                    lk.price_per_gb, s)
             if best is None or key < best:
                 best = key
         return best[3] if best else None
+
+    def by_source(self, dst: str, missing: Iterable[bytes], lengths: Mapping[bytes, int]
+                  ) -> tuple[dict[str, list[bytes]], list[bytes]]:
+        """The chunks `dst` lacks (`missing`) grouped by the holder each is fetched from
+        (`source`, weighing all of them), and those no up site holds."""
+        missing = list(missing)
+        fetch = sum(lengths[c] for c in missing)
+        by_src: dict[str, list[bytes]] = {}
+        unheld: list[bytes] = []
+        for c in missing:
+            src = self.source(c, dst, fetch)
+            if src is None:
+                unheld.append(c)
+            else:
+                by_src.setdefault(src, []).append(c)
+        return by_src, unheld
 
     def task_seconds(self, task: Task, site: str) -> float:
         rate = self.compute_rate or self.topo.site(site).compute_rate
@@ -307,7 +327,7 @@ class CostModel:
             nic = self.topo.sites[src].nic
             if nic > 0:
                 secs = max(secs, secs - nbytes / lk.bandwidth + out_bytes[src] / nic)
-            q = self.queue(src, d)
+            q = self.queue(src, d, nbytes)
             secs += q
             m = nbytes * lk.price_per_gb / 1e9
             flows.append(Flow(src, d, nchunks, nbytes, secs, m, q))
@@ -318,7 +338,7 @@ class CostModel:
             info = self.topo.site(d)
             xfer = transfer.get(d, 0.0)
             if info.nic > 0 and in_bytes.get(d, 0):
-                xfer = max(xfer, self._in_queue(d) + in_bytes[d] / info.nic)
+                xfer = max(xfer, self._in_queue(d, in_bytes[d]) + in_bytes[d] / info.nic)
             money += (local + remote) * info.price_core_hour / 3600
             slots = max(1, info.slots)
             site_seconds[d] = self.backlog.get(d, 0.0) + max(xfer, local / slots, long_l) + \

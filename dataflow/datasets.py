@@ -13,7 +13,6 @@ when it holds the file, else the first site (by name) that does.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 from dataflow.errors import DatasetError
 from gfs import paths
 from gfs.errors import HutongError, NotFoundError
-from gfs.meta import ChunkRef, Manifest
+from gfs.meta import Manifest
 
 if TYPE_CHECKING:
     from dataflow.sites import Topology
@@ -70,19 +69,18 @@ class Stores:
 class FileEntry:
     """One file of a dataset: its manifest at its home site, and the sites listing it.
 
-    A *whole-file* entry (`whole` set) stands for a file the job's entity may read
-    only whole, through its home site (another entity's file it was granted read
-    on: the chunk API serves the owner only). Then `whole` is the file's real
-    manifest and `manifest` holds one pseudo-chunk (`whole_file_id`) of the file's
-    size, held by `home` alone: the cost model charges the whole file from `home`
-    to wherever the task runs, with no dedup credit, and nothing copies it ahead.
+    A *granted* entry is another entity's file the caller may read (a grant): the
+    caller cannot ask the owner's sites which chunks they hold nor copy them into
+    its own stores, so the file is listed at `home` (the owner's primary) alone;
+    a task reads its chunks through the read stack (`gfs.federation.SiteSource`):
+    those the task's own site holds there (dedup credit), the rest at `home`.
     """
 
     path: str
     manifest: Manifest
     home: str
     sites: tuple[str, ...]
-    whole: Manifest | None = None
+    granted: bool = False
 
     @property
     def size(self) -> int:
@@ -92,23 +90,6 @@ class FileEntry:
     def owner(self) -> str:
         """The entity owning the path (its first component)."""
         return paths.split(self.path)[0] if self.path != "/" else ""
-
-
-def whole_file_id(path: str, manifest: Manifest) -> bytes:
-    """The pseudo-chunk id standing for one version of a file read whole (16 bytes, never
-    a real chunk id: a digest of a tagged path, version and chunk list)."""
-    h = hashlib.sha256(b"hutong-whole-file\0" + path.encode() + b"\0"
-                       + manifest.version.to_bytes(8, "big"))
-    for r in manifest.chunks:
-        h.update(r.id)
-    return h.digest()[:16]
-
-
-def whole_file(path: str, manifest: Manifest, home: str) -> FileEntry:
-    """A whole-file entry for `path` (readable only whole, through `home`)."""
-    pseudo = Manifest(manifest.version, (ChunkRef(whole_file_id(path, manifest),
-                                                  manifest.size),))
-    return FileEntry(path, pseudo, home, (home,), whole=manifest)
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -270,7 +251,7 @@ class Dataset:
         any more keeps its entry (reading it then fails, naming the file)."""
         files = []
         for f in self.files:
-            at = {} if f.whole is not None else {
+            at = {} if f.granted else {
                 site: m for site in stores.names()
                 if (m := _manifest_at(stores.get(site), f.path)) is not None
                 and m.chunks == f.manifest.chunks}

@@ -36,18 +36,19 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
+from dataflow.catalog import Catalog, EmbeddedCatalog
 from dataflow.cost import CostModel, Task
-from dataflow.datasets import Stores, locate
+from dataflow.datasets import FileEntry, Stores
 from dataflow.errors import ConfigError, JobFailedError, PlanError, SiteLostError
 from dataflow.planner import Plan, Planner
+from dataflow.records import Attempt, JobRecord, TaskRecord, TransferRecord
 from dataflow.sites import Topology, pipeline_groups
 from gfs.meta import Manifest
 
 log = logging.getLogger("hutong.dataflow")
 
-JOBS_TABLE = "jobs"
 #: Seconds a task result may take before the site's health is checked.
 POLL_SECONDS = 1.0
 #: Largest JSON task value kept in the job record.
@@ -180,6 +181,9 @@ class Runtime:
                  progress: bool = False) -> None:
         self.topo = topo
         self.stores = Stores(topo)
+        self.states = EmbeddedCatalog(self.stores, lambda: self.home)
+        self.catalog: Catalog = self.states
+        """Where datasets are resolved and chunks located (embedded: the stores here)."""
         self.processes = processes
         self.progress = progress
         names = [s.name for s in topo.up() if s.state]
@@ -192,6 +196,8 @@ class Runtime:
         self._secret = topo.secret or os.urandom(32)
         self._lock = threading.Lock()
         self._dead: set[str] = set()
+        self.record_errors: list[str] = []
+        """Job records that could not be saved (federation: the home primary away)."""
 
     def __enter__(self) -> Runtime:
         return self
@@ -283,36 +289,34 @@ class Runtime:
         self._movers.clear()
         self.stores.close()
 
-    def locate(self, ids: Iterable[bytes]) -> dict[bytes, dict[str, str]]:
-        """For each chunk id, the up sites holding it and the tier of that copy."""
-        return locate(ids, self.stores)
+    def publish_links(self, *, force: bool = False) -> int:
+        """Send the links measured here to where other planners read them (embedded:
+        nowhere, 0; a federation: the registry)."""
+        return 0
+
+    def executor(self, planner: Planner | None = None, *, retries: int = 2) -> Executor:
+        """An executor running plans on this runtime."""
+        return Executor(self, planner, retries=retries)
+
+    def driver(self, streams: int = 2) -> SiteDriver:
+        """The per-site driver of this runtime's executor."""
+        return EmbeddedDriver(self, streams)
 
     # -- job records --------------------------------------------------------------------
-    def save_record(self, rec: dict[str, Any]) -> None:
+    def save_record(self, rec: JobRecord) -> None:
         """Write job record `rec` to the home site's `jobs` table."""
-        if self.home is None:
-            return
-        client = self.stores.get(self.home)
-        value = json.dumps(rec, sort_keys=True, default=str).encode()
-        client.engine.transact(
-            lambda txn: txn.put_value(JOBS_TABLE, f"job:{rec['id']}".encode(), value))
+        if self.home is not None:
+            self.states.save_state("job", rec.id, rec.to_dict())
 
     def load_record(self, job_id: str) -> dict[str, Any] | None:
         """The record of job `job_id`, or None."""
-        if self.home is None:
-            return None
-        client = self.stores.get(self.home)
-        with client.engine.read() as txn:
-            raw = txn.get_value(JOBS_TABLE, f"job:{job_id}".encode())
-        return json.loads(raw) if raw else None
+        return None if self.home is None else self.states.load_state("job", job_id)
 
     def records(self) -> list[dict[str, Any]]:
         """Every job record of the home site, oldest first."""
         if self.home is None:
             return []
-        client = self.stores.get(self.home)
-        with client.engine.read() as txn:
-            recs = [json.loads(v) for _, v in txn.iter_values(JOBS_TABLE, b"job:")]
+        recs = [r for _, r in self.states.states("job")]
         return sorted(recs, key=lambda r: r.get("created", 0))
 
 
@@ -341,15 +345,126 @@ class _TaskFailed(Exception):
         self.task, self.site, self.site_lost = task, site, site_lost
 
 
+class _TransferFailed(Exception):
+    """A transfer failed; `site` is the end found lost (the source unless the
+    destination stopped answering)."""
+
+    def __init__(self, site: str, message: str) -> None:
+        super().__init__(message)
+        self.site = site
+
+
+class SiteDriver(Protocol):
+    """What the executor asks of one mode to run a job's part at a site: which chunks
+    a task needs there, which of them the site lacks (`missing`), a copy of chunks
+    between two sites, and a task submitted to the site's cluster."""
+
+    def need(self, files: Iterable[FileEntry]) -> dict[bytes, int]:
+        """Chunk id -> raw length of the chunks of `files` a site must hold before a task
+        reads them there."""
+        ...
+
+    def missing(self, site: str, ids: list[bytes]) -> list[bytes]:
+        """The chunks of `ids` that `site`'s store lacks (SiteLostError: no answer)."""
+        ...
+
+    def via(self, src: str, dst: str) -> str | None:
+        """How chunks go from `src` to `dst` (recorded with each transfer)."""
+        ...
+
+    def copy(self, src: str, dst: str, ids: list[bytes], lengths: list[int], *, key: str,
+             retries: int) -> Any:
+        """Start copying `ids` from `src`'s store into `dst`'s; a future whose result is
+        {bytes, chunks, seconds} (and `via`, `retries`, `skipped` when known)."""
+        ...
+
+    def note(self, task: Task) -> dict[str, Any] | None:
+        """What the job record keeps of how `task` reads its inputs beyond its site's
+        store (a federation: granted files), or None."""
+        ...
+
+    def submit(self, client: Any, site: str, fn: TaskFn | Sequence[TaskFn], task: Task,
+               output: str | None, *, key: str, retries: int) -> Any:
+        """Submit `task` to `site`'s cluster (`client`); a future of its report."""
+        ...
+
+    def output_site(self, output: str, site: str) -> str:
+        """The site whose namespace commits a task's `output` written at `site`."""
+        ...
+
+
+class EmbeddedDriver:
+    """Sites whose stores are opened here: chunks through the native mover, tasks read
+    their inputs from their site's store."""
+
+    def __init__(self, rt: Runtime, streams: int = 2) -> None:
+        self.rt = rt
+        self.streams = streams
+
+    def need(self, files: Iterable[FileEntry]) -> dict[bytes, int]:
+        return {r.id: r.length for f in files for r in f.manifest.chunks}
+
+    def missing(self, site: str, ids: list[bytes]) -> list[bytes]:
+        try:
+            dest = self.rt.stores.get(site)
+        except Exception as e:
+            raise SiteLostError(site, str(e)) from e
+        with dest.engine.read() as txn:
+            return [c for c in ids if txn.get_chunk(c) is None]
+
+    def via(self, src: str, dst: str) -> str | None:
+        return None
+
+    def note(self, task: Task) -> dict[str, Any] | None:
+        return None
+
+    def copy(self, src: str, dst: str, ids: list[bytes], lengths: list[int], *, key: str,
+             retries: int) -> Any:
+        from gfs import mover
+
+        fut: Future[dict[str, Any]] = Future()
+        addr, secret = self.rt.mover(src)
+        dest = self.rt.stores.get(dst)
+        bar = _bar(self.rt.progress, 0, f"{src}->{dst}", unit="B")
+
+        def tick(n: int) -> None:
+            if bar is not None:
+                bar.update(n)
+        try:
+            st = mover.fetch(dest, addr, ids, secret, streams=self.streams, progress=tick)
+        except Exception as e:
+            fut.set_exception(e)
+            return fut
+        finally:
+            if bar is not None:
+                bar.close()
+        fut.set_result({"bytes": st.bytes, "chunks": st.chunks, "skipped": st.skipped,
+                        "retries": st.retries, "seconds": st.seconds})
+        return fut
+
+    def submit(self, client: Any, site: str, fn: TaskFn | Sequence[TaskFn], task: Task,
+               output: str | None, *, key: str, retries: int) -> Any:
+        state = self.rt.topo.site(site).state
+        if state is None:
+            raise ConfigError(f"site {site} has no store here (state)")
+        files = [(f.path, f.manifest) for f in task.files]
+        return client.submit(run_task, fn, state, files, output, key=key,
+                             resources={resource_tag(site): 1}, retries=retries, pure=False)
+
+    def output_site(self, output: str, site: str) -> str:
+        return site
+
+
 class Executor:
-    """Runs plans on a Runtime: prefetch, pinned tasks, retries, re-planning, records."""
+    """Runs plans on a Runtime through its per-site driver: prefetch, pinned tasks,
+    retries, re-planning, records."""
 
     def __init__(self, runtime: Runtime, planner: Planner | None = None, *, retries: int = 2,
                  streams: int = 2) -> None:
         self.rt = runtime
         self.planner = planner or Planner()
         self.retries = retries
-        self.streams = streams
+        self.driver: SiteDriver = runtime.driver(streams)
 
     def run(self, fn: TaskFn | Sequence[TaskFn], plan: Plan, *, output: str | None = None,
             job_id: str | None = None, name: str = "", model: CostModel | None = None
@@ -361,78 +476,71 @@ class Executor:
         inputs are held by no site that is still up.
         """
         jid = job_id or uuid.uuid4().hex[:12]
-        rec = self.rt.load_record(jid) if job_id else None
-        if rec is None:
-            rec = {"id": jid, "name": name or getattr(fn, "__name__", "job"),
-                   "created": time.time(), "status": "running", "plan": plan.to_dict(),
-                   "output": output, "tasks": {}, "transfers": [], "replans": []}
-        rec["status"] = "running"
+        old = self.rt.load_record(jid) if job_id else None
+        rec = JobRecord.from_dict(old) if old else JobRecord(
+            jid, name or getattr(fn, "__name__", "job"), time.time(), plan.to_dict(), output)
+        rec.status = "running"
         tasks = {t.id: t for t in plan.tasks}
         for t in plan.tasks:
-            rec["tasks"].setdefault(t.id, {"files": [f.path for f in t.files],
-                                           "status": "pending", "attempts": []})
-            if rec["tasks"][t.id]["status"] == "done":     # resumed: no compute left
+            tr = rec.tasks.setdefault(t.id, TaskRecord([f.path for f in t.files]))
+            if tr.status == "done":                       # resumed: no compute left
                 self.rt.topo.compute_done(jid, t.id)
         self.rt.save_record(rec)
         placement = dict(plan.placement)
         started = time.monotonic()
-        lock = threading.Lock()
         bar = _bar(self.rt.progress, len(tasks), f"job {jid}")
         try:
             while True:
-                todo = [t for tid, t in tasks.items() if rec["tasks"][tid]["status"] != "done"]
+                todo = [t for tid, t in tasks.items() if rec.tasks[tid].status != "done"]
                 if not todo:
                     break
-                lost = self._round(fn, todo, placement, output, rec, lock, bar)
+                lost = self._round(fn, todo, placement, output, rec, bar)
                 self.rt.save_record(rec)
                 if not lost:
                     continue
                 for s in lost:
                     if self.rt.topo.sites[s].status == "up":
                         self.rt.topo.mark_down(s)
-                pending = [t for tid, t in tasks.items()
-                           if rec["tasks"][tid]["status"] != "done"]
+                pending = [t for tid, t in tasks.items() if rec.tasks[tid].status != "done"]
                 placement = self._replan(pending, rec, model)
         except JobFailedError as e:
-            rec["status"] = "failed"
-            rec["error"] = str(e)
-            rec["seconds"] = time.monotonic() - started
-            e.report.setdefault("written", {k: v.get("output") for k, v in rec["tasks"].items()
-                                            if v["status"] == "done"})
-            rec["report"] = e.report
+            rec.status, rec.error = "failed", str(e)
+            rec.seconds = time.monotonic() - started
+            e.report.setdefault("written", rec.written())
+            rec.report = e.report
             self.rt.save_record(rec)
+            if self.rt.record_errors:
+                e.report.setdefault("record", self.rt.record_errors[-1])
             raise
         except BaseException as e:
-            rec["status"] = "failed"
-            rec["error"] = f"{type(e).__name__}: {e}"
-            rec["seconds"] = time.monotonic() - started
+            rec.status, rec.error = "failed", f"{type(e).__name__}: {e}"
+            rec.seconds = time.monotonic() - started
             with contextlib.suppress(Exception):
                 self.rt.save_record(rec)
             raise
         finally:
             if bar is not None:
                 bar.close()
-        rec["status"] = "done"
-        rec["seconds"] = time.monotonic() - started
+        rec.status = "done"
+        rec.seconds = time.monotonic() - started
         self.rt.save_record(rec)
-        res = JobResult(jid, rec)
-        for tid, t in rec["tasks"].items():
-            if t.get("output"):
-                res.outputs[tid] = t["output"]
-            if "value" in t:
-                res.values[tid] = t["value"]
+        res = JobResult(jid, rec.to_dict())
+        for tid, tr in rec.tasks.items():
+            if tr.output:
+                res.outputs[tid] = tr.output
+            if tr.value is not None:
+                res.values[tid] = tr.value
         return res
 
     # -- one round: every pending task at its site --------------------------------------
     def _round(self, fn: TaskFn | Sequence[TaskFn], todo: list[Task], placement: dict[str, str],
-               output: str | None, rec: dict[str, Any], lock: threading.Lock,
-               bar: Any) -> set[str]:
+               output: str | None, rec: JobRecord, bar: Any) -> set[str]:
         by_site: dict[str, list[Task]] = {}
         for t in todo:
             by_site.setdefault(placement[t.id], []).append(t)
         lost: set[str] = set()
         with ThreadPoolExecutor(max_workers=max(1, len(by_site))) as pool:
-            futs = [pool.submit(self._run_site, fn, site, ts, output, rec, lock, bar)
+            futs = [pool.submit(self._run_site, fn, site, ts, output, rec, bar)
                     for site, ts in by_site.items()]
             failures: list[_TaskFailed] = []
             for fut in futs:
@@ -450,55 +558,48 @@ class Executor:
         return lost
 
     def _by_source(self, site: str, tasks: list[Task], need: Mapping[bytes, int],
-                   missing: Iterable[bytes], rec: dict[str, Any]) -> dict[str, list[bytes]]:
+                   missing: Iterable[bytes], rec: JobRecord) -> dict[str, list[bytes]]:
         """The chunks `site` lacks grouped by the site to fetch each from, chosen as the
         plan chose them (other jobs' link queues count, this job's own not); a chunk no
         up site holds fails the job with the files it belongs to."""
         missing = list(missing)
-        where = self.rt.locate(missing) if missing else {}
-        model = CostModel(self.rt.topo, where, job=str(rec["id"]))
-        fetch = sum(need[c] for c in missing)
-        by_src: dict[str, list[bytes]] = {}
-        for c in missing:
-            src = model.source(c, site, fetch)
-            if src is None:
-                missing_files = sorted({f.path for t in tasks for f in t.files
-                                        if any(r.id == c for r in f.manifest.chunks)})
-                raise JobFailedError(
-                    f"job {rec['id']}: chunk {c.hex()} of {', '.join(missing_files)} is held "
-                    f"by no up site; bring its site back and run the job again with the same "
-                    f"id", {"missing": missing_files,
-                            "lost_sites": sorted(n for n, x in self.rt.topo.sites.items()
-                                                 if x.status != "up")})
-            by_src.setdefault(src, []).append(c)
+        where = self.rt.catalog.locate(missing) if missing else {}
+        by_src, unheld = CostModel(self.rt.topo, where, job=rec.id).by_source(site, missing,
+                                                                              need)
+        if unheld:
+            gone = set(unheld)
+            missing_files = sorted({f.path for t in tasks for f in t.files
+                                    if any(r.id in gone for r in f.manifest.chunks)})
+            raise JobFailedError(
+                f"job {rec.id}: {len(gone)} chunk(s) (first {unheld[0].hex()}) of "
+                f"{', '.join(missing_files)} are held by no up site; bring its site back "
+                f"and run the job again with the same id", {"missing": missing_files,
+                        "lost_sites": sorted(n for n, x in self.rt.topo.sites.items()
+                                             if x.status != "up")})
         return by_src
 
     def _run_site(self, fn: TaskFn | Sequence[TaskFn], site: str, tasks: list[Task],
-                  output: str | None, rec: dict[str, Any], lock: threading.Lock,
-                  bar: Any) -> set[str]:
-        s = self.rt.topo.site(site)
-        state = s.state
-        if state is None:
-            raise ConfigError(f"site {site} has no store here (state)")
-        try:
-            dest = self.rt.stores.get(site)
-        except Exception as e:
-            raise SiteLostError(site, str(e)) from e
+                  output: str | None, rec: JobRecord, bar: Any) -> set[str]:
+        """Copy what `site` lacks (a thread per source, in task order, in a few groups)
+        and run the site's tasks, each as soon as the groups holding its chunks are in;
+        returns the sites found lost."""
+        d = self.driver
         need: dict[bytes, int] = {}
         for t in tasks:
-            need.update(t.chunks)
-        with dest.engine.read() as txn:
-            missing = {c for c in need if txn.get_chunk(c) is None}
+            need.update(d.need(t.files))
+        try:
+            missing = set(d.missing(site, list(need))) if need else set()
+        except (SiteLostError, ConnectionError) as e:
+            log.warning("site %s lost: %s", site, e)
+            return {site}
         by_src = self._by_source(site, tasks, need, missing, rec)
-        # Transfers run on threads, one per source, each fetching its chunks in task
-        # order in a few groups; a task waits only for the groups holding its chunks.
         src_of = {c: s for s, ids in by_src.items() for c in ids}
         ordered = sorted(tasks, key=lambda t: any(c in src_of for c in t.chunks))
         group_of: dict[bytes, tuple[str, int]] = {}
         groups: dict[str, list[list[bytes]]] = {}
         for src in by_src:
-            seq = [c for t in ordered for c in t.chunks if src_of.get(c) == src]
-            seq = list(dict.fromkeys(seq))
+            seq = list(dict.fromkeys(c for t in ordered for c in t.chunks
+                                     if src_of.get(c) == src))
             total = sum(need[c] for c in seq)
             n = pipeline_groups(total)
             parts: list[list[bytes]] = [[] for _ in range(n)]
@@ -506,87 +607,90 @@ class Executor:
             for c in seq:
                 k = min(n - 1, acc * n // max(total, 1))
                 parts[k].append(c)
-                group_of[c] = (src, k)
                 acc += need[c]
-            groups[src] = parts
+            groups[src] = [p for p in parts if p]
+            for k, p in enumerate(groups[src]):
+                for c in p:
+                    group_of[c] = (src, k)
         done: dict[tuple[str, int], Future[None]] = {
             (src, k): Future() for src, parts in groups.items() for k in range(len(parts))}
         lost: set[str] = set()
-        xpool = ThreadPoolExecutor(max_workers=max(1, len(by_src)))
+        xpool = ThreadPoolExecutor(max_workers=max(1, len(by_src)),
+                                   thread_name_prefix="hutong-copy")
         try:
             for src, parts in groups.items():
-                xpool.submit(self._fetch_groups, src, site, parts, done, rec, lock)
+                xpool.submit(self._fetch_groups, src, site, parts, need, done, rec)
             try:
                 client = self.rt.dask(site)
             except Exception as e:  # the cluster of a lost site does not start
-                lost.add(site)
                 log.warning("site %s lost: %s", site, e)
-                return lost
+                return {site}
             futures: dict[str, Any] = {}
             for t in ordered:
-                deps = sorted({group_of[c] for c in t.chunks if c in group_of})
-                failed_src = None
-                for g in deps:
+                failed: str | None = None
+                for g in sorted({group_of[c] for c in t.chunks if c in group_of}):
                     try:
                         done[g].result()
-                    except Exception as e:
-                        failed_src = g[0]
-                        log.warning("transfer %s -> %s failed: %s", g[0], site, e)
+                    except _TransferFailed as e:
+                        failed = e.site
                         break
-                if failed_src is not None:
-                    lost.add(failed_src)
+                if failed is not None:
+                    lost.add(failed)
+                    if failed == site:
+                        return lost
                     continue
-                files = [(f.path, f.manifest) for f in t.files]
                 out = f"{output.rstrip('/')}/{t.id}" if output else None
-                attempt = {"site": site, "started": time.time()}
-                with lock:
-                    rec["tasks"][t.id]["attempts"].append(attempt)
-                    rec["tasks"][t.id]["site"] = site
-                key = f"{rec['id']}-{t.id}-{len(rec['tasks'][t.id]['attempts'])}"
+                attempt = Attempt(site, time.time())
+                with rec.lock:
+                    tr = rec.tasks[t.id]
+                    tr.attempts.append(attempt)
+                    tr.site = site
+                    tr.granted = d.note(t)
+                    key = f"{rec.id}-{t.id}-{len(tr.attempts)}"
                 try:
-                    futures[t.id] = client.submit(run_task, fn, state, files, out, key=key,
-                                                  resources={resource_tag(site): 1},
-                                                  retries=self.retries, pure=False)
+                    futures[t.id] = d.submit(client, site, fn, t, out, key=key,
+                                             retries=self.retries)
                 except Exception as e:
-                    attempt["error"] = str(e)
+                    attempt.status, attempt.error = "failed", str(e)
                     lost.add(site)
                     return lost
-            self._collect(futures, rec, site, lost, lock, bar, lambda out: site)
+            self._collect(futures, rec, site, lost, bar)
         finally:
             xpool.shutdown(wait=True)
         return lost
 
-    def _collect(self, futures: dict[str, Any], rec: dict[str, Any], site: str,
-                 lost: set[str], lock: Any, bar: Any,
-                 output_site: Callable[[str], str]) -> None:
+    def _collect(self, futures: dict[str, Any], rec: JobRecord, site: str,
+                 lost: set[str], bar: Any) -> None:
         """Wait for the tasks submitted at `site` and record each outcome; a lost
         site goes into `lost`, a task that failed for good raises _TaskFailed."""
         for tid, fut in futures.items():
-            attempt = rec["tasks"][tid]["attempts"][-1]
+            attempt = rec.tasks[tid].attempts[-1]
             try:
                 res = self._wait(fut, site)
             except SiteLostError as e:
-                attempt["error"] = str(e)
+                attempt.status, attempt.error = "failed", str(e)
                 lost.add(site)
                 continue
             except Exception as e:
-                attempt["error"] = "".join(traceback.format_exception_only(e)).strip()
+                attempt.status = "failed"
+                attempt.error = "".join(traceback.format_exception_only(e)).strip()
                 if not self.rt.alive(site):
                     lost.add(site)
                     continue
-                raise _TaskFailed(tid, site, attempt["error"], False) from e
-            with lock:
-                attempt.update(status="done", seconds=res["seconds"], finished=time.time())
-                task_rec = rec["tasks"][tid]
-                task_rec["status"] = "done"
+                raise _TaskFailed(tid, site, attempt.error, False) from e
+            out_site = self.driver.output_site(res["output"], site) if "output" in res else None
+            with rec.lock:
+                attempt.status, attempt.seconds = "done", res["seconds"]
+                attempt.finished = time.time()
+                tr = rec.tasks[tid]
+                tr.status = "done"
                 if "output" in res:
-                    task_rec["output"] = res["output"]
-                    task_rec["output_bytes"] = res["output_bytes"]
-                    task_rec["output_site"] = output_site(res["output"])
+                    tr.output, tr.output_bytes = res["output"], res["output_bytes"]
+                    tr.output_site = out_site
                 if "value" in res:
-                    task_rec["value"] = res["value"]
-                self.rt.topo.compute_done(str(rec["id"]), tid)   # its slot is free again
-                self.rt.save_record(rec)
+                    tr.value = res["value"]
+            self.rt.topo.compute_done(rec.id, tid)           # its slot is free again
+            self.rt.save_record(rec)
             if bar is not None:
                 bar.update(1)
 
@@ -601,51 +705,49 @@ class Executor:
                     raise SiteLostError(site, f"site {site} stopped answering") from None
 
     def _fetch_groups(self, src: str, dst: str, parts: list[list[bytes]],
-                      done: dict[tuple[str, int], Future[None]], rec: dict[str, Any],
-                      lock: threading.Lock) -> None:
+                      need: Mapping[bytes, int], done: dict[tuple[str, int], Future[None]],
+                      rec: JobRecord) -> None:
         """Fetch the groups of one source in order; a failure fails the rest too."""
         for k, ids in enumerate(parts):
             try:
-                self._transfer(src, dst, ids, rec, lock, k)
+                self._transfer(src, dst, ids, [need[c] for c in ids], rec, k)
             except Exception as e:
+                lost = e.site if isinstance(e, SiteLostError) else \
+                    src if self.rt.alive(dst) else dst
+                log.warning("transfer %s -> %s failed (%s lost): %s", src, dst, lost, e)
                 for j in range(k, len(parts)):
-                    done[(src, j)].set_exception(e)
+                    done[(src, j)].set_exception(_TransferFailed(lost, str(e)))
                 return
             done[(src, k)].set_result(None)
 
-    def _transfer(self, src: str, dst: str, ids: list[bytes], rec: dict[str, Any],
-                  lock: threading.Lock, group: int = 0) -> None:
-        from gfs import mover
-
-        addr, secret = self.rt.mover(src)
-        dest = self.rt.stores.get(dst)
-        entry: dict[str, Any] = {"src": src, "dst": dst, "group": group, "chunks": len(ids),
-                                 "started": time.time(), "bytes": 0}
-        with lock:
-            rec["transfers"].append(entry)
-        bar = _bar(self.rt.progress, 0, f"{src}->{dst}", unit="B")
-
-        def tick(n: int) -> None:
-            if bar is not None:
-                bar.update(n)
+    def _transfer(self, src: str, dst: str, ids: list[bytes], lengths: list[int],
+                  rec: JobRecord, group: int) -> None:
+        entry = TransferRecord(src, dst, group, len(ids), time.time(),
+                               via=self.driver.via(src, dst))
+        with rec.lock:
+            rec.transfers.append(entry)
+            key = f"{rec.id}-copy-{src}-{dst}-{len(rec.transfers)}"
         try:
-            st = mover.fetch(dest, addr, ids, secret, streams=self.streams, progress=tick)
+            st = self._wait(self.driver.copy(src, dst, ids, lengths, key=key,
+                                             retries=self.retries), dst)
         except Exception as e:
-            entry["error"] = str(e)
+            entry.error = "".join(traceback.format_exception_only(e)).strip()
             raise
-        finally:
-            if bar is not None:
-                bar.close()
-        entry.update(bytes=st.bytes, moved=st.chunks, skipped=st.skipped, retries=st.retries,
-                     seconds=round(st.seconds, 6))
-        self.rt.topo.observe(src, dst, st.bytes, st.chunks, st.seconds)
+        with rec.lock:
+            entry.bytes, entry.moved = int(st["bytes"]), int(st["chunks"])
+            entry.seconds = round(float(st["seconds"]), 6)
+            entry.via = st.get("via", entry.via)
+            entry.retries = int(st.get("retries", 0))
+            if "skipped" in st:
+                entry.skipped = int(st["skipped"])
+        self.rt.topo.observe(src, dst, entry.bytes, entry.moved, float(st["seconds"]))
 
-    def _replan(self, pending: list[Task], rec: dict[str, Any],
+    def _replan(self, pending: list[Task], rec: JobRecord,
                 model: CostModel | None) -> dict[str, str]:
         ids = {c for t in pending for c in t.chunks}
-        where = self.rt.locate(ids)
+        where = self.rt.catalog.locate(ids)
         constraints = model.constraints if model is not None else None
-        jid = str(rec["id"])
+        jid = rec.id
         m = CostModel(self.rt.topo, where, constraints,
                       compute_rate=model.compute_rate if model is not None else None,
                       backlog=self.rt.topo.compute_backlog(exclude=jid), job=jid)
@@ -656,12 +758,13 @@ class Executor:
             missing = sorted({f.path for t in pending for f in t.files
                               if any(not where.get(r.id) for r in f.manifest.chunks)})
             raise JobFailedError(
-                f"job {rec['id']}: sites {', '.join(down)} lost and {len(missing)} input "
+                f"job {rec.id}: sites {', '.join(down)} lost and {len(missing)} input "
                 f"file(s) have chunks no other site holds: {', '.join(missing[:5])}; "
                 f"bring the site back and run the job again with the same id ({e})",
                 {"missing": missing, "lost_sites": down}) from None
-        rec["replans"].append({"at": time.time(), "lost": down, "strategy": plan.strategy,
-                               "placement": plan.placement})
+        with rec.lock:
+            rec.replans.append({"at": time.time(), "lost": down, "strategy": plan.strategy,
+                                "placement": plan.placement})
         self.rt.topo.move_compute(jid, plan.placement)
         log.warning("sites %s lost: %d task(s) re-planned (%s)", down, len(pending),
                     plan.strategy)

@@ -13,8 +13,10 @@ Nothing here opens a store. The driver and the workers speak to the sites only:
   file's replica sites come from its manifest, and which site holds which
   chunk from `/v1/chunks/has` at every up site of the owning entity (so chunks
   a job prefetched count for the next job). Files of another entity that
-  granted the caller read are *whole-file entries* (`datasets.whole_file`):
-  read whole through their primary, charged whole by the cost model, run at
+  granted the caller read are *granted entries* (`FileEntry.granted`): listed
+  at their primary, their chunks located there and at the caller's own sites
+  (dedup credit), read chunk by chunk by the tasks through the read stack
+  (`SiteSource`: the task's site first, then the primary), run at
   the caller's sites.
 * **Executor** (`FederatedExecutor`): each site's tasks run on that site's
   Dask cluster (`schedulers`, `Site.scheduler`, or a LocalCluster started
@@ -43,33 +45,34 @@ import logging
 import math
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from dataflow.cost import CostModel, Task
-from dataflow.datasets import Dataset, FileEntry, glob_regex, merge, whole_file
-from dataflow.errors import ConfigError, DatasetError, JobFailedError, SiteLostError
+from dataflow.cost import Task
+from dataflow.datasets import Dataset, FileEntry, glob_regex
+from dataflow.errors import ConfigError, DatasetError, SiteLostError
 from dataflow.executor import (
-    Executor,
-    JobResult,
     Runtime,
     TaskFn,
     apply_task,
     start_site_cluster,
 )
-from dataflow.federated_ops import RECORDS_DIR, FederatedOps
-from dataflow.ops import Dataflow, Job, TransferSummary
-from dataflow.planner import Objective, Plan, Planner
+from dataflow.federated_ops import RECORDS_DIR, Migration
+from dataflow.ops import Dataflow, TransferSummary
+from dataflow.planner import Objective
+from dataflow.records import JobRecord
 from dataflow.sites import Link, Topology, publish_links
 from gfs import paths
 from gfs.errors import HutongError, NotFoundError
-from gfs.federation.auth import AuthError
+from gfs.federation.auth import AuthError, EntityKeys
+from gfs.federation.client import FederationClient
 from gfs.federation.site_client import PullStats, SiteClient
+from gfs.federation.tls import client_trust
 from gfs.meta import ChunkRef, Manifest
+from gfs.read import ManifestReader
 
 log = logging.getLogger("hutong.dataflow")
 
@@ -108,16 +111,11 @@ class Credentials:
 
     def trust(self, keys: Any = None) -> Any:
         """The TLS trust of these credentials (gfs.federation.tls.client_trust)."""
-        from gfs.federation.tls import client_trust
-
         ca = Path(self.registry_ca).read_bytes() if self.registry_ca else None
         return client_trust(self.registry, keys=keys, registry_ca=ca)
 
     def open(self, near: str | None = None, timeout: float = 30.0) -> Any:
         """A new FederationClient (the caller closes it)."""
-        from gfs.federation.auth import EntityKeys
-        from gfs.federation.client import FederationClient
-
         keys = EntityKeys.load(self.keys_dir) if self.keys_dir else None
         return FederationClient(self.registry, keys=keys, token=self.token, near=near,
                                 timeout=timeout, tls=self.trust(keys))
@@ -147,13 +145,15 @@ def _records_prefix(path: str) -> bool:
 class FederatedCatalog:
     """Datasets resolved through the registry and the sites' HTTP APIs."""
 
-    def __init__(self, fc: Any, topo: Topology) -> None:
+    def __init__(self, fc: Any, topo: Topology, entity: str) -> None:
+        """`entity`: whose namespace (`/ENTITY/.dataflow/`) keeps the dataflow's states."""
         self.fc = fc
         self.topo = topo
+        self.entity = entity
         self.unreachable: set[str] = set()
         """Sites that did not answer a query (the runtime marks them down)."""
-        self.whole: dict[bytes, str] = {}
-        """Pseudo-chunk id of each whole-file entry resolved here -> its home (primary)."""
+        self.granted: dict[bytes, str] = {}
+        """Chunk id of each granted file resolved here -> the file's home (primary)."""
 
     def _manifest(self, path: str) -> tuple[Manifest, str, tuple[str, ...]]:
         norm, primary = self.fc.primary(path)
@@ -185,9 +185,23 @@ class FederatedCatalog:
         rx = glob_regex(selector)
         return sorted(p for p in self._walk(top) if rx.match(p))
 
+    def settle(self) -> None:
+        """Mark the sites that did not answer a query as down in the topology."""
+        for s in sorted(self.unreachable):
+            if s in self.topo.sites and self.topo.sites[s].status == "up":
+                log.warning("site %s unreachable: marked down", s)
+                self.topo.mark_down(s)
+
     def resolve(self, name: str, selectors: str | Sequence[str], *,
                 missing_ok: bool = False) -> Dataset:
         """Files, manifests and chunk holders of `selectors`, asked of the sites now."""
+        try:
+            return self._resolve(name, selectors, missing_ok)
+        finally:
+            self.settle()
+
+    def _resolve(self, name: str, selectors: str | Sequence[str], missing_ok: bool
+                 ) -> Dataset:
         sel = (selectors,) if isinstance(selectors, str) else tuple(selectors)
         if not sel:
             raise DatasetError(f"dataset {name!r}: give at least one path or glob")
@@ -222,26 +236,70 @@ class FederatedCatalog:
 
     def _entry(self, path: str, m: Manifest, primary: str, sites: tuple[str, ...]
                ) -> FileEntry:
-        """A file the caller reads chunk by chunk (its owner), or a whole-file entry: a
-        grantee (or a prefix token) reads it whole through the owner's primary, which
-        checks the grant; the runner's entity may then process it (a grant recorded in
-        the topology for the cost model's constraints)."""
+        """A file of the caller's entity, or a granted entry: a grantee (or a prefix
+        token) reads its chunks at the owner's primary, which checks the grant (or
+        at its own sites where they hold the same chunks); the runner's entity may
+        then process it (a grant recorded in the topology for the cost model's
+        constraints)."""
         owner = paths.split(path)[0]
         if self.fc.owner_mode(owner):
             return FileEntry(path, m, primary, sites)
-        f = whole_file(path, m, primary)
-        self.whole[f.manifest.chunks[0].id] = primary
+        for r in m.chunks:
+            self.granted[r.id] = primary
         me = self.fc.me
         if me and me != owner:
             grants = self.topo.grants.setdefault(owner, [])
             if (path, me) not in grants:
                 grants.append((path, me))
-        return f
+        return FileEntry(path, m, primary, (primary,), granted=True)
 
     def refresh(self, ds: Dataset) -> Dataset:
         """The same files with where their chunks live now."""
         return Dataset(ds.name, ds.selectors, list(ds.files), dict(ds.lengths),
                        self.locate(ds.lengths, owners={f.owner for f in ds.files}))
+
+    def files_now(self, pattern: str) -> list[FileEntry]:
+        """The files matching glob `pattern` now (none: an empty list)."""
+        return self.resolve(pattern, [pattern], missing_ok=True).files
+
+    def _state_path(self, kind: str, name: str) -> str:
+        return f"/{self.entity}/{RECORDS_DIR}/{kind}s/{name}.json"
+
+    def load_state(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The JSON file `/ENTITY/.dataflow/KINDs/NAME.json`, or None."""
+        try:
+            return dict(json.loads(self.fc.read_bytes(self._state_path(kind, name))))
+        except NotFoundError:
+            return None
+
+    def delete_state(self, kind: str, name: str) -> None:
+        """Remove `/ENTITY/.dataflow/KINDs/NAME.json` (absent: nothing happens)."""
+        with contextlib.suppress(NotFoundError):
+            self.fc.rm(self._state_path(kind, name))
+
+    def states(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """(name, state) of every `/ENTITY/.dataflow/KINDs/*.json`."""
+        top = self._state_path(kind, "x").rsplit("/", 1)[0]
+        try:
+            entries = self.fc.ls(top)
+        except NotFoundError:
+            return []
+        out = []
+        for e in entries:
+            name = e.path.rsplit("/", 1)[1]
+            if e.kind != "file" or not name.endswith(".json"):
+                continue
+            try:
+                out.append((name[:-5], dict(json.loads(self.fc.read_bytes(e.path)))))
+            except NotFoundError:
+                continue                         # removed while we listed
+        return out
+
+    def save_state(self, kind: str, name: str, value: dict[str, Any]) -> None:
+        """Replace `/ENTITY/.dataflow/KINDs/NAME.json` (committed at its primary)."""
+        path = self._state_path(kind, name)
+        self.fc.mkdir(path.rsplit("/", 1)[0], parents=True, exist_ok=True)
+        self.fc.write_bytes(path, json.dumps(value, sort_keys=True, default=str).encode())
 
     def has(self, site: str, ids: Sequence[bytes], owner: str | None = None) -> list[bool]:
         """`/v1/chunks/has` at `site` for `ids` (its own entity's store)."""
@@ -249,20 +307,29 @@ class FederatedCatalog:
 
     def locate(self, ids: Iterable[bytes], owners: Iterable[str] | None = None
                ) -> dict[bytes, dict[str, str]]:
-        """For each chunk, the up sites (of the owning entities; all up sites of the
-        caller's entity when `owners` is None) whose store holds it, with their tier."""
+        """For each chunk, the up sites (of the owning entities; of every entity when
+        `owners` is None) whose store holds it, with their tier; sites that do not
+        answer are marked down."""
+        try:
+            return self._locate(ids, owners)
+        finally:
+            self.settle()
+
+    def _locate(self, ids: Iterable[bytes], owners: Iterable[str] | None
+                ) -> dict[bytes, dict[str, str]]:
         want = list(dict.fromkeys(ids))
         out: dict[bytes, dict[str, str]] = {c: {} for c in want}
-        whole = [c for c in want if c in self.whole]
-        for c in whole:                  # read whole from the primary while it is up
-            home = self.topo.sites.get(self.whole[c])
+        for c in want:                   # granted files: at their primary while it is up
+            home = self.topo.sites.get(self.granted.get(c, ""))
             if home is not None and home.status == "up" and home.name not in self.unreachable:
                 out[c][home.name] = home.tier
-        if whole:
-            want = [c for c in want if c not in self.whole]
         if not want:
             return out
-        ents = set(owners) if owners is not None else {self.fc.me}
+        ents = set(owners) if owners is not None else {s.entity for s in self.topo.up()}
+        # the chunk API answers an entity's own sites only; a grantee's own sites may
+        # hold chunks of a granted file too (dedup credit)
+        ents = {e for e in ents if self.fc.owner_mode(e)} | ({self.fc.me} if self.fc.me
+                                                              else set())
         asked = [site for site in self.topo.up()
                  if site.entity in ents and site.name not in self.unreachable]
 
@@ -302,38 +369,21 @@ def _get_blobs(fc: Any, site: str, ids: Sequence[bytes]) -> dict[bytes, bytes]:
 
 @dataclass(frozen=True)
 class RemoteInputFile:
-    """One input of a task, read chunk by chunk through the sites' APIs: the site the
-    task runs at first, then `sources` for chunks it lacks. With `whole` (another
-    entity's file the job's entity was granted), read whole through the owner's
-    primary (`/v1/ns/read`) and checked against `manifest`, chunk by chunk."""
+    """One input of a task, read chunk by chunk through the sites' APIs and the
+    client's read stack: the site the task runs at first, then `sources` for chunks
+    it lacks. A `granted` file (another entity's, granted to the job's entity) has
+    its owner's primary as only source; the primary checks the grant."""
 
     path: str
     manifest: Manifest
     site: str
     sources: tuple[str, ...]
     creds: Credentials
-    whole: bool = False
+    granted: bool = False
 
     @property
     def size(self) -> int:
         return self.manifest.size
-
-    def _read_whole(self, fc: Any) -> bytes:
-        from gfs.codec import chunk_id
-
-        data = fc.read_bytes(self.path)
-        ok = len(data) == self.manifest.size
-        pos = 0
-        for r in self.manifest.chunks if ok else ():
-            if chunk_id(data[pos:pos + r.length]) != r.id:
-                ok = False
-                break
-            pos += r.length
-        if not ok:
-            raise DatasetError(f"{self.path} changed since the job was planned (what its "
-                               f"primary returns is not version {self.manifest.version}); "
-                               f"run the job again to process the new version")
-        return bytes(data)
 
     def read(self) -> bytes:
         """The whole content (each chunk verified against its id)."""
@@ -344,11 +394,18 @@ class RemoteInputFile:
         """A seekable binary reader of this version of the file: chunks through the
         client's memory tier from the task's site first, then from `sources`."""
         fc = self.creds.client(near=self.site)
-        if self.whole:
-            return io.BytesIO(self._read_whole(fc))
-        from gfs.read import ManifestReader
-
-        fc.source.note(self.path, [self.site, *[s for s in self.sources if s != self.site]])
+        if self.granted:
+            home = self.sources[0]
+            now = fc.with_site(home, lambda sc: sc.manifest(self.path))
+            if tuple(now.refs()) != self.manifest.chunks:
+                raise DatasetError(f"{self.path} changed since the job was planned (its "
+                                   f"primary {home} has another version than "
+                                   f"{self.manifest.version}); run the job again to process "
+                                   f"the new version")
+            fc.source.note(self.path, [home])
+        else:
+            fc.source.note(self.path,
+                           [self.site, *[s for s in self.sources if s != self.site]])
         return io.BufferedReader(ManifestReader(fc.cache, self.path, self.manifest), 1 << 20)
 
 
@@ -429,15 +486,15 @@ class ChunkNotHeldError(HutongError):
 
 
 def run_remote_task(fn: TaskFn | Sequence[TaskFn], creds: Credentials, site: str,
-                    files: list[tuple[str, int, list[tuple[str, int]], bool]],
+                    files: list[tuple[str, int, list[tuple[str, int]], str | None]],
                     sources: tuple[str, ...], output: str | None) -> dict[str, Any]:
     """Worker side of one task in federation mode: inputs through the sites' APIs
-    (`files`: path, version, chunks, read whole), the output written with
-    `FederationClient.write_bytes`."""
+    (`files`: path, version, chunks, and the primary of a granted file, else None),
+    the output written with `FederationClient.write_bytes`."""
     inputs = [RemoteInputFile(p, Manifest(v, tuple(ChunkRef(bytes.fromhex(h), n)
-                                                   for h, n in refs)), site, sources, creds,
-                              whole)
-              for p, v, refs, whole in files]
+                                                   for h, n in refs)), site,
+                              (home,) if home else sources, creds, home is not None)
+              for p, v, refs, home in files]
     return apply_task(fn, inputs, output, lambda: creds.client(near=site))
 
 
@@ -456,18 +513,19 @@ class FederatedRuntime(Runtime):
     def __init__(self, topo: Topology, creds: Credentials, *,
                  schedulers: Mapping[str, str] | None = None, entity: str | None = None,
                  processes: bool = False, progress: bool = False,
-                 use_mover: bool = True) -> None:
+                 use_mover: bool = True, publish_interval: float = PUBLISH_INTERVAL
+                 ) -> None:
         for name, addr in (schedulers or {}).items():
             topo.sites[name] = replace(topo.site(name), scheduler=addr)
         super().__init__(topo, processes=processes, home=None, progress=progress)
         self.creds = creds
         self.fc = creds.open()
-        self.catalog = FederatedCatalog(self.fc, topo)
         ent = entity or self.fc.me
         if not ent:
             raise ConfigError("federation mode needs an entity for job records: give "
                               "keys_dir or entity=")
         self.entity: str = str(ent)
+        self.catalog: FederatedCatalog = FederatedCatalog(self.fc, topo, self.entity)
         self.records_dir = f"/{self.entity}/{RECORDS_DIR}/jobs"
         self._records_ready = False
         self.record_errors: list[str] = []
@@ -481,6 +539,10 @@ class FederatedRuntime(Runtime):
         self._write_lock = threading.Lock()
         self._written: dict[str, int] = {}
         self._copiers: ThreadPoolExecutor | None = None
+        self.publish_interval = publish_interval
+        self._published_upto = time.time()   # links measured later are not in the registry
+        self._published_last: float | None = None
+        self._publish_lock = threading.Lock()
 
     # -- sites -----------------------------------------------------------------------------
     def endpoint(self, site: str) -> str:
@@ -515,12 +577,6 @@ class FederatedRuntime(Runtime):
             self._dead.add(site)
         return ok
 
-    def mark_unreachable(self) -> None:
-        """Mark the sites the catalog could not reach as down."""
-        for s in sorted(self.catalog.unreachable):
-            if s in self.topo.sites and self.topo.sites[s].status == "up":
-                log.warning("site %s unreachable: marked down", s)
-                self.topo.mark_down(s)
 
     def transfer_via(self, src: str, dst: str) -> str:
         """How chunks go from `src` to `dst`: `mover` when both are sites of the caller's
@@ -563,13 +619,45 @@ class FederatedRuntime(Runtime):
         raise ConfigError("federation mode moves chunks through the sites' APIs; there is "
                           "no driver-side mover")
 
-    def locate(self, ids: Iterable[bytes]) -> dict[bytes, dict[str, str]]:
-        owners = {s.entity for s in self.topo.up()}
-        where = self.catalog.locate(ids, owners)
-        self.mark_unreachable()
-        return where
+    def driver(self, streams: int = 2) -> FederatedDriver:
+        """The per-site driver: everything through the sites' APIs and clusters."""
+        return FederatedDriver(self)
+
+    # -- links kept fresh in the registry -------------------------------------------------
+    def publish_links(self, *, force: bool = False) -> int:
+        """Send the links measured here since the last publication (probes, and the
+        transfers jobs and prefetches observed) whose source is a site of the caller's
+        entity to the registry (`dataflow.sites.publish_links`), so other planners
+        start from them. At most once per `publish_interval` unless `force`. Errors
+        are logged, never raised (the registry may be away; the next call retries).
+        Returns how many links were published."""
+        keys = self.fc.keys
+        if keys is None:
+            return 0                       # a token cannot sign link reports
+        with self._publish_lock:
+            now = time.monotonic()
+            if not force and self._published_last is not None and \
+                    now - self._published_last < self.publish_interval:
+                return 0
+            self._published_last = now
+            cut = time.time()
+            try:
+                n = publish_links(self.topo, self.creds.registry, keys,
+                                  timeout=PUBLISH_TIMEOUT, since=self._published_upto)
+            except (HutongError, OSError) as e:
+                log.warning("links not published to the registry %s: %s", self.creds.registry,
+                            e)
+                return 0
+            self._published_upto = cut
+            if n:
+                log.info("published %d measured link(s) to the registry", n)
+            return n
 
     def close(self) -> None:
+        """Publish the links measured since the last publication, write the pending
+        records, stop the clusters started here."""
+        with contextlib.suppress(Exception):
+            self.publish_links(force=True)
         self.flush_records()
         if self._copiers is not None:
             self._copiers.shutdown(wait=False, cancel_futures=True)
@@ -582,18 +670,18 @@ class FederatedRuntime(Runtime):
     def _record_path(self, job_id: str) -> str:
         return f"{self.records_dir}/{job_id}.json"
 
-    def save_record(self, rec: dict[str, Any]) -> None:
+    def save_record(self, rec: JobRecord) -> None:
         """Write the record to the home entity's namespace. While the job runs, a
         background thread writes the newest state (the executor never waits on the
         home primary, often across the WAN); a finished job's record (`done`,
         `failed`) is written before this returns. A failure is logged and kept in
         `record_errors` (the job's own outcome is not changed by it)."""
-        jid = str(rec["id"])
-        data = json.dumps(rec, sort_keys=True, default=str).encode()
+        jid = rec.id
+        data = json.dumps(rec.to_dict(), sort_keys=True, default=str).encode()
         with self._save_cv:
             self._save_seq += 1
             seq = self._save_seq
-            if rec.get("status") not in ("done", "failed"):
+            if rec.status not in ("done", "failed"):
                 self._pending[jid] = (seq, data)
                 if self._saver is None or not self._saver.is_alive():
                     self._saver = threading.Thread(target=self._save_loop, daemon=True,
@@ -660,151 +748,81 @@ class FederatedRuntime(Runtime):
         return sorted(recs, key=lambda r: r.get("created", 0))
 
 
-class FederatedExecutor(Executor):
-    """Runs plans with every site reached through its API and its own Dask cluster."""
+class FederatedDriver:
+    """Sites reached through their HTTP APIs: `/v1/chunks/has` for what a site lacks,
+    mover pulls or chunk-API copies between sites (`FederatedRuntime.start_copy`),
+    tasks that read their inputs through the sites (`run_remote_task`)."""
 
-    rt: FederatedRuntime
+    def __init__(self, rt: FederatedRuntime) -> None:
+        self.rt = rt
 
-    def __init__(self, runtime: FederatedRuntime, planner: Planner | None = None, *,
-                 retries: int = 2) -> None:
-        super().__init__(runtime, planner, retries=retries)
+    def need(self, files: Iterable[FileEntry]) -> dict[bytes, int]:
+        """The chunks of the caller's own files (granted files are read by the task)."""
+        out: dict[bytes, int] = {}
+        for f in files:
+            if not f.granted:
+                out.update((r.id, r.length) for r in f.manifest.chunks)
+        return out
 
-    def run(self, fn: TaskFn | Sequence[TaskFn], plan: Any, *, output: str | None = None,
-            job_id: str | None = None, name: str = "", model: CostModel | None = None
-            ) -> Any:
-        try:
-            return super().run(fn, plan, output=output, job_id=job_id, name=name, model=model)
-        except JobFailedError as e:
-            if self.rt.record_errors:
-                e.report.setdefault("record", self.rt.record_errors[-1])
-            raise
+    def missing(self, site: str, ids: list[bytes]) -> list[bytes]:
+        have = self.rt.catalog.has(site, ids)
+        return [c for c, h in zip(ids, have, strict=True) if not h]
+
+    def via(self, src: str, dst: str) -> str | None:
+        return self.rt.transfer_via(src, dst)
+
+    def copy(self, src: str, dst: str, ids: list[bytes], lengths: list[int], *, key: str,
+             retries: int) -> Any:
+        via = self.rt.transfer_via(src, dst)
+        client = None if via == "mover" else self.rt.dask(dst)
+        return self.rt.start_copy(client, src, dst, [c.hex() for c in ids], lengths, via,
+                                  key=key, retries=retries)
+
+    def note(self, task: Task) -> dict[str, Any] | None:
+        """The granted files `task` reads through their owners' primaries, or None."""
+        granted = [f for f in task.files if f.granted]
+        if not granted:
+            return None
+        return {"files": [f.path for f in granted], "bytes": sum(f.size for f in granted),
+                "from": sorted({f.home for f in granted})}
 
     def _sources(self, site: str, owners: Iterable[str]) -> tuple[str, ...]:
         """Other up sites of the owners, nearest (fastest link to `site`) first."""
         ents = set(owners)
-        others = [s.name for s in self.rt.topo.up() if s.entity in ents and s.name != site]
-        return tuple(sorted(others, key=lambda s: (-self.rt.topo.link(s, site).bandwidth, s)))
+        topo = self.rt.topo
+        others = [s.name for s in topo.up() if s.entity in ents and s.name != site]
+        return tuple(sorted(others, key=lambda s: (-topo.link(s, site).bandwidth, s)))
 
-    def _run_site(self, fn: TaskFn | Sequence[TaskFn], site: str, tasks: list[Task],
-                  output: str | None, rec: dict[str, Any], lock: threading.Lock,
-                  bar: Any) -> set[str]:
-        rt = self.rt
-        need: dict[bytes, int] = {}          # chunks to have here (whole files: read later)
-        for t in tasks:
-            for f in t.files:
-                if f.whole is None:
-                    need.update((r.id, r.length) for r in f.manifest.chunks)
-        ids = list(need)
-        try:
-            have = rt.catalog.has(site, ids) if ids else []
-        except ConnectionError as e:
-            log.warning("site %s lost: %s", site, e)
-            return {site}
-        missing = [c for c, h in zip(ids, have, strict=True) if not h]
-        by_src = self._by_source(site, tasks, need, missing, rec)
-        try:
-            client = rt.dask(site)
-        except Exception as e:  # the cluster of a lost site does not answer
-            log.warning("site %s lost: %s", site, e)
-            return {site}
-        lost: set[str] = set()
-        xfers: dict[str, tuple[Any, dict[str, Any]]] = {}
-        for src, cids in by_src.items():
-            via = rt.transfer_via(src, site)
-            entry: dict[str, Any] = {"src": src, "dst": site, "group": 0, "chunks": len(cids),
-                                     "started": time.time(), "bytes": 0, "via": via}
-            with lock:
-                rec["transfers"].append(entry)
-            key = f"{rec['id']}-copy-{src}-{site}-{len(rec['transfers'])}"
-            try:
-                fut = rt.start_copy(client, src, site, [c.hex() for c in cids],
-                                    [need[c] for c in cids], via, key=key,
-                                    retries=self.retries)
-            except Exception as e:
-                entry["error"] = str(e)
-                return {site}
-            xfers[src] = (fut, entry)
-        src_of = {c: s for s, cids in by_src.items() for c in cids}
-        ordered = sorted(tasks, key=lambda t: any(c in src_of for c in t.chunks))
-        waited: dict[str, bool] = {}
-        futures: dict[str, Any] = {}
-        for t in ordered:
-            srcs = sorted({src_of[c] for c in t.chunks if c in src_of})
-            ok = True
-            for src in srcs:
-                if src not in waited:
-                    waited[src] = self._finish_transfer(src, site, *xfers[src], lost)
-                ok = ok and waited[src]
-            if site in lost:
-                return lost
-            if not ok:
-                continue
-            files = [(f.path, f.manifest.version,
-                      [(r.id.hex(), r.length) for r in (f.whole or f.manifest).chunks],
-                      f.whole is not None)
-                     for f in t.files]
-            out = f"{output.rstrip('/')}/{t.id}" if output else None
-            attempt: dict[str, Any] = {"site": site, "started": time.time()}
-            whole = [f.path for f in t.files if f.whole is not None]
-            with lock:
-                rec["tasks"][t.id]["attempts"].append(attempt)
-                rec["tasks"][t.id]["site"] = site
-                if whole:       # read whole through the owners' primaries by the task
-                    rec["tasks"][t.id]["read_whole"] = {
-                        "files": whole, "bytes": sum(f.size for f in t.files
-                                                     if f.whole is not None),
-                        "from": sorted({f.home for f in t.files if f.whole is not None})}
-            key = f"{rec['id']}-{t.id}-{len(rec['tasks'][t.id]['attempts'])}"
-            sources = self._sources(site, t.owners)
-            try:
-                futures[t.id] = client.submit(run_remote_task, fn, rt.creds, site, files,
-                                              sources, out, key=key, retries=self.retries,
-                                              pure=False)
-            except Exception as e:
-                attempt["error"] = str(e)
-                lost.add(site)
-                return lost
-        self._collect(futures, rec, site, lost, lock, bar,
-                      lambda out: rt.fc.primary(out)[1])
-        return lost
+    def submit(self, client: Any, site: str, fn: TaskFn | Sequence[TaskFn], task: Task,
+               output: str | None, *, key: str, retries: int) -> Any:
+        files = [(f.path, f.manifest.version,
+                  [(r.id.hex(), r.length) for r in f.manifest.chunks],
+                  f.home if f.granted else None)
+                 for f in task.files]
+        return client.submit(run_remote_task, fn, self.rt.creds, site, files,
+                             self._sources(site, task.owners), output, key=key,
+                             retries=retries, pure=False)
 
-    def _finish_transfer(self, src: str, dst: str, fut: Any, entry: dict[str, Any],
-                         lost: set[str]) -> bool:
-        """Wait for one transfer; on failure, find which end was lost (False)."""
-        try:
-            st = self._wait(fut, dst)
-        except SiteLostError as e:
-            entry["error"] = str(e)
-            lost.add(dst)
-            return False
-        except Exception as e:
-            entry["error"] = "".join(traceback.format_exception_only(e)).strip()
-            if not self.rt.alive(dst):
-                lost.add(dst)
-            else:
-                log.warning("transfer %s -> %s failed: %s", src, dst, entry["error"])
-                lost.add(src)
-            return False
-        entry.update(bytes=st["bytes"], moved=st["chunks"], seconds=round(st["seconds"], 6),
-                     via=st.get("via", entry.get("via")), retries=st.get("retries", 0))
-        self.rt.topo.observe(src, dst, int(st["bytes"]), int(st["chunks"]),
-                             float(st["seconds"]))
-        return True
+    def output_site(self, output: str, site: str) -> str:
+        return str(self.rt.fc.primary(output)[1])
 
 
 # -- the notebook API -------------------------------------------------------------------------
 
 
-class FederatedDataflow(FederatedOps, Dataflow):
+class FederatedDataflow(Dataflow):
     """`Dataflow` over a federation: topology from the registry, datasets through the
-    primaries' APIs, tasks on each site's Dask cluster, records in the namespace.
+    primaries' APIs (`FederatedCatalog`), tasks on each site's Dask cluster and
+    records in the namespace (`FederatedRuntime`).
 
     `prefetch` copies chunks through the site APIs (mover pulls between own sites);
+    `migrate` pins files at a site with rules (`dataflow.federated_ops.Migration`);
     `replicate` adds federation rules. Tasks run at the caller's entity's sites;
-    files other entities granted it are read whole through their primaries.
+    files other entities granted it are read chunk by chunk through their primaries.
     """
 
     rt: FederatedRuntime
+    catalog: FederatedCatalog
 
     def __init__(self, registry: str, *, keys_dir: str | None = None,
                  token: str | None = None, config: str | None = None,
@@ -822,24 +840,17 @@ class FederatedDataflow(FederatedOps, Dataflow):
             raise ConfigError(f"publish_interval must be >= 0 seconds, got {publish_interval}")
         creds = Credentials(registry, keys_dir, token, registry_ca)
         if topo is None:
-            from gfs.federation.auth import EntityKeys
-
             tls = creds.trust(EntityKeys.load(keys_dir) if keys_dir else None)
             topo = Topology.from_registry(registry, config=config, tls=tls)
-        self.publish_interval = publish_interval
-        self._published_upto = time.time()   # links measured later are not in the registry
-        self._published_last: float | None = None
-        self._publish_lock = threading.Lock()
-        super().__init__(topo, processes=processes, progress=progress, objective=objective)
         self.creds = creds
-        self.rt = FederatedRuntime(topo, self.creds, schedulers=schedulers, entity=entity,
-                                   processes=processes, progress=progress,
-                                   use_mover=use_mover)
-        self.federation = self.rt.fc
-        self.catalog = self.rt.catalog
+        rt = FederatedRuntime(topo, creds, schedulers=schedulers, entity=entity,
+                              processes=processes, progress=progress, use_mover=use_mover,
+                              publish_interval=publish_interval)
+        super().__init__(topo, rt.catalog, rt, progress=progress, objective=objective,
+                         federation=rt.fc)
         # The chunk API (has/get/put) serves the owner entity only: an entity's own data
-        # is processed at its own sites; data another entity granted us is read whole
-        # through its primary, at our sites (as the owner's policy allows; the catalog
+        # is processed at its own sites; data another entity granted us is read through
+        # its primary (chunk by chunk), at our sites (as the owner's policy allows; the catalog
         # records the grants it used).
         me = self.rt.fc.me
         for ent in sorted({x.entity for x in topo.sites.values()} | set(topo.owners)):
@@ -847,73 +858,19 @@ class FederatedDataflow(FederatedOps, Dataflow):
             allow = topo.owners.get(ent, "")
             topo.owners[ent] = f"({allow}) & entity={at}" if allow else f"entity={at}"
 
-    def dataset(self, name: str, selectors: str | Sequence[str]) -> Dataset:
-        ds = self.catalog.resolve(name, selectors)
-        self.rt.mark_unreachable()
-        self.datasets[name] = ds
-        return ds
+    def migrate(self, inputs: Any, to: str, *, remove: bool = True,
+                rounds: int = 3) -> TransferSummary:
+        """Make site `to` the durable holder of every file of `inputs`: copy what it
+        lacks, pin the files there with a rule per selector, verify, then (with
+        `remove`) delete the other rules that exist only for these files
+        (`dataflow.federated_ops.Migration`). Raises MigrationIncompleteError
+        (nothing released) when `to` cannot be verified after `rounds` reconciles."""
+        return Migration(self.topo, self.rt.fc, self.catalog, self.creds).run(
+            self.resolve(inputs), to, self.prefetch, remove=remove, rounds=rounds)
 
-    def resolve(self, inputs: Any) -> Dataset:
-        try:
-            return self._resolve(inputs)
-        finally:
-            self.rt.mark_unreachable()
-
-    def _resolve(self, inputs: Any) -> Dataset:
-        cat = self.catalog
-        if isinstance(inputs, Dataset):
-            return cat.refresh(inputs)
-        if isinstance(inputs, Job):
-            res = inputs.wait()
-            out = res.record.get("output")
-            if not out:
-                raise DatasetError(f"job {inputs.id} wrote no output; give it output= to chain")
-            return cat.resolve(f"job {inputs.id}", [out.rstrip("/") + "/**"])
-        if isinstance(inputs, str):
-            if inputs in self.datasets:
-                ds = self.datasets[inputs]
-                return cat.resolve(ds.name, ds.selectors)
-            return cat.resolve(inputs, inputs)
-        if isinstance(inputs, Sequence) and inputs and all(isinstance(d, Dataset)
-                                                            for d in inputs):
-            return merge("+".join(d.name for d in inputs), [cat.refresh(d) for d in inputs])
-        if isinstance(inputs, Sequence) and all(isinstance(s, str) for s in inputs):
-            return cat.resolve(",".join(inputs), list(inputs))
-        raise ConfigError(f"inputs must be a Dataset, a dataset name, path(s) or glob(s), or a "
-                          f"Job; got {type(inputs).__name__}")
-
-    def _executor(self, planner: Planner, retries: int) -> Executor:
-        return FederatedExecutor(self.rt, planner, retries=retries)
-
-    # -- links kept fresh in the registry ---------------------------------------------------
     def publish_links(self, *, force: bool = False) -> int:
-        """Send the links measured here since the last publication (probes, and the
-        transfers jobs and prefetches observed) whose source is a site of the caller's
-        entity to the registry (`dataflow.sites.publish_links`), so other planners
-        start from them. At most once per `publish_interval` unless `force`. Errors
-        are logged, never raised (the registry may be away; the next call retries).
-        Returns how many links were published."""
-        keys = self.rt.fc.keys
-        if keys is None:
-            return 0                       # a token cannot sign link reports
-        with self._publish_lock:
-            now = time.monotonic()
-            if not force and self._published_last is not None and \
-                    now - self._published_last < self.publish_interval:
-                return 0
-            self._published_last = now
-            cut = time.time()
-            try:
-                n = publish_links(self.topo, self.creds.registry, keys,
-                                  timeout=PUBLISH_TIMEOUT, since=self._published_upto)
-            except (HutongError, OSError) as e:
-                log.warning("links not published to the registry %s: %s", self.creds.registry,
-                            e)
-                return 0
-            self._published_upto = cut
-            if n:
-                log.info("published %d measured link(s) to the registry", n)
-            return n
+        """`FederatedRuntime.publish_links`: the links measured here, to the registry."""
+        return self.rt.publish_links(force=force)
 
     def probe_link(self, src: str, dst: str, ids: Sequence[bytes]) -> Link:
         """Measure `src` -> `dst` the way jobs copy: mover pulls at `dst` of chunks
@@ -940,79 +897,11 @@ class FederatedDataflow(FederatedOps, Dataflow):
         self.publish_links(force=True)
         return link
 
-    def _run_reserved(self, job_id: str, plan: Plan, go: Callable[[], JobResult],
-                      model: CostModel) -> JobResult:
-        try:
-            return super()._run_reserved(job_id, plan, go, model)
-        finally:
-            self.publish_links()           # what the job's transfers measured
-
-    def prefetch(self, inputs: Any, site: str) -> TransferSummary:
-        """Copy the chunks of `inputs` that `site` lacks into its store, from the best
-        holders, by copy tasks on `site`'s cluster: `/v1/mover/pull` at `site` where
-        source and destination are sites of the caller's entity with movers, else
-        `/v1/chunks/get` -> `/v1/chunks/put` (`FederatedRuntime.transfer_via`). The
-        flows are reserved on their links while they run (jobs planned meanwhile
-        queue behind them), as embedded `prefetch` and `migrate` do.
-
-        Chunks only: they serve later jobs at `site` (the catalog sees them) and
-        are pinned there for a day, then reclaimable by gc unless a file names them.
-        """
-        self.topo.site(site)
-        ds = self.resolve(inputs)
-        ids = [c for c in ds.lengths if c not in self.catalog.whole]   # not whole files
-        if len(ids) < len(ds.lengths):
-            log.info("prefetch to %s: %d file(s) of %s are read whole by their tasks (granted "
-                     "by another entity); nothing to copy for them", site,
-                     len(ds.lengths) - len(ids), ds.name)
-        have = self.catalog.has(site, ids) if ids else []
-        missing = [c for c, h in zip(ids, have, strict=True) if not h]
-        model = CostModel(self.topo, ds.locations)
-        fetch = sum(ds.lengths[c] for c in missing)
-        by_src: dict[str, list[bytes]] = {}
-        for c in missing:
-            src = model.source(c, site, fetch)
-            if src is None:
-                raise DatasetError(f"prefetch to {site}: chunk {c.hex()} of {ds.name} is held by "
-                                   f"no up site")
-            by_src.setdefault(src, []).append(c)
-        out = TransferSummary(site, files=len(ds.files), skipped=len(ids) - len(missing))
-        t0 = time.monotonic()
-        if not by_src:
-            return out
-        client = self.rt.dask(site)
-        with self._reserving("prefetch", site, by_src, ds.lengths) as moved:
-            futs = {src: self.rt.start_copy(client, src, site, [c.hex() for c in cids],
-                                            [ds.lengths[c] for c in cids],
-                                            self.rt.transfer_via(src, site), retries=2)
-                    for src, cids in sorted(by_src.items())}
-            for src, fut in futs.items():
-                st = fut.result()
-                log.info("prefetch %s -> %s: %d chunks, %d bytes via %s", src, site,
-                         st["chunks"], st["bytes"], st["via"])
-                self.topo.observe(src, site, int(st["bytes"]), int(st["chunks"]),
-                                  float(st["seconds"]))
-                moved[(src, site)] = int(st["chunks"])
-                out.chunks += int(st["chunks"])
-                out.bytes += int(st["bytes"])
-                out.by_source[src] = int(st["bytes"])
-        out.seconds = time.monotonic() - t0
-        self.publish_links()
-        return out
-
     def fail_site(self, site: str) -> None:
         """Stop using `site` (its cluster client is closed; it is planned on no more)."""
         self.rt.fail_site(site)
 
-    def close(self) -> None:
-        """Publish the links measured since the last publication, then stop the clusters
-        started here."""
-        try:
-            self.publish_links(force=True)
-        finally:
-            super().close()
 
-
-__all__ = ["Credentials", "FederatedCatalog", "FederatedDataflow", "FederatedExecutor",
+__all__ = ["Credentials", "FederatedCatalog", "FederatedDataflow", "FederatedDriver",
            "FederatedRuntime", "RemoteInputFile", "copy_chunks", "run_remote_task",
            "start_site_cluster"]

@@ -1,8 +1,9 @@
 """Federation mode of `migrate` and `subscribe` (docs/dataflow.md, "Migrate and subscribe
 in a federation").
 
-`FederatedOps` is a mixin of `FederatedDataflow`: its methods replace the embedded
-ones of `Dataflow`, which need stores opened by the driver.
+`Migration` is a part `FederatedDataflow.migrate` composes from the topology, the
+federation client, the catalog and the credentials; subscriptions keep their
+state through the catalog (`FederatedCatalog.save_state`).
 
 **migrate(ds, to=X)**. In a federation the namespace entry of a file lives at its
 entity's primary, whose store holds every chunk of every file (a commit needs
@@ -42,37 +43,33 @@ all idempotent.
 
 **subscribe**. A subscription's state (the fingerprint of each handled file) is
 the JSON file `/ENTITY/.dataflow/subs/NAME.json` of the caller's entity,
-written through the federation; pending files are listed and read through the
-catalog. One poller per subscription at a time.
+written through the federation (`FederatedCatalog.save_state`); pending files
+are listed and read through the catalog. One poller per subscription at a time.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dataflow.datasets import Dataset, FileEntry
+from dataflow.datasets import Dataset
 from dataflow.errors import ConfigError, DataflowError, PlanError
-from dataflow.ops import Dataflow, Subscription, TransferSummary
+from dataflow.ops import TransferSummary
+from dataflow.sites import Topology
 from gfs import paths
 from gfs.errors import NotFoundError
 from gfs.federation.site_client import SiteManifest
-from gfs.meta import ChunkRef, Manifest
+from gfs.federation.wire import glob_match, literal_prefix
+from gfs.meta import ChunkRef
 
 if TYPE_CHECKING:
-    from dataflow.executor import TaskFn
-    from dataflow.federated import Credentials, FederatedCatalog, FederatedRuntime
+    from dataflow.federated import Credentials, FederatedCatalog
 
-#: Directory (under /ENTITY) of the dataflow's job records and subscription states.
+#: Directory (under /ENTITY) of the dataflow's job records and states.
 RECORDS_DIR = ".dataflow"
-#: Directory (under /ENTITY/.dataflow) of subscription states.
-SUBS_DIR = "subs"
 #: Seconds a reconcile request may take (the primary places every rule of the entity).
 RECONCILE_TIMEOUT = 600.0
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class MigrationIncompleteError(DataflowError, RuntimeError):
@@ -80,17 +77,16 @@ class MigrationIncompleteError(DataflowError, RuntimeError):
     released. The message names what is missing; run `migrate` again."""
 
 
-class FederatedOps(Dataflow):
-    """`migrate` and `subscribe` through the federation (a mixin of FederatedDataflow)."""
+class Migration:
+    """Migrating datasets to a site of their owner entity, through its primary's rules."""
 
-    rt: FederatedRuntime
-    catalog: FederatedCatalog
-    creds: Credentials
+    def __init__(self, topo: Topology, fc: Any, catalog: FederatedCatalog,
+                 creds: Credentials) -> None:
+        self.topo, self.fc, self.catalog, self.creds = topo, fc, catalog, creds
 
-    # -- migrate ----------------------------------------------------------------------------
-    def migrate(self, inputs: Any, to: str, *, remove: bool = True,
-                rounds: int = 3) -> TransferSummary:
-        """Make site `to` the durable holder of every file of `inputs` (module docstring):
+    def run(self, ds: Dataset, to: str, prefetch: Callable[[Dataset, str], TransferSummary],
+            *, remove: bool = True, rounds: int = 3) -> TransferSummary:
+        """Make site `to` the durable holder of every file of `ds` (module docstring):
         copy what it lacks, pin the files there with a rule per selector, verify, then
         (with `remove`) delete the other rules that exist only for these files.
 
@@ -103,7 +99,6 @@ class FederatedOps(Dataflow):
         site = self.topo.site(to)
         if site.status != "up":
             raise PlanError(f"migrate to {to}: the site is {site.status}")
-        ds = self.resolve(inputs)
         foreign = sorted({f.owner for f in ds.files} - {site.entity})
         if foreign:
             raise ConfigError(f"migrate {ds.name} to {to}: {to} belongs to {site.entity}, "
@@ -111,9 +106,9 @@ class FederatedOps(Dataflow):
                               f"migrated only to its own sites (use replicate() for "
                               f"encrypted copies at other entities' sites)")
         entity = site.entity
-        fc = self.rt.fc
+        fc = self.fc
         primary = str(fc.primary(f"/{entity}")[1])
-        out = self.prefetch(ds, to)          # its flows reserved on their links meanwhile
+        out = prefetch(ds, to)          # its flows reserved on their links meanwhile
         patterns = self._migrate_patterns(ds, entity)
         where = f"site={to}"
         rules = fc.rules(entity)
@@ -144,8 +139,6 @@ class FederatedOps(Dataflow):
     def _migrate_patterns(self, ds: Dataset, entity: str) -> list[str]:
         """Rule patterns covering the dataset: its selectors under /ENTITY (a directory
         becomes DIR/**), plus the exact path of any file they do not match."""
-        from gfs.federation.wire import glob_match
-
         pats: list[str] = []
         for s in ds.selectors:
             if any(ch in s for ch in "*?"):
@@ -153,7 +146,7 @@ class FederatedOps(Dataflow):
             else:
                 norm = paths.normalize(s)
                 try:
-                    kind = self.rt.fc.stat(norm).kind
+                    kind = self.fc.stat(norm).kind
                 except NotFoundError:
                     continue
                 pat = norm if kind == "file" else norm.rstrip("/") + "/**"
@@ -184,7 +177,7 @@ class FederatedOps(Dataflow):
 
     def _manifest(self, path: str) -> tuple[str, SiteManifest]:
         """(primary, manifest) of file `path`, from its entity's primary."""
-        fc = self.rt.fc
+        fc = self.fc
         norm, primary = fc.primary(path)
         return primary, fc.with_site(primary, lambda sc: sc.manifest(norm))
 
@@ -192,8 +185,6 @@ class FederatedOps(Dataflow):
                before: dict[str, tuple[int, tuple[ChunkRef, ...]]],
                current: dict[str, tuple[int, tuple[ChunkRef, ...]]]) -> list[str]:
         """What keeps `to` from being the verified, pinned holder of every current file."""
-        from gfs.federation.wire import glob_match
-
         problems = []
         for pat, rid in mine.items():
             r = states.get(rid)
@@ -217,10 +208,8 @@ class FederatedOps(Dataflow):
     def _rule_files(self, pattern: str) -> list[str] | None:
         """Files (job records included) the primary would match with `pattern` now;
         None when the listing fails (the rule is then kept)."""
-        from gfs.federation.wire import glob_match, literal_prefix
-
         try:
-            return [st.path for st in self.rt.fc.walk(literal_prefix(pattern))
+            return [st.path for st in self.fc.walk(literal_prefix(pattern))
                     if st.kind != "dir" and glob_match(pattern, st.path)]
         except NotFoundError:
             return []
@@ -229,7 +218,7 @@ class FederatedOps(Dataflow):
                  out: TransferSummary) -> None:
         """Delete the rules that keep copies away from `to` and the primary for these
         files only (their pins are removed everywhere by the primary)."""
-        fc = self.rt.fc
+        fc = self.fc
         for r in fc.rules(entity):
             rid = str(r["id"])
             elsewhere = sorted(set(r.get("sites", [])) - {to, primary})
@@ -251,42 +240,5 @@ class FederatedOps(Dataflow):
             out.notes.append(f"removed rule {rid} ({r['pattern']}): released its copies on "
                              f"{', '.join(elsewhere)}")
 
-    # -- subscriptions ------------------------------------------------------------------------
-    def subscribe(self, pattern: str, fn: TaskFn | Sequence[TaskFn], *, name: str | None = None,
-                  at: str = "auto", output: str | None = None) -> Subscription:
-        """As `Dataflow.subscribe`; the state is `/ENTITY/.dataflow/subs/NAME.json`."""
-        if name is not None and not _NAME.fullmatch(name):
-            raise ConfigError(f"subscription name {name!r}: use 1 to 128 letters, digits, "
-                              f"'.', '_' or '-' (it names a file)")
-        return super().subscribe(pattern, fn, name=name, at=at, output=output)
 
-    def _subscription_path(self, name: str) -> str:
-        return f"/{self.rt.entity}/{RECORDS_DIR}/{SUBS_DIR}/{name}.json"
-
-    def _load_subscription(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(json.loads(self.rt.fc.read_bytes(self._subscription_path(name))))
-        except NotFoundError:
-            return None
-
-    def _save_subscription(self, name: str, state: dict[str, Any]) -> None:
-        path = self._subscription_path(name)
-        self.rt.fc.mkdir(path.rsplit("/", 1)[0], parents=True, exist_ok=True)
-        self.rt.fc.write_bytes(path, json.dumps(state, sort_keys=True).encode())
-
-    def _subscription_files(self, name: str, pattern: str) -> list[FileEntry]:
-        files = []
-        try:
-            for p in self.catalog.files(pattern):
-                try:
-                    primary, m = self._manifest(p)
-                except NotFoundError:
-                    continue  # removed while we listed
-                files.append(FileEntry(p, Manifest(m.stat.version, tuple(m.refs())), primary,
-                                       tuple(m.sites)))
-        finally:
-            self.rt.mark_unreachable()
-        return files
-
-
-__all__ = ["FederatedOps", "MigrationIncompleteError"]
+__all__ = ["Migration", "MigrationIncompleteError"]

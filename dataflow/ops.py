@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import re
 import threading
 import time
 import uuid
@@ -41,12 +41,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dataflow.catalog import Catalog, EmbeddedCatalog
 from dataflow.cost import Constraints, CostModel, Task, tasks_of
 from dataflow.datasets import Dataset, FileEntry, glob_regex, merge
 from dataflow.errors import ConfigError, DatasetError, PlanError
-from dataflow.executor import JOBS_TABLE, Executor, JobResult, Runtime, TaskFn
+from dataflow.executor import Executor, JobResult, Runtime, TaskFn
+from dataflow.leases import LEASE_SECONDS, Leases
 from dataflow.planner import Objective, Plan, Planner
 from dataflow.sites import Topology
+
+#: A subscription's name (it names a file in a federation).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _fingerprint(f: FileEntry) -> str:
@@ -126,16 +131,27 @@ class Job:
 class Dataflow:
     """Sites, datasets and jobs: the entry point of the data-scheduling API."""
 
-    def __init__(self, topo: Topology, *, processes: bool = True, home: str | None = None,
-                 progress: bool = True, objective: Objective = "balanced",
-                 federation: Any = None) -> None:
-        """`federation` (a gfs.federation.FederationClient) makes `replicate` add rules."""
+    def __init__(self, topo: Topology, catalog: Catalog | None = None,
+                 runtime: Runtime | None = None, *, processes: bool = True,
+                 home: str | None = None, progress: bool = True,
+                 objective: Objective = "balanced", federation: Any = None,
+                 lease_seconds: float = LEASE_SECONDS) -> None:
+        """A Dataflow composed of `topo`, a `catalog` (default: `runtime.catalog`) and
+        a `runtime` (default: an embedded `Runtime` over `topo` with `processes`,
+        `home`, `progress`). `federation` (a
+        gfs.federation.FederationClient) makes `replicate` add rules.
+        `lease_seconds`: lifetime of the leases that publish this driver's running
+        jobs to other drivers (`dataflow.leases`; renewed every third of it)."""
         self.topo = topo
-        self.rt = Runtime(topo, processes=processes, home=home, progress=progress)
+        self.rt = runtime if runtime is not None else Runtime(
+            topo, processes=processes, home=home, progress=progress)
+        self.catalog: Catalog = catalog if catalog is not None else self.rt.catalog
         self.objective: Objective = objective
         self.federation = federation
         self.datasets: dict[str, Dataset] = {}
         self._lock = threading.Lock()
+        self.leases = Leases(self.catalog, topo, ttl=lease_seconds)
+        """This driver's leases, and the other drivers' load (`dataflow.leases`)."""
 
     @classmethod
     def open(cls, config: str, **kw: Any) -> Dataflow:
@@ -143,8 +159,11 @@ class Dataflow:
         return cls(Topology.from_config(config), **kw)
 
     def close(self) -> None:
-        """Stop the clusters and movers started for this object."""
-        self.rt.close()
+        """Delete this driver's leases, stop the clusters and movers started here."""
+        try:
+            self.leases.close()
+        finally:
+            self.rt.close()
 
     def __enter__(self) -> Dataflow:
         return self
@@ -155,32 +174,31 @@ class Dataflow:
     # -- datasets ---------------------------------------------------------------------
     def dataset(self, name: str, selectors: str | Sequence[str]) -> Dataset:
         """Define (or redefine) the named dataset and resolve it now."""
-        ds = Dataset.resolve(name, selectors, self.rt.stores)
+        ds = self.catalog.resolve(name, selectors)
         self.datasets[name] = ds
         return ds
 
     def resolve(self, inputs: Any) -> Dataset:
         """A Dataset from a Dataset, a name, selectors, a finished Job or a list of datasets."""
+        cat = self.catalog
         if isinstance(inputs, Dataset):
-            return inputs.refresh(self.rt.stores)
+            return cat.refresh(inputs)
         if isinstance(inputs, Job):
             res = inputs.wait()
             out = res.record.get("output")
             if not out:
                 raise DatasetError(f"job {inputs.id} wrote no output; give it output= to chain")
-            return Dataset.resolve(f"job {inputs.id}", [out.rstrip("/") + "/**"],
-                                   self.rt.stores)
+            return cat.resolve(f"job {inputs.id}", [out.rstrip("/") + "/**"])
         if isinstance(inputs, str):
             if inputs in self.datasets:
                 ds = self.datasets[inputs]
-                return Dataset.resolve(ds.name, ds.selectors, self.rt.stores)
-            return Dataset.resolve(inputs, inputs, self.rt.stores)
+                return cat.resolve(ds.name, ds.selectors)
+            return cat.resolve(inputs, inputs)
         if isinstance(inputs, Sequence) and inputs and all(isinstance(d, Dataset)
                                                             for d in inputs):
-            return merge("+".join(d.name for d in inputs),
-                         [d.refresh(self.rt.stores) for d in inputs])
+            return merge("+".join(d.name for d in inputs), [cat.refresh(d) for d in inputs])
         if isinstance(inputs, Sequence) and all(isinstance(s, str) for s in inputs):
-            return Dataset.resolve(",".join(inputs), list(inputs), self.rt.stores)
+            return cat.resolve(",".join(inputs), list(inputs))
         raise ConfigError(f"inputs must be a Dataset, a dataset name, path(s) or glob(s), or a "
                           f"Job; got {type(inputs).__name__}")
 
@@ -198,8 +216,10 @@ class Dataflow:
 
     def _model(self, ds: Dataset, tasks: list[Task], constraints: Constraints | None,
                compute_mbps: float | None) -> CostModel:
-        """The cost model of a job planned now: the compute backlog of the jobs this
-        Dataflow has started and not finished counts at their sites."""
+        """The cost model of a job planned now: the flows and compute backlog of the
+        jobs this Dataflow and every other driver (their leases) have started and not
+        finished count on their links and at their sites."""
+        self.leases.refresh()
         return CostModel(self.topo, ds.locations, constraints,
                          compute_rate=compute_mbps * 1e6 / 8 if compute_mbps else None,
                          backlog=self.topo.compute_backlog())
@@ -259,6 +279,7 @@ class Dataflow:
         self.topo.reserve_compute(job_id, [(t.id, plan.placement[t.id],
                                             model.task_seconds(t, plan.placement[t.id]))
                                            for t in plan.tasks])
+        self.leases.publish(job_id)
         rec: dict[str, Any] | None = None
         try:
             res = go()
@@ -272,10 +293,12 @@ class Dataflow:
                 except Exception:  # the record is unreachable: settle without it
                     rec = None
             self.topo.release(job_id, _moved(rec, since=t0))
+            self.leases.drop(job_id)
+            self.rt.publish_links()           # what the job's transfers measured
 
     def _executor(self, planner: Planner, retries: int) -> Executor:
-        """The executor of this mode (embedded: stores opened here, movers)."""
-        return Executor(self.rt, planner, retries=retries)
+        """The executor of this Dataflow's runtime."""
+        return self.rt.executor(planner, retries=retries)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job record of the home site, oldest first."""
@@ -283,45 +306,42 @@ class Dataflow:
 
     # -- data operations --------------------------------------------------------------------
     def prefetch(self, inputs: Any, site: str) -> TransferSummary:
-        """Fetch the chunks of `inputs` that `site` lacks, from the best holders.
+        """Copy the chunks of `inputs` that `site` lacks into its store, from the best
+        holders, through the runtime's driver (embedded: the native mover; a
+        federation: mover pulls between the caller's sites, else the chunk API). The
+        flows are reserved on their links while they run (jobs planned meanwhile
+        queue behind them).
 
-        Chunks only (no namespace entries): they serve jobs at `site` and are
+        Chunks only (no namespace entries): they serve later jobs at `site` and are
         reclaimed by gc unless a file there names them (use `migrate` or
         `replicate` to place files).
         """
-        from gfs import mover
-
         self.topo.site(site)
         ds = self.resolve(inputs)
-        dest = self.rt.stores.get(site)
-        with dest.engine.read() as txn:
-            missing = [c for c in ds.lengths if txn.get_chunk(c) is None]
-        model = CostModel(self.topo, ds.locations)
-        fetch = sum(ds.lengths[c] for c in missing)
-        by_src: dict[str, list[bytes]] = {}
-        for c in missing:
-            src = model.source(c, site, fetch)
-            if src is None:
-                raise DatasetError(f"prefetch to {site}: chunk {c.hex()} of {ds.name} is held by "
-                                   f"no up site")
-            by_src.setdefault(src, []).append(c)
-        out = TransferSummary(site, files=len(ds.files), skipped=len(ds.lengths) - len(missing))
+        d = self.rt.driver()
+        need = d.need(ds.files)
+        missing = d.missing(site, list(need)) if need else []
+        by_src, unheld = CostModel(self.topo, ds.locations).by_source(site, missing, need)
+        if unheld:
+            raise DatasetError(f"prefetch to {site}: chunk {unheld[0].hex()} of {ds.name} is "
+                               f"held by no up site")
+        out = TransferSummary(site, files=len(ds.files), skipped=len(need) - len(missing))
         t0 = time.monotonic()
-        bar = _bytes_bar(self.rt.progress, sum(ds.lengths[c] for c in missing), f"prefetch {site}")
-        try:
-            with self._reserving("prefetch", site, by_src, ds.lengths) as moved:
-                for src, ids in sorted(by_src.items()):
-                    addr, secret = self.rt.mover(src)
-                    st = mover.fetch(dest, addr, ids, secret, progress=_tick(bar))
-                    self.topo.observe(src, site, st.bytes, st.chunks, st.seconds)
-                    moved[(src, site)] = st.chunks
-                    out.chunks += st.chunks
-                    out.bytes += st.bytes
-                    out.by_source[src] = st.bytes
-        finally:
-            if bar is not None:
-                bar.close()
+        rid = uuid.uuid4().hex[:12]
+        with self._reserving("prefetch", site, by_src, ds.lengths) as moved:
+            futs = {src: d.copy(src, site, cids, [need[c] for c in cids],
+                                key=f"prefetch-{rid}-{src}", retries=2)
+                    for src, cids in sorted(by_src.items())}
+            for src, fut in futs.items():
+                st = fut.result()
+                self.topo.observe(src, site, int(st["bytes"]), int(st["chunks"]),
+                                  float(st["seconds"]))
+                moved[(src, site)] = int(st["chunks"])
+                out.chunks += int(st["chunks"])
+                out.bytes += int(st["bytes"])
+                out.by_source[src] = int(st["bytes"])
         out.seconds = time.monotonic() - t0
+        self.rt.publish_links()
         return out
 
     @contextlib.contextmanager
@@ -334,11 +354,13 @@ class Dataflow:
         rid = f"{kind}-{uuid.uuid4().hex[:12]}"
         self.topo.reserve(rid, [(src, dst, len(ids), sum(lengths[c] for c in ids))
                                 for src, ids in by_src.items()])
+        self.leases.publish(rid)
         moved: dict[tuple[str, str], int] = {}
         try:
             yield moved
         finally:
             self.topo.release(rid, moved)
+            self.leases.drop(rid)
 
     def migrate(self, inputs: Any, to: str, *, remove: bool = True) -> TransferSummary:
         """Copy every file of `inputs` to site `to`, then (with `remove`) delete the others.
@@ -415,14 +437,15 @@ class Dataflow:
         rec = {"id": rid, "selectors": list(ds.selectors), "copies": copies, "where": where,
                "sites": chosen, "created": time.time(),
                "expires": time.time() + lifetime if lifetime else None}
-        self._put_value(f"replica:{rid}", rec)
+        self._embedded("replicate").save_state("replica", rid, rec)
         return results
 
     def expire_replicas(self, now: float | None = None) -> int:
         """Remove the copies of expired embedded replicas (not the files' home copies)."""
         now = time.time() if now is None else now
         removed = 0
-        for key, rec in self._values("replica:"):
+        states = self._embedded("expire_replicas")
+        for key, rec in states.states("replica"):
             if rec.get("expires") is None or rec["expires"] > now:
                 continue
             ds = Dataset.resolve(rec["id"], rec["selectors"], self.rt.stores, missing_ok=True)
@@ -431,7 +454,7 @@ class Dataflow:
                     if s != f.home and s in f.sites:
                         self.rt.stores.get(s).rm(f.path)
                         removed += 1
-            self._del_value(key)
+            states.delete_state("replica", key)
         return removed
 
     # -- subscriptions --------------------------------------------------------------------------
@@ -440,50 +463,18 @@ class Dataflow:
         """Run `fn` over files matching `pattern` each time new ones appear (`poll`)."""
         if not pattern.startswith("/"):
             raise ConfigError(f"subscription pattern {pattern!r} must be an absolute glob")
+        if name is not None and not _NAME.fullmatch(name):
+            raise ConfigError(f"subscription name {name!r}: use 1 to 128 letters, digits, "
+                              f"'.', '_' or '-' (it names a file)")
         glob_regex(pattern)
         return Subscription(self, name or uuid.uuid5(uuid.NAMESPACE_URL, pattern).hex[:12],
                             pattern, fn, at, output)
 
-    # -- subscription hooks (federation mode overrides them) ----------------------------------
-    def _load_subscription(self, name: str) -> dict[str, Any] | None:
-        """The state of subscription `name` (`{"pattern", "seen": {path: fingerprint}}`)."""
-        return self._get_value(f"sub:{name}")
-
-    def _save_subscription(self, name: str, state: dict[str, Any]) -> None:
-        """Replace the state of subscription `name`."""
-        self._put_value(f"sub:{name}", state)
-
-    def _subscription_files(self, name: str, pattern: str) -> list[FileEntry]:
-        """The files matching `pattern` now, with their current manifests (none is an
-        empty list, not an error)."""
-        return Dataset.resolve(name, [pattern], self.rt.stores, missing_ok=True).files
-
-    # -- small value-table helpers (home site's jobs table) ----------------------------------
-    def _put_value(self, key: str, value: dict[str, Any]) -> None:
-        client = self.rt.stores.get(self._home())
-        raw = json.dumps(value, sort_keys=True).encode()
-        client.engine.transact(lambda txn: txn.put_value(JOBS_TABLE, key.encode(), raw))
-
-    def _get_value(self, key: str) -> dict[str, Any] | None:
-        client = self.rt.stores.get(self._home())
-        with client.engine.read() as txn:
-            raw = txn.get_value(JOBS_TABLE, key.encode())
-        return json.loads(raw) if raw else None
-
-    def _del_value(self, key: str) -> None:
-        client = self.rt.stores.get(self._home())
-        client.engine.transact(lambda txn: txn.delete_value(JOBS_TABLE, key.encode()))
-
-    def _values(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
-        client = self.rt.stores.get(self._home())
-        with client.engine.read() as txn:
-            return [(k.decode(), json.loads(v))
-                    for k, v in txn.iter_values(JOBS_TABLE, prefix.encode())]
-
-    def _home(self) -> str:
-        if self.rt.home is None:
-            raise ConfigError("no site has a store here; give one site `state = DIR`")
-        return self.rt.home
+    def _embedded(self, what: str) -> EmbeddedCatalog:
+        if not isinstance(self.catalog, EmbeddedCatalog):
+            raise ConfigError(f"{what} works on embedded stores; in a federation, rules "
+                              f"place copies (replicate adds them)")
+        return self.catalog
 
 
 class Subscription:
@@ -499,19 +490,19 @@ class Subscription:
         self._thread: threading.Thread | None = None
 
     def _seen(self) -> dict[str, str]:
-        rec = self.df._load_subscription(self.name)
+        rec = self.df.catalog.load_state("sub", self.name)
         return dict(rec.get("seen", {})) if rec else {}
 
     def pending(self) -> Dataset | None:
         """The new files (path and content not handled yet), or None."""
-        files = self.df._subscription_files(self.name, self.pattern)
+        files = self.df.catalog.files_now(self.pattern)
         seen = self._seen()
         new = [f for f in files if seen.get(f.path) != _fingerprint(f)]
         if not new:
             return None
         lengths = {r.id: r.length for f in new for r in f.manifest.chunks}
         return Dataset(f"{self.name} new", (self.pattern,), new, lengths,
-                       self.df.rt.locate(lengths))
+                       self.df.catalog.locate(lengths))
 
     def start(self, interval: float = 5.0) -> None:
         """Poll every `interval` seconds on a background thread until `stop()`.
@@ -559,7 +550,7 @@ class Subscription:
         seen = self._seen()
         for f in ds.files:
             seen[f.path] = _fingerprint(f)
-        self.df._save_subscription(self.name, {"pattern": self.pattern, "seen": seen})
+        self.df.catalog.save_state("sub", self.name, {"pattern": self.pattern, "seen": seen})
         return job
 
 
@@ -580,12 +571,3 @@ def _bytes_bar(enabled: bool, total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
-
-
-def _tick(bar: Any) -> Any:
-    if bar is None:
-        return None
-
-    def tick(n: int) -> None:
-        bar.update(n)
-    return tick

@@ -235,6 +235,10 @@ class Topology:
     _compute: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict,
                                                               repr=False, compare=False)
     """Job -> task -> (site, planned compute seconds) of its tasks not finished yet."""
+    _external: dict[str, tuple[list[tuple[str, str, int, int]], list[tuple[str, str, float]]]
+                    ] = field(default_factory=dict, repr=False, compare=False)
+    """Job of another driver -> (flows: src, dst, chunks, bytes still to move; compute:
+    task, site, seconds still to run), from its lease (`dataflow.leases`)."""
 
     # -- lookup -----------------------------------------------------------------------
     def site(self, name: str) -> Site:
@@ -308,60 +312,124 @@ class Topology:
             if (src, dst) in self._reserved:
                 self._drained[(src, dst)] = self._drained.get((src, dst), 0) + max(0, chunks)
 
-    def _pending_locked(self, key: tuple[str, str], exclude: str | None = None) -> float:
+    def set_external(self, leases: Mapping[str, tuple[Iterable[tuple[str, str, int, int]],
+                                                      Iterable[tuple[str, str, float]]]]
+                     ) -> None:
+        """Replace the load of other drivers' running jobs (job -> (flows, compute), what
+        each has still to move and to compute): it counts in every queue and backlog
+        like this driver's own reservations."""
+        with self._lock:
+            self._external = {j: ([(a, b, int(c), int(n)) for a, b, c, n in fl if a != b],
+                                  [(t, s, float(x)) for t, s, x in cp])
+                              for j, (fl, cp) in leases.items()}
+
+    def _by_job_locked(self, key: tuple[str, str]) -> dict[str, float]:
+        """Job -> bytes it has yet to move over link `key` (own reservations less the
+        link's share observed moving; other drivers' as their leases say)."""
+        out: dict[str, float] = {}
         per = self._reserved.get(key)
-        if not per:
-            return 0.0
-        chunks = sum(c for c, _ in per.values())
-        nbytes = sum(b for j, (_, b) in per.items() if j != exclude)
-        done = min(1.0, self._drained.get(key, 0) / chunks) if chunks else 0.0
-        return nbytes * (1.0 - done)
+        if per:
+            chunks = sum(c for c, _ in per.values())
+            done = min(1.0, self._drained.get(key, 0) / chunks) if chunks else 0.0
+            for job, (_, nbytes) in per.items():
+                out[job] = nbytes * (1.0 - done)
+        for job, (flows, _) in self._external.items():
+            for src, dst, _, n in flows:
+                if (src, dst) == key and n > 0:
+                    out[job] = out.get(job, 0.0) + n
+        return out
+
+    def _links_locked(self) -> set[tuple[str, str]]:
+        return set(self._reserved) | {(a, b) for fl, _ in self._external.values()
+                                      for a, b, _, _ in fl}
+
+    def _pending_locked(self, key: tuple[str, str], exclude: str | None = None) -> float:
+        return sum(b for j, b in self._by_job_locked(key).items() if j != exclude)
 
     def pending(self, src: str, dst: str, *, exclude: str | None = None) -> float:
         """Bytes that started jobs (but `exclude`) have yet to move from `src` to `dst`
         (their planned bytes, less the share of the link's planned chunks observed
-        moving since)."""
+        moving since; other drivers' jobs as their leases say)."""
         with self._lock:
             return self._pending_locked((src, dst), exclude)
 
     def backlog(self) -> dict[tuple[str, str], float]:
         """Every link with bytes still to move for started jobs."""
         with self._lock:
-            out = {k: self._pending_locked(k) for k in self._reserved}
+            out = {k: self._pending_locked(k) for k in self._links_locked()}
         return {k: v for k, v in out.items() if v > 0}
 
-    def queue_seconds(self, src: str, dst: str, *, exclude: str | None = None) -> float:
-        """How long a transfer started now from `src` to `dst` waits for the backlog
-        of started jobs: the longest of the link's backlog at its bandwidth, the
-        backlog leaving `src` at its NIC rate and the backlog entering `dst` at
-        its NIC rate (FIFO: it queues behind the bytes already committed).
-        `exclude` (a job id) leaves that job's own reservation out: a running job
-        does not wait for itself."""
+    def job_flows(self, job: str) -> list[tuple[str, str, int, int]]:
+        """(src, dst, chunks, bytes) job `job` of this driver has still to move (what its
+        lease publishes)."""
+        out = []
+        with self._lock:
+            for key, per in sorted(self._reserved.items()):
+                if job not in per:
+                    continue
+                chunks = sum(c for c, _ in per.values())
+                done = min(1.0, self._drained.get(key, 0) / chunks) if chunks else 0.0
+                c, b = per[job]
+                out.append((key[0], key[1], math.ceil(c * (1 - done)), int(b * (1 - done))))
+        return out
+
+    def job_compute(self, job: str) -> list[tuple[str, str, float]]:
+        """(task, site, seconds) of job `job`'s tasks not finished (its lease's compute)."""
+        with self._lock:
+            return [(t, s, x) for t, (s, x) in sorted(self._compute.get(job, {}).items())]
+
+    def _wait_locked(self, keys: Iterable[tuple[str, str]], rate: float,
+                     exclude: str | None, nbytes: float | None) -> float:
+        """Seconds the jobs' bytes over `keys` hold up a new flow of `nbytes` at `rate`:
+        all of them (FIFO, `nbytes` None) or, with fair sharing, each job's bytes up to
+        `nbytes` (the new flow finishes after every other has moved as much as it)."""
+        per: dict[str, float] = {}
+        for k in keys:
+            for j, b in self._by_job_locked(k).items():
+                if j != exclude:
+                    per[j] = per.get(j, 0.0) + b
+        if nbytes is None:
+            return sum(per.values()) / rate
+        return sum(min(b, nbytes) for b in per.values()) / rate
+
+    def queue_seconds(self, src: str, dst: str, *, exclude: str | None = None,
+                      nbytes: float | None = None) -> float:
+        """How long started jobs' transfers hold up a transfer of `nbytes` started now
+        from `src` to `dst`: the longest of the delay on the link at its bandwidth,
+        on `src`'s NIC (every link leaving it) and on `dst`'s NIC (every link entering
+        it), at their rates. The link and the NICs are shared fairly among the flows
+        on them: the new flow is held up by each other job's bytes up to its own
+        `nbytes`; without `nbytes` it waits for all of them (FIFO). `exclude` (a job
+        id) leaves that job's own reservation out: a running job does not wait for
+        itself."""
         if src == dst:
             return 0.0
-        with self._lock:
-            if not self._reserved:
-                return 0.0
-            link = self._pending_locked((src, dst), exclude)
-            out = sum(self._pending_locked(k, exclude) for k in self._reserved if k[0] == src)
-            inn = sum(self._pending_locked(k, exclude) for k in self._reserved if k[1] == dst)
-        wait = link / self.link(src, dst).bandwidth if link else 0.0
         a, b = self.site(src), self.site(dst)
-        if a.nic > 0:
-            wait = max(wait, out / a.nic)
-        if b.nic > 0:
-            wait = max(wait, inn / b.nic)
+        bw = self.link(src, dst).bandwidth
+        with self._lock:
+            links = self._links_locked()
+            if not links:
+                return 0.0
+            wait = self._wait_locked([(src, dst)], bw, exclude, nbytes)
+            if a.nic > 0:
+                wait = max(wait, self._wait_locked([k for k in links if k[0] == src], a.nic,
+                                                   exclude, nbytes))
+            if b.nic > 0:
+                wait = max(wait, self._wait_locked([k for k in links if k[1] == dst], b.nic,
+                                                   exclude, nbytes))
         return wait
 
-    def inbound_queue_seconds(self, dst: str, *, exclude: str | None = None) -> float:
-        """How long `dst`'s NIC stays busy with the backlog entering it (0: no NIC cap),
-        without job `exclude`'s own reservation."""
+    def inbound_queue_seconds(self, dst: str, *, exclude: str | None = None,
+                              nbytes: float | None = None) -> float:
+        """How long the bytes entering `dst` hold up its NIC for a new inbound transfer
+        of `nbytes` (fairly shared; all of them without `nbytes`), without job
+        `exclude`'s own reservation (0: no NIC cap)."""
         nic = self.site(dst).nic
         if nic <= 0:
             return 0.0
         with self._lock:
-            inn = sum(self._pending_locked(k, exclude) for k in self._reserved if k[1] == dst)
-        return inn / nic
+            return self._wait_locked([k for k in self._links_locked() if k[1] == dst], nic,
+                                     exclude, nbytes)
 
     # -- compute backlog (tasks of started jobs) ----------------------------------------
     def reserve_compute(self, job: str, tasks: Iterable[tuple[str, str, float]]) -> None:
@@ -403,6 +471,11 @@ class Topology:
                 if job == exclude:
                     continue
                 for site, secs in per.values():
+                    work[site] = work.get(site, 0.0) + secs
+            for job, (_, tasks) in self._external.items():
+                if job == exclude:
+                    continue
+                for _, site, secs in tasks:
                     work[site] = work.get(site, 0.0) + secs
         return {s: w / max(1, self.sites[s].slots if s in self.sites else 1)
                 for s, w in sorted(work.items()) if w > 0}

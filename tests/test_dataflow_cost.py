@@ -161,7 +161,8 @@ def test_backlog_delays_flows_by_their_queue_and_no_more(w: dict[str, object], d
     assert busy.seconds <= free.seconds + busy.queue_seconds + 1e-9
     before = {(f.src, f.dst): f for f in free.flows}
     for f in busy.flows:
-        assert f.queue == topo.queue_seconds(f.src, f.dst) >= 0
+        fair = topo.queue_seconds(f.src, f.dst, nbytes=f.bytes)   # shared fairly
+        assert f.queue == fair and 0 <= fair <= topo.queue_seconds(f.src, f.dst)
         assert abs(f.seconds - before[(f.src, f.dst)].seconds - f.queue) < 1e-9
     # a reserved link shows its bytes until its transfers are observed or released
     for src, dst, _, _ in res:
@@ -243,7 +244,7 @@ def test_second_job_queues_behind_or_avoids_a_busy_link() -> None:
     p2 = Planner("time").plan([task], CostModel(topo, only_a), at="c")
     [f] = p2.estimate.flows
     assert p2.estimate.seconds == pytest.approx(p0.estimate.seconds + f.queue)
-    assert f.queue == (64 << 20) / 50e6
+    assert f.queue == (16 << 20) / 50e6   # the link is shared: 16 MiB of the 64 hold it up
     assert "queued" in p2.explain() and "queueing" in p2.explain()
     assert p2.estimate.to_dict()["flows"][0]["queue"] == round(f.queue, 4)
     # a slow site holding the data: moving to c wins while a -> c is free, computing
@@ -253,7 +254,8 @@ def test_second_job_queues_behind_or_avoids_a_busy_link() -> None:
     no_b = Constraints(forbid=frozenset({"b"}))
     assert Planner("time").plan([task], CostModel(topo, only_a, no_b)).placement == \
         {"t0": "c"}
-    topo.reserve("earlier", [("a", "c", 64, 256 << 20)])
+    for i in range(16):                     # 16 jobs share a -> c: 16 x 16 MiB ahead
+        topo.reserve(f"earlier{i}", [("a", "c", 64, 256 << 20)])
     auto = Planner("time").plan([task], CostModel(topo, only_a, no_b))
     assert auto.placement == {"t0": "a"}
     assert any(a.estimate is not None and a.estimate.queue_seconds > 5
@@ -333,3 +335,24 @@ def test_compute_backlog_of_started_jobs_sends_a_job_elsewhere() -> None:
     assert topo.compute_backlog() == {}
     assert Planner("time").plan([task], CostModel(topo, at_a, backlog=topo.compute_backlog())
                                 ).placement == {"t0": "a"}
+
+
+def test_a_link_is_shared_fairly_among_overlapping_flows() -> None:
+    """A new flow is held up by each other job's bytes up to its own size (processor
+    sharing), not by the whole backlog (FIFO): small flows pass large ones."""
+    topo = Topology.from_config({"sites": {"a": {"region": "r"}, "c": {"region": "r"}},
+                                 "links": [{"a": "a", "b": "c", "mbps": 80}]})   # 10 MB/s
+    topo.reserve("big", [("a", "c", 100, 100_000_000)])
+    topo.reserve("small", [("a", "c", 10, 10_000_000)])
+    assert topo.queue_seconds("a", "c") == pytest.approx(11.0)                  # FIFO
+    assert topo.queue_seconds("a", "c", nbytes=20_000_000) == pytest.approx(3.0)
+    assert topo.queue_seconds("a", "c", nbytes=1_000_000) == pytest.approx(0.2)
+    # the cost model charges a new 20 MB flow its fair delay: 2 s alone + 3 s shared
+    topo.release("small")
+    topo.set_external({"other-driver": ([("a", "c", 10, 10_000_000)], [])})
+    assert topo.pending("a", "c") == 110_000_000                   # another driver's load
+    assert topo.queue_seconds("a", "c", nbytes=20_000_000) == pytest.approx(3.0)
+    assert topo.queue_seconds("a", "c", nbytes=20_000_000,
+                              exclude="other-driver") == pytest.approx(2.0)
+    topo.set_external({})
+    assert topo.queue_seconds("a", "c", nbytes=20_000_000) == pytest.approx(2.0)

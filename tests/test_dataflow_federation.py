@@ -62,27 +62,28 @@ def test_replicate_adds_a_federation_rule(fed: Federation) -> None:
             df.replicate("/bank-a/ds/**", 0)
 
 
-def test_whole_file_entries_are_charged_whole_from_their_home() -> None:
-    """Granted files (read whole through the owner's primary): the same chunks in two
-    files are charged twice, the grantee's copies give no credit, only its sites run."""
+def test_granted_entries_get_dedup_credit() -> None:
+    """Granted files (read by chunk through the owner's primary): chunks shared by two
+    files are charged once, chunks the grantee's site holds not at all; only the
+    grantee's sites run them."""
     from dataflow.cost import CostModel, Task
-    from dataflow.datasets import whole_file, whole_file_id
+    from dataflow.datasets import FileEntry
     from dataflow.sites import Site
     from gfs.meta import ChunkRef, Manifest
 
     topo = Topology({"a1": Site("a1", "west", "bank-a"), "b1": Site("b1", "east", "lab-b")})
     topo.owners = {"bank-a": "entity=lab-b", "lab-b": "entity=lab-b"}
     topo.grants = {"bank-a": [("/bank-a/s/**", "lab-b")]}
-    m = Manifest(3, (ChunkRef(b"x" * 16, 1000), ChunkRef(b"y" * 16, 500)))
-    f1, f2 = whole_file("/bank-a/s/a", m, "a1"), whole_file("/bank-a/s/b", m, "a1")
-    assert f1.whole == m and f1.size == 1500 and f1.sites == ("a1",)
-    assert whole_file_id("/bank-a/s/a", m) != whole_file_id("/bank-a/s/b", m)
-    assert whole_file_id("/bank-a/s/a", m) != whole_file_id("/bank-a/s/a", Manifest(4, m.chunks))
-    where = {f.manifest.chunks[0].id: {"a1": "warm"} for f in (f1, f2)}
-    where.update({b"x" * 16: {"b1": "warm"}, b"y" * 16: {"b1": "warm"}})   # no credit
+    x, y, z = b"x" * 16, b"y" * 16, b"z" * 16
+    m1 = Manifest(3, (ChunkRef(x, 1000), ChunkRef(y, 500)))
+    m2 = Manifest(3, (ChunkRef(x, 1000), ChunkRef(z, 700)))
+    f1 = FileEntry("/bank-a/s/a", m1, "a1", ("a1",), granted=True)
+    f2 = FileEntry("/bank-a/s/b", m2, "a1", ("a1",), granted=True)
+    where = {x: {"a1": "warm"}, y: {"a1": "warm", "b1": "warm"}, z: {"a1": "warm"}}
     model = CostModel(topo, where)
     tasks = [Task("t0", (f1,)), Task("t1", (f2,))]
     est = model.estimate({"t0": "b1", "t1": "b1"}, tasks)
-    assert est.wan_bytes == 3000 and [(f.src, f.chunks) for f in est.flows] == [("a1", 2)]
+    assert est.wan_bytes == 1700 and [(f.src, f.chunks) for f in est.flows] == [("a1", 2)]
     assert model.allowed_sites(tasks[0]) == ["b1"]
-    assert "granted" in str(model.refusal(Task("t2", (whole_file("/bank-a/x", m, "a1"),)), "b1"))
+    other = FileEntry("/bank-a/x", m1, "a1", ("a1",), granted=True)
+    assert "granted" in str(model.refusal(Task("t2", (other,)), "b1"))

@@ -83,12 +83,12 @@ def test_publishing_is_rate_limited_and_never_raises(sites: Sites,
         assert sites.registry_link("w2", "w1").bandwidth == pytest.approx(5e6)
         # the registry away: logged, not raised; the link is sent by the next publication
         df.topo.set_measured(Link("w1", "w2", 6e6, 0.010))
-        real = df.creds
-        df.creds = dataclasses.replace(real, registry="http://127.0.0.1:9")
+        real = df.rt.creds
+        df.rt.creds = dataclasses.replace(real, registry="http://127.0.0.1:9")
         with caplog.at_level(logging.WARNING, logger="hutong.dataflow"):
             assert df.publish_links(force=True) == 0
         assert "links not published" in caplog.text
-        df.creds = real
+        df.rt.creds = real
         assert df.publish_links(force=True) == 1
         assert sites.registry_link("w1", "w2").bandwidth == pytest.approx(6e6)
         # what is left when the Dataflow closes is published then

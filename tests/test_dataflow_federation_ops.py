@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from dataflow import JobFailedError
+from dataflow import Dataflow, JobFailedError
 from dataflow.federated import FederatedDataflow, RemoteInputFile
-from dataflow.federated_ops import FederatedOps, MigrationIncompleteError
+from dataflow.federated_ops import MigrationIncompleteError
 from gfs import Client
 from tests.federated_sites import FederatedSites
 
-assert issubclass(FederatedDataflow, FederatedOps)
+assert FederatedDataflow.__mro__[1] is Dataflow  # composed: no mixin
 
 
 def digest(files: list[RemoteInputFile]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import pytest
 
 from dataflow import JobFailedError, PlanError
 from dataflow.federated import (
-    FederatedExecutor,
     RemoteInputFile,
 )
 from tests.federated_sites import FederatedSites
@@ -220,7 +219,7 @@ def test_only_holder_lost_fails_with_report(fresh: Sites) -> None:
         assert plan.estimate.wan_bytes == ds.unique_bytes
         fresh.crash("w1")                     # the primary: the only holder, and home
         with pytest.raises(JobFailedError) as err:       # the plan made before the crash
-            FederatedExecutor(df.rt).run(digest, plan, output="/bank-a/out/x")
+            df.rt.executor().run(digest, plan, output="/bank-a/out/x")
         rep = err.value.report
         assert rep["missing"] == [f.path for f in ds.files]
         assert "w1" in rep["lost_sites"]

@@ -5,7 +5,9 @@ by measured round-trip time from the client's `near` site — and verified (a
 foreign site's copy is decrypted with the owner's keys, then verified); a
 missing or corrupt copy is skipped and the next site asked. Which sites hold a
 file is learnt from its manifest (`note`); a file not noted is looked for at
-every site of its owner entity. This adapter leaves the federation client's
+every site of its owner entity. A grantee (the caller is not the owner) reads
+the chunks its own `near` site holds there, the rest at the owner's primary
+(naming the file, so the primary checks the grant). This adapter leaves the federation client's
 transport as it is; the memory tier wraps it (`FederationClient.cache`).
 """
 
@@ -73,6 +75,9 @@ class SiteSource:
         todo = list(dict.fromkeys(cids))
         got: dict[bytes, bytes] = {}
         problems: list[str] = []
+        if not self.fc.owner_mode(owner):  # dedup credit: what the caller's site holds
+            got.update(self._own_copies(todo, problems, blobs=blobs))
+            todo = [c for c in todo if c not in got]
         answered = tried = False
         for site in self.fc.candidates(holders, owner):
             if not todo:
@@ -99,6 +104,21 @@ class SiteSource:
                                     f"readable copy: none has {what} at any of {holders}: "
                                     + "; ".join(problems)[:800])
         return got
+
+    def _own_copies(self, cids: list[bytes], problems: list[str], *,
+                    blobs: bool) -> dict[bytes, bytes]:
+        """Chunks of another entity's file that the caller's own `near` site holds
+        already (the same bytes have the same id; each copy is verified), so a
+        grantee reads only the others across the network from the owner's primary."""
+        me, near = self.fc.me, self.fc.near
+        rec = self.fc.sites().get(near or "") if me and near else None
+        if rec is None or rec.get("entity") != me or rec.get("status") != "up":
+            return {}
+        try:
+            return self.fc.fetch_chunks(str(near), str(me), cids, problems, blobs=blobs)
+        except HutongError as e:
+            problems.append(f"{near}: {e}")
+            return {}
 
     # -- the ChunkSource protocol --------------------------------------------------------
     def get(self, cid: bytes, *, path: str = "") -> bytes:

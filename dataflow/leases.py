@@ -1,0 +1,154 @@
+"""Shared reservations: every driver's running jobs, seen by every planner.
+
+A driver publishes, for each job (or prefetch) it runs, a *lease*: the flows the
+job has still to move (src, dst, chunks, bytes) and the compute it has still to
+run (task, site, seconds), with an expiry. Leases are states of the catalog
+(`lease` kind: the home store's `jobs` table embedded, `/ENTITY/.dataflow/
+leases/JOB.json` in a federation), so every driver of the entity reads them.
+The driver renews its leases every third of their lifetime with what is left;
+a driver that dies stops renewing, and its leases count for nobody once
+expired (the next planner deletes them). Before planning, a driver loads the
+others' live leases into its topology (`Topology.set_external`): their flows
+share links and NICs with new ones, their compute is backlog at their sites.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dataflow.catalog import Catalog
+from dataflow.errors import ConfigError
+from dataflow.sites import Topology
+from gfs.errors import HutongError
+
+log = logging.getLogger("hutong.dataflow")
+
+#: Seconds a lease lives unless renewed (a dead driver's load counts this long at most).
+LEASE_SECONDS = 30.0
+KIND = "lease"
+
+
+@dataclass
+class Lease:
+    """What one running job of one driver has still to do, until `expires` (epoch s)."""
+
+    job: str
+    driver: str
+    expires: float
+    flows: list[tuple[str, str, int, int]] = field(default_factory=list)
+    compute: list[tuple[str, str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Lease:
+        return cls(str(d["job"]), str(d["driver"]), float(d["expires"]),
+                   [(str(a), str(b), int(c), int(n)) for a, b, c, n in d.get("flows", [])],
+                   [(str(t), str(s), float(x)) for t, s, x in d.get("compute", [])])
+
+
+class Leases:
+    """This driver's leases (published, renewed, dropped) and the others' (loaded)."""
+
+    def __init__(self, catalog: Catalog, topo: Topology, *, ttl: float = LEASE_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not ttl > 0:
+            raise ConfigError(f"lease lifetime must be > 0 seconds, got {ttl}")
+        self.catalog, self.topo, self.ttl, self.clock = catalog, topo, ttl, clock
+        self.driver = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """This driver's name in its leases."""
+        self._mine: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _save(self, job: str) -> None:
+        lease = Lease(job, self.driver, self.clock() + self.ttl, self.topo.job_flows(job),
+                      self.topo.job_compute(job))
+        try:
+            self.catalog.save_state(KIND, job, lease.to_dict())
+        except (HutongError, OSError) as e:  # planners elsewhere miss it; the job goes on
+            log.warning("lease of job %s not published: %s", job, e)
+
+    def publish(self, job: str) -> None:
+        """Publish (or renew) the lease of `job` from what the topology has reserved for
+        it, and keep renewing it until `drop`."""
+        with self._lock:
+            self._mine.add(job)
+            if self._renewer is None:
+                self._stop.clear()
+                self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
+                                                 name="hutong-leases")
+                self._renewer.start()
+        self._save(job)
+
+    def drop(self, job: str) -> None:
+        """`job` ended: delete its lease."""
+        with self._lock:
+            self._mine.discard(job)
+        try:
+            self.catalog.delete_state(KIND, job)
+        except (HutongError, OSError) as e:  # it expires by itself
+            log.warning("lease of job %s not deleted (it expires in %.0f s): %s", job,
+                        self.ttl, e)
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            with self._lock:
+                jobs = sorted(self._mine)
+            for job in jobs:
+                self._save(job)
+
+    def others(self) -> list[Lease]:
+        """The live leases of other drivers (expired ones are deleted on the way)."""
+        now = self.clock()
+        out = []
+        try:
+            states = self.catalog.states(KIND)
+        except (HutongError, OSError) as e:
+            log.warning("leases not read (planning without other drivers' load): %s", e)
+            return []
+        for name, d in states:
+            try:
+                lease = Lease.from_dict(d)
+            except (KeyError, TypeError, ValueError):
+                log.warning("lease %s is malformed: ignored", name)
+                continue
+            if lease.driver == self.driver:
+                continue
+            if lease.expires < now:
+                with contextlib.suppress(HutongError, OSError):  # another planner did
+                    self.catalog.delete_state(KIND, name)
+                continue
+            out.append(lease)
+        return out
+
+    def refresh(self) -> list[Lease]:
+        """Load the other drivers' live leases into the topology; returns them."""
+        leases = self.others()
+        self.topo.set_external({lease.job: (lease.flows, lease.compute) for lease in leases})
+        return leases
+
+    def close(self) -> None:
+        """Stop renewing and delete this driver's remaining leases."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(self.ttl)
+            self._renewer = None
+        with self._lock:
+            jobs = sorted(self._mine)
+        for job in jobs:
+            self.drop(job)
+
+
+__all__ = ["LEASE_SECONDS", "Lease", "Leases"]

@@ -1,0 +1,144 @@
+"""Job records: typed state of a job, its tasks, their attempts and its transfers.
+
+The executor changes a `JobRecord` under its lock (`JobRecord.lock`) from the
+threads that run each site; `to_dict` / `from_dict` are the one place it is
+serialised (the JSON of the embedded `jobs` table and of the federation's
+`/ENTITY/.dataflow/jobs/ID.json`, docs/dataflow.md "Job record"). Optional
+fields that are unset are left out of the JSON.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
+
+JobStatus = Literal["running", "done", "failed"]
+TaskStatus = Literal["pending", "done"]
+AttemptStatus = Literal["running", "done", "failed"]
+
+_T = TypeVar("_T")
+
+
+def _pack(obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)
+            if f.name not in skip and getattr(obj, f.name) is not None}
+
+
+def _unpack(cls: type[_T], d: dict[str, Any]) -> _T:
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Attempt:
+    """One try of a task at a site."""
+
+    site: str
+    started: float
+    status: AttemptStatus = "running"
+    seconds: float | None = None
+    """Compute seconds the task function took (done)."""
+    finished: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _pack(self)
+
+
+@dataclass
+class TransferRecord:
+    """Chunks copied from `src` into `dst`'s store for a job (one group of a source)."""
+
+    src: str
+    dst: str
+    group: int
+    chunks: int
+    started: float
+    bytes: int = 0
+    via: str | None = None
+    """`mover` or `site-api` (federation), None embedded (the mover)."""
+    moved: int | None = None
+    skipped: int | None = None
+    retries: int | None = None
+    seconds: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _pack(self)
+
+
+@dataclass
+class TaskRecord:
+    """One task of a job: its input files, where it ran, what it wrote or returned."""
+
+    files: list[str]
+    status: TaskStatus = "pending"
+    attempts: list[Attempt] = field(default_factory=list)
+    site: str | None = None
+    output: str | None = None
+    output_bytes: int | None = None
+    output_site: str | None = None
+    value: Any = None
+    """The task's JSON value (small values only)."""
+    granted: dict[str, Any] | None = None
+    """Files of other entities granted to the job's entity that the task read through
+    their owners' primaries: {files, bytes, from}."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = _pack(self, frozenset({"attempts"}))
+        d["attempts"] = [a.to_dict() for a in self.attempts]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskRecord:
+        t = _unpack(cls, {k: v for k, v in d.items() if k != "attempts"})
+        t.attempts = [_unpack(Attempt, a) for a in d.get("attempts", [])]
+        return t
+
+
+@dataclass
+class JobRecord:
+    """A job: its plan, tasks, transfers, re-plans and outcome."""
+
+    id: str
+    name: str
+    created: float
+    plan: dict[str, Any]
+    output: str | None = None
+    status: JobStatus = "running"
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    transfers: list[TransferRecord] = field(default_factory=list)
+    replans: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float | None = None
+    error: str | None = None
+    report: dict[str, Any] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Held while a site's thread changes the record."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready values (the only serialisation of job records)."""
+        with self.lock:
+            d = _pack(self, frozenset({"tasks", "transfers", "lock"}))
+            d["output"] = self.output
+            d["tasks"] = {k: t.to_dict() for k, t in self.tasks.items()}
+            d["transfers"] = [x.to_dict() for x in self.transfers]
+            d["replans"] = list(self.replans)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobRecord:
+        """A record read back (unknown keys are ignored)."""
+        rec = _unpack(cls, {k: v for k, v in d.items()
+                            if k not in ("tasks", "transfers", "lock")})
+        rec.tasks = {k: TaskRecord.from_dict(t) for k, t in d.get("tasks", {}).items()}
+        rec.transfers = [_unpack(TransferRecord, x) for x in d.get("transfers", [])]
+        return rec
+
+    def written(self) -> dict[str, str | None]:
+        """Task id -> output of the tasks done."""
+        return {k: t.output for k, t in self.tasks.items() if t.status == "done"}
+
+
+__all__ = ["Attempt", "AttemptStatus", "JobRecord", "JobStatus", "TaskRecord", "TaskStatus",
+           "TransferRecord"]
