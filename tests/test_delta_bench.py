@@ -61,11 +61,11 @@ def test_zpaq_is_installed() -> None:
 
 def test_bench_delta_measures_pairs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bench import delta as bench_delta
-    from tests.test_delta import _mutate, _text
+    from tests.similar_data import mutate, text
 
     rng = random.Random(3)
-    v1 = _text(rng, 600_000)
-    for i, data in enumerate([v1, _mutate(v1, rng, 30)], start=1):
+    v1 = text(rng, 600_000)
+    for i, data in enumerate([v1, mutate(v1, rng, 30)], start=1):
         (tmp_path / f"v{i}").mkdir()
         (tmp_path / f"v{i}" / "f.txt").write_bytes(data)
     pairs, new_chunks, new_bytes = bench_delta.measure([tmp_path / "v1", tmp_path / "v2"])

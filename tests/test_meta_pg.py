@@ -163,24 +163,37 @@ def test_gc_on_another_host_keeps_a_dead_chunk_a_writer_is_about_to_reuse(
 
 
 HEAT_WORKER = r"""
-import contextlib, sys
+import contextlib, pathlib, sys, time
 from gfs.errors import MetaConflictError
 from gfs.meta.pg_engine import PgEngine
 from gfs.tiering.heat import HeatTracker
 
 class Counting(PgEngine):
     conflicts = 0
+    first = True
 
     @contextlib.contextmanager
     def write(self):
+        # The first transactions of the two workers overlap for sure: each says it
+        # has begun, and the first to finish its body commits only once the other
+        # has begun too (whose update then waits on the row and must be aborted).
+        first, Counting.first = Counting.first, False
         try:
             with PgEngine.write(self) as txn:
+                if first:
+                    (rendezvous / me).touch()
                 yield txn
+                if first:
+                    deadline = time.monotonic() + 30
+                    while not (rendezvous / other).exists() and time.monotonic() < deadline:
+                        time.sleep(0.01)
         except MetaConflictError:
             Counting.conflicts += 1
             raise
 
 url, rounds = sys.argv[1], int(sys.argv[2])
+rendezvous, me = pathlib.Path(sys.argv[3]), sys.argv[4]
+other = "1" if me == "0" else "0"
 engine = Counting(url)
 heat = HeatTracker(engine, 3600.0)
 sys.stdin.read(1)  # the gate: both workers start together
@@ -210,12 +223,14 @@ def _gated_workers(script: str, args: list[list[str]]) -> list[str]:
     return outs
 
 
-def test_conflicting_heat_flushes_from_two_processes_are_retried_not_lost(pg_url: str) -> None:
+def test_conflicting_heat_flushes_from_two_processes_are_retried_not_lost(
+        tmp_path: Path, pg_url: str) -> None:
     """Two processes add to the same heat counters at once: PostgreSQL aborts one of
     two conflicting transactions, `transact` runs it again, no read is lost."""
     rounds = 150
     PgEngine(pg_url).close()  # the schema exists before the workers race
-    outs = [int(out) for out in _gated_workers(HEAT_WORKER, [[pg_url, str(rounds)]] * 2)]
+    outs = [int(out) for out in _gated_workers(
+        HEAT_WORKER, [[pg_url, str(rounds), str(tmp_path), str(k)] for k in range(2)])]
     assert sum(outs) > 0  # the workers did conflict, and were retried
     engine = PgEngine(pg_url)
     try:

@@ -175,7 +175,7 @@ def temporaries(state: Path) -> list[Path]:
 def test_job_with_a_tiny_budget_matches_and_cleans_up(world: tuple[Path, set[str], set[str]],
                                                       output: str) -> None:
     state, bank, telco = world
-    res = run_job(JobSpec("psi", BANK, TELCO, "phone", output=output), state,
+    res = run_job(JobSpec("psi", BANK, TELCO, "phone", output=output, protocol="ecdh"), state,
                   env={spill.BUDGET_ENV: "0.02"})
     assert res.answer["size"] == len(bank & telco)
     assert res.answer.get("intersection") == (sorted(bank & telco)
@@ -187,7 +187,8 @@ def test_job_with_a_tiny_budget_matches_and_cleans_up(world: tuple[Path, set[str
 def test_party_dying_mid_psi_leaves_no_temporaries(world: tuple[Path, set[str], set[str]],
                                                    fault: str) -> None:
     state, bank, telco = world
-    spec = JobSpec("psi", BANK, TELCO, "phone", output="intersection", timeout=60)
+    spec = JobSpec("psi", BANK, TELCO, "phone", output="intersection",
+                   protocol="ecdh", timeout=60)  # the ECDH spill path
     with pytest.raises(ProtocolError, match=r"closed the connection|died"):
         run_job(spec, state, env={FAULT_ENV: fault, spill.BUDGET_ENV: "0.02"})
     # the survivor removed its files; the killed party's watchdog removed its own
