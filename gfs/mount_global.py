@@ -13,6 +13,7 @@ shutdown (SIGINT/SIGTERM drain) and stale-mount handling are the embedded mount'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -617,7 +618,31 @@ class GlobalOperations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         h = self._handles.get(fh)
         if h is not None and h.spool is not None:
-            await self._run(self._commit, h, bounded=False)
+            created = h.spool.created
+            try:
+                await self._run(self._commit, h, bounded=False)
+            except pyfuse3.FUSEError as failed:
+                if created:  # the file never came to be: the kernel must not keep it
+                    # (a failure here is logged: the commit's error is the one to report)
+                    with contextlib.suppress(pyfuse3.FUSEError):
+                        await self._run(self._unmade, h.path)
+                raise failed from None
+
+    def _unmade(self, path: str) -> None:
+        """Tell the kernel that `path`, created here but never committed, is not there:
+        the entry our create answered would otherwise outlive the failure for the TTL.
+        Run on a pool thread: the kernel may wait for the directory's lock."""
+        with self._spool_lock:  # our own lookups must not find it either (the
+            sp = self._spools.pop(path, None)  # release comes after close returns)
+            if sp is not None:
+                sp.path = ""
+        parent = self.inodes.at(parent_of(path))
+        if parent is None:
+            return
+        try:
+            pyfuse3.invalidate_entry(parent, os.fsencode(path.rsplit("/", 1)[-1]))
+        except OSError as e:  # the kernel no longer holds it
+            log.debug("entry invalidation of %s: %s", path, e)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.flush(fh)

@@ -117,6 +117,11 @@ class InodeTable:
         if key is not None and self._by_key.get(key) == ino:
             del self._by_key[key]
 
+    def at(self, path: str) -> int | None:
+        """The local inode number last seen at `path`, if any."""
+        with self._lock:
+            return self._at.get(path)
+
     def removed(self, path: str) -> None:
         """Entry `path` was removed: its number lives on only while the kernel holds it."""
         with self._lock:
