@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 
 PACKAGES = ("gfs", "privacy", "dataflow")
-EXTENSIONS = ("gfs/_native", "gfs/_mover", "gfs/_delayline", "privacy/_ec")
+EXTENSIONS = ("gfs/_native", "gfs/_mover", "gfs/_delayline", "privacy/_ec", "privacy/_psi_ot")
 
 
 def fail(msg: str) -> None:
