@@ -81,6 +81,13 @@ READ_BLOCK = 4 << 20
 log = logging.getLogger("gfs.client")
 
 
+def in_place(size: int, mtime_ns: int, mode: int, local: os.stat_result) -> bool:
+    """Whether a namespace file with this size, mtime and mode is a copy of `local`
+    already in place: the rule by which a repeated put resumes instead of re-reading."""
+    return (size == local.st_size and mtime_ns == local.st_mtime_ns
+            and statmod.S_IMODE(mode) == statmod.S_IMODE(local.st_mode))
+
+
 def put_source(local: str | os.PathLike[str], path: str) -> tuple[Path, os.stat_result, str]:
     """(local source, its lstat, namespace destination) of a put: a `path` ending in "/"
     (or the root) means inside it under the source's name, unless the source ends in
@@ -1115,8 +1122,7 @@ class _ExistingFiles:
         with self.engine.read() as txn:
             found = self.dirs.entry(txn, e.rel)
         return (found is not None and found.kind == Kind.FILE
-                and found.size == e.st.st_size and found.mtime_ns == e.st.st_mtime_ns
-                and statmod.S_IMODE(found.mode) == statmod.S_IMODE(e.st.st_mode))
+                and in_place(found.size, found.mtime_ns, found.mode, e.st))
 
 
 _RestoreOp = Literal["mkdir", "dirattrs", "symlink", "file"]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gfs import paths
-from gfs.client import TransferReport, put_source
+from gfs.client import TransferReport, in_place, put_source
 from gfs.errors import IsADirError, NotADirError, NotFoundError
 from gfs.namespace_api import Namespace, Stat
 
@@ -37,9 +37,8 @@ def _put_file(ns: Namespace, local: str, dest: str, st: os.stat_result,
     if existing is not None and existing.is_dir:
         raise IsADirError(dest, "cannot replace a directory with a file; to put it inside, "
                           "end the destination with '/'")
-    if (existing is not None and existing.kind == "file" and existing.size == st.st_size
-            and existing.mtime_ns == st.st_mtime_ns
-            and statmod.S_IMODE(existing.mode) == statmod.S_IMODE(st.st_mode)):
+    if (existing is not None and existing.kind == "file"
+            and in_place(existing.size, existing.mtime_ns, existing.mode, st)):
         report.unchanged += 1
         return
     with open(local, "rb") as src, ns.open(dest, "wb", perm=statmod.S_IMODE(st.st_mode)) as out:
