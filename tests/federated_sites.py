@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dataflow.federated import FederatedDataflow, start_site_cluster
-from gfs.federation.testing import Federation
+from gfs.federation.testing import SiteDef, started
 
 SiteSpec = tuple[str, str, str, bool]
 """(name, entity, region, primary)."""
@@ -19,13 +19,10 @@ class FederatedSites:
 
     def __init__(self, root: Path, sites: Sequence[SiteSpec], clusters: Sequence[str], *,
                  driver: str, processes: bool = False) -> None:
-        self.fed = Federation(root, ttl=3.0, heartbeat=0.3)
+        self.fed = started(root, [SiteDef(*s) for s in sites], ttl=3.0, heartbeat=0.3)
         self.clusters: dict[str, Any] = {}
         self.driver = driver
         try:
-            self.fed.registry()
-            for name, entity, region, primary in sites:
-                self.fed.site(name, entity, region, primary=primary)
             for name in clusters:
                 self.clusters[name] = start_site_cluster(name, 1, processes=processes)
         except BaseException:

@@ -14,7 +14,7 @@ import pytest
 
 import gfs
 from gfs.federation.namespace import FederatedNamespace
-from gfs.federation.testing import Federation
+from gfs.federation.testing import TWO_ENTITIES, Federation, populate, started
 from gfs.profiles import add_profile
 from tests.conftest import make_tree, tree_digest
 from tests.test_cli_behaviour import assert_one_error, hutong
@@ -24,20 +24,11 @@ DATA = random.Random(12).randbytes(700_000)
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    f = Federation(tmp_path_factory.mktemp("doors"), ttl=3.0, heartbeat=0.3)
-    try:
-        f.registry()
-        f.site("a1", "bank-a", "cn-west", primary=True)
-        f.site("t1", "telco-b", "cn-east", primary=True)
-        with FederatedNamespace(f.registry_url, keys=f.keys("bank-a")) as ns:
-            ns.mkdir("/bank-a/shared", parents=True)
-            ns.mkdir("/bank-a/data", parents=True)
-            ns.write_bytes("/bank-a/shared/s.txt", b"shared with dan\n")
-            ns.write_bytes("/bank-a/data/x.bin", DATA)
-            ns.fc.grant("/bank-a/shared/**", "telco-b", "read")
+    with started(tmp_path_factory.mktemp("doors"), TWO_ENTITIES, ttl=3.0, heartbeat=0.3) as f:
+        populate(f, "bank-a", {"/bank-a/shared/s.txt": b"shared with dan\n",
+                               "/bank-a/data/x.bin": DATA},
+                 grants=[("/bank-a/shared/**", "telco-b", "read")])
         yield f
-    finally:
-        f.close()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from gfs.client import Client
 from gfs.errors import ChunkMissingError, InvalidPathError, NotFoundError
 from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.http import ApiError, BadRequestError, HttpClient
-from gfs.federation.testing import Federation
+from gfs.federation.testing import Federation, SiteDef, populate, started
 from gfs.federation.tls import trust_for
 from gfs.federation.wire import pack_frames
 
@@ -26,22 +26,15 @@ DATA = os.urandom(200_000) + b"shared tail " * 20_000
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    f = Federation(tmp_path_factory.mktemp("fed"), ttl=2.0, heartbeat=0.3)
-    try:
-        f.registry()
-        f.site("a1", "bank-a", "cn-west", primary=True, industry="FIN")
-        f.site("a2", "bank-a", "cn-east")
-        f.site("t1", "telco-b", "cn-east", primary=True, industry="TEL")
+    sites = [SiteDef("a1", "bank-a", "cn-west", True, "FIN"),
+             SiteDef("a2", "bank-a", "cn-east"),
+             SiteDef("t1", "telco-b", "cn-east", True, "TEL")]
+    with started(tmp_path_factory.mktemp("fed"), sites, ttl=2.0, heartbeat=0.3) as f:
         with f.client("telco-b") as tc:
             tc.agreement_add("t1", "bank-a", 64 << 20)
-        with f.client("bank-a") as fc:
-            fc.mkdir("/bank-a/data", parents=True, exist_ok=True)
-            fc.mkdir("/bank-a/shared", parents=True, exist_ok=True)
-            fc.write_bytes("/bank-a/data/x.bin", DATA)
-            fc.write_bytes("/bank-a/shared/s.txt", b"shared with telco-b\n")
+        populate(f, "bank-a", {"/bank-a/data/x.bin": DATA,
+                               "/bank-a/shared/s.txt": b"shared with telco-b\n"})
         yield f
-    finally:
-        f.close()
 
 
 def test_registry_lists_sites_with_ids(fed: Federation) -> None:

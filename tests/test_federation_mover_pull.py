@@ -13,7 +13,7 @@ from gfs.federation.auth import AuthError
 from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, BadRequestError
 from gfs.federation.site_client import SiteUnavailableError
-from gfs.federation.testing import Federation
+from gfs.federation.testing import TWO_ENTITIES, Federation, SiteDef, started
 from tests.site_chunks import file_chunk_ids, site_has
 
 
@@ -23,16 +23,10 @@ def _data(name: str, n: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    f = Federation(tmp_path_factory.mktemp("pull"), ttl=3.0, heartbeat=0.3)
-    try:
-        f.registry()
-        f.site("a1", "bank-a", "cn-west", primary=True)
-        f.site("a2", "bank-a", "cn-west")
+    sites = [*TWO_ENTITIES, SiteDef("a2", "bank-a", "cn-west")]
+    with started(tmp_path_factory.mktemp("pull"), sites, ttl=3.0, heartbeat=0.3) as f:
         f.site("a3", "bank-a", "cn-west", mover=False)
-        f.site("t1", "telco-b", "cn-east", primary=True)
         yield f
-    finally:
-        f.close()
 
 
 def _pull(fc: FederationClient, site: str, body: Any) -> Any:

@@ -24,7 +24,7 @@ from gfs.federation import certs
 from gfs.federation.auth import AuthError, EntityKeys, audience_of
 from gfs.federation.http import BadRequestError, HttpClient, UnavailableError
 from gfs.federation.namespace import FederatedNamespace
-from gfs.federation.testing import Federation, Proc
+from gfs.federation.testing import TWO_ENTITIES, Federation, Proc, SiteDef, started
 from gfs.federation.tls import Trust, trust_for
 from gfs.profiles import ProfileError, add_profile, open_namespace
 
@@ -34,15 +34,9 @@ _HANDSHAKE_REFUSED = r"(?i)unknown.ca|closed connection|reset"
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    f = Federation(tmp_path_factory.mktemp("tls"))
-    try:
-        f.registry()
-        f.site("a1", "bank-a", "cn-west", primary=True)
-        f.site("a2", "bank-a", "cn-east")
-        f.site("t1", "telco-b", "cn-east", primary=True)
+    sites = [*TWO_ENTITIES, SiteDef("a2", "bank-a", "cn-east")]
+    with started(tmp_path_factory.mktemp("tls"), sites) as f:
         yield f
-    finally:
-        f.close()
 
 
 def _rogue(tmp: Path, fed: Federation, org: str, site: str, *,

@@ -20,31 +20,25 @@ from gfs.errors import ExistsError, NotEmptyError, NotFoundError, UnavailableSit
 from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.http import MAX_DECODED, ApiError, BadRequestError, _decoded
 from gfs.federation.site_client import SiteClient
-from gfs.federation.testing import Federation
+from gfs.federation.testing import Federation, SiteDef, populate, started
 from gfs.federation.tls import trust_for
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("fed")
-    f = Federation(root, ttl=2.0, heartbeat=0.3)
-    try:
-        f.registry()
-        f.site("a1", "bank-a", "cn-west", primary=True, industry="FIN")
-        f.site("t1", "telco-b", "cn-east", primary=True, industry="TEL")
-        f.site("c1", "lab-c", "cn-north", primary=True)  # an entity with no grants
-        with f.client("bank-a") as fc:
-            for d in ("data", "shared/sub", "rw", "lists"):
-                fc.mkdir(f"/bank-a/{d}", parents=True, exist_ok=True)
-            fc.write_bytes("/bank-a/data/secret.txt", b"not for telco-b")
-            fc.write_bytes("/bank-a/shared/s.csv", b"a,b\n1,2\n")
-            fc.write_bytes("/bank-a/shared/note.txt", b"internal note")
-            fc.write_bytes("/bank-a/shared/sub/deep.csv", b"x\n")
-            fc.grant("/bank-a/shared/*.csv", "telco-b", "read")
-            fc.grant("/bank-a/rw/**", "telco-b", "write")
+    sites = [SiteDef("a1", "bank-a", "cn-west", True, "FIN"),
+             SiteDef("t1", "telco-b", "cn-east", True, "TEL"),
+             SiteDef("c1", "lab-c", "cn-north", True)]  # an entity with no grants
+    with started(root, sites, ttl=2.0, heartbeat=0.3) as f:
+        populate(f, "bank-a", {"/bank-a/data/secret.txt": b"not for telco-b",
+                               "/bank-a/shared/s.csv": b"a,b\n1,2\n",
+                               "/bank-a/shared/note.txt": b"internal note",
+                               "/bank-a/shared/sub/deep.csv": b"x\n"},
+                 dirs=["/bank-a/rw", "/bank-a/lists"],
+                 grants=[("/bank-a/shared/*.csv", "telco-b", "read"),
+                         ("/bank-a/rw/**", "telco-b", "write")])
         yield f
-    finally:
-        f.close()
 
 
 def _site(fed: Federation, entity: str | None = None, *, token: str | None = None,

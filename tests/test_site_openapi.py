@@ -20,7 +20,7 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
-from gfs.federation.testing import Federation
+from gfs.federation.testing import Federation, SiteDef, populate, started
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "openapi"
 site_schema = schemathesis.openapi.from_path(DOCS / "site.yaml")
@@ -35,15 +35,10 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, str]]:
-    f = Federation(tmp_path_factory.mktemp("openapi"), heartbeat=1.0)
-    try:
-        f.registry()
-        f.site("o1", "bank-o", "cn-west", primary=True)
-        with f.client("bank-o") as fc:
-            fc.write_bytes("/bank-o/a.txt", b"hello")
+    sites = [SiteDef("o1", "bank-o", "cn-west", True)]
+    with started(tmp_path_factory.mktemp("openapi"), sites, heartbeat=1.0) as f:
+        populate(f, "bank-o", {"/bank-o/a.txt": b"hello"})
         yield f, f.keys("bank-o").mint_token("fuzz", "write", "/bank-o", ttl=3600)
-    finally:
-        f.close()
 
 
 @site_schema.parametrize()

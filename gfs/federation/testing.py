@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,50 @@ class Federation:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteDef:
+    """A site for `started`: name, entity, region, whether it is the entity's primary."""
+
+    name: str
+    entity: str
+    region: str
+    primary: bool = False
+    industry: str = "GEN"
+
+
+TWO_ENTITIES = (SiteDef("a1", "bank-a", "cn-west", True), SiteDef("t1", "telco-b", "cn-east", True))
+"""bank-a's primary a1 and telco-b's primary t1: the usual two-entity federation."""
+
+
+def started(root: Path, sites: Sequence[SiteDef], **kw: Any) -> Federation:
+    """A federation under `root` with its registry and `sites` running (`kw` as for
+    `Federation`); stopped again if any of them fails to start. Use it in a `with`."""
+    fed = Federation(root, **kw)
+    try:
+        fed.registry()
+        for s in sites:
+            fed.site(s.name, s.entity, s.region, primary=s.primary, industry=s.industry)
+    except BaseException:
+        fed.close()
+        raise
+    return fed
+
+
+def populate(fed: Federation, entity: str, files: Mapping[str, bytes], *,
+             dirs: Sequence[str] = (), grants: Sequence[tuple[str, str, str]] = ()) -> None:
+    """As `entity`: make `dirs` and each file's directory, write `files`, then grant
+    each (glob, grantee entity, "read" or "write") of `grants`."""
+    with fed.client(entity) as fc:
+        parents = [p.rsplit("/", 1)[0] for p in files]
+        for d in dict.fromkeys([*dirs, *parents]):
+            if d.count("/") > 1:
+                fc.mkdir(d, parents=True, exist_ok=True)
+        for path, data in files.items():
+            fc.write_bytes(path, data)
+        for glob, grantee, mode in grants:
+            fc.grant(glob, grantee, mode)
 
 
 def accepted(url: str, keys_dir: str, site: str, timeout: float) -> bool:
