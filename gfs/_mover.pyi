@@ -29,6 +29,9 @@ CIPHER_AES256GCM: int
 CIPHER_CHACHA20: int
 CIPHER_AUTO: int
 RECORD_MAX: int
+DEFAULT_MAX_CONNS: int
+DEFAULT_MIN_RATE: int
+DEFAULT_HANDSHAKE_TIMEOUT: float
 
 Resolve = Callable[[bytes], list[tuple[str, int, int] | None]]
 Need = Callable[[bytes], bytes]
@@ -54,6 +57,9 @@ class Server:
         congestion: str = ...,
         direct: bool = ...,
         allow_plaintext: bool = ...,
+        max_conns: int = ...,
+        handshake_timeout: float = ...,
+        min_rate: int = ...,
     ) -> None: ...
     def close(self) -> None: ...
     def counters(self) -> dict[str, int]: ...

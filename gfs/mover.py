@@ -607,7 +607,10 @@ class MoverServer:
     def __init__(self, store: Client | ChunkStore, secret: bytes, host: str = "127.0.0.1",
                  port: int = 0, *, timeout: float = DEFAULT_TIMEOUT,
                  sendfile: bool | None = None, max_blob: int = _mover.DEFAULT_MAX_BLOB,
-                 congestion: str | None = None, allow_plaintext: bool = False) -> None:
+                 congestion: str | None = None, allow_plaintext: bool = False,
+                 max_conns: int = _mover.DEFAULT_MAX_CONNS,
+                 handshake_timeout: float = _mover.DEFAULT_HANDSHAKE_TIMEOUT,
+                 min_rate: int = _mover.DEFAULT_MIN_RATE) -> None:
         self.store = _store_of(store)
         self.host = host
         self._source = Source(self.store)
@@ -618,7 +621,8 @@ class MoverServer:
             spool_limit=self._receiver.spool_limit, timeout=timeout, max_blob=max_blob,
             sendfile=_sendfile_mode(sendfile), sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf,
             congestion=TUNING.congestion if congestion is None else congestion,
-            direct=self._receiver.direct, allow_plaintext=allow_plaintext)
+            direct=self._receiver.direct, allow_plaintext=allow_plaintext,
+            max_conns=max_conns, handshake_timeout=handshake_timeout, min_rate=min_rate)
         self.port = self._server.port
 
     @property
@@ -628,7 +632,8 @@ class MoverServer:
 
     def counters(self) -> dict[str, int]:
         """connections, auth_failures (handshakes refused and records found altered),
-        chunks_served, chunks_received, bytes (sent + received)."""
+        chunks_served, chunks_received, bytes (sent + received), dropped (connections
+        over `max_conns`, or too slow to authenticate or to send a frame)."""
         if self._server is None:
             raise ValueError("mover server is closed")
         return self._server.counters()

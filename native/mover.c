@@ -26,6 +26,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -38,6 +39,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------ */
@@ -283,15 +285,34 @@ typedef struct {
     uint32_t cuts[MV_MAX_CUTS];  /* wbuf offsets where a record must start (ascending) */
     size_t ncuts;
     int peer_error;       /* the status came from the peer's ERROR frame */
+    /* Deadlines (CLOCK_MONOTONIC ns, 0: none) against peers that send slowly:
+     * `frame_by` for the frame being read (armed at its first byte),
+     * `hard_by` for the whole handshake. */
+    uint64_t frame_by, hard_by;
+    uint64_t frame_ns;    /* time a frame gets from its first byte (+ its length / min_rate) */
+    int arm_frame;        /* arm frame_by at the next byte received */
+    uint32_t min_rate;
 } mv_conn;
 
 /* Room for the records of one full wbuf: a record per cut, per MV_RECORD_MAX. */
 #define MV_OBUF (MV_IO_BUF + (MV_MAX_CUTS + MV_IO_BUF / MV_RECORD_MAX + 1) * MV_RECORD_OVERHEAD)
 
+static uint64_t
+mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static int
-conn_init(mv_conn *c, int fd, volatile int *cancel, uint32_t max_blob, char *msg, size_t msglen)
+conn_init(mv_conn *c, int fd, volatile int *cancel, const mv_config *cfg, char *msg,
+          size_t msglen)
 {
     memset(c, 0, sizeof *c);
+    uint32_t max_blob = cfg->max_blob;
+    c->frame_ns = (uint64_t)((cfg->timeout > 0 ? cfg->timeout : 30.0) * 1e9);
+    c->min_rate = cfg->min_rate ? cfg->min_rate : MV_DEFAULT_MIN_RATE;
     c->fd = fd;
     c->cancel = cancel;
     c->msg = msg;
@@ -434,8 +455,27 @@ recv_some(mv_conn *c, uint8_t *p, size_t cap, size_t *got, const char *closed)
     for (;;) {
         if (cancelled(c))
             return mv_setmsg(c->msg, c->msglen, MV_ERR_CANCELLED, "transfer cancelled");
+        uint64_t by = c->frame_by && (!c->hard_by || c->frame_by < c->hard_by) ? c->frame_by
+                                                                               : c->hard_by;
+        if (by) {  /* a deadline: wait for the bytes at most until then */
+            uint64_t now = mono_ns();
+            int ms = now >= by ? 0 : (int)((by - now + 999999) / 1000000);
+            struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+            int r = ms > 0 ? poll(&pf, 1, ms) : 0;
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r == 0)
+                return mv_setmsg(c->msg, c->msglen, MV_ERR_TIMEOUT,
+                                 by == c->hard_by ? "peer did not authenticate in time"
+                                                  : "peer sends too slowly (a frame past its "
+                                                    "deadline)");
+        }
         ssize_t k = recv(c->fd, p, cap, 0);
         if (k > 0) {
+            if (c->arm_frame) {
+                c->frame_by = mono_ns() + c->frame_ns;
+                c->arm_frame = 0;
+            }
             *got = (size_t)k;
             return MV_OK;
         }
@@ -583,12 +623,22 @@ rb_need(mv_conn *c, size_t n)
 static int
 read_frame(mv_conn *c, int *type, uint32_t *len)
 {
+    /* Waiting for a frame is idle time (the socket timeout); once its first
+     * byte is here, the frame must be complete within frame_ns plus its
+     * length at min_rate (a DATA frame's blob, streamed by the caller, too). */
+    c->frame_by = 0;
+    c->arm_frame = 1;
     int st = rb_need(c, MV_HEADER_LEN);
     if (st)
         return st;
+    if (c->arm_frame) {  /* the header was already buffered */
+        c->frame_by = mono_ns() + c->frame_ns;
+        c->arm_frame = 0;
+    }
     st = check_header(c->rbuf + c->rstart, c->max_blob, type, len, c->msg, c->msglen);
     if (st)
         return st;
+    c->frame_by += (uint64_t)*len * 1000000000u / (c->min_rate ? c->min_rate : 1);
     c->rstart += MV_HEADER_LEN;
     if (*type == MV_DATA)
         return rb_need(c, MV_ID_LEN);
@@ -1321,6 +1371,10 @@ typedef struct mv_sconn {
     pthread_t thread;
     int fd;
     int done;
+    int authed;                 /* the handshake succeeded */
+    int dropped;                /* shut down to make room for a newer connection */
+    uint64_t since;             /* accepted (CLOCK_MONOTONIC ns) */
+    uint8_t addr[16];           /* the peer's address (IPv4 mapped into IPv6) */
 } mv_sconn;
 
 struct mv_server {
@@ -1335,7 +1389,7 @@ struct mv_server {
     int stopping;
     uint8_t (*seen)[MV_NONCE_LEN];
     size_t nseen, seen_pos;
-    uint64_t counters[5];
+    uint64_t counters[6];
 };
 
 static int
@@ -1415,12 +1469,17 @@ server_handshake(mv_server *srv, mv_conn *c, int *op)
 }
 
 static int
-server_session(mv_server *srv, mv_conn *c, mv_spool *sp)
+server_session(mv_server *srv, mv_conn *c, mv_spool *sp, int *authed)
 {
     int op = 0, st, type;
     uint32_t len, count;
+    double hs = srv->cfg.handshake_timeout > 0 ? srv->cfg.handshake_timeout
+                                               : MV_DEFAULT_HANDSHAKE;
+    c->hard_by = mono_ns() + (uint64_t)(hs * 1e9);
     if ((st = server_handshake(srv, c, &op)))
         return st;
+    c->hard_by = 0;
+    __atomic_store_n(authed, 1, __ATOMIC_RELAXED);
     uint8_t *ids = malloc(MV_ID_LEN * MV_MAX_BATCH), *need = malloc(MV_ID_LEN * MV_MAX_BATCH);
     if (!ids || !need) {
         st = mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
@@ -1523,11 +1582,13 @@ server_conn_main(void *arg)
     mv_conn c;
     mv_spool sp;
     spool_init(&sp, &srv->cfg);
-    int st = conn_init(&c, sc->fd, &srv->stopping, srv->cfg.max_blob, msg, sizeof msg);
+    int st = conn_init(&c, sc->fd, &srv->stopping, &srv->cfg, msg, sizeof msg);
     c.bytes_out = &srv->counters[4];
     c.sendfile = choose_sendfile(&srv->cfg, sc->fd);
     if (!st)
-        st = server_session(srv, &c, &sp);
+        st = server_session(srv, &c, &sp, &sc->authed);
+    if (st == MV_ERR_TIMEOUT || __atomic_load_n(&sc->dropped, __ATOMIC_RELAXED))
+        __atomic_fetch_add(&srv->counters[5], 1, __ATOMIC_RELAXED);
     /* Handshakes this server refused, and records it found altered. */
     if ((st == MV_ERR_AUTH || st == MV_ERR_RECORD) && !c.peer_error)
         __atomic_fetch_add(&srv->counters[1], 1, __ATOMIC_RELAXED);
@@ -1566,6 +1627,56 @@ reap(mv_server *srv, int all)
     }
 }
 
+/* The peer's address of `fd` as 16 bytes (IPv4 mapped into IPv6). */
+static void
+peer_addr(int fd, uint8_t out[16])
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    memset(out, 0, 16);
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return;
+    if (ss.ss_family == AF_INET6) {
+        memcpy(out, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+    } else if (ss.ss_family == AF_INET) {
+        out[10] = out[11] = 0xff;
+        memcpy(out + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    }
+}
+
+/* With srv->lock held and max_conns connections live: shut down the oldest
+ * connection that has not authenticated yet, from the address holding the
+ * most of those (so a flood from one address cannot starve the others).
+ * Returns whether one was found (it ends on its own thread). */
+static int
+drop_unauthenticated(mv_server *srv)
+{
+    mv_sconn *victim = NULL;
+    int best = 0;
+    for (mv_sconn *a = srv->conns; a; a = a->next) {
+        if (a->done || a->dropped || __atomic_load_n(&a->authed, __ATOMIC_RELAXED))
+            continue;
+        int same = 0;
+        mv_sconn *oldest = a;
+        for (mv_sconn *b = srv->conns; b; b = b->next)
+            if (!b->done && !b->dropped && !__atomic_load_n(&b->authed, __ATOMIC_RELAXED) &&
+                memcmp(a->addr, b->addr, 16) == 0) {
+                same++;
+                if (b->since < oldest->since)
+                    oldest = b;
+            }
+        if (same > best) {
+            best = same;
+            victim = oldest;
+        }
+    }
+    if (!victim || victim->fd < 0)
+        return 0;
+    __atomic_store_n(&victim->dropped, 1, __ATOMIC_RELAXED);
+    shutdown(victim->fd, SHUT_RDWR);
+    return 1;
+}
+
 static void *
 accept_main(void *arg)
 {
@@ -1590,8 +1701,17 @@ accept_main(void *arg)
         }
         sc->srv = srv;
         sc->fd = fd;
+        sc->since = mono_ns();
+        peer_addr(fd, sc->addr);
+        int limit = srv->cfg.max_conns > 0 ? srv->cfg.max_conns : MV_DEFAULT_MAX_CONNS;
         pthread_mutex_lock(&srv->lock);
-        int stop = srv->stopping;
+        int stop = srv->stopping, live = 0;
+        for (mv_sconn *o = srv->conns; o; o = o->next)
+            live += !o->done && !o->dropped;
+        if (live >= limit && !drop_unauthenticated(srv)) {
+            __atomic_fetch_add(&srv->counters[5], 1, __ATOMIC_RELAXED);
+            stop = 1;  /* full of authenticated streams: refuse the newcomer */
+        }
         if (!stop && pthread_create(&sc->thread, NULL, server_conn_main, sc) == 0) {
             sc->next = srv->conns;
             srv->conns = sc;
@@ -1697,9 +1817,9 @@ mv_server_port(const mv_server *srv)
 }
 
 void
-mv_server_counters(const mv_server *srv, uint64_t out[5])
+mv_server_counters(const mv_server *srv, uint64_t out[6])
 {
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         out[i] = __atomic_load_n(&srv->counters[i], __ATOMIC_RELAXED);
 }
 
@@ -1990,7 +2110,7 @@ mv_stream_run(mv_stream *s)
     mv_conn c;
     mv_spool sp;
     spool_init(&sp, s->cfg);
-    st = conn_init(&c, fd, s->cancel, s->cfg->max_blob, s->message, sizeof s->message);
+    st = conn_init(&c, fd, s->cancel, s->cfg, s->message, sizeof s->message);
     c.bytes_out = &s->bytes;
     c.sendfile = choose_sendfile(s->cfg, fd);
     if (!st)

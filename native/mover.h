@@ -154,7 +154,18 @@ typedef struct {
     int cipher;             /* clients: MV_CIPHER_* asked for (MV_CIPHER_AUTO: by CPU);
                                MV_CIPHER_NONE is a plaintext stream */
     int allow_plaintext;    /* servers: accept clients that ask for MV_CIPHER_NONE */
+    /* Servers, against idle and slow peers (0 keeps each default): */
+    int max_conns;          /* connections served at once (MV_DEFAULT_MAX_CONNS); at the
+                               limit the oldest not-yet-authenticated connection of the
+                               address holding the most of them is dropped, else the new one */
+    double handshake_timeout;  /* seconds a peer has to authenticate (MV_DEFAULT_HANDSHAKE) */
+    uint32_t min_rate;      /* bytes/s a frame must arrive at, once begun: a frame of n
+                               bytes gets timeout + n / min_rate s (MV_DEFAULT_MIN_RATE) */
 } mv_config;
+
+#define MV_DEFAULT_MAX_CONNS 256
+#define MV_DEFAULT_HANDSHAKE 10.0
+#define MV_DEFAULT_MIN_RATE 65536u
 
 /* Ids shared by the streams of a transfer: each stream claims the next
  * `batch` ids when it has room for another request, so a stream slowed by
@@ -198,13 +209,15 @@ void mv_stream_interrupt(mv_stream *s);
 typedef struct mv_server mv_server;
 
 /* Listen on host:port (port 0: any) and serve fetch and send sessions, one
- * thread per connection, until mv_server_stop. */
+ * thread per connection (at most cfg->max_conns; see mv_config for the
+ * deadlines against idle and slow peers), until mv_server_stop. */
 int mv_server_start(const char *host, int port, const uint8_t *secret, size_t secret_len,
                     const mv_config *cfg, mv_server **out, char *msg, size_t msglen);
 int mv_server_port(const mv_server *srv);
 /* Counters: connections, auth failures (handshakes this server refused and
- * records it found altered), chunks served, chunks received, bytes sent. */
-void mv_server_counters(const mv_server *srv, uint64_t out[5]);
+ * records it found altered), chunks served, chunks received, bytes sent,
+ * connections dropped (over the limit, or too slow to authenticate or to send). */
+void mv_server_counters(const mv_server *srv, uint64_t out[6]);
 /* Close the listener and every connection, join every thread, free. */
 void mv_server_stop(mv_server *srv);
 

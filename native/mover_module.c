@@ -230,18 +230,27 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"host", "port", "secret", "resolve", "need", "spool", "spool_dir",
                              "spool_limit", "timeout", "max_blob", "sendfile", "sndbuf",
-                             "rcvbuf", "congestion", "direct", "allow_plaintext", NULL};
+                             "rcvbuf", "congestion", "direct", "allow_plaintext",
+                             "max_conns", "handshake_timeout", "min_rate", NULL};
     const char *host, *spool_dir, *congestion = "";
     int port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, direct = 0, allow_plaintext = 0;
+    int max_conns = MV_DEFAULT_MAX_CONNS;
     PyObject *secret, *resolve, *need, *spool;
     unsigned long long spool_limit = 16u << 20;
-    double timeout = 30.0;
-    unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIiiispp:Server", kwlist, &host, &port,
-                                     &secret, &resolve, &need, &spool, &spool_dir,
+    double timeout = 30.0, handshake_timeout = MV_DEFAULT_HANDSHAKE;
+    unsigned int max_blob = MV_DEFAULT_MAX_BLOB, min_rate = MV_DEFAULT_MIN_RATE;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIiiisppidI:Server", kwlist, &host,
+                                     &port, &secret, &resolve, &need, &spool, &spool_dir,
                                      &spool_limit, &timeout, &max_blob, &use_sendfile,
-                                     &sndbuf, &rcvbuf, &congestion, &direct, &allow_plaintext))
+                                     &sndbuf, &rcvbuf, &congestion, &direct, &allow_plaintext,
+                                     &max_conns, &handshake_timeout, &min_rate))
         return -1;
+    if (max_conns < 1 || handshake_timeout <= 0 || min_rate < 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "max_conns, handshake_timeout and min_rate must be positive "
+                     "(got %d, %g, %u)", max_conns, handshake_timeout, min_rate);
+        return -1;
+    }
     if (check_congestion(congestion) < 0)
         return -1;
     if (use_sendfile < 0 || use_sendfile > MV_SENDFILE_AUTO) {
@@ -264,10 +273,14 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
     self->ctx.spool = self->spool;
     self->ctx.keep_error = 0;
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
-                     "", c_resolve, c_need, c_spool, &self->ctx, 0, MV_CIPHER_NONE, 0};
+                     "", c_resolve, c_need, c_spool, &self->ctx, 0, MV_CIPHER_NONE, 0,
+                     0, 0.0, 0};
     snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
     cfg.direct = direct;
     cfg.allow_plaintext = allow_plaintext;
+    cfg.max_conns = max_conns;
+    cfg.handshake_timeout = handshake_timeout;
+    cfg.min_rate = min_rate;
     char msg[256] = "";
     int st;
     Py_BEGIN_ALLOW_THREADS
@@ -337,12 +350,13 @@ Server_counters(ServerObject *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_ValueError, "mover server is closed");
         return NULL;
     }
-    uint64_t c[5];
+    uint64_t c[6];
     mv_server_counters(self->srv, c);
-    return Py_BuildValue("{sKsKsKsKsK}", "connections", (unsigned long long)c[0],
+    return Py_BuildValue("{sKsKsKsKsKsK}", "connections", (unsigned long long)c[0],
                          "auth_failures", (unsigned long long)c[1], "chunks_served",
                          (unsigned long long)c[2], "chunks_received", (unsigned long long)c[3],
-                         "bytes", (unsigned long long)c[4]);
+                         "bytes", (unsigned long long)c[4], "dropped",
+                         (unsigned long long)c[5]);
 }
 
 static PyMethodDef Server_methods[] = {
@@ -473,7 +487,7 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     }
     cb_ctx ctx = {resolve, Py_None, spool, NULL, 1, PTHREAD_MUTEX_INITIALIZER};
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
-                     "", c_resolve, c_need, c_spool, &ctx, 0, MV_CIPHER_AUTO, 0};
+                     "", c_resolve, c_need, c_spool, &ctx, 0, MV_CIPHER_AUTO, 0, 0, 0.0, 0};
     snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
     cfg.direct = direct;
     cfg.cipher = cipher;
@@ -792,7 +806,14 @@ PyInit__mover(void)
         {"SENDFILE_AUTO", MV_SENDFILE_AUTO}, {"ERR_RECORD", MV_ERR_RECORD},
         {"ERR_REKEY", MV_ERR_REKEY}, {"CIPHER_NONE", MV_CIPHER_NONE},
         {"CIPHER_AES256GCM", MV_CIPHER_AES256GCM}, {"CIPHER_CHACHA20", MV_CIPHER_CHACHA20},
-        {"CIPHER_AUTO", MV_CIPHER_AUTO}, {"RECORD_MAX", (int)MV_RECORD_MAX}};
+        {"CIPHER_AUTO", MV_CIPHER_AUTO}, {"RECORD_MAX", (int)MV_RECORD_MAX},
+        {"DEFAULT_MAX_CONNS", MV_DEFAULT_MAX_CONNS},
+        {"DEFAULT_MIN_RATE", (int)MV_DEFAULT_MIN_RATE}};
+    if (PyModule_AddObject(m, "DEFAULT_HANDSHAKE_TIMEOUT",
+                           PyFloat_FromDouble(MV_DEFAULT_HANDSHAKE)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {
         if (PyModule_AddIntConstant(m, consts[i].name, consts[i].value) < 0) {
             Py_DECREF(m);
