@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,18 @@ def small_store(path: Path) -> Client:
     """A store of small chunks (many chunks from little data) and 1 MiB packs."""
     return Client.init(path, min_size=1024, avg_size=4096, max_size=16384,
                        pack_size=1 << 20)
+
+
+def store_with(root: Path, name: str, files: Mapping[str, bytes] | None = None) -> Client:
+    """A small store at root/name, holding `files` (name -> bytes) under /data if given."""
+    c = small_store(root / name)
+    if files:
+        data = root / f"{name}-data"
+        data.mkdir()
+        for fname, body in files.items():
+            (data / fname).write_bytes(body)
+        c.put(str(data), "/data")
+    return c
 
 
 def assert_clean(c: Client) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from gfs import _mover, mover
 from gfs.client import Client
-from tests.mover_peer import RawClient, frame, small_store
+from tests.mover_peer import RawClient, frame, store_with
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,18 +26,13 @@ SECRET = bytes(range(7, 39))
 
 @pytest.fixture
 def src(tmp_path: Path) -> Iterator[Client]:
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(4):
-        (data / f"f{i}").write_bytes(os.urandom(200_000))
-    with small_store(tmp_path / "src") as c:
-        c.put(str(data), "/data")
+    with store_with(tmp_path, "src", {f"f{i}": os.urandom(200_000) for i in range(4)}) as c:
         yield c
 
 
 @pytest.fixture
 def dst(tmp_path: Path) -> Iterator[Client]:
-    with small_store(tmp_path / "dst") as c:
+    with store_with(tmp_path, "dst") as c:
         yield c
 
 

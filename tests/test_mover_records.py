@@ -31,6 +31,7 @@ from tests.mover_peer import (
     frame,
     read_plain_frame,
     small_store,
+    store_with,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,19 +46,15 @@ CIPHERS = [ref.CIPHER_AES256GCM, ref.CIPHER_CHACHA20]
 def src(tmp_path: Path) -> Iterator[Client]:
     """About 1.5 MiB of random bytes (stored raw) with MARKER every 16 KiB."""
     rnd = random.Random(13)
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(3):
-        parts = [rnd.randbytes(16384 - 64) + MARKER for _ in range(32)]
-        (data / f"f{i}").write_bytes(b"".join(parts))
-    with small_store(tmp_path / "src") as c:
-        c.put(str(data), "/data")
+    files = {f"f{i}": b"".join(rnd.randbytes(16384 - 64) + MARKER for _ in range(32))
+             for i in range(3)}
+    with store_with(tmp_path, "src", files) as c:
         yield c
 
 
 @pytest.fixture
 def dst(tmp_path: Path) -> Iterator[Client]:
-    with small_store(tmp_path / "dst") as c:
+    with store_with(tmp_path, "dst") as c:
         yield c
 
 
