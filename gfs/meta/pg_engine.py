@@ -121,6 +121,17 @@ def is_pg_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+#: libpq settings by which a client notices a database server gone silent (its host
+#: cut off) within about 30 s, instead of TCP's retransmissions (about 15 min): probes
+#: on idle connections, and a bound on unacknowledged data. Unix sockets ignore them.
+LIVENESS = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+            "keepalives_count": "3", "tcp_user_timeout": "30000"}
+
+
+#: Seconds a pooled connection may sit unused before it is checked at its next use.
+IDLE_CHECK = 5.0
+
+
 def _split_url(url: str) -> tuple[str, str, int]:
     """(conninfo URL without our parameters, schema name, pool size)."""
     parts = urlsplit(url)
@@ -132,6 +143,8 @@ def _split_url(url: str) -> tuple[str, str, int]:
     size = query.pop("pool_size", "16")
     if not size.isdigit() or not 1 <= int(size) <= 256:
         raise StateError(f"metadata URL: pool_size must be 1 to 256, got {size!r}")
+    for key, value in LIVENESS.items():  # the URL may set its own
+        query.setdefault(key, value)
     rest = urlencode(query)
     base = f"{parts.scheme}://{parts.netloc}{parts.path}"  # keeps an empty host ("///db")
     return base + (f"?{rest}" if rest else ""), schema, int(size)
@@ -501,6 +514,9 @@ class _Ctx:
         eng = self._engine
         self._conn = self._x = None
         if conn is not None and eng._pool is not None:
+            if len(eng._returned) > 4096:  # ids of connections long gone: checked once more
+                eng._returned.clear()
+            eng._returned[id(conn)] = time.monotonic()
             eng._pool.putconn(conn)
         if self._locked:
             self._locked = False
@@ -534,10 +550,12 @@ class PgEngine(MetaEngine):
         self._ino_lock = threading.Lock()
         self._ino_next = self._ino_end = 0
         self._ino_conn: psycopg.Connection[Any] | None = None
+        self._returned: dict[int, float] = {}  # id(connection) -> when it was last put back
         try:
             self._pool: ConnectionPool | None = ConnectionPool(
                 self._conninfo, min_size=1, max_size=size, open=True,
-                timeout=connect_timeout, kwargs={"autocommit": False})
+                timeout=connect_timeout, kwargs={"autocommit": False},
+                check=self._check_idle)
             self._pool.wait(timeout=connect_timeout)
         except Exception as e:
             raise StateError(f"cannot connect to the metadata database "
@@ -547,6 +565,13 @@ class PgEngine(MetaEngine):
         except BaseException:
             self.close()
             raise
+
+    def _check_idle(self, conn: psycopg.Connection[Any]) -> None:
+        """Before a connection idle for IDLE_CHECK seconds is used, one empty query: the
+        server may have gone or been cut off meanwhile (the pool then drops it and takes
+        another), and a transaction should not fail on a connection that died idle."""
+        if time.monotonic() - self._returned.get(id(conn), 0.0) > IDLE_CHECK:
+            ConnectionPool.check_connection(conn)
 
     def __repr__(self) -> str:
         return f"PgEngine({_redact(self.url)!r}, schema {self.schema})"

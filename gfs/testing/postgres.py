@@ -58,8 +58,11 @@ def _free_port() -> int:
         return port
 
 
-def start_server(base: str) -> tuple[PostgresServer, subprocess.Popen[bytes]]:
-    """initdb into `base`/data and start postgres; returns once it accepts connections."""
+def start_server(base: str, *, netns: str | None = None, listen: str = ""
+                 ) -> tuple[PostgresServer, subprocess.Popen[bytes]]:
+    """initdb into `base`/data and start postgres; returns once it accepts connections.
+    With `listen` (an address; in network namespace `netns` if given) it also takes
+    TCP connections there, from any host, without a password (a test cluster)."""
     initdb, postgres = _bin("initdb"), _bin("postgres")
     if initdb is None or postgres is None:
         pytest.skip("PostgreSQL is not installed (Debian package `postgresql`; run make setup)")
@@ -73,11 +76,18 @@ def start_server(base: str) -> tuple[PostgresServer, subprocess.Popen[bytes]]:
                     "--no-sync", "--no-instructions"], check=True, user=user,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=START_TIMEOUT)
     port = _free_port()
+    argv = [postgres, "-D", data, "-p", str(port), "-k", base, "-c", f"listen_addresses={listen}",
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            "-c", "max_connections=300", "-c", "shared_buffers=64MB"]
+    if listen:
+        with open(os.path.join(data, "pg_hba.conf"), "a") as hba:
+            hba.write("host all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n")
+    if netns is not None:
+        drop = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] if user else []
+        argv, user = ["ip", "netns", "exec", netns, *drop, *argv], None
     proc = subprocess.Popen(
-        [postgres, "-D", data, "-p", str(port), "-k", base, "-c", "listen_addresses=",
-         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-         "-c", "max_connections=300", "-c", "shared_buffers=64MB"],
-        user=user, stdout=subprocess.DEVNULL, stderr=open(os.path.join(base, "log"), "wb"))  # noqa: SIM115
+        argv, user=user, stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(base, "log"), "wb"))  # noqa: SIM115
     server = PostgresServer(f"postgresql:///postgres?host={base}&port={port}&user=hutong",
                             base, port, proc.pid)
     import psycopg
