@@ -11,8 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from gfs.client import Client
-from tests.test_mount_helpers import init_store, mount, needs_fuse
+from gfs.mount import READ_AHEAD_KB
+from tests.test_mount_helpers import init_store, mount, needs_fuse, wait_for
 
 pytestmark = needs_fuse
 
@@ -121,3 +124,20 @@ def test_xattrs_go_with_their_file(tmp_path: Path) -> None:
         os.unlink(a)
     with Client(state) as c, c.engine.read() as txn:
         assert list(txn.iter_values("xattrs")) == []
+
+
+def _read_ahead_kb(mnt: Path) -> int:
+    """The kernel read-ahead (KiB) of the FUSE connection mounted at `mnt`."""
+    with open("/proc/self/mountinfo") as f:
+        dev = next(line.split()[2] for line in f if line.split()[4] == str(mnt))
+    return int(Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a bdi's read-ahead")
+def test_read_ahead_is_raised_after_the_kernel_set_its_own(tmp_path: Path) -> None:
+    """The kernel sets the connection's read-ahead (128 KiB) when FUSE_INIT is answered;
+    the mount raises it after that, so sequential reads arrive in large requests."""
+    state = tmp_path / "state"
+    init_store(state)
+    with mount(state, tmp_path / "mnt") as m:
+        wait_for(lambda: _read_ahead_kb(m.mnt) == READ_AHEAD_KB, "the raised read-ahead")
