@@ -11,6 +11,10 @@ live counts). docs/format.md, "Appended packs", gives the rules; in short:
 * a session resumes the pack only if its record is exactly as this writer left
   it (gc may have deleted or repacked it between sessions, holding its
   exclusive lock, which no session can hold at the same time);
+* the tierer moves chunks while sessions run (it holds the gc lock shared
+  too) and deletes a pack it emptied: if the resumed pack's record is gone at
+  the commit, the commit fails with `TailPackGoneError` and changes nothing,
+  and the writer commits its files again (the next session starts a new pack);
 * a session that fails after appending forgets the pack: its bytes past the
   recorded size are an uncommitted tail, never referenced, which fsck counts
   and reports apart from damage.
@@ -18,8 +22,19 @@ live counts). docs/format.md, "Appended packs", gives the rules; in short:
 
 from __future__ import annotations
 
+from gfs.errors import PoolObjectMissingError
 from gfs.meta import ReadTxn
-from gfs.packs import PackBuilder
+from gfs.packs import PackBuilder, pack_key
+
+
+class TailPackGoneError(PoolObjectMissingError):
+    """The pack a session resumed was emptied and deleted (by the tierer) before the
+    session committed; nothing was committed: commit the same files again."""
+
+    def __init__(self, pack_id: bytes) -> None:
+        super().__init__(pack_key(pack_id), "the appended pack was removed meanwhile "
+                         "(emptied by a tier move); nothing was committed, write the "
+                         "files again")
 
 
 class TailPack:
@@ -55,4 +70,4 @@ class TailPack:
         self.builder, self.pool_id = None, None
 
 
-__all__ = ["TailPack"]
+__all__ = ["TailPack", "TailPackGoneError"]

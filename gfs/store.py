@@ -53,7 +53,7 @@ from gfs.meta import (
     ReadTxn,
     WriteTxn,
 )
-from gfs.pack_tail import TailPack
+from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_key, parse_pack_head
 from gfs.pools import Pool, open_pool
 from gfs.pools.local import LocalPool
@@ -425,6 +425,7 @@ class WriteSession:
         self.store = store
         self.durable = durable
         self._tail = tail
+        self._resumed: bytes | None = None  # the tail's pack, if this session continues it
         self.stats = WriteStats()
         self._started = time.monotonic()
         self._level = store.config.zstd_level
@@ -582,6 +583,7 @@ class WriteSession:
         if self._tail is not None:
             resumed = self._tail.resume(self._reader())
             if resumed is not None:
+                self._resumed = resumed.pack_id
                 return resumed
         return self.store.new_pack()
 
@@ -600,8 +602,13 @@ class WriteSession:
             pool_id = self.store.choose_pool(self._tier, pack.size, self._used)
         pool = self.store.pool(pool_id)
         if tail is not None and isinstance(pool, LocalPool):
-            pool.append(pack_key(pack.pack_id), pack.unwritten(), pack.written,
-                        durable=self.durable)
+            try:
+                pool.append(pack_key(pack.pack_id), pack.unwritten(), pack.written,
+                            durable=self.durable)
+            except PoolObjectMissingError:
+                if pack.pack_id == self._resumed:  # emptied and deleted by a tier move
+                    raise TailPackGoneError(pack.pack_id) from None
+                raise
             pack.wrote()
             if pack.size < self.store.config.pack_size:
                 tail.keep(pack, pool_id)  # the next session continues it
@@ -673,6 +680,8 @@ class WriteSession:
                 n, nbytes = live[p.pack_id]
                 created = now
                 prev = txn.get_pack(p.pack_id) if self._tail is not None else None
+                if prev is None and p.pack_id == self._resumed:
+                    raise TailPackGoneError(p.pack_id)
                 if prev is not None:  # an appended pack: its earlier blobs count too
                     n, nbytes, created = n + prev.live_chunks, nbytes + prev.live_bytes, \
                         prev.created_ns

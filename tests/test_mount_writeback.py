@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 from gfs.client import Client
 from gfs.errors import ExistsError, NotADirError
 from gfs.group_commit import GroupCommitter
-from gfs.meta import ROOT_INO, Manifest
+from gfs.meta import ROOT_INO, Manifest, ReadTxn, WriteTxn
 from gfs.mount_names import NameHints
 from gfs.mount_writeback import SPOOL_MEMORY, Spool, WriteBack
 from gfs.pack_tail import TailPack
+from gfs.packs import PackBuilder
 from gfs.read import cached
 from tests.test_mount_helpers import init_store, wait_for
 
@@ -297,7 +298,7 @@ def test_settle_commits_pending_files_empty_unless_written(wb: WriteBack, state:
 CRASHER = textwrap.dedent("""
     import random, sys
     from gfs.client import Client
-    from gfs.meta import ROOT_INO, Manifest
+    from gfs.meta import ROOT_INO, Manifest, ReadTxn, WriteTxn
     from gfs.mount_names import NameHints
     from gfs.mount_writeback import WriteBack
     from gfs.read import cached
@@ -359,3 +360,42 @@ def test_no_fuse_in_the_write_back_and_xattr_modules() -> None:
     code = ("import sys, gfs.mount_writeback, gfs.mount_xattr, gfs.mount_shutdown, "
             "gfs.mount_points; sys.exit('pyfuse3' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("object_gone", [True, False])
+def test_a_pack_emptied_by_a_tier_move_while_appending_is_not_committed_to(
+        wb: WriteBack, state: Path, object_gone: bool) -> None:
+    """The tierer (which runs beside writers) empties the appended pack after a
+    commit resumed it, dropping its record, then its object (`object_gone`: before
+    the append; else the append lands in it first): that commit changes nothing
+    and the file is committed again into a new pack, so no chunk points into a
+    pack without a record."""
+    _commit_new(wb, "a", random.Random(1).randbytes(5000))
+    with other(state) as c:
+        c.rm("/a")  # its chunk is dead: the tierer would not move it, the pack empties
+    (first,) = _pack_objects(state)
+    tail, resume = wb._tail, wb._tail.resume
+    raced: list[bytes] = []
+
+    def tier_move_meanwhile(txn: ReadTxn) -> PackBuilder | None:
+        b = resume(txn)
+        if b is not None and not raced:  # the tierer's switch: the pack and its chunks go
+            raced.append(b.pack_id)
+
+            def drop(w: WriteTxn) -> None:
+                for rec in list(w.iter_chunks()):
+                    w.delete_chunk(rec.id)
+                w.delete_pack(b.pack_id)
+            wb.client.engine.transact(drop)
+            if object_gone:
+                first.unlink()
+        return b
+    tail.resume = tier_move_meanwhile  # type: ignore[method-assign]
+    data = random.Random(2).randbytes(5000)
+    _commit_new(wb, "b", data)
+    assert raced and first.exists() != object_gone
+    assert len(_pack_objects(state)) == 2 - object_gone
+    with other(state) as c:
+        assert c.read_bytes("/b") == data
+        report = c.fsck()
+        assert report.ok and report.orphan_packs == 1 - object_gone, report.problems

@@ -176,7 +176,8 @@ class LocalPool(Pool):
         """Write `parts` into object `key` at `offset`, creating it at offset 0.
 
         Not atomic: a reader must only read ranges it knows are written (a pack's
-        committed blobs). Durable on return (fdatasync; at creation the directory
+        committed blobs). PoolObjectMissingError if the object (offset > 0) is gone.
+        Durable on return (fdatasync; at creation the directory
         entry too), or with `durable=False` at the next `sync_puts`.
         """
         path = self._path(key)
@@ -184,7 +185,10 @@ class LocalPool(Pool):
         try:
             parent = os.path.dirname(path)
             self._mkdirs(parent, durable)
-            fd = os.open(path, flags, 0o644)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError as e:
+                raise PoolObjectMissingError(key, f"object missing from pool {self.url}") from e
             try:
                 os.lseek(fd, offset, os.SEEK_SET)
                 _write_all(fd, parts)
