@@ -20,6 +20,16 @@ durable: pack and directory fsynced, metadata transaction synced) and with
 within a second or at fsync(2)), which is the durability JuiceFS gives at close
 (its object files are not fsynced at all).
 
+A warm read is a copy out of the kernel's page cache, with no request to the
+daemon (the mount keeps the cache across opens of an unchanged version); the
+table shows the share of the file's cached pages held in large folios
+(bench._folios, root only). ext4 caches in folios of up to 2 MiB; FUSE in this
+kernel (6.18) in single 4 KiB pages, for every FUSE file system alike (Hutong,
+JuiceFS, rclone), and the per-page work bounds a warm FUSE read to about a
+third of local disk whatever the daemon does. Going past that needs FUSE
+passthrough (kernel >= 6.9 and libfuse >= 3.16; pyfuse3 3.5 on the system's
+libfuse 3.14 has neither).
+
 Targets (issues 5 and 16): warm FUSE reads >= 80% of warm local-disk reads;
 small-file create, stat and read >= JuiceFS's; untar (extract + rm) at least as
 fast as JuiceFS; the small-file and untar targets are judged on the mount with
@@ -41,6 +51,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench._folios import large_folio_share
 from bench._measure import drop_page_cache, mounted, read_file, write_random
 from bench.report import headline, table
 from gfs.units import size_arg
@@ -192,6 +203,7 @@ def main(argv: list[str]) -> int:
     small: dict[str, dict[str, float]] = {}
     par: dict[str, float] = {}
     untar: dict[str, tuple[float, float]] = {}
+    folios: dict[str, float | None] = {}
     try:
         local = work / "local"
         local.mkdir()
@@ -210,6 +222,7 @@ def main(argv: list[str]) -> int:
                 assert n == size, f"{name}: read {n} of {size} bytes"
                 seq[f"{name} {label}"] = n / (time.perf_counter() - t) / 1e6
                 _progress(name, f"read {label}", f"{seq[f'{name} {label}']:.0f} MB/s")
+            folios[name] = large_folio_share(path)
 
         def files_and_untar(name: str, root: Path) -> None:
             small[name] = _small_files(root, nfiles, "small")
@@ -261,6 +274,9 @@ def main(argv: list[str]) -> int:
     for key, mbs in seq.items():
         name, label = key.rsplit(" ", 1)
         rows.append([name, f"sequential read {label}", f"{mbs:.0f} MB/s"])
+    for name, share in folios.items():
+        if share is not None:
+            rows.append([name, "warm file's page cache in large folios", f"{share:.0%}"])
     for name, r in small.items():
         rows.append([name, f"{nfiles} x 4 KiB create/stat/read/unlink",
                      " / ".join(f"{r[k]:.0f}" for k in ("create", "stat", "read", "unlink"))

@@ -373,6 +373,10 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         if r.temporaries:
             print(f"fsck: {r.temporaries} temporaries of interrupted writes (spools, staging "
                   "files); `hutong fsck --repair` or `hutong gc` removes them", file=sys.stderr)
+        if r.uncommitted_tails:
+            print(f"fsck: {r.uncommitted_tails} packs end in bytes of an append that was "
+                  "not committed (an interrupted mount); never read, gone when gc repacks "
+                  "the pack", file=sys.stderr)
         if not r.ok and not args.repair:
             print("hint: `hutong fsck --repair [--from OTHER_STATE]` restores damaged chunks "
                   "from any good copy and marks the rest lost", file=sys.stderr)

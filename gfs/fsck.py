@@ -45,6 +45,9 @@ class FsckReport:
     #: after kill -9) and STATE/tmp (mover staging); gc and `fsck --repair` remove them
     temporaries: int = 0
     pinned_chunks: int = 0
+    #: appended packs (gfs.pack_tail) longer than their record: bytes of an append
+    #: whose commit never happened (never referenced, never read; not damage)
+    uncommitted_tails: int = 0
 
     @property
     def ok(self) -> bool:
@@ -240,7 +243,9 @@ def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: Fsck
                     report.foreign_packs += 1
                 continue
             size = pool.size(key)
-            if size != p.size:  # a cut between two blobs still parses: compare sizes
+            if size > p.size:  # an append that was not committed (gfs.pack_tail)
+                report.uncommitted_tails += 1
+            elif size != p.size:  # a cut between two blobs still parses: compare sizes
                 report.problems.append(f"pack {pid.hex()} has {size} bytes in pool {pool_id}, "
                                        f"its record says {p.size}")
         backend = local_backend(pool)

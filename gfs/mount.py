@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -642,10 +643,14 @@ READ_AHEAD_KB = 8192
 def _raise_read_ahead(mountpoint: str) -> None:
     """Raise the kernel read-ahead of the FUSE connection mounted at `mountpoint`.
 
-    The device number comes from /proc/self/mountinfo: a stat of the mount point
-    would be a FUSE request that this (not yet serving) process must answer.
+    Called on a thread once the mount is live: the kernel sets the connection's
+    read-ahead when it gets the reply to FUSE_INIT (at most what it proposed,
+    128 KiB), so a value written before that is undone. The stat of the mount
+    point returns once the loop serves requests, which is after FUSE_INIT; the
+    device number comes from /proc/self/mountinfo.
     """
     try:
+        os.stat(mountpoint)
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
@@ -680,7 +685,8 @@ def serve(ops: Served, mp: str, opts: ServeOptions, *, fsname: str,
     if opts.debug:
         fuse_opts.add("debug")
     pyfuse3.init(cast(pyfuse3.Operations, ops), mp, fuse_opts)
-    _raise_read_ahead(mp)
+    threading.Thread(target=_raise_read_ahead, args=(mp,), name="hutong-read-ahead",
+                     daemon=True).start()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     shutdown = Drain(ops, opts.drain_timeout, pyfuse3.terminate)

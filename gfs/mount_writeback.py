@@ -33,6 +33,7 @@ from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError,
 from gfs.group_commit import GroupCommitter
 from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, WriteTxn
 from gfs.mount_names import NameHints
+from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import WriteSession
 
@@ -256,6 +257,9 @@ class WriteBack:
         self._stats_lock = threading.Lock()
         #: > 0: packs are written without fsync and synced this often (and by `sync`).
         self.sync_interval = sync_interval
+        #: The pack successive commits append to (gfs.pack_tail): a lone writer's
+        #: small files share one pack object instead of one each.
+        self._tail = TailPack()
         self._committer: GroupCommitter[DirtyFile] = GroupCommitter(
             self._commit_batch, expected=self._writers_elsewhere, window=gather_window)
         self._stop_syncer = threading.Event()
@@ -537,15 +541,11 @@ class WriteBack:
                     if d.ino in self.pending or (d.dirty and d.tmp is not None)]
             if not work:
                 return
-            with self.client.store.writer(durable=self.sync_interval <= 0) as session:
-                for d, new in work:
-                    refs = d.tmp.store(session) if d.tmp is not None else []
-                    if new and d.mtime_ns is not None:
-                        self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
-                    action = self._create_action(d.ino) if new else \
-                        self._update_action(d.ino, d.mtime_ns)
-                    session.add_file(refs, action)
-                session.commit()
+            try:
+                self._store_batch(work)
+            except TailPackGoneError as e:  # nothing committed; the next pack is new
+                log.info("%s: committing %d files again", e, len(work))
+                self._store_batch(work)
             with self._stats_lock:
                 self.stats.batches += 1
                 self.stats.files += len(work)
@@ -559,6 +559,19 @@ class WriteBack:
         finally:
             for d in locked:
                 d.lock.release()
+
+    def _store_batch(self, work: list[tuple[DirtyFile, bool]]) -> None:
+        """Store and commit `work` ((file, pending create?)) in one writer session."""
+        with self.client.store.writer(durable=self.sync_interval <= 0,
+                                      tail=self._tail) as session:
+            for d, new in work:
+                refs = d.tmp.store(session) if d.tmp is not None else []
+                if new and d.mtime_ns is not None:
+                    self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
+                action = self._create_action(d.ino) if new else \
+                    self._update_action(d.ino, d.mtime_ns)
+                session.add_file(refs, action)
+            session.commit()
 
     def _create_action(self, ino: int) -> Action:
         """The commit action of a file created here: link it under its reserved number."""

@@ -116,6 +116,9 @@ class PackBuilder:
         self._parts: list[Buffer] = []
         self.size = PACK_HEADER_LEN
         self.nblobs = 0
+        #: Bytes of the pack already in its pool object (an appended pack, see
+        #: `unwritten`); 0 until the first write.
+        self.written = 0
 
     def add(self, header: Buffer, payload: Buffer) -> tuple[int, int]:
         """Append one blob (as returned by `encode_blob`); return `(offset, blob_len)`.
@@ -145,6 +148,16 @@ class PackBuilder:
 
     def release(self) -> None:
         """Drop the blob buffers once the pack is written; `size` and `nblobs` stay."""
+        self._parts = []
+
+    def unwritten(self) -> list[Buffer]:
+        """The bytes not in the pool object yet (the header too before the first write),
+        to append at offset `written`; `wrote` records that they were."""
+        return [self._header, *self._parts] if self.written == 0 else list(self._parts)
+
+    def wrote(self) -> None:
+        """Note that `unwritten()` was appended: the builder now continues the pack."""
+        self.written = self.size
         self._parts = []
 
 

@@ -53,8 +53,10 @@ from gfs.meta import (
     ReadTxn,
     WriteTxn,
 )
+from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_key, parse_pack_head
 from gfs.pools import Pool, open_pool
+from gfs.pools.local import LocalPool
 from gfs.read.local import LocalSource
 from gfs.state import is_private_url, pool_location
 from gfs.tiering.heat import HeatTracker
@@ -362,13 +364,15 @@ class ChunkStore:
 
     # -- writing -------------------------------------------------------------
     @contextmanager
-    def writer(self, *, durable: bool = True) -> Iterator[WriteSession]:
+    def writer(self, *, durable: bool = True,
+               tail: TailPack | None = None) -> Iterator[WriteSession]:
         """A write session; committed files stay committed even if the block raises.
         With `durable=False` its packs are written without fsync (`Pool.put_unsynced`)
         and become durable at the next `sync_puts`; the metadata commit is durable
-        either way."""
+        either way. With `tail`, small commits append to the pack the previous
+        session of the same tail committed (gfs.pack_tail)."""
         with self._gc_lock(fcntl.LOCK_SH):
-            session = WriteSession(self, durable=durable)
+            session = WriteSession(self, durable=durable, tail=tail)
             try:
                 yield session
                 session.commit()
@@ -416,9 +420,12 @@ def read_prepared(path: str, params: chunking.ChunkParams) -> Prepared | None:
 class WriteSession:
     """Stores chunks and commits files in batches. One thread uses a session."""
 
-    def __init__(self, store: ChunkStore, *, durable: bool = True) -> None:
+    def __init__(self, store: ChunkStore, *, durable: bool = True,
+                 tail: TailPack | None = None) -> None:
         self.store = store
         self.durable = durable
+        self._tail = tail
+        self._resumed: bytes | None = None  # the tail's pack, if this session continues it
         self.stats = WriteStats()
         self._started = time.monotonic()
         self._level = store.config.zstd_level
@@ -557,7 +564,7 @@ class WriteSession:
             cids, fut = self._inflight.popleft()
             for cid, (header, payload) in zip(cids, fut.result(), strict=True):
                 if self._pack is None:
-                    self._pack = self.store.new_pack()
+                    self._pack = self._start_pack()
                 offset, blob_len = self._pack.add(header, payload)
                 head = parse_blob_header(header)
                 if head.codec == CODEC_DELTA:
@@ -571,18 +578,47 @@ class WriteSession:
                 if self._pack.size >= self.store.config.pack_size:
                     self._flush_pack()
 
+    def _start_pack(self) -> PackBuilder:
+        """The pack new blobs go to: the tail's, if it can be continued, else a new one."""
+        if self._tail is not None:
+            resumed = self._tail.resume(self._reader())
+            if resumed is not None:
+                self._resumed = resumed.pack_id
+                return resumed
+        return self.store.new_pack()
+
     def _flush_pack(self) -> None:
         pack = self._pack
-        if pack is None or pack.nblobs == 0:
+        if pack is None or pack.nblobs == 0 or pack.size == pack.written:
             return
         if self._used is None:  # scanning packs only matters when a pool has a capacity
             limited = any(r.capacity for r in self.store.pool_records())
             self._used = self.store.usage() if limited else {}
-        pool_id = self.store.choose_pool(self._tier, pack.size, self._used)
+        grown = pack.size - pack.written
+        tail = self._tail
+        if tail is not None and tail.holds(pack) and tail.pool_id is not None:
+            pool_id = tail.pool_id
+        else:
+            pool_id = self.store.choose_pool(self._tier, pack.size, self._used)
         pool = self.store.pool(pool_id)
-        (pool.put if self.durable else pool.put_unsynced)(pack_key(pack.pack_id), pack.parts())
-        pack.release()  # written: a long write must not hold every pack until its commit
-        self._used[pool_id] = self._used.get(pool_id, 0) + pack.size
+        if tail is not None and isinstance(pool, LocalPool):
+            try:
+                pool.append(pack_key(pack.pack_id), pack.unwritten(), pack.written,
+                            durable=self.durable)
+            except PoolObjectMissingError:
+                if pack.pack_id == self._resumed:  # emptied and deleted by a tier move
+                    raise TailPackGoneError(pack.pack_id) from None
+                raise
+            pack.wrote()
+            if pack.size < self.store.config.pack_size:
+                tail.keep(pack, pool_id)  # the next session continues it
+            else:
+                tail.forget()
+        else:
+            (pool.put if self.durable else pool.put_unsynced)(pack_key(pack.pack_id),
+                                                              pack.parts())
+            pack.release()  # written: a long write must not hold every pack until its commit
+        self._used[pool_id] = self._used.get(pool_id, 0) + grown
         self._pack_pool[pack.pack_id] = pool_id
         self._flushed.append(pack)
         self._pack = None
@@ -642,9 +678,15 @@ class WriteSession:
                 counters[1] += nc.blob_len
             for p in self._flushed:
                 n, nbytes = live[p.pack_id]
+                created = now
+                prev = txn.get_pack(p.pack_id) if self._tail is not None else None
+                if prev is None and p.pack_id == self._resumed:
+                    raise TailPackGoneError(p.pack_id)
+                if prev is not None:  # an appended pack: its earlier blobs count too
+                    n, nbytes, created = n + prev.live_chunks, nbytes + prev.live_bytes, \
+                        prev.created_ns
                 txn.put_pack(PackRecord(p.pack_id, self._pack_pool[p.pack_id], p.size, p.nblobs,
-                                        n, nbytes,
-                                        now))
+                                        n, nbytes, created))
             deltas: Counter[bytes] = Counter()
             for refs, action in self._files:
                 old = action(txn, refs)
@@ -668,7 +710,11 @@ class WriteSession:
         self.stats.seconds = time.monotonic() - self._started
 
     def abandon(self) -> None:
-        """Drop what was not committed (its packs become orphans that gc reclaims)."""
+        """Drop what was not committed (its packs become orphans that gc reclaims; an
+        appended pack's bytes past its record, an uncommitted tail)."""
+        if self._tail is not None and (self._tail.holds(self._pack) or any(
+                self._tail.holds(p) for p in self._flushed)):
+            self._tail.forget()
         self._end_reader()
         self._group, self._group_bytes, self._plans = [], 0, []
         self._delta_meta.clear()

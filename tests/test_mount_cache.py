@@ -11,8 +11,12 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+from bench._folios import large_folio_share
 from gfs.client import Client
-from tests.test_mount_helpers import init_store, mount, needs_fuse
+from gfs.mount import READ_AHEAD_KB
+from tests.test_mount_helpers import init_store, mount, needs_fuse, wait_for
 
 pytestmark = needs_fuse
 
@@ -121,3 +125,51 @@ def test_xattrs_go_with_their_file(tmp_path: Path) -> None:
         os.unlink(a)
     with Client(state) as c, c.engine.read() as txn:
         assert list(txn.iter_values("xattrs")) == []
+
+
+def _read_ahead_kb(mnt: Path) -> int:
+    """The kernel read-ahead (KiB) of the FUSE connection mounted at `mnt`."""
+    with open("/proc/self/mountinfo") as f:
+        dev = next(line.split()[2] for line in f if line.split()[4] == str(mnt))
+    return int(Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a bdi's read-ahead")
+def test_read_ahead_is_raised_after_the_kernel_set_its_own(tmp_path: Path) -> None:
+    """The kernel sets the connection's read-ahead (128 KiB) when FUSE_INIT is answered;
+    the mount raises it after that, so sequential reads arrive in large requests."""
+    state = tmp_path / "state"
+    init_store(state)
+    with mount(state, tmp_path / "mnt") as m:
+        wait_for(lambda: _read_ahead_kb(m.mnt) == READ_AHEAD_KB, "the raised read-ahead")
+
+
+def _lookups(mnt: Path) -> tuple[int, int]:
+    """(hits, misses) of the mount's memory tier: each read the daemon serves counts."""
+    stats = json.loads(os.getxattr(mnt, "user.hutong.cache"))
+    return stats["hits"], stats["misses"]
+
+
+def test_a_warm_read_of_an_unchanged_file_is_served_by_the_kernel(tmp_path: Path) -> None:
+    """Opening an unchanged file again keeps the kernel's page cache: the warm read
+    sends the daemon no read (its cache counters stand still), so its speed is the
+    kernel's (see bench._folios for how FUSE holds those pages). A new version
+    drops it: the next read asks the daemon again."""
+    state = tmp_path / "state"
+    init_store(state)
+    data = random.Random(4).randbytes(3 << 20)
+    with Client(state) as c:
+        c.write_bytes("/f", data)
+    with mount(state, tmp_path / "mnt") as m:
+        f = m.mnt / "f"
+        assert f.read_bytes() == data  # cold: through the daemon
+        before = _lookups(m.mnt)
+        assert before[1] > 0
+        assert f.read_bytes() == data
+        assert _lookups(m.mnt) == before
+        share = large_folio_share(f)
+        assert share is None or 0.0 <= share <= 1.0
+        with Client(state) as c:
+            c.write_bytes("/f", data[::-1])
+        wait_for(lambda: f.read_bytes() == data[::-1], "the new version")
+        assert _lookups(m.mnt) != before

@@ -19,9 +19,11 @@ from hypothesis import strategies as st
 from gfs.client import Client
 from gfs.errors import ExistsError, NotADirError
 from gfs.group_commit import GroupCommitter
-from gfs.meta import ROOT_INO
+from gfs.meta import ROOT_INO, Manifest, ReadTxn, WriteTxn
 from gfs.mount_names import NameHints
 from gfs.mount_writeback import SPOOL_MEMORY, Spool, WriteBack
+from gfs.pack_tail import TailPack
+from gfs.packs import PackBuilder
 from gfs.read import cached
 from tests.test_mount_helpers import init_store, wait_for
 
@@ -202,6 +204,83 @@ def test_update_of_a_committed_file(wb: WriteBack, state: Path) -> None:
         assert c.read_bytes("/f") == b"01AB"
 
 
+def _commit_new(wb: WriteBack, name: str, data: bytes) -> None:
+    """Create `name` in the root, write `data`, and commit it alone (as a close does)."""
+    node = wb.create(ROOT_INO, name, 0o644, 0, 0)
+    d = wb.open_writer(node.ino)
+    wb.write(d, wb.reader(node.ino)[0], data, 0)
+    wb.commit(d)
+    wb.drop_writer(d)
+
+
+def _pack_objects(state: Path) -> list[Path]:
+    return sorted(state.glob("pools/**/packs/*/*.pack"))
+
+
+def test_successive_small_commits_append_to_one_pack(wb: WriteBack, state: Path) -> None:
+    """A lone writer's small files, each committed alone, share one pack object (not
+    one each); the pack's record grows with each commit and fsck finds it whole."""
+    files = {f"f{i}": random.Random(i).randbytes(3000 + i) for i in range(40)}
+    for name, data in files.items():
+        _commit_new(wb, name, data)
+    assert wb.stats.batches == 40
+    packs = _pack_objects(state)
+    assert len(packs) == 1, packs
+    with other(state) as c:
+        for name, data in files.items():
+            assert c.read_bytes(f"/{name}") == data
+        with c.engine.read() as txn:
+            (rec,) = list(txn.iter_packs())
+        assert (rec.size, rec.nchunks, rec.live_chunks) == (packs[0].stat().st_size, 40, 40)
+        report = c.fsck()
+        assert report.ok and report.uncommitted_tails == 0, report.problems
+
+
+def test_a_pack_gc_removed_between_commits_is_not_appended_to(wb: WriteBack,
+                                                               state: Path) -> None:
+    """gc runs between two commits and deletes the appended pack (all its files were
+    removed): the next commit starts a new pack instead of writing into a deleted one."""
+    _commit_new(wb, "a", random.Random(1).randbytes(5000))
+    (first,) = _pack_objects(state)
+    with other(state) as c:
+        c.rm("/a")
+        c.gc()
+    assert not first.exists()
+    data = random.Random(2).randbytes(5000)
+    _commit_new(wb, "b", data)
+    (second,) = _pack_objects(state)
+    assert second != first
+    with other(state) as c:
+        assert c.read_bytes("/b") == data
+        assert c.fsck().ok
+
+
+def test_an_append_whose_commit_fails_is_an_uncommitted_tail(state: Path) -> None:
+    """A session appends to the tail pack, then its metadata transaction fails: the
+    bytes past the record are reported apart from damage, and the next session
+    starts a new pack rather than resume one whose end it does not know."""
+    with Client(state) as c:
+        tail = TailPack()
+        with c.store.writer(tail=tail) as session:
+            refs = session.store_buffer(random.Random(1).randbytes(5000))
+            # a file removed at once: its chunk stays, unreferenced, in a committed pack
+            session.add_file(refs, lambda txn, r: Manifest(0, tuple(r)))
+        (pack,) = _pack_objects(state)
+        kept = pack.stat().st_size
+
+        def fail(txn: object, refs: object) -> None:
+            raise OSError("the transaction fails")
+        with pytest.raises(OSError, match="the transaction fails"), \
+                c.store.writer(tail=tail) as session:
+            session.add_file(session.store_buffer(random.Random(2).randbytes(5000)), fail)
+        assert pack.stat().st_size > kept and tail.builder is None
+        report = c.fsck()
+        assert report.ok and report.uncommitted_tails == 1, report.problems
+        with c.store.writer(tail=tail) as session:
+            session.store_buffer(random.Random(3).randbytes(5000))
+        assert len(_pack_objects(state)) == 2 and pack.stat().st_size > kept
+
+
 def test_settle_commits_pending_files_empty_unless_written(wb: WriteBack, state: Path) -> None:
     a = wb.create(ROOT_INO, "a", 0o600, 0, 0)
     b = wb.create(ROOT_INO, "b", 0o600, 0, 0)
@@ -219,7 +298,7 @@ def test_settle_commits_pending_files_empty_unless_written(wb: WriteBack, state:
 CRASHER = textwrap.dedent("""
     import random, sys
     from gfs.client import Client
-    from gfs.meta import ROOT_INO
+    from gfs.meta import ROOT_INO, Manifest, ReadTxn, WriteTxn
     from gfs.mount_names import NameHints
     from gfs.mount_writeback import WriteBack
     from gfs.read import cached
@@ -281,3 +360,42 @@ def test_no_fuse_in_the_write_back_and_xattr_modules() -> None:
     code = ("import sys, gfs.mount_writeback, gfs.mount_xattr, gfs.mount_shutdown, "
             "gfs.mount_points; sys.exit('pyfuse3' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("object_gone", [True, False])
+def test_a_pack_emptied_by_a_tier_move_while_appending_is_not_committed_to(
+        wb: WriteBack, state: Path, object_gone: bool) -> None:
+    """The tierer (which runs beside writers) empties the appended pack after a
+    commit resumed it, dropping its record, then its object (`object_gone`: before
+    the append; else the append lands in it first): that commit changes nothing
+    and the file is committed again into a new pack, so no chunk points into a
+    pack without a record."""
+    _commit_new(wb, "a", random.Random(1).randbytes(5000))
+    with other(state) as c:
+        c.rm("/a")  # its chunk is dead: the tierer would not move it, the pack empties
+    (first,) = _pack_objects(state)
+    tail, resume = wb._tail, wb._tail.resume
+    raced: list[bytes] = []
+
+    def tier_move_meanwhile(txn: ReadTxn) -> PackBuilder | None:
+        b = resume(txn)
+        if b is not None and not raced:  # the tierer's switch: the pack and its chunks go
+            raced.append(b.pack_id)
+
+            def drop(w: WriteTxn) -> None:
+                for rec in list(w.iter_chunks()):
+                    w.delete_chunk(rec.id)
+                w.delete_pack(b.pack_id)
+            wb.client.engine.transact(drop)
+            if object_gone:
+                first.unlink()
+        return b
+    tail.resume = tier_move_meanwhile  # type: ignore[method-assign]
+    data = random.Random(2).randbytes(5000)
+    _commit_new(wb, "b", data)
+    assert raced and first.exists() != object_gone
+    assert len(_pack_objects(state)) == 2 - object_gone
+    with other(state) as c:
+        assert c.read_bytes("/b") == data
+        report = c.fsck()
+        assert report.ok and report.orphan_packs == 1 - object_gone, report.problems

@@ -3,8 +3,11 @@
 `put` writes a temporary under ``ROOT/tmp/``, fsyncs it, renames it over the
 key's path and fsyncs that directory, so the object is atomic and durable on
 return; `put_unsynced` does the same without the two fsyncs, which
-`sync_puts` makes later for every such object at once. Fan-out directories are
-created on demand (and their parents fsynced once). Reads use `os.pread` on the object's file.
+`sync_puts` makes later for every such object at once. `append` writes into an
+object in place at a given offset (the growing pack of one writer, docs/format.md
+"Appended packs"): durable on return with fdatasync, or at the next `sync_puts`.
+Fan-out directories are created on demand (and their parents fsynced once). Reads
+use `os.pread` on the object's file.
 """
 
 from __future__ import annotations
@@ -167,6 +170,39 @@ class LocalPool(Pool):
                 self._unsynced_dirs |= dirs
             raise self._error(e, self.root, "sync") from e
 
+
+    def append(self, key: str, parts: Sequence[Buffer], offset: int, *,
+               durable: bool = True) -> None:
+        """Write `parts` into object `key` at `offset`, creating it at offset 0.
+
+        Not atomic: a reader must only read ranges it knows are written (a pack's
+        committed blobs). PoolObjectMissingError if the object (offset > 0) is gone.
+        Durable on return (fdatasync; at creation the directory
+        entry too), or with `durable=False` at the next `sync_puts`.
+        """
+        path = self._path(key)
+        flags = os.O_WRONLY | _O_CLOEXEC | (os.O_CREAT | os.O_EXCL if offset == 0 else 0)
+        try:
+            parent = os.path.dirname(path)
+            self._mkdirs(parent, durable)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError as e:
+                raise PoolObjectMissingError(key, f"object missing from pool {self.url}") from e
+            try:
+                os.lseek(fd, offset, os.SEEK_SET)
+                _write_all(fd, parts)
+                if durable:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if durable and offset == 0:
+                _fsync_dir(parent)
+        except OSError as e:
+            raise self._error(e, path, f"append to {key}") from e
+        if not durable:
+            with self._unsynced_lock:
+                self._unsynced.add(path)
 
     def close(self) -> None:
         """Make the objects put without fsync durable."""
