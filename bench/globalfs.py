@@ -137,9 +137,18 @@ def _iperf(wan: Wan, seconds: int) -> tuple[float, float]:
     wan.wait_tcp("c", wan["b"].address, 5201)
     got = []
     for streams in (1, 4):
-        out = wan.run("c", ["iperf3", "-c", wan["b"].address, "-R", "-J", "-t", str(seconds),
-                            "-O", "1", "-P", str(streams)], timeout=seconds + 60)
-        got.append(float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]))
+        for attempt in range(5):  # the server may still be busy with the readiness probe
+            out = wan.run("c", ["iperf3", "-c", wan["b"].address, "-R", "-J", "-t",
+                                str(seconds), "-O", "1", "-P", str(streams)],
+                          timeout=seconds + 60, check=False)
+            report = json.loads(out.stdout or "{}")
+            if "sum_received" in report.get("end", {}):
+                got.append(float(report["end"]["sum_received"]["bits_per_second"]))
+                break
+            if attempt == 4:
+                raise RuntimeError(f"iperf3 over the emulated WAN failed: "
+                                   f"{report.get('error') or out.stderr.strip()}")
+            time.sleep(0.5)
     return got[0], got[1]
 
 
