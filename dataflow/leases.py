@@ -10,6 +10,9 @@ a driver that dies stops renewing, and its leases count for nobody once
 expired (the next planner deletes them). Before planning, a driver loads the
 others' live leases into its topology (`Topology.set_external`): their flows
 share links and NICs with new ones, their compute is backlog at their sites.
+While this driver has running jobs, the renewer also loads the others' leases;
+leases it had not seen before are passed to `on_new` (`Dataflow` re-shares the
+estimates of its running jobs whose links they share).
 """
 
 from __future__ import annotations
@@ -61,13 +64,19 @@ class Leases:
     """This driver's leases (published, renewed, dropped) and the others' (loaded)."""
 
     def __init__(self, catalog: Catalog, topo: Topology, *, ttl: float = LEASE_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_new: Callable[[list[Lease]], None] | None = None) -> None:
+        """`on_new` gets the other drivers' leases not seen before, each time the
+        leases are loaded (`refresh`; the renewer does it every third of `ttl` while
+        this driver has running jobs)."""
         if not ttl > 0:
             raise ConfigError(f"lease lifetime must be > 0 seconds, got {ttl}")
         self.catalog, self.topo, self.ttl, self.clock = catalog, topo, ttl, clock
         self.driver = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         """This driver's name in its leases."""
+        self.on_new = on_new
         self._mine: set[str] = set()
+        self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -108,6 +117,11 @@ class Leases:
                 jobs = sorted(self._mine)
             for job in jobs:
                 self._save(job)
+            if jobs:
+                try:
+                    self.refresh()
+                except Exception:  # a failing callback must not stop the renewals
+                    log.exception("re-sharing running jobs' estimates failed")
 
     def others(self) -> list[Lease]:
         """The live leases of other drivers (expired ones are deleted on the way)."""
@@ -137,6 +151,11 @@ class Leases:
         """Load the other drivers' live leases into the topology; returns them."""
         leases = self.others()
         self.topo.set_external({lease.job: (lease.flows, lease.compute) for lease in leases})
+        with self._lock:
+            new = [lease for lease in leases if lease.job not in self._seen]
+            self._seen = {lease.job for lease in leases}
+        if new and self.on_new is not None:
+            self.on_new(new)
         return leases
 
     def close(self) -> None:

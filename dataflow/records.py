@@ -69,6 +69,23 @@ class TransferRecord:
 
 
 @dataclass
+class Reestimate:
+    """A running job's estimate re-shared when other jobs' leases appeared on its links."""
+
+    at: float
+    """Epoch seconds of the re-estimate."""
+    elapsed: float
+    """Seconds the job had run by then."""
+    seconds: float
+    """The job's whole estimated makespan now (elapsed + what is left, links shared)."""
+    leases: list[str] = field(default_factory=list)
+    """The new leases (other drivers' job ids) that share its links."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _pack(self)
+
+
+@dataclass
 class TaskRecord:
     """One task of a job: its input files, where it ran, what it wrote or returned."""
 
@@ -110,6 +127,7 @@ class JobRecord:
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     transfers: list[TransferRecord] = field(default_factory=list)
     replans: list[dict[str, Any]] = field(default_factory=list)
+    reestimates: list[Reestimate] = field(default_factory=list)
     seconds: float | None = None
     error: str | None = None
     report: dict[str, Any] | None = None
@@ -119,20 +137,23 @@ class JobRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values (the only serialisation of job records)."""
         with self.lock:
-            d = _pack(self, frozenset({"tasks", "transfers", "lock"}))
+            d = _pack(self, frozenset({"tasks", "transfers", "reestimates", "lock"}))
             d["output"] = self.output
             d["tasks"] = {k: t.to_dict() for k, t in self.tasks.items()}
             d["transfers"] = [x.to_dict() for x in self.transfers]
             d["replans"] = list(self.replans)
+            if self.reestimates:
+                d["reestimates"] = [r.to_dict() for r in self.reestimates]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobRecord:
         """A record read back (unknown keys are ignored)."""
         rec = _unpack(cls, {k: v for k, v in d.items()
-                            if k not in ("tasks", "transfers", "lock")})
+                            if k not in ("tasks", "transfers", "reestimates", "lock")})
         rec.tasks = {k: TaskRecord.from_dict(t) for k, t in d.get("tasks", {}).items()}
         rec.transfers = [_unpack(TransferRecord, x) for x in d.get("transfers", [])]
+        rec.reestimates = [_unpack(Reestimate, x) for x in d.get("reestimates", [])]
         return rec
 
     def written(self) -> dict[str, str | None]:
@@ -140,5 +161,5 @@ class JobRecord:
         return {k: t.output for k, t in self.tasks.items() if t.status == "done"}
 
 
-__all__ = ["Attempt", "AttemptStatus", "JobRecord", "JobStatus", "TaskRecord", "TaskStatus",
-           "TransferRecord"]
+__all__ = ["Attempt", "AttemptStatus", "JobRecord", "JobStatus", "Reestimate", "TaskRecord",
+           "TaskStatus", "TransferRecord"]
