@@ -29,11 +29,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from dataflow.catalog import Catalog
 from dataflow.errors import ConfigError
+from dataflow.records import Lease
 from dataflow.sites import Topology
 from gfs.errors import HutongError
 
@@ -42,26 +42,6 @@ log = logging.getLogger("hutong.dataflow")
 #: Seconds a lease lives unless renewed (a dead driver's load counts this long at most).
 LEASE_SECONDS = 30.0
 KIND = "lease"
-
-
-@dataclass
-class Lease:
-    """What one running job of one driver has still to do, until `expires` (epoch s)."""
-
-    job: str
-    driver: str
-    expires: float
-    flows: list[tuple[str, str, int, int]] = field(default_factory=list)
-    compute: list[tuple[str, str, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Lease:
-        return cls(str(d["job"]), str(d["driver"]), float(d["expires"]),
-                   [(str(a), str(b), int(c), int(n)) for a, b, c, n in d.get("flows", [])],
-                   [(str(t), str(s), float(x)) for t, s, x in d.get("compute", [])])
 
 
 class Board(Protocol):

@@ -18,13 +18,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
 
 from dataflow.errors import ConfigError, SchemaError, UnknownSiteError
+from dataflow.records import to_json
 from gfs.federation import expr
 from gfs.schema import Schema, load, validate
 
@@ -520,7 +521,7 @@ class Topology:
     def to_dict(self) -> dict[str, Any]:
         """Sites and every current link, for job records and `--json` output."""
         names = sorted(self.sites)
-        return {"sites": [asdict(self.sites[n]) for n in names],
+        return {"sites": [to_json(self.sites[n], keep_none=True) for n in names],
                 "links": [{"src": a, "dst": b, "mbps": round(lk.bandwidth * 8 / 1e6, 3),
                            "rtt_ms": round(lk.rtt * 1e3, 3), "price_per_gb": lk.price_per_gb,
                            "source": lk.source}
