@@ -100,9 +100,9 @@ def build_topology(rnd: random.Random, per_region: int) -> tuple[Topology, Topol
             kind = "hpc" if i == 0 else "gen" if i == 1 else "dat"
             slots = {"hpc": 64, "gen": 8, "dat": 2}[kind]
             name = f"{r}-{kind}{i}"
-            sites[name] = Site(name, r, f"ent-{r}-{i}", slots=slots, compute_rate=20e6,
+            sites[name] = Site(name, r, f"ent-{r}-{i}", slots=slots, compute_mbps=160,
                                price_core_hour={"hpc": 0.04, "gen": 0.06, "dat": 0.08}[kind],
-                               nic=NIC[kind])
+                               nic_mbps=NIC[kind] * 8 / 1e6)
     truth = Topology(dict(sites))
     pair: dict[tuple[str, str], tuple[float, float, float]] = {}
     for i, a in enumerate(REGIONS):
@@ -573,7 +573,7 @@ def _probe_nic(df: object, srcs: list[str], dst: str, rtt: float) -> float:
         secs = time.monotonic() - t0
     nic = sum(got) / max(secs - 3 * rtt, 1e-6)
     site = df.topo.sites[dst]  # type: ignore[attr-defined]
-    df.topo.sites[dst] = replace(site, nic=nic)  # type: ignore[attr-defined]
+    df.topo.sites[dst] = replace(site, nic_mbps=nic * 8 / 1e6)  # type: ignore[attr-defined]
     return nic
 
 
@@ -700,7 +700,8 @@ def _two_driver(cfg: str, role: str) -> int:
         for lk in spec["links"]["links"]:
             df.topo.set_measured(Link(lk["src"], lk["dst"], lk["bandwidth"], lk["rtt"],
                                       source="measured", measured_at=time.time()))
-        df.topo.sites["c"] = replace(df.topo.sites["c"], nic=spec["links"]["nic"])
+        df.topo.sites["c"] = replace(df.topo.sites["c"],
+                                     nic_mbps=spec["links"]["nic"] * 8 / 1e6)
         df.rt.dask("c").submit(int, 1).result()   # warm the cluster: not part of the job
         if role == "1":
             _wait_file(gates / "ready-2", "driver 2 getting ready")
@@ -955,7 +956,7 @@ def _fed_probe_nic(df: object, probe: dict[str, list[bytes]], dst: str, rtt: flo
     secs = time.monotonic() - t0
     nic = sum(got) / max(secs - 3 * rtt, 1e-6)
     topo = df.topo  # type: ignore[attr-defined]
-    topo.sites[dst] = replace(topo.sites[dst], nic=nic)
+    topo.sites[dst] = replace(topo.sites[dst], nic_mbps=nic * 8 / 1e6)
     return nic
 
 

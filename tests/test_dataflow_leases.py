@@ -196,6 +196,8 @@ def test_a_running_job_is_reestimated_when_another_drivers_lease_shares_its_link
             assert re.seconds - re.elapsed == pytest.approx(2 * flow.bytes / bw + tail,
                                                             rel=0.01)
             assert re.seconds > plan.estimate.seconds
+            _until(lambda: "reestimates" in (df.rt.load_record(job.id) or {}),
+                   "the re-estimate to be saved in the record")
             saved = df.rt.load_record(job.id)
             assert saved is not None and saved["reestimates"][0]["leases"] == [line[1]]
             gate.set()
