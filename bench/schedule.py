@@ -45,6 +45,20 @@ the primary). Links into fc and fc's NIC are probed first with mover pulls of
 probe files (not job data), a task's read rate from fc's API with a read of
 the probed chunks; the estimate is compared with the executor's wall time
 (records included). Target: within 25 % too.
+
+**Two-driver run** (the same WAN emulation; `--only-two` runs just this): sites
+a (80 Mbit/s, holds the inputs of jobs 1 and 2), b (60 Mbit/s, a second site of
+the same entity holding half of job 2's bytes) and c (compute, 400 Mbit/s), movers
+as processes; links into c probed first. Two drivers, two processes in c's
+namespace, each run one real job at c; job 2 is planned once job 1's lease is
+out, so both share the link a -> c. Done twice on a fresh c: `leases` (one home
+store: each driver sees the other's lease; job 2 takes the chunks b also holds
+from b, and job 1 is re-estimated when job 2's lease appears) and `blind` (the
+drivers' homes apart: neither sees the other, as two entities before leases
+were published at the registry). Reported per job: the plan's estimate, the
+record's last re-estimate, the measured makespan and the error of the latest
+estimate; the two jobs' makespan and WAN bytes. Target: every job's error
+within 25 % with leases.
 """
 
 from __future__ import annotations
@@ -61,6 +75,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from bench.report import headline, table
 from dataflow.cost import CostModel, Task
@@ -85,9 +100,9 @@ def build_topology(rnd: random.Random, per_region: int) -> tuple[Topology, Topol
             kind = "hpc" if i == 0 else "gen" if i == 1 else "dat"
             slots = {"hpc": 64, "gen": 8, "dat": 2}[kind]
             name = f"{r}-{kind}{i}"
-            sites[name] = Site(name, r, f"ent-{r}-{i}", slots=slots, compute_rate=20e6,
+            sites[name] = Site(name, r, f"ent-{r}-{i}", slots=slots, compute_mbps=160,
                                price_core_hour={"hpc": 0.04, "gen": 0.06, "dat": 0.08}[kind],
-                               nic=NIC[kind])
+                               nic_mbps=NIC[kind] * 8 / 1e6)
     truth = Topology(dict(sites))
     pair: dict[tuple[str, str], tuple[float, float, float]] = {}
     for i, a in enumerate(REGIONS):
@@ -558,7 +573,7 @@ def _probe_nic(df: object, srcs: list[str], dst: str, rtt: float) -> float:
         secs = time.monotonic() - t0
     nic = sum(got) / max(secs - 3 * rtt, 1e-6)
     site = df.topo.sites[dst]  # type: ignore[attr-defined]
-    df.topo.sites[dst] = replace(site, nic=nic)  # type: ignore[attr-defined]
+    df.topo.sites[dst] = replace(site, nic_mbps=nic * 8 / 1e6)  # type: ignore[attr-defined]
     return nic
 
 
@@ -656,6 +671,251 @@ def run_real(work: Path, quick: bool) -> tuple[bool, dict[str, object]] | None:
                          "estimate_error": round(err, 3)}
 
 
+# -- the real run with two drivers over one shared link ---------------------------------
+
+TWO_RATES = {"a": 80e6, "b": 60e6, "c": 400e6}
+"""Upload/download rate (bit/s) of each site's link in the two-driver run."""
+
+
+def _wait_file(path: Path, what: str, limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"two-driver run: {what} did not happen within {limit:.0f} s")
+        time.sleep(0.02)
+
+
+def _two_driver(cfg: str, role: str) -> int:
+    """One of the two drivers, inside site c's namespace: load the probed links, warm
+    the cluster, then (driver 1) start job 1 and signal once its lease is out, or
+    (driver 2) wait for that signal and start job 2; print the plan, the record's
+    re-estimates and the measured makespan."""
+    from dataflow.ops import Dataflow
+
+    spec = json.loads(Path(cfg).read_text())
+    gates = Path(spec["gates"])
+    home = spec["homes"][role]
+    with Dataflow.open(spec["sites"], progress=False, home=home,
+                       lease_seconds=spec["lease_seconds"]) as df:
+        for lk in spec["links"]["links"]:
+            df.topo.set_measured(Link(lk["src"], lk["dst"], lk["bandwidth"], lk["rtt"],
+                                      source="measured", measured_at=time.time()))
+        df.topo.sites["c"] = replace(df.topo.sites["c"],
+                                     nic_mbps=spec["links"]["nic"] * 8 / 1e6)
+        df.rt.dask("c").submit(int, 1).result()   # warm the cluster: not part of the job
+        if role == "1":
+            _wait_file(gates / "ready-2", "driver 2 getting ready")
+        else:
+            (gates / "ready-2").write_text("ready")
+            _wait_file(gates / "started-1", "job 1 starting")
+        t_wall = time.time()
+        job = df.run(_real_job, spec["inputs"][role], at="c", job_id=f"job{role}",
+                     wait=False, compute_mbps=spec["compute_mbps"])
+        plan = job.plan
+        if role == "1":
+            deadline = time.monotonic() + 60
+            while df.catalog.load_state("lease", job.id) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("job 1's lease was never published")
+                time.sleep(0.01)
+            (gates / "started-1").write_text("started")
+        res = job.wait(600)
+        end = time.time()
+    # measured from the executor's start (the record's `created`): planning is not
+    # part of what the estimate estimates
+    start = float(res.record["created"])
+    print(json.dumps({"estimate": plan.estimate.seconds, "measured": end - start,
+                      "start": start, "end": end, "plan_seconds": start - t_wall,
+                      "est_bytes": plan.estimate.wan_bytes, "moved": res.wan_bytes,
+                      "flows": [(f.src, f.dst, f.bytes, round(f.seconds, 3), round(f.queue, 3))
+                                for f in plan.estimate.flows],
+                      "reestimates": res.record.get("reestimates", []),
+                      "transfers": res.record["transfers"]}))
+    return 0
+
+
+def _two_probe(cfg: str) -> int:
+    """Probe a -> c and b -> c with the mover (before the drivers start)."""
+    from dataflow.ops import Dataflow
+
+    spec = json.loads(Path(cfg).read_text())
+    with Dataflow.open(spec["sites"], progress=False) as df:
+        links = [_probe_remote(df, src, "c") for src in ("a", "b")]
+        nic = _probe_nic(df, ["a", "b"], "c", max(lk.rtt for lk in links))
+    print(json.dumps({"nic": nic, "links": [{"src": lk.src, "dst": lk.dst,
+                                             "bandwidth": lk.bandwidth, "rtt": lk.rtt}
+                                            for lk in links]}))
+    return 0
+
+
+def _two_data(work: Path, quick: bool) -> dict[str, list[str]]:
+    """Stores a, b, c: job 1's files only at a; job 2's files at a, half of each file's
+    bytes also at b (a second site of the same entity); probe files at a and b."""
+    from gfs.client import Client
+
+    size = (6 if quick else 16) << 20
+    rnd = random.Random(5)
+    for s in REAL_SITES:
+        Client.init(work / s).close()
+    probe: dict[str, list[str]] = {}
+    with Client(work / "a") as a, Client(work / "b") as b:
+        a.mkdir("/bank-a/one", parents=True)
+        a.mkdir("/bank-a/two", parents=True)
+        b.mkdir("/bank-a/mirror", parents=True)
+        for i in range(3):
+            a.write_bytes(f"/bank-a/one/x{i}", rnd.randbytes(size))
+            both = rnd.randbytes(size // 2)
+            a.write_bytes(f"/bank-a/two/y{i}", rnd.randbytes(size // 2) + both)
+            b.write_bytes(f"/bank-a/mirror/y{i}", both)
+        for name, c in (("a", a), ("b", b)):
+            c.write_bytes(f"/bank-a/probe-{name}", rnd.randbytes(6 << 20))  # tbf bursts: not 2 MiB
+            probe[name] = [r.id.hex() for r in c.manifest(f"/bank-a/probe-{name}").chunks]
+    return probe
+
+
+def _two_trial(wan: object, work: Path, mode: str, links: dict[str, Any], quick: bool
+               ) -> list[dict[str, object]]:
+    """Both drivers as processes in c's namespace; `mode` `leases` (one home store: each
+    sees the other's leases) or `blind` (homes apart: neither does)."""
+    from gfs.client import Client
+
+    gates = work / f"gates-{mode}"
+    gates.mkdir()
+    shutil.rmtree(work / "c")                     # c starts empty in each trial
+    Client.init(work / "c").close()
+    cfg = work / f"two-{mode}.json"
+    homes = {"1": "c", "2": "c" if mode == "leases" else "b"}
+    cfg.write_text(json.dumps({"sites": str(work / "sites.toml"), "gates": str(gates),
+                               "homes": homes, "links": links, "compute_mbps": 4000,
+                               "lease_seconds": 3.0,
+                               "inputs": {"1": "/bank-a/one/**", "2": "/bank-a/two/**"}}))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    procs = [wan.popen("c", [sys.executable, "-m", "bench.schedule",  # type: ignore[attr-defined]
+                             "_two_driver", str(cfg), role],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       cwd=str(Path(__file__).parent.parent), env=env)
+             for role in ("1", "2")]
+    out = []
+    for role, proc in zip(("1", "2"), procs, strict=True):
+        try:
+            stdout, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        if proc.returncode != 0:
+            raise RuntimeError(f"two-driver run ({mode}): driver {role} failed "
+                               f"(exit {proc.returncode}):\n{stderr[-3000:]}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def run_two(work: Path, quick: bool) -> tuple[bool, dict[str, object]] | None:
+    """Two drivers (two processes) each running a real job at c over the shared link
+    a -> c, with leases and blind (the baseline)."""
+    from gfs.testing.wan import Link as WanLink
+    from gfs.testing.wan import emulated_wan, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        print(f"two-driver run skipped: {reason}")
+        return None
+    work = work / "two"
+    work.mkdir()
+    probe = _two_data(work, quick)
+    (work / "probe.json").write_text(json.dumps(probe))
+    secret = os.urandom(32).hex()
+    wl = {"a": WanLink(delay=0.010, rate_bps=TWO_RATES["a"], loss=0.0005),
+          "b": WanLink(delay=0.015, rate_bps=TWO_RATES["b"], loss=0.0005),
+          "c": WanLink(delay=0.005, rate_bps=TWO_RATES["c"], loss=0.0)}
+    results: dict[str, list[dict[str, object]]] = {}
+    with emulated_wan(wl) as wan:
+        procs = []
+        movers = {}
+        try:
+            for s in ("a", "b"):
+                procs.append(wan.popen(s, [sys.executable, "-m", "gfs.cli", "mover", "serve",
+                                           "--state", str(work / s), "--host", wan[s].address,
+                                           "--port", "7070"],
+                                       env={**os.environ, "HUTONG_MOVER_SECRET": secret},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                wan.wait_tcp("c", wan[s].address, 7070)
+                movers[s] = f"{wan[s].address}:7070"
+            (work / "sites.toml").write_text(
+                f'secret = "{secret}"\n' + "".join(
+                    f'[sites.{s}]\nregion = "r{i}"\nentity = "{ent}"\n'
+                    f'state = "{work / s}"\n' + (f'mover = "{movers[s]}"\n' if s in movers
+                                                  else 'slots = 2\n')
+                    for i, (s, ent) in enumerate((("a", "bank-a"), ("b", "bank-a"),
+                                                  ("c", "lab")), 1)))
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent),
+                   "HUTONG_PROBE_IDS": str(work / "probe.json")}
+            cfg = work / "probe-cfg.json"
+            cfg.write_text(json.dumps({"sites": str(work / "sites.toml")}))
+            r = wan.run("c", [sys.executable, "-m", "bench.schedule", "_two_probe", str(cfg)],
+                        timeout=300, check=True, cwd=str(Path(__file__).parent.parent), env=env)
+            links = json.loads(r.stdout.strip().splitlines()[-1])
+            for mode in ("blind", "leases"):
+                results[mode] = _two_trial(wan, work, mode, links, quick)
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(30)
+    return _two_report(results, links, quick)
+
+
+def _two_error(job: dict[str, object]) -> tuple[float, float]:
+    """(the job's latest estimate: re-estimated if it was, its error against measured)."""
+    re = job["reestimates"]
+    est = float(re[-1]["seconds"]) if re else float(job["estimate"])  # type: ignore[index]
+    meas = float(job["measured"])  # type: ignore[arg-type]
+    return est, abs(est - meas) / meas
+
+
+def _two_report(results: dict[str, list[dict[str, object]]], links: dict[str, Any],
+                quick: bool) -> tuple[bool, dict[str, object]]:
+    mib = 1 << 20
+    print(f"two-driver run (load average {os.getloadavg()[0]:.1f}): sites a (80 Mbit/s, "
+          f"holds jobs 1 and 2), b (60 Mbit/s, holds half of job 2's bytes), c (compute, "
+          f"400 Mbit/s) in network namespaces; both drivers at c, each runs one job at c; "
+          f"job 2 starts once job 1's lease is out. Probed: " + ", ".join(
+              f"{lk['src']}->c {float(lk['bandwidth']) * 8 / 1e6:.1f} Mbit/s"
+              for lk in links["links"]) + f"; c receives {links['nic'] * 8 / 1e6:.1f} Mbit/s "
+          f"in all")
+    rows = []
+    figures: dict[str, object] = {}
+    met = True
+    span: dict[str, float] = {}
+    for mode, jobs in results.items():
+        for i, j in enumerate(jobs, 1):
+            _, err = _two_error(j)
+            re = j["reestimates"]
+            rows.append([mode, f"job {i}", round(float(j["estimate"]), 2),  # type: ignore[arg-type]
+                         round(float(re[-1]["seconds"]), 2) if re else "-",  # type: ignore[index]
+                         round(float(j["measured"]), 2), f"{err * 100:.0f} %",  # type: ignore[arg-type]
+                         round(int(j["moved"]) / mib, 1),  # type: ignore[call-overload]
+                         " ".join(f"{a}->{b}:{n / mib:.1f}MiB(q{q:.1f}s)"
+                                  for a, b, n, _, q in j["flows"])])  # type: ignore[attr-defined]
+            figures[f"{mode}_job{i}_error"] = round(err, 3)
+            if i == 1:
+                figures[f"{mode}_job1_reestimated"] = bool(re)
+            else:
+                figures[f"{mode}_job2_queue_s"] = max(
+                    (float(f[4]) for f in j["flows"]), default=0.0)  # type: ignore[attr-defined]
+            if mode == "leases":
+                met = met and err <= 0.25
+        span[mode] = max(float(j["end"]) for j in jobs) - min(  # type: ignore[arg-type]
+            float(j["start"]) for j in jobs)  # type: ignore[arg-type]
+        figures[f"{mode}_makespan_s"] = round(span[mode], 2)
+        figures[f"{mode}_wan_mib"] = round(sum(int(j["moved"]) for j in jobs) / mib, 1)  # type: ignore[call-overload]
+    print(table(["drivers", "job", "estimate s", "re-estimate s", "measured s", "error",
+                 "moved MiB", "planned flows (queue)"], rows))
+    print(f"two drivers: makespan blind {span['blind']:.2f} s, with leases "
+          f"{span['leases']:.2f} s; WAN MiB blind {figures['blind_wan_mib']}, with leases "
+          f"{figures['leases_wan_mib']}")
+    return met, figures
+
+
 # -- the real run in federation mode ----------------------------------------------------
 
 FED_ENTITY = "lab"
@@ -696,7 +956,7 @@ def _fed_probe_nic(df: object, probe: dict[str, list[bytes]], dst: str, rtt: flo
     secs = time.monotonic() - t0
     nic = sum(got) / max(secs - 3 * rtt, 1e-6)
     topo = df.topo  # type: ignore[attr-defined]
-    topo.sites[dst] = replace(topo.sites[dst], nic=nic)
+    topo.sites[dst] = replace(topo.sites[dst], nic_mbps=nic * 8 / 1e6)
     return nic
 
 
@@ -876,23 +1136,30 @@ def main(argv: list[str]) -> int:
         return _driver(argv[1])
     if argv and argv[0] == "_fed_driver":
         return _fed_driver(argv[1])
+    if argv and argv[0] == "_two_driver":
+        return _two_driver(argv[1], argv[2])
+    if argv and argv[0] == "_two_probe":
+        return _two_probe(argv[1])
     p = argparse.ArgumentParser(prog="python -m bench schedule", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller trace, smaller real run")
     p.add_argument("--no-real", action="store_true", help="simulation only")
+    p.add_argument("--only-two", action="store_true",
+                   help="only the real two-driver run (no simulation, no one-driver runs)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
     args = p.parse_args(argv)
     print("machine: shared 2-core VM; simulation is deterministic for a seed")
-    met, figures = run_simulation(args.quick, args.seed)
+    met, figures = (True, {}) if args.only_two else run_simulation(args.quick, args.seed)
     if not args.no_real:
         work = Path(tempfile.mkdtemp(prefix="hutong-bench-schedule-", dir=args.work))
         try:
-            real = run_real(work, args.quick)
-            fed = run_fed(work, args.quick)
+            real = None if args.only_two else run_real(work, args.quick)
+            fed = None if args.only_two else run_fed(work, args.quick)
+            two = run_two(work, args.quick)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        for part in (real, fed):
+        for part in (real, fed, two):
             if part is not None:
                 met = met and part[0]
                 figures.update(part[1])

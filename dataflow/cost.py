@@ -348,6 +348,34 @@ class CostModel:
         return Estimate(seconds, wan, money, flows, site_seconds, logical, queued)
 
 
+def reshared_seconds(topo: Topology, job: str, est: Estimate, elapsed: float) -> float:
+    """Job `job`'s whole makespan re-estimated `elapsed` seconds after it started, its
+    flows sharing their links and NICs fairly with the loads `topo` knows now (other
+    drivers' leases included): a flow has moved at its planned rate until now, or
+    what the topology saw leave if that is less or the flow is overdue; the rest
+    shares the link from now on; a site's compute after its transfer is as planned;
+    sites without flows left keep their plan.
+    """
+    left = {(a, b): n for a, b, _, n in topo.job_flows(job)}
+    after: dict[str, float] = {}
+    for f in est.flows:
+        after[f.dst] = max(after.get(f.dst, 0.0), f.seconds)
+    remaining = 0.0
+    for d, planned in est.site_seconds.items():
+        xfer = 0.0
+        for f in est.flows:
+            if f.dst != d or (f.src, d) not in left:
+                continue
+            nbytes = left[(f.src, d)]
+            if elapsed < f.seconds:
+                nbytes = min(nbytes, int(f.bytes * (1 - elapsed / f.seconds)))
+            xfer = max(xfer, nbytes / topo.link(f.src, d).bandwidth +
+                       topo.queue_seconds(f.src, d, exclude=job, nbytes=nbytes))
+        tail = max(0.0, planned - after.get(d, 0.0))
+        remaining = max(remaining, xfer + tail if xfer > 0 else max(0.0, planned - elapsed))
+    return elapsed + remaining
+
+
 def tasks_of(datasets: Iterable[Dataset], *, per_task: int = 1) -> list[Task]:
     """One task per `per_task` files of the datasets' files, in path order."""
     files: dict[str, FileEntry] = {}

@@ -196,6 +196,8 @@ class Runtime:
         self._secret = topo.secret or os.urandom(32)
         self._lock = threading.Lock()
         self._dead: set[str] = set()
+        self.live: dict[str, JobRecord] = {}
+        """Job id -> the record of each job this runtime's executors are running."""
         self.record_errors: list[str] = []
         """Job records that could not be saved (federation: the home primary away)."""
 
@@ -480,6 +482,7 @@ class Executor:
         rec = JobRecord.from_dict(old) if old else JobRecord(
             jid, name or getattr(fn, "__name__", "job"), time.time(), plan.to_dict(), output)
         rec.status = "running"
+        self.rt.live[jid] = rec
         tasks = {t.id: t for t in plan.tasks}
         for t in plan.tasks:
             tr = rec.tasks.setdefault(t.id, TaskRecord([f.path for f in t.files]))
@@ -519,6 +522,7 @@ class Executor:
                 self.rt.save_record(rec)
             raise
         finally:
+            self.rt.live.pop(jid, None)
             if bar is not None:
                 bar.close()
         rec.status = "done"

@@ -61,6 +61,7 @@ from dataflow.executor import (
     start_site_cluster,
 )
 from dataflow.federated_ops import RECORDS_DIR, Migration
+from dataflow.leases import RegistryBoard
 from dataflow.ops import Dataflow, TransferSummary
 from dataflow.planner import Objective
 from dataflow.records import JobRecord
@@ -69,6 +70,7 @@ from gfs import paths
 from gfs.errors import HutongError, NotFoundError
 from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.client import FederationClient
+from gfs.federation.http import HttpClient
 from gfs.federation.site_client import PullStats, SiteClient
 from gfs.federation.tls import client_trust
 from gfs.meta import ChunkRef, Manifest
@@ -848,6 +850,10 @@ class FederatedDataflow(Dataflow):
                               publish_interval=publish_interval)
         super().__init__(topo, rt.catalog, rt, progress=progress, objective=objective,
                          federation=rt.fc)
+        if rt.fc.keys is not None:       # leases between entities, at the registry
+            self.leases.board = RegistryBoard(HttpClient(
+                registry, keys=rt.fc.keys, tls=rt.fc.tls, timeout=PUBLISH_TIMEOUT),
+                rt.fc.keys.name)
         # The chunk API (has/get/put) serves the owner entity only: an entity's own data
         # is processed at its own sites; data another entity granted us is read through
         # its primary (chunk by chunk), at our sites (as the owner's policy allows; the catalog

@@ -42,12 +42,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflow.catalog import Catalog, EmbeddedCatalog
-from dataflow.cost import Constraints, CostModel, Task, tasks_of
+from dataflow.cost import Constraints, CostModel, Task, reshared_seconds, tasks_of
 from dataflow.datasets import Dataset, FileEntry, glob_regex, merge
 from dataflow.errors import ConfigError, DatasetError, PlanError
 from dataflow.executor import Executor, JobResult, Runtime, TaskFn
-from dataflow.leases import LEASE_SECONDS, Leases
+from dataflow.leases import LEASE_SECONDS, Lease, Leases
 from dataflow.planner import Objective, Plan, Planner
+from dataflow.records import Reestimate
 from dataflow.sites import Topology
 
 #: A subscription's name (it names a file in a federation).
@@ -150,7 +151,9 @@ class Dataflow:
         self.federation = federation
         self.datasets: dict[str, Dataset] = {}
         self._lock = threading.Lock()
-        self.leases = Leases(self.catalog, topo, ttl=lease_seconds)
+        self._running: dict[str, tuple[Plan, float]] = {}
+        """Job id -> (plan, monotonic start) of this driver's running jobs."""
+        self.leases = Leases(self.catalog, topo, ttl=lease_seconds, on_new=self._reshare)
         """This driver's leases, and the other drivers' load (`dataflow.leases`)."""
 
     @classmethod
@@ -279,6 +282,8 @@ class Dataflow:
         self.topo.reserve_compute(job_id, [(t.id, plan.placement[t.id],
                                             model.task_seconds(t, plan.placement[t.id]))
                                            for t in plan.tasks])
+        with self._lock:
+            self._running[job_id] = (plan, time.monotonic())
         self.leases.publish(job_id)
         rec: dict[str, Any] | None = None
         try:
@@ -286,6 +291,8 @@ class Dataflow:
             rec = res.record
             return res
         finally:
+            with self._lock:
+                self._running.pop(job_id, None)
             self.topo.release_compute(job_id)
             if rec is None:
                 try:
@@ -295,6 +302,35 @@ class Dataflow:
             self.topo.release(job_id, _moved(rec, since=t0))
             self.leases.drop(job_id)
             self.rt.publish_links()           # what the job's transfers measured
+
+    def _reshare(self, new: list[Lease]) -> None:
+        """Other drivers' new leases: the running jobs of this driver whose links (or
+        capped NICs) they share get their estimate re-shared (`reshared_seconds`),
+        appended to their record's `reestimates`."""
+        with self._lock:
+            running = dict(self._running)
+        for jid, (plan, t0) in running.items():
+            rec = self.rt.live.get(jid)
+            if rec is None:
+                continue
+            links = {(f.src, f.dst) for f in plan.estimate.flows}
+            sharing = [lease.job for lease in new if any(
+                (a, b) in links or any(self._nic_shared(a, b, s, d) for s, d in links)
+                for a, b, _, _ in lease.flows)]
+            if not sharing:
+                continue
+            elapsed = time.monotonic() - t0
+            secs = reshared_seconds(self.topo, jid, plan.estimate, elapsed)
+            with rec.lock:
+                rec.reestimates.append(Reestimate(time.time(), round(elapsed, 3),
+                                                  round(secs, 3), sharing))
+            self.rt.save_record(rec)
+
+    def _nic_shared(self, a: str, b: str, src: str, dst: str) -> bool:
+        """Whether flow a -> b shares a capped NIC with flow src -> dst."""
+        sites = self.topo.sites
+        return (a == src and a in sites and sites[a].nic > 0) or \
+            (b == dst and b in sites and sites[b].nic > 0)
 
     def _executor(self, planner: Planner, retries: int) -> Executor:
         """The executor of this Dataflow's runtime."""

@@ -1,10 +1,12 @@
-"""Job records: typed state of a job, its tasks, their attempts and its transfers.
+"""Records: typed state of a job (its tasks, their attempts, its transfers and
+re-estimates) and of a lease, and the one place they are serialised.
 
 The executor changes a `JobRecord` under its lock (`JobRecord.lock`) from the
-threads that run each site; `to_dict` / `from_dict` are the one place it is
-serialised (the JSON of the embedded `jobs` table and of the federation's
-`/ENTITY/.dataflow/jobs/ID.json`, docs/dataflow.md "Job record"). Optional
-fields that are unset are left out of the JSON.
+threads that run each site; `to_json` / `from_json` turn any of these
+dataclasses (and `Site`s, for `Topology.to_dict`) into JSON-ready dicts and
+back (the embedded `jobs` table, the federation's
+`/ENTITY/.dataflow/jobs/ID.json` and `leases/JOB.json`, docs/dataflow.md "Job
+record"). Optional fields that are unset are left out of the JSON.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ AttemptStatus = Literal["running", "done", "failed"]
 _T = TypeVar("_T")
 
 
-def _pack(obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+def to_json(obj: Any, skip: frozenset[str] = frozenset(), *,
+            keep_none: bool = False) -> dict[str, Any]:
+    """The fields of dataclass `obj` but `skip` (those set to None too, with
+    `keep_none`), as a dict."""
     return {f.name: getattr(obj, f.name) for f in fields(obj)
-            if f.name not in skip and getattr(obj, f.name) is not None}
+            if f.name not in skip and (keep_none or getattr(obj, f.name) is not None)}
 
 
-def _unpack(cls: type[_T], d: dict[str, Any]) -> _T:
+def from_json(cls: type[_T], d: dict[str, Any]) -> _T:
+    """A `cls` dataclass from dict `d` (keys that are not its fields are ignored)."""
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -43,7 +49,7 @@ class Attempt:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _pack(self)
+        return to_json(self)
 
 
 @dataclass
@@ -65,7 +71,48 @@ class TransferRecord:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _pack(self)
+        return to_json(self)
+
+
+@dataclass
+class Lease:
+    """What one running job of one driver has still to do, until `expires` (epoch s):
+    flows (src, dst, chunks, bytes) and compute (task, site, seconds)."""
+
+    job: str
+    driver: str
+    expires: float
+    flows: list[tuple[str, str, int, int]] = field(default_factory=list)
+    compute: list[tuple[str, str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:       # JSON gives lists: back to typed tuples
+        self.flows = [(str(a), str(b), int(c), int(n)) for a, b, c, n in self.flows]
+        self.compute = [(str(t), str(s), float(x)) for t, s, x in self.compute]
+        self.expires = float(self.expires)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Lease:
+        return from_json(cls, d)
+
+
+@dataclass
+class Reestimate:
+    """A running job's estimate re-shared when other jobs' leases appeared on its links."""
+
+    at: float
+    """Epoch seconds of the re-estimate."""
+    elapsed: float
+    """Seconds the job had run by then."""
+    seconds: float
+    """The job's whole estimated makespan now (elapsed + what is left, links shared)."""
+    leases: list[str] = field(default_factory=list)
+    """The new leases (other drivers' job ids) that share its links."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
 
 
 @dataclass
@@ -86,14 +133,14 @@ class TaskRecord:
     their owners' primaries: {files, bytes, from}."""
 
     def to_dict(self) -> dict[str, Any]:
-        d = _pack(self, frozenset({"attempts"}))
+        d = to_json(self, frozenset({"attempts"}))
         d["attempts"] = [a.to_dict() for a in self.attempts]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskRecord:
-        t = _unpack(cls, {k: v for k, v in d.items() if k != "attempts"})
-        t.attempts = [_unpack(Attempt, a) for a in d.get("attempts", [])]
+        t = from_json(cls, {k: v for k, v in d.items() if k != "attempts"})
+        t.attempts = [from_json(Attempt, a) for a in d.get("attempts", [])]
         return t
 
 
@@ -110,6 +157,7 @@ class JobRecord:
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     transfers: list[TransferRecord] = field(default_factory=list)
     replans: list[dict[str, Any]] = field(default_factory=list)
+    reestimates: list[Reestimate] = field(default_factory=list)
     seconds: float | None = None
     error: str | None = None
     report: dict[str, Any] | None = None
@@ -119,20 +167,23 @@ class JobRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values (the only serialisation of job records)."""
         with self.lock:
-            d = _pack(self, frozenset({"tasks", "transfers", "lock"}))
+            d = to_json(self, frozenset({"tasks", "transfers", "reestimates", "lock"}))
             d["output"] = self.output
             d["tasks"] = {k: t.to_dict() for k, t in self.tasks.items()}
             d["transfers"] = [x.to_dict() for x in self.transfers]
             d["replans"] = list(self.replans)
+            if self.reestimates:
+                d["reestimates"] = [r.to_dict() for r in self.reestimates]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobRecord:
         """A record read back (unknown keys are ignored)."""
-        rec = _unpack(cls, {k: v for k, v in d.items()
-                            if k not in ("tasks", "transfers", "lock")})
+        rec = from_json(cls, {k: v for k, v in d.items()
+                            if k not in ("tasks", "transfers", "reestimates", "lock")})
         rec.tasks = {k: TaskRecord.from_dict(t) for k, t in d.get("tasks", {}).items()}
-        rec.transfers = [_unpack(TransferRecord, x) for x in d.get("transfers", [])]
+        rec.transfers = [from_json(TransferRecord, x) for x in d.get("transfers", [])]
+        rec.reestimates = [from_json(Reestimate, x) for x in d.get("reestimates", [])]
         return rec
 
     def written(self) -> dict[str, str | None]:
@@ -140,5 +191,5 @@ class JobRecord:
         return {k: t.output for k, t in self.tasks.items() if t.status == "done"}
 
 
-__all__ = ["Attempt", "AttemptStatus", "JobRecord", "JobStatus", "TaskRecord", "TaskStatus",
-           "TransferRecord"]
+__all__ = ["Attempt", "AttemptStatus", "JobRecord", "JobStatus", "Lease", "Reestimate",
+           "TaskRecord", "TaskStatus", "TransferRecord", "from_json", "to_json"]

@@ -18,13 +18,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, StrictStr, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dataflow.errors import ConfigError, SchemaError, UnknownSiteError
+from dataflow.records import to_json
 from gfs.federation import expr
 from gfs.schema import Schema, load, validate
 
@@ -43,35 +45,6 @@ PIPELINE_MAX = 4
 def pipeline_groups(nbytes: int) -> int:
     """How many sequential fetches the executor makes for `nbytes` from one source."""
     return max(1, min(PIPELINE_MAX, nbytes // PIPELINE_BYTES))
-
-
-@dataclass(frozen=True)
-class Site:
-    """A place with storage and compute, run by one entity in one region."""
-
-    name: str
-    region: str
-    entity: str
-    slots: int = 1
-    """Dask worker threads this site offers to jobs."""
-    state: str | None = None
-    """Embedded mode: the site's store (state directory)."""
-    mover: str | None = None
-    """`host:port` of a running mover server for the site's store (else one is started)."""
-    scheduler: str | None = None
-    """Address of the site's Dask scheduler (else a LocalCluster is started)."""
-    compute_rate: float = 200e6
-    """Bytes of input one slot processes per second (a job may override it)."""
-    price_core_hour: float = 0.0
-    tier: str = "warm"
-    status: str = "up"
-    nic: float = 0.0
-    """Bytes/s all of the site's transfers share, each way (0: links are independent)."""
-
-    def attrs(self) -> dict[str, object]:
-        """Attributes for site expressions (`region=cn-west & entity=bank-a`)."""
-        return {"site": self.name, "region": self.region, "entity": self.entity,
-                "status": self.status, "tier": self.tier, "slots": self.slots}
 
 
 @dataclass(frozen=True)
@@ -125,25 +98,51 @@ def _hex(text: str) -> str:
     return text
 
 
-Name = Annotated[str, AfterValidator(_name)]
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Name = Annotated[str, Field(strict=True), AfterValidator(_name)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 _LD = LinkDefaults()
 
 
-class SiteSpec(Schema):
-    """`[sites.NAME]` of a sites file."""
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Site:
+    """A place with storage and compute, run by one entity in one region; also one
+    `[sites.NAME]` table of a sites file as written (its name is the table's key, its
+    entity defaults to its name, `Topology.from_config`)."""
 
+    name: StrictStr = ""
     region: Name = "default"
-    entity: Name | None = None
-    slots: Annotated[int, Field(ge=1, le=4096)] = 1
-    state: str | None = None
-    mover: str | None = None
-    scheduler: str | None = None
+    entity: StrictStr = ""
+    slots: Annotated[int, Field(ge=1, le=4096, strict=True)] = 1
+    """Dask worker threads this site offers to jobs."""
+    state: StrictStr | None = None
+    """Embedded mode: the site's store (state directory)."""
+    mover: StrictStr | None = None
+    """`host:port` of a running mover server for the site's store (else one is started)."""
+    scheduler: StrictStr | None = None
+    """Address of the site's Dask scheduler (else a LocalCluster is started)."""
     compute_mbps: Positive = 1600
+    """Input one slot processes per second, Mbit/s (a job may override it)."""
     price_core_hour: NonNegative = 0.0
-    tier: str = "warm"
+    tier: StrictStr = "warm"
+    status: Literal["up", "down"] = "up"
     nic_mbps: NonNegative = 0
+    """Mbit/s all of the site's transfers share, each way (0: links are independent)."""
+
+    @property
+    def compute_rate(self) -> float:
+        """Bytes of input one slot processes per second."""
+        return self.compute_mbps * 1e6 / 8
+
+    @property
+    def nic(self) -> float:
+        """Bytes/s all of the site's transfers share, each way (0: no cap)."""
+        return self.nic_mbps * 1e6 / 8
+
+    def attrs(self) -> dict[str, object]:
+        """Attributes for site expressions (`region=cn-west & entity=bank-a`)."""
+        return {"site": self.name, "region": self.region, "entity": self.entity,
+                "status": self.status, "tier": self.tier, "slots": self.slots}
 
 
 class DefaultsSpec(Schema):
@@ -182,7 +181,7 @@ class OwnerSpec(Schema):
     grants: list[GrantSpec] = Field(default_factory=list)
 
 
-def _some_sites(sites: dict[str, SiteSpec]) -> dict[str, SiteSpec]:
+def _some_sites(sites: dict[str, Site]) -> dict[str, Site]:
     if not sites:
         raise ValueError("[sites.NAME] tables are required (at least one)")
     return sites
@@ -191,7 +190,7 @@ def _some_sites(sites: dict[str, SiteSpec]) -> dict[str, SiteSpec]:
 class SitesSpec(Schema):
     """A sites file as written (docs/dataflow.md, "Sites and links")."""
 
-    sites: Annotated[dict[Name, SiteSpec], AfterValidator(_some_sites)] = Field(
+    sites: Annotated[dict[Name, Site], AfterValidator(_some_sites)] = Field(
         default_factory=dict, validate_default=True)
     links: list[LinkSpec] = Field(default_factory=list)
     defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
@@ -520,7 +519,7 @@ class Topology:
     def to_dict(self) -> dict[str, Any]:
         """Sites and every current link, for job records and `--json` output."""
         names = sorted(self.sites)
-        return {"sites": [asdict(self.sites[n]) for n in names],
+        return {"sites": [to_json(self.sites[n], keep_none=True) for n in names],
                 "links": [{"src": a, "dst": b, "mbps": round(lk.bandwidth * 8 / 1e6, 3),
                            "rtt_ms": round(lk.rtt * 1e3, 3), "price_per_gb": lk.price_per_gb,
                            "source": lk.source}
@@ -544,13 +543,8 @@ class Topology:
 
     @classmethod
     def _from_spec(cls, spec: SitesSpec, base: Path) -> Topology:
-        sites = {name: Site(name=name, region=s.region, entity=s.entity or name,
-                            slots=s.slots,
-                            state=str((base / s.state).absolute()) if s.state else None,
-                            mover=s.mover, scheduler=s.scheduler,
-                            compute_rate=s.compute_mbps * 1e6 / 8,
-                            price_core_hour=s.price_core_hour, tier=s.tier,
-                            nic=s.nic_mbps * 1e6 / 8)
+        sites = {name: replace(s, name=name, entity=s.entity or name,
+                               state=str((base / s.state).absolute()) if s.state else None)
                  for name, s in spec.sites.items()}
         d = spec.defaults
         defaults = LinkDefaults(

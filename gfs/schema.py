@@ -132,7 +132,7 @@ def describe(model: type[BaseModel], err: ErrorDetails) -> str:
     loc = tuple(err["loc"])
     where = key_path(loc)
     kind = err["type"]
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # a model, a dataclass
         valid = keys_at(model, loc[:-1])
         near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
         hint = (f"did you mean {near[0]!r}?" if near else
@@ -166,8 +166,9 @@ def keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     for part in loc:
         tp = _unwrap(tp)
         origin = typing.get_origin(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = tp.model_fields.get(str(part))
+        fields = _fields(tp)
+        if fields is not None:
+            field = fields.get(str(part))
             if field is None:
                 return []
             tp = field.annotation
@@ -177,10 +178,16 @@ def keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
             tp = typing.get_args(tp)[0]
         else:
             return []
-    tp = _unwrap(tp)
+    fields = _fields(_unwrap(tp))
+    return [] if fields is None else [f.alias or name for name, f in fields.items()]
+
+
+def _fields(tp: Any) -> dict[str, Any] | None:
+    """The fields of a model or a pydantic dataclass, else None."""
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return [f.alias or name for name, f in tp.model_fields.items()]
-    return []
+        return dict(tp.model_fields)
+    got = getattr(tp, "__pydantic_fields__", None) if isinstance(tp, type) else None
+    return dict(got) if got is not None else None
 
 
 __all__ = ["Schema", "SchemaError", "describe", "key_path", "keys_at", "load", "parse",

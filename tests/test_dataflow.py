@@ -101,6 +101,18 @@ def gated_count(gate: str, inputs: list[InputFile]) -> dict[str, int]:
     return count(inputs)
 
 
+def first_runs(gate: str, inputs: list[InputFile]) -> dict[str, int]:
+    """The first task to start runs at once; every later one waits for GATE/open (at
+    most 120 s), whatever the order the cluster runs them in."""
+    try:
+        os.close(os.open(Path(gate, "first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        deadline = time.monotonic() + 120
+        while not Path(gate, "open").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return count(inputs)
+
+
 def _until(cond: Any, what: str, limit: float = 60.0) -> None:
     deadline = time.monotonic() + limit
     while not cond():
@@ -282,14 +294,19 @@ def test_lost_compute_site_is_replanned(world: tuple[Path, dict[str, bytes]]) ->
     root, _ = world
     with _df(root) as df:
         ds = df.dataset("loans", "/bank-a/loans/**")
-        job = df.run(slow_count, ds, at="c", output="/lab/out/slow", wait=False, job_id="lc")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        gate = root / "gate-lc"
+        gate.mkdir()
+        # one task finishes at c, the others are held until c has failed (however
+        # slow the machine), so the job is always re-planned mid-way
+        job = df.run(functools.partial(first_runs, str(gate)), ds, at="c",
+                     output="/lab/out/slow", wait=False, job_id="lc")
+
+        def one_done() -> bool:
             rec = df.rt.load_record("lc")
-            if rec and any(t["status"] == "done" for t in rec["tasks"].values()):
-                break
-            time.sleep(0.05)
+            return bool(rec) and any(t["status"] == "done" for t in rec["tasks"].values())
+        _until(one_done, "a task at c to finish")
         df.rt.fail_site("c")
+        (gate / "open").write_text("x")
         res = job.wait(60)
         assert res.record["replans"] and res.record["replans"][0]["lost"] == ["c"]
         sites = {t["output_site"] for t in res.record["tasks"].values()}

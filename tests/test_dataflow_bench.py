@@ -39,15 +39,36 @@ def test_overlapping_jobs_queue_on_links_for_every_policy() -> None:
     assert truth.backlog() == {} and seen.backlog() == {}
 
 
-@pytest.mark.slow
-def test_real_run_in_emulated_wan(tmp_path: Path) -> None:
+def _need_wan() -> None:
     from gfs.testing.wan import unavailable_reason
 
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
+
+
+@pytest.mark.slow
+def test_real_run_in_emulated_wan(tmp_path: Path) -> None:
+    _need_wan()
     res = schedule.run_real(tmp_path, quick=True)
     assert res is not None
     _ok, figures = res
     assert figures.get("real") != "failed"
     assert float(figures["measured_s"]) > 0                # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_two_driver_run_in_emulated_wan(tmp_path: Path) -> None:
+    """Two driver processes over the shared link a -> c: with leases the second job
+    plans with the first's load (a queue on its flows) and the first is re-estimated;
+    blind, neither sees the other."""
+    _need_wan()
+    res = schedule.run_two(tmp_path, quick=True)
+    assert res is not None
+    _ok, figures = res
+    assert float(figures["leases_makespan_s"]) > 0        # type: ignore[arg-type]
+    assert figures["leases_wan_mib"] == figures["blind_wan_mib"]
+    assert figures.get("leases_job1_reestimated")
+    assert not figures["blind_job1_reestimated"]
+    assert float(figures["leases_job2_queue_s"]) > 0       # type: ignore[arg-type]
+    assert figures["blind_job2_queue_s"] == 0

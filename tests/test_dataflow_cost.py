@@ -215,13 +215,13 @@ def test_backlog_of_another_job_is_not_settled_by_one_that_ends() -> None:
 
 def test_nic_backlog_queues_flows_on_other_links() -> None:
     topo = _topo([1e8])
-    topo.sites["s0"] = Site("s0", "r0", "ent", nic=10e6)        # 10 MB/s out of s0
+    topo.sites["s0"] = Site("s0", "r0", "ent", nic_mbps=80)        # 10 MB/s out of s0
     topo.reserve("earlier", [("s0", "s1", 10, 50_000_000)])     # 5 s of s0's NIC
     assert topo.queue_seconds("s0", "s1") == max(50_000_000 / topo.link("s0", "s1").bandwidth,
                                                  5.0)
     assert topo.queue_seconds("s0", "s2") == 5.0                # another link, same NIC
     assert topo.queue_seconds("s1", "s2") == 0.0
-    topo.sites["s3"] = Site("s3", "r1", "ent", nic=25e6)
+    topo.sites["s3"] = Site("s3", "r1", "ent", nic_mbps=200)
     topo.reserve("into-s3", [("s1", "s3", 1, 50_000_000)])
     assert topo.inbound_queue_seconds("s3") == 2.0
     assert topo.queue_seconds("s2", "s3") == 2.0                # s3's NIC is busy
@@ -229,7 +229,7 @@ def test_nic_backlog_queues_flows_on_other_links() -> None:
 
 def test_second_job_queues_behind_or_avoids_a_busy_link() -> None:
     topo = Topology({"a": Site("a", "r0", "ent"), "b": Site("b", "r0", "ent"),
-                     "c": Site("c", "r1", "ent", slots=8, compute_rate=1e9)})
+                     "c": Site("c", "r1", "ent", slots=8, compute_mbps=8000)})
     for x, y, bw in (("a", "c", 50e6), ("b", "c", 37.5e6), ("a", "b", 100e6)):
         topo.configured[(x, y)] = Link(x, y, bw, 0.001)
         topo.configured[(y, x)] = Link(y, x, bw, 0.001)
@@ -250,7 +250,7 @@ def test_second_job_queues_behind_or_avoids_a_busy_link() -> None:
     # a slow site holding the data: moving to c wins while a -> c is free, computing
     # where the data is wins once a -> c is busy for longer than that computation
     topo.release("earlier")
-    topo.sites["a"] = Site("a", "r0", "ent", compute_rate=5e6)
+    topo.sites["a"] = Site("a", "r0", "ent", compute_mbps=40)
     no_b = Constraints(forbid=frozenset({"b"}))
     assert Planner("time").plan([task], CostModel(topo, only_a, no_b)).placement == \
         {"t0": "c"}
@@ -291,7 +291,7 @@ def test_own_reservation_is_no_queue_and_sources_weigh_other_jobs_queues() -> No
     # ahead of it, as when it was planned
     assert sources(CostModel(topo, both, job="j2")) == {"a": (8 << 20) / 50e6}
     assert topo.queue_seconds("a", "c", exclude="j2") == (8 << 20) / 50e6
-    topo.sites["c"] = Site("c", "r1", "ent", nic=10e6)      # the NIC term leaves j2 out too
+    topo.sites["c"] = Site("c", "r1", "ent", nic_mbps=80)      # the NIC term leaves j2 out too
     assert topo.inbound_queue_seconds("c", exclude="j2") == (8 << 20) / 10e6
     assert topo.inbound_queue_seconds("c") == (72 << 20) / 10e6
     topo.release("j1")
@@ -303,8 +303,8 @@ def test_compute_backlog_of_started_jobs_sends_a_job_elsewhere() -> None:
     """Tasks of started jobs keep their site's slots busy (their planned seconds over the
     slots) until each is done; a job planned meanwhile goes where the slots are free
     when that is sooner, and its plan says why."""
-    topo = Topology({"a": Site("a", "r0", "ent", slots=2, compute_rate=1e6),
-                     "b": Site("b", "r0", "ent", compute_rate=1e6)})
+    topo = Topology({"a": Site("a", "r0", "ent", slots=2, compute_mbps=8),
+                     "b": Site("b", "r0", "ent", compute_mbps=8)})
     topo.configured[("a", "b")] = Link("a", "b", 100e6, 0.001)
     cids = [bytes([i]) * 16 for i in range(2)]
     m = Manifest(1, tuple(ChunkRef(c, 1 << 20) for c in cids))

@@ -6,8 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from dataflow.federated import (
 from tests.federated_sites import FederatedSites
 
 STARTED = threading.Event()
+HELD = threading.Event()
 
 
 def digest(files: list[RemoteInputFile]) -> dict[str, Any]:
@@ -28,9 +28,10 @@ def digest(files: list[RemoteInputFile]) -> dict[str, Any]:
             "sha": hashlib.sha256(data).hexdigest()}
 
 
-def slow_digest(files: list[RemoteInputFile]) -> dict[str, Any]:
+def held_digest(files: list[RemoteInputFile]) -> dict[str, Any]:
+    """Says it started (STARTED), then waits for HELD to be set (at most 60 s)."""
     STARTED.set()
-    time.sleep(0.4)
+    HELD.wait(60)
     return digest(files)
 
 
@@ -55,9 +56,12 @@ class Sites(FederatedSites):
         return sum(float(line.split()[-1]) for line in text.splitlines()
                    if line.startswith("hutong_site_mover_pulls_total"))
 
-    def crash(self, name: str) -> None:
-        """The site's API process and its Dask cluster stop (kill -9, cluster closed)."""
+    def crash(self, name: str, *, then: Callable[[], None] | None = None) -> None:
+        """The site's API process and its Dask cluster stop (kill -9, `then()`, cluster
+        closed)."""
         self.fed.kill(name)
+        if then is not None:
+            then()
         cl = self.clusters.pop(name)
         cl.close(timeout=10)
 
@@ -195,11 +199,14 @@ def test_site_lost_mid_job_replans(fresh: Sites) -> None:
         fc.rule_add("/bank-a/in/**", 2, "region=cn-west")
         fc.reconcile("bank-a")
     STARTED.clear()
+    HELD.clear()
     with fresh.dataflow() as df:
-        job = df.run(slow_digest, "/bank-a/in/**", at="w2", output="/bank-a/out/r",
+        # w2's tasks are held until w2's API is dead (however slow the machine): none
+        # can finish there, so the job is always re-planned
+        job = df.run(held_digest, "/bank-a/in/**", at="w2", output="/bank-a/out/r",
                      wait=False)
         assert STARTED.wait(60)
-        fresh.crash("w2")
+        fresh.crash("w2", then=HELD.set)
         res = job.wait(120)
         assert res.record["status"] == "done"
         [rp] = res.record["replans"]

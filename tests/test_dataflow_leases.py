@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +158,61 @@ def test_leases_renew_with_what_is_left_and_expire_by_the_clock(tmp_path: Path) 
         mine.close()
         other.close()
         stores.close()
+
+
+def test_a_running_job_is_reestimated_when_another_drivers_lease_shares_its_link(
+        world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gfs import mover
+
+    gate = threading.Event()
+    real = mover.fetch
+
+    def slow_wan(*a: Any, **k: Any) -> Any:                # this driver's copy waits
+        assert gate.wait(120), "the test never opened the gate"
+        return real(*a, **k)
+    monkeypatch.setattr(mover, "fetch", slow_wan)
+    other: subprocess.Popen[str] | None = None
+    with Dataflow.open(str(world / "sites.toml"), processes=False, progress=False,
+                       lease_seconds=TTL) as df:
+        try:
+            job = df.run(_size, "/bank-a/in/**", at="c", wait=False)
+            plan = job.plan
+            _until(lambda: job.id in df.rt.live, "the job to start")
+            rec = df.rt.live[job.id]
+            assert rec.reestimates == []
+            other = _driver(world)                        # a second driver, same link
+            assert other.stdout is not None
+            line = other.stdout.readline().split()
+            assert line[0] == "running", line
+            _until(lambda: bool(rec.reestimates), "the running job to be re-estimated",
+                   limit=10 * TTL)
+            [re] = rec.reestimates
+            assert re.leases == [line[1]]
+            # the flow is overdue (the gate is shut): all its bytes are left, and the
+            # other job's bytes on a -> c (as many) share the link fairly
+            [flow] = plan.estimate.flows
+            bw = df.topo.link("a", "c").bandwidth
+            tail = plan.estimate.site_seconds["c"] - flow.seconds
+            assert re.seconds - re.elapsed == pytest.approx(2 * flow.bytes / bw + tail,
+                                                            rel=0.01)
+            assert re.seconds > plan.estimate.seconds
+            _until(lambda: "reestimates" in (df.rt.load_record(job.id) or {}),
+                   "the re-estimate to be saved in the record")
+            saved = df.rt.load_record(job.id)
+            assert saved is not None and saved["reestimates"][0]["leases"] == [line[1]]
+            gate.set()
+            assert job.wait(120).record["reestimates"][0]["seconds"] == re.seconds
+        finally:
+            gate.set()
+            (world / "gate").write_text("open")
+            if other is not None:
+                try:
+                    other.wait(120)
+                finally:
+                    if other.poll() is None:
+                        other.kill()
+                        other.wait(30)
+
+
+def _size(inputs: list[Any]) -> int:
+    return sum(f.size for f in inputs)

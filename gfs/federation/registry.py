@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 
-from gfs.federation import audit_heads, expr, ids
+from gfs.federation import audit_heads, expr, ids, registry_leases
 from gfs.federation.auth import (
     AuthError,
     NonceCache,
@@ -571,6 +571,39 @@ async def list_links(request: web.Request) -> web.Response:
     return web.json_response({"links": _state(request).links()})
 
 
+async def put_lease(request: web.Request) -> web.Response:
+    """Write or renew a lease of the entity (signed by it; gfs.federation.registry_leases)."""
+    entity = _name(request.match_info["entity"], "entity name")
+    data = await _signed_json(request, entity)
+    st = _state(request)
+    driver, ttl, flows = registry_leases.checked(request.match_info["job"], data,
+                                                 lambda s: st.site(s) is not None)
+    with st.engine.write() as txn:
+        rec = registry_leases.keep(txn, entity, request.match_info["job"], driver, ttl, flows,
+                                   time.time())
+    return web.json_response(rec)
+
+
+async def delete_lease(request: web.Request) -> web.Response:
+    entity = _name(request.match_info["entity"], "entity name")
+    await _signed_json(request, entity)
+    st = _state(request)
+    k = registry_leases.key(entity, request.match_info["job"])
+    with st.engine.write() as txn:
+        if txn.get_value("sites", k) is None:
+            raise ApiError(f"entity {entity!r} holds no lease of job "
+                           f"{request.match_info['job']!r}", 404, "not_found")
+        txn.delete_value("sites", k)
+    return web.json_response({"deleted": request.match_info["job"]})
+
+
+async def list_leases(request: web.Request) -> web.Response:
+    st = _state(request)
+    with st.engine.read() as txn:
+        raw = [v for _, v in txn.iter_values("sites", registry_leases.PREFIX)]
+    return web.json_response({"leases": registry_leases.live(raw, time.time())})
+
+
 async def get_id(request: web.Request) -> web.Response:
     text = request.match_info["ident"]
     try:
@@ -613,6 +646,9 @@ def make_app(state: RegistryState) -> web.Application:
     app.router.add_get("/v1/pools", list_pools)
     app.router.add_put("/v1/links/{a}/{b}", put_link)
     app.router.add_get("/v1/links", list_links)
+    app.router.add_get("/v1/leases", list_leases)
+    app.router.add_put("/v1/leases/{entity}/{job}", put_lease)
+    app.router.add_delete("/v1/leases/{entity}/{job}", delete_lease)
     app.router.add_get("/v1/ids/{ident}", get_id)
     app.router.add_put("/v1/audit/{name}/head", put_audit_head)
     app.router.add_get("/v1/audit/{name}/head", get_audit_head)
