@@ -25,7 +25,6 @@ from typing import BinaryIO, Literal
 
 from gfs import chunking, delta, pool_keys
 from gfs.codec import (
-    BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
     CODEC_DELTA,
     Buffer,
@@ -56,6 +55,7 @@ from gfs.meta import (
 from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_key, parse_pack_head
 from gfs.pools import Pool, open_pool
 from gfs.read.local import LocalSource
+from gfs.relocate import Move, relocate
 from gfs.state import is_private_url, pool_location
 from gfs.tiering.heat import HeatTracker
 from gfs.tiering.policy import TierPolicy
@@ -327,36 +327,10 @@ class ChunkStore:
         if not fix:
             return 0
         with self.writer():  # gc must not take the new pack for an orphan
-            builder = self.new_pack()
-            offsets = {cid: builder.add(b[:BLOB_HEADER_LEN], b[BLOB_HEADER_LEN:])
-                       for cid, b in fix.items()}
-            pool_id = self.choose_pool(self.policy().write_tier, builder.size, self.usage())
-            self.pool(pool_id).put(pack_key(builder.pack_id), builder.parts())
-
-            def switch(txn: WriteTxn) -> int:
-                repaired = live = 0
-                for cid, (offset, length) in offsets.items():
-                    rec = txn.get_chunk(cid)
-                    if rec is None:
-                        continue
-                    for old in rec.locations:
-                        p = txn.get_pack(old.pack)
-                        if p is not None:
-                            txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks,
-                                                    p.live_chunks - 1, p.live_bytes - old.length,
-                                                    p.created_ns))
-                    head = parse_blob_header(fix[cid])
-                    txn.put_chunk(ChunkRecord(cid, rec.raw_len, head.payload_len, head.codec,
-                                              rec.refcount,
-                                              (Location(pool_id, builder.pack_id, offset,
-                                                        length),)))
-                    repaired += 1
-                    live += length
-                txn.put_pack(PackRecord(builder.pack_id, pool_id, builder.size, builder.nblobs,
-                                        repaired, live, time.time_ns()))
-                return repaired
-
-            repaired = self.engine.transact(switch)
+            write_tier = self.policy().write_tier
+            repaired = relocate(self, (Move(cid, None, blob) for cid, blob in fix.items()),
+                                lambda size: self.choose_pool(write_tier, size, self.usage())
+                                ).switched
         log.warning("repaired %d chunks whose every copy was damaged", repaired)
         return repaired
 
