@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Protocol
 
 from gfs import chunking, delta, pool_keys
 from gfs.codec import (
@@ -57,8 +57,6 @@ from gfs.pools import Pool, open_pool
 from gfs.read.local import LocalSource
 from gfs.relocate import Move, relocate
 from gfs.state import is_private_url, pool_location
-from gfs.tiering.heat import HeatTracker
-from gfs.tiering.policy import TierPolicy
 
 log = logging.getLogger("hutong.store")
 
@@ -73,6 +71,37 @@ INLINE_ENCODE_BYTES = 64 << 10
 #: Called inside the commit transaction with the file's new manifest; returns
 #: the manifest it replaced (whose references are then released), if any.
 CommitAction = Callable[[WriteTxn, list[ChunkRef]], Manifest | None]
+
+
+class ReadObserver(Protocol):
+    """Told of every chunk read and every file opened for reading (the tierer's heat)."""
+
+    def record(self, cids: Iterable[bytes]) -> None:
+        """Count one read of each chunk in `cids`."""
+
+    def record_file(self, ino: int) -> None:
+        """Count one open-for-read of file `ino`."""
+
+    def flush(self) -> None:
+        """Record what was counted (called when the store closes)."""
+
+
+class _Unobserved:
+    """The observer of a store nobody watches: reads count nothing."""
+
+    def record(self, cids: Iterable[bytes]) -> None:
+        pass
+
+    def record_file(self, ino: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+#: Placement: the tier new packs go to, asked at each write session and repair
+#: (the tiering policy's write tier; pools of the tier are chosen by `choose_pool`).
+Placement = Callable[[], str]
 
 
 @dataclass(slots=True)
@@ -104,7 +133,9 @@ class WriteStats:
 class ChunkStore:
     """Chunks of one store (one dedup domain): reading, and write sessions."""
 
-    def __init__(self, engine: MetaEngine, state: Path, config: StoreConfig) -> None:
+    def __init__(self, engine: MetaEngine, state: Path, config: StoreConfig, *,
+                 observer: ReadObserver | None = None,
+                 placement: Placement | None = None) -> None:
         self.engine = engine
         self.state = state
         self.config = config
@@ -113,7 +144,10 @@ class ChunkStore:
         self._pools_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._lock_path = state / "locks" / "gc.lock"
-        self._heat: HeatTracker | None = None
+        self.observer: ReadObserver = observer or _Unobserved()
+        """Told of every read (heat); see ReadObserver."""
+        self.placement: Placement = placement or (lambda: "warm")
+        """The tier new packs go to; see Placement."""
         self._tier_rank: dict[int, int] | None = None
         self._owner: bytes | None = None
         self._source: LocalSource | None = None
@@ -207,11 +241,6 @@ class ChunkStore:
                 used[p.pool] += p.size
         return dict(used)
 
-    def policy(self) -> TierPolicy:
-        """The store's tiering policy (defaults until one is set)."""
-        with self.engine.read() as txn:
-            return TierPolicy.load(txn)
-
     def choose_pool(self, tier: str, nbytes: int, used: dict[int, int]) -> int:
         """A pool of `tier` with room for `nbytes` more (given `used`), else one of the
         next cheaper tiers, else of a faster one; a fallback is logged as a warning.
@@ -234,7 +263,7 @@ class ChunkStore:
     @property
     def write_pool(self) -> int:
         """The pool new chunks go to now: one of the policy's write tier with room left."""
-        return self.choose_pool(self.policy().write_tier, 0, self.usage())
+        return self.choose_pool(self.placement(), 0, self.usage())
 
     def tier_rank(self, pool_id: int) -> int:
         """0 for a hot pool, 1 warm, 2 cold: reads prefer the lowest."""
@@ -242,13 +271,6 @@ class ChunkStore:
             self._tier_rank = {r.id: TIERS.index(r.tier) if r.tier in TIERS else 1
                                for r in self.pool_records()}
         return self._tier_rank.get(pool_id, 1)
-
-    @property
-    def heat(self) -> HeatTracker:
-        """Read counters of this process, folded into the `heat` table in batches."""
-        if self._heat is None:
-            self._heat = HeatTracker(self.engine, self.policy().window)
-        return self._heat
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -266,8 +288,7 @@ class ChunkStore:
 
     def close(self) -> None:
         """Record pending heat, stop the workers and close the pools."""
-        if self._heat is not None:
-            self._heat.flush()
+        self.observer.flush()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -327,7 +348,7 @@ class ChunkStore:
         if not fix:
             return 0
         with self.writer():  # gc must not take the new pack for an orphan
-            write_tier = self.policy().write_tier
+            write_tier = self.placement()
             repaired = relocate(self, (Move(cid, None, blob) for cid, blob in fix.items()),
                                 lambda size: self.choose_pool(write_tier, size, self.usage())
                                 ).switched
@@ -396,7 +417,7 @@ class WriteSession:
         self.stats = WriteStats()
         self._started = time.monotonic()
         self._level = store.config.zstd_level
-        self._tier = store.policy().write_tier
+        self._tier = store.placement()
         self._used: dict[int, int] | None = None  # pool usage, read at the first pack
         self._pack_pool: dict[bytes, int] = {}
         self._pack: PackBuilder | None = None

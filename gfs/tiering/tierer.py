@@ -118,7 +118,7 @@ def run(store: ChunkStore, *, dry_run: bool = False, hook: Hook | None = None,
         progress: Callable[[int], None] | None = None) -> TierReport:
     """Plan and carry out the moves the store's policy asks for."""
     started = time.monotonic()
-    policy = store.policy()
+    policy = TierPolicy.current(store.engine)
     report = TierReport()
     states, records = survey(store, policy)
     capacity = tier_capacity(store)
