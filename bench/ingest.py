@@ -11,7 +11,10 @@ measure stored bytes on disk (`du -sb`), ingest and restore MB/s (logical bytes 
 seconds, MB = 10^6 bytes) and the peak RSS of the tool's processes. Rows:
 
 * hutong: defaults; hutong-delta: with delta chunks on (`HUTONG_DELTA=1`); both also
-  split stored bytes into data (pools) and metadata (the LMDB environment);
+  split stored bytes into data (pools) and metadata (the LMDB environment), and
+  report metadata bytes per file: the LMDB environment, and the manifests stored
+  inline (as before content-addressed manifests) and shared (identical contents,
+  one body);
 * restic, borg: their defaults with zstd-class compression;
 * zpaq: `zpaq add ARCHIVE DIR -m1` per snapshot (Debian `zpaq`);
 * zstd-long: `tar` of all snapshots piped to `zstd --long=30 -3` (one stream, no
@@ -144,10 +147,27 @@ class Hutong(Tool):
         for sub in ("meta", "pools"):
             if (self.repo / sub).exists():
                 out[f"on_disk_{sub}"] = du_sb(self.repo / sub)
+        out.update(manifest_figures(self.repo))
         return out
 
     def stored_split(self) -> tuple[int, int] | None:
         return du_sb(self.repo / "pools"), du_sb(self.repo / "meta")
+
+
+def manifest_figures(state: Path) -> dict[str, object]:
+    """Metadata bytes per file: the LMDB environment on disk, and the manifests' bytes
+    stored inline (before content-addressed manifests) and shared (now)."""
+    from gfs.client import Client
+    from gfs.meta.shared_manifests import manifest_bytes
+
+    with Client(state) as fs, fs.engine.read() as txn:
+        inline, shared = manifest_bytes(m for _, m in txn.iter_manifests())
+        files = sum(1 for _ in txn.iter_manifests())
+    if not files:
+        return {}
+    return {"meta_bytes_per_file": round(du_sb(state / "meta") / files),
+            "manifest_bytes_per_file_inline": round(inline / files),
+            "manifest_bytes_per_file_shared": round(shared / files)}
 
 
 class HutongDelta(Hutong):

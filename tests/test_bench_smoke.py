@@ -81,6 +81,10 @@ def test_ingest_machinery_hutong(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(res.per_snapshot_s) == 3
     assert int(str(res.details["logical_bytes"])) == logical
     assert 0 < int(str(res.details["stored_bytes"])) < logical  # shared content deduplicated
+    # metadata per file, manifests inline (before) and content-addressed (now)
+    assert int(str(res.details["meta_bytes_per_file"])) > 0
+    assert 0 < int(str(res.details["manifest_bytes_per_file_shared"])) \
+        <= int(str(res.details["manifest_bytes_per_file_inline"]))
     assert not tool.work.exists()  # cleaned up
     print_results([res])
     out = capsys.readouterr().out
