@@ -314,6 +314,7 @@ class Result:
     per_snapshot_s: list[float] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
     split: tuple[int, int] | None = None  #: (data, metadata) bytes, when known
+    load: float = 0.0  #: 1-minute load average when the tool finished (shared machine)
 
     @property
     def ingest_mbs(self) -> float:
@@ -366,7 +367,7 @@ def run_tool(tool: Tool, snapshots: Sequence[Path], expected: Mapping[str, Mappi
         stored = tool.stored_bytes()
         details = tool.details()
         return Result(tool.name, tool.version(), logical, stored, ingest_s, restore_s, peak,
-                      files, per_snapshot, details, tool.stored_split())
+                      files, per_snapshot, details, tool.stored_split(), os.getloadavg()[0])
     finally:
         if not keep:
             remove_tree(tool.work)
@@ -391,10 +392,10 @@ def print_results(results: Sequence[Result]) -> None:
              f"{r.split[1] / 1e6:.1f}" if r.split else "-",
              f"{100 * r.stored / r.logical:.1f}", f"{r.ingest_s:.2f}", f"{r.ingest_mbs:.1f}",
              f"{r.restore_s:.2f}", f"{r.restore_mbs:.1f}", f"{r.peak_rss_kib * 1024 / mib:.0f}",
-             r.files] for r in results]
+             r.files, f"{r.load:.1f}"] for r in results]
     print(table(["tool", "version", "logical MB", "stored MB", "data MB", "meta MB",
                  "stored %", "ingest s", "ingest MB/s", "restore s", "restore MB/s",
-                 "peak RSS MiB", "files verified"], rows))
+                 "peak RSS MiB", "files verified", "load"], rows))
     for r in results:
         snaps = " ".join(f"{s:.2f}" for s in r.per_snapshot_s)
         print(f"{r.tool}: peak RSS {r.peak_rss_kib / 1024:.0f} MiB; ingest s per snapshot: {snaps}")
@@ -424,7 +425,7 @@ def print_results(results: Sequence[Result]) -> None:
                    stored_vs=("zpaq" if zpaq is not None else "best_peer"),
                    stored_vs_best=round(stored_vs_best, 3), **figures,
                    ingest_x=round(ingest_x, 2), restore_x=round(restore_x, 2),
-                   hutong_rss_mib=round(h.peak_rss_kib / 1024),
+                   hutong_rss_mib=round(h.peak_rss_kib / 1024), load1=round(h.load, 2),
                    peers=",".join(p.tool for p in peers)))
 
 
