@@ -10,9 +10,10 @@ with the pack's dictionary, two ways: the trained dictionary (entropy tables
 and content) and its bytes as a raw-content prefix (what the delta codec, with
 the dictionary stored as a base chunk, would do). A chunk keeps the dictionary
 only when `gfs.delta.pays` (the delta saving threshold). Rows give stored
-bytes including the dictionaries, the time to train on all of a pack's small
-chunks, and the read cost: decode time per chunk with the dictionary object
-built once per pack (a lower bound: the delta codec builds it per read).
+bytes including the dictionaries, the time to train on a pack's small chunks
+(about `--train-bytes` of them), and the read cost: decode time per chunk with
+the dictionary object built once per pack (a lower bound: the delta codec
+builds it per read).
 
 Target (issue 17, item 6): dictionaries are worth building into the store when
 they save >= 5% of the small chunks' stored bytes at no more than 2x the decode
@@ -90,8 +91,19 @@ def _decode_s(dec: zstandard.ZstdDecompressor, frame: bytes, size: int) -> float
     return time.perf_counter() - t0
 
 
-def measure(packs: Iterator[list[bytes]]) -> tuple[Row, list[Row], int, int]:
-    """(plain row, dictionary rows, packs, chunks)."""
+def samples(group: list[bytes], budget: int) -> list[bytes]:
+    """Chunks of `group` spread evenly over it, about `budget` bytes in all (0: all)."""
+    total = sum(map(len, group))
+    if budget <= 0 or total <= budget:
+        return group
+    step = total / budget
+    return group[::max(1, round(step))]
+
+
+def measure(packs: Iterator[list[bytes]], train_bytes: int = 0
+            ) -> tuple[Row, list[Row], int, int]:
+    """(plain row, dictionary rows, packs, chunks); each dictionary is trained on about
+    `train_bytes` of its pack's small chunks (0: all of them)."""
     plain = Row("whole (today)")
     rows = {(size, kind): Row(f"{kind} dict {size >> 10} KiB")
             for size in DICT_SIZES for kind in ("trained", "raw-content")}
@@ -108,7 +120,8 @@ def measure(packs: Iterator[list[bytes]]) -> tuple[Row, list[Row], int, int]:
         for size in DICT_SIZES:
             t0 = time.perf_counter()
             try:
-                trained = zstandard.train_dictionary(size, group, level=LEVEL)
+                trained = zstandard.train_dictionary(size, samples(group, train_bytes),
+                                                     level=LEVEL)
             except zstandard.ZstdError:  # too few samples: every chunk stays whole
                 for kind in ("trained", "raw-content"):
                     rows[size, kind].stored += sum(map(len, whole))
@@ -141,13 +154,17 @@ def main(argv: list[str]) -> int:
     datasets.add_arguments(ap)
     ap.add_argument("--small", type=int, default=16 << 10,
                     help="chunks below this many bytes take part (default 16 KiB)")
+    ap.add_argument("--train-bytes", type=int, default=1 << 20,
+                    help="train each dictionary on about this many bytes of the pack's "
+                    "small chunks (default 1 MiB; 0: all)")
     ap.add_argument("--pack", type=int, default=StoreConfig().pack_size,
                     help="compressed bytes per pack (default the store's pack_size)")
     args = ap.parse_args(argv)
     snapshots = datasets.chosen_snapshots(args, "dictionaries")
     if snapshots is None:
         return 1
-    plain, rows, npacks, nchunks = measure(small_packs(snapshots, args.small, args.pack))
+    plain, rows, npacks, nchunks = measure(small_packs(snapshots, args.small, args.pack),
+                                           args.train_bytes)
     if not nchunks:
         print(f"dictionaries: no chunk under {args.small} bytes in the dataset",
               file=sys.stderr)
@@ -158,7 +175,9 @@ def main(argv: list[str]) -> int:
         out.append([r.name, f"{total / 1e6:.2f}", f"{100 * total / (plain.stored or 1):.1f}",
                     r.kept, f"{r.train_s:.2f}", f"{1e6 * r.decode_s / nchunks:.1f}"])
     print(f"{nchunks} new small chunks (< {args.small} B) in {npacks} packs of "
-          f"{args.pack >> 20} MiB; zstd -{LEVEL}; load {os.getloadavg()[0]:.1f}")
+          f"{args.pack >> 20} MiB; zstd -{LEVEL}; trained on "
+          f"{'all' if not args.train_bytes else args.train_bytes} bytes of each; "
+          f"load {os.getloadavg()[0]:.1f}")
     print(table(["stored as", "MB (with dicts)", "% of whole", "chunks with dict",
                  "train s", "decode us/chunk"], out))
     best = min(rows, key=lambda r: r.stored + r.dicts)

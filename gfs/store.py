@@ -500,12 +500,25 @@ class WriteSession:
                 continue
             self._new[ref.id] = None
             self._group.append((ref.id, piece))
+            self._group_bytes += len(piece)
             if self._planner is not None:
                 lost = ref.id in self._lost  # a lost chunk is healed whole
                 self._plans.append(None if lost else self._planner.plan(txn, ref.id, piece))
-            self._group_bytes += len(piece)
+                trained = self._planner.take_dictionary()
+                if trained is not None:
+                    self._add_dictionary(txn, *trained)
             if len(self._group) >= ENCODE_GROUP or self._group_bytes >= ENCODE_GROUP_BYTES:
                 self._submit()
+
+    def _add_dictionary(self, txn: ReadTxn, cid: bytes, raw: bytes) -> None:
+        """Store a dictionary the planner trained, as a whole chunk that no manifest
+        names: the deltas against it hold its references (gc drops it with the last)."""
+        if cid in self._new or txn.present_chunks([cid]):
+            return
+        self._new[cid] = None
+        self._group.append((cid, raw))
+        self._plans.append(None)
+        self._group_bytes += len(raw)
 
     def _submit(self) -> None:
         """Compress the gathered new chunks on a worker: one hand-over per group, across

@@ -352,3 +352,46 @@ def test_site_serves_delta_chunks_whole(tmp_path: Path, monkeypatch: pytest.Monk
             assert chunk_id(decode_blob(blob, expect_id=cid)) == cid
     finally:
         site.close()
+
+
+# -- the session's dictionary for small chunks ---------------------------------------------
+
+def _small_files(n: int, seed: int) -> dict[str, bytes]:
+    """Small files of one vocabulary (as the sources of one project are)."""
+    rng = random.Random(seed)
+    corpus = text(rng, 1 << 20)
+    out = {}
+    for i in range(n):
+        at, size = rng.randrange(len(corpus) - 8000), rng.randrange(800, 8000)
+        out[f"/s/f{i}"] = corpus[at:at + size]
+    return out
+
+
+def test_small_chunks_are_deltas_against_a_trained_dictionary(dfs: Client,
+                                                               tmp_path: Path) -> None:
+    """Past DICT_TRAIN_BYTES of small chunks a session trains a dictionary, stores it as
+    a whole chunk no file names, and stores later small chunks as deltas against it; it
+    reads back, fsck is clean, and gc drops the dictionary with its last dependent."""
+    files = _small_files(600, 41)  # ~2.6 MB of small files: past the 1 MiB of samples
+    src = tmp_path / "src"
+    src.mkdir()
+    for p, data in files.items():
+        (src / p.rsplit("/", 1)[1]).write_bytes(data)
+    dfs.put(str(src), "/s")
+    with dfs.engine.read() as txn:
+        bases = Counter(dict(txn.iter_values(delta.DELTAS)).values())
+        named = {r.id for _, m in txn.iter_manifests() for r in m.chunks}
+    dictionary, dependents = bases.most_common(1)[0]
+    assert dictionary not in named and dependents > 50
+    with dfs.engine.read() as txn:
+        rec = txn.get_chunk(dictionary)
+    assert rec is not None and rec.codec != CODEC_DELTA and rec.refcount == dependents
+    assert rec.raw_len == delta.DICT_SIZE
+    for p, data in files.items():
+        assert dfs.read_bytes(p) == data
+    assert dfs.fsck().ok
+    dfs.rm("/s", recursive=True)
+    dfs.gc()
+    with dfs.engine.read() as txn:
+        assert list(txn.iter_chunks()) == []
+    assert dfs.fsck().ok
