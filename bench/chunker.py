@@ -134,5 +134,6 @@ def main(argv: list[str]) -> int:
     met = pyfastcdc is not None and native_gbps >= pyfastcdc_gbps and sf_cpu >= 1.5
     print(headline("chunker", met, native_gbps=native_gbps, pyfastcdc_gbps=pyfastcdc_gbps,
                    xxh3_gbps=xxh3_gbps, ratio_vs_pyfastcdc=ratio,
-                   chunk_superfeatures_gbps=sf_gbps, chunk_superfeatures_cpu_gbps=sf_cpu))
+                   chunk_superfeatures_gbps=sf_gbps, chunk_superfeatures_cpu_gbps=sf_cpu,
+                   load1=round(os.getloadavg()[0], 2)))
     return 0

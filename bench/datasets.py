@@ -15,6 +15,7 @@ only checks that manifest against the disk and returns at once.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -82,6 +83,27 @@ def fetch(name: str = "releases", quick: bool = False) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return root
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The `--quick` and `--dataset` options of the benches that read the release series."""
+    ap.add_argument("--quick", action="store_true", help="the quick release set (2 snapshots)")
+    ap.add_argument("--dataset", help="a directory of v1/, v2/, ... instead of fetching")
+
+
+def chosen_snapshots(args: argparse.Namespace, prog: str) -> list[Path] | None:
+    """The snapshot directories `add_arguments`' options name (fetched when needed);
+    None, with the reason printed, when the dataset cannot be had."""
+    try:
+        root = Path(args.dataset) if args.dataset else fetch("releases", args.quick)
+    except DatasetError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+    if not root.is_dir():
+        print(f"{prog}: dataset {root} is not a directory; pass one holding v1/, v2/, ...",
+              file=sys.stderr)
+        return None
+    return snapshot_dirs(root)
 
 
 def fetch_small_demo() -> Path:

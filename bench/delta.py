@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,15 +99,10 @@ def measure(snapshots: list[Path], level: int = 3) -> tuple[list[Pair], int, int
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench delta")
-    ap.add_argument("--quick", action="store_true", help="the quick release set (2 snapshots)")
-    ap.add_argument("--dataset", help="a directory of v1/, v2/, ... instead of fetching")
-    args = ap.parse_args(argv)
-    try:
-        root = Path(args.dataset) if args.dataset else datasets.fetch("releases", args.quick)
-    except datasets.DatasetError as exc:
-        print(f"delta: {exc}", file=sys.stderr)
+    datasets.add_arguments(ap)
+    snapshots = datasets.chosen_snapshots(ap.parse_args(argv), "delta")
+    if snapshots is None:
         return 1
-    snapshots = datasets.snapshot_dirs(root)
     pairs, new_chunks, new_bytes = measure(snapshots)
     if not pairs:
         print(headline("delta", False, note="no_similar_chunks", new_chunks=new_chunks))

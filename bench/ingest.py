@@ -11,7 +11,10 @@ measure stored bytes on disk (`du -sb`), ingest and restore MB/s (logical bytes 
 seconds, MB = 10^6 bytes) and the peak RSS of the tool's processes. Rows:
 
 * hutong: defaults; hutong-delta: with delta chunks on (`HUTONG_DELTA=1`); both also
-  split stored bytes into data (pools) and metadata (the LMDB environment);
+  split stored bytes into data (pools) and metadata (the LMDB environment), and
+  report metadata bytes per file: the LMDB environment, and the manifests stored
+  inline (as before content-addressed manifests) and shared (identical contents,
+  one body);
 * restic, borg: their defaults with zstd-class compression;
 * zpaq: `zpaq add ARCHIVE DIR -m1` per snapshot (Debian `zpaq`);
 * zstd-long: `tar` of all snapshots piped to `zstd --long=30 -3` (one stream, no
@@ -144,10 +147,27 @@ class Hutong(Tool):
         for sub in ("meta", "pools"):
             if (self.repo / sub).exists():
                 out[f"on_disk_{sub}"] = du_sb(self.repo / sub)
+        out.update(manifest_figures(self.repo))
         return out
 
     def stored_split(self) -> tuple[int, int] | None:
         return du_sb(self.repo / "pools"), du_sb(self.repo / "meta")
+
+
+def manifest_figures(state: Path) -> dict[str, object]:
+    """Metadata bytes per file: the LMDB environment on disk, and the manifests' bytes
+    stored inline (before content-addressed manifests) and shared (now)."""
+    from gfs.client import Client
+    from gfs.meta.shared_manifests import manifest_bytes
+
+    with Client(state) as fs, fs.engine.read() as txn:
+        inline, shared = manifest_bytes(m for _, m in txn.iter_manifests())
+        files = sum(1 for _ in txn.iter_manifests())
+    if not files:
+        return {}
+    return {"meta_bytes_per_file": round(du_sb(state / "meta") / files),
+            "manifest_bytes_per_file_inline": round(inline / files),
+            "manifest_bytes_per_file_shared": round(shared / files)}
 
 
 class HutongDelta(Hutong):
@@ -294,6 +314,7 @@ class Result:
     per_snapshot_s: list[float] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
     split: tuple[int, int] | None = None  #: (data, metadata) bytes, when known
+    load: float = 0.0  #: 1-minute load average when the tool finished (shared machine)
 
     @property
     def ingest_mbs(self) -> float:
@@ -346,7 +367,7 @@ def run_tool(tool: Tool, snapshots: Sequence[Path], expected: Mapping[str, Mappi
         stored = tool.stored_bytes()
         details = tool.details()
         return Result(tool.name, tool.version(), logical, stored, ingest_s, restore_s, peak,
-                      files, per_snapshot, details, tool.stored_split())
+                      files, per_snapshot, details, tool.stored_split(), os.getloadavg()[0])
     finally:
         if not keep:
             remove_tree(tool.work)
@@ -371,10 +392,10 @@ def print_results(results: Sequence[Result]) -> None:
              f"{r.split[1] / 1e6:.1f}" if r.split else "-",
              f"{100 * r.stored / r.logical:.1f}", f"{r.ingest_s:.2f}", f"{r.ingest_mbs:.1f}",
              f"{r.restore_s:.2f}", f"{r.restore_mbs:.1f}", f"{r.peak_rss_kib * 1024 / mib:.0f}",
-             r.files] for r in results]
+             r.files, f"{r.load:.1f}"] for r in results]
     print(table(["tool", "version", "logical MB", "stored MB", "data MB", "meta MB",
                  "stored %", "ingest s", "ingest MB/s", "restore s", "restore MB/s",
-                 "peak RSS MiB", "files verified"], rows))
+                 "peak RSS MiB", "files verified", "load"], rows))
     for r in results:
         snaps = " ".join(f"{s:.2f}" for s in r.per_snapshot_s)
         print(f"{r.tool}: peak RSS {r.peak_rss_kib / 1024:.0f} MiB; ingest s per snapshot: {snaps}")
@@ -404,7 +425,7 @@ def print_results(results: Sequence[Result]) -> None:
                    stored_vs=("zpaq" if zpaq is not None else "best_peer"),
                    stored_vs_best=round(stored_vs_best, 3), **figures,
                    ingest_x=round(ingest_x, 2), restore_x=round(restore_x, 2),
-                   hutong_rss_mib=round(h.peak_rss_kib / 1024),
+                   hutong_rss_mib=round(h.peak_rss_kib / 1024), load1=round(h.load, 2),
                    peers=",".join(p.tool for p in peers)))
 
 

@@ -71,6 +71,8 @@ from gfs.state import (
     relocate,
 )
 from gfs.store import ChunkStore, WriteStats, read_prepared, release
+from gfs.tiering.heat import HeatTracker
+from gfs.tiering.policy import TierPolicy
 
 if TYPE_CHECKING:
     from gfs.disk_cache import DiskCache
@@ -160,9 +162,15 @@ class Client:
         except BaseException:
             self.engine.close()
             raise
-        self.store = ChunkStore(self.engine, root, self.config)
+        self.store = ChunkStore(self.engine, root, self.config,
+                                observer=HeatTracker(self.engine, self.policy().window),
+                                placement=lambda: self.policy().write_tier)
         self.reads: ChunkSource = self.store.source
         """The chunk source file reads go through (the store; `cache_reads` adds tiers)."""
+
+    def policy(self) -> TierPolicy:
+        """The store's tiering policy (defaults until one is set)."""
+        return TierPolicy.current(self.engine)
 
     def cache_reads(self, memory_bytes: int, *, disk: DiskCache | None = None) -> None:
         """From now on, read chunks through a memory tier of `memory_bytes` (and the disk
@@ -309,7 +317,7 @@ class Client:
                 raise InvalidPathError(norm, f"is a {node.kind.name.lower()}, not a regular "
                                        "file (special files hold no data in the store)")
             m = txn.get_manifest(node.ino)
-        self.store.heat.record_file(node.ino)  # file heat, for the tierer and reports
+        self.store.observer.record_file(node.ino)  # file heat, for the tierer and reports
         return norm, m if m is not None else Manifest(node.version, ())
 
     def open(self, path: str, mode: str = "rb", *, perm: int | None = None) -> BinaryIO:

@@ -114,6 +114,18 @@ def decode_delta_payload(header: BlobHeader, payload: Buffer, base_raw: Buffer) 
 
 # -- writing: choosing bases and encoding (used by gfs.store.WriteSession) ----------------
 
+#: Chunks under this size (small files are one chunk each) that find no resembling
+#: base are tried as deltas against the session's dictionary chunk.
+DICT_SMALL = 16 << 10
+#: The dictionary is trained on about this many bytes of a session's first small
+#: chunks, and is this large. `python -m bench dictionaries` on the release series
+#: (5,415 small chunks): 64 KiB trained on 1 MiB stores the small chunks in 83.6%
+#: of their whole size, in 0.23 s of training; 16 KiB saves half as much.
+DICT_TRAIN_BYTES = 1 << 20
+DICT_SIZE = 64 << 10
+#: Chunks smaller than this are not worth a dictionary (nor a sample).
+DICT_MIN = 64
+
 @dataclass(slots=True)
 class Plan:
     """What a write session decided for one new chunk before encoding it."""
@@ -134,14 +146,19 @@ class DeltaPlanner:
     def __init__(self, read_base: BaseReader) -> None:
         self._read_base = read_base
         self._local: dict[bytes, tuple[bytes, Buffer]] = {}
+        self._samples: list[bytes | bytearray | memoryview] = []
+        self._sampled = 0
+        self._dict: tuple[bytes, bytes] | None = None  # (id, raw) once trained
+        self._dict_new = False
+        self._dict_failed = False
 
     def plan(self, txn: ReadTxn, cid: bytes, piece: Buffer) -> Plan | None:
-        """The plan for a new chunk, or None when it is too small to take part."""
+        """The plan for a new chunk, or None when it takes no part."""
         if len(piece) < resemblance.MIN_CHUNK:
-            return None
+            return self._small(piece, [])
         keys = resemblance.index_keys(resemblance.chunk_superfeatures(piece))
         if not keys:
-            return None
+            return self._small(piece, [])
         for key in keys:
             local = self._local.get(key)
             if local is not None:
@@ -150,7 +167,40 @@ class DeltaPlanner:
         if base is None:
             for key in keys:
                 self._local[key] = (cid, piece)
+            if len(piece) < DICT_SMALL:
+                return self._small(piece, keys)
         return Plan(keys, base)
+
+    def _small(self, piece: Buffer, keys: list[bytes]) -> Plan | None:
+        """A small chunk without a base: a delta against the session's dictionary once
+        it is trained; before that, a sample for it."""
+        if self._dict is not None:
+            return Plan(keys, *self._dict)
+        if len(piece) >= DICT_MIN and not self._dict_failed:
+            self._samples.append(bytes(piece))
+            self._sampled += len(piece)
+            if self._sampled >= DICT_TRAIN_BYTES:
+                self._train()
+        return Plan(keys) if keys else None
+
+    def _train(self) -> None:
+        samples, self._samples, self._sampled = self._samples, [], 0
+        try:
+            raw = zstandard.train_dictionary(DICT_SIZE, samples, level=3).as_bytes()
+        except zstandard.ZstdError as e:
+            log.info("no dictionary for this session's small chunks: %s", e)
+            self._dict_failed = True
+            return
+        self._dict = (chunk_id(raw), raw)
+        self._dict_new = True
+
+    def take_dictionary(self) -> tuple[bytes, bytes] | None:
+        """(id, raw bytes) of a dictionary trained since the last call: the session
+        stores it as a chunk (whole) in the same commit as the deltas against it."""
+        if not self._dict_new:
+            return None
+        self._dict_new = False
+        return self._dict
 
     def clear(self) -> None:
         """Forget the session's own bases (at commit: they are in the index then)."""

@@ -70,6 +70,7 @@ def check(store: ChunkStore, *, verify_data: bool = True,
             _check_tree(txn, report)
             with SpillTable("id BLOB") as refs:
                 _check_manifests(txn, report, bad_chunks, refs)
+                report.problems += txn.manifest_problems()  # shared bodies' refcounts
                 refs.add_many((base,) for base in delta.base_refs(txn))  # each delta
                 # chunk pins its base
                 packs = {p.id: p for p in txn.iter_packs()}

@@ -15,15 +15,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gfs import delta
-from gfs.codec import BLOB_HEADER_LEN
 from gfs.errors import FormatError, PoolError, PoolObjectMissingError
 from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
-from gfs.packs import PACK_HEADER_LEN, PackBuilder, pack_key, parse_pack_head, parse_pack_key
+from gfs.packs import PACK_HEADER_LEN, pack_key, parse_pack_head, parse_pack_key
 from gfs.pools import LocalPool, Pool
+from gfs.relocate import Hook, Move, relocate
 from gfs.store import ChunkStore, pin_chunks, pinned_chunks
 
 log = logging.getLogger("hutong.gc")
@@ -60,13 +61,15 @@ class GcReport:
             log.warning("%s", msg)
 
 
-def collect(store: ChunkStore, *, grace: float | None = None) -> GcReport:
+def collect(store: ChunkStore, *, grace: float | None = None,
+            hook: Hook | None = None) -> GcReport:
     """Run one full collection on `store` and report what was reclaimed.
 
     `grace` (seconds, default the store's `gc_grace`): an unknown pack of this
     store in a shared pool is deleted only when older than this; on an engine
     that several hosts write (PostgreSQL) a chunk is deleted only when it has
     been unreferenced for this long (it is pinned when first found dead).
+    `hook` is passed to the repack's `relocate` (fault tests stop it there).
     """
     started = time.monotonic()
     report = GcReport()
@@ -74,7 +77,7 @@ def collect(store: ChunkStore, *, grace: float | None = None) -> GcReport:
     with store.gc_exclusive():
         doomed = _drop_dead_chunks(store, report, wait if store.engine.MULTI_HOST else 0)
         _delete_objects(store, doomed, report)
-        _repack_sparse(store, report)
+        _repack_sparse(store, report, hook)
         _delete_orphans(store, report, wait)
     report.seconds = time.monotonic() - started
     return report
@@ -144,7 +147,7 @@ def _delete_objects(store: ChunkStore, packs: list[PackRecord], report: GcReport
             _not_owned(store, p.pool, report)
 
 
-def _repack_sparse(store: ChunkStore, report: GcReport) -> None:
+def _repack_sparse(store: ChunkStore, report: GcReport, hook: Hook | None) -> None:
     """Copy the live blobs of sparse packs into new packs, switch locations, delete the old."""
     with store.engine.read() as txn:
         sparse = [p for p in txn.iter_packs()
@@ -161,79 +164,43 @@ def _repack_sparse(store: ChunkStore, report: GcReport) -> None:
     for p in sparse:
         by_pool[p.pool].append(p)
     for pool_id, group in by_pool.items():
-        _repack_group(store, pool_id, group, movers, report)
+        _repack_group(store, pool_id, group, movers, report, hook)
 
 
 def _repack_group(store: ChunkStore, pool_id: int, group: list[PackRecord],
                   movers: dict[bytes, list[tuple[ChunkRecord, Location]]],
-                  report: GcReport) -> None:
+                  report: GcReport, hook: Hook | None) -> None:
     pool = store.pool(pool_id)
-    built: list[PackBuilder] = []
-    builder = store.new_pack()
-    moved: dict[bytes, tuple[Location, Location]] = {}
-    done: list[PackRecord] = []
-    for p in group:
-        try:
-            checked = store.source.read_span(pool_id, p.id,
-                                             [(rec.id, loc) for rec, loc in movers.get(p.id, [])],
-                                             whole=True)
-        except PoolObjectMissingError:
-            log.error("pack %s is missing from pool %d; run `hutong fsck`", p.id.hex(), pool_id)
-            continue
-        try:
-            tag: bytes | None = parse_pack_head(pool.get(pack_key(p.id), 0, PACK_HEADER_LEN))[1]
-        except (FormatError, PoolError):
-            tag = None
-        if not store.owns(pool_id, tag, referenced=True):
-            _not_owned(store, pool_id, report)  # the old pack could not be deleted
-            continue
-        bad = next((c.error for c in checked if c.error is not None), None)
-        if bad is not None:
-            log.error("not repacking pack %s: %s", p.id.hex(), bad)
-            continue
-        staged = [(c.cid, c.loc, bytes(c.blob[:BLOB_HEADER_LEN]), bytes(c.blob[BLOB_HEADER_LEN:]))
-                  for c in checked]
-        for cid, loc, header, payload in staged:
-            offset, length = builder.add(header, payload)
-            moved[cid] = (loc, Location(pool_id, builder.pack_id, offset, length))
-            if builder.size >= store.config.pack_size:
-                built.append(builder)
-                builder = store.new_pack()
-        done.append(p)
-    if builder.nblobs:
-        built.append(builder)
-    if not done:
-        return
-    for b in built:
-        pool.put(pack_key(b.pack_id), b.parts())  # durable before referenced
-    now = time.time_ns()
 
-    def switch(txn: WriteTxn) -> int:
-        live: dict[bytes, list[int]] = {b.pack_id: [0, 0] for b in built}
-        switched = 0
-        for cid, (old, new) in moved.items():
-            current = txn.get_chunk(cid)
-            if current is None or old not in current.locations:
+    def moves() -> Iterator[Move]:
+        for p in group:
+            try:
+                checked = store.source.read_span(
+                    pool_id, p.id, [(rec.id, loc) for rec, loc in movers.get(p.id, [])],
+                    whole=True)
+            except PoolObjectMissingError:
+                log.error("pack %s is missing from pool %d; run `hutong fsck`",
+                          p.id.hex(), pool_id)
                 continue
-            locs = tuple(new if loc == old else loc for loc in current.locations)
-            txn.put_chunk(ChunkRecord(current.id, current.raw_len, current.stored_len,
-                                      current.codec, current.refcount, locs))
-            live[new.pack][0] += 1
-            live[new.pack][1] += new.length
-            switched += 1
-        for b in built:
-            n, nbytes = live[b.pack_id]
-            txn.put_pack(PackRecord(b.pack_id, pool_id, b.size, b.nblobs, n, nbytes, now))
-        for p in done:
-            txn.delete_pack(p.id)
-        return switched
+            try:
+                tag: bytes | None = parse_pack_head(
+                    pool.get(pack_key(p.id), 0, PACK_HEADER_LEN))[1]
+            except (FormatError, PoolError):
+                tag = None
+            if not store.owns(pool_id, tag, referenced=True):
+                _not_owned(store, pool_id, report)  # the old pack could not be deleted
+                continue
+            bad = next((c.error for c in checked if c.error is not None), None)
+            if bad is not None:
+                log.error("not repacking pack %s: %s", p.id.hex(), bad)
+                continue
+            for c in checked:
+                yield Move(c.cid, c.loc, bytes(c.blob))
 
-    report.chunks_moved += store.engine.transact(switch)
-    for p in done:
-        pool.delete(pack_key(p.id))
-        report.packs_repacked += 1
-        report.bytes_freed += p.size
-    report.bytes_freed -= sum(b.size for b in built)
+    done = relocate(store, moves(), pool_id, hook=hook)
+    report.chunks_moved += done.switched
+    report.packs_repacked += done.packs_deleted
+    report.bytes_freed += done.bytes_freed - done.bytes_written
 
 
 def _delete_orphans(store: ChunkStore, report: GcReport, grace: float) -> None:

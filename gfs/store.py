@@ -21,11 +21,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Protocol
 
 from gfs import chunking, delta, pool_keys
 from gfs.codec import (
-    BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
     CODEC_DELTA,
     Buffer,
@@ -58,9 +57,8 @@ from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_ke
 from gfs.pools import Pool, open_pool
 from gfs.pools.local import LocalPool
 from gfs.read.local import LocalSource
+from gfs.relocate import Move, relocate
 from gfs.state import is_private_url, pool_location
-from gfs.tiering.heat import HeatTracker
-from gfs.tiering.policy import TierPolicy
 
 log = logging.getLogger("hutong.store")
 
@@ -75,6 +73,37 @@ INLINE_ENCODE_BYTES = 64 << 10
 #: Called inside the commit transaction with the file's new manifest; returns
 #: the manifest it replaced (whose references are then released), if any.
 CommitAction = Callable[[WriteTxn, list[ChunkRef]], Manifest | None]
+
+
+class ReadObserver(Protocol):
+    """Told of every chunk read and every file opened for reading (the tierer's heat)."""
+
+    def record(self, cids: Iterable[bytes]) -> None:
+        """Count one read of each chunk in `cids`."""
+
+    def record_file(self, ino: int) -> None:
+        """Count one open-for-read of file `ino`."""
+
+    def flush(self) -> None:
+        """Record what was counted (called when the store closes)."""
+
+
+class _Unobserved:
+    """The observer of a store nobody watches: reads count nothing."""
+
+    def record(self, cids: Iterable[bytes]) -> None:
+        pass
+
+    def record_file(self, ino: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+#: Placement: the tier new packs go to, asked at each write session and repair
+#: (the tiering policy's write tier; pools of the tier are chosen by `choose_pool`).
+Placement = Callable[[], str]
 
 
 @dataclass(slots=True)
@@ -106,7 +135,9 @@ class WriteStats:
 class ChunkStore:
     """Chunks of one store (one dedup domain): reading, and write sessions."""
 
-    def __init__(self, engine: MetaEngine, state: Path, config: StoreConfig) -> None:
+    def __init__(self, engine: MetaEngine, state: Path, config: StoreConfig, *,
+                 observer: ReadObserver | None = None,
+                 placement: Placement | None = None) -> None:
         self.engine = engine
         self.state = state
         self.config = config
@@ -115,7 +146,10 @@ class ChunkStore:
         self._pools_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._lock_path = state / "locks" / "gc.lock"
-        self._heat: HeatTracker | None = None
+        self.observer: ReadObserver = observer or _Unobserved()
+        """Told of every read (heat); see ReadObserver."""
+        self.placement: Placement = placement or (lambda: "warm")
+        """The tier new packs go to; see Placement."""
         self._tier_rank: dict[int, int] | None = None
         self._owner: bytes | None = None
         self._source: LocalSource | None = None
@@ -209,11 +243,6 @@ class ChunkStore:
                 used[p.pool] += p.size
         return dict(used)
 
-    def policy(self) -> TierPolicy:
-        """The store's tiering policy (defaults until one is set)."""
-        with self.engine.read() as txn:
-            return TierPolicy.load(txn)
-
     def choose_pool(self, tier: str, nbytes: int, used: dict[int, int]) -> int:
         """A pool of `tier` with room for `nbytes` more (given `used`), else one of the
         next cheaper tiers, else of a faster one; a fallback is logged as a warning.
@@ -236,7 +265,7 @@ class ChunkStore:
     @property
     def write_pool(self) -> int:
         """The pool new chunks go to now: one of the policy's write tier with room left."""
-        return self.choose_pool(self.policy().write_tier, 0, self.usage())
+        return self.choose_pool(self.placement(), 0, self.usage())
 
     def tier_rank(self, pool_id: int) -> int:
         """0 for a hot pool, 1 warm, 2 cold: reads prefer the lowest."""
@@ -244,13 +273,6 @@ class ChunkStore:
             self._tier_rank = {r.id: TIERS.index(r.tier) if r.tier in TIERS else 1
                                for r in self.pool_records()}
         return self._tier_rank.get(pool_id, 1)
-
-    @property
-    def heat(self) -> HeatTracker:
-        """Read counters of this process, folded into the `heat` table in batches."""
-        if self._heat is None:
-            self._heat = HeatTracker(self.engine, self.policy().window)
-        return self._heat
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -268,8 +290,7 @@ class ChunkStore:
 
     def close(self) -> None:
         """Record pending heat, stop the workers and close the pools."""
-        if self._heat is not None:
-            self._heat.flush()
+        self.observer.flush()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -329,36 +350,10 @@ class ChunkStore:
         if not fix:
             return 0
         with self.writer():  # gc must not take the new pack for an orphan
-            builder = self.new_pack()
-            offsets = {cid: builder.add(b[:BLOB_HEADER_LEN], b[BLOB_HEADER_LEN:])
-                       for cid, b in fix.items()}
-            pool_id = self.choose_pool(self.policy().write_tier, builder.size, self.usage())
-            self.pool(pool_id).put(pack_key(builder.pack_id), builder.parts())
-
-            def switch(txn: WriteTxn) -> int:
-                repaired = live = 0
-                for cid, (offset, length) in offsets.items():
-                    rec = txn.get_chunk(cid)
-                    if rec is None:
-                        continue
-                    for old in rec.locations:
-                        p = txn.get_pack(old.pack)
-                        if p is not None:
-                            txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks,
-                                                    p.live_chunks - 1, p.live_bytes - old.length,
-                                                    p.created_ns))
-                    head = parse_blob_header(fix[cid])
-                    txn.put_chunk(ChunkRecord(cid, rec.raw_len, head.payload_len, head.codec,
-                                              rec.refcount,
-                                              (Location(pool_id, builder.pack_id, offset,
-                                                        length),)))
-                    repaired += 1
-                    live += length
-                txn.put_pack(PackRecord(builder.pack_id, pool_id, builder.size, builder.nblobs,
-                                        repaired, live, time.time_ns()))
-                return repaired
-
-            repaired = self.engine.transact(switch)
+            write_tier = self.placement()
+            repaired = relocate(self, (Move(cid, None, blob) for cid, blob in fix.items()),
+                                lambda size: self.choose_pool(write_tier, size, self.usage())
+                                ).switched
         log.warning("repaired %d chunks whose every copy was damaged", repaired)
         return repaired
 
@@ -429,7 +424,7 @@ class WriteSession:
         self.stats = WriteStats()
         self._started = time.monotonic()
         self._level = store.config.zstd_level
-        self._tier = store.policy().write_tier
+        self._tier = store.placement()
         self._used: dict[int, int] | None = None  # pool usage, read at the first pack
         self._pack_pool: dict[bytes, int] = {}
         self._pack: PackBuilder | None = None
@@ -512,12 +507,25 @@ class WriteSession:
                 continue
             self._new[ref.id] = None
             self._group.append((ref.id, piece))
+            self._group_bytes += len(piece)
             if self._planner is not None:
                 lost = ref.id in self._lost  # a lost chunk is healed whole
                 self._plans.append(None if lost else self._planner.plan(txn, ref.id, piece))
-            self._group_bytes += len(piece)
+                trained = self._planner.take_dictionary()
+                if trained is not None:
+                    self._add_dictionary(txn, *trained)
             if len(self._group) >= ENCODE_GROUP or self._group_bytes >= ENCODE_GROUP_BYTES:
                 self._submit()
+
+    def _add_dictionary(self, txn: ReadTxn, cid: bytes, raw: bytes) -> None:
+        """Store a dictionary the planner trained, as a whole chunk that no manifest
+        names: the deltas against it hold its references (gc drops it with the last)."""
+        if cid in self._new or txn.present_chunks([cid]):
+            return
+        self._new[cid] = None
+        self._group.append((cid, raw))
+        self._plans.append(None)
+        self._group_bytes += len(raw)
 
     def _submit(self) -> None:
         """Compress the gathered new chunks on a worker: one hand-over per group, across

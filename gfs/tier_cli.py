@@ -89,7 +89,7 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
 def cmd_policy_show(args: argparse.Namespace) -> int:
 
     with open_client(args) as fs:
-        policy = fs.store.policy()
+        policy = fs.policy()
     print(json.dumps(policy.as_dict(), indent=2, sort_keys=True))
     return 0
 
@@ -117,7 +117,7 @@ def cmd_tier_status(args: argparse.Namespace) -> int:
     with open_client(args) as fs:
         usage = tier_usage(fs.store)
         caps = tier_capacity(fs.store)
-        policy = fs.store.policy()
+        policy = fs.policy()
         last = last_report(fs.store)
     tiers: dict[str, dict[str, Any]] = {
         t: {"live_bytes": usage.get(t, 0), "capacity": caps.get(t)} for t in TIERS

@@ -32,6 +32,16 @@ def fs(tmp_path: Path) -> Iterator[Client]:
         client.close()
 
 
+@pytest.fixture
+def dfs(tmp_path: Path) -> Iterator[Client]:
+    """A store with delta chunks on."""
+    client = Client.init(tmp_path / "state", pack_size=1 << 20, workers=2, delta=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def make_tree(root: Path, seed: int = 0, files: int = 30, max_size: int = 300_000) -> Path:
     """A local tree with nested dirs, empty and large files, repeats and symlinks."""
     rnd = random.Random(seed)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gfs.client import Client
 
 
 def text(rng: random.Random, n: int) -> bytes:
@@ -22,3 +26,13 @@ def mutate(data: bytes, rng: random.Random, edits: int) -> bytes:
         at = rng.randrange(max(1, len(out) - 64))
         out[at:at + rng.randrange(0, 24)] = rng.randbytes(rng.randrange(0, 24))
     return bytes(out)
+
+
+def two_versions(fs: Client, seed: int, size: int, edits: int) -> tuple[bytes, bytes]:
+    """Write /a and a next version of it, /b, into `fs`; return both."""
+    rng = random.Random(seed)
+    a = text(rng, size)
+    b = mutate(a, rng, edits)
+    fs.write_bytes("/a", a)
+    fs.write_bytes("/b", b)
+    return a, b

@@ -81,6 +81,10 @@ def test_ingest_machinery_hutong(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(res.per_snapshot_s) == 3
     assert int(str(res.details["logical_bytes"])) == logical
     assert 0 < int(str(res.details["stored_bytes"])) < logical  # shared content deduplicated
+    # metadata per file, manifests inline (before) and content-addressed (now)
+    assert int(str(res.details["meta_bytes_per_file"])) > 0
+    assert 0 < int(str(res.details["manifest_bytes_per_file_shared"])) \
+        <= int(str(res.details["manifest_bytes_per_file_inline"]))
     assert not tool.work.exists()  # cleaned up
     print_results([res])
     out = capsys.readouterr().out
@@ -122,3 +126,24 @@ def test_globalfs_quick_runs_every_system() -> None:
                     "ls_mount_rtts", "stat_mount_rtts", "creates_hutong_per_s"):
             assert float(figures[key]) > 0, (key, last)
     assert elapsed < 150, f"globalfs --quick took {elapsed:.0f} s"  # ~60 s on an idle machine
+
+
+def test_dictionaries_bench_accounts_every_small_chunk(tmp_path: Path) -> None:
+    """`bench dictionaries` on small generated files: every small chunk is counted once
+    (repeats across snapshots are not new), and a dictionary row never stores more than
+    whole plus its dictionaries (a chunk keeps the dictionary only when it pays)."""
+    from bench.dictionaries import measure, small_packs
+    from tests.similar_data import text
+
+    rng = random.Random(5)
+    files = {f"f{i}.txt": text(rng, rng.randrange(500, 6000)) for i in range(300)}
+    for snap in ("v1", "v2"):
+        for name, data in files.items():
+            (tmp_path / snap).mkdir(exist_ok=True)
+            (tmp_path / snap / name).write_bytes(data)
+    plain, rows, npacks, nchunks = measure(small_packs(
+        datasets.snapshot_dirs(tmp_path), 16 << 10, 64 << 10))
+    assert nchunks == len(set(files.values())) and npacks >= 2
+    for r in rows:
+        assert r.stored <= plain.stored
+        assert r.kept > 0  # similar text: the dictionary pays for some chunks

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,27 +17,7 @@ from gfs.config import StoreConfig
 from gfs.errors import CorruptChunkError
 from gfs.packs import pack_key
 from gfs.testing.faults import flip_byte
-from tests.similar_data import mutate, text
-
-
-@pytest.fixture
-def dfs(tmp_path: Path) -> Iterator[Client]:
-    """A store with delta chunks on."""
-    client = Client.init(tmp_path / "state", pack_size=1 << 20, workers=2, delta=True)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def _two_versions(fs: Client, seed: int, size: int, edits: int) -> tuple[bytes, bytes]:
-    """Write /a and a next version of it, /b; return both."""
-    rng = random.Random(seed)
-    a = text(rng, size)
-    b = mutate(a, rng, edits)
-    fs.write_bytes("/a", a)
-    fs.write_bytes("/b", b)
-    return a, b
+from tests.similar_data import mutate, text, two_versions
 
 
 def _records(fs: Client) -> dict[bytes, int]:
@@ -138,7 +117,7 @@ def _iter_records(fs: Client) -> list:  # type: ignore[type-arg]
 
 
 def test_deltas_pin_their_bases_through_refcounts(dfs: Client) -> None:
-    _, b = _two_versions(dfs, 6, 600_000, 20)
+    _, b = two_versions(dfs, 6, 600_000, 20)
     with dfs.engine.read() as txn:
         deltas = dict(txn.iter_values(delta.DELTAS))
         assert deltas
@@ -162,7 +141,7 @@ def test_deltas_pin_their_bases_through_refcounts(dfs: Client) -> None:
 
 def test_read_blob_of_a_delta_is_whole(dfs: Client) -> None:
     """What leaves the store (repair sources, replication) must not need a base."""
-    _two_versions(dfs, 7, 300_000, 10)
+    two_versions(dfs, 7, 300_000, 10)
     with dfs.engine.read() as txn:
         cid = next(iter(dict(txn.iter_values(delta.DELTAS))))
     blob = dfs.store.read_blob(cid)
@@ -267,7 +246,7 @@ def test_mover_sends_delta_chunks_whole(dfs: Client, tmp_path: Path) -> None:
     """A peer without the base still gets a verifiable chunk."""
     from gfs import mover
 
-    _two_versions(dfs, 12, 400_000, 10)
+    two_versions(dfs, 12, 400_000, 10)
     with dfs.engine.read() as txn:
         deltas = dict(txn.iter_values(delta.DELTAS))
     assert deltas
@@ -289,7 +268,7 @@ def test_repairing_a_damaged_base_heals_its_deltas(dfs: Client, tmp_path: Path) 
     """repair restores the base from another store and leaves the intact deltas alone."""
     from gfs.repair import repair
 
-    a, b = _two_versions(dfs, 13, 400_000, 10)
+    a, b = two_versions(dfs, 13, 400_000, 10)
     _damage_busiest_base(dfs)
     with pytest.raises(CorruptChunkError):
         dfs.read_bytes("/b")
@@ -335,7 +314,7 @@ def test_tierer_moves_delta_chunks_as_they_are(dfs: Client, tmp_path: Path) -> N
     from gfs.tiering.tierer import run, tier_usage
 
     dfs.add_pool("archive", str(tmp_path / "cold"), tier="cold")
-    a, b = _two_versions(dfs, 15, 300_000, 10)
+    a, b = two_versions(dfs, 15, 300_000, 10)
     with dfs.engine.read() as txn:
         deltas = dict(txn.iter_values(delta.DELTAS))
     assert deltas
@@ -363,7 +342,7 @@ def test_site_serves_delta_chunks_whole(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("HUTONG_DELTA", "1")
     site = Site(tmp_path / "site")
     try:
-        _two_versions(site.client, 16, 300_000, 10)
+        two_versions(site.client, 16, 300_000, 10)
         with site.client.engine.read() as txn:
             deltas = dict(txn.iter_values(delta.DELTAS))
         assert deltas
@@ -373,3 +352,46 @@ def test_site_serves_delta_chunks_whole(tmp_path: Path, monkeypatch: pytest.Monk
             assert chunk_id(decode_blob(blob, expect_id=cid)) == cid
     finally:
         site.close()
+
+
+# -- the session's dictionary for small chunks ---------------------------------------------
+
+def _small_files(n: int, seed: int) -> dict[str, bytes]:
+    """Small files of one vocabulary (as the sources of one project are)."""
+    rng = random.Random(seed)
+    corpus = text(rng, 1 << 20)
+    out = {}
+    for i in range(n):
+        at, size = rng.randrange(len(corpus) - 8000), rng.randrange(800, 8000)
+        out[f"/s/f{i}"] = corpus[at:at + size]
+    return out
+
+
+def test_small_chunks_are_deltas_against_a_trained_dictionary(dfs: Client,
+                                                               tmp_path: Path) -> None:
+    """Past DICT_TRAIN_BYTES of small chunks a session trains a dictionary, stores it as
+    a whole chunk no file names, and stores later small chunks as deltas against it; it
+    reads back, fsck is clean, and gc drops the dictionary with its last dependent."""
+    files = _small_files(600, 41)  # ~2.6 MB of small files: past the 1 MiB of samples
+    src = tmp_path / "src"
+    src.mkdir()
+    for p, data in files.items():
+        (src / p.rsplit("/", 1)[1]).write_bytes(data)
+    dfs.put(str(src), "/s")
+    with dfs.engine.read() as txn:
+        bases = Counter(dict(txn.iter_values(delta.DELTAS)).values())
+        named = {r.id for _, m in txn.iter_manifests() for r in m.chunks}
+    dictionary, dependents = bases.most_common(1)[0]
+    assert dictionary not in named and dependents > 50
+    with dfs.engine.read() as txn:
+        rec = txn.get_chunk(dictionary)
+    assert rec is not None and rec.codec != CODEC_DELTA and rec.refcount == dependents
+    assert rec.raw_len == delta.DICT_SIZE
+    for p, data in files.items():
+        assert dfs.read_bytes(p) == data
+    assert dfs.fsck().ok
+    dfs.rm("/s", recursive=True)
+    dfs.gc()
+    with dfs.engine.read() as txn:
+        assert list(txn.iter_chunks()) == []
+    assert dfs.fsck().ok

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None,
 
 
 def _set_pins(fs: Client, pins: dict[str, str]) -> None:
-    policy = fs.store.policy().with_changes(pins=pins)
+    policy = fs.policy().with_changes(pins=pins)
     with fs.engine.write() as txn:
         policy.save(txn)
 

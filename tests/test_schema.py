@@ -153,7 +153,7 @@ def test_refused_policy_set_changes_nothing(tmp_path: Path,
     assert main([*s, "init"]) == 0
     assert main([*s, "tier", "policy", "set", "--window", "2h", "--pin", "/keep=hot"]) == 0
     with Client(tmp_path / "s") as fs:
-        before = fs.store.policy()
+        before = fs.policy()
     assert before.window == 7200.0
     refused = [["--low", "0.95"],                         # above high: refused by the model
                ["--window", "1h", "--price", "lukewarm=1"],   # unknown tier key
@@ -169,7 +169,7 @@ def test_refused_policy_set_changes_nothing(tmp_path: Path,
             main([*s, "tier", "policy", "set", *args])
         assert e.value.code == 2
     with Client(tmp_path / "s") as fs:
-        assert fs.store.policy() == before
+        assert fs.policy() == before
 
 
 # -- dataflow job files and sites files ------------------------------------------------------

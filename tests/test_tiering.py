@@ -127,7 +127,7 @@ def test_reads_make_chunks_hot_and_idle_ones_go_cold(tiered: Client) -> None:
         TierPolicy(promote_reads=2, window=3600, demote_idle=1e-3, cold_level=19).save(txn)
     for _ in range(3):
         assert tiered.read_bytes("/data/f0") == files["/data/f0"]
-    tiered.store.heat.flush()
+    tiered.store.observer.flush()
     ino = tiered.stat("/data/f0").ino
     with tiered.engine.read() as txn:
         m = txn.get_manifest(ino)

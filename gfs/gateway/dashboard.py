@@ -75,7 +75,7 @@ def gateway_metrics(url: str, timeout: float = 2.0) -> dict[str, Any]:
 
 def rule_states(fs: Client) -> list[dict[str, Any]]:
     """Each tiering pin (path -> tier) with its state: met, or pending and why."""
-    policy = fs.store.policy()
+    policy = fs.policy()
     if not policy.pins:
         return []
     states, _ = survey(fs.store, policy)
@@ -104,7 +104,7 @@ def rule_states(fs: Client) -> list[dict[str, Any]]:
 
 def store_state(fs: Client) -> dict[str, Any]:
     """Pools, tiers with usage and monthly cost, rules and recent jobs of the store."""
-    policy = fs.store.policy()
+    policy = fs.policy()
     usage = tier_usage(fs.store)
     caps = tier_capacity(fs.store)
     pools = [{"name": rec.name, "tier": rec.tier, "url": rec.url, "used_bytes": used,

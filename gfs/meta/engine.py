@@ -80,6 +80,16 @@ class ReadTxn(ABC):
     def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:
         """(ino, manifest) for every file that has one."""
 
+    def manifest_problems(self) -> list[str]:
+        """Inconsistencies in how the engine stores manifests (shared bodies whose
+        refcount is wrong, for fsck); none by default."""
+        return []
+
+    def shared_manifests(self) -> int:
+        """How many manifest bodies the engine stores shared by identical contents
+        (0 for an engine that stores every manifest whole)."""
+        return 0
+
     # -- chunks, packs, pools ---------------------------------------------
     @abstractmethod
     def get_chunk(self, cid: bytes) -> ChunkRecord | None:

@@ -37,6 +37,7 @@ import lmdb
 
 from gfs.errors import FormatError, StateError
 from gfs.meta import encoding as enc
+from gfs.meta import shared_manifests as shm
 from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn, WriteTxn
 from gfs.meta.records import (
     ROOT_INO,
@@ -58,6 +59,10 @@ _NEXT_INO = b"next_ino"
 _MAX_KEY = 511  # LMDB's default maximum key size
 _CORE_TABLES = ("meta", "inodes", "dirents", "manifests", "chunks", "packs", "pending", "pools")
 
+#: Shared manifest bodies (gfs.meta.shared_manifests); absent in environments that
+#: predate them (read-only opens treat it as empty).
+_BODIES = "mbodies"
+
 _ino_key = enc.encode_ino
 #: Scans note their activity to the map trimmer every this many rows (+1).
 _TICK_ROWS = 63
@@ -71,6 +76,7 @@ class _Dbs:
         "dirents",
         "inodes",
         "manifests",
+        "mbodies",
         "meta",
         "packs",
         "pending",
@@ -85,6 +91,7 @@ class _Dbs:
         self.inodes = handles["inodes"]
         self.dirents = handles["dirents"]
         self.manifests = handles["manifests"]
+        self.mbodies = handles[_BODIES]
         self.chunks = handles["chunks"]
         self.packs = handles["packs"]
         self.pending = handles["pending"]
@@ -159,10 +166,14 @@ class _LmdbRead(ReadTxn):
                 tick(_TICK_ROWS + 1)
             yield decode(enc.decode_ino(key), val)
 
+    def _body(self, key: bytes) -> bytes | None:
+        db = self._d.mbodies
+        return None if db is _ABSENT else self._txn.get(key, db=db)
+
     def get_manifest(self, ino: int) -> Manifest | None:
         self._d.trimmer.tick()
         data = self._txn.get(_ino_key(ino), db=self._d.manifests)
-        return None if data is None else enc.decode_manifest(ino, data)
+        return None if data is None else shm.decode(ino, data, self._body)
 
     def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:
         tick = self._d.trimmer.tick
@@ -170,7 +181,16 @@ class _LmdbRead(ReadTxn):
             if not i & _TICK_ROWS:
                 tick(_TICK_ROWS + 1)
             ino = enc.decode_ino(key)
-            yield ino, enc.decode_manifest(ino, val)
+            yield ino, shm.decode(ino, val, self._body)
+
+    def shared_manifests(self) -> int:
+        db = self._d.mbodies
+        return 0 if db is _ABSENT else int(self._txn.stat(db)["entries"])
+
+    def manifest_problems(self) -> list[str]:
+        if self._d.mbodies is _ABSENT:
+            return []
+        return shm.problems(self._txn, self._d.manifests, self._d.mbodies)
 
     # -- chunks, packs, pools -------------------------------------------------
     def get_chunk(self, cid: bytes) -> ChunkRecord | None:
@@ -274,10 +294,12 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
             self._txn.delete(key, db=self._d.dirents)
 
     def put_manifest(self, ino: int, manifest: Manifest) -> None:
-        self._txn.put(_ino_key(ino), enc.encode_manifest(manifest), db=self._d.manifests)
+        shm.put(self._txn, self._d.manifests, self._d.mbodies, _ino_key(ino), manifest)
 
     def delete_manifest(self, ino: int) -> None:
-        self._txn.delete(_ino_key(ino), db=self._d.manifests)
+        key = _ino_key(ino)
+        shm.release(self._txn, self._d.manifests, self._d.mbodies, key)
+        self._txn.delete(key, db=self._d.manifests)
 
     def put_chunk(self, rec: ChunkRecord) -> None:
         self._txn.put(rec.id, enc.encode_chunk(rec), db=self._d.chunks)
@@ -476,7 +498,7 @@ class LmdbEngine(MetaEngine):
                 sync=sync,
                 metasync=metasync,
                 readahead=False,
-                max_dbs=len(_CORE_TABLES) + len(VALUE_TABLES) + 8,
+                max_dbs=len(_CORE_TABLES) + 1 + len(VALUE_TABLES) + 8,
                 max_readers=512,
             )
         except lmdb.Error as e:
@@ -493,7 +515,7 @@ class LmdbEngine(MetaEngine):
         return _SharedEnv(env, dbs, readonly)
 
     def _open_dbs(self, env: Any) -> _Dbs:
-        names = (*_CORE_TABLES, *sorted(VALUE_TABLES))
+        names = (*_CORE_TABLES, _BODIES, *sorted(VALUE_TABLES))
         handles: dict[str, Any] = {}
         if self.readonly:
             try:
@@ -501,7 +523,7 @@ class LmdbEngine(MetaEngine):
                 # transaction and keeps it for the environment's lifetime.
                 for name in _CORE_TABLES:
                     handles[name] = env.open_db(name.encode(), create=False)
-                for name in sorted(VALUE_TABLES):
+                for name in (_BODIES, *sorted(VALUE_TABLES)):
                     try:
                         handles[name] = env.open_db(name.encode(), create=False)
                     except lmdb.NotFoundError:

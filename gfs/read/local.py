@@ -183,7 +183,7 @@ class LocalSource:
             problems.clear()
             failed: list[Location] = []
             if attempt == 0:
-                self.store.heat.record((cid,))
+                self.store.observer.record((cid,))
             for loc in sorted(rec.locations, key=lambda x: ((cid, x.pack) in self._bad,
                                                             self.store.tier_rank(x.pool))):
                 try:
@@ -231,7 +231,7 @@ class LocalSource:
         unique = list(dict.fromkeys(cids))
         with self.store.engine.read() as txn:
             recs = [(cid, txn.get_chunk(cid)) for cid in unique]
-        self.store.heat.record(unique)
+        self.store.observer.record(unique)
         by_pack: dict[tuple[int, bytes], list[tuple[bytes, Location]]] = defaultdict(list)
         retry: list[bytes] = []
         for cid, rec in recs:

@@ -9,7 +9,7 @@ from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_v
 
 from gfs.env import TIERS
 from gfs.errors import ConfigError
-from gfs.meta import ReadTxn, WriteTxn
+from gfs.meta import MetaEngine, ReadTxn, WriteTxn
 from gfs.schema import Schema, SchemaError, validate
 from gfs.units import Duration, Size
 
@@ -94,6 +94,12 @@ class TierPolicy(Schema):
         """The store's policy (defaults if none was set)."""
         data = txn.get_value("rules", POLICY_KEY)
         return cls() if data is None else cls.from_json(data)
+
+    @classmethod
+    def current(cls, engine: MetaEngine) -> TierPolicy:
+        """The policy stored in `engine` now (defaults until one is set)."""
+        with engine.read() as txn:
+            return cls.load(txn)
 
     def save(self, txn: WriteTxn) -> None:
         """Make this the store's policy."""

@@ -16,15 +16,22 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from gfs import namespace
-from gfs.codec import BLOB_HEADER_LEN, CODEC_DELTA, CODEC_ZSTD, encode_blob, parse_blob_header
+from gfs import relocate as relocation
+from gfs.codec import (
+    CODEC_DELTA,
+    CODEC_ZSTD,
+    Buffer,
+    decode_blob,
+    encode_blob,
+    parse_blob_header,
+)
 from gfs.env import TIERS
 from gfs.errors import CorruptChunkError, NotADirError, NotFoundError, PoolError
-from gfs.meta import ChunkRecord, Kind, Location, PackRecord, ReadTxn, WriteTxn
-from gfs.packs import PackBuilder, pack_key
+from gfs.meta import ChunkRecord, Kind, ReadTxn
 from gfs.store import ChunkStore
 from gfs.tiering.heat import iter_chunk_heat
 from gfs.tiering.planner import ChunkState, Move, plan
@@ -33,10 +40,6 @@ from gfs.tiering.policy import TierPolicy
 log = logging.getLogger("hutong.tier")
 
 STATS_KEY = b"tier-stats"
-
-#: A chunk copied into a new pack: its record, its old location, the blob's offset
-#: and length in the new pack, and the blob's codec.
-_Copied = tuple[ChunkRecord, Location, int, int, int]
 
 #: Called at each step of a run ("copied", "written", "switched", "released") with
 #: the number of chunks so far; tests use it to kill the tierer mid-move.
@@ -115,7 +118,7 @@ def run(store: ChunkStore, *, dry_run: bool = False, hook: Hook | None = None,
         progress: Callable[[int], None] | None = None) -> TierReport:
     """Plan and carry out the moves the store's policy asks for."""
     started = time.monotonic()
-    policy = store.policy()
+    policy = TierPolicy.current(store.engine)
     report = TierReport()
     states, records = survey(store, policy)
     capacity = tier_capacity(store)
@@ -164,95 +167,60 @@ def _execute(store: ChunkStore, policy: TierPolicy, moves: list[Move],
     for m in moves:
         by_dst[m.dst].append(m)
     started = time.monotonic()
-    for dst, group in by_dst.items():
-        builder = store.new_pack()
-        batch: list[_Copied] = []
-        for m in group:
+
+    def copies(group: list[Move]) -> Iterator[relocation.Move]:
+        """The verified blobs of `group`, paced to the policy's rate."""
+        for n, m in enumerate(group, 1):
             rec = records[m.id]
             old = min(rec.locations, key=lambda x: store.tier_rank(x.pool))
             try:
-                blob, raw = store.source.blob_at(old, rec.id)  # verified before copying
+                blob, _ = store.source.blob_at(old, rec.id)  # verified before copying
             except (CorruptChunkError, PoolError) as e:
                 log.error("not moving chunk %s: %s (run `hutong fsck`)", rec.id.hex(), e)
                 report.skipped += 1
                 continue
-            head = parse_blob_header(blob)
-            # A delta moves as it is: its base stays pinned by its `deltas` entry.
-            if dst == "cold" and head.codec != CODEC_DELTA and not (
-                    head.codec == CODEC_ZSTD and policy.cold_level <= 3):
-                header, payload = encode_blob(raw, policy.cold_level, rec.id)  # recompress
-            else:
-                header, payload = blob[:BLOB_HEADER_LEN], blob[BLOB_HEADER_LEN:]
-            offset, length = builder.add(header, payload)
-            batch.append((rec, old, offset, length, parse_blob_header(header).codec))
+            yield relocation.Move(rec.id, old, blob)
             if hook:
-                hook("copied", report.moved + len(batch))
-            if builder.size >= store.config.pack_size:
-                _switch(store, dst, builder, batch, used, report, hook)
-                builder, batch = store.new_pack(), []
+                hook("copied", report.moved + n)
+            report.bytes_moved += len(blob)
             if policy.rate:
-                done = report.bytes_moved + builder.size
-                ahead = done / policy.rate - (time.monotonic() - started)
+                ahead = report.bytes_moved / policy.rate - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
             if progress is not None:
                 progress(m.size)
-        if batch:
-            _switch(store, dst, builder, batch, used, report, hook)
+
+    for dst, group in by_dst.items():
+        def place(size: int, dst: str = dst) -> int:
+            pool_id = store.choose_pool(dst, size, used)
+            used[pool_id] = used.get(pool_id, 0) + size
+            return pool_id
+
+        bytes_before = report.bytes_moved
+        done = relocation.relocate(store, copies(group), place,
+                                   _recompress(policy) if dst == "cold" else None,
+                                   hook=_offset_hook(hook, report.moved))
+        report.moved += done.switched
+        report.skipped += done.skipped
+        report.bytes_moved = bytes_before + done.live_bytes
+        report.packs_written += done.packs_written
+        report.packs_deleted += done.packs_deleted
 
 
-def _switch(store: ChunkStore, dst: str, builder: PackBuilder,
-            batch: list[_Copied], used: dict[int, int],
-            report: TierReport, hook: Hook | None) -> None:
-    """Write the new pack durably, then switch the chunks to it in one transaction."""
-    pool_id = store.choose_pool(dst, builder.size, used)
-    store.pool(pool_id).put(pack_key(builder.pack_id), builder.parts())
-    used[pool_id] = used.get(pool_id, 0) + builder.size
-    report.packs_written += 1
-    if hook:
-        hook("written", report.moved + len(batch))
+def _recompress(policy: TierPolicy) -> relocation.Transform:
+    """Re-encode a whole chunk at the policy's `cold_level` on its way to cold. A delta
+    moves as it is: its base stays pinned by its `deltas` entry."""
+    def transform(cid: bytes, blob: Buffer) -> Buffer:
+        head = parse_blob_header(blob)
+        if head.codec == CODEC_DELTA or (head.codec == CODEC_ZSTD and policy.cold_level <= 3):
+            return blob
+        header, payload = encode_blob(decode_blob(blob, expect_id=cid), policy.cold_level, cid)
+        return header + payload
+    return transform
 
-    def switch(txn: WriteTxn) -> tuple[int, int, list[PackRecord]]:
-        """Returns (skipped, live bytes, emptied packs); derives all from `txn`."""
-        live_n = live_b = skipped = 0
-        emptied: list[PackRecord] = []
-        dead: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
-        for rec, old, offset, length, codec in batch:
-            current = txn.get_chunk(rec.id)
-            if current is None or old not in current.locations:
-                skipped += 1  # removed or moved meanwhile: the new copy is dead
-                continue
-            new = Location(pool_id, builder.pack_id, offset, length)
-            locs = tuple(new if loc == old else loc for loc in current.locations)
-            txn.put_chunk(ChunkRecord(current.id, current.raw_len, length - BLOB_HEADER_LEN,
-                                      codec, current.refcount, locs))
-            live_n += 1
-            live_b += length
-            dead[old.pack][0] += 1
-            dead[old.pack][1] += old.length
-        txn.put_pack(PackRecord(builder.pack_id, pool_id, builder.size, builder.nblobs,
-                                live_n, live_b, time.time_ns()))
-        for pid, (n, nbytes) in dead.items():
-            p = txn.get_pack(pid)
-            if p is None:
-                continue
-            if p.live_chunks - n <= 0:
-                txn.delete_pack(pid)
-                emptied.append(p)
-            else:
-                txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks, p.live_chunks - n,
-                                        p.live_bytes - nbytes, p.created_ns))
-        return skipped, live_b, emptied
 
-    skipped, moved_bytes, emptied = store.engine.transact(switch)
-    report.skipped += skipped
-    report.moved += len(batch) - skipped
-    report.bytes_moved += moved_bytes
-    if hook:
-        hook("switched", report.moved)
-    for p in emptied:  # nothing refers to them any more: the commit above is durable
-        if store.delete_pack_object(p) == "deleted":  # never another store's pack
-            report.packs_deleted += 1
-    if hook:
-        hook("released", report.moved)
-
+def _offset_hook(hook: Hook | None, before: int) -> Hook | None:
+    """`hook`, with the chunks moved by earlier destinations added to its counts."""
+    if hook is None:
+        return None
+    return lambda step, n: hook(step, before + n)

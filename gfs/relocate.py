@@ -1,0 +1,179 @@
+"""Pack relocation: the one way live blobs move to a new pack.
+
+gc's repack, the tierer's moves and repair (`ChunkStore.replace_copies`) all
+call `relocate`. Each new pack is written durably first; then one metadata
+transaction points the chunks at it and moves the live counters from the old
+packs to the new one; only after that commit are old packs left with nothing
+live deleted (docs/format.md, "Relocating blobs"). A crash before the switch
+leaves an orphan pack that gc reclaims; after it, dead bytes that gc repacks.
+The caller holds the store's gc lock (shared through `ChunkStore.writer`, or
+exclusive), so gc does not take a pack being written for an orphan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gfs import delta
+from gfs.codec import BLOB_HEADER_LEN, CODEC_DELTA, Buffer, parse_blob_header
+from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
+from gfs.packs import PackBuilder, pack_key
+
+if TYPE_CHECKING:  # the store calls relocate for repairs
+    from gfs.store import ChunkStore
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One blob to relocate: chunk `cid`'s verified `blob`, replacing the copy at `old`
+    (None: replacing every recorded copy, as a repair does)."""
+
+    cid: bytes
+    old: Location | None
+    blob: Buffer
+
+
+#: (chunk id, blob) -> the blob to write instead (e.g. recompressed for a cold pool).
+Transform = Callable[[bytes, Buffer], Buffer]
+#: Bytes of a finished pack -> the id of the pool to write it to.
+Placement = Callable[[int], int]
+#: Called with a step ("written", "switched", "released") and the chunks switched so
+#: far (plus, at "written", the pack's); fault tests use it to stop a relocation there.
+Hook = Callable[[str, int], None]
+
+
+@dataclass
+class Relocated:
+    """What a relocation did."""
+
+    switched: int = 0
+    skipped: int = 0  # chunks removed or moved meanwhile: their new copy is dead
+    packs_written: int = 0
+    bytes_written: int = 0
+    live_bytes: int = 0
+    packs_deleted: int = 0
+    bytes_freed: int = 0
+    not_owned: int = 0
+
+
+@dataclass(slots=True)
+class _Staged:
+    cid: bytes
+    old: Location | None
+    offset: int
+    length: int
+    codec: int
+    base: bytes | None  # the blob's base when it is a delta
+
+
+def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
+             transform: Transform | None = None, *, hook: Hook | None = None) -> Relocated:
+    """Write the blobs of `moves` (through `transform`) into new packs in `pool` (a pool
+    id, or a placement called with each pack's size) and switch the chunks to them.
+
+    A pack is written and switched each time it reaches the store's pack size, so
+    `moves` may be a lazy iterable of any length. A move whose chunk is gone, or
+    whose `old` copy is no longer recorded, is skipped. A relocated base keeps its
+    dependents readable (they name it by id); a blob that becomes, or stops being,
+    a delta moves its `deltas` entry and the reference on its base with it.
+    """
+    out = Relocated()
+    builder = store.new_pack()
+    staged: list[_Staged] = []
+    for m in moves:
+        blob = m.blob if transform is None else transform(m.cid, m.blob)
+        head = parse_blob_header(blob)
+        base = delta.base_of(blob) if head.codec == CODEC_DELTA else None
+        offset, length = builder.add(blob[:BLOB_HEADER_LEN], blob[BLOB_HEADER_LEN:])
+        staged.append(_Staged(m.cid, m.old, offset, length, head.codec, base))
+        if builder.size >= store.config.pack_size:
+            _write_and_switch(store, builder, staged, pool, out, hook)
+            builder, staged = store.new_pack(), []
+    if staged:
+        _write_and_switch(store, builder, staged, pool, out, hook)
+    return out
+
+
+def _write_and_switch(store: ChunkStore, builder: PackBuilder, staged: list[_Staged],
+                      pool: int | Placement, out: Relocated, hook: Hook | None) -> None:
+    pool_id = pool if isinstance(pool, int) else pool(builder.size)
+    store.pool(pool_id).put(pack_key(builder.pack_id), builder.parts())  # durable first
+    out.packs_written += 1
+    out.bytes_written += builder.size
+    if hook:
+        hook("written", out.switched + len(staged))
+    now = time.time_ns()
+
+    def switch(txn: WriteTxn) -> tuple[int, int, list[PackRecord]]:
+        """Returns (switched, live bytes, emptied packs); derives all from `txn`."""
+        n = live = 0
+        dead: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
+        refs: Counter[bytes] = Counter()
+        for s in staged:
+            current = txn.get_chunk(s.cid)
+            if current is None or (s.old is not None and s.old not in current.locations):
+                continue
+            replaced = current.locations if s.old is None else (s.old,)
+            kept = tuple(loc for loc in current.locations if loc not in replaced)
+            recorded = txn.get_value(delta.DELTAS, s.cid)
+            if recorded != s.base:
+                if kept or (s.base is not None and txn.get_chunk(s.base) is None):
+                    continue  # another copy still needs the recorded base; or no base
+                _rebase(txn, s.cid, recorded, s.base, refs)
+            new = Location(pool_id, builder.pack_id, s.offset, s.length)
+            locs = (new, *kept) if s.old is None else tuple(
+                new if loc == s.old else loc for loc in current.locations)
+            txn.put_chunk(ChunkRecord(current.id, current.raw_len, s.length - BLOB_HEADER_LEN,
+                                      s.codec, current.refcount, locs))
+            for loc in replaced:
+                dead[loc.pack][0] += 1
+                dead[loc.pack][1] += loc.length
+            n += 1
+            live += s.length
+        txn.add_refcounts(refs)
+        txn.put_pack(PackRecord(builder.pack_id, pool_id, builder.size, builder.nblobs,
+                                n, live, now))
+        emptied: list[PackRecord] = []
+        for pid, (gone, nbytes) in dead.items():
+            p = txn.get_pack(pid)
+            if p is None:
+                continue
+            if p.live_chunks - gone <= 0:
+                txn.delete_pack(pid)
+                emptied.append(p)
+            else:
+                txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks, p.live_chunks - gone,
+                                        p.live_bytes - nbytes, p.created_ns))
+        return n, live, emptied
+
+    n, live, emptied = store.engine.transact(switch)
+    out.switched += n
+    out.skipped += len(staged) - n
+    out.live_bytes += live
+    if hook:
+        hook("switched", out.switched)
+    for p in emptied:  # nothing refers to them any more: the commit above is durable
+        outcome = store.delete_pack_object(p)  # never another store's pack
+        if outcome == "deleted":
+            out.packs_deleted += 1
+            out.bytes_freed += p.size
+        elif outcome == "not owned":
+            out.not_owned += 1
+    if hook:
+        hook("released", out.switched)
+
+
+def _rebase(txn: WriteTxn, cid: bytes, old: bytes | None, new: bytes | None,
+            refs: Counter[bytes]) -> None:
+    """Move chunk `cid`'s `deltas` entry, and the reference it holds, from base `old`
+    to base `new` (either may be None: stored whole)."""
+    if old is not None:
+        txn.delete_value(delta.DELTAS, cid)
+        refs[old] -= 1
+    if new is not None:
+        txn.put_value(delta.DELTAS, cid, new)
+        refs[new] += 1
