@@ -87,6 +87,8 @@ class NotPrimaryError(ApiError):
 
 #: the route of the Prometheus metrics (authenticated: `Site.check_metrics`)
 METRICS_PATH = "/metrics"
+DASHBOARD_API = "/dashboard/api/"
+"""The site dashboard's JSON API (gfs.gateway.daemon_dashboard), which metrics tokens read."""
 
 
 @dataclass
@@ -259,9 +261,12 @@ class Site:
             if claims.revoked_by(self.entity_record(iss)):
                 raise AuthError(f"token {claims.jti or '(no id)'} of {claims.sub!r} was "
                                 f"revoked by {iss!r}; ask it for a new one", 401, "revoked")
-            if claims.scope == "metrics" and path_qs.split("?", 1)[0] != METRICS_PATH:
+            where = path_qs.split("?", 1)[0]
+            if claims.scope == "metrics" and where != METRICS_PATH and \
+                    not where.startswith(DASHBOARD_API):
                 raise AuthError(f"a metrics token of {claims.sub!r} reads {METRICS_PATH} "
-                                "only; use a read or write token", 403, "forbidden")
+                                f"and {DASHBOARD_API} only; use a read or write token", 403,
+                                "forbidden")
             return Principal(iss, claims)
         entity = headers.get("X-Hutong-Entity")
         if entity is None:
