@@ -14,18 +14,16 @@ federation live here, behind `Backend`:
 
 from __future__ import annotations
 
-import queue
-import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
 from typing import BinaryIO, Protocol
 
 from gfs import paths
 from gfs.client import Client
 from gfs.errors import NotADirError, NotFoundError
 from gfs.files import NsWriter
-from gfs.meta import Inode, Manifest
+from gfs.group_commit import GroupCommitter
+from gfs.meta import Manifest
+from gfs.namespace import XattrSource
 from gfs.namespace_api import Namespace, Stat
 
 #: The extended attributes of a file, given the version it is committed as.
@@ -95,65 +93,29 @@ class _NsWriter:
         self._w.abort()
 
 
-_Item = tuple[str, bytes, Callable[[Inode], Mapping[str, bytes]], "Future[None]"]
+_Small = tuple[str, bytes, XattrSource | None]
 
 
 class SmallWrites:
-    """Group commit for small objects: PUTs that arrive together are written by one
-    thread in one `Client.write_many` (one pack, one metadata sync); a batch that fails
-    is retried file by file, so each PUT gets its own answer."""
+    """Group commit for small objects (gfs.group_commit): PUTs that arrive together are
+    written in one `Client.write_many` (one pack, one metadata sync); a batch that
+    fails is retried file by file, so each PUT gets its own answer."""
 
     #: Most files and bytes in one batch.
     MAX_FILES = 512
     MAX_BYTES = 16 << 20
 
     def __init__(self, fs: Client) -> None:
-        self.fs = fs
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="hutong-s3-batch", daemon=True)
-        self._thread.start()
+        self._group: GroupCommitter[_Small] = GroupCommitter(
+            fs.write_many, "hutong-s3-batch", max_items=self.MAX_FILES,
+            max_bytes=self.MAX_BYTES, size=lambda item: len(item[1]))
 
     def write(self, path: str, data: bytes, xattrs: VersionXattrs) -> None:
         """Write one file in the next batch; returns when it is committed."""
-        done: Future[None] = Future()
-        self._queue.put((path, data, lambda node: xattrs(node.version), done))
-        done.result()
+        self._group.submit((path, data, lambda node: xattrs(node.version)))
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            size = len(first[1])
-            while len(batch) < self.MAX_FILES and size < self.MAX_BYTES:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-                size += len(item[1])
-            self._commit(batch)
-
-    def _commit(self, batch: list[_Item]) -> None:
-        try:
-            self.fs.write_many([(p, d, x) for p, d, x, _ in batch])
-        except BaseException:
-            if len(batch) > 1:  # find who failed: each on its own
-                for item in batch:
-                    self._commit([item])
-                return
-            batch[0][3].set_exception(sys.exc_info()[1] or RuntimeError("write failed"))
-            return
-        for *_, done in batch:
-            done.set_result(None)
+        self._group.close()
 
 
 class EmbeddedBackend:
