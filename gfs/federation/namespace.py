@@ -22,7 +22,7 @@ import io
 import shutil
 import stat as statmod
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -403,27 +403,23 @@ class FederatedNamespace:
         with self.open(path, "wb", perm=perm) as f:
             f.write(data)
 
-    def concat(self, path: str, sources: list[str]) -> Stat:
+    def concat(self, path: str, sources: list[str], remove: Sequence[str] = ()) -> Stat:
         """Create or replace file `path` with the files `sources` joined (S3 multipart
-        completion): as the entity itself, one manifest commit of their chunk lists,
-        no data read or sent; otherwise (a grantee or a prefix token, which may not name
-        chunks) read and written again."""
+        completion), then remove the entries `remove`: when all are in the entity of
+        `path`, one manifest commit at its primary (`POST /v1/ns/concat`, no data read
+        or sent; for any caller that may write `path` and read `sources`, prefix tokens
+        too); otherwise read and written again, then removed."""
         norm, ent = self._real(path, write=True)
-        if self.fc.owner_mode(ent) and all(paths.split(paths.normalize(s))[:1] == [ent]
-                                           for s in sources):
-            refs = []
-            for src in sources:
-                with self._at(src) as (n, site):
-                    m = site.manifest(n)
-                if m.stat.kind != "file":
-                    raise _not_a_file(m.stat)
-                refs += m.refs()
+        if all(paths.split(paths.normalize(s))[:1] == [ent] for s in [*sources, *remove]):
             with self._at(norm, write=True) as (n, site):
-                return site.commit(n, refs)
+                return site.concat(n, [paths.normalize(s) for s in sources],
+                                   [paths.normalize(r) for r in remove])
         with self.open(norm, "wb") as out:
             for src in sources:
                 with self.open(src) as f:
                     shutil.copyfileobj(f, out, 4 << 20)
+        for r in remove:
+            self.rm(r, recursive=True)
         return self.stat(norm)
 
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> None:

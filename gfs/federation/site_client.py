@@ -252,6 +252,13 @@ class SiteClient:
             body["mode"] = mode
         return _stat(self._json("POST", "/v1/ns/commit", body), path)
 
+    def concat(self, path: str, sources: Sequence[str], remove: Sequence[str] = ()) -> Stat:
+        """Create or replace `path` with the files `sources` joined and remove `remove`,
+        in one manifest commit at the primary (no data sent; any caller that may write
+        `path` and `remove` and read `sources`)."""
+        return _stat(self._json("POST", "/v1/ns/concat", {
+            "path": path, "sources": list(sources), "remove": list(remove)}), path)
+
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> Stat:
         return _stat(self._json("POST", "/v1/ns/mkdir", {"path": path, "parents": parents,
                                                          "exist_ok": exist_ok}), path)

@@ -440,6 +440,40 @@ async def ns_commit(request: web.Request) -> web.Response:
     return web.json_response(stat_to_wire(st))
 
 
+#: Most files one concat joins (S3's most parts of one upload).
+MAX_CONCAT = 10_000
+
+
+async def ns_concat(request: web.Request) -> web.Response:
+    """Create or replace `path` with the files `sources` joined and remove the entries
+    `remove`, in one transaction, no data read: any principal that may write `path` and
+    each of `remove` and read each source (a prefix token, too: it names no chunk)."""
+    site, p, data = await _json_principal(request)
+    path = await _run(site.check_path, p, field(data, "path", str), True)
+    listed = {name: field(data, name, list, [] if name == "remove" else ...)
+              for name in ("sources", "remove")}
+    for name, items in listed.items():
+        if not all(isinstance(x, str) for x in items) or len(items) > MAX_CONCAT or (
+                name == "sources" and not items):
+            raise BadRequestError(f"field {name!r} must be a list of 1 to {MAX_CONCAT} "
+                                  "paths" if name == "sources" else
+                                  f"field {name!r} must be a list of at most {MAX_CONCAT} "
+                                  "paths")
+
+    def check() -> tuple[list[str], list[str]]:
+        srcs = [site.check_path(p, s, False) for s in listed["sources"]]
+        gone = [site.check_path(p, r, True) for r in listed["remove"]]
+        if f"/{site.entity}" in gone:
+            raise AuthError(f"the entity root /{site.entity} cannot be removed", 403,
+                            "forbidden")
+        return srcs, gone
+    srcs, gone = await _run(check)
+    st = await _run(site.change, path,
+                    lambda: site.client.concat(path, srcs, remove=gone))
+    site.metrics.inc("commits_total")
+    return web.json_response(stat_to_wire(st))
+
+
 def _own(site: Site, p: Principal, primary: bool = True) -> None:
     if p.entity != site.entity or (p.token is not None and (
             p.token.scope != "write" or not p.entity_wide)):
@@ -691,6 +725,7 @@ def make_app(site: Site) -> web.Application:
     r.add_post("/v1/ns/remove", ns_remove)
     r.add_post("/v1/ns/rename", ns_rename)
     r.add_post("/v1/ns/commit", ns_commit)
+    r.add_post("/v1/ns/concat", ns_concat)
     r.add_post("/v1/ns/symlink", ns_symlink)
     r.add_post("/v1/ns/mknod", ns_mknod)
     r.add_post("/v1/ns/setattr", ns_setattr)

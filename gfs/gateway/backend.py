@@ -228,11 +228,8 @@ class NamespaceBackend:
         join = getattr(self.ns, "concat", None)
         if join is None:
             raise NotImplementedError(f"{type(self.ns).__name__} cannot join files")
-        join(path, sources)
-        st = _set_version_xattrs(self.ns, path, xattrs)
-        for p in remove:
-            self.ns.rm(p, recursive=True)
-        return st
+        join(path, sources, remove)
+        return _set_version_xattrs(self.ns, path, xattrs)
 
     def scan(self, path: str, start: str, recursive: bool) -> Iterator[Stat]:
         top = self.ns.stat(path)
