@@ -377,3 +377,35 @@ def test_concat_checks_every_path_against_the_token(fed: Federation) -> None:
         assert ns.read_bytes("/bank-a/team/part1") == b"mine"
         for p in ("/bank-a/team/stolen", "/bank-a/data/evil", "/bank-a/team/x"):
             assert not ns.exists(p), p
+
+
+def _ns_requests(fed: Federation, route: str) -> float:
+    """GET requests site a1 answered on `route` so far."""
+    return fed.metric("a1", f'http_requests_total{{method="GET",route="{route}"')
+
+
+def test_a_federated_listing_costs_one_request_per_directory(fed: Federation,
+                                                             bank_gw: str) -> None:
+    """ListObjectsV2 asks the primary once per directory it walks (the listing carries
+    each entry's stat and attributes), not once more per object for its ETag."""
+    c = s3(bank_gw, fed.keys("bank-a").mint_token("ops", "write", "/bank-a", 600))
+    etags = {}
+    for d in ("d1", "d2", "d3"):
+        for i in range(5):
+            key = f"lst/{d}/o{i}.txt"
+            etags[key] = c.put_object(Bucket="bank-a", Key=key, Body=key.encode())["ETag"]
+    routes = ("/v1/ns/list", "/v1/ns/xattrs", "/v1/ns/stat")
+    before = {r: _ns_requests(fed, r) for r in routes}
+    got = c.list_objects_v2(Bucket="bank-a", Prefix="lst/")["Contents"]
+    spent = {r: _ns_requests(fed, r) - before[r] for r in routes}
+    assert {o["Key"]: o["ETag"] for o in got} == etags  # the ETags came with the listing
+    assert spent["/v1/ns/xattrs"] == 0, spent
+    assert spent["/v1/ns/list"] == 4, spent  # lst and its three directories
+    assert spent["/v1/ns/stat"] <= 2, spent  # the bucket and the top: per listing
+
+    before = {r: _ns_requests(fed, r) for r in routes}
+    top = c.list_objects_v2(Bucket="bank-a", Prefix="lst/d2/", Delimiter="/")["Contents"]
+    assert [o["Key"] for o in top] == [f"lst/d2/o{i}.txt" for i in range(5)]
+    assert [o["ETag"] for o in top] == [etags[o["Key"]] for o in top]
+    spent = {r: _ns_requests(fed, r) - before[r] for r in routes}
+    assert spent["/v1/ns/xattrs"] == 0 and spent["/v1/ns/list"] == 1, spent

@@ -314,6 +314,21 @@ class FederatedNamespace:
                 listing = self.fc.mirror_listing(n)  # what the mirrors hold of it
         return listing.dir, listing.entries
 
+    def ls_xattrs(self, path: str) -> list[tuple[Stat, dict[str, bytes]]]:
+        """`ls` with each entry's extended attributes: in the real tree one request to
+        the primary in all (a gateway's listing), elsewhere one per entry."""
+        norm = paths.normalize(path)
+        if self.visibility().place(norm) == "real":
+            with self._at(norm) as (n, site):
+                try:
+                    listing = site.list_dir(n, xattrs=True)
+                except ConnectionError:  # ls falls back to the mirrors
+                    listing = None
+            if listing is not None and listing.entries is not None:
+                attrs = listing.xattrs or {}
+                return [(st, attrs.get(st.path, {})) for st in listing.entries]
+        return [(st, self.xattrs(st.path)) for st in self.ls(norm)]
+
     def walk(self, path: str = "/") -> Iterator[Stat]:
         """`path` and everything below it the caller may see, depth first, parents first."""
         stack = [self.stat(path)]

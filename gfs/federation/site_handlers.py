@@ -240,7 +240,8 @@ async def ns_list(request: web.Request) -> web.Response:
         resp = web.json_response(await _run(site.mirrored_listing, norm))
     else:
         path, keep = await _run(site.list_access, p, request.query.get("path", ""))
-        resp = web.json_response(await _run(site.listing, path, if_version, keep))
+        attrs = _flag(request, "xattrs")
+        resp = web.json_response(await _run(site.listing, path, if_version, keep, attrs))
     # A listing of 10,000 entries is 2.4 MB of JSON: gzip (if the client accepts it)
     # makes it about a tenth, a few round trips less of TCP slow start on a long link.
     resp.enable_compression()

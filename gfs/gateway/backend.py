@@ -67,9 +67,11 @@ class Backend(Protocol):
         can; then the entries `remove` are removed."""
         ...
 
-    def scan(self, path: str, start: str, recursive: bool) -> Iterator[Stat]:
+    def scan(self, path: str, start: str, recursive: bool
+             ) -> Iterator[tuple[Stat, Mapping[str, bytes] | None]]:
         """Entries below directory `path` in the byte order of their keys, from `start`
-        (as gfs.namespace.scan: a directory sorts as "name/")."""
+        (as gfs.namespace.scan: a directory sorts as "name/"), each with its extended
+        attributes where the listing carried them (None: ask `ns.xattrs`)."""
         ...
 
     def close(self) -> None: ...
@@ -144,8 +146,10 @@ class EmbeddedBackend:
         return self.fs.concat(path, sources, xattrs=lambda node: xattrs(node.version),
                               remove=remove)
 
-    def scan(self, path: str, start: str, recursive: bool) -> Iterator[Stat]:
-        return self.fs.scan(path, start=start, recursive=recursive)
+    def scan(self, path: str, start: str, recursive: bool
+             ) -> Iterator[tuple[Stat, Mapping[str, bytes] | None]]:
+        for st in self.fs.scan(path, start=start, recursive=recursive):
+            yield st, None  # a local read
 
     def close(self) -> None:
         self.small.close()
@@ -231,21 +235,32 @@ class NamespaceBackend:
         join(path, sources, remove)
         return _set_version_xattrs(self.ns, path, xattrs)
 
-    def scan(self, path: str, start: str, recursive: bool) -> Iterator[Stat]:
+    def scan(self, path: str, start: str, recursive: bool
+             ) -> Iterator[tuple[Stat, Mapping[str, bytes] | None]]:
         top = self.ns.stat(path)
         if not top.is_dir:
             raise NotADirError(path)
         yield from self._scan(paths.normalize(path), "", start, recursive)
 
-    def _scan(self, path: str, prefix: str, start: str, recursive: bool) -> Iterator[Stat]:
-        keyed = sorted((st.name + ("/" if st.is_dir else ""), st) for st in self.ns.ls(path))
-        for key, st in keyed:
+    def _list(self, path: str) -> list[tuple[Stat, Mapping[str, bytes] | None]]:
+        """The entries of `path` with their attributes in one request where the
+        namespace can (the federation's `ls_xattrs`)."""
+        with_attrs = getattr(self.ns, "ls_xattrs", None)
+        if with_attrs is not None:
+            return list(with_attrs(path))
+        return [(st, None) for st in self.ns.ls(path)]
+
+    def _scan(self, path: str, prefix: str, start: str, recursive: bool
+              ) -> Iterator[tuple[Stat, Mapping[str, bytes] | None]]:
+        keyed = sorted(((st.name + ("/" if st.is_dir else ""), st, x)
+                        for st, x in self._list(path)), key=lambda e: e[0])
+        for key, st, x in keyed:
             full = prefix + key
             if st.is_dir and recursive:
                 if not (full + "\U0010ffff" < start):  # a key below it can still be >= start
                     yield from self._scan(st.path, full, start, recursive)
             elif full >= start:
-                yield st
+                yield st, x
 
     def close(self) -> None:
         self.ns.close()

@@ -378,7 +378,7 @@ class ObjectStore:
         prefixes: list[str] = []
         resume = ""
         try:
-            for st in self.backend.scan(top, lo[len(dir_part):], delimiter != "/"):
+            for st, attrs in self.backend.scan(top, lo[len(dir_part):], delimiter != "/"):
                 key = dir_part + st.path[len(top.rstrip("/")) + 1:] + ("/" if st.is_dir else "")
                 if self.beside and UPLOADS in key.split("/"):
                     continue  # multipart staging, not objects
@@ -399,7 +399,8 @@ class ObjectStore:
                     prefixes.append(roll)
                     resume = roll + _TOP
                 else:
-                    objects.append(_info(key, st, self.ns.xattrs(st.path)))
+                    objects.append(_info(key, st, dict(attrs) if attrs is not None
+                                         else self.ns.xattrs(st.path)))
                     resume = key + "\0"
         except (NotFoundError, NotADirError):
             pass
