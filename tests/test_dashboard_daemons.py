@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gfs.errors import ConfigError
 from gfs.federation.auth import AuthError
 from gfs.federation.testing import Federation
 from gfs.gateway import daemon_dashboard
@@ -120,3 +121,16 @@ def test_dashboard_api_refuses_without_a_metrics_token(fed: tuple[Federation, st
     if where == "a1":
         with pytest.raises(AuthError):
             f.http("a1", token=token).call("GET", "/v1/ns/list", query={"path": "/bank-a"})
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "soon", "nan"])
+def test_a_bad_sampling_interval_is_refused(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(daemon_dashboard.INTERVAL_ENV, raw)
+    with pytest.raises(ConfigError, match=daemon_dashboard.INTERVAL_ENV):
+        daemon_dashboard.interval()
+
+
+def test_the_sampling_interval_defaults_to_five_seconds(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    monkeypatch.delenv(daemon_dashboard.INTERVAL_ENV, raising=False)
+    assert daemon_dashboard.interval() == 5.0
