@@ -317,17 +317,25 @@ def test_a_prefix_token_uploads_an_object_over_64_mib(fed: Federation, bank_gw: 
     rnd = random.Random(64)
     parts = [rnd.randbytes(24 << 20), rnd.randbytes(24 << 20), rnd.randbytes(20 << 20)]
     assert sum(map(len, parts)) > 64 << 20
-    commits = fed.metric("a1", "commits_total")
-    up = c.create_multipart_upload(Bucket="bank-a", Key="team/big.bin")["UploadId"]
+    up = c.create_multipart_upload(Bucket="bank-a", Key="team/big.bin",
+                                   Metadata={"team": "blue"})["UploadId"]
     etags = [c.upload_part(Bucket="bank-a", Key="team/big.bin", UploadId=up,
                            PartNumber=i + 1, Body=p)["ETag"] for i, p in enumerate(parts)]
+    commits = fed.metric("a1", "commits_total")
+    attr_sets = _attr_sets(fed)
     c.complete_multipart_upload(Bucket="bank-a", Key="team/big.bin", UploadId=up,
                                 MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e}
                                                            for i, e in enumerate(etags)]})
-    assert fed.metric("a1", "commits_total") == commits + 1  # the join, one commit
+    assert fed.metric("a1", "commits_total") == commits + 1  # the join, one commit ...
+    assert _attr_sets(fed) == attr_sets  # ... with the object's attributes in it
     head = c.head_object(Bucket="bank-a", Key="team/big.bin")
     assert head["ContentLength"] == sum(map(len, parts))
-    assert head["ETag"].endswith('-3"')
+    assert head["ETag"].endswith('-3"') and head["Metadata"] == {"team": "blue"}
+    attr_sets = _attr_sets(fed)  # a copy too: data, ETag and metadata in one commit
+    c.copy_object(Bucket="bank-a", Key="team/copy.bin", CopySource="bank-a/team/big.bin")
+    assert _attr_sets(fed) == attr_sets
+    copied = c.head_object(Bucket="bank-a", Key="team/copy.bin")
+    assert (copied["ETag"], copied["Metadata"]) == (head["ETag"], {"team": "blue"})
     got = c.get_object(Bucket="bank-a", Key="team/big.bin", Range="bytes=25165820-25165830")
     joined = b"".join(parts)
     assert body(got) == joined[25165820:25165831]
@@ -337,6 +345,11 @@ def test_a_prefix_token_uploads_an_object_over_64_mib(fed: Federation, bank_gw: 
         digest.update(block)
     assert digest.hexdigest() == hashlib.sha256(joined).hexdigest()
     assert c.list_multipart_uploads(Bucket="bank-a").get("Uploads", []) == []
+
+
+def _attr_sets(fed: Federation) -> float:
+    """Requests site a1 answered that set attributes on their own."""
+    return fed.metric("a1", 'http_requests_total{method="POST",route="/v1/ns/xattrs"')
 
 
 def test_concat_checks_every_path_against_the_token(fed: Federation) -> None:
@@ -366,7 +379,11 @@ def test_concat_checks_every_path_against_the_token(fed: Federation) -> None:
             assert e.value.status == 403, req
         for bad in ({"path": "/bank-a/team/x", "sources": []},
                     {"path": "/bank-a/team/x", "sources": "/bank-a/team/part1"},
-                    {"path": "/bank-a/team/x", "sources": [3]}):
+                    {"path": "/bank-a/team/x", "sources": [3]},
+                    {"path": "/bank-a/team/x", "sources": ["/bank-a/team/part1"],
+                     "xattrs": {"user.a": "not base64!"}},
+                    {"path": "/bank-a/team/x", "sources": ["/bank-a/team/part1"],
+                     "keyed": ["user.a"]}):
             with pytest.raises(BadRequestError):
                 eve.call("POST", "/v1/ns/concat", bad)
     finally:

@@ -22,7 +22,7 @@ import io
 import shutil
 import stat as statmod
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -50,6 +50,7 @@ from gfs.federation.site_client import SiteClient, SiteUnavailableError
 from gfs.federation.tls import Trust, client_trust, read_registry_ca
 from gfs.federation.upload import SpoolWriter, upload
 from gfs.federation.views import Visibility
+from gfs.federation.wire import version_keyed
 from gfs.meta import Manifest
 from gfs.namespace_api import DuReport, Stat
 from gfs.read import ManifestReader, MemoryTier
@@ -418,21 +419,30 @@ class FederatedNamespace:
         with self.open(path, "wb", perm=perm) as f:
             f.write(data)
 
-    def concat(self, path: str, sources: list[str], remove: Sequence[str] = ()) -> Stat:
+    def concat(self, path: str, sources: list[str], remove: Sequence[str] = (), *,
+               xattrs: Mapping[str, bytes] | None = None,
+               keyed: Mapping[str, bytes] | None = None) -> Stat:
         """Create or replace file `path` with the files `sources` joined (S3 multipart
-        completion), then remove the entries `remove`: when all are in the entity of
-        `path`, one manifest commit at its primary (`POST /v1/ns/concat`, no data read
-        or sent; for any caller that may write `path` and read `sources`, prefix tokens
-        too); otherwise read and written again, then removed."""
+        completion), then remove the entries `remove`; with `xattrs` (and `keyed`, each
+        stored as "VERSION VALUE" of the version made) its attributes are replaced.
+        When all paths are in the entity of `path`: one manifest commit at its primary
+        (`POST /v1/ns/concat`, no data read or sent, the attributes in the same commit;
+        for any caller that may write `path` and read `sources`, prefix tokens too);
+        otherwise read and written again, then the attributes set and `remove` removed."""
         norm, ent = self._real(path, write=True)
         if all(paths.split(paths.normalize(s))[:1] == [ent] for s in [*sources, *remove]):
             with self._at(norm, write=True) as (n, site):
                 return site.concat(n, [paths.normalize(s) for s in sources],
-                                   [paths.normalize(r) for r in remove])
+                                   [paths.normalize(r) for r in remove],
+                                   xattrs=xattrs, keyed=keyed)
         with self.open(norm, "wb") as out:
             for src in sources:
                 with self.open(src) as f:
                     shutil.copyfileobj(f, out, 4 << 20)
+        if xattrs is not None or keyed:
+            version = self.stat(norm).version
+            self.set_xattrs(norm, version_keyed(xattrs or {}, keyed or {}, version),
+                            replace_all=True)
         for r in remove:
             self.rm(r, recursive=True)
         return self.stat(norm)

@@ -261,12 +261,21 @@ class SiteClient:
             body["mode"] = mode
         return _stat(self._json("POST", "/v1/ns/commit", body), path)
 
-    def concat(self, path: str, sources: Sequence[str], remove: Sequence[str] = ()) -> Stat:
+    def concat(self, path: str, sources: Sequence[str], remove: Sequence[str] = (), *,
+               xattrs: Mapping[str, bytes] | None = None,
+               keyed: Mapping[str, bytes] | None = None) -> Stat:
         """Create or replace `path` with the files `sources` joined and remove `remove`,
         in one manifest commit at the primary (no data sent; any caller that may write
-        `path` and `remove` and read `sources`)."""
-        return _stat(self._json("POST", "/v1/ns/concat", {
-            "path": path, "sources": list(sources), "remove": list(remove)}), path)
+        `path` and `remove` and read `sources`); with `xattrs` and `keyed` (stored as
+        "VERSION VALUE"), the file's attributes replaced in the same commit."""
+        body: dict[str, Any] = {"path": path, "sources": list(sources),
+                                "remove": list(remove)}
+        if xattrs is not None or keyed:
+            body["xattrs"] = {k: base64.b64encode(v).decode("ascii")
+                              for k, v in (xattrs or {}).items()}
+            body["keyed"] = {k: base64.b64encode(v).decode("ascii")
+                             for k, v in (keyed or {}).items()}
+        return _stat(self._json("POST", "/v1/ns/concat", body), path)
 
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> Stat:
         return _stat(self._json("POST", "/v1/ns/mkdir", {"path": path, "parents": parents,

@@ -43,7 +43,9 @@ from gfs.federation.wire import (
     parse_refs,
     refs_to_wire,
     unpack_frames,
+    version_keyed,
 )
+from gfs.meta import Inode
 from gfs.mover import DEFAULT_STREAMS
 from gfs.namespace_api import stat_to_wire
 from gfs.schema import validate
@@ -446,8 +448,9 @@ MAX_CONCAT = 10_000
 
 
 async def ns_concat(request: web.Request) -> web.Response:
-    """Create or replace `path` with the files `sources` joined and remove the entries
-    `remove`, in one transaction, no data read: any principal that may write `path` and
+    """Create or replace `path` with the files `sources` joined, its attributes replaced
+    by `xattrs` and `keyed` (each "VERSION VALUE" of the version made), and remove the
+    entries `remove`, in one transaction, no data read: any principal that may write `path` and
     each of `remove` and read each source (a prefix token, too: it names no chunk)."""
     site, p, data = await _json_principal(request)
     path = await _run(site.check_path, p, field(data, "path", str), True)
@@ -468,9 +471,17 @@ async def ns_concat(request: web.Request) -> web.Response:
             raise AuthError(f"the entity root /{site.entity} cannot be removed", 403,
                             "forbidden")
         return srcs, gone
+    attrs: Callable[[Inode], dict[str, bytes]] | None = None
+    if "xattrs" in data or "keyed" in data:
+        fixed = _xattr_values({"set": field(data, "xattrs", dict, {})})
+        keyed = _xattr_values({"set": field(data, "keyed", dict, {})})
+
+        def keyed_attrs(node: Inode) -> dict[str, bytes]:
+            return version_keyed(fixed, keyed, node.version)
+        attrs = keyed_attrs
     srcs, gone = await _run(check)
     st = await _run(site.change, path,
-                    lambda: site.client.concat(path, srcs, remove=gone))
+                    lambda: site.client.concat(path, srcs, xattrs=attrs, remove=gone))
     site.metrics.inc("commits_total")
     return web.json_response(stat_to_wire(st))
 

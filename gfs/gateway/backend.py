@@ -15,11 +15,13 @@ federation live here, behind `Backend`:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from gfs import paths
 from gfs.client import Client
 from gfs.errors import NotADirError, NotFoundError
+from gfs.federation.wire import version_keyed
 from gfs.files import NsWriter
 from gfs.group_commit import GroupCommitter
 from gfs.meta import Manifest
@@ -28,6 +30,19 @@ from gfs.namespace_api import Namespace, Stat
 
 #: The extended attributes of a file, given the version it is committed as.
 VersionXattrs = Callable[[int], Mapping[str, bytes]]
+
+
+@dataclass(frozen=True)
+class KeyedXattrs:
+    """Attributes of the version a commit makes: `fixed` as they are, each of `keyed`
+    as "VERSION VALUE" (trusted only while the file is at that version). Unlike any
+    callable, it can be sent to a site, which sets them in the commit itself."""
+
+    fixed: Mapping[str, bytes]
+    keyed: Mapping[str, bytes]
+
+    def __call__(self, version: int) -> dict[str, bytes]:
+        return version_keyed(self.fixed, self.keyed, version)
 #: Bytes per block of a federated GET.
 FED_READ_BLOCK = 4 << 20
 
@@ -232,6 +247,9 @@ class NamespaceBackend:
         join = getattr(self.ns, "concat", None)
         if join is None:
             raise NotImplementedError(f"{type(self.ns).__name__} cannot join files")
+        if isinstance(xattrs, KeyedXattrs):  # set in the join's own commit
+            st: Stat = join(path, sources, remove, xattrs=xattrs.fixed, keyed=xattrs.keyed)
+            return st
         join(path, sources, remove)
         return _set_version_xattrs(self.ns, path, xattrs)
 
@@ -274,5 +292,5 @@ def _version_of(f: BinaryIO) -> int | None:
     return v if isinstance(v, int) else None
 
 
-__all__ = ["Backend", "EmbeddedBackend", "NamespaceBackend", "SmallWrites", "VersionXattrs",
-           "Writer"]
+__all__ = ["Backend", "EmbeddedBackend", "KeyedXattrs", "NamespaceBackend", "SmallWrites",
+           "VersionXattrs", "Writer"]
