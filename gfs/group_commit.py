@@ -21,15 +21,23 @@ class GroupCommitter(Generic[T]):
     seconds for those, so closes that arrive together share one commit even when
     none is running; a lone writer (nothing expected) never waits. If a batch
     fails, its items are committed one by one, so each error reaches the caller
-    whose item caused it."""
+    whose item caused it. With `max_items` or `max_bytes` (`size` says an item's
+    bytes), a batch stops growing at that cap and the rest waits for the next."""
 
     def __init__(self, commit_batch: Callable[[list[T]], None],
                  name: str = "hutong-commit", *,
                  expected: Callable[[list[T]], int] | None = None,
-                 window: float = 0.0) -> None:
+                 window: float = 0.0, max_items: int | None = None,
+                 max_bytes: int | None = None,
+                 size: Callable[[T], int] | None = None) -> None:
+        if max_bytes is not None and size is None:
+            raise ValueError("max_bytes needs size (the bytes of an item)")
         self._commit_batch = commit_batch
         self._expected = expected
         self._window = window
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._size = size
         self._queue: queue.SimpleQueue[tuple[T, Future[None]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -59,7 +67,8 @@ class GroupCommitter(Generic[T]):
             stopping = self._take(batch, None)
             if not stopping and self._expected is not None and self._window > 0:
                 deadline = time.monotonic() + self._window
-                while not stopping and self._expected([it for it, _ in batch]) > 0:
+                while not stopping and not self._full(batch, self._bytes(batch)) and \
+                        self._expected([it for it, _ in batch]) > 0:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -70,8 +79,9 @@ class GroupCommitter(Generic[T]):
 
     def _take(self, batch: list[tuple[T, Future[None]]], wait: float | None) -> bool:
         """Move what is queued into `batch` (waiting up to `wait` seconds for the first
-        when given); True if the stop marker was met."""
-        while True:
+        when given) until it is full; True if the stop marker was met."""
+        used = self._bytes(batch)
+        while not self._full(batch, used):
             try:
                 more = self._queue.get(timeout=wait) if wait is not None else \
                     self._queue.get_nowait()
@@ -80,7 +90,18 @@ class GroupCommitter(Generic[T]):
             if more is None:
                 return True
             batch.append(more)
+            used += self._size(more[0]) if self._size is not None else 0
             wait = None
+        return False
+
+    def _bytes(self, batch: list[tuple[T, Future[None]]]) -> int:
+        size = self._size
+        return 0 if size is None else sum(size(it) for it, _ in batch)
+
+    def _full(self, batch: list[tuple[T, Future[None]]], used: int) -> bool:
+        """Whether `batch` (of `used` bytes) has reached the item or byte cap."""
+        return (self._max_items is not None and len(batch) >= self._max_items) or \
+            (self._max_bytes is not None and used >= self._max_bytes)
 
     def _run(self, batch: list[tuple[T, Future[None]]]) -> None:
         try:

@@ -62,15 +62,17 @@ def scene(tmp_path: Path) -> Iterator[tuple[S3Server, Proc]]:
 
 
 @contextlib.contextmanager
-def chromium_page(url: str, problems: list[str]) -> Iterator[Any]:
+def chromium_page(url: str, problems: list[str], *, ignore_https_errors: bool = False
+                  ) -> Iterator[Any]:
     """A page of headless Chromium open at `url`; console errors and page errors are
-    appended to `problems`."""
+    appended to `problems`. `ignore_https_errors`: for daemons whose certificate a
+    federation CA issued (the browser does not know it)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page()
+            page = browser.new_page(ignore_https_errors=ignore_https_errors)
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
             page.goto(url)

@@ -19,12 +19,11 @@ from tests.gateway_servers import cli
 from tests.test_gateway_dashboard import _rows, chromium_page, pytestmark  # noqa: F401
 
 
-@pytest.fixture
-def scene(tmp_path: Path) -> Iterator[tuple[Federation, Proc, str]]:
-    """Three sites (bank-a's a1 primary and a2, telco-b's t1), a rule of bank-a placing
-    two copies in its sites, reconciled; the dashboard as bank-a."""
-    f = Federation(tmp_path / "fed", ttl=2.0, heartbeat=0.3)
-    dash: Proc | None = None
+def three_sites(root: Path) -> tuple[Federation, str]:
+    """Three sites (bank-a's a1 primary and a2, telco-b's t1) and a rule of bank-a
+    placing two copies in its sites, reconciled (ok); returns the rule's id. The caller
+    closes the federation."""
+    f = Federation(root, ttl=2.0, heartbeat=0.3)
     try:
         f.registry()
         f.site("a1", "bank-a", "cn-west", primary=True)
@@ -36,13 +35,25 @@ def scene(tmp_path: Path) -> Iterator[tuple[Federation, Proc, str]]:
             rule = ns.fc.rule_add("/bank-a/data/**", 2, "entity=bank-a")
             [state] = [r for r in ns.fc.reconcile("bank-a") if r["id"] == rule["id"]]
             assert state["state"] == "ok", state
+    except BaseException:
+        f.close()
+        raise
+    return f, str(rule["id"])
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Iterator[tuple[Federation, Proc, str]]:
+    """`three_sites`; the dashboard as bank-a."""
+    f, rule = three_sites(tmp_path / "fed")
+    dash: Proc | None = None
+    try:
         profiles = tmp_path / "profiles.toml"
         add_profile("bank", registry=f.registry_url, entity="bank-a",
                     keys=f.sites["a1"]["state"] / "federation", path=profiles)
         dash = Proc(cli("dashboard", "--profile", "bank", "--listen", "127.0.0.1:0",
                         "--interval", "0.5"), tmp_path / "dash.log",
                     env={"HUTONG_PROFILES": str(profiles)})
-        yield f, dash, str(rule["id"])
+        yield f, dash, rule
     finally:
         if dash is not None:
             dash.stop()
@@ -51,6 +62,28 @@ def scene(tmp_path: Path) -> Iterator[tuple[Federation, Proc, str]]:
 
 def _site_status(page: Any, name: str) -> str:
     return next((r[3] for r in _rows(page, "sites", 0) if r[0] == name), "")
+
+
+def wait_site_down(page: Any, name: str) -> None:
+    """Wait until the page shows site `name` down (it updates by itself)."""
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('#sites tbody tr')].some(r => "
+        "r.cells[0].innerText === n && r.cells[3].innerText === 'down')",
+        arg=name, timeout=30_000)
+
+
+def kill_and_see_stuck(page: Any, fed: Federation, name: str) -> None:
+    """Kill site `name` of bank-a: the page shows it down, the other sites up, and,
+    once bank-a reconciles, its rule stuck with a reason naming the site."""
+    fed.kill(name)
+    wait_site_down(page, name)
+    assert all(_site_status(page, n) == "up" for n in fed.procs)
+    with FederatedNamespace(fed.registry_url, keys=fed.keys("bank-a")) as ns:
+        ns.fc.reconcile("bank-a")
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('#rules tbody tr')].some(r => "
+        "r.cells[3].innerText === 'stuck' && r.cells[4].innerText.includes(n))",
+        arg=name, timeout=30_000)
 
 
 def test_federation_dashboard_in_chromium(scene: tuple[Federation, Proc, str]) -> None:
@@ -67,18 +100,7 @@ def test_federation_dashboard_in_chromium(scene: tuple[Federation, Proc, str]) -
         assert rules["/bank-a/data/**"][2] == "ok"
         assert "a1/" in page.inner_text("#pools") and "t1/" in page.inner_text("#pools")
 
-        fed.kill("a2")  # the page updates by itself: a2 goes down ...
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('#sites tbody tr')].some(r => "
-            "r.cells[0].innerText === 'a2' && r.cells[3].innerText === 'down')",
-            timeout=30_000)
-        assert _site_status(page, "a1") == "up" and _site_status(page, "t1") == "up"
-        with FederatedNamespace(fed.registry_url, keys=fed.keys("bank-a")) as ns:
-            ns.fc.reconcile("bank-a")  # ... and the rule is stuck, saying why
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('#rules tbody tr')].some(r => "
-            "r.cells[3].innerText === 'stuck' && r.cells[4].innerText.includes('a2'))",
-            timeout=30_000)
+        kill_and_see_stuck(page, fed, "a2")
     assert problems == []
     with urllib.request.urlopen(dash.url + "/api/state") as r:
         state = json.load(r)

@@ -19,6 +19,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from gfs.federation.auth import AuthError
+from gfs.federation.http import BadRequestError
 from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.testing import Federation, Proc
 from gfs.gateway.access import token_credentials
@@ -305,3 +307,122 @@ def test_webdav_with_a_prefix_token(fed: Federation, gateways: dict[str, str]) -
         with pytest.raises(HTTPError) as e:
             DavClient(gateways["webdav"], auth=(user, password)).ls("bank-a")
         assert e.value.status_code == 401  # type: ignore[attr-defined]
+
+
+def test_a_prefix_token_uploads_an_object_over_64_mib(fed: Federation, bank_gw: str) -> None:
+    """Multipart with a token limited to a prefix: the parts are joined at the primary in
+    one manifest commit (POST /v1/ns/concat), so the object may exceed the 64 MiB a
+    single write may carry; the parts' directory goes in the same commit."""
+    c = s3(bank_gw, fed.keys("bank-a").mint_token("eve", "write", "/bank-a/team", 600))
+    rnd = random.Random(64)
+    parts = [rnd.randbytes(24 << 20), rnd.randbytes(24 << 20), rnd.randbytes(20 << 20)]
+    assert sum(map(len, parts)) > 64 << 20
+    up = c.create_multipart_upload(Bucket="bank-a", Key="team/big.bin",
+                                   Metadata={"team": "blue"})["UploadId"]
+    etags = [c.upload_part(Bucket="bank-a", Key="team/big.bin", UploadId=up,
+                           PartNumber=i + 1, Body=p)["ETag"] for i, p in enumerate(parts)]
+    commits = fed.metric("a1", "commits_total")
+    attr_sets = _attr_sets(fed)
+    c.complete_multipart_upload(Bucket="bank-a", Key="team/big.bin", UploadId=up,
+                                MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e}
+                                                           for i, e in enumerate(etags)]})
+    assert fed.metric("a1", "commits_total") == commits + 1  # the join, one commit ...
+    assert _attr_sets(fed) == attr_sets  # ... with the object's attributes in it
+    head = c.head_object(Bucket="bank-a", Key="team/big.bin")
+    assert head["ContentLength"] == sum(map(len, parts))
+    assert head["ETag"].endswith('-3"') and head["Metadata"] == {"team": "blue"}
+    attr_sets = _attr_sets(fed)  # a copy too: data, ETag and metadata in one commit
+    c.copy_object(Bucket="bank-a", Key="team/copy.bin", CopySource="bank-a/team/big.bin")
+    assert _attr_sets(fed) == attr_sets
+    copied = c.head_object(Bucket="bank-a", Key="team/copy.bin")
+    assert (copied["ETag"], copied["Metadata"]) == (head["ETag"], {"team": "blue"})
+    got = c.get_object(Bucket="bank-a", Key="team/big.bin", Range="bytes=25165820-25165830")
+    joined = b"".join(parts)
+    assert body(got) == joined[25165820:25165831]
+    got_all = c.get_object(Bucket="bank-a", Key="team/big.bin")["Body"]
+    digest = hashlib.sha256()
+    for block in iter(lambda: got_all.read(8 << 20), b""):
+        digest.update(block)
+    assert digest.hexdigest() == hashlib.sha256(joined).hexdigest()
+    assert c.list_multipart_uploads(Bucket="bank-a").get("Uploads", []) == []
+
+
+def _attr_sets(fed: Federation) -> float:
+    """Requests site a1 answered that set attributes on their own."""
+    return fed.metric("a1", 'http_requests_total{method="POST",route="/v1/ns/xattrs"')
+
+
+def test_concat_checks_every_path_against_the_token(fed: Federation) -> None:
+    """The attacker holds a write token for /bank-a/team and asks the site to join a
+    file outside it into its prefix, to join into a target outside it, or to remove
+    something outside it along the way: each is refused and nothing changes."""
+    keys = fed.keys("bank-a")
+    with FederatedNamespace(fed.registry_url, keys=keys) as ns:
+        ns.write_bytes("/bank-a/team/part1", b"mine")
+    eve = fed.http("a1", token=keys.mint_token("eve", "write", "/bank-a/team", 600))
+    reader = fed.http("a1", token=keys.mint_token("rob", "read", "/bank-a", 600))
+    tries = [
+        (eve, {"path": "/bank-a/team/stolen", "sources": ["/bank-a/team/part1",
+                                                          "/bank-a/data/secret.bin"]}),
+        (eve, {"path": "/bank-a/data/evil", "sources": ["/bank-a/team/part1"]}),
+        (eve, {"path": "/bank-a/team/x", "sources": ["/bank-a/team/part1"],
+               "remove": ["/bank-a/data/secret.bin"]}),
+        (eve, {"path": "/bank-a/team/x", "sources": ["/bank-a/team/part1"],
+               "remove": ["/bank-a"]}),
+        (eve, {"path": "/bank-a/team/x", "sources": ["/telco-b/t"]}),
+        (reader, {"path": "/bank-a/team/x", "sources": ["/bank-a/team/part1"]}),
+    ]
+    try:
+        for who, req in tries:
+            with pytest.raises(AuthError) as e:
+                who.call("POST", "/v1/ns/concat", req)
+            assert e.value.status == 403, req
+        for bad in ({"path": "/bank-a/team/x", "sources": []},
+                    {"path": "/bank-a/team/x", "sources": "/bank-a/team/part1"},
+                    {"path": "/bank-a/team/x", "sources": [3]},
+                    {"path": "/bank-a/team/x", "sources": ["/bank-a/team/part1"],
+                     "xattrs": {"user.a": "not base64!"}},
+                    {"path": "/bank-a/team/x", "sources": ["/bank-a/team/part1"],
+                     "keyed": ["user.a"]}):
+            with pytest.raises(BadRequestError):
+                eve.call("POST", "/v1/ns/concat", bad)
+    finally:
+        eve.close()
+        reader.close()
+    with FederatedNamespace(fed.registry_url, keys=keys) as ns:
+        assert ns.read_bytes("/bank-a/data/secret.bin") == SECRET
+        assert ns.read_bytes("/bank-a/team/part1") == b"mine"
+        for p in ("/bank-a/team/stolen", "/bank-a/data/evil", "/bank-a/team/x"):
+            assert not ns.exists(p), p
+
+
+def _ns_requests(fed: Federation, route: str) -> float:
+    """GET requests site a1 answered on `route` so far."""
+    return fed.metric("a1", f'http_requests_total{{method="GET",route="{route}"')
+
+
+def test_a_federated_listing_costs_one_request_per_directory(fed: Federation,
+                                                             bank_gw: str) -> None:
+    """ListObjectsV2 asks the primary once per directory it walks (the listing carries
+    each entry's stat and attributes), not once more per object for its ETag."""
+    c = s3(bank_gw, fed.keys("bank-a").mint_token("ops", "write", "/bank-a", 600))
+    etags = {}
+    for d in ("d1", "d2", "d3"):
+        for i in range(5):
+            key = f"lst/{d}/o{i}.txt"
+            etags[key] = c.put_object(Bucket="bank-a", Key=key, Body=key.encode())["ETag"]
+    routes = ("/v1/ns/list", "/v1/ns/xattrs", "/v1/ns/stat")
+    before = {r: _ns_requests(fed, r) for r in routes}
+    got = c.list_objects_v2(Bucket="bank-a", Prefix="lst/")["Contents"]
+    spent = {r: _ns_requests(fed, r) - before[r] for r in routes}
+    assert {o["Key"]: o["ETag"] for o in got} == etags  # the ETags came with the listing
+    assert spent["/v1/ns/xattrs"] == 0, spent
+    assert spent["/v1/ns/list"] == 4, spent  # lst and its three directories
+    assert spent["/v1/ns/stat"] <= 2, spent  # the bucket and the top: per listing
+
+    before = {r: _ns_requests(fed, r) for r in routes}
+    top = c.list_objects_v2(Bucket="bank-a", Prefix="lst/d2/", Delimiter="/")["Contents"]
+    assert [o["Key"] for o in top] == [f"lst/d2/o{i}.txt" for i in range(5)]
+    assert [o["ETag"] for o in top] == [etags[o["Key"]] for o in top]
+    spent = {r: _ns_requests(fed, r) - before[r] for r in routes}
+    assert spent["/v1/ns/xattrs"] == 0 and spent["/v1/ns/list"] == 1, spent

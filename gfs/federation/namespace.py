@@ -22,7 +22,7 @@ import io
 import shutil
 import stat as statmod
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -50,6 +50,7 @@ from gfs.federation.site_client import SiteClient, SiteUnavailableError
 from gfs.federation.tls import Trust, client_trust, read_registry_ca
 from gfs.federation.upload import SpoolWriter, upload
 from gfs.federation.views import Visibility
+from gfs.federation.wire import version_keyed
 from gfs.meta import Manifest
 from gfs.namespace_api import DuReport, Stat
 from gfs.read import ManifestReader, MemoryTier
@@ -314,6 +315,21 @@ class FederatedNamespace:
                 listing = self.fc.mirror_listing(n)  # what the mirrors hold of it
         return listing.dir, listing.entries
 
+    def ls_xattrs(self, path: str) -> list[tuple[Stat, dict[str, bytes]]]:
+        """`ls` with each entry's extended attributes: in the real tree one request to
+        the primary in all (a gateway's listing), elsewhere one per entry."""
+        norm = paths.normalize(path)
+        if self.visibility().place(norm) == "real":
+            with self._at(norm) as (n, site):
+                try:
+                    listing = site.list_dir(n, xattrs=True)
+                except ConnectionError:  # ls falls back to the mirrors
+                    listing = None
+            if listing is not None and listing.entries is not None:
+                attrs = listing.xattrs or {}
+                return [(st, attrs.get(st.path, {})) for st in listing.entries]
+        return [(st, self.xattrs(st.path)) for st in self.ls(norm)]
+
     def walk(self, path: str = "/") -> Iterator[Stat]:
         """`path` and everything below it the caller may see, depth first, parents first."""
         stack = [self.stat(path)]
@@ -403,27 +419,32 @@ class FederatedNamespace:
         with self.open(path, "wb", perm=perm) as f:
             f.write(data)
 
-    def concat(self, path: str, sources: list[str]) -> Stat:
+    def concat(self, path: str, sources: list[str], remove: Sequence[str] = (), *,
+               xattrs: Mapping[str, bytes] | None = None,
+               keyed: Mapping[str, bytes] | None = None) -> Stat:
         """Create or replace file `path` with the files `sources` joined (S3 multipart
-        completion): as the entity itself, one manifest commit of their chunk lists,
-        no data read or sent; otherwise (a grantee or a prefix token, which may not name
-        chunks) read and written again."""
+        completion), then remove the entries `remove`; with `xattrs` (and `keyed`, each
+        stored as "VERSION VALUE" of the version made) its attributes are replaced.
+        When all paths are in the entity of `path`: one manifest commit at its primary
+        (`POST /v1/ns/concat`, no data read or sent, the attributes in the same commit;
+        for any caller that may write `path` and read `sources`, prefix tokens too);
+        otherwise read and written again, then the attributes set and `remove` removed."""
         norm, ent = self._real(path, write=True)
-        if self.fc.owner_mode(ent) and all(paths.split(paths.normalize(s))[:1] == [ent]
-                                           for s in sources):
-            refs = []
-            for src in sources:
-                with self._at(src) as (n, site):
-                    m = site.manifest(n)
-                if m.stat.kind != "file":
-                    raise _not_a_file(m.stat)
-                refs += m.refs()
+        if all(paths.split(paths.normalize(s))[:1] == [ent] for s in [*sources, *remove]):
             with self._at(norm, write=True) as (n, site):
-                return site.commit(n, refs)
+                return site.concat(n, [paths.normalize(s) for s in sources],
+                                   [paths.normalize(r) for r in remove],
+                                   xattrs=xattrs, keyed=keyed)
         with self.open(norm, "wb") as out:
             for src in sources:
                 with self.open(src) as f:
                     shutil.copyfileobj(f, out, 4 << 20)
+        if xattrs is not None or keyed:
+            version = self.stat(norm).version
+            self.set_xattrs(norm, version_keyed(xattrs or {}, keyed or {}, version),
+                            replace_all=True)
+        for r in remove:
+            self.rm(r, recursive=True)
         return self.stat(norm)
 
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> None:

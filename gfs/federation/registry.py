@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 import struct
@@ -626,8 +627,14 @@ async def get_id(request: web.Request) -> web.Response:
                               "serial": ident.serial})
 
 
+#: Modules that add routes to the registry: each has `install_registry(app, state)`
+#: (imported at start, as gfs.federation.site does its EXTENSIONS).
+EXTENSIONS: tuple[str, ...] = ("gfs.gateway.daemon_dashboard",)
+
+
 def make_app(state: RegistryState) -> web.Application:
-    """The registry's aiohttp application over `state` (closed on app cleanup)."""
+    """The registry's aiohttp application over `state` (closed on app cleanup), with
+    the routes of EXTENSIONS."""
     app = web.Application(client_max_size=1 << 20,
                           middlewares=[state.metrics.middleware, error_middleware])
     app[STATE_KEY] = state
@@ -652,6 +659,8 @@ def make_app(state: RegistryState) -> web.Application:
     app.router.add_get("/v1/ids/{ident}", get_id)
     app.router.add_put("/v1/audit/{name}/head", put_audit_head)
     app.router.add_get("/v1/audit/{name}/head", get_audit_head)
+    for name in EXTENSIONS:
+        importlib.import_module(name).install_registry(app, state)
 
     async def cleanup(_app: web.Application) -> None:
         state.close()

@@ -26,7 +26,7 @@ from gfs.federation.site_state import Site, SiteConfig
 #: Modules that add routes to every site daemon: each has `install(app, site)`. They
 #: live above gfs (privacy runs each party's half of a job at its entity's site), so
 #: gfs names them here and imports them at start, as gfs.cli does its subcommands.
-EXTENSIONS: tuple[str, ...] = ("privacy.site",)
+EXTENSIONS: tuple[str, ...] = ("privacy.site", "gfs.gateway.daemon_dashboard")
 
 
 def make_app(site: Site) -> web.Application:

@@ -56,6 +56,8 @@ class Listing:
 
     dir: Stat
     entries: list[Stat] | None
+    xattrs: dict[str, dict[str, bytes]] | None = None
+    """Each entry's extended attributes by its path, when asked for (`xattrs=True`)."""
 
     @property
     def unchanged(self) -> bool:
@@ -196,20 +198,27 @@ class SiteClient:
         return _stat(self._json("GET", "/v1/ns/stat", query={"path": path}), path)
 
     def list_dir(self, path: str, *, if_version: int | None = None,
-                 mirror: bool = False) -> Listing:
+                 mirror: bool = False, xattrs: bool = False) -> Listing:
         """Directory `path` with every entry's full stat, in name order; with
         `if_version`, `entries` is None if the directory's version is still that. With
-        `mirror`, as the mirrors a rule keeps here hold it (what they replicate)."""
+        `mirror`, as the mirrors a rule keeps here hold it (what they replicate); with
+        `xattrs`, every entry's extended attributes too (one request in all)."""
         q = {"path": path}
         if if_version is not None:
             q["if_version"] = str(if_version)
         if mirror:
             q["mirror"] = "1"
+        if xattrs:
+            q["xattrs"] = "1"
         d = self._json("GET", "/v1/ns/list", query=q)
         top = _stat(d["dir"], path)
         if d.get("unchanged"):
             return Listing(top, None)
-        return Listing(top, [_stat(e, path) for e in d["entries"]])
+        entries = [_stat(e, path) for e in d["entries"]]
+        attrs = None if not xattrs else {
+            st.path: {k: base64.b64decode(v) for k, v in e.get("xattrs", {}).items()}
+            for st, e in zip(entries, d["entries"], strict=True)}
+        return Listing(top, entries, attrs)
 
     def ls(self, path: str) -> list[Stat]:
         """The entries of directory `path` (a file: itself)."""
@@ -251,6 +260,22 @@ class SiteClient:
         if mode is not None:
             body["mode"] = mode
         return _stat(self._json("POST", "/v1/ns/commit", body), path)
+
+    def concat(self, path: str, sources: Sequence[str], remove: Sequence[str] = (), *,
+               xattrs: Mapping[str, bytes] | None = None,
+               keyed: Mapping[str, bytes] | None = None) -> Stat:
+        """Create or replace `path` with the files `sources` joined and remove `remove`,
+        in one manifest commit at the primary (no data sent; any caller that may write
+        `path` and `remove` and read `sources`); with `xattrs` and `keyed` (stored as
+        "VERSION VALUE"), the file's attributes replaced in the same commit."""
+        body: dict[str, Any] = {"path": path, "sources": list(sources),
+                                "remove": list(remove)}
+        if xattrs is not None or keyed:
+            body["xattrs"] = {k: base64.b64encode(v).decode("ascii")
+                              for k, v in (xattrs or {}).items()}
+            body["keyed"] = {k: base64.b64encode(v).decode("ascii")
+                             for k, v in (keyed or {}).items()}
+        return _stat(self._json("POST", "/v1/ns/concat", body), path)
 
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> Stat:
         return _stat(self._json("POST", "/v1/ns/mkdir", {"path": path, "parents": parents,

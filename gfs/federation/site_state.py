@@ -5,6 +5,7 @@ it from a thread pool."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -87,6 +88,8 @@ class NotPrimaryError(ApiError):
 
 #: the route of the Prometheus metrics (authenticated: `Site.check_metrics`)
 METRICS_PATH = "/metrics"
+DASHBOARD_API = "/dashboard/api/"
+"""The site dashboard's JSON API (gfs.gateway.daemon_dashboard), which metrics tokens read."""
 
 
 @dataclass
@@ -259,9 +262,12 @@ class Site:
             if claims.revoked_by(self.entity_record(iss)):
                 raise AuthError(f"token {claims.jti or '(no id)'} of {claims.sub!r} was "
                                 f"revoked by {iss!r}; ask it for a new one", 401, "revoked")
-            if claims.scope == "metrics" and path_qs.split("?", 1)[0] != METRICS_PATH:
+            where = path_qs.split("?", 1)[0]
+            if claims.scope == "metrics" and where != METRICS_PATH and \
+                    not where.startswith(DASHBOARD_API):
                 raise AuthError(f"a metrics token of {claims.sub!r} reads {METRICS_PATH} "
-                                "only; use a read or write token", 403, "forbidden")
+                                f"and {DASHBOARD_API} only; use a read or write token", 403,
+                                "forbidden")
             return Principal(iss, claims)
         entity = headers.get("X-Hutong-Entity")
         if entity is None:
@@ -348,24 +354,36 @@ class Site:
         return norm, keep
 
     def listing(self, path: str, if_version: int | None,
-                keep: Callable[[str], bool] | None) -> dict[str, Any]:
+                keep: Callable[[str], bool] | None, xattrs: bool = False) -> dict[str, Any]:
         """The `/v1/ns/list` answer for `path` (one read transaction: the directory's
         stat and its entries agree); `{"dir", "unchanged": true}` when its change
-        version is `if_version`."""
+        version is `if_version`. With `xattrs`, each entry carries its extended
+        attributes (base64), read in the same transaction."""
+        attrs: dict[str, dict[str, bytes]] = {}
         with self.client.engine.read() as txn:
             node = namespace.resolve(txn, path)
             top = Stat.of(path, node)
             if node.kind != Kind.DIR:
                 entries = [top]
+                nodes = [node]
             elif if_version is not None and node.version == if_version:
                 return {"dir": stat_to_wire(top), "unchanged": True}
             else:
                 base = path.rstrip("/")
-                entries = [Stat.of(f"{base}/{name}", kid)
-                           for name, kid in namespace.readdir(txn, node.ino)]
+                kids = list(namespace.readdir(txn, node.ino))
+                entries = [Stat.of(f"{base}/{name}", kid) for name, kid in kids]
+                nodes = [kid for _, kid in kids]
+            if xattrs:
+                attrs = {e.path: namespace.get_xattrs(txn, n.ino)
+                         for e, n in zip(entries, nodes, strict=True)}
         if keep is not None:
             entries = [e for e in entries if keep(e.path)]
-        return {"dir": stat_to_wire(top), "entries": [stat_to_wire(e) for e in entries]}
+        wire = [stat_to_wire(e) for e in entries]
+        if xattrs:
+            for w, e in zip(wire, entries, strict=True):
+                w["xattrs"] = {k: base64.b64encode(v).decode("ascii")
+                               for k, v in sorted(attrs[e.path].items())}
+        return {"dir": stat_to_wire(top), "entries": wire}
 
     @overload
     def change(self, path: str, fn: Callable[[], object]) -> Stat: ...

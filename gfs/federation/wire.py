@@ -118,6 +118,14 @@ def refs_from_wire(raw: Sequence[Any], name: str = "chunks") -> list[ChunkRef]:
     return out
 
 
+def version_keyed(fixed: Mapping[str, bytes], keyed: Mapping[str, bytes],
+                  version: int) -> dict[str, bytes]:
+    """Attributes of file version `version`: `fixed`, and each of `keyed` stored as
+    "VERSION VALUE" (a reader trusts it only while the file is still at that version;
+    the S3 ETag)."""
+    return {**fixed, **{k: f"{version} ".encode() + v for k, v in keyed.items()}}
+
+
 def check_name(value: Any, what: str) -> str:
     """`value` as an entity or site name; BadRequestError naming `what` otherwise."""
     try:
@@ -128,4 +136,4 @@ def check_name(value: Any, what: str) -> str:
 
 __all__ = ["HEX32", "MAX_BODY", "MAX_IDS", "MAX_REFS", "check_name", "glob_match",
            "ids_to_wire", "literal_prefix", "pack_frames", "parse_ids", "parse_refs",
-           "refs_from_wire", "refs_to_wire", "unpack_frames"]
+           "refs_from_wire", "refs_to_wire", "unpack_frames", "version_keyed"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from gfs.client import Client
     from gfs.federation.namespace import FederatedNamespace
 
+log = logging.getLogger("gfs.gateway")
 #: Seconds the registry's entity records (public keys, revocations) are kept.
 RECORDS_TTL = 5.0
 #: Namespaces opened for tokens kept open at once (the least recently used is closed).
@@ -56,6 +58,14 @@ class Access(Protocol):
 
     def store(self, cred: Credential) -> ObjectStore:
         """The object store requests signed by `cred` act on."""
+        ...
+
+    def acquire(self, cred: Credential) -> ObjectStore:
+        """`store(cred)`, kept open until `release`d (one request's use of it)."""
+        ...
+
+    def release(self, store: ObjectStore) -> None:
+        """End a use `acquire` began."""
         ...
 
     def stores(self) -> list[ObjectStore]:
@@ -88,6 +98,12 @@ class StoreAccess:
     def store(self, cred: Credential) -> ObjectStore:
         return self._store
 
+    def acquire(self, cred: Credential) -> ObjectStore:
+        return self._store
+
+    def release(self, store: ObjectStore) -> None:
+        pass
+
     def stores(self) -> list[ObjectStore]:
         return [self._store]
 
@@ -110,6 +126,15 @@ def token_credentials(token: str) -> dict[str, str]:
     return {"access_key": jti, "secret_key": token_secret(token), "session_token": token}
 
 
+def _token_id(token: str) -> str:
+    """`ID of 'SUBJECT'` of a token, for the log (never the token itself)."""
+    try:
+        c = token_claims(token)
+    except AuthError:
+        return "(malformed)"
+    return f"{c.get('jti', '?')} of {c.get('sub', '?')!r}"
+
+
 class FederationAccess:
     """Federation tokens as S3 credentials (see the module docstring).
 
@@ -128,6 +153,8 @@ class FederationAccess:
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, dict[str, Any]]] | None = None
         self._by_token: OrderedDict[str, ObjectStore] = OrderedDict()
+        self._uses: dict[int, int] = {}  # id(store) -> requests using it now
+        self._retired: dict[int, ObjectStore] = {}  # evicted while in use: closed when free
 
     def _record(self, entity: str) -> dict[str, Any] | None:
         with self._lock:
@@ -179,20 +206,47 @@ class FederationAccess:
                 self._by_token.move_to_end(cred.token)
                 return got
         new = self._open_store(cred.token)
+        old: ObjectStore | None = None
         with self._lock:
             got = self._by_token.setdefault(cred.token, new)
             self._by_token.move_to_end(cred.token)
-            old = self._by_token.popitem(last=False)[1] \
-                if len(self._by_token) > MAX_TOKEN_STORES else None
+            if len(self._by_token) > MAX_TOKEN_STORES:
+                gone_token, old = self._by_token.popitem(last=False)
+                log.info("gateway: %d token namespaces are open, the most kept "
+                         "(MAX_TOKEN_STORES); closing the least recently used one, of token "
+                         "%s (%s); its next request opens it again", MAX_TOKEN_STORES + 1,
+                         _token_id(gone_token),
+                         "after its requests in flight" if self._uses.get(id(old)) else "now")
+                if self._uses.get(id(old)):
+                    self._retired[id(old)], old = old, None
         if got is not new:
             new.close()
         if old is not None:
             old.close()
         return got
 
+    def acquire(self, cred: Credential) -> ObjectStore:
+        while True:
+            store = self.store(cred)
+            with self._lock:  # evicted between store() and here: take it again
+                if store is self._own or store in self._by_token.values():
+                    self._uses[id(store)] = self._uses.get(id(store), 0) + 1
+                    return store
+
+    def release(self, store: ObjectStore) -> None:
+        with self._lock:
+            left = self._uses.get(id(store), 0) - 1
+            if left > 0:
+                self._uses[id(store)] = left
+                return
+            self._uses.pop(id(store), None)
+            retired = self._retired.pop(id(store), None)
+        if retired is not None:
+            retired.close()
+
     def stores(self) -> list[ObjectStore]:
         with self._lock:
-            return [self._own, *self._by_token.values()]
+            return [self._own, *self._by_token.values(), *self._retired.values()]
 
     def close(self) -> None:
         for s in self.stores():

@@ -14,22 +14,35 @@ federation live here, behind `Backend`:
 
 from __future__ import annotations
 
-import queue
-import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from gfs import paths
 from gfs.client import Client
 from gfs.errors import NotADirError, NotFoundError
+from gfs.federation.wire import version_keyed
 from gfs.files import NsWriter
-from gfs.meta import Inode, Manifest
+from gfs.group_commit import GroupCommitter
+from gfs.meta import Manifest
+from gfs.namespace import XattrSource
 from gfs.namespace_api import Namespace, Stat
 
 #: The extended attributes of a file, given the version it is committed as.
 VersionXattrs = Callable[[int], Mapping[str, bytes]]
+
+
+@dataclass(frozen=True)
+class KeyedXattrs:
+    """Attributes of the version a commit makes: `fixed` as they are, each of `keyed`
+    as "VERSION VALUE" (trusted only while the file is at that version). Unlike any
+    callable, it can be sent to a site, which sets them in the commit itself."""
+
+    fixed: Mapping[str, bytes]
+    keyed: Mapping[str, bytes]
+
+    def __call__(self, version: int) -> dict[str, bytes]:
+        return version_keyed(self.fixed, self.keyed, version)
 #: Bytes per block of a federated GET.
 FED_READ_BLOCK = 4 << 20
 
@@ -69,9 +82,11 @@ class Backend(Protocol):
         can; then the entries `remove` are removed."""
         ...
 
-    def scan(self, path: str, start: str, recursive: bool) -> Iterator[Stat]:
+    def scan(self, path: str, start: str, recursive: bool
+             ) -> Iterator[tuple[Stat, Mapping[str, bytes] | None]]:
         """Entries below directory `path` in the byte order of their keys, from `start`
-        (as gfs.namespace.scan: a directory sorts as "name/")."""
+        (as gfs.namespace.scan: a directory sorts as "name/"), each with its extended
+        attributes where the listing carried them (None: ask `ns.xattrs`)."""
         ...
 
     def close(self) -> None: ...
@@ -95,65 +110,29 @@ class _NsWriter:
         self._w.abort()
 
 
-_Item = tuple[str, bytes, Callable[[Inode], Mapping[str, bytes]], "Future[None]"]
+_Small = tuple[str, bytes, XattrSource | None]
 
 
 class SmallWrites:
-    """Group commit for small objects: PUTs that arrive together are written by one
-    thread in one `Client.write_many` (one pack, one metadata sync); a batch that fails
-    is retried file by file, so each PUT gets its own answer."""
+    """Group commit for small objects (gfs.group_commit): PUTs that arrive together are
+    written in one `Client.write_many` (one pack, one metadata sync); a batch that
+    fails is retried file by file, so each PUT gets its own answer."""
 
     #: Most files and bytes in one batch.
     MAX_FILES = 512
     MAX_BYTES = 16 << 20
 
     def __init__(self, fs: Client) -> None:
-        self.fs = fs
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="hutong-s3-batch", daemon=True)
-        self._thread.start()
+        self._group: GroupCommitter[_Small] = GroupCommitter(
+            fs.write_many, "hutong-s3-batch", max_items=self.MAX_FILES,
+            max_bytes=self.MAX_BYTES, size=lambda item: len(item[1]))
 
     def write(self, path: str, data: bytes, xattrs: VersionXattrs) -> None:
         """Write one file in the next batch; returns when it is committed."""
-        done: Future[None] = Future()
-        self._queue.put((path, data, lambda node: xattrs(node.version), done))
-        done.result()
+        self._group.submit((path, data, lambda node: xattrs(node.version)))
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            size = len(first[1])
-            while len(batch) < self.MAX_FILES and size < self.MAX_BYTES:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-                size += len(item[1])
-            self._commit(batch)
-
-    def _commit(self, batch: list[_Item]) -> None:
-        try:
-            self.fs.write_many([(p, d, x) for p, d, x, _ in batch])
-        except BaseException:
-            if len(batch) > 1:  # find who failed: each on its own
-                for item in batch:
-                    self._commit([item])
-                return
-            batch[0][3].set_exception(sys.exc_info()[1] or RuntimeError("write failed"))
-            return
-        for *_, done in batch:
-            done.set_result(None)
+        self._group.close()
 
 
 class EmbeddedBackend:
@@ -182,8 +161,10 @@ class EmbeddedBackend:
         return self.fs.concat(path, sources, xattrs=lambda node: xattrs(node.version),
                               remove=remove)
 
-    def scan(self, path: str, start: str, recursive: bool) -> Iterator[Stat]:
-        return self.fs.scan(path, start=start, recursive=recursive)
+    def scan(self, path: str, start: str, recursive: bool
+             ) -> Iterator[tuple[Stat, Mapping[str, bytes] | None]]:
+        for st in self.fs.scan(path, start=start, recursive=recursive):
+            yield st, None  # a local read
 
     def close(self) -> None:
         self.small.close()
@@ -266,27 +247,38 @@ class NamespaceBackend:
         join = getattr(self.ns, "concat", None)
         if join is None:
             raise NotImplementedError(f"{type(self.ns).__name__} cannot join files")
-        join(path, sources)
-        st = _set_version_xattrs(self.ns, path, xattrs)
-        for p in remove:
-            self.ns.rm(p, recursive=True)
-        return st
+        if isinstance(xattrs, KeyedXattrs):  # set in the join's own commit
+            st: Stat = join(path, sources, remove, xattrs=xattrs.fixed, keyed=xattrs.keyed)
+            return st
+        join(path, sources, remove)
+        return _set_version_xattrs(self.ns, path, xattrs)
 
-    def scan(self, path: str, start: str, recursive: bool) -> Iterator[Stat]:
+    def scan(self, path: str, start: str, recursive: bool
+             ) -> Iterator[tuple[Stat, Mapping[str, bytes] | None]]:
         top = self.ns.stat(path)
         if not top.is_dir:
             raise NotADirError(path)
         yield from self._scan(paths.normalize(path), "", start, recursive)
 
-    def _scan(self, path: str, prefix: str, start: str, recursive: bool) -> Iterator[Stat]:
-        keyed = sorted((st.name + ("/" if st.is_dir else ""), st) for st in self.ns.ls(path))
-        for key, st in keyed:
+    def _list(self, path: str) -> list[tuple[Stat, Mapping[str, bytes] | None]]:
+        """The entries of `path` with their attributes in one request where the
+        namespace can (the federation's `ls_xattrs`)."""
+        with_attrs = getattr(self.ns, "ls_xattrs", None)
+        if with_attrs is not None:
+            return list(with_attrs(path))
+        return [(st, None) for st in self.ns.ls(path)]
+
+    def _scan(self, path: str, prefix: str, start: str, recursive: bool
+              ) -> Iterator[tuple[Stat, Mapping[str, bytes] | None]]:
+        keyed = sorted(((st.name + ("/" if st.is_dir else ""), st, x)
+                        for st, x in self._list(path)), key=lambda e: e[0])
+        for key, st, x in keyed:
             full = prefix + key
             if st.is_dir and recursive:
                 if not (full + "\U0010ffff" < start):  # a key below it can still be >= start
                     yield from self._scan(st.path, full, start, recursive)
             elif full >= start:
-                yield st
+                yield st, x
 
     def close(self) -> None:
         self.ns.close()
@@ -300,5 +292,5 @@ def _version_of(f: BinaryIO) -> int | None:
     return v if isinstance(v, int) else None
 
 
-__all__ = ["Backend", "EmbeddedBackend", "NamespaceBackend", "SmallWrites", "VersionXattrs",
-           "Writer"]
+__all__ = ["Backend", "EmbeddedBackend", "KeyedXattrs", "NamespaceBackend", "SmallWrites",
+           "VersionXattrs", "Writer"]

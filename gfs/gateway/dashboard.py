@@ -15,7 +15,7 @@ import asyncio
 import collections
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from importlib import resources
@@ -146,6 +146,8 @@ class Dashboard:
                                  "logical_bytes": state["usage"].get("logical_bytes", 0)}
         for t in state["tiers"]:
             point[f"tier_{t['tier']}"] = t["live_bytes"]
+        for name, value in state.get("counters", {}).items():
+            point[name] = value
         point["requests"] = sum(o["count"] for g in state["gateways"] for o in g["operations"])
         point["bytes_in"] = sum(g["bytes"].get("in", 0) for g in state["gateways"])
         point["bytes_out"] = sum(g["bytes"].get("out", 0) for g in state["gateways"])
@@ -160,37 +162,37 @@ class Dashboard:
             await asyncio.sleep(self.interval)
 
 
-_DASH = web.AppKey("dashboard", Dashboard)
+Guard = Callable[[web.Request], Awaitable[None]]
+"""Checks a request to the dashboard's JSON API; raises (an AuthError) to refuse it."""
 
 
-async def _page(request: web.Request) -> web.Response:
-    html = resources.files("gfs.gateway").joinpath("dashboard.html").read_text()
-    return web.Response(text=html, content_type="text/html")
+async def _open(request: web.Request) -> None:
+    """No check: the dashboard of an embedded store, bound to the operator's address."""
 
 
-async def _state(request: web.Request) -> web.Response:
-    dash = request.app[_DASH]
-    if not dash.state:
-        await dash.sample()
-    return web.json_response(dash.state)
+def add_routes(app: web.Application, dash: Dashboard, prefix: str = "",
+               guard: Guard = _open) -> None:
+    """Serve `dash` in `app` under `prefix`: the page at `PREFIX/` (static, it holds no
+    data) and the JSON API at `PREFIX/api/state` and `PREFIX/api/series`, each request
+    passed through `guard` first; the sampling loop runs while `app` serves."""
 
+    async def page(request: web.Request) -> web.Response:
+        html = resources.files("gfs.gateway").joinpath("dashboard.html").read_text()
+        return web.Response(text=html, content_type="text/html")
 
-async def _series(request: web.Request) -> web.Response:
-    return web.json_response({"interval": request.app[_DASH].interval,
-                              "points": list(request.app[_DASH].series)})
+    async def state(request: web.Request) -> web.Response:
+        await guard(request)
+        if not dash.state:
+            await dash.sample()
+        return web.json_response(dash.state)
 
+    async def series(request: web.Request) -> web.Response:
+        await guard(request)
+        return web.json_response({"interval": dash.interval, "points": list(dash.series)})
 
-def make_app(picture: Callable[[], dict[str, Any]], gateways: list[str],
-             interval: float = 5.0) -> web.Application:
-    """The dashboard application showing `picture()` (`store_state` of a store, or
-    `federation_state` of a federated namespace) and the gateways at `gateways`."""
-    dash = Dashboard(picture, gateways, interval)
-    app = web.Application(middlewares=[metrics.middleware("dashboard")])
-    app[_DASH] = dash
-    app.router.add_get("/", _page)
-    app.router.add_get("/api/state", _state)
-    app.router.add_get("/api/series", _series)
-    app.router.add_get("/metrics", metrics.serve_metrics)
+    app.router.add_get(prefix + "/", page)
+    app.router.add_get(prefix + "/api/state", state)
+    app.router.add_get(prefix + "/api/series", series)
 
     async def start(app: web.Application) -> Any:
         task = asyncio.create_task(dash.loop())
@@ -199,4 +201,13 @@ def make_app(picture: Callable[[], dict[str, Any]], gateways: list[str],
         await asyncio.gather(task, return_exceptions=True)
         dash.pool.shutdown(wait=True)
     app.cleanup_ctx.append(start)
+
+
+def make_app(picture: Callable[[], dict[str, Any]], gateways: list[str],
+             interval: float = 5.0) -> web.Application:
+    """The dashboard application showing `picture()` (`store_state` of a store, or
+    `federation_state` of a federated namespace) and the gateways at `gateways`."""
+    app = web.Application(middlewares=[metrics.middleware("dashboard")])
+    add_routes(app, Dashboard(picture, gateways, interval))
+    app.router.add_get("/metrics", metrics.serve_metrics)
     return app

@@ -26,7 +26,8 @@ from gfs.errors import (
     NotEmptyError,
     NotFoundError,
 )
-from gfs.gateway.backend import Backend, VersionXattrs, Writer
+from gfs.federation.wire import version_keyed
+from gfs.gateway.backend import Backend, KeyedXattrs, VersionXattrs, Writer
 from gfs.gateway.errors import S3Error
 from gfs.namespace_api import Stat
 
@@ -90,7 +91,7 @@ def check_key(key: str, *, marker_ok: bool = False) -> None:
 
 def etag_value(etag: str, version: int) -> bytes:
     """The stored `user.s3.etag` of file version `version`."""
-    return f"{version} {etag}".encode()
+    return version_keyed({}, {ETAG: etag.encode()}, version)[ETAG]
 
 
 def _etag_of(st: Stat, xattrs: dict[str, bytes]) -> str:
@@ -170,7 +171,8 @@ class ObjectUpload:
 
 
 def _with_etag(xattrs: dict[str, bytes], etag: str) -> VersionXattrs:
-    return lambda version: {**xattrs, ETAG: etag_value(etag, version)}
+    """`xattrs` and the ETag keyed by the version committed (as `etag_value`)."""
+    return KeyedXattrs(xattrs, {ETAG: etag.encode()})
 
 
 class ObjectStore:
@@ -378,7 +380,7 @@ class ObjectStore:
         prefixes: list[str] = []
         resume = ""
         try:
-            for st in self.backend.scan(top, lo[len(dir_part):], delimiter != "/"):
+            for st, attrs in self.backend.scan(top, lo[len(dir_part):], delimiter != "/"):
                 key = dir_part + st.path[len(top.rstrip("/")) + 1:] + ("/" if st.is_dir else "")
                 if self.beside and UPLOADS in key.split("/"):
                     continue  # multipart staging, not objects
@@ -399,7 +401,8 @@ class ObjectStore:
                     prefixes.append(roll)
                     resume = roll + _TOP
                 else:
-                    objects.append(_info(key, st, self.ns.xattrs(st.path)))
+                    objects.append(_info(key, st, dict(attrs) if attrs is not None
+                                         else self.ns.xattrs(st.path)))
                     resume = key + "\0"
         except (NotFoundError, NotADirError):
             pass

@@ -141,6 +141,7 @@ class S3Gateway:
         request_id = secrets.token_hex(8).upper()
         raw_path = request.raw_path.split("?", 1)[0]
         bucket, _, key = unquote(raw_path).lstrip("/").partition("/")
+        leased: ObjectStore | None = None
         try:
             headers = {k.lower(): v for k, v in request.headers.items()}
             signed = SignedRequest(request.method, raw_path,
@@ -155,7 +156,8 @@ class S3Gateway:
             if cred.read_only and request.method not in ("GET", "HEAD"):
                 raise S3Error("AccessDenied", "this token may only read; mint a write token "
                               "to change objects", f"{bucket}/{key}")
-            _REQUEST_STORE.set(await self.run(self.access.store, cred))
+            leased = await self.run(self.access.acquire, cred)
+            _REQUEST_STORE.set(leased)
             payload = None if verified.payload_hash == UNSIGNED or verified.chunked \
                 else verified.payload_hash
             request[_CRED] = verified.credential
@@ -172,6 +174,9 @@ class S3Gateway:
             resp = web.Response(status=e.status, body=e.to_xml(request_id) if
                                 request.method != "HEAD" else None,
                                 content_type="application/xml")
+        finally:
+            if leased is not None:
+                await self.run(self.access.release, leased)
         resp.headers["x-amz-request-id"] = request_id
         return resp
 
