@@ -9,20 +9,15 @@ import pytest
 
 from dataflow import ConfigError, Dataflow, Topology
 from dataflow.sites import Link, publish_links
-from gfs.federation.testing import Federation
+from gfs.federation.testing import Federation, SiteDef, started
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    f = Federation(tmp_path_factory.mktemp("dffed"), ttl=3.0, heartbeat=0.3)
-    try:
-        f.registry()
-        f.site("w1", "bank-a", "cn-west", primary=True)
-        f.site("w2", "bank-a", "cn-west")
-        f.site("e1", "telco-b", "cn-east", primary=True)
+    sites = [SiteDef("w1", "bank-a", "cn-west", True), SiteDef("w2", "bank-a", "cn-west"),
+             SiteDef("e1", "telco-b", "cn-east", True)]
+    with started(tmp_path_factory.mktemp("dffed"), sites, ttl=3.0, heartbeat=0.3) as f:
         yield f
-    finally:
-        f.close()
 
 
 def test_topology_from_registry_and_published_links(fed: Federation, tmp_path: Path) -> None:

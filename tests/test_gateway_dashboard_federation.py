@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gfs.federation.namespace import FederatedNamespace
-from gfs.federation.testing import Federation, Proc
+from gfs.federation.testing import Federation, Proc, SiteDef, started
 from gfs.profiles import add_profile
 from tests.gateway_servers import cli
 from tests.test_gateway_dashboard import _rows, chromium_page, pytestmark  # noqa: F401
@@ -23,12 +23,10 @@ def three_sites(root: Path) -> tuple[Federation, str]:
     """Three sites (bank-a's a1 primary and a2, telco-b's t1) and a rule of bank-a
     placing two copies in its sites, reconciled (ok); returns the rule's id. The caller
     closes the federation."""
-    f = Federation(root, ttl=2.0, heartbeat=0.3)
+    f = started(root, [SiteDef("a1", "bank-a", "cn-west", True),
+                       SiteDef("a2", "bank-a", "cn-east"),
+                       SiteDef("t1", "telco-b", "cn-east", True)], ttl=2.0, heartbeat=0.3)
     try:
-        f.registry()
-        f.site("a1", "bank-a", "cn-west", primary=True)
-        f.site("a2", "bank-a", "cn-east")
-        f.site("t1", "telco-b", "cn-east", primary=True)
         with FederatedNamespace(f.registry_url, keys=f.keys("bank-a")) as ns:
             ns.mkdir("/bank-a/data", parents=True)
             ns.write_bytes("/bank-a/data/x.bin", b"rows " * 100_000)

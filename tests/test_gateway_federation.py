@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from gfs.federation.auth import AuthError
 from gfs.federation.http import BadRequestError
 from gfs.federation.namespace import FederatedNamespace
-from gfs.federation.testing import Federation, Proc
+from gfs.federation.testing import TWO_ENTITIES, Federation, Proc, populate, started
 from gfs.gateway.access import token_credentials
 from gfs.profiles import add_profile
 from tests.gateway_servers import cli, code
@@ -33,20 +33,11 @@ SECRET = random.Random(5).randbytes(300_000)
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    f = Federation(tmp_path_factory.mktemp("s3fed"), ttl=3.0, heartbeat=0.3)
-    try:
-        f.registry()
-        f.site("a1", "bank-a", "cn-west", primary=True)
-        f.site("t1", "telco-b", "cn-east", primary=True)
-        with FederatedNamespace(f.registry_url, keys=f.keys("bank-a")) as ns:
-            for d in ("/bank-a/shared", "/bank-a/data", "/bank-a/team"):
-                ns.mkdir(d, parents=True)
-            ns.write_bytes("/bank-a/shared/s.txt", SHARED)
-            ns.write_bytes("/bank-a/data/secret.bin", SECRET)
-            ns.fc.grant("/bank-a/shared/**", "telco-b", "read")
+    with started(tmp_path_factory.mktemp("s3fed"), TWO_ENTITIES, ttl=3.0, heartbeat=0.3) as f:
+        populate(f, "bank-a", {"/bank-a/shared/s.txt": SHARED,
+                               "/bank-a/data/secret.bin": SECRET}, dirs=["/bank-a/team"],
+                 grants=[("/bank-a/shared/**", "telco-b", "read")])
         yield f
-    finally:
-        f.close()
 
 
 def _gateway(fed: Federation, tmp: Path, name: str, entity: str, site: str,
