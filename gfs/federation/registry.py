@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 
-from gfs.federation import audit_heads, expr, ids
+from gfs.federation import audit_heads, expr, ids, registry_metrics
 from gfs.federation.auth import (
     AuthError,
     NonceCache,
@@ -357,7 +357,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=_state(request).metrics.render(), content_type="text/plain")
+    st = _state(request)
+    registry_metrics.check(request.headers, st.notary.public_key())
+    return web.Response(text=st.metrics.render(), content_type="text/plain")
 
 
 async def register_entity(request: web.Request) -> web.Response:
