@@ -1,8 +1,8 @@
 """`python -m bench load [--quick]`: a site under load, then under a connection flood.
 
 A registry and one site run as real processes on loopback (TLS 1.3). 64
-clients (asyncio, one connection each, reconnecting every 16 requests as
-clients come and go) put and get files of 4 KiB and 4 MiB (one op in 8) with a
+clients (asyncio in 4 processes, one connection each, reconnecting every 16
+requests as clients come and go) put and get files of 4 KiB and 4 MiB (one op in 8) with a
 write token for a fixed time, and verify every byte read. Then the same while
 an attacker process holds up to 20,000 idle TCP connections to the site (no
 byte sent; spread over 100 source addresses so each stays under the per-peer
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import random
 import resource
@@ -24,10 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
 
 from gfs.federation.testing import Federation
 
@@ -35,6 +38,7 @@ SMALL, BIG = 4 << 10, 4 << 20
 BIG_EVERY = 8
 RECONNECT_EVERY = 16
 ATTACK_PEERS = 100
+PROCESSES = 4
 
 ATTACKER = r"""
 import resource, selectors, socket, sys, time
@@ -92,6 +96,8 @@ class Phase:
     bytes: int = 0
     rss_kib: int = 0
     held: int = 0
+    site_cpu: float = 0.0  #: CPU seconds the site process used in the phase
+    client_cpu: float = 0.0  #: CPU seconds the client processes used
 
     def pct(self, q: float) -> float:
         xs = sorted(self.latencies)
@@ -100,6 +106,12 @@ class Phase:
     @property
     def ops_s(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:
@@ -172,13 +184,42 @@ async def _mkdirs(clients: int, url: str, ctx: ssl.SSLContext, name: str,
                                        f"{await r.text()}")
 
 
-async def _run(phase: Phase, clients: int, seconds: float, url: str, ctx: ssl.SSLContext,
-               name: str, token: str) -> None:
+async def _clients(first: int, count: int, seconds: float, url: str, ca: str, name: str,
+                   token: str) -> Phase:
+    ctx = ssl.create_default_context(cadata=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    phase = Phase("")
     loop = asyncio.get_running_loop()
     started = loop.time()
     await asyncio.gather(*(_client(i, url, ctx, name, token, started + seconds, phase)
-                           for i in range(clients)))
+                           for i in range(first, first + count)))
     phase.seconds = loop.time() - started
+    return phase
+
+
+def _worker(job: tuple[int, int, float, str, str, str, str]) -> Phase:
+    """One client process: its clients' latencies, errors, bytes and CPU seconds."""
+    cpu = time.process_time()
+    p = asyncio.run(_clients(*job))
+    p.client_cpu = time.process_time() - cpu
+    return p
+
+
+def _run(phase: Phase, clients: int, seconds: float, url: str, ca: str, name: str,
+         token: str) -> None:
+    """Run the clients in PROCESSES processes (one Python process cannot drive 64 TLS
+    clients at the rate a site answers them)."""
+    per = -(-clients // PROCESSES)
+    jobs = [(first, min(per, clients - first), seconds, url, ca, name, token)
+            for first in range(0, clients, per)]
+    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as ex:
+        for r in ex.map(_worker, jobs):
+            phase.latencies += r.latencies
+            phase.errors += r.errors
+            phase.first_error = phase.first_error or r.first_error
+            phase.bytes += r.bytes
+            phase.seconds = max(phase.seconds, r.seconds)
+            phase.client_cpu += r.client_cpu
 
 
 def _attack(host: str, port: int, want: int, work: Path) -> tuple[subprocess.Popen[str], int]:
@@ -232,13 +273,16 @@ def main(argv: list[str]) -> int:
         pid = fed.procs["a1"].popen.pid
         token = fed.keys("bank-a").mint_token("load", "write", "/bank-a", ttl=3600)
         ctx, name = fed.trust.client_context(url, site="a1", entity="bank-a")
+        ca = fed.trust.entity_ca("bank-a").public_bytes(serialization.Encoding.PEM).decode()
         asyncio.run(_mkdirs(args.clients, url, ctx, name, token))
-        asyncio.run(_run(phases[0], args.clients, seconds, url, ctx, name, token))
-        phases[0].rss_kib = _rss_kib(pid)
+        cpu = _cpu_s(pid)
+        _run(phases[0], args.clients, seconds, url, ca, name, token)
+        phases[0].rss_kib, phases[0].site_cpu = _rss_kib(pid), _cpu_s(pid) - cpu
         proc, phases[1].held = _attack(host, int(url.rsplit(":", 1)[1]), args.idle, Path(d))
         try:
-            asyncio.run(_run(phases[1], args.clients, seconds, url, ctx, name, token))
-            phases[1].rss_kib = _rss_kib(pid)
+            cpu = _cpu_s(pid)
+            _run(phases[1], args.clients, seconds, url, ca, name, token)
+            phases[1].rss_kib, phases[1].site_cpu = _rss_kib(pid), _cpu_s(pid) - cpu
             now = _held(proc)
             phases[1].held = now if now >= 0 else phases[1].held
         finally:
@@ -247,11 +291,12 @@ def main(argv: list[str]) -> int:
     print(f"attacker: asked for {args.idle} idle connections (file limit {hard}); "
           f"held at the end: {phases[1].held}")
     print(f"{'phase':<14} {'ops/s':>7} {'MB/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          f"{'site RSS MiB':>13} {'held':>6}")
+          f"{'site RSS MiB':>13} {'site CPU %':>10} {'client CPU %':>12} {'held':>6}")
     for p in phases:
         print(f"{p.name:<14} {p.ops_s:>7.0f} {p.bytes / 1e6 / p.seconds:>7.1f} "
               f"{p.pct(0.5):>8.1f} {p.pct(0.99):>8.1f} {p.errors:>7} "
-              f"{p.rss_kib / 1024:>13.0f} {p.held:>6}")
+              f"{p.rss_kib / 1024:>13.0f} {100 * p.site_cpu / p.seconds:>10.0f} "
+              f"{100 * p.client_cpu / p.seconds:>12.0f} {p.held:>6}")
     for p in phases:
         if p.first_error:
             print(f"first error ({p.name}): {p.first_error}")
