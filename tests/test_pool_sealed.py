@@ -51,6 +51,16 @@ def test_large_ranges_across_read_groups(tmp_path: Path) -> None:
         assert pool.get("packs/a", a, b) == data[a:b], (a, b)
 
 
+def test_sealed_pool_inside_another(tmp_path: Path) -> None:
+    """Each pool reads through its own buffers: one sealed inside another reads right."""
+    pool = SealedPool(SealedPool(LocalPool(str(tmp_path / "p")), os.urandom(32)),
+                      os.urandom(32))
+    data = os.urandom(20 * SEGMENT + 5)
+    pool.put("packs/a", [data])
+    assert pool.get("packs/a") == data
+    assert pool.get("packs/a", SEGMENT + 3, 3 * SEGMENT) == data[SEGMENT + 3:3 * SEGMENT]
+
+
 def test_object_replaced_by_another_writer_is_read_afresh(tmp_path: Path) -> None:
     """A pool remembers each object's header for the reads that follow; an object another
     process replaced (new salt, other size) or cut meanwhile is read afresh, never stale."""

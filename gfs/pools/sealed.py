@@ -49,7 +49,6 @@ def _object_aead(key: bytes, name: str, salt: bytes) -> AESGCM:
     return AESGCM(HKDF(hashes.SHA256(), KEY_LEN, salt, info).derive(key))
 
 
-_local = threading.local()
 _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
 _new_bytes.restype, _new_bytes.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
 _bytes_at = ctypes.pythonapi.PyBytes_AsString
@@ -67,12 +66,13 @@ def _fresh_bytes(n: int) -> tuple[bytes, memoryview]:
 
 
 
-def _scratch() -> tuple[memoryview, memoryview]:
-    """This thread's buffers for GROUP sealed segments and GROUP + 1 plain ones, reused by
+def _scratch(local: threading.local) -> tuple[memoryview, memoryview]:
+    """This thread's buffers (in `local`, one per pool: a sealed pool inside another
+    must not share them) for GROUP sealed segments and GROUP + 1 plain ones, reused by
     every read."""
-    bufs: tuple[memoryview, memoryview] | None = getattr(_local, "bufs", None)
+    bufs: tuple[memoryview, memoryview] | None = getattr(local, "bufs", None)
     if bufs is None:
-        bufs = _local.bufs = (memoryview(bytearray(GROUP * STEP)),
+        bufs = local.bufs = (memoryview(bytearray(GROUP * STEP)),
                               memoryview(bytearray((GROUP + 1) * SEGMENT)))
     return bufs
 
@@ -92,6 +92,7 @@ class SealedPool(PoolWrapper):
         self._key = key
         self._heads: dict[str, tuple[bytes, int]] = {}
         self._heads_lock = threading.Lock()
+        self._local = threading.local()
 
     def _aead(self, name: str, salt: bytes) -> AESGCM:
         return _object_aead(self._key, name, salt)
@@ -180,7 +181,7 @@ class SealedPool(PoolWrapper):
         # Ciphertext goes through this thread's reused buffer, GROUP segments per backend
         # read, and is decrypted in place into reused memory (a read up to GROUP segments)
         # or into one buffer for the result: fresh memory costs more than the cipher.
-        ct, pt = _scratch()
+        ct, pt = _scratch(self._local)
         length = end - start
         big = length > GROUP * SEGMENT
         result, out = _fresh_bytes(length) if big else (b"", pt[start - first * SEGMENT:][:length])
