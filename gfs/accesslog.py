@@ -52,7 +52,7 @@ class AccessLog:
     def __init__(self, state: Path, *, max_bytes: int = MAX_BYTES,
                  backups: int = BACKUPS) -> None:
         path = log_path(state)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         self._handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
                                             encoding="utf-8")

@@ -38,7 +38,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     state = state_dir(args.state)
     if not accesslog.log_path(state).exists():
         raise StateError(f"{state} has no access log ({accesslog.LOG_DIR}/"
-                         f"{accesslog.LOG_FILE}); give --state of a site that has served")
+                         f"{accesslog.LOG_FILE}); give --state of a site or gateway that "
+                         "has served")
     if args.path is not None:
         try:
             paths.normalize(args.path)
@@ -58,7 +59,8 @@ def cmd_log(args: argparse.Namespace) -> int:
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `log` to the `hutong` command line."""
     p = sub.add_parser("log", parents=[common],
-                       help="a site's access log: who read or wrote what, when, bytes, result")
+                       help="the access log of a site or gateway: who read or wrote what, "
+                       "when, bytes, result")
     p.add_argument("--since", type=since_arg, help="only records after this: a duration back "
                    "from now (1h) or an ISO 8601 time")
     p.add_argument("--entity", help="only requests of this entity")

@@ -334,6 +334,7 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("dashboard",): ["dashboard", "--listen", "127.0.0.1:abc"],
     ("registry", "admit"): ["registry", "admit", "bad name!", "--key", "xyz"],
     ("registry", "pending"): ["--state", "NOSTATE", "registry", "pending"],
+    ("registry", "metrics-token"): ["--state", "NOSTATE", "registry", "metrics-token"],
     ("log",): ["--state", "NOSTATE", "log"],
 }
 
@@ -350,6 +351,7 @@ BAD_FLAGS: dict[str, list[str]] = {
     "log --since": ["log", "--since", "last tuesday"],
     "log --path": ["--state", "NOSTATE", "log", "--path", "/a/../b"],
     "mount --meta-ttl": ["mount", "OUT", "--meta-ttl", "-1"],
+    "registry metrics-token --ttl": ["registry", "metrics-token", "--ttl", "0"],
     "mount --profile": ["mount", "OUT", "--profile", "no-such-profile"],
     "gateway s3 --profile": ["gateway", "s3", "--profile", "no-such-profile", "--listen",
                              "127.0.0.1:0"],

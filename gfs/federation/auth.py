@@ -200,16 +200,22 @@ class EntityKeys:
     def mint_token(self, sub: str, scope: str, prefix: str, ttl: float) -> str:
         """A user token of this entity: a JWT signed with EdDSA (Ed25519) by the entity key,
         `scope` one of TOKEN_SCOPES, limited to `prefix`, valid `ttl` seconds."""
-        import jwt
+        return mint_token(self.private, self.name, sub, scope, prefix, ttl)
 
-        if scope not in TOKEN_SCOPES:
-            raise ValueError(f"token scope must be one of {', '.join(TOKEN_SCOPES)}, not "
-                             f"{scope!r}")
-        prefix = paths.normalize(prefix)
-        now = int(time.time())
-        claims = {"iss": self.name, "sub": sub, "scope": scope, "prefix": prefix,
-                  "iat": now, "exp": now + int(ttl), "jti": secrets.token_hex(16)}
-        return jwt.encode(claims, self.private, algorithm="EdDSA", headers={"typ": TOKEN_TYP})
+
+def mint_token(private: Ed25519PrivateKey, iss: str, sub: str, scope: str, prefix: str,
+               ttl: float) -> str:
+    """A token of issuer `iss` signed by `private` (docs/format.md, "Tokens")."""
+    import jwt
+
+    if scope not in TOKEN_SCOPES:
+        raise ValueError(f"token scope must be one of {', '.join(TOKEN_SCOPES)}, not "
+                         f"{scope!r}")
+    prefix = paths.normalize(prefix)
+    now = int(time.time())
+    claims = {"iss": iss, "sub": sub, "scope": scope, "prefix": prefix,
+              "iat": now, "exp": now + int(ttl), "jti": secrets.token_hex(16)}
+    return jwt.encode(claims, private, algorithm="EdDSA", headers={"typ": TOKEN_TYP})
 
 
 class NonceCache:

@@ -123,6 +123,13 @@ def _existing_registry_dir(args: argparse.Namespace) -> Path:
     return root
 
 
+def cmd_registry_metrics_token(args: argparse.Namespace) -> int:
+    from gfs.federation import registry_metrics
+
+    print(registry_metrics.mint(_existing_registry_dir(args), args.ttl, args.user))
+    return 0
+
+
 def cmd_registry_pending(args: argparse.Namespace) -> int:
     from gfs.federation.registry import RegistryState
 
@@ -516,6 +523,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--rekey", action="store_true",
                     help="rebind an admitted entity to --key (a lost or rotated key)")
     sp.set_defaults(func=cmd_registry_admit)
+    sp = rs.add_parser("metrics-token", parents=[common],
+                       help="mint the token that reads the registry's /metrics (the operator)",
+                       description="Print a metrics token of the registry in --state DIR, "
+                       "for its Prometheus scraper (Authorization: Bearer TOKEN).")
+    sp.add_argument("--ttl", type=positive_duration_arg, default=30 * 86400.0,
+                    help="how long it is valid (30d)")
+    sp.add_argument("--user", default="prometheus",
+                    help="who it is for, recorded in the token (prometheus)")
+    sp.set_defaults(func=cmd_registry_metrics_token)
     sp = rs.add_parser("pending", parents=[common], help="list registration requests")
     sp.set_defaults(func=cmd_registry_pending)
 

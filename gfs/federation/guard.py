@@ -4,18 +4,25 @@
     await site.start()
 
 Each accepted connection passes `ConnectionGuard.admit`: at most `per_peer` open
-connections from one address and `total` in all (others are closed at once, before
-aiohttp sees them, so descriptors never run out); the first request's headers must be
-complete within `header_timeout` seconds of the connection, or it is closed. Idle
+connections from one address and `total` in all, so descriptors never run out. At
+`total`, a new connection takes the place of the oldest one that has not yet sent its
+first request (an idle flood cannot lock clients out); only when every connection is
+busy is the new one closed at once, before aiohttp sees it. The first request's
+headers must be complete within `header_timeout` seconds of the connection, or it is
+closed. With TLS, the handshake (and its ~256 KiB of buffers) starts only once the
+client has sent its first bytes, so idle connections cost a socket, not memory. Idle
 keep-alive connections are closed by aiohttp's `keepalive_timeout` (`Limits.idle`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import ssl
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,28 +44,50 @@ class Limits:
 
 
 class ConnectionGuard:
-    """Counts open connections per peer address; refuses beyond the limits."""
+    """Counts open connections per peer address; refuses beyond the limits, or at the
+    total limit closes the oldest connection still waiting for its first request."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._open: dict[str, int] = {}
         self._total = 0
+        self._waiting: OrderedDict[_Guarded, None] = OrderedDict()
         self.refused = 0
         self.expired = 0
+        self.evicted = 0
         self._lock = threading.Lock()
 
-    def admit(self, peer: str) -> bool:
+    def admit(self, peer: str, conn: _Guarded | None = None) -> bool:
+        """Whether a new connection from `peer` may stay open; `conn` (if given) counts as
+        waiting for its first request until `started`."""
+        victim = None
         with self._lock:
-            if (self._total >= self.limits.total
-                    or self._open.get(peer, 0) >= self.limits.per_peer):
+            if self._open.get(peer, 0) >= self.limits.per_peer:
                 self.refused += 1
                 return False
+            if self._total >= self.limits.total:
+                if not self._waiting:
+                    self.refused += 1
+                    return False
+                victim, _ = self._waiting.popitem(last=False)
+                self.evicted += 1
             self._open[peer] = self._open.get(peer, 0) + 1
             self._total += 1
-            return True
+            if conn is not None:
+                self._waiting[conn] = None
+        if victim is not None:
+            victim.evict()
+        return True
 
-    def release(self, peer: str) -> None:
+    def started(self, conn: _Guarded) -> None:
+        """`conn` sent its first request: it is no longer evicted for a newcomer."""
         with self._lock:
+            self._waiting.pop(conn, None)
+
+    def release(self, peer: str, conn: _Guarded | None = None) -> None:
+        with self._lock:
+            if conn is not None:
+                self._waiting.pop(conn, None)
             left = self._open.get(peer, 0) - 1
             if left > 0:
                 self._open[peer] = left
@@ -86,23 +115,54 @@ class _Guarded(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._task: asyncio.Future[None] | None = None
         self._early = b""
+        self._watch = -1  # a duplicate of the socket watched for the first bytes (TLS)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if peer else ""
-        if not self._guard.admit(self._peer):
+        self._transport = transport
+        self._admitted = True
+        if not self._guard.admit(self._peer, self):
+            self._admitted = False
             transport.abort()
             return
-        self._admitted = True
-        self._transport = transport
-        self._timer = asyncio.get_running_loop().call_later(
-            self._guard.limits.header_timeout, self._expire)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._guard.limits.header_timeout, self._expire)
         if self._tls is None:
             self._start(transport)
-        else:  # admitted before the handshake: a half-open TLS connection counts too
-            transport.pause_reading()  # the ClientHello waits for start_tls
-            self._task = asyncio.ensure_future(self._handshake(transport))
+            return
+        # admitted before the handshake: a half-open TLS connection counts too. The
+        # ClientHello waits for start_tls; until it arrives only a duplicate descriptor
+        # is watched (the transport owns the socket's), so an idle connection holds no
+        # TLS buffers.
+        transport.pause_reading()
+        sock = transport.get_extra_info("socket")
+        try:
+            self._watch = os.dup(sock.fileno())
+            loop.add_reader(self._watch, self._hello)
+        except OSError:  # out of descriptors: handshake at once
+            self._unwatch()
+            self._hello()
+
+    def _hello(self) -> None:
+        """The client sent its first bytes (or closed): run the TLS handshake."""
+        self._unwatch()
+        if self._transport is not None and self._task is None and self._admitted:
+            self._task = asyncio.ensure_future(self._handshake(self._transport))
+
+    def _unwatch(self) -> None:
+        if self._watch >= 0:
+            with contextlib.suppress(RuntimeError):  # the loop is closed at shutdown
+                asyncio.get_running_loop().remove_reader(self._watch)
+            os.close(self._watch)
+            self._watch = -1
+
+    def evict(self) -> None:
+        """Close this connection (still waiting for its first request) for a newcomer."""
+        self._release()
+        if self._transport is not None:
+            self._transport.abort()
 
     async def _handshake(self, raw: asyncio.Transport) -> None:
         assert self._tls is not None
@@ -135,12 +195,13 @@ class _Guarded(asyncio.Protocol):
             self._transport.abort()
 
     def _release(self) -> None:
+        self._unwatch()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._admitted:
             self._admitted = False
-            self._guard.release(self._peer)
+            self._guard.release(self._peer, self)
 
     def data_received(self, data: bytes) -> None:
         if self._timer is not None:
@@ -148,6 +209,7 @@ class _Guarded(asyncio.Protocol):
             if b"\r\n\r\n" in seen or b"\r\n\r\n" in data:
                 self._timer.cancel()
                 self._timer = None
+                self._guard.started(self)
             else:
                 self._tail = seen[-3:]
         if self._inner is not None:

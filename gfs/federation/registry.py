@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 
-from gfs.federation import audit_heads, expr, ids, registry_leases
+from gfs.federation import audit_heads, expr, ids, registry_leases, registry_metrics
 from gfs.federation.auth import (
     AuthError,
     NonceCache,
@@ -53,6 +53,8 @@ MAX_PENDING = 256
 """Most pending registration requests kept for the operator (oldest dropped)."""
 MAX_REVOKED = 4096
 """Most individually revoked tokens an entity lists (expired ones are dropped first)."""
+MAX_REVOKED_CERTS = 4096
+"""Most certificates one entity lists as revoked (`revoked_certs`, serials in hex)."""
 MAX_SITES = 64
 """Most sites one entity may register."""
 MAX_INFO = 4096
@@ -358,7 +360,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=_state(request).metrics.render(), content_type="text/plain")
+    st = _state(request)
+    registry_metrics.check(request.headers, st.notary.public_key())
+    return web.Response(text=st.metrics.render(), content_type="text/plain")
 
 
 async def register_entity(request: web.Request) -> web.Response:
@@ -413,9 +417,24 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 
 async def revoke_tokens(request: web.Request) -> web.Response:
-    """Revoke one token of the entity (`jti`, with its `exp`) or all issued `before`."""
+    """Revoke one token of the entity (`jti`, with its `exp`), all issued `before`, or
+    one certificate its CA issued (`cert`: its serial number, hex)."""
     name = _name(request.match_info["name"], "entity name")
     data = await _signed_json(request, name)
+    cert = field(data, "cert", str, None,
+                 check=lambda c: re.fullmatch(r"[0-9a-f]{1,40}", c) is not None)
+    if cert is not None:
+        if set(data) != {"cert"}:
+            raise BadRequestError("send {cert} alone to revoke a certificate")
+
+        def revoke_cert(rec: dict[str, Any]) -> None:
+            serials = [c for c in rec.get("revoked_certs", []) if c != cert]
+            if len(serials) >= MAX_REVOKED_CERTS:
+                raise ApiError(f"entity {name!r} already revokes {MAX_REVOKED_CERTS} "
+                               "certificates; make a new CA (rotate the entity key)", 409,
+                               "too_many")
+            rec["revoked_certs"] = [*serials, cert]
+        return web.json_response(_state(request).update_entity(name, revoke_cert))
     jti = field(data, "jti", str, None, check=lambda j: re.fullmatch(r"[0-9a-f]{16,64}", j)
                 is not None)
     exp = field(data, "exp", int, None, check=lambda e: 0 < e < 1 << 40)

@@ -310,7 +310,7 @@ async def ns_write(request: web.Request) -> web.Response:
     site, p, body = await _binary_principal(request)
     path = await _run(site.check_path, p, request.query.get("path", ""), True)
 
-    st = await _run(site.change, path, lambda: site.client.write_bytes(path, body))
+    st = await _run(site.write_file, path, body)
     return web.json_response(stat_to_wire(st))
 
 

@@ -52,6 +52,7 @@ from gfs.federation.http import (
     Metrics,
 )
 from gfs.federation.site_client import SiteClient
+from gfs.federation.site_lock import WriteLock
 from gfs.federation.vault import Vault
 from gfs.federation.wire import (
     check_name,
@@ -154,7 +155,7 @@ class Site:
         self.clock_skew = 0.0
         """Registry clock minus this site's, measured at the last heartbeat (seconds)."""
         self._keys_lock = threading.Lock()
-        self.write_lock = threading.Lock()
+        self.write_lock = WriteLock()
         self.pulls = ThreadPoolExecutor(max_workers=PULL_WORKERS,
                                         thread_name_prefix="hutong-pull")
         """Threads of `/v1/mover/pull` (a stalled source must not take the API's)."""
@@ -397,6 +398,14 @@ class Site:
         with self.write_lock:
             fn()
         return None if path is None else self.client.stat(path)
+
+    def write_file(self, path: str, data: bytes) -> Stat:
+        """Create or replace file `path` with `data`; file writes run side by side (the
+        write lock shared: each one's chunking, compression and pack writes would
+        otherwise wait for every other's); its stat after."""
+        with self.write_lock.shared():
+            self.client.write_bytes(path, data)
+        return self.client.stat(path)
 
     def setattr(self, path: str, mode: int | None, atime_ns: int | None,
                 mtime_ns: int | None) -> Stat:

@@ -40,6 +40,8 @@ SITES_TTL = 5.0
 MISS_REFRESH = 1.0
 """Least seconds between two re-reads of the entity CAs for an unknown signer."""
 CHECKED_LIMIT = 4096
+MAX_REVOKED_CERTS = 4096
+"""Most revoked certificate serials read per entity (the registry keeps no more)."""
 """Client certificates whose issuer check a site remembers."""
 
 
@@ -75,6 +77,7 @@ class Trust:
         self._lock = threading.Lock()
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._cas: dict[str, tuple[x509.Certificate, float]] = {}
+        self._revoked: dict[str, frozenset[int]] = {}
         self._sites: tuple[float, dict[str, tuple[str, str]]] = (0.0, {})
         self._registry: HttpClient | None = None
 
@@ -142,6 +145,9 @@ class Trust:
 
     def _verified(self, rec: dict[str, Any]) -> x509.Certificate | None:
         name = str(rec.get("name", ""))
+        with self._lock:  # the serials of certificates the entity revoked (hex)
+            self._revoked[name] = frozenset(
+                int(str(x), 16) for x in rec.get("revoked_certs", [])[:MAX_REVOKED_CERTS])
         if not rec.get("ca") or not rec.get("ca_sig"):
             return None
         ca = certs.verify_ca(name, str(rec["ca"]), str(rec["ca_sig"]),
@@ -149,6 +155,11 @@ class Trust:
         with self._lock:
             self._cas[name] = (ca, time.monotonic())
         return ca
+
+    def revoked_certs(self) -> dict[str, frozenset[int]]:
+        """Serial numbers of the certificates each entity revoked, as last read."""
+        with self._lock:
+            return dict(self._revoked)
 
     def entity_cas(self) -> dict[str, x509.Certificate]:
         """Every entity's CA the registry publishes (bad bindings left out and logged)."""
@@ -241,8 +252,8 @@ class ServerTls:
         self.cas: dict[str, x509.Certificate] = {}
         if mutual and trust is not None and trust.entity and trust.own_ca is not None:
             self.cas = {trust.entity: trust.own_ca}
-        self._state: tuple[dict[str, x509.Certificate], dict[tuple[str, bytes], bool]] = (
-            self.cas, {})
+        self._state: tuple[dict[str, x509.Certificate], dict[str, frozenset[int]],
+                           dict[tuple[str, bytes], bool]] = (self.cas, {}, {})
         self._current = self._build()
         self.context = self._build()
         self.context.sni_callback = self._sni
@@ -264,24 +275,29 @@ class ServerTls:
         if not self.mutual or self.trust is None:
             return False
         cas = self.trust.entity_cas()
+        revoked = self.trust.revoked_certs()
         if {k: c.fingerprint(hashes.SHA256()) for k, c in cas.items()} == \
-                {k: c.fingerprint(hashes.SHA256()) for k, c in self.cas.items()}:
+                {k: c.fingerprint(hashes.SHA256()) for k, c in self.cas.items()} \
+                and revoked == self._state[1]:
             return False
         self.cas = cas
-        self._state = (cas, {})
+        self._state = (cas, revoked, {})
         self._current = self._build()
         log.info("TLS: trusting the CAs of %d entities", len(cas))
         return True
 
     def client_entity_ok(self, entity: str, leaf_der: bytes) -> bool:
-        """Whether `leaf_der` was issued by `entity`'s CA (as last refreshed; answers
+        """Whether `leaf_der` was issued by `entity`'s CA and not revoked by it (as last
+        refreshed; answers
         are remembered until the CAs change, as every request of a connection asks)."""
-        cas, checked = self._state  # one snapshot: a refresh replaces both at once
+        cas, revoked, checked = self._state  # one snapshot: a refresh replaces all
         key = (entity, leaf_der)
         ok = checked.get(key)
         if ok is None:
             ca = cas.get(entity)
-            ok = ca is not None and certs.issued_by(leaf_der, ca)
+            ok = ca is not None and certs.issued_by(leaf_der, ca) and \
+                x509.load_der_x509_certificate(leaf_der).serial_number \
+                not in revoked.get(entity, frozenset())
             if len(checked) >= CHECKED_LIMIT:
                 checked.clear()
             checked[key] = ok

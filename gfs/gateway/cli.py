@@ -9,11 +9,14 @@ import json
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gfs.cli import open_client, port
 from gfs.errors import ConfigError
 from gfs.units import positive_duration_arg
+
+if TYPE_CHECKING:
+    from gfs.accesslog import AccessLog
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -34,14 +37,24 @@ def cmd_s3(args: argparse.Namespace) -> int:
 
     host, port = args.listen
     profile = selected(getattr(args, "profile", None))
+    log = _access_log(args)
     if profile is not None:  # the federation: tokens as credentials
-        asyncio.run(_serve(make_app(profile_access(profile, args.root)), host, port,
+        asyncio.run(_serve(make_app(profile_access(profile, args.root), log=log), host, port,
                            "hutong gateway s3: serving on"))
         return 0
     with open_client(args) as fs:
-        asyncio.run(_serve(make_app(store_access(fs, args.root)), host, port,
+        asyncio.run(_serve(make_app(store_access(fs, args.root), log=log), host, port,
                            "hutong gateway s3: serving on"))
     return 0
+
+
+def _access_log(args: argparse.Namespace) -> AccessLog:
+    """The access log of a gateway: the one of its state directory (the store's, or the
+    local one with --profile), read with `hutong log`."""
+    from gfs.accesslog import AccessLog
+    from gfs.env import state_dir
+
+    return AccessLog(state_dir(args.state))
 
 
 def cmd_token_credentials(args: argparse.Namespace) -> int:
@@ -76,7 +89,9 @@ def cmd_webdav(args: argparse.Namespace) -> int:
         else:
             access = store_access(closing.enter_context(open_client(args)), "/")
         closing.callback(access.close)
-        server = serve(make_app(access, args.root, auth=not args.no_auth), host, port,
+        log = _access_log(args)
+        closing.callback(log.close)
+        server = serve(make_app(access, args.root, auth=not args.no_auth, log=log), host, port,
                        lambda url: print(f"hutong gateway webdav: serving on {url}",
                                          flush=True))
         thread = threading.Thread(target=server.serve, name="hutong-webdav", daemon=True)

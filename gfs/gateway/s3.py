@@ -25,6 +25,8 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from gfs.accesslog import AccessLog
+from gfs.accesslog_gateway import s3_middleware
 from gfs.errors import FileTooLargeError, ReadOnlyError, UnavailableSiteError
 from gfs.gateway import metrics
 from gfs.gateway.access import Access
@@ -149,7 +151,7 @@ class S3Gateway:
             session = headers.get("x-amz-security-token") or \
                 request.rel_url.query.get("X-Amz-Security-Token")
             verified = verify(signed, lambda ak: self.access.lookup(ak, session))
-            cred = verified.credential
+            cred = request[_CRED] = verified.credential
             for b in (bucket, self._copy_source(request)[0]):
                 if b and not cred.allows(b):
                     raise S3Error("AccessDenied", "this access key may not use the bucket", b)
@@ -160,7 +162,6 @@ class S3Gateway:
             _REQUEST_STORE.set(leased)
             payload = None if verified.payload_hash == UNSIGNED or verified.chunked \
                 else verified.payload_hash
-            request[_CRED] = verified.credential
             request[_VERIFIED] = verified
             resp = await self._dispatch(request, bucket, key, payload)
         except Exception as e:
@@ -603,13 +604,16 @@ def _as_s3(e: Exception, resource: str) -> Exception:
     return e
 
 
-def make_app(access: Access, *, workers: int = 16) -> web.Application:
+def make_app(access: Access, *, workers: int = 16,
+             log: AccessLog | None = None) -> web.Application:
     """The S3 gateway application: requests act on the store `access` maps their
-    credential to (gfs.gateway.access)."""
+    credential to (gfs.gateway.access); each is recorded in `log` when given."""
     pool = ThreadPoolExecutor(workers, thread_name_prefix="hutong-s3")
     gw = S3Gateway(access, pool)
-    app = web.Application(middlewares=[metrics.middleware("s3")],
-                          client_max_size=MAX_XML)
+    hooks = [metrics.middleware("s3")]
+    if log is not None:
+        hooks.append(s3_middleware(log, _CRED, metrics.OPERATION))
+    app = web.Application(middlewares=hooks, client_max_size=MAX_XML)
     app[_ACCESS_KEY] = access
     app[_POOL_KEY] = pool
     app.router.add_get(metrics.METRICS_PATH, metrics.serve_metrics)

@@ -29,6 +29,8 @@ from wsgidav.dc.base_dc import BaseDomainController
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from gfs import paths
+from gfs.accesslog import AccessLog
+from gfs.accesslog_gateway import webdav_middleware
 from gfs.errors import (
     ExistsError,
     HutongError,
@@ -296,8 +298,10 @@ def _timed(app: WSGIApp) -> WSGIApp:
     return wrapped
 
 
-def make_app(access: Access, root: str = "/", *, auth: bool = True) -> WSGIApp:
-    """The WebDAV WSGI application serving `root` of the stores of `access`."""
+def make_app(access: Access, root: str = "/", *, auth: bool = True,
+             log: AccessLog | None = None) -> WSGIApp:
+    """The WebDAV WSGI application serving `root` of the stores of `access`; each request
+    is recorded in `log` when given."""
     config: dict[str, Any] = {
         "provider_mapping": {"/": HutongProvider(access, root)},
         "http_authenticator": {"domain_controller": CredentialDomainController,
@@ -313,7 +317,8 @@ def make_app(access: Access, root: str = "/", *, auth: bool = True) -> WSGIApp:
     }
     if not auth:
         config["http_authenticator"]["domain_controller"] = None
-    return _timed(WsgiDAVApp(config))
+    app = WsgiDAVApp(config)
+    return _timed(app if log is None else webdav_middleware(log, _CRED, app))
 
 
 def serve(app: WSGIApp, host: str, port: int, on_ready: Callable[[str], None],

@@ -99,6 +99,14 @@ class Pool(ABC):
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Return bytes ``[start, end)`` of the object (clamped to its size, like slicing)."""
 
+    def readinto(self, key: str, start: int, buf: bytearray | memoryview) -> int:
+        """Fill `buf` with the object's bytes from `start`; return how many were read (fewer
+        at the end of the object). Pools that can read without an intermediate copy
+        (`LocalPool`) override this default, which copies from `get`."""
+        data = self.get(key, start, start + len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
     @abstractmethod
     def size(self, key: str) -> int:
         """Return the object's size in bytes; `PoolObjectMissingError` if absent."""
@@ -166,6 +174,9 @@ class PoolWrapper(Pool):
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         return self.inner.get(key, start, end)
+
+    def readinto(self, key: str, start: int, buf: bytearray | memoryview) -> int:
+        return self.inner.readinto(key, start, buf)
 
     def size(self, key: str) -> int:
         return self.inner.size(key)

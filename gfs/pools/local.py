@@ -242,8 +242,8 @@ class LocalPool(Pool):
                 raise self._error(e, path, f"put {key}") from e
             raise
 
-    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
-        check_range(start, end)
+    def _open(self, key: str) -> tuple[int, os.stat_result, str]:
+        """(fd, stat, path) of the object, opened for reading; the caller closes fd."""
         path = self._path(key)
         try:
             fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
@@ -255,6 +255,17 @@ class LocalPool(Pool):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise PoolObjectMissingError(key, f"object missing from pool {self.url}")
+        except BaseException as e:
+            os.close(fd)
+            if isinstance(e, OSError):
+                raise self._error(e, path, f"get {key}") from e
+            raise
+        return fd, st, path
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        check_range(start, end)
+        fd, st, path = self._open(key)
+        try:
             stop = st.st_size if end is None else min(end, st.st_size)
             want = stop - start
             if want <= 0:
@@ -271,6 +282,23 @@ class LocalPool(Pool):
                 chunks.append(more)
                 got += len(more)
             return b"".join(chunks)
+        except OSError as e:
+            raise self._error(e, path, f"get {key}") from e
+        finally:
+            os.close(fd)
+
+    def readinto(self, key: str, start: int, buf: bytearray | memoryview) -> int:
+        check_range(start, None)
+        fd, _, path = self._open(key)
+        view = memoryview(buf).cast("B")
+        got = 0
+        try:
+            while got < len(view):
+                n = os.preadv(fd, [view[got:]], start + got)
+                if n == 0:
+                    break  # end of the object
+                got += n
+            return got
         except OSError as e:
             raise self._error(e, path, f"get {key}") from e
         finally:

@@ -9,9 +9,11 @@ never sees or writes a plaintext byte in the backend.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import struct
+import threading
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -30,6 +32,11 @@ SALT_LEN = 24
 SEGMENT = 64 << 10
 TAG = 16
 KEY_LEN = 32
+STEP = SEGMENT + TAG
+GROUP = 16
+"""Segments read from the backend per call (~1 MiB)."""
+HEADS_CACHED = 4096
+"""Object headers (salt, size) a pool remembers for the reads that follow."""
 _HEAD = struct.Struct(f"<4sB3x{SALT_LEN}s")
 _AD = struct.Struct(">QB")
 
@@ -40,6 +47,34 @@ def _object_aead(key: bytes, name: str, salt: bytes) -> AESGCM:
     (a derivation costs ~100 us, a 4 KiB read ~10 us)."""
     info = b"hutong pool object v1\0" + name.encode()
     return AESGCM(HKDF(hashes.SHA256(), KEY_LEN, salt, info).derive(key))
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype, _new_bytes.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
+_bytes_at = ctypes.pythonapi.PyBytes_AsString
+_bytes_at.restype, _bytes_at.argtypes = ctypes.c_void_p, (ctypes.py_object,)
+
+
+def _fresh_bytes(n: int) -> tuple[bytes, memoryview]:
+    """A new, not yet shared `bytes` of `n` bytes and a writable view of its contents, for
+    filling it before it is returned (what C code does with PyBytes_FromStringAndSize(NULL,
+    n)). A large read made as a bytearray and then copied into bytes touches twice the
+    fresh memory, and page faults are what such a read costs most. The view must be
+    released before the bytes object is handed out."""
+    result: bytes = _new_bytes(None, n)
+    return result, memoryview((ctypes.c_char * n).from_address(_bytes_at(result))).cast("B")
+
+
+
+def _scratch(local: threading.local) -> tuple[memoryview, memoryview]:
+    """This thread's buffers (in `local`, one per pool: a sealed pool inside another
+    must not share them) for GROUP sealed segments and GROUP + 1 plain ones, reused by
+    every read."""
+    bufs: tuple[memoryview, memoryview] | None = getattr(local, "bufs", None)
+    if bufs is None:
+        bufs = local.bufs = (memoryview(bytearray(GROUP * STEP)),
+                              memoryview(bytearray((GROUP + 1) * SEGMENT)))
+    return bufs
 
 
 def _segments(body: int) -> int:
@@ -55,6 +90,9 @@ class SealedPool(PoolWrapper):
             raise ConfigError(f"at-rest key must be {KEY_LEN} bytes, got {len(key)}")
         super().__init__(inner)
         self._key = key
+        self._heads: dict[str, tuple[bytes, int]] = {}
+        self._heads_lock = threading.Lock()
+        self._local = threading.local()
 
     def _aead(self, name: str, salt: bytes) -> AESGCM:
         return _object_aead(self._key, name, salt)
@@ -75,60 +113,106 @@ class SealedPool(PoolWrapper):
             nonce = i.to_bytes(12, "big")
             out.append(aead.encrypt(nonce, plain[i * SEGMENT:(i + 1) * SEGMENT],
                                     _AD.pack(i, i == n - 1)))
+        self._forget(key)
         self.inner.put(key, out)
+        self._remember(key, salt, HEAD_LEN + len(plain) + n * TAG)
 
-    def _layout(self, key: str) -> tuple[int, int]:
-        """(segments, plaintext size) of the object, from its stored size."""
-        body = self.inner.size(key) - HEAD_LEN
+    def delete(self, key: str) -> None:
+        self._forget(key)
+        self.inner.delete(key)
+
+    def _remember(self, key: str, salt: bytes, stored: int) -> None:
+        with self._heads_lock:
+            if len(self._heads) >= HEADS_CACHED:
+                self._heads.pop(next(iter(self._heads)))
+            self._heads[key] = (salt, stored)
+
+    def _forget(self, key: str) -> None:
+        with self._heads_lock:
+            self._heads.pop(key, None)
+
+    def _layout(self, key: str, stored: int) -> tuple[int, int]:
+        """(segments, plaintext size) of object `key` of `stored` bytes."""
+        body = stored - HEAD_LEN
         n = _segments(body)
         if body < TAG or body - (n - 1) * (SEGMENT + TAG) < TAG:
-            raise self._corrupt(key, f"of {body + HEAD_LEN} bytes is cut")
+            raise self._corrupt(key, f"of {stored} bytes is cut")
         return n, body - n * TAG
+
+    def _head(self, key: str, cached: bool) -> tuple[bytes, int]:
+        """(salt, stored size) of the object: remembered from an earlier put or read (a stale
+        entry fails authentication and is read again), else read from the backend."""
+        if cached:
+            with self._heads_lock:
+                head = self._heads.get(key)
+            if head is not None:
+                return head
+        stored = self.inner.size(key)
+        raw = self.inner.get(key, 0, HEAD_LEN)
+        magic, version, salt = _HEAD.unpack(raw) if len(raw) == HEAD_LEN else (b"", 0, b"")
+        if magic != MAGIC or version != VERSION:
+            raise self._corrupt(key, "has no sealed header (a plaintext object in an "
+                                "encrypted pool?)")
+        self._remember(key, salt, stored)
+        return salt, stored
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         check_key(key)
         check_range(start, end)
-        # A read takes up to three backend calls; an object replaced between them fails
-        # authentication, so a failed read is tried again (damage fails every time).
+        # The first try uses the remembered header; an object replaced or damaged since
+        # fails authentication and is read afresh (damage fails every time).
         for attempt in range(3):
             try:
-                return self._get(key, start, end)
+                return self._get(key, start, end, cached=attempt == 0)
             except CorruptChunkError:
+                self._forget(key)
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _get(self, key: str, start: int, end: int | None) -> bytes:
-        n, size = self._layout(key)
+    def _get(self, key: str, start: int, end: int | None, *, cached: bool) -> bytes:
+        salt, stored = self._head(key, cached and (end is None or end > start))
+        n, size = self._layout(key, stored)
         end = size if end is None else min(end, size)
         if end <= start:
             return b""
         first, last = start // SEGMENT, (end - 1) // SEGMENT
-        step = SEGMENT + TAG
-        # views, not copies: copying is what a read of a large object costs most
-        if first == 0:  # one backend call for header and segments
-            both = memoryview(self.inner.get(key, 0, HEAD_LEN + (last + 1) * step))
-            head, view = bytes(both[:HEAD_LEN]), both[HEAD_LEN:]
-        else:
-            head = self.inner.get(key, 0, HEAD_LEN)
-            view = memoryview(self.inner.get(key, HEAD_LEN + first * step,
-                                             HEAD_LEN + (last + 1) * step))
-        magic, version, salt = _HEAD.unpack(head) if len(head) == HEAD_LEN else (b"", 0, b"")
-        if magic != MAGIC or version != VERSION:
-            raise self._corrupt(key, "has no sealed header (a plaintext object in an "
-                                "encrypted pool?)")
         aead = self._aead(key, salt)
-        plain = []
-        for i in range(first, last + 1):
-            at = (i - first) * step
-            try:
-                plain.append(aead.decrypt(i.to_bytes(12, "big"), view[at:at + step],
-                                          _AD.pack(i, i == n - 1)))
-            except InvalidTag:
-                raise self._corrupt(key, f"segment {i} fails authentication") from None
-        skip = start - first * SEGMENT
-        whole = plain[0] if len(plain) == 1 else b"".join(plain)
-        return whole if skip == 0 and len(whole) == end - start else whole[skip:skip + end - start]
+        # Ciphertext goes through this thread's reused buffer, GROUP segments per backend
+        # read, and is decrypted in place into reused memory (a read up to GROUP segments)
+        # or into one buffer for the result: fresh memory costs more than the cipher.
+        ct, pt = _scratch(self._local)
+        length = end - start
+        big = length > GROUP * SEGMENT
+        result, out = _fresh_bytes(length) if big else (b"", pt[start - first * SEGMENT:][:length])
+        for g in range(first, last + 1, GROUP):
+            k = min(GROUP, last + 1 - g)
+            at, stop = HEAD_LEN + g * STEP, min(stored, HEAD_LEN + (g + k) * STEP)
+            got = self.inner.readinto(key, at, ct[:stop - at])
+            if got != stop - at:
+                raise self._corrupt(key, f"of {stored} bytes is cut")
+            for i in range(g, g + k):
+                seg = ct[(i - g) * STEP:min((i - g + 1) * STEP, got)]
+                lo, hi = i * SEGMENT, i * SEGMENT + len(seg) - TAG
+                whole = big and start <= lo and hi <= end
+                at = (i - g if big else i - first) * SEGMENT
+                dest = out[lo - start:hi - start] if whole else pt[at:at + hi - lo]
+                try:
+                    aead.decrypt_into(i.to_bytes(12, "big"), seg, _AD.pack(i, i == n - 1), dest)
+                except InvalidTag:
+                    raise self._corrupt(key, f"segment {i} fails authentication") from None
+                if big and not whole:  # a partial first or last segment of a large read
+                    a, b = max(lo, start), min(hi, end)
+                    out[a - start:b - start] = dest[a - lo:b - lo]
+        if big:
+            out.release()
+            return result
+        return bytes(out)
 
     def size(self, key: str) -> int:
-        return self._layout(key)[1]
+        return self._layout(key, self.inner.size(key))[1]
+
+    def readinto(self, key: str, start: int, buf: bytearray | memoryview) -> int:
+        data = self.get(key, start, start + len(buf))
+        buf[:len(data)] = data
+        return len(data)

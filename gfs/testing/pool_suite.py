@@ -103,6 +103,17 @@ class PoolConformance:
         ]:
             assert pool.get("r", start, end) == data[start:end], (start, end)
 
+    def test_readinto(self, pool: Pool) -> None:
+        data = bytes(range(256)) * 300
+        pool.put("r", [data])
+        for start, size in [(0, len(data)), (5, 100), (len(data) - 3, 10), (len(data), 4)]:
+            buf = bytearray(b"\xee" * size)
+            got = pool.readinto("r", start, memoryview(buf))
+            assert bytes(buf[:got]) == data[start:start + size], (start, size)
+            assert buf[got:] == b"\xee" * (size - got)
+        with pytest.raises(PoolObjectMissingError):
+            pool.readinto("no/such.pack", 0, bytearray(4))
+
     def test_negative_range_rejected(self, pool: Pool) -> None:
         pool.put("r", [b"abc"])
         with pytest.raises(ValueError):
