@@ -6,7 +6,9 @@ Hutong runs full `psi` jobs (output = intersection): two party processes over an
 authenticated loopback channel, each reading its parquet table from the store.
 The OT rows run the KKRT16 OT-extension PSI (privacy.psi_ot: AES and SHA-256
 through OpenSSL, SSE2, no AVX-512: the portable path on any x86-64); the ECDH
-rows (--ecdh) run ECDH-PSI with the backend the CPU allows (ifma where present). OpenMined PSI (pip
+rows (--ecdh) run ECDH-PSI once per backend, each forced in both parties and their
+workers with HUTONG_EC_BACKEND: "portable" (radix 2^51 C, any x86-64) always, and
+"ifma" (AVX-512 IFMA) where the CPU has it, as a separate row. OpenMined PSI (pip
 openmined-psi, P-256, RAW setup) runs its server and client in one process, as its
 examples do. Both time both parties (wall seconds, and CPU seconds of all their
 processes: on a shared machine the CPU figure is the steadier one); bytes are what
@@ -32,7 +34,7 @@ import pyarrow as pa
 
 from bench.report import headline, table
 from gfs.client import Client
-from privacy.ec import backend
+from privacy.ec import BACKEND_ENV, set_backend
 from privacy.jobs import JobSpec, run_job
 from privacy.testing import open_policy, put_policy, put_table
 
@@ -60,16 +62,21 @@ def _cpu(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def hutong(state: Path, protocol: str) -> tuple[float, int, int, float, float, float]:
+def hutong(state: Path, protocol: str, ec: str | None = None,
+           ) -> tuple[float, int, int, float, float, float]:
     """Seconds (job wall time), bytes exchanged, intersection size, protocol seconds,
-    peak RSS (MB) of the largest party process so far, CPU seconds of both parties."""
+    peak RSS (MB) of the largest party process so far, CPU seconds of both parties.
+    `ec` forces the ECDH backend of both parties (checked in their answers)."""
     spec = JobSpec("psi", "/bank-a/ids.parquet", "/telco-b/ids.parquet", "phone",
                    output="intersection", protocol=protocol, timeout=1200)
     c0 = _cpu(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = run_job(spec, state)
+    res = run_job(spec, state, env={BACKEND_ENV: ec} if ec else None)
     secs = time.perf_counter() - t0
     ans = res.answer
+    if ec and (res.left.get("ec_backend"), res.right.get("ec_backend")) != (ec, ec):
+        raise RuntimeError(f"asked for the {ec} backend, the parties ran "
+                           f"{res.left.get('ec_backend')}/{res.right.get('ec_backend')}")
     return (secs, int(ans["bytes_sent"] + ans["bytes_received"]), int(ans["size"]),
             float(ans["seconds"]), _children_rss_mb(), _cpu(resource.RUSAGE_CHILDREN) - c0)
 
@@ -91,6 +98,17 @@ def openmined(left: list[str], right: list[str]) -> tuple[float, int, int, float
     return secs, size, len(inter), _cpu(resource.RUSAGE_SELF) - c0
 
 
+def ec_backends() -> list[str]:
+    """The ECDH backends this CPU runs: portable, and ifma where present."""
+    try:
+        set_backend("ifma")
+    except RuntimeError:
+        return ["portable"]
+    finally:
+        set_backend("auto")
+    return ["portable", "ifma"]
+
+
 def _load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -99,7 +117,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench psi")
     ap.add_argument("--quick", action="store_true", help="20k x 20k only (< 1 minute)")
     ap.add_argument("--sizes", help="comma-separated set sizes (default 100000,1000000)")
-    ap.add_argument("--ecdh", action="store_true", help="also run ECDH-PSI (portable)")
+    ap.add_argument("--ecdh", action="store_true",
+                    help="also run ECDH-PSI: a portable row, and an ifma row where the CPU has it")
     ap.add_argument("--no-openmined", action="store_true", help="Hutong rows only")
     args = ap.parse_args(argv)
     sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes else
@@ -119,12 +138,14 @@ def main(argv: list[str]) -> int:
                 put_table(fs, "/bank-a/ids.parquet", pa.table({"phone": left}))
                 put_table(fs, "/telco-b/ids.parquet", pa.table({"phone": right}))
             label = f"{n:,} x {n:,}"
-            runs = [("ot", "hutong OT-PSI (KKRT16, portable: AES-NI/SSE2 via OpenSSL)")]
+            runs: list[tuple[str, str, str | None]] = [
+                ("ot", "hutong OT-PSI (KKRT16, portable: AES-NI/SSE2 via OpenSSL)", None)]
             if args.ecdh:
-                runs.append(("ecdh", f"hutong ECDH-PSI (X25519+Elligator2, {backend()})"))
+                runs += [("ecdh", f"hutong ECDH-PSI (X25519+Elligator2, {b} forced)", b)
+                         for b in ec_backends()]
             ot_s = ot_cpu = 0.0
-            for proto, name in runs:
-                h_s, h_b, h_n, h_proto, rss, h_cpu = hutong(state, proto)
+            for proto, name, ec in runs:
+                h_s, h_b, h_n, h_proto, rss, h_cpu = hutong(state, proto, ec)
                 if h_n != want:
                     print(f"wrong intersection at n={n} ({proto}): {h_n}, want {want}")
                     return 1

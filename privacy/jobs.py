@@ -36,6 +36,7 @@ from privacy import c2d, errors, he, keys, pjc, psi, psi_ot
 from privacy.audit import AnchorStore, AuditLog, close_session, note_failure, open_session
 from privacy.channel import Channel, handshake
 from privacy.ec import GroupPool
+from privacy.ec import backend as ec_backend
 from privacy.errors import AuthError, PolicyError, PrivacyError, ProtocolError, QueryError
 from privacy.policy import Policy, ReleaseTerms, clip_value
 from privacy.spill import budget_from_env
@@ -361,6 +362,8 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
                 out = {"own_keys": r.sender_count, "peer_keys": r.receiver_count}
         if spec.kind == "psi":
             out["protocol"] = spec.psi_protocol()
+            if out["protocol"] == "ecdh":
+                out["ec_backend"] = ec_backend()
             out["noise"] = "none: PSI sizes are exact; the release is metered, not noised"
             out["epsilon_left"] = terms.epsilon_left
             audit.append("release", job=spec.job_id, partner=peer,
