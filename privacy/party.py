@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                     "registry keeps the audit head")
     ap.add_argument("--listen", metavar="HOST", help="listen on HOST (--site)")
     ap.add_argument("--peer-site", metavar="NAME", help="the partner's site (--site)")
+    ap.add_argument("--peer-endpoint", metavar="URL",
+                    help="with --listen: the initiating site, asked while waiting whether "
+                    "its half still exists")
     args = ap.parse_args(argv)
     last = [0.0]
 
@@ -89,7 +92,9 @@ def _at_site(spec: JobSpec, args: argparse.Namespace, progress: Progress) -> dic
             srv, ctx = party.listen(args.listen, peer)
             with srv:
                 print(f"LISTEN {srv.getsockname()[1]}", flush=True)
-                sock = party.accept(srv, ctx, peer, min(spec.timeout, ACCEPT_TIMEOUT))
+                gone = (party.initiator_watch(args.peer_endpoint, args.peer_site, spec.job_id)
+                        if args.peer_endpoint and args.peer_site else None)
+                sock = party.accept(srv, ctx, peer, min(spec.timeout, ACCEPT_TIMEOUT), gone)
         else:
             if not args.connect or ":" not in args.connect or not args.peer_site:
                 raise QueryError("a site party connects with --connect HOST:PORT "
