@@ -39,6 +39,8 @@ from privacy.jobs import JobSpec, run_job
 from privacy.testing import open_policy, put_policy, put_table
 
 TARGET = 10.0
+#: The memory budget of one OT-PSI party (peak RSS), printed with every run.
+OT_BUDGET_MB = 1024
 
 
 def sets(n: int, seed: int = 1) -> tuple[list[str], list[str]]:
@@ -126,6 +128,7 @@ def main(argv: list[str]) -> int:
     rows = []
     ratios: dict[int, float] = {}
     cpu_ratios: dict[int, float] = {}
+    ot_rss = 0.0
     with tempfile.TemporaryDirectory(prefix="bench-psi-") as tmp:
         state = Path(tmp) / "state"
         with Client.init(state) as fs:
@@ -151,6 +154,7 @@ def main(argv: list[str]) -> int:
                     return 1
                 if proto == "ot":
                     ot_s, ot_cpu = h_s, h_cpu
+                    ot_rss = max(ot_rss, rss)
                 rows.append([label, name, round(h_s, 2), round(h_proto, 2), round(h_cpu, 1),
                              f"{h_b / 1e6:.1f}", f"{rss:.0f}", h_n, _load()])
                 label = ""
@@ -169,6 +173,8 @@ def main(argv: list[str]) -> int:
             del left, right
     print(table(["sets", "implementation", "seconds", "protocol s", "CPU s", "MB exchanged",
                  "peak RSS MB", "|X∩Y|", "load 1/5/15"], rows))
+    print(f"OT-PSI memory budget {OT_BUDGET_MB} MB per party: largest party peaked at "
+          f"{ot_rss:.0f} MB ({'within' if ot_rss <= OT_BUDGET_MB else 'OVER'})")
     if not ratios:
         print(headline("psi", False, at=f"{max(sizes):,}", note="no OpenMined row to compare"))
         return 0

@@ -343,8 +343,8 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     out: dict[str, Any]
     with GroupPool() as pool:
         if spec.kind == "psi" and spec.psi_protocol() == "ot":
-            out = psi_ot.run_half(side, ch, psi_ot.key_array_of(fs, table, key), spec.job_id,
-                                  prog, min_receiver=terms.min_group_size)
+            out = psi_ot.run_half(side, ch, psi_ot.TableKeys(fs, table, key), spec.job_id,
+                                  prog, min_receiver=terms.min_group_size, workdir=fs.state)
         elif spec.kind == "psi":
             ks = psi.iter_keys(fs, table, key)
             mem, hint = budget_from_env(), num_rows(fs, table)
