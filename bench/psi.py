@@ -13,7 +13,8 @@ openmined-psi, P-256, RAW setup) runs its server and client in one process, as i
 examples do. Both time both parties (wall seconds, and CPU seconds of all their
 processes: on a shared machine the CPU figure is the steadier one); bytes are what
 crossed between the parties;
-peak RSS is the largest party process's (Hutong) or this process's (OpenMined).
+peak RSS is the larger party process's own (Hutong: VmHWM, which each party reports)
+or this process's (OpenMined).
 
 Target: Hutong OT-PSI at least 10x faster than OpenMined at 1M x 1M (the largest
 size OpenMined ran at). Sizes without OpenMined (e.g. --sizes 10000000
@@ -55,10 +56,6 @@ def sets(n: int, seed: int = 1) -> tuple[list[str], list[str]]:
     return left, right
 
 
-def _children_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
 def _cpu(who: int) -> float:
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
@@ -67,7 +64,8 @@ def _cpu(who: int) -> float:
 def hutong(state: Path, protocol: str, ec: str | None = None,
            ) -> tuple[float, int, int, float, float, float]:
     """Seconds (job wall time), bytes exchanged, intersection size, protocol seconds,
-    peak RSS (MB) of the largest party process so far, CPU seconds of both parties.
+    peak RSS (MB) of the larger party process (its own VmHWM: getrusage would count
+    this process's memory, inherited at fork), CPU seconds of both parties.
     `ec` forces the ECDH backend of both parties (checked in their answers)."""
     spec = JobSpec("psi", "/bank-a/ids.parquet", "/telco-b/ids.parquet", "phone",
                    output="intersection", protocol=protocol, timeout=1200)
@@ -80,7 +78,9 @@ def hutong(state: Path, protocol: str, ec: str | None = None,
         raise RuntimeError(f"asked for the {ec} backend, the parties ran "
                            f"{res.left.get('ec_backend')}/{res.right.get('ec_backend')}")
     return (secs, int(ans["bytes_sent"] + ans["bytes_received"]), int(ans["size"]),
-            float(ans["seconds"]), _children_rss_mb(), _cpu(resource.RUSAGE_CHILDREN) - c0)
+            float(ans["seconds"]),
+            max(float(r.get("peak_rss_mb", 0.0)) for r in (res.left, res.right)),
+            _cpu(resource.RUSAGE_CHILDREN) - c0)
 
 
 def openmined(left: list[str], right: list[str]) -> tuple[float, int, int, float]:

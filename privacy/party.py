@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = JobSpec(**json.loads(args.spec))
         run = _at_site if args.site else _on_loopback
         result = run(spec, args, progress)
+        peak = peak_rss_mb()
+        if peak is not None:
+            result["peak_rss_mb"] = peak
         tmp = f"{args.result}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(result, f)
@@ -67,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split())
         print(f"ERROR {type(e).__name__} {msg}", file=sys.stderr, flush=True)
         return 1
+
+
+def peak_rss_mb() -> float | None:
+    """This process's own peak resident memory (VmHWM) in MB, None off Linux. Not
+    getrusage: a process started by fork+exec inherits its parent's peak there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
 
 
 def _on_loopback(spec: JobSpec, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:

@@ -139,4 +139,6 @@ def test_a_job_runs_the_forced_portable_backend_in_both_parties(tmp_path: Path) 
                    output="intersection", protocol="ecdh")
     res = run_job(spec, tmp_path / "s", env={ec.BACKEND_ENV: "portable"})
     assert res.left["ec_backend"] == res.right["ec_backend"] == "portable"
+    # each party reports its own peak memory (VmHWM), not its launcher's
+    assert all(0 < r["peak_rss_mb"] < 2048 for r in (res.left, res.right))
     assert res.answer["intersection"] == sorted(set(left) & set(right))
