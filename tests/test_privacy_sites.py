@@ -363,9 +363,11 @@ def test_a_listening_half_ends_promptly_when_the_initiator_is_gone(sites: Sites,
         assert time.monotonic() - t0 < 15
         wait_empty([sites.state("b1")])
     finally:
-        if how == "site-killed":
+        if how == "site-killed":  # back on a new port: a fresh client finds it
             sites.fed.start("a1")
             sites.fed.wait_status("a1", "up")
+            sites.a.close()
+            sites.a = sites.fed.client("shop-a")
     if how == "site-killed":  # the pair works again once a1 is back
         assert sites.run(sites.a, "shop-a", JobSpec("psi", IDS_A, IDS_B, "id"))["size"] == \
             PSI_KEYS // 2
