@@ -9,7 +9,7 @@
 
 #define KEYS_LEN (PSO_W * 16)
 
-static int need(Py_buffer *b, Py_ssize_t len, const char *what) {
+static int need(const Py_buffer *b, Py_ssize_t len, const char *what) {
     if (b->len != len) {
         PyErr_Format(PyExc_ValueError, "%s must be %zd bytes, got %zd", what, len, b->len);
         return -1;
@@ -34,30 +34,61 @@ static int ob_ok(Py_ssize_t ob) {
     return 0;
 }
 
+/* The buffer arguments of one entry point, parsed into an array so that one call
+ * releases them all (PyArg_ParseTuple releases what it took if it fails). */
+static void release(Py_buffer *b, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&b[i]);
+}
+
+/* A required length of one buffer argument. */
+typedef struct {
+    const Py_buffer *buf;
+    Py_ssize_t len;
+    const char *what;
+} Size;
+
+/* 0 if every buffer has its length, else ValueError naming the first that has not. */
+static int sizes_ok(const Size *s, int n) {
+    for (int i = 0; i < n; i++)
+        if (need(s[i].buf, s[i].len, s[i].what) != 0) return -1;
+    return 0;
+}
+
+/* 0 if b holds whole 16-byte ids, else ValueError naming `what`. */
+static int whole_ids(const Py_buffer *b, const char *what) {
+    if (b->len % PSO_ID) {
+        PyErr_Format(PyExc_ValueError, "%s must be whole 16-byte items, got %zd bytes", what,
+                     b->len);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *failed(void) {
     PyErr_SetString(PyExc_MemoryError, "OT-PSI: out of memory or an OpenSSL failure");
     return NULL;
 }
 
 static PyObject *py_hash_items(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer key, data, offs;
+    Py_buffer b[3]; /* key, data, offsets */
+    Py_buffer *key = &b[0], *data = &b[1], *offs = &b[2];
     int off64;
     Py_ssize_t start, n;
-    if (!PyArg_ParseTuple(args, "y*y*y*pnn", &key, &data, &offs, &off64, &start, &n)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*pnn", key, data, offs, &off64, &start, &n)) return NULL;
     PyObject *res = NULL;
     Py_ssize_t w = off64 ? 8 : 4;
-    if (need(&key, 32, "hash key") == 0) {
-        if (start < 0 || n < 0 || (start + n + 1) * w > offs.len) {
+    if (need(key, 32, "hash key") == 0) {
+        if (start < 0 || n < 0 || (start + n + 1) * w > offs->len) {
             PyErr_SetString(PyExc_ValueError, "item range exceeds the offsets buffer");
         } else {
             /* every offset must lie inside data and be non-decreasing */
-            const char *o = offs.buf;
+            const char *o = offs->buf;
             int bad = 0;
             for (Py_ssize_t i = start; i <= start + n && !bad; i++) {
                 long long v = off64 ? ((const long long *)o)[i] : ((const int *)o)[i];
                 long long prev = i == start ? 0 : (off64 ? ((const long long *)o)[i - 1]
                                                          : ((const int *)o)[i - 1]);
-                if (v < 0 || v > data.len || (i > start && v < prev)) bad = 1;
+                if (v < 0 || v > data->len || (i > start && v < prev)) bad = 1;
             }
             if (bad) {
                 PyErr_SetString(PyExc_ValueError, "string offsets out of range of the data");
@@ -65,16 +96,14 @@ static PyObject *py_hash_items(PyObject *Py_UNUSED(self), PyObject *args) {
                 int rc;
                 uint8_t *out = (uint8_t *)PyBytes_AS_STRING(res);
                 Py_BEGIN_ALLOW_THREADS
-                rc = pso_hash_items(out, key.buf, data.buf, offs.buf, off64, (size_t)start,
+                rc = pso_hash_items(out, key->buf, data->buf, offs->buf, off64, (size_t)start,
                                     (size_t)n);
                 Py_END_ALLOW_THREADS
                 if (rc != 0) { Py_CLEAR(res); failed(); }
             }
         }
     }
-    PyBuffer_Release(&key);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&offs);
+    release(b, 3);
     return res;
 }
 
@@ -97,23 +126,19 @@ static PyObject *py_transpose(PyObject *Py_UNUSED(self), PyObject *args) {
 }
 
 static PyObject *py_code(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer key, ids;
-    if (!PyArg_ParseTuple(args, "y*y*", &key, &ids)) return NULL;
+    Py_buffer b[2]; /* code key, ids */
+    if (!PyArg_ParseTuple(args, "y*y*", &b[0], &b[1])) return NULL;
     PyObject *res = NULL;
-    if (need(&key, 16, "code key") == 0) {
-        if (ids.len % PSO_ID) {
-            PyErr_SetString(PyExc_ValueError, "ids must be whole 16-byte items");
-        } else if ((res = PyBytes_FromStringAndSize(NULL, ids.len / PSO_ID * PSO_ROW)) != NULL) {
-            int rc;
-            uint8_t *out = (uint8_t *)PyBytes_AS_STRING(res);
-            Py_BEGIN_ALLOW_THREADS
-            rc = pso_code(out, key.buf, ids.buf, (size_t)ids.len / PSO_ID);
-            Py_END_ALLOW_THREADS
-            if (rc != 0) { Py_CLEAR(res); failed(); }
-        }
+    if (need(&b[0], 16, "code key") == 0 && whole_ids(&b[1], "ids") == 0 &&
+        (res = PyBytes_FromStringAndSize(NULL, b[1].len / PSO_ID * PSO_ROW)) != NULL) {
+        int rc;
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(res);
+        Py_BEGIN_ALLOW_THREADS
+        rc = pso_code(out, b[0].buf, b[1].buf, (size_t)b[1].len / PSO_ID);
+        Py_END_ALLOW_THREADS
+        if (rc != 0) { Py_CLEAR(res); failed(); }
     }
-    PyBuffer_Release(&key);
-    PyBuffer_Release(&ids);
+    release(b, 2);
     return res;
 }
 
@@ -146,9 +171,10 @@ static PyObject *py_cuckoo(PyObject *Py_UNUSED(self), PyObject *args) {
     unsigned long long seed;
     if (!PyArg_ParseTuple(args, "y*nnK", &ids, &bins, &stash, &seed)) return NULL;
     PyObject *res = NULL;
-    if (ids.len % PSO_ID || bins <= 0 || stash < 0 || bins > 0x7fffffff ||
-        ids.len / PSO_ID > 0x7fffffff) {
-        PyErr_SetString(PyExc_ValueError, "cuckoo: ids must be whole items, bins positive");
+    if (whole_ids(&ids, "cuckoo ids") != 0) {
+        /* the ValueError is set */
+    } else if (bins <= 0 || stash < 0 || bins > 0x7fffffff || ids.len / PSO_ID > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, "cuckoo: bins must be positive, below 2^31 items");
     } else if ((res = PyBytes_FromStringAndSize(NULL, (bins + stash) * 4)) != NULL) {
         int used;
         int32_t *t = (int32_t *)PyBytes_AS_STRING(res);
@@ -169,8 +195,10 @@ static PyObject *py_simple(PyObject *Py_UNUSED(self), PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*n", &ids, &bins)) return NULL;
     PyObject *res = NULL;
     Py_ssize_t n = ids.len / PSO_ID;
-    if (ids.len % PSO_ID || bins <= 0 || n > 0xffffffffLL) {
-        PyErr_SetString(PyExc_ValueError, "simple hashing: ids must be whole items, bins > 0");
+    if (whole_ids(&ids, "simple hashing ids") != 0) {
+        /* the ValueError is set */
+    } else if (bins <= 0 || n > 0xffffffffLL) {
+        PyErr_SetString(PyExc_ValueError, "simple hashing: bins must be positive");
     } else {
         PyObject *offs = PyBytes_FromStringAndSize(NULL, (bins + 1) * 8);
         PyObject *items = PyBytes_FromStringAndSize(NULL, 3 * n * 4 + 4);
@@ -192,22 +220,23 @@ static PyObject *py_simple(PyObject *Py_UNUSED(self), PyObject *args) {
 }
 
 static PyObject *py_recv_block(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer k0, k1, ck, r;
+    Py_buffer b[4]; /* k0, k1, code key, bin inputs */
     Py_ssize_t start, rows, ob;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*nnn", &k0, &k1, &ck, &r, &start, &rows, &ob))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nnn", &b[0], &b[1], &b[2], &b[3], &start, &rows, &ob))
         return NULL;
     PyObject *res = NULL;
-    if (need(&k0, KEYS_LEN, "OT keys 0") == 0 && need(&k1, KEYS_LEN, "OT keys 1") == 0 &&
-        need(&ck, 16, "code key") == 0 && block_ok(start, rows) == 0 && ob_ok(ob) == 0 &&
-        need(&r, rows * PSO_ID, "bin inputs") == 0) {
+    if (block_ok(start, rows) == 0 && ob_ok(ob) == 0 &&
+        sizes_ok((Size[]){{&b[0], KEYS_LEN, "OT keys 0"}, {&b[1], KEYS_LEN, "OT keys 1"},
+                          {&b[2], 16, "code key"}, {&b[3], rows * PSO_ID, "bin inputs"}},
+                 4) == 0) {
         PyObject *u = PyBytes_FromStringAndSize(NULL, rows * PSO_ROW);
         PyObject *v = PyBytes_FromStringAndSize(NULL, rows * ob);
         if (u && v) {
             int rc;
             uint8_t *up = (uint8_t *)PyBytes_AS_STRING(u), *vp = (uint8_t *)PyBytes_AS_STRING(v);
             Py_BEGIN_ALLOW_THREADS
-            rc = pso_recv_block(up, vp, (size_t)ob, k0.buf, k1.buf, ck.buf, r.buf, (size_t)start,
-                                (size_t)rows);
+            rc = pso_recv_block(up, vp, (size_t)ob, b[0].buf, b[1].buf, b[2].buf, b[3].buf,
+                                (size_t)start, (size_t)rows);
             Py_END_ALLOW_THREADS
             if (rc == 0) res = Py_BuildValue("(OO)", u, v);
             else failed();
@@ -215,50 +244,44 @@ static PyObject *py_recv_block(PyObject *Py_UNUSED(self), PyObject *args) {
         Py_XDECREF(u);
         Py_XDECREF(v);
     }
-    PyBuffer_Release(&k0);
-    PyBuffer_Release(&k1);
-    PyBuffer_Release(&ck);
-    PyBuffer_Release(&r);
+    release(b, 4);
     return res;
 }
 
 static PyObject *py_send_block(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer ks, s, ck, u, offs, items, ids;
+    Py_buffer b[7]; /* ks, s, code key, U, bin offsets, bin items, ids */
+    Py_buffer *offs = &b[4], *items = &b[5], *ids = &b[6];
     Py_ssize_t start, rows, bins, stash, ob;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*nny*y*nny*n", &ks, &s, &ck, &u, &start, &rows, &offs,
-                          &items, &bins, &stash, &ids, &ob))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nny*y*nny*n", &b[0], &b[1], &b[2], &b[3], &start, &rows,
+                          offs, items, &bins, &stash, ids, &ob))
         return NULL;
     PyObject *res = NULL;
-    Py_ssize_t n = ids.len / PSO_ID;
-    if (need(&ks, KEYS_LEN, "OT keys") == 0 && need(&s, PSO_ROW, "choice bits") == 0 &&
-        need(&ck, 16, "code key") == 0 && block_ok(start, rows) == 0 && ob_ok(ob) == 0 &&
-        need(&u, rows * PSO_ROW, "U block") == 0 && need(&offs, (bins + 1) * 8, "bin offsets") == 0) {
-        const int64_t *o = offs.buf;
+    Py_ssize_t n = ids->len / PSO_ID;
+    if (block_ok(start, rows) == 0 && ob_ok(ob) == 0 &&
+        sizes_ok((Size[]){{&b[0], KEYS_LEN, "OT keys"}, {&b[1], PSO_ROW, "choice bits"},
+                          {&b[2], 16, "code key"}, {&b[3], rows * PSO_ROW, "U block"},
+                          {offs, (bins + 1) * 8, "bin offsets"}},
+                 5) == 0) {
+        const int64_t *o = offs->buf;
         Py_ssize_t count = 0;
         for (Py_ssize_t j = start; j < start + rows; j++) {
             if (j < bins) count += (Py_ssize_t)(o[j + 1] - o[j]);
             else if (j < bins + stash) count += n;
         }
-        if (ids.len % PSO_ID || o[bins] * 4 > items.len) {
+        if (ids->len % PSO_ID || o[bins] * 4 > items->len) {
             PyErr_SetString(PyExc_ValueError, "send block: ids or bin items malformed");
         } else if ((res = PyBytes_FromStringAndSize(NULL, count * ob)) != NULL) {
             long long got;
             uint8_t *vp = (uint8_t *)PyBytes_AS_STRING(res);
             Py_BEGIN_ALLOW_THREADS
-            got = pso_send_block(vp, (size_t)ob, ks.buf, s.buf, ck.buf, u.buf, (size_t)start,
-                                 (size_t)rows, o, items.buf, (size_t)bins, (size_t)stash, ids.buf,
-                                 (size_t)n);
+            got = pso_send_block(vp, (size_t)ob, b[0].buf, b[1].buf, b[2].buf, b[3].buf,
+                                 (size_t)start, (size_t)rows, o, items->buf, (size_t)bins,
+                                 (size_t)stash, ids->buf, (size_t)n);
             Py_END_ALLOW_THREADS
             if (got != count) { Py_CLEAR(res); failed(); }
         }
     }
-    PyBuffer_Release(&ks);
-    PyBuffer_Release(&s);
-    PyBuffer_Release(&ck);
-    PyBuffer_Release(&u);
-    PyBuffer_Release(&offs);
-    PyBuffer_Release(&items);
-    PyBuffer_Release(&ids);
+    release(b, 7);
     return res;
 }
 
@@ -309,27 +332,26 @@ static PyObject *py_match_build(PyObject *Py_UNUSED(self), PyObject *args) {
 }
 
 static PyObject *py_match_probe(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_buffer sl, v, recv;
+    Py_buffer b[3]; /* table, values, received */
+    Py_buffer *sl = &b[0], *v = &b[1], *recv = &b[2];
     Py_ssize_t ob;
-    if (!PyArg_ParseTuple(args, "y*y*ny*", &sl, &v, &ob, &recv)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*ny*", sl, v, &ob, recv)) return NULL;
     PyObject *res = NULL;
     if (ob_ok(ob) == 0) {
-        size_t ns = (size_t)sl.len / 4, k = (size_t)(recv.len / ob);
-        if (ns == 0 || (ns & (ns - 1)) || ns != slots_for((size_t)(v.len / ob)) ||
-            recv.len % ob || v.len % ob) {
+        size_t ns = (size_t)sl->len / 4, k = (size_t)(recv->len / ob);
+        if (ns == 0 || (ns & (ns - 1)) || ns != slots_for((size_t)(v->len / ob)) ||
+            recv->len % ob || v->len % ob) {
             PyErr_SetString(PyExc_ValueError, "match: table, values or batch malformed");
         } else if ((res = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(k * 4))) != NULL) {
             size_t found;
             uint32_t *h = (uint32_t *)PyBytes_AS_STRING(res);
             Py_BEGIN_ALLOW_THREADS
-            found = pso_match_probe(h, sl.buf, ns, v.buf, (size_t)ob, recv.buf, k);
+            found = pso_match_probe(h, sl->buf, ns, v->buf, (size_t)ob, recv->buf, k);
             Py_END_ALLOW_THREADS
             _PyBytes_Resize(&res, (Py_ssize_t)(found * 4));
         }
     }
-    PyBuffer_Release(&sl);
-    PyBuffer_Release(&v);
-    PyBuffer_Release(&recv);
+    release(b, 3);
     return res;
 }
 

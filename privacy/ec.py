@@ -17,6 +17,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from privacy import _ec  # type: ignore[attr-defined]
+from privacy.errors import QueryError
 
 PERSON = b"hutong-psi-v1"
 POINT_BYTES = 32
@@ -24,6 +25,9 @@ POINT_BYTES = 32
 TRUNC_BYTES = 12
 #: Items per task handed to a worker process.
 WORK_ITEMS = 8192
+#: Forces the group arithmetic of this process and the worker processes it
+#: starts: "portable", "ifma" or "auto" (the default: the best this CPU runs).
+BACKEND_ENV = "HUTONG_EC_BACKEND"
 
 
 def backend() -> str:
@@ -36,6 +40,18 @@ def set_backend(name: str) -> str:
     """Choose "portable", "ifma" or "auto" (in this process); returns the choice.
     Asking for ifma on a CPU without it raises RuntimeError."""
     return str(_ec.set_backend(name))
+
+
+def backend_from_env() -> str:
+    """Apply HUTONG_EC_BACKEND (if set) and return the backend in use; a value the
+    CPU or the build cannot honour is a QueryError naming the variable."""
+    want = os.environ.get(BACKEND_ENV, "").strip()
+    if want:
+        try:
+            set_backend(want)
+        except (ValueError, RuntimeError) as e:
+            raise QueryError(f"{BACKEND_ENV}={want!r}: {e}") from e
+    return backend()
 
 
 def new_scalar() -> bytes:
@@ -126,3 +142,6 @@ class GroupPool:
                 for i in range(0, len(blob), step):
                     yield (mul, scalar, blob[i:i + step], outlen)
         return self._ordered(pieces())
+
+
+backend_from_env()  # at import: the party's and every worker process's choice

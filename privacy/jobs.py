@@ -36,6 +36,7 @@ from privacy import c2d, errors, he, keys, pjc, psi, psi_ot
 from privacy.audit import AnchorStore, AuditLog, close_session, note_failure, open_session
 from privacy.channel import Channel, handshake
 from privacy.ec import GroupPool
+from privacy.ec import backend as ec_backend
 from privacy.errors import AuthError, PolicyError, PrivacyError, ProtocolError, QueryError
 from privacy.policy import Policy, ReleaseTerms, clip_value
 from privacy.spill import budget_from_env
@@ -43,19 +44,26 @@ from privacy.tables import check_columns, entity_of, iter_batches, key_strings, 
 
 KINDS = ("psi", "join", "query")
 PSI_PROTOCOLS = ("auto", "ot", "ecdh")
-_AGG = re.compile(r"^\s*(count|sum|mean|min|max)\s*\(\s*(\*|[A-Za-z_][\w.-]*)\s*\)\s*$")
+_AGG = re.compile(r"^\s*(count|sum|mean|min|max)\s*\(\s*(distinct\s+)?"
+                  r"(\*|[A-Za-z_][\w.-]*)\s*\)\s*$", re.I)
 FAULT_ENV = "HUTONG_PRIVACY_FAULT"
 
 
 def parse_aggs(text: str) -> list[tuple[str, str | None]]:
-    """"count(*),mean(balance)" -> [("count", None), ("mean", "balance")]."""
+    """"count(*),mean(balance)" -> [("count", None), ("mean", "balance")];
+    "count(distinct k)" -> ("count_distinct", "k")."""
     out: list[tuple[str, str | None]] = []
     for part in [p for p in text.split(",") if p.strip()]:
         m = _AGG.match(part)
         if not m:
             raise QueryError(f"bad aggregate {part.strip()!r}; use count(*), sum(col), "
-                             f"mean(col), min(col) or max(col)")
-        func, col = m.group(1), m.group(2)
+                             f"mean(col), min(col), max(col) or count(distinct col)")
+        func, col = m.group(1).lower(), m.group(3)
+        if m.group(2):
+            if func != "count" or col == "*":
+                raise QueryError(f"bad aggregate {part.strip()!r}: distinct goes with "
+                                 f"count and a column, as in count(distinct k)")
+            func = "count_distinct"
         if col == "*" and func != "count":
             raise QueryError(f"{func}(*) is not defined; name a column")
         out.append((func, None if col == "*" else col))
@@ -140,10 +148,15 @@ class JobSpec:
                              "cannot release the cardinality only; use protocol ecdh or auto")
         if self.kind != "psi":
             aggs = parse_aggs(self.aggs)
-            bad = [f for f, _ in aggs if f not in ("count", "sum", "mean")]
-            if self.kind == "join" and bad:
-                raise QueryError(f"a join releases count, sum and mean only, not {bad[0]}; "
-                                 f"ask the owner for {bad[0]} with a query job")
+            keys = set(self.keys()) if self.kind == "join" else set()
+            for f, c in aggs:
+                if f == "count_distinct" and self.kind == "join" and c not in keys:
+                    raise QueryError(f"count(distinct {c}) in a join counts the join key only "
+                                     f"({' or '.join(sorted(keys))}); ask the owner for other "
+                                     f"distinct counts with a query job")
+                if f == "count_distinct" and self.kind == "query":
+                    raise QueryError("count(distinct ...) is released by joins only; a query "
+                                     "reports count, sum, mean, min and max")
         if self.receiver not in ("auto", "left", "right"):
             raise QueryError(f"receiver must be auto, left or right, got {self.receiver!r}")
         if self.scheme not in ("auto", "bfv", "ckks"):
@@ -196,6 +209,11 @@ def _fault(side: str) -> Callable[[str], None]:
 
 #: Separates the values of several group-by columns in one group label.
 LABEL_SEP = "\x1f"
+
+
+def value_columns(aggs: list[tuple[str, str | None]]) -> set[str]:
+    """The value columns aggregates read (the key of count(distinct k) is not one)."""
+    return {c for f, c in aggs if c and f != "count_distinct"}
 
 
 def _read_keys_values(fs: Client, path: str, key: str, values: list[str], group: list[str],
@@ -283,7 +301,8 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     policy = Policy.load(fs, me)
     policy.check_partner(peer, table, key)  # before the table is opened at all
     aggs = parse_aggs(spec.aggs) if spec.kind == "join" else []
-    wanted = sorted({c for _, c in aggs if c} | set(spec.group_columns()) | set(spec.where))
+    value_cols = value_columns(aggs)
+    wanted = sorted(value_cols | set(spec.group_columns()) | set(spec.where))
     sch = check_columns(fs, table, [key])  # the schema only: no rows are read yet
     has = [c for c in wanted if c in sch.names]
     ch.step = "hello"
@@ -299,7 +318,6 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     if spec.kind == "psi":
         terms = policy.check_psi(peer, table, key, spec.output, spent=audit.spent(peer))
     else:
-        value_cols = {c for _, c in aggs if c}
         mine_values = value_cols & set(has)
         if value_cols and not mine_values and value_cols - set(other):
             raise QueryError("aggregated columns must all belong to one party")
@@ -310,7 +328,7 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
             if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
                 raise QueryError(f"column {c!r} of {table} is {t}, not numeric; sum and mean "
                                  f"need numbers")
-        own_aggs = [(f, c if c in has else None) for f, c in aggs]
+        own_aggs = [(f, c if c in has and f != "count_distinct" else None) for f, c in aggs]
         terms = policy.check_aggregate(peer, table, key, own_aggs,
                                        [g for g in spec.group_columns() if g in has],
                                        [c for c in spec.where if c in has],
@@ -325,8 +343,8 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
     out: dict[str, Any]
     with GroupPool() as pool:
         if spec.kind == "psi" and spec.psi_protocol() == "ot":
-            out = psi_ot.run_half(side, ch, psi_ot.key_array_of(fs, table, key), spec.job_id,
-                                  prog, min_receiver=terms.min_group_size)
+            out = psi_ot.run_half(side, ch, psi_ot.TableKeys(fs, table, key), spec.job_id,
+                                  prog, min_receiver=terms.min_group_size, workdir=fs.state)
         elif spec.kind == "psi":
             ks = psi.iter_keys(fs, table, key)
             mem, hint = budget_from_env(), num_rows(fs, table)
@@ -344,6 +362,8 @@ def _run_two_party(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: Aud
                 out = {"own_keys": r.sender_count, "peer_keys": r.receiver_count}
         if spec.kind == "psi":
             out["protocol"] = spec.psi_protocol()
+            if out["protocol"] == "ecdh":
+                out["ec_backend"] = ec_backend()
             out["noise"] = "none: PSI sizes are exact; the release is metered, not noised"
             out["epsilon_left"] = terms.epsilon_left
             audit.append("release", job=spec.job_id, partner=peer,
@@ -363,7 +383,7 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
           table: str, key: str, aggs: list[tuple[str, str | None]], has: list[str],
           other: list[str], terms: ReleaseTerms, peer_terms: dict[str, Any],
           pool: GroupPool, prog: Progress) -> dict[str, Any]:
-    value_cols = sorted({c for _, c in aggs if c})
+    value_cols = sorted(value_columns(aggs))
     i_hold = bool(set(value_cols) & set(has)) or (not value_cols and side == "left")
     receiver = spec.receiver if spec.receiver != "auto" else None
     i_receive = (receiver == side) if receiver else not i_hold
@@ -395,7 +415,9 @@ def _join(spec: JobSpec, side: str, fs: Client, ch: Channel, audit: AuditLog, pe
         rules.on_release = on_release
         res = pjc.value_holder(ch, pjc.ValueRows(ks, vals, groups), spec.job_id,
                                he.HeParams(scheme, spec.degree), rules, pool, prog,
-                               receive=i_receive)
+                               receive=i_receive,
+                               extremes=[(f, c) for f, c in aggs if f in ("min", "max") and c],
+                               with_distinct=any(f == "count_distinct" for f, _ in aggs))
         out = {"role": "value-holder", "released_groups": len(res.groups),
                "suppressed": res.suppressed, "scheme": res.scheme, "rows": res.value_rows}
         if i_receive:
@@ -439,8 +461,13 @@ def _result_rows(spec: JobSpec, aggs: list[tuple[str, str | None]], res: pjc.Joi
                 row[name] = g.sums[col]
             elif func == "mean" and col:
                 row[name] = g.mean(col)
+            elif func in ("min", "max") and col:
+                row[name] = g.sums[f"{func}:{col}"]
+            elif func == "count_distinct" and g.distinct is not None:
+                row[f"count(distinct {col})"] = g.distinct
             else:
-                raise QueryError(f"{name} is not available in a join; use count, sum or mean")
+                raise QueryError(f"{name} is not available in a join; use count, sum, mean, "
+                                 f"min, max or count(distinct KEY)")
         if g.noise:
             row["noise"] = g.noise
         rows.append(row)

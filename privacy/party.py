@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                     "registry keeps the audit head")
     ap.add_argument("--listen", metavar="HOST", help="listen on HOST (--site)")
     ap.add_argument("--peer-site", metavar="NAME", help="the partner's site (--site)")
+    ap.add_argument("--peer-endpoint", metavar="URL",
+                    help="with --listen: the initiating site, asked while waiting whether "
+                    "its half still exists")
     args = ap.parse_args(argv)
     last = [0.0]
 
@@ -55,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = JobSpec(**json.loads(args.spec))
         run = _at_site if args.site else _on_loopback
         result = run(spec, args, progress)
+        peak = peak_rss_mb()
+        if peak is not None:
+            result["peak_rss_mb"] = peak
         tmp = f"{args.result}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(result, f)
@@ -64,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split())
         print(f"ERROR {type(e).__name__} {msg}", file=sys.stderr, flush=True)
         return 1
+
+
+def peak_rss_mb() -> float | None:
+    """This process's own peak resident memory (VmHWM) in MB, None off Linux. Not
+    getrusage: a process started by fork+exec inherits its parent's peak there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
 
 
 def _on_loopback(spec: JobSpec, args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
@@ -89,7 +108,9 @@ def _at_site(spec: JobSpec, args: argparse.Namespace, progress: Progress) -> dic
             srv, ctx = party.listen(args.listen, peer)
             with srv:
                 print(f"LISTEN {srv.getsockname()[1]}", flush=True)
-                sock = party.accept(srv, ctx, peer, min(spec.timeout, ACCEPT_TIMEOUT))
+                gone = (party.initiator_watch(args.peer_endpoint, args.peer_site, spec.job_id)
+                        if args.peer_endpoint and args.peer_site else None)
+                sock = party.accept(srv, ctx, peer, min(spec.timeout, ACCEPT_TIMEOUT), gone)
         else:
             if not args.connect or ":" not in args.connect or not args.peer_site:
                 raise QueryError("a site party connects with --connect HOST:PORT "

@@ -16,7 +16,8 @@ matching V rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,8 @@ class GroupResult:
     #: the selector's and the value holder's group labels (None: that side has none)
     s_group: str | None = None
     v_group: str | None = None
+    #: distinct join keys in the group (released only when asked: count(distinct k))
+    distinct: float | None = None
 
     def mean(self, column: str) -> float:
         """sum / count (NaN for an empty group)."""
@@ -104,10 +107,21 @@ class JoinResult:
 # -- value holder -------------------------------------------------------------------
 def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
                  rules: ReleaseRules, pool: GroupPool, progress: Progress = _no_progress,
-                 receive: bool = False) -> JoinResult:
+                 receive: bool = False, extremes: Sequence[tuple[str, str]] = (),
+                 with_distinct: bool = False) -> JoinResult:
     """V's half. Returns what V learns: the released groups as sent (masked), or,
-    with `receive`, the result itself (S then learns no aggregate)."""
+    with `receive`, the result itself (S then learns no aggregate). `extremes` are
+    (min|max, column) pairs to release, `with_distinct` releases the distinct key count
+    (docs/privacy.md says what each adds to what S learns)."""
     cols = sorted(rows.values)
+    ext = [f"{f}:{c}" for f, c in dict.fromkeys(extremes)]
+    for f, c in extremes:
+        if f not in ("min", "max") or c not in rows.values:
+            raise QueryError(f"{f}({c}) is not an extreme of a value column of this party")
+    if ext and rows.groups is not None:
+        raise QueryError("min and max in a join need the value holder's rows ungrouped (the "
+                         "selector cannot tell its groups apart); group by the other party's "
+                         "columns, or ask the owner for min/max with a query job")
     for c in cols:
         if len(rows.values[c]) != len(rows.keys):
             raise QueryError(f"column {c} has {len(rows.values[c])} values for "
@@ -150,7 +164,7 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         distinct_flag.append(0 if key in first else 1)
         first.add(key)
     ch.send("pjc-ctx", {"n": n, "scheme": params.scheme, "degree": params.degree,
-                        "vgroups": len(vlabels), "columns": cols},
+                        "vgroups": len(vlabels), "columns": cols, "extremes": ext},
             he.public_bytes(ctx, params))
     for blob in a_blobs:
         ch.send("pjc-a", body=blob)
@@ -175,6 +189,9 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
                         he.encrypt(ctx, params, vals))
         sent += len(idx)
         progress("pjc-encrypt", sent, n)
+    for c in sorted({e.split(":", 1)[1] for e in ext}):  # the rank order of c, no values
+        ranked = sorted(range(n), key=lambda p: rows.values[c][order[p]])  # ties: random
+        ch.send("pjc-order", {"column": c}, array("I", ranked).tobytes())
     ch.send("pjc-ct-end", {"chunks": chunks})
     ch.step = "pjc-reblind"
     lists: list[tuple[int, bytes]] = []
@@ -214,11 +231,12 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
     sizes: dict[tuple[int, int], int] = {}
     # the budget: parallel over disjoint groups; within a group, one part each for the
     # threshold decision, the count and every sum
-    part = (rules.epsilon / (2 + len(cols))) if rules.epsilon else None
+    part = (rules.epsilon / (2 + len(cols) + len(ext))) if rules.epsilon else None
+    dnoise: dict[tuple[int, int], dict[str, Any]] = {}
     # a key's contribution: its rows at V times the rows it joins at S (both clipped)
     rows_per_key = (rules.max_rows_per_key or 1) * max_mult
     for (sg, vg), parts in sorted(aggs.items()):
-        need = {COUNT, DISTINCT, *cols}
+        need = {COUNT, DISTINCT, *cols, *ext}
         if set(parts) != need:
             raise ProtocolError(f"{ch.peer} sent aggregates {sorted(parts)} for group "
                                 f"{sg}/{vg}, expected {sorted(need)}")
@@ -234,8 +252,9 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         sizes[(sg, vg)] = round(distinct)
         if part:  # suppression is decided on a noisy distinct count
             # a key counts once per V group it has rows in: at most max_rows_per_key
-            sizes[(sg, vg)] = dp.noisy_int(round(distinct), rules.max_rows_per_key or 1,
-                                           part)[0]
+            sizes[(sg, vg)], lab = dp.noisy_int(round(distinct), rules.max_rows_per_key or 1,
+                                                part)
+            dnoise[(sg, vg)] = lab.to_dict()
     hidden = complementary_suppression(sizes, rules.min_distinct)
     suppressed = [f"{sg}/{vg}" for sg, vg in sorted(hidden)]
     for (sg, vg), parts in sorted(parts_of.items()):
@@ -249,11 +268,17 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
             rcount, lab = dp.noisy_int(counts[(sg, vg)], rows_per_key, part)
             noise["count"] = lab.to_dict()
         out["count"] = rcount
+        if with_distinct:  # the noisy count suppression was decided on: no further epsilon
+            out["distinct"] = sizes[(sg, vg)]
+            if part:
+                noise["distinct"] = dnoise[(sg, vg)]
         sums: dict[str, float] = {}
-        for c in cols:
+        for c in cols + ext:
             masked = he.decrypt_masked(ctx, params, parts[c][0])
             if part:
-                sens = max(rules.bounds.get(c, 0.0), 1e-12) * rows_per_key
+                bound = max(rules.bounds.get(c.split(":")[-1], 0.0), 1e-12)
+                # one key moves a sum by its rows' values, a min or max across the range
+                sens = 2 * bound if c in ext else bound * rows_per_key
                 if params.scheme == "bfv":
                     noisy, lab = dp.noisy_int(int(masked), math.ceil(sens), part)
                     masked = noisy % params.plain_modulus()
@@ -265,7 +290,7 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
         if noise:
             out["noise"] = noise
         released.append(out)
-        results.append(GroupResult(label, rcount, sums))
+        results.append(GroupResult(label, rcount, sums, distinct=out.get("distinct")))
     if rules.on_release is not None:
         rules.on_release(released, suppressed)
     if not receive:
@@ -282,10 +307,11 @@ def value_holder(ch: Channel, rows: ValueRows, job_id: str, params: he.HeParams,
     mine = []
     for rg in released:
         sh = shares[(int(rg["sg"]), int(rg["vg"]))]
-        sums = {c: float(he.unmask(params, rg[c], sh[c])) for c in cols}
+        sums = {c: float(he.unmask(params, rg[c], sh[c])) for c in cols + ext}
         slab = s_labels[int(rg["sg"])] if s_labels else None
         mine.append(GroupResult(slab if slab is not None else rg["vlabel"],
-                                float(rg["count"]), sums, rg.get("noise"), slab, rg["vlabel"]))
+                                float(rg["count"]), sums, rg.get("noise"), slab, rg["vlabel"],
+                                rg.get("distinct")))
     ch.send("pjc-done")
     return JoinResult(mine, len(suppressed), n, s_keys, params.scheme, rules.epsilon_left)
 
@@ -342,6 +368,10 @@ def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
     ch.step = "pjc-receive"
     head = ch.recv("pjc-ctx")
     n, vgroups, cols = int(head.meta["n"]), int(head.meta["vgroups"]), list(head.meta["columns"])
+    ext = [str(e) for e in head.meta.get("extremes", [])]
+    if ext and (vgroups != 1 or any(e.split(":", 1)[1] not in cols for e in ext)):
+        raise ProtocolError(f"{ch.peer} asked for extremes {ext} over grouped rows or "
+                            f"columns it does not send")
     ctx = he.load_context(head.body)
     params = he.HeParams(str(head.meta["scheme"]), int(head.meta["degree"]))
     a_blobs = []
@@ -353,10 +383,14 @@ def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
     if sum(len(b) for b in a_blobs) != n * POINT_BYTES:
         raise ProtocolError(f"{ch.peer} announced {n} rows but sent a different number")
     cts: dict[tuple[int, int, str], bytes] = {}
+    orders: dict[str, array[int]] = {}
     while True:
-        m = ch.recv("pjc-ct", "pjc-ct-end")
+        m = ch.recv("pjc-ct", "pjc-order", "pjc-ct-end")
         if m.kind == "pjc-ct-end":
             break
+        if m.kind == "pjc-order":
+            orders[str(m.meta["column"])] = _rank_order(m.body, n, ch.peer)
+            continue
         cts[(int(m.meta["chunk"]), int(m.meta["vg"]), str(m.meta["agg"]))] = m.body
         progress("pjc-receive", len(cts), -1)
     ch.step = "pjc-send"
@@ -383,9 +417,12 @@ def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
     slots = params.slots()
     chunks = -(-n // slots) if n else 0
     kinds = [COUNT, DISTINCT, *cols]
+    if {e.split(":", 1)[1] for e in ext} - set(orders):
+        raise ProtocolError(f"{ch.peer} asked for min/max without sending the rank order")
     shares: dict[tuple[int, int, str], Any] = {}
     for sg, w in enumerate(weights):
-        accs = {(vg, k): he.Accumulator(ctx, params) for vg in range(vgroups) for k in kinds}
+        accs = {(vg, k): he.Accumulator(ctx, params) for vg in range(vgroups)
+                for k in kinds + ext}
         for ci in range(chunks):
             piece = d_vals[ci * slots:(ci + 1) * slots]
             times = [w.get(d, 0) for d in piece] + [0] * (slots - len(piece))
@@ -399,6 +436,14 @@ def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
                         accs[(vg, k)].add(he.load_vector(ctx, params, cts[key]),
                                           hit if k == DISTINCT else times)
             progress("pjc-aggregate", sg * chunks + ci + 1, len(weights) * chunks)
+        for e in ext:  # V's ciphertext times a one-hot at the group's first hit in rank order
+            func, col = e.split(":", 1)
+            ranks = orders[col] if func == "min" else reversed(orders[col])
+            pos = next((p for p in ranks if d_vals[p] in w), None)
+            if pos is not None:
+                ci, slot = divmod(pos, slots)
+                accs[(0, e)].add(he.load_vector(ctx, params, cts[(ci, 0, col)]),
+                                 [int(i == slot) for i in range(slots)])
         for (vg, k), acc in accs.items():
             data, share = acc.masked()
             reveal = k in (COUNT, DISTINCT)
@@ -411,7 +456,7 @@ def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
     s_keys = sum(len(v) for v in per_group.values())
     if rel.meta.get("receiver") == "value-holder":
         out = [{"sg": g["sg"], "vg": g["vg"],
-                "shares": {c: shares[(int(g["sg"]), int(g["vg"]), c)] for c in cols}}
+                "shares": {c: shares[(int(g["sg"]), int(g["vg"]), c)] for c in cols + ext}}
                for g in rel.meta["groups"]]
         ch.send("pjc-shares", {"groups": out, "labels": labels if rows.groups else None})
         ch.recv("pjc-done")
@@ -422,11 +467,22 @@ def selector(ch: Channel, rows: SelectRows, job_id: str, pool: GroupPool,
     results: list[GroupResult] = []
     for g in rel.meta["groups"]:
         sg, vg = int(g["sg"]), int(g["vg"])
-        sums = {c: float(he.unmask(params, g[c], shares[(sg, vg, c)])) for c in cols}
+        sums = {c: float(he.unmask(params, g[c], shares[(sg, vg, c)])) for c in cols + ext}
         label = labels[sg] if rows.groups is not None else g.get("vlabel")
         results.append(GroupResult(label, float(g["count"]), sums, g.get("noise"),
                                    labels[sg] if rows.groups is not None else None,
-                                   g.get("vlabel")))
+                                   g.get("vlabel"), g.get("distinct")))
     ch.send("pjc-done")
     return JoinResult(results, int(rel.meta["suppressed"]), n, s_keys, params.scheme,
                       rel.meta.get("epsilon_left"))
+
+
+def _rank_order(body: bytes, n: int, peer: str) -> array[int]:
+    """V's rank order of a column: a permutation of its n row positions."""
+    ranks = array("I")
+    if len(body) != n * ranks.itemsize:
+        raise ProtocolError(f"{peer} sent a rank order of {len(body)} bytes for {n} rows")
+    ranks.frombytes(body)
+    if len(set(ranks)) != n or (n and max(ranks) >= n):
+        raise ProtocolError(f"{peer} sent a rank order that is not a permutation of its rows")
+    return ranks

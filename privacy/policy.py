@@ -39,7 +39,8 @@ class TablePolicy(_Strict):
 
     key_columns: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()
-    aggregates: tuple[Literal["count", "sum", "mean", "min", "max"], ...] = ()
+    aggregates: tuple[Literal["count", "sum", "mean", "min", "max", "count_distinct"],
+                     ...] = ()
     group_by: tuple[str, ...] = ()
     psi_outputs: tuple[Literal["intersection", "cardinality"], ...] = ()
     clip: dict[str, tuple[float, float]] = Field(default_factory=dict)

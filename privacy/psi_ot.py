@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import nacl.bindings as sodium
 import nacl.exceptions
@@ -28,7 +29,8 @@ from privacy.channel import Channel
 from privacy.ec import job_domain
 from privacy.errors import PolicyError, PrivacyError, ProtocolError
 from privacy.psi import PsiResult
-from privacy.tables import BATCH_ROWS, iter_batches, key_array
+from privacy.spill import Workdir, _Buckets
+from privacy.tables import BATCH_ROWS, iter_batches, key_array, num_rows
 
 Progress = Callable[[str, int, int], None]
 #: Code length in bits = base OTs (KKRT16 sec. 5: >= 448 suffices up to 2^24 items
@@ -44,7 +46,10 @@ EXPANSION = 1.27
 MAX_STASH = 64
 #: Statistical security of the false-match bound (bits).
 SIGMA = 40
-__all__ = ["Params", "ReceiverView", "SenderView", "key_array_of", "params", "receiver",
+#: The sender spills its OPRF values to 2^SPILL_BITS files by their leading bits.
+SPILL_BITS = 4
+SPILL_PARTS = 1 << SPILL_BITS
+__all__ = ["Params", "ReceiverView", "SenderView", "TableKeys", "params", "receiver",
            "run_half", "sender"]
 
 
@@ -86,33 +91,103 @@ def params(n: int, m: int, bins: int | None = None, stash: int | None = None) ->
     return Params(n, m, b, s, rows, ob)
 
 
-def key_array_of(fs: Client, path: str, column: str, batch_rows: int = BATCH_ROWS) -> pa.Array:
-    """The distinct non-null keys of `column` in table `path` as one Arrow string
-    array (canonical text as `privacy.tables.key_strings`)."""
-    chunks = [key_array(b.column(0)).cast(pa.large_string())
-              for b in iter_batches(fs, path, [column], batch_rows)]
-    return distinct(pa.chunked_array(chunks, type=pa.large_string()))
+@dataclass(frozen=True)
+class TableKeys:
+    """The keys of `column` in table `path`, read batch by batch (canonical text as
+    `privacy.tables.key_strings`): a party never holds all its key strings at once."""
+
+    fs: Client
+    path: str
+    column: str
+    batch_rows: int = BATCH_ROWS
+
+    def rows(self) -> int:
+        """Rows of the table (from its metadata: an upper bound of its keys)."""
+        return num_rows(self.fs, self.path)
+
+    def batches(self) -> Iterator[pa.Array]:
+        """The column's keys, one Arrow string array per record batch."""
+        for b in iter_batches(self.fs, self.path, [self.column], self.batch_rows):
+            yield key_array(b.column(0))
 
 
-def distinct(keys: pa.Array | pa.ChunkedArray | list[str]) -> pa.Array:
-    """Distinct non-null strings, as one large_string array."""
-    arr = keys if not isinstance(keys, list) else pa.array(keys, type=pa.large_string())
-    arr = pc.unique(arr.cast(pa.large_string())).drop_null()
-    return arr.cast(pa.large_string())
+Keys: TypeAlias = TableKeys | pa.Array | list[str]
 
 
-def hash_ids(keys: pa.Array, domain: bytes, progress: Progress, step: int = 1 << 20) -> bytes:
-    """16-byte ids SHA-256(domain || key) of every key."""
-    arr = keys.cast(pa.large_string())
-    _, offs, data = arr.buffers()
+def _batches(keys: Keys) -> Iterator[pa.Array]:
+    """Non-null keys as string arrays, a batch at a time."""
+    parts = keys.batches() if isinstance(keys, TableKeys) else iter(
+        [pa.array(keys, type=pa.large_string()) if isinstance(keys, list) else keys])
+    for arr in parts:
+        yield arr.drop_null() if arr.null_count else arr
+
+
+def hash_ids(keys: pa.Array, domain: bytes, progress: Progress = lambda *a: None,
+             step: int = 1 << 20) -> bytes:
+    """16-byte ids SHA-256(domain || key) of every key of a string array."""
+    if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
+        keys = keys.cast(pa.large_string())
+    _, offs, data = keys.buffers()
+    big = pa.types.is_large_string(keys.type)
     out = bytearray()
-    n = len(arr)
+    n = len(keys)
     for i in range(0, n, step):
         k = min(step, n - i)
-        out += _c.hash_items(domain, data if data is not None else b"", offs, True,
-                             arr.offset + i, k)
+        out += _c.hash_items(domain, data if data is not None else b"", offs, big,
+                             keys.offset + i, k)
         progress("psi-hash", i + k, n)
     return bytes(out)
+
+
+def distinct_ids(keys: Keys, domain: bytes, progress: Progress) -> np.ndarray[Any, Any]:
+    """The ids of the distinct keys, sorted, as an (n, 16) uint8 array: hashed batch
+    by batch (two uint64 words per id; distinct ids are distinct keys)."""
+    total = keys.rows() if isinstance(keys, TableKeys) else len(keys)
+    words = np.empty((total, 2), np.uint64)  # one allocation: no heap of small pieces
+    done = 0
+    for arr in _batches(keys):
+        if done + len(arr) > total:
+            raise ProtocolError(f"{keys} has more keys than its {total} rows")
+        words[done:done + len(arr)] = np.frombuffer(hash_ids(arr, domain),
+                                                    np.uint64).reshape(-1, 2)
+        done += len(arr)
+        progress("psi-hash", done, total)
+    order = np.lexsort((words[:done, 1], words[:done, 0]))
+    words = words[order]
+    del order
+    keep = np.ones(len(words), dtype=bool)
+    keep[1:] = (words[1:] != words[:-1]).any(axis=1)
+    return words[keep].view(np.uint8).reshape(-1, ID)
+
+
+def strings_of(keys: Keys, domain: bytes, wanted: np.ndarray[Any, Any]) -> list[str]:
+    """The keys whose ids are in `wanted` (sorted (k, 16) ids as `distinct_ids`
+    returns them), each once, sorted: the keys are read again, batch by batch."""
+    w = wanted.view(np.uint64).reshape(-1, 2)
+    found = np.zeros(len(w), dtype=bool)
+    out: list[pa.Array] = []
+    for arr in _batches(keys):
+        b = np.frombuffer(hash_ids(arr, domain), np.uint64).reshape(-1, 2)
+        lo = np.searchsorted(w[:, 0], b[:, 0], "left")
+        hi = np.searchsorted(w[:, 0], b[:, 0], "right")
+        pos = np.full(len(b), -1, dtype=np.int64)
+        one = np.flatnonzero(hi - lo == 1)
+        pos[one] = np.where((w[lo[one], 1] == b[one, 1]), lo[one], -1)
+        for i in np.flatnonzero(hi - lo > 1):  # two ids share 64 bits: ~2^-64 per pair
+            hit = lo[i] + np.flatnonzero(w[lo[i]:hi[i], 1] == b[i, 1])
+            pos[i] = hit[0] if len(hit) else -1
+        rows = np.flatnonzero(pos >= 0)
+        rows = rows[~found[pos[rows]]]
+        first = rows[np.unique(pos[rows], return_index=True)[1]]  # a key once per batch
+        found[pos[first]] = True
+        out.append(arr.take(pa.array(first, type=pa.int64())).cast(pa.large_string()))
+    matched = pa.concat_arrays(out) if out else pa.array([], pa.large_string())
+    out.clear()
+    # byte order of UTF-8 is code point order: the same order as sorted() on str
+    matched = matched.take(pc.sort_indices(matched))
+    pa.default_memory_pool().release_unused()
+    result: list[str] = matched.to_pylist()
+    return result
 
 
 # -- base OTs: Chou-Orlandi "simplest OT" over the Ed25519 group (libsodium) -----
@@ -174,21 +249,23 @@ class SenderView:
     params: Params | None = None
 
 
-def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
+def receiver(ch: Channel, keys: Keys, job_id: str,
              progress: Progress = _no_progress, *, bins: int | None = None,
              stash: int | None = None, view: ReceiverView | None = None) -> PsiResult:
     """The receiver's half: learns the intersection (sorted) and |Y|.
-    `bins`/`stash` override the cuckoo parameters (tests); `view` records the run."""
-    arr = distinct(keys)
-    n = len(arr)
+    `bins`/`stash` override the cuckoo parameters (tests); `view` records the run.
+    Holds the keys' 16-byte ids, not their strings: the matched keys are read again
+    at the end (docs/privacy.md, "Memory")."""
     domain = job_domain(job_id)
     ch.step = "psi-hash"
-    ids = hash_ids(arr, domain, progress)
+    ids = distinct_ids(keys, domain, progress)
+    n = len(ids)
     p0 = params(n, 1, bins, stash)
     if p0.bins < 1 or p0.stash < 0 or p0.stash > MAX_STASH:
         raise ValueError(f"cuckoo parameters out of range: bins {p0.bins}, stash {p0.stash}")
     ch.step = "psi-cuckoo"
-    table_b, used = _c.cuckoo(ids, p0.bins, p0.stash, int.from_bytes(os.urandom(8), "little"))
+    table_b, used = _c.cuckoo(ids.data, p0.bins, p0.stash,
+                              int.from_bytes(os.urandom(8), "little"))
     if used < 0:
         raise CuckooError(f"cuckoo hashing of {n} keys into {p0.bins} bins needed more than "
                           f"{p0.stash} stash slots; run the job again")
@@ -215,25 +292,25 @@ def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
         k0 += _kdf(i, big_a, bi, _mul(a, bi, ch.peer))
         diff = bytes(sodium.crypto_core_ed25519_sub(bi, big_a))
         k1 += _kdf(i, big_a, bi, _mul(a, diff, ch.peer))
-    # bin inputs: the cuckoo item, or a random dummy for an empty bin or slot
     table = np.frombuffer(table_b, dtype=np.int32)
-    r = np.empty((p.rows, ID), dtype=np.uint8)
-    occ = np.flatnonzero(table >= 0)
-    r[occ] = np.frombuffer(ids, dtype=np.uint8).reshape(n, ID)[table[occ]]
-    empty = np.ones(p.rows, dtype=bool)
-    empty[occ] = False
-    r[empty] = np.frombuffer(os.urandom(int(empty.sum()) * ID), np.uint8).reshape(-1, ID)
-    del empty
+    del table_b
     mine = np.empty((n, p.ob), dtype=np.uint8)
-    owner = table[occ]  # item index of each occupied row, in row order
+    owner = table[table >= 0]  # item index of each occupied row, in row order
+    inputs = []
     ch.step = "psi-ot-extend"
     pos = 0
     for start in range(0, p.rows, BLOCK_ROWS):
         rows = min(BLOCK_ROWS, p.rows - start)
-        u, vals = _c.recv_block(bytes(k0), bytes(k1), code_key,
-                                r[start:start + rows].tobytes(), start, rows, p.ob)
+        # bin inputs: the cuckoo item, or a random dummy for an empty bin or slot
+        r = np.frombuffer(bytearray(os.urandom(rows * ID)), np.uint8).reshape(rows, ID)
+        tb = table[start:start + rows]
+        sel = np.flatnonzero(tb >= 0)
+        r[sel] = ids[tb[sel]]
+        if view is not None:
+            inputs.append(r.tobytes())
+        u, vals = _c.recv_block(bytes(k0), bytes(k1), code_key, r.tobytes(), start, rows,
+                                p.ob)
         ch.send("ot-u", {"start": start}, u)
-        sel = occ[(occ >= start) & (occ < start + rows)] - start
         v = np.frombuffer(vals, dtype=np.uint8).reshape(rows, p.ob)
         mine[pos:pos + len(sel)] = v[sel]
         pos += len(sel)
@@ -264,24 +341,28 @@ def receiver(ch: Channel, keys: pa.Array | list[str], job_id: str,
                                   dtype=np.uint32))
         progress("psi-match", got, limit)
     if view is not None:
-        view.inputs = r.tobytes()
-    del slots, mine_b, mine, r
+        view.inputs = b"".join(inputs)
+    del slots, mine_b, mine, table
     idx = owner[np.unique(np.concatenate([np.zeros(0, np.uint32), *hits]))]
-    matched = arr.take(pa.array(idx, type=pa.int64()))
-    # byte order of UTF-8 is code point order: the same order as sorted() on str
-    inter: list[str] = matched.take(pc.sort_indices(matched)).to_pylist()
+    wanted = ids[np.sort(idx)]
+    del owner, idx, hits, ids  # only the matched ids are needed to read their keys again
+    inter = strings_of(keys, domain, wanted)
     if view is not None:
         view.k0, view.k1, view.code_key, view.params = bytes(k0), bytes(k1), code_key, p
     return PsiResult(len(inter), n, m, inter)
 
 
-def sender(ch: Channel, keys: pa.Array | list[str], job_id: str,
+def sender(ch: Channel, keys: Keys, job_id: str,
            progress: Progress = _no_progress, *, min_receiver: int = 1,
-           view: SenderView | None = None) -> PsiResult:
+           view: SenderView | None = None,
+           workdir: str | os.PathLike[str] | None = None) -> PsiResult:
     """The sender's half: learns |X| only. A receiver with fewer than `min_receiver`
-    keys is refused before anything of the sender's is sent."""
-    arr = distinct(keys)
-    m = len(arr)
+    keys is refused before anything of the sender's is sent. The OPRF values go to
+    spill files under `workdir` (default: the system's temporary directory), one per
+    range of their leading bits, and are sent a file at a time, each shuffled."""
+    ch.step = "psi-hash"
+    ids = distinct_ids(keys, job_domain(job_id), progress)
+    m = len(ids)
     ch.step = "psi-ot-base"
     msg = ch.recv("ot-hello")
     n, bins, stash = (msg.meta.get(k) for k in ("n", "bins", "stash"))
@@ -301,9 +382,7 @@ def sender(ch: Channel, keys: pa.Array | list[str], job_id: str,
         ch.send("ot-base", {"m": m})
         return PsiResult(-1, n, m, None)
     p = params(n, m, bins, stash)
-    ch.step = "psi-hash"
-    ids = hash_ids(arr, job_domain(job_id), progress)
-    offs, items = _c.simple(ids, p.bins)
+    offs, items = _c.simple(ids.data, p.bins)
     s = os.urandom(ROW)
     code_key = os.urandom(16)
     pts, ks = bytearray(), bytearray()
@@ -316,9 +395,24 @@ def sender(ch: Channel, keys: pa.Array | list[str], job_id: str,
         ks += _kdf(i, big_a, bb, _mul(b, big_a, ch.peer))
     ch.step = "psi-ot-base"
     ch.send("ot-base", {"m": m}, code_key + bytes(pts))
+    with Workdir(workdir if workdir is not None else tempfile.gettempdir()) as wd:
+        _send_values(ch, wd, p, ks, s, code_key, offs, items, ids, progress, view)
+    if view is not None:
+        view.ks, view.s, view.code_key, view.params = bytes(ks), s, code_key, p
+    return PsiResult(-1, n, m, None)
+
+
+def _send_values(ch: Channel, wd: Workdir, p: Params, ks: bytearray, s: bytes,
+                 code_key: bytes, offs: bytes, items: bytes, ids: np.ndarray[Any, Any],
+                 progress: Progress, view: SenderView | None) -> None:
+    """The OT extension at the sender and its OPRF values: (3 + stash) m of them,
+    padded with random ones (an item whose hash functions share a bin yields fewer),
+    spilled by their leading bits (a function of each value alone, so the order of
+    the files says nothing of bins), each file shuffled uniformly when sent."""
     ch.step = "psi-ot-extend"
-    out = bytearray()
-    start = 0
+    spill = _Buckets(wd, "oprf", SPILL_PARTS, 1 << 20)
+    total = (3 + p.stash) * p.m
+    start = written = 0
     while True:
         msg = ch.recv("ot-u", "ot-u-end")
         if msg.kind == "ot-u-end":
@@ -333,33 +427,52 @@ def sender(ch: Channel, keys: pa.Array | list[str], job_id: str,
                                 f"start {start}, {max(rows, 0) * ROW} bytes)")
         if view is not None:
             view.u.append(msg.body)
-        out += _c.send_block(bytes(ks), s, code_key, msg.body, start, rows, offs, items,
-                             p.bins, p.stash, ids, p.ob)
+        vals = _c.send_block(bytes(ks), s, code_key, msg.body, start, rows, offs, items,
+                             p.bins, p.stash, ids.data, p.ob)
+        written += len(vals) // p.ob
+        _spill(spill, vals, p.ob)
         start += rows
         progress("psi-ot-extend", start, p.rows)
-    # an item whose hash functions share a bin yields fewer values: pad with random
-    # ones to exactly (3 + stash) m, so the count says nothing about Y but its size
-    out += os.urandom(((3 + p.stash) * m - len(out) // p.ob) * p.ob)
-    _c.shuffle(out, p.ob)  # a uniform order: the position of a value says nothing
+    if written > total:
+        raise PrivacyError(f"the OT extension made {written} values for {total}")
+    for i in range(written, total, 1 << 20):  # the padding, spilled the same way
+        _spill(spill, os.urandom(min(1 << 20, total - i) * p.ob), p.ob)
+    spill.close()
     ch.step = "psi-send"
-    total = len(out) // p.ob
     step = BLOCK_ROWS * ROW // p.ob * p.ob
-    mv = memoryview(out)
-    for i in range(0, len(out), step):
-        ch.send("ot-v", body=bytes(mv[i:i + step]))
+    for path in spill.paths:
+        part = bytearray(path.read_bytes())
+        path.unlink()
+        _c.shuffle(part, p.ob)  # a uniform order within the file
+        mv = memoryview(part)
+        for i in range(0, len(part), step):
+            ch.send("ot-v", body=bytes(mv[i:i + step]))
+        del mv, part
     ch.send("ot-v-end", {"n": total})
-    if view is not None:
-        view.ks, view.s, view.code_key, view.params = bytes(ks), s, code_key, p
-    return PsiResult(-1, n, m, None)
 
 
-def run_half(side: str, ch: Channel, keys: pa.Array, job_id: str, progress: Progress,
-             *, min_receiver: int = 1) -> dict[str, Any]:
+def _spill(spill: _Buckets, vals: bytes, ob: int) -> None:
+    """Append OPRF values to the spill file of their leading bits."""
+    v = np.frombuffer(vals, np.uint8).reshape(-1, ob)
+    part = v[:, 0] >> (8 - SPILL_BITS)
+    order = np.argsort(part, kind="stable")
+    counts = np.bincount(part, minlength=SPILL_PARTS)
+    v = v[order]
+    at = 0
+    for i, c in enumerate(counts):
+        if c:
+            spill.add(i, v[at:at + c].tobytes(), int(c))
+            at += int(c)
+
+
+def run_half(side: str, ch: Channel, keys: Keys, job_id: str, progress: Progress,
+             *, min_receiver: int = 1, workdir: str | os.PathLike[str] | None = None,
+             ) -> dict[str, Any]:
     """A job's PSI half: the left party receives; returns what this party learns,
     in the same shape as the ECDH half's answer."""
     if side == "left":
         r = receiver(ch, keys, job_id, progress)
         return {"size": r.size, "own_keys": r.receiver_count, "peer_keys": r.sender_count,
                 "intersection": r.intersection}
-    r = sender(ch, keys, job_id, progress, min_receiver=min_receiver)
+    r = sender(ch, keys, job_id, progress, min_receiver=min_receiver, workdir=workdir)
     return {"own_keys": r.sender_count, "peer_keys": r.receiver_count}

@@ -7,7 +7,9 @@ EXTENSIONS) so that each party's half runs next to its entity's data.
     POST /v1/privacy/peer-jobs   the partner entity's site asks this site to take its
                                  side: the policy is checked, a half is started that
                                  listens on this site's address (mutual TLS)
-    GET  /v1/privacy/jobs/{id}   state, progress and (for this entity) the result
+    GET  /v1/privacy/jobs/{id}   state, progress and (for this entity) the result; the
+                                 partner entity's site reads the state only (its
+                                 listening half asks whether ours still exists)
 
 Each half is a process (`python -m privacy.party --site`) on the site's own state,
 keys and certificate; its result stays at its site, readable by its entity's users.
@@ -87,10 +89,26 @@ class SiteJobs:
         self.tasks: set[asyncio.Task[None]] = set()
         self.workdir = site.state / "privacy" / "jobs"
 
+    def reserve(self, spec: JobSpec, side: str, partner: str) -> SiteJob:
+        """Record the initiating half before the partner is asked: the partner's
+        listening half checks it while it waits (privacy.transport.initiator_watch)."""
+        if spec.job_id in self.jobs:
+            raise ApiError(f"job {spec.job_id} already runs here", 409, "conflict")
+        job = SiteJob(spec.job_id, side, partner, True)
+        self.jobs[job.id] = job
+        return job
+
+    def fail(self, job: SiteJob, e: BaseException) -> None:
+        """A reserved half that never started."""
+        job.state, job.finished = "failed", time.time()
+        job.error = {"kind": type(e).__name__, "message": str(e)}
+
     async def start(self, spec: JobSpec, side: str, partner: str, initiator: bool,
                     args: list[str]) -> tuple[SiteJob, asyncio.subprocess.Process]:
         """Start this site's half of `spec` (`args`: how it meets its partner)."""
-        if spec.job_id in self.jobs:
+        reserved = self.jobs.get(spec.job_id)
+        if reserved is not None and (not initiator or spec.job_id in self.procs
+                                     or reserved.state != "running"):
             raise ApiError(f"job {spec.job_id} already runs here", 409, "conflict")
         self.workdir.mkdir(parents=True, exist_ok=True)
         result = self.workdir / f"{spec.job_id}.json"
@@ -99,7 +117,7 @@ class SiteJobs:
             "--state", str(self.site.state), "--spec", json.dumps(asdict(spec)),
             "--result", str(result), *args, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        job = SiteJob(spec.job_id, side, partner, initiator)
+        job = reserved or SiteJob(spec.job_id, side, partner, initiator)
         self.jobs[job.id] = job
         self.procs[job.id] = proc
         while len(self.jobs) > KEEP_JOBS:
@@ -244,9 +262,15 @@ async def start_job(request: web.Request) -> web.Response:
     _require_primary(site)
     partner = party_entity(spec, "right" if side == "left" else "left")
     loop = asyncio.get_running_loop()
-    name, endpoint = await loop.run_in_executor(None, _partner_site, site, partner)
-    answer = await loop.run_in_executor(None, _ask_partner, site, name, endpoint, spec)
-    job, _ = await request.app[JOBS_KEY].start(
+    jobs = request.app[JOBS_KEY]
+    reserved = jobs.reserve(spec, side, partner)
+    try:
+        name, endpoint = await loop.run_in_executor(None, _partner_site, site, partner)
+        answer = await loop.run_in_executor(None, _ask_partner, site, name, endpoint, spec)
+    except BaseException as e:
+        jobs.fail(reserved, e)
+        raise
+    job, _ = await jobs.start(
         spec, side, partner, True,
         ["--connect", f"{answer['host']}:{int(answer['port'])}", "--peer-site", name])
     return web.json_response({"job": job.id, "side": side, "partner": partner,
@@ -282,8 +306,11 @@ async def peer_job(request: web.Request) -> web.Response:
         except PolicyError as e:
             raise AuthError(str(e), 403, "policy") from None
     host = urllib.parse.urlsplit(site.endpoint).hostname or "127.0.0.1"
-    job, proc = await request.app[JOBS_KEY].start(spec, side, p.entity, False,
-                                                  ["--listen", host])
+    name, endpoint = await asyncio.get_running_loop().run_in_executor(
+        None, _partner_site, site, p.entity)  # the initiator: its half is watched
+    job, proc = await request.app[JOBS_KEY].start(
+        spec, side, p.entity, False,
+        ["--listen", host, "--peer-site", name, "--peer-endpoint", endpoint])
     assert proc.stdout is not None
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), LISTEN_TIMEOUT)).decode()
@@ -303,12 +330,15 @@ async def job_status(request: web.Request) -> web.Response:
     p = await asyncio.get_running_loop().run_in_executor(
         None, site.principal, request.headers, request.method, request.path_qs)
     await read_body(request, MAX_JSON, signed=p.token is None)
-    if p.entity != site.entity:
-        raise AuthError(f"only {site.entity} reads its jobs", 403, "forbidden")
     job = request.app[JOBS_KEY].jobs.get(request.match_info["id"])
+    partner = p.token is None and job is not None and job.partner == p.entity
+    if p.entity != site.entity and not partner:
+        raise AuthError(f"only {site.entity} reads its jobs", 403, "forbidden")
     if job is None:
         raise ApiError(f"no job {request.match_info['id']} at site {site.name}", 404,
                        "not_found")
+    if p.entity != site.entity:  # the partner's site: whether this half still runs
+        return web.json_response({"id": job.id, "state": job.state})
     return web.json_response(job.to_wire())
 
 

@@ -85,7 +85,7 @@ def open_policy(entity: str, partner: str, table: str, *, key: str = "phone",
                 min_group_size: int = 1, **extra: Any) -> dict[str, Any]:
     """A permissive policy document for tests: `partner` may do everything on `table`."""
     t: dict[str, Any] = {"key_columns": [key], "columns": columns or [],
-                         "aggregates": ["count", "sum", "mean", "min", "max"],
+                         "aggregates": ["count", "sum", "mean", "min", "max", "count_distinct"],
                          "group_by": group_by or [], "psi_outputs": ["cardinality",
                                                                      "intersection"]}
     t.update(extra.pop("table_extra", {}))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,15 @@ from gfs.errors import HutongError
 from gfs.federation import certs
 from gfs.federation.audit_heads import anchor_text
 from gfs.federation.auth import EntityKeys
-from gfs.federation.http import HttpClient
+from gfs.federation.http import ApiError, HttpClient, UnavailableError
 from gfs.federation.tls import Trust, trust_for
 from privacy.audit import AuditLog
 from privacy.channel import Identity
-from privacy.errors import AuditError, AuthError
+from privacy.errors import AuditError, AuthError, ProtocolError
 from privacy.keys import Credentials, federation_identity
+
+HEARTBEAT = 1.0
+"""Seconds between a listening half's checks that the initiating half still exists."""
 
 
 @dataclass
@@ -85,18 +89,51 @@ class SiteParty:
         return socket.create_server((host, 0)), self._server_context(peer)
 
     def accept(self, srv: socket.socket, ctx: ssl.SSLContext, peer: str,
-               timeout: float) -> socket.socket:
-        """The partner's connection, after the TLS handshake checked its certificate."""
-        srv.settimeout(timeout)
-        try:
-            raw, _ = srv.accept()
-        except TimeoutError as e:
-            raise AuthError(f"{peer}'s party did not connect within {timeout:g} s; the job "
-                            f"is abandoned") from e
+               timeout: float, gone: Callable[[], str | None] | None = None,
+               ) -> socket.socket:
+        """The partner's connection, after the TLS handshake checked its certificate.
+        While it waits, `gone` is asked every HEARTBEAT seconds whether the initiating
+        half still exists (a reason if not: the wait ends at once, ProtocolError)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            srv.settimeout(max(0.01, min(left, HEARTBEAT if gone else left)))
+            try:
+                raw, _ = srv.accept()
+                break
+            except TimeoutError as e:
+                if time.monotonic() >= deadline:
+                    raise AuthError(f"{peer}'s party did not connect within {timeout:g} s; "
+                                    f"the job is abandoned") from e
+                why = gone() if gone else None
+                if why:
+                    raise ProtocolError(f"{peer}'s half will not connect: {why}; the job "
+                                        f"is abandoned and nothing was released") from None
         raw.settimeout(timeout)
         return _wrap(raw, lambda: ctx.wrap_socket(raw, server_side=True),
                      f"TLS handshake with {peer}'s party failed; only a certificate of "
                      f"{peer}'s CA is accepted")
+
+    def initiator_watch(self, endpoint: str, peer_site: str, job_id: str,
+                        ) -> Callable[[], str | None]:
+        """A check for `accept`: the initiating site's record of its half of `job_id`
+        (read as the partner, state only). A reason when the half has ended or the
+        site does not know it, or when the site is unreachable twice in a row."""
+        h = HttpClient(endpoint, keys=self.keys, tls=self.trust, site=peer_site,
+                       timeout=max(2.0, HEARTBEAT * 2))
+        misses = [0]
+
+        def gone() -> str | None:
+            try:
+                state = h.call("GET", f"/v1/privacy/jobs/{job_id}").get("state")
+            except UnavailableError as e:
+                misses[0] += 1
+                return f"site {peer_site} is unreachable ({e})" if misses[0] >= 2 else None
+            except (ApiError, HutongError) as e:
+                return f"site {peer_site} does not run it ({e})"
+            misses[0] = 0
+            return None if state == "running" else f"its half at {peer_site} is {state}"
+        return gone
 
     def connect(self, host: str, port: int, peer_site: str, peer: str,
                 timeout: float) -> socket.socket:

@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from nacl.bindings import crypto_scalarmult
 
+from gfs.client import Client
 from privacy import ec
+from privacy.errors import QueryError
+from privacy.jobs import JobSpec, run_job
+from privacy.testing import open_policy, put_policy, put_table
 
 P = 2**255 - 19
 A = 486662
@@ -110,3 +116,29 @@ def test_pool_keeps_order() -> None:
         again = b"".join(pool.mul(k, [got[:32 * 9000], got[32 * 9000:]], 12))
     assert got == ec.hash_mul(k, dom, keys)
     assert again == ec.mul(k, got, 12)
+
+
+def test_backend_env_is_checked_and_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ec.BACKEND_ENV, "bogus")
+    with pytest.raises(QueryError, match="HUTONG_EC_BACKEND='bogus'"):
+        ec.backend_from_env()
+    monkeypatch.setenv(ec.BACKEND_ENV, "portable")
+    try:
+        assert ec.backend_from_env() == "portable" == ec.backend()
+    finally:
+        ec.set_backend("auto")
+
+
+def test_a_job_runs_the_forced_portable_backend_in_both_parties(tmp_path: Path) -> None:
+    left, right = [f"p{i}" for i in range(300)], [f"p{i}" for i in range(150, 450)]
+    with Client.init(tmp_path / "s") as fs:
+        for ent, partner, keys in (("bank-a", "telco-b", left), ("telco-b", "bank-a", right)):
+            put_table(fs, f"/{ent}/ids.parquet", pa.table({"phone": keys}))
+            put_policy(fs, open_policy(ent, partner, f"/{ent}/ids.parquet"))
+    spec = JobSpec("psi", "/bank-a/ids.parquet", "/telco-b/ids.parquet", "phone",
+                   output="intersection", protocol="ecdh")
+    res = run_job(spec, tmp_path / "s", env={ec.BACKEND_ENV: "portable"})
+    assert res.left["ec_backend"] == res.right["ec_backend"] == "portable"
+    # each party reports its own peak memory (VmHWM), not its launcher's
+    assert all(0 < r["peak_rss_mb"] < 2048 for r in (res.left, res.right))
+    assert res.answer["intersection"] == sorted(set(left) & set(right))

@@ -397,11 +397,20 @@ def test_receiver_refuses_too_many_or_broken_values() -> None:
 
 def test_keys_from_a_table_are_distinct_canonical_text(fs: Client) -> None:
     put_table(fs, "/a/t.parquet", pa.table({"phone": [2, 2, None, 3, 3, 10]}))
-    arr = psi_ot.key_array_of(fs, "/a/t.parquet", "phone", batch_rows=2)
-    assert sorted(arr.to_pylist()) == ["10", "2", "3"]
+    keys = psi_ot.TableKeys(fs, "/a/t.parquet", "phone", batch_rows=2)
+    dom = job_domain("j")
+    ids = psi_ot.distinct_ids(keys, dom, lambda *a: None)
+    want = sorted(hashlib.sha256(dom + k.encode()).digest()[:16] for k in ("10", "2", "3"))
+    assert sorted(bytes(r) for r in ids) == want
+    # read again by id: each key once, sorted, duplicates across batches too
+    assert psi_ot.strings_of(keys, dom, ids[[0, 2]]) == sorted(
+        k for k in ("10", "2", "3")
+        if hashlib.sha256(dom + k.encode()).digest()[:16] in (bytes(ids[0]), bytes(ids[2])))
+    assert psi_ot.strings_of(keys, dom, ids) == ["10", "2", "3"]
     put_table(fs, "/a/f.parquet", pa.table({"phone": [1.5]}))
     with pytest.raises(QueryError, match="not floating point"):
-        psi_ot.key_array_of(fs, "/a/f.parquet", "phone")
+        psi_ot.distinct_ids(psi_ot.TableKeys(fs, "/a/f.parquet", "phone"), dom,
+                            lambda *a: None)
 
 
 def test_job_picks_ot_for_the_intersection_and_ecdh_for_cardinality(

@@ -340,6 +340,39 @@ def _length(state: Path, entity: str) -> int:
         return len(AuditLog(fs, entity, SiteParty.load(state).identity()).records())
 
 
+@pytest.mark.parametrize("how", ["never-started", "site-killed"])
+def test_a_listening_half_ends_promptly_when_the_initiator_is_gone(sites: Sites, how: str
+                                                                   ) -> None:
+    """shop-a's site has ref-b's site start a half and then never connects: its own
+    half never started (a1 has no record of the job), or a1 is killed -9 while b1's
+    half listens. b1's half notices within a few heartbeats, not after its 60 s
+    accept wait, fails naming the reason, and leaves no spill files."""
+    spec = JobSpec("psi", IDS_A, IDS_B, "id")
+    if how == "site-killed":
+        sites.fed.kill("a1", signal.SIGKILL)
+    h = sites.fed.http("b1", keys=sites.fed.keys("shop-a"))
+    try:
+        h.call("POST", "/v1/privacy/peer-jobs", {"spec": asdict(spec)})
+        t0 = time.monotonic()
+    finally:
+        h.close()
+    try:
+        why = "unreachable" if how == "site-killed" else "does not run it"
+        with pytest.raises(ProtocolError, match=f"will not connect: .*{why}"):
+            remote.wait(sites.b.entity_site("ref-b"), spec.job_id, 60)
+        assert time.monotonic() - t0 < 15
+        wait_empty([sites.state("b1")])
+    finally:
+        if how == "site-killed":  # back on a new port: a fresh client finds it
+            sites.fed.start("a1")
+            sites.fed.wait_status("a1", "up")
+            sites.a.close()
+            sites.a = sites.fed.client("shop-a")
+    if how == "site-killed":  # the pair works again once a1 is back
+        assert sites.run(sites.a, "shop-a", JobSpec("psi", IDS_A, IDS_B, "id"))["size"] == \
+            PSI_KEYS // 2
+
+
 def test_a_cut_both_parties_agree_on_is_caught_by_the_registry(
         sites: Sites, capsys: pytest.CaptureFixture[str]) -> None:
     """Both insiders cut their last job from their logs (so each still holds the head
