@@ -83,9 +83,11 @@ class FederationClient:
         self.level = zstd_level
         self.params = params or chunking.ChunkParams()
         self.timeout = timeout
-        self.view = RegistryView(self.registry)
+        self.view = (self.tls.view if self.tls is not None and self.tls.serves(registry)
+                     else RegistryView(self.registry))
         """The registry's entities, sites and links, kept a few seconds (stale while the
-        registry is unreachable)."""
+        registry is unreachable): the trust's, which checks the sites' certificates
+        with the same records (one registry cache)."""
         self._site_clients: dict[str, SiteClient] = {}
         self._site_lock = threading.Lock()
         self.chunks_from: dict[str, int] = {}

@@ -22,10 +22,10 @@ import io
 import shutil
 import stat as statmod
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from gfs import namespace_api, paths
 from gfs.disk_cache import DiskCache
@@ -65,6 +65,9 @@ WAN_READ_AHEAD = 8 << 20
 FETCH_THREADS = 8
 #: Mode of a directory the federation synthesises (the root, the way to a grant).
 SYNTHETIC_MODE = statmod.S_IFDIR | 0o555
+
+
+T = TypeVar("T")
 
 
 class FederatedNamespace:
@@ -139,6 +142,19 @@ class FederatedNamespace:
             raise SiteUnavailableError(f"/{entity}", f"entity {entity!r} has no primary "
                                        "site registered", 503, "no_primary")
         return str(primary), self.fc.site(str(primary))
+
+    def _ask(self, norm: str, site: SiteClient, op: Callable[[SiteClient], T]) -> T:
+        """`op(site)` for path `norm`; when the primary does not answer, the registry is
+        asked again and `op` retried once at the primary's new endpoint if it moved
+        (restarted elsewhere): the registry view is shared and may predate the move."""
+        try:
+            return op(site)
+        except ConnectionError:
+            self.fc.sites(refresh=True)
+            moved = self._site(paths.split(norm)[0])[1]
+            if moved is site:
+                raise
+            return op(moved)
 
     def visibility(self, refresh: bool = False) -> Visibility:
         """The entities and prefixes the caller may see (kept VIEW_TTL seconds, renewed
@@ -250,7 +266,7 @@ class FederatedNamespace:
             return self._synthetic(norm)
         with self._at(norm) as (n, site):
             try:
-                return site.stat(n)
+                return self._ask(n, site, lambda h: h.stat(n))
             except ConnectionError:
                 if not self.fc.owner_mode(paths.split(n)[0]):
                     raise
@@ -307,7 +323,7 @@ class FederatedNamespace:
             return self._synthetic(norm), out
         with self._at(norm) as (n, site):
             try:
-                listing = site.list_dir(n, if_version=version)
+                listing = self._ask(n, site, lambda h: h.list_dir(n, if_version=version))
             except ConnectionError:
                 if not self.fc.owner_mode(paths.split(n)[0]):
                     raise
@@ -366,7 +382,7 @@ class FederatedNamespace:
         version's Stat (one request: the manifest carries it)."""
         with self._at(path) as (norm, site):
             try:
-                m = site.manifest(norm)
+                m = self._ask(norm, site, lambda h: h.manifest(norm))
             except ConnectionError:  # the primary is down: from a mirror
                 m = self.fc.manifest(norm)
             except IsADirError:  # the site says so of symlinks too
