@@ -9,8 +9,10 @@ client sends and receives while the operation runs. On each connection, a
 spoke, or first: a request, a TLS handshake message or a TCP handshake, each
 waiting one round trip for its answer. Flights that start within half an RTT of
 each other (on any connection) travel together: they are one *sequential* round
-trip. The figure is the number of such waves: what the operation waited on the
-link, background refreshes included.
+trip. The figure is the number of such waves, in all (background renewals of
+what the client keeps included: the registry's records, what it may see) and
+to each peer host alone (the site holding the directory: what the operation
+itself waited on).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -76,6 +78,12 @@ class Trips:
     """Flights in all (requests, TLS and TCP handshakes; concurrent ones each)."""
     connections: int
     """TCP connections the client opened."""
+    by_peer: dict[str, int] = field(default_factory=dict)
+    """Sequential round trips to each peer host alone."""
+
+    def to(self, peer: str) -> int:
+        """Sequential round trips to host `peer`."""
+        return self.by_peer.get(peer, 0)
 
     def describe(self) -> str:
         return f"{self.flights} flights, {self.connections} new connection(s)"
@@ -108,9 +116,10 @@ def parse_frames(data: bytes, me: str) -> Iterator[Packet]:
 
 
 def count(packets: Iterable[Packet], rtt: float) -> Trips:
-    """Flights and sequential round trips of `packets` (module docstring)."""
+    """Flights and sequential round trips of `packets` (module docstring), in all and
+    to each peer host."""
     spoke: dict[tuple[str, int, str, int], bool] = {}  # conn -> the client spoke last
-    starts: list[float] = []
+    starts: list[tuple[float, str]] = []
     conns = 0
     for p in sorted(packets, key=lambda p: p.at):
         if not (p.syn or p.payload > 0):
@@ -119,17 +128,24 @@ def count(packets: Iterable[Packet], rtt: float) -> Trips:
             if p.syn:
                 conns += 1
             if not spoke.get(p.conn, False):
-                starts.append(p.at)
+                starts.append((p.at, p.conn[2]))
             spoke[p.conn] = True
         else:
             spoke[p.conn] = False
+    peers = sorted({peer for _, peer in starts})
+    return Trips(_waves([t for t, _ in starts], rtt), len(starts), conns,
+                 {peer: _waves([t for t, h in starts if h == peer], rtt) for peer in peers})
+
+
+def _waves(starts: list[float], rtt: float) -> int:
+    """Flights starting within half an RTT of a wave's first travel with it."""
     waves = 0
     wave_start = float("-inf")
     for t in starts:
         if t - wave_start > rtt / 2:
             waves += 1
             wave_start = t
-    return Trips(waves, len(starts), conns)
+    return waves
 
 
 class TripCounter:

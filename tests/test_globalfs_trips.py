@@ -41,6 +41,7 @@ def test_a_new_connection_costs_two_round_trips_before_its_request() -> None:
     assert all(isinstance(p, Packet) for p in packets) and len(packets) == 8
     trips = count(packets, RTT)
     assert (trips.round_trips, trips.flights, trips.connections) == (3, 3, 1)
+    assert trips.to(PEER) == 3 and trips.to("10.0.0.1") == 0
 
 
 def test_requests_on_a_kept_connection_are_one_round_trip_each() -> None:
@@ -60,3 +61,14 @@ def test_frames_of_other_hosts_and_protocols_are_left_out() -> None:
     udp = bytearray(_frame(0.0, ME, PEER, 1, 443, 0x18, 100))
     udp[10 + 14 + 9] = 17
     assert list(parse_frames(other + bytes(udp) + b"\x01", ME)) == []
+
+
+def test_round_trips_to_each_peer_are_counted_apart() -> None:
+    """A background renewal to another host between two requests to the site is a
+    round trip of the link, not of the site."""
+    other = "10.0.0.1"
+    frames = _conn(0.0, 40000, 2)[4:]
+    frames += [_frame(0.5 * RTT, ME, other, 40010, 443, 0x18, 100),
+               _frame(1.5 * RTT, other, ME, 443, 40010, 0x18, 100)]
+    trips = count(parse_frames(b"".join(frames), ME), RTT)
+    assert trips.round_trips == 3 and trips.to(PEER) == 2 and trips.to(other) == 1
