@@ -130,7 +130,7 @@ class FederatedNamespace:
             return self.fc.sites()
 
     def _entity_records(self) -> dict[str, dict[str, Any]]:
-        return self.fc.view.entities()
+        return self.fc.entities()
 
     def _site(self, entity: str) -> tuple[str, SiteClient]:
         """(name, client) of `entity`'s primary site."""
@@ -260,16 +260,15 @@ class FederatedNamespace:
 
     def stat(self, path: str) -> Stat:
         """The entry at `path` (symlinks are not followed); while the primary is down,
-        a file's stat as a mirror holds it (for the owner entity)."""
+        a file's stat as a mirror holds it (for the owner entity, and for a grantee as
+        far as the grants the mirror holds go)."""
         norm = paths.normalize(path)
         if self._shown(norm):
             return self._synthetic(norm)
         with self._at(norm) as (n, site):
             try:
                 return self._ask(n, site, lambda h: h.stat(n))
-            except ConnectionError:
-                if not self.fc.owner_mode(paths.split(n)[0]):
-                    raise
+            except ConnectionError:  # the mirrors answer the owner and its grantees
                 return self._mirrored_stat(n)
 
     def _mirrored_stat(self, n: str) -> Stat:
@@ -324,10 +323,8 @@ class FederatedNamespace:
         with self._at(norm) as (n, site):
             try:
                 listing = self._ask(n, site, lambda h: h.list_dir(n, if_version=version))
-            except ConnectionError:
-                if not self.fc.owner_mode(paths.split(n)[0]):
-                    raise
-                listing = self.fc.mirror_listing(n)  # what the mirrors hold of it
+            except ConnectionError:  # what the mirrors hold of it (for the owner and
+                listing = self.fc.mirror_listing(n)  # what they hold of its grants)
         return listing.dir, listing.entries
 
     def walk(self, path: str = "/") -> Iterator[Stat]:
