@@ -143,7 +143,7 @@ class Trust:
         if entity == self.entity and self.own_ca is not None:
             return self.own_ca
         rec = self.view.entities(refresh).get(entity)
-        if rec is None and not refresh:
+        if not refresh and (rec is None or not rec.get("ca")):  # new since: ask again
             rec = self.view.entities(True).get(entity)
         if rec is None:
             raise AuthError(f"entity {entity!r} is not registered at {self.registry_url}",
