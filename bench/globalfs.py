@@ -18,11 +18,14 @@ The data set (bench._fsops): a 1 GiB random file, two directories of 10,000
 empty files and 1,000 creates of 4 KiB. Rows: cold sequential read (every
 client cache empty, the servers' page cache of the stored data dropped) and
 warm re-read; `ls -l` of one directory and a stat of every file of the other,
-in round trips of the link (total time / RTT, the target's measure) and the
-round trips beyond the embedded mount's time for the same on loopback (the
-local cost of FUSE and of the program); creates per second (bounded in time). JuiceFS
-writes its copy through a mount on B (beside its servers) and reads through a
-fresh mount on C, with its default options.
+in sequential round trips to B counted on the link from a packet capture on C
+(bench._globalfs_trips; the verdict's measure; those on the link in all,
+background renewals of the registry's records included, beside), the time in
+RTTs and the RTTs beyond the embedded mount's time for the same on loopback
+(the local cost of FUSE and of the program); creates per second (bounded in time).
+JuiceFS writes its copy through a mount on B (beside its servers) and reads
+through a fresh mount on C, with its default options. The load average as
+each phase ended is printed under the table.
 
 Targets (issue 12): cold reads on the WAN >= 80% of the link rate (mount and
 gfs://); on loopback >= 50% of the embedded mount's cold read; warm re-reads
@@ -36,6 +39,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -61,6 +65,7 @@ from bench._fsops import (
     sequential_read,
     stat_all,
 )
+from bench._globalfs_trips import TripCounter, Trips
 from bench._measure import hutong_cmd, mounted
 from bench.report import headline, table
 from gfs.client import Client
@@ -101,6 +106,9 @@ class Tree:
     ls: Timing | None = None
     stat: Timing | None = None
     creates: Timing | None = None
+    ls_trips: Trips | None = None
+    stat_trips: Trips | None = None
+    """Round trips counted on the link during the listing and the stats (WAN only)."""
 
 
 @dataclass
@@ -108,24 +116,40 @@ class Results:
     """Every figure of the run, by system."""
 
     rtt: float = RTT
+    site_b: str = ""
+    """Host B's address: the site holding the listed directories."""
     link_1: float = 0.0
     link_4: float = 0.0
     trees: dict[str, Tree] = field(default_factory=dict)
     gfs: dict[str, tuple[Timing, Timing]] = field(default_factory=dict)
     why_not: dict[str, str] = field(default_factory=dict)
+    loads: list[tuple[str, float]] = field(default_factory=list)
+    """The 1-minute load average as each phase ended (the machine is shared)."""
 
     @property
     def link_mbs(self) -> float:
         return max(self.link_1, self.link_4) / 8 / 1e6
 
 
-def measure_tree(base: Path, ds: Dataset, plan: Plan, drop: Sequence[Path] = ()) -> Tree:
-    """Every operation on the tree at `base` (a mount), in the order the rows show."""
+def measure_tree(base: Path, ds: Dataset, plan: Plan, drop: Sequence[Path] = (),
+                 trips: TripCounter | None = None) -> Tree:
+    """Every operation on the tree at `base` (a mount), in the order the rows show;
+    with `trips`, the round trips of the listing and of the stats are counted."""
     t = Tree()
     t.cold = sequential_read(base / "big.bin", ds.size, cold=True, drop=tuple(drop))
     t.warm = sequential_read(base / "big.bin", ds.size, cold=False)
-    t.ls = ls_l(base / "list", ds.entries, timeout=max(300.0, plan.budget))
-    t.stat = stat_all(base / "stat", ds.entries, plan.budget)
+
+    def ls() -> Timing:
+        return ls_l(base / "list", ds.entries, timeout=max(300.0, plan.budget))
+
+    def stat() -> Timing:
+        return stat_all(base / "stat", ds.entries, plan.budget)
+
+    if trips is None:
+        t.ls, t.stat = ls(), stat()
+    else:
+        t.ls, t.ls_trips = trips.around(ls)
+        t.stat, t.stat_trips = trips.around(stat)
     t.creates = creates(base / "creates", ds.creates, plan.budget)
     return t
 
@@ -232,9 +256,10 @@ def measure_wan(st: Setup, wan: Wan, servers: _juicefs.Servers | None, work: Pat
         ours, fed = st.ours, st.wan_fed
         mnt = work / "mnt-ours"
         argv = wan["c"].net_argv(ours.mount_argv(ours.add_profile(fed, "telco-b", "b1"), mnt))
+        counter = TripCounter(wan, "c", res.rtt)
         with mounted(argv, mnt, work / "mount-ours.log", env=ours.env):
             res.trees["hutong mount"] = measure_tree(mnt / "telco-b" / "bench", ds, plan,
-                                                     (st.wan_pools,))
+                                                     (st.wan_pools,), counter)
         done("the global mount on C measured")
         res.gfs["gfs://"] = ours.gfs_reads(wan["c"].net_argv([]), URL,
                                            ours.add_profile(fed, "telco-b", "b1"), ds.size)
@@ -273,22 +298,26 @@ def measure_loopback(st: Setup, work: Path, ds: Dataset, plan: Plan, res: Result
 
 
 class _Progress:
-    """One line on stderr as each phase ends (a full run takes minutes)."""
+    """One line on stderr as each phase ends (a full run takes minutes), with the load
+    average, kept in `res.loads` for the table."""
 
-    def __init__(self) -> None:
+    def __init__(self, res: Results) -> None:
         self.t0 = self.t = time.perf_counter()
+        self.res = res
 
     def __call__(self, phase: str) -> None:
         now = time.perf_counter()
-        print(f"globalfs: {phase} ({now - self.t:.1f} s, {now - self.t0:.0f} s in all)",
-              file=sys.stderr, flush=True)
+        load = os.getloadavg()[0]
+        self.res.loads.append((phase, load))
+        print(f"globalfs: {phase} ({now - self.t:.1f} s, {now - self.t0:.0f} s in all, "
+              f"load {load:.1f})", file=sys.stderr, flush=True)
         self.t = now
 
 
 def run(work: Path, plan: Plan) -> Results:
     """Build the topology, measure every system, tear everything down."""
     res = Results()
-    done = _Progress()
+    done = _Progress(res)
     ds = make_dataset(work, plan.size, plan.entries, plan.creates)
     done("data set written")
     ours_why = _federated.unavailable_reason()
@@ -303,6 +332,7 @@ def run(work: Path, plan: Plan) -> Results:
         servers = None if jfs_why else _juicefs.Servers(wan, "b", work / "jfs")
         probe = measure_udp(wan, "c", "b", count=20, interval=0.02)
         res.rtt = statistics.median(probe["rtts"])
+        res.site_b = wan["b"].address
         res.link_1, res.link_4 = _iperf(wan, plan.iperf_seconds)
         done("RTT and link rate measured")
         st = set_up(stack, wan, servers, work, ds, not ours_why)
@@ -344,11 +374,14 @@ class Verdicts:
         self.figures[key] = round(r, 3)
 
     def round_trips(self, key: str, op: str, system: str, t: Timing | None,
-                    target: bool, local: Timing | None) -> None:
-        """A listing row: seconds and round trips of the link (extrapolated when the time
-        budget ran out before the last entry); beside them, the round trips beyond
-        `local`, the same operation on the embedded mount (FUSE and the program's own
-        cost, no network)."""
+                    target: bool, local: Timing | None, trips: Trips | None = None) -> None:
+        """A listing row. With `trips` (ours), the verdict is on the sequential round
+        trips to the site holding the directory counted on the link
+        (bench._globalfs_trips), those on the link in all beside; beside
+        them the time in RTTs (extrapolated when the time budget ran out before the last
+        entry) and the RTTs beyond `local`, the same operation on the embedded mount
+        (FUSE's and the program's own cost, no network). Without `trips` (a peer),
+        the time in RTTs."""
         if t is None:
             self.rows.append(["WAN", op, system, "n/a", "", "n/a",
                               f"<= {ROUND_TRIPS:g} RTT missed" if target else "peer"])
@@ -358,19 +391,28 @@ class Verdicts:
             return
         secs = t.seconds * (t.wanted / t.done) if t.done else float("inf")
         rtts = secs / self.res.rtt
-        ok = rtts <= ROUND_TRIPS
         note = "" if t.complete else f" ({t.done} of {t.wanted} in the time bound)"
+        note += f"; {rtts:.1f} RTT of time"
         beyond = None
         if local is not None and local.complete:
             beyond = (secs - local.seconds) / self.res.rtt
-            note += f" ({beyond:.1f} RTT beyond the embedded mount's {local.seconds:.2f} s)"
+            note += f", {beyond:.1f} beyond the embedded mount's {local.seconds:.2f} s"
+        site = trips.to(self.res.site_b) if trips is not None else None
+        counted = float(site) if site is not None else rtts
+        ok = t.complete and counted <= ROUND_TRIPS
+        ratio = (f"{site} round trips to the site ({trips.round_trips} on the link in all, "
+                 f"background renewals included; {trips.describe()})"
+                 if trips is not None else f"{rtts:.1f} RTT")
         self.rows.append(["WAN", op, system, f"{secs:.2f} s{note}",
-                          f"RTT {self.res.rtt * 1e3:.1f} ms", f"{rtts:.1f} RTT",
-                          (f"<= {ROUND_TRIPS:g} RTT " + ("met" if ok else "missed"))
+                          f"RTT {self.res.rtt * 1e3:.1f} ms", ratio,
+                          (f"<= {ROUND_TRIPS:g} round trips " + ("met" if ok else "missed"))
                           if target else "peer"])
         if target:
             self.met[key] = ok
-        self.figures[key] = round(rtts, 1)
+        self.figures[key] = site if site is not None else round(rtts, 1)
+        if trips is not None:
+            self.figures[f"{key}_link_all"] = trips.round_trips
+        self.figures[f"{key}_time_rtts"] = round(rtts, 1)
         if beyond is not None:
             self.figures[f"{key}_beyond"] = round(beyond, 1)
 
@@ -403,9 +445,11 @@ def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
             jfs.warm if jfs else None, emb_warm, "embedded", None)
     for key, system, tree in (("mount", "hutong mount", mount), ("jfs", "juicefs mount", jfs)):
         v.round_trips(f"ls_{key}_rtts", f"ls -l of {plan.entries} entries", system,
-                      tree.ls if tree else None, key == "mount", emb.ls if emb else None)
+                      tree.ls if tree else None, key == "mount", emb.ls if emb else None,
+                      tree.ls_trips if tree else None)
         v.round_trips(f"stat_{key}_rtts", f"stat of {plan.entries} files", system,
-                      tree.stat if tree else None, key == "mount", emb.stat if emb else None)
+                      tree.stat if tree else None, key == "mount", emb.stat if emb else None,
+                      tree.stat_trips if tree else None)
     for system, tree in (("hutong mount", mount), ("juicefs mount", jfs),
                          ("embedded mount (lo)", emb)):
         c = tree.creates if tree else None
@@ -434,9 +478,14 @@ def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
                            "reference"])
     text = table(["where", "operation", "system", "result", "against", "ratio", "target"],
                  v.rows)
+    measured = [(p, load) for p, load in res.loads if "measured" in p]
+    if measured:
+        text += "\nload average (1 min, 2 cores shared) as each phase ended: " + "; ".join(
+            f"{p.removesuffix(' measured')} {load:.1f}" for p, load in measured)
     for who, why in res.why_not.items():
         text += f"\n{who}: not measured: {why}"
     figures: dict[str, object] = {"rtt_ms": round(res.rtt * 1e3, 1),
+                                  "load_max": round(max((x for _, x in measured), default=0), 1),
                                   "link_mbs": round(link), **v.figures,
                                   "size_mib": plan.size >> 20}
     return text, bool(v.met) and all(v.met.values()), figures

@@ -118,10 +118,12 @@ class DiskCache:
         self.capacity = capacity
         self.admit_local = admit_local
         self._chunks = self.root / "chunks"
+        self._chunks_str = str(self._chunks)
         self._tmp = self.root / "tmp"
         try:
             self._chunks.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(exist_ok=True)
+            self._chunks_fd = os.open(self._chunks, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                                     0o644)
         except OSError as e:
@@ -151,9 +153,27 @@ class DiskCache:
             self._recover()
 
     # -- files -------------------------------------------------------------------------
-    def _path(self, cid: bytes) -> Path:
+    def _path(self, cid: bytes) -> str:
         h = cid.hex()
-        return self._chunks / h[:2] / h
+        return f"{self._chunks_str}/{h[:2]}/{h}"
+
+    def _read_file(self, cid: bytes) -> bytes:
+        """The bytes of chunk `cid`'s file (FileNotFoundError when absent): opened relative
+        to the chunks directory, one fstat and one read (warm reads are bound by these
+        calls: a pathlib path and a buffered file halved the disk tier's rate)."""
+        h = cid.hex()
+        fd = os.open(f"{h[:2]}/{h}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._chunks_fd)
+        try:
+            size = os.fstat(fd).st_size
+            blob = os.read(fd, size)
+            while len(blob) < size:  # a short read: rare, but allowed
+                more = os.read(fd, size - len(blob))
+                if not more:
+                    break
+                blob += more
+            return blob
+        finally:
+            os.close(fd)
 
     def _recover(self) -> None:
         """Drop temporaries; index the files found, oldest first (evicting beyond capacity)."""
@@ -191,7 +211,7 @@ class DiskCache:
         if self.owner:
             with self._lock:
                 return cid in self._policy
-        return self._path(cid).exists()
+        return os.path.exists(self._path(cid))
 
     def get(self, cid: bytes) -> bytes | None:
         """The verified raw bytes of chunk `cid` from disk, or None (a miss).
@@ -214,10 +234,8 @@ class DiskCache:
                     self._stats.misses += 1
             if not known:
                 return None
-        p = self._path(cid)
         try:
-            with open(p, "rb", buffering=0) as f:
-                blob = f.read()
+            blob = self._read_file(cid)
         except FileNotFoundError:
             with self._lock:
                 self._policy.discard(cid)
@@ -226,7 +244,7 @@ class DiskCache:
         try:
             raw = decode_blob(blob, expect_id=cid)
         except CorruptChunkError as e:
-            log.warning("dropped damaged disk cache file %s: %s", p, e)
+            log.warning("dropped damaged disk cache file %s: %s", self._path(cid), e)
             if self.owner:
                 self._unlink(cid)
             with self._lock:
@@ -260,7 +278,7 @@ class DiskCache:
             try:
                 os.replace(tmp, final)
             except FileNotFoundError:
-                final.parent.mkdir(exist_ok=True)
+                os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.replace(tmp, final)
         except OSError as e:
             log.warning("disk cache %s: cannot store chunk %s (%s)", self.root, cid.hex(),
@@ -316,6 +334,7 @@ class DiskCache:
         self.save_stats()
         self._closed = True
         os.close(self._lock_fd)
+        os.close(self._chunks_fd)
 
 
 def open_tier(state: str | os.PathLike[str], mode: str, directory: str | None = None,

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from gfs.federation.kept import RENEW_WITHIN, Kept
+from gfs.federation.kept import RENEW_THREADS, RENEW_WITHIN, Kept
 from tests.test_meta_cache import Clock
 from tests.test_mount_helpers import wait_for
 
@@ -22,9 +22,11 @@ class Source:
         self.gate = threading.Event()
         self.gate.set()
         self.threads: list[str] = []
+        self.thread_objects: list[threading.Thread] = []
 
     def __call__(self) -> int:
         self.threads.append(threading.current_thread().name)
+        self.thread_objects.append(threading.current_thread())
         assert self.gate.wait(10)
         try:
             if self.fail:
@@ -66,3 +68,19 @@ def test_a_failed_renewal_keeps_the_old_value_and_a_too_old_one_raises() -> None
     with pytest.raises(ConnectionError):
         k.get()
     assert k.peek() == 1
+
+
+def test_renewals_run_on_long_lived_threads() -> None:
+    """Every background renewal runs on one of a few threads that stay: their
+    connections stay open, so a renewal is one request, not a new TCP and TLS
+    handshake each (a new thread each time opened a new connection)."""
+    clock, src = Clock(), Source()
+    k = Kept(src, 1.0, what="test", clock=clock)
+    assert k.get() == 1
+    for n in range(2, 8):
+        clock.now += 1.5  # a little old each time: one renewal behind
+        k.get()
+        wait_for(lambda n=n: k.peek() == n, "the background renewal", timeout=10)  # type: ignore[misc]
+    renewers = {id(t) for t in src.thread_objects[1:]}
+    assert len(src.thread_objects) == 7 and len(renewers) <= RENEW_THREADS
+    assert all(t.is_alive() for t in src.thread_objects[1:])

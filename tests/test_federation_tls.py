@@ -14,14 +14,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gfs.errors import ConfigError
 from gfs.federation import certs
 from gfs.federation.auth import AuthError, EntityKeys, audience_of
+from gfs.federation.client import FederationClient
 from gfs.federation.http import BadRequestError, HttpClient, UnavailableError
 from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.testing import TWO_ENTITIES, Federation, Proc, SiteDef, started
@@ -428,3 +431,32 @@ def test_a_replaced_entity_ca_revokes_its_old_certificates(fed: Federation,
         assert time.monotonic() < deadline, "a1 still accepts the replaced CA"
         time.sleep(0.2)
     fed.kill("r1")
+
+
+
+def test_a_client_and_its_tls_share_one_registry_cache(fed: Federation,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trust that checks the sites' certificates reads the registry through the
+    client's RegistryView: a client that has the entities and sites asks the registry
+    nothing more to connect to another entity's site (no GET /v1/entities/NAME, no
+    second GET /v1/sites), counted at the client's registry connections."""
+    keys = fed.keys("bank-a")
+    trust = Trust.load(Path(str(keys.directory)) / "tls")  # fresh: no records yet
+    asked: Counter[str] = Counter()
+    real = HttpClient.call
+
+    def counted(self: HttpClient, method: str, path: str, *a: Any, **kw: Any) -> Any:
+        if trust.serves(self.base_url):
+            asked[path] += 1
+        return real(self, method, path, *a, **kw)
+
+    with FederationClient(fed.registry_url, keys=keys, tls=trust) as fc:
+        assert fc.view is trust.view
+        fc.view.entities()
+        fc.sites()
+        monkeypatch.setattr(HttpClient, "call", counted)
+        with contextlib.suppress(PermissionError, FileNotFoundError):
+            fc.stat("/telco-b")  # a TLS connection to t1: telco-b's CA checks its certificate
+        assert trust.site_at(str(fed.sites["t1"]["url"])) == ("t1", "telco-b")
+        assert trust.entity_ca("telco-b") is not None
+    assert not asked, asked

@@ -83,9 +83,14 @@ class FederationClient:
         self.level = zstd_level
         self.params = params or chunking.ChunkParams()
         self.timeout = timeout
-        self.view = RegistryView(self.registry)
+        self.view = (self.tls.view if self.tls is not None and self.tls.serves(registry)
+                     else RegistryView(self.registry))
+        self._since = self.view.clock()
+        """A shared view's answers older than this client are asked again once: a new
+        client sees the federation as it is now (a site may have moved meanwhile)."""
         """The registry's entities, sites and links, kept a few seconds (stale while the
-        registry is unreachable)."""
+        registry is unreachable): the trust's, which checks the sites' certificates
+        with the same records (one registry cache)."""
         self._site_clients: dict[str, SiteClient] = {}
         self._site_lock = threading.Lock()
         self.chunks_from: dict[str, int] = {}
@@ -109,7 +114,11 @@ class FederationClient:
     def sites(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
         """Every registered site by name, with status (`RegistryView`: kept a few
         seconds; the last answer while the registry is unreachable)."""
-        return self.view.sites(refresh)
+        return self.view.sites(refresh, since=self._since)
+
+    def entities(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        """Every registered entity by name (`RegistryView`, as `sites`)."""
+        return self.view.entities(refresh, since=self._since)
 
     def site(self, name: str) -> SiteClient:
         """A client of site `name` that authenticates as this client (renewed when the
@@ -148,9 +157,9 @@ class FederationClient:
         parts = paths.split(norm)
         if not parts:
             raise InvalidPathError(path, "the federation root has no site; use /ENTITY/...")
-        ent = self.view.entities().get(parts[0])
+        ent = self.entities().get(parts[0])
         if ent is None:
-            ent = self.view.entities(refresh=True).get(parts[0])
+            ent = self.entities(refresh=True).get(parts[0])
         if ent is None:
             raise NotFoundError(f"/{parts[0]}")
         if not ent.get("primary"):

@@ -256,6 +256,10 @@ def _decoded(data: bytes, encoding: str) -> bytes:
     return out
 
 
+#: Idle connections a client keeps open for its next requests.
+MAX_IDLE = 16
+
+
 class HttpClient:
     """A small synchronous HTTP/1.1 client over TLS 1.3, with keep-alive, signing and
     bearer tokens.
@@ -263,9 +267,10 @@ class HttpClient:
     `tls` says which certificate to expect at the URL and which to present (by default
     the trust kept beside `keys`, `tls.trust_for`); `site` (and its `entity`) name the
     site expected there when the caller knows it (otherwise the registry says). Plain
-    http:// only with a trust that allows it (`--insecure-plaintext`). Thread-safe: one
-    connection per thread. Errors come back as the Hutong exception the server named (NotFoundError,
-    AuthError, ...); a certificate refused by either side is an AuthError (`tls`).
+    http:// only with a trust that allows it (`--insecure-plaintext`). Thread-safe: idle
+    connections are kept (at most MAX_IDLE) and reused by any thread. Errors come back
+    as the Hutong exception the server named (NotFoundError, AuthError, ...); a
+    certificate refused by either side is an AuthError (`tls`).
     """
 
     def __init__(self, base_url: str, keys: EntityKeys | None = None, token: str | None = None,
@@ -287,7 +292,8 @@ class HttpClient:
         self.site, self.entity = site, entity
         self.audience = audience_of(base_url)
         self.keys, self.token, self.timeout = keys, token, timeout
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._idle: list[http.client.HTTPConnection] = []
 
     def connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
         """A new connection to the server (not kept, requests not signed) with the TLS
@@ -306,16 +312,27 @@ class HttpClient:
         return _TlsConnection(self.host, self.port, context=ctx, server_name=name, timeout=t)
 
     def _conn(self) -> http.client.HTTPConnection:
-        c: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if c is None:
-            c = self._local.conn = self.connection()
-        return c
+        """An idle kept connection (the most recently used), else a new one: any thread
+        reuses what another left open, so a request on a new thread (a FUSE worker, a
+        renewal) costs no TCP and TLS handshake while a connection is idle."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self.connection()
+
+    def _release(self, c: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append(c)
+                return
+        c.close()
 
     def close(self) -> None:
-        c = getattr(self._local, "conn", None)
-        if c is not None:
+        """Close the idle connections (those in use close as their requests end)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for c in idle:
             c.close()
-            self._local.conn = None
 
     def request(self, method: str, path: str, *, body: bytes = b"",
                 query: Mapping[str, str] | None = None,
@@ -330,17 +347,19 @@ class HttpClient:
                 headers.update(self.keys.sign(method, target, body, self.audience))
             if self.token is not None:
                 headers["Authorization"] = f"Bearer {self.token}"
-            conn = self._conn()
+            conn = self._conn() if attempt == 0 else self.connection()  # a retry: a new one
             try:
                 conn.request(method, target, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = _decoded(resp.read(), resp.getheader("Content-Encoding", ""))
                 if resp.getheader("Connection", "").lower() == "close":
-                    self.close()
+                    conn.close()
+                else:
+                    self._release(conn)
                 kind = resp.getheader("Content-Type", "").split(";")[0].strip().lower()
                 return resp.status, data, kind
             except (ConnectionError, http.client.HTTPException, TimeoutError, OSError) as e:
-                self.close()
+                conn.close()
                 if _tls_refusal(e):
                     raise AuthError(f"TLS with {self.base_url} refused: {e}", 401,
                                     "tls") from e

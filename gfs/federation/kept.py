@@ -5,6 +5,7 @@ for it every TTL (stale-while-revalidate, as HTTP caches do)."""
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,9 @@ T = TypeVar("T")
 #: A value up to this many TTLs old is served while it is fetched again in the
 #: background; an older one is fetched in the caller's thread.
 RENEW_WITHIN = 4.0
+#: Threads renewing values in the background (two: one slow source does not hold up
+#: every other renewal).
+RENEW_THREADS = 2
 
 
 class Kept(Generic[T]):
@@ -58,8 +62,7 @@ class Kept(Generic[T]):
                 self._renewing = True
         if kept is not None and not refresh and age < self.ttl * RENEW_WITHIN:
             if renew:
-                threading.Thread(target=self._renew, daemon=True,
-                                 name=f"hutong-renew-{self.what}").start()
+                _renewals().put(self._renew)
             return kept[1]
         return self._fetch()
 
@@ -79,6 +82,30 @@ class Kept(Generic[T]):
         finally:
             with self._lock:
                 self._renewing = False
+
+
+_queue_lock = threading.Lock()
+_queue: queue.SimpleQueue[Callable[[], None]] | None = None
+
+
+def _renewals() -> queue.SimpleQueue[Callable[[], None]]:
+    """The queue of background renewals, served by RENEW_THREADS long-lived daemon
+    threads: their connections (one per thread, `HttpClient`) stay open between
+    renewals, so a renewal costs one request, not a TCP and a TLS handshake as well."""
+    global _queue
+    with _queue_lock:
+        if _queue is None:
+            q: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+            for i in range(RENEW_THREADS):
+                threading.Thread(target=_serve, args=(q,), daemon=True,
+                                 name=f"hutong-renew-{i}").start()
+            _queue = q
+        return _queue
+
+
+def _serve(q: queue.SimpleQueue[Callable[[], None]]) -> None:
+    while True:
+        q.get()()  # each renewal catches its own errors
 
 
 __all__ = ["RENEW_WITHIN", "Kept"]

@@ -22,10 +22,10 @@ import io
 import shutil
 import stat as statmod
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from gfs import namespace_api, paths
 from gfs.disk_cache import DiskCache
@@ -66,6 +66,9 @@ WAN_READ_AHEAD = 8 << 20
 FETCH_THREADS = 8
 #: Mode of a directory the federation synthesises (the root, the way to a grant).
 SYNTHETIC_MODE = statmod.S_IFDIR | 0o555
+
+
+T = TypeVar("T")
 
 
 class FederatedNamespace:
@@ -128,7 +131,7 @@ class FederatedNamespace:
             return self.fc.sites()
 
     def _entity_records(self) -> dict[str, dict[str, Any]]:
-        return self.fc.view.entities()
+        return self.fc.entities()
 
     def _site(self, entity: str) -> tuple[str, SiteClient]:
         """(name, client) of `entity`'s primary site."""
@@ -140,6 +143,19 @@ class FederatedNamespace:
             raise SiteUnavailableError(f"/{entity}", f"entity {entity!r} has no primary "
                                        "site registered", 503, "no_primary")
         return str(primary), self.fc.site(str(primary))
+
+    def _ask(self, norm: str, site: SiteClient, op: Callable[[SiteClient], T]) -> T:
+        """`op(site)` for path `norm`; when the primary does not answer, the registry is
+        asked again and `op` retried once at the primary's new endpoint if it moved
+        (restarted elsewhere): the registry view is shared and may predate the move."""
+        try:
+            return op(site)
+        except ConnectionError:
+            self.fc.sites(refresh=True)
+            moved = self._site(paths.split(norm)[0])[1]
+            if moved is site:
+                raise
+            return op(moved)
 
     def visibility(self, refresh: bool = False) -> Visibility:
         """The entities and prefixes the caller may see (kept VIEW_TTL seconds, renewed
@@ -245,16 +261,15 @@ class FederatedNamespace:
 
     def stat(self, path: str) -> Stat:
         """The entry at `path` (symlinks are not followed); while the primary is down,
-        a file's stat as a mirror holds it (for the owner entity)."""
+        a file's stat as a mirror holds it (for the owner entity, and for a grantee as
+        far as the grants the mirror holds go)."""
         norm = paths.normalize(path)
         if self._shown(norm):
             return self._synthetic(norm)
         with self._at(norm) as (n, site):
             try:
-                return site.stat(n)
-            except ConnectionError:
-                if not self.fc.owner_mode(paths.split(n)[0]):
-                    raise
+                return self._ask(n, site, lambda h: h.stat(n))
+            except ConnectionError:  # the mirrors answer the owner and its grantees
                 return self._mirrored_stat(n)
 
     def _mirrored_stat(self, n: str) -> Stat:
@@ -308,11 +323,9 @@ class FederatedNamespace:
             return self._synthetic(norm), out
         with self._at(norm) as (n, site):
             try:
-                listing = site.list_dir(n, if_version=version)
-            except ConnectionError:
-                if not self.fc.owner_mode(paths.split(n)[0]):
-                    raise
-                listing = self.fc.mirror_listing(n)  # what the mirrors hold of it
+                listing = self._ask(n, site, lambda h: h.list_dir(n, if_version=version))
+            except ConnectionError:  # what the mirrors hold of it (for the owner and
+                listing = self.fc.mirror_listing(n)  # what they hold of its grants)
         return listing.dir, listing.entries
 
     def ls_xattrs(self, path: str) -> list[tuple[Stat, dict[str, bytes]]]:
@@ -322,7 +335,7 @@ class FederatedNamespace:
         if self.visibility().place(norm) == "real":
             with self._at(norm) as (n, site):
                 try:
-                    listing = site.list_dir(n, xattrs=True)
+                    listing = self._ask(n, site, lambda h: h.list_dir(n, xattrs=True))
                 except ConnectionError:  # ls falls back to the mirrors
                     listing = None
             if listing is not None and listing.entries is not None:
@@ -382,7 +395,7 @@ class FederatedNamespace:
         version's Stat (one request: the manifest carries it)."""
         with self._at(path) as (norm, site):
             try:
-                m = site.manifest(norm)
+                m = self._ask(norm, site, lambda h: h.manifest(norm))
             except ConnectionError:  # the primary is down: from a mirror
                 m = self.fc.manifest(norm)
             except IsADirError:  # the site says so of symlinks too

@@ -63,13 +63,21 @@ class RegistryView:
     def ttl(self, value: float) -> None:
         self._entities.ttl = self._sites.ttl = value
 
-    def entities(self, refresh: bool = False) -> Records:
-        """Every entity by name (its primary site among its fields)."""
-        return self._entities.get(refresh).records
+    def entities(self, refresh: bool = False, *, since: float | None = None) -> Records:
+        """Every entity by name (its primary site among its fields); `since` (a time of
+        `clock`): asked again if the answer kept is older."""
+        return self._entities.get(refresh or self._older(self._entities, since)).records
 
-    def sites(self, refresh: bool = False) -> Records:
-        """Every registered site by name, with its entity, region, endpoint and status."""
-        return self._sites.get(refresh).records
+    def sites(self, refresh: bool = False, *, since: float | None = None) -> Records:
+        """Every registered site by name, with its entity, region, endpoint and status;
+        `since` as for `entities`."""
+        return self._sites.get(refresh or self._older(self._sites, since)).records
+
+    def _older(self, kept: Kept[_Answer], since: float | None) -> bool:
+        if since is None:
+            return False
+        answer = kept.peek()
+        return answer is not None and answer.at < since
 
     def links(self) -> list[dict[str, Any]]:
         """The measured links between sites (as fetched with the sites)."""

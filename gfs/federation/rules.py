@@ -313,7 +313,30 @@ def reconcile(site: Site, verify: bool = False) -> list[dict[str, Any]]:
             unpin_everywhere(site, rule, sites)
             continue
         out.append(reconcile_rule(site, rule, sites, verify=verify))
+    push_grants(site, sites)
     return out
+
+
+def push_grants(site: Site, sites: dict[str, dict[str, Any]]) -> list[str]:
+    """Send the primary's grants, signed, to every other up site of its entity (so its
+    mirrors serve grantees while it is down; gfs.federation.grant_mirror); returns the
+    sites that took them. Best effort: a site missed gets them at the next reconcile."""
+    if not site.config.primary:
+        return []
+    signed = site.signed_grants()
+    done = []
+    for name, rec in sorted(sites.items()):
+        if name == site.name or rec.get("entity") != site.entity or rec.get("status") != "up":
+            continue
+        peer = _peer(site, rec)
+        try:
+            peer.mirror_grants(signed)
+            done.append(name)
+        except HutongError as e:
+            log.warning("grants: pushing the signed set to %s failed: %s", name, e)
+        finally:
+            peer.close()
+    return done
 
 
 def unpin_everywhere(site: Site, rule: dict[str, Any],

@@ -407,6 +407,10 @@ class SiteClient:
         complete (a batched vault pin completes with its last batch)."""
         return bool(self._json("PUT", f"/v1/pins/{owner}/{rule}", dict(body))["complete"])
 
+    def mirror_grants(self, signed: Mapping[str, str]) -> Record:
+        """Push the primary's signed grant set to this mirror (gfs.federation.grant_mirror)."""
+        return self._json("PUT", "/v1/grants/mirror", dict(signed))
+
     def unpin(self, owner: str, rule: str) -> bool:
         return bool(self._json("DELETE", f"/v1/pins/{owner}/{rule}")["unpinned"])
 

@@ -238,8 +238,9 @@ async def ns_list(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     if_version = _uint(request, "if_version", "a directory's change version")
     if _flag(request, "mirror"):  # a replica answering for a down primary
-        norm = _mirror_path(site, p, request, "listings")
-        resp = web.json_response(await _run(site.mirrored_listing, norm))
+        norm, keep = await _run(site.mirror_access, p, request.query.get("path", ""),
+                                "listings")
+        resp = web.json_response(await _run(site.mirrored_listing, norm, keep))
     else:
         path, keep = await _run(site.list_access, p, request.query.get("path", ""))
         attrs = _flag(request, "xattrs")
@@ -255,22 +256,14 @@ async def ns_visible(request: web.Request) -> web.Response:
     return web.json_response({"entity": site.entity, "prefixes": await _run(site.visible, p)})
 
 
-def _mirror_path(site: Site, p: Principal, request: web.Request, what: str) -> str:
-    """The path of a request to a mirror, which only the owner entity's signed requests
-    may make (mirrors hold the entity's own namespace, not filtered by grants)."""
-    raw = request.query.get("path", "")
-    norm = paths.normalize(raw) if isinstance(raw, str) else ""
-    site.check_owner(p, paths.split(norm)[0] if norm != "/" else "", write=False)
-    if p.token is not None or paths.split(norm)[:1] != [site.entity]:
-        raise AuthError(f"mirrored {what} are for the owner entity's signed requests",
-                        403, "forbidden")
-    return norm
-
-
 async def ns_manifest(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     if _flag(request, "mirror"):  # a replica answering for a down primary
-        norm = _mirror_path(site, p, request, "manifests")
+        norm, keep = await _run(site.mirror_access, p, request.query.get("path", ""),
+                                "manifests")
+        if keep is not None:
+            raise AuthError(f"{norm} is a directory the grants show, not a file they grant",
+                            403, "forbidden")
         st, m = await _run(site.mirrored, norm)
         return web.json_response({"stat": stat_to_wire(st), "chunks": refs_to_wire(m.chunks),
                                   "sites": [site.name]})
@@ -529,6 +522,16 @@ async def grants_add(request: web.Request) -> web.Response:
     return web.json_response(rec, status=201)
 
 
+async def grants_mirror(request: web.Request) -> web.Response:
+    """The primary's signed grant set, pushed to another site of its entity (a mirror)."""
+    site, p, data = await _json_principal(request)
+    _own(site, p, primary=False)
+    if p.token is not None:
+        raise AuthError("a grant set is pushed by the entity's primary (signed)", 403,
+                        "forbidden")
+    return web.json_response(await _run(site.put_mirror_grants, data))
+
+
 async def grants_delete(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     _own(site, p)
@@ -747,6 +750,7 @@ def make_app(site: Site) -> web.Application:
     r.add_get("/v1/ns/visible", ns_visible)
     r.add_get("/v1/grants", grants_list)
     r.add_post("/v1/grants", grants_add)
+    r.add_put("/v1/grants/mirror", grants_mirror)
     r.add_delete("/v1/grants/{id:[0-9a-f]{8}}", grants_delete)
     r.add_get("/v1/rules", rules_list)
     r.add_post("/v1/rules", rules_add)

@@ -45,6 +45,7 @@ from gfs.federation.auth import (
     verify_request,
     verify_token,
 )
+from gfs.federation.grant_mirror import sign_grants, verify_grants
 from gfs.federation.http import (
     ApiError,
     BadRequestError,
@@ -75,6 +76,8 @@ from gfs.schema import Schema, load
 from gfs.store import Prepared, pin_chunks
 
 log = logging.getLogger("gfs.federation.site")
+#: Where a mirror keeps the signed grant set its primary pushed (gfs.federation.grant_mirror).
+MIRROR_GRANTS_KEY = b"mirror-grants:set"
 PULL_WORKERS = 4
 """Mover pulls a site runs at once (others wait for a thread)."""
 KEY_TTL = 60.0
@@ -417,10 +420,18 @@ class Site:
     def check_file_chunks(self, p: Principal, path: str, cids: list[bytes]) -> None:
         """Chunk reads by a principal that may read file `path` but not every chunk of the
         entity (a grantee, a prefix token): only chunks of the file's current version,
-        here at the primary; AuthError otherwise. The ids follow from bytes the caller
+        at the primary (at a mirror: of its mirrored version, for a grant the mirror
+        holds); AuthError otherwise. The ids follow from bytes the caller
         may read anyway, so the answer tells nothing of other files."""
-        norm = self.check_path(p, path, write=False)
-        _, m = self.manifest(norm)
+        if self.config.primary:
+            norm = self.check_path(p, path, write=False)
+            _, m = self.manifest(norm)
+        else:  # a mirror, for a grantee while the primary is down: the mirrored version
+            norm, keep = self.mirror_access(p, path, "chunks")
+            if keep is not None:
+                raise AuthError(f"{norm} is a directory the grants show, not a file they "
+                                "grant", 403, "forbidden")
+            _, m = self.mirrored(norm)
         held = {r.id for r in m.chunks}
         stray = [c for c in cids if c not in held]
         if stray:
@@ -497,7 +508,72 @@ class Site:
             except (NotFoundError, NotADirError):
                 continue
 
-    def mirrored_listing(self, path: str) -> dict[str, Any]:
+    # -- grants at mirrors (gfs.federation.grant_mirror) -----------------------------------
+    def signed_grants(self) -> dict[str, str]:
+        """This primary's grants, signed with the entity's key for its mirrors."""
+        return sign_grants(self.keys, self.grants())
+
+    def put_mirror_grants(self, signed: Mapping[str, Any]) -> dict[str, Any]:
+        """Keep the signed grant set the primary pushed (checked: signature, entity,
+        expiry, and not older than the set held: a replay is 409 `stale_grants`)."""
+        if self.config.primary:
+            raise BadRequestError(f"site {self.name} is the primary of {self.entity}: it keeps "
+                                  "the grants themselves, not a mirrored set")
+        doc = verify_grants(signed, self.entity, self.peer_key(self.entity))
+        with self.client.engine.write() as txn:
+            old = txn.get_value("rules", MIRROR_GRANTS_KEY)
+            if old is not None:
+                held = json.loads(json.loads(old)["doc"])
+                if doc["issued"] < held["issued"]:
+                    raise ApiError(f"the grant set was issued before the one site {self.name} "
+                                   "holds (a replay); send the current one", 409,
+                                   "stale_grants")
+            txn.put_value("rules", MIRROR_GRANTS_KEY, json.dumps(
+                {"doc": signed["doc"], "sig": signed["sig"]}).encode())
+        return {"grants": len(doc["grants"]), "expires": doc["expires"]}
+
+    def mirror_grants(self, grantee: str) -> list[dict[str, Any]]:
+        """The grants to `grantee` in the signed set this mirror holds, checked again now
+        (an altered or expired set gives none, logged)."""
+        with self.client.engine.read() as txn:
+            raw = txn.get_value("rules", MIRROR_GRANTS_KEY)
+        if raw is None:
+            return []
+        try:
+            doc = verify_grants(json.loads(raw), self.entity, self.peer_key(self.entity))
+        except (AuthError, ValueError) as e:
+            log.warning("site %s: the mirrored grant set is not usable: %s", self.name, e)
+            return []
+        return [g for g in doc["grants"] if isinstance(g, dict) and g.get("to") == grantee
+                and isinstance(g.get("pattern"), str)]
+
+    def mirror_access(self, p: Principal, raw: Any, what: str
+                      ) -> tuple[str, Callable[[str], bool] | None]:
+        """(normalised path, filter of entries) for a request to this site's mirrors: the
+        owner entity's signed requests see everything; another entity's signed requests
+        what the mirrored grants give it, as at the primary (`list_access`); AuthError
+        otherwise."""
+        if not isinstance(raw, str):
+            raise BadRequestError("path must be a string")
+        norm = paths.normalize(raw)
+        if paths.split(norm)[:1] != [self.entity]:
+            raise AuthError(f"path {norm!r} is outside /{self.entity}, the only subtree this "
+                            "site mirrors", 403, "path_outside_root")
+        if p.token is not None:
+            raise AuthError(f"mirrored {what} answer signed requests only (the owner entity's "
+                            "and its grantees')", 403, "forbidden")
+        if p.entity == self.entity:
+            return norm, None
+        pats = [str(g["pattern"]) for g in self.mirror_grants(p.entity)]
+        if any(glob_match(pt, norm) for pt in pats):
+            return norm, None
+        if any(literal_prefix(pt) == norm for pt in pats):
+            return norm, lambda entry: any(glob_match(pt, entry) for pt in pats)
+        raise AuthError(f"entity {p.entity!r} has no grant on {norm!r} that the mirror on "
+                        f"site {self.name} holds", 403, "forbidden")
+
+    def mirrored_listing(self, path: str,
+                         keep: Callable[[str], bool] | None = None) -> dict[str, Any]:
         """The `/v1/ns/list` answer for directory `path` as this site's mirrors hold it:
         the entries the rules replicate here (newest of each name), as of their last
         reconcile; NotFoundError if no mirror holds that directory."""
@@ -518,7 +594,8 @@ class Site:
         if top is None:
             raise NotFoundError(path, f"no mirror of directory {path} on site {self.name}")
         return {"dir": stat_to_wire(top),
-                "entries": [stat_to_wire(entries[n]) for n in sorted(entries)]}
+                "entries": [stat_to_wire(entries[n]) for n in sorted(entries)
+                            if keep is None or keep(entries[n].path)]}
 
     def mirrored(self, path: str) -> tuple[Stat, Manifest]:
         """The newest mirrored manifest of `path` (kept by the primary's rules)."""

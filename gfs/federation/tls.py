@@ -32,11 +32,9 @@ from gfs.federation.auth import AuthError, public_key, signed_entity
 if TYPE_CHECKING:
     from gfs.federation.auth import EntityKeys
     from gfs.federation.http import HttpClient
+    from gfs.federation.registry_view import RegistryView
 
 log = logging.getLogger("gfs.federation")
-RECORD_TTL = 60.0
-"""Seconds another entity's CA (from the registry) is trusted before it is fetched again."""
-SITES_TTL = 5.0
 MISS_REFRESH = 1.0
 """Least seconds between two re-reads of the entity CAs for an unknown signer."""
 CHECKED_LIMIT = 4096
@@ -76,10 +74,11 @@ class Trust:
                 x509.oid.NameOID.ORGANIZATION_NAME)[0].value  # type: ignore[assignment]
         self._lock = threading.Lock()
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._cas: dict[str, tuple[x509.Certificate, float]] = {}
+        self._cas: dict[tuple[str, str, str, str], x509.Certificate] = {}
+        """CAs checked against their entity's key, by (entity, CA, signature, key)."""
         self._revoked: dict[str, frozenset[int]] = {}
-        self._sites: tuple[float, dict[str, tuple[str, str]]] = (0.0, {})
         self._registry: HttpClient | None = None
+        self._view: RegistryView | None = None
 
     @classmethod
     def load(cls, directory: str | Path, registry: str | None = None, *,
@@ -91,6 +90,10 @@ class Trust:
         ca = d / certs.REGISTRY_CA
         return cls(url, ca.read_bytes() if ca.exists() else None, directory=d,
                    plaintext=plaintext)
+
+    def serves(self, url: str) -> bool:
+        """Whether `url` is this trust's registry."""
+        return _key(url) == _key(self.registry_url)
 
     def own_ca_pem(self) -> bytes | None:
         """This party's entity CA certificate (PEM), if it has one."""
@@ -106,36 +109,48 @@ class Trust:
     def _registry_client(self) -> HttpClient:
         from gfs.federation.http import HttpClient
 
-        if self._registry is None:
-            self._registry = HttpClient(self.registry_url, tls=self, timeout=10)
-        return self._registry
+        with self._lock:
+            if self._registry is None:
+                self._registry = HttpClient(self.registry_url, tls=self, timeout=10)
+            return self._registry
+
+    @property
+    def view(self) -> RegistryView:
+        """The registry's entities and sites as this party knows them: the one cache of
+        the registry a process holds per trust (clients of the same registry share it,
+        `FederationClient.view`)."""
+        from gfs.federation.registry_view import RegistryView
+
+        registry = self._registry_client()
+        with self._lock:
+            if self._view is None:
+                self._view = RegistryView(registry)
+            return self._view
 
     def site_at(self, url: str, refresh: bool = False) -> tuple[str, str]:
         """(site, entity) the registry lists at endpoint `url`; AuthError if none."""
         key = _key(url)
-        with self._lock:
-            when, sites = self._sites
-        if refresh or key not in sites or time.monotonic() - when > SITES_TTL:
-            recs = self._registry_client().call("GET", "/v1/sites")["sites"]
+        for again in (refresh, True):
             sites = {_key(str(r["endpoint"])): (str(r["name"]), str(r["entity"]))
-                     for r in recs}
-            with self._lock:
-                self._sites = (time.monotonic(), sites)
-        if key not in sites:
-            raise AuthError(f"no site of registry {self.registry_url} serves at {url}; "
-                            "connect to an endpoint the registry lists", 401, "unknown_peer")
-        return sites[key]
+                     for r in self.view.sites(again).values() if r.get("endpoint")}
+            if key in sites:
+                return sites[key]
+            if again:
+                break
+        raise AuthError(f"no site of registry {self.registry_url} serves at {url}; "
+                        "connect to an endpoint the registry lists", 401, "unknown_peer")
 
     def entity_ca(self, entity: str, refresh: bool = False) -> x509.Certificate:
-        """The CA of `entity`: this party's own from its directory, another's from the
-        registry, checked against the entity's key (cached for RECORD_TTL s)."""
+        """The CA of `entity`: this party's own from its directory, another's as the
+        registry publishes it (`view`), checked against the entity's key."""
         if entity == self.entity and self.own_ca is not None:
             return self.own_ca
-        with self._lock:
-            hit = self._cas.get(entity)
-        if hit is not None and not refresh and time.monotonic() - hit[1] < RECORD_TTL:
-            return hit[0]
-        rec = self._registry_client().call("GET", f"/v1/entities/{entity}")
+        rec = self.view.entities(refresh).get(entity)
+        if not refresh and (rec is None or not rec.get("ca")):  # new since: ask again
+            rec = self.view.entities(True).get(entity)
+        if rec is None:
+            raise AuthError(f"entity {entity!r} is not registered at {self.registry_url}",
+                            401, "unknown_peer")
         ca = self._verified(rec)
         if ca is None:
             raise AuthError(f"entity {entity!r} has published no CA certificate; its sites "
@@ -150,10 +165,15 @@ class Trust:
                 int(str(x), 16) for x in rec.get("revoked_certs", [])[:MAX_REVOKED_CERTS])
         if not rec.get("ca") or not rec.get("ca_sig"):
             return None
-        ca = certs.verify_ca(name, str(rec["ca"]), str(rec["ca_sig"]),
-                             public_key(str(rec["public_key"])))
+        key = (name, str(rec["ca"]), str(rec["ca_sig"]), str(rec["public_key"]))
         with self._lock:
-            self._cas[name] = (ca, time.monotonic())
+            ca = self._cas.get(key)
+        if ca is None:
+            ca = certs.verify_ca(name, key[1], key[2], public_key(key[3]))
+            with self._lock:
+                if len(self._cas) >= CHECKED_LIMIT:
+                    self._cas.clear()
+                self._cas[key] = ca
         return ca
 
     def revoked_certs(self) -> dict[str, frozenset[int]]:
@@ -162,9 +182,10 @@ class Trust:
             return dict(self._revoked)
 
     def entity_cas(self) -> dict[str, x509.Certificate]:
-        """Every entity's CA the registry publishes (bad bindings left out and logged)."""
+        """Every entity's CA the registry publishes, asked again now (bad bindings left
+        out and logged)."""
         out: dict[str, x509.Certificate] = {}
-        for rec in self._registry_client().call("GET", "/v1/entities")["entities"]:
+        for rec in self.view.entities(refresh=True).values():
             try:
                 ca = self._verified(rec)
             except AuthError as e:
@@ -195,7 +216,10 @@ class Trust:
         return self._ctx(_pem(self.entity_ca(entity))), certs.site_name(site, entity)
 
     def _entity_of_site(self, site: str) -> str:
-        rec = self._registry_client().call("GET", f"/v1/sites/{site}")
+        rec = self.view.sites().get(site) or self.view.sites(refresh=True).get(site)
+        if rec is None:
+            raise AuthError(f"no site {site!r} is registered at {self.registry_url}", 401,
+                            "unknown_peer")
         return str(rec["entity"])
 
     def _ctx(self, ca_pem: str) -> ssl.SSLContext:

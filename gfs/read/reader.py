@@ -89,10 +89,12 @@ class ManifestReader(io.RawIOBase):
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         out = memoryview(buffer).cast("B")
-        data = self.pread(self._pos, len(out))
-        out[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        n = 0
+        for piece in self._pieces(self._pos, len(out)):  # each chunk copied once, in place
+            out[n:n + len(piece)] = piece
+            n += len(piece)
+        self._pos += n
+        return n
 
     def readall(self) -> bytes:
         data = self.pread(self._pos, max(self.size - self._pos, 0))
@@ -119,21 +121,29 @@ class ManifestReader(io.RawIOBase):
 
     def pread(self, off: int, size: int) -> bytes:
         """`size` bytes at offset `off` (fewer at the end of the file)."""
+        parts = self._pieces(off, size)
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
+
+    def _pieces(self, off: int, size: int) -> list[bytes | memoryview]:
+        """The pieces of chunks that make up `size` bytes at `off`, in order (views,
+        not copies, of partly read chunks)."""
         if off < 0 or size < 0:
             raise ValueError(f"read of {self.name}: offset {off} and size {size} must be >= 0")
         end = min(off + size, self.size)
         if off >= end:
-            return b""
+            return []
         first = bisect.bisect_right(self._ends, off)
         last = bisect.bisect_left(self._ends, end)
         data = self._get(first, last)
-        parts = []
+        parts: list[bytes | memoryview] = []
         for i in range(first, last + 1):
             chunk = data[self.chunks[i].id]
             start = self._ends[i] - self.chunks[i].length
             lo, hi = max(off, start) - start, min(end, self._ends[i]) - start
-            parts.append(chunk if lo == 0 and hi == len(chunk) else chunk[lo:hi])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.append(chunk if lo == 0 and hi == len(chunk) else memoryview(chunk)[lo:hi])
+        return parts
 
     def _block_of(self, index: int) -> int:
         return bisect.bisect_right(self._block_starts, index) - 1
