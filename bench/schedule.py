@@ -1142,7 +1142,8 @@ def main(argv: list[str]) -> int:
         return _two_probe(argv[1])
     p = argparse.ArgumentParser(prog="python -m bench schedule", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smaller trace, smaller real run")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller trace; of the real runs only the (smaller) two-driver one")
     p.add_argument("--no-real", action="store_true", help="simulation only")
     p.add_argument("--only-two", action="store_true",
                    help="only the real two-driver run (no simulation, no one-driver runs)")
@@ -1154,8 +1155,10 @@ def main(argv: list[str]) -> int:
     if not args.no_real:
         work = Path(tempfile.mkdtemp(prefix="hutong-bench-schedule-", dir=args.work))
         try:
-            real = None if args.only_two else run_real(work, args.quick)
-            fed = None if args.only_two else run_fed(work, args.quick)
+            # --quick keeps the run under a minute: the two-driver run is the real part
+            one = args.only_two or args.quick
+            real = None if one else run_real(work, args.quick)
+            fed = None if one else run_fed(work, args.quick)
             two = run_two(work, args.quick)
         finally:
             shutil.rmtree(work, ignore_errors=True)
