@@ -35,28 +35,37 @@ class Run:
     stderr: str
 
 
+#: GNU time (Debian package `time`): starts each measured command and reports its peak RSS.
+GNU_TIME = "/usr/bin/time"
+
+
 def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
         cwd: Path | None = None, check: bool = True) -> Run:
     """Run `argv` to completion; measure wall time and the peak RSS of it and its children.
 
-    The peak RSS comes from `os.wait4` on the child, which covers the child and any
-    descendants it waited for.
+    The command is started by GNU time, whose `%M` is the peak RSS of the command and
+    the children it waited for. Not `os.wait4` from this process: Linux carries a
+    process's peak RSS across fork (or vfork) and exec, so a command started from here
+    would report at least this process's own RSS.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    if not os.access(GNU_TIME, os.X_OK):
+        raise SystemExit(f"bench: {GNU_TIME} is missing; install the Debian package `time`")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(prefix="bench-rss-") as report:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env=dict(env) if env is not None else None, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([GNU_TIME, "-q", "-f", "%M", "-o", report.name, *argv],
+                              stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                              env=dict(env) if env is not None else None, cwd=cwd,
+                              check=False)
         wall = time.perf_counter() - t0
-        rc = os.waitstatus_to_exitcode(status)
-        proc.returncode = rc
         out.seek(0)
         err.seek(0)
-        result = Run(tuple(argv), rc, wall, int(usage.ru_maxrss),
+        words = Path(report.name).read_text().split()
+        result = Run(tuple(argv), proc.returncode, wall, int(words[-1]) if words else 0,
                      out.read().decode(errors="replace"), err.read().decode(errors="replace"))
-    if check and rc != 0:
+    if check and result.rc != 0:
         tail = " | ".join(result.stderr.strip().splitlines()[-5:]) or "no stderr"
-        raise CommandError(f"{' '.join(argv)} exited {rc}: {tail}")
+        raise CommandError(f"{' '.join(argv)} exited {result.rc}: {tail}")
     return result
 
 

@@ -1,9 +1,7 @@
 """The scale curve of `python -m bench metaops`: put, fsck, du, get and gc of N small files.
 
-Each command runs as its own `hutong` process, started by GNU time (`/usr/bin/time`,
-Debian package `time`), which reports its peak RSS. Not `wait4` from this process:
-Linux carries a process's peak RSS across fork and exec, so a command started from
-the bench process would report at least the bench's own RSS. Files are small and
+Each command runs as its own `hutong` process through bench._measure.run, which reports
+its peak RSS (measured by GNU time, not inherited from the bench). Files are small and
 distinct (one chunk each), 1000 to a directory; the curve is per-file time and
 peak RSS at each N, and the target is both flat within 2x from the smallest to
 the largest N.
@@ -22,8 +20,6 @@ from bench._measure import Run, hutong_cmd, run
 PER_DIR = 1000
 #: Bytes per file (distinct content, one chunk each).
 FILE_BYTES = 200
-#: GNU time: starts each command and reports its peak RSS.
-GNU_TIME = "/usr/bin/time"
 #: Commands measured at each N, in order.
 OPS = ("put", "fsck", "du", "get", "gc")
 
@@ -69,27 +65,14 @@ def measure(work: Path, n: int) -> Point:
         "get": [*hutong, "-q", "get", "/data", str(out)],
         "gc": [*hutong, "-q", "gc"],
     }
-    runs: dict[str, Run] = {}
-    rss_kib: dict[str, int] = {}
-    for op in OPS:
-        runs[op], rss_kib[op] = _peak(argv[op], env, work / f"rss-{op}")
+    runs: dict[str, Run] = {op: run(argv[op], env=env) for op in OPS}
     got = sum(len(files) for _, _, files in os.walk(out))
     if got != n:
         raise RuntimeError(f"get restored {got} files of {n}")
     for p in (src, state, out):
         shutil.rmtree(p)
     return Point(n, {op: r.wall for op, r in runs.items()},
-                 {op: kib / 1024 for op, kib in rss_kib.items()})
-
-
-def _peak(argv: list[str], env: dict[str, str], report: Path) -> tuple[Run, int]:
-    """Run `argv`; (the run, its peak RSS in KiB as GNU time measured it)."""
-    if not os.access(GNU_TIME, os.X_OK):
-        raise SystemExit(f"bench: {GNU_TIME} is missing; install the Debian package `time`")
-    done = run([GNU_TIME, "-f", "%M", "-o", str(report), *argv], env=env)
-    kib = int(report.read_text().split()[-1])
-    report.unlink()
-    return done, kib
+                 {op: r.maxrss_kib / 1024 for op, r in runs.items()})
 
 
 def flat(points: list[Point], op: str) -> tuple[float, float]:

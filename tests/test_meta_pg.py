@@ -322,3 +322,26 @@ def _exists(txn: ReadTxn, path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def test_scans_page_by_key_across_many_pages(pg_url: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import gfs.meta.pg_engine as pg
+
+    monkeypatch.setattr(pg, "FETCH", 3)  # 10 rows: four pages, the last one short
+    eng = PgEngine(pg_url)
+    try:
+        with eng.write() as w:
+            for i in range(10):
+                w.link(ROOT_INO, f"n{9 - i}", 1000 + i)
+                w.put_value("heat", b"p" + bytes([i]), b"v")
+            w.put_value("heat", b"q", b"other prefix")
+            # read inside the writing transaction: the buffered rows are flushed first
+            assert [n for n, _ in w.list_dir(ROOT_INO)] == [f"n{i}" for i in range(10)]
+        with eng.read() as r:
+            assert [n for n, _ in r.list_dir(ROOT_INO)] == [f"n{i}" for i in range(10)]
+            assert [k for k, _ in r.iter_values("heat", b"p")] == [
+                b"p" + bytes([i]) for i in range(10)]
+            assert list(r.list_dir(12345)) == []
+    finally:
+        eng.close()

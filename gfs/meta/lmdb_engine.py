@@ -274,6 +274,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         return ino
 
     def put_inode(self, inode: Inode) -> None:
+        self._d.trimmer.tick()
         self._txn.put(_ino_key(inode.ino), enc.encode_inode(inode), db=self._d.inodes)
 
     def delete_inode(self, ino: int) -> None:
@@ -286,6 +287,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
                 f"directory entry of inode {parent}: name is {len(key) - 8} bytes in UTF-8, "
                 f"at most {_MAX_KEY - 8} allowed"
             )
+        self._d.trimmer.tick()
         self._txn.put(key, _ino_key(ino), db=self._d.dirents)
 
     def unlink(self, parent: int, name: str) -> None:
@@ -294,6 +296,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
             self._txn.delete(key, db=self._d.dirents)
 
     def put_manifest(self, ino: int, manifest: Manifest) -> None:
+        self._d.trimmer.tick()
         shm.put(self._txn, self._d.manifests, self._d.mbodies, _ino_key(ino), manifest)
 
     def delete_manifest(self, ino: int) -> None:
@@ -302,11 +305,14 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         self._txn.delete(key, db=self._d.manifests)
 
     def put_chunk(self, rec: ChunkRecord) -> None:
+        # a write descends the B-tree like a lookup: it touches map pages too
+        self._d.trimmer.tick()
         self._txn.put(rec.id, enc.encode_chunk(rec), db=self._d.chunks)
 
     def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
-        get, put, db = self._txn.get, self._txn.put, self._d.chunks
+        get, put, db, tick = self._txn.get, self._txn.put, self._d.chunks, self._d.trimmer.tick
         for cid, delta in deltas.items():
+            tick()
             data = get(cid, db=db)
             if data is None:
                 raise FormatError(f"chunk {cid.hex()} is referenced but not in the chunk "

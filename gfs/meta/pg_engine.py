@@ -25,12 +25,11 @@ updated by every write.
 
 Portability: plain tables of `bigint`, `text` and `bytea`, primary keys,
 `INSERT ... ON CONFLICT DO UPDATE`, `= ANY(array)`, `FOR KEY SHARE` and
-server-side cursors, which CockroachDB and YugabyteDB (YSQL) also implement.
+`ORDER BY ... LIMIT` (scans page by key), which CockroachDB and YugabyteDB (YSQL) also implement.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import threading
@@ -161,7 +160,7 @@ def _redact(url: str) -> str:
 class _Txn:
     """State shared by the read and write views of one transaction."""
 
-    __slots__ = ("buf", "conn", "lock", "names", "schema")
+    __slots__ = ("buf", "conn", "lock", "schema")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False) -> None:
@@ -170,7 +169,6 @@ class _Txn:
         #: rows a write transaction reads by key are locked against deletion
         self.lock = sql.SQL(" FOR KEY SHARE" if write else "")
         self.buf: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...] | None] = {}
-        self.names = itertools.count()
 
     def t(self, table: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(table))
@@ -213,13 +211,24 @@ class _Txn:
         row = self.conn.execute(q, key).fetchone()
         return None if row is None else row[0]
 
-    def rows(self, query: sql.Composed, params: tuple[Any, ...] = ()) -> Iterator[Any]:
-        """Rows of `query` through a server-side cursor, after flushing buffered writes."""
+    def scan(self, table: str, cols: str, where: str = "",
+             params: tuple[Any, ...] = ()) -> Iterator[Any]:
+        """Rows of `table` in the order of its key column, the first of `cols`, after
+        flushing buffered writes; FETCH rows per query, each page starting after the
+        last key of the one before (keyset pagination): a short scan is one round trip,
+        a long one holds one page in memory."""
         self.flush()
-        with self.conn.cursor(name=f"h{next(self.names)}") as cur:
-            cur.itersize = FETCH
-            cur.execute(query, params)
-            yield from cur
+        key = cols.split(",")[0].strip()
+        page = f"SELECT {cols} FROM {{}} {{}} ORDER BY {key} LIMIT {FETCH}"
+        first = sql.SQL(page).format(self.t(table), sql.SQL(where))
+        after = sql.SQL(page).format(self.t(table), sql.SQL(
+            f"{where} AND {key} > %s" if where else f"WHERE {key} > %s"))
+        rows = self.conn.execute(first, params).fetchall()
+        while rows:
+            yield from rows
+            if len(rows) < FETCH:
+                return
+            rows = self.conn.execute(after, (*params, rows[-1][0])).fetchall()
 
 
 class _PgRead(ReadTxn):
@@ -230,11 +239,9 @@ class _PgRead(ReadTxn):
     def __init__(self, x: _Txn) -> None:
         self._x = x
 
-    def _scan(self, table: str, cols: str, order: str, where: str = "",
+    def _scan(self, table: str, cols: str, where: str = "",
               params: tuple[Any, ...] = ()) -> Iterator[Any]:
-        q = sql.SQL(f"SELECT {cols} FROM {{}} {where} ORDER BY {order}").format(
-            self._x.t(table))
-        return self._x.rows(q, params)
+        return self._x.scan(table, cols, where, params)
 
     # -- namespace ----------------------------------------------------------
     def get_inode(self, ino: int) -> Inode | None:
@@ -246,7 +253,7 @@ class _PgRead(ReadTxn):
         return None if ino is None else _u(ino)
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
-        for name, ino in self._scan("dirents", "name, ino", "name", "WHERE parent = %s",
+        for name, ino in self._scan("dirents", "name, ino", "WHERE parent = %s",
                                     (_s(parent),)):
             try:
                 text = bytes(name).decode("utf-8")
@@ -257,7 +264,7 @@ class _PgRead(ReadTxn):
             yield text, _u(ino)
 
     def iter_inodes(self) -> Iterator[Inode]:
-        for ino, rec in self._scan("inodes", "ino, rec", "ino"):
+        for ino, rec in self._scan("inodes", "ino, rec"):
             yield enc.decode_inode(_u(ino), bytes(rec))
 
     def get_manifest(self, ino: int) -> Manifest | None:
@@ -265,7 +272,7 @@ class _PgRead(ReadTxn):
         return None if data is None else enc.decode_manifest(ino, bytes(data))
 
     def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:
-        for ino, rec in self._scan("manifests", "ino, rec", "ino"):
+        for ino, rec in self._scan("manifests", "ino, rec"):
             yield _u(ino), enc.decode_manifest(_u(ino), bytes(rec))
 
     # -- chunks, packs, pools -------------------------------------------------
@@ -296,7 +303,7 @@ class _PgRead(ReadTxn):
                 yield bytes(cid), bytes(data)
 
     def iter_chunks(self) -> Iterator[ChunkRecord]:
-        for cid, rec in self._scan("chunks", "id, rec", "id"):
+        for cid, rec in self._scan("chunks", "id, rec"):
             yield enc.decode_chunk(bytes(cid), bytes(rec))
 
     def get_pack(self, pack_id: bytes) -> PackRecord | None:
@@ -304,11 +311,11 @@ class _PgRead(ReadTxn):
         return None if data is None else enc.decode_pack(pack_id, bytes(data))
 
     def iter_packs(self) -> Iterator[PackRecord]:
-        for pid, rec in self._scan("packs", "id, rec", "id"):
+        for pid, rec in self._scan("packs", "id, rec"):
             yield enc.decode_pack(bytes(pid), bytes(rec))
 
     def iter_pending(self) -> Iterator[PendingPack]:
-        for pid, rec in self._scan("pending", "id, rec", "id"):
+        for pid, rec in self._scan("pending", "id, rec"):
             yield enc.decode_pending(bytes(pid), bytes(rec))
 
     def get_pool(self, pool_id: int) -> PoolRecord | None:
@@ -316,7 +323,7 @@ class _PgRead(ReadTxn):
         return None if data is None else enc.decode_pool(pool_id, bytes(data))
 
     def iter_pools(self) -> Iterator[PoolRecord]:
-        for pool_id, rec in self._scan("pools", "id, rec", "id"):
+        for pool_id, rec in self._scan("pools", "id, rec"):
             yield enc.decode_pool(int(pool_id), bytes(rec))
 
     # -- opaque values and store facts -----------------------------------------
@@ -330,7 +337,7 @@ class _PgRead(ReadTxn):
     def iter_values(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         _check_table(table)
         n = len(prefix)
-        for key, value in self._scan("kv", "key, value", "key", "WHERE tbl = %s AND key >= %s",
+        for key, value in self._scan("kv", "key, value", "WHERE tbl = %s AND key >= %s",
                                      (table, prefix)):
             key = bytes(key)
             if key[:n] != prefix:
