@@ -87,6 +87,9 @@ def test_two_hosts_mount_one_postgresql_namespace(wan: Wan, tmp_path: Path) -> N
                 wan.restore("w")
             assert not (mr / "d" / "lost.txt").exists()
             assert (mw / "d" / "after.txt").read_bytes() == b"r still works"  # w is back
+            for i in range(3):  # and writes again (new inode numbers, new connections)
+                (mw / "d" / f"back{i}.txt").write_bytes(b"w again %d" % i)
+            assert (mr / "d" / "back2.txt").read_bytes() == b"w again 2"
             assert (mr / "d" / "y.bin").read_bytes()[:1_000_000] == data[:1_000_000]
         report = _hutong(wan, "r", sr, "fsck")
         assert "ok" in report.lower() or "clean" in report.lower(), report

@@ -492,6 +492,8 @@ class _Ctx:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         conn, x = self._conn, self._x
+        if conn is not None and (conn.broken or isinstance(exc, psycopg.OperationalError)):
+            self._engine._lost_at = time.monotonic()  # pooled peers of it are suspect too
         failed: BaseException | None = None
         try:
             if conn is not None and x is not None:
@@ -558,6 +560,7 @@ class PgEngine(MetaEngine):
         self._ino_next = self._ino_end = 0
         self._ino_conn: psycopg.Connection[Any] | None = None
         self._returned: dict[int, float] = {}  # id(connection) -> when it was last put back
+        self._lost_at = 0.0  # when a connection was last found lost
         try:
             self._pool: ConnectionPool | None = ConnectionPool(
                 self._conninfo, min_size=1, max_size=size, open=True,
@@ -574,10 +577,12 @@ class PgEngine(MetaEngine):
             raise
 
     def _check_idle(self, conn: psycopg.Connection[Any]) -> None:
-        """Before a connection idle for IDLE_CHECK seconds is used, one empty query: the
-        server may have gone or been cut off meanwhile (the pool then drops it and takes
-        another), and a transaction should not fail on a connection that died idle."""
-        if time.monotonic() - self._returned.get(id(conn), 0.0) > IDLE_CHECK:
+        """Before a connection idle for IDLE_CHECK seconds, or put back before another
+        was found lost, is used: one empty query. The server may have gone or been cut
+        off meanwhile (the pool then drops it and takes another), and a transaction
+        should not fail on a connection that died idle."""
+        returned = self._returned.get(id(conn), 0.0)
+        if returned <= self._lost_at or time.monotonic() - returned > IDLE_CHECK:
             ConnectionPool.check_connection(conn)
 
     def __repr__(self) -> str:
@@ -662,6 +667,7 @@ class PgEngine(MetaEngine):
         self._live()
         q = sql.SQL("UPDATE {}.ino_alloc SET next = next + %s WHERE id = 0 "
                     "RETURNING next").format(sql.Identifier(self.schema))
+        reconnected = False
         for _ in range(50):
             try:
                 if self._ino_conn is None or self._ino_conn.closed:
@@ -672,6 +678,9 @@ class PgEngine(MetaEngine):
             except psycopg.Error as e:
                 if self._ino_conn is not None:
                     self._ino_conn.close()
+                if isinstance(e, psycopg.OperationalError) and not reconnected:
+                    reconnected = True  # it died idle: once more on a new connection (a
+                    continue            # block reserved twice is only numbers skipped)
                 raise StateError(f"metadata {self}: cannot reserve inode numbers: {e}") from e
             if row is None:
                 raise StateError(f"metadata {self} has no inode allocator row; run "
