@@ -6,6 +6,7 @@ signed requests of its own entity."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,13 @@ class GateLock:
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.inner.release()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """A file write's shared hold (gfs.federation.site_lock): it too waits while the
+        gate is held, as behind an exclusive holder."""
+        with self:
+            yield
 
 
 @dataclass
