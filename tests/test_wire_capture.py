@@ -81,7 +81,10 @@ class Capture:
         lines = [self.proc.stderr.readline() for _ in range(1)]
         while "listening" not in lines[-1] and lines[-1] and len(lines) < 10:
             lines.append(self.proc.stderr.readline())  # "listening on any" once it captures
-        assert "listening" in lines[-1], lines
+        if "listening" not in lines[-1]:
+            self.proc.kill()  # never left running, whatever it said
+            self.proc.wait(30)
+            raise AssertionError(f"tcpdump did not start capturing: {lines}")
 
     def stop(self) -> bytes:
         self.proc.send_signal(signal.SIGINT)
