@@ -2,7 +2,8 @@
 in real headless Chromium: it loads without console errors, shows the sites and the
 rule state the test created, and updates by itself when a site is killed. From the
 attacker's side: no token is 401, a data token without the metrics scope is 403, at
-the site and at the registry, and neither changes anything."""
+the site and at the registry, and neither changes anything; the registry answers
+only its own metrics token, the same rule as its `/metrics`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from gfs.errors import ConfigError
+from gfs.federation import registry_metrics
 from gfs.federation.auth import AuthError
 from gfs.federation.testing import Federation
 from gfs.gateway import daemon_dashboard
@@ -39,6 +41,10 @@ def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Feder
         yield f, f.keys("bank-a").mint_token("ops", "metrics", "/bank-a", 600)
     finally:
         f.close()
+
+
+def _registry_token(f: Federation) -> str:
+    return registry_metrics.mint(f.root / "registry", 600)
 
 
 def _page_url(base: str, token: str) -> str:
@@ -69,7 +75,7 @@ def test_site_and_registry_dashboards_in_chromium(fed: tuple[Federation, str]) -
 
         kill_and_see_stuck(page, f, "a2")
 
-    with chromium_page(_page_url(f.registry_url, token), problems,
+    with chromium_page(_page_url(f.registry_url, _registry_token(f)), problems,
                        ignore_https_errors=True) as page:
         page.wait_for_selector("#sites tbody tr", timeout=30_000)
         sites = {r[0]: r for r in _rows(page, "sites", 0)}
@@ -100,6 +106,8 @@ def _get(f: Federation, where: str, token: str | None, path: str = API) -> tuple
 def test_dashboard_api_refuses_without_a_metrics_token(fed: tuple[Federation, str],
                                                        where: str) -> None:
     f, token = fed
+    if where == "registry":
+        token = _registry_token(f)
     keys = f.keys("bank-a")
     status, body = _get(f, where, None)
     assert status == 401 and body["error"] in ("unauthenticated",), body
@@ -109,8 +117,11 @@ def test_dashboard_api_refuses_without_a_metrics_token(fed: tuple[Federation, st
         status, body = _get(f, where, keys.mint_token("eve", scope, prefix, 600))
         assert status == 403 and "metrics" in body["message"], body
     other = f.keys("telco-b").mint_token("ops", "metrics", "/telco-b", 600)
-    if where == "a1":  # another entity's metrics token does not read bank-a's site
-        assert _get(f, where, other)[0] == 403
+    # another entity's metrics token does not read bank-a's site, and no entity's
+    # metrics token reads the registry's
+    assert _get(f, where, other)[0] == 403
+    if where == "registry":
+        assert _get(f, where, fed[1])[0] == 403
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     assert _get(f, where, forged)[0] == 401
     def sites() -> set[str]:  # the metrics token reads it (the view renews itself)

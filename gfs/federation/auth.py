@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,6 +348,37 @@ def token_issuer(token: str) -> str:
         return check_name(iss, "token issuer")
     except HutongError:
         raise AuthError(_MALFORMED) from None
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """What verifies a token of one issuer: its public key and, where tokens can be
+    revoked, the registry's record listing the revocations."""
+
+    key: Ed25519PublicKey
+    record: Mapping[str, object] | None = None
+
+
+def bearer_claims(headers: Mapping[str, str], issuer: Callable[[str], Issuer],
+                  missing: str | None = None) -> Token | None:
+    """Verify the `Authorization: Bearer TOKEN` of a request: `issuer(iss)` gives the key
+    (and revocation record) of the token's issuer, or raises AuthError for one not
+    trusted here. None if there is no Authorization header and `missing` is None;
+    AuthError(`missing`) if there is none and `missing` is given."""
+    auth = headers.get("Authorization", "")
+    if not auth:
+        if missing is None:
+            return None
+        raise AuthError(missing)
+    if not auth.startswith("Bearer "):
+        raise AuthError("Authorization must be 'Bearer TOKEN'")
+    token = auth[7:].strip()
+    who = issuer(token_issuer(token))
+    claims = verify_token(token, who.key)  # a forged or expired token: 401
+    if who.record is not None and claims.revoked_by(who.record):
+        raise AuthError(f"token {claims.jti or '(no id)'} of {claims.sub!r} was revoked by "
+                        f"{claims.iss!r}; ask it for a new one", 401, "revoked")
+    return claims
 
 
 def verify_token(token: str, key: Ed25519PublicKey, now: float | None = None) -> Token:

@@ -37,13 +37,13 @@ from gfs.federation.auth import (
     SKEW,
     AuthError,
     EntityKeys,
+    Issuer,
     NonceCache,
     Token,
     audience_of,
+    bearer_claims,
     public_key,
-    token_issuer,
     verify_request,
-    verify_token,
 )
 from gfs.federation.grant_mirror import sign_grants, verify_grants
 from gfs.federation.http import (
@@ -256,23 +256,16 @@ class Site:
             raise AuthError(f"the clock of site {self.name} differs from the registry's by "
                             f"{self.clock_skew:.0f} s (more than {SKEW}); it cannot judge "
                             "expiry until its clock is fixed", 503, "clock_skew")
-        auth = headers.get("Authorization", "")
-        if auth:
-            if not auth.startswith("Bearer "):
-                raise AuthError("Authorization must be 'Bearer TOKEN'")
-            tok = auth[7:].strip()
-            iss = token_issuer(tok)
-            claims = verify_token(tok, self.peer_key(iss))
-            if claims.revoked_by(self.entity_record(iss)):
-                raise AuthError(f"token {claims.jti or '(no id)'} of {claims.sub!r} was "
-                                f"revoked by {iss!r}; ask it for a new one", 401, "revoked")
+        claims = bearer_claims(
+            headers, lambda iss: Issuer(self.peer_key(iss), self.entity_record(iss)))
+        if claims is not None:
             where = path_qs.split("?", 1)[0]
             if claims.scope == "metrics" and where != METRICS_PATH and \
                     not where.startswith(DASHBOARD_API):
                 raise AuthError(f"a metrics token of {claims.sub!r} reads {METRICS_PATH} "
                                 f"and {DASHBOARD_API} only; use a read or write token", 403,
                                 "forbidden")
-            return Principal(iss, claims)
+            return Principal(claims.iss, claims)
         entity = headers.get("X-Hutong-Entity")
         if entity is None:
             raise AuthError("authentication required: sign the request with an entity key "

@@ -1,7 +1,8 @@
 """The dashboard served by each site daemon and by the registry, under `/dashboard/`
 (docs/gateway.md, "Dashboard"). The page is static; its JSON API answers only a token
-of scope `metrics` (a scraper's token: it reads nothing else; at a site, one of the
-site's entity) or, at a site, a request signed by its entity (mutual TLS). `install`
+of scope `metrics` (a scraper's token: it reads nothing else): at a site, one of the
+site's entity, or a request signed by that entity (mutual TLS); at the registry, the
+registry's own metrics token, the same rule as its `/metrics`. `install`
 is one of the site's EXTENSIONS (gfs.federation.site), `install_registry` one of the
 registry's."""
 
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gfs.errors import ConfigError, HutongError
-from gfs.federation.auth import AuthError, public_key, token_issuer, verify_token
+from gfs.federation import registry_metrics
+from gfs.federation.auth import AuthError
 from gfs.federation.http import Metrics
 from gfs.gateway.dashboard import Dashboard, add_routes, store_state
 from gfs.gateway.fed_dashboard import rule_row, sites_picture
@@ -150,33 +152,11 @@ def registry_picture(state: RegistryState) -> dict[str, Any]:
                          **counters(state.metrics, ("http_requests_total",))}}
 
 
-def registry_guard(state: RegistryState, headers: Any) -> None:
-    """Admit a token of scope `metrics` issued by an entity registered here (its
-    signature, expiry and revocation checked); AuthError otherwise."""
-    auth = headers.get("Authorization", "")
-    if not auth.startswith("Bearer "):
-        raise AuthError("the registry's dashboard needs a token of scope metrics: send "
-                        "'Authorization: Bearer TOKEN' (`hutong token mint --scope metrics`)")
-    tok = auth[7:].strip()
-    iss = token_issuer(tok)
-    rec = state.entity(iss)
-    if rec is None:
-        raise AuthError(f"token issuer {iss!r} is not registered here")
-    claims = verify_token(tok, public_key(rec["public_key"]))
-    if claims.revoked_by(rec):
-        raise AuthError(f"token {claims.jti or '(no id)'} of {claims.sub!r} was revoked by "
-                        f"{iss!r}; ask it for a new one", 401, "revoked")
-    if claims.scope != "metrics":
-        raise AuthError(f"a {claims.scope} token of {claims.sub!r} does not read the "
-                        "registry's dashboard; mint one with `hutong token mint --scope "
-                        "metrics`", 403, "forbidden")
-
-
 def install_registry(app: web.Application, state: RegistryState) -> None:
     """Serve the registry's dashboard in its application (a registry EXTENSION)."""
 
     async def guard(request: web.Request) -> None:
-        registry_guard(state, request.headers)
+        registry_metrics.check(request.headers, state.notary.public_key())
 
     add_routes(app, Dashboard(lambda: registry_picture(state), [], interval()), PREFIX,
                guard)
