@@ -338,6 +338,60 @@ def test_a_prefix_token_uploads_an_object_over_64_mib(fed: Federation, bank_gw: 
     assert c.list_multipart_uploads(Bucket="bank-a").get("Uploads", []) == []
 
 
+def test_put_object_sets_its_attributes_in_its_own_commit(fed: Federation,
+                                                          bank_gw: str) -> None:
+    """PutObject through the federation writes data, ETag and metadata in one commit at
+    the primary: a small object in one `POST /v1/ns/write` (a prefix token), a larger
+    one as chunks and a manifest commit (an entity-wide token); no separate request
+    sets attributes, so no reader ever sees the new version without its metadata."""
+    keys = fed.keys("bank-a")
+    for token, key, size in ((keys.mint_token("eve", "write", "/bank-a/team", 600),
+                              "team/small.txt", 3_000),
+                             (keys.mint_token("ops", "write", "/bank-a", 600),
+                              "s3/large.bin", 2_500_000)):
+        c = s3(bank_gw, token)
+        data = random.Random(size).randbytes(size)
+        before = _attr_sets(fed)
+        put = c.put_object(Bucket="bank-a", Key=key, Body=data, Metadata={"k": key},
+                           ContentType="text/x-mine")
+        assert _attr_sets(fed) == before, key
+        head = c.head_object(Bucket="bank-a", Key=key)
+        assert (head["ETag"], head["Metadata"], head["ContentType"]) == \
+            (put["ETag"], {"k": key}, "text/x-mine")
+        with FederatedNamespace(fed.registry_url, keys=keys) as ns:
+            version = ns.stat(f"/bank-a/{key}").version
+            attrs = ns.xattrs(f"/bank-a/{key}")
+        etags = [v for k, v in attrs.items() if v.startswith(f"{version} ".encode())]
+        assert etags, attrs  # the ETag is keyed by the version the commit made
+
+
+def test_a_write_with_malformed_attributes_changes_nothing(fed: Federation) -> None:
+    """`POST /v1/ns/write?attrs=...` and `/v1/ns/commit` with malformed attributes are
+    400 with a message naming the field, and the file is not written."""
+    keys = fed.keys("bank-a")
+    eve = fed.http("a1", token=keys.mint_token("eve", "write", "/bank-a/team", 600))
+    try:
+        for attrs in ("{", "[]", '{"xattrs": {"user.a": "not base64!"}}',
+                      '{"other": {}}', '{"keyed": ["user.a"]}', "x" * 7000):
+            with pytest.raises(BadRequestError) as e:
+                eve.call("POST", "/v1/ns/write", body=b"data",
+                         query={"path": "/bank-a/team/bad", "attrs": attrs},
+                         content_type="application/octet-stream")
+            assert any(w in str(e.value) for w in ("attrs", "xattr", "keyed")), attrs
+    finally:
+        eve.close()
+    owner = fed.http("a1", keys=keys)
+    try:
+        with pytest.raises(BadRequestError) as e:
+            owner.call("POST", "/v1/ns/commit", {"path": "/bank-a/team/bad", "chunks": [],
+                                                 "xattrs": {"user.a": "%%%"}})
+        assert "xattr" in str(e.value)
+    finally:
+        owner.close()
+    with FederatedNamespace(fed.registry_url, keys=keys) as ns:
+        assert not ns.exists("/bank-a/team/bad")
+
+
 def _attr_sets(fed: Federation) -> float:
     """Requests site a1 answered that set attributes on their own."""
     return fed.metric("a1", 'http_requests_total{method="POST",route="/v1/ns/xattrs"')

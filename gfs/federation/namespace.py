@@ -383,9 +383,7 @@ class FederatedNamespace:
         """A seekable reader of the version committed now ("rb"), or a writer ("wb") whose
         bytes become visible all at once when it is closed (close-to-open)."""
         if mode in ("wb", "w"):
-            norm, _ = self._real(path, write=True)
-            return SpoolWriter(norm, lambda f, size: self._commit(norm, f, size, perm),
-                               self.spool_dir)  # type: ignore[return-value]
+            return self.open_with_attrs(path, perm=perm)
         if mode not in ("rb", "r"):
             raise ValueError(f"mode must be 'rb' or 'wb', got {mode!r}")
         return self.open_stat(path)[1]
@@ -422,10 +420,20 @@ class FederatedNamespace:
             return site.xattrs(n)
 
     # -- changing ------------------------------------------------------------------------
-    def _commit(self, path: str, f: BinaryIO, size: int, perm: int | None) -> None:
-        with self._at(path, write=True) as (norm, site):
-            upload(site, norm, f, size, owner=self.fc.owner_mode(paths.split(norm)[0]),
-                   mode=perm, params=self.fc.params, level=self.fc.level)
+    def open_with_attrs(self, path: str, *, perm: int | None = None,
+                        xattrs: Mapping[str, bytes] | None = None,
+                        keyed: Mapping[str, bytes] | None = None) -> BinaryIO:
+        """A writer of file `path` (as `open(path, "wb")`) whose commit also replaces the
+        file's attributes with `xattrs` and `keyed` (each stored as "VERSION VALUE" of
+        the version made), in the same transaction at the primary."""
+        norm, _ = self._real(path, write=True)
+
+        def commit(f: BinaryIO, size: int) -> None:
+            with self._at(norm, write=True) as (n, site):
+                upload(site, n, f, size, owner=self.fc.owner_mode(paths.split(n)[0]),
+                       mode=perm, params=self.fc.params, level=self.fc.level,
+                       xattrs=xattrs, keyed=keyed)
+        return SpoolWriter(norm, commit, self.spool_dir)  # type: ignore[return-value]
 
     def write_bytes(self, path: str, data: bytes, *, perm: int | None = None) -> None:
         """Create or replace file `path` with `data`, atomically."""

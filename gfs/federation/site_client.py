@@ -16,6 +16,7 @@ imports the site daemon.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from gfs.federation.auth import EntityKeys
 from gfs.federation.http import HttpClient, UnavailableError
 from gfs.federation.wire import (
     MAX_IDS,
+    commit_attrs_to_wire,
     ids_to_wire,
     pack_frames,
     refs_from_wire,
@@ -249,14 +251,25 @@ class SiteClient:
         data = self.call("GET", "/v1/ns/read", query=q)
         return data if isinstance(data, bytes) else str(data).encode()
 
-    def write(self, path: str, data: bytes) -> Stat:
-        """Create or replace file `path` with `data` in one request (grantees)."""
-        return _stat(self.call("POST", "/v1/ns/write", body=bytes(data), query={"path": path},
+    def write(self, path: str, data: bytes, *, xattrs: Mapping[str, bytes] | None = None,
+              keyed: Mapping[str, bytes] | None = None) -> Stat:
+        """Create or replace file `path` with `data` in one request (grantees); with
+        `xattrs` and `keyed` (stored as "VERSION VALUE"), its attributes replaced in the
+        same commit."""
+        query = {"path": path}
+        attrs = commit_attrs_to_wire(xattrs, keyed)
+        if attrs:
+            query["attrs"] = json.dumps(attrs, separators=(",", ":"))
+        return _stat(self.call("POST", "/v1/ns/write", body=bytes(data), query=query,
                                content_type="application/octet-stream"), path)
 
-    def commit(self, path: str, refs: Sequence[ChunkRef], mode: int | None = None) -> Stat:
-        """Commit a manifest of chunks stored at the site (the owner entity only)."""
-        body: dict[str, Any] = {"path": path, "chunks": refs_to_wire(refs)}
+    def commit(self, path: str, refs: Sequence[ChunkRef], mode: int | None = None, *,
+               xattrs: Mapping[str, bytes] | None = None,
+               keyed: Mapping[str, bytes] | None = None) -> Stat:
+        """Commit a manifest of chunks stored at the site (the owner entity only); with
+        `xattrs` and `keyed`, the file's attributes replaced in the same commit."""
+        body: dict[str, Any] = {"path": path, "chunks": refs_to_wire(refs),
+                                **commit_attrs_to_wire(xattrs, keyed)}
         if mode is not None:
             body["mode"] = mode
         return _stat(self._json("POST", "/v1/ns/commit", body), path)
@@ -269,12 +282,7 @@ class SiteClient:
         `path` and `remove` and read `sources`); with `xattrs` and `keyed` (stored as
         "VERSION VALUE"), the file's attributes replaced in the same commit."""
         body: dict[str, Any] = {"path": path, "sources": list(sources),
-                                "remove": list(remove)}
-        if xattrs is not None or keyed:
-            body["xattrs"] = {k: base64.b64encode(v).decode("ascii")
-                              for k, v in (xattrs or {}).items()}
-            body["keyed"] = {k: base64.b64encode(v).decode("ascii")
-                             for k, v in (keyed or {}).items()}
+                                "remove": list(remove), **commit_attrs_to_wire(xattrs, keyed)}
         return _stat(self._json("POST", "/v1/ns/concat", body), path)
 
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False) -> Stat:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import functools
 import json
 import logging
@@ -38,12 +37,13 @@ from gfs.federation.site_state import METRICS_PATH, NotPrimaryError, Principal, 
 from gfs.federation.wire import (
     MAX_BODY,
     check_name,
+    commit_attrs,
     pack_frames,
     parse_ids,
     parse_refs,
     refs_to_wire,
     unpack_frames,
-    version_keyed,
+    xattrs_from_wire,
 )
 from gfs.meta import Inode
 from gfs.mover import DEFAULT_STREAMS
@@ -299,11 +299,44 @@ async def ns_read(request: web.Request) -> web.Response:
     return web.Response(body=await _run(read), content_type="application/octet-stream")
 
 
+#: Bytes of the `attrs` query parameter of `POST /v1/ns/write` (S3 allows 2 KiB of
+#: user metadata; the request line must stay under aiohttp's 8 KiB).
+MAX_WRITE_ATTRS = 6144
+
+
+def _node_attrs(of_version: Callable[[int], dict[str, bytes]] | None
+                ) -> Callable[[Inode], dict[str, bytes]] | None:
+    return None if of_version is None else lambda node: of_version(node.version)
+
+
+def _write_attrs(request: web.Request) -> Callable[[Inode], dict[str, bytes]] | None:
+    """The attributes a file write sets in its own commit: query parameter `attrs`, a
+    JSON object with `xattrs` and `keyed` as in `/v1/ns/concat`."""
+    raw = request.query.get("attrs")
+    if raw is None:
+        return None
+    if len(raw) > MAX_WRITE_ATTRS:
+        raise BadRequestError(f"query parameter 'attrs' is {len(raw)} bytes, more than "
+                              f"{MAX_WRITE_ATTRS}")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequestError("query parameter 'attrs' must be a JSON object with "
+                              "'xattrs' and 'keyed'") from None
+    if not isinstance(data, dict) or not data.keys() <= {"xattrs", "keyed"}:
+        raise BadRequestError("query parameter 'attrs' must be a JSON object with "
+                              "'xattrs' and 'keyed'")
+    return _node_attrs(commit_attrs(data))
+
+
 async def ns_write(request: web.Request) -> web.Response:
+    """Create or replace file `path` with the body; with `attrs`, its extended attributes
+    replaced in the same commit."""
+    attrs = _write_attrs(request)  # a malformed one: 400 before the body is read
     site, p, body = await _binary_principal(request)
     path = await _run(site.check_path, p, request.query.get("path", ""), True)
 
-    st = await _run(site.write_file, path, body)
+    st = await _run(site.write_file, path, body, attrs)
     return web.json_response(stat_to_wire(st))
 
 
@@ -385,26 +418,10 @@ async def ns_xattrs_get(request: web.Request) -> web.Response:
                                          for k, v in sorted(values.items())}})
 
 
-def _xattr_values(data: dict[str, Any]) -> dict[str, bytes]:
-    raw = field(data, "set", dict, {})
-    out: dict[str, bytes] = {}
-    for name, value in raw.items():
-        if not name or "\0" in name or len(name.encode("utf-8", "surrogateescape")) > 255:
-            raise BadRequestError(f"xattr name {name[:40]!r} must be 1 to 255 bytes without "
-                                  "NUL")
-        if not isinstance(value, str):
-            raise BadRequestError(f"xattr {name!r}: value must be a base64 string")
-        try:
-            out[name] = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequestError(f"xattr {name!r}: value is not valid base64") from None
-    return out
-
-
 async def ns_xattrs_set(request: web.Request) -> web.Response:
     site, p, data = await _json_principal(request)
     path = await _run(site.check_path, p, field(data, "path", str), True)
-    values = _xattr_values(data)
+    values = xattrs_from_wire(field(data, "set", dict, {}))
     replace_all = field(data, "replace_all", bool, False)
 
     st = await _run(site.change, path,
@@ -431,7 +448,8 @@ async def ns_commit(request: web.Request) -> web.Response:
                         "forbidden")
     refs = parse_refs(data)
     mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
-    st = await _run(site.commit, path, refs, mode)
+    attrs = _node_attrs(commit_attrs(data))
+    st = await _run(site.commit, path, refs, mode, attrs)
     site.metrics.inc("commits_total")
     return web.json_response(stat_to_wire(st))
 
@@ -464,14 +482,7 @@ async def ns_concat(request: web.Request) -> web.Response:
             raise AuthError(f"the entity root /{site.entity} cannot be removed", 403,
                             "forbidden")
         return srcs, gone
-    attrs: Callable[[Inode], dict[str, bytes]] | None = None
-    if "xattrs" in data or "keyed" in data:
-        fixed = _xattr_values({"set": field(data, "xattrs", dict, {})})
-        keyed = _xattr_values({"set": field(data, "keyed", dict, {})})
-
-        def keyed_attrs(node: Inode) -> dict[str, bytes]:
-            return version_keyed(fixed, keyed, node.version)
-        attrs = keyed_attrs
+    attrs = _node_attrs(commit_attrs(data))
     srcs, gone = await _run(check)
     st = await _run(site.change, path,
                     lambda: site.client.concat(path, srcs, xattrs=attrs, remove=gone))

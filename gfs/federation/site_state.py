@@ -395,12 +395,14 @@ class Site:
             fn()
         return None if path is None else self.client.stat(path)
 
-    def write_file(self, path: str, data: bytes) -> Stat:
-        """Create or replace file `path` with `data`; file writes run side by side (the
-        write lock shared: each one's chunking, compression and pack writes would
-        otherwise wait for every other's); its stat after."""
+    def write_file(self, path: str, data: bytes,
+                   xattrs: namespace.XattrSource | None = None) -> Stat:
+        """Create or replace file `path` with `data`, and with `xattrs` its attributes in
+        the same commit; file writes run side by side (the write lock shared: each one's
+        chunking, compression and pack writes would otherwise wait for every other's);
+        its stat after."""
         with self.write_lock.shared():
-            self.client.write_bytes(path, data)
+            self.client.write_many([(path, data, xattrs)])
         return self.client.stat(path)
 
     def setattr(self, path: str, mode: int | None, atime_ns: int | None,
@@ -812,15 +814,17 @@ class Site:
             raise ApiError(f"{what}: {len(missing)} chunks are not stored at {self.name} (put "
                            f"them first; first {missing[0]})", 409, "missing_chunks")
 
-    def commit(self, path: str, refs: list[ChunkRef], mode: int | None) -> Stat:
-        """Commit a manifest of chunks stored here; their upload pins are released in the
-        same transaction (the manifest now keeps them from gc)."""
+    def commit(self, path: str, refs: list[ChunkRef], mode: int | None,
+               xattrs: namespace.XattrSource | None = None) -> Stat:
+        """Commit a manifest of chunks stored here (with `xattrs`, the file's attributes
+        replaced in the same transaction); their upload pins are released in it too (the
+        manifest now keeps them from gc)."""
         self.check_refs(refs, f"commit of {path}")
 
         def action(txn: WriteTxn, r: list[ChunkRef]) -> Manifest | None:
             for ref in r:
                 txn.delete_value("pins", ref.id)
-            return namespace.write_file(txn, path, r, mode=mode)
+            return namespace.write_file(txn, path, r, mode=mode, xattrs=xattrs)
         with self.write_lock, self.client.store.writer() as s:
             s.add_file(refs, action)
         return self.client.stat(path)

@@ -12,7 +12,7 @@ Until the commit nothing of the new version is visible; after it, all of it.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -64,12 +64,15 @@ class SpoolWriter(CloseToOpenWriter):
 
 
 def upload(site: SiteClient, norm: str, f: BinaryIO, size: int, *, owner: bool,
-           mode: int | None, params: chunking.ChunkParams, level: int) -> Stat:
+           mode: int | None, params: chunking.ChunkParams, level: int,
+           xattrs: Mapping[str, bytes] | None = None,
+           keyed: Mapping[str, bytes] | None = None) -> Stat:
     """Create or replace file `norm` at its primary `site` with the `size` bytes of `f`;
-    `owner`: the caller may put chunks and commit manifests (the entity itself).
-    Returns the new stat."""
+    `owner`: the caller may put chunks and commit manifests (the entity itself); with
+    `xattrs` and `keyed` (stored as "VERSION VALUE"), the file's attributes replaced in
+    the same commit. Returns the new stat."""
     if not owner or (size <= SMALL_FILE and mode is None):
-        st = site.write(norm, f.read())
+        st = site.write(norm, f.read(), xattrs=xattrs, keyed=keyed)
         return st if mode is None else site.setattr(norm, mode=mode)
     refs: list[ChunkRef] = []
     buf = bytearray()
@@ -82,7 +85,7 @@ def upload(site: SiteClient, norm: str, f: BinaryIO, size: int, *, owner: bool,
         del buf[:prep.consumed]
         if not block:
             break
-    return site.commit(norm, refs, mode)
+    return site.commit(norm, refs, mode, xattrs=xattrs, keyed=keyed)
 
 
 def put_missing(site: SiteClient, refs: list[ChunkRef], pieces: list[memoryview],

@@ -7,9 +7,11 @@ reconciler, dataflow) import this module; no client imports the daemon.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from gfs.federation import ids
@@ -126,6 +128,47 @@ def version_keyed(fixed: Mapping[str, bytes], keyed: Mapping[str, bytes],
     return {**fixed, **{k: f"{version} ".encode() + v for k, v in keyed.items()}}
 
 
+def xattrs_to_wire(values: Mapping[str, bytes]) -> dict[str, str]:
+    """Extended attributes as sent: name -> base64 value."""
+    return {k: base64.b64encode(v).decode("ascii") for k, v in values.items()}
+
+
+def xattrs_from_wire(raw: Mapping[str, Any]) -> dict[str, bytes]:
+    """Extended attributes of a request (name -> base64 value); BadRequestError."""
+    out: dict[str, bytes] = {}
+    for name, value in raw.items():
+        if not name or "\0" in name or len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise BadRequestError(f"xattr name {name[:40]!r} must be 1 to 255 bytes without "
+                                  "NUL")
+        if not isinstance(value, str):
+            raise BadRequestError(f"xattr {name!r}: value must be a base64 string")
+        try:
+            out[name] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequestError(f"xattr {name!r}: value is not valid base64") from None
+    return out
+
+
+def commit_attrs_to_wire(xattrs: Mapping[str, bytes] | None,
+                         keyed: Mapping[str, bytes] | None) -> dict[str, dict[str, str]]:
+    """The fields `xattrs` and `keyed` of a commit that replaces a file's attributes
+    (empty when neither is given: the attributes are kept)."""
+    if xattrs is None and not keyed:
+        return {}
+    return {"xattrs": xattrs_to_wire(xattrs or {}), "keyed": xattrs_to_wire(keyed or {})}
+
+
+def commit_attrs(data: Mapping[str, Any]) -> Callable[[int], dict[str, bytes]] | None:
+    """From a commit's fields `xattrs` and `keyed`: the attributes of the version it
+    makes (`keyed` ones stored as "VERSION VALUE"); None when neither field is there
+    (the file keeps its attributes). BadRequestError for a malformed one."""
+    if "xattrs" not in data and "keyed" not in data:
+        return None
+    fixed = xattrs_from_wire(field(data, "xattrs", dict, {}))
+    keyed = xattrs_from_wire(field(data, "keyed", dict, {}))
+    return lambda version: version_keyed(fixed, keyed, version)
+
+
 def check_name(value: Any, what: str) -> str:
     """`value` as an entity or site name; BadRequestError naming `what` otherwise."""
     try:
@@ -134,6 +177,8 @@ def check_name(value: Any, what: str) -> str:
         raise BadRequestError(str(e)) from None
 
 
-__all__ = ["HEX32", "MAX_BODY", "MAX_IDS", "MAX_REFS", "check_name", "glob_match",
+__all__ = ["HEX32", "MAX_BODY", "MAX_IDS", "MAX_REFS", "check_name", "commit_attrs",
+           "commit_attrs_to_wire", "glob_match",
            "ids_to_wire", "literal_prefix", "pack_frames", "parse_ids", "parse_refs",
-           "refs_from_wire", "refs_to_wire", "unpack_frames", "version_keyed"]
+           "refs_from_wire", "refs_to_wire", "unpack_frames", "version_keyed",
+           "xattrs_from_wire", "xattrs_to_wire"]

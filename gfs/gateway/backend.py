@@ -36,7 +36,8 @@ VersionXattrs = Callable[[int], Mapping[str, bytes]]
 class KeyedXattrs:
     """Attributes of the version a commit makes: `fixed` as they are, each of `keyed`
     as "VERSION VALUE" (trusted only while the file is at that version). Unlike any
-    callable, it can be sent to a site, which sets them in the commit itself."""
+    callable, it can be sent to a site, which sets them in the commit itself. Both are
+    read at the commit (a streaming upload adds its ETag to `keyed` just before)."""
 
     fixed: Mapping[str, bytes]
     keyed: Mapping[str, bytes]
@@ -189,6 +190,25 @@ class _SpoolWriter:
             abort()
 
 
+class _CommitWriter:
+    """A writer whose own commit sets the attributes (the federation's
+    `open_with_attrs`)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._w = f
+
+    def write(self, block: bytes) -> None:
+        self._w.write(block)
+
+    def commit(self) -> None:
+        self._w.close()
+
+    def abort(self) -> None:
+        abort = getattr(self._w, "abort", None)
+        if abort is not None:
+            abort()
+
+
 def _set_version_xattrs(ns: Namespace, path: str, xattrs: VersionXattrs) -> Stat:
     """Set the attributes of the version of `path` committed now (a writer that commits
     meanwhile makes them stale; the ETag says which version it is for)."""
@@ -206,8 +226,9 @@ class _Pinned:
 
 class NamespaceBackend:
     """Any `Namespace` (the federation): a read is a reader opened on the version
-    stat-ed; attributes are set right after the commit (keyed by version, so a stale
-    ETag is never trusted); joins use the namespace's `concat`."""
+    stat-ed; attributes are set in the write's own commit where the namespace can
+    (`open_with_attrs`), else right after it (keyed by version, so a stale ETag is never
+    trusted); joins use the namespace's `concat`."""
 
     def __init__(self, ns: Namespace) -> None:
         self.ns = ns
@@ -236,11 +257,19 @@ class NamespaceBackend:
             f.close()
 
     def writer(self, path: str, xattrs: VersionXattrs) -> Writer:
+        with_attrs = getattr(self.ns, "open_with_attrs", None)
+        if with_attrs is not None and isinstance(xattrs, KeyedXattrs):
+            return _CommitWriter(with_attrs(path, xattrs=xattrs.fixed, keyed=xattrs.keyed))
         return _SpoolWriter(self.ns, path, xattrs)
 
     def write_small(self, path: str, data: bytes, xattrs: VersionXattrs) -> None:
-        self.ns.write_bytes(path, data)
-        _set_version_xattrs(self.ns, path, xattrs)
+        w = self.writer(path, xattrs)
+        try:
+            w.write(data)
+        except BaseException:
+            w.abort()
+            raise
+        w.commit()
 
     def concat(self, path: str, sources: list[str], xattrs: VersionXattrs,
                remove: list[str]) -> Stat:

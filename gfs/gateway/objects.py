@@ -137,8 +137,10 @@ class ObjectUpload:
     def __init__(self, backend: Backend, path: str, xattrs: dict[str, bytes],
                  expect_sha256: str | None) -> None:
         self._etag = ""
-        self._writer: Writer = backend.writer(
-            path, lambda version: {**xattrs, ETAG: etag_value(self._etag, version)})
+        # the ETag is known at the commit: the writer reads `keyed` then (a site sets
+        # the attributes in that commit)
+        self._keyed: dict[str, bytes] = {}
+        self._writer: Writer = backend.writer(path, KeyedXattrs(xattrs, self._keyed))
         self._md5 = hashlib.md5()
         self._sha = hashlib.sha256() if expect_sha256 else None
         self._expect = expect_sha256
@@ -162,6 +164,7 @@ class ObjectUpload:
             self.abort()
             raise
         self._etag = digest.hex()
+        self._keyed[ETAG] = self._etag.encode()
         self._writer.commit()
         return self._etag
 
