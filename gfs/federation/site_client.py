@@ -334,13 +334,17 @@ class SiteClient:
         return Visible(str(d["entity"]), [str(p) for p in d["prefixes"]])
 
     # -- chunks -------------------------------------------------------------------------
-    def has(self, cids: Sequence[bytes], *, owner: str | None = None) -> list[bool]:
-        """Whether the site holds each chunk (of `owner`: keyed ids in its vault)."""
+    def has(self, cids: Sequence[bytes], *, owner: str | None = None,
+            whole: bool = False) -> list[bool]:
+        """Whether the site holds each chunk (of `owner`: keyed ids in its vault; `whole`:
+        and holds it whole, not as a sealed delta, so it may be a delta's base)."""
         out: list[bool] = []
         for i in range(0, len(cids), MAX_IDS):
             body: dict[str, Any] = {"ids": ids_to_wire(cids[i:i + MAX_IDS])}
             if owner is not None:
                 body["owner"] = owner
+            if whole:
+                body["whole"] = True
             out += [bool(x) for x in self._json("POST", "/v1/chunks/has", body)["have"]]
         return out
 

@@ -152,12 +152,13 @@ async def chunks_has(request: web.Request) -> web.Response:
     owner = _owner(site, data)
     site.check_owner(p, owner, write=False)
     cids = parse_ids(data)
+    whole = field(data, "whole", bool, False)  # a sealed delta's base must be kept whole
 
     def has() -> list[bool]:
         if owner == site.entity:
             with site.client.engine.read() as txn:
                 return [txn.has_chunk(c) for c in cids]
-        return [site.vault.has(owner, c) for c in cids]
+        return [site.vault.has(owner, c, whole=whole) for c in cids]
     return web.json_response({"have": await _run(has)})
 
 

@@ -24,7 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gfs import delta_transfer, namespace, paths
 from gfs.accesslog import AccessLog
 from gfs.client import Client
-from gfs.codec import CODEC_DELTA, check_encrypted_blob, decode_blob, parse_blob_header
+from gfs.codec import (
+    CODEC_DELTA,
+    check_encrypted_blob,
+    decode_blob,
+    parse_blob_header,
+    sealed_base,
+)
 from gfs.errors import (
     CorruptChunkError,
     HutongError,
@@ -747,19 +753,19 @@ class Site:
 
     def put_foreign(self, owner: str, blobs: list[bytes],
                     replace: bool = False) -> tuple[int, int]:
-        """Keep `owner`'s encrypted blobs, only under a live storage agreement and within
-        its quota; (stored, present)."""
+        """Keep `owner`'s encrypted blobs (sealed whole, or sealed deltas against a base
+        kept here whole), only under a live storage agreement and within its quota;
+        (stored, present)."""
         agreement = self.agreement(owner)
-        heads = []
+        items: list[tuple[bytes, bytes, bytes | None]] = []
         for i, b in enumerate(blobs):
             try:
-                heads.append(check_encrypted_blob(b))
+                items.append((check_encrypted_blob(b).chunk_id, b, sealed_base(b)))
             except CorruptChunkError as e:
                 raise BadRequestError(f"blob {i} of the body is not a valid owner-encrypted "
                                       f"blob: {e}") from None
-        stored = self.vault.put_many(owner, [(h.chunk_id, b) for h, b in
-                                             zip(heads, blobs, strict=True)],
-                                     replace=replace, quota=int(agreement["quota"]))
+        stored = self.vault.put_many(owner, items, replace=replace,
+                                     quota=int(agreement["quota"]))
         return stored, len(blobs) - stored
 
     # -- storage agreements (docs/trust.md) -----------------------------------------------
