@@ -5,13 +5,18 @@ blob depends on another and the delta's length bucket; the owner rebuilds and ve
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gfs import delta
 from gfs.codec import (
@@ -130,7 +135,7 @@ def test_gc_keeps_a_base_while_a_delta_needs_it_and_frees_it_after(tmp_path: Pat
     v.unpin("bank-a", "r1")  # the dependent goes: its base is no longer kept either
     assert v.gc() == 2
     assert v.get("bank-a", ka) is None and v.get("bank-a", kb) is None
-    assert not list((tmp_path / "vault" / "bank-a" / "deps").iterdir())
+    assert not list((tmp_path / "vault" / "bank-a" / "deps").glob("*/*"))
 
 
 def test_repairing_a_delta_whole_frees_its_base(tmp_path: Path) -> None:
@@ -166,13 +171,14 @@ def test_bad_delta_puts_are_refused_and_change_nothing(tmp_path: Path) -> None:
 def test_a_marker_left_by_a_killed_put_is_dropped(tmp_path: Path) -> None:
     v, _, ka, kb, _, _ = _vault_with_delta(tmp_path)
     deps = tmp_path / "vault" / "bank-a" / "deps"
-    ghost = deps / f"{'ab' * 16}.{ka.hex()}"  # marker written, blob never (kill -9)
+    ghost = deps / "ab" / f"{'ab' * 16}.{ka.hex()}"  # marker written, blob never (kill -9)
+    ghost.parent.mkdir(exist_ok=True)
     ghost.write_bytes(b"")
     old = time.time() - 3600
     os.utime(ghost, (old, old))
     v.pin("bank-a", "r1", [kb.hex(), "ab" * 16])
     v.gc()
-    assert not ghost.exists() and (deps / f"{kb.hex()}.{ka.hex()}").exists()
+    assert not ghost.exists() and (deps / kb.hex()[:2] / f"{kb.hex()}.{ka.hex()}").exists()
 
 
 # -- through real sites -------------------------------------------------------------------------
@@ -286,3 +292,62 @@ def test_open_sealed_reports_a_missing_base_against_the_delta(tmp_path: Path) ->
     err = opened.errors[chunk_id(b)]
     assert chunk_id(b).hex() in str(err) and chunk_id(a).hex() in str(err)
     assert isinstance(err, CorruptChunkError) and not isinstance(err, ApiError)
+
+
+# -- property: whatever the order of puts, pins, repairs and gc, no kept delta loses its base
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("whole"), st.integers(0, 3)),
+    st.tuples(st.just("delta"), st.integers(0, 3), st.integers(0, 3)),
+    st.tuples(st.just("repair"), st.integers(0, 3)),
+    st.tuples(st.just("pin"), st.integers(0, 1), st.sets(st.integers(0, 3), max_size=2)),
+    st.tuples(st.just("unpin"), st.integers(0, 1)),
+    st.tuples(st.just("gc"))), max_size=30)
+
+
+def _kid(i: int) -> bytes:
+    return bytes([i]) * 16
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+@example([("whole", 1), ("delta", 2, 1), ("pin", 0, {2}), ("gc",)])
+@example([("whole", 1), ("delta", 2, 1), ("pin", 0, {2}), ("repair", 2), ("gc",)])
+def test_no_sequence_of_operations_leaves_a_kept_delta_without_its_base(
+        ops: list[tuple[Any, ...]]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        v = Vault(Path(d))
+        bases: dict[int, int] = {}  # delta -> base, as the model holds them
+        for op in ops:
+            held = {i for i in range(4) if v.has("o", _kid(i))}
+            if op[0] == "whole":
+                v.put_many("o", [(_kid(op[1]), b"w%d" % op[1], None)])
+            elif op[0] == "delta":
+                _, i, j = op
+                try:
+                    v.put_many("o", [(_kid(i), b"d%d" % i, _kid(j))])
+                except BadRequestError:
+                    assert i == j or j not in held or j in bases
+                    assert {i for i in range(4) if v.has("o", _kid(i))} == held
+                    continue
+                if i not in held:
+                    bases[i] = j
+            elif op[0] == "repair":
+                v.put_many("o", [(_kid(op[1]), b"w%d" % op[1], None)], replace=True)
+                bases.pop(op[1], None)
+            elif op[0] == "pin":
+                v.pin("o", f"r{op[1]}", [_kid(i).hex() for i in op[2]])
+            elif op[0] == "unpin":
+                v.unpin("o", f"r{op[1]}")
+            else:
+                pinned = {i for i in held if any(
+                    _kid(i).hex() in json.loads(f.read_bytes())
+                    for f in (Path(d) / "o" / "pins").glob("*.json"))}
+                v.gc()
+                now = {i for i in range(4) if v.has("o", _kid(i))}
+                assert pinned <= now
+                bases = {i: j for i, j in bases.items() if i in now}
+            now = {i for i in range(4) if v.has("o", _kid(i))}
+            for i, j in bases.items():  # every delta still held still has its base, whole
+                assert i in now and j in now and v.has("o", _kid(j), whole=True), (i, j)
+                assert not v.has("o", _kid(i), whole=True)

@@ -1,6 +1,6 @@
 """Other entities' owner-encrypted blobs kept by a site under storage agreements
 (docs/format.md, "Vault and storage agreements", "Sealed delta blobs"; docs/trust.md).
-A sealed delta's base is kept while the delta is (`ROOT/OWNER/deps/DELTA.BASE`).
+A sealed delta's base is kept while the delta is (`ROOT/OWNER/deps/de/DELTA.BASE`).
 
     vault = Vault(state / "vault")
     vault.put_many("bank-a", [(kid, blob)], quota=agreement["quota"])
@@ -95,14 +95,19 @@ class Vault:
     def _deps(self, owner: str) -> Path:
         return self.root / owner / "deps"
 
+    def _marker(self, owner: str, kid: bytes, base: bytes) -> Path:
+        h = kid.hex()
+        return self._deps(owner) / h[:2] / f"{h}.{base.hex()}"
+
     def _deps_of(self, owner: str, kid: bytes) -> list[Path]:
         """The dependency markers of blob `kid` (one if it is a sealed delta)."""
-        return list(self._deps(owner).glob(f"{kid.hex()}.*"))
+        h = kid.hex()
+        return list((self._deps(owner) / h[:2]).glob(f"{h}.*"))
 
     def _dependencies(self, owner: str) -> list[tuple[str, str, Path]]:
         """(delta hex, base hex, marker) of every sealed delta recorded for `owner`."""
         out = []
-        for m in self._deps(owner).glob("*.*"):
+        for m in self._deps(owner).glob("??/*.*"):
             delta, _, base = m.name.partition(".")
             if len(delta) == len(base) == 32:
                 out.append((delta, base, m))
@@ -147,7 +152,7 @@ class Vault:
                                "for a larger agreement", 507, "quota_exceeded")
             for p, blob, old, kid, base in todo:
                 if base is not None:  # the marker first: a delta is never kept without it
-                    self._write(self._deps(owner) / f"{kid.hex()}.{base.hex()}", b"")
+                    self._write(self._marker(owner, kid, base), b"")
                 self._write(p, blob)
                 if base is None:  # stored whole (a repair of a delta): its base is freed
                     for m in self._deps_of(owner, kid):
