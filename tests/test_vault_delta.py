@@ -240,6 +240,8 @@ def test_n_plus_1_to_another_entity_goes_as_sealed_deltas(fed: Federation) -> No
         heads = {n: parse_encrypted_header(b) for n, b in files.items()}
         deltas = {n: sealed_base(b) for n, b in files.items() if sealed_base(b)}
         assert deltas and all(h.raw_len == 0 and h.codec == 0 for h in heads.values())
+        [row] = [o for o in tc.site("t1").vault() if o["owner"] == "bank-a"]
+        assert row["deltas"] == len(deltas) and row["blobs"] == len(files)
         blob_bytes = b"".join(files.values())
         assert not any(c in blob_bytes for c in set(ids) | old)
 

@@ -53,14 +53,15 @@ class Vault:
             return self._used_locked(owner)
 
     def owners(self) -> list[dict[str, Any]]:
-        """`{owner, bytes, blobs, rules}` for every owner with data or pins here."""
+        """`{owner, bytes, blobs, deltas, rules, temporaries}` for every owner with data or
+        pins here."""
         if not self.root.exists():
             return []
         out = []
         for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
             blobs = self._blobs(d.name)
             out.append({"owner": d.name, "bytes": sum(f.stat().st_size for f in blobs),
-                        "blobs": len(blobs),
+                        "blobs": len(blobs), "deltas": len(self._dependencies(d.name)),
                         "rules": sorted(p.stem for p in (d / "pins").glob("*.json")),
                         "temporaries": len(self._temporaries(d.name))})
         return out
