@@ -38,6 +38,11 @@ class MissingBaseError(HutongError, LookupError):
 
 #: Raw bytes of missing chunks examined per round (bounds the sender's memory).
 BATCH_BYTES = 32 << 20
+#: A delta whose payload at the store's level is over DEEP_OVER bytes carries much new
+#: content (a delta that is mostly matches is far smaller and gains nothing from a higher
+#: level): it is encoded again at DEEP_LEVEL, and the smaller is sent.
+DEEP_OVER = 4096
+DEEP_LEVEL = 19
 
 
 def delta_blobs(store: ChunkStore, missing: Sequence[bytes], holds: Holds,
@@ -94,6 +99,10 @@ def _round(store: ChunkStore, cids: list[bytes], holds: Holds,
         except HutongError:
             continue
         header, payload = delta.encode_delta(raws[cid], cid, base, base_raw, level)
+        if len(payload) > DEEP_OVER and level < DEEP_LEVEL:  # literal-heavy: compress harder
+            deep = delta.encode_delta(raws[cid], cid, base, base_raw, DEEP_LEVEL)
+            if len(deep[1]) < len(payload):
+                header, payload = deep
         sent = wrap(header + payload, whole)
         if sent is not None:
             out[cid] = sent
