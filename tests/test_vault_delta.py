@@ -34,13 +34,12 @@ from gfs.codec import (
 )
 from gfs.errors import CorruptChunkError
 from gfs.federation.auth import EntityKeys
-from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, BadRequestError
 from gfs.federation.sealed_read import open_sealed
 from gfs.federation.testing import Federation
 from gfs.federation.vault import Vault
+from tests.replicated import first_version, folder_chunks, hosted, next_version
 from tests.similar_data import mutate, text
-from tests.site_chunks import file_chunk_ids
 
 FILES = 3
 
@@ -185,16 +184,8 @@ def test_a_marker_left_by_a_killed_put_is_dropped(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    f = Federation(tmp_path_factory.mktemp("sealed-delta"), ttl=3.0, heartbeat=0.3)
-    try:
-        f.registry()
-        f.site("a1", "bank-a", "cn-west", primary=True, env={"HUTONG_DELTA": "1"})
-        f.site("t1", "telco-b", "cn-east", primary=True)
-        with f.client("telco-b") as tc:
-            tc.agreement_add("t1", "bank-a", 1 << 30)
+    with hosted(tmp_path_factory.mktemp("sealed-delta"), delta=True) as f:
         yield f
-    finally:
-        f.close()
 
 
 def _vault_files(fed: Federation) -> dict[str, bytes]:
@@ -202,26 +193,17 @@ def _vault_files(fed: Federation) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in root.glob("??/*") if not f.name.startswith(".")}
 
 
-def _chunks(fc: FederationClient) -> list[bytes]:
-    return list(dict.fromkeys(c for i in range(FILES)
-                              for c in file_chunk_ids(fc, f"/bank-a/d/f{i}")))
-
-
 def test_n_plus_1_to_another_entity_goes_as_sealed_deltas(fed: Federation) -> None:
     rng = random.Random(23)
-    v1 = [text(rng, 300_000) for _ in range(FILES)]
     keys = fed.keys("bank-a")
     with fed.client("bank-a") as fc, fed.client("telco-b") as tc:
-        fc.mkdir("/bank-a/d", parents=True, exist_ok=True)
-        for i, data in enumerate(v1):
-            fc.write_bytes(f"/bank-a/d/f{i}", data)
+        v1 = first_version(fc, "/bank-a/d", rng, FILES, 300_000)
         rule = fc.rule_add("/bank-a/d/**", 1, "entity=telco-b")
         [r1] = fc.reconcile("bank-a")
         assert r1["state"] == "ok" and r1["sites"] == ["t1"], r1
-        old = set(_chunks(fc))
-        for i, data in enumerate(v1):
-            fc.write_bytes(f"/bank-a/d/f{i}", mutate(data, rng, 20))
-        ids = _chunks(fc)
+        old = set(folder_chunks(fc, "/bank-a/d", FILES))
+        next_version(fc, "/bank-a/d", rng, v1, 20)
+        ids = folder_chunks(fc, "/bank-a/d", FILES)
         new = [c for c in ids if c not in old]
         before = fed.metric("t1", "chunk_bytes_in_total")
         [r2] = fc.reconcile("bank-a")

@@ -109,6 +109,8 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
             elif missing:
                 sent += _put_plain(site, peer, missing)
             pin: dict[str, Any] = {"chunks": refs_to_wire(refs)}
+            if files is not None and {r.id for _, fr in files for r in fr} == set(ids):
+                pin = {}  # the files name every chunk: the site pins their union
             if files is not None:
                 pin["files"] = [{"path": p, "chunks": refs_to_wire(fr)} for p, fr in files]
             peer.pin(site.entity, rule_id, pin)
@@ -119,11 +121,15 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
             # then never removes a blob sent below before its pin arrives
             parts = _batches([k.hex() for k in kids], PIN_BATCH) or [[]]
             round_ = secrets.token_hex(8)
+            lacks: list[bytes] | None = []
             for i, part in enumerate(parts):
-                peer.pin(site.entity, rule_id, {"ids": part, "round": round_, "batch": i,
-                                                "batches": len(parts)})
-            missing = [keyed[c] for c, h in
-                       zip(kids, peer.has(kids, owner=site.entity), strict=True) if not h]
+                ans = peer.pin_vault(site.entity, rule_id, {"ids": part, "round": round_,
+                                                            "batch": i, "batches": len(parts)})
+                lacks = None if lacks is None or ans.missing is None else lacks + ans.missing
+            if lacks is None:  # a host that does not answer what it lacks
+                lacks = [c for c, h in zip(kids, peer.has(kids, owner=site.entity),
+                                           strict=True) if not h]
+            missing = [keyed[c] for c in lacks if c in keyed]
             if missing:
                 n, missing = _put_deltas(site, peer, missing, sealed=True)
                 sent += n

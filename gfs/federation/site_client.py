@@ -22,11 +22,12 @@ from typing import Any
 
 from gfs.errors import FormatError, UnavailableSiteError
 from gfs.federation.auth import EntityKeys
-from gfs.federation.http import HttpClient, UnavailableError
+from gfs.federation.http import BadRequestError, HttpClient, UnavailableError
 from gfs.federation.wire import (
     MAX_IDS,
     ids_to_wire,
     pack_frames,
+    parse_ids,
     refs_from_wire,
     refs_to_wire,
     unpack_frames,
@@ -90,6 +91,15 @@ class PutResult:
 
     stored: int
     present: int
+
+
+@dataclass(frozen=True)
+class PinResult:
+    """Whether a pin is complete, and the keyed ids of a vault pin's part the site does
+    not hold (None: the site did not say; ask `has`)."""
+
+    complete: bool
+    missing: list[bytes] | None
 
 
 @dataclass(frozen=True)
@@ -409,7 +419,20 @@ class SiteClient:
     def pin(self, owner: str, rule: str, body: Mapping[str, Any]) -> bool:
         """Pin chunks for `rule` (`body` as the spec's PUT /v1/pins); whether the pin is
         complete (a batched vault pin completes with its last batch)."""
-        return bool(self._json("PUT", f"/v1/pins/{owner}/{rule}", dict(body))["complete"])
+        return self.pin_vault(owner, rule, body).complete
+
+    def pin_vault(self, owner: str, rule: str, body: Mapping[str, Any]) -> PinResult:
+        """`pin`, with the keyed ids of a vault pin's part that the site does not hold
+        (None from a site that does not say)."""
+        d = self._json("PUT", f"/v1/pins/{owner}/{rule}", dict(body))
+        if d.get("missing") is None:
+            return PinResult(bool(d["complete"]), None)
+        try:
+            missing = parse_ids(d, "missing")
+        except BadRequestError as e:
+            raise FormatError(f"PUT {self.base_url}/v1/pins/{owner}/{rule}: malformed "
+                              f"answer: {e}") from None
+        return PinResult(bool(d["complete"]), missing)
 
     def mirror_grants(self, signed: Mapping[str, str]) -> Record:
         """Push the primary's signed grant set to this mirror (gfs.federation.grant_mirror)."""

@@ -590,7 +590,11 @@ async def pins_put(request: web.Request) -> web.Response:
                 raise BadRequestError("files must be a list of {path, chunks}")
             files = [(str(f.get("path", "")), parse_refs(f)) for f in data["files"]
                      if isinstance(f, dict)]
-        await loop.run_in_executor(None, site.pin_store, owner, rule, parse_refs(data), files)
+        if "chunks" in data or files is None:
+            refs = parse_refs(data)
+        else:  # the rule's chunks are those of its files (sent once, not twice)
+            refs = list({r.id: r for _, frs in files for r in frs}.values())
+        await loop.run_in_executor(None, site.pin_store, owner, rule, refs, files)
     else:
         await _run(site.agreement, owner)
         kids = [c.hex() for c in parse_ids(data, "ids")] if "ids" in data else []
@@ -600,9 +604,14 @@ async def pins_put(request: web.Request) -> web.Response:
                        check=lambda r: re.fullmatch(r"[0-9a-f]{16}", r) is not None)
         if batches == 1:
             await _run(site.vault.pin, owner, rule, kids)
-        elif not await loop.run_in_executor(None, site.vault.pin_part, owner, rule, round_,
-                                            batch, batches, kids):
-            return web.json_response({"pinned": rule, "complete": False})
+            complete = True
+        else:
+            complete = await loop.run_in_executor(None, site.vault.pin_part, owner, rule,
+                                                  round_, batch, batches, kids)
+        # the ids of this part not held here: the owner sends them, without a has-list
+        missing = await _run(lambda: [k for k in kids if not site.vault.has(owner,
+                                                                           bytes.fromhex(k))])
+        return web.json_response({"pinned": rule, "complete": complete, "missing": missing})
     return web.json_response({"pinned": rule, "complete": True})
 
 
