@@ -15,8 +15,12 @@ import pytest
 
 from gfs import accesslog
 from gfs.codec import keyed_chunk_id
+from gfs.federation.http import ApiError
 from gfs.federation.testing import Federation
+from gfs.federation.wire import manifest_digest
+from gfs.meta import ChunkRef
 from tests.replicated import first_version, folder_chunks, hosted, next_version
+from tests.similar_data import mutate
 from tests.site_chunks import file_chunk_ids, site_has
 
 FILES = 4
@@ -74,3 +78,51 @@ def test_a_vault_pin_answers_the_ids_it_lacks(fed: Federation) -> None:
         ans = fc.site("t1").pin_vault("bank-a", "zz", {"ids": [held.hex(), absent.hex()]})
         assert ans.complete and ans.missing == [absent]
         assert fc.site("t1").unpin("bank-a", "zz")
+
+
+def test_only_changed_files_are_compared_sent_and_mirrored(fed: Federation) -> None:
+    rng = random.Random(43)
+    with fed.client("bank-a") as fc:
+        v1 = first_version(fc, "/bank-a/m", rng, FILES, 120_000)
+        rule = fc.rule_add("/bank-a/m/**", 1, "entity=bank-a & site=a2")
+        [r1] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r1["state"] == "ok", r1
+        before = file_chunk_ids(fc, "/bank-a/m/f0")
+        edited = mutate(v1[2], rng, 5)
+        fc.write_bytes("/bank-a/m/f2", edited)
+        since = time.time()
+        [r2] = [r for r in fc.reconcile("bank-a") if r["id"] == rule["id"]]
+        assert r2["state"] == "ok", r2
+        ops = _ops(fed, "a2", since)  # this rule's and the first test's (nothing changed)
+        has = max((a for a in ops if a.op == "/v1/chunks/has"), key=lambda a: a.bytes_in)
+        pin = max((a for a in ops if a.op == "/v1/pins/{owner}/{rule}"),
+                  key=lambda a: a.bytes_in)
+        f2 = file_chunk_ids(fc, "/bank-a/m/f2")
+        # the has-list names f2's chunks only, the pin carries f2's manifest only
+        assert has.bytes_in < 40 * len(f2) + 64, has
+        assert pin.bytes_in < 60 * len(f2) + 400, pin
+        fc.site("a2").gc()
+        ids = folder_chunks(fc, "/bank-a/m", FILES)
+        assert all(site_has(fc, "a2", ids)) and set(before) <= set(ids)
+        # the mirror serves every file, the edited one in its new version
+        a2 = fc.site("a2")
+        for i in range(FILES):
+            m = a2.call("GET", "/v1/ns/manifest", query={"path": f"/bank-a/m/f{i}",
+                                                         "mirror": "1"})
+            assert [bytes.fromhex(h) for h, _ in m["chunks"]] == file_chunk_ids(
+                fc, f"/bank-a/m/f{i}")
+
+
+def test_a_pin_naming_a_file_unchanged_that_is_not_is_refused(fed: Federation) -> None:
+    with fed.client("bank-a") as fc:
+        [rule] = [r for r in fc.rules("bank-a") if r["pattern"] == "/bank-a/m/**"]
+        a2 = fc.site("a2")
+        ids = file_chunk_ids(fc, "/bank-a/m/f1")
+        real = manifest_digest([ChunkRef(c, 1) for c in ids])  # lengths differ: not its digest
+        assert a2.mirror_changed("bank-a", rule["id"], {"/bank-a/m/f1": real}) == [
+            "/bank-a/m/f1"]
+        with pytest.raises(ApiError) as e:
+            a2.pin("bank-a", rule["id"], {"files": [], "same": [["/bank-a/m/f1", real]]})
+        assert e.value.status == 409 and e.value.code == "mirror_changed"
+        a2.gc()  # the rule's pins are as they were: nothing collected
+        assert all(site_has(fc, "a2", folder_chunks(fc, "/bank-a/m", FILES)))

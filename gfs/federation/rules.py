@@ -28,10 +28,10 @@ from gfs.codec import (
 )
 from gfs.errors import CorruptChunkError, HutongError, NotFoundError
 from gfs.federation import expr
-from gfs.federation.http import BadRequestError
+from gfs.federation.http import ApiError, BadRequestError
 from gfs.federation.sealed_read import open_sealed
 from gfs.federation.site_client import SiteClient
-from gfs.federation.wire import glob_match, literal_prefix, refs_to_wire
+from gfs.federation.wire import glob_match, literal_prefix, manifest_digest, refs_to_wire
 from gfs.meta import ChunkRef, Kind
 from gfs.schema import Schema
 from gfs.units import Duration
@@ -96,24 +96,16 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
     sent = 0
     try:
         if target["entity"] == site.entity:
-            ids = [r.id for r in refs]
-            missing = [c for c, h in zip(ids, peer.has(ids), strict=True) if not h]
-            if missing:
-                n, missing = _put_deltas(site, peer, missing)
-                sent += n
-            if missing and target.get("mover"):
-                sess = peer.mover_session()
-                stats = mover.send(site.client, (sess.host, sess.port), missing,
-                                   bytes.fromhex(sess.secret))
-                sent += stats.chunks
-            elif missing:
-                sent += _put_plain(site, peer, missing)
-            pin: dict[str, Any] = {"chunks": refs_to_wire(refs)}
-            if files is not None and {r.id for _, fr in files for r in fr} == set(ids):
-                pin = {}  # the files name every chunk: the site pins their union
-            if files is not None:
-                pin["files"] = [{"path": p, "chunks": refs_to_wire(fr)} for p, fr in files]
-            peer.pin(site.entity, rule_id, pin)
+            try:
+                sent += _push_own(site, peer, rule_id, refs, files,
+                                  mover_port=bool(target.get("mover")), compare=True)
+            except ApiError as e:
+                if e.code != "mirror_changed":
+                    raise
+                log.warning("rule %s: the mirror on %s changed meanwhile (%s); sending every "
+                            "file", rule_id, target["name"], e)
+                sent += _push_own(site, peer, rule_id, refs, files,
+                                  mover_port=bool(target.get("mover")), compare=False)
         else:
             keyed = {keyed_chunk_id(r.id, site.keys.id_key): r.id for r in refs}
             kids = list(keyed)
@@ -139,6 +131,46 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
                 for c in missing), owner=site.entity)
     finally:
         peer.close()
+    return sent
+
+
+def _push_own(site: Site, peer: SiteClient, rule_id: str, refs: list[ChunkRef],
+              files: list[tuple[str, list[ChunkRef]]] | None, *, mover_port: bool,
+              compare: bool) -> int:
+    """Place `refs` on `peer`, a site of our own entity (through its mover if it has a
+    `mover_port`), and pin them with the mirror of `files`. With `compare` (and files
+    naming every chunk), only the files whose mirror there is absent or different are
+    looked at, sent and mirrored; the pin names the others `same` (docs/format.md
+    "Rules"). Returns chunks sent."""
+    by_files = files is not None and (
+        {r.id for _, fr in files for r in fr} == {r.id for r in refs})
+    send = files
+    same: list[list[str]] = []
+    if files is not None and by_files and compare:
+        digests = {p: manifest_digest(fr) for p, fr in files}
+        changed = set(peer.mirror_changed(site.entity, rule_id, digests))
+        send = [(p, fr) for p, fr in files if p in changed]
+        same = [[p, d] for p, d in digests.items() if p not in changed]
+    ids = (list(dict.fromkeys(r.id for _, fr in send for r in fr)) if send is not None
+           and by_files else [r.id for r in refs])
+    sent = 0
+    missing = [c for c, h in zip(ids, peer.has(ids), strict=True) if not h]
+    if missing:
+        n, missing = _put_deltas(site, peer, missing)
+        sent += n
+    if missing and mover_port:
+        sess = peer.mover_session()
+        stats = mover.send(site.client, (sess.host, sess.port), missing,
+                           bytes.fromhex(sess.secret))
+        sent += stats.chunks
+    elif missing:
+        sent += _put_plain(site, peer, missing)
+    pin: dict[str, Any] = {} if by_files else {"chunks": refs_to_wire(refs)}
+    if send is not None:  # by_files: the site pins the union of these and the `same`
+        pin["files"] = [{"path": p, "chunks": refs_to_wire(fr)} for p, fr in send]
+    if same:
+        pin["same"] = same
+    peer.pin(site.entity, rule_id, pin)
     return sent
 
 

@@ -434,6 +434,17 @@ class SiteClient:
                               f"answer: {e}") from None
         return PinResult(bool(d["complete"]), missing)
 
+    def mirror_changed(self, owner: str, rule: str, digests: Mapping[str, str]) -> list[str]:
+        """Which files (path -> `wire.manifest_digest`) the mirror of `rule` here lacks or
+        holds otherwise (at most MAX_IDS files per call)."""
+        out: list[str] = []
+        items = [[f, d] for f, d in digests.items()]
+        for i in range(0, len(items), MAX_IDS):
+            d = self._json("POST", f"/v1/pins/{owner}/{rule}/compare",
+                           {"files": items[i:i + MAX_IDS]})
+            out += [str(f) for f in d["changed"]]
+        return out
+
     def mirror_grants(self, signed: Mapping[str, str]) -> Record:
         """Push the primary's signed grant set to this mirror (gfs.federation.grant_mirror)."""
         return self._json("PUT", "/v1/grants/mirror", dict(signed))

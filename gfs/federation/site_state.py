@@ -13,7 +13,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +34,7 @@ from gfs.codec import (
 from gfs.errors import (
     CorruptChunkError,
     HutongError,
+    InvalidPathError,
     NotADirError,
     NotFoundError,
     StateError,
@@ -65,6 +66,7 @@ from gfs.federation.wire import (
     check_name,
     glob_match,
     literal_prefix,
+    manifest_digest,
 )
 from gfs.group_commit import GroupCommitter
 from gfs.meta import ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
@@ -500,6 +502,40 @@ class Site:
             except NotFoundError:
                 pass
         return found
+
+    def mirror_digests(self, rule: str, files: Iterable[str]) -> dict[str, str | None]:
+        """The manifest digest (`wire.manifest_digest`) of each of `files` in the mirror
+        of `rule` kept here, None where it keeps none."""
+        out: dict[str, str | None] = {}
+        with self.client.engine.read() as txn:
+            for f in files:
+                try:
+                    node = namespace.resolve(txn, f"/.mirror/{rule}{paths.normalize(f)}")
+                except (NotFoundError, NotADirError, InvalidPathError):
+                    out[f] = None
+                    continue
+                m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
+                out[f] = manifest_digest(m.chunks if m else ()) if node.kind == Kind.FILE \
+                    else None
+        return out
+
+    def mirrored_refs(self, rule: str, same: Mapping[str, str]) -> list[ChunkRef]:
+        """The chunks of the files `same` (path -> digest) mirrored here for `rule`; 409
+        `mirror_changed` if one is absent or has another digest (the owner then sends
+        every file)."""
+        changed = [f for f, d in self.mirror_digests(rule, same).items() if d != same[f]]
+        if changed:
+            raise ApiError(f"{len(changed)} file(s) named unchanged differ from the mirror "
+                           f"of rule {rule} here (first: {changed[0]}); send them whole", 409,
+                           "mirror_changed")
+        refs: dict[bytes, ChunkRef] = {}
+        with self.client.engine.read() as txn:
+            for f in same:
+                node = namespace.resolve(txn, f"/.mirror/{rule}{paths.normalize(f)}")
+                m = txn.get_manifest(node.ino)
+                for r in m.chunks if m else ():
+                    refs.setdefault(r.id, r)
+        return list(refs.values())
 
     @staticmethod
     def _mirror_nodes(txn: ReadTxn, path: str) -> Iterator[Inode]:
