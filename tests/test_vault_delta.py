@@ -33,6 +33,7 @@ from gfs.codec import (
     sealed_base,
 )
 from gfs.errors import CorruptChunkError
+from gfs.federation import sealed_read
 from gfs.federation.auth import EntityKeys
 from gfs.federation.http import ApiError, BadRequestError
 from gfs.federation.sealed_read import open_sealed
@@ -335,3 +336,30 @@ def test_no_sequence_of_operations_leaves_a_kept_delta_without_its_base(
             for i, j in bases.items():  # every delta still held still has its base, whole
                 assert i in now and j in now and v.has("o", _kid(j), whole=True), (i, j)
                 assert not v.has("o", _kid(i), whole=True)
+
+
+def test_a_base_shared_by_deltas_is_fetched_and_opened_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = _keys(tmp_path)
+    a, b = _pair(5)
+    c = mutate(a, random.Random(6), 5)
+    sa = encode_encrypted_blob(a, keys.enc_key, keys.id_key)
+    deltas = {}
+    for new in (b, c):
+        h, p = delta.encode_delta(new, chunk_id(new), chunk_id(a), a, 3)
+        deltas[chunk_id(new)] = encode_sealed_delta(h + p, keys.enc_key, keys.id_key)
+    asked: list[list[bytes]] = []
+    opened_ids: list[bytes] = []
+    real = sealed_read.decode_encrypted_blob
+
+    def counting(blob: bytes, cid: bytes, *args: Any) -> bytes:
+        opened_ids.append(cid)
+        return real(blob, cid, *args)
+    def get(kids: list[bytes]) -> list[bytes | None]:
+        asked.append(kids)
+        return [sa] * len(kids)
+    monkeypatch.setattr(sealed_read, "decode_encrypted_blob", counting)
+    out = open_sealed(deltas, get, keys)
+    assert out.raws == {chunk_id(b): b, chunk_id(c): c} and not out.errors
+    assert asked == [[keyed_chunk_id(chunk_id(a), keys.id_key)]]
+    assert opened_ids.count(chunk_id(a)) == 1

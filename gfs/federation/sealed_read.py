@@ -50,12 +50,17 @@ def open_sealed(blobs: Mapping[bytes, bytes], get: GetSealed, keys: EntityKeys) 
         kids = sorted(wanted)
         by_kid |= {k: b for k, b in zip(kids, get(kids), strict=True) if b}
 
+    bases: dict[bytes, bytes] = {}  # opened once, however many deltas share them
+
     def read_base(base: bytes) -> bytes:
+        if base in bases:
+            return bases[base]
         blob = by_kid.get(keyed_chunk_id(base, keys.id_key))
         try:
             if blob is None:
                 raise CorruptChunkError(f"chunk {base.hex()}", "the site does not hold it")
-            return decode_encrypted_blob(blob, base, keys.enc_key, keys.id_key)
+            bases[base] = decode_encrypted_blob(blob, base, keys.enc_key, keys.id_key)
+            return bases[base]
         except CorruptChunkError as e:
             out.bad_bases.add(base)
             raise BaseChunkError(f"base {base.hex()}", "base chunk of a sealed delta is "
