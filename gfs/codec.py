@@ -265,14 +265,19 @@ def decode_blob(blob: Buffer, expect_id: bytes | None = None,
     return raw
 
 
-# -- sealed blobs (flag bit 0; docs/format.md "Sealed blobs") ------------------------------
+# -- sealed blobs (flag bit 0; docs/format.md "Sealed blobs", "Sealed delta blobs") --------
 
 FLAG_ENCRYPTED = 1
+#: With FLAG_ENCRYPTED: a sealed delta, its base's keyed id in clear after the header.
+FLAG_DELTA = 2
+FLAGS_SEALED_DELTA = FLAG_ENCRYPTED | FLAG_DELTA
 ENC_NONCE_LEN = 12
 ENC_TAG_LEN = 16
 #: Sealed blob lengths are whole multiples of this many bytes at least.
 PAD_MIN = 4096
-#: Sealed blob lengths above PAD_MIN take 2^PAD_SHIFT values per power of two
+#: The least length of a sealed delta (deltas are often far below PAD_MIN).
+DELTA_PAD_MIN = 512
+#: Sealed blob lengths above the floor take 2^PAD_SHIFT values per power of two
 #: (padding adds at most 1/2^PAD_SHIFT = 12.5 %).
 PAD_SHIFT = 3
 _ENC_OVERHEAD = ENC_NONCE_LEN + ENC_TAG_LEN
@@ -286,23 +291,33 @@ def keyed_chunk_id(cid: bytes, id_key: bytes) -> bytes:
     return hmac.new(id_key, cid, hashlib.sha256).digest()[:CHUNK_ID_LEN]
 
 
-def padded_blob_len(n: int) -> int:
+def padded_blob_len(n: int, floor: int = PAD_MIN) -> int:
     """The length a sealed blob of `n` unpadded bytes is padded to.
 
-    At most `PAD_MIN`: `PAD_MIN`. Above: the next multiple of 2^(e-3) where 2^e <= n, so a
+    At most `floor`: `floor`. Above: the next multiple of 2^(e-3) where 2^e <= n, so a
     length is one of 8 values per power of two and padding adds at most 12.5 %. A host
     then learns only the bucket, which many chunks of different content share.
     """
-    if n <= PAD_MIN:
-        return PAD_MIN
+    if n <= floor:
+        return floor
     step = 1 << (n.bit_length() - 1 - PAD_SHIFT)
     return -(-n // step) * step
 
 
+def sealed_blob_len(plain_blob_len: int) -> int:
+    """Bytes of the whole sealed blob of a plain blob of `plain_blob_len` bytes."""
+    return padded_blob_len(BLOB_HEADER_LEN + _ENC_OVERHEAD + plain_blob_len)
+
+
+def _prefix_len(flags: int) -> int:
+    """Clear bytes before the nonce: the header, and a sealed delta's base keyed id."""
+    return BLOB_HEADER_LEN + (CHUNK_ID_LEN if flags & FLAG_DELTA else 0)
+
+
 def parse_encrypted_header(buf: Buffer) -> BlobHeader:
-    """Parse and check the clear header of a sealed blob (flags exactly 1, codec and raw
-    length 0: both are inside the ciphertext). `chunk_id` of the result is the keyed id.
-    Raises `CorruptChunkError`."""
+    """Parse and check the clear header of a sealed blob (flags 1, or 3 for a sealed
+    delta; codec and raw length 0: both are inside the ciphertext). `chunk_id` of the
+    result is the keyed id. Raises `CorruptChunkError`."""
     if len(buf) < BLOB_HEADER_LEN:
         raise _corrupt(f"truncated header ({len(buf)} of {BLOB_HEADER_LEN} bytes)", None)
     head = bytes(buf[:32])
@@ -312,15 +327,22 @@ def parse_encrypted_header(buf: Buffer) -> BlobHeader:
     (check,) = _CHECK.unpack_from(buf, 32)
     if check != xxhash.xxh32_intdigest(head):
         raise _corrupt("header check mismatch", kid)
-    if flags != FLAG_ENCRYPTED:
-        raise _corrupt(f"flags {flags:#06x}: not a sealed blob (expected 0x0001)", kid)
+    if flags not in (FLAG_ENCRYPTED, FLAGS_SEALED_DELTA):
+        raise _corrupt(f"flags {flags:#06x}: not a sealed blob (expected 0x0001 or 0x0003)",
+                       kid)
     if version != BLOB_VERSION or codec != 0 or raw_len != 0:
         raise _corrupt(f"sealed blob of an old layout (version {version}, codec {codec}, "
                        f"raw length {raw_len} in clear); place it again (`hutong rule "
                        "reconcile`) to re-seal it", kid)
     total = BLOB_HEADER_LEN + payload_len
-    if payload_len < _ENC_OVERHEAD + BLOB_HEADER_LEN or padded_blob_len(total) != total:
+    delta = flags == FLAGS_SEALED_DELTA
+    least = _prefix_len(flags) - BLOB_HEADER_LEN + _ENC_OVERHEAD + BLOB_HEADER_LEN
+    floor = DELTA_PAD_MIN if delta else PAD_MIN
+    if payload_len < least or padded_blob_len(total, floor) != total:
         raise _corrupt(f"sealed payload length {payload_len} is not a padded length", kid)
+    if delta and len(buf) >= BLOB_HEADER_LEN + CHUNK_ID_LEN \
+            and bytes(buf[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN]) == kid:
+        raise _corrupt("sealed delta names itself as its base", kid)
     return BlobHeader(codec, flags, raw_len, payload_len, kid)
 
 
@@ -333,31 +355,66 @@ def check_encrypted_blob(blob: Buffer) -> BlobHeader:
     return header
 
 
+def sealed_base(blob: Buffer) -> bytes | None:
+    """The base keyed id a sealed delta names (in clear), None for a sealed whole blob;
+    the header is checked (`CorruptChunkError`)."""
+    header = parse_encrypted_header(blob)
+    if header.flags != FLAGS_SEALED_DELTA:
+        return None
+    if len(blob) < BLOB_HEADER_LEN + CHUNK_ID_LEN:
+        raise _corrupt("truncated sealed delta", header.chunk_id)
+    return bytes(blob[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN])
+
+
+def _seal(inner: Sequence[Buffer], inner_len: int, kid: bytes, enc_key: bytes,
+          base_kid: bytes | None) -> bytes:
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    flags = FLAG_ENCRYPTED if base_kid is None else FLAGS_SEALED_DELTA
+    prefix = _prefix_len(flags)
+    n = prefix + _ENC_OVERHEAD + inner_len
+    total = padded_blob_len(n) if base_kid is None else padded_blob_len(n, DELTA_PAD_MIN)
+    head = BlobHeader(0, flags, 0, total - BLOB_HEADER_LEN, kid).to_bytes()
+    clear = head + (base_kid or b"")
+    nonce = os.urandom(ENC_NONCE_LEN)
+    pad = bytes(total - n)
+    sealed = AESGCM(enc_key).encrypt(nonce, b"".join((*inner, pad)), head[:32] + clear[36:])
+    return clear + nonce + sealed
+
+
 def encode_encrypted_blob(raw: Buffer, enc_key: bytes, id_key: bytes,
                           level: int = DEFAULT_LEVEL, cid: bytes | None = None) -> bytes:
     """Seal `raw`: its plain blob (header and payload) plus zero padding, encrypted with
     AES-256-GCM under a random nonce, behind a clear header holding only the keyed id and
     the padded length (`padded_blob_len`)."""
-    import os
-
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     header, payload = encode_blob(raw, level, cid)
     inner = parse_blob_header(header)
-    total = padded_blob_len(BLOB_HEADER_LEN + _ENC_OVERHEAD + inner.blob_len)
-    head = BlobHeader(0, FLAG_ENCRYPTED, 0, total - BLOB_HEADER_LEN,
-                      keyed_chunk_id(inner.chunk_id, id_key)).to_bytes()
-    pad = bytes(total - BLOB_HEADER_LEN - _ENC_OVERHEAD - inner.blob_len)
-    nonce = os.urandom(ENC_NONCE_LEN)
-    sealed = AESGCM(enc_key).encrypt(nonce, b"".join((header, payload, pad)), head[:32])
-    return head + nonce + sealed
+    return _seal((header, payload), inner.blob_len, keyed_chunk_id(inner.chunk_id, id_key),
+                 enc_key, None)
 
 
-def decode_encrypted_blob(blob: Buffer, cid: bytes, enc_key: bytes, id_key: bytes) -> bytes:
+def encode_sealed_delta(delta_blob: Buffer, enc_key: bytes, id_key: bytes) -> bytes:
+    """Seal a plain delta blob (codec 2, `gfs.delta.encode_delta`): the clear header names
+    the keyed id and, after it, the base's keyed id; padded to at least DELTA_PAD_MIN."""
+    inner = parse_blob_header(delta_blob)
+    if inner.codec != CODEC_DELTA or len(delta_blob) != inner.blob_len:
+        raise ValueError(f"chunk {inner.chunk_id.hex()}: not a whole delta blob")
+    base_id = bytes(delta_blob[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN])
+    return _seal((delta_blob,), inner.blob_len, keyed_chunk_id(inner.chunk_id, id_key),
+                 enc_key, keyed_chunk_id(base_id, id_key))
+
+
+def decode_encrypted_blob(blob: Buffer, cid: bytes, enc_key: bytes, id_key: bytes,
+                          base: BaseReader | None = None) -> bytes:
     """Decrypt and verify a sealed blob of chunk `cid`; returns the raw bytes.
 
-    A wrong keyed id, a bad tag (wrong key or damaged bytes), non-zero padding or
-    content that does not hash to `cid` raises `CorruptChunkError`.
+    A sealed delta is decoded against its base, read by plain id through `base` (the
+    caller decrypts and verifies it); without `base` it is refused. A wrong keyed id, a
+    bad tag (wrong key or damaged bytes), non-zero padding, a base keyed id that does not
+    match the base inside, or content that does not hash to `cid` raises
+    `CorruptChunkError`.
     """
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -365,15 +422,28 @@ def decode_encrypted_blob(blob: Buffer, cid: bytes, enc_key: bytes, id_key: byte
     header = check_encrypted_blob(blob)
     if header.chunk_id != keyed_chunk_id(cid, id_key):
         raise _corrupt("sealed blob holds another keyed id", cid)
+    prefix = _prefix_len(header.flags)
     view = memoryview(blob)
-    nonce = bytes(view[BLOB_HEADER_LEN:BLOB_HEADER_LEN + ENC_NONCE_LEN])
+    nonce = bytes(view[prefix:prefix + ENC_NONCE_LEN])
     try:
-        plain = AESGCM(enc_key).decrypt(nonce, bytes(view[BLOB_HEADER_LEN + ENC_NONCE_LEN:]),
-                                        bytes(view[:32]))
+        plain = AESGCM(enc_key).decrypt(nonce, bytes(view[prefix + ENC_NONCE_LEN:]),
+                                        bytes(view[:32]) + bytes(view[BLOB_HEADER_LEN:prefix]))
     except InvalidTag:
         raise _corrupt("sealed blob fails authentication (damaged, or sealed with another "
                        "key)", cid) from None
     inner = _parse_header(plain)
     if inner.blob_len > len(plain) or plain[inner.blob_len:].strip(b"\0"):
         raise _corrupt("sealed blob's inner blob does not fit its padding", cid)
-    return decode_blob(memoryview(plain)[:inner.blob_len], expect_id=cid)
+    is_delta = header.flags == FLAGS_SEALED_DELTA
+    if (inner.codec == CODEC_DELTA) != is_delta:
+        raise _corrupt("sealed blob's flags and inner codec disagree", cid)
+    body = memoryview(plain)[:inner.blob_len]
+    if not is_delta:
+        return decode_blob(body, expect_id=cid)
+    base_id = bytes(body[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN])
+    if keyed_chunk_id(base_id, id_key) != bytes(view[BLOB_HEADER_LEN:prefix]):
+        raise _corrupt("sealed delta's clear base keyed id does not match its base", cid)
+    if base is None:
+        raise _corrupt(f"sealed delta against base {base_id.hex()} read without its base",
+                       cid)
+    return decode_blob(body, expect_id=cid, base=base)

@@ -20,6 +20,16 @@ from gfs.store import ChunkStore
 
 #: Asks the receiver which of these chunk ids it holds (its have-list).
 Holds = Callable[[list[bytes]], list[bool]]
+#: What is sent for a delta: (plain delta blob, the chunk's whole blob length) -> the
+#: bytes to send, or None when the delta does not pay (then the chunk goes whole).
+Wrap = Callable[[bytes, int], bytes | None]
+
+
+def plain(delta_blob: bytes, whole_blob_len: int) -> bytes | None:
+    """The delta blob itself, when its payload pays against the whole blob's."""
+    if delta.pays(len(delta_blob) - BLOB_HEADER_LEN, whole_blob_len - BLOB_HEADER_LEN):
+        return delta_blob
+    return None
 
 
 class MissingBaseError(HutongError, LookupError):
@@ -28,12 +38,19 @@ class MissingBaseError(HutongError, LookupError):
 
 #: Raw bytes of missing chunks examined per round (bounds the sender's memory).
 BATCH_BYTES = 32 << 20
+#: A delta whose payload at the store's level is over DEEP_OVER bytes carries much new
+#: content (a delta that is mostly matches is far smaller and gains nothing from a higher
+#: level): it is encoded again at DEEP_LEVEL, and the smaller is sent.
+DEEP_OVER = 4096
+DEEP_LEVEL = 19
 
 
-def delta_blobs(store: ChunkStore, missing: Sequence[bytes], holds: Holds) -> dict[bytes, bytes]:
-    """The delta blob of each chunk of `missing` that has a base the receiver holds
-    and whose delta pays; chunks not in the result are sent whole. A store without
-    delta chunks (`[store] delta`) has no resemblance index: nothing is examined."""
+def delta_blobs(store: ChunkStore, missing: Sequence[bytes], holds: Holds,
+                wrap: Wrap = plain) -> dict[bytes, bytes]:
+    """The delta blob (as `wrap` makes it to send: plain, or sealed for another entity's
+    site) of each chunk of `missing` that has a base the receiver holds and whose delta
+    pays; chunks not in the result are sent whole. A store without delta chunks
+    (`[store] delta`) has no resemblance index: nothing is examined."""
     out: dict[bytes, bytes] = {}
     if not store.config.delta:
         return out
@@ -47,14 +64,15 @@ def delta_blobs(store: ChunkStore, missing: Sequence[bytes], holds: Holds) -> di
             batch.append(cid)
             size += rec.raw_len
             if size >= BATCH_BYTES:
-                out |= _round(store, batch, holds)
+                out |= _round(store, batch, holds, wrap)
                 batch, size = [], 0
     if batch:
-        out |= _round(store, batch, holds)
+        out |= _round(store, batch, holds, wrap)
     return out
 
 
-def _round(store: ChunkStore, cids: list[bytes], holds: Holds) -> dict[bytes, bytes]:
+def _round(store: ChunkStore, cids: list[bytes], holds: Holds,
+           wrap: Wrap) -> dict[bytes, bytes]:
     raws: dict[bytes, bytes] = {}
     cands: dict[bytes, list[bytes]] = {}
     with store.engine.read() as txn:
@@ -77,12 +95,17 @@ def _round(store: ChunkStore, cids: list[bytes], holds: Holds) -> dict[bytes, by
             continue
         try:
             base_raw = store.read_chunk(base)
-            whole = len(store.read_blob(cid)) - BLOB_HEADER_LEN
+            whole = len(store.read_blob(cid))
         except HutongError:
             continue
         header, payload = delta.encode_delta(raws[cid], cid, base, base_raw, level)
-        if delta.pays(len(payload), whole):
-            out[cid] = header + payload
+        if len(payload) > DEEP_OVER and level < DEEP_LEVEL:  # literal-heavy: compress harder
+            deep = delta.encode_delta(raws[cid], cid, base, base_raw, DEEP_LEVEL)
+            if len(deep[1]) < len(payload):
+                header, payload = deep
+        sent = wrap(header + payload, whole)
+        if sent is not None:
+            out[cid] = sent
     return out
 
 

@@ -133,3 +133,21 @@ def test_a_store_with_delta_chunks_off_sends_everything_whole(
         off = src.store.config.model_copy(update={"delta": False})
         monkeypatch.setattr(src.store, "config", off)
         assert delta_transfer.delta_blobs(src.store, missing, _holds(dst)) == {}
+
+
+def test_a_delta_carrying_much_new_content_is_compressed_harder(tmp_path: Path) -> None:
+    """A changed chunk with a few KiB of new (compressible) content: its delta is sent
+    at DEEP_LEVEL when that is smaller than at the store's level."""
+    rng = random.Random(29)
+    a = text(rng, 48_000)
+    b = a[:24_000] + text(random.Random(30), 12_000) + a[24_000:]
+    with _pair(tmp_path, a, b) as (src, dst, missing):
+        deltas = delta_transfer.delta_blobs(src.store, missing, _holds(dst))
+        assert deltas
+        for cid, blob in deltas.items():
+            base = delta.base_of(blob)
+            raw, base_raw = src.store.read_chunk(cid), src.store.read_chunk(base)
+            h, p = delta.encode_delta(raw, cid, base, base_raw, src.config.zstd_level)
+            assert len(p) > delta_transfer.DEEP_OVER
+            assert len(blob) < len(h + p)
+            assert decode_blob(blob, base={base: base_raw}.__getitem__) == raw

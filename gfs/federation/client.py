@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gfs import chunking, paths
-from gfs.codec import decode_blob, decode_encrypted_blob, keyed_chunk_id
+from gfs.codec import decode_blob, keyed_chunk_id
 from gfs.errors import (
     ConfigError,
     CorruptChunkError,
@@ -34,6 +34,7 @@ from gfs.federation import certs
 from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, token_issuer
 from gfs.federation.http import HttpClient
 from gfs.federation.registry_view import RegistryView
+from gfs.federation.sealed_read import open_sealed
 from gfs.federation.site_client import (
     Listing,
     MoverSession,
@@ -321,21 +322,23 @@ class FederationClient:
                 frames = sc.get([keyed_chunk_id(c, keys.id_key) for c in batch], owner=owner)
             else:  # a caller that may not read every chunk names the file (`path`)
                 frames = sc.get(batch, path=None if self._owner_mode(owner) else path)
-            for cid, blob in zip(batch, frames, strict=True):
-                if not blob:
-                    continue
-                try:
-                    if foreign:
-                        assert self.keys is not None
-                        raw = decode_encrypted_blob(blob, cid, self.keys.enc_key,
-                                                    self.keys.id_key)
-                    else:
-                        raw = decode_blob(blob, expect_id=cid)
-                except CorruptChunkError as e:
-                    self.bad_copies += 1
-                    problems.append(f"{site}: corrupt copy of {cid.hex()} ({e.strerror})")
-                    continue
-                out[cid] = bytes(blob) if blobs else raw
+            got = {cid: blob for cid, blob in zip(batch, frames, strict=True) if blob}
+            if foreign:  # sealed, perhaps sealed deltas whose bases the site also keeps
+                assert self.keys is not None
+                opened = open_sealed(got, lambda kids: sc.get(kids, owner=owner), self.keys)
+                decoded, errors = opened.raws, opened.errors
+            else:
+                decoded, errors = {}, {}
+                for cid, blob in got.items():
+                    try:
+                        decoded[cid] = decode_blob(blob, expect_id=cid)
+                    except CorruptChunkError as e:
+                        errors[cid] = e
+            for cid, err in errors.items():
+                self.bad_copies += 1
+                problems.append(f"{site}: corrupt copy of {cid.hex()} ({err.strerror})")
+            for cid, raw in decoded.items():
+                out[cid] = bytes(got[cid]) if blobs else raw
         self.chunks_from[site] = self.chunks_from.get(site, 0) + len(out)
         return out
 

@@ -17,19 +17,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, Field
 
-from gfs import delta_transfer, mover
+from gfs import delta, delta_transfer, mover
 from gfs.codec import (
     decode_blob,
-    decode_encrypted_blob,
     encode_blob,
     encode_encrypted_blob,
+    encode_sealed_delta,
     keyed_chunk_id,
+    sealed_blob_len,
 )
 from gfs.errors import CorruptChunkError, HutongError, NotFoundError
 from gfs.federation import expr
-from gfs.federation.http import BadRequestError
+from gfs.federation.http import ApiError, BadRequestError
+from gfs.federation.sealed_read import open_sealed
 from gfs.federation.site_client import SiteClient
-from gfs.federation.wire import glob_match, literal_prefix, refs_to_wire
+from gfs.federation.wire import glob_match, literal_prefix, manifest_digest, refs_to_wire
 from gfs.meta import ChunkRef, Kind
 from gfs.schema import Schema
 from gfs.units import Duration
@@ -94,22 +96,16 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
     sent = 0
     try:
         if target["entity"] == site.entity:
-            ids = [r.id for r in refs]
-            missing = [c for c, h in zip(ids, peer.has(ids), strict=True) if not h]
-            if missing:
-                n, missing = _put_deltas(site, peer, missing)
-                sent += n
-            if missing and target.get("mover"):
-                sess = peer.mover_session()
-                stats = mover.send(site.client, (sess.host, sess.port), missing,
-                                   bytes.fromhex(sess.secret))
-                sent += stats.chunks
-            elif missing:
-                sent += _put_plain(site, peer, missing)
-            pin: dict[str, Any] = {"chunks": refs_to_wire(refs)}
-            if files is not None:
-                pin["files"] = [{"path": p, "chunks": refs_to_wire(fr)} for p, fr in files]
-            peer.pin(site.entity, rule_id, pin)
+            try:
+                sent += _push_own(site, peer, rule_id, refs, files,
+                                  mover_port=bool(target.get("mover")), compare=True)
+            except ApiError as e:
+                if e.code != "mirror_changed":
+                    raise
+                log.warning("rule %s: the mirror on %s changed meanwhile (%s); sending every "
+                            "file", rule_id, target["name"], e)
+                sent += _push_own(site, peer, rule_id, refs, files,
+                                  mover_port=bool(target.get("mover")), compare=False)
         else:
             keyed = {keyed_chunk_id(r.id, site.keys.id_key): r.id for r in refs}
             kids = list(keyed)
@@ -117,75 +113,124 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
             # then never removes a blob sent below before its pin arrives
             parts = _batches([k.hex() for k in kids], PIN_BATCH) or [[]]
             round_ = secrets.token_hex(8)
+            lacks: list[bytes] | None = []
             for i, part in enumerate(parts):
-                peer.pin(site.entity, rule_id, {"ids": part, "round": round_, "batch": i,
-                                                "batches": len(parts)})
-            missing = [c for c, h in zip(kids, peer.has(kids, owner=site.entity), strict=True)
-                       if not h]
-            batch: list[bytes] = []
-            size = 0
-            for kid in missing:
-                raw = site.client.store.read_chunk(keyed[kid])
-                blob = encode_encrypted_blob(raw, site.keys.enc_key, site.keys.id_key,
-                                             site.client.config.zstd_level, keyed[kid])
-                batch.append(blob)
-                size += len(blob)
-                if len(batch) >= BATCH_IDS or size >= BATCH_BYTES:
-                    peer.put(batch, owner=site.entity)
-                    sent += len(batch)
-                    batch, size = [], 0
-            if batch:
-                peer.put(batch, owner=site.entity)
-                sent += len(batch)
+                ans = peer.pin_vault(site.entity, rule_id, {"ids": part, "round": round_,
+                                                            "batch": i, "batches": len(parts)})
+                lacks = None if lacks is None or ans.missing is None else lacks + ans.missing
+            if lacks is None:  # a host that does not answer what it lacks
+                lacks = [c for c, h in zip(kids, peer.has(kids, owner=site.entity),
+                                           strict=True) if not h]
+            missing = [keyed[c] for c in lacks if c in keyed]
+            if missing:
+                n, missing = _put_deltas(site, peer, missing, sealed=True)
+                sent += n
+            level = site.client.config.zstd_level
+            sent += _put_batches(peer, (encode_encrypted_blob(
+                site.client.store.read_chunk(c), site.keys.enc_key, site.keys.id_key, level, c)
+                for c in missing), owner=site.entity)
     finally:
         peer.close()
+    return sent
+
+
+def _push_own(site: Site, peer: SiteClient, rule_id: str, refs: list[ChunkRef],
+              files: list[tuple[str, list[ChunkRef]]] | None, *, mover_port: bool,
+              compare: bool) -> int:
+    """Place `refs` on `peer`, a site of our own entity (through its mover if it has a
+    `mover_port`), and pin them with the mirror of `files`. With `compare` (and files
+    naming every chunk), only the files whose mirror there is absent or different are
+    looked at, sent and mirrored; the pin names the others `same` (docs/format.md
+    "Rules"). Returns chunks sent."""
+    by_files = files is not None and (
+        {r.id for _, fr in files for r in fr} == {r.id for r in refs})
+    send = files
+    same: list[list[str]] = []
+    if files is not None and by_files and compare:
+        digests = {p: manifest_digest(fr) for p, fr in files}
+        changed = set(peer.mirror_changed(site.entity, rule_id, digests))
+        send = [(p, fr) for p, fr in files if p in changed]
+        same = [[p, d] for p, d in digests.items() if p not in changed]
+    ids = (list(dict.fromkeys(r.id for _, fr in send for r in fr)) if send is not None
+           and by_files else [r.id for r in refs])
+    sent = 0
+    missing = [c for c, h in zip(ids, peer.has(ids), strict=True) if not h]
+    if missing:
+        n, missing = _put_deltas(site, peer, missing)
+        sent += n
+    if missing and mover_port:
+        sess = peer.mover_session()
+        stats = mover.send(site.client, (sess.host, sess.port), missing,
+                           bytes.fromhex(sess.secret))
+        sent += stats.chunks
+    elif missing:
+        sent += _put_plain(site, peer, missing)
+    pin: dict[str, Any] = {} if by_files else {"chunks": refs_to_wire(refs)}
+    if send is not None:  # by_files: the site pins the union of these and the `same`
+        pin["files"] = [{"path": p, "chunks": refs_to_wire(fr)} for p, fr in send]
+    if same:
+        pin["same"] = same
+    peer.pin(site.entity, rule_id, pin)
     return sent
 
 
 def audit(site: Site, target: dict[str, Any], refs: list[ChunkRef]) -> tuple[int, int]:
     """Read back the replicas of `refs` on `target`, verify them here (the owner holds
     the keys), and replace every damaged one with a good copy; returns (repaired,
-    missing). A missing copy is a failure of the target, whatever its `has` said."""
+    missing). A missing copy is a failure of the target, whatever its `has` said. On
+    another entity's site a sealed delta is rebuilt from its base there; a damaged or
+    missing base is replaced whole too, and so is every delta read against it."""
     if target["name"] == site.name:
         return 0, 0
     own = target["entity"] == site.entity
+    owner = None if own else site.entity
     peer = _peer(site, target)
     repaired = missing = 0
     try:
         for batch in _batches(refs, AUDIT_BATCH):
             ids = [r.id if own else keyed_chunk_id(r.id, site.keys.id_key) for r in batch]
-            blobs = peer.get(ids, owner=None if own else site.entity)
+            blobs = peer.get(ids, owner=owner)
+            got = {r.id: b for r, b in zip(batch, blobs, strict=True) if b}
+            missing += len(batch) - len(got)
+            errors: dict[bytes, CorruptChunkError] = {}
+            bad_bases: set[bytes] = set()
+            if own:
+                for cid, blob in got.items():
+                    try:
+                        decode_blob(blob, expect_id=cid)
+                    except CorruptChunkError as e:
+                        errors[cid] = e
+            else:
+                opened = open_sealed(got, lambda kids: peer.get(kids, owner=owner), site.keys)
+                errors, bad_bases = opened.errors, opened.bad_bases
+            for cid, err in errors.items():
+                log.warning("rule audit: damaged copy of %s on %s: %s", cid.hex(),
+                            target["name"], err)
+            level = site.client.config.zstd_level
             bad: list[bytes] = []
-            for ref, blob in zip(batch, blobs, strict=True):
-                if not blob:
-                    missing += 1
-                    continue
+            for cid in sorted(set(errors) | bad_bases):
                 try:
-                    if own:
-                        decode_blob(blob, expect_id=ref.id)
-                    else:
-                        decode_encrypted_blob(blob, ref.id, site.keys.enc_key, site.keys.id_key)
-                except CorruptChunkError as e:
-                    log.warning("rule audit: damaged copy of %s on %s: %s", ref.id.hex(),
-                                target["name"], e)
-                    raw = site.client.store.read_chunk(ref.id)  # our verified copy
-                    level = site.client.config.zstd_level
-                    if own:
-                        header, payload = encode_blob(raw, level, ref.id)
-                        bad.append(header + bytes(payload))
-                    else:
-                        bad.append(encode_encrypted_blob(raw, site.keys.enc_key,
-                                                         site.keys.id_key, level, ref.id))
+                    raw = site.client.store.read_chunk(cid)  # our verified copy
+                except HutongError:
+                    if cid in errors:
+                        raise
+                    continue  # a base we no longer hold: its dependents go whole
+                if own:
+                    header, payload = encode_blob(raw, level, cid)
+                    bad.append(header + bytes(payload))
+                else:
+                    bad.append(encode_encrypted_blob(raw, site.keys.enc_key, site.keys.id_key,
+                                                     level, cid))
             if bad:
-                repaired += peer.put(bad, owner=None if own else site.entity,
-                                     replace=True).stored
+                repaired += peer.put(bad, owner=owner, replace=True).stored
     finally:
         peer.close()
     return repaired, missing
 
 
-def _put_batches(peer: SiteClient, blobs: Iterable[bytes]) -> int:
-    """`peer.put` of `blobs` in batches of at most BATCH_IDS / BATCH_BYTES; blobs sent."""
+def _put_batches(peer: SiteClient, blobs: Iterable[bytes], owner: str | None = None) -> int:
+    """`peer.put` of `blobs` (of `owner`: sealed) in batches of at most BATCH_IDS /
+    BATCH_BYTES; blobs sent."""
     sent = 0
     batch: list[bytes] = []
     size = 0
@@ -193,11 +238,11 @@ def _put_batches(peer: SiteClient, blobs: Iterable[bytes]) -> int:
         batch.append(blob)
         size += len(blob)
         if len(batch) >= BATCH_IDS or size >= BATCH_BYTES:
-            peer.put(batch)
+            peer.put(batch, owner=owner)
             sent += len(batch)
             batch, size = [], 0
     if batch:
-        peer.put(batch)
+        peer.put(batch, owner=owner)
         sent += len(batch)
     return sent
 
@@ -206,15 +251,32 @@ def _put_plain(site: Site, peer: SiteClient, missing: list[bytes]) -> int:
     return _put_batches(peer, (b for b in map(site.blob, missing) if b is not None))
 
 
-def _put_deltas(site: Site, peer: SiteClient, missing: list[bytes]) -> tuple[int, list[bytes]]:
-    """Send as deltas the chunks of `missing` that resemble one the peer holds and whose
-    delta pays (docs/format.md "Delta transfer"); (sent, chunks still to send whole).
-    A refused delta batch (a base gone meanwhile) leaves its chunks to the whole path."""
-    deltas = delta_transfer.delta_blobs(site.client.store, missing, peer.has)
+def _put_deltas(site: Site, peer: SiteClient, missing: list[bytes],
+                sealed: bool = False) -> tuple[int, list[bytes]]:
+    """Send as deltas the chunks of `missing` (plain ids) that resemble one the peer
+    holds and whose delta pays (docs/format.md "Delta transfer"); `sealed`: to another
+    entity's site, as sealed deltas against a base it keeps whole for us, paying against
+    the sealed whole blob ("Sealed delta blobs"). Returns (sent, chunks still to send
+    whole). A refused delta batch (a base gone meanwhile) leaves its chunks whole."""
+    owner = site.entity if sealed else None
+    holds: delta_transfer.Holds = peer.has
+    wrap: delta_transfer.Wrap = delta_transfer.plain
+    if sealed:
+        keys = site.keys
+
+        def holds(bases: list[bytes]) -> list[bool]:
+            return peer.has([keyed_chunk_id(b, keys.id_key) for b in bases], owner=owner,
+                            whole=True)
+
+        def wrap(delta_blob: bytes, whole_blob_len: int) -> bytes | None:
+            blob = encode_sealed_delta(delta_blob, keys.enc_key, keys.id_key)
+            return blob if delta.pays(len(blob), sealed_blob_len(whole_blob_len)) else None
+
+    deltas = delta_transfer.delta_blobs(site.client.store, missing, holds, wrap)
     if not deltas:
         return 0, missing
     try:
-        sent = _put_batches(peer, deltas.values())
+        sent = _put_batches(peer, deltas.values(), owner=owner)
     except BadRequestError as e:
         log.warning("delta transfer to %s refused (%s); sending those chunks whole",
                     peer.base_url, e)

@@ -23,12 +23,13 @@ from typing import Any
 
 from gfs.errors import FormatError, UnavailableSiteError
 from gfs.federation.auth import EntityKeys
-from gfs.federation.http import HttpClient, UnavailableError
+from gfs.federation.http import BadRequestError, HttpClient, UnavailableError
 from gfs.federation.wire import (
     MAX_IDS,
     commit_attrs_to_wire,
     ids_to_wire,
     pack_frames,
+    parse_ids,
     refs_from_wire,
     refs_to_wire,
     unpack_frames,
@@ -92,6 +93,15 @@ class PutResult:
 
     stored: int
     present: int
+
+
+@dataclass(frozen=True)
+class PinResult:
+    """Whether a pin is complete, and the keyed ids of a vault pin's part the site does
+    not hold (None: the site did not say; ask `has`)."""
+
+    complete: bool
+    missing: list[bytes] | None
 
 
 @dataclass(frozen=True)
@@ -342,13 +352,17 @@ class SiteClient:
         return Visible(str(d["entity"]), [str(p) for p in d["prefixes"]])
 
     # -- chunks -------------------------------------------------------------------------
-    def has(self, cids: Sequence[bytes], *, owner: str | None = None) -> list[bool]:
-        """Whether the site holds each chunk (of `owner`: keyed ids in its vault)."""
+    def has(self, cids: Sequence[bytes], *, owner: str | None = None,
+            whole: bool = False) -> list[bool]:
+        """Whether the site holds each chunk (of `owner`: keyed ids in its vault; `whole`:
+        and holds it whole, not as a sealed delta, so it may be a delta's base)."""
         out: list[bool] = []
         for i in range(0, len(cids), MAX_IDS):
             body: dict[str, Any] = {"ids": ids_to_wire(cids[i:i + MAX_IDS])}
             if owner is not None:
                 body["owner"] = owner
+            if whole:
+                body["whole"] = True
             out += [bool(x) for x in self._json("POST", "/v1/chunks/has", body)["have"]]
         return out
 
@@ -413,7 +427,31 @@ class SiteClient:
     def pin(self, owner: str, rule: str, body: Mapping[str, Any]) -> bool:
         """Pin chunks for `rule` (`body` as the spec's PUT /v1/pins); whether the pin is
         complete (a batched vault pin completes with its last batch)."""
-        return bool(self._json("PUT", f"/v1/pins/{owner}/{rule}", dict(body))["complete"])
+        return self.pin_vault(owner, rule, body).complete
+
+    def pin_vault(self, owner: str, rule: str, body: Mapping[str, Any]) -> PinResult:
+        """`pin`, with the keyed ids of a vault pin's part that the site does not hold
+        (None from a site that does not say)."""
+        d = self._json("PUT", f"/v1/pins/{owner}/{rule}", dict(body))
+        if d.get("missing") is None:
+            return PinResult(bool(d["complete"]), None)
+        try:
+            missing = parse_ids(d, "missing")
+        except BadRequestError as e:
+            raise FormatError(f"PUT {self.base_url}/v1/pins/{owner}/{rule}: malformed "
+                              f"answer: {e}") from None
+        return PinResult(bool(d["complete"]), missing)
+
+    def mirror_changed(self, owner: str, rule: str, digests: Mapping[str, str]) -> list[str]:
+        """Which files (path -> `wire.manifest_digest`) the mirror of `rule` here lacks or
+        holds otherwise (at most MAX_IDS files per call)."""
+        out: list[str] = []
+        items = [[f, d] for f, d in digests.items()]
+        for i in range(0, len(items), MAX_IDS):
+            d = self._json("POST", f"/v1/pins/{owner}/{rule}/compare",
+                           {"files": items[i:i + MAX_IDS]})
+            out += [str(f) for f in d["changed"]]
+        return out
 
     def mirror_grants(self, signed: Mapping[str, str]) -> Record:
         """Push the primary's signed grant set to this mirror (gfs.federation.grant_mirror)."""

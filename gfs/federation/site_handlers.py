@@ -39,6 +39,7 @@ from gfs.federation.wire import (
     check_name,
     commit_attrs,
     pack_frames,
+    parse_digests,
     parse_ids,
     parse_refs,
     refs_to_wire,
@@ -152,12 +153,13 @@ async def chunks_has(request: web.Request) -> web.Response:
     owner = _owner(site, data)
     site.check_owner(p, owner, write=False)
     cids = parse_ids(data)
+    whole = field(data, "whole", bool, False)  # a sealed delta's base must be kept whole
 
     def has() -> list[bool]:
         if owner == site.entity:
             with site.client.engine.read() as txn:
                 return [txn.has_chunk(c) for c in cids]
-        return [site.vault.has(owner, c) for c in cids]
+        return [site.vault.has(owner, c, whole=whole) for c in cids]
     return web.json_response({"have": await _run(has)})
 
 
@@ -585,13 +587,19 @@ async def rules_reconcile(request: web.Request) -> web.Response:
     return web.json_response({"rules": states})
 
 
-async def pins_put(request: web.Request) -> web.Response:
-    site, p, data = await _json_principal(request)
+def _pin_target(request: web.Request, site: Site, p: Principal) -> tuple[str, str]:
+    """The owner and rule of a /v1/pins/{owner}/{rule} request the caller may write."""
     owner = _owner(site, None, {"owner": request.match_info["owner"]})
     site.check_owner(p, owner, write=True)
     rule = request.match_info["rule"]
     if not re.fullmatch(r"[0-9a-z]{1,32}", rule):
         raise BadRequestError("rule id must be 1 to 32 characters 0-9 a-z")
+    return owner, rule
+
+
+async def pins_put(request: web.Request) -> web.Response:
+    site, p, data = await _json_principal(request)
+    owner, rule = _pin_target(request, site, p)
     loop = asyncio.get_running_loop()
     if owner == site.entity:
         files = None
@@ -600,7 +608,15 @@ async def pins_put(request: web.Request) -> web.Response:
                 raise BadRequestError("files must be a list of {path, chunks}")
             files = [(str(f.get("path", "")), parse_refs(f)) for f in data["files"]
                      if isinstance(f, dict)]
-        await loop.run_in_executor(None, site.pin_store, owner, rule, parse_refs(data), files)
+        if "chunks" in data or files is None:
+            refs = parse_refs(data)
+        else:  # the rule's chunks are those of its files (sent once, not twice), and of
+            # the files its mirror here already holds as they are (`same`)
+            same = parse_digests(data, "same") if "same" in data else {}
+            kept = await _run(site.mirrored_refs, rule, same) if same else []
+            refs = list({r.id: r for r in [*kept, *(r for _, frs in files for r in frs)]}
+                        .values())
+        await loop.run_in_executor(None, site.pin_store, owner, rule, refs, files)
     else:
         await _run(site.agreement, owner)
         kids = [c.hex() for c in parse_ids(data, "ids")] if "ids" in data else []
@@ -610,19 +626,32 @@ async def pins_put(request: web.Request) -> web.Response:
                        check=lambda r: re.fullmatch(r"[0-9a-f]{16}", r) is not None)
         if batches == 1:
             await _run(site.vault.pin, owner, rule, kids)
-        elif not await loop.run_in_executor(None, site.vault.pin_part, owner, rule, round_,
-                                            batch, batches, kids):
-            return web.json_response({"pinned": rule, "complete": False})
+            complete = True
+        else:
+            complete = await loop.run_in_executor(None, site.vault.pin_part, owner, rule,
+                                                  round_, batch, batches, kids)
+        # the ids of this part not held here: the owner sends them, without a has-list
+        missing = await _run(lambda: [k for k in kids if not site.vault.has(owner,
+                                                                           bytes.fromhex(k))])
+        return web.json_response({"pinned": rule, "complete": complete, "missing": missing})
     return web.json_response({"pinned": rule, "complete": True})
+
+
+async def pins_compare(request: web.Request) -> web.Response:
+    """Which of the owner's files (path, manifest digest) the mirror of a rule here lacks
+    or holds otherwise: the owner then sends only those (docs/format.md "Rules")."""
+    site, p, data = await _json_principal(request)
+    owner, rule = _pin_target(request, site, p)
+    if owner != site.entity:
+        raise BadRequestError("mirrors are kept for the site's own entity only")
+    files = parse_digests(data, "files")
+    held = await _run(site.mirror_digests, rule, files)
+    return web.json_response({"changed": [f for f, d in files.items() if held[f] != d]})
 
 
 async def pins_delete(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
-    owner = _owner(site, None, {"owner": request.match_info["owner"]})
-    site.check_owner(p, owner, write=True)
-    rule = request.match_info["rule"]
-    if not re.fullmatch(r"[0-9a-z]{1,32}", rule):
-        raise BadRequestError("rule id must be 1 to 32 characters 0-9 a-z")
+    owner, rule = _pin_target(request, site, p)
     gone = await _run(site.unpin_store if owner == site.entity else site.vault.unpin, owner,
                       rule)
     return web.json_response({"unpinned": gone})
@@ -768,6 +797,7 @@ def make_app(site: Site) -> web.Application:
     r.add_delete("/v1/rules/{id:[0-9a-f]{8}}", rules_delete)
     r.add_post("/v1/rules/reconcile", rules_reconcile)
     r.add_put("/v1/pins/{owner}/{rule}", pins_put)
+    r.add_post("/v1/pins/{owner}/{rule}/compare", pins_compare)
     r.add_delete("/v1/pins/{owner}/{rule}", pins_delete)
     r.add_post("/v1/gc", gc)
     r.add_get("/v1/agreements", agreements_list)

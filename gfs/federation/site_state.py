@@ -13,7 +13,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,10 +24,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gfs import delta_transfer, namespace, paths
 from gfs.accesslog import AccessLog
 from gfs.client import Client
-from gfs.codec import CODEC_DELTA, check_encrypted_blob, decode_blob, parse_blob_header
+from gfs.codec import (
+    CODEC_DELTA,
+    check_encrypted_blob,
+    decode_blob,
+    parse_blob_header,
+    sealed_base,
+)
 from gfs.errors import (
     CorruptChunkError,
     HutongError,
+    InvalidPathError,
     NotADirError,
     NotFoundError,
     StateError,
@@ -59,6 +66,7 @@ from gfs.federation.wire import (
     check_name,
     glob_match,
     literal_prefix,
+    manifest_digest,
 )
 from gfs.group_commit import GroupCommitter
 from gfs.meta import ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
@@ -490,6 +498,40 @@ class Site:
                 pass
         return found
 
+    def mirror_digests(self, rule: str, files: Iterable[str]) -> dict[str, str | None]:
+        """The manifest digest (`wire.manifest_digest`) of each of `files` in the mirror
+        of `rule` kept here, None where it keeps none."""
+        out: dict[str, str | None] = {}
+        with self.client.engine.read() as txn:
+            for f in files:
+                try:
+                    node = namespace.resolve(txn, f"/.mirror/{rule}{paths.normalize(f)}")
+                except (NotFoundError, NotADirError, InvalidPathError):
+                    out[f] = None
+                    continue
+                m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
+                out[f] = manifest_digest(m.chunks if m else ()) if node.kind == Kind.FILE \
+                    else None
+        return out
+
+    def mirrored_refs(self, rule: str, same: Mapping[str, str]) -> list[ChunkRef]:
+        """The chunks of the files `same` (path -> digest) mirrored here for `rule`; 409
+        `mirror_changed` if one is absent or has another digest (the owner then sends
+        every file)."""
+        changed = [f for f, d in self.mirror_digests(rule, same).items() if d != same[f]]
+        if changed:
+            raise ApiError(f"{len(changed)} file(s) named unchanged differ from the mirror "
+                           f"of rule {rule} here (first: {changed[0]}); send them whole", 409,
+                           "mirror_changed")
+        refs: dict[bytes, ChunkRef] = {}
+        with self.client.engine.read() as txn:
+            for f in same:
+                node = namespace.resolve(txn, f"/.mirror/{rule}{paths.normalize(f)}")
+                m = txn.get_manifest(node.ino)
+                for r in m.chunks if m else ():
+                    refs.setdefault(r.id, r)
+        return list(refs.values())
+
     @staticmethod
     def _mirror_nodes(txn: ReadTxn, path: str) -> Iterator[Inode]:
         """The inodes of `path` in each rule's mirror kept here (`/.mirror/RULE/PATH`)."""
@@ -742,19 +784,19 @@ class Site:
 
     def put_foreign(self, owner: str, blobs: list[bytes],
                     replace: bool = False) -> tuple[int, int]:
-        """Keep `owner`'s encrypted blobs, only under a live storage agreement and within
-        its quota; (stored, present)."""
+        """Keep `owner`'s encrypted blobs (sealed whole, or sealed deltas against a base
+        kept here whole), only under a live storage agreement and within its quota;
+        (stored, present)."""
         agreement = self.agreement(owner)
-        heads = []
+        items: list[tuple[bytes, bytes, bytes | None]] = []
         for i, b in enumerate(blobs):
             try:
-                heads.append(check_encrypted_blob(b))
+                items.append((check_encrypted_blob(b).chunk_id, b, sealed_base(b)))
             except CorruptChunkError as e:
                 raise BadRequestError(f"blob {i} of the body is not a valid owner-encrypted "
                                       f"blob: {e}") from None
-        stored = self.vault.put_many(owner, [(h.chunk_id, b) for h, b in
-                                             zip(heads, blobs, strict=True)],
-                                     replace=replace, quota=int(agreement["quota"]))
+        stored = self.vault.put_many(owner, items, replace=replace,
+                                     quota=int(agreement["quota"]))
         return stored, len(blobs) - stored
 
     # -- storage agreements (docs/trust.md) -----------------------------------------------

@@ -1,5 +1,6 @@
 """Other entities' owner-encrypted blobs kept by a site under storage agreements
-(docs/format.md, "Vault and storage agreements"; docs/trust.md).
+(docs/format.md, "Vault and storage agreements", "Sealed delta blobs"; docs/trust.md).
+A sealed delta's base is kept while the delta is (`ROOT/OWNER/deps/de/DELTA.BASE`).
 
     vault = Vault(state / "vault")
     vault.put_many("bank-a", [(kid, blob)], quota=agreement["quota"])
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gfs.federation.http import ApiError
+from gfs.federation.http import ApiError, BadRequestError
 
 STAGE_SECONDS = 3600.0
 """How long a pin set sent in batches may stay incomplete (its parts keep blobs meanwhile)."""
@@ -52,14 +53,15 @@ class Vault:
             return self._used_locked(owner)
 
     def owners(self) -> list[dict[str, Any]]:
-        """`{owner, bytes, blobs, rules}` for every owner with data or pins here."""
+        """`{owner, bytes, blobs, deltas, rules, temporaries}` for every owner with data or
+        pins here."""
         if not self.root.exists():
             return []
         out = []
         for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
             blobs = self._blobs(d.name)
             out.append({"owner": d.name, "bytes": sum(f.stat().st_size for f in blobs),
-                        "blobs": len(blobs),
+                        "blobs": len(blobs), "deltas": len(self._dependencies(d.name)),
                         "rules": sorted(p.stem for p in (d / "pins").glob("*.json")),
                         "temporaries": len(self._temporaries(d.name))})
         return out
@@ -84,8 +86,39 @@ class Vault:
                     continue
         return removed
 
-    def has(self, owner: str, kid: bytes) -> bool:
+    def has(self, owner: str, kid: bytes, *, whole: bool = False) -> bool:
+        """Whether `owner`'s blob `kid` is held (`whole`: and is not a sealed delta)."""
+        if whole and self._deps_of(owner, kid):
+            return False
         return self._path(owner, kid).exists()
+
+    # -- sealed deltas and their bases ---------------------------------------------------
+    def _deps(self, owner: str) -> Path:
+        return self.root / owner / "deps"
+
+    def _marker(self, owner: str, kid: bytes, base: bytes) -> Path:
+        h = kid.hex()
+        return self._deps(owner) / h[:2] / f"{h}.{base.hex()}"
+
+    def _deps_of(self, owner: str, kid: bytes) -> list[Path]:
+        """The dependency markers of blob `kid` (one if it is a sealed delta)."""
+        h = kid.hex()
+        return list((self._deps(owner) / h[:2]).glob(f"{h}.*"))
+
+    def _dependencies(self, owner: str) -> list[tuple[str, str, Path]]:
+        """(delta hex, base hex, marker) of every sealed delta recorded for `owner`."""
+        out = []
+        for m in self._deps(owner).glob("??/*.*"):
+            delta, _, base = m.name.partition(".")
+            if len(delta) == len(base) == 32:
+                out.append((delta, base, m))
+        return out
+
+    def _check_base(self, owner: str, kid: bytes, base: bytes) -> None:
+        if base == kid or not self._path(owner, base).exists() or self._deps_of(owner, base):
+            raise BadRequestError(f"sealed delta {kid.hex()} of {owner!r} names base "
+                                  f"{base.hex()}, which this site does not keep whole; "
+                                  "send the chunk whole")
 
     def get(self, owner: str, kid: bytes) -> bytes | None:
         try:
@@ -93,26 +126,38 @@ class Vault:
         except FileNotFoundError:
             return None
 
-    def put_many(self, owner: str, items: list[tuple[bytes, bytes]], *, replace: bool = False,
-                 quota: int | None = None) -> int:
-        """Store blobs `(keyed id, blob)`; an existing one is kept unless `replace` (the
-        owner's repair). 507 (nothing stored) if `quota` bytes would be passed. Returns
-        how many were written."""
+    def put_many(self, owner: str, items: list[tuple[bytes, bytes, bytes | None]], *,
+                 replace: bool = False, quota: int | None = None) -> int:
+        """Store blobs `(keyed id, blob, base keyed id or None)`; an existing one is kept
+        unless `replace` (the owner's repair, whole blobs only). A sealed delta (a base
+        given) needs its base kept whole here (400, nothing stored, otherwise); it keeps
+        the base from gc while it is kept. 507 (nothing stored) if `quota` bytes would be
+        passed. Returns how many were written."""
         with self._lock:
             used = self._used_locked(owner)
-            todo: list[tuple[Path, bytes, int]] = []
-            for kid, blob in items:
+            todo: list[tuple[Path, bytes, int, bytes, bytes | None]] = []
+            for kid, blob, base in items:
+                if base is not None:
+                    if replace:
+                        raise BadRequestError(f"a repair of {kid.hex()} of {owner!r} must be "
+                                              "a whole sealed blob, not a sealed delta")
+                    self._check_base(owner, kid, base)
                 p = self._path(owner, kid)
                 old = p.stat().st_size if p.exists() else None
                 if old is None or replace:
-                    todo.append((p, blob, old or 0))
-            grow = sum(len(b) - old for _, b, old in todo)
+                    todo.append((p, blob, old or 0, kid, base))
+            grow = sum(len(b) - old for _, b, old, _, _ in todo)
             if quota is not None and used + grow > quota:
                 raise ApiError(f"the storage agreement for {owner!r} allows {quota} bytes; "
                                f"{used} are used and this put needs {grow} more; ask the host "
                                "for a larger agreement", 507, "quota_exceeded")
-            for p, blob, old in todo:
+            for p, blob, old, kid, base in todo:
+                if base is not None:  # the marker first: a delta is never kept without it
+                    self._write(self._marker(owner, kid, base), b"")
                 self._write(p, blob)
+                if base is None:  # stored whole (a repair of a delta): its base is freed
+                    for m in self._deps_of(owner, kid):
+                        m.unlink(missing_ok=True)
                 self._used[owner] = self._used.get(owner, 0) + len(blob) - old
             return len(todo)
 
@@ -189,8 +234,8 @@ class Vault:
             return n
 
     def gc(self, keep: set[str] | None = None) -> int:
-        """Delete blobs no pin names, and every owner not in `keep` (None: keep all
-        owners); returns how many blobs."""
+        """Delete blobs no pin names and no kept sealed delta depends on, and every owner
+        not in `keep` (None: keep all owners); returns how many blobs."""
         removed = 0
         if not self.root.exists():
             return 0
@@ -201,13 +246,35 @@ class Vault:
                 continue
             with self._lock:
                 self._used_locked(d.name)
-                pinned = self._pinned(d.name, now)
+                kept = self._kept(d.name, self._pinned(d.name, now))
                 for f in self._blobs(d.name):
-                    if f.name not in pinned:
+                    if f.name not in kept:
                         self._used[d.name] -= f.stat().st_size
                         f.unlink()
                         removed += 1
         return removed
+
+    def _kept(self, owner: str, pinned: set[str]) -> set[str]:
+        """`pinned` and the bases of the kept sealed deltas; drops the markers of deltas
+        not kept (removed now, or never written: a kill -9 between marker and blob)."""
+        kept = set(pinned)
+        deps = self._dependencies(owner)
+        grew = True
+        while grew:  # chains have depth 1 (put_many), but follow any to be safe
+            grew = False
+            for delta, base, _ in deps:
+                if delta in kept and base not in kept:
+                    kept.add(base)
+                    grew = True
+        for delta, _, marker in deps:
+            if delta in kept and self._path(owner, bytes.fromhex(delta)).exists():
+                continue
+            try:
+                if delta not in kept or marker.stat().st_mtime < self._started:
+                    marker.unlink()
+            except FileNotFoundError:
+                continue
+        return kept
 
     def usage(self) -> int:
         """Bytes of every owner's blobs."""

@@ -14,6 +14,8 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import xxhash
+
 from gfs.federation import ids
 from gfs.federation.http import BadRequestError, field
 from gfs.meta import ChunkRef
@@ -97,6 +99,27 @@ def parse_ids(data: Mapping[str, Any], name: str = "ids") -> list[bytes]:
     return [bytes.fromhex(x) for x in raw]
 
 
+def manifest_digest(refs: Iterable[ChunkRef]) -> str:
+    """How an owner and its mirror compare a file: xxh3-128 (hex) of its (id, length)
+    list (docs/format.md "Rules")."""
+    h = xxhash.xxh3_128()
+    for r in refs:
+        h.update(r.id + r.length.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def parse_digests(data: Mapping[str, Any], name: str) -> dict[str, str]:
+    """Field `name`: `[[path, manifest digest hex], ...]` (at most MAX_IDS); BadRequestError."""
+    raw = field(data, name, list, check=lambda v: len(v) <= MAX_IDS)
+    out: dict[str, str] = {}
+    for item in raw:
+        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                or not isinstance(item[1], str) or not HEX32.fullmatch(item[1])):
+            raise BadRequestError(f"field {name!r} must list [path, digest hex] pairs")
+        out[item[0]] = item[1]
+    return out
+
+
 def refs_to_wire(refs: Iterable[ChunkRef]) -> list[list[Any]]:
     """A chunk list as the wire gives it: `[[id hex, length], ...]`."""
     return [[r.id.hex(), r.length] for r in refs]
@@ -178,7 +201,7 @@ def check_name(value: Any, what: str) -> str:
 
 
 __all__ = ["HEX32", "MAX_BODY", "MAX_IDS", "MAX_REFS", "check_name", "commit_attrs",
-           "commit_attrs_to_wire", "glob_match",
-           "ids_to_wire", "literal_prefix", "pack_frames", "parse_ids", "parse_refs",
+           "commit_attrs_to_wire", "glob_match", "ids_to_wire", "literal_prefix",
+           "manifest_digest", "pack_frames", "parse_digests", "parse_ids", "parse_refs",
            "refs_from_wire", "refs_to_wire", "unpack_frames", "version_keyed",
            "xattrs_from_wire", "xattrs_to_wire"]
