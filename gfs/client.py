@@ -80,6 +80,10 @@ if TYPE_CHECKING:
 Progress = Callable[[int], None]
 #: the block size of `iter_bytes` (read ahead by the manifest reader)
 READ_BLOCK = 4 << 20
+#: A put keeps the conflict check's walk of a local tree of up to this many entries
+#: (~30 MB) instead of listing and stat-ing the tree again (0.13 s of 2.2 s for the
+#: 10,000 entries of one bench ingest snapshot).
+PUT_WALK_KEPT = 100_000
 log = logging.getLogger("gfs.client")
 
 
@@ -525,7 +529,7 @@ class Client:
         Files become visible in committed batches.
         """
         src, top, dest = put_source(local, path)
-        dest_exists = self._check_put_conflicts(dest, src, top)
+        dest_exists, walked = self._check_put_conflicts(dest, src, top)
         report = TransferReport()
         base = paths.split(dest)
         dirs: dict[tuple[str, ...], int] = {}  # rel path -> ino, filled in as actions commit
@@ -533,7 +537,7 @@ class Client:
         with _fast_thread_switching(), self.store.writer() as session:
             if not statmod.S_ISDIR(top.st_mode) and base:
                 session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
-            for leaving, e in _walk_local(src, top):
+            for leaving, e in walked if walked is not None else _walk_local(src, top):
                 if leaving:  # directory modes and times, once its children are queued
                     session.add_action(_dir_attrs_action(dirs, e.rel, e.st))
                     continue
@@ -567,10 +571,12 @@ class Client:
         report.write = session.stats
         return report
 
-    def _check_put_conflicts(self, dest: str, src: Path, top: os.stat_result) -> bool:
+    def _check_put_conflicts(self, dest: str, src: Path, top: os.stat_result
+                             ) -> tuple[bool, list[tuple[bool, _LocalEntry]] | None]:
         """Refuse conflicts (and unreadable or badly named local entries) before anything
         is written: one streaming pass over the local tree. Returns whether `dest`
-        exists."""
+        exists, and the walk itself when it has at most `PUT_WALK_KEPT` entries (the
+        put then does not list and stat the tree a second time)."""
         base = paths.split(dest)
         with self.engine.read() as txn:
             try:
@@ -588,7 +594,12 @@ class Client:
                     raise NotADirError(paths.join(base[: i + 1]))
                 node = kid
             parents = _NsDirs(base)
+            walked: list[tuple[bool, _LocalEntry]] | None = []
             for leaving, e in _walk_local(src, top):
+                if walked is not None:
+                    walked.append((leaving, e))
+                    if len(walked) > PUT_WALK_KEPT:
+                        walked = None  # a huge tree: the put walks it again
                 if leaving or (e.rel and not dest_exists):
                     continue
                 ns = paths.join([*base, *e.rel])
@@ -602,7 +613,7 @@ class Client:
                     hint = ("; to put it inside, end the destination with '/'"
                             if not e.rel else "")
                     raise IsADirError(ns, f"cannot replace a directory with a file{hint}")
-        return dest_exists
+        return dest_exists, walked
 
     def get(self, path: str, local: str | os.PathLike[str],
             progress: Progress | None = None, *, skip_damaged: bool = False,

@@ -9,8 +9,9 @@ chunk id stays the id of the plain content; decoding verifies it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import zstandard
@@ -29,6 +30,7 @@ from gfs.codec import (
     parse_blob_header,
 )
 from gfs.errors import ChunkMissingError, CorruptChunkError
+from gfs.eviction import LRUPolicy
 from gfs.meta import ChunkRecord, ReadTxn, WriteTxn
 
 log = logging.getLogger("hutong.delta")
@@ -47,12 +49,67 @@ def _dictionary(base_raw: Buffer) -> zstandard.ZstdCompressionDict:
                                          dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
-def delta_frame(raw: Buffer, base_raw: Buffer, level: int) -> bytes:
-    """One zstd frame of `raw` with `base_raw` as prefix (content size, no checksum)."""
-    comp = zstandard.ZstdCompressor(level=level, dict_data=_dictionary(base_raw),
-                                    write_content_size=True, write_checksum=False,
-                                    write_dict_id=False)
-    return comp.compress(raw)
+#: Bytes of bases whose prepared zstd contexts one thread keeps (LRU). Building a
+#: context loads the base into zstd's match tables; on the release series' small
+#: files against a 64 KiB dictionary that cost 124 us per chunk, reusing it 17 us.
+CONTEXT_CACHE_BYTES = 4 << 20
+
+_Context = zstandard.ZstdCompressor | zstandard.ZstdDecompressor
+
+
+class _Contexts(threading.local):
+    """One thread's zstd contexts with a base loaded, keyed by the base's chunk id
+    (its content digest, so a key names one content): compressors per level and
+    a decompressor, evicted least recently used by base bytes."""
+
+    def __init__(self) -> None:
+        self.policy = LRUPolicy(CONTEXT_CACHE_BYTES)
+        self.entries: dict[bytes, _Context] = {}
+
+    def get(self, key: bytes, size: int, make: Callable[[], _Context]) -> _Context:
+        ctx = self.entries.get(key)
+        if ctx is not None:
+            self.policy.hit(key)
+            return ctx
+        ctx = make()
+        for gone in self.policy.admit(key, size):
+            self.entries.pop(gone, None)
+        if key in self.policy:
+            self.entries[key] = ctx
+        return ctx
+
+
+_contexts = _Contexts()
+
+
+def _compressor(base_raw: Buffer, level: int, base_id: bytes | None) -> zstandard.ZstdCompressor:
+    def make() -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(level=level, dict_data=_dictionary(base_raw),
+                                        write_content_size=True, write_checksum=False,
+                                        write_dict_id=False)
+    if base_id is None:
+        return make()
+    key = b"c" + level.to_bytes(1, "big", signed=True) + base_id
+    ctx = _contexts.get(key, len(base_raw), make)
+    assert isinstance(ctx, zstandard.ZstdCompressor)
+    return ctx
+
+
+def _decompressor(base_raw: Buffer, base_id: bytes) -> zstandard.ZstdDecompressor:
+    ctx = _contexts.get(b"d" + base_id, len(base_raw),
+                        lambda: zstandard.ZstdDecompressor(dict_data=_dictionary(base_raw)))
+    assert isinstance(ctx, zstandard.ZstdDecompressor)
+    return ctx
+
+
+def delta_frame(raw: Buffer, base_raw: Buffer, level: int, base_id: bytes | None = None
+                ) -> bytes:
+    """One zstd frame of `raw` with `base_raw` as prefix (content size, no checksum).
+
+    With `base_id` (the chunk id of `base_raw`) the zstd context loaded with the
+    base is kept for the next delta against it on this thread.
+    """
+    return _compressor(base_raw, level, base_id).compress(raw)
 
 
 def encode_delta(raw: Buffer, cid: bytes, base_id: bytes, base_raw: Buffer,
@@ -62,7 +119,7 @@ def encode_delta(raw: Buffer, cid: bytes, base_id: bytes, base_raw: Buffer,
         raise ValueError(f"chunk ids must be {CHUNK_ID_LEN} bytes")
     if base_id == cid:
         raise ValueError(f"chunk {cid.hex()} cannot be a delta against itself")
-    payload = base_id + delta_frame(raw, base_raw, level)
+    payload = base_id + delta_frame(raw, base_raw, level, base_id)
     header = BlobHeader(CODEC_DELTA, 0, len(raw), len(payload), cid).to_bytes()
     return header, payload
 
@@ -101,7 +158,7 @@ def decode_delta_payload(header: BlobHeader, payload: Buffer, base_raw: Buffer) 
     if size != header.raw_len:
         raise _corrupt(f"{of}: frame declares {size} bytes, header says {header.raw_len}", cid)
     try:
-        raw = zstandard.ZstdDecompressor(dict_data=_dictionary(base_raw)).decompress(
+        raw = _decompressor(base_raw, base_id).decompress(
             frame, max_output_size=header.raw_len, allow_extra_data=False)
     except zstandard.ZstdError as e:
         raise _corrupt(f"{of}: does not decompress ({e})", cid) from e

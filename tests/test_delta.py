@@ -395,3 +395,29 @@ def test_small_chunks_are_deltas_against_a_trained_dictionary(dfs: Client,
     with dfs.engine.read() as txn:
         assert list(txn.iter_chunks()) == []
     assert dfs.fsck().ok
+
+
+def test_delta_contexts_are_reused_per_base_and_bounded() -> None:
+    """A delta against a base whose zstd context this thread built reuses it (the
+    session dictionary serves thousands of small chunks), output unchanged; the
+    contexts kept stay within their byte budget."""
+    rng = random.Random(11)
+    base = text(rng, 60_000)
+    bid = chunk_id(base)
+    news = [mutate(base, rng, 3) for _ in range(3)]
+    fresh = [delta.delta_frame(n, base, 3) for n in news]  # no id: nothing kept
+    assert b"c\x03" + bid not in delta._contexts.entries
+    cached = [delta.delta_frame(n, base, 3, bid) for n in news]
+    assert cached == fresh
+    ctx = delta._contexts.entries[b"c\x03" + bid]
+    delta.delta_frame(news[0], base, 3, bid)
+    assert delta._contexts.entries[b"c\x03" + bid] is ctx
+    header, payload = delta.encode_delta(news[0], chunk_id(news[0]), bid, base, 3)
+    assert decode_blob(header + payload, base={bid: base}.__getitem__) == news[0]
+    assert b"d" + bid in delta._contexts.entries
+    for _ in range(delta.CONTEXT_CACHE_BYTES // 60_000 + 4):
+        other = text(rng, 60_000)
+        delta.delta_frame(news[0], other, 3, chunk_id(other))
+    assert delta._contexts.policy.size <= delta.CONTEXT_CACHE_BYTES
+    assert set(delta._contexts.entries) == set(delta._contexts.policy.keys())
+    assert b"c\x03" + bid not in delta._contexts.entries  # least recently used: evicted
