@@ -21,6 +21,8 @@ from gfs.codec import (
     BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
     CODEC_DELTA,
+    CODEC_RAW,
+    CODEC_ZSTD,
     BaseReader,
     BlobHeader,
     Buffer,
@@ -182,6 +184,26 @@ DICT_TRAIN_BYTES = 1 << 20
 DICT_SIZE = 64 << 10
 #: Chunks smaller than this are not worth a dictionary (nor a sample).
 DICT_MIN = 64
+#: meta key: the id of the dictionary the last session that trained one stored; later
+#: sessions use it instead of training again (docs/format.md, "Dictionary chunks").
+DICTIONARY_KEY = "delta_dictionary"
+
+
+def current_dictionary(txn: ReadTxn) -> bytes | None:
+    """The id of the store's current dictionary chunk, if it is still stored whole."""
+    cid = txn.get_meta(DICTIONARY_KEY)
+    if cid is None:
+        return None
+    rec = txn.get_chunk(cid)
+    if rec is None or not rec.locations or rec.codec not in (CODEC_RAW, CODEC_ZSTD):
+        return None
+    return cid
+
+
+def set_dictionary(txn: WriteTxn, cid: bytes) -> None:
+    """Make `cid` (a dictionary chunk recorded in this transaction) the current one."""
+    txn.set_meta(DICTIONARY_KEY, cid)
+
 
 @dataclass(slots=True)
 class Plan:
@@ -197,11 +219,14 @@ class DeltaPlanner:
 
     `read_base` reads a committed chunk's verified raw bytes (`ChunkStore.read_chunk`).
     Bases are chunks stored whole: committed ones found in the resemblance
-    index, or chunks new in this session (kept until the next commit).
+    index, or chunks new in this session (kept until the next commit). Small
+    chunks use the dictionary `stored` (the store's current one) when it can be
+    read, else one the session trains.
     """
 
-    def __init__(self, read_base: BaseReader) -> None:
+    def __init__(self, read_base: BaseReader, stored: bytes | None = None) -> None:
         self._read_base = read_base
+        self._stored = stored
         self._local: dict[bytes, tuple[bytes, Buffer]] = {}
         self._samples: list[bytes | bytearray | memoryview] = []
         self._sampled = 0
@@ -231,6 +256,8 @@ class DeltaPlanner:
     def _small(self, piece: Buffer, keys: list[bytes]) -> Plan | None:
         """A small chunk without a base: a delta against the session's dictionary once
         it is trained; before that, a sample for it."""
+        if self._dict is None and self._stored is not None:
+            self._load_stored()
         if self._dict is not None:
             return Plan(keys, *self._dict)
         if len(piece) >= DICT_MIN and not self._dict_failed:
@@ -239,6 +266,15 @@ class DeltaPlanner:
             if self._sampled >= DICT_TRAIN_BYTES:
                 self._train()
         return Plan(keys) if keys else None
+
+    def _load_stored(self) -> None:
+        cid, self._stored = self._stored, None
+        assert cid is not None
+        try:
+            self._dict = (cid, self._read_base(cid))
+        except (CorruptChunkError, ChunkMissingError) as e:
+            log.warning("the store's dictionary %s cannot be read (%s): training another",
+                        cid.hex(), e)
 
     def _train(self) -> None:
         samples, self._samples, self._sampled = self._samples, [], 0

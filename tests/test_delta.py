@@ -421,3 +421,40 @@ def test_delta_contexts_are_reused_per_base_and_bounded() -> None:
     assert delta._contexts.policy.size <= delta.CONTEXT_CACHE_BYTES
     assert set(delta._contexts.entries) == set(delta._contexts.policy.keys())
     assert b"c\x03" + bid not in delta._contexts.entries  # least recently used: evicted
+
+
+def test_later_sessions_reuse_the_stored_dictionary(dfs: Client, tmp_path: Path) -> None:
+    """A second put takes the store's dictionary at once (no training, no second
+    dictionary chunk, its first small chunks already deltas); once gc has dropped the
+    dictionary with its last dependent, the next put trains a new one."""
+    files = _small_files(600, 43)
+    for part, names in (("a", list(files)[:300]), ("b", list(files)[300:])):
+        src = tmp_path / part
+        src.mkdir()
+        for p in names:
+            (src / p.rsplit("/", 1)[1]).write_bytes(files[p])
+    dfs.put(str(tmp_path / "a"), "/a")
+    with dfs.engine.read() as txn:
+        first = delta.current_dictionary(txn)
+        before = Counter(dict(txn.iter_values(delta.DELTAS)).values())[first]
+    assert first is not None and before > 0
+    dfs.put(str(tmp_path / "b"), "/b")
+    with dfs.engine.read() as txn:
+        assert delta.current_dictionary(txn) == first
+        deps = dict(txn.iter_values(delta.DELTAS))
+        sizes = {rec.id: rec.raw_len for rec in txn.iter_chunks()}
+    assert [cid for cid, n in sizes.items() if n == delta.DICT_SIZE] == [first]
+    # all of /b's small files could use it: far more dependents than a trained-late one
+    assert Counter(deps.values())[first] - before > 150
+    for p in list(files)[300:]:
+        assert dfs.read_bytes("/b/" + p.rsplit("/", 1)[1]) == files[p]
+    dfs.rm("/a", recursive=True)
+    dfs.rm("/b", recursive=True)
+    dfs.gc()
+    with dfs.engine.read() as txn:
+        assert delta.current_dictionary(txn) is None
+    dfs.put(str(tmp_path / "a"), "/c")
+    with dfs.engine.read() as txn:
+        again = delta.current_dictionary(txn)
+    assert again is not None
+    assert dfs.fsck().ok
