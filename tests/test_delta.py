@@ -367,17 +367,21 @@ def _small_files(n: int, seed: int) -> dict[str, bytes]:
     return out
 
 
+def _local_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """Write `files` (namespace path -> bytes) flat into local directory `root`."""
+    root.mkdir()
+    for p, data in files.items():
+        (root / p.rsplit("/", 1)[1]).write_bytes(data)
+    return root
+
+
 def test_small_chunks_are_deltas_against_a_trained_dictionary(dfs: Client,
                                                                tmp_path: Path) -> None:
     """Past DICT_TRAIN_BYTES of small chunks a session trains a dictionary, stores it as
     a whole chunk no file names, and stores later small chunks as deltas against it; it
     reads back, fsck is clean, and gc drops the dictionary with its last dependent."""
     files = _small_files(600, 41)  # ~2.6 MB of small files: past the 1 MiB of samples
-    src = tmp_path / "src"
-    src.mkdir()
-    for p, data in files.items():
-        (src / p.rsplit("/", 1)[1]).write_bytes(data)
-    dfs.put(str(src), "/s")
+    dfs.put(str(_local_tree(tmp_path / "src", files)), "/s")
     with dfs.engine.read() as txn:
         bases = Counter(dict(txn.iter_values(delta.DELTAS)).values())
         named = {r.id for _, m in txn.iter_manifests() for r in m.chunks}
@@ -458,3 +462,29 @@ def test_later_sessions_reuse_the_stored_dictionary(dfs: Client, tmp_path: Path)
         again = delta.current_dictionary(txn)
     assert again is not None
     assert dfs.fsck().ok
+
+
+def test_a_restore_batch_reads_each_base_once(dfs: Client, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small files stored as deltas against the dictionary: a get of the tree reads the
+    dictionary once per batch, not once per file, and restores every byte."""
+    files = _small_files(600, 47)
+    dfs.put(str(_local_tree(tmp_path / "src", files)), "/s")
+    with dfs.engine.read() as txn:
+        deps = Counter(dict(txn.iter_values(delta.DELTAS)).values())
+    assert max(deps.values()) > 100
+    source = dfs.store.source
+    reads: Counter[bytes] = Counter()
+    real = source.read_verified
+
+    def counting(cid: bytes, path: str = "", **kw: object) -> tuple[bytes, bytes]:
+        reads[cid] += 1
+        return real(cid, path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(source, "read_verified", counting)
+    out = tmp_path / "out"
+    dfs.get("/s", out)
+    for p, data in files.items():
+        assert (out / p.rsplit("/", 1)[1]).read_bytes() == data
+    assert set(reads) == set(deps)  # every base read, ...
+    assert max(reads.values()) <= 2  # ... once (two threads may race); 600 files, 1 batch
