@@ -212,6 +212,7 @@ class Plan:
     keys: list[bytes]  #: its resemblance index keys
     base: bytes | None = None  #: the base to try a delta against
     base_raw: Buffer | None = None  #: the base's bytes when it is new in this session
+    dictionary: bool = False  #: the base is the store's dictionary (base_raw is set)
 
 
 class DeltaPlanner:
@@ -259,7 +260,7 @@ class DeltaPlanner:
         if self._dict is None and self._stored is not None:
             self._load_stored()
         if self._dict is not None:
-            return Plan(keys, *self._dict)
+            return Plan(keys, *self._dict, dictionary=True)
         if len(piece) >= DICT_MIN and not self._dict_failed:
             self._samples.append(bytes(piece))
             self._sampled += len(piece)
@@ -301,10 +302,28 @@ class DeltaPlanner:
 
     def encode(self, raws: Sequence[Buffer], ids: Sequence[bytes],
                plans: Sequence[Plan | None], level: int) -> list[tuple[bytes, Buffer]]:
-        """`encode_blobs`, then a delta for each chunk with a base where it pays."""
-        out = encode_blobs(raws, ids, level)
+        """Each chunk as a delta where it pays, else as `encode_blobs` stores it.
+
+        A delta against the dictionary is made first and kept when it saves 1/64
+        of the raw bytes (the rule `encode_blobs` applies to compression): the
+        chunk is then not compressed a second time to compare, and a restore reads
+        the dictionary once per batch, so its extra read costs next to nothing.
+        A delta against another base must beat the whole blob by `pays`.
+        """
+        done: dict[int, tuple[bytes, Buffer]] = {}
         for i, plan in enumerate(plans):
-            if plan is None or plan.base is None:
+            if plan is not None and plan.dictionary and plan.base and plan.base_raw:
+                header, payload = encode_delta(raws[i], ids[i], plan.base, plan.base_raw,
+                                               level)
+                raw_len = len(raws[i])
+                if len(payload) < raw_len - raw_len // 64:
+                    done[i] = (header, payload)
+        rest = [i for i in range(len(raws)) if i not in done]
+        whole = encode_blobs([raws[i] for i in rest], [ids[i] for i in rest], level)
+        done.update(zip(rest, whole, strict=True))
+        out = [done[i] for i in range(len(raws))]
+        for i, plan in enumerate(plans):
+            if plan is None or plan.base is None or plan.dictionary:
                 continue
             try:
                 base_raw = (plan.base_raw if plan.base_raw is not None

@@ -488,3 +488,36 @@ def test_a_restore_batch_reads_each_base_once(dfs: Client, tmp_path: Path,
         assert (out / p.rsplit("/", 1)[1]).read_bytes() == data
     assert set(reads) == set(deps)  # every base read, ...
     assert max(reads.values()) <= 2  # ... once (two threads may race); 600 files, 1 batch
+
+
+def test_dictionary_deltas_are_not_compressed_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small chunk planned against the dictionary is encoded as a delta only (no whole
+    frame to compare) and kept when it saves 1/64 of its raw bytes; one the dictionary
+    cannot shrink, and chunks without a plan, are stored as encode_blobs stores them."""
+    rng = random.Random(53)
+    corpus = text(rng, 200_000)
+    dictionary = corpus[:64_000]
+    did = chunk_id(dictionary)
+    similar = corpus[70_000:73_000]
+    noise = rng.randbytes(3000)
+    plain = corpus[100_000:104_000]
+    raws = [similar, noise, plain]
+    ids = [chunk_id(r) for r in raws]
+    plans: list[delta.Plan | None] = [
+        delta.Plan([], did, dictionary, dictionary=True),
+        delta.Plan([], did, dictionary, dictionary=True), None]
+    whole_calls: list[int] = []
+    real = delta.encode_blobs
+
+    def spy(rs: list[bytes], cids: list[bytes], level: int) -> list[tuple[bytes, object]]:
+        whole_calls.append(len(rs))
+        return real(rs, cids, level)  # type: ignore[return-value]
+
+    monkeypatch.setattr(delta, "encode_blobs", spy)
+    planner = delta.DeltaPlanner(lambda cid: b"")
+    out = planner.encode(raws, ids, plans, 3)
+    assert whole_calls == [2]  # the noise (no saving) and the unplanned chunk only
+    codecs = [parse_blob_header(h).codec for h, _ in out]
+    assert codecs[0] == CODEC_DELTA and codecs[1] != CODEC_DELTA and codecs[2] != CODEC_DELTA
+    for (h, p), raw, cid in zip(out, raws, ids, strict=True):
+        assert decode_blob(h + bytes(p), expect_id=cid, base={did: dictionary}.__getitem__) == raw
