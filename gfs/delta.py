@@ -173,8 +173,10 @@ def decode_delta_payload(header: BlobHeader, payload: Buffer, base_raw: Buffer) 
 
 # -- writing: choosing bases and encoding (used by gfs.store.WriteSession) ----------------
 
-#: Chunks under this size (small files are one chunk each) that find no resembling
-#: base are tried as deltas against the session's dictionary chunk.
+#: The dictionary is trained on chunks under this size (small files are one chunk
+#: each). Once there is one, every new chunk that finds no resembling base is tried
+#: as a delta against it: on the release series' Django chunks of 16 KiB and more
+#: (28.9 MB) that stores 7.88 MB at level 3 where plain zstd stores 8.54 MB.
 DICT_SMALL = 16 << 10
 #: The dictionary is trained on about this many bytes of a session's first small
 #: chunks, and is this large. `python -m bench dictionaries` on the release series
@@ -255,18 +257,17 @@ class DeltaPlanner:
         if base is None:
             for key in keys:
                 self._local[key] = (cid, piece)
-            if len(piece) < DICT_SMALL:
-                return self._small(piece, keys)
+            return self._small(piece, keys)
         return Plan(keys, base)
 
     def _small(self, piece: Buffer, keys: list[bytes]) -> Plan | None:
-        """A small chunk without a base: a delta against the session's dictionary once
-        it is trained; before that, a sample for it."""
+        """A chunk without a base: a delta against the dictionary once there is one;
+        before that, a small chunk is a sample for it."""
         if self._dict is None and self._stored is not None:
             self._load_stored()
         if self._dict is not None:
             return Plan(keys, *self._dict, dictionary=True)
-        if len(piece) >= DICT_MIN and not self._dict_failed:
+        if DICT_MIN <= len(piece) < DICT_SMALL and not self._dict_failed:
             self._samples.append(bytes(piece))
             self._sampled += len(piece)
             if self._sampled >= DICT_TRAIN_BYTES:
@@ -292,6 +293,11 @@ class DeltaPlanner:
             return
         self._dict = (chunk_id(raw), raw)
         self._dict_new = True
+
+    @property
+    def dictionary_id(self) -> bytes | None:
+        """The id of the dictionary this session uses, once it has one."""
+        return self._dict[0] if self._dict is not None else None
 
     def take_dictionary(self) -> tuple[bytes, bytes] | None:
         """(id, raw bytes) of a dictionary trained since the last call: the session
@@ -345,9 +351,11 @@ class DeltaPlanner:
 
 def commit_records(txn: WriteTxn, new: Mapping[bytes, tuple[bytes | None, list[bytes]]]
                    ) -> Counter[bytes]:
-    """Record a commit's new chunks: `deltas` entries, index entries for whole ones.
+    """Record a commit's new chunks: `deltas` entries, index entries for whole ones
+    and for deltas against the dictionary (`resemblance.usable_base`).
 
-    `new` maps each newly recorded chunk to (its base or None, its index keys).
+    `new` maps each newly recorded chunk to (its base or None, its index keys; none
+    for a delta that may not be a base).
     Returns the references the deltas add to their bases (added to refcounts
     by the caller, in the same transaction).
     """
@@ -356,7 +364,7 @@ def commit_records(txn: WriteTxn, new: Mapping[bytes, tuple[bytes | None, list[b
         if base is not None:
             txn.put_value(DELTAS, cid, base)
             refs[base] += 1
-        elif keys:
+        if keys:
             resemblance.record_base(txn, cid, keys)
     return refs
 

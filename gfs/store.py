@@ -580,7 +580,11 @@ class WriteSession:
                 offset, blob_len = self._pack.add(header, payload)
                 head = parse_blob_header(header)
                 if head.codec == CODEC_DELTA:
-                    self._delta_meta[cid] = (bytes(payload[:CHUNK_ID_LEN]), [])
+                    base = bytes(payload[:CHUNK_ID_LEN])
+                    # a delta against the dictionary may be a base itself: keep its keys
+                    keys = self._delta_meta.get(cid, (None, []))[1]
+                    dictionary = self._planner.dictionary_id if self._planner else None
+                    self._delta_meta[cid] = (base, keys if base == dictionary else [])
                     self.stats.delta_chunks += 1
                 self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, head.raw_len,
                                            head.payload_len, head.codec)

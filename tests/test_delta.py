@@ -525,3 +525,43 @@ def test_dictionary_deltas_are_not_compressed_twice(monkeypatch: pytest.MonkeyPa
     assert bytes(out[0][1]) != did + delta.delta_frame(similar, dictionary, 3)
     for (h, p), raw, cid in zip(out, raws, ids, strict=True):
         assert decode_blob(h + bytes(p), expect_id=cid, base={did: dictionary}.__getitem__) == raw
+
+
+def test_big_chunks_use_the_dictionary_and_stay_bases(dfs: Client, tmp_path: Path) -> None:
+    """Once the store has a dictionary, a big chunk without a resembling base is a delta
+    against it, and may still be the base of a later similar chunk (a chain of 2); all
+    read back, fsck is clean, and gc drops the whole chain with the last file."""
+    dfs.put(str(_local_tree(tmp_path / "src", _small_files(600, 59))), "/s")
+    with dfs.engine.read() as txn:
+        dictionary = delta.current_dictionary(txn)
+    assert dictionary is not None
+    rng = random.Random(59)
+    big = text(rng, 400_000)
+    dfs.write_bytes("/big1", big)
+    with dfs.engine.read() as txn:
+        deps = dict(txn.iter_values(delta.DELTAS))
+        m = txn.get_manifest(dfs.stat("/big1").ino)
+        assert m is not None
+        first = [r.id for r in m.chunks]
+        assert all(r.length >= delta.DICT_SMALL for r in m.chunks[:-1])
+        assert [deps.get(c) for c in first] == [dictionary] * len(first)
+        assert all(resemblance.usable_base(txn, c) for c in first)
+    big2 = mutate(big, rng, 8)
+    dfs.write_bytes("/big2", big2)
+    with dfs.engine.read() as txn:
+        deps = dict(txn.iter_values(delta.DELTAS))
+        m2 = txn.get_manifest(dfs.stat("/big2").ino)
+        assert m2 is not None
+        chained = [r.id for r in m2.chunks if deps.get(r.id) in first]
+        assert chained  # deltas against dictionary deltas
+        for cid in chained:
+            assert not resemblance.usable_base(txn, cid)  # no chain of 3
+    assert dfs.read_bytes("/big1") == big and dfs.read_bytes("/big2") == big2
+    assert dfs.fsck().ok
+    for p in ("/s", "/big1", "/big2"):
+        dfs.rm(p, recursive=True)
+    dfs.gc()
+    with dfs.engine.read() as txn:
+        assert list(txn.iter_chunks()) == []
+        assert list(txn.iter_values(delta.DELTAS)) == []
+    assert dfs.fsck().ok
