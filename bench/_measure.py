@@ -25,7 +25,9 @@ class VerifyError(RuntimeError):
 
 @dataclass(frozen=True)
 class Run:
-    """One finished command: exit code, wall seconds, peak RSS (KiB) and its output."""
+    """One finished command: exit code, wall seconds, peak RSS (KiB), its output, and the
+    CPU seconds (user + system) of it and its children (steadier than wall time when the
+    machine is shared)."""
 
     argv: tuple[str, ...]
     rc: int
@@ -33,6 +35,7 @@ class Run:
     maxrss_kib: int
     stdout: str
     stderr: str
+    cpu: float = 0.0
 
 
 #: GNU time (Debian package `time`): starts each measured command and reports its peak RSS.
@@ -53,7 +56,7 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(prefix="bench-rss-") as report:
         t0 = time.perf_counter()
-        proc = subprocess.run([GNU_TIME, "-q", "-f", "%M", "-o", report.name, *argv],
+        proc = subprocess.run([GNU_TIME, "-q", "-f", "%U %S %M", "-o", report.name, *argv],
                               stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                               env=dict(env) if env is not None else None, cwd=cwd,
                               check=False)
@@ -61,8 +64,10 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
         out.seek(0)
         err.seek(0)
         words = Path(report.name).read_text().split()
+        cpu = float(words[-3]) + float(words[-2]) if len(words) >= 3 else 0.0
         result = Run(tuple(argv), proc.returncode, wall, int(words[-1]) if words else 0,
-                     out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+                     out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                     cpu)
     if check and result.rc != 0:
         tail = " | ".join(result.stderr.strip().splitlines()[-5:]) or "no stderr"
         raise CommandError(f"{' '.join(argv)} exited {result.rc}: {tail}")

@@ -1,7 +1,12 @@
 """Ingest and restore versioned real data with hutong, restic, borg, zpaq and zstd.
 
-`python -m bench ingest [--quick] [--tools hutong,hutong-delta,...] [--workdir DIR]
-[--tmpfs] [--keep]`
+`python -m bench ingest [--quick] [--shape releases|smallfiles] [--tools hutong,...]
+[--workdir DIR] [--tmpfs] [--keep]`
+
+Two data shapes (bench/datasets.py): `releases` (default; unpacked Django sdists and
+numpy wheels, 6 snapshots) and `smallfiles` (unpacked Django sdists and wheels: ~62,000
+files, nine in ten under 16 KiB; its --quick set is ~7,300 files), with the same rows
+and figures.
 
 For each tool, on the same dataset and the same filesystem (the real disk under
 bench/.work unless --workdir or --tmpfs say otherwise), with the page cache warmed by
@@ -315,6 +320,8 @@ class Result:
     details: dict[str, object] = field(default_factory=dict)
     split: tuple[int, int] | None = None  #: (data, metadata) bytes, when known
     load: float = 0.0  #: 1-minute load average when the tool finished (shared machine)
+    ingest_cpu: float = 0.0  #: CPU seconds (user + system) of the ingest commands
+    restore_cpu: float = 0.0  #: CPU seconds of the restore commands
 
     @property
     def ingest_mbs(self) -> float:
@@ -358,16 +365,20 @@ def run_tool(tool: Tool, snapshots: Sequence[Path], expected: Mapping[str, Mappi
             per_snapshot.append(time.perf_counter() - t1)
         tool.finish_ingest(snapshots)
         ingest_s = time.perf_counter() - t0
+        restoring = len(tool.runs)
         target = tool.work / "restore"
         t0 = time.perf_counter()
         tool.restore([s.name for s in snapshots], target)
         restore_s = time.perf_counter() - t0
+        ingest_cpu = sum(r.cpu for r in tool.runs[start:restoring])
+        restore_cpu = sum(r.cpu for r in tool.runs[restoring:])
         peak = max((r.maxrss_kib for r in tool.runs[start:]), default=0)
         files = sum(verify_tree(expected[s.name], target / s.name) for s in snapshots)
         stored = tool.stored_bytes()
         details = tool.details()
         return Result(tool.name, tool.version(), logical, stored, ingest_s, restore_s, peak,
-                      files, per_snapshot, details, tool.stored_split(), os.getloadavg()[0])
+                      files, per_snapshot, details, tool.stored_split(), os.getloadavg()[0],
+                      ingest_cpu, restore_cpu)
     finally:
         if not keep:
             remove_tree(tool.work)
@@ -384,18 +395,20 @@ def choose_workdir(logical: int, override: str | None, tmpfs: bool = False) -> P
     return LOCAL_WORK / f"ingest-{os.getpid()}"
 
 
-def print_results(results: Sequence[Result]) -> None:
-    """The table, per-tool detail lines and the headline."""
+def print_results(results: Sequence[Result], shape: str = "") -> None:
+    """The table, per-tool detail lines and the headline (naming the data `shape`)."""
     mib = 1 << 20
     rows = [[r.tool, r.version, f"{r.logical / 1e6:.1f}", f"{r.stored / 1e6:.1f}",
              f"{r.split[0] / 1e6:.1f}" if r.split else "-",
              f"{r.split[1] / 1e6:.1f}" if r.split else "-",
              f"{100 * r.stored / r.logical:.1f}", f"{r.ingest_s:.2f}", f"{r.ingest_mbs:.1f}",
-             f"{r.restore_s:.2f}", f"{r.restore_mbs:.1f}", f"{r.peak_rss_kib * 1024 / mib:.0f}",
+             f"{r.restore_s:.2f}", f"{r.restore_mbs:.1f}", f"{r.ingest_cpu:.2f}",
+             f"{r.restore_cpu:.2f}", f"{r.peak_rss_kib * 1024 / mib:.0f}",
              r.files, f"{r.load:.1f}"] for r in results]
     print(table(["tool", "version", "logical MB", "stored MB", "data MB", "meta MB",
                  "stored %", "ingest s", "ingest MB/s", "restore s", "restore MB/s",
-                 "peak RSS MiB", "files verified", "load"], rows))
+                 "ingest CPU s", "restore CPU s", "peak RSS MiB", "files verified", "load"],
+                rows))
     for r in results:
         snaps = " ".join(f"{s:.2f}" for s in r.per_snapshot_s)
         print(f"{r.tool}: peak RSS {r.peak_rss_kib / 1024:.0f} MiB; ingest s per snapshot: {snaps}")
@@ -421,6 +434,10 @@ def print_results(results: Sequence[Result]) -> None:
         figures["stored_vs_zstd_long"] = round(h.stored / by["zstd-long"].stored, 3)
     if h.split is not None:
         figures["meta_share"] = round(h.split[1] / h.stored, 3)
+    if h.ingest_cpu > 0:  # the CPU ratio holds up when the shared machine is busy
+        figures["ingest_cpu_x"] = round(min(p.ingest_cpu for p in peers) / h.ingest_cpu, 2)
+    if shape:
+        figures["shape"] = shape
     print(headline("ingest", met, row=h.tool,
                    stored_vs=("zpaq" if zpaq is not None else "best_peer"),
                    stored_vs_best=round(stored_vs_best, 3), **figures,
@@ -432,6 +449,8 @@ def print_results(results: Sequence[Result]) -> None:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2 snapshots (~120 MB) instead of 6")
+    p.add_argument("--shape", choices=datasets.NAMES, default="releases",
+                   help="the data: release series (default) or many small files")
     p.add_argument("--tools", default=",".join(TOOLS),
                    help=f"comma list of {','.join(TOOLS)}")
     p.add_argument("--dataset", help="use this directory of v1/, v2/, ... instead of fetching")
@@ -448,7 +467,7 @@ def main(argv: list[str]) -> int:
         return 2
 
     try:
-        root = Path(args.dataset) if args.dataset else datasets.fetch("releases", args.quick)
+        root = Path(args.dataset) if args.dataset else datasets.fetch(args.shape, args.quick)
     except datasets.DatasetError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
@@ -484,7 +503,7 @@ def main(argv: list[str]) -> int:
         if not args.keep and base.exists():
             shutil.rmtree(base, ignore_errors=True)
     if results:
-        print_results(results)
+        print_results(results, "" if args.dataset else args.shape)
     return 1 if failed or not results else 0
 
 

@@ -51,25 +51,45 @@ def index_keys(sfs: Sequence[int]) -> list[bytes]:
 
 
 def find_base(txn: ReadTxn, keys: Iterable[bytes]) -> bytes | None:
-    """A stored whole chunk (codec 0 or 1, with a copy) sharing a super-feature, or None.
+    """A stored chunk that may be a base (`usable_base`) sharing a super-feature, or None.
 
-    Stale entries (chunk gone, lost, or itself a delta) are ignored.
+    Stale entries (chunk gone, lost, or not usable) are ignored.
     """
     return next(candidates(txn, keys), None)
 
 
 def candidates(txn: ReadTxn, keys: Iterable[bytes]) -> Iterator[bytes]:
-    """The distinct stored whole chunks the index names under `keys`, in key order
-    (stale entries skipped, as in `find_base`)."""
+    """The distinct usable bases the index names under `keys`, in key order (stale
+    entries skipped, as in `find_base`)."""
     seen: set[bytes] = set()
     for key in keys:
         base = txn.get_value(TABLE, key)
         if base is None or base in seen:
             continue
         seen.add(base)
-        rec = txn.get_chunk(base)
-        if rec is not None and rec.locations and rec.codec in (CODEC_RAW, CODEC_ZSTD):
+        if usable_base(txn, base):
             yield base
+
+
+def _whole(txn: ReadTxn, cid: bytes) -> bool | None:
+    """True for a chunk stored whole with a copy, False for a delta with a copy, None
+    for a chunk without a record or a copy."""
+    rec = txn.get_chunk(cid)
+    if rec is None or not rec.locations:
+        return None
+    return rec.codec in (CODEC_RAW, CODEC_ZSTD)
+
+
+def usable_base(txn: ReadTxn, cid: bytes) -> bool:
+    """Whether chunk `cid` may be a delta's base: stored whole, or a delta against a
+    chunk stored whole (the dictionary), so that chains stay at most 2 deep."""
+    whole = _whole(txn, cid)
+    if whole is None or whole:
+        return bool(whole)
+    from gfs.delta import DELTAS  # gfs.delta builds on this module
+
+    base = txn.get_value(DELTAS, cid)
+    return base is not None and bool(_whole(txn, base))
 
 
 def record_base(txn: WriteTxn, cid: bytes, keys: Iterable[bytes]) -> int:

@@ -437,11 +437,14 @@ class WriteSession:
         self._group_bytes = 0
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
         # Delta chunks (docs/format.md "Resemblance and delta chunks"), when enabled.
-        self._planner = delta.DeltaPlanner(store.read_chunk) if store.config.delta else None
         self._plans: list[delta.Plan | None] = []
         self._delta_meta: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
+        self._dict_added: bytes | None = None  # a dictionary chunk of this commit
         with store.engine.read() as txn:  # chunks marked lost by a repair heal when put again
             self._lost = lost_chunks(txn)
+            dictionary = delta.current_dictionary(txn) if store.config.delta else None
+        self._planner = (delta.DeltaPlanner(store.read_chunk, dictionary)
+                         if store.config.delta else None)
 
     # -- adding data -----------------------------------------------------------
     def store_buffer(self, data: Buffer) -> list[ChunkRef]:
@@ -522,6 +525,7 @@ class WriteSession:
         names: the deltas against it hold its references (gc drops it with the last)."""
         if cid in self._new or txn.present_chunks([cid]):
             return
+        self._dict_added = cid
         self._new[cid] = None
         self._group.append((cid, raw))
         self._plans.append(None)
@@ -576,7 +580,11 @@ class WriteSession:
                 offset, blob_len = self._pack.add(header, payload)
                 head = parse_blob_header(header)
                 if head.codec == CODEC_DELTA:
-                    self._delta_meta[cid] = (bytes(payload[:CHUNK_ID_LEN]), [])
+                    base = bytes(payload[:CHUNK_ID_LEN])
+                    # a delta against the dictionary may be a base itself: keep its keys
+                    keys = self._delta_meta.get(cid, (None, []))[1]
+                    dictionary = self._planner.dictionary_id if self._planner else None
+                    self._delta_meta[cid] = (base, keys if base == dictionary else [])
                     self.stats.delta_chunks += 1
                 self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, head.raw_len,
                                            head.payload_len, head.codec)
@@ -702,6 +710,8 @@ class WriteSession:
                 if old is not None:
                     deltas.subtract(r.id for r in old.chunks)
             deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base
+            if self._dict_added is not None:
+                delta.set_dictionary(txn, self._dict_added)
             apply_refcounts(txn, deltas, records)
             if healed:
                 set_lost_chunks(txn, lost_chunks(txn) - healed)
@@ -712,6 +722,7 @@ class WriteSession:
         self._flushed.clear()
         self._files.clear()
         self._delta_meta.clear()
+        self._dict_added = None
         if self._planner is not None:
             self._planner.clear()
         self.stats.commits += 1
@@ -726,6 +737,7 @@ class WriteSession:
         self._end_reader()
         self._group, self._group_bytes, self._plans = [], 0, []
         self._delta_meta.clear()
+        self._dict_added = None
         if self._planner is not None:
             self._planner.clear()
         for _, fut in self._inflight:

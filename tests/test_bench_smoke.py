@@ -78,6 +78,7 @@ def test_ingest_machinery_hutong(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert res.logical == logical > 0
     assert res.stored > 0 and res.ingest_s > 0 and res.restore_s > 0
     assert res.ingest_mbs > 0 and res.restore_mbs > 0 and res.peak_rss_kib > 0
+    assert res.ingest_cpu > 0 and res.restore_cpu > 0  # CPU seconds of the commands
     assert len(res.per_snapshot_s) == 3
     assert int(str(res.details["logical_bytes"])) == logical
     assert 0 < int(str(res.details["stored_bytes"])) < logical  # shared content deduplicated
@@ -147,3 +148,46 @@ def test_dictionaries_bench_accounts_every_small_chunk(tmp_path: Path) -> None:
     for r in rows:
         assert r.stored <= plain.stored
         assert r.kept > 0  # similar text: the dictionary pays for some chunks
+
+
+def test_smallfiles_dataset_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small-files shape unpacks each snapshot's wheel (and, unless quick, its sdist)
+    from the download cache, records them, and a wheel's '..' entry stays inside."""
+    import io
+    import tarfile
+    import zipfile
+
+    def fake_download(downloads: Path, package: str, version: str, binary: bool) -> Path:
+        where = downloads / f"{package}-{version}-{'whl' if binary else 'sdist'}"
+        where.mkdir(parents=True, exist_ok=True)
+        if binary:
+            path = where / f"Django-{version}-py3-none-any.whl"
+            with zipfile.ZipFile(path, "w") as z:
+                z.writestr("django/__init__.py", f"VERSION = {version!r}\n")
+                z.writestr("../escape.txt", "outside")
+            return path
+        path = where / f"django-{version}.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            data = f"# {version}\n".encode()
+            info = tarfile.TarInfo(f"Django-{version}/setup.py")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return path
+
+    monkeypatch.setattr(datasets, "DATA", tmp_path / "data")
+    monkeypatch.setattr(datasets, "_download", fake_download)
+    monkeypatch.setattr(datasets, "DJANGO", ["1.0", "1.1", "1.2"])
+    monkeypatch.setattr(datasets, "NUMPY", ["x", "x", "x"])
+    full = datasets.fetch("smallfiles")
+    assert [p.name for p in datasets.snapshot_dirs(full)] == ["v1", "v2", "v3"]
+    assert (full / "v2/django-wheel/django/__init__.py").read_text() == "VERSION = '1.1'\n"
+    assert (full / "v3/Django-1.2/setup.py").read_text() == "# 1.2\n"
+    assert not list(tmp_path.rglob("escape.txt")) or all(
+        full in p.parents for p in tmp_path.rglob("escape.txt"))
+    assert "v1=Django 1.0 unpacked" in datasets.describe(full)
+    quick = datasets.fetch("smallfiles", quick=True)
+    assert [p.name for p in datasets.snapshot_dirs(quick)] == ["v1", "v2"]
+    assert not (quick / "v1/Django-1.0").exists()  # quick: wheels only
+    assert datasets.fetch("smallfiles") == full  # cached: checked, not rebuilt
+    with pytest.raises(datasets.DatasetError, match="choose one of releases, smallfiles"):
+        datasets.fetch("nope")

@@ -367,17 +367,21 @@ def _small_files(n: int, seed: int) -> dict[str, bytes]:
     return out
 
 
+def _local_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """Write `files` (namespace path -> bytes) flat into local directory `root`."""
+    root.mkdir()
+    for p, data in files.items():
+        (root / p.rsplit("/", 1)[1]).write_bytes(data)
+    return root
+
+
 def test_small_chunks_are_deltas_against_a_trained_dictionary(dfs: Client,
                                                                tmp_path: Path) -> None:
     """Past DICT_TRAIN_BYTES of small chunks a session trains a dictionary, stores it as
     a whole chunk no file names, and stores later small chunks as deltas against it; it
     reads back, fsck is clean, and gc drops the dictionary with its last dependent."""
     files = _small_files(600, 41)  # ~2.6 MB of small files: past the 1 MiB of samples
-    src = tmp_path / "src"
-    src.mkdir()
-    for p, data in files.items():
-        (src / p.rsplit("/", 1)[1]).write_bytes(data)
-    dfs.put(str(src), "/s")
+    dfs.put(str(_local_tree(tmp_path / "src", files)), "/s")
     with dfs.engine.read() as txn:
         bases = Counter(dict(txn.iter_values(delta.DELTAS)).values())
         named = {r.id for _, m in txn.iter_manifests() for r in m.chunks}
@@ -394,4 +398,170 @@ def test_small_chunks_are_deltas_against_a_trained_dictionary(dfs: Client,
     dfs.gc()
     with dfs.engine.read() as txn:
         assert list(txn.iter_chunks()) == []
+    assert dfs.fsck().ok
+
+
+def test_delta_contexts_are_reused_per_base_and_bounded() -> None:
+    """A delta against a base whose zstd context this thread built reuses it (the
+    session dictionary serves thousands of small chunks), output unchanged; the
+    contexts kept stay within their byte budget."""
+    rng = random.Random(11)
+    base = text(rng, 60_000)
+    bid = chunk_id(base)
+    news = [mutate(base, rng, 3) for _ in range(3)]
+    fresh = [delta.delta_frame(n, base, 3) for n in news]  # no id: nothing kept
+    assert b"c\x03" + bid not in delta._contexts.entries
+    cached = [delta.delta_frame(n, base, 3, bid) for n in news]
+    assert cached == fresh
+    ctx = delta._contexts.entries[b"c\x03" + bid]
+    delta.delta_frame(news[0], base, 3, bid)
+    assert delta._contexts.entries[b"c\x03" + bid] is ctx
+    header, payload = delta.encode_delta(news[0], chunk_id(news[0]), bid, base, 3)
+    assert decode_blob(header + payload, base={bid: base}.__getitem__) == news[0]
+    assert b"d" + bid in delta._contexts.entries
+    for _ in range(delta.CONTEXT_CACHE_BYTES // 60_000 + 4):
+        other = text(rng, 60_000)
+        delta.delta_frame(news[0], other, 3, chunk_id(other))
+    assert delta._contexts.policy.size <= delta.CONTEXT_CACHE_BYTES
+    assert set(delta._contexts.entries) == set(delta._contexts.policy.keys())
+    assert b"c\x03" + bid not in delta._contexts.entries  # least recently used: evicted
+
+
+def test_later_sessions_reuse_the_stored_dictionary(dfs: Client, tmp_path: Path) -> None:
+    """A second put takes the store's dictionary at once (no training, no second
+    dictionary chunk, its first small chunks already deltas); once gc has dropped the
+    dictionary with its last dependent, the next put trains a new one."""
+    files = _small_files(600, 43)
+    for part, names in (("a", list(files)[:300]), ("b", list(files)[300:])):
+        src = tmp_path / part
+        src.mkdir()
+        for p in names:
+            (src / p.rsplit("/", 1)[1]).write_bytes(files[p])
+    dfs.put(str(tmp_path / "a"), "/a")
+    with dfs.engine.read() as txn:
+        first = delta.current_dictionary(txn)
+        before = Counter(dict(txn.iter_values(delta.DELTAS)).values())[first]
+    assert first is not None and before > 0
+    dfs.put(str(tmp_path / "b"), "/b")
+    with dfs.engine.read() as txn:
+        assert delta.current_dictionary(txn) == first
+        deps = dict(txn.iter_values(delta.DELTAS))
+        sizes = {rec.id: rec.raw_len for rec in txn.iter_chunks()}
+    assert [cid for cid, n in sizes.items() if n == delta.DICT_SIZE] == [first]
+    # all of /b's small files could use it: far more dependents than a trained-late one
+    assert Counter(deps.values())[first] - before > 150
+    for p in list(files)[300:]:
+        assert dfs.read_bytes("/b/" + p.rsplit("/", 1)[1]) == files[p]
+    dfs.rm("/a", recursive=True)
+    dfs.rm("/b", recursive=True)
+    dfs.gc()
+    with dfs.engine.read() as txn:
+        assert delta.current_dictionary(txn) is None
+    dfs.put(str(tmp_path / "a"), "/c")
+    with dfs.engine.read() as txn:
+        again = delta.current_dictionary(txn)
+    assert again is not None
+    assert dfs.fsck().ok
+
+
+def test_a_restore_batch_reads_each_base_once(dfs: Client, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small files stored as deltas against the dictionary: a get of the tree reads the
+    dictionary once per batch, not once per file, and restores every byte."""
+    files = _small_files(600, 47)
+    dfs.put(str(_local_tree(tmp_path / "src", files)), "/s")
+    with dfs.engine.read() as txn:
+        deps = Counter(dict(txn.iter_values(delta.DELTAS)).values())
+    assert max(deps.values()) > 100
+    source = dfs.store.source
+    reads: Counter[bytes] = Counter()
+    real = source.read_verified
+
+    def counting(cid: bytes, path: str = "", **kw: object) -> tuple[bytes, bytes]:
+        reads[cid] += 1
+        return real(cid, path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(source, "read_verified", counting)
+    out = tmp_path / "out"
+    dfs.get("/s", out)
+    for p, data in files.items():
+        assert (out / p.rsplit("/", 1)[1]).read_bytes() == data
+    assert set(reads) == set(deps)  # every base read, ...
+    assert max(reads.values()) <= 2  # ... once (two threads may race); 600 files, 1 batch
+
+
+def test_dictionary_deltas_are_not_compressed_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small chunk planned against the dictionary is encoded as a delta only (no whole
+    frame to compare) and kept when it saves 1/64 of its raw bytes; one the dictionary
+    cannot shrink, and chunks without a plan, are stored as encode_blobs stores them."""
+    rng = random.Random(53)
+    corpus = text(rng, 200_000)
+    dictionary = corpus[:64_000]
+    did = chunk_id(dictionary)
+    similar = corpus[70_000:73_000]
+    noise = rng.randbytes(3000)
+    plain = corpus[100_000:104_000]
+    raws = [similar, noise, plain]
+    ids = [chunk_id(r) for r in raws]
+    plans: list[delta.Plan | None] = [
+        delta.Plan([], did, dictionary, dictionary=True),
+        delta.Plan([], did, dictionary, dictionary=True), None]
+    whole_calls: list[int] = []
+    real = delta.encode_blobs
+
+    def spy(rs: list[bytes], cids: list[bytes], level: int) -> list[tuple[bytes, object]]:
+        whole_calls.append(len(rs))
+        return real(rs, cids, level)  # type: ignore[return-value]
+
+    monkeypatch.setattr(delta, "encode_blobs", spy)
+    planner = delta.DeltaPlanner(lambda cid: b"")
+    out = planner.encode(raws, ids, plans, 3)
+    assert whole_calls == [2]  # the noise (no saving) and the unplanned chunk only
+    codecs = [parse_blob_header(h).codec for h, _ in out]
+    assert codecs[0] == CODEC_DELTA and codecs[1] != CODEC_DELTA and codecs[2] != CODEC_DELTA
+    # at DICT_LEVEL_STEP levels above the store's
+    assert bytes(out[0][1]) == did + delta.delta_frame(similar, dictionary,
+                                                       3 + delta.DICT_LEVEL_STEP)
+    assert bytes(out[0][1]) != did + delta.delta_frame(similar, dictionary, 3)
+    for (h, p), raw, cid in zip(out, raws, ids, strict=True):
+        assert decode_blob(h + bytes(p), expect_id=cid, base={did: dictionary}.__getitem__) == raw
+
+
+def test_big_chunks_use_the_dictionary_and_stay_bases(dfs: Client, tmp_path: Path) -> None:
+    """Once the store has a dictionary, a big chunk without a resembling base is a delta
+    against it, and may still be the base of a later similar chunk (a chain of 2); all
+    read back, fsck is clean, and gc drops the whole chain with the last file."""
+    dfs.put(str(_local_tree(tmp_path / "src", _small_files(600, 59))), "/s")
+    with dfs.engine.read() as txn:
+        dictionary = delta.current_dictionary(txn)
+    assert dictionary is not None
+    rng = random.Random(59)
+    big = text(rng, 400_000)
+    dfs.write_bytes("/big1", big)
+    with dfs.engine.read() as txn:
+        deps = dict(txn.iter_values(delta.DELTAS))
+        m = txn.get_manifest(dfs.stat("/big1").ino)
+        assert m is not None
+        first = [r.id for r in m.chunks]
+        assert all(r.length >= delta.DICT_SMALL for r in m.chunks[:-1])
+        assert [deps.get(c) for c in first] == [dictionary] * len(first)
+        assert all(resemblance.usable_base(txn, c) for c in first)
+    big2 = mutate(big, rng, 8)
+    dfs.write_bytes("/big2", big2)
+    with dfs.engine.read() as txn:
+        deps = dict(txn.iter_values(delta.DELTAS))
+        m2 = txn.get_manifest(dfs.stat("/big2").ino)
+        assert m2 is not None
+        chained = [r.id for r in m2.chunks if deps.get(r.id) in first]
+        assert chained  # deltas against dictionary deltas
+        for cid in chained:
+            assert not resemblance.usable_base(txn, cid)  # no chain of 3
+    assert dfs.read_bytes("/big1") == big and dfs.read_bytes("/big2") == big2
+    assert dfs.fsck().ok
+    for p in ("/s", "/big1", "/big2"):
+        dfs.rm(p, recursive=True)
+    dfs.gc()
+    with dfs.engine.read() as txn:
+        assert list(txn.iter_chunks()) == []
+        assert list(txn.iter_values(delta.DELTAS)) == []
     assert dfs.fsck().ok

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gfs.codec import CODEC_DELTA, decode_blob, encode_blob, parse_blob_header
+from gfs.codec import CODEC_DELTA, BaseReader, decode_blob, encode_blob, parse_blob_header
 from gfs.errors import ChunkMissingError, CorruptChunkError, PoolError, PoolObjectMissingError
 from gfs.meta import Location
 from gfs.packs import pack_key
@@ -39,6 +39,10 @@ MAX_SPAN = 16 << 20
 MIN_SPLIT = 1 << 20
 #: Corrupt copies remembered (tried last, reported once) before the memory is reset.
 BAD_COPIES_KEPT = 100_000
+#: Bytes of delta bases one `get_many` keeps after reading them once (a restore batch
+#: of small files that are deltas against the store's dictionary reads it once, not
+#: once per file).
+BATCH_BASE_BYTES = 32 << 20
 
 
 @dataclass(slots=True)
@@ -81,18 +85,43 @@ class LocalSource:
         return verified_base_reader(self.get)(cid)
 
     # -- location-level primitives -------------------------------------------------
-    def blob_at(self, loc: Location, cid: bytes) -> tuple[bytes, bytes]:
-        """(blob, raw bytes) of chunk `cid` at `loc`, verified. Raises
-        CorruptChunkError, PoolObjectMissingError or PoolError."""
+    def blob_at(self, loc: Location, cid: bytes, *, base: BaseReader | None = None
+                ) -> tuple[bytes, bytes]:
+        """(blob, raw bytes) of chunk `cid` at `loc`, verified (a delta's base read
+        through `base`, by default `_base`). Raises CorruptChunkError,
+        PoolObjectMissingError or PoolError."""
         blob = self.store.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
                                              loc.offset + loc.length)
-        return blob, decode_blob(blob, expect_id=cid, base=self._base)
+        return blob, decode_blob(blob, expect_id=cid, base=base or self._base)
+
+    def _batch_bases(self) -> BaseReader:
+        """`_base`, remembering up to BATCH_BASE_BYTES of the bases it read, the base of
+        a base too (for one `get_many`; shared by its worker threads)."""
+        from gfs.delta import verified_base_reader
+
+        kept: dict[bytes, bytes] = {}
+        size = [0]
+        lock = threading.Lock()
+        fetch = verified_base_reader(lambda cid: self.read_verified(cid, base=read)[1])
+
+        def read(cid: bytes) -> bytes:
+            with lock:
+                raw = kept.get(cid)
+            if raw is None:
+                raw = fetch(cid)
+                with lock:
+                    if cid not in kept and size[0] + len(raw) <= BATCH_BASE_BYTES:
+                        kept[cid] = raw
+                        size[0] += len(raw)
+            return raw
+        return read
 
     def read_span(self, pool_id: int, pack: bytes, members: list[tuple[bytes, Location]],
-                  *, whole: bool = False) -> list[Checked]:
+                  *, whole: bool = False, base: BaseReader | None = None) -> list[Checked]:
         """Blobs `members` (chunk id, location in `pack`) read with one ranged read
-        (`whole`: the whole pack object) and each verified. Raises
-        PoolObjectMissingError or PoolError when the read itself fails."""
+        (`whole`: the whole pack object) and each verified (delta bases read through
+        `base`, by default `_base`). Raises PoolObjectMissingError or PoolError when
+        the read itself fails."""
         if not members:
             return []
         try:
@@ -110,7 +139,8 @@ class LocalSource:
             blob = view[loc.offset - start:loc.offset - start + loc.length]
             try:
                 out.append(Checked(cid, loc, blob,
-                                   decode_blob(blob, expect_id=cid, base=self._base), None))
+                                   decode_blob(blob, expect_id=cid, base=base or self._base),
+                                   None))
             except CorruptChunkError as e:
                 out.append(Checked(cid, loc, blob, None, e))
         return out
@@ -163,9 +193,11 @@ class LocalSource:
             local = self._local[loc.pool] = pool.local_path(pack_key(loc.pack)) is not None
         return not local
 
-    def read_verified(self, cid: bytes, path: str = "") -> tuple[bytes, bytes]:
+    def read_verified(self, cid: bytes, path: str = "", *, base: BaseReader | None = None
+                      ) -> tuple[bytes, bytes]:
         """(blob, raw bytes) of chunk `cid` from the first copy, in tier order, that
-        reads and verifies; bad copies skipped are logged once."""
+        reads and verifies (see `blob_at` for `base`); bad copies skipped are logged
+        once."""
         problems: list[str] = []
         corrupt = False
         for attempt in range(2):
@@ -187,7 +219,7 @@ class LocalSource:
             for loc in sorted(rec.locations, key=lambda x: ((cid, x.pack) in self._bad,
                                                             self.store.tier_rank(x.pool))):
                 try:
-                    blob, raw = self.blob_at(loc, cid)
+                    blob, raw = self.blob_at(loc, cid, base=base)
                 except CorruptChunkError as e:
                     corrupt = True
                     failed.append(loc)
@@ -258,7 +290,8 @@ class LocalSource:
                     spans.append(_Span(pool_id, pack, loc.offset, loc.offset + loc.length,
                                        [(cid, loc)]))
         out: dict[bytes, bytes] = {}
-        for results in self.store.executor.map(self._fetch_span, spans):
+        bases = self._batch_bases()
+        for results in self.store.executor.map(lambda s: self._fetch_span(s, bases), spans):
             for cid, data in results:
                 if data is None:
                     retry.append(cid)
@@ -268,9 +301,9 @@ class LocalSource:
             out[cid] = self.get(cid, path=path_of(cid) if path_of else "")
         return out
 
-    def _fetch_span(self, span: _Span) -> list[tuple[bytes, bytes | None]]:
+    def _fetch_span(self, span: _Span, bases: BaseReader) -> list[tuple[bytes, bytes | None]]:
         try:
-            checked = self.read_span(span.pool, span.pack, span.members)
+            checked = self.read_span(span.pool, span.pack, span.members, base=bases)
         except PoolError:
             return [(cid, None) for cid, _ in span.members]
         return [(c.cid, c.raw) for c in checked]  # a failure: `get` reports it, naming the file
