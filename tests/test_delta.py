@@ -409,22 +409,40 @@ def test_delta_contexts_are_reused_per_base_and_bounded() -> None:
     base = text(rng, 60_000)
     bid = chunk_id(base)
     news = [mutate(base, rng, 3) for _ in range(3)]
+    key = delta._content_key(base)
     fresh = [delta.delta_frame(n, base, 3) for n in news]  # no id: nothing kept
-    assert b"c\x03" + bid not in delta._contexts.entries
+    assert b"c\x03" + key not in delta._contexts.entries
     cached = [delta.delta_frame(n, base, 3, bid) for n in news]
     assert cached == fresh
-    ctx = delta._contexts.entries[b"c\x03" + bid]
+    ctx = delta._contexts.entries[b"c\x03" + key]
     delta.delta_frame(news[0], base, 3, bid)
-    assert delta._contexts.entries[b"c\x03" + bid] is ctx
+    assert delta._contexts.entries[b"c\x03" + key] is ctx
     header, payload = delta.encode_delta(news[0], chunk_id(news[0]), bid, base, 3)
     assert decode_blob(header + payload, base={bid: base}.__getitem__) == news[0]
-    assert b"d" + bid in delta._contexts.entries
+    assert b"d" + key in delta._contexts.entries
     for _ in range(delta.CONTEXT_CACHE_BYTES // 60_000 + 4):
         other = text(rng, 60_000)
         delta.delta_frame(news[0], other, 3, chunk_id(other))
     assert delta._contexts.policy.size <= delta.CONTEXT_CACHE_BYTES
     assert set(delta._contexts.entries) == set(delta._contexts.policy.keys())
-    assert b"c\x03" + bid not in delta._contexts.entries  # least recently used: evicted
+    assert b"c\x03" + key not in delta._contexts.entries  # least recently used: evicted
+
+
+def test_a_kept_context_never_stands_in_for_the_base_given() -> None:
+    """Contexts are kept by the bytes of the base, not the id it is named by: a wrong
+    base under the right id is refused even after the right one was used, and a
+    wrong one used first leaves nothing that spoils the right one's read."""
+    rng = random.Random(12)
+    base = text(rng, 20_000)
+    new = mutate(base, rng, 3)
+    bid = chunk_id(base)
+    header, payload = delta.encode_delta(new, chunk_id(new), bid, base, 3)
+    wrong = base[:-1] + bytes([base[-1] ^ 1])
+    with pytest.raises(CorruptChunkError, match=bid.hex()):  # the wrong one first
+        decode_blob(header + payload, base=lambda _: wrong)
+    assert decode_blob(header + payload, base=lambda _: base) == new
+    with pytest.raises(CorruptChunkError, match=bid.hex()):  # and after the right one
+        decode_blob(header + payload, base=lambda _: wrong)
 
 
 def test_later_sessions_reuse_the_stored_dictionary(dfs: Client, tmp_path: Path) -> None:
