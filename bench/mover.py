@@ -57,7 +57,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from bench.report import headline, table
+from bench.report import headline, load_average, table
 from gfs import _mover, mover
 from gfs.client import Client
 from gfs.codec import decode_blob
@@ -534,7 +534,8 @@ def _run(work: Path, files: int, size: int, iperf_seconds: float, quick: bool,
     _make_data(data / "v1", files, size, 1)
     _next_version(data / "v1", data / "v2", 2)
     print(f"dataset: {files} files x {size >> 20} MiB of random bytes "
-          f"(incompressible: blobs as large as the data); loopback; shared 2-core machine")
+          f"(incompressible: blobs as large as the data); loopback; shared 2-core machine; "
+          f"load {load_average()}")
     with Client.init(work / "src") as src:
         src.put(str(data / "v1"), "/v1")
         src.put(str(data / "v2"), "/v2")
@@ -545,6 +546,7 @@ def _run(work: Path, files: int, size: int, iperf_seconds: float, quick: bool,
             met &= _loopback(work, data, src, ids, iperf_seconds, figures)
     if only != "loopback":
         met &= _wan(work, data, ids, quick, figures)
+    figures["load"] = load_average()
     print(headline("mover", met, **figures))
     return 0
 
@@ -635,7 +637,7 @@ def _loopback(work: Path, data: Path, src: Client, ids: list[bytes], iperf_secon
     print(f"best: {best_name}: " + (f"{top / base:.0%} of iperf3 1-stream (target 80%)"
                                     if base else "no iperf3 ceiling")
           + (f", {top / disk:.0%} of the O_DIRECT durable-write ceiling" if disk else ""))
-    enc_met = _encryption_figures(results, cpu_per_gb, figures)
+    enc_met = _encryption_figures(results, cpu_per_gb, aes, figures)
     figures.update(one_stream_gbs=round(one / 1e9, 2),
                    four_stream_gbs=round(max(v for k, v in results.items() if "4 s" in k)
                                          / 1e9, 2),
@@ -650,8 +652,14 @@ def _loopback(work: Path, data: Path, src: Client, ids: list[bytes], iperf_secon
 
 
 def _encryption_figures(results: dict[str, float], cpu_per_gb: dict[str, float],
-                        figures: dict[str, object]) -> bool:
-    """Print the issue-13 comparison; True if its loopback targets are met."""
+                        aes: float | None, figures: dict[str, object]) -> bool:
+    """Print the issue-13 comparison and the cipher's floor; True if the loopback
+    targets are met.
+
+    The floor: sealing at one end and opening at the other cost at least two
+    cipher passes (2 / `aes` s/GB) on top of what the plaintext mover spends,
+    and on top of iperf3's bare copy.
+    """
     plain = {k: v for k, v in results.items() if "plaintext" in k}
     enc = {k: v for k, v in results.items() if k.endswith(DEFAULT_CIPHER)}
     p_name, e_name = max(plain, key=lambda k: plain[k]), max(enc, key=lambda k: enc[k])
@@ -665,6 +673,17 @@ def _encryption_figures(results: dict[str, float], cpu_per_gb: dict[str, float],
     print(f"CPU s/GB, both ends: encrypted {e_cpu:.2f}, plaintext {p_cpu:.2f}, "
           f"iperf3 1-stream {ip_cpu:.2f}" if ip_cpu else "no iperf3 CPU figure", end="")
     print(f"; encrypted / iperf3 = {cpu_ratio:.1f}x (target <= 1.5x)" if cpu_ratio else "")
+    if aes:
+        cipher = 2 / (aes / 1e9)
+        floor_ratio = p_cpu / (p_cpu + cipher)
+        print(f"floor: the cipher at both ends costs {cipher:.2f} s/GB; plaintext + cipher = "
+              f"{p_cpu + cipher:.2f} s/GB (encrypted measured {e_cpu:.2f}), so on a CPU-bound "
+              f"host encrypted <= {floor_ratio:.0%} of plaintext"
+              + (f"; iperf3 + cipher = {(ip_cpu + cipher) / ip_cpu:.1f}x iperf3" if ip_cpu
+                 else ""))
+        figures.update(cipher_floor_s_per_gb=round(cipher, 2),
+                       enc_floor_vs_plain=round(floor_ratio, 2),
+                       floor_vs_iperf3=round((ip_cpu + cipher) / ip_cpu, 2) if ip_cpu else "-")
     figures.update(cipher=DEFAULT_CIPHER, enc_gbs=round(enc[e_name] / 1e9, 2),
                    plain_gbs=round(plain[p_name] / 1e9, 2), enc_vs_plain=round(ratio, 2),
                    enc_cpu_s_per_gb=round(e_cpu, 2), plain_cpu_s_per_gb=round(p_cpu, 2),

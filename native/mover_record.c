@@ -203,7 +203,8 @@ start_record(mv_rec_dir *d, uint64_t seq, const uint8_t *h)
 }
 
 int
-mv_rec_seal(mv_rec_dir *d, const uint8_t *pt, size_t n, uint8_t *out, char *msg, size_t msglen)
+mv_rec_seal_parts(mv_rec_dir *d, uint8_t h[MV_RECORD_HEADER], const uint8_t *pt, size_t n,
+                  uint8_t *ct, uint8_t tag[MV_RECORD_TAG], char *msg, size_t msglen)
 {
     if (n == 0 || n > MV_RECORD_MAX)
         return mv_setmsg(msg, msglen, MV_ERR_ARG, "record of %zu bytes", n);
@@ -211,18 +212,24 @@ mv_rec_seal(mv_rec_dir *d, const uint8_t *pt, size_t n, uint8_t *out, char *msg,
         return mv_setmsg(msg, msglen, MV_ERR_REKEY,
                          "stream sealed %llu records under one key; resume on a new stream",
                          (unsigned long long)d->seq);
-    memcpy(out, MV_RECORD_MAGIC, 4);
-    le32(out + 4, (uint32_t)n);
+    memcpy(h, MV_RECORD_MAGIC, 4);
+    le32(h + 4, (uint32_t)n);
     for (int i = 0; i < 8; i++)
-        out[8 + i] = (uint8_t)(d->seq >> (8 * i));
+        h[8 + i] = (uint8_t)(d->seq >> (8 * i));
     int outl = 0, fin = 0;
-    uint8_t *ct = out + MV_RECORD_HEADER;
-    if (!start_record(d, d->seq, out) || EVP_CipherUpdate(d->ctx, ct, &outl, pt, (int)n) != 1 ||
+    if (!start_record(d, d->seq, h) || EVP_CipherUpdate(d->ctx, ct, &outl, pt, (int)n) != 1 ||
         EVP_CipherFinal_ex(d->ctx, ct + outl, &fin) != 1 || (size_t)(outl + fin) != n ||
-        EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_GET_TAG, MV_RECORD_TAG, ct + n) != 1)
+        EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_GET_TAG, MV_RECORD_TAG, tag) != 1)
         return ossl_fail(msg, msglen, MV_ERR_RECORD, "sealing a record");
     d->seq++;
     return MV_OK;
+}
+
+int
+mv_rec_seal(mv_rec_dir *d, const uint8_t *pt, size_t n, uint8_t *out, char *msg, size_t msglen)
+{
+    return mv_rec_seal_parts(d, out, pt, n, out + MV_RECORD_HEADER, out + MV_RECORD_HEADER + n,
+                             msg, msglen);
 }
 
 int

@@ -91,6 +91,10 @@ void mv_rec_free(mv_rec_dir *d);
 /* Seal n (1..MV_RECORD_MAX) plaintext bytes into out (n + MV_RECORD_OVERHEAD bytes). */
 int mv_rec_seal(mv_rec_dir *d, const uint8_t *pt, size_t n, uint8_t *out, char *msg,
                 size_t msglen);
+/* The same with the record's parts apart: header h, ciphertext ct (n bytes;
+ * ct == pt seals in place, so the sender needs no second buffer) and tag. */
+int mv_rec_seal_parts(mv_rec_dir *d, uint8_t h[MV_RECORD_HEADER], const uint8_t *pt, size_t n,
+                      uint8_t *ct, uint8_t tag[MV_RECORD_TAG], char *msg, size_t msglen);
 
 /* Check a record header: MV_OK and *n the ciphertext length, or the status
  * of a bad magic, length or sequence number. */

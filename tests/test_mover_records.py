@@ -385,6 +385,20 @@ def test_large_blobs_start_their_own_records(big: Client, dst: Client, direct: b
             peer.close()
             assert sum(p[:4] == b"HTCB" for p in plain) >= len(ids) // 2  # a blob's header
             assert sum(len(p) for p in plain if p[:4] == b"HTCB") > stats.bytes // 2
+            # ...and ends them: the next frame's header is in a record of its own,
+            # so every byte of a large blob is opened straight into the spool.
+            ends, at = set(), 0
+            for p in plain:
+                at += len(p)
+                ends.add(at)
+            stream, pos, large = b"".join(plain), 0, 0
+            while pos < len(stream):
+                kind, length = stream[pos + 5], struct.unpack_from("<I", stream, pos + 8)[0]
+                if kind == 6 and length - 16 >= 32768:  # DATA: id, then the blob
+                    assert {pos + 12 + 16, pos + 12 + length} <= ends
+                    large += 1
+                pos += 12 + length
+            assert large >= len(ids) // 2
             with small_store(tmp_path / "again") as again:
                 # Record 3 is inside the blobs: flipped, it fails the fetch there.
                 relay = Relay(srv.address, Tamper("s2c", 3, "flip"))
