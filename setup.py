@@ -25,6 +25,11 @@ setup(
             libraries=["crypto"],  # OpenSSL libcrypto (Debian: libssl-dev): HMAC, HKDF, AEAD
         ),
         Extension(
+            "gfs._sealed",
+            sources=["native/sealed_module.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        ),
+        Extension(
             "gfs._delayline",
             sources=["native/delayline.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
