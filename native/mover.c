@@ -1492,7 +1492,7 @@ server_hs(mv_server *srv, mv_conn *c, mv_hs *hs)
     if ((op != MV_OP_FETCH && op != MV_OP_SEND) || pad)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown operation %d",
                       op);
-    if (cipher != MV_CIPHER_NONE && cipher != MV_CIPHER_AES256GCM && cipher != MV_CIPHER_CHACHA20)
+    if (cipher != MV_CIPHER_NONE && !mv_cipher_keylen(cipher))
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown cipher %d",
                          cipher);
     if (cipher == MV_CIPHER_NONE && !srv->cfg.allow_plaintext)

@@ -28,10 +28,10 @@ mv_cipher_choose(void)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (__builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul"))
-        return MV_CIPHER_AES256GCM;
+        return MV_CIPHER_AES128GCM;
     return MV_CIPHER_CHACHA20;
 #else
-    return MV_CIPHER_AES256GCM;
+    return MV_CIPHER_AES128GCM;
 #endif
 }
 
@@ -40,15 +40,29 @@ mv_cipher_name(int cipher)
 {
     switch (cipher) {
     case MV_CIPHER_NONE: return "none";
+    case MV_CIPHER_AES128GCM: return "aes-128-gcm";
     case MV_CIPHER_AES256GCM: return "aes-256-gcm";
     case MV_CIPHER_CHACHA20: return "chacha20-poly1305";
     default: return "unknown";
     }
 }
 
+size_t
+mv_cipher_keylen(int cipher)
+{
+    switch (cipher) {
+    case MV_CIPHER_AES128GCM: return 16;
+    case MV_CIPHER_AES256GCM:
+    case MV_CIPHER_CHACHA20: return 32;
+    default: return 0;
+    }
+}
+
 static const EVP_CIPHER *
 evp_cipher(int cipher)
 {
+    if (cipher == MV_CIPHER_AES128GCM)
+        return EVP_aes_128_gcm();
     if (cipher == MV_CIPHER_AES256GCM)
         return EVP_aes_256_gcm();
     if (cipher == MV_CIPHER_CHACHA20)
@@ -92,13 +106,16 @@ mv_kx_free(void *key)
     EVP_PKEY_free(key);
 }
 
-/* HKDF-SHA256(secret || dh, salt = cn || sn, info = label || op || cipher) -> key || iv. */
+/* HKDF-SHA256(secret || dh, salt = cn || sn, info = label || op || cipher) -> key || iv,
+ * the key as long as the cipher's (the info's cipher byte keeps ciphers apart). */
 static int
 hkdf(EVP_KDF_CTX *kctx, const uint8_t *ikm, size_t ikmlen, const uint8_t *salt,
      const char *label, int op, int cipher, mv_dir_keys *out)
 {
     uint8_t info[16], okm[MV_KEY_LEN + MV_IV_LEN];
-    size_t ll = strlen(label);
+    size_t ll = strlen(label), kl = mv_cipher_keylen(cipher);
+    if (!kl)
+        return 0;
     memcpy(info, label, ll);
     info[ll] = (uint8_t)op;
     info[ll + 1] = (uint8_t)cipher;
@@ -109,10 +126,11 @@ hkdf(EVP_KDF_CTX *kctx, const uint8_t *ikm, size_t ikmlen, const uint8_t *salt,
                                           2 * MV_NONCE_LEN),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, ll + 2),
         OSSL_PARAM_construct_end()};
-    int ok = EVP_KDF_derive(kctx, okm, sizeof okm, params) == 1;
+    int ok = EVP_KDF_derive(kctx, okm, kl + MV_IV_LEN, params) == 1;
     if (ok) {
-        memcpy(out->key, okm, MV_KEY_LEN);
-        memcpy(out->iv, okm + MV_KEY_LEN, MV_IV_LEN);
+        memset(out->key, 0, MV_KEY_LEN);
+        memcpy(out->key, okm, kl);
+        memcpy(out->iv, okm + kl, MV_IV_LEN);
     }
     OPENSSL_cleanse(okm, sizeof okm);
     return ok;
@@ -126,6 +144,8 @@ mv_rec_derive(const uint8_t *secret, size_t slen, const uint8_t *dh, const uint8
     uint8_t salt[2 * MV_NONCE_LEN], ikm[MV_MAX_SECRET + MV_KX_LEN];
     if (slen > MV_MAX_SECRET)
         return mv_setmsg(msg, msglen, MV_ERR_ARG, "session secret of %zu bytes", slen);
+    if (!mv_cipher_keylen(cipher))
+        return mv_setmsg(msg, msglen, MV_ERR_ARG, "no record keys for cipher %d", cipher);
     memcpy(salt, cn, MV_NONCE_LEN);
     memcpy(salt + MV_NONCE_LEN, sn, MV_NONCE_LEN);
     memcpy(ikm, secret, slen);

@@ -4,7 +4,8 @@
  *
  *   magic "HTMR" | length u32 LE | sequence u64 LE | ciphertext (length) | tag (16)
  *
- * sealed with AES-256-GCM or ChaCha20-Poly1305 (OpenSSL libcrypto, EVP). The
+ * sealed with AES-128-GCM, AES-256-GCM or ChaCha20-Poly1305 (OpenSSL
+ * libcrypto, EVP). The
  * 16-byte header is the associated data; the nonce is the direction's IV
  * XOR the sequence number (little-endian, into the last 8 bytes), so a nonce
  * is never reused under a key. Keys and IVs come from HKDF-SHA256 over the
@@ -40,14 +41,19 @@
  * within the confidentiality margin TLS 1.3 allows a key (RFC 8446, 5.5:
  * 2^24.5 records of 16 KiB, the same number of cipher blocks). */
 #define MV_RECORD_LIMIT (1ull << 20)
-#define MV_KEY_LEN 32
+#define MV_KEY_LEN 32                /* the longest key; AES-128-GCM uses the first 16 */
 #define MV_IV_LEN 12
 #define MV_KX_LEN 32                 /* X25519 public key and shared secret */
 
 /* Ciphers named in HELLO (byte 33). */
-enum { MV_CIPHER_NONE = 0, MV_CIPHER_AES256GCM = 1, MV_CIPHER_CHACHA20 = 2 };
-/* Clients: AES-256-GCM where the CPU has AES and carry-less multiply
- * instructions, ChaCha20-Poly1305 elsewhere. */
+enum {
+    MV_CIPHER_NONE = 0,
+    MV_CIPHER_AES256GCM = 1,
+    MV_CIPHER_CHACHA20 = 2,
+    MV_CIPHER_AES128GCM = 3,
+};
+/* Clients: AES-128-GCM (TLS 1.3's default suite) where the CPU has AES and
+ * carry-less multiply instructions, ChaCha20-Poly1305 elsewhere. */
 #define MV_CIPHER_AUTO (-1)
 
 /* Key and IV of one direction. */
@@ -67,6 +73,8 @@ typedef struct {
 /* The cipher a client asks for when it was given MV_CIPHER_AUTO. */
 int mv_cipher_choose(void);
 const char *mv_cipher_name(int cipher);
+/* The key length of a cipher in bytes (16 or 32), 0 for none or an unknown one. */
+size_t mv_cipher_keylen(int cipher);
 
 /* A fresh ephemeral X25519 key (*key, freed with mv_kx_free) and its public half. */
 int mv_kx_new(void **key, uint8_t pub[MV_KX_LEN], char *msg, size_t msglen);
@@ -78,7 +86,9 @@ void mv_kx_free(void *key);
 
 /* Derive both directions' keys (c2s: client to server, s2c: server to
  * client) from the session secret, the X25519 shared secret `dh` and the
- * handshake's nonces, op and cipher. */
+ * handshake's nonces, op and cipher: mv_cipher_keylen(cipher) key bytes
+ * (the rest of key[] zero) and the IV from one HKDF output whose info names
+ * the cipher, so no two ciphers ever share a key. */
 int mv_rec_derive(const uint8_t *secret, size_t slen, const uint8_t *dh, const uint8_t *cn,
                   const uint8_t *sn, int op, int cipher, mv_dir_keys *c2s, mv_dir_keys *s2c,
                   char *msg, size_t msglen);
