@@ -755,6 +755,22 @@ cipher_name(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyObject *
+cipher_rate(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int cipher;
+    double seconds, rate;
+    if (!PyArg_ParseTuple(args, "id:cipher_rate", &cipher, &seconds))
+        return NULL;
+    if (!mv_cipher_keylen(cipher) || seconds <= 0 || seconds > 10)
+        return PyErr_Format(PyExc_ValueError, "cipher_rate needs a cipher (not none) and "
+                            "0 < seconds <= 10");
+    Py_BEGIN_ALLOW_THREADS
+    rate = mv_rec_rate(cipher, seconds);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(rate);
+}
+
+static PyObject *
 strerror_(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int st;
@@ -781,6 +797,9 @@ static PyMethodDef methods[] = {
     {"seal_record", seal_record, METH_VARARGS,
      "seal_record(cipher, key, iv, seq, plaintext, /) -> (status, record, message)\n\n"
      "Seal one record as a stream does at sequence number seq (tests)."},
+    {"cipher_rate", cipher_rate, METH_VARARGS,
+     "cipher_rate(cipher, seconds, /) -> float\n\nBytes per second of sealing full records "
+     "in place with a CIPHER_* on one thread (the record layer's ceiling)."},
     {"cipher_name", cipher_name, METH_VARARGS,
      "cipher_name(cipher, /) -> str\n\nThe name of a CIPHER_* (CIPHER_AUTO: the one this CPU "
      "gets)."},

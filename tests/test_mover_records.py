@@ -98,6 +98,14 @@ def test_no_two_ciphers_share_key_material() -> None:
         _mover.seal_record(ref.CIPHER_AES256GCM, key[:16], iv, 0, b"x")
 
 
+def test_record_layer_rate_is_measured_per_cipher() -> None:
+    """`cipher_rate` seals real records (the bench's cipher ceiling); none has no rate."""
+    for cipher in CIPHERS:
+        assert _mover.cipher_rate(cipher, 0.02) > 50e6
+    with pytest.raises(ValueError, match="cipher_rate needs a cipher"):
+        _mover.cipher_rate(ref.CIPHER_NONE, 0.1)
+
+
 def test_auto_is_aes_128_gcm_where_the_cpu_has_aes_instructions() -> None:
     flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(),
                           re.M).group(1).split())  # type: ignore[union-attr]
