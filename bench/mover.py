@@ -467,14 +467,20 @@ def wan_cases(src_state: Path, data: Path, ids: list[bytes], work: Path, quick: 
             for cipher in ("none", "auto"):
                 out = wan.run("dst", [py, "-c", _CHILD, "mover-fetch",
                                       str(work / f"wan-{streams}"), there, "7070", str(streams),
-                                      cipher, str(idsfile)], env=env, cwd=REPO, timeout=600)
+                                      cipher, str(idsfile)], env=env, cwd=REPO, timeout=600,
+                              check=False)
+                shutil.rmtree(work / f"wan-{streams}", ignore_errors=True)
+                if out.returncode:  # a failed transfer is a row saying why, not a crash
+                    why = (out.stderr.strip().splitlines() or ["no message"])[-1]
+                    rows.append([f"mover fetch, {streams} streams, {cipher}", "-", "-", "-",
+                                 "-", f"failed: {why[:100]}"])
+                    continue
                 r = json.loads(out.stdout)
                 total = r["bytes"]
                 label = "plaintext" if r["cipher"] == "none" else r["cipher"]
                 add(f"mover fetch, {streams} streams, {label}", r["bytes"], r["seconds"],
                     f"verified + committed, {r['retries']} retries"
                     + (", bbr sockets" if congestion else ""))
-                shutil.rmtree(work / f"wan-{streams}", ignore_errors=True)
         bound = (4.0 if quick else 8.0) if slow else 0.0
         out = wan.run("dst", [py, "-c", _CHILD, "http-fetch", there, "8080", str(bound),
                               str(idsfile)], env=env, cwd=REPO, timeout=600)
@@ -720,12 +726,14 @@ def _wan(work: Path, data: Path, ids: list[bytes], quick: bool,
         rows, rates = result
         http = rates.get("aiohttp, 1 stream", 0.0)
         for row in rows:
-            row.insert(5, f"{rates[str(row[0])] / http:.1f}x" if http else "-")
+            rate = rates.get(str(row[0]))
+            row.insert(5, f"{rate / http:.1f}x" if http and rate is not None else "-")
         print(table(["case", "MiB", "seconds", "Mbit/s", "of link", "of HTTP", "note"], rows))
         # The targets hold the encrypted mover (what sites run); plaintext is beside it.
-        best = max(v for k, v in rates.items() if k.startswith("mover")
-                   and "plaintext" not in k)
-        plain = max(v for k, v in rates.items() if k.startswith("mover") and "plaintext" in k)
+        best = max((v for k, v in rates.items() if k.startswith("mover")
+                    and "plaintext" not in k), default=0.0)
+        plain = max((v for k, v in rates.items() if k.startswith("mover") and "plaintext" in k),
+                    default=0.0)
         link_ok, http_ok = best >= 0.8 * WAN_RATE, bool(http) and best >= 3 * http
         print(f"encrypted mover best {best / 1e6:.0f} Mbit/s: {best / WAN_RATE:.0%} of the "
               f"link ({'>=' if link_ok else '<'} 80%), {best / http if http else 0:.1f}x "

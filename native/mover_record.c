@@ -71,6 +71,10 @@ static pthread_once_t imb_once = PTHREAD_ONCE_INIT;
 static void
 imb_setup(void)
 {
+    /* Without AES instructions intel-ipsec-mb would emulate AES in software:
+     * OpenSSL keeps those CPUs (which "auto" gives ChaCha20-Poly1305 anyway). */
+    if (mv_cipher_choose() != MV_CIPHER_AES128GCM)
+        return;
     IMB_MGR *m = alloc_mb_mgr(0);
     IMB_ARCH arch;
     if (!m)

@@ -4,9 +4,10 @@
  *
  *   magic "HTMR" | length u32 LE | sequence u64 LE | ciphertext (length) | tag (16)
  *
- * sealed with AES-128-GCM or AES-256-GCM (intel-ipsec-mb's GCM, VAES and
- * AVX-512 where the CPU has them: over twice OpenSSL 3.0's speed) or
- * ChaCha20-Poly1305 (OpenSSL libcrypto, EVP). The
+ * sealed with AES-128-GCM or AES-256-GCM (intel-ipsec-mb's GCM on CPUs with
+ * AES instructions, its VAES and AVX-512 code where they exist: over twice
+ * OpenSSL 3.0's speed; OpenSSL's EVP elsewhere) or ChaCha20-Poly1305
+ * (OpenSSL libcrypto, EVP). The
  * 16-byte header is the associated data; the nonce is the direction's IV
  * XOR the sequence number (little-endian, into the last 8 bytes), so a nonce
  * is never reused under a key. Keys and IVs come from HKDF-SHA256 over the
