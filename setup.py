@@ -22,7 +22,14 @@ setup(
             include_dirs=["native"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             extra_link_args=["-pthread"],
-            libraries=["crypto"],  # OpenSSL libcrypto (Debian: libssl-dev): HMAC, HKDF, AEAD
+            # OpenSSL libcrypto (Debian: libssl-dev): HMAC, HKDF, X25519, ChaCha20-Poly1305;
+            # intel-ipsec-mb (Debian: libipsec-mb-dev): AES-GCM records (VAES, AVX-512)
+            libraries=["crypto", "IPSec_MB"],
+        ),
+        Extension(
+            "gfs._sealed",
+            sources=["native/sealed_module.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),
         Extension(
             "gfs._delayline",

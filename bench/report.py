@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 
@@ -29,3 +30,8 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
     return str(v)
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, "1.2/0.9/0.7" (the machine is shared)."""
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())

@@ -25,6 +25,7 @@ SENDFILE_AUTO: int
 ERR_RECORD: int
 ERR_REKEY: int
 CIPHER_NONE: int
+CIPHER_AES128GCM: int
 CIPHER_AES256GCM: int
 CIPHER_CHACHA20: int
 CIPHER_AUTO: int
@@ -99,3 +100,4 @@ def seal_record(
     cipher: int, key: bytes, iv: bytes, seq: int, plaintext: bytes, /
 ) -> tuple[int, bytes, str]: ...
 def cipher_name(cipher: int, /) -> str: ...
+def cipher_rate(cipher: int, seconds: float, /) -> float: ...

@@ -2,8 +2,8 @@
 
 The native extension `gfs._mover` (native/mover.[ch]) owns the bytes: the
 framed protocol of docs/format.md ("Mover protocol"), the HMAC handshake,
-the AEAD records every frame after it travels in (AES-256-GCM or
-ChaCha20-Poly1305, keys from HKDF over the session secret and an ephemeral
+the AEAD records every frame after it travels in (AES-128-GCM, AES-256-GCM
+or ChaCha20-Poly1305, keys from HKDF over the session secret and an ephemeral
 X25519 exchange), parallel
 streams, `sendfile` or `pread` + `send` from pack files, spooling of
 received blobs to temporaries. This module owns policy: which chunks
@@ -142,10 +142,12 @@ class ChunksUnavailableError(MoverError):
 _RETRYABLE = frozenset({_mover.ERR_IO, _mover.ERR_TIMEOUT, _mover.ERR_CLOSED, _mover.ERR_PEER,
                         _mover.ERR_REKEY})
 
-#: Ciphers of a client's streams (`fetch`/`send` `cipher=`); "auto" is AES-256-GCM on
-#: CPUs with AES instructions, ChaCha20-Poly1305 elsewhere; "none" is plaintext and only
-#: a server started with `allow_plaintext=True` accepts it (benchmarks, tests).
-CIPHERS: Final = {"auto": _mover.CIPHER_AUTO, "aes-256-gcm": _mover.CIPHER_AES256GCM,
+#: Ciphers of a client's streams (`fetch`/`send` `cipher=`); "auto" is AES-128-GCM (TLS
+#: 1.3's default suite) on CPUs with AES instructions, ChaCha20-Poly1305 elsewhere; "none"
+#: is plaintext and only a server started with `allow_plaintext=True` accepts it
+#: (benchmarks, tests).
+CIPHERS: Final = {"auto": _mover.CIPHER_AUTO, "aes-128-gcm": _mover.CIPHER_AES128GCM,
+                  "aes-256-gcm": _mover.CIPHER_AES256GCM,
                   "chacha20-poly1305": _mover.CIPHER_CHACHA20, "none": _mover.CIPHER_NONE}
 
 
@@ -198,7 +200,7 @@ class TransferStats:
     retries: int = 0
     seconds: float = 0.0
     cipher: str = ""
-    """The streams' cipher ("aes-256-gcm", "chacha20-poly1305", "none")."""
+    """The streams' cipher ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "none")."""
     errors: list[str] = field(default_factory=list)
     """Stream errors that a retry recovered from."""
 

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 CIPHER_NONE: Final = 0
 CIPHER_AES256GCM: Final = 1
 CIPHER_CHACHA20: Final = 2
+CIPHER_AES128GCM: Final = 3
+KEY_LEN: Final = {CIPHER_AES128GCM: 16, CIPHER_AES256GCM: 32, CIPHER_CHACHA20: 32}
 RECORD_MAGIC: Final = b"HTMR"
 RECORD_HEADER: Final = struct.Struct("<4sIQ")  # magic, ciphertext length, sequence number
 TAG_LEN: Final = 16
@@ -58,12 +60,14 @@ class DirKeys:
 def record_keys(secret: bytes, dh: bytes, cn: bytes, sn: bytes, op: int, cipher: int
                 ) -> tuple[DirKeys, DirKeys]:
     """(client-to-server, server-to-client) keys: HKDF-SHA256(secret || dh, salt cn || sn,
-    info "HTMV2 c2s"/"HTMV2 s2c" || op || cipher), 32 key bytes then 12 IV bytes."""
+    info "HTMV2 c2s"/"HTMV2 s2c" || op || cipher), the cipher's key bytes (16 or 32) then
+    12 IV bytes."""
+    n = KEY_LEN[cipher]
     out = []
     for label in (b"HTMV2 c2s", b"HTMV2 s2c"):
-        okm = HKDF(hashes.SHA256(), 44, cn + sn, label + bytes([op, cipher])).derive(
+        okm = HKDF(hashes.SHA256(), n + 12, cn + sn, label + bytes([op, cipher])).derive(
             secret + dh)
-        out.append(DirKeys(okm[:32], okm[32:]))
+        out.append(DirKeys(okm[:n], okm[n:]))
     return out[0], out[1]
 
 
@@ -75,7 +79,7 @@ class Direction:
     """One direction of a stream: seals or opens its records in sequence."""
 
     def __init__(self, cipher: int, keys: DirKeys) -> None:
-        self._aead = AESGCM(keys.key) if cipher == CIPHER_AES256GCM else ChaCha20Poly1305(
+        self._aead = ChaCha20Poly1305(keys.key) if cipher == CIPHER_CHACHA20 else AESGCM(
             keys.key)
         self._iv = keys.iv
         self.seq = 0

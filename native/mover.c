@@ -258,10 +258,13 @@ mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nfram
 /* ------------------------------------------------------------------ */
 /* Connections: buffered reads and writes with deadlines               */
 
-/* A blob of at least MV_CUT_MIN bytes starts a record of its own (so a
- * receiver can open it straight into its spool buffer); smaller ones share. */
+/* A blob of at least MV_CUT_MIN bytes is records of its own, cut before and
+ * after it (so a receiver opens them straight into its spool buffer, with no
+ * frame header of the next blob in them); smaller ones share. */
 #define MV_CUT_MIN 32768u
-#define MV_MAX_CUTS (MV_IO_BUF / MV_CUT_MIN + 1)
+#define MV_MAX_CUTS (2 * (MV_IO_BUF / MV_CUT_MIN) + 2)
+/* Records sealed in place in wbuf and sent by one sendmsg (header, body, tag each). */
+#define MV_SEND_RECS 32
 
 typedef struct {
     int fd;
@@ -281,7 +284,7 @@ typedef struct {
     mv_rec_dir tx, rx;
     uint8_t *cbuf;        /* received record bytes not yet opened (MV_IO_BUF) */
     size_t cstart, cend;
-    uint8_t *obuf;        /* sealed records being sent (MV_OBUF) */
+    uint8_t rhead[MV_SEND_RECS][MV_RECORD_OVERHEAD];  /* headers and tags of records being sent */
     uint32_t cuts[MV_MAX_CUTS];  /* wbuf offsets where a record must start (ascending) */
     size_t ncuts;
     int peer_error;       /* the status came from the peer's ERROR frame */
@@ -293,9 +296,6 @@ typedef struct {
     int arm_frame;        /* arm frame_by at the next byte received */
     uint32_t min_rate;
 } mv_conn;
-
-/* Room for the records of one full wbuf: a record per cut, per MV_RECORD_MAX. */
-#define MV_OBUF (MV_IO_BUF + (MV_MAX_CUTS + MV_IO_BUF / MV_RECORD_MAX + 1) * MV_RECORD_OVERHEAD)
 
 static uint64_t
 mono_ns(void)
@@ -333,8 +333,7 @@ conn_free(mv_conn *c)
     free(c->wbuf);
     c->rbuf = c->wbuf = NULL;
     free(c->cbuf);
-    free(c->obuf);
-    c->cbuf = c->obuf = NULL;
+    c->cbuf = NULL;
     if (c->tx.ctx)
         mv_rec_free(&c->tx);
     if (c->rx.ctx)
@@ -380,8 +379,37 @@ send_all(mv_conn *c, const uint8_t *p, size_t n, int more)
     return MV_OK;
 }
 
-/* Send what wbuf holds: as it is, or sealed into records of up to
- * MV_RECORD_MAX bytes once the record layer is on. */
+/* Send iov[0..n) whole (sendmsg; MSG_MORE if more follows). */
+static int
+sendmsg_all(mv_conn *c, struct iovec *iov, size_t n, int more)
+{
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    while (n) {
+        mh.msg_iov = iov;
+        mh.msg_iovlen = n;
+        ssize_t k = sendmsg(c->fd, &mh, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+        if (k < 0) {
+            if (errno == EINTR && !cancelled(c))
+                continue;
+            return io_error(c, "send", errno);
+        }
+        while (n && (size_t)k >= iov->iov_len) {
+            k -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n) {
+            iov->iov_base = (uint8_t *)iov->iov_base + k;
+            iov->iov_len -= (size_t)k;
+        }
+    }
+    return MV_OK;
+}
+
+/* Send what wbuf holds: as it is, or, once the record layer is on, sealed in
+ * place into records of up to MV_RECORD_MAX bytes (wbuf holds their bodies,
+ * rhead their headers and tags; one sendmsg sends up to MV_SEND_RECS). */
 static int
 wb_flush(mv_conn *c, int more)
 {
@@ -390,25 +418,40 @@ wb_flush(mv_conn *c, int more)
         c->wlen = 0;
         return st;
     }
-    size_t out = 0, sent = 0, at = 0;
+    struct iovec iov[3 * MV_SEND_RECS];
+    size_t nrec = 0, at = 0, pending = 0;
     int st = MV_OK;
     for (size_t k = 0; k <= c->ncuts && !st; k++) {
         size_t end = k < c->ncuts ? c->cuts[k] : c->wlen;
         while (at < end && !st) {
             size_t n = end - at < MV_RECORD_MAX ? end - at : MV_RECORD_MAX;
-            st = mv_rec_seal(&c->tx, c->wbuf + at, n, c->obuf + out, c->msg, c->msglen);
-            out += n + MV_RECORD_OVERHEAD;
+            uint8_t *h = c->rhead[nrec], *body = c->wbuf + at;
+            st = mv_rec_seal_parts(&c->tx, h, body, n, body, h + MV_RECORD_HEADER, c->msg,
+                                   c->msglen);
+            iov[3 * nrec] = (struct iovec){h, MV_RECORD_HEADER};
+            iov[3 * nrec + 1] = (struct iovec){body, n};
+            iov[3 * nrec + 2] = (struct iovec){h + MV_RECORD_HEADER, MV_RECORD_TAG};
+            nrec++;
+            pending += n;
             at += n;
             /* Send every record's worth at once: the peer opens it while the
              * next one is sealed. */
-            if (!st && out - sent >= MV_RECORD_MAX) {
-                st = send_all(c, c->obuf + sent, out - sent, 1);
-                sent = out;
+            if (!st && (pending >= MV_RECORD_MAX || nrec == MV_SEND_RECS)) {
+                st = sendmsg_all(c, iov, 3 * nrec, 1);
+                nrec = pending = 0;
             }
         }
     }
     c->wlen = c->ncuts = 0;
-    return st ? st : send_all(c, c->obuf + sent, out - sent, more);
+    return st ? st : sendmsg_all(c, iov, 3 * nrec, more);
+}
+
+/* Bytes a sender gathers in wbuf before it flushes: records are sealed and
+ * sent while their bytes are still in cache. */
+static size_t
+wb_cap(const mv_conn *c)
+{
+    return c->rec_on ? MV_RECORD_MAX : MV_IO_BUF;
 }
 
 /* Start a record at the current end of wbuf (record layer on, room for a cut). */
@@ -566,8 +609,7 @@ conn_records(mv_conn *c, int cipher, const mv_dir_keys *tx, const mv_dir_keys *r
 {
     int st;
     c->cbuf = malloc(MV_IO_BUF);
-    c->obuf = malloc(MV_OBUF);
-    if (!c->cbuf || !c->obuf)
+    if (!c->cbuf)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for record buffers");
     if ((st = mv_rec_init(&c->tx, cipher, tx, 1, c->msg, c->msglen)) ||
         (st = mv_rec_init(&c->rx, cipher, rx, 0, c->msg, c->msglen)))
@@ -801,9 +843,9 @@ send_blob(mv_conn *c, const uint8_t *id, const mv_source *src, int use_sendfile)
         }
     } else {
         while (left) {
-            if (c->wlen == MV_IO_BUF && (s = wb_flush(c, 1)))
+            if (c->wlen >= wb_cap(c) && (s = wb_flush(c, 1)))
                 return s;
-            size_t room = MV_IO_BUF - c->wlen;
+            size_t room = wb_cap(c) - c->wlen;
             size_t want = left < room ? (size_t)left : room;
             ssize_t k = pread(fd, c->wbuf + c->wlen, want, (off_t)off);
             if (k < 0) {
@@ -819,6 +861,8 @@ send_blob(mv_conn *c, const uint8_t *id, const mv_source *src, int use_sendfile)
             off += (uint64_t)k;
             left -= (uint64_t)k;
         }
+        if (src->length >= MV_CUT_MIN)
+            wb_cut(c);
     }
     if (c->bytes_out)
         __atomic_fetch_add(c->bytes_out, src->length, __ATOMIC_RELAXED);
@@ -1000,6 +1044,44 @@ writer_main(void *arg)
     return NULL;
 }
 
+/* Spool buffers kept for the next stream (up to MV_BUF_POOL): a new buffer's
+ * pages are faulted in and zeroed by the kernel (a huge page at a time), which
+ * cost about a fifth of a stream's CPU when every stream allocated its own. */
+#define MV_BUF_POOL 16
+static pthread_mutex_t buf_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint8_t *buf_pool[MV_BUF_POOL];
+static int buf_pooled;
+
+static uint8_t *
+buf_get(void)
+{
+    uint8_t *b = NULL;
+    pthread_mutex_lock(&buf_pool_lock);
+    if (buf_pooled)
+        b = buf_pool[--buf_pooled];
+    pthread_mutex_unlock(&buf_pool_lock);
+    if (b)
+        return b;
+    if (posix_memalign((void **)&b, MV_HUGE_ALIGN, MV_DIRECT_BUF) != 0)
+        return NULL;
+    (void)madvise(b, MV_DIRECT_BUF, MADV_HUGEPAGE);
+    return b;
+}
+
+static void
+buf_put(uint8_t *b)
+{
+    if (!b)
+        return;
+    pthread_mutex_lock(&buf_pool_lock);
+    if (buf_pooled < MV_BUF_POOL) {
+        buf_pool[buf_pooled++] = b;
+        b = NULL;
+    }
+    pthread_mutex_unlock(&buf_pool_lock);
+    free(b);
+}
+
 static void
 writer_free(mv_writer *w)
 {
@@ -1014,7 +1096,7 @@ writer_free(mv_writer *w)
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->cond);
     for (int i = 0; i < MV_DIRECT_NBUF; i++)
-        free(w->job[i].buf);
+        buf_put(w->job[i].buf);
     free(w);
 }
 
@@ -1029,12 +1111,9 @@ writer_new(mv_writer **out)
     int rc = 0;
     /* Huge-page aligned and advised: fewer TLB misses for the receive copy and
      * far fewer pages for O_DIRECT to pin per write. */
-    for (int i = 0; i < MV_DIRECT_NBUF && !rc; i++) {
-        if (posix_memalign((void **)&w->job[i].buf, MV_HUGE_ALIGN, MV_DIRECT_BUF) != 0)
+    for (int i = 0; i < MV_DIRECT_NBUF && !rc; i++)
+        if (!(w->job[i].buf = buf_get()))
             rc = ENOMEM;
-        else
-            (void)madvise(w->job[i].buf, MV_DIRECT_BUF, MADV_HUGEPAGE);
-    }
     for (int i = 0; i < MV_DIRECT_WRITERS && !rc; i++)
         if ((rc = pthread_create(&w->thread[i], NULL, writer_main, w)) == 0)
             w->nthreads++;
@@ -1413,7 +1492,7 @@ server_hs(mv_server *srv, mv_conn *c, mv_hs *hs)
     if ((op != MV_OP_FETCH && op != MV_OP_SEND) || pad)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown operation %d",
                       op);
-    if (cipher != MV_CIPHER_NONE && cipher != MV_CIPHER_AES256GCM && cipher != MV_CIPHER_CHACHA20)
+    if (cipher != MV_CIPHER_NONE && !mv_cipher_keylen(cipher))
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown cipher %d",
                          cipher);
     if (cipher == MV_CIPHER_NONE && !srv->cfg.allow_plaintext)

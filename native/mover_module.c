@@ -423,7 +423,7 @@ PyDoc_STRVAR(transfer_doc,
 "from aligned buffers (native/mover.h). progress(bytes, chunks) is called every tick\n"
 "seconds; if it raises (or a signal handler does), every stream is cancelled\n"
 "and the exception is\n"
-"raised once all have stopped. cipher: CIPHER_AUTO (AES-256-GCM with AES-NI,\n"
+"raised once all have stopped. cipher: CIPHER_AUTO (AES-128-GCM with AES-NI,\n"
 "else ChaCha20-Poly1305), a CIPHER_* constant, or CIPHER_NONE (plaintext; the\n"
 "server must allow it). Returns per stream (status, message, bytes, chunks,\n"
 "missing, committed, rejected, cipher name).");
@@ -448,8 +448,7 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
                                      &use_sendfile, &progress, &tick, &sndbuf, &rcvbuf,
                                      &nshared, &batch, &congestion, &direct, &cipher))
         return NULL;
-    if (cipher != MV_CIPHER_AUTO && cipher != MV_CIPHER_NONE && cipher != MV_CIPHER_AES256GCM &&
-        cipher != MV_CIPHER_CHACHA20)
+    if (cipher != MV_CIPHER_AUTO && cipher != MV_CIPHER_NONE && !mv_cipher_keylen(cipher))
         return PyErr_Format(PyExc_ValueError, "unknown cipher %d: use a CIPHER_* constant",
                             cipher);
     if (check_congestion(congestion) < 0)
@@ -660,14 +659,31 @@ record_keys(PyObject *Py_UNUSED(module), PyObject *args)
                            &c2s, &s2c, msg, sizeof msg) != MV_OK)
         PyErr_SetString(PyExc_OSError, msg);
     else
-        res = Py_BuildValue("(y#y#y#y#)", c2s.key, (Py_ssize_t)MV_KEY_LEN, c2s.iv,
-                            (Py_ssize_t)MV_IV_LEN, s2c.key, (Py_ssize_t)MV_KEY_LEN, s2c.iv,
-                            (Py_ssize_t)MV_IV_LEN);
+        res = Py_BuildValue("(y#y#y#y#)", c2s.key, (Py_ssize_t)mv_cipher_keylen(cipher), c2s.iv,
+                            (Py_ssize_t)MV_IV_LEN, s2c.key, (Py_ssize_t)mv_cipher_keylen(cipher),
+                            s2c.iv, (Py_ssize_t)MV_IV_LEN);
     PyBuffer_Release(&secret);
     PyBuffer_Release(&dh);
     PyBuffer_Release(&cn);
     PyBuffer_Release(&sn);
     return res;
+}
+
+/* A direction's key and IV from Python buffers, checked against the cipher's key
+ * length: 1, or 0 with ValueError set. */
+static int
+dir_keys(int cipher, const Py_buffer *key, const Py_buffer *iv, mv_dir_keys *k)
+{
+    size_t kl = mv_cipher_keylen(cipher);
+    if (!kl || (size_t)key->len != kl || iv->len != MV_IV_LEN) {
+        PyErr_Format(PyExc_ValueError, "cipher %d takes a key of %zu bytes and an iv of %d",
+                     cipher, kl, MV_IV_LEN);
+        return 0;
+    }
+    memset(k->key, 0, MV_KEY_LEN);
+    memcpy(k->key, key->buf, kl);
+    memcpy(k->iv, iv->buf, MV_IV_LEN);
+    return 1;
 }
 
 static PyObject *
@@ -678,12 +694,8 @@ check_records(PyObject *Py_UNUSED(module), PyObject *args)
     if (!PyArg_ParseTuple(args, "iy*y*y*:check_records", &cipher, &key, &iv, &buf))
         return NULL;
     PyObject *res = NULL;
-    if (key.len != MV_KEY_LEN || iv.len != MV_IV_LEN) {
-        PyErr_Format(PyExc_ValueError, "key must be %d bytes and iv %d", MV_KEY_LEN, MV_IV_LEN);
-    } else {
-        mv_dir_keys k;
-        memcpy(k.key, key.buf, MV_KEY_LEN);
-        memcpy(k.iv, iv.buf, MV_IV_LEN);
+    mv_dir_keys k;
+    if (dir_keys(cipher, &key, &iv, &k)) {
         char msg[256] = "";
         size_t n = 0;
         int st;
@@ -709,14 +721,11 @@ seal_record(PyObject *Py_UNUSED(module), PyObject *args)
         return NULL;
     PyObject *res = NULL;
     uint8_t *out = NULL;
-    if (key.len != MV_KEY_LEN || iv.len != MV_IV_LEN) {
-        PyErr_Format(PyExc_ValueError, "key must be %d bytes and iv %d", MV_KEY_LEN, MV_IV_LEN);
-    } else if (!(out = PyMem_Malloc((size_t)pt.len + MV_RECORD_OVERHEAD))) {
+    mv_dir_keys k;
+    if (dir_keys(cipher, &key, &iv, &k) &&
+        !(out = PyMem_Malloc((size_t)pt.len + MV_RECORD_OVERHEAD)))
         PyErr_NoMemory();
-    } else {
-        mv_dir_keys k;
-        memcpy(k.key, key.buf, MV_KEY_LEN);
-        memcpy(k.iv, iv.buf, MV_IV_LEN);
+    if (out) {
         char msg[256] = "";
         mv_rec_dir d;
         int st = mv_rec_init(&d, cipher, &k, 1, msg, sizeof msg);
@@ -746,6 +755,22 @@ cipher_name(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyObject *
+cipher_rate(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int cipher;
+    double seconds, rate;
+    if (!PyArg_ParseTuple(args, "id:cipher_rate", &cipher, &seconds))
+        return NULL;
+    if (!mv_cipher_keylen(cipher) || seconds <= 0 || seconds > 10)
+        return PyErr_Format(PyExc_ValueError, "cipher_rate needs a cipher (not none) and "
+                            "0 < seconds <= 10");
+    Py_BEGIN_ALLOW_THREADS
+    rate = mv_rec_rate(cipher, seconds);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(rate);
+}
+
+static PyObject *
 strerror_(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int st;
@@ -772,6 +797,9 @@ static PyMethodDef methods[] = {
     {"seal_record", seal_record, METH_VARARGS,
      "seal_record(cipher, key, iv, seq, plaintext, /) -> (status, record, message)\n\n"
      "Seal one record as a stream does at sequence number seq (tests)."},
+    {"cipher_rate", cipher_rate, METH_VARARGS,
+     "cipher_rate(cipher, seconds, /) -> float\n\nBytes per second of sealing full records "
+     "in place with a CIPHER_* on one thread (the record layer's ceiling)."},
     {"cipher_name", cipher_name, METH_VARARGS,
      "cipher_name(cipher, /) -> str\n\nThe name of a CIPHER_* (CIPHER_AUTO: the one this CPU "
      "gets)."},
@@ -805,7 +833,8 @@ PyInit__mover(void)
         {"ENTRY_LEN", ENTRY_LEN}, {"ENTRY_VERIFIED", MV_ENTRY_VERIFIED},
         {"SENDFILE_AUTO", MV_SENDFILE_AUTO}, {"ERR_RECORD", MV_ERR_RECORD},
         {"ERR_REKEY", MV_ERR_REKEY}, {"CIPHER_NONE", MV_CIPHER_NONE},
-        {"CIPHER_AES256GCM", MV_CIPHER_AES256GCM}, {"CIPHER_CHACHA20", MV_CIPHER_CHACHA20},
+        {"CIPHER_AES128GCM", MV_CIPHER_AES128GCM}, {"CIPHER_AES256GCM", MV_CIPHER_AES256GCM},
+        {"CIPHER_CHACHA20", MV_CIPHER_CHACHA20},
         {"CIPHER_AUTO", MV_CIPHER_AUTO}, {"RECORD_MAX", (int)MV_RECORD_MAX},
         {"DEFAULT_MAX_CONNS", MV_DEFAULT_MAX_CONNS},
         {"DEFAULT_MIN_RATE", (int)MV_DEFAULT_MIN_RATE}};

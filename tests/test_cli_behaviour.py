@@ -305,6 +305,7 @@ BAD_INPUT: dict[tuple[str, ...], list[str]] = {
     ("site", "serve"): ["site", "serve", "--port", "-1"],
     ("token", "mint"): ["token", "mint", "--user", "u", "--ttl=-5m"],
     ("grant",): ["grant", "/x/**", "--to", "y", "--read"],
+    ("entity", "revoke-cert"): ["entity", "revoke-cert", "not-a-serial"],
     ("rule", "add"): ["rule", "add", "/x/**", "--copies", "two"],
     ("rule", "ls"): ["rule", "ls"],
     ("rule", "rm"): ["rule", "rm", "r1"],
@@ -345,6 +346,10 @@ def test_bad_input_table_covers_every_command() -> None:
 
 #: Flags with input, beyond each command's row above.
 BAD_FLAGS: dict[str, list[str]] = {
+    "entity revoke-cert zero": ["entity", "revoke-cert", "0"],
+    "entity revoke-cert too long": ["entity", "revoke-cert", "ab" * 21],
+    "entity revoke-cert no keys": ["entity", "revoke-cert", "1f", "--registry",
+                                   "https://127.0.0.1:9", "--token", "t"],
     "mount --meta-entries": ["mount", "OUT", "--meta-entries", "0"],
     "pool add --encrypt": ["pool", "add", "p2", "nosuchproto://x", "--encrypt"],
     "init --encrypt": ["init", "--encrypt"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import struct
 import threading
@@ -39,7 +40,8 @@ pytestmark = pytest.mark.timeout(60)
 SECRET = bytes(range(100, 132))
 MARKER = b"hutong-mover-marker:" + bytes(range(65, 65 + 44))  # 64 bytes
 assert len(MARKER) == 64
-CIPHERS = [ref.CIPHER_AES256GCM, ref.CIPHER_CHACHA20]
+CIPHERS = [ref.CIPHER_AES128GCM, ref.CIPHER_AES256GCM, ref.CIPHER_CHACHA20]
+BY_NAME = {_mover.cipher_name(c): c for c in CIPHERS}
 
 
 @pytest.fixture
@@ -79,11 +81,42 @@ def test_keys_match_the_reference_and_differ_per_direction_and_stream(cipher: in
     send = _mover.record_keys(SECRET, dh, cn, sn, 2, cipher)
     fresh = _mover.record_keys(SECRET, os.urandom(32), cn, sn, OP_FETCH, cipher)  # exchange
     assert len({k for ks in (keys, other, send, fresh) for k in ks[::2]}) == 8
+    assert {len(k) for k in keys[::2]} == {ref.KEY_LEN[cipher]}
+
+
+def test_no_two_ciphers_share_key_material() -> None:
+    """The same handshake under each cipher: no key, key prefix or IV in common."""
+    cn, sn, dh = os.urandom(32), os.urandom(32), os.urandom(32)
+    derived = [_mover.record_keys(SECRET, dh, cn, sn, OP_FETCH, c) for c in CIPHERS]
+    assert len({k[:16] for ks in derived for k in ks[::2]}) == 2 * len(CIPHERS)
+    assert len({iv for ks in derived for iv in ks[1::2]}) == 2 * len(CIPHERS)
+    # Keys of the wrong length for a cipher are refused, not padded or cut.
+    key, iv = os.urandom(32), os.urandom(12)
+    with pytest.raises(ValueError, match="key of 16 bytes"):
+        _mover.check_records(ref.CIPHER_AES128GCM, key, iv, b"")
+    with pytest.raises(ValueError, match="key of 32 bytes"):
+        _mover.seal_record(ref.CIPHER_AES256GCM, key[:16], iv, 0, b"x")
+
+
+def test_record_layer_rate_is_measured_per_cipher() -> None:
+    """`cipher_rate` seals real records (the bench's cipher ceiling); none has no rate."""
+    for cipher in CIPHERS:
+        assert _mover.cipher_rate(cipher, 0.02) > 50e6
+    with pytest.raises(ValueError, match="cipher_rate needs a cipher"):
+        _mover.cipher_rate(ref.CIPHER_NONE, 0.1)
+
+
+def test_auto_is_aes_128_gcm_where_the_cpu_has_aes_instructions() -> None:
+    flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(),
+                          re.M).group(1).split())  # type: ignore[union-attr]
+    want = "aes-128-gcm" if {"aes", "pclmulqdq"} <= flags else "chacha20-poly1305"
+    assert _mover.cipher_name(_mover.CIPHER_AUTO) == want
+    assert mover.CIPHERS["aes-128-gcm"] == ref.CIPHER_AES128GCM
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
 def test_c_opens_reference_records_and_refuses_every_alteration(cipher: int) -> None:
-    keys = ref.DirKeys(os.urandom(32), os.urandom(12))
+    keys = ref.DirKeys(os.urandom(ref.KEY_LEN[cipher]), os.urandom(12))
     seal = ref.Direction(cipher, keys)
     recs = [seal.seal(os.urandom(n)) for n in (1, 1000, ref.RECORD_MAX, 77)]
     good = b"".join(recs)
@@ -111,13 +144,13 @@ def test_c_opens_reference_records_and_refuses_every_alteration(cipher: int) -> 
     assert check(bytes(moved))[0] == _mover.ERR_RECORD
     assert check(os.urandom(100))[0] == _mover.ERR_RECORD
     assert check(good[:-1])[:2] == (_mover.ERR_CLOSED, 3)
-    other = ref.Direction(cipher, ref.DirKeys(os.urandom(32), keys.iv)).seal(b"x" * 64)
+    other = ref.Direction(cipher, ref.DirKeys(os.urandom(len(keys.key)), keys.iv)).seal(b"x" * 64)
     assert check(other)[0] == _mover.ERR_RECORD  # sealed with another key
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
 def test_c_seals_what_the_reference_opens_and_stops_at_the_record_limit(cipher: int) -> None:
-    keys = ref.DirKeys(os.urandom(32), os.urandom(12))
+    keys = ref.DirKeys(os.urandom(ref.KEY_LEN[cipher]), os.urandom(12))
     opener = ref.Direction(cipher, keys)
     for seq, size in ((0, 1), (1, 4096), (2, ref.RECORD_MAX)):
         text = os.urandom(size)
@@ -195,7 +228,7 @@ def test_wire_holds_no_chunk_plaintext(src: Client, dst: Client, tmp_path: Path)
         assert [ref.RECORD_HEADER.unpack_from(r)[2] for r in recs] == list(range(len(recs)))
         # Forward secrecy: the session secret alone does not open them (the keys
         # also come from the ephemeral X25519 exchange, whose private halves are gone).
-        cipher = ref.CIPHER_AES256GCM if stats.cipher == "aes-256-gcm" else ref.CIPHER_CHACHA20
+        cipher = BY_NAME[stats.cipher]
         for dh in (bytes(32), cpub, spub):
             _, s2c = ref.record_keys(SECRET, dh, cn, sn, OP_FETCH, cipher)
             with pytest.raises(ref.RecordError):
@@ -231,7 +264,8 @@ def test_altered_fetch_fails_and_commits_nothing_it_carried(
         relay = Relay(srv.address, Tamper("s2c", index, action))  # type: ignore[arg-type]
         try:
             with pytest.raises(mover.MoverError) as info:
-                mover.fetch(dst, relay.address, ids, SECRET, streams=1, retries=0)
+                mover.fetch(dst, relay.address, ids, SECRET, streams=1, retries=0,
+                            cipher="aes-128-gcm")
         finally:
             relay.close()
     assert relay.hits == 1
@@ -263,7 +297,8 @@ def test_altered_send_fails_and_the_server_commits_nothing(
         relay = Relay(srv.address, Tamper("c2s", 2, action))  # type: ignore[arg-type]
         try:
             with pytest.raises(mover.MoverError) as info:
-                mover.send(src, relay.address, ids, SECRET, streams=1, retries=0)
+                mover.send(src, relay.address, ids, SECRET, streams=1, retries=0,
+                           cipher="aes-256-gcm")
         finally:
             relay.close()
         if action != "cut":
@@ -385,6 +420,20 @@ def test_large_blobs_start_their_own_records(big: Client, dst: Client, direct: b
             peer.close()
             assert sum(p[:4] == b"HTCB" for p in plain) >= len(ids) // 2  # a blob's header
             assert sum(len(p) for p in plain if p[:4] == b"HTCB") > stats.bytes // 2
+            # ...and ends them: the next frame's header is in a record of its own,
+            # so every byte of a large blob is opened straight into the spool.
+            ends, at = set(), 0
+            for p in plain:
+                at += len(p)
+                ends.add(at)
+            stream, pos, large = b"".join(plain), 0, 0
+            while pos < len(stream):
+                kind, length = stream[pos + 5], struct.unpack_from("<I", stream, pos + 8)[0]
+                if kind == 6 and length - 16 >= 32768:  # DATA: id, then the blob
+                    assert {pos + 12 + 16, pos + 12 + length} <= ends
+                    large += 1
+                pos += 12 + length
+            assert large >= len(ids) // 2
             with small_store(tmp_path / "again") as again:
                 # Record 3 is inside the blobs: flipped, it fails the fetch there.
                 relay = Relay(srv.address, Tamper("s2c", 3, "flip"))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gfs import _sealed
 from gfs.client import Client
 from gfs.errors import ConfigError, CorruptChunkError, PoolObjectMissingError, StateError
 from gfs.pools import LocalPool, Pool
@@ -242,3 +243,54 @@ def test_init_encrypt_and_copy_between_encrypted_stores(tmp_path: Path) -> None:
     for state in (src, dst):
         stored = _pool_bytes(state / "pools" / "default")
         assert len(stored) > 100_000 and b"secret" not in stored
+
+
+def test_reads_into_a_buffer_and_large_reads(tmp_path: Path) -> None:
+    """Reads decrypt straight into a caller's buffer (`readinto`) or the bytes returned;
+    a bad segment anywhere fails the read and a caller's buffer then holds none of the
+    plaintext."""
+    inner = LocalPool(str(tmp_path / "p"))
+    pool = SealedPool(inner, os.urandom(32))
+    data = os.urandom(100 * SEGMENT + 77)
+    pool.put("packs/a", [data])
+    n = len(data)
+    for a, b in [(0, n), (7, n - 9), (SEGMENT, 70 * SEGMENT), (3, 40 * SEGMENT + 1)]:
+        assert pool.get("packs/a", a, b) == data[a:b], (a, b)
+        buf = bytearray(b - a + 5)
+        assert pool.readinto("packs/a", a, buf) == min(b - a + 5, n - a)
+        assert buf[:b - a] == data[a:b]
+    tail = memoryview(bytearray(100))
+    assert pool.readinto("packs/a", n - 10, tail) == 10 and tail[:10] == data[-10:]
+    assert pool.readinto("packs/a", n + 5, tail) == 0
+    stored = bytearray(inner.get("packs/a"))
+    stored[HEAD_LEN + 90 * (SEGMENT + 16) + 3] ^= 1  # segment 90, read by the last thread
+    inner.put("packs/a", [bytes(stored)])  # keys are bound to the name: the same one
+    with pytest.raises(CorruptChunkError, match="segment 90"):
+        pool.get("packs/a")
+    buf = bytearray(n)
+    with pytest.raises(CorruptChunkError, match="segment 90"):
+        pool.readinto("packs/a", 0, buf)
+    assert buf == bytearray(n)
+    assert pool.get("packs/a", 0, 90 * SEGMENT) == data[:90 * SEGMENT]  # the rest is good
+
+
+def test_filled_bytes_hands_out_only_what_fill_wrote_whole() -> None:
+    """The C helper behind large reads: a bytes object filled in place, handed out only
+    if `fill` wrote all of it; fill's own error comes through unchanged."""
+
+    def fill(view: memoryview) -> int:
+        view[:] = b"ab" * (len(view) // 2)
+        return len(view)
+
+    assert _sealed.filled_bytes(6, fill) == b"ababab"
+    assert _sealed.filled_bytes(0, lambda v: 0) == b""
+    with pytest.raises(ValueError, match="wrote 3 of 6 bytes"):
+        _sealed.filled_bytes(6, lambda v: 3)
+
+    def fail(view: memoryview) -> int:
+        raise CorruptChunkError("packs/x", "segment 2 fails authentication")
+
+    with pytest.raises(CorruptChunkError, match="segment 2"):
+        _sealed.filled_bytes(6, fail)
+    with pytest.raises(ValueError, match="negative"):
+        _sealed.filled_bytes(-1, fill)

@@ -6,11 +6,15 @@
 * Certificate revocation: an entity revokes one certificate its CA issued (the registry
   publishes the serial in its entity record), and every site then refuses it at the
   mutual-TLS check: a stolen site certificate (with the entity key's signatures) stops
-  working; another entity cannot revoke it. (Runs last: it revokes a1's certificate.)
+  working; another entity cannot revoke it. Clients check a site's server certificate
+  against the same list: a host holding a1's revoked certificate and key no longer
+  passes for a1. The entity revokes with `hutong entity revoke-cert`. (Runs last: it
+  revokes a1's certificate.)
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -24,7 +28,7 @@ from gfs.federation.auth import AuthError, mint_token
 from gfs.federation.http import HttpClient
 from gfs.federation.registry_metrics import ISSUER
 from gfs.federation.testing import Federation
-from gfs.federation.tls import trust_for
+from gfs.federation.tls import Trust, trust_for
 from tests.test_access_log import fed  # noqa: F401 - the same two sites, this module's own
 
 ROOT = Path(__file__).parent.parent
@@ -76,6 +80,14 @@ def test_registry_metrics_need_its_metrics_token(fed: Federation) -> None:  # no
         time.sleep(0.2)
 
 
+def as_user_of(f: Federation, site: str) -> HttpClient:
+    """A user of the site's entity (a token) with a fresh trust: it reads the registry now."""
+    entity = str(f.sites[site]["entity"])
+    return HttpClient(str(f.sites[site]["url"]), tls=Trust(f.registry_url, f.registry_ca),
+                      site=site, token=f.keys(entity).mint_token("u", "read", f"/{entity}",
+                                                                   ttl=600))
+
+
 def test_revoked_site_certificate_refused(fed: Federation) -> None:  # noqa: F811
     keys = fed.keys("bank-a")
     trust = trust_for(keys)
@@ -100,9 +112,33 @@ def test_revoked_site_certificate_refused(fed: Federation) -> None:  # noqa: F81
     public = HttpClient(fed.registry_url, tls=fed.trust)
     assert "revoked_certs" not in public.call("GET", "/v1/entities/bank-a")
     assert answer() != "client_certificate"
-    rec = HttpClient(fed.registry_url, keys=keys, tls=trust).call(
-        "POST", "/v1/entities/bank-a/revoke", body)
+
+    def as_user() -> HttpClient:
+        return as_user_of(fed, "a1")
+    assert as_user().call("GET", "/v1/status")["site"] == "a1"
+    # the entity revokes with its key, through the CLI (the serial as openssl prints it)
+    assert keys.directory is not None
+    proc = subprocess.run(
+        [sys.executable, "-m", "gfs.cli", "entity", "revoke-cert",
+         "serial=" + f"{serial:X}", "--registry", str(fed.registry_url),
+         "--keys", str(keys.directory)], capture_output=True, text=True, timeout=60,
+        cwd=ROOT, env={**os.environ, "HUTONG_TOKEN": "", "HUTONG_PROFILE": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert f"revokes certificate {serial:x}" in proc.stdout
+    rec = public.call("GET", "/v1/entities/bank-a")
     assert rec["revoked_certs"] == [f"{serial:x}"]
+    # a client no longer accepts a1's certificate as a server's (a host that stole it)
+    with pytest.raises(AuthError) as e:
+        as_user().call("GET", "/v1/status")
+    assert e.value.code == "revoked_certificate" and f"{serial:x}" in str(e.value)
+    # nor does a site of bank-a itself (its own entity's list)
+    with pytest.raises(AuthError) as e:
+        HttpClient(str(fed.sites["a1"]["url"]), keys=fed.keys("bank-a"),
+                   tls=Trust(fed.registry_url, fed.registry_ca, directory=trust.directory),
+                   site="a1").call("GET", "/v1/status")
+    assert e.value.code == "revoked_certificate"
+    # another site of the federation still passes
+    assert as_user_of(fed, "t1").call("GET", "/v1/status")["site"] == "t1"
     deadline = time.monotonic() + 20  # t1 reads the registry every heartbeat (0.3 s)
     while (got := answer()) != "client_certificate":
         assert time.monotonic() < deadline, f"t1 still answers {got!r} to a revoked cert"

@@ -368,6 +368,36 @@ def cmd_token_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+def serial_arg(text: str) -> int:
+    """A certificate's serial number: hexadecimal (as `openssl x509 -serial` prints it,
+    colons allowed) or the path of a PEM certificate file."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        from gfs.federation import certs
+
+        try:
+            return int(certs.load_cert(path.read_bytes(), str(path)).serial_number)
+        except (HutongError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"{text}: not a PEM certificate ({e})") from None
+    digits = text.strip().lower().removeprefix("serial=").removeprefix("0x").replace(":", "")
+    if not 1 <= len(digits) <= 40 or any(c not in "0123456789abcdef" for c in digits) \
+            or int(digits, 16) == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a certificate serial (1 to 40 hex digits, as `openssl x509 "
+            "-noout -serial -in CERT` prints) nor a PEM certificate file")
+    return int(digits, 16)
+
+
+def cmd_entity_revoke_cert(args: argparse.Namespace) -> int:
+    with _fed(args) as fc:
+        rec = fc.revoke_cert(args.serial)
+    if not args.quiet:
+        print(f"{rec.get('name', fc.me)} revokes certificate {args.serial:x} "
+              f"({len(rec.get('revoked_certs', []))} revoked); sites and clients refuse it "
+              "from their next registry read")
+    return 0
+
+
 def cmd_grant(args: argparse.Namespace) -> int:
     with _fed(args) as fc:
         g = fc.grant(args.pattern, args.to, "write" if args.write else "read")
@@ -580,6 +610,20 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--keys", metavar="DIR", help="the entity's keys (default: those of the "
                     "profile in use, else STATE/federation)")
     sp.set_defaults(func=cmd_token_mint)
+
+    p = sub.add_parser("entity", help="the entity's certificates", parents=[common])
+    es = p.add_subparsers(dest="entity_command", metavar="COMMAND", required=True)
+    sp = es.add_parser("revoke-cert", parents=[common, ident],
+                       help="revoke one certificate the entity's CA issued",
+                       description="Add the certificate's serial to the entity's revocation "
+                       "list at the registry (signed with the entity key): sites refuse it "
+                       "as a client certificate, clients as a site's server certificate, "
+                       "from their next registry read (one heartbeat). A leaked CA: register "
+                       "a new one instead (docs/trust.md).")
+    sp.add_argument("serial", metavar="SERIAL", type=serial_arg,
+                    help="the serial in hex (`openssl x509 -noout -serial -in CERT`), or "
+                    "the certificate's PEM file")
+    sp.set_defaults(func=cmd_entity_revoke_cert)
 
     sp = sub.add_parser("grant", parents=[common, ident],
                         help="let another entity read or write a subtree",

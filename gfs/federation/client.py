@@ -461,6 +461,18 @@ class FederationClient:
         return dict(self.registry.call("POST", f"/v1/entities/{self._me()}/revoke",
                                        {"before": when}))
 
+    def revoke_cert(self, serial: int) -> dict[str, Any]:
+        """Revoke one certificate this client's entity CA issued, by serial number (signed
+        with the entity key): sites refuse it as a client certificate and clients as a
+        site's server certificate from their next read of the registry."""
+        if self.keys is None:
+            raise ConfigError("revoking a certificate is signed with the entity key; pass "
+                              "--keys DIR (the entity's site directory STATE/federation)")
+        if not 0 < serial < 1 << 160:
+            raise ConfigError(f"certificate serial {serial:x} is not 1 to 20 bytes long")
+        return dict(self.registry.call("POST", f"/v1/entities/{self._me()}/revoke",
+                                       {"cert": f"{serial:x}"}))
+
     def rotate_key(self, new: EntityKeys) -> dict[str, Any]:
         """Bind this client's entity to `new`'s key at the registry (signed with the
         current key, proven by the new one); copy the new key to the entity's sites."""

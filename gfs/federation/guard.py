@@ -6,8 +6,10 @@
 Each accepted connection passes `ConnectionGuard.admit`: at most `per_peer` open
 connections from one address and `total` in all, so descriptors never run out. At
 `total`, a new connection takes the place of the oldest one that has not yet sent its
-first request (an idle flood cannot lock clients out); only when every connection is
-busy is the new one closed at once, before aiohttp sees it. The first request's
+first request (an idle flood cannot lock clients out), else of the keep-alive connection
+idle the longest (its requests all answered, none in progress: a flood of clients that
+make one request each and keep the connection cannot either); only when every
+connection is busy is the new one closed at once, before aiohttp sees it. The first request's
 headers must be complete within `header_timeout` seconds of the connection, or it is
 closed. With TLS, the handshake (and its ~256 KiB of buffers) starts only once the
 client has sent its first bytes, so idle connections cost a socket, not memory. Idle
@@ -52,9 +54,13 @@ class ConnectionGuard:
         self._open: dict[str, int] = {}
         self._total = 0
         self._waiting: OrderedDict[_Guarded, None] = OrderedDict()
+        self._started: set[_Guarded] = set()
+        """Connections past their first request (keep-alive ones among them)."""
         self.refused = 0
         self.expired = 0
         self.evicted = 0
+        self.evicted_idle = 0
+        """Keep-alive connections (past their first request) evicted for newcomers."""
         self._lock = threading.Lock()
 
     def admit(self, peer: str, conn: _Guarded | None = None) -> bool:
@@ -66,10 +72,16 @@ class ConnectionGuard:
                 self.refused += 1
                 return False
             if self._total >= self.limits.total:
-                if not self._waiting:
-                    self.refused += 1
-                    return False
-                victim, _ = self._waiting.popitem(last=False)
+                if self._waiting:
+                    victim, _ = self._waiting.popitem(last=False)
+                else:  # at the limit, rarely: a scan of the open connections is fine
+                    idle = [c for c in self._started if c.idle()]
+                    if not idle:
+                        self.refused += 1
+                        return False
+                    victim = min(idle, key=lambda c: c.last_active)
+                    self._started.discard(victim)
+                    self.evicted_idle += 1
                 self.evicted += 1
             self._open[peer] = self._open.get(peer, 0) + 1
             self._total += 1
@@ -82,12 +94,15 @@ class ConnectionGuard:
     def started(self, conn: _Guarded) -> None:
         """`conn` sent its first request: it is no longer evicted for a newcomer."""
         with self._lock:
-            self._waiting.pop(conn, None)
+            if conn in self._waiting:
+                self._waiting.pop(conn)
+                self._started.add(conn)
 
     def release(self, peer: str, conn: _Guarded | None = None) -> None:
         with self._lock:
             if conn is not None:
                 self._waiting.pop(conn, None)
+                self._started.discard(conn)
             left = self._open.get(peer, 0) - 1
             if left > 0:
                 self._open[peer] = left
@@ -116,6 +131,8 @@ class _Guarded(asyncio.Protocol):
         self._task: asyncio.Future[None] | None = None
         self._early = b""
         self._watch = -1  # a duplicate of the socket watched for the first bytes (TLS)
+        self.last_active = 0.0
+        """Loop time of the last bytes received (the last request, once idle)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -158,8 +175,20 @@ class _Guarded(asyncio.Protocol):
             os.close(self._watch)
             self._watch = -1
 
+    def idle(self) -> bool:
+        """Whether this connection is kept alive with nothing to do: past its first
+        request, aiohttp's handler has no request in progress and none queued (read from
+        the handler; an aiohttp without these fields makes no connection idle)."""
+        inner = self._inner
+        transport = self._transport
+        return (inner is not None and self._timer is None and transport is not None
+                and not transport.is_closing()
+                and getattr(inner, "_request_in_progress", True) is False
+                and not getattr(inner, "_messages", True))
+
     def evict(self) -> None:
-        """Close this connection (still waiting for its first request) for a newcomer."""
+        """Close this connection (waiting for its first request, or idle) for a
+        newcomer."""
         self._release()
         if self._transport is not None:
             self._transport.abort()
@@ -204,6 +233,7 @@ class _Guarded(asyncio.Protocol):
             self._guard.release(self._peer, self)
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = asyncio.get_running_loop().time()
         if self._timer is not None:
             seen = self._tail + data[:4096]
             if b"\r\n\r\n" in seen or b"\r\n\r\n" in data:

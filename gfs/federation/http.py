@@ -209,17 +209,26 @@ class Metrics:
 
 class _TlsConnection(http.client.HTTPSConnection):
     """An HTTPS connection that checks the certificate for `server_name`, the peer's
-    federation name, instead of the URL's host."""
+    federation name, instead of the URL's host, then hands it to `check` (the
+    revocation list)."""
 
     def __init__(self, host: str, port: int, *, context: ssl.SSLContext, server_name: str,
-                 timeout: float) -> None:
+                 timeout: float, check: Callable[[bytes], None] | None = None) -> None:
         super().__init__(host, port, timeout=timeout, context=context)
         self._server_name = server_name
         self._tls_context = context
+        self._check = check
 
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
         self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_name)
+        der = self.sock.getpeercert(binary_form=True)
+        if self._check is not None and der is not None:
+            try:
+                self._check(der)
+            except BaseException:
+                self.close()
+                raise
 
 
 _TLS_REFUSALS = ("CERTIFICATE_VERIFY_FAILED", "UNKNOWN_CA", "BAD_CERTIFICATE",
@@ -308,8 +317,12 @@ class HttpClient:
                     f"TLS (https://); {PLAINTEXT_OPTION} allows it on a development machine")
             return http.client.HTTPConnection(self.host, self.port, timeout=t)
         assert self.tls is not None
-        ctx, name = self.tls.client_context(self.base_url, self.site, self.entity)
-        return _TlsConnection(self.host, self.port, context=ctx, server_name=name, timeout=t)
+        tls = self.tls
+        ctx, name = tls.client_context(self.base_url, self.site, self.entity)
+        entity = tls.server_entity(self.base_url, self.site, self.entity)
+        url = self.base_url
+        return _TlsConnection(self.host, self.port, context=ctx, server_name=name, timeout=t,
+                              check=lambda der: tls.check_server_cert(entity, url, der))
 
     def _conn(self) -> http.client.HTTPConnection:
         """An idle kept connection (the most recently used), else a new one: any thread
@@ -358,6 +371,9 @@ class HttpClient:
                     self._release(conn)
                 kind = resp.getheader("Content-Type", "").split(";")[0].strip().lower()
                 return resp.status, data, kind
+            except AuthError:  # a PermissionError: the server's certificate is revoked
+                conn.close()
+                raise
             except (ConnectionError, http.client.HTTPException, TimeoutError, OSError) as e:
                 conn.close()
                 if _tls_refusal(e):

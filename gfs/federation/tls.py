@@ -158,11 +158,15 @@ class Trust:
                             "no_ca")
         return ca
 
+    def _note_revoked(self, rec: dict[str, Any]) -> None:
+        """Keep the serials of the certificates the entity of `rec` revoked (hex)."""
+        with self._lock:
+            self._revoked[str(rec.get("name", ""))] = frozenset(
+                int(str(x), 16) for x in rec.get("revoked_certs", [])[:MAX_REVOKED_CERTS])
+
     def _verified(self, rec: dict[str, Any]) -> x509.Certificate | None:
         name = str(rec.get("name", ""))
-        with self._lock:  # the serials of certificates the entity revoked (hex)
-            self._revoked[name] = frozenset(
-                int(str(x), 16) for x in rec.get("revoked_certs", [])[:MAX_REVOKED_CERTS])
+        self._note_revoked(rec)
         if not rec.get("ca") or not rec.get("ca_sig"):
             return None
         key = (name, str(rec["ca"]), str(rec["ca_sig"]), str(rec["public_key"]))
@@ -214,6 +218,34 @@ class Trust:
         elif entity is None:
             entity = self._entity_of_site(site)
         return self._ctx(_pem(self.entity_ca(entity))), certs.site_name(site, entity)
+
+    def server_entity(self, url: str, site: str | None = None,
+                      entity: str | None = None) -> str | None:
+        """The entity whose CA issues the certificate of the server at `url` (as
+        `client_context` resolves it), or None for the registry."""
+        if _key(url) == _key(self.registry_url):
+            return None
+        if entity is not None:
+            return entity
+        return self._entity_of_site(site) if site is not None else self.site_at(url)[1]
+
+    def check_server_cert(self, entity: str | None, url: str, leaf_der: bytes) -> None:
+        """AuthError if `entity` revoked the certificate `leaf_der` that the server at
+        `url` presented (the registry's list, as this trust last read it with the
+        entity's CA: a revoked certificate, with its key stolen, no longer passes for
+        the site)."""
+        if entity is None:
+            return
+        rec = self.view.entities().get(entity)  # cached; also this party's own entity
+        if rec is not None:
+            self._note_revoked(rec)
+        serial = x509.load_der_x509_certificate(leaf_der).serial_number
+        with self._lock:
+            revoked = self._revoked.get(entity, frozenset())
+        if serial in revoked:
+            raise AuthError(f"the server at {url} presented certificate {serial:x}, which "
+                            f"{entity!r} revoked; it is not that site (or the site must get "
+                            "a new certificate)", 401, "revoked_certificate")
 
     def _entity_of_site(self, site: str) -> str:
         rec = self.view.sites().get(site) or self.view.sites(refresh=True).get(site)

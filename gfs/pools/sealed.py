@@ -9,7 +9,6 @@ never sees or writes a plaintext byte in the backend.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import struct
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gfs import _sealed
 from gfs.codec import Buffer
 from gfs.errors import ConfigError, CorruptChunkError
 from gfs.pools.base import Pool, PoolWrapper, check_key, check_range
@@ -47,23 +47,6 @@ def _object_aead(key: bytes, name: str, salt: bytes) -> AESGCM:
     (a derivation costs ~100 us, a 4 KiB read ~10 us)."""
     info = b"hutong pool object v1\0" + name.encode()
     return AESGCM(HKDF(hashes.SHA256(), KEY_LEN, salt, info).derive(key))
-
-
-_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
-_new_bytes.restype, _new_bytes.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
-_bytes_at = ctypes.pythonapi.PyBytes_AsString
-_bytes_at.restype, _bytes_at.argtypes = ctypes.c_void_p, (ctypes.py_object,)
-
-
-def _fresh_bytes(n: int) -> tuple[bytes, memoryview]:
-    """A new, not yet shared `bytes` of `n` bytes and a writable view of its contents, for
-    filling it before it is returned (what C code does with PyBytes_FromStringAndSize(NULL,
-    n)). A large read made as a bytearray and then copied into bytes touches twice the
-    fresh memory, and page faults are what such a read costs most. The view must be
-    released before the bytes object is handed out."""
-    result: bytes = _new_bytes(None, n)
-    return result, memoryview((ctypes.c_char * n).from_address(_bytes_at(result))).cast("B")
-
 
 
 def _scratch(local: threading.local) -> tuple[memoryview, memoryview]:
@@ -159,32 +142,68 @@ class SealedPool(PoolWrapper):
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         check_key(key)
         check_range(start, end)
+        data = self._read(key, start, end, None)
+        assert isinstance(data, bytes)
+        return data
+
+    def readinto(self, key: str, start: int, buf: bytearray | memoryview) -> int:
+        """Decrypt straight into `buf` (nothing of a segment that fails is left in it)."""
+        check_key(key)
+        check_range(start, start + len(buf))
+        with memoryview(buf) as view:
+            got = self._read(key, start, start + len(buf), view.cast("B"))
+        assert isinstance(got, int)
+        return got
+
+    def _read(self, key: str, start: int, end: int | None,
+              into: memoryview | None) -> bytes | int:
+        """Plaintext [start, end) as new bytes, or into `into` (then how many bytes)."""
         # The first try uses the remembered header; an object replaced or damaged since
         # fails authentication and is read afresh (damage fails every time).
         for attempt in range(3):
             try:
-                return self._get(key, start, end, cached=attempt == 0)
+                return self._open(key, start, end, into, cached=attempt == 0)
             except CorruptChunkError:
+                if into is not None:
+                    into[:] = bytes(len(into))
                 self._forget(key)
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _get(self, key: str, start: int, end: int | None, *, cached: bool) -> bytes:
+    def _open(self, key: str, start: int, end: int | None, into: memoryview | None, *,
+              cached: bool) -> bytes | int:
         salt, stored = self._head(key, cached and (end is None or end > start))
         n, size = self._layout(key, stored)
         end = size if end is None else min(end, size)
-        if end <= start:
+        length = max(0, end - start)
+        if into is not None:
+            return self._fill(key, salt, stored, n, start, into[:length])
+        if not length:
             return b""
+        if length > GROUP * SEGMENT:
+            # Decrypted straight into the bytes returned (made in C, filled once).
+            return _sealed.filled_bytes(
+                length, lambda out: self._fill(key, salt, stored, n, start, out))
+        pt = _scratch(self._local)[1]
+        out = pt[start % SEGMENT:][:length]
+        self._fill(key, salt, stored, n, start, out)
+        return bytes(out)
+
+    def _fill(self, key: str, salt: bytes, stored: int, n: int, start: int,
+              out: memoryview) -> int:
+        """Decrypt plaintext [start, start + len(out)) of the object into `out`; returns
+        len(out). Whole segments are opened in place in `out`; a partial first or last
+        one in this thread's scratch, then copied."""
+        if not out:
+            return 0
+        end = start + len(out)
         first, last = start // SEGMENT, (end - 1) // SEGMENT
         aead = self._aead(key, salt)
-        # Ciphertext goes through this thread's reused buffer, GROUP segments per backend
-        # read, and is decrypted in place into reused memory (a read up to GROUP segments)
-        # or into one buffer for the result: fresh memory costs more than the cipher.
         ct, pt = _scratch(self._local)
-        length = end - start
-        big = length > GROUP * SEGMENT
-        result, out = _fresh_bytes(length) if big else (b"", pt[start - first * SEGMENT:][:length])
+        # `out` may itself be the scratch's plaintext buffer (a read of up to GROUP
+        # segments), then segments are opened where they belong in it.
+        own = out.obj is pt.obj
         for g in range(first, last + 1, GROUP):
             k = min(GROUP, last + 1 - g)
             at, stop = HEAD_LEN + g * STEP, min(stored, HEAD_LEN + (g + k) * STEP)
@@ -194,25 +213,21 @@ class SealedPool(PoolWrapper):
             for i in range(g, g + k):
                 seg = ct[(i - g) * STEP:min((i - g + 1) * STEP, got)]
                 lo, hi = i * SEGMENT, i * SEGMENT + len(seg) - TAG
-                whole = big and start <= lo and hi <= end
-                at = (i - g if big else i - first) * SEGMENT
-                dest = out[lo - start:hi - start] if whole else pt[at:at + hi - lo]
+                whole = own or (start <= lo and hi <= end)
+                if own:
+                    dest = pt[(i - first) * SEGMENT:(i - first) * SEGMENT + hi - lo]
+                elif whole:
+                    dest = out[lo - start:hi - start]
+                else:
+                    dest = pt[:hi - lo]
                 try:
                     aead.decrypt_into(i.to_bytes(12, "big"), seg, _AD.pack(i, i == n - 1), dest)
                 except InvalidTag:
                     raise self._corrupt(key, f"segment {i} fails authentication") from None
-                if big and not whole:  # a partial first or last segment of a large read
+                if not whole:  # a partial first or last segment
                     a, b = max(lo, start), min(hi, end)
                     out[a - start:b - start] = dest[a - lo:b - lo]
-        if big:
-            out.release()
-            return result
-        return bytes(out)
+        return len(out)
 
     def size(self, key: str) -> int:
         return self._layout(key, self.inner.size(key))[1]
-
-    def readinto(self, key: str, start: int, buf: bytearray | memoryview) -> int:
-        data = self.get(key, start, start + len(buf))
-        buf[:len(data)] = data
-        return len(data)

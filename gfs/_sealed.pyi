@@ -1,0 +1,3 @@
+from collections.abc import Callable
+
+def filled_bytes(n: int, fill: Callable[[memoryview], int]) -> bytes: ...
