@@ -1,7 +1,7 @@
 """`DiskTier`: stored blobs on local disk (a `gfs.disk_cache.DiskCache`) in front of
 any chunk source.
 
-A hit is a blob file that verifies (a damaged one is dropped, never served); a
+A hit is a stored blob that verifies (a damaged one is dropped, never served); a
 miss reads the inner source and, when the chunk is worth caching (the inner
 source does not read it from local disk, or the cache admits every chunk),
 admits the verified blob. Only the process owning the directory admits.
@@ -10,7 +10,7 @@ admits the verified blob. Only the process owning the directory admits.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from gfs.codec import decode_blob
 from gfs.disk_cache import DiskCache, DiskStats
@@ -91,8 +91,17 @@ class DiskTier:
             out.update(got)
         return out
 
+    def holds(self, cid: bytes) -> bool:
+        """Whether chunk `cid` is on disk now."""
+        return cid in self.disk
+
+    def read_into(self, items: Sequence[tuple[bytes, memoryview]]) -> list[bool]:
+        """Whole chunks read from disk straight into the given views (see
+        `DiskCache.read_into`); False where a chunk must be read another way."""
+        return self.disk.read_into(items)
+
     def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
-        """The stored blob of chunk `cid`: the cached file if it verifies, else the inner's."""
+        """The stored blob of chunk `cid`: the cached record if it verifies, else the inner's."""
         blob = self.disk.get_blob(cid)
         return blob if blob is not None else self.inner.get_blob(cid, path=path)
 
