@@ -237,3 +237,38 @@ def test_disk_tier_skips_local_pools_by_default(fs: Client) -> None:
         assert s.disk is not None and s.disk["admitted"] == 0
     finally:
         cache.close()
+
+
+def test_eviction_takes_whole_segments_least_recently_used(tmp_path: Path) -> None:
+    """Segments of 3 chunks; over capacity, the segment read least recently goes whole
+    (its file deleted, every chunk of it gone), a recently read one stays."""
+    root = tmp_path / "cache"
+    d = DiskCache(root, capacity=40_000, policy="lru", admit_local=True,
+                  segment_bytes=3 * 4036)
+    items = [_blob(os.urandom(4000)) for _ in range(12)]  # 4 segments of 3
+    for cid, blob in items[:9]:
+        assert d.put(cid, blob)
+    assert sorted(p.suffix for p in (root / "segments").iterdir()) == [".seg"] * 3
+    assert d.get(items[0][0]) is not None  # segment 1 read: segment 2 is now the oldest
+    for cid, blob in items[9:]:  # segment 4 sealed: 4 x 12,108 bytes exceed 40 kB
+        d.put(cid, blob)
+    held = [cid in d for cid, _ in items]
+    d.close()
+    assert held[:3] == [True] * 3 and held[3:6] == [False] * 3 and all(held[6:])
+    assert not (root / "segments" / "000000000002.seg").exists()
+    s = offline_stats(root)
+    assert s is not None and s.evictions == 3
+
+
+def test_read_only_user_finds_segments_written_after_it_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gfs.disk_cache.RESCAN_EVERY", 0.0)
+    root = tmp_path / "cache"
+    owner = DiskCache(root, capacity=1 << 20, admit_local=True)
+    other = DiskCache(root, capacity=1 << 20)
+    cid, blob = _blob(os.urandom(3000))
+    assert other.get(cid) is None
+    owner.put(cid, blob)
+    assert other.get(cid) == decode(blob)
+    other.close()
+    owner.close()
