@@ -303,7 +303,8 @@ class DiskCache:
                     continue
             records, end = _walk(fd, start)
             with self._lock:
-                self._fds.setdefault(seg, fd)
+                if self._fds.setdefault(seg, fd) != fd:  # another thread's scan opened it
+                    os.close(fd)
                 self._add(seg, records)
                 self._sizes[seg] = max(self._sizes.get(seg, 0), end)
 
