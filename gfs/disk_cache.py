@@ -380,10 +380,10 @@ class DiskCache:
         """End a read: count `hits`, drop the damaged `bad` records."""
         with self._lock:
             self._reading -= 1
-            for _cid, e in hits:
-                self._policy.hit(self._key(e.seg))
-                self._stats.hits += 1
-                self._stats.bytes_read += e.length
+            for seg in {e.seg for _, e in hits}:
+                self._policy.hit(self._key(seg))
+            self._stats.hits += len(hits)
+            self._stats.bytes_read += sum(e.length for _, e in hits)
             for cid in bad:
                 if self._index.pop(cid, None) is not None:
                     self._stats.corrupt_dropped += 1

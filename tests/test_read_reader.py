@@ -165,3 +165,31 @@ def test_warm_reads_go_from_disk_into_the_buffer(stored: tuple[Client, list[Chun
         assert 1 <= len(calls) <= 4 and sum(calls) >= 2 * (len(refs) - 2)
     finally:
         warm.close()
+
+
+def test_read_ahead_is_asked_once_per_block(stored: tuple[Client, list[ChunkRef],
+                                                          dict[bytes, bytes]]) -> None:
+    """Many small forward reads ask the memory tier to prefetch each next block once,
+    not its ids again at every read; a seek back starts the read-ahead again."""
+    c, refs, raw = stored
+    model = b"".join(raw[r.id] for r in refs)
+    tier = MemoryTier(c.store.source, 8 << 20)
+    asked: list[int] = []
+    real = tier.prefetch
+
+    def counting(cids: list[bytes], path: str = "") -> None:
+        asked.append(len(cids))
+        real(cids, path)
+
+    try:
+        with mock.patch.object(tier, "prefetch", counting):
+            f = ManifestReader(tier, "/pool", Manifest(1, tuple(refs)), read_ahead=50_000)
+            got = b"".join(f.pread(off, 1000) for off in range(0, 120_000, 1000))
+            assert got == model[:120_000]
+            blocks = f._block_of(f._ends.index(next(e for e in f._ends if e >= 120_000)))
+            assert len(asked) == blocks + 1
+            f.pread(0, 1000)  # back to the start: the next forward read fetches ahead
+            f.pread(1000, 1000)
+            assert len(asked) == blocks + 2
+    finally:
+        tier.close()

@@ -73,6 +73,7 @@ class ManifestReader(io.RawIOBase):
         self._window: OrderedDict[int, Future[dict[bytes, bytes]]] = OrderedDict()
         self._lock = threading.Lock()
         self._last_block = -1
+        self._ahead_block = -1  # the block the read-ahead last fetched
 
     # -- io.RawIOBase ----------------------------------------------------------------------
     def readable(self) -> bool:
@@ -209,13 +210,18 @@ class ManifestReader(io.RawIOBase):
 
     def _ahead_ids(self, first: int, last: int) -> list[bytes]:
         """Notes a read of chunks first..last; the ids to fetch ahead of it (the rest
-        of its block and the next one) when the reads move forward."""
+        of its block and the next one) when the reads move forward, once per next
+        block (a read-ahead of 32 MiB is ~500 ids: asked again at every read, checking
+        them cost a fifth of a warm read's time)."""
         kf, kl = self._block_of(first), self._block_of(last)
         forward = kf in (self._last_block, self._last_block + 1)
         self._last_block = kl
+        if not forward:
+            self._ahead_block = -1
         nxt = kl + 1 if forward and kl + 1 < len(self._block_starts) else None
-        if nxt is None:
+        if nxt is None or nxt == self._ahead_block:
             return []
+        self._ahead_block = nxt
         upto = (self._block_starts[nxt + 1] if nxt + 1 < len(self._block_starts)
                 else len(self.chunks))
         return [c.id for c in self.chunks[last + 1:upto]]
