@@ -27,7 +27,7 @@ from the index and counted as `corrupt_dropped`, and the chunk is read from the
 store. Verification is kept on purpose (architecture invariant 1): xxh3 runs at
 several GB/s in place, and a local file system does not checksum data.
 
-Eviction: a segment is sealed (fsync, renamed `.seg`) when it reaches
+Eviction: a segment is sealed (renamed `.seg`, without an fsync) when it reaches
 `segment_bytes` (64 MiB, or a 16th of the capacity when that is smaller); sealed
 segments are the eviction policy's keys, sized by their bytes, and an evicted
 segment is deleted whole (its chunks leave the index). A read of a chunk counts
@@ -335,17 +335,14 @@ class DiskCache:
             os.unlink(self._segs / _seg_name(seg, True))
 
     def _seal(self) -> None:
-        """Seal the open segment: fsync, rename to .seg, hand it to the eviction policy
-        (under the append lock)."""
+        """Seal the open segment: rename it to .seg and hand it to the eviction policy
+        (under the append lock). No fsync: every read verifies, so a segment that a
+        power loss left short or zeroed loses records, never serves them."""
         seg = self._open
         if seg is None:
             return
         self._open = None
-        with self._lock:
-            fd = self._fds.get(seg)
         try:
-            if fd is not None:
-                os.fsync(fd)
             os.replace(self._segs / _seg_name(seg, False), self._segs / _seg_name(seg, True))
         except OSError as e:
             log.warning("disk cache %s: cannot seal segment %d (%s)", self.root, seg, e.strerror)
