@@ -254,7 +254,7 @@ def _print_disk(d: dict[str, Any]) -> None:
     print(f"disk tier ({d['mode']}, {d['policy']}, {d['path']}): {d['bytes_cached']}/"
           f"{d['capacity']} bytes in {d['entries']} chunks; hits {d['hits']}, misses "
           f"{d['misses']} (hit ratio {ratio:.1%}); admitted {d['admitted']}; evictions "
-          f"{d['evictions']}; damaged files dropped {d['corrupt_dropped']}")
+          f"{d['evictions']}; damaged records dropped {d['corrupt_dropped']}")
 
 
 def cmd_cache_stats(args: argparse.Namespace) -> int:

@@ -92,24 +92,82 @@ def decode(blob: bytes) -> bytes:
     return decode_blob(blob)
 
 
-def test_torn_or_damaged_cache_file_is_dropped_never_served(tmp_path: Path) -> None:
+def _segment_with(root: Path, blob: bytes) -> tuple[Path, int]:
+    """The segment file holding `blob`, and its offset there."""
+    for p in sorted((root / "segments").iterdir()):
+        at = p.read_bytes().find(blob)
+        if at >= 0:
+            return p, at
+    raise AssertionError("blob not in any segment")
+
+
+def test_damaged_cache_record_is_dropped_never_served(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     d = DiskCache(root, capacity=1 << 20, admit_local=True)
     cid, blob = _blob(os.urandom(5000))
     cid2, blob2 = _blob(os.urandom(5000))
     d.put(cid, blob)
     d.put(cid2, blob2)
-    p = root / "chunks" / cid.hex()[:2] / cid.hex()
-    with open(p, "r+b") as f:  # a crash after the rename but before the data reached disk
-        f.truncate(3000)
-    p2 = root / "chunks" / cid2.hex()[:2] / cid2.hex()
-    raw = bytearray(p2.read_bytes())
-    raw[-10] ^= 0xFF  # bit rot
-    p2.write_bytes(bytes(raw))
+    for b in (blob, blob2):
+        p, at = _segment_with(root, b)
+        with open(p, "r+b") as f:  # bit rot in the payload
+            f.seek(at + len(b) - 10)
+            f.write(bytes(10))
+    view = memoryview(bytearray(5000))
+    assert d.read_into([(cid2, view)]) == [False]  # the direct path checks it too
     assert d.get(cid) is None and d.get(cid2) is None
-    assert not p.exists() and not p2.exists()
-    assert d.stats().corrupt_dropped == 2 and cid not in d
+    assert d.stats().corrupt_dropped == 2 and cid not in d and cid2 not in d
     assert d.put(cid, blob) and d.get(cid) == decode(blob)  # admitted again, whole
+    d.close()
+
+
+def test_torn_tail_of_an_open_segment_is_cut_at_restart(tmp_path: Path) -> None:
+    """A crash while appending: the open segment ends inside a record. The next owner
+    keeps the whole records before it, cuts the tail and seals the segment."""
+    root = tmp_path / "cache"
+    d = DiskCache(root, capacity=1 << 20, admit_local=True)
+    items = [_blob(os.urandom(4000)) for _ in range(3)]
+    for cid, blob in items:
+        d.put(cid, blob)
+    (seg,) = (root / "segments").glob("*.open")
+    size = seg.stat().st_size
+    with open(seg, "r+b") as f:
+        f.truncate(size - 100)  # the last record torn
+    os.close(d._lock_fd)  # the owner dies without closing (kill -9): lock released
+    again = DiskCache(root, capacity=1 << 20)
+    assert again.owner
+    assert [cid in again for cid, _ in items] == [True, True, False]
+    assert again.get(items[1][0]) == decode(items[1][1])
+    assert not list((root / "segments").glob("*.open"))
+    assert (root / "segments" / seg.name.replace(".open", ".seg")).stat().st_size == size - 4036
+    again.close()
+
+
+def test_read_into_reads_a_run_with_one_preadv(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks admitted in order lie back to back: a run of them is one preadv into the
+    caller's buffer, verified in place."""
+    root = tmp_path / "cache"
+    d = DiskCache(root, capacity=64 << 20, admit_local=True)
+    raws = [os.urandom(3000 + i) for i in range(20)]
+    for raw in raws:
+        cid, blob = _blob(raw)
+        d.put(cid, blob)
+    calls: list[int] = []
+    real = os.preadv
+
+    def counting(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(len(buffers))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counting)
+    out = bytearray(sum(map(len, raws)))
+    views, at = [], 0
+    for raw in raws:
+        views.append((_blob(raw)[0], memoryview(out)[at:at + len(raw)]))
+        at += len(raw)
+    assert d.read_into(views) == [True] * 20
+    assert bytes(out) == b"".join(raws) and calls == [40]
     d.close()
 
 
@@ -179,3 +237,38 @@ def test_disk_tier_skips_local_pools_by_default(fs: Client) -> None:
         assert s.disk is not None and s.disk["admitted"] == 0
     finally:
         cache.close()
+
+
+def test_eviction_takes_whole_segments_least_recently_used(tmp_path: Path) -> None:
+    """Segments of 3 chunks; over capacity, the segment read least recently goes whole
+    (its file deleted, every chunk of it gone), a recently read one stays."""
+    root = tmp_path / "cache"
+    d = DiskCache(root, capacity=40_000, policy="lru", admit_local=True,
+                  segment_bytes=3 * 4036)
+    items = [_blob(os.urandom(4000)) for _ in range(12)]  # 4 segments of 3
+    for cid, blob in items[:9]:
+        assert d.put(cid, blob)
+    assert sorted(p.suffix for p in (root / "segments").iterdir()) == [".seg"] * 3
+    assert d.get(items[0][0]) is not None  # segment 1 read: segment 2 is now the oldest
+    for cid, blob in items[9:]:  # segment 4 sealed: 4 x 12,108 bytes exceed 40 kB
+        d.put(cid, blob)
+    held = [cid in d for cid, _ in items]
+    d.close()
+    assert held[:3] == [True] * 3 and held[3:6] == [False] * 3 and all(held[6:])
+    assert not (root / "segments" / "000000000002.seg").exists()
+    s = offline_stats(root)
+    assert s is not None and s.evictions == 3
+
+
+def test_read_only_user_finds_segments_written_after_it_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gfs.disk_cache.RESCAN_EVERY", 0.0)
+    root = tmp_path / "cache"
+    owner = DiskCache(root, capacity=1 << 20, admit_local=True)
+    other = DiskCache(root, capacity=1 << 20)
+    cid, blob = _blob(os.urandom(3000))
+    assert other.get(cid) is None
+    owner.put(cid, blob)
+    assert other.get(cid) == decode(blob)
+    other.close()
+    owner.close()

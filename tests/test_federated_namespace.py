@@ -30,7 +30,7 @@ from gfs.errors import (
 )
 from gfs.federation.auth import AuthError
 from gfs.federation.certs import CA_CERT, create_ca
-from gfs.federation.namespace import FederatedNamespace
+from gfs.federation.namespace import WAN_READ_AHEAD, FederatedNamespace, read_ahead_for
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
 from gfs.federation.tls import Trust
@@ -38,6 +38,15 @@ from gfs.federation.views import Visibility
 
 
 # -- the view, as pure logic -------------------------------------------------------------
+def test_read_ahead_covers_the_link_over_a_disk_tier() -> None:
+    """Over a disk tier a reader keeps WAN_READ_AHEAD in flight (32 MiB: a 40 ms link
+    needs several requests always queued) whatever the memory tier's size; without
+    one, the read-ahead stays within a 32nd of the memory tier."""
+    assert read_ahead_for(256 << 20, disk=True) == WAN_READ_AHEAD == 32 << 20
+    assert read_ahead_for(256 << 20, disk=False) == 8 << 20
+    assert read_ahead_for(1 << 20, disk=False) == 1 << 20
+
+
 def test_visibility_places_paths() -> None:
     v = Visibility.of("telco", {"bank": ["/bank/shared/q1", "/bank/shared", "/elsewhere"],
                                 "telco": ["/telco"], "none": []})

@@ -5,17 +5,22 @@ memory tier (hypothesis)."""
 from __future__ import annotations
 
 import io
+import os
 import random
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfs.client import Client
+from gfs.disk_cache import DiskCache
 from gfs.meta import ChunkRef, Manifest
-from gfs.read import LocalSource, ManifestReader, MemoryTier
+from gfs.read import DiskTier, LocalSource, ManifestReader, MemoryTier, reader
 from gfs.read.source import ChunkSource
 
 
@@ -41,15 +46,26 @@ ops = st.lists(st.one_of(
 
 @settings(max_examples=60, deadline=None)
 @given(picks=st.lists(st.integers(0, 10_000), max_size=40), script=ops,
-       tier=st.booleans(), ahead=st.sampled_from([1, 5000, 60_000, 4 << 20]))
+       tier=st.sampled_from(["none", "memory", "disk"]),
+       ahead=st.sampled_from([1, 5000, 60_000, 4 << 20]))
 def test_reader_matches_bytes_model(stored: tuple[Client, list[ChunkRef], dict[bytes, bytes]],
                                     picks: list[int], script: list[tuple[str, int, int]],
-                                    tier: bool, ahead: int) -> None:
+                                    tier: str, ahead: int) -> None:
+    """With a disk tier every `readinto` takes the direct path (chunks from memory,
+    from disk into the buffer, and the rest through the tiers)."""
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(reader, "DIRECT_MIN", 1):
+        _check_model(stored, picks, script, tier, ahead, Path(tmp))
+
+
+def _check_model(stored: tuple[Client, list[ChunkRef], dict[bytes, bytes]], picks: list[int],
+                 script: list[tuple[str, int, int]], tier: str, ahead: int, tmp: Path) -> None:
     c, refs, raw = stored
     chosen = tuple(refs[i % len(refs)] for i in picks)  # any list of stored chunks is a file
     model = b"".join(raw[r.id] for r in chosen)
     source: ChunkSource = LocalSource(c.store)
-    if tier:
+    if tier == "disk":
+        source = DiskTier(source, DiskCache(tmp / "cache", 40_000, admit_local=True))
+    if tier != "none":
         source = MemoryTier(source, 64 << 10)
     f = ManifestReader(source, "/m", Manifest(1, chosen), read_ahead=ahead)
     buffered = io.BufferedReader(f, 8192)
@@ -82,7 +98,7 @@ def test_reader_matches_bytes_model(stored: tuple[Client, list[ChunkRef], dict[b
         assert f.read_range(0, len(model) + 10) == model
     finally:
         buffered.close()
-        if tier:
+        if tier != "none":
             source.close()
 
 
@@ -110,5 +126,70 @@ def test_forward_reads_fetch_the_next_block_ahead(stored: tuple[Client, list[Chu
             assert time.monotonic() < deadline, "next block never prefetched"
             time.sleep(0.001)
         assert tier.stats().prefetched >= 1
+    finally:
+        tier.close()
+
+
+def test_warm_reads_go_from_disk_into_the_buffer(stored: tuple[Client, list[ChunkRef],
+                                                              dict[bytes, bytes]],
+                                                 tmp_path: Path) -> None:
+    """A re-read through a fresh memory tier over a warm disk tier: the chunks come off
+    disk in runs (one preadv each, far fewer than the chunks), straight into the
+    caller's buffer, and nothing is read from the store or kept in memory."""
+    c, refs, raw = stored
+    m = Manifest(1, tuple(refs))
+    model = b"".join(raw[r.id] for r in refs)
+    root = tmp_path / "cache"
+    cold = MemoryTier(DiskTier(LocalSource(c.store), DiskCache(root, 64 << 20,
+                                                               admit_local=True)), 1 << 20)
+    try:
+        assert ManifestReader(cold, "/pool", m).pread(0, len(model)) == model
+    finally:
+        cold.close()
+    calls: list[int] = []
+    real = os.preadv
+
+    def counting(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(len(buffers))
+        return real(fd, buffers, offset)
+
+    warm = MemoryTier(DiskTier(LocalSource(c.store), DiskCache(root, 64 << 20)), 1 << 20)
+    try:
+        with mock.patch.object(os, "preadv", counting), \
+                mock.patch.object(reader, "DIRECT_MIN", 64 << 10):  # the file is 230 kB
+            f = io.BufferedReader(ManifestReader(warm, "/pool", m), 1 << 20)
+            assert f.read() == model
+        s = warm.stats()
+        assert s.bytes_from_store == 0 and s.entries == 0
+        assert s.disk is not None and s.disk["hits"] >= len(refs) - 2
+        assert 1 <= len(calls) <= 4 and sum(calls) >= 2 * (len(refs) - 2)
+    finally:
+        warm.close()
+
+
+def test_read_ahead_is_asked_once_per_block(stored: tuple[Client, list[ChunkRef],
+                                                          dict[bytes, bytes]]) -> None:
+    """Many small forward reads ask the memory tier to prefetch each next block once,
+    not its ids again at every read; a seek back starts the read-ahead again."""
+    c, refs, raw = stored
+    model = b"".join(raw[r.id] for r in refs)
+    tier = MemoryTier(c.store.source, 8 << 20)
+    asked: list[int] = []
+    real = tier.prefetch
+
+    def counting(cids: list[bytes], path: str = "") -> None:
+        asked.append(len(cids))
+        real(cids, path)
+
+    try:
+        with mock.patch.object(tier, "prefetch", counting):
+            f = ManifestReader(tier, "/pool", Manifest(1, tuple(refs)), read_ahead=50_000)
+            got = b"".join(f.pread(off, 1000) for off in range(0, 120_000, 1000))
+            assert got == model[:120_000]
+            blocks = f._block_of(f._ends.index(next(e for e in f._ends if e >= 120_000)))
+            assert len(asked) == blocks + 1
+            f.pread(0, 1000)  # back to the start: the next forward read fetches ahead
+            f.pread(1000, 1000)
+            assert len(asked) == blocks + 2
     finally:
         tier.close()

@@ -1,7 +1,7 @@
 """`DiskTier`: stored blobs on local disk (a `gfs.disk_cache.DiskCache`) in front of
 any chunk source.
 
-A hit is a blob file that verifies (a damaged one is dropped, never served); a
+A hit is a stored blob that verifies (a damaged one is dropped, never served); a
 miss reads the inner source and, when the chunk is worth caching (the inner
 source does not read it from local disk, or the cache admits every chunk),
 admits the verified blob. Only the process owning the directory admits.
@@ -10,9 +10,9 @@ admits the verified blob. Only the process owning the directory admits.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from gfs.codec import decode_blob
+from gfs.codec import BLOB_HEADER_LEN, CODEC_RAW, decode_blob, parse_blob_header
 from gfs.disk_cache import DiskCache, DiskStats
 from gfs.read.source import ChunkSource, PathOf, blobs_of
 
@@ -48,7 +48,7 @@ class DiskTier:
     def _miss(self, cid: bytes, path: str) -> bytes:
         if self._admits(cid):
             blob = self.inner.get_blob(cid, path=path)
-            raw = decode_blob(blob, expect_id=cid)  # a source's blob is verified; so is ours
+            raw = _raw_of(blob, cid)
             self.disk.put(cid, blob)
         else:
             raw = self.inner.get(cid, path=path)
@@ -81,7 +81,7 @@ class DiskTier:
                                           path_of(admitted[0]) if path_of else "")
         elif admitted:
             for cid, blob in blobs_of(self.inner, admitted, path_of).items():
-                raw = decode_blob(blob, expect_id=cid)
+                raw = _raw_of(blob, cid)
                 self.disk.put(cid, blob)
                 self._count(len(raw))
                 out[cid] = raw
@@ -91,13 +91,31 @@ class DiskTier:
             out.update(got)
         return out
 
+    def holds(self, cid: bytes) -> bool:
+        """Whether chunk `cid` is on disk now."""
+        return cid in self.disk
+
+    def read_into(self, items: Sequence[tuple[bytes, memoryview]]) -> list[bool]:
+        """Whole chunks read from disk straight into the given views (see
+        `DiskCache.read_into`); False where a chunk must be read another way."""
+        return self.disk.read_into(items)
+
     def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
-        """The stored blob of chunk `cid`: the cached file if it verifies, else the inner's."""
+        """The stored blob of chunk `cid`: the cached record if it verifies, else the inner's."""
         blob = self.disk.get_blob(cid)
         return blob if blob is not None else self.inner.get_blob(cid, path=path)
 
     def worth_caching(self, cid: bytes) -> bool:
         return self.inner.worth_caching(cid)
+
+
+def _raw_of(blob: bytes, cid: bytes) -> bytes:
+    """The raw chunk of a blob a source handed out (verified by the source's contract,
+    so not hashed again): the payload of a raw blob, else the decoded blob."""
+    head = parse_blob_header(blob)
+    if head.codec == CODEC_RAW and head.chunk_id == cid and len(blob) == head.blob_len:
+        return blob[BLOB_HEADER_LEN:]
+    return decode_blob(blob, expect_id=cid)
 
 
 __all__ = ["DiskTier"]

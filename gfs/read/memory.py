@@ -93,6 +93,15 @@ class MemoryTier:
         with self._lock:
             return cid in self._data
 
+    def peek(self, cid: bytes) -> bytes | None:
+        """Chunk `cid` if it is in memory now (a hit), else None; never reads."""
+        with self._lock:
+            data = self._data.get(cid)
+            if data is not None:
+                self._policy.hit(cid)
+                self._stats.hits += 1
+            return data
+
     # -- single flight -----------------------------------------------------------------
     def _lookup(self, cid: bytes) -> tuple[bytes | None, Future[bytes] | None, bool]:
         """(data, future, owner): cached bytes, or the future of the read to wait on;
