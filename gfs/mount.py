@@ -584,8 +584,11 @@ class HutongOperations(pyfuse3.Operations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.flush(fh)
-        if self.wb.sync_interval > 0:
-            await self._run(self.wb.sync)
+        await self._run(self.wb.sync)  # what close and metadata changes left unsynced
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """Make the directory's changes durable (and every other committed one)."""
+        await self._run(self.wb.sync)
 
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)

@@ -205,14 +205,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _engine_flags(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
-    """With --sync-interval, the embedded metadata environment opened (first, so the
-    Client's engine shares it) with its meta-page flush left to the mount's syncs."""
+    """The embedded metadata environment opened (first, so the Client's engine shares
+    it) with its meta-page flush left to the mount's syncs: at each close in the
+    durable mode, in batches with --sync-interval; metadata-only changes share them."""
     from gfs.env import state_dir
     from gfs.meta import LmdbEngine
     from gfs.state import is_database_url, meta_location
 
-    if args.sync_interval <= 0:
-        return contextlib.nullcontext()
     meta = meta_location(state_dir(args.state))
     if is_database_url(meta):
         return contextlib.nullcontext()
