@@ -88,7 +88,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     "written at the same time, to commit them together (one pack write, "
                     "one metadata transaction); 0 = never (10ms)")
     sp.add_argument("--sync-interval", type=duration_arg, default=0.0, metavar="DURATION",
-                    help="0: a close returns once its file is committed and durable; "
+                    help="0: a close returns once its file is committed and durable "
+                    "(metadata-only changes such as mkdir or chmod: committed at once, "
+                    "durable at the next close, fsync or within 1 s); "
                     "else committed (visible, safe from a crash of the mount) at close and "
                     "durable at fsync, at unmount or within DURATION, packs and metadata "
                     "being synced in batches; an OS crash or power loss may lose or damage "
