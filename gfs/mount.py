@@ -40,6 +40,7 @@ from gfs.mount_atime import AccessTimes
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
 from gfs.mount_shutdown import Drain, Drainable
+from gfs.mount_txn_batch import TxnBatcher
 from gfs.mount_writeback import GATHER_WINDOW, DirtyFile, WriteBack
 from gfs.mount_xattr import HUTONG_XATTR, Xattrs
 from gfs.read import ManifestReader, cached
@@ -190,6 +191,8 @@ class HutongOperations(pyfuse3.Operations):
         self.frozen = False
         self._writers_closed: asyncio.Event | None = None
         self.atimes = AccessTimes()
+        #: Namespace changes; access times ride along (a retry finds them gone).
+        self._txns = TxnBatcher(client.engine, self.atimes.flush)
 
     def close(self, commit: bool = True) -> None:
         """Stop the threads; with `commit`, commit the files created and never closed."""
@@ -336,12 +339,8 @@ class HutongOperations(pyfuse3.Operations):
         committed (empty) first, so the change sees them."""
         self.wb.settle()
 
-        def change(txn: WriteTxn) -> T:  # run again on a lost conflict (fn is pure)
-            self.atimes.flush(txn)  # access times ride along (a retry finds them gone)
-            return fn(txn)
-
-        try:
-            return self.client.engine.transact(change)
+        try:  # concurrent changes share one transaction (fn is pure: it may run again)
+            return self._txns.run(fn)
         finally:
             self.wb.changed()
 

@@ -380,3 +380,43 @@ def test_metadata_changes_cost_one_flush_and_are_durable_at_the_next_sync(
     flushes = _flushes(out)
     changes = 2 * dirs + 2
     assert flushes <= 1.25 * changes + 10, (flushes, changes)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_concurrent_metadata_changes_share_transactions(tmp_path: Path) -> None:
+    """8 threads making directories and chmodding them at once (each in a directory
+    of its own: the kernel serialises changes in one directory) share transactions
+    and their flushes: well under one flush per change (without the batching, one
+    each); every change is committed when it returns (another client sees it)."""
+    state, mnt, out = tmp_path / "state", tmp_path / "mnt", tmp_path / "strace.txt"
+    init_store(state)
+    threads, per = 8, 25
+    errors: list[BaseException] = []
+    with serve_child(_traced_mount(state, mnt, out), state, mnt, timeout=DEADLINE) as mm:
+        for t in range(threads):
+            (mnt / f"t{t}").mkdir()
+        start = threading.Barrier(threads)
+
+        def work(t: int) -> None:
+            try:
+                start.wait(DEADLINE)
+                with Client(state) as c:
+                    for i in range(per):
+                        d = mnt / f"t{t}" / f"d{i}"
+                        d.mkdir()
+                        os.chmod(d, 0o750)
+                        assert c.stat(f"/t{t}/d{i}").mode & 0o777 == 0o750
+            except BaseException as e:
+                errors.append(e)
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(DEADLINE)
+            assert not w.is_alive()
+    mm.proc.wait(DEADLINE)
+    assert not errors, errors[0]
+    changes = threads * per * 2
+    flushes = _flushes(out)
+    assert flushes <= 0.7 * changes, (flushes, changes)
