@@ -138,6 +138,29 @@ def _sgid_left(node: Inode, ctx: pyfuse3.RequestContext) -> bool:
 MAX_FILE_SIZE = ((1 << 32) - 1) << 12
 
 
+#: The request handlers counted per opcode (`user.hutong.requests`).
+OPCODES = ("lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir",
+           "unlink", "rmdir", "symlink", "rename", "link", "open", "read", "write",
+           "statfs", "release", "fsync", "setxattr", "getxattr", "listxattr",
+           "removexattr", "flush", "opendir", "readdir", "releasedir", "fsyncdir",
+           "access", "create")
+
+
+def count_requests(ops: object, counts: dict[str, int]) -> None:
+    """Make each handler of `ops` named in OPCODES count its calls in `counts`.
+
+    The wrapper is a plain function returning the handler's coroutine, so a request
+    costs one dict update and no extra coroutine frame."""
+    def counted(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            counts[name] += 1
+            return fn(*args)
+        return call
+    for name in OPCODES:
+        counts[name] = 0
+        setattr(ops, name, counted(name, getattr(ops, name)))
+
+
 def _name(raw: bytes) -> str:
     try:
         name = raw.decode("utf-8")
@@ -180,8 +203,12 @@ class HutongOperations(pyfuse3.Operations):
         self._names = NameHints()
         self.wb = WriteBack(client, self.cache, self._names, self.opts.commit_window,
                             self.opts.sync_interval)
+        #: FUSE requests served, by opcode.
+        self.requests: dict[str, int] = {}
+        count_requests(self, self.requests)
         self._xattrs = Xattrs(client.engine, lambda: self.cache.stats().to_dict(),
-                              self.wb.stats.to_dict)
+                              self.wb.stats.to_dict,
+                              lambda: {k: v for k, v in self.requests.items() if v})
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._next_fh = itertools.count(1)
@@ -193,6 +220,13 @@ class HutongOperations(pyfuse3.Operations):
         self.atimes = AccessTimes()
         #: Namespace changes; access times ride along (a retry finds them gone).
         self._txns = TxnBatcher(client.engine, self.atimes.flush)
+        #: The reply to a lookup of a missing name: inode 0 with the entry timeout
+        #: (a negative dentry), so repeated misses stay in the kernel.
+        self._absent: pyfuse3.EntryAttributes | None = None
+        if self.opts.entry_timeout > 0:
+            self._absent = pyfuse3.EntryAttributes()
+            self._absent.st_ino = 0
+            self._absent.entry_timeout = self.opts.entry_timeout
 
     def close(self, commit: bool = True) -> None:
         """Stop the threads; with `commit`, commit the files created and never closed."""
@@ -282,7 +316,12 @@ class HutongOperations(pyfuse3.Operations):
                 node = namespace.lookup(txn, parent_inode, n)
             self._names.remember(node.ino, parent_inode, n)
             return node
-        return self._attr(self._now(op))
+        try:
+            return self._attr(self._now(op))
+        except pyfuse3.FUSEError as e:
+            if e.errno != errno.ENOENT or self._absent is None:
+                raise
+            return self._absent  # the kernel keeps the miss for the entry timeout
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
