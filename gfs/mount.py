@@ -28,8 +28,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar, cast
 
 import pyfuse3
+import pyfuse3.asyncio
 
-from gfs import mount_loop, namespace
+from gfs import namespace
 from gfs.client import Client
 from gfs.disk_cache import open_tier
 from gfs.errors import HutongError
@@ -717,7 +718,7 @@ def serve(ops: Served, mp: str, opts: ServeOptions, *, fsname: str,
     unmounted or signalled: SIGINT and SIGTERM drain, commit and unmount (see
     gfs.mount_shutdown); `ready` is called once the mount is live. Raises HutongError
     if committing at shutdown failed."""
-    mount_loop.enable()  # pyfuse3 on asyncio, the /dev/fuse descriptor kept watched
+    pyfuse3.asyncio.enable()
     fuse_opts = set(pyfuse3.default_options)
     fuse_opts |= {f"fsname={fsname}", "subtype=hutong"}
     if opts.allow_other:
