@@ -27,8 +27,9 @@ table shows the share of the file's cached pages held in large folios
 kernel (6.18) in single 4 KiB pages, for every FUSE file system alike (Hutong,
 JuiceFS, rclone), and the per-page work bounds a warm FUSE read to about a
 third of local disk whatever the daemon does. Going past that needs FUSE
-passthrough (kernel >= 6.9 and libfuse >= 3.16; pyfuse3 3.5 on the system's
-libfuse 3.14 has neither).
+passthrough: the kernel has it, but libfuse 3.14's INIT and open replies cannot
+carry it and pyfuse3 3.5 has no API for it (docs/architecture.md, "The FUSE
+mount", lists what is missing where).
 
 Targets (issues 5 and 16): warm FUSE reads >= 80% of warm local-disk reads;
 small-file create, stat and read >= JuiceFS's; untar (extract + rm) at least as

@@ -40,6 +40,7 @@ from gfs.mount_atime import AccessTimes
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
 from gfs.mount_shutdown import Drain, Drainable
+from gfs.mount_txn_batch import TxnBatcher
 from gfs.mount_writeback import GATHER_WINDOW, DirtyFile, WriteBack
 from gfs.mount_xattr import HUTONG_XATTR, Xattrs
 from gfs.read import ManifestReader, cached
@@ -137,6 +138,29 @@ def _sgid_left(node: Inode, ctx: pyfuse3.RequestContext) -> bool:
 MAX_FILE_SIZE = ((1 << 32) - 1) << 12
 
 
+#: The request handlers counted per opcode (`user.hutong.requests`).
+OPCODES = ("lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir",
+           "unlink", "rmdir", "symlink", "rename", "link", "open", "read", "write",
+           "statfs", "release", "fsync", "setxattr", "getxattr", "listxattr",
+           "removexattr", "flush", "opendir", "readdir", "releasedir", "fsyncdir",
+           "access", "create")
+
+
+def count_requests(ops: object, counts: dict[str, int]) -> None:
+    """Make each handler of `ops` named in OPCODES count its calls in `counts`.
+
+    The wrapper is a plain function returning the handler's coroutine, so a request
+    costs one dict update and no extra coroutine frame."""
+    def counted(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            counts[name] += 1
+            return fn(*args)
+        return call
+    for name in OPCODES:
+        counts[name] = 0
+        setattr(ops, name, counted(name, getattr(ops, name)))
+
+
 def _name(raw: bytes) -> str:
     try:
         name = raw.decode("utf-8")
@@ -179,8 +203,12 @@ class HutongOperations(pyfuse3.Operations):
         self._names = NameHints()
         self.wb = WriteBack(client, self.cache, self._names, self.opts.commit_window,
                             self.opts.sync_interval)
+        #: FUSE requests served, by opcode.
+        self.requests: dict[str, int] = {}
+        count_requests(self, self.requests)
         self._xattrs = Xattrs(client.engine, lambda: self.cache.stats().to_dict(),
-                              self.wb.stats.to_dict)
+                              self.wb.stats.to_dict,
+                              lambda: {k: v for k, v in self.requests.items() if v})
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, list[tuple[bytes, Inode]]] = {}
         self._next_fh = itertools.count(1)
@@ -190,6 +218,15 @@ class HutongOperations(pyfuse3.Operations):
         self.frozen = False
         self._writers_closed: asyncio.Event | None = None
         self.atimes = AccessTimes()
+        #: Namespace changes; access times ride along (a retry finds them gone).
+        self._txns = TxnBatcher(client.engine, self.atimes.flush)
+        #: The reply to a lookup of a missing name: inode 0 with the entry timeout
+        #: (a negative dentry), so repeated misses stay in the kernel.
+        self._absent: pyfuse3.EntryAttributes | None = None
+        if self.opts.entry_timeout > 0:
+            self._absent = pyfuse3.EntryAttributes()
+            self._absent.st_ino = 0
+            self._absent.entry_timeout = self.opts.entry_timeout
 
     def close(self, commit: bool = True) -> None:
         """Stop the threads; with `commit`, commit the files created and never closed."""
@@ -279,7 +316,12 @@ class HutongOperations(pyfuse3.Operations):
                 node = namespace.lookup(txn, parent_inode, n)
             self._names.remember(node.ino, parent_inode, n)
             return node
-        return self._attr(self._now(op))
+        try:
+            return self._attr(self._now(op))
+        except pyfuse3.FUSEError as e:
+            if e.errno != errno.ENOENT or self._absent is None:
+                raise
+            return self._absent  # the kernel keeps the miss for the entry timeout
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
@@ -336,12 +378,8 @@ class HutongOperations(pyfuse3.Operations):
         committed (empty) first, so the change sees them."""
         self.wb.settle()
 
-        def change(txn: WriteTxn) -> T:  # run again on a lost conflict (fn is pure)
-            self.atimes.flush(txn)  # access times ride along (a retry finds them gone)
-            return fn(txn)
-
-        try:
-            return self.client.engine.transact(change)
+        try:  # concurrent changes share one transaction (fn is pure: it may run again)
+            return self._txns.run(fn)
         finally:
             self.wb.changed()
 
@@ -584,8 +622,11 @@ class HutongOperations(pyfuse3.Operations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.flush(fh)
-        if self.wb.sync_interval > 0:
-            await self._run(self.wb.sync)
+        await self._run(self.wb.sync)  # what close and metadata changes left unsynced
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """Make the directory's changes durable (and every other committed one)."""
+        await self._run(self.wb.sync)
 
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)

@@ -88,7 +88,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                     "written at the same time, to commit them together (one pack write, "
                     "one metadata transaction); 0 = never (10ms)")
     sp.add_argument("--sync-interval", type=duration_arg, default=0.0, metavar="DURATION",
-                    help="0: a close returns once its file is committed and durable; "
+                    help="0: a close returns once its file is committed and durable "
+                    "(metadata-only changes such as mkdir or chmod: committed at once, "
+                    "durable at the next close, fsync or within 1 s); "
                     "else committed (visible, safe from a crash of the mount) at close and "
                     "durable at fsync, at unmount or within DURATION, packs and metadata "
                     "being synced in batches; an OS crash or power loss may lose or damage "
@@ -205,14 +207,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _engine_flags(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
-    """With --sync-interval, the embedded metadata environment opened (first, so the
-    Client's engine shares it) with its meta-page flush left to the mount's syncs."""
+    """The embedded metadata environment opened (first, so the Client's engine shares
+    it) with its meta-page flush left to the mount's syncs: at each close in the
+    durable mode, in batches with --sync-interval; metadata-only changes share them."""
     from gfs.env import state_dir
     from gfs.meta import LmdbEngine
     from gfs.state import is_database_url, meta_location
 
-    if args.sync_interval <= 0:
-        return contextlib.nullcontext()
     meta = meta_location(state_dir(args.state))
     if is_database_url(meta):
         return contextlib.nullcontext()

@@ -49,6 +49,10 @@ GATHER_WINDOW = 0.01
 #: A file open for writing counts as "being written" (worth waiting for) if it was
 #: opened or written within this many seconds.
 ACTIVE_WRITER = 0.05
+#: Durable mode over an engine whose commits leave their flush to `sync()`: the
+#: seconds within which a metadata-only change (mkdir, chmod, rename, ...) becomes
+#: durable, if no close, fsync(2) or unmount made it durable sooner.
+METADATA_SYNC = 1.0
 
 
 def _pwrite_all(fd: int, data: bytes, off: int) -> int:
@@ -145,7 +149,8 @@ class DirtyFile:
 class CommitStats:
     """What the group committer did: batches (each one writer session: at most one
     pack write per pack filled and one metadata transaction), the files in them,
-    the syncs of packs written without fsync, and the batches not synced yet."""
+    the syncs (of packs written without fsync and of metadata commits left
+    unflushed), and the commits not synced yet."""
 
     batches: int = 0
     files: int = 0
@@ -255,8 +260,14 @@ class WriteBack:
         self._lock = threading.Lock()
         self.stats = CommitStats()
         self._stats_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         #: > 0: packs are written without fsync and synced this often (and by `sync`).
         self.sync_interval = sync_interval
+        engine = client.engine
+        #: Metadata commits leave their flush to `sync` (an LMDB environment opened
+        #: with `metasync=False`): in the durable mode a close syncs after its commit,
+        #: and metadata-only changes are synced within METADATA_SYNC.
+        self.lazy_meta = isinstance(engine, LmdbEngine) and not engine.durable_commits
         #: The pack successive commits append to (gfs.pack_tail): a lone writer's
         #: small files share one pack object instead of one each.
         self._tail = TailPack()
@@ -264,7 +275,7 @@ class WriteBack:
             self._commit_batch, expected=self._writers_elsewhere, window=gather_window)
         self._stop_syncer = threading.Event()
         self._syncer: threading.Thread | None = None
-        if sync_interval > 0:
+        if sync_interval > 0 or self.lazy_meta:
             self._syncer = threading.Thread(target=self._sync_loop, name="hutong-sync",
                                             daemon=True)
             self._syncer.start()
@@ -285,31 +296,35 @@ class WriteBack:
     # -- durability ------------------------------------------------------------
     def changed(self) -> None:
         """Note a metadata change made outside the committer (for the next `sync`)."""
-        if self.sync_interval > 0:
+        if self.sync_interval > 0 or self.lazy_meta:
             with self._stats_lock:
                 self.stats.unsynced += 1
 
     def sync(self) -> None:
-        """Make every committed change durable (with `sync_interval`; nothing to do
-        otherwise): fsync the packs written without it, then flush the metadata
-        (an engine opened with `metasync=False` leaves its last commit to this)."""
-        with self._stats_lock:
-            pending, self.stats.unsynced = self.stats.unsynced, 0
-        if not pending:
-            return
-        try:
-            self.client.store.sync_puts()
-            if isinstance(self.client.engine, LmdbEngine):
-                self.client.engine.sync()
-        except BaseException:
+        """Make every committed change durable (with `sync_interval` or `lazy_meta`;
+        nothing to do otherwise): fsync the packs written without it, then flush the
+        metadata (an engine opened with `metasync=False` leaves its last commit to
+        this). Syncs run one at a time, so a caller that finds nothing to sync knows
+        that an earlier caller's flush has finished."""
+        with self._sync_lock:
             with self._stats_lock:
-                self.stats.unsynced += pending
-            raise
-        with self._stats_lock:
-            self.stats.syncs += 1
+                pending, self.stats.unsynced = self.stats.unsynced, 0
+            if not pending:
+                return
+            try:
+                self.client.store.sync_puts()
+                if isinstance(self.client.engine, LmdbEngine):
+                    self.client.engine.sync()
+            except BaseException:
+                with self._stats_lock:
+                    self.stats.unsynced += pending
+                raise
+            with self._stats_lock:
+                self.stats.syncs += 1
 
     def _sync_loop(self) -> None:
-        while not self._stop_syncer.wait(self.sync_interval):
+        every = self.sync_interval if self.sync_interval > 0 else METADATA_SYNC
+        while not self._stop_syncer.wait(every):
             try:
                 self.sync()
             except Exception:
@@ -530,35 +545,45 @@ class WriteBack:
         return done
 
     def _commit_batch(self, items: list[DirtyFile]) -> None:
-        """Commit `items` in one writer session (their locks held throughout)."""
+        """Commit `items` in one writer session (their locks held throughout); in the
+        durable mode over an engine that leaves flushes to `sync`, then sync."""
         unique = list({id(d): d for d in items}.values())
         locked: list[DirtyFile] = []
         try:
             for d in unique:
                 d.lock.acquire()
                 locked.append(d)
-            work = [(d, d.ino in self.pending) for d in unique
-                    if d.ino in self.pending or (d.dirty and d.tmp is not None)]
-            if not work:
-                return
-            try:
-                self._store_batch(work)
-            except TailPackGoneError as e:  # nothing committed; the next pack is new
-                log.info("%s: committing %d files again", e, len(work))
-                self._store_batch(work)
-            with self._stats_lock:
-                self.stats.batches += 1
-                self.stats.files += len(work)
-                if self.sync_interval > 0:
-                    self.stats.unsynced += 1
-            for d, new in work:
-                d.dirty = False
-                if new:
-                    self.pending.remove(d.ino)
-                    self.seen_version[d.ino] = 1
+            self._commit_locked(unique)
         finally:
             for d in locked:
                 d.lock.release()
+        if self.sync_interval <= 0:
+            # a close returns once its commit is durable. If this sync fails, the
+            # committer commits the items again one by one: each finds its file
+            # committed, syncs again and gets the error if that fails too (`sync`
+            # keeps the count of unsynced commits until it succeeds)
+            self.sync()
+
+    def _commit_locked(self, unique: list[DirtyFile]) -> None:
+        work = [(d, d.ino in self.pending) for d in unique
+                if d.ino in self.pending or (d.dirty and d.tmp is not None)]
+        if not work:
+            return
+        try:
+            self._store_batch(work)
+        except TailPackGoneError as e:  # nothing committed; the next pack is new
+            log.info("%s: committing %d files again", e, len(work))
+            self._store_batch(work)
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.files += len(work)
+            if self.sync_interval > 0 or self.lazy_meta:
+                self.stats.unsynced += 1
+        for d, new in work:
+            d.dirty = False
+            if new:
+                self.pending.remove(d.ino)
+                self.seen_version[d.ino] = 1
 
     def _store_batch(self, work: list[tuple[DirtyFile, bool]]) -> None:
         """Store and commit `work` ((file, pending create?)) in one writer session."""
@@ -613,5 +638,5 @@ class WriteBack:
         return action
 
 
-__all__ = ["ACTIVE_WRITER", "GATHER_WINDOW", "SPOOL_MEMORY", "CommitStats", "DirtyFile",
-           "GroupCommitter", "PendingCreates", "Spool", "WriteBack"]
+__all__ = ["ACTIVE_WRITER", "GATHER_WINDOW", "METADATA_SYNC", "SPOOL_MEMORY", "CommitStats",
+           "DirtyFile", "GroupCommitter", "PendingCreates", "Spool", "WriteBack"]

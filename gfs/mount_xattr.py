@@ -60,13 +60,16 @@ def check_settable(name: bytes, value: bytes) -> None:
 class Xattrs:
     """The extended attributes of the inodes of `engine`; `cache_stats` and
     `commit_stats` give the statistics shown as `user.hutong.cache` and
-    `user.hutong.commits`."""
+    `user.hutong.commits`, `request_stats` the FUSE requests served by opcode
+    (`user.hutong.requests`)."""
 
     def __init__(self, engine: MetaEngine, cache_stats: Callable[[], dict[str, Any]],
-                 commit_stats: Callable[[], dict[str, int]] = dict) -> None:
+                 commit_stats: Callable[[], dict[str, int]] = dict,
+                 request_stats: Callable[[], dict[str, int]] = dict) -> None:
         self.engine = engine
         self.cache_stats = cache_stats
         self.commit_stats = commit_stats
+        self.request_stats = request_stats
 
     def facts(self, ino: int) -> dict[bytes, bytes]:
         """The read-only facts of `ino`, by name without the `user.hutong.` prefix."""
@@ -74,7 +77,8 @@ class Xattrs:
             node = namespace.get(txn, ino)
             out = {b"version": str(node.version).encode(), b"ino": str(ino).encode(),
                    b"cache": json.dumps(self.cache_stats()).encode(),
-                   b"commits": json.dumps(self.commit_stats()).encode()}
+                   b"commits": json.dumps(self.commit_stats()).encode(),
+                   b"requests": json.dumps(self.request_stats()).encode()}
             m = txn.get_manifest(ino) if node.kind == Kind.FILE else None
             if m is None:
                 return out

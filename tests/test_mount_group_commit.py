@@ -115,6 +115,33 @@ def _syncs(strace_out: Path) -> int:
     return total
 
 
+def _flushes(trace: Path) -> int:
+    """Durable flushes in a full `strace -f` log: fsync and fdatasync calls, and writes
+    to a descriptor opened with O_DSYNC (LMDB writes its meta page so unless the
+    environment leaves that flush to `sync`)."""
+    dsync: set[str] = set()  # descriptors (the mount's threads share them)
+    total = 0
+    for line in trace.read_text().splitlines():
+        m = re.search(r"openat\(.*O_DSYNC.*\) = (\d+)$", line)
+        if m:
+            dsync.add(m.group(1))
+            continue
+        if re.search(r"\b(fsync|fdatasync)\(\d+\) += 0", line):
+            total += 1
+            continue
+        m = re.search(r"\bpwrite64\((\d+),", line)
+        if m and m.group(1) in dsync:
+            total += 1
+    return total
+
+
+def _traced_mount(state: Path, mnt: Path, trace: Path, *extra: str) -> list[str]:
+    """argv of a mount run under `strace -f` logging what `_flushes` counts."""
+    return ["strace", "--seccomp-bpf", "-f", "-o", str(trace), "-e",
+            "trace=fsync,fdatasync,openat,pwrite64", sys.executable, "-m", "gfs.cli",
+            "--state", str(state), "mount", str(mnt), *extra]
+
+
 def _counted_run(tmp_path: Path, window: str) -> tuple[int, int, dict[str, int]]:
     """(fsyncs, files, commit stats) of `_write_concurrently` on a fresh store, the
     mount run under strace with commit window `window`."""
@@ -293,28 +320,103 @@ def test_metasync_off_keeps_commits_and_syncs_on_demand(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_a_lone_writer_appends_its_small_files_to_one_pack(tmp_path: Path) -> None:
     """One writer creating small files one after another (each close commits its file
-    alone) fills one pack object instead of one per file, and pays one pack
-    fdatasync and one metadata flush per file: no fsync of a new pack, of its
-    directory, no rename (the old code: 200 packs, about 3.7 syncs per file)."""
+    alone) fills one pack object instead of one per file, and pays three flushes per
+    file, all needed in this order: the pack's fdatasync, the metadata's data pages,
+    its meta page. No fsync of a new pack, of its directory, no rename (the old code:
+    200 packs, about 3.7 fsync calls per file besides the meta page's)."""
     state, mnt, out = tmp_path / "state", tmp_path / "mnt", tmp_path / "strace.txt"
     init_store(state)
-    argv = ["strace", "--seccomp-bpf", "-f", "-c", "-o", str(out), "-e",
-            "trace=fsync,fdatasync,rename", sys.executable, "-m", "gfs.cli", "--state",
-            str(state), "mount", str(mnt)]
     files = 60
-    with serve_child(argv, state, mnt, timeout=DEADLINE) as mm:
+    with serve_child(_traced_mount(state, mnt, out), state, mnt, timeout=DEADLINE) as mm:
         for i in range(files):
             with open(mnt / f"f{i}", "wb") as f:
                 f.write(content(f"/f{i}"))
             with Client(state) as c:  # committed when close returned
                 assert c.read_bytes(f"/f{i}") == content(f"/f{i}")
+            assert _commits(mnt)["unsynced"] == 0  # and durable
         stats = json.loads(os.getxattr(mnt, "user.hutong.commits"))
     mm.proc.wait(DEADLINE)
     assert stats["batches"] >= files, stats  # each file committed alone
     packs = list(state.glob("pools/**/packs/*/*.pack"))
     assert len(packs) == 1, packs
-    syncs = _syncs(out)
-    assert syncs <= 2 * files + 10, (syncs, files)
+    flushes = _flushes(out)
+    assert flushes <= 3 * files + 10, (flushes, files)
     with Client(state) as c:
         report = c.fsck()
         assert report.ok, report.problems
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_metadata_changes_cost_one_flush_and_are_durable_at_the_next_sync(
+        tmp_path: Path) -> None:
+    """In the durable mode, mkdir and chmod are committed when they return (another
+    client sees them) with one flush each, not two: their meta page is flushed by the
+    next sync, which fsyncdir(2), a close or the mount's timer (METADATA_SYNC) makes.
+    The old code wrote each meta page with O_DSYNC: two flushes per change."""
+    state, mnt, out = tmp_path / "state", tmp_path / "mnt", tmp_path / "strace.txt"
+    init_store(state)
+    dirs = 40
+    with serve_child(_traced_mount(state, mnt, out), state, mnt, timeout=DEADLINE) as mm:
+        (mnt / "top").mkdir()
+        wait_for(lambda: _commits(mnt)["unsynced"] == 0, "the timer's sync",
+                 timeout=DEADLINE)
+        for i in range(dirs):
+            (mnt / "top" / f"d{i}").mkdir()
+            os.chmod(mnt / "top" / f"d{i}", 0o700)
+        with Client(state) as c:
+            assert c.stat(f"/top/d{dirs - 1}").mode & 0o777 == 0o700
+        fd = os.open(mnt / "top", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            before = _commits(mnt)
+            os.fsync(fd)  # fsyncdir: makes them durable now
+            after = _commits(mnt)
+        finally:
+            os.close(fd)
+        assert before["unsynced"] == 0 or after["syncs"] > before["syncs"], (before, after)
+        assert after["unsynced"] == 0, after
+        (mnt / "top" / "d0" / "f").write_bytes(b"x")  # a close: durable with the rest
+        assert _commits(mnt)["unsynced"] == 0
+    mm.proc.wait(DEADLINE)
+    flushes = _flushes(out)
+    changes = 2 * dirs + 2
+    assert flushes <= 1.25 * changes + 10, (flushes, changes)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_concurrent_metadata_changes_share_transactions(tmp_path: Path) -> None:
+    """8 threads making directories and chmodding them at once (each in a directory
+    of its own: the kernel serialises changes in one directory) share transactions
+    and their flushes: well under one flush per change (without the batching, one
+    each); every change is committed when it returns (another client sees it)."""
+    state, mnt, out = tmp_path / "state", tmp_path / "mnt", tmp_path / "strace.txt"
+    init_store(state)
+    threads, per = 8, 25
+    errors: list[BaseException] = []
+    with serve_child(_traced_mount(state, mnt, out), state, mnt, timeout=DEADLINE) as mm:
+        for t in range(threads):
+            (mnt / f"t{t}").mkdir()
+        start = threading.Barrier(threads)
+
+        def work(t: int) -> None:
+            try:
+                start.wait(DEADLINE)
+                with Client(state) as c:
+                    for i in range(per):
+                        d = mnt / f"t{t}" / f"d{i}"
+                        d.mkdir()
+                        os.chmod(d, 0o750)
+                        assert c.stat(f"/t{t}/d{i}").mode & 0o777 == 0o750
+            except BaseException as e:
+                errors.append(e)
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(DEADLINE)
+            assert not w.is_alive()
+    mm.proc.wait(DEADLINE)
+    assert not errors, errors[0]
+    changes = threads * per * 2
+    flushes = _flushes(out)
+    assert flushes <= 0.7 * changes, (flushes, changes)

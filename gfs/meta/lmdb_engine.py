@@ -611,6 +611,13 @@ class LmdbEngine(MetaEngine):
         `metasync=False` or `sync=False`)."""
         self._live().env.sync(True)
 
+    @property
+    def durable_commits(self) -> bool:
+        """Whether a commit is durable when it returns (the environment was opened
+        with `sync` and `metasync`); if not, `sync()` makes the commits durable."""
+        flags = self._live().env.flags()
+        return bool(flags["sync"] and flags["metasync"])
+
     def close(self) -> None:
         """Release the environment (closed when its last engine closes); later read()
         and write() raise StateError. Idempotent."""
