@@ -433,3 +433,53 @@ def test_rows_read_then_written_in_one_transaction_read_back_the_write(pg_url: s
             assert r.lookup(ROOT_INO, "x") is None
     finally:
         eng.close()
+
+
+# -- reference counts of identical content -------------------------------------------------
+
+
+SAME_WORKER = r"""
+import sys
+from gfs import Client
+
+state, k, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with Client(state) as fs:
+    fs.engine.TRANSACT_ATTEMPTS = 1  # a conflict is not retried: it escapes and fails
+    sys.stdin.read(1)  # the gate: every worker starts together
+    for i in range(n):
+        fs.write_bytes(f"/c{k}/f{i}", b"the same bytes in every file " * 40)
+"""
+
+
+def test_writers_of_identical_content_do_not_conflict_on_its_refcount(
+        tmp_path: Path, pg_url: str) -> None:
+    """Eight processes write files of one content at once, in their own directories,
+    each transaction tried once: every one adds a reference to the same chunk. The
+    count changes are rows of their own, so none conflicts, none is lost, and gc
+    keeps the chunk until the last file goes."""
+    clients, files = 8, 40
+    content = b"the same bytes in every file " * 40
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        for k in range(clients):
+            fs.mkdir(f"/c{k}")
+        fs.write_bytes("/first", content)  # the chunk exists before the race
+    _gated_workers(SAME_WORKER, [[str(tmp_path / "s"), str(k), str(files)]
+                                 for k in range(clients)])
+    with Client(tmp_path / "s") as fs:
+        with fs.engine.read() as r:
+            recs = list(r.iter_chunks())
+        assert [c.refcount for c in recs] == [clients * files + 1]
+        assert fs.fsck().ok
+        assert isinstance(fs.engine, PgEngine)
+        assert fs.engine.fold_refcounts() == 1  # more than FOLD_AT rows: folded
+        with fs.engine.read() as r:
+            assert [c.refcount for c in r.iter_chunks()] == [clients * files + 1]
+        for k in range(clients):
+            for i in range(files):
+                fs.rm(f"/c{k}/f{i}")
+        assert collect(fs.store, grace=0).chunks_removed == 0  # /first still holds it
+        assert fs.read_bytes("/first") == content
+        assert fs.fsck().ok
+        fs.rm("/first")
+        assert collect(fs.store, grace=0).chunks_removed == 1
+        assert fs.fsck().ok

@@ -19,9 +19,11 @@ conflict surfaces as `MetaConflictError` (nothing changed);
 `MetaEngine.transact` runs the work again. Threads of one process take turns at
 writing (as with LMDB), so conflicts happen only between processes and hosts.
 Writes are buffered in the transaction and sent with COMMIT (or the next scan);
-BEGIN goes with the first query (`_Txn`: few round trips per operation). Inode numbers are handed
-out from blocks reserved in a short transaction of their own, so no row is
-updated by every write.
+BEGIN goes with the first query (`_Txn`: few round trips per operation). A chunk's
+reference count changes are rows of their own (`refdelta`) that concurrent
+writers of identical content insert without conflict (`_PgWrite.add_refcounts`).
+Inode numbers are handed out from blocks reserved in a short transaction of
+their own, so no row is updated by every write.
 
 Portability: plain tables of `bigint`, `text` and `bytea`, primary keys,
 `INSERT ... ON CONFLICT DO UPDATE`, `= ANY(array)`, `FOR KEY SHARE` and
@@ -66,6 +68,10 @@ INO_BLOCK = 1024
 FETCH = 2000
 #: Rows per INSERT or DELETE statement when buffered writes are sent.
 WRITE_ROWS = 500
+#: A chunk's reference count changes kept as rows of their own before a writer folds
+#: them into its record (in 1 of FOLD_EVERY commits that add such rows).
+FOLD_AT = 32
+FOLD_EVERY = 256
 #: Rows a transaction keeps of what it read by key (beyond, it reads them again).
 SEEN_ROWS = 4096
 #: Seconds a version of the pool records seen by one transaction serves another that
@@ -95,6 +101,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE kv (tbl text NOT NULL, key bytea NOT NULL, value bytea NOT NULL, "
         "PRIMARY KEY (tbl, key))",
     ),
+    (  # 2: reference count changes as rows of their own (see `_PgWrite.add_refcounts`)
+        "CREATE TABLE refdelta (id bytea NOT NULL, tx bigint NOT NULL, "
+        "delta bigint NOT NULL, PRIMARY KEY (id, tx))",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -109,6 +119,7 @@ _TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pending": (("id",), ("rec",)),
     "pools": (("id",), ("rec",)),
     "kv": (("tbl", "key"), ("value",)),
+    "refdelta": (("id", "tx"), ("delta",)),
 }
 _CONFLICTS = (pgerr.SerializationFailure, pgerr.DeadlockDetected)
 
@@ -176,8 +187,8 @@ class _Txn:
     snapshot does not change, and the transaction's own writes are kept over it).
     """
 
-    __slots__ = ("begin", "begun", "buf", "conn", "cur", "engine", "lock", "pools_version",
-                 "schema", "seen", "write")
+    __slots__ = ("begin", "begun", "buf", "clear_refs", "conn", "cur", "engine", "lock",
+                 "pools_version", "schema", "seen", "tx", "write")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None) -> None:
@@ -197,6 +208,11 @@ class _Txn:
         self.buf: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...] | None] = {}
         #: (table, key) -> value column of rows read by key (None: no such row)
         self.seen: dict[tuple[str, tuple[Any, ...]], Any] = {}
+        #: chunks whose record this transaction rewrote whole: their `refdelta` rows
+        #: (those it sees) are folded in, so they are deleted with the write
+        self.clear_refs: set[bytes] = set()
+        #: this transaction's key in `refdelta`
+        self.tx = int.from_bytes(os.urandom(8), "big") - _SHIFT
 
     def t(self, table: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(table))
@@ -246,6 +262,11 @@ class _Txn:
     def _writes(self, parts: list[sql.Composable], args: list[Any]) -> None:
         """Statements for the buffered writes (upserts, then deletes; a multi-row
         statement per table), moved from the buffer to the rows read."""
+        if self.clear_refs:
+            parts.append(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(
+                self.t("refdelta")))
+            args.append(sorted(self.clear_refs))
+            self.clear_refs = set()
         if not self.buf:
             return
         groups: dict[tuple[str, bool], list[tuple[Any, ...]]] = {}
@@ -387,8 +408,9 @@ class _PgRead(ReadTxn):
 
     # -- chunks, packs, pools -------------------------------------------------
     def get_chunk(self, cid: bytes) -> ChunkRecord | None:
-        data = self._x.one("chunks", (cid,), "rec")
-        return None if data is None else enc.decode_chunk(cid, bytes(data))
+        for _, data in self._chunk_recs((cid,), "rec"):
+            return enc.decode_chunk(cid, data)
+        return None
 
     def get_chunks(self, cids: Iterable[bytes]) -> dict[bytes, ChunkRecord]:
         return {cid: enc.decode_chunk(cid, data) for cid, data in self._chunk_recs(cids, "rec")}
@@ -397,24 +419,45 @@ class _PgRead(ReadTxn):
         return {cid for cid, _ in self._chunk_recs(cids, "id")}
 
     def _chunk_recs(self, cids: Iterable[bytes], col: str) -> Iterator[tuple[bytes, bytes]]:
-        """(id, column `col`) of the chunks of `cids` that exist, buffered writes first."""
+        """(id, column `col`) of the chunks of `cids` that exist, buffered writes first;
+        a record ("rec") carries its whole reference count: the record's own plus the
+        `refdelta` rows this transaction sees plus its own buffered ones."""
+        x = self._x
         want: list[bytes] = []
         for cid in cids:
-            if ("chunks", (cid,)) in self._x.buf:
-                vals = self._x.buf[("chunks", (cid,))]
+            if ("chunks", (cid,)) in x.buf:
+                vals = x.buf[("chunks", (cid,))]
                 if vals is not None:
                     yield cid, bytes(vals[0])
             else:
                 want.append(cid)
-        q = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s){}").format(
-            sql.Identifier(col), self._x.t("chunks"), self._x.lock)
+        if col == "rec":
+            q = sql.SQL("SELECT c.id, c.rec, {} FROM {} c WHERE c.id = ANY(%s){}").format(
+                self._delta_sum(), x.t("chunks"), x.lock)
+        else:
+            q = sql.SQL("SELECT id, {}, 0 FROM {} WHERE id = ANY(%s){}").format(
+                sql.Identifier(col), x.t("chunks"), x.lock)
         for i in range(0, len(want), FETCH):
-            for cid, data in self._x.run(q, (want[i:i + FETCH],)):
-                yield bytes(cid), bytes(data)
+            for cid, data, total in x.run(q, (want[i:i + FETCH],)):
+                cid = bytes(cid)
+                mine = x.buf.get(("refdelta", (cid, x.tx)))
+                total += mine[0] if mine else 0
+                yield cid, (enc.with_refcount_delta(cid, bytes(data), total) if total
+                            else bytes(data))
+
+    def _delta_sum(self) -> sql.Composed:
+        """The sum of the `refdelta` rows of chunk `c` (a column of a query on chunks c)."""
+        return sql.SQL("(SELECT COALESCE(SUM(r.delta), 0)::bigint FROM {} r WHERE r.id = c.id)"
+                       ).format(self._x.t("refdelta"))
 
     def iter_chunks(self) -> Iterator[ChunkRecord]:
-        for cid, rec in self._scan("chunks", "id, rec"):
-            yield enc.decode_chunk(bytes(cid), bytes(rec))
+        x = self._x
+        cols = sql.SQL("c.id, c.rec, {}").format(self._delta_sum()).as_string(x.conn)
+        for cid, rec, total in x.scan("chunks", cols, source=sql.SQL("{} c").format(
+                x.t("chunks"))):
+            cid = bytes(cid)
+            yield enc.decode_chunk(cid, enc.with_refcount_delta(cid, bytes(rec), total)
+                                   if total else bytes(rec))
 
     def get_pack(self, pack_id: bytes) -> PackRecord | None:
         data = self._x.one("packs", (pack_id,), "rec")
@@ -534,6 +577,10 @@ class _PgWrite(_PgRead, WriteTxn):
         self._del("manifests", (_s(ino),))
 
     def put_chunk(self, rec: ChunkRecord) -> None:
+        # the record's count is the whole count (as read with the deltas): the deltas
+        # this transaction sees are folded in and go
+        self._x.buf.pop(("refdelta", (rec.id, self._x.tx)), None)
+        self._x.clear_refs.add(rec.id)
         self._put("chunks", (rec.id,), enc.encode_chunk(rec))
 
     def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
@@ -543,10 +590,22 @@ class _PgWrite(_PgRead, WriteTxn):
             if data is None:
                 raise FormatError(f"chunk {cid.hex()} is referenced but not in the chunk "
                                   "index; run `hutong fsck`")
-            if delta:
+            if not delta:
+                continue
+            if ("chunks", (cid,)) in self._x.buf:  # written whole by this transaction
                 self._put("chunks", (cid,), enc.with_refcount_delta(cid, data, delta))
+                continue
+            enc.with_refcount_delta(cid, data, delta)  # raises below zero
+            # A row of its own instead of a rewrite of the record: writers adding
+            # references to one chunk at once (identical contents) insert different
+            # rows and do not conflict; each locks the record against deletion.
+            key = ("refdelta", (cid, self._x.tx))
+            mine = self._x.buf.get(key)
+            self._put("refdelta", key[1], (mine[0] if mine else 0) + delta)
 
     def delete_chunk(self, cid: bytes) -> None:
+        self._x.buf.pop(("refdelta", (cid, self._x.tx)), None)
+        self._x.clear_refs.add(cid)
         self._del("chunks", (cid,))
 
     def put_pack(self, rec: PackRecord) -> None:
@@ -633,10 +692,12 @@ class _Ctx:
         try:
             if conn is not None and x is not None:
                 if exc_type is None and self._write:
-                    wrote_pools = any(t == "pools" for t, _ in x.buf)
+                    wrote = {t for t, _ in x.buf}
                     x.commit()
-                    if wrote_pools:
+                    if "pools" in wrote:
                         self._engine._pools = None
+                    if "refdelta" in wrote:
+                        self._engine._delta_commits += 1
                 else:
                     _rollback(conn)
         except _CONFLICTS as e:
@@ -647,6 +708,11 @@ class _Ctx:
             raise StateError(f"metadata {self._engine}: {type(e).__name__}: {e}") from e
         finally:
             self._release(conn)
+        eng = self._engine
+        if self._write and exc is None and failed is None and \
+                eng._delta_commits >= FOLD_EVERY:
+            eng._delta_commits = 0
+            eng.fold_refcounts()
         if failed is not None:
             raise MetaConflictError(f"metadata {self._engine}: the transaction conflicted "
                                     "with another writer and changed nothing; run it "
@@ -702,6 +768,7 @@ class PgEngine(MetaEngine):
         #: transaction saw, and when (see `_PgRead._cached_pools`)
         self._pools: tuple[bytes | None, tuple[PoolRecord, ...]] | None = None
         self._pools_seen: tuple[bytes | None, float] = (None, 0.0)
+        self._delta_commits = 0  # commits that added `refdelta` rows since the last fold
         self._lost_at = 0.0  # when a connection was last found lost
         try:
             self._pool: ConnectionPool | None = ConnectionPool(
@@ -843,6 +910,24 @@ class PgEngine(MetaEngine):
             end = int(row[0])
             return end - n, end
         raise MetaConflictError(f"metadata {self}: could not reserve inode numbers")
+
+    def fold_refcounts(self, limit: int = 1000) -> int:
+        """Fold the `refdelta` rows of up to `limit` chunks that have more than FOLD_AT
+        of them into their records; how many chunks. Writers call it now and then; a
+        conflict with another writer leaves the rows for a later fold."""
+        try:
+            with self.write() as w:
+                assert isinstance(w, _PgWrite)
+                x = w._x
+                ids = [bytes(r[0]) for r in x.run(
+                    sql.SQL("SELECT id FROM {} GROUP BY id HAVING count(*) > %s LIMIT %s")
+                    .format(x.t("refdelta")), (FOLD_AT, limit))]
+                for cid, data in list(w._chunk_recs(ids, "rec")):
+                    x.clear_refs.add(cid)
+                    w._put("chunks", (cid,), data)
+                return len(ids)
+        except MetaConflictError:
+            return 0
 
     # -- transactions ----------------------------------------------------------------
     def _live(self) -> ConnectionPool:
