@@ -247,11 +247,12 @@ import sys
 from gfs import Client
 
 state, k, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+same = sys.argv[4].encode() if len(sys.argv) > 4 else None  # every file's content
 with Client(state) as fs:
     fs.engine.TRANSACT_ATTEMPTS = 1  # a conflict is not retried: it escapes and fails
     sys.stdin.read(1)  # the gate: every worker starts together
     for i in range(n):
-        fs.write_bytes(f"/c{k}/f{i}", f"client {k} file {i}".encode())
+        fs.write_bytes(f"/c{k}/f{i}", same or f"client {k} file {i}".encode())
 """
 
 
@@ -438,19 +439,6 @@ def test_rows_read_then_written_in_one_transaction_read_back_the_write(pg_url: s
 # -- reference counts of identical content -------------------------------------------------
 
 
-SAME_WORKER = r"""
-import sys
-from gfs import Client
-
-state, k, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-with Client(state) as fs:
-    fs.engine.TRANSACT_ATTEMPTS = 1  # a conflict is not retried: it escapes and fails
-    sys.stdin.read(1)  # the gate: every worker starts together
-    for i in range(n):
-        fs.write_bytes(f"/c{k}/f{i}", b"the same bytes in every file " * 40)
-"""
-
-
 def test_writers_of_identical_content_do_not_conflict_on_its_refcount(
         tmp_path: Path, pg_url: str) -> None:
     """Eight processes write files of one content at once, in their own directories,
@@ -463,8 +451,8 @@ def test_writers_of_identical_content_do_not_conflict_on_its_refcount(
         for k in range(clients):
             fs.mkdir(f"/c{k}")
         fs.write_bytes("/first", content)  # the chunk exists before the race
-    _gated_workers(SAME_WORKER, [[str(tmp_path / "s"), str(k), str(files)]
-                                 for k in range(clients)])
+    _gated_workers(CREATE_WORKER, [[str(tmp_path / "s"), str(k), str(files), content.decode()]
+                                   for k in range(clients)])
     with Client(tmp_path / "s") as fs:
         with fs.engine.read() as r:
             recs = list(r.iter_chunks())
