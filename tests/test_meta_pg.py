@@ -471,3 +471,67 @@ def test_writers_of_identical_content_do_not_conflict_on_its_refcount(
         fs.rm("/first")
         assert collect(fs.store, grace=0).chunks_removed == 1
         assert fs.fsck().ok
+
+
+# -- a refused COMMIT ------------------------------------------------------------------------
+
+
+def test_a_refused_commit_is_run_again_from_scratch(pg_url: str) -> None:
+    """A counter is read, then bumped; before the COMMIT (which carries the buffered
+    writes) another engine commits a change to the same row, so the server refuses the
+    COMMIT message (a serialisation failure). `transact` runs the work again on a new
+    snapshot with nothing kept from the refused attempt: no row it read (the new value
+    is read), no write it buffered (only the second attempt's marker is stored), and
+    the counter goes up once, on top of the other engine's value."""
+    one, two = PgEngine(pg_url), PgEngine(pg_url)
+    try:
+        with one.write() as w:
+            w.put_value("jobs", b"n", b"0")
+        seen: list[int] = []
+
+        def bump(w: WriteTxn) -> int:
+            n = int(w.get_value("jobs", b"n") or b"")
+            seen.append(n)
+            w.put_value("jobs", b"n", str(n + 1).encode())
+            w.put_value("jobs", f"attempt{len(seen)}".encode(), b"")
+            assert w.get_value("jobs", b"n") == str(n + 1).encode()  # its own write
+            if len(seen) == 1:  # the other writer gets in between the read and COMMIT
+                with two.write() as other:
+                    other.put_value("jobs", b"n", b"10")
+            return n
+
+        assert one.transact(bump) == 10
+        assert seen == [0, 10]
+        with one.read() as r:
+            assert r.get_value("jobs", b"n") == b"11"
+            assert [k for k, _ in r.iter_values("jobs", b"attempt")] == [b"attempt2"]
+        with one.write() as w:  # the refused attempt's connection went back clean
+            w.put_value("jobs", b"n", b"12")
+        with two.read() as r:
+            assert r.get_value("jobs", b"n") == b"12"
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_pool_written_before_a_scan_is_seen_by_the_next_read(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool record written, then the writes sent early by a scan in the same
+    transaction: the engine's copy of the pool records is dropped at COMMIT all the
+    same, so its next read (even one served from the copy) sees the new pool."""
+    import gfs.meta.pg_engine as pg
+    from gfs.meta import PoolRecord
+
+    monkeypatch.setattr(pg, "POOLS_FRESH", 600.0)  # the copy would serve for long
+    eng = PgEngine(pg_url)
+    try:
+        with eng.read() as r:
+            r.get_meta("format")
+            assert [p.id for p in r.iter_pools()] == []
+        with eng.write() as w:
+            w.put_pool(PoolRecord(5, "five", "memory://five", "hot", 0))
+            assert list(w.iter_values("rules")) == []  # a scan: the writes go now
+        with eng.read() as r:
+            assert [p.id for p in r.iter_pools()] == [5]
+    finally:
+        eng.close()

@@ -188,7 +188,7 @@ class _Txn:
     """
 
     __slots__ = ("begin", "begun", "buf", "clear_refs", "conn", "cur", "engine", "lock",
-                 "pools_version", "schema", "seen", "tx", "write")
+                 "pools_version", "schema", "seen", "tx", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None) -> None:
@@ -206,6 +206,8 @@ class _Txn:
         #: rows a write transaction reads by key are locked against deletion
         self.lock = sql.SQL(" FOR KEY SHARE" if write else "")
         self.buf: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...] | None] = {}
+        #: tables of the writes sent so far (a scan sends them before COMMIT)
+        self.wrote: set[str] = set()
         #: (table, key) -> value column of rows read by key (None: no such row)
         self.seen: dict[tuple[str, tuple[Any, ...]], Any] = {}
         #: chunks whose record this transaction rewrote whole: their `refdelta` rows
@@ -271,6 +273,7 @@ class _Txn:
             return
         groups: dict[tuple[str, bool], list[tuple[Any, ...]]] = {}
         for (table, key), vals in self.buf.items():
+            self.wrote.add(table)
             groups.setdefault((table, vals is None), []).append(key + (vals or ()))
             self.remember(table, key, None if vals is None else vals[0])
         self.buf.clear()
@@ -692,11 +695,10 @@ class _Ctx:
         try:
             if conn is not None and x is not None:
                 if exc_type is None and self._write:
-                    wrote = {t for t, _ in x.buf}
                     x.commit()
-                    if "pools" in wrote:
+                    if "pools" in x.wrote:  # (sent with COMMIT or by a scan before)
                         self._engine._pools = None
-                    if "refdelta" in wrote:
+                    if "refdelta" in x.wrote:
                         self._engine._delta_commits += 1
                 else:
                     _rollback(conn)
