@@ -535,3 +535,40 @@ def test_a_pool_written_before_a_scan_is_seen_by_the_next_read(
             assert [p.id for p in r.iter_pools()] == [5]
     finally:
         eng.close()
+
+
+def test_a_message_that_never_left_begins_nothing_and_keeps_the_writes(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first message of a write transaction (BEGIN, a buffered write, a scan) fails
+    before it reaches the server, and the caller goes on: the write is still buffered,
+    the next message sends BEGIN (nothing runs outside the transaction), and an abort
+    leaves nothing behind."""
+    import psycopg
+
+    execute = psycopg.ClientCursor.execute
+    failures = [1]
+
+    def once(self: psycopg.ClientCursor[object], *a: object, **k: object) -> object:
+        if failures[0]:
+            failures[0] -= 1
+            raise psycopg.InterfaceError("injected: the message was not sent")
+        return execute(self, *a, **k)  # type: ignore[arg-type]
+
+    class Abort(Exception):
+        pass
+
+    eng = PgEngine(pg_url)
+    try:
+        monkeypatch.setattr(psycopg.ClientCursor, "execute", once)
+        with pytest.raises(Abort), eng.write() as w:
+            w.put_value("jobs", b"a", b"1")
+            with pytest.raises(psycopg.InterfaceError):
+                list(w.iter_values("jobs"))
+            w.put_value("jobs", b"b", b"2")
+            assert [k for k, _ in w.iter_values("jobs")] == [b"a", b"b"]
+            raise Abort
+        monkeypatch.undo()
+        with eng.read() as r:
+            assert list(r.iter_values("jobs")) == []
+    finally:
+        eng.close()

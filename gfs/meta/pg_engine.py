@@ -122,6 +122,7 @@ _TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "refdelta": (("id", "tx"), ("delta",)),
 }
 _CONFLICTS = (pgerr.SerializationFailure, pgerr.DeadlockDetected)
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 def _s(ino: int) -> int:
@@ -248,9 +249,14 @@ class _Txn:
             parts.append(sql.SQL(end))
         if not parts:
             return []
-        self.begun = True
         cur = self.cur
-        cur.execute(sql.SQL("; ").join(parts), args)
+        try:
+            cur.execute(sql.SQL("; ").join(parts), args)
+        finally:  # begun as the server says: a message not sent began nothing (the
+            # next sends BEGIN again, no statement runs outside the transaction)
+            self.begun = self.begun or self.conn.info.transaction_status != _IDLE
+        if flush:
+            self._sent()
         if probe:
             cur.nextset()
             row = cur.fetchone()
@@ -263,20 +269,16 @@ class _Txn:
 
     def _writes(self, parts: list[sql.Composable], args: list[Any]) -> None:
         """Statements for the buffered writes (upserts, then deletes; a multi-row
-        statement per table), moved from the buffer to the rows read."""
+        statement per table); `_sent` empties the buffer once they went."""
         if self.clear_refs:
             parts.append(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(
                 self.t("refdelta")))
             args.append(sorted(self.clear_refs))
-            self.clear_refs = set()
         if not self.buf:
             return
         groups: dict[tuple[str, bool], list[tuple[Any, ...]]] = {}
         for (table, key), vals in self.buf.items():
-            self.wrote.add(table)
             groups.setdefault((table, vals is None), []).append(key + (vals or ()))
-            self.remember(table, key, None if vals is None else vals[0])
-        self.buf.clear()
         for (table, delete), rows in groups.items():
             keys, values = _TABLES[table]
             cols = keys if delete else keys + values
@@ -297,6 +299,14 @@ class _Txn:
                 parts.append(q)
                 for r in batch:
                     args.extend(r)
+
+    def _sent(self) -> None:
+        """The buffered writes reached the server: moved to the rows read."""
+        self.clear_refs = set()
+        for (table, key), vals in self.buf.items():
+            self.wrote.add(table)
+            self.remember(table, key, None if vals is None else vals[0])
+        self.buf.clear()
 
     def commit(self) -> None:
         """Send the buffered writes and COMMIT in one round trip (nothing if nothing
@@ -740,7 +750,7 @@ class _Ctx:
 
 def _rollback(conn: psycopg.Connection[Any] | None) -> None:
     if conn is not None and not conn.closed and \
-            conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.info.transaction_status != _IDLE:
         try:
             conn.rollback()
         except psycopg.Error:
