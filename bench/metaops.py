@@ -52,32 +52,46 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller N and fewer operations")
     ap.add_argument("--large", action="store_true",
                     help="the scale curve up to 10^6 files (about an hour), else 10^5")
+    ap.add_argument("--only", choices=("scale", "clients", "federation"),
+                    help="run one section (no headline)")
+    ap.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS),
+                    help=f"client process counts of the clients section (default {CLIENTS})")
     args = ap.parse_args(argv)
     sizes = (2_000, 20_000) if args.quick else (10_000, 100_000, 1_000_000) if args.large \
         else (10_000, 100_000)
-    with tempfile.TemporaryDirectory(prefix="bench-metaops-scale-") as tmp:
-        points = [scale.measure(Path(tmp), n) for n in sizes]
-    print("scale curve: N small files (200 bytes, 1000 per directory), one hutong process "
-          "per command; us/file and peak RSS (MiB)")
-    print(table(["N", *(f"{op} us/file" for op in scale.OPS), *(f"{op} MiB" for op in scale.OPS)],
-                [(p.n, *(p.per_file_us(op) for op in scale.OPS),
-                  *(p.rss_mib[op] for op in scale.OPS)) for p in points]))
-    put_time, _ = scale.flat(points, "put")
-    _, fsck_rss = scale.flat(points, "fsck")
-    flat_ok = put_time <= 2 and fsck_rss <= 2
-    print()
+    counts = tuple(args.clients)
+    if any(not 1 <= c <= 64 for c in counts):
+        ap.error(f"--clients: each count must be 1 to 64, got {counts}")
+    flat_ok, put_time, fsck_rss = True, 0.0, 0.0
+    if args.only in (None, "scale"):
+        with tempfile.TemporaryDirectory(prefix="bench-metaops-scale-") as tmp:
+            points = [scale.measure(Path(tmp), n) for n in sizes]
+        print("scale curve: N small files (200 bytes, 1000 per directory), one hutong "
+              f"process per command; us/file and peak RSS (MiB); load {os.getloadavg()[0]:.1f}")
+        print(table(["N", *(f"{op} us/file" for op in scale.OPS),
+                     *(f"{op} MiB" for op in scale.OPS)],
+                    [(p.n, *(p.per_file_us(op) for op in scale.OPS),
+                      *(p.rss_mib[op] for op in scale.OPS)) for p in points]))
+        put_time, _ = scale.flat(points, "put")
+        _, fsck_rss = scale.flat(points, "fsck")
+        flat_ok = put_time <= 2 and fsck_rss <= 2
+        print()
     per_client = sizes[0] // 100 if args.quick else 100
-    with tempfile.TemporaryDirectory(prefix="bench-metaops-pg-") as pgdir:
-        server, proc = start_server(pgdir)
-        try:
-            api = _client_rates(server, per_client)
-            print()
-            _mount_rates(server, per_client)
-        finally:
-            stop_server(proc)
-    print()
-    fed_stat = _federation(200 if args.quick else 2000)
+    if args.only in (None, "clients"):
+        with tempfile.TemporaryDirectory(prefix="bench-metaops-pg-") as pgdir:
+            server, proc = start_server(pgdir)
+            try:
+                api = _client_rates(server, per_client, counts)
+                print()
+                _mount_rates(server, per_client, counts)
+            finally:
+                stop_server(proc)
+        print()
+    if args.only in (None, "federation"):
+        fed_stat = _federation(200 if args.quick else 2000)
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared)")
+    if args.only is not None:
+        return 0
     print(headline("metaops", flat_ok, put_per_file_ratio=put_time, fsck_rss_ratio=fsck_rss,
                    lmdb_create_16=round(api[("lmdb", 16)][0]["create"]),
                    pg_create_16=round(api[("postgresql", 16)][0]["create"]),
@@ -86,7 +100,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _client_rates(server: PostgresServer, n: int
+def _client_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS
                   ) -> dict[tuple[str, int], tuple[dict[str, float], int]]:
     """The API rows: ops/s per phase for each engine and client count."""
     from gfs import Client
@@ -94,7 +108,7 @@ def _client_rates(server: PostgresServer, n: int
     out: dict[tuple[str, int], tuple[dict[str, float], int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-metaops-api-") as tmp:
         for engine in ("lmdb", "postgresql"):
-            for clients in CLIENTS:
+            for clients in counts:
                 state = Path(tmp) / f"{engine}-{clients}"
                 meta = server.url_for(f"b{clients}") if engine == "postgresql" else None
                 Client.init(state, meta=meta).close()
@@ -107,7 +121,7 @@ def _client_rates(server: PostgresServer, n: int
     return out
 
 
-def _mount_rates(server: PostgresServer, n: int) -> None:
+def _mount_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS) -> None:
     """The mount rows: the same phases through FUSE mounts of Hutong and JuiceFS."""
     from gfs import Client
 
@@ -136,7 +150,7 @@ def _mount_rates(server: PostgresServer, n: int) -> None:
             mnt = root / f"mnt-{len(rows)}"
             with mounted([a.replace("{mnt}", str(mnt)) for a in argv], mnt,
                          root / f"mount-{len(rows)}.log"):
-                for clients in CLIENTS:
+                for clients in counts:
                     work = mnt / f"run{clients}"
                     work.mkdir()
                     r, failed = clients_mod.rates(str(work), clients, n, mount=True)

@@ -247,11 +247,12 @@ import sys
 from gfs import Client
 
 state, k, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+same = sys.argv[4].encode() if len(sys.argv) > 4 else None  # every file's content
 with Client(state) as fs:
     fs.engine.TRANSACT_ATTEMPTS = 1  # a conflict is not retried: it escapes and fails
     sys.stdin.read(1)  # the gate: every worker starts together
     for i in range(n):
-        fs.write_bytes(f"/c{k}/f{i}", f"client {k} file {i}".encode())
+        fs.write_bytes(f"/c{k}/f{i}", same or f"client {k} file {i}".encode())
 """
 
 
@@ -343,5 +344,231 @@ def test_scans_page_by_key_across_many_pages(pg_url: str,
             assert [k for k, _ in r.iter_values("heat", b"p")] == [
                 b"p" + bytes([i]) for i in range(10)]
             assert list(r.list_dir(12345)) == []
+    finally:
+        eng.close()
+
+
+# -- round trips -------------------------------------------------------------------------
+
+
+#: Most round trips to the server each operation may take through the Python API (a
+#: create also reads the tiering policy, the lost-chunk list and the dedup index).
+#: Before batching and the transaction's read cache: 49, 6, 12, 26 and 27.
+ROUND_TRIPS = {"create": 13, "stat": 3, "ls": 3, "rename": 4, "unlink": 6}
+
+
+def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every exchange with the server passes through `Connection.wait`: counting its
+    calls counts round trips. BEGIN and the writes and COMMIT share one, a lookup
+    brings its inode along, a row read once is not read again in one transaction."""
+    import psycopg
+
+    trips = [0]
+    wait = psycopg.Connection.wait
+
+    def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
+        trips[0] += 1
+        return wait(self, *a, **k)  # type: ignore[arg-type]
+
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        fs.mkdir("/d")
+        for i in range(4):
+            fs.write_bytes(f"/d/f{i}", f"file {i}".encode())
+        ops = {"create": lambda: fs.write_bytes("/d/new", b"new"),
+               "stat": lambda: fs.stat("/d/f0"), "ls": lambda: fs.ls("/d"),
+               "rename": lambda: fs.mv("/d/f1", "/d/g1"), "unlink": lambda: fs.rm("/d/f2")}
+        monkeypatch.setattr(psycopg.Connection, "wait", counting)
+        used = {}
+        for op, run in ops.items():
+            trips[0] = 0
+            run()
+            used[op] = trips[0]
+        monkeypatch.undo()
+        assert used == {op: min(used[op], most) for op, most in ROUND_TRIPS.items()}, used
+        assert all(n > 0 for n in used.values())  # the counter does see the server
+        assert fs.read_bytes("/d/new") == b"new" and fs.read_bytes("/d/g1") == b"file 1"
+        assert sorted(s.path for s in fs.ls("/d")) == ["/d/f0", "/d/f3", "/d/g1", "/d/new"]
+        assert fs.fsck().ok
+
+
+def test_pool_records_cached_by_version_see_another_engines_change(pg_url: str) -> None:
+    """One engine keeps the pool records; another adds a pool. The first engine's next
+    transaction reads the pool version with its first query and drops its stale copy."""
+    from gfs.meta import PoolRecord
+
+    one, two = PgEngine(pg_url), PgEngine(pg_url)
+    try:
+        with one.read() as r:
+            r.get_meta("format")
+            before = [p.id for p in r.iter_pools()]
+        with two.write() as w:
+            w.put_pool(PoolRecord(77, "added", "memory://added", "cold", 0))
+        with one.read() as r:
+            r.get_meta("format")  # begins the snapshot
+            assert [p.id for p in r.iter_pools()] == [*before, 77]
+            assert r.get_pool(77) is not None and r.get_pool(77).tier == "cold"
+    finally:
+        one.close()
+        two.close()
+
+
+def test_rows_read_then_written_in_one_transaction_read_back_the_write(pg_url: str) -> None:
+    """A row read (kept by the transaction), then written, then the writes sent by a scan:
+    reading it again gives what was written, not the first read."""
+    from dataclasses import replace
+
+    eng = PgEngine(pg_url)
+    try:
+        with eng.write() as w:
+            root = w.get_inode(ROOT_INO)
+            assert root is not None
+            w.put_inode(replace(root, mode=0o700))
+            w.link(ROOT_INO, "x", 999)
+            assert [n for n, _ in w.list_dir(ROOT_INO)] == ["x"]  # sends the writes
+            assert w.get_inode(ROOT_INO).mode == 0o700  # type: ignore[union-attr]
+            w.unlink(ROOT_INO, "x")
+            assert w.lookup(ROOT_INO, "x") is None
+        with eng.read() as r:
+            assert r.get_inode(ROOT_INO).mode == 0o700  # type: ignore[union-attr]
+            assert r.lookup(ROOT_INO, "x") is None
+    finally:
+        eng.close()
+
+
+# -- reference counts of identical content -------------------------------------------------
+
+
+def test_writers_of_identical_content_do_not_conflict_on_its_refcount(
+        tmp_path: Path, pg_url: str) -> None:
+    """Eight processes write files of one content at once, in their own directories,
+    each transaction tried once: every one adds a reference to the same chunk. The
+    count changes are rows of their own, so none conflicts, none is lost, and gc
+    keeps the chunk until the last file goes."""
+    clients, files = 8, 40
+    content = b"the same bytes in every file " * 40
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        for k in range(clients):
+            fs.mkdir(f"/c{k}")
+        fs.write_bytes("/first", content)  # the chunk exists before the race
+    _gated_workers(CREATE_WORKER, [[str(tmp_path / "s"), str(k), str(files), content.decode()]
+                                   for k in range(clients)])
+    with Client(tmp_path / "s") as fs:
+        with fs.engine.read() as r:
+            recs = list(r.iter_chunks())
+        assert [c.refcount for c in recs] == [clients * files + 1]
+        assert fs.fsck().ok
+        assert isinstance(fs.engine, PgEngine)
+        assert fs.engine.fold_refcounts() == 1  # more than FOLD_AT rows: folded
+        with fs.engine.read() as r:
+            assert [c.refcount for c in r.iter_chunks()] == [clients * files + 1]
+        for k in range(clients):
+            for i in range(files):
+                fs.rm(f"/c{k}/f{i}")
+        assert collect(fs.store, grace=0).chunks_removed == 0  # /first still holds it
+        assert fs.read_bytes("/first") == content
+        assert fs.fsck().ok
+        fs.rm("/first")
+        assert collect(fs.store, grace=0).chunks_removed == 1
+        assert fs.fsck().ok
+
+
+# -- a refused COMMIT ------------------------------------------------------------------------
+
+
+def test_a_refused_commit_is_run_again_from_scratch(pg_url: str) -> None:
+    """A counter is read, then bumped; before the COMMIT (which carries the buffered
+    writes) another engine commits a change to the same row, so the server refuses the
+    COMMIT message (a serialisation failure). `transact` runs the work again on a new
+    snapshot with nothing kept from the refused attempt: no row it read (the new value
+    is read), no write it buffered (only the second attempt's marker is stored), and
+    the counter goes up once, on top of the other engine's value."""
+    one, two = PgEngine(pg_url), PgEngine(pg_url)
+    try:
+        with one.write() as w:
+            w.put_value("jobs", b"n", b"0")
+        seen: list[int] = []
+
+        def bump(w: WriteTxn) -> int:
+            n = int(w.get_value("jobs", b"n") or b"")
+            seen.append(n)
+            w.put_value("jobs", b"n", str(n + 1).encode())
+            w.put_value("jobs", f"attempt{len(seen)}".encode(), b"")
+            assert w.get_value("jobs", b"n") == str(n + 1).encode()  # its own write
+            if len(seen) == 1:  # the other writer gets in between the read and COMMIT
+                with two.write() as other:
+                    other.put_value("jobs", b"n", b"10")
+            return n
+
+        assert one.transact(bump) == 10
+        assert seen == [0, 10]
+        with one.read() as r:
+            assert r.get_value("jobs", b"n") == b"11"
+            assert [k for k, _ in r.iter_values("jobs", b"attempt")] == [b"attempt2"]
+        with one.write() as w:  # the refused attempt's connection went back clean
+            w.put_value("jobs", b"n", b"12")
+        with two.read() as r:
+            assert r.get_value("jobs", b"n") == b"12"
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_pool_written_before_a_scan_is_seen_by_the_next_read(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool record written, then the writes sent early by a scan in the same
+    transaction: the engine's copy of the pool records is dropped at COMMIT all the
+    same, so its next read (even one served from the copy) sees the new pool."""
+    import gfs.meta.pg_engine as pg
+    from gfs.meta import PoolRecord
+
+    monkeypatch.setattr(pg, "POOLS_FRESH", 600.0)  # the copy would serve for long
+    eng = PgEngine(pg_url)
+    try:
+        with eng.read() as r:
+            r.get_meta("format")
+            assert [p.id for p in r.iter_pools()] == []
+        with eng.write() as w:
+            w.put_pool(PoolRecord(5, "five", "memory://five", "hot", 0))
+            assert list(w.iter_values("rules")) == []  # a scan: the writes go now
+        with eng.read() as r:
+            assert [p.id for p in r.iter_pools()] == [5]
+    finally:
+        eng.close()
+
+
+def test_a_message_that_never_left_begins_nothing_and_keeps_the_writes(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first message of a write transaction (BEGIN, a buffered write, a scan) fails
+    before it reaches the server, and the caller goes on: the write is still buffered,
+    the next message sends BEGIN (nothing runs outside the transaction), and an abort
+    leaves nothing behind."""
+    import psycopg
+
+    execute = psycopg.ClientCursor.execute
+    failures = [1]
+
+    def once(self: psycopg.ClientCursor[object], *a: object, **k: object) -> object:
+        if failures[0]:
+            failures[0] -= 1
+            raise psycopg.InterfaceError("injected: the message was not sent")
+        return execute(self, *a, **k)  # type: ignore[arg-type]
+
+    class Abort(Exception):
+        pass
+
+    eng = PgEngine(pg_url)
+    try:
+        monkeypatch.setattr(psycopg.ClientCursor, "execute", once)
+        with pytest.raises(Abort), eng.write() as w:
+            w.put_value("jobs", b"a", b"1")
+            with pytest.raises(psycopg.InterfaceError):
+                list(w.iter_values("jobs"))
+            w.put_value("jobs", b"b", b"2")
+            assert [k for k, _ in w.iter_values("jobs")] == [b"a", b"b"]
+            raise Abort
+        monkeypatch.undo()
+        with eng.read() as r:
+            assert list(r.iter_values("jobs")) == []
     finally:
         eng.close()

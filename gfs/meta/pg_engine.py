@@ -18,10 +18,12 @@ conflicted on shared index pages (16 clients exhausted every retry). A lost
 conflict surfaces as `MetaConflictError` (nothing changed);
 `MetaEngine.transact` runs the work again. Threads of one process take turns at
 writing (as with LMDB), so conflicts happen only between processes and hosts.
-Writes are buffered in the transaction and sent in batches (pipelined) before
-the next query that could see them, and at commit. Inode numbers are handed
-out from blocks reserved in a short transaction of their own, so no row is
-updated by every write.
+Writes are buffered in the transaction and sent with COMMIT (or the next scan);
+BEGIN goes with the first query (`_Txn`: few round trips per operation). A chunk's
+reference count changes are rows of their own (`refdelta`) that concurrent
+writers of identical content insert without conflict (`_PgWrite.add_refcounts`).
+Inode numbers are handed out from blocks reserved in a short transaction of
+their own, so no row is updated by every write.
 
 Portability: plain tables of `bigint`, `text` and `bytea`, primary keys,
 `INSERT ... ON CONFLICT DO UPDATE`, `= ANY(array)`, `FOR KEY SHARE` and
@@ -34,7 +36,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -64,6 +66,19 @@ __all__ = ["SCHEMA_VERSION", "PgEngine", "is_pg_url"]
 INO_BLOCK = 1024
 #: Rows fetched per round trip by the iterators.
 FETCH = 2000
+#: Rows per INSERT or DELETE statement when buffered writes are sent.
+WRITE_ROWS = 500
+#: A chunk's reference count changes kept as rows of their own before a writer folds
+#: them into its record (in 1 of FOLD_EVERY commits that add such rows).
+FOLD_AT = 32
+FOLD_EVERY = 256
+#: Rows a transaction keeps of what it read by key (beyond, it reads them again).
+SEEN_ROWS = 4096
+#: Seconds a version of the pool records seen by one transaction serves another that
+#: has not begun (pool records change rarely; see `_PgRead.iter_pools`).
+POOLS_FRESH = 1.0
+#: meta row rewritten with a new random value whenever a pool record is written.
+_POOLS_VERSION = "pools.version"
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _NEXT_INO = "next_ino"
 #: Prefix of the meta rows `serialize_on` rewrites.
@@ -86,6 +101,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE kv (tbl text NOT NULL, key bytea NOT NULL, value bytea NOT NULL, "
         "PRIMARY KEY (tbl, key))",
     ),
+    (  # 2: reference count changes as rows of their own (see `_PgWrite.add_refcounts`)
+        "CREATE TABLE refdelta (id bytea NOT NULL, tx bigint NOT NULL, "
+        "delta bigint NOT NULL, PRIMARY KEY (id, tx))",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -100,8 +119,10 @@ _TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pending": (("id",), ("rec",)),
     "pools": (("id",), ("rec",)),
     "kv": (("tbl", "key"), ("value",)),
+    "refdelta": (("id", "tx"), ("delta",)),
 }
 _CONFLICTS = (pgerr.SerializationFailure, pgerr.DeadlockDetected)
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 def _s(ino: int) -> int:
@@ -158,77 +179,176 @@ def _redact(url: str) -> str:
 
 
 class _Txn:
-    """State shared by the read and write views of one transaction."""
+    """State shared by the read and write views of one transaction.
 
-    __slots__ = ("buf", "conn", "lock", "schema")
+    Round trips are what a metadata operation costs on a server, so the transaction
+    sends as few as it can: BEGIN, the buffered writes and the first query go out in
+    one message (several statements, parameters bound client-side), as do the last
+    writes and COMMIT; a row read by key is kept for the rest of the transaction (its
+    snapshot does not change, and the transaction's own writes are kept over it).
+    """
+
+    __slots__ = ("begin", "begun", "buf", "clear_refs", "conn", "cur", "engine", "lock",
+                 "pools_version", "schema", "seen", "tx", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
-                 write: bool = False) -> None:
+                 write: bool = False, engine: PgEngine | None = None) -> None:
         self.conn = conn
+        self.cur = psycopg.ClientCursor(conn)
         self.schema = schema
+        self.write = write
+        #: None while migrating (no meta table to read the pool version from yet)
+        self.engine = engine
+        self.begin = sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if write
+                                                                        else " READ ONLY"))
+        self.begun = False
+        #: the pool records' version in this transaction's snapshot (once begun)
+        self.pools_version: bytes | None = None
         #: rows a write transaction reads by key are locked against deletion
         self.lock = sql.SQL(" FOR KEY SHARE" if write else "")
         self.buf: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...] | None] = {}
+        #: tables of the writes sent so far (a scan sends them before COMMIT)
+        self.wrote: set[str] = set()
+        #: (table, key) -> value column of rows read by key (None: no such row)
+        self.seen: dict[tuple[str, tuple[Any, ...]], Any] = {}
+        #: chunks whose record this transaction rewrote whole: their `refdelta` rows
+        #: (those it sees) are folded in, so they are deleted with the write
+        self.clear_refs: set[bytes] = set()
+        #: this transaction's key in `refdelta`
+        self.tx = int.from_bytes(os.urandom(8), "big") - _SHIFT
 
     def t(self, table: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(table))
 
-    def flush(self) -> None:
-        """Send buffered writes (upserts, then deletes) in pipelined batches."""
+    def remember(self, table: str, key: tuple[Any, ...], value: Any) -> None:
+        k = (table, key)
+        if k in self.seen or len(self.seen) < SEEN_ROWS:
+            self.seen[k] = value
+
+    def run(self, query: sql.Composable | None, params: Sequence[Any] = (), *,
+            flush: bool = False, end: str | None = None) -> list[tuple[Any, ...]]:
+        """One round trip: BEGIN (first time), the buffered writes if `flush` (a scan
+        must see them; a read by key looks in the buffer first, and writes sent late
+        hold their row locks briefly), then `query` (its rows are returned) or `end`
+        (COMMIT)."""
+        parts: list[sql.Composable] = []
+        args: list[Any] = []
+        probe = not self.begun and self.engine is not None
+        if not self.begun:
+            parts.append(self.begin)
+            if probe:
+                parts.append(sql.SQL("SELECT value FROM {} WHERE key = %s").format(
+                    self.t("meta")))
+                args.append(_POOLS_VERSION)
+        if flush:
+            self._writes(parts, args)
+        if query is not None:
+            parts.append(query)
+            args.extend(params)
+        if end is not None:
+            parts.append(sql.SQL(end))
+        if not parts:
+            return []
+        cur = self.cur
+        try:
+            cur.execute(sql.SQL("; ").join(parts), args)
+        finally:  # begun as the server says: a message not sent began nothing (the
+            # next sends BEGIN again, no statement runs outside the transaction)
+            self.begun = self.begun or self.conn.info.transaction_status != _IDLE
+        if flush:
+            self._sent()
+        if probe:
+            cur.nextset()
+            row = cur.fetchone()
+            self.pools_version = None if row is None else bytes(row[0])
+            assert self.engine is not None
+            self.engine._saw_pools_version(self.pools_version)
+        while cur.nextset():
+            pass
+        return cur.fetchall() if query is not None and cur.description is not None else []
+
+    def _writes(self, parts: list[sql.Composable], args: list[Any]) -> None:
+        """Statements for the buffered writes (upserts, then deletes; a multi-row
+        statement per table); `_sent` empties the buffer once they went."""
+        if self.clear_refs:
+            parts.append(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(
+                self.t("refdelta")))
+            args.append(sorted(self.clear_refs))
         if not self.buf:
             return
         groups: dict[tuple[str, bool], list[tuple[Any, ...]]] = {}
         for (table, key), vals in self.buf.items():
             groups.setdefault((table, vals is None), []).append(key + (vals or ()))
-        self.buf.clear()
-        with self.conn.cursor() as cur:
-            for (table, delete), rows in groups.items():
-                keys, values = _TABLES[table]
+        for (table, delete), rows in groups.items():
+            keys, values = _TABLES[table]
+            cols = keys if delete else keys + values
+            row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(cols)))
+            for i in range(0, len(rows), WRITE_ROWS):
+                batch = rows[i:i + WRITE_ROWS]
+                tuples = sql.SQL(", ").join([row] * len(batch))
                 if delete:
-                    q = sql.SQL("DELETE FROM {} WHERE {}").format(
-                        self.t(table), sql.SQL(" AND ").join(
-                            sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys))
+                    q = sql.SQL("DELETE FROM {} WHERE ({}) IN ({})").format(
+                        self.t(table), sql.SQL(", ").join(map(sql.Identifier, keys)), tuples)
                 else:
-                    cols = keys + values
-                    q = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) "
+                    q = sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) "
                                 "DO UPDATE SET {}").format(
-                        self.t(table), sql.SQL(", ").join(map(sql.Identifier, cols)),
-                        sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+                        self.t(table), sql.SQL(", ").join(map(sql.Identifier, cols)), tuples,
                         sql.SQL(", ").join(map(sql.Identifier, keys)),
                         sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(
                             sql.Identifier(v)) for v in values))
-                cur.executemany(q, rows)
+                parts.append(q)
+                for r in batch:
+                    args.extend(r)
+
+    def _sent(self) -> None:
+        """The buffered writes reached the server: moved to the rows read."""
+        self.clear_refs = set()
+        for (table, key), vals in self.buf.items():
+            self.wrote.add(table)
+            self.remember(table, key, None if vals is None else vals[0])
+        self.buf.clear()
+
+    def commit(self) -> None:
+        """Send the buffered writes and COMMIT in one round trip (nothing if nothing
+        was read or written)."""
+        if self.begun or self.buf:
+            self.run(None, flush=True, end="COMMIT")
 
     def one(self, table: str, key: tuple[Any, ...], col: str) -> Any:
         """The value column `col` of one row (buffered writes first), or None."""
         if (table, key) in self.buf:
             vals = self.buf[(table, key)]
             return None if vals is None else vals[0]
+        if (table, key) in self.seen:
+            return self.seen[(table, key)]
         keys, _ = _TABLES[table]
         q = sql.SQL("SELECT {} FROM {} WHERE {}{}").format(
             sql.Identifier(col), self.t(table), sql.SQL(" AND ").join(
                 sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys), self.lock)
-        row = self.conn.execute(q, key).fetchone()
-        return None if row is None else row[0]
+        rows = self.run(q, key)
+        value = rows[0][0] if rows else None
+        self.remember(table, key, value)
+        return value
 
     def scan(self, table: str, cols: str, where: str = "",
-             params: tuple[Any, ...] = ()) -> Iterator[Any]:
-        """Rows of `table` in the order of its key column, the first of `cols`, after
-        flushing buffered writes; FETCH rows per query, each page starting after the
-        last key of the one before (keyset pagination): a short scan is one round trip,
-        a long one holds one page in memory."""
-        self.flush()
+             params: tuple[Any, ...] = (), source: sql.Composable | None = None
+             ) -> Iterator[Any]:
+        """Rows of `table` (or the join `source`) in the order of its key column, the
+        first of `cols`, after sending buffered writes; FETCH rows per query, each page
+        starting after the last key of the one before (keyset pagination): a short
+        scan is one round trip, a long one holds one page in memory."""
         key = cols.split(",")[0].strip()
         page = f"SELECT {cols} FROM {{}} {{}} ORDER BY {key} LIMIT {FETCH}"
-        first = sql.SQL(page).format(self.t(table), sql.SQL(where))
-        after = sql.SQL(page).format(self.t(table), sql.SQL(
+        src = self.t(table) if source is None else source
+        first = sql.SQL(page).format(src, sql.SQL(where))
+        after = sql.SQL(page).format(src, sql.SQL(
             f"{where} AND {key} > %s" if where else f"WHERE {key} > %s"))
-        rows = self.conn.execute(first, params).fetchall()
+        rows = self.run(first, params, flush=True)
         while rows:
             yield from rows
             if len(rows) < FETCH:
                 return
-            rows = self.conn.execute(after, (*params, rows[-1][0])).fetchall()
+            rows = self.run(after, (*params, rows[-1][0]))
 
 
 class _PgRead(ReadTxn):
@@ -249,12 +369,36 @@ class _PgRead(ReadTxn):
         return None if data is None else enc.decode_inode(ino, bytes(data))
 
     def lookup(self, parent: int, name: str) -> int | None:
-        ino = self._x.one("dirents", (_s(parent), name.encode()), "ino")
-        return None if ino is None else _u(ino)
+        x, key = self._x, (_s(parent), name.encode())
+        if ("dirents", key) in x.buf or ("dirents", key) in x.seen:
+            ino = x.one("dirents", key, "ino")
+            return None if ino is None else _u(ino)
+        # the entry and its inode in one round trip: a lookup is nearly always
+        # followed by a read of the inode (both locked in a write transaction)
+        q = sql.SQL("SELECT d.ino, i.rec FROM {} d LEFT JOIN LATERAL (SELECT rec FROM {} "
+                    "WHERE ino = d.ino{}) i ON true WHERE d.parent = %s AND d.name = %s{}"
+                    ).format(x.t("dirents"), x.t("inodes"), x.lock,
+                             sql.SQL(" FOR KEY SHARE OF d" if x.write else ""))
+        rows = x.run(q, key)
+        if not rows:
+            x.remember("dirents", key, None)
+            return None
+        ino, rec = rows[0]
+        x.remember("dirents", key, ino)
+        if ("inodes", (ino,)) not in x.buf:
+            x.remember("inodes", (ino,), rec)
+        return _u(ino)
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
-        for name, ino in self._scan("dirents", "name, ino", "WHERE parent = %s",
-                                    (_s(parent),)):
+        x = self._x
+        # each entry's inode comes along (a listing is nearly always followed by
+        # reads of them); a scan locks nothing
+        source = sql.SQL("{} d LEFT JOIN {} i ON i.ino = d.ino").format(
+            x.t("dirents"), x.t("inodes"))
+        for name, ino, rec in x.scan("dirents", "d.name, d.ino, i.rec",
+                                     "WHERE d.parent = %s", (_s(parent),), source):
+            if ("inodes", (ino,)) not in x.buf:
+                x.remember("inodes", (ino,), rec)
             try:
                 text = bytes(name).decode("utf-8")
             except UnicodeDecodeError:
@@ -277,8 +421,9 @@ class _PgRead(ReadTxn):
 
     # -- chunks, packs, pools -------------------------------------------------
     def get_chunk(self, cid: bytes) -> ChunkRecord | None:
-        data = self._x.one("chunks", (cid,), "rec")
-        return None if data is None else enc.decode_chunk(cid, bytes(data))
+        for _, data in self._chunk_recs((cid,), "rec"):
+            return enc.decode_chunk(cid, data)
+        return None
 
     def get_chunks(self, cids: Iterable[bytes]) -> dict[bytes, ChunkRecord]:
         return {cid: enc.decode_chunk(cid, data) for cid, data in self._chunk_recs(cids, "rec")}
@@ -287,24 +432,45 @@ class _PgRead(ReadTxn):
         return {cid for cid, _ in self._chunk_recs(cids, "id")}
 
     def _chunk_recs(self, cids: Iterable[bytes], col: str) -> Iterator[tuple[bytes, bytes]]:
-        """(id, column `col`) of the chunks of `cids` that exist, buffered writes first."""
+        """(id, column `col`) of the chunks of `cids` that exist, buffered writes first;
+        a record ("rec") carries its whole reference count: the record's own plus the
+        `refdelta` rows this transaction sees plus its own buffered ones."""
+        x = self._x
         want: list[bytes] = []
         for cid in cids:
-            if ("chunks", (cid,)) in self._x.buf:
-                vals = self._x.buf[("chunks", (cid,))]
+            if ("chunks", (cid,)) in x.buf:
+                vals = x.buf[("chunks", (cid,))]
                 if vals is not None:
                     yield cid, bytes(vals[0])
             else:
                 want.append(cid)
-        q = sql.SQL("SELECT id, {} FROM {} WHERE id = ANY(%s){}").format(
-            sql.Identifier(col), self._x.t("chunks"), self._x.lock)
+        if col == "rec":
+            q = sql.SQL("SELECT c.id, c.rec, {} FROM {} c WHERE c.id = ANY(%s){}").format(
+                self._delta_sum(), x.t("chunks"), x.lock)
+        else:
+            q = sql.SQL("SELECT id, {}, 0 FROM {} WHERE id = ANY(%s){}").format(
+                sql.Identifier(col), x.t("chunks"), x.lock)
         for i in range(0, len(want), FETCH):
-            for cid, data in self._x.conn.execute(q, (want[i:i + FETCH],)):
-                yield bytes(cid), bytes(data)
+            for cid, data, total in x.run(q, (want[i:i + FETCH],)):
+                cid = bytes(cid)
+                mine = x.buf.get(("refdelta", (cid, x.tx)))
+                total += mine[0] if mine else 0
+                yield cid, (enc.with_refcount_delta(cid, bytes(data), total) if total
+                            else bytes(data))
+
+    def _delta_sum(self) -> sql.Composed:
+        """The sum of the `refdelta` rows of chunk `c` (a column of a query on chunks c)."""
+        return sql.SQL("(SELECT COALESCE(SUM(r.delta), 0)::bigint FROM {} r WHERE r.id = c.id)"
+                       ).format(self._x.t("refdelta"))
 
     def iter_chunks(self) -> Iterator[ChunkRecord]:
-        for cid, rec in self._scan("chunks", "id, rec"):
-            yield enc.decode_chunk(bytes(cid), bytes(rec))
+        x = self._x
+        cols = sql.SQL("c.id, c.rec, {}").format(self._delta_sum()).as_string(x.conn)
+        for cid, rec, total in x.scan("chunks", cols, source=sql.SQL("{} c").format(
+                x.t("chunks"))):
+            cid = bytes(cid)
+            yield enc.decode_chunk(cid, enc.with_refcount_delta(cid, bytes(rec), total)
+                                   if total else bytes(rec))
 
     def get_pack(self, pack_id: bytes) -> PackRecord | None:
         data = self._x.one("packs", (pack_id,), "rec")
@@ -319,12 +485,39 @@ class _PgRead(ReadTxn):
             yield enc.decode_pending(bytes(pid), bytes(rec))
 
     def get_pool(self, pool_id: int) -> PoolRecord | None:
+        cached = self._cached_pools()
+        if cached is not None:
+            return next((p for p in cached if p.id == pool_id), None)
         data = self._x.one("pools", (pool_id,), "rec")
         return None if data is None else enc.decode_pool(pool_id, bytes(data))
 
     def iter_pools(self) -> Iterator[PoolRecord]:
-        for pool_id, rec in self._scan("pools", "id, rec"):
-            yield enc.decode_pool(int(pool_id), bytes(rec))
+        cached = self._cached_pools()
+        if cached is not None:
+            yield from cached
+            return
+        pools = [enc.decode_pool(int(pool_id), bytes(rec))
+                 for pool_id, rec in self._scan("pools", "id, rec")]
+        x = self._x
+        if not x.write and x.engine is not None:
+            x.engine._pools = (x.pools_version, tuple(pools))
+        yield from pools
+
+    def _cached_pools(self) -> tuple[PoolRecord, ...] | None:
+        """The engine's copy of the pool records when it is known to be this snapshot's
+        (a read transaction; the version row read when it began matches) or, before it
+        begins, when that version was seen less than POOLS_FRESH seconds ago by another
+        transaction: pool records change rarely, and every transaction's first round
+        trip reads their version at no extra cost."""
+        x = self._x
+        eng = x.engine
+        if x.write or eng is None or eng._pools is None:
+            return None
+        version, pools = eng._pools
+        if x.begun:
+            return pools if version == x.pools_version else None
+        seen, at = eng._pools_seen
+        return pools if version == seen and time.monotonic() - at < POOLS_FRESH else None
 
     # -- opaque values and store facts -----------------------------------------
     def get_value(self, table: str, key: bytes) -> bytes | None:
@@ -346,10 +539,9 @@ class _PgRead(ReadTxn):
 
     def get_meta(self, key: str) -> bytes | None:
         if key == _NEXT_INO:
-            row = self._x.conn.execute(
-                sql.SQL("SELECT next FROM {} WHERE id = 0").format(self._x.t("ino_alloc"))
-            ).fetchone()
-            return None if row is None else enc.encode_u64(int(row[0]))
+            rows = self._x.run(
+                sql.SQL("SELECT next FROM {} WHERE id = 0").format(self._x.t("ino_alloc")))
+            return None if not rows else enc.encode_u64(int(rows[0][0]))
         data = self._x.one("meta", (key,), "value")
         return None if data is None else bytes(data)
 
@@ -398,6 +590,10 @@ class _PgWrite(_PgRead, WriteTxn):
         self._del("manifests", (_s(ino),))
 
     def put_chunk(self, rec: ChunkRecord) -> None:
+        # the record's count is the whole count (as read with the deltas): the deltas
+        # this transaction sees are folded in and go
+        self._x.buf.pop(("refdelta", (rec.id, self._x.tx)), None)
+        self._x.clear_refs.add(rec.id)
         self._put("chunks", (rec.id,), enc.encode_chunk(rec))
 
     def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
@@ -407,10 +603,22 @@ class _PgWrite(_PgRead, WriteTxn):
             if data is None:
                 raise FormatError(f"chunk {cid.hex()} is referenced but not in the chunk "
                                   "index; run `hutong fsck`")
-            if delta:
+            if not delta:
+                continue
+            if ("chunks", (cid,)) in self._x.buf:  # written whole by this transaction
                 self._put("chunks", (cid,), enc.with_refcount_delta(cid, data, delta))
+                continue
+            enc.with_refcount_delta(cid, data, delta)  # raises below zero
+            # A row of its own instead of a rewrite of the record: writers adding
+            # references to one chunk at once (identical contents) insert different
+            # rows and do not conflict; each locks the record against deletion.
+            key = ("refdelta", (cid, self._x.tx))
+            mine = self._x.buf.get(key)
+            self._put("refdelta", key[1], (mine[0] if mine else 0) + delta)
 
     def delete_chunk(self, cid: bytes) -> None:
+        self._x.buf.pop(("refdelta", (cid, self._x.tx)), None)
+        self._x.clear_refs.add(cid)
         self._del("chunks", (cid,))
 
     def put_pack(self, rec: PackRecord) -> None:
@@ -427,6 +635,7 @@ class _PgWrite(_PgRead, WriteTxn):
 
     def put_pool(self, rec: PoolRecord) -> None:
         self._put("pools", (rec.id,), enc.encode_pool(rec))
+        self._put("meta", (_POOLS_VERSION,), os.urandom(8))  # other engines' copies: stale
 
     def put_value(self, table: str, key: bytes, value: bytes) -> None:
         _check_table(table)
@@ -442,10 +651,10 @@ class _PgWrite(_PgRead, WriteTxn):
         if not key:
             raise ValueError("meta key must not be empty")
         if key == _NEXT_INO:  # a restored store: numbers below `value` are taken
-            self._x.flush()
-            self._x.conn.execute(
+            self._x.run(
                 sql.SQL("UPDATE {} SET next = GREATEST(next, %s) WHERE id = 0").format(
-                    self._x.t("ino_alloc")), (enc.decode_u64("meta next_ino", value),))
+                    self._x.t("ino_alloc")), (enc.decode_u64("meta next_ino", value),),
+                flush=True)
             return
         self._put("meta", (key,), bytes(value))
 
@@ -481,9 +690,7 @@ class _Ctx:
             eng._writer, self._locked = me, True
         try:
             conn = self._conn = pool.getconn()
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = not self._write
-            self._x = _Txn(conn, eng.schema, write=self._write)
+            self._x = _Txn(conn, eng.schema, write=self._write, engine=eng)
         except BaseException:
             self._release(None)
             raise
@@ -498,10 +705,13 @@ class _Ctx:
         try:
             if conn is not None and x is not None:
                 if exc_type is None and self._write:
-                    x.flush()
-                    conn.commit()
+                    x.commit()
+                    if "pools" in x.wrote:  # (sent with COMMIT or by a scan before)
+                        self._engine._pools = None
+                    if "refdelta" in x.wrote:
+                        self._engine._delta_commits += 1
                 else:
-                    conn.rollback()
+                    _rollback(conn)
         except _CONFLICTS as e:
             failed = e
             _rollback(conn)
@@ -510,6 +720,11 @@ class _Ctx:
             raise StateError(f"metadata {self._engine}: {type(e).__name__}: {e}") from e
         finally:
             self._release(conn)
+        eng = self._engine
+        if self._write and exc is None and failed is None and \
+                eng._delta_commits >= FOLD_EVERY:
+            eng._delta_commits = 0
+            eng.fold_refcounts()
         if failed is not None:
             raise MetaConflictError(f"metadata {self._engine}: the transaction conflicted "
                                     "with another writer and changed nothing; run it "
@@ -534,7 +749,8 @@ class _Ctx:
 
 
 def _rollback(conn: psycopg.Connection[Any] | None) -> None:
-    if conn is not None and not conn.closed:
+    if conn is not None and not conn.closed and \
+            conn.info.transaction_status != _IDLE:
         try:
             conn.rollback()
         except psycopg.Error:
@@ -560,11 +776,16 @@ class PgEngine(MetaEngine):
         self._ino_next = self._ino_end = 0
         self._ino_conn: psycopg.Connection[Any] | None = None
         self._returned: dict[int, float] = {}  # id(connection) -> when it was last put back
+        #: the pool records and the version they were read at; the last version a
+        #: transaction saw, and when (see `_PgRead._cached_pools`)
+        self._pools: tuple[bytes | None, tuple[PoolRecord, ...]] | None = None
+        self._pools_seen: tuple[bytes | None, float] = (None, 0.0)
+        self._delta_commits = 0  # commits that added `refdelta` rows since the last fold
         self._lost_at = 0.0  # when a connection was last found lost
         try:
             self._pool: ConnectionPool | None = ConnectionPool(
                 self._conninfo, min_size=1, max_size=size, open=True,
-                timeout=connect_timeout, kwargs={"autocommit": False},
+                timeout=connect_timeout, kwargs={"autocommit": True},
                 check=self._check_idle)
             self._pool.wait(timeout=connect_timeout)
         except Exception as e:
@@ -575,6 +796,9 @@ class PgEngine(MetaEngine):
         except BaseException:
             self.close()
             raise
+
+    def _saw_pools_version(self, version: bytes | None) -> None:
+        self._pools_seen = (version, time.monotonic())
 
     def _check_idle(self, conn: psycopg.Connection[Any]) -> None:
         """Before a connection idle for IDLE_CHECK seconds, or put back before another
@@ -606,32 +830,40 @@ class PgEngine(MetaEngine):
     def _migrate_step(self) -> bool:
         assert self._pool is not None
         with self._pool.connection() as conn:
-            conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
-            conn.read_only = False
-            s = sql.Identifier(self.schema)
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
-            conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.schema_version "
-                                 "(id int PRIMARY KEY, version int NOT NULL)").format(s))
+            conn.autocommit = False  # migrations are transactions of their own
+            try:
+                return self._migrate_in(conn)
+            finally:
+                _rollback(conn)
+                conn.autocommit = True
+
+    def _migrate_in(self, conn: psycopg.Connection[Any]) -> bool:
+        conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        conn.read_only = False
+        s = sql.Identifier(self.schema)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.schema_version "
+                             "(id int PRIMARY KEY, version int NOT NULL)").format(s))
+        conn.commit()
+        row = conn.execute(sql.SQL("SELECT version FROM {}.schema_version WHERE id = 0")
+                           .format(s)).fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StateError(f"metadata {self} has schema version {version}; this "
+                             f"version of Hutong reads up to {SCHEMA_VERSION}. Use a "
+                             "newer Hutong")
+        if version == SCHEMA_VERSION:
             conn.commit()
-            row = conn.execute(sql.SQL("SELECT version FROM {}.schema_version WHERE id = 0")
-                               .format(s)).fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > SCHEMA_VERSION:
-                raise StateError(f"metadata {self} has schema version {version}; this "
-                                 f"version of Hutong reads up to {SCHEMA_VERSION}. Use a "
-                                 "newer Hutong")
-            if version == SCHEMA_VERSION:
-                conn.commit()
-                return True
-            for stmt in MIGRATIONS[version]:
-                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(s))
-                conn.execute(stmt)
-            if version == 0:
-                self._initialise(conn)
-            conn.execute(sql.SQL("INSERT INTO {}.schema_version (id, version) VALUES (0, %s) "
-                                 "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version")
-                         .format(s), (version + 1,))
-            conn.commit()
+            return True
+        for stmt in MIGRATIONS[version]:
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(s))
+            conn.execute(stmt)
+        if version == 0:
+            self._initialise(conn)
+        conn.execute(sql.SQL("INSERT INTO {}.schema_version (id, version) VALUES (0, %s) "
+                             "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version")
+                     .format(s), (version + 1,))
+        conn.commit()
         return False
 
     def _initialise(self, conn: psycopg.Connection[Any]) -> None:
@@ -639,10 +871,12 @@ class PgEngine(MetaEngine):
         root = Inode(ROOT_INO, ROOT_INO, Kind.DIR, 0o755, os.getuid(), os.getgid(), 0,
                      now, now, now, nlink=2)  # "." and its entry in itself, as ext4
         x = _Txn(conn, self.schema)
+        x.begun = True  # inside the migration's transaction
         x.buf[("meta", ("format",))] = (enc.FORMAT_VERSION,)
         x.buf[("meta", ("store_id",))] = (os.urandom(16),)
         x.buf[("inodes", (_s(ROOT_INO),))] = (enc.encode_inode(root),)
-        x.flush()
+        x.run(None, flush=True)
+        x.seen.clear()  # the format is read back from the database
         conn.execute(sql.SQL("INSERT INTO {} (id, next) VALUES (0, %s)").format(
             x.t("ino_alloc")), (ROOT_INO + 1,))
         fmt = x.one("meta", ("format",), "value")
@@ -688,6 +922,24 @@ class PgEngine(MetaEngine):
             end = int(row[0])
             return end - n, end
         raise MetaConflictError(f"metadata {self}: could not reserve inode numbers")
+
+    def fold_refcounts(self, limit: int = 1000) -> int:
+        """Fold the `refdelta` rows of up to `limit` chunks that have more than FOLD_AT
+        of them into their records; how many chunks. Writers call it now and then; a
+        conflict with another writer leaves the rows for a later fold."""
+        try:
+            with self.write() as w:
+                assert isinstance(w, _PgWrite)
+                x = w._x
+                ids = [bytes(r[0]) for r in x.run(
+                    sql.SQL("SELECT id FROM {} GROUP BY id HAVING count(*) > %s LIMIT %s")
+                    .format(x.t("refdelta")), (FOLD_AT, limit))]
+                for cid, data in list(w._chunk_recs(ids, "rec")):
+                    x.clear_refs.add(cid)
+                    w._put("chunks", (cid,), data)
+                return len(ids)
+        except MetaConflictError:
+            return 0
 
     # -- transactions ----------------------------------------------------------------
     def _live(self) -> ConnectionPool:
