@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gfs.federation.auth import EntityKeys
+from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.certs import site_serve_tls
 from gfs.federation.site import Site, init_site, make_app
 from gfs.federation.site_client import SiteClient
@@ -171,3 +171,35 @@ def test_a_slow_gauge_does_not_stall_health(served: Served) -> None:
         release.set()
         scraper.join(DEADLINE)
     assert b"hutong_site_slow 1.0" in got["text"]
+
+
+def _leaf(serial: int) -> bytes:
+    """A self-signed certificate with `serial` (only its serial number is looked at)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "s1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(serial)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_server_certificates_are_checked_against_the_list_last_read_while_the_registry_is_down(
+        served: Served) -> None:
+    """A client connects to sites while the registry cannot be asked (this fixture's
+    registry is unreachable): the revocations it last read still refuse a revoked
+    certificate, and any other passes."""
+    trust = served.trust
+    trust._note_revoked({"name": "bank-a", "revoked_certs": ["abc1"]})
+    with pytest.raises(AuthError) as e:
+        trust.check_server_cert("bank-a", served.url, _leaf(0xABC1))
+    assert e.value.code == "revoked_certificate"
+    trust.check_server_cert("bank-a", served.url, _leaf(0xABC2))

@@ -25,7 +25,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from gfs.errors import ConfigError
+from gfs.errors import ConfigError, HutongError
 from gfs.federation import certs
 from gfs.federation.auth import AuthError, public_key, signed_entity
 
@@ -233,12 +233,18 @@ class Trust:
         """AuthError if `entity` revoked the certificate `leaf_der` that the server at
         `url` presented (the registry's list, as this trust last read it with the
         entity's CA: a revoked certificate, with its key stolen, no longer passes for
-        the site)."""
+        the site). While the registry cannot be asked, the list last read is used: sites
+        keep talking to each other when the registry is down."""
         if entity is None:
             return
-        rec = self.view.entities().get(entity)  # cached; also this party's own entity
-        if rec is not None:
-            self._note_revoked(rec)
+        try:
+            rec = self.view.entities().get(entity)  # cached; also this party's own entity
+        except HutongError as e:  # the registry unreachable: the list as last read
+            log.debug("revocations of %s not refreshed (%s); using the list last read",
+                      entity, e)
+        else:
+            if rec is not None:
+                self._note_revoked(rec)
         serial = x509.load_der_x509_certificate(leaf_der).serial_number
         with self._lock:
             revoked = self._revoked.get(entity, frozenset())
