@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := build-essential python3-dev python3-venv pkg-config libxxhash-dev libssl-dev libipsec-mb-dev fuse3 libfuse3-dev restic borgbackup rclone rsync iperf3 iproute2 nftables procps git sqlite3 postgresql chromium zpaq redis-server strace time tcpdump
+# intel-ipsec-mb (AES-GCM mover records) is packaged for amd64 only; elsewhere OpenSSL seals them.
+IPSEC_MB_PACKAGE := $(shell [ "$$(dpkg --print-architecture 2>/dev/null)" = amd64 ] && echo libipsec-mb-dev)
+APT_PACKAGES := build-essential python3-dev python3-venv pkg-config libxxhash-dev libssl-dev $(IPSEC_MB_PACKAGE) fuse3 libfuse3-dev restic borgbackup rclone rsync iperf3 iproute2 nftables procps git sqlite3 postgresql chromium zpaq redis-server strace time tcpdump
 SOURCES := $(wildcard native/*.c native/*.h) setup.py pyproject.toml
 
 .PHONY: all setup demo test test-all lint bench-quick clean install-check

@@ -4,7 +4,35 @@
 (so the wheel builds from it) and rebuilds an extension when one changes.
 """
 
+import os
+import shutil
+import subprocess
+import sysconfig
+
 from setuptools import Extension, setup
+
+
+def _have_ipsec_mb() -> bool:
+    """Whether intel-ipsec-mb's header and library can be built against here.
+
+    Debian packages it for x86-64 only; elsewhere the mover seals AES-GCM with
+    OpenSSL. HUTONG_IPSEC_MB=0 or 1 overrides the probe.
+    """
+    forced = os.environ.get("HUTONG_IPSEC_MB")
+    if forced in ("0", "1"):
+        return forced == "1"
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not shutil.which(cc):
+        return False
+    probe = subprocess.run(
+        [cc, "-x", "c", "-", "-o", os.devnull, "-lIPSec_MB"],
+        input=b"#include <intel-ipsec-mb.h>\nint main(void){return imb_get_version() == 0;}\n",
+        capture_output=True, check=False,
+    )
+    return probe.returncode == 0
+
+
+IPSEC_MB = _have_ipsec_mb()
 
 setup(
     ext_modules=[
@@ -23,8 +51,9 @@ setup(
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             extra_link_args=["-pthread"],
             # OpenSSL libcrypto (Debian: libssl-dev): HMAC, HKDF, X25519, ChaCha20-Poly1305;
-            # intel-ipsec-mb (Debian: libipsec-mb-dev): AES-GCM records (VAES, AVX-512)
-            libraries=["crypto", "IPSec_MB"],
+            # intel-ipsec-mb (Debian: libipsec-mb-dev, x86-64): AES-GCM records (VAES, AVX-512)
+            define_macros=[("HUTONG_IPSEC_MB", "1")] if IPSEC_MB else [],
+            libraries=["crypto", "IPSec_MB"] if IPSEC_MB else ["crypto"],
         ),
         Extension(
             "gfs._sealed",

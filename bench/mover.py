@@ -13,7 +13,8 @@ Measured in one run, on the same chunks:
 * CPU seconds per GB of every row (both ends, from the processes' rusage,
   not wall time: on a shared 2-core host the wall-clock ratio swings), and
   the record layer's own sealing rate of the default cipher on one core as
-  its ceiling (AES-GCM: intel-ipsec-mb), and `openssl speed` beside it;
+  its ceiling (AES-GCM: intel-ipsec-mb where built with it, else OpenSSL; the
+  table names which), and `openssl speed` beside it;
 * an aiohttp server/client pair moving the same blobs (length-prefixed,
   digests verified by the client);
 * writing and fsyncing the same bytes, through the page cache and with O_DIRECT
@@ -67,6 +68,7 @@ from gfs.codec import decode_blob
 SECRET = os.urandom(32)
 DEFAULT_CIPHER = _mover.cipher_name(_mover.CIPHER_AUTO)
 CIPHER_CODE = mover.CIPHERS[DEFAULT_CIPHER]
+CIPHER_BACKEND = _mover.cipher_backend(CIPHER_CODE)  # intel-ipsec-mb or OpenSSL
 T = TypeVar("T")
 
 
@@ -600,7 +602,8 @@ def _loopback(work: Path, data: Path, src: Client, ids: list[bytes], iperf_secon
     aes = max(_mover.cipher_rate(CIPHER_CODE, 0.3) for _ in range(3)) or None
     for label, speed, note in (
             (f"mover record layer, {DEFAULT_CIPHER}", aes,
-             "one core, 256 KiB records sealed in place: the cipher's ceiling (one pass)"),
+             f"one core, 256 KiB records sealed in place by {CIPHER_BACKEND}: the cipher's "
+             "ceiling (one pass)"),
             (f"openssl speed {DEFAULT_CIPHER}", ossl,
              "one core, 256 KiB blocks: system OpenSSL, for comparison")):
         rows.append([label, "-", "-", round(speed / 1e9, 2) if speed else "-",

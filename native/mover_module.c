@@ -755,6 +755,16 @@ cipher_name(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyObject *
+cipher_backend(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int cipher;
+    if (!PyArg_ParseTuple(args, "i:cipher_backend", &cipher))
+        return NULL;
+    return PyUnicode_FromString(
+        mv_cipher_backend(cipher == MV_CIPHER_AUTO ? mv_cipher_choose() : cipher));
+}
+
+static PyObject *
 cipher_rate(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int cipher;
@@ -800,6 +810,9 @@ static PyMethodDef methods[] = {
     {"cipher_rate", cipher_rate, METH_VARARGS,
      "cipher_rate(cipher, seconds, /) -> float\n\nBytes per second of sealing full records "
      "in place with a CIPHER_* on one thread (the record layer's ceiling)."},
+    {"cipher_backend", cipher_backend, METH_VARARGS,
+     "cipher_backend(cipher, /) -> str\n\nThe library sealing records of a CIPHER_* on this "
+     "build and CPU: 'intel-ipsec-mb', an OpenSSL version, or 'none'."},
     {"cipher_name", cipher_name, METH_VARARGS,
      "cipher_name(cipher, /) -> str\n\nThe name of a CIPHER_* (CIPHER_AUTO: the one this CPU "
      "gets)."},

@@ -6,7 +6,9 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef HUTONG_IPSEC_MB
 #include <intel-ipsec-mb.h>
+#endif
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -63,6 +65,7 @@ mv_cipher_keylen(int cipher)
     }
 }
 
+#ifdef HUTONG_IPSEC_MB
 /* intel-ipsec-mb's manager: only its function table is used (the GCM calls
  * keep their state in the caller's gcm_context_data), so one serves every thread. */
 static IMB_MGR *imb;
@@ -92,6 +95,25 @@ imb_mgr(void)
 {
     pthread_once(&imb_once, imb_setup);
     return imb;
+}
+#else
+/* Built without intel-ipsec-mb (not packaged for this architecture): every
+ * cipher runs on OpenSSL. */
+static void *
+imb_mgr(void)
+{
+    return NULL;
+}
+#endif
+
+const char *
+mv_cipher_backend(int cipher)
+{
+    if (cipher == MV_CIPHER_NONE)
+        return "none";
+    if (cipher != MV_CIPHER_CHACHA20 && imb_mgr())
+        return "intel-ipsec-mb";
+    return OpenSSL_version(OPENSSL_VERSION);
 }
 
 static const EVP_CIPHER *
@@ -210,6 +232,7 @@ mv_rec_init(mv_rec_dir *d, int cipher, const mv_dir_keys *k, int seal, char *msg
     d->keylen = (int)mv_cipher_keylen(cipher);
     memcpy(d->iv, k->iv, MV_IV_LEN);
     d->seal = seal;
+#ifdef HUTONG_IPSEC_MB
     IMB_MGR *m = cipher == MV_CIPHER_CHACHA20 ? NULL : imb_mgr();
     if (m) {
         struct gcm_key_data *g = aligned_alloc(64, sizeof *g);
@@ -222,6 +245,7 @@ mv_rec_init(mv_rec_dir *d, int cipher, const mv_dir_keys *k, int seal, char *msg
         d->gcm = g;
         return MV_OK;
     }
+#endif
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     if (!ctx)
         return ossl_fail(msg, msglen, MV_ERR_NOMEM, "cipher context");
@@ -239,11 +263,13 @@ mv_rec_free(mv_rec_dir *d)
 {
     EVP_CIPHER_CTX_free(d->ctx);
     d->ctx = NULL;
+#ifdef HUTONG_IPSEC_MB
     if (d->gcm) {
         OPENSSL_cleanse(d->gcm, sizeof(struct gcm_key_data));
         free(d->gcm);
         d->gcm = NULL;
     }
+#endif
     OPENSSL_cleanse(d->iv, sizeof d->iv);
 }
 
@@ -272,6 +298,7 @@ record_nonce(const mv_rec_dir *d, uint64_t seq, uint8_t nonce[MV_IV_LEN])
         nonce[4 + i] ^= (uint8_t)(seq >> (8 * i));
 }
 
+#ifdef HUTONG_IPSEC_MB
 /* One AES-GCM pass of intel-ipsec-mb over n bytes (in place allowed): the
  * header as associated data, the 16-byte tag computed into tag. */
 static void
@@ -295,6 +322,7 @@ gcm_pass(const mv_rec_dir *d, const uint8_t *h, const uint8_t *in, size_t n, uin
                            MV_RECORD_TAG);
     OPENSSL_cleanse(&gctx, sizeof gctx);
 }
+#endif
 
 /* Set the nonce of record `seq` and feed the header as associated data. */
 static int
@@ -322,11 +350,13 @@ mv_rec_seal_parts(mv_rec_dir *d, uint8_t h[MV_RECORD_HEADER], const uint8_t *pt,
     for (int i = 0; i < 8; i++)
         h[8 + i] = (uint8_t)(d->seq >> (8 * i));
     int outl = 0, fin = 0;
+#ifdef HUTONG_IPSEC_MB
     if (d->gcm) {
         gcm_pass(d, h, pt, n, ct, tag);
         d->seq++;
         return MV_OK;
     }
+#endif
     if (!start_record(d, d->seq, h) || EVP_CipherUpdate(d->ctx, ct, &outl, pt, (int)n) != 1 ||
         EVP_CipherFinal_ex(d->ctx, ct + outl, &fin) != 1 || (size_t)(outl + fin) != n ||
         EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_GET_TAG, MV_RECORD_TAG, tag) != 1)
@@ -369,6 +399,7 @@ mv_rec_open(mv_rec_dir *d, const uint8_t *rec, size_t n, uint8_t *pt, char *msg,
 {
     int outl = 0, fin = 0;
     const uint8_t *ct = rec + MV_RECORD_HEADER;
+#ifdef HUTONG_IPSEC_MB
     if (d->gcm) {
         uint8_t tag[MV_RECORD_TAG];
         gcm_pass(d, rec, ct, n, pt, tag);
@@ -379,6 +410,7 @@ mv_rec_open(mv_rec_dir *d, const uint8_t *rec, size_t n, uint8_t *pt, char *msg,
         d->seq++;
         return MV_OK;
     }
+#endif
     if (!start_record(d, d->seq, rec) || EVP_CipherUpdate(d->ctx, pt, &outl, ct, (int)n) != 1 ||
         EVP_CIPHER_CTX_ctrl(d->ctx, EVP_CTRL_AEAD_SET_TAG, MV_RECORD_TAG,
                             (void *)(ct + n)) != 1) {

@@ -77,6 +77,8 @@ typedef struct {
 
 /* The cipher a client asks for when it was given MV_CIPHER_AUTO. */
 int mv_cipher_choose(void);
+/* The library that seals and opens records of `cipher` on this build and CPU. */
+const char *mv_cipher_backend(int cipher);
 const char *mv_cipher_name(int cipher);
 /* The key length of a cipher in bytes (16 or 32), 0 for none or an unknown one. */
 size_t mv_cipher_keylen(int cipher);
