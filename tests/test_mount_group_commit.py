@@ -23,6 +23,7 @@ import pytest
 from gfs.client import Client
 from gfs.errors import NotFoundError
 from gfs.group_commit import GroupCommitter
+from gfs.testing.threads import run_threads
 from tests.test_mount_helpers import init_store, needs_fuse, serve_child, wait_for
 
 DEADLINE = 60.0
@@ -77,13 +78,12 @@ def _write_concurrently(mnt: Path, state: Path) -> list[str]:
     close, another client of the store must see the whole file (close-to-open).
     Returns the paths written."""
     written: list[str] = []
-    errors: list[BaseException] = []
     lock = threading.Lock()
     for k in range(WRITERS):
         (mnt / f"w{k}").mkdir()
 
-    def work(k: int, c: Client) -> None:
-        try:
+    with Client(state) as c:
+        def work(k: int) -> None:
             for i in range(PER_WRITER):
                 path = f"/w{k}/f{i:03d}"
                 with open(mnt / path.lstrip("/"), "wb") as f:
@@ -91,17 +91,8 @@ def _write_concurrently(mnt: Path, state: Path) -> list[str]:
                 assert c.read_bytes(path) == content(path), f"{path} not committed at close"
                 with lock:
                     written.append(path)
-        except BaseException as e:
-            errors.append(e)
 
-    with Client(state) as c:
-        threads = [threading.Thread(target=work, args=(k, c)) for k in range(WRITERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(DEADLINE)
-            assert not t.is_alive()
-    assert not errors, errors[0]
+        run_threads(work, WRITERS, deadline=DEADLINE)
     return written
 
 
@@ -391,32 +382,20 @@ def test_concurrent_metadata_changes_share_transactions(tmp_path: Path) -> None:
     state, mnt, out = tmp_path / "state", tmp_path / "mnt", tmp_path / "strace.txt"
     init_store(state)
     threads, per = 8, 25
-    errors: list[BaseException] = []
     with serve_child(_traced_mount(state, mnt, out), state, mnt, timeout=DEADLINE) as mm:
         for t in range(threads):
             (mnt / f"t{t}").mkdir()
-        start = threading.Barrier(threads)
 
         def work(t: int) -> None:
-            try:
-                start.wait(DEADLINE)
-                with Client(state) as c:
-                    for i in range(per):
-                        d = mnt / f"t{t}" / f"d{i}"
-                        d.mkdir()
-                        os.chmod(d, 0o750)
-                        assert c.stat(f"/t{t}/d{i}").mode & 0o777 == 0o750
-            except BaseException as e:
-                errors.append(e)
+            with Client(state) as c:
+                for i in range(per):
+                    d = mnt / f"t{t}" / f"d{i}"
+                    d.mkdir()
+                    os.chmod(d, 0o750)
+                    assert c.stat(f"/t{t}/d{i}").mode & 0o777 == 0o750
 
-        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(DEADLINE)
-            assert not w.is_alive()
+        run_threads(work, threads, deadline=DEADLINE, together=True)
     mm.proc.wait(DEADLINE)
-    assert not errors, errors[0]
     changes = threads * per * 2
     flushes = _flushes(out)
     assert flushes <= 0.7 * changes, (flushes, changes)

@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from gfs.meta.records import (
     PendingPack,
     PoolRecord,
 )
+from gfs.testing.threads import run_threads
 
 __all__ = ["MetaEngineConformance", "dump_store"]
 
@@ -614,32 +614,20 @@ class MetaEngineConformance:
 
     def test_concurrent_writers_from_threads(self, engine: MetaEngine) -> None:
         nthreads, ntxns = 4, 200
-        errors: list[BaseException] = []
         allocated: list[list[int]] = [[] for _ in range(nthreads)]
-        start = threading.Barrier(nthreads)
 
         def worker(k: int) -> None:
-            try:
-                start.wait()
-                for i in range(ntxns):
-                    with engine.write() as w:
-                        raw = w.get_value("heat", b"counter")
-                        n = int.from_bytes(raw, "little") if raw else 0
-                        w.put_value("heat", b"counter", (n + 1).to_bytes(8, "little"))
-                        if i % 20 == 0:
-                            allocated[k].append(w.alloc_ino())
-                    with engine.read() as r:
-                        assert r.get_value("heat", b"counter") is not None
-            except BaseException as e:
-                errors.append(e)
+            for i in range(ntxns):
+                with engine.write() as w:
+                    raw = w.get_value("heat", b"counter")
+                    n = int.from_bytes(raw, "little") if raw else 0
+                    w.put_value("heat", b"counter", (n + 1).to_bytes(8, "little"))
+                    if i % 20 == 0:
+                        allocated[k].append(w.alloc_ino())
+                with engine.read() as r:
+                    assert r.get_value("heat", b"counter") is not None
 
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(nthreads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not any(t.is_alive() for t in threads), "writer threads hung"
-        assert errors == []
+        run_threads(worker, nthreads, deadline=120, together=True)
         with engine.read() as r:
             raw = r.get_value("heat", b"counter")
         assert raw is not None and int.from_bytes(raw, "little") == nthreads * ntxns
