@@ -17,6 +17,8 @@ ERR_ARG: int
 OP_FETCH: int
 OP_SEND: int
 MAX_BATCH: int
+MAX_PAIRS: int
+FLAG_DELTA: int
 SPOOL_RESERVE: int
 DEFAULT_MAX_BLOB: int
 ENTRY_LEN: int
@@ -37,6 +39,9 @@ DEFAULT_HANDSHAKE_TIMEOUT: float
 Resolve = Callable[[bytes], list[tuple[str, int, int] | None]]
 Need = Callable[[bytes], bytes]
 Spool = Callable[[str, bytes], tuple[int, int]]
+Bases = Callable[[bytes], bytes]
+Holds = Callable[[bytes], bytes]
+Deltas = Callable[[bytes], list[tuple[str, int, int] | None]]
 
 class Server:
     port: int
@@ -61,6 +66,9 @@ class Server:
         max_conns: int = ...,
         handshake_timeout: float = ...,
         min_rate: int = ...,
+        bases: Bases | None = ...,
+        holds: Holds | None = ...,
+        deltas: Deltas | None = ...,
     ) -> None: ...
     def close(self) -> None: ...
     def counters(self) -> dict[str, int]: ...
@@ -88,6 +96,9 @@ def transfer(
     congestion: str = ...,
     direct: bool = ...,
     cipher: int = ...,
+    bases: Bases | None = ...,
+    holds: Holds | None = ...,
+    deltas: Deltas | None = ...,
 ) -> list[tuple[int, str, int, int, int, int, int, str]]: ...
 def hmac_sha256(key: bytes, msg: bytes, /) -> bytes: ...
 def check_frames(buf: bytes, max_blob: int = ..., /) -> tuple[int, int, str]: ...

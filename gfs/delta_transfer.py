@@ -73,6 +73,16 @@ def delta_blobs(store: ChunkStore, missing: Sequence[bytes], holds: Holds,
 
 def _round(store: ChunkStore, cids: list[bytes], holds: Holds,
            wrap: Wrap) -> dict[bytes, bytes]:
+    raws, cands = candidates(store, cids)
+    asked = sorted({b for found in cands.values() for b in found})
+    held = {b for b, h in zip(asked, holds(asked) if asked else [], strict=True) if h}
+    return encode(store, raws, cands, held, wrap)
+
+
+def candidates(store: ChunkStore, cids: Sequence[bytes]
+               ) -> tuple[dict[bytes, bytes], dict[bytes, list[bytes]]]:
+    """The plain content and the candidate bases (resemblance index, best first) of each
+    chunk of `cids` that has any; a chunk this store cannot read is left out."""
     raws: dict[bytes, bytes] = {}
     cands: dict[bytes, list[bytes]] = {}
     with store.engine.read() as txn:
@@ -85,8 +95,13 @@ def _round(store: ChunkStore, cids: list[bytes], holds: Holds,
             found = [b for b in resemblance.candidates(txn, keys) if b != cid]
             if found:
                 raws[cid], cands[cid] = raw, found
-    asked = sorted({b for found in cands.values() for b in found})
-    held = {b for b, h in zip(asked, holds(asked) if asked else [], strict=True) if h}
+    return raws, cands
+
+
+def encode(store: ChunkStore, raws: dict[bytes, bytes], cands: dict[bytes, list[bytes]],
+           held: set[bytes], wrap: Wrap = plain) -> dict[bytes, bytes]:
+    """The delta blob (as `wrap` makes it) of each chunk of `cands` against its first
+    candidate in `held`, where the delta pays; a chunk missing from `raws` is read."""
     out: dict[bytes, bytes] = {}
     level = store.config.zstd_level
     for cid, found in cands.items():
@@ -94,13 +109,14 @@ def _round(store: ChunkStore, cids: list[bytes], holds: Holds,
         if base is None:
             continue
         try:
+            raw = raws[cid] if cid in raws else store.read_chunk(cid)
             base_raw = store.read_chunk(base)
             whole = len(store.read_blob(cid))
         except HutongError:
             continue
-        header, payload = delta.encode_delta(raws[cid], cid, base, base_raw, level)
+        header, payload = delta.encode_delta(raw, cid, base, base_raw, level)
         if len(payload) > DEEP_OVER and level < DEEP_LEVEL:  # literal-heavy: compress harder
-            deep = delta.encode_delta(raws[cid], cid, base, base_raw, DEEP_LEVEL)
+            deep = delta.encode_delta(raw, cid, base, base_raw, DEEP_LEVEL)
             if len(deep[1]) < len(payload):
                 header, payload = deep
         sent = wrap(header + payload, whole)

@@ -35,9 +35,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final
+from typing import BinaryIO, Final
 
-from gfs import _mover, namespace
+from gfs import _mover, delta_transfer, namespace, resemblance
 from gfs.client import Client
 from gfs.codec import (
     BLOB_HEADER_LEN,
@@ -55,7 +55,7 @@ from gfs.meta import ChunkRecord, ChunkRef, Kind, Location, Manifest, PackRecord
 from gfs.packs import PACK_HEADER_LEN, PackBuilder, new_pack_id, pack_header, pack_key
 from gfs.pools.base import TMP_DIR
 from gfs.pools.local import LocalPool
-from gfs.store import ChunkStore, pin_chunks
+from gfs.store import ChunkStore, Prepared, pin_chunks
 
 log = logging.getLogger("hutong.mover")
 
@@ -198,6 +198,9 @@ class TransferStats:
     missing: list[builtins.bytes] = field(default_factory=list)
     """Chunks the source does not hold."""
     retries: int = 0
+    deltas: int = 0
+    """Chunks that crossed the wire as deltas against a base the destination held
+    (counted by the receiver in a fetch, by the sender in a send)."""
     seconds: float = 0.0
     cipher: str = ""
     """The streams' cipher ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "none")."""
@@ -238,19 +241,68 @@ class Source:
     a batch completely before its thread resolves the next one, so a
     thread's staging file is deleted at its next `resolve`, when its thread
     has ended, or at `close`; a crash leaves a temporary that gc removes.
+
+    Delta transfer (docs/format.md, "Delta transfer on the mover"): `bases`
+    names candidate bases of a batch's chunks from the resemblance index
+    (`gfs.delta_transfer.candidates`), `deltas` writes the delta blobs against
+    the bases the receiver holds (`gfs.delta_transfer.encode`: only where
+    `gfs.delta.pays`) to a second staging file of the thread, deleted at its
+    next `bases`. A store without delta chunks (`[store] delta` false) names no base.
     """
 
     def __init__(self, store: ChunkStore) -> None:
         self.store = store
-        self._staging: dict[int, str] = {}  # native thread id -> staging file
+        self._staging: dict[tuple[int, str], str] = {}  # (native thread id, kind) -> file
         self._paths: dict[tuple[int, bytes], str] = {}  # (pool, pack) -> local path or ""
         self._lock = threading.Lock()
         self.staged = 0
         """Blobs sent through staging files (copies in no local pool)."""
+        self.sent_deltas = 0
+        """Delta blobs handed to the C sender."""
+
+    def bases(self, ids: bytes) -> bytes:
+        """(chunk id, candidate base id) pairs, 32 bytes each, in the order of `ids`, for
+        the chunks worth a delta (none when this store keeps no delta chunks)."""
+        self._release(threading.get_native_id(), "delta")
+        if not self.store.config.delta:
+            return b""
+        view = [ids[k : k + CHUNK_ID_LEN] for k in range(0, len(ids), CHUNK_ID_LEN)]
+        with self.store.engine.read() as txn:
+            big = [cid for cid in view if (rec := txn.get_chunk(cid)) is not None
+                   and rec.raw_len >= resemblance.MIN_CHUNK]
+        _, cands = delta_transfer.candidates(self.store, big)
+        pairs = [cid + base for cid in big for base in cands.get(cid, ())]
+        return b"".join(pairs[:_mover.MAX_PAIRS])
+
+    def deltas(self, pairs: bytes) -> list[tuple[str, int, int] | None]:
+        """For each (chunk, base) pair whose base the receiver holds: the delta blob of
+        the chunk against the first such base, where it pays (else None)."""
+        step = 2 * CHUNK_ID_LEN
+        split = [(pairs[k : k + CHUNK_ID_LEN], pairs[k + CHUNK_ID_LEN : k + step])
+                 for k in range(0, len(pairs), step)]
+        cands: dict[bytes, list[bytes]] = {}
+        for cid, base in split:
+            cands.setdefault(cid, []).append(base)
+        blobs = delta_transfer.encode(self.store, {}, cands, {b for _, b in split})
+        out: list[tuple[str, int, int] | None] = [None] * len(split)
+        if not blobs:
+            return out
+        f, path = self._staging_file("delta")
+        at = 0
+        with f:
+            for i, (cid, _) in enumerate(split):
+                blob = blobs.pop(cid, None)
+                if blob is None:
+                    continue  # whole, or a later candidate of a chunk already given
+                f.write(blob)
+                out[i] = (path, at, len(blob))
+                at += len(blob)
+                self.sent_deltas += 1
+        return out
 
     def resolve(self, ids: bytes) -> list[tuple[str, int, int] | None]:
         """(path, offset, length) of each id's blob, None when no pool holds it."""
-        self._release(threading.get_native_id())
+        self._release(threading.get_native_id(), "whole")
         out: list[tuple[str, int, int] | None] = []
         remote: list[tuple[int, ChunkRecord]] = []
         with self.store.engine.read() as txn:
@@ -280,15 +332,20 @@ class Source:
                 return path, loc.offset, loc.length
         return None
 
-    def _stage(self, remote: list[tuple[int, ChunkRecord]],
-               out: list[tuple[str, int, int] | None]) -> None:
+    def _staging_file(self, kind: str) -> tuple[BinaryIO, str]:
+        """A new staging file of this thread (`kind` "whole" or "delta"), open to write."""
         tmp = self.store.state / "tmp"
         tmp.mkdir(exist_ok=True)
         fd, path = tempfile.mkstemp(prefix="mover-stage-", suffix=".tmp", dir=tmp)
         with self._lock:
-            self._staging[threading.get_native_id()] = path
+            self._staging[threading.get_native_id(), kind] = path
+        return os.fdopen(fd, "wb"), path
+
+    def _stage(self, remote: list[tuple[int, ChunkRecord]],
+               out: list[tuple[str, int, int] | None]) -> None:
+        f, path = self._staging_file("whole")
         at = 0
-        with os.fdopen(fd, "wb") as f:
+        with f:
             for i, rec in remote:
                 blob = self._get(rec)
                 if blob is None:
@@ -316,11 +373,11 @@ class Source:
                     rec.id.hex())
         return None
 
-    def _release(self, tid: int) -> None:
-        """Delete the staging file of thread `tid` and those of threads that have ended."""
+    def _release(self, tid: int, kind: str) -> None:
+        """Delete thread `tid`'s staging file of `kind` and those of threads that have ended."""
         with self._lock:
             done = [t for t in self._staging
-                    if t == tid or not os.path.exists(f"/proc/self/task/{t}")]
+                    if t == (tid, kind) or not os.path.exists(f"/proc/self/task/{t[0]}")]
             paths = [self._staging.pop(t) for t in done]
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
@@ -337,10 +394,23 @@ class Source:
 
 
 class Receiver:
-    """Verifies spooled blobs and commits them into a store (docs/format.md, "Receiving")."""
+    """Verifies spooled blobs and commits them into a store (docs/format.md, "Receiving").
+
+    A delta blob (codec 2, "Delta transfer on the mover") is decoded against this
+    store's own verified copy of its base and its plain content checked against its
+    id; the plain content is then stored through a write session like any new chunk
+    (the store's planner may keep it as a delta against a local base, pinning that
+    base as every write does), never renamed into a pack as it arrived.
+    """
 
     def __init__(self, store: ChunkStore) -> None:
         self.store = store
+        self._base = delta_transfer.base_reader(store)
+        self._counts = threading.Lock()
+        self.deltas = 0
+        """Delta blobs verified and committed."""
+        self.delta_rejected = 0
+        """Delta blobs rejected (base not held or damaged, content not matching its id)."""
         self.pool_id = store.write_pool
         self.pool = store.pool(self.pool_id)
         if isinstance(self.pool, LocalPool):
@@ -360,6 +430,16 @@ class Receiver:
         """Server callback: the offered ids that the store lacks."""
         view = [ids[k : k + CHUNK_ID_LEN] for k in range(0, len(ids), CHUNK_ID_LEN)]
         return b"".join(self.lacking(view))
+
+    def holds(self, ids: bytes) -> bytes:
+        """Delta callback: a byte per id, 1 when the store holds a copy of it (a base a
+        delta may be sent against)."""
+        out = bytearray()
+        with self.store.engine.read() as txn:
+            for k in range(0, len(ids), CHUNK_ID_LEN):
+                rec = txn.get_chunk(ids[k : k + CHUNK_ID_LEN])
+                out.append(1 if rec is not None and rec.locations else 0)
+        return bytes(out)
 
     def commit_spool(self, path: str, entries: bytes) -> tuple[int, int]:
         """Verify every blob of spool file `path`, commit the good ones; (committed, rejected).
@@ -381,16 +461,20 @@ class Receiver:
             mm = mmap.mmap(f.fileno(), 0)
             view = memoryview(mm)
             try:
-                good, rejected = self._verify(view, size, entries)
-                return self._store(path, view, entries, good), rejected
+                plains: dict[int, bytes] = {}
+                good, rejected = self._verify(view, size, entries, plains)
+                whole = [i for i in good if i not in plains]
+                return (self._store(path, view, entries, whole)
+                        + self._store_plains(entries, plains)), rejected
             finally:
                 view.release()
                 with contextlib.suppress(BufferError):  # a slice still held: gc unmaps it
                     mm.close()
 
-    def _verify(self, view: memoryview, size: int, entries: list[tuple[bytes, int, int, int]]
-                ) -> tuple[list[int], int]:
-        """Indexes of the good blobs, and how many were rejected.
+    def _verify(self, view: memoryview, size: int, entries: list[tuple[bytes, int, int, int]],
+                plains: dict[int, bytes]) -> tuple[list[int], int]:
+        """Indexes of the good blobs, and how many were rejected; the plain content of
+        each good delta blob goes to `plains`.
 
         Raw blobs the C receiver verified on the fly (flag ENTRY_VERIFIED:
         header, id and xxh3-128 of the payload) are not read again.
@@ -401,8 +485,11 @@ class Receiver:
                 return False
             if flags & _mover.ENTRY_VERIFIED:
                 return True
+            blob = view[off : off + length]
             try:
-                _verify_blob(view[off : off + length], cid)
+                if length >= BLOB_HEADER_LEN and blob[5] == CODEC_DELTA:
+                    return self._verify_delta(blob, cid, i, plains)
+                _verify_blob(blob, cid)
             except CorruptChunkError as e:
                 log.error("rejected chunk %s from a peer: %s", cid.hex(), str(e))
                 return False
@@ -415,6 +502,39 @@ class Receiver:
             ok = [check(i) for i in range(len(entries))]
         good = [i for i, v in enumerate(ok) if v]
         return good, len(entries) - len(good)
+
+    def _verify_delta(self, blob: memoryview, cid: bytes, i: int,
+                      plains: dict[int, bytes]) -> bool:
+        """Decode a delta blob against this store's verified copy of its base."""
+        try:
+            plains[i] = decode_blob(blob, expect_id=cid, base=self._base)
+        except HutongError as e:  # corrupt, base not held, base damaged
+            log.error("rejected delta of chunk %s from a peer: %s", cid.hex(), str(e))
+            with self._counts:
+                self.delta_rejected += 1
+            return False
+        return True
+
+    def _store_plains(self, entries: list[tuple[bytes, int, int, int]],
+                      plains: dict[int, bytes]) -> int:
+        """Store the verified plain content of delta blobs through a write session,
+        pinned like every fetched chunk; the number of chunks new to the store."""
+        if not plains:
+            return 0
+        with self.store.writer() as session:  # holds gc.lock shared until pinned
+            fresh = set(self.lacking([entries[i][0] for i in plains]))
+            todo = {entries[i][0]: raw for i, raw in plains.items() if entries[i][0] in fresh}
+            if not todo:
+                return 0
+            session.store_prepared(Prepared([ChunkRef(c, len(r)) for c, r in todo.items()],
+                                            [memoryview(r) for r in todo.values()],
+                                            sum(len(r) for r in todo.values())))
+            session.commit()
+            with self.store.engine.write() as txn:
+                pin_chunks(txn, todo, PIN_SECONDS)
+        with self._counts:
+            self.deltas += len(todo)
+        return len(todo)
 
     def _store(self, path: str, view: memoryview,
                entries: list[tuple[bytes, int, int, int]], good: list[int]) -> int:
@@ -624,7 +744,9 @@ class MoverServer:
             sendfile=_sendfile_mode(sendfile), sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf,
             congestion=TUNING.congestion if congestion is None else congestion,
             direct=self._receiver.direct, allow_plaintext=allow_plaintext,
-            max_conns=max_conns, handshake_timeout=handshake_timeout, min_rate=min_rate)
+            max_conns=max_conns, handshake_timeout=handshake_timeout, min_rate=min_rate,
+            bases=self._source.bases, holds=self._receiver.holds,
+            deltas=self._source.deltas)
         self.port = self._server.port
 
     @property
@@ -685,9 +807,12 @@ def _progress_adapter(progress: Progress | None) -> Callable[[int, int], None] |
 def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: TransferStats, *,
          streams: int, timeout: float, sendfile: bool | None, progress: Progress | None,
          cipher: str, committer: _Committer | None = None, source: Source | None = None,
-         ) -> list[tuple[int, str]]:
+         delta: bool = True) -> list[tuple[int, str]]:
     adapter = _progress_adapter(progress)
     receiver = committer.receiver if committer else None
+    # deltas only between stores that keep them ([store] delta): the client says so in HELLO
+    sends_deltas = delta and source is not None and source.store.config.delta
+    takes_deltas = delta and receiver is not None and receiver.store.config.delta
     try:
         # Fetches share one queue of ids (a stream slowed by loss takes less);
         # sends keep one slice per stream (the server commits per batch).
@@ -702,7 +827,10 @@ def _run(op: int, peer: Address, secret: bytes, ids: list[bytes], stats: Transfe
             spool_limit=receiver.spool_limit if receiver else 16 << 20,
             timeout=timeout, sendfile=_sendfile_mode(sendfile), progress=adapter,
             sndbuf=TUNING.sndbuf, rcvbuf=TUNING.rcvbuf, congestion=TUNING.congestion,
-            direct=receiver.direct if receiver else False, cipher=_cipher(cipher))
+            direct=receiver.direct if receiver else False, cipher=_cipher(cipher),
+            bases=source.bases if source and sends_deltas else None,
+            deltas=source.deltas if source and sends_deltas else None,
+            holds=receiver.holds if receiver and takes_deltas else None)
     finally:
         if committer is not None:
             committed, rejected = committer.finish()
@@ -791,13 +919,23 @@ def _fetch_loop(receiver: Receiver, committer: _Committer, peer: Address, secret
                 strict: bool, cipher: str) -> TransferStats:
     name = stats.peer
     attempt = 0
+    delta = True
     while todo:
         before = stats.committed
+        rejected = receiver.delta_rejected
         failures = _run(_mover.OP_FETCH, peer, secret, todo, stats, streams=streams,
                         timeout=timeout, sendfile=True, progress=progress, cipher=cipher,
-                        committer=committer)
+                        committer=committer, delta=delta)
+        stats.deltas = receiver.deltas
         # every id newly committed (they are distinct): nothing to look up
         left = [] if stats.committed - before == len(todo) else receiver.lacking(todo)
+        if not failures and left and delta and receiver.delta_rejected > rejected:
+            # a delta failed (its base went, or was damaged, since HAVE): once more, whole
+            stats.rejected -= receiver.delta_rejected - rejected
+            log.warning("mover fetch from %s: %d delta(s) rejected; fetching %d chunks whole",
+                        name, receiver.delta_rejected - rejected, len(left))
+            todo, delta = left, False
+            continue
         if not failures:
             todo = left
             break
@@ -852,6 +990,7 @@ def send(store: Client | ChunkStore, peer: Address, ids: Iterable[bytes], secret
                             cipher=cipher, source=source)
         finally:
             source.close()
+            stats.deltas = source.sent_deltas
         if not failures:
             break
         attempt = _next_attempt(failures, attempt, retries, stats.chunks > before, stats,

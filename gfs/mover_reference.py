@@ -1,4 +1,5 @@
-"""Pure-Python reference of the mover's handshake proofs, key schedule and records.
+"""Pure-Python reference of the mover's handshake proofs, key schedule, records and
+delta-transfer frames (BASES, HAVE).
 
 The native mover (native/mover.c, native/mover_record.c) is what runs; this
 module states the same wire format (docs/format.md, "Mover protocol") in a
@@ -28,14 +29,75 @@ RECORD_MAGIC: Final = b"HTMR"
 RECORD_HEADER: Final = struct.Struct("<4sIQ")  # magic, ciphertext length, sequence number
 TAG_LEN: Final = 16
 RECORD_MAX: Final = 256 << 10
+FLAG_DELTA: Final = 1
+BASES: Final = 14
+HAVE: Final = 15
+MAX_PAIRS: Final = 4096
+ID_LEN: Final = 16
 
 
 def proof(secret: bytes, side: str, cn: bytes, sn: bytes, op: int, cipher: int,
-          cpub: bytes, spub: bytes) -> bytes:
+          cpub: bytes, spub: bytes, flags: int = 0) -> bytes:
     """HMAC-SHA256 proof of `side` ("server" or "client") for one handshake; `cpub` and
-    `spub` are the two ephemeral X25519 public keys (zeros on a plaintext stream)."""
+    `spub` are the two ephemeral X25519 public keys (zeros on a plaintext stream);
+    `flags`, the HELLO flags byte, is appended when not 0."""
     msg = f"HTMV2 {side}".encode() + cn + sn + bytes([op, cipher]) + cpub + spub
+    if flags:
+        msg += bytes([flags])
     return hmac.new(secret, msg, "sha256").digest()
+
+
+class FrameError(ValueError):
+    """A BASES or HAVE payload the protocol refuses."""
+
+
+def bases_payload(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """The payload of a BASES frame: count, then (chunk id, base id) pairs."""
+    return struct.pack("<I", len(pairs)) + b"".join(c + b for c, b in pairs)
+
+
+def parse_bases(payload: bytes, batch: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """The pairs of a BASES payload about `batch` (the WANT or NEED ids, in order), or
+    FrameError: 1 .. MAX_PAIRS pairs, chunk ids of the batch in its order, no chunk as
+    its own base."""
+    if len(payload) < 4:
+        raise FrameError("BASES shorter than its count")
+    n = struct.unpack_from("<I", payload)[0]
+    if not 0 < n <= MAX_PAIRS or len(payload) != 4 + 2 * ID_LEN * n:
+        raise FrameError(f"BASES of {n} pairs in {len(payload)} bytes")
+    pairs = [(payload[k : k + ID_LEN], payload[k + ID_LEN : k + 2 * ID_LEN])
+             for k in range(4, len(payload), 2 * ID_LEN)]
+    pos = 0
+    for cid, base in pairs:
+        if cid == base:
+            raise FrameError("BASES names a chunk as its own base")
+        while pos < len(batch) and batch[pos] != cid:
+            pos += 1
+        if pos == len(batch):
+            raise FrameError("BASES names a chunk not in the batch (or out of order)")
+    return pairs
+
+
+def have_payload(held: list[bool]) -> bytes:
+    """The payload of a HAVE frame: count, then a bitmap (bit i: pair i's base held)."""
+    bits = bytearray((len(held) + 7) // 8)
+    for i, h in enumerate(held):
+        if h:
+            bits[i // 8] |= 1 << (i % 8)
+    return struct.pack("<I", len(held)) + bytes(bits)
+
+
+def parse_have(payload: bytes, npairs: int) -> list[bool]:
+    """The bits of a HAVE payload answering a BASES of `npairs` pairs, or FrameError."""
+    if len(payload) < 4:
+        raise FrameError("HAVE shorter than its count")
+    n = struct.unpack_from("<I", payload)[0]
+    if n != npairs or len(payload) != 4 + (n + 7) // 8:
+        raise FrameError(f"HAVE of {n} bits in {len(payload)} bytes answers {npairs} pairs")
+    bits = payload[4:]
+    if n % 8 and bits[-1] >> (n % 8):
+        raise FrameError("HAVE sets bits past its count")
+    return [bool(bits[i // 8] >> (i % 8) & 1) for i in range(n)]
 
 
 def ephemeral() -> tuple[X25519PrivateKey, bytes]:

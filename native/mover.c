@@ -60,7 +60,7 @@ mv_hmac_sha256(const uint8_t *key, size_t keylen, const uint8_t *msg, size_t msg
 typedef struct {
     uint8_t cn[MV_NONCE_LEN], sn[MV_NONCE_LEN];
     uint8_t cpub[MV_KX_LEN], spub[MV_KX_LEN];  /* ephemeral X25519 keys (zero: plaintext) */
-    int op, cipher;
+    int op, cipher, flags;                      /* flags: HELLO byte 34 (MV_FLAG_*) */
     void *kx;                                   /* this end's ephemeral key, or NULL */
 } mv_hs;
 
@@ -72,12 +72,14 @@ hs_forget(mv_hs *hs)
     OPENSSL_cleanse(hs, sizeof *hs);
 }
 
-/* The proofs of the handshake: both bind the operation, the cipher and both
- * ephemeral public keys, so a man in the middle can change none of them. */
+/* The proofs of the handshake: both bind the operation, the cipher, both
+ * ephemeral public keys and the HELLO flags (appended when not 0, so a
+ * handshake without flags proves exactly as before), so a man in the middle
+ * can change none of them. */
 static void
 proof(const uint8_t *secret, size_t slen, const char *label, const mv_hs *hs, uint8_t out[32])
 {
-    uint8_t m[12 + 2 * MV_NONCE_LEN + 2 + 2 * MV_KX_LEN];
+    uint8_t m[12 + 2 * MV_NONCE_LEN + 3 + 2 * MV_KX_LEN];
     size_t ll = strlen(label), n = 0;
     memcpy(m, label, ll);
     n = ll;
@@ -91,6 +93,8 @@ proof(const uint8_t *secret, size_t slen, const char *label, const mv_hs *hs, ui
     n += MV_KX_LEN;
     memcpy(m + n, hs->spub, MV_KX_LEN);
     n += MV_KX_LEN;
+    if (hs->flags)
+        m[n++] = (uint8_t)hs->flags;
     mv_hmac_sha256(secret, slen, m, n, out);
 }
 
@@ -182,6 +186,8 @@ check_header(const uint8_t *h, uint32_t max_blob, int *type, uint32_t *len, char
     case MV_MISSING: lo = hi = MV_ID_LEN; break;
     case MV_END: case MV_ACK: lo = hi = 8; break;
     case MV_ERROR: lo = 4; hi = 4 + MV_MAX_ERROR_TEXT; break;
+    case MV_BASES: lo = 4 + 2 * MV_ID_LEN; hi = 4 + 2 * MV_ID_LEN * MV_MAX_PAIRS; break;
+    case MV_HAVE: lo = 5; hi = 4 + MV_MAX_PAIRS / 8; break;
     default:
         return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "unknown frame type %d", t);
     }
@@ -205,6 +211,53 @@ check_batch(const uint8_t *p, uint32_t len, uint32_t *count, char *msg, size_t m
         return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL,
                       "batch says %u ids but its frame has %u bytes", c, len);
     *count = c;
+    return MV_OK;
+}
+
+/* Check a BASES payload (count u32, count x (chunk id, base id)) against the
+ * batch of `bn` ids it is about: 1 .. MV_MAX_PAIRS pairs, each naming a chunk
+ * of the batch, in batch order, and a base other than the chunk. With no batch
+ * (bn 0), only the lengths are checked. */
+static int
+check_bases(const uint8_t *p, uint32_t len, const uint8_t *batch, size_t bn, uint32_t *npairs,
+            char *msg, size_t msglen)
+{
+    uint32_t n = rd32(p);
+    if (n > MV_MAX_PAIRS)
+        return mv_setmsg(msg, msglen, MV_ERR_LIMIT, "BASES of %u pairs exceeds the limit of %d",
+                         n, MV_MAX_PAIRS);
+    if (n == 0 || (uint64_t)4 + (uint64_t)n * 2 * MV_ID_LEN != len)
+        return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL,
+                         "BASES says %u pairs but its frame has %u bytes", n, len);
+    size_t pos = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *pair = p + 4 + (size_t)i * 2 * MV_ID_LEN;
+        if (memcmp(pair, pair + MV_ID_LEN, MV_ID_LEN) == 0)
+            return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "BASES names a chunk as its own base");
+        if (!batch)
+            continue;
+        while (pos < bn && memcmp(batch + pos * MV_ID_LEN, pair, MV_ID_LEN) != 0)
+            pos++;
+        if (pos == bn)
+            return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL,
+                             "BASES names a chunk that is not in the batch (or out of order)");
+    }
+    *npairs = n;
+    return MV_OK;
+}
+
+/* Check a HAVE payload (count u32, then a bitmap of count bits, unused bits 0)
+ * answering a BASES of `npairs` pairs (0: any count). */
+static int
+check_have(const uint8_t *p, uint32_t len, uint32_t npairs, char *msg, size_t msglen)
+{
+    uint32_t n = rd32(p);
+    if (n == 0 || n > MV_MAX_PAIRS || (npairs && n != npairs) || len != 4 + (n + 7) / 8)
+        return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL,
+                         "HAVE of %u bits in %u bytes does not answer a BASES of %u pairs", n,
+                         len, npairs);
+    if (n % 8 && p[4 + n / 8] >> (n % 8))
+        return mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "HAVE sets bits past its count");
     return MV_OK;
 }
 
@@ -238,6 +291,12 @@ mv_check_frames(const uint8_t *buf, size_t len, uint32_t max_blob, size_t *nfram
             st = check_batch(p, flen, &count, msg, msglen);
             if (!st && count == 0)
                 st = mv_setmsg(msg, msglen, MV_ERR_PROTOCOL, "empty batch");
+            break;
+        case MV_BASES:
+            st = check_bases(p, flen, NULL, 0, &count, msg, msglen);
+            break;
+        case MV_HAVE:
+            st = check_have(p, flen, 0, msg, msglen);
             break;
         case MV_DATA: case MV_END: case MV_BYE: case MV_ERROR:
             break;
@@ -871,30 +930,46 @@ send_blob(mv_conn *c, const uint8_t *id, const mv_source *src, int use_sendfile)
 
 /* Send DATA or MISSING for each id of a batch; returns the counts. The ids
  * are resolved MV_RESOLVE_STEP at a time, each step sent before the next is
- * resolved: the socket buffer keeps the peer busy while a step resolves. */
+ * resolved: the socket buffer keeps the peer busy while a step resolves.
+ * `over` (or NULL): per id, a delta blob to send instead (path NULL: none);
+ * those ids are not resolved. */
 static int
 send_batch(mv_conn *c, const mv_config *cfg, const uint8_t *ids, size_t count,
-           uint32_t *ndata, uint32_t *nmissing, uint64_t *chunks_ctr, int missing_frames)
+           const mv_source *over, uint32_t *ndata, uint32_t *nmissing, uint64_t *chunks_ctr,
+           int missing_frames)
 {
     size_t room = count < MV_RESOLVE_STEP ? count : MV_RESOLVE_STEP;
     mv_source *src = calloc(room ? room : 1, sizeof *src);
-    if (!src)
+    uint8_t *sub = over ? malloc((room ? room : 1) * MV_ID_LEN) : NULL;
+    if (!src || (over && !sub)) {
+        free(src);
+        free(sub);
         return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
+    }
     int st = MV_OK;
     *ndata = *nmissing = 0;
     for (size_t at = 0; at < count && !st; at += room) {
-        size_t n = count - at < room ? count - at : room;
+        size_t n = count - at < room ? count - at : room, k = n;
         memset(src, 0, n * sizeof *src);
-        if (cfg->resolve(cfg->ctx, ids + at * MV_ID_LEN, n, src))
+        const uint8_t *ask = ids + at * MV_ID_LEN;
+        if (over) {  /* resolve only the ids not sent as deltas */
+            k = 0;
+            for (size_t i = 0; i < n; i++)
+                if (!over[at + i].path)
+                    memcpy(sub + k++ * MV_ID_LEN, ids + (at + i) * MV_ID_LEN, MV_ID_LEN);
+            ask = sub;
+        }
+        if (k && cfg->resolve(cfg->ctx, ask, k, src))
             st = mv_setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "resolve callback failed");
-        for (size_t i = 0; i < n && !st; i++) {
+        for (size_t i = 0, j = 0; i < n && !st; i++) {
             const uint8_t *id = ids + (at + i) * MV_ID_LEN;
-            int s = src[i].path ? send_blob(c, id, &src[i], c->sendfile) : MV_ERR_IO;
+            const mv_source *one = over && over[at + i].path ? &over[at + i] : &src[j++];
+            int s = one->path ? send_blob(c, id, one, c->sendfile) : MV_ERR_IO;
             if (s == MV_OK) {
                 (*ndata)++;
                 if (chunks_ctr)
                     __atomic_fetch_add(chunks_ctr, 1, __ATOMIC_RELAXED);
-            } else if (s == MV_ERR_IO && (!src[i].path || c->msg[0] == 0)) {
+            } else if (s == MV_ERR_IO && (!one->path || c->msg[0] == 0)) {
                 (*nmissing)++;  /* not held (or unreadable before any byte was sent) */
                 if (missing_frames)
                     st = wb_frame(c, MV_MISSING, id, MV_ID_LEN);
@@ -902,12 +977,161 @@ send_batch(mv_conn *c, const mv_config *cfg, const uint8_t *ids, size_t count,
                 st = s;
             }
         }
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < k; i++) {
             free(src[i].path);
             src[i].path = NULL;
         }
     }
     free(src);
+    free(sub);
+    return st;
+}
+
+static void
+sources_free(mv_source *src, size_t n)
+{
+    if (!src)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(src[i].path);
+    free(src);
+}
+
+/* A WANT a fetch server read while it waited for a HAVE (the client pipelines
+ * up to two batches, so at most one arrives in between). */
+typedef struct {
+    uint8_t *ids;
+    uint32_t count;
+    int full;
+} mv_stash;
+
+/* The sender's half of delta transfer for one batch (format.md, "Delta
+ * transfer on the mover"): ask cfg->bases for candidate pairs; if there are
+ * any, send BASES, read the receiver's HAVE and ask cfg->deltas for a delta
+ * blob per chunk against the first base it holds. *over is then NULL (every
+ * chunk whole) or `count` sources, a delta blob's where path is set. A fetch
+ * server passes `stash` for a pipelined WANT arriving before the HAVE. */
+static int
+offer_bases(mv_conn *c, const mv_config *cfg, const uint8_t *ids, size_t count,
+            mv_stash *stash, mv_source **over)
+{
+    *over = NULL;
+    if (!cfg->bases || !cfg->deltas || !count)
+        return MV_OK;
+    uint8_t *buf = malloc(4 + (size_t)MV_MAX_PAIRS * 2 * MV_ID_LEN), *pairs = buf + 4;
+    mv_source *dsrc = NULL, *out = NULL;
+    size_t np = 0, nheld = 0;
+    int st = MV_OK, type;
+    uint32_t len, checked;
+    if (!buf)
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for delta bases");
+    if (cfg->bases(cfg->ctx, ids, count, pairs, &np) || np > MV_MAX_PAIRS) {
+        st = mv_setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "bases callback failed");
+        goto done;
+    }
+    if (!np)
+        goto done;
+    uint8_t head[MV_HEADER_LEN];
+    uint32_t blen = 4 + (uint32_t)np * 2 * MV_ID_LEN;
+    put_header(head, MV_BASES, blen);
+    wr32(buf, (uint32_t)np);
+    if (check_bases(buf, blen, ids, count, &checked, c->msg, c->msglen)) {
+        st = mv_setmsg(c->msg, c->msglen, MV_ERR_CALLBACK,
+                       "bases callback returned pairs not of the batch, in its order");
+        goto done;
+    }
+    if ((st = wb_put(c, head, sizeof head)) || (st = wb_put(c, buf, blen)) ||
+        (st = wb_flush(c, 0)))
+        goto done;
+    for (;;) {
+        if ((st = read_frame(c, &type, &len)))
+            goto done;
+        if (type == MV_HAVE)
+            break;
+        if (type == MV_WANT && stash && !stash->full) {
+            if ((st = check_batch(c->rbuf + c->rstart, len, &stash->count, c->msg, c->msglen)))
+                goto done;
+            memcpy(stash->ids, c->rbuf + c->rstart + 4, (size_t)stash->count * MV_ID_LEN);
+            stash->full = 1;
+            c->rstart += len;
+            continue;
+        }
+        st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
+                       "expected HAVE after BASES, got frame type %d", type);
+        goto done;
+    }
+    const uint8_t *bits = c->rbuf + c->rstart + 4;
+    if ((st = check_have(c->rbuf + c->rstart, len, (uint32_t)np, c->msg, c->msglen)))
+        goto done;
+    for (size_t i = 0; i < np; i++)
+        if (bits[i / 8] >> (i % 8) & 1)
+            memmove(pairs + nheld++ * 2 * MV_ID_LEN, pairs + i * 2 * MV_ID_LEN, 2 * MV_ID_LEN);
+    c->rstart += len;
+    if (!nheld)
+        goto done;
+    dsrc = calloc(nheld, sizeof *dsrc);
+    out = calloc(count, sizeof *out);
+    if (!dsrc || !out) {
+        st = mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for delta sources");
+        goto done;
+    }
+    if (cfg->deltas(cfg->ctx, pairs, nheld, dsrc)) {
+        st = mv_setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "deltas callback failed");
+        goto done;
+    }
+    for (size_t i = 0, pos = 0; i < nheld; i++) {
+        const uint8_t *cid = pairs + i * 2 * MV_ID_LEN;
+        while (pos < count && memcmp(ids + pos * MV_ID_LEN, cid, MV_ID_LEN) != 0)
+            pos++;
+        if (pos < count && !out[pos].path && dsrc[i].path) {
+            out[pos] = dsrc[i];
+            dsrc[i].path = NULL;
+        }
+    }
+    *over = out;
+    out = NULL;
+done:
+    sources_free(dsrc, nheld);
+    sources_free(out, count);
+    free(buf);
+    return st;
+}
+
+/* The receiver's half: answer the BASES frame at c->rbuf + c->rstart (about
+ * the batch `batch` of `bn` ids) with HAVE, a bit per pair set when the store
+ * holds its base (cfg->holds). */
+static int
+answer_bases(mv_conn *c, const mv_config *cfg, uint32_t len, const uint8_t *batch, size_t bn)
+{
+    uint32_t np;
+    int st = check_bases(c->rbuf + c->rstart, len, batch, bn, &np, c->msg, c->msglen);
+    if (st)
+        return st;
+    uint8_t *bases = malloc((size_t)np * MV_ID_LEN), *held = calloc(np, 1);
+    uint8_t have[MV_HEADER_LEN + 4 + MV_MAX_PAIRS / 8] = {0};
+    if (!bases || !held) {
+        st = mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for delta bases");
+        goto done;
+    }
+    for (uint32_t i = 0; i < np; i++)
+        memcpy(bases + (size_t)i * MV_ID_LEN,
+               c->rbuf + c->rstart + 4 + (size_t)i * 2 * MV_ID_LEN + MV_ID_LEN, MV_ID_LEN);
+    c->rstart += len;
+    if (cfg->holds && cfg->holds(cfg->ctx, bases, np, held)) {
+        st = mv_setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "holds callback failed");
+        goto done;
+    }
+    uint32_t hlen = 4 + (np + 7) / 8;
+    put_header(have, MV_HAVE, hlen);
+    wr32(have + MV_HEADER_LEN, np);
+    for (uint32_t i = 0; i < np; i++)
+        if (held[i])
+            have[MV_HEADER_LEN + 4 + i / 8] |= (uint8_t)(1u << (i % 8));
+    if ((st = wb_put(c, have, MV_HEADER_LEN + hlen)) == MV_OK)
+        st = wb_flush(c, 0);
+done:
+    free(bases);
+    free(held);
     return st;
 }
 
@@ -1486,12 +1710,15 @@ server_hs(mv_server *srv, mv_conn *c, mv_hs *hs)
     memcpy(hs->cn, p, MV_NONCE_LEN);
     memcpy(hs->cpub, p + 36, MV_KX_LEN);
     int op = hs->op = p[32];
-    int cipher = hs->cipher = p[33], pad = p[34] | p[35];
+    int cipher = hs->cipher = p[33], flags = hs->flags = p[34], pad = p[35];
     uint8_t *cn = hs->cn, *sn = hs->sn;
     c->rstart += len;
     if ((op != MV_OP_FETCH && op != MV_OP_SEND) || pad)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown operation %d",
                       op);
+    if (flags & ~MV_FLAG_DELTA)
+        return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO has unknown flags %02x",
+                         flags);
     if (cipher != MV_CIPHER_NONE && !mv_cipher_keylen(cipher))
         return mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL, "HELLO names unknown cipher %d",
                          cipher);
@@ -1538,11 +1765,12 @@ server_hs(mv_server *srv, mv_conn *c, mv_hs *hs)
 }
 
 static int
-server_handshake(mv_server *srv, mv_conn *c, int *op)
+server_handshake(mv_server *srv, mv_conn *c, int *op, int *flags)
 {
     mv_hs hs = {.kx = NULL};
     int st = server_hs(srv, c, &hs);
     *op = hs.op;
+    *flags = hs.flags;
     hs_forget(&hs);
     return st;
 }
@@ -1550,17 +1778,19 @@ server_handshake(mv_server *srv, mv_conn *c, int *op)
 static int
 server_session(mv_server *srv, mv_conn *c, mv_spool *sp, int *authed)
 {
-    int op = 0, st, type;
+    int op = 0, flags = 0, st, type;
     uint32_t len, count;
     double hs = srv->cfg.handshake_timeout > 0 ? srv->cfg.handshake_timeout
                                                : MV_DEFAULT_HANDSHAKE;
     c->hard_by = mono_ns() + (uint64_t)(hs * 1e9);
-    if ((st = server_handshake(srv, c, &op)))
+    if ((st = server_handshake(srv, c, &op, &flags)))
         return st;
     c->hard_by = 0;
     __atomic_store_n(authed, 1, __ATOMIC_RELAXED);
     uint8_t *ids = malloc(MV_ID_LEN * MV_MAX_BATCH), *need = malloc(MV_ID_LEN * MV_MAX_BATCH);
-    if (!ids || !need) {
+    mv_stash stash = {malloc(MV_ID_LEN * MV_MAX_BATCH), 0, 0};
+    int delta = flags & MV_FLAG_DELTA;
+    if (!ids || !need || !stash.ids) {
         st = mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for a batch");
         goto out;
     }
@@ -1574,13 +1804,25 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp, int *authed)
                 break;
             memcpy(ids, c->rbuf + c->rstart + 4, (size_t)count * MV_ID_LEN);
             c->rstart += len;
-            uint32_t nd, nm;
-            if ((st = send_batch(c, &srv->cfg, ids, count, &nd, &nm, &srv->counters[2], 1)))
-                break;
-            uint8_t end[8];
-            wr32(end, nd);
-            wr32(end + 4, nm);
-            if ((st = wb_frame(c, MV_END, end, 8)) || (st = wb_flush(c, 0)))
+            for (;;) {  /* this batch, then a WANT read while waiting for its HAVE */
+                uint32_t nd, nm;
+                mv_source *over = NULL;
+                if (delta && (st = offer_bases(c, &srv->cfg, ids, count, &stash, &over)))
+                    break;
+                st = send_batch(c, &srv->cfg, ids, count, over, &nd, &nm, &srv->counters[2], 1);
+                sources_free(over, count);
+                if (st)
+                    break;
+                uint8_t end[8];
+                wr32(end, nd);
+                wr32(end + 4, nm);
+                if ((st = wb_frame(c, MV_END, end, 8)) || (st = wb_flush(c, 0)) || !stash.full)
+                    break;
+                memcpy(ids, stash.ids, (size_t)stash.count * MV_ID_LEN);
+                count = stash.count;
+                stash.full = 0;
+            }
+            if (st)
                 break;
         } else if (type == MV_OFFER && op == MV_OP_SEND) {
             if ((st = check_batch(c->rbuf + c->rstart, len, &count, c->msg, c->msglen)))
@@ -1603,6 +1845,7 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp, int *authed)
             /* DATA frames for needed ids, in order (some may be skipped), then END. */
             size_t pos = 0;
             uint32_t ndata = 0;
+            int asked = 0;
             sp->committed = sp->rejected = 0;
             for (;;) {
                 if ((st = read_frame(c, &type, &len)))
@@ -1610,6 +1853,12 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp, int *authed)
                 if (type == MV_END) {
                     c->rstart += len;
                     break;
+                }
+                if (type == MV_BASES && delta && !asked && !ndata && nneed) {
+                    asked = 1;  /* once per batch, before its first DATA */
+                    if ((st = answer_bases(c, &srv->cfg, len, need + 4, nneed)))
+                        break;
+                    continue;
                 }
                 if (type != MV_DATA) {
                     st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
@@ -1649,6 +1898,7 @@ server_session(mv_server *srv, mv_conn *c, mv_spool *sp, int *authed)
 out:
     free(ids);
     free(need);
+    free(stash.ids);
     return st;
 }
 
@@ -1980,6 +2230,8 @@ client_hs(mv_stream *s, mv_conn *c, mv_hs *hs)
     memcpy(hello, hs->cn, MV_NONCE_LEN);
     hello[32] = (uint8_t)hs->op;
     hello[33] = (uint8_t)hs->cipher;
+    hs->flags = s->cfg->delta ? MV_FLAG_DELTA : 0;
+    hello[34] = (uint8_t)hs->flags;
     memcpy(hello + 36, hs->cpub, MV_KX_LEN);
     if ((st = wb_frame(c, MV_HELLO, hello, sizeof hello)) || (st = wb_flush(c, 0)))
         return st;
@@ -2058,7 +2310,7 @@ client_fetch(mv_stream *s, mv_conn *c, mv_spool *sp)
     /* Up to two WANT batches in flight (pipelining), answered in order. */
     struct { const uint8_t *ids; size_t n; } fl[2];
     size_t own = 0, pos = 0;
-    int head = 0, nfl = 0, st = MV_OK, type;
+    int head = 0, nfl = 0, st = MV_OK, type, asked = 0;
     uint32_t len;
     while (nfl < 2 && !st) {
         const uint8_t *ids;
@@ -2075,7 +2327,10 @@ client_fetch(mv_stream *s, mv_conn *c, mv_spool *sp)
             break;
         size_t bn = fl[head].n;
         const uint8_t *expect = fl[head].ids + pos * MV_ID_LEN;
-        if (type == MV_DATA || type == MV_MISSING) {
+        if (type == MV_BASES && s->cfg->delta && !asked && pos == 0) {
+            asked = 1;  /* once per batch, before its first answer */
+            st = answer_bases(c, s->cfg, len, fl[head].ids, bn);
+        } else if (type == MV_DATA || type == MV_MISSING) {
             if (pos >= bn || memcmp(c->rbuf + c->rstart, expect, MV_ID_LEN) != 0) {
                 st = mv_setmsg(c->msg, c->msglen, MV_ERR_PROTOCOL,
                             "server sent a chunk that was not asked for (or out of order)");
@@ -2101,6 +2356,7 @@ client_fetch(mv_stream *s, mv_conn *c, mv_spool *sp)
             head = (head + 1) % 2;
             nfl--;
             pos = 0;
+            asked = 0;
             const uint8_t *ids;
             size_t n = next_batch(s, &own, &ids);
             if (n) {
@@ -2144,7 +2400,13 @@ client_send(mv_stream *s, mv_conn *c)
         memcpy(need, c->rbuf + c->rstart + 4, (size_t)nneed * MV_ID_LEN);
         c->rstart += len;
         uint32_t nd = 0, nm = 0;
-        if (nneed && (st = send_batch(c, s->cfg, need, nneed, &nd, &nm, &s->chunks, 0)))
+        mv_source *over = NULL;
+        if (nneed && s->cfg->delta && (st = offer_bases(c, s->cfg, need, nneed, NULL, &over)))
+            break;
+        if (nneed)
+            st = send_batch(c, s->cfg, need, nneed, over, &nd, &nm, &s->chunks, 0);
+        sources_free(over, nneed);
+        if (st)
             break;
         __atomic_fetch_add(&s->missing, nm, __ATOMIC_RELAXED);
         uint8_t end[8];

@@ -67,6 +67,8 @@
 #define MV_MIN_SECRET 16
 #define MV_MAX_SECRET 64
 #define MV_REPLAY_RING 4096
+#define MV_FLAG_DELTA 1              /* HELLO byte 34: the client takes part in delta transfer */
+#define MV_MAX_PAIRS 4096            /* (chunk id, base id) pairs per BASES */
 
 /* cfg.use_sendfile: sendfile() unless the peer is on this host. Over loopback
  * both ends share the CPUs, and pread + send (the sender reads the packs,
@@ -78,7 +80,7 @@
 enum {
     MV_HELLO = 1, MV_CHALLENGE = 2, MV_AUTH = 3, MV_READY = 4, MV_WANT = 5,
     MV_DATA = 6, MV_MISSING = 7, MV_END = 8, MV_OFFER = 9, MV_NEED = 10,
-    MV_ACK = 11, MV_ERROR = 12, MV_BYE = 13,
+    MV_ACK = 11, MV_ERROR = 12, MV_BYE = 13, MV_BASES = 14, MV_HAVE = 15,
 };
 
 /* Operations named in HELLO. */
@@ -137,6 +139,17 @@ typedef int (*mv_need_fn)(void *ctx, const uint8_t *ids, size_t count, uint8_t *
 typedef int (*mv_spool_fn)(void *ctx, const char *path, const mv_entry *entries, size_t n,
                            uint32_t *committed, uint32_t *rejected);
 
+/* Delta transfer (format.md, "Delta transfer on the mover"). Senders: write
+ * to pairs (room for MV_MAX_PAIRS) the (chunk id, candidate base id) pairs
+ * of the batch's ids worth a delta, in batch order; set *npairs (0: none). */
+typedef int (*mv_bases_fn)(void *ctx, const uint8_t *ids, size_t count, uint8_t *pairs,
+                           size_t *npairs);
+/* Receivers: held[i] = 1 if the store holds base id i (16 bytes each), else 0. */
+typedef int (*mv_holds_fn)(void *ctx, const uint8_t *ids, size_t count, uint8_t *held);
+/* Senders: for each (chunk id, base id) pair the receiver holds, the delta
+ * blob of the chunk against that base (path NULL: send the chunk whole). */
+typedef int (*mv_deltas_fn)(void *ctx, const uint8_t *pairs, size_t npairs, mv_source *out);
+
 typedef struct {
     double timeout;         /* seconds per blocking call; <= 0 means 30 */
     uint32_t max_blob;      /* largest blob accepted; 0 means MV_DEFAULT_MAX_BLOB */
@@ -161,6 +174,12 @@ typedef struct {
     double handshake_timeout;  /* seconds a peer has to authenticate (MV_DEFAULT_HANDSHAKE) */
     uint32_t min_rate;      /* bytes/s a frame must arrive at, once begun: a frame of n
                                bytes gets timeout + n / min_rate s (MV_DEFAULT_MIN_RATE) */
+    /* Delta transfer: a sender without `bases` and `deltas` sends every chunk
+     * whole; a receiver without `holds` answers that it holds no base. */
+    mv_bases_fn bases;
+    mv_holds_fn holds;
+    mv_deltas_fn deltas;
+    int delta;              /* clients: set MV_FLAG_DELTA in HELLO (BASES/HAVE allowed) */
 } mv_config;
 
 #define MV_DEFAULT_MAX_CONNS 256

@@ -46,6 +46,7 @@ typedef struct {
     PyObject *error;                   /* first exception of a client transfer (owned) */
     int keep_error;                    /* client: keep it; server: report it unraisable */
     pthread_mutex_t lock;
+    PyObject *bases, *holds, *deltas;  /* delta transfer (borrowed), or NULL */
 } cb_ctx;
 
 static void
@@ -65,19 +66,13 @@ cb_failed(cb_ctx *ctx)
     }
 }
 
+/* A callback's list of `count` sources: None or (path, offset, length) each. */
 static int
-c_resolve(void *vctx, const uint8_t *ids, size_t count, mv_source *out)
+parse_sources(PyObject *res, size_t count, mv_source *out, const char *name)
 {
-    cb_ctx *ctx = vctx;
-    int rc = -1;
-    PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *res = PyObject_CallFunction(ctx->resolve, "y#", (const char *)ids,
-                                          (Py_ssize_t)(count * MV_ID_LEN));
-    if (res == NULL)
-        goto fail;
     if (!PyList_Check(res) || PyList_GET_SIZE(res) != (Py_ssize_t)count) {
-        PyErr_Format(PyExc_TypeError, "resolve() must return a list of %zu items", count);
-        goto fail;
+        PyErr_Format(PyExc_TypeError, "%s() must return a list of %zu items", name, count);
+        return -1;
     }
     for (size_t i = 0; i < count; i++) {
         PyObject *item = PyList_GET_ITEM(res, (Py_ssize_t)i);
@@ -86,51 +81,146 @@ c_resolve(void *vctx, const uint8_t *ids, size_t count, mv_source *out)
         const char *path;
         unsigned long long off;
         unsigned int len;
-        if (!PyArg_ParseTuple(item, "sKI:resolve item", &path, &off, &len))
-            goto fail;
+        if (!PyArg_ParseTuple(item, "sKI:source item", &path, &off, &len))
+            return -1;
         out[i].path = strdup(path);
         if (out[i].path == NULL) {
             PyErr_NoMemory();
-            goto fail;
+            return -1;
         }
         out[i].offset = off;
         out[i].length = len;
     }
-    rc = 0;
-    goto done;
-fail:
-    cb_failed(ctx);
-done:
+    return 0;
+}
+
+/* Call fn(bytes of buf) with the GIL and hand its result to take(res, arg);
+ * 0 on success, -1 after keeping (client) or reporting (server) the error. */
+static int
+call_cb(cb_ctx *ctx, PyObject *fn, const uint8_t *buf, size_t len,
+        int (*take)(PyObject *res, void *arg), void *arg)
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *res = PyObject_CallFunction(fn, "y#", (const char *)buf, (Py_ssize_t)len);
+    int rc = res != NULL && take(res, arg) == 0 ? 0 : -1;
+    if (rc)
+        cb_failed(ctx);
     Py_XDECREF(res);
     PyGILState_Release(g);
     return rc;
 }
 
+typedef struct {
+    size_t count;
+    uint8_t *out;
+    size_t *nout;
+    mv_source *src;
+    const char *name;
+} cb_out;
+
+static int
+take_sources(PyObject *res, void *arg)
+{
+    cb_out *o = arg;
+    return parse_sources(res, o->count, o->src, o->name);
+}
+
+static int
+c_resolve(void *vctx, const uint8_t *ids, size_t count, mv_source *out)
+{
+    cb_out o = {count, NULL, NULL, out, "resolve"};
+    cb_ctx *ctx = vctx;
+    return call_cb(ctx, ctx->resolve, ids, count * MV_ID_LEN, take_sources, &o);
+}
+
+/* A bytes result of whole `unit`-byte items, at most `count` of them, copied to out. */
+static int
+take_items(PyObject *res, cb_out *o, size_t unit, const char *what)
+{
+    if (!PyBytes_Check(res) || PyBytes_GET_SIZE(res) % (Py_ssize_t)unit ||
+        (size_t)PyBytes_GET_SIZE(res) > o->count * unit) {
+        PyErr_Format(PyExc_TypeError, "%s", what);
+        return -1;
+    }
+    memcpy(o->out, PyBytes_AS_STRING(res), (size_t)PyBytes_GET_SIZE(res));
+    *o->nout = (size_t)PyBytes_GET_SIZE(res) / unit;
+    return 0;
+}
+
+static int
+take_need(PyObject *res, void *arg)
+{
+    return take_items(res, arg, MV_ID_LEN, "need() must return bytes: a subset of the ids");
+}
+
 static int
 c_need(void *vctx, const uint8_t *ids, size_t count, uint8_t *need, size_t *nneed)
 {
+    cb_out o = {count, need, nneed, NULL, "need"};
     cb_ctx *ctx = vctx;
-    int rc = -1;
-    PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *res = PyObject_CallFunction(ctx->need, "y#", (const char *)ids,
-                                          (Py_ssize_t)(count * MV_ID_LEN));
-    if (res == NULL)
-        goto fail;
-    if (!PyBytes_Check(res) || PyBytes_GET_SIZE(res) % MV_ID_LEN ||
-        (size_t)PyBytes_GET_SIZE(res) > count * MV_ID_LEN) {
-        PyErr_SetString(PyExc_TypeError, "need() must return bytes: a subset of the ids");
-        goto fail;
+    return call_cb(ctx, ctx->need, ids, count * MV_ID_LEN, take_need, &o);
+}
+
+static int
+take_bases(PyObject *res, void *arg)
+{
+    return take_items(res, arg, 2 * MV_ID_LEN,
+                      "bases() must return bytes: at most MAX_PAIRS pairs of ids");
+}
+
+/* bases(ids: bytes) -> bytes: (chunk id, base id) pairs, 32 bytes each. */
+static int
+c_bases(void *vctx, const uint8_t *ids, size_t count, uint8_t *pairs, size_t *npairs)
+{
+    cb_out o = {MV_MAX_PAIRS, pairs, npairs, NULL, "bases"};
+    cb_ctx *ctx = vctx;
+    return call_cb(ctx, ctx->bases, ids, count * MV_ID_LEN, take_bases, &o);
+}
+
+static int
+take_holds(PyObject *res, void *arg)
+{
+    cb_out *o = arg;
+    if (!PyBytes_Check(res) || PyBytes_GET_SIZE(res) != (Py_ssize_t)o->count) {
+        PyErr_Format(PyExc_TypeError, "holds() must return %zu bytes", o->count);
+        return -1;
     }
-    memcpy(need, PyBytes_AS_STRING(res), (size_t)PyBytes_GET_SIZE(res));
-    *nneed = (size_t)PyBytes_GET_SIZE(res) / MV_ID_LEN;
-    rc = 0;
-    goto done;
-fail:
-    cb_failed(ctx);
-done:
-    Py_XDECREF(res);
-    PyGILState_Release(g);
-    return rc;
+    for (size_t i = 0; i < o->count; i++)
+        o->out[i] = PyBytes_AS_STRING(res)[i] != 0;
+    return 0;
+}
+
+/* holds(ids: bytes) -> bytes: one byte per id, 1 when the store holds it. */
+static int
+c_holds(void *vctx, const uint8_t *ids, size_t count, uint8_t *held)
+{
+    cb_out o = {count, held, NULL, NULL, "holds"};
+    cb_ctx *ctx = vctx;
+    return call_cb(ctx, ctx->holds, ids, count * MV_ID_LEN, take_holds, &o);
+}
+
+/* deltas(pairs: bytes) -> list of None or (path, offset, length), one per pair. */
+static int
+c_deltas(void *vctx, const uint8_t *pairs, size_t npairs, mv_source *out)
+{
+    cb_out o = {npairs, NULL, NULL, out, "deltas"};
+    cb_ctx *ctx = vctx;
+    return call_cb(ctx, ctx->deltas, pairs, npairs * 2 * MV_ID_LEN, take_sources, &o);
+}
+
+/* Set the delta callbacks of cfg from ctx (None: not used). */
+static void
+delta_callbacks(mv_config *cfg, cb_ctx *ctx)
+{
+    if (ctx->bases == Py_None)
+        ctx->bases = NULL;
+    if (ctx->holds == Py_None)
+        ctx->holds = NULL;
+    if (ctx->deltas == Py_None)
+        ctx->deltas = NULL;
+    cfg->bases = ctx->bases ? c_bases : NULL;
+    cfg->holds = ctx->holds ? c_holds : NULL;
+    cfg->deltas = ctx->deltas ? c_deltas : NULL;
 }
 
 static int
@@ -210,7 +300,7 @@ typedef struct {
     PyObject_HEAD
     mv_server *srv;
     cb_ctx ctx;
-    PyObject *resolve, *need, *spool;
+    PyObject *resolve, *need, *spool, *bases, *holds, *deltas;
 } ServerObject;
 
 static void
@@ -231,19 +321,22 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"host", "port", "secret", "resolve", "need", "spool", "spool_dir",
                              "spool_limit", "timeout", "max_blob", "sendfile", "sndbuf",
                              "rcvbuf", "congestion", "direct", "allow_plaintext",
-                             "max_conns", "handshake_timeout", "min_rate", NULL};
+                             "max_conns", "handshake_timeout", "min_rate", "bases", "holds",
+                             "deltas", NULL};
     const char *host, *spool_dir, *congestion = "";
     int port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, direct = 0, allow_plaintext = 0;
     int max_conns = MV_DEFAULT_MAX_CONNS;
-    PyObject *secret, *resolve, *need, *spool;
+    PyObject *secret, *resolve, *need, *spool, *bases = Py_None, *holds = Py_None;
+    PyObject *deltas = Py_None;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0, handshake_timeout = MV_DEFAULT_HANDSHAKE;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB, min_rate = MV_DEFAULT_MIN_RATE;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIiiisppidI:Server", kwlist, &host,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "siOOOOs|KdIiiisppidIOOO:Server", kwlist, &host,
                                      &port, &secret, &resolve, &need, &spool, &spool_dir,
                                      &spool_limit, &timeout, &max_blob, &use_sendfile,
                                      &sndbuf, &rcvbuf, &congestion, &direct, &allow_plaintext,
-                                     &max_conns, &handshake_timeout, &min_rate))
+                                     &max_conns, &handshake_timeout, &min_rate, &bases,
+                                     &holds, &deltas))
         return -1;
     if (max_conns < 1 || handshake_timeout <= 0 || min_rate < 1) {
         PyErr_Format(PyExc_ValueError,
@@ -268,14 +361,21 @@ Server_init(ServerObject *self, PyObject *args, PyObject *kw)
     Py_XSETREF(self->resolve, Py_NewRef(resolve));
     Py_XSETREF(self->need, Py_NewRef(need));
     Py_XSETREF(self->spool, Py_NewRef(spool));
+    Py_XSETREF(self->bases, Py_NewRef(bases));
+    Py_XSETREF(self->holds, Py_NewRef(holds));
+    Py_XSETREF(self->deltas, Py_NewRef(deltas));
+    self->ctx.bases = self->bases;
+    self->ctx.holds = self->holds;
+    self->ctx.deltas = self->deltas;
     self->ctx.resolve = self->resolve;
     self->ctx.need = self->need;
     self->ctx.spool = self->spool;
     self->ctx.keep_error = 0;
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
                      "", c_resolve, c_need, c_spool, &self->ctx, 0, MV_CIPHER_NONE, 0,
-                     0, 0.0, 0};
+                     0, 0.0, 0, NULL, NULL, NULL, 0};
     snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
+    delta_callbacks(&cfg, &self->ctx);
     cfg.direct = direct;
     cfg.allow_plaintext = allow_plaintext;
     cfg.max_conns = max_conns;
@@ -305,6 +405,9 @@ Server_dealloc(ServerObject *self)
     Py_CLEAR(self->resolve);
     Py_CLEAR(self->need);
     Py_CLEAR(self->spool);
+    Py_CLEAR(self->bases);
+    Py_CLEAR(self->holds);
+    Py_CLEAR(self->deltas);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -314,6 +417,9 @@ Server_traverse(ServerObject *self, visitproc visit, void *arg)
     Py_VISIT(self->resolve);
     Py_VISIT(self->need);
     Py_VISIT(self->spool);
+    Py_VISIT(self->bases);
+    Py_VISIT(self->holds);
+    Py_VISIT(self->deltas);
     return 0;
 }
 
@@ -434,19 +540,22 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
     static char *kwlist[] = {"op", "host", "port", "secret", "ids", "resolve", "spool",
                              "spool_dir", "spool_limit", "timeout", "max_blob", "sendfile",
                              "progress", "tick", "sndbuf", "rcvbuf", "streams", "batch",
-                             "congestion", "direct", "cipher", NULL};
+                             "congestion", "direct", "cipher", "bases", "holds", "deltas",
+                             NULL};
     int op, port, use_sendfile = 1, sndbuf = 0, rcvbuf = 0, nshared = 0, batch = 64, direct = 0;
     int cipher = MV_CIPHER_AUTO;
     const char *host, *spool_dir = ".", *congestion = "";
     PyObject *secret, *ids, *resolve = Py_None, *spool = Py_None, *progress = Py_None;
+    PyObject *bases = Py_None, *holds = Py_None, *deltas = Py_None;
     unsigned long long spool_limit = 16u << 20;
     double timeout = 30.0, tick = 0.1;
     unsigned int max_blob = MV_DEFAULT_MAX_BLOB;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIiOdiiiispi:transfer", kwlist, &op,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "isiOO!|$OOsKdIiOdiiiispiOOO:transfer", kwlist, &op,
                                      &host, &port, &secret, &PyList_Type, &ids, &resolve,
                                      &spool, &spool_dir, &spool_limit, &timeout, &max_blob,
                                      &use_sendfile, &progress, &tick, &sndbuf, &rcvbuf,
-                                     &nshared, &batch, &congestion, &direct, &cipher))
+                                     &nshared, &batch, &congestion, &direct, &cipher, &bases,
+                                     &holds, &deltas))
         return NULL;
     if (cipher != MV_CIPHER_AUTO && cipher != MV_CIPHER_NONE && !mv_cipher_keylen(cipher))
         return PyErr_Format(PyExc_ValueError, "unknown cipher %d: use a CIPHER_* constant",
@@ -484,10 +593,15 @@ transfer(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kw)
         PyBuffer_Release(&sec);
         return NULL;
     }
-    cb_ctx ctx = {resolve, Py_None, spool, NULL, 1, PTHREAD_MUTEX_INITIALIZER};
+    cb_ctx ctx = {resolve, Py_None, spool, NULL, 1, PTHREAD_MUTEX_INITIALIZER, bases, holds,
+                  deltas};
     mv_config cfg = {timeout, max_blob, spool_limit, spool_dir, use_sendfile, sndbuf, rcvbuf,
-                     "", c_resolve, c_need, c_spool, &ctx, 0, MV_CIPHER_AUTO, 0, 0, 0.0, 0};
+                     "", c_resolve, c_need, c_spool, &ctx, 0, MV_CIPHER_AUTO, 0, 0, 0.0, 0,
+                     NULL, NULL, NULL, 0};
     snprintf(cfg.congestion, sizeof cfg.congestion, "%s", congestion);
+    delta_callbacks(&cfg, &ctx);
+    /* a client that sends deltas (send) or takes them (fetch) says so in HELLO */
+    cfg.delta = op == MV_OP_SEND ? cfg.bases && cfg.deltas : cfg.holds != NULL;
     cfg.direct = direct;
     cfg.cipher = cipher;
     volatile int cancel = 0;
@@ -842,6 +956,7 @@ PyInit__mover(void)
         {"ERR_CANCELLED", MV_ERR_CANCELLED}, {"ERR_CALLBACK", MV_ERR_CALLBACK},
         {"ERR_PEER", MV_ERR_PEER}, {"ERR_NOMEM", MV_ERR_NOMEM}, {"ERR_ARG", MV_ERR_ARG},
         {"OP_FETCH", MV_OP_FETCH}, {"OP_SEND", MV_OP_SEND}, {"MAX_BATCH", MV_MAX_BATCH},
+        {"MAX_PAIRS", MV_MAX_PAIRS}, {"FLAG_DELTA", MV_FLAG_DELTA},
         {"SPOOL_RESERVE", MV_SPOOL_RESERVE}, {"DEFAULT_MAX_BLOB", (int)MV_DEFAULT_MAX_BLOB},
         {"ENTRY_LEN", ENTRY_LEN}, {"ENTRY_VERIFIED", MV_ENTRY_VERIFIED},
         {"SENDFILE_AUTO", MV_SENDFILE_AUTO}, {"ERR_RECORD", MV_ERR_RECORD},

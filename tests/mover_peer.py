@@ -77,7 +77,8 @@ class RawClient:
 
     def __init__(self, port: int, secret: bytes, *, op: int = OP_FETCH,
                  cipher: int = ref.CIPHER_AES256GCM, cn: bytes | None = None,
-                 auth: bytes | None = None, pub: bytes | None = None) -> None:
+                 auth: bytes | None = None, pub: bytes | None = None,
+                 flags: int = 0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.cn = cn or os.urandom(32)
         self.tx: ref.Direction | None = None
@@ -86,15 +87,16 @@ class RawClient:
         self.proof = b""
         key, cpub = ref.ephemeral()
         cpub = pub if pub is not None else cpub  # another public key, as an attacker sends
-        self.sock.sendall(frame(1, self.cn + bytes([op, cipher, 0, 0]) + cpub))
+        self.sock.sendall(frame(1, self.cn + bytes([op, cipher, flags, 0]) + cpub))
         self.last, payload = read_plain_frame(self.sock)
         if self.last != 2:  # not a CHALLENGE
             self.error = payload
             return
         sn, spub = payload[:32], payload[64:]
         assert payload[32:64] == ref.proof(secret, "server", self.cn, sn, op, cipher, cpub,
-                                           spub)
-        self.proof = auth or ref.proof(secret, "client", self.cn, sn, op, cipher, cpub, spub)
+                                           spub, flags)
+        self.proof = auth or ref.proof(secret, "client", self.cn, sn, op, cipher, cpub, spub,
+                                       flags)
         self.sock.sendall(frame(3, self.proof))
         self.last, self.error = read_plain_frame(self.sock)
         if self.last == 4 and cipher:  # READY: records from now on
