@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -72,7 +72,49 @@ def read_plain_frame(sock: socket.socket) -> tuple[int, bytes]:
     return head[5], recv_exact(sock, struct.unpack_from("<I", head, 8)[0])
 
 
-class RawClient:
+class Framed:
+    """Frames over a socket, sealed in records once `tx`/`rx` are set (the reference)."""
+
+    sock: socket.socket
+    tx: ref.Direction | None = None
+    rx: ref.Direction | None = None
+    _plain = b""
+
+    def send(self, data: bytes) -> None:
+        """Send frame bytes (sealed in one record once the record layer is on)."""
+        self.sock.sendall(self.tx.seal(data) if self.tx else data)
+
+    def read_record(self) -> bytes:
+        """The plaintext of the next record from the peer."""
+        assert self.rx is not None
+        head = recv_exact(self.sock, 16)
+        length = struct.unpack_from("<I", head, 4)[0]
+        return self.rx.open(head + recv_exact(self.sock, length + 16))
+
+    def read_frame(self) -> tuple[int, bytes]:
+        if self.rx is None:
+            return read_plain_frame(self.sock)
+        while len(self._plain) < 12 or len(self._plain) < 12 + struct.unpack_from(
+                "<I", self._plain, 8)[0]:
+            self._plain += self.read_record()
+        n = 12 + struct.unpack_from("<I", self._plain, 8)[0]
+        out, self._plain = self._plain[:n], self._plain[n:]
+        return out[5], out[12:]
+
+    def expect_error(self, code: int) -> str:
+        """Read the ERROR the peer sends and check that it then closes."""
+        ftype, payload = self.read_frame()
+        assert ftype == ERROR, (ftype, payload[:64])
+        assert struct.unpack_from("<I", payload)[0] == code, payload
+        assert self.sock.recv(1) == b""
+        self.sock.close()
+        return payload[4:].decode()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RawClient(Framed):
     """A mover client by hand: the handshake, then sealed frames (or plaintext)."""
 
     def __init__(self, port: int, secret: bytes, *, op: int = OP_FETCH,
@@ -81,9 +123,6 @@ class RawClient:
                  flags: int = 0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.cn = cn or os.urandom(32)
-        self.tx: ref.Direction | None = None
-        self.rx: ref.Direction | None = None
-        self._plain = b""
         self.proof = b""
         key, cpub = ref.ephemeral()
         cpub = pub if pub is not None else cpub  # another public key, as an attacker sends
@@ -103,38 +142,61 @@ class RawClient:
             c2s, s2c = ref.record_keys(secret, ref.shared(key, spub), self.cn, sn, op, cipher)
             self.tx, self.rx = ref.Direction(cipher, c2s), ref.Direction(cipher, s2c)
 
-    def send(self, data: bytes) -> None:
-        """Send frame bytes (sealed in one record once the record layer is on)."""
-        self.sock.sendall(self.tx.seal(data) if self.tx else data)
 
-    def read_record(self) -> bytes:
-        """The plaintext of the next record from the server."""
-        assert self.rx is not None
-        head = recv_exact(self.sock, 16)
-        length = struct.unpack_from("<I", head, 4)[0]
-        return self.rx.open(head + recv_exact(self.sock, length + 16))
+class ServerConn(Framed):
+    """The server end of one connection by hand: the handshake as the reference states
+    it (`flags` is what the client's HELLO carried), then sealed frames."""
 
-    def read_frame(self) -> tuple[int, bytes]:
-        if self.rx is None:
-            return read_plain_frame(self.sock)
-        while len(self._plain) < 12 or len(self._plain) < 12 + struct.unpack_from(
-                "<I", self._plain, 8)[0]:
-            self._plain += self.read_record()
-        n = 12 + struct.unpack_from("<I", self._plain, 8)[0]
-        out, self._plain = self._plain[:n], self._plain[n:]
-        return out[5], out[12:]
+    def __init__(self, sock: socket.socket, secret: bytes) -> None:
+        self.sock = sock
+        _, hello = read_plain_frame(sock)
+        cn, op, cipher, self.flags, cpub = hello[:32], hello[32], hello[33], hello[34], \
+            hello[36:68]
+        sn = os.urandom(32)
+        key, spub = ref.ephemeral()
+        sock.sendall(frame(2, sn + ref.proof(secret, "server", cn, sn, op, cipher, cpub, spub,
+                                             self.flags) + spub))
+        _, auth = read_plain_frame(sock)
+        assert auth == ref.proof(secret, "client", cn, sn, op, cipher, cpub, spub, self.flags)
+        sock.sendall(frame(4))
+        c2s, s2c = ref.record_keys(secret, ref.shared(key, cpub), cn, sn, op, cipher)
+        self.tx, self.rx = ref.Direction(cipher, s2c), ref.Direction(cipher, c2s)
 
-    def expect_error(self, code: int) -> str:
-        """Read the ERROR the server sends and check that it then closes."""
-        ftype, payload = self.read_frame()
-        assert ftype == ERROR, ftype
-        assert struct.unpack_from("<I", payload)[0] == code, payload
-        assert self.sock.recv(1) == b""
-        self.sock.close()
-        return payload[4:].decode()
+
+class RawServer:
+    """A mover server by hand on loopback: each connection (at most `connections`, one at a
+    time, on a thread) runs `script` after the handshake; `errors` keeps what a script
+    raised."""
+
+    def __init__(self, secret: bytes, script: Callable[[ServerConn], None],
+                 connections: int = 4) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        self.errors: list[BaseException] = []
+        self.conns: list[ServerConn] = []
+        self._thread = threading.Thread(target=self._serve, args=(secret, script, connections),
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self, secret: bytes, script: Callable[[ServerConn], None], n: int) -> None:
+        for _ in range(n):
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            sock.settimeout(10)
+            try:
+                conn = ServerConn(sock, secret)
+                self.conns.append(conn)
+                script(conn)
+            except (OSError, AssertionError, ref.RecordError) as e:
+                self.errors.append(e)
+            finally:
+                sock.close()
 
     def close(self) -> None:
-        self.sock.close()
+        self.listener.close()
+        self._thread.join(timeout=30)
 
 
 Action = Literal["flip", "replay", "drop", "swap", "inject", "forge", "cut", "pass"]
