@@ -18,24 +18,35 @@ cannot (it holds no key), its owner verifies on read and audit. Target (issue 17
 N+1 replication to each site sends at most rsync's bytes, chunk bytes against rsync's
 bytes sent and every byte both ways against rsync's sent + received (the headline takes
 the worst).
+
+The mover alone (docs/format.md "Delta transfer on the mover"): a second table fetches
+N+1's chunks over the native mover from a store holding N and N+1 into one holding N
+(two streams, AES-128-GCM records, through a loopback relay that counts every byte on
+the wire both ways: handshake, frames, record headers and tags), once with the
+destination's delta transfer off (every chunk whole) and once on (BASES/HAVE, delta
+blobs); against rsync's bytes for the same update. `--mover-only` runs only that table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from bench.report import headline, table
-from gfs import accesslog
+from gfs import accesslog, mover
+from gfs.client import Client
 from gfs.federation.testing import Federation
 
 TARGET = 1.0
@@ -100,6 +111,116 @@ def _rsync_bytes(src: Path, dst: Path) -> tuple[int, int]:
     return n, n + int(got.group(1).replace(",", ""))
 
 
+class _CountingRelay:
+    """Forwards loopback connections to `target`, counting every byte both ways."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                a, _ = self._listener.accept()
+            except OSError:
+                return
+            b = socket.create_connection(self.target, timeout=60)
+            for x, y in ((a, b), (b, a)):
+                t = threading.Thread(target=self._pump, args=(x, y), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(1 << 18):
+                b.sendall(data)
+                with self._lock:
+                    self.bytes += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        for t in self._threads[1:]:
+            t.join(timeout=30)
+
+
+def _store_tree(c: Client, root: Path, dest: str) -> None:
+    c.mkdir(dest, parents=True, exist_ok=True)
+    for f in sorted(root.iterdir()):
+        c.write_bytes(f"{dest}/{f.name}", f.read_bytes())
+
+
+def _chunk_ids(c: Client) -> set[bytes]:
+    with c.engine.read() as txn:
+        return {rec.id for rec in txn.iter_chunks()}
+
+
+def _mover_rows(root: Path, v1: Path, v2: Path, rs2: int, rs2_all: int) -> list[tuple[object, ...]]:
+    """N -> N+1 over the mover alone, whole chunks and deltas: (path, chunks, deltas,
+    blob B, wire B, wire/rsync, wire/rsync all, seconds) rows."""
+    src = Client.init(root / "mv-src", delta=True)
+    rows: list[tuple[object, ...]] = []
+    try:
+        _store_tree(src, v1, "/ds")
+        _store_tree(src, v2, "/ds2")
+        secret = os.urandom(32)
+        for on in (False, True):
+            dst = Client.init(root / f"mv-dst-{on}", delta=on)
+            try:
+                _store_tree(dst, v1, "/ds")
+                missing = sorted(_chunk_ids(src) - _chunk_ids(dst))
+                with mover.MoverServer(src, secret) as srv:
+                    relay = _CountingRelay(srv.address)
+                    try:
+                        t0 = time.perf_counter()
+                        st = mover.fetch(dst, relay.address, missing, secret, streams=2)
+                        seconds = time.perf_counter() - t0
+                    finally:
+                        relay.close()
+                assert st.committed == len(missing), (st.committed, len(missing))
+                name = "mover + delta" if on else "mover (whole chunks)"
+                rows.append((name, len(missing), st.deltas, st.bytes, relay.bytes,
+                             relay.bytes / max(1, rs2), relay.bytes / max(1, rs2_all), seconds))
+            finally:
+                dst.close()
+    finally:
+        src.close()
+    return rows
+
+
+def _mover_only(root: Path, v1: Path, v2: Path) -> int:
+    dest = root / "rsync-dest"
+    _rsync_bytes(v1, dest)
+    rs2, rs2_all = _rsync_bytes(v2, dest)
+    rows = _mover_rows(root, v1, v2, rs2, rs2_all)
+    rows.append(("rsync (local)", "-", "-", "-", rs2_all, rs2_all / max(1, rs2), 1.0, "-"))
+    _print_mover(rows)
+    whole, with_delta = rows[0][4], rows[1][4]
+    assert isinstance(whole, int) and isinstance(with_delta, int)
+    print(headline("replicate-mover", with_delta <= rs2, n1_mover_delta_over_rsync=round(
+        with_delta / max(1, rs2), 3), n1_mover_whole_over_rsync=round(whole / max(1, rs2), 3)))
+    return 0
+
+
+def _print_mover(rows: list[tuple[object, ...]]) -> None:
+    print("N -> N+1 over the mover alone (fetch, 2 streams, AES-128-GCM):")
+    print(table(["path", "chunks", "deltas", "blob B", "wire B", "wire/rsync",
+                 "wire/rsync all", "seconds"], rows))
+    print("wire B: every byte on the mover's sockets both ways (handshake, frames, record "
+          "headers and tags; rsync: sent + received); wire/rsync: against rsync's bytes "
+          f"sent; loadavg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def _write_tree(fc: object, root: Path, dest: str) -> int:
     total = 0
     for f in sorted(root.iterdir()):
@@ -114,6 +235,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="small dataset (under a minute)")
     ap.add_argument("--no-delta", dest="delta", action="store_false",
                     help="a1 without delta chunks, so every changed chunk is sent whole")
+    ap.add_argument("--mover-only", action="store_true",
+                    help="only N -> N+1 over the mover alone, with and without deltas")
     args = ap.parse_args(argv)
     files, size = (40, 200_000) if args.quick else (200, 1_000_000)
     with tempfile.TemporaryDirectory(prefix="bench-replicate-") as tmp:
@@ -121,6 +244,8 @@ def main(argv: list[str]) -> int:
         v1, v2 = root / "v1", root / "v2"
         _make(v1, files, size, 1)
         _update(v1, v2, 2)
+        if args.mover_only:
+            return _mover_only(root, v1, v2)
         rows = []
         with Federation(root / "fed", heartbeat=1.0) as fed:
             fed.registry()
@@ -171,6 +296,7 @@ def main(argv: list[str]) -> int:
         for name, by_op in ops.items():
             print(f"N+1 HTTP bytes with {name} by operation: " + ", ".join(
                 f"{op} {n}" for op, n in sorted(by_op.items(), key=lambda x: -x[1])))
+        _print_mover(_mover_rows(root, v1, v2, rs2, rs2_all))
         print(f"new unique bytes in N+1 (grown union): {new_unique}; states: {r1['state']}, "
               f"{r2['state']}; delta transfer: {'on' if args.delta else 'off'}; "
               f"loadavg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -49,6 +49,7 @@ from gfs.codec import (
     decode_blob,
     parse_blob_header,
 )
+from gfs.delta import DELTAS
 from gfs.env import MOVER_STREAMS
 from gfs.errors import CorruptChunkError, HutongError
 from gfs.meta import ChunkRecord, ChunkRef, Kind, Location, Manifest, PackRecord, WriteTxn
@@ -262,16 +263,26 @@ class Source:
 
     def bases(self, ids: bytes) -> bytes:
         """(chunk id, candidate base id) pairs, 32 bytes each, in the order of `ids`, for
-        the chunks worth a delta (none when this store keeps no delta chunks)."""
+        the chunks worth a delta: those this store keeps as deltas (of at least
+        `resemblance.MIN_CHUNK` bytes), the base each is stored against first, then the
+        candidates of the resemblance index. A chunk stored whole had no base worth a
+        delta when it was written: it has none (and is not read). None at all when this
+        store keeps no delta chunks."""
         self._release(threading.get_native_id(), "delta")
         if not self.store.config.delta:
             return b""
-        view = [ids[k : k + CHUNK_ID_LEN] for k in range(0, len(ids), CHUNK_ID_LEN)]
+        stored: dict[bytes, bytes | None] = {}
         with self.store.engine.read() as txn:
-            big = [cid for cid in view if (rec := txn.get_chunk(cid)) is not None
-                   and rec.raw_len >= resemblance.MIN_CHUNK]
-        _, cands = delta_transfer.candidates(self.store, big)
-        pairs = [cid + base for cid in big for base in cands.get(cid, ())]
+            for k in range(0, len(ids), CHUNK_ID_LEN):
+                cid = ids[k : k + CHUNK_ID_LEN]
+                rec = txn.get_chunk(cid)
+                if rec is not None and rec.codec == CODEC_DELTA and \
+                        rec.raw_len >= resemblance.MIN_CHUNK:
+                    stored[cid] = txn.get_value(DELTAS, cid)
+        _, cands = delta_transfer.candidates(self.store, list(stored))
+        pairs = [cid + b for cid, base in stored.items()
+                 for b in ([base] if base else []) + [c for c in cands.get(cid, ())
+                                                      if c != base]]
         return b"".join(pairs[:_mover.MAX_PAIRS])
 
     def deltas(self, pairs: bytes) -> list[tuple[str, int, int] | None]:
