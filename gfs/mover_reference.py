@@ -92,7 +92,7 @@ def parse_have(payload: bytes, npairs: int) -> list[bool]:
     if len(payload) < 4:
         raise FrameError("HAVE shorter than its count")
     n = struct.unpack_from("<I", payload)[0]
-    if n != npairs or len(payload) != 4 + (n + 7) // 8:
+    if not 0 < n <= MAX_PAIRS or n != npairs or len(payload) != 4 + (n + 7) // 8:
         raise FrameError(f"HAVE of {n} bits in {len(payload)} bytes answers {npairs} pairs")
     bits = payload[4:]
     if n % 8 and bits[-1] >> (n % 8):

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gfs import _mover, delta, delta_transfer, mover
 from gfs import mover_reference as ref
@@ -84,10 +86,10 @@ def _move(op: str, src: Client, dst: Client, ids: list[bytes]) -> mover.Transfer
 def test_n_plus_1_crosses_as_deltas_and_every_chunk_verifies(tmp_path: Path, op: str) -> None:
     with _versions(tmp_path) as (src, dst, missing):
         assert len(missing) >= 3
-        st = _move(op, src, dst, missing)
+        stats = _move(op, src, dst, missing)
         whole = _whole(src, missing)
-        assert st.deltas >= len(missing) // 2 and st.committed == len(missing)
-        assert 0 < st.bytes * 4 < whole, (st.bytes, whole)
+        assert stats.deltas >= len(missing) // 2 and stats.committed == len(missing)
+        assert 0 < stats.bytes * 4 < whole, (stats.bytes, whole)
         _check_copied(src, dst, missing)
 
 
@@ -97,10 +99,39 @@ def test_n_plus_1_crosses_as_deltas_and_every_chunk_verifies(tmp_path: Path, op:
 def test_a_store_with_delta_off_moves_whole_chunks_as_before(
         tmp_path: Path, op: str, src_delta: bool, dst_delta: bool) -> None:
     with _versions(tmp_path, src_delta=src_delta, dst_delta=dst_delta) as (src, dst, missing):
-        st = _move(op, src, dst, missing)
-        assert st.deltas == 0
-        assert st.bytes == _whole(src, missing)
+        stats = _move(op, src, dst, missing)
+        assert stats.deltas == 0
+        assert stats.bytes == _whole(src, missing)
         _check_copied(src, dst, missing)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 6), st.integers(-2, 2), st.booleans(), st.binary(min_size=0, max_size=3))
+def test_c_checks_bases_and_have_frames_as_the_reference(
+        n: int, skew: int, self_base: bool, extra: bytes) -> None:
+    """`_mover.check_frames` (the frames a server reads) accepts a BASES or HAVE payload
+    exactly when the reference parses it (lengths, counts, bits past the count, a chunk
+    named as its own base)."""
+    rng = random.Random(n * 31 + skew)
+    pairs = [(rng.randbytes(16), rng.randbytes(16)) for _ in range(n)]
+    if self_base and pairs:
+        pairs[-1] = (pairs[-1][0], pairs[-1][0])
+    cases = []
+    bases = ref.bases_payload(pairs)
+    bases = struct.pack("<I", max(0, n + skew)) + bases[4:] + extra
+    cases.append((ref.BASES, bases, lambda: ref.parse_bases(bases, [c for c, _ in pairs])))
+    have = ref.have_payload([rng.random() < 0.5 for _ in range(n)]) + extra
+    count = max(0, n + skew)
+    have = struct.pack("<I", count) + have[4:]
+    cases.append((ref.HAVE, have, lambda: ref.parse_have(have, count)))
+    for ftype, payload, parse in cases:
+        status = _mover.check_frames(frame(ftype, payload))[0]
+        try:
+            parse()
+            ok = True
+        except ref.FrameError:
+            ok = False
+        assert (status == _mover.OK) == ok, (ftype, payload.hex(), status)
 
 
 # -- the receiver, attacked by a sender -------------------------------------------------
@@ -312,11 +343,11 @@ def test_fetch_client_refuses_bad_bases_and_deltas_from_a_server(
     server = RawServer(SECRET, lambda c: _serve_batch(
         c, [(cid, h + p if c.flags else b"")], [(cid, chunk_id(absent))]), 2)
     try:
-        st = mover.fetch(dst, server.address, [cid], SECRET, retries=0, strict=False)
+        stats = mover.fetch(dst, server.address, [cid], SECRET, retries=0, strict=False)
     finally:
         server.close()
     assert [c.flags for c in server.conns] == [ref.FLAG_DELTA, 0]
-    assert st.missing == [cid] and st.committed == 0 and st.deltas == 0
+    assert stats.missing == [cid] and stats.committed == 0 and stats.deltas == 0
     assert cid not in _ids(dst)
     report = dst.fsck()
     assert report.ok, report.problems
