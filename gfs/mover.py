@@ -9,7 +9,11 @@ streams, `sendfile` or `pread` + `send` from pack files, spooling of
 received blobs to temporaries. This module owns policy: which chunks
 (only those the destination lacks: resume), which peer, how many streams,
 retries, and the commit of received blobs, which are verified with
-`decode_blob` before anything of them becomes visible.
+`decode_blob` before anything of them becomes visible. Between two stores that
+keep delta chunks (`[store] delta`), a changed chunk crosses as a delta against a
+base the receiver holds (docs/format.md, "Delta transfer on the mover"): `Source`
+names candidate bases and encodes the deltas, `Receiver` says which bases it holds
+and rebuilds each delta against its own verified base before storing it.
 
     secret = os.urandom(32)                       # issued by the control plane
     with MoverServer(src_client, secret) as srv:  # binds 127.0.0.1, port 0

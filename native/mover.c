@@ -1018,13 +1018,14 @@ offer_bases(mv_conn *c, const mv_config *cfg, const uint8_t *ids, size_t count,
     *over = NULL;
     if (!cfg->bases || !cfg->deltas || !count)
         return MV_OK;
-    uint8_t *buf = malloc(4 + (size_t)MV_MAX_PAIRS * 2 * MV_ID_LEN), *pairs = buf + 4;
+    uint8_t *buf = malloc(4 + (size_t)MV_MAX_PAIRS * 2 * MV_ID_LEN);
     mv_source *dsrc = NULL, *out = NULL;
     size_t np = 0, nheld = 0;
     int st = MV_OK, type;
     uint32_t len, checked;
     if (!buf)
         return mv_setmsg(c->msg, c->msglen, MV_ERR_NOMEM, "no memory for delta bases");
+    uint8_t *pairs = buf + 4;  /* the BASES payload: count, then the pairs */
     if (cfg->bases(cfg->ctx, ids, count, pairs, &np) || np > MV_MAX_PAIRS) {
         st = mv_setmsg(c->msg, c->msglen, MV_ERR_CALLBACK, "bases callback failed");
         goto done;
