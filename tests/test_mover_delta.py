@@ -21,8 +21,11 @@ from gfs import _mover, delta, delta_transfer, mover
 from gfs import mover_reference as ref
 from gfs.client import Client
 from gfs.codec import CODEC_DELTA, chunk_id, decode_blob, parse_blob_header
-from tests.mover_peer import OP_FETCH, OP_SEND, RawClient, RawServer, ServerConn, frame
+from gfs.packs import pack_key
+from tests.mover_peer import OP_FETCH, OP_SEND, RawClient, RawServer, Relay, ServerConn, frame
 from tests.similar_data import mutate, text
+
+pytestmark = pytest.mark.timeout(120)
 
 SECRET = b"delta-transfer-session-secret-32"
 OFFER, NEED, WANT, DATA, MISSING, END, ACK, BYE = 9, 10, 5, 6, 7, 8, 11, 13
@@ -91,6 +94,51 @@ def test_n_plus_1_crosses_as_deltas_and_every_chunk_verifies(tmp_path: Path, op:
         assert stats.deltas >= len(missing) // 2 and stats.committed == len(missing)
         assert 0 < stats.bytes * 4 < whole, (stats.bytes, whole)
         _check_copied(src, dst, missing)
+
+
+def test_delta_frames_travel_only_inside_records(tmp_path: Path) -> None:
+    with _versions(tmp_path) as (src, dst, missing):
+        with mover.MoverServer(src, SECRET) as srv:
+            relay = Relay(srv.address)
+            try:
+                stats = mover.fetch(dst, relay.address, missing, SECRET, streams=1)
+            finally:
+                relay.close()
+        assert stats.deltas and stats.committed == len(missing)
+        wire = relay.capture()
+        with src.engine.read() as txn:
+            bases = [b for c in missing if (b := txn.get_value(delta.DELTAS, c))]
+        assert bases
+        for cid in missing + bases:  # no id of WANT, BASES, HAVE or DATA in the clear
+            assert cid not in wire
+        assert src.store.read_chunk(missing[0])[1000:1032] not in wire
+        # past HELLO and AUTH (client), CHALLENGE and READY (server): records only
+        for (_, direction), data in relay.captures.items():
+            skip = 80 + 44 if direction == "c2s" else 108 + 12
+            records, rest = ref.split_records(bytes(data[skip:]))
+            assert records and rest == b""
+
+
+def test_a_damaged_base_at_the_receiver_gets_its_dependents_whole(tmp_path: Path) -> None:
+    with _versions(tmp_path) as (src, dst, missing):
+        damaged = [r.id for r in dst.manifest("/v0").chunks]
+        with dst.engine.read() as txn:
+            locs = [rec.locations[0] for c in damaged if (rec := txn.get_chunk(c))]
+        for loc in locs:
+            path = dst.store.pool(loc.pool).local_path(pack_key(loc.pack))
+            assert path is not None
+            with open(path, "r+b") as f:
+                f.seek(loc.offset + loc.length - 8)
+                byte = f.read(1)[0]
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte ^ 0xFF]))
+        stats = _move("fetch", src, dst, missing)
+        # deltas against the damaged bases were refused, then those chunks came whole
+        assert stats.committed == len(missing) and stats.rejected == 0
+        assert 0 < stats.deltas < len(missing)
+        assert stats.bytes < _whole(src, missing)
+        for cid in missing:
+            assert dst.store.read_chunk(cid) == src.store.read_chunk(cid)
 
 
 @pytest.mark.parametrize(("op", "src_delta", "dst_delta"),
