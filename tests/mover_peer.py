@@ -17,10 +17,12 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from gfs import mover
 from gfs import mover_reference as ref
 from gfs.client import Client
+from gfs.mover import TransferStats
 
 OP_FETCH, OP_SEND = 1, 2
 ERROR = 12
@@ -333,3 +335,14 @@ class Relay:
 
     def close(self) -> None:
         self.listener.close()
+
+
+def relayed_fetch(dst: Client, target: tuple[str, int], ids: list[bytes], secret: bytes,
+                  **kw: Any) -> tuple[TransferStats, Relay]:
+    """`mover.fetch` into `dst` from the server at `target` through a passing `Relay`
+    (closed again), and the relay with its capture."""
+    relay = Relay(target)
+    try:
+        return mover.fetch(dst, relay.address, ids, secret, **kw), relay
+    finally:
+        relay.close()

@@ -22,7 +22,15 @@ from gfs import mover_reference as ref
 from gfs.client import Client
 from gfs.codec import CODEC_DELTA, chunk_id, decode_blob, parse_blob_header
 from gfs.packs import pack_key
-from tests.mover_peer import OP_FETCH, OP_SEND, RawClient, RawServer, Relay, ServerConn, frame
+from tests.mover_peer import (
+    OP_FETCH,
+    OP_SEND,
+    RawClient,
+    RawServer,
+    ServerConn,
+    frame,
+    relayed_fetch,
+)
 from tests.similar_data import mutate, text
 
 pytestmark = pytest.mark.timeout(120)
@@ -99,11 +107,7 @@ def test_n_plus_1_crosses_as_deltas_and_every_chunk_verifies(tmp_path: Path, op:
 def test_delta_frames_travel_only_inside_records(tmp_path: Path) -> None:
     with _versions(tmp_path) as (src, dst, missing):
         with mover.MoverServer(src, SECRET) as srv:
-            relay = Relay(srv.address)
-            try:
-                stats = mover.fetch(dst, relay.address, missing, SECRET, streams=1)
-            finally:
-                relay.close()
+            stats, relay = relayed_fetch(dst, srv.address, missing, SECRET, streams=1)
         assert stats.deltas and stats.committed == len(missing)
         wire = relay.capture()
         with src.engine.read() as txn:
