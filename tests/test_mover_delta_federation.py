@@ -52,6 +52,7 @@ def test_mover_pull_of_n_plus_1_moves_deltas_and_a2_holds_verified_chunks(
         old = _chunks(fc)
         first = fc.mover_pull("a2", "a1", old)
         assert first["committed"] == len(old) and all(site_has(fc, "a2", old))
+        assert first["deltas"] == 0  # a2 held no base yet
         for i, data in enumerate(v1):
             fc.write_bytes(f"/bank-a/d/f{i}", mutate(data, rng, 20))
         ids = _chunks(fc)
@@ -61,6 +62,7 @@ def test_mover_pull_of_n_plus_1_moves_deltas_and_a2_holds_verified_chunks(
         st = fc.mover_pull("a2", "a1", new, streams=2)
         assert st["committed"] == len(new) and st["chunks"] == len(new)
         assert 0 < st["bytes"] * 4 < whole, (st["bytes"], whole)
+        assert 0 < st["deltas"] <= len(new)  # the site's answer counts them
         assert all(site_has(fc, "a2", ids))
         for cid, b1, b2 in zip(ids, _get(fc, "a1", ids), _get(fc, "a2", ids), strict=True):
             assert decode_blob(b2, expect_id=cid) == decode_blob(b1, expect_id=cid)

@@ -369,7 +369,7 @@ class FederationClient:
         call resumes). `source` is a site name — with `session`, its mover session is
         asked for here and passed on, else `dst` asks for it — or a session.
         Returns the summed stats {bytes, chunks, seconds, streams, retries, requested,
-        skipped, committed}. `timeout` bounds the wait for one batch's answer (the
+        skipped, committed, deltas}. `timeout` bounds the wait for one batch's answer (the
         site's fetch itself fails after 30 s without progress)."""
         if isinstance(source, str) and session:
             source = self.mover_session(source)
@@ -377,13 +377,14 @@ class FederationClient:
             source = MoverSession(str(source["host"]), int(source["port"]),
                                   str(source["secret"]))
         out = {"bytes": 0, "chunks": 0, "seconds": 0.0, "streams": streams, "retries": 0,
-               "requested": 0, "skipped": 0, "committed": 0}
+               "requested": 0, "skipped": 0, "committed": 0, "deltas": 0}
         uniq = list(dict.fromkeys(bytes(c) for c in ids))
         h = self.site(dst).with_timeout(timeout)
         try:
             for i in range(0, len(uniq), PULL_BATCH):
                 st = h.mover_pull(source, uniq[i:i + PULL_BATCH], streams=streams)
-                for k in ("bytes", "chunks", "retries", "requested", "skipped", "committed"):
+                for k in ("bytes", "chunks", "retries", "requested", "skipped", "committed",
+                          "deltas"):
                     out[k] += getattr(st, k)
                 out["seconds"] += st.seconds
         finally:

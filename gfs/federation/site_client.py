@@ -129,6 +129,8 @@ class PullStats:
     requested: int
     skipped: int
     committed: int
+    deltas: int = 0
+    """Chunks that crossed the wire as deltas against a base the site held."""
 
 
 @dataclass(frozen=True)
@@ -493,7 +495,8 @@ class SiteClient:
                                                   "streams": streams})
         return PullStats(str(d["source"]), int(d["bytes"]), int(d["chunks"]),
                          float(d["seconds"]), int(d["streams"]), int(d["retries"]),
-                         int(d["requested"]), int(d["skipped"]), int(d["committed"]))
+                         int(d["requested"]), int(d["skipped"]), int(d["committed"]),
+                         int(d.get("deltas", 0)))
 
 
 __all__ = ["Health", "Listing", "MoverSession", "PullStats", "PutResult", "Record",

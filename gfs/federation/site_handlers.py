@@ -746,7 +746,8 @@ async def mover_pull(request: web.Request) -> web.Response:
     return web.json_response({"source": label, "bytes": st.bytes, "chunks": st.chunks,
                               "seconds": st.seconds, "streams": st.streams,
                               "retries": st.retries, "requested": st.requested,
-                              "skipped": st.skipped, "committed": st.committed})
+                              "skipped": st.skipped, "committed": st.committed,
+                              "deltas": st.deltas})
 
 
 async def status(request: web.Request) -> web.Response:
