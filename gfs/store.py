@@ -450,7 +450,8 @@ class WriteSession:
         with store.engine.read() as txn:  # chunks marked lost by a repair heal when put again
             self._lost = lost_chunks(txn)
             dictionary = delta.current_dictionary(txn) if store.config.delta else None
-        self._planner = (delta.DeltaPlanner(store.source.get_fresh, dictionary)
+        # bases read once per session (a group holding many bases is decompressed once)
+        self._planner = (delta.DeltaPlanner(store.source.batch_reader(), dictionary)
                          if store.config.delta else None)
 
     # -- adding data -----------------------------------------------------------

@@ -157,9 +157,10 @@ class LocalSource:
             base = self._group if _is_member(blob) else self._base
         return blob, decode_blob(blob, expect_id=cid, base=base)
 
-    def _batch_bases(self) -> BaseReader:
+    def batch_reader(self) -> BaseReader:
         """`_base`, remembering up to BATCH_BASE_BYTES of the bases it read, the base of
-        a base too (for one `get_many`; shared by its worker threads)."""
+        a base too (for one `get_many`, shared by its worker threads, or one write
+        session's delta bases); reads from the pools, not the group cache."""
         from gfs.delta import verified_base_reader
 
         kept: dict[bytes, bytes] = {}
@@ -199,7 +200,7 @@ class LocalSource:
         except CorruptChunkError:  # an encrypted pool refuses a damaged segment: whose?
             return [self._alone(cid, loc) for cid, loc in members]
         view = memoryview(data)
-        base = base or self._batch_bases()
+        base = base or self.batch_reader()
         group = self._group if cached_groups else base
         out: list[Checked] = []
         for cid, loc in members:
@@ -237,11 +238,6 @@ class LocalSource:
     def get(self, cid: bytes, *, path: str = "") -> bytes:
         """The verified raw bytes of chunk `cid`; `path` names the file in errors."""
         return self.read_verified(cid, path)[1]
-
-    def get_fresh(self, cid: bytes) -> bytes:
-        """The verified raw bytes of chunk `cid`, its group read from the pools rather
-        than the group cache (a writer's delta bases: writes do not fill the cache)."""
-        return self.read_verified(cid, base=self._base)[1]
 
     def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
         """The verified blob of chunk `cid` as another store or a cache takes it: a delta
@@ -363,7 +359,7 @@ class LocalSource:
                     spans.append(_Span(pool_id, pack, loc.offset, loc.offset + loc.length,
                                        [(cid, loc)]))
         out: dict[bytes, bytes] = {}
-        bases = self._batch_bases()
+        bases = self.batch_reader()
         for results in self.store.executor.map(lambda s: self._fetch_span(s, bases), spans):
             for cid, data in results:
                 if data is None:
