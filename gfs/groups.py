@@ -28,6 +28,7 @@ from gfs.codec import (
 
 if TYPE_CHECKING:
     from gfs.delta import Plan
+    from gfs.meta import ChunkRecord, ReadTxn
 
 #: Chunks under this many bytes without a resembling base are grouped (policy).
 MEMBER_MAX = 64 << 10
@@ -92,3 +93,29 @@ def groupable(raw_len: int, plan: Plan | None) -> bool:
     """Whether a new chunk of `raw_len` bytes with `plan` goes into a group: a small
     chunk without a resembling base (one with a base is tried as a delta first)."""
     return raw_len < MEMBER_MAX and (plan is None or plan.base is None or plan.dictionary)
+
+
+class StoredShares:
+    """Stored bytes a chunk accounts for (`hutong du`): its own copies, plus for a
+    member its share of its group's copies by raw length (groups looked up once)."""
+
+    def __init__(self, txn: ReadTxn) -> None:
+        self._txn = txn
+        self._groups: dict[bytes, tuple[int, int]] = {}  # id -> (raw, stored)
+
+    def __call__(self, rec: ChunkRecord) -> int:
+        own = sum(loc.length for loc in rec.locations)
+        if rec.codec != CODEC_MEMBER:
+            return own
+        from gfs.delta import DELTAS
+
+        gid = self._txn.get_value(DELTAS, rec.id)
+        if gid is None:
+            return own
+        group = self._groups.get(gid)
+        if group is None:
+            grec = self._txn.get_chunk(gid)
+            group = (grec.raw_len, sum(x.length for x in grec.locations)) if grec else (0, 0)
+            self._groups[gid] = group
+        raw, stored = group
+        return own + (stored * rec.raw_len // raw if raw else 0)

@@ -345,3 +345,15 @@ def test_kill9_mid_put_of_small_files(tmp_path: Path) -> None:
         assert after.ok and after.orphan_packs == 0 and after.unreferenced_chunks == 0
     finally:
         fs.close()
+
+
+def test_du_counts_each_members_share_of_its_group(dfs: Client, tmp_path: Path) -> None:
+    """`du` stored bytes: the groups' bytes are shared out among their members, so the
+    whole tree's figure is what its blobs take in the packs."""
+    files = _files(300, 11)
+    _put(dfs, tmp_path / "src", files, "/s")
+    with dfs.engine.read() as txn:  # every chunk here is named by a file, or a group
+        used = sum(p.live_bytes for p in txn.iter_packs())
+    report = dfs.du("/s")
+    # members' shares of their groups round down: within a byte per member
+    assert used - len(_members(dfs)) <= report.stored_bytes <= used
