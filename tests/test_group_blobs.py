@@ -357,3 +357,70 @@ def test_du_counts_each_members_share_of_its_group(dfs: Client, tmp_path: Path) 
     report = dfs.du("/s")
     # members' shares of their groups round down: within a byte per member
     assert used - len(_members(dfs)) <= report.stored_bytes <= used
+
+
+def test_gc_regroups_the_live_members_of_mostly_dead_groups(dfs: Client,
+                                                            tmp_path: Path) -> None:
+    """With most of a group's members gone, gc writes the live ones into a new group,
+    drops the old group, and frees the bytes; everything left reads back."""
+    files = _files(600, 12)
+    _put(dfs, tmp_path / "src", files, "/s")
+    old_groups = set(_members(dfs).values())
+    kept = dict(list(files.items())[::5])
+    for name in files:
+        if name not in kept:
+            dfs.rm(f"/s/{name}")
+    with dfs.engine.read() as txn:
+        before = sum(p.live_bytes for p in txn.iter_packs())
+    report = dfs.gc()
+    assert report.groups_regrouped >= 1
+    members = _members(dfs)
+    assert members and not set(members.values()) & old_groups
+    with dfs.engine.read() as txn:
+        assert all(txn.get_chunk(g) is None for g in old_groups)
+        after = sum(p.live_bytes for p in txn.iter_packs())
+    assert after < before * 0.5
+    dfs.store.source.close()  # no group from the cache
+    for name, data in kept.items():
+        assert dfs.read_bytes(f"/s/{name}") == data
+    final = dfs.fsck()
+    assert final.ok and final.unreferenced_chunks == 0 and final.orphan_packs == 0
+    assert dfs.gc().groups_regrouped == 0  # the new groups are all live
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("step", ["written", "switched"])
+def test_a_regroup_stopped_midway_loses_nothing(tmp_path: Path, step: str) -> None:
+    """gc stopped after writing a new group's pack (not yet switched), or after its
+    first switch: every live file reads back, fsck is clean, the next gc finishes."""
+    fs = Client.init(tmp_path / "state", pack_size=1 << 16, workers=2, delta=True)
+    try:
+        files = _files(600, 13)
+        _put(fs, tmp_path / "src", files, "/s")
+        kept = dict(list(files.items())[::4])
+        for name in files:
+            if name not in kept:
+                fs.rm(f"/s/{name}")
+
+        def stop(at: str, n: int) -> None:
+            if at == step:
+                raise _Stop(at)
+
+        from gfs.gc import collect
+        with pytest.raises(_Stop):
+            collect(fs.store, hook=stop)
+        fs.store.source.close()
+        for name, data in kept.items():
+            assert fs.read_bytes(f"/s/{name}") == data
+        assert fs.fsck().ok
+        fs.gc()
+        report = fs.fsck()
+        assert report.ok and report.unreferenced_chunks == 0 and report.orphan_packs == 0
+        fs.store.source.close()
+        for name, data in kept.items():
+            assert fs.read_bytes(f"/s/{name}") == data
+    finally:
+        fs.close()
