@@ -424,3 +424,33 @@ def test_a_regroup_stopped_midway_loses_nothing(tmp_path: Path, step: str) -> No
             assert fs.read_bytes(f"/s/{name}") == data
     finally:
         fs.close()
+
+
+def test_groups_in_a_pool_encrypted_at_rest(tmp_path: Path) -> None:
+    """In a sealed pool a group is sealed with its pack: no member's bytes and no blob
+    header are in the pool's files, and everything reads back, fsck and gc included."""
+    from gfs.tiering.policy import TierPolicy
+
+    fs = Client.init(tmp_path / "state", pack_size=1 << 20, workers=2, delta=True)
+    try:
+        fs.add_pool("vault", str(tmp_path / "hot"), tier="hot", encrypt=True)
+        with fs.engine.write() as txn:
+            TierPolicy(write_tier="hot").save(txn)
+        files = _files(200, 14)
+        _put(fs, tmp_path / "src", files, "/s")
+        assert len(_members(fs)) > 150
+        stored = b"".join(p.read_bytes() for p in sorted((tmp_path / "hot").rglob("*"))
+                          if p.is_file())
+        assert b"HTCB" not in stored
+        assert not any(data[:32] in stored for data in files.values())
+        fs.store.source.close()
+        for name, data in files.items():
+            assert fs.read_bytes(f"/s/{name}") == data
+        for name in list(files)[40:]:
+            fs.rm(f"/s/{name}")
+        fs.gc()
+        for name, data in list(files.items())[:40]:
+            assert fs.read_bytes(f"/s/{name}") == data
+        assert fs.fsck().ok
+    finally:
+        fs.close()
