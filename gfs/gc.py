@@ -45,6 +45,7 @@ class GcReport:
     packs_repacked: int = 0
     chunks_moved: int = 0
     groups_regrouped: int = 0
+    chunks_grouped: int = 0  # loose small chunks gc put into groups
     orphan_packs: int = 0
     pending_cleared: int = 0
     temporaries_removed: int = 0
@@ -153,18 +154,20 @@ def _delete_objects(store: ChunkStore, packs: list[PackRecord], report: GcReport
 
 
 def _regroup_sparse(store: ChunkStore, report: GcReport, hook: Hook | None) -> int:
-    """Re-group the live members of mostly dead groups (gfs.regroup); returns how many
-    groups were re-grouped."""
+    """Re-group the live members of mostly dead groups, and group loose small chunks
+    (gfs.regroup); returns how many groups and loose chunks were."""
     with store.engine.read() as txn:
         sparse = regroup.sparse_groups(txn)
-    if not sparse:
+        loose = regroup.loose_chunks(txn) if store.config.delta else []
+    if not sparse and not loose:
         return 0
     write_tier = store.placement()
-    done = relocate(store, regroup.regroup_moves(store, sparse),
+    done = relocate(store, regroup.regroup_moves(store, [*sparse.values(), loose]),
                     lambda size: store.choose_pool(write_tier, size, store.usage()), hook=hook)
     report.chunks_moved += done.switched
     report.groups_regrouped += len(sparse)
-    return len(sparse)
+    report.chunks_grouped += len(loose)
+    return len(sparse) + len(loose)
 
 
 def _repack_sparse(store: ChunkStore, report: GcReport, hook: Hook | None) -> None:

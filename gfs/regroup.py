@@ -7,16 +7,21 @@ whose live raw bytes are under `REGROUP_LIVE_SHARE` of the group are read
 packs are written durably, then one transaction per pack records the new
 group and moves each member's location, `deltas` entry and reference to it).
 The old groups fall to refcount 0 and gc deletes them.
+
+In a store that groups (`[store] delta`), gc also groups *loose* small chunks:
+chunks under `groups.MEMBER_MAX` stored whole one by one (files written one
+commit at a time, by `write_bytes` or the mount), once there are at least
+`LOOSE_MIN_BYTES` of them, unless they are a base of another chunk.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from gfs import delta, groups
-from gfs.codec import CODEC_MEMBER, parse_blob_header
+from gfs.codec import CODEC_MEMBER, CODEC_RAW, CODEC_ZSTD, parse_blob_header
 from gfs.meta import ChunkRecord, ReadTxn
 from gfs.relocate import Move
 
@@ -25,6 +30,8 @@ if TYPE_CHECKING:
 
 #: A group is re-grouped when less than this share of its raw bytes is live.
 REGROUP_LIVE_SHARE = 0.5
+#: Loose small chunks are grouped once at least this many raw bytes of them exist.
+LOOSE_MIN_BYTES = 256 << 10
 
 
 def sparse_groups(txn: ReadTxn) -> dict[bytes, list[ChunkRecord]]:
@@ -44,10 +51,23 @@ def sparse_groups(txn: ReadTxn) -> dict[bytes, list[ChunkRecord]]:
     return out
 
 
-def regroup_moves(store: ChunkStore, sparse: dict[bytes, list[ChunkRecord]]
+def loose_chunks(txn: ReadTxn) -> list[ChunkRecord]:
+    """Small chunks stored whole that no other chunk is based on, in the order they
+    were written, if there are at least LOOSE_MIN_BYTES of them (else none)."""
+    bases = {base for _, base in txn.iter_values(delta.DELTAS)}
+    loose = [r for r in txn.iter_chunks()
+             if r.codec in (CODEC_RAW, CODEC_ZSTD) and r.raw_len < groups.MEMBER_MAX
+             and r.refcount and r.locations and r.id not in bases]
+    if sum(r.raw_len for r in loose) < LOOSE_MIN_BYTES:
+        return []
+    return sorted(loose, key=lambda r: (r.locations[0].pack, r.locations[0].offset))
+
+
+def regroup_moves(store: ChunkStore, sparse: Iterable[list[ChunkRecord]]
                   ) -> Iterator[Move]:
-    """The moves that re-group the members of `sparse`: each new group (a new record),
-    then its members (every copy replaced). Members are read verified first."""
+    """The moves that group the chunks of each list in `sparse` (in order, lists
+    sharing groups): each new group (a new record), then its members (every copy
+    replaced). The chunks are read verified first."""
     batch: list[tuple[bytes, bytes]] = []
     size = 0
 
@@ -59,7 +79,7 @@ def regroup_moves(store: ChunkStore, sparse: dict[bytes, list[ChunkRecord]]
         for cid, (h, p) in zip(ids, rest, strict=True):
             yield Move(cid, None, h + bytes(p))
 
-    for recs in sparse.values():
+    for recs in sparse:
         got = store.source.get_many([r.id for r in recs])
         for r in recs:
             batch.append((r.id, got[r.id]))

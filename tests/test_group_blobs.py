@@ -487,3 +487,26 @@ def test_relocating_any_members_or_groups_keeps_them_readable(
         assert fs.fsck().ok
     finally:
         fs.close()
+
+
+def test_gc_groups_small_files_written_one_by_one(dfs: Client) -> None:
+    """Files committed one at a time (write_bytes, the mount) are stored whole; gc puts
+    them into groups once there are enough, and stores fewer bytes; all read back."""
+    files = _files(150, 16)
+    for name, data in files.items():
+        dfs.write_bytes(f"/{name}", data)
+    assert not _members(dfs)
+    with dfs.engine.read() as txn:
+        before = sum(p.live_bytes for p in txn.iter_packs())
+    report = dfs.gc()
+    assert report.chunks_grouped >= 140
+    assert len(_members(dfs)) == report.chunks_grouped
+    with dfs.engine.read() as txn:
+        after = sum(p.live_bytes for p in txn.iter_packs())
+    assert after < before * 0.7
+    dfs.store.source.close()
+    for name, data in files.items():
+        assert dfs.read_bytes(f"/{name}") == data
+    assert dfs.fsck().ok
+    again = dfs.gc()
+    assert again.chunks_grouped == 0 and again.groups_regrouped == 0
