@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gfs import delta
+from gfs import delta, regroup
 from gfs.errors import FormatError, PoolError, PoolObjectMissingError
 from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
 from gfs.packs import PACK_HEADER_LEN, pack_key, parse_pack_head, parse_pack_key
@@ -44,6 +44,8 @@ class GcReport:
     packs_deleted: int = 0
     packs_repacked: int = 0
     chunks_moved: int = 0
+    groups_regrouped: int = 0
+    chunks_grouped: int = 0  # loose small chunks gc put into groups
     orphan_packs: int = 0
     pending_cleared: int = 0
     temporaries_removed: int = 0
@@ -77,6 +79,9 @@ def collect(store: ChunkStore, *, grace: float | None = None,
     with store.gc_exclusive():
         doomed = _drop_dead_chunks(store, report, wait if store.engine.MULTI_HOST else 0)
         _delete_objects(store, doomed, report)
+        if _regroup_sparse(store, report, hook):  # the old groups are dead now
+            doomed = _drop_dead_chunks(store, report, wait if store.engine.MULTI_HOST else 0)
+            _delete_objects(store, doomed, report)
         _repack_sparse(store, report, hook)
         _delete_orphans(store, report, wait)
     report.seconds = time.monotonic() - started
@@ -132,8 +137,9 @@ def _drop_dead_chunks(store: ChunkStore, report: GcReport, grace: float) -> list
             txn.delete_pending(pid)
         return doomed, len(dead), len(waiting), len(pending)
 
-    doomed, report.chunks_removed, report.chunks_waiting, report.pending_cleared = \
-        store.engine.transact(drop)
+    doomed, removed, report.chunks_waiting, cleared = store.engine.transact(drop)
+    report.chunks_removed += removed
+    report.pending_cleared += cleared
     return doomed
 
 
@@ -145,6 +151,23 @@ def _delete_objects(store: ChunkStore, packs: list[PackRecord], report: GcReport
             report.bytes_freed += p.size
         elif outcome == "not owned":
             _not_owned(store, p.pool, report)
+
+
+def _regroup_sparse(store: ChunkStore, report: GcReport, hook: Hook | None) -> int:
+    """Re-group the live members of mostly dead groups, and group loose small chunks
+    (gfs.regroup); returns how many groups and loose chunks were."""
+    with store.engine.read() as txn:
+        sparse = regroup.sparse_groups(txn)
+        loose = regroup.loose_chunks(txn) if store.config.delta else []
+    if not sparse and not loose:
+        return 0
+    write_tier = store.placement()
+    done = relocate(store, regroup.regroup_moves(store, [*sparse.values(), loose]),
+                    lambda size: store.choose_pool(write_tier, size, store.usage()), hook=hook)
+    report.chunks_moved += done.switched
+    report.groups_regrouped += len(sparse)
+    report.chunks_grouped += len(loose)
+    return len(sparse) + len(loose)
 
 
 def _repack_sparse(store: ChunkStore, report: GcReport, hook: Hook | None) -> None:

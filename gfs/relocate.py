@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gfs import delta
-from gfs.codec import BLOB_HEADER_LEN, CODEC_DELTA, Buffer, parse_blob_header
+from gfs.codec import BASED_CODECS, BLOB_HEADER_LEN, Buffer, parse_blob_header
 from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
 from gfs.packs import PackBuilder, pack_key
 
@@ -30,11 +30,13 @@ if TYPE_CHECKING:  # the store calls relocate for repairs
 @dataclass(frozen=True, slots=True)
 class Move:
     """One blob to relocate: chunk `cid`'s verified `blob`, replacing the copy at `old`
-    (None: replacing every recorded copy, as a repair does)."""
+    (None: replacing every recorded copy, as a repair does). With `new`, the chunk has
+    no record yet and gets one (refcount 0: a group whose members follow, gfs.regroup)."""
 
     cid: bytes
     old: Location | None
     blob: Buffer
+    new: bool = False
 
 
 #: (chunk id, blob) -> the blob to write instead (e.g. recompressed for a cold pool).
@@ -68,6 +70,8 @@ class _Staged:
     length: int
     codec: int
     base: bytes | None  # the blob's base when it is a delta
+    raw_len: int
+    new: bool
 
 
 def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
@@ -87,9 +91,10 @@ def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
     for m in moves:
         blob = m.blob if transform is None else transform(m.cid, m.blob)
         head = parse_blob_header(blob)
-        base = delta.base_of(blob) if head.codec == CODEC_DELTA else None
+        base = delta.base_of(blob) if head.codec in BASED_CODECS else None
         offset, length = builder.add(blob[:BLOB_HEADER_LEN], blob[BLOB_HEADER_LEN:])
-        staged.append(_Staged(m.cid, m.old, offset, length, head.codec, base))
+        staged.append(_Staged(m.cid, m.old, offset, length, head.codec, base, head.raw_len,
+                              m.new))
         if builder.size >= store.config.pack_size:
             _write_and_switch(store, builder, staged, pool, out, hook)
             builder, staged = store.new_pack(), []
@@ -115,6 +120,8 @@ def _write_and_switch(store: ChunkStore, builder: PackBuilder, staged: list[_Sta
         refs: Counter[bytes] = Counter()
         for s in staged:
             current = txn.get_chunk(s.cid)
+            if current is None and s.new:
+                current = ChunkRecord(s.cid, s.raw_len, 0, s.codec, 0, ())
             if current is None or (s.old is not None and s.old not in current.locations):
                 continue
             replaced = current.locations if s.old is None else (s.old,)
