@@ -47,6 +47,7 @@ from gfs.codec import (
     BASED_CODECS,
     BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
+    CODEC_DELTA,
     CODEC_RAW,
     BlobHeader,
     chunk_id,
