@@ -160,9 +160,16 @@ def _store_tree(c: Client, root: Path, dest: str) -> None:
         c.write_bytes(f"{dest}/{f.name}", f.read_bytes())
 
 
-def _chunk_ids(c: Client) -> set[bytes]:
+def _file_chunks(c: Client, root: Path, dest: str) -> list[bytes]:
+    """The chunk ids the files of `dest` name (what a user moves: no group chunks nor
+    dictionaries, which stay inside the store that made them)."""
+    ids = (r.id for f in sorted(root.iterdir()) for r in c.manifest(f"{dest}/{f.name}").chunks)
+    return list(dict.fromkeys(ids))
+
+
+def _lacking(c: Client, ids: list[bytes]) -> list[bytes]:
     with c.engine.read() as txn:
-        return {rec.id for rec in txn.iter_chunks()}
+        return [cid for cid in ids if not txn.has_chunk(cid)]
 
 
 def _mover_rows(root: Path, v1: Path, v2: Path, rs2: int, rs2_all: int) -> list[tuple[object, ...]]:
@@ -178,7 +185,7 @@ def _mover_rows(root: Path, v1: Path, v2: Path, rs2: int, rs2_all: int) -> list[
             dst = Client.init(root / f"mv-dst-{on}", delta=on)
             try:
                 _store_tree(dst, v1, "/ds")
-                missing = sorted(_chunk_ids(src) - _chunk_ids(dst))
+                missing = _lacking(dst, _file_chunks(src, v2, "/ds2"))
                 with mover.MoverServer(src, secret) as srv:
                     relay = _CountingRelay(srv.address)
                     try:
