@@ -55,14 +55,20 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import xxhash
 
-from gfs.codec import BLOB_HEADER_LEN, CODEC_RAW, decode_blob, parse_blob_header
+from gfs.codec import (
+    BLOB_HEADER_LEN,
+    CODEC_RAW,
+    BlobHeader,
+    decode_blob,
+    parse_blob_header,
+)
 from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import ConfigError, CorruptChunkError
 from gfs.eviction import DEFAULT_POLICY, make_policy
@@ -355,6 +361,12 @@ class DiskCache:
         with self._lock:
             return cid in self._index
 
+    def missing(self, cids: Iterable[bytes]) -> list[bytes]:
+        """Those of `cids` not on disk now (one lock for all)."""
+        with self._lock:
+            index = self._index
+            return [cid for cid in cids if cid not in index]
+
     def _entry(self, cid: bytes) -> tuple[_Entry, int] | None:
         """(entry, fd) of chunk `cid`, pinning the fd until `_unpin`; None on a miss."""
         with self._lock:
@@ -425,58 +437,60 @@ class DiskCache:
         place. Returns, per item, whether its view now holds the verified chunk (False:
         a miss or a damaged record; the view's contents are then undefined)."""
         ok = [False] * len(items)
+        with self._lock:  # every lookup under one lock: ~16,000 chunks a warm GiB
+            index, fds = self._index, self._fds
+            found = [index.get(cid) for cid, _ in items]
+            pinned = len(items) - found.count(None)
+            self._reading += pinned
+            self._stats.misses += len(items) - pinned
+            fd_of = {e.seg: fds[e.seg] for e in found if e is not None}
+        hits: list[tuple[bytes, _Entry]] = []
+        bad: list[bytes] = []
         runs: list[list[int]] = []
-        found: dict[int, tuple[_Entry, int]] = {}
-        for i, (cid, view) in enumerate(items):
-            got = self._entry(cid)
-            if got is None:
+        end = (-1, -1)  # (segment, offset) where the last run ends
+        for i, e in enumerate(found):
+            if e is None:
                 continue
-            found[i] = got
-            e, fd = got
+            cid, view = items[i]
             if not e.raw or e.length - BLOB_HEADER_LEN != len(view):
                 data = None
                 with contextlib.suppress(OSError, CorruptChunkError):
-                    data = decode_blob(os.pread(fd, e.length, e.off), expect_id=cid)
+                    data = decode_blob(os.pread(fd_of[e.seg], e.length, e.off), expect_id=cid)
                 if data is not None and len(data) == len(view):
                     view[:] = data
                     ok[i] = True
-                    self._unpin(((cid, e),), ())
-                else:
-                    self._unpin((), (cid,))
-                del found[i]
-                continue
-            prev = runs[-1][-1] if runs else None
-            if (prev is not None and prev in found and found[prev][0].seg == e.seg
-                    and found[prev][0].off + found[prev][0].length == e.off
-                    and len(runs[-1]) < _IOV_RECORDS):
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        for run in runs:
-            first, fd = found[run[0]]
-            heads = [bytearray(BLOB_HEADER_LEN) for _ in run]
-            iov: list[bytearray | memoryview] = []
-            for h, i in zip(heads, run, strict=True):
-                iov += (h, items[i][1])
-            total = sum(found[i][0].length for i in run)
-            try:
-                n = os.preadv(fd, iov, first.off)
-            except OSError:
-                n = -1
-            hits: list[tuple[bytes, _Entry]] = []
-            bad: list[bytes] = []
-            for h, i in zip(heads, run, strict=True):
-                cid, view = items[i]
-                e = found[i][0]
-                good = n == total and _verified(h, view, cid)
-                ok[i] = good
-                if good:
                     hits.append((cid, e))
                 else:
                     bad.append(cid)
-            with self._lock:  # one pin per item was taken by _entry
-                self._reading -= len(run) - 1
-            self._unpin(hits, bad)
+                continue
+            if end == (e.seg, e.off) and len(runs[-1]) < _IOV_RECORDS:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+            end = (e.seg, e.off + e.length)
+        for run in runs:
+            heads = [bytearray(BLOB_HEADER_LEN) for _ in run]
+            iov: list[bytearray | memoryview] = []
+            total = 0
+            for h, i in zip(heads, run, strict=True):
+                iov += (h, items[i][1])
+                total += found[i].length  # type: ignore[union-attr]
+            first = found[run[0]]
+            assert first is not None
+            try:
+                n = os.preadv(fd_of[first.seg], iov, first.off)
+            except OSError:
+                n = -1
+            for h, i in zip(heads, run, strict=True):
+                cid, view = items[i]
+                if n == total and _verified(h, view, cid):
+                    ok[i] = True
+                    hits.append((cid, found[i]))  # type: ignore[arg-type]
+                else:
+                    bad.append(cid)
+        with self._lock:  # one pin per found item was taken above
+            self._reading -= pinned - 1
+        self._unpin(hits, bad)
         return ok
 
     # -- admitting ---------------------------------------------------------------------
@@ -586,12 +600,13 @@ class DiskCache:
 def _verified(head: bytearray, view: memoryview, cid: bytes) -> bool:
     """Whether a header read into `head` and the payload read into `view` are the whole
     raw blob of chunk `cid`."""
-    try:
-        h = parse_blob_header(head)
-    except CorruptChunkError:
-        return False
-    return (h.chunk_id == cid and h.codec == CODEC_RAW and h.payload_len == len(view)
-            and xxhash.xxh3_128_digest(view) == cid)
+    return head == _raw_header(cid, len(view)) and xxhash.xxh3_128_digest(view) == cid
+
+
+def _raw_header(cid: bytes, n: int) -> bytes:
+    """The one header a raw blob of chunk `cid` of `n` bytes can have (comparing it is
+    stricter and cheaper than parsing: ~1 us a chunk instead of ~4)."""
+    return BlobHeader(CODEC_RAW, 0, n, n, cid).to_bytes()
 
 
 def open_tier(state: str | os.PathLike[str], mode: str, directory: str | None = None,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 
 from gfs.client import Client
-from gfs.codec import encode_blob
+from gfs.codec import CODEC_RAW, BlobHeader, encode_blob
 from gfs.disk_cache import DiskCache, cache_capacity, cache_dir, offline_stats
 from gfs.errors import ConfigError
 from gfs.eviction import POLICIES, make_policy
@@ -168,6 +169,52 @@ def test_read_into_reads_a_run_with_one_preadv(tmp_path: Path,
         at += len(raw)
     assert d.read_into(views) == [True] * 20
     assert bytes(out) == b"".join(raws) and calls == [40]
+    d.close()
+
+
+class _CountingLock:
+    """A lock that counts its acquisitions."""
+
+    def __init__(self, inner: threading.Lock) -> None:
+        self.inner, self.taken = inner, 0
+
+    def __enter__(self) -> None:
+        self.inner.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+
+
+def test_read_into_looks_chunks_up_together(tmp_path: Path) -> None:
+    """A large read looks up all its chunks and counts their hits under the tier's lock
+    a few times, not once or twice per chunk (~16,000 chunks a warm GiB); a header
+    that is not the one the chunk's raw blob must have is refused."""
+    d = DiskCache(tmp_path / "cache", capacity=64 << 20, admit_local=True)
+    raws = [os.urandom(3000 + i) for i in range(50)]
+    for raw in raws:
+        d.put(*_blob(raw))
+    lock = _CountingLock(d._lock)
+    d._lock = lock  # type: ignore[assignment]
+    out = bytearray(sum(map(len, raws)))
+    views, at = [], 0
+    for raw in raws:
+        views.append((_blob(raw)[0], memoryview(out)[at:at + len(raw)]))
+        at += len(raw)
+    missing = (os.urandom(16), memoryview(bytearray(10)))
+    assert d.read_into([*views, missing]) == [True] * 50 + [False]
+    assert bytes(out) == b"".join(raws)
+    assert lock.taken <= 4, lock.taken
+    assert d.stats().hits == 50 and d.stats().misses == 1
+    d._lock = lock.inner
+    cid, blob = _blob(os.urandom(4000))
+    d.put(cid, blob)
+    p, off = _segment_with(tmp_path / "cache", blob)
+    with open(p, "r+b") as f:  # the header's length fields say 3999, the check matches
+        f.seek(off)
+        f.write(BlobHeader(CODEC_RAW, 0, 3999, 3999, cid).to_bytes())
+    assert d.read_into([(cid, memoryview(bytearray(4000)))]) == [False]
+    assert cid not in d
     d.close()
 
 
