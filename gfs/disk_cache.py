@@ -8,6 +8,8 @@ Layout (`CACHE` is `STATE/cache` unless configured; see `cache_dir`):
     CACHE/segments/000000000007.seg a sealed segment: blobs back to back, each a whole
                                     stored blob (its 36-byte header names the chunk and
                                     the payload length), never changed again
+    CACHE/segments/000000000007.idx the index of sealed segment 7 (written when it is
+                                    sealed; checksummed, see `_write_index`)
     CACHE/segments/000000000008.open the segment being appended to (one at a time)
     CACHE/stats.json                counters, saved every few seconds and on close
 
@@ -17,7 +19,13 @@ a reader admitted in order lie back to back, and a run of them is read with one
 `preadv` straight into the reader's buffer (`read_into`).
 
 The index (chunk id -> segment, offset, length) lives in memory and is rebuilt
-when the tier is opened by walking each segment's blob headers. An entry becomes
+when the tier is opened: from a sealed segment's `.idx` file (one read per
+segment: a 10 GiB tier is ~160 reads instead of ~140,000 header reads), or, when
+that file is missing, damaged (its checksum), or describes a segment of another
+size, by walking the segment's blob headers (and the owner writes the file
+again). The `.idx` file only says where records are: every read still verifies
+the record itself, so a lying index file can cause a miss, never a wrong byte.
+An entry becomes
 visible only after its bytes are written (`put` appends, then indexes). A crash
 can leave a torn tail in the open segment: the walk stops at the first header
 that does not parse or whose blob overruns the file, the file is cut there and
@@ -53,6 +61,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -90,6 +99,12 @@ _COUNTERS = ("hits", "misses", "admitted", "evictions", "corrupt_dropped", "byte
              "bytes_read")
 #: Buffers one preadv takes at most (IOV_MAX is 1024 on Linux; two per record).
 _IOV_RECORDS = 500
+#: A segment index file: magic, format, segment number, segment bytes, records; then
+#: per record chunk id, offset, blob bytes, raw flag; then xxh3-128 of all before it.
+_IDX_MAGIC = b"HTSX"
+_IDX_HEAD = struct.Struct("<4sHQQI")
+_IDX_RECORD = struct.Struct("<16sQIB")
+_IDX_FORMAT = 1
 
 
 def cache_dir(state: str | os.PathLike[str], arg: str | os.PathLike[str] | None = None) -> Path:
@@ -157,6 +172,39 @@ class _Entry(NamedTuple):
 
 def _seg_name(seg: int, sealed: bool) -> str:
     return f"{seg:012d}.{'seg' if sealed else 'open'}"
+
+
+def _idx_name(seg: int) -> str:
+    return f"{seg:012d}.idx"
+
+
+def _index_bytes(seg: int, size: int, records: Sequence[tuple[bytes, _Entry]]) -> bytes:
+    """The `.idx` file of sealed segment `seg` of `size` bytes holding `records`."""
+    body = b"".join([_IDX_HEAD.pack(_IDX_MAGIC, _IDX_FORMAT, seg, size, len(records)),
+                     *(_IDX_RECORD.pack(cid, e.off, e.length, e.raw) for cid, e in records)])
+    return body + xxhash.xxh3_128_digest(body)
+
+
+def _read_index(path: Path, seg: int, size: int) -> list[tuple[bytes, _Entry]] | None:
+    """The records of sealed segment `seg` (`size` bytes now) from its `.idx` file; None
+    if the file is missing, damaged, of another segment or of another size."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    body, check = data[:-16], data[-16:]
+    if len(body) < _IDX_HEAD.size or xxhash.xxh3_128_digest(body) != check:
+        return None
+    magic, fmt, number, seg_size, count = _IDX_HEAD.unpack_from(body)
+    if (magic, fmt, number, seg_size) != (_IDX_MAGIC, _IDX_FORMAT, seg, size) or \
+            len(body) != _IDX_HEAD.size + count * _IDX_RECORD.size:
+        return None
+    out = []
+    for cid, off, length, raw in _IDX_RECORD.iter_unpack(body[_IDX_HEAD.size:]):
+        if off + length > size or length < BLOB_HEADER_LEN:
+            return None
+        out.append((cid, _Entry(0, off, length, bool(raw))))
+    return out
 
 
 def _walk(fd: int, start: int = 0) -> tuple[list[tuple[bytes, _Entry]], int]:
@@ -262,15 +310,22 @@ class DiskCache:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             except OSError:
                 continue
-            records, end = _walk(fd)
+            size = os.fstat(fd).st_size
+            indexed = _read_index(self._segs / _idx_name(seg), seg, size) if sealed else None
+            if indexed is not None:
+                records, end = indexed, size
+            else:
+                records, end = _walk(fd)
             if not sealed:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, end)
                     os.fsync(fd)
                     os.replace(path, self._segs / _seg_name(seg, True))
-            elif end != os.fstat(fd).st_size:
+            elif end != size:
                 log.warning("disk cache segment %s: bytes after offset %d are not whole "
                             "chunks and are ignored", path, end)
+            if indexed is None:
+                self._write_index(seg, end, records)
             self._fds[seg] = fd
             self._add(seg, records)
             self._sizes[seg] = end
@@ -284,6 +339,10 @@ class DiskCache:
             stem, _, ext = entry.name.partition(".")
             if ext in ("seg", "open") and stem.isdigit():
                 found.append((int(stem), ext == "seg", Path(entry.path)))
+            elif ext == "idx" and stem.isdigit():
+                if self.owner and not os.path.exists(self._segs / _seg_name(int(stem), True)):
+                    with contextlib.suppress(OSError):  # its segment was evicted
+                        os.unlink(entry.path)
             elif self.owner:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
@@ -298,7 +357,7 @@ class DiskCache:
         with self._lock:
             for seg in [s for s in self._fds if s not in present]:
                 self._forget(seg)
-        for seg, _, path in listing:
+        for seg, sealed, path in listing:
             with self._lock:
                 fd = self._fds.get(seg)
                 start = self._sizes.get(seg, 0)
@@ -307,7 +366,11 @@ class DiskCache:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError:
                     continue
-            records, end = _walk(fd, start)
+            indexed = None
+            if sealed and start == 0:
+                size = os.fstat(fd).st_size
+                indexed = _read_index(self._segs / _idx_name(seg), seg, size)
+            records, end = (indexed, size) if indexed is not None else _walk(fd, start)
             with self._lock:
                 if self._fds.setdefault(seg, fd) != fd:  # another thread's scan opened it
                     os.close(fd)
@@ -337,8 +400,9 @@ class DiskCache:
     def _drop(self, seg: int) -> None:
         """Evict segment `seg`: out of the index, its file deleted (owner, under the lock)."""
         self._forget(seg)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._segs / _seg_name(seg, True))
+        for name in (_seg_name(seg, True), _idx_name(seg)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._segs / name)
 
     def _seal(self) -> None:
         """Seal the open segment: rename it to .seg and hand it to the eviction policy
@@ -352,9 +416,27 @@ class DiskCache:
             os.replace(self._segs / _seg_name(seg, False), self._segs / _seg_name(seg, True))
         except OSError as e:
             log.warning("disk cache %s: cannot seal segment %d (%s)", self.root, seg, e.strerror)
+        else:
+            with self._lock:
+                index = self._index
+                records = [(cid, rec) for cid in self._members.get(seg, ())
+                           if (rec := index.get(cid)) is not None and rec.seg == seg]
+            self._write_index(seg, self._open_end, records)
         with self._lock:
             for old in self._policy.admit(self._key(seg), self._open_end):
                 self._drop(int.from_bytes(old, "big"))
+
+    def _write_index(self, seg: int, size: int, records: Sequence[tuple[bytes, _Entry]]
+                     ) -> None:
+        """Write the `.idx` file of sealed segment `seg` (owner; a temporary file renamed
+        into place, without an fsync: a damaged one is rebuilt from the headers)."""
+        tmp = self._segs / f".{_idx_name(seg)}.tmp"
+        try:
+            tmp.write_bytes(_index_bytes(seg, size, records))
+            os.replace(tmp, self._segs / _idx_name(seg))
+        except OSError as e:
+            log.warning("disk cache %s: cannot write the index of segment %d (%s)",
+                        self.root, seg, e.strerror)
 
     # -- reading -----------------------------------------------------------------------
     def __contains__(self, cid: object) -> bool:
@@ -631,18 +713,25 @@ def read_saved(root: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def scan_usage(root: str | os.PathLike[str]) -> tuple[int, int]:
-    """(chunks, bytes) in the segments under `root`, from their blob headers."""
+    """(chunks, bytes) in the segments under `root`, from their index files or else
+    their blob headers."""
     chunks = size = 0
     segs = Path(root) / SEGMENTS
     if not segs.is_dir():
         return 0, 0
     for entry in os.scandir(segs):
+        stem, _, ext = entry.name.partition(".")
+        if ext not in ("seg", "open") or not stem.isdigit():
+            continue
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
         try:
-            records, end = _walk(fd)
+            end = os.fstat(fd).st_size
+            indexed = _read_index(segs / _idx_name(int(stem)), int(stem), end) \
+                if ext == "seg" else None
+            records, end = (indexed, end) if indexed is not None else _walk(fd)
         finally:
             os.close(fd)
         chunks += len(records)
