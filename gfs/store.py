@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
-from gfs import chunking, delta, pool_keys
+from gfs import chunking, delta, namespace, pool_keys
 from gfs.codec import (
     CHUNK_ID_LEN,
     CODEC_DELTA,
@@ -704,11 +704,12 @@ class WriteSession:
                 txn.put_pack(PackRecord(p.pack_id, self._pack_pool[p.pack_id], p.size, p.nblobs,
                                         n, nbytes, created))
             deltas: Counter[bytes] = Counter()
-            for refs, action in self._files:
-                old = action(txn, refs)
-                deltas.update(r.id for r in refs)
-                if old is not None:
-                    deltas.subtract(r.id for r in old.chunks)
+            with namespace.versions_coalesced(txn):
+                for refs, action in self._files:
+                    old = action(txn, refs)
+                    deltas.update(r.id for r in refs)
+                    if old is not None:
+                        deltas.subtract(r.id for r in old.chunks)
             deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base
             if self._dict_added is not None:
                 delta.set_dictionary(txn, self._dict_added)
