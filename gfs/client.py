@@ -650,7 +650,11 @@ class Client:
             top = namespace.resolve(txn, norm)
             if os.path.isdir(dest) and norm != "/":
                 dest = os.path.join(dest, paths.split(norm)[-1])
-            for leaving, p, node in _walk_ns(txn, top, dest):  # refuse conflicts first
+            # Refuse conflicts first. Nothing exists below a missing destination, so a
+            # get into a new directory skips this walk (a second pass over every inode
+            # and a stat of every local path: 12,227 of each for smallfiles --quick).
+            conflicts = _walk_ns(txn, top, dest) if os.path.lexists(dest) else iter(())
+            for leaving, p, node in conflicts:
                 if leaving:
                     continue
                 if node.kind == Kind.DIR:
