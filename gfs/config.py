@@ -58,7 +58,10 @@ class StoreConfig:
     zstd_level: int = _setting(3, -7, 22)
     pack_size: int = _setting(16 * 1024 * 1024, 1 << 16, 1 << 30, "size")
     workers: int = _setting(0, 0, 256)
-    commit_files: int = _setting(2000, 1, 1_000_000)
+    #: Files per commit batch: each commit leaves the LMDB pages it copied free, so
+    #: fewer commits keep the metadata file smaller (3.38 -> 2.93 MB for smallfiles
+    #: --quick with one commit per snapshot instead of five).
+    commit_files: int = _setting(8000, 1, 1_000_000)
     cache_bytes: int = _setting(64 * 1024 * 1024, 0, 1 << 40, "size")
     #: Seconds gc waits before it deletes what a writer on another host may still
     #: use: an unknown pack of this store in a shared pool, a dead chunk on a

@@ -436,6 +436,7 @@ class WriteSession:
         self._group: list[tuple[bytes, Buffer]] = []
         self._group_bytes = 0
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
+        self._queued_files = 0  # files in `_files` (the rest are directory actions)
         # Delta chunks (docs/format.md "Resemblance and delta chunks"), when enabled.
         self._plans: list[delta.Plan | None] = []
         self._delta_meta: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
@@ -645,15 +646,20 @@ class WriteSession:
         """Queue a file for the next commit; `action` applies it to the namespace."""
         self.stats.files += 1
         self.stats.logical_bytes += sum(r.length for r in refs)
+        self._queued_files += 1
         self.add_action(action, refs)
 
     def add_action(self, action: CommitAction, refs: list[ChunkRef] | None = None) -> None:
         """Queue a namespace change (mkdir, symlink, attributes) for the next commit.
 
-        Actions run in the order they were added, inside the commit transaction.
+        Actions run in the order they were added, inside the commit transaction. A
+        commit comes after `commit_files` files, however many directory actions are
+        queued with them: each commit leaves the pages it copied free in the LMDB
+        file, and counting a tree's directories twice (entering, leaving) made 5
+        commits of 3,656 files and a metadata file 13% larger (smallfiles --quick).
         """
         self._files.append((refs or [], action))
-        if self._flushed or len(self._files) >= self.store.config.commit_files:
+        if self._flushed or self._queued_files >= self.store.config.commit_files:
             self.commit()
 
     def commit(self) -> None:
@@ -722,6 +728,7 @@ class WriteSession:
         self._new.clear()
         self._flushed.clear()
         self._files.clear()
+        self._queued_files = 0
         self._delta_meta.clear()
         self._dict_added = None
         if self._planner is not None:
@@ -748,6 +755,7 @@ class WriteSession:
         self._new.clear()
         self._flushed.clear()
         self._files.clear()
+        self._queued_files = 0
 
 
 def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],

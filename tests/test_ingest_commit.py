@@ -57,3 +57,18 @@ def test_coalesced_versions_advance_once_and_nothing_on_an_error(tmp_path: Path)
         assert fs.stat("/d").version == v0 + 1
         assert "/d/g" not in [s.path for s in fs.ls("/d")]
         assert namespace._COALESCED == {}
+
+
+def test_a_commit_batch_counts_files_not_directory_actions(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for d in range(20):
+        (src / f"d{d:02d}").mkdir(parents=True)
+        (src / f"d{d:02d}" / "f").write_bytes(b"%d" % d)
+    with Client.init(tmp_path / "s", commit_files=21) as fs:
+        report = fs.put(str(src), "/t")
+        # 20 files and 41 directory actions (each directory entered and left): one
+        # commit, at the end; counting the actions made three
+        assert report.write is not None and report.write.commits == 1
+        assert len(fs.ls("/t")) == 20
+    with Client.init(tmp_path / "s2", commit_files=7) as fs:
+        assert fs.put(str(src), "/t").write.commits == 3  # type: ignore[union-attr]
