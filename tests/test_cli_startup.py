@@ -15,11 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gfs.cli import EXTENSIONS, _command_of, main
 from gfs.client import Client
 from gfs.config import FIELDS, StoreConfig, plain
 from gfs.errors import SchemaError
 
-#: Modules a plain command must not load (each costs 20-200 ms of CPU to import).
+#: Modules no plain command may load (each costs 20-200 ms of CPU to import).
 HEAVY = ("pydantic", "aiohttp", "pyarrow", "tenseal", "psycopg", "prometheus_client",
          "distributed", "dask")
 
@@ -30,12 +31,15 @@ code = main(sys.argv[1:])
 heavy = {heavy!r}
 print(json.dumps([code, sorted(m for m in heavy if m in sys.modules)]))
 """
+#: ... nor, for the commands defined in gfs.cli, the other command modules (their
+#: parsers cost ~40 ms to build).
+NOT_LOADED = (*HEAVY, *EXTENSIONS)
 
 
 def _run(*argv: str) -> tuple[int, list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUTONG_")}
     env["HUTONG_PROFILES"] = "/nonexistent/profiles.toml"
-    out = subprocess.run([sys.executable, "-c", _RUN.format(heavy=HEAVY), *argv], env=env,
+    out = subprocess.run([sys.executable, "-c", _RUN.format(heavy=NOT_LOADED), *argv], env=env,
                          capture_output=True, text=True, timeout=120, check=True).stdout
     code, loaded = json.loads(out.strip().splitlines()[-1])
     return int(code), list(loaded)
@@ -106,3 +110,16 @@ def test_the_plain_check_accepts_only_what_the_model_accepts_alike(
     if fast is not None:
         assert slow == fast
         assert all(type(fast[k]) is type(slow[k]) for k in fast)
+
+
+def test_the_command_is_found_after_hutong_own_options_or_left_to_the_parser(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _command_of(["--state", "s", "-q", "--profile=p", "put", "a", "b"]) == "put"
+    assert _command_of(["-v", "--state=s", "tier", "policy"]) == "tier"
+    for unclear in ([], ["--help"], ["-qv", "ls"], ["--state"], ["--version"]):
+        assert _command_of(unclear) is None
+    state = str(tmp_path / "s")
+    assert main(["--state", state, "init"]) == 0
+    capsys.readouterr()
+    assert main(["--state", state, "tier", "policy", "show"]) == 0  # an extension's command
+    assert '"write_tier": "warm"' in capsys.readouterr().out
