@@ -72,3 +72,15 @@ def test_a_commit_batch_counts_files_not_directory_actions(tmp_path: Path) -> No
         assert len(fs.ls("/t")) == 20
     with Client.init(tmp_path / "s2", commit_files=7) as fs:
         assert fs.put(str(src), "/t").write.commits == 3  # type: ignore[union-attr]
+
+
+def test_a_put_counts_subdirectories_in_the_batch_write(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for d in range(5):
+        (src / f"d{d}" / "inner").mkdir(parents=True)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        with fs.engine.read() as txn:
+            top = namespace.resolve(txn, "/t")
+            assert top.nlink == 2 + 5 and top.version <= 3
+            assert all(namespace.resolve(txn, f"/t/d{d}").nlink == 3 for d in range(5))
