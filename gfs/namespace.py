@@ -12,6 +12,7 @@ import os
 import stat as statmod
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 
 from gfs import paths
@@ -112,6 +113,10 @@ def _touch_dir(txn: WriteTxn, parent: Inode, now: int, subdirs: int = 0) -> Inod
 
 def _count_subdirs(txn: WriteTxn, parent: int, delta: int) -> None:
     """Add `delta` to directory `parent`'s link count (if known), times unchanged."""
+    pending = _COALESCED.get(id(txn))
+    if pending is not None:
+        pending[parent] = pending.get(parent, 0) + delta
+        return
     cur = get(txn, parent)
     nlink = cur.nlink + delta if cur.nlink >= 2 else cur.nlink
     txn.put_inode(replace(cur, nlink=nlink, version=cur.version + 1))
@@ -126,9 +131,45 @@ def entries_changed(txn: WriteTxn, parent: int) -> None:
     of this module that changes entries does it; call this after changing entries
     with the engine's primitives (`txn.link`, `txn.unlink`) directly.
     """
+    pending = _COALESCED.get(id(txn))
+    if pending is not None:
+        pending.setdefault(parent, 0)
+        return
     cur = txn.get_inode(parent)
     if cur is not None and cur.kind == Kind.DIR:
         txn.put_inode(replace(cur, version=cur.version + 1))
+
+
+#: By transaction (id) in `versions_coalesced`: the directories whose version
+#: `entries_changed` and `_count_subdirs` owe, with the link count change owed.
+_COALESCED: dict[int, dict[int, int]] = {}
+
+
+@contextmanager
+def versions_coalesced(txn: WriteTxn) -> Iterator[None]:
+    """In the block, `entries_changed` advances each directory's version once, when the
+    block ends, however many of its entries change, and the subdirectories added
+    (`mkdir_in(touch=False)`) reach its link count in the same write; readers only ever
+    see committed versions, so one step per transaction is enough. A put's commit
+    batch rewrote a directory's inode once per entry (6,111 + 2,454 inode writes for
+    3,656 files in 2,454 directories of the small-files bench). Inside the block a
+    directory's link count lags; on an exception nothing is written (the transaction
+    aborts)."""
+    key = id(txn)
+    if key in _COALESCED:  # nested: the outer block advances them
+        yield
+        return
+    pending: dict[int, int] = {}
+    _COALESCED[key] = pending
+    try:
+        yield
+    finally:
+        del _COALESCED[key]
+    for ino, subdirs in sorted(pending.items()):
+        cur = txn.get_inode(ino)
+        if cur is not None and cur.kind == Kind.DIR:
+            nlink = cur.nlink + subdirs if cur.nlink >= 2 else cur.nlink
+            txn.put_inode(replace(cur, nlink=nlink, version=cur.version + 1))
 
 
 def _new_inode(txn: WriteTxn, parent: int, kind: Kind, mode: int, now: int,
