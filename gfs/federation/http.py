@@ -22,6 +22,7 @@ from aiohttp import web
 from gfs import errors as gerr
 from gfs.errors import FormatError, HutongError
 from gfs.federation.auth import AuthError, EntityKeys, audience_of, check_body
+from gfs.federation.tcp import prefer_bbr
 
 if TYPE_CHECKING:
     from gfs.federation.tls import Trust
@@ -221,6 +222,7 @@ class _TlsConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
+        prefer_bbr(self.sock)
         self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_name)
         der = self.sock.getpeercert(binary_form=True)
         if self._check is not None and der is not None:
