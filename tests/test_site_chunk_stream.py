@@ -107,3 +107,13 @@ def test_a_reader_that_stops_reading_holds_a_few_parts_and_stalls_nobody(
             assert [f[16:32] for f in frames] == ids
         finally:
             conn.close()
+
+
+def test_a_stranger_asking_many_chunks_gets_a_refusal_and_no_chunk(
+        served: Served) -> None:  # noqa: F811
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = _store(sc, 3 * PART, 1024)
+    before = _served_total(served)
+    with served.client(None, PROMPT) as stranger, pytest.raises(PermissionError):
+        stranger.get(ids)  # unsigned: refused on the headers, before any part is read
+    assert _served_total(served) == before
