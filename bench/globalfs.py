@@ -91,6 +91,8 @@ class Plan:
     iperf_seconds: int
     budget: float
     """Seconds at most for the stats and for the creates of one system."""
+    reads_only: bool = False
+    """Only the cold and warm reads (`--reads`): no listings, stats, creates, JuiceFS."""
 
 
 FULL = Plan(1 << 30, 10_000, 1_000, 6, 60.0)
@@ -138,6 +140,8 @@ def measure_tree(base: Path, ds: Dataset, plan: Plan, drop: Sequence[Path] = (),
     t = Tree()
     t.cold = sequential_read(base / "big.bin", ds.size, cold=True, drop=tuple(drop))
     t.warm = sequential_read(base / "big.bin", ds.size, cold=False)
+    if plan.reads_only:
+        return t
 
     def ls() -> Timing:
         return ls_l(base / "list", ds.entries, timeout=max(300.0, plan.budget))
@@ -321,7 +325,7 @@ def run(work: Path, plan: Plan) -> Results:
     ds = make_dataset(work, plan.size, plan.entries, plan.creates)
     done("data set written")
     ours_why = _federated.unavailable_reason()
-    jfs_why = _juicefs.unavailable_reason()
+    jfs_why = "--reads: only our reads" if plan.reads_only else _juicefs.unavailable_reason()
     if ours_why:
         res.why_not["ours"] = ours_why
     if jfs_why:
@@ -443,15 +447,18 @@ def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
             emb_warm, "embedded", 0.8)
     v.ratio("warm_wan_jfs", "WAN", f"warm re-read {mib}", "juicefs mount",
             jfs.warm if jfs else None, emb_warm, "embedded", None)
-    for key, system, tree in (("mount", "hutong mount", mount), ("jfs", "juicefs mount", jfs)):
+    listed = () if plan.reads_only else (("mount", "hutong mount", mount),
+                                         ("jfs", "juicefs mount", jfs))
+    for key, system, tree in listed:
         v.round_trips(f"ls_{key}_rtts", f"ls -l of {plan.entries} entries", system,
                       tree.ls if tree else None, key == "mount", emb.ls if emb else None,
                       tree.ls_trips if tree else None)
         v.round_trips(f"stat_{key}_rtts", f"stat of {plan.entries} files", system,
                       tree.stat if tree else None, key == "mount", emb.stat if emb else None,
                       tree.stat_trips if tree else None)
-    for system, tree in (("hutong mount", mount), ("juicefs mount", jfs),
-                         ("embedded mount (lo)", emb)):
+    for system, tree in () if plan.reads_only else (("hutong mount", mount),
+                                                     ("juicefs mount", jfs),
+                                                     ("embedded mount (lo)", emb)):
         c = tree.creates if tree else None
         v.rows.append(["WAN" if "lo" not in system else "loopback",
                        f"{plan.creates} creates of 4 KiB", system,
@@ -497,6 +504,9 @@ def main(argv: list[str]) -> int:
                     help="32 MiB file, 1,000 entries, 100 creates (about a minute)")
     ap.add_argument("--size", type=size_arg, help="large file size (1GiB)")
     ap.add_argument("--entries", type=int, help="entries per listed directory (10000)")
+    ap.add_argument("--reads", action="store_true",
+                    help="only the cold and warm read rows (no listings, stats, creates "
+                         "nor JuiceFS)")
     ap.add_argument("--dir", help="work directory (default: a temporary one)")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -504,6 +514,8 @@ def main(argv: list[str]) -> int:
         plan = dataclasses.replace(plan, size=args.size)
     if args.entries:
         plan = dataclasses.replace(plan, entries=args.entries)
+    if args.reads:
+        plan = dataclasses.replace(plan, reads_only=True)
     why = unavailable_reason()
     if why:
         print(f"bench globalfs: cannot build the emulated WAN: {why}", file=sys.stderr)

@@ -8,6 +8,8 @@ Layout (`CACHE` is `STATE/cache` unless configured; see `cache_dir`):
     CACHE/segments/000000000007.seg a sealed segment: blobs back to back, each a whole
                                     stored blob (its 36-byte header names the chunk and
                                     the payload length), never changed again
+    CACHE/segments/000000000007.idx the index of sealed segment 7 (written when it is
+                                    sealed; checksummed, see `_write_index`)
     CACHE/segments/000000000008.open the segment being appended to (one at a time)
     CACHE/stats.json                counters, saved every few seconds and on close
 
@@ -17,7 +19,13 @@ a reader admitted in order lie back to back, and a run of them is read with one
 `preadv` straight into the reader's buffer (`read_into`).
 
 The index (chunk id -> segment, offset, length) lives in memory and is rebuilt
-when the tier is opened by walking each segment's blob headers. An entry becomes
+when the tier is opened: from a sealed segment's `.idx` file (one read per
+segment: a 10 GiB tier is ~160 reads instead of ~140,000 header reads), or, when
+that file is missing, damaged (its checksum), or describes a segment of another
+size, by walking the segment's blob headers (and the owner writes the file
+again). The `.idx` file only says where records are: every read still verifies
+the record itself, so a lying index file can cause a miss, never a wrong byte.
+An entry becomes
 visible only after its bytes are written (`put` appends, then indexes). A crash
 can leave a torn tail in the open segment: the walk stops at the first header
 that does not parse or whose blob overruns the file, the file is cut there and
@@ -53,16 +61,23 @@ import json
 import logging
 import os
 import shutil
+import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import xxhash
 
-from gfs.codec import BLOB_HEADER_LEN, CODEC_RAW, decode_blob, parse_blob_header
+from gfs.codec import (
+    BLOB_HEADER_LEN,
+    CODEC_RAW,
+    BlobHeader,
+    decode_blob,
+    parse_blob_header,
+)
 from gfs.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from gfs.errors import ConfigError, CorruptChunkError
 from gfs.eviction import DEFAULT_POLICY, make_policy
@@ -84,6 +99,12 @@ _COUNTERS = ("hits", "misses", "admitted", "evictions", "corrupt_dropped", "byte
              "bytes_read")
 #: Buffers one preadv takes at most (IOV_MAX is 1024 on Linux; two per record).
 _IOV_RECORDS = 500
+#: A segment index file: magic, format, segment number, segment bytes, records; then
+#: per record chunk id, offset, blob bytes, raw flag; then xxh3-128 of all before it.
+_IDX_MAGIC = b"HTSX"
+_IDX_HEAD = struct.Struct("<4sHQQI")
+_IDX_RECORD = struct.Struct("<16sQIB")
+_IDX_FORMAT = 1
 
 
 def cache_dir(state: str | os.PathLike[str], arg: str | os.PathLike[str] | None = None) -> Path:
@@ -151,6 +172,39 @@ class _Entry(NamedTuple):
 
 def _seg_name(seg: int, sealed: bool) -> str:
     return f"{seg:012d}.{'seg' if sealed else 'open'}"
+
+
+def _idx_name(seg: int) -> str:
+    return f"{seg:012d}.idx"
+
+
+def _index_bytes(seg: int, size: int, records: Sequence[tuple[bytes, _Entry]]) -> bytes:
+    """The `.idx` file of sealed segment `seg` of `size` bytes holding `records`."""
+    body = b"".join([_IDX_HEAD.pack(_IDX_MAGIC, _IDX_FORMAT, seg, size, len(records)),
+                     *(_IDX_RECORD.pack(cid, e.off, e.length, e.raw) for cid, e in records)])
+    return body + xxhash.xxh3_128_digest(body)
+
+
+def _read_index(path: Path, seg: int, size: int) -> list[tuple[bytes, _Entry]] | None:
+    """The records of sealed segment `seg` (`size` bytes now) from its `.idx` file; None
+    if the file is missing, damaged, of another segment or of another size."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    body, check = data[:-16], data[-16:]
+    if len(body) < _IDX_HEAD.size or xxhash.xxh3_128_digest(body) != check:
+        return None
+    magic, fmt, number, seg_size, count = _IDX_HEAD.unpack_from(body)
+    if (magic, fmt, number, seg_size) != (_IDX_MAGIC, _IDX_FORMAT, seg, size) or \
+            len(body) != _IDX_HEAD.size + count * _IDX_RECORD.size:
+        return None
+    out = []
+    for cid, off, length, raw in _IDX_RECORD.iter_unpack(body[_IDX_HEAD.size:]):
+        if off + length > size or length < BLOB_HEADER_LEN:
+            return None
+        out.append((cid, _Entry(0, off, length, bool(raw))))
+    return out
 
 
 def _walk(fd: int, start: int = 0) -> tuple[list[tuple[bytes, _Entry]], int]:
@@ -256,15 +310,22 @@ class DiskCache:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             except OSError:
                 continue
-            records, end = _walk(fd)
+            size = os.fstat(fd).st_size
+            indexed = _read_index(self._segs / _idx_name(seg), seg, size) if sealed else None
+            if indexed is not None:
+                records, end = indexed, size
+            else:
+                records, end = _walk(fd)
             if not sealed:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, end)
                     os.fsync(fd)
                     os.replace(path, self._segs / _seg_name(seg, True))
-            elif end != os.fstat(fd).st_size:
+            elif end != size:
                 log.warning("disk cache segment %s: bytes after offset %d are not whole "
                             "chunks and are ignored", path, end)
+            if indexed is None:
+                self._write_index(seg, end, records)
             self._fds[seg] = fd
             self._add(seg, records)
             self._sizes[seg] = end
@@ -278,6 +339,10 @@ class DiskCache:
             stem, _, ext = entry.name.partition(".")
             if ext in ("seg", "open") and stem.isdigit():
                 found.append((int(stem), ext == "seg", Path(entry.path)))
+            elif ext == "idx" and stem.isdigit():
+                if self.owner and not os.path.exists(self._segs / _seg_name(int(stem), True)):
+                    with contextlib.suppress(OSError):  # its segment was evicted
+                        os.unlink(entry.path)
             elif self.owner:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
@@ -292,7 +357,7 @@ class DiskCache:
         with self._lock:
             for seg in [s for s in self._fds if s not in present]:
                 self._forget(seg)
-        for seg, _, path in listing:
+        for seg, sealed, path in listing:
             with self._lock:
                 fd = self._fds.get(seg)
                 start = self._sizes.get(seg, 0)
@@ -301,7 +366,11 @@ class DiskCache:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError:
                     continue
-            records, end = _walk(fd, start)
+            indexed = None
+            if sealed and start == 0:
+                size = os.fstat(fd).st_size
+                indexed = _read_index(self._segs / _idx_name(seg), seg, size)
+            records, end = (indexed, size) if indexed is not None else _walk(fd, start)
             with self._lock:
                 if self._fds.setdefault(seg, fd) != fd:  # another thread's scan opened it
                     os.close(fd)
@@ -331,8 +400,9 @@ class DiskCache:
     def _drop(self, seg: int) -> None:
         """Evict segment `seg`: out of the index, its file deleted (owner, under the lock)."""
         self._forget(seg)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._segs / _seg_name(seg, True))
+        for name in (_seg_name(seg, True), _idx_name(seg)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._segs / name)
 
     def _seal(self) -> None:
         """Seal the open segment: rename it to .seg and hand it to the eviction policy
@@ -346,14 +416,38 @@ class DiskCache:
             os.replace(self._segs / _seg_name(seg, False), self._segs / _seg_name(seg, True))
         except OSError as e:
             log.warning("disk cache %s: cannot seal segment %d (%s)", self.root, seg, e.strerror)
+        else:
+            with self._lock:
+                index = self._index
+                records = [(cid, rec) for cid in self._members.get(seg, ())
+                           if (rec := index.get(cid)) is not None and rec.seg == seg]
+            self._write_index(seg, self._open_end, records)
         with self._lock:
             for old in self._policy.admit(self._key(seg), self._open_end):
                 self._drop(int.from_bytes(old, "big"))
+
+    def _write_index(self, seg: int, size: int, records: Sequence[tuple[bytes, _Entry]]
+                     ) -> None:
+        """Write the `.idx` file of sealed segment `seg` (owner; a temporary file renamed
+        into place, without an fsync: a damaged one is rebuilt from the headers)."""
+        tmp = self._segs / f".{_idx_name(seg)}.tmp"
+        try:
+            tmp.write_bytes(_index_bytes(seg, size, records))
+            os.replace(tmp, self._segs / _idx_name(seg))
+        except OSError as e:
+            log.warning("disk cache %s: cannot write the index of segment %d (%s)",
+                        self.root, seg, e.strerror)
 
     # -- reading -----------------------------------------------------------------------
     def __contains__(self, cid: object) -> bool:
         with self._lock:
             return cid in self._index
+
+    def missing(self, cids: Iterable[bytes]) -> list[bytes]:
+        """Those of `cids` not on disk now (one lock for all)."""
+        with self._lock:
+            index = self._index
+            return [cid for cid in cids if cid not in index]
 
     def _entry(self, cid: bytes) -> tuple[_Entry, int] | None:
         """(entry, fd) of chunk `cid`, pinning the fd until `_unpin`; None on a miss."""
@@ -425,58 +519,60 @@ class DiskCache:
         place. Returns, per item, whether its view now holds the verified chunk (False:
         a miss or a damaged record; the view's contents are then undefined)."""
         ok = [False] * len(items)
+        with self._lock:  # every lookup under one lock: ~16,000 chunks a warm GiB
+            index, fds = self._index, self._fds
+            found = [index.get(cid) for cid, _ in items]
+            pinned = len(items) - found.count(None)
+            self._reading += pinned
+            self._stats.misses += len(items) - pinned
+            fd_of = {e.seg: fds[e.seg] for e in found if e is not None}
+        hits: list[tuple[bytes, _Entry]] = []
+        bad: list[bytes] = []
         runs: list[list[int]] = []
-        found: dict[int, tuple[_Entry, int]] = {}
-        for i, (cid, view) in enumerate(items):
-            got = self._entry(cid)
-            if got is None:
+        end = (-1, -1)  # (segment, offset) where the last run ends
+        for i, e in enumerate(found):
+            if e is None:
                 continue
-            found[i] = got
-            e, fd = got
+            cid, view = items[i]
             if not e.raw or e.length - BLOB_HEADER_LEN != len(view):
                 data = None
                 with contextlib.suppress(OSError, CorruptChunkError):
-                    data = decode_blob(os.pread(fd, e.length, e.off), expect_id=cid)
+                    data = decode_blob(os.pread(fd_of[e.seg], e.length, e.off), expect_id=cid)
                 if data is not None and len(data) == len(view):
                     view[:] = data
                     ok[i] = True
-                    self._unpin(((cid, e),), ())
-                else:
-                    self._unpin((), (cid,))
-                del found[i]
-                continue
-            prev = runs[-1][-1] if runs else None
-            if (prev is not None and prev in found and found[prev][0].seg == e.seg
-                    and found[prev][0].off + found[prev][0].length == e.off
-                    and len(runs[-1]) < _IOV_RECORDS):
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        for run in runs:
-            first, fd = found[run[0]]
-            heads = [bytearray(BLOB_HEADER_LEN) for _ in run]
-            iov: list[bytearray | memoryview] = []
-            for h, i in zip(heads, run, strict=True):
-                iov += (h, items[i][1])
-            total = sum(found[i][0].length for i in run)
-            try:
-                n = os.preadv(fd, iov, first.off)
-            except OSError:
-                n = -1
-            hits: list[tuple[bytes, _Entry]] = []
-            bad: list[bytes] = []
-            for h, i in zip(heads, run, strict=True):
-                cid, view = items[i]
-                e = found[i][0]
-                good = n == total and _verified(h, view, cid)
-                ok[i] = good
-                if good:
                     hits.append((cid, e))
                 else:
                     bad.append(cid)
-            with self._lock:  # one pin per item was taken by _entry
-                self._reading -= len(run) - 1
-            self._unpin(hits, bad)
+                continue
+            if end == (e.seg, e.off) and len(runs[-1]) < _IOV_RECORDS:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+            end = (e.seg, e.off + e.length)
+        for run in runs:
+            heads = [bytearray(BLOB_HEADER_LEN) for _ in run]
+            iov: list[bytearray | memoryview] = []
+            total = 0
+            for h, i in zip(heads, run, strict=True):
+                iov += (h, items[i][1])
+                total += found[i].length  # type: ignore[union-attr]
+            first = found[run[0]]
+            assert first is not None
+            try:
+                n = os.preadv(fd_of[first.seg], iov, first.off)
+            except OSError:
+                n = -1
+            for h, i in zip(heads, run, strict=True):
+                cid, view = items[i]
+                if n == total and _verified(h, view, cid):
+                    ok[i] = True
+                    hits.append((cid, found[i]))  # type: ignore[arg-type]
+                else:
+                    bad.append(cid)
+        with self._lock:  # one pin per found item was taken above
+            self._reading -= pinned - 1
+        self._unpin(hits, bad)
         return ok
 
     # -- admitting ---------------------------------------------------------------------
@@ -586,12 +682,13 @@ class DiskCache:
 def _verified(head: bytearray, view: memoryview, cid: bytes) -> bool:
     """Whether a header read into `head` and the payload read into `view` are the whole
     raw blob of chunk `cid`."""
-    try:
-        h = parse_blob_header(head)
-    except CorruptChunkError:
-        return False
-    return (h.chunk_id == cid and h.codec == CODEC_RAW and h.payload_len == len(view)
-            and xxhash.xxh3_128_digest(view) == cid)
+    return head == _raw_header(cid, len(view)) and xxhash.xxh3_128_digest(view) == cid
+
+
+def _raw_header(cid: bytes, n: int) -> bytes:
+    """The one header a raw blob of chunk `cid` of `n` bytes can have (comparing it is
+    stricter and cheaper than parsing: ~1 us a chunk instead of ~4)."""
+    return BlobHeader(CODEC_RAW, 0, n, n, cid).to_bytes()
 
 
 def open_tier(state: str | os.PathLike[str], mode: str, directory: str | None = None,
@@ -616,18 +713,25 @@ def read_saved(root: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def scan_usage(root: str | os.PathLike[str]) -> tuple[int, int]:
-    """(chunks, bytes) in the segments under `root`, from their blob headers."""
+    """(chunks, bytes) in the segments under `root`, from their index files or else
+    their blob headers."""
     chunks = size = 0
     segs = Path(root) / SEGMENTS
     if not segs.is_dir():
         return 0, 0
     for entry in os.scandir(segs):
+        stem, _, ext = entry.name.partition(".")
+        if ext not in ("seg", "open") or not stem.isdigit():
+            continue
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
         try:
-            records, end = _walk(fd)
+            end = os.fstat(fd).st_size
+            indexed = _read_index(segs / _idx_name(int(stem)), int(stem), end) \
+                if ext == "seg" else None
+            records, end = (indexed, end) if indexed is not None else _walk(fd)
         finally:
             os.close(fd)
         chunks += len(records)

@@ -20,6 +20,7 @@ import logging
 import os
 import stat as statmod
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -55,6 +56,11 @@ _KIND_BITS = {"file": statmod.S_IFREG, "dir": statmod.S_IFDIR, "symlink": statmo
               "fifo": statmod.S_IFIFO, "socket": statmod.S_IFSOCK,
               "chardev": statmod.S_IFCHR, "blockdev": statmod.S_IFBLK}
 _SPECIAL_KINDS = {bits: kind for kind, bits in _KIND_BITS.items() if kind in SPECIAL_KINDS}
+#: Readers of committed versions kept for reuse by later opens of the same version.
+KEPT_READERS = 64
+
+#: (version, size, mtime_ns): what tells one committed version of a file from another.
+Version = tuple[int, int, int]
 
 
 @dataclass
@@ -76,6 +82,20 @@ class GlobalMountOptions(ServeOptions):
 
 
 @dataclass
+class _Shared:
+    """A reader of one committed version of a file, kept after its handle is released:
+    a later open that finds the same version (one stat) and the reader idle reuses it
+    and fetches no manifest (a handle opened while it is in use gets its own, so that
+    reads of several handles run in parallel)."""
+
+    path: str
+    version: Version
+    reader: BinaryIO
+    lock: threading.Lock
+    users: int = 0
+
+
+@dataclass
 class _Handle:
     ino: int
     path: str
@@ -85,7 +105,9 @@ class _Handle:
     writable: bool
     lock: threading.Lock
     #: (version, size, mtime_ns) of the committed version `reader` reads, when known
-    version: tuple[int, int, int] | None = None
+    version: Version | None = None
+    #: The shared reader `reader` belongs to (None: the handle's own).
+    shared: _Shared | None = None
 
 
 def _name(raw: bytes) -> str:
@@ -115,7 +137,11 @@ class GlobalOperations(pyfuse3.Operations):
         self._pool = ThreadPoolExecutor(self.opts.threads, thread_name_prefix="hutong-gfuse")
         self._handles: dict[int, _Handle] = {}
         #: inode -> the version whose pages the kernel may still cache (read-only opens)
-        self._page_versions: dict[int, tuple[int, int, int]] = {}
+        self._page_versions: dict[int, Version] = {}
+        #: inode -> the reader of the version its read-only handles read (gfs.mount_global
+        #: _Shared), least recently opened first
+        self._shared: OrderedDict[int, _Shared] = OrderedDict()
+        self._shared_lock = threading.Lock()
         self._dirs: dict[int, list[tuple[bytes, Stat]]] = {}
         #: Spools by namespace path (one per file open for writing in this mount).
         self._spools: dict[str, Spool] = {}
@@ -137,6 +163,10 @@ class GlobalOperations(pyfuse3.Operations):
                 log.exception("could not commit the files still open")
         for sp in list(self._spools.values()):
             sp.close()
+        with self._shared_lock:
+            kept, self._shared = list(self._shared.values()), OrderedDict()
+        for sh in kept:
+            sh.reader.close()
 
     # -- shutting down (gfs.mount_shutdown.Drainable) ------------------------------------
     def open_writers(self) -> int:
@@ -297,6 +327,7 @@ class GlobalOperations(pyfuse3.Operations):
         for ino, n in inode_list:
             self.inodes.forget(ino, n)
             self._page_versions.pop(ino, None)
+            self._unshare(ino)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
@@ -485,7 +516,68 @@ class GlobalOperations(pyfuse3.Operations):
             tmp.close()
 
     # -- files ----------------------------------------------------------------------------
-    def _open(self, path: str, flags: int, created: bool, perm: int | None) -> _Handle:
+    def _unshare(self, ino: int) -> None:
+        """Stop keeping the reader of `ino` (closed now if no handle uses it)."""
+        with self._shared_lock:
+            sh = self._shared.pop(ino, None)
+            idle = sh is not None and sh.users == 0
+        if idle and sh is not None:
+            sh.reader.close()
+
+    def _committed(self, ino: int, path: str) -> tuple[BinaryIO, threading.Lock,
+                                                       Version | None, _Shared | None]:
+        """A reader of the version of `path` committed now (close-to-open), its lock,
+        that version (None if not known) and the shared reader it is. When a reader of
+        `ino` is kept and idle, one stat tells whether it still reads the committed
+        version (then it is reused: no manifest fetched); else the file is opened."""
+        with self._shared_lock:
+            kept = self._shared.get(ino)
+            idle = kept is not None and kept.users == 0
+        if kept is not None and idle and kept.path == path:
+            st = self.meta.refresh(path)
+            if st.kind == "dir":
+                raise IsADirError(path)
+            with self._shared_lock:
+                if (st.version, st.size, st.mtime_ns) == kept.version and \
+                        self._shared.get(ino) is kept and kept.users == 0:
+                    kept.users += 1
+                    self._shared.move_to_end(ino)
+                    return kept.reader, kept.lock, kept.version, kept
+        opened, reader = self.meta.open(path)
+        if opened is None:  # (not known: the kernel's pages are dropped, nothing shared)
+            return reader, threading.Lock(), None, None
+        sh = _Shared(path, (opened.version, opened.size, opened.mtime_ns), reader,
+                     threading.Lock(), users=1)
+        closing: list[_Shared] = []
+        with self._shared_lock:
+            old = self._shared.pop(ino, None)
+            if old is not None and old.users == 0:
+                closing.append(old)
+            self._shared[ino] = sh
+            while len(self._shared) > KEPT_READERS:
+                _, out = self._shared.popitem(last=False)
+                if out.users == 0:
+                    closing.append(out)
+        for out in closing:
+            out.reader.close()
+        return reader, sh.lock, sh.version, sh
+
+    def _let_go(self, h: _Handle) -> None:
+        """Release the reader of handle `h`: its own is closed; a shared one is closed
+        when its last user goes and it is no longer kept."""
+        sh = h.shared
+        if sh is None:
+            if h.reader is not None:
+                h.reader.close()
+            return
+        with self._shared_lock:
+            sh.users -= 1
+            idle = sh.users == 0 and self._shared.get(h.ino) is not sh
+        if idle:
+            sh.reader.close()
+
+    def _open(self, path: str, flags: int, created: bool, perm: int | None,
+              ino: int = 0) -> _Handle:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         with self._spool_lock:
             sp = self._spools.get(path)
@@ -499,11 +591,10 @@ class GlobalOperations(pyfuse3.Operations):
                 sp.handles += 1
         try:
             reader: BinaryIO | None = None
-            version: tuple[int, int, int] | None = None
+            version: Version | None = None
+            lock, shared = threading.Lock(), None
             if sp is None:  # close-to-open: the version committed now
-                opened, reader = self.meta.open(path)
-                if opened is not None:  # (not known: the kernel's pages are dropped)
-                    version = (opened.version, opened.size, opened.mtime_ns)
+                reader, lock, version, shared = self._committed(ino, path)
             elif fresh and not flags & os.O_TRUNC:
                 st = self.meta.refresh(path)
                 if st.kind == "dir":
@@ -516,7 +607,7 @@ class GlobalOperations(pyfuse3.Operations):
             if sp is not None:
                 self._drop_spool(sp)
             raise
-        return _Handle(0, path, reader, sp, writable, threading.Lock(), version)
+        return _Handle(ino, path, reader, sp, writable, lock, version, shared)
 
     def _drop_spool(self, sp: Spool) -> None:
         with self._spool_lock:
@@ -538,12 +629,21 @@ class GlobalOperations(pyfuse3.Operations):
         self._admit()
         path = self._path(inode)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY  # copies the file: unbounded
-        h = await self._run(self._open, path, flags, False, None, bounded=not writable)
+        h = await self._run(self._open, path, flags, False, None, inode,
+                            bounded=not writable)
         try:
             # close-to-open: what the kernel cached of the file's size may be older
             pyfuse3.invalidate_inode(inode, attr_only=True)
         except OSError as e:
             log.debug("attribute invalidation of %s: %s", path, e)
+        if h.spool is None and any(o.ino == inode and o.spool is None
+                                   and o.version != h.version
+                                   for o in self._handles.values()):
+            # Handles still open here read an older version through the kernel's pages,
+            # which every handle of the inode shares: this one reads past them (direct
+            # I/O) and leaves them be, so that each handle reads the version it opened.
+            return pyfuse3.FileInfo(fh=self._new_fh(h, inode), keep_cache=True,
+                                    direct_io=True)
         # The kernel's page cache of the file survives this open only if it holds the
         # version this handle reads (the last read-only open saw the same one).
         keep = h.version is not None and self._page_versions.get(inode) == h.version
@@ -658,8 +758,7 @@ class GlobalOperations(pyfuse3.Operations):
 
     def _release(self, h: _Handle) -> None:
         try:
-            if h.reader is not None:
-                h.reader.close()
+            self._let_go(h)
             if h.spool is not None:
                 try:
                     self._commit(h)  # normally done by the flush of close()

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 
 from gfs.client import Client
-from gfs.codec import encode_blob
-from gfs.disk_cache import DiskCache, cache_capacity, cache_dir, offline_stats
+from gfs.codec import CODEC_RAW, BlobHeader, encode_blob
+from gfs.disk_cache import (
+    DiskCache,
+    _Entry,
+    _index_bytes,
+    cache_capacity,
+    cache_dir,
+    offline_stats,
+)
 from gfs.errors import ConfigError
 from gfs.eviction import POLICIES, make_policy
 from gfs.read import ManifestReader, cached
@@ -171,6 +179,52 @@ def test_read_into_reads_a_run_with_one_preadv(tmp_path: Path,
     d.close()
 
 
+class _CountingLock:
+    """A lock that counts its acquisitions."""
+
+    def __init__(self, inner: threading.Lock) -> None:
+        self.inner, self.taken = inner, 0
+
+    def __enter__(self) -> None:
+        self.inner.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+
+
+def test_read_into_looks_chunks_up_together(tmp_path: Path) -> None:
+    """A large read looks up all its chunks and counts their hits under the tier's lock
+    a few times, not once or twice per chunk (~16,000 chunks a warm GiB); a header
+    that is not the one the chunk's raw blob must have is refused."""
+    d = DiskCache(tmp_path / "cache", capacity=64 << 20, admit_local=True)
+    raws = [os.urandom(3000 + i) for i in range(50)]
+    for raw in raws:
+        d.put(*_blob(raw))
+    lock = _CountingLock(d._lock)
+    d._lock = lock  # type: ignore[assignment]
+    out = bytearray(sum(map(len, raws)))
+    views, at = [], 0
+    for raw in raws:
+        views.append((_blob(raw)[0], memoryview(out)[at:at + len(raw)]))
+        at += len(raw)
+    missing = (os.urandom(16), memoryview(bytearray(10)))
+    assert d.read_into([*views, missing]) == [True] * 50 + [False]
+    assert bytes(out) == b"".join(raws)
+    assert lock.taken <= 4, lock.taken
+    assert d.stats().hits == 50 and d.stats().misses == 1
+    d._lock = lock.inner
+    cid, blob = _blob(os.urandom(4000))
+    d.put(cid, blob)
+    p, off = _segment_with(tmp_path / "cache", blob)
+    with open(p, "r+b") as f:  # the header's length fields say 3999, the check matches
+        f.seek(off)
+        f.write(BlobHeader(CODEC_RAW, 0, 3999, 3999, cid).to_bytes())
+    assert d.read_into([(cid, memoryview(bytearray(4000)))]) == [False]
+    assert cid not in d
+    d.close()
+
+
 def test_second_process_uses_the_tier_read_only(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     owner = DiskCache(root, capacity=1 << 20, admit_local=True)
@@ -248,7 +302,8 @@ def test_eviction_takes_whole_segments_least_recently_used(tmp_path: Path) -> No
     items = [_blob(os.urandom(4000)) for _ in range(12)]  # 4 segments of 3
     for cid, blob in items[:9]:
         assert d.put(cid, blob)
-    assert sorted(p.suffix for p in (root / "segments").iterdir()) == [".seg"] * 3
+    suffixes = sorted(p.suffix for p in (root / "segments").iterdir())
+    assert suffixes == [".idx"] * 3 + [".seg"] * 3  # each sealed segment with its index
     assert d.get(items[0][0]) is not None  # segment 1 read: segment 2 is now the oldest
     for cid, blob in items[9:]:  # segment 4 sealed: 4 x 12,108 bytes exceed 40 kB
         d.put(cid, blob)
@@ -256,6 +311,7 @@ def test_eviction_takes_whole_segments_least_recently_used(tmp_path: Path) -> No
     d.close()
     assert held[:3] == [True] * 3 and held[3:6] == [False] * 3 and all(held[6:])
     assert not (root / "segments" / "000000000002.seg").exists()
+    assert not (root / "segments" / "000000000002.idx").exists()
     s = offline_stats(root)
     assert s is not None and s.evictions == 3
 
@@ -272,3 +328,69 @@ def test_read_only_user_finds_segments_written_after_it_opened(
     assert other.get(cid) == decode(blob)
     other.close()
     owner.close()
+
+
+def _reopen_counting(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[DiskCache, int]:
+    """The tier at `root` opened again, and the header reads (pread) that took."""
+    calls = [0]
+    real = os.pread
+
+    def counting(fd: int, n: int, off: int) -> bytes:
+        calls[0] += 1
+        return real(fd, n, off)
+    monkeypatch.setattr(os, "pread", counting)
+    d = DiskCache(root, capacity=1 << 20, admit_local=True, segment_bytes=3 * 4036)
+    monkeypatch.setattr(os, "pread", real)
+    return d, calls[0]
+
+
+def test_open_reads_each_sealed_segments_index_and_rebuilds_a_damaged_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sealed segment's .idx file makes opening one read per segment instead of one
+    per record; a damaged one (or one of another size) is ignored, the segment's
+    headers walked and the file written again; nothing is ever served wrong."""
+    root = tmp_path / "cache"
+    d = DiskCache(root, capacity=1 << 20, admit_local=True, segment_bytes=3 * 4036)
+    items = [_blob(os.urandom(4000)) for _ in range(30)]  # 10 segments of 3
+    for cid, blob in items:
+        assert d.put(cid, blob)
+    d.close()
+    d, reads = _reopen_counting(root, monkeypatch)
+    assert reads == 0 and all(d.get(cid) == decode(blob) for cid, blob in items)
+    d.close()
+    idx = sorted((root / "segments").glob("*.idx"))
+    assert len(idx) == 10
+    damaged = bytearray(idx[4].read_bytes())
+    damaged[30] ^= 1
+    idx[4].write_bytes(bytes(damaged))
+    idx[5].write_bytes(idx[5].read_bytes()[:-1])
+    d, reads = _reopen_counting(root, monkeypatch)
+    assert reads == 2 * 3  # the two segments' headers, walked
+    assert all(d.get(cid) == decode(blob) for cid, blob in items)
+    d.close()
+    d, reads = _reopen_counting(root, monkeypatch)
+    assert reads == 0  # written again
+    d.close()
+
+
+def test_a_lying_segment_index_never_serves_a_wrong_chunk(tmp_path: Path) -> None:
+    """An index file with a good checksum that puts chunk A where chunk B lies: the
+    read of A verifies the record, drops it and misses; B's bytes are not served."""
+    root = tmp_path / "cache"
+    d = DiskCache(root, capacity=1 << 20, admit_local=True, segment_bytes=3 * 4036)
+    items = [_blob(os.urandom(4000)) for _ in range(3)]
+    for cid, blob in items:
+        d.put(cid, blob)
+    d.close()
+    (idx,) = (root / "segments").glob("*.idx")
+    seg = int(idx.stem)
+    size = (root / "segments" / f"{idx.stem}.seg").stat().st_size
+    a, b = items[0][0], items[1][0]
+    lie = [(a, _Entry(seg, 4036, 4036, True)), (b, _Entry(seg, 0, 4036, True))]
+    idx.write_bytes(_index_bytes(seg, size, lie))
+    d = DiskCache(root, capacity=1 << 20, admit_local=True, segment_bytes=3 * 4036)
+    out = memoryview(bytearray(4000))
+    assert d.get(a) is None and d.read_into([(b, out)]) == [False]
+    assert d.stats().corrupt_dropped == 2 and a not in d and b not in d
+    assert items[2][0] not in d  # not in the (lying) index: a miss, read elsewhere
+    d.close()

@@ -200,6 +200,33 @@ def test_a_write_is_invisible_to_another_client_until_close(fed: Federation) -> 
         assert b.read_bytes("/bank/cto.bin") == big
 
 
+def test_a_manifest_kept_from_an_open_is_revalidated_not_sent_again(
+        fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second open of an unchanged file gets `unchanged` from the primary instead of
+    the manifest again; a rewrite by another client (same size) is read new and whole
+    at the next open; a file made anew is never read through the old manifest."""
+    answers: list[bool] = []
+    real = SiteClient.manifest
+
+    def spy(self: SiteClient, path: str, **kw: Any) -> Any:
+        m = real(self, path, **kw)
+        answers.append(m.unchanged)
+        return m
+    monkeypatch.setattr(SiteClient, "manifest", spy)
+    one, two = os.urandom(1 << 20), os.urandom(1 << 20)
+    with _ns(fed, "bank") as a, _ns(fed, "bank") as b:
+        a.write_bytes("/bank/kept.bin", one)
+        assert b.read_bytes("/bank/kept.bin") == one
+        assert b.read_bytes("/bank/kept.bin") == one
+        assert answers == [False, True]
+        a.write_bytes("/bank/kept.bin", two)
+        assert b.read_bytes("/bank/kept.bin") == two
+        assert answers[2:] == [False]
+        a.rm("/bank/kept.bin")
+        a.write_bytes("/bank/kept.bin", one)  # version numbers may start again
+        assert b.read_bytes("/bank/kept.bin") == one
+
+
 # -- the primary fails ----------------------------------------------------------------------
 @pytest.fixture
 def mirrored(tmp_path: Path) -> Iterator[Federation]:

@@ -340,3 +340,46 @@ def test_an_open_costs_one_request_and_stats_a_listing(fed: Federation,
     stats, opens = mid - before, after - mid
     assert stats["/v1/ns/list"] <= 2 and stats["/v1/ns/stat"] <= 1, stats
     assert opens["/v1/ns/manifest"] == 1 and opens["/v1/ns/stat"] == 0, opens
+
+
+def test_a_reopen_after_another_writers_close_sees_its_bytes(fed: Federation,
+                                                           telco: Mounted) -> None:
+    """Close-to-open against the kernel's page cache: a file read through the mount (its
+    pages kept across opens while its version is unchanged) and then rewritten, with
+    the same size, by another client is read new and whole at the very next open."""
+    path = "/telco/same-size.bin"
+    f = telco.mnt / "telco" / "same-size.bin"
+    with fed.client("telco") as other:
+        for _ in range(5):
+            data = os.urandom(1 << 20)
+            other.write_bytes(path, data)  # closed: committed at the primary
+            assert f.read_bytes() == data  # no wait: the next open sees it
+            assert f.read_bytes() == data  # again, from the kernel's pages
+        with f.open("rb") as held:  # a handle reads the version it opened
+            first = held.read(4096)
+            newer = os.urandom(1 << 20)
+            other.write_bytes(path, newer)
+            assert f.read_bytes() == newer
+            assert first + held.read() == data
+
+
+def test_a_reopen_of_an_unchanged_file_costs_one_stat(fed: Federation,
+                                                      telco: Mounted) -> None:
+    """The reader of the version last opened is kept: opening the same version again
+    asks the site for the file's stat only (no manifest, no chunk), and the pages come
+    from the kernel."""
+    data = os.urandom(2 << 20)
+    with fed.client("telco") as fc:
+        fc.write_bytes("/telco/again.bin", data)
+    f = telco.mnt / "telco" / "again.bin"
+    assert f.read_bytes() == data
+    before = _requests(fed, "telco-1")
+    assert f.read_bytes() == data
+    again = _requests(fed, "telco-1") - before
+    del again["/metrics"]  # (the count's own request)
+    assert again["/v1/ns/stat"] == 1, again
+    assert sum(again.values()) == 1, again  # no manifest, no chunk
+    with f.open("rb") as one, f.open("rb") as two:  # in use: the second gets its own
+        assert one.read(10) == two.read(10) == data[:10]
+    both = _requests(fed, "telco-1") - before - again
+    assert both["/v1/ns/manifest"] == 1, both

@@ -174,3 +174,19 @@ def test_pack_record_copy_keeps_counts(fs: Client) -> None:
     assert fs.store.source.good_copies(cid) == 2
     with fs.engine.read() as txn:
         assert all(isinstance(p, PackRecord) for p in txn.iter_packs())
+
+
+def test_memory_tier_peeks_many_chunks_at_once(fs: Client) -> None:
+    """`peek_many` is `peek` of each id (hits counted, nothing read) under one lock."""
+    fs.write_bytes("/pm", os.urandom(300_000))
+    ids = [c.id for c in fs.manifest("/pm").chunks]
+    bottom = suite.CountingSource(fs.store.source)
+    tier = MemoryTier(bottom, 32 << 20)
+    try:
+        tier.get(ids[0])
+        absent = os.urandom(16)
+        assert tier.peek_many([ids[0], absent, ids[0]]) == [tier.peek(ids[0]), None,
+                                                            tier.peek(ids[0])]
+        assert tier.stats().hits == 4 and len(bottom.calls) == 1
+    finally:
+        tier.close()

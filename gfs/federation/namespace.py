@@ -22,6 +22,7 @@ import io
 import shutil
 import stat as statmod
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +47,7 @@ from gfs.federation.auth import AuthError, EntityKeys, token_claims, token_issue
 from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, UnavailableError
 from gfs.federation.kept import Kept
-from gfs.federation.site_client import SiteClient, SiteUnavailableError
+from gfs.federation.site_client import SiteClient, SiteManifest, SiteUnavailableError
 from gfs.federation.tls import Trust, client_trust, read_registry_ca
 from gfs.federation.upload import SpoolWriter, upload
 from gfs.federation.views import Visibility
@@ -74,6 +75,10 @@ WAN_READ_AHEAD = 32 << 20
 #: 8 x 16 chunks 33/31/25 MB/s, 8 x 32 25/27/30, 12 x 32 22/28/27; another: 8 x 16
 #: 27/20/37, 8 x 64 24/14/28, 16 x 32 23/14/20).
 FETCH_THREADS = 8
+#: Manifests of files opened kept (by path) to be revalidated by version at the next
+#: open instead of fetched again (a 1 GiB file's is ~16,000 chunks: tens of ms to
+#: receive and parse).
+KEPT_MANIFESTS = 64
 #: Mode of a directory the federation synthesises (the root, the way to a grant).
 SYNTHETIC_MODE = statmod.S_IFDIR | 0o555
 
@@ -128,6 +133,7 @@ class FederatedNamespace:
         """Bytes a reader fetches ahead (`read_ahead_for`)."""
         self.spool_dir = None if cache_dir is None else Path(cache_dir)
         self._lock = threading.Lock()
+        self._manifests: OrderedDict[str, tuple[Stat, Manifest]] = OrderedDict()
         self._view = Kept(self._fetch_visibility, VIEW_TTL, what="what the caller may see")
         self._asks = ThreadPoolExecutor(16, thread_name_prefix="hutong-visible")
 
@@ -409,10 +415,32 @@ class FederatedNamespace:
 
     def open_stat(self, path: str) -> tuple[Stat, BinaryIO]:
         """A seekable reader of the version of file `path` committed now, and that
-        version's Stat (one request: the manifest carries it)."""
+        version's Stat (one request: the manifest carries it; a manifest kept from an
+        earlier open is revalidated by version instead of sent again)."""
+        norm = paths.normalize(path)
+        with self._lock:
+            kept = self._manifests.get(norm)
+        m = self._manifest(path, None if kept is None else kept[0].version)
+        if m.unchanged and kept is not None and _same_version(kept[0], m.stat):
+            manifest = kept[1]
+        else:
+            if m.unchanged:  # another file now has that version number (made anew)
+                m = self._manifest(path, None)
+            manifest = Manifest(m.stat.version, tuple(m.refs()))
+            with self._lock:
+                self._manifests[norm] = (m.stat, manifest)
+                self._manifests.move_to_end(norm)
+                while len(self._manifests) > KEPT_MANIFESTS:
+                    self._manifests.popitem(last=False)
+        return m.stat, io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
+                                                        read_ahead=self.read_ahead), 1 << 20)
+
+    def _manifest(self, path: str, if_version: int | None) -> SiteManifest:
+        """The manifest of file `path` from its primary (a mirror while it is down), or
+        only its stat when it is still at `if_version`."""
         with self._at(path) as (norm, site):
             try:
-                m = self._ask(norm, site, lambda h: h.manifest(norm))
+                m = self._ask(norm, site, lambda h: h.manifest(norm, if_version=if_version))
             except ConnectionError:  # the primary is down: from a mirror
                 m = self.fc.manifest(norm)
             except IsADirError:  # the site says so of symlinks too
@@ -420,9 +448,7 @@ class FederatedNamespace:
         if m.stat.kind != "file":
             raise _not_a_file(m.stat)
         self.fc.source.note(norm, m.sites)
-        manifest = Manifest(m.stat.version, tuple(m.refs()))
-        return m.stat, io.BufferedReader(ManifestReader(self.chunks, norm, manifest,
-                                                        read_ahead=self.read_ahead), 1 << 20)
+        return m
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""
@@ -552,6 +578,11 @@ _DU_FIELDS = ("files", "dirs", "symlinks", "chunks", "logical_bytes", "unique_by
 
 def _du_counts(r: DuReport) -> tuple[int, ...]:
     return tuple(int(getattr(r, k)) for k in _DU_FIELDS)
+
+
+def _same_version(a: Stat, b: Stat) -> bool:
+    """Whether two stats of one path are of the same committed file version."""
+    return (a.ino, a.version, a.size, a.mtime_ns) == (b.ino, b.version, b.size, b.mtime_ns)
 
 
 def _not_a_file(st: Stat) -> Exception:

@@ -74,6 +74,8 @@ class SiteManifest:
     stat: Stat
     chunks: list[tuple[bytes, int]]
     sites: list[str]
+    unchanged: bool = False
+    """The file is still at the version the caller named (`if_version`): no chunks sent."""
 
     def refs(self) -> list[ChunkRef]:
         return [ChunkRef(c, n) for c, n in self.chunks]
@@ -238,13 +240,20 @@ class SiteClient:
         assert entries is not None
         return entries
 
-    def manifest(self, path: str, *, mirror: bool = False) -> SiteManifest:
-        """The file's manifest (from a mirror a rule keeps there, with `mirror`)."""
+    def manifest(self, path: str, *, mirror: bool = False,
+                 if_version: int | None = None) -> SiteManifest:
+        """The file's manifest (from a mirror a rule keeps there, with `mirror`); with
+        `if_version`, only the stat and `unchanged` if the file is still at that version
+        (a site that does not know the parameter sends the whole manifest)."""
         q = {"path": path} | ({"mirror": "1"} if mirror else {})
+        if if_version is not None:
+            q["if_version"] = str(if_version)
         d = self._json("GET", "/v1/ns/manifest", query=q)
-        return SiteManifest(_stat(d["stat"], path),
-                            [(r.id, r.length) for r in refs_from_wire(d["chunks"])],
-                            [str(s) for s in d["sites"]])
+        st, sites = _stat(d["stat"], path), [str(s) for s in d["sites"]]
+        if d.get("unchanged") is True and if_version is not None:
+            return SiteManifest(st, [], sites, unchanged=True)
+        return SiteManifest(st, [(r.id, r.length) for r in refs_from_wire(d["chunks"])],
+                            sites)
 
     def read(self, path: str, start: int = 0, end: int | None = None, *,
              version: int | None = None) -> bytes:

@@ -304,9 +304,13 @@ async def ns_manifest(request: web.Request) -> web.Response:
         return web.json_response({"stat": stat_to_wire(st), "chunks": refs_to_wire(m.chunks),
                                   "sites": [site.name]})
     path = await _run(site.check_path, p, request.query.get("path", ""), False)
+    if_version = _uint(request, "if_version", "a file's version")
 
     def answer() -> dict[str, Any]:
         st, m = site.manifest(path)
+        if if_version is not None and st.version == if_version:  # the caller has it
+            return {"stat": stat_to_wire(st), "unchanged": True,
+                    "sites": site.replica_sites(path)}
         return {"stat": stat_to_wire(st), "chunks": refs_to_wire(m.chunks),
                 "sites": site.replica_sites(path)}
     return web.json_response(await _run(answer))

@@ -91,9 +91,9 @@ class DiskTier:
             out.update(got)
         return out
 
-    def holds(self, cid: bytes) -> bool:
-        """Whether chunk `cid` is on disk now."""
-        return cid in self.disk
+    def missing(self, cids: Iterable[bytes]) -> list[bytes]:
+        """Those of `cids` not on disk now."""
+        return self.disk.missing(cids)
 
     def read_into(self, items: Sequence[tuple[bytes, memoryview]]) -> list[bool]:
         """Whole chunks read from disk straight into the given views (see

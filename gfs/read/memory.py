@@ -102,6 +102,20 @@ class MemoryTier:
                 self._stats.hits += 1
             return data
 
+    def peek_many(self, cids: list[bytes]) -> list[bytes | None]:
+        """`peek` of each of `cids` under one lock (a large read's chunks)."""
+        with self._lock:
+            data = self._data
+            out = [data.get(cid) for cid in cids]
+            hit = self._policy.hit
+            n = 0
+            for cid, d in zip(cids, out, strict=True):
+                if d is not None:
+                    hit(cid)
+                    n += 1
+            self._stats.hits += n
+        return out
+
     # -- single flight -----------------------------------------------------------------
     def _lookup(self, cid: bytes) -> tuple[bytes | None, Future[bytes] | None, bool]:
         """(data, future, owner): cached bytes, or the future of the read to wait on;

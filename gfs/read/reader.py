@@ -58,6 +58,8 @@ class ManifestReader(io.RawIOBase):
         self.manifest = manifest
         self.chunks = manifest.chunks
         self._ends = list(itertools.accumulate(c.length for c in self.chunks))
+        self._starts = [0, *self._ends[:-1]] if self._ends else []
+        self._ids = [c.id for c in self.chunks]
         self.size = self._ends[-1] if self._ends else 0
         self._pos = 0
         self._block_starts: list[int] = []  # first chunk index of each block
@@ -181,31 +183,33 @@ class ManifestReader(io.RawIOBase):
         last = bisect.bisect_left(self._ends, end)
         ahead = self._ahead_ids(first, last)
         if ahead:
-            self._memory.prefetch([cid for cid in ahead if not disk.holds(cid)], self.path)
+            self._memory.prefetch(disk.missing(ahead), self.path)
+        ids = self._ids[first:last + 1]
+        ends = self._ends
         whole: list[tuple[bytes, memoryview]] = []
         at: list[int] = []  # the chunk index of each of `whole`
         rest: list[tuple[int, int, int, memoryview]] = []  # (chunk, lo, hi, destination)
-        for i in range(first, last + 1):
-            c = self.chunks[i]
-            start = self._ends[i] - c.length
-            lo, hi = max(off, start) - start, min(end, self._ends[i]) - start
+        for i, data in enumerate(self._memory.peek_many(ids), first):
+            start = self._starts[i]
+            lo = off - start if off > start else 0
+            hi = (end if end < ends[i] else ends[i]) - start
             dst = out[start + lo - off:start + hi - off]
-            data = self._memory.peek(c.id)
             if data is not None:
                 dst[:] = memoryview(data)[lo:hi]
-            elif lo == 0 and hi == c.length:
-                whole.append((c.id, dst))
+            elif lo == 0 and hi == ends[i] - start:
+                whole.append((ids[i - first], dst))
                 at.append(i)
             else:
                 rest.append((i, lo, hi, dst))
-        for i, (_, dst), ok in zip(at, whole, disk.read_into(whole), strict=True):
-            if not ok:
-                rest.append((i, 0, len(dst), dst))
+        if whole:
+            for i, (_, dst), ok in zip(at, whole, disk.read_into(whole), strict=True):
+                if not ok:
+                    rest.append((i, 0, len(dst), dst))
         if rest:
-            got = self._memory.get_many([self.chunks[i].id for i, _, _, _ in rest],
+            got = self._memory.get_many([self._ids[i] for i, _, _, _ in rest],
                                         path_of=self._path_of)
             for i, lo, hi, dst in rest:
-                dst[:] = memoryview(got[self.chunks[i].id])[lo:hi]
+                dst[:] = memoryview(got[self._ids[i]])[lo:hi]
         return end - off
 
     def _ahead_ids(self, first: int, last: int) -> list[bytes]:
