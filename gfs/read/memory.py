@@ -55,7 +55,10 @@ class MemoryTier:
     """Verified raw chunks of `inner` kept in memory, evicted by bytes with `policy`."""
 
     def __init__(self, inner: ChunkSource, capacity: int = DEFAULT_MEMORY_BYTES, *,
-                 policy: str = DEFAULT_POLICY, threads: int = 4) -> None:
+                 policy: str = DEFAULT_POLICY, threads: int = 4,
+                 batch: Callable[[], int] | None = None) -> None:
+        """`batch` says how many chunks one prefetch thread asks for at a time (default
+        PREFETCH_BATCH; a remote source sizes it to the link, `gfs.federation.inflight`)."""
         if capacity < 0:
             raise ConfigError(f"memory cache capacity must be >= 0 bytes, got {capacity}")
         self.inner = inner
@@ -67,6 +70,7 @@ class MemoryTier:
         self._stats = TierStats(capacity=capacity, policy=policy)
         self._from_inner = 0
         self._threads = threads
+        self._batch = batch
         self._pool: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
@@ -246,10 +250,10 @@ class MemoryTier:
                 self._pool = ThreadPoolExecutor(self._threads,
                                                 thread_name_prefix="hutong-prefetch")
             pool = self._pool
+        step = PREFETCH_BATCH if self._batch is None else max(1, self._batch())
         try:
-            for i in range(0, len(owned), PREFETCH_BATCH):  # batches read in parallel
-                pool.submit(self._fill_many, owned[i:i + PREFETCH_BATCH], (lambda _: path),
-                            quiet=True)
+            for i in range(0, len(owned), step):  # batches read in parallel
+                pool.submit(self._fill_many, owned[i:i + step], (lambda _: path), quiet=True)
         except RuntimeError:  # shut down
             with self._lock:
                 for cid, fut in owned:
