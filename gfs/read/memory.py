@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -250,16 +251,31 @@ class MemoryTier:
                 self._pool = ThreadPoolExecutor(self._threads,
                                                 thread_name_prefix="hutong-prefetch")
             pool = self._pool
-        step = PREFETCH_BATCH if self._batch is None else max(1, self._batch())
         try:
-            for i in range(0, len(owned), step):  # batches read in parallel
-                pool.submit(self._fill_many, owned[i:i + step], (lambda _: path), quiet=True)
+            if self._batch is None:
+                for i in range(0, len(owned), PREFETCH_BATCH):  # batches read in parallel
+                    pool.submit(self._fill_many, owned[i:i + PREFETCH_BATCH],
+                                (lambda _: path), quiet=True)
+            else:  # each task sizes its batch as it starts (what was measured by then)
+                todo = deque(owned)
+                for _ in range(0, len(owned), PREFETCH_BATCH):
+                    pool.submit(self._fill_next, todo, path)
         except RuntimeError:  # shut down
             with self._lock:
                 for cid, fut in owned:
                     if self._inflight.get(cid) is fut:
                         self._inflight.pop(cid, None)
                         fut.cancel()
+
+    def _fill_next(self, todo: deque[tuple[bytes, Future[bytes]]], path: str) -> None:
+        """Prefetch the next `batch()` chunks of `todo`, if any are left."""
+        assert self._batch is not None
+        take: list[tuple[bytes, Future[bytes]]] = []
+        with contextlib.suppress(IndexError):
+            for _ in range(max(1, self._batch())):
+                take.append(todo.popleft())
+        if take:
+            self._fill_many(take, (lambda _: path), quiet=True)
 
 
 def _wait(fut: Future[bytes], again: Callable[[], bytes]) -> bytes:
