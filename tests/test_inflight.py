@@ -116,7 +116,7 @@ class _Dict:
         pass
 
 
-@pytest.mark.parametrize("batch", [None, 40])
+@pytest.mark.parametrize("batch", [None, 40, 5])
 def test_memory_tier_prefetch_asks_in_batches_the_sizer_gives(batch: int | None) -> None:
     chunks = {i.to_bytes(16, "big"): bytes([i % 256]) * 100 for i in range(200)}
     src = _Dict(chunks)

@@ -268,14 +268,15 @@ class MemoryTier:
                         fut.cancel()
 
     def _fill_next(self, todo: deque[tuple[bytes, Future[bytes]]], path: str) -> None:
-        """Prefetch the next `batch()` chunks of `todo`, if any are left."""
+        """Prefetch the next `batch()` chunks of `todo`, again until none is left."""
         assert self._batch is not None
-        take: list[tuple[bytes, Future[bytes]]] = []
-        with contextlib.suppress(IndexError):
-            for _ in range(max(1, self._batch())):
-                take.append(todo.popleft())
-        if take:
-            self._fill_many(take, (lambda _: path), quiet=True)
+        while todo:
+            take: list[tuple[bytes, Future[bytes]]] = []
+            with contextlib.suppress(IndexError):
+                for _ in range(max(1, self._batch())):
+                    take.append(todo.popleft())
+            if take:
+                self._fill_many(take, (lambda _: path), quiet=True)
 
 
 def _wait(fut: Future[bytes], again: Callable[[], bytes]) -> bytes:
