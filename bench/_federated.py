@@ -37,6 +37,9 @@ for label in ("cold", "warm"):
         while data := f.read(block):
             n += len(data)
     out.append({"label": label, "seconds": time.perf_counter() - t, "bytes": n})
+    sizer, fc = getattr(fs.ns, "sizer", None), getattr(fs.ns, "fc", None)
+    if sizer is not None and fc is not None:  # what the remote fetch kept in flight
+        out[-1]["depth"], out[-1]["link"] = sizer.last_depth, fc.link.estimate()
     if n != size:
         sys.exit(f"gfs:// read {n} bytes of {url}, expected {size}")
 print(json.dumps(out))
@@ -94,6 +97,11 @@ class Ours:
         if out.returncode:
             raise SystemExit(f"bench: gfs:// read of {url} failed: {out.stderr.strip()[-800:]}")
         cold, warm = json.loads(out.stdout.strip().splitlines()[-1])
+        if "depth" in cold:
+            rate, rtt, chunk = cold["link"]
+            print(f"bench: gfs:// cold read of {url}: {cold['depth'] / 1e6:.1f} MB in flight "
+                  f"(link measured {rate / 1e6:.1f} MB/s, first byte {rtt * 1e3:.0f} ms, "
+                  f"{chunk} B per chunk)", file=sys.stderr)
         return (Timing(cold["seconds"], 1, 1, cold["bytes"]),
                 Timing(warm["seconds"], 1, 1, warm["bytes"]))
 

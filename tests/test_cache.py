@@ -22,7 +22,7 @@ from gfs.disk_cache import (
 )
 from gfs.errors import ConfigError
 from gfs.eviction import POLICIES, make_policy
-from gfs.read import ManifestReader, cached
+from gfs.read import DiskTier, ManifestReader, cached
 
 
 def _key(i: int) -> bytes:
@@ -266,6 +266,7 @@ def test_memory_tier_in_front_of_the_disk_tier(fs: Client) -> None:
     cache = cached(fs.store.source, 1 << 20, disk=disk)  # memory smaller than the file
     try:
         assert ManifestReader(cache, "/f", m).pread(0, len(data)) == data
+        assert isinstance(cache.inner, DiskTier) and cache.inner.puts.flush(30)
         s = cache.stats()
         assert s.disk is not None and s.disk["admitted"] == len(m.chunks)
         assert s.bytes_from_store == len(data) and s.bytes_cached <= 1 << 20

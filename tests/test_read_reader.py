@@ -167,6 +167,26 @@ def test_warm_reads_go_from_disk_into_the_buffer(stored: tuple[Client, list[Chun
         warm.close()
 
 
+def test_a_file_within_one_read_ahead_is_fetched_ahead_of_its_first_read(
+        stored: tuple[Client, list[ChunkRef], dict[bytes, bytes]]) -> None:
+    """A file smaller than the read-ahead is one block: the first read starts the rest
+    of it (a cold 32 MiB gfs:// read over a 32 MiB read-ahead had no read-ahead)."""
+    c, refs, raw = stored
+    tier = MemoryTier(c.store.source, 8 << 20)
+    try:
+        f = ManifestReader(tier, "/pool", Manifest(1, tuple(refs)), read_ahead=1 << 30)
+        assert len(f._block_starts) == 1
+        f.pread(0, 1000)
+        last = refs[-1].id
+        deadline = time.monotonic() + 30
+        while last not in tier:
+            assert time.monotonic() < deadline, "the rest of the block never prefetched"
+            time.sleep(0.001)
+        assert f.read_range(0, f.size) == b"".join(raw[r.id] for r in refs)
+    finally:
+        tier.close()
+
+
 def test_read_ahead_is_asked_once_per_block(stored: tuple[Client, list[ChunkRef],
                                                           dict[bytes, bytes]]) -> None:
     """Many small forward reads ask the memory tier to prefetch each next block once,

@@ -156,6 +156,7 @@ def test_disk_tier_fetches_a_block_of_misses_in_one_batch(batched: bool, fs: Cli
         kinds = [k for k, _ in bottom.calls]
         assert kinds == (["get_blob_many"] if batched else ["get_blob"] * len(set(ids)))
         bottom.calls.clear()
+        assert tier.puts.flush(30)  # written by the tier's writer thread
         assert tier.get_many(ids) == got and bottom.calls == []  # kept on disk
     finally:
         tier.close()

@@ -11,6 +11,7 @@ import pytest
 
 from gfs.codec import chunk_id
 from gfs.federation.client import FederationClient
+from gfs.federation.inflight import DEFAULT_CHUNK, LEAST_CHUNKS, RequestSizer
 from gfs.federation.source import SiteSource
 from gfs.federation.testing import Federation
 from gfs.read import MemoryTier
@@ -68,6 +69,23 @@ def test_single_flight_over_the_network(fed: Federation) -> None:
         bottom = suite.CountingSource(SiteSource(fc))
         suite.check_single_flight(suite.SourceCase(MemoryTier(bottom, 16 << 20), chunks,
                                                    bottom=bottom, path=PATH))
+
+
+def test_chunk_answers_are_measured_and_loopback_keeps_todays_batch(
+        fed: Federation) -> None:
+    """Every /v1/chunks/get answer feeds the client's link meter (time to first byte,
+    bytes, chunks); on loopback the sized request stays LEAST_CHUNKS."""
+    with fed.client("lab", near="p1") as fc:
+        chunks = _chunks(fc)
+        assert fc.link.estimate() == (0.0, 0.0, DEFAULT_CHUNK)
+        got = fc.source.get_many(list(chunks), path_of=lambda _: PATH)
+        assert got == chunks
+        rate, rtt, chunk = fc.link.estimate()
+        assert rate > 0 and 0 < rtt < 1.0
+        blobs = sum(len(fc.source.get_blob(c, path=PATH)) for c in chunks)
+        assert 0 < chunk <= blobs // len(chunks) + 4096  # frames add a little
+        sizer = RequestSizer(fc.link, requests=8, window=32 << 20)
+        assert sizer() == LEAST_CHUNKS and sizer.last_depth == 8 * LEAST_CHUNKS * chunk
 
 
 def test_corrupt_copy_skipped_and_counted(fed: Federation, tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ async def _serve(app: web.Application, host: str, port: int, banner: str,
     from aiohttp import web
 
     from gfs.federation.guard import GuardedSite, Limits
+    from gfs.federation.tcp import prefer_bbr
 
     limits = Limits()
     if tls is not None and tls.mutual:
@@ -56,8 +57,12 @@ async def _serve(app: web.Application, host: str, port: int, banner: str,
     runner = web.AppRunner(app, shutdown_timeout=10.0, access_log=None,
                            keepalive_timeout=limits.idle)
     await runner.setup()
-    await GuardedSite(runner, host, port, limits=limits,
-                      ssl_context=tls.context if tls is not None else None).start()
+    listening = GuardedSite(runner, host, port, limits=limits,
+                            ssl_context=tls.context if tls is not None else None)
+    await listening.start()
+    server = listening._server  # aiohttp keeps it private; its sockets are the listeners
+    for sock in getattr(server, "sockets", ()):
+        prefer_bbr(sock)  # accepted connections inherit it (gfs.federation.tcp)
     bound = runner.addresses[0][1]
     scheme = "https" if tls is not None else "http"
     url = f"{scheme}://{host}:{bound}" if ":" not in host else f"{scheme}://[{host}]:{bound}"

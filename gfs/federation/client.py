@@ -33,6 +33,7 @@ from gfs.errors import (
 from gfs.federation import certs
 from gfs.federation.auth import EntityKeys, b64e, rotation_text, token_claims, token_issuer
 from gfs.federation.http import HttpClient
+from gfs.federation.inflight import LinkMeter
 from gfs.federation.registry_view import RegistryView
 from gfs.federation.sealed_read import open_sealed
 from gfs.federation.site_client import (
@@ -78,6 +79,8 @@ class FederationClient:
         self.keys, self.token, self.near = keys, token, near
         self.me = keys.name if keys is not None else (token_issuer(token) if token else None)
         self.source = SiteSource(self)
+        self.link = LinkMeter()
+        """The chunk answers of every site, measured (`gfs.federation.inflight`)."""
         """The sites' chunks as a verified chunk source."""
         self.cache = MemoryTier(self.source, cache_bytes)
         """The memory tier every chunk read of this client goes through."""
@@ -137,6 +140,7 @@ class FederationClient:
                 h = self._site_clients[name] = SiteClient(
                     endpoint, keys=self.keys, token=self.token, timeout=self.timeout,
                     tls=self.tls, site=name, entity=str(rec["entity"]))
+                h.meter = self.link
             return h
 
     def with_site(self, name: str, op: Callable[[SiteClient], T]) -> T:

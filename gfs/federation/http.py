@@ -22,6 +22,7 @@ from aiohttp import web
 from gfs import errors as gerr
 from gfs.errors import FormatError, HutongError
 from gfs.federation.auth import AuthError, EntityKeys, audience_of, check_body
+from gfs.federation.tcp import prefer_bbr
 
 if TYPE_CHECKING:
     from gfs.federation.tls import Trust
@@ -221,6 +222,7 @@ class _TlsConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
+        prefer_bbr(self.sock)
         self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_name)
         der = self.sock.getpeercert(binary_form=True)
         if self._check is not None and der is not None:
@@ -303,6 +305,7 @@ class HttpClient:
         self.keys, self.token, self.timeout = keys, token, timeout
         self._lock = threading.Lock()
         self._idle: list[http.client.HTTPConnection] = []
+        self._timed = threading.local()
 
     def connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
         """A new connection to the server (not kept, requests not signed) with the TLS
@@ -362,9 +365,13 @@ class HttpClient:
                 headers["Authorization"] = f"Bearer {self.token}"
             conn = self._conn() if attempt == 0 else self.connection()  # a retry: a new one
             try:
+                t0 = time.monotonic()
                 conn.request(method, target, body=body, headers=headers)
                 resp = conn.getresponse()
-                data = _decoded(resp.read(), resp.getheader("Content-Encoding", ""))
+                t1 = time.monotonic()
+                raw = resp.read()
+                self._timed.last = (t0, t1 - t0, time.monotonic(), len(raw))
+                data = _decoded(raw, resp.getheader("Content-Encoding", ""))
                 if resp.getheader("Connection", "").lower() == "close":
                     conn.close()
                 else:
@@ -383,6 +390,12 @@ class HttpClient:
                     raise UnavailableError(f"{self.base_url} unreachable: {e}", 503,
                                            "unavailable") from e
         raise AssertionError("unreachable")
+
+    def last_timing(self) -> tuple[float, float, float, int] | None:
+        """(sent at, seconds to the first byte, ended at, body bytes) of this thread's
+        last answer (monotonic clock), None before any."""
+        last: tuple[float, float, float, int] | None = getattr(self._timed, "last", None)
+        return last
 
     def call(self, method: str, path: str, payload: Any = None, *,
              query: Mapping[str, str] | None = None, body: bytes | None = None,

@@ -24,6 +24,7 @@ from typing import Any
 from gfs.errors import FormatError, UnavailableSiteError
 from gfs.federation.auth import EntityKeys
 from gfs.federation.http import BadRequestError, HttpClient, UnavailableError
+from gfs.federation.inflight import LinkMeter
 from gfs.federation.wire import (
     MAX_IDS,
     commit_attrs_to_wire,
@@ -161,6 +162,8 @@ class SiteClient:
         made: transport options such as TLS trust belong here) and to `with_timeout`."""
         self.options = options
         self.http = HttpClient(base_url, keys=keys, token=token, timeout=timeout, **options)
+        self.meter: LinkMeter | None = None
+        """Where the chunk answers (`get`) are measured, if anywhere."""
 
     @property
     def base_url(self) -> str:
@@ -390,6 +393,9 @@ class SiteClient:
         if path is not None:
             body["path"] = path
         data = self.call("POST", "/v1/chunks/get", body)
+        timing = self.http.last_timing()
+        if self.meter is not None and timing is not None:
+            self.meter.observe(*timing, len(cids))
         frames = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(cids))
         got: list[bytes | None] = [f or None for f in frames]
         return got + [None] * (len(cids) - len(got))

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from gfs.codec import BLOB_HEADER_LEN, CODEC_RAW, decode_blob, parse_blob_header
 from gfs.disk_cache import DiskCache, DiskStats
+from gfs.disk_writer import QueuedPuts
 from gfs.read.source import ChunkSource, PathOf, blobs_of
 
 
@@ -23,11 +24,15 @@ class DiskTier:
     def __init__(self, inner: ChunkSource, disk: DiskCache) -> None:
         self.inner = inner
         self.disk = disk
+        self.puts = QueuedPuts(disk)
+        """Admissions, written off the fetching thread (`gfs.disk_writer`)."""
         self._lock = threading.Lock()
         self._from_inner = 0
 
     def close(self) -> None:
-        """Save the disk tier's counters and give up ownership; close the inner source."""
+        """Write the queued admissions, save the disk tier's counters and give up
+        ownership; close the inner source."""
+        self.puts.close()
         self.disk.close()
         self.inner.close()
 
@@ -49,7 +54,7 @@ class DiskTier:
         if self._admits(cid):
             blob = self.inner.get_blob(cid, path=path)
             raw = _raw_of(blob, cid)
-            self.disk.put(cid, blob)
+            self.puts.put(cid, blob)
         else:
             raw = self.inner.get(cid, path=path)
         self._count(len(raw))
@@ -82,7 +87,7 @@ class DiskTier:
         elif admitted:
             for cid, blob in blobs_of(self.inner, admitted, path_of).items():
                 raw = _raw_of(blob, cid)
-                self.disk.put(cid, blob)
+                self.puts.put(cid, blob)
                 self._count(len(raw))
                 out[cid] = raw
         if batch:

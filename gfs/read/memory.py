@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -55,7 +56,10 @@ class MemoryTier:
     """Verified raw chunks of `inner` kept in memory, evicted by bytes with `policy`."""
 
     def __init__(self, inner: ChunkSource, capacity: int = DEFAULT_MEMORY_BYTES, *,
-                 policy: str = DEFAULT_POLICY, threads: int = 4) -> None:
+                 policy: str = DEFAULT_POLICY, threads: int = 4,
+                 batch: Callable[[], int] | None = None) -> None:
+        """`batch` says how many chunks one prefetch thread asks for at a time (default
+        PREFETCH_BATCH; a remote source sizes it to the link, `gfs.federation.inflight`)."""
         if capacity < 0:
             raise ConfigError(f"memory cache capacity must be >= 0 bytes, got {capacity}")
         self.inner = inner
@@ -67,6 +71,7 @@ class MemoryTier:
         self._stats = TierStats(capacity=capacity, policy=policy)
         self._from_inner = 0
         self._threads = threads
+        self._batch = batch
         self._pool: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
@@ -247,15 +252,31 @@ class MemoryTier:
                                                 thread_name_prefix="hutong-prefetch")
             pool = self._pool
         try:
-            for i in range(0, len(owned), PREFETCH_BATCH):  # batches read in parallel
-                pool.submit(self._fill_many, owned[i:i + PREFETCH_BATCH], (lambda _: path),
-                            quiet=True)
+            if self._batch is None:
+                for i in range(0, len(owned), PREFETCH_BATCH):  # batches read in parallel
+                    pool.submit(self._fill_many, owned[i:i + PREFETCH_BATCH],
+                                (lambda _: path), quiet=True)
+            else:  # each task sizes its batch as it starts (what was measured by then)
+                todo = deque(owned)
+                for _ in range(0, len(owned), PREFETCH_BATCH):
+                    pool.submit(self._fill_next, todo, path)
         except RuntimeError:  # shut down
             with self._lock:
                 for cid, fut in owned:
                     if self._inflight.get(cid) is fut:
                         self._inflight.pop(cid, None)
                         fut.cancel()
+
+    def _fill_next(self, todo: deque[tuple[bytes, Future[bytes]]], path: str) -> None:
+        """Prefetch the next `batch()` chunks of `todo`, again until none is left."""
+        assert self._batch is not None
+        while todo:
+            take: list[tuple[bytes, Future[bytes]]] = []
+            with contextlib.suppress(IndexError):
+                for _ in range(max(1, self._batch())):
+                    take.append(todo.popleft())
+            if take:
+                self._fill_many(take, (lambda _: path), quiet=True)
 
 
 def _wait(fut: Future[bytes], again: Callable[[], bytes]) -> bytes:

@@ -222,7 +222,8 @@ class ManifestReader(io.RawIOBase):
         self._last_block = kl
         if not forward:
             self._ahead_block = -1
-        nxt = kl + 1 if forward and kl + 1 < len(self._block_starts) else None
+        # the last block's rest too: a file within one read-ahead is all one block
+        nxt = min(kl + 1, len(self._block_starts) - 1) if forward else None
         if nxt is None or nxt == self._ahead_block:
             return []
         self._ahead_block = nxt

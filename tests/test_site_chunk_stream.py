@@ -1,0 +1,119 @@
+"""A `/v1/chunks/get` answer streams in parts (site_handlers.STREAM_IDS chunks each):
+whole and in order across parts, cut short (never passed off as whole) when a part
+fails after the status was sent, and a reader that stops reading holds the site to
+a few parts while other requests, health checks included, are answered. An
+in-process site on loopback over TLS (tests.test_site_nonblocking's fixture)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from gfs.codec import chunk_id, encode_blob
+from gfs.errors import UnavailableSiteError
+from gfs.federation import site_handlers
+from gfs.federation.site_client import SiteClient
+from gfs.federation.wire import ids_to_wire, unpack_frames
+from tests.test_site_nonblocking import DEADLINE, PROMPT, Served, served  # noqa: F401 - fixture
+
+PART = site_handlers.STREAM_IDS
+
+
+def _store(sc: SiteClient, count: int, size: int, seed: int = 0) -> list[bytes]:
+    """`count` incompressible chunks of `size` bytes put at the site; their ids."""
+    raws = [os.urandom(size) for _ in range(count)]
+    blobs = [b"".join(encode_blob(r)) for r in raws]
+    for i in range(0, count, 256):
+        sc.put(blobs[i:i + 256])
+    return [chunk_id(r) for r in raws]
+
+
+def test_a_batch_of_many_parts_comes_back_whole_and_in_order(
+        served: Served) -> None:  # noqa: F811
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = _store(sc, 5 * PART + 3, 4096)
+        absent = [bytes([i]) * 16 for i in range(3)]
+        asked = [*ids[:PART], absent[0], *ids[PART:3 * PART], *absent[1:], *ids[3 * PART:]]
+        got = sc.get(asked)
+    assert len(got) == len(asked)
+    for cid, blob in zip(asked, got, strict=True):
+        if cid in absent:
+            assert blob is None
+        else:
+            assert blob is not None and blob[16:32] == cid
+
+
+def test_a_part_failing_after_the_status_cuts_the_answer_short(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = _store(sc, 3 * PART, 1024)
+        bad = ids[2 * PART + 1]  # in the third part: the status and two parts are sent
+        real = served.site.blob
+        failed = threading.Event()
+
+        def blob(cid: bytes) -> bytes | None:
+            if cid == bad:
+                failed.set()
+                raise OSError(5, "disk read failed")
+            return real(cid)
+        monkeypatch.setattr(served.site, "blob", blob)
+        with pytest.raises(UnavailableSiteError):
+            sc.get(ids)
+        assert failed.is_set()
+        monkeypatch.setattr(served.site, "blob", real)
+        assert all(b is not None for b in sc.get(ids))  # the next request is served
+
+
+def _served_total(fx: Served) -> float:
+    return sum(v for (name, _), v in fx.site.metrics.counters.items()
+               if name == "chunks_served_total")
+
+
+def test_a_reader_that_stops_reading_holds_a_few_parts_and_stalls_nobody(
+        served: Served) -> None:  # noqa: F811
+    count, size = 4 * 1024, 16 << 10  # 64 MiB asked, far beyond the socket buffers
+    keys = served.site.keys
+    with served.client(keys, DEADLINE) as sc:
+        ids = _store(sc, count, size)
+        before = _served_total(served)
+        conn = sc.http.connection()
+        body = json.dumps({"ids": ids_to_wire(ids)}).encode()
+        headers: dict[str, Any] = {"Content-Type": "application/json",
+                                   **keys.sign("POST", "/v1/chunks/get", body,
+                                               sc.http.audience)}
+        try:
+            conn.request("POST", "/v1/chunks/get", body=body, headers=headers)
+            resp = conn.getresponse()  # the status and headers; the body is left unread
+            assert resp.status == 200
+            # the site reads parts until the peer's socket is full, then waits
+            end, last, stable = time.monotonic() + DEADLINE, -1.0, 0
+            while time.monotonic() < end and stable < 20:  # polled, with a deadline
+                now = _served_total(served) - before
+                stable = stable + 1 if now == last else 0
+                last = now
+                time.sleep(0.05)
+            assert 0 < last < count / 2, f"{last} of {count} chunks read for a stalled reader"
+            with served.client(None, PROMPT) as quick:
+                assert quick.health().status == "ok"
+            with served.client(keys, PROMPT) as other:
+                assert [b is not None for b in other.get(ids[:3 * PART])] == [True] * 3 * PART
+            assert _served_total(served) - before < count  # the stalled answer still waits
+            frames = unpack_frames(resp.read())  # reading resumes it, to the end
+            assert [f[16:32] for f in frames] == ids
+        finally:
+            conn.close()
+
+
+def test_a_stranger_asking_many_chunks_gets_a_refusal_and_no_chunk(
+        served: Served) -> None:  # noqa: F811
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = _store(sc, 3 * PART, 1024)
+    before = _served_total(served)
+    with served.client(None, PROMPT) as stranger, pytest.raises(PermissionError):
+        stranger.get(ids)  # unsigned: refused on the headers, before any part is read
+    assert _served_total(served) == before
