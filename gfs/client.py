@@ -45,6 +45,7 @@ from gfs.errors import (
     StateError,
 )
 from gfs.files import NsWriter
+from gfs.groups import StoredShares
 from gfs.meta import (
     ROOT_INO,
     ChunkRef,
@@ -302,11 +303,12 @@ class Client:
                     logical += m.size
                     ids.add_many((ref.id,) for ref in m.chunks)
             rows = ids.query("SELECT DISTINCT id FROM t ORDER BY id")
+            share = StoredShares(txn)  # a group member counts its share of the group
             while batch := [row[0] for row in itertools.islice(rows, 1000)]:
                 distinct += len(batch)
                 for rec in txn.get_chunks(batch).values():
                     unique += rec.raw_len
-                    stored += sum(loc.length for loc in rec.locations)
+                    stored += share(rec)
         return DuReport(norm, files, dirs, links, distinct, logical, unique, stored)
 
     # -- reading -------------------------------------------------------------------

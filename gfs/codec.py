@@ -32,13 +32,19 @@ CODEC_RAW = 0
 CODEC_ZSTD = 1
 #: A delta against a base chunk (docs/format.md, "Resemblance and delta chunks"; gfs.delta).
 CODEC_DELTA = 2
+#: A member of a group chunk (docs/format.md, "Group blobs"; gfs.groups).
+CODEC_MEMBER = 3
+#: Codecs whose payload starts with the id of another chunk the blob needs (its base).
+BASED_CODECS = frozenset({CODEC_DELTA, CODEC_MEMBER})
+#: Payload of a member blob: the group id and the member's offset in it.
+MEMBER_PAYLOAD_LEN = 20
 MAX_RAW_LEN = 0xFFFF_FFFF
 DEFAULT_LEVEL = 3
 
 # magic, version, codec, flags, raw length, payload length, chunk id; then the check.
 _HEAD = struct.Struct("<4sBBHII16s")
 _CHECK = struct.Struct("<I")
-_CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_DELTA)
+_CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_DELTA, CODEC_MEMBER)
 #: Codecs an encrypted blob may carry (a delta never leaves its store).
 _WHOLE_CODECS = (CODEC_RAW, CODEC_ZSTD)
 #: Reads the verified raw bytes of a base chunk, by id.
@@ -110,6 +116,8 @@ def _parse_header(buf: Buffer, where: str = "") -> BlobHeader:
         raise _corrupt(f"flags {flags:#06x} set (must be 0 in version 1)", cid, where)
     if codec == CODEC_DELTA and payload_len <= CHUNK_ID_LEN:
         raise _corrupt(f"delta blob with payload length {payload_len}", cid, where)
+    if codec == CODEC_MEMBER and payload_len != MEMBER_PAYLOAD_LEN:
+        raise _corrupt(f"member blob with payload length {payload_len}", cid, where)
     if codec == CODEC_RAW and payload_len != raw_len:
         raise _corrupt(
             f"raw blob with payload length {payload_len} != raw length {raw_len}", cid, where
@@ -232,13 +240,15 @@ def decode_blob(blob: Buffer, expect_id: bytes | None = None,
             f"{kind} payload (blob has {len(blob)} bytes, header says {header.blob_len})", cid
         )
     payload = memoryview(blob)[BLOB_HEADER_LEN:]
-    if header.codec == CODEC_DELTA:
-        from gfs import delta  # gfs.delta builds on this module
+    if header.codec in BASED_CODECS:
+        from gfs import delta, groups  # both build on this module
 
         base_id = bytes(payload[:CHUNK_ID_LEN])
         if base is None:
-            raise _corrupt(f"delta blob against base {base_id.hex()} read without its base "
-                           "(this reader does not support delta chunks)", cid)
+            raise _corrupt(f"blob based on chunk {base_id.hex()} read without its base "
+                           "(this reader does not support delta or group chunks)", cid)
+        if header.codec == CODEC_MEMBER:
+            return groups.decode_member_payload(header, payload, base(base_id))
         return delta.decode_delta_payload(header, payload, base(base_id))
     if header.codec == CODEC_RAW:
         raw = bytes(payload)

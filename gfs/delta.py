@@ -19,6 +19,7 @@ import zstandard
 
 from gfs import resemblance
 from gfs.codec import (
+    BASED_CODECS,
     BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
     CODEC_DELTA,
@@ -141,9 +142,9 @@ def pays(delta_payload_len: int, whole_payload_len: int) -> bool:
 
 
 def base_of(blob: Buffer) -> bytes:
-    """The base id named by a delta blob (its header is checked)."""
+    """The base id named by a delta or member blob (its header is checked)."""
     head = parse_blob_header(blob)
-    if head.codec != CODEC_DELTA:
+    if head.codec not in BASED_CODECS:
         raise ValueError(f"chunk {head.chunk_id.hex()} is not stored as a delta")
     if len(blob) < BLOB_HEADER_LEN + CHUNK_ID_LEN:
         raise _corrupt("truncated delta payload", head.chunk_id)

@@ -40,9 +40,9 @@ from typing import Final
 from gfs import _mover, namespace
 from gfs.client import Client
 from gfs.codec import (
+    BASED_CODECS,
     BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
-    CODEC_DELTA,
     CODEC_RAW,
     BlobHeader,
     chunk_id,
@@ -257,7 +257,7 @@ class Source:
             for k in range(0, len(ids), CHUNK_ID_LEN):
                 rec = txn.get_chunk(ids[k : k + CHUNK_ID_LEN])
                 # A delta is sent whole through staging: the peer may lack its base.
-                where = None if rec is not None and rec.codec == CODEC_DELTA else self._where(rec)
+                where = None if rec is not None and rec.codec in BASED_CODECS else self._where(rec)
                 if where is None and rec is not None:
                     remote.append((len(out), rec))
                 out.append(where)
@@ -299,7 +299,7 @@ class Source:
                 self.staged += 1
 
     def _get(self, rec: ChunkRecord) -> bytes | None:
-        if rec.codec == CODEC_DELTA:
+        if rec.codec in BASED_CODECS:
             try:
                 return self.store.read_blob(rec.id)  # verified, re-encoded whole
             except OSError as e:

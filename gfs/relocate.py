@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gfs import delta
-from gfs.codec import BLOB_HEADER_LEN, CODEC_DELTA, Buffer, parse_blob_header
+from gfs.codec import BASED_CODECS, BLOB_HEADER_LEN, Buffer, parse_blob_header
 from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
 from gfs.packs import PackBuilder, pack_key
 
@@ -87,7 +87,7 @@ def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
     for m in moves:
         blob = m.blob if transform is None else transform(m.cid, m.blob)
         head = parse_blob_header(blob)
-        base = delta.base_of(blob) if head.codec == CODEC_DELTA else None
+        base = delta.base_of(blob) if head.codec in BASED_CODECS else None
         offset, length = builder.add(blob[:BLOB_HEADER_LEN], blob[BLOB_HEADER_LEN:])
         staged.append(_Staged(m.cid, m.old, offset, length, head.codec, base))
         if builder.size >= store.config.pack_size:

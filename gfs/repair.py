@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from gfs import delta
 from gfs.errors import ChunkMissingError, CorruptChunkError, PoolError
 from gfs.fsck import owners, scan_copies
 from gfs.gc import remove_temporaries
@@ -69,6 +70,7 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
         hopeless = {cid for cid in scan.bad if cid not in keep_one}
         hopeless |= {cid for cid, rec in chunks.items() if not rec.locations and rec.refcount}
     blobs = _from_sources(hopeless, sources)
+    blobs.update(_dependents_whole(store, hopeless - blobs.keys(), blobs.keys(), sources))
     if blobs:
         report.repaired = store.replace_copies(blobs)
     with store.gc_exclusive():
@@ -79,6 +81,8 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
                 if current is None or cid in blobs:
                     continue
                 _drop_copies(txn, cid, set(current.locations))
+                if current.refcount == 0:
+                    continue  # garbage (a group whose members were restored): gc drops it
                 lost.add(cid)
             if lost:
                 set_lost_chunks(txn, lost_chunks(txn) | lost)
@@ -111,6 +115,17 @@ def _drop_copies(txn: WriteTxn, cid: bytes, bad: set[Location]) -> int:
     txn.put_chunk(ChunkRecord(cid, rec.raw_len, rec.stored_len, rec.codec, rec.refcount,
                               tuple(loc for loc in rec.locations if loc not in bad)))
     return dropped
+
+
+def _dependents_whole(store: ChunkStore, bases: set[bytes], have: Iterable[bytes],
+                      sources: Sequence[ChunkStore]) -> dict[bytes, bytes]:
+    """Whole blobs, from `sources`, of the chunks based on `bases` that no source has
+    (a group is local to its store: its members are restored whole instead)."""
+    if not bases:
+        return {}
+    with store.engine.read() as txn:
+        deps = {cid for cid, base in txn.iter_values(delta.DELTAS) if base in bases}
+    return _from_sources(deps - set(have), sources)
 
 
 def _from_sources(cids: set[bytes], sources: Sequence[ChunkStore]) -> dict[bytes, bytes]:

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
-from gfs import chunking, delta, pool_keys
+from gfs import chunking, delta, groups, pool_keys
 from gfs.codec import (
     CHUNK_ID_LEN,
     CODEC_DELTA,
+    CODEC_MEMBER,
     Buffer,
     chunk_id,
     decode_blob,
@@ -127,6 +128,8 @@ class WriteStats:
     new_stored_bytes: int = 0
     dedup_chunks: int = 0
     delta_chunks: int = 0
+    group_members: int = 0
+    groups: int = 0
     packs: int = 0
     commits: int = 0
     seconds: float = 0.0
@@ -440,10 +443,15 @@ class WriteSession:
         self._plans: list[delta.Plan | None] = []
         self._delta_meta: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
         self._dict_added: bytes | None = None  # a dictionary chunk of this commit
+        # Small chunks gathered for the next group (docs/format.md "Group blobs").
+        self._members: list[tuple[bytes, Buffer]] = []
+        self._members_bytes = 0
+        self._member_keys: dict[bytes, list[bytes]] = {}
         with store.engine.read() as txn:  # chunks marked lost by a repair heal when put again
             self._lost = lost_chunks(txn)
             dictionary = delta.current_dictionary(txn) if store.config.delta else None
-        self._planner = (delta.DeltaPlanner(store.read_chunk, dictionary)
+        # bases read once per session (a group holding many bases is decompressed once)
+        self._planner = (delta.DeltaPlanner(store.source.batch_reader(), dictionary)
                          if store.config.delta else None)
 
     # -- adding data -----------------------------------------------------------
@@ -509,16 +517,47 @@ class WriteSession:
                 self.stats.dedup_chunks += 1
                 continue
             self._new[ref.id] = None
-            self._group.append((ref.id, piece))
-            self._group_bytes += len(piece)
             if self._planner is not None:
                 lost = ref.id in self._lost  # a lost chunk is healed whole
-                self._plans.append(None if lost else self._planner.plan(txn, ref.id, piece))
+                plan = None if lost else self._planner.plan(txn, ref.id, piece)
                 trained = self._planner.take_dictionary()
                 if trained is not None:
                     self._add_dictionary(txn, *trained)
+                if not lost and groups.groupable(len(piece), plan):
+                    self._add_member(ref.id, piece, plan.keys if plan is not None else [])
+                    continue
+                self._plans.append(plan)
+            self._group.append((ref.id, piece))
+            self._group_bytes += len(piece)
             if len(self._group) >= ENCODE_GROUP or self._group_bytes >= ENCODE_GROUP_BYTES:
                 self._submit()
+
+    def _add_member(self, cid: bytes, piece: Buffer, keys: list[bytes]) -> None:
+        """Gather a small chunk for the next group; a full group goes to a worker."""
+        self._members.append((cid, piece))
+        self._members_bytes += len(piece)
+        self._member_keys[cid] = keys
+        if self._members_bytes >= groups.GROUP_BYTES:
+            self._submit_members()
+
+    def _submit_members(self) -> None:
+        """Encode the gathered small chunks as one group on a worker."""
+        members, self._members, self._members_bytes = self._members, [], 0
+        if len(members) == 1:  # a group of one saves nothing: stored as any chunk
+            cid, piece = members[0]
+            keys = self._member_keys.pop(cid, [])
+            self._group.append((cid, piece))
+            self._group_bytes += len(piece)
+            self._plans.append(delta.Plan(keys) if keys else None)
+            self._submit()
+            return
+        if not members:
+            return
+        fut = self.store.executor.submit(groups.encode_group, [p for _, p in members],
+                                         [cid for cid, _ in members], self._level)
+        self._inflight.append(([], fut))  # ids are read from the headers (group first)
+        if len(self._inflight) > self._max_inflight:
+            self._drain(self._max_inflight // 2)
 
     def _add_dictionary(self, txn: ReadTxn, cid: bytes, raw: bytes) -> None:
         """Store a dictionary the planner trained, as a whole chunk that no manifest
@@ -572,14 +611,23 @@ class WriteSession:
         """Append finished blobs to the pack in order until `keep` remain in flight."""
         if keep == 0:
             self._submit()
+            self._submit_members()
         while len(self._inflight) > keep:
             cids, fut = self._inflight.popleft()
-            for cid, (header, payload) in zip(cids, fut.result(), strict=True):
+            blobs = fut.result()
+            if not cids:  # a group: the group chunk, then its members
+                cids = [parse_blob_header(h).chunk_id for h, _ in blobs]
+                self.stats.groups += 1
+            for cid, (header, payload) in zip(cids, blobs, strict=True):
                 if self._pack is None:
                     self._pack = self._start_pack()
                 offset, blob_len = self._pack.add(header, payload)
                 head = parse_blob_header(header)
-                if head.codec == CODEC_DELTA:
+                if head.codec == CODEC_MEMBER:  # recorded like a delta on its group
+                    self._delta_meta[cid] = (bytes(payload[:CHUNK_ID_LEN]),
+                                             self._member_keys.pop(cid, []))
+                    self.stats.group_members += 1
+                elif head.codec == CODEC_DELTA:
                     base = bytes(payload[:CHUNK_ID_LEN])
                     # a delta against the dictionary may be a base itself: keep its keys
                     keys = self._delta_meta.get(cid, (None, []))[1]
@@ -722,6 +770,7 @@ class WriteSession:
         self._flushed.clear()
         self._files.clear()
         self._delta_meta.clear()
+        self._member_keys.clear()
         self._dict_added = None
         if self._planner is not None:
             self._planner.clear()
@@ -736,6 +785,8 @@ class WriteSession:
             self._tail.forget()
         self._end_reader()
         self._group, self._group_bytes, self._plans = [], 0, []
+        self._members, self._members_bytes = [], 0
+        self._member_keys.clear()
         self._delta_meta.clear()
         self._dict_added = None
         if self._planner is not None:

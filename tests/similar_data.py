@@ -6,7 +6,12 @@ import random
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections import Counter
+
+    import pytest
+
     from gfs.client import Client
+    from gfs.read.local import LocalSource
 
 
 def text(rng: random.Random, n: int) -> bytes:
@@ -36,3 +41,18 @@ def two_versions(fs: Client, seed: int, size: int, edits: int) -> tuple[bytes, b
     fs.write_bytes("/a", a)
     fs.write_bytes("/b", b)
     return a, b
+
+
+def count_reads(source: LocalSource, monkeypatch: pytest.MonkeyPatch) -> Counter[bytes]:
+    """Count, by chunk id, the verified reads `source` makes from its pools from now on."""
+    from collections import Counter
+
+    reads: Counter[bytes] = Counter()
+    real = source.read_verified
+
+    def counting(cid: bytes, path: str = "", **kw: object) -> tuple[bytes, bytes]:
+        reads[cid] += 1
+        return real(cid, path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(source, "read_verified", counting)
+    return reads

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gfs import delta, resemblance
+from gfs import delta, groups, resemblance
 from gfs.client import Client
 from gfs.codec import CODEC_DELTA, chunk_id, decode_blob, parse_blob_header
 from gfs.config import StoreConfig
 from gfs.errors import CorruptChunkError
 from gfs.packs import pack_key
 from gfs.testing.faults import flip_byte
-from tests.similar_data import mutate, text, two_versions
+from tests.similar_data import count_reads, mutate, text, two_versions
 
 
 def _records(fs: Client) -> dict[bytes, int]:
@@ -294,8 +294,9 @@ def test_gc_repacks_delta_blobs_with_their_pack(dfs: Client, tmp_path: Path) -> 
     (src / "b").write_bytes(b)
     (src / "junk").write_bytes(rng.randbytes(600_000))
     dfs.put(str(src), "/one")  # b's deltas and junk in one pack
-    with dfs.engine.read() as txn:
-        moved = dict(txn.iter_values(delta.DELTAS))
+    with dfs.engine.read() as txn:  # (a's small chunks are group members: not in that pack)
+        moved = {cid: base for cid, base in txn.iter_values(delta.DELTAS)
+                 if txn.get_chunk(cid).codec == CODEC_DELTA}  # type: ignore[union-attr]
         before = {cid: txn.get_chunk(cid).locations for cid in moved}  # type: ignore[union-attr]
     assert moved
     dfs.rm("/one/junk")
@@ -315,9 +316,10 @@ def test_tierer_moves_delta_chunks_as_they_are(dfs: Client, tmp_path: Path) -> N
 
     dfs.add_pool("archive", str(tmp_path / "cold"), tier="cold")
     a, b = two_versions(dfs, 15, 300_000, 10)
-    with dfs.engine.read() as txn:
-        deltas = dict(txn.iter_values(delta.DELTAS))
-    assert deltas
+    with dfs.engine.read() as txn:  # deltas, and small chunks as group members
+        deltas = {c: txn.get_chunk(c).codec  # type: ignore[union-attr]
+                  for c, _ in txn.iter_values(delta.DELTAS)}
+    assert CODEC_DELTA in deltas.values()
     with dfs.engine.write() as txn:
         TierPolicy(demote_idle=1e-3, cold_level=19).save(txn)
     report = run(dfs.store)
@@ -328,7 +330,7 @@ def test_tierer_moves_delta_chunks_as_they_are(dfs: Client, tmp_path: Path) -> N
         assert run(dfs.store).skipped == 0
     assert tier_usage(dfs.store)["warm"] == 0
     with dfs.engine.read() as txn:
-        assert all(txn.get_chunk(c).codec == CODEC_DELTA for c in deltas)  # type: ignore[union-attr]
+        assert all(txn.get_chunk(c).codec == k for c, k in deltas.items())  # type: ignore[union-attr]
     assert dfs.read_bytes("/a") == a and dfs.read_bytes("/b") == b
     assert dfs.fsck().ok
 
@@ -356,6 +358,13 @@ def test_site_serves_delta_chunks_whole(tmp_path: Path, monkeypatch: pytest.Monk
 
 # -- the session's dictionary for small chunks ---------------------------------------------
 
+@pytest.fixture
+def no_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small chunks stored one by one, as chunks too big for a group are (the dictionary
+    serves the chunks that are not grouped; docs/format.md "Group blobs")."""
+    monkeypatch.setattr(groups, "MEMBER_MAX", 0)
+
+
 def _small_files(n: int, seed: int) -> dict[str, bytes]:
     """Small files of one vocabulary (as the sources of one project are)."""
     rng = random.Random(seed)
@@ -375,6 +384,7 @@ def _local_tree(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
+@pytest.mark.usefixtures("no_groups")
 def test_small_chunks_are_deltas_against_a_trained_dictionary(dfs: Client,
                                                                tmp_path: Path) -> None:
     """Past DICT_TRAIN_BYTES of small chunks a session trains a dictionary, stores it as
@@ -445,6 +455,7 @@ def test_a_kept_context_never_stands_in_for_the_base_given() -> None:
         decode_blob(header + payload, base=lambda _: wrong)
 
 
+@pytest.mark.usefixtures("no_groups")
 def test_later_sessions_reuse_the_stored_dictionary(dfs: Client, tmp_path: Path) -> None:
     """A second put takes the store's dictionary at once (no training, no second
     dictionary chunk, its first small chunks already deltas); once gc has dropped the
@@ -482,6 +493,7 @@ def test_later_sessions_reuse_the_stored_dictionary(dfs: Client, tmp_path: Path)
     assert dfs.fsck().ok
 
 
+@pytest.mark.usefixtures("no_groups")
 def test_a_restore_batch_reads_each_base_once(dfs: Client, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Small files stored as deltas against the dictionary: a get of the tree reads the
@@ -492,14 +504,7 @@ def test_a_restore_batch_reads_each_base_once(dfs: Client, tmp_path: Path,
         deps = Counter(dict(txn.iter_values(delta.DELTAS)).values())
     assert max(deps.values()) > 100
     source = dfs.store.source
-    reads: Counter[bytes] = Counter()
-    real = source.read_verified
-
-    def counting(cid: bytes, path: str = "", **kw: object) -> tuple[bytes, bytes]:
-        reads[cid] += 1
-        return real(cid, path, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(source, "read_verified", counting)
+    reads = count_reads(source, monkeypatch)
     out = tmp_path / "out"
     dfs.get("/s", out)
     for p, data in files.items():
@@ -545,6 +550,7 @@ def test_dictionary_deltas_are_not_compressed_twice(monkeypatch: pytest.MonkeyPa
         assert decode_blob(h + bytes(p), expect_id=cid, base={did: dictionary}.__getitem__) == raw
 
 
+@pytest.mark.usefixtures("no_groups")
 def test_big_chunks_use_the_dictionary_and_stay_bases(dfs: Client, tmp_path: Path) -> None:
     """Once the store has a dictionary, a big chunk without a resembling base is a delta
     against it, and may still be the base of a later similar chunk (a chain of 2); all

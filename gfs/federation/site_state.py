@@ -25,7 +25,7 @@ from gfs import delta_transfer, namespace, paths
 from gfs.accesslog import AccessLog
 from gfs.client import Client
 from gfs.codec import (
-    CODEC_DELTA,
+    BASED_CODECS,
     check_encrypted_blob,
     decode_blob,
     parse_blob_header,
@@ -719,7 +719,7 @@ class Site:
             rec = txn.get_chunk(cid)
         if rec is None:
             return None
-        if rec.codec == CODEC_DELTA:
+        if rec.codec in BASED_CODECS:
             try:
                 return self.client.store.read_blob(cid)
             except HutongError:

@@ -20,13 +20,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gfs.codec import CODEC_DELTA, BaseReader, decode_blob, encode_blob, parse_blob_header
+from gfs.codec import (
+    BASED_CODECS,
+    BLOB_VERSION,
+    CODEC_MEMBER,
+    BaseReader,
+    decode_blob,
+    encode_blob,
+    parse_blob_header,
+)
 from gfs.errors import ChunkMissingError, CorruptChunkError, PoolError, PoolObjectMissingError
 from gfs.meta import Location
 from gfs.packs import pack_key
 from gfs.read.source import PathOf
 
 if TYPE_CHECKING:
+    from gfs.read.memory import MemoryTier
     from gfs.store import ChunkStore
 
 log = logging.getLogger("hutong.store")
@@ -39,6 +48,9 @@ MAX_SPAN = 16 << 20
 MIN_SPLIT = 1 << 20
 #: Corrupt copies remembered (tried last, reported once) before the memory is reset.
 BAD_COPIES_KEPT = 100_000
+#: Bytes of verified bases (groups, the dictionary) single reads keep (docs/format.md,
+#: "Group blobs": a member read alone costs its group's decompression once).
+BASE_CACHE_BYTES = 32 << 20
 #: Bytes of delta bases one `get_many` keeps after reading them once (a restore batch
 #: of small files that are deltas against the store's dictionary reads it once, not
 #: once per file).
@@ -65,6 +77,37 @@ class _Span:
     members: list[tuple[bytes, Location]]
 
 
+_MEMBER_MARK = bytes((BLOB_VERSION, CODEC_MEMBER))
+
+
+def _is_member(blob: bytes | memoryview) -> bool:
+    """Whether `blob` claims to be a member blob (its header is checked when decoded)."""
+    return bytes(blob[4:6]) == _MEMBER_MARK
+
+
+class _Uncached:
+    """A `LocalSource` seen by its base tier: `close` leaves the source open."""
+
+    def __init__(self, source: LocalSource) -> None:
+        self.source = source
+
+    def get(self, cid: bytes, *, path: str = "") -> bytes:
+        return self.source.get(cid, path=path)
+
+    def get_many(self, cids: Iterable[bytes], *,
+                 path_of: PathOf | None = None) -> dict[bytes, bytes]:
+        return self.source.get_many(cids, path_of=path_of)
+
+    def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
+        return self.source.get_blob(cid, path=path)
+
+    def worth_caching(self, cid: bytes) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 class LocalSource:
     """Verified chunks of `store` (see the module docstring)."""
 
@@ -73,9 +116,13 @@ class LocalSource:
         self._local: dict[int, bool] = {}
         self._bad: set[tuple[bytes, bytes]] = set()  # (chunk, pack) copies reported bad
         self._bad_lock = threading.Lock()
+        self._bases: MemoryTier | None = None
 
     def close(self) -> None:
-        """Nothing to release: the store owns the pools and threads."""
+        """Drop the cached bases; the store owns the pools and threads."""
+        if self._bases is not None:
+            self._bases.close()
+            self._bases = None
 
     def _base(self, cid: bytes) -> bytes:
         """The base of a delta blob, verified; a failure is a BaseChunkError so that fsck
@@ -83,6 +130,20 @@ class LocalSource:
         from gfs.delta import verified_base_reader
 
         return verified_base_reader(self.get)(cid)
+
+    def _group(self, cid: bytes) -> bytes:
+        """The group of a member blob, as `_base`, through a bounded memory tier: the
+        members of a group read one by one (the mount's random reads) cost its
+        decompression once."""
+        from gfs.delta import verified_base_reader
+
+        if self._bases is None:
+            from gfs.read.memory import MemoryTier
+
+            with self._bad_lock:
+                if self._bases is None:
+                    self._bases = MemoryTier(_Uncached(self), BASE_CACHE_BYTES)
+        return verified_base_reader(self._bases.get)(cid)
 
     # -- location-level primitives -------------------------------------------------
     def blob_at(self, loc: Location, cid: bytes, *, base: BaseReader | None = None
@@ -92,11 +153,14 @@ class LocalSource:
         PoolObjectMissingError or PoolError."""
         blob = self.store.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
                                              loc.offset + loc.length)
-        return blob, decode_blob(blob, expect_id=cid, base=base or self._base)
+        if base is None:
+            base = self._group if _is_member(blob) else self._base
+        return blob, decode_blob(blob, expect_id=cid, base=base)
 
-    def _batch_bases(self) -> BaseReader:
+    def batch_reader(self) -> BaseReader:
         """`_base`, remembering up to BATCH_BASE_BYTES of the bases it read, the base of
-        a base too (for one `get_many`; shared by its worker threads)."""
+        a base too (for one `get_many`, shared by its worker threads, or one write
+        session's delta bases); reads from the pools, not the group cache."""
         from gfs.delta import verified_base_reader
 
         kept: dict[bytes, bytes] = {}
@@ -117,11 +181,13 @@ class LocalSource:
         return read
 
     def read_span(self, pool_id: int, pack: bytes, members: list[tuple[bytes, Location]],
-                  *, whole: bool = False, base: BaseReader | None = None) -> list[Checked]:
+                  *, whole: bool = False, base: BaseReader | None = None,
+                  cached_groups: bool = False) -> list[Checked]:
         """Blobs `members` (chunk id, location in `pack`) read with one ranged read
-        (`whole`: the whole pack object) and each verified (delta bases read through
-        `base`, by default `_base`). Raises PoolObjectMissingError or PoolError when
-        the read itself fails."""
+        (`whole`: the whole pack object) and each verified (delta bases and groups read
+        through `base`, by default from the pools once per call; groups through the
+        group cache with `cached_groups`). Raises
+        PoolObjectMissingError or PoolError when the read itself fails."""
         if not members:
             return []
         try:
@@ -134,12 +200,15 @@ class LocalSource:
         except CorruptChunkError:  # an encrypted pool refuses a damaged segment: whose?
             return [self._alone(cid, loc) for cid, loc in members]
         view = memoryview(data)
+        base = base or self.batch_reader()
+        group = self._group if cached_groups else base
         out: list[Checked] = []
         for cid, loc in members:
             blob = view[loc.offset - start:loc.offset - start + loc.length]
             try:
                 out.append(Checked(cid, loc, blob,
-                                   decode_blob(blob, expect_id=cid, base=base or self._base),
+                                   decode_blob(blob, expect_id=cid,
+                                               base=group if _is_member(blob) else base),
                                    None))
             except CorruptChunkError as e:
                 out.append(Checked(cid, loc, blob, None, e))
@@ -159,7 +228,7 @@ class LocalSource:
         good = 0
         for loc in rec.locations if rec is not None else ():
             try:
-                self.blob_at(loc, cid)
+                self.blob_at(loc, cid, base=self._base)  # from the pools, not the cache
                 good += 1
             except (CorruptChunkError, PoolError):
                 continue
@@ -175,7 +244,7 @@ class LocalSource:
         blob (docs/format.md, "Resemblance and delta chunks") is re-encoded whole, since
         its base may not exist there."""
         blob, raw = self.read_verified(cid, path)
-        if parse_blob_header(blob).codec != CODEC_DELTA:
+        if parse_blob_header(blob).codec not in BASED_CODECS:
             return blob
         header, payload = encode_blob(raw, self.store.config.zstd_level, cid)
         return header + bytes(payload)
@@ -290,7 +359,7 @@ class LocalSource:
                     spans.append(_Span(pool_id, pack, loc.offset, loc.offset + loc.length,
                                        [(cid, loc)]))
         out: dict[bytes, bytes] = {}
-        bases = self._batch_bases()
+        bases = self.batch_reader()
         for results in self.store.executor.map(lambda s: self._fetch_span(s, bases), spans):
             for cid, data in results:
                 if data is None:
@@ -303,7 +372,8 @@ class LocalSource:
 
     def _fetch_span(self, span: _Span, bases: BaseReader) -> list[tuple[bytes, bytes | None]]:
         try:
-            checked = self.read_span(span.pool, span.pack, span.members, base=bases)
+            checked = self.read_span(span.pool, span.pack, span.members, base=bases,
+                                     cached_groups=True)
         except PoolError:
             return [(cid, None) for cid, _ in span.members]
         return [(c.cid, c.raw) for c in checked]  # a failure: `get` reports it, naming the file

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from gfs import namespace
 from gfs import relocate as relocation
 from gfs.codec import (
-    CODEC_DELTA,
+    BASED_CODECS,
     CODEC_ZSTD,
     Buffer,
     decode_blob,
@@ -212,7 +212,7 @@ def _recompress(policy: TierPolicy) -> relocation.Transform:
     moves as it is: its base stays pinned by its `deltas` entry."""
     def transform(cid: bytes, blob: Buffer) -> Buffer:
         head = parse_blob_header(blob)
-        if head.codec == CODEC_DELTA or (head.codec == CODEC_ZSTD and policy.cold_level <= 3):
+        if head.codec in BASED_CODECS or (head.codec == CODEC_ZSTD and policy.cold_level <= 3):
             return blob
         header, payload = encode_blob(decode_blob(blob, expect_id=cid), policy.cold_level, cid)
         return header + payload

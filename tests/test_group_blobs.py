@@ -1,0 +1,359 @@
+"""Group blobs (docs/format.md "Group blobs"): small chunks compressed together, read
+back by id, verified, kept by gc while any member lives, moved by relocation, reported
+by fsck against every file with a member, and safe against a writer killed midway."""
+
+from __future__ import annotations
+
+import errno
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gfs import delta, groups
+from gfs.client import Client
+from gfs.codec import CODEC_MEMBER, BlobHeader, chunk_id, decode_blob, parse_blob_header
+from gfs.errors import CorruptChunkError, NoSpaceError
+from gfs.packs import pack_key
+from gfs.testing.faults import FaultyPool, flip_byte
+from tests.similar_data import count_reads, text
+from tests.test_faults import kill_put_midway
+
+
+def _files(n: int, seed: int, lo: int = 300, hi: int = 6000) -> dict[str, bytes]:
+    """Small files of one vocabulary (the sources of one project)."""
+    rng = random.Random(seed)
+    corpus = text(rng, 1 << 20)
+    out = {}
+    for i in range(n):
+        at, size = rng.randrange(len(corpus) - hi), rng.randrange(lo, hi)
+        out[f"f{i:04d}"] = corpus[at:at + size] + rng.randbytes(8)  # distinct contents
+    return out
+
+
+def _put(fs: Client, root: Path, files: dict[str, bytes], dest: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    fs.put(str(root), dest)
+
+
+def _members(fs: Client) -> dict[bytes, bytes]:
+    """member id -> group id, for every member recorded."""
+    with fs.engine.read() as txn:
+        deps = dict(txn.iter_values(delta.DELTAS))
+        return {cid: g for cid, g in deps.items()
+                if (rec := txn.get_chunk(cid)) is not None and rec.codec == CODEC_MEMBER}
+
+
+# -- the blobs --------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=3000), min_size=2, max_size=40, unique=True))
+def test_any_chunks_grouped_read_back_by_id(raws: list[bytes]) -> None:
+    ids = [chunk_id(r) for r in raws]
+    blobs = groups.encode_group(raws, ids, 3)
+    (gh, gp), members = blobs[0], blobs[1:]
+    gid = parse_blob_header(gh).chunk_id
+    group_raw = decode_blob(gh + bytes(gp), expect_id=gid)
+    assert group_raw == b"".join(raws)
+    for (h, p), raw, cid in zip(members, raws, ids, strict=True):
+        assert parse_blob_header(h).codec == CODEC_MEMBER
+        assert decode_blob(h + bytes(p), expect_id=cid, base={gid: group_raw}.__getitem__) == raw
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=500), min_size=2, max_size=12, unique=True),
+       st.data())
+def test_a_damaged_group_fails_every_member(raws: list[bytes], data: st.DataObject) -> None:
+    """Any one flipped byte of the group's raw bytes is caught by the member it falls in;
+    a wrong group (or one cut short) fails every member, naming the group."""
+    ids = [chunk_id(r) for r in raws]
+    blobs = groups.encode_group(raws, ids, 3)
+    gid = parse_blob_header(blobs[0][0]).chunk_id
+    group_raw = bytearray(b"".join(raws))
+    at = data.draw(st.integers(0, len(group_raw) - 1))
+    group_raw[at] ^= 1 << data.draw(st.integers(0, 7))
+    damaged, short = bytes(group_raw), bytes(group_raw[:-1])
+    start = 0
+    for (h, p), raw, cid in zip(blobs[1:], raws, ids, strict=True):
+        blob = h + bytes(p)
+        if start <= at < start + len(raw):
+            with pytest.raises(CorruptChunkError, match=gid.hex()):
+                decode_blob(blob, expect_id=cid, base=lambda _: damaged)
+        if start + len(raw) == len(damaged):
+            with pytest.raises(CorruptChunkError, match=gid.hex()):
+                decode_blob(blob, expect_id=cid, base=lambda _: short)
+        start += len(raw)
+
+
+def test_member_blob_checks() -> None:
+    cid = chunk_id(b"x" * 100)
+    h, p = groups.member_blob(cid, 100, b"\2" * 16, 0)
+    with pytest.raises(CorruptChunkError, match="without its base"):
+        decode_blob(h + p)
+    with pytest.raises(CorruptChunkError, match="member blob with payload length"):
+        decode_blob(BlobHeader(CODEC_MEMBER, 0, 100, 21, cid).to_bytes() + p + b"\0")
+    with pytest.raises(ValueError, match="member of itself"):
+        groups.member_blob(cid, 100, cid, 0)
+
+
+# -- the store --------------------------------------------------------------------------
+
+def test_small_files_are_grouped_and_read_back(dfs: Client, tmp_path: Path) -> None:
+    files = _files(400, 1)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    assert len(members) >= 350  # the small files, but deltas and a group's leftover
+    with dfs.engine.read() as txn:
+        named = {r.id for _, m in txn.iter_manifests() for r in m.chunks}
+        for gid, n in Counter(members.values()).items():
+            rec = txn.get_chunk(gid)
+            assert rec is not None and rec.refcount == n and gid not in named
+            assert rec.raw_len <= groups.GROUP_BYTES + groups.MEMBER_MAX
+    stored = sum(r.stored_len for r in _records(dfs))
+    assert stored < sum(map(len, files.values())) // 3  # compressed together
+    for name, data in files.items():
+        assert dfs.read_bytes(f"/s/{name}") == data
+    out = tmp_path / "out"
+    dfs.get("/s", out)
+    assert all((out / n).read_bytes() == d for n, d in files.items())
+    assert dfs.fsck().ok
+
+
+def _records(fs: Client) -> list:  # type: ignore[type-arg]
+    with fs.engine.read() as txn:
+        return list(txn.iter_chunks())
+
+
+def test_member_reads_decompress_their_group_once(dfs: Client, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """One by one (the mount's random reads) and as a restore batch, the members of a
+    group cost one read and decompression of the group, not one per member."""
+    files = _files(300, 2)
+    _put(dfs, tmp_path / "src", files, "/s")
+    gids = set(_members(dfs).values())
+    source = dfs.store.source
+    reads = count_reads(source, monkeypatch)
+    for name in random.Random(3).sample(sorted(files), len(files)):
+        assert dfs.read_bytes(f"/s/{name}") == files[name]
+    with dfs.engine.read() as txn:  # a delta whose base is a member reads it in its batch
+        on_members = Counter(_members(dfs).get(b) for _, b in txn.iter_values(delta.DELTAS))
+    assert all(1 <= reads[g] <= 1 + on_members[g] for g in gids)
+    assert sum(on_members[g] for g in gids) < len(files) // 10
+    source.close()  # drops the group cache
+    reads.clear()
+    got = source.get_many(list(_members(dfs)))
+    assert len(got) == len(_members(dfs))
+    assert all(reads[g] <= 2 for g in gids)  # once per batch (two threads may race)
+
+
+def test_a_member_leaves_the_store_whole(dfs: Client, tmp_path: Path) -> None:
+    files = _files(50, 4)
+    _put(dfs, tmp_path / "src", files, "/s")
+    cid = next(iter(_members(dfs)))
+    blob = dfs.store.read_blob(cid)
+    assert parse_blob_header(blob).codec != CODEC_MEMBER
+    assert decode_blob(blob, expect_id=cid)  # no base needed at the receiver
+
+
+def test_a_damaged_group_is_reported_against_every_file_with_a_member(
+        dfs: Client, tmp_path: Path) -> None:
+    files = _files(200, 5)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    gid = Counter(members.values()).most_common(1)[0][0]
+    with dfs.engine.read() as txn:
+        rec = txn.get_chunk(gid)
+        assert rec is not None
+        loc = rec.locations[0]
+        deps = dict(txn.iter_values(delta.DELTAS))
+        needs = {c for c, g in members.items() if g == gid}
+        needs |= {c for c, b in deps.items() if b in needs}  # deltas based on a member
+        owners = {f"/s/{n}" for n in files
+                  if any(r.id in needs
+                         for r in txn.get_manifest(dfs.stat(f"/s/{n}").ino).chunks)}  # type: ignore[union-attr]
+    flip_byte(dfs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + loc.length // 2)
+    report = dfs.fsck()
+    assert not report.ok and gid.hex() in " ".join(report.problems)
+    assert set(report.damaged_files) == owners and len(owners) > 10
+    victim = sorted(owners)[0]
+    with pytest.raises(CorruptChunkError, match=gid.hex()):
+        dfs.read_bytes(victim)
+    bystanders = [f"/s/{n}" for n in files if f"/s/{n}" not in owners]
+    for p in bystanders:
+        assert dfs.read_bytes(p) == files[p.rsplit("/", 1)[1]]
+
+
+def test_repair_restores_members_of_a_lost_group_whole(dfs: Client, tmp_path: Path) -> None:
+    """A group exists in one store only: repair takes its members from another store,
+    whole, and the damaged group becomes garbage (not lost)."""
+    files = _files(120, 6)
+    _put(dfs, tmp_path / "src", files, "/s")
+    gid = Counter(_members(dfs).values()).most_common(1)[0][0]
+    with dfs.engine.read() as txn:
+        loc = txn.get_chunk(gid).locations[0]  # type: ignore[union-attr]
+    flip_byte(dfs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + loc.length // 2)
+    from gfs.repair import repair
+
+    other = Client.init(tmp_path / "other", pack_size=1 << 20, workers=2)
+    try:
+        _put(other, tmp_path / "src2", files, "/s")
+        report = repair(dfs.store, [other.store])
+    finally:
+        other.close()
+    assert report.lost == [] and report.repaired > 10
+    for name, data in files.items():
+        assert dfs.read_bytes(f"/s/{name}") == data
+    dfs.gc()
+    assert dfs.fsck().ok
+    with dfs.engine.read() as txn:
+        assert txn.get_chunk(gid) is None
+
+
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keep=st.lists(st.booleans(), min_size=60, max_size=60))
+def test_gc_never_loses_a_live_member(tmp_path_factory: pytest.TempPathFactory,
+                                      keep: list[bool]) -> None:
+    """Whatever subset of files is removed, gc keeps every group a live member needs,
+    and drops a group with its last member."""
+    tmp = tmp_path_factory.mktemp("gc")
+    fs = Client.init(tmp / "state", pack_size=1 << 18, workers=2, delta=True)
+    try:
+        files = _files(60, 7)
+        _put(fs, tmp / "src", files, "/s")
+        for (name, _), k in zip(files.items(), keep, strict=True):
+            if not k:
+                fs.rm(f"/s/{name}")
+        fs.gc()
+        for (name, data), k in zip(files.items(), keep, strict=True):
+            if k:
+                assert fs.read_bytes(f"/s/{name}") == data
+        members = _members(fs)
+        with fs.engine.read() as txn:
+            named = {r.id for _, m in txn.iter_manifests() for r in m.chunks}
+            unnamed = {r.id: r.refcount for r in txn.iter_chunks() if r.id not in named}
+            based = Counter(delta.base_refs(txn))
+        # what no file names is a group (referenced once by each live member) or the
+        # base of a live delta; every live member's group is there
+        assert unnamed == {c: n for c, n in based.items() if c not in named}
+        assert set(members.values()) <= set(unnamed)
+        report = fs.fsck()
+        assert report.ok and report.unreferenced_chunks == 0
+    finally:
+        fs.close()
+
+
+def test_relocation_keeps_members_readable(dfs: Client, tmp_path: Path) -> None:
+    """gc's repack of a sparse pack and the tierer's move to cold move groups and member
+    blobs; every member still reads back and fsck is clean."""
+    from gfs.tiering.policy import TierPolicy
+    from gfs.tiering.tierer import run, tier_usage
+
+    files = _files(300, 8)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a_junk").write_bytes(random.Random(8).randbytes(600_000))
+    _put(dfs, tmp_path / "src", files, "/s")  # the junk and the first group share a pack
+    before = {r.id: r.locations for r in _records(dfs)}
+    dfs.rm("/s/a_junk")
+    assert dfs.gc().packs_repacked >= 1
+    after = {r.id: r.locations for r in _records(dfs)}
+    moved = {cid for cid, locs in before.items() if cid in after and after[cid] != locs}
+    members = _members(dfs)
+    assert moved & set(members) and moved & set(members.values())
+    dfs.add_pool("archive", str(tmp_path / "cold"), tier="cold")
+    with dfs.engine.write() as txn:
+        TierPolicy(demote_idle=1e-3, cold_level=19).save(txn)
+    deadline = time.monotonic() + 60
+    while tier_usage(dfs.store)["warm"] and time.monotonic() < deadline:
+        assert run(dfs.store).skipped == 0
+    assert tier_usage(dfs.store)["warm"] == 0
+    assert all(r.codec == CODEC_MEMBER for r in _records(dfs) if r.id in _members(dfs))
+    dfs.store.source.close()
+    for name, data in files.items():
+        assert dfs.read_bytes(f"/s/{name}") == data
+    assert dfs.fsck().ok
+
+
+# -- crashes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("after", [0, 1, 2])
+def test_a_failed_group_write_commits_nothing(tmp_path: Path, after: int) -> None:
+    """A pack write failing with a group's blob written and its members not (packs of
+    64 KiB: a group's blob fills one alone) leaves nothing visible and nothing
+    pointing into a pack that was not written."""
+    fs = Client.init(tmp_path / "state", pack_size=1 << 16, workers=2, delta=True)
+    try:
+        fs.write_bytes("/existing", b"committed before" * 1000)
+        files = _files(400, 9)
+        inner = fs.store.pool(0)
+        faulty = FaultyPool(inner, "put", after=after,
+                            error=OSError(errno.ENOSPC, "No space left on device"))
+        fs.store._pools[0] = faulty
+        try:
+            with pytest.raises((NoSpaceError, OSError)):
+                _put(fs, tmp_path / "src", files, "/s")
+        finally:
+            fs.store._pools[0] = inner
+        assert faulty.failures == 1
+        assert not fs.exists("/s") or not list(fs.walk("/s"))
+        assert fs.read_bytes("/existing") == b"committed before" * 1000
+        assert _members(fs) == {}
+        assert fs.fsck().ok
+        fs.gc()
+        after_gc = fs.fsck()
+        assert after_gc.ok and after_gc.orphan_packs == 0 and after_gc.unreferenced_chunks == 0
+        _put(fs, tmp_path / "src", files, "/s")  # the same put works once there is space
+        for name, data in files.items():
+            assert fs.read_bytes(f"/s/{name}") == data
+    finally:
+        fs.close()
+
+
+def test_kill9_mid_put_of_small_files(tmp_path: Path) -> None:
+    """A writer killed -9 while grouping: every visible file reads back whole, every
+    member's group is recorded with a copy, fsck is clean, gc leaves no orphan."""
+    state = tmp_path / "state"
+    Client.init(state, delta=True).close()
+    files = _files(3000, 10, 200, 3000)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    kill_put_midway(state, src)  # into /big, committing every 5 files
+    fs = Client(state)
+    try:
+        assert fs.fsck().ok
+        members = _members(fs)
+        assert members  # some commits landed before the kill
+        with fs.engine.read() as txn:
+            for gid in set(members.values()):
+                rec = txn.get_chunk(gid)
+                assert rec is not None and rec.locations
+                assert all(txn.get_pack(loc.pack) is not None for loc in rec.locations)
+        visible = [s.path for s in fs.walk("/") if s.kind == "file"]
+        assert 0 < len(visible) < len(files)
+        for p in visible:
+            assert fs.read_bytes(p) == files[p.rsplit("/", 1)[1]]
+        fs.gc()
+        after = fs.fsck()
+        assert after.ok and after.orphan_packs == 0 and after.unreferenced_chunks == 0
+    finally:
+        fs.close()
+
+
+def test_du_counts_each_members_share_of_its_group(dfs: Client, tmp_path: Path) -> None:
+    """`du` stored bytes: the groups' bytes are shared out among their members, so the
+    whole tree's figure is what its blobs take in the packs."""
+    files = _files(300, 11)
+    _put(dfs, tmp_path / "src", files, "/s")
+    with dfs.engine.read() as txn:  # every chunk here is named by a file, or a group
+        used = sum(p.live_bytes for p in txn.iter_packs())
+    report = dfs.du("/s")
+    # members' shares of their groups round down: within a byte per member
+    assert used - len(_members(dfs)) <= report.stored_bytes <= used
