@@ -12,6 +12,7 @@ import os
 import stat as statmod
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 
 from gfs import paths
@@ -126,9 +127,39 @@ def entries_changed(txn: WriteTxn, parent: int) -> None:
     of this module that changes entries does it; call this after changing entries
     with the engine's primitives (`txn.link`, `txn.unlink`) directly.
     """
+    pending = _COALESCED.get(id(txn))
+    if pending is not None:
+        pending.add(parent)
+        return
     cur = txn.get_inode(parent)
     if cur is not None and cur.kind == Kind.DIR:
         txn.put_inode(replace(cur, version=cur.version + 1))
+
+
+#: The directories whose version `entries_changed` owes, by transaction (id) in
+#: `versions_coalesced`.
+_COALESCED: dict[int, set[int]] = {}
+
+
+@contextmanager
+def versions_coalesced(txn: WriteTxn) -> Iterator[None]:
+    """In the block, `entries_changed` advances each directory's version once, when the
+    block ends, however many of its entries change; readers only ever see committed
+    versions, so one step per transaction is enough. A put's commit batch rewrote a
+    directory's inode once per entry (6,111 inode writes for 3,656 files of the
+    small-files bench). On an exception nothing is advanced (the transaction aborts)."""
+    key = id(txn)
+    if key in _COALESCED:  # nested: the outer block advances them
+        yield
+        return
+    pending: set[int] = set()
+    _COALESCED[key] = pending
+    try:
+        yield
+    finally:
+        del _COALESCED[key]
+    for ino in sorted(pending):
+        entries_changed(txn, ino)
 
 
 def _new_inode(txn: WriteTxn, parent: int, kind: Kind, mode: int, now: int,

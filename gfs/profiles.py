@@ -29,13 +29,11 @@ import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, model_validator
-
 from gfs.errors import ConfigError, SchemaError
-from gfs.schema import Schema, load
 
 if TYPE_CHECKING:
     from gfs.namespace_api import Namespace
+    from gfs.profile_models import Profile, ProfilesFile
 
 #: The profiles file (tests and scripts point it elsewhere).
 PROFILES_ENV = "HUTONG_PROFILES"
@@ -75,53 +73,6 @@ def check_registry_url(url: str) -> str:
     return url.rstrip("/")
 
 
-class Profile(Schema):
-    """One profile of the profiles file."""
-
-    registry: str
-    entity: str
-    token: str | None = None
-    keys: str | None = None
-    near: str | None = None
-    cache_dir: str | None = None
-    registry_ca: str | None = None
-    """The registry's CA certificate (PEM), copied in by `add_profile`."""
-    plaintext: bool = False
-    """Plain http:// to the registry and sites (`--insecure-plaintext`)."""
-
-    @model_validator(mode="after")
-    def _one_identity(self) -> Profile:
-        from gfs.federation.ids import check_name
-
-        check_registry_url(self.registry)
-        check_name(self.entity, "entity")
-        if (self.token is None) == (self.keys is None):
-            raise ValueError("give exactly one identity: a token or a keys directory")
-        if self.near is not None:
-            check_name(self.near, "site")
-        if self.registry_ca is not None:
-            from gfs.federation.tls import read_registry_ca
-
-            read_registry_ca(self.registry_ca)  # a ConfigError is a ValueError: key named
-        return self
-
-
-class ProfilesFile(Schema):
-    """The profiles file: the profiles by name and the one `hutong profile use` chose."""
-
-    current: str | None = None
-    profiles: dict[str, Profile] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _current_exists(self) -> ProfilesFile:
-        for name in self.profiles:
-            check_profile_name(name)
-        if self.current is not None and self.current not in self.profiles:
-            raise ValueError(f"current profile {self.current!r} is not defined; run "
-                             "`hutong profile use NAME` with a listed profile")
-        return self
-
-
 def profiles_path() -> Path:
     """The profiles file (see the module docstring for the order)."""
     env = os.environ.get(PROFILES_ENV)
@@ -134,6 +85,9 @@ def profiles_path() -> Path:
 def load_profiles(path: Path | None = None) -> ProfilesFile:
     """The profiles file (empty when it does not exist); SchemaError naming the key and
     the file when it is malformed."""
+    from gfs.profile_models import ProfilesFile
+    from gfs.schema import load
+
     p = path or profiles_path()
     if not p.exists():
         return ProfilesFile()
@@ -237,6 +191,7 @@ def add_profile(name: str, *, registry: str, entity: str, token: str | None = No
     cache = str(Path(cache_dir).expanduser().absolute()) if cache_dir is not None else None
     url = check_registry_url(registry)
     ca = _registry_ca(name, url, registry_ca, plaintext)
+    from gfs.profile_models import Profile
     try:
         prof = Profile(registry=url, entity=entity, token=token, keys=keys_dir, near=near,
                        cache_dir=cache, registry_ca=ca, plaintext=plaintext)
@@ -320,6 +275,13 @@ def open_namespace(profile: str | None = None, *, state: str | os.PathLike[str] 
         cache_dir=Path(prof.cache_dir) if prof.cache_dir else None, memory_bytes=memory_bytes,
         registry_ca=prof.registry_ca, plaintext=prof.plaintext)
     return ns
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Profile", "ProfilesFile"):  # pydantic models, loaded when asked for
+        from gfs import profile_models
+        return getattr(profile_models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["LOCAL", "PROFILES_ENV", "PROFILE_ENV", "Profile", "ProfileError", "ProfilesFile",

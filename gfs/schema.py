@@ -16,19 +16,17 @@ returned, so nothing half-read is ever used.
 from __future__ import annotations
 
 import difflib
-import json
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
 from gfs.errors import SchemaError
+from gfs.tables import parse, read
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,32 +47,6 @@ class Schema(BaseModel):
 
     # Validation (model_validate) must not call this __init__ back: mark it as pydantic's own.
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
-
-
-def read(path: str | os.PathLike[str], *, what: str = "file",
-         error: type[SchemaError] = SchemaError) -> dict[str, Any]:
-    """The table in a JSON (`.json`) or TOML (anything else) file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        hint = "; pass an existing file" if isinstance(e, FileNotFoundError) else ""
-        raise error(f"{what} {p}: {reason}{hint}") from None
-    return parse(text, json_format=p.suffix == ".json", where=f"{what} {p}", error=error)
-
-
-def parse(text: str, *, json_format: bool = False, where: str = "input",
-          error: type[SchemaError] = SchemaError) -> dict[str, Any]:
-    """The table in JSON or TOML `text`."""
-    try:
-        data = json.loads(text) if json_format else tomllib.loads(text)
-    except ValueError as e:
-        kind = "JSON" if json_format else "TOML"
-        raise error(f"{where}: not valid {kind}: {e}") from None
-    if not isinstance(data, dict):
-        raise error(f"{where}: must be a table of keys, got {type(data).__name__}")
-    return data
 
 
 def load(model: type[M], path: str | os.PathLike[str], *, what: str = "file",

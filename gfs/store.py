@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
-from gfs import chunking, delta, groups, pool_keys
+from gfs import chunking, delta, groups, namespace, pool_keys
 from gfs.codec import (
     CHUNK_ID_LEN,
     CODEC_DELTA,
@@ -439,6 +439,7 @@ class WriteSession:
         self._group: list[tuple[bytes, Buffer]] = []
         self._group_bytes = 0
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
+        self._queued_files = 0  # files in `_files` (the rest are directory actions)
         # Delta chunks (docs/format.md "Resemblance and delta chunks"), when enabled.
         self._plans: list[delta.Plan | None] = []
         self._delta_meta: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
@@ -693,15 +694,20 @@ class WriteSession:
         """Queue a file for the next commit; `action` applies it to the namespace."""
         self.stats.files += 1
         self.stats.logical_bytes += sum(r.length for r in refs)
+        self._queued_files += 1
         self.add_action(action, refs)
 
     def add_action(self, action: CommitAction, refs: list[ChunkRef] | None = None) -> None:
         """Queue a namespace change (mkdir, symlink, attributes) for the next commit.
 
-        Actions run in the order they were added, inside the commit transaction.
+        Actions run in the order they were added, inside the commit transaction. A
+        commit comes after `commit_files` files, however many directory actions are
+        queued with them: each commit leaves the pages it copied free in the LMDB
+        file, and counting a tree's directories twice (entering, leaving) made 5
+        commits of 3,656 files and a metadata file 13% larger (smallfiles --quick).
         """
         self._files.append((refs or [], action))
-        if self._flushed or len(self._files) >= self.store.config.commit_files:
+        if self._flushed or self._queued_files >= self.store.config.commit_files:
             self.commit()
 
     def commit(self) -> None:
@@ -752,11 +758,12 @@ class WriteSession:
                 txn.put_pack(PackRecord(p.pack_id, self._pack_pool[p.pack_id], p.size, p.nblobs,
                                         n, nbytes, created))
             deltas: Counter[bytes] = Counter()
-            for refs, action in self._files:
-                old = action(txn, refs)
-                deltas.update(r.id for r in refs)
-                if old is not None:
-                    deltas.subtract(r.id for r in old.chunks)
+            with namespace.versions_coalesced(txn):
+                for refs, action in self._files:
+                    old = action(txn, refs)
+                    deltas.update(r.id for r in refs)
+                    if old is not None:
+                        deltas.subtract(r.id for r in old.chunks)
             deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base
             if self._dict_added is not None:
                 delta.set_dictionary(txn, self._dict_added)
@@ -769,6 +776,7 @@ class WriteSession:
         self._new.clear()
         self._flushed.clear()
         self._files.clear()
+        self._queued_files = 0
         self._delta_meta.clear()
         self._member_keys.clear()
         self._dict_added = None
@@ -798,6 +806,7 @@ class WriteSession:
         self._new.clear()
         self._flushed.clear()
         self._files.clear()
+        self._queued_files = 0
 
 
 def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],

@@ -3,6 +3,7 @@ what the receiver holds, and the receiver's reconstruction (real stores, real LM
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,7 +131,7 @@ def test_a_store_with_delta_chunks_off_sends_everything_whole(
     a = text(rng, 200_000)
     with _pair(tmp_path, a, mutate(a, rng, 10)) as (src, dst, missing):
         assert delta_transfer.delta_blobs(src.store, missing, _holds(dst))
-        off = src.store.config.model_copy(update={"delta": False})
+        off = dataclasses.replace(src.store.config, delta=False)
         monkeypatch.setattr(src.store, "config", off)
         assert delta_transfer.delta_blobs(src.store, missing, _holds(dst)) == {}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -150,11 +151,11 @@ def test_inode_links_extension() -> None:
     """nlink 1 and rdev 0 keep the original record; others set the kind's high bit."""
     base = Inode(5, 1, Kind.FILE, 0o644, 0, 0, 3, 1, 2, 3, 1)
     plain = enc.encode_inode(base)
-    assert len(plain) == enc.INODE_HEADER.size and plain[0] == Kind.FILE
+    assert len(plain) == enc.INODE_NARROW.size and plain[0] == Kind.FILE | enc.INODE_NARROW_BIT
     linked = enc.encode_inode(Inode(5, 0, Kind.CHARDEV, 0o600, 0, 0, 0, 1, 2, 3, 0, "",
                                     nlink=3, rdev=0x0103))
-    assert linked[0] == Kind.CHARDEV | enc.INODE_HAS_LINKS
-    assert linked[enc.INODE_HEADER.size:] == (3).to_bytes(4, "little") + \
+    assert linked[0] == Kind.CHARDEV | enc.INODE_HAS_LINKS | enc.INODE_NARROW_BIT
+    assert linked[enc.INODE_NARROW.size:] == (3).to_bytes(4, "little") + \
         (0x0103).to_bytes(8, "little")
     with pytest.raises(FormatError, match="link count field truncated"):
         enc.decode_inode(5, linked[:-1])
@@ -164,7 +165,8 @@ def test_inode_links_extension() -> None:
 @given(inodes)
 def test_truncated_inode(inode: Inode) -> None:
     data = enc.encode_inode(inode)
-    for cut in _all_truncations(data)[: enc.INODE_HEADER.size]:
+    head = enc.INODE_NARROW if data[0] & enc.INODE_NARROW_BIT else enc.INODE_HEADER
+    for cut in _all_truncations(data)[: head.size]:
         with pytest.raises(FormatError, match=f"inode {inode.ino}"):
             enc.decode_inode(inode.ino, cut)
 
@@ -263,7 +265,7 @@ def test_unrepresentable_records_rejected() -> None:
         enc.dirent_key(1, "")
 
 
-# -- golden bytes: these freeze format version 1 ------------------------------------------------
+# -- golden bytes: these freeze format versions 1 and 2 -------------------------------
 
 
 def test_golden_inode() -> None:
@@ -281,8 +283,22 @@ def test_golden_inode() -> None:
         "0400000000000000"  # version
         "c3a92f78"  # target "é/x"
     )
-    assert enc.encode_inode(inode) == golden
-    assert enc.decode_inode(5, golden) == inode
+    assert enc.decode_inode(5, golden) == inode  # format 1's record still reads
+    narrow = bytes.fromhex(  # format 2 writes the narrow record
+        "43"  # kind symlink | 0x40 (narrow)
+        "ed01"  # mode 0o755
+        "e803"  # uid 1000
+        "6400"  # gid 100
+        "01000000"  # parent 1
+        "07000000"  # size 7
+        "04000000"  # version
+        "0100000000000000"  # atime_ns
+        "0200000000000000"  # mtime_ns
+        "0300000000000000"  # ctime_ns
+        "c3a92f78"  # target "é/x"
+    )
+    assert enc.encode_inode(inode) == narrow
+    assert enc.decode_inode(5, narrow) == inode
     assert enc.encode_ino(5) == bytes.fromhex("0000000000000005")
     assert enc.dirent_key(256, "é") == bytes.fromhex("0000000000000100c3a9")
 
@@ -342,3 +358,21 @@ def test_large_manifest_is_fast() -> None:
     # Generous bounds (shared CI machines); typical figures are ~10 ms and ~55 ms.
     assert t1 - t0 < 1.0
     assert t2 - t1 < 2.0
+
+
+def test_narrow_and_wide_inode_records() -> None:
+    """Format 2 writes the 43-byte narrow record when the fields fit and the wide
+    one (59 bytes) otherwise; both read back exactly (format-1 stores hold only wide ones)."""
+    narrow = Inode(7, 2, Kind.FILE, 0o100644, 1000, 1000, (1 << 32) - 1, -5, 1 << 62, 3,
+                   (1 << 32) - 1)
+    data = enc.encode_inode(narrow)
+    assert len(data) == 43 == enc.INODE_NARROW.size
+    assert enc.decode_inode(7, data) == narrow
+    for wide in (replace(narrow, uid=1 << 16), replace(narrow, gid=1 << 16),
+                 replace(narrow, parent=1 << 32), replace(narrow, size=1 << 32),
+                 replace(narrow, version=1 << 32)):
+        data = enc.encode_inode(wide)
+        assert len(data) == enc.INODE_HEADER.size == 59 and not data[0] & enc.INODE_NARROW_BIT
+        assert enc.decode_inode(7, data) == wide
+    link = replace(narrow, kind=Kind.SYMLINK, target="../x", nlink=2)
+    assert enc.decode_inode(7, enc.encode_inode(link)) == link

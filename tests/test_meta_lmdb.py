@@ -12,11 +12,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
 import gfs
 from gfs.errors import FormatError, StateError
 from gfs.meta import ROOT_INO, Inode, Kind, LmdbEngine, MetaEngine, open_engine
+from gfs.meta import encoding as enc
 from gfs.testing.meta_suite import MetaEngineConformance, _populate, dump_store
 
 REPO = str(Path(gfs.__file__).resolve().parent.parent)
@@ -108,7 +110,7 @@ def test_initialisation(tmp_path: Path) -> None:
     other = LmdbEngine(str(tmp_path / "b"), sync=False)
     try:
         with eng.read() as r, other.read() as r2:
-            assert r.get_meta("format") == b"1"
+            assert r.get_meta("format") == b"2"
             assert r.get_meta("next_ino") == (2).to_bytes(8, "little")
             assert r.get_meta("store_id") != r2.get_meta("store_id")
             root = r.get_inode(ROOT_INO)
@@ -131,14 +133,37 @@ def test_format_mismatch_raises_state_error(tmp_path: Path) -> None:
     path = str(tmp_path / "meta")
     eng = LmdbEngine(path, sync=False)
     with eng.write() as w:
-        w.set_meta("format", b"2")
+        w.set_meta("format", b"3")
     eng.close()
     with pytest.raises(StateError) as info:
         LmdbEngine(path, sync=False)
     msg = str(info.value)
-    assert path in msg and "format version 2" in msg and "format 1" in msg
+    assert path in msg and "format version 3" in msg and "format 2" in msg
     with pytest.raises(StateError):
         LmdbEngine(path, readonly=True)
+
+
+def test_a_format_1_store_reads_and_becomes_format_2_when_opened_for_writing(
+        tmp_path: Path) -> None:
+    """Format 1 wrote only wide inode records, which format 2 reads as they are."""
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path, sync=False)
+    old = Inode(9, ROOT_INO, Kind.FILE, 0o644, 0, 0, 5, 1, 2, 3, 1)
+    wide = enc.INODE_HEADER.pack(Kind.FILE, 0o644, 0, 0, ROOT_INO, 5, 1, 2, 3, 1)
+    with eng.write() as w:
+        w.set_meta("format", b"1")
+    eng.close()
+    env = lmdb.open(path, max_dbs=64)
+    with env.begin(write=True) as txn:
+        txn.put(enc.encode_ino(9), wide, db=env.open_db(b"inodes", txn=txn))
+    env.close()
+    for readonly, fmt in ((True, b"1"), (False, b"2")):  # a writable open marks it 2
+        eng = LmdbEngine(path, readonly=readonly, sync=False)
+        try:
+            with eng.read() as r:
+                assert r.get_meta("format") == fmt and r.get_inode(9) == old
+        finally:
+            eng.close()
 
 
 def test_readonly(tmp_path: Path) -> None:

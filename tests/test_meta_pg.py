@@ -17,7 +17,17 @@ from gfs.cli import main
 from gfs.client import Client
 from gfs.errors import ConfigError, MetaConflictError, StateError
 from gfs.gc import collect
-from gfs.meta import ROOT_INO, ChunkRef, Kind, Manifest, MetaEngine, ReadTxn, WriteTxn
+from gfs.meta import (
+    ROOT_INO,
+    ChunkRef,
+    Inode,
+    Kind,
+    Manifest,
+    MetaEngine,
+    ReadTxn,
+    WriteTxn,
+)
+from gfs.meta import encoding as enc
 from gfs.meta.pg_engine import SCHEMA_VERSION, PgEngine
 from gfs.testing.meta_suite import MetaEngineConformance
 from gfs.tiering.heat import chunk_heat
@@ -103,6 +113,35 @@ def test_schema_version_is_recorded_and_newer_refused(pg_url: str) -> None:
         eng.close()
     with pytest.raises(StateError, match="schema version 99"):
         PgEngine(pg_url)
+
+
+def test_a_schema_2_store_of_format_1_migrates_to_format_2(pg_url: str) -> None:
+    """Migration 3 marks the records format 2; format 1's wide inode records read on."""
+    old = Inode(9, ROOT_INO, Kind.FILE, 0o644, 0, 0, 5, 1, 2, 3, 1)
+    eng = PgEngine(pg_url)
+    try:
+        with eng.write() as w:
+            w.put_inode(old)
+        wide = enc.INODE_HEADER.pack(Kind.FILE, 0o644, 0, 0, ROOT_INO, 5, 1, 2, 3, 1)
+        with eng._live().connection() as conn:
+            conn.execute(f"UPDATE {eng.schema}.schema_version SET version = 2")
+            conn.execute(f"UPDATE {eng.schema}.meta SET value = %s WHERE key = 'format'",
+                         (b"1",))
+            assert conn.execute(f"UPDATE {eng.schema}.inodes SET rec = %s WHERE rec = %s",
+                                (wide, enc.encode_inode(old))).rowcount == 1
+            conn.commit()
+    finally:
+        eng.close()
+    eng = PgEngine(pg_url)
+    try:
+        with eng.read() as r:
+            assert r.get_meta("format") == enc.FORMAT_VERSION == b"2"
+            assert r.get_inode(9) == old
+        with eng._live().connection() as conn:
+            row = conn.execute(f"SELECT version FROM {eng.schema}.schema_version").fetchone()
+            assert row == (SCHEMA_VERSION,) == (3,)
+    finally:
+        eng.close()
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def read_header(inp: IO[bytes]) -> tuple[dict[str, Any], Iterator[Record]]:
     if header.get("version") != VERSION:
         raise FormatError(f"metadata dump version {header.get('version')!r}; this Hutong "
                           f"reads version {VERSION}")
-    if header.get("format") != enc.FORMAT_VERSION.decode():
+    if header.get("format") not in [f.decode() for f in enc.READABLE_FORMATS]:
         raise FormatError(f"metadata dump of format {header.get('format')!r}; this Hutong "
                           f"reads format {enc.FORMAT_VERSION.decode()}")
     return header, _lines(lines)

@@ -37,6 +37,8 @@ from gfs.meta.records import (
 __all__ = [
     "FORMAT_VERSION",
     "INODE_HEADER",
+    "INODE_NARROW",
+    "READABLE_FORMATS",
     "decode_chunk",
     "decode_dirent_key",
     "decode_ino",
@@ -60,7 +62,10 @@ __all__ = [
 ]
 
 #: Value of the `format` meta key written by this code.
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = b"2"
+#: Formats this code reads: format 1 lacks only the narrow inode record, so a format-1
+#: store is read as it is and marked format 2 when first opened for writing.
+READABLE_FORMATS = (b"1", FORMAT_VERSION)
 
 _DAMAGED = "the metadata is damaged; run `hutong fsck`"
 
@@ -143,24 +148,38 @@ INODE_HEADER = struct.Struct("<BHIIQQqqqQ")
 #: rdev u64); records without it have nlink 1 and rdev 0.
 INODE_HAS_LINKS = 0x80
 INODE_LINKS = struct.Struct("<IQ")
+#: Set in the kind byte of the narrow record (format 2), used whenever uid and gid fit
+#: in 16 bits and parent, size and version in 32: kind u8, mode u16, uid u16, gid u16,
+#: parent u32, size u32, version u32, atime_ns i64, mtime_ns i64, ctime_ns i64 (43
+#: bytes for 59; the inodes were 31% of a small-files store's metadata).
+INODE_NARROW_BIT = 0x40
+INODE_NARROW = struct.Struct("<BHHHIIIqqq")
+_U16, _U32 = 1 << 16, 1 << 32
 _KINDS = {k.value: k for k in Kind}
 
 
 def encode_inode(inode: Inode) -> bytes:
     """The `inodes` value of `inode` (its number is the key)."""
     try:
-        head = INODE_HEADER.pack(
-            inode.kind,
-            inode.mode,
-            inode.uid,
-            inode.gid,
-            inode.parent,
-            inode.size,
-            inode.atime_ns,
-            inode.mtime_ns,
-            inode.ctime_ns,
-            inode.version,
-        )
+        if (0 <= inode.uid < _U16 and 0 <= inode.gid < _U16 and 0 <= inode.parent < _U32
+                and 0 <= inode.size < _U32 and 0 <= inode.version < _U32):
+            head = INODE_NARROW.pack(
+                inode.kind | INODE_NARROW_BIT, inode.mode, inode.uid, inode.gid,
+                inode.parent, inode.size, inode.version, inode.atime_ns, inode.mtime_ns,
+                inode.ctime_ns)
+        else:
+            head = INODE_HEADER.pack(
+                inode.kind,
+                inode.mode,
+                inode.uid,
+                inode.gid,
+                inode.parent,
+                inode.size,
+                inode.atime_ns,
+                inode.mtime_ns,
+                inode.ctime_ns,
+                inode.version,
+            )
     except struct.error as e:
         raise ValueError(f"inode {inode.ino}: a field is out of range ({e})") from None
     if inode.kind not in _KINDS:
@@ -176,15 +195,20 @@ def encode_inode(inode: Inode) -> bytes:
 
 def decode_inode(ino: int, data: bytes) -> Inode:
     """The inode numbered `ino` from its `inodes` value."""
-    if len(data) < INODE_HEADER.size:
+    header = INODE_NARROW if data[:1] and data[0] & INODE_NARROW_BIT else INODE_HEADER
+    if len(data) < header.size:
         raise FormatError(
             f"inode {ino}: record is {len(data)} bytes, shorter than the "
-            f"{INODE_HEADER.size}-byte header; {_DAMAGED}"
+            f"{header.size}-byte header; {_DAMAGED}"
         )
-    kind, mode, uid, gid, parent, size, atime, mtime, ctime, version = INODE_HEADER.unpack_from(
-        data
-    )
-    start, nlink, rdev = INODE_HEADER.size, 1, 0
+    if header is INODE_NARROW:
+        kind, mode, uid, gid, parent, size, version, atime, mtime, ctime = \
+            INODE_NARROW.unpack_from(data)
+        kind &= ~INODE_NARROW_BIT
+    else:
+        kind, mode, uid, gid, parent, size, atime, mtime, ctime, version = \
+            INODE_HEADER.unpack_from(data)
+    start, nlink, rdev = header.size, 1, 0
     if kind & INODE_HAS_LINKS:
         kind &= ~INODE_HAS_LINKS
         if len(data) < start + INODE_LINKS.size:

@@ -551,10 +551,12 @@ class LmdbEngine(MetaEngine):
                 self._initialise(txn, handles)
             else:
                 self._check_format(fmt)
+                if fmt != enc.FORMAT_VERSION:  # its records read as they are; new ones
+                    txn.put(_FORMAT, enc.FORMAT_VERSION, db=handles["meta"])  # are not
         return _Dbs(handles, MapTrimmer(env))
 
     def _check_format(self, fmt: bytes | None) -> None:
-        if fmt != enc.FORMAT_VERSION:
+        if fmt not in enc.READABLE_FORMATS:
             found = "none" if fmt is None else fmt.decode("ascii", "replace")
             raise StateError(
                 f"metadata environment {self.path} has format version {found}; this "

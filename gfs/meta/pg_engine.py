@@ -105,6 +105,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE refdelta (id bytea NOT NULL, tx bigint NOT NULL, "
         "delta bigint NOT NULL, PRIMARY KEY (id, tx))",
     ),
+    (  # 3: record format 2 (narrow inode records); format-1 records read as they are
+        "UPDATE meta SET value = convert_to('2', 'UTF8') WHERE key = 'format'",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

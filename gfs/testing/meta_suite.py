@@ -36,6 +36,7 @@ import pytest
 
 from gfs.errors import FormatError, StateError
 from gfs.meta import engine_location
+from gfs.meta.encoding import FORMAT_VERSION
 from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn, WriteTxn
 from gfs.meta.records import (
     CHUNK_ID_LEN,
@@ -221,7 +222,7 @@ class MetaEngineConformance:
             assert root.mtime_ns > 0
             assert list(r.list_dir(ROOT_INO)) == []
             assert [i.ino for i in r.iter_inodes()] == [ROOT_INO]
-            assert r.get_meta("format") == b"1"
+            assert r.get_meta("format") == FORMAT_VERSION
             sid = r.get_meta("store_id")
             assert sid is not None and len(sid) == 16
             assert r.get_meta("no such fact") is None

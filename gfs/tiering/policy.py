@@ -11,10 +11,8 @@ from gfs.env import TIERS
 from gfs.errors import ConfigError
 from gfs.meta import MetaEngine, ReadTxn, WriteTxn
 from gfs.schema import Schema, SchemaError, validate
+from gfs.tiering.defaults import POLICY_KEY, WINDOW, WRITE_TIER
 from gfs.units import Duration, Size
-
-#: Tier classes from fastest to cheapest.
-POLICY_KEY = b"tier-policy"
 
 
 def _tier(name: str) -> str:
@@ -44,12 +42,12 @@ class TierPolicy(Schema):
     model_config = ConfigDict(frozen=True)
 
     promote_reads: Annotated[float, Field(gt=0)] = 3.0
-    window: Annotated[Duration, Field(gt=0)] = 3600.0
+    window: Annotated[Duration, Field(gt=0)] = WINDOW
     demote_idle: Annotated[Duration, Field(gt=0)] = 7 * 86400.0
     high: Annotated[float, Field(gt=0, le=1)] = 0.9
     low: Annotated[float, Field(gt=0, le=1)] = 0.75
     cold_level: Annotated[int, Field(ge=-7, le=22)] = 19
-    write_tier: Tier = "warm"
+    write_tier: Tier = WRITE_TIER
     rate: Size = 0
     pins: dict[str, Tier] = Field(default_factory=dict)
     prices: dict[Tier, Annotated[float, Field(ge=0)]] = Field(

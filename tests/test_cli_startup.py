@@ -1,0 +1,108 @@
+"""Start-up cost of `hutong`: the everyday commands never import the heavy modules, and
+the plain config check (which keeps pydantic out of them) accepts nothing that the
+pydantic model of the config refuses or converts differently."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gfs.client import Client
+from gfs.config import FIELDS, StoreConfig, plain
+from gfs.errors import SchemaError
+
+#: Modules a plain command must not load (each costs 20-200 ms of CPU to import).
+HEAVY = ("pydantic", "aiohttp", "pyarrow", "tenseal", "psycopg", "prometheus_client",
+         "distributed", "dask")
+
+_RUN = """
+import json, sys
+from gfs.cli import main
+code = main(sys.argv[1:])
+heavy = {heavy!r}
+print(json.dumps([code, sorted(m for m in heavy if m in sys.modules)]))
+"""
+
+
+def _run(*argv: str) -> tuple[int, list[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUTONG_")}
+    env["HUTONG_PROFILES"] = "/nonexistent/profiles.toml"
+    out = subprocess.run([sys.executable, "-c", _RUN.format(heavy=HEAVY), *argv], env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    code, loaded = json.loads(out.strip().splitlines()[-1])
+    return int(code), list(loaded)
+
+
+def test_everyday_commands_import_no_heavy_module(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    Client.init(state).close()
+    local = tmp_path / "f.txt"
+    local.write_bytes(b"hello\n" * 100)
+    s = str(state)
+    for argv in (["--state", s, "put", str(local), "/f.txt"],
+                 ["--state", s, "ls", "-l", "/"], ["--state", s, "stat", "/f.txt"],
+                 ["--state", s, "get", "/f.txt", str(tmp_path / "back.txt")],
+                 ["--state", s, "du", "/"]):
+        code, loaded = _run(*argv)
+        assert code == 0, argv
+        assert loaded == [], f"hutong {' '.join(argv[2:])} imported {loaded}"
+    assert (tmp_path / "back.txt").read_bytes() == local.read_bytes()
+
+
+def test_help_imports_no_heavy_module() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUTONG_")}
+    code = ("import runpy, sys\nsys.argv = ['hutong', '--help']\ntry:\n"
+            "    runpy.run_module('gfs.cli', run_name='__main__')\nexcept SystemExit:\n"
+            f"    pass\nprint([m for m in {HEAVY!r} if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_config_with_units_or_a_bad_value_still_goes_through_the_model(
+        tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    Client.init(state).close()
+    cfg = state / "config.toml"
+    cfg.write_text(cfg.read_text().replace("cache_bytes = 67108864", 'cache_bytes = "1MiB"')
+                   .replace("gc_grace = 3600", 'gc_grace = "2h"'))
+    loaded = StoreConfig.load(state)
+    assert (loaded.cache_bytes, loaded.gc_grace) == (1 << 20, 7200.0)
+    cfg.write_text(cfg.read_text().replace("zstd_level = 3", "zstd_level = 23"))
+    with pytest.raises(SchemaError, match=r"config file .*store\.zstd_level: input should "
+                       r"be less than or equal to 22, got 23"):
+        StoreConfig.load(state)
+    with pytest.raises(SchemaError, match="workers: input should be less than or equal"):
+        StoreConfig(workers=257)
+    with pytest.raises(SchemaError, match="delta: input should be a valid boolean, got 1"):
+        StoreConfig(delta=1)  # type: ignore[arg-type]
+
+
+_VALUES = st.one_of(st.integers(-(1 << 41), 1 << 41), st.sampled_from([0, 1, 64, 1 << 16,
+                    1 << 30, (1 << 30) + 1, 1 << 40, (1 << 40) + 1, -7, -8, 22, 23, 256, 257]),
+                    st.booleans(), st.floats(allow_nan=True), st.text(max_size=6),
+                    st.sampled_from(["64KiB", "2h", "3", "true"]), st.none())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from([*FIELDS, "zstd_levl"]), _VALUES, max_size=4))
+def test_the_plain_check_accepts_only_what_the_model_accepts_alike(
+        data: dict[str, Any]) -> None:
+    from gfs._config_model import checked_settings
+
+    fast = plain(data)
+    try:
+        slow: dict[str, Any] | None = checked_settings(data, "test", False)
+    except SchemaError:
+        slow = None
+    if fast is not None:
+        assert slow == fast
+        assert all(type(fast[k]) is type(slow[k]) for k in fast)

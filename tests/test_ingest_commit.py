@@ -1,0 +1,74 @@
+"""The namespace writes of a put's commit: a directory's inode is written once per
+commit batch, not once per entry, and its version still advances on every change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gfs import namespace
+from gfs.client import Client
+
+
+def _tree(root: Path, n: int) -> Path:
+    src = root / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(n):
+        (src / f"f{i:03d}").write_bytes(b"x" * i)
+        (src / "sub" / f"g{i:03d}").write_bytes(b"y" * i)
+    return src
+
+
+def test_a_put_advances_a_directory_version_once_per_batch(tmp_path: Path) -> None:
+    src = _tree(tmp_path, 60)
+    with Client.init(tmp_path / "s") as fs:
+        fs.mkdir("/d")
+        before = fs.stat("/d").version
+        fs.put(str(src), "/d/src")
+        top, sub = fs.stat("/d/src").version, fs.stat("/d/src/sub").version
+        assert fs.stat("/d").version > before
+        # one step per batch (plus the directory's own attributes), not one per entry
+        assert top <= 4 and sub <= 4, (top, sub)
+        assert sorted(s.path for s in fs.ls("/d/src/sub")) == [f"/d/src/sub/g{i:03d}"
+                                                              for i in range(60)]
+        (src / "sub" / "g000").write_bytes(b"changed")
+        fs.put(str(src), "/d/src")
+        assert fs.stat("/d/src/sub").version > sub  # a changed entry still advances it
+        assert fs.read_bytes("/d/src/sub/g000") == b"changed"
+
+
+def test_coalesced_versions_advance_once_and_nothing_on_an_error(tmp_path: Path) -> None:
+    with Client.init(tmp_path / "s") as fs:
+        fs.mkdir("/d")
+        v0 = fs.stat("/d").version
+        with fs.engine.write() as txn, namespace.versions_coalesced(txn):
+            d = namespace.resolve(txn, "/d")
+            for i in range(10):
+                namespace.write_file_in(txn, d, f"f{i}", [], touch=False)
+            with namespace.versions_coalesced(txn):  # nested: the outer one advances
+                namespace.entries_changed(txn, d.ino)
+            assert namespace.resolve(txn, "/d").version == v0
+        assert fs.stat("/d").version == v0 + 1
+        with pytest.raises(RuntimeError), fs.engine.write() as txn, \
+                namespace.versions_coalesced(txn):
+            namespace.write_file_in(txn, namespace.resolve(txn, "/d"), "g", [], touch=False)
+            raise RuntimeError("abort")
+        assert fs.stat("/d").version == v0 + 1
+        assert "/d/g" not in [s.path for s in fs.ls("/d")]
+        assert namespace._COALESCED == {}
+
+
+def test_a_commit_batch_counts_files_not_directory_actions(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for d in range(20):
+        (src / f"d{d:02d}").mkdir(parents=True)
+        (src / f"d{d:02d}" / "f").write_bytes(b"%d" % d)
+    with Client.init(tmp_path / "s", commit_files=21) as fs:
+        report = fs.put(str(src), "/t")
+        # 20 files and 41 directory actions (each directory entered and left): one
+        # commit, at the end; counting the actions made three
+        assert report.write is not None and report.write.commits == 1
+        assert len(fs.ls("/t")) == 20
+    with Client.init(tmp_path / "s2", commit_files=7) as fs:
+        assert fs.put(str(src), "/t").write.commits == 3  # type: ignore[union-attr]
