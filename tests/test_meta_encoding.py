@@ -148,25 +148,28 @@ def _all_truncations(data: bytes) -> list[bytes]:
 
 
 def test_inode_links_extension() -> None:
-    """nlink 1 and rdev 0 keep the original record; others set the kind's high bit."""
+    """nlink 1 and rdev 0 are not stored; others set the kind's high bit and follow."""
     base = Inode(5, 1, Kind.FILE, 0o644, 0, 0, 3, 1, 2, 3, 1)
     plain = enc.encode_inode(base)
-    assert len(plain) == enc.INODE_NARROW.size and plain[0] == Kind.FILE | enc.INODE_NARROW_BIT
+    assert plain[0] == Kind.FILE | enc.INODE_COMPACT_BIT
     linked = enc.encode_inode(Inode(5, 0, Kind.CHARDEV, 0o600, 0, 0, 0, 1, 2, 3, 0, "",
                                     nlink=3, rdev=0x0103))
-    assert linked[0] == Kind.CHARDEV | enc.INODE_HAS_LINKS | enc.INODE_NARROW_BIT
-    assert linked[enc.INODE_NARROW.size:] == (3).to_bytes(4, "little") + \
-        (0x0103).to_bytes(8, "little")
-    with pytest.raises(FormatError, match="link count field truncated"):
+    assert linked[0] == Kind.CHARDEV | enc.INODE_HAS_LINKS | enc.INODE_COMPACT_BIT
+    assert linked[-3:] == bytes([3, 0x83, 0x02])  # nlink 3, rdev 0x0103 as varints
+    with pytest.raises(FormatError, match="inode 5: compact record truncated"):
         enc.decode_inode(5, linked[:-1])
+    narrow = enc.INODE_NARROW.pack(Kind.CHARDEV | enc.INODE_NARROW_BIT | enc.INODE_HAS_LINKS,
+                                   0o600, 0, 0, 0, 0, 0, 1, 2, 3)
+    with pytest.raises(FormatError, match="link count field truncated"):
+        enc.decode_inode(5, narrow + (3).to_bytes(4, "little"))
 
 
 @settings(max_examples=30)
 @given(inodes)
 def test_truncated_inode(inode: Inode) -> None:
     data = enc.encode_inode(inode)
-    head = enc.INODE_NARROW if data[0] & enc.INODE_NARROW_BIT else enc.INODE_HEADER
-    for cut in _all_truncations(data)[: head.size]:
+    head = len(data) - len(inode.target.encode("utf-8"))  # the target may be cut
+    for cut in _all_truncations(data)[:head]:
         with pytest.raises(FormatError, match=f"inode {inode.ino}"):
             enc.decode_inode(inode.ino, cut)
 
@@ -265,7 +268,7 @@ def test_unrepresentable_records_rejected() -> None:
         enc.dirent_key(1, "")
 
 
-# -- golden bytes: these freeze format versions 1 and 2 -------------------------------
+# -- golden bytes: these freeze format versions 1, 2 and 3 ----------------------------
 
 
 def test_golden_inode() -> None:
@@ -297,8 +300,24 @@ def test_golden_inode() -> None:
         "0300000000000000"  # ctime_ns
         "c3a92f78"  # target "é/x"
     )
-    assert enc.encode_inode(inode) == narrow
-    assert enc.decode_inode(5, narrow) == inode
+    assert enc.decode_inode(5, narrow) == inode  # format 2's record still reads
+    compact = bytes.fromhex(  # format 3 writes the compact record
+        "23"  # kind symlink | 0x20 (compact); 0x10 clear: atime != ctime
+        "ed03"  # mode 0o755 (varint)
+        "e807"  # uid 1000
+        "64"  # gid 100
+        "01"  # parent 1
+        "07"  # size 7
+        "04"  # version 4
+        "0200000000000000"  # mtime_ns 2
+        "02"  # ctime_ns - mtime_ns = 1 (zigzag)
+        "03"  # atime_ns - ctime_ns = -2 (zigzag)
+        "c3a92f78"  # target "é/x"
+    )
+    assert enc.encode_inode(inode) == compact
+    assert enc.decode_inode(5, compact) == inode
+    put = replace(inode, kind=Kind.FILE, target="", atime_ns=3)  # atime == ctime: not stored
+    assert enc.encode_inode(put) == bytes.fromhex("31ed03e807640107040200000000000000" "02")
     assert enc.encode_ino(5) == bytes.fromhex("0000000000000005")
     assert enc.dirent_key(256, "é") == bytes.fromhex("0000000000000100c3a9")
 
@@ -360,19 +379,45 @@ def test_large_manifest_is_fast() -> None:
     assert t2 - t1 < 2.0
 
 
-def test_narrow_and_wide_inode_records() -> None:
-    """Format 2 writes the 43-byte narrow record when the fields fit and the wide
-    one (59 bytes) otherwise; both read back exactly (format-1 stores hold only wide ones)."""
-    narrow = Inode(7, 2, Kind.FILE, 0o100644, 1000, 1000, (1 << 32) - 1, -5, 1 << 62, 3,
-                   (1 << 32) - 1)
-    data = enc.encode_inode(narrow)
-    assert len(data) == 43 == enc.INODE_NARROW.size
-    assert enc.decode_inode(7, data) == narrow
-    for wide in (replace(narrow, uid=1 << 16), replace(narrow, gid=1 << 16),
-                 replace(narrow, parent=1 << 32), replace(narrow, size=1 << 32),
-                 replace(narrow, version=1 << 32)):
-        data = enc.encode_inode(wide)
-        assert len(data) == enc.INODE_HEADER.size == 59 and not data[0] & enc.INODE_NARROW_BIT
-        assert enc.decode_inode(7, data) == wide
-    link = replace(narrow, kind=Kind.SYMLINK, target="../x", nlink=2)
-    assert enc.decode_inode(7, enc.encode_inode(link)) == link
+def test_narrow_and_wide_inode_records_still_read() -> None:
+    """Format 3 writes only compact records; the narrow (format 2) and wide (format 1)
+    ones that older stores hold read back exactly."""
+    n = Inode(7, 2, Kind.FILE, 0o100644, 1000, 1000, (1 << 32) - 1, -5, 1 << 62, 3,
+              (1 << 32) - 1)
+    narrow = enc.INODE_NARROW.pack(Kind.FILE | enc.INODE_NARROW_BIT, n.mode, n.uid, n.gid,
+                                   n.parent, n.size, n.version, n.atime_ns, n.mtime_ns,
+                                   n.ctime_ns)
+    assert enc.decode_inode(7, narrow) == n
+    w = replace(n, uid=1 << 16, parent=1 << 32, size=1 << 40, version=1 << 33)
+    wide = enc.INODE_HEADER.pack(Kind.FILE, w.mode, w.uid, w.gid, w.parent, w.size,
+                                 w.atime_ns, w.mtime_ns, w.ctime_ns, w.version)
+    assert enc.decode_inode(7, wide) == w
+
+
+def test_compact_inode_record_of_a_put_file_is_small() -> None:
+    """A file as a put writes it (atime = ctime, 16-bit ids, small size) takes 23 bytes,
+    not 43; extreme values still round-trip (checked by the property test too)."""
+    node = Inode(6, 5, Kind.FILE, 0o644, 0, 0, 43110, 1796472397279968834,
+                 1796472382505441496, 1796472397279968834, 1)
+    assert len(enc.encode_inode(node)) == 23
+    for extreme in (replace(node, mtime_ns=-(1 << 63), ctime_ns=(1 << 63) - 1,
+                            atime_ns=-(1 << 63)),
+                    replace(node, size=(1 << 64) - 1, nlink=(1 << 32) - 1,
+                            rdev=(1 << 64) - 1)):
+        assert enc.decode_inode(6, enc.encode_inode(extreme)) == extreme
+
+
+def test_damaged_compact_inode_records_are_format_errors() -> None:
+    node = enc.encode_inode(Inode(6, 5, Kind.FILE, 0o644, 0, 0, 9, 1, 1, 1, 1))
+    too_long = node[:1] + b"\xff" * 10 + b"\x01" + node[2:]  # mode varint of 11 bytes
+    over = node[:1] + b"\xff\xff\x04" + node[3:]  # mode over 16 bits
+    kind = bytes([node[0] | 0x08]) + node[1:]
+    for bad, why in ((too_long, "over 64 bits"), (over, "out of range"),
+                     (kind, "unknown kind")):
+        with pytest.raises(FormatError, match=f"inode 6: .*{why}"):
+            enc.decode_inode(6, bad)
+    top = (1 << 63) - 1
+    huge = enc.encode_inode(Inode(6, 5, Kind.FILE, 0o644, 0, 0, 9, top, top, top, 1))
+    assert huge[-1] == 0  # ctime - mtime
+    with pytest.raises(FormatError, match="out of range"):  # ctime = mtime + 1 overflows
+        enc.decode_inode(6, huge[:-1] + b"\x02")

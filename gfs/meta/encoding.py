@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from itertools import starmap
 from typing import Any
 
@@ -36,6 +37,7 @@ from gfs.meta.records import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "INODE_COMPACT_BIT",
     "INODE_HEADER",
     "INODE_NARROW",
     "READABLE_FORMATS",
@@ -62,10 +64,11 @@ __all__ = [
 ]
 
 #: Value of the `format` meta key written by this code.
-FORMAT_VERSION = b"2"
-#: Formats this code reads: format 1 lacks only the narrow inode record, so a format-1
-#: store is read as it is and marked format 2 when first opened for writing.
-READABLE_FORMATS = (b"1", FORMAT_VERSION)
+FORMAT_VERSION = b"3"
+#: Formats this code reads: formats 1 and 2 lack only the narrow (2) and compact (3)
+#: inode records, so their stores are read as they are and marked format 3 when first
+#: opened for writing.
+READABLE_FORMATS = (b"1", b"2", FORMAT_VERSION)
 
 _DAMAGED = "the metadata is damaged; run `hutong fsck`"
 
@@ -158,43 +161,132 @@ _U16, _U32 = 1 << 16, 1 << 32
 _KINDS = {k.value: k for k in Kind}
 
 
+#: Set in the kind byte of the compact record (format 3), which this code always writes:
+#: kind u8, then mode, uid, gid, parent, size, version as unsigned LEB128 varints,
+#: mtime_ns i64, ctime_ns - mtime_ns as a zigzag varint, and atime_ns - ctime_ns as a
+#: zigzag varint unless INODE_ATIME_IS_CTIME is set; with INODE_HAS_LINKS, nlink and
+#: rdev as varints; then the target. A file's record is about 24 bytes (43 narrow).
+INODE_COMPACT_BIT = 0x20
+#: In a compact record: atime_ns equals ctime_ns (as after a put) and is not stored.
+INODE_ATIME_IS_CTIME = 0x10
+_I64 = 1 << 63
+_U64 = 1 << 64
+#: An inode field and its exclusive upper bound (unsigned fields).
+_INODE_BOUNDS = (("mode", _U16), ("uid", _U32), ("gid", _U32), ("parent", _U64),
+                 ("size", _U64), ("version", _U64), ("nlink", _U32), ("rdev", _U64))
+
+
 def encode_inode(inode: Inode) -> bytes:
-    """The `inodes` value of `inode` (its number is the key)."""
-    try:
-        if (0 <= inode.uid < _U16 and 0 <= inode.gid < _U16 and 0 <= inode.parent < _U32
-                and 0 <= inode.size < _U32 and 0 <= inode.version < _U32):
-            head = INODE_NARROW.pack(
-                inode.kind | INODE_NARROW_BIT, inode.mode, inode.uid, inode.gid,
-                inode.parent, inode.size, inode.version, inode.atime_ns, inode.mtime_ns,
-                inode.ctime_ns)
-        else:
-            head = INODE_HEADER.pack(
-                inode.kind,
-                inode.mode,
-                inode.uid,
-                inode.gid,
-                inode.parent,
-                inode.size,
-                inode.atime_ns,
-                inode.mtime_ns,
-                inode.ctime_ns,
-                inode.version,
-            )
-    except struct.error as e:
-        raise ValueError(f"inode {inode.ino}: a field is out of range ({e})") from None
+    """The `inodes` value of `inode` (its number is the key): the compact record."""
     if inode.kind not in _KINDS:
         raise ValueError(f"inode {inode.ino}: unknown kind {inode.kind!r}")
-    if inode.nlink != 1 or inode.rdev:
+    for name, bound in _INODE_BOUNDS:
+        v = getattr(inode, name)
+        if not 0 <= v < bound:
+            raise ValueError(f"inode {inode.ino}: {name} {v!r} is out of range "
+                             f"(0 to {bound - 1})")
+    mtime, ctime, atime = inode.mtime_ns, inode.ctime_ns, inode.atime_ns
+    for name, v in (("atime_ns", atime), ("mtime_ns", mtime), ("ctime_ns", ctime)):
+        if not -_I64 <= v < _I64:
+            raise ValueError(f"inode {inode.ino}: {name} {v!r} is not an i64")
+    links = inode.nlink != 1 or inode.rdev != 0
+    same = atime == ctime
+    out = bytearray((inode.kind | INODE_COMPACT_BIT | (INODE_ATIME_IS_CTIME if same else 0)
+                     | (INODE_HAS_LINKS if links else 0),))
+    _varints_to(out, (inode.mode, inode.uid, inode.gid, inode.parent, inode.size,
+                      inode.version))
+    out += mtime.to_bytes(8, "little", signed=True)
+    tail = [_zigzag(ctime - mtime)]
+    if not same:
+        tail.append(_zigzag(atime - ctime))
+    if links:
+        tail += (inode.nlink, inode.rdev)
+    _varints_to(out, tail)
+    out += inode.target.encode("utf-8")
+    return bytes(out)
+
+
+def _zigzag(v: int) -> int:
+    return v << 1 if v >= 0 else ((-v) << 1) - 1
+
+
+def _unzigzag(z: int) -> int:
+    return -((z + 1) >> 1) if z & 1 else z >> 1
+
+
+def _varints_to(out: bytearray, values: Sequence[int]) -> None:
+    """Append `values` (>= 0) to `out` as unsigned LEB128 varints."""
+    append = out.append
+    for v in values:
+        while v > 0x7F:
+            append((v & 0x7F) | 0x80)
+            v >>= 7
+        append(v)
+
+
+def _varints(data: bytes, pos: int, n: int) -> tuple[list[int], int]:
+    """`n` unsigned LEB128 varints of at most 10 bytes from `data[pos:]` and the position
+    after them; IndexError when `data` ends first, ValueError when one is too long."""
+    vals = []
+    for _ in range(n):
+        b = data[pos]
+        pos += 1
+        if b < 0x80:
+            vals.append(b)
+            continue
+        v, shift = b & 0x7F, 7
+        while True:
+            b = data[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint over 10 bytes")
+        vals.append(v)
+    return vals, pos
+
+
+def _decode_compact(ino: int, data: bytes) -> Inode:
+    flags = data[0]
+    try:
+        (mode, uid, gid, parent, size, version), pos = _varints(data, 1, 6)
+        if pos + 8 > len(data):
+            raise IndexError
+        mtime = int.from_bytes(data[pos:pos + 8], "little", signed=True)
+        tail, pos = _varints(data, pos + 8, 1 if flags & INODE_ATIME_IS_CTIME else 2)
+        nlink, rdev = 1, 0
+        if flags & INODE_HAS_LINKS:
+            (nlink, rdev), pos = _varints(data, pos, 2)
+    except (IndexError, ValueError):
+        raise FormatError(f"inode {ino}: compact record truncated or a field over "
+                          f"64 bits; {_DAMAGED}") from None
+    ctime = mtime + _unzigzag(tail[0])
+    atime = ctime + _unzigzag(tail[1]) if len(tail) > 1 else ctime
+    if not (mode < _U16 and uid < _U32 and gid < _U32 and nlink < _U32 and parent < _U64
+            and size < _U64 and version < _U64 and rdev < _U64
+            and -_I64 <= ctime < _I64 and -_I64 <= atime < _I64):
+        raise FormatError(f"inode {ino}: a field of the compact record is out of range; "
+                          f"{_DAMAGED}")
+    kind = flags & ~(INODE_COMPACT_BIT | INODE_ATIME_IS_CTIME | INODE_HAS_LINKS)
+    k = _KINDS.get(kind)
+    if k is None:
+        raise FormatError(f"inode {ino}: unknown kind {kind}; {_DAMAGED}")
+    target = ""
+    if len(data) > pos:
         try:
-            ext = INODE_LINKS.pack(inode.nlink, inode.rdev)
-        except struct.error as e:
-            raise ValueError(f"inode {inode.ino}: nlink or rdev out of range ({e})") from None
-        head = bytes([head[0] | INODE_HAS_LINKS]) + head[1:] + ext
-    return head + inode.target.encode("utf-8")
+            target = data[pos:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"inode {ino}: symlink target is not UTF-8; {_DAMAGED}") from None
+    return Inode(ino, parent, k, mode, uid, gid, size, atime, mtime, ctime, version, target,
+                 nlink, rdev)
 
 
 def decode_inode(ino: int, data: bytes) -> Inode:
-    """The inode numbered `ino` from its `inodes` value."""
+    """The inode numbered `ino` from its `inodes` value (compact, narrow or wide)."""
+    if data[:1] and data[0] & INODE_COMPACT_BIT:
+        return _decode_compact(ino, data)
     header = INODE_NARROW if data[:1] and data[0] & INODE_NARROW_BIT else INODE_HEADER
     if len(data) < header.size:
         raise FormatError(
