@@ -421,3 +421,21 @@ def test_damaged_compact_inode_records_are_format_errors() -> None:
     assert huge[-1] == 0  # ctime - mtime
     with pytest.raises(FormatError, match="out of range"):  # ctime = mtime + 1 overflows
         enc.decode_inode(6, huge[:-1] + b"\x02")
+
+
+@given(U64)
+def test_dirent_value_is_the_shortest_big_endian_ino(ino: int) -> None:
+    data = enc.encode_dirent_ino(ino)
+    assert 1 <= len(data) <= 8 and (len(data) == 1 or data[0])
+    assert enc.decode_dirent_ino(data) == ino
+    assert enc.decode_dirent_ino(enc.encode_ino(ino)) == ino  # formats 1 and 2: 8 bytes
+
+
+def test_golden_dirent_value_and_damage() -> None:
+    assert enc.encode_dirent_ino(0x1E240) == bytes.fromhex("01e240")  # 3 bytes, was 8
+    assert enc.encode_dirent_ino(0) == b"\x00"
+    for bad in (b"", b"\x01" * 9):
+        with pytest.raises(FormatError, match="directory entry value"):
+            enc.decode_dirent_ino(bad)
+    with pytest.raises(ValueError, match="not a u64"):
+        enc.encode_dirent_ino(1 << 64)

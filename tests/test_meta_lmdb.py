@@ -163,12 +163,15 @@ def test_an_older_store_reads_and_becomes_format_3_when_opened_for_writing(
     env = lmdb.open(path, max_dbs=64)
     with env.begin(write=True) as txn:
         txn.put(enc.encode_ino(9), rec, db=env.open_db(b"inodes", txn=txn))
+        txn.put(enc.dirent_key(ROOT_INO, "f"), enc.encode_ino(9),  # 8-byte value
+                db=env.open_db(b"dirents", txn=txn))
     env.close()
     for readonly, want in ((True, fmt), (False, b"3")):  # a writable open marks it 3
         eng = LmdbEngine(path, readonly=readonly, sync=False)
         try:
             with eng.read() as r:
                 assert r.get_meta("format") == want and r.get_inode(9) == old
+                assert r.lookup(ROOT_INO, "f") == 9 and list(r.list_dir(ROOT_INO)) == [("f", 9)]
         finally:
             eng.close()
     eng = LmdbEngine(path, sync=False)

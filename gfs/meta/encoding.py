@@ -42,6 +42,7 @@ __all__ = [
     "INODE_NARROW",
     "READABLE_FORMATS",
     "decode_chunk",
+    "decode_dirent_ino",
     "decode_dirent_key",
     "decode_ino",
     "decode_inode",
@@ -53,6 +54,7 @@ __all__ = [
     "decode_u64",
     "dirent_key",
     "encode_chunk",
+    "encode_dirent_ino",
     "encode_ino",
     "encode_inode",
     "encode_manifest",
@@ -91,6 +93,22 @@ def decode_ino(data: bytes) -> int:
     """The inode number of an 8-byte big-endian key or dirent value."""
     if len(data) != 8:
         raise FormatError(f"inode number: expected 8 bytes, got {len(data)}; {_DAMAGED}")
+    return int.from_bytes(data, "big")
+
+
+def encode_dirent_ino(ino: int) -> bytes:
+    """A `dirents` value: the inode number big-endian in as few bytes as it needs (1 to
+    8; format 3: 3 bytes for most, where formats 1 and 2 wrote 8, which read the same)."""
+    if not 0 <= ino < 1 << 64:
+        raise ValueError(f"inode number {ino!r} is not a u64")
+    return ino.to_bytes(max(1, (ino.bit_length() + 7) >> 3), "big")
+
+
+def decode_dirent_ino(data: bytes) -> int:
+    """The inode number of a `dirents` value (1 to 8 bytes, big-endian)."""
+    if not 1 <= len(data) <= 8:
+        raise FormatError(f"directory entry value: expected 1 to 8 bytes, got {len(data)}; "
+                          f"{_DAMAGED}")
     return int.from_bytes(data, "big")
 
 

@@ -136,7 +136,7 @@ class _LmdbRead(ReadTxn):
         if len(key) > _MAX_KEY:
             return None
         data = self._txn.get(key, db=self._d.dirents)
-        return None if data is None else enc.decode_ino(data)
+        return None if data is None else enc.decode_dirent_ino(data)
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
         prefix = _ino_key(parent)
@@ -157,8 +157,8 @@ class _LmdbRead(ReadTxn):
                     f"directory entry key {key!r} of inode {parent}: name is not UTF-8; "
                     "the metadata is damaged, run `hutong fsck`"
                 ) from None
-            if len(val) != 8:
-                enc.decode_ino(val)  # raises FormatError
+            if not 0 < len(val) <= 8:
+                enc.decode_dirent_ino(val)  # raises FormatError
             yield name, from_bytes(val, "big")
 
     def iter_inodes(self) -> Iterator[Inode]:
@@ -291,7 +291,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
                 f"at most {_MAX_KEY - 8} allowed"
             )
         self._d.trimmer.tick()
-        self._txn.put(key, _ino_key(ino), db=self._d.dirents)
+        self._txn.put(key, enc.encode_dirent_ino(ino), db=self._d.dirents)
 
     def unlink(self, parent: int, name: str) -> None:
         key = enc.dirent_key(parent, name)
