@@ -178,11 +178,13 @@ def test_truncated_inode(inode: Inode) -> None:
 @given(manifests)
 def test_truncated_or_extended_manifest(m: Manifest) -> None:
     data = enc.encode_manifest(m)
-    for cut in _all_truncations(data):
+    for cut in [*_all_truncations(data), data + b"\x00"]:
+        if cut[:1] == enc.MANIFEST_COMPACT:  # version 253 mod 256: the cut may read as a
+            with contextlib.suppress(FormatError):  # compact record, never as `m`
+                assert enc.decode_manifest(3, cut) != m
+            continue
         with pytest.raises(FormatError, match="manifest of inode 3"):
             enc.decode_manifest(3, cut)
-    with pytest.raises(FormatError):
-        enc.decode_manifest(3, data + b"\x00")
 
 
 @settings(max_examples=30)
@@ -439,3 +441,30 @@ def test_golden_dirent_value_and_damage() -> None:
             enc.decode_dirent_ino(bad)
     with pytest.raises(ValueError, match="not a u64"):
         enc.encode_dirent_ino(1 << 64)
+
+
+@given(manifests, U64)
+def test_compact_manifest_roundtrip_and_never_a_fixed_length(m: Manifest, ino: int) -> None:
+    data = enc.encode_manifest_compact(m)
+    assert enc.decode_manifest(ino, data) == m
+    assert len(data) % 20 not in (8, 12)  # never read as the fixed or the shared form
+    for cut in _all_truncations(data)[1:]:
+        if len(cut) % 20 != 12:  # (a cut of that length reads as the fixed form: damaged)
+            with pytest.raises(FormatError, match=f"manifest of inode {ino}"):
+                enc.decode_manifest(ino, cut)
+    with pytest.raises(FormatError, match=f"manifest of inode {ino}"):
+        enc.decode_manifest(ino, data + b"\x00\x01")
+
+
+def test_golden_compact_manifest() -> None:
+    one = Manifest(1, (ChunkRef(bytes(range(16)), 3000),))
+    golden = bytes.fromhex("fd" "01" "01" "b817" "000102030405060708090a0b0c0d0e0f")
+    assert enc.encode_manifest_compact(one) == golden and len(golden) == 21  # fixed: 32
+    assert enc.decode_manifest(9, golden) == one
+    empty = enc.encode_manifest_compact(Manifest(7, ()))
+    assert empty == bytes.fromhex("fd0700")
+    padded = enc.encode_manifest_compact(Manifest(1 << 35, ()))  # 8 bytes: one pad byte
+    assert padded == bytes.fromhex("fd" "8080808080" "01" "00" "00")
+    assert enc.decode_manifest(9, padded) == Manifest(1 << 35, ())
+    with pytest.raises(FormatError, match="manifest of inode 9"):
+        enc.decode_manifest(9, padded[:-1] + b"\x01")  # the pad byte must be zero

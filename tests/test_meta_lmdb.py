@@ -20,6 +20,7 @@ import gfs
 from gfs.errors import FormatError, StateError
 from gfs.meta import ROOT_INO, Inode, Kind, LmdbEngine, MetaEngine, open_engine
 from gfs.meta import encoding as enc
+from gfs.meta.records import ChunkRef, Manifest
 from gfs.testing.meta_suite import MetaEngineConformance, _populate, dump_store
 
 REPO = str(Path(gfs.__file__).resolve().parent.parent)
@@ -152,6 +153,7 @@ def test_an_older_store_reads_and_becomes_format_3_when_opened_for_writing(
     path = str(tmp_path / "meta")
     eng = LmdbEngine(path, sync=False)
     old = Inode(9, ROOT_INO, Kind.FILE, 0o644, 0, 0, 5, 1, 2, 3, 1)
+    one = Manifest(1, (ChunkRef(b"c" * 16, 5),))
     if fmt == b"1":
         rec = enc.INODE_HEADER.pack(Kind.FILE, 0o644, 0, 0, ROOT_INO, 5, 1, 2, 3, 1)
     else:
@@ -165,6 +167,8 @@ def test_an_older_store_reads_and_becomes_format_3_when_opened_for_writing(
         txn.put(enc.encode_ino(9), rec, db=env.open_db(b"inodes", txn=txn))
         txn.put(enc.dirent_key(ROOT_INO, "f"), enc.encode_ino(9),  # 8-byte value
                 db=env.open_db(b"dirents", txn=txn))
+        txn.put(enc.encode_ino(9), enc.encode_manifest(one),  # the fixed form
+                db=env.open_db(b"manifests", txn=txn))
     env.close()
     for readonly, want in ((True, fmt), (False, b"3")):  # a writable open marks it 3
         eng = LmdbEngine(path, readonly=readonly, sync=False)
@@ -172,20 +176,25 @@ def test_an_older_store_reads_and_becomes_format_3_when_opened_for_writing(
             with eng.read() as r:
                 assert r.get_meta("format") == want and r.get_inode(9) == old
                 assert r.lookup(ROOT_INO, "f") == 9 and list(r.list_dir(ROOT_INO)) == [("f", 9)]
+                assert r.get_manifest(9) == one
         finally:
             eng.close()
     eng = LmdbEngine(path, sync=False)
     try:
         with eng.write() as w:
             w.put_inode(replace(old, size=6))
+            w.put_manifest(9, replace(one, version=2))
         with eng.read() as r:
             assert r.get_inode(9) == replace(old, size=6)
+            assert r.get_manifest(9) == replace(one, version=2)
     finally:
         eng.close()
     env = lmdb.open(path, max_dbs=64, readonly=True)
     with env.begin() as txn:
         assert txn.get(enc.encode_ino(9), db=env.open_db(b"inodes", txn=txn))[0] & \
             enc.INODE_COMPACT_BIT
+        assert txn.get(enc.encode_ino(9), db=env.open_db(b"manifests", txn=txn)) == \
+            enc.encode_manifest_compact(replace(one, version=2))
     env.close()
 
 
