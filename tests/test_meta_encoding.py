@@ -106,8 +106,13 @@ def test_manifest_roundtrip(m: Manifest, ino: int) -> None:
 @given(chunks)
 def test_chunk_roundtrip(rec: ChunkRecord) -> None:
     data = enc.encode_chunk(rec)
-    assert len(data) == 18 + 30 * len(rec.locations)
+    assert data[0] == enc.CHUNK_COMPACT and len(data) % 30 != 18  # never the fixed form
     assert enc.decode_chunk(rec.id, data) == rec
+    for delta in (0, 1, -rec.refcount):
+        assert enc.decode_chunk(rec.id, enc.with_refcount_delta(rec.id, data, delta)) == \
+            replace(rec, refcount=rec.refcount + delta)
+    with pytest.raises(FormatError, match="below zero"):
+        enc.with_refcount_delta(rec.id, data, -rec.refcount - 1)
 
 
 @given(packs)
@@ -190,12 +195,21 @@ def test_truncated_or_extended_manifest(m: Manifest) -> None:
 @settings(max_examples=30)
 @given(chunks)
 def test_truncated_or_extended_chunk(rec: ChunkRecord) -> None:
-    data = enc.encode_chunk(rec)
-    for cut in _all_truncations(data):
-        with pytest.raises(FormatError, match=f"chunk record {rec.id.hex()}"):
-            enc.decode_chunk(rec.id, cut)
-    with pytest.raises(FormatError):
-        enc.decode_chunk(rec.id, data + b"\x00")
+    for data in (enc.encode_chunk(rec), _fixed_chunk(rec)):
+        for cut in [*_all_truncations(data), data + b"\x00"]:
+            if data[0] != enc.CHUNK_COMPACT and cut[:1] == b"\xfd":
+                with contextlib.suppress(FormatError):  # refcount 253 mod 256: the cut of
+                    assert enc.decode_chunk(rec.id, cut) != rec  # a fixed record may read
+                continue  # as a compact one, never as `rec`
+            with pytest.raises(FormatError, match=f"chunk record {rec.id.hex()}"):
+                enc.decode_chunk(rec.id, cut)
+
+
+def _fixed_chunk(rec: ChunkRecord) -> bytes:
+    """The fixed chunk record of formats 1 and 2."""
+    return enc._CHUNK_HEAD.pack(rec.refcount, rec.raw_len, rec.stored_len, rec.codec,
+                                len(rec.locations)) + b"".join(
+        enc._LOCATION.pack(x.pool, x.pack, x.offset, x.length) for x in rec.locations)
 
 
 @settings(max_examples=30)
@@ -350,8 +364,24 @@ def test_golden_chunk_pack_pending_pool() -> None:
         "0100" + "aa" * 16 + "2000000000000000"
         "60000000"  # pool, pack, offset, length
     )
-    assert enc.encode_chunk(rec) == golden
-    assert enc.decode_chunk(rec.id, golden) == rec
+    assert _fixed_chunk(rec) == golden
+    assert enc.decode_chunk(rec.id, golden) == rec  # formats 1 and 2 still read
+    assert enc.decode_chunk(rec.id, enc.with_refcount_delta(rec.id, golden, 2)) == \
+        replace(rec, refcount=5)
+    compact = bytes.fromhex(
+        "fd"  # compact chunk record (format 3)
+        "03" "64" "3c"  # refcount 3, raw 100, stored 60
+        "01" "01"  # codec zstd, 1 location
+        "01" + "aa" * 16 + "20" "60"  # pool 1, pack, offset 32, length 96
+    )
+    assert enc.encode_chunk(rec) == compact and len(compact) == 25  # 48 fixed
+    assert enc.decode_chunk(rec.id, compact) == rec
+    big = replace(rec, locations=(), refcount=1 << 56, raw_len=1 << 14, stored_len=1 << 14)
+    padded = enc.encode_chunk(big)
+    assert len(padded) == 19 and padded[-1] == 0  # 18 bytes padded: never the fixed form
+    assert enc.decode_chunk(rec.id, padded) == big
+    with pytest.raises(FormatError, match="compact record"):
+        enc.decode_chunk(rec.id, padded[:-1] + b"\x01")
     pack = PackRecord(b"\x01" * 16, 2, 4096, 3, 2, 1000, -1)
     assert enc.encode_pack(pack) == bytes.fromhex(
         "020000100000000000000300000002000000e803000000000000ffffffffffffffff"

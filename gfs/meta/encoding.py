@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 from itertools import starmap
 from typing import Any
 
@@ -36,6 +37,7 @@ from gfs.meta.records import (
 )
 
 __all__ = [
+    "CHUNK_COMPACT",
     "FORMAT_VERSION",
     "INODE_COMPACT_BIT",
     "INODE_HEADER",
@@ -435,8 +437,8 @@ _LOCATION = struct.Struct("<H16sQI")  # pool u16, pack id, offset u64, length u3
 assert _LOCATION.size == 2 + PACK_ID_LEN + 8 + 4
 
 
-def encode_chunk(rec: ChunkRecord) -> bytes:
-    """The `chunks` value of `rec` (its id is the key)."""
+def _encode_chunk_fixed(rec: ChunkRecord) -> bytes:
+    """The fixed `chunks` value of formats 1 and 2 (and the range checks of both forms)."""
     locs = rec.locations
     if len(rec.id) != CHUNK_ID_LEN:
         raise ValueError(f"chunk record {rec.id.hex()}: id must be {CHUNK_ID_LEN} bytes")
@@ -458,12 +460,45 @@ def encode_chunk(rec: ChunkRecord) -> bytes:
         ) from None
 
 
+#: First byte of the compact chunk record (format 3): the marker, refcount, raw and stored
+#: lengths as varints, codec u8, the location count u8, then per location its pool as a
+#: varint, pack id 16 B, offset and length as varints; one zero byte of padding when the
+#: length would be 18 modulo 30 (the fixed form's lengths). About 30 bytes for 48.
+CHUNK_COMPACT = 0xFD
+_FIXED_CHUNK = _CHUNK_HEAD.size  # the fixed form's length modulo _LOCATION.size
+
+
+def encode_chunk(rec: ChunkRecord) -> bytes:
+    """The `chunks` value of `rec` (its id is the key): the compact record."""
+    _encode_chunk_fixed(rec)  # the same checks and errors
+    out = bytearray((CHUNK_COMPACT,))
+    _varints_to(out, (rec.refcount, rec.raw_len, rec.stored_len))
+    out += bytes((rec.codec, len(rec.locations)))
+    for loc in rec.locations:
+        _varints_to(out, (loc.pool,))
+        out += loc.pack
+        _varints_to(out, (loc.offset, loc.length))
+    if len(out) % _LOCATION.size == _FIXED_CHUNK:
+        out.append(0)
+    return bytes(out)
+
+
+def _is_compact_chunk(data: bytes) -> bool:
+    return len(data) % _LOCATION.size != _FIXED_CHUNK and data[:1] == b"\xfd"
+
+
 _REFCOUNT = struct.Struct("<Q")
 
 
 def with_refcount_delta(cid: bytes, data: bytes, delta: int) -> bytes:
-    """The `chunks` value `data` with its refcount changed by `delta`, without decoding
-    the rest; raises FormatError if the refcount would fall below zero."""
+    """The `chunks` value `data` with its refcount changed by `delta` (the fixed form is
+    changed in place, the compact one re-encoded); raises FormatError if the refcount
+    would fall below zero."""
+    if _is_compact_chunk(data):
+        rec = decode_chunk(cid, data)
+        if rec.refcount + delta < 0:
+            raise FormatError(f"chunk {cid.hex()}: refcount would fall below zero; {_DAMAGED}")
+        return encode_chunk(replace(rec, refcount=rec.refcount + delta))
     if len(data) < _CHUNK_HEAD.size:
         raise FormatError(f"chunk record {cid.hex()}: {len(data)} bytes is too short; {_DAMAGED}")
     count = _REFCOUNT.unpack_from(data)[0] + delta
@@ -472,8 +507,36 @@ def with_refcount_delta(cid: bytes, data: bytes, delta: int) -> bytes:
     return _REFCOUNT.pack(count) + data[_REFCOUNT.size:]
 
 
+def _decode_chunk_compact(cid: bytes, data: bytes) -> ChunkRecord:
+    try:
+        (refcount, raw, stored), pos = _varints(data, 1, 3)
+        codec, n = data[pos], data[pos + 1]
+        pos += 2
+        locs = []
+        for _ in range(n):
+            (pool,), pos = _varints(data, pos, 1)
+            pack = data[pos:pos + PACK_ID_LEN]
+            if len(pack) != PACK_ID_LEN:
+                raise IndexError
+            (offset, length), pos = _varints(data, pos + PACK_ID_LEN, 2)
+            if pool >= _U16 or length >= _U32:
+                raise ValueError
+            locs.append(Location(pool, bytes(pack), offset, length))
+    except (IndexError, ValueError):
+        raise FormatError(f"chunk record {cid.hex()}: compact record truncated or out of "
+                          f"range; {_DAMAGED}") from None
+    padded = pos % _LOCATION.size == _FIXED_CHUNK
+    if (len(data) != pos + padded or (padded and data[pos]) or raw >= _U32
+            or stored >= _U32 or refcount >= _U64):
+        raise FormatError(f"chunk record {cid.hex()}: compact record of {n} locations is "
+                          f"{len(data)} bytes, not {pos + padded}; {_DAMAGED}")
+    return ChunkRecord(cid, raw, stored, codec, refcount, tuple(locs))
+
+
 def decode_chunk(cid: bytes, data: bytes) -> ChunkRecord:
-    """The chunk record `cid` from its `chunks` value."""
+    """The chunk record `cid` from its `chunks` value (compact or fixed)."""
+    if _is_compact_chunk(data):
+        return _decode_chunk_compact(cid, data)
     if len(data) < _CHUNK_HEAD.size:
         raise FormatError(f"chunk record {cid.hex()}: record truncated; {_DAMAGED}")
     refcount, raw, stored, codec, n = _CHUNK_HEAD.unpack_from(data)
