@@ -65,7 +65,11 @@ def hold_open(path: str) -> int | None:
             fd = os.open(lock, flags | os.O_CLOEXEC, 0o644)
         except OSError:
             continue
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # no flock on this file system: compaction cannot lock it either
+            os.close(fd)
+            return None
         return fd
     return None
 
