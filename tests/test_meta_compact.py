@@ -171,3 +171,29 @@ def test_kill_9_during_compaction_loses_nothing(tmp_path: Path, when: str,
     done = compaction.compact(path)  # the next compaction clears a left copy
     assert done is not None and not (Path(path) / "compact.tmp").exists()
     assert _dump(path) == before
+
+
+def test_a_session_that_grew_the_file_with_unordered_keys_is_compacted_at_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few free pages, but a session added part-full pages (a restore recording the heat
+    of every chunk, keyed by chunk id): its close compacts the file."""
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    with eng.write() as w:
+        for i in range(20000):
+            w.put_inode(Inode(100 + i, ROOT_INO, Kind.FILE, 0o644, 0, 0, i, 1, 1, 1))
+    eng.close()
+    monkeypatch.setattr(compaction, "MIN_BYTES", 0)
+    eng = LmdbEngine(path, sync=False)
+    with eng.write() as w:
+        for i in range(8000):
+            w.put_value("heat", (i * 2654435761 % (1 << 32)).to_bytes(4, "big") * 4, b"h" * 24)
+    grown = os.path.getsize(f"{path}/data.mdb")
+    eng.close()
+    assert os.path.getsize(f"{path}/data.mdb") < 0.9 * grown
+    eng = LmdbEngine(path, readonly=True)
+    try:
+        with eng.read() as r:
+            assert len(list(r.iter_values("heat"))) == 8000
+    finally:
+        eng.close()

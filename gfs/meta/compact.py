@@ -13,7 +13,8 @@ holds a shared flock on `open.lock` in the environment's directory while it
 is open, and compaction takes it exclusive without waiting (it does nothing
 when it cannot). An engine that opens meanwhile waits for it to finish.
 `LmdbEngine.close` compacts after a writer's last close when the file is at
-least `MIN_BYTES` and at least `MIN_FREE` of it is free pages
+least `MIN_BYTES` and at least `MIN_FREE` of it is free pages or pages added
+since the open
 (docs/format.md, "Compaction").
 """
 
@@ -39,7 +40,7 @@ OPEN_LOCK = "open.lock"
 _TMP = "compact.tmp"
 #: Compact at close only a file at least this large ...
 MIN_BYTES = 1 << 20
-#: ... with at least this share of free pages.
+#: ... with at least this share of free pages and pages added since the open.
 MIN_FREE = 0.1
 #: Rows per write transaction of the copy (bounds its dirty pages in memory).
 _BATCH = 20000
@@ -86,10 +87,13 @@ def free_share(env: lmdb.Environment) -> float:
     return max(0.0, (total - used) / total)
 
 
-def compact(path: str, *, min_bytes: int = 0, min_free: float = 0.0) -> Compacted | None:
+def compact(path: str, *, min_bytes: int = 0, min_free: float = 0.0,
+            grown_pages: int = 0) -> Compacted | None:
     """Rewrite the LMDB environment in directory `path` packed, if no engine has it open
-    and its data file is at least `min_bytes` with at least `min_free` of it free pages;
-    None when it did nothing. Raises FormatError (changing nothing) if the copy's entry
+    and its data file is at least `min_bytes` with at least `min_free` of it free pages
+    or new pages (`grown_pages`: the file grew by so many pages since the caller opened
+    it; new pages of keys written in no order are part full); None when it did nothing.
+    Raises FormatError (changing nothing) if the copy's entry
     counts differ from the original's."""
     data = os.path.join(path, "data.mdb")
     try:
@@ -104,18 +108,20 @@ def compact(path: str, *, min_bytes: int = 0, min_free: float = 0.0) -> Compacte
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None  # open elsewhere: try again at a later close
-        return _compact_locked(path, before, min_free)
+        return _compact_locked(path, before, min_free, grown_pages)
     finally:
         os.close(fd)
 
 
-def _compact_locked(path: str, before: int, min_free: float) -> Compacted | None:
+def _compact_locked(path: str, before: int, min_free: float,
+                    grown_pages: int) -> Compacted | None:
     start = time.perf_counter()
     tmp = Path(path) / _TMP
     shutil.rmtree(tmp, ignore_errors=True)  # a copy a crash left
     src = lmdb.open(path, readonly=True, max_dbs=_MAX_DBS, readahead=False)
     try:
-        if min_free and free_share(src) < min_free:
+        total = src.info()["last_pgno"] + 1
+        if min_free and free_share(src) + grown_pages / total < min_free:
             return None
         tmp.mkdir()
         dst = lmdb.open(str(tmp), map_size=src.info()["map_size"], max_dbs=_MAX_DBS,

@@ -442,7 +442,8 @@ class _SharedEnv:
     same directory share it (and its in-process writer lock).
     """
 
-    __slots__ = ("dbs", "env", "lockfd", "readonly", "users", "wlock", "writer", "wrote")
+    __slots__ = ("dbs", "env", "lockfd", "readonly", "start_pgno", "users", "wlock", "writer",
+                 "wrote")
 
     def __init__(self, env: Any, dbs: _Dbs, readonly: bool, lockfd: int | None) -> None:
         self.env = env
@@ -455,6 +456,8 @@ class _SharedEnv:
         self.wrote = False
         #: The shared flock on open.lock (gfs.meta.compact) held while open.
         self.lockfd = lockfd
+        #: The file's last page at the open (the growth since is a reason to compact).
+        self.start_pgno: int = env.info()["last_pgno"]
 
 
 _SHARED: dict[tuple[str, int], _SharedEnv] = {}
@@ -657,13 +660,14 @@ class LmdbEngine(MetaEngine):
             if shared.users:
                 return
             _SHARED.pop(self._key, None)
+            grown = shared.env.info()["last_pgno"] - shared.start_pgno
             shared.env.close()
             if shared.lockfd is not None:
                 os.close(shared.lockfd)
         if shared.wrote and self.compact_at_close:
             try:
                 compaction.compact(self.path, min_bytes=compaction.MIN_BYTES,
-                                   min_free=compaction.MIN_FREE)
+                                   min_free=compaction.MIN_FREE, grown_pages=grown)
             except (OSError, lmdb.Error, FormatError) as e:  # the store is unchanged
                 _log.warning("metadata %s: compaction skipped: %s", self.path, e)
 
