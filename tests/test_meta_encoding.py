@@ -106,8 +106,13 @@ def test_manifest_roundtrip(m: Manifest, ino: int) -> None:
 @given(chunks)
 def test_chunk_roundtrip(rec: ChunkRecord) -> None:
     data = enc.encode_chunk(rec)
-    assert len(data) == 18 + 30 * len(rec.locations)
+    assert data[0] == enc.CHUNK_COMPACT and len(data) % 30 != 18  # never the fixed form
     assert enc.decode_chunk(rec.id, data) == rec
+    for delta in (0, 1, -rec.refcount):
+        assert enc.decode_chunk(rec.id, enc.with_refcount_delta(rec.id, data, delta)) == \
+            replace(rec, refcount=rec.refcount + delta)
+    with pytest.raises(FormatError, match="below zero"):
+        enc.with_refcount_delta(rec.id, data, -rec.refcount - 1)
 
 
 @given(packs)
@@ -148,25 +153,28 @@ def _all_truncations(data: bytes) -> list[bytes]:
 
 
 def test_inode_links_extension() -> None:
-    """nlink 1 and rdev 0 keep the original record; others set the kind's high bit."""
+    """nlink 1 and rdev 0 are not stored; others set the kind's high bit and follow."""
     base = Inode(5, 1, Kind.FILE, 0o644, 0, 0, 3, 1, 2, 3, 1)
     plain = enc.encode_inode(base)
-    assert len(plain) == enc.INODE_NARROW.size and plain[0] == Kind.FILE | enc.INODE_NARROW_BIT
+    assert plain[0] == Kind.FILE | enc.INODE_COMPACT_BIT
     linked = enc.encode_inode(Inode(5, 0, Kind.CHARDEV, 0o600, 0, 0, 0, 1, 2, 3, 0, "",
                                     nlink=3, rdev=0x0103))
-    assert linked[0] == Kind.CHARDEV | enc.INODE_HAS_LINKS | enc.INODE_NARROW_BIT
-    assert linked[enc.INODE_NARROW.size:] == (3).to_bytes(4, "little") + \
-        (0x0103).to_bytes(8, "little")
-    with pytest.raises(FormatError, match="link count field truncated"):
+    assert linked[0] == Kind.CHARDEV | enc.INODE_HAS_LINKS | enc.INODE_COMPACT_BIT
+    assert linked[-3:] == bytes([3, 0x83, 0x02])  # nlink 3, rdev 0x0103 as varints
+    with pytest.raises(FormatError, match="inode 5: compact record truncated"):
         enc.decode_inode(5, linked[:-1])
+    narrow = enc.INODE_NARROW.pack(Kind.CHARDEV | enc.INODE_NARROW_BIT | enc.INODE_HAS_LINKS,
+                                   0o600, 0, 0, 0, 0, 0, 1, 2, 3)
+    with pytest.raises(FormatError, match="link count field truncated"):
+        enc.decode_inode(5, narrow + (3).to_bytes(4, "little"))
 
 
 @settings(max_examples=30)
 @given(inodes)
 def test_truncated_inode(inode: Inode) -> None:
     data = enc.encode_inode(inode)
-    head = enc.INODE_NARROW if data[0] & enc.INODE_NARROW_BIT else enc.INODE_HEADER
-    for cut in _all_truncations(data)[: head.size]:
+    head = len(data) - len(inode.target.encode("utf-8"))  # the target may be cut
+    for cut in _all_truncations(data)[:head]:
         with pytest.raises(FormatError, match=f"inode {inode.ino}"):
             enc.decode_inode(inode.ino, cut)
 
@@ -175,22 +183,33 @@ def test_truncated_inode(inode: Inode) -> None:
 @given(manifests)
 def test_truncated_or_extended_manifest(m: Manifest) -> None:
     data = enc.encode_manifest(m)
-    for cut in _all_truncations(data):
+    for cut in [*_all_truncations(data), data + b"\x00"]:
+        if cut[:1] == enc.MANIFEST_COMPACT:  # version 253 mod 256: the cut may read as a
+            with contextlib.suppress(FormatError):  # compact record, never as `m`
+                assert enc.decode_manifest(3, cut) != m
+            continue
         with pytest.raises(FormatError, match="manifest of inode 3"):
             enc.decode_manifest(3, cut)
-    with pytest.raises(FormatError):
-        enc.decode_manifest(3, data + b"\x00")
 
 
 @settings(max_examples=30)
 @given(chunks)
 def test_truncated_or_extended_chunk(rec: ChunkRecord) -> None:
-    data = enc.encode_chunk(rec)
-    for cut in _all_truncations(data):
-        with pytest.raises(FormatError, match=f"chunk record {rec.id.hex()}"):
-            enc.decode_chunk(rec.id, cut)
-    with pytest.raises(FormatError):
-        enc.decode_chunk(rec.id, data + b"\x00")
+    for data in (enc.encode_chunk(rec), _fixed_chunk(rec)):
+        for cut in [*_all_truncations(data), data + b"\x00"]:
+            if data[0] != enc.CHUNK_COMPACT and cut[:1] == b"\xfd":
+                with contextlib.suppress(FormatError):  # refcount 253 mod 256: the cut of
+                    assert enc.decode_chunk(rec.id, cut) != rec  # a fixed record may read
+                continue  # as a compact one, never as `rec`
+            with pytest.raises(FormatError, match=f"chunk record {rec.id.hex()}"):
+                enc.decode_chunk(rec.id, cut)
+
+
+def _fixed_chunk(rec: ChunkRecord) -> bytes:
+    """The fixed chunk record of formats 1 and 2."""
+    return enc._CHUNK_HEAD.pack(rec.refcount, rec.raw_len, rec.stored_len, rec.codec,
+                                len(rec.locations)) + b"".join(
+        enc._LOCATION.pack(x.pool, x.pack, x.offset, x.length) for x in rec.locations)
 
 
 @settings(max_examples=30)
@@ -265,7 +284,7 @@ def test_unrepresentable_records_rejected() -> None:
         enc.dirent_key(1, "")
 
 
-# -- golden bytes: these freeze format versions 1 and 2 -------------------------------
+# -- golden bytes: these freeze format versions 1, 2 and 3 ----------------------------
 
 
 def test_golden_inode() -> None:
@@ -297,8 +316,24 @@ def test_golden_inode() -> None:
         "0300000000000000"  # ctime_ns
         "c3a92f78"  # target "é/x"
     )
-    assert enc.encode_inode(inode) == narrow
-    assert enc.decode_inode(5, narrow) == inode
+    assert enc.decode_inode(5, narrow) == inode  # format 2's record still reads
+    compact = bytes.fromhex(  # format 3 writes the compact record
+        "23"  # kind symlink | 0x20 (compact); 0x10 clear: atime != ctime
+        "ed03"  # mode 0o755 (varint)
+        "e807"  # uid 1000
+        "64"  # gid 100
+        "01"  # parent 1
+        "07"  # size 7
+        "04"  # version 4
+        "0200000000000000"  # mtime_ns 2
+        "02"  # ctime_ns - mtime_ns = 1 (zigzag)
+        "03"  # atime_ns - ctime_ns = -2 (zigzag)
+        "c3a92f78"  # target "é/x"
+    )
+    assert enc.encode_inode(inode) == compact
+    assert enc.decode_inode(5, compact) == inode
+    put = replace(inode, kind=Kind.FILE, target="", atime_ns=3)  # atime == ctime: not stored
+    assert enc.encode_inode(put) == bytes.fromhex("31ed03e807640107040200000000000000" "02")
     assert enc.encode_ino(5) == bytes.fromhex("0000000000000005")
     assert enc.dirent_key(256, "é") == bytes.fromhex("0000000000000100c3a9")
 
@@ -329,8 +364,24 @@ def test_golden_chunk_pack_pending_pool() -> None:
         "0100" + "aa" * 16 + "2000000000000000"
         "60000000"  # pool, pack, offset, length
     )
-    assert enc.encode_chunk(rec) == golden
-    assert enc.decode_chunk(rec.id, golden) == rec
+    assert _fixed_chunk(rec) == golden
+    assert enc.decode_chunk(rec.id, golden) == rec  # formats 1 and 2 still read
+    assert enc.decode_chunk(rec.id, enc.with_refcount_delta(rec.id, golden, 2)) == \
+        replace(rec, refcount=5)
+    compact = bytes.fromhex(
+        "fd"  # compact chunk record (format 3)
+        "03" "64" "3c"  # refcount 3, raw 100, stored 60
+        "01" "01"  # codec zstd, 1 location
+        "01" + "aa" * 16 + "20" "60"  # pool 1, pack, offset 32, length 96
+    )
+    assert enc.encode_chunk(rec) == compact and len(compact) == 25  # 48 fixed
+    assert enc.decode_chunk(rec.id, compact) == rec
+    big = replace(rec, locations=(), refcount=1 << 56, raw_len=1 << 14, stored_len=1 << 14)
+    padded = enc.encode_chunk(big)
+    assert len(padded) == 19 and padded[-1] == 0  # 18 bytes padded: never the fixed form
+    assert enc.decode_chunk(rec.id, padded) == big
+    with pytest.raises(FormatError, match="compact record"):
+        enc.decode_chunk(rec.id, padded[:-1] + b"\x01")
     pack = PackRecord(b"\x01" * 16, 2, 4096, 3, 2, 1000, -1)
     assert enc.encode_pack(pack) == bytes.fromhex(
         "020000100000000000000300000002000000e803000000000000ffffffffffffffff"
@@ -360,19 +411,90 @@ def test_large_manifest_is_fast() -> None:
     assert t2 - t1 < 2.0
 
 
-def test_narrow_and_wide_inode_records() -> None:
-    """Format 2 writes the 43-byte narrow record when the fields fit and the wide
-    one (59 bytes) otherwise; both read back exactly (format-1 stores hold only wide ones)."""
-    narrow = Inode(7, 2, Kind.FILE, 0o100644, 1000, 1000, (1 << 32) - 1, -5, 1 << 62, 3,
-                   (1 << 32) - 1)
-    data = enc.encode_inode(narrow)
-    assert len(data) == 43 == enc.INODE_NARROW.size
-    assert enc.decode_inode(7, data) == narrow
-    for wide in (replace(narrow, uid=1 << 16), replace(narrow, gid=1 << 16),
-                 replace(narrow, parent=1 << 32), replace(narrow, size=1 << 32),
-                 replace(narrow, version=1 << 32)):
-        data = enc.encode_inode(wide)
-        assert len(data) == enc.INODE_HEADER.size == 59 and not data[0] & enc.INODE_NARROW_BIT
-        assert enc.decode_inode(7, data) == wide
-    link = replace(narrow, kind=Kind.SYMLINK, target="../x", nlink=2)
-    assert enc.decode_inode(7, enc.encode_inode(link)) == link
+def test_narrow_and_wide_inode_records_still_read() -> None:
+    """Format 3 writes only compact records; the narrow (format 2) and wide (format 1)
+    ones that older stores hold read back exactly."""
+    n = Inode(7, 2, Kind.FILE, 0o100644, 1000, 1000, (1 << 32) - 1, -5, 1 << 62, 3,
+              (1 << 32) - 1)
+    narrow = enc.INODE_NARROW.pack(Kind.FILE | enc.INODE_NARROW_BIT, n.mode, n.uid, n.gid,
+                                   n.parent, n.size, n.version, n.atime_ns, n.mtime_ns,
+                                   n.ctime_ns)
+    assert enc.decode_inode(7, narrow) == n
+    w = replace(n, uid=1 << 16, parent=1 << 32, size=1 << 40, version=1 << 33)
+    wide = enc.INODE_HEADER.pack(Kind.FILE, w.mode, w.uid, w.gid, w.parent, w.size,
+                                 w.atime_ns, w.mtime_ns, w.ctime_ns, w.version)
+    assert enc.decode_inode(7, wide) == w
+
+
+def test_compact_inode_record_of_a_put_file_is_small() -> None:
+    """A file as a put writes it (atime = ctime, 16-bit ids, small size) takes 23 bytes,
+    not 43; extreme values still round-trip (checked by the property test too)."""
+    node = Inode(6, 5, Kind.FILE, 0o644, 0, 0, 43110, 1796472397279968834,
+                 1796472382505441496, 1796472397279968834, 1)
+    assert len(enc.encode_inode(node)) == 23
+    for extreme in (replace(node, mtime_ns=-(1 << 63), ctime_ns=(1 << 63) - 1,
+                            atime_ns=-(1 << 63)),
+                    replace(node, size=(1 << 64) - 1, nlink=(1 << 32) - 1,
+                            rdev=(1 << 64) - 1)):
+        assert enc.decode_inode(6, enc.encode_inode(extreme)) == extreme
+
+
+def test_damaged_compact_inode_records_are_format_errors() -> None:
+    node = enc.encode_inode(Inode(6, 5, Kind.FILE, 0o644, 0, 0, 9, 1, 1, 1, 1))
+    too_long = node[:1] + b"\xff" * 10 + b"\x01" + node[2:]  # mode varint of 11 bytes
+    over = node[:1] + b"\xff\xff\x04" + node[3:]  # mode over 16 bits
+    kind = bytes([node[0] | 0x08]) + node[1:]
+    for bad, why in ((too_long, "over 64 bits"), (over, "out of range"),
+                     (kind, "unknown kind")):
+        with pytest.raises(FormatError, match=f"inode 6: .*{why}"):
+            enc.decode_inode(6, bad)
+    top = (1 << 63) - 1
+    huge = enc.encode_inode(Inode(6, 5, Kind.FILE, 0o644, 0, 0, 9, top, top, top, 1))
+    assert huge[-1] == 0  # ctime - mtime
+    with pytest.raises(FormatError, match="out of range"):  # ctime = mtime + 1 overflows
+        enc.decode_inode(6, huge[:-1] + b"\x02")
+
+
+@given(U64)
+def test_dirent_value_is_the_shortest_big_endian_ino(ino: int) -> None:
+    data = enc.encode_dirent_ino(ino)
+    assert 1 <= len(data) <= 8 and (len(data) == 1 or data[0])
+    assert enc.decode_dirent_ino(data) == ino
+    assert enc.decode_dirent_ino(enc.encode_ino(ino)) == ino  # formats 1 and 2: 8 bytes
+
+
+def test_golden_dirent_value_and_damage() -> None:
+    assert enc.encode_dirent_ino(0x1E240) == bytes.fromhex("01e240")  # 3 bytes, was 8
+    assert enc.encode_dirent_ino(0) == b"\x00"
+    for bad in (b"", b"\x01" * 9):
+        with pytest.raises(FormatError, match="directory entry value"):
+            enc.decode_dirent_ino(bad)
+    with pytest.raises(ValueError, match="not a u64"):
+        enc.encode_dirent_ino(1 << 64)
+
+
+@given(manifests, U64)
+def test_compact_manifest_roundtrip_and_never_a_fixed_length(m: Manifest, ino: int) -> None:
+    data = enc.encode_manifest_compact(m)
+    assert enc.decode_manifest(ino, data) == m
+    assert len(data) % 20 not in (8, 12)  # never read as the fixed or the shared form
+    for cut in _all_truncations(data)[1:]:
+        if len(cut) % 20 != 12:  # (a cut of that length reads as the fixed form: damaged)
+            with pytest.raises(FormatError, match=f"manifest of inode {ino}"):
+                enc.decode_manifest(ino, cut)
+    with pytest.raises(FormatError, match=f"manifest of inode {ino}"):
+        enc.decode_manifest(ino, data + b"\x00\x01")
+
+
+def test_golden_compact_manifest() -> None:
+    one = Manifest(1, (ChunkRef(bytes(range(16)), 3000),))
+    golden = bytes.fromhex("fd" "01" "01" "b817" "000102030405060708090a0b0c0d0e0f")
+    assert enc.encode_manifest_compact(one) == golden and len(golden) == 21  # fixed: 32
+    assert enc.decode_manifest(9, golden) == one
+    empty = enc.encode_manifest_compact(Manifest(7, ()))
+    assert empty == bytes.fromhex("fd0700")
+    padded = enc.encode_manifest_compact(Manifest(1 << 35, ()))  # 8 bytes: one pad byte
+    assert padded == bytes.fromhex("fd" "8080808080" "01" "00" "00")
+    assert enc.decode_manifest(9, padded) == Manifest(1 << 35, ())
+    with pytest.raises(FormatError, match="manifest of inode 9"):
+        enc.decode_manifest(9, padded[:-1] + b"\x01")  # the pad byte must be zero

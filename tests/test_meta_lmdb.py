@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import lmdb
@@ -19,6 +20,7 @@ import gfs
 from gfs.errors import FormatError, StateError
 from gfs.meta import ROOT_INO, Inode, Kind, LmdbEngine, MetaEngine, open_engine
 from gfs.meta import encoding as enc
+from gfs.meta.records import ChunkRef, Manifest
 from gfs.testing.meta_suite import MetaEngineConformance, _populate, dump_store
 
 REPO = str(Path(gfs.__file__).resolve().parent.parent)
@@ -110,7 +112,7 @@ def test_initialisation(tmp_path: Path) -> None:
     other = LmdbEngine(str(tmp_path / "b"), sync=False)
     try:
         with eng.read() as r, other.read() as r2:
-            assert r.get_meta("format") == b"2"
+            assert r.get_meta("format") == b"3"
             assert r.get_meta("next_ino") == (2).to_bytes(8, "little")
             assert r.get_meta("store_id") != r2.get_meta("store_id")
             root = r.get_inode(ROOT_INO)
@@ -133,37 +135,67 @@ def test_format_mismatch_raises_state_error(tmp_path: Path) -> None:
     path = str(tmp_path / "meta")
     eng = LmdbEngine(path, sync=False)
     with eng.write() as w:
-        w.set_meta("format", b"3")
+        w.set_meta("format", b"4")
     eng.close()
     with pytest.raises(StateError) as info:
         LmdbEngine(path, sync=False)
     msg = str(info.value)
-    assert path in msg and "format version 3" in msg and "format 2" in msg
+    assert path in msg and "format version 4" in msg and "format 3" in msg
     with pytest.raises(StateError):
         LmdbEngine(path, readonly=True)
 
 
-def test_a_format_1_store_reads_and_becomes_format_2_when_opened_for_writing(
-        tmp_path: Path) -> None:
-    """Format 1 wrote only wide inode records, which format 2 reads as they are."""
+@pytest.mark.parametrize("fmt", [b"1", b"2"])
+def test_an_older_store_reads_and_becomes_format_3_when_opened_for_writing(
+        tmp_path: Path, fmt: bytes) -> None:
+    """Format 1 wrote wide inode records and format 2 narrow ones, which format 3 reads
+    as they are; a record is rewritten compact when it next changes."""
     path = str(tmp_path / "meta")
     eng = LmdbEngine(path, sync=False)
     old = Inode(9, ROOT_INO, Kind.FILE, 0o644, 0, 0, 5, 1, 2, 3, 1)
-    wide = enc.INODE_HEADER.pack(Kind.FILE, 0o644, 0, 0, ROOT_INO, 5, 1, 2, 3, 1)
+    one = Manifest(1, (ChunkRef(b"c" * 16, 5),))
+    if fmt == b"1":
+        rec = enc.INODE_HEADER.pack(Kind.FILE, 0o644, 0, 0, ROOT_INO, 5, 1, 2, 3, 1)
+    else:
+        rec = enc.INODE_NARROW.pack(Kind.FILE | enc.INODE_NARROW_BIT, 0o644, 0, 0, ROOT_INO,
+                                    5, 1, 1, 2, 3)
     with eng.write() as w:
-        w.set_meta("format", b"1")
+        w.set_meta("format", fmt)
     eng.close()
     env = lmdb.open(path, max_dbs=64)
     with env.begin(write=True) as txn:
-        txn.put(enc.encode_ino(9), wide, db=env.open_db(b"inodes", txn=txn))
+        txn.put(enc.encode_ino(9), rec, db=env.open_db(b"inodes", txn=txn))
+        txn.put(enc.dirent_key(ROOT_INO, "f"), enc.encode_ino(9),  # 8-byte value
+                db=env.open_db(b"dirents", txn=txn))
+        txn.put(enc.encode_ino(9), enc.encode_manifest(one),  # the fixed form
+                db=env.open_db(b"manifests", txn=txn))
     env.close()
-    for readonly, fmt in ((True, b"1"), (False, b"2")):  # a writable open marks it 2
+    for readonly, want in ((True, fmt), (False, b"3")):  # a writable open marks it 3
         eng = LmdbEngine(path, readonly=readonly, sync=False)
         try:
             with eng.read() as r:
-                assert r.get_meta("format") == fmt and r.get_inode(9) == old
+                assert r.get_meta("format") == want and r.get_inode(9) == old
+                assert r.lookup(ROOT_INO, "f") == 9 and list(r.list_dir(ROOT_INO)) == [("f", 9)]
+                assert r.get_manifest(9) == one
         finally:
             eng.close()
+    eng = LmdbEngine(path, sync=False)
+    try:
+        with eng.write() as w:
+            w.put_inode(replace(old, size=6))
+            w.put_manifest(9, replace(one, version=2))
+        with eng.read() as r:
+            assert r.get_inode(9) == replace(old, size=6)
+            assert r.get_manifest(9) == replace(one, version=2)
+    finally:
+        eng.close()
+    env = lmdb.open(path, max_dbs=64, readonly=True)
+    with env.begin() as txn:
+        assert txn.get(enc.encode_ino(9), db=env.open_db(b"inodes", txn=txn))[0] & \
+            enc.INODE_COMPACT_BIT
+        assert txn.get(enc.encode_ino(9), db=env.open_db(b"manifests", txn=txn)) == \
+            enc.encode_manifest_compact(replace(one, version=2))
+    env.close()
 
 
 def test_readonly(tmp_path: Path) -> None:

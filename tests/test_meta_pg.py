@@ -115,8 +115,9 @@ def test_schema_version_is_recorded_and_newer_refused(pg_url: str) -> None:
         PgEngine(pg_url)
 
 
-def test_a_schema_2_store_of_format_1_migrates_to_format_2(pg_url: str) -> None:
-    """Migration 3 marks the records format 2; format 1's wide inode records read on."""
+def test_a_schema_2_store_of_format_1_migrates_to_format_3(pg_url: str) -> None:
+    """Migrations 3 and 4 mark the records format 3; format 1's wide inode records
+    read on."""
     old = Inode(9, ROOT_INO, Kind.FILE, 0o644, 0, 0, 5, 1, 2, 3, 1)
     eng = PgEngine(pg_url)
     try:
@@ -135,11 +136,11 @@ def test_a_schema_2_store_of_format_1_migrates_to_format_2(pg_url: str) -> None:
     eng = PgEngine(pg_url)
     try:
         with eng.read() as r:
-            assert r.get_meta("format") == enc.FORMAT_VERSION == b"2"
+            assert r.get_meta("format") == enc.FORMAT_VERSION == b"3"
             assert r.get_inode(9) == old
         with eng._live().connection() as conn:
             row = conn.execute(f"SELECT version FROM {eng.schema}.schema_version").fetchone()
-            assert row == (SCHEMA_VERSION,) == (3,)
+            assert row == (SCHEMA_VERSION,) == (4,)
     finally:
         eng.close()
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
+from dataclasses import replace
 from itertools import starmap
 from typing import Any
 
@@ -35,11 +37,15 @@ from gfs.meta.records import (
 )
 
 __all__ = [
+    "CHUNK_COMPACT",
     "FORMAT_VERSION",
+    "INODE_COMPACT_BIT",
     "INODE_HEADER",
     "INODE_NARROW",
+    "MANIFEST_COMPACT",
     "READABLE_FORMATS",
     "decode_chunk",
+    "decode_dirent_ino",
     "decode_dirent_key",
     "decode_ino",
     "decode_inode",
@@ -51,9 +57,11 @@ __all__ = [
     "decode_u64",
     "dirent_key",
     "encode_chunk",
+    "encode_dirent_ino",
     "encode_ino",
     "encode_inode",
     "encode_manifest",
+    "encode_manifest_compact",
     "encode_pack",
     "encode_pending",
     "encode_pool",
@@ -62,10 +70,11 @@ __all__ = [
 ]
 
 #: Value of the `format` meta key written by this code.
-FORMAT_VERSION = b"2"
-#: Formats this code reads: format 1 lacks only the narrow inode record, so a format-1
-#: store is read as it is and marked format 2 when first opened for writing.
-READABLE_FORMATS = (b"1", FORMAT_VERSION)
+FORMAT_VERSION = b"3"
+#: Formats this code reads: formats 1 and 2 lack only the narrow (2) and compact (3)
+#: inode records, so their stores are read as they are and marked format 3 when first
+#: opened for writing.
+READABLE_FORMATS = (b"1", b"2", FORMAT_VERSION)
 
 _DAMAGED = "the metadata is damaged; run `hutong fsck`"
 
@@ -88,6 +97,22 @@ def decode_ino(data: bytes) -> int:
     """The inode number of an 8-byte big-endian key or dirent value."""
     if len(data) != 8:
         raise FormatError(f"inode number: expected 8 bytes, got {len(data)}; {_DAMAGED}")
+    return int.from_bytes(data, "big")
+
+
+def encode_dirent_ino(ino: int) -> bytes:
+    """A `dirents` value: the inode number big-endian in as few bytes as it needs (1 to
+    8; format 3: 3 bytes for most, where formats 1 and 2 wrote 8, which read the same)."""
+    if not 0 <= ino < 1 << 64:
+        raise ValueError(f"inode number {ino!r} is not a u64")
+    return ino.to_bytes(max(1, (ino.bit_length() + 7) >> 3), "big")
+
+
+def decode_dirent_ino(data: bytes) -> int:
+    """The inode number of a `dirents` value (1 to 8 bytes, big-endian)."""
+    if not 1 <= len(data) <= 8:
+        raise FormatError(f"directory entry value: expected 1 to 8 bytes, got {len(data)}; "
+                          f"{_DAMAGED}")
     return int.from_bytes(data, "big")
 
 
@@ -158,43 +183,132 @@ _U16, _U32 = 1 << 16, 1 << 32
 _KINDS = {k.value: k for k in Kind}
 
 
+#: Set in the kind byte of the compact record (format 3), which this code always writes:
+#: kind u8, then mode, uid, gid, parent, size, version as unsigned LEB128 varints,
+#: mtime_ns i64, ctime_ns - mtime_ns as a zigzag varint, and atime_ns - ctime_ns as a
+#: zigzag varint unless INODE_ATIME_IS_CTIME is set; with INODE_HAS_LINKS, nlink and
+#: rdev as varints; then the target. A file's record is about 24 bytes (43 narrow).
+INODE_COMPACT_BIT = 0x20
+#: In a compact record: atime_ns equals ctime_ns (as after a put) and is not stored.
+INODE_ATIME_IS_CTIME = 0x10
+_I64 = 1 << 63
+_U64 = 1 << 64
+#: An inode field and its exclusive upper bound (unsigned fields).
+_INODE_BOUNDS = (("mode", _U16), ("uid", _U32), ("gid", _U32), ("parent", _U64),
+                 ("size", _U64), ("version", _U64), ("nlink", _U32), ("rdev", _U64))
+
+
 def encode_inode(inode: Inode) -> bytes:
-    """The `inodes` value of `inode` (its number is the key)."""
-    try:
-        if (0 <= inode.uid < _U16 and 0 <= inode.gid < _U16 and 0 <= inode.parent < _U32
-                and 0 <= inode.size < _U32 and 0 <= inode.version < _U32):
-            head = INODE_NARROW.pack(
-                inode.kind | INODE_NARROW_BIT, inode.mode, inode.uid, inode.gid,
-                inode.parent, inode.size, inode.version, inode.atime_ns, inode.mtime_ns,
-                inode.ctime_ns)
-        else:
-            head = INODE_HEADER.pack(
-                inode.kind,
-                inode.mode,
-                inode.uid,
-                inode.gid,
-                inode.parent,
-                inode.size,
-                inode.atime_ns,
-                inode.mtime_ns,
-                inode.ctime_ns,
-                inode.version,
-            )
-    except struct.error as e:
-        raise ValueError(f"inode {inode.ino}: a field is out of range ({e})") from None
+    """The `inodes` value of `inode` (its number is the key): the compact record."""
     if inode.kind not in _KINDS:
         raise ValueError(f"inode {inode.ino}: unknown kind {inode.kind!r}")
-    if inode.nlink != 1 or inode.rdev:
+    for name, bound in _INODE_BOUNDS:
+        v = getattr(inode, name)
+        if not 0 <= v < bound:
+            raise ValueError(f"inode {inode.ino}: {name} {v!r} is out of range "
+                             f"(0 to {bound - 1})")
+    mtime, ctime, atime = inode.mtime_ns, inode.ctime_ns, inode.atime_ns
+    for name, v in (("atime_ns", atime), ("mtime_ns", mtime), ("ctime_ns", ctime)):
+        if not -_I64 <= v < _I64:
+            raise ValueError(f"inode {inode.ino}: {name} {v!r} is not an i64")
+    links = inode.nlink != 1 or inode.rdev != 0
+    same = atime == ctime
+    out = bytearray((inode.kind | INODE_COMPACT_BIT | (INODE_ATIME_IS_CTIME if same else 0)
+                     | (INODE_HAS_LINKS if links else 0),))
+    _varints_to(out, (inode.mode, inode.uid, inode.gid, inode.parent, inode.size,
+                      inode.version))
+    out += mtime.to_bytes(8, "little", signed=True)
+    tail = [_zigzag(ctime - mtime)]
+    if not same:
+        tail.append(_zigzag(atime - ctime))
+    if links:
+        tail += (inode.nlink, inode.rdev)
+    _varints_to(out, tail)
+    out += inode.target.encode("utf-8")
+    return bytes(out)
+
+
+def _zigzag(v: int) -> int:
+    return v << 1 if v >= 0 else ((-v) << 1) - 1
+
+
+def _unzigzag(z: int) -> int:
+    return -((z + 1) >> 1) if z & 1 else z >> 1
+
+
+def _varints_to(out: bytearray, values: Sequence[int]) -> None:
+    """Append `values` (>= 0) to `out` as unsigned LEB128 varints."""
+    append = out.append
+    for v in values:
+        while v > 0x7F:
+            append((v & 0x7F) | 0x80)
+            v >>= 7
+        append(v)
+
+
+def _varints(data: bytes, pos: int, n: int) -> tuple[list[int], int]:
+    """`n` unsigned LEB128 varints of at most 10 bytes from `data[pos:]` and the position
+    after them; IndexError when `data` ends first, ValueError when one is too long."""
+    vals = []
+    for _ in range(n):
+        b = data[pos]
+        pos += 1
+        if b < 0x80:
+            vals.append(b)
+            continue
+        v, shift = b & 0x7F, 7
+        while True:
+            b = data[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint over 10 bytes")
+        vals.append(v)
+    return vals, pos
+
+
+def _decode_compact(ino: int, data: bytes) -> Inode:
+    flags = data[0]
+    try:
+        (mode, uid, gid, parent, size, version), pos = _varints(data, 1, 6)
+        if pos + 8 > len(data):
+            raise IndexError
+        mtime = int.from_bytes(data[pos:pos + 8], "little", signed=True)
+        tail, pos = _varints(data, pos + 8, 1 if flags & INODE_ATIME_IS_CTIME else 2)
+        nlink, rdev = 1, 0
+        if flags & INODE_HAS_LINKS:
+            (nlink, rdev), pos = _varints(data, pos, 2)
+    except (IndexError, ValueError):
+        raise FormatError(f"inode {ino}: compact record truncated or a field over "
+                          f"64 bits; {_DAMAGED}") from None
+    ctime = mtime + _unzigzag(tail[0])
+    atime = ctime + _unzigzag(tail[1]) if len(tail) > 1 else ctime
+    if not (mode < _U16 and uid < _U32 and gid < _U32 and nlink < _U32 and parent < _U64
+            and size < _U64 and version < _U64 and rdev < _U64
+            and -_I64 <= ctime < _I64 and -_I64 <= atime < _I64):
+        raise FormatError(f"inode {ino}: a field of the compact record is out of range; "
+                          f"{_DAMAGED}")
+    kind = flags & ~(INODE_COMPACT_BIT | INODE_ATIME_IS_CTIME | INODE_HAS_LINKS)
+    k = _KINDS.get(kind)
+    if k is None:
+        raise FormatError(f"inode {ino}: unknown kind {kind}; {_DAMAGED}")
+    target = ""
+    if len(data) > pos:
         try:
-            ext = INODE_LINKS.pack(inode.nlink, inode.rdev)
-        except struct.error as e:
-            raise ValueError(f"inode {inode.ino}: nlink or rdev out of range ({e})") from None
-        head = bytes([head[0] | INODE_HAS_LINKS]) + head[1:] + ext
-    return head + inode.target.encode("utf-8")
+            target = data[pos:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"inode {ino}: symlink target is not UTF-8; {_DAMAGED}") from None
+    return Inode(ino, parent, k, mode, uid, gid, size, atime, mtime, ctime, version, target,
+                 nlink, rdev)
 
 
 def decode_inode(ino: int, data: bytes) -> Inode:
-    """The inode numbered `ino` from its `inodes` value."""
+    """The inode numbered `ino` from its `inodes` value (compact, narrow or wide)."""
+    if data[:1] and data[0] & INODE_COMPACT_BIT:
+        return _decode_compact(ino, data)
     header = INODE_NARROW if data[:1] and data[0] & INODE_NARROW_BIT else INODE_HEADER
     if len(data) < header.size:
         raise FormatError(
@@ -257,7 +371,10 @@ def encode_manifest(manifest: Manifest) -> bytes:
 
 
 def decode_manifest(ino: int, data: bytes) -> Manifest:
-    """The manifest of file `ino` from its `manifests` value."""
+    """The manifest of file `ino` from its `manifests` value (the fixed form, or the
+    compact form a format-3 LMDB store writes for a manifest it keeps inline)."""
+    if len(data) % _MANIFEST_ENTRY.size != _MANIFEST_HEAD.size and data[:1] == MANIFEST_COMPACT:
+        return _decode_manifest_compact(ino, data)
     if len(data) < _MANIFEST_HEAD.size:
         raise FormatError(f"manifest of inode {ino}: record truncated; {_DAMAGED}")
     version, count = _MANIFEST_HEAD.unpack_from(data)
@@ -270,6 +387,49 @@ def decode_manifest(ino: int, data: bytes) -> Manifest:
     return Manifest(version, tuple(starmap(ChunkRef, _MANIFEST_ENTRY.iter_unpack(body))))
 
 
+#: First byte of the compact manifest value: the marker, version and count as varints,
+#: then per chunk its length as a varint and its id; one zero byte of padding when the
+#: length would be 8 or 12 modulo 20 (the lengths of the fixed and the shared forms).
+MANIFEST_COMPACT = b"\xfd"
+_FIXED_LENGTHS = (8, 12)
+
+
+def encode_manifest_compact(manifest: Manifest) -> bytes:
+    """The compact `manifests` value of `manifest` (about 21 bytes for one chunk, 32 fixed)."""
+    encode_manifest(manifest)  # the same range checks and errors as the fixed form
+    out = bytearray(MANIFEST_COMPACT)
+    _varints_to(out, (manifest.version, len(manifest.chunks)))
+    for c in manifest.chunks:
+        _varints_to(out, (c.length,))
+        out += c.id
+    if len(out) % 20 in _FIXED_LENGTHS:
+        out.append(0)
+    return bytes(out)
+
+
+def _decode_manifest_compact(ino: int, data: bytes) -> Manifest:
+    try:
+        (version, count), pos = _varints(data, 1, 2)
+        if count > len(data):
+            raise IndexError
+        chunks = []
+        for _ in range(count):
+            (length,), pos = _varints(data, pos, 1)
+            cid = data[pos:pos + CHUNK_ID_LEN]
+            if len(cid) != CHUNK_ID_LEN or length >= _U32:
+                raise IndexError
+            chunks.append(ChunkRef(bytes(cid), length))
+            pos += CHUNK_ID_LEN
+    except (IndexError, ValueError):
+        raise FormatError(f"manifest of inode {ino}: compact record truncated or out of "
+                          f"range; {_DAMAGED}") from None
+    padded = pos % 20 in _FIXED_LENGTHS
+    if len(data) != pos + padded or (padded and data[pos]) or version >= _U64:
+        raise FormatError(f"manifest of inode {ino}: compact record of {count} entries "
+                          f"is {len(data)} bytes, not {pos + padded}; {_DAMAGED}")
+    return Manifest(version, tuple(chunks))
+
+
 # -- chunk record -----------------------------------------------------------------
 
 _CHUNK_HEAD = struct.Struct("<QIIBB")  # refcount u64, raw u32, stored u32, codec u8, n u8
@@ -277,8 +437,8 @@ _LOCATION = struct.Struct("<H16sQI")  # pool u16, pack id, offset u64, length u3
 assert _LOCATION.size == 2 + PACK_ID_LEN + 8 + 4
 
 
-def encode_chunk(rec: ChunkRecord) -> bytes:
-    """The `chunks` value of `rec` (its id is the key)."""
+def _encode_chunk_fixed(rec: ChunkRecord) -> bytes:
+    """The fixed `chunks` value of formats 1 and 2 (and the range checks of both forms)."""
     locs = rec.locations
     if len(rec.id) != CHUNK_ID_LEN:
         raise ValueError(f"chunk record {rec.id.hex()}: id must be {CHUNK_ID_LEN} bytes")
@@ -300,12 +460,45 @@ def encode_chunk(rec: ChunkRecord) -> bytes:
         ) from None
 
 
+#: First byte of the compact chunk record (format 3): the marker, refcount, raw and stored
+#: lengths as varints, codec u8, the location count u8, then per location its pool as a
+#: varint, pack id 16 B, offset and length as varints; one zero byte of padding when the
+#: length would be 18 modulo 30 (the fixed form's lengths). About 30 bytes for 48.
+CHUNK_COMPACT = 0xFD
+_FIXED_CHUNK = _CHUNK_HEAD.size  # the fixed form's length modulo _LOCATION.size
+
+
+def encode_chunk(rec: ChunkRecord) -> bytes:
+    """The `chunks` value of `rec` (its id is the key): the compact record."""
+    _encode_chunk_fixed(rec)  # the same checks and errors
+    out = bytearray((CHUNK_COMPACT,))
+    _varints_to(out, (rec.refcount, rec.raw_len, rec.stored_len))
+    out += bytes((rec.codec, len(rec.locations)))
+    for loc in rec.locations:
+        _varints_to(out, (loc.pool,))
+        out += loc.pack
+        _varints_to(out, (loc.offset, loc.length))
+    if len(out) % _LOCATION.size == _FIXED_CHUNK:
+        out.append(0)
+    return bytes(out)
+
+
+def _is_compact_chunk(data: bytes) -> bool:
+    return len(data) % _LOCATION.size != _FIXED_CHUNK and data[:1] == b"\xfd"
+
+
 _REFCOUNT = struct.Struct("<Q")
 
 
 def with_refcount_delta(cid: bytes, data: bytes, delta: int) -> bytes:
-    """The `chunks` value `data` with its refcount changed by `delta`, without decoding
-    the rest; raises FormatError if the refcount would fall below zero."""
+    """The `chunks` value `data` with its refcount changed by `delta` (the fixed form is
+    changed in place, the compact one re-encoded); raises FormatError if the refcount
+    would fall below zero."""
+    if _is_compact_chunk(data):
+        rec = decode_chunk(cid, data)
+        if rec.refcount + delta < 0:
+            raise FormatError(f"chunk {cid.hex()}: refcount would fall below zero; {_DAMAGED}")
+        return encode_chunk(replace(rec, refcount=rec.refcount + delta))
     if len(data) < _CHUNK_HEAD.size:
         raise FormatError(f"chunk record {cid.hex()}: {len(data)} bytes is too short; {_DAMAGED}")
     count = _REFCOUNT.unpack_from(data)[0] + delta
@@ -314,8 +507,36 @@ def with_refcount_delta(cid: bytes, data: bytes, delta: int) -> bytes:
     return _REFCOUNT.pack(count) + data[_REFCOUNT.size:]
 
 
+def _decode_chunk_compact(cid: bytes, data: bytes) -> ChunkRecord:
+    try:
+        (refcount, raw, stored), pos = _varints(data, 1, 3)
+        codec, n = data[pos], data[pos + 1]
+        pos += 2
+        locs = []
+        for _ in range(n):
+            (pool,), pos = _varints(data, pos, 1)
+            pack = data[pos:pos + PACK_ID_LEN]
+            if len(pack) != PACK_ID_LEN:
+                raise IndexError
+            (offset, length), pos = _varints(data, pos + PACK_ID_LEN, 2)
+            if pool >= _U16 or length >= _U32:
+                raise ValueError
+            locs.append(Location(pool, bytes(pack), offset, length))
+    except (IndexError, ValueError):
+        raise FormatError(f"chunk record {cid.hex()}: compact record truncated or out of "
+                          f"range; {_DAMAGED}") from None
+    padded = pos % _LOCATION.size == _FIXED_CHUNK
+    if (len(data) != pos + padded or (padded and data[pos]) or raw >= _U32
+            or stored >= _U32 or refcount >= _U64):
+        raise FormatError(f"chunk record {cid.hex()}: compact record of {n} locations is "
+                          f"{len(data)} bytes, not {pos + padded}; {_DAMAGED}")
+    return ChunkRecord(cid, raw, stored, codec, refcount, tuple(locs))
+
+
 def decode_chunk(cid: bytes, data: bytes) -> ChunkRecord:
-    """The chunk record `cid` from its `chunks` value."""
+    """The chunk record `cid` from its `chunks` value (compact or fixed)."""
+    if _is_compact_chunk(data):
+        return _decode_chunk_compact(cid, data)
     if len(data) < _CHUNK_HEAD.size:
         raise FormatError(f"chunk record {cid.hex()}: record truncated; {_DAMAGED}")
     refcount, raw, stored, codec, n = _CHUNK_HEAD.unpack_from(data)

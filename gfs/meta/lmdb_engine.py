@@ -26,6 +26,7 @@ Concurrency:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ from typing import Any
 import lmdb
 
 from gfs.errors import FormatError, StateError
+from gfs.meta import compact as compaction
 from gfs.meta import encoding as enc
 from gfs.meta import shared_manifests as shm
 from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn, WriteTxn
@@ -53,6 +55,7 @@ from gfs.meta.residency import MapTrimmer
 
 __all__ = ["LmdbEngine"]
 
+_log = logging.getLogger(__name__)
 _FORMAT = b"format"
 _STORE_ID = b"store_id"
 _NEXT_INO = b"next_ino"
@@ -133,7 +136,7 @@ class _LmdbRead(ReadTxn):
         if len(key) > _MAX_KEY:
             return None
         data = self._txn.get(key, db=self._d.dirents)
-        return None if data is None else enc.decode_ino(data)
+        return None if data is None else enc.decode_dirent_ino(data)
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
         prefix = _ino_key(parent)
@@ -154,8 +157,8 @@ class _LmdbRead(ReadTxn):
                     f"directory entry key {key!r} of inode {parent}: name is not UTF-8; "
                     "the metadata is damaged, run `hutong fsck`"
                 ) from None
-            if len(val) != 8:
-                enc.decode_ino(val)  # raises FormatError
+            if not 0 < len(val) <= 8:
+                enc.decode_dirent_ino(val)  # raises FormatError
             yield name, from_bytes(val, "big")
 
     def iter_inodes(self) -> Iterator[Inode]:
@@ -288,7 +291,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
                 f"at most {_MAX_KEY - 8} allowed"
             )
         self._d.trimmer.tick()
-        self._txn.put(key, _ino_key(ino), db=self._d.dirents)
+        self._txn.put(key, enc.encode_dirent_ino(ino), db=self._d.dirents)
 
     def unlink(self, parent: int, name: str) -> None:
         key = enc.dirent_key(parent, name)
@@ -424,6 +427,7 @@ class _WriteCtx:
         try:
             if exc_type is None:
                 txn.commit()
+                shared.wrote = True
             else:
                 txn.abort()
         finally:
@@ -438,15 +442,22 @@ class _SharedEnv:
     same directory share it (and its in-process writer lock).
     """
 
-    __slots__ = ("dbs", "env", "readonly", "users", "wlock", "writer")
+    __slots__ = ("dbs", "env", "lockfd", "readonly", "start_pgno", "users", "wlock", "writer",
+                 "wrote")
 
-    def __init__(self, env: Any, dbs: _Dbs, readonly: bool) -> None:
+    def __init__(self, env: Any, dbs: _Dbs, readonly: bool, lockfd: int | None) -> None:
         self.env = env
         self.dbs = dbs
         self.readonly = readonly
         self.users = 0
         self.wlock = threading.Lock()
         self.writer: int | None = None
+        #: A write transaction committed since the environment was opened.
+        self.wrote = False
+        #: The shared flock on open.lock (gfs.meta.compact) held while open.
+        self.lockfd = lockfd
+        #: The file's last page at the open (the growth since is a reason to compact).
+        self.start_pgno: int = env.info()["last_pgno"]
 
 
 _SHARED: dict[tuple[str, int], _SharedEnv] = {}
@@ -462,7 +473,10 @@ class LmdbEngine(MetaEngine):
     but leaves its meta page to the next commit or `sync()` (LMDB's
     MDB_NOMETASYNC: an OS crash keeps the database intact but may undo the last
     commits); `readonly=True` opens an initialised environment for
-    reading only. The first writable open initialises an empty environment.
+    reading only; with `compact_at_close` (default) the close that ends a writer's
+    use of the environment in this process compacts it when that pays and no other
+    engine has it open (`gfs.meta.compact`). The first writable open initialises an
+    empty environment.
     Engines of one process on the same directory share one environment (the
     first open's settings apply). Raises StateError if the environment cannot
     be opened, is not initialised (read-only), or holds another format version.
@@ -476,9 +490,11 @@ class LmdbEngine(MetaEngine):
         sync: bool = True,
         metasync: bool | None = None,
         readonly: bool = False,
+        compact_at_close: bool = True,
     ) -> None:
         self.path = path
         self.readonly = readonly
+        self.compact_at_close = compact_at_close
         self._key = (os.path.realpath(path), os.getpid())
         with _SHARED_LOCK:
             shared = _SHARED.get(self._key)
@@ -492,6 +508,19 @@ class LmdbEngine(MetaEngine):
         self._shared: _SharedEnv | None = shared
 
     def _open(self, map_size: int, sync: bool, metasync: bool) -> _SharedEnv:
+        path, readonly = self.path, self.readonly
+        if not readonly:
+            os.makedirs(path, exist_ok=True)
+        lockfd = compaction.hold_open(path) if os.path.isdir(path) else None
+        try:
+            return self._open_locked(map_size, sync, metasync, lockfd)
+        except BaseException:
+            if lockfd is not None:
+                os.close(lockfd)
+            raise
+
+    def _open_locked(self, map_size: int, sync: bool, metasync: bool,
+                     lockfd: int | None) -> _SharedEnv:
         path, readonly = self.path, self.readonly
         try:
             env = lmdb.open(
@@ -518,7 +547,7 @@ class LmdbEngine(MetaEngine):
         except BaseException:
             env.close()
             raise
-        return _SharedEnv(env, dbs, readonly)
+        return _SharedEnv(env, dbs, readonly, lockfd)
 
     def _open_dbs(self, env: Any) -> _Dbs:
         names = (*_CORE_TABLES, _BODIES, *sorted(VALUE_TABLES))
@@ -628,9 +657,19 @@ class LmdbEngine(MetaEngine):
             return
         with _SHARED_LOCK:
             shared.users -= 1
-            if shared.users == 0:
-                _SHARED.pop(self._key, None)
-                shared.env.close()
+            if shared.users:
+                return
+            _SHARED.pop(self._key, None)
+            grown = shared.env.info()["last_pgno"] - shared.start_pgno
+            shared.env.close()
+            if shared.lockfd is not None:
+                os.close(shared.lockfd)
+        if shared.wrote and self.compact_at_close:
+            try:
+                compaction.compact(self.path, min_bytes=compaction.MIN_BYTES,
+                                   min_free=compaction.MIN_FREE, grown_pages=grown)
+            except (OSError, lmdb.Error, FormatError) as e:  # the store is unchanged
+                _log.warning("metadata %s: compaction skipped: %s", self.path, e)
 
     @property
     def _env(self) -> Any:

@@ -108,6 +108,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 3: record format 2 (narrow inode records); format-1 records read as they are
         "UPDATE meta SET value = convert_to('2', 'UTF8') WHERE key = 'format'",
     ),
+    (  # 4: record format 3 (compact inode records); older records read as they are
+        "UPDATE meta SET value = convert_to('3', 'UTF8') WHERE key = 'format'",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

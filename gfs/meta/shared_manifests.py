@@ -1,7 +1,9 @@
 """Content-addressed manifests of the LMDB engine: identical file contents share one
 body record with a reference count (docs/format.md, "Metadata (LMDB engine)").
 
-A `manifests` value is either inline (version u64, count u32, entries) or a
+A `manifests` value is either inline (the compact form of
+`gfs.meta.encoding.encode_manifest_compact`; stores of formats 1 and 2 hold the fixed
+form, version u64, count u32, entries, which reads as well) or a
 reference (version u64, count 0xFFFFFFFF, body key 16 B) to an `mbodies` record
 (refcount u64, then the entries). The key is BLAKE2b-128 of the entries; a new
 body is shared only when the stored entries are byte-identical, so a key
@@ -54,10 +56,10 @@ def put(txn: Any, manifests: Any, bodies: Any, ino_key: bytes, manifest: Manifes
     """Set the manifest of `ino_key` in py-lmdb write transaction `txn`, sharing the body
     with identical contents (and releasing the body its old manifest named)."""
     release(txn, manifests, bodies, ino_key)
-    inline = enc.encode_manifest(manifest)
     if len(manifest.chunks) < SHARE_MIN_CHUNKS:
-        txn.put(ino_key, inline, db=manifests)
+        txn.put(ino_key, enc.encode_manifest_compact(manifest), db=manifests)
         return
+    inline = enc.encode_manifest(manifest)
     entries = inline[_HEAD.size:]
     key = hashlib.blake2b(entries, digest_size=KEY_LEN).digest()
     old = txn.get(key, db=bodies)
@@ -66,7 +68,7 @@ def put(txn: Any, manifests: Any, bodies: Any, ino_key: bytes, manifest: Manifes
     elif old[_REFCOUNT.size:] == entries:
         txn.put(key, _REFCOUNT.pack(_REFCOUNT.unpack_from(old)[0] + 1) + entries, db=bodies)
     else:  # a key collision: never share
-        txn.put(ino_key, inline, db=manifests)
+        txn.put(ino_key, enc.encode_manifest_compact(manifest), db=manifests)
         return
     txn.put(ino_key, _HEAD.pack(manifest.version, _REF_MARK) + key, db=manifests)
 

@@ -1,0 +1,169 @@
+"""Compaction of an LMDB metadata environment: rewrite it packed, swap it in.
+
+LMDB never shrinks its file: pages freed by copy-on-write stay in it as free
+pages, and a table that grows in the middle (directory entries, chunk ids)
+splits pages in half and leaves them part full. `compact` writes every table
+into a new environment in key order (append mode, so leaf pages are full),
+checks its entry counts, fsyncs it and renames its data file over the old one:
+until the rename the old file is the store, and the rename is atomic, so a
+crash (kill -9) at any instant leaves one complete environment.
+
+It runs only when no engine has the environment open: every `LmdbEngine`
+holds a shared flock on `open.lock` in the environment's directory while it
+is open, and compaction takes it exclusive without waiting (it does nothing
+when it cannot). An engine that opens meanwhile waits for it to finish.
+`LmdbEngine.close` compacts after a writer's last close when the file is at
+least `MIN_BYTES` and at least `MIN_FREE` of it is free pages or pages added
+since the open
+(docs/format.md, "Compaction").
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from gfs.errors import FormatError
+
+__all__ = ["MIN_BYTES", "MIN_FREE", "OPEN_LOCK", "Compacted", "compact", "free_share",
+           "hold_open"]
+
+#: The lock file every open engine holds shared.
+OPEN_LOCK = "open.lock"
+#: The directory the packed copy is written in (removed before and after).
+_TMP = "compact.tmp"
+#: Compact at close only a file at least this large ...
+MIN_BYTES = 1 << 20
+#: ... with at least this share of free pages and pages added since the open.
+MIN_FREE = 0.1
+#: Rows per write transaction of the copy (bounds its dirty pages in memory).
+_BATCH = 20000
+_MAX_DBS = 64
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """What a compaction did: the file's size before and after, and its seconds."""
+
+    before: int
+    after: int
+    seconds: float
+
+
+def hold_open(path: str) -> int | None:
+    """A descriptor of `path`/open.lock holding a shared flock (waits while a compaction
+    runs), or None where the lock file cannot be made (a read-only directory: nothing
+    can compact it either). The caller closes it when the environment is closed."""
+    lock = os.path.join(path, OPEN_LOCK)
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        try:
+            fd = os.open(lock, flags | os.O_CLOEXEC, 0o644)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # no flock on this file system: compaction cannot lock it either
+            os.close(fd)
+            return None
+        return fd
+    return None
+
+
+def free_share(env: lmdb.Environment) -> float:
+    """The share of `env`'s file that is free pages (cheap: page counts only)."""
+    info = env.info()
+    total = info["last_pgno"] + 1
+    used = 2  # the two meta pages
+    with env.begin() as txn:
+        for s in [env.stat(), *(txn.stat(env.open_db(k, txn=txn, create=False))
+                                for k, _ in txn.cursor())]:
+            used += s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
+    return max(0.0, (total - used) / total)
+
+
+def compact(path: str, *, min_bytes: int = 0, min_free: float = 0.0,
+            grown_pages: int = 0) -> Compacted | None:
+    """Rewrite the LMDB environment in directory `path` packed, if no engine has it open
+    and its data file is at least `min_bytes` with at least `min_free` of it free pages
+    or new pages (`grown_pages`: the file grew by so many pages since the caller opened
+    it; new pages of keys written in no order are part full); None when it did nothing.
+    Raises FormatError (changing nothing) if the copy's entry
+    counts differ from the original's."""
+    data = os.path.join(path, "data.mdb")
+    try:
+        before = os.path.getsize(data)
+    except FileNotFoundError:
+        return None
+    if before < min_bytes:
+        return None
+    fd = os.open(os.path.join(path, OPEN_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # open elsewhere: try again at a later close
+        return _compact_locked(path, before, min_free, grown_pages)
+    finally:
+        os.close(fd)
+
+
+def _compact_locked(path: str, before: int, min_free: float,
+                    grown_pages: int) -> Compacted | None:
+    start = time.perf_counter()
+    tmp = Path(path) / _TMP
+    shutil.rmtree(tmp, ignore_errors=True)  # a copy a crash left
+    src = lmdb.open(path, readonly=True, max_dbs=_MAX_DBS, readahead=False)
+    try:
+        total = src.info()["last_pgno"] + 1
+        if min_free and free_share(src) + grown_pages / total < min_free:
+            return None
+        tmp.mkdir()
+        dst = lmdb.open(str(tmp), map_size=src.info()["map_size"], max_dbs=_MAX_DBS,
+                        sync=False, metasync=False, readahead=False)
+        try:
+            _copy_packed(src, dst)
+            dst.sync(True)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    os.replace(tmp / "data.mdb", Path(path) / "data.mdb")
+    dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return Compacted(before, os.path.getsize(os.path.join(path, "data.mdb")),
+                     time.perf_counter() - start)
+
+
+def _copy_packed(src: lmdb.Environment, dst: lmdb.Environment) -> None:
+    """Every named database of `src` into empty `dst`, rows in key order appended."""
+    with src.begin() as rtxn:
+        names = [bytes(k) for k, _ in rtxn.cursor()]
+        for name in names:
+            sdb = src.open_db(name, txn=rtxn, create=False)
+            with dst.begin(write=True) as w:
+                ddb = dst.open_db(name, txn=w, create=True)
+            rows = rtxn.cursor(db=sdb)
+            more = rows.first()
+            while more:
+                with dst.begin(write=True, db=ddb) as w:
+                    batch: list[tuple[bytes, bytes]] = []
+                    while more and len(batch) < _BATCH:
+                        batch.append(rows.item())
+                        more = rows.next()
+                    w.cursor(db=ddb).putmulti(batch, append=True)
+            with dst.begin(db=ddb) as check:
+                got, want = check.stat(ddb)["entries"], rtxn.stat(sdb)["entries"]
+            if got != want:
+                raise FormatError(f"metadata compaction of database {name!r}: the copy has "
+                                  f"{got} entries for {want}; the store is unchanged, run "
+                                  "`hutong fsck`")

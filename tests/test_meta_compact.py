@@ -1,0 +1,199 @@
+"""Compaction of the LMDB metadata environment (gfs.meta.compact): smaller, same
+records, never while open elsewhere, and a kill -9 at any point loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gfs
+from gfs.meta import ROOT_INO, Inode, Kind, LmdbEngine
+from gfs.meta import compact as compaction
+from gfs.meta.records import ChunkRecord, ChunkRef, Location, Manifest
+from gfs.testing.meta_suite import dump_store
+
+REPO = str(Path(gfs.__file__).resolve().parent.parent)
+DEADLINE = 60.0
+
+
+def _churned_store(path: str, files: int) -> None:
+    """A store whose file holds free pages and part-full pages: files in many
+    directories, written, then half of them rewritten and a quarter removed."""
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        for rnd in range(2):
+            with eng.write() as w:
+                for i in range(files):
+                    d = 2 + i % 50
+                    if rnd == 0 and i < 50:
+                        w.put_inode(Inode(d, ROOT_INO, Kind.DIR, 0o755, 0, 0, 0, 1, 1, 1))
+                        w.link(ROOT_INO, f"d{d}", d)
+                    ino = 100 + i
+                    w.put_inode(Inode(ino, d, Kind.FILE, 0o644, 0, 0, 1000 + rnd * i,
+                                      5, 4, 5, rnd + 1))
+                    if rnd == 0:
+                        w.link(d, f"file-{i * 7919 % files:06d}", ino)
+                    cid = (i * 2654435761 % (1 << 64)).to_bytes(16, "big")
+                    w.put_manifest(ino, Manifest(rnd + 1, (ChunkRef(cid, 100 + rnd),)))
+                    if rnd == 0:
+                        w.put_chunk(ChunkRecord(cid, 100, 60, 1, 1,
+                                                (Location(0, b"p" * 16, i * 60, 60),)))
+            with eng.write() as w:
+                for i in range(0, files, 4 + rnd):
+                    w.delete_manifest(100 + i)
+                    w.put_value("heat", i.to_bytes(4, "big"), b"h" * 20)
+    finally:
+        eng.close()
+
+
+def _dump(path: str) -> dict[str, Any]:
+    eng = LmdbEngine(path, readonly=True)
+    try:
+        with eng.read() as r:
+            return dump_store(r, tuple(range(1, 52)))
+    finally:
+        eng.close()
+
+
+def test_compaction_shrinks_the_file_and_keeps_every_record(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    _churned_store(path, 6000)
+    before, size = _dump(path), os.path.getsize(f"{path}/data.mdb")
+    done = compaction.compact(path)
+    assert done is not None and done.before == size
+    assert done.after < 0.8 * size, done
+    assert os.path.getsize(f"{path}/data.mdb") == done.after
+    assert _dump(path) == before
+    assert not (Path(path) / "compact.tmp").exists()
+    eng = LmdbEngine(path, sync=False)  # writable after the swap
+    try:
+        with eng.write() as w:
+            w.put_value("heat", b"after", b"1")
+        with eng.read() as r:
+            assert r.get_value("heat", b"after") == b"1"
+    finally:
+        eng.close()
+
+
+def test_compaction_waits_for_no_one_and_skips_an_open_store(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    _churned_store(path, 2000)
+    size = os.path.getsize(f"{path}/data.mdb")
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        assert compaction.compact(path) is None  # the open engine holds open.lock shared
+        assert os.path.getsize(f"{path}/data.mdb") == size
+    finally:
+        eng.close()
+    assert compaction.compact(path, min_bytes=size + 1) is None  # too small to bother
+    assert compaction.compact(path, min_free=0.99) is None  # not enough free pages
+    assert os.path.getsize(f"{path}/data.mdb") == size
+    assert compaction.compact(path) is not None
+
+
+def test_a_writer_s_last_close_compacts_when_that_pays(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "meta")
+    _churned_store(path, 3000)
+    size = os.path.getsize(f"{path}/data.mdb")
+    LmdbEngine(path, sync=False).close()  # no write: nothing to compact
+    assert os.path.getsize(f"{path}/data.mdb") == size
+    monkeypatch.setattr(compaction, "MIN_BYTES", size + 1)
+    eng = LmdbEngine(path, sync=False)
+    with eng.write() as w:
+        w.put_value("heat", b"k", b"v")
+    eng.close()
+    assert os.path.getsize(f"{path}/data.mdb") == size  # under MIN_BYTES
+    monkeypatch.setattr(compaction, "MIN_BYTES", 0)
+    first, second = LmdbEngine(path, sync=False), LmdbEngine(path, sync=False)
+    with first.write() as w:
+        w.put_value("heat", b"k", b"w")
+    first.close()
+    assert os.path.getsize(f"{path}/data.mdb") == size  # `second` still has it open
+    second.close()
+    assert os.path.getsize(f"{path}/data.mdb") < 0.8 * size
+    eng = LmdbEngine(path, readonly=True)
+    try:
+        with eng.read() as r:
+            assert r.get_value("heat", b"k") == b"w"
+    finally:
+        eng.close()
+
+
+_COMPACT = """
+import sys
+from gfs.meta import compact
+print("START", flush=True)
+compact.compact(sys.argv[1])
+print("DONE", flush=True)
+"""
+
+
+def _kill_while(path: str, when: str, delay: float) -> str:
+    """Run a compaction in a child and kill -9 it: once its copy exists (`copy`), or
+    `delay` seconds after it started (`delay`). Returns its last line."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_COMPACT), path],
+                            stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "START"
+        end = time.monotonic() + DEADLINE
+        tmp = Path(path) / "compact.tmp" / "data.mdb"
+        if when == "copy":
+            while not tmp.exists() and proc.poll() is None and time.monotonic() < end:
+                time.sleep(0.0005)  # polling the child's progress, with a deadline
+        else:
+            time.sleep(delay)  # a random instant of the compaction, not a synchronisation
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=DEADLINE)
+    return proc.stdout.read().strip()
+
+
+@pytest.mark.parametrize(("when", "delay"), [("copy", 0.0), ("delay", 0.05),
+                                             ("delay", 0.15), ("delay", 0.4)])
+def test_kill_9_during_compaction_loses_nothing(tmp_path: Path, when: str,
+                                                delay: float) -> None:
+    path = str(tmp_path / "meta")
+    _churned_store(path, 20000)
+    before = _dump(path)
+    _kill_while(path, when, delay)
+    assert _dump(path) == before  # the old file, or the complete new one
+    done = compaction.compact(path)  # the next compaction clears a left copy
+    assert done is not None and not (Path(path) / "compact.tmp").exists()
+    assert _dump(path) == before
+
+
+def test_a_session_that_grew_the_file_with_unordered_keys_is_compacted_at_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few free pages, but a session added part-full pages (a restore recording the heat
+    of every chunk, keyed by chunk id): its close compacts the file."""
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    with eng.write() as w:
+        for i in range(20000):
+            w.put_inode(Inode(100 + i, ROOT_INO, Kind.FILE, 0o644, 0, 0, i, 1, 1, 1))
+    eng.close()
+    monkeypatch.setattr(compaction, "MIN_BYTES", 0)
+    eng = LmdbEngine(path, sync=False)
+    with eng.write() as w:
+        for i in range(8000):
+            w.put_value("heat", (i * 2654435761 % (1 << 32)).to_bytes(4, "big") * 4, b"h" * 24)
+    grown = os.path.getsize(f"{path}/data.mdb")
+    eng.close()
+    assert os.path.getsize(f"{path}/data.mdb") < 0.9 * grown
+    eng = LmdbEngine(path, readonly=True)
+    try:
+        with eng.read() as r:
+            assert len(list(r.iter_values("heat"))) == 8000
+    finally:
+        eng.close()
