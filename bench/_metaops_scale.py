@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,13 @@ def measure(work: Path, n: int) -> Point:
         "get": [*hutong, "-q", "get", "/data", str(out)],
         "gc": [*hutong, "-q", "gc"],
     }
-    runs: dict[str, Run] = {op: run(argv[op], env=env) for op in OPS}
+    runs: dict[str, Run] = {}
+    for op in OPS:
+        runs[op] = r = run(argv[op], env=env)
+        # progress on stderr, so a run stopped part way still shows what it measured
+        print(f"scale N={n:,} {op}: {r.wall:.1f} s, {r.wall / n * 1e6:.0f} us/file, "
+              f"peak {r.maxrss_kib / 1024:.0f} MiB, load {os.getloadavg()[0]:.1f}",
+              file=sys.stderr, flush=True)
     got = sum(len(files) for _, _, files in os.walk(out))
     if got != n:
         raise RuntimeError(f"get restored {got} files of {n}")
