@@ -472,8 +472,9 @@ class HutongOperations(pyfuse3.Operations):
         old, new = _name(name_old), _name(name_new)
 
         def op(txn: WriteTxn) -> int:
+            # the entry first: on a database server its directory comes along
+            moving = namespace.lookup(txn, parent_inode_old, old)
             sparent, dparent = self._dir(txn, parent_inode_old), self._dir(txn, parent_inode_new)
-            moving = namespace.lookup(txn, sparent.ino, old)
             release(txn, namespace.rename_in(
                 txn, sparent, old, dparent, new,
                 noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),

@@ -353,11 +353,14 @@ def test_scans_page_by_key_across_many_pages(pg_url: str,
 
 #: Most round trips to the server each operation may take through the Python API (a
 #: create also reads the tiering policy, the lost-chunk list and the dedup index);
-#: "lookup" is the mount's (an entry and its inode, in a read transaction of its own).
+#: "lookup" is the mount's (an entry and its inode, in a read transaction of its own),
+#: "change" a write transaction reading an entry, then its directory (as the mount's
+#: rename and create do), and committing.
 #: Before batching and the transaction's read cache: 49, 6, 12, 26 and 27; before a
 #: read's ROLLBACK went with the next transaction's first message: 13, 3, 3, 4, 6, and
-#: 3 for a lookup.
-ROUND_TRIPS = {"create": 9, "stat": 2, "ls": 2, "rename": 4, "unlink": 6, "lookup": 1}
+#: 3 for a lookup, 3 for a change.
+ROUND_TRIPS = {"create": 9, "stat": 2, "ls": 2, "rename": 4, "unlink": 6, "lookup": 1,
+               "change": 2}
 
 
 def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
@@ -381,7 +384,8 @@ def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
         ops = {"create": lambda: fs.write_bytes("/d/new", b"new"),
                "stat": lambda: fs.stat("/d/f0"), "ls": lambda: fs.ls("/d"),
                "rename": lambda: fs.mv("/d/f1", "/d/g1"), "unlink": lambda: fs.rm("/d/f2"),
-               "lookup": lambda: _lookup(fs, d_ino, "f3")}
+               "lookup": lambda: _lookup(fs, d_ino, "f3"),
+               "change": lambda: fs.engine.transact(lambda w: _lookup_dir(w, d_ino, "f3"))}
         d_ino = fs.stat("/d").ino
         monkeypatch.setattr(psycopg.Connection, "wait", counting)
         used = {}
@@ -400,6 +404,12 @@ def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
 def _lookup(fs: Client, parent: int, name: str) -> None:
     with fs.engine.read() as txn:
         assert namespace.lookup(txn, parent, name).kind == Kind.FILE
+
+
+def _lookup_dir(txn: WriteTxn, parent: int, name: str) -> None:
+    assert namespace.lookup(txn, parent, name).kind == Kind.FILE
+    assert namespace.get(txn, parent).kind == Kind.DIR  # came along with the entry
+    txn.put_value("jobs", b"x", b"1")
 
 
 def _open_reads(pg_url: str) -> int:

@@ -419,13 +419,27 @@ class _PgRead(ReadTxn):
             ino = x.one("dirents", key, "ino")
             return None if ino is None else _u(ino)
         # the entry and its inode in one round trip: a lookup is nearly always
-        # followed by a read of the inode (both locked in a write transaction)
-        q = x.query(("lookup",), lambda: sql.SQL(
-            "SELECT d.ino, i.rec FROM {} d LEFT JOIN LATERAL (SELECT rec FROM {} "
-            "WHERE ino = d.ino{}) i ON true WHERE d.parent = %s AND d.name = %s{}"
-        ).format(x.t("dirents"), x.t("inodes"), x.lock,
-                 sql.SQL(" FOR KEY SHARE OF d" if x.write else "")))
-        rows = x.run(q, key)
+        # followed by a read of the inode, and in a change by one of the directory
+        # (it is rewritten), which comes along unless already read (all rows locked
+        # in a write transaction)
+        pkey = ("inodes", (key[0],))
+        if pkey in x.buf or pkey in x.seen:
+            q = x.query(("lookup",), lambda: sql.SQL(
+                "SELECT d.ino, i.rec FROM {} d LEFT JOIN LATERAL (SELECT rec FROM {} "
+                "WHERE ino = d.ino{}) i ON true WHERE d.parent = %s AND d.name = %s{}"
+            ).format(x.t("dirents"), x.t("inodes"), x.lock,
+                     sql.SQL(" FOR KEY SHARE OF d" if x.write else "")))
+            rows = x.run(q, key)
+        else:
+            q = x.query(("lookup+dir",), lambda: sql.SQL(
+                "SELECT d.ino, i.rec, (SELECT rec FROM {i} WHERE ino = %s{lock}) "
+                "FROM (SELECT 1) o LEFT JOIN LATERAL (SELECT ino FROM {d} WHERE parent = %s "
+                "AND name = %s{lock}) d ON true LEFT JOIN LATERAL (SELECT rec FROM {i} "
+                "WHERE ino = d.ino{lock}) i ON true").format(
+                    i=x.t("inodes"), d=x.t("dirents"), lock=x.lock))
+            ((ino, rec, dir_rec),) = x.run(q, (key[0], *key))  # one row, always
+            x.remember(*pkey, dir_rec)
+            rows = [] if ino is None else [(ino, rec)]
         if not rows:
             x.remember("dirents", key, None)
             return None
