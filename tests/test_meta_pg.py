@@ -358,8 +358,9 @@ def test_scans_page_by_key_across_many_pages(pg_url: str,
 #: rename and create do), and committing.
 #: Before batching and the transaction's read cache: 49, 6, 12, 26 and 27; before a
 #: read's ROLLBACK went with the next transaction's first message: 13, 3, 3, 4, 6, and
-#: 3 for a lookup, 3 for a change.
-ROUND_TRIPS = {"create": 9, "stat": 2, "ls": 2, "rename": 4, "unlink": 6, "lookup": 1,
+#: 3 for a lookup, 3 for a change; before the tier policy and the lost-chunk list
+#: were cached by version: create 9.
+ROUND_TRIPS = {"create": 7, "stat": 2, "ls": 2, "rename": 4, "unlink": 6, "lookup": 1,
                "change": 2}
 
 
@@ -454,6 +455,37 @@ def test_a_read_ends_with_the_next_message_or_by_itself(pg_url: str) -> None:
         assert _open_reads(pg_url) == 1
         one.close()
         assert _open_reads(pg_url) == 0
+    finally:
+        one.close()
+        two.close()
+
+
+def test_cached_policy_and_lost_chunks_follow_every_writer(pg_url: str) -> None:
+    """The tier policy and the lost-chunk list are kept by the engine against the
+    version row: a write by this engine is seen at once, one by another engine by
+    the next read transaction that has begun (its first query read the version)."""
+    from gfs.store import lost_chunks, set_lost_chunks
+
+    one, two = PgEngine(pg_url), PgEngine(pg_url)
+    try:
+        assert TierPolicy.current(one) == TierPolicy()
+        with one.read() as r:
+            assert lost_chunks(r) == frozenset()
+        with one.write() as w:
+            TierPolicy(write_tier="cold").save(w)
+        assert TierPolicy.current(one).write_tier == "cold"  # its own write, at once
+        with two.write() as w:
+            TierPolicy(write_tier="warm").save(w)
+            set_lost_chunks(w, [b"l" * 16])
+        with one.read() as r:
+            assert r.get_inode(ROOT_INO) is not None  # begins: reads the version row
+            assert TierPolicy.load(r).write_tier == "warm"
+            assert lost_chunks(r) == frozenset({b"l" * 16})
+        with one.write() as w:  # a write reads the row itself (read-modify-write)
+            assert lost_chunks(w) == frozenset({b"l" * 16})
+            set_lost_chunks(w, [])
+        with one.read() as r:
+            assert lost_chunks(r) == frozenset()
     finally:
         one.close()
         two.close()

@@ -82,8 +82,14 @@ POOLS_FRESH = 1.0
 #: waiting to send its ROLLBACK with the next transaction's first message (see
 #: `PgEngine._park`); older ones are rolled back on their own.
 PARK_MAX = 0.5
-#: meta row rewritten with a new random value whenever a pool record is written.
+#: meta row rewritten with a new random value whenever a pool record or a rarely
+#: changed value (_CACHED) is written.
 _POOLS_VERSION = "pools.version"
+#: Rows read on every write that rarely change, cached by the engine against
+#: _POOLS_VERSION as the pool records are (the tier policy and placement rules,
+#: the lost-chunk list, the store's id): (table, key) of `one`.
+_CACHED_META = frozenset({"lost_chunks", "store_id"})
+_CACHED_KV = frozenset({"rules"})
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _NEXT_INO = "next_ino"
 #: Prefix of the meta rows `serialize_on` rewrites.
@@ -200,8 +206,9 @@ class _Txn:
     snapshot does not change, and the transaction's own writes are kept over it).
     """
 
-    __slots__ = ("_tx", "begin", "begun", "buf", "clear_refs", "conn", "cur", "engine",
-                 "lock", "parked_at", "pools_version", "schema", "seen", "write", "wrote")
+    __slots__ = ("_tx", "begin", "begun", "buf", "bumped", "clear_refs", "conn", "cur",
+                 "engine", "lock", "parked_at", "pools_version", "schema", "seen", "write",
+                 "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None,
@@ -230,6 +237,8 @@ class _Txn:
         #: (those it sees) are folded in, so they are deleted with the write
         self.clear_refs: set[bytes] = set()
         self._tx: int | None = None
+        #: wrote the pool records' version row: the engine's cached copies go at commit
+        self.bumped = False
 
     @property
     def tx(self) -> int:
@@ -564,27 +573,50 @@ class _PgRead(ReadTxn):
         yield from pools
 
     def _cached_pools(self) -> tuple[PoolRecord, ...] | None:
-        """The engine's copy of the pool records when it is known to be this snapshot's
-        (a read transaction; the version row read when it began matches) or, before it
-        begins, when that version was seen less than POOLS_FRESH seconds ago by another
-        transaction: pool records change rarely, and every transaction's first round
-        trip reads their version at no extra cost."""
-        x = self._x
-        eng = x.engine
-        if x.write or eng is None or eng._pools is None:
+        """The engine's copy of the pool records when `_trusts` its version."""
+        eng = self._x.engine
+        if eng is None or eng._pools is None:
             return None
         version, pools = eng._pools
+        return pools if self._trusts(version) else None
+
+    def _trusts(self, version: bytes | None) -> bool:
+        """Whether a copy of the rarely changed rows (pool records, _CACHED values) read
+        at `version` is this transaction's: a read transaction whose version row (read
+        when it began) matches or, before it begins, when that version was seen less
+        than POOLS_FRESH seconds ago by another transaction: every transaction's first
+        round trip reads the version at no extra cost."""
+        x = self._x
+        eng = x.engine
+        if x.write or eng is None:
+            return False
         if x.begun:
-            return pools if version == x.pools_version else None
+            return version == x.pools_version
         seen, at = eng._pools_seen
-        return pools if version == seen and time.monotonic() - at < POOLS_FRESH else None
+        return version == seen and time.monotonic() - at < POOLS_FRESH
+
+    def _rare(self, table: str, key: tuple[Any, ...], col: str) -> Any:
+        """`one` for a rarely changed row: from the engine's copy when `_trusts` it;
+        what a read transaction reads is kept in that copy."""
+        x, eng = self._x, self._x.engine
+        if eng is None or x.write:
+            return x.one(table, key, col)
+        version, values = eng._values
+        if (table, key) in values and self._trusts(version):
+            return values[(table, key)]
+        value = x.one(table, key, col)  # begins the transaction: its version is known
+        if version != x.pools_version:
+            values = {}
+            eng._values = (x.pools_version, values)
+        values[(table, key)] = None if value is None else bytes(value)
+        return value
 
     # -- opaque values and store facts -----------------------------------------
     def get_value(self, table: str, key: bytes) -> bytes | None:
         _check_table(table)
         if not key:
             return None
-        data = self._x.one("kv", (table, key), "value")
+        data = (self._rare if table in _CACHED_KV else self._x.one)("kv", (table, key), "value")
         return None if data is None else bytes(data)
 
     def iter_values(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
@@ -602,7 +634,7 @@ class _PgRead(ReadTxn):
             rows = self._x.run(
                 sql.SQL("SELECT next FROM {} WHERE id = 0").format(self._x.t("ino_alloc")))
             return None if not rows else enc.encode_u64(int(rows[0][0]))
-        data = self._x.one("meta", (key,), "value")
+        data = (self._rare if key in _CACHED_META else self._x.one)("meta", (key,), "value")
         return None if data is None else bytes(data)
 
 
@@ -695,17 +727,26 @@ class _PgWrite(_PgRead, WriteTxn):
 
     def put_pool(self, rec: PoolRecord) -> None:
         self._put("pools", (rec.id,), enc.encode_pool(rec))
-        self._put("meta", (_POOLS_VERSION,), os.urandom(8))  # other engines' copies: stale
+        self._bump()
+
+    def _bump(self) -> None:
+        """Other engines' copies of the rarely changed rows are stale (and ours)."""
+        self._put("meta", (_POOLS_VERSION,), os.urandom(8))
+        self._x.bumped = True
 
     def put_value(self, table: str, key: bytes, value: bytes) -> None:
         _check_table(table)
         if not 0 < len(key) <= 511:
             raise ValueError(f"value table {table!r}: key must be 1 to 511 bytes")
         self._put("kv", (table, bytes(key)), bytes(value))
+        if table in _CACHED_KV:
+            self._bump()
 
     def delete_value(self, table: str, key: bytes) -> None:
         _check_table(table)
         self._del("kv", (table, bytes(key)))
+        if table in _CACHED_KV:
+            self._bump()
 
     def set_meta(self, key: str, value: bytes) -> None:
         if not key:
@@ -717,6 +758,8 @@ class _PgWrite(_PgRead, WriteTxn):
                 flush=True)
             return
         self._put("meta", (key,), bytes(value))
+        if key in _CACHED_META:
+            self._bump()
 
 
 def _check_table(table: str) -> None:
@@ -770,8 +813,9 @@ class _Ctx:
             if conn is not None and x is not None:
                 if exc_type is None and self._write:
                     x.commit()
-                    if "pools" in x.wrote:  # (sent with COMMIT or by a scan before)
+                    if "pools" in x.wrote or x.bumped:  # (sent with COMMIT or a scan)
                         self._engine._pools = None
+                        self._engine._values = (None, {})
                     if "refdelta" in x.wrote:
                         self._engine._delta_commits += 1
                 if exc_type is None and x.parked_at is not None:
@@ -857,6 +901,9 @@ class PgEngine(MetaEngine):
         #: transaction saw, and when (see `_PgRead._cached_pools`)
         self._pools: tuple[bytes | None, tuple[PoolRecord, ...]] | None = None
         self._pools_seen: tuple[bytes | None, float] = (None, 0.0)
+        #: copies of _CACHED rows ((table, key) -> value) and the version they were read at
+        self._values: tuple[bytes | None, dict[tuple[str, tuple[Any, ...]], bytes | None]] = \
+            (None, {})
         self._delta_commits = 0  # commits that added `refdelta` rows since the last fold
         self._lost_at = 0.0  # when a connection was last found lost
         #: connections whose read transaction is still open on the server, newest last,
