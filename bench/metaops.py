@@ -82,8 +82,10 @@ def main(argv: list[str]) -> int:
         print("scale curve: N small files (200 bytes, 1000 per directory), one hutong "
               f"process per command; us/file and peak RSS (MiB); load {os.getloadavg()[0]:.1f}")
         print(table(["N", *(f"{op} us/file" for op in scale.OPS),
+                     *(f"{op} CPU us/file" for op in ("put", "fsck", "get")),
                      *(f"{op} MiB" for op in scale.OPS)],
                     [(p.n, *(p.per_file_us(op) for op in scale.OPS),
+                      *(p.cpu_per_file_us(op) for op in ("put", "fsck", "get")),
                       *(p.rss_mib[op] for op in scale.OPS)) for p in points]))
         put_time, _ = scale.flat(points, "put")
         _, fsck_rss = scale.flat(points, "fsck")
