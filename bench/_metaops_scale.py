@@ -34,6 +34,8 @@ class Point:
     seconds: dict[str, float]
     rss_mib: dict[str, float]
     cpu: dict[str, float]
+    #: peak anonymous RSS (MiB): RSS less the pages of mapped files (the LMDB metadata)
+    anon_mib: dict[str, float]
 
     def per_file_us(self, op: str) -> float:
         """Microseconds per file of `op`."""
@@ -78,7 +80,8 @@ def measure(work: Path, n: int) -> Point:
         # progress on stderr, so a run stopped part way still shows what it measured
         print(f"scale N={n:,} {op}: {r.wall:.1f} s, {r.wall / n * 1e6:.0f} us/file "
               f"({r.cpu / n * 1e6:.0f} CPU), "
-              f"peak {r.maxrss_kib / 1024:.0f} MiB, load {os.getloadavg()[0]:.1f}",
+              f"peak {r.maxrss_kib / 1024:.0f} MiB ({r.anon_kib / 1024:.0f} anonymous), "
+              f"load {os.getloadavg()[0]:.1f}",
               file=sys.stderr, flush=True)
     got = sum(len(files) for _, _, files in os.walk(out))
     if got != n:
@@ -87,7 +90,8 @@ def measure(work: Path, n: int) -> Point:
         shutil.rmtree(p)
     return Point(n, {op: r.wall for op, r in runs.items()},
                  {op: r.maxrss_kib / 1024 for op, r in runs.items()},
-                 {op: r.cpu for op, r in runs.items()})
+                 {op: r.cpu for op, r in runs.items()},
+                 {op: r.anon_kib / 1024 for op, r in runs.items()})
 
 
 def flat(points: list[Point], op: str) -> tuple[float, float]:

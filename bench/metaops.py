@@ -83,10 +83,12 @@ def main(argv: list[str]) -> int:
               f"process per command; us/file and peak RSS (MiB); load {os.getloadavg()[0]:.1f}")
         print(table(["N", *(f"{op} us/file" for op in scale.OPS),
                      *(f"{op} CPU us/file" for op in ("put", "fsck", "get")),
-                     *(f"{op} MiB" for op in scale.OPS)],
+                     *(f"{op} MiB" for op in scale.OPS),
+                     *(f"{op} anon MiB" for op in ("put", "fsck", "get"))],
                     [(p.n, *(p.per_file_us(op) for op in scale.OPS),
                       *(p.cpu_per_file_us(op) for op in ("put", "fsck", "get")),
-                      *(p.rss_mib[op] for op in scale.OPS)) for p in points]))
+                      *(p.rss_mib[op] for op in scale.OPS),
+                      *(p.anon_mib[op] for op in ("put", "fsck", "get"))) for p in points]))
         put_time, _ = scale.flat(points, "put")
         _, fsck_rss = scale.flat(points, "fsck")
         flat_ok = put_time <= 2 and fsck_rss <= 2
