@@ -4,8 +4,10 @@ Three sections, one run:
 
 1. Scale curve (bench._metaops_scale): 10^4, 10^5, 10^6 small files (--quick:
    2*10^3 and 2*10^4) put, fsck'd, du'd, got back and gc'd by `hutong`
-   processes; per-file time and peak RSS of each. Target: put's per-file time
-   and fsck's peak RSS flat within 2x from the smallest to the largest N.
+   processes; per-file time (wall, and CPU for put, fsck, get), peak RSS and peak
+   anonymous RSS of each (--scale-max N: up to N files, each row printed as it is
+   measured). Target: put's per-file time and fsck's peak RSS flat within 2x from
+   the smallest to the largest N.
 2. Create, stat, ls, rename and unlink per second with 1, 4 and 16 client
    processes (bench._metaops_clients): through the Python API for Hutong on LMDB
    and on PostgreSQL (a private server started by gfs.testing.postgres), and
