@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,13 @@ class Run:
     stdout: str
     stderr: str
     cpu: float = 0.0
+    #: peak anonymous RSS (KiB: heap and stacks, not pages of mapped files such as the
+    #: LMDB metadata, which the kernel can drop), sampled every SAMPLE seconds
+    anon_kib: int = 0
+
+
+#: Seconds between samples of a running command's anonymous RSS.
+SAMPLE = 0.1
 
 
 #: GNU time (Debian package `time`): starts each measured command and reports its peak RSS.
@@ -56,10 +63,14 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(prefix="bench-rss-") as report:
         t0 = time.perf_counter()
-        proc = subprocess.run([GNU_TIME, "-q", "-f", "%U %S %M", "-o", report.name, *argv],
-                              stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                              env=dict(env) if env is not None else None, cwd=cwd,
-                              check=False)
+        proc = subprocess.Popen([GNU_TIME, "-q", "-f", "%U %S %M", "-o", report.name, *argv],
+                                stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                env=dict(env) if env is not None else None, cwd=cwd)
+        anon = 0
+        while proc.poll() is None:
+            anon = max(anon, _anon_kib_below(proc.pid))
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(SAMPLE)
         wall = time.perf_counter() - t0
         out.seek(0)
         err.seek(0)
@@ -67,11 +78,29 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
         cpu = float(words[-3]) + float(words[-2]) if len(words) >= 3 else 0.0
         result = Run(tuple(argv), proc.returncode, wall, int(words[-1]) if words else 0,
                      out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                     cpu)
+                     cpu, anon)
     if check and result.rc != 0:
         tail = " | ".join(result.stderr.strip().splitlines()[-5:]) or "no stderr"
         raise CommandError(f"{' '.join(argv)} exited {result.rc}: {tail}")
     return result
+
+
+def _anon_kib_below(pid: int) -> int:
+    """The anonymous RSS (KiB) of the processes `pid` started, added up (0 if gone)."""
+    total = 0
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0
+    for kid in kids:
+        try:
+            for line in Path(f"/proc/{kid}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+        total += _anon_kib_below(int(kid))
+    return total
 
 
 def hutong_cmd() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,15 +27,23 @@ OPS = ("put", "fsck", "du", "get", "gc")
 
 @dataclass(frozen=True)
 class Point:
-    """One N of the curve: per-op wall seconds and peak RSS (MiB)."""
+    """One N of the curve: per-op wall seconds, peak RSS (MiB) and CPU seconds (user +
+    system: steadier than wall time on a shared machine)."""
 
     n: int
     seconds: dict[str, float]
     rss_mib: dict[str, float]
+    cpu: dict[str, float]
+    #: peak anonymous RSS (MiB): RSS less the pages of mapped files (the LMDB metadata)
+    anon_mib: dict[str, float]
 
     def per_file_us(self, op: str) -> float:
         """Microseconds per file of `op`."""
         return self.seconds[op] / self.n * 1e6
+
+    def cpu_per_file_us(self, op: str) -> float:
+        """CPU microseconds per file of `op`."""
+        return self.cpu[op] / self.n * 1e6
 
 
 def make_tree(root: Path, n: int) -> None:
@@ -65,14 +74,24 @@ def measure(work: Path, n: int) -> Point:
         "get": [*hutong, "-q", "get", "/data", str(out)],
         "gc": [*hutong, "-q", "gc"],
     }
-    runs: dict[str, Run] = {op: run(argv[op], env=env) for op in OPS}
+    runs: dict[str, Run] = {}
+    for op in OPS:
+        runs[op] = r = run(argv[op], env=env)
+        # progress on stderr, so a run stopped part way still shows what it measured
+        print(f"scale N={n:,} {op}: {r.wall:.1f} s, {r.wall / n * 1e6:.0f} us/file "
+              f"({r.cpu / n * 1e6:.0f} CPU), "
+              f"peak {r.maxrss_kib / 1024:.0f} MiB ({r.anon_kib / 1024:.0f} anonymous), "
+              f"load {os.getloadavg()[0]:.1f}",
+              file=sys.stderr, flush=True)
     got = sum(len(files) for _, _, files in os.walk(out))
     if got != n:
         raise RuntimeError(f"get restored {got} files of {n}")
     for p in (src, state, out):
         shutil.rmtree(p)
     return Point(n, {op: r.wall for op, r in runs.items()},
-                 {op: r.maxrss_kib / 1024 for op, r in runs.items()})
+                 {op: r.maxrss_kib / 1024 for op, r in runs.items()},
+                 {op: r.cpu for op, r in runs.items()},
+                 {op: r.anon_kib / 1024 for op, r in runs.items()})
 
 
 def flat(points: list[Point], op: str) -> tuple[float, float]:

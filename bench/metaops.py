@@ -4,8 +4,10 @@ Three sections, one run:
 
 1. Scale curve (bench._metaops_scale): 10^4, 10^5, 10^6 small files (--quick:
    2*10^3 and 2*10^4) put, fsck'd, du'd, got back and gc'd by `hutong`
-   processes; per-file time and peak RSS of each. Target: put's per-file time
-   and fsck's peak RSS flat within 2x from the smallest to the largest N.
+   processes; per-file time (wall, and CPU for put, fsck, get), peak RSS and peak
+   anonymous RSS of each (--scale-max N: up to N files, each row printed as it is
+   measured). Target: put's per-file time and fsck's peak RSS flat within 2x from
+   the smallest to the largest N.
 2. Create, stat, ls, rename and unlink per second with 1, 4 and 16 client
    processes (bench._metaops_clients): through the Python API for Hutong on LMDB
    and on PostgreSQL (a private server started by gfs.testing.postgres), and
@@ -52,6 +54,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller N and fewer operations")
     ap.add_argument("--large", action="store_true",
                     help="the scale curve up to 10^6 files (about an hour), else 10^5")
+    ap.add_argument("--scale-max", type=int, metavar="N",
+                    help="the scale curve at 10^4, 10^5, ... up to N files (a power of ten, "
+                         "10^4 to 10^7); each row is printed as soon as it is measured")
+    ap.add_argument("--scale-min", type=int, metavar="N", default=10_000,
+                    help="the smallest N of --scale-max (a power of ten; default 10^4)")
     ap.add_argument("--only", choices=("scale", "clients", "federation"),
                     help="run one section (no headline)")
     ap.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS),
@@ -59,19 +66,31 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     sizes = (2_000, 20_000) if args.quick else (10_000, 100_000, 1_000_000) if args.large \
         else (10_000, 100_000)
+    if args.scale_max is not None:
+        sizes = _powers(ap, args.scale_min, args.scale_max)
     counts = tuple(args.clients)
     if any(not 1 <= c <= 64 for c in counts):
         ap.error(f"--clients: each count must be 1 to 64, got {counts}")
     flat_ok, put_time, fsck_rss = True, 0.0, 0.0
     if args.only in (None, "scale"):
+        points: list[scale.Point] = []
         with tempfile.TemporaryDirectory(prefix="bench-metaops-scale-") as tmp:
-            points = [scale.measure(Path(tmp), n) for n in sizes]
+            for n in sizes:
+                points.append(scale.measure(Path(tmp), n))
+                print(f"scale N={n:,}: " + ", ".join(
+                    f"{op} {points[-1].per_file_us(op):.0f} us/file "
+                    f"{points[-1].rss_mib[op]:.0f} MiB" for op in scale.OPS)
+                    + f"; load {os.getloadavg()[0]:.1f}", flush=True)
         print("scale curve: N small files (200 bytes, 1000 per directory), one hutong "
               f"process per command; us/file and peak RSS (MiB); load {os.getloadavg()[0]:.1f}")
         print(table(["N", *(f"{op} us/file" for op in scale.OPS),
-                     *(f"{op} MiB" for op in scale.OPS)],
+                     *(f"{op} CPU us/file" for op in ("put", "fsck", "get")),
+                     *(f"{op} MiB" for op in scale.OPS),
+                     *(f"{op} anon MiB" for op in ("put", "fsck", "get"))],
                     [(p.n, *(p.per_file_us(op) for op in scale.OPS),
-                      *(p.rss_mib[op] for op in scale.OPS)) for p in points]))
+                      *(p.cpu_per_file_us(op) for op in ("put", "fsck", "get")),
+                      *(p.rss_mib[op] for op in scale.OPS),
+                      *(p.anon_mib[op] for op in ("put", "fsck", "get"))) for p in points]))
         put_time, _ = scale.flat(points, "put")
         _, fsck_rss = scale.flat(points, "fsck")
         flat_ok = put_time <= 2 and fsck_rss <= 2
@@ -98,6 +117,17 @@ def main(argv: list[str]) -> int:
                    pg_failed_ops=sum(api[("postgresql", c)][1] for c in CLIENTS),
                    site_stat_ops=round(fed_stat)))
     return 0
+
+
+def _powers(ap: argparse.ArgumentParser, lo: int, hi: int) -> tuple[int, ...]:
+    """10^k for every k with lo <= 10^k <= hi; both bounds powers of ten, 10^3 to 10^7."""
+    allowed = tuple(10 ** k for k in range(3, 8))
+    for name, v in (("--scale-min", lo), ("--scale-max", hi)):
+        if v not in allowed:
+            ap.error(f"{name}: must be a power of ten from 1000 to 10000000, got {v}")
+    if lo > hi:
+        ap.error(f"--scale-min {lo} is above --scale-max {hi}; lower --scale-min")
+    return tuple(n for n in allowed if lo <= n <= hi)
 
 
 def _client_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS

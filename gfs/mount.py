@@ -269,9 +269,13 @@ class HutongOperations(pyfuse3.Operations):
         except Exception as e:
             raise fuse_error(e, getattr(fn, "__name__", str(fn))) from None
 
-    def _now(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _now(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a short metadata read on the loop itself (an LMDB snapshot lookup takes
-        microseconds, a trip to a worker thread far more); errors as in `_run`."""
+        microseconds, a trip to a worker thread far more); errors as in `_run`. On an
+        engine whose reads wait for a server (PostgreSQL) it goes to a thread, so the
+        loop serves other requests meanwhile."""
+        if self.client.engine.REMOTE:
+            return await self._run(fn, *args)
         try:
             return fn(*args)
         except Exception as e:
@@ -317,7 +321,7 @@ class HutongOperations(pyfuse3.Operations):
             self._names.remember(node.ino, parent_inode, n)
             return node
         try:
-            return self._attr(self._now(op))
+            return self._attr(await self._now(op))
         except pyfuse3.FUSEError as e:
             if e.errno != errno.ENOENT or self._absent is None:
                 raise
@@ -325,7 +329,7 @@ class HutongOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
-        return self._attr(self._now(self.wb.node, inode))
+        return self._attr(await self._now(self.wb.node, inode))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = await self._run(self.wb.node, inode)
@@ -468,8 +472,9 @@ class HutongOperations(pyfuse3.Operations):
         old, new = _name(name_old), _name(name_new)
 
         def op(txn: WriteTxn) -> int:
+            # the entry first: on a database server its directory comes along
+            moving = namespace.lookup(txn, parent_inode_old, old)
             sparent, dparent = self._dir(txn, parent_inode_old), self._dir(txn, parent_inode_new)
-            moving = namespace.lookup(txn, sparent.ino, old)
             release(txn, namespace.rename_in(
                 txn, sparent, old, dparent, new,
                 noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
@@ -560,7 +565,7 @@ class HutongOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=self._new_handle(node.ino, reader, flags)), node
         # in memory but for one snapshot read, unless a block of inode numbers must be
         # reserved: then on the loop (a trip to a worker costs more than the call)
-        fi, node = self._now(op) if self.wb.pending.can_add_now() else await self._run(op)
+        fi, node = await (self._now(op) if self.wb.pending.can_add_now() else self._run(op))
         return fi, self._attr(node)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:

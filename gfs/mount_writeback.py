@@ -382,10 +382,11 @@ class WriteBack:
     def create(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Inode:
         """A new file `name` in `parent`, pending until its first commit."""
         with self.client.engine.read() as txn:
+            # the entry first: on a database server the directory comes along
+            exists = txn.lookup(parent, name) is not None
             parent_node = namespace.get(txn, parent)
             if parent_node.kind != Kind.DIR:
                 raise NotADirError(name)
-            exists = txn.lookup(parent, name) is not None
         mode, gid = namespace.inherit(parent_node, Kind.FILE, mode & 0o7777, gid)
         node = self.pending.add(parent, name, mode, uid, gid, exists)
         self.names.remember(node.ino, parent, name)

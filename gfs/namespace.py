@@ -429,14 +429,17 @@ def readdir(txn: ReadTxn, ino: int) -> list[tuple[str, Inode]]:
 
 
 def lookup(txn: ReadTxn, parent: int, name: str) -> Inode:
-    """The entry `name` of directory `parent` (NotFoundError, NotADirError)."""
-    node = get(txn, parent)
-    if node.kind != Kind.DIR:
-        raise NotADirError(f"<inode {parent}>")
-    found = child(txn, node, paths.check_name(name))
-    if found is None:
+    """The entry `name` of directory `parent` (NotFoundError, NotADirError).
+
+    The entry is looked up first: only directories have entries, so a found entry
+    needs no read of `parent` (one query on a database server, which brings the
+    entry's inode along)."""
+    ino = txn.lookup(parent, paths.check_name(name))
+    if ino is None:
+        if get(txn, parent).kind != Kind.DIR:
+            raise NotADirError(f"<inode {parent}>")
         raise NotFoundError(name)
-    return found
+    return get(txn, ino)
 
 
 def rmdir_in(txn: WriteTxn, parent: Inode, name: str) -> None:

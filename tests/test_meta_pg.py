@@ -392,9 +392,16 @@ def test_scans_page_by_key_across_many_pages(pg_url: str,
 
 
 #: Most round trips to the server each operation may take through the Python API (a
-#: create also reads the tiering policy, the lost-chunk list and the dedup index).
-#: Before batching and the transaction's read cache: 49, 6, 12, 26 and 27.
-ROUND_TRIPS = {"create": 13, "stat": 3, "ls": 3, "rename": 4, "unlink": 6}
+#: create also reads the tiering policy, the lost-chunk list and the dedup index);
+#: "lookup" is the mount's (an entry and its inode, in a read transaction of its own),
+#: "change" a write transaction reading an entry, then its directory (as the mount's
+#: rename and create do), and committing.
+#: Before batching and the transaction's read cache: 49, 6, 12, 26 and 27; before a
+#: read's ROLLBACK went with the next transaction's first message: 13, 3, 3, 4, 6, and
+#: 3 for a lookup, 3 for a change; before the tier policy and the lost-chunk list
+#: were cached by version: create 9.
+ROUND_TRIPS = {"create": 7, "stat": 2, "ls": 2, "rename": 4, "unlink": 6, "lookup": 1,
+               "change": 2}
 
 
 def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
@@ -417,7 +424,10 @@ def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
             fs.write_bytes(f"/d/f{i}", f"file {i}".encode())
         ops = {"create": lambda: fs.write_bytes("/d/new", b"new"),
                "stat": lambda: fs.stat("/d/f0"), "ls": lambda: fs.ls("/d"),
-               "rename": lambda: fs.mv("/d/f1", "/d/g1"), "unlink": lambda: fs.rm("/d/f2")}
+               "rename": lambda: fs.mv("/d/f1", "/d/g1"), "unlink": lambda: fs.rm("/d/f2"),
+               "lookup": lambda: _lookup(fs, d_ino, "f3"),
+               "change": lambda: fs.engine.transact(lambda w: _lookup_dir(w, d_ino, "f3"))}
+        d_ino = fs.stat("/d").ino
         monkeypatch.setattr(psycopg.Connection, "wait", counting)
         used = {}
         for op, run in ops.items():
@@ -430,6 +440,95 @@ def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
         assert fs.read_bytes("/d/new") == b"new" and fs.read_bytes("/d/g1") == b"file 1"
         assert sorted(s.path for s in fs.ls("/d")) == ["/d/f0", "/d/f3", "/d/g1", "/d/new"]
         assert fs.fsck().ok
+
+
+def _lookup(fs: Client, parent: int, name: str) -> None:
+    with fs.engine.read() as txn:
+        assert namespace.lookup(txn, parent, name).kind == Kind.FILE
+
+
+def _lookup_dir(txn: WriteTxn, parent: int, name: str) -> None:
+    assert namespace.lookup(txn, parent, name).kind == Kind.FILE
+    assert namespace.get(txn, parent).kind == Kind.DIR  # came along with the entry
+    txn.put_value("jobs", b"x", b"1")
+
+
+def _open_reads(pg_url: str) -> int:
+    """Sessions of the store at `pg_url` idle inside a transaction (a parked read)."""
+    import psycopg
+
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_url.rsplit("&schema=", 1)[0], autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = "
+                           "'idle in transaction' AND query LIKE %s",
+                           (f'%"{schema}"%',)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_read_ends_with_the_next_message_or_by_itself(pg_url: str) -> None:
+    """A read transaction's ROLLBACK waits for the next transaction on its connection:
+    that one still sees what another engine committed meanwhile (a new snapshot), and
+    a connection left idle is rolled back within PARK_MAX, and by close()."""
+    import time
+
+    from gfs.meta.pg_engine import PARK_MAX
+
+    one, two = PgEngine(pg_url), PgEngine(pg_url)
+    try:
+        with one.read() as r:
+            assert r.get_value("jobs", b"k") is None
+        assert _open_reads(pg_url) == 1  # parked, its snapshot still open
+        with two.write() as w:
+            w.put_value("jobs", b"k", b"v")
+        with one.read() as r:
+            assert r.get_value("jobs", b"k") == b"v"
+        with one.write() as w:  # a write on the parked connection: rolls it back first
+            w.put_value("jobs", b"k", b"w")
+        with two.read() as r:
+            assert r.get_value("jobs", b"k") == b"w"
+        deadline = time.monotonic() + PARK_MAX + 10
+        while _open_reads(pg_url) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _open_reads(pg_url) == 0  # the sweeper rolled back both engines' reads
+        with one.read() as r:
+            r.get_value("jobs", b"k")
+        assert _open_reads(pg_url) == 1
+        one.close()
+        assert _open_reads(pg_url) == 0
+    finally:
+        one.close()
+        two.close()
+
+
+def test_cached_policy_and_lost_chunks_follow_every_writer(pg_url: str) -> None:
+    """The tier policy and the lost-chunk list are kept by the engine against the
+    version row: a write by this engine is seen at once, one by another engine by
+    the next read transaction that has begun (its first query read the version)."""
+    from gfs.store import lost_chunks, set_lost_chunks
+
+    one, two = PgEngine(pg_url), PgEngine(pg_url)
+    try:
+        assert TierPolicy.current(one) == TierPolicy()
+        with one.read() as r:
+            assert lost_chunks(r) == frozenset()
+        with one.write() as w:
+            TierPolicy(write_tier="cold").save(w)
+        assert TierPolicy.current(one).write_tier == "cold"  # its own write, at once
+        with two.write() as w:
+            TierPolicy(write_tier="warm").save(w)
+            set_lost_chunks(w, [b"l" * 16])
+        with one.read() as r:
+            assert r.get_inode(ROOT_INO) is not None  # begins: reads the version row
+            assert TierPolicy.load(r).write_tier == "warm"
+            assert lost_chunks(r) == frozenset({b"l" * 16})
+        with one.write() as w:  # a write reads the row itself (read-modify-write)
+            assert lost_chunks(w) == frozenset({b"l" * 16})
+            set_lost_chunks(w, [])
+        with one.read() as r:
+            assert lost_chunks(r) == frozenset()
+    finally:
+        one.close()
+        two.close()
 
 
 def test_pool_records_cached_by_version_see_another_engines_change(pg_url: str) -> None:

@@ -252,6 +252,9 @@ class MetaEngine(ABC):
     #: Writers on several hosts may share the store (the local gc lock does not
     #: exclude them), so gc deletes dead chunks only after a grace period.
     MULTI_HOST = False
+    #: A read waits for a server (a round trip, not microseconds): an event loop hands
+    #: reads to a thread instead of running them itself (gfs.mount).
+    REMOTE = False
 
     def transact(self, fn: Callable[[WriteTxn], T]) -> T:
         """Run `fn` in a write transaction and return its result, running it again

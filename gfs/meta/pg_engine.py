@@ -19,7 +19,8 @@ conflict surfaces as `MetaConflictError` (nothing changed);
 `MetaEngine.transact` runs the work again. Threads of one process take turns at
 writing (as with LMDB), so conflicts happen only between processes and hosts.
 Writes are buffered in the transaction and sent with COMMIT (or the next scan);
-BEGIN goes with the first query (`_Txn`: few round trips per operation). A chunk's
+BEGIN goes with the first query, a read's ROLLBACK with the next transaction's first
+message (`_Txn`, `PgEngine._park`: few round trips per operation). A chunk's
 reference count changes are rows of their own (`refdelta`) that concurrent
 writers of identical content insert without conflict (`_PgWrite.add_refcounts`).
 Inode numbers are handed out from blocks reserved in a short transaction of
@@ -36,7 +37,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -77,8 +78,18 @@ SEEN_ROWS = 4096
 #: Seconds a version of the pool records seen by one transaction serves another that
 #: has not begun (pool records change rarely; see `_PgRead.iter_pools`).
 POOLS_FRESH = 1.0
-#: meta row rewritten with a new random value whenever a pool record is written.
+#: Seconds a read transaction's connection may stay parked with its transaction open,
+#: waiting to send its ROLLBACK with the next transaction's first message (see
+#: `PgEngine._park`); older ones are rolled back on their own.
+PARK_MAX = 0.5
+#: meta row rewritten with a new random value whenever a pool record or a rarely
+#: changed value (_CACHED) is written.
 _POOLS_VERSION = "pools.version"
+#: Rows read on every write that rarely change, cached by the engine against
+#: _POOLS_VERSION as the pool records are (the tier policy and placement rules,
+#: the lost-chunk list, the store's id): (table, key) of `one`.
+_CACHED_META = frozenset({"lost_chunks", "store_id"})
+_CACHED_KV = frozenset({"rules"})
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _NEXT_INO = "next_ino"
 #: Prefix of the meta rows `serialize_on` rewrites.
@@ -129,6 +140,13 @@ _TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 _CONFLICTS = (pgerr.SerializationFailure, pgerr.DeadlockDetected)
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+_BEGIN = {False: b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+          True: b"BEGIN ISOLATION LEVEL REPEATABLE READ"}
+_LOCK = {False: sql.SQL(""), True: sql.SQL(" FOR KEY SHARE")}
+#: The text of queries used on every operation, built once (composing a query costs
+#: more than sending it): (schema, what, ...) -> bytes.
+_QUERIES: dict[tuple[Any, ...], bytes] = {}
+_INTRANS = psycopg.pq.TransactionStatus.INTRANS
 
 
 def _s(ino: int) -> int:
@@ -194,24 +212,28 @@ class _Txn:
     snapshot does not change, and the transaction's own writes are kept over it).
     """
 
-    __slots__ = ("begin", "begun", "buf", "clear_refs", "conn", "cur", "engine", "lock",
-                 "pools_version", "schema", "seen", "tx", "write", "wrote")
+    __slots__ = ("_tx", "begin", "begun", "buf", "bumped", "clear_refs", "conn", "cur",
+                 "engine", "lock", "parked_at", "pools_version", "schema", "seen", "write",
+                 "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
-                 write: bool = False, engine: PgEngine | None = None) -> None:
+                 write: bool = False, engine: PgEngine | None = None,
+                 parked_at: float | None = None) -> None:
         self.conn = conn
+        #: when the connection's previous read transaction ended, still open on the
+        #: server: its ROLLBACK goes first in this transaction's first message
+        self.parked_at = parked_at
         self.cur = psycopg.ClientCursor(conn)
         self.schema = schema
         self.write = write
         #: None while migrating (no meta table to read the pool version from yet)
         self.engine = engine
-        self.begin = sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ" + ("" if write
-                                                                        else " READ ONLY"))
+        self.begin = _BEGIN[write]
         self.begun = False
         #: the pool records' version in this transaction's snapshot (once begun)
         self.pools_version: bytes | None = None
         #: rows a write transaction reads by key are locked against deletion
-        self.lock = sql.SQL(" FOR KEY SHARE" if write else "")
+        self.lock = _LOCK[write]
         self.buf: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...] | None] = {}
         #: tables of the writes sent so far (a scan sends them before COMMIT)
         self.wrote: set[str] = set()
@@ -220,49 +242,81 @@ class _Txn:
         #: chunks whose record this transaction rewrote whole: their `refdelta` rows
         #: (those it sees) are folded in, so they are deleted with the write
         self.clear_refs: set[bytes] = set()
-        #: this transaction's key in `refdelta`
-        self.tx = int.from_bytes(os.urandom(8), "big") - _SHIFT
+        self._tx: int | None = None
+        #: wrote the pool records' version row: the engine's cached copies go at commit
+        self.bumped = False
+
+    @property
+    def tx(self) -> int:
+        """This transaction's key in `refdelta` (random, drawn when first needed)."""
+        if self._tx is None:
+            self._tx = int.from_bytes(os.urandom(8), "big") - _SHIFT
+        return self._tx
 
     def t(self, table: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(table))
+
+    def query(self, key: tuple[Any, ...], build: Callable[[], sql.Composable]) -> bytes:
+        """The text of the query `build` makes, built once per schema and `key`."""
+        k = (self.schema, self.write, *key)
+        text = _QUERIES.get(k)
+        if text is None:
+            text = _QUERIES[k] = build().as_bytes(self.conn)
+        return text
 
     def remember(self, table: str, key: tuple[Any, ...], value: Any) -> None:
         k = (table, key)
         if k in self.seen or len(self.seen) < SEEN_ROWS:
             self.seen[k] = value
 
-    def run(self, query: sql.Composable | None, params: Sequence[Any] = (), *,
+    def run(self, query: sql.Composable | bytes | None, params: Sequence[Any] = (), *,
             flush: bool = False, end: str | None = None) -> list[tuple[Any, ...]]:
         """One round trip: BEGIN (first time), the buffered writes if `flush` (a scan
         must see them; a read by key looks in the buffer first, and writes sent late
         hold their row locks briefly), then `query` (its rows are returned) or `end`
         (COMMIT)."""
-        parts: list[sql.Composable] = []
+        parts: list[bytes] = []
         args: list[Any] = []
         probe = not self.begun and self.engine is not None
+        parked = not self.begun and self.parked_at is not None
+        if parked:
+            parts.append(b"ROLLBACK")
         if not self.begun:
             parts.append(self.begin)
             if probe:
-                parts.append(sql.SQL("SELECT value FROM {} WHERE key = %s").format(
-                    self.t("meta")))
+                parts.append(self.query(("probe",), lambda: sql.SQL(
+                    "SELECT value FROM {} WHERE key = %s").format(self.t("meta"))))
                 args.append(_POOLS_VERSION)
         if flush:
-            self._writes(parts, args)
+            writes: list[sql.Composable] = []
+            self._writes(writes, args)
+            parts.extend(w.as_bytes(self.conn) for w in writes)
         if query is not None:
-            parts.append(query)
+            parts.append(query if isinstance(query, bytes) else query.as_bytes(self.conn))
             args.extend(params)
         if end is not None:
-            parts.append(sql.SQL(end))
+            parts.append(end.encode())
         if not parts:
             return []
         cur = self.cur
+        ok = False
         try:
-            cur.execute(sql.SQL("; ").join(parts), args)
+            cur.execute(b"; ".join(parts), args)
+            ok = True
         finally:  # begun as the server says: a message not sent began nothing (the
-            # next sends BEGIN again, no statement runs outside the transaction)
-            self.begun = self.begun or self.conn.info.transaction_status != _IDLE
+            # next sends BEGIN again, no statement runs outside the transaction); on a
+            # parked connection, one not sent left the old transaction open (INTRANS:
+            # any statement that reached the server and failed leaves it INERROR)
+            status = self.conn.info.transaction_status
+            if parked and (ok or status != _INTRANS):
+                self.parked_at = None
+                self.begun = True
+            elif not parked:
+                self.begun = self.begun or status != _IDLE
         if flush:
             self._sent()
+        if parked:
+            cur.nextset()  # past ROLLBACK's reply to BEGIN's
         if probe:
             cur.nextset()
             row = cur.fetchone()
@@ -328,9 +382,9 @@ class _Txn:
         if (table, key) in self.seen:
             return self.seen[(table, key)]
         keys, _ = _TABLES[table]
-        q = sql.SQL("SELECT {} FROM {} WHERE {}{}").format(
+        q = self.query(("one", table, col), lambda: sql.SQL("SELECT {} FROM {} WHERE {}{}").format(
             sql.Identifier(col), self.t(table), sql.SQL(" AND ").join(
-                sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys), self.lock)
+                sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys), self.lock))
         rows = self.run(q, key)
         value = rows[0][0] if rows else None
         self.remember(table, key, value)
@@ -380,12 +434,27 @@ class _PgRead(ReadTxn):
             ino = x.one("dirents", key, "ino")
             return None if ino is None else _u(ino)
         # the entry and its inode in one round trip: a lookup is nearly always
-        # followed by a read of the inode (both locked in a write transaction)
-        q = sql.SQL("SELECT d.ino, i.rec FROM {} d LEFT JOIN LATERAL (SELECT rec FROM {} "
-                    "WHERE ino = d.ino{}) i ON true WHERE d.parent = %s AND d.name = %s{}"
-                    ).format(x.t("dirents"), x.t("inodes"), x.lock,
-                             sql.SQL(" FOR KEY SHARE OF d" if x.write else ""))
-        rows = x.run(q, key)
+        # followed by a read of the inode, and in a change by one of the directory
+        # (it is rewritten), which comes along unless already read (all rows locked
+        # in a write transaction)
+        pkey = ("inodes", (key[0],))
+        if pkey in x.buf or pkey in x.seen:
+            q = x.query(("lookup",), lambda: sql.SQL(
+                "SELECT d.ino, i.rec FROM {} d LEFT JOIN LATERAL (SELECT rec FROM {} "
+                "WHERE ino = d.ino{}) i ON true WHERE d.parent = %s AND d.name = %s{}"
+            ).format(x.t("dirents"), x.t("inodes"), x.lock,
+                     sql.SQL(" FOR KEY SHARE OF d" if x.write else "")))
+            rows = x.run(q, key)
+        else:
+            q = x.query(("lookup+dir",), lambda: sql.SQL(
+                "SELECT d.ino, i.rec, (SELECT rec FROM {i} WHERE ino = %s{lock}) "
+                "FROM (SELECT 1) o LEFT JOIN LATERAL (SELECT ino FROM {d} WHERE parent = %s "
+                "AND name = %s{lock}) d ON true LEFT JOIN LATERAL (SELECT rec FROM {i} "
+                "WHERE ino = d.ino{lock}) i ON true").format(
+                    i=x.t("inodes"), d=x.t("dirents"), lock=x.lock))
+            ((ino, rec, dir_rec),) = x.run(q, (key[0], *key))  # one row, always
+            x.remember(*pkey, dir_rec)
+            rows = [] if ino is None else [(ino, rec)]
         if not rows:
             x.remember("dirents", key, None)
             return None
@@ -510,27 +579,50 @@ class _PgRead(ReadTxn):
         yield from pools
 
     def _cached_pools(self) -> tuple[PoolRecord, ...] | None:
-        """The engine's copy of the pool records when it is known to be this snapshot's
-        (a read transaction; the version row read when it began matches) or, before it
-        begins, when that version was seen less than POOLS_FRESH seconds ago by another
-        transaction: pool records change rarely, and every transaction's first round
-        trip reads their version at no extra cost."""
-        x = self._x
-        eng = x.engine
-        if x.write or eng is None or eng._pools is None:
+        """The engine's copy of the pool records when `_trusts` its version."""
+        eng = self._x.engine
+        if eng is None or eng._pools is None:
             return None
         version, pools = eng._pools
+        return pools if self._trusts(version) else None
+
+    def _trusts(self, version: bytes | None) -> bool:
+        """Whether a copy of the rarely changed rows (pool records, _CACHED values) read
+        at `version` is this transaction's: a read transaction whose version row (read
+        when it began) matches or, before it begins, when that version was seen less
+        than POOLS_FRESH seconds ago by another transaction: every transaction's first
+        round trip reads the version at no extra cost."""
+        x = self._x
+        eng = x.engine
+        if x.write or eng is None:
+            return False
         if x.begun:
-            return pools if version == x.pools_version else None
+            return version == x.pools_version
         seen, at = eng._pools_seen
-        return pools if version == seen and time.monotonic() - at < POOLS_FRESH else None
+        return version == seen and time.monotonic() - at < POOLS_FRESH
+
+    def _rare(self, table: str, key: tuple[Any, ...], col: str) -> Any:
+        """`one` for a rarely changed row: from the engine's copy when `_trusts` it;
+        what a read transaction reads is kept in that copy."""
+        x, eng = self._x, self._x.engine
+        if eng is None or x.write:
+            return x.one(table, key, col)
+        version, values = eng._values
+        if (table, key) in values and self._trusts(version):
+            return values[(table, key)]
+        value = x.one(table, key, col)  # begins the transaction: its version is known
+        if version != x.pools_version:
+            values = {}
+            eng._values = (x.pools_version, values)
+        values[(table, key)] = None if value is None else bytes(value)
+        return value
 
     # -- opaque values and store facts -----------------------------------------
     def get_value(self, table: str, key: bytes) -> bytes | None:
         _check_table(table)
         if not key:
             return None
-        data = self._x.one("kv", (table, key), "value")
+        data = (self._rare if table in _CACHED_KV else self._x.one)("kv", (table, key), "value")
         return None if data is None else bytes(data)
 
     def iter_values(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
@@ -548,7 +640,7 @@ class _PgRead(ReadTxn):
             rows = self._x.run(
                 sql.SQL("SELECT next FROM {} WHERE id = 0").format(self._x.t("ino_alloc")))
             return None if not rows else enc.encode_u64(int(rows[0][0]))
-        data = self._x.one("meta", (key,), "value")
+        data = (self._rare if key in _CACHED_META else self._x.one)("meta", (key,), "value")
         return None if data is None else bytes(data)
 
 
@@ -641,17 +733,26 @@ class _PgWrite(_PgRead, WriteTxn):
 
     def put_pool(self, rec: PoolRecord) -> None:
         self._put("pools", (rec.id,), enc.encode_pool(rec))
-        self._put("meta", (_POOLS_VERSION,), os.urandom(8))  # other engines' copies: stale
+        self._bump()
+
+    def _bump(self) -> None:
+        """Other engines' copies of the rarely changed rows are stale (and ours)."""
+        self._put("meta", (_POOLS_VERSION,), os.urandom(8))
+        self._x.bumped = True
 
     def put_value(self, table: str, key: bytes, value: bytes) -> None:
         _check_table(table)
         if not 0 < len(key) <= 511:
             raise ValueError(f"value table {table!r}: key must be 1 to 511 bytes")
         self._put("kv", (table, bytes(key)), bytes(value))
+        if table in _CACHED_KV:
+            self._bump()
 
     def delete_value(self, table: str, key: bytes) -> None:
         _check_table(table)
         self._del("kv", (table, bytes(key)))
+        if table in _CACHED_KV:
+            self._bump()
 
     def set_meta(self, key: str, value: bytes) -> None:
         if not key:
@@ -663,6 +764,8 @@ class _PgWrite(_PgRead, WriteTxn):
                 flush=True)
             return
         self._put("meta", (key,), bytes(value))
+        if key in _CACHED_META:
+            self._bump()
 
 
 def _check_table(table: str) -> None:
@@ -695,8 +798,12 @@ class _Ctx:
             eng._wlock.acquire()
             eng._writer, self._locked = me, True
         try:
-            conn = self._conn = pool.getconn()
-            self._x = _Txn(conn, eng.schema, write=self._write, engine=eng)
+            conn, parked_at = eng._unpark()
+            if conn is None:
+                conn = pool.getconn()
+            self._conn = conn
+            self._x = _Txn(conn, eng.schema, write=self._write, engine=eng,
+                           parked_at=parked_at)
         except BaseException:
             self._release(None)
             raise
@@ -712,10 +819,23 @@ class _Ctx:
             if conn is not None and x is not None:
                 if exc_type is None and self._write:
                     x.commit()
-                    if "pools" in x.wrote:  # (sent with COMMIT or by a scan before)
+                    if "pools" in x.wrote or x.bumped:  # (sent with COMMIT or a scan)
                         self._engine._pools = None
+                        self._engine._values = (None, {})
                     if "refdelta" in x.wrote:
                         self._engine._delta_commits += 1
+                if exc_type is None and x.parked_at is not None:
+                    # sent nothing: still the old read transaction, parked again as it was
+                    self._engine._park(conn, x.parked_at)
+                    conn = None
+                elif exc_type is None and self._write:
+                    pass
+                elif exc_type is None and not conn.broken and \
+                        conn.info.transaction_status == _INTRANS:
+                    # a read ends without its own round trip: its ROLLBACK goes with the
+                    # next transaction's first message on this connection
+                    self._engine._park(conn, time.monotonic())
+                    conn = None
                 else:
                     _rollback(conn)
         except _CONFLICTS as e:
@@ -772,6 +892,7 @@ class PgEngine(MetaEngine):
     """
 
     MULTI_HOST = True
+    REMOTE = True
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         self.url = url
@@ -786,12 +907,20 @@ class PgEngine(MetaEngine):
         #: transaction saw, and when (see `_PgRead._cached_pools`)
         self._pools: tuple[bytes | None, tuple[PoolRecord, ...]] | None = None
         self._pools_seen: tuple[bytes | None, float] = (None, 0.0)
+        #: copies of _CACHED rows ((table, key) -> value) and the version they were read at
+        self._values: tuple[bytes | None, dict[tuple[str, tuple[Any, ...]], bytes | None]] = \
+            (None, {})
         self._delta_commits = 0  # commits that added `refdelta` rows since the last fold
         self._lost_at = 0.0  # when a connection was last found lost
+        #: connections whose read transaction is still open on the server, newest last,
+        #: with when each was parked (see `_park`); the sweeper rolls back old ones
+        self._parked: list[tuple[psycopg.Connection[Any], float]] = []
+        self._park_cv = threading.Condition()
+        self._sweeper: threading.Thread | None = None
         try:
             self._pool: ConnectionPool | None = ConnectionPool(
                 self._conninfo, min_size=1, max_size=size, open=True,
-                timeout=connect_timeout, kwargs={"autocommit": True},
+                timeout=connect_timeout, kwargs={"autocommit": True, "prepare_threshold": None},
                 check=self._check_idle)
             self._pool.wait(timeout=connect_timeout)
         except Exception as e:
@@ -802,6 +931,67 @@ class PgEngine(MetaEngine):
         except BaseException:
             self.close()
             raise
+
+    # -- parked read transactions -------------------------------------------------
+    def _park(self, conn: psycopg.Connection[Any], at: float) -> None:
+        """Keep `conn`, whose read transaction (read only, no row locks) is still open,
+        out of the pool: the next transaction takes it and sends the ROLLBACK with its
+        first message, so a read costs no round trip of its own to end. A connection
+        parked PARK_MAX seconds is rolled back by the sweeper thread and goes back to
+        the pool (an open snapshot holds back the server's cleanup of old rows)."""
+        with self._park_cv:
+            self._parked.append((conn, at))
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, daemon=True,
+                                                 name=f"pg-park-{self.schema}")
+                self._sweeper.start()
+            self._park_cv.notify()
+
+    def _unpark(self) -> tuple[psycopg.Connection[Any] | None, float | None]:
+        """The newest parked connection still fresh (not older than PARK_MAX, none lost
+        since), else (None, None)."""
+        now = time.monotonic()
+        with self._park_cv:
+            while self._parked:
+                conn, at = self._parked.pop()
+                if now - at < PARK_MAX and at > self._lost_at and not conn.broken:
+                    return conn, at
+                self._parked.append((conn, at))
+                break
+        return None, None
+
+    def _sweep(self) -> None:
+        """Roll back parked connections once PARK_MAX old; return them to the pool."""
+        while True:
+            with self._park_cv:
+                while not self._parked:
+                    if self._pool is None:
+                        self._sweeper = None
+                        return
+                    self._park_cv.wait()
+                now = time.monotonic()
+                due = [(c, at) for c, at in self._parked if now - at >= PARK_MAX]
+                self._parked = [(c, at) for c, at in self._parked if now - at < PARK_MAX]
+                wait = PARK_MAX - (now - self._parked[0][1]) if self._parked else None
+                if not due:
+                    self._park_cv.wait(wait)
+                    continue
+            self._unpark_all(due)
+
+    def _unpark_all(self, conns: Sequence[tuple[psycopg.Connection[Any], float]]) -> None:
+        """Roll back `conns` and return them to the pool (a broken one is replaced)."""
+        for conn, _ in conns:
+            _rollback(conn)
+            if self._pool is not None:
+                self._pool.putconn(conn)
+            else:
+                conn.close()
+
+    def _drain_parked(self) -> None:
+        with self._park_cv:
+            parked, self._parked = self._parked, []
+            self._park_cv.notify()
+        self._unpark_all(parked)
 
     def _saw_pools_version(self, version: bytes | None) -> None:
         self._pools_seen = (version, time.monotonic())
@@ -966,7 +1156,10 @@ class PgEngine(MetaEngine):
 
     def close(self) -> None:
         """Close the connections; later read() and write() raise StateError. Idempotent."""
-        pool, self._pool = self._pool, None
+        self._drain_parked()
+        with self._park_cv:
+            pool, self._pool = self._pool, None
+            self._park_cv.notify()
         if pool is not None:
             pool.close()
         with self._ino_lock:
@@ -976,6 +1169,7 @@ class PgEngine(MetaEngine):
 
     def drop(self) -> None:
         """Remove this store's schema and everything in it (tests, `meta load --replace`)."""
+        self._drain_parked()  # their open snapshots would make DROP wait
         with self._live().connection() as conn:
             conn.read_only = False
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
