@@ -35,6 +35,7 @@ from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
 from gfs.federation.tls import Trust
 from gfs.federation.views import Visibility
+from tests.test_mount_helpers import wait_for
 
 
 # -- the view, as pure logic -------------------------------------------------------------
@@ -392,7 +393,13 @@ def test_a_grantee_reads_chunk_by_chunk_through_the_read_stack(fed: Federation,
             f.seek((65 << 20) - 10)
             assert f.read() == bytes(10)
         assert ns.read_bytes("/bank/shared/tail.bin") == tail
-        assert ns.chunks.stats().disk is not None and ns.chunks.stats().disk["admitted"] > 0
+        def admitted() -> int:
+            disk = ns.chunks.stats().disk
+            assert disk is not None
+            return int(disk["admitted"])
+
+        # the disk tier's writer thread (gfs.disk_writer) admits the fetched chunks soon
+        wait_for(lambda: admitted() > 0, "disk admissions", timeout=30)
         assert set(ns.fc.chunks_from) == {"bank-1"}
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,15 @@ def test_disk_tier_through_the_mount_and_stats_without_it(tmp_path: Path) -> Non
     opts = ("--disk-cache", "on", "--disk-cache-dir", str(cache), "--cache-size", "1MiB")
     with mount(state, tmp_path / "mnt", *opts) as m:
         assert (m.mnt / "big").read_bytes() == data
-        stats = json.loads(os.getxattr(m.mnt, "user.hutong.cache"))
+
+        def cache_stats() -> dict[str, Any]:
+            out: dict[str, Any] = json.loads(os.getxattr(m.mnt, "user.hutong.cache"))
+            return out
+
+        # the tier's writer thread (gfs.disk_writer) admits what the read fetched soon
+        wait_for(lambda: cache_stats()["disk"]["admitted"] >= nchunks, "disk admissions",
+                 timeout=30)
+        stats = cache_stats()
         assert stats["disk"]["admitted"] == nchunks and stats["policy"] == "s3fifo"
         r = _cli(state, "cache", "stats", str(m.mnt))
         assert r.returncode == 0 and "disk tier (owner" in r.stdout, r.stderr
