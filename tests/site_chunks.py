@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gfs.federation.client import FederationClient
+from gfs.federation.wire import unpack_frames
 
 
 def file_chunk_ids(fc: FederationClient, path: str) -> list[bytes]:
@@ -16,3 +17,14 @@ def site_has(fc: FederationClient, site: str, ids: list[bytes]) -> list[bool]:
     """Which of `ids` site `site` holds (its `/v1/chunks/has` answer)."""
     return [bool(x) for x in fc.site(site).call(
         "POST", "/v1/chunks/has", {"ids": [c.hex() for c in ids]})["have"]]
+
+
+def site_blobs(fc: FederationClient, site: str, ids: list[bytes]) -> list[bytes]:
+    """The blobs site `site` serves for `ids` (its `/v1/chunks/get` answer)."""
+    body = fc.site(site).call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
+    return unpack_frames(body)
+
+
+def files_chunk_ids(fc: FederationClient, paths: list[str]) -> list[bytes]:
+    """The distinct chunk ids of the manifests of `paths`, in order."""
+    return list(dict.fromkeys(c for p in paths for c in file_chunk_ids(fc, p)))

@@ -21,9 +21,8 @@ from gfs.federation.http import BadRequestError
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
 from gfs.federation.tls import trust_for
-from gfs.federation.wire import unpack_frames
 from tests.similar_data import mutate, text
-from tests.site_chunks import file_chunk_ids, site_has
+from tests.site_chunks import file_chunk_ids, files_chunk_ids, site_blobs, site_has
 
 FILES = 3
 
@@ -40,14 +39,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.close()
 
 
-def _get(fc: FederationClient, site: str, ids: list[bytes]) -> list[bytes]:
-    body = fc.site(site).call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
-    return unpack_frames(body)
-
-
 def _chunks(fc: FederationClient) -> list[bytes]:
-    return list(dict.fromkeys(c for i in range(FILES)
-                              for c in file_chunk_ids(fc, f"/bank-a/d/f{i}")))
+    return files_chunk_ids(fc, [f"/bank-a/d/f{i}" for i in range(FILES)])
 
 
 def _wire(fed: Federation) -> float:
@@ -71,7 +64,7 @@ def test_n_plus_1_replication_sends_deltas_and_a2_holds_verified_chunks(
         ids = _chunks(fc)
         new = [c for c in ids if c not in old]
         assert new and not any(site_has(fc, "a2", new))
-        whole = sum(len(b) for b in _get(fc, "a1", new))  # a1 serves whole blobs
+        whole = sum(len(b) for b in site_blobs(fc, "a1", new))  # a1 serves whole blobs
         before = _wire(fed)
         [r2] = fc.reconcile("bank-a")
         sent = _wire(fed) - before
@@ -79,7 +72,8 @@ def test_n_plus_1_replication_sends_deltas_and_a2_holds_verified_chunks(
         # without delta transfer every new chunk crosses whole (plus framing)
         assert 0 < sent < whole / 3, (sent, whole)
         assert all(site_has(fc, "a2", ids))
-        for cid, b1, b2 in zip(ids, _get(fc, "a1", ids), _get(fc, "a2", ids), strict=True):
+        pairs = zip(ids, site_blobs(fc, "a1", ids), site_blobs(fc, "a2", ids), strict=True)
+        for cid, b1, b2 in pairs:
             assert decode_blob(b2, expect_id=cid) == decode_blob(b1, expect_id=cid)
 
 
@@ -110,7 +104,7 @@ def test_tampered_delta_or_missing_base_is_refused_and_nothing_stored(fed: Feder
         assert fed.metric("a2", "chunks_stored_total") == stored_before
         # the honest delta is taken and rebuilt to its id
         assert a2.put([header + payload]).stored == 1
-        [blob] = _get(fc, "a2", [cid])
+        [blob] = site_blobs(fc, "a2", [cid])
         assert decode_blob(blob, expect_id=cid) == new
 
 

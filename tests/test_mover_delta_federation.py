@@ -12,9 +12,8 @@ import pytest
 from gfs.codec import decode_blob
 from gfs.federation.client import FederationClient
 from gfs.federation.testing import Federation
-from gfs.federation.wire import unpack_frames
 from tests.similar_data import mutate, text
-from tests.site_chunks import file_chunk_ids, site_has
+from tests.site_chunks import files_chunk_ids, site_blobs, site_has
 
 FILES = 3
 
@@ -31,14 +30,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.close()
 
 
-def _get(fc: FederationClient, site: str, ids: list[bytes]) -> list[bytes]:
-    body = fc.site(site).call("POST", "/v1/chunks/get", {"ids": [c.hex() for c in ids]})
-    return unpack_frames(body)
-
-
 def _chunks(fc: FederationClient) -> list[bytes]:
-    return list(dict.fromkeys(c for i in range(FILES)
-                              for c in file_chunk_ids(fc, f"/bank-a/d/f{i}")))
+    return files_chunk_ids(fc, [f"/bank-a/d/f{i}" for i in range(FILES)])
 
 
 def test_mover_pull_of_n_plus_1_moves_deltas_and_a2_holds_verified_chunks(
@@ -58,11 +51,12 @@ def test_mover_pull_of_n_plus_1_moves_deltas_and_a2_holds_verified_chunks(
         ids = _chunks(fc)
         new = [c for c in ids if c not in set(old)]
         assert new and not any(site_has(fc, "a2", new))
-        whole = sum(len(b) for b in _get(fc, "a1", new))  # a1 serves whole blobs
+        whole = sum(len(b) for b in site_blobs(fc, "a1", new))  # a1 serves whole blobs
         st = fc.mover_pull("a2", "a1", new, streams=2)
         assert st["committed"] == len(new) and st["chunks"] == len(new)
         assert 0 < st["bytes"] * 4 < whole, (st["bytes"], whole)
         assert 0 < st["deltas"] <= len(new)  # the site's answer counts them
         assert all(site_has(fc, "a2", ids))
-        for cid, b1, b2 in zip(ids, _get(fc, "a1", ids), _get(fc, "a2", ids), strict=True):
+        pairs = zip(ids, site_blobs(fc, "a1", ids), site_blobs(fc, "a2", ids), strict=True)
+        for cid, b1, b2 in pairs:
             assert decode_blob(b2, expect_id=cid) == decode_blob(b1, expect_id=cid)
