@@ -109,6 +109,10 @@ def test_chunk_roundtrip(rec: ChunkRecord) -> None:
     assert data[0] == enc.CHUNK_COMPACT and len(data) % 30 != 18  # never the fixed form
     assert enc.decode_chunk(rec.id, data) == rec
     for delta in (0, 1, -rec.refcount):
+        if rec.refcount + delta >= 1 << 64:  # past the format's u64: refused, not wrapped
+            with pytest.raises(ValueError, match="out of range"):
+                enc.with_refcount_delta(rec.id, data, delta)
+            continue
         assert enc.decode_chunk(rec.id, enc.with_refcount_delta(rec.id, data, delta)) == \
             replace(rec, refcount=rec.refcount + delta)
     with pytest.raises(FormatError, match="below zero"):
