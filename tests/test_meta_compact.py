@@ -265,3 +265,19 @@ def test_hutong_meta_compact_shrinks_a_store_and_keeps_its_files(tmp_path: Path)
         assert fs.read_bytes("/d1/f1") == b"x1"
     finally:
         fs.close()
+
+
+def test_hutong_meta_compact_refuses_a_store_on_postgresql(tmp_path: Path) -> None:
+    """A store whose config names a PostgreSQL URL is refused before any connection,
+    naming the remedy; its embedded leftovers are not touched."""
+    from gfs.state import write_config
+
+    state = tmp_path / "state"
+    (state / "meta").mkdir(parents=True)
+    write_config(state, "", "postgresql://nobody@127.0.0.1:9/none?schema=s")
+    out = subprocess.run([sys.executable, "-m", "gfs.cli", "--state", str(state), "meta",
+                          "compact"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO), timeout=DEADLINE)
+    assert out.returncode == 2 and "VACUUM FULL" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2
+    assert list((state / "meta").iterdir()) == []
