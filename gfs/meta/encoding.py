@@ -38,6 +38,7 @@ from gfs.meta.records import (
 
 __all__ = [
     "CHUNK_COMPACT",
+    "CHUNK_MEMBER",
     "FORMAT_VERSION",
     "INODE_COMPACT_BIT",
     "INODE_HEADER",
@@ -468,9 +469,54 @@ CHUNK_COMPACT = 0xFD
 _FIXED_CHUNK = _CHUNK_HEAD.size  # the fixed form's length modulo _LOCATION.size
 
 
+#: First byte of the folded member record (format 4): the marker, refcount and raw
+#: length as varints, the group chunk id 16 B, the offset in the group as a varint; the
+#: compact form's padding. Codec 3, stored length 0, no locations are implied.
+CHUNK_MEMBER = 0xFC
+_MEMBER_CODEC = 3  # gfs.codec.CODEC_MEMBER (gfs.meta does not import gfs.codec)
+
+
+def _encode_member(rec: ChunkRecord) -> bytes:
+    if (rec.codec != _MEMBER_CODEC or rec.locations or rec.stored_len
+            or len(rec.group) != CHUNK_ID_LEN or not 0 <= rec.group_offset < _U32
+            or rec.group == rec.id):
+        raise ValueError(
+            f"chunk {rec.id.hex()}: a folded group member needs codec {_MEMBER_CODEC}, no "
+            f"locations, stored length 0, a {CHUNK_ID_LEN}-byte group other than itself "
+            f"and an offset under 2^32")
+    out = bytearray((CHUNK_MEMBER,))
+    _varints_to(out, (rec.refcount, rec.raw_len))
+    out += rec.group
+    _varints_to(out, (rec.group_offset,))
+    if len(out) % _LOCATION.size == _FIXED_CHUNK:
+        out.append(0)
+    return bytes(out)
+
+
+def _decode_member(cid: bytes, data: bytes) -> ChunkRecord:
+    try:
+        (refcount, raw), pos = _varints(data, 1, 2)
+        group = bytes(data[pos:pos + CHUNK_ID_LEN])
+        if len(group) != CHUNK_ID_LEN:
+            raise IndexError
+        (offset,), pos = _varints(data, pos + CHUNK_ID_LEN, 1)
+    except (IndexError, ValueError):
+        raise FormatError(f"chunk record {cid.hex()}: folded member record truncated or "
+                          f"out of range; {_DAMAGED}") from None
+    padded = pos % _LOCATION.size == _FIXED_CHUNK
+    if (len(data) != pos + padded or (padded and data[pos]) or raw >= _U32
+            or offset >= _U32 or refcount >= _U64 or group == cid):
+        raise FormatError(f"chunk record {cid.hex()}: folded member record is "
+                          f"{len(data)} bytes, not {pos + padded}, or out of range; {_DAMAGED}")
+    return ChunkRecord(cid, raw, 0, _MEMBER_CODEC, refcount, (), group, offset)
+
+
 def encode_chunk(rec: ChunkRecord) -> bytes:
-    """The `chunks` value of `rec` (its id is the key): the compact record."""
+    """The `chunks` value of `rec` (its id is the key): the compact record, or the
+    folded member record when `rec` names a group."""
     _encode_chunk_fixed(rec)  # the same checks and errors
+    if rec.group or rec.group_offset:
+        return _encode_member(rec)
     out = bytearray((CHUNK_COMPACT,))
     _varints_to(out, (rec.refcount, rec.raw_len, rec.stored_len))
     out += bytes((rec.codec, len(rec.locations)))
@@ -487,6 +533,10 @@ def _is_compact_chunk(data: bytes) -> bool:
     return len(data) % _LOCATION.size != _FIXED_CHUNK and data[:1] == b"\xfd"
 
 
+def _is_member_chunk(data: bytes) -> bool:
+    return len(data) % _LOCATION.size != _FIXED_CHUNK and data[:1] == b"\xfc"
+
+
 _REFCOUNT = struct.Struct("<Q")
 
 
@@ -494,7 +544,7 @@ def with_refcount_delta(cid: bytes, data: bytes, delta: int) -> bytes:
     """The `chunks` value `data` with its refcount changed by `delta` (the fixed form is
     changed in place, the compact one re-encoded); raises FormatError if the refcount
     would fall below zero."""
-    if _is_compact_chunk(data):
+    if _is_compact_chunk(data) or _is_member_chunk(data):
         rec = decode_chunk(cid, data)
         if rec.refcount + delta < 0:
             raise FormatError(f"chunk {cid.hex()}: refcount would fall below zero; {_DAMAGED}")
@@ -534,9 +584,11 @@ def _decode_chunk_compact(cid: bytes, data: bytes) -> ChunkRecord:
 
 
 def decode_chunk(cid: bytes, data: bytes) -> ChunkRecord:
-    """The chunk record `cid` from its `chunks` value (compact or fixed)."""
+    """The chunk record `cid` from its `chunks` value (compact, folded member or fixed)."""
     if _is_compact_chunk(data):
         return _decode_chunk_compact(cid, data)
+    if _is_member_chunk(data):
+        return _decode_member(cid, data)
     if len(data) < _CHUNK_HEAD.size:
         raise FormatError(f"chunk record {cid.hex()}: record truncated; {_DAMAGED}")
     refcount, raw, stored, codec, n = _CHUNK_HEAD.unpack_from(data)

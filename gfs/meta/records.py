@@ -82,7 +82,12 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class ChunkRecord:
-    """The chunk index entry. `refcount` counts manifest entries that name the chunk."""
+    """The chunk index entry. `refcount` counts manifest entries that name the chunk.
+
+    A folded group member (docs/format.md, "Group blobs") has codec 3, stored length
+    0, no locations, and names its group chunk (`group`) and the offset of its first
+    byte in the group's raw bytes (`group_offset`); every other record has `group`
+    empty."""
 
     id: bytes
     raw_len: int
@@ -90,6 +95,8 @@ class ChunkRecord:
     codec: int
     refcount: int
     locations: tuple[Location, ...]
+    group: bytes = b""
+    group_offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)
