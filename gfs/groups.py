@@ -81,15 +81,24 @@ def decode_member_payload(header: BlobHeader, payload: Buffer, group_raw: Buffer
         raise _corrupt(f"member payload of {len(view)} bytes", cid)
     group = bytes(view[:CHUNK_ID_LEN])
     (offset,) = _OFFSET.unpack_from(view, CHUNK_ID_LEN)
+    return member_slice(cid, header.raw_len, group, offset, group_raw)
+
+
+def member_slice(cid: bytes, raw_len: int, group: bytes, offset: int,
+                 group_raw: Buffer) -> bytes:
+    """The raw bytes of member `cid` (`raw_len` bytes at `offset` in `group`, whose
+    verified raw bytes are `group_raw`), from a member blob or a folded member record;
+    checks the bounds and the digest, raising `CorruptChunkError` naming the member
+    and its group."""
     of = f"member of group {group.hex()}"
-    if offset + header.raw_len > len(group_raw):
-        raise _corrupt(f"{of}: bytes {offset}..{offset + header.raw_len} past the group's "
+    if offset + raw_len > len(group_raw):
+        raise _corrupt(f"{of}: bytes {offset}..{offset + raw_len} past the group's "
                        f"{len(group_raw)}", cid)
-    raw = bytes(memoryview(group_raw)[offset:offset + header.raw_len])
+    raw = bytes(memoryview(group_raw)[offset:offset + raw_len])
     digest = chunk_id(raw)
     if digest != cid:
         raise _corrupt(f"{of}: digest {digest.hex()} does not match the id "
-                       "(the member blob or its group is damaged)", cid)
+                       "(the member's record or blob, or its group, is damaged)", cid)
     return raw
 
 

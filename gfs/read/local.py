@@ -30,7 +30,8 @@ from gfs.codec import (
     parse_blob_header,
 )
 from gfs.errors import ChunkMissingError, CorruptChunkError, PoolError, PoolObjectMissingError
-from gfs.meta import Location
+from gfs.groups import member_slice
+from gfs.meta import ChunkRecord, Location
 from gfs.packs import pack_key
 from gfs.read.source import PathOf
 
@@ -275,6 +276,8 @@ class LocalSource:
             if rec is None:
                 raise ChunkMissingError(path, f"chunk {cid.hex()} is not in the chunk index "
                                         "(run `hutong fsck`)")
+            if rec.group:
+                return self._folded(rec, base)
             if not rec.locations:
                 raise ChunkMissingError(path, f"chunk {cid.hex()} is lost: no stored copy is "
                                         "left (`hutong fsck --repair --from STORE` restores it "
@@ -311,6 +314,16 @@ class LocalSource:
             raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: {detail}")
         raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: {detail}")
 
+    def _folded(self, rec: ChunkRecord, base: BaseReader | None) -> tuple[bytes, bytes]:
+        """(whole blob, raw bytes) of the folded group member `rec`, sliced from its
+        group (read through `base`, by default the group cache) and verified; a
+        folded member has no blob of its own, so the blob is its whole encoding, as
+        it leaves the store."""
+        raw = member_slice(rec.id, rec.raw_len, rec.group, rec.group_offset,
+                           (base or self._group)(rec.group))
+        header, payload = encode_blob(raw, self.store.config.zstd_level, rec.id)
+        return header + bytes(payload), raw
+
     def _first_report(self, cid: bytes, failed: list[Location]) -> bool:
         """Remember the corrupt copies of `cid`; True unless all were reported before
         (they are then tried last, and not reported again)."""
@@ -335,7 +348,11 @@ class LocalSource:
         self.store.observer.record(unique)
         by_pack: dict[tuple[int, bytes], list[tuple[bytes, Location]]] = defaultdict(list)
         retry: list[bytes] = []
+        folded: list[ChunkRecord] = []
         for cid, rec in recs:
+            if rec is not None and rec.group:
+                folded.append(rec)
+                continue
             if rec is None or not rec.locations:
                 retry.append(cid)
                 continue
@@ -366,6 +383,12 @@ class LocalSource:
                     retry.append(cid)
                 else:
                     out[cid] = data
+        for rec in folded:  # each group read once, by the batch's base reader
+            try:
+                out[rec.id] = member_slice(rec.id, rec.raw_len, rec.group, rec.group_offset,
+                                           bases(rec.group))
+            except (CorruptChunkError, ChunkMissingError, PoolError):
+                retry.append(rec.id)
         for cid in retry:  # counted once above; get counts its own reads too
             out[cid] = self.get(cid, path=path_of(cid) if path_of else "")
         return out
