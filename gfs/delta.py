@@ -396,6 +396,8 @@ def release_chain(txn: WriteTxn, deleted: Iterable[bytes],
             if base is not None:
                 txn.delete_value(DELTAS, cid)
                 refs[base] -= 1
+            elif (rec := txn.get_chunk(cid)) is not None and rec.group:
+                refs[rec.group] -= 1  # a folded member pins its group by its record
         resemblance.forget(txn, todo)
         txn.add_refcounts(refs)
         todo = set()
@@ -408,8 +410,10 @@ def release_chain(txn: WriteTxn, deleted: Iterable[bytes],
 
 
 def base_refs(txn: ReadTxn) -> Iterator[bytes]:
-    """The references delta chunks hold on their bases (one base id per delta)."""
-    return (base for _, base in txn.iter_values(DELTAS))
+    """The references delta chunks hold on their bases (one base id per delta), and
+    folded group members on their groups (one group id per member)."""
+    yield from (base for _, base in txn.iter_values(DELTAS))
+    yield from (rec.group for rec in txn.iter_chunks() if rec.group)
 
 
 class BaseChunkError(CorruptChunkError):

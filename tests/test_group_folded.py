@@ -5,6 +5,7 @@ write them yet); reads, batch reads and a member leaving the store are checked."
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from gfs.client import Client
 from gfs.codec import CODEC_MEMBER, decode_blob, parse_blob_header
 from gfs.errors import CorruptChunkError
 from gfs.packs import pack_key
+from gfs.testing.faults import flip_byte
 from tests.test_group_blobs import _files, _members, _put
 
 
@@ -34,6 +36,10 @@ def _fold(fs: Client, cids: list[bytes], *, shift: int = 0) -> None:
             txn.delete_value(delta.DELTAS, cid)
             txn.put_chunk(replace(rec, stored_len=0, locations=(), group=group,
                                   group_offset=offset + shift))
+            pack = txn.get_pack(loc.pack)  # the member blob is no longer live
+            assert pack is not None
+            txn.put_pack(replace(pack, live_chunks=pack.live_chunks - 1,
+                                 live_bytes=pack.live_bytes - loc.length))
 
 
 def test_folded_members_read_back(dfs: Client, tmp_path: Path) -> None:
@@ -66,3 +72,58 @@ def test_a_folded_member_with_a_wrong_offset_is_refused(dfs: Client, tmp_path: P
         dfs.store.source.get(cid)
     with pytest.raises(CorruptChunkError, match=cid.hex()):
         dfs.store.source.get_many([cid])
+
+
+def test_fsck_verifies_folded_members(dfs: Client, tmp_path: Path) -> None:
+    files = _files(150, 23)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    _fold(dfs, list(members))
+    report = dfs.fsck()
+    assert report.ok, report.problems
+    assert report.chunks_verified >= len(members)
+
+
+def test_a_damaged_group_is_reported_against_every_file_with_a_folded_member(
+        dfs: Client, tmp_path: Path) -> None:
+    files = _files(150, 24)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    _fold(dfs, list(members))
+    gid = Counter(members.values()).most_common(1)[0][0]
+    needs = {c for c, g in members.items() if g == gid}
+    with dfs.engine.read() as txn:
+        needs |= {c for c, b in txn.iter_values(delta.DELTAS) if b in needs}
+        owners = {f"/s/{n}" for n in files
+                  if any(r.id in needs for r in txn.get_manifest(  # type: ignore[union-attr]
+                      dfs.stat(f"/s/{n}").ino).chunks)}
+        grec = txn.get_chunk(gid)
+    assert grec is not None and len(owners) > 10
+    loc = grec.locations[0]
+    flip_byte(dfs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + loc.length // 2)
+    dfs.store.source.close()
+    report = dfs.fsck()
+    assert not report.ok
+    assert set(report.damaged_files) == owners
+
+
+def test_gc_drops_folded_members_and_their_group_with_the_last(dfs: Client,
+                                                               tmp_path: Path) -> None:
+    files = _files(120, 25)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    _fold(dfs, list(members))
+    names = sorted(files)
+    for n in names[: len(names) // 2]:
+        dfs.rm(f"/s/{n}")
+    dfs.gc()
+    dfs.store.source.close()
+    assert all(dfs.read_bytes(f"/s/{n}") == files[n] for n in names[len(names) // 2:])
+    assert dfs.fsck().ok
+    for n in names[len(names) // 2:]:
+        dfs.rm(f"/s/{n}")
+    dfs.gc()
+    with dfs.engine.read() as txn:
+        assert not [r for r in txn.iter_chunks() if r.group]
+        assert all(txn.get_chunk(g) is None for g in set(members.values()))
+    assert dfs.fsck().ok
