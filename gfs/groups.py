@@ -122,7 +122,7 @@ class StoredShares:
             return own
         from gfs.delta import DELTAS
 
-        gid = self._txn.get_value(DELTAS, rec.id)
+        gid = rec.group or self._txn.get_value(DELTAS, rec.id)  # folded, or a blob
         if gid is None:
             return own
         group = self._groups.get(gid)

@@ -127,3 +127,15 @@ def test_gc_drops_folded_members_and_their_group_with_the_last(dfs: Client,
         assert not [r for r in txn.iter_chunks() if r.group]
         assert all(txn.get_chunk(g) is None for g in set(members.values()))
     assert dfs.fsck().ok
+
+
+def test_du_counts_each_folded_members_share_of_its_group(dfs: Client,
+                                                          tmp_path: Path) -> None:
+    files = _files(200, 26)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    _fold(dfs, list(members))
+    with dfs.engine.read() as txn:  # the member blobs are no longer live
+        used = sum(p.live_bytes for p in txn.iter_packs())
+    report = dfs.du("/s")
+    assert used - len(members) <= report.stored_bytes <= used
