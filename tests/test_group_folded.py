@@ -139,3 +139,28 @@ def test_du_counts_each_folded_members_share_of_its_group(dfs: Client,
         used = sum(p.live_bytes for p in txn.iter_packs())
     report = dfs.du("/s")
     assert used - len(members) <= report.stored_bytes <= used
+
+
+def test_member_blobs_and_folded_members_of_one_group_read_together(
+        dfs: Client, tmp_path: Path) -> None:
+    """An old store upgraded member by member: both forms on one group read, pass
+    fsck, and gc drops the group only with its last member of either form."""
+    files = _files(120, 27)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    gid = Counter(members.values()).most_common(1)[0][0]
+    on_gid = sorted(c for c, g in members.items() if g == gid)
+    assert len(on_gid) >= 4
+    _fold(dfs, on_gid[::2])
+    dfs.store.source.close()
+    out = tmp_path / "out"
+    dfs.get("/s", out)
+    assert all((out / n).read_bytes() == d for n, d in files.items())
+    assert dfs.fsck().ok
+    for n in files:
+        dfs.rm(f"/s/{n}")
+    dfs.gc()
+    with dfs.engine.read() as txn:
+        assert txn.get_chunk(gid) is None
+        assert not [r for r in txn.iter_chunks() if r.codec == CODEC_MEMBER]
+    assert dfs.fsck().ok
