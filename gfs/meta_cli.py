@@ -38,6 +38,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--meta", metavar="URL", help="postgresql://... (default: embedded LMDB)")
     sp.set_defaults(func=cmd_load)
+    sp = msub.add_parser("compact", help="rewrite the embedded metadata packed (no other "
+                         "process may have the store open)", parents=[common])
+    sp.add_argument("--min-free", type=float, default=0.0, metavar="PERCENT",
+                    help="only when at least PERCENT of the file is free (default 0: always)")
+    sp.set_defaults(func=cmd_compact)
 
 
 
@@ -103,6 +108,29 @@ def cmd_load(args: argparse.Namespace) -> int:
     write_config(state, settings, meta)
     if not args.quiet:
         print(f"loaded {_counts(counts)} into {meta or state / 'meta'}; {state} uses it now")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from gfs.meta.compact import compact_now
+    from gfs.state import meta_location
+
+    if not 0.0 <= args.min_free <= 100.0:
+        raise ConfigError(f"--min-free {args.min_free:g}: give a percentage from 0 to 100")
+    state = state_dir(args.state)
+    if not (state / CONFIG_FILE).exists():
+        raise StateError(f"no store at {state}; pass --state DIR of a store (`hutong init`)")
+    where = meta_location(state)
+    if where != str(state / "meta"):
+        raise ConfigError(f"{state} keeps its metadata at {where}: compaction is for the "
+                          "embedded engine (on PostgreSQL, VACUUM FULL does this)")
+    done = compact_now(where, min_free=args.min_free / 100)
+    if not args.quiet:
+        if done is None:
+            print(f"{where}: less than {args.min_free:g}% would be freed; unchanged")
+        else:
+            print(f"compacted {where}: {done.before / 1e6:.2f} MB -> {done.after / 1e6:.2f} MB "
+                  f"in {done.seconds:.2f} s")
     return 0
 
 

@@ -125,6 +125,22 @@ def test_small_files_are_grouped_and_read_back(dfs: Client, tmp_path: Path) -> N
     assert dfs.fsck().ok
 
 
+def test_small_files_share_frames_of_up_to_4_mib(dfs: Client, tmp_path: Path) -> None:
+    """About 2.8 MiB of small files without resembling bases make one group, so a file
+    compresses against files met up to 4 MiB earlier (1 MiB groups split them in three)."""
+    rng = random.Random(11)
+    files = {f"r{i:04d}": rng.randbytes(4096) for i in range(700)}
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    assert len(members) == len(files)
+    assert len(set(members.values())) == 1
+    gid = next(iter(members.values()))
+    with dfs.engine.read() as txn:
+        rec = txn.get_chunk(gid)
+        assert rec is not None and rec.raw_len == 700 * 4096
+    assert all(dfs.read_bytes(f"/s/{n}") == d for n, d in files.items())
+
+
 def _records(fs: Client) -> list:  # type: ignore[type-arg]
     with fs.engine.read() as txn:
         return list(txn.iter_chunks())
@@ -283,10 +299,12 @@ def test_relocation_keeps_members_readable(dfs: Client, tmp_path: Path) -> None:
 # -- crashes ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("after", [0, 1, 2])
-def test_a_failed_group_write_commits_nothing(tmp_path: Path, after: int) -> None:
+def test_a_failed_group_write_commits_nothing(tmp_path: Path, after: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A pack write failing with a group's blob written and its members not (packs of
-    64 KiB: a group's blob fills one alone) leaves nothing visible and nothing
-    pointing into a pack that was not written."""
+    64 KiB: a group's blob fills one alone; groups of 256 KiB, so there are several)
+    leaves nothing visible and nothing pointing into a pack that was not written."""
+    monkeypatch.setattr(groups, "GROUP_BYTES", 256 << 10)
     fs = Client.init(tmp_path / "state", pack_size=1 << 16, workers=2, delta=True)
     try:
         fs.write_bytes("/existing", b"committed before" * 1000)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import gfs
+from gfs.errors import StateError
 from gfs.meta import ROOT_INO, Inode, Kind, LmdbEngine
 from gfs.meta import compact as compaction
 from gfs.meta.records import ChunkRecord, ChunkRef, Location, Manifest
@@ -197,3 +198,86 @@ def test_a_session_that_grew_the_file_with_unordered_keys_is_compacted_at_close(
             assert len(list(r.iter_values("heat"))) == 8000
     finally:
         eng.close()
+
+
+def test_a_close_leaves_a_file_over_the_automatic_limit_to_compact_on_demand(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file larger than AUTO_MAX_BYTES is not copied at a writer's close (the copy would
+    stall that command); `compact_now` compacts it, and refuses while it is open."""
+    path = str(tmp_path / "meta")
+    _churned_store(path, 3000)
+    size = os.path.getsize(f"{path}/data.mdb")
+    before = _dump(path)
+    monkeypatch.setattr(compaction, "MIN_BYTES", 0)
+    monkeypatch.setattr(compaction, "AUTO_MAX_BYTES", size - 1)
+    eng = LmdbEngine(path, sync=False)
+    with eng.write() as w:
+        w.put_value("heat", b"k", b"v")
+    with pytest.raises(StateError, match="open in another process"):
+        compaction.compact_now(path)
+    eng.close()
+    assert os.path.getsize(f"{path}/data.mdb") == size  # over the limit: left alone
+    assert compaction.compact_now(path, min_free=0.99) is None  # not that much free
+    assert os.path.getsize(f"{path}/data.mdb") == size
+    done = compaction.compact_now(path)
+    assert done is not None and done.after < 0.8 * size
+    after = _dump(path)
+    assert after.pop("values") != before.pop("values")  # the one value written
+    assert after == before
+    with pytest.raises(StateError, match="no LMDB metadata environment"):
+        compaction.compact_now(str(tmp_path / "nowhere"))
+
+
+def test_hutong_meta_compact_shrinks_a_store_and_keeps_its_files(tmp_path: Path) -> None:
+    from gfs.client import Client
+
+    state = tmp_path / "state"
+    fs = Client.init(state)
+    try:
+        for d in range(7):
+            fs.mkdir(f"/d{d}")
+        for i in range(600):
+            fs.write_bytes(f"/d{i % 7}/f{i}", b"x%d" % i)
+        for i in range(0, 600, 2):
+            fs.rm(f"/d{i % 7}/f{i}")
+        fs.engine.compact_at_close = False  # type: ignore[attr-defined]
+    finally:
+        fs.close()
+    size = os.path.getsize(state / "meta" / "data.mdb")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    cli = [sys.executable, "-m", "gfs.cli", "--state", str(state), "meta", "compact"]
+    holder = Client(state)  # open elsewhere: refused, nothing changed
+    try:
+        busy = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=DEADLINE)
+    finally:
+        holder.close()
+    assert busy.returncode == 2 and "open in another process" in busy.stderr, busy.stderr
+    assert os.path.getsize(state / "meta" / "data.mdb") == size
+    out = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=DEADLINE)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"compacted {state / 'meta'}: ")
+    assert os.path.getsize(state / "meta" / "data.mdb") < size
+    fs = Client(state)
+    try:
+        assert fs.fsck().ok
+        kept = sorted(f"f{i}" for i in range(1, 600, 2) if i % 7 == 3)
+        assert sorted(s.name for s in fs.ls("/d3")) == kept
+        assert fs.read_bytes("/d1/f1") == b"x1"
+    finally:
+        fs.close()
+
+
+def test_hutong_meta_compact_refuses_a_store_on_postgresql(tmp_path: Path) -> None:
+    """A store whose config names a PostgreSQL URL is refused before any connection,
+    naming the remedy; its embedded leftovers are not touched."""
+    from gfs.state import write_config
+
+    state = tmp_path / "state"
+    (state / "meta").mkdir(parents=True)
+    write_config(state, "", "postgresql://nobody@127.0.0.1:9/none?schema=s")
+    out = subprocess.run([sys.executable, "-m", "gfs.cli", "--state", str(state), "meta",
+                          "compact"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO), timeout=DEADLINE)
+    assert out.returncode == 2 and "VACUUM FULL" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2
+    assert list((state / "meta").iterdir()) == []
