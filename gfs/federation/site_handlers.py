@@ -181,13 +181,14 @@ async def chunks_get(request: web.Request) -> web.StreamResponse:
     else:  # a grantee or a prefix token: the chunks of one file it may read
         await _run(site.check_file_chunks, p, path, cids)
 
-    def read(part: list[bytes]) -> bytes:
+    def read(part: list[bytes]) -> bytes | bytearray:
         if owner == site.entity:
-            blobs = [site.blob(c) for c in part]
+            body, served = site.frames(part)
         else:
             blobs = [site.vault.get(owner, c) for c in part]
-        site.metrics.inc("chunks_served_total", sum(b is not None for b in blobs))
-        return pack_frames(blobs)
+            body, served = pack_frames(blobs), sum(b is not None for b in blobs)
+        site.metrics.inc("chunks_served_total", served)
+        return body
 
     parts = [cids[i:i + STREAM_IDS] for i in range(0, len(cids), STREAM_IDS)]
     first = await _run(read, parts[0]) if parts else b""  # an error here is still JSON
