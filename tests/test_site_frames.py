@@ -12,16 +12,14 @@ import pytest
 
 from gfs.codec import decode_blob
 from gfs.errors import CorruptChunkError
-from gfs.federation.site import Site, init_site
+from gfs.federation.site import Site
+from gfs.federation.testing import lone_site
 from gfs.federation.wire import pack_frames, unpack_frames
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    state = tmp_path / "s1"
-    init_site(state, name="s1", entity="bank-a", region="cn-west",
-              registry="http://127.0.0.1:9", primary=True)
-    s = Site(state)
+    s = lone_site(tmp_path / "s1")
     yield s
     s.close()
 
