@@ -25,7 +25,6 @@ from gfs import delta_transfer, namespace, paths
 from gfs.accesslog import AccessLog
 from gfs.client import Client
 from gfs.codec import (
-    BASED_CODECS,
     check_encrypted_blob,
     decode_blob,
     parse_blob_header,
@@ -80,8 +79,8 @@ from gfs.mover import (
     TransferStats,
 )
 from gfs.namespace_api import Stat, stat_to_wire
-from gfs.packs import pack_key
 from gfs.paths import covers
+from gfs.read.served import stored_blob, stored_frames
 from gfs.schema import Schema, load
 from gfs.store import Prepared, pin_chunks
 
@@ -715,58 +714,18 @@ class Site:
 
     # -- chunks --------------------------------------------------------------------
     def blob(self, cid: bytes) -> bytes | None:
-        """The blob of chunk `cid` as stored (first readable location), or None. A delta
-        chunk is served whole: the peer may not hold its base."""
-        with self.client.engine.read() as txn:
-            rec = txn.get_chunk(cid)
-        if rec is None:
-            return None
-        if rec.codec in BASED_CODECS:
-            try:
-                return self.client.store.read_blob(cid)
-            except HutongError:
-                return None
-        for loc in rec.locations:
-            try:
-                return bytes(self.client.store.pool(loc.pool).get(
-                    pack_key(loc.pack), loc.offset, loc.offset + loc.length))
-            except HutongError:
-                continue
-        return None
+        """The blob of chunk `cid` as a peer takes it (`gfs.read.served.stored_blob`)."""
+        return stored_blob(self.client.store, cid)
 
     def frames(self, cids: list[bytes]) -> tuple[bytes | bytearray, int]:
-        """`pack_frames` of the stored blobs of `cids` (a /v1/chunks/get answer's part)
-        and how many the site holds, read with one metadata transaction straight into
-        the one buffer sent. A part
-        holding a delta chunk (served whole), or a chunk whose first location cannot be
-        read whole, is read chunk by chunk with `blob` instead."""
-        with self.client.engine.read() as txn:
-            recs = [txn.get_chunk(c) for c in cids]
-
-        def slowly() -> tuple[bytes, int]:
-            blobs = [self.blob(c) for c in cids]
-            return pack_frames(blobs), sum(b is not None for b in blobs)
-
-        if any(r is not None and (r.codec in BASED_CODECS or not r.locations) for r in recs):
-            return slowly()
-        lens = [0 if r is None else r.locations[0].length for r in recs]
-        out = bytearray(FRAME.size * len(cids) + sum(lens))
-        at = 0
-        with memoryview(out) as view:
-            for rec, n in zip(recs, lens, strict=True):
-                FRAME.pack_into(out, at, n)
-                at += FRAME.size
-                if rec is not None:
-                    loc = rec.locations[0]
-                    try:
-                        got = self.client.store.pool(loc.pool).readinto(
-                            pack_key(loc.pack), loc.offset, view[at:at + n])
-                    except HutongError:
-                        got = -1
-                    if got != n:
-                        return slowly()
-                at += n
-        return out, len(recs) - recs.count(None)
+        """`pack_frames` of the blobs of `cids` as a peer takes them (a /v1/chunks/get
+        answer's part) and how many the site holds: one buffer read with one metadata
+        transaction, or chunk by chunk where `stored_frames` says so."""
+        got = stored_frames(self.client.store, cids, FRAME)
+        if got is not None:
+            return got
+        blobs = [self.blob(c) for c in cids]
+        return pack_frames(blobs), sum(b is not None for b in blobs)
 
     def put_plain(self, blobs: list[bytes]) -> tuple[int, int]:
         """Verify every blob, then store the new ones (refcount 0); (stored, present).
