@@ -450,6 +450,7 @@ class HutongOperations(pyfuse3.Operations):
         n = _name(name)
 
         def op(txn: WriteTxn) -> None:
+            txn.read_ahead([(parent_inode, [n])], manifests=not is_dir)
             parent = self._dir(txn, parent_inode)
             if is_dir:
                 namespace.rmdir_in(txn, parent, n)
@@ -472,7 +473,8 @@ class HutongOperations(pyfuse3.Operations):
         old, new = _name(name_old), _name(name_new)
 
         def op(txn: WriteTxn) -> int:
-            # the entry first: on a database server its directory comes along
+            # both entries and their directories in one round trip on a database server
+            txn.read_ahead([(parent_inode_old, [old]), (parent_inode_new, [new])])
             moving = namespace.lookup(txn, parent_inode_old, old)
             sparent, dparent = self._dir(txn, parent_inode_old), self._dir(txn, parent_inode_new)
             release(txn, namespace.rename_in(

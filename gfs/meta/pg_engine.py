@@ -65,6 +65,8 @@ __all__ = ["SCHEMA_VERSION", "PgEngine", "is_pg_url"]
 
 #: Inode numbers reserved per trip to the allocation row.
 INO_BLOCK = 1024
+#: Names of one walk `_PgRead.read_ahead` looks up at once (deeper ones: one by one).
+AHEAD_NAMES = 8
 #: Rows fetched per round trip by the iterators.
 FETCH = 2000
 #: Rows per INSERT or DELETE statement when buffered writes are sent.
@@ -213,8 +215,8 @@ class _Txn:
     """
 
     __slots__ = ("_tx", "begin", "begun", "buf", "bumped", "clear_refs", "conn", "cur",
-                 "engine", "lock", "parked_at", "pools_version", "schema", "seen", "write",
-                 "wrote")
+                 "engine", "lock", "parked_at", "pools_version", "ranges", "schema", "seen",
+                 "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None,
@@ -235,6 +237,9 @@ class _Txn:
         #: rows a write transaction reads by key are locked against deletion
         self.lock = _LOCK[write]
         self.buf: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...] | None] = {}
+        #: (value table, key prefix) of buffered deletions of a range of `kv` rows, sent
+        #: before the buffered rows (which were written after them)
+        self.ranges: list[tuple[str, bytes]] = []
         #: tables of the writes sent so far (a scan sends them before COMMIT)
         self.wrote: set[str] = set()
         #: (table, key) -> value column of rows read by key (None: no such row)
@@ -334,6 +339,11 @@ class _Txn:
             parts.append(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(
                 self.t("refdelta")))
             args.append(sorted(self.clear_refs))
+        for table, prefix in self.ranges:
+            end = _prefix_end(prefix)
+            parts.append(sql.SQL("DELETE FROM {} WHERE tbl = %s AND key >= %s{}").format(
+                self.t("kv"), sql.SQL("" if end is None else " AND key < %s")))
+            args += [table, prefix] if end is None else [table, prefix, end]
         if not self.buf:
             return
         groups: dict[tuple[str, bool], list[tuple[Any, ...]]] = {}
@@ -363,6 +373,9 @@ class _Txn:
     def _sent(self) -> None:
         """The buffered writes reached the server: moved to the rows read."""
         self.clear_refs = set()
+        if self.ranges:
+            self.ranges = []
+            self.wrote.add("kv")
         for (table, key), vals in self.buf.items():
             self.wrote.add(table)
             self.remember(table, key, None if vals is None else vals[0])
@@ -371,7 +384,7 @@ class _Txn:
     def commit(self) -> None:
         """Send the buffered writes and COMMIT in one round trip (nothing if nothing
         was read or written)."""
-        if self.begun or self.buf:
+        if self.begun or self.buf or self.ranges:
             self.run(None, flush=True, end="COMMIT")
 
     def one(self, table: str, key: tuple[Any, ...], col: str) -> Any:
@@ -463,6 +476,86 @@ class _PgRead(ReadTxn):
         if ("inodes", (ino,)) not in x.buf:
             x.remember("inodes", (ino,), rec)
         return _u(ino)
+
+    def read_ahead(self, walks: Iterable[tuple[int, Sequence[str]]], *,
+                   manifests: bool = False) -> None:
+        """Every walk in one query (see `_ahead_query`); the rows are kept as read by key
+        (locked in a write transaction), so the lookups that follow cost no round trip.
+        Steps this transaction already knows are not asked again."""
+        x = self._x
+        todo: list[tuple[int, list[bytes]]] = []
+        for start, names in walks:
+            raw = [n.encode() for n in names[:AHEAD_NAMES]]
+            cur: int | None = _s(start)
+            while raw and cur is not None:  # known steps: walked here
+                key = ("dirents", (cur, raw[0]))
+                if key in x.buf:
+                    vals = x.buf[key]
+                    cur = None if vals is None else vals[0]
+                elif key in x.seen:
+                    cur = x.seen[key]
+                else:
+                    break
+                raw.pop(0)
+            if raw and cur is not None:
+                todo.append((cur, raw))
+        if not todo:
+            return
+        shape = tuple(len(raw) for _, raw in todo)
+        params: list[Any] = [start for start, _ in todo]
+        for start, raw in todo:
+            params += [start, *raw]
+        (row,) = x.run(x.query(("ahead", shape, manifests),
+                               lambda: self._ahead_query(shape, manifests)), params)
+        col = iter(row)
+        for start, raw in todo:
+            self._keep("inodes", (start,), next(col))
+            parent: int | None = start
+            for name in raw:
+                ino, rec = next(col), next(col)
+                if parent is not None:
+                    x.remember("dirents", (parent, name), ino)
+                    if ino is not None:
+                        self._keep("inodes", (ino,), rec)
+                parent = ino
+            if manifests:
+                mrec = next(col)
+                if parent is not None:
+                    self._keep("manifests", (parent,), mrec)
+
+    def _keep(self, table: str, key: tuple[Any, ...], value: Any) -> None:
+        if (table, key) not in self._x.buf:
+            self._x.remember(table, key, value)
+
+    def _ahead_query(self, shape: tuple[int, ...], manifests: bool) -> sql.Composable:
+        """One row: for walk j of `shape[j]` names, the inode of its start directory,
+        then (entry's ino, its inode) for each name, each looked up in the entry before
+        (NULL past a missing one), then with `manifests` the last entry's manifest.
+        Parameters: each walk's start; then per walk its start and names."""
+        x = self._x
+        lock = x.lock
+        cols: list[sql.Composable] = []
+        joins: list[sql.Composable] = []
+        for j, m in enumerate(shape):
+            cols.append(sql.SQL("(SELECT rec FROM {} WHERE ino = %s{})").format(
+                x.t("inodes"), lock))
+            prev: sql.Composable = sql.Placeholder()
+            for t in range(m):
+                d, i = sql.Identifier(f"d{j}_{t}"), sql.Identifier(f"i{j}_{t}")
+                joins.append(sql.SQL(
+                    "LEFT JOIN LATERAL (SELECT ino FROM {} WHERE parent = {} AND name = %s{}) "
+                    "{} ON true LEFT JOIN LATERAL (SELECT rec FROM {} WHERE ino = {}.ino{}) "
+                    "{} ON true").format(x.t("dirents"), prev, lock, d, x.t("inodes"), d,
+                                         lock, i))
+                cols += [sql.SQL("{}.ino").format(d), sql.SQL("{}.rec").format(i)]
+                prev = sql.SQL("{}.ino").format(d)
+            if manifests:
+                mf = sql.Identifier(f"m{j}")
+                joins.append(sql.SQL("LEFT JOIN LATERAL (SELECT rec FROM {} WHERE ino = {}{}) "
+                                     "{} ON true").format(x.t("manifests"), prev, lock, mf))
+                cols.append(sql.SQL("{}.rec").format(mf))
+        return sql.SQL("SELECT {} FROM (SELECT 1) o {}").format(
+            sql.SQL(", ").join(cols), sql.SQL(" ").join(joins))
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
         x = self._x
@@ -754,6 +847,21 @@ class _PgWrite(_PgRead, WriteTxn):
         if table in _CACHED_KV:
             self._bump()
 
+    def delete_values(self, table: str, prefix: bytes) -> None:
+        """Buffered as one range deletion (`_Txn.ranges`); the rows this transaction
+        wrote or read under `prefix` are gone from its view at once."""
+        _check_table(table)
+        if not prefix:
+            raise ValueError(f"value table {table!r}: a prefix to delete must not be empty")
+        x, n = self._x, len(prefix)
+        for rows in (x.buf, x.seen):
+            for k in [k for k in rows if k[0] == "kv" and k[1][0] == table
+                      and k[1][1][:n] == prefix]:
+                rows[k] = None
+        x.ranges.append((table, bytes(prefix)))
+        if table in _CACHED_KV:
+            self._bump()
+
     def set_meta(self, key: str, value: bytes) -> None:
         if not key:
             raise ValueError("meta key must not be empty")
@@ -766,6 +874,12 @@ class _PgWrite(_PgRead, WriteTxn):
         self._put("meta", (key,), bytes(value))
         if key in _CACHED_META:
             self._bump()
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The least key above every key that starts with `prefix` (None: no such key)."""
+    stripped = prefix.rstrip(b"\xff")
+    return None if not stripped else stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 def _check_table(table: str) -> None:
