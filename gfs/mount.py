@@ -313,7 +313,7 @@ class HutongOperations(pyfuse3.Operations):
             pending = self.wb.pending.find(parent_inode, n)
             if pending is not None:
                 return pending
-            with self.client.engine.read() as txn:
+            with self.client.engine.read_once() as txn:  # an entry and its inode
                 if name in (b".", b".."):
                     parent = namespace.get(txn, parent_inode)
                     return parent if name == b"." else namespace.get(txn, parent.parent)

@@ -525,6 +525,49 @@ def test_a_read_ends_with_the_next_message_or_by_itself(pg_url: str) -> None:
         two.close()
 
 
+def test_a_read_once_is_one_prepared_statement_outside_a_transaction(pg_url: str) -> None:
+    """`read_once` (the mount's lookup and getattr): one round trip, no transaction left
+    open on the server (nothing parked, nothing to roll back), the newest commit seen;
+    on a parked connection its ROLLBACK goes in the same message; a second query in
+    it still answers (from a transaction of its own)."""
+    import psycopg
+
+    one, two = PgEngine(pg_url), PgEngine(pg_url)
+    trips = [0]
+    wait = psycopg.Connection.wait
+
+    def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
+        trips[0] += 1
+        return wait(self, *a, **k)  # type: ignore[arg-type]
+
+    try:
+        with one.write() as w:
+            w.put_value("jobs", b"k", b"v1")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(psycopg.Connection, "wait", counting)
+            for value in (b"v2", b"v3"):
+                with two.write() as w:
+                    w.put_value("jobs", b"k", value)
+                trips[0] = 0
+                with one.read_once() as r:
+                    assert r.get_value("jobs", b"k") == value
+                assert trips[0] == 1
+                assert _open_reads(pg_url) == 0
+            with one.read() as r:  # parks its connection
+                r.get_value("jobs", b"k")
+            assert _open_reads(pg_url) == 1
+            trips[0] = 0
+            with one.read_once() as r:
+                assert r.get_value("jobs", b"k") == b"v3"
+                assert r.get_value("jobs", b"other") is None  # a second query
+            assert trips[0] == 2
+        one.close()
+        assert _open_reads(pg_url) == 0
+    finally:
+        one.close()
+        two.close()
+
+
 def test_cached_policy_and_lost_chunks_follow_every_writer(pg_url: str) -> None:
     """The tier policy and the lost-chunk list are kept by the engine against the
     version row: a write by this engine is seen at once, one by another engine by

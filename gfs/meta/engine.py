@@ -294,6 +294,13 @@ class MetaEngine(ABC):
     def read(self) -> AbstractContextManager[ReadTxn]:
         """A read-only snapshot transaction."""
 
+    def read_once(self) -> AbstractContextManager[ReadTxn]:
+        """A read whose first question to the server stands alone (one entry and its
+        inode, one inode): an engine on a server may answer it outside a transaction,
+        as one prepared statement; any later question then sees a later snapshot.
+        Elsewhere the same as `read()`."""
+        return self.read()
+
     @abstractmethod
     def write(self) -> AbstractContextManager[WriteTxn]:
         """A write transaction: commits on normal exit, aborts on an exception."""

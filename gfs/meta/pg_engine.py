@@ -149,6 +149,9 @@ _LOCK = {False: sql.SQL(""), True: sql.SQL(" FOR KEY SHARE")}
 #: more than sending it): (schema, what, ...) -> bytes.
 _QUERIES: dict[tuple[Any, ...], bytes] = {}
 _INTRANS = psycopg.pq.TransactionStatus.INTRANS
+#: psycopg prepares a query on the server after this many runs: never, only those
+#: asked with `prepare=True` (`_Txn._alone`)
+_PREPARE_NEVER = 1 << 30
 
 
 def _s(ino: int) -> int:
@@ -215,13 +218,16 @@ class _Txn:
     """
 
     __slots__ = ("_tx", "begin", "begun", "buf", "bumped", "clear_refs", "conn", "cur",
-                 "engine", "lock", "parked_at", "pools_version", "ranges", "schema", "seen",
-                 "write", "wrote")
+                 "engine", "lock", "once", "parked_at", "pools_version", "ranges", "schema",
+                 "seen", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None,
-                 parked_at: float | None = None) -> None:
+                 parked_at: float | None = None, once: bool = False) -> None:
         self.conn = conn
+        #: the first query is a statement of its own, outside a transaction
+        #: (`PgEngine.read_once`); cleared once sent
+        self.once = once
         #: when the connection's previous read transaction ended, still open on the
         #: server: its ROLLBACK goes first in this transaction's first message
         self.parked_at = parked_at
@@ -280,6 +286,8 @@ class _Txn:
         must see them; a read by key looks in the buffer first, and writes sent late
         hold their row locks briefly), then `query` (its rows are returned) or `end`
         (COMMIT)."""
+        if self.once and query is not None and not flush and end is None:
+            return self._alone(query, params)
         parts: list[bytes] = []
         args: list[Any] = []
         probe = not self.begun and self.engine is not None
@@ -331,6 +339,20 @@ class _Txn:
         while cur.nextset():
             pass
         return cur.fetchall() if query is not None and cur.description is not None else []
+
+    def _alone(self, query: sql.Composable | bytes, params: Sequence[Any]
+               ) -> list[tuple[Any, ...]]:
+        """`query` as a statement of its own (its own snapshot, no BEGIN, no ROLLBACK):
+        prepared on the server (parsed and planned once per connection), or after
+        the ROLLBACK of a parked connection's transaction in one message."""
+        self.once = False
+        text = query if isinstance(query, bytes) else query.as_bytes(self.conn)
+        if self.parked_at is not None:
+            self.cur.execute(b"ROLLBACK; " + text, params)
+            self.parked_at = None
+            self.cur.nextset()
+            return self.cur.fetchall()
+        return self.conn.cursor().execute(text, params, prepare=True).fetchall()
 
     def _writes(self, parts: list[sql.Composable], args: list[Any]) -> None:
         """Statements for the buffered writes (upserts, then deletes; a multi-row
@@ -892,11 +914,12 @@ def _check_table(table: str) -> None:
 class _Ctx:
     """`with engine.read()` / `with engine.write()`: one pooled connection, one transaction."""
 
-    __slots__ = ("_conn", "_engine", "_locked", "_write", "_x")
+    __slots__ = ("_conn", "_engine", "_locked", "_once", "_write", "_x")
 
-    def __init__(self, engine: PgEngine, write: bool) -> None:
+    def __init__(self, engine: PgEngine, write: bool, once: bool = False) -> None:
         self._engine = engine
         self._write = write
+        self._once = once
         self._conn: psycopg.Connection[Any] | None = None
         self._x: _Txn | None = None
         self._locked = False
@@ -917,7 +940,7 @@ class _Ctx:
                 conn = pool.getconn()
             self._conn = conn
             self._x = _Txn(conn, eng.schema, write=self._write, engine=eng,
-                           parked_at=parked_at)
+                           parked_at=parked_at, once=self._once)
         except BaseException:
             self._release(None)
             raise
@@ -1034,7 +1057,8 @@ class PgEngine(MetaEngine):
         try:
             self._pool: ConnectionPool | None = ConnectionPool(
                 self._conninfo, min_size=1, max_size=size, open=True,
-                timeout=connect_timeout, kwargs={"autocommit": True, "prepare_threshold": None},
+                timeout=connect_timeout, kwargs={"autocommit": True,
+                                                "prepare_threshold": _PREPARE_NEVER},
                 check=self._check_idle)
             self._pool.wait(timeout=connect_timeout)
         except Exception as e:
@@ -1261,6 +1285,12 @@ class PgEngine(MetaEngine):
         """A read-only snapshot transaction."""
         self._live()
         return _Ctx(self, write=False)
+
+    def read_once(self) -> _Ctx:
+        """A read whose first query is a prepared statement of its own (no BEGIN, no
+        ROLLBACK); later ones begin a snapshot transaction."""
+        self._live()
+        return _Ctx(self, write=False, once=True)
 
     def write(self) -> _Ctx:
         """A write transaction (snapshot, row locks); a lost conflict raises
