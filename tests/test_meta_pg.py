@@ -863,3 +863,32 @@ def _waiting_on_locks(pg_url: str) -> int:
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
                            "'Lock' AND query LIKE %s", (f'%"{schema}"%',)).fetchone()
     return int(row[0]) if row else 0
+
+
+def test_only_a_read_transaction_reads_the_version_row(pg_url: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool records' version row comes with a read transaction's first message (its
+    cached copies are checked against it); a write trusts no copy and does not read it."""
+    import psycopg
+
+    sent: list[object] = []
+    execute = psycopg.ClientCursor.execute
+
+    def spying(self: psycopg.ClientCursor[object], query: object, params: object = None,
+               **k: object) -> object:
+        sent.extend(params or ())  # type: ignore[call-overload]
+        return execute(self, query, params, **k)  # type: ignore[arg-type]
+
+    eng = PgEngine(pg_url)
+    try:
+        monkeypatch.setattr(psycopg.ClientCursor, "execute", spying)
+        with eng.write() as w:
+            assert w.get_value("jobs", b"k") is None
+            w.put_value("jobs", b"k", b"v")
+        assert sent and "pools.version" not in sent
+        with eng.read() as r:
+            assert r.get_value("jobs", b"k") == b"v"
+        assert "pools.version" in sent
+    finally:
+        monkeypatch.undo()
+        eng.close()

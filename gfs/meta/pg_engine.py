@@ -290,7 +290,9 @@ class _Txn:
             return self._alone(query, params)
         parts: list[bytes] = []
         args: list[Any] = []
-        probe = not self.begun and self.engine is not None
+        # the version row, read by a read transaction as it begins (a write trusts no
+        # cached copy, so it reads none)
+        probe = not self.begun and self.engine is not None and not self.write
         parked = not self.begun and self.parked_at is not None
         if parked:
             parts.append(b"ROLLBACK")
