@@ -892,3 +892,32 @@ def test_only_a_read_transaction_reads_the_version_row(pg_url: str,
     finally:
         monkeypatch.undo()
         eng.close()
+
+
+def test_a_write_statement_is_composed_once_per_shape(pg_url: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits that write the same number of rows to a table reuse one statement text
+    (composing it costs more than sending it); the rows each writes still land."""
+    from gfs.meta import pg_engine
+
+    composed: list[tuple[str, bool, int]] = []
+    write_text = pg_engine._Txn._write_text
+
+    def counting(self: pg_engine._Txn, table: str, delete: bool, n: int) -> object:
+        composed.append((table, delete, n))
+        return write_text(self, table, delete, n)
+
+    monkeypatch.setattr(pg_engine._Txn, "_write_text", counting)
+    eng = PgEngine(pg_url)
+    for k in [k for k in pg_engine._QUERIES if k[0] == eng.schema]:
+        del pg_engine._QUERIES[k]  # composed by an earlier test
+    try:
+        for i in range(5):
+            with eng.write() as w:
+                w.put_value("jobs", f"k{i}".encode(), b"v")
+                w.put_value("jobs", f"j{i}".encode(), b"v")
+        assert composed.count(("kv", False, 2)) == 1
+        with eng.read() as r:
+            assert len(dict(r.iter_values("jobs"))) == 10
+    finally:
+        eng.close()

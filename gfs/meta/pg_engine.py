@@ -38,6 +38,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -71,6 +72,8 @@ AHEAD_NAMES = 8
 FETCH = 2000
 #: Rows per INSERT or DELETE statement when buffered writes are sent.
 WRITE_ROWS = 500
+#: Statements of up to this many rows have their text composed once (`_Txn._writes`).
+CACHED_WRITE_ROWS = 16
 #: A chunk's reference count changes kept as rows of their own before a writer folds
 #: them into its record (in 1 of FOLD_EVERY commits that add such rows).
 FOLD_AT = 32
@@ -303,9 +306,7 @@ class _Txn:
                     "SELECT value FROM {} WHERE key = %s").format(self.t("meta"))))
                 args.append(_POOLS_VERSION)
         if flush:
-            writes: list[sql.Composable] = []
-            self._writes(writes, args)
-            parts.extend(w.as_bytes(self.conn) for w in writes)
+            self._writes(parts, args)
         if query is not None:
             parts.append(query if isinstance(query, bytes) else query.as_bytes(self.conn))
             args.extend(params)
@@ -356,17 +357,18 @@ class _Txn:
             return self.cur.fetchall()
         return self.conn.cursor().execute(text, params, prepare=True).fetchall()
 
-    def _writes(self, parts: list[sql.Composable], args: list[Any]) -> None:
+    def _writes(self, parts: list[bytes], args: list[Any]) -> None:
         """Statements for the buffered writes (upserts, then deletes; a multi-row
-        statement per table); `_sent` empties the buffer once they went."""
+        statement per table, its text composed once per shape: `_write_text`); `_sent`
+        empties the buffer once they went."""
         if self.clear_refs:
-            parts.append(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(
-                self.t("refdelta")))
+            parts.append(self.query(("clear refs",), lambda: sql.SQL(
+                "DELETE FROM {} WHERE id = ANY(%s)").format(self.t("refdelta"))))
             args.append(sorted(self.clear_refs))
         for table, prefix in self.ranges:
             end = _prefix_end(prefix)
-            parts.append(sql.SQL("DELETE FROM {} WHERE tbl = %s AND key >= %s{}").format(
-                self.t("kv"), sql.SQL("" if end is None else " AND key < %s")))
+            parts.append(self.query(("range", end is None),
+                                    partial(self._range_text, end is None)))
             args += [table, prefix] if end is None else [table, prefix, end]
         if not self.buf:
             return
@@ -374,25 +376,36 @@ class _Txn:
         for (table, key), vals in self.buf.items():
             groups.setdefault((table, vals is None), []).append(key + (vals or ()))
         for (table, delete), rows in groups.items():
-            keys, values = _TABLES[table]
-            cols = keys if delete else keys + values
-            row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(cols)))
             for i in range(0, len(rows), WRITE_ROWS):
                 batch = rows[i:i + WRITE_ROWS]
-                tuples = sql.SQL(", ").join([row] * len(batch))
-                if delete:
-                    q = sql.SQL("DELETE FROM {} WHERE ({}) IN ({})").format(
-                        self.t(table), sql.SQL(", ").join(map(sql.Identifier, keys)), tuples)
-                else:
-                    q = sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) "
-                                "DO UPDATE SET {}").format(
-                        self.t(table), sql.SQL(", ").join(map(sql.Identifier, cols)), tuples,
-                        sql.SQL(", ").join(map(sql.Identifier, keys)),
-                        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(
-                            sql.Identifier(v)) for v in values))
-                parts.append(q)
+                n = len(batch)
+                parts.append(self.query(("write", table, delete, n),
+                                        partial(self._write_text, table, delete, n))
+                             if n <= CACHED_WRITE_ROWS else
+                             self._write_text(table, delete, n).as_bytes(self.conn))
                 for r in batch:
                     args.extend(r)
+
+    def _range_text(self, to_end: bool) -> sql.Composable:
+        """The statement deleting the `kv` rows of a key prefix (`to_end`: no key above)."""
+        return sql.SQL("DELETE FROM {} WHERE tbl = %s AND key >= %s{}").format(
+            self.t("kv"), sql.SQL("" if to_end else " AND key < %s"))
+
+    def _write_text(self, table: str, delete: bool, n: int) -> sql.Composable:
+        """The statement deleting (else upserting) `n` rows of `table`."""
+        keys, values = _TABLES[table]
+        cols = keys if delete else keys + values
+        row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(cols)))
+        tuples = sql.SQL(", ").join([row] * n)
+        if delete:
+            return sql.SQL("DELETE FROM {} WHERE ({}) IN ({})").format(
+                self.t(table), sql.SQL(", ").join(map(sql.Identifier, keys)), tuples)
+        return sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) "
+                       "DO UPDATE SET {}").format(
+            self.t(table), sql.SQL(", ").join(map(sql.Identifier, cols)), tuples,
+            sql.SQL(", ").join(map(sql.Identifier, keys)),
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(
+                sql.Identifier(v)) for v in values))
 
     def _sent(self) -> None:
         """The buffered writes reached the server: moved to the rows read."""
