@@ -921,3 +921,36 @@ def test_a_write_statement_is_composed_once_per_shape(pg_url: str,
             assert len(dict(r.iter_values("jobs"))) == 10
     finally:
         eng.close()
+
+
+def test_a_batch_of_mount_renames_reads_its_entries_in_one_round_trip(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount's changes committed together (TxnBatcher) have their entries read ahead
+    in one query: three renames cost that query and COMMIT (each reading its own took a
+    round trip per rename), and all three land."""
+    import psycopg
+
+    from gfs.mount_txn_batch import TxnBatcher, _Change
+
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        fs.mkdir("/d")
+        for i in range(3):
+            fs.write_bytes(f"/d/f{i}", b"x")
+        d_ino = fs.stat("/d").ino
+        batcher = TxnBatcher(fs.engine)
+        changes: list[_Change[None]] = [
+            _Change(lambda w, i=i: _mount_rename(w, d_ino, f"f{i}", f"g{i}"),
+                    [(d_ino, [f"f{i}"]), (d_ino, [f"g{i}"])]) for i in range(3)]
+        trips = [0]
+        wait = psycopg.Connection.wait
+
+        def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
+            trips[0] += 1
+            return wait(self, *a, **k)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(psycopg.Connection, "wait", counting)
+        batcher._commit(changes)
+        monkeypatch.undo()
+        assert [ch.error for ch in changes] == [None] * 3
+        assert trips[0] == 2
+        assert sorted(s.path for s in fs.ls("/d")) == ["/d/g0", "/d/g1", "/d/g2"]

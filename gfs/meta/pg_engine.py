@@ -68,6 +68,8 @@ __all__ = ["SCHEMA_VERSION", "PgEngine", "is_pg_url"]
 INO_BLOCK = 1024
 #: Names of one walk `_PgRead.read_ahead` looks up at once (deeper ones: one by one).
 AHEAD_NAMES = 8
+#: Walks `_PgRead.read_ahead` sends in one query (more: one query per this many).
+AHEAD_WALKS = 16
 #: Rows fetched per round trip by the iterators.
 FETCH = 2000
 #: Rows per INSERT or DELETE statement when buffered writes are sent.
@@ -536,14 +538,18 @@ class _PgRead(ReadTxn):
                 raw.pop(0)
             if raw and cur is not None:
                 todo.append((cur, raw))
-        if not todo:
-            return
+        for i in range(0, len(todo), AHEAD_WALKS):
+            self._walk(todo[i:i + AHEAD_WALKS], manifests)
+
+    def _walk(self, todo: list[tuple[int, list[bytes]]], manifests: bool) -> None:
+        """Walks (start as a bigint, names) in one query; what they meet is kept."""
+        x = self._x
         shape = tuple(len(raw) for _, raw in todo)
         params: list[Any] = [start for start, _ in todo]
         for start, raw in todo:
             params += [start, *raw]
         (row,) = x.run(x.query(("ahead", shape, manifests),
-                               lambda: self._ahead_query(shape, manifests)), params)
+                               partial(self._ahead_query, shape, manifests)), params)
         col = iter(row)
         for start, raw in todo:
             self._keep("inodes", (start,), next(col))
