@@ -13,7 +13,9 @@ Three sections, one run:
    and on PostgreSQL (a private server started by gfs.testing.postgres), and
    through FUSE mounts of Hutong (LMDB, PostgreSQL) and JuiceFS (SQLite and
    PostgreSQL metadata, a local directory for data), each client in its own
-   directory of the one mount.
+   directory of the one mount. `--engines postgresql` runs only the PostgreSQL
+   rows (Hutong's, and JuiceFS on PostgreSQL; `lmdb`: Hutong's and JuiceFS on
+   SQLite), `--doors api` or `--doors mount` only the API or the mount rows.
 3. Federation: the same kind of operations through a site on loopback (a
    registry and one primary site as processes, signed requests, one keep-alive
    connection) next to a local directory.
