@@ -506,6 +506,7 @@ class Client:
         """Rename `src` to `dst`; into `dst` when it is an existing directory (like mv)."""
         def rename(txn: WriteTxn) -> None:
             to = dst
+            namespace.read_ahead(txn, src, dst)
             try:
                 target = namespace.resolve(txn, dst)
             except (NotFoundError, NotADirError):

@@ -336,7 +336,7 @@ class WriteBack:
         pending = self.pending.get(ino)
         if pending is not None:
             return pending
-        with self.client.engine.read() as txn:
+        with self.client.engine.read_once() as txn:
             node = txn.get_inode(ino)
         if node is None:
             raise NotFoundError(f"<inode {ino}>")

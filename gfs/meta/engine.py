@@ -27,7 +27,7 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TypeVar
@@ -67,6 +67,15 @@ class ReadTxn(ABC):
     @abstractmethod
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
         """(name, ino) of every entry of directory `parent`, in UTF-8 byte order."""
+
+    def read_ahead(self, walks: Iterable[tuple[int, Sequence[str]]], *,
+                   manifests: bool = False) -> None:
+        """A hint: the caller is about to look up, for each (directory, names) of
+        `walks`, each name below the one before, starting in that directory, and to
+        read the inodes met (with `manifests`, also the manifest of each walk's last
+        entry). An engine whose reads cross a network reads them all at once; the
+        embedded one does nothing. Changes nothing and raises nothing of its own."""
+        return None
 
     @abstractmethod
     def iter_inodes(self) -> Iterator[Inode]:
@@ -234,6 +243,15 @@ class WriteTxn(ReadTxn):
     def delete_value(self, table: str, key: bytes) -> None:
         """Remove `key` from `table` (no-op if absent)."""
 
+    def delete_values(self, table: str, prefix: bytes) -> None:
+        """Delete every entry of `table` (one of VALUE_TABLES) whose key starts with
+        `prefix` (not empty). An engine on a database server sends it as one statement
+        with the commit, without reading the entries first."""
+        if not prefix:
+            raise ValueError(f"value table {table!r}: a prefix to delete must not be empty")
+        for key, _ in list(self.iter_values(table, prefix)):
+            self.delete_value(table, key)
+
     @abstractmethod
     def set_meta(self, key: str, value: bytes) -> None:
         """Set a store-wide fact."""
@@ -275,6 +293,13 @@ class MetaEngine(ABC):
     @abstractmethod
     def read(self) -> AbstractContextManager[ReadTxn]:
         """A read-only snapshot transaction."""
+
+    def read_once(self) -> AbstractContextManager[ReadTxn]:
+        """A read whose first question to the server stands alone (one entry and its
+        inode, one inode): an engine on a server may answer it outside a transaction,
+        as one prepared statement; any later question then sees a later snapshot.
+        Elsewhere the same as `read()`."""
+        return self.read()
 
     @abstractmethod
     def write(self) -> AbstractContextManager[WriteTxn]:
