@@ -742,7 +742,7 @@ class Client:
                        leaving: list[tuple[str, Inode]]) -> None:
         for op, p, node, m in batch:
             if op == "mkdir":
-                os.makedirs(p, exist_ok=True)
+                _make_dir(p)
                 report.dirs += 1
             elif op == "dirattrs":
                 leaving.append((p, node))
@@ -1033,6 +1033,17 @@ RESTORE_BATCH_FILES = 2000
 #: overlap restore faster; the CPU is not the limit there.
 RESTORE_WRITERS = 8
 _tmp_counter = itertools.count()
+
+
+def _make_dir(path: str) -> None:
+    """Create a restored directory whose parent exists (a get walks parents first):
+    one mkdir, where os.makedirs also stats the parent (0.25 ms a directory on the
+    bench machine's shared disk)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 def _write_local(path: str, node: Inode, data: Iterable[bytes]) -> int:
