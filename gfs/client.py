@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from gfs import namespace, namespace_api, paths, pool_keys
+from gfs import local_write, namespace, namespace_api, paths, pool_keys
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.env import META_ENV
 from gfs.errors import (
@@ -710,22 +710,22 @@ class Client:
         """Carry out one batch: directories and symlinks here, the small files' writes on
         `writers` (file creation waits on the filesystem, not the CPU), and the
         directories' modes and times once every file of the batch is written."""
-        written: list[tuple[Inode, Future[int]]] = []
+        written: list[Future[tuple[int, int]]] = []
         leaving: list[tuple[str, Inode]] = []
         try:
             self._restore_items(batch, chunks, report, progress, skip_damaged=skip_damaged,
                                 writers=writers, written=written, leaving=leaving)
         except BaseException:
-            futures.wait([fut for _, fut in written])  # no write outlives the batch
+            futures.wait(written)  # no write outlives the batch
             raise
         first: BaseException | None = None
-        for _, fut in written:
+        for fut in written:
             try:
-                n = fut.result()
+                files, n = fut.result()
             except BaseException as e:  # the first failure, once every write has ended
                 first = first or e
                 continue
-            report.files += 1
+            report.files += files
             report.bytes += n
             if progress is not None:
                 progress(n)
@@ -738,9 +738,13 @@ class Client:
     def _restore_items(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
                        report: TransferReport, progress: Progress | None, *,
                        skip_damaged: bool, writers: ThreadPoolExecutor,
-                       written: list[tuple[Inode, Future[int]]],
+                       written: list[Future[tuple[int, int]]],
                        leaving: list[tuple[str, Inode]]) -> None:
+        pending: list[tuple[str, Inode, list[bytes]]] = []  # files for the next slice
         for op, p, node, m in batch:
+            if len(pending) >= RESTORE_SLICE_FILES:
+                written.append(writers.submit(local_write.write_files, pending))
+                pending = []
             if op == "mkdir":
                 _make_dir(p)
                 report.dirs += 1
@@ -755,8 +759,7 @@ class Client:
             else:
                 refs = m.chunks if m is not None else ()
                 if chunks or not refs:
-                    blocks = [chunks[r.id] for r in refs]
-                    written.append((node, writers.submit(_write_local, p, node, blocks)))
+                    pending.append((p, node, [chunks[r.id] for r in refs]))
                     continue
                 data = ManifestReader(self.store.source, p, Manifest(0, refs)).blocks()
                 try:
@@ -771,6 +774,8 @@ class Client:
                 report.bytes += n
                 if progress is not None:
                     progress(n)
+        if pending:
+            written.append(writers.submit(local_write.write_files, pending))
 
     # -- pinned versions, inodes and in-place edits ------------------------------------
     def manifest(self, path: str, *, version: int | None = None) -> Manifest:
@@ -1032,7 +1037,8 @@ RESTORE_BATCH_FILES = 2000
 #: the bench machine's shared disk (strace of a get of 3,650 files), so writes that
 #: overlap restore faster; the CPU is not the limit there.
 RESTORE_WRITERS = 8
-_tmp_counter = itertools.count()
+#: Small files a writer thread writes in one native call (gfs.local_write).
+RESTORE_SLICE_FILES = 64
 
 
 def _make_dir(path: str) -> None:
@@ -1049,8 +1055,7 @@ def _make_dir(path: str) -> None:
 def _write_local(path: str, node: Inode, data: Iterable[bytes]) -> int:
     """Write a restored file under a temporary name, check its size, set mode and
     times, then rename it into place. Returns the bytes written."""
-    d, name = os.path.split(path)
-    tmp = os.path.join(d, f".{name}.hutong-{os.getpid()}-{next(_tmp_counter)}")
+    tmp = local_write.tmp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     written = 0
     try:
