@@ -549,7 +549,7 @@ class Client:
         dest_exists, walked = self._check_put_conflicts(dest, src, top)
         report = TransferReport()
         base = paths.split(dest)
-        dirs: dict[tuple[str, ...], int] = {}  # rel path -> ino, filled in as actions commit
+        dirs = _Dirs()  # rel path -> ino, filled in as actions commit
         existing = _ExistingFiles(self.engine, base) if dest_exists else None
         with _fast_thread_switching(), self.store.writer() as session:
             if not statmod.S_ISDIR(top.st_mode) and base:
@@ -1082,11 +1082,30 @@ def _write_local(path: str, node: Inode, data: Iterable[bytes]) -> int:
 
 
 Action = Callable[[WriteTxn, list[ChunkRef]], Manifest | None]
-_Dirs = dict[tuple[str, ...], int]
+class _Dirs(dict[tuple[str, ...], int]):
+    """A put's directories (rel path -> ino), and those already read in the current
+    transaction: a commit batch reads each parent once, not once per file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._txn: WriteTxn | None = None
+        self._read: dict[int, Inode] = {}
+
+    def parent(self, txn: WriteTxn, rel: tuple[str, ...] | None) -> Inode:
+        """The directory at `rel` (None: the put's top) as read once in `txn`. Only its
+        ino is current: callers pass it to `*_in(touch=False)`, which use nothing else
+        (the directory's version and link count are coalesced at commit)."""
+        ino = self[() if rel is None else rel]
+        if txn is not self._txn:
+            self._txn, self._read = txn, {}
+        node = self._read.get(ino)
+        if node is None:
+            node = self._read[ino] = namespace.get(txn, ino)  # raises if it is gone
+        return node
 
 
 def _parent(txn: WriteTxn, dirs: _Dirs, rel: tuple[str, ...] | None) -> Inode:
-    return namespace.get(txn, dirs[() if rel is None else rel])
+    return dirs.parent(txn, rel)
 
 
 def _ensure_dir_action(ns: str, dirs: _Dirs) -> Action:
