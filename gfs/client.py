@@ -741,39 +741,45 @@ class Client:
                        written: list[Future[tuple[int, int]]],
                        leaving: list[tuple[str, Inode]]) -> None:
         pending: list[tuple[str, Inode, list[bytes]]] = []  # files for the next slice
+        dirs: list[str] = []  # directories to make before anything is written inside
         for op, p, node, m in batch:
+            if op == "mkdir":
+                dirs.append(p)
+                report.dirs += 1
+                continue
+            if op == "dirattrs":
+                leaving.append((p, node))
+                continue
             if len(pending) >= RESTORE_SLICE_FILES:
+                _make_dirs(dirs, writers)
                 written.append(writers.submit(local_write.write_files, pending))
                 pending = []
-            if op == "mkdir":
-                _make_dir(p)
-                report.dirs += 1
-            elif op == "dirattrs":
-                leaving.append((p, node))
-            elif op == "symlink":
+            refs = m.chunks if m is not None else ()
+            if op == "file" and (chunks or not refs):
+                pending.append((p, node, [chunks[r.id] for r in refs]))
+                continue
+            _make_dirs(dirs, writers)
+            if op == "symlink":
                 if os.path.lexists(p):
                     os.unlink(p)
                 os.symlink(node.target, p)
                 os.utime(p, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
                 report.symlinks += 1
-            else:
-                refs = m.chunks if m is not None else ()
-                if chunks or not refs:
-                    pending.append((p, node, [chunks[r.id] for r in refs]))
-                    continue
-                data = ManifestReader(self.store.source, p, Manifest(0, refs)).blocks()
-                try:
-                    n = _write_local(p, node, data)
-                except (CorruptChunkError, ChunkMissingError) as e:
-                    if not skip_damaged:
-                        raise
-                    log.error("not restored, damaged: %s", e)
-                    report.damaged.append(self.path_of(node.ino))
-                    continue
-                report.files += 1
-                report.bytes += n
-                if progress is not None:
-                    progress(n)
+                continue
+            data = ManifestReader(self.store.source, p, Manifest(0, refs)).blocks()
+            try:
+                n = _write_local(p, node, data)
+            except (CorruptChunkError, ChunkMissingError) as e:
+                if not skip_damaged:
+                    raise
+                log.error("not restored, damaged: %s", e)
+                report.damaged.append(self.path_of(node.ino))
+                continue
+            report.files += 1
+            report.bytes += n
+            if progress is not None:
+                progress(n)
+        _make_dirs(dirs, writers)
         if pending:
             written.append(writers.submit(local_write.write_files, pending))
 
@@ -1039,6 +1045,8 @@ RESTORE_BATCH_FILES = 2000
 RESTORE_WRITERS = 8
 #: Small files a writer thread writes in one native call (gfs.local_write).
 RESTORE_SLICE_FILES = 64
+#: Fewer directories than this (since the last slice) are made on the calling thread.
+RESTORE_DIRS_INLINE = 16
 
 
 def _make_dir(path: str) -> None:
@@ -1050,6 +1058,33 @@ def _make_dir(path: str) -> None:
     except FileExistsError:
         if not os.path.isdir(path):
             raise
+
+
+def _make_dirs(dirs: list[str], writers: ThreadPoolExecutor) -> None:
+    """Make `dirs` (a get's, parents first; emptied) on the writer threads, level by
+    level so that each parent exists first: a mkdir waited 0.3-0.5 ms on the shared
+    disk, and made one by one they were a fifth of a small-file get's time."""
+    if len(dirs) < RESTORE_DIRS_INLINE:
+        for p in dirs:
+            _make_dir(p)
+        dirs.clear()
+        return
+    levels: dict[int, list[str]] = {}
+    for p in dirs:
+        levels.setdefault(os.path.normpath(p).count(os.sep), []).append(p)
+    dirs.clear()
+    for _, level in sorted(levels.items()):
+        step = -(-len(level) // RESTORE_WRITERS)
+        made = [writers.submit(_make_each, level[k:k + step])
+                for k in range(0, len(level), step)]
+        futures.wait(made)
+        for fut in made:
+            fut.result()  # the first failure, once every mkdir of the level has ended
+
+
+def _make_each(dirs: list[str]) -> None:
+    for p in dirs:
+        _make_dir(p)
 
 
 def _write_local(path: str, node: Inode, data: Iterable[bytes]) -> int:

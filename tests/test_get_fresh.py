@@ -5,6 +5,7 @@ refuses conflicts before writing anything."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,31 @@ def test_a_get_makes_each_directory_with_one_mkdir_and_no_stat(
         st = os.stat(out / f"d{d}")
         assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o750, 1_600_000_000_000_000_000 + d)
         assert (out / f"d{d}" / "e" / "f").read_bytes() == b"x" * d
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_many_directories_are_made_on_the_writer_threads_parents_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slash: str) -> None:
+    src = tmp_path / "src"
+    for a in range(6):
+        for b in range(6):
+            (src / f"a{a}" / f"b{b}" / "c").mkdir(parents=True)
+            (src / f"a{a}" / f"b{b}" / "c" / "f").write_bytes(f"{a}{b}".encode())
+    made: list[tuple[str, str]] = []
+    real = client_module._make_dir
+
+    def spy(p: str) -> None:
+        assert os.path.isdir(os.path.dirname(os.path.normpath(p)))  # parent made first
+        made.append((threading.current_thread().name, p))
+        real(p)
+
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        monkeypatch.setattr(client_module, "_make_dir", spy)
+        report = fs.get("/t", str(tmp_path / "out") + slash)
+    assert report.dirs == 1 + 6 + 36 + 36 and len(made) == report.dirs
+    assert any(t.startswith("hutong-restore") for t, _ in made)
+    for a in range(6):
+        for b in range(6):
+            assert (tmp_path / "out" / f"a{a}" / f"b{b}" / "c" / "f").read_bytes() == \
+                f"{a}{b}".encode()
