@@ -40,6 +40,10 @@ from gfs.testing.postgres import PostgresServer, start_server, stop_server
 
 #: Client process counts of the API rows.
 CLIENTS = (1, 4, 16)
+#: Hutong's metadata engines, each compared with JuiceFS on its own kind of engine.
+ENGINES = ("lmdb", "postgresql")
+#: The JuiceFS metadata engine measured beside each Hutong engine.
+JUICEFS_ENGINE = {"lmdb": "sqlite3", "postgresql": "postgresql"}
 
 
 def _rate(n: int, op: Callable[[int], object]) -> float:
@@ -61,6 +65,11 @@ def main(argv: list[str]) -> int:
                     help="the smallest N of --scale-max (a power of ten; default 10^4)")
     ap.add_argument("--only", choices=("scale", "clients", "federation"),
                     help="run one section (no headline)")
+    ap.add_argument("--engine", choices=ENGINES, nargs="+", default=list(ENGINES),
+                    help="metadata engines of the clients section: lmdb (with JuiceFS on "
+                         "SQLite) and/or postgresql (with JuiceFS on PostgreSQL)")
+    ap.add_argument("--mount-only", action="store_true",
+                    help="the clients section without its Python API rows")
     ap.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS),
                     help=f"client process counts of the clients section (default {CLIENTS})")
     args = ap.parse_args(argv)
@@ -96,15 +105,21 @@ def main(argv: list[str]) -> int:
         flat_ok = put_time <= 2 and fsck_rss <= 2
         print()
     per_client = sizes[0] // 100 if args.quick else 100
+    engines = tuple(e for e in ENGINES if e in args.engine)
+    if args.only is None and (engines != ENGINES or args.mount_only):
+        ap.error("--engine and --mount-only choose rows of the clients section: "
+                 "add --only clients")
     if args.only in (None, "clients"):
         with tempfile.TemporaryDirectory(prefix="bench-metaops-pg-") as pgdir:
-            server, proc = start_server(pgdir)
+            server, proc = start_server(pgdir) if "postgresql" in engines else (None, None)
             try:
-                api = _client_rates(server, per_client, counts)
-                print()
-                _mount_rates(server, per_client, counts)
+                if not args.mount_only:
+                    api = _client_rates(server, per_client, counts, engines)
+                    print()
+                _mount_rates(server, per_client, counts, engines)
             finally:
-                stop_server(proc)
+                if proc is not None:
+                    stop_server(proc)
         print()
     if args.only in (None, "federation"):
         fed_stat = _federation(200 if args.quick else 2000)
@@ -130,17 +145,18 @@ def _powers(ap: argparse.ArgumentParser, lo: int, hi: int) -> tuple[int, ...]:
     return tuple(n for n in allowed if lo <= n <= hi)
 
 
-def _client_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS
+def _client_rates(server: PostgresServer | None, n: int, counts: tuple[int, ...] = CLIENTS,
+                  engines: tuple[str, ...] = ENGINES
                   ) -> dict[tuple[str, int], tuple[dict[str, float], int]]:
     """The API rows: ops/s per phase for each engine and client count."""
     from gfs import Client
 
     out: dict[tuple[str, int], tuple[dict[str, float], int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-metaops-api-") as tmp:
-        for engine in ("lmdb", "postgresql"):
+        for engine in engines:
             for clients in counts:
                 state = Path(tmp) / f"{engine}-{clients}"
-                meta = server.url_for(f"b{clients}") if engine == "postgresql" else None
+                meta = _pg(server).url_for(f"b{clients}") if engine == "postgresql" else None
                 Client.init(state, meta=meta).close()
                 out[(engine, clients)] = clients_mod.rates(str(state), clients, n)
     print(f"Python API: {n} files per client, each client its own process and directory; "
@@ -151,7 +167,14 @@ def _client_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIE
     return out
 
 
-def _mount_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS) -> None:
+def _pg(server: PostgresServer | None) -> PostgresServer:
+    """The PostgreSQL server, started whenever a PostgreSQL row is measured."""
+    assert server is not None, "a PostgreSQL row without its server"
+    return server
+
+
+def _mount_rates(server: PostgresServer | None, n: int, counts: tuple[int, ...] = CLIENTS,
+                 engines: tuple[str, ...] = ENGINES) -> None:
     """The mount rows: the same phases through FUSE mounts of Hutong and JuiceFS."""
     from gfs import Client
 
@@ -159,16 +182,17 @@ def _mount_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIEN
     with tempfile.TemporaryDirectory(prefix="bench-metaops-mnt-") as tmp:
         root = Path(tmp)
         systems: list[tuple[str, list[str]]] = []
-        for engine in ("lmdb", "postgresql"):
+        for engine in engines:
             state = root / f"state-{engine}"
-            meta = server.url_for("mnt") if engine == "postgresql" else None
+            meta = _pg(server).url_for("mnt") if engine == "postgresql" else None
             Client.init(state, meta=meta).close()
             systems.append((f"hutong mount ({engine})", [
                 sys.executable, "-m", "gfs.cli", "--state", str(state), "mount", "{mnt}"]))
-        jfs_pg = f"postgres:///postgres?host={server.socket_dir}&port={server.port}" \
-                 "&user=hutong&sslmode=disable&search_path=jfs"
-        for label, meta_url in (("sqlite3", f"sqlite3://{root}/jfs.db"),
-                                ("postgresql", jfs_pg)):
+        jfs_meta = {"sqlite3": lambda: f"sqlite3://{root}/jfs.db",
+                    "postgresql": lambda: f"postgres:///postgres?host={_pg(server).socket_dir}"
+                    f"&port={_pg(server).port}&user=hutong&sslmode=disable&search_path=jfs"}
+        for label in (JUICEFS_ENGINE[e] for e in engines):
+            meta_url = jfs_meta[label]()
             why = _juicefs_format(root / f"bucket-{label}", meta_url, server)
             if why is not None:
                 print(f"JuiceFS on {label}: not measured: {why}")
@@ -191,7 +215,8 @@ def _mount_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIEN
     print(table(["system", "clients", *clients_mod.PHASES, "failed ops"], rows))
 
 
-def _juicefs_format(bucket: Path, meta_url: str, server: PostgresServer) -> str | None:
+def _juicefs_format(bucket: Path, meta_url: str, server: PostgresServer | None
+                    ) -> str | None:
     """Format a JuiceFS volume with data in `bucket`; why not, or None when done."""
     try:
         exe = juicefs()
@@ -200,7 +225,7 @@ def _juicefs_format(bucket: Path, meta_url: str, server: PostgresServer) -> str 
     if meta_url.startswith("postgres:"):
         import psycopg
 
-        with psycopg.connect(server.url, autocommit=True) as conn:
+        with psycopg.connect(_pg(server).url, autocommit=True) as conn:
             conn.execute("CREATE SCHEMA IF NOT EXISTS jfs")
     out = subprocess.run([exe, "format", "--storage", "file", "--bucket", f"{bucket}/",
                           "--trash-days", "0", "--no-update", meta_url, "bench"],
