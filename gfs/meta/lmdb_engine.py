@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
@@ -69,6 +70,14 @@ _BODIES = "mbodies"
 _ino_key = enc.encode_ino
 #: Scans note their activity to the map trimmer every this many rows (+1).
 _TICK_ROWS = 63
+
+#: Decoded inodes kept, keyed by (number, exact record bytes): a lookup or stat of an
+#: inode read before skips decoding its compact record (a hit takes ~0.1 us, a decode
+#: ~3-6 us: the mount's stat, ls and rename read the same inodes again and again). The
+#: key is the whole record, so a changed inode is a miss, never a stale answer; `Inode`
+#: is frozen, so sharing one is safe. About 1.5 MiB when full. Scans decode uncached.
+INODE_CACHE = 4096
+_decode_inode_cached = lru_cache(maxsize=INODE_CACHE)(enc.decode_inode)
 
 
 class _Dbs:
@@ -129,7 +138,7 @@ class _LmdbRead(ReadTxn):
     def get_inode(self, ino: int) -> Inode | None:
         self._d.trimmer.tick()
         data = self._txn.get(_ino_key(ino), db=self._d.inodes)
-        return None if data is None else enc.decode_inode(ino, data)
+        return None if data is None else _decode_inode_cached(ino, data)
 
     def lookup(self, parent: int, name: str) -> int | None:
         key = enc.dirent_key(parent, name)
