@@ -134,6 +134,17 @@ class _LmdbRead(ReadTxn):
         self._txn = txn
         self._d = dbs
 
+    def _rows(self, db: Any, rows: Iterator[tuple[bytes, bytes]] | None = None
+              ) -> Iterator[tuple[bytes, bytes]]:
+        """The rows of `db` (or `rows`, a cursor's iterator over it), in key order,
+        noting them to the map trimmer: every scan goes through here or ticks itself,
+        so no scan leaves the pages it touched resident (gfs.meta.residency)."""
+        tick = self._d.trimmer.tick
+        for i, row in enumerate(self._txn.cursor(db=db).iternext() if rows is None else rows):
+            if not i & _TICK_ROWS:
+                tick(_TICK_ROWS + 1)
+            yield row
+
     # -- namespace ----------------------------------------------------------
     def get_inode(self, ino: int) -> Inode | None:
         self._d.trimmer.tick()
@@ -153,12 +164,9 @@ class _LmdbRead(ReadTxn):
         if not cur.set_range(prefix):
             return
         from_bytes = int.from_bytes
-        tick = self._d.trimmer.tick
-        for i, (key, val) in enumerate(cur.iternext()):
+        for key, val in self._rows(self._d.dirents, cur.iternext()):
             if key[:8] != prefix:
                 return
-            if not i & _TICK_ROWS:
-                tick(_TICK_ROWS + 1)
             try:
                 name = key[8:].decode("utf-8")
             except UnicodeDecodeError:
@@ -171,16 +179,17 @@ class _LmdbRead(ReadTxn):
             yield name, from_bytes(val, "big")
 
     def iter_inodes(self) -> Iterator[Inode]:
-        decode = enc.decode_inode
-        tick = self._d.trimmer.tick
-        for i, (key, val) in enumerate(self._txn.cursor(db=self._d.inodes).iternext()):
-            if not i & _TICK_ROWS:
-                tick(_TICK_ROWS + 1)
-            yield decode(enc.decode_ino(key), val)
+        decode, decode_ino = enc.decode_inode, enc.decode_ino
+        for key, val in self._rows(self._d.inodes):
+            yield decode(decode_ino(key), val)
 
     def _body(self, key: bytes) -> bytes | None:
         db = self._d.mbodies
-        return None if db is _ABSENT else self._txn.get(key, db=db)
+        if db is _ABSENT:
+            return None
+        self._d.trimmer.tick()  # a lookup at a random key, in scans of manifests too
+        data: bytes | None = self._txn.get(key, db=db)
+        return data
 
     def get_manifest(self, ino: int) -> Manifest | None:
         self._d.trimmer.tick()
@@ -188,10 +197,7 @@ class _LmdbRead(ReadTxn):
         return None if data is None else shm.decode(ino, data, self._body)
 
     def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:
-        tick = self._d.trimmer.tick
-        for i, (key, val) in enumerate(self._txn.cursor(db=self._d.manifests).iternext()):
-            if not i & _TICK_ROWS:
-                tick(_TICK_ROWS + 1)
+        for key, val in self._rows(self._d.manifests):
             ino = enc.decode_ino(key)
             yield ino, shm.decode(ino, val, self._body)
 
@@ -202,7 +208,7 @@ class _LmdbRead(ReadTxn):
     def manifest_problems(self) -> list[str]:
         if self._d.mbodies is _ABSENT:
             return []
-        return shm.problems(self._txn, self._d.manifests, self._d.mbodies)
+        return shm.problems(self._rows(self._d.manifests), self._rows(self._d.mbodies))
 
     # -- chunks, packs, pools -------------------------------------------------
     def get_chunk(self, cid: bytes) -> ChunkRecord | None:
@@ -216,10 +222,7 @@ class _LmdbRead(ReadTxn):
 
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         decode = enc.decode_chunk
-        tick = self._d.trimmer.tick
-        for i, (key, val) in enumerate(self._txn.cursor(db=self._d.chunks).iternext()):
-            if not i & _TICK_ROWS:
-                tick(_TICK_ROWS + 1)
+        for key, val in self._rows(self._d.chunks):
             yield decode(key, val)
 
     def get_pack(self, pack_id: bytes) -> PackRecord | None:
@@ -227,11 +230,11 @@ class _LmdbRead(ReadTxn):
         return None if data is None else enc.decode_pack(pack_id, data)
 
     def iter_packs(self) -> Iterator[PackRecord]:
-        for key, val in self._txn.cursor(db=self._d.packs).iternext():
+        for key, val in self._rows(self._d.packs):
             yield enc.decode_pack(key, val)
 
     def iter_pending(self) -> Iterator[PendingPack]:
-        for key, val in self._txn.cursor(db=self._d.pending).iternext():
+        for key, val in self._rows(self._d.pending):
             yield enc.decode_pending(key, val)
 
     def get_pool(self, pool_id: int) -> PoolRecord | None:
@@ -239,7 +242,7 @@ class _LmdbRead(ReadTxn):
         return None if data is None else enc.decode_pool(pool_id, data)
 
     def iter_pools(self) -> Iterator[PoolRecord]:
-        for key, val in self._txn.cursor(db=self._d.pools).iternext():
+        for key, val in self._rows(self._d.pools):
             yield enc.decode_pool(enc.decode_pool_key(key), val)
 
     # -- opaque values and store facts -----------------------------------------
@@ -259,12 +262,12 @@ class _LmdbRead(ReadTxn):
             if len(prefix) > _MAX_KEY or not cur.set_range(prefix):
                 return
             n = len(prefix)
-            for key, val in cur.iternext():
+            for key, val in self._rows(db, cur.iternext()):
                 if key[:n] != prefix:
                     return
                 yield key, val
         else:
-            yield from cur.iternext()
+            yield from self._rows(db, cur.iternext())
 
     def get_meta(self, key: str) -> bytes | None:
         data: bytes | None = self._txn.get(key.encode("ascii"), db=self._d.meta)
