@@ -62,6 +62,10 @@ def trim_often(monkeypatch: pytest.MonkeyPatch) -> None:
 
 Scan = Callable[[Any], object]
 SCANS: dict[str, Scan] = {
+    # a get records the heat of each chunk it reads: a lookup and a write at random keys
+    "get_value at random": lambda r: sum(
+        r.get_value("xattrs", (1000 + i * 7919 % FILES).to_bytes(8, "big") + b"user.x")
+        is not None for i in range(FILES)),
     "manifest_problems": lambda r: r.manifest_problems(),
     "iter_manifests": lambda r: sum(1 for _ in r.iter_manifests()),
     "iter_values": lambda r: sum(1 for _ in r.iter_values("xattrs")),

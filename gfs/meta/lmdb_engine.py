@@ -155,6 +155,7 @@ class _LmdbRead(ReadTxn):
         key = enc.dirent_key(parent, name)
         if len(key) > _MAX_KEY:
             return None
+        self._d.trimmer.tick()
         data = self._txn.get(key, db=self._d.dirents)
         return None if data is None else enc.decode_dirent_ino(data)
 
@@ -226,6 +227,7 @@ class _LmdbRead(ReadTxn):
             yield decode(key, val)
 
     def get_pack(self, pack_id: bytes) -> PackRecord | None:
+        self._d.trimmer.tick()
         data = self._txn.get(pack_id, db=self._d.packs)
         return None if data is None else enc.decode_pack(pack_id, data)
 
@@ -250,6 +252,7 @@ class _LmdbRead(ReadTxn):
         db = _value_db(self._d, table)
         if db is _ABSENT or not 0 < len(key) <= _MAX_KEY:
             return None
+        self._d.trimmer.tick()  # heat records: a lookup per chunk a get reads
         data: bytes | None = self._txn.get(key, db=db)
         return data
 
@@ -293,6 +296,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         self._txn.put(_ino_key(inode.ino), enc.encode_inode(inode), db=self._d.inodes)
 
     def delete_inode(self, ino: int) -> None:
+        self._d.trimmer.tick()
         self._txn.delete(_ino_key(ino), db=self._d.inodes)
 
     def link(self, parent: int, name: str, ino: int) -> None:
@@ -308,6 +312,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
     def unlink(self, parent: int, name: str) -> None:
         key = enc.dirent_key(parent, name)
         if len(key) <= _MAX_KEY:
+            self._d.trimmer.tick()
             self._txn.delete(key, db=self._d.dirents)
 
     def put_manifest(self, ino: int, manifest: Manifest) -> None:
@@ -316,6 +321,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
 
     def delete_manifest(self, ino: int) -> None:
         key = _ino_key(ino)
+        self._d.trimmer.tick()
         shm.release(self._txn, self._d.manifests, self._d.mbodies, key)
         self._txn.delete(key, db=self._d.manifests)
 
@@ -360,11 +366,13 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         db = _value_db(self._d, table)
         if not 0 < len(key) <= _MAX_KEY:
             raise ValueError(f"value table {table!r}: key must be 1 to {_MAX_KEY} bytes")
+        self._d.trimmer.tick()
         self._txn.put(key, value, db=db)
 
     def delete_value(self, table: str, key: bytes) -> None:
         db = _value_db(self._d, table)
         if 0 < len(key) <= _MAX_KEY:
+            self._d.trimmer.tick()
             self._txn.delete(key, db=db)
 
     def set_meta(self, key: str, value: bytes) -> None:
