@@ -159,7 +159,10 @@ def _compact_locked(path: str, before: int, min_free: float,
         if min_free and free_share(src) + grown_pages / total < min_free:
             return None
         tmp.mkdir()
-        dst = lmdb.open(str(tmp), map_size=src.info()["map_size"], max_dbs=_MAX_DBS,
+        # room for the copy's own churn: a packed source can sit at its map size
+        room = max(src.info()["map_size"], 2 * os.path.getsize(os.path.join(path, "data.mdb"))
+                   + (64 << 20))
+        dst = lmdb.open(str(tmp), map_size=room, max_dbs=_MAX_DBS,
                         sync=False, metasync=False, readahead=False)
         try:
             _copy_packed(src, dst)
