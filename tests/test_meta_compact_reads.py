@@ -11,6 +11,7 @@ import pytest
 
 from gfs.client import Client
 from gfs.meta import compact as compaction
+from tests.test_mount_helpers import init_store, mount, needs_fuse
 
 GETS = 20
 
@@ -70,3 +71,34 @@ def test_reads_leave_a_compacted_store_alone_and_changes_still_compact(
         assert fs.fsck().ok and len(fs.ls("/src")) == 3
     finally:
         fs.close()
+
+
+@needs_fuse
+def test_a_read_only_mount_leaves_a_compacted_store_alone(tmp_path: Path) -> None:
+    """Reading every file through `hutong mount` records heat and access times at the
+    unmount but does not compact (the store is at least MIN_BYTES, so it would)."""
+    src, state = tmp_path / "src", tmp_path / "state"
+    for d in range(32):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(250):
+            (src / f"d{d}" / f"f{i}").write_bytes(b"%d/%d\n" % (d, i))
+    init_store(state)
+    with Client(state) as fs:
+        fs.put(src, "/src")
+    data = state / "meta" / "data.mdb"
+    assert os.path.getsize(data) >= compaction.MIN_BYTES
+    ino = os.stat(data).st_ino
+    with Client(state) as fs:
+        atime = fs.stat("/src/d5/f9").atime_ns
+        assert _heat_rows(fs) == 0
+    with mount(state, tmp_path / "mnt") as mm:
+        for d in range(32):
+            names = os.listdir(mm.mnt / "src" / f"d{d}")
+            assert len(names) == 250
+            for name in names:
+                assert (mm.mnt / "src" / f"d{d}" / name).read_bytes() == \
+                    b"%d/%s\n" % (d, name[1:].encode())
+    assert mm.proc.returncode == 0, mm.log_text()
+    assert os.stat(data).st_ino == ino, mm.log_text()
+    with Client(state) as fs:
+        assert fs.stat("/src/d5/f9").atime_ns > atime and _heat_rows(fs) >= 8000
