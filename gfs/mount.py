@@ -233,7 +233,7 @@ class HutongOperations(pyfuse3.Operations):
         self._pool.shutdown(wait=True)
         self.wb.close(commit)
         try:
-            self.client.engine.transact(self.atimes.flush)  # a retry finds them flushed
+            self.client.engine.transact(self.atimes.flush, tick=True)  # a retry finds them flushed
             self.wb.changed()
             self.wb.sync()  # with --sync-interval: the last changes made durable
         except Exception:

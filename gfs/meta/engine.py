@@ -274,14 +274,15 @@ class MetaEngine(ABC):
     #: reads to a thread instead of running them itself (gfs.mount).
     REMOTE = False
 
-    def transact(self, fn: Callable[[WriteTxn], T]) -> T:
+    def transact(self, fn: Callable[[WriteTxn], T], *, tick: bool = False) -> T:
         """Run `fn` in a write transaction and return its result, running it again
         (after a short random back-off) when the transaction loses a serialisation
-        conflict. Raises MetaConflictError after TRANSACT_ATTEMPTS conflicts."""
+        conflict. Raises MetaConflictError after TRANSACT_ATTEMPTS conflicts.
+        `tick`: `fn` only records reads (heat, access times): see `write_tick`."""
         delay = 0.001
         for attempt in range(self.TRANSACT_ATTEMPTS):
             try:
-                with self.write() as txn:
+                with self.write_tick() if tick else self.write() as txn:
                     return fn(txn)
             except MetaConflictError:
                 if attempt + 1 == self.TRANSACT_ATTEMPTS:
@@ -304,6 +305,12 @@ class MetaEngine(ABC):
     @abstractmethod
     def write(self) -> AbstractContextManager[WriteTxn]:
         """A write transaction: commits on normal exit, aborts on an exception."""
+
+    def write_tick(self) -> AbstractContextManager[WriteTxn]:
+        """`write()` for bookkeeping of reads only (heat, access times): an engine that
+        tidies its storage after changes (LMDB's compaction at close) does not count
+        it as a change, so read-mostly commands never pay for that."""
+        return self.write()
 
     @abstractmethod
     def close(self) -> None:

@@ -410,10 +410,11 @@ class _ReadCtx:
 class _WriteCtx:
     """`with engine.write() as w`: takes the writer lock, commits or aborts on exit."""
 
-    __slots__ = ("_engine", "_txn")
+    __slots__ = ("_engine", "_tick", "_txn")
 
-    def __init__(self, engine: LmdbEngine) -> None:
+    def __init__(self, engine: LmdbEngine, tick: bool = False) -> None:
         self._engine = engine
+        self._tick = tick
         self._txn: Any = None
 
     def __enter__(self) -> WriteTxn:
@@ -447,7 +448,7 @@ class _WriteCtx:
         try:
             if exc_type is None:
                 txn.commit()
-                shared.wrote = True
+                shared.wrote = shared.wrote or not self._tick
             else:
                 txn.abort()
         finally:
@@ -472,7 +473,7 @@ class _SharedEnv:
         self.users = 0
         self.wlock = threading.Lock()
         self.writer: int | None = None
-        #: A write transaction committed since the environment was opened.
+        #: A write transaction (not a `write_tick`) committed since the open.
         self.wrote = False
         #: The shared flock on open.lock (gfs.meta.compact) held while open.
         self.lockfd = lockfd
@@ -652,10 +653,19 @@ class LmdbEngine(MetaEngine):
 
     def write(self) -> _WriteCtx:
         """A write transaction: commits on normal exit, aborts on an exception."""
+        return self._writer(tick=False)
+
+    def write_tick(self) -> _WriteCtx:
+        """A write transaction that records reads only: it does not make the close
+        compact (the pages it frees are reused by later commits, so the file does not
+        grow with repeated reads)."""
+        return self._writer(tick=True)
+
+    def _writer(self, tick: bool) -> _WriteCtx:
         self._live()
         if self.readonly:
             raise StateError(f"metadata engine {self.path} was opened read-only")
-        return _WriteCtx(self)
+        return _WriteCtx(self, tick)
 
     def sync(self) -> None:
         """Flush every committed transaction to disk (after commits with
