@@ -18,7 +18,7 @@ from gfs.errors import NotFoundError
 from gfs.federation.auth import AuthError
 from gfs.federation.http import HttpClient
 from gfs.federation.namespace import FederatedNamespace
-from gfs.federation.notices import ACK_PATH, LEASE_SECONDS, NOTICES_PATH
+from gfs.federation.notices import ACK_PATH, LEASE_SECONDS, NOTICES_PATH, RENEW_PATH
 from gfs.federation.notices_site import LeaseTable
 from gfs.federation.site_client import SiteClient
 from gfs.federation.testing import Federation
@@ -98,13 +98,15 @@ def _ns(fed: Federation, entity: str) -> FederatedNamespace:
 
 
 def _requests(fed: Federation, site: str) -> Counter[str]:
-    """Requests `site` answered so far, by route (its /metrics), less the count's own."""
+    """Requests `site` answered so far, by route (its /metrics), less the count's own
+    and the notice streams."""
     out: Counter[str] = Counter()
     for line in fed.metrics(site, timeout=10).decode().splitlines():
         if "_http_requests_total{" in line and 'route="' in line:
             route = line.split('route="', 1)[1].split('"', 1)[0]
             out[route] += int(float(line.rsplit(" ", 1)[1]))
     del out["/metrics"]
+    del out[NOTICES_PATH]  # (counted as a stream ends: other tests' streams)
     return out
 
 
@@ -232,3 +234,32 @@ def test_a_dropped_notice_stream_makes_the_next_open_ask(fed: Federation) -> Non
         assert reader.read_bytes("/telco/dropped.txt") == b"before"
         asked = _requests(fed, "telco-1") - before
         assert asked["/v1/ns/manifest"] == 1, asked  # revalidated, not taken on trust
+
+
+def test_leases_in_use_are_renewed_past_the_lease_time(fed: Federation) -> None:
+    """A reader that keeps using its leases keeps them (one renewal request per stream
+    now and then), so an open long after the one that brought the lease (a warm re-read
+    after a long cold read) still asks nothing."""
+    with fed.client("telco") as writer, _ns(fed, "telco") as reader:
+        writer.write_bytes("/telco/renewed.txt", b"kept")
+        wait_for(lambda: reader.read_bytes("/telco/renewed.txt") == b"kept" and
+                 reader.leased("/telco/renewed.txt") is not None, "a lease", timeout=10)
+        before = _requests(fed, "telco-1")
+        end = time.monotonic() + 2.5 * LEASE_SECONDS
+        while time.monotonic() < end:  # past two lease times, the lease held throughout
+            assert reader.leased("/telco/renewed.txt") is not None
+            time.sleep(0.2)
+        assert reader.read_bytes("/telco/renewed.txt") == b"kept"
+        asked = _requests(fed, "telco-1") - before
+        assert asked[RENEW_PATH] >= 2, asked
+        assert sum(asked.values()) == asked[RENEW_PATH], asked  # nothing else asked
+
+
+def test_a_renewal_extends_only_the_callers_own_stream() -> None:
+    now = [100.0]
+    table = LeaseTable(ttl=5, clock=lambda: now[0])
+    h = table.join("telco")
+    table.promise(h.id, "telco", "/t/f")
+    now[0] = 104.0
+    assert table.renew(h.id, "bank") is None and h.leases["/t/f"] == 105.0
+    assert table.renew(h.id, "telco") == 5 and h.leases["/t/f"] == 109.0

@@ -44,9 +44,12 @@ LEASE_MARGIN = 0.5
 MAX_LEASES = 4096
 #: Seconds before a dropped stream is opened again.
 RECONNECT_SECONDS = 1.0
-#: Path of the notice stream and of its acknowledgements.
+#: Seconds after the last use of a lease during which a stream's leases are renewed.
+RENEW_WHILE_USED = 60.0
+#: Path of the notice stream, of its acknowledgements, and of lease renewal.
 NOTICES_PATH = "/v1/ns/notices"
 ACK_PATH = "/v1/ns/notices/ack"
+RENEW_PATH = "/v1/ns/notices/renew"
 
 
 @dataclass
@@ -81,6 +84,7 @@ class _State:
     generation: int = 0
     breaks: int = 0
     heard: float = 0.0
+    used: float = float("-inf")
     leases: OrderedDict[str, Lease] = field(default_factory=OrderedDict)
 
 
@@ -99,6 +103,9 @@ class NoticeStream:
         self._conn: HTTPConnection | None = None
         self._thread = threading.Thread(target=self._run, name="hutong-notices", daemon=True)
         self._thread.start()
+        self._renewer = threading.Thread(target=self._renew_loop, name="hutong-renew",
+                                         daemon=True)
+        self._renewer.start()
 
     def close(self) -> None:
         """Stop reading (every lease is void)."""
@@ -159,6 +166,29 @@ class NoticeStream:
         with self._lock:  # a heartbeat
             self._s.heard = now
 
+    def _renew_loop(self) -> None:
+        """Renew every lease of the stream (one request: `POST /v1/ns/notices/renew`)
+        a third of the lease time before it ends, while leases were used lately (a
+        reader that keeps re-opening files never waits for a renewal)."""
+        while not self._stop.wait(LEASE_SECONDS / 3):
+            with self._lock:
+                holder, gen = self._s.holder, self._s.generation
+                wanted = bool(self._s.leases) and self.clock() - self._s.used < RENEW_WHILE_USED
+            if holder is None or not wanted:
+                continue
+            sent = self.clock()
+            try:
+                ttl = float(self.http.call("POST", RENEW_PATH, {"holder": holder})["ttl"])
+            except Exception as e:  # the leases end on their own
+                log.debug("lease renewal at %s: %s", self.http.base_url, e)
+                continue
+            with self._lock:
+                if self._s.generation != gen or ttl <= LEASE_MARGIN:
+                    continue
+                until = sent + min(ttl, LEASE_SECONDS * 12) - LEASE_MARGIN
+                for lease in self._s.leases.values():
+                    lease.until = max(lease.until, until)
+
     def _dropped(self) -> None:
         with self._lock:
             had = list(self._s.leases)
@@ -194,6 +224,7 @@ class NoticeStream:
                 if old is not None and old.stat.version == stat.version:
                     names = old.entries
             s.leases[path] = Lease(stat, ticket.sent + ttl - LEASE_MARGIN, names)
+            s.used = self.clock()
             s.leases.move_to_end(path)
             while len(s.leases) > MAX_LEASES:
                 s.leases.popitem(last=False)
@@ -204,8 +235,10 @@ class NoticeStream:
             if not self._live():
                 return None
             got = self._s.leases.get(path)
-            if got is None or got.until <= self.clock():
+            now = self.clock()
+            if got is None or got.until <= now:
                 return None
+            self._s.used = now
             return got
 
 

@@ -113,6 +113,17 @@ class LeaseTable:
             if h.leases.pop(norm, None) is not None:
                 self._unindex(norm, h)
 
+    def renew(self, holder_id: str, owner: object) -> float | None:
+        """Extend every lease of `owner`'s stream `holder_id` to `ttl` from now; the
+        seconds, or None (no such stream of this owner)."""
+        h = self._holder(holder_id, owner)
+        if h is None:
+            return None
+        until = self.clock() + self.ttl
+        for p in h.leases:
+            h.leases[p] = until
+        return self.ttl
+
     def ack(self, holder_id: str, owner: object, seq: int) -> bool:
         """A holder acknowledged break `seq`; False if no such stream or break."""
         h = self._holder(holder_id, owner)

@@ -316,6 +316,16 @@ async def ns_notices_ack(request: web.Request) -> web.Response:
     return web.json_response({"acked": seq})
 
 
+async def ns_notices_renew(request: web.Request) -> web.Response:
+    _, p, data = await _json_principal(request)
+    holder = field(data, "holder", str)
+    ttl = request.app[LEASES_KEY].renew(holder, p)
+    if ttl is None:
+        raise ApiError(f"no notice stream {holder[:8]}... of the caller: it ended; open a "
+                       "new stream", 404, "no_such_stream")
+    return web.json_response({"ttl": ttl})
+
+
 async def ns_stat(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     out: dict[str, Any] = {}
@@ -912,6 +922,7 @@ def make_app(site: Site) -> web.Application:
     r.add_get("/v1/ns/visible", ns_visible)
     r.add_get("/v1/ns/notices", ns_notices)
     r.add_post("/v1/ns/notices/ack", ns_notices_ack)
+    r.add_post("/v1/ns/notices/renew", ns_notices_renew)
     r.add_get("/v1/grants", grants_list)
     r.add_post("/v1/grants", grants_add)
     r.add_put("/v1/grants/mirror", grants_mirror)
