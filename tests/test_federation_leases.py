@@ -12,6 +12,7 @@ from http.client import HTTPConnection, HTTPResponse
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 import tests.test_federated_namespace as fedns
 from gfs.errors import NotFoundError
@@ -59,12 +60,28 @@ def test_a_change_breaks_its_path_the_two_above_and_everything_below_only() -> N
 
 
 def test_a_lease_is_only_for_the_owner_of_the_stream() -> None:
-    table = LeaseTable(ttl=30)
+    now = [0.0]
+    table = LeaseTable(ttl=30, clock=lambda: now[0])
     h = table.join("telco")
     assert table.promise(h.id, "bank", "/bank/x") is None  # another's stream: no lease
-    assert table.promise("0" * 32, "telco", "/telco/x") is None  # no such stream
-    assert not table.ack(h.id, "bank", 1)
+    assert table.promise("not an id", "telco", "/telco/x") is None
+    assert not table.ack(h.id, "bank", 1) and table.renew(h.id, "bank") is None
     assert h.leases == {}
+    # an id chosen by a client before its stream came: its holder waits for the stream,
+    # bound to the principal that first used it
+    early = "ab" * 16
+    assert table.promise(early, "telco", "/telco/x") == 30
+    assert table.promise(early, "bank", "/bank/x") is None
+    with pytest.raises(web.HTTPConflict):
+        table.join("bank", early)  # nobody else may attach to it
+    assert table.join("telco", early).leases.keys() == {"/telco/x"}
+    with pytest.raises(web.HTTPConflict):
+        table.join("telco", early)  # streaming already
+    late = "cd" * 16
+    table.promise(late, "telco", "/telco/y")
+    now[0] = 31.0  # its stream never came: its leases ended, and it goes
+    table.join("telco")
+    assert late not in table.holders and early in table.holders
 
 
 def test_a_writer_waits_for_the_ack_or_at_most_until_the_lease_expires() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -80,7 +81,10 @@ class Ticket:
 
 @dataclass
 class _State:
-    holder: str | None = None
+    #: The stream's holder id, chosen here (a new one at each connection), so that the
+    #: first requests ask for leases while the stream is still being opened.
+    holder: str = field(default_factory=lambda: secrets.token_hex(16))
+    up: bool = False
     generation: int = 0
     breaks: int = 0
     heard: float = 0.0
@@ -128,9 +132,11 @@ class NoticeStream:
     def _read_stream(self) -> None:
         conn = self.http.connection(timeout=STREAM_SILENCE)
         self._conn = conn
+        with self._lock:
+            target = f"{NOTICES_PATH}?holder={self._s.holder}"
         try:
-            headers = self.http.headers("GET", NOTICES_PATH, b"")
-            conn.request("GET", NOTICES_PATH, headers=headers)
+            headers = self.http.headers("GET", target, b"")
+            conn.request("GET", target, headers=headers)
             resp = conn.getresponse()
             if resp.status != 200:
                 raise ConnectionError(f"notice stream refused: {resp.status} "
@@ -148,7 +154,9 @@ class NoticeStream:
         now = self.clock()
         if "holder" in msg:
             with self._lock:
-                self._s.holder = str(msg["holder"])
+                if msg["holder"] != self._s.holder:
+                    raise ConnectionError("the site answered for another notice stream")
+                self._s.up = True
                 self._s.heard = now
             return
         broken = msg.get("break")
@@ -174,7 +182,7 @@ class NoticeStream:
             with self._lock:
                 holder, gen = self._s.holder, self._s.generation
                 wanted = bool(self._s.leases) and self.clock() - self._s.used < RENEW_WHILE_USED
-            if holder is None or not wanted:
+            if not wanted:
                 continue
             sent = self.clock()
             try:
@@ -198,14 +206,14 @@ class NoticeStream:
 
     # -- leases ------------------------------------------------------------------------
     def _live(self) -> bool:
-        return self._s.holder is not None and self.clock() - self._s.heard < STREAM_SILENCE
+        return self._s.up and self.clock() - self._s.heard < STREAM_SILENCE
 
     def ticket(self) -> tuple[str | None, Ticket]:
-        """(the holder id to name in a request, None while the stream is not up; the
-        ticket `grant` takes with the answer)."""
+        """(the holder id to name in a request; the ticket `grant` takes with the
+        answer). A lease granted before the stream is up is used once it is."""
         with self._lock:
-            holder = self._s.holder if self._live() else None
-            return holder, Ticket(self, self._s.generation, self._s.breaks, self.clock())
+            return self._s.holder, Ticket(self, self._s.generation, self._s.breaks,
+                                          self.clock())
 
     def grant(self, ticket: Ticket, path: str, stat: Stat, ttl: float | None,
               entries: list[Stat] | None = None, *, unchanged: bool = False) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +28,8 @@ from gfs.federation.notices import HEARTBEAT_SECONDS, LEASE_SECONDS, MAX_LEASES
 
 #: Notice streams a site keeps open at once (a new one beyond: 503).
 MAX_HOLDERS = 1024
+#: What a holder id a client chooses looks like (128 random bits).
+HOLDER_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(eq=False)
@@ -36,6 +39,10 @@ class Holder:
 
     id: str
     owner: object
+    #: Whether its stream is open (False: made by a lease asked for before the stream
+    #: came; its breaks wait in the outbox, and it goes when its leases would end).
+    attached: bool = True
+    born: float = 0.0
     leases: dict[str, float] = field(default_factory=dict)
     outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     acks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
@@ -54,12 +61,29 @@ class LeaseTable:
         self._by_path: dict[str, set[Holder]] = {}
 
     # -- holders -----------------------------------------------------------------------
-    def join(self, owner: object) -> Holder:
-        """A new holder for `owner` (a principal)."""
+    def join(self, owner: object, holder_id: str | None = None) -> Holder:
+        """The holder of `owner`'s (a principal's) new stream: `holder_id`, the id the
+        client chose (its leases asked for before the stream came are kept), or a new
+        one. An id already streaming, or another principal's, is refused (409)."""
+        if holder_id is not None:
+            h = self.holders.get(holder_id)
+            if h is not None:
+                if h.owner != owner or h.attached:
+                    raise web.HTTPConflict(text=f"notice stream {holder_id[:8]}... is in "
+                                           "use; choose another id")
+                h.attached = True
+                return h
+        return self._new(owner, holder_id or secrets.token_hex(16), attached=True)
+
+    def _new(self, owner: object, holder_id: str, *, attached: bool) -> Holder:
+        now = self.clock()
+        for old in [h for h in self.holders.values()
+                    if not h.attached and h.born + self.ttl < now]:
+            self.leave(old)  # its stream never came: its leases have ended
         if len(self.holders) >= MAX_HOLDERS:
             raise web.HTTPServiceUnavailable(text=f"more than {MAX_HOLDERS} notice streams "
                                              "are open at this site; retry later")
-        h = Holder(secrets.token_hex(16), owner)
+        h = Holder(holder_id, owner, attached=attached, born=now)
         self.holders[h.id] = h
         return h
 
@@ -95,7 +119,12 @@ class LeaseTable:
             return None
         h = self._holder(holder_id, owner)
         if h is None:
-            return None
+            if holder_id in self.holders or not HOLDER_ID.fullmatch(holder_id):
+                return None  # another's, or not an id a client chose
+            try:  # a stream about to be opened: its breaks wait for it
+                h = self._new(owner, holder_id, attached=False)
+            except web.HTTPServiceUnavailable:
+                return None
         norm = paths.normalize(path)
         if norm not in h.leases and len(h.leases) >= MAX_LEASES:
             oldest = min(h.leases, key=h.leases.__getitem__)
@@ -189,7 +218,11 @@ class LeaseTable:
 async def stream(request: web.Request, table: LeaseTable, owner: object) -> web.StreamResponse:
     """Serve one notice stream: a hello naming the holder, then breaks and heartbeats,
     one JSON object a line, until the client goes."""
-    h = table.join(owner)
+    chosen = request.query.get("holder")
+    if chosen is not None and not HOLDER_ID.fullmatch(chosen):
+        raise web.HTTPBadRequest(text="query parameter 'holder' must be 32 lower-case hex "
+                                 "digits (a random id the client chose)")
+    h = table.join(owner, chosen)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
                                        "Cache-Control": "no-store"})
     try:
