@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from gfs.federation.notices import LEASE_SECONDS
 from gfs.federation.testing import Federation
 from gfs.profiles import add_profile
 from tests import test_federated_namespace as fedns
@@ -384,3 +385,27 @@ def test_a_reopen_of_an_unchanged_file_costs_no_request_under_a_lease(
     both = _requests(fed, "telco-1") - before - again
     del both["/metrics"]
     assert both["/v1/ns/manifest"] == 0, both  # the manifest kept, under the lease
+
+
+def test_a_reopen_after_the_lease_time_asks_nothing_but_renewals(fed: Federation,
+                                                                 telco: Mounted) -> None:
+    """A warm re-read long after the open that brought the lease (a cold read of 1 GiB
+    over a WAN takes tens of seconds): the mount renewed its leases in the background
+    (one request per site now and then), so the open and the lookups ask nothing."""
+    data = os.urandom(1 << 20)
+    with fed.client("telco") as fc:
+        fc.write_bytes("/telco/long.bin", data)
+    f = telco.mnt / "telco" / "long.bin"
+    assert f.read_bytes() == data
+    assert f.read_bytes() == data
+    before = _requests(fed, "telco-1")
+    end = time.monotonic() + 2.5 * LEASE_SECONDS  # two lease times and more
+    while time.monotonic() < end:
+        os.stat(f)  # the lookups use the leases, which keeps them renewed
+        time.sleep(0.25)
+    assert f.read_bytes() == data
+    asked = _requests(fed, "telco-1") - before
+    del asked["/metrics"]
+    asked.pop("/v1/ns/notices", None)  # (counted when a stream of another test ends)
+    assert asked["/v1/ns/notices/renew"] >= 2, asked
+    assert sum(asked.values()) == asked["/v1/ns/notices/renew"], asked
