@@ -96,7 +96,8 @@ def test_a_writer_waits_for_the_ack_or_at_most_until_the_lease_expires() -> None
     waited = asyncio.run(unacknowledged())
     assert 0.3 <= waited < 2.0, waited  # waited for the lease, and no longer
     assert h.outbox.get_nowait()["break"] == ["/t/f"]
-    table.leave(h)
+    assert h.outbox.get_nowait() == {"end": True}  # dropped: it may renew nothing
+    assert h.id not in table.holders and table.renew(h.id, "telco") is None
     table2 = LeaseTable(ttl=30)
     h2 = table2.join("telco")
     table2.promise(h2.id, "telco", "/t/f")
@@ -136,9 +137,11 @@ class RawStream:
         self.resp: HTTPResponse = self.conn.getresponse()
         assert self.resp.status == 200
         self.holder = str(self.next()["holder"])
+        self.ended = False
 
     def next(self) -> dict[str, Any]:
-        msg: dict[str, Any] = json.loads(self.resp.readline())
+        line = self.resp.readline()
+        msg: dict[str, Any] = json.loads(line) if line else {"eof": True}
         return msg
 
     def breaks(self, seconds: float = 2.5) -> list[list[str]]:
@@ -149,6 +152,9 @@ class RawStream:
             msg = self.next()
             if "break" in msg:
                 out.append(msg["break"])
+            self.ended = self.ended or "eof" in msg
+            if self.ended:
+                break
         return out
 
     def close(self) -> None:
@@ -195,6 +201,7 @@ def test_a_holder_that_never_acknowledges_delays_a_writer_by_at_most_the_lease(
         assert waited < LEASE_SECONDS + 3, waited  # the lease bounds the wait
         assert waited > LEASE_SECONDS / 2, waited  # it did wait for the holder
         assert stream.breaks() == [["/telco/stalled.txt"]]
+        assert stream.ended  # dropped, with every lease it held
     finally:
         stream.close()
         http.close()
@@ -280,3 +287,7 @@ def test_a_renewal_extends_only_the_callers_own_stream() -> None:
     now[0] = 104.0
     assert table.renew(h.id, "bank") is None and h.leases["/t/f"] == 105.0
     assert table.renew(h.id, "telco") == 5 and h.leases["/t/f"] == 109.0
+    loop = asyncio.new_event_loop()
+    h.acks[1] = loop.create_future()  # a break not acknowledged yet
+    assert table.renew(h.id, "telco") is None and h.leases["/t/f"] == 109.0
+    loop.close()

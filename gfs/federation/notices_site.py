@@ -144,9 +144,11 @@ class LeaseTable:
 
     def renew(self, holder_id: str, owner: object) -> float | None:
         """Extend every lease of `owner`'s stream `holder_id` to `ttl` from now; the
-        seconds, or None (no such stream of this owner)."""
+        seconds, or None (no such stream of this owner, or breaks it has not
+        acknowledged: a client that did not get a break must not extend the lease it
+        names beyond the writer's wait)."""
         h = self._holder(holder_id, owner)
-        if h is None:
+        if h is None or h.acks:
             return None
         until = self.clock() + self.ttl
         for p in h.leases:
@@ -207,6 +209,10 @@ class LeaseTable:
         if waits:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), deadline - now)
+            for h in list(hit):  # a holder that did not acknowledge in time goes, with
+                if h.acks and h.open:  # every lease it holds (it may not renew them)
+                    h.outbox.put_nowait({"end": True})
+                    self.leave(h)
 
     def close(self) -> None:
         """Drop every holder (the site is stopping)."""

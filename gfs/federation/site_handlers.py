@@ -321,8 +321,8 @@ async def ns_notices_renew(request: web.Request) -> web.Response:
     holder = field(data, "holder", str)
     ttl = request.app[LEASES_KEY].renew(holder, p)
     if ttl is None:
-        raise ApiError(f"no notice stream {holder[:8]}... of the caller: it ended; open a "
-                       "new stream", 404, "no_such_stream")
+        raise ApiError(f"no notice stream {holder[:8]}... of the caller that may renew: it "
+                       "ended, or has breaks to acknowledge first", 404, "no_such_stream")
     return web.json_response({"ttl": ttl})
 
 
