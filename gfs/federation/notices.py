@@ -17,6 +17,7 @@ STREAM_SILENCE, voids every lease it carried (a restarted site forgets its promi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -24,6 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 
@@ -110,10 +112,14 @@ class NoticeStream:
         self._renewer = threading.Thread(target=self._renew_loop, name="hutong-renew",
                                          daemon=True)
         self._renewer.start()
+        #: acknowledgements are sent from here, so that reading never waits for one
+        #: (a stream read late under load would be taken for a silent one)
+        self._acks = ThreadPoolExecutor(1, thread_name_prefix="hutong-ack")
 
     def close(self) -> None:
         """Stop reading (every lease is void)."""
         self._stop.set()
+        self._acks.shutdown(wait=False, cancel_futures=True)
         self._dropped()
         conn = self._conn
         if conn is not None:
@@ -169,10 +175,17 @@ class NoticeStream:
                 self._s.heard = now
             if self.on_break is not None:
                 self.on_break([str(p) for p in broken])
-            self.http.call("POST", ACK_PATH, {"holder": holder, "seq": msg.get("seq")})
+            with contextlib.suppress(RuntimeError):  # (closed meanwhile)
+                self._acks.submit(self._ack, holder, msg.get("seq"))
             return
         with self._lock:  # a heartbeat
             self._s.heard = now
+
+    def _ack(self, holder: str, seq: object) -> None:
+        try:
+            self.http.call("POST", ACK_PATH, {"holder": holder, "seq": seq})
+        except Exception as e:  # the writer waits for the lease to end instead
+            log.debug("acknowledgement to %s: %s", self.http.base_url, e)
 
     def _renew_loop(self) -> None:
         """Renew every lease of the stream (one request: `POST /v1/ns/notices/renew`)
