@@ -588,16 +588,27 @@ class WriteBack:
 
     def _store_batch(self, work: list[tuple[DirtyFile, bool]]) -> None:
         """Store and commit `work` ((file, pending create?)) in one writer session."""
+        walks = self._create_walks([d.ino for d, new in work if new])
         with self.client.store.writer(durable=self.sync_interval <= 0,
                                       tail=self._tail) as session:
-            for d, new in work:
+            for i, (d, new) in enumerate(work):
                 refs = d.tmp.store(session) if d.tmp is not None else []
                 if new and d.mtime_ns is not None:
                     self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
                 action = self._create_action(d.ino) if new else \
                     self._update_action(d.ino, d.mtime_ns)
-                session.add_file(refs, action)
+                session.add_file(refs, _reading_ahead(walks, action) if i == 0 and walks
+                                 else action)
             session.commit()
+
+    def _create_walks(self, inos: list[int]) -> list[tuple[int, list[str]]]:
+        """The entries the create actions of pending files `inos` will look up."""
+        walks: list[tuple[int, list[str]]] = []
+        for ino in inos:
+            node = self.pending.get(ino)
+            if node is not None:
+                walks.append((node.parent, [self.pending.name(ino)]))
+        return walks
 
     def _create_action(self, ino: int) -> Action:
         """The commit action of a file created here: link it under its reserved number."""
@@ -637,6 +648,16 @@ class WriteBack:
             self.seen_version[ino] = node.version + 1
             return old
         return action
+
+
+def _reading_ahead(walks: list[tuple[int, list[str]]], action: Action) -> Action:
+    """`action`, after reading ahead the entries `walks` in its transaction (the first
+    action of a batch reads those of the whole batch: one round trip on a database
+    server, not a lookup per new file)."""
+    def ahead(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+        txn.read_ahead(walks)
+        return action(txn, refs)
+    return ahead
 
 
 __all__ = ["ACTIVE_WRITER", "GATHER_WINDOW", "METADATA_SYNC", "SPOOL_MEMORY", "CommitStats",

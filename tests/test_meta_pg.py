@@ -954,3 +954,52 @@ def test_a_batch_of_mount_renames_reads_its_entries_in_one_round_trip(
         assert [ch.error for ch in changes] == [None] * 3
         assert trips[0] == 2
         assert sorted(s.path for s in fs.ls("/d")) == ["/d/g0", "/d/g1", "/d/g2"]
+
+
+def test_a_batch_of_mount_creates_reads_its_entries_in_one_round_trip(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files created through the mount and committed together (one group commit) have
+    their names (and their directory) checked in one query, not a lookup per file: the
+    commit transaction of 8 new files costs 4 round trips (chunks committed meanwhile,
+    the tail pack, the entries, COMMIT; 13 before), and all 8 land with their content."""
+    import traceback
+
+    import psycopg
+
+    from gfs.mount_names import NameHints
+    from gfs.mount_writeback import WriteBack
+    from gfs.read import cached
+
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        fs.mkdir("/d")
+        d_ino = fs.stat("/d").ino
+        cache = cached(fs.store.source, 16 << 20)
+        wb = WriteBack(fs, cache, NameHints())
+        try:
+            dirties = []
+            for i in range(8):
+                node = wb.create(d_ino, f"f{i}", 0o644, 0, 0)
+                d = wb.open_writer(node.ino)
+                wb.write(d, wb.reader(node.ino)[0], f"data {i}".encode(), 0)
+                dirties.append(d)
+            trips, in_txn = [0], [0]
+            wait = psycopg.Connection.wait
+
+            def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
+                trips[0] += 1
+                if any(f.name == "transact" for f in traceback.extract_stack()):
+                    in_txn[0] += 1
+                return wait(self, *a, **k)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(psycopg.Connection, "wait", counting)
+            wb._commit_batch(dirties)
+            monkeypatch.undo()
+            for d in dirties:
+                wb.drop_writer(d)
+        finally:
+            wb.close()
+            cache.close()
+        assert in_txn[0] <= 4
+        assert trips[0] <= 17  # with the writer session's own (25 before)
+        assert sorted(s.path for s in fs.ls("/d")) == [f"/d/f{i}" for i in range(8)]
+        assert fs.read_bytes("/d/f7") == b"data 7"
