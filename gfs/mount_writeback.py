@@ -28,6 +28,7 @@ from functools import partial
 from typing import BinaryIO
 
 from gfs import namespace
+from gfs.chunking import ChunkParams
 from gfs.client import Client
 from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError, NotFoundError
 from gfs.group_commit import GroupCommitter
@@ -35,7 +36,7 @@ from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, Wr
 from gfs.mount_names import NameHints
 from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.read import ManifestReader, MemoryTier
-from gfs.store import WriteSession
+from gfs.store import Prepared, WriteSession, prepare
 
 log = logging.getLogger("hutong.mount")
 
@@ -591,8 +592,10 @@ class WriteBack:
         walks = self._create_walks([d.ino for d, new in work if new])
         with self.client.store.writer(durable=self.sync_interval <= 0,
                                       tail=self._tail) as session:
+            small = _store_small(session, [d for d, _ in work], self.client.store.params)
             for i, (d, new) in enumerate(work):
-                refs = d.tmp.store(session) if d.tmp is not None else []
+                refs = small[i] if i in small else \
+                    d.tmp.store(session) if d.tmp is not None else []
                 if new and d.mtime_ns is not None:
                     self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
                 action = self._create_action(d.ino) if new else \
@@ -648,6 +651,22 @@ class WriteBack:
             self.seen_version[ino] = node.version + 1
             return old
         return action
+
+
+def _store_small(session: WriteSession, files: list[DirtyFile],
+                 params: ChunkParams) -> dict[int, list[ChunkRef]]:
+    """Store the content of the files of `files` spooled in memory as one piece, so
+    the chunks of a batch of small files are looked up together (one round trip on a
+    database server, not one per file); their refs, by index in `files`."""
+    parts: dict[int, Prepared] = {}
+    for i, d in enumerate(files):
+        if d.tmp is not None and d.tmp.mem:
+            parts[i] = prepare(bytes(d.tmp.mem), params)
+    if parts:
+        session.store_prepared(Prepared([r for p in parts.values() for r in p.refs],
+                                        [b for p in parts.values() for b in p.pieces],
+                                        sum(p.consumed for p in parts.values())))
+    return {i: p.refs for i, p in parts.items()}
 
 
 def _reading_ahead(walks: list[tuple[int, list[str]]], action: Action) -> Action:
