@@ -28,6 +28,7 @@ from functools import partial
 from typing import BinaryIO
 
 from gfs import namespace
+from gfs.chunking import ChunkParams
 from gfs.client import Client
 from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError, NotFoundError
 from gfs.group_commit import GroupCommitter
@@ -35,7 +36,7 @@ from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, Wr
 from gfs.mount_names import NameHints
 from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.read import ManifestReader, MemoryTier
-from gfs.store import WriteSession
+from gfs.store import Prepared, WriteSession, prepare
 
 log = logging.getLogger("hutong.mount")
 
@@ -53,6 +54,9 @@ ACTIVE_WRITER = 0.05
 #: seconds within which a metadata-only change (mkdir, chmod, rename, ...) becomes
 #: durable, if no close, fsync(2) or unmount made it durable sooner.
 METADATA_SYNC = 1.0
+#: Seconds a lookup's miss stands in for a create's own check of the name (no
+#: staler than the kernel's negative entry of the default entry timeout).
+MISS_FRESH = 1.0
 
 
 def _pwrite_all(fd: int, data: bytes, off: int) -> int:
@@ -258,6 +262,8 @@ class WriteBack:
         #: The committed version this mount last opened or committed, per inode.
         self.seen_version: dict[int, int] = {}
         self._lock = threading.Lock()
+        #: (directory, name) -> (when, directory inode) of lookups that found nothing
+        self._misses: dict[tuple[int, str], tuple[float, Inode]] = {}
         self.stats = CommitStats()
         self._stats_lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -295,7 +301,10 @@ class WriteBack:
 
     # -- durability ------------------------------------------------------------
     def changed(self) -> None:
-        """Note a metadata change made outside the committer (for the next `sync`)."""
+        """Note a metadata change made outside the committer (for the next `sync`;
+        the lookups' misses noted before it are forgotten)."""
+        with self._lock:
+            self._misses.clear()
         if self.sync_interval > 0 or self.lazy_meta:
             with self._stats_lock:
                 self.stats.unsynced += 1
@@ -381,17 +390,31 @@ class WriteBack:
     # -- creating and writing ------------------------------------------------
     def create(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Inode:
         """A new file `name` in `parent`, pending until its first commit."""
-        with self.client.engine.read() as txn:
-            # the entry first: on a database server the directory comes along
-            exists = txn.lookup(parent, name) is not None
-            parent_node = namespace.get(txn, parent)
-            if parent_node.kind != Kind.DIR:
-                raise NotADirError(name)
+        with self._lock:
+            miss = self._misses.pop((parent, name), None)
+        if miss is not None and time.monotonic() - miss[0] < MISS_FRESH:
+            exists, parent_node = False, miss[1]  # the kernel's lookup just missed it
+        else:
+            with self.client.engine.read() as txn:
+                # the entry first: on a database server the directory comes along
+                exists = txn.lookup(parent, name) is not None
+                parent_node = namespace.get(txn, parent)
+        if parent_node.kind != Kind.DIR:
+            raise NotADirError(name)
         mode, gid = namespace.inherit(parent_node, Kind.FILE, mode & 0o7777, gid)
         node = self.pending.add(parent, name, mode, uid, gid, exists)
         self.names.remember(node.ino, parent, name)
         self.seen_version[node.ino] = 1
         return node
+
+    def missed(self, parent: Inode, name: str) -> None:
+        """Note that a lookup of `name` in directory `parent` found nothing: a create
+        of it within MISS_FRESH trusts that, with no read of its own. Forgotten at the
+        next namespace change of this mount (`changed`)."""
+        with self._lock:
+            if len(self._misses) >= 4096:
+                self._misses.clear()
+            self._misses[(parent.ino, name)] = (time.monotonic(), parent)
 
     def open_writer(self, ino: int) -> DirtyFile:
         """Count a writable handle of `ino`; its shared DirtyFile."""
@@ -588,16 +611,29 @@ class WriteBack:
 
     def _store_batch(self, work: list[tuple[DirtyFile, bool]]) -> None:
         """Store and commit `work` ((file, pending create?)) in one writer session."""
+        walks = self._create_walks([d.ino for d, new in work if new])
         with self.client.store.writer(durable=self.sync_interval <= 0,
                                       tail=self._tail) as session:
-            for d, new in work:
-                refs = d.tmp.store(session) if d.tmp is not None else []
+            small = _store_small(session, [d for d, _ in work], self.client.store.params)
+            for i, (d, new) in enumerate(work):
+                refs = small[i] if i in small else \
+                    d.tmp.store(session) if d.tmp is not None else []
                 if new and d.mtime_ns is not None:
                     self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
                 action = self._create_action(d.ino) if new else \
                     self._update_action(d.ino, d.mtime_ns)
-                session.add_file(refs, action)
+                session.add_file(refs, _reading_ahead(walks, action) if i == 0 and walks
+                                 else action)
             session.commit()
+
+    def _create_walks(self, inos: list[int]) -> list[tuple[int, list[str]]]:
+        """The entries the create actions of pending files `inos` will look up."""
+        walks: list[tuple[int, list[str]]] = []
+        for ino in inos:
+            node = self.pending.get(ino)
+            if node is not None:
+                walks.append((node.parent, [self.pending.name(ino)]))
+        return walks
 
     def _create_action(self, ino: int) -> Action:
         """The commit action of a file created here: link it under its reserved number."""
@@ -637,6 +673,32 @@ class WriteBack:
             self.seen_version[ino] = node.version + 1
             return old
         return action
+
+
+def _store_small(session: WriteSession, files: list[DirtyFile],
+                 params: ChunkParams) -> dict[int, list[ChunkRef]]:
+    """Store the content of the files of `files` spooled in memory as one piece, so
+    the chunks of a batch of small files are looked up together (one round trip on a
+    database server, not one per file); their refs, by index in `files`."""
+    parts: dict[int, Prepared] = {}
+    for i, d in enumerate(files):
+        if d.tmp is not None and d.tmp.mem:
+            parts[i] = prepare(bytes(d.tmp.mem), params)
+    if parts:
+        session.store_prepared(Prepared([r for p in parts.values() for r in p.refs],
+                                        [b for p in parts.values() for b in p.pieces],
+                                        sum(p.consumed for p in parts.values())))
+    return {i: p.refs for i, p in parts.items()}
+
+
+def _reading_ahead(walks: list[tuple[int, list[str]]], action: Action) -> Action:
+    """`action`, after reading ahead the entries `walks` in its transaction (the first
+    action of a batch reads those of the whole batch: one round trip on a database
+    server, not a lookup per new file)."""
+    def ahead(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+        txn.read_ahead(walks)
+        return action(txn, refs)
+    return ahead
 
 
 __all__ = ["ACTIVE_WRITER", "GATHER_WINDOW", "METADATA_SYNC", "SPOOL_MEMORY", "CommitStats",
