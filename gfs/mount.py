@@ -33,7 +33,7 @@ import pyfuse3.asyncio
 from gfs import namespace
 from gfs.client import Client
 from gfs.disk_cache import open_tier
-from gfs.errors import HutongError, NotFoundError
+from gfs.errors import HutongError
 from gfs.eviction import DEFAULT_POLICY
 from gfs.meta import Inode, Kind, WriteTxn
 from gfs.mount_atime import AccessTimes
@@ -317,11 +317,7 @@ class HutongOperations(pyfuse3.Operations):
                 if name in (b".", b".."):
                     parent = namespace.get(txn, parent_inode)
                     return parent if name == b"." else namespace.get(txn, parent.parent)
-                try:
-                    node = namespace.lookup(txn, parent_inode, n)
-                except NotFoundError:  # a create of it may follow: it need not look again
-                    self.wb.missed(namespace.get(txn, parent_inode), n)
-                    raise
+                node = namespace.lookup(txn, parent_inode, n)
             self._names.remember(node.ino, parent_inode, n)
             return node
         try:

@@ -54,9 +54,6 @@ ACTIVE_WRITER = 0.05
 #: seconds within which a metadata-only change (mkdir, chmod, rename, ...) becomes
 #: durable, if no close, fsync(2) or unmount made it durable sooner.
 METADATA_SYNC = 1.0
-#: Seconds a lookup's miss stands in for a create's own check of the name (no
-#: staler than the kernel's negative entry of the default entry timeout).
-MISS_FRESH = 1.0
 
 
 def _pwrite_all(fd: int, data: bytes, off: int) -> int:
@@ -262,8 +259,6 @@ class WriteBack:
         #: The committed version this mount last opened or committed, per inode.
         self.seen_version: dict[int, int] = {}
         self._lock = threading.Lock()
-        #: (directory, name) -> (when, directory inode) of lookups that found nothing
-        self._misses: dict[tuple[int, str], tuple[float, Inode]] = {}
         self.stats = CommitStats()
         self._stats_lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -301,10 +296,7 @@ class WriteBack:
 
     # -- durability ------------------------------------------------------------
     def changed(self) -> None:
-        """Note a metadata change made outside the committer (for the next `sync`;
-        the lookups' misses noted before it are forgotten)."""
-        with self._lock:
-            self._misses.clear()
+        """Note a metadata change made outside the committer (for the next `sync`)."""
         if self.sync_interval > 0 or self.lazy_meta:
             with self._stats_lock:
                 self.stats.unsynced += 1
@@ -390,31 +382,17 @@ class WriteBack:
     # -- creating and writing ------------------------------------------------
     def create(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Inode:
         """A new file `name` in `parent`, pending until its first commit."""
-        with self._lock:
-            miss = self._misses.pop((parent, name), None)
-        if miss is not None and time.monotonic() - miss[0] < MISS_FRESH:
-            exists, parent_node = False, miss[1]  # the kernel's lookup just missed it
-        else:
-            with self.client.engine.read() as txn:
-                # the entry first: on a database server the directory comes along
-                exists = txn.lookup(parent, name) is not None
-                parent_node = namespace.get(txn, parent)
-        if parent_node.kind != Kind.DIR:
-            raise NotADirError(name)
+        with self.client.engine.read() as txn:
+            # the entry first: on a database server the directory comes along
+            exists = txn.lookup(parent, name) is not None
+            parent_node = namespace.get(txn, parent)
+            if parent_node.kind != Kind.DIR:
+                raise NotADirError(name)
         mode, gid = namespace.inherit(parent_node, Kind.FILE, mode & 0o7777, gid)
         node = self.pending.add(parent, name, mode, uid, gid, exists)
         self.names.remember(node.ino, parent, name)
         self.seen_version[node.ino] = 1
         return node
-
-    def missed(self, parent: Inode, name: str) -> None:
-        """Note that a lookup of `name` in directory `parent` found nothing: a create
-        of it within MISS_FRESH trusts that, with no read of its own. Forgotten at the
-        next namespace change of this mount (`changed`)."""
-        with self._lock:
-            if len(self._misses) >= 4096:
-                self._misses.clear()
-            self._misses[(parent.ino, name)] = (time.monotonic(), parent)
 
     def open_writer(self, ino: int) -> DirtyFile:
         """Count a writable handle of `ino`; its shared DirtyFile."""

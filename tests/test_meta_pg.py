@@ -9,7 +9,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -1006,52 +1005,3 @@ def test_a_batch_of_mount_creates_reads_its_entries_in_one_round_trip(
         assert trips[0] <= 10  # with the writer session's own (25 before)
         assert sorted(s.path for s in fs.ls("/d")) == [f"/d/f{i}" for i in range(8)]
         assert fs.read_bytes("/d/f7") == b"data 7"
-
-
-def test_a_mount_create_after_the_kernels_lookup_missed_reads_nothing(
-        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """open(O_CREAT) of a new name through the mount: the kernel's LOOKUP misses (one
-    round trip), and the CREATE that follows trusts that miss instead of reading the
-    name again (0 round trips, 1 before). A namespace change of the mount in between
-    forgets the miss: a create of a name made meanwhile still fails with EEXIST."""
-    import asyncio
-    import errno
-    from types import SimpleNamespace
-
-    import psycopg
-    import pyfuse3
-
-    from gfs.mount import HutongOperations
-
-    with Client.init(tmp_path / "s", meta=pg_url) as fs:
-        fs.mkdir("/d")
-        d_ino = fs.stat("/d").ino
-        ops = HutongOperations(fs)
-        ctx: Any = SimpleNamespace(uid=0, gid=0, pid=os.getpid(), umask=0o022)
-        trips = [0]
-        wait = psycopg.Connection.wait
-
-        def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
-            trips[0] += 1
-            return wait(self, *a, **k)  # type: ignore[arg-type]
-
-        async def scenario() -> None:
-            monkeypatch.setattr(psycopg.Connection, "wait", counting)
-            assert (await ops.lookup(d_ino, b"f", ctx)).st_ino == 0  # the kernel's miss
-            fi, _ = await ops.create(d_ino, b"f", 0o644, os.O_WRONLY | os.O_CREAT, ctx)
-            monkeypatch.undo()
-            await ops.write(fi.fh, 0, b"new")
-            await ops.release(fi.fh)
-            assert (await ops.lookup(d_ino, b"g", ctx)).st_ino == 0
-            await ops.mkdir(d_ino, b"g", 0o755, ctx)
-            with pytest.raises(pyfuse3.FUSEError) as e:
-                await ops.create(d_ino, b"g", 0o644, os.O_WRONLY | os.O_CREAT, ctx)
-            assert e.value.errno == errno.EEXIST
-
-        try:
-            asyncio.run(scenario())
-        finally:
-            ops.close()
-        assert trips[0] == 1  # the lookup's
-        assert fs.read_bytes("/d/f") == b"new"
-        assert fs.stat("/d/g").kind == "dir"
