@@ -9,6 +9,7 @@ import socket
 import time
 from collections import Counter
 from http.client import HTTPConnection, HTTPResponse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.notices import ACK_PATH, LEASE_SECONDS, NOTICES_PATH, RENEW_PATH
 from gfs.federation.notices_site import LeaseTable
 from gfs.federation.site_client import SiteClient
-from gfs.federation.testing import Federation
+from gfs.federation.testing import Federation, lone_site
 from tests.test_mount_helpers import wait_for
 
 
@@ -291,3 +292,36 @@ def test_a_renewal_extends_only_the_callers_own_stream() -> None:
     h.acks[1] = loop.create_future()  # a break not acknowledged yet
     assert table.renew(h.id, "telco") is None and h.leases["/t/f"] == 109.0
     loop.close()
+
+
+mirrored = fedns.mirrored
+
+
+def test_a_mirror_promises_no_lease(mirrored: Federation) -> None:
+    """A mirror's copy changes by replication, which breaks no lease: it must not
+    promise one (the primary does)."""
+    fedns._replicate(mirrored, {"/lab/d/f.txt": b"one"})
+    keys = mirrored.keys("lab")
+    for site, leased in (("lab-1", True), ("lab-2", False)):
+        http = mirrored.http(site, keys=keys)
+        stream = RawStream(http)
+        try:
+            sc = SiteClient(http.base_url, keys=keys, tls=http.tls, site=site)
+            listing = sc.list_dir("/lab/d", mirror=site == "lab-2", lease=stream.holder)
+            assert [e.name for e in listing.entries or ()] == ["f.txt"]
+            assert (listing.lease is not None) is leased, (site, listing.lease)
+        finally:
+            stream.close()
+            http.close()
+
+
+def test_a_daemon_on_a_shared_database_promises_no_lease(tmp_path: Path,
+                                                          pg_url: str) -> None:
+    """Several daemons of one entity on one PostgreSQL namespace: a change through
+    another daemon breaks nothing here, so none of them promises a lease."""
+    embedded, shared = lone_site(tmp_path / "a"), lone_site(tmp_path / "b", meta=pg_url)
+    try:
+        assert embedded.grants_leases and not shared.grants_leases
+    finally:
+        embedded.close()
+        shared.close()

@@ -276,6 +276,8 @@ async def _leased(request: web.Request, p: Principal, out: dict[str, Any]
     the access check and the read run inside; the answer `out` gets its seconds."""
     table, holder, raw = request.app[LEASES_KEY], request.query.get("lease"), \
         request.query.get("path", "")
+    if not request.app[SITE_KEY].grants_leases:
+        holder = None  # a mirror, or one of several daemons on a shared database
     try:
         ttl = table.promise(holder, p, raw) if holder else None
     except InvalidPathError:

@@ -70,7 +70,7 @@ from gfs.federation.wire import (
     pack_frames,
 )
 from gfs.group_commit import GroupCommitter
-from gfs.meta import ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
+from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, ReadTxn, WriteTxn
 from gfs.mover import (
     PIN_SECONDS,
     ChunksUnavailableError,
@@ -185,6 +185,15 @@ class Site:
     @property
     def entity(self) -> str:
         return self.config.entity
+
+    @property
+    def grants_leases(self) -> bool:
+        """Whether this daemon promises open leases (docs/leases.md): only where every
+        change of its namespace passes through it, i.e. its entity's primary on an
+        embedded store. A mirror's copy changes by replication, and a namespace on a
+        database server shared with other daemons changes through them too: neither
+        change could break this daemon's leases."""
+        return self.config.primary and isinstance(self.client.engine, LmdbEngine)
 
     def close(self) -> None:
         self.pulls.shutdown(wait=True, cancel_futures=True)

@@ -345,9 +345,11 @@ def accepted(url: str, keys_dir: str, site: str, timeout: float) -> bool:
 
 
 def lone_site(state: Path, *, name: str = "s1", entity: str = "bank-a",
-              region: str = "cn-west", primary: bool = True) -> Site:
-    """A site daemon's state made at `state` and opened in-process, for tests that call
-    its methods or serve its app themselves; its registry (port 9) is never asked."""
+              region: str = "cn-west", primary: bool = True, meta: str | None = None
+              ) -> Site:
+    """A site daemon's state made at `state` (its namespace in `meta`, a PostgreSQL
+    URL, if given) and opened in-process, for tests that call its methods or serve its
+    app themselves; its registry (port 9) is never asked."""
     init_site(state, name=name, entity=entity, region=region,
-              registry="http://127.0.0.1:9", primary=primary)
+              registry="http://127.0.0.1:9", primary=primary, meta=meta)
     return Site(state)
