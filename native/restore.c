@@ -73,6 +73,19 @@ release_items(file_item *items, Py_ssize_t n)
     PyMem_Free(items);
 }
 
+/* Nanoseconds since the epoch, before it too (a file of 1969), as a timespec. */
+static void
+to_timespec(long long ns, struct timespec *ts)
+{
+    long long sec = ns / 1000000000LL, rem = ns % 1000000000LL;
+    if (rem < 0) {
+        rem += 1000000000LL;
+        sec -= 1;
+    }
+    ts->tv_sec = (time_t)sec;
+    ts->tv_nsec = (long)rem;
+}
+
 static int
 parse_item(PyObject *obj, file_item *it)
 {
@@ -81,14 +94,8 @@ parse_item(PyObject *obj, file_item *it)
     if (!PyArg_ParseTuple(obj, "O&O&OiLL:write_files item", PyUnicode_FSConverter, &it->tmp,
                           PyUnicode_FSConverter, &it->path, &blocks, &it->mode, &atime, &mtime))
         return -1;
-    it->times[0].tv_sec = (time_t)(atime / 1000000000LL);
-    it->times[0].tv_nsec = (long)(atime % 1000000000LL);
-    it->times[1].tv_sec = (time_t)(mtime / 1000000000LL);
-    it->times[1].tv_nsec = (long)(mtime % 1000000000LL);
-    if (it->times[0].tv_nsec < 0 || it->times[1].tv_nsec < 0) {
-        PyErr_SetString(PyExc_ValueError, "write_files: times must not be negative");
-        return -1;
-    }
+    to_timespec(atime, &it->times[0]);
+    to_timespec(mtime, &it->times[1]);
     PyObject *seq = PySequence_Fast(blocks, "write_files: blocks must be a sequence");
     if (seq == NULL)
         return -1;

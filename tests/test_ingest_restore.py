@@ -114,6 +114,15 @@ def test_write_files_stops_at_the_first_failure_and_leaves_no_temporary(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     with pytest.raises(TypeError):
         _native.write_files([("t", "p", [3], 0o644, 0, 0)])  # type: ignore[list-item]
-    with pytest.raises(ValueError, match="negative"):
-        _native.write_files([(str(tmp_path / ".d"), str(tmp_path / "d"), [], 0o644, -1, 0)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_write_files_restores_times_before_1970(tmp_path: Path) -> None:
+    """A file of 1969 (negative nanoseconds) gets its times back exactly."""
+    from gfs import _native
+
+    when = (-1, -1_500_000_001)  # 1 ns and 1.5 s before the epoch
+    assert _native.write_files([(str(tmp_path / ".d"), str(tmp_path / "d"), [b"z"], 0o644,
+                                 *when)]) == (1, 0)
+    st = os.stat(tmp_path / "d")
+    assert (st.st_atime_ns, st.st_mtime_ns) == when
