@@ -38,8 +38,10 @@ setup(
     ext_modules=[
         Extension(
             "gfs._native",
-            sources=["native/module.c", "native/fastcdc.c", "native/chunkid.c", "native/superfeat.c"],
-            depends=["native/fastcdc.h", "native/chunkid.h", "native/superfeat.h"],
+            sources=["native/module.c", "native/fastcdc.c", "native/chunkid.c", "native/superfeat.c",
+                     "native/restore.c"],
+            depends=["native/fastcdc.h", "native/chunkid.h", "native/superfeat.h",
+                     "native/restore.h"],
             include_dirs=["native"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),

@@ -13,7 +13,9 @@ Three sections, one run:
    and on PostgreSQL (a private server started by gfs.testing.postgres), and
    through FUSE mounts of Hutong (LMDB, PostgreSQL) and JuiceFS (SQLite and
    PostgreSQL metadata, a local directory for data), each client in its own
-   directory of the one mount.
+   directory of the one mount. `--engines postgresql` runs only the PostgreSQL
+   rows (Hutong's, and JuiceFS on PostgreSQL; `lmdb`: Hutong's and JuiceFS on
+   SQLite), `--doors api` or `--doors mount` only the API or the mount rows.
 3. Federation: the same kind of operations through a site on loopback (a
    registry and one primary site as processes, signed requests, one keep-alive
    connection) next to a local directory.
@@ -40,6 +42,11 @@ from gfs.testing.postgres import PostgresServer, start_server, stop_server
 
 #: Client process counts of the API rows.
 CLIENTS = (1, 4, 16)
+#: Hutong's metadata engines (the clients section); JuiceFS's peer metadata of each.
+ENGINES = ("lmdb", "postgresql")
+JUICEFS_PEER = {"lmdb": "sqlite3", "postgresql": "postgresql"}
+#: How the clients section's clients reach the namespace.
+DOORS = ("api", "mount")
 
 
 def _rate(n: int, op: Callable[[int], object]) -> float:
@@ -63,6 +70,11 @@ def main(argv: list[str]) -> int:
                     help="run one section (no headline)")
     ap.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS),
                     help=f"client process counts of the clients section (default {CLIENTS})")
+    ap.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
+                    help="metadata engines of the clients section: Hutong's, and JuiceFS's "
+                         "peer of each (lmdb: JuiceFS on SQLite; postgresql: on PostgreSQL)")
+    ap.add_argument("--doors", nargs="+", choices=DOORS, default=list(DOORS),
+                    help="how the clients section's clients work: the Python API, FUSE mounts")
     args = ap.parse_args(argv)
     sizes = (2_000, 20_000) if args.quick else (10_000, 100_000, 1_000_000) if args.large \
         else (10_000, 100_000)
@@ -96,21 +108,25 @@ def main(argv: list[str]) -> int:
         flat_ok = put_time <= 2 and fsck_rss <= 2
         print()
     per_client = sizes[0] // 100 if args.quick else 100
+    api: dict[tuple[str, int], tuple[dict[str, float], int]] = {}
     if args.only in (None, "clients"):
         with tempfile.TemporaryDirectory(prefix="bench-metaops-pg-") as pgdir:
             server, proc = start_server(pgdir)
             try:
-                api = _client_rates(server, per_client, counts)
-                print()
-                _mount_rates(server, per_client, counts)
+                engines = tuple(e for e in ENGINES if e in args.engines)
+                if "api" in args.doors:
+                    api = _client_rates(server, per_client, counts, engines)
+                    print()
+                if "mount" in args.doors:
+                    _mount_rates(server, per_client, counts, engines)
             finally:
                 stop_server(proc)
         print()
     if args.only in (None, "federation"):
         fed_stat = _federation(200 if args.quick else 2000)
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared)")
-    if args.only is not None:
-        return 0
+    if args.only is not None or len(args.engines) < len(ENGINES) or "api" not in args.doors:
+        return 0  # a part of the run: no headline
     print(headline("metaops", flat_ok, put_per_file_ratio=put_time, fsck_rss_ratio=fsck_rss,
                    lmdb_create_16=round(api[("lmdb", 16)][0]["create"]),
                    pg_create_16=round(api[("postgresql", 16)][0]["create"]),
@@ -130,14 +146,15 @@ def _powers(ap: argparse.ArgumentParser, lo: int, hi: int) -> tuple[int, ...]:
     return tuple(n for n in allowed if lo <= n <= hi)
 
 
-def _client_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS
+def _client_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS,
+                  engines: tuple[str, ...] = ENGINES
                   ) -> dict[tuple[str, int], tuple[dict[str, float], int]]:
     """The API rows: ops/s per phase for each engine and client count."""
     from gfs import Client
 
     out: dict[tuple[str, int], tuple[dict[str, float], int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-metaops-api-") as tmp:
-        for engine in ("lmdb", "postgresql"):
+        for engine in engines:
             for clients in counts:
                 state = Path(tmp) / f"{engine}-{clients}"
                 meta = server.url_for(f"b{clients}") if engine == "postgresql" else None
@@ -151,7 +168,8 @@ def _client_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIE
     return out
 
 
-def _mount_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS) -> None:
+def _mount_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS,
+                 engines: tuple[str, ...] = ENGINES) -> None:
     """The mount rows: the same phases through FUSE mounts of Hutong and JuiceFS."""
     from gfs import Client
 
@@ -159,7 +177,7 @@ def _mount_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIEN
     with tempfile.TemporaryDirectory(prefix="bench-metaops-mnt-") as tmp:
         root = Path(tmp)
         systems: list[tuple[str, list[str]]] = []
-        for engine in ("lmdb", "postgresql"):
+        for engine in engines:
             state = root / f"state-{engine}"
             meta = server.url_for("mnt") if engine == "postgresql" else None
             Client.init(state, meta=meta).close()
@@ -167,8 +185,8 @@ def _mount_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIEN
                 sys.executable, "-m", "gfs.cli", "--state", str(state), "mount", "{mnt}"]))
         jfs_pg = f"postgres:///postgres?host={server.socket_dir}&port={server.port}" \
                  "&user=hutong&sslmode=disable&search_path=jfs"
-        for label, meta_url in (("sqlite3", f"sqlite3://{root}/jfs.db"),
-                                ("postgresql", jfs_pg)):
+        jfs_urls = {"sqlite3": f"sqlite3://{root}/jfs.db", "postgresql": jfs_pg}
+        for label, meta_url in ((JUICEFS_PEER[e], jfs_urls[JUICEFS_PEER[e]]) for e in engines):
             why = _juicefs_format(root / f"bucket-{label}", meta_url, server)
             if why is not None:
                 print(f"JuiceFS on {label}: not measured: {why}")

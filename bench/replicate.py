@@ -30,15 +30,12 @@ blobs); against rsync's bytes for the same update. `--mover-only` runs only that
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -48,6 +45,7 @@ from bench.report import headline, table
 from gfs import accesslog, mover
 from gfs.client import Client
 from gfs.federation.testing import Federation
+from gfs.testing.relay import TcpRelay
 
 TARGET = 1.0
 """N+1 wire bytes over rsync's, to each site (issue 17)."""
@@ -111,49 +109,6 @@ def _rsync_bytes(src: Path, dst: Path) -> tuple[int, int]:
     return n, n + int(got.group(1).replace(",", ""))
 
 
-class _CountingRelay:
-    """Forwards loopback connections to `target`, counting every byte both ways."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.bytes = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                a, _ = self._listener.accept()
-            except OSError:
-                return
-            b = socket.create_connection(self.target, timeout=60)
-            for x, y in ((a, b), (b, a)):
-                t = threading.Thread(target=self._pump, args=(x, y), daemon=True)
-                t.start()
-                self._threads.append(t)
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(1 << 18):
-                b.sendall(data)
-                with self._lock:
-                    self.bytes += len(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._listener.close()
-        for t in self._threads[1:]:
-            t.join(timeout=30)
-
-
 def _store_tree(c: Client, root: Path, dest: str) -> None:
     c.mkdir(dest, parents=True, exist_ok=True)
     for f in sorted(root.iterdir()):
@@ -187,7 +142,7 @@ def _mover_rows(root: Path, v1: Path, v2: Path, rs2: int, rs2_all: int) -> list[
                 _store_tree(dst, v1, "/ds")
                 missing = _lacking(dst, _file_chunks(src, v2, "/ds2"))
                 with mover.MoverServer(src, secret) as srv:
-                    relay = _CountingRelay(srv.address)
+                    relay = TcpRelay(srv.address)
                     try:
                         t0 = time.perf_counter()
                         st = mover.fetch(dst, relay.address, missing, secret, streams=2)

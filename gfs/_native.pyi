@@ -1,6 +1,7 @@
 """Typed stubs of the C extension `gfs._native` (native/module.c)."""
 
 import mmap
+from collections.abc import Sequence
 
 _Buffer = bytes | bytearray | memoryview | mmap.mmap
 
@@ -36,3 +37,9 @@ def cut_superfeatures(
     buf: _Buffer, min_size: int, avg_size: int, max_size: int, /
 ) -> tuple[list[int], bytes]:
     """cut_points and superfeatures of the whole buffer in one pass; releases the GIL."""
+
+def write_files(
+    items: Sequence[tuple[str, str, Sequence[_Buffer], int, int, int]], /
+) -> tuple[int, int]:
+    """Create, write, chmod, utime and rename each (tmp, path, blocks, mode, atime_ns,
+    mtime_ns) without the GIL; (files done, errno of the first failure or 0)."""

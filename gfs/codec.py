@@ -293,6 +293,17 @@ PAD_SHIFT = 3
 _ENC_OVERHEAD = ENC_NONCE_LEN + ENC_TAG_LEN
 
 
+def verify_blob(blob: Buffer, expect_id: bytes) -> None:
+    """`decode_blob`'s checks of a whole blob of chunk `expect_id` without keeping the raw
+    chunk (a reader that keeps the blob): a raw blob is hashed in place, not copied;
+    others are decoded. Raises `CorruptChunkError` as `decode_blob` does."""
+    head = _parse_header(blob)
+    if head.codec == CODEC_RAW and head.chunk_id == expect_id and len(blob) == head.blob_len \
+            and chunk_id(memoryview(blob)[BLOB_HEADER_LEN:]) == expect_id:
+        return
+    decode_blob(blob, expect_id=expect_id)  # the precise error, or another codec's checks
+
+
 def keyed_chunk_id(cid: bytes, id_key: bytes) -> bytes:
     """The keyed id of chunk `cid` under an owner's id key: HMAC-SHA256, first 16 bytes."""
     import hashlib

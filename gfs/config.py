@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,10 +150,37 @@ def plain(data: Mapping[str, object]) -> dict[str, Any] | None:
     return out
 
 
+#: Text read the same by the pydantic model and by `plain_text`: flags as 0/1/true/false,
+#: numbers as plain decimals (anything else goes through the model).
+_PLAIN_FLAGS = {"0": False, "1": True, "true": True, "false": False}
+_PLAIN_NUMBER = re.compile(r"[0-9]{1,15}(\.[0-9]{1,6})?")
+
+
+def plain_text(data: Mapping[str, str]) -> dict[str, Any] | None:
+    """`plain` for settings given as text (environment variables): None unless every
+    value is a plain flag or decimal, so `HUTONG_DELTA=1` costs no pydantic import."""
+    typed: dict[str, object] = {}
+    for key, text in data.items():
+        f = FIELDS.get(key)
+        if f is None or not isinstance(text, str):
+            return None
+        unit = f.metadata["unit"]
+        if unit == "flag":
+            if text not in _PLAIN_FLAGS:
+                return None
+            typed[key] = _PLAIN_FLAGS[text]
+            continue
+        m = _PLAIN_NUMBER.fullmatch(text)
+        if m is None or (m.group(1) and unit != "duration"):
+            return None
+        typed[key] = float(text) if unit == "duration" else int(text)
+    return plain(typed)
+
+
 def settings(data: Mapping[str, Any], where: str, strings: bool = False) -> dict[str, Any]:
     """The settings in `data` (one source), checked alone and converted; `strings`:
     every value is text (environment variables)."""
-    found = None if strings else plain(data)
+    found = plain_text(data) if strings else plain(data)
     if found is not None:
         return found
     from gfs._config_model import checked_settings
@@ -186,4 +214,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["CONFIG_FILE", "FIELDS", "STATE_ENV", "ConfigError", "MetaSettings", "StoreConfig",
-           "StoreSettings", "meta_url", "plain", "settings", "state_dir"]
+           "StoreSettings", "meta_url", "plain", "plain_text", "settings", "state_dir"]

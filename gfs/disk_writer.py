@@ -3,9 +3,11 @@ thread, so the thread that fetched a chunk goes back to the network instead of
 waiting for the cache's append lock and its `pwrite` (on a cold read over a WAN the
 fetch threads waited more on those than on the link).
 
-A queued chunk is not in the disk tier until written, as before; a full queue (by
-bytes) makes the caller write itself, so memory stays bounded; a crash loses only
-what was queued, which is cache contents, never data. `close` writes what is queued.
+A queued chunk is found by `blob` until it is written (a reader asking the disk tier
+for it meanwhile gets it from the queue, not from the network again); a chunk queued
+twice is kept once; a full queue (by bytes) makes the caller write itself, so memory
+stays bounded; a crash loses only what was queued, which is cache contents, never
+data. `close` writes what is queued.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class QueuedPuts:
     def __init__(self, disk: DiskCache, limit: int = QUEUE_BYTES) -> None:
         self.disk = disk
         self.limit = limit
-        self._queue: deque[tuple[bytes, bytes]] = deque()
+        self._queue: deque[bytes] = deque()
+        self._blobs: dict[bytes, bytes] = {}
+        """The queued blobs by chunk id (each id once in `_queue`)."""
         self._bytes = 0
         self._cond = threading.Condition()
         self._closing = False
@@ -41,9 +45,12 @@ class QueuedPuts:
         if not self.disk.owner:
             return
         with self._cond:
+            if cid in self._blobs:
+                return
             queued = not self._closing and self._bytes + len(blob) <= self.limit
             if queued:
-                self._queue.append((cid, blob))
+                self._queue.append(cid)
+                self._blobs[cid] = blob
                 self._bytes += len(blob)
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, daemon=True,
@@ -54,6 +61,17 @@ class QueuedPuts:
                 self.written_inline += 1
         if not queued:
             self.disk.put(cid, blob)
+
+    def blob(self, cid: bytes) -> bytes | None:
+        """The blob of chunk `cid` if it is queued and not yet written, else None."""
+        with self._cond:
+            return self._blobs.get(cid)
+
+    def queued(self, cids: list[bytes]) -> set[bytes]:
+        """Those of `cids` queued and not yet written (one lock for all)."""
+        with self._cond:
+            blobs = self._blobs
+            return {cid for cid in cids if cid in blobs}
 
     def pending(self) -> int:
         """Blobs queued and not yet written."""
@@ -73,14 +91,16 @@ class QueuedPuts:
                     self._cond.wait()
                 if not self._queue:
                     return
-                cid, blob = self._queue[0]
+                cid = self._queue[0]
+                blob = self._blobs[cid]
             try:
                 self.disk.put(cid, blob)
             except Exception:  # a cache write failing must not stop the others
                 log.exception("disk cache %s: cannot store chunk %s", self.disk.root,
                               cid.hex())
-            with self._cond:  # dequeued once written: until then `limit` counts it
+            with self._cond:  # dequeued once written: until then readers find it here
                 self._queue.popleft()
+                del self._blobs[cid]
                 self._bytes -= len(blob)
                 if not self._queue:
                     self._cond.notify_all()

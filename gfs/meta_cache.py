@@ -14,6 +14,8 @@ Used by the global mount (gfs.mount_global). Rules (docs/globalmount.md):
   changes a directory's version whenever an entry is added, removed, renamed or
   replaced in it, so while the version is unchanged the listing is renewed without
   being sent again (the embedded store, without `list_dir`, is simply re-read);
+* a back end that holds open leases (`Leasing`: the federation's, docs/leases.md)
+  answers past the TTL what a lease still promises, without asking;
 * changes made through the cache's owner are followed by `invalidate`;
 * while the back end cannot be reached (`UnavailableSiteError`: an entity's primary
   is down), the last answer known is served, however old, so that files already
@@ -61,6 +63,16 @@ class StatOpener(Protocol):
         ...
 
 
+@runtime_checkable
+class Leasing(Protocol):
+    """A back end that knows some stats without asking, while a site promises to tell
+    it of their change first (an open lease)."""
+
+    def leased(self, path: str) -> Stat | None:
+        """The Stat of `path` while a lease promises it, else None."""
+        ...
+
+
 @dataclass
 class _Entry:
     stat: Stat | None  # None: known not to exist
@@ -86,6 +98,8 @@ class CacheCounters:
     revalidated: int = 0
     #: Answers served past their TTL because the back end was unreachable.
     stale: int = 0
+    #: Answers served past their TTL because a lease promised them.
+    leased: int = 0
 
 
 class MetaCache:
@@ -109,6 +123,7 @@ class MetaCache:
         self._stats: dict[str, _Entry] = {}
         self._lists: dict[str, _Listing] = {}
         self._lru = LRUPolicy(max_entries)
+        self._lease_of = ns.leased if isinstance(ns, Leasing) else None
 
     # -- bookkeeping (under the lock) -----------------------------------------------
     def _fresh(self, at: float) -> bool:
@@ -155,12 +170,30 @@ class MetaCache:
             hit = self._stats.get(path)
             if hit is None or not self._fresh(hit.at):
                 hit = self._from_listing(path)
-            if hit is None:
+        if hit is None:
+            st = self._promised(path)
+            if st is None:
                 return None
+            hit = _Entry(st, 0.0)
+        with self._lock:
             self.counters.hits += 1
         if hit.stat is None:
             raise NotFoundError(path)
         return hit.stat
+
+    def _promised(self, path: str) -> Stat | None:
+        """What a lease of the back end promises of `path` (None: no lease)."""
+        st = None if self._lease_of is None else self._lease_of(path)
+        if st is not None:
+            with self._lock:
+                self.counters.leased += 1
+        return st
+
+    def current(self, path: str) -> Stat:
+        """The Stat of `path` as committed now (close-to-open): what a lease promises,
+        else fetched now (`refresh`)."""
+        st = self._promised(path)
+        return st if st is not None else self.refresh(path)
 
     def stat(self, path: str) -> Stat:
         """The Stat of `path` (NotFoundError if it does not exist), cached."""
@@ -263,6 +296,12 @@ class MetaCache:
             if lst is not None and self._fresh(lst.stats_at):
                 self.counters.hits += 1
                 return list(lst.names.values())
+        if lst is not None and lst.version:
+            # a lease on the directory: nothing in it changed while its version holds
+            st = self._promised(path)
+            if st is not None and st.version == lst.version:
+                return list(lst.names.values())
+        with self._lock:
             self.counters.misses += 1
             version = lst.version if lst is not None else 0
         try:

@@ -40,7 +40,7 @@ from gfs.mount_atime import AccessTimes
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
 from gfs.mount_shutdown import Drain, Drainable
-from gfs.mount_txn_batch import TxnBatcher
+from gfs.mount_txn_batch import TxnBatcher, Walks
 from gfs.mount_writeback import GATHER_WINDOW, DirtyFile, WriteBack
 from gfs.mount_xattr import HUTONG_XATTR, Xattrs
 from gfs.read import ManifestReader, cached
@@ -233,7 +233,7 @@ class HutongOperations(pyfuse3.Operations):
         self._pool.shutdown(wait=True)
         self.wb.close(commit)
         try:
-            self.client.engine.transact(self.atimes.flush)  # a retry finds them flushed
+            self.client.engine.transact(self.atimes.flush, tick=True)  # a retry finds them flushed
             self.wb.changed()
             self.wb.sync()  # with --sync-interval: the last changes made durable
         except Exception:
@@ -313,7 +313,7 @@ class HutongOperations(pyfuse3.Operations):
             pending = self.wb.pending.find(parent_inode, n)
             if pending is not None:
                 return pending
-            with self.client.engine.read() as txn:
+            with self.client.engine.read_once() as txn:  # an entry and its inode
                 if name in (b".", b".."):
                     parent = namespace.get(txn, parent_inode)
                     return parent if name == b"." else namespace.get(txn, parent.parent)
@@ -377,13 +377,15 @@ class HutongOperations(pyfuse3.Operations):
         return await self._run(op)
 
     # -- namespace changes ---------------------------------------------------
-    def _write_txn(self, fn: Callable[[WriteTxn], T]) -> T:
+    def _write_txn(self, fn: Callable[[WriteTxn], T], walks: Walks = (),
+                   manifests: bool = False) -> T:
         """Run a namespace change; files created here but not yet committed are
-        committed (empty) first, so the change sees them."""
+        committed (empty) first, so the change sees them. `walks`: entries it will
+        look up (`TxnBatcher.run`)."""
         self.wb.settle()
 
         try:  # concurrent changes share one transaction (fn is pure: it may run again)
-            return self._txns.run(fn)
+            return self._txns.run(fn, walks, manifests=manifests)
         finally:
             self.wb.changed()
 
@@ -450,13 +452,14 @@ class HutongOperations(pyfuse3.Operations):
         n = _name(name)
 
         def op(txn: WriteTxn) -> None:
+            txn.read_ahead([(parent_inode, [n])], manifests=not is_dir)
             parent = self._dir(txn, parent_inode)
             if is_dir:
                 namespace.rmdir_in(txn, parent, n)
                 return
             m = namespace.unlink_in(txn, parent, n)
             release(txn, [m] if m is not None else [])
-        self._write_txn(op)
+        self._write_txn(op, [(parent_inode, [n])], not is_dir)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._admit()
@@ -471,8 +474,12 @@ class HutongOperations(pyfuse3.Operations):
         self._admit()
         old, new = _name(name_old), _name(name_new)
 
+        # both entries and their directories, with those of the changes committed with
+        # it, in one round trip on a database server
+        walks = [(parent_inode_old, [old]), (parent_inode_new, [new])]
+
         def op(txn: WriteTxn) -> int:
-            # the entry first: on a database server its directory comes along
+            txn.read_ahead(walks)  # (known by then: nothing asked)
             moving = namespace.lookup(txn, parent_inode_old, old)
             sparent, dparent = self._dir(txn, parent_inode_old), self._dir(txn, parent_inode_new)
             release(txn, namespace.rename_in(
@@ -480,7 +487,7 @@ class HutongOperations(pyfuse3.Operations):
                 noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
                 exchange=bool(flags & pyfuse3.RENAME_EXCHANGE)))
             return moving.ino
-        ino = await self._run(self._write_txn, op)
+        ino = await self._run(self._write_txn, op, walks)
         self._names.remember(ino, parent_inode_new, new)
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,

@@ -528,13 +528,14 @@ class GlobalOperations(pyfuse3.Operations):
                                                        Version | None, _Shared | None]:
         """A reader of the version of `path` committed now (close-to-open), its lock,
         that version (None if not known) and the shared reader it is. When a reader of
-        `ino` is kept and idle, one stat tells whether it still reads the committed
-        version (then it is reused: no manifest fetched); else the file is opened."""
+        `ino` is kept and idle, one stat (none while a lease promises the file's stat)
+        tells whether it still reads the committed version (then it is reused: no
+        manifest fetched); else the file is opened."""
         with self._shared_lock:
             kept = self._shared.get(ino)
             idle = kept is not None and kept.users == 0
         if kept is not None and idle and kept.path == path:
-            st = self.meta.refresh(path)
+            st = self.meta.current(path)  # a lease: no round trip (docs/leases.md)
             if st.kind == "dir":
                 raise IsADirError(path)
             with self._shared_lock:

@@ -4,27 +4,33 @@ A caller that finds no commit running commits its change at once, in its own
 thread (a lone change waits for nobody and pays no thread hand-off); changes
 that arrive while it commits are queued, and the first of them commits them all
 in one transaction, so concurrent mkdirs, chmods and renames share one commit
-and one flush. Each change is a pure function of the transaction (it may run
-again): if a batch fails, its changes run one by one, so each caller gets its
-own result or error.
+and one flush; the entries the changes of a batch will look up are read ahead
+together (`ReadTxn.read_ahead`: one round trip on a database server). Each
+change is a pure function of the transaction (it may run again): if a batch
+fails, its changes run one by one, so each caller gets its own result or error.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from gfs.meta import MetaEngine, WriteTxn
 
 T = TypeVar("T")
+#: (directory inode, names below one another) a change will look up
+Walks: TypeAlias = Sequence[tuple[int, Sequence[str]]]
 
 
 class _Change(Generic[T]):
     """One queued change: its function, and its outcome once committed."""
 
-    def __init__(self, fn: Callable[[WriteTxn], T]) -> None:
+    def __init__(self, fn: Callable[[WriteTxn], T], walks: Walks = (),
+                 manifests: bool = False) -> None:
         self.fn = fn
+        self.walks = walks
+        self.manifests = manifests
         self.result: T | None = None
         self.error: BaseException | None = None
         self.done = False
@@ -52,10 +58,13 @@ class TxnBatcher:
         with self._lock:
             return len(self._queue)
 
-    def run(self, fn: Callable[[WriteTxn], T]) -> T:
+    def run(self, fn: Callable[[WriteTxn], T], walks: Walks = (), *,
+            manifests: bool = False) -> T:
         """Commit `fn` (with the changes queued beside it); its result, or what it
-        raised. Returns once the transaction holding it has committed."""
-        me: _Change[T] = _Change(fn)
+        raised. Returns once the transaction holding it has committed. `walks`: the
+        entries `fn` will look up (with `manifests`, also the manifests at their ends),
+        read ahead with those of the rest of the batch."""
+        me: _Change[T] = _Change(fn, walks, manifests)
         with self._lock:
             self._queue.append(me)
             lead = not self._busy
@@ -83,6 +92,7 @@ class TxnBatcher:
 
     def _commit(self, batch: list[_Change[Any]]) -> None:
         def apply(txn: WriteTxn) -> list[Any]:
+            _read_ahead(txn, batch)
             if self._prelude is not None:
                 self._prelude(txn)
             return [ch.fn(txn) for ch in batch]
@@ -105,6 +115,7 @@ class TxnBatcher:
     def _one(self, ch: _Change[Any]) -> None:
         """Run `ch` alone, recording its result or error."""
         def apply(txn: WriteTxn) -> Any:
+            _read_ahead(txn, [ch])
             if self._prelude is not None:
                 self._prelude(txn)
             return ch.fn(txn)
@@ -125,4 +136,10 @@ class TxnBatcher:
         ch.wake.set()
 
 
-__all__ = ["TxnBatcher"]
+def _read_ahead(txn: WriteTxn, batch: list[_Change[Any]]) -> None:
+    walks = [w for ch in batch for w in ch.walks]
+    if walks:
+        txn.read_ahead(walks, manifests=any(ch.manifests for ch in batch))
+
+
+__all__ = ["TxnBatcher", "Walks"]

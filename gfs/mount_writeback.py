@@ -28,6 +28,7 @@ from functools import partial
 from typing import BinaryIO
 
 from gfs import namespace
+from gfs.chunking import ChunkParams
 from gfs.client import Client
 from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError, NotFoundError
 from gfs.group_commit import GroupCommitter
@@ -35,7 +36,7 @@ from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, Wr
 from gfs.mount_names import NameHints
 from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.read import ManifestReader, MemoryTier
-from gfs.store import WriteSession
+from gfs.store import Prepared, WriteSession, prepare
 
 log = logging.getLogger("hutong.mount")
 
@@ -336,7 +337,7 @@ class WriteBack:
         pending = self.pending.get(ino)
         if pending is not None:
             return pending
-        with self.client.engine.read() as txn:
+        with self.client.engine.read_once() as txn:
             node = txn.get_inode(ino)
         if node is None:
             raise NotFoundError(f"<inode {ino}>")
@@ -588,16 +589,29 @@ class WriteBack:
 
     def _store_batch(self, work: list[tuple[DirtyFile, bool]]) -> None:
         """Store and commit `work` ((file, pending create?)) in one writer session."""
+        walks = self._create_walks([d.ino for d, new in work if new])
         with self.client.store.writer(durable=self.sync_interval <= 0,
                                       tail=self._tail) as session:
-            for d, new in work:
-                refs = d.tmp.store(session) if d.tmp is not None else []
+            small = _store_small(session, [d for d, _ in work], self.client.store.params)
+            for i, (d, new) in enumerate(work):
+                refs = small[i] if i in small else \
+                    d.tmp.store(session) if d.tmp is not None else []
                 if new and d.mtime_ns is not None:
                     self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
                 action = self._create_action(d.ino) if new else \
                     self._update_action(d.ino, d.mtime_ns)
-                session.add_file(refs, action)
+                session.add_file(refs, _reading_ahead(walks, action) if i == 0 and walks
+                                 else action)
             session.commit()
+
+    def _create_walks(self, inos: list[int]) -> list[tuple[int, list[str]]]:
+        """The entries the create actions of pending files `inos` will look up."""
+        walks: list[tuple[int, list[str]]] = []
+        for ino in inos:
+            node = self.pending.get(ino)
+            if node is not None:
+                walks.append((node.parent, [self.pending.name(ino)]))
+        return walks
 
     def _create_action(self, ino: int) -> Action:
         """The commit action of a file created here: link it under its reserved number."""
@@ -637,6 +651,32 @@ class WriteBack:
             self.seen_version[ino] = node.version + 1
             return old
         return action
+
+
+def _store_small(session: WriteSession, files: list[DirtyFile],
+                 params: ChunkParams) -> dict[int, list[ChunkRef]]:
+    """Store the content of the files of `files` spooled in memory as one piece, so
+    the chunks of a batch of small files are looked up together (one round trip on a
+    database server, not one per file); their refs, by index in `files`."""
+    parts: dict[int, Prepared] = {}
+    for i, d in enumerate(files):
+        if d.tmp is not None and d.tmp.mem:
+            parts[i] = prepare(bytes(d.tmp.mem), params)
+    if parts:
+        session.store_prepared(Prepared([r for p in parts.values() for r in p.refs],
+                                        [b for p in parts.values() for b in p.pieces],
+                                        sum(p.consumed for p in parts.values())))
+    return {i: p.refs for i, p in parts.items()}
+
+
+def _reading_ahead(walks: list[tuple[int, list[str]]], action: Action) -> Action:
+    """`action`, after reading ahead the entries `walks` in its transaction (the first
+    action of a batch reads those of the whole batch: one round trip on a database
+    server, not a lookup per new file)."""
+    def ahead(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+        txn.read_ahead(walks)
+        return action(txn, refs)
+    return ahead
 
 
 __all__ = ["ACTIVE_WRITER", "GATHER_WINDOW", "METADATA_SYNC", "SPOOL_MEMORY", "CommitStats",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat as statmod
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -48,10 +48,25 @@ def get(txn: ReadTxn, ino: int, path: str = "") -> Inode:
     return node
 
 
+def read_ahead(txn: ReadTxn, *many: str, manifests: bool = False) -> None:
+    """Tell `txn` the entries along each of the paths `many` are about to be looked up
+    (`ReadTxn.read_ahead`: one round trip on a database server); a malformed path is
+    left out (its own use reports it)."""
+    walks: list[tuple[int, Sequence[str]]] = []
+    for path in many:
+        try:
+            walks.append((ROOT_INO, paths.split(path)))
+        except InvalidPathError:
+            continue
+    txn.read_ahead(walks, manifests=manifests)
+
+
 def resolve(txn: ReadTxn, path: str) -> Inode:
     """The inode at `path` (not following symlinks)."""
     parts = paths.split(path)
     ino = ROOT_INO
+    if parts:
+        txn.read_ahead([(ROOT_INO, parts)])
     for i, name in enumerate(parts):
         child_ino = txn.lookup(ino, name)
         if child_ino is None:
@@ -68,6 +83,7 @@ def resolve_parent(txn: ReadTxn, path: str) -> tuple[Inode, str]:
     parts = paths.split(path)
     if not parts:
         raise InvalidPathError(path, "the root directory has no parent")
+    txn.read_ahead([(ROOT_INO, parts)])  # the last name too: it is looked up next
     parent = resolve(txn, paths.join(parts[:-1]))
     if parent.kind != Kind.DIR:
         raise NotADirError(paths.join(parts[:-1]))
@@ -346,6 +362,7 @@ def symlink_in(txn: WriteTxn, parent: Inode, name: str, target: str, *,
 def unlink_in(txn: WriteTxn, parent: Inode, name: str, *, touch: bool = True,
               path: str = "") -> Manifest | None:
     """Remove the file or symlink `name` of `parent`; returns the file's manifest."""
+    txn.read_ahead([(parent.ino, [name])], manifests=True)
     node = child(txn, parent, name)
     if node is None:
         raise NotFoundError(path or name)
@@ -475,6 +492,7 @@ def remove(txn: WriteTxn, path: str, *, recursive: bool = False,
     A non-empty directory needs `recursive`; `dir_ok=False` refuses directories
     (unlink semantics). The root cannot be removed.
     """
+    read_ahead(txn, path, manifests=True)
     parent, name = resolve_parent(txn, path)
     node = child(txn, parent, name)
     if node is None:
@@ -507,6 +525,7 @@ def rename(txn: WriteTxn, src: str, dst: str) -> list[Manifest]:
     A file may replace a file or symlink; a directory may replace an empty
     directory; a directory cannot move below itself.
     """
+    read_ahead(txn, src, dst)
     sparent, sname = resolve_parent(txn, src)
     if child(txn, sparent, sname) is None:  # the source is reported first
         raise NotFoundError(src)
@@ -668,8 +687,7 @@ def drop_inode_values(txn: WriteTxn, inos: Iterator[int] | list[int],
     for ino in inos:
         prefix = ino.to_bytes(8, "big")
         for table in tables:
-            for key, _ in list(txn.iter_values(table, prefix)):
-                txn.delete_value(table, key)
+            txn.delete_values(table, prefix)
 
 
 

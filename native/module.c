@@ -11,6 +11,7 @@
 
 #include "chunkid.h"
 #include "fastcdc.h"
+#include "restore.h"
 #include "superfeat.h"
 
 /* Buffers smaller than this are scanned without releasing the GIL. */
@@ -523,6 +524,7 @@ static PyMethodDef native_methods[] = {
     {"superfeatures", superfeatures, METH_VARARGS, superfeatures_doc},
     {"features", features, METH_O, features_doc},
     {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
+    {"write_files", native_write_files, METH_O, WRITE_FILES_DOC},
     {NULL, NULL, 0, NULL},
 };
 

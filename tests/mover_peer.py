@@ -9,7 +9,6 @@ it keeps a capture of every byte it forwarded.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import struct
@@ -23,6 +22,7 @@ from gfs import mover
 from gfs import mover_reference as ref
 from gfs.client import Client
 from gfs.mover import TransferStats
+from gfs.testing.relay import TcpRelay
 
 OP_FETCH, OP_SEND = 1, 2
 ERROR = 12
@@ -214,7 +214,7 @@ class Tamper:
 
 
 @dataclass
-class Relay:
+class Relay(TcpRelay):
     """Forwards connections to `target`, tampering as told; keeps a bounded capture.
 
     `budget`: each connection is cut after that many bytes from the server
@@ -232,27 +232,10 @@ class Relay:
     cuts: int = 0
 
     def __post_init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address: tuple[str, int] = self.listener.getsockname()[:2]
-        self._connections = 0
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        TcpRelay.__init__(self, self.target, connect_timeout=30)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target, timeout=30)
-            with self._lock:
-                number = self._connections
-                self._connections += 1
-            for a, b, d in ((client, upstream, "c2s"), (upstream, client, "s2c")):
-                t = threading.Thread(target=self._pump, args=(a, b, d, number), daemon=True)
-                t.start()
-                self._threads.append(t)
+    def pump_ended(self, direction: str, number: int) -> None:
+        self.done.set()
 
     def _keep(self, key: tuple[int, str], data: bytes) -> None:
         with self._lock:
@@ -264,52 +247,45 @@ class Relay:
         with self._lock:
             return b"".join(bytes(c) for c in self.captures.values())
 
-    def _pump(self, a: socket.socket, b: socket.socket, direction: str, number: int) -> None:
+    def pump(self, a: socket.socket, b: socket.socket, direction: str, number: int) -> None:
         buf, frames, index, held, plain = b"", 2, 0, b"", False
         mine = number == 0 and self.tamper.direction == direction
         left = self.budget if direction == "s2c" else None
-        try:
-            while True:
-                data = a.recv(1 << 16)
-                if not data:
+        while True:
+            data = a.recv(1 << 16)
+            if not data:
+                break
+            self._keep((number, direction), data)
+            self.count(len(data))
+            buf += data
+            out = b""
+            while frames and len(buf) >= 12:  # two handshake frames pass untouched
+                end = 12 + struct.unpack_from("<I", buf, 8)[0]
+                if len(buf) < end:
                     break
-                self._keep((number, direction), data)
-                buf += data
-                out = b""
-                while frames and len(buf) >= 12:  # two handshake frames pass untouched
-                    end = 12 + struct.unpack_from("<I", buf, 8)[0]
-                    if len(buf) < end:
-                        break
-                    out, buf, frames = out + buf[:end], buf[end:], frames - 1
-                plain = plain or (not frames and buf[:4] == b"HTMV")  # a plaintext stream
-                if plain:
-                    out, buf = out + buf, b""
-                elif not frames:
-                    records, buf = ref.split_records(buf)
-                    for rec in records:
-                        if mine and index == self.tamper.index:
-                            rec, held = self._apply(rec)
-                            if self.tamper.action == "cut":
-                                b.sendall(out + rec)
-                                return
-                        elif held:
-                            rec, held = rec + held, b""  # swap: the later record first
-                        out += rec
-                        index += 1
-                if left is not None and len(out) >= left:
-                    b.sendall(out[:left])
-                    self.cuts += 1
-                    return
-                if left is not None:
-                    left -= len(out)
-                b.sendall(out)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            self.done.set()
+                out, buf, frames = out + buf[:end], buf[end:], frames - 1
+            plain = plain or (not frames and buf[:4] == b"HTMV")  # a plaintext stream
+            if plain:
+                out, buf = out + buf, b""
+            elif not frames:
+                records, buf = ref.split_records(buf)
+                for rec in records:
+                    if mine and index == self.tamper.index:
+                        rec, held = self._apply(rec)
+                        if self.tamper.action == "cut":
+                            b.sendall(out + rec)
+                            return
+                    elif held:
+                        rec, held = rec + held, b""  # swap: the later record first
+                    out += rec
+                    index += 1
+            if left is not None and len(out) >= left:
+                b.sendall(out[:left])
+                self.cuts += 1
+                return
+            if left is not None:
+                left -= len(out)
+            b.sendall(out)
 
     def _apply(self, rec: bytes) -> tuple[bytes, bytes]:
         """(bytes to forward now, bytes held for after the next record)."""
@@ -333,8 +309,8 @@ class Relay:
             return rec[: len(rec) // 2], b""
         return rec, b""
 
-    def close(self) -> None:
-        self.listener.close()
+    def close(self, *, join: float = 0.0) -> None:
+        super().close(join=join)
 
 
 def relayed_fetch(dst: Client, target: tuple[str, int], ids: list[bytes], secret: bytes,

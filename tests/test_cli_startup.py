@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gfs.cli import EXTENSIONS, _command_of, main
 from gfs.client import Client
-from gfs.config import FIELDS, StoreConfig, plain
+from gfs.config import FIELDS, StoreConfig, plain, plain_text
 from gfs.errors import SchemaError
 
 #: Modules no plain command may load (each costs 20-200 ms of CPU to import).
@@ -90,6 +90,19 @@ def test_a_config_with_units_or_a_bad_value_still_goes_through_the_model(
         StoreConfig(delta=1)  # type: ignore[arg-type]
 
 
+def _read_alike(data: dict[str, Any], fast: dict[str, Any] | None, strings: bool) -> None:
+    """What the plain check accepted (`fast`), the model reads to the same values."""
+    from gfs._config_model import checked_settings
+
+    try:
+        slow: dict[str, Any] | None = checked_settings(data, "test", strings)
+    except SchemaError:
+        slow = None
+    if fast is not None:
+        assert slow == fast
+        assert all(type(fast[k]) is type(slow[k]) for k in fast)
+
+
 _VALUES = st.one_of(st.integers(-(1 << 41), 1 << 41), st.sampled_from([0, 1, 64, 1 << 16,
                     1 << 30, (1 << 30) + 1, 1 << 40, (1 << 40) + 1, -7, -8, 22, 23, 256, 257]),
                     st.booleans(), st.floats(allow_nan=True), st.text(max_size=6),
@@ -100,16 +113,38 @@ _VALUES = st.one_of(st.integers(-(1 << 41), 1 << 41), st.sampled_from([0, 1, 64,
 @given(st.dictionaries(st.sampled_from([*FIELDS, "zstd_levl"]), _VALUES, max_size=4))
 def test_the_plain_check_accepts_only_what_the_model_accepts_alike(
         data: dict[str, Any]) -> None:
-    from gfs._config_model import checked_settings
+    _read_alike(data, plain(data), strings=False)
 
-    fast = plain(data)
-    try:
-        slow: dict[str, Any] | None = checked_settings(data, "test", False)
-    except SchemaError:
-        slow = None
-    if fast is not None:
-        assert slow == fast
-        assert all(type(fast[k]) is type(slow[k]) for k in fast)
+
+_TEXTS = st.one_of(st.from_regex(r"-?[0-9]{1,16}(\.[0-9]{0,7})?", fullmatch=True),
+                   st.sampled_from(["0", "1", "true", "false", "True", "yes", "on", "01",
+                                    "1e3", " 1", "1_000", "64KiB", "2h", "", "0.5", "22",
+                                    "23", "257", "99999999999999999"]), st.text(max_size=4))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from([*FIELDS, "zstd_levl"]), _TEXTS, max_size=4))
+def test_the_plain_text_check_accepts_only_what_the_model_reads_alike(
+        data: dict[str, str]) -> None:
+    _read_alike(data, plain_text(data), strings=True)
+
+
+def test_a_delta_flag_in_the_environment_imports_no_heavy_module(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "s"
+    Client.init(state).close()
+    code = ("import json, os, sys\nfrom gfs.config import StoreConfig\n"
+            f"c = StoreConfig.load(__import__('pathlib').Path({str(state)!r}))\n"
+            f"print(json.dumps([c.delta, c.zstd_level, sorted(m for m in {HEAVY!r} "
+            "if m in sys.modules)]))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUTONG_")}
+    env |= {"HUTONG_DELTA": "1", "HUTONG_ZSTD_LEVEL": "5"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == [True, 5, []]
+    monkeypatch.setenv("HUTONG_ZSTD_LEVEL", "23")  # out of bounds: the model names it
+    with pytest.raises(SchemaError, match="HUTONG_ZSTD_LEVEL"):
+        StoreConfig.load(state)
 
 
 def test_the_command_is_found_after_hutong_own_options_or_left_to_the_parser(

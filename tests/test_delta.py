@@ -337,12 +337,10 @@ def test_tierer_moves_delta_chunks_as_they_are(dfs: Client, tmp_path: Path) -> N
 
 def test_site_serves_delta_chunks_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`/v1/chunks/get` answers from Site.blob: a peer must get a blob it can verify."""
-    from gfs.federation.site import Site, init_site
+    from gfs.federation.testing import lone_site
 
-    init_site(tmp_path / "site", name="s1", entity="bank", region="r1",
-              registry="http://127.0.0.1:9")  # never contacted here
     monkeypatch.setenv("HUTONG_DELTA", "1")
-    site = Site(tmp_path / "site")
+    site = lone_site(tmp_path / "site", entity="bank", region="r1", primary=False)
     try:
         two_versions(site.client, 16, 300_000, 10)
         with site.client.engine.read() as txn:

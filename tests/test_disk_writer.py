@@ -88,6 +88,7 @@ def test_readers_see_right_bytes_while_the_writer_lags(tier: DiskTier, src: Blob
     assert tier.get_many(ids) == src.raw  # returned at once: the writer holds the blobs
     assert tier.disk.entered.wait(30)
     assert tier.puts.pending() == len(ids) and tier.disk.missing(ids) == ids
+    assert tier.missing(ids) == []  # queued: the tier has them, though not on disk yet
     errors: list[BaseException] = []
 
     def reader() -> None:
@@ -104,12 +105,33 @@ def test_readers_see_right_bytes_while_the_writer_lags(tier: DiskTier, src: Blob
     for t in threads:
         t.join(60)
     assert not errors and not any(t.is_alive() for t in threads)
-    assert all(n > 1 for n in src.asked.values())  # not on disk yet: read again
+    assert all(n == 1 for n in src.asked.values())  # found in the queue, never read again
     tier.disk.gate.set()
     assert tier.puts.flush(30)
     assert tier.disk.missing(ids) == []
     before = dict(src.asked)
     assert tier.get_many(ids) == src.raw and src.asked == before  # now from disk
+
+
+def test_a_queued_chunk_is_read_from_the_queue_without_a_second_fetch(
+        tier: DiskTier, src: Blobs) -> None:
+    """The read paths a reader uses over a lagging writer (whole chunks into buffers,
+    single gets, blobs) find queued chunks and ask the source nothing more."""
+    assert isinstance(tier.disk, GatedCache)
+    ids = list(src.raw)
+    tier.get_many(ids)
+    assert tier.disk.entered.wait(30)
+    bufs = [bytearray(len(src.raw[c])) for c in ids]
+    assert tier.read_into([(c, memoryview(b)) for c, b in zip(ids, bufs, strict=True)]) \
+        == [True] * len(ids)
+    assert [bytes(b) for b in bufs] == [src.raw[c] for c in ids]
+    assert tier.get_blob(ids[-1]) == src.blob[ids[-1]]
+    assert tier.get(ids[-1]) == src.raw[ids[-1]]
+    wrong = bytearray(len(src.raw[ids[0]]) + 1)  # a view of the wrong size: not filled
+    assert tier.read_into([(ids[0], memoryview(wrong))]) == [False]
+    assert all(n == 1 for n in src.asked.values())
+    tier.puts.put(ids[0], src.blob[ids[0]])  # queued already: kept once
+    assert tier.puts.pending() == len(ids)
 
 
 def test_a_full_queue_is_written_by_the_caller(tmp_path: Path, src: Blobs) -> None:

@@ -30,6 +30,7 @@ from gfs.federation.namespace import FederatedNamespace
 from gfs.federation.testing import TWO_ENTITIES, Federation, Proc, SiteDef, started
 from gfs.federation.tls import Trust, trust_for
 from gfs.profiles import ProfileError, add_profile, open_namespace
+from gfs.testing.relay import TcpRelay
 
 MARK = b"TLS-CAPTURE-MARKER-7f3a9c"
 _HANDSHAKE_REFUSED = r"(?i)unknown.ca|closed connection|reset"
@@ -218,56 +219,25 @@ def test_registry_refuses_a_ca_not_bound_to_the_entity_key(fed: Federation) -> N
         Trust(fed.registry_url, fed.registry_ca)._verified(forged)
 
 
-class _Relay:
+class _Relay(TcpRelay):
     """A TCP relay on loopback that records every byte in both directions."""
 
     def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.srv = socket.create_server(("127.0.0.1", 0))
-        self.srv.settimeout(30)
         self.captured = bytearray()
-        self.lock = threading.Lock()
-        self.threads: list[threading.Thread] = []
-        self.socks: list[socket.socket] = []
-        self.accepting = threading.Thread(target=self._accept, daemon=True)
-        self.accepting.start()
+        super().__init__(target, connect_timeout=30)
 
     @property
     def port(self) -> int:
-        return int(self.srv.getsockname()[1])
+        return self.address[1]
 
-    def _accept(self) -> None:
-        for _ in range(16):  # bounded
-            try:
-                a, _ = self.srv.accept()
-            except OSError:
-                return
-            b = socket.create_connection(self.target, timeout=30)
-            self.socks += [a, b]
-            for src, dst in ((a, b), (b, a)):
-                t = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
-                t.start()
-                self.threads.append(t)
+    def pump(self, a: socket.socket, b: socket.socket, direction: str, number: int) -> None:
+        while data := a.recv(65536):
+            with self._lock:
+                self.captured += data
+            b.sendall(data)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                with self.lock:
-                    self.captured += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.srv.close()
-        for s in self.socks:
-            s.close()
-        for t in self.threads:
-            t.join(10)
+    def close(self, *, join: float = 10.0, cut: bool = True) -> None:
+        super().close(join=join, cut=cut)
 
 
 def test_capture_holds_no_file_byte_and_no_token(fed: Federation) -> None:

@@ -4,6 +4,8 @@ refuses conflicts before writing anything."""
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,3 +46,68 @@ def test_a_get_into_a_new_directory_walks_the_tree_once(
             fs.get("/t", str(clash))
         assert len(walks) == 1  # the conflict pass; the restore never started
         assert sorted(p.name for p in (clash / "t" / "d").iterdir()) == ["f3"]
+
+
+def test_a_get_makes_each_directory_with_one_mkdir_and_no_stat(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    for d in range(20):
+        (src / f"d{d}" / "e").mkdir(parents=True)
+        (src / f"d{d}" / "e" / "f").write_bytes(b"x" * d)
+        os.chmod(src / f"d{d}", 0o750)
+        os.utime(src / f"d{d}", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000 + d))
+    calls: list[tuple[str, str]] = []
+    real_stat, real_mkdir = os.stat, os.mkdir
+
+    def stat(p: Any, *a: Any, **k: Any) -> os.stat_result:
+        calls.append(("stat", os.fspath(p) if not isinstance(p, int) else ""))
+        return real_stat(p, *a, **k)
+
+    def mkdir(p: Any, *a: Any, **k: Any) -> None:
+        calls.append(("mkdir", os.fspath(p)))
+        real_mkdir(p, *a, **k)
+
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        out = tmp_path / "out"
+        monkeypatch.setattr(os, "stat", stat)
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        fs.get("/t", str(out))
+        monkeypatch.undo()
+    made = [p for op, p in calls if op == "mkdir"]
+    assert sorted(made) == sorted({os.path.join(str(out), f"d{d}", *e)
+                                   for d in range(20) for e in ([], ["e"])} | {str(out)})
+    # only the destination itself is looked at (does it exist?) before the walk
+    assert [p for op, p in calls if op == "stat" and p in made and p != str(out)] == []
+    for d in range(20):  # modes, times and contents as put
+        st = os.stat(out / f"d{d}")
+        assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o750, 1_600_000_000_000_000_000 + d)
+        assert (out / f"d{d}" / "e" / "f").read_bytes() == b"x" * d
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_many_directories_are_made_on_the_writer_threads_parents_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slash: str) -> None:
+    src = tmp_path / "src"
+    for a in range(6):
+        for b in range(6):
+            (src / f"a{a}" / f"b{b}" / "c").mkdir(parents=True)
+            (src / f"a{a}" / f"b{b}" / "c" / "f").write_bytes(f"{a}{b}".encode())
+    made: list[tuple[str, str]] = []
+    real = client_module._make_dir
+
+    def spy(p: str) -> None:
+        assert os.path.isdir(os.path.dirname(os.path.normpath(p)))  # parent made first
+        made.append((threading.current_thread().name, p))
+        real(p)
+
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        monkeypatch.setattr(client_module, "_make_dir", spy)
+        report = fs.get("/t", str(tmp_path / "out") + slash)
+    assert report.dirs == 1 + 6 + 36 + 36 and len(made) == report.dirs
+    assert any(t.startswith("hutong-restore") for t, _ in made)
+    for a in range(6):
+        for b in range(6):
+            assert (tmp_path / "out" / f"a{a}" / f"b{b}" / "c" / "f").read_bytes() == \
+                f"{a}{b}".encode()

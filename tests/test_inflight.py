@@ -24,9 +24,9 @@ from gfs.read.source import PathOf
 MiB = 1 << 20
 
 
-def test_depth_is_four_bandwidth_delay_products_within_floor_and_cap() -> None:
+def test_depth_is_ten_bandwidth_delay_products_within_floor_and_cap() -> None:
     # 117 MB/s over 40 ms: 4.68 MB in flight per product
-    assert depth_for(117e6, 0.040, floor=8 * MiB, cap=64 * MiB) == 18_720_000
+    assert depth_for(117e6, 0.040, floor=8 * MiB, cap=64 * MiB) == 46_800_000
     assert depth_for(117e6, 0.0001, floor=8 * MiB, cap=64 * MiB) == 8 * MiB  # loopback
     assert depth_for(1e9, 0.2, floor=8 * MiB, cap=64 * MiB) == 64 * MiB  # the memory cap
     assert depth_for(117e6, 0.040, floor=8 * MiB, cap=4 * MiB) == 4 * MiB  # cap over floor
@@ -84,6 +84,25 @@ def test_sizer_keeps_todays_batch_on_loopback_and_grows_over_a_long_link() -> No
     assert far.last_depth == MEMORY_CAP
     near_window = _sizer(117e6, 0.300, window=4 * MiB)  # the read-ahead bounds it
     assert near_window() == LEAST_CHUNKS and near_window.last_depth == 4 * MiB
+
+
+@pytest.mark.parametrize(("rate", "rtt", "want"), [
+    (118e6, 0.040, 0.85),  # the bench's WAN: bounded by the 32 MiB read-ahead
+    (50e6, 0.040, 0.88),
+    (118e6, 0.010, 0.88),
+])
+def test_depth_measured_through_its_own_pipeline_settles_near_the_link_rate(
+        rate: float, rtt: float, want: float) -> None:
+    """Each fetch thread waits a round trip between answers, so what a depth D delivers
+    over a link of `rate` is D / (rtt + D / rate); that is what the meter sees, and the
+    next depth is sized from it. Started from nothing measured, the pipeline must
+    settle at `want` of the link, not at 0.75 (4 products settled at 3)."""
+    floor = 8 * LEAST_CHUNKS * 75_000
+    got = 0.0
+    for _ in range(200):
+        depth = depth_for(got, rtt, floor=floor, cap=min(MEMORY_CAP, 32 * MiB))
+        got = depth / (rtt + depth / rate)
+    assert got >= want * rate
 
 
 class _Dict:

@@ -46,3 +46,39 @@ def test_put_lists_each_local_directory_once(fs: Client, tmp_path: Path, kept: i
     for rel, data in want.items():
         assert fs.read_bytes(f"/dst/{rel}") == data
         assert fs.stat(f"/dst/{rel}").mtime_ns == os.stat(src / rel).st_mtime_ns
+
+
+@pytest.mark.parametrize("batch", [8000, 5])
+def test_a_commit_batch_reads_each_parent_directory_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+    """Files of one directory in one commit read their parent's inode once (not once
+    a file); across batches each batch reads it again, and the tree, link counts and
+    fsck come out as before."""
+    src = tmp_path / "src"
+    want = _tree(src, 3, 10)
+    (src / "d1" / "sub").mkdir()
+    (src / "d1" / "sub" / "x").write_bytes(b"x")
+    want["d1/sub/x"] = b"x"
+    with Client.init(tmp_path / "s", commit_files=batch) as fs:
+        fs.mkdir("/dst")
+        reads: list[int] = []
+        real = client_mod.namespace.get
+
+        def counting(txn: object, ino: int, *rest: str) -> object:
+            reads.append(ino)
+            return real(txn, ino, *rest)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(client_mod.namespace, "get", counting)
+        report = fs.put(src, "/dst/")
+        monkeypatch.undo()
+        assert report.files == len(want) and report.write is not None
+        d1 = fs.stat("/dst/src/d1").ino
+        commits = report.write.commits
+        # d1 is the parent of 10 files and 1 directory, and gets its attributes once
+        assert reads.count(d1) <= (2 if batch > 100 else commits + 1) < 12
+        for rel, data in want.items():
+            assert fs.read_bytes(f"/dst/src/{rel}") == data
+        with fs.engine.read() as txn:  # link counts: subdirectories + 2
+            assert txn.get_inode(d1).nlink == 3
+            assert txn.get_inode(fs.stat("/dst/src").ino).nlink == 5
+        assert fs.fsck().ok

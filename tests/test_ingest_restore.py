@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from gfs import client as client_mod
+from gfs import local_write
 from gfs.client import Client
 from gfs.meta import Inode
 
@@ -31,43 +34,95 @@ def test_small_files_are_written_on_writer_threads_and_dirs_get_their_times(
         fs: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"
     want = _tree(src)
+    for f in range(8):  # modes and times (to the nanosecond) come back as put
+        os.chmod(src / "d2" / f"f{f}.txt", 0o600 + f)
+        os.utime(src / "d2" / f"f{f}.txt", ns=(1_500_000_000_000_000_007 + f,
+                                               1_500_000_000_123_456_789 + f))
     fs.put(src, "/t")
     threads: set[str] = set()
-    real = client_mod._write_local
+    slices: list[int] = []
+    real = local_write.write_files
 
-    def spy(path: str, node: Inode, data: object) -> int:
+    def spy(files: Sequence[tuple[str, Inode, Sequence[bytes]]]) -> tuple[int, int]:
         threads.add(threading.current_thread().name)
-        return real(path, node, data)  # type: ignore[arg-type]
+        slices.append(len(files))
+        return real(files)
 
-    monkeypatch.setattr(client_mod, "_write_local", spy)
+    monkeypatch.setattr(local_write, "write_files", spy)
+    monkeypatch.setattr(client_mod, "RESTORE_SLICE_FILES", 5)
     out = tmp_path / "out"
     report = fs.get("/t", out)
     assert report.files == len(want) and report.bytes == sum(map(len, want.values()))
     assert threads and all(t.startswith("hutong-restore") for t in threads)
+    assert slices == [5, 5, 5, 5, 4]  # several files a native call
     for rel, data in want.items():
         assert (out / rel).read_bytes() == data
+        a, b = os.stat(src / rel), os.stat(out / rel)
+        assert (a.st_mode, a.st_mtime_ns) == (b.st_mode, b.st_mtime_ns)
     for d in range(3):  # set after the files inside were written
         assert os.stat(out / f"d{d}").st_mtime_ns == os.stat(src / f"d{d}").st_mtime_ns
+    assert list(out.rglob(".*hutong-*")) == []
 
 
 def test_a_failed_write_fails_the_get_after_the_other_writes_end(
         fs: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"
-    _tree(src)
+    want = _tree(src)
     fs.put(src, "/t")
-    real = client_mod._write_local
+    out = tmp_path / "out"
+    blocker = out / "d1" / "f3.txt"
+    real = local_write.write_files
     ended: list[str] = []
 
-    def failing(path: str, node: Inode, data: object) -> int:
-        if path.endswith("d1/f3.txt"):
-            raise OSError(28, "No space left on device", path)
-        n = real(path, node, data)  # type: ignore[arg-type]
-        ended.append(path)
-        return n
+    def failing(files: Sequence[tuple[str, Inode, Sequence[bytes]]]) -> tuple[int, int]:
+        if any(p == str(blocker) for p, _, _ in files):
+            blocker.mkdir()  # a directory in the way: the real rename fails
+        done = real(files)
+        ended.extend(p for p, _, _ in files)
+        return done
 
-    monkeypatch.setattr(client_mod, "_write_local", failing)
-    with pytest.raises(OSError, match="No space left"):
-        fs.get("/t", tmp_path / "out")
-    assert len(ended) == 23  # the batch's other writes ended, complete
-    assert not (tmp_path / "out" / "d1" / "f3.txt").exists()
-    assert list((tmp_path / "out").rglob(".*hutong-*")) == []
+    monkeypatch.setattr(local_write, "write_files", failing)
+    monkeypatch.setattr(client_mod, "RESTORE_SLICE_FILES", 5)  # d1/f2..f6 is one slice
+    with pytest.raises(OSError, match="Is a directory") as info:
+        fs.get("/t", out)
+    assert info.value.filename == str(blocker)
+    assert len(ended) == 19  # the batch's other slices ended, complete
+    for rel, data in want.items():
+        if rel == "d1/f2.txt":  # before it in its slice
+            assert (out / rel).read_bytes() == data
+        elif rel in ("d1/f4.txt", "d1/f5.txt", "d1/f6.txt"):  # after it: untouched
+            assert not (out / rel).exists()
+        elif rel != "d1/f3.txt":
+            assert (out / rel).read_bytes() == data
+    assert blocker.is_dir() and list(blocker.iterdir()) == []
+    assert list(out.rglob(".*hutong-*")) == []
+
+
+def test_write_files_stops_at_the_first_failure_and_leaves_no_temporary(
+        tmp_path: Path) -> None:
+    from gfs import _native
+
+    good = (str(tmp_path / ".a.tmp"), str(tmp_path / "a"), [b"ab", b"", memoryview(b"cd")],
+            0o640, 1_000_000_001, 2_000_000_002)
+    bad = (str(tmp_path / "missing" / ".b.tmp"), str(tmp_path / "b"), [b"x"], 0o644, 0, 0)
+    after = (str(tmp_path / ".c.tmp"), str(tmp_path / "c"), [b"y"], 0o644, 0, 0)
+    assert _native.write_files([good, bad, after]) == (1, errno.ENOENT)
+    st = os.stat(tmp_path / "a")
+    assert (tmp_path / "a").read_bytes() == b"abcd"
+    assert (st.st_mode & 0o7777, st.st_atime_ns, st.st_mtime_ns) == (0o640, 1_000_000_001,
+                                                                     2_000_000_002)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    with pytest.raises(TypeError):
+        _native.write_files([("t", "p", [3], 0o644, 0, 0)])  # type: ignore[list-item]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_write_files_restores_times_before_1970(tmp_path: Path) -> None:
+    """A file of 1969 (negative nanoseconds) gets its times back exactly."""
+    from gfs import _native
+
+    when = (-1, -1_500_000_001)  # 1 ns and 1.5 s before the epoch
+    assert _native.write_files([(str(tmp_path / ".d"), str(tmp_path / "d"), [b"z"], 0o644,
+                                 *when)]) == (1, 0)
+    st = os.stat(tmp_path / "d")
+    assert (st.st_atime_ns, st.st_mtime_ns) == when

@@ -29,6 +29,7 @@ from gfs.meta import (
 )
 from gfs.meta import encoding as enc
 from gfs.meta.pg_engine import SCHEMA_VERSION, PgEngine
+from gfs.store import release
 from gfs.testing.meta_suite import MetaEngineConformance
 from gfs.tiering.heat import chunk_heat
 from gfs.tiering.policy import TierPolicy
@@ -399,9 +400,14 @@ def test_scans_page_by_key_across_many_pages(pg_url: str,
 #: Before batching and the transaction's read cache: 49, 6, 12, 26 and 27; before a
 #: read's ROLLBACK went with the next transaction's first message: 13, 3, 3, 4, 6, and
 #: 3 for a lookup, 3 for a change; before the tier policy and the lost-chunk list
-#: were cached by version: create 9.
-ROUND_TRIPS = {"create": 7, "stat": 2, "ls": 2, "rename": 4, "unlink": 6, "lookup": 1,
-               "change": 2}
+#: were cached by version: create 9; before a path's entries were read ahead in one
+#: query (`ReadTxn.read_ahead`) and an inode's xattrs were deleted unread
+#: (`WriteTxn.delete_values`): create 7, stat 2, rename 4, unlink 6, and the mount's
+#: rename 3 ("mount rename": its two entries, then COMMIT) and unlink 6 ("mount
+#: unlink": its directory, the entry, the file's manifest, its xattrs, its chunks,
+#: COMMIT).
+ROUND_TRIPS = {"create": 5, "stat": 1, "ls": 2, "rename": 2, "unlink": 3, "lookup": 1,
+               "change": 2, "mount rename": 2, "mount unlink": 3}
 
 
 def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
@@ -426,7 +432,11 @@ def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
                "stat": lambda: fs.stat("/d/f0"), "ls": lambda: fs.ls("/d"),
                "rename": lambda: fs.mv("/d/f1", "/d/g1"), "unlink": lambda: fs.rm("/d/f2"),
                "lookup": lambda: _lookup(fs, d_ino, "f3"),
-               "change": lambda: fs.engine.transact(lambda w: _lookup_dir(w, d_ino, "f3"))}
+               "change": lambda: fs.engine.transact(lambda w: _lookup_dir(w, d_ino, "f3")),
+               "mount rename": lambda: fs.engine.transact(
+                   lambda w: _mount_rename(w, d_ino, "f3", "h3")),
+               "mount unlink": lambda: fs.engine.transact(
+                   lambda w: _mount_unlink(w, d_ino, "h3"))}
         d_ino = fs.stat("/d").ino
         monkeypatch.setattr(psycopg.Connection, "wait", counting)
         used = {}
@@ -438,7 +448,7 @@ def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
         assert used == {op: min(used[op], most) for op, most in ROUND_TRIPS.items()}, used
         assert all(n > 0 for n in used.values())  # the counter does see the server
         assert fs.read_bytes("/d/new") == b"new" and fs.read_bytes("/d/g1") == b"file 1"
-        assert sorted(s.path for s in fs.ls("/d")) == ["/d/f0", "/d/f3", "/d/g1", "/d/new"]
+        assert sorted(s.path for s in fs.ls("/d")) == ["/d/f0", "/d/g1", "/d/new"]
         assert fs.fsck().ok
 
 
@@ -451,6 +461,21 @@ def _lookup_dir(txn: WriteTxn, parent: int, name: str) -> None:
     assert namespace.lookup(txn, parent, name).kind == Kind.FILE
     assert namespace.get(txn, parent).kind == Kind.DIR  # came along with the entry
     txn.put_value("jobs", b"x", b"1")
+
+
+def _mount_rename(txn: WriteTxn, parent: int, old: str, new: str) -> None:
+    """What the mount's rename does in its transaction."""
+    txn.read_ahead([(parent, [old]), (parent, [new])])
+    namespace.lookup(txn, parent, old)
+    d = namespace.get(txn, parent)
+    namespace.rename_in(txn, d, old, d, new)
+
+
+def _mount_unlink(txn: WriteTxn, parent: int, name: str) -> None:
+    """What the mount's unlink does in its transaction."""
+    txn.read_ahead([(parent, [name])], manifests=True)
+    m = namespace.unlink_in(txn, namespace.get(txn, parent), name)
+    release(txn, [m] if m is not None else [])
 
 
 def _open_reads(pg_url: str) -> int:
@@ -493,6 +518,49 @@ def test_a_read_ends_with_the_next_message_or_by_itself(pg_url: str) -> None:
         with one.read() as r:
             r.get_value("jobs", b"k")
         assert _open_reads(pg_url) == 1
+        one.close()
+        assert _open_reads(pg_url) == 0
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_read_once_is_one_prepared_statement_outside_a_transaction(pg_url: str) -> None:
+    """`read_once` (the mount's lookup and getattr): one round trip, no transaction left
+    open on the server (nothing parked, nothing to roll back), the newest commit seen;
+    on a parked connection its ROLLBACK goes in the same message; a second query in
+    it still answers (from a transaction of its own)."""
+    import psycopg
+
+    one, two = PgEngine(pg_url), PgEngine(pg_url)
+    trips = [0]
+    wait = psycopg.Connection.wait
+
+    def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
+        trips[0] += 1
+        return wait(self, *a, **k)  # type: ignore[arg-type]
+
+    try:
+        with one.write() as w:
+            w.put_value("jobs", b"k", b"v1")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(psycopg.Connection, "wait", counting)
+            for value in (b"v2", b"v3"):
+                with two.write() as w:
+                    w.put_value("jobs", b"k", value)
+                trips[0] = 0
+                with one.read_once() as r:
+                    assert r.get_value("jobs", b"k") == value
+                assert trips[0] == 1
+                assert _open_reads(pg_url) == 0
+            with one.read() as r:  # parks its connection
+                r.get_value("jobs", b"k")
+            assert _open_reads(pg_url) == 1
+            trips[0] = 0
+            with one.read_once() as r:
+                assert r.get_value("jobs", b"k") == b"v3"
+                assert r.get_value("jobs", b"other") is None  # a second query
+            assert trips[0] == 2
         one.close()
         assert _open_reads(pg_url) == 0
     finally:
@@ -711,3 +779,229 @@ def test_a_message_that_never_left_begins_nothing_and_keeps_the_writes(
             assert list(r.iter_values("jobs")) == []
     finally:
         eng.close()
+
+
+def test_a_range_of_values_goes_in_one_statement_in_order_with_the_writes(
+        pg_url: str) -> None:
+    """`delete_values` deletes every key under its prefix, the ones this transaction
+    wrote before it too, but not the ones it writes after, nor other prefixes or
+    tables; the rows it had read are gone from its view at once; a prefix of 0xff bytes
+    reaches the end of the table."""
+    eng = PgEngine(pg_url)
+    try:
+        with eng.write() as w:
+            for key in (b"a1", b"a2", b"ab", b"b1", b"\xff\xff1"):
+                w.put_value("xattrs", key, b"old")
+            w.put_value("jobs", b"a1", b"other table")
+        with eng.write() as w:
+            assert w.get_value("xattrs", b"a1") == b"old"  # read, then deleted
+            w.put_value("xattrs", b"a3", b"written before")
+            w.delete_values("xattrs", b"a")
+            w.delete_values("xattrs", b"\xff\xff")
+            assert w.get_value("xattrs", b"a1") is None
+            assert w.get_value("xattrs", b"a3") is None
+            w.put_value("xattrs", b"a4", b"written after")
+        with eng.read() as r:
+            assert dict(r.iter_values("xattrs")) == {b"a4": b"written after", b"b1": b"old"}
+            assert r.get_value("jobs", b"a1") == b"other table"
+        with pytest.raises(ValueError, match="prefix to delete must not be empty"), \
+                eng.write() as w:
+            w.delete_values("xattrs", b"")
+        with eng.read() as r:
+            assert dict(r.iter_values("xattrs")) == {b"a4": b"written after", b"b1": b"old"}
+    finally:
+        eng.close()
+
+
+def test_read_ahead_keeps_what_a_walk_meets_and_locks_it(tmp_path: Path, pg_url: str) -> None:
+    """A walk read ahead answers the lookups that follow (a missing name as missing, past
+    it nothing), and in a write transaction locks its rows like a lookup: another
+    writer's deletion of an entry the walk read waits until the first one ends."""
+    import time
+
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        fs.mkdir("/a/b", parents=True)
+        fs.write_bytes("/a/b/f", b"x")
+        b_ino = fs.stat("/a/b").ino
+        with fs.engine.read() as r:
+            r.read_ahead([(ROOT_INO, ["a", "b", "f"]), (ROOT_INO, ["a", "nope", "f"])],
+                         manifests=True)
+            assert r.lookup(b_ino, "f") is not None
+            assert r.lookup(fs.stat("/a").ino, "nope") is None
+            m = r.get_manifest(namespace.resolve(r, "/a/b/f").ino)
+            assert m is not None and m.size == 1
+        other = PgEngine(pg_url)
+        done = threading.Event()
+
+        def remove() -> None:
+            other.transact(lambda o: namespace.remove(o, "/a/b/f"))
+            done.set()
+        try:
+            with fs.engine.write() as w:
+                w.read_ahead([(b_ino, ["f"])])
+                t = threading.Thread(target=remove)
+                t.start()
+                deadline = time.monotonic() + 30
+                while not _waiting_on_locks(pg_url) and not done.is_set() and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.02)  # polling the server, with a deadline
+                assert not done.is_set() and _waiting_on_locks(pg_url)
+                assert w.lookup(b_ino, "f") is not None
+            t.join(timeout=30)
+            assert done.is_set()  # once the first ended
+        finally:
+            other.close()
+        assert not fs.exists("/a/b/f")
+
+
+def _waiting_on_locks(pg_url: str) -> int:
+    """Sessions of the store at `pg_url` waiting for a row lock."""
+    import psycopg
+
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_url.rsplit("&schema=", 1)[0], autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                           "'Lock' AND query LIKE %s", (f'%"{schema}"%',)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_only_a_read_transaction_reads_the_version_row(pg_url: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool records' version row comes with a read transaction's first message (its
+    cached copies are checked against it); a write trusts no copy and does not read it."""
+    import psycopg
+
+    sent: list[object] = []
+    execute = psycopg.ClientCursor.execute
+
+    def spying(self: psycopg.ClientCursor[object], query: object, params: object = None,
+               **k: object) -> object:
+        sent.extend(params or ())  # type: ignore[call-overload]
+        return execute(self, query, params, **k)  # type: ignore[arg-type]
+
+    eng = PgEngine(pg_url)
+    try:
+        monkeypatch.setattr(psycopg.ClientCursor, "execute", spying)
+        with eng.write() as w:
+            assert w.get_value("jobs", b"k") is None
+            w.put_value("jobs", b"k", b"v")
+        assert sent and "pools.version" not in sent
+        with eng.read() as r:
+            assert r.get_value("jobs", b"k") == b"v"
+        assert "pools.version" in sent
+    finally:
+        monkeypatch.undo()
+        eng.close()
+
+
+def test_a_write_statement_is_composed_once_per_shape(pg_url: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits that write the same number of rows to a table reuse one statement text
+    (composing it costs more than sending it); the rows each writes still land."""
+    from gfs.meta import pg_engine
+
+    composed: list[tuple[str, bool, int]] = []
+    write_text = pg_engine._Txn._write_text
+
+    def counting(self: pg_engine._Txn, table: str, delete: bool, n: int) -> object:
+        composed.append((table, delete, n))
+        return write_text(self, table, delete, n)
+
+    monkeypatch.setattr(pg_engine._Txn, "_write_text", counting)
+    eng = PgEngine(pg_url)
+    for k in [k for k in pg_engine._QUERIES if k[0] == eng.schema]:
+        del pg_engine._QUERIES[k]  # composed by an earlier test
+    try:
+        for i in range(5):
+            with eng.write() as w:
+                w.put_value("jobs", f"k{i}".encode(), b"v")
+                w.put_value("jobs", f"j{i}".encode(), b"v")
+        assert composed.count(("kv", False, 2)) == 1
+        with eng.read() as r:
+            assert len(dict(r.iter_values("jobs"))) == 10
+    finally:
+        eng.close()
+
+
+def test_a_batch_of_mount_renames_reads_its_entries_in_one_round_trip(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount's changes committed together (TxnBatcher) have their entries read ahead
+    in one query: three renames cost that query and COMMIT (each reading its own took a
+    round trip per rename), and all three land."""
+    import psycopg
+
+    from gfs.mount_txn_batch import TxnBatcher, _Change
+
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        fs.mkdir("/d")
+        for i in range(3):
+            fs.write_bytes(f"/d/f{i}", b"x")
+        d_ino = fs.stat("/d").ino
+        batcher = TxnBatcher(fs.engine)
+        changes: list[_Change[None]] = [
+            _Change(lambda w, i=i: _mount_rename(w, d_ino, f"f{i}", f"g{i}"),
+                    [(d_ino, [f"f{i}"]), (d_ino, [f"g{i}"])]) for i in range(3)]
+        trips = [0]
+        wait = psycopg.Connection.wait
+
+        def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
+            trips[0] += 1
+            return wait(self, *a, **k)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(psycopg.Connection, "wait", counting)
+        batcher._commit(changes)
+        monkeypatch.undo()
+        assert [ch.error for ch in changes] == [None] * 3
+        assert trips[0] == 2
+        assert sorted(s.path for s in fs.ls("/d")) == ["/d/g0", "/d/g1", "/d/g2"]
+
+
+def test_a_batch_of_mount_creates_reads_its_entries_in_one_round_trip(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files created through the mount and committed together (one group commit) have
+    their names (and their directory) checked in one query, not a lookup per file: the
+    commit transaction of 8 new files costs 4 round trips (chunks committed meanwhile,
+    the tail pack, the entries, COMMIT; 13 before), and their small contents have their
+    chunks looked up together too (one query, not one per file): 10 round trips in all,
+    25 before. All 8 land with their content."""
+    import traceback
+
+    import psycopg
+
+    from gfs.mount_names import NameHints
+    from gfs.mount_writeback import WriteBack
+    from gfs.read import cached
+
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        fs.mkdir("/d")
+        d_ino = fs.stat("/d").ino
+        cache = cached(fs.store.source, 16 << 20)
+        wb = WriteBack(fs, cache, NameHints())
+        try:
+            dirties = []
+            for i in range(8):
+                node = wb.create(d_ino, f"f{i}", 0o644, 0, 0)
+                d = wb.open_writer(node.ino)
+                wb.write(d, wb.reader(node.ino)[0], f"data {i}".encode(), 0)
+                dirties.append(d)
+            trips, in_txn = [0], [0]
+            wait = psycopg.Connection.wait
+
+            def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
+                trips[0] += 1
+                if any(f.name == "transact" for f in traceback.extract_stack()):
+                    in_txn[0] += 1
+                return wait(self, *a, **k)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(psycopg.Connection, "wait", counting)
+            wb._commit_batch(dirties)
+            monkeypatch.undo()
+            for d in dirties:
+                wb.drop_writer(d)
+        finally:
+            wb.close()
+            cache.close()
+        assert in_txn[0] <= 4
+        assert trips[0] <= 10  # with the writer session's own (25 before)
+        assert sorted(s.path for s in fs.ls("/d")) == [f"/d/f{i}" for i in range(8)]
+        assert fs.read_bytes("/d/f7") == b"data 7"

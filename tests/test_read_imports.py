@@ -68,3 +68,37 @@ def test_the_detector_sees_a_cycle() -> None:
     assert _cycle({"gfs.cache": {"gfs.disk_cache"}, "gfs.disk_cache": {"gfs.cache"}}) == [
         "gfs.cache", "gfs.disk_cache", "gfs.cache"]
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def _blob_reads_by_hand(source: str) -> list[int]:
+    """Lines of `source` that read pack bytes at a chunk location's offset: a call
+    `X.get|readinto|get_range(pack_key(...), ... .offset ...)`."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("get", "readinto", "get_range") and node.args
+                and isinstance(node.args[0], ast.Call)
+                and ast.unparse(node.args[0].func).endswith("pack_key")
+                and any(isinstance(n, ast.Attribute) and n.attr == "offset"
+                        for a in node.args[1:] for n in ast.walk(a))):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_module_outside_the_read_stack_reads_blobs_by_hand() -> None:
+    """Issue 12: reading a blob at its location is the read stack's job (gfs/read), and
+    the pools' own; every other module goes through it."""
+    found = []
+    for path in sorted((ROOT / "gfs").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(("gfs/read/", "gfs/pools/")):
+            continue
+        found += [f"{rel}:{n}" for n in _blob_reads_by_hand(path.read_text())]
+    assert not found, f"blobs read by hand outside the read stack: {found}"
+
+
+def test_the_blob_read_detector_sees_one() -> None:
+    assert _blob_reads_by_hand(
+        "x = store.pool(loc.pool).get(pack_key(loc.pack), loc.offset, loc.offset + n)\n"
+        "y = pool.readinto(pack_key(loc.pack), loc.offset, view)\n"
+        "z = pool.get(pack_key(p.id), 0, PACK_HEADER_LEN)\n") == [1, 2]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gfs.codec import chunk_id
+from gfs.codec import chunk_id, decode_blob
 from gfs.federation.client import FederationClient
 from gfs.federation.inflight import DEFAULT_CHUNK, LEAST_CHUNKS, RequestSizer
 from gfs.federation.source import SiteSource
@@ -88,13 +88,18 @@ def test_chunk_answers_are_measured_and_loopback_keeps_todays_batch(
         assert sizer() == LEAST_CHUNKS and sizer.last_depth == 8 * LEAST_CHUNKS * chunk
 
 
+def _damage_packs(fed: Federation, site: str, at: int) -> None:
+    """Flip the byte at offset `at` of every pack in `site`'s default pool."""
+    for p in (fed.sites[site]["state"] / "pools" / "default" / "packs").glob("??/*.pack"):
+        b = bytearray(p.read_bytes())
+        b[at] ^= 0xFF
+        p.write_bytes(bytes(b))
+
+
 def test_corrupt_copy_skipped_and_counted(fed: Federation, tmp_path: Path) -> None:
     """The nearest site's copy is damaged: the other site's copy is read and the bad
     one counted once; a second read is served by the memory tier."""
-    for p in (fed.sites["p1"]["state"] / "pools" / "default" / "packs").glob("??/*.pack"):
-        b = bytearray(p.read_bytes())
-        b[-3] ^= 0xFF
-        p.write_bytes(bytes(b))
+    _damage_packs(fed, "p1", -3)
     with fed.client("lab", near="p1") as fc:
         chunks = _chunks(fc)
         last = list(chunks)[-1]
@@ -103,3 +108,15 @@ def test_corrupt_copy_skipped_and_counted(fed: Federation, tmp_path: Path) -> No
         assert fc.cache.get(last, path=PATH) == chunks[last]
         assert fc.bad_copies == 1 and fc.cache.stats().hits == 1
         assert fc.read_bytes(PATH) == DATA
+
+
+def test_a_corrupt_copy_is_refused_where_blobs_are_kept(fed: Federation) -> None:
+    """The blob path (what a disk tier keeps: verified, not decoded) refuses the nearest
+    site's damaged copy too and hands out the other site's, which decodes to the chunk."""
+    _damage_packs(fed, "p1", -7)
+    with fed.client("lab", near="p1") as fc:
+        chunks = _chunks(fc)
+        last = list(chunks)[-1]
+        blobs = fc.source.get_blob_many([last], path_of=lambda _: PATH)
+        assert decode_blob(blobs[last], expect_id=last) == chunks[last]
+        assert fc.bad_copies == 1 and fc.chunks_from.get("p2") == 1

@@ -53,19 +53,19 @@ def test_a_part_failing_after_the_status_cuts_the_answer_short(
     with served.client(served.site.keys, DEADLINE) as sc:
         ids = _store(sc, 3 * PART, 1024)
         bad = ids[2 * PART + 1]  # in the third part: the status and two parts are sent
-        real = served.site.blob
+        real = served.site.frames
         failed = threading.Event()
 
-        def blob(cid: bytes) -> bytes | None:
-            if cid == bad:
+        def frames(cids: list[bytes]) -> tuple[bytes | bytearray, int]:
+            if bad in cids:
                 failed.set()
                 raise OSError(5, "disk read failed")
-            return real(cid)
-        monkeypatch.setattr(served.site, "blob", blob)
+            return real(cids)
+        monkeypatch.setattr(served.site, "frames", frames)
         with pytest.raises(UnavailableSiteError):
             sc.get(ids)
         assert failed.is_set()
-        monkeypatch.setattr(served.site, "blob", real)
+        monkeypatch.setattr(served.site, "frames", real)
         assert all(b is not None for b in sc.get(ids))  # the next request is served
 
 

@@ -19,8 +19,9 @@ from aiohttp import web
 
 from gfs.federation.auth import AuthError, EntityKeys
 from gfs.federation.certs import site_serve_tls
-from gfs.federation.site import Site, init_site, make_app
+from gfs.federation.site import Site, make_app
 from gfs.federation.site_client import SiteClient
+from gfs.federation.testing import lone_site
 from gfs.federation.tls import ServerTls, Trust, trust_for
 
 #: Seconds a request that must not wait may take (far above a loopback answer).
@@ -70,11 +71,7 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    state = tmp_path / "s1"
-    # the registry is never asked: the entity's own key is local
-    init_site(state, name="s1", entity="bank-a", region="cn-west",
-              registry="http://127.0.0.1:9", primary=True)
-    site = Site(state)
+    site = lone_site(tmp_path / "s1")  # the entity's own key is local
     trust = trust_for(site.keys)
     assert trust is not None and trust.directory is not None
     site_serve_tls(trust.directory, "s1", "bank-a", "127.0.0.1")

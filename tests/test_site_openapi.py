@@ -23,7 +23,9 @@ from schemathesis.checks import (
 from gfs.federation.testing import Federation, SiteDef, populate, started
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "openapi"
-site_schema = schemathesis.openapi.from_path(DOCS / "site.yaml")
+# (the notice stream never ends on its own: tests/test_federation_leases.py reads it)
+site_schema = schemathesis.openapi.from_path(DOCS / "site.yaml").exclude(
+    path="/v1/ns/notices")
 registry_schema = schemathesis.openapi.from_path(DOCS / "registry.yaml")
 # The schemas are as strict as the servers: input they forbid is refused (and 405 names
 # the methods in Allow). positive_data_acceptance stays out: chunk frames (binary) and

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from gfs import chunking, paths
-from gfs.codec import decode_blob, keyed_chunk_id
+from gfs.codec import decode_blob, keyed_chunk_id, verify_blob
 from gfs.errors import (
     ConfigError,
     CorruptChunkError,
@@ -331,11 +331,15 @@ class FederationClient:
                 assert self.keys is not None
                 opened = open_sealed(got, lambda kids: sc.get(kids, owner=owner), self.keys)
                 decoded, errors = opened.raws, opened.errors
-            else:
+            else:  # a caller keeping blobs has them verified, not decoded (no copy)
                 decoded, errors = {}, {}
                 for cid, blob in got.items():
                     try:
-                        decoded[cid] = decode_blob(blob, expect_id=cid)
+                        if blobs:
+                            verify_blob(blob, cid)
+                            decoded[cid] = blob
+                        else:
+                            decoded[cid] = decode_blob(blob, expect_id=cid)
                     except CorruptChunkError as e:
                         errors[cid] = e
             for cid, err in errors.items():

@@ -357,12 +357,7 @@ class HttpClient:
         connection."""
         target = path + ("?" + urllib.parse.urlencode(query) if query else "")
         for attempt in range(2):
-            headers = {"Content-Type": content_type} if body or method != "GET" else {}
-            headers["Accept-Encoding"] = "gzip"  # listings come compressed
-            if self.keys is not None:
-                headers.update(self.keys.sign(method, target, body, self.audience))
-            if self.token is not None:
-                headers["Authorization"] = f"Bearer {self.token}"
+            headers = self.headers(method, target, body, content_type)
             conn = self._conn() if attempt == 0 else self.connection()  # a retry: a new one
             try:
                 t0 = time.monotonic()
@@ -390,6 +385,17 @@ class HttpClient:
                     raise UnavailableError(f"{self.base_url} unreachable: {e}", 503,
                                            "unavailable") from e
         raise AssertionError("unreachable")
+
+    def headers(self, method: str, target: str, body: bytes,
+                content_type: str = "application/json") -> dict[str, str]:
+        """The headers of one request: signed with the keys, or the bearer token."""
+        headers = {"Content-Type": content_type} if body or method != "GET" else {}
+        headers["Accept-Encoding"] = "gzip"  # listings come compressed
+        if self.keys is not None:
+            headers.update(self.keys.sign(method, target, body, self.audience))
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
 
     def last_timing(self) -> tuple[float, float, float, int] | None:
         """(sent at, seconds to the first byte, ended at, body bytes) of this thread's

@@ -48,7 +48,13 @@ from gfs.federation.client import FederationClient
 from gfs.federation.http import ApiError, UnavailableError
 from gfs.federation.inflight import RequestSizer
 from gfs.federation.kept import Kept
-from gfs.federation.site_client import SiteClient, SiteManifest, SiteUnavailableError
+from gfs.federation.notices import Leases
+from gfs.federation.site_client import (
+    Listing,
+    SiteClient,
+    SiteManifest,
+    SiteUnavailableError,
+)
 from gfs.federation.tls import Trust, client_trust, read_registry_ca
 from gfs.federation.upload import SpoolWriter, upload
 from gfs.federation.views import Visibility
@@ -141,10 +147,13 @@ class FederatedNamespace:
         self._manifests: OrderedDict[str, tuple[Stat, Manifest]] = OrderedDict()
         self._view = Kept(self._fetch_visibility, VIEW_TTL, what="what the caller may see")
         self._asks = ThreadPoolExecutor(16, thread_name_prefix="hutong-visible")
+        self.leases = Leases()
+        """Open leases and the notice streams that keep them (gfs.federation.notices)."""
 
     def close(self) -> None:
         """Release connections and the cache tiers."""
         self._asks.shutdown(wait=False, cancel_futures=True)
+        self.leases.close()
         self.chunks.close()
         self.fc.close()
 
@@ -296,11 +305,35 @@ class FederatedNamespace:
         norm = paths.normalize(path)
         if self._shown(norm):
             return self._synthetic(norm)
+        held = self.leased(norm)
+        if held is not None:
+            return held
         with self._at(norm) as (n, site):
             try:
-                return self._ask(n, site, lambda h: h.stat(n))
+                return self._ask(n, site, lambda h: self._stat_leased(h, n))
             except ConnectionError:  # the mirrors answer the owner and its grantees
                 return self._mirrored_stat(n)
+
+    def _stat_leased(self, site: SiteClient, n: str) -> Stat:
+        holder, ticket = self.leases.ticket(site.http)
+        st, ttl = site.stat_leased(n, holder)
+        if ticket is not None:
+            ticket.grant(n, st, ttl)
+        return st
+
+    def leased(self, path: str) -> Stat | None:
+        """The Stat of `path` while a lease promises it (its own, or its directory's
+        listing): known without asking (docs/leases.md); None otherwise."""
+        norm = paths.normalize(path)
+        got = self.leases.find(norm)
+        if got is not None:
+            return got.stat
+        if norm == "/":
+            return None
+        parent = self.leases.find(paths.parent_of(norm))
+        if parent is None or parent.entries is None:
+            return None
+        return parent.entries.get(norm.rsplit("/", 1)[1])
 
     def _mirrored_stat(self, n: str) -> Stat:
         """The stat of `n` as a mirror holds it (its primary being down): a file's from
@@ -353,10 +386,18 @@ class FederatedNamespace:
             return self._synthetic(norm), out
         with self._at(norm) as (n, site):
             try:
-                listing = self._ask(n, site, lambda h: h.list_dir(n, if_version=version))
+                listing = self._ask(n, site, lambda h: self._list_leased(h, n, version))
             except ConnectionError:  # what the mirrors hold of it (for the owner and
                 listing = self.fc.mirror_listing(n)  # what they hold of its grants)
         return listing.dir, listing.entries
+
+    def _list_leased(self, site: SiteClient, n: str, version: int | None) -> Listing:
+        holder, ticket = self.leases.ticket(site.http)
+        listing = site.list_dir(n, if_version=version, lease=holder)
+        if ticket is not None:
+            ticket.grant(n, listing.dir, listing.lease, listing.entries,
+                         unchanged=listing.unchanged)
+        return listing
 
     def ls_xattrs(self, path: str) -> list[tuple[Stat, dict[str, bytes]]]:
         """`ls` with each entry's extended attributes: in the real tree one request to
@@ -425,6 +466,11 @@ class FederatedNamespace:
         norm = paths.normalize(path)
         with self._lock:
             kept = self._manifests.get(norm)
+        held = None if kept is None else self.leased(norm)
+        if kept is not None and held is not None and _same_version(kept[0], held):
+            # a lease promises the version kept: no request (docs/leases.md)
+            return held, io.BufferedReader(ManifestReader(self.chunks, norm, kept[1],
+                                                          read_ahead=self.read_ahead), 1 << 20)
         m = self._manifest(path, None if kept is None else kept[0].version)
         if m.unchanged and kept is not None and _same_version(kept[0], m.stat):
             manifest = kept[1]
@@ -445,7 +491,7 @@ class FederatedNamespace:
         only its stat when it is still at `if_version`."""
         with self._at(path) as (norm, site):
             try:
-                m = self._ask(norm, site, lambda h: h.manifest(norm, if_version=if_version))
+                m = self._ask(norm, site, lambda h: self._manifest_leased(h, norm, if_version))
             except ConnectionError:  # the primary is down: from a mirror
                 m = self.fc.manifest(norm)
             except IsADirError:  # the site says so of symlinks too
@@ -453,6 +499,14 @@ class FederatedNamespace:
         if m.stat.kind != "file":
             raise _not_a_file(m.stat)
         self.fc.source.note(norm, m.sites)
+        return m
+
+    def _manifest_leased(self, site: SiteClient, n: str, if_version: int | None
+                         ) -> SiteManifest:
+        holder, ticket = self.leases.ticket(site.http)
+        m = site.manifest(n, if_version=if_version, lease=holder)
+        if ticket is not None and m.stat.kind == "file":
+            ticket.grant(n, m.stat, m.lease)
         return m
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:

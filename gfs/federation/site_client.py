@@ -62,6 +62,8 @@ class Listing:
     entries: list[Stat] | None
     xattrs: dict[str, dict[str, bytes]] | None = None
     """Each entry's extended attributes by its path, when asked for (`xattrs=True`)."""
+    lease: float | None = None
+    """Seconds of the lease the answer brought (`lease=HOLDER` asked for one)."""
 
     @property
     def unchanged(self) -> bool:
@@ -77,6 +79,8 @@ class SiteManifest:
     sites: list[str]
     unchanged: bool = False
     """The file is still at the version the caller named (`if_version`): no chunks sent."""
+    lease: float | None = None
+    """Seconds of the lease the answer brought (`lease=HOLDER` asked for one)."""
 
     def refs(self) -> list[ChunkRef]:
         return [ChunkRef(c, n) for c, n in self.chunks]
@@ -144,6 +148,21 @@ class Health:
     site: str
     entity: str
     primary: bool
+
+
+#: Longest lease a client believes (seconds), whatever a site says.
+MAX_LEASE = 60.0
+
+
+def _lease(data: Any, what: str) -> float | None:
+    """The `lease` of an answer: seconds, or None when it brought none."""
+    v = data.get("lease") if isinstance(data, dict) else None
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_LEASE:
+        raise FormatError(f"{what}: lease must be 0 to {MAX_LEASE} seconds in the site's "
+                          f"answer, not {v!r}")
+    return float(v)
 
 
 def _stat(data: Any, what: str) -> Stat:
@@ -214,10 +233,18 @@ class SiteClient:
 
     # -- namespace ------------------------------------------------------------------------
     def stat(self, path: str) -> Stat:
-        return _stat(self._json("GET", "/v1/ns/stat", query={"path": path}), path)
+        return self.stat_leased(path)[0]
+
+    def stat_leased(self, path: str, lease: str | None = None) -> tuple[Stat, float | None]:
+        """The stat of `path` and, asked with `lease` (the holder id of the caller's
+        notice stream, gfs.federation.notices), the seconds of the lease granted."""
+        q = {"path": path} | ({"lease": lease} if lease else {})
+        d = self._json("GET", "/v1/ns/stat", query=q)
+        return _stat(d, path), _lease(d, path)
 
     def list_dir(self, path: str, *, if_version: int | None = None,
-                 mirror: bool = False, xattrs: bool = False) -> Listing:
+                 mirror: bool = False, xattrs: bool = False,
+                 lease: str | None = None) -> Listing:
         """Directory `path` with every entry's full stat, in name order; with
         `if_version`, `entries` is None if the directory's version is still that. With
         `mirror`, as the mirrors a rule keeps here hold it (what they replicate); with
@@ -229,15 +256,17 @@ class SiteClient:
             q["mirror"] = "1"
         if xattrs:
             q["xattrs"] = "1"
+        if lease:
+            q["lease"] = lease
         d = self._json("GET", "/v1/ns/list", query=q)
         top = _stat(d["dir"], path)
         if d.get("unchanged"):
-            return Listing(top, None)
+            return Listing(top, None, lease=_lease(d, path))
         entries = [_stat(e, path) for e in d["entries"]]
         attrs = None if not xattrs else {
             st.path: {k: base64.b64decode(v) for k, v in e.get("xattrs", {}).items()}
             for st, e in zip(entries, d["entries"], strict=True)}
-        return Listing(top, entries, attrs)
+        return Listing(top, entries, attrs, _lease(d, path))
 
     def ls(self, path: str) -> list[Stat]:
         """The entries of directory `path` (a file: itself)."""
@@ -246,19 +275,22 @@ class SiteClient:
         return entries
 
     def manifest(self, path: str, *, mirror: bool = False,
-                 if_version: int | None = None) -> SiteManifest:
+                 if_version: int | None = None, lease: str | None = None) -> SiteManifest:
         """The file's manifest (from a mirror a rule keeps there, with `mirror`); with
         `if_version`, only the stat and `unchanged` if the file is still at that version
         (a site that does not know the parameter sends the whole manifest)."""
         q = {"path": path} | ({"mirror": "1"} if mirror else {})
         if if_version is not None:
             q["if_version"] = str(if_version)
+        if lease:
+            q["lease"] = lease
         d = self._json("GET", "/v1/ns/manifest", query=q)
         st, sites = _stat(d["stat"], path), [str(s) for s in d["sites"]]
+        ttl = _lease(d, path)
         if d.get("unchanged") is True and if_version is not None:
-            return SiteManifest(st, [], sites, unchanged=True)
+            return SiteManifest(st, [], sites, unchanged=True, lease=ttl)
         return SiteManifest(st, [(r.id, r.length) for r in refs_from_wire(d["chunks"])],
-                            sites)
+                            sites, lease=ttl)
 
     def read(self, path: str, start: int = 0, end: int | None = None, *,
              version: int | None = None) -> bytes:

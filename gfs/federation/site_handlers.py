@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import json
 import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -32,6 +33,8 @@ from gfs.federation.http import (
     read_body,
     read_json,
 )
+from gfs.federation.notices_site import LeaseTable
+from gfs.federation.notices_site import stream as notice_stream
 from gfs.federation.rules import RuleSpec, reconcile, unpin_everywhere
 from gfs.federation.site_state import METRICS_PATH, NotPrimaryError, Principal, Site
 from gfs.federation.wire import (
@@ -58,6 +61,7 @@ T = TypeVar("T")
 # -- HTTP handlers -------------------------------------------------------------------------
 
 SITE_KEY: web.AppKey[Site] = web.AppKey("site", Site)
+LEASES_KEY: web.AppKey[LeaseTable] = web.AppKey("leases", LeaseTable)
 #: Chunks of a `/v1/chunks/get` answer read and sent together: the answer streams in
 #: parts (~1 MiB at the default 64 KiB chunks), each read from disk in the thread pool
 #: while the one before is sent, so its first bytes leave after one part's reads, and a
@@ -181,13 +185,14 @@ async def chunks_get(request: web.Request) -> web.StreamResponse:
     else:  # a grantee or a prefix token: the chunks of one file it may read
         await _run(site.check_file_chunks, p, path, cids)
 
-    def read(part: list[bytes]) -> bytes:
+    def read(part: list[bytes]) -> bytes | bytearray:
         if owner == site.entity:
-            blobs = [site.blob(c) for c in part]
+            body, served = site.frames(part)
         else:
             blobs = [site.vault.get(owner, c) for c in part]
-        site.metrics.inc("chunks_served_total", sum(b is not None for b in blobs))
-        return pack_frames(blobs)
+            body, served = pack_frames(blobs), sum(b is not None for b in blobs)
+        site.metrics.inc("chunks_served_total", served)
+        return body
 
     parts = [cids[i:i + STREAM_IDS] for i in range(0, len(cids), STREAM_IDS)]
     first = await _run(read, parts[0]) if parts else b""  # an error here is still JSON
@@ -264,10 +269,73 @@ def _uint(request: web.Request, name: str, what: str) -> int | None:
     return int(v)
 
 
+@contextlib.asynccontextmanager
+async def _leased(request: web.Request, p: Principal, out: dict[str, Any]
+                  ) -> AsyncIterator[None]:
+    """Promise a lease (query `lease`: the caller's notice stream) on query `path` before
+    the access check and the read run inside; the answer `out` gets its seconds."""
+    table, holder, raw = request.app[LEASES_KEY], request.query.get("lease"), \
+        request.query.get("path", "")
+    if not request.app[SITE_KEY].grants_leases:
+        holder = None  # a mirror, or one of several daemons on a shared database
+    try:
+        ttl = table.promise(holder, p, raw) if holder else None
+    except InvalidPathError:
+        ttl = None
+    try:
+        yield
+    except BaseException:
+        if ttl is not None:
+            table.withdraw(holder, p, raw)
+        raise
+    if ttl is not None:
+        out["lease"] = ttl
+
+
+@contextlib.asynccontextmanager
+async def _breaking(request: web.Request, *changed: str, subtree: bool = False,
+                    everything: bool = False) -> AsyncIterator[None]:
+    """Break the leases a change of `changed` touches once the change inside has run
+    (failed too: it may have changed something), before the writer is answered."""
+    try:
+        yield
+    finally:
+        await request.app[LEASES_KEY].broken(changed, subtree=subtree, everything=everything)
+
+
+async def ns_notices(request: web.Request) -> web.StreamResponse:
+    """The caller's notice stream (docs/leases.md)."""
+    _, p = await _get_principal(request)
+    return await notice_stream(request, request.app[LEASES_KEY], p)
+
+
+async def ns_notices_ack(request: web.Request) -> web.Response:
+    _, p, data = await _json_principal(request)
+    holder = field(data, "holder", str)
+    seq = field(data, "seq", int)
+    if not request.app[LEASES_KEY].ack(holder, p, seq):
+        raise ApiError(f"no break {seq} awaited on notice stream {holder[:8]}...: it ended "
+                       "or was answered; open a new stream", 404, "no_such_break")
+    return web.json_response({"acked": seq})
+
+
+async def ns_notices_renew(request: web.Request) -> web.Response:
+    _, p, data = await _json_principal(request)
+    holder = field(data, "holder", str)
+    ttl = request.app[LEASES_KEY].renew(holder, p)
+    if ttl is None:
+        raise ApiError(f"no notice stream {holder[:8]}... of the caller that may renew: it "
+                       "ended, or has breaks to acknowledge first", 404, "no_such_stream")
+    return web.json_response({"ttl": ttl})
+
+
 async def ns_stat(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
-    path, _ = await _run(site.list_access, p, request.query.get("path", ""))
-    return web.json_response(stat_to_wire(await _run(site.client.stat, path)))
+    out: dict[str, Any] = {}
+    async with _leased(request, p, out):
+        path, _ = await _run(site.list_access, p, request.query.get("path", ""))
+        out.update(stat_to_wire(await _run(site.client.stat, path)))
+    return web.json_response(out)
 
 
 async def ns_list(request: web.Request) -> web.Response:
@@ -278,9 +346,12 @@ async def ns_list(request: web.Request) -> web.Response:
                                 "listings")
         resp = web.json_response(await _run(site.mirrored_listing, norm, keep))
     else:
-        path, keep = await _run(site.list_access, p, request.query.get("path", ""))
-        attrs = _flag(request, "xattrs")
-        resp = web.json_response(await _run(site.listing, path, if_version, keep, attrs))
+        out: dict[str, Any] = {}
+        async with _leased(request, p, out):
+            path, keep = await _run(site.list_access, p, request.query.get("path", ""))
+            attrs = _flag(request, "xattrs")
+            out.update(await _run(site.listing, path, if_version, keep, attrs))
+        resp = web.json_response(out)
     # A listing of 10,000 entries is 2.4 MB of JSON: gzip (if the client accepts it)
     # makes it about a tenth, a few round trips less of TCP slow start on a long link.
     resp.enable_compression()
@@ -303,17 +374,21 @@ async def ns_manifest(request: web.Request) -> web.Response:
         st, m = await _run(site.mirrored, norm)
         return web.json_response({"stat": stat_to_wire(st), "chunks": refs_to_wire(m.chunks),
                                   "sites": [site.name]})
-    path = await _run(site.check_path, p, request.query.get("path", ""), False)
     if_version = _uint(request, "if_version", "a file's version")
+    out: dict[str, Any] = {}
+    async with _leased(request, p, out):
+        path = await _run(site.check_path, p, request.query.get("path", ""), False)
+        out.update(await _run(_manifest_answer, site, path, if_version))
+    return web.json_response(out)
 
-    def answer() -> dict[str, Any]:
-        st, m = site.manifest(path)
-        if if_version is not None and st.version == if_version:  # the caller has it
-            return {"stat": stat_to_wire(st), "unchanged": True,
-                    "sites": site.replica_sites(path)}
-        return {"stat": stat_to_wire(st), "chunks": refs_to_wire(m.chunks),
+
+def _manifest_answer(site: Site, path: str, if_version: int | None) -> dict[str, Any]:
+    st, m = site.manifest(path)
+    if if_version is not None and st.version == if_version:  # the caller has it
+        return {"stat": stat_to_wire(st), "unchanged": True,
                 "sites": site.replica_sites(path)}
-    return web.json_response(await _run(answer))
+    return {"stat": stat_to_wire(st), "chunks": refs_to_wire(m.chunks),
+            "sites": site.replica_sites(path)}
 
 
 async def ns_read(request: web.Request) -> web.Response:
@@ -376,7 +451,8 @@ async def ns_write(request: web.Request) -> web.Response:
     site, p, body = await _binary_principal(request)
     path = await _run(site.check_path, p, request.query.get("path", ""), True)
 
-    st = await _run(site.write_file, path, body, attrs)
+    async with _breaking(request, path):
+        st = await _run(site.write_file, path, body, attrs)
     return web.json_response(stat_to_wire(st))
 
 
@@ -386,8 +462,10 @@ async def ns_mkdir(request: web.Request) -> web.Response:
     parents = field(data, "parents", bool, False)
     exist_ok = field(data, "exist_ok", bool, False)
 
-    st = await _run(site.change, path,
-                    lambda: site.client.mkdir(path, parents=parents, exist_ok=exist_ok))
+    made = [paths.join(paths.split(path)[:i]) for i in range(1, len(paths.split(path)))]
+    async with _breaking(request, path, *(made if parents else ())):
+        st = await _run(site.change, path,
+                        lambda: site.client.mkdir(path, parents=parents, exist_ok=exist_ok))
     return web.json_response(stat_to_wire(st))
 
 
@@ -398,7 +476,8 @@ async def ns_remove(request: web.Request) -> web.Response:
         raise AuthError(f"the entity root {path} cannot be removed", 403, "forbidden")
     recursive = field(data, "recursive", bool, False)
 
-    await _run(site.change, None, lambda: site.client.rm(path, recursive=recursive))
+    async with _breaking(request, path, subtree=True):
+        await _run(site.change, None, lambda: site.client.rm(path, recursive=recursive))
     return web.json_response({"removed": path})
 
 
@@ -409,7 +488,8 @@ async def ns_rename(request: web.Request) -> web.Response:
     if src == f"/{site.entity}":
         raise AuthError(f"the entity root {src} cannot be renamed", 403, "forbidden")
 
-    await _run(site.change, None, lambda: site.client.mv(src, dst))
+    async with _breaking(request, src, dst, subtree=True):
+        await _run(site.change, None, lambda: site.client.mv(src, dst))
     return web.json_response({"src": src, "dst": dst})
 
 
@@ -418,7 +498,8 @@ async def ns_symlink(request: web.Request) -> web.Response:
     path = await _run(site.check_path, p, field(data, "path", str), True)
     target = field(data, "target", str)
 
-    st = await _run(site.change, path, lambda: site.client.symlink(path, target))
+    async with _breaking(request, path):
+        st = await _run(site.change, path, lambda: site.client.symlink(path, target))
     return web.json_response(stat_to_wire(st))
 
 
@@ -436,7 +517,8 @@ async def ns_mknod(request: web.Request) -> web.Response:
         raise BadRequestError(f"kind must be one of {', '.join(MKNOD_KINDS)}, not {kind!r}: "
                               "sites make no device nodes")
     mode = field(data, "mode", int, 0o644, check=lambda m: 0 <= m <= 0o7777)
-    st = await _run(site.change, path, lambda: site.client.mknod(path, kind, mode))
+    async with _breaking(request, path):
+        st = await _run(site.change, path, lambda: site.client.mknod(path, kind, mode))
     return web.json_response(stat_to_wire(st))
 
 
@@ -446,7 +528,8 @@ async def ns_setattr(request: web.Request) -> web.Response:
     mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
     times = [field(data, k, int, None, check=lambda t: 0 <= t < 1 << 63)
              for k in ("atime_ns", "mtime_ns")]
-    st = await _run(site.setattr, path, mode, times[0], times[1])
+    async with _breaking(request, path):
+        st = await _run(site.setattr, path, mode, times[0], times[1])
     return web.json_response(stat_to_wire(st))
 
 
@@ -464,8 +547,9 @@ async def ns_xattrs_set(request: web.Request) -> web.Response:
     values = xattrs_from_wire(field(data, "set", dict, {}))
     replace_all = field(data, "replace_all", bool, False)
 
-    st = await _run(site.change, path,
-                    lambda: site.client.set_xattrs(path, values, replace_all=replace_all))
+    async with _breaking(request, path):
+        st = await _run(site.change, path,
+                        lambda: site.client.set_xattrs(path, values, replace_all=replace_all))
     return web.json_response(stat_to_wire(st))
 
 
@@ -489,7 +573,8 @@ async def ns_commit(request: web.Request) -> web.Response:
     refs = parse_refs(data)
     mode = field(data, "mode", int, None, check=lambda m: 0 <= m <= 0o7777)
     attrs = _node_attrs(commit_attrs(data))
-    st = await _run(site.commit, path, refs, mode, attrs)
+    async with _breaking(request, path):
+        st = await _run(site.commit, path, refs, mode, attrs)
     site.metrics.inc("commits_total")
     return web.json_response(stat_to_wire(st))
 
@@ -524,8 +609,9 @@ async def ns_concat(request: web.Request) -> web.Response:
         return srcs, gone
     attrs = _node_attrs(commit_attrs(data))
     srcs, gone = await _run(check)
-    st = await _run(site.change, path,
-                    lambda: site.client.concat(path, srcs, xattrs=attrs, remove=gone))
+    async with _breaking(request, path, *gone, subtree=bool(gone)):
+        st = await _run(site.change, path,
+                        lambda: site.client.concat(path, srcs, xattrs=attrs, remove=gone))
     site.metrics.inc("commits_total")
     return web.json_response(stat_to_wire(st))
 
@@ -569,7 +655,8 @@ async def grants_add(request: web.Request) -> web.Response:
     mode = field(data, "mode", str, check=lambda m: m in ("read", "write"))
     rec = {"id": secrets.token_hex(4), "pattern": pattern, "to": to, "mode": mode,
            "created": time.time()}
-    await _run(site.put_record, "grant", rec)
+    async with _breaking(request, everything=True):
+        await _run(site.put_record, "grant", rec)
     return web.json_response(rec, status=201)
 
 
@@ -580,13 +667,17 @@ async def grants_mirror(request: web.Request) -> web.Response:
     if p.token is not None:
         raise AuthError("a grant set is pushed by the entity's primary (signed)", 403,
                         "forbidden")
-    return web.json_response(await _run(site.put_mirror_grants, data))
+    async with _breaking(request, everything=True):
+        out = await _run(site.put_mirror_grants, data)
+    return web.json_response(out)
 
 
 async def grants_delete(request: web.Request) -> web.Response:
     site, p = await _get_principal(request)
     _own(site, p)
-    return web.json_response(await _run(site.delete_record, "grant", request.match_info["id"]))
+    async with _breaking(request, everything=True):
+        out = await _run(site.delete_record, "grant", request.match_info["id"])
+    return web.json_response(out)
 
 
 async def rules_list(request: web.Request) -> web.Response:
@@ -803,6 +894,11 @@ def make_app(site: Site) -> web.Application:
                           middlewares=[access_middleware, site.metrics.middleware,
                                        error_middleware])
     app[SITE_KEY] = site
+    app[LEASES_KEY] = LeaseTable()
+
+    async def end_streams(app: web.Application) -> None:
+        app[LEASES_KEY].close()
+    app.on_shutdown.append(end_streams)
     r = app.router
     r.add_get("/v1/health", health)
     r.add_get(METRICS_PATH, metrics)
@@ -827,6 +923,9 @@ def make_app(site: Site) -> web.Application:
     r.add_post("/v1/ns/xattrs", ns_xattrs_set)
     r.add_get("/v1/ns/du", ns_du)
     r.add_get("/v1/ns/visible", ns_visible)
+    r.add_get("/v1/ns/notices", ns_notices)
+    r.add_post("/v1/ns/notices/ack", ns_notices_ack)
+    r.add_post("/v1/ns/notices/renew", ns_notices_renew)
     r.add_get("/v1/grants", grants_list)
     r.add_post("/v1/grants", grants_add)
     r.add_put("/v1/grants/mirror", grants_mirror)

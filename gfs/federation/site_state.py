@@ -25,7 +25,6 @@ from gfs import delta_transfer, namespace, paths
 from gfs.accesslog import AccessLog
 from gfs.client import Client
 from gfs.codec import (
-    BASED_CODECS,
     check_encrypted_blob,
     decode_blob,
     parse_blob_header,
@@ -63,13 +62,15 @@ from gfs.federation.site_client import SiteClient
 from gfs.federation.site_lock import WriteLock
 from gfs.federation.vault import Vault
 from gfs.federation.wire import (
+    FRAME,
     check_name,
     glob_match,
     literal_prefix,
     manifest_digest,
+    pack_frames,
 )
 from gfs.group_commit import GroupCommitter
-from gfs.meta import ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
+from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, ReadTxn, WriteTxn
 from gfs.mover import (
     PIN_SECONDS,
     ChunksUnavailableError,
@@ -78,8 +79,8 @@ from gfs.mover import (
     TransferStats,
 )
 from gfs.namespace_api import Stat, stat_to_wire
-from gfs.packs import pack_key
 from gfs.paths import covers
+from gfs.read.served import stored_blob, stored_frames
 from gfs.schema import Schema, load
 from gfs.store import Prepared, pin_chunks
 
@@ -184,6 +185,15 @@ class Site:
     @property
     def entity(self) -> str:
         return self.config.entity
+
+    @property
+    def grants_leases(self) -> bool:
+        """Whether this daemon promises open leases (docs/leases.md): only where every
+        change of its namespace passes through it, i.e. its entity's primary on an
+        embedded store. A mirror's copy changes by replication, and a namespace on a
+        database server shared with other daemons changes through them too: neither
+        change could break this daemon's leases."""
+        return self.config.primary and isinstance(self.client.engine, LmdbEngine)
 
     def close(self) -> None:
         self.pulls.shutdown(wait=True, cancel_futures=True)
@@ -713,24 +723,18 @@ class Site:
 
     # -- chunks --------------------------------------------------------------------
     def blob(self, cid: bytes) -> bytes | None:
-        """The blob of chunk `cid` as stored (first readable location), or None. A delta
-        chunk is served whole: the peer may not hold its base."""
-        with self.client.engine.read() as txn:
-            rec = txn.get_chunk(cid)
-        if rec is None:
-            return None
-        if rec.codec in BASED_CODECS:
-            try:
-                return self.client.store.read_blob(cid)
-            except HutongError:
-                return None
-        for loc in rec.locations:
-            try:
-                return bytes(self.client.store.pool(loc.pool).get(
-                    pack_key(loc.pack), loc.offset, loc.offset + loc.length))
-            except HutongError:
-                continue
-        return None
+        """The blob of chunk `cid` as a peer takes it (`gfs.read.served.stored_blob`)."""
+        return stored_blob(self.client.store, cid)
+
+    def frames(self, cids: list[bytes]) -> tuple[bytes | bytearray, int]:
+        """`pack_frames` of the blobs of `cids` as a peer takes them (a /v1/chunks/get
+        answer's part) and how many the site holds: one buffer read with one metadata
+        transaction, or chunk by chunk where `stored_frames` says so."""
+        got = stored_frames(self.client.store, cids, FRAME)
+        if got is not None:
+            return got
+        blobs = [self.blob(c) for c in cids]
+        return pack_frames(blobs), sum(b is not None for b in blobs)
 
     def put_plain(self, blobs: list[bytes]) -> tuple[int, int]:
         """Verify every blob, then store the new ones (refcount 0); (stored, present).

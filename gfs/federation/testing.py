@@ -27,7 +27,7 @@ from gfs.federation import certs
 from gfs.federation.auth import EntityKeys
 from gfs.federation.client import FederationClient
 from gfs.federation.http import HttpClient
-from gfs.federation.site import init_site
+from gfs.federation.site import Site, init_site
 from gfs.federation.tls import Trust, trust_for
 from gfs.meta import LmdbEngine
 
@@ -342,3 +342,14 @@ def accepted(url: str, keys_dir: str, site: str, timeout: float) -> bool:
             time.sleep(0.1)
         finally:
             h.close()
+
+
+def lone_site(state: Path, *, name: str = "s1", entity: str = "bank-a",
+              region: str = "cn-west", primary: bool = True, meta: str | None = None
+              ) -> Site:
+    """A site daemon's state made at `state` (its namespace in `meta`, a PostgreSQL
+    URL, if given) and opened in-process, for tests that call its methods or serve its
+    app themselves; its registry (port 9) is never asked."""
+    init_site(state, name=name, entity=entity, region=region,
+              registry="http://127.0.0.1:9", primary=primary, meta=meta)
+    return Site(state)

@@ -28,19 +28,20 @@ MAX_REFS = 1 << 20
 """Most chunks in one manifest commit."""
 HEX32 = re.compile(r"[0-9a-f]{32}")
 """A chunk id on the wire: 32 lower-case hex digits."""
-_FRAME = struct.Struct("<I")
+FRAME = struct.Struct("<I")
+"""The length before each blob of a frame sequence."""
 
 
 # -- chunk frames ------------------------------------------------------------------------
 
 def pack_frames(blobs: Iterable[bytes | None]) -> bytes:
     """Frames `u32 LE length, blob` (length 0 for None)."""
-    out = bytearray()
+    parts: list[bytes] = []
     for b in blobs:
-        out += _FRAME.pack(0 if b is None else len(b))
+        parts.append(FRAME.pack(len(b) if b else 0))
         if b:
-            out += b
-    return bytes(out)
+            parts.append(b)
+    return b"".join(parts)  # one copy
 
 
 def unpack_frames(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
@@ -50,7 +51,7 @@ def unpack_frames(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
     while pos < len(body):
         if pos + 4 > len(body):
             raise BadRequestError(f"truncated frame header at byte {pos}")
-        (n,) = _FRAME.unpack_from(body, pos)
+        (n,) = FRAME.unpack_from(body, pos)
         pos += 4
         if pos + n > len(body):
             raise BadRequestError(f"truncated frame at byte {pos - 4}: it claims {n} bytes, "
@@ -200,7 +201,7 @@ def check_name(value: Any, what: str) -> str:
         raise BadRequestError(str(e)) from None
 
 
-__all__ = ["HEX32", "MAX_BODY", "MAX_IDS", "MAX_REFS", "check_name", "commit_attrs",
+__all__ = ["FRAME", "HEX32", "MAX_BODY", "MAX_IDS", "MAX_REFS", "check_name", "commit_attrs",
            "commit_attrs_to_wire", "glob_match", "ids_to_wire", "literal_prefix",
            "manifest_digest", "pack_frames", "parse_digests", "parse_ids", "parse_refs",
            "refs_from_wire", "refs_to_wire", "unpack_frames", "version_keyed",

@@ -31,6 +31,7 @@ from pathlib import Path
 import lmdb
 
 from gfs.errors import FormatError, StateError
+from gfs.meta.residency import MapTrimmer
 
 __all__ = ["AUTO_MAX_BYTES", "MIN_BYTES", "MIN_FREE", "OPEN_LOCK", "Compacted", "compact",
            "compact_now", "free_share", "hold_open"]
@@ -158,7 +159,10 @@ def _compact_locked(path: str, before: int, min_free: float,
         if min_free and free_share(src) + grown_pages / total < min_free:
             return None
         tmp.mkdir()
-        dst = lmdb.open(str(tmp), map_size=src.info()["map_size"], max_dbs=_MAX_DBS,
+        # room for the copy's own churn: a packed source can sit at its map size
+        room = max(src.info()["map_size"], 2 * os.path.getsize(os.path.join(path, "data.mdb"))
+                   + (64 << 20))
+        dst = lmdb.open(str(tmp), map_size=room, max_dbs=_MAX_DBS,
                         sync=False, metasync=False, readahead=False)
         try:
             _copy_packed(src, dst)
@@ -179,7 +183,10 @@ def _compact_locked(path: str, before: int, min_free: float,
 
 
 def _copy_packed(src: lmdb.Environment, dst: lmdb.Environment) -> None:
-    """Every named database of `src` into empty `dst`, rows in key order appended."""
+    """Every named database of `src` into empty `dst`, rows in key order appended; both
+    maps trimmed as it goes (gfs.meta.residency), so the copy does not leave the whole
+    file resident."""
+    trims = (MapTrimmer(src), MapTrimmer(dst))
     with src.begin() as rtxn:
         names = [bytes(k) for k, _ in rtxn.cursor()]
         for name in names:
@@ -195,6 +202,8 @@ def _copy_packed(src: lmdb.Environment, dst: lmdb.Environment) -> None:
                         batch.append(rows.item())
                         more = rows.next()
                     w.cursor(db=ddb).putmulti(batch, append=True)
+                for t in trims:
+                    t.tick(len(batch))
             with dst.begin(db=ddb) as check:
                 got, want = check.stat(ddb)["entries"], rtxn.stat(sdb)["entries"]
             if got != want:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TypeVar
@@ -67,6 +67,15 @@ class ReadTxn(ABC):
     @abstractmethod
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
         """(name, ino) of every entry of directory `parent`, in UTF-8 byte order."""
+
+    def read_ahead(self, walks: Iterable[tuple[int, Sequence[str]]], *,
+                   manifests: bool = False) -> None:
+        """A hint: the caller is about to look up, for each (directory, names) of
+        `walks`, each name below the one before, starting in that directory, and to
+        read the inodes met (with `manifests`, also the manifest of each walk's last
+        entry). An engine whose reads cross a network reads them all at once; the
+        embedded one does nothing. Changes nothing and raises nothing of its own."""
+        return None
 
     @abstractmethod
     def iter_inodes(self) -> Iterator[Inode]:
@@ -234,6 +243,15 @@ class WriteTxn(ReadTxn):
     def delete_value(self, table: str, key: bytes) -> None:
         """Remove `key` from `table` (no-op if absent)."""
 
+    def delete_values(self, table: str, prefix: bytes) -> None:
+        """Delete every entry of `table` (one of VALUE_TABLES) whose key starts with
+        `prefix` (not empty). An engine on a database server sends it as one statement
+        with the commit, without reading the entries first."""
+        if not prefix:
+            raise ValueError(f"value table {table!r}: a prefix to delete must not be empty")
+        for key, _ in list(self.iter_values(table, prefix)):
+            self.delete_value(table, key)
+
     @abstractmethod
     def set_meta(self, key: str, value: bytes) -> None:
         """Set a store-wide fact."""
@@ -256,14 +274,15 @@ class MetaEngine(ABC):
     #: reads to a thread instead of running them itself (gfs.mount).
     REMOTE = False
 
-    def transact(self, fn: Callable[[WriteTxn], T]) -> T:
+    def transact(self, fn: Callable[[WriteTxn], T], *, tick: bool = False) -> T:
         """Run `fn` in a write transaction and return its result, running it again
         (after a short random back-off) when the transaction loses a serialisation
-        conflict. Raises MetaConflictError after TRANSACT_ATTEMPTS conflicts."""
+        conflict. Raises MetaConflictError after TRANSACT_ATTEMPTS conflicts.
+        `tick`: `fn` only records reads (heat, access times): see `write_tick`."""
         delay = 0.001
         for attempt in range(self.TRANSACT_ATTEMPTS):
             try:
-                with self.write() as txn:
+                with self.write_tick() if tick else self.write() as txn:
                     return fn(txn)
             except MetaConflictError:
                 if attempt + 1 == self.TRANSACT_ATTEMPTS:
@@ -276,9 +295,22 @@ class MetaEngine(ABC):
     def read(self) -> AbstractContextManager[ReadTxn]:
         """A read-only snapshot transaction."""
 
+    def read_once(self) -> AbstractContextManager[ReadTxn]:
+        """A read whose first question to the server stands alone (one entry and its
+        inode, one inode): an engine on a server may answer it outside a transaction,
+        as one prepared statement; any later question then sees a later snapshot.
+        Elsewhere the same as `read()`."""
+        return self.read()
+
     @abstractmethod
     def write(self) -> AbstractContextManager[WriteTxn]:
         """A write transaction: commits on normal exit, aborts on an exception."""
+
+    def write_tick(self) -> AbstractContextManager[WriteTxn]:
+        """`write()` for bookkeeping of reads only (heat, access times): an engine that
+        tidies its storage after changes (LMDB's compaction at close) does not count
+        it as a change, so read-mostly commands never pay for that."""
+        return self.write()
 
     @abstractmethod
     def close(self) -> None:

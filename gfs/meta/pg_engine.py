@@ -38,6 +38,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -65,10 +66,16 @@ __all__ = ["SCHEMA_VERSION", "PgEngine", "is_pg_url"]
 
 #: Inode numbers reserved per trip to the allocation row.
 INO_BLOCK = 1024
+#: Names of one walk `_PgRead.read_ahead` looks up at once (deeper ones: one by one).
+AHEAD_NAMES = 8
+#: Walks `_PgRead.read_ahead` sends in one query (more: one query per this many).
+AHEAD_WALKS = 16
 #: Rows fetched per round trip by the iterators.
 FETCH = 2000
 #: Rows per INSERT or DELETE statement when buffered writes are sent.
 WRITE_ROWS = 500
+#: Statements of up to this many rows have their text composed once (`_Txn._writes`).
+CACHED_WRITE_ROWS = 16
 #: A chunk's reference count changes kept as rows of their own before a writer folds
 #: them into its record (in 1 of FOLD_EVERY commits that add such rows).
 FOLD_AT = 32
@@ -147,6 +154,9 @@ _LOCK = {False: sql.SQL(""), True: sql.SQL(" FOR KEY SHARE")}
 #: more than sending it): (schema, what, ...) -> bytes.
 _QUERIES: dict[tuple[Any, ...], bytes] = {}
 _INTRANS = psycopg.pq.TransactionStatus.INTRANS
+#: psycopg prepares a query on the server after this many runs: never, only those
+#: asked with `prepare=True` (`_Txn._alone`)
+_PREPARE_NEVER = 1 << 30
 
 
 def _s(ino: int) -> int:
@@ -213,13 +223,16 @@ class _Txn:
     """
 
     __slots__ = ("_tx", "begin", "begun", "buf", "bumped", "clear_refs", "conn", "cur",
-                 "engine", "lock", "parked_at", "pools_version", "schema", "seen", "write",
-                 "wrote")
+                 "engine", "lock", "once", "parked_at", "pools_version", "ranges", "schema",
+                 "seen", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None,
-                 parked_at: float | None = None) -> None:
+                 parked_at: float | None = None, once: bool = False) -> None:
         self.conn = conn
+        #: the first query is a statement of its own, outside a transaction
+        #: (`PgEngine.read_once`); cleared once sent
+        self.once = once
         #: when the connection's previous read transaction ended, still open on the
         #: server: its ROLLBACK goes first in this transaction's first message
         self.parked_at = parked_at
@@ -235,6 +248,9 @@ class _Txn:
         #: rows a write transaction reads by key are locked against deletion
         self.lock = _LOCK[write]
         self.buf: dict[tuple[str, tuple[Any, ...]], tuple[Any, ...] | None] = {}
+        #: (value table, key prefix) of buffered deletions of a range of `kv` rows, sent
+        #: before the buffered rows (which were written after them)
+        self.ranges: list[tuple[str, bytes]] = []
         #: tables of the writes sent so far (a scan sends them before COMMIT)
         self.wrote: set[str] = set()
         #: (table, key) -> value column of rows read by key (None: no such row)
@@ -275,9 +291,13 @@ class _Txn:
         must see them; a read by key looks in the buffer first, and writes sent late
         hold their row locks briefly), then `query` (its rows are returned) or `end`
         (COMMIT)."""
+        if self.once and query is not None and not flush and end is None:
+            return self._alone(query, params)
         parts: list[bytes] = []
         args: list[Any] = []
-        probe = not self.begun and self.engine is not None
+        # the version row, read by a read transaction as it begins (a write trusts no
+        # cached copy, so it reads none)
+        probe = not self.begun and self.engine is not None and not self.write
         parked = not self.begun and self.parked_at is not None
         if parked:
             parts.append(b"ROLLBACK")
@@ -288,9 +308,7 @@ class _Txn:
                     "SELECT value FROM {} WHERE key = %s").format(self.t("meta"))))
                 args.append(_POOLS_VERSION)
         if flush:
-            writes: list[sql.Composable] = []
-            self._writes(writes, args)
-            parts.extend(w.as_bytes(self.conn) for w in writes)
+            self._writes(parts, args)
         if query is not None:
             parts.append(query if isinstance(query, bytes) else query.as_bytes(self.conn))
             args.extend(params)
@@ -327,42 +345,76 @@ class _Txn:
             pass
         return cur.fetchall() if query is not None and cur.description is not None else []
 
-    def _writes(self, parts: list[sql.Composable], args: list[Any]) -> None:
+    def _alone(self, query: sql.Composable | bytes, params: Sequence[Any]
+               ) -> list[tuple[Any, ...]]:
+        """`query` as a statement of its own (its own snapshot, no BEGIN, no ROLLBACK):
+        prepared on the server (parsed and planned once per connection), or after
+        the ROLLBACK of a parked connection's transaction in one message."""
+        self.once = False
+        text = query if isinstance(query, bytes) else query.as_bytes(self.conn)
+        if self.parked_at is not None:
+            self.cur.execute(b"ROLLBACK; " + text, params)
+            self.parked_at = None
+            self.cur.nextset()
+            return self.cur.fetchall()
+        return self.conn.cursor().execute(text, params, prepare=True).fetchall()
+
+    def _writes(self, parts: list[bytes], args: list[Any]) -> None:
         """Statements for the buffered writes (upserts, then deletes; a multi-row
-        statement per table); `_sent` empties the buffer once they went."""
+        statement per table, its text composed once per shape: `_write_text`); `_sent`
+        empties the buffer once they went."""
         if self.clear_refs:
-            parts.append(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(
-                self.t("refdelta")))
+            parts.append(self.query(("clear refs",), lambda: sql.SQL(
+                "DELETE FROM {} WHERE id = ANY(%s)").format(self.t("refdelta"))))
             args.append(sorted(self.clear_refs))
+        for table, prefix in self.ranges:
+            end = _prefix_end(prefix)
+            parts.append(self.query(("range", end is None),
+                                    partial(self._range_text, end is None)))
+            args += [table, prefix] if end is None else [table, prefix, end]
         if not self.buf:
             return
         groups: dict[tuple[str, bool], list[tuple[Any, ...]]] = {}
         for (table, key), vals in self.buf.items():
             groups.setdefault((table, vals is None), []).append(key + (vals or ()))
         for (table, delete), rows in groups.items():
-            keys, values = _TABLES[table]
-            cols = keys if delete else keys + values
-            row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(cols)))
             for i in range(0, len(rows), WRITE_ROWS):
                 batch = rows[i:i + WRITE_ROWS]
-                tuples = sql.SQL(", ").join([row] * len(batch))
-                if delete:
-                    q = sql.SQL("DELETE FROM {} WHERE ({}) IN ({})").format(
-                        self.t(table), sql.SQL(", ").join(map(sql.Identifier, keys)), tuples)
-                else:
-                    q = sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) "
-                                "DO UPDATE SET {}").format(
-                        self.t(table), sql.SQL(", ").join(map(sql.Identifier, cols)), tuples,
-                        sql.SQL(", ").join(map(sql.Identifier, keys)),
-                        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(
-                            sql.Identifier(v)) for v in values))
-                parts.append(q)
+                n = len(batch)
+                parts.append(self.query(("write", table, delete, n),
+                                        partial(self._write_text, table, delete, n))
+                             if n <= CACHED_WRITE_ROWS else
+                             self._write_text(table, delete, n).as_bytes(self.conn))
                 for r in batch:
                     args.extend(r)
+
+    def _range_text(self, to_end: bool) -> sql.Composable:
+        """The statement deleting the `kv` rows of a key prefix (`to_end`: no key above)."""
+        return sql.SQL("DELETE FROM {} WHERE tbl = %s AND key >= %s{}").format(
+            self.t("kv"), sql.SQL("" if to_end else " AND key < %s"))
+
+    def _write_text(self, table: str, delete: bool, n: int) -> sql.Composable:
+        """The statement deleting (else upserting) `n` rows of `table`."""
+        keys, values = _TABLES[table]
+        cols = keys if delete else keys + values
+        row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(cols)))
+        tuples = sql.SQL(", ").join([row] * n)
+        if delete:
+            return sql.SQL("DELETE FROM {} WHERE ({}) IN ({})").format(
+                self.t(table), sql.SQL(", ").join(map(sql.Identifier, keys)), tuples)
+        return sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) "
+                       "DO UPDATE SET {}").format(
+            self.t(table), sql.SQL(", ").join(map(sql.Identifier, cols)), tuples,
+            sql.SQL(", ").join(map(sql.Identifier, keys)),
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(
+                sql.Identifier(v)) for v in values))
 
     def _sent(self) -> None:
         """The buffered writes reached the server: moved to the rows read."""
         self.clear_refs = set()
+        if self.ranges:
+            self.ranges = []
+            self.wrote.add("kv")
         for (table, key), vals in self.buf.items():
             self.wrote.add(table)
             self.remember(table, key, None if vals is None else vals[0])
@@ -371,7 +423,7 @@ class _Txn:
     def commit(self) -> None:
         """Send the buffered writes and COMMIT in one round trip (nothing if nothing
         was read or written)."""
-        if self.begun or self.buf:
+        if self.begun or self.buf or self.ranges:
             self.run(None, flush=True, end="COMMIT")
 
     def one(self, table: str, key: tuple[Any, ...], col: str) -> Any:
@@ -463,6 +515,90 @@ class _PgRead(ReadTxn):
         if ("inodes", (ino,)) not in x.buf:
             x.remember("inodes", (ino,), rec)
         return _u(ino)
+
+    def read_ahead(self, walks: Iterable[tuple[int, Sequence[str]]], *,
+                   manifests: bool = False) -> None:
+        """Every walk in one query (see `_ahead_query`); the rows are kept as read by key
+        (locked in a write transaction), so the lookups that follow cost no round trip.
+        Steps this transaction already knows are not asked again."""
+        x = self._x
+        todo: list[tuple[int, list[bytes]]] = []
+        for start, names in walks:
+            raw = [n.encode() for n in names[:AHEAD_NAMES]]
+            cur: int | None = _s(start)
+            while raw and cur is not None:  # known steps: walked here
+                key = ("dirents", (cur, raw[0]))
+                if key in x.buf:
+                    vals = x.buf[key]
+                    cur = None if vals is None else vals[0]
+                elif key in x.seen:
+                    cur = x.seen[key]
+                else:
+                    break
+                raw.pop(0)
+            if raw and cur is not None:
+                todo.append((cur, raw))
+        for i in range(0, len(todo), AHEAD_WALKS):
+            self._walk(todo[i:i + AHEAD_WALKS], manifests)
+
+    def _walk(self, todo: list[tuple[int, list[bytes]]], manifests: bool) -> None:
+        """Walks (start as a bigint, names) in one query; what they meet is kept."""
+        x = self._x
+        shape = tuple(len(raw) for _, raw in todo)
+        params: list[Any] = [start for start, _ in todo]
+        for start, raw in todo:
+            params += [start, *raw]
+        (row,) = x.run(x.query(("ahead", shape, manifests),
+                               partial(self._ahead_query, shape, manifests)), params)
+        col = iter(row)
+        for start, raw in todo:
+            self._keep("inodes", (start,), next(col))
+            parent: int | None = start
+            for name in raw:
+                ino, rec = next(col), next(col)
+                if parent is not None:
+                    x.remember("dirents", (parent, name), ino)
+                    if ino is not None:
+                        self._keep("inodes", (ino,), rec)
+                parent = ino
+            if manifests:
+                mrec = next(col)
+                if parent is not None:
+                    self._keep("manifests", (parent,), mrec)
+
+    def _keep(self, table: str, key: tuple[Any, ...], value: Any) -> None:
+        if (table, key) not in self._x.buf:
+            self._x.remember(table, key, value)
+
+    def _ahead_query(self, shape: tuple[int, ...], manifests: bool) -> sql.Composable:
+        """One row: for walk j of `shape[j]` names, the inode of its start directory,
+        then (entry's ino, its inode) for each name, each looked up in the entry before
+        (NULL past a missing one), then with `manifests` the last entry's manifest.
+        Parameters: each walk's start; then per walk its start and names."""
+        x = self._x
+        lock = x.lock
+        cols: list[sql.Composable] = []
+        joins: list[sql.Composable] = []
+        for j, m in enumerate(shape):
+            cols.append(sql.SQL("(SELECT rec FROM {} WHERE ino = %s{})").format(
+                x.t("inodes"), lock))
+            prev: sql.Composable = sql.Placeholder()
+            for t in range(m):
+                d, i = sql.Identifier(f"d{j}_{t}"), sql.Identifier(f"i{j}_{t}")
+                joins.append(sql.SQL(
+                    "LEFT JOIN LATERAL (SELECT ino FROM {} WHERE parent = {} AND name = %s{}) "
+                    "{} ON true LEFT JOIN LATERAL (SELECT rec FROM {} WHERE ino = {}.ino{}) "
+                    "{} ON true").format(x.t("dirents"), prev, lock, d, x.t("inodes"), d,
+                                         lock, i))
+                cols += [sql.SQL("{}.ino").format(d), sql.SQL("{}.rec").format(i)]
+                prev = sql.SQL("{}.ino").format(d)
+            if manifests:
+                mf = sql.Identifier(f"m{j}")
+                joins.append(sql.SQL("LEFT JOIN LATERAL (SELECT rec FROM {} WHERE ino = {}{}) "
+                                     "{} ON true").format(x.t("manifests"), prev, lock, mf))
+                cols.append(sql.SQL("{}.rec").format(mf))
+        return sql.SQL("SELECT {} FROM (SELECT 1) o {}").format(
+            sql.SQL(", ").join(cols), sql.SQL(" ").join(joins))
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
         x = self._x
@@ -754,6 +890,21 @@ class _PgWrite(_PgRead, WriteTxn):
         if table in _CACHED_KV:
             self._bump()
 
+    def delete_values(self, table: str, prefix: bytes) -> None:
+        """Buffered as one range deletion (`_Txn.ranges`); the rows this transaction
+        wrote or read under `prefix` are gone from its view at once."""
+        _check_table(table)
+        if not prefix:
+            raise ValueError(f"value table {table!r}: a prefix to delete must not be empty")
+        x, n = self._x, len(prefix)
+        for rows in (x.buf, x.seen):
+            for k in [k for k in rows if k[0] == "kv" and k[1][0] == table
+                      and k[1][1][:n] == prefix]:
+                rows[k] = None
+        x.ranges.append((table, bytes(prefix)))
+        if table in _CACHED_KV:
+            self._bump()
+
     def set_meta(self, key: str, value: bytes) -> None:
         if not key:
             raise ValueError("meta key must not be empty")
@@ -768,6 +919,12 @@ class _PgWrite(_PgRead, WriteTxn):
             self._bump()
 
 
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The least key above every key that starts with `prefix` (None: no such key)."""
+    stripped = prefix.rstrip(b"\xff")
+    return None if not stripped else stripped[:-1] + bytes([stripped[-1] + 1])
+
+
 def _check_table(table: str) -> None:
     if table not in VALUE_TABLES:
         raise ValueError(
@@ -778,11 +935,12 @@ def _check_table(table: str) -> None:
 class _Ctx:
     """`with engine.read()` / `with engine.write()`: one pooled connection, one transaction."""
 
-    __slots__ = ("_conn", "_engine", "_locked", "_write", "_x")
+    __slots__ = ("_conn", "_engine", "_locked", "_once", "_write", "_x")
 
-    def __init__(self, engine: PgEngine, write: bool) -> None:
+    def __init__(self, engine: PgEngine, write: bool, once: bool = False) -> None:
         self._engine = engine
         self._write = write
+        self._once = once
         self._conn: psycopg.Connection[Any] | None = None
         self._x: _Txn | None = None
         self._locked = False
@@ -803,7 +961,7 @@ class _Ctx:
                 conn = pool.getconn()
             self._conn = conn
             self._x = _Txn(conn, eng.schema, write=self._write, engine=eng,
-                           parked_at=parked_at)
+                           parked_at=parked_at, once=self._once)
         except BaseException:
             self._release(None)
             raise
@@ -920,7 +1078,8 @@ class PgEngine(MetaEngine):
         try:
             self._pool: ConnectionPool | None = ConnectionPool(
                 self._conninfo, min_size=1, max_size=size, open=True,
-                timeout=connect_timeout, kwargs={"autocommit": True, "prepare_threshold": None},
+                timeout=connect_timeout, kwargs={"autocommit": True,
+                                                "prepare_threshold": _PREPARE_NEVER},
                 check=self._check_idle)
             self._pool.wait(timeout=connect_timeout)
         except Exception as e:
@@ -1147,6 +1306,12 @@ class PgEngine(MetaEngine):
         """A read-only snapshot transaction."""
         self._live()
         return _Ctx(self, write=False)
+
+    def read_once(self) -> _Ctx:
+        """A read whose first query is a prepared statement of its own (no BEGIN, no
+        ROLLBACK); later ones begin a snapshot transaction."""
+        self._live()
+        return _Ctx(self, write=False, once=True)
 
     def write(self) -> _Ctx:
         """A write transaction (snapshot, row locks); a lost conflict raises

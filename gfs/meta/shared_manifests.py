@@ -90,16 +90,18 @@ def release(txn: Any, manifests: Any, bodies: Any, ino_key: bytes) -> None:
         txn.put(key, _REFCOUNT.pack(n - 1) + bytes(old[_REFCOUNT.size:]), db=bodies)
 
 
-def problems(txn: Any, manifests: Any, bodies: Any) -> list[str]:
+def problems(manifests: Iterable[tuple[bytes, bytes]], bodies: Iterable[tuple[bytes, bytes]]
+             ) -> list[str]:
     """Shared bodies whose refcount differs from the manifests naming them, and
-    references to missing bodies (fsck)."""
+    references to missing bodies (fsck); `manifests` and `bodies`: the rows of the two
+    tables, in key order."""
     named: dict[bytes, int] = {}
-    for _, value in txn.cursor(db=manifests).iternext():
+    for _, value in manifests:
         key = ref_key(bytes(value))
         if key is not None:
             named[key] = named.get(key, 0) + 1
     out = []
-    for key, rec in txn.cursor(db=bodies).iternext():
+    for key, rec in bodies:
         n = _REFCOUNT.unpack_from(rec)[0]
         want = named.pop(bytes(key), 0)
         if n != want:

@@ -4,7 +4,10 @@ any chunk source.
 A hit is a stored blob that verifies (a damaged one is dropped, never served); a
 miss reads the inner source and, when the chunk is worth caching (the inner
 source does not read it from local disk, or the cache admits every chunk),
-admits the verified blob. Only the process owning the directory admits.
+admits the verified blob. Only the process owning the directory admits. Admissions
+are written by a background thread (`gfs.disk_writer.QueuedPuts`); a chunk queued
+there and not yet written is a hit all the same (the queue is asked before the disk,
+so a chunk moving from one to the other is always found in one of them).
 """
 
 from __future__ import annotations
@@ -60,10 +63,16 @@ class DiskTier:
         self._count(len(raw))
         return raw
 
+    def _kept(self, cid: bytes) -> bytes | None:
+        """The verified raw bytes of `cid` from the writer's queue, else from disk."""
+        blob = self.puts.blob(cid)
+        return _raw_of(blob, cid) if blob is not None else self.disk.get(cid)
+
     # -- the ChunkSource protocol --------------------------------------------------------
     def get(self, cid: bytes, *, path: str = "") -> bytes:
-        """The verified raw bytes of chunk `cid`: from disk, else from the inner source."""
-        data = self.disk.get(cid)
+        """The verified raw bytes of chunk `cid`: from the disk tier (its writer's queue
+        or its files), else from the inner source."""
+        data = self._kept(cid)
         return data if data is not None else self._miss(cid, path)
 
     def get_many(self, cids: Iterable[bytes], *,
@@ -74,7 +83,7 @@ class DiskTier:
         batch: list[bytes] = []
         admitted: list[bytes] = []
         for cid in dict.fromkeys(cids):
-            data = self.disk.get(cid)
+            data = self._kept(cid)
             if data is not None:
                 out[cid] = data
             elif self._admits(cid):
@@ -97,30 +106,59 @@ class DiskTier:
         return out
 
     def missing(self, cids: Iterable[bytes]) -> list[bytes]:
-        """Those of `cids` not on disk now."""
-        return self.disk.missing(cids)
+        """Those of `cids` in neither the writer's queue nor on disk now."""
+        ids = list(cids)
+        queued = self.puts.queued(ids)
+        return self.disk.missing([c for c in ids if c not in queued] if queued else ids)
 
     def read_into(self, items: Sequence[tuple[bytes, memoryview]]) -> list[bool]:
-        """Whole chunks read from disk straight into the given views (see
-        `DiskCache.read_into`); False where a chunk must be read another way."""
-        return self.disk.read_into(items)
+        """Whole chunks copied from the writer's queue or read from disk straight into
+        the given views (see `DiskCache.read_into`); False where a chunk must be read
+        another way."""
+        ok = [False] * len(items)
+        on_disk: list[int] = []
+        queued = self.puts.queued([cid for cid, _ in items])
+        for i, (cid, view) in enumerate(items):
+            blob = self.puts.blob(cid) if cid in queued else None
+            if blob is None:
+                on_disk.append(i)
+                continue
+            raw = _payload(blob, cid)
+            data = raw if raw is not None else memoryview(decode_blob(blob, expect_id=cid))
+            if len(data) == len(view):
+                view[:] = data
+                ok[i] = True
+        if on_disk:
+            got = self.disk.read_into([items[i] for i in on_disk])
+            for i, hit in zip(on_disk, got, strict=True):
+                ok[i] = hit
+        return ok
 
     def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
-        """The stored blob of chunk `cid`: the cached record if it verifies, else the inner's."""
-        blob = self.disk.get_blob(cid)
+        """The stored blob of chunk `cid`: queued or cached if it verifies, else the inner's."""
+        blob = self.puts.blob(cid)
+        if blob is None:
+            blob = self.disk.get_blob(cid)
         return blob if blob is not None else self.inner.get_blob(cid, path=path)
 
     def worth_caching(self, cid: bytes) -> bool:
         return self.inner.worth_caching(cid)
 
 
-def _raw_of(blob: bytes, cid: bytes) -> bytes:
-    """The raw chunk of a blob a source handed out (verified by the source's contract,
-    so not hashed again): the payload of a raw blob, else the decoded blob."""
+def _payload(blob: bytes, cid: bytes) -> memoryview | None:
+    """The payload of a raw blob of `cid` a source handed out (verified by the source's
+    contract, so not hashed again), as a view; None for a compressed blob."""
     head = parse_blob_header(blob)
     if head.codec == CODEC_RAW and head.chunk_id == cid and len(blob) == head.blob_len:
-        return blob[BLOB_HEADER_LEN:]
-    return decode_blob(blob, expect_id=cid)
+        return memoryview(blob)[BLOB_HEADER_LEN:]
+    return None
+
+
+def _raw_of(blob: bytes, cid: bytes) -> bytes:
+    """The raw chunk of a blob a source handed out (verified, see `_payload`): the
+    payload of a raw blob, else the decoded blob."""
+    raw = _payload(blob, cid)
+    return bytes(raw) if raw is not None else decode_blob(blob, expect_id=cid)
 
 
 __all__ = ["DiskTier"]

@@ -111,4 +111,4 @@ class HeatTracker:
                     new = Heat(h.at(now, self.half_life) + n, now, h.reads + n)
                 txn.put_value("heat", key, encode(new))
 
-        self.engine.transact(add)
+        self.engine.transact(add, tick=True)

@@ -1,0 +1,64 @@
+"""The shared loopback relay forwards both ways and counts every byte."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from gfs.testing.relay import TcpRelay
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t
+
+
+def test_relay_forwards_and_counts_both_directions() -> None:
+    srv, t = _echo_server()
+    relay = TcpRelay(srv.getsockname()[:2])
+    payload = bytes(range(256)) * 1000
+    try:
+        with socket.create_connection(relay.address, timeout=10) as c:
+            c.sendall(payload)
+            got = bytearray()
+            while len(got) < len(payload) and (data := c.recv(65536)):
+                got += data
+        assert bytes(got) == payload
+    finally:
+        relay.close(join=10)
+        srv.close()
+        t.join(10)
+    assert relay.connections == 1  # the pumps ended when the client closed
+    assert relay.bytes == 2 * len(payload)
+
+
+class _Upper(TcpRelay):
+    def pump(self, a: socket.socket, b: socket.socket, direction: str, number: int) -> None:
+        while data := a.recv(4096):
+            b.sendall(data.upper() if direction == "s2c" else data)
+            self.count(len(data))
+
+
+def test_a_subclass_changes_what_is_forwarded() -> None:
+    srv, t = _echo_server()
+    relay = _Upper(srv.getsockname()[:2])
+    try:
+        with socket.create_connection(relay.address, timeout=10) as c:
+            c.sendall(b"hello")
+            got = b""
+            while len(got) < 5 and (data := c.recv(100)):
+                got += data
+        assert got == b"HELLO"
+    finally:
+        relay.close(join=10)
+        srv.close()
+        t.join(10)
