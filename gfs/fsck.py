@@ -360,9 +360,10 @@ def _verify_folded(store: ChunkStore, report: FsckReport, bad: set[bytes]) -> No
     """Reconstruct every folded group member from its group (read once, through the
     readers' group cache) and verify it; a damaged or missing group fails each of its
     members, so the files naming any of them are reported."""
-    with store.engine.read() as txn:
-        folded = [rec.id for rec in txn.iter_chunks() if rec.group]
-    for cid in folded:
+    with store.engine.read() as txn:  # group by group: each read once through the cache
+        folded = sorted((rec.group, rec.group_offset, rec.id) for rec in txn.iter_chunks()
+                        if rec.group)
+    for _, _, cid in folded:
         try:
             raw = store.source.get(cid)
         except (CorruptChunkError, ChunkMissingError) as e:

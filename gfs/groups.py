@@ -2,17 +2,19 @@
 "Group blobs").
 
 A group is an ordinary whole chunk whose raw bytes are its members' raw bytes
-concatenated; each member is stored as a member blob (codec 3) naming the
-group and its offset in it. Members are recorded like deltas whose base is the
-group (gfs.delta: a `deltas` entry and one reference each), so gc, relocation,
-fsck and repair treat a group as a base. Decoding verifies the group's id and
-then the member's.
+concatenated. Writers record each member as a folded member record (format 4:
+its chunk record names the group and its offset, with no blob of its own), one
+reference on the group each, so gc keeps a group while any member lives.
+Stores written before format 4 hold member blobs (codec 3, a 20-byte payload
+naming the group and offset) recorded like deltas on the group; both forms
+read. Decoding verifies the group's id and then the member's.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gfs.codec import (
@@ -46,7 +48,8 @@ _OFFSET = struct.Struct("<I")
 
 
 def member_blob(cid: bytes, raw_len: int, group: bytes, offset: int) -> tuple[bytes, bytes]:
-    """The (header, payload) of the member blob of chunk `cid` at `offset` in `group`."""
+    """The (header, payload) of the member blob (formats 3 and before; no longer
+    written) of chunk `cid` at `offset` in `group`."""
     if len(cid) != CHUNK_ID_LEN or len(group) != CHUNK_ID_LEN:
         raise ValueError(f"chunk ids must be {CHUNK_ID_LEN} bytes")
     if cid == group:
@@ -55,20 +58,41 @@ def member_blob(cid: bytes, raw_len: int, group: bytes, offset: int) -> tuple[by
     return BlobHeader(CODEC_MEMBER, 0, raw_len, len(payload), cid).to_bytes(), payload
 
 
-def encode_group(raws: Sequence[Buffer], ids: Sequence[bytes], level: int
-                 ) -> list[tuple[bytes, Buffer]]:
-    """The blobs of one group of the chunks `raws` (ids `ids`, in this order): the
-    group chunk's (header, payload) first, then each member's."""
+@dataclass(frozen=True, slots=True)
+class Group:
+    """One encoded group: its chunk's blob and its members as (id, raw length, offset)."""
+
+    id: bytes
+    header: bytes
+    payload: Buffer
+    members: list[tuple[bytes, int, int]]
+
+    def records(self) -> list[ChunkRecord]:
+        """The folded member records of the members (refcount 0: the caller adds the
+        references)."""
+        from gfs.meta import ChunkRecord
+
+        return [ChunkRecord(cid, raw_len, 0, CODEC_MEMBER, 0, (), self.id, at)
+                for cid, raw_len, at in self.members]
+
+
+def encode_group(raws: Sequence[Buffer], ids: Sequence[bytes], level: int) -> Group:
+    """The group of the chunks `raws` (ids `ids`, in this order): the group chunk's
+    blob, compressed at `level` + GROUP_LEVEL_STEP, and where each member lies in it."""
     if len(raws) != len(ids):
         raise ValueError(f"{len(raws)} chunks but {len(ids)} ids")
     raw = b"".join(raws)
     gid = chunk_id(raw)
-    out = list(encode_blobs([raw], [gid], min(level + GROUP_LEVEL_STEP, 22)))
+    ((header, payload),) = encode_blobs([raw], [gid], min(level + GROUP_LEVEL_STEP, 22))
+    members = []
     at = 0
     for piece, cid in zip(raws, ids, strict=True):
-        out.append(member_blob(cid, len(piece), gid, at))
-        at += len(piece)
-    return out
+        if cid == gid:
+            raise ValueError(f"chunk {cid.hex()} cannot be a member of itself")
+        n = memoryview(piece).nbytes
+        members.append((cid, n, at))
+        at += n
+    return Group(gid, header, payload, members)
 
 
 def decode_member_payload(header: BlobHeader, payload: Buffer, group_raw: Buffer) -> bytes:

@@ -5,8 +5,9 @@ bytes of its dead members stay too. gc re-groups: the live members of groups
 whose live raw bytes are under `REGROUP_LIVE_SHARE` of the group are read
 (verified), encoded as new groups, and relocated (`gfs.relocate`: the new
 packs are written durably, then one transaction per pack records the new
-group and moves each member's location, `deltas` entry and reference to it).
-The old groups fall to refcount 0 and gc deletes them.
+group and makes each member a folded member of it, dropping a member blob's
+copies and `deltas` entry and moving the reference to the new group). The old
+groups fall to refcount 0 and gc deletes them.
 
 In a store that groups (`[store] delta`), gc also groups *loose* small chunks:
 chunks under `groups.MEMBER_MAX` stored whole one by one (files written one
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from gfs import delta, groups
-from gfs.codec import CODEC_MEMBER, CODEC_RAW, CODEC_ZSTD, parse_blob_header
+from gfs.codec import CODEC_MEMBER, CODEC_RAW, CODEC_ZSTD
 from gfs.meta import ChunkRecord, ReadTxn
 from gfs.relocate import Move
 
@@ -38,26 +39,41 @@ def sparse_groups(txn: ReadTxn) -> dict[bytes, list[ChunkRecord]]:
     """Groups under the live share (nothing but their members referencing them), with
     their live members in the order they were written."""
     members: dict[bytes, list[ChunkRecord]] = defaultdict(list)
-    for cid, base in txn.iter_values(delta.DELTAS):
-        rec = txn.get_chunk(cid)
-        if rec is not None and rec.codec == CODEC_MEMBER and rec.locations:
-            members[base].append(rec)
+    for rec in txn.iter_chunks():
+        if rec.group:
+            members[rec.group].append(rec)
+    for cid, base in txn.iter_values(delta.DELTAS):  # member blobs (format 3 stores)
+        blob = txn.get_chunk(cid)
+        if blob is not None and blob.codec == CODEC_MEMBER and blob.locations:
+            members[base].append(blob)
     out = {}
     for gid, recs in members.items():
         group = txn.get_chunk(gid)
         if (group is not None and group.locations and group.refcount == len(recs)
                 and sum(r.raw_len for r in recs) < REGROUP_LIVE_SHARE * group.raw_len):
-            out[gid] = sorted(recs, key=lambda r: (r.locations[0].pack, r.locations[0].offset))
+            out[gid] = sorted(recs, key=_written)
     return out
+
+
+def _written(rec: ChunkRecord) -> tuple[int, bytes, int]:
+    """A member's place in the order its group was written."""
+    if rec.group:
+        return 0, b"", rec.group_offset
+    return 1, rec.locations[0].pack, rec.locations[0].offset
 
 
 def loose_chunks(txn: ReadTxn) -> list[ChunkRecord]:
     """Small chunks stored whole that no other chunk is based on, in the order they
     were written, if there are at least LOOSE_MIN_BYTES of them (else none)."""
     bases = {base for _, base in txn.iter_values(delta.DELTAS)}
-    loose = [r for r in txn.iter_chunks()
-             if r.codec in (CODEC_RAW, CODEC_ZSTD) and r.raw_len < groups.MEMBER_MAX
-             and r.refcount and r.locations and r.id not in bases]
+    small = []
+    for r in txn.iter_chunks():
+        if r.group:
+            bases.add(r.group)  # a small group of folded members is no loose chunk
+        elif (r.codec in (CODEC_RAW, CODEC_ZSTD) and r.raw_len < groups.MEMBER_MAX
+              and r.refcount and r.locations):
+            small.append(r)
+    loose = [r for r in small if r.id not in bases]
     if sum(r.raw_len for r in loose) < LOOSE_MIN_BYTES:
         return []
     return sorted(loose, key=lambda r: (r.locations[0].pack, r.locations[0].offset))
@@ -66,18 +82,17 @@ def loose_chunks(txn: ReadTxn) -> list[ChunkRecord]:
 def regroup_moves(store: ChunkStore, sparse: Iterable[list[ChunkRecord]]
                   ) -> Iterator[Move]:
     """The moves that group the chunks of each list in `sparse` (in order, lists
-    sharing groups): each new group (a new record), then its members (every copy
-    replaced). The chunks are read verified first."""
+    sharing groups): each new group (a new record), then its members (folded into
+    it, every copy replaced). The chunks are read verified first."""
     batch: list[tuple[bytes, bytes]] = []
     size = 0
 
     def flush() -> Iterator[Move]:
         raws, ids = [raw for _, raw in batch], [cid for cid, _ in batch]
-        blobs = groups.encode_group(raws, ids, store.config.zstd_level)
-        (gh, gp), rest = blobs[0], blobs[1:]
-        yield Move(parse_blob_header(gh).chunk_id, None, gh + bytes(gp), new=True)
-        for cid, (h, p) in zip(ids, rest, strict=True):
-            yield Move(cid, None, h + bytes(p))
+        group = groups.encode_group(raws, ids, store.config.zstd_level)
+        yield Move(group.id, None, group.header + bytes(group.payload), new=True)
+        for cid, _, at in group.members:
+            yield Move(cid, None, b"", member=(group.id, at))
 
     for recs in sparse:
         got = store.source.get_many([r.id for r in recs])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gfs import delta
-from gfs.codec import BASED_CODECS, BLOB_HEADER_LEN, Buffer, parse_blob_header
+from gfs.codec import BASED_CODECS, BLOB_HEADER_LEN, CODEC_MEMBER, Buffer, parse_blob_header
 from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
 from gfs.packs import PackBuilder, pack_key
 
@@ -31,12 +31,15 @@ if TYPE_CHECKING:  # the store calls relocate for repairs
 class Move:
     """One blob to relocate: chunk `cid`'s verified `blob`, replacing the copy at `old`
     (None: replacing every recorded copy, as a repair does). With `new`, the chunk has
-    no record yet and gets one (refcount 0: a group whose members follow, gfs.regroup)."""
+    no record yet and gets one (refcount 0: a group whose members follow, gfs.regroup).
+    With `member` (group id, offset), no blob is written: the chunk becomes a folded
+    member of that group (which a move before it recorded), every copy replaced."""
 
     cid: bytes
     old: Location | None
     blob: Buffer
     new: bool = False
+    member: tuple[bytes, int] | None = None
 
 
 #: (chunk id, blob) -> the blob to write instead (e.g. recompressed for a cold pool).
@@ -72,6 +75,7 @@ class _Staged:
     base: bytes | None  # the blob's base when it is a delta
     raw_len: int
     new: bool
+    member: tuple[bytes, int] | None = None
 
 
 def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
@@ -89,6 +93,9 @@ def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
     builder = store.new_pack()
     staged: list[_Staged] = []
     for m in moves:
+        if m.member is not None:  # no blob: switched with the pack staged so far
+            staged.append(_Staged(m.cid, None, 0, 0, CODEC_MEMBER, None, 0, False, m.member))
+            continue
         blob = m.blob if transform is None else transform(m.cid, m.blob)
         head = parse_blob_header(blob)
         base = delta.base_of(blob) if head.codec in BASED_CODECS else None
@@ -106,20 +113,25 @@ def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
 def _write_and_switch(store: ChunkStore, builder: PackBuilder, staged: list[_Staged],
                       pool: int | Placement, out: Relocated, hook: Hook | None) -> None:
     pool_id = pool if isinstance(pool, int) else pool(builder.size)
-    store.pool(pool_id).put(pack_key(builder.pack_id), builder.parts())  # durable first
-    out.packs_written += 1
-    out.bytes_written += builder.size
-    if hook:
-        hook("written", out.switched + len(staged))
+    if builder.nblobs:  # none when only folded members are left to switch
+        store.pool(pool_id).put(pack_key(builder.pack_id), builder.parts())  # durable first
+        out.packs_written += 1
+        out.bytes_written += builder.size
+        if hook:
+            hook("written", out.switched + len(staged))
     now = time.time_ns()
 
     def switch(txn: WriteTxn) -> tuple[int, int, list[PackRecord]]:
         """Returns (switched, live bytes, emptied packs); derives all from `txn`."""
-        n = live = 0
+        n = folded = live = 0
         dead: dict[bytes, list[int]] = defaultdict(lambda: [0, 0])
         refs: Counter[bytes] = Counter()
         for s in staged:
             current = txn.get_chunk(s.cid)
+            if s.member is not None:
+                if current is not None and _fold(txn, current, *s.member, dead, refs):
+                    folded += 1
+                continue
             if current is None and s.new:
                 current = ChunkRecord(s.cid, s.raw_len, 0, s.codec, 0, ())
             if current is None or (s.old is not None and s.old not in current.locations):
@@ -131,6 +143,8 @@ def _write_and_switch(store: ChunkStore, builder: PackBuilder, staged: list[_Sta
                 if kept or (s.base is not None and txn.get_chunk(s.base) is None):
                     continue  # another copy still needs the recorded base; or no base
                 _rebase(txn, s.cid, recorded, s.base, refs)
+            if current.group:  # a folded member given a blob of its own (a repair)
+                refs[current.group] -= 1
             new = Location(pool_id, builder.pack_id, s.offset, s.length)
             locs = (new, *kept) if s.old is None else tuple(
                 new if loc == s.old else loc for loc in current.locations)
@@ -142,8 +156,9 @@ def _write_and_switch(store: ChunkStore, builder: PackBuilder, staged: list[_Sta
             n += 1
             live += s.length
         txn.add_refcounts(refs)
-        txn.put_pack(PackRecord(builder.pack_id, pool_id, builder.size, builder.nblobs,
-                                n, live, now))
+        if builder.nblobs:
+            txn.put_pack(PackRecord(builder.pack_id, pool_id, builder.size, builder.nblobs,
+                                    n, live, now))
         emptied: list[PackRecord] = []
         for pid, (gone, nbytes) in dead.items():
             p = txn.get_pack(pid)
@@ -155,7 +170,7 @@ def _write_and_switch(store: ChunkStore, builder: PackBuilder, staged: list[_Sta
             else:
                 txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks, p.live_chunks - gone,
                                         p.live_bytes - nbytes, p.created_ns))
-        return n, live, emptied
+        return n + folded, live, emptied
 
     n, live, emptied = store.engine.transact(switch)
     out.switched += n
@@ -172,6 +187,25 @@ def _write_and_switch(store: ChunkStore, builder: PackBuilder, staged: list[_Sta
             out.not_owned += 1
     if hook:
         hook("released", out.switched)
+
+
+def _fold(txn: WriteTxn, current: ChunkRecord, group: bytes, offset: int,
+          dead: dict[bytes, list[int]], refs: Counter[bytes]) -> bool:
+    """Make `current` a folded member of `group` at `offset`: its copies are dead, its
+    `deltas` entry (a member blob's) or its old group gives up its reference, and
+    `group` takes one. False (nothing changed) if `group` has no record."""
+    if txn.get_chunk(group) is None:
+        return False
+    for loc in current.locations:
+        dead[loc.pack][0] += 1
+        dead[loc.pack][1] += loc.length
+    _rebase(txn, current.id, txn.get_value(delta.DELTAS, current.id), None, refs)
+    if current.group:
+        refs[current.group] -= 1
+    refs[group] += 1
+    txn.put_chunk(ChunkRecord(current.id, current.raw_len, 0, CODEC_MEMBER, current.refcount,
+                              (), group, offset))
+    return True
 
 
 def _rebase(txn: WriteTxn, cid: bytes, old: bytes | None, new: bytes | None,

@@ -81,8 +81,12 @@ def _whole(txn: ReadTxn, cid: bytes) -> bool | None:
 
 
 def usable_base(txn: ReadTxn, cid: bytes) -> bool:
-    """Whether chunk `cid` may be a delta's base: stored whole, or a delta against a
-    chunk stored whole (the dictionary), so that chains stay at most 2 deep."""
+    """Whether chunk `cid` may be a delta's base: stored whole, a folded group member
+    of a group stored whole, or a delta against a chunk stored whole (the dictionary,
+    or a group for a member blob), so that chains stay at most 2 deep."""
+    rec = txn.get_chunk(cid)
+    if rec is not None and rec.group:
+        return bool(_whole(txn, rec.group))
     whole = _whole(txn, cid)
     if whole is None or whole:
         return bool(whole)

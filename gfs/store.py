@@ -115,6 +115,9 @@ class _NewChunk:
     raw_len: int
     stored_len: int
     codec: int
+    member: ChunkRecord | None = None  # a folded group member: its record, no blob
+
+_Blobs = list[tuple[bytes, Buffer]]
 
 
 @dataclass(slots=True)
@@ -433,7 +436,8 @@ class WriteSession:
         self._pack: PackBuilder | None = None
         self._new: dict[bytes, _NewChunk | None] = {}  # None: still compressing
         self._flushed: list[PackBuilder] = []
-        self._inflight: deque[tuple[list[bytes], Future[list[tuple[bytes, Buffer]]]]] = deque()
+        self._inflight: deque[tuple[list[bytes], Future[_Blobs] | Future[groups.Group]]] = \
+            deque()
         self._max_inflight = 4 * store.config.threads
         self._lookup: tuple[AbstractContextManager[ReadTxn], ReadTxn] | None = None
         self._group: list[tuple[bytes, Buffer]] = []
@@ -556,7 +560,7 @@ class WriteSession:
             return
         fut = self.store.executor.submit(groups.encode_group, [p for _, p in members],
                                          [cid for cid, _ in members], self._level)
-        self._inflight.append(([], fut))  # ids are read from the headers (group first)
+        self._inflight.append(([], fut))
         if len(self._inflight) > self._max_inflight:
             self._drain(self._max_inflight // 2)
 
@@ -616,19 +620,15 @@ class WriteSession:
         while len(self._inflight) > keep:
             cids, fut = self._inflight.popleft()
             blobs = fut.result()
-            if not cids:  # a group: the group chunk, then its members
-                cids = [parse_blob_header(h).chunk_id for h, _ in blobs]
-                self.stats.groups += 1
+            if isinstance(blobs, groups.Group):  # the group chunk; members folded
+                self._add_folded(blobs)
+                cids, blobs = [blobs.id], [(blobs.header, blobs.payload)]
             for cid, (header, payload) in zip(cids, blobs, strict=True):
                 if self._pack is None:
                     self._pack = self._start_pack()
                 offset, blob_len = self._pack.add(header, payload)
                 head = parse_blob_header(header)
-                if head.codec == CODEC_MEMBER:  # recorded like a delta on its group
-                    self._delta_meta[cid] = (bytes(payload[:CHUNK_ID_LEN]),
-                                             self._member_keys.pop(cid, []))
-                    self.stats.group_members += 1
-                elif head.codec == CODEC_DELTA:
+                if head.codec == CODEC_DELTA:
                     base = bytes(payload[:CHUNK_ID_LEN])
                     # a delta against the dictionary may be a base itself: keep its keys
                     keys = self._delta_meta.get(cid, (None, []))[1]
@@ -642,6 +642,20 @@ class WriteSession:
                 self.stats.new_stored_bytes += blob_len
                 if self._pack.size >= self.store.config.pack_size:
                     self._flush_pack()
+
+    def _add_folded(self, group: groups.Group) -> None:
+        """Note the members of `group` as folded records, to commit with the group
+        (its blob goes to the pack like any chunk's); each keeps its index keys, as
+        a base of later deltas."""
+        self.stats.groups += 1
+        for rec in group.records():
+            self._new[rec.id] = _NewChunk(b"", 0, 0, rec.raw_len, 0, CODEC_MEMBER, rec)
+            keys = self._member_keys.pop(rec.id, [])
+            if keys:
+                self._delta_meta[rec.id] = (None, keys)
+            self.stats.group_members += 1
+            self.stats.new_chunks += 1
+            self.stats.new_raw_bytes += rec.raw_len
 
     def _start_pack(self) -> PackBuilder:
         """The pack new blobs go to: the tail's, if it can be continued, else a new one."""
@@ -727,9 +741,16 @@ class WriteSession:
             records: dict[bytes, ChunkRecord] = {}
             recorded: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
             healed: set[bytes] = set()
+            pins: Counter[bytes] = Counter()  # references of folded members on groups
             present = txn.present_chunks(self._new)
             for cid, nc in self._new.items():
                 assert nc is not None
+                if nc.member is not None:  # a folded member: one reference on its group
+                    if cid not in present:
+                        records[cid] = nc.member
+                        recorded[cid] = self._delta_meta.get(cid, (None, []))
+                        pins[nc.member.group] += 1
+                    continue
                 location = Location(self._pack_pool[nc.pack], nc.pack, nc.offset, nc.blob_len)
                 lost = txn.get_chunk(cid) if cid in self._lost else None
                 if lost is not None and not lost.locations:  # a lost chunk put again
@@ -765,6 +786,7 @@ class WriteSession:
                     if old is not None:
                         deltas.subtract(r.id for r in old.chunks)
             deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base
+            deltas.update(pins)
             if self._dict_added is not None:
                 delta.set_dictionary(txn, self._dict_added)
             apply_refcounts(txn, deltas, records)

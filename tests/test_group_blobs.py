@@ -43,11 +43,12 @@ def _put(fs: Client, root: Path, files: dict[str, bytes], dest: str) -> None:
 
 
 def _members(fs: Client) -> dict[bytes, bytes]:
-    """member id -> group id, for every member recorded."""
+    """member id -> group id, for every member recorded (folded, or a member blob)."""
     with fs.engine.read() as txn:
         deps = dict(txn.iter_values(delta.DELTAS))
-        return {cid: g for cid, g in deps.items()
-                if (rec := txn.get_chunk(cid)) is not None and rec.codec == CODEC_MEMBER}
+        out = {rec.id: rec.group for rec in txn.iter_chunks() if rec.group}
+        return out | {cid: g for cid, g in deps.items()
+                      if (rec := txn.get_chunk(cid)) is not None and rec.codec == CODEC_MEMBER}
 
 
 # -- the blobs --------------------------------------------------------------------------
@@ -56,14 +57,15 @@ def _members(fs: Client) -> dict[bytes, bytes]:
 @given(st.lists(st.binary(min_size=1, max_size=3000), min_size=2, max_size=40, unique=True))
 def test_any_chunks_grouped_read_back_by_id(raws: list[bytes]) -> None:
     ids = [chunk_id(r) for r in raws]
-    blobs = groups.encode_group(raws, ids, 3)
-    (gh, gp), members = blobs[0], blobs[1:]
-    gid = parse_blob_header(gh).chunk_id
-    group_raw = decode_blob(gh + bytes(gp), expect_id=gid)
-    assert group_raw == b"".join(raws)
-    for (h, p), raw, cid in zip(members, raws, ids, strict=True):
-        assert parse_blob_header(h).codec == CODEC_MEMBER
-        assert decode_blob(h + bytes(p), expect_id=cid, base={gid: group_raw}.__getitem__) == raw
+    group = groups.encode_group(raws, ids, 3)
+    group_raw = decode_blob(group.header + bytes(group.payload), expect_id=group.id)
+    assert group_raw == b"".join(raws) and group.id == chunk_id(group_raw)
+    for rec, raw, cid in zip(group.records(), raws, ids, strict=True):
+        assert (rec.id, rec.codec, rec.group, rec.locations) == (cid, CODEC_MEMBER, group.id, ())
+        assert groups.member_slice(cid, rec.raw_len, group.id, rec.group_offset,
+                                   group_raw) == raw
+        h, p = groups.member_blob(cid, rec.raw_len, group.id, rec.group_offset)  # format 3
+        assert decode_blob(h + p, expect_id=cid, base={group.id: group_raw}.__getitem__) == raw
 
 
 @settings(max_examples=40, deadline=None)
@@ -73,22 +75,20 @@ def test_a_damaged_group_fails_every_member(raws: list[bytes], data: st.DataObje
     """Any one flipped byte of the group's raw bytes is caught by the member it falls in;
     a wrong group (or one cut short) fails every member, naming the group."""
     ids = [chunk_id(r) for r in raws]
-    blobs = groups.encode_group(raws, ids, 3)
-    gid = parse_blob_header(blobs[0][0]).chunk_id
+    group = groups.encode_group(raws, ids, 3)
+    gid = group.id
     group_raw = bytearray(b"".join(raws))
     at = data.draw(st.integers(0, len(group_raw) - 1))
     group_raw[at] ^= 1 << data.draw(st.integers(0, 7))
     damaged, short = bytes(group_raw), bytes(group_raw[:-1])
-    start = 0
-    for (h, p), raw, cid in zip(blobs[1:], raws, ids, strict=True):
-        blob = h + bytes(p)
-        if start <= at < start + len(raw):
-            with pytest.raises(CorruptChunkError, match=gid.hex()):
-                decode_blob(blob, expect_id=cid, base=lambda _: damaged)
-        if start + len(raw) == len(damaged):
-            with pytest.raises(CorruptChunkError, match=gid.hex()):
-                decode_blob(blob, expect_id=cid, base=lambda _: short)
-        start += len(raw)
+    for cid, n, start in group.members:
+        blob = b"".join(groups.member_blob(cid, n, gid, start))  # format 3 member blobs
+        for whole in (damaged, short):
+            if start <= at < start + n or (whole is short and start + n == len(damaged)):
+                with pytest.raises(CorruptChunkError, match=gid.hex()):
+                    groups.member_slice(cid, n, gid, start, whole)
+                with pytest.raises(CorruptChunkError, match=gid.hex()):
+                    decode_blob(blob, expect_id=cid, base=lambda _, w=whole: w)
 
 
 def test_member_blob_checks() -> None:
@@ -266,8 +266,8 @@ def test_gc_never_loses_a_live_member(tmp_path_factory: pytest.TempPathFactory,
 
 
 def test_relocation_keeps_members_readable(dfs: Client, tmp_path: Path) -> None:
-    """gc's repack of a sparse pack and the tierer's move to cold move groups and member
-    blobs; every member still reads back and fsck is clean."""
+    """gc's repack of a sparse pack and the tierer's move to cold move groups (folded
+    members have no blob to move); every member still reads back and fsck is clean."""
     from gfs.tiering.policy import TierPolicy
     from gfs.tiering.tierer import run, tier_usage
 
@@ -281,7 +281,7 @@ def test_relocation_keeps_members_readable(dfs: Client, tmp_path: Path) -> None:
     after = {r.id: r.locations for r in _records(dfs)}
     moved = {cid for cid, locs in before.items() if cid in after and after[cid] != locs}
     members = _members(dfs)
-    assert moved & set(members) and moved & set(members.values())
+    assert moved & set(members.values()) and not moved & set(members)
     dfs.add_pool("archive", str(tmp_path / "cold"), tier="cold")
     with dfs.engine.write() as txn:
         TierPolicy(demote_idle=1e-3, cold_level=19).save(txn)
@@ -479,19 +479,20 @@ def test_groups_in_a_pool_encrypted_at_rest(tmp_path: Path) -> None:
 @given(pick=st.lists(st.booleans(), min_size=81, max_size=81))
 def test_relocating_any_members_or_groups_keeps_them_readable(
         tmp_path_factory: pytest.TempPathFactory, pick: list[bool]) -> None:
-    """Any subset of member blobs, with or without their group (the last flag), moved
-    by `relocate` to a new pack: every file reads back and fsck is clean."""
+    """Any subset of groups and of the other chunks, moved by `relocate` to a new pack
+    (folded members have no blob to move): every file reads back and fsck is clean."""
     from gfs.relocate import Move, relocate
 
     tmp = tmp_path_factory.mktemp("reloc")
     fs = Client.init(tmp / "state", pack_size=1 << 20, workers=2, delta=True)
     try:
-        files = _files(80, 15)
+        files = _files(80, 15) | {f"big{k}": v for k, v in  # chunks stored whole or as
+                                  _files(3, 151, 150_000, 300_000).items()}  # deltas
         _put(fs, tmp / "src", files, "/s")
-        members = _members(fs)
-        chosen = [cid for cid, k in zip(sorted(members), pick, strict=False) if k]
-        if pick[-1]:
-            chosen += sorted(set(members.values()))
+        with fs.engine.read() as txn:
+            stored = sorted(r.id for r in txn.iter_chunks() if r.locations)
+        assert len(stored) >= 5 and set(_members(fs).values()) <= set(stored)
+        chosen = [cid for cid, k in zip(stored, pick, strict=False) if k]
         with fs.engine.read() as txn:
             locs = {cid: txn.get_chunk(cid).locations[0] for cid in chosen}  # type: ignore[union-attr]
         moves = [Move(cid, loc, fs.store.source.blob_at(loc, cid)[0])

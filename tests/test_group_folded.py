@@ -1,7 +1,7 @@
 """Folded group members (docs/format.md "Group blobs", format 4): a member's chunk
-record names its group and offset, with no member blob and no `deltas` entry. The
-records are made here by folding a store's member blobs in place (writers do not
-write them yet); reads, batch reads and a member leaving the store are checked."""
+record names its group and offset, with no member blob and no `deltas` entry. Writers
+write them; stores of format 3 (member blobs recorded like deltas) are made here by
+unfolding members, and both forms read, pass fsck and gc together."""
 
 from __future__ import annotations
 
@@ -11,35 +11,48 @@ from pathlib import Path
 
 import pytest
 
-from gfs import delta
+from gfs import delta, groups
 from gfs.client import Client
 from gfs.codec import CODEC_MEMBER, decode_blob, parse_blob_header
 from gfs.errors import CorruptChunkError
+from gfs.meta import Location, PackRecord
 from gfs.packs import pack_key
 from gfs.testing.faults import flip_byte
 from tests.test_group_blobs import _files, _members, _put
 
 
-def _fold(fs: Client, cids: list[bytes], *, shift: int = 0) -> None:
-    """Rewrite members `cids` as folded records (offset moved by `shift`)."""
+def _unfold(fs: Client, cids: list[bytes]) -> None:
+    """Rewrite folded members `cids` as format 3 member blobs (one new pack) with their
+    `deltas` entries: the form an old store holds."""
     store = fs.store
+    builder = store.new_pack()
+    with fs.engine.read() as txn:
+        recs = [txn.get_chunk(c) for c in cids]
+    placed = []
+    for rec in recs:
+        assert rec is not None and rec.group
+        placed.append((rec, builder.add(*groups.member_blob(rec.id, rec.raw_len, rec.group,
+                                                            rec.group_offset))))
+    store.pool(0).put(pack_key(builder.pack_id), builder.parts())
     with fs.engine.write() as txn:
-        for cid in cids:
-            rec = txn.get_chunk(cid)
-            assert rec is not None and rec.codec == CODEC_MEMBER and rec.locations
-            loc = rec.locations[0]
-            blob = store.pool(loc.pool).get(pack_key(loc.pack), loc.offset,
-                                            loc.offset + loc.length)
-            payload = blob[36:]  # after the blob header
-            group, offset = bytes(payload[:16]), int.from_bytes(payload[16:20], "little")
-            assert txn.get_value(delta.DELTAS, cid) == group
-            txn.delete_value(delta.DELTAS, cid)
-            txn.put_chunk(replace(rec, stored_len=0, locations=(), group=group,
-                                  group_offset=offset + shift))
-            pack = txn.get_pack(loc.pack)  # the member blob is no longer live
-            assert pack is not None
-            txn.put_pack(replace(pack, live_chunks=pack.live_chunks - 1,
-                                 live_bytes=pack.live_bytes - loc.length))
+        for rec, (offset, length) in placed:
+            txn.put_chunk(replace(rec, stored_len=length - 36, group=b"", group_offset=0,
+                                  locations=(Location(0, builder.pack_id, offset, length),)))
+            txn.put_value(delta.DELTAS, rec.id, rec.group)  # the same one reference
+        txn.put_pack(PackRecord(builder.pack_id, 0, builder.size, builder.nblobs,
+                                builder.nblobs, sum(n for _, (_, n) in placed), 0))
+
+
+def _shift(fs: Client, cid: bytes, shift: int) -> None:
+    with fs.engine.write() as txn:
+        rec = txn.get_chunk(cid)
+        assert rec is not None and rec.group
+        txn.put_chunk(replace(rec, group_offset=rec.group_offset + shift))
+
+
+def _blob_codecs(fs: Client) -> Counter[int]:
+    with fs.engine.read() as txn:
+        return Counter(r.codec for r in txn.iter_chunks() if r.locations)
 
 
 def test_folded_members_read_back(dfs: Client, tmp_path: Path) -> None:
@@ -47,8 +60,7 @@ def test_folded_members_read_back(dfs: Client, tmp_path: Path) -> None:
     _put(dfs, tmp_path / "src", files, "/s")
     members = list(_members(dfs))
     assert len(members) >= 100
-    _fold(dfs, members)
-    dfs.store.source.close()
+    assert CODEC_MEMBER not in _blob_codecs(dfs)  # no member blob written
     with dfs.engine.read() as txn:
         assert all((r := txn.get_chunk(c)) is not None and r.group for c in members)
         assert not any(txn.get_value(delta.DELTAS, c) for c in members)
@@ -66,7 +78,7 @@ def test_a_folded_member_with_a_wrong_offset_is_refused(dfs: Client, tmp_path: P
     files = _files(40, 22)
     _put(dfs, tmp_path / "src", files, "/s")
     cid = next(iter(_members(dfs)))
-    _fold(dfs, [cid], shift=1)
+    _shift(dfs, cid, 1)
     dfs.store.source.close()
     with pytest.raises(CorruptChunkError, match="member of group"):
         dfs.store.source.get(cid)
@@ -78,7 +90,6 @@ def test_fsck_verifies_folded_members(dfs: Client, tmp_path: Path) -> None:
     files = _files(150, 23)
     _put(dfs, tmp_path / "src", files, "/s")
     members = _members(dfs)
-    _fold(dfs, list(members))
     report = dfs.fsck()
     assert report.ok, report.problems
     assert report.chunks_verified >= len(members)
@@ -89,7 +100,6 @@ def test_a_damaged_group_is_reported_against_every_file_with_a_folded_member(
     files = _files(150, 24)
     _put(dfs, tmp_path / "src", files, "/s")
     members = _members(dfs)
-    _fold(dfs, list(members))
     gid = Counter(members.values()).most_common(1)[0][0]
     needs = {c for c, g in members.items() if g == gid}
     with dfs.engine.read() as txn:
@@ -112,7 +122,6 @@ def test_gc_drops_folded_members_and_their_group_with_the_last(dfs: Client,
     files = _files(120, 25)
     _put(dfs, tmp_path / "src", files, "/s")
     members = _members(dfs)
-    _fold(dfs, list(members))
     names = sorted(files)
     for n in names[: len(names) // 2]:
         dfs.rm(f"/s/{n}")
@@ -134,8 +143,7 @@ def test_du_counts_each_folded_members_share_of_its_group(dfs: Client,
     files = _files(200, 26)
     _put(dfs, tmp_path / "src", files, "/s")
     members = _members(dfs)
-    _fold(dfs, list(members))
-    with dfs.engine.read() as txn:  # the member blobs are no longer live
+    with dfs.engine.read() as txn:
         used = sum(p.live_bytes for p in txn.iter_packs())
     report = dfs.du("/s")
     assert used - len(members) <= report.stored_bytes <= used
@@ -151,7 +159,7 @@ def test_member_blobs_and_folded_members_of_one_group_read_together(
     gid = Counter(members.values()).most_common(1)[0][0]
     on_gid = sorted(c for c, g in members.items() if g == gid)
     assert len(on_gid) >= 4
-    _fold(dfs, on_gid[::2])
+    _unfold(dfs, on_gid[::2])
     dfs.store.source.close()
     out = tmp_path / "out"
     dfs.get("/s", out)
@@ -163,4 +171,29 @@ def test_member_blobs_and_folded_members_of_one_group_read_together(
     with dfs.engine.read() as txn:
         assert txn.get_chunk(gid) is None
         assert not [r for r in txn.iter_chunks() if r.codec == CODEC_MEMBER]
+    assert dfs.fsck().ok
+
+
+def test_gc_regroups_member_blobs_of_an_old_store_into_folded_members(
+        dfs: Client, tmp_path: Path) -> None:
+    """A format 3 store's sparse groups of member blobs are re-grouped as folded members:
+    their blobs and `deltas` entries go, the old group goes, everything reads back."""
+    files = _files(200, 28)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    _unfold(dfs, sorted(members))
+    assert _blob_codecs(dfs)[CODEC_MEMBER] == len(members)
+    names = sorted(files)
+    keep = names[::4]
+    for n in set(names) - set(keep):
+        dfs.rm(f"/s/{n}")
+    report = dfs.gc()
+    assert report.groups_regrouped >= 1
+    assert CODEC_MEMBER not in _blob_codecs(dfs)  # every live member folded
+    live = _members(dfs)
+    with dfs.engine.read() as txn:
+        assert not [c for c in live if txn.get_value(delta.DELTAS, c) is not None]
+        assert all(txn.get_chunk(g) is None for g in set(members.values()))
+    dfs.store.source.close()
+    assert all(dfs.read_bytes(f"/s/{n}") == files[n] for n in keep)
     assert dfs.fsck().ok

@@ -167,7 +167,8 @@ class LocalSource:
         kept: dict[bytes, bytes] = {}
         size = [0]
         lock = threading.Lock()
-        fetch = verified_base_reader(lambda cid: self.read_verified(cid, base=read)[1])
+        fetch = verified_base_reader(
+            lambda cid: self.read_verified(cid, base=read, whole_blob=False)[1])
 
         def read(cid: bytes) -> bytes:
             with lock:
@@ -238,7 +239,7 @@ class LocalSource:
     # -- the ChunkSource protocol ----------------------------------------------------
     def get(self, cid: bytes, *, path: str = "") -> bytes:
         """The verified raw bytes of chunk `cid`; `path` names the file in errors."""
-        return self.read_verified(cid, path)[1]
+        return self.read_verified(cid, path, whole_blob=False)[1]
 
     def get_blob(self, cid: bytes, *, path: str = "") -> bytes:
         """The verified blob of chunk `cid` as another store or a cache takes it: a delta
@@ -263,11 +264,11 @@ class LocalSource:
             local = self._local[loc.pool] = pool.local_path(pack_key(loc.pack)) is not None
         return not local
 
-    def read_verified(self, cid: bytes, path: str = "", *, base: BaseReader | None = None
-                      ) -> tuple[bytes, bytes]:
+    def read_verified(self, cid: bytes, path: str = "", *, base: BaseReader | None = None,
+                      whole_blob: bool = True) -> tuple[bytes, bytes]:
         """(blob, raw bytes) of chunk `cid` from the first copy, in tier order, that
         reads and verifies (see `blob_at` for `base`); bad copies skipped are logged
-        once."""
+        once. With `whole_blob=False` a folded member's blob is not encoded (b"")."""
         problems: list[str] = []
         corrupt = False
         for attempt in range(2):
@@ -277,7 +278,7 @@ class LocalSource:
                 raise ChunkMissingError(path, f"chunk {cid.hex()} is not in the chunk index "
                                         "(run `hutong fsck`)")
             if rec.group:
-                return self._folded(rec, base)
+                return self._folded(rec, base, whole_blob)
             if not rec.locations:
                 raise ChunkMissingError(path, f"chunk {cid.hex()} is lost: no stored copy is "
                                         "left (`hutong fsck --repair --from STORE` restores it "
@@ -314,13 +315,16 @@ class LocalSource:
             raise CorruptChunkError(path, f"chunk {cid.hex()} has no valid copy: {detail}")
         raise ChunkMissingError(path, f"chunk {cid.hex()} has no readable copy: {detail}")
 
-    def _folded(self, rec: ChunkRecord, base: BaseReader | None) -> tuple[bytes, bytes]:
+    def _folded(self, rec: ChunkRecord, base: BaseReader | None, blob: bool
+                ) -> tuple[bytes, bytes]:
         """(whole blob, raw bytes) of the folded group member `rec`, sliced from its
         group (read through `base`, by default the group cache) and verified; a
         folded member has no blob of its own, so the blob is its whole encoding, as
         it leaves the store."""
         raw = member_slice(rec.id, rec.raw_len, rec.group, rec.group_offset,
                            (base or self._group)(rec.group))
+        if not blob:
+            return b"", raw
         header, payload = encode_blob(raw, self.store.config.zstd_level, rec.id)
         return header + bytes(payload), raw
 
@@ -383,10 +387,10 @@ class LocalSource:
                     retry.append(cid)
                 else:
                     out[cid] = data
-        for rec in folded:  # each group read once, by the batch's base reader
+        for rec in folded:  # each group read once, through the group cache
             try:
                 out[rec.id] = member_slice(rec.id, rec.raw_len, rec.group, rec.group_offset,
-                                           bases(rec.group))
+                                           self._group(rec.group))
             except (CorruptChunkError, ChunkMissingError, PoolError):
                 retry.append(rec.id)
         for cid in retry:  # counted once above; get counts its own reads too
