@@ -15,6 +15,7 @@ from gfs import delta, groups
 from gfs.client import Client
 from gfs.codec import CODEC_MEMBER, decode_blob, parse_blob_header
 from gfs.errors import CorruptChunkError
+from gfs.gc import collect
 from gfs.meta import Location, PackRecord
 from gfs.packs import pack_key
 from gfs.testing.faults import flip_byte
@@ -175,14 +176,32 @@ def test_member_blobs_and_folded_members_of_one_group_read_together(
 
 
 def test_gc_regroups_member_blobs_of_an_old_store_into_folded_members(
-        dfs: Client, tmp_path: Path) -> None:
-    """A format 3 store's sparse groups of member blobs are re-grouped as folded members:
-    their blobs and `deltas` entries go, the old group goes, everything reads back."""
+        tmp_path: Path) -> None:
+    """A format 3 store reads as it is and is marked format 4 when opened; its sparse
+    groups of member blobs are re-grouped as folded members: their blobs and `deltas`
+    entries go, the old group goes, everything reads back."""
+    state = tmp_path / "state"
     files = _files(200, 28)
-    _put(dfs, tmp_path / "src", files, "/s")
-    members = _members(dfs)
-    _unfold(dfs, sorted(members))
+    with Client.init(state, pack_size=1 << 20, workers=2, delta=True) as old:
+        _put(old, tmp_path / "src", files, "/s")
+        members = _members(old)
+        _unfold(old, sorted(members))
+        with old.engine.write() as txn:
+            txn.set_meta("format", b"3")
+    dfs = Client(state)
+    try:
+        _old_store_regrouped(dfs, files, members)
+    finally:
+        dfs.close()
+
+
+def _old_store_regrouped(dfs: Client, files: dict[str, bytes],
+                         members: dict[bytes, bytes]) -> None:
+    with dfs.engine.read() as txn:
+        assert txn.get_meta("format") == b"4"
     assert _blob_codecs(dfs)[CODEC_MEMBER] == len(members)
+    assert all(dfs.read_bytes(f"/s/{n}") == d for n, d in files.items())
+    assert dfs.fsck().ok
     names = sorted(files)
     keep = names[::4]
     for n in set(names) - set(keep):
@@ -197,3 +216,31 @@ def test_gc_regroups_member_blobs_of_an_old_store_into_folded_members(
     dfs.store.source.close()
     assert all(dfs.read_bytes(f"/s/{n}") == files[n] for n in keep)
     assert dfs.fsck().ok
+
+
+def test_folded_members_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The PostgreSQL engine stores the folded records (format 4): they read back, gc
+    re-groups them and drops a group with its last member, fsck is clean."""
+    files = _files(200, 29)
+    with Client.init(tmp_path / "state", meta=pg_url, pack_size=1 << 20, workers=2,
+                     delta=True) as fs:
+        _put(fs, tmp_path / "src", files, "/s")
+        members = _members(fs)
+        assert len(members) >= 150 and CODEC_MEMBER not in _blob_codecs(fs)
+        with fs.engine.read() as txn:
+            assert txn.get_meta("format") == b"4"
+        names = sorted(files)
+        for n in names[len(names) // 4:]:
+            fs.rm(f"/s/{n}")
+        assert collect(fs.store, grace=0).groups_regrouped >= 1  # no multi-host grace
+        live = _members(fs)
+        assert live and not set(live.values()) & set(members.values())
+        fs.store.source.close()
+        assert all(fs.read_bytes(f"/s/{n}") == files[n] for n in names[:len(names) // 4])
+        assert fs.fsck().ok
+        for n in names[:len(names) // 4]:
+            fs.rm(f"/s/{n}")
+        collect(fs.store, grace=0)
+        with fs.engine.read() as txn:
+            assert not [r for r in txn.iter_chunks() if r.group or r.codec == CODEC_MEMBER]
+        assert fs.fsck().ok

@@ -112,7 +112,7 @@ def test_initialisation(tmp_path: Path) -> None:
     other = LmdbEngine(str(tmp_path / "b"), sync=False)
     try:
         with eng.read() as r, other.read() as r2:
-            assert r.get_meta("format") == b"3"
+            assert r.get_meta("format") == b"4"
             assert r.get_meta("next_ino") == (2).to_bytes(8, "little")
             assert r.get_meta("store_id") != r2.get_meta("store_id")
             root = r.get_inode(ROOT_INO)
@@ -135,26 +135,27 @@ def test_format_mismatch_raises_state_error(tmp_path: Path) -> None:
     path = str(tmp_path / "meta")
     eng = LmdbEngine(path, sync=False)
     with eng.write() as w:
-        w.set_meta("format", b"4")
+        w.set_meta("format", b"5")
     eng.close()
     with pytest.raises(StateError) as info:
         LmdbEngine(path, sync=False)
     msg = str(info.value)
-    assert path in msg and "format version 4" in msg and "format 3" in msg
+    assert path in msg and "format version 5" in msg and "format 4" in msg
     with pytest.raises(StateError):
         LmdbEngine(path, readonly=True)
 
 
-@pytest.mark.parametrize("fmt", [b"1", b"2"])
-def test_an_older_store_reads_and_becomes_format_3_when_opened_for_writing(
+@pytest.mark.parametrize("fmt", [b"1", b"2", b"3"])
+def test_an_older_store_reads_and_becomes_format_4_when_opened_for_writing(
         tmp_path: Path, fmt: bytes) -> None:
-    """Format 1 wrote wide inode records and format 2 narrow ones, which format 3 reads
-    as they are; a record is rewritten compact when it next changes."""
+    """Format 1 wrote wide inode records and formats 2 and 3 narrow ones (3 wrote
+    compact ones too, and no folded members), which format 4 reads as they are; a
+    record is rewritten compact when it next changes."""
     path = str(tmp_path / "meta")
     eng = LmdbEngine(path, sync=False)
     old = Inode(9, ROOT_INO, Kind.FILE, 0o644, 0, 0, 5, 1, 2, 3, 1)
     one = Manifest(1, (ChunkRef(b"c" * 16, 5),))
-    if fmt == b"1":
+    if fmt == b"1":  # format 3 wrote narrow records before the compact one too
         rec = enc.INODE_HEADER.pack(Kind.FILE, 0o644, 0, 0, ROOT_INO, 5, 1, 2, 3, 1)
     else:
         rec = enc.INODE_NARROW.pack(Kind.FILE | enc.INODE_NARROW_BIT, 0o644, 0, 0, ROOT_INO,
@@ -170,7 +171,7 @@ def test_an_older_store_reads_and_becomes_format_3_when_opened_for_writing(
         txn.put(enc.encode_ino(9), enc.encode_manifest(one),  # the fixed form
                 db=env.open_db(b"manifests", txn=txn))
     env.close()
-    for readonly, want in ((True, fmt), (False, b"3")):  # a writable open marks it 3
+    for readonly, want in ((True, fmt), (False, b"4")):  # a writable open marks it 4
         eng = LmdbEngine(path, readonly=readonly, sync=False)
         try:
             with eng.read() as r:

@@ -116,8 +116,8 @@ def test_schema_version_is_recorded_and_newer_refused(pg_url: str) -> None:
         PgEngine(pg_url)
 
 
-def test_a_schema_2_store_of_format_1_migrates_to_format_3(pg_url: str) -> None:
-    """Migrations 3 and 4 mark the records format 3; format 1's wide inode records
+def test_a_schema_2_store_of_format_1_migrates_to_format_4(pg_url: str) -> None:
+    """Migrations 3 to 5 mark the records format 4; format 1's wide inode records
     read on."""
     old = Inode(9, ROOT_INO, Kind.FILE, 0o644, 0, 0, 5, 1, 2, 3, 1)
     eng = PgEngine(pg_url)
@@ -137,11 +137,11 @@ def test_a_schema_2_store_of_format_1_migrates_to_format_3(pg_url: str) -> None:
     eng = PgEngine(pg_url)
     try:
         with eng.read() as r:
-            assert r.get_meta("format") == enc.FORMAT_VERSION == b"3"
+            assert r.get_meta("format") == enc.FORMAT_VERSION == b"4"
             assert r.get_inode(9) == old
         with eng._live().connection() as conn:
             row = conn.execute(f"SELECT version FROM {eng.schema}.schema_version").fetchone()
-            assert row == (SCHEMA_VERSION,) == (4,)
+            assert row == (SCHEMA_VERSION,) == (5,)
     finally:
         eng.close()
 

@@ -71,11 +71,11 @@ __all__ = [
 ]
 
 #: Value of the `format` meta key written by this code.
-FORMAT_VERSION = b"3"
-#: Formats this code reads: formats 1 and 2 lack only the narrow (2) and compact (3)
-#: inode records, so their stores are read as they are and marked format 3 when first
-#: opened for writing.
-READABLE_FORMATS = (b"1", b"2", FORMAT_VERSION)
+FORMAT_VERSION = b"4"
+#: Formats this code reads: formats 1 to 3 lack only the narrow (2) and compact (3)
+#: inode records and the folded group member (4), so their stores are read as they
+#: are (member blobs included) and marked format 4 when first opened for writing.
+READABLE_FORMATS = (b"1", b"2", b"3", FORMAT_VERSION)
 
 _DAMAGED = "the metadata is damaged; run `hutong fsck`"
 

@@ -129,6 +129,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 4: record format 3 (compact inode records); older records read as they are
         "UPDATE meta SET value = convert_to('3', 'UTF8') WHERE key = 'format'",
     ),
+    (  # 5: record format 4 (folded group members); member blobs read as they are
+        "UPDATE meta SET value = convert_to('4', 'UTF8') WHERE key = 'format'",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
