@@ -4,7 +4,10 @@
 A chunk with a bad copy and a good one keeps the good one (the bad copy's bytes
 become dead and gc reclaims them). A chunk with no good copy is restored from
 another store that has it (`--from STATE`, e.g. a copy made by `hutong copy`):
-the blob is verified against the chunk id before it is written. A chunk that
+the blob is verified against the chunk id before it is written. A folded group
+member is as good as its group: the members of a group with no good copy are
+restored whole from another store (groups are local to a store), and the
+group, once no member needs it, is garbage. A chunk that
 no source has is marked lost: its record stays, without locations, so that the
 files naming it read as damaged with a clear error, gc and the tierer skip it,
 and putting the same content again heals every file that names it.
@@ -15,13 +18,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gfs import delta
 from gfs.errors import ChunkMissingError, CorruptChunkError, PoolError
 from gfs.fsck import owners, scan_copies
 from gfs.gc import remove_temporaries
-from gfs.meta import ChunkRecord, Location, PackRecord, WriteTxn
+from gfs.meta import Location, PackRecord, WriteTxn
 from gfs.store import ChunkStore, lost_chunks, set_lost_chunks
 
 log = logging.getLogger("gfs.repair")
@@ -68,7 +71,10 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
                 lambda txn: sum(_drop_copies(txn, cid, set(locs))
                                 for cid, locs in keep_one.items()))
         hopeless = {cid for cid in scan.bad if cid not in keep_one}
-        hopeless |= {cid for cid, rec in chunks.items() if not rec.locations and rec.refcount}
+        hopeless |= {cid for cid, rec in chunks.items()
+                     if not rec.locations and not rec.group and rec.refcount}
+        # a folded member has no copy of its own: it is as good as its group
+        hopeless |= {cid for cid, rec in chunks.items() if rec.group in hopeless}
     blobs = _from_sources(hopeless, sources)
     blobs.update(_dependents_whole(store, hopeless - blobs.keys(), blobs.keys(), sources))
     if blobs:
@@ -80,7 +86,8 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
                 current = txn.get_chunk(cid)
                 if current is None or cid in blobs:
                     continue
-                _drop_copies(txn, cid, set(current.locations))
+                _drop_copies(txn, cid, set(current.locations))  # a folded member keeps its
+                # record (and its reference on its group): it reads as damaged until put again
                 if current.refcount == 0:
                     continue  # garbage (a group whose members were restored): gc drops it
                 lost.add(cid)
@@ -112,8 +119,8 @@ def _drop_copies(txn: WriteTxn, cid: bytes, bad: set[Location]) -> int:
         if p is not None:
             txn.put_pack(PackRecord(p.id, p.pool, p.size, p.nchunks, p.live_chunks - 1,
                                     p.live_bytes - loc.length, p.created_ns))
-    txn.put_chunk(ChunkRecord(cid, rec.raw_len, rec.stored_len, rec.codec, rec.refcount,
-                              tuple(loc for loc in rec.locations if loc not in bad)))
+    if dropped:
+        txn.put_chunk(replace(rec, locations=tuple(x for x in rec.locations if x not in bad)))
     return dropped
 
 

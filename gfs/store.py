@@ -756,6 +756,8 @@ class WriteSession:
                 if lost is not None and not lost.locations:  # a lost chunk put again
                     txn.put_chunk(ChunkRecord(cid, lost.raw_len, nc.stored_len, nc.codec,
                                               lost.refcount, (location,)))
+                    if lost.group:  # a lost folded member: it no longer needs its group
+                        pins[lost.group] -= 1
                     healed.add(cid)
                 elif cid in present:
                     continue  # committed meanwhile by another writer: our blob is dead

@@ -244,3 +244,58 @@ def test_folded_members_on_postgresql(tmp_path: Path, pg_url: str) -> None:
         with fs.engine.read() as txn:
             assert not [r for r in txn.iter_chunks() if r.group or r.codec == CODEC_MEMBER]
         assert fs.fsck().ok
+
+
+def test_repair_leaves_folded_members_of_a_sound_group_alone(dfs: Client,
+                                                            tmp_path: Path) -> None:
+    """A folded member has no copy of its own: a repair of a sound store neither marks
+    it lost nor rewrites its record."""
+    from gfs.repair import repair
+
+    files = _files(120, 30)
+    _put(dfs, tmp_path / "src", files, "/s")
+    with dfs.engine.read() as txn:
+        before = [r for r in txn.iter_chunks() if r.group]
+    assert len(before) >= 100
+    report = repair(dfs.store)
+    assert report.lost == [] and report.repaired == 0 and report.dropped_copies == 0
+    with dfs.engine.read() as txn:
+        assert [r for r in txn.iter_chunks() if r.group] == before
+    assert dfs.fsck().ok
+
+
+def test_repair_marks_the_members_of_a_damaged_group_lost_and_a_put_heals_them(
+        dfs: Client, tmp_path: Path) -> None:
+    """With no other store to restore from, the members of a damaged group are lost:
+    their files are reported and read with a clear error; putting them again heals
+    them, and the group goes with the last member that needed it."""
+    from gfs.repair import repair
+
+    files = _files(120, 31)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    gid = Counter(members.values()).most_common(1)[0][0]
+    on_gid = {c for c, g in members.items() if g == gid}
+    with dfs.engine.read() as txn:
+        grec = txn.get_chunk(gid)
+        hit = {n for n in files if any(r.id in on_gid for r in txn.get_manifest(  # type: ignore[union-attr]
+            dfs.stat(f"/s/{n}").ino).chunks)}
+    assert grec is not None and len(hit) > 10
+    loc = grec.locations[0]
+    flip_byte(dfs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + loc.length // 2)
+    dfs.store.source.close()
+    report = repair(dfs.store)
+    assert on_gid <= {bytes.fromhex(c) for c in report.lost}
+    assert set(report.damaged_files) >= {f"/s/{n}" for n in hit}
+    with dfs.engine.read() as txn:  # the records stay folded, still pinning the group
+        assert all((r := txn.get_chunk(c)) is not None and r.group == gid for c in on_gid)
+    name = sorted(hit)[0]
+    with pytest.raises(CorruptChunkError, match="is lost|member of group|no valid copy"):
+        dfs.read_bytes(f"/s/{name}")
+    _put(dfs, tmp_path / "again", {n: files[n] for n in hit}, "/again")
+    dfs.store.source.close()
+    assert all(dfs.read_bytes(f"/s/{n}") == files[n] for n in files)
+    dfs.gc()
+    with dfs.engine.read() as txn:
+        assert txn.get_chunk(gid) is None
+    assert dfs.fsck().ok
