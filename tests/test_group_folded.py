@@ -300,3 +300,39 @@ def test_repair_marks_the_members_of_a_damaged_group_lost_and_a_put_heals_them(
     with dfs.engine.read() as txn:
         assert txn.get_chunk(gid) is None
     assert dfs.fsck().ok
+
+
+@pytest.mark.timeout(120)
+def test_folded_members_leave_the_store_whole_through_the_mover_and_a_site(
+        dfs: Client, tmp_path: Path) -> None:
+    """The mover (fetch and send) and a site's `/v1/chunks/get` blobs carry a folded
+    member whole: the receiver verifies and keeps it whole, never the group."""
+    import struct
+
+    from gfs import mover
+    from gfs.read.served import stored_blob, stored_frames
+
+    secret = bytes(range(32))
+    files = _files(150, 32)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = sorted(_members(dfs))
+    ids = mover.tree_chunks(dfs, "/s")
+    assert set(members) <= set(ids)
+    for cid in members[:20]:
+        blob = stored_blob(dfs.store, cid)
+        assert blob is not None and parse_blob_header(blob).codec != CODEC_MEMBER
+        assert decode_blob(blob, expect_id=cid)
+    assert stored_frames(dfs.store, members[:5], struct.Struct("<I")) is None  # one by one
+    for how in ("fetch", "send"):
+        with Client.init(tmp_path / how, pack_size=1 << 20, workers=2, delta=True) as dst:
+            if how == "fetch":
+                with mover.MoverServer(dfs, secret, timeout=5.0) as srv:
+                    stats = mover.fetch(dst, srv.address, ids, secret)
+            else:
+                with mover.MoverServer(dst, secret, timeout=5.0) as srv:
+                    stats = mover.send(dfs, srv.address, ids, secret)
+            assert stats.committed == len(ids) and stats.rejected == 0
+            with dst.engine.read() as txn:
+                got = [txn.get_chunk(c) for c in members]
+            assert all(r is not None and r.locations and r.codec != CODEC_MEMBER for r in got)
+            assert all(dst.store.read_chunk(c) == dfs.store.read_chunk(c) for c in members)
