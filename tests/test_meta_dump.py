@@ -128,3 +128,27 @@ def test_load_into_a_new_state_directory_keeps_the_settings(tmp_path: Path) -> N
     assert main(["--state", str(tmp_path / "n"), "meta", "load", str(tmp_path / "d.zst")]) == 0
     with Client(tmp_path / "n") as fs:
         assert fs.config.avg_size == 32768 and fs.stat("/d").is_dir
+
+
+def test_folded_group_members_move_to_postgresql_and_read(tmp_path: Path, pg_url: str) -> None:
+    """The folded member records (format 4) are dumped and loaded as they are."""
+    from tests.test_group_blobs import _files, _put
+
+    state = tmp_path / "s"
+    files = _files(150, 40)
+    with Client.init(state, pack_size=1 << 20, workers=2, delta=True) as fs:
+        _put(fs, tmp_path / "src", files, "/t")
+        with fs.engine.read() as txn:
+            folded = sorted((r for r in txn.iter_chunks() if r.group), key=lambda r: r.id)
+    assert len(folded) >= 100
+    out = tmp_path / "d.jsonl.zst"
+    assert main(["--state", str(state), "meta", "dump", str(out)]) == 0
+    assert main(["--state", str(state), "meta", "load", str(out), "--meta", pg_url]) == 0
+    with Client(state) as fs:
+        assert isinstance(fs.engine, PgEngine)
+        with fs.engine.read() as txn:
+            assert sorted((r for r in txn.iter_chunks() if r.group),
+                          key=lambda r: r.id) == folded
+        assert all(fs.read_bytes(f"/t/{n}") == d for n, d in files.items())
+        report = fs.fsck()
+        assert report.ok, report.problems
