@@ -83,8 +83,9 @@ def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
     """Write the blobs of `moves` (through `transform`) into new packs in `pool` (a pool
     id, or a placement called with each pack's size) and switch the chunks to them.
 
-    A pack is written and switched each time it reaches the store's pack size, so
-    `moves` may be a lazy iterable of any length. A move whose chunk is gone, or
+    A pack is written and switched once it reaches the store's pack size, before
+    the next blob is added (folded members switch with the group moved before
+    them), so `moves` may be a lazy iterable of any length. A move whose chunk is gone, or
     whose `old` copy is no longer recorded, is skipped. A relocated base keeps its
     dependents readable (they name it by id); a blob that becomes, or stops being,
     a delta moves its `deltas` entry and the reference on its base with it.
@@ -93,18 +94,18 @@ def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
     builder = store.new_pack()
     staged: list[_Staged] = []
     for m in moves:
-        if m.member is not None:  # no blob: switched with the pack staged so far
+        if m.member is not None:  # no blob: switched with the group staged before it
             staged.append(_Staged(m.cid, None, 0, 0, CODEC_MEMBER, None, 0, False, m.member))
             continue
+        if builder.size >= store.config.pack_size:  # full: closed before the next blob,
+            _write_and_switch(store, builder, staged, pool, out, hook)  # so a group and
+            builder, staged = store.new_pack(), []  # its members switch together
         blob = m.blob if transform is None else transform(m.cid, m.blob)
         head = parse_blob_header(blob)
         base = delta.base_of(blob) if head.codec in BASED_CODECS else None
         offset, length = builder.add(blob[:BLOB_HEADER_LEN], blob[BLOB_HEADER_LEN:])
         staged.append(_Staged(m.cid, m.old, offset, length, head.codec, base, head.raw_len,
                               m.new))
-        if builder.size >= store.config.pack_size:
-            _write_and_switch(store, builder, staged, pool, out, hook)
-            builder, staged = store.new_pack(), []
     if staged:
         _write_and_switch(store, builder, staged, pool, out, hook)
     return out

@@ -350,6 +350,8 @@ def test_kill9_mid_put_of_small_files(tmp_path: Path) -> None:
         members = _members(fs)
         assert members  # some commits landed before the kill
         with fs.engine.read() as txn:
+            assert all((m := txn.get_chunk(c)) is not None and m.group == g
+                       for c, g in members.items())  # folded: no blob, no `deltas` entry
             for gid in set(members.values()):
                 rec = txn.get_chunk(gid)
                 assert rec is not None and rec.locations
