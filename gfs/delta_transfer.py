@@ -133,7 +133,7 @@ def base_reader(store: ChunkStore) -> BaseReader:
     def read(base: bytes) -> bytes:
         with store.engine.read() as txn:
             rec = txn.get_chunk(base)
-        if rec is None or not rec.locations:
+        if rec is None or not (rec.locations or rec.group):  # a folded member reads
             raise MissingBaseError(f"delta against base {base.hex()}, which this store does "
                                    "not hold; send the chunk whole")
         return verified(base)

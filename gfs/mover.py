@@ -448,13 +448,13 @@ class Receiver:
         return b"".join(self.lacking(view))
 
     def holds(self, ids: bytes) -> bytes:
-        """Delta callback: a byte per id, 1 when the store holds a copy of it (a base a
-        delta may be sent against)."""
+        """Delta callback: a byte per id, 1 when the store holds a copy of it, or holds it
+        folded in a group (a base a delta may be sent against)."""
         out = bytearray()
         with self.store.engine.read() as txn:
             for k in range(0, len(ids), CHUNK_ID_LEN):
                 rec = txn.get_chunk(ids[k : k + CHUNK_ID_LEN])
-                out.append(1 if rec is not None and rec.locations else 0)
+                out.append(1 if rec is not None and (rec.locations or rec.group) else 0)
         return bytes(out)
 
     def commit_spool(self, path: str, entries: bytes) -> tuple[int, int]:
