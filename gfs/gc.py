@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 from gfs import delta, regroup
@@ -46,6 +47,7 @@ class GcReport:
     chunks_moved: int = 0
     groups_regrouped: int = 0
     chunks_grouped: int = 0  # loose small chunks gc put into groups
+    members_folded: int = 0  # member blobs of a format 3 store folded into their records
     orphan_packs: int = 0
     pending_cleared: int = 0
     temporaries_removed: int = 0
@@ -159,14 +161,18 @@ def _regroup_sparse(store: ChunkStore, report: GcReport, hook: Hook | None) -> i
     with store.engine.read() as txn:
         sparse = regroup.sparse_groups(txn)
         loose = regroup.loose_chunks(txn) if store.config.delta else []
-    if not sparse and not loose:
+        blobs = regroup.member_blobs(txn, set(sparse))
+    if not sparse and not loose and not blobs:
         return 0
     write_tier = store.placement()
-    done = relocate(store, regroup.regroup_moves(store, [*sparse.values(), loose]),
+    moves = chain(regroup.regroup_moves(store, [*sparse.values(), loose]),
+                  regroup.fold_moves(store, blobs))
+    done = relocate(store, moves,
                     lambda size: store.choose_pool(write_tier, size, store.usage()), hook=hook)
     report.chunks_moved += done.switched
     report.groups_regrouped += len(sparse)
     report.chunks_grouped += len(loose)
+    report.members_folded += len(blobs)
     return len(sparse) + len(loose)
 
 

@@ -103,9 +103,13 @@ def decode_member_payload(header: BlobHeader, payload: Buffer, group_raw: Buffer
     view = memoryview(payload)
     if len(view) != MEMBER_PAYLOAD_LEN:
         raise _corrupt(f"member payload of {len(view)} bytes", cid)
-    group = bytes(view[:CHUNK_ID_LEN])
-    (offset,) = _OFFSET.unpack_from(view, CHUNK_ID_LEN)
-    return member_slice(cid, header.raw_len, group, offset, group_raw)
+    return member_slice(cid, header.raw_len, *member_place(view), group_raw)
+
+
+def member_place(payload: Buffer) -> tuple[bytes, int]:
+    """(group id, offset) named by a member blob's payload of MEMBER_PAYLOAD_LEN bytes."""
+    view = memoryview(payload)
+    return bytes(view[:CHUNK_ID_LEN]), _OFFSET.unpack_from(view, CHUNK_ID_LEN)[0]
 
 
 def member_slice(cid: bytes, raw_len: int, group: bytes, offset: int,

@@ -9,6 +9,9 @@ group and makes each member a folded member of it, dropping a member blob's
 copies and `deltas` entry and moving the reference to the new group). The old
 groups fall to refcount 0 and gc deletes them.
 
+gc also upgrades a format 3 store's member blobs of the other groups: each is
+folded into its record in place (`fold_moves`: no data written).
+
 In a store that groups (`[store] delta`), gc also groups *loose* small chunks:
 chunks under `groups.MEMBER_MAX` stored whole one by one (files written one
 commit at a time, by `write_bytes` or the mount), once there are at least
@@ -22,7 +25,8 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from gfs import delta, groups
-from gfs.codec import CODEC_MEMBER, CODEC_RAW, CODEC_ZSTD
+from gfs.codec import BLOB_HEADER_LEN, CODEC_MEMBER, CODEC_RAW, CODEC_ZSTD
+from gfs.errors import CorruptChunkError, PoolError
 from gfs.meta import ChunkRecord, ReadTxn
 from gfs.relocate import Move
 
@@ -60,6 +64,34 @@ def _written(rec: ChunkRecord) -> tuple[int, bytes, int]:
     if rec.group:
         return 0, b"", rec.group_offset
     return 1, rec.locations[0].pack, rec.locations[0].offset
+
+
+def member_blobs(txn: ReadTxn, skip: set[bytes]) -> list[ChunkRecord]:
+    """The member blobs (format 3 stores) of the groups not in `skip`, in the order they
+    were written: gc folds them into their records in place (`fold_moves`)."""
+    out = []
+    for cid, base in txn.iter_values(delta.DELTAS):
+        if base not in skip:
+            rec = txn.get_chunk(cid)
+            if rec is not None and rec.codec == CODEC_MEMBER and rec.locations:
+                out.append(rec)
+    return sorted(out, key=_written)
+
+
+def fold_moves(store: ChunkStore, recs: Iterable[ChunkRecord]) -> Iterator[Move]:
+    """The moves that fold each member blob of `recs` into its record, on the same
+    group at the same offset, read from its first copy that verifies (no data is
+    written; the blobs become dead bytes that the repack reclaims). A member blob
+    with no good copy is left to repair."""
+    for rec in recs:
+        for loc in rec.locations:
+            try:
+                blob = store.source.blob_at(loc, rec.id)[0]
+            except (CorruptChunkError, PoolError):
+                continue
+            payload = memoryview(blob)[BLOB_HEADER_LEN:]
+            yield Move(rec.id, None, b"", member=groups.member_place(payload))
+            break
 
 
 def loose_chunks(txn: ReadTxn) -> list[ChunkRecord]:

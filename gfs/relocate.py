@@ -44,6 +44,10 @@ class Move:
 
 #: (chunk id, blob) -> the blob to write instead (e.g. recompressed for a cold pool).
 Transform = Callable[[bytes, Buffer], Buffer]
+#: Folded members switched in one transaction at most (a relocation of nothing but
+#: folds, as gc's upgrade of an old store's member blobs, writes no pack).
+MAX_FOLDS = 4096
+
 #: Bytes of a finished pack -> the id of the pool to write it to.
 Placement = Callable[[int], int]
 #: Called with a step ("written", "switched", "released") and the chunks switched so
@@ -96,6 +100,9 @@ def relocate(store: ChunkStore, moves: Iterable[Move], pool: int | Placement,
     for m in moves:
         if m.member is not None:  # no blob: switched with the group staged before it
             staged.append(_Staged(m.cid, None, 0, 0, CODEC_MEMBER, None, 0, False, m.member))
+            if len(staged) >= MAX_FOLDS:
+                _write_and_switch(store, builder, staged, pool, out, hook)
+                builder, staged = store.new_pack(), []
             continue
         if builder.size >= store.config.pack_size:  # full: closed before the next blob,
             _write_and_switch(store, builder, staged, pool, out, hook)  # so a group and

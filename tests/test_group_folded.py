@@ -45,6 +45,18 @@ def _unfold(fs: Client, cids: list[bytes]) -> None:
                                 builder.nblobs, sum(n for _, (_, n) in placed), 0))
 
 
+def _old_store(state: Path, files: dict[str, bytes]) -> dict[bytes, bytes]:
+    """A format 3 store at `state` holding `files` under /s, every member a member blob;
+    its members (id -> group)."""
+    with Client.init(state, pack_size=1 << 20, workers=2, delta=True) as fs:
+        _put(fs, state.parent / "src", files, "/s")
+        members = _members(fs)
+        _unfold(fs, sorted(members))
+        with fs.engine.write() as txn:
+            txn.set_meta("format", b"3")
+    return members
+
+
 def _shift(fs: Client, cid: bytes, shift: int) -> None:
     with fs.engine.write() as txn:
         rec = txn.get_chunk(cid)
@@ -191,17 +203,40 @@ def test_gc_regroups_member_blobs_of_an_old_store_into_folded_members(
     entries go, the old group goes, everything reads back."""
     state = tmp_path / "state"
     files = _files(200, 28)
-    with Client.init(state, pack_size=1 << 20, workers=2, delta=True) as old:
-        _put(old, tmp_path / "src", files, "/s")
-        members = _members(old)
-        _unfold(old, sorted(members))
-        with old.engine.write() as txn:
-            txn.set_meta("format", b"3")
+    members = _old_store(state, files)
     dfs = Client(state)
     try:
         _old_store_regrouped(dfs, files, members)
     finally:
         dfs.close()
+
+
+def test_gc_folds_the_member_blobs_of_an_old_store_in_place(dfs: Client,
+                                                           tmp_path: Path) -> None:
+    """gc upgrades a format 3 store's member blobs of live groups: each record is folded
+    on the same group and offset (read from its verified blob), its `deltas` entry goes,
+    the group keeps one reference per member, and no data is written."""
+    files = _files(200, 34)
+    _put(dfs, tmp_path / "src", files, "/s")
+    members = _members(dfs)
+    with dfs.engine.read() as txn:
+        folded = {c: txn.get_chunk(c) for c in members}
+        refs = {g: txn.get_chunk(g).refcount for g in set(members.values())}  # type: ignore[union-attr]
+    _unfold(dfs, sorted(members))
+    with dfs.engine.read() as txn:
+        packs_before = {p.id for p in txn.iter_packs()}
+    report = dfs.gc()
+    assert report.members_folded == len(members) and report.groups_regrouped == 0
+    with dfs.engine.read() as txn:
+        assert {c: txn.get_chunk(c) for c in members} == folded  # the records as written
+        assert not [c for c in members if txn.get_value(delta.DELTAS, c) is not None]
+        assert {g: txn.get_chunk(g).refcount for g in refs} == refs  # type: ignore[union-attr]
+        assert {p.id for p in txn.iter_packs()} < packs_before  # the blobs' pack emptied
+    assert CODEC_MEMBER not in _blob_codecs(dfs)
+    dfs.store.source.close()
+    assert all(dfs.read_bytes(f"/s/{n}") == d for n, d in files.items())
+    assert dfs.fsck().ok
+    assert dfs.gc().members_folded == 0
 
 
 def _old_store_regrouped(dfs: Client, files: dict[str, bytes],
@@ -340,15 +375,50 @@ def test_folded_members_leave_the_store_whole_through_the_mover_and_a_site(
 
 _REGROUP_KILLER = """
 import os, signal, sys
+from gfs import relocate
 from gfs.client import Client
 from gfs.gc import collect
+relocate.MAX_FOLDS = 16  # many switches of folds
 def hook(name, n):
-    if name == sys.argv[2]:
+    if name == sys.argv[2] and n >= int(sys.argv[3]):
         os.kill(os.getpid(), signal.SIGKILL)
 with Client(sys.argv[1]) as fs:
     collect(fs.store, hook=hook)
 print("finished without reaching the step", flush=True)
 """
+
+
+def _gc_killed(state: Path, step: str, after: int) -> None:
+    """Run gc on `state` in a child killed -9 at `step` once `after` chunks switched."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _REGROUP_KILLER, str(state), step,
+                           str(after)], capture_output=True, text=True, timeout=90,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_kill9_while_folding_an_old_stores_member_blobs_loses_nothing(
+        tmp_path: Path) -> None:
+    """gc killed -9 between the switches that fold a format 3 store's member blobs:
+    some records folded, the rest still blobs; all read, fsck is clean, and the next
+    gc folds the rest."""
+    state = tmp_path / "state"
+    files = _files(200, 35)
+    members = _old_store(state, files)
+    _gc_killed(state, "switched", 32)
+    with Client(state) as fs:
+        left = _blob_codecs(fs)[CODEC_MEMBER]
+        assert 0 < left <= len(members) - 32
+        assert all(fs.read_bytes(f"/s/{n}") == d for n, d in files.items())
+        report = fs.fsck()
+        assert report.ok, report.problems
+        assert fs.gc().members_folded == left
+        assert CODEC_MEMBER not in _blob_codecs(fs) and _members(fs) == members
+        final = fs.fsck()
+        assert final.ok and final.orphan_packs == 0 and final.unreferenced_chunks == 0
 
 
 @pytest.mark.timeout(120)
@@ -358,9 +428,6 @@ def test_kill9_while_regrouping_folded_members_loses_nothing(tmp_path: Path,
     """gc killed -9 after writing a new group's pack, or after switching a group and
     its folded members (small packs: one group each): every live file reads back,
     fsck is clean, and the next gc finishes the re-grouping and leaves no orphan."""
-    import subprocess
-    import sys
-
     state = tmp_path / "state"
     files = _files(600, 33)
     with Client.init(state, pack_size=1 << 16, workers=2, delta=True) as fs:
@@ -369,10 +436,7 @@ def test_kill9_while_regrouping_folded_members_loses_nothing(tmp_path: Path,
         kept = dict(list(files.items())[::4])
         for name in files.keys() - kept.keys():
             fs.rm(f"/s/{name}")
-    proc = subprocess.run([sys.executable, "-c", _REGROUP_KILLER, str(state), step],
-                          capture_output=True, text=True, timeout=90,
-                          cwd=Path(__file__).parent.parent)
-    assert proc.returncode == -9, proc.stdout + proc.stderr
+    _gc_killed(state, step, 0)
     with Client(state) as fs:
         assert all(fs.read_bytes(f"/s/{n}") == d for n, d in kept.items())
         report = fs.fsck()
