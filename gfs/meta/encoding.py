@@ -43,6 +43,7 @@ __all__ = [
     "INODE_HEADER",
     "INODE_NARROW",
     "MANIFEST_COMPACT",
+    "PACKED_FORMAT",
     "READABLE_FORMATS",
     "decode_chunk",
     "decode_dirent_ino",
@@ -74,7 +75,11 @@ FORMAT_VERSION = b"3"
 #: Formats this code reads: formats 1 and 2 lack only the narrow (2) and compact (3)
 #: inode records, so their stores are read as they are and marked format 3 when first
 #: opened for writing.
-READABLE_FORMATS = (b"1", b"2", FORMAT_VERSION)
+#: `format` of an LMDB environment whose large tables compaction has packed into blocks
+#: (gfs.meta.blocks; its rows are format 3 records): older code, which would miss the
+#: packed rows, refuses it.
+PACKED_FORMAT = b"5"
+READABLE_FORMATS = (b"1", b"2", FORMAT_VERSION, PACKED_FORMAT)
 
 _DAMAGED = "the metadata is damaged; run `hutong fsck`"
 

@@ -1,0 +1,256 @@
+"""Packed blocks of cold metadata rows (docs/format.md, "Packed blocks").
+
+Compaction packs the rows of the large LMDB tables into zstd blocks of
+consecutive keys, kept in a block database beside each table (`inodes.z`);
+rows written since stay in the table itself (hot). `BlockTxn` wraps a py-lmdb
+transaction so that the engine reads the two as one table: the hot row first,
+then the block holding the key; scans merge both in key order; a delete
+removes the key from both. `pack` cuts a sorted row stream into blocks;
+`encode_block` / `decode_block` are the block codec.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any
+
+import zstandard
+
+from gfs.errors import FormatError
+from gfs.meta.encoding import PACKED_FORMAT, _varints, _varints_to
+
+__all__ = ["DECODED_BLOCKS", "MAX_BLOCK", "PACKED_FORMAT", "PACKED_TABLES", "TARGET_RAW",
+           "BlockTxn", "block_db", "decode_block", "encode_block", "pack"]
+
+#: The tables compaction packs (the large ones; docs/format.md).
+PACKED_TABLES = ("inodes", "dirents", "manifests", "chunks", "heat", "resemblance", "deltas")
+#: A block is cut once its rows' raw bytes reach this (2 KiB blocks were 0.77 MB on
+#: smallfiles where 16 KiB ones were 0.69 MB but overflowed leaf pages).
+TARGET_RAW = 2048
+#: A block of two or more rows is split while its frame plus key exceeds this, so it
+#: stays inside an LMDB leaf page (a value over ~2,030 bytes takes overflow pages).
+MAX_BLOCK = 2000
+#: Decoded blocks kept (keyed by the block's bytes: a rewritten block is a miss).
+DECODED_BLOCKS = 256
+_LEVEL = 3
+
+Rows = tuple[tuple[bytes, ...], tuple[bytes, ...]]
+
+
+def block_db(table: str) -> bytes:
+    """The name of `table`'s block database."""
+    return table.encode() + b".z"
+
+
+_local = threading.local()  # zstd contexts are not safe across threads
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    ctx: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None = getattr(
+        _local, "ctx", None)
+    if ctx is None:
+        ctx = _local.ctx = (zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True),
+                            zstandard.ZstdDecompressor())
+    return ctx
+
+
+def encode_block(rows: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """One block of `rows` (at least one, keys strictly ascending)."""
+    if not rows:
+        raise ValueError("a block holds at least one row")
+    out = bytearray()
+    _varints_to(out, (len(rows),))
+    prev: bytes | None = None
+    for key, value in rows:
+        if prev is not None and key <= prev:
+            raise ValueError(f"block rows out of order: {key!r} after {prev!r}")
+        prev = key
+        _varints_to(out, (len(key),))
+        out += key
+        _varints_to(out, (len(value),))
+        out += value
+    return _zstd()[0].compress(bytes(out))
+
+
+@lru_cache(maxsize=DECODED_BLOCKS)
+def _decode(data: bytes) -> Rows:
+    raw = _zstd()[1].decompress(data)
+    (n,), pos = _varints(raw, 0, 1)
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    for _ in range(n):
+        (kl,), pos = _varints(raw, pos, 1)
+        key = raw[pos:pos + kl]
+        pos += kl
+        (vl,), pos = _varints(raw, pos, 1)
+        value = raw[pos:pos + vl]
+        pos += vl
+        if len(key) != kl or len(value) != vl or pos > len(raw):
+            raise ValueError("a row runs past the end")
+        if keys and key <= keys[-1]:
+            raise ValueError("rows out of order")
+        keys.append(key)
+        values.append(value)
+    if pos != len(raw):
+        raise ValueError(f"{len(raw) - pos} bytes after the last row")
+    if not keys:
+        raise ValueError("no rows")
+    return tuple(keys), tuple(values)
+
+
+def decode_block(table: str, block_key: bytes, data: bytes) -> Rows:
+    """(keys, values) of block `block_key` of `table`; FormatError when it does not
+    decode or its last key is not `block_key`."""
+    try:
+        rows = _decode(bytes(data))
+    except (ValueError, IndexError, zstandard.ZstdError) as e:
+        raise FormatError(f"packed block {block_key.hex()} of table {table}: {e}; the "
+                          "metadata is damaged, run `hutong fsck`") from None
+    if rows[0][-1] != block_key:
+        raise FormatError(f"packed block {block_key.hex()} of table {table}: its last row "
+                          "is not its key; the metadata is damaged, run `hutong fsck`")
+    return rows
+
+
+def _cut(rows: list[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    data = encode_block(rows)
+    if len(rows) > 1 and len(data) + len(rows[-1][0]) > MAX_BLOCK:
+        half = len(rows) // 2
+        yield from _cut(rows[:half])
+        yield from _cut(rows[half:])
+    else:
+        yield rows[-1][0], data
+
+
+def pack(rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    """(block key, block) for `rows` (keys strictly ascending), in key order."""
+    block: list[tuple[bytes, bytes]] = []
+    size = 0
+    for key, value in rows:
+        block.append((key, value))
+        size += len(key) + len(value) + 2
+        if size >= TARGET_RAW:
+            yield from _cut(block)
+            block, size = [], 0
+    if block:
+        yield from _cut(block)
+
+
+class BlockTxn:
+    """A py-lmdb transaction seen through packed blocks: `get`, `put`, `delete` and
+    `rows` of a packed table's handle read and change its hot rows and its blocks as
+    one table (other handles pass straight through). `cold` maps each packed table's
+    handle to (table name, block database handle)."""
+
+    __slots__ = ("_cold", "_empty", "_full", "txn")
+
+    def __init__(self, txn: Any, cold: dict[Any, tuple[str, Any]]) -> None:
+        self.txn = txn
+        self._cold = cold
+        self._empty: set[Any] = set()  # block databases seen empty in this transaction
+        self._full: set[Any] = set()  # ... and seen not empty (a delete may empty one)
+
+    def _blocks(self, db: Any) -> tuple[str, Any] | None:
+        pair = self._cold.get(db)
+        if pair is None or pair[1] in self._empty:
+            return None
+        if pair[1] in self._full:
+            return pair
+        if not self.txn.stat(pair[1])["entries"]:  # writes never add blocks: stays empty
+            self._empty.add(pair[1])
+            return None
+        self._full.add(pair[1])
+        return pair
+
+    def _find(self, db: Any, key: bytes) -> tuple[str, Any, Any, Rows, int] | None:
+        """(table, block db, cursor on the block, its rows, the key's index) of the
+        block that holds `key`, or None."""
+        pair = self._blocks(db)
+        if pair is None:
+            return None
+        table, bdb = pair
+        cur = self.txn.cursor(db=bdb)
+        if not cur.set_range(key):
+            return None
+        rows = decode_block(table, cur.key(), cur.value())
+        i = bisect.bisect_left(rows[0], key)
+        if i < len(rows[0]) and rows[0][i] == key:
+            return table, bdb, cur, rows, i
+        return None
+
+    def get(self, key: bytes, db: Any) -> bytes | None:
+        """The current value of `key` in `db`, hot or packed, or None."""
+        data: bytes | None = self.txn.get(key, db=db)
+        if data is not None or db not in self._cold:
+            return data
+        found = self._find(db, key)
+        return None if found is None else found[3][1][found[4]]
+
+    def put(self, key: bytes, value: bytes, db: Any) -> None:
+        """Write `key` hot (a packed copy of it is shadowed from now on)."""
+        self.txn.put(key, value, db=db)
+
+    def delete(self, key: bytes, db: Any) -> bool:
+        """Delete `key` from `db`: the hot row, and the packed row (its block is
+        rewritten without it). Whether there was one."""
+        hot: bool = self.txn.delete(key, db=db)
+        if db not in self._cold:
+            return hot
+        found = self._find(db, key)
+        if found is None:
+            return hot
+        _table, bdb, cur, (keys, values), i = found
+        cur.delete()
+        rest = [(k, v) for j, (k, v) in enumerate(zip(keys, values, strict=True)) if j != i]
+        if rest:
+            self.txn.put(rest[-1][0], encode_block(rest), db=bdb)
+        return True
+
+    def cursor(self, db: Any) -> Any:
+        """A plain cursor (for tables that are not packed)."""
+        return self.txn.cursor(db=db)
+
+    def stat(self, db: Any) -> Any:
+        return self.txn.stat(db)
+
+    def rows(self, db: Any, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Every current (key, value) of `db` from `start` on, in key order: hot rows
+        and packed rows merged, a hot row shadowing a packed one of the same key."""
+        cur = self.txn.cursor(db=db)
+        hot = cur.iternext() if (cur.set_range(start) if start else cur.first()) else iter(())
+        pair = self._blocks(db)
+        if pair is None:
+            yield from hot
+            return
+        cold = self._packed_rows(pair, start)
+        h = next(hot, None)
+        c = next(cold, None)
+        while h is not None and c is not None:
+            if h[0] <= c[0]:
+                if h[0] == c[0]:
+                    c = next(cold, None)
+                yield h
+                h = next(hot, None)
+            else:
+                yield c
+                c = next(cold, None)
+        rest, last = (hot, h) if h is not None else (cold, c)
+        if last is not None:
+            yield last
+            yield from rest
+
+    def _packed_rows(self, pair: tuple[str, Any], start: bytes
+                     ) -> Iterator[tuple[bytes, bytes]]:
+        table, bdb = pair
+        cur = self.txn.cursor(db=bdb)
+        if not (cur.set_range(start) if start else cur.first()):
+            return
+        first = True
+        for bkey, data in cur.iternext():
+            keys, values = decode_block(table, bkey, data)
+            i = bisect.bisect_left(keys, start) if first else 0
+            first = False
+            yield from zip(keys[i:], values[i:], strict=True)
