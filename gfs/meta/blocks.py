@@ -145,13 +145,17 @@ class BlockTxn:
     one table (other handles pass straight through). `cold` maps each packed table's
     handle to (table name, block database handle)."""
 
-    __slots__ = ("_cold", "_empty", "_full", "txn")
+    __slots__ = ("_cold", "_empty", "_full", "_last", "txn")
 
     def __init__(self, txn: Any, cold: dict[Any, tuple[str, Any]]) -> None:
         self.txn = txn
         self._cold = cold
         self._empty: set[Any] = set()  # block databases seen empty in this transaction
         self._full: set[Any] = set()  # ... and seen not empty (a delete may empty one)
+        #: the block a `get` decoded last, per block database: a key inside its range
+        #: can be in no other block (ranges do not overlap), so the next `get` of a
+        #: neighbour skips the cursor (a restore reads inodes and manifests in runs)
+        self._last: dict[Any, Rows] = {}
 
     def _blocks(self, db: Any) -> tuple[str, Any] | None:
         pair = self._cold.get(db)
@@ -165,9 +169,9 @@ class BlockTxn:
         self._full.add(pair[1])
         return pair
 
-    def _find(self, db: Any, key: bytes) -> tuple[str, Any, Any, Rows, int] | None:
-        """(table, block db, cursor on the block, its rows, the key's index) of the
-        block that holds `key`, or None."""
+    def _block_at(self, db: Any, key: bytes) -> tuple[str, Any, Any, Rows] | None:
+        """(table, block db, cursor on the block, its rows) of the block whose range
+        could hold `key` (the first whose last key is at or after it), or None."""
         pair = self._blocks(db)
         if pair is None:
             return None
@@ -175,7 +179,15 @@ class BlockTxn:
         cur = self.txn.cursor(db=bdb)
         if not cur.set_range(key):
             return None
-        rows = decode_block(table, cur.key(), cur.value())
+        return table, bdb, cur, decode_block(table, cur.key(), cur.value())
+
+    def _find(self, db: Any, key: bytes) -> tuple[str, Any, Any, Rows, int] | None:
+        """(table, block db, cursor on the block, its rows, the key's index) of the
+        block that holds `key`, or None."""
+        at = self._block_at(db, key)
+        if at is None:
+            return None
+        table, bdb, cur, rows = at
         i = bisect.bisect_left(rows[0], key)
         if i < len(rows[0]) and rows[0][i] == key:
             return table, bdb, cur, rows, i
@@ -186,8 +198,16 @@ class BlockTxn:
         data: bytes | None = self.txn.get(key, db=db)
         if data is not None or db not in self._cold:
             return data
-        found = self._find(db, key)
-        return None if found is None else found[3][1][found[4]]
+        pair = self._cold[db]
+        rows = self._last.get(pair[1])
+        if rows is None or not rows[0][0] <= key <= rows[0][-1]:
+            at = self._block_at(db, key)
+            if at is None:
+                return None
+            rows = self._last[pair[1]] = at[3]
+        keys = rows[0]
+        i = bisect.bisect_left(keys, key)
+        return rows[1][i] if i < len(keys) and keys[i] == key else None
 
     def put(self, key: bytes, value: bytes, db: Any) -> None:
         """Write `key` hot (a packed copy of it is shadowed from now on)."""
@@ -203,6 +223,7 @@ class BlockTxn:
         if found is None:
             return hot
         _table, bdb, cur, (keys, values), i = found
+        self._last.pop(bdb, None)
         cur.delete()
         rest = [(k, v) for j, (k, v) in enumerate(zip(keys, values, strict=True)) if j != i]
         if rest:
