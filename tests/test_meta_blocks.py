@@ -56,6 +56,22 @@ def test_a_damaged_block_is_a_format_error_or_its_own_rows(
         blocks.decode_block("inodes", rows[-1][0] + b"x", block)
 
 
+@settings(max_examples=200, deadline=None)
+@given(_ROWS, _ROWS)
+def test_repack_merges_hot_rows_into_blocks_and_keeps_untouched_blocks_as_they_are(
+        packed_rows: list[tuple[bytes, bytes]], hot: list[tuple[bytes, bytes]]) -> None:
+    packed = list(blocks.pack(packed_rows))
+    out = list(blocks.repack("deltas", iter(hot), packed))
+    got = [row for bkey, data in out
+           for row in zip(*blocks.decode_block("deltas", bkey, data), strict=True)]
+    assert got == sorted({**dict(packed_rows), **dict(hot)}.items())
+    assert sum(blocks.block_rows(data) for _, data in out) == len(got)
+    if not hot:
+        assert out == packed  # nothing to merge: every block passed on, not re-encoded
+    elif packed and hot[0][0] > packed[0][0]:
+        assert out[0] == packed[0]  # the first block holds no hot row
+
+
 def test_encode_refuses_rows_out_of_order() -> None:
     with pytest.raises(ValueError, match="out of order"):
         blocks.encode_block([(b"b", b""), (b"a", b"")])

@@ -11,10 +11,15 @@ removes the key from both. `pack` cuts a sorted row stream into blocks;
 
 from __future__ import annotations
 
+import array
 import bisect
+import itertools
+import operator
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
+from itertools import accumulate, pairwise
 from typing import Any
 
 import zstandard
@@ -23,7 +28,8 @@ from gfs.errors import FormatError
 from gfs.meta.encoding import PACKED_FORMAT, _varints, _varints_to
 
 __all__ = ["DECODED_BLOCKS", "MAX_BLOCK", "PACKED_FORMAT", "PACKED_TABLES", "TARGET_RAW",
-           "BlockTxn", "block_db", "decode_block", "encode_block", "pack"]
+           "BlockTxn", "block_db", "block_rows", "decode_block", "encode_block", "pack",
+           "repack"]
 
 #: The tables compaction packs (the large ones; docs/format.md).
 PACKED_TABLES = ("inodes", "dirents", "manifests", "chunks", "heat", "resemblance", "deltas")
@@ -36,6 +42,9 @@ MAX_BLOCK = 2000
 #: Decoded blocks kept (keyed by the block's bytes: a rewritten block is a miss).
 DECODED_BLOCKS = 256
 _LEVEL = 3
+#: Lengths are little-endian u16 (keys) and u32 (values) arrays.
+_SWAP = sys.byteorder == "big"
+assert array.array("I").itemsize == 4 and array.array("H").itemsize == 2
 
 Rows = tuple[tuple[bytes, ...], tuple[bytes, ...]]
 
@@ -58,47 +67,50 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
 
 
 def encode_block(rows: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """One block of `rows` (at least one, keys strictly ascending)."""
+    """One block of `rows` (at least one, keys strictly ascending, at most 65,535 bytes)."""
     if not rows:
         raise ValueError("a block holds at least one row")
+    keys = [k for k, _ in rows]
+    values = [v for _, v in rows]
+    if not all(map(operator.lt, keys, keys[1:])):
+        raise ValueError("block rows out of order (keys must be strictly ascending)")
+    klens, vlens = array.array("H", map(len, keys)), array.array("I", map(len, values))
+    if _SWAP:
+        klens.byteswap()
+        vlens.byteswap()
     out = bytearray()
     _varints_to(out, (len(rows),))
-    prev: bytes | None = None
-    for key, value in rows:
-        if prev is not None and key <= prev:
-            raise ValueError(f"block rows out of order: {key!r} after {prev!r}")
-        prev = key
-        _varints_to(out, (len(key),))
-        out += key
-        _varints_to(out, (len(value),))
-        out += value
-    return _zstd()[0].compress(bytes(out))
+    out += _zstd()[0].compress(b"".join((klens.tobytes(), vlens.tobytes(), *keys, *values)))
+    return bytes(out)
+
+
+def block_rows(data: bytes) -> int:
+    """The row count of a block, read from its head (no decompression)."""
+    return _varints(data, 0, 1)[0][0]
 
 
 @lru_cache(maxsize=DECODED_BLOCKS)
 def _decode(data: bytes) -> Rows:
-    raw = _zstd()[1].decompress(data)
-    (n,), pos = _varints(raw, 0, 1)
-    keys: list[bytes] = []
-    values: list[bytes] = []
-    for _ in range(n):
-        (kl,), pos = _varints(raw, pos, 1)
-        key = raw[pos:pos + kl]
-        pos += kl
-        (vl,), pos = _varints(raw, pos, 1)
-        value = raw[pos:pos + vl]
-        pos += vl
-        if len(key) != kl or len(value) != vl or pos > len(raw):
-            raise ValueError("a row runs past the end")
-        if keys and key <= keys[-1]:
-            raise ValueError("rows out of order")
-        keys.append(key)
-        values.append(value)
-    if pos != len(raw):
-        raise ValueError(f"{len(raw) - pos} bytes after the last row")
-    if not keys:
+    (n,), pos = _varints(data, 0, 1)
+    if not n:
         raise ValueError("no rows")
-    return tuple(keys), tuple(values)
+    raw = _zstd()[1].decompress(data[pos:])
+    if len(raw) < 6 * n:
+        raise ValueError(f"{len(raw)} bytes cannot hold the lengths of {n} rows")
+    klens, vlens = array.array("H"), array.array("I")
+    klens.frombytes(raw[:2 * n])
+    vlens.frombytes(raw[2 * n:6 * n])
+    if _SWAP:
+        klens.byteswap()
+        vlens.byteswap()
+    ko = list(accumulate(klens, initial=6 * n))
+    vo = list(accumulate(vlens, initial=ko[-1]))
+    if vo[-1] != len(raw):
+        raise ValueError(f"the rows take {vo[-1]} bytes of {len(raw)}")
+    keys = tuple([raw[a:b] for a, b in pairwise(ko)])
+    if not all(map(operator.lt, keys, keys[1:])):
+        raise ValueError("rows out of order")
+    return keys, tuple([raw[a:b] for a, b in pairwise(vo)])
 
 
 def decode_block(table: str, block_key: bytes, data: bytes) -> Rows:
@@ -125,18 +137,75 @@ def _cut(rows: list[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
         yield rows[-1][0], data
 
 
+class _Packer:
+    """Rows in, blocks out: a block is cut once its rows reach TARGET_RAW bytes."""
+
+    __slots__ = ("rows", "size")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[bytes, bytes]] = []
+        self.size = 0
+
+    def add(self, rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        for row in rows:
+            self.rows.append(row)
+            self.size += len(row[0]) + len(row[1]) + 2
+            if self.size >= TARGET_RAW:
+                yield from self.flush()
+
+    def flush(self) -> Iterator[tuple[bytes, bytes]]:
+        rows, self.rows, self.size = self.rows, [], 0
+        if rows:
+            yield from _cut(rows)
+
+
 def pack(rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
     """(block key, block) for `rows` (keys strictly ascending), in key order."""
-    block: list[tuple[bytes, bytes]] = []
-    size = 0
-    for key, value in rows:
-        block.append((key, value))
-        size += len(key) + len(value) + 2
-        if size >= TARGET_RAW:
-            yield from _cut(block)
-            block, size = [], 0
-    if block:
-        yield from _cut(block)
+    packer = _Packer()
+    yield from packer.add(rows)
+    yield from packer.flush()
+
+
+def repack(table: str, hot: Iterator[tuple[bytes, bytes]],
+           packed: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    """The blocks of `table` once its `hot` rows (ascending) are merged into its `packed`
+    blocks ((block key, block), ascending): a block no hot row falls in is passed on as
+    it is (not decoded), so a compaction re-encodes only where rows changed."""
+    packer = _Packer()
+    h = next(hot, None)
+    for bkey, data in packed:
+        mine: list[tuple[bytes, bytes]] = []
+        while h is not None and h[0] <= bkey:
+            mine.append(h)
+            h = next(hot, None)
+        if not mine and not packer.rows:
+            yield bkey, data
+            continue
+        keys, values = decode_block(table, bkey, data)
+        yield from packer.add(_merge(iter(mine), zip(keys, values, strict=True)))
+    if h is not None:
+        yield from packer.add(itertools.chain((h,), hot))
+    yield from packer.flush()
+
+
+def _merge(hot: Iterator[tuple[bytes, bytes]], cold: Iterator[tuple[bytes, bytes]]
+           ) -> Iterator[tuple[bytes, bytes]]:
+    """Two ascending row streams as one; a hot row shadows a cold one of the same key."""
+    h = next(hot, None)
+    c = next(cold, None)
+    while h is not None and c is not None:
+        if h[0] <= c[0]:
+            if h[0] == c[0]:
+                c = next(cold, None)
+            yield h
+            h = next(hot, None)
+        else:
+            yield c
+            c = next(cold, None)
+    rest, last = (hot, h) if h is not None else (cold, c)
+    if last is not None:
+        yield last
+        yield from rest
 
 
 class BlockTxn:
@@ -198,6 +267,10 @@ class BlockTxn:
         data: bytes | None = self.txn.get(key, db=db)
         if data is not None or db not in self._cold:
             return data
+        return self.packed_get(db, key)
+
+    def packed_get(self, db: Any, key: bytes) -> bytes | None:
+        """The packed value of `key` in packed table `db` (shadowed or not), or None."""
         pair = self._cold[db]
         rows = self._last.get(pair[1])
         if rows is None or not rows[0][0] <= key <= rows[0][-1]:
@@ -246,22 +319,7 @@ class BlockTxn:
         if pair is None:
             yield from hot
             return
-        cold = self._packed_rows(pair, start)
-        h = next(hot, None)
-        c = next(cold, None)
-        while h is not None and c is not None:
-            if h[0] <= c[0]:
-                if h[0] == c[0]:
-                    c = next(cold, None)
-                yield h
-                h = next(hot, None)
-            else:
-                yield c
-                c = next(cold, None)
-        rest, last = (hot, h) if h is not None else (cold, c)
-        if last is not None:
-            yield last
-            yield from rest
+        yield from _merge(hot, self._packed_rows(pair, start))
 
     def _packed_rows(self, pair: tuple[str, Any], start: bytes
                      ) -> Iterator[tuple[bytes, bytes]]:

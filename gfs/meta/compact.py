@@ -237,27 +237,33 @@ def _append(dst: lmdb.Environment, ddb: Any, rows: Iterator[tuple[bytes, bytes]]
 
 def _copy_blocks(src: lmdb.Environment, rtxn: Any, sdb: Any, table: str,
                  dst: lmdb.Environment, trims: tuple[MapTrimmer, ...]) -> tuple[int, int]:
-    """The current rows of packed `table` (hot and packed) into blocks of `dst`'s block
-    database (its table left empty); (rows the copy's blocks hold, rows read)."""
+    """The current rows of packed `table` (hot rows merged into its blocks; blocks no
+    hot row falls in copied as they are) into `dst`'s block database, its table left
+    empty; (rows the copy's blocks hold, current rows of the source)."""
     bname = blocks.block_db(table)
     try:
         sbdb: Any = src.open_db(bname, txn=rtxn, create=False)
     except lmdb.NotFoundError:  # made before packed blocks
         sbdb = None
-    cold = {} if sbdb is None else {sdb: (table, sbdb)}
-    read = 0
+    source = blocks.BlockTxn(rtxn, {} if sbdb is None else {sdb: (table, sbdb)})
+    rows = 0
 
-    def counted() -> Iterator[tuple[bytes, bytes]]:
-        nonlocal read
-        for row in blocks.BlockTxn(rtxn, cold).rows(sdb):
-            read += 1
-            yield row
+    def hot() -> Iterator[tuple[bytes, bytes]]:
+        nonlocal rows
+        for key, value in rtxn.cursor(db=sdb).iternext():
+            # a hot row that shadows a packed one is one row, not two
+            rows += sbdb is None or source.packed_get(sdb, key) is None
+            yield key, value
+
+    def packed() -> Iterator[tuple[bytes, bytes]]:
+        nonlocal rows
+        for bkey, data in ([] if sbdb is None else rtxn.cursor(db=sbdb).iternext()):
+            rows += blocks.block_rows(data)
+            yield bkey, data
 
     with dst.begin(write=True) as w:
         dbdb = dst.open_db(bname, txn=w, create=True)
-    _append(dst, dbdb, blocks.pack(counted()), trims)
-    got = 0
+    _append(dst, dbdb, blocks.repack(table, hot(), packed()), trims)
     with dst.begin(db=dbdb) as check:
-        for bkey, data in check.cursor(db=dbdb).iternext():
-            got += len(blocks.decode_block(table, bkey, data)[0])
-    return got, read
+        got = sum(blocks.block_rows(data) for _, data in check.cursor(db=dbdb).iternext())
+    return got, rows
