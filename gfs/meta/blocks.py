@@ -39,6 +39,10 @@ TARGET_RAW = 2048
 #: A block of two or more rows is split while its frame plus key exceeds this, so it
 #: stays inside an LMDB leaf page (a value over ~2,030 bytes takes overflow pages).
 MAX_BLOCK = 2000
+#: Bytes of an LMDB leaf page that hold nodes (4 KiB pages less their 16-byte header),
+#: and the least room worth a block of its own (less starts a new page).
+_PAGE_ROOM = 4096 - 16
+_MIN_FILL = 320
 #: Decoded blocks kept (keyed by the block's bytes: a rewritten block is a miss).
 DECODED_BLOCKS = 256
 _LEVEL = 3
@@ -127,36 +131,79 @@ def decode_block(table: str, block_key: bytes, data: bytes) -> Rows:
     return rows
 
 
-def _cut(rows: list[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
-    data = encode_block(rows)
-    if len(rows) > 1 and len(data) + len(rows[-1][0]) > MAX_BLOCK:
-        half = len(rows) // 2
-        yield from _cut(rows[:half])
-        yield from _cut(rows[half:])
-    else:
-        yield rows[-1][0], data
+def _node(key: bytes, data: bytes) -> int:
+    """Bytes a row takes in an LMDB leaf page: its pointer, header, key and value."""
+    return 2 + ((8 + len(key) + len(data) + 1) & ~1)
 
 
 class _Packer:
-    """Rows in, blocks out: a block is cut once its rows reach TARGET_RAW bytes."""
+    """Rows in, blocks out, cut to fill LMDB leaf pages: compaction appends the blocks
+    in key order, so each leaf page takes blocks until the next does not fit. A block
+    is cut once its rows reach TARGET_RAW bytes, shorter where that fills the rest of
+    the current page (a block's rows then decide its length, not a fixed count)."""
 
-    __slots__ = ("rows", "size")
+    __slots__ = ("room", "rows", "size")
 
     def __init__(self) -> None:
         self.rows: list[tuple[bytes, bytes]] = []
         self.size = 0
+        self.room = _PAGE_ROOM  # bytes left in the leaf page being filled
 
     def add(self, rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
         for row in rows:
             self.rows.append(row)
             self.size += len(row[0]) + len(row[1]) + 2
             if self.size >= TARGET_RAW:
-                yield from self.flush()
+                yield from self._emit(final=False)
 
     def flush(self) -> Iterator[tuple[bytes, bytes]]:
-        rows, self.rows, self.size = self.rows, [], 0
-        if rows:
-            yield from _cut(rows)
+        yield from self._emit(final=True)
+
+    def passed(self, key: bytes, data: bytes) -> None:
+        """Account a block passed on as it is (repack) in the page fill."""
+        self._take(min(_node(key, data), _node(key, bytes(8))  # overflow: a page number
+                       if len(data) + len(key) > MAX_BLOCK else _PAGE_ROOM))
+
+    def _take(self, node: int) -> None:
+        if node > self.room:
+            self.room = _PAGE_ROOM
+        self.room -= node
+
+    def _emit(self, final: bool) -> Iterator[tuple[bytes, bytes]]:
+        rows = self.rows
+        while rows and (final or sum(len(k) + len(v) + 2 for k, v in rows) >= TARGET_RAW):
+            if self.room < _MIN_FILL:
+                self.room = _PAGE_ROOM
+            budget = min(self.room, _node(b"", bytes(MAX_BLOCK)))
+            n, data = self._fit(rows, budget)
+            if not n:
+                if self.room < _PAGE_ROOM:  # start a fresh page
+                    self.room = _PAGE_ROOM
+                    continue
+                n, data = 1, encode_block(rows[:1])  # one row larger than a page
+            key = rows[n - 1][0]
+            self._take(_node(key, data) if n > 1 or len(data) + len(key) <= MAX_BLOCK
+                       else _node(key, bytes(8)))
+            yield key, data
+            rows = rows[n:]
+        self.rows = rows
+        self.size = sum(len(k) + len(v) + 2 for k, v in rows)
+
+    @staticmethod
+    def _fit(rows: list[tuple[bytes, bytes]], budget: int) -> tuple[int, bytes]:
+        """The most leading rows whose block's node fits `budget` (0 if none) and it."""
+        data = encode_block(rows)
+        if _node(rows[-1][0], data) <= budget:
+            return len(rows), data
+        lo, hi, best = 1, len(rows) - 1, (0, b"")
+        while lo <= hi:  # binary search; blocks hold ~20-100 rows: ~6 encodes
+            mid = (lo + hi) // 2
+            data = encode_block(rows[:mid])
+            if _node(rows[mid - 1][0], data) <= budget:
+                best, lo = (mid, data), mid + 1
+            else:
+                hi = mid - 1
+        return best
 
 
 def pack(rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
@@ -179,6 +226,7 @@ def repack(table: str, hot: Iterator[tuple[bytes, bytes]],
             mine.append(h)
             h = next(hot, None)
         if not mine and not packer.rows:
+            packer.passed(bkey, data)
             yield bkey, data
             continue
         keys, values = decode_block(table, bkey, data)
