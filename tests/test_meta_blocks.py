@@ -270,3 +270,27 @@ def test_older_code_refuses_a_packed_store(tmp_path: Path,
     monkeypatch.setattr(enc, "READABLE_FORMATS", (b"1", b"2", b"3"))
     with pytest.raises(StateError, match="format version 5"):
         LmdbEngine(path, readonly=True)
+
+
+def test_compaction_cuts_blocks_that_fill_leaf_pages(tmp_path: Path) -> None:
+    """Blocks cut at a fixed raw size left leaf pages ~90% full; cut to the room left
+    in the page, they fill them to 95% and more."""
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    with eng.write() as w:
+        for i in range(6000):
+            cid = (i * 0x9E3779B97F4A7C15 % (1 << 128)).to_bytes(16, "big")
+            w.put_chunk(ChunkRecord(cid, 5000 + i % 977, 900 + i % 311, 1, 1,
+                                    (Location(0, bytes(16), i * 1000, 900 + i % 311),)))
+    eng.close()
+    compaction.compact_now(path)
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=64)
+    try:
+        db = env.open_db(blocks.block_db("chunks"), create=False)
+        with env.begin() as t:
+            st_ = t.stat(db)
+            used = sum(blocks._node(k, v) for k, v in t.cursor(db=db))
+    finally:
+        env.close()
+    assert st_["overflow_pages"] == 0
+    assert used / (st_["leaf_pages"] * (st_["psize"] - 16)) >= 0.95, st_
