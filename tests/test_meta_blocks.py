@@ -294,3 +294,28 @@ def test_compaction_cuts_blocks_that_fill_leaf_pages(tmp_path: Path) -> None:
         env.close()
     assert st_["overflow_pages"] == 0
     assert used / (st_["leaf_pages"] * (st_["psize"] - 16)) >= 0.95, st_
+
+
+def test_namespace_model_on_a_store_packed_between_steps() -> None:
+    """The namespace model (tree, contents, links, refcounts, fsck and gc at the end)
+    with a rule that closes the store, packs it (`hutong meta compact`) and reopens
+    it: every later step reads and changes a store whose rows are hot, packed or
+    both."""
+    from hypothesis.stateful import rule, run_state_machine_as_test
+
+    from gfs.client import Client
+    from tests.test_namespace_model import NamespaceModel
+
+    class Packed(NamespaceModel):
+        @rule()
+        def pack(self) -> None:
+            state = self.tmp / "state"
+            self.fs.close()
+            assert compaction.compact_now(str(state / "meta")) is not None
+            self.fs = Client(state)
+            with self.fs.engine.read() as r:
+                assert r.get_meta("format") == enc.PACKED_FORMAT
+
+    run_state_machine_as_test(Packed, settings=settings(
+        max_examples=40, stateful_step_count=30, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow]))
