@@ -262,7 +262,7 @@ class BlockTxn:
     one table (other handles pass straight through). `cold` maps each packed table's
     handle to (table name, block database handle)."""
 
-    __slots__ = ("_cold", "_empty", "_full", "_last", "txn")
+    __slots__ = ("_cold", "_empty", "_full", "_hot", "_last", "txn")
 
     def __init__(self, txn: Any, cold: dict[Any, tuple[str, Any]]) -> None:
         self.txn = txn
@@ -273,6 +273,15 @@ class BlockTxn:
         #: can be in no other block (ranges do not overlap), so the next `get` of a
         #: neighbour skips the cursor (a restore reads inodes and manifests in runs)
         self._last: dict[Any, Rows] = {}
+        #: whether a packed table's hot part has rows (a compacted store's have none:
+        #: reads then skip the hot lookup and the merge)
+        self._hot: dict[Any, bool] = {}
+
+    def _has_hot(self, db: Any) -> bool:
+        hot = self._hot.get(db)
+        if hot is None:
+            hot = self._hot[db] = bool(self.txn.stat(db)["entries"])
+        return hot
 
     def _blocks(self, db: Any) -> tuple[str, Any] | None:
         pair = self._cold.get(db)
@@ -312,9 +321,16 @@ class BlockTxn:
 
     def get(self, key: bytes, db: Any) -> bytes | None:
         """The current value of `key` in `db`, hot or packed, or None."""
-        data: bytes | None = self.txn.get(key, db=db)
-        if data is not None or db not in self._cold:
-            return data
+        pair = self._cold.get(db)
+        if pair is None or self._has_hot(db):
+            data: bytes | None = self.txn.get(key, db=db)
+            if data is not None or pair is None:
+                return data
+        rows = self._last.get(pair[1])  # inlined packed_get: the common read
+        if rows is not None and rows[0][0] <= key <= rows[0][-1]:
+            keys = rows[0]
+            i = bisect.bisect_left(keys, key)
+            return rows[1][i] if i < len(keys) and keys[i] == key else None
         return self.packed_get(db, key)
 
     def packed_get(self, db: Any, key: bytes) -> bytes | None:
@@ -333,6 +349,8 @@ class BlockTxn:
     def put(self, key: bytes, value: bytes, db: Any) -> None:
         """Write `key` hot (a packed copy of it is shadowed from now on)."""
         self.txn.put(key, value, db=db)
+        if db in self._cold:
+            self._hot[db] = True
 
     def delete(self, key: bytes, db: Any) -> bool:
         """Delete `key` from `db`: the hot row, and the packed row (its block is
@@ -361,23 +379,34 @@ class BlockTxn:
     def rows(self, db: Any, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Every current (key, value) of `db` from `start` on, in key order: hot rows
         and packed rows merged, a hot row shadowing a packed one of the same key."""
+        pair = self._blocks(db)
+        if pair is not None and not self._has_hot(db):
+            return self._packed_rows(pair, start)
         cur = self.txn.cursor(db=db)
         hot = cur.iternext() if (cur.set_range(start) if start else cur.first()) else iter(())
-        pair = self._blocks(db)
-        if pair is None:
-            yield from hot
-            return
-        yield from _merge(hot, self._packed_rows(pair, start))
+        return hot if pair is None else _merge(hot, self._packed_rows(pair, start))
 
     def _packed_rows(self, pair: tuple[str, Any], start: bytes
                      ) -> Iterator[tuple[bytes, bytes]]:
         table, bdb = pair
         cur = self.txn.cursor(db=bdb)
-        if not (cur.set_range(start) if start else cur.first()):
+        rows = self._last.get(bdb)
+        if rows is not None and rows[0][0] <= start <= rows[0][-1]:
+            # the block a lookup decoded last holds `start` (a listing after a lookup
+            # in the same directory): no cursor until the scan runs past it
+            keys, values = rows
+            i = bisect.bisect_left(keys, start)
+            yield from zip(keys[i:], values[i:], strict=True)
+            if not cur.set_range(keys[-1]) or (cur.key() == keys[-1] and not cur.next()):
+                return
+            start = b""
+        elif not (cur.set_range(start) if start else cur.first()):
             return
         first = True
         for bkey, data in cur.iternext():
             keys, values = decode_block(table, bkey, data)
+            if first:  # lookups in the range just listed skip the cursor
+                self._last[bdb] = (keys, values)
             i = bisect.bisect_left(keys, start) if first else 0
             first = False
             yield from zip(keys[i:], values[i:], strict=True)
