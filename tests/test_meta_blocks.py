@@ -61,7 +61,9 @@ def test_a_damaged_block_is_a_format_error_or_its_own_rows(
 def test_repack_merges_hot_rows_into_blocks_and_keeps_untouched_blocks_as_they_are(
         packed_rows: list[tuple[bytes, bytes]], hot: list[tuple[bytes, bytes]]) -> None:
     packed = list(blocks.pack(packed_rows))
-    out = list(blocks.repack("deltas", iter(hot), packed))
+    count = blocks.RepackCount()
+    out = list(blocks.repack("deltas", iter(hot), packed, count))
+    assert count.shadowed == len(dict(packed_rows).keys() & dict(hot).keys())
     got = [row for bkey, data in out
            for row in zip(*blocks.decode_block("deltas", bkey, data), strict=True)]
     assert got == sorted({**dict(packed_rows), **dict(hot)}.items())

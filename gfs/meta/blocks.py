@@ -18,6 +18,7 @@ import operator
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate, pairwise
 from typing import Any
@@ -28,8 +29,8 @@ from gfs.errors import FormatError
 from gfs.meta.encoding import PACKED_FORMAT, _varints, _varints_to
 
 __all__ = ["DECODED_BLOCKS", "MAX_BLOCK", "PACKED_FORMAT", "PACKED_TABLES", "TARGET_RAW",
-           "BlockTxn", "block_db", "block_rows", "decode_block", "encode_block", "pack",
-           "repack"]
+           "BlockTxn", "RepackCount", "block_db", "block_rows", "decode_block",
+           "encode_block", "pack", "repack"]
 
 #: The tables compaction packs (the large ones; docs/format.md).
 PACKED_TABLES = ("inodes", "dirents", "manifests", "chunks", "heat", "resemblance", "deltas")
@@ -213,11 +214,20 @@ def pack(rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
     yield from packer.flush()
 
 
+@dataclass
+class RepackCount:
+    """What `repack` met: hot rows that replaced a packed row of the same key."""
+
+    shadowed: int = 0
+
+
 def repack(table: str, hot: Iterator[tuple[bytes, bytes]],
-           packed: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+           packed: Iterable[tuple[bytes, bytes]], count: RepackCount | None = None
+           ) -> Iterator[tuple[bytes, bytes]]:
     """The blocks of `table` once its `hot` rows (ascending) are merged into its `packed`
     blocks ((block key, block), ascending): a block no hot row falls in is passed on as
-    it is (not decoded), so a compaction re-encodes only where rows changed."""
+    it is (not decoded), so a compaction re-encodes only where rows changed. `count`
+    (if given) counts the packed rows the hot ones replaced."""
     packer = _Packer()
     h = next(hot, None)
     for bkey, data in packed:
@@ -230,6 +240,9 @@ def repack(table: str, hot: Iterator[tuple[bytes, bytes]],
             yield bkey, data
             continue
         keys, values = decode_block(table, bkey, data)
+        if count is not None and mine:
+            had = set(keys)
+            count.shadowed += sum(k in had for k, _ in mine)
         yield from packer.add(_merge(iter(mine), zip(keys, values, strict=True)))
     if h is not None:
         yield from packer.add(itertools.chain((h,), hot))
@@ -262,7 +275,7 @@ class BlockTxn:
     one table (other handles pass straight through). `cold` maps each packed table's
     handle to (table name, block database handle)."""
 
-    __slots__ = ("_cold", "_empty", "_full", "_hot", "_last", "txn")
+    __slots__ = ("_cold", "_curs", "_empty", "_full", "_hot", "_last", "txn")
 
     def __init__(self, txn: Any, cold: dict[Any, tuple[str, Any]]) -> None:
         self.txn = txn
@@ -276,6 +289,7 @@ class BlockTxn:
         #: whether a packed table's hot part has rows (a compacted store's have none:
         #: reads then skip the hot lookup and the merge)
         self._hot: dict[Any, bool] = {}
+        self._curs: dict[Any, Any] = {}  # a cursor per block database, for lookups
 
     def _has_hot(self, db: Any) -> bool:
         hot = self._hot.get(db)
@@ -302,7 +316,9 @@ class BlockTxn:
         if pair is None:
             return None
         table, bdb = pair
-        cur = self.txn.cursor(db=bdb)
+        cur = self._curs.get(bdb)
+        if cur is None:
+            cur = self._curs[bdb] = self.txn.cursor(db=bdb)
         if not cur.set_range(key):
             return None
         return table, bdb, cur, decode_block(table, cur.key(), cur.value())

@@ -239,21 +239,20 @@ def _copy_blocks(src: lmdb.Environment, rtxn: Any, sdb: Any, table: str,
                  dst: lmdb.Environment, trims: tuple[MapTrimmer, ...]) -> tuple[int, int]:
     """The current rows of packed `table` (hot rows merged into its blocks; blocks no
     hot row falls in copied as they are) into `dst`'s block database, its table left
-    empty; (rows the copy's blocks hold, current rows of the source)."""
+    empty; (rows the copy's blocks hold, current rows of the source: hot and packed
+    rows less the packed rows hot ones replace)."""
     bname = blocks.block_db(table)
     try:
         sbdb: Any = src.open_db(bname, txn=rtxn, create=False)
     except lmdb.NotFoundError:  # made before packed blocks
         sbdb = None
-    source = blocks.BlockTxn(rtxn, {} if sbdb is None else {sdb: (table, sbdb)})
     rows = 0
 
     def hot() -> Iterator[tuple[bytes, bytes]]:
         nonlocal rows
-        for key, value in rtxn.cursor(db=sdb).iternext():
-            # a hot row that shadows a packed one is one row, not two
-            rows += sbdb is None or source.packed_get(sdb, key) is None
-            yield key, value
+        for row in rtxn.cursor(db=sdb).iternext():
+            rows += 1
+            yield row
 
     def packed() -> Iterator[tuple[bytes, bytes]]:
         nonlocal rows
@@ -263,7 +262,8 @@ def _copy_blocks(src: lmdb.Environment, rtxn: Any, sdb: Any, table: str,
 
     with dst.begin(write=True) as w:
         dbdb = dst.open_db(bname, txn=w, create=True)
-    _append(dst, dbdb, blocks.repack(table, hot(), packed()), trims)
+    count = blocks.RepackCount()
+    _append(dst, dbdb, blocks.repack(table, hot(), packed(), count), trims)
     with dst.begin(db=dbdb) as check:
         got = sum(blocks.block_rows(data) for _, data in check.cursor(db=dbdb).iternext())
-    return got, rows
+    return got, rows - count.shadowed  # a hot row over a packed one is one row
