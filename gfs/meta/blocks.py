@@ -171,8 +171,8 @@ class _Packer:
         self.room -= node
 
     def _emit(self, final: bool) -> Iterator[tuple[bytes, bytes]]:
-        rows = self.rows
-        while rows and (final or sum(len(k) + len(v) + 2 for k, v in rows) >= TARGET_RAW):
+        rows, size = self.rows, self.size
+        while rows and (final or size >= TARGET_RAW):
             if self.room < _MIN_FILL:
                 self.room = _PAGE_ROOM
             budget = min(self.room, _node(b"", bytes(MAX_BLOCK)))
@@ -186,9 +186,9 @@ class _Packer:
             self._take(_node(key, data) if n > 1 or len(data) + len(key) <= MAX_BLOCK
                        else _node(key, bytes(8)))
             yield key, data
+            size -= sum(len(k) + len(v) + 2 for k, v in rows[:n])
             rows = rows[n:]
-        self.rows = rows
-        self.size = sum(len(k) + len(v) + 2 for k, v in rows)
+        self.rows, self.size = rows, size
 
     @staticmethod
     def _fit(rows: list[tuple[bytes, bytes]], budget: int) -> tuple[int, bytes]:
