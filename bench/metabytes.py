@@ -6,6 +6,7 @@ For the LMDB environment under STATE/meta (opened read-only, nothing changed):
 entries, branch/leaf/overflow pages and the key and value bytes of every named
 database, the pages in use against the file's last page (free pages are pages
 LMDB keeps for reuse; the file never shrinks by itself), and the file size.
+A packed table's blocks (`inodes.z`, gfs.meta.blocks) count their rows as entries.
 Value tables (`resemblance`, `deltas`, ...) live in one `values` database each
 with the table name as key prefix in some engines; here each is its own database.
 `z64 B` is what the rows would take as zstd-3 blobs of 64 consecutive rows (keys
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import lmdb
 import zstandard
+
+from gfs.meta import blocks
 
 #: Rows per compressed block of the `z64 B` column.
 BLOCK_ROWS = 64
@@ -86,9 +89,12 @@ def measure(meta_dir: Path) -> EnvFigures:
             db = env.open_db(name, create=False)
             with env.begin() as txn:
                 s = txn.stat(db)
-                kb = vb = zb = 0
+                kb = vb = zb = rows = 0
                 block: list[bytes] = []
+                table = name[:-2].decode() if name.endswith(b".z") else ""
                 for k, v in txn.cursor(db=db).iternext():
+                    if table in blocks.PACKED_TABLES:  # a packed block: count its rows
+                        rows += len(blocks.decode_block(table, k, v)[0])
                     kb += len(k)
                     vb += len(v)
                     block += (k, v)
@@ -98,7 +104,7 @@ def measure(meta_dir: Path) -> EnvFigures:
                 if block:
                     zb += len(comp.compress(b"".join(block)))
             pages = s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
-            figures.append(DbFigures(name.decode(errors="replace"), s["entries"], pages,
+            figures.append(DbFigures(name.decode(errors="replace"), rows or s["entries"], pages,
                                      s["leaf_pages"], s["overflow_pages"], kb, vb, zb))
         return EnvFigures(meta_dir, (meta_dir / "data.mdb").stat().st_size, stat["psize"],
                           info["last_pgno"], tuple(figures))
@@ -107,9 +113,9 @@ def measure(meta_dir: Path) -> EnvFigures:
 
 
 def files_of(figures: EnvFigures) -> int:
-    """Files with a manifest (the per-file denominator)."""
-    m = figures.db("manifests")
-    return m.entries if m else 0
+    """Files with a manifest (the per-file denominator): the rows of `manifests`, hot and
+    packed (a hot row that shadows a packed one counts twice: few, until compaction)."""
+    return sum(d.entries for d in (figures.db("manifests"), figures.db("manifests.z")) if d)
 
 
 def print_figures(f: EnvFigures) -> None:

@@ -29,3 +29,20 @@ def test_rows_are_counted_and_compressed_in_blocks_of_64(tmp_path: Path) -> None
                for i in range(0, 200, 64))
     assert d.block_bytes == want < d.key_bytes + d.value_bytes
     assert f.block_bytes == want
+
+
+def test_a_packed_store_counts_the_rows_of_its_blocks(tmp_path: Path) -> None:
+    from gfs.meta import LmdbEngine, compact
+    from gfs.meta.records import ChunkRef, Manifest
+
+    meta = tmp_path / "meta"
+    eng = LmdbEngine(str(meta), sync=False, compact_at_close=False)
+    with eng.write() as w:
+        for ino in range(2, 502):
+            w.put_manifest(ino, Manifest(1, (ChunkRef(ino.to_bytes(16, "big"), 10),)))
+    eng.close()
+    compact.compact_now(str(meta))
+    f = metabytes.measure(meta)
+    packed, hot = f.db("manifests.z"), f.db("manifests")
+    assert packed is not None and hot is not None
+    assert (packed.entries, hot.entries, metabytes.files_of(f)) == (500, 0, 500)

@@ -25,12 +25,17 @@ import fcntl
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
 from gfs.errors import FormatError, StateError
+from gfs.meta import blocks
+from gfs.meta.encoding import PACKED_FORMAT
 from gfs.meta.residency import MapTrimmer
 
 __all__ = ["AUTO_MAX_BYTES", "MIN_BYTES", "MIN_FREE", "OPEN_LOCK", "Compacted", "compact",
@@ -182,31 +187,83 @@ def _compact_locked(path: str, before: int, min_free: float,
                      time.perf_counter() - start)
 
 
+_PACKED = {t.encode(): t for t in blocks.PACKED_TABLES}
+_BLOCK_DBS = {blocks.block_db(t) for t in blocks.PACKED_TABLES}
+
+
 def _copy_packed(src: lmdb.Environment, dst: lmdb.Environment) -> None:
-    """Every named database of `src` into empty `dst`, rows in key order appended; both
+    """Every named database of `src` into empty `dst`, rows in key order appended, the
+    packed tables' rows (hot and packed, merged) as blocks (gfs.meta.blocks); both
     maps trimmed as it goes (gfs.meta.residency), so the copy does not leave the whole
     file resident."""
     trims = (MapTrimmer(src), MapTrimmer(dst))
     with src.begin() as rtxn:
         names = [bytes(k) for k, _ in rtxn.cursor()]
         for name in names:
+            if name in _BLOCK_DBS:
+                continue  # copied with its table
             sdb = src.open_db(name, txn=rtxn, create=False)
             with dst.begin(write=True) as w:
                 ddb = dst.open_db(name, txn=w, create=True)
-            rows = rtxn.cursor(db=sdb)
-            more = rows.first()
-            while more:
-                with dst.begin(write=True, db=ddb) as w:
-                    batch: list[tuple[bytes, bytes]] = []
-                    while more and len(batch) < _BATCH:
-                        batch.append(rows.item())
-                        more = rows.next()
-                    w.cursor(db=ddb).putmulti(batch, append=True)
-                for t in trims:
-                    t.tick(len(batch))
-            with dst.begin(db=ddb) as check:
-                got, want = check.stat(ddb)["entries"], rtxn.stat(sdb)["entries"]
+            table = _PACKED.get(name)
+            if table is None:
+                _append(dst, ddb, rtxn.cursor(db=sdb).iternext(), trims)
+                with dst.begin(db=ddb) as check:
+                    got, want = check.stat(ddb)["entries"], rtxn.stat(sdb)["entries"]
+            else:
+                got, want = _copy_blocks(src, rtxn, sdb, table, dst, trims)
             if got != want:
                 raise FormatError(f"metadata compaction of database {name!r}: the copy has "
                                   f"{got} entries for {want}; the store is unchanged, run "
                                   "`hutong fsck`")
+    with dst.begin(write=True) as w:
+        w.put(b"format", PACKED_FORMAT, db=dst.open_db(b"meta", txn=w, create=True))
+
+
+def _append(dst: lmdb.Environment, ddb: Any, rows: Iterator[tuple[bytes, bytes]],
+            trims: tuple[MapTrimmer, ...]) -> int:
+    """Append `rows` (ascending keys) to `ddb` of `dst` in batches; how many."""
+    n = 0
+    while True:
+        batch = list(islice(rows, _BATCH))
+        if not batch:
+            return n
+        with dst.begin(write=True, db=ddb) as w:
+            w.cursor(db=ddb).putmulti(batch, append=True)
+        n += len(batch)
+        for t in trims:
+            t.tick(len(batch))
+
+
+def _copy_blocks(src: lmdb.Environment, rtxn: Any, sdb: Any, table: str,
+                 dst: lmdb.Environment, trims: tuple[MapTrimmer, ...]) -> tuple[int, int]:
+    """The current rows of packed `table` (hot rows merged into its blocks; blocks no
+    hot row falls in copied as they are) into `dst`'s block database, its table left
+    empty; (rows the copy's blocks hold, current rows of the source: hot and packed
+    rows less the packed rows hot ones replace)."""
+    bname = blocks.block_db(table)
+    try:
+        sbdb: Any = src.open_db(bname, txn=rtxn, create=False)
+    except lmdb.NotFoundError:  # made before packed blocks
+        sbdb = None
+    rows = 0
+
+    def hot() -> Iterator[tuple[bytes, bytes]]:
+        nonlocal rows
+        for row in rtxn.cursor(db=sdb).iternext():
+            rows += 1
+            yield row
+
+    def packed() -> Iterator[tuple[bytes, bytes]]:
+        nonlocal rows
+        for bkey, data in ([] if sbdb is None else rtxn.cursor(db=sbdb).iternext()):
+            rows += blocks.block_rows(data)
+            yield bkey, data
+
+    with dst.begin(write=True) as w:
+        dbdb = dst.open_db(bname, txn=w, create=True)
+    count = blocks.RepackCount()
+    _append(dst, dbdb, blocks.repack(table, hot(), packed(), count), trims)
+    with dst.begin(db=dbdb) as check:
+        got = sum(blocks.block_rows(data) for _, data in check.cursor(db=dbdb).iternext())
+    return got, rows - count.shadowed  # a hot row over a packed one is one row

@@ -44,6 +44,7 @@ __all__ = [
     "INODE_HEADER",
     "INODE_NARROW",
     "MANIFEST_COMPACT",
+    "PACKED_FORMAT",
     "READABLE_FORMATS",
     "decode_chunk",
     "decode_dirent_ino",
@@ -75,7 +76,11 @@ FORMAT_VERSION = b"4"
 #: Formats this code reads: formats 1 to 3 lack only the narrow (2) and compact (3)
 #: inode records and the folded group member (4), so their stores are read as they
 #: are (member blobs included) and marked format 4 when first opened for writing.
-READABLE_FORMATS = (b"1", b"2", b"3", FORMAT_VERSION)
+#: `format` of an LMDB environment whose large tables compaction has packed into blocks
+#: (gfs.meta.blocks; its rows are records of format 4 or older): older code, which
+#: would miss the packed rows, refuses it.
+PACKED_FORMAT = b"5"
+READABLE_FORMATS = (b"1", b"2", b"3", FORMAT_VERSION, PACKED_FORMAT)
 
 _DAMAGED = "the metadata is damaged; run `hutong fsck`"
 

@@ -38,6 +38,7 @@ from typing import Any
 import lmdb
 
 from gfs.errors import FormatError, StateError
+from gfs.meta import blocks
 from gfs.meta import compact as compaction
 from gfs.meta import encoding as enc
 from gfs.meta import shared_manifests as shm
@@ -66,6 +67,9 @@ _CORE_TABLES = ("meta", "inodes", "dirents", "manifests", "chunks", "packs", "pe
 #: Shared manifest bodies (gfs.meta.shared_manifests); absent in environments that
 #: predate them (read-only opens treat it as empty).
 _BODIES = "mbodies"
+#: The block databases of the packed tables (gfs.meta.blocks); absent until the first
+#: writable open of this version (read-only opens treat them as empty).
+_BLOCK_DBS = tuple(blocks.block_db(t).decode() for t in blocks.PACKED_TABLES)
 
 _ino_key = enc.encode_ino
 #: Scans note their activity to the map trimmer every this many rows (+1).
@@ -85,6 +89,7 @@ class _Dbs:
 
     __slots__ = (
         "chunks",
+        "cold",
         "dirents",
         "inodes",
         "manifests",
@@ -109,6 +114,10 @@ class _Dbs:
         self.pending = handles["pending"]
         self.pools = handles["pools"]
         self.values: dict[str, Any] = {t: handles[t] for t in VALUE_TABLES}
+        #: each packed table's handle -> (its name, its block database handle)
+        self.cold: dict[Any, tuple[str, Any]] = {
+            handles[t]: (t, handles[t + ".z"]) for t in blocks.PACKED_TABLES
+            if handles.get(t) is not _ABSENT and handles.get(t + ".z", _ABSENT) is not _ABSENT}
 
 
 #: A value table that a read-only environment made by an older version lacks: it
@@ -131,7 +140,7 @@ class _LmdbRead(ReadTxn):
     __slots__ = ("_d", "_txn")
 
     def __init__(self, txn: Any, dbs: _Dbs) -> None:
-        self._txn = txn
+        self._txn = blocks.BlockTxn(txn, dbs.cold)  # hot rows, then packed blocks
         self._d = dbs
 
     def _rows(self, db: Any, rows: Iterator[tuple[bytes, bytes]] | None = None
@@ -140,7 +149,7 @@ class _LmdbRead(ReadTxn):
         noting them to the map trimmer: every scan goes through here or ticks itself,
         so no scan leaves the pages it touched resident (gfs.meta.residency)."""
         tick = self._d.trimmer.tick
-        for i, row in enumerate(self._txn.cursor(db=db).iternext() if rows is None else rows):
+        for i, row in enumerate(self._txn.rows(db) if rows is None else rows):
             if not i & _TICK_ROWS:
                 tick(_TICK_ROWS + 1)
             yield row
@@ -161,11 +170,8 @@ class _LmdbRead(ReadTxn):
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
         prefix = _ino_key(parent)
-        cur = self._txn.cursor(db=self._d.dirents)
-        if not cur.set_range(prefix):
-            return
         from_bytes = int.from_bytes
-        for key, val in self._rows(self._d.dirents, cur.iternext()):
+        for key, val in self._rows(self._d.dirents, self._txn.rows(self._d.dirents, prefix)):
             if key[:8] != prefix:
                 return
             try:
@@ -260,17 +266,16 @@ class _LmdbRead(ReadTxn):
         db = _value_db(self._d, table)
         if db is _ABSENT:
             return
-        cur = self._txn.cursor(db=db)
         if prefix:
-            if len(prefix) > _MAX_KEY or not cur.set_range(prefix):
+            if len(prefix) > _MAX_KEY:
                 return
             n = len(prefix)
-            for key, val in self._rows(db, cur.iternext()):
+            for key, val in self._rows(db, self._txn.rows(db, prefix)):
                 if key[:n] != prefix:
                     return
                 yield key, val
         else:
-            yield from self._rows(db, cur.iternext())
+            yield from self._rows(db)
 
     def get_meta(self, key: str) -> bytes | None:
         data: bytes | None = self._txn.get(key.encode("ascii"), db=self._d.meta)
@@ -554,7 +559,7 @@ class LmdbEngine(MetaEngine):
                 sync=sync,
                 metasync=metasync,
                 readahead=False,
-                max_dbs=len(_CORE_TABLES) + 1 + len(VALUE_TABLES) + 8,
+                max_dbs=len(_CORE_TABLES) + 1 + len(VALUE_TABLES) + len(_BLOCK_DBS) + 8,
                 max_readers=512,
             )
         except lmdb.Error as e:
@@ -571,7 +576,7 @@ class LmdbEngine(MetaEngine):
         return _SharedEnv(env, dbs, readonly, lockfd)
 
     def _open_dbs(self, env: Any) -> _Dbs:
-        names = (*_CORE_TABLES, _BODIES, *sorted(VALUE_TABLES))
+        names = (*_CORE_TABLES, _BODIES, *sorted(VALUE_TABLES), *_BLOCK_DBS)
         handles: dict[str, Any] = {}
         if self.readonly:
             try:
@@ -579,7 +584,7 @@ class LmdbEngine(MetaEngine):
                 # transaction and keeps it for the environment's lifetime.
                 for name in _CORE_TABLES:
                     handles[name] = env.open_db(name.encode(), create=False)
-                for name in (_BODIES, *sorted(VALUE_TABLES)):
+                for name in (_BODIES, *sorted(VALUE_TABLES), *_BLOCK_DBS):
                     try:
                         handles[name] = env.open_db(name.encode(), create=False)
                     except lmdb.NotFoundError:
@@ -601,8 +606,8 @@ class LmdbEngine(MetaEngine):
                 self._initialise(txn, handles)
             else:
                 self._check_format(fmt)
-                if fmt != enc.FORMAT_VERSION:  # its records read as they are; new ones
-                    txn.put(_FORMAT, enc.FORMAT_VERSION, db=handles["meta"])  # are not
+                if fmt not in (enc.FORMAT_VERSION, enc.PACKED_FORMAT):  # its records
+                    txn.put(_FORMAT, enc.FORMAT_VERSION, db=handles["meta"])  # read as they are
         return _Dbs(handles, MapTrimmer(env))
 
     def _check_format(self, fmt: bytes | None) -> None:

@@ -1,0 +1,428 @@
+"""Packed blocks of cold metadata rows (docs/format.md, "Packed blocks").
+
+Compaction packs the rows of the large LMDB tables into zstd blocks of
+consecutive keys, kept in a block database beside each table (`inodes.z`);
+rows written since stay in the table itself (hot). `BlockTxn` wraps a py-lmdb
+transaction so that the engine reads the two as one table: the hot row first,
+then the block holding the key; scans merge both in key order; a delete
+removes the key from both. `pack` cuts a sorted row stream into blocks;
+`encode_block` / `decode_block` are the block codec.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import itertools
+import operator
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import accumulate, pairwise
+from typing import Any
+
+import zstandard
+
+from gfs.errors import FormatError
+from gfs.meta.encoding import PACKED_FORMAT, _varints, _varints_to
+
+__all__ = ["DECODED_BLOCKS", "MAX_BLOCK", "PACKED_FORMAT", "PACKED_TABLES", "TARGET_RAW",
+           "BlockTxn", "RepackCount", "block_db", "block_rows", "decode_block",
+           "encode_block", "pack", "repack"]
+
+#: The tables compaction packs (the large ones; docs/format.md).
+PACKED_TABLES = ("inodes", "dirents", "manifests", "chunks", "heat", "resemblance", "deltas")
+#: A block is cut once its rows' raw bytes reach this (2 KiB blocks were 0.77 MB on
+#: smallfiles where 16 KiB ones were 0.69 MB but overflowed leaf pages).
+TARGET_RAW = 2048
+#: A block of two or more rows is split while its frame plus key exceeds this, so it
+#: stays inside an LMDB leaf page (a value over ~2,030 bytes takes overflow pages).
+MAX_BLOCK = 2000
+#: Bytes of an LMDB leaf page that hold nodes (4 KiB pages less their 16-byte header),
+#: and the least room worth a block of its own (less starts a new page).
+_PAGE_ROOM = 4096 - 16
+_MIN_FILL = 320
+#: Decoded blocks kept (keyed by the block's bytes: a rewritten block is a miss).
+DECODED_BLOCKS = 256
+_LEVEL = 3
+#: Lengths are little-endian u16 (keys) and u32 (values) arrays.
+_SWAP = sys.byteorder == "big"
+assert array.array("I").itemsize == 4 and array.array("H").itemsize == 2
+
+Rows = tuple[tuple[bytes, ...], tuple[bytes, ...]]
+
+
+def block_db(table: str) -> bytes:
+    """The name of `table`'s block database."""
+    return table.encode() + b".z"
+
+
+_local = threading.local()  # zstd contexts are not safe across threads
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    ctx: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None = getattr(
+        _local, "ctx", None)
+    if ctx is None:
+        ctx = _local.ctx = (zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True),
+                            zstandard.ZstdDecompressor())
+    return ctx
+
+
+def encode_block(rows: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """One block of `rows` (at least one, keys strictly ascending, at most 65,535 bytes)."""
+    if not rows:
+        raise ValueError("a block holds at least one row")
+    keys = [k for k, _ in rows]
+    values = [v for _, v in rows]
+    if not all(map(operator.lt, keys, keys[1:])):
+        raise ValueError("block rows out of order (keys must be strictly ascending)")
+    klens, vlens = array.array("H", map(len, keys)), array.array("I", map(len, values))
+    if _SWAP:
+        klens.byteswap()
+        vlens.byteswap()
+    out = bytearray()
+    _varints_to(out, (len(rows),))
+    out += _zstd()[0].compress(b"".join((klens.tobytes(), vlens.tobytes(), *keys, *values)))
+    return bytes(out)
+
+
+def block_rows(data: bytes) -> int:
+    """The row count of a block, read from its head (no decompression)."""
+    return _varints(data, 0, 1)[0][0]
+
+
+@lru_cache(maxsize=DECODED_BLOCKS)
+def _decode(data: bytes) -> Rows:
+    (n,), pos = _varints(data, 0, 1)
+    if not n:
+        raise ValueError("no rows")
+    raw = _zstd()[1].decompress(data[pos:])
+    if len(raw) < 6 * n:
+        raise ValueError(f"{len(raw)} bytes cannot hold the lengths of {n} rows")
+    klens, vlens = array.array("H"), array.array("I")
+    klens.frombytes(raw[:2 * n])
+    vlens.frombytes(raw[2 * n:6 * n])
+    if _SWAP:
+        klens.byteswap()
+        vlens.byteswap()
+    ko = list(accumulate(klens, initial=6 * n))
+    vo = list(accumulate(vlens, initial=ko[-1]))
+    if vo[-1] != len(raw):
+        raise ValueError(f"the rows take {vo[-1]} bytes of {len(raw)}")
+    keys = tuple([raw[a:b] for a, b in pairwise(ko)])
+    if not all(map(operator.lt, keys, keys[1:])):
+        raise ValueError("rows out of order")
+    return keys, tuple([raw[a:b] for a, b in pairwise(vo)])
+
+
+def decode_block(table: str, block_key: bytes, data: bytes) -> Rows:
+    """(keys, values) of block `block_key` of `table`; FormatError when it does not
+    decode or its last key is not `block_key`."""
+    try:
+        rows = _decode(bytes(data))
+    except (ValueError, IndexError, zstandard.ZstdError) as e:
+        raise FormatError(f"packed block {block_key.hex()} of table {table}: {e}; the "
+                          "metadata is damaged, run `hutong fsck`") from None
+    if rows[0][-1] != block_key:
+        raise FormatError(f"packed block {block_key.hex()} of table {table}: its last row "
+                          "is not its key; the metadata is damaged, run `hutong fsck`")
+    return rows
+
+
+def _node(key: bytes, data: bytes) -> int:
+    """Bytes a row takes in an LMDB leaf page: its pointer, header, key and value."""
+    return 2 + ((8 + len(key) + len(data) + 1) & ~1)
+
+
+class _Packer:
+    """Rows in, blocks out, cut to fill LMDB leaf pages: compaction appends the blocks
+    in key order, so each leaf page takes blocks until the next does not fit. A block
+    is cut once its rows reach TARGET_RAW bytes, shorter where that fills the rest of
+    the current page (a block's rows then decide its length, not a fixed count)."""
+
+    __slots__ = ("room", "rows", "size")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[bytes, bytes]] = []
+        self.size = 0
+        self.room = _PAGE_ROOM  # bytes left in the leaf page being filled
+
+    def add(self, rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        for row in rows:
+            self.rows.append(row)
+            self.size += len(row[0]) + len(row[1]) + 2
+            if self.size >= TARGET_RAW:
+                yield from self._emit(final=False)
+
+    def flush(self) -> Iterator[tuple[bytes, bytes]]:
+        yield from self._emit(final=True)
+
+    def passed(self, key: bytes, data: bytes) -> None:
+        """Account a block passed on as it is (repack) in the page fill."""
+        self._take(min(_node(key, data), _node(key, bytes(8))  # overflow: a page number
+                       if len(data) + len(key) > MAX_BLOCK else _PAGE_ROOM))
+
+    def _take(self, node: int) -> None:
+        if node > self.room:
+            self.room = _PAGE_ROOM
+        self.room -= node
+
+    def _emit(self, final: bool) -> Iterator[tuple[bytes, bytes]]:
+        rows, size = self.rows, self.size
+        while rows and (final or size >= TARGET_RAW):
+            if self.room < _MIN_FILL:
+                self.room = _PAGE_ROOM
+            budget = min(self.room, _node(b"", bytes(MAX_BLOCK)))
+            n, data = self._fit(rows, budget)
+            if not n:
+                if self.room < _PAGE_ROOM:  # start a fresh page
+                    self.room = _PAGE_ROOM
+                    continue
+                n, data = 1, encode_block(rows[:1])  # one row larger than a page
+            key = rows[n - 1][0]
+            self._take(_node(key, data) if n > 1 or len(data) + len(key) <= MAX_BLOCK
+                       else _node(key, bytes(8)))
+            yield key, data
+            size -= sum(len(k) + len(v) + 2 for k, v in rows[:n])
+            rows = rows[n:]
+        self.rows, self.size = rows, size
+
+    @staticmethod
+    def _fit(rows: list[tuple[bytes, bytes]], budget: int) -> tuple[int, bytes]:
+        """The most leading rows whose block's node fits `budget` (0 if none) and it."""
+        data = encode_block(rows)
+        if _node(rows[-1][0], data) <= budget:
+            return len(rows), data
+        lo, hi, best = 1, len(rows) - 1, (0, b"")
+        while lo <= hi:  # binary search; blocks hold ~20-100 rows: ~6 encodes
+            mid = (lo + hi) // 2
+            data = encode_block(rows[:mid])
+            if _node(rows[mid - 1][0], data) <= budget:
+                best, lo = (mid, data), mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+
+def pack(rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    """(block key, block) for `rows` (keys strictly ascending), in key order."""
+    packer = _Packer()
+    yield from packer.add(rows)
+    yield from packer.flush()
+
+
+@dataclass
+class RepackCount:
+    """What `repack` met: hot rows that replaced a packed row of the same key."""
+
+    shadowed: int = 0
+
+
+def repack(table: str, hot: Iterator[tuple[bytes, bytes]],
+           packed: Iterable[tuple[bytes, bytes]], count: RepackCount | None = None
+           ) -> Iterator[tuple[bytes, bytes]]:
+    """The blocks of `table` once its `hot` rows (ascending) are merged into its `packed`
+    blocks ((block key, block), ascending): a block no hot row falls in is passed on as
+    it is (not decoded), so a compaction re-encodes only where rows changed. `count`
+    (if given) counts the packed rows the hot ones replaced."""
+    packer = _Packer()
+    h = next(hot, None)
+    for bkey, data in packed:
+        mine: list[tuple[bytes, bytes]] = []
+        while h is not None and h[0] <= bkey:
+            mine.append(h)
+            h = next(hot, None)
+        if not mine and not packer.rows:
+            packer.passed(bkey, data)
+            yield bkey, data
+            continue
+        keys, values = decode_block(table, bkey, data)
+        if count is not None and mine:
+            had = set(keys)
+            count.shadowed += sum(k in had for k, _ in mine)
+        yield from packer.add(_merge(iter(mine), zip(keys, values, strict=True)))
+    if h is not None:
+        yield from packer.add(itertools.chain((h,), hot))
+    yield from packer.flush()
+
+
+def _merge(hot: Iterator[tuple[bytes, bytes]], cold: Iterator[tuple[bytes, bytes]]
+           ) -> Iterator[tuple[bytes, bytes]]:
+    """Two ascending row streams as one; a hot row shadows a cold one of the same key."""
+    h = next(hot, None)
+    c = next(cold, None)
+    while h is not None and c is not None:
+        if h[0] <= c[0]:
+            if h[0] == c[0]:
+                c = next(cold, None)
+            yield h
+            h = next(hot, None)
+        else:
+            yield c
+            c = next(cold, None)
+    rest, last = (hot, h) if h is not None else (cold, c)
+    if last is not None:
+        yield last
+        yield from rest
+
+
+class BlockTxn:
+    """A py-lmdb transaction seen through packed blocks: `get`, `put`, `delete` and
+    `rows` of a packed table's handle read and change its hot rows and its blocks as
+    one table (other handles pass straight through). `cold` maps each packed table's
+    handle to (table name, block database handle)."""
+
+    __slots__ = ("_cold", "_curs", "_empty", "_full", "_hot", "_last", "txn")
+
+    def __init__(self, txn: Any, cold: dict[Any, tuple[str, Any]]) -> None:
+        self.txn = txn
+        self._cold = cold
+        self._empty: set[Any] = set()  # block databases seen empty in this transaction
+        self._full: set[Any] = set()  # ... and seen not empty (a delete may empty one)
+        #: the block a `get` decoded last, per block database: a key inside its range
+        #: can be in no other block (ranges do not overlap), so the next `get` of a
+        #: neighbour skips the cursor (a restore reads inodes and manifests in runs)
+        self._last: dict[Any, Rows] = {}
+        #: whether a packed table's hot part has rows (a compacted store's have none:
+        #: reads then skip the hot lookup and the merge)
+        self._hot: dict[Any, bool] = {}
+        self._curs: dict[Any, Any] = {}  # a cursor per block database, for lookups
+
+    def _has_hot(self, db: Any) -> bool:
+        hot = self._hot.get(db)
+        if hot is None:
+            hot = self._hot[db] = bool(self.txn.stat(db)["entries"])
+        return hot
+
+    def _blocks(self, db: Any) -> tuple[str, Any] | None:
+        pair = self._cold.get(db)
+        if pair is None or pair[1] in self._empty:
+            return None
+        if pair[1] in self._full:
+            return pair
+        if not self.txn.stat(pair[1])["entries"]:  # writes never add blocks: stays empty
+            self._empty.add(pair[1])
+            return None
+        self._full.add(pair[1])
+        return pair
+
+    def _block_at(self, db: Any, key: bytes) -> tuple[str, Any, Any, Rows] | None:
+        """(table, block db, cursor on the block, its rows) of the block whose range
+        could hold `key` (the first whose last key is at or after it), or None."""
+        pair = self._blocks(db)
+        if pair is None:
+            return None
+        table, bdb = pair
+        cur = self._curs.get(bdb)
+        if cur is None:
+            cur = self._curs[bdb] = self.txn.cursor(db=bdb)
+        if not cur.set_range(key):
+            return None
+        return table, bdb, cur, decode_block(table, cur.key(), cur.value())
+
+    def _find(self, db: Any, key: bytes) -> tuple[str, Any, Any, Rows, int] | None:
+        """(table, block db, cursor on the block, its rows, the key's index) of the
+        block that holds `key`, or None."""
+        at = self._block_at(db, key)
+        if at is None:
+            return None
+        table, bdb, cur, rows = at
+        i = bisect.bisect_left(rows[0], key)
+        if i < len(rows[0]) and rows[0][i] == key:
+            return table, bdb, cur, rows, i
+        return None
+
+    def get(self, key: bytes, db: Any) -> bytes | None:
+        """The current value of `key` in `db`, hot or packed, or None."""
+        pair = self._cold.get(db)
+        if pair is None or self._has_hot(db):
+            data: bytes | None = self.txn.get(key, db=db)
+            if data is not None or pair is None:
+                return data
+        rows = self._last.get(pair[1])  # inlined packed_get: the common read
+        if rows is not None and rows[0][0] <= key <= rows[0][-1]:
+            keys = rows[0]
+            i = bisect.bisect_left(keys, key)
+            return rows[1][i] if i < len(keys) and keys[i] == key else None
+        return self.packed_get(db, key)
+
+    def packed_get(self, db: Any, key: bytes) -> bytes | None:
+        """The packed value of `key` in packed table `db` (shadowed or not), or None."""
+        pair = self._cold[db]
+        rows = self._last.get(pair[1])
+        if rows is None or not rows[0][0] <= key <= rows[0][-1]:
+            at = self._block_at(db, key)
+            if at is None:
+                return None
+            rows = self._last[pair[1]] = at[3]
+        keys = rows[0]
+        i = bisect.bisect_left(keys, key)
+        return rows[1][i] if i < len(keys) and keys[i] == key else None
+
+    def put(self, key: bytes, value: bytes, db: Any) -> None:
+        """Write `key` hot (a packed copy of it is shadowed from now on)."""
+        self.txn.put(key, value, db=db)
+        if db in self._cold:
+            self._hot[db] = True
+
+    def delete(self, key: bytes, db: Any) -> bool:
+        """Delete `key` from `db`: the hot row, and the packed row (its block is
+        rewritten without it). Whether there was one."""
+        hot: bool = self.txn.delete(key, db=db)
+        if db not in self._cold:
+            return hot
+        found = self._find(db, key)
+        if found is None:
+            return hot
+        _table, bdb, cur, (keys, values), i = found
+        self._last.pop(bdb, None)
+        cur.delete()
+        rest = [(k, v) for j, (k, v) in enumerate(zip(keys, values, strict=True)) if j != i]
+        if rest:
+            self.txn.put(rest[-1][0], encode_block(rest), db=bdb)
+        return True
+
+    def cursor(self, db: Any) -> Any:
+        """A plain cursor (for tables that are not packed)."""
+        return self.txn.cursor(db=db)
+
+    def stat(self, db: Any) -> Any:
+        return self.txn.stat(db)
+
+    def rows(self, db: Any, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Every current (key, value) of `db` from `start` on, in key order: hot rows
+        and packed rows merged, a hot row shadowing a packed one of the same key."""
+        pair = self._blocks(db)
+        if pair is not None and not self._has_hot(db):
+            return self._packed_rows(pair, start)
+        cur = self.txn.cursor(db=db)
+        hot = cur.iternext() if (cur.set_range(start) if start else cur.first()) else iter(())
+        return hot if pair is None else _merge(hot, self._packed_rows(pair, start))
+
+    def _packed_rows(self, pair: tuple[str, Any], start: bytes
+                     ) -> Iterator[tuple[bytes, bytes]]:
+        table, bdb = pair
+        cur = self.txn.cursor(db=bdb)
+        rows = self._last.get(bdb)
+        if rows is not None and rows[0][0] <= start <= rows[0][-1]:
+            # the block a lookup decoded last holds `start` (a listing after a lookup
+            # in the same directory): no cursor until the scan runs past it
+            keys, values = rows
+            i = bisect.bisect_left(keys, start)
+            yield from zip(keys[i:], values[i:], strict=True)
+            if not cur.set_range(keys[-1]) or (cur.key() == keys[-1] and not cur.next()):
+                return
+            start = b""
+        elif not (cur.set_range(start) if start else cur.first()):
+            return
+        first = True
+        for bkey, data in cur.iternext():
+            keys, values = decode_block(table, bkey, data)
+            if first:  # lookups in the range just listed skip the cursor
+                self._last[bdb] = (keys, values)
+            i = bisect.bisect_left(keys, start) if first else 0
+            first = False
+            yield from zip(keys[i:], values[i:], strict=True)

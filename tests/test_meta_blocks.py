@@ -1,0 +1,323 @@
+"""Packed blocks of cold metadata rows (gfs.meta.blocks): the codec, and an LMDB
+engine whose tables compaction packed reading, overwriting and deleting exactly as
+before, through fsck-visible scans and further compactions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lmdb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gfs.errors import FormatError
+from gfs.meta import ROOT_INO, Inode, Kind, LmdbEngine, blocks
+from gfs.meta import compact as compaction
+from gfs.meta import encoding as enc
+from gfs.meta.records import ChunkRecord, ChunkRef, Location, Manifest
+
+_ROWS = st.dictionaries(st.binary(min_size=1, max_size=40), st.binary(max_size=300),
+                        max_size=120).map(lambda d: sorted(d.items()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ROWS)
+def test_pack_cuts_rows_into_blocks_that_decode_to_them(rows: list[tuple[bytes, bytes]]
+                                                        ) -> None:
+    out = list(blocks.pack(rows))
+    got: list[tuple[bytes, bytes]] = []
+    for bkey, data in out:
+        keys, values = blocks.decode_block("heat", bkey, data)
+        assert keys[-1] == bkey
+        assert len(keys) == 1 or len(data) + len(bkey) <= blocks.MAX_BLOCK
+        got += zip(keys, values, strict=True)
+    assert got == rows
+    assert [k for k, _ in out] == sorted({k for k, _ in out})  # ascending, no overlap
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ROWS.filter(bool), st.data())
+def test_a_damaged_block_is_a_format_error_or_its_own_rows(
+        rows: list[tuple[bytes, bytes]], data: st.DataObject) -> None:
+    block = blocks.encode_block(rows)
+    pos = data.draw(st.integers(0, len(block) - 1))
+    bad = block[:pos] + bytes([block[pos] ^ data.draw(st.integers(1, 255))]) + block[pos + 1:]
+    cut = block[:data.draw(st.integers(0, len(block) - 1))]
+    for damaged in (bad, cut):
+        try:
+            got = blocks.decode_block("inodes", rows[-1][0], damaged)
+        except FormatError as e:
+            assert "of table inodes" in str(e)
+        else:  # e.g. the frame's checksum flag cleared: the same rows, never others
+            assert list(zip(*got, strict=True)) == rows
+    with pytest.raises(FormatError, match="last row is not its key"):
+        blocks.decode_block("inodes", rows[-1][0] + b"x", block)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ROWS, _ROWS)
+def test_repack_merges_hot_rows_into_blocks_and_keeps_untouched_blocks_as_they_are(
+        packed_rows: list[tuple[bytes, bytes]], hot: list[tuple[bytes, bytes]]) -> None:
+    packed = list(blocks.pack(packed_rows))
+    count = blocks.RepackCount()
+    out = list(blocks.repack("deltas", iter(hot), packed, count))
+    assert count.shadowed == len(dict(packed_rows).keys() & dict(hot).keys())
+    got = [row for bkey, data in out
+           for row in zip(*blocks.decode_block("deltas", bkey, data), strict=True)]
+    assert got == sorted({**dict(packed_rows), **dict(hot)}.items())
+    assert sum(blocks.block_rows(data) for _, data in out) == len(got)
+    if not hot:
+        assert out == packed  # nothing to merge: every block passed on, not re-encoded
+    elif packed and hot[0][0] > packed[0][0]:
+        assert out[0] == packed[0]  # the first block holds no hot row
+
+
+def test_encode_refuses_rows_out_of_order() -> None:
+    with pytest.raises(ValueError, match="out of order"):
+        blocks.encode_block([(b"b", b""), (b"a", b"")])
+    with pytest.raises(ValueError, match="at least one row"):
+        blocks.encode_block([])
+
+
+def _inode(ino: int, parent: int = ROOT_INO, size: int = 0) -> Inode:
+    return Inode(ino, parent, Kind.FILE, 0o644, 0, 0, size, 5, 4, 5, 1)
+
+
+def _store(path: str, files: int) -> None:
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        with eng.write() as w:
+            for i in range(files):
+                ino = 100 + i
+                w.put_inode(_inode(ino, size=i))
+                w.link(ROOT_INO, f"f{i:05d}", ino)
+                cid = i.to_bytes(16, "big")
+                w.put_chunk(ChunkRecord(cid, 100, 60, 1, 1, (Location(0, b"p" * 16, i, 60),)))
+                w.put_manifest(ino, Manifest(1, (ChunkRef(cid, 100),)))
+                w.put_value("heat", b"c" + cid, b"h%d" % i)
+    finally:
+        eng.close()
+
+
+def _packed_rows(path: str, table: str) -> int:
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=64)
+    try:
+        db = env.open_db(blocks.block_db(table), create=False)
+        with env.begin() as t:
+            return sum(len(blocks.decode_block(table, k, v)[0]) for k, v in t.cursor(db=db))
+    finally:
+        env.close()
+
+
+def test_a_packed_store_reads_changes_and_repacks_as_a_plain_one(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    _store(path, 600)
+    plain = os.path.getsize(f"{path}/data.mdb")
+    done = compaction.compact_now(path)
+    assert done is not None and done.after < 0.75 * plain, done
+    assert _packed_rows(path, "inodes") == 601 and _packed_rows(path, "heat") == 600
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        with eng.read() as r:
+            assert r.get_meta("format") == enc.PACKED_FORMAT
+            assert r.get_inode(350) == _inode(350, size=250)
+            assert r.lookup(ROOT_INO, "f00250") == 350
+            assert r.lookup(ROOT_INO, "f00250x") is None and r.get_inode(99) is None
+            assert [n for n, _ in r.list_dir(ROOT_INO)] == [f"f{i:05d}" for i in range(600)]
+            assert r.get_chunk((7).to_bytes(16, "big")) is not None
+            assert r.get_manifest(107) == Manifest(1, (ChunkRef((7).to_bytes(16, "big"), 100),))
+            assert len(list(r.iter_values("heat", b"c"))) == 600
+        with eng.write() as w:  # overwrite packed rows, delete some, add new ones
+            w.put_inode(_inode(350, size=9999))
+            w.unlink(ROOT_INO, "f00010")
+            w.delete_inode(110)
+            w.delete_manifest(110)
+            w.delete_chunk((10).to_bytes(16, "big"))
+            w.delete_value("heat", b"c" + (10).to_bytes(16, "big"))
+            w.delete_value("heat", b"c" + (599).to_bytes(16, "big"))  # a block's last row
+            w.link(ROOT_INO, "f00010b", 900)
+            w.put_inode(_inode(900))
+            assert w.get_inode(110) is None and w.lookup(ROOT_INO, "f00010") is None
+        with eng.read() as r:
+            assert r.get_inode(350) == _inode(350, size=9999)
+            assert r.get_inode(110) is None and r.get_manifest(110) is None
+            assert r.get_chunk((10).to_bytes(16, "big")) is None
+            assert r.get_value("heat", b"c" + (599).to_bytes(16, "big")) is None
+            names = [n for n, _ in r.list_dir(ROOT_INO)]
+            assert "f00010" not in names and "f00010b" in names and len(names) == 600
+            inodes = {i.ino: i for i in r.iter_inodes()}
+            assert len(inodes) == 601 and inodes[350].size == 9999 and 110 not in inodes
+            assert len(list(r.iter_values("heat", b"c"))) == 598
+            before = (names, inodes, list(r.iter_manifests()), list(r.iter_chunks()))
+    finally:
+        eng.close()
+    assert compaction.compact_now(path) is not None  # the hot rows and the blocks merge
+    assert _packed_rows(path, "inodes") == 601 and _packed_rows(path, "heat") == 598
+    eng = LmdbEngine(path, readonly=True)
+    try:
+        with eng.read() as r:
+            after = ([n for n, _ in r.list_dir(ROOT_INO)], {i.ino: i for i in r.iter_inodes()},
+                     list(r.iter_manifests()), list(r.iter_chunks()))
+            assert r.get_inode(350) == _inode(350, size=9999)
+    finally:
+        eng.close()
+    assert after == before
+
+
+def test_a_damaged_block_is_reported_by_name(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    _store(path, 300)
+    compaction.compact_now(path)
+    env = lmdb.open(path, max_dbs=64)
+    db = env.open_db(blocks.block_db("inodes"), create=False)
+    with env.begin(write=True) as w:
+        key, value = next(iter(w.cursor(db=db)))
+        w.put(key, value[:-3], db=db)
+    env.close()
+    eng = LmdbEngine(path, readonly=True)
+    try:
+        with eng.read() as r, pytest.raises(FormatError, match="table inodes"):
+            r.get_inode(ROOT_INO)
+    finally:
+        eng.close()
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["put", "del", "compact"]),
+                          st.integers(0, 300), st.binary(max_size=24)), max_size=60)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_OPS)
+def test_a_value_table_matches_a_dict_through_puts_deletes_and_compactions(
+        tmp_path: Path, ops: list[tuple[str, int, bytes]]) -> None:
+    path = str(tmp_path / f"m{os.urandom(4).hex()}")
+    model: dict[bytes, bytes] = {}
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    with eng.write() as w:  # a packed start: 200 rows in blocks
+        for i in range(200):
+            w.put_value("deltas", b"k%05d" % (i * 3), b"v%d" % i)
+            model[b"k%05d" % (i * 3)] = b"v%d" % i
+    eng.close()
+    compaction.compact_now(path)
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        for op, n, value in ops:
+            key = b"k%05d" % n
+            if op == "compact":
+                eng.close()
+                compaction.compact_now(path)
+                eng = LmdbEngine(path, sync=False, compact_at_close=False)
+                continue
+            with eng.write() as w:
+                if op == "put":
+                    w.put_value("deltas", key, value)
+                    model[key] = value
+                else:
+                    w.delete_value("deltas", key)
+                    model.pop(key, None)
+            with eng.read() as r:
+                assert r.get_value("deltas", key) == model.get(key)
+        with eng.read() as r:
+            assert list(r.iter_values("deltas")) == sorted(model.items())
+            assert list(r.iter_values("deltas", b"k001")) == sorted(
+                (k, v) for k, v in model.items() if k.startswith(b"k001"))
+    finally:
+        eng.close()
+
+
+def test_a_packed_store_dumps_and_loads_into_a_plain_one(tmp_path: Path) -> None:
+    import io
+
+    from gfs.meta.dump import dump, load, read_header
+    from gfs.testing.meta_suite import dump_store
+
+    path, other = str(tmp_path / "meta"), str(tmp_path / "other")
+    _store(path, 400)
+    compaction.compact_now(path)
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    with eng.write() as w:  # hot rows over the blocks too
+        w.put_inode(_inode(150, size=77))
+        w.delete_inode(151)
+    buf = io.BytesIO()
+    counts = dump(eng, buf)
+    assert counts["inode"] == 400 and counts["chunk"] == 400
+    with eng.read() as r:
+        want = dump_store(r, (ROOT_INO,))
+    eng.close()
+    dst = LmdbEngine(other, sync=False, compact_at_close=False)
+    try:
+        load(dst, read_header(io.BytesIO(buf.getvalue()))[1])
+        with dst.read() as r:
+            got = dump_store(r, (ROOT_INO,))
+            assert r.get_meta("format") == enc.FORMAT_VERSION  # loaded plain
+    finally:
+        dst.close()
+    for d in (got, want):
+        d["meta"].pop("format")
+    assert got == want
+
+
+def test_older_code_refuses_a_packed_store(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from gfs.errors import StateError
+
+    path = str(tmp_path / "meta")
+    _store(path, 50)
+    compaction.compact_now(path)
+    # the formats code before packed blocks read: it must not open a store it would
+    # see as nearly empty
+    monkeypatch.setattr(enc, "READABLE_FORMATS", (b"1", b"2", b"3"))
+    with pytest.raises(StateError, match="format version 5"):
+        LmdbEngine(path, readonly=True)
+
+
+def test_compaction_cuts_blocks_that_fill_leaf_pages(tmp_path: Path) -> None:
+    """Blocks cut at a fixed raw size left leaf pages ~90% full; cut to the room left
+    in the page, they fill them to 95% and more."""
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    with eng.write() as w:
+        for i in range(6000):
+            cid = (i * 0x9E3779B97F4A7C15 % (1 << 128)).to_bytes(16, "big")
+            w.put_chunk(ChunkRecord(cid, 5000 + i % 977, 900 + i % 311, 1, 1,
+                                    (Location(0, bytes(16), i * 1000, 900 + i % 311),)))
+    eng.close()
+    compaction.compact_now(path)
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=64)
+    try:
+        db = env.open_db(blocks.block_db("chunks"), create=False)
+        with env.begin() as t:
+            st_ = t.stat(db)
+            used = sum(blocks._node(k, v) for k, v in t.cursor(db=db))
+    finally:
+        env.close()
+    assert st_["overflow_pages"] == 0
+    assert used / (st_["leaf_pages"] * (st_["psize"] - 16)) >= 0.95, st_
+
+
+def test_namespace_model_on_a_store_packed_between_steps() -> None:
+    """The namespace model (tree, contents, links, refcounts, fsck and gc at the end)
+    with a rule that closes the store, packs it (`hutong meta compact`) and reopens
+    it: every later step reads and changes a store whose rows are hot, packed or
+    both."""
+    from hypothesis.stateful import rule, run_state_machine_as_test
+
+    from gfs.client import Client
+    from tests.test_namespace_model import NamespaceModel
+
+    class Packed(NamespaceModel):
+        @rule()
+        def pack(self) -> None:
+            state = self.tmp / "state"
+            self.fs.close()
+            assert compaction.compact_now(str(state / "meta")) is not None
+            self.fs = Client(state)
+            with self.fs.engine.read() as r:
+                assert r.get_meta("format") == enc.PACKED_FORMAT
+
+    run_state_machine_as_test(Packed, settings=settings(
+        max_examples=40, stateful_step_count=30, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow]))
