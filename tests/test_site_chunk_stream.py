@@ -167,3 +167,16 @@ def test_a_stranger_asking_many_chunks_gets_a_refusal_and_no_chunk(
     with served.client(None, PROMPT) as stranger, pytest.raises(PermissionError):
         stranger.get(ids)  # unsigned: refused on the headers, before any part is read
     assert _served_total(served) == before
+
+
+def test_a_reader_gets_the_blobs_as_views_into_the_one_answer(
+        served: Served) -> None:  # noqa: F811
+    """`SiteClient.get_views`: each blob a view into the answer body, not a copy (the
+    federation client verifies or decodes each, then keeps one copy)."""
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = _store(sc, 2 * PART + 1, 4096)
+        views = sc.get_views([*ids, bytes(16)])
+    assert views[-1] is None
+    kept = [v for v in views if v is not None]
+    assert len(kept) == len(ids) and len({id(v.obj) for v in kept}) == 1
+    assert [bytes(v[16:32]) for v in kept] == ids
