@@ -23,7 +23,8 @@ in sequential round trips to B counted on the link from a packet capture on C
 background renewals of the registry's records included, beside), the time in
 RTTs and the RTTs beyond the embedded mount's time for the same on loopback
 (the local cost of FUSE and of the program); creates per second (bounded in time).
-Beside the rows, what the link did during our WAN rows: the TCP segments B sent
+Beside the rows, the connections and bytes in flight of the gfs:// cold read
+(bench._globalfs_flight), and what the link did during our WAN rows: the TCP segments B sent
 and retransmitted, and the packets the emulator's delay line dropped from its device
 queue (0 unless it was kept off the CPU longer than its queue lasts; the link's
 configured loss is apart). `--reads` measures only the reads, `--cold` only the cold
@@ -70,6 +71,7 @@ from bench._fsops import (
     sequential_read,
     stat_all,
 )
+from bench._globalfs_flight import Flight, FlightSampler
 from bench._globalfs_trips import TripCounter, Trips
 from bench._measure import hutong_cmd, mounted
 from bench.report import headline, table
@@ -139,6 +141,8 @@ class Results:
     """The 1-minute load average as each phase ended (the machine is shared)."""
     wan_link: LinkCounters | None = None
     """What the link did during our WAN rows: B's TCP segments, the emulator's drops."""
+    flight: Flight | None = None
+    """The connections and bytes in flight of the gfs:// cold read on the WAN."""
 
     @property
     def link_mbs(self) -> float:
@@ -314,9 +318,12 @@ def measure_wan(st: Setup, wan: Wan, servers: _juicefs.Servers | None, work: Pat
             res.trees["hutong mount"] = measure_tree(mnt / "telco-b" / "bench", ds, plan,
                                                      (st.wan_pools,), counter)
         done("the global mount on C measured")
-        res.gfs["gfs://"] = ours.gfs_reads(wan["c"].net_argv([]), URL,
-                                           ours.add_profile(fed, "telco-b", "b1"), ds.size,
-                                           warm=not plan.cold_only)
+        port = int(fed.procs["b1"].url.rstrip("/").rsplit(":", 1)[1])
+        with FlightSampler(wan, "b", port) as sampler:
+            res.gfs["gfs://"] = ours.gfs_reads(wan["c"].net_argv([]), URL,
+                                               ours.add_profile(fed, "telco-b", "b1"),
+                                               ds.size, warm=not plan.cold_only)
+        res.flight = sampler.summary()
         res.wan_link = LinkCounters.read(wan) - before
         done("gfs:// on C measured")
     if servers is not None and st.jfs is not None:
@@ -492,6 +499,11 @@ def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
             "link", 0.8)
     v.ratio("cold_wan_jfs", "WAN", f"cold read {mib}", "juicefs mount",
             jfs.cold if jfs else None, link, "link", None)
+    if res.flight is not None:
+        v.rows.append(["WAN", "gfs:// cold read on the wire", "ss at B",
+                       res.flight.describe(link * 1e6 * res.rtt), "", "", ""])
+        v.figures["cold_wan_gfs_conns"] = res.flight.connections
+        v.figures["cold_wan_gfs_inflight_mb"] = round(res.flight.median_bytes / 1e6, 1)
     if res.wan_link is not None:
         v.rows.append(["WAN", "the link during our rows", "emulator",
                        res.wan_link.describe(), "configured loss 0.1%", "", ""])
