@@ -28,9 +28,10 @@ GFS_READ = """
 import json, sys, time
 import fsspec
 url, profile, block, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+labels = sys.argv[5].split(",")
 fs, path = fsspec.core.url_to_fs(url, profile=profile)
 out = []
-for label in ("cold", "warm"):
+for label in labels:
     t = time.perf_counter()
     n = 0
     with fs.open(path, "rb", block_size=block, cache_type="none") as f:
@@ -88,22 +89,23 @@ class Ours:
         return [*hutong_cmd(), "mount", str(mnt), "--profile", profile]
 
     def gfs_reads(self, prefix: Sequence[str], url: str, profile: str,
-                  size: int) -> tuple[Timing, Timing]:
-        """Cold then warm sequential read of `url` through gfs:// in one fresh process
-        (run under `prefix`, e.g. a WAN site's nsenter)."""
+                  size: int, *, warm: bool = True) -> tuple[Timing, Timing | None]:
+        """Cold then (with `warm`) warm sequential read of `url` through gfs:// in one
+        fresh process (run under `prefix`, e.g. a WAN site's nsenter)."""
         out = subprocess.run([*prefix, sys.executable, "-c", GFS_READ, url, profile,
-                              str(BLOCK), str(size)], env=self.env,
+                              str(BLOCK), str(size), "cold,warm" if warm else "cold"],
+                             env=self.env,
                              capture_output=True, text=True, timeout=1800, check=False)
         if out.returncode:
             raise SystemExit(f"bench: gfs:// read of {url} failed: {out.stderr.strip()[-800:]}")
-        cold, warm = json.loads(out.stdout.strip().splitlines()[-1])
+        cold, *rest = json.loads(out.stdout.strip().splitlines()[-1])
         if "depth" in cold:
             rate, rtt, chunk = cold["link"]
             print(f"bench: gfs:// cold read of {url}: {cold['depth'] / 1e6:.1f} MB in flight "
                   f"(link measured {rate / 1e6:.1f} MB/s, first byte {rtt * 1e3:.0f} ms, "
                   f"{chunk} B per chunk)", file=sys.stderr)
         return (Timing(cold["seconds"], 1, 1, cold["bytes"]),
-                Timing(warm["seconds"], 1, 1, warm["bytes"]))
+                Timing(rest[0]["seconds"], 1, 1, rest[0]["bytes"]) if rest else None)
 
 
 def fill_site(fed: Federation, site: str, prefix: str, ds: Dataset) -> Path:

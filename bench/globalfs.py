@@ -23,6 +23,12 @@ in sequential round trips to B counted on the link from a packet capture on C
 background renewals of the registry's records included, beside), the time in
 RTTs and the RTTs beyond the embedded mount's time for the same on loopback
 (the local cost of FUSE and of the program); creates per second (bounded in time).
+Beside the rows, the connections and bytes in flight of the gfs:// cold read
+(bench._globalfs_flight), and what the link did during our WAN rows: the TCP segments B sent
+and retransmitted, and the packets the emulator's delay line dropped from its device
+queue (0 unless it was kept off the CPU longer than its queue lasts; the link's
+configured loss is apart). `--reads` measures only the reads, `--cold` only the cold
+ones.
 JuiceFS writes its copy through a mount on B (beside its servers) and reads
 through a fresh mount on C, with its default options. The load average as
 each phase ended is printed under the table.
@@ -65,6 +71,7 @@ from bench._fsops import (
     sequential_read,
     stat_all,
 )
+from bench._globalfs_flight import Flight, FlightSampler
 from bench._globalfs_trips import TripCounter, Trips
 from bench._measure import hutong_cmd, mounted
 from bench.report import headline, table
@@ -93,6 +100,8 @@ class Plan:
     """Seconds at most for the stats and for the creates of one system."""
     reads_only: bool = False
     """Only the cold and warm reads (`--reads`): no listings, stats, creates, JuiceFS."""
+    cold_only: bool = False
+    """Only the cold reads (`--cold`, with `reads_only`): no warm re-reads either."""
 
 
 FULL = Plan(1 << 30, 10_000, 1_000, 6, 60.0)
@@ -126,10 +135,14 @@ class Results:
     link_1: float = 0.0
     link_4: float = 0.0
     trees: dict[str, Tree] = field(default_factory=dict)
-    gfs: dict[str, tuple[Timing, Timing]] = field(default_factory=dict)
+    gfs: dict[str, tuple[Timing, Timing | None]] = field(default_factory=dict)
     why_not: dict[str, str] = field(default_factory=dict)
     loads: list[tuple[str, float]] = field(default_factory=list)
     """The 1-minute load average as each phase ended (the machine is shared)."""
+    wan_link: LinkCounters | None = None
+    """What the link did during our WAN rows: B's TCP segments, the emulator's drops."""
+    flight: Flight | None = None
+    """The connections and bytes in flight of the gfs:// cold read on the WAN."""
 
     @property
     def link_mbs(self) -> float:
@@ -142,6 +155,8 @@ def measure_tree(base: Path, ds: Dataset, plan: Plan, drop: Sequence[Path] = (),
     with `trips`, the round trips of the listing and of the stats are counted."""
     t = Tree()
     t.cold = sequential_read(base / "big.bin", ds.size, cold=True, drop=tuple(drop))
+    if plan.cold_only:
+        return t
     if trips is None:
         t.warm = sequential_read(base / "big.bin", ds.size, cold=False)
     else:
@@ -163,6 +178,36 @@ def measure_tree(base: Path, ds: Dataset, plan: Plan, drop: Sequence[Path] = (),
         t.stat, t.stat_trips = trips.around(stat)
     t.creates = creates(base / "creates", ds.creates, plan.budget)
     return t
+
+
+@dataclass(frozen=True)
+class LinkCounters:
+    """Counters of the emulated link: TCP segments host B sent and retransmitted, packets
+    the delay line's device queue dropped (the link's configured loss is not counted
+    there: it drops as packets leave the delay line)."""
+
+    sent: int
+    retransmitted: int
+    queue_drops: int
+
+    @classmethod
+    def read(cls, wan: Wan, host: str = "b") -> LinkCounters:
+        snmp = wan.run(host, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+        names, values = (line.split()[1:] for line in snmp if line.startswith("Tcp:"))
+        tcp = dict(zip(names, map(int, values), strict=True))
+        dev = json.loads(subprocess.run(["ip", "-s", "-j", "-n", wan.router, "link", "show",
+                                         "delay0"], capture_output=True, text=True,
+                                        check=True).stdout)
+        return cls(tcp["OutSegs"], tcp["RetransSegs"], int(dev[0]["stats64"]["tx"]["dropped"]))
+
+    def __sub__(self, before: LinkCounters) -> LinkCounters:
+        return LinkCounters(self.sent - before.sent, self.retransmitted - before.retransmitted,
+                            self.queue_drops - before.queue_drops)
+
+    def describe(self) -> str:
+        share = self.retransmitted / self.sent if self.sent else 0.0
+        return (f"B sent {self.sent} TCP segments, {share:.2%} retransmitted; the delay "
+                f"line's queue dropped {self.queue_drops} packets")
 
 
 def _iperf(wan: Wan, seconds: int) -> tuple[float, float]:
@@ -265,6 +310,7 @@ def measure_wan(st: Setup, wan: Wan, servers: _juicefs.Servers | None, work: Pat
     """Our global mount and gfs:// on host C, then JuiceFS's mount on host C."""
     if st.ours is not None and st.wan_fed is not None and st.wan_pools is not None:
         ours, fed = st.ours, st.wan_fed
+        before = LinkCounters.read(wan)
         mnt = work / "mnt-ours"
         argv = wan["c"].net_argv(ours.mount_argv(ours.add_profile(fed, "telco-b", "b1"), mnt))
         counter = TripCounter(wan, "c", res.rtt)
@@ -272,8 +318,13 @@ def measure_wan(st: Setup, wan: Wan, servers: _juicefs.Servers | None, work: Pat
             res.trees["hutong mount"] = measure_tree(mnt / "telco-b" / "bench", ds, plan,
                                                      (st.wan_pools,), counter)
         done("the global mount on C measured")
-        res.gfs["gfs://"] = ours.gfs_reads(wan["c"].net_argv([]), URL,
-                                           ours.add_profile(fed, "telco-b", "b1"), ds.size)
+        port = int(fed.procs["b1"].url.rstrip("/").rsplit(":", 1)[1])
+        with FlightSampler(wan, "b", port) as sampler:
+            res.gfs["gfs://"] = ours.gfs_reads(wan["c"].net_argv([]), URL,
+                                               ours.add_profile(fed, "telco-b", "b1"),
+                                               ds.size, warm=not plan.cold_only)
+        res.flight = sampler.summary()
+        res.wan_link = LinkCounters.read(wan) - before
         done("gfs:// on C measured")
     if servers is not None and st.jfs is not None:
         mc = work / "mnt-jfs-c"
@@ -304,7 +355,7 @@ def measure_loopback(st: Setup, work: Path, ds: Dataset, plan: Plan, res: Result
                                                       plan, (st.lo_pools,))
     done("the global mount on loopback measured")
     res.gfs["gfs:// (lo)"] = ours.gfs_reads([], URL, ours.add_profile(fed, "telco-b", "b1"),
-                                            ds.size)
+                                            ds.size, warm=not plan.cold_only)
     done("gfs:// on loopback measured")
 
 
@@ -332,7 +383,7 @@ def run(work: Path, plan: Plan) -> Results:
     ds = make_dataset(work, plan.size, plan.entries, plan.creates)
     done("data set written")
     ours_why = _federated.unavailable_reason()
-    jfs_why = "--reads: only our reads" if plan.reads_only else _juicefs.unavailable_reason()
+    jfs_why = "--reads/--cold: only our reads" if plan.reads_only else _juicefs.unavailable_reason()
     if ours_why:
         res.why_not["ours"] = ours_why
     if jfs_why:
@@ -448,17 +499,30 @@ def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
             "link", 0.8)
     v.ratio("cold_wan_jfs", "WAN", f"cold read {mib}", "juicefs mount",
             jfs.cold if jfs else None, link, "link", None)
-    v.ratio("warm_wan_mount", "WAN", f"warm re-read {mib}", "hutong mount",
-            mount.warm if mount else None, emb_warm, "embedded", 0.8)
+    if res.flight is not None:
+        v.rows.append(["WAN", "gfs:// cold read on the wire", "ss at B",
+                       res.flight.describe(link * 1e6 * res.rtt), "", "", ""])
+        v.figures["cold_wan_gfs_conns"] = res.flight.connections
+        v.figures["cold_wan_gfs_inflight_mb"] = round(res.flight.median_bytes / 1e6, 1)
+    if res.wan_link is not None:
+        v.rows.append(["WAN", "the link during our rows", "emulator",
+                       res.wan_link.describe(), "configured loss 0.1%", "", ""])
+        v.figures["wan_retrans_pct"] = round(
+            100 * res.wan_link.retransmitted / max(1, res.wan_link.sent), 2)
+    warm = not plan.cold_only
+    if warm:
+        v.ratio("warm_wan_mount", "WAN", f"warm re-read {mib}", "hutong mount",
+                mount.warm if mount else None, emb_warm, "embedded", 0.8)
     if mount is not None and mount.warm_trips is not None:
         wt = mount.warm_trips
         v.rows[-1][5] += (f"; {wt.to(res.site_b)} round trips to the site "
                           f"({wt.round_trips} on the link)")
         v.figures["warm_wan_mount_trips"] = wt.to(res.site_b)
-    v.ratio("warm_wan_gfs", "WAN", f"warm re-read {mib}", "gfs://", g[1] if g else None,
-            emb_warm, "embedded", 0.8)
-    v.ratio("warm_wan_jfs", "WAN", f"warm re-read {mib}", "juicefs mount",
-            jfs.warm if jfs else None, emb_warm, "embedded", None)
+    if warm:
+        v.ratio("warm_wan_gfs", "WAN", f"warm re-read {mib}", "gfs://", g[1] if g else None,
+                emb_warm, "embedded", 0.8)
+        v.ratio("warm_wan_jfs", "WAN", f"warm re-read {mib}", "juicefs mount",
+                jfs.warm if jfs else None, emb_warm, "embedded", None)
     listed = () if plan.reads_only else (("mount", "hutong mount", mount),
                                          ("jfs", "juicefs mount", jfs))
     for key, system, tree in listed:
@@ -483,10 +547,11 @@ def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
             lo_mount.cold if lo_mount else None, emb_cold, "embedded", 0.5)
     v.ratio("cold_lo_gfs", "loopback", f"cold read {mib}", "gfs://", g_lo[0] if g_lo else None,
             emb_cold, "embedded", 0.5)
-    v.ratio("warm_lo_mount", "loopback", f"warm re-read {mib}", "hutong mount",
-            lo_mount.warm if lo_mount else None, emb_warm, "embedded", 0.8)
-    v.ratio("warm_lo_gfs", "loopback", f"warm re-read {mib}", "gfs://",
-            g_lo[1] if g_lo else None, emb_warm, "embedded", 0.8)
+    if warm:
+        v.ratio("warm_lo_mount", "loopback", f"warm re-read {mib}", "hutong mount",
+                lo_mount.warm if lo_mount else None, emb_warm, "embedded", 0.8)
+        v.ratio("warm_lo_gfs", "loopback", f"warm re-read {mib}", "gfs://",
+                g_lo[1] if g_lo else None, emb_warm, "embedded", 0.8)
     if emb and emb.cold and emb.warm:
         v.rows.append(["loopback", f"cold / warm read {mib}", "embedded mount",
                        f"{emb.cold.mbs:.0f} / {emb.warm.mbs:.0f} MB/s", "", "", "reference"])
@@ -519,6 +584,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--reads", action="store_true",
                     help="only the cold and warm read rows (no listings, stats, creates "
                          "nor JuiceFS)")
+    ap.add_argument("--cold", action="store_true",
+                    help="only the cold read rows (as --reads, without the warm re-reads)")
     ap.add_argument("--dir", help="work directory (default: a temporary one)")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -526,8 +593,8 @@ def main(argv: list[str]) -> int:
         plan = dataclasses.replace(plan, size=args.size)
     if args.entries:
         plan = dataclasses.replace(plan, entries=args.entries)
-    if args.reads:
-        plan = dataclasses.replace(plan, reads_only=True)
+    if args.reads or args.cold:
+        plan = dataclasses.replace(plan, reads_only=True, cold_only=args.cold)
     why = unavailable_reason()
     if why:
         print(f"bench globalfs: cannot build the emulated WAN: {why}", file=sys.stderr)

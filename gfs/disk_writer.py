@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 
 from gfs.disk_cache import DiskCache
 
@@ -42,24 +43,35 @@ class QueuedPuts:
 
     def put(self, cid: bytes, blob: bytes) -> None:
         """Admit `blob` (verified by the caller) to the disk tier, soon."""
-        if not self.disk.owner:
+        self.put_many([(cid, blob)])
+
+    def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Admit each (chunk id, blob) of `items` (verified by the caller), soon: queued
+        under one lock with one wake of the writer (a fetched batch's chunks); those
+        the full queue has no room for are written by the caller, in order."""
+        if not self.disk.owner or not items:
             return
+        inline: list[tuple[bytes, bytes]] = []
         with self._cond:
-            if cid in self._blobs:
-                return
-            queued = not self._closing and self._bytes + len(blob) <= self.limit
-            if queued:
+            added = False
+            for cid, blob in items:
+                if cid in self._blobs:
+                    continue
+                if self._closing or self._bytes + len(blob) > self.limit:
+                    inline.append((cid, blob))
+                    continue
                 self._queue.append(cid)
                 self._blobs[cid] = blob
                 self._bytes += len(blob)
+                added = True
+            self.written_inline += len(inline)
+            if added:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, daemon=True,
                                                     name="hutong-disk-writer")
                     self._thread.start()
                 self._cond.notify()
-            else:
-                self.written_inline += 1
-        if not queued:
+        for cid, blob in inline:
             self.disk.put(cid, blob)
 
     def blob(self, cid: bytes) -> bytes | None:

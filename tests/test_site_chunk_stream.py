@@ -69,6 +69,56 @@ def test_a_part_failing_after_the_status_cuts_the_answer_short(
         assert all(b is not None for b in sc.get(ids))  # the next request is served
 
 
+def _raw_get(sc: SiteClient, ids: list[bytes]) -> tuple[dict[str, str], bytes]:
+    """The headers and body of a /v1/chunks/get answer, as sent."""
+    keys = sc.http.keys
+    assert keys is not None
+    conn = sc.http.connection()
+    body = json.dumps({"ids": ids_to_wire(ids)}).encode()
+    try:
+        conn.request("POST", "/v1/chunks/get", body=body,
+                     headers={"Content-Type": "application/json",
+                              **keys.sign("POST", "/v1/chunks/get", body, sc.http.audience)})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_an_answer_of_many_parts_announces_its_length(served: Served) -> None:  # noqa: F811
+    """The owner's plain chunks have known lengths: the answer carries Content-Length,
+    not chunked encoding (which the client's http.client undoes with a copy of every
+    byte), and holds exactly the frames."""
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = _store(sc, 3 * PART + 5, 4096)
+        asked = [*ids[:PART], bytes(16), *ids[PART:]]  # one absent: a bare frame header
+        headers, body = _raw_get(sc, asked)
+    assert "chunked" not in headers.get("transfer-encoding", "")
+    assert headers["content-length"] == str(len(body))
+    frames = unpack_frames(body)
+    assert [f[16:32] if f else None for f in frames] == [*ids[:PART], None, *ids[PART:]]
+
+
+def test_a_part_other_than_announced_cuts_the_answer_short(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A chunk that changes between the length's computation and its part's read (here: a
+    part served with one chunk missing) ends the connection: the client sees a truncated
+    answer, never a short list of chunks passed off as whole."""
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = _store(sc, 3 * PART, 1024)
+        gone = ids[2 * PART + 1]
+        real = served.site.frames
+
+        def frames(cids: list[bytes]) -> tuple[bytes | bytearray, int]:
+            return real([bytes(16) if c == gone else c for c in cids])
+        monkeypatch.setattr(served.site, "frames", frames)
+        with pytest.raises(UnavailableSiteError):
+            sc.get(ids)
+        monkeypatch.setattr(served.site, "frames", real)
+        assert all(b is not None for b in sc.get(ids))  # the next request is served
+
+
 def _served_total(fx: Served) -> float:
     return sum(v for (name, _), v in fx.site.metrics.counters.items()
                if name == "chunks_served_total")
@@ -117,3 +167,16 @@ def test_a_stranger_asking_many_chunks_gets_a_refusal_and_no_chunk(
     with served.client(None, PROMPT) as stranger, pytest.raises(PermissionError):
         stranger.get(ids)  # unsigned: refused on the headers, before any part is read
     assert _served_total(served) == before
+
+
+def test_a_reader_gets_the_blobs_as_views_into_the_one_answer(
+        served: Served) -> None:  # noqa: F811
+    """`SiteClient.get_views`: each blob a view into the answer body, not a copy (the
+    federation client verifies or decodes each, then keeps one copy)."""
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = _store(sc, 2 * PART + 1, 4096)
+        views = sc.get_views([*ids, bytes(16)])
+    assert views[-1] is None
+    kept = [v for v in views if v is not None]
+    assert len(kept) == len(ids) and len({id(v.obj) for v in kept}) == 1
+    assert [bytes(v[16:32]) for v in kept] == ids

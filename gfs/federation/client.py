@@ -320,33 +320,33 @@ class FederationClient:
         sc = self.site(site)
         for i in range(0, len(cids), 1024):
             batch = cids[i:i + 1024]
-            if foreign:
+            errors: dict[bytes, CorruptChunkError] = {}
+            if foreign:  # sealed, perhaps sealed deltas whose bases the site also keeps
                 assert self.keys is not None
                 keys = self.keys
                 frames = sc.get([keyed_chunk_id(c, keys.id_key) for c in batch], owner=owner)
-            else:  # a caller that may not read every chunk names the file (`path`)
-                frames = sc.get(batch, path=None if self._owner_mode(owner) else path)
-            got = {cid: blob for cid, blob in zip(batch, frames, strict=True) if blob}
-            if foreign:  # sealed, perhaps sealed deltas whose bases the site also keeps
-                assert self.keys is not None
-                opened = open_sealed(got, lambda kids: sc.get(kids, owner=owner), self.keys)
-                decoded, errors = opened.raws, opened.errors
-            else:  # a caller keeping blobs has them verified, not decoded (no copy)
-                decoded, errors = {}, {}
-                for cid, blob in got.items():
+                got = {cid: blob for cid, blob in zip(batch, frames, strict=True) if blob}
+                opened = open_sealed(got, lambda kids: sc.get(kids, owner=owner), keys)
+                out.update(opened.raws)
+                errors = opened.errors
+            else:  # a caller that may not read every chunk names the file (`path`);
+                # each blob is a view into the answer, copied once: decoded, or (a caller
+                # keeping blobs) verified in place, then copied
+                views = sc.get_views(batch, path=None if self._owner_mode(owner) else path)
+                for cid, view in zip(batch, views, strict=True):
+                    if view is None:
+                        continue
                     try:
                         if blobs:
-                            verify_blob(blob, cid)
-                            decoded[cid] = blob
+                            verify_blob(view, cid)
+                            out[cid] = bytes(view)
                         else:
-                            decoded[cid] = decode_blob(blob, expect_id=cid)
+                            out[cid] = decode_blob(view, expect_id=cid)
                     except CorruptChunkError as e:
                         errors[cid] = e
             for cid, err in errors.items():
                 self.bad_copies += 1
                 problems.append(f"{site}: corrupt copy of {cid.hex()} ({err.strerror})")
-            for cid, raw in decoded.items():
-                out[cid] = bytes(got[cid]) if blobs else raw
         self.chunks_from[site] = self.chunks_from.get(site, 0) + len(out)
         return out
 

@@ -28,12 +28,12 @@ from gfs.federation.inflight import LinkMeter
 from gfs.federation.wire import (
     MAX_IDS,
     commit_attrs_to_wire,
+    frame_views,
     ids_to_wire,
     pack_frames,
     parse_ids,
     refs_from_wire,
     refs_to_wire,
-    unpack_frames,
 )
 from gfs.meta import ChunkRef
 from gfs.namespace_api import DuReport, Stat, stat_from_wire
@@ -417,6 +417,13 @@ class SiteClient:
         """The stored blobs of `cids` (at most MAX_IDS), None where the site has none;
         the caller verifies them. With `path`, chunks of that file (a grantee's or a
         prefix token's read, at the primary)."""
+        return [None if v is None else bytes(v)
+                for v in self.get_views(cids, owner=owner, path=path)]
+
+    def get_views(self, cids: Sequence[bytes], *, owner: str | None = None,
+                  path: str | None = None) -> list[memoryview | None]:
+        """`get`, each blob a view into the one answer body (no copy per blob: for a
+        reader that decodes or copies what it keeps)."""
         if len(cids) > MAX_IDS:
             raise ValueError(f"at most {MAX_IDS} chunk ids per get, not {len(cids)}")
         body: dict[str, Any] = {"ids": ids_to_wire(cids)}
@@ -428,8 +435,8 @@ class SiteClient:
         timing = self.http.last_timing()
         if self.meter is not None and timing is not None:
             self.meter.observe(*timing, len(cids))
-        frames = unpack_frames(data if isinstance(data, bytes) else b"", limit=len(cids))
-        got: list[bytes | None] = [f or None for f in frames]
+        frames = frame_views(data if isinstance(data, bytes) else b"", limit=len(cids))
+        got: list[memoryview | None] = [f if len(f) else None for f in frames]
         return got + [None] * (len(cids) - len(got))
 
     def put(self, blobs: Iterable[bytes], *, owner: str | None = None,

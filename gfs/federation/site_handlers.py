@@ -195,16 +195,29 @@ async def chunks_get(request: web.Request) -> web.StreamResponse:
         return body
 
     parts = [cids[i:i + STREAM_IDS] for i in range(0, len(cids), STREAM_IDS)]
-    first = await _run(read, parts[0]) if parts else b""  # an error here is still JSON
+
+    def start() -> tuple[list[int] | None, bytes | bytearray]:
+        sizes = site.frame_sizes(cids) if len(parts) > 1 and owner == site.entity else None
+        return sizes, read(parts[0]) if parts else b""
+    sizes, first = await _run(start)  # an error here is still JSON
     if len(parts) <= 1:
         site.metrics.inc("chunk_bytes_out_total", len(first))
         return web.Response(body=first, content_type="application/octet-stream")
+    # Known ahead, the length is sent (no chunked encoding for the client to undo);
+    # a part that turns out otherwise (a chunk changed meanwhile) cuts the answer.
+    expect = None if sizes is None else [
+        sum(sizes[i:i + STREAM_IDS]) for i in range(0, len(cids), STREAM_IDS)]
+    if expect is not None and len(first) != expect[0]:
+        expect = None  # nothing is sent yet: chunked after all
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    resp.enable_chunked_encoding()
+    if expect is None:
+        resp.enable_chunked_encoding()
+    else:
+        resp.content_length = sum(expect)
     await resp.prepare(request)
     body = first
     try:
-        for part in parts[1:]:
+        for k, part in enumerate(parts[1:], start=1):
             # the next part is read from disk while this one is being sent
             nxt = asyncio.ensure_future(_run(read, part))
             try:
@@ -214,6 +227,9 @@ async def chunks_get(request: web.Request) -> web.StreamResponse:
                 raise
             site.metrics.inc("chunk_bytes_out_total", len(body))
             body = await nxt
+            if expect is not None and len(body) != expect[k]:
+                raise ApiError(f"part {k} of the answer is {len(body)} bytes, not the "
+                               f"{expect[k]} its length announced")
         await resp.write(body)
     except Exception as e:  # the status is sent: no error answer is possible any more
         # End the connection before the closing chunk, so that the client sees a

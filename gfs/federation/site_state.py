@@ -80,7 +80,7 @@ from gfs.mover import (
 )
 from gfs.namespace_api import Stat, stat_to_wire
 from gfs.paths import covers
-from gfs.read.served import stored_blob, stored_frames
+from gfs.read.served import frame_sizes, stored_blob, stored_frames
 from gfs.schema import Schema, load
 from gfs.store import Prepared, pin_chunks
 
@@ -735,6 +735,11 @@ class Site:
             return got
         blobs = [self.blob(c) for c in cids]
         return pack_frames(blobs), sum(b is not None for b in blobs)
+
+    def frame_sizes(self, cids: list[bytes]) -> list[int] | None:
+        """Bytes of each chunk's frame in the `frames` of `cids`, before any blob is read
+        (`gfs.read.served.frame_sizes`); None where not known ahead."""
+        return frame_sizes(self.client.store, cids, FRAME)
 
     def put_plain(self, blobs: list[bytes]) -> tuple[int, int]:
         """Verify every blob, then store the new ones (refcount 0); (stored, present).

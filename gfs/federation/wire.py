@@ -46,7 +46,13 @@ def pack_frames(blobs: Iterable[bytes | None]) -> bytes:
 
 def unpack_frames(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
     """The blobs of a frame sequence; BadRequestError if truncated or too many."""
-    out: list[bytes] = []
+    return [bytes(v) for v in frame_views(body, limit)]
+
+
+def frame_views(body: bytes, limit: int = MAX_IDS) -> list[memoryview]:
+    """The blobs of a frame sequence as views into `body` (no copy: a reader that
+    decodes or copies each blob anyway); BadRequestError if truncated or too many."""
+    out: list[memoryview] = []
     view, pos = memoryview(body), 0
     while pos < len(body):
         if pos + 4 > len(body):
@@ -56,7 +62,7 @@ def unpack_frames(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
         if pos + n > len(body):
             raise BadRequestError(f"truncated frame at byte {pos - 4}: it claims {n} bytes, "
                                   f"{len(body) - pos} left")
-        out.append(bytes(view[pos:pos + n]))
+        out.append(view[pos:pos + n])
         pos += n
         if len(out) > limit:
             raise BadRequestError(f"more than {limit} frames in one body")

@@ -94,9 +94,10 @@ class DiskTier:
             out[admitted[0]] = self._miss(admitted[0],
                                           path_of(admitted[0]) if path_of else "")
         elif admitted:
-            for cid, blob in blobs_of(self.inner, admitted, path_of).items():
+            blobs = blobs_of(self.inner, admitted, path_of)
+            self.puts.put_many(list(blobs.items()))  # one wake of the writer for all
+            for cid, blob in blobs.items():
                 raw = _raw_of(blob, cid)
-                self.puts.put(cid, blob)
                 self._count(len(raw))
                 out[cid] = raw
         if batch:

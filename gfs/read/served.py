@@ -17,6 +17,7 @@ from gfs.errors import HutongError
 from gfs.packs import pack_key
 
 if TYPE_CHECKING:
+    from gfs.meta import ChunkRecord
     from gfs.store import ChunkStore
 
 
@@ -40,6 +41,27 @@ def stored_blob(store: ChunkStore, cid: bytes) -> bytes | None:
     return None
 
 
+def _plain_records(store: ChunkStore, cids: list[bytes]) -> list[ChunkRecord | None] | None:
+    """The records of `cids` (None: absent) with one metadata transaction; None when one
+    is stored on a base or has no location (its blob is not a plain read)."""
+    with store.engine.read() as txn:
+        recs = [txn.get_chunk(c) for c in cids]
+    if any(r is not None and (r.codec in BASED_CODECS or not r.locations) for r in recs):
+        return None
+    return recs
+
+
+def frame_sizes(store: ChunkStore, cids: list[bytes], frame: struct.Struct
+                ) -> list[int] | None:
+    """Bytes of each chunk's frame in the `stored_frames` answer (header and blob; the
+    header alone where absent), known before any blob is read; None where the answer's
+    length is not known ahead (`stored_frames` would return None)."""
+    recs = _plain_records(store, cids)
+    if recs is None:
+        return None
+    return [frame.size + (0 if r is None else r.locations[0].length) for r in recs]
+
+
 def stored_frames(store: ChunkStore, cids: list[bytes], frame: struct.Struct
                   ) -> tuple[bytearray, int] | None:
     """The blobs of `cids`, each after a `frame` header packing its length (0: absent),
@@ -48,9 +70,8 @@ def stored_frames(store: ChunkStore, cids: list[bytes], frame: struct.Struct
     None when the part holds a chunk stored on a base, or one whose first location
     cannot be read whole: the caller then reads it chunk by chunk with `stored_blob`.
     """
-    with store.engine.read() as txn:
-        recs = [txn.get_chunk(c) for c in cids]
-    if any(r is not None and (r.codec in BASED_CODECS or not r.locations) for r in recs):
+    recs = _plain_records(store, cids)
+    if recs is None:
         return None
     lens = [0 if r is None else r.locations[0].length for r in recs]
     out = bytearray(frame.size * len(cids) + sum(lens))
