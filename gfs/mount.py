@@ -39,6 +39,7 @@ from gfs.meta import Inode, Kind, WriteTxn
 from gfs.mount_atime import AccessTimes
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
+from gfs.mount_recent import RecentDirs
 from gfs.mount_shutdown import Drain, Drainable
 from gfs.mount_txn_batch import TxnBatcher, Walks
 from gfs.mount_writeback import GATHER_WINDOW, DirtyFile, WriteBack
@@ -220,6 +221,13 @@ class HutongOperations(pyfuse3.Operations):
         self.atimes = AccessTimes()
         #: Namespace changes; access times ride along (a retry finds them gone).
         self._txns = TxnBatcher(client.engine, self.atimes.flush)
+        #: Directories this mount's transactions just wrote (a server engine's only):
+        #: GETATTR after a change in them is answered from memory (gfs.mount_recent).
+        self._recent: RecentDirs | None = None
+        if client.engine.REMOTE and self.opts.attr_timeout > 0:
+            recent = RecentDirs(self.opts.attr_timeout)
+            if client.engine.watch_inodes(recent.committed):
+                self._recent = recent
         #: The reply to a lookup of a missing name: inode 0 with the entry timeout
         #: (a negative dentry), so repeated misses stay in the kernel.
         self._absent: pyfuse3.EntryAttributes | None = None
@@ -329,6 +337,13 @@ class HutongOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
+        # in memory, on the loop: a file created here, or a directory this mount's
+        # own change just committed (the kernel dropped its attributes after it)
+        node = self.wb.pending.get(inode)
+        if node is None and self._recent is not None:
+            node = self._recent.get(inode)
+        if node is not None:
+            return self._attr(node)
         return self._attr(await self._now(self.wb.node, inode))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:

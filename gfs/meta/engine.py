@@ -312,6 +312,13 @@ class MetaEngine(ABC):
         it as a change, so read-mostly commands never pay for that."""
         return self.write()
 
+    def watch_inodes(self, fn: Callable[[Mapping[int, Inode | None]], None]) -> bool:
+        """Have `fn` called after each write transaction of this engine commits, with the
+        inodes it wrote (None: deleted) by number, before the next write transaction of
+        this process begins (so calls come in commit order). False if this engine does
+        not (a caller then has nothing to learn: LMDB reads cost microseconds)."""
+        return False
+
     @abstractmethod
     def close(self) -> None:
         """Release the engine; later calls raise."""

@@ -33,6 +33,7 @@ Portability: plain tables of `bigint`, `text` and `bytea`, primary keys,
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -63,6 +64,8 @@ from gfs.meta.records import (
 )
 
 __all__ = ["SCHEMA_VERSION", "PgEngine", "is_pg_url"]
+
+log = logging.getLogger("hutong.meta")
 
 #: Inode numbers reserved per trip to the allocation row.
 INO_BLOCK = 1024
@@ -223,8 +226,8 @@ class _Txn:
     """
 
     __slots__ = ("_tx", "begin", "begun", "buf", "bumped", "clear_refs", "conn", "cur",
-                 "engine", "lock", "once", "parked_at", "pools_version", "ranges", "schema",
-                 "seen", "write", "wrote")
+                 "engine", "inodes_sent", "lock", "once", "parked_at", "pools_version",
+                 "ranges", "schema", "seen", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None,
@@ -253,6 +256,9 @@ class _Txn:
         self.ranges: list[tuple[str, bytes]] = []
         #: tables of the writes sent so far (a scan sends them before COMMIT)
         self.wrote: set[str] = set()
+        #: inode rows written so far (bigint key -> record, None: deleted), for the
+        #: engine's watcher (`PgEngine.watch_inodes`)
+        self.inodes_sent: dict[int, bytes | None] = {}
         #: (table, key) -> value column of rows read by key (None: no such row)
         self.seen: dict[tuple[str, tuple[Any, ...]], Any] = {}
         #: chunks whose record this transaction rewrote whole: their `refdelta` rows
@@ -418,6 +424,8 @@ class _Txn:
         for (table, key), vals in self.buf.items():
             self.wrote.add(table)
             self.remember(table, key, None if vals is None else vals[0])
+            if table == "inodes":
+                self.inodes_sent[key[0]] = None if vals is None else vals[0]
         self.buf.clear()
 
     def commit(self) -> None:
@@ -977,6 +985,8 @@ class _Ctx:
             if conn is not None and x is not None:
                 if exc_type is None and self._write:
                     x.commit()
+                    if self._engine._watch is not None and x.inodes_sent:
+                        self._engine._tell_watcher(x.inodes_sent)  # (write lock held)
                     if "pools" in x.wrote or x.bumped:  # (sent with COMMIT or a scan)
                         self._engine._pools = None
                         self._engine._values = (None, {})
@@ -1069,6 +1079,8 @@ class PgEngine(MetaEngine):
         self._values: tuple[bytes | None, dict[tuple[str, tuple[Any, ...]], bytes | None]] = \
             (None, {})
         self._delta_commits = 0  # commits that added `refdelta` rows since the last fold
+        #: called with the inodes each write transaction wrote, once committed
+        self._watch: Callable[[Mapping[int, Inode | None]], None] | None = None
         self._lost_at = 0.0  # when a connection was last found lost
         #: connections whose read transaction is still open on the server, newest last,
         #: with when each was parked (see `_park`); the sweeper rolls back old ones
@@ -1301,6 +1313,20 @@ class PgEngine(MetaEngine):
         if self._pool is None:
             raise StateError(f"metadata engine {self} is closed; open a new one")
         return self._pool
+
+    def watch_inodes(self, fn: Callable[[Mapping[int, Inode | None]], None]) -> bool:
+        self._watch = fn
+        return True
+
+    def _tell_watcher(self, sent: Mapping[int, bytes | None]) -> None:
+        """Hand the inodes a committed transaction wrote to the watcher (its failure is
+        logged: the transaction is committed whatever the watcher does)."""
+        assert self._watch is not None
+        try:
+            self._watch({_u(k): None if rec is None else enc.decode_inode(_u(k), bytes(rec))
+                         for k, rec in sent.items()})
+        except Exception:
+            log.exception("metadata %s: the watcher of committed inodes failed", self)
 
     def read(self) -> _Ctx:
         """A read-only snapshot transaction."""
