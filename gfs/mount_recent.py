@@ -55,4 +55,34 @@ class RecentDirs:
         return entry[0]
 
 
-__all__ = ["RecentDirs"]
+
+
+class RecentMisses:
+    """Names whose lookup just missed, with their directory's inode as that lookup read
+    it, each kept for `ttl` seconds (at most `limit`; thread-safe): the kernel sends a
+    create right after such a miss, and the directory need not be read again."""
+
+    def __init__(self, ttl: float, limit: int = 4096) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._misses: dict[tuple[int, str], tuple[Inode, float]] = {}
+
+    def missed(self, parent: Inode, name: str) -> None:
+        """Note that `name` was not found in directory `parent` (as just read)."""
+        with self._lock:
+            self._misses[(parent.ino, name)] = (parent, time.monotonic())
+            while len(self._misses) > self.limit:
+                del self._misses[next(iter(self._misses))]
+
+    def take(self, parent: int, name: str) -> Inode | None:
+        """The directory read by a miss of `name` less than `ttl` seconds ago (forgotten
+        now), or None."""
+        with self._lock:
+            entry = self._misses.pop((parent, name), None)
+        if entry is None or time.monotonic() - entry[1] >= self.ttl:
+            return None
+        return entry[0]
+
+
+__all__ = ["RecentDirs", "RecentMisses"]
