@@ -37,6 +37,7 @@ from gfs.errors import ExistsError, HutongError, NotFoundError
 from gfs.eviction import DEFAULT_POLICY
 from gfs.meta import Inode, Kind, WriteTxn
 from gfs.mount_atime import AccessTimes
+from gfs.mount_lookups import LookupBatcher
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
 from gfs.mount_recent import RecentDirs, RecentMisses
@@ -231,6 +232,10 @@ class HutongOperations(pyfuse3.Operations):
         #: Names whose lookup just missed (the kernel's create follows) and their
         #: directory: a create of such a name with O_TRUNC reads nothing
         self._misses = RecentMisses(self.opts.entry_timeout)
+        #: Lookups on a server engine: those of concurrent requests share one query.
+        self._lookups: LookupBatcher | None = None
+        if client.engine.REMOTE:
+            self._lookups = LookupBatcher(client.engine, self._pool, self._misses.missed)
         #: The reply to a lookup of a missing name: inode 0 with the entry timeout
         #: (a negative dentry), so repeated misses stay in the kernel.
         self._absent: pyfuse3.EntryAttributes | None = None
@@ -342,6 +347,13 @@ class HutongOperations(pyfuse3.Operations):
             self._names.remember(node.ino, parent_inode, n)
             return node
         try:
+            if self._lookups is not None and name not in (b".", b".."):
+                try:
+                    node = await self._lookups.lookup(parent_inode, n)
+                except Exception as e:
+                    raise fuse_error(e, "lookup") from None
+                self._names.remember(node.ino, parent_inode, n)
+                return self._attr(node)
             return self._attr(await self._now(op))
         except pyfuse3.FUSEError as e:
             if e.errno != errno.ENOENT or self._absent is None:

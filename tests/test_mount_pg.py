@@ -325,3 +325,51 @@ def test_two_fuse_mounts_racing_an_exclusive_create_one_wins(tmp_path: Path,
             with Client(states[k]) as c:
                 for i in won[k]:
                     assert c.read_bytes(f"/x{i}") == f"mount {k} round {i}".encode()
+
+
+# -- lookups -------------------------------------------------------------------------
+
+
+def test_concurrent_lookups_share_one_query_each_getting_its_own_answer(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 lookups asked at once while the first is answered: one round trip for the
+    first, one for all the others (16 before), each with its own answer: the inode
+    found, ENOENT for a missing name (its directory noted as a miss), ENOTDIR below a
+    file; and a lookup after another client's commit sees it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gfs.errors import NotADirError, NotFoundError
+    from gfs.mount_lookups import LookupBatcher
+
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        fs.mkdir("/d")
+        for i in range(8):
+            fs.write_bytes(f"/d/f{i}", b"x")
+        d = fs.stat("/d").ino
+        f0 = fs.stat("/d/f0").ino
+        misses: list[tuple[int, str]] = []
+        pool = ThreadPoolExecutor(2)
+        batcher = LookupBatcher(fs.engine, pool, lambda where, n: misses.append((where.ino, n)))
+        asks = [(d, f"f{i}") for i in range(8)] + [(d, f"g{i}") for i in range(7)] + [(f0, "x")]
+
+        async def all_at_once() -> list[Inode | BaseException]:
+            return await asyncio.gather(*(batcher.lookup(p, n) for p, n in asks),
+                                        return_exceptions=True)
+        try:
+            got, n = trips(monkeypatch, all_at_once)
+            assert n <= 4 and batcher.batches <= 3  # (16 before: one each)
+            for (_, name), answer in zip(asks, got, strict=True):
+                if name.startswith("f"):
+                    assert isinstance(answer, Inode)
+                    assert answer.ino == fs.stat(f"/d/{name}").ino
+                elif name.startswith("g"):
+                    assert isinstance(answer, NotFoundError)
+                else:
+                    assert isinstance(answer, NotADirError)
+            assert sorted(misses) == sorted((d, f"g{i}") for i in range(7))
+            with Client(tmp_path / "s") as other:
+                other.write_bytes("/d/g0", b"now")
+            found = asyncio.run(batcher.lookup(d, "g0"))
+            assert found.ino == fs.stat("/d/g0").ino
+        finally:
+            pool.shutdown()
