@@ -613,9 +613,8 @@ class WriteBack:
                     self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
                 action = self._create_action(d.ino) if new else \
                     self._update_action(d.ino, d.mtime_ns)
-                session.add_file(refs, _reading_ahead(walks, action) if i == 0 and walks
-                                 else action)
-            session.commit()
+                session.add_file(refs, action)
+            session.commit(walks)  # the names read ahead with the chunks and packs
 
     def _create_walks(self, inos: list[int]) -> list[tuple[int, list[str]]]:
         """The entries the create actions of pending files `inos` will look up."""
@@ -696,16 +695,6 @@ def _store_small(session: WriteSession, files: list[DirtyFile],
                                         [b for p in parts.values() for b in p.pieces],
                                         sum(p.consumed for p in parts.values())))
     return {i: p.refs for i, p in parts.items()}
-
-
-def _reading_ahead(walks: list[tuple[int, list[str]]], action: Action) -> Action:
-    """`action`, after reading ahead the entries `walks` in its transaction (the first
-    action of a batch reads those of the whole batch: one round trip on a database
-    server, not a lookup per new file)."""
-    def ahead(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
-        txn.read_ahead(walks)
-        return action(txn, refs)
-    return ahead
 
 
 __all__ = ["ACTIVE_WRITER", "GATHER_WINDOW", "METADATA_SYNC", "SPOOL_MEMORY", "CommitStats",

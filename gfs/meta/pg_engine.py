@@ -227,7 +227,7 @@ class _Txn:
 
     __slots__ = ("_tx", "begin", "begun", "buf", "bumped", "clear_refs", "conn", "cur",
                  "engine", "inodes_sent", "lock", "once", "parked_at", "pools_version",
-                 "ranges", "schema", "seen", "write", "wrote")
+                 "present", "ranges", "schema", "seen", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None,
@@ -261,6 +261,8 @@ class _Txn:
         self.inodes_sent: dict[int, bytes | None] = {}
         #: (table, key) -> value column of rows read by key (None: no such row)
         self.seen: dict[tuple[str, tuple[Any, ...]], Any] = {}
+        #: chunk id -> whether its record exists, as read ahead (`_PgRead.read_ahead`)
+        self.present: dict[bytes, bool] = {}
         #: chunks whose record this transaction rewrote whole: their `refdelta` rows
         #: (those it sees) are folded in, so they are deleted with the write
         self.clear_refs: set[bytes] = set()
@@ -426,6 +428,8 @@ class _Txn:
             self.remember(table, key, None if vals is None else vals[0])
             if table == "inodes":
                 self.inodes_sent[key[0]] = None if vals is None else vals[0]
+            elif table == "chunks":
+                self.present.pop(key[0], None)  # the server knows it now
         self.buf.clear()
 
     def commit(self) -> None:
@@ -525,11 +529,17 @@ class _PgRead(ReadTxn):
         return _u(ino)
 
     def read_ahead(self, walks: Iterable[tuple[int, Sequence[str]]], *,
-                   manifests: bool = False) -> None:
-        """Every walk in one query (see `_ahead_query`); the rows are kept as read by key
-        (locked in a write transaction), so the lookups that follow cost no round trip.
-        Steps this transaction already knows are not asked again."""
+                   manifests: bool = False, chunks: Iterable[bytes] = (),
+                   packs: Iterable[bytes] = ()) -> None:
+        """Every walk, chunk and pack in one query (see `_ahead_query`); the rows are kept
+        as read by key (locked in a write transaction), so the lookups, `present_chunks`
+        and `get_pack` that follow cost no round trip. What this transaction already
+        knows is not asked again."""
         x = self._x
+        cids = [c for c in dict.fromkeys(chunks)
+                if ("chunks", (c,)) not in x.buf and c not in x.present]
+        pids = [p for p in dict.fromkeys(packs)
+                if ("packs", (p,)) not in x.buf and ("packs", (p,)) not in x.seen]
         todo: list[tuple[int, list[bytes]]] = []
         for start, names in walks:
             raw = [n.encode() for n in names[:AHEAD_NAMES]]
@@ -546,19 +556,34 @@ class _PgRead(ReadTxn):
                 raw.pop(0)
             if raw and cur is not None:
                 todo.append((cur, raw))
-        for i in range(0, len(todo), AHEAD_WALKS):
-            self._walk(todo[i:i + AHEAD_WALKS], manifests)
+        for i in range(0, max(len(todo), 1), AHEAD_WALKS):
+            if todo or cids or pids:
+                self._walk(todo[i:i + AHEAD_WALKS], manifests, cids if i == 0 else [],
+                           pids if i == 0 else [])
 
-    def _walk(self, todo: list[tuple[int, list[bytes]]], manifests: bool) -> None:
-        """Walks (start as a bigint, names) in one query; what they meet is kept."""
+    def _walk(self, todo: list[tuple[int, list[bytes]]], manifests: bool,
+              cids: list[bytes], pids: list[bytes]) -> None:
+        """Walks (start as a bigint, names), chunks and packs in one query; what they
+        meet is kept."""
         x = self._x
         shape = tuple(len(raw) for _, raw in todo)
         params: list[Any] = [start for start, _ in todo]
+        if cids:
+            params.append(cids)
+        params += pids
         for start, raw in todo:
             params += [start, *raw]
-        (row,) = x.run(x.query(("ahead", shape, manifests),
-                               partial(self._ahead_query, shape, manifests)), params)
-        col = iter(row)
+        (row,) = x.run(x.query(("ahead", shape, manifests, bool(cids), len(pids)),
+                               partial(self._ahead_query, shape, manifests, bool(cids),
+                                       len(pids))), params)
+        walked = len(row) - bool(cids) - len(pids)  # the chunks and packs come last
+        extra = iter(row[walked:])
+        if cids:
+            found = {bytes(c) for c in next(extra)}
+            x.present.update((c, c in found) for c in cids)
+        for pid in pids:
+            self._keep("packs", (pid,), next(extra))
+        col = iter(row[:walked])
         for start, raw in todo:
             self._keep("inodes", (start,), next(col))
             parent: int | None = start
@@ -578,11 +603,14 @@ class _PgRead(ReadTxn):
         if (table, key) not in self._x.buf:
             self._x.remember(table, key, value)
 
-    def _ahead_query(self, shape: tuple[int, ...], manifests: bool) -> sql.Composable:
+    def _ahead_query(self, shape: tuple[int, ...], manifests: bool, chunks: bool = False,
+                     packs: int = 0) -> sql.Composable:
         """One row: for walk j of `shape[j]` names, the inode of its start directory,
         then (entry's ino, its inode) for each name, each looked up in the entry before
-        (NULL past a missing one), then with `manifests` the last entry's manifest.
-        Parameters: each walk's start; then per walk its start and names."""
+        (NULL past a missing one), then with `manifests` the last entry's manifest;
+        then with `chunks` the ids of the chunks of an array that exist, then the
+        records of `packs` packs. Parameters: each walk's start, the chunk id array,
+        the pack ids; then per walk its start and names."""
         x = self._x
         lock = x.lock
         cols: list[sql.Composable] = []
@@ -605,6 +633,11 @@ class _PgRead(ReadTxn):
                 joins.append(sql.SQL("LEFT JOIN LATERAL (SELECT rec FROM {} WHERE ino = {}{}) "
                                      "{} ON true").format(x.t("manifests"), prev, lock, mf))
                 cols.append(sql.SQL("{}.rec").format(mf))
+        if chunks:
+            cols.append(sql.SQL("ARRAY(SELECT id FROM {} WHERE id = ANY(%s){})").format(
+                x.t("chunks"), lock))
+        cols += [sql.SQL("(SELECT rec FROM {} WHERE id = %s{})").format(x.t("packs"), lock)
+                 ] * packs
         return sql.SQL("SELECT {} FROM (SELECT 1) o {}").format(
             sql.SQL(", ").join(cols), sql.SQL(" ").join(joins))
 
@@ -661,6 +694,9 @@ class _PgRead(ReadTxn):
                 vals = x.buf[("chunks", (cid,))]
                 if vals is not None:
                     yield cid, bytes(vals[0])
+            elif col == "id" and cid in x.present:  # read ahead
+                if x.present[cid]:
+                    yield cid, cid
             else:
                 want.append(cid)
         if col == "rec":
