@@ -1063,3 +1063,26 @@ def test_chunks_and_packs_read_ahead_answer_without_a_round_trip_and_lock(
     finally:
         eng.close()
         other.close()
+
+
+def test_a_parked_read_wakes_no_thread(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ending a read (parking its connection) notifies nobody: the sweeper looks on its
+    own every PARK_MAX (a notify on every read cost the reader a thread switch)."""
+    eng = PgEngine(pg_url)
+    try:
+        with eng.read() as r:
+            r.get_value("jobs", b"k")
+        wakes = [0]
+        notify = eng._park_cv.notify
+
+        def counting(n: int = 1) -> None:
+            wakes[0] += 1
+            notify(n)
+        monkeypatch.setattr(eng._park_cv, "notify", counting)
+        for _ in range(20):
+            with eng.read() as r:
+                r.get_value("jobs", b"k")
+        assert wakes[0] == 0  # (20 before)
+    finally:
+        monkeypatch.undo()
+        eng.close()

@@ -1144,15 +1144,16 @@ class PgEngine(MetaEngine):
         """Keep `conn`, whose read transaction (read only, no row locks) is still open,
         out of the pool: the next transaction takes it and sends the ROLLBACK with its
         first message, so a read costs no round trip of its own to end. A connection
-        parked PARK_MAX seconds is rolled back by the sweeper thread and goes back to
-        the pool (an open snapshot holds back the server's cleanup of old rows)."""
+        parked PARK_MAX seconds is rolled back by the sweeper thread (within twice
+        that) and goes back to the pool (an open snapshot holds back the server's
+        cleanup of old rows). The sweeper looks every PARK_MAX seconds on its own: a
+        park wakes no thread (on every read, that cost the reader a thread switch)."""
         with self._park_cv:
             self._parked.append((conn, at))
             if self._sweeper is None:
                 self._sweeper = threading.Thread(target=self._sweep, daemon=True,
                                                  name=f"pg-park-{self.schema}")
                 self._sweeper.start()
-            self._park_cv.notify()
 
     def _unpark(self) -> tuple[psycopg.Connection[Any] | None, float | None]:
         """The newest parked connection still fresh (not older than PARK_MAX, none lost
@@ -1175,7 +1176,7 @@ class PgEngine(MetaEngine):
                     if self._pool is None:
                         self._sweeper = None
                         return
-                    self._park_cv.wait()
+                    self._park_cv.wait(PARK_MAX)  # (a park does not notify)
                 now = time.monotonic()
                 due = [(c, at) for c, at in self._parked if now - at >= PARK_MAX]
                 self._parked = [(c, at) for c, at in self._parked if now - at < PARK_MAX]
