@@ -33,12 +33,14 @@ import pyfuse3.asyncio
 from gfs import namespace
 from gfs.client import Client
 from gfs.disk_cache import open_tier
-from gfs.errors import HutongError
+from gfs.errors import ExistsError, HutongError, NotFoundError
 from gfs.eviction import DEFAULT_POLICY
 from gfs.meta import Inode, Kind, WriteTxn
 from gfs.mount_atime import AccessTimes
+from gfs.mount_lookups import LookupBatcher
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
+from gfs.mount_recent import RecentDirs, RecentMisses
 from gfs.mount_shutdown import Drain, Drainable
 from gfs.mount_txn_batch import TxnBatcher, Walks
 from gfs.mount_writeback import GATHER_WINDOW, DirtyFile, WriteBack
@@ -220,6 +222,20 @@ class HutongOperations(pyfuse3.Operations):
         self.atimes = AccessTimes()
         #: Namespace changes; access times ride along (a retry finds them gone).
         self._txns = TxnBatcher(client.engine, self.atimes.flush)
+        #: Directories this mount's transactions just wrote (a server engine's only):
+        #: GETATTR after a change in them is answered from memory (gfs.mount_recent).
+        self._recent: RecentDirs | None = None
+        if client.engine.REMOTE and self.opts.attr_timeout > 0:
+            recent = RecentDirs(self.opts.attr_timeout)
+            if client.engine.watch_inodes(recent.committed):
+                self._recent = recent
+        #: Names whose lookup just missed (the kernel's create follows) and their
+        #: directory: a create of such a name with O_TRUNC reads nothing
+        self._misses = RecentMisses(self.opts.entry_timeout)
+        #: Lookups on a server engine: those of concurrent requests share one query.
+        self._lookups: LookupBatcher | None = None
+        if client.engine.REMOTE:
+            self._lookups = LookupBatcher(client.engine, self._pool, self._misses.missed)
         #: The reply to a lookup of a missing name: inode 0 with the entry timeout
         #: (a negative dentry), so repeated misses stay in the kernel.
         self._absent: pyfuse3.EntryAttributes | None = None
@@ -276,6 +292,10 @@ class HutongOperations(pyfuse3.Operations):
         loop serves other requests meanwhile."""
         if self.client.engine.REMOTE:
             return await self._run(fn, *args)
+        return self._here(fn, *args)
+
+    def _here(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a call that never waits on the loop itself; errors as in `_run`."""
         try:
             return fn(*args)
         except Exception as e:
@@ -317,10 +337,23 @@ class HutongOperations(pyfuse3.Operations):
                 if name in (b".", b".."):
                     parent = namespace.get(txn, parent_inode)
                     return parent if name == b"." else namespace.get(txn, parent.parent)
-                node = namespace.lookup(txn, parent_inode, n)
+                try:
+                    node = namespace.lookup(txn, parent_inode, n)
+                except NotFoundError:  # the directory came along (no round trip)
+                    where = txn.get_inode(parent_inode)
+                    if where is not None and where.kind == Kind.DIR:
+                        self._misses.missed(where, n)
+                    raise
             self._names.remember(node.ino, parent_inode, n)
             return node
         try:
+            if self._lookups is not None and name not in (b".", b".."):
+                try:
+                    node = await self._lookups.lookup(parent_inode, n)
+                except Exception as e:
+                    raise fuse_error(e, "lookup") from None
+                self._names.remember(node.ino, parent_inode, n)
+                return self._attr(node)
             return self._attr(await self._now(op))
         except pyfuse3.FUSEError as e:
             if e.errno != errno.ENOENT or self._absent is None:
@@ -329,6 +362,13 @@ class HutongOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
+        # in memory, on the loop: a file created here, or a directory this mount's
+        # own change just committed (the kernel dropped its attributes after it)
+        node = self.wb.pending.get(inode)
+        if node is None and self._recent is not None:
+            node = self._recent.get(inode)
+        if node is not None:
+            return self._attr(node)
         return self._attr(await self._now(self.wb.node, inode))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -406,11 +446,16 @@ class HutongOperations(pyfuse3.Operations):
                     fn: Callable[[WriteTxn, Inode, str], Inode]) -> pyfuse3.EntryAttributes:
         """Create entry `name` of `parent_inode` with `fn(txn, parent, name)`."""
         self._admit()
-        n = _name(name)
-        node = await self._run(self._write_txn,
-                               lambda txn: fn(txn, self._free(txn, parent_inode, n), n))
+        return self._attr(await self._run(self._make_now, parent_inode, _name(name), fn))
+
+    def _make_now(self, parent_inode: int, n: str,
+                  fn: Callable[[WriteTxn, Inode, str], Inode]) -> Inode:
+        """`_make` on a thread: the transaction fails on a name taken when it commits
+        (EEXIST; a writer that committed the name first makes it conflict and run again)."""
+        node = self._write_txn(lambda txn: fn(txn, self._free(txn, parent_inode, n), n),
+                               [(parent_inode, [n])])
         self._names.remember(node.ino, parent_inode, n)
-        return self._attr(node)
+        return node
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -434,10 +479,9 @@ class HutongOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
 
         def op(txn: WriteTxn, parent: Inode, n: str) -> Inode:
-            perm, gid = namespace.inherit(parent, kind, mode & 0o7777, ctx.gid)
             if kind == Kind.FILE:
-                namespace.write_file_in(txn, parent, n, [], mode=perm, uid=ctx.uid, gid=gid)
-                return namespace.lookup(txn, parent.ino, n)
+                return _empty_file(txn, parent, n, mode, ctx)
+            perm, gid = namespace.inherit(parent, kind, mode & 0o7777, ctx.gid)
             return namespace.mknod_in(txn, parent, n, kind, perm, rdev=rdev, uid=ctx.uid,
                                       gid=gid)
         return await self._make(parent_inode, name, op)
@@ -565,14 +609,31 @@ class HutongOperations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._admit()
         n = _name(name)
+        # O_CREAT|O_TRUNC right after the kernel's lookup missed: the directory that
+        # lookup read serves, nothing is read; the commit finds a name taken meanwhile
+        known = self._misses.take(parent_inode, n) \
+            if flags & (os.O_TRUNC | os.O_EXCL) == os.O_TRUNC else None
 
         def op() -> tuple[pyfuse3.FileInfo, Inode]:
-            node = self.wb.create(parent_inode, n, mode, ctx.uid, ctx.gid)
+            if flags & os.O_EXCL:  # the entry committed now, or EEXIST (see _make_now)
+                node = self._make_now(parent_inode, n,
+                                      lambda txn, parent, n: _empty_file(txn, parent, n,
+                                                                         mode, ctx))
+            else:
+                try:
+                    node = self.wb.create(parent_inode, n, mode, ctx.uid, ctx.gid,
+                                          known=known)
+                except ExistsError:  # made elsewhere since the kernel's lookup: opened
+                    with self.client.engine.read() as txn:
+                        node = namespace.lookup(txn, parent_inode, n)
             reader, _ = self.wb.reader(node.ino)
             return pyfuse3.FileInfo(fh=self._new_handle(node.ino, reader, flags)), node
-        # in memory but for one snapshot read, unless a block of inode numbers must be
-        # reserved: then on the loop (a trip to a worker costs more than the call)
-        fi, node = await (self._now(op) if self.wb.pending.can_add_now() else self._run(op))
+        # in memory alone when nothing is read (or a read takes microseconds) and an
+        # inode number is reserved: on the loop (a trip to a worker costs more than the
+        # call); else on a thread
+        alone = known is not None or not self.client.engine.REMOTE
+        fi, node = self._here(op) if alone and not flags & os.O_EXCL and \
+            self.wb.pending.can_add_now() else await self._run(op)
         return fi, self._attr(node)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -686,6 +747,14 @@ class HutongOperations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._admit()
         await self._run(self._write_txn, lambda txn: self._xattrs.remove(txn, inode, name))
+
+
+def _empty_file(txn: WriteTxn, parent: Inode, name: str, mode: int,
+                ctx: pyfuse3.RequestContext) -> Inode:
+    """Make empty file `name` in `parent` (mode and group as inherited) in `txn`."""
+    perm, gid = namespace.inherit(parent, Kind.FILE, mode & 0o7777, ctx.gid)
+    namespace.write_file_in(txn, parent, name, [], mode=perm, uid=ctx.uid, gid=gid)
+    return namespace.lookup(txn, parent.ino, name)
 
 
 #: Kernel read-ahead asked for the mount (KiB), so sequential reads arrive in large

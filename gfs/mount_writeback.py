@@ -258,6 +258,9 @@ class WriteBack:
         self.pending = PendingCreates(client.engine)
         #: The committed version this mount last opened or committed, per inode.
         self.seen_version: dict[int, int] = {}
+        #: Files created here whose name another client took before the commit: the
+        #: commit wrote into that file (pending inode -> the file's inode).
+        self.redirects: dict[int, int] = {}
         self._lock = threading.Lock()
         self.stats = CommitStats()
         self._stats_lock = threading.Lock()
@@ -337,6 +340,7 @@ class WriteBack:
         pending = self.pending.get(ino)
         if pending is not None:
             return pending
+        ino = self.redirects.get(ino, ino)
         with self.client.engine.read_once() as txn:
             node = txn.get_inode(ino)
         if node is None:
@@ -355,6 +359,7 @@ class WriteBack:
         earlier opens may be kept (the version is the one this mount saw last)."""
         if ino in self.pending:
             return ManifestReader(self.cache, f"<new inode {ino}>", Manifest(0, ())), False
+        ino = self.redirects.get(ino, ino)
         node = self.node(ino)
         if node.kind == Kind.DIR:
             raise IsADirError(f"<inode {ino}>")
@@ -380,14 +385,22 @@ class WriteBack:
         return None
 
     # -- creating and writing ------------------------------------------------
-    def create(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Inode:
-        """A new file `name` in `parent`, pending until its first commit."""
-        with self.client.engine.read() as txn:
-            # the entry first: on a database server the directory comes along
-            exists = txn.lookup(parent, name) is not None
-            parent_node = namespace.get(txn, parent)
-            if parent_node.kind != Kind.DIR:
-                raise NotADirError(name)
+    def create(self, parent: int, name: str, mode: int, uid: int, gid: int, *,
+               known: Inode | None = None) -> Inode:
+        """A new file `name` in `parent`, pending until its first commit (ExistsError if
+        the name is taken). `known`: directory `parent` as the lookup of `name` that just
+        missed read it; nothing is read then (a name taken since is found by the commit,
+        which then writes into that file: `_create_action`)."""
+        exists = False
+        if known is not None:
+            parent_node = known
+        else:
+            with self.client.engine.read() as txn:
+                # the entry first: on a database server the directory comes along
+                exists = txn.lookup(parent, name) is not None
+                parent_node = namespace.get(txn, parent)
+        if parent_node.kind != Kind.DIR:
+            raise NotADirError(name)
         mode, gid = namespace.inherit(parent_node, Kind.FILE, mode & 0o7777, gid)
         node = self.pending.add(parent, name, mode, uid, gid, exists)
         self.names.remember(node.ino, parent, name)
@@ -600,9 +613,8 @@ class WriteBack:
                     self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
                 action = self._create_action(d.ino) if new else \
                     self._update_action(d.ino, d.mtime_ns)
-                session.add_file(refs, _reading_ahead(walks, action) if i == 0 and walks
-                                 else action)
-            session.commit()
+                session.add_file(refs, action)
+            session.commit(walks)  # the names read ahead with the chunks and packs
 
     def _create_walks(self, inos: list[int]) -> list[tuple[int, list[str]]]:
         """The entries the create actions of pending files `inos` will look up."""
@@ -626,18 +638,34 @@ class WriteBack:
                          "committed", ino)
                 return Manifest(0, tuple(refs))  # releases what was just referenced
             now = namespace.now_ns()
-            old: Manifest | None = None
-            if txn.lookup(node.parent, name) is not None:  # made meanwhile elsewhere
-                log.warning("%s was created by another client too; replaced by this one",
-                            name)
-                old = namespace.unlink_in(txn, parent, name, touch=False)
+            taken = txn.lookup(node.parent, name)
+            if taken is not None:  # made by another client since this create's lookup
+                return self._taken_action(ino, name, taken, None)(txn, refs)
             new = replace(node, size=sum(r.length for r in refs), version=1, ctime_ns=now)
             txn.put_inode(new)
             txn.link(node.parent, name, ino)
             txn.put_manifest(ino, Manifest(1, tuple(refs)))
-            cur = txn.get_inode(parent.ino) or parent  # unlink_in may have changed it
-            txn.put_inode(replace(cur, mtime_ns=now, ctime_ns=now, version=cur.version + 1))
-            return old
+            txn.put_inode(replace(parent, mtime_ns=now, ctime_ns=now,
+                                  version=parent.version + 1))
+            return None
+        return action
+
+    def _taken_action(self, ino: int, name: str, taken: int, mtime: int | None) -> Action:
+        """The commit of pending file `ino` whose name another client took meanwhile:
+        as if this create had come after theirs and opened their file, the content is
+        written into that file (a new version; their inode, mode and owner kept), never
+        replacing it. A name taken by a directory or another kind gets nothing (the
+        content is released, logged: the open could not have succeeded after theirs)."""
+        def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+            other = txn.get_inode(taken)
+            if other is None or other.kind != Kind.FILE:
+                log.error("%s was made meanwhile by another client (not a regular file); "
+                          "the content of the file created here is not committed", name)
+                return Manifest(0, tuple(refs))  # releases what was just referenced
+            log.info("%s was created meanwhile by another client; this close writes its "
+                     "content into that file", name)
+            self.redirects[ino] = taken
+            return self._update_action(taken, mtime)(txn, refs)
         return action
 
     def _update_action(self, ino: int, mtime: int | None) -> Action:
@@ -667,16 +695,6 @@ def _store_small(session: WriteSession, files: list[DirtyFile],
                                         [b for p in parts.values() for b in p.pieces],
                                         sum(p.consumed for p in parts.values())))
     return {i: p.refs for i, p in parts.items()}
-
-
-def _reading_ahead(walks: list[tuple[int, list[str]]], action: Action) -> Action:
-    """`action`, after reading ahead the entries `walks` in its transaction (the first
-    action of a batch reads those of the whole batch: one round trip on a database
-    server, not a lookup per new file)."""
-    def ahead(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
-        txn.read_ahead(walks)
-        return action(txn, refs)
-    return ahead
 
 
 __all__ = ["ACTIVE_WRITER", "GATHER_WINDOW", "METADATA_SYNC", "SPOOL_MEMORY", "CommitStats",

@@ -724,10 +724,13 @@ class WriteSession:
         if self._flushed or self._queued_files >= self.store.config.commit_files:
             self.commit()
 
-    def commit(self) -> None:
+    def commit(self, walks: Iterable[tuple[int, Sequence[str]]] = ()) -> None:
         """Make every queued file visible, in one metadata transaction.
 
-        The packs holding their new chunks are written durably first.
+        The packs holding their new chunks are written durably first. `walks`: the
+        entries the files' actions will look up, read ahead with the new chunks and
+        the packs this commit checks (`ReadTxn.read_ahead`: one round trip on a
+        database server).
         """
         self._drain()
         self._flush_pack()
@@ -742,6 +745,8 @@ class WriteSession:
             recorded: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
             healed: set[bytes] = set()
             pins: Counter[bytes] = Counter()  # references of folded members on groups
+            txn.read_ahead(walks, chunks=self._new, packs=[p.pack_id for p in self._flushed]
+                           if self._tail is not None else ())
             present = txn.present_chunks(self._new)
             for cid, nc in self._new.items():
                 assert nc is not None

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +19,13 @@ from gfs.errors import ConfigError, MetaConflictError, StateError
 from gfs.gc import collect
 from gfs.meta import (
     ROOT_INO,
+    ChunkRecord,
     ChunkRef,
     Inode,
     Kind,
     Manifest,
     MetaEngine,
+    PackRecord,
     ReadTxn,
     WriteTxn,
 )
@@ -817,7 +819,6 @@ def test_read_ahead_keeps_what_a_walk_meets_and_locks_it(tmp_path: Path, pg_url:
     """A walk read ahead answers the lookups that follow (a missing name as missing, past
     it nothing), and in a write transaction locks its rows like a lookup: another
     writer's deletion of an entry the walk read waits until the first one ends."""
-    import time
 
     with Client.init(tmp_path / "s", meta=pg_url) as fs:
         fs.mkdir("/a/b", parents=True)
@@ -839,19 +840,28 @@ def test_read_ahead_keeps_what_a_walk_meets_and_locks_it(tmp_path: Path, pg_url:
         try:
             with fs.engine.write() as w:
                 w.read_ahead([(b_ino, ["f"])])
-                t = threading.Thread(target=remove)
-                t.start()
-                deadline = time.monotonic() + 30
-                while not _waiting_on_locks(pg_url) and not done.is_set() and \
-                        time.monotonic() < deadline:
-                    time.sleep(0.02)  # polling the server, with a deadline
-                assert not done.is_set() and _waiting_on_locks(pg_url)
+                t = _blocked(remove, done, pg_url)
                 assert w.lookup(b_ino, "f") is not None
             t.join(timeout=30)
             assert done.is_set()  # once the first ended
         finally:
             other.close()
         assert not fs.exists("/a/b/f")
+
+
+def _blocked(fn: Callable[[], None], done: threading.Event, pg_url: str) -> threading.Thread:
+    """Start `fn` (which sets `done` when through) on a thread and return it once it
+    waits for a row lock on the server; fails if it finishes instead."""
+    import time
+
+    t = threading.Thread(target=fn)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not _waiting_on_locks(pg_url) and not done.is_set() and \
+            time.monotonic() < deadline:
+        time.sleep(0.02)  # polling the server, with a deadline
+    assert not done.is_set() and _waiting_on_locks(pg_url)
+    return t
 
 
 def _waiting_on_locks(pg_url: str) -> int:
@@ -959,11 +969,11 @@ def test_a_batch_of_mount_renames_reads_its_entries_in_one_round_trip(
 def test_a_batch_of_mount_creates_reads_its_entries_in_one_round_trip(
         tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Files created through the mount and committed together (one group commit) have
-    their names (and their directory) checked in one query, not a lookup per file: the
-    commit transaction of 8 new files costs 4 round trips (chunks committed meanwhile,
-    the tail pack, the entries, COMMIT; 13 before), and their small contents have their
-    chunks looked up together too (one query, not one per file): 10 round trips in all,
-    25 before. All 8 land with their content."""
+    their names (and their directory) checked in one query with the chunks committed
+    meanwhile and the tail pack, not a lookup each: the commit transaction of 8 new
+    files costs 2 round trips (that query, COMMIT; 4 with a query each, 13 before),
+    and their small contents have their chunks looked up together too (one query, not
+    one per file): 8 round trips in all, 25 before. All 8 land with their content."""
     import traceback
 
     import psycopg
@@ -1001,7 +1011,78 @@ def test_a_batch_of_mount_creates_reads_its_entries_in_one_round_trip(
         finally:
             wb.close()
             cache.close()
-        assert in_txn[0] <= 4
-        assert trips[0] <= 10  # with the writer session's own (25 before)
+        assert in_txn[0] <= 2
+        assert trips[0] <= 8  # with the writer session's own (25 before)
         assert sorted(s.path for s in fs.ls("/d")) == [f"/d/f{i}" for i in range(8)]
         assert fs.read_bytes("/d/f7") == b"data 7"
+
+
+def test_chunks_and_packs_read_ahead_answer_without_a_round_trip_and_lock(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`read_ahead(chunks=, packs=)` (a writer session's commit): which chunks exist and
+    the packs' records come in the walk's query, so `present_chunks` and `get_pack`
+    then cost nothing; a chunk this transaction writes counts as present once its write
+    was sent; in a write transaction the rows are locked like a lookup's (another
+    writer's deletion of a chunk read ahead waits)."""
+
+    import psycopg
+
+    eng = PgEngine(pg_url)
+    other = PgEngine(pg_url)
+    a, b, c = b"a" * 16, b"b" * 16, b"c" * 16
+    pack = PackRecord(b"p" * 16, 0, 100, 1, 1, 10, 1)
+    try:
+        with eng.write() as w:
+            w.put_chunk(ChunkRecord(a, 1, 1, 0, 1, ()))
+            w.put_pack(pack)
+        trips = [0]
+        wait = psycopg.Connection.wait
+
+        def counting(self: psycopg.Connection[object], *x: object, **k: object) -> object:
+            trips[0] += 1
+            return wait(self, *x, **k)  # type: ignore[arg-type]
+        done = threading.Event()
+
+        def remove() -> None:
+            other.transact(lambda o: o.delete_chunk(a))
+            done.set()
+        with eng.write() as w:
+            monkeypatch.setattr(psycopg.Connection, "wait", counting)
+            w.read_ahead([], chunks=[a, b], packs=[pack.id, b"q" * 16])
+            assert trips[0] == 1
+            assert w.present_chunks([a, b]) == {a}
+            assert w.get_pack(pack.id) == pack and w.get_pack(b"q" * 16) is None
+            assert trips[0] == 1
+            monkeypatch.undo()
+            w.put_chunk(ChunkRecord(b, 1, 1, 0, 1, ()))
+            list(w.iter_pools())  # a scan: the buffered write is sent
+            assert w.present_chunks([a, b, c]) == {a, b}
+            t = _blocked(remove, done, pg_url)
+        t.join(timeout=30)
+        assert done.is_set()  # once the first ended
+    finally:
+        eng.close()
+        other.close()
+
+
+def test_a_parked_read_wakes_no_thread(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ending a read (parking its connection) notifies nobody: the sweeper looks on its
+    own every PARK_MAX (a notify on every read cost the reader a thread switch)."""
+    eng = PgEngine(pg_url)
+    try:
+        with eng.read() as r:
+            r.get_value("jobs", b"k")
+        wakes = [0]
+        notify = eng._park_cv.notify
+
+        def counting(n: int = 1) -> None:
+            wakes[0] += 1
+            notify(n)
+        monkeypatch.setattr(eng._park_cv, "notify", counting)
+        for _ in range(20):
+            with eng.read() as r:
+                r.get_value("jobs", b"k")
+        assert wakes[0] == 0  # (20 before)
+    finally:
+        monkeypatch.undo()
+        eng.close()

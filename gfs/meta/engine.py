@@ -69,12 +69,15 @@ class ReadTxn(ABC):
         """(name, ino) of every entry of directory `parent`, in UTF-8 byte order."""
 
     def read_ahead(self, walks: Iterable[tuple[int, Sequence[str]]], *,
-                   manifests: bool = False) -> None:
+                   manifests: bool = False, chunks: Iterable[bytes] = (),
+                   packs: Iterable[bytes] = ()) -> None:
         """A hint: the caller is about to look up, for each (directory, names) of
         `walks`, each name below the one before, starting in that directory, and to
         read the inodes met (with `manifests`, also the manifest of each walk's last
-        entry). An engine whose reads cross a network reads them all at once; the
-        embedded one does nothing. Changes nothing and raises nothing of its own."""
+        entry), to ask which of `chunks` exist (`present_chunks`) and to read the
+        records of `packs`. An engine whose reads cross a network reads them all at
+        once; the embedded one does nothing. Changes nothing and raises nothing of its
+        own."""
         return None
 
     @abstractmethod
@@ -311,6 +314,13 @@ class MetaEngine(ABC):
         tidies its storage after changes (LMDB's compaction at close) does not count
         it as a change, so read-mostly commands never pay for that."""
         return self.write()
+
+    def watch_inodes(self, fn: Callable[[Mapping[int, Inode | None]], None]) -> bool:
+        """Have `fn` called after each write transaction of this engine commits, with the
+        inodes it wrote (None: deleted) by number, before the next write transaction of
+        this process begins (so calls come in commit order). False if this engine does
+        not (a caller then has nothing to learn: LMDB reads cost microseconds)."""
+        return False
 
     @abstractmethod
     def close(self) -> None:

@@ -33,6 +33,7 @@ Portability: plain tables of `bigint`, `text` and `bytea`, primary keys,
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -63,6 +64,8 @@ from gfs.meta.records import (
 )
 
 __all__ = ["SCHEMA_VERSION", "PgEngine", "is_pg_url"]
+
+log = logging.getLogger("hutong.meta")
 
 #: Inode numbers reserved per trip to the allocation row.
 INO_BLOCK = 1024
@@ -226,8 +229,8 @@ class _Txn:
     """
 
     __slots__ = ("_tx", "begin", "begun", "buf", "bumped", "clear_refs", "conn", "cur",
-                 "engine", "lock", "once", "parked_at", "pools_version", "ranges", "schema",
-                 "seen", "write", "wrote")
+                 "engine", "inodes_sent", "lock", "once", "parked_at", "pools_version",
+                 "present", "ranges", "schema", "seen", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None,
@@ -256,8 +259,13 @@ class _Txn:
         self.ranges: list[tuple[str, bytes]] = []
         #: tables of the writes sent so far (a scan sends them before COMMIT)
         self.wrote: set[str] = set()
+        #: inode rows written so far (bigint key -> record, None: deleted), for the
+        #: engine's watcher (`PgEngine.watch_inodes`)
+        self.inodes_sent: dict[int, bytes | None] = {}
         #: (table, key) -> value column of rows read by key (None: no such row)
         self.seen: dict[tuple[str, tuple[Any, ...]], Any] = {}
+        #: chunk id -> whether its record exists, as read ahead (`_PgRead.read_ahead`)
+        self.present: dict[bytes, bool] = {}
         #: chunks whose record this transaction rewrote whole: their `refdelta` rows
         #: (those it sees) are folded in, so they are deleted with the write
         self.clear_refs: set[bytes] = set()
@@ -421,6 +429,10 @@ class _Txn:
         for (table, key), vals in self.buf.items():
             self.wrote.add(table)
             self.remember(table, key, None if vals is None else vals[0])
+            if table == "inodes":
+                self.inodes_sent[key[0]] = None if vals is None else vals[0]
+            elif table == "chunks":
+                self.present.pop(key[0], None)  # the server knows it now
         self.buf.clear()
 
     def commit(self) -> None:
@@ -520,11 +532,17 @@ class _PgRead(ReadTxn):
         return _u(ino)
 
     def read_ahead(self, walks: Iterable[tuple[int, Sequence[str]]], *,
-                   manifests: bool = False) -> None:
-        """Every walk in one query (see `_ahead_query`); the rows are kept as read by key
-        (locked in a write transaction), so the lookups that follow cost no round trip.
-        Steps this transaction already knows are not asked again."""
+                   manifests: bool = False, chunks: Iterable[bytes] = (),
+                   packs: Iterable[bytes] = ()) -> None:
+        """Every walk, chunk and pack in one query (see `_ahead_query`); the rows are kept
+        as read by key (locked in a write transaction), so the lookups, `present_chunks`
+        and `get_pack` that follow cost no round trip. What this transaction already
+        knows is not asked again."""
         x = self._x
+        cids = [c for c in dict.fromkeys(chunks)
+                if ("chunks", (c,)) not in x.buf and c not in x.present]
+        pids = [p for p in dict.fromkeys(packs)
+                if ("packs", (p,)) not in x.buf and ("packs", (p,)) not in x.seen]
         todo: list[tuple[int, list[bytes]]] = []
         for start, names in walks:
             raw = [n.encode() for n in names[:AHEAD_NAMES]]
@@ -541,19 +559,34 @@ class _PgRead(ReadTxn):
                 raw.pop(0)
             if raw and cur is not None:
                 todo.append((cur, raw))
-        for i in range(0, len(todo), AHEAD_WALKS):
-            self._walk(todo[i:i + AHEAD_WALKS], manifests)
+        for i in range(0, max(len(todo), 1), AHEAD_WALKS):
+            if todo or cids or pids:
+                self._walk(todo[i:i + AHEAD_WALKS], manifests, cids if i == 0 else [],
+                           pids if i == 0 else [])
 
-    def _walk(self, todo: list[tuple[int, list[bytes]]], manifests: bool) -> None:
-        """Walks (start as a bigint, names) in one query; what they meet is kept."""
+    def _walk(self, todo: list[tuple[int, list[bytes]]], manifests: bool,
+              cids: list[bytes], pids: list[bytes]) -> None:
+        """Walks (start as a bigint, names), chunks and packs in one query; what they
+        meet is kept."""
         x = self._x
         shape = tuple(len(raw) for _, raw in todo)
         params: list[Any] = [start for start, _ in todo]
+        if cids:
+            params.append(cids)
+        params += pids
         for start, raw in todo:
             params += [start, *raw]
-        (row,) = x.run(x.query(("ahead", shape, manifests),
-                               partial(self._ahead_query, shape, manifests)), params)
-        col = iter(row)
+        (row,) = x.run(x.query(("ahead", shape, manifests, bool(cids), len(pids)),
+                               partial(self._ahead_query, shape, manifests, bool(cids),
+                                       len(pids))), params)
+        walked = len(row) - bool(cids) - len(pids)  # the chunks and packs come last
+        extra = iter(row[walked:])
+        if cids:
+            found = {bytes(c) for c in next(extra)}
+            x.present.update((c, c in found) for c in cids)
+        for pid in pids:
+            self._keep("packs", (pid,), next(extra))
+        col = iter(row[:walked])
         for start, raw in todo:
             self._keep("inodes", (start,), next(col))
             parent: int | None = start
@@ -573,11 +606,14 @@ class _PgRead(ReadTxn):
         if (table, key) not in self._x.buf:
             self._x.remember(table, key, value)
 
-    def _ahead_query(self, shape: tuple[int, ...], manifests: bool) -> sql.Composable:
+    def _ahead_query(self, shape: tuple[int, ...], manifests: bool, chunks: bool = False,
+                     packs: int = 0) -> sql.Composable:
         """One row: for walk j of `shape[j]` names, the inode of its start directory,
         then (entry's ino, its inode) for each name, each looked up in the entry before
-        (NULL past a missing one), then with `manifests` the last entry's manifest.
-        Parameters: each walk's start; then per walk its start and names."""
+        (NULL past a missing one), then with `manifests` the last entry's manifest;
+        then with `chunks` the ids of the chunks of an array that exist, then the
+        records of `packs` packs. Parameters: each walk's start, the chunk id array,
+        the pack ids; then per walk its start and names."""
         x = self._x
         lock = x.lock
         cols: list[sql.Composable] = []
@@ -600,6 +636,11 @@ class _PgRead(ReadTxn):
                 joins.append(sql.SQL("LEFT JOIN LATERAL (SELECT rec FROM {} WHERE ino = {}{}) "
                                      "{} ON true").format(x.t("manifests"), prev, lock, mf))
                 cols.append(sql.SQL("{}.rec").format(mf))
+        if chunks:
+            cols.append(sql.SQL("ARRAY(SELECT id FROM {} WHERE id = ANY(%s){})").format(
+                x.t("chunks"), lock))
+        cols += [sql.SQL("(SELECT rec FROM {} WHERE id = %s{})").format(x.t("packs"), lock)
+                 ] * packs
         return sql.SQL("SELECT {} FROM (SELECT 1) o {}").format(
             sql.SQL(", ").join(cols), sql.SQL(" ").join(joins))
 
@@ -656,6 +697,9 @@ class _PgRead(ReadTxn):
                 vals = x.buf[("chunks", (cid,))]
                 if vals is not None:
                     yield cid, bytes(vals[0])
+            elif col == "id" and cid in x.present:  # read ahead
+                if x.present[cid]:
+                    yield cid, cid
             else:
                 want.append(cid)
         if col == "rec":
@@ -980,6 +1024,8 @@ class _Ctx:
             if conn is not None and x is not None:
                 if exc_type is None and self._write:
                     x.commit()
+                    if self._engine._watch is not None and x.inodes_sent:
+                        self._engine._tell_watcher(x.inodes_sent)  # (write lock held)
                     if "pools" in x.wrote or x.bumped:  # (sent with COMMIT or a scan)
                         self._engine._pools = None
                         self._engine._values = (None, {})
@@ -1072,6 +1118,8 @@ class PgEngine(MetaEngine):
         self._values: tuple[bytes | None, dict[tuple[str, tuple[Any, ...]], bytes | None]] = \
             (None, {})
         self._delta_commits = 0  # commits that added `refdelta` rows since the last fold
+        #: called with the inodes each write transaction wrote, once committed
+        self._watch: Callable[[Mapping[int, Inode | None]], None] | None = None
         self._lost_at = 0.0  # when a connection was last found lost
         #: connections whose read transaction is still open on the server, newest last,
         #: with when each was parked (see `_park`); the sweeper rolls back old ones
@@ -1099,15 +1147,16 @@ class PgEngine(MetaEngine):
         """Keep `conn`, whose read transaction (read only, no row locks) is still open,
         out of the pool: the next transaction takes it and sends the ROLLBACK with its
         first message, so a read costs no round trip of its own to end. A connection
-        parked PARK_MAX seconds is rolled back by the sweeper thread and goes back to
-        the pool (an open snapshot holds back the server's cleanup of old rows)."""
+        parked PARK_MAX seconds is rolled back by the sweeper thread (within twice
+        that) and goes back to the pool (an open snapshot holds back the server's
+        cleanup of old rows). The sweeper looks every PARK_MAX seconds on its own: a
+        park wakes no thread (on every read, that cost the reader a thread switch)."""
         with self._park_cv:
             self._parked.append((conn, at))
             if self._sweeper is None:
                 self._sweeper = threading.Thread(target=self._sweep, daemon=True,
                                                  name=f"pg-park-{self.schema}")
                 self._sweeper.start()
-            self._park_cv.notify()
 
     def _unpark(self) -> tuple[psycopg.Connection[Any] | None, float | None]:
         """The newest parked connection still fresh (not older than PARK_MAX, none lost
@@ -1130,7 +1179,7 @@ class PgEngine(MetaEngine):
                     if self._pool is None:
                         self._sweeper = None
                         return
-                    self._park_cv.wait()
+                    self._park_cv.wait(PARK_MAX)  # (a park does not notify)
                 now = time.monotonic()
                 due = [(c, at) for c, at in self._parked if now - at >= PARK_MAX]
                 self._parked = [(c, at) for c, at in self._parked if now - at < PARK_MAX]
@@ -1304,6 +1353,20 @@ class PgEngine(MetaEngine):
         if self._pool is None:
             raise StateError(f"metadata engine {self} is closed; open a new one")
         return self._pool
+
+    def watch_inodes(self, fn: Callable[[Mapping[int, Inode | None]], None]) -> bool:
+        self._watch = fn
+        return True
+
+    def _tell_watcher(self, sent: Mapping[int, bytes | None]) -> None:
+        """Hand the inodes a committed transaction wrote to the watcher (its failure is
+        logged: the transaction is committed whatever the watcher does)."""
+        assert self._watch is not None
+        try:
+            self._watch({_u(k): None if rec is None else enc.decode_inode(_u(k), bytes(rec))
+                         for k, rec in sent.items()})
+        except Exception:
+            log.exception("metadata %s: the watcher of committed inodes failed", self)
 
     def read(self) -> _Ctx:
         """A read-only snapshot transaction."""

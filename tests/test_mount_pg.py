@@ -1,0 +1,375 @@
+"""The mount's request path on PostgreSQL: round trips per request and what they may
+skip without showing a stale or wrong answer (the handlers driven directly on a real
+server; the FUSE side is tested in tests/test_mount*.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar, cast
+
+import psycopg
+import pyfuse3
+import pytest
+
+from gfs.client import Client
+from gfs.meta import ROOT_INO, Inode, Kind
+from gfs.mount import HutongOperations, MountOptions
+from gfs.mount_recent import RecentDirs
+from tests.test_mount_helpers import mount as serve_child_mount
+from tests.test_mount_helpers import needs_fuse
+
+T = TypeVar("T")
+
+
+def ctx() -> pyfuse3.RequestContext:
+    return cast(pyfuse3.RequestContext, SimpleNamespace(uid=0, gid=0, pid=os.getpid(),
+                                                        umask=0o022))
+
+
+@pytest.fixture
+def ops(tmp_path: Path, pg_url: str) -> Iterator[HutongOperations]:
+    client = Client.init(tmp_path / "s", meta=pg_url)
+    o = HutongOperations(client, MountOptions(attr_timeout=0.5, entry_timeout=0.5))
+    try:
+        yield o
+    finally:
+        o.close()
+        client.close()
+
+
+def trips(monkeypatch: pytest.MonkeyPatch, fn: Callable[[], Coroutine[Any, Any, T]]
+          ) -> tuple[T, int]:
+    """Run the handler coroutine `fn()` and count its round trips to the server."""
+    count = [0]
+    wait = psycopg.Connection.wait
+
+    def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
+        count[0] += 1
+        return wait(self, *a, **k)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as mp:
+        mp.setattr(psycopg.Connection, "wait", counting)
+        out = asyncio.run(fn())
+    return out, count[0]
+
+
+def _file(ops: HutongOperations, parent: int, name: bytes, data: bytes = b"x") -> int:
+    async def go() -> int:
+        fi, attr = await ops.create(parent, name, 0o644, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                    ctx())
+        await ops.write(fi.fh, 0, data)
+        await ops.flush(fi.fh)
+        await ops.release(fi.fh)
+        return attr.st_ino
+    return asyncio.run(go())
+
+
+def test_a_directory_changed_here_is_stat_without_a_round_trip(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a change of its entries here (which makes the kernel drop its attributes),
+    the directory's GETATTR is answered from what the change committed: no round trip
+    (1 before), with the mtime and link count the server holds."""
+    d = asyncio.run(ops.mkdir(ROOT_INO, b"d", 0o755, ctx())).st_ino
+    _file(ops, d, b"f")
+    for change in (lambda: ops.unlink(d, b"f", ctx()),
+                   lambda: ops.mkdir(d, b"sub", 0o755, ctx()),
+                   lambda: ops.rename(d, b"sub", d, b"sub2", 0, ctx())):
+        asyncio.run(change())
+        attr, n = trips(monkeypatch, lambda: ops.getattr(d, ctx()))
+        assert n == 0
+        with ops.client.engine.read() as txn:
+            on_server = txn.get_inode(d)
+        assert on_server is not None
+        assert (attr.st_mtime_ns, attr.st_nlink) == (on_server.mtime_ns, on_server.nlink)
+
+
+def test_a_directory_read_elsewhere_still_asks_the_server(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only directories this mount's transactions wrote are served from memory: the
+    root, never changed here, costs its round trip."""
+    _, n = trips(monkeypatch, lambda: ops.getattr(ROOT_INO, ctx()))
+    assert n == 1
+
+
+def test_an_own_chmod_is_never_hidden_and_another_clients_shows_within_the_timeout(
+        ops: HutongOperations, pg_url: str, tmp_path: Path) -> None:
+    """Every write of the mount passes the watcher, so a GETATTR after this mount's own
+    chmod of a directory shows it at once; another client's chmod of it shows within
+    the attribute timeout (as the kernel's own attribute cache would)."""
+    d = asyncio.run(ops.mkdir(ROOT_INO, b"d", 0o755, ctx())).st_ino
+    fields = cast(pyfuse3.SetattrFields, SimpleNamespace(
+        update_mode=True, update_uid=False, update_gid=False, update_size=False,
+        update_atime=False, update_mtime=False, update_ctime=False))
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mode = stat.S_IFDIR | 0o700
+    asyncio.run(ops.setattr(d, attr, fields, None, ctx()))
+    assert stat.S_IMODE(asyncio.run(ops.getattr(d, ctx())).st_mode) == 0o700
+    with Client(tmp_path / "s") as other:
+        other.chmod("/d", 0o711)
+    end = time.monotonic() + 0.5 + 5.0  # the timeout, and room for a loaded machine
+    while stat.S_IMODE(asyncio.run(ops.getattr(d, ctx())).st_mode) != 0o711:
+        assert time.monotonic() < end, "another client's chmod never showed"
+        time.sleep(0.02)
+
+
+def test_pending_file_getattr_needs_no_thread_and_no_server(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file created here and not committed yet is stat'ed from memory, on the loop."""
+    async def go() -> tuple[int, int]:
+        fi, attr = await ops.create(ROOT_INO, b"new", 0o644, os.O_WRONLY | os.O_CREAT, ctx())
+        with monkeypatch.context() as mp:
+            mp.setattr(ops, "_run", None)  # a trip to a thread would fail
+            got = await ops.getattr(attr.st_ino, ctx())
+        await ops.release(fi.fh)
+        return attr.st_ino, got.st_ino
+    created, got = asyncio.run(go())
+    assert created == got
+    assert ops.wb.pending.inos() == []  # committed at release
+
+
+def _dir(ino: int) -> Inode:
+    return Inode(ino, ROOT_INO, Kind.DIR, 0o755, 0, 0, 0, 1, 1, 1, 2)
+
+
+def test_recent_dirs_keep_directories_for_the_timeout_only() -> None:
+    recent = RecentDirs(ttl=0.2, limit=2)
+    f = Inode(9, ROOT_INO, Kind.FILE, 0o644, 0, 0, 0, 1, 1, 1, 1)
+    recent.committed({5: _dir(5), 9: f})
+    assert recent.get(5) == _dir(5) and recent.get(9) is None  # files are not kept
+    recent.committed({5: None})  # deleted
+    assert recent.get(5) is None
+    recent.committed({1: _dir(1)})
+    recent.committed({2: _dir(2)})
+    recent.committed({3: _dir(3)})  # over the limit: the oldest goes
+    assert recent.get(1) is None and recent.get(3) == _dir(3)
+    end = time.monotonic() + 5.0
+    while recent.get(3) is not None:  # gone once the timeout passed
+        assert time.monotonic() < end
+        time.sleep(0.02)
+
+
+# -- creates ---------------------------------------------------------------------------
+
+TRUNC = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+
+async def _miss(ops: HutongOperations, parent: int, name: bytes) -> None:
+    """The kernel's lookup before a create: a miss, answered as a negative entry."""
+    assert (await ops.lookup(parent, name, ctx())).st_ino == 0
+
+
+def _close(ops: HutongOperations, fh: int, data: bytes) -> None:
+    async def go() -> None:
+        await ops.write(fh, 0, data)
+        await ops.flush(fh)
+        await ops.release(fh)
+    asyncio.run(go())
+
+
+def test_a_create_right_after_its_lookup_missed_reads_nothing(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open(O_CREAT|O_TRUNC) of a new name: the kernel's lookup missed and read the
+    directory; the create then costs no round trip and no thread (1 round trip
+    before), and the file lands at its close."""
+    _file(ops, ROOT_INO, b"first")  # (reserves a block of inode numbers: a transaction)
+    asyncio.run(_miss(ops, ROOT_INO, b"new"))
+    with monkeypatch.context() as mp:
+        mp.setattr(ops, "_run", None)  # a trip to a thread would fail
+        (fi, attr), n = trips(monkeypatch, lambda: ops.create(ROOT_INO, b"new", 0o644, TRUNC,
+                                                              ctx()))
+    assert n == 0
+    _close(ops, fi.fh, b"content")
+    assert ops.client.read_bytes("/new") == b"content"
+    assert ops.client.stat("/new").ino == attr.st_ino
+
+
+def test_a_name_taken_after_the_lookup_gets_the_content_not_replaced(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """Another client creates the name between this mount's lookup miss and its close:
+    the close writes into their file as a new version (their inode, mode and owner
+    kept, as if this open had come after their create), never replacing the file, and
+    the kernel's inode of the create here shows that file."""
+    asyncio.run(_miss(ops, ROOT_INO, b"x"))
+    fi, attr = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/x", b"theirs")
+        other.chmod("/x", 0o600)
+        theirs = other.stat("/x").ino
+    _close(ops, fi.fh, b"mine, whole")
+    with Client(tmp_path / "s") as check:
+        st = check.stat("/x")
+        assert (st.ino, st.mode & 0o7777) == (theirs, 0o600)
+        assert check.read_bytes("/x") == b"mine, whole"
+        assert [e.path for e in check.ls("/")] == ["/x"]
+    got = asyncio.run(ops.getattr(attr.st_ino, ctx()))  # the kernel's inode of it
+    assert (got.st_ino, got.st_size) == (theirs, len(b"mine, whole"))
+
+
+def test_a_name_taken_by_a_directory_after_the_lookup_changes_nothing_of_it(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    asyncio.run(_miss(ops, ROOT_INO, b"x"))
+    fi, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.mkdir("/x")
+        other.write_bytes("/x/inside", b"kept")
+    _close(ops, fi.fh, b"mine")
+    with Client(tmp_path / "s") as check:
+        assert check.stat("/x").is_dir
+        assert check.read_bytes("/x/inside") == b"kept"
+
+
+def test_an_exclusive_create_of_a_name_taken_after_the_lookup_is_eexist(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """O_CREAT|O_EXCL commits the entry in the create itself, in a transaction that
+    fails on a taken name: EEXIST, and the other client's file is untouched."""
+    asyncio.run(_miss(ops, ROOT_INO, b"x"))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/x", b"theirs")
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC | os.O_EXCL, ctx()))
+    assert e.value.errno == errno.EEXIST
+    with Client(tmp_path / "s") as check:
+        assert check.read_bytes("/x") == b"theirs"
+
+
+def test_an_open_without_excl_of_a_name_found_taken_opens_that_file(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """A create (no O_EXCL, no hint) that finds the name taken opens the file there:
+    O_TRUNC empties it, as open(2) of an existing file does (EEXIST before)."""
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/x", b"theirs, long")
+        theirs = other.stat("/x").ino
+    fi, attr = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))
+    assert attr.st_ino == theirs
+    _close(ops, fi.fh, b"mine")
+    assert ops.client.read_bytes("/x") == b"mine"
+    assert ops.client.stat("/x").ino == theirs
+
+
+def test_two_mounts_creating_one_name_exclusively_one_wins(
+        ops: HutongOperations, tmp_path: Path, pg_url: str) -> None:
+    """Two mounts of one namespace both miss the name, then both create it with O_EXCL:
+    exactly one create succeeds, the other is EEXIST, and the winner's file is intact
+    after its close (both succeeded before, and the later close replaced the file)."""
+    other_client = Client.init(tmp_path / "s2", meta=pg_url)
+    other = HutongOperations(other_client, MountOptions(attr_timeout=0.5, entry_timeout=0.5))
+    try:
+        for i in range(3):
+            name = f"x{i}".encode()
+            asyncio.run(_miss(ops, ROOT_INO, name))
+            asyncio.run(_miss(other, ROOT_INO, name))
+            outcomes: list[tuple[HutongOperations, int] | int] = []
+            for o in (ops, other) if i % 2 else (other, ops):
+                try:
+                    fi, _ = asyncio.run(o.create(ROOT_INO, name, 0o644, TRUNC | os.O_EXCL,
+                                                 ctx()))
+                    outcomes.append((o, fi.fh))
+                except pyfuse3.FUSEError as e:
+                    outcomes.append(e.errno)
+            winners = [w for w in outcomes if not isinstance(w, int)]
+            assert len(winners) == 1 and errno.EEXIST in outcomes
+            o, fh = winners[0]
+            mine = f"the winner's, round {i}".encode()  # (each store has its own pool:
+            _close(o, fh, mine)                         # no content shared across them)
+            assert o.client.read_bytes(f"/x{i}") == mine
+    finally:
+        other.close()
+        other_client.close()
+
+
+@needs_fuse
+def test_two_fuse_mounts_racing_an_exclusive_create_one_wins(tmp_path: Path,
+                                                              pg_url: str) -> None:
+    """Through the kernel: two mounts of one namespace, a thread on each opening the same
+    new names with O_CREAT|O_EXCL at once: per name exactly one open succeeds and the
+    other fails with EEXIST; the winner's content is what the name holds."""
+    states = [tmp_path / "s1", tmp_path / "s2"]
+    for s in states:
+        Client.init(s, meta=pg_url).close()
+    with serve_child_mount(states[0], tmp_path / "m1") as m1, \
+            serve_child_mount(states[1], tmp_path / "m2") as m2:
+        mounts = [m1.mnt, m2.mnt]
+        rounds = 8
+        start = threading.Barrier(2, timeout=30)
+        won: list[list[int]] = [[], []]
+
+        def racer(k: int) -> None:
+            for i in range(rounds):
+                start.wait()
+                try:
+                    fd = os.open(mounts[k] / f"x{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                                 0o644)
+                except FileExistsError:
+                    continue
+                try:
+                    os.write(fd, f"mount {k} round {i}".encode())
+                finally:
+                    os.close(fd)
+                won[k].append(i)
+
+        threads = [threading.Thread(target=racer, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert sorted(won[0] + won[1]) == list(range(rounds))  # one winner per name
+        for k in range(2):
+            with Client(states[k]) as c:
+                for i in won[k]:
+                    assert c.read_bytes(f"/x{i}") == f"mount {k} round {i}".encode()
+
+
+# -- lookups -------------------------------------------------------------------------
+
+
+def test_concurrent_lookups_share_one_query_each_getting_its_own_answer(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 lookups asked at once while the first is answered: one round trip for the
+    first, one for all the others (16 before), each with its own answer: the inode
+    found, ENOENT for a missing name (its directory noted as a miss), ENOTDIR below a
+    file; and a lookup after another client's commit sees it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gfs.errors import NotADirError, NotFoundError
+    from gfs.mount_lookups import LookupBatcher
+
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        fs.mkdir("/d")
+        for i in range(8):
+            fs.write_bytes(f"/d/f{i}", b"x")
+        d = fs.stat("/d").ino
+        f0 = fs.stat("/d/f0").ino
+        misses: list[tuple[int, str]] = []
+        pool = ThreadPoolExecutor(2)
+        batcher = LookupBatcher(fs.engine, pool, lambda where, n: misses.append((where.ino, n)))
+        asks = [(d, f"f{i}") for i in range(8)] + [(d, f"g{i}") for i in range(7)] + [(f0, "x")]
+
+        async def all_at_once() -> list[Inode | BaseException]:
+            return await asyncio.gather(*(batcher.lookup(p, n) for p, n in asks),
+                                        return_exceptions=True)
+        try:
+            got, n = trips(monkeypatch, all_at_once)
+            assert n <= 4 and batcher.batches <= 3  # (16 before: one each)
+            for (_, name), answer in zip(asks, got, strict=True):
+                if name.startswith("f"):
+                    assert isinstance(answer, Inode)
+                    assert answer.ino == fs.stat(f"/d/{name}").ino
+                elif name.startswith("g"):
+                    assert isinstance(answer, NotFoundError)
+                else:
+                    assert isinstance(answer, NotADirError)
+            assert sorted(misses) == sorted((d, f"g{i}") for i in range(7))
+            with Client(tmp_path / "s") as other:
+                other.write_bytes("/d/g0", b"now")
+            found = asyncio.run(batcher.lookup(d, "g0"))
+            assert found.ino == fs.stat("/d/g0").ino
+        finally:
+            pool.shutdown()
