@@ -27,7 +27,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
 
 from gfs import local_write, namespace, namespace_api, paths, pool_keys
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
@@ -84,13 +84,15 @@ Progress = Callable[[int], None]
 #: the block size of `iter_bytes` (read ahead by the manifest reader)
 READ_BLOCK = 4 << 20
 #: A put keeps the conflict check's walk of a local tree of up to this many entries
-#: (~830 B each measured on the bench's release series: ~40 MB) instead of listing
-#: and stat-ing the tree again (0.13 s of 2.2 s for one bench ingest snapshot).
-PUT_WALK_KEPT = 50_000
+#: (~510 B each: ~10 MB) instead of listing and stat-ing the tree again (0.13 s of
+#: 2.2 s for one bench ingest snapshot of ~12,000 entries). A bigger tree is walked
+#: twice: the kept part is memory every put of a big tree pays (at 50,000 it was the
+#: 31 MiB by which put's peak grew from 10^4 to 10^5 files).
+PUT_WALK_KEPT = 20_000
 log = logging.getLogger("gfs.client")
 
 
-def in_place(size: int, mtime_ns: int, mode: int, local: os.stat_result) -> bool:
+def in_place(size: int, mtime_ns: int, mode: int, local: os.stat_result | _LocalStat) -> bool:
     """Whether a namespace file with this size, mtime and mode is a copy of `local`
     already in place: the rule by which a repeated put resumes instead of re-reading."""
     return (size == local.st_size and mtime_ns == local.st_mtime_ns
@@ -138,11 +140,30 @@ class TransferReport:
         return out
 
 
-@dataclass(frozen=True)
+class _LocalStat(NamedTuple):
+    """The fields of a local entry's stat that a put uses: about 100 bytes, where an
+    os.stat_result (with its float times) takes about 560, and a put keeps up to
+    PUT_WALK_KEPT of them."""
+
+    st_mode: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_atime_ns: int
+    st_mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _LocalStat:
+        """The fields of `st`."""
+        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_atime_ns,
+                   st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
 class _LocalEntry:
     rel: tuple[str, ...]
     path: str
-    st: os.stat_result
+    st: _LocalStat
 
 
 class Client:
@@ -1161,7 +1182,7 @@ def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...]) -> Action:
     return action
 
 
-def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: os.stat_result) -> Action:
+def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Action:
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
         namespace.set_attrs_of(txn, namespace.get(txn, dirs[rel]), mode=st.st_mode,
                                uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
@@ -1171,7 +1192,7 @@ def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: os.stat_result) -> 
 
 
 def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, target: str,
-                    st: os.stat_result) -> Action:
+                    st: _LocalStat) -> Action:
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
         parent = _parent(txn, dirs, parent_rel)
         replaced = None
@@ -1185,7 +1206,7 @@ def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, 
 
 
 def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
-                 st: os.stat_result) -> Action:
+                 st: _LocalStat) -> Action:
     def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
         return namespace.write_file_in(txn, _parent(txn, dirs, parent_rel), name, refs,
                                        mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
@@ -1206,7 +1227,7 @@ def _list_local(entry: _LocalEntry) -> list[_LocalEntry]:
         st = k.stat(follow_symlinks=False)
         if statmod.S_ISREG(st.st_mode) and not os.access(k.path, os.R_OK):
             raise PermissionError(f"cannot read local file {k.path}")
-        out.append(_LocalEntry((*entry.rel, k.name), k.path, st))
+        out.append(_LocalEntry((*entry.rel, k.name), k.path, _LocalStat.of(st)))
     return out
 
 
@@ -1214,7 +1235,7 @@ def _walk_local(src: Path, top: os.stat_result) -> Iterator[tuple[bool, _LocalEn
     """(leaving, entry) for a local tree: each entry as it is entered (parents before
     children, by name within a directory), and each directory again (leaving=True)
     after everything below it. Holds one directory listing per level, not the tree."""
-    root = _LocalEntry((), str(src), top)
+    root = _LocalEntry((), str(src), _LocalStat.of(top))
     yield False, root
     if not statmod.S_ISDIR(top.st_mode):
         return
