@@ -160,9 +160,13 @@ class _LmdbRead(ReadTxn):
         return None if data is None else enc.decode_dirent_ino(data)
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+        return self.list_dir_after(parent, "")
+
+    def list_dir_after(self, parent: int, after: str) -> Iterator[tuple[str, int]]:
         prefix = _ino_key(parent)
+        start = enc.dirent_key(parent, after) + b"\0" if after else prefix
         cur = self._txn.cursor(db=self._d.dirents)
-        if not cur.set_range(prefix):
+        if not cur.set_range(start):
             return
         from_bytes = int.from_bytes
         for key, val in self._rows(self._d.dirents, cur.iternext()):
