@@ -6,8 +6,8 @@ Three sections, one run:
    2*10^3 and 2*10^4) put, fsck'd, du'd, got back and gc'd by `hutong`
    processes; per-file time (wall, and CPU for put, fsck, get), peak RSS and peak
    anonymous RSS of each (--scale-max N: up to N files, each row printed as it is
-   measured). Target: put's per-file time and fsck's peak RSS flat within 2x from
-   the smallest to the largest N.
+   measured). Target: put's per-file time and the peak RSS of every command flat
+   within 2x from the smallest to the largest N.
 2. Create, stat, ls, rename and unlink per second with 1, 4 and 16 client
    processes (bench._metaops_clients): through the Python API for Hutong on LMDB
    and on PostgreSQL (a private server started by gfs.testing.postgres), and
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     counts = tuple(args.clients)
     if any(not 1 <= c <= 64 for c in counts):
         ap.error(f"--clients: each count must be 1 to 64, got {counts}")
-    flat_ok, put_time, fsck_rss = True, 0.0, 0.0
+    flat_ok, put_time, fsck_rss, rss_max = True, 0.0, 0.0, 0.0
     if args.only in (None, "scale"):
         points: list[scale.Point] = []
         with tempfile.TemporaryDirectory(prefix="bench-metaops-scale-") as tmp:
@@ -104,8 +104,14 @@ def main(argv: list[str]) -> int:
                       *(p.rss_mib[op] for op in scale.OPS),
                       *(p.anon_mib[op] for op in ("put", "fsck", "get"))) for p in points]))
         put_time, _ = scale.flat(points, "put")
-        _, fsck_rss = scale.flat(points, "fsck")
-        flat_ok = put_time <= 2 and fsck_rss <= 2
+        rss = {op: scale.flat(points, op)[1] for op in scale.OPS}
+        fsck_rss, rss_max = rss["fsck"], max(rss.values())
+        flat_ok = put_time <= 2 and rss_max <= 2
+        print(f"target: put's us/file and every command's peak RSS within 2x from "
+              f"N={points[0].n:,} to N={points[-1].n:,}: put us/file {put_time:.2f}x, "
+              "peak RSS " + ", ".join(f"{op} {r:.2f}x" for op, r in rss.items())
+              + (" (met)" if flat_ok else " (MISSED)")
+              + f"; load {os.getloadavg()[0]:.1f}")
         print()
     per_client = sizes[0] // 100 if args.quick else 100
     api: dict[tuple[str, int], tuple[dict[str, float], int]] = {}
@@ -128,6 +134,7 @@ def main(argv: list[str]) -> int:
     if args.only is not None or len(args.engines) < len(ENGINES) or "api" not in args.doors:
         return 0  # a part of the run: no headline
     print(headline("metaops", flat_ok, put_per_file_ratio=put_time, fsck_rss_ratio=fsck_rss,
+                   max_rss_ratio=round(rss_max, 2),
                    lmdb_create_16=round(api[("lmdb", 16)][0]["create"]),
                    pg_create_16=round(api[("postgresql", 16)][0]["create"]),
                    pg_failed_ops=sum(api[("postgresql", c)][1] for c in CLIENTS),

@@ -27,7 +27,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
 
 from gfs import local_write, namespace, namespace_api, paths, pool_keys
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
@@ -84,13 +84,15 @@ Progress = Callable[[int], None]
 #: the block size of `iter_bytes` (read ahead by the manifest reader)
 READ_BLOCK = 4 << 20
 #: A put keeps the conflict check's walk of a local tree of up to this many entries
-#: (~830 B each measured on the bench's release series: ~40 MB) instead of listing
-#: and stat-ing the tree again (0.13 s of 2.2 s for one bench ingest snapshot).
-PUT_WALK_KEPT = 50_000
+#: (~510 B each: ~10 MB) instead of listing and stat-ing the tree again (0.13 s of
+#: 2.2 s for one bench ingest snapshot of ~12,000 entries). A bigger tree is walked
+#: twice: the kept part is memory every put of a big tree pays (at 50,000 it was the
+#: 31 MiB by which put's peak grew from 10^4 to 10^5 files).
+PUT_WALK_KEPT = 20_000
 log = logging.getLogger("gfs.client")
 
 
-def in_place(size: int, mtime_ns: int, mode: int, local: os.stat_result) -> bool:
+def in_place(size: int, mtime_ns: int, mode: int, local: os.stat_result | _LocalStat) -> bool:
     """Whether a namespace file with this size, mtime and mode is a copy of `local`
     already in place: the rule by which a repeated put resumes instead of re-reading."""
     return (size == local.st_size and mtime_ns == local.st_mtime_ns
@@ -138,11 +140,30 @@ class TransferReport:
         return out
 
 
-@dataclass(frozen=True)
+class _LocalStat(NamedTuple):
+    """The fields of a local entry's stat that a put uses: about 100 bytes, where an
+    os.stat_result (with its float times) takes about 560, and a put keeps up to
+    PUT_WALK_KEPT of them."""
+
+    st_mode: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_atime_ns: int
+    st_mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _LocalStat:
+        """The fields of `st`."""
+        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_atime_ns,
+                   st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
 class _LocalEntry:
     rel: tuple[str, ...]
     path: str
-    st: os.stat_result
+    st: _LocalStat
 
 
 class Client:
@@ -649,14 +670,15 @@ class Client:
         norm = paths.normalize(path)
         dest = os.fspath(local)
         report = TransferReport()
-        with self.engine.read() as txn:
+        with _Snapshots(self.engine) as snap:
+            txn = snap.txn
             top = namespace.resolve(txn, norm)
             if os.path.isdir(dest) and norm != "/":
                 dest = os.path.join(dest, paths.split(norm)[-1])
             # Refuse conflicts first. Nothing exists below a missing destination, so a
             # get into a new directory skips this walk (a second pass over every inode
             # and a stat of every local path: 12,227 of each for smallfiles --quick).
-            conflicts = _walk_ns(txn, top, dest) if os.path.lexists(dest) else iter(())
+            conflicts = _walk_ns(snap, top, dest) if os.path.lexists(dest) else iter(())
             for leaving, p, node in conflicts:
                 if leaving:
                     continue
@@ -669,7 +691,7 @@ class Client:
             if parent and not os.path.isdir(parent):
                 os.makedirs(parent)
             with _fast_thread_switching():
-                self._restore(_restore_batches(txn, _walk_ns(txn, top, dest)), report,
+                self._restore(_restore_batches(snap, _walk_ns(snap, top, dest)), report,
                               progress, skip_damaged=skip_damaged)
         return report
 
@@ -1161,7 +1183,7 @@ def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...]) -> Action:
     return action
 
 
-def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: os.stat_result) -> Action:
+def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Action:
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
         namespace.set_attrs_of(txn, namespace.get(txn, dirs[rel]), mode=st.st_mode,
                                uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
@@ -1171,7 +1193,7 @@ def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: os.stat_result) -> 
 
 
 def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, target: str,
-                    st: os.stat_result) -> Action:
+                    st: _LocalStat) -> Action:
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
         parent = _parent(txn, dirs, parent_rel)
         replaced = None
@@ -1185,7 +1207,7 @@ def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, 
 
 
 def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
-                 st: os.stat_result) -> Action:
+                 st: _LocalStat) -> Action:
     def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
         return namespace.write_file_in(txn, _parent(txn, dirs, parent_rel), name, refs,
                                        mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
@@ -1206,7 +1228,7 @@ def _list_local(entry: _LocalEntry) -> list[_LocalEntry]:
         st = k.stat(follow_symlinks=False)
         if statmod.S_ISREG(st.st_mode) and not os.access(k.path, os.R_OK):
             raise PermissionError(f"cannot read local file {k.path}")
-        out.append(_LocalEntry((*entry.rel, k.name), k.path, st))
+        out.append(_LocalEntry((*entry.rel, k.name), k.path, _LocalStat.of(st)))
     return out
 
 
@@ -1214,7 +1236,7 @@ def _walk_local(src: Path, top: os.stat_result) -> Iterator[tuple[bool, _LocalEn
     """(leaving, entry) for a local tree: each entry as it is entered (parents before
     children, by name within a directory), and each directory again (leaving=True)
     after everything below it. Holds one directory listing per level, not the tree."""
-    root = _LocalEntry((), str(src), top)
+    root = _LocalEntry((), str(src), _LocalStat.of(top))
     yield False, root
     if not statmod.S_ISDIR(top.st_mode):
         return
@@ -1279,27 +1301,92 @@ _RestoreOp = Literal["mkdir", "dirattrs", "symlink", "file"]
 _RestoreItem = tuple[_RestoreOp, str, Inode, Manifest | None]
 
 
-def _walk_ns(txn: ReadTxn, top: Inode, dest: str) -> Iterator[tuple[bool, str, Inode]]:
+class _Snapshots:
+    """The read snapshots of a long walk, one at a time: `renew()` ends the current one
+    and begins the next. One snapshot held for a whole get kept LMDB from reusing any
+    page freed after it began, so the get's own heat records grew the metadata file
+    (17 -> 112 MB for a get of 10^5 files, 1.8 GB part way through 10^6)."""
+
+    def __init__(self, engine: MetaEngine) -> None:
+        self._engine = engine
+        self._ctx: contextlib.AbstractContextManager[ReadTxn] | None = None
+        self.txn: ReadTxn
+        #: snapshots begun (tests count them)
+        self.begun = 0
+
+    def renew(self) -> None:
+        """End the current snapshot and begin a new one."""
+        self.close()
+        self._ctx = self._engine.read()
+        self.txn = self._ctx.__enter__()
+        self.begun += 1
+
+    def close(self) -> None:
+        """End the current snapshot, if any."""
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+    def __enter__(self) -> _Snapshots:
+        self.renew()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: A get lists a directory this many entries at a time, each page in the snapshot
+#: current when it is needed (a cursor would pin its snapshot).
+LIST_PAGE = 1024
+
+
+class _Level:
+    """One directory of a namespace walk: its path, inode and the page of entries
+    listed but not yet visited."""
+
+    __slots__ = ("done", "last", "node", "page", "path")
+
+    def __init__(self, path: str, node: Inode) -> None:
+        self.path, self.node = path, node
+        self.page: deque[tuple[str, int]] = deque()
+        self.last = ""
+        self.done = False
+
+    def next(self, txn: ReadTxn) -> tuple[str, int] | None:
+        """The next entry, listing the next page in `txn` when this one is used up."""
+        if not self.page and not self.done:
+            self.page.extend(itertools.islice(txn.list_dir_after(self.node.ino, self.last),
+                                              LIST_PAGE))
+            self.done = len(self.page) < LIST_PAGE
+            if self.page:
+                self.last = self.page[-1][0]
+        return self.page.popleft() if self.page else None
+
+
+def _walk_ns(snap: _Snapshots, top: Inode, dest: str) -> Iterator[tuple[bool, str, Inode]]:
     """(leaving, local path, inode) for a namespace tree restored at `dest`: each entry
     as it is entered (parents first, by name), each directory again (leaving=True)
-    after everything below it. Holds one directory cursor per level, not the tree."""
+    after everything below it. Holds a page of each directory's entries per level, not
+    the tree; each read is in `snap`'s current snapshot (renewed between batches), so an
+    entry removed meanwhile is left out."""
     yield False, dest, top
     if top.kind != Kind.DIR:
         return
-    stack: list[tuple[str, Inode, Iterator[tuple[str, int]]]] = [
-        (dest, top, iter(txn.list_dir(top.ino)))]
+    stack = [_Level(dest, top)]
     while stack:
-        p, node, kids = stack[-1]
-        nxt = next(kids, None)
+        level = stack[-1]
+        nxt = level.next(snap.txn)
         if nxt is None:
             stack.pop()
-            yield True, p, node
+            yield True, level.path, level.node
             continue
-        kid = namespace.get(txn, nxt[1])
-        kp = os.path.join(p, nxt[0])
+        kid = snap.txn.get_inode(nxt[1])
+        if kid is None:
+            continue  # removed since its page was listed
+        kp = os.path.join(level.path, nxt[0])
         yield False, kp, kid
         if kid.kind == Kind.DIR:
-            stack.append((kp, kid, iter(txn.list_dir(kid.ino))))
+            stack.append(_Level(kp, kid))
 
 
 def _streamed(batch: list[_RestoreItem]) -> bool:
@@ -1308,10 +1395,11 @@ def _streamed(batch: list[_RestoreItem]) -> bool:
     return len(files) == 1 and files[0].size > RESTORE_BATCH_BYTES // 4
 
 
-def _restore_batches(txn: ReadTxn, walk: Iterator[tuple[bool, str, Inode]],
+def _restore_batches(snap: _Snapshots, walk: Iterator[tuple[bool, str, Inode]],
                      ) -> Iterator[list[_RestoreItem]]:
     """The steps of a get in order, in batches of up to RESTORE_BATCH_BYTES or
-    RESTORE_BATCH_FILES of small files (a big file alone in its batch)."""
+    RESTORE_BATCH_FILES of small files (a big file alone in its batch); `snap` is
+    renewed after each batch (each file's inode and manifest come from one snapshot)."""
     batch: list[_RestoreItem] = []
     size = files = 0
     for leaving, p, node in walk:
@@ -1323,12 +1411,13 @@ def _restore_batches(txn: ReadTxn, walk: Iterator[tuple[bool, str, Inode]],
             continue
         if node.kind != Kind.FILE:
             continue
-        item: _RestoreItem = ("file", p, node, txn.get_manifest(node.ino))
+        item: _RestoreItem = ("file", p, node, snap.txn.get_manifest(node.ino))
         if node.size > RESTORE_BATCH_BYTES // 4:  # streamed alone
             if files:
                 yield batch
                 batch, size, files = [], 0, 0
             yield [*batch, item]
+            snap.renew()
             batch = []
             continue
         batch.append(item)
@@ -1336,6 +1425,7 @@ def _restore_batches(txn: ReadTxn, walk: Iterator[tuple[bool, str, Inode]],
         files += 1
         if size >= RESTORE_BATCH_BYTES or files >= RESTORE_BATCH_FILES:
             yield batch
+            snap.renew()
             batch, size, files = [], 0, 0
     if batch:
         yield batch

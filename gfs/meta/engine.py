@@ -68,6 +68,15 @@ class ReadTxn(ABC):
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
         """(name, ino) of every entry of directory `parent`, in UTF-8 byte order."""
 
+    def list_dir_after(self, parent: int, after: str) -> Iterator[tuple[str, int]]:
+        """(name, ino) of the entries of directory `parent` whose names sort after
+        `after` (UTF-8 byte order; "" for all): a listing resumed in a later snapshot.
+        An engine that can seek to `after` overrides this scan from the start."""
+        key = after.encode("utf-8")
+        for name, ino in self.list_dir(parent):
+            if name.encode("utf-8") > key:
+                yield name, ino
+
     def read_ahead(self, walks: Iterable[tuple[int, Sequence[str]]], *,
                    manifests: bool = False, chunks: Iterable[bytes] = (),
                    packs: Iterable[bytes] = ()) -> None:

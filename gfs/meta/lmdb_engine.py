@@ -169,9 +169,13 @@ class _LmdbRead(ReadTxn):
         return None if data is None else enc.decode_dirent_ino(data)
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+        return self.list_dir_after(parent, "")
+
+    def list_dir_after(self, parent: int, after: str) -> Iterator[tuple[str, int]]:
         prefix = _ino_key(parent)
+        start = enc.dirent_key(parent, after) + b"\0" if after else prefix
         from_bytes = int.from_bytes
-        for key, val in self._rows(self._d.dirents, self._txn.rows(self._d.dirents, prefix)):
+        for key, val in self._rows(self._d.dirents, self._txn.rows(self._d.dirents, start)):
             if key[:8] != prefix:
                 return
             try:

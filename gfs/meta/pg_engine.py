@@ -645,13 +645,20 @@ class _PgRead(ReadTxn):
             sql.SQL(", ").join(cols), sql.SQL(" ").join(joins))
 
     def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+        return self.list_dir_after(parent, "")
+
+    def list_dir_after(self, parent: int, after: str) -> Iterator[tuple[str, int]]:
         x = self._x
         # each entry's inode comes along (a listing is nearly always followed by
         # reads of them); a scan locks nothing
         source = sql.SQL("{} d LEFT JOIN {} i ON i.ino = d.ino").format(
             x.t("dirents"), x.t("inodes"))
-        for name, ino, rec in x.scan("dirents", "d.name, d.ino, i.rec",
-                                     "WHERE d.parent = %s", (_s(parent),), source):
+        where = "WHERE d.parent = %s"
+        params: tuple[Any, ...] = (_s(parent),)
+        if after:
+            where, params = where + " AND d.name > %s", (*params, after.encode("utf-8"))
+        for name, ino, rec in x.scan("dirents", "d.name, d.ino, i.rec", where, params,
+                                     source):
             if ("inodes", (ino,)) not in x.buf:
                 x.remember("inodes", (ino,), rec)
             try:

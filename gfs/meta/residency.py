@@ -27,11 +27,13 @@ from typing import Any
 TRIM_INTERVAL = 0.1
 #: Lookups, writes or scanned rows between two trims. A random lookup or write
 #: faults in about one page, but the kernel maps up to 16 cached neighbours with
-#: it (fault-around, 64 KiB; MADV_RANDOM does not turn it off), so this bounds the
-#: map's resident part to about 512 * 64 KiB = 32 MiB. Writes count too: one
-#: transaction that records a pack's thousands of chunks touched 20 MiB between
-#: two trims when only reads counted (measured on put of 10^5 files).
-TRIM_TICKS = 512
+#: it (fault-around, 64 KiB; MADV_RANDOM does not turn it off), and a tick's B-tree
+#: descent may fault in a branch page too, so this bounds the map's resident part to
+#: about 256 * 64 KiB = 16 MiB, at most twice that (at 512 ticks put and get of 10^6
+#: files held 46-49 MiB of the map). Writes count too: one transaction that records
+#: a pack's thousands of chunks touched 20 MiB between two trims when only reads
+#: counted (measured on put of 10^5 files).
+TRIM_TICKS = 256
 _MADV_DONTNEED = 4
 
 _libc: Any = None

@@ -61,10 +61,17 @@ def iter_chunk_heat(txn: ReadTxn) -> Iterator[tuple[bytes, Heat]]:
         yield key[len(CHUNK_PREFIX):], decode(value)
 
 
+#: Chunks whose reads one flush folds in at most. Each lands on its own leaf page of a
+#: big heat table, and LMDB keeps the pages one write transaction dirtied in malloc'd
+#: memory for the process's life (measured: one transaction of 8,000 random inserts
+#: into a table of 10^6 rows kept 25 MiB, of 2,000 kept 7 MiB).
+FLUSH_EVERY = 2048
+
+
 class HeatTracker:
     """Counts reads in memory and folds them into the store's `heat` table in batches."""
 
-    def __init__(self, engine: MetaEngine, half_life: float, *, flush_every: int = 8192,
+    def __init__(self, engine: MetaEngine, half_life: float, *, flush_every: int = FLUSH_EVERY,
                  flush_interval: float = 5.0) -> None:
         self.engine = engine
         self.half_life = half_life
