@@ -84,3 +84,55 @@ def test_a_put_counts_subdirectories_in_the_batch_write(tmp_path: Path) -> None:
             top = namespace.resolve(txn, "/t")
             assert top.nlink == 2 + 5 and top.version <= 3
             assert all(namespace.resolve(txn, f"/t/d{d}").nlink == 3 for d in range(5))
+
+
+def test_a_commit_writes_each_new_chunk_record_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New chunks get their record with the refcount already in it: the refcount pass
+    touches only chunks committed before (re-reading a fresh record cost a sixth of a
+    small-file commit). Refcounts and fsck come out as before."""
+    from gfs.codec import chunk_id
+    from gfs.meta import lmdb_engine
+
+    src = tmp_path / "src"
+    src.mkdir()
+    old, new = b"old content " * 50, b"new content " * 60
+    (src / "a").write_bytes(old)
+    passed: list[bytes] = []
+    real = lmdb_engine._LmdbWrite.add_refcounts
+
+    def spying(self: lmdb_engine._LmdbWrite, deltas: dict[bytes, int]) -> None:
+        passed.extend(deltas)
+        real(self, deltas)
+
+    monkeypatch.setattr(lmdb_engine._LmdbWrite, "add_refcounts", spying)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        assert chunk_id(old) not in passed  # new in that commit
+        for name in ("a", "b", "c"):  # a replaced, b and c share one new chunk
+            (src / name).write_bytes(new)
+        (src / "d").write_bytes(old)
+        passed.clear()
+        fs.put(str(src), "/t")
+        assert chunk_id(new) not in passed and chunk_id(old) in passed
+        with fs.engine.read() as txn:
+            assert txn.get_chunk(chunk_id(new)).refcount == 3  # type: ignore[union-attr]
+            assert txn.get_chunk(chunk_id(old)).refcount == 1  # type: ignore[union-attr]
+        assert fs.fsck().ok
+
+
+def test_a_fresh_record_whose_refcount_would_go_negative_changes_nothing(
+        tmp_path: Path) -> None:
+    from collections import Counter
+
+    from gfs.errors import FormatError
+    from gfs.meta import ChunkRecord
+    from gfs.store import apply_refcounts
+
+    cid = b"\x01" * 16
+    with Client.init(tmp_path / "s") as fs:
+        with pytest.raises(FormatError, match=f"chunk {cid.hex()}: refcount would fall"), \
+                fs.engine.write() as txn:
+            apply_refcounts(txn, Counter({cid: -1}), {cid: ChunkRecord(cid, 5, 5, 0, 0, ())})
+        with fs.engine.read() as txn:
+            assert txn.get_chunk(cid) is None
