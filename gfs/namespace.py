@@ -191,12 +191,13 @@ def versions_coalesced(txn: WriteTxn) -> Iterator[None]:
 def _new_inode(txn: WriteTxn, parent: int, kind: Kind, mode: int, now: int,
                uid: int | None = None, gid: int | None = None, target: str = "",
                mtime_ns: int | None = None, size: int = 0, version: int = 0,
-               rdev: int = 0) -> Inode:
+               rdev: int = 0, atime_ns: int | None = None) -> Inode:
     return Inode(
         ino=txn.alloc_ino(), parent=parent, kind=kind, mode=mode & 0o7777,
         uid=_UID if uid is None else uid, gid=_GID if gid is None else gid,
         size=len(target.encode()) if kind == Kind.SYMLINK else size,
-        atime_ns=now, mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now,
+        atime_ns=now if atime_ns is None else atime_ns,
+        mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now,
         version=version, target=target, nlink=2 if kind == Kind.DIR else 1, rdev=rdev)
 
 
@@ -313,15 +314,19 @@ def write_content(txn: WriteTxn, node: Inode, refs: list[ChunkRef], *,
 
 def mkdir_in(txn: WriteTxn, parent: Inode, name: str, mode: int = DEFAULT_DIR_MODE, *,
              uid: int | None = None, gid: int | None = None, exist_ok: bool = False,
-             touch: bool = True) -> Inode:
-    """Create directory `name` in `parent`; an existing directory is returned if `exist_ok`."""
+             touch: bool = True, atime_ns: int | None = None,
+             mtime_ns: int | None = None) -> Inode:
+    """Create directory `name` in `parent`; an existing directory is returned (unchanged)
+    if `exist_ok`. `atime_ns` and `mtime_ns` are the new directory's times (default:
+    now)."""
     existing = child(txn, parent, paths.check_name(name))
     if existing is not None:
         if existing.kind == Kind.DIR and exist_ok:
             return existing
         raise ExistsError(name) if existing.kind == Kind.DIR else NotADirError(name)
     now = now_ns()
-    new = _new_inode(txn, parent.ino, Kind.DIR, mode, now, uid, gid)
+    new = _new_inode(txn, parent.ino, Kind.DIR, mode, now, uid, gid, mtime_ns=mtime_ns,
+                     atime_ns=atime_ns)
     txn.put_inode(new)
     txn.link(parent.ino, name, new.ino)
     if touch:

@@ -136,3 +136,59 @@ def test_a_fresh_record_whose_refcount_would_go_negative_changes_nothing(
             apply_refcounts(txn, Counter({cid: -1}), {cid: ChunkRecord(cid, 5, 5, 0, 0, ())})
         with fs.engine.read() as txn:
             assert txn.get_chunk(cid) is None
+
+
+def test_a_put_writes_a_directory_it_makes_at_most_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory the put makes gets the local one's mode and times when it is made
+    (once, plus the batch's version step), not again when it is left; a directory that
+    existed still gets them when left. Modes and times match, read-only ones included."""
+    import os
+    import time
+    from collections import Counter
+
+    from gfs.meta import lmdb_engine
+
+    src = tmp_path / "src"
+    for d in ("a", "a/b", "ro"):
+        (src / d).mkdir(parents=True)
+        (src / d / "f").write_bytes(d.encode())
+    (src / "empty").mkdir()
+    os.chmod(src / "ro", 0o555)
+    os.chmod(src / "a" / "b", 0o710)
+    # atimes after mtime and ctime: listing a directory keeps its atime (relatime)
+    now = time.time_ns() + 60_000_000_000
+    for i, d in enumerate(("a/b", "a", "ro", "empty", "")):
+        os.utime(src / d, ns=(now - i, now - 100_000_000_000 * (i + 1)))
+    writes: Counter[int] = Counter()
+    real = lmdb_engine._LmdbWrite.put_inode
+
+    def counting(self: lmdb_engine._LmdbWrite, node: namespace.Inode) -> None:
+        writes[node.ino] += 1
+        real(self, node)
+
+    def check(fs: Client, top: str) -> None:
+        for d in ("a/b", "a", "ro", "empty", ""):
+            st, got = os.stat(src / d), fs.stat(f"{top}/{d}".rstrip("/"))
+            assert (got.mode & 0o7777, got.mtime_ns, got.atime_ns) == (
+                st.st_mode & 0o7777, st.st_mtime_ns, st.st_atime_ns), d
+            assert (got.uid, got.gid) == (st.st_uid, st.st_gid)
+
+    try:
+        with Client.init(tmp_path / "s") as fs:
+            monkeypatch.setattr(lmdb_engine._LmdbWrite, "put_inode", counting)
+            fs.put(str(src), "/t")
+            monkeypatch.undo()
+            check(fs, "/t")
+            for d in ("a", "a/b", "ro", "empty"):
+                assert writes[fs.stat(f"/t/{d}").ino] <= 2, (d, writes)
+            # merging into the existing tree: the local attributes are applied again
+            (src / "a" / "new").write_bytes(b"n")
+            os.chmod(src / "a", 0o750)
+            os.utime(src / "a", ns=(now - 9, now - 800_000_000_000))
+            fs.put(str(src), "/t")
+            check(fs, "/t")
+            assert fs.read_bytes("/t/a/new") == b"n"
+            assert fs.fsck().ok
+    finally:
+        os.chmod(src / "ro", 0o755)
