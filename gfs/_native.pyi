@@ -27,12 +27,6 @@ def load_chunked(
 ) -> tuple[bytes, list[int], bytes] | None:
     """(data, cuts, ids) of a whole file, or None if larger than `limit`; releases the GIL."""
 
-def load_chunked_many(
-    paths: Sequence[str | bytes], min_size: int, avg_size: int, max_size: int, limit: int, /
-) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
-    """load_chunked of each path, the GIL released once per step for the whole batch; a
-    file that cannot be read gets its OSError as its item."""
-
 def superfeatures(buf: _Buffer, cuts: list[int], /) -> bytes:
     """3 u64 LE super-features per chunk ending at `cuts` (24 bytes each); releases the GIL."""
 

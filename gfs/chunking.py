@@ -32,7 +32,7 @@ import contextlib
 import mmap
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -138,17 +138,6 @@ def load_chunked(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PAR
     """
     return _native.load_chunked(os.fspath(path), params.min_size, params.avg_size,
                                 params.max_size, limit)
-
-
-def load_chunked_many(paths: Sequence[str | os.PathLike[str]],
-                      params: ChunkParams = DEFAULT_PARAMS, limit: int = 8 << 20
-                      ) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
-    """`load_chunked` of each path, with the GIL released once for the batch's reads
-    (and once for its opens), so another thread runs Python meanwhile: per file it
-    cost more to hand the GIL over than to read a small file. Each item is the
-    result, None (larger than `limit`), or the OSError reading that file raised."""
-    return _native.load_chunked_many([os.fspath(p) for p in paths], params.min_size,
-                                     params.avg_size, params.max_size, limit)
 
 
 def spans(cuts: list[int], start: int = 0) -> Iterator[tuple[int, int]]:

@@ -62,7 +62,6 @@ from gfs.meta import (
 from gfs.namespace import XattrSource
 from gfs.namespace_api import DuReport, Stat
 from gfs.read import ChunkSource, ManifestReader, cached
-from gfs.read_ahead import read_ahead
 from gfs.spill import SpillTable
 from gfs.state import (
     check_identity,
@@ -73,7 +72,7 @@ from gfs.state import (
     record_url,
     relocate,
 )
-from gfs.store import WHOLE_READ_LIMIT, ChunkStore, WriteStats, read_prepared, release
+from gfs.store import ChunkStore, WriteStats, read_prepared, release
 from gfs.tiering import defaults as tier_defaults
 from gfs.tiering.heat import HeatTracker
 
@@ -553,22 +552,10 @@ class Client:
         base = paths.split(dest)
         dirs = _Dirs()  # rel path -> ino, filled in as actions commit
         existing = _ExistingFiles(self.engine, base) if dest_exists else None
-
-        def wanted(item: tuple[bool, _LocalEntry]) -> tuple[str, int] | None:
-            """The file to read ahead for a walk item: a regular file that changed."""
-            leaving, e = item
-            if (leaving or not statmod.S_ISREG(e.st.st_mode) or e.st.st_size > WHOLE_READ_LIMIT
-                    or (existing is not None and existing.unchanged(e))):
-                return None
-            return e.path, e.st.st_size
-
-        with _fast_thread_switching(), self.store.writer() as session, \
-                ThreadPoolExecutor(1, thread_name_prefix="hutong-put-read") as reader:
+        with _fast_thread_switching(), self.store.writer() as session:
             if not statmod.S_ISDIR(top.st_mode) and base:
                 session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
-            for (leaving, e), loaded in read_ahead(
-                    walked if walked is not None else _walk_local(src, top), wanted,
-                    self.store.params, reader):
+            for leaving, e in walked if walked is not None else _walk_local(src, top):
                 if leaving:  # directory modes and times, once its children are queued
                     session.add_action(_dir_attrs_action(dirs, e.rel, e.st))
                     continue
@@ -584,16 +571,11 @@ class Client:
                     session.add_action(_symlink_action(dirs, parent_rel, name,
                                                        os.readlink(e.path), e.st))
                     report.symlinks += 1
-                elif (statmod.S_ISREG(e.st.st_mode) and loaded is None and existing
-                      and existing.unchanged(e)):
+                elif statmod.S_ISREG(e.st.st_mode) and existing and existing.unchanged(e):
                     report.unchanged += 1
                 elif statmod.S_ISREG(e.st.st_mode):
-                    if isinstance(loaded, OSError):
-                        raise loaded
-                    # read, cut and hashed in C (ahead, on the reader thread); big files
-                    # are streamed
-                    prepared = (loaded if loaded is not None
-                                else read_prepared(e.path, self.store.params))
+                    # read, cut and hashed in C in one call; big files are streamed
+                    prepared = read_prepared(e.path, self.store.params)
                     refs = (session.store_file(e.path) if prepared is None
                             else session.store_prepared(prepared))
                     session.add_file(refs, _file_action(dirs, parent_rel, name, e.st))

@@ -415,20 +415,6 @@ def read_prepared(path: str, params: chunking.ChunkParams) -> Prepared | None:
     return _prepared(memoryview(data), cuts, ids)
 
 
-def read_prepared_many(paths: Sequence[str], params: chunking.ChunkParams
-                       ) -> list[Prepared | OSError | None]:
-    """`read_prepared` of each path in one native call (the GIL released once for the
-    batch); a file that cannot be read gets the OSError it raised as its item."""
-    out: list[Prepared | OSError | None] = []
-    for loaded in chunking.load_chunked_many(paths, params, WHOLE_READ_LIMIT):
-        if loaded is None or isinstance(loaded, OSError):
-            out.append(loaded)
-        else:
-            data, cuts, ids = loaded
-            out.append(_prepared(memoryview(data), cuts, ids))
-    return out
-
-
 class WriteSession:
     """Stores chunks and commits files in batches. One thread uses a session."""
 

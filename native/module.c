@@ -360,111 +360,6 @@ features(PyObject *Py_UNUSED(module), PyObject *obj)
     return out;
 }
 
-/* One file of load_chunked / load_chunked_many, through four steps: open (no GIL
- * needed), allocate its bytes object (GIL), read + cut + hash (no GIL), result
- * (GIL). */
-typedef struct {
-    PyObject *name; /* the caller's path object, named in errors */
-    PyObject *path; /* its file-system encoding (bytes) */
-    int fd;
-    int err;  /* errno of the first failure, 0 if none */
-    int over; /* larger than the limit: not read */
-    size_t size, got, count;
-    PyObject *data; /* bytes of `size`, read into without the GIL */
-    uint64_t *cuts;
-    uint8_t *ids;
-} load_item;
-
-/* Open and fstat; no Python calls. */
-static void
-load_open(load_item *it, unsigned long long limit)
-{
-    struct stat st;
-    it->fd = open(PyBytes_AS_STRING(it->path), O_RDONLY | O_CLOEXEC);
-    if (it->fd < 0 || fstat(it->fd, &st) < 0) {
-        it->err = errno;
-    } else if ((unsigned long long)st.st_size > limit) {
-        it->over = 1;
-    } else {
-        it->size = (size_t)st.st_size;
-        return;
-    }
-    if (it->fd >= 0)
-        close(it->fd);
-    it->fd = -1;
-}
-
-/* Read the opened file, cut and hash it; no Python calls. */
-static void
-load_read(load_item *it, const fastcdc_params *params)
-{
-    uint8_t *buf = (uint8_t *)PyBytes_AS_STRING(it->data);
-    while (it->got < it->size) {
-        ssize_t n = read(it->fd, buf + it->got, it->size - it->got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            it->err = errno;
-            break;
-        }
-        if (n == 0)
-            break; /* the file shrank: keep what is there */
-        it->got += (size_t)n;
-    }
-    close(it->fd);
-    it->fd = -1;
-    if (it->err)
-        return;
-    it->count = scan_cuts(buf, it->got, params, 1, &it->cuts);
-    if (it->count == (size_t)-1)
-        return;
-    it->ids = PyMem_RawMalloc(it->count * CHUNKID_LEN + 1);
-    if (it->ids != NULL)
-        chunkid_many(buf, it->cuts, it->count, it->ids);
-}
-
-/* Close and free what the item holds (GIL held). */
-static void
-load_free(load_item *it)
-{
-    if (it->fd >= 0)
-        close(it->fd);
-    it->fd = -1;
-    PyMem_RawFree(it->cuts);
-    PyMem_RawFree(it->ids);
-    it->cuts = NULL;
-    it->ids = NULL;
-    Py_CLEAR(it->data);
-    Py_CLEAR(it->path);
-}
-
-/* The item's result (data, cuts, ids), None when over the limit, or NULL with
- * an exception set; frees what the item holds. */
-static PyObject *
-load_result(load_item *it)
-{
-    PyObject *result = NULL;
-    if (it->err) {
-        errno = it->err;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, it->name);
-    } else if (it->over) {
-        result = Py_NewRef(Py_None);
-    } else if (it->data == NULL || it->count == (size_t)-1 || it->ids == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_NoMemory();
-    } else if (it->got == it->size || _PyBytes_Resize(&it->data, (Py_ssize_t)it->got) == 0) {
-        PyObject *list = cuts_to_list(it->cuts, it->count);
-        PyObject *idb = PyBytes_FromStringAndSize((const char *)it->ids,
-                                                  (Py_ssize_t)(it->count * CHUNKID_LEN));
-        if (list != NULL && idb != NULL)
-            result = PyTuple_Pack(3, it->data, list, idb);
-        Py_XDECREF(list);
-        Py_XDECREF(idb);
-    }
-    load_free(it);
-    return result;
-}
-
 PyDoc_STRVAR(load_chunked_doc,
 "load_chunked(path, min_size, avg_size, max_size, limit, /)\n"
 "    -> tuple[bytes, list[int], bytes] | None\n\n"
@@ -478,110 +373,92 @@ PyDoc_STRVAR(load_chunked_doc,
 static PyObject *
 load_chunked(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    load_item it = {.fd = -1};
+    PyObject *path_obj;
     unsigned long long min_size, avg_size, max_size, limit;
-    if (!PyArg_ParseTuple(args, "OKKKK:load_chunked", &it.name, &min_size, &avg_size,
-                          &max_size, &limit))
+    if (!PyArg_ParseTuple(args, "O&KKKK:load_chunked", PyUnicode_FSConverter, &path_obj,
+                          &min_size, &avg_size, &max_size, &limit))
         return NULL;
     fastcdc_params params;
-    if (init_params(&params, min_size, avg_size, max_size) < 0)
+    if (init_params(&params, min_size, avg_size, max_size) < 0) {
+        Py_DECREF(path_obj);
         return NULL;
-    if (!PyUnicode_FSConverter(it.name, &it.path))
-        return NULL;
-    load_open(&it, limit);
-    if (it.fd >= 0) {
-        it.data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)it.size);
-        if (it.data != NULL) {
-            /* Small files take less time than handing the GIL over and back
-             * (measured: releasing it per file tripled the ingest time of a
-             * source tree while compression threads ran): load_chunked_many
-             * releases it once for many. */
-            PyThreadState *released = it.size >= GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
-            load_read(&it, &params);
-            if (released != NULL)
-                PyEval_RestoreThread(released);
-        }
     }
-    return load_result(&it);
-}
-
-PyDoc_STRVAR(load_chunked_many_doc,
-"load_chunked_many(paths, min_size, avg_size, max_size, limit, /)\n"
-"    -> list[tuple[bytes, list[int], bytes] | None | OSError]\n\n"
-"load_chunked of each path of a sequence, with the GIL released twice for the\n"
-"whole batch (opening all, then reading, scanning and hashing all), so that\n"
-"another thread runs Python meanwhile. Each item is the file's result, None\n"
-"if it is larger than limit, or the OSError (with the path) that reading it\n"
-"raised: a failure stops nothing but that file's item. Raises TypeError for\n"
-"a path that is not str, bytes or os.PathLike, MemoryError if out of memory.");
-
-static PyObject *
-load_chunked_many(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    PyObject *paths;
-    unsigned long long min_size, avg_size, max_size, limit;
-    if (!PyArg_ParseTuple(args, "OKKKK:load_chunked_many", &paths, &min_size, &avg_size,
-                          &max_size, &limit))
+    const char *path = PyBytes_AS_STRING(path_obj);
+    int fd, err = 0;
+    struct stat st;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0)
+        err = errno;
+    if (err) {
+        if (fd >= 0)
+            close(fd);
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
+        Py_DECREF(path_obj);
         return NULL;
-    fastcdc_params params;
-    if (init_params(&params, min_size, avg_size, max_size) < 0)
-        return NULL;
-    PyObject *seq = PySequence_Fast(paths, "load_chunked_many() needs a sequence of paths");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    load_item *items = PyMem_Calloc(n ? (size_t)n : 1, sizeof(load_item));
-    PyObject *out = NULL;
-    Py_ssize_t k, ready = 0;
-    if (items == NULL) {
-        PyErr_NoMemory();
-        goto done;
     }
-    for (k = 0; k < n; k++) {
-        items[k].fd = -1;
-        items[k].name = PySequence_Fast_GET_ITEM(seq, k);
-        if (!PyUnicode_FSConverter(items[k].name, &items[k].path))
-            goto done;
-        ready = k + 1;
+    if ((unsigned long long)st.st_size > limit) {
+        close(fd);
+        Py_DECREF(path_obj);
+        Py_RETURN_NONE;
     }
-    PyThreadState *released = PyEval_SaveThread();
-    for (k = 0; k < n; k++)
-        load_open(&items[k], limit);
-    PyEval_RestoreThread(released);
-    for (k = 0; k < n; k++) {
-        if (items[k].fd < 0)
+    size_t size = (size_t)st.st_size;
+    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (data == NULL) {
+        close(fd);
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+    uint8_t *buf = (uint8_t *)PyBytes_AS_STRING(data);
+    size_t got = 0, count = 0;
+    uint64_t *cuts = NULL;
+    uint8_t *ids = NULL;
+    /* Small files take less time than handing the GIL over and back (measured:
+     * releasing it per file tripled the ingest time of a source tree while
+     * compression threads ran), so the GIL is released only for large ones. */
+    PyThreadState *released = size >= GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
+    while (got < size) {
+        ssize_t n = read(fd, buf + got, size - got);
+        if (n < 0 && errno == EINTR)
             continue;
-        items[k].data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)items[k].size);
-        if (items[k].data == NULL)
-            goto done;
-    }
-    released = PyEval_SaveThread();
-    for (k = 0; k < n; k++) {
-        if (items[k].fd >= 0)
-            load_read(&items[k], &params);
-    }
-    PyEval_RestoreThread(released);
-    out = PyList_New(n);
-    for (k = 0; out != NULL && k < n; k++) {
-        PyObject *item = load_result(&items[k]);
-        if (item == NULL && PyErr_ExceptionMatches(PyExc_OSError)) {
-            PyObject *type, *tb;
-            PyErr_Fetch(&type, &item, &tb);
-            PyErr_NormalizeException(&type, &item, &tb);
-            Py_XDECREF(type);
-            Py_XDECREF(tb);
+        if (n < 0) {
+            err = errno;
+            break;
         }
-        if (item == NULL)
-            Py_CLEAR(out);
-        else
-            PyList_SET_ITEM(out, k, item);
+        if (n == 0)
+            break; /* the file shrank: keep what is there */
+        got += (size_t)n;
     }
-done:
-    for (k = 0; items != NULL && k < ready; k++)
-        load_free(&items[k]);
-    PyMem_Free(items);
-    Py_DECREF(seq);
-    return out;
+    close(fd);
+    if (!err) {
+        count = scan_cuts(buf, got, &params, 1, &cuts);
+        if (count != (size_t)-1) {
+            ids = PyMem_RawMalloc(count * CHUNKID_LEN + 1);
+            if (ids != NULL)
+                chunkid_many(buf, cuts, count, ids);
+        }
+    }
+    if (released != NULL)
+        PyEval_RestoreThread(released);
+    PyObject *result = NULL;
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
+    } else if (count == (size_t)-1 || ids == NULL) {
+        PyErr_NoMemory();
+    } else if (got == size || _PyBytes_Resize(&data, (Py_ssize_t)got) == 0) {
+        PyObject *list = cuts_to_list(cuts, count);
+        PyObject *idb = PyBytes_FromStringAndSize((const char *)ids,
+                                                  (Py_ssize_t)(count * CHUNKID_LEN));
+        if (list != NULL && idb != NULL)
+            result = PyTuple_Pack(3, data, list, idb);
+        Py_XDECREF(list);
+        Py_XDECREF(idb);
+    }
+    PyMem_RawFree(cuts);
+    PyMem_RawFree(ids);
+    Py_XDECREF(data);
+    Py_DECREF(path_obj);
+    return result;
 }
 
 PyDoc_STRVAR(check_params_doc,
@@ -644,7 +521,6 @@ static PyMethodDef native_methods[] = {
     {"gear_table", gear_table, METH_NOARGS, gear_table_doc},
     {"chunk_ids", chunk_ids, METH_VARARGS, chunk_ids_doc},
     {"load_chunked", load_chunked, METH_VARARGS, load_chunked_doc},
-    {"load_chunked_many", load_chunked_many, METH_VARARGS, load_chunked_many_doc},
     {"superfeatures", superfeatures, METH_VARARGS, superfeatures_doc},
     {"features", features, METH_O, features_doc},
     {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
