@@ -1129,6 +1129,12 @@ class _Dirs(dict[tuple[str, ...], int]):
         #: directories this put made (with their final attributes) and not yet left
         self.made: set[tuple[str, ...]] = set()
 
+    def made_in(self, txn: WriteTxn, node: Inode) -> None:
+        """Directory `node` was just made in `txn`: its children need not read it."""
+        if txn is not self._txn:
+            self._txn, self._read = txn, {}
+        self._read[node.ino] = node
+
     def parent(self, txn: WriteTxn, rel: tuple[str, ...] | None) -> Inode:
         """The directory at `rel` (None: the put's top) as read once in `txn`. Only its
         ino is current: callers pass it to `*_in(touch=False)`, which use nothing else
@@ -1157,15 +1163,19 @@ def _ensure_dir_action(ns: str, dirs: _Dirs) -> Action:
 def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...], st: os.stat_result) -> Action:
     """Make directory `rel` with the local one's mode, owner and times: its entries are
     added without touching it, so a directory this put makes needs no second write
-    when it is left (a third of a small-file put's inode writes)."""
+    when it is left (a third of a small-file put's inode writes). One that exists is
+    kept as it is until then."""
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
         parent = _parent(txn, dirs, rel[:-1])
-        known = namespace.child(txn, parent, rel[-1])
-        node = known if known is not None and known.kind == Kind.DIR else namespace.mkdir_in(
-            txn, parent, rel[-1], st.st_mode, uid=st.st_uid, gid=st.st_gid, exist_ok=True,
-            touch=False, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
-        if known is None:
+        try:
+            node = namespace.mkdir_in(txn, parent, rel[-1], st.st_mode, uid=st.st_uid,
+                                      gid=st.st_gid, touch=False, atime_ns=st.st_atime_ns,
+                                      mtime_ns=st.st_mtime_ns)
+        except ExistsError:  # raised before any write
+            node = namespace.mkdir_in(txn, parent, rel[-1], exist_ok=True, touch=False)
+        else:
             dirs.made.add(rel)
+            dirs.made_in(txn, node)
         dirs[rel] = node.ino
         return None
     return action
