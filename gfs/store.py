@@ -616,14 +616,14 @@ class WriteSession:
         while len(self._inflight) > keep:
             cids, fut = self._inflight.popleft()
             blobs = fut.result()
+            heads = [parse_blob_header(h) for h, _ in blobs]
             if not cids:  # a group: the group chunk, then its members
-                cids = [parse_blob_header(h).chunk_id for h, _ in blobs]
+                cids = [h.chunk_id for h in heads]
                 self.stats.groups += 1
-            for cid, (header, payload) in zip(cids, blobs, strict=True):
+            for cid, head, (header, payload) in zip(cids, heads, blobs, strict=True):
                 if self._pack is None:
                     self._pack = self._start_pack()
                 offset, blob_len = self._pack.add(header, payload)
-                head = parse_blob_header(header)
                 if head.codec == CODEC_MEMBER:  # recorded like a delta on its group
                     self._delta_meta[cid] = (bytes(payload[:CHUNK_ID_LEN]),
                                              self._member_keys.pop(cid, []))

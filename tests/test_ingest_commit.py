@@ -192,3 +192,33 @@ def test_a_put_writes_a_directory_it_makes_at_most_twice(
             assert fs.fsck().ok
     finally:
         os.chmod(src / "ro", 0o755)
+
+
+def test_a_session_parses_each_new_blob_header_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grouped small chunks: one header parse a blob when it goes into the pack (the
+    group's ids were parsed a second time); the files read back and fsck is clean."""
+    import os
+
+    from gfs import store as store_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i}").write_bytes(os.urandom(300 + i))
+    parsed: list[bytes] = []
+    real = store_mod.parse_blob_header
+
+    def counting(buf: bytes) -> object:
+        parsed.append(bytes(buf[16:32]))
+        return real(buf)
+
+    monkeypatch.setattr(store_mod, "parse_blob_header", counting)
+    with Client.init(tmp_path / "s", delta=True) as fs:
+        report = fs.put(str(src), "/t")
+        monkeypatch.undo()
+        assert report.write is not None and report.write.groups >= 1
+        assert len(parsed) == len(set(parsed)) == report.write.new_chunks
+        for i in range(40):
+            assert fs.read_bytes(f"/t/f{i}") == (src / f"f{i}").read_bytes()
+        assert fs.fsck().ok
