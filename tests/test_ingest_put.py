@@ -82,3 +82,34 @@ def test_a_commit_batch_reads_each_parent_directory_once(
             assert txn.get_inode(d1).nlink == 3
             assert txn.get_inode(fs.stat("/dst/src").ino).nlink == 5
         assert fs.fsck().ok
+
+
+def test_files_in_a_directory_made_in_the_same_batch_do_not_read_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inode mkdir made is the parent its files are linked into (no read of the
+    directory back from the transaction); a directory made in an earlier batch is read
+    once a batch. The tree comes out the same and fsck is clean."""
+    src = tmp_path / "src"
+    want = _tree(src, 4, 8)
+    reads: list[int] = []
+    real = client_mod.namespace.get
+
+    def counting(txn: object, ino: int, *rest: str) -> object:
+        reads.append(ino)
+        return real(txn, ino, *rest)  # type: ignore[arg-type]
+
+    for batch in (8000, 5):
+        with Client.init(tmp_path / f"s{batch}", commit_files=batch) as fs:
+            reads.clear()
+            monkeypatch.setattr(client_mod.namespace, "get", counting)
+            report = fs.put(src, "/t")
+            monkeypatch.undo()
+            made = [fs.stat(f"/t/d{d}").ino for d in range(4)]
+            if batch > 100:
+                assert not set(reads) & set(made), reads
+            else:
+                assert report.write is not None and report.write.commits > 4
+                assert all(reads.count(ino) <= 3 for ino in made), reads
+            for rel, data in want.items():
+                assert fs.read_bytes(f"/t/{rel}") == data
+            assert fs.fsck().ok
