@@ -1182,7 +1182,7 @@ def _ensure_dir_action(ns: str, dirs: _Dirs) -> Action:
     return action
 
 
-def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...], st: os.stat_result) -> Action:
+def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Action:
     """Make directory `rel` with the local one's mode, owner and times: its entries are
     added without touching it, so a directory this put makes needs no second write
     when it is left (a third of a small-file put's inode writes). One that exists is
