@@ -135,7 +135,7 @@ def test_format_mismatch_raises_state_error(tmp_path: Path) -> None:
     path = str(tmp_path / "meta")
     eng = LmdbEngine(path, sync=False)
     with eng.write() as w:
-        w.set_meta("format", b"5")
+        w.set_meta("format", b"6")
     eng.close()
     with pytest.raises(StateError) as info:
         LmdbEngine(path, sync=False)
