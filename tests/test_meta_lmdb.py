@@ -140,7 +140,7 @@ def test_format_mismatch_raises_state_error(tmp_path: Path) -> None:
     with pytest.raises(StateError) as info:
         LmdbEngine(path, sync=False)
     msg = str(info.value)
-    assert path in msg and "format version 5" in msg and "format 4" in msg
+    assert path in msg and "format version 6" in msg and "formats 1, 2, 3, 4, 5" in msg
     with pytest.raises(StateError):
         LmdbEngine(path, readonly=True)
 
