@@ -619,8 +619,8 @@ class LmdbEngine(MetaEngine):
             found = "none" if fmt is None else fmt.decode("ascii", "replace")
             raise StateError(
                 f"metadata environment {self.path} has format version {found}; this "
-                f"version of Hutong reads formats {b', '.join(enc.READABLE_FORMATS).decode()}. Use a "
-                "matching Hutong version or migrate the store"
+                f"version of Hutong reads formats {b', '.join(enc.READABLE_FORMATS).decode()}. "
+                "Use a matching Hutong version or migrate the store"
             )
 
     def _initialise(self, txn: Any, handles: dict[str, Any]) -> None:
