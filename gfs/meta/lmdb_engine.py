@@ -139,8 +139,9 @@ class _LmdbRead(ReadTxn):
 
     __slots__ = ("_d", "_txn")
 
-    def __init__(self, txn: Any, dbs: _Dbs) -> None:
-        self._txn = blocks.BlockTxn(txn, dbs.cold)  # hot rows, then packed blocks
+    def __init__(self, txn: Any, dbs: _Dbs, *, through: bool = False) -> None:
+        # hot rows, then packed blocks; `through`: see blocks.BlockTxn
+        self._txn = blocks.BlockTxn(txn, dbs.cold, through=through)
         self._d = dbs
 
     def _rows(self, db: Any, rows: Iterator[tuple[bytes, bytes]] | None = None
@@ -419,12 +420,13 @@ class _ReadCtx:
 class _WriteCtx:
     """`with engine.write() as w`: takes the writer lock, commits or aborts on exit."""
 
-    __slots__ = ("_engine", "_tick", "_txn")
+    __slots__ = ("_engine", "_tick", "_txn", "_w")
 
     def __init__(self, engine: LmdbEngine, tick: bool = False) -> None:
         self._engine = engine
         self._tick = tick
         self._txn: Any = None
+        self._w: _LmdbWrite | None = None
 
     def __enter__(self) -> WriteTxn:
         eng = self._engine
@@ -444,7 +446,10 @@ class _WriteCtx:
             shared.writer = None
             shared.wlock.release()
             raise
-        return _LmdbWrite(self._txn, shared.dbs)
+        # a write that records reads rewrites packed heat rows in their blocks rather
+        # than adding a hot copy of each (a restore would add one per chunk read)
+        self._w = _LmdbWrite(self._txn, shared.dbs, through=self._tick)
+        return self._w
 
     def __exit__(
         self,
@@ -454,8 +459,15 @@ class _WriteCtx:
     ) -> None:
         shared = self._engine._live()
         txn, self._txn = self._txn, None
+        w, self._w = self._w, None
         try:
             if exc_type is None:
+                try:
+                    if w is not None:
+                        w._txn.flush()
+                except BaseException:
+                    txn.abort()
+                    raise
                 txn.commit()
                 shared.wrote = shared.wrote or not self._tick
             else:
