@@ -261,6 +261,10 @@ class WriteBack:
         #: Files created here whose name another client took before the commit: the
         #: commit wrote into that file (pending inode -> the file's inode).
         self.redirects: dict[int, int] = {}
+        #: Files created here whose name another client made a directory (or another
+        #: kind) before the commit: nothing was committed; every later commit of the
+        #: inode (the close's flush) raises this error, until its last handle closes.
+        self.lost: dict[int, OSError] = {}
         self._lock = threading.Lock()
         self.stats = CommitStats()
         self._stats_lock = threading.Lock()
@@ -529,7 +533,8 @@ class WriteBack:
     def commit_future(self, d: DirtyFile) -> Future[None] | None:
         """`commit` without waiting: a future done once `d` is committed, or None if
         it has nothing to commit. Never blocks."""
-        if d.ino not in self.pending and (not d.dirty or d.tmp is None):
+        if d.ino not in self.pending and d.ino not in self.lost and \
+                (not d.dirty or d.tmp is None):
             return None
         return self._committer.submit_future(d)
 
@@ -543,9 +548,18 @@ class WriteBack:
 
     def settle(self) -> None:
         """Commit every pending file (with its content so far: empty unless written),
-        before a change that must see them."""
+        before a change that must see them. A file whose name another client took for a
+        directory is not committed; its close reports that, not this change."""
         for ino in self.pending.inos():
-            self.commit_ino(ino)
+            try:
+                self.commit_ino(ino)
+            except OSError as e:
+                if self.lost.get(ino) is not e:
+                    raise
+
+    def forget_lost(self, ino: int) -> None:
+        """The last handle of `ino` closed: its lost create reported, forgotten."""
+        self.lost.pop(ino, None)
 
     def commit_open(self) -> int:
         """Commit the content written so far of every dirty and every pending file;
@@ -555,7 +569,12 @@ class WriteBack:
         done = 0
         for d in todo.values():
             if d.ino in self.pending or (d.dirty and d.tmp is not None):
-                self.commit(d)
+                try:
+                    self.commit(d)
+                except OSError as e:
+                    if self.lost.get(d.ino) is not e:
+                        raise
+                    continue
                 done += 1
         return done
 
@@ -582,8 +601,13 @@ class WriteBack:
     def _commit_locked(self, unique: list[DirtyFile]) -> None:
         work = [(d, d.ino in self.pending) for d in unique
                 if d.ino in self.pending or (d.dirty and d.tmp is not None)]
-        if not work:
-            return
+        if work:
+            self._commit_work(work)
+        lost = [d for d in unique if d.ino in self.lost]
+        if lost:  # the others are committed: the one-by-one retry reports each
+            raise self.lost[lost[0].ino]
+
+    def _commit_work(self, work: list[tuple[DirtyFile, bool]]) -> None:
         try:
             self._store_batch(work)
         except TailPackGoneError as e:  # nothing committed; the next pack is new
@@ -598,7 +622,8 @@ class WriteBack:
             d.dirty = False
             if new:
                 self.pending.remove(d.ino)
-                self.seen_version[d.ino] = 1
+                if d.ino not in self.lost:
+                    self.seen_version[d.ino] = 1
 
     def _store_batch(self, work: list[tuple[DirtyFile, bool]]) -> None:
         """Store and commit `work` ((file, pending create?)) in one writer session."""
@@ -632,6 +657,7 @@ class WriteBack:
             if node is None:  # committed meanwhile: an ordinary new version
                 return self._update_action(ino, None)(txn, refs)
             name = self.pending.name(ino)
+            self.lost.pop(ino, None)  # (set again if this run of the transaction finds it)
             parent = txn.get_inode(node.parent)
             if parent is None or parent.kind != Kind.DIR:
                 log.info("directory of new inode %d was removed before the file was "
@@ -654,13 +680,20 @@ class WriteBack:
         """The commit of pending file `ino` whose name another client took meanwhile:
         as if this create had come after theirs and opened their file, the content is
         written into that file (a new version; their inode, mode and owner kept), never
-        replacing it. A name taken by a directory or another kind gets nothing (the
-        content is released, logged: the open could not have succeeded after theirs)."""
+        replacing it. A name taken by a directory or another kind changes nothing: the
+        content is released and the close fails (EISDIR, or EEXIST for another kind: the
+        open could not have succeeded after theirs), via `lost`."""
         def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
             other = txn.get_inode(taken)
             if other is None or other.kind != Kind.FILE:
-                log.error("%s was made meanwhile by another client (not a regular file); "
-                          "the content of the file created here is not committed", name)
+                kind = "a directory" if other is not None and other.kind == Kind.DIR \
+                    else "not a regular file"
+                err = (IsADirError if kind == "a directory" else ExistsError)(
+                    name, f"another client made this name {kind} after this file was "
+                    "created here; its content was not committed (write it under "
+                    "another name)")
+                log.warning("%s", err)
+                self.lost[ino] = err
                 return Manifest(0, tuple(refs))  # releases what was just referenced
             log.info("%s was created meanwhile by another client; this close writes its "
                      "content into that file", name)

@@ -213,17 +213,44 @@ def test_a_name_taken_after_the_lookup_gets_the_content_not_replaced(
     assert (got.st_ino, got.st_size) == (theirs, len(b"mine, whole"))
 
 
-def test_a_name_taken_by_a_directory_after_the_lookup_changes_nothing_of_it(
+def test_a_name_taken_by_a_directory_after_the_lookup_fails_the_close(
         ops: HutongOperations, tmp_path: Path) -> None:
+    """Another client makes a directory of the name between this create and its close:
+    the close's flush fails with EISDIR (close(2) reports it; the content committed
+    nowhere), the directory and its parent are as that client left them, another file
+    closed in the same batch is committed, and the mount goes on (a listing, a mkdir)."""
     asyncio.run(_miss(ops, ROOT_INO, b"x"))
-    fi, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))
+    fi, attr = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))
+    fi2, _ = asyncio.run(ops.create(ROOT_INO, b"y", 0o644, TRUNC, ctx()))
     with Client(tmp_path / "s") as other:
         other.mkdir("/x")
         other.write_bytes("/x/inside", b"kept")
-    _close(ops, fi.fh, b"mine")
+        before = other.stat("/x")
+
+    async def close_both() -> tuple[BaseException | None, BaseException | None]:
+        await ops.write(fi.fh, 0, b"mine")
+        await ops.write(fi2.fh, 0, b"other file")
+        outcome = await asyncio.gather(ops.flush(fi.fh), ops.flush(fi2.fh),
+                                       return_exceptions=True)
+        again = await asyncio.gather(ops.flush(fi.fh), return_exceptions=True)
+        for fh in (fi.fh, fi2.fh):  # (release errors reach nobody)
+            await asyncio.gather(ops.release(fh), return_exceptions=True)
+        return cast(BaseException | None, outcome[0]), cast(BaseException | None, again[0])
+    first, again = asyncio.run(close_both())
+    for e in (first, again):  # every flush of it says so, not only the first
+        assert isinstance(e, pyfuse3.FUSEError) and e.errno == errno.EISDIR
     with Client(tmp_path / "s") as check:
-        assert check.stat("/x").is_dir
+        assert check.stat("/x") == before
+        assert [e.path for e in check.ls("/x")] == ["/x/inside"]
         assert check.read_bytes("/x/inside") == b"kept"
+        assert check.read_bytes("/y") == b"other file"
+        assert sorted(e.path for e in check.ls("/")) == ["/x", "/y"]
+    assert not ops.wb.lost and attr.st_ino not in ops.wb.pending  # forgotten at release
+    with pytest.raises(pyfuse3.FUSEError) as gone:  # the kernel's inode: no such file
+        asyncio.run(ops.getattr(attr.st_ino, ctx()))
+    assert gone.value.errno == errno.ENOENT
+    asyncio.run(ops.mkdir(ROOT_INO, b"later", 0o755, ctx()))  # nothing left to commit
+    assert ops.client.stat("/later").is_dir
 
 
 def test_an_exclusive_create_of_a_name_taken_after_the_lookup_is_eexist(
@@ -373,3 +400,37 @@ def test_concurrent_lookups_share_one_query_each_getting_its_own_answer(
             assert found.ino == fs.stat("/d/g0").ino
         finally:
             pool.shutdown()
+
+
+@needs_fuse
+def test_a_fuse_close_fails_when_another_mount_made_the_name_a_directory(
+        tmp_path: Path, pg_url: str) -> None:
+    """Through the kernel, two mounts of one namespace: A opens a new name with
+    O_CREAT|O_TRUNC (after the kernel's lookup missed), B makes a directory of it with a
+    file inside, A writes and closes: A's close(2) fails with EISDIR, B's directory is
+    intact through both mounts, and nothing else of the namespace changed."""
+    states = [tmp_path / "s1", tmp_path / "s2"]
+    for s in states:
+        Client.init(s, meta=pg_url).close()
+    with serve_child_mount(states[0], tmp_path / "m1") as a, \
+            serve_child_mount(states[1], tmp_path / "m2") as b:
+        (b.mnt / "keep").write_bytes(b"unrelated")
+        with Client(states[0]) as c:
+            root_before = [e.path for e in c.ls("/")]
+        fd = os.open(a.mnt / "x", os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
+        try:
+            (b.mnt / "x").mkdir()
+            (b.mnt / "x" / "inside").write_bytes(b"theirs")
+            os.write(fd, b"A's content")
+        finally:
+            with pytest.raises(IsADirectoryError):
+                os.close(fd)
+        for m in (a.mnt, b.mnt):
+            assert (m / "x").is_dir()
+            assert os.listdir(m / "x") == ["inside"]
+        # (each state has its own pool: B's content is read through B)
+        assert (b.mnt / "x" / "inside").read_bytes() == b"theirs"
+        with Client(states[1]) as c:
+            assert sorted(e.path for e in c.ls("/")) == sorted([*root_before, "/x"])
+            assert c.read_bytes("/keep") == b"unrelated"
+            assert c.stat("/x").is_dir
