@@ -622,7 +622,7 @@ class HutongOperations(pyfuse3.Operations):
             else:
                 try:
                     node = self.wb.create(parent_inode, n, mode, ctx.uid, ctx.gid,
-                                          known=known)
+                                          known=known, trunc=bool(flags & os.O_TRUNC))
                 except ExistsError:  # made elsewhere since the kernel's lookup: opened
                     with self.client.engine.read() as txn:
                         node = namespace.lookup(txn, parent_inode, n)

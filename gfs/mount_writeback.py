@@ -30,10 +30,18 @@ from typing import BinaryIO
 from gfs import namespace
 from gfs.chunking import ChunkParams
 from gfs.client import Client
-from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError, NotFoundError
+from gfs.errors import (
+    ExistsError,
+    HutongError,
+    InvalidPathError,
+    IsADirError,
+    NotADirError,
+    NotFoundError,
+)
 from gfs.group_commit import GroupCommitter
 from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, WriteTxn
 from gfs.mount_names import NameHints
+from gfs.mount_overlay import Written
 from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import Prepared, WriteSession, prepare
@@ -143,6 +151,9 @@ class DirtyFile:
     mtime_ns: int | None = None
     #: When a handle was opened or a write arrived (time.monotonic()).
     touched: float = field(default_factory=time.monotonic)
+    #: A file created here without O_TRUNC: what was written (laid over the file of
+    #: another client that takes the name before the commit).
+    written: Written | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -265,6 +276,8 @@ class WriteBack:
         #: kind) before the commit: nothing was committed; every later commit of the
         #: inode (the close's flush) raises this error, until its last handle closes.
         self.lost: dict[int, OSError] = {}
+        #: Pending files created without O_TRUNC (see `_LayOver`).
+        self.keep_theirs: set[int] = set()
         self._lock = threading.Lock()
         self.stats = CommitStats()
         self._stats_lock = threading.Lock()
@@ -390,11 +403,12 @@ class WriteBack:
 
     # -- creating and writing ------------------------------------------------
     def create(self, parent: int, name: str, mode: int, uid: int, gid: int, *,
-               known: Inode | None = None) -> Inode:
+               known: Inode | None = None, trunc: bool = True) -> Inode:
         """A new file `name` in `parent`, pending until its first commit (ExistsError if
         the name is taken). `known`: directory `parent` as the lookup of `name` that just
         missed read it; nothing is read then (a name taken since is found by the commit,
-        which then writes into that file: `_create_action`)."""
+        which then writes into that file: `_create_action`; without `trunc` (O_TRUNC),
+        over its content at the offsets written here)."""
         exists = False
         if known is not None:
             parent_node = known
@@ -407,6 +421,8 @@ class WriteBack:
             raise NotADirError(name)
         mode, gid = namespace.inherit(parent_node, Kind.FILE, mode & 0o7777, gid)
         node = self.pending.add(parent, name, mode, uid, gid, exists)
+        if not trunc:
+            self.keep_theirs.add(node.ino)
         self.names.remember(node.ino, parent, name)
         self.seen_version[node.ino] = 1
         return node
@@ -414,10 +430,14 @@ class WriteBack:
     def open_writer(self, ino: int) -> DirtyFile:
         """Count a writable handle of `ino`; its shared DirtyFile."""
         with self._lock:
-            d = self.dirty.setdefault(ino, DirtyFile(ino))
+            d = self.dirty.get(ino) or self.dirty.setdefault(ino, self._new_dirty(ino))
             d.writers += 1
             d.touched = time.monotonic()
         return d
+
+    def _new_dirty(self, ino: int, writers: int = 0) -> DirtyFile:
+        return DirtyFile(ino, writers=writers,
+                         written=Written() if ino in self.keep_theirs else None)
 
     def _writers_elsewhere(self, batch: list[DirtyFile]) -> int:
         """How many files outside `batch` are being written now (uncommitted, opened or
@@ -446,6 +466,8 @@ class WriteBack:
         n = d.tmp.pwrite(data, off)
         if n:
             d.size = max(d.size, off + n)
+            if d.written is not None:
+                d.written.wrote(off, n)
         d.dirty = True
         d.mtime_ns = None
         d.touched = time.monotonic()
@@ -495,7 +517,7 @@ class WriteBack:
             temporary = False
             if d is None and ino in self.pending:
                 temporary = True
-                d = self.dirty[ino] = DirtyFile(ino, writers=1)
+                d = self.dirty[ino] = self._new_dirty(ino, writers=1)
         if d is None:
             # truncate(2) of a file nobody writes here: a new version that keeps the
             # chunks before the cut (no copy of the file)
@@ -510,6 +532,8 @@ class WriteBack:
                 d.tmp.truncate(size)
                 d.size = size
                 d.dirty = True
+                if d.written is not None:
+                    d.written.truncated(size)
             if temporary:  # truncate(2) by path of a pending file: commit now
                 self.commit(d)
         finally:
@@ -601,8 +625,16 @@ class WriteBack:
     def _commit_locked(self, unique: list[DirtyFile]) -> None:
         work = [(d, d.ino in self.pending) for d in unique
                 if d.ino in self.pending or (d.dirty and d.tmp is not None)]
-        if work:
-            self._commit_work(work)
+        for _ in range(len(work) + 1):  # each round lays over one file at most
+            if not work:
+                break
+            try:
+                self._commit_work(work)
+                break
+            except _LayOver as e:  # nothing committed: again, with their content
+                self._lay_over(e.ino, e.taken)
+                work = [(d, d.ino in self.pending) for d in unique
+                        if d.ino in self.pending or (d.dirty and d.tmp is not None)]
         lost = [d for d in unique if d.ino in self.lost]
         if lost:  # the others are committed: the one-by-one retry reports each
             raise self.lost[lost[0].ino]
@@ -622,6 +654,7 @@ class WriteBack:
             d.dirty = False
             if new:
                 self.pending.remove(d.ino)
+                self.keep_theirs.discard(d.ino)
                 if d.ino not in self.lost:
                     self.seen_version[d.ino] = 1
 
@@ -637,7 +670,7 @@ class WriteBack:
                 if new and d.mtime_ns is not None:
                     self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
                 action = self._create_action(d.ino) if new else \
-                    self._update_action(d.ino, d.mtime_ns)
+                    self._update_action(self.redirects.get(d.ino, d.ino), d.mtime_ns)
                 session.add_file(refs, action)
             session.commit(walks)  # the names read ahead with the chunks and packs
 
@@ -695,11 +728,32 @@ class WriteBack:
                 log.warning("%s", err)
                 self.lost[ino] = err
                 return Manifest(0, tuple(refs))  # releases what was just referenced
+            if ino in self.keep_theirs:  # no O_TRUNC: over their content (outside)
+                raise _LayOver(ino, taken)
             log.info("%s was created meanwhile by another client; this close writes its "
                      "content into that file", name)
             self.redirects[ino] = taken
             return self._update_action(taken, mtime)(txn, refs)
         return action
+
+    def _lay_over(self, ino: int, taken: int) -> None:
+        """Pending file `ino` (created without O_TRUNC) finds its name taken by file
+        `taken`: from now on it is that file, and its content is theirs with the bytes
+        written here laid over at their offsets (committed as a new version of it).
+        Called with the file's lock held."""
+        log.info("%s was created meanwhile by another client; this close writes into "
+                 "that file at the offsets written here", self.pending.name(ino))
+        self.redirects[ino] = taken
+        self.pending.remove(ino)
+        self.keep_theirs.discard(ino)
+        d = self.dirty.get(ino)
+        if d is None or d.written is None or d.tmp is None:
+            return  # nothing written here: their file as it is
+        merged = Spool()
+        theirs, _ = self.reader(taken)
+        d.size = d.written.merge(theirs, d.tmp, d.size, merged)
+        d.tmp.close()
+        d.tmp, d.written, d.dirty = merged, None, True
 
     def _update_action(self, ino: int, mtime: int | None) -> Action:
         """The commit action of new content for a committed file."""
@@ -712,6 +766,15 @@ class WriteBack:
             self.seen_version[ino] = node.version + 1
             return old
         return action
+
+
+class _LayOver(HutongError):
+    """A commit found the name of pending file `ino`, created without O_TRUNC, taken
+    by file `taken`: the transaction is dropped and the commit laid over theirs."""
+
+    def __init__(self, ino: int, taken: int) -> None:
+        super().__init__(f"inode {ino}: name taken by inode {taken}")
+        self.ino, self.taken = ino, taken
 
 
 def _store_small(session: WriteSession, files: list[DirtyFile],

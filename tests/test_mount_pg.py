@@ -22,7 +22,9 @@ import pytest
 from gfs.client import Client
 from gfs.meta import ROOT_INO, Inode, Kind
 from gfs.mount import HutongOperations, MountOptions
+from gfs.mount_overlay import Written
 from gfs.mount_recent import RecentDirs
+from gfs.mount_writeback import Spool
 from tests.test_mount_helpers import mount as serve_child_mount
 from tests.test_mount_helpers import needs_fuse
 
@@ -251,6 +253,90 @@ def test_a_name_taken_by_a_directory_after_the_lookup_fails_the_close(
     assert gone.value.errno == errno.ENOENT
     asyncio.run(ops.mkdir(ROOT_INO, b"later", 0o755, ctx()))  # nothing left to commit
     assert ops.client.stat("/later").is_dir
+
+
+def test_a_create_without_trunc_writes_over_a_file_made_meanwhile(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """open(O_CREAT) without O_TRUNC; another client creates the name before the close:
+    as if this open had found their file, the bytes written here land at their offsets
+    over their content, the rest of theirs kept (it was replaced whole before)."""
+    theirs = b"0123456789abcdefghij"
+    for name, writes in ((b"x", [(0, b"MINE"), (10, b"!!")]), (b"y", []),
+                         (b"z", [(18, b"-tail-")])):
+        fi, attr = asyncio.run(ops.create(ROOT_INO, name, 0o644,
+                                          os.O_WRONLY | os.O_CREAT, ctx()))
+        path = "/" + name.decode()
+        with Client(tmp_path / "s") as other:
+            other.write_bytes(path, theirs)
+            ino = other.stat(path).ino
+
+        async def close(fh: int = fi.fh, writes: list[tuple[int, bytes]] = writes) -> None:
+            for off, data in writes:
+                await ops.write(fh, off, data)
+            await ops.flush(fh)
+            await ops.release(fh)
+        asyncio.run(close())
+        want = bytearray(theirs)
+        for off, data in writes:
+            want[off:off + len(data)] = data
+        with Client(tmp_path / "s") as check:
+            assert check.read_bytes(path) == bytes(want)
+            assert check.stat(path).ino == ino
+        got = asyncio.run(ops.getattr(attr.st_ino, ctx()))  # the kernel's inode of it
+        assert (got.st_ino, got.st_size) == (ino, len(want))
+
+
+def test_a_lay_over_in_a_batch_commits_the_other_files_too(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """Closes committed together: the one whose name was taken meanwhile is laid over
+    their file, the other file of the batch is created as usual."""
+    fx, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, os.O_WRONLY | os.O_CREAT, ctx()))
+    fy, _ = asyncio.run(ops.create(ROOT_INO, b"y", 0o644, TRUNC, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/x", b"their long content")
+
+    async def close_both() -> None:
+        await ops.write(fx.fh, 0, b"MY")
+        await ops.write(fy.fh, 0, b"y's own")
+        await asyncio.gather(ops.flush(fx.fh), ops.flush(fy.fh))
+        await asyncio.gather(ops.release(fx.fh), ops.release(fy.fh))
+    asyncio.run(close_both())
+    with Client(tmp_path / "s") as check:
+        assert check.read_bytes("/x") == b"MYeir long content"
+        assert check.read_bytes("/y") == b"y's own"
+
+
+def test_what_a_create_wrote_lays_over_their_content_as_posix_would() -> None:
+    """`Written.merge` against the same writes and truncates replayed on their file."""
+    class Theirs:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.size = data, len(data)
+
+        def pread(self, off: int, size: int) -> bytes:
+            return self.data[off:off + size]
+
+    theirs = bytes(range(65, 65 + 26))
+    plans: list[list[tuple[str, int, bytes]]] = [
+        [("w", 3, b"xyz")], [("t", 5, b""), ("w", 8, b"12")], [("w", 20, b"long tail!")],
+        [("w", 0, b"ab"), ("t", 1, b""), ("t", 30, b""), ("w", 2, b"Q")], [("t", 40, b"")]]
+    for plan in plans:
+        ours, posix, written = Spool(), bytearray(theirs), Written()
+        size = 0
+        for op, off, data in plan:
+            if op == "w":
+                ours.pwrite(data, off)
+                size = max(size, off + len(data))
+                written.wrote(off, len(data))
+                posix[len(posix):off] = bytes(max(0, off - len(posix)))
+                posix[off:off + len(data)] = data
+            else:
+                ours.truncate(off)
+                size = off
+                written.truncated(off)
+                posix = posix[:off] + bytes(max(0, off - len(posix)))
+        merged = Spool()
+        total = written.merge(Theirs(theirs), ours, size, merged)
+        assert (total, merged.pread(total + 1, 0)) == (len(posix), bytes(posix)), plan
 
 
 def test_an_exclusive_create_of_a_name_taken_after_the_lookup_is_eexist(
