@@ -625,13 +625,17 @@ class WriteBack:
     def _commit_locked(self, unique: list[DirtyFile]) -> None:
         work = [(d, d.ino in self.pending) for d in unique
                 if d.ino in self.pending or (d.dirty and d.tmp is not None)]
-        for _ in range(len(work) + 1):  # each round lays over one file at most
+        for attempt in range(len(work) + 2):  # each round lays over one file at most
             if not work:
                 break
             try:
                 self._commit_work(work)
                 break
             except _LayOver as e:  # nothing committed: again, with their content
+                if attempt > len(work):
+                    raise ExistsError(self.pending.name(e.ino), "made and removed by other "
+                                      "clients while this close committed; not committed, "
+                                      "close again") from None
                 self._lay_over(e.ino, e.taken)
                 work = [(d, d.ino in self.pending) for d in unique
                         if d.ino in self.pending or (d.dirty and d.tmp is not None)]
@@ -741,19 +745,21 @@ class WriteBack:
         `taken`: from now on it is that file, and its content is theirs with the bytes
         written here laid over at their offsets (committed as a new version of it).
         Called with the file's lock held."""
+        d = self.dirty.get(ino)
+        if d is not None and d.written is not None and d.tmp is not None:
+            try:
+                theirs, _ = self.reader(taken)
+            except NotFoundError:  # removed since: the commit creates the file again
+                return
+            merged = Spool()
+            d.size = d.written.merge(theirs, d.tmp, d.size, merged)
+            d.tmp.close()
+            d.tmp, d.written, d.dirty = merged, None, True
         log.info("%s was created meanwhile by another client; this close writes into "
                  "that file at the offsets written here", self.pending.name(ino))
         self.redirects[ino] = taken
         self.pending.remove(ino)
         self.keep_theirs.discard(ino)
-        d = self.dirty.get(ino)
-        if d is None or d.written is None or d.tmp is None:
-            return  # nothing written here: their file as it is
-        merged = Spool()
-        theirs, _ = self.reader(taken)
-        d.size = d.written.merge(theirs, d.tmp, d.size, merged)
-        d.tmp.close()
-        d.tmp, d.written, d.dirty = merged, None, True
 
     def _update_action(self, ino: int, mtime: int | None) -> Action:
         """The commit action of new content for a committed file."""

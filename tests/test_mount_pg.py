@@ -306,6 +306,26 @@ def test_a_lay_over_in_a_batch_commits_the_other_files_too(
         assert check.read_bytes("/y") == b"y's own"
 
 
+def test_a_file_removed_before_the_lay_over_reads_it_is_created_again(
+        ops: HutongOperations, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their file is unlinked between the commit finding it and the lay over reading it:
+    the commit creates the file here after all, with what was written here."""
+    fi, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, os.O_WRONLY | os.O_CREAT, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/x", b"their long content")
+    reader = ops.wb.reader
+
+    def unlinked_first(ino: int) -> tuple[Any, bool]:
+        with Client(tmp_path / "s") as other:
+            other.rm("/x")
+        monkeypatch.setattr(ops.wb, "reader", reader)
+        return reader(ino)
+    monkeypatch.setattr(ops.wb, "reader", unlinked_first)
+    _close(ops, fi.fh, b"mine")
+    with Client(tmp_path / "s") as check:
+        assert check.read_bytes("/x") == b"mine"
+
+
 def test_what_a_create_wrote_lays_over_their_content_as_posix_would() -> None:
     """`Written.merge` against the same writes and truncates replayed on their file."""
     class Theirs:
