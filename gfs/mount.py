@@ -622,7 +622,7 @@ class HutongOperations(pyfuse3.Operations):
             else:
                 try:
                     node = self.wb.create(parent_inode, n, mode, ctx.uid, ctx.gid,
-                                          known=known)
+                                          known=known, trunc=bool(flags & os.O_TRUNC))
                 except ExistsError:  # made elsewhere since the kernel's lookup: opened
                     with self.client.engine.read() as txn:
                         node = namespace.lookup(txn, parent_inode, n)
@@ -690,7 +690,8 @@ class HutongOperations(pyfuse3.Operations):
 
     async def flush(self, fh: int) -> None:
         h = self._handles.get(fh)
-        if h is not None and (h.dirty is not None or h.ino in self.wb.pending):
+        if h is not None and (h.dirty is not None or h.ino in self.wb.pending
+                              or h.ino in self.wb.lost):
             await self._commit(self.wb.dirty_of(h.ino))
 
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -711,14 +712,18 @@ class HutongOperations(pyfuse3.Operations):
                 self._writers_closed.set()
 
     async def _release(self, h: _Handle) -> None:
-        if h.dirty is None:
-            if h.ino in self.wb.pending:
-                await self._commit(self.wb.dirty_of(h.ino))
-            return
         try:
-            await self._commit(h.dirty)
+            if h.dirty is None:
+                if h.ino in self.wb.pending or h.ino in self.wb.lost:
+                    await self._commit(self.wb.dirty_of(h.ino))
+                return
+            try:
+                await self._commit(h.dirty)
+            finally:
+                self.wb.drop_writer(h.dirty)  # in memory (closes a spool file at most)
         finally:
-            self.wb.drop_writer(h.dirty)  # in memory (closes a spool file at most)
+            if h.ino in self.wb.lost and all(o.ino != h.ino for o in self._handles.values()):
+                self.wb.forget_lost(h.ino)  # its last handle: the failure was reported
 
     # -- extended attributes -------------------------------------------------
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

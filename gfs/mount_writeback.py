@@ -30,10 +30,18 @@ from typing import BinaryIO
 from gfs import namespace
 from gfs.chunking import ChunkParams
 from gfs.client import Client
-from gfs.errors import ExistsError, InvalidPathError, IsADirError, NotADirError, NotFoundError
+from gfs.errors import (
+    ExistsError,
+    HutongError,
+    InvalidPathError,
+    IsADirError,
+    NotADirError,
+    NotFoundError,
+)
 from gfs.group_commit import GroupCommitter
 from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, WriteTxn
 from gfs.mount_names import NameHints
+from gfs.mount_overlay import Written
 from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import Prepared, WriteSession, prepare
@@ -143,6 +151,9 @@ class DirtyFile:
     mtime_ns: int | None = None
     #: When a handle was opened or a write arrived (time.monotonic()).
     touched: float = field(default_factory=time.monotonic)
+    #: A file created here without O_TRUNC: what was written (laid over the file of
+    #: another client that takes the name before the commit).
+    written: Written | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -261,6 +272,12 @@ class WriteBack:
         #: Files created here whose name another client took before the commit: the
         #: commit wrote into that file (pending inode -> the file's inode).
         self.redirects: dict[int, int] = {}
+        #: Files created here whose name another client made a directory (or another
+        #: kind) before the commit: nothing was committed; every later commit of the
+        #: inode (the close's flush) raises this error, until its last handle closes.
+        self.lost: dict[int, OSError] = {}
+        #: Pending files created without O_TRUNC (see `_LayOver`).
+        self.keep_theirs: set[int] = set()
         self._lock = threading.Lock()
         self.stats = CommitStats()
         self._stats_lock = threading.Lock()
@@ -386,11 +403,12 @@ class WriteBack:
 
     # -- creating and writing ------------------------------------------------
     def create(self, parent: int, name: str, mode: int, uid: int, gid: int, *,
-               known: Inode | None = None) -> Inode:
+               known: Inode | None = None, trunc: bool = True) -> Inode:
         """A new file `name` in `parent`, pending until its first commit (ExistsError if
         the name is taken). `known`: directory `parent` as the lookup of `name` that just
         missed read it; nothing is read then (a name taken since is found by the commit,
-        which then writes into that file: `_create_action`)."""
+        which then writes into that file: `_create_action`; without `trunc` (O_TRUNC),
+        over its content at the offsets written here)."""
         exists = False
         if known is not None:
             parent_node = known
@@ -403,6 +421,8 @@ class WriteBack:
             raise NotADirError(name)
         mode, gid = namespace.inherit(parent_node, Kind.FILE, mode & 0o7777, gid)
         node = self.pending.add(parent, name, mode, uid, gid, exists)
+        if not trunc:
+            self.keep_theirs.add(node.ino)
         self.names.remember(node.ino, parent, name)
         self.seen_version[node.ino] = 1
         return node
@@ -410,10 +430,14 @@ class WriteBack:
     def open_writer(self, ino: int) -> DirtyFile:
         """Count a writable handle of `ino`; its shared DirtyFile."""
         with self._lock:
-            d = self.dirty.setdefault(ino, DirtyFile(ino))
+            d = self.dirty.get(ino) or self.dirty.setdefault(ino, self._new_dirty(ino))
             d.writers += 1
             d.touched = time.monotonic()
         return d
+
+    def _new_dirty(self, ino: int, writers: int = 0) -> DirtyFile:
+        return DirtyFile(ino, writers=writers,
+                         written=Written() if ino in self.keep_theirs else None)
 
     def _writers_elsewhere(self, batch: list[DirtyFile]) -> int:
         """How many files outside `batch` are being written now (uncommitted, opened or
@@ -442,6 +466,8 @@ class WriteBack:
         n = d.tmp.pwrite(data, off)
         if n:
             d.size = max(d.size, off + n)
+            if d.written is not None:
+                d.written.wrote(off, n)
         d.dirty = True
         d.mtime_ns = None
         d.touched = time.monotonic()
@@ -491,7 +517,7 @@ class WriteBack:
             temporary = False
             if d is None and ino in self.pending:
                 temporary = True
-                d = self.dirty[ino] = DirtyFile(ino, writers=1)
+                d = self.dirty[ino] = self._new_dirty(ino, writers=1)
         if d is None:
             # truncate(2) of a file nobody writes here: a new version that keeps the
             # chunks before the cut (no copy of the file)
@@ -506,6 +532,8 @@ class WriteBack:
                 d.tmp.truncate(size)
                 d.size = size
                 d.dirty = True
+                if d.written is not None:
+                    d.written.truncated(size)
             if temporary:  # truncate(2) by path of a pending file: commit now
                 self.commit(d)
         finally:
@@ -529,7 +557,8 @@ class WriteBack:
     def commit_future(self, d: DirtyFile) -> Future[None] | None:
         """`commit` without waiting: a future done once `d` is committed, or None if
         it has nothing to commit. Never blocks."""
-        if d.ino not in self.pending and (not d.dirty or d.tmp is None):
+        if d.ino not in self.pending and d.ino not in self.lost and \
+                (not d.dirty or d.tmp is None):
             return None
         return self._committer.submit_future(d)
 
@@ -543,9 +572,18 @@ class WriteBack:
 
     def settle(self) -> None:
         """Commit every pending file (with its content so far: empty unless written),
-        before a change that must see them."""
+        before a change that must see them. A file whose name another client took for a
+        directory is not committed; its close reports that, not this change."""
         for ino in self.pending.inos():
-            self.commit_ino(ino)
+            try:
+                self.commit_ino(ino)
+            except OSError as e:
+                if self.lost.get(ino) is not e:
+                    raise
+
+    def forget_lost(self, ino: int) -> None:
+        """The last handle of `ino` closed: its lost create reported, forgotten."""
+        self.lost.pop(ino, None)
 
     def commit_open(self) -> int:
         """Commit the content written so far of every dirty and every pending file;
@@ -555,7 +593,12 @@ class WriteBack:
         done = 0
         for d in todo.values():
             if d.ino in self.pending or (d.dirty and d.tmp is not None):
-                self.commit(d)
+                try:
+                    self.commit(d)
+                except OSError as e:
+                    if self.lost.get(d.ino) is not e:
+                        raise
+                    continue
                 done += 1
         return done
 
@@ -582,8 +625,25 @@ class WriteBack:
     def _commit_locked(self, unique: list[DirtyFile]) -> None:
         work = [(d, d.ino in self.pending) for d in unique
                 if d.ino in self.pending or (d.dirty and d.tmp is not None)]
-        if not work:
-            return
+        for attempt in range(len(work) + 2):  # each round lays over one file at most
+            if not work:
+                break
+            try:
+                self._commit_work(work)
+                break
+            except _LayOver as e:  # nothing committed: again, with their content
+                if attempt > len(work):
+                    raise ExistsError(self.pending.name(e.ino), "made and removed by other "
+                                      "clients while this close committed; not committed, "
+                                      "close again") from None
+                self._lay_over(e.ino, e.taken)
+                work = [(d, d.ino in self.pending) for d in unique
+                        if d.ino in self.pending or (d.dirty and d.tmp is not None)]
+        lost = [d for d in unique if d.ino in self.lost]
+        if lost:  # the others are committed: the one-by-one retry reports each
+            raise self.lost[lost[0].ino]
+
+    def _commit_work(self, work: list[tuple[DirtyFile, bool]]) -> None:
         try:
             self._store_batch(work)
         except TailPackGoneError as e:  # nothing committed; the next pack is new
@@ -598,7 +658,9 @@ class WriteBack:
             d.dirty = False
             if new:
                 self.pending.remove(d.ino)
-                self.seen_version[d.ino] = 1
+                self.keep_theirs.discard(d.ino)
+                if d.ino not in self.lost:
+                    self.seen_version[d.ino] = 1
 
     def _store_batch(self, work: list[tuple[DirtyFile, bool]]) -> None:
         """Store and commit `work` ((file, pending create?)) in one writer session."""
@@ -612,7 +674,7 @@ class WriteBack:
                 if new and d.mtime_ns is not None:
                     self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
                 action = self._create_action(d.ino) if new else \
-                    self._update_action(d.ino, d.mtime_ns)
+                    self._update_action(self.redirects.get(d.ino, d.ino), d.mtime_ns)
                 session.add_file(refs, action)
             session.commit(walks)  # the names read ahead with the chunks and packs
 
@@ -632,6 +694,7 @@ class WriteBack:
             if node is None:  # committed meanwhile: an ordinary new version
                 return self._update_action(ino, None)(txn, refs)
             name = self.pending.name(ino)
+            self.lost.pop(ino, None)  # (set again if this run of the transaction finds it)
             parent = txn.get_inode(node.parent)
             if parent is None or parent.kind != Kind.DIR:
                 log.info("directory of new inode %d was removed before the file was "
@@ -654,19 +717,49 @@ class WriteBack:
         """The commit of pending file `ino` whose name another client took meanwhile:
         as if this create had come after theirs and opened their file, the content is
         written into that file (a new version; their inode, mode and owner kept), never
-        replacing it. A name taken by a directory or another kind gets nothing (the
-        content is released, logged: the open could not have succeeded after theirs)."""
+        replacing it. A name taken by a directory or another kind changes nothing: the
+        content is released and the close fails (EISDIR, or EEXIST for another kind: the
+        open could not have succeeded after theirs), via `lost`."""
         def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
             other = txn.get_inode(taken)
             if other is None or other.kind != Kind.FILE:
-                log.error("%s was made meanwhile by another client (not a regular file); "
-                          "the content of the file created here is not committed", name)
+                kind = "a directory" if other is not None and other.kind == Kind.DIR \
+                    else "not a regular file"
+                err = (IsADirError if kind == "a directory" else ExistsError)(
+                    name, f"another client made this name {kind} after this file was "
+                    "created here; its content was not committed (write it under "
+                    "another name)")
+                log.warning("%s", err)
+                self.lost[ino] = err
                 return Manifest(0, tuple(refs))  # releases what was just referenced
+            if ino in self.keep_theirs:  # no O_TRUNC: over their content (outside)
+                raise _LayOver(ino, taken)
             log.info("%s was created meanwhile by another client; this close writes its "
                      "content into that file", name)
             self.redirects[ino] = taken
             return self._update_action(taken, mtime)(txn, refs)
         return action
+
+    def _lay_over(self, ino: int, taken: int) -> None:
+        """Pending file `ino` (created without O_TRUNC) finds its name taken by file
+        `taken`: from now on it is that file, and its content is theirs with the bytes
+        written here laid over at their offsets (committed as a new version of it).
+        Called with the file's lock held."""
+        d = self.dirty.get(ino)
+        if d is not None and d.written is not None and d.tmp is not None:
+            try:
+                theirs, _ = self.reader(taken)
+            except NotFoundError:  # removed since: the commit creates the file again
+                return
+            merged = Spool()
+            d.size = d.written.merge(theirs, d.tmp, d.size, merged)
+            d.tmp.close()
+            d.tmp, d.written, d.dirty = merged, None, True
+        log.info("%s was created meanwhile by another client; this close writes into "
+                 "that file at the offsets written here", self.pending.name(ino))
+        self.redirects[ino] = taken
+        self.pending.remove(ino)
+        self.keep_theirs.discard(ino)
 
     def _update_action(self, ino: int, mtime: int | None) -> Action:
         """The commit action of new content for a committed file."""
@@ -679,6 +772,15 @@ class WriteBack:
             self.seen_version[ino] = node.version + 1
             return old
         return action
+
+
+class _LayOver(HutongError):
+    """A commit found the name of pending file `ino`, created without O_TRUNC, taken
+    by file `taken`: the transaction is dropped and the commit laid over theirs."""
+
+    def __init__(self, ino: int, taken: int) -> None:
+        super().__init__(f"inode {ino}: name taken by inode {taken}")
+        self.ino, self.taken = ino, taken
 
 
 def _store_small(session: WriteSession, files: list[DirtyFile],

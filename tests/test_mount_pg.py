@@ -22,7 +22,9 @@ import pytest
 from gfs.client import Client
 from gfs.meta import ROOT_INO, Inode, Kind
 from gfs.mount import HutongOperations, MountOptions
+from gfs.mount_overlay import Written
 from gfs.mount_recent import RecentDirs
+from gfs.mount_writeback import Spool
 from tests.test_mount_helpers import mount as serve_child_mount
 from tests.test_mount_helpers import needs_fuse
 
@@ -213,17 +215,148 @@ def test_a_name_taken_after_the_lookup_gets_the_content_not_replaced(
     assert (got.st_ino, got.st_size) == (theirs, len(b"mine, whole"))
 
 
-def test_a_name_taken_by_a_directory_after_the_lookup_changes_nothing_of_it(
+def test_a_name_taken_by_a_directory_after_the_lookup_fails_the_close(
         ops: HutongOperations, tmp_path: Path) -> None:
+    """Another client makes a directory of the name between this create and its close:
+    the close's flush fails with EISDIR (close(2) reports it; the content committed
+    nowhere), the directory and its parent are as that client left them, another file
+    closed in the same batch is committed, and the mount goes on (a listing, a mkdir)."""
     asyncio.run(_miss(ops, ROOT_INO, b"x"))
-    fi, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))
+    fi, attr = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))
+    fi2, _ = asyncio.run(ops.create(ROOT_INO, b"y", 0o644, TRUNC, ctx()))
     with Client(tmp_path / "s") as other:
         other.mkdir("/x")
         other.write_bytes("/x/inside", b"kept")
+        before = other.stat("/x")
+
+    async def close_both() -> tuple[BaseException | None, BaseException | None]:
+        await ops.write(fi.fh, 0, b"mine")
+        await ops.write(fi2.fh, 0, b"other file")
+        outcome = await asyncio.gather(ops.flush(fi.fh), ops.flush(fi2.fh),
+                                       return_exceptions=True)
+        again = await asyncio.gather(ops.flush(fi.fh), return_exceptions=True)
+        for fh in (fi.fh, fi2.fh):  # (release errors reach nobody)
+            await asyncio.gather(ops.release(fh), return_exceptions=True)
+        return cast(BaseException | None, outcome[0]), cast(BaseException | None, again[0])
+    first, again = asyncio.run(close_both())
+    for e in (first, again):  # every flush of it says so, not only the first
+        assert isinstance(e, pyfuse3.FUSEError) and e.errno == errno.EISDIR
+    with Client(tmp_path / "s") as check:
+        assert check.stat("/x") == before
+        assert [e.path for e in check.ls("/x")] == ["/x/inside"]
+        assert check.read_bytes("/x/inside") == b"kept"
+        assert check.read_bytes("/y") == b"other file"
+        assert sorted(e.path for e in check.ls("/")) == ["/x", "/y"]
+    assert not ops.wb.lost and attr.st_ino not in ops.wb.pending  # forgotten at release
+    with pytest.raises(pyfuse3.FUSEError) as gone:  # the kernel's inode: no such file
+        asyncio.run(ops.getattr(attr.st_ino, ctx()))
+    assert gone.value.errno == errno.ENOENT
+    asyncio.run(ops.mkdir(ROOT_INO, b"later", 0o755, ctx()))  # nothing left to commit
+    assert ops.client.stat("/later").is_dir
+
+
+def test_a_create_without_trunc_writes_over_a_file_made_meanwhile(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """open(O_CREAT) without O_TRUNC; another client creates the name before the close:
+    as if this open had found their file, the bytes written here land at their offsets
+    over their content, the rest of theirs kept (it was replaced whole before)."""
+    theirs = b"0123456789abcdefghij"
+    for name, writes in ((b"x", [(0, b"MINE"), (10, b"!!")]), (b"y", []),
+                         (b"z", [(18, b"-tail-")])):
+        fi, attr = asyncio.run(ops.create(ROOT_INO, name, 0o644,
+                                          os.O_WRONLY | os.O_CREAT, ctx()))
+        path = "/" + name.decode()
+        with Client(tmp_path / "s") as other:
+            other.write_bytes(path, theirs)
+            ino = other.stat(path).ino
+
+        async def close(fh: int = fi.fh, writes: list[tuple[int, bytes]] = writes) -> None:
+            for off, data in writes:
+                await ops.write(fh, off, data)
+            await ops.flush(fh)
+            await ops.release(fh)
+        asyncio.run(close())
+        want = bytearray(theirs)
+        for off, data in writes:
+            want[off:off + len(data)] = data
+        with Client(tmp_path / "s") as check:
+            assert check.read_bytes(path) == bytes(want)
+            assert check.stat(path).ino == ino
+        got = asyncio.run(ops.getattr(attr.st_ino, ctx()))  # the kernel's inode of it
+        assert (got.st_ino, got.st_size) == (ino, len(want))
+
+
+def test_a_lay_over_in_a_batch_commits_the_other_files_too(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """Closes committed together: the one whose name was taken meanwhile is laid over
+    their file, the other file of the batch is created as usual."""
+    fx, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, os.O_WRONLY | os.O_CREAT, ctx()))
+    fy, _ = asyncio.run(ops.create(ROOT_INO, b"y", 0o644, TRUNC, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/x", b"their long content")
+
+    async def close_both() -> None:
+        await ops.write(fx.fh, 0, b"MY")
+        await ops.write(fy.fh, 0, b"y's own")
+        await asyncio.gather(ops.flush(fx.fh), ops.flush(fy.fh))
+        await asyncio.gather(ops.release(fx.fh), ops.release(fy.fh))
+    asyncio.run(close_both())
+    with Client(tmp_path / "s") as check:
+        assert check.read_bytes("/x") == b"MYeir long content"
+        assert check.read_bytes("/y") == b"y's own"
+
+
+def test_a_file_removed_before_the_lay_over_reads_it_is_created_again(
+        ops: HutongOperations, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their file is unlinked between the commit finding it and the lay over reading it:
+    the commit creates the file here after all, with what was written here."""
+    fi, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, os.O_WRONLY | os.O_CREAT, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/x", b"their long content")
+    reader = ops.wb.reader
+
+    def unlinked_first(ino: int) -> tuple[Any, bool]:
+        with Client(tmp_path / "s") as other:
+            other.rm("/x")
+        monkeypatch.setattr(ops.wb, "reader", reader)
+        return reader(ino)
+    monkeypatch.setattr(ops.wb, "reader", unlinked_first)
     _close(ops, fi.fh, b"mine")
     with Client(tmp_path / "s") as check:
-        assert check.stat("/x").is_dir
-        assert check.read_bytes("/x/inside") == b"kept"
+        assert check.read_bytes("/x") == b"mine"
+
+
+def test_what_a_create_wrote_lays_over_their_content_as_posix_would() -> None:
+    """`Written.merge` against the same writes and truncates replayed on their file."""
+    class Theirs:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.size = data, len(data)
+
+        def pread(self, off: int, size: int) -> bytes:
+            return self.data[off:off + size]
+
+    theirs = bytes(range(65, 65 + 26))
+    plans: list[list[tuple[str, int, bytes]]] = [
+        [("w", 3, b"xyz")], [("t", 5, b""), ("w", 8, b"12")], [("w", 20, b"long tail!")],
+        [("w", 0, b"ab"), ("t", 1, b""), ("t", 30, b""), ("w", 2, b"Q")], [("t", 40, b"")]]
+    for plan in plans:
+        ours, posix, written = Spool(), bytearray(theirs), Written()
+        size = 0
+        for op, off, data in plan:
+            if op == "w":
+                ours.pwrite(data, off)
+                size = max(size, off + len(data))
+                written.wrote(off, len(data))
+                posix[len(posix):off] = bytes(max(0, off - len(posix)))
+                posix[off:off + len(data)] = data
+            else:
+                ours.truncate(off)
+                size = off
+                written.truncated(off)
+                posix = posix[:off] + bytes(max(0, off - len(posix)))
+        merged = Spool()
+        total = written.merge(Theirs(theirs), ours, size, merged)
+        assert (total, merged.pread(total + 1, 0)) == (len(posix), bytes(posix)), plan
 
 
 def test_an_exclusive_create_of_a_name_taken_after_the_lookup_is_eexist(
@@ -373,3 +506,37 @@ def test_concurrent_lookups_share_one_query_each_getting_its_own_answer(
             assert found.ino == fs.stat("/d/g0").ino
         finally:
             pool.shutdown()
+
+
+@needs_fuse
+def test_a_fuse_close_fails_when_another_mount_made_the_name_a_directory(
+        tmp_path: Path, pg_url: str) -> None:
+    """Through the kernel, two mounts of one namespace: A opens a new name with
+    O_CREAT|O_TRUNC (after the kernel's lookup missed), B makes a directory of it with a
+    file inside, A writes and closes: A's close(2) fails with EISDIR, B's directory is
+    intact through both mounts, and nothing else of the namespace changed."""
+    states = [tmp_path / "s1", tmp_path / "s2"]
+    for s in states:
+        Client.init(s, meta=pg_url).close()
+    with serve_child_mount(states[0], tmp_path / "m1") as a, \
+            serve_child_mount(states[1], tmp_path / "m2") as b:
+        (b.mnt / "keep").write_bytes(b"unrelated")
+        with Client(states[0]) as c:
+            root_before = [e.path for e in c.ls("/")]
+        fd = os.open(a.mnt / "x", os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
+        try:
+            (b.mnt / "x").mkdir()
+            (b.mnt / "x" / "inside").write_bytes(b"theirs")
+            os.write(fd, b"A's content")
+        finally:
+            with pytest.raises(IsADirectoryError):
+                os.close(fd)
+        for m in (a.mnt, b.mnt):
+            assert (m / "x").is_dir()
+            assert os.listdir(m / "x") == ["inside"]
+        # (each state has its own pool: B's content is read through B)
+        assert (b.mnt / "x" / "inside").read_bytes() == b"theirs"
+        with Client(states[1]) as c:
+            assert sorted(e.path for e in c.ls("/")) == sorted([*root_before, "/x"])
+            assert c.read_bytes("/keep") == b"unrelated"
+            assert c.stat("/x").is_dir

@@ -1,0 +1,77 @@
+"""What a create without O_TRUNC wrote, for laying it over another client's file.
+
+A file created here is pending until its close. If another client creates the same
+name meanwhile, POSIX reads the two as: their create came first, this open found
+their file (without O_TRUNC: kept) and wrote into it. So the close lays the bytes
+written here over their content, at the same offsets, instead of replacing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class _Readable(Protocol):
+    size: int
+
+    def pread(self, off: int, size: int) -> bytes: ...
+
+
+class _Spool(Protocol):
+    def pread(self, size: int, off: int) -> bytes: ...
+
+    def pwrite(self, data: bytes, off: int) -> int: ...
+
+    def truncate(self, size: int) -> None: ...
+
+
+#: Bytes copied at a time when merging.
+STEP = 8 << 20
+
+
+@dataclass
+class Written:
+    """The byte ranges written since the create, and the smallest size set since."""
+
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    #: The smallest size a truncate set (None: never truncated).
+    cut: int | None = None
+
+    def wrote(self, off: int, n: int) -> None:
+        """`n` bytes were written at `off`."""
+        if not n:
+            return
+        if self.ranges and self.ranges[-1][1] == off:  # sequential writes: one range
+            self.ranges[-1] = (self.ranges[-1][0], off + n)
+        else:
+            self.ranges.append((off, off + n))
+
+    def truncated(self, size: int) -> None:
+        """The file was cut (or extended) to `size` bytes."""
+        self.cut = size if self.cut is None else min(self.cut, size)
+        self.ranges = [(a, min(b, size)) for a, b in self.ranges if a < size]
+
+    def merge(self, theirs: _Readable, ours: _Spool, size: int, into: _Spool) -> int:
+        """Write into `into` their content (cut as truncates here cut it) with the
+        ranges written here (read from `ours`, `size` bytes) laid over it; its size."""
+        keep = theirs.size if self.cut is None else min(theirs.size, self.cut)
+        total = max(size, theirs.size) if self.cut is None else size
+        off = 0
+        while off < keep:
+            data = theirs.pread(off, min(STEP, keep - off))
+            if not data:
+                break
+            into.pwrite(data, off)
+            off += len(data)
+        into.truncate(total)  # zeros past their kept bytes
+        for a, b in self.ranges:
+            pos = a
+            while pos < b:
+                data = ours.pread(min(STEP, b - pos), pos)
+                into.pwrite(data, pos)
+                pos += len(data)
+        return total
+
+
+__all__ = ["Written"]
