@@ -368,6 +368,36 @@ class BlockTxn:
         if db in self._cold:
             self._hot[db] = True
 
+    def put_packed(self, db: Any, rows: Sequence[tuple[bytes, bytes]]) -> None:
+        """Write `rows` (keys strictly ascending) of packed table `db` straight into its
+        blocks, dropping any hot row of the same key: only the blocks whose ranges
+        they fall in are rewritten, and no hot row is left for compaction to pack.
+        Read bookkeeping (heat) writes so: its rows then cost their packed bytes, not a
+        part-full hot page each, and a flush frees a few block pages, not a whole table."""
+        table, bdb = self._cold[db]
+        if self._has_hot(db):
+            for key, _ in rows:
+                self.txn.delete(key, db=db)
+        self._last.pop(bdb, None)
+        cur = self.txn.cursor(db=bdb)
+        i = 0
+        while i < len(rows):
+            if cur.set_range(rows[i][0]):  # the block whose last key is at or after it
+                bkey = cur.key()
+                keys, values = decode_block(table, bkey, cur.value())
+                j = bisect.bisect_right(rows, bkey, lo=i, key=operator.itemgetter(0))
+                cur.delete()
+                merged = _merge(iter(rows[i:j]), zip(keys, values, strict=True))
+            else:  # after the last block: new blocks
+                j = len(rows)
+                merged = iter(rows[i:])
+            for k, v in pack(merged):
+                self.txn.put(k, v, db=bdb)
+            i = j
+        if rows:
+            self._empty.discard(bdb)
+            self._full.add(bdb)
+
     def delete(self, key: bytes, db: Any) -> bool:
         """Delete `key` from `db`: the hot row, and the packed row (its block is
         rewritten without it). Whether there was one."""

@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from types import TracebackType
 from typing import Any
@@ -377,6 +377,18 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
             raise ValueError(f"value table {table!r}: key must be 1 to {_MAX_KEY} bytes")
         self._d.trimmer.tick()
         self._txn.put(key, value, db=db)
+
+    def put_values(self, table: str, rows: Iterable[tuple[bytes, bytes]]) -> None:
+        db = _value_db(self._d, table)
+        if db not in self._d.cold or self.get_meta("format") != enc.PACKED_FORMAT:
+            # blocks only where compaction made the store packed (older code reads none)
+            super().put_values(table, rows)
+            return
+        batch = sorted(dict(rows).items())
+        if any(not 0 < len(key) <= _MAX_KEY for key, _ in batch):
+            raise ValueError(f"value table {table!r}: key must be 1 to {_MAX_KEY} bytes")
+        self._d.trimmer.tick(len(batch) + 1)
+        self._txn.put_packed(db, batch)
 
     def delete_value(self, table: str, key: bytes) -> None:
         db = _value_db(self._d, table)
