@@ -387,11 +387,16 @@ class BlockTxn:
                 keys, values = decode_block(table, bkey, cur.value())
                 j = bisect.bisect_right(rows, bkey, lo=i, key=operator.itemgetter(0))
                 cur.delete()
-                merged = _merge(iter(rows[i:j]), zip(keys, values, strict=True))
+                merged = list(_merge(iter(rows[i:j]), zip(keys, values, strict=True)))
+                data = encode_block(merged)
+                if len(data) + len(bkey) <= MAX_BLOCK:  # the common case: one encode
+                    self.txn.put(bkey, data, db=bdb)
+                    i = j
+                    continue
             else:  # after the last block: new blocks
                 j = len(rows)
-                merged = iter(rows[i:])
-            for k, v in pack(merged):
+                merged = list(rows[i:])
+            for k, v in pack(merged):  # cut in two or more
                 self.txn.put(k, v, db=bdb)
             i = j
         if rows:
