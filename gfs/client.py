@@ -1247,7 +1247,7 @@ def _list_local(entry: _LocalEntry) -> list[_LocalEntry]:
         raise PermissionError(f"cannot read local directory {entry.path}") from None
     out = []
     for k in kids:
-        paths.check_name(k.name, os.path.join(entry.path, k.name))
+        paths.check_name(k.name, k.path)  # k.path: entry.path joined with the name
         st = k.stat(follow_symlinks=False)
         if statmod.S_ISREG(st.st_mode) and not os.access(k.path, os.R_OK):
             raise PermissionError(f"cannot read local file {k.path}")

@@ -52,7 +52,7 @@ def test_a_commit_comes_after_commit_chunks_references(
 
 
 class _Counting:
-    """Wraps a metadata engine: rows written per write transaction of a value table."""
+    """Wraps a metadata engine: records per write transaction of a value table."""
 
     def __init__(self, engine: MetaEngine) -> None:
         self.engine = engine
@@ -68,20 +68,11 @@ class _Counting:
                 n += 1
                 real(table, key, value)
 
-            real_many = txn.put_values
-
-            def put_values(table: str, rows) -> None:  # type: ignore[no-untyped-def]
-                nonlocal n
-                rows = list(rows)
-                at = n
-                real_many(table, rows)
-                n = at + len(rows)  # once each, whether or not it went through put_value
-
-            txn.put_value, txn.put_values = put_value, put_values
+            txn.put_value = put_value
             try:
                 return fn(txn)
             finally:
-                del txn.put_value, txn.put_values
+                del txn.put_value
                 self.per_txn.append(n)
 
         return self.engine.transact(counted, tick=tick)

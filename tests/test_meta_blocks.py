@@ -184,7 +184,7 @@ def test_a_damaged_block_is_reported_by_name(tmp_path: Path) -> None:
         eng.close()
 
 
-_OPS = st.lists(st.tuples(st.sampled_from(["put", "del", "compact"]),
+_OPS = st.lists(st.tuples(st.sampled_from(["put", "del", "compact", "tick", "tick-del"]),
                           st.integers(0, 300), st.binary(max_size=24)), max_size=60)
 
 
@@ -210,6 +210,19 @@ def test_a_value_table_matches_a_dict_through_puts_deletes_and_compactions(
                 eng.close()
                 compaction.compact_now(path)
                 eng = LmdbEngine(path, sync=False, compact_at_close=False)
+                continue
+            if op.startswith("tick"):  # write-through: packed keys change in their block
+                other = b"k%05d" % (n * 7 % 301)
+                with eng.write_tick() as w:
+                    w.put_value("deltas", key, value)
+                    w.put_value("deltas", other, value + b"!")
+                    assert w.get_value("deltas", key) == (value if key != other
+                                                          else value + b"!")
+                    model[key], model[other] = value, value + b"!"
+                    if op == "tick-del":
+                        w.delete_value("deltas", other)
+                        del model[other]
+                    assert dict(w.iter_values("deltas")) == model
                 continue
             with eng.write() as w:
                 if op == "put":
@@ -321,3 +334,33 @@ def test_namespace_model_on_a_store_packed_between_steps() -> None:
     run_state_machine_as_test(Packed, settings=settings(
         max_examples=40, stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow]))
+
+
+def test_a_write_that_records_reads_changes_packed_rows_in_their_blocks(
+        tmp_path: Path) -> None:
+    """Heat flushes after reads (`write_tick`) rewrite the blocks of the rows they
+    change instead of adding a hot copy of each: the hot table stays empty."""
+    path = str(tmp_path / "meta")
+    _store(path, 2000)
+    compaction.compact_now(path)
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        for rnd in range(3):
+            with eng.write_tick() as w:
+                for i in range(0, 2000, 2):
+                    w.put_value("heat", b"c" + i.to_bytes(16, "big"), b"r%d-%d" % (rnd, i))
+                w.put_value("heat", b"new", b"hot")  # not packed: a hot row
+        with eng.read() as r:
+            assert r.get_value("heat", b"c" + (10).to_bytes(16, "big")) == b"r2-10"
+            assert r.get_value("heat", b"c" + (11).to_bytes(16, "big")) == b"h11"
+            assert r.get_value("heat", b"new") == b"hot"
+            assert len(list(r.iter_values("heat", b"c"))) == 2000
+        with eng.write() as w:  # an ordinary write still adds hot rows
+            w.put_value("heat", b"c" + (12).to_bytes(16, "big"), b"plain")
+        env = eng._env
+        assert env is not None
+        with env.begin() as t:
+            assert t.stat(env.open_db(b"heat", txn=t, create=False))["entries"] == 2
+    finally:
+        eng.close()
+    assert _packed_rows(path, "heat") == 2000

@@ -275,11 +275,18 @@ class BlockTxn:
     one table (other handles pass straight through). `cold` maps each packed table's
     handle to (table name, block database handle)."""
 
-    __slots__ = ("_cold", "_curs", "_empty", "_full", "_hot", "_last", "txn")
+    __slots__ = ("_cold", "_curs", "_empty", "_full", "_hot", "_last", "_pending", "through",
+                 "txn")
 
-    def __init__(self, txn: Any, cold: dict[Any, tuple[str, Any]]) -> None:
+    def __init__(self, txn: Any, cold: dict[Any, tuple[str, Any]], *,
+                 through: bool = False) -> None:
         self.txn = txn
         self._cold = cold
+        #: write through: a put of a packed key changes its block (once per block, at
+        #: `flush`) instead of adding a hot row; for transactions that rewrite many
+        #: existing rows and add few (heat and access times after reads)
+        self.through = through
+        self._pending: dict[Any, dict[bytes, bytes]] = {}
         self._empty: set[Any] = set()  # block databases seen empty in this transaction
         self._full: set[Any] = set()  # ... and seen not empty (a delete may empty one)
         #: the block a `get` decoded last, per block database: a key inside its range
@@ -338,6 +345,10 @@ class BlockTxn:
     def get(self, key: bytes, db: Any) -> bytes | None:
         """The current value of `key` in `db`, hot or packed, or None."""
         pair = self._cold.get(db)
+        if self._pending and pair is not None:
+            pend = self._pending.get(db, {}).get(key)
+            if pend is not None:
+                return pend
         if pair is None or self._has_hot(db):
             data: bytes | None = self.txn.get(key, db=db)
             if data is not None or pair is None:
@@ -363,49 +374,62 @@ class BlockTxn:
         return rows[1][i] if i < len(keys) and keys[i] == key else None
 
     def put(self, key: bytes, value: bytes, db: Any) -> None:
-        """Write `key` hot (a packed copy of it is shadowed from now on)."""
+        """Write `key` hot (a packed copy of it is shadowed from now on); writing
+        through, a key that is not hot goes to the block its range falls in, at
+        `flush`."""
+        if self.through and db in self._cold:
+            pending = self._pending.get(db)
+            if (pending is not None and key in pending) or (
+                    not self._has_hot(db) or self.txn.get(key, db=db) is None):
+                self._pending.setdefault(db, {})[key] = value
+                return
         self.txn.put(key, value, db=db)
         if db in self._cold:
             self._hot[db] = True
 
-    def put_packed(self, db: Any, rows: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write `rows` (keys strictly ascending) of packed table `db` straight into its
-        blocks, dropping any hot row of the same key: only the blocks whose ranges
-        they fall in are rewritten, and no hot row is left for compaction to pack.
-        Read bookkeeping (heat) writes so: its rows then cost their packed bytes, not a
-        part-full hot page each, and a flush frees a few block pages, not a whole table."""
-        table, bdb = self._cold[db]
-        if self._has_hot(db):
-            for key, _ in rows:
-                self.txn.delete(key, db=db)
-        self._last.pop(bdb, None)
-        cur = self.txn.cursor(db=bdb)
-        i = 0
-        while i < len(rows):
-            if cur.set_range(rows[i][0]):  # the block whose last key is at or after it
-                bkey = cur.key()
-                keys, values = decode_block(table, bkey, cur.value())
-                j = bisect.bisect_right(rows, bkey, lo=i, key=operator.itemgetter(0))
-                cur.delete()
-                merged = list(_merge(iter(rows[i:j]), zip(keys, values, strict=True)))
-                data = encode_block(merged)
-                if len(data) + len(bkey) <= MAX_BLOCK:  # the common case: one encode
-                    self.txn.put(bkey, data, db=bdb)
+    def flush(self) -> None:
+        """Write the pending write-through rows into their blocks: each block they fall
+        in (the first whose last key is at or after them, or the last block) is
+        decoded once, changed and cut again (`pack`); a block that would take one
+        new row only (a decode and an encode for one row) gets it as a hot row."""
+        pending, self._pending = self._pending, {}
+        for db, rows in pending.items():
+            table, bdb = self._cold[db]
+            self._last.pop(bdb, None)
+            keys = sorted(rows)
+            i = 0
+            while i < len(keys):
+                at = self._block_at(db, keys[i])
+                if at is None:  # past the last block: it takes them
+                    cur = self.txn.cursor(db=bdb)
+                    if not cur.last():  # no blocks yet (heat before its first packing)
+                        for bkey, data in pack([(k, rows[k]) for k in keys[i:]]):
+                            self.txn.put(bkey, data, db=bdb)
+                        self._empty.discard(bdb)
+                        self._full.add(bdb)
+                        break
+                    at = (table, bdb, cur, decode_block(table, cur.key(), cur.value()))
+                _table, _bdb, cur, (bkeys, bvalues) = at
+                j = i + 1
+                while j < len(keys) and (keys[j] <= bkeys[-1] or keys[i] > bkeys[-1]):
+                    j += 1
+                if j == i + 1 and keys[i] not in bkeys:
+                    self.txn.put(keys[i], rows[keys[i]], db=db)
+                    self._hot[db] = True
                     i = j
                     continue
-            else:  # after the last block: new blocks
-                j = len(rows)
-                merged = list(rows[i:])
-            for k, v in pack(merged):  # cut in two or more
-                self.txn.put(k, v, db=bdb)
-            i = j
-        if rows:
-            self._empty.discard(bdb)
-            self._full.add(bdb)
+                changed = dict(zip(bkeys, bvalues, strict=True))
+                changed.update((k, rows[k]) for k in keys[i:j])
+                cur.delete()
+                for bkey, data in pack(sorted(changed.items())):
+                    self.txn.put(bkey, data, db=bdb)
+                i = j
 
     def delete(self, key: bytes, db: Any) -> bool:
         """Delete `key` from `db`: the hot row, and the packed row (its block is
         rewritten without it). Whether there was one."""
+        if self._pending:
+            self.flush()
         hot: bool = self.txn.delete(key, db=db)
         if db not in self._cold:
             return hot
@@ -430,6 +454,8 @@ class BlockTxn:
     def rows(self, db: Any, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Every current (key, value) of `db` from `start` on, in key order: hot rows
         and packed rows merged, a hot row shadowing a packed one of the same key."""
+        if self._pending:
+            self.flush()
         pair = self._blocks(db)
         if pair is not None and not self._has_hot(db):
             return self._packed_rows(pair, start)

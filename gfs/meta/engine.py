@@ -251,12 +251,6 @@ class WriteTxn(ReadTxn):
     def put_value(self, table: str, key: bytes, value: bytes) -> None:
         """Set `key` in one of VALUE_TABLES; an unknown table raises ValueError."""
 
-    def put_values(self, table: str, rows: Iterable[tuple[bytes, bytes]]) -> None:
-        """`put_value` of each (key, value) in `rows`. An engine that keeps `table` in
-        packed blocks writes them into the blocks (read bookkeeping: a flush of heat)."""
-        for key, value in rows:
-            self.put_value(table, key, value)
-
     @abstractmethod
     def delete_value(self, table: str, key: bytes) -> None:
         """Remove `key` from `table` (no-op if absent)."""

@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from types import TracebackType
 from typing import Any
@@ -139,8 +139,9 @@ class _LmdbRead(ReadTxn):
 
     __slots__ = ("_d", "_txn")
 
-    def __init__(self, txn: Any, dbs: _Dbs) -> None:
-        self._txn = blocks.BlockTxn(txn, dbs.cold)  # hot rows, then packed blocks
+    def __init__(self, txn: Any, dbs: _Dbs, *, through: bool = False) -> None:
+        # hot rows, then packed blocks; `through`: see blocks.BlockTxn
+        self._txn = blocks.BlockTxn(txn, dbs.cold, through=through)
         self._d = dbs
 
     def _rows(self, db: Any, rows: Iterator[tuple[bytes, bytes]] | None = None
@@ -378,18 +379,6 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         self._d.trimmer.tick()
         self._txn.put(key, value, db=db)
 
-    def put_values(self, table: str, rows: Iterable[tuple[bytes, bytes]]) -> None:
-        db = _value_db(self._d, table)
-        if db not in self._d.cold or self.get_meta("format") != enc.PACKED_FORMAT:
-            # blocks only where compaction made the store packed (older code reads none)
-            super().put_values(table, rows)
-            return
-        batch = sorted(dict(rows).items())
-        if any(not 0 < len(key) <= _MAX_KEY for key, _ in batch):
-            raise ValueError(f"value table {table!r}: key must be 1 to {_MAX_KEY} bytes")
-        self._d.trimmer.tick(len(batch) + 1)
-        self._txn.put_packed(db, batch)
-
     def delete_value(self, table: str, key: bytes) -> None:
         db = _value_db(self._d, table)
         if 0 < len(key) <= _MAX_KEY:
@@ -431,12 +420,13 @@ class _ReadCtx:
 class _WriteCtx:
     """`with engine.write() as w`: takes the writer lock, commits or aborts on exit."""
 
-    __slots__ = ("_engine", "_tick", "_txn")
+    __slots__ = ("_engine", "_tick", "_txn", "_w")
 
     def __init__(self, engine: LmdbEngine, tick: bool = False) -> None:
         self._engine = engine
         self._tick = tick
         self._txn: Any = None
+        self._w: _LmdbWrite | None = None
 
     def __enter__(self) -> WriteTxn:
         eng = self._engine
@@ -456,7 +446,12 @@ class _WriteCtx:
             shared.writer = None
             shared.wlock.release()
             raise
-        return _LmdbWrite(self._txn, shared.dbs)
+        # a write that records reads rewrites packed heat rows in their blocks rather
+        # than adding a hot copy of each (a restore would add one per chunk read)
+        # (only in a store compaction made packed, format 5: older code reads no blocks)
+        through = self._tick and self._txn.get(_FORMAT, db=shared.dbs.meta) == enc.PACKED_FORMAT
+        self._w = _LmdbWrite(self._txn, shared.dbs, through=through)
+        return self._w
 
     def __exit__(
         self,
@@ -466,8 +461,15 @@ class _WriteCtx:
     ) -> None:
         shared = self._engine._live()
         txn, self._txn = self._txn, None
+        w, self._w = self._w, None
         try:
             if exc_type is None:
+                try:
+                    if w is not None:
+                        w._txn.flush()
+                except BaseException:
+                    txn.abort()
+                    raise
                 txn.commit()
                 shared.wrote = shared.wrote or not self._tick
             else:
@@ -631,8 +633,8 @@ class LmdbEngine(MetaEngine):
             found = "none" if fmt is None else fmt.decode("ascii", "replace")
             raise StateError(
                 f"metadata environment {self.path} has format version {found}; this "
-                f"version of Hutong reads format {enc.FORMAT_VERSION.decode()}. Use a "
-                "matching Hutong version or migrate the store"
+                f"version of Hutong reads formats {b', '.join(enc.READABLE_FORMATS).decode()}. "
+                "Use a matching Hutong version or migrate the store"
             )
 
     def _initialise(self, txn: Any, handles: dict[str, Any]) -> None:

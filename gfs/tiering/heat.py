@@ -2,11 +2,9 @@
 
 Reads only bump counters in memory; `HeatTracker.flush` folds them into the
 `heat` value table in one write transaction, at most every few seconds or
-few thousand reads, and when the store closes. The rows go straight into the
-table's packed blocks where the engine keeps them (LMDB: `put_values`), so a
-read costs the store their packed bytes, not hot pages and the pages a flush
-frees. A score decays with a half-life (the policy's `window`): a score of 4
-read an hour ago with a one-hour half-life counts as 2 now.
+few thousand reads, and when the store closes. A score decays with a
+half-life (the policy's `window`): a score of 4 read an hour ago with a
+one-hour half-life counts as 2 now.
 
 Keys: b"c" + chunk id, b"f" + inode number (u64 big-endian). Value: score
 (f64), time of the last read (ns, i64), total reads (u64).
@@ -111,15 +109,13 @@ class HeatTracker:
         keys += [(FILE_PREFIX + ino.to_bytes(8, "big"), n) for ino, n in files.items()]
 
         def add(txn: WriteTxn) -> None:
-            rows = []
-            for key, n in sorted(keys):
+            for key, n in keys:
                 old = txn.get_value("heat", key)
                 if old is None:
                     new = Heat(float(n), now, n)
                 else:
                     h = decode(old)
                     new = Heat(h.at(now, self.half_life) + n, now, h.reads + n)
-                rows.append((key, encode(new)))
-            txn.put_values("heat", rows)  # into the packed blocks where the engine has them
+                txn.put_value("heat", key, encode(new))
 
         self.engine.transact(add, tick=True)
