@@ -380,8 +380,7 @@ class BlockTxn:
         if self.through and db in self._cold:
             pending = self._pending.get(db)
             if (pending is not None and key in pending) or (
-                    (not self._has_hot(db) or self.txn.get(key, db=db) is None)
-                    and self._blocks(db) is not None):
+                    not self._has_hot(db) or self.txn.get(key, db=db) is None):
                 self._pending.setdefault(db, {})[key] = value
                 return
         self.txn.put(key, value, db=db)
@@ -403,9 +402,12 @@ class BlockTxn:
                 at = self._block_at(db, keys[i])
                 if at is None:  # past the last block: it takes them
                     cur = self.txn.cursor(db=bdb)
-                    if not cur.last():
-                        raise FormatError(f"table {table}: its blocks went during a write; "
-                                          "the metadata is damaged, run `hutong fsck`")
+                    if not cur.last():  # no blocks yet (heat before its first packing)
+                        for bkey, data in pack([(k, rows[k]) for k in keys[i:]]):
+                            self.txn.put(bkey, data, db=bdb)
+                        self._empty.discard(bdb)
+                        self._full.add(bdb)
+                        break
                     at = (table, bdb, cur, decode_block(table, cur.key(), cur.value()))
                 _table, _bdb, cur, (bkeys, bvalues) = at
                 j = i + 1

@@ -448,7 +448,9 @@ class _WriteCtx:
             raise
         # a write that records reads rewrites packed heat rows in their blocks rather
         # than adding a hot copy of each (a restore would add one per chunk read)
-        self._w = _LmdbWrite(self._txn, shared.dbs, through=self._tick)
+        # (only in a store compaction made packed, format 5: older code reads no blocks)
+        through = self._tick and self._txn.get(_FORMAT, db=shared.dbs.meta) == enc.PACKED_FORMAT
+        self._w = _LmdbWrite(self._txn, shared.dbs, through=through)
         return self._w
 
     def __exit__(
