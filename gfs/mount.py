@@ -36,6 +36,7 @@ from gfs.disk_cache import open_tier
 from gfs.errors import ExistsError, HutongError, NotFoundError
 from gfs.eviction import DEFAULT_POLICY
 from gfs.meta import Inode, Kind, WriteTxn
+from gfs.mount_access import Caller, may_open, wanted
 from gfs.mount_atime import AccessTimes
 from gfs.mount_lookups import LookupBatcher
 from gfs.mount_names import NameHints
@@ -614,7 +615,12 @@ class HutongOperations(pyfuse3.Operations):
         known = self._misses.take(parent_inode, n) \
             if flags & (os.O_TRUNC | os.O_EXCL) == os.O_TRUNC else None
 
+        # who may write into a file another client makes of the name before the close
+        caller = Caller(ctx.uid, ctx.gid,
+                        frozenset() if ctx.uid == 0 else frozenset(_groups(ctx.pid)))
+
         def op() -> tuple[pyfuse3.FileInfo, Inode]:
+            sgid = False
             if flags & os.O_EXCL:  # the entry committed now, or EEXIST (see _make_now)
                 node = self._make_now(parent_inode, n,
                                       lambda txn, parent, n: _empty_file(txn, parent, n,
@@ -622,12 +628,20 @@ class HutongOperations(pyfuse3.Operations):
             else:
                 try:
                     node = self.wb.create(parent_inode, n, mode, ctx.uid, ctx.gid,
-                                          known=known, trunc=bool(flags & os.O_TRUNC))
+                                          known=known, trunc=bool(flags & os.O_TRUNC),
+                                          caller=caller, append=bool(flags & os.O_APPEND))
                 except ExistsError:  # made elsewhere since the kernel's lookup: opened
                     with self.client.engine.read() as txn:
                         node = namespace.lookup(txn, parent_inode, n)
+                    # the kernel checked only the directory: their file's mode, here
+                    if not may_open(node, caller, wanted(flags)):
+                        raise pyfuse3.FUSEError(errno.EACCES) from None
+                    sgid = _sgid_left(node, ctx)
             reader, _ = self.wb.reader(node.ino)
-            return pyfuse3.FileInfo(fh=self._new_handle(node.ino, reader, flags)), node
+            fh = self._new_handle(node.ino, reader, flags)
+            if sgid and self._handles[fh].dirty is not None:
+                self._handles[fh].drop_sgid = True
+            return pyfuse3.FileInfo(fh=fh), node
         # in memory alone when nothing is read (or a read takes microseconds) and an
         # inode number is reserved: on the loop (a trip to a worker costs more than the
         # call); else on a thread

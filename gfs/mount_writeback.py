@@ -37,9 +37,11 @@ from gfs.errors import (
     IsADirError,
     NotADirError,
     NotFoundError,
+    PermissionDeniedError,
 )
 from gfs.group_commit import GroupCommitter
 from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, WriteTxn
+from gfs.mount_access import Caller, may_open
 from gfs.mount_names import NameHints
 from gfs.mount_overlay import Written
 from gfs.pack_tail import TailPack, TailPackGoneError
@@ -278,6 +280,10 @@ class WriteBack:
         self.lost: dict[int, OSError] = {}
         #: Pending files created without O_TRUNC (see `_LayOver`).
         self.keep_theirs: set[int] = set()
+        #: Of those, the ones opened with O_APPEND (see `_taken_action`).
+        self.appends: set[int] = set()
+        #: Who created each pending file (checked against a file that took its name).
+        self.creators: dict[int, Caller] = {}
         self._lock = threading.Lock()
         self.stats = CommitStats()
         self._stats_lock = threading.Lock()
@@ -403,12 +409,15 @@ class WriteBack:
 
     # -- creating and writing ------------------------------------------------
     def create(self, parent: int, name: str, mode: int, uid: int, gid: int, *,
-               known: Inode | None = None, trunc: bool = True) -> Inode:
+               known: Inode | None = None, trunc: bool = True, caller: Caller | None = None,
+               append: bool = False) -> Inode:
         """A new file `name` in `parent`, pending until its first commit (ExistsError if
         the name is taken). `known`: directory `parent` as the lookup of `name` that just
         missed read it; nothing is read then (a name taken since is found by the commit,
         which then writes into that file: `_create_action`; without `trunc` (O_TRUNC),
-        over its content at the offsets written here)."""
+        over its content at the offsets written here; `caller` (None: anyone) must be
+        allowed to write into that file; with `append` (O_APPEND) and without `trunc`
+        the close fails instead: see `_taken_action`)."""
         exists = False
         if known is not None:
             parent_node = known
@@ -423,6 +432,10 @@ class WriteBack:
         node = self.pending.add(parent, name, mode, uid, gid, exists)
         if not trunc:
             self.keep_theirs.add(node.ino)
+            if append:
+                self.appends.add(node.ino)
+        if caller is not None:
+            self.creators[node.ino] = caller
         self.names.remember(node.ino, parent, name)
         self.seen_version[node.ino] = 1
         return node
@@ -659,6 +672,7 @@ class WriteBack:
             if new:
                 self.pending.remove(d.ino)
                 self.keep_theirs.discard(d.ino)
+                self._forget_create(d.ino)
                 if d.ino not in self.lost:
                     self.seen_version[d.ino] = 1
 
@@ -732,6 +746,22 @@ class WriteBack:
                 log.warning("%s", err)
                 self.lost[ino] = err
                 return Manifest(0, tuple(refs))  # releases what was just referenced
+            caller = self.creators.get(ino)
+            refused: OSError | None = None
+            if caller is not None and not may_open(other, caller, 2):
+                refused = PermissionDeniedError(
+                    name, "another client created this file after it was created here "
+                    "and this user may not write to it; the content was not committed "
+                    "(write it under another name)")
+            elif ino in self.appends:  # their bytes would be overwritten, not appended to
+                refused = ExistsError(
+                    name, "another client created this file after it was opened here "
+                    "with O_APPEND; the appended content was not committed (append "
+                    "again: the file exists now)")
+            if refused is not None:
+                log.warning("%s", refused)
+                self.lost[ino] = refused
+                return Manifest(0, tuple(refs))  # releases what was just referenced
             if ino in self.keep_theirs:  # no O_TRUNC: over their content (outside)
                 raise _LayOver(ino, taken)
             log.info("%s was created meanwhile by another client; this close writes its "
@@ -739,6 +769,10 @@ class WriteBack:
             self.redirects[ino] = taken
             return self._update_action(taken, mtime)(txn, refs)
         return action
+
+    def _forget_create(self, ino: int) -> None:
+        self.appends.discard(ino)
+        self.creators.pop(ino, None)
 
     def _lay_over(self, ino: int, taken: int) -> None:
         """Pending file `ino` (created without O_TRUNC) finds its name taken by file
@@ -760,6 +794,7 @@ class WriteBack:
         self.redirects[ino] = taken
         self.pending.remove(ino)
         self.keep_theirs.discard(ino)
+        self._forget_create(ino)
 
     def _update_action(self, ino: int, mtime: int | None) -> Action:
         """The commit action of new content for a committed file."""

@@ -540,3 +540,92 @@ def test_a_fuse_close_fails_when_another_mount_made_the_name_a_directory(
             assert sorted(e.path for e in c.ls("/")) == sorted([*root_before, "/x"])
             assert c.read_bytes("/keep") == b"unrelated"
             assert c.stat("/x").is_dir
+
+
+def _user(uid: int, gid: int | None = None) -> pyfuse3.RequestContext:
+    """The request context of a process of user `uid` (no supplementary groups)."""
+    return cast(pyfuse3.RequestContext, SimpleNamespace(
+        uid=uid, gid=uid if gid is None else gid, pid=-1, umask=0o022))
+
+
+def _failed_close(ops: HutongOperations, fh: int, data: bytes) -> BaseException | None:
+    """Write `data` and close `fh`; what the flush raised."""
+    async def go() -> BaseException | None:
+        await ops.write(fh, 0, data)
+        out = await asyncio.gather(ops.flush(fh), return_exceptions=True)
+        await asyncio.gather(ops.release(fh), return_exceptions=True)
+        return cast(BaseException | None, out[0])
+    return asyncio.run(go())
+
+
+def _theirs(tmp_path: Path, path: str, mode: int) -> None:
+    """Another client makes `path`: user 2000's file of `mode`, content b"B's own"."""
+    with Client(tmp_path / "s") as other:
+        other.write_bytes(path, b"B's own")
+        other.chown(path, 2000, 2000)
+        other.chmod(path, mode)
+
+
+def _intact(tmp_path: Path, path: str, mode: int) -> None:
+    with Client(tmp_path / "s") as check:
+        st = check.stat(path)
+        assert (st.uid, st.mode & 0o7777, st.version) == (2000, mode, 1)
+        assert check.read_bytes(path) == b"B's own"
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o444, 0o640])
+def test_a_create_finding_another_users_file_needs_write_access_to_it(
+        ops: HutongOperations, tmp_path: Path, mode: int) -> None:
+    """User A's create (no O_EXCL) finds user B's file made since the kernel's lookup
+    (the kernel checked only the directory): EACCES unless B's mode lets A write, B's
+    file untouched (it was opened and truncated before); root and B may."""
+    _theirs(tmp_path, "/x", mode)
+    for flags in (TRUNC, os.O_WRONLY | os.O_CREAT):
+        with pytest.raises(pyfuse3.FUSEError) as denied:
+            asyncio.run(ops.create(ROOT_INO, b"x", 0o666, flags, _user(1000, 2000 + 1)))
+        assert denied.value.errno == errno.EACCES
+        _intact(tmp_path, "/x", mode)
+    if mode & 0o040:  # B's group may read: a read-only open in that group succeeds
+        fi, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, os.O_RDONLY | os.O_CREAT,
+                                       _user(1000, 2000)))
+        asyncio.run(ops.release(fi.fh))
+    fi, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))  # root
+    _close(ops, fi.fh, b"root's")
+    assert ops.client.read_bytes("/x") == b"root's"
+
+
+@pytest.mark.parametrize("flags", [TRUNC, os.O_WRONLY | os.O_CREAT])
+def test_a_close_into_another_users_file_made_meanwhile_needs_write_access(
+        ops: HutongOperations, tmp_path: Path, flags: int) -> None:
+    """User B makes the name (a 0600 file) between user A's create and its close: A's
+    close fails with EACCES, nothing of A's is committed, B's file intact; a file that
+    lets A write gets A's content."""
+    asyncio.run(_miss(ops, ROOT_INO, b"x"))
+    fi, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o666, flags, _user(1000)))
+    _theirs(tmp_path, "/x", 0o600)
+    e = _failed_close(ops, fi.fh, b"A's content")
+    assert isinstance(e, pyfuse3.FUSEError) and e.errno == errno.EACCES
+    _intact(tmp_path, "/x", 0o600)
+    assert not ops.wb.lost and not ops.wb.creators
+    asyncio.run(_miss(ops, ROOT_INO, b"y"))
+    fi, _ = asyncio.run(ops.create(ROOT_INO, b"y", 0o666, flags, _user(1000)))
+    _theirs(tmp_path, "/y", 0o606)
+    assert _failed_close(ops, fi.fh, b"A's") is None
+    laid = b"A's own" if flags & os.O_TRUNC == 0 else b"A's"  # over B's b"B's own"
+    assert ops.client.read_bytes("/y") == laid
+
+
+def test_an_append_create_losing_the_race_fails_the_close_and_keeps_theirs(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """Two hosts `echo line >> shared.log` on a log that did not exist: the one whose
+    create lost fails its close with EEXIST instead of overwriting the winner's first
+    bytes; the winner's line is intact and an append after that lands after it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    asyncio.run(_miss(ops, ROOT_INO, b"shared.log"))
+    fi, _ = asyncio.run(ops.create(ROOT_INO, b"shared.log", 0o644, flags, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/shared.log", b"winner's line\n")
+    e = _failed_close(ops, fi.fh, b"mine\n")
+    assert isinstance(e, pyfuse3.FUSEError) and e.errno == errno.EEXIST
+    assert ops.client.read_bytes("/shared.log") == b"winner's line\n"
+    assert not ops.wb.appends and not ops.wb.lost
