@@ -8,6 +8,7 @@ written here over their content, at the same offsets, instead of replacing it.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +27,14 @@ class _Spool(Protocol):
     def truncate(self, size: int) -> None: ...
 
 
+def _start(r: tuple[int, int]) -> int:
+    return r[0]
+
+
+def _end(r: tuple[int, int]) -> int:
+    return r[1]
+
+
 #: Bytes copied at a time when merging.
 STEP = 8 << 20
 
@@ -34,6 +43,8 @@ STEP = 8 << 20
 class Written:
     """The byte ranges written since the create, and the smallest size set since."""
 
+    #: Sorted, disjoint and not touching: overlapping or adjacent writes are merged,
+    #: so random rewrites of the same bytes keep the list short.
     ranges: list[tuple[int, int]] = field(default_factory=list)
     #: The smallest size a truncate set (None: never truncated).
     cut: int | None = None
@@ -42,10 +53,13 @@ class Written:
         """`n` bytes were written at `off`."""
         if not n:
             return
-        if self.ranges and self.ranges[-1][1] == off:  # sequential writes: one range
-            self.ranges[-1] = (self.ranges[-1][0], off + n)
-        else:
-            self.ranges.append((off, off + n))
+        a, b = off, off + n
+        r = self.ranges
+        lo = bisect_left(r, a, key=_end)  # the first range ending at or after `a`
+        hi = bisect_right(r, b, key=_start)  # past the last starting at or before `b`
+        if lo < hi:  # ranges lo..hi-1 overlap or touch [a, b): one range
+            a, b = min(a, r[lo][0]), max(b, r[hi - 1][1])
+        r[lo:hi] = [(a, b)]
 
     def truncated(self, size: int) -> None:
         """The file was cut (or extended) to `size` bytes."""
