@@ -644,7 +644,9 @@ class WriteBack:
             try:
                 self._commit_work(work)
                 break
-            except _LayOver as e:  # nothing committed: again, with their content
+            except _LayOver as e:  # again, with their content (without what a commit
+                # before the lay over committed: `WriteSession.add_action` commits midway)
+                self._committed(e.done)
                 if attempt > len(work):
                     raise ExistsError(self.pending.name(e.ino), "made and removed by other "
                                       "clients while this close committed; not committed, "
@@ -662,6 +664,12 @@ class WriteBack:
         except TailPackGoneError as e:  # nothing committed; the next pack is new
             log.info("%s: committing %d files again", e, len(work))
             self._store_batch(work)
+        self._committed(work)
+
+    def _committed(self, work: list[tuple[DirtyFile, bool]]) -> None:
+        """Count `work` committed and forget what was pending of it."""
+        if not work:
+            return
         with self._stats_lock:
             self.stats.batches += 1
             self.stats.files += len(work)
@@ -679,18 +687,33 @@ class WriteBack:
     def _store_batch(self, work: list[tuple[DirtyFile, bool]]) -> None:
         """Store and commit `work` ((file, pending create?)) in one writer session."""
         walks = self._create_walks([d.ino for d, new in work if new])
-        with self.client.store.writer(durable=self.sync_interval <= 0,
-                                      tail=self._tail) as session:
-            small = _store_small(session, [d for d, _ in work], self.client.store.params)
-            for i, (d, new) in enumerate(work):
-                refs = small[i] if i in small else \
-                    d.tmp.store(session) if d.tmp is not None else []
-                if new and d.mtime_ns is not None:
-                    self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
-                action = self._create_action(d.ino) if new else \
-                    self._update_action(self.redirects.get(d.ino, d.ino), d.mtime_ns)
-                session.add_file(refs, action)
-            session.commit(walks)  # the names read ahead with the chunks and packs
+        ran: list[int] = []  # the files whose actions the commit under way ran
+        done = 0  # work[:done] committed (a session commits midway: `add_action`)
+
+        def tracked(i: int, action: Action) -> Action:
+            def run(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+                ran.append(i)
+                return action(txn, refs)
+            return run
+        try:
+            with self.client.store.writer(durable=self.sync_interval <= 0,
+                                          tail=self._tail) as session:
+                small = _store_small(session, [d for d, _ in work], self.client.store.params)
+                for i, (d, new) in enumerate(work):
+                    refs = small[i] if i in small else \
+                        d.tmp.store(session) if d.tmp is not None else []
+                    if new and d.mtime_ns is not None:
+                        self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
+                    action = self._create_action(d.ino) if new else \
+                        self._update_action(self.redirects.get(d.ino, d.ino), d.mtime_ns)
+                    ran.clear()
+                    session.add_file(refs, tracked(i, action))
+                    if ran:  # this call committed every file queued so far
+                        done = i + 1
+                session.commit(walks)  # the names read ahead with the chunks and packs
+        except _LayOver as e:
+            e.done = work[:done]
+            raise
 
     def _create_walks(self, inos: list[int]) -> list[tuple[int, list[str]]]:
         """The entries the create actions of pending files `inos` will look up."""
@@ -816,6 +839,8 @@ class _LayOver(HutongError):
     def __init__(self, ino: int, taken: int) -> None:
         super().__init__(f"inode {ino}: name taken by inode {taken}")
         self.ino, self.taken = ino, taken
+        #: The files of the batch committed before (see `_store_batch`).
+        self.done: list[tuple[DirtyFile, bool]] = []
 
 
 def _store_small(session: WriteSession, files: list[DirtyFile],

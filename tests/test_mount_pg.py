@@ -629,3 +629,27 @@ def test_an_append_create_losing_the_race_fails_the_close_and_keeps_theirs(
     assert isinstance(e, pyfuse3.FUSEError) and e.errno == errno.EEXIST
     assert ops.client.read_bytes("/shared.log") == b"winner's line\n"
     assert not ops.wb.appends and not ops.wb.lost
+
+
+def test_a_lay_over_after_a_commit_midway_does_not_commit_the_others_again(
+        ops: HutongOperations, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer session commits midway through a batch (here after every file); the
+    lay over that a later file of the batch needs retries only what was not committed:
+    the file committed before it gets one version, counted once."""
+    monkeypatch.setattr("gfs.store.COMMIT_CHUNKS", 1)
+    fy, _ = asyncio.run(ops.create(ROOT_INO, b"y", 0o644, TRUNC, ctx()))
+    fx, _ = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, os.O_WRONLY | os.O_CREAT, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/x", b"their long content")
+    before = ops.wb.stats.files
+
+    async def close_both() -> None:
+        await ops.write(fy.fh, 0, b"y's own")
+        await ops.write(fx.fh, 0, b"MY")
+        await asyncio.gather(ops.flush(fy.fh), ops.flush(fx.fh))
+        await asyncio.gather(ops.release(fy.fh), ops.release(fx.fh))
+    asyncio.run(close_both())
+    with Client(tmp_path / "s") as check:
+        assert check.read_bytes("/x") == b"MYeir long content"
+        assert (check.read_bytes("/y"), check.stat("/y").version) == (b"y's own", 1)
+    assert ops.wb.stats.files - before == 2
