@@ -176,6 +176,17 @@ def _close(ops: HutongOperations, fh: int, data: bytes) -> None:
     asyncio.run(go())
 
 
+def _close_together(ops: HutongOperations, writes: list[tuple[int, bytes]]) -> None:
+    """Write each (handle, data) at offset 0, then flush them together (one batch, in
+    this order) and release them."""
+    async def go() -> None:
+        for fh, data in writes:
+            await ops.write(fh, 0, data)
+        await asyncio.gather(*(ops.flush(fh) for fh, _ in writes))
+        await asyncio.gather(*(ops.release(fh) for fh, _ in writes))
+    asyncio.run(go())
+
+
 def test_a_create_right_after_its_lookup_missed_reads_nothing(
         ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
     """open(O_CREAT|O_TRUNC) of a new name: the kernel's lookup missed and read the
@@ -294,13 +305,7 @@ def test_a_lay_over_in_a_batch_commits_the_other_files_too(
     fy, _ = asyncio.run(ops.create(ROOT_INO, b"y", 0o644, TRUNC, ctx()))
     with Client(tmp_path / "s") as other:
         other.write_bytes("/x", b"their long content")
-
-    async def close_both() -> None:
-        await ops.write(fx.fh, 0, b"MY")
-        await ops.write(fy.fh, 0, b"y's own")
-        await asyncio.gather(ops.flush(fx.fh), ops.flush(fy.fh))
-        await asyncio.gather(ops.release(fx.fh), ops.release(fy.fh))
-    asyncio.run(close_both())
+    _close_together(ops, [(fx.fh, b"MY"), (fy.fh, b"y's own")])
     with Client(tmp_path / "s") as check:
         assert check.read_bytes("/x") == b"MYeir long content"
         assert check.read_bytes("/y") == b"y's own"
@@ -642,13 +647,7 @@ def test_a_lay_over_after_a_commit_midway_does_not_commit_the_others_again(
     with Client(tmp_path / "s") as other:
         other.write_bytes("/x", b"their long content")
     before = ops.wb.stats.files
-
-    async def close_both() -> None:
-        await ops.write(fy.fh, 0, b"y's own")
-        await ops.write(fx.fh, 0, b"MY")
-        await asyncio.gather(ops.flush(fy.fh), ops.flush(fx.fh))
-        await asyncio.gather(ops.release(fy.fh), ops.release(fx.fh))
-    asyncio.run(close_both())
+    _close_together(ops, [(fy.fh, b"y's own"), (fx.fh, b"MY")])
     with Client(tmp_path / "s") as check:
         assert check.read_bytes("/x") == b"MYeir long content"
         assert (check.read_bytes("/y"), check.stat("/y").version) == (b"y's own", 1)
