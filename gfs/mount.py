@@ -578,7 +578,9 @@ class HutongOperations(pyfuse3.Operations):
                 return pending
 
             def change(txn: WriteTxn) -> Inode:
-                return namespace.set_attrs_of(txn, namespace.get(txn, inode), mode=mode,
+                # (a create here redirected to the file another client made of its name)
+                node = namespace.get(txn, self.wb.redirects.get(inode, inode))
+                return namespace.set_attrs_of(txn, node, mode=mode,
                                               uid=uid, gid=gid, atime_ns=atime,
                                               mtime_ns=mtime)
             return self._write_txn(change)
@@ -740,7 +742,13 @@ class HutongOperations(pyfuse3.Operations):
                 self.wb.forget_lost(h.ino)  # its last handle: the failure was reported
 
     # -- extended attributes -------------------------------------------------
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # the kernel dropped these inodes: a create's redirect is no longer asked for
+        for ino, _ in inode_list:
+            self.wb.redirects.pop(ino, None)
+
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        inode = self.wb.redirects.get(inode, inode)
         if not name.startswith(b"user.") or (inode in self.wb.pending
                                                and not name.startswith(HUTONG_XATTR)):
             # only user.* names are stored (the kernel asks security.capability on
@@ -754,6 +762,7 @@ class HutongOperations(pyfuse3.Operations):
         return await self._run(op)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        inode = self.wb.redirects.get(inode, inode)
         if inode in self.wb.pending:
             return []
         return await self._run(self._xattrs.names, inode)
@@ -761,10 +770,12 @@ class HutongOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
         self._admit()
+        inode = self.wb.redirects.get(inode, inode)
         await self._run(self._write_txn, lambda txn: self._xattrs.set(txn, inode, name, value))
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._admit()
+        inode = self.wb.redirects.get(inode, inode)
         await self._run(self._write_txn, lambda txn: self._xattrs.remove(txn, inode, name))
 
 

@@ -704,7 +704,7 @@ class WriteBack:
                         d.tmp.store(session) if d.tmp is not None else []
                     if new and d.mtime_ns is not None:
                         self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
-                    action = self._create_action(d.ino) if new else \
+                    action = self._create_action(d.ino, d.mtime_ns) if new else \
                         self._update_action(self.redirects.get(d.ino, d.ino), d.mtime_ns)
                     ran.clear()
                     session.add_file(refs, tracked(i, action))
@@ -724,12 +724,13 @@ class WriteBack:
                 walks.append((node.parent, [self.pending.name(ino)]))
         return walks
 
-    def _create_action(self, ino: int) -> Action:
-        """The commit action of a file created here: link it under its reserved number."""
+    def _create_action(self, ino: int, mtime: int | None) -> Action:
+        """The commit action of a file created here: link it under its reserved number
+        (`mtime`: set on it since the create, kept if the content goes elsewhere)."""
         def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
             node = self.pending.get(ino)
             if node is None:  # committed meanwhile: an ordinary new version
-                return self._update_action(ino, None)(txn, refs)
+                return self._update_action(ino, mtime)(txn, refs)
             name = self.pending.name(ino)
             self.lost.pop(ino, None)  # (set again if this run of the transaction finds it)
             parent = txn.get_inode(node.parent)
@@ -740,7 +741,7 @@ class WriteBack:
             now = namespace.now_ns()
             taken = txn.lookup(node.parent, name)
             if taken is not None:  # made by another client since this create's lookup
-                return self._taken_action(ino, name, taken, None)(txn, refs)
+                return self._taken_action(ino, name, taken, mtime)(txn, refs)
             new = replace(node, size=sum(r.length for r in refs), version=1, ctime_ns=now)
             txn.put_inode(new)
             txn.link(node.parent, name, ino)

@@ -652,3 +652,46 @@ def test_a_lay_over_after_a_commit_midway_does_not_commit_the_others_again(
         assert check.read_bytes("/x") == b"MYeir long content"
         assert (check.read_bytes("/y"), check.stat("/y").version) == (b"y's own", 1)
     assert ops.wb.stats.files - before == 2
+
+
+def _fields(**update: bool) -> pyfuse3.SetattrFields:
+    names = ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")
+    return cast(pyfuse3.SetattrFields, SimpleNamespace(
+        **{f"update_{n}": update.get(n, False) for n in names}))
+
+
+def test_the_inode_of_a_create_redirected_to_their_file_takes_changes_until_forgotten(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """A create here whose name another client took: an mtime set before the close is
+    kept on their file; after the close, chmod and setxattr of the inode the kernel got
+    here change their file (ENOENT before); a forget of that inode drops the redirect."""
+    asyncio.run(_miss(ops, ROOT_INO, b"x"))
+    fi, attr = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))
+    mine = attr.st_ino
+    times = pyfuse3.EntryAttributes()
+    times.st_mtime_ns = 1_234_567_890_000_000_000
+    asyncio.run(ops.write(fi.fh, 0, b"mine"))
+    asyncio.run(ops.setattr(mine, times, _fields(mtime=True), fi.fh, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/x", b"theirs")
+        theirs = other.stat("/x").ino
+    asyncio.run(ops.flush(fi.fh))
+    asyncio.run(ops.release(fi.fh))
+    modes = pyfuse3.EntryAttributes()
+    modes.st_mode = stat.S_IFREG | 0o640
+    got = asyncio.run(ops.setattr(mine, modes, _fields(mode=True), None, ctx()))
+    asyncio.run(ops.setxattr(mine, b"user.k", b"v", ctx()))
+    assert got.st_ino == theirs
+    assert asyncio.run(ops.getxattr(mine, b"user.k", ctx())) == b"v"
+    assert b"user.k" in asyncio.run(ops.listxattr(mine, ctx()))
+    with Client(tmp_path / "s") as check:
+        st = check.stat("/x")
+        assert (st.ino, st.mode & 0o7777, st.mtime_ns) == (theirs, 0o640, times.st_mtime_ns)
+        assert check.read_bytes("/x") == b"mine"
+    asyncio.run(ops.removexattr(mine, b"user.k", ctx()))
+    assert asyncio.run(ops.listxattr(theirs, ctx())) == []
+    asyncio.run(ops.forget([(mine, 1)]))
+    assert mine not in ops.wb.redirects
+    with pytest.raises(pyfuse3.FUSEError) as gone:
+        asyncio.run(ops.getattr(mine, ctx()))
+    assert gone.value.errno == errno.ENOENT
