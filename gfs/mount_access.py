@@ -48,4 +48,12 @@ def may_open(node: Inode, caller: Caller, want: int) -> bool:
     return bits & want == want
 
 
-__all__ = ["Caller", "may_open", "wanted"]
+def sgid_left(node: Inode, caller: Caller) -> bool:
+    """Whether a write by `caller` into `node` must clear its setgid bit, as ext4
+    does: setgid without group-execute, the caller neither root nor in its group."""
+    if node.mode & (stat.S_ISGID | stat.S_IXGRP) != stat.S_ISGID:
+        return False
+    return caller.uid != 0 and node.gid != caller.gid and node.gid not in caller.groups
+
+
+__all__ = ["Caller", "may_open", "sgid_left", "wanted"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -41,7 +42,7 @@ from gfs.errors import (
 )
 from gfs.group_commit import GroupCommitter
 from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, WriteTxn
-from gfs.mount_access import Caller, may_open
+from gfs.mount_access import Caller, may_open, sgid_left
 from gfs.mount_names import NameHints
 from gfs.mount_overlay import Written
 from gfs.pack_tail import TailPack, TailPackGoneError
@@ -677,6 +678,7 @@ class WriteBack:
                 self.stats.unsynced += 1
         for d, new in work:
             d.dirty = False
+            self.creators.pop(d.ino, None)  # (a laid over file's too)
             if new:
                 self.pending.remove(d.ino)
                 self.keep_theirs.discard(d.ino)
@@ -705,7 +707,8 @@ class WriteBack:
                     if new and d.mtime_ns is not None:
                         self.pending.update(d.ino, partial(replace, mtime_ns=d.mtime_ns))
                     action = self._create_action(d.ino, d.mtime_ns) if new else \
-                        self._update_action(self.redirects.get(d.ino, d.ino), d.mtime_ns)
+                        self._update_action(self.redirects.get(d.ino, d.ino), d.mtime_ns,
+                                            self.creators.get(d.ino))
                     ran.clear()
                     session.add_file(refs, tracked(i, action))
                     if ran:  # this call committed every file queued so far
@@ -791,7 +794,7 @@ class WriteBack:
             log.info("%s was created meanwhile by another client; this close writes its "
                      "content into that file", name)
             self.redirects[ino] = taken
-            return self._update_action(taken, mtime)(txn, refs)
+            return self._update_action(taken, mtime, caller)(txn, refs)
         return action
 
     def _forget_create(self, ino: int) -> None:
@@ -818,15 +821,20 @@ class WriteBack:
         self.redirects[ino] = taken
         self.pending.remove(ino)
         self.keep_theirs.discard(ino)
-        self._forget_create(ino)
+        self.appends.discard(ino)  # (its creator kept for the commit: `_update_action`)
 
-    def _update_action(self, ino: int, mtime: int | None) -> Action:
-        """The commit action of new content for a committed file."""
+    def _update_action(self, ino: int, mtime: int | None, writer: Caller | None = None
+                       ) -> Action:
+        """The commit action of new content for a committed file (`writer`: who wrote
+        it, when another client's file took the name of a file created here: a setgid
+        bit they may not keep is cleared, as a write after open(2) of it would)."""
         def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
             node = txn.get_inode(ino)
             if node is None or node.kind != Kind.FILE:
                 log.info("inode %d was removed before its writes were committed", ino)
                 return Manifest(0, tuple(refs))  # releases what was just referenced
+            if writer is not None and sgid_left(node, writer):
+                node = replace(node, mode=node.mode & ~stat.S_ISGID)
             old = namespace.write_content(txn, node, refs, mtime_ns=mtime)
             self.seen_version[ino] = node.version + 1
             return old

@@ -695,3 +695,23 @@ def test_the_inode_of_a_create_redirected_to_their_file_takes_changes_until_forg
     with pytest.raises(pyfuse3.FUSEError) as gone:
         asyncio.run(ops.getattr(mine, ctx()))
     assert gone.value.errno == errno.ENOENT
+
+
+@pytest.mark.parametrize("flags", [TRUNC, os.O_WRONLY | os.O_CREAT])
+def test_writing_into_another_users_setgid_file_clears_the_bit_as_open_would(
+        ops: HutongOperations, tmp_path: Path, flags: int) -> None:
+    """User A (not in the group) writes into user B's setgid file (02666, no group
+    execute) found at the create or at the close: the setgid bit is cleared, as a
+    write after open(2) of it is on ext4; the rest of the mode kept."""
+    _theirs(tmp_path, "/found", 0o2666)
+    fi, _ = asyncio.run(ops.create(ROOT_INO, b"found", 0o666, flags, _user(1000)))
+    _close(ops, fi.fh, b"A's")
+    asyncio.run(_miss(ops, ROOT_INO, b"later"))
+    fi, _ = asyncio.run(ops.create(ROOT_INO, b"later", 0o666, flags, _user(1000)))
+    _theirs(tmp_path, "/later", 0o2666)
+    _close(ops, fi.fh, b"A's")
+    with Client(tmp_path / "s") as check:
+        for path in ("/found", "/later"):
+            assert check.stat(path).mode & 0o7777 == 0o666, path
+            assert check.read_bytes(path).startswith(b"A's")
+    assert not ops.wb.creators
