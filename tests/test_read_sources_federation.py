@@ -1,5 +1,6 @@
 """The chunk-source conformance suite run by the federation's `SiteSource` and by a
-memory tier over it: a registry and two sites of one entity as real processes."""
+memory tier over it, and damaged or lost copies at the nearest site: a registry and two
+sites of one entity as real processes."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from gfs.client import Client
 from gfs.codec import chunk_id, decode_blob
 from gfs.federation.client import FederationClient
 from gfs.federation.inflight import DEFAULT_CHUNK, LEAST_CHUNKS, RequestSizer
+from gfs.federation.site_handlers import STREAM_IDS
 from gfs.federation.source import SiteSource
 from gfs.federation.testing import Federation
 from gfs.read import MemoryTier
@@ -39,12 +42,13 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         f.close()
 
 
-def _chunks(fc: FederationClient) -> dict[bytes, bytes]:
-    m = fc.manifest(PATH)
-    fc.source.note(PATH, m.sites)
+def _chunks(fc: FederationClient, path: str = PATH, data: bytes = DATA) -> dict[bytes, bytes]:
+    """The chunks of file `path` (content `data`) in file order, noted for the reader."""
+    m = fc.manifest(path)
+    fc.source.note(path, m.sites)
     out, pos = {}, 0
     for cid, n in m.chunks:
-        out[cid] = DATA[pos:pos + n]
+        out[cid] = data[pos:pos + n]
         pos += n
     assert all(chunk_id(v) == k for k, v in out.items())
     return out
@@ -120,3 +124,72 @@ def test_a_corrupt_copy_is_refused_where_blobs_are_kept(fed: Federation) -> None
         blobs = fc.source.get_blob_many([last], path_of=lambda _: PATH)
         assert decode_blob(blobs[last], expect_id=last) == chunks[last]
         assert fc.bad_copies == 1 and fc.chunks_from.get("p2") == 1
+
+
+# -- a chunk answer of many parts (its length announced) with copies that read otherwise --
+
+def _write_replicated(fed: Federation, path: str, data: bytes) -> None:
+    with fed.client("lab") as fc:
+        fc.write_bytes(path, data)
+        assert all(r["state"] == "ok" for r in fc.reconcile("lab"))
+
+
+def _copies(fed: Federation, site: str, cids: list[bytes]) -> dict[bytes, tuple[Path, int]]:
+    """Each chunk's first copy at `site`: its pack file and where the copy ends."""
+    state = Path(fed.sites[site]["state"])
+    with Client(state) as local, local.engine.read() as txn:
+        recs = {c: txn.get_chunk(c) for c in cids}
+    packs = {p.stem: p for p in (state / "pools").rglob("*.pack")}
+    out = {}
+    for c, rec in recs.items():
+        assert rec is not None
+        loc = rec.locations[0]
+        out[c] = (packs[loc.pack.hex()], loc.offset + loc.length)
+    return out
+
+
+def _read_all(fc: FederationClient, path: str, chunks: dict[bytes, bytes]) -> None:
+    """All chunks of `path` in one request per site (many parts); each as written."""
+    assert len(chunks) > STREAM_IDS + 4
+    assert fc.source.get_many(list(chunks), path_of=lambda _: path) == chunks
+
+
+def test_a_damaged_copy_in_a_later_part_comes_from_the_other_replica(
+        fed: Federation) -> None:
+    """The nearest site's copy that ends its pack is cut short, its record unchanged:
+    that chunk alone comes from the other site; the nearest serves the rest and stays
+    usable (before: its whole answer was cut, and the site counted unavailable)."""
+    data = os.urandom(2 << 20)
+    _write_replicated(fed, "/lab/d/cut.bin", data)
+    with fed.client("lab", near="p1") as fc:
+        chunks = _chunks(fc, "/lab/d/cut.bin", data)
+        ids = list(chunks)
+        copies = _copies(fed, "p1", ids)
+        bad = max(ids[STREAM_IDS:], key=lambda c: copies[c][1])
+        pack, end = copies[bad]
+        assert end == pack.stat().st_size and all(
+            copies[c][1] < end for c in ids if c != bad and copies[c][0] == pack)
+        os.truncate(pack, end - 10)
+        _read_all(fc, "/lab/d/cut.bin", chunks)
+        assert fc.chunks_from == {"p1": len(ids) - 1, "p2": 1}
+        assert fc.site("p1").health().status == "ok"
+
+
+def test_the_chunks_of_a_deleted_pack_come_from_the_other_replica(fed: Federation) -> None:
+    """A file whose later chunks sit in their own pack (written after its first ones),
+    deleted at the nearest site: those come from the other site, the rest from the
+    nearest."""
+    base = os.urandom(2 << 20)
+    _write_replicated(fed, "/lab/d/base.bin", base)
+    data = base + os.urandom(1 << 20)
+    _write_replicated(fed, "/lab/d/grown.bin", data)
+    with fed.client("lab", near="p1") as fc:
+        chunks = _chunks(fc, "/lab/d/grown.bin", data)
+        ids = list(chunks)
+        copies = _copies(fed, "p1", ids)
+        pack = copies[ids[-1]][0]
+        lost = {c for c in ids if copies[c][0] == pack}
+        assert lost and lost.isdisjoint(ids[:STREAM_IDS]) and len(lost) < len(ids) / 2
+        pack.unlink()
+        _read_all(fc, "/lab/d/grown.bin", chunks)
+        assert fc.chunks_from == {"p1": len(ids) - len(lost), "p2": len(lost)}

@@ -10,12 +10,13 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gfs.codec import chunk_id, encode_blob
-from gfs.errors import UnavailableSiteError
+from gfs.codec import chunk_id, decode_blob, encode_blob
+from gfs.errors import CorruptChunkError, UnavailableSiteError
 from gfs.federation import site_handlers
 from gfs.federation.site_client import SiteClient
 from gfs.federation.wire import ids_to_wire, unpack_frames
@@ -100,11 +101,11 @@ def test_an_answer_of_many_parts_announces_its_length(served: Served) -> None:  
     assert [f[16:32] if f else None for f in frames] == [*ids[:PART], None, *ids[PART:]]
 
 
-def test_a_part_other_than_announced_cuts_the_answer_short(
+def test_a_chunk_other_than_announced_comes_back_absent_and_the_rest_whole(
         served: Served, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    """A chunk that changes between the length's computation and its part's read (here: a
-    part served with one chunk missing) ends the connection: the client sees a truncated
-    answer, never a short list of chunks passed off as whole."""
+    """A chunk that changes between the length's computation and its part's read (here:
+    one gone from a later part) costs that chunk only: it comes back absent (ask
+    elsewhere), every other chunk whole, in an answer of the announced length."""
     with served.client(served.site.keys, DEADLINE) as sc:
         ids = _store(sc, 3 * PART, 1024)
         gone = ids[2 * PART + 1]
@@ -113,10 +114,60 @@ def test_a_part_other_than_announced_cuts_the_answer_short(
         def frames(cids: list[bytes]) -> tuple[bytes | bytearray, int]:
             return real([bytes(16) if c == gone else c for c in cids])
         monkeypatch.setattr(served.site, "frames", frames)
-        with pytest.raises(UnavailableSiteError):
-            sc.get(ids)
-        monkeypatch.setattr(served.site, "frames", real)
-        assert all(b is not None for b in sc.get(ids))  # the next request is served
+        headers, body = _raw_get(sc, ids)
+        got = sc.get(ids)
+    assert headers["content-length"] == str(len(body))
+    assert [f[16:32] if f else None for f in unpack_frames(body)] == \
+        [None if c == gone else c for c in ids]
+    assert [b[16:32] if b else None for b in got] == [None if c == gone else c for c in ids]
+
+
+def _copy(fx: Served, cid: bytes) -> tuple[Path, int]:
+    """The pack file holding chunk `cid`'s first copy, and where that copy ends."""
+    with fx.site.client.engine.read() as txn:
+        rec = txn.get_chunk(cid)
+    assert rec is not None
+    loc = rec.locations[0]
+    pack = next(p for p in (Path(fx.site.client.state) / "pools").rglob("*")
+                if p.is_file() and loc.pack.hex() in p.name)
+    return pack, loc.offset + loc.length
+
+
+def test_a_damaged_copy_in_a_later_part_costs_that_chunk_only(
+        served: Served) -> None:  # noqa: F811
+    """The last copy of a pack cut short (its bytes as stored are not the length its
+    record announced): that chunk comes back absent or refused by its id, every other
+    chunk of the many-part answer whole, and the site answers on."""
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = _store(sc, 3 * PART, 1024)
+        ends = {c: _copy(served, c) for c in ids}
+        last = {pack: max(e for p, e in ends.values() if p == pack) for pack, _ in ends.values()}
+        bad = next(c for c in reversed(ids[PART:]) if ends[c][1] == last[ends[c][0]])
+        pack, end = ends[bad]
+        os.truncate(pack, end - 10)
+        got = sc.get(ids)
+        assert sc.health().status == "ok"
+    for cid, blob in zip(ids, got, strict=True):
+        if cid == bad:
+            if blob is not None:
+                with pytest.raises(CorruptChunkError):
+                    decode_blob(blob, expect_id=cid)
+        else:
+            assert blob is not None and decode_blob(blob, expect_id=cid)
+
+
+def test_a_deleted_pack_in_a_later_part_costs_its_chunks_only(
+        served: Served) -> None:  # noqa: F811
+    """The pack of some chunks of later parts is gone: those come back absent, the
+    others (stored in other packs) whole."""
+    with served.client(served.site.keys, DEADLINE) as sc:
+        ids = [c for i in range(3) for c in _store(sc, PART, 1024)]  # three puts, three packs
+        pack, _ = _copy(served, ids[2 * PART])
+        lost = {c for c in ids if _copy(served, c)[0] == pack}
+        assert lost and set(ids[:PART]).isdisjoint(lost) and len(lost) < len(ids) - PART
+        pack.unlink()
+        got = sc.get(ids)
+    assert [b[16:32] if b else None for b in got] == [None if c in lost else c for c in ids]
 
 
 def _served_total(fx: Served) -> float:

@@ -12,9 +12,10 @@ import pytest
 
 from gfs.codec import decode_blob
 from gfs.errors import CorruptChunkError
+from gfs.federation.http import BadRequestError
 from gfs.federation.site import Site
 from gfs.federation.testing import lone_site
-from gfs.federation.wire import pack_frames, unpack_frames
+from gfs.federation.wire import fit_frames, pack_frames, skip_frame, unpack_frames
 
 
 @pytest.fixture
@@ -52,3 +53,22 @@ def test_a_part_with_an_unreadable_location_is_read_one_by_one(site: Site) -> No
     assert len(last) == 10 and served == len(ids)  # as stored: the reader refuses it
     with pytest.raises(CorruptChunkError):
         decode_blob(last, expect_id=ids[-1])
+
+
+def test_a_frame_fitted_to_its_announced_size_reads_as_not_held() -> None:
+    """`fit_frames`: a frame other than its announced size becomes a skip frame of that
+    size, which a reader takes as not held; the frames that fit pass unchanged."""
+    blobs = [b"a" * 40, b"b" * 50, None, b"c" * 60]
+    body = pack_frames(blobs)
+    announced = [4 + 40, 4 + 70, 4 + 30, 4]  # the 2nd changed, the 3rd gone, the 4th new
+    fitted, changed = fit_frames(body, announced)
+    assert len(fitted) == sum(announced) and changed == [1, 2, 3]
+    assert unpack_frames(fitted) == [b"a" * 40, b"", b"", b""]
+    assert fit_frames(body, [44, 54, 4, 64]) == (body, [])
+
+
+def test_a_skip_frame_cut_short_is_a_truncated_body() -> None:
+    with pytest.raises(BadRequestError, match="truncated frame"):
+        unpack_frames(pack_frames([b"x" * 8]) + skip_frame(20)[:-1])
+    with pytest.raises(ValueError, match="skip frame"):
+        skip_frame(3)

@@ -30,6 +30,9 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 """A chunk id on the wire: 32 lower-case hex digits."""
 FRAME = struct.Struct("<I")
 """The length before each blob of a frame sequence."""
+SKIP = 1 << 31
+"""Set in a frame's length: no blob (not held, as length 0); the low 31 bits count filler
+bytes that follow, which a reader skips (`skip_frame`)."""
 
 
 # -- chunk frames ------------------------------------------------------------------------
@@ -49,7 +52,7 @@ def unpack_frames(body: bytes, limit: int = MAX_IDS) -> list[bytes]:
     return [bytes(v) for v in frame_views(body, limit)]
 
 
-def frame_views(body: bytes, limit: int = MAX_IDS) -> list[memoryview]:
+def frame_views(body: bytes | bytearray, limit: int = MAX_IDS) -> list[memoryview]:
     """The blobs of a frame sequence as views into `body` (no copy: a reader that
     decodes or copies each blob anyway); BadRequestError if truncated or too many."""
     out: list[memoryview] = []
@@ -59,14 +62,43 @@ def frame_views(body: bytes, limit: int = MAX_IDS) -> list[memoryview]:
             raise BadRequestError(f"truncated frame header at byte {pos}")
         (n,) = FRAME.unpack_from(body, pos)
         pos += 4
+        skip, n = n & SKIP, n & ~SKIP
         if pos + n > len(body):
             raise BadRequestError(f"truncated frame at byte {pos - 4}: it claims {n} bytes, "
                                   f"{len(body) - pos} left")
-        out.append(view[pos:pos + n])
+        out.append(view[pos:pos if skip else pos + n])
         pos += n
         if len(out) > limit:
             raise BadRequestError(f"more than {limit} frames in one body")
     return out
+
+
+def skip_frame(size: int) -> bytes:
+    """A frame of `size` bytes (header included) that holds no blob: not held, as a
+    length 0 frame, padded to a size announced before the blob was read."""
+    if not FRAME.size <= size < FRAME.size + SKIP:
+        raise ValueError(f"a skip frame is {FRAME.size} to {FRAME.size + SKIP - 1} bytes, "
+                         f"not {size}")
+    return FRAME.pack(SKIP | (size - FRAME.size)) + bytes(size - FRAME.size)
+
+
+def fit_frames(body: bytes | bytearray, sizes: Sequence[int]) -> tuple[bytes, list[int]]:
+    """The frames of `body`, each `sizes[i]` bytes (header included) as announced before
+    the blobs were read, and the indices of those that were not: each of these becomes
+    a `skip_frame` of its announced size, which a reader takes as not held here.
+    ValueError if `body` does not hold `len(sizes)` frames."""
+    frames = frame_views(body, limit=len(sizes))
+    if len(frames) != len(sizes):
+        raise ValueError(f"{len(frames)} frames where {len(sizes)} were announced")
+    out: list[bytes | memoryview] = []
+    changed: list[int] = []
+    for i, (f, size) in enumerate(zip(frames, sizes, strict=True)):
+        if FRAME.size + len(f) == size:
+            out += [FRAME.pack(len(f)), f]
+        else:
+            changed.append(i)
+            out.append(skip_frame(size))
+    return b"".join(out), changed
 
 
 # -- paths -----------------------------------------------------------------------------
@@ -207,8 +239,8 @@ def check_name(value: Any, what: str) -> str:
         raise BadRequestError(str(e)) from None
 
 
-__all__ = ["FRAME", "HEX32", "MAX_BODY", "MAX_IDS", "MAX_REFS", "check_name", "commit_attrs",
-           "commit_attrs_to_wire", "glob_match", "ids_to_wire", "literal_prefix",
-           "manifest_digest", "pack_frames", "parse_digests", "parse_ids", "parse_refs",
-           "refs_from_wire", "refs_to_wire", "unpack_frames", "version_keyed",
-           "xattrs_from_wire", "xattrs_to_wire"]
+__all__ = ["FRAME", "HEX32", "MAX_BODY", "MAX_IDS", "MAX_REFS", "SKIP", "check_name",
+           "commit_attrs", "commit_attrs_to_wire", "fit_frames", "frame_views", "glob_match",
+           "ids_to_wire", "literal_prefix", "manifest_digest", "pack_frames", "parse_digests",
+           "parse_ids", "parse_refs", "refs_from_wire", "refs_to_wire", "skip_frame",
+           "unpack_frames", "version_keyed", "xattrs_from_wire", "xattrs_to_wire"]
