@@ -88,7 +88,9 @@ def test_host_cannot_match_a_known_file_by_blob_lengths() -> None:
     # the attack on exact lengths (the control): nearly every chunk has a unique length
     held = Counter(known_exact + other_exact)
     assert sum(held[n] == 1 for n in known_exact) >= 0.9 * len(known)
-    assert not set(known_exact) & set(other_exact)
+    # (two libraries share an exact length only by chance: 0 of 146 with cryptography
+    # 50, 2 of 146 with 51, so the control allows a few)
+    assert len(set(known_exact) & set(other_exact)) <= 0.05 * len(known)
     # the same attack on sealed blobs singles out (almost) nothing: a length alone in the
     # vault can happen only in a sparse top bucket (0 of 146 here, 2 of 186 the other way)
     held = Counter(known_sealed + other_sealed)
