@@ -56,6 +56,17 @@ def test_a_damaged_block_is_a_format_error_or_its_own_rows(
         blocks.decode_block("inodes", rows[-1][0] + b"x", block)
 
 
+def test_a_frame_header_declaring_a_huge_size_is_a_format_error_not_an_allocation() -> None:
+    # Found by the test above in CI: one flipped bit of the frame header descriptor
+    # made the frame declare 2**60 bytes and decompress() raised MemoryError.
+    block = bytearray(blocks.encode_block([(b"k", b"v" * 40)]))
+    header = block.index(b"\x28\xb5\x2f\xfd") + 4
+    block[header] = 0xE4  # single segment, checksum, an 8-byte content size next
+    block[header + 1:header + 9] = (1 << 60).to_bytes(8, "little")
+    with pytest.raises(FormatError, match="declares 1152921504606846976 bytes"):
+        blocks.decode_block("inodes", b"k", bytes(block))
+
+
 @settings(max_examples=200, deadline=None)
 @given(_ROWS, _ROWS)
 def test_repack_merges_hot_rows_into_blocks_and_keeps_untouched_blocks_as_they_are(

@@ -99,7 +99,14 @@ def _decode(data: bytes) -> Rows:
     (n,), pos = _varints(data, 0, 1)
     if not n:
         raise ValueError("no rows")
-    raw = _zstd()[1].decompress(data[pos:])
+    frame = data[pos:]
+    size = zstandard.frame_content_size(frame)
+    # A zstd block of at most 128 KiB takes a 3-byte header, so no frame decodes to
+    # more than 2**16 times its length: a damaged header's size is refused before it
+    # is allocated (it could name up to 2**64 bytes).
+    if not 0 <= size <= len(frame) << 16:
+        raise ValueError(f"the frame declares {size} bytes in {len(frame)}")
+    raw = _zstd()[1].decompress(frame, max_output_size=size)
     if len(raw) < 6 * n:
         raise ValueError(f"{len(raw)} bytes cannot hold the lengths of {n} rows")
     klens, vlens = array.array("H"), array.array("I")
