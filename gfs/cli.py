@@ -377,7 +377,12 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             print(f"fsck: {r.uncommitted_tails} packs end in bytes of an append that was "
                   "not committed (an interrupted mount); never read, gone when gc repacks "
                   "the pack", file=sys.stderr)
-        if not r.ok and not args.repair:
+        if r.metadata_damaged:
+            print("fsck: stopped before the namespace, index and data checks, which need "
+                  "every metadata record\nhint: load a metadata dump taken before the "
+                  "damage (`hutong meta load`), or copy back a backup of the state "
+                  "directory", file=sys.stderr)
+        elif not r.ok and not args.repair:
             print("hint: `hutong fsck --repair [--from OTHER_STATE]` restores damaged chunks "
                   "from any good copy and marks the rest lost", file=sys.stderr)
     return 0 if r.ok else 1
@@ -585,6 +590,7 @@ def _classify(e: BaseException, prog: str) -> tuple[bool, bool, str]:
         ChunkMissingError,
         CorruptChunkError,
         HutongError,
+        MetadataDamagedError,
         NoSpaceError,
         StateError,
     )
@@ -592,6 +598,9 @@ def _classify(e: BaseException, prog: str) -> tuple[bool, bool, str]:
     if isinstance(e, CorruptChunkError | ChunkMissingError):
         return True, False, ("`hutong fsck` lists the damaged files; `hutong fsck --repair "
                              "[--from OTHER_STATE]` restores chunks from good copies")
+    if isinstance(e, MetadataDamagedError):
+        return True, False, ("`hutong fsck` lists every damaged metadata record and chunk; "
+                             "`hutong meta load` restores the metadata from a dump")
     if isinstance(e, NoSpaceError):
         return True, False, "free space, or add a pool with `hutong pool add`"
     if isinstance(e, StateError):

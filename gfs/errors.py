@@ -161,6 +161,10 @@ class FormatError(HutongError, ValueError):
     """Bytes that do not follow the documented format (docs/format.md)."""
 
 
+class MetadataDamagedError(FormatError):
+    """A record of the store's own metadata does not decode (`hutong fsck` lists each)."""
+
+
 class ConfigError(HutongError, ValueError):
     """An invalid configuration value; the message names the key and where it came from."""
 

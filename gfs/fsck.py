@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gfs import delta, namespace
-from gfs.errors import ChunkMissingError, CorruptChunkError, PoolObjectMissingError
+from gfs.errors import (
+    ChunkMissingError,
+    CorruptChunkError,
+    MetadataDamagedError,
+    PoolObjectMissingError,
+)
 from gfs.gc import local_backend, state_temporaries
 from gfs.meta import ROOT_INO, ChunkRecord, Inode, Kind, Location, PackRecord, ReadTxn
 from gfs.packs import PACK_HEADER_LEN, parse_pack_key
@@ -48,6 +53,9 @@ class FsckReport:
     #: appended packs (gfs.pack_tail) longer than their record: bytes of an append
     #: whose commit never happened (never referenced, never read; not damage)
     uncommitted_tails: int = 0
+    #: metadata records do not decode: `problems` lists them and the other checks
+    #: did not run
+    metadata_damaged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -62,7 +70,35 @@ def check(store: ChunkStore, *, verify_data: bool = True,
     entries naming each file, references to each chunk, copies in each pack)
     are spilled to temporary tables and merge-joined, in key order, with the
     engine's sorted scans of inodes and chunks (gfs.spill).
+
+    A metadata record that does not decode stops those checks (they need every
+    record); the report then lists every damaged record, not only the first.
     """
+    try:
+        return _check(store, verify_data, progress)
+    except MetadataDamagedError as e:
+        return _damaged_metadata(store, e)
+
+
+#: Damaged metadata records listed by name at most (the rest are counted).
+LISTED_RECORDS = 1000
+
+
+def _damaged_metadata(store: ChunkStore, first: MetadataDamagedError) -> FsckReport:
+    report = FsckReport(metadata_damaged=True)
+    with store.engine.read() as txn:
+        found = txn.damaged_records()
+        report.problems += itertools.islice(found, LISTED_RECORDS)
+        more = sum(1 for _ in found)
+    if more:
+        report.problems.append(f"... and {more} more damaged metadata records")
+    if not report.problems:  # a record outside the record tables (a shared body, a delta)
+        report.problems.append(str(first))
+    return report
+
+
+def _check(store: ChunkStore, verify_data: bool,
+           progress: Callable[[int], None] | None) -> FsckReport:
     report = FsckReport()
     bad_chunks: set[bytes] = set()
     with SpillTable(COPY_COLUMNS) as copies:

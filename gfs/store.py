@@ -38,6 +38,7 @@ from gfs.config import StoreConfig
 from gfs.env import TIERS
 from gfs.errors import (
     FormatError,
+    MetadataDamagedError,
     NoSpaceError,
     PoolObjectMissingError,
     StateError,
@@ -867,8 +868,8 @@ def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],
         for cid, rec in fresh.items():
             count = rec.refcount + deltas.get(cid, 0)
             if count < 0:
-                raise FormatError(f"chunk {cid.hex()}: refcount would fall below zero; "
-                                  "run `hutong fsck`")
+                raise MetadataDamagedError(f"chunk {cid.hex()}: refcount would fall below zero; "
+                                           "run `hutong fsck`")
             txn.put_chunk(rec if count == rec.refcount else replace(rec, refcount=count))
     txn.add_refcounts(rest)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import zstandard
 
-from gfs.errors import FormatError
+from gfs.errors import MetadataDamagedError
 from gfs.meta.encoding import PACKED_FORMAT, _varints, _varints_to
 
 __all__ = ["DECODED_BLOCKS", "MAX_BLOCK", "PACKED_FORMAT", "PACKED_TABLES", "TARGET_RAW",
@@ -131,11 +131,11 @@ def decode_block(table: str, block_key: bytes, data: bytes) -> Rows:
     try:
         rows = _decode(bytes(data))
     except (ValueError, IndexError, zstandard.ZstdError) as e:
-        raise FormatError(f"packed block {block_key.hex()} of table {table}: {e}; the "
-                          "metadata is damaged, run `hutong fsck`") from None
+        raise MetadataDamagedError(f"packed block {block_key.hex()} of table {table}: {e}; the "
+                                   "metadata is damaged, run `hutong fsck`") from None
     if rows[0][-1] != block_key:
-        raise FormatError(f"packed block {block_key.hex()} of table {table}: its last row "
-                          "is not its key; the metadata is damaged, run `hutong fsck`")
+        raise MetadataDamagedError(f"packed block {block_key.hex()} of table {table}: its last row "
+                                   "is not its key; the metadata is damaged, run `hutong fsck`")
     return rows
 
 

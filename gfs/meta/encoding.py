@@ -21,7 +21,7 @@ from dataclasses import replace
 from itertools import starmap
 from typing import Any
 
-from gfs.errors import FormatError
+from gfs.errors import MetadataDamagedError
 from gfs.meta.records import (
     CHUNK_ID_LEN,
     PACK_ID_LEN,
@@ -102,7 +102,7 @@ def encode_ino(ino: int) -> bytes:
 def decode_ino(data: bytes) -> int:
     """The inode number of an 8-byte big-endian key or dirent value."""
     if len(data) != 8:
-        raise FormatError(f"inode number: expected 8 bytes, got {len(data)}; {_DAMAGED}")
+        raise MetadataDamagedError(f"inode number: expected 8 bytes, got {len(data)}; {_DAMAGED}")
     return int.from_bytes(data, "big")
 
 
@@ -117,8 +117,9 @@ def encode_dirent_ino(ino: int) -> bytes:
 def decode_dirent_ino(data: bytes) -> int:
     """The inode number of a `dirents` value (1 to 8 bytes, big-endian)."""
     if not 1 <= len(data) <= 8:
-        raise FormatError(f"directory entry value: expected 1 to 8 bytes, got {len(data)}; "
-                          f"{_DAMAGED}")
+        raise MetadataDamagedError(
+            f"directory entry value: expected 1 to 8 bytes, got {len(data)}; "
+            f"{_DAMAGED}")
     return int.from_bytes(data, "big")
 
 
@@ -132,11 +133,12 @@ def dirent_key(parent: int, name: str) -> bytes:
 def decode_dirent_key(key: bytes) -> tuple[int, str]:
     """(parent, name) of a `dirents` key."""
     if len(key) <= 8:
-        raise FormatError(f"directory entry key {key!r}: too short; {_DAMAGED}")
+        raise MetadataDamagedError(f"directory entry key {key!r}: too short; {_DAMAGED}")
     try:
         name = key[8:].decode("utf-8")
     except UnicodeDecodeError:
-        raise FormatError(f"directory entry key {key!r}: name is not UTF-8; {_DAMAGED}") from None
+        raise MetadataDamagedError(
+            f"directory entry key {key!r}: name is not UTF-8; {_DAMAGED}") from None
     return int.from_bytes(key[:8], "big"), name
 
 
@@ -151,7 +153,7 @@ def pool_key(pool_id: int) -> bytes:
 def decode_pool_key(key: bytes) -> int:
     """The pool id of a `pools` key."""
     if len(key) != 2:
-        raise FormatError(f"pool key {key!r}: expected 2 bytes; {_DAMAGED}")
+        raise MetadataDamagedError(f"pool key {key!r}: expected 2 bytes; {_DAMAGED}")
     return int.from_bytes(key, "big")
 
 
@@ -166,7 +168,7 @@ def encode_u64(value: int) -> bytes:
 def decode_u64(what: str, data: bytes) -> int:
     """A u64 little-endian meta value; `what` names it in errors."""
     if len(data) != 8:
-        raise FormatError(f"{what}: expected a u64 (8 bytes), got {len(data)}; {_DAMAGED}")
+        raise MetadataDamagedError(f"{what}: expected a u64 (8 bytes), got {len(data)}; {_DAMAGED}")
     return int.from_bytes(data, "little")
 
 
@@ -288,25 +290,26 @@ def _decode_compact(ino: int, data: bytes) -> Inode:
         if flags & INODE_HAS_LINKS:
             (nlink, rdev), pos = _varints(data, pos, 2)
     except (IndexError, ValueError):
-        raise FormatError(f"inode {ino}: compact record truncated or a field over "
-                          f"64 bits; {_DAMAGED}") from None
+        raise MetadataDamagedError(f"inode {ino}: compact record truncated or a field over "
+                                   f"64 bits; {_DAMAGED}") from None
     ctime = mtime + _unzigzag(tail[0])
     atime = ctime + _unzigzag(tail[1]) if len(tail) > 1 else ctime
     if not (mode < _U16 and uid < _U32 and gid < _U32 and nlink < _U32 and parent < _U64
             and size < _U64 and version < _U64 and rdev < _U64
             and -_I64 <= ctime < _I64 and -_I64 <= atime < _I64):
-        raise FormatError(f"inode {ino}: a field of the compact record is out of range; "
-                          f"{_DAMAGED}")
+        raise MetadataDamagedError(f"inode {ino}: a field of the compact record is out of range; "
+                                   f"{_DAMAGED}")
     kind = flags & ~(INODE_COMPACT_BIT | INODE_ATIME_IS_CTIME | INODE_HAS_LINKS)
     k = _KINDS.get(kind)
     if k is None:
-        raise FormatError(f"inode {ino}: unknown kind {kind}; {_DAMAGED}")
+        raise MetadataDamagedError(f"inode {ino}: unknown kind {kind}; {_DAMAGED}")
     target = ""
     if len(data) > pos:
         try:
             target = data[pos:].decode("utf-8")
         except UnicodeDecodeError:
-            raise FormatError(f"inode {ino}: symlink target is not UTF-8; {_DAMAGED}") from None
+            raise MetadataDamagedError(
+                f"inode {ino}: symlink target is not UTF-8; {_DAMAGED}") from None
     return Inode(ino, parent, k, mode, uid, gid, size, atime, mtime, ctime, version, target,
                  nlink, rdev)
 
@@ -317,10 +320,10 @@ def decode_inode(ino: int, data: bytes) -> Inode:
         return _decode_compact(ino, data)
     header = INODE_NARROW if data[:1] and data[0] & INODE_NARROW_BIT else INODE_HEADER
     if len(data) < header.size:
-        raise FormatError(
+        raise MetadataDamagedError(
             f"inode {ino}: record is {len(data)} bytes, shorter than the "
             f"{header.size}-byte header; {_DAMAGED}"
-        )
+            )
     if header is INODE_NARROW:
         kind, mode, uid, gid, parent, size, version, atime, mtime, ctime = \
             INODE_NARROW.unpack_from(data)
@@ -332,18 +335,19 @@ def decode_inode(ino: int, data: bytes) -> Inode:
     if kind & INODE_HAS_LINKS:
         kind &= ~INODE_HAS_LINKS
         if len(data) < start + INODE_LINKS.size:
-            raise FormatError(f"inode {ino}: link count field truncated; {_DAMAGED}")
+            raise MetadataDamagedError(f"inode {ino}: link count field truncated; {_DAMAGED}")
         nlink, rdev = INODE_LINKS.unpack_from(data, start)
         start += INODE_LINKS.size
     k = _KINDS.get(kind)
     if k is None:
-        raise FormatError(f"inode {ino}: unknown kind {kind}; {_DAMAGED}")
+        raise MetadataDamagedError(f"inode {ino}: unknown kind {kind}; {_DAMAGED}")
     target = ""
     if len(data) > start:
         try:
             target = data[start:].decode("utf-8")
         except UnicodeDecodeError:
-            raise FormatError(f"inode {ino}: symlink target is not UTF-8; {_DAMAGED}") from None
+            raise MetadataDamagedError(
+                f"inode {ino}: symlink target is not UTF-8; {_DAMAGED}") from None
     return Inode(ino, parent, k, mode, uid, gid, size, atime, mtime, ctime, version, target,
                  nlink, rdev)
 
@@ -382,14 +386,14 @@ def decode_manifest(ino: int, data: bytes) -> Manifest:
     if len(data) % _MANIFEST_ENTRY.size != _MANIFEST_HEAD.size and data[:1] == MANIFEST_COMPACT:
         return _decode_manifest_compact(ino, data)
     if len(data) < _MANIFEST_HEAD.size:
-        raise FormatError(f"manifest of inode {ino}: record truncated; {_DAMAGED}")
+        raise MetadataDamagedError(f"manifest of inode {ino}: record truncated; {_DAMAGED}")
     version, count = _MANIFEST_HEAD.unpack_from(data)
     body = memoryview(data)[_MANIFEST_HEAD.size :]
     if len(body) != count * _MANIFEST_ENTRY.size:
-        raise FormatError(
+        raise MetadataDamagedError(
             f"manifest of inode {ino}: header says {count} entries "
             f"({count * _MANIFEST_ENTRY.size} bytes) but {len(body)} bytes follow; {_DAMAGED}"
-        )
+            )
     return Manifest(version, tuple(starmap(ChunkRef, _MANIFEST_ENTRY.iter_unpack(body))))
 
 
@@ -427,12 +431,12 @@ def _decode_manifest_compact(ino: int, data: bytes) -> Manifest:
             chunks.append(ChunkRef(bytes(cid), length))
             pos += CHUNK_ID_LEN
     except (IndexError, ValueError):
-        raise FormatError(f"manifest of inode {ino}: compact record truncated or out of "
-                          f"range; {_DAMAGED}") from None
+        raise MetadataDamagedError(f"manifest of inode {ino}: compact record truncated or out of "
+                                   f"range; {_DAMAGED}") from None
     padded = pos % 20 in _FIXED_LENGTHS
     if len(data) != pos + padded or (padded and data[pos]) or version >= _U64:
-        raise FormatError(f"manifest of inode {ino}: compact record of {count} entries "
-                          f"is {len(data)} bytes, not {pos + padded}; {_DAMAGED}")
+        raise MetadataDamagedError(f"manifest of inode {ino}: compact record of {count} entries "
+                                   f"is {len(data)} bytes, not {pos + padded}; {_DAMAGED}")
     return Manifest(version, tuple(chunks))
 
 
@@ -506,13 +510,14 @@ def _decode_member(cid: bytes, data: bytes) -> ChunkRecord:
             raise IndexError
         (offset,), pos = _varints(data, pos + CHUNK_ID_LEN, 1)
     except (IndexError, ValueError):
-        raise FormatError(f"chunk record {cid.hex()}: folded member record truncated or "
-                          f"out of range; {_DAMAGED}") from None
+        raise MetadataDamagedError(f"chunk record {cid.hex()}: folded member record truncated or "
+                                   f"out of range; {_DAMAGED}") from None
     padded = pos % _LOCATION.size == _FIXED_CHUNK
     if (len(data) != pos + padded or (padded and data[pos]) or raw >= _U32
             or offset >= _U32 or refcount >= _U64 or group == cid):
-        raise FormatError(f"chunk record {cid.hex()}: folded member record is "
-                          f"{len(data)} bytes, not {pos + padded}, or out of range; {_DAMAGED}")
+        raise MetadataDamagedError(
+            f"chunk record {cid.hex()}: folded member record is {len(data)} bytes, not "
+            f"{pos + padded}, or out of range; {_DAMAGED}")
     return ChunkRecord(cid, raw, 0, _MEMBER_CODEC, refcount, (), group, offset)
 
 
@@ -552,13 +557,15 @@ def with_refcount_delta(cid: bytes, data: bytes, delta: int) -> bytes:
     if _is_compact_chunk(data) or _is_member_chunk(data):
         rec = decode_chunk(cid, data)
         if rec.refcount + delta < 0:
-            raise FormatError(f"chunk {cid.hex()}: refcount would fall below zero; {_DAMAGED}")
+            raise MetadataDamagedError(
+                f"chunk {cid.hex()}: refcount would fall below zero; {_DAMAGED}")
         return encode_chunk(replace(rec, refcount=rec.refcount + delta))
     if len(data) < _CHUNK_HEAD.size:
-        raise FormatError(f"chunk record {cid.hex()}: {len(data)} bytes is too short; {_DAMAGED}")
+        raise MetadataDamagedError(
+            f"chunk record {cid.hex()}: {len(data)} bytes is too short; {_DAMAGED}")
     count = _REFCOUNT.unpack_from(data)[0] + delta
     if count < 0:
-        raise FormatError(f"chunk {cid.hex()}: refcount would fall below zero; {_DAMAGED}")
+        raise MetadataDamagedError(f"chunk {cid.hex()}: refcount would fall below zero; {_DAMAGED}")
     return _REFCOUNT.pack(count) + data[_REFCOUNT.size:]
 
 
@@ -578,13 +585,13 @@ def _decode_chunk_compact(cid: bytes, data: bytes) -> ChunkRecord:
                 raise ValueError
             locs.append(Location(pool, bytes(pack), offset, length))
     except (IndexError, ValueError):
-        raise FormatError(f"chunk record {cid.hex()}: compact record truncated or out of "
-                          f"range; {_DAMAGED}") from None
+        raise MetadataDamagedError(f"chunk record {cid.hex()}: compact record truncated or out of "
+                                   f"range; {_DAMAGED}") from None
     padded = pos % _LOCATION.size == _FIXED_CHUNK
     if (len(data) != pos + padded or (padded and data[pos]) or raw >= _U32
             or stored >= _U32 or refcount >= _U64):
-        raise FormatError(f"chunk record {cid.hex()}: compact record of {n} locations is "
-                          f"{len(data)} bytes, not {pos + padded}; {_DAMAGED}")
+        raise MetadataDamagedError(f"chunk record {cid.hex()}: compact record of {n} locations is "
+                                   f"{len(data)} bytes, not {pos + padded}; {_DAMAGED}")
     return ChunkRecord(cid, raw, stored, codec, refcount, tuple(locs))
 
 
@@ -595,13 +602,13 @@ def decode_chunk(cid: bytes, data: bytes) -> ChunkRecord:
     if _is_member_chunk(data):
         return _decode_member(cid, data)
     if len(data) < _CHUNK_HEAD.size:
-        raise FormatError(f"chunk record {cid.hex()}: record truncated; {_DAMAGED}")
+        raise MetadataDamagedError(f"chunk record {cid.hex()}: record truncated; {_DAMAGED}")
     refcount, raw, stored, codec, n = _CHUNK_HEAD.unpack_from(data)
     if len(data) != _CHUNK_HEAD.size + n * _LOCATION.size:
-        raise FormatError(
+        raise MetadataDamagedError(
             f"chunk record {cid.hex()}: {n} locations need "
             f"{_CHUNK_HEAD.size + n * _LOCATION.size} bytes, got {len(data)}; {_DAMAGED}"
-        )
+            )
     locs = tuple(starmap(Location, _LOCATION.iter_unpack(memoryview(data)[_CHUNK_HEAD.size :])))
     return ChunkRecord(cid, raw, stored, codec, refcount, locs)
 
@@ -628,9 +635,9 @@ def encode_pack(rec: PackRecord) -> bytes:
 def decode_pack(pack_id: bytes, data: bytes) -> PackRecord:
     """The pack record `pack_id` from its `packs` value."""
     if len(data) != _PACK.size:
-        raise FormatError(
+        raise MetadataDamagedError(
             f"pack record {pack_id.hex()}: expected {_PACK.size} bytes, got {len(data)}; {_DAMAGED}"
-        )
+            )
     pool, size, nchunks, live_chunks, live_bytes, created = _PACK.unpack(data)
     return PackRecord(pack_id, pool, size, nchunks, live_chunks, live_bytes, created)
 
@@ -649,14 +656,14 @@ def encode_pending(rec: PendingPack) -> bytes:
 def decode_pending(pack_id: bytes, data: bytes) -> PendingPack:
     """The pending-pack announcement `pack_id` from its `pending` value."""
     if len(data) < _PENDING_HEAD.size:
-        raise FormatError(f"pending pack {pack_id.hex()}: record truncated; {_DAMAGED}")
+        raise MetadataDamagedError(f"pending pack {pack_id.hex()}: record truncated; {_DAMAGED}")
     pool, created = _PENDING_HEAD.unpack_from(data)
     try:
         writer = data[_PENDING_HEAD.size :].decode("utf-8")
     except UnicodeDecodeError:
-        raise FormatError(
+        raise MetadataDamagedError(
             f"pending pack {pack_id.hex()}: writer token is not UTF-8; {_DAMAGED}"
-        ) from None
+            ) from None
     return PendingPack(pack_id, pool, writer, created)
 
 
@@ -677,9 +684,10 @@ def decode_pool(pool_id: int, data: bytes) -> PoolRecord:
     try:
         doc: Any = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FormatError(f"pool {pool_id}: record is not UTF-8 JSON; {_DAMAGED}") from None
+        raise MetadataDamagedError(
+            f"pool {pool_id}: record is not UTF-8 JSON; {_DAMAGED}") from None
     if not isinstance(doc, dict):
-        raise FormatError(f"pool {pool_id}: record is not a JSON object; {_DAMAGED}")
+        raise MetadataDamagedError(f"pool {pool_id}: record is not a JSON object; {_DAMAGED}")
     name, url, tier, cap = doc.get("name"), doc.get("url"), doc.get("tier"), doc.get("capacity")
     if not (
         isinstance(name, str)
@@ -688,8 +696,8 @@ def decode_pool(pool_id: int, data: bytes) -> PoolRecord:
         and type(cap) is int
         and cap >= 0
     ):
-        raise FormatError(
+        raise MetadataDamagedError(
             f"pool {pool_id}: record needs string name, url, tier and an integer "
             f"capacity >= 0; {_DAMAGED}"
-        )
+            )
     return PoolRecord(pool_id, name, url, tier, cap)

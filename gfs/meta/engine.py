@@ -55,6 +55,13 @@ VALUE_TABLES: frozenset[str] = frozenset(
 class ReadTxn(ABC):
     """Read access to every table, inside one consistent snapshot."""
 
+    @abstractmethod
+    def damaged_records(self) -> Iterator[str]:
+        """A line naming each metadata record that does not decode (its table, key and
+        the error), reading every record table whole; nothing if all decode. fsck's
+        pass after a read raised `FormatError`, so that one damaged record does not
+        hide the others (gfs.meta.record_check)."""
+
     # -- namespace -------------------------------------------------------
     @abstractmethod
     def get_inode(self, ino: int) -> Inode | None:

@@ -37,8 +37,8 @@ from typing import Any
 
 import lmdb
 
-from gfs.errors import FormatError, StateError
-from gfs.meta import blocks
+from gfs.errors import FormatError, MetadataDamagedError, StateError
+from gfs.meta import blocks, record_check
 from gfs.meta import compact as compaction
 from gfs.meta import encoding as enc
 from gfs.meta import shared_manifests as shm
@@ -155,6 +155,24 @@ class _LmdbRead(ReadTxn):
                 tick(_TICK_ROWS + 1)
             yield row
 
+    def damaged_records(self) -> Iterator[str]:
+        raw, d = self._txn.txn, self._d
+        decoders = {**record_check.RECORD_DECODERS, "dirents": record_check.DIRENT_DECODER,
+                    "manifests": self._decode_manifest_row}
+        for table, decode in decoders.items():
+            db = getattr(d, table)
+            if db is _ABSENT:
+                continue
+            yield from record_check.damaged_rows(
+                table, self._rows(db, raw.cursor(db=db).iternext()), decode)
+            pair = d.cold.get(db)
+            if pair is not None:  # packed: each block, then its rows
+                yield from record_check.damaged_blocks(
+                    table, self._rows(pair[1], raw.cursor(db=pair[1]).iternext()), decode)
+
+    def _decode_manifest_row(self, key: bytes, value: bytes) -> Manifest:
+        return shm.decode(enc.decode_ino(key), value, self._body)
+
     # -- namespace ----------------------------------------------------------
     def get_inode(self, ino: int) -> Inode | None:
         self._d.trimmer.tick()
@@ -182,10 +200,10 @@ class _LmdbRead(ReadTxn):
             try:
                 name = key[8:].decode("utf-8")
             except UnicodeDecodeError:
-                raise FormatError(
+                raise MetadataDamagedError(
                     f"directory entry key {key!r} of inode {parent}: name is not UTF-8; "
                     "the metadata is damaged, run `hutong fsck`"
-                ) from None
+                    ) from None
             if not 0 < len(val) <= 8:
                 enc.decode_dirent_ino(val)  # raises FormatError
             yield name, from_bytes(val, "big")
@@ -346,8 +364,8 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
             tick()
             data = get(cid, db=db)
             if data is None:
-                raise FormatError(f"chunk {cid.hex()} is referenced but not in the chunk "
-                                  "index; run `hutong fsck`")
+                raise MetadataDamagedError(f"chunk {cid.hex()} is referenced but not in the chunk "
+                                           "index; run `hutong fsck`")
             if delta:
                 put(cid, enc.with_refcount_delta(cid, data, delta), db=db)
 

@@ -49,8 +49,9 @@ from psycopg import errors as pgerr
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from gfs.errors import FormatError, MetaConflictError, StateError
+from gfs.errors import MetaConflictError, MetadataDamagedError, StateError
 from gfs.meta import encoding as enc
+from gfs.meta import record_check
 from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn, WriteTxn
 from gfs.meta.records import (
     ROOT_INO,
@@ -174,6 +175,14 @@ def _s(ino: int) -> int:
 
 def _u(value: int) -> int:
     return int(value) + _SHIFT
+
+
+def _ino_bytes(value: int) -> bytes:
+    return enc.encode_ino(_u(value))
+
+
+def _decode_manifest_row(key: bytes, value: bytes) -> Manifest:
+    return enc.decode_manifest(enc.decode_ino(key), value)
 
 
 def is_pg_url(url: str) -> bool:
@@ -490,6 +499,18 @@ class _PgRead(ReadTxn):
               params: tuple[Any, ...] = ()) -> Iterator[Any]:
         return self._x.scan(table, cols, where, params)
 
+    def damaged_records(self) -> Iterator[str]:
+        # keys in the embedded engine's byte form, so that both share the decoders and
+        # name a record the same way (directory entries are typed columns here)
+        decoders = {**record_check.RECORD_DECODERS, "manifests": _decode_manifest_row}
+        keys: dict[str, tuple[str, Callable[[Any], bytes]]] = {
+            "inodes": ("ino", _ino_bytes), "manifests": ("ino", _ino_bytes),
+            "chunks": ("id", bytes), "packs": ("id", bytes), "pending": ("id", bytes),
+            "pools": ("id", lambda pool: enc.pool_key(int(pool)))}
+        for table, (column, key) in keys.items():
+            rows = ((key(k), bytes(rec)) for k, rec in self._scan(table, f"{column}, rec"))
+            yield from record_check.damaged_rows(table, rows, decoders[table])
+
     # -- namespace ----------------------------------------------------------
     def get_inode(self, ino: int) -> Inode | None:
         data = self._x.one("inodes", (_s(ino),), "rec")
@@ -664,9 +685,10 @@ class _PgRead(ReadTxn):
             try:
                 text = bytes(name).decode("utf-8")
             except UnicodeDecodeError:
-                raise FormatError(f"directory entry {bytes(name)!r} of inode {parent}: name "
-                                  "is not UTF-8; the metadata is damaged, run `hutong fsck`"
-                                  ) from None
+                raise MetadataDamagedError(
+                    f"directory entry {bytes(name)!r} of inode {parent}: name "
+                    "is not UTF-8; the metadata is damaged, run `hutong fsck`"
+                    ) from None
             yield text, _u(ino)
 
     def iter_inodes(self) -> Iterator[Inode]:
@@ -889,8 +911,8 @@ class _PgWrite(_PgRead, WriteTxn):
         for cid, delta in deltas.items():
             data = found.get(cid)
             if data is None:
-                raise FormatError(f"chunk {cid.hex()} is referenced but not in the chunk "
-                                  "index; run `hutong fsck`")
+                raise MetadataDamagedError(f"chunk {cid.hex()} is referenced but not in the chunk "
+                                           "index; run `hutong fsck`")
             if not delta:
                 continue
             if ("chunks", (cid,)) in self._x.buf:  # written whole by this transaction

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gfs.errors import FormatError
+from gfs.errors import MetadataDamagedError
 from gfs.meta import encoding as enc
 from gfs.meta.records import ChunkRef, Manifest
 
@@ -45,8 +45,9 @@ def decode(ino: int, value: bytes, body: Callable[[bytes], bytes | None]) -> Man
         return enc.decode_manifest(ino, value)
     rec = body(key)
     if rec is None or len(rec) < _REFCOUNT.size:
-        raise FormatError(f"manifest of inode {ino}: shared body {key.hex()} is missing; "
-                          "the metadata is damaged: restore it from a dump (`hutong meta load`)")
+        raise MetadataDamagedError(
+            f"manifest of inode {ino}: shared body {key.hex()} is missing; the metadata is "
+            "damaged: restore it from a dump (`hutong meta load`)")
     entries = rec[_REFCOUNT.size:]
     version = _HEAD.unpack_from(value)[0]
     return enc.decode_manifest(ino, _HEAD.pack(version, len(entries) // 20) + entries)
