@@ -662,9 +662,16 @@ class WriteBack:
     def _commit_work(self, work: list[tuple[DirtyFile, bool]]) -> None:
         try:
             self._store_batch(work)
-        except TailPackGoneError as e:  # nothing committed; the next pack is new
-            log.info("%s: committing %d files again", e, len(work))
-            self._store_batch(work)
+        except _TailGone as e:  # that commit changed nothing; the next pack is new
+            self._committed(e.done)  # committed midway before it: not again
+            rest = work[len(e.done):]
+            log.info("%s: committing %d files again", e.error, len(rest))
+            try:
+                self._store_batch(rest)
+            except _TailGone as again:
+                self._committed(again.done)
+                raise again.error from None
+            work = rest
         self._committed(work)
 
     def _committed(self, work: list[tuple[DirtyFile, bool]]) -> None:
@@ -717,6 +724,8 @@ class WriteBack:
         except _LayOver as e:
             e.done = work[:done]
             raise
+        except TailPackGoneError as e:
+            raise _TailGone(e, work[:done]) from e
 
     def _create_walks(self, inos: list[int]) -> list[tuple[int, list[str]]]:
         """The entries the create actions of pending files `inos` will look up."""
@@ -850,6 +859,15 @@ class _LayOver(HutongError):
         self.ino, self.taken = ino, taken
         #: The files of the batch committed before (see `_store_batch`).
         self.done: list[tuple[DirtyFile, bool]] = []
+
+
+class _TailGone(HutongError):
+    """A commit of `_store_batch` found its appended pack gone (`error`) and changed
+    nothing; the files before it in the batch (`done`) were committed midway."""
+
+    def __init__(self, error: TailPackGoneError, done: list[tuple[DirtyFile, bool]]) -> None:
+        super().__init__(str(error))
+        self.error, self.done = error, done
 
 
 def _store_small(session: WriteSession, files: list[DirtyFile],

@@ -3,6 +3,8 @@ creates, close-to-open commits, group commit, and a crash between spool and comm
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import random
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +25,7 @@ from gfs.group_commit import GroupCommitter
 from gfs.meta import ROOT_INO, Manifest, ReadTxn, WriteTxn
 from gfs.mount_names import NameHints
 from gfs.mount_writeback import SPOOL_MEMORY, Spool, WriteBack
-from gfs.pack_tail import TailPack
+from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.packs import PackBuilder
 from gfs.read import cached
 from tests.test_mount_helpers import init_store, wait_for
@@ -399,3 +402,45 @@ def test_a_pack_emptied_by_a_tier_move_while_appending_is_not_committed_to(
         assert c.read_bytes("/b") == data
         report = c.fsck()
         assert report.ok and report.orphan_packs == 1 - object_gone, report.problems
+
+
+def test_a_batch_retried_after_its_pack_went_commits_no_file_twice(
+        wb: WriteBack, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's last commit finds its appended pack gone (TailPackGoneError: nothing
+    committed) after a commit midway already committed its first files: the retry
+    commits only the rest. It used to store the whole batch again, so the files
+    committed midway got a second version (a create's own name looked taken)."""
+    _commit_new(wb, "old", b"version 1")
+    store = wb.client.store
+    monkeypatch.setattr(store, "config", dataclasses.replace(store.config, commit_files=2))
+    old = wb.client.stat("/old")
+    files = []
+    for name, data in (("old", b"version 2"), ("new1", b"one"), ("new2", b"two")):
+        ino = old.ino if name == "old" else wb.create(ROOT_INO, name, 0o644, 0, 0).ino
+        d = wb.open_writer(ino)
+        wb.write(d, wb.reader(ino)[0], data, 0)
+        files.append(d)
+    real_writer, commits = store.writer, []
+
+    @contextlib.contextmanager
+    def writer(**kw: Any) -> Iterator[Any]:
+        with real_writer(**kw) as session:
+            real_commit = session.commit
+
+            def commit(walks: Any = ()) -> None:
+                commits.append(len(session._files))
+                if len(commits) == 2:  # the batch's last commit, after one midway
+                    raise TailPackGoneError(b"\0" * 16)
+                real_commit(walks)
+            session.commit = commit
+            yield session
+    monkeypatch.setattr(store, "writer", writer)
+    wb._commit_batch(files)
+    for d in files:
+        wb.drop_writer(d)
+    assert commits[:2] == [2, 1], commits  # old and new1 midway, new2 failed, then retried
+    with other(state) as c:
+        got = {s.name: (c.read_bytes(f"/{s.name}"), c.stat(f"/{s.name}").version)
+               for s in c.ls("/")}
+        assert c.fsck().ok
+    assert got == {"old": (b"version 2", 2), "new1": (b"one", 1), "new2": (b"two", 1)}
