@@ -87,5 +87,29 @@ class Written:
                 pos += len(data)
         return total
 
+    def appends_only(self, size: int) -> bool:
+        """Whether what was written here is `size` bytes from offset 0 with no truncate:
+        what O_APPEND writes to a new file give (so it can go after their content)."""
+        return self.cut is None and self.ranges in ([], [(0, size)])
+
+    def append(self, theirs: _Readable, ours: _Spool, size: int, into: _Spool) -> int:
+        """Write into `into` their content, then the `size` bytes written here (read
+        from `ours`), as appends to their file would have left it; its size."""
+        base = theirs.size
+        off = 0
+        while off < base:
+            data = theirs.pread(off, min(STEP, base - off))
+            if not data:
+                break
+            into.pwrite(data, off)
+            off += len(data)
+        into.truncate(base)  # (zeros if their content came short)
+        off = 0
+        while off < size:
+            data = ours.pread(min(STEP, size - off), off)
+            into.pwrite(data, base + off)
+            off += len(data)
+        return base + size
+
 
 __all__ = ["Written"]

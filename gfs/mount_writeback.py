@@ -417,8 +417,8 @@ class WriteBack:
         missed read it; nothing is read then (a name taken since is found by the commit,
         which then writes into that file: `_create_action`; without `trunc` (O_TRUNC),
         over its content at the offsets written here; `caller` (None: anyone) must be
-        allowed to write into that file; with `append` (O_APPEND) and without `trunc`
-        the close fails instead: see `_taken_action`)."""
+        allowed to write into that file; with `append` (O_APPEND) and without `trunc`,
+        after its content: see `_lay_over`)."""
         exists = False
         if known is not None:
             parent_node = known
@@ -789,11 +789,11 @@ class WriteBack:
                     name, "another client created this file after it was created here "
                     "and this user may not write to it; the content was not committed "
                     "(write it under another name)")
-            elif ino in self.appends:  # their bytes would be overwritten, not appended to
-                refused = ExistsError(
+            elif ino in self.appends and not self._appends_only(ino):
+                refused = ExistsError(  # an O_APPEND handle that also truncated
                     name, "another client created this file after it was opened here "
-                    "with O_APPEND; the appended content was not committed (append "
-                    "again: the file exists now)")
+                    "with O_APPEND and the file was also truncated here; the content "
+                    "was not committed (append again: the file exists now)")
             if refused is not None:
                 log.warning("%s", refused)
                 self.lost[ino] = refused
@@ -805,6 +805,10 @@ class WriteBack:
             self.redirects[ino] = taken
             return self._update_action(taken, mtime, caller)(txn, refs)
         return action
+
+    def _appends_only(self, ino: int) -> bool:
+        d = self.dirty.get(ino)
+        return d is None or d.written is None or d.written.appends_only(d.size)
 
     def _forget_create(self, ino: int) -> None:
         self.appends.discard(ino)
@@ -822,7 +826,9 @@ class WriteBack:
             except NotFoundError:  # removed since: the commit creates the file again
                 return
             merged = Spool()
-            d.size = d.written.merge(theirs, d.tmp, d.size, merged)
+            # O_APPEND: after their content, as appends to their file would have gone
+            how = d.written.append if ino in self.appends else d.written.merge
+            d.size = how(theirs, d.tmp, d.size, merged)
             d.tmp.close()
             d.tmp, d.written, d.dirty = merged, None, True
         log.info("%s was created meanwhile by another client; this close writes into "

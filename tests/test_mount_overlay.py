@@ -40,3 +40,67 @@ def test_random_rewrites_of_the_same_bytes_keep_few_ranges() -> None:
         page = (i * 7919) % 256
         written.wrote(page * 4096, 4096)
     assert written.ranges == [(0, 256 * 4096)]
+
+
+class _Buf:
+    """A bytearray with the two pread conventions (their file's and the spool's)."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = bytearray(data)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def pread(self, a: int, b: int) -> bytes:  # (off, size) for theirs; see below
+        return bytes(self.data[a:a + b])
+
+    def pwrite(self, data: bytes, off: int) -> int:
+        if len(self.data) < off:
+            self.data.extend(bytes(off - len(self.data)))
+        self.data[off:off + len(data)] = data
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        del self.data[size:]
+        self.data.extend(bytes(size - len(self.data)))
+
+
+class _Spool(_Buf):
+    def pread(self, size: int, off: int) -> bytes:
+        return bytes(self.data[off:off + size])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.binary(min_size=1, max_size=50), max_size=8),
+       st.integers(1, 64))
+def test_appends_go_after_their_content(theirs: bytes, lines: list[bytes], step: int,
+                                        ) -> None:
+    """Writes at the end of a new file (O_APPEND) only, laid after their file: their
+    content whole, then every byte written here, in order (any copy step)."""
+    import gfs.mount_overlay as overlay
+
+    written, ours = Written(), _Spool()
+    for line in lines:
+        written.wrote(ours.size, len(line))
+        ours.pwrite(line, ours.size)
+    assert written.appends_only(ours.size)
+    into = _Spool()
+    old, overlay.STEP = overlay.STEP, step
+    try:
+        size = written.append(_Buf(theirs), ours, ours.size, into)
+    finally:
+        overlay.STEP = old
+    assert bytes(into.data) == theirs + b"".join(lines) and size == len(into.data)
+
+
+def test_a_truncate_or_a_gap_is_not_appends_only() -> None:
+    w = Written()
+    w.wrote(0, 10)
+    assert w.appends_only(10) and not w.appends_only(12)
+    w.truncated(4)
+    assert not w.appends_only(4)
+    gap = Written()
+    gap.wrote(5, 5)
+    assert not gap.appends_only(10)
+    assert Written().appends_only(0)

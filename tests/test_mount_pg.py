@@ -620,14 +620,31 @@ def test_a_close_into_another_users_file_made_meanwhile_needs_write_access(
     assert ops.client.read_bytes("/y") == laid
 
 
-def test_an_append_create_losing_the_race_fails_the_close_and_keeps_theirs(
+def test_an_append_create_losing_the_race_appends_after_theirs(
         ops: HutongOperations, tmp_path: Path) -> None:
     """Two hosts `echo line >> shared.log` on a log that did not exist: the one whose
-    create lost fails its close with EEXIST instead of overwriting the winner's first
-    bytes; the winner's line is intact and an append after that lands after it."""
+    create lost appends its line after the winner's (as if its open had come after the
+    winner's create), never over the winner's first bytes."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     asyncio.run(_miss(ops, ROOT_INO, b"shared.log"))
     fi, _ = asyncio.run(ops.create(ROOT_INO, b"shared.log", 0o644, flags, ctx()))
+    with Client(tmp_path / "s") as other:
+        other.write_bytes("/shared.log", b"winner's line\n")
+    assert _failed_close(ops, fi.fh, b"mine\n") is None
+    with Client(tmp_path / "s") as check:
+        assert check.read_bytes("/shared.log") == b"winner's line\nmine\n"
+        assert check.stat("/shared.log").version == 2
+    assert not ops.wb.appends and not ops.wb.lost
+
+
+def test_an_append_create_that_also_truncated_fails_its_close_and_keeps_theirs(
+        ops: HutongOperations, tmp_path: Path) -> None:
+    """An O_APPEND create whose file was also truncated here (where would the bytes go
+    in theirs?) fails its close with EEXIST when it lost the race; theirs intact."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    asyncio.run(_miss(ops, ROOT_INO, b"shared.log"))
+    fi, attr = asyncio.run(ops.create(ROOT_INO, b"shared.log", 0o644, flags, ctx()))
+    ops.wb.truncate(attr.st_ino, 0)  # (as ftruncate(fd, 0) on the handle would)
     with Client(tmp_path / "s") as other:
         other.write_bytes("/shared.log", b"winner's line\n")
     e = _failed_close(ops, fi.fh, b"mine\n")
