@@ -534,7 +534,9 @@ class WriteBack:
                 d = self.dirty[ino] = self._new_dirty(ino, writers=1)
         if d is None:
             # truncate(2) of a file nobody writes here: a new version that keeps the
-            # chunks before the cut (no copy of the file)
+            # chunks before the cut (no copy of the file); of a create here redirected
+            # to the file another client made of its name, of that file
+            ino = self.redirects.get(ino, ino)
             self.client.truncate_ino(ino, size)
             self.changed()
             self.seen_version[ino] = self.client.manifest_ino(ino).version

@@ -681,7 +681,8 @@ def test_the_inode_of_a_create_redirected_to_their_file_takes_changes_until_forg
         ops: HutongOperations, tmp_path: Path) -> None:
     """A create here whose name another client took: an mtime set before the close is
     kept on their file; after the close, chmod and setxattr of the inode the kernel got
-    here change their file (ENOENT before); a forget of that inode drops the redirect."""
+    here change their file (ENOENT before), truncate(2) too; a forget of that inode
+    drops the redirect."""
     asyncio.run(_miss(ops, ROOT_INO, b"x"))
     fi, attr = asyncio.run(ops.create(ROOT_INO, b"x", 0o644, TRUNC, ctx()))
     mine = attr.st_ino
@@ -707,6 +708,12 @@ def test_the_inode_of_a_create_redirected_to_their_file_takes_changes_until_forg
         assert check.read_bytes("/x") == b"mine"
     asyncio.run(ops.removexattr(mine, b"user.k", ctx()))
     assert asyncio.run(ops.listxattr(theirs, ctx())) == []
+    size = pyfuse3.EntryAttributes()
+    size.st_size = 2
+    cut = asyncio.run(ops.setattr(mine, size, _fields(size=True), None, ctx()))  # truncate(2)
+    assert (cut.st_ino, cut.st_size) == (theirs, 2)
+    with Client(tmp_path / "s") as check:
+        assert check.read_bytes("/x") == b"mi"
     asyncio.run(ops.forget([(mine, 1)]))
     assert mine not in ops.wb.redirects
     with pytest.raises(pyfuse3.FUSEError) as gone:
