@@ -54,7 +54,7 @@ test: setup lint
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: setup lint
-	$(PY) -m pytest -q
+	HUTONG_HYPOTHESIS=explore $(PY) -m pytest -q
 
 bench-quick: setup
 	$(PY) -m bench chunker --quick

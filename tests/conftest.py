@@ -8,10 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gfs.client import Client
 
 pytest_plugins = ["gfs.testing.postgres"]
+
+#: Property tests draw the same examples on every `make test` run, so a run fails only
+#: on what a change broke, never on a draw no run made before; `make test-all`
+#: (HUTONG_HYPOTHESIS=explore) draws new ones each run, to find new counter-examples
+#: (each failure prints the blob that reproduces it).
+settings.register_profile("fixed", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HUTONG_HYPOTHESIS", "fixed"))
 
 
 @pytest.fixture(autouse=True)
