@@ -117,3 +117,72 @@ def test_an_unpacked_store_keeps_heat_rows_hot(tmp_path: Path) -> None:
             assert txn.stat(env.open_db(b"heat", txn=txn))["entries"] == 2
     finally:
         eng.close()
+
+
+def _heat_blocks(path: str) -> tuple[dict[bytes, bytes], int]:
+    """The heat table's blocks (key -> block) and its leaf pages."""
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=64)
+    try:
+        with env.begin() as txn:
+            db = env.open_db(b"heat.z", txn=txn, create=False)
+            return dict(txn.cursor(db=db).iternext()), int(txn.stat(db)["leaf_pages"])
+    finally:
+        env.close()
+
+
+def _packed_heat(path: str, rows: int) -> list[bytes]:
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    keys = [b"c" + os.urandom(16) for _ in range(rows)]
+    try:
+        with eng.write() as w:
+            for k in keys:
+                w.put_value("heat", k, b"%024d" % 0)
+    finally:
+        eng.close()
+    compaction.compact_now(path)
+    return keys
+
+
+def test_a_flush_of_few_keys_rewrites_only_their_blocks(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    keys = sorted(_packed_heat(path, 4000))
+    before, _ = _heat_blocks(path)
+    size = os.path.getsize(os.path.join(path, "data.mdb"))
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        with eng.write_tick() as w:
+            for k in keys[::1000]:  # 4 reads, 4 blocks apart
+                w.put_value("heat", k, b"%024d" % 1)
+    finally:
+        eng.close()
+    after, _ = _heat_blocks(path)
+    gone = {k for k, v in before.items() if after.get(k) != v}
+    assert 1 <= len(gone) <= 4, f"{len(gone)} of {len(before)} blocks rewritten"
+    # the rewritten blocks' leaf pages and their branch pages, copied on write
+    assert os.path.getsize(os.path.join(path, "data.mdb")) - size <= 12 * 4096
+
+
+def test_a_flush_into_most_blocks_rewrites_the_table_with_full_pages(
+        tmp_path: Path) -> None:
+    """A restore reads chunks all over the table (ids are random): each flush then
+    changes nearly every heat block, and rewrites them appended (full leaf pages)
+    rather than one by one in the middle (pages split half full)."""
+    path = str(tmp_path / "meta")
+    keys = _packed_heat(path, 4000)
+    _, packed_pages = _heat_blocks(path)
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        for rnd in (1, 2):
+            with eng.write_tick() as w:
+                for k in keys[rnd::2]:  # half the rows, in no order
+                    w.put_value("heat", k, b"%024d" % rnd)
+                w.put_value("heat", b"c" + b"\xff" * 17, b"%024d" % rnd)  # a new key
+        with eng.read() as r:
+            got = dict(r.iter_values("heat"))
+    finally:
+        eng.close()
+    assert len(got) == 4001 and got[keys[1]] == b"%024d" % 1 and got[keys[2]] == b"%024d" % 2
+    _, pages = _heat_blocks(path)
+    # measured: 19 pages packed; after the flushes 21 appended, 37 put one by one
+    assert pages <= packed_pages + 3, f"{pages} leaf pages for {packed_pages} packed"
+    assert _hot_heat_rows(Path(path)) == 0
