@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from gfs.client import Client
 from gfs.meta import LmdbEngine
 from gfs.meta import compact as compaction
-from gfs.tiering.heat import iter_chunk_heat
+from gfs.meta.lmdb_engine import TICK_ROWS_SMALL
+from gfs.tiering.heat import FLUSH_EVERY, HeatTracker, iter_chunk_heat
 
 _KEYS = st.binary(min_size=1, max_size=24)
 _ROWS = st.dictionaries(_KEYS, st.binary(max_size=60), max_size=150)
@@ -186,3 +187,43 @@ def test_a_flush_into_most_blocks_rewrites_the_table_with_full_pages(
     # measured: 19 pages packed; after the flushes 21 appended, 37 put one by one
     assert pages <= packed_pages + 3, f"{pages} leaf pages for {packed_pages} packed"
     assert _hot_heat_rows(Path(path)) == 0
+
+
+def test_a_small_packed_store_folds_a_restore_s_reads_in_one_flush(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each flush of a restore rewrites the small heat table whole (chunk ids are
+    random): one flush instead of one per FLUSH_EVERY chunks leaves no pages free."""
+    path = str(tmp_path / "meta")
+    _packed_heat(path, 100)
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    ticks: list[int] = []
+    real = eng.write_tick
+    monkeypatch.setattr(eng, "write_tick", lambda: (ticks.append(1), real())[1])
+    try:
+        tracker = HeatTracker(eng, 3600.0, flush_interval=3600.0)
+        cids = [os.urandom(16) for _ in range(2 * FLUSH_EVERY + 1)]
+        for i in range(0, len(cids), 100):
+            tracker.record(cids[i:i + 100])
+        assert ticks == []  # a plain table would have flushed twice by now
+        tracker.flush()
+        assert len(ticks) == 1
+        with eng.read() as r:
+            assert len(dict(iter_chunk_heat(r))) == len(cids) + 100
+    finally:
+        eng.close()
+
+
+def test_a_large_or_plain_heat_table_keeps_the_flush_bound(tmp_path: Path) -> None:
+    path = str(tmp_path / "meta")
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        assert eng.tick_rows("heat", FLUSH_EVERY) == FLUSH_EVERY  # plain (format 4)
+    finally:
+        eng.close()
+    _packed_heat(path, 20000)  # ~100 leaf pages of blocks
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        assert eng.tick_rows("heat", 128) == 128  # the table is over half of 128 pages
+        assert eng.tick_rows("heat", FLUSH_EVERY) == TICK_ROWS_SMALL
+    finally:
+        eng.close()
