@@ -58,6 +58,9 @@ class _Counting:
         self.engine = engine
         self.per_txn: list[int] = []
 
+    def tick_rows(self, table: str, rows: int) -> int:
+        return self.engine.tick_rows(table, rows)
+
     def transact(self, fn, *, tick: bool = False):  # type: ignore[no-untyped-def]
         def counted(txn):  # type: ignore[no-untyped-def]
             n = 0

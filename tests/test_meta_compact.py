@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 import gfs
@@ -327,4 +328,27 @@ def test_kill_9_while_repacking_hot_rows_over_blocks_loses_nothing(tmp_path: Pat
     assert _kill_while(path, "copy", 0.0) != "DONE"  # killed while writing the blocks
     assert _dump(path) == before
     assert compaction.compact_now(path) is not None
+    assert _dump(path) == before
+
+
+def test_a_store_smaller_than_a_batch_is_copied_in_one_transaction(tmp_path: Path) -> None:
+    """Each commit of the copy frees the pages it copied on write: a transaction per
+    table left 6 free pages in a packed smallfiles file; one leaves none."""
+    path = str(tmp_path / "meta")
+    _churned_store(path, 1500)  # ~7,000 rows: under one batch (20,000)
+    compaction.compact_now(path)
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=64)
+    try:
+        assert compaction.free_share(env) == 0.0
+    finally:
+        env.close()
+
+
+def test_a_copy_in_many_transactions_keeps_every_record(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "meta")
+    _churned_store(path, 1500)
+    before = _dump(path)
+    monkeypatch.setattr(compaction, "_BATCH", 97)  # commits inside tables and blocks
+    compaction.compact_now(path)
     assert _dump(path) == before

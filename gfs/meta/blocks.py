@@ -395,26 +395,28 @@ class BlockTxn:
             self._hot[db] = True
 
     def flush(self) -> None:
-        """Write the pending write-through rows into their blocks: each block they fall
-        in (the first whose last key is at or after them, or the last block) is
-        decoded once, changed and cut again (`pack`); a block that would take one
-        new row only (a decode and an encode for one row) gets it as a hot row."""
+        """Write the pending write-through rows into their blocks. Rows for a table
+        whose blocks they mostly fall in (a restore's heat: chunk ids are random)
+        rewrite it in one appended pass (`_rebuild`: full leaf pages, blocks no row
+        falls in kept as they are); otherwise each block they fall in (the first whose
+        last key is at or after them, or the last block) is decoded once, changed and
+        cut again (`pack`), and a block that would take one new row only (a decode and
+        an encode for one row) gets it as a hot row."""
         pending, self._pending = self._pending, {}
         for db, rows in pending.items():
             table, bdb = self._cold[db]
             self._last.pop(bdb, None)
             keys = sorted(rows)
+            if self._mostly_touched(bdb, keys):
+                self._rebuild(table, bdb, [(k, rows[k]) for k in keys])
+                continue
             i = 0
             while i < len(keys):
                 at = self._block_at(db, keys[i])
+                tail = at is None
                 if at is None:  # past the last block: it takes them
                     cur = self.txn.cursor(db=bdb)
-                    if not cur.last():  # no blocks yet (heat before its first packing)
-                        for bkey, data in pack([(k, rows[k]) for k in keys[i:]]):
-                            self.txn.put(bkey, data, db=bdb)
-                        self._empty.discard(bdb)
-                        self._full.add(bdb)
-                        break
+                    cur.last()  # there is one: an empty table is rebuilt above
                     at = (table, bdb, cur, decode_block(table, cur.key(), cur.value()))
                 _table, _bdb, cur, (bkeys, bvalues) = at
                 j = i + 1
@@ -428,9 +430,48 @@ class BlockTxn:
                 changed = dict(zip(bkeys, bvalues, strict=True))
                 changed.update((k, rows[k]) for k in keys[i:j])
                 cur.delete()
-                for bkey, data in pack(sorted(changed.items())):
-                    self.txn.put(bkey, data, db=bdb)
+                if tail:  # past every other block: appended, so leaf pages fill
+                    self._append(table, bdb, pack(sorted(changed.items())))
+                else:
+                    for bkey, data in pack(sorted(changed.items())):
+                        self.txn.put(bkey, data, db=bdb)
                 i = j
+
+    def _mostly_touched(self, bdb: Any, keys: list[bytes]) -> bool:
+        """Whether `keys` (ascending) fall in at least half of the blocks of `bdb` (or
+        it has none): one cursor seek per block they fall in, no decoding."""
+        blocks: int = self.txn.stat(bdb)["entries"]
+        if len(keys) * 2 < blocks:
+            return False  # they cannot
+        cur = self.txn.cursor(db=bdb)
+        touched, i = 0, 0
+        while i < len(keys) and touched * 2 < blocks:
+            touched += 1
+            if not cur.set_range(keys[i]):
+                break  # the rest go past the last block, into it
+            bkey = cur.key()
+            i = bisect.bisect_right(keys, bkey, i)
+        return touched * 2 >= blocks
+
+    def _rebuild(self, table: str, bdb: Any, rows: list[tuple[bytes, bytes]]) -> None:
+        """Merge `rows` (ascending; they replace packed rows of the same keys) into the
+        blocks of `bdb` and write them anew by appending: the old blocks' pages are
+        freed at once and the new ones come out full (puts in the middle of a table
+        split its pages half full)."""
+        old = [(bytes(k), bytes(v)) for k, v in self.txn.cursor(db=bdb).iternext()]
+        self._curs.pop(bdb, None)
+        self.txn.drop(bdb, delete=False)
+        self._append(table, bdb, repack(table, iter(rows), old))
+        self._empty.discard(bdb)
+        self._full.add(bdb)
+
+    def _append(self, table: str, bdb: Any, blocks: Iterator[tuple[bytes, bytes]]) -> None:
+        """Append `blocks` (ascending, past every block of `bdb`); LMDB refuses a key out
+        of order without an error, so a count short of them raises."""
+        offered, added = self.txn.cursor(db=bdb).putmulti(blocks, append=True)
+        if added != offered:
+            raise FormatError(f"packed blocks of table {table}: {offered - added} of "
+                              f"{offered} blocks out of key order were not written")
 
     def delete(self, key: bytes, db: Any) -> bool:
         """Delete `key` from `db`: the hot row, and the packed row (its block is

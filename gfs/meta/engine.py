@@ -325,6 +325,13 @@ class MetaEngine(ABC):
     def write(self) -> AbstractContextManager[WriteTxn]:
         """A write transaction: commits on normal exit, aborts on an exception."""
 
+    def tick_rows(self, table: str, rows: int) -> int:
+        """How many distinct rows of value table `table` one `write_tick` may change
+        for the memory that `rows` rows cost where each lands on a page of its own
+        (the default: `rows`). An engine whose write can cost no more than the whole
+        table, when that is small, may allow more (LMDB's packed tables)."""
+        return rows
+
     def write_tick(self) -> AbstractContextManager[WriteTxn]:
         """`write()` for bookkeeping of reads only (heat, access times): an engine that
         tidies its storage after changes (LMDB's compaction at close) does not count

@@ -59,6 +59,9 @@ __all__ = ["LmdbEngine"]
 
 _log = logging.getLogger(__name__)
 _FORMAT = b"format"
+#: Rows one read-bookkeeping write (a heat flush) may change in a small packed table
+#: (`LmdbEngine.tick_rows`); it also bounds the reads a tracker counts in memory.
+TICK_ROWS_SMALL = 16384
 _STORE_ID = b"store_id"
 _NEXT_INO = b"next_ino"
 _MAX_KEY = 511  # LMDB's default maximum key size
@@ -695,6 +698,25 @@ class LmdbEngine(MetaEngine):
     def write(self) -> _WriteCtx:
         """A write transaction: commits on normal exit, aborts on an exception."""
         return self._writer(tick=False)
+
+    def tick_rows(self, table: str, rows: int) -> int:
+        """`rows`, or TICK_ROWS_SMALL in a packed store (format 5) whose `table` takes
+        at most half as many leaf pages as `rows`, hot and packed: a write-through
+        flush rewrites at most the blocks it falls in (the whole table, appended,
+        when it falls in most), so its dirty pages stay within the table plus the
+        new rows' blocks (16,384 rows: about 100 pages), under the `rows` pages a
+        plain table would dirty."""
+        shared = self._live()
+        db = _value_db(shared.dbs, table)
+        pair = shared.dbs.cold.get(db)
+        if pair is None or rows >= TICK_ROWS_SMALL:
+            return rows
+        with shared.env.begin() as txn:
+            if txn.get(_FORMAT, db=shared.dbs.meta) != enc.PACKED_FORMAT:
+                return rows
+            pages = sum(s["leaf_pages"] + s["branch_pages"] + s["overflow_pages"]
+                        for s in (txn.stat(db), txn.stat(pair[1])))
+        return TICK_ROWS_SMALL if pages * 2 <= rows else rows
 
     def write_tick(self) -> _WriteCtx:
         """A write transaction that records reads only: it does not make the close

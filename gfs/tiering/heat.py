@@ -64,7 +64,9 @@ def iter_chunk_heat(txn: ReadTxn) -> Iterator[tuple[bytes, Heat]]:
 #: Chunks whose reads one flush folds in at most. Each lands on its own leaf page of a
 #: big heat table, and LMDB keeps the pages one write transaction dirtied in malloc'd
 #: memory for the process's life (measured: one transaction of 8,000 random inserts
-#: into a table of 10^6 rows kept 25 MiB, of 2,000 kept 7 MiB).
+#: into a table of 10^6 rows kept 25 MiB, of 2,000 kept 7 MiB). An engine may allow
+#: more where a flush costs at most a small table (`MetaEngine.tick_rows`): a restore
+#: of a small packed store then rewrites its heat blocks once, not once per 2,048.
 FLUSH_EVERY = 2048
 
 
@@ -81,15 +83,26 @@ class HeatTracker:
         self._files: Counter[int] = Counter()
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
+        #: the engine's allowance for `flush_every` (asked again after each flush)
+        self._allowed: tuple[int, int] | None = None  # (flush_every asked, answer)
 
     def record(self, cids: Iterable[bytes]) -> None:
         """Count one read of each chunk in `cids`."""
         with self._lock:
             self._chunks.update(cids)
-            due = (len(self._chunks) >= self.flush_every
+            due = ((len(self._chunks) >= self.flush_every
+                   and len(self._chunks) >= self._allowance())
                    or time.monotonic() - self._last_flush >= self.flush_interval)
         if due:
             self.flush()
+
+    def _allowance(self) -> int:
+        """Distinct chunks a flush may fold in (`flush_every`, or more where the
+        engine allows it); called under the lock."""
+        if self._allowed is None or self._allowed[0] != self.flush_every:
+            self._allowed = (self.flush_every,
+                             self.engine.tick_rows("heat", self.flush_every))
+        return self._allowed[1]
 
     def record_file(self, ino: int) -> None:
         """Count one open-for-read of file `ino`."""
@@ -102,6 +115,7 @@ class HeatTracker:
             chunks, self._chunks = self._chunks, Counter()
             files, self._files = self._files, Counter()
             self._last_flush = time.monotonic()
+            self._allowed = None  # the table grew: ask again
         if not chunks and not files:
             return
         now = time.time_ns()
