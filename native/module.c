@@ -1,6 +1,6 @@
 /* gfs._native: CPython binding of the FastCDC chunker (native/fastcdc.h), of
- * the chunk-id hashing (native/chunkid.h) and of the super-features
- * (native/superfeat.h). */
+ * the chunk-id hashing (native/chunkid.h), of the super-features
+ * (native/superfeat.h) and of the metadata record encodings (native/metarec.h). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -11,6 +11,7 @@
 
 #include "chunkid.h"
 #include "fastcdc.h"
+#include "metarec.h"
 #include "restore.h"
 #include "superfeat.h"
 
@@ -514,6 +515,118 @@ gear_table(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
     return out;
 }
 
+/* -- metadata records (native/metarec.h) ------------------------------------ */
+
+/* Convert an int argument; 0 on success, -1 (error cleared) when it is not an
+ * int in range: the caller then returns None and the reference decides. */
+static int
+arg_u64(PyObject *obj, uint64_t *v)
+{
+    unsigned long long x = PyLong_AsUnsignedLongLong(obj);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+static int
+arg_i64(PyObject *obj, int64_t *v)
+{
+    long long x = PyLong_AsLongLong(obj);
+    if (x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+PyDoc_STRVAR(inode_compact_doc,
+"inode_compact(kind, mode, uid, gid, parent, size, version, atime_ns, mtime_ns,\n"
+"              ctime_ns, nlink, rdev, target, /) -> bytes | None\n\n"
+"The compact `inodes` value of these fields (target: UTF-8 bytes), or None when a\n"
+"field is not an int in its range (gfs.meta.encoding's reference then raises).");
+
+static PyObject *
+inode_compact(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 13) {
+        PyErr_Format(PyExc_TypeError, "inode_compact() takes 13 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    metarec_inode in;
+    uint64_t kind;
+    Py_buffer target;
+    if (arg_u64(args[0], &kind) || kind == 0 || kind > 0x0F || arg_u64(args[1], &in.mode)
+        || arg_u64(args[2], &in.uid) || arg_u64(args[3], &in.gid)
+        || arg_u64(args[4], &in.parent) || arg_u64(args[5], &in.size)
+        || arg_u64(args[6], &in.version) || arg_i64(args[7], &in.atime_ns)
+        || arg_i64(args[8], &in.mtime_ns) || arg_i64(args[9], &in.ctime_ns)
+        || arg_u64(args[10], &in.nlink) || arg_u64(args[11], &in.rdev))
+        Py_RETURN_NONE;
+    in.kind = (uint8_t)kind;
+    uint8_t head[METAREC_INODE_HEAD_MAX];
+    size_t n;
+    if (metarec_inode_compact(&in, head, &n) != METAREC_OK)
+        Py_RETURN_NONE;
+    if (PyObject_GetBuffer(args[12], &target, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n + target.len);
+    if (out != NULL) {
+        char *p = PyBytes_AS_STRING(out);
+        memcpy(p, head, n);
+        if (target.len)
+            memcpy(p + n, target.buf, (size_t)target.len);
+    }
+    PyBuffer_Release(&target);
+    return out;
+}
+
+PyDoc_STRVAR(chunk_refcount_doc,
+"chunk_refcount(cid, data, delta, /) -> bytes | None\n\n"
+"The compact or folded-member `chunks` value `data` of chunk `cid` with its refcount\n"
+"changed by `delta`, or None for another form, a damaged record or a refcount out of\n"
+"range (gfs.meta.encoding's reference then handles it).");
+
+static PyObject *
+chunk_refcount(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "chunk_refcount() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int64_t delta;
+    if (arg_i64(args[2], &delta))
+        Py_RETURN_NONE;
+    Py_buffer cid, data;
+    if (PyObject_GetBuffer(args[0], &cid, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&cid);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    uint8_t small[256];
+    size_t cap = (size_t)data.len + 16, n;
+    uint8_t *buf = cap <= sizeof small ? small : PyMem_Malloc(cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+    } else if (cid.len != CHUNKID_LEN
+               || metarec_chunk_refcount(cid.buf, data.buf, (size_t)data.len, delta, buf, &n)
+                      != METAREC_OK) {
+        out = Py_NewRef(Py_None);
+    } else {
+        out = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)n);
+    }
+    if (buf != small)
+        PyMem_Free(buf);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&cid);
+    return out;
+}
+
 static PyMethodDef native_methods[] = {
     {"cut_points", (PyCFunction)(void (*)(void))cut_points, METH_FASTCALL, cut_points_doc},
     {"check_params", check_params, METH_VARARGS, check_params_doc},
@@ -525,6 +638,10 @@ static PyMethodDef native_methods[] = {
     {"features", features, METH_O, features_doc},
     {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
     {"write_files", native_write_files, METH_O, WRITE_FILES_DOC},
+    {"inode_compact", (PyCFunction)(void (*)(void))inode_compact, METH_FASTCALL,
+     inode_compact_doc},
+    {"chunk_refcount", (PyCFunction)(void (*)(void))chunk_refcount, METH_FASTCALL,
+     chunk_refcount_doc},
     {NULL, NULL, 0, NULL},
 };
 
