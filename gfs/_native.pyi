@@ -53,3 +53,10 @@ def inode_compact(
 def chunk_refcount(cid: bytes, data: bytes, delta: int, /) -> bytes | None:
     """The compact or member `chunks` value `data` with its refcount changed by `delta`,
     or None for another form, a damaged record or a refcount out of range."""
+
+def manifest_fixed(version: int, chunks: Sequence[object], /) -> bytes | None:
+    """The fixed `manifests` value of `version` and `chunks` (ChunkRef-like: a 16-byte
+    `id`, an int `length`), or None when a field is out of range."""
+
+def manifest_compact(version: int, chunks: Sequence[object], /) -> bytes | None:
+    """The compact `manifests` value of `version` and `chunks`, or None as manifest_fixed."""

@@ -183,3 +183,42 @@ metarec_chunk_refcount(const uint8_t *cid, const uint8_t *data, size_t len, int6
         return member_refcount(cid, data, len, delta, out, out_len);
     return METAREC_DEFER;
 }
+
+static void
+put_le(uint8_t *out, uint64_t v, int bytes)
+{
+    for (int k = 0; k < bytes; k++)
+        out[k] = (uint8_t)(v >> (8 * k));
+}
+
+size_t
+metarec_manifest_fixed(uint64_t version, size_t n, const uint8_t *ids, const uint32_t *lens,
+                       uint8_t *out)
+{
+    put_le(out, version, 8);
+    put_le(out + 8, n, 4);
+    uint8_t *p = out + 12;
+    for (size_t k = 0; k < n; k++, p += ID_LEN + 4) {
+        memcpy(p, ids + k * ID_LEN, ID_LEN);
+        put_le(p + ID_LEN, lens[k], 4);
+    }
+    return 12 + 20 * n;
+}
+
+size_t
+metarec_manifest_compact(uint64_t version, size_t n, const uint8_t *ids, const uint32_t *lens,
+                         uint8_t *out)
+{
+    size_t len = 0;
+    out[len++] = 0xFD;
+    len += put_varint(out + len, version);
+    len += put_varint(out + len, n);
+    for (size_t k = 0; k < n; k++) {
+        len += put_varint(out + len, lens[k]);
+        memcpy(out + len, ids + k * ID_LEN, ID_LEN);
+        len += ID_LEN;
+    }
+    if (len % 20 == 8 || len % 20 == 12)
+        out[len++] = 0;
+    return len;
+}

@@ -42,4 +42,19 @@ int metarec_inode_compact(const metarec_inode *in, uint8_t *out, size_t *len);
 int metarec_chunk_refcount(const uint8_t *cid, const uint8_t *data, size_t len, int64_t delta,
                            uint8_t *out, size_t *out_len);
 
+/* Manifest values (docs/format.md, "manifests"): `n` entries of chunk id
+ * ids[k] (16 bytes each, consecutive) and raw length lens[k].
+ * metarec_manifest_fixed: version u64 LE, count u32 LE, then per entry the id
+ * and the length u32 LE; `out` has room for 12 + 20 * n bytes; returns that.
+ * metarec_manifest_compact: the marker 0xFD, version and count as varints,
+ * per entry its length as a varint and its id, one zero byte of padding when
+ * the length would be 8 or 12 modulo 20; `out` has room for
+ * METAREC_MANIFEST_COMPACT_MAX(n) bytes; returns the length written.
+ * The caller checked n < 2^32. */
+#define METAREC_MANIFEST_COMPACT_MAX(n) (1 + 10 + 5 + (size_t)(n) * (5 + 16) + 1)
+size_t metarec_manifest_fixed(uint64_t version, size_t n, const uint8_t *ids,
+                              const uint32_t *lens, uint8_t *out);
+size_t metarec_manifest_compact(uint64_t version, size_t n, const uint8_t *ids,
+                                const uint32_t *lens, uint8_t *out);
+
 #endif

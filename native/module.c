@@ -627,6 +627,114 @@ chunk_refcount(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     return out;
 }
 
+/* The (id, length) pairs of a sequence of ChunkRef-like objects: 0 and filled
+ * arrays (free with PyMem_Free), or -1 when an entry is not a 16-byte bytes id
+ * and an int length under 2^32 (error cleared: the reference decides). */
+static int
+manifest_pairs(PyObject *chunks, Py_ssize_t *n_out, uint8_t **ids_out, uint32_t **lens_out)
+{
+    static PyObject *s_id, *s_length;
+    if (s_id == NULL && (s_id = PyUnicode_InternFromString("id")) == NULL)
+        return -2;
+    if (s_length == NULL && (s_length = PyUnicode_InternFromString("length")) == NULL)
+        return -2;
+    PyObject *seq = PySequence_Fast(chunks, "chunks must be a sequence");
+    if (seq == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if ((unsigned long long)n >= (1ull << 32)) {
+        Py_DECREF(seq);
+        return -1;
+    }
+    uint8_t *ids = PyMem_Malloc((size_t)n * CHUNKID_LEN + 1);
+    uint32_t *lens = PyMem_Malloc((size_t)n * sizeof *lens + 1);
+    int status = ids == NULL || lens == NULL ? -2 : 0;
+    if (status == -2)
+        PyErr_NoMemory();
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; status == 0 && k < n; k++) {
+        PyObject *id = PyObject_GetAttr(items[k], s_id);
+        PyObject *length = id == NULL ? NULL : PyObject_GetAttr(items[k], s_length);
+        uint64_t v;
+        if (length == NULL || !PyBytes_CheckExact(id) || PyBytes_GET_SIZE(id) != CHUNKID_LEN
+            || arg_u64(length, &v) || v >> 32) {
+            PyErr_Clear();
+            status = -1;
+        } else {
+            memcpy(ids + k * CHUNKID_LEN, PyBytes_AS_STRING(id), CHUNKID_LEN);
+            lens[k] = (uint32_t)v;
+        }
+        Py_XDECREF(id);
+        Py_XDECREF(length);
+    }
+    Py_DECREF(seq);
+    if (status != 0) {
+        PyMem_Free(ids);
+        PyMem_Free(lens);
+        return status;
+    }
+    *n_out = n;
+    *ids_out = ids;
+    *lens_out = lens;
+    return 0;
+}
+
+static PyObject *
+manifest_value(PyObject *const *args, Py_ssize_t nargs, int compact)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "manifest encoders take 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    uint64_t version;
+    Py_ssize_t n;
+    uint8_t *ids;
+    uint32_t *lens;
+    if (arg_u64(args[0], &version))
+        Py_RETURN_NONE;
+    int status = manifest_pairs(args[1], &n, &ids, &lens);
+    if (status == -1)
+        Py_RETURN_NONE;
+    if (status < 0)
+        return NULL;
+    size_t cap = compact ? METAREC_MANIFEST_COMPACT_MAX(n) : 12 + 20 * (size_t)n;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
+    if (out != NULL) {
+        uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+        size_t len = compact ? metarec_manifest_compact(version, (size_t)n, ids, lens, p)
+                             : metarec_manifest_fixed(version, (size_t)n, ids, lens, p);
+        if (len != cap)
+            _PyBytes_Resize(&out, (Py_ssize_t)len);
+    }
+    PyMem_Free(ids);
+    PyMem_Free(lens);
+    return out;
+}
+
+PyDoc_STRVAR(manifest_fixed_doc,
+"manifest_fixed(version, chunks, /) -> bytes | None\n\n"
+"The fixed `manifests` value of `version` and `chunks` (objects with a 16-byte bytes\n"
+"`id` and an int `length`), or None when a field is out of range (gfs.meta.encoding's\n"
+"reference then raises).");
+
+static PyObject *
+manifest_fixed(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    return manifest_value(args, nargs, 0);
+}
+
+PyDoc_STRVAR(manifest_compact_doc,
+"manifest_compact(version, chunks, /) -> bytes | None\n\n"
+"The compact `manifests` value of `version` and `chunks`, or None as manifest_fixed.");
+
+static PyObject *
+manifest_compact(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    return manifest_value(args, nargs, 1);
+}
+
 static PyMethodDef native_methods[] = {
     {"cut_points", (PyCFunction)(void (*)(void))cut_points, METH_FASTCALL, cut_points_doc},
     {"check_params", check_params, METH_VARARGS, check_params_doc},
@@ -642,6 +750,10 @@ static PyMethodDef native_methods[] = {
      inode_compact_doc},
     {"chunk_refcount", (PyCFunction)(void (*)(void))chunk_refcount, METH_FASTCALL,
      chunk_refcount_doc},
+    {"manifest_fixed", (PyCFunction)(void (*)(void))manifest_fixed, METH_FASTCALL,
+     manifest_fixed_doc},
+    {"manifest_compact", (PyCFunction)(void (*)(void))manifest_compact, METH_FASTCALL,
+     manifest_compact_doc},
     {NULL, NULL, 0, NULL},
 };
 

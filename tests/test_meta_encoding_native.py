@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from gfs import _native
 from gfs.errors import FormatError
 from gfs.meta import encoding as enc
-from gfs.meta.records import CHUNK_ID_LEN, ChunkRecord, Inode, Kind, Location
-from tests.test_meta_encoding import CID, U32, U64, chunks, inodes
+from gfs.meta.records import CHUNK_ID_LEN, ChunkRecord, ChunkRef, Inode, Kind, Location, Manifest
+from tests.test_meta_encoding import CID, U32, U64, chunks, inodes, manifests
 
 #: Integers around and past every bound an inode or chunk field has.
 WIDE = st.one_of(st.integers(-(1 << 70), 1 << 70),
@@ -127,3 +127,45 @@ def test_garbage_gets_the_references_answer(cid: bytes, mark: bytes, rest: bytes
     ref = _outcome(lambda: enc.with_refcount_delta_reference(cid, data, delta))
     assert _outcome(lambda: enc.with_refcount_delta(cid, data, delta)) == ref
     assert len(cid) == CHUNK_ID_LEN
+
+
+@given(manifests, U64)
+@example(Manifest(0, ()), 1)
+def test_c_manifests_are_the_references_and_round_trip(m: Manifest, ino: int) -> None:
+    fixed, compact = _native.manifest_fixed(m.version, m.chunks), \
+        _native.manifest_compact(m.version, m.chunks)
+    assert fixed == enc.encode_manifest_reference(m)
+    assert compact == enc.encode_manifest_compact_reference(m)
+    assert enc.decode_manifest(ino, fixed) == m
+    assert enc.decode_manifest(ino, compact) == m
+
+
+#: Chunk ids and lengths a manifest must refuse, and ones only Python takes.
+ODD_IDS = st.one_of(st.binary(max_size=20), st.binary(min_size=16, max_size=16).map(bytearray),
+                    st.just("x" * 16))
+ODD_LENGTHS = st.one_of(WIDE, st.just(1.5), st.just(True))
+
+
+@given(manifests, WIDE, st.integers(0, 40), ODD_IDS, ODD_LENGTHS,
+       st.sampled_from(["version", "id", "length"]))
+def test_manifest_bad_fields_get_the_references_answer(m: Manifest, version: int, at: int,
+                                                       cid: object, length: object,
+                                                       which: str) -> None:
+    chunks = list(m.chunks) or [ChunkRef(bytes(16), 1)]
+    at %= len(chunks)
+    if which == "version":
+        m = Manifest(version, tuple(chunks))
+    elif which == "id":
+        chunks[at] = ChunkRef(cid, chunks[at].length)  # type: ignore[arg-type]
+        m = Manifest(m.version, tuple(chunks))
+    else:
+        chunks[at] = ChunkRef(chunks[at].id, length)  # type: ignore[arg-type]
+        m = Manifest(m.version, tuple(chunks))
+    for fast, ref, c in ((enc.encode_manifest, enc.encode_manifest_reference,
+                          _native.manifest_fixed),
+                         (enc.encode_manifest_compact, enc.encode_manifest_compact_reference,
+                          _native.manifest_compact)):
+        want = _outcome(lambda r=ref: r(m))  # type: ignore[misc]
+        assert _outcome(lambda f=fast: f(m)) == want  # type: ignore[misc]
+        out = c(m.version, m.chunks)
+        assert out is None or want == ("ok", out)

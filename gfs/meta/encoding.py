@@ -23,6 +23,8 @@ from typing import Any
 
 from gfs._native import chunk_refcount as _c_chunk_refcount
 from gfs._native import inode_compact as _c_inode_compact
+from gfs._native import manifest_compact as _c_manifest_compact
+from gfs._native import manifest_fixed as _c_manifest_fixed
 from gfs.errors import FormatError
 from gfs.meta.records import (
     CHUNK_ID_LEN,
@@ -67,6 +69,8 @@ __all__ = [
     "encode_inode_reference",
     "encode_manifest",
     "encode_manifest_compact",
+    "encode_manifest_compact_reference",
+    "encode_manifest_reference",
     "encode_pack",
     "encode_pending",
     "encode_pool",
@@ -376,7 +380,16 @@ assert _MANIFEST_ENTRY.size == CHUNK_ID_LEN + 4
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
-    """The `manifests` value: version u64, count u32, then count x (id 16 B, length u32)."""
+    """The `manifests` value: version u64, count u32, then count x (id 16 B, length u32).
+
+    Encoded in C (native/metarec.c); a field C finds out of range goes to
+    `encode_manifest_reference`, which raises the ValueError naming it."""
+    out = _c_manifest_fixed(manifest.version, manifest.chunks)
+    return encode_manifest_reference(manifest) if out is None else out
+
+
+def encode_manifest_reference(manifest: Manifest) -> bytes:
+    """`encode_manifest` in Python: the reference the C encoder is tested against."""
     chunks = manifest.chunks
     pack = _MANIFEST_ENTRY.pack
     try:
@@ -421,8 +434,18 @@ _FIXED_LENGTHS = (8, 12)
 
 
 def encode_manifest_compact(manifest: Manifest) -> bytes:
-    """The compact `manifests` value of `manifest` (about 21 bytes for one chunk, 32 fixed)."""
-    encode_manifest(manifest)  # the same range checks and errors as the fixed form
+    """The compact `manifests` value of `manifest` (about 21 bytes for one chunk, 32 fixed).
+
+    Encoded in C (native/metarec.c: a put writes one per file of one chunk, 3.3 us each
+    in Python, 0.4 in C); a field out of range goes to the reference, which raises."""
+    out = _c_manifest_compact(manifest.version, manifest.chunks)
+    return encode_manifest_compact_reference(manifest) if out is None else out
+
+
+def encode_manifest_compact_reference(manifest: Manifest) -> bytes:
+    """`encode_manifest_compact` in Python: the reference the C encoder is tested
+    against."""
+    encode_manifest_reference(manifest)  # the same range checks and errors as the fixed form
     out = bytearray(MANIFEST_COMPACT)
     _varints_to(out, (manifest.version, len(manifest.chunks)))
     for c in manifest.chunks:
