@@ -103,14 +103,17 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def _progress(args: argparse.Namespace, total: Callable[[], int | None],
-              desc: str) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr when it is a terminal and not --quiet; `total` is
-    only computed when the bar is shown."""
-    shown = not args.quiet and sys.stderr.isatty()
+              desc: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr when it is a terminal and not --quiet, else None (no
+    callback per file, and tqdm not imported: its import took 5% of the CPU of a
+    quiet put of 6,800 files); `total` is only computed when the bar is shown."""
+    if args.quiet or not sys.stderr.isatty():
+        yield None
+        return
     from tqdm import tqdm  # imported here: it costs ~20 ms of start-up
 
-    with tqdm(total=total() if shown else None, desc=desc, unit="B", unit_scale=True,
-              unit_divisor=1024, disable=not shown, file=sys.stderr, leave=False) as bar:
+    with tqdm(total=total(), desc=desc, unit="B", unit_scale=True,
+              unit_divisor=1024, file=sys.stderr, leave=False) as bar:
         def update(n: int) -> None:
             bar.update(n)
         yield update
