@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import importlib
 import json
 import logging
@@ -551,7 +552,14 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `hutong` with `argv`; returns the exit code."""
+    """Run `hutong` with `argv`; returns the exit code.
+
+    Run as the process's program (`argv` None), it first freezes the objects start-up
+    made (`gc.freeze`): they live as long as the process, and each full collection
+    traversed them all again (12% of the CPU of a quiet put of 3,658 small files).
+    Callers that pass `argv` (tests, embedders) keep their collector as it is."""
+    if argv is None:
+        gc.freeze()
     parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     args.state = getattr(args, "state", None)

@@ -426,3 +426,16 @@ def test_put_on_a_terminal_shows_the_bar(state: Path, tmp_path: Path,
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main(["--state", str(state), "put", str(src), "/t"]) == 0
     assert "put:" in capsys.readouterr().err  # tqdm's bar, named by its description
+
+
+def test_the_program_freezes_its_start_up_objects_and_a_caller_keeps_its_gc(state: Path
+                                                                             ) -> None:
+    """`hutong` (main without argv) moves the objects of its start-up out of the
+    collector's way; main(argv) called from a program leaves that program's gc alone."""
+    code = ("import gc, sys; from gfs.cli import main; "
+            f"rc = main(['--state', {str(state)!r}, 'ls', '/']); before = gc.get_freeze_count(); "
+            f"sys.argv = ['hutong', '--state', {str(state)!r}, 'ls', '/']; rc |= main(); "
+            "print(rc, before, gc.get_freeze_count() > 1000)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                          cwd=ROOT, check=True)
+    assert proc.stdout.split()[-3:] == [b"0", b"0", b"True"]
