@@ -43,3 +43,20 @@ def write_files(
 ) -> tuple[int, int]:
     """Create, write, chmod, utime and rename each (tmp, path, blocks, mode, atime_ns,
     mtime_ns) without the GIL; (files done, errno of the first failure or 0)."""
+
+def inode_compact(
+    kind: int, mode: int, uid: int, gid: int, parent: int, size: int, version: int,
+    atime_ns: int, mtime_ns: int, ctime_ns: int, nlink: int, rdev: int, target: bytes, /
+) -> bytes | None:
+    """The compact `inodes` value of these fields, or None when a field is out of range."""
+
+def chunk_refcount(cid: bytes, data: bytes, delta: int, /) -> bytes | None:
+    """The compact or member `chunks` value `data` with its refcount changed by `delta`,
+    or None for another form, a damaged record or a refcount out of range."""
+
+def manifest_fixed(version: int, chunks: Sequence[object], /) -> bytes | None:
+    """The fixed `manifests` value of `version` and `chunks` (ChunkRef-like: a 16-byte
+    `id`, an int `length`), or None when a field is out of range."""
+
+def manifest_compact(version: int, chunks: Sequence[object], /) -> bytes | None:
+    """The compact `manifests` value of `version` and `chunks`, or None as manifest_fixed."""

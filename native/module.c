@@ -1,6 +1,6 @@
 /* gfs._native: CPython binding of the FastCDC chunker (native/fastcdc.h), of
- * the chunk-id hashing (native/chunkid.h) and of the super-features
- * (native/superfeat.h). */
+ * the chunk-id hashing (native/chunkid.h), of the super-features
+ * (native/superfeat.h) and of the metadata record encodings (native/metarec.h). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -11,6 +11,7 @@
 
 #include "chunkid.h"
 #include "fastcdc.h"
+#include "metarec.h"
 #include "restore.h"
 #include "superfeat.h"
 
@@ -514,6 +515,226 @@ gear_table(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
     return out;
 }
 
+/* -- metadata records (native/metarec.h) ------------------------------------ */
+
+/* Convert an int argument; 0 on success, -1 (error cleared) when it is not an
+ * int in range: the caller then returns None and the reference decides. */
+static int
+arg_u64(PyObject *obj, uint64_t *v)
+{
+    unsigned long long x = PyLong_AsUnsignedLongLong(obj);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+static int
+arg_i64(PyObject *obj, int64_t *v)
+{
+    long long x = PyLong_AsLongLong(obj);
+    if (x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+PyDoc_STRVAR(inode_compact_doc,
+"inode_compact(kind, mode, uid, gid, parent, size, version, atime_ns, mtime_ns,\n"
+"              ctime_ns, nlink, rdev, target, /) -> bytes | None\n\n"
+"The compact `inodes` value of these fields (target: UTF-8 bytes), or None when a\n"
+"field is not an int in its range (gfs.meta.encoding's reference then raises).");
+
+static PyObject *
+inode_compact(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 13) {
+        PyErr_Format(PyExc_TypeError, "inode_compact() takes 13 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    metarec_inode in;
+    uint64_t kind;
+    Py_buffer target;
+    if (arg_u64(args[0], &kind) || kind == 0 || kind > 0x0F || arg_u64(args[1], &in.mode)
+        || arg_u64(args[2], &in.uid) || arg_u64(args[3], &in.gid)
+        || arg_u64(args[4], &in.parent) || arg_u64(args[5], &in.size)
+        || arg_u64(args[6], &in.version) || arg_i64(args[7], &in.atime_ns)
+        || arg_i64(args[8], &in.mtime_ns) || arg_i64(args[9], &in.ctime_ns)
+        || arg_u64(args[10], &in.nlink) || arg_u64(args[11], &in.rdev))
+        Py_RETURN_NONE;
+    in.kind = (uint8_t)kind;
+    uint8_t head[METAREC_INODE_HEAD_MAX];
+    size_t n;
+    if (metarec_inode_compact(&in, head, &n) != METAREC_OK)
+        Py_RETURN_NONE;
+    if (PyObject_GetBuffer(args[12], &target, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n + target.len);
+    if (out != NULL) {
+        char *p = PyBytes_AS_STRING(out);
+        memcpy(p, head, n);
+        if (target.len)
+            memcpy(p + n, target.buf, (size_t)target.len);
+    }
+    PyBuffer_Release(&target);
+    return out;
+}
+
+PyDoc_STRVAR(chunk_refcount_doc,
+"chunk_refcount(cid, data, delta, /) -> bytes | None\n\n"
+"The compact or folded-member `chunks` value `data` of chunk `cid` with its refcount\n"
+"changed by `delta`, or None for another form, a damaged record or a refcount out of\n"
+"range (gfs.meta.encoding's reference then handles it).");
+
+static PyObject *
+chunk_refcount(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "chunk_refcount() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int64_t delta;
+    if (arg_i64(args[2], &delta))
+        Py_RETURN_NONE;
+    Py_buffer cid, data;
+    if (PyObject_GetBuffer(args[0], &cid, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&cid);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    uint8_t small[256];
+    size_t cap = (size_t)data.len + 16, n;
+    uint8_t *buf = cap <= sizeof small ? small : PyMem_Malloc(cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+    } else if (cid.len != CHUNKID_LEN
+               || metarec_chunk_refcount(cid.buf, data.buf, (size_t)data.len, delta, buf, &n)
+                      != METAREC_OK) {
+        out = Py_NewRef(Py_None);
+    } else {
+        out = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)n);
+    }
+    if (buf != small)
+        PyMem_Free(buf);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&cid);
+    return out;
+}
+
+/* The (id, length) pairs of a sequence of ChunkRef-like objects: 0 and filled
+ * arrays (free with PyMem_Free), or -1 when an entry is not a 16-byte bytes id
+ * and an int length under 2^32 (error cleared: the reference decides). */
+static int
+manifest_pairs(PyObject *chunks, Py_ssize_t *n_out, uint8_t **ids_out, uint32_t **lens_out)
+{
+    static PyObject *s_id, *s_length;
+    if (s_id == NULL && (s_id = PyUnicode_InternFromString("id")) == NULL)
+        return -2;
+    if (s_length == NULL && (s_length = PyUnicode_InternFromString("length")) == NULL)
+        return -2;
+    PyObject *seq = PySequence_Fast(chunks, "chunks must be a sequence");
+    if (seq == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if ((unsigned long long)n >= (1ull << 32)) {
+        Py_DECREF(seq);
+        return -1;
+    }
+    uint8_t *ids = PyMem_Malloc((size_t)n * CHUNKID_LEN + 1);
+    uint32_t *lens = PyMem_Malloc((size_t)n * sizeof *lens + 1);
+    int status = ids == NULL || lens == NULL ? -2 : 0;
+    if (status == -2)
+        PyErr_NoMemory();
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; status == 0 && k < n; k++) {
+        PyObject *id = PyObject_GetAttr(items[k], s_id);
+        PyObject *length = id == NULL ? NULL : PyObject_GetAttr(items[k], s_length);
+        uint64_t v;
+        if (length == NULL || !PyBytes_CheckExact(id) || PyBytes_GET_SIZE(id) != CHUNKID_LEN
+            || arg_u64(length, &v) || v >> 32) {
+            PyErr_Clear();
+            status = -1;
+        } else {
+            memcpy(ids + k * CHUNKID_LEN, PyBytes_AS_STRING(id), CHUNKID_LEN);
+            lens[k] = (uint32_t)v;
+        }
+        Py_XDECREF(id);
+        Py_XDECREF(length);
+    }
+    Py_DECREF(seq);
+    if (status != 0) {
+        PyMem_Free(ids);
+        PyMem_Free(lens);
+        return status;
+    }
+    *n_out = n;
+    *ids_out = ids;
+    *lens_out = lens;
+    return 0;
+}
+
+static PyObject *
+manifest_value(PyObject *const *args, Py_ssize_t nargs, int compact)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "manifest encoders take 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    uint64_t version;
+    Py_ssize_t n;
+    uint8_t *ids;
+    uint32_t *lens;
+    if (arg_u64(args[0], &version))
+        Py_RETURN_NONE;
+    int status = manifest_pairs(args[1], &n, &ids, &lens);
+    if (status == -1)
+        Py_RETURN_NONE;
+    if (status < 0)
+        return NULL;
+    size_t cap = compact ? METAREC_MANIFEST_COMPACT_MAX(n) : 12 + 20 * (size_t)n;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
+    if (out != NULL) {
+        uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+        size_t len = compact ? metarec_manifest_compact(version, (size_t)n, ids, lens, p)
+                             : metarec_manifest_fixed(version, (size_t)n, ids, lens, p);
+        if (len != cap)
+            _PyBytes_Resize(&out, (Py_ssize_t)len);
+    }
+    PyMem_Free(ids);
+    PyMem_Free(lens);
+    return out;
+}
+
+PyDoc_STRVAR(manifest_fixed_doc,
+"manifest_fixed(version, chunks, /) -> bytes | None\n\n"
+"The fixed `manifests` value of `version` and `chunks` (objects with a 16-byte bytes\n"
+"`id` and an int `length`), or None when a field is out of range (gfs.meta.encoding's\n"
+"reference then raises).");
+
+static PyObject *
+manifest_fixed(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    return manifest_value(args, nargs, 0);
+}
+
+PyDoc_STRVAR(manifest_compact_doc,
+"manifest_compact(version, chunks, /) -> bytes | None\n\n"
+"The compact `manifests` value of `version` and `chunks`, or None as manifest_fixed.");
+
+static PyObject *
+manifest_compact(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    return manifest_value(args, nargs, 1);
+}
+
 static PyMethodDef native_methods[] = {
     {"cut_points", (PyCFunction)(void (*)(void))cut_points, METH_FASTCALL, cut_points_doc},
     {"check_params", check_params, METH_VARARGS, check_params_doc},
@@ -525,6 +746,14 @@ static PyMethodDef native_methods[] = {
     {"features", features, METH_O, features_doc},
     {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
     {"write_files", native_write_files, METH_O, WRITE_FILES_DOC},
+    {"inode_compact", (PyCFunction)(void (*)(void))inode_compact, METH_FASTCALL,
+     inode_compact_doc},
+    {"chunk_refcount", (PyCFunction)(void (*)(void))chunk_refcount, METH_FASTCALL,
+     chunk_refcount_doc},
+    {"manifest_fixed", (PyCFunction)(void (*)(void))manifest_fixed, METH_FASTCALL,
+     manifest_fixed_doc},
+    {"manifest_compact", (PyCFunction)(void (*)(void))manifest_compact, METH_FASTCALL,
+     manifest_compact_doc},
     {NULL, NULL, 0, NULL},
 };
 
