@@ -581,12 +581,12 @@ def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
             v.figures[f"creates_{system.split()[0]}_per_s"] = round(c.rate, 1)
     v.ratio("cold_lo_mount", "loopback", f"cold read {mib}", "hutong mount",
             lo_mount.cold if lo_mount else None, emb_cold, "embedded", 0.5)
+    v.ratio("cold_lo_gfs", "loopback", f"cold read {mib}", "gfs://", g_lo[0] if g_lo else None,
+            emb_cold, "embedded", 0.5)
     for key, where, system, tree in (("wan_mount", "WAN", "hutong mount", mount),
                                      ("lo_mount", "loopback", "hutong mount", lo_mount),
                                      ("lo_embedded", "loopback", "embedded mount", emb)):
         cpu_row(v, key, where, system, tree, plan.size)
-    v.ratio("cold_lo_gfs", "loopback", f"cold read {mib}", "gfs://", g_lo[0] if g_lo else None,
-            emb_cold, "embedded", 0.5)
     if warm:
         v.ratio("warm_lo_mount", "loopback", f"warm re-read {mib}", "hutong mount",
                 lo_mount.warm if lo_mount else None, emb_warm, "embedded", 0.8)
