@@ -208,11 +208,31 @@ def read_file(path: Path, block: int = READ_BLOCK) -> int:
     return n
 
 
+def cpu_seconds(pid: int, *, tree: bool = True) -> float:
+    """User + system CPU seconds of process `pid` so far; with `tree`, of its live
+    descendants too (a mount run under `ip netns exec`/`nsenter`, a daemon's workers).
+    A process gone meanwhile counts 0."""
+    todo, total = [pid], 0.0
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if tree:
+            for task in Path(f"/proc/{p}/task").glob("*/children"):
+                with suppress(OSError):
+                    todo.extend(int(c) for c in task.read_text().split())
+    return total
+
+
 @contextmanager
 def mounted(argv: list[str], mnt: Path, log: Path, timeout: float = 60,
-            env: Mapping[str, str] | None = None) -> Iterator[None]:
+            env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """Run the FUSE mount command `argv` (foreground; `env`: its whole environment) until
-    `mnt` is a mount point; unmount and stop it when the block ends."""
+    `mnt` is a mount point, yielding its process; unmount and stop it when the block
+    ends."""
     mnt.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -224,7 +244,7 @@ def mounted(argv: list[str], mnt: Path, log: Path, timeout: float = 60,
                 raise RuntimeError(f"mount of {mnt} by `{' '.join(argv)}` failed: "
                                    f"{log.read_text(errors='replace')[-500:]}")
             time.sleep(0.05)
-        yield
+        yield proc
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
                        capture_output=True)

@@ -24,6 +24,8 @@ in sequential round trips to B counted on the link from a packet capture on C
 background renewals of the registry's records included, beside), the time in
 RTTs and the RTTs beyond the embedded mount's time for the same on loopback
 (the local cost of FUSE and of the program); creates per second (bounded in time).
+Beside the mounts' cold reads, the CPU per MB of each process (the mount with its
+children, the site serving it): the machine's load moves it far less than the rates.
 Beside the rows, the connections and bytes in flight of the gfs:// cold read
 (bench._globalfs_flight), and what the link did during our WAN rows: the TCP segments B sent
 and retransmitted, and the packets the emulator's delay line dropped from its device
@@ -54,10 +56,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from bench import _federated, _juicefs
 from bench._federated import Ours, fill_site
@@ -74,7 +77,7 @@ from bench._fsops import (
 )
 from bench._globalfs_flight import Flight, FlightSampler
 from bench._globalfs_trips import TripCounter, Trips
-from bench._measure import hutong_cmd, mounted
+from bench._measure import cpu_seconds, hutong_cmd, mounted
 from bench.report import headline, table
 from gfs.client import Client
 from gfs.federation.testing import Federation
@@ -121,6 +124,10 @@ class Tree:
     ls_trips: Trips | None = None
     stat_trips: Trips | None = None
     """Round trips counted on the link during the listing and the stats (WAN only)."""
+    cold_cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process of the system spent during the cold read, by role
+    ("client": the mount and its children, "site": the site serving it): per MB, a
+    figure the machine's load moves far less than the rate."""
     warm_trips: Trips | None = None
     """Round trips counted on the link during the warm re-read, its open included (WAN
     only): none while an open lease holds the file (docs/leases.md)."""
@@ -154,11 +161,15 @@ class Results:
 
 
 def measure_tree(base: Path, ds: Dataset, plan: Plan, drop: Sequence[Path] = (),
-                 trips: TripCounter | None = None) -> Tree:
+                 trips: TripCounter | None = None, cpu_of: Mapping[str, int] = MappingProxyType({})
+                 ) -> Tree:
     """Every operation on the tree at `base` (a mount), in the order the rows show;
-    with `trips`, the round trips of the listing and of the stats are counted."""
+    with `trips`, the round trips of the listing and of the stats are counted; the CPU
+    of the processes `cpu_of` (role -> pid, with their children) during the cold read."""
     t = Tree()
+    before = {role: cpu_seconds(pid) for role, pid in cpu_of.items()}
     t.cold = sequential_read(base / "big.bin", ds.size, cold=True, drop=tuple(drop))
+    t.cold_cpu = {role: cpu_seconds(pid) - before[role] for role, pid in cpu_of.items()}
     if plan.cold_only:
         return t
     if trips is None:
@@ -320,9 +331,10 @@ def measure_wan(st: Setup, wan: Wan, servers: _juicefs.Servers | None, work: Pat
         mnt = work / "mnt-ours"
         argv = wan["c"].net_argv(ours.mount_argv(ours.add_profile(fed, "telco-b", "b1"), mnt))
         counter = TripCounter(wan, "c", res.rtt)
-        with mounted(argv, mnt, work / "mount-ours.log", env=ours.env):
-            res.trees["hutong mount"] = measure_tree(mnt / "telco-b" / "bench", ds, plan,
-                                                     (st.wan_pools,), counter)
+        with mounted(argv, mnt, work / "mount-ours.log", env=ours.env) as proc:
+            res.trees["hutong mount"] = measure_tree(
+                mnt / "telco-b" / "bench", ds, plan, (st.wan_pools,), counter,
+                {"client": proc.pid, "site": fed.procs["b1"].popen.pid})
         done("the global mount on C measured")
         port = int(fed.procs["b1"].url.rstrip("/").rsplit(":", 1)[1])
         with FlightSampler(wan, "b", port) as sampler:
@@ -347,18 +359,20 @@ def measure_loopback(st: Setup, work: Path, ds: Dataset, plan: Plan, res: Result
     assert emb is not None
     mnt = work / "mnt-embedded"
     with mounted([*hutong_cmd(), "--state", str(emb), "mount", str(mnt)], mnt,
-                 work / "mount-embedded.log"):
+                 work / "mount-embedded.log") as proc:
         res.trees["embedded mount (lo)"] = measure_tree(mnt / "bench", ds, plan,
-                                                        (emb / "pools",))
+                                                        (emb / "pools",),
+                                                        cpu_of={"client": proc.pid})
     done("the embedded mount measured")
     if st.ours is None or st.lo_fed is None or st.lo_pools is None:
         return
     ours, fed = st.ours, st.lo_fed
     mnt = work / "mnt-ours-lo"
     with mounted(ours.mount_argv(ours.add_profile(fed, "telco-b", "b1"), mnt), mnt,
-                 work / "mount-ours-lo.log", env=ours.env):
-        res.trees["hutong mount (lo)"] = measure_tree(mnt / "telco-b" / "bench", ds,
-                                                      plan, (st.lo_pools,))
+                 work / "mount-ours-lo.log", env=ours.env) as proc:
+        res.trees["hutong mount (lo)"] = measure_tree(
+            mnt / "telco-b" / "bench", ds, plan, (st.lo_pools,),
+            cpu_of={"client": proc.pid, "site": fed.procs["b1"].popen.pid})
     done("the global mount on loopback measured")
     res.gfs["gfs:// (lo)"] = ours.gfs_reads([], URL, ours.add_profile(fed, "telco-b", "b1"),
                                             ds.size, warm=not plan.cold_only)
@@ -487,6 +501,19 @@ class Verdicts:
             self.figures[f"{key}_beyond"] = round(beyond, 1)
 
 
+def cpu_row(v: Verdicts, key: str, where: str, system: str, tree: Tree | None,
+            size: int) -> None:
+    """A row of the CPU each process of `system` spent per MB of its cold read (with
+    figures `cold_KEY_ROLE_ms_mb`), when it was measured."""
+    if tree is None or not tree.cold_cpu:
+        return
+    per = {role: 1e3 * s / (size / 1e6) for role, s in tree.cold_cpu.items()}
+    v.rows.append([where, "cold read: CPU per MB", system,
+                   ", ".join(f"{role} {ms:.2f} ms" for role, ms in per.items()), "", "", ""])
+    for role, ms in per.items():
+        v.figures[f"cold_{key}_{role}_ms_mb"] = round(ms, 2)
+
+
 def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
     """The table, whether every target is met, and the headline's figures."""
     v = Verdicts(res, plan.size, plan.entries)
@@ -556,6 +583,10 @@ def report(res: Results, plan: Plan) -> tuple[str, bool, dict[str, object]]:
             lo_mount.cold if lo_mount else None, emb_cold, "embedded", 0.5)
     v.ratio("cold_lo_gfs", "loopback", f"cold read {mib}", "gfs://", g_lo[0] if g_lo else None,
             emb_cold, "embedded", 0.5)
+    for key, where, system, tree in (("wan_mount", "WAN", "hutong mount", mount),
+                                     ("lo_mount", "loopback", "hutong mount", lo_mount),
+                                     ("lo_embedded", "loopback", "embedded mount", emb)):
+        cpu_row(v, key, where, system, tree, plan.size)
     if warm:
         v.ratio("warm_lo_mount", "loopback", f"warm re-read {mib}", "hutong mount",
                 lo_mount.warm if lo_mount else None, emb_warm, "embedded", 0.8)

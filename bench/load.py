@@ -32,6 +32,7 @@ from pathlib import Path
 import aiohttp
 from cryptography.hazmat.primitives import serialization
 
+from bench._measure import cpu_seconds
 from gfs.federation.testing import Federation
 
 SMALL, BIG = 4 << 10, 4 << 20
@@ -106,12 +107,6 @@ class Phase:
     @property
     def ops_s(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:
@@ -275,14 +270,15 @@ def main(argv: list[str]) -> int:
         ctx, name = fed.trust.client_context(url, site="a1", entity="bank-a")
         ca = fed.trust.entity_ca("bank-a").public_bytes(serialization.Encoding.PEM).decode()
         asyncio.run(_mkdirs(args.clients, url, ctx, name, token))
-        cpu = _cpu_s(pid)
+        cpu = cpu_seconds(pid, tree=False)
         _run(phases[0], args.clients, seconds, url, ca, name, token)
-        phases[0].rss_kib, phases[0].site_cpu = _rss_kib(pid), _cpu_s(pid) - cpu
+        phases[0].rss_kib, phases[0].site_cpu = _rss_kib(pid), cpu_seconds(pid, tree=False) - cpu
         proc, phases[1].held = _attack(host, int(url.rsplit(":", 1)[1]), args.idle, Path(d))
         try:
-            cpu = _cpu_s(pid)
+            cpu = cpu_seconds(pid, tree=False)
             _run(phases[1], args.clients, seconds, url, ca, name, token)
-            phases[1].rss_kib, phases[1].site_cpu = _rss_kib(pid), _cpu_s(pid) - cpu
+            phases[1].rss_kib = _rss_kib(pid)
+            phases[1].site_cpu = cpu_seconds(pid, tree=False) - cpu
             now = _held(proc)
             phases[1].held = now if now >= 0 else phases[1].held
         finally:

@@ -47,6 +47,7 @@ from gfs.mount_spool import Spool
 from gfs.namespace import DEFAULT_DIR_MODE  # a new directory's (others: a chmod after)
 from gfs.namespace_api import SPECIAL_KINDS, Namespace, Stat
 from gfs.paths import child_path, parent_of
+from gfs.read import ManifestReader
 
 log = logging.getLogger("hutong.mount")
 
@@ -682,10 +683,25 @@ class GlobalOperations(pyfuse3.Operations):
             h.reader.seek(off)
             return h.reader.read(size)
 
+    def _read_cached(self, h: _Handle, off: int, size: int) -> bytes | None:
+        """The bytes of a read of a committed version when every one is in the memory
+        tier now (answered on the loop: no hop to a pool thread and back), else None.
+        Never waits: a reader busy on a pool thread is left to it."""
+        raw = getattr(h.reader, "raw", None) if h.spool is None else None
+        if not isinstance(raw, ManifestReader) or not h.lock.acquire(blocking=False):
+            return None
+        try:
+            return raw.cached(off, size)
+        finally:
+            h.lock.release()
+
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handles.get(fh)
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        data = self._read_cached(h, off, size)
+        if data is not None:
+            return data
         return await self._run(self._read, h, off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:

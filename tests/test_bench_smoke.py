@@ -124,7 +124,10 @@ def test_globalfs_quick_runs_every_system() -> None:
         assert f"ours: not measured: {ours_why}" in out.stdout
     else:
         for key in ("cold_wan_mount", "cold_wan_gfs", "warm_wan_mount", "cold_lo_mount",
-                    "ls_mount_rtts", "stat_mount_rtts", "creates_hutong_per_s"):
+                    "ls_mount_rtts", "stat_mount_rtts", "creates_hutong_per_s",
+                    "cold_wan_mount_client_ms_mb", "cold_wan_mount_site_ms_mb",
+                    "cold_lo_mount_client_ms_mb", "cold_lo_mount_site_ms_mb",
+                    "cold_lo_embedded_client_ms_mb"):
             assert float(figures[key]) > 0, (key, last)
     assert elapsed < 150, f"globalfs --quick took {elapsed:.0f} s"  # ~60 s on an idle machine
 

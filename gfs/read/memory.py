@@ -121,6 +121,21 @@ class MemoryTier:
             self._stats.hits += n
         return out
 
+    def peek_all(self, cids: list[bytes]) -> list[bytes] | None:
+        """Every one of `cids` if all are in memory now (each a hit), else None and
+        nothing counted: a caller that cannot wait (an event loop) reads them only
+        when it need not wait for any."""
+        with self._lock:
+            data = self._data
+            out = [data.get(cid) for cid in cids]
+            if None in out:
+                return None
+            hit = self._policy.hit
+            for cid in cids:
+                hit(cid)
+            self._stats.hits += len(cids)
+        return out  # type: ignore[return-value]
+
     # -- single flight -----------------------------------------------------------------
     def _lookup(self, cid: bytes) -> tuple[bytes | None, Future[bytes] | None, bool]:
         """(data, future, owner): cached bytes, or the future of the read to wait on;

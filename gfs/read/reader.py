@@ -143,6 +143,33 @@ class ManifestReader(io.RawIOBase):
             return parts[0]
         return b"".join(parts)
 
+    def cached(self, off: int, size: int) -> bytes | None:
+        """`size` bytes at offset `off` if every chunk they span is in the memory tier
+        now, else None; never reads the source or the disk nor waits for a read, so an
+        event loop may call it (the read-ahead starts as for any read)."""
+        if self._memory is None or off < 0 or size < 0:
+            return None
+        end = min(off + size, self.size)
+        if off >= end:
+            return b""
+        first = bisect.bisect_right(self._ends, off)
+        last = bisect.bisect_left(self._ends, end)
+        data = self._memory.peek_all(self._ids[first:last + 1])
+        if data is None:
+            return None
+        ahead = self._ahead_ids(first, last)
+        if ahead:
+            self._memory.prefetch(ahead if self._disk is None else self._disk.missing(ahead),
+                                  self.path)
+        starts = self._starts
+        if first == last:
+            lo = off - starts[first]
+            return data[0][lo:lo + end - off]
+        parts = [memoryview(c) for c in data]
+        parts[0] = parts[0][off - starts[first]:]
+        parts[-1] = parts[-1][:end - starts[last]]
+        return b"".join(parts)
+
     def _pieces(self, off: int, size: int) -> list[bytes | memoryview]:
         """The pieces of chunks that make up `size` bytes at `off`, in order (views,
         not copies, of partly read chunks)."""
