@@ -115,3 +115,34 @@ def test_a_miss_taken_by_another_client_meanwhile_is_not_replaced(tmp_path: Path
             eng.transact(_rename(d, "f", "g", noreplace=True))
         assert eng._guesses.stale == stale + 1
         assert b.read_bytes("/d/g") == b"theirs" and b.read_bytes("/d/f") == b"f"
+
+
+def test_work_that_swallows_a_failed_guard_still_runs_again(tmp_path: Path,
+                                                           pg_url: str) -> None:
+    """A guard that fails with a read in the middle of the work aborts the transaction
+    on the server: work that catches the error and goes on sends nothing more, and the
+    transaction runs again from the start (twice in all), reading."""
+    with Client.init(tmp_path / "a", meta=pg_url) as a, Client(tmp_path / "a") as b:
+        a.mkdir("/d")
+        a.write_bytes("/d/f", b"f")
+        d = a.stat("/d").ino
+        eng = a.engine
+        assert isinstance(eng, PgEngine)
+        _looked_up(eng, d, "f")
+        b.mv("/d/f", "/d/x")
+        runs: list[bool] = []
+
+        def fn(txn: WriteTxn) -> None:
+            txn.read_ahead([(d, ["f"])])
+            found = txn.lookup(d, "f") is not None
+            try:
+                txn.get_meta("store_id")  # a read: the guard goes with it
+            except Exception:
+                pass
+            runs.append(found)
+            txn.put_value("jobs", b"k", b"found" if found else b"gone")
+
+        eng.transact(fn)
+        assert runs == [True, False]
+        with eng.read() as r:
+            assert r.get_value("jobs", b"k") == b"gone"

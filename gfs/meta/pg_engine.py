@@ -238,7 +238,7 @@ class _Txn:
 
     __slots__ = ("_tx", "assumed", "begin", "begun", "buf", "bumped", "clear_refs", "conn",
                  "cur", "engine", "inodes_sent", "lock", "once", "parked_at",
-                 "pools_version", "present", "ranges", "schema", "seen", "write", "wrote")
+                 "pools_version", "present", "ranges", "schema", "seen", "stale", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None,
@@ -283,6 +283,8 @@ class _Txn:
         #: rows taken from the engine's guesses, not yet checked by a guard (a write's
         #: `_PgRead.read_ahead`; see gfs.meta.pg_guess)
         self.assumed: dict[Key, Any] = {}
+        #: a guard failed: the server aborted the transaction, nothing more is sent
+        self.stale = False
 
     @property
     def tx(self) -> int:
@@ -315,6 +317,8 @@ class _Txn:
         must see them; a read by key looks in the buffer first, and writes sent late
         hold their row locks briefly), then `query` (its rows are returned) or `end`
         (COMMIT)."""
+        if self.stale:  # (the work caught the first _StaleGuess and went on)
+            raise _StaleGuess(f"metadata {self.engine}: a row assumed changed")
         if self.once and query is not None and not flush and end is None:
             return self._alone(query, params)
         parts: list[bytes] = []
@@ -355,6 +359,7 @@ class _Txn:
         except pgerr.DivisionByZero as e:
             if not guarded or self.engine is None:
                 raise
+            self.stale = True
             self.engine._guesses.stale += 1
             self.engine._guesses.forget(guarded)
             raise _StaleGuess(f"metadata {self.engine}: a row assumed changed") from e
@@ -1105,6 +1110,8 @@ class _Ctx:
             if conn is not None and x is not None:
                 if exc is not None and x.assumed and not isinstance(exc, psycopg.Error):
                     x.run(None)  # an error drawn from assumed rows stands once they hold
+                if x.stale:  # whatever the work made of it, it ran on rows that changed
+                    raise _StaleGuess(f"metadata {self._engine}: a row assumed changed")
                 if exc_type is None and self._write:
                     x.commit()
                     guesses = self._engine._guesses
