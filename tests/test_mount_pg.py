@@ -715,3 +715,41 @@ def test_writing_into_another_users_setgid_file_clears_the_bit_as_open_would(
             assert check.stat(path).mode & 0o7777 == 0o666, path
             assert check.read_bytes(path).startswith(b"A's")
     assert not ops.wb.creators
+
+
+def _seen_within(check: Callable[[], bool], ttl: float) -> float:
+    """Seconds until `check()` held, polled up to `ttl` plus half a second (fails after)."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < ttl + 0.5, "not seen within the metadata TTL"
+        time.sleep(0.02)  # polling another mount's view, with a deadline
+    return time.monotonic() - t0
+
+
+@needs_fuse
+def test_two_fuse_mounts_see_each_others_renames_and_a_stale_guess_is_not_trusted(
+        tmp_path: Path, pg_url: str) -> None:
+    """Two mounts of one namespace with the default 1 s entry and attribute timeouts.
+    B stats f, A renames f to g, and B renames f right away (its kernel still holds
+    f, so no lookup goes first): B's transaction assumed f as B read it, its guard
+    finds it gone, and the rename runs again, reading: ENOENT, g intact, no second
+    name for the file. Each mount's rename shows in the other within the TTL."""
+    states = [tmp_path / "s1", tmp_path / "s2"]
+    Client.init(states[0], meta=pg_url).close()
+    Client.init(states[1], meta=pg_url).close()
+    with serve_child_mount(states[0], tmp_path / "m1", "--attr-timeout", "1") as a, \
+            serve_child_mount(states[1], tmp_path / "m2", "--attr-timeout", "1") as b:
+        (a.mnt / "f").write_bytes(b"A's file")
+        _seen_within(lambda: (b.mnt / "f").exists(), 1.0)
+        os.rename(a.mnt / "f", a.mnt / "g")
+        with pytest.raises(FileNotFoundError):
+            os.rename(b.mnt / "f", b.mnt / "h")
+        assert sorted(os.listdir(a.mnt)) == ["g"]
+        assert os.stat(a.mnt / "g").st_nlink == 1
+        _seen_within(lambda: sorted(os.listdir(b.mnt)) == ["g"], 1.0)
+        os.rename(b.mnt / "g", b.mnt / "k")
+        _seen_within(lambda: not (a.mnt / "g").exists() and (a.mnt / "k").exists(), 1.0)
+        assert (a.mnt / "k").read_bytes() == b"A's file"
+    with Client(states[0]) as c:
+        assert [e.path for e in c.ls("/")] == ["/k"]
+        assert c.fsck().ok
