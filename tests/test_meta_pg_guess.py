@@ -35,6 +35,16 @@ def _looked_up(eng: PgEngine, parent: int, *names: str) -> None:
             txn.lookup(parent, n)
 
 
+def _with_file(a: Client) -> tuple[int, PgEngine]:
+    """Directory /d holding file /d/f (content b"f"), made by `a`: (/d's inode, a's
+    engine)."""
+    a.mkdir("/d")
+    a.write_bytes("/d/f", b"f")
+    eng = a.engine
+    assert isinstance(eng, PgEngine)
+    return a.stat("/d").ino, eng
+
+
 def _trips(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object]) -> int:
     """Round trips `run` takes (each exchange passes through `Connection.wait`)."""
     trips = [0]
@@ -84,11 +94,7 @@ def test_a_row_changed_by_another_client_fails_the_guard_and_the_rename_reads(
     fails as it would have (ENOENT), and the other client's rename stands."""
     with Client.init(tmp_path / "a", meta=pg_url) as a, \
             Client(tmp_path / "a") as b:
-        a.mkdir("/d")
-        a.write_bytes("/d/f", b"f")
-        d = a.stat("/d").ino
-        eng = a.engine
-        assert isinstance(eng, PgEngine)
+        d, eng = _with_file(a)
         stale = eng._guesses.stale
         _looked_up(eng, d, "f", "g")
         b.mv("/d/f", "/d/x")
@@ -104,11 +110,7 @@ def test_a_miss_taken_by_another_client_meanwhile_is_not_replaced(tmp_path: Path
     since: the guard catches it and the rename fails with EEXIST, both files kept."""
     with Client.init(tmp_path / "a", meta=pg_url) as a, \
             Client(tmp_path / "a") as b:
-        a.mkdir("/d")
-        a.write_bytes("/d/f", b"f")
-        d = a.stat("/d").ino
-        eng = a.engine
-        assert isinstance(eng, PgEngine)
+        d, eng = _with_file(a)
         stale = eng._guesses.stale
         _looked_up(eng, d, "f", "g")
         b.write_bytes("/d/g", b"theirs")
@@ -124,11 +126,7 @@ def test_work_that_swallows_a_failed_guard_still_runs_again(tmp_path: Path,
     on the server: work that catches the error and goes on sends nothing more, and the
     transaction runs again from the start (twice in all), reading."""
     with Client.init(tmp_path / "a", meta=pg_url) as a, Client(tmp_path / "a") as b:
-        a.mkdir("/d")
-        a.write_bytes("/d/f", b"f")
-        d = a.stat("/d").ino
-        eng = a.engine
-        assert isinstance(eng, PgEngine)
+        d, eng = _with_file(a)
         _looked_up(eng, d, "f")
         b.mv("/d/f", "/d/x")
         runs: list[bool] = []
