@@ -15,6 +15,7 @@ from gfs.client import Client
 from gfs.errors import ExistsError, NotFoundError
 from gfs.meta import WriteTxn
 from gfs.meta.pg_engine import PgEngine
+from gfs.meta.pg_guess import Guesses
 
 
 def _rename(parent: int, old: str, new: str, noreplace: bool = False
@@ -143,3 +144,23 @@ def test_work_that_swallows_a_failed_guard_still_runs_again(tmp_path: Path,
         assert runs == [True, False]
         with eng.read() as r:
             assert r.get_value("jobs", b"k") == b"gone"
+
+
+def test_guesses_keep_the_newest_rows_within_their_age_and_limit() -> None:
+    """At most `limit` rows, the oldest noted dropped first (a row noted again counts as
+    new); a row older than `age` is not known; forget drops rows."""
+    g = Guesses(age=60.0, limit=2)
+    g.note("inodes", (1,), b"a")
+    g.note("dirents", (1, b"x"), 7)
+    g.note("inodes", (1,), b"a2")  # noted again: now the newest
+    g.note("inodes", (2,), None)  # (a row known missing)
+    g.note("manifests", (1,), b"m")  # not a guessed table
+    assert g.get("dirents", (1, b"x")) == (False, None)
+    assert g.get("inodes", (1,)) == (True, b"a2") and g.get("inodes", (2,)) == (True, None)
+    assert g.get("manifests", (1,)) == (False, None)
+    g.forget([("inodes", (1,))])
+    assert g.get("inodes", (1,)) == (False, None)
+    assert Guesses(age=0.0).get("inodes", (2,)) == (False, None)
+    old = Guesses(age=0.0)
+    old.note("inodes", (2,), None)
+    assert old.get("inodes", (2,)) == (False, None)
