@@ -335,7 +335,8 @@ class _Txn:
                 parts.append(self.query(("probe",), lambda: sql.SQL(
                     "SELECT value FROM {} WHERE key = %s").format(self.t("meta"))))
                 args.append(_POOLS_VERSION)
-        guarded = list(self.assumed)
+        # by table: the statement's text depends on how many rows of each (few shapes)
+        guarded = sorted(self.assumed, key=lambda k: k[0])
         if guarded:  # the rows assumed so far, checked in this snapshot before any write
             shape = ("guard", *(table for table, _ in guarded))
             parts.append(self.query(shape, lambda: guard_text(self.t, guarded))
