@@ -487,7 +487,8 @@ def test_concurrent_lookups_share_one_query_each_getting_its_own_answer(
         f0 = fs.stat("/d/f0").ino
         misses: list[tuple[int, str]] = []
         pool = ThreadPoolExecutor(2)
-        batcher = LookupBatcher(fs.engine, pool, lambda where, n: misses.append((where.ino, n)))
+        batcher = LookupBatcher(fs.engine, pool, lambda where, n: misses.append((where.ino, n)),
+                                workers=1)
         asks = [(d, f"f{i}") for i in range(8)] + [(d, f"g{i}") for i in range(7)] + [(f0, "x")]
 
         async def all_at_once() -> list[Inode | BaseException]:
@@ -739,3 +740,93 @@ def test_writing_into_another_users_setgid_file_clears_the_bit_as_open_would(
             assert check.stat(path).mode & 0o7777 == 0o666, path
             assert check.read_bytes(path).startswith(b"A's")
     assert not ops.wb.creators
+
+
+def _seen_within(check: Callable[[], bool], ttl: float) -> float:
+    """Seconds until `check()` held, polled up to `ttl` plus half a second (fails after)."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < ttl + 0.5, "not seen within the metadata TTL"
+        time.sleep(0.02)  # polling another mount's view, with a deadline
+    return time.monotonic() - t0
+
+
+@needs_fuse
+def test_two_fuse_mounts_see_each_others_renames_and_a_stale_guess_is_not_trusted(
+        tmp_path: Path, pg_url: str) -> None:
+    """Two mounts of one namespace with the default 1 s entry and attribute timeouts.
+    B stats f, A renames f to g, and B renames f right away (its kernel still holds
+    f, so no lookup goes first): B's transaction assumed f as B read it, its guard
+    finds it gone, and the rename runs again, reading: ENOENT, g intact, no second
+    name for the file. Each mount's rename shows in the other within the TTL."""
+    states = [tmp_path / "s1", tmp_path / "s2"]
+    Client.init(states[0], meta=pg_url).close()
+    Client.init(states[1], meta=pg_url).close()
+    with serve_child_mount(states[0], tmp_path / "m1", "--attr-timeout", "1") as a, \
+            serve_child_mount(states[1], tmp_path / "m2", "--attr-timeout", "1") as b:
+        (a.mnt / "f").write_bytes(b"A's file")
+        _seen_within(lambda: (b.mnt / "f").exists(), 1.0)
+        os.rename(a.mnt / "f", a.mnt / "g")
+        with pytest.raises(FileNotFoundError):
+            os.rename(b.mnt / "f", b.mnt / "h")
+        assert sorted(os.listdir(a.mnt)) == ["g"]
+        assert os.stat(a.mnt / "g").st_nlink == 1
+        _seen_within(lambda: sorted(os.listdir(b.mnt)) == ["g"], 1.0)
+        os.rename(b.mnt / "g", b.mnt / "k")
+        _seen_within(lambda: not (a.mnt / "g").exists() and (a.mnt / "k").exists(), 1.0)
+        assert (a.mnt / "k").read_bytes() == b"A's file"
+    with Client(states[0]) as c:
+        assert [e.path for e in c.ls("/")] == ["/k"]
+        assert c.fsck().ok
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_lookups_arriving_while_batches_wait_start_up_to_workers_batches(
+        workers: int) -> None:
+    """While the first batches wait for the server, a new lookup starts a batch of its
+    own until `workers` are out; later ones queue and go together in one batch once a
+    worker is free. Each caller gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gfs.mount_lookups import LookupBatcher
+
+    gate, lock = threading.Event(), threading.Lock()
+    out: list[int] = []  # batches waiting at the gate at once, as each arrived
+    sizes: list[int] = []
+
+    class Gated(LookupBatcher):
+        def _answer(self, batch: list[Any]) -> list[Inode | BaseException]:
+            with lock:
+                out.append(len(out) + 1 - len(sizes))
+            gate.wait(timeout=30)
+            with lock:
+                sizes.append(len(batch))
+            return [Inode(ino=100 + len(name), kind=Kind.FILE, parent=1, mode=0o644, uid=0,
+                          gid=0, size=0, atime_ns=0, mtime_ns=0, ctime_ns=0)
+                    for _, name, _ in batch]
+
+    pool = ThreadPoolExecutor(8)
+    batcher = Gated(cast(Any, None), pool, lambda where, n: None, workers=workers)
+
+    async def ask() -> list[Inode]:
+        first = []
+        for i in range(workers):  # one at a time: each its own batch, held at the gate
+            first.append(asyncio.ensure_future(batcher.lookup(1, "x" * (i + 1))))
+            deadline = time.monotonic() + 10
+            while len(out) < i + 1:
+                assert time.monotonic() < deadline, "a worker did not start"
+                await asyncio.sleep(0.005)  # polling the gate, with a deadline
+        later = [asyncio.ensure_future(batcher.lookup(1, "y" * (i + 1))) for i in range(5)]
+        await asyncio.sleep(0.05)  # (a worker that would start now would show in `out`)
+        assert len(out) == workers
+        gate.set()
+        return list(await asyncio.gather(*first, *later))
+
+    try:
+        got = asyncio.run(ask())
+    finally:
+        gate.set()
+        pool.shutdown()
+    assert [n.ino for n in got] == [101 + i for i in range(workers)] + [101 + i for i in range(5)]
+    assert max(out) == workers and sorted(sizes)[-1] == 5 and len(sizes) == workers + 1
+    assert batcher.batches == workers + 1 and batcher.lookups == workers + 5

@@ -53,6 +53,7 @@ from gfs.errors import MetaConflictError, MetadataDamagedError, StateError
 from gfs.meta import encoding as enc
 from gfs.meta import record_check
 from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn, WriteTxn
+from gfs.meta.pg_guess import Guesses, Key, guard_params, guard_text
 from gfs.meta.records import (
     ROOT_INO,
     ChunkRecord,
@@ -152,7 +153,14 @@ _TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "kv": (("tbl", "key"), ("value",)),
     "refdelta": (("id", "tx"), ("delta",)),
 }
-_CONFLICTS = (pgerr.SerializationFailure, pgerr.DeadlockDetected)
+
+
+class _StaleGuess(Exception):
+    """A write transaction's guard found a row it assumed changed (`gfs.meta.pg_guess`):
+    nothing was changed; it runs again, reading."""
+
+
+_CONFLICTS = (pgerr.SerializationFailure, pgerr.DeadlockDetected, _StaleGuess)
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _BEGIN = {False: b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
           True: b"BEGIN ISOLATION LEVEL REPEATABLE READ"}
@@ -237,9 +245,9 @@ class _Txn:
     snapshot does not change, and the transaction's own writes are kept over it).
     """
 
-    __slots__ = ("_tx", "begin", "begun", "buf", "bumped", "clear_refs", "conn", "cur",
-                 "engine", "inodes_sent", "lock", "once", "parked_at", "pools_version",
-                 "present", "ranges", "schema", "seen", "write", "wrote")
+    __slots__ = ("_tx", "assumed", "begin", "begun", "buf", "bumped", "clear_refs", "conn",
+                 "cur", "engine", "inodes_sent", "lock", "once", "parked_at",
+                 "pools_version", "present", "ranges", "schema", "seen", "stale", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
                  write: bool = False, engine: PgEngine | None = None,
@@ -281,6 +289,11 @@ class _Txn:
         self._tx: int | None = None
         #: wrote the pool records' version row: the engine's cached copies go at commit
         self.bumped = False
+        #: rows taken from the engine's guesses, not yet checked by a guard (a write's
+        #: `_PgRead.read_ahead`; see gfs.meta.pg_guess)
+        self.assumed: dict[Key, Any] = {}
+        #: a guard failed: the server aborted the transaction, nothing more is sent
+        self.stale = False
 
     @property
     def tx(self) -> int:
@@ -304,6 +317,8 @@ class _Txn:
         k = (table, key)
         if k in self.seen or len(self.seen) < SEEN_ROWS:
             self.seen[k] = value
+        if not self.write and self.engine is not None:  # a write's rows: once committed
+            self.engine._guesses.note(table, key, value)
 
     def run(self, query: sql.Composable | bytes | None, params: Sequence[Any] = (), *,
             flush: bool = False, end: str | None = None) -> list[tuple[Any, ...]]:
@@ -311,6 +326,8 @@ class _Txn:
         must see them; a read by key looks in the buffer first, and writes sent late
         hold their row locks briefly), then `query` (its rows are returned) or `end`
         (COMMIT)."""
+        if self.stale:  # (the work caught the first _StaleGuess and went on)
+            raise _StaleGuess(f"metadata {self.engine}: a row assumed changed")
         if self.once and query is not None and not flush and end is None:
             return self._alone(query, params)
         parts: list[bytes] = []
@@ -327,6 +344,14 @@ class _Txn:
                 parts.append(self.query(("probe",), lambda: sql.SQL(
                     "SELECT value FROM {} WHERE key = %s").format(self.t("meta"))))
                 args.append(_POOLS_VERSION)
+        # by table: the statement's text depends on how many rows of each (few shapes)
+        guarded = sorted(self.assumed, key=lambda k: k[0])
+        if guarded:  # the rows assumed so far, checked in this snapshot before any write
+            shape = ("guard", *(table for table, _ in guarded))
+            parts.append(self.query(shape, lambda: guard_text(self.t, guarded))
+                         if len(guarded) <= CACHED_WRITE_ROWS else
+                         guard_text(self.t, guarded).as_bytes(self.conn))
+            args += guard_params(guarded, self.assumed)
         if flush:
             self._writes(parts, args)
         if query is not None:
@@ -341,6 +366,13 @@ class _Txn:
         try:
             cur.execute(b"; ".join(parts), args)
             ok = True
+        except pgerr.DivisionByZero as e:
+            if not guarded or self.engine is None:
+                raise
+            self.stale = True
+            self.engine._guesses.stale += 1
+            self.engine._guesses.forget(guarded)
+            raise _StaleGuess(f"metadata {self.engine}: a row assumed changed") from e
         finally:  # begun as the server says: a message not sent began nothing (the
             # next sends BEGIN again, no statement runs outside the transaction); on a
             # parked connection, one not sent left the old transaction open (INTRANS:
@@ -351,6 +383,10 @@ class _Txn:
                 self.begun = True
             elif not parked:
                 self.begun = self.begun or status != _IDLE
+        if guarded:
+            self.assumed = {}
+            assert self.engine is not None
+            self.engine._guesses.guarded += 1
         if flush:
             self._sent()
         if parked:
@@ -447,7 +483,7 @@ class _Txn:
     def commit(self) -> None:
         """Send the buffered writes and COMMIT in one round trip (nothing if nothing
         was read or written)."""
-        if self.begun or self.buf or self.ranges:
+        if self.begun or self.buf or self.ranges or self.assumed:
             self.run(None, flush=True, end="COMMIT")
 
     def one(self, table: str, key: tuple[Any, ...], col: str) -> Any:
@@ -580,10 +616,54 @@ class _PgRead(ReadTxn):
                 raw.pop(0)
             if raw and cur is not None:
                 todo.append((cur, raw))
+        if todo and x.write and not (manifests or cids or pids) and self._assume(todo):
+            return  # every row as this process just read or wrote it: checked at COMMIT
         for i in range(0, max(len(todo), 1), AHEAD_WALKS):
             if todo or cids or pids:
                 self._walk(todo[i:i + AHEAD_WALKS], manifests, cids if i == 0 else [],
                            pids if i == 0 else [])
+
+    def _assume(self, todo: list[tuple[int, list[bytes]]]) -> bool:
+        """Take the rows of walks `todo` from the engine's guesses if it knows them all
+        (kept as read, checked by the guard the next message carries); else False and
+        nothing taken."""
+        x = self._x
+        assert x.engine is not None
+        guesses = x.engine._guesses
+        got: dict[Key, Any] = {}
+
+        def known(table: str, key: tuple[Any, ...]) -> bool:
+            k = (table, key)
+            if k in x.buf or k in x.seen or k in got:
+                return True
+            ok, value = guesses.get(table, key)
+            if ok:
+                got[k] = value
+            return ok
+
+        for start, raw in todo:
+            if not known("inodes", (start,)):
+                return False
+            parent = start
+            for name in raw:
+                key = (parent, name)
+                if not known("dirents", key):
+                    return False
+                k = ("dirents", key)
+                if k in x.buf:
+                    vals = x.buf[k]
+                    ino = None if vals is None else vals[0]
+                else:
+                    ino = x.seen[k] if k in x.seen else got[k]
+                if ino is None:
+                    break
+                if not known("inodes", (ino,)):
+                    return False
+                parent = ino
+        for (table, key), value in got.items():
+            x.remember(table, key, value)
+            x.assumed[(table, key)] = value
+        return True
 
     def _walk(self, todo: list[tuple[int, list[bytes]]], manifests: bool,
               cids: list[bytes], pids: list[bytes]) -> None:
@@ -1051,8 +1131,15 @@ class _Ctx:
         failed: BaseException | None = None
         try:
             if conn is not None and x is not None:
+                if exc is not None and x.assumed and not isinstance(exc, psycopg.Error):
+                    x.run(None)  # an error drawn from assumed rows stands once they hold
+                if x.stale:  # whatever the work made of it, it ran on rows that changed
+                    raise _StaleGuess(f"metadata {self._engine}: a row assumed changed")
                 if exc_type is None and self._write:
                     x.commit()
+                    guesses = self._engine._guesses
+                    for (table, key), value in x.seen.items():  # committed: now the rows
+                        guesses.note(table, key, value)
                     if self._engine._watch is not None and x.inodes_sent:
                         self._engine._tell_watcher(x.inodes_sent)  # (write lock held)
                     if "pools" in x.wrote or x.bumped:  # (sent with COMMIT or a scan)
@@ -1150,6 +1237,9 @@ class PgEngine(MetaEngine):
         #: called with the inodes each write transaction wrote, once committed
         self._watch: Callable[[Mapping[int, Inode | None]], None] | None = None
         self._lost_at = 0.0  # when a connection was last found lost
+        #: rows this process just read or committed, which a write transaction may
+        #: assume and check with its COMMIT (gfs.meta.pg_guess)
+        self._guesses = Guesses()
         #: connections whose read transaction is still open on the server, newest last,
         #: with when each was parked (see `_park`); the sweeper rolls back old ones
         self._parked: list[tuple[psycopg.Connection[Any], float]] = []
