@@ -28,6 +28,8 @@ _END: Any = object()
 
 #: Rows buffered in Python before one `executemany`.
 BATCH = 10_000
+#: Rows a query fetches from SQLite at a time.
+FETCH = 1000
 #: SQLite page cache (and sorter memory) per table, KiB.
 CACHE_KIB = 4 << 10
 
@@ -77,7 +79,7 @@ class SpillTable:
         self._flush()
         cur = self._db.execute(sql, params)
         try:
-            while batch := cur.fetchmany(1000):
+            while batch := cur.fetchmany(FETCH):
                 yield from batch
         finally:
             cur.close()
