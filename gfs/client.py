@@ -667,6 +667,10 @@ class Client:
         `skip_damaged`, a file whose chunks cannot be read is left out (nothing of
         it is written) and named in the report's `damaged`; otherwise the first
         damaged file stops the get.
+
+        The copy is of the tree as it was when the get began (one snapshot, spilled
+        to a temporary file); a local path in the way (a directory where a file
+        goes, or the reverse) is refused before anything is written.
         """
         norm = paths.normalize(path)
         dest = os.fspath(local)
