@@ -22,7 +22,7 @@ import stat as statmod
 import sys
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -696,9 +696,11 @@ class Client:
                 return norm if p == dest else paths.join(
                     [*paths.split(norm), *p[cut:].split(os.sep)])
 
-            with _fast_thread_switching():
-                self._restore(_restore_batches(plan.entries()), report, progress,
-                              skip_damaged=skip_damaged, ns_of=ns_of)
+            # closed before the plan, even on an error (its query's cursor is on it)
+            with _fast_thread_switching(), \
+                    contextlib.closing(_restore_batches(plan.entries())) as batches:
+                self._restore(batches, report, progress, skip_damaged=skip_damaged,
+                              ns_of=ns_of)
         return report
 
     def _gone(self, e: ChunkMissingError, node: Inode, ns: str) -> ChunkMissingError:
@@ -1363,7 +1365,7 @@ def _streamed(batch: list[_RestoreItem]) -> bool:
 
 
 def _restore_batches(entries: Iterator[tuple[bool, str, Inode, Manifest | None]],
-                     ) -> Iterator[list[_RestoreItem]]:
+                     ) -> Generator[list[_RestoreItem], None, None]:
     """The steps of a get in order (`entries`: a `GetPlan`'s), in batches of up to
     RESTORE_BATCH_BYTES or RESTORE_BATCH_FILES of small files (a big file alone in
     its batch)."""
