@@ -22,7 +22,7 @@ import stat as statmod
 import sys
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +45,7 @@ from gfs.errors import (
     StateError,
 )
 from gfs.files import NsWriter
+from gfs.get_plan import GetPlan
 from gfs.groups import StoredShares
 from gfs.meta import (
     ROOT_INO,
@@ -666,37 +667,58 @@ class Client:
         `skip_damaged`, a file whose chunks cannot be read is left out (nothing of
         it is written) and named in the report's `damaged`; otherwise the first
         damaged file stops the get.
+
+        The copy is of the tree as it was when the get began (one snapshot, spilled
+        to a temporary file); a local path in the way (a directory where a file
+        goes, or the reverse) is refused before anything is written.
         """
         norm = paths.normalize(path)
         dest = os.fspath(local)
         report = TransferReport()
-        with _Snapshots(self.engine) as snap:
-            txn = snap.txn
-            top = namespace.resolve(txn, norm)
-            if os.path.isdir(dest) and norm != "/":
-                dest = os.path.join(dest, paths.split(norm)[-1])
-            # Refuse conflicts first. Nothing exists below a missing destination, so a
-            # get into a new directory skips this walk (a second pass over every inode
-            # and a stat of every local path: 12,227 of each for smallfiles --quick).
-            conflicts = _walk_ns(snap, top, dest) if os.path.lexists(dest) else iter(())
-            for leaving, p, node in conflicts:
-                if leaving:
-                    continue
-                if node.kind == Kind.DIR:
-                    if os.path.lexists(p) and not os.path.isdir(p):
-                        raise NotADirError(p, "local path exists and is not a directory")
-                elif os.path.isdir(p) and not os.path.islink(p):
-                    raise IsADirError(p, "local path is a directory")
+        with GetPlan() as plan:
+            # Every entry is read in ONE snapshot (a point-in-time copy) and spilled to
+            # disk, every local conflict refused before anything is written; the
+            # snapshot ends before the restore (one held while the get's heat records
+            # are written kept LMDB from reusing pages: 17 -> 112 MB at 10^5 files).
+            with self.engine.read() as txn:
+                top = namespace.resolve(txn, norm)
+                if os.path.isdir(dest) and norm != "/":
+                    dest = os.path.join(dest, paths.split(norm)[-1])
+                # nothing exists below a missing destination: no local path to check
+                plan.read(txn, top, dest, check=os.path.lexists(dest))
             parent = os.path.dirname(dest)
             if parent and not os.path.isdir(parent):
                 os.makedirs(parent)
-            with _fast_thread_switching():
-                self._restore(_restore_batches(snap, _walk_ns(snap, top, dest)), report,
-                              progress, skip_damaged=skip_damaged)
+
+            cut = len(os.path.join(dest, ""))
+
+            def ns_of(p: str) -> str:  # the namespace path of local path `p`
+                return norm if p == dest else paths.join(
+                    [*paths.split(norm), *p[cut:].split(os.sep)])
+
+            # closed before the plan, even on an error (its query's cursor is on it)
+            with _fast_thread_switching(), \
+                    contextlib.closing(_restore_batches(plan.entries())) as batches:
+                self._restore(batches, report, progress, skip_damaged=skip_damaged,
+                              ns_of=ns_of)
         return report
 
+    def _gone(self, e: ChunkMissingError, node: Inode, ns: str) -> ChunkMissingError:
+        """`e` (a chunk of `node`, restored at namespace path `ns`, is missing), made
+        clear when the file was removed or replaced after the get read the namespace
+        (another client's rm and gc collected its chunks meanwhile)."""
+        with self.engine.read() as txn:
+            now = txn.get_inode(node.ino)
+        if now is not None and now.version == node.version:
+            return e
+        return ChunkMissingError(
+            e.filename or "", f"{ns} was removed or replaced after this get read the "
+            "namespace, and its chunks were collected meanwhile: not restored, nothing "
+            "of it written")
+
     def _restore(self, batches: Iterator[list[_RestoreItem]], report: TransferReport,
-                 progress: Progress | None, *, skip_damaged: bool = False) -> None:
+                 progress: Progress | None, *, skip_damaged: bool = False,
+                 ns_of: Callable[[str], str]) -> None:
         """Carry out `batches` in order: directories made on entry and given their modes
         and times on leaving, symlinks made, files written. The chunks of each batch of
         small files are read ahead on a thread (two batches ahead); big files stream."""
@@ -707,7 +729,13 @@ class Client:
                 return {}  # streamed by the writer
             try:
                 return self.store.source.get_many(owners, path_of=owners.__getitem__)
-            except (CorruptChunkError, ChunkMissingError):
+            except ChunkMissingError as e:
+                if not skip_damaged:
+                    node = next((n for op, p, n, _ in b if p == e.filename), None)
+                    raise (e if node is None else
+                           self._gone(e, node, ns_of(str(e.filename)))) from e
+                return {}  # each file of the batch is then read alone, to find the bad ones
+            except CorruptChunkError:
                 if not skip_damaged:
                     raise
                 return {}  # each file of the batch is then read alone, to find the bad ones
@@ -721,15 +749,16 @@ class Client:
                     continue
                 batch, fut = pending.popleft()
                 self._restore_batch(batch, fut.result(), report, progress,
-                                    skip_damaged=skip_damaged, writers=wr)
+                                    skip_damaged=skip_damaged, writers=wr, ns_of=ns_of)
             while pending:
                 batch, fut = pending.popleft()
                 self._restore_batch(batch, fut.result(), report, progress,
-                                    skip_damaged=skip_damaged, writers=wr)
+                                    skip_damaged=skip_damaged, writers=wr, ns_of=ns_of)
 
     def _restore_batch(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
                        report: TransferReport, progress: Progress | None, *,
-                       skip_damaged: bool, writers: ThreadPoolExecutor) -> None:
+                       skip_damaged: bool, writers: ThreadPoolExecutor,
+                       ns_of: Callable[[str], str]) -> None:
         """Carry out one batch: directories and symlinks here, the small files' writes on
         `writers` (file creation waits on the filesystem, not the CPU), and the
         directories' modes and times once every file of the batch is written."""
@@ -737,7 +766,8 @@ class Client:
         leaving: list[tuple[str, Inode]] = []
         try:
             self._restore_items(batch, chunks, report, progress, skip_damaged=skip_damaged,
-                                writers=writers, written=written, leaving=leaving)
+                                writers=writers, written=written, leaving=leaving,
+                                ns_of=ns_of)
         except BaseException:
             futures.wait(written)  # no write outlives the batch
             raise
@@ -762,7 +792,8 @@ class Client:
                        report: TransferReport, progress: Progress | None, *,
                        skip_damaged: bool, writers: ThreadPoolExecutor,
                        written: list[Future[tuple[int, int]]],
-                       leaving: list[tuple[str, Inode]]) -> None:
+                       leaving: list[tuple[str, Inode]],
+                       ns_of: Callable[[str], str]) -> None:
         pending: list[tuple[str, Inode, list[bytes]]] = []  # files for the next slice
         dirs: list[str] = []  # directories to make before anything is written inside
         for op, p, node, m in batch:
@@ -793,10 +824,13 @@ class Client:
             try:
                 n = _write_local(p, node, data)
             except (CorruptChunkError, ChunkMissingError) as e:
+                gone = self._gone(e, node, ns_of(p)) if isinstance(e, ChunkMissingError) else e
                 if not skip_damaged:
-                    raise
-                log.error("not restored, damaged: %s", e)
-                report.damaged.append(self.path_of(node.ino))
+                    if gone is e:
+                        raise
+                    raise gone from e
+                log.error("not restored, damaged: %s", gone)
+                report.damaged.append(ns_of(p))
                 continue
             report.files += 1
             report.bytes += n
@@ -1324,108 +1358,20 @@ _RestoreOp = Literal["mkdir", "dirattrs", "symlink", "file"]
 _RestoreItem = tuple[_RestoreOp, str, Inode, Manifest | None]
 
 
-class _Snapshots:
-    """The read snapshots of a long walk, one at a time: `renew()` ends the current one
-    and begins the next. One snapshot held for a whole get kept LMDB from reusing any
-    page freed after it began, so the get's own heat records grew the metadata file
-    (17 -> 112 MB for a get of 10^5 files, 1.8 GB part way through 10^6)."""
-
-    def __init__(self, engine: MetaEngine) -> None:
-        self._engine = engine
-        self._ctx: contextlib.AbstractContextManager[ReadTxn] | None = None
-        self.txn: ReadTxn
-        #: snapshots begun (tests count them)
-        self.begun = 0
-
-    def renew(self) -> None:
-        """End the current snapshot and begin a new one."""
-        self.close()
-        self._ctx = self._engine.read()
-        self.txn = self._ctx.__enter__()
-        self.begun += 1
-
-    def close(self) -> None:
-        """End the current snapshot, if any."""
-        ctx, self._ctx = self._ctx, None
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
-
-    def __enter__(self) -> _Snapshots:
-        self.renew()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-#: A get lists a directory this many entries at a time, each page in the snapshot
-#: current when it is needed (a cursor would pin its snapshot).
-LIST_PAGE = 1024
-
-
-class _Level:
-    """One directory of a namespace walk: its path, inode and the page of entries
-    listed but not yet visited."""
-
-    __slots__ = ("done", "last", "node", "page", "path")
-
-    def __init__(self, path: str, node: Inode) -> None:
-        self.path, self.node = path, node
-        self.page: deque[tuple[str, int]] = deque()
-        self.last = ""
-        self.done = False
-
-    def next(self, txn: ReadTxn) -> tuple[str, int] | None:
-        """The next entry, listing the next page in `txn` when this one is used up."""
-        if not self.page and not self.done:
-            self.page.extend(itertools.islice(txn.list_dir_after(self.node.ino, self.last),
-                                              LIST_PAGE))
-            self.done = len(self.page) < LIST_PAGE
-            if self.page:
-                self.last = self.page[-1][0]
-        return self.page.popleft() if self.page else None
-
-
-def _walk_ns(snap: _Snapshots, top: Inode, dest: str) -> Iterator[tuple[bool, str, Inode]]:
-    """(leaving, local path, inode) for a namespace tree restored at `dest`: each entry
-    as it is entered (parents first, by name), each directory again (leaving=True)
-    after everything below it. Holds a page of each directory's entries per level, not
-    the tree; each read is in `snap`'s current snapshot (renewed between batches), so an
-    entry removed meanwhile is left out."""
-    yield False, dest, top
-    if top.kind != Kind.DIR:
-        return
-    stack = [_Level(dest, top)]
-    while stack:
-        level = stack[-1]
-        nxt = level.next(snap.txn)
-        if nxt is None:
-            stack.pop()
-            yield True, level.path, level.node
-            continue
-        kid = snap.txn.get_inode(nxt[1])
-        if kid is None:
-            continue  # removed since its page was listed
-        kp = os.path.join(level.path, nxt[0])
-        yield False, kp, kid
-        if kid.kind == Kind.DIR:
-            stack.append(_Level(kp, kid))
-
-
 def _streamed(batch: list[_RestoreItem]) -> bool:
     """Whether `batch` is one big file, streamed rather than read ahead whole."""
     files = [node for op, _, node, _ in batch if op == "file"]
     return len(files) == 1 and files[0].size > RESTORE_BATCH_BYTES // 4
 
 
-def _restore_batches(snap: _Snapshots, walk: Iterator[tuple[bool, str, Inode]],
-                     ) -> Iterator[list[_RestoreItem]]:
-    """The steps of a get in order, in batches of up to RESTORE_BATCH_BYTES or
-    RESTORE_BATCH_FILES of small files (a big file alone in its batch); `snap` is
-    renewed after each batch (each file's inode and manifest come from one snapshot)."""
+def _restore_batches(entries: Iterator[tuple[bool, str, Inode, Manifest | None]],
+                     ) -> Generator[list[_RestoreItem], None, None]:
+    """The steps of a get in order (`entries`: a `GetPlan`'s), in batches of up to
+    RESTORE_BATCH_BYTES or RESTORE_BATCH_FILES of small files (a big file alone in
+    its batch)."""
     batch: list[_RestoreItem] = []
     size = files = 0
-    for leaving, p, node in walk:
+    for leaving, p, node, m in entries:
         if node.kind == Kind.DIR:
             batch.append(("dirattrs" if leaving else "mkdir", p, node, None))
             continue
@@ -1434,13 +1380,12 @@ def _restore_batches(snap: _Snapshots, walk: Iterator[tuple[bool, str, Inode]],
             continue
         if node.kind != Kind.FILE:
             continue
-        item: _RestoreItem = ("file", p, node, snap.txn.get_manifest(node.ino))
+        item: _RestoreItem = ("file", p, node, m)
         if node.size > RESTORE_BATCH_BYTES // 4:  # streamed alone
             if files:
                 yield batch
                 batch, size, files = [], 0, 0
             yield [*batch, item]
-            snap.renew()
             batch = []
             continue
         batch.append(item)
@@ -1448,7 +1393,6 @@ def _restore_batches(snap: _Snapshots, walk: Iterator[tuple[bool, str, Inode]],
         files += 1
         if size >= RESTORE_BATCH_BYTES or files >= RESTORE_BATCH_FILES:
             yield batch
-            snap.renew()
             batch, size, files = [], 0, 0
     if batch:
         yield batch

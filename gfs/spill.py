@@ -28,6 +28,8 @@ _END: Any = object()
 
 #: Rows buffered in Python before one `executemany`.
 BATCH = 10_000
+#: Rows a query fetches from SQLite at a time.
+FETCH = 1000
 #: SQLite page cache (and sorter memory) per table, KiB.
 CACHE_KIB = 4 << 10
 
@@ -41,8 +43,10 @@ class SpillTable:
                 ...
     """
 
-    def __init__(self, columns: str, *, cache_kib: int | None = None) -> None:
+    def __init__(self, columns: str, *, cache_kib: int | None = None,
+                 batch: int | None = None) -> None:
         cache_kib = CACHE_KIB if cache_kib is None else cache_kib
+        self._batch = batch
         # "": SQLite's private temporary database, on disk once it outgrows the cache,
         # unlinked at once (nothing is left behind, even by a killed process)
         self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
@@ -59,7 +63,7 @@ class SpillTable:
         """Add one row."""
         self._buffer.append(row)
         self.rows += 1
-        if len(self._buffer) >= BATCH:
+        if len(self._buffer) >= (BATCH if self._batch is None else self._batch):
             self._flush()
 
     def add_many(self, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -77,7 +81,7 @@ class SpillTable:
         self._flush()
         cur = self._db.execute(sql, params)
         try:
-            while batch := cur.fetchmany(1000):
+            while batch := cur.fetchmany(FETCH):
                 yield from batch
         finally:
             cur.close()

@@ -1,6 +1,6 @@
-"""A get into a new local directory walks the namespace tree once (no conflict pass:
-nothing can exist below a missing destination); into an existing one it still
-refuses conflicts before writing anything."""
+"""A get walks the namespace tree once (into a new local directory it stats no local
+path: nothing can exist below a missing destination); into an existing one the same
+walk refuses conflicts before anything is written."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from gfs import client as client_module
+from gfs import get_plan
 from gfs.client import Client
 from gfs.errors import IsADirError
 
@@ -24,13 +25,13 @@ def test_a_get_into_a_new_directory_walks_the_tree_once(
     for i in range(30):
         (src / "d" / f"f{i}").write_bytes(b"z" * (i + 1))
     walks: list[str] = []
-    real = client_module._walk_ns
+    real = get_plan.walk_ns
 
     def counted(txn: Any, top: Any, dest: str) -> Iterator[Any]:
         walks.append(dest)
         return real(txn, top, dest)
 
-    monkeypatch.setattr(client_module, "_walk_ns", counted)
+    monkeypatch.setattr(get_plan, "walk_ns", counted)
     with Client.init(tmp_path / "s") as fs:
         fs.put(str(src), "/t")
         fs.get("/t", str(tmp_path / "new"))
@@ -44,7 +45,7 @@ def test_a_get_into_a_new_directory_walks_the_tree_once(
         (clash / "t" / "d" / "f3").mkdir(parents=True)
         with pytest.raises(IsADirError):
             fs.get("/t", str(clash))
-        assert len(walks) == 1  # the conflict pass; the restore never started
+        assert len(walks) == 1  # refused during the one walk; the restore never started
         assert sorted(p.name for p in (clash / "t" / "d").iterdir()) == ["f3"]
 
 
