@@ -457,3 +457,19 @@ def test_blocks_are_cut_with_about_one_encode_each_and_no_more_pages(
     assert new_encodes / len(new) <= 1.7 < old_encodes / len(old), (new_encodes, old_encodes)
     assert _stored_pages(tmp_path / "new", new) <= _stored_pages(tmp_path / "old", old)
     assert sum(map(len, dict(new).values())) <= sum(map(len, dict(old).values())) * 1.005
+
+
+def test_blocks_appended_out_of_key_order_are_refused_by_name(tmp_path: Path) -> None:
+    """LMDB drops an appended key out of order without an error; the count short of
+    the blocks offered raises FormatError (it raised NameError: FormatError was not
+    imported)."""
+    env = lmdb.open(str(tmp_path / "m"), max_dbs=2, map_size=1 << 24)
+    try:
+        bdb = env.open_db(blocks.block_db("heat"))
+        with env.begin(write=True) as t:
+            txn = blocks.BlockTxn(t, {})
+            with pytest.raises(FormatError, match="1 of 2 blocks out of key order"):
+                txn._append("heat", bdb, iter(list(blocks.pack([(b"b", b"2")]))
+                                              + list(blocks.pack([(b"a", b"1")]))))
+    finally:
+        env.close()

@@ -25,7 +25,7 @@ from typing import Any
 
 import zstandard
 
-from gfs.errors import MetadataDamagedError
+from gfs.errors import FormatError, MetadataDamagedError
 from gfs.meta.encoding import PACKED_FORMAT, _varints, _varints_to
 
 __all__ = ["DECODED_BLOCKS", "MAX_BLOCK", "PACKED_FORMAT", "PACKED_TABLES", "TARGET_RAW",
