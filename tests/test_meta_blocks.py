@@ -396,7 +396,8 @@ def _metadata_like_rows(count: int) -> list[tuple[bytes, bytes]]:
 class _BisectingPacker(blocks._Packer):
     """The packer before its guessed cuts: it bisected every block that did not fit."""
 
-    def _fit(self, rows: list[tuple[bytes, bytes]], budget: int) -> tuple[int, bytes]:
+    def _fit(self, rows: list[tuple[bytes, bytes]], raw: list[int], budget: int
+             ) -> tuple[int, bytes]:
         data = blocks.encode_block(rows)
         if blocks._node(rows[-1][0], data) <= budget:
             return len(rows), data

@@ -163,11 +163,15 @@ class _Packer:
         self.slope, self.base, self.seen = 0.5, 0.0, 0
 
     def add(self, rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        buf, size = self.rows, self.size  # locals: this loop runs once a row
         for row in rows:
-            self.rows.append(row)
-            self.size += len(row[0]) + len(row[1]) + 2
-            if self.size >= TARGET_RAW:
+            buf.append(row)
+            size += len(row[0]) + len(row[1]) + 2
+            if size >= TARGET_RAW:
+                self.size = size
                 yield from self._emit(final=False)
+                buf, size = self.rows, self.size
+        self.size = size
 
     def flush(self) -> Iterator[tuple[bytes, bytes]]:
         yield from self._emit(final=True)
@@ -188,7 +192,8 @@ class _Packer:
             if self.room < _MIN_FILL:
                 self.room = _PAGE_ROOM
             budget = min(self.room, _node(b"", bytes(MAX_BLOCK)))
-            n, data = self._fit(rows, budget)
+            raw = list(accumulate([len(k) + len(v) + 6 for k, v in rows]))  # 6: lengths
+            n, data = self._fit(rows, raw, budget)
             if not n:
                 if self.room < _PAGE_ROOM:  # start a fresh page
                     self.room = _PAGE_ROOM
@@ -198,18 +203,19 @@ class _Packer:
             self._take(_node(key, data) if n > 1 or len(data) + len(key) <= MAX_BLOCK
                        else _node(key, bytes(8)))
             yield key, data
-            size -= sum(len(k) + len(v) + 2 for k, v in rows[:n])
+            size -= raw[n - 1] - 4 * n  # size counts 2 bytes a row
             rows = rows[n:]
         self.rows, self.size = rows, size
 
-    def _fit(self, rows: list[tuple[bytes, bytes]], budget: int) -> tuple[int, bytes]:
-        """The most leading rows whose block's node fits `budget` (0 if none) and it.
+    def _fit(self, rows: list[tuple[bytes, bytes]], raw: list[int], budget: int
+             ) -> tuple[int, bytes]:
+        """The most leading rows whose block's node fits `budget` (0 if none) and it;
+        `raw` are the rows' running raw bytes.
 
         A bracketed search (lo rows fit, hi do not) whose guesses come from a line
         through the last blocks encoded (frame bytes against raw bytes): most blocks
         take one encode when all their rows fit and two or three when they do not,
         where bisecting took ~4 to 8. After four guesses it bisects."""
-        raw = list(accumulate(len(k) + len(v) + 6 for k, v in rows))  # 6: the lengths
         lo, best, hi = 0, b"", len(rows) + 1
         for step in itertools.count():
             if hi - lo <= 1:
