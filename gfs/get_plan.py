@@ -95,6 +95,9 @@ def check_local(path: str, node: Inode) -> None:
         raise IsADirError(path, "local path is a directory")
 
 
+#: Inode numbers (u64) are spilled less this (SQLite's INTEGER is an i64).
+_SHIFT = 1 << 63
+
 class GetPlan:
     """The entries of one get, in walk order, on disk:
 
@@ -106,6 +109,7 @@ class GetPlan:
     """
 
     def __init__(self) -> None:
+        # inode numbers are u64, SQLite's integers i64: kept shifted by 2**63
         self._rows = SpillTable("leaving INTEGER, rel TEXT, ino INTEGER, inode BLOB, "
                                 "manifest BLOB", cache_kib=PLAN_CACHE_KIB,
                                 batch=PLAN_BATCH)
@@ -125,7 +129,7 @@ class GetPlan:
             if check and not leaving:
                 check_local(p, node)
             m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
-            self._rows.add((int(leaving), p[cut:], node.ino, encode_inode(node),
+            self._rows.add((int(leaving), p[cut:], node.ino - _SHIFT, encode_inode(node),
                             None if m is None else encode_manifest(m)))
 
     def entries(self) -> Iterator[tuple[bool, str, Inode, Manifest | None]]:
@@ -133,6 +137,7 @@ class GetPlan:
         dest = self._dest
         for leaving, rel, ino, inode, m in self._rows.query(
                 "SELECT leaving, rel, ino, inode, manifest FROM t ORDER BY rowid"):
+            ino += _SHIFT
             yield (bool(leaving), os.path.join(dest, rel) if rel else dest,
                    decode_inode(ino, inode), None if m is None else decode_manifest(ino, m))
 

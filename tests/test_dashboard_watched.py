@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from typing import Any
 from unittest import mock
@@ -80,3 +81,28 @@ def test_the_api_answers_fresh_and_starts_the_samples() -> None:
             got = await (await client.get("/api/state")).json()
             assert got["n"] == 2 and time.time() - got["sampled_at"] < 60
     asyncio.run(scenario())
+
+
+def test_requests_that_find_the_state_stale_together_share_one_sample() -> None:
+    """Eight API requests arrive while the store is being walked: one walk, all eight
+    answered with its result (each started its own walk before)."""
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def picture() -> dict[str, Any]:
+        calls.append(1)
+        started.set()
+        release.wait(10)
+        return {"usage": {}, "tiers": [], "n": len(calls)}
+    dash = Dashboard(picture, [], 5.0, watched_s=60.0)
+
+    async def go() -> list[dict[str, Any]]:
+        waiting = [asyncio.ensure_future(dash.sample()) for _ in range(8)]
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        await asyncio.sleep(0.05)  # all eight are waiting now
+        release.set()
+        await asyncio.gather(*waiting)
+        return [dash.state for _ in waiting]
+    states = asyncio.run(go())
+    dash.pool.shutdown()
+    assert len(calls) == 1 and all(s["n"] == 1 for s in states)

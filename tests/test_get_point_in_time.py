@@ -10,6 +10,7 @@ file renamed meanwhile be lost or restored twice.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import os
@@ -26,9 +27,9 @@ from gfs import client as client_module
 from gfs import get_plan, spill
 from gfs.client import Client
 from gfs.errors import ChunkMissingError, IsADirError
-from gfs.meta import LmdbEngine, lmdb_engine
+from gfs.meta import ROOT_INO, LmdbEngine, lmdb_engine
 from gfs.meta.encoding import decode_inode
-from gfs.meta.engine import ReadTxn
+from gfs.meta.engine import ReadTxn, WriteTxn
 
 
 def _tree(root: Path) -> None:
@@ -243,18 +244,18 @@ def _entries_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int
 
 def test_the_spill_not_memory_holds_a_gets_entries(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spill, "BATCH", 64)
+    monkeypatch.setattr(get_plan, "PLAN_BATCH", 64)  # what the plan buffers
     monkeypatch.setattr(spill, "FETCH", 64)
     monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 50)
     monkeypatch.setattr(get_plan, "LIST_PAGE", 64)
     small = _entries_held(tmp_path, monkeypatch, 300)
-    monkeypatch.setattr(spill, "BATCH", 64)
+    monkeypatch.setattr(get_plan, "PLAN_BATCH", 64)
     monkeypatch.setattr(spill, "FETCH", 64)
     monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 50)
     monkeypatch.setattr(get_plan, "LIST_PAGE", 64)
     big = _entries_held(tmp_path, monkeypatch, 2100)
     assert (small[2], big[2]) == (300 + 2, 2100 + 2)  # every entry (the top twice)
-    # held in Python (spill.BATCH = 10**6), the 1,800 more entries took ~570 KB more
+    # held in Python (PLAN_BATCH = 10**6), the 1,800 more entries took ~570 KB more
     # (~315 B each); in the spill they are on disk
     assert big[0] - small[0] < 1800 * 40, (small, big)
     assert big[1] - small[1] < 1800 * 150, (small, big)
@@ -275,3 +276,18 @@ def test_list_dir_after_resumes_a_listing(tmp_path: Path) -> None:
                 assert list(txn.list_dir_after(d, after)) == want, after
                 # the engine's seek agrees with the interface's scan-and-skip default
                 assert list(ReadTxn.list_dir_after(txn, d, after)) == want, after
+
+
+def test_a_get_restores_inode_numbers_past_2_63(tmp_path: Path) -> None:
+    """Inode numbers are u64 (a loaded dump keeps them); the plan's SQLite integers are
+    i64: a directory numbered 2**64 - 2 is restored (it raised OverflowError)."""
+    big = (1 << 64) - 2
+    with Client.init(tmp_path / "s") as fs:
+        def far(w: WriteTxn) -> None:
+            root = w.get_inode(ROOT_INO)
+            assert root is not None
+            w.put_inode(dataclasses.replace(root, ino=big, parent=ROOT_INO))
+            w.link(ROOT_INO, "far", big)
+        fs.engine.transact(far)
+        fs.get("/far", tmp_path / "out")
+    assert (tmp_path / "out").is_dir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,15 @@ def test_damaged_dumps_are_refused_and_change_nothing(tmp_path: Path) -> None:
         bad = [*lines[:-1], b'{"t":"bogus","k":1,"v":"AA=="}\n', lines[-1]]
         with pytest.raises(FormatError):
             load(dst, read_header(z(b"".join(bad)))[1])
+        # a record that does not decode is the dump's damage, not the store's: a plain
+        # FormatError (the CLI's hint for MetadataDamagedError would send to fsck)
+        at = next(i for i, line in enumerate(lines) if json.loads(line).get("t") == "inode")
+        rec = json.loads(lines[at])
+        inode = [*lines[:at], json.dumps({**rec, "v": "/w=="}).encode() + b"\n",
+                 *lines[at + 1:]]
+        with pytest.raises(FormatError, match="metadata dump: bad record") as bad_inode:
+            load(dst, read_header(z(b"".join(inode)))[1])
+        assert type(bad_inode.value) is FormatError
         with dst.read() as r:  # the marker says the load did not finish
             assert r.get_meta("loading") == b"1"
             assert [i.ino for i in r.iter_inodes()] == [1]  # the failed batch left nothing

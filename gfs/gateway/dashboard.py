@@ -142,12 +142,20 @@ class Dashboard:
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="hutong-dashboard")
         self.state: dict[str, Any] = {}
         self.series: collections.deque[dict[str, Any]] = collections.deque(maxlen=SERIES_LEN)
+        self._sampling: asyncio.Future[None] | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def sample(self) -> None:
-        """Take one sample of the store and the gateways."""
+        """Take one sample of the store and the gateways; a caller arriving while one
+        is being taken waits for that one (one walk of the store at a time, however
+        many requests find the state stale together)."""
+        if self._sampling is None or self._sampling.done():
+            self._sampling = asyncio.ensure_future(self._sample())
+        await asyncio.shield(self._sampling)
+
+    async def _sample(self) -> None:
         state = await self.run(self.picture)
         state["gateways"] = [await self.run(gateway_metrics, g) for g in self.gateways]
         state["sampled_at"] = time.time()

@@ -220,6 +220,6 @@ def _apply(w: WriteTxn, rec: Record) -> None:
         else:
             raise FormatError(f"metadata dump: unknown record {where}")
     except (TypeError, IndexError, ValueError) as e:
-        if isinstance(e, FormatError):
-            raise
+        if type(e) is FormatError:  # (a record's decoder says MetadataDamagedError,
+            raise  # which names the store's own metadata: this is the dump's)
         raise FormatError(f"metadata dump: bad record {where}: {e}") from None

@@ -1131,7 +1131,8 @@ class _Ctx:
         failed: BaseException | None = None
         try:
             if conn is not None and x is not None:
-                if exc is not None and x.assumed and not isinstance(exc, psycopg.Error):
+                if isinstance(exc, Exception) and x.assumed and \
+                        not isinstance(exc, psycopg.Error):
                     x.run(None)  # an error drawn from assumed rows stands once they hold
                 if x.stale:  # whatever the work made of it, it ran on rows that changed
                     raise _StaleGuess(f"metadata {self._engine}: a row assumed changed")

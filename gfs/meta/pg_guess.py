@@ -56,7 +56,7 @@ class Guesses:
         rows, k = self._rows, (table, key)
         rows.pop(k, None)  # re-inserted last: the dict stays in time order
         rows[k] = (value, time.monotonic())
-        if len(rows) > self.limit:
+        while len(rows) > self.limit:
             with contextlib.suppress(KeyError, StopIteration, RuntimeError):
                 del rows[next(iter(rows))]
 

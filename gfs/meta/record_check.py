@@ -19,7 +19,7 @@ from gfs.meta import encoding as enc
 __all__ = ["DECODE_ERRORS", "RECORD_DECODERS", "damaged_blocks", "damaged_rows"]
 
 #: What a decoder raises on bytes that are not its record.
-DECODE_ERRORS = (ValueError, IndexError, struct.error, OverflowError)
+DECODE_ERRORS = (ValueError, IndexError, struct.error, OverflowError, RecursionError)
 
 Decoder = Callable[[bytes, bytes], object]
 
