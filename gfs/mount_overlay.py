@@ -71,13 +71,7 @@ class Written:
         ranges written here (read from `ours`, `size` bytes) laid over it; its size."""
         keep = theirs.size if self.cut is None else min(theirs.size, self.cut)
         total = max(size, theirs.size) if self.cut is None else size
-        off = 0
-        while off < keep:
-            data = theirs.pread(off, min(STEP, keep - off))
-            if not data:
-                break
-            into.pwrite(data, off)
-            off += len(data)
+        _copy_theirs(theirs, keep, into)
         into.truncate(total)  # zeros past their kept bytes
         for a, b in self.ranges:
             pos = a
@@ -96,13 +90,7 @@ class Written:
         """Write into `into` their content, then the `size` bytes written here (read
         from `ours`), as appends to their file would have left it; its size."""
         base = theirs.size
-        off = 0
-        while off < base:
-            data = theirs.pread(off, min(STEP, base - off))
-            if not data:
-                break
-            into.pwrite(data, off)
-            off += len(data)
+        _copy_theirs(theirs, base, into)
         into.truncate(base)  # (zeros if their content came short)
         off = 0
         while off < size:
@@ -110,6 +98,17 @@ class Written:
             into.pwrite(data, base + off)
             off += len(data)
         return base + size
+
+
+def _copy_theirs(theirs: _Readable, n: int, into: _Spool) -> None:
+    """Copy their first `n` bytes (fewer if their content comes short) into `into`."""
+    off = 0
+    while off < n:
+        data = theirs.pread(off, min(STEP, n - off))
+        if not data:
+            break
+        into.pwrite(data, off)
+        off += len(data)
 
 
 __all__ = ["Written"]
