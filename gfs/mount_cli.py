@@ -361,4 +361,5 @@ def warm_disk_tier(client: Client, disk: Any, path: str) -> tuple[int, int, int]
         done = pool.map(lambda item: tier.get(item[0], path=item[1]), todo.items())
         for _ in done:
             pass
+    tier.puts.close()  # the admissions its writer thread has queued, written before counting
     return files, total, sum(1 for cid in todo if cid in disk)

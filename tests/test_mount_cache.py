@@ -60,6 +60,38 @@ def test_disk_tier_through_the_mount_and_stats_without_it(tmp_path: Path) -> Non
         assert stats["bytes_from_store"] == 0 and stats["disk"]["hits"] >= nchunks
 
 
+def test_warmup_counts_what_its_writer_thread_had_still_queued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk tier's admissions are written by a background thread: warmup waits for
+    them before counting (a slow disk made it report fewer chunks than it added; CI
+    saw 4 of 9)."""
+    import time
+
+    from gfs.disk_cache import DiskCache
+    from gfs.mount_cli import warm_disk_tier
+
+    state = tmp_path / "state"
+    init_store(state)
+    real_put = DiskCache.put
+
+    def slow_put(self: DiskCache, cid: bytes, blob: bytes) -> Any:
+        time.sleep(0.05)
+        return real_put(self, cid, blob)
+    monkeypatch.setattr(DiskCache, "put", slow_put)
+    with Client(state) as c:
+        c.mkdir("/d")
+        for i in range(5):
+            c.write_bytes(f"/d/f{i}", random.Random(i).randbytes(100_000 + i))
+        chunks = {r.id for i in range(5) for r in c.manifest(f"/d/f{i}").chunks}
+        disk = DiskCache(tmp_path / "cache", 1 << 30, admit_local=True)
+        try:
+            files, _, added = warm_disk_tier(c, disk, "/d")
+            assert (files, added) == (5, len(chunks))
+            assert all(cid in disk for cid in chunks)
+        finally:
+            disk.close()
+
+
 def test_warmup_fills_the_disk_tier_without_a_mount(tmp_path: Path) -> None:
     state = tmp_path / "state"
     init_store(state)
