@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from gfs import namespace
@@ -16,6 +15,7 @@ from gfs.errors import ExistsError, NotFoundError
 from gfs.meta import WriteTxn
 from gfs.meta.pg_engine import PgEngine
 from gfs.meta.pg_guess import Guesses
+from gfs.testing.postgres import round_trips
 
 
 def _rename(parent: int, old: str, new: str, noreplace: bool = False
@@ -46,21 +46,11 @@ def _with_file(a: Client) -> tuple[int, PgEngine]:
     return a.stat("/d").ino, eng
 
 
-def _trips(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object]) -> int:
-    """Round trips `run` takes (each exchange passes through `Connection.wait`)."""
-    trips = [0]
-    wait = psycopg.Connection.wait
-
-    def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
-        trips[0] += 1
-        return wait(self, *a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(psycopg.Connection, "wait", counting)
-    try:
+def _trips(run: Callable[[], object]) -> int:
+    """Round trips `run` takes."""
+    with round_trips() as n:
         run()
-    finally:
-        monkeypatch.undo()
-    return trips[0]
+    return n[0]
 
 
 def test_a_rename_after_its_lookups_is_one_round_trip(tmp_path: Path, pg_url: str,
@@ -77,12 +67,12 @@ def test_a_rename_after_its_lookups_is_one_round_trip(tmp_path: Path, pg_url: st
         before = eng._guesses.guarded
         for i in range(3):
             _looked_up(eng, d, f"f{i}", f"g{i}")
-            assert _trips(monkeypatch, lambda i=i: eng.transact(
+            assert _trips(lambda i=i: eng.transact(
                 _rename(d, f"f{i}", f"g{i}"))) == 1
         assert eng._guesses.guarded - before == 3 and eng._guesses.stale == 0
         eng._guesses.clear()  # the control: nothing known
         _looked_up(eng, d, "g0")  # (not "h0": its walk is not known whole)
-        assert _trips(monkeypatch, lambda: eng.transact(_rename(d, "g0", "h0"))) == 2
+        assert _trips(lambda: eng.transact(_rename(d, "g0", "h0"))) == 2
         assert sorted(s.path for s in fs.ls("/d")) == ["/d/g1", "/d/g2", "/d/h0"]
         assert fs.read_bytes("/d/h0") == b"file 0"
         assert fs.fsck().ok

@@ -139,3 +139,23 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
 
     with contextlib.suppress(psycopg.Error), psycopg.connect(postgres_server.url) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@contextlib.contextmanager
+def round_trips() -> Iterator[list[int]]:
+    """Count the round trips to PostgreSQL servers inside the block (each exchange of
+    psycopg passes through `Connection.wait`): `with round_trips() as n: ...; n[0]`."""
+    import psycopg
+
+    count = [0]
+    wait = psycopg.Connection.wait
+
+    def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
+        count[0] += 1
+        return wait(self, *a, **k)  # type: ignore[arg-type]
+
+    psycopg.Connection.wait = counting  # type: ignore[method-assign, assignment]
+    try:
+        yield count
+    finally:
+        psycopg.Connection.wait = wait  # type: ignore[method-assign]
