@@ -8,7 +8,9 @@ written here over their content, at the same offsets, instead of replacing it.
 
 from __future__ import annotations
 
+import errno
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,11 +76,7 @@ class Written:
         _copy_theirs(theirs, keep, into)
         into.truncate(total)  # zeros past their kept bytes
         for a, b in self.ranges:
-            pos = a
-            while pos < b:
-                data = ours.pread(min(STEP, b - pos), pos)
-                into.pwrite(data, pos)
-                pos += len(data)
+            copy_span(_spool_read(ours), into.pwrite, a, b)
         return total
 
     def appends_only(self, size: int) -> bool:
@@ -92,23 +90,38 @@ class Written:
         base = theirs.size
         _copy_theirs(theirs, base, into)
         into.truncate(base)  # (zeros if their content came short)
-        off = 0
-        while off < size:
-            data = ours.pread(min(STEP, size - off), off)
-            into.pwrite(data, base + off)
-            off += len(data)
+        copy_span(_spool_read(ours), into.pwrite, 0, size, to=base)
         return base + size
+
+
+def copy_span(read: Callable[[int, int], bytes], write: Callable[[bytes, int], int],
+              a: int, b: int, *, to: int | None = None, short_ok: bool = False) -> int:
+    """Copy bytes [a, b) read by `read(off, n)` with `write(data, off)` to offset `to`
+    (default `a`), STEP bytes at a time; the bytes copied. A source that ends before
+    `b` is an OSError (EIO) naming the offset, unless `short_ok` (then the copy stops
+    there): a loop that waited for bytes that never come would spin forever."""
+    shift = (a if to is None else to) - a
+    pos = a
+    while pos < b:
+        data = read(pos, min(STEP, b - pos))
+        if not data:
+            if short_ok:
+                break
+            raise OSError(errno.EIO, f"the source ended at byte {pos:,} of {b:,} "
+                                     "while copying a file's content")
+        write(data, pos + shift)
+        pos += len(data)
+    return pos - a
+
+
+def _spool_read(spool: _Spool) -> Callable[[int, int], bytes]:
+    """`spool.pread` with the (offset, size) order of `copy_span`."""
+    return lambda off, n: spool.pread(n, off)
 
 
 def _copy_theirs(theirs: _Readable, n: int, into: _Spool) -> None:
     """Copy their first `n` bytes (fewer if their content comes short) into `into`."""
-    off = 0
-    while off < n:
-        data = theirs.pread(off, min(STEP, n - off))
-        if not data:
-            break
-        into.pwrite(data, off)
-        off += len(data)
+    copy_span(theirs.pread, into.pwrite, 0, n, short_ok=True)
 
 
-__all__ = ["Written"]
+__all__ = ["Written", "copy_span"]

@@ -44,7 +44,7 @@ from gfs.group_commit import GroupCommitter
 from gfs.meta import ChunkRef, Inode, Kind, LmdbEngine, Manifest, MetaEngine, WriteTxn
 from gfs.mount_access import Caller, may_open, sgid_left
 from gfs.mount_names import NameHints
-from gfs.mount_overlay import Written
+from gfs.mount_overlay import Written, copy_span
 from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.read import ManifestReader, MemoryTier
 from gfs.store import Prepared, WriteSession, prepare
@@ -516,11 +516,7 @@ class WriteBack:
         if reader is None:
             reader, _ = self.reader(d.ino)  # empty for a file not committed yet
         keep = reader.size if size is None else min(size, reader.size)
-        off = 0
-        while off < keep:
-            data = reader.pread(off, min(8 << 20, keep - off))
-            tmp.pwrite(data, off)
-            off += len(data)
+        copy_span(reader.pread, tmp.pwrite, 0, keep)
         d.tmp, d.size = tmp, keep
 
     def truncate(self, ino: int, size: int, reader: ManifestReader | None = None) -> None:

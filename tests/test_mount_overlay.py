@@ -104,3 +104,45 @@ def test_a_truncate_or_a_gap_is_not_appends_only() -> None:
     gap.wrote(5, 5)
     assert not gap.appends_only(10)
     assert Written().appends_only(0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 250), st.integers(0, 250), st.integers(0, 50))
+def test_copy_span_copies_exactly_or_names_where_the_source_ended(
+        src: bytes, a: int, b: int, to: int) -> None:
+    """`copy_span` copies [a, b) to `to` when the source holds it; a source that ends
+    early is EIO naming the offset (it used to spin on empty reads for ever), or, with
+    `short_ok`, a copy of what there is."""
+    import errno
+
+    import pytest
+
+    from gfs.mount_overlay import copy_span
+
+    a, b = min(a, b), max(a, b)
+    into = _Spool()
+    src_read = _Buf(src).pread
+    if b <= len(src) or a == b:
+        assert copy_span(src_read, into.pwrite, a, b, to=to) == b - a
+        assert bytes(into.data[to:to + b - a]) == src[a:b]
+    else:
+        with pytest.raises(OSError) as e:
+            copy_span(src_read, into.pwrite, a, b, to=to)
+        assert e.value.errno == errno.EIO and f"{max(a, len(src)):,}" in str(e.value)
+        got = copy_span(src_read, _Spool().pwrite, a, b, to=to, short_ok=True)
+        assert got == max(0, len(src) - a)
+
+
+def test_a_spool_shorter_than_its_written_ranges_is_an_io_error() -> None:
+    """A merge whose own spool lost bytes (a damaged temporary file) fails with EIO
+    instead of looping: the close reports the error and commits nothing."""
+    import errno
+
+    import pytest
+
+    w, ours = Written(), _Spool()
+    w.wrote(0, 100)
+    ours.pwrite(b"x" * 40, 0)  # 60 of the 100 written bytes are gone
+    with pytest.raises(OSError) as e:
+        w.merge(_Buf(b"theirs"), ours, 100, _Spool())
+    assert e.value.errno == errno.EIO
