@@ -479,8 +479,9 @@ def test_blocks_appended_out_of_key_order_are_refused_by_name(tmp_path: Path) ->
 def test_lookups_of_random_keys_decode_each_block_once_and_see_rewrites(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunk lookups in random order (a put's dedup checks, its refcounts) decode each
-    block once per transaction, not once a lookup; a block the transaction rewrites
-    (delete, write-through flush) is decoded again, so no lookup sees it stale."""
+    block once per transaction (`decode_block`: copy, shared-cache lookup, checks;
+    past the shared cache's 256 blocks, a decompression), not once a lookup; a block
+    the transaction rewrites (delete) is decoded again, so no lookup sees it stale."""
     path = str(tmp_path / "meta")
     _store(path, 600)
     assert compaction.compact_now(path) is not None

@@ -48,15 +48,15 @@ _MIN_FILL = 320
 _SPAN = 256
 #: Decoded blocks kept (keyed by the block's bytes: a rewritten block is a miss).
 DECODED_BLOCKS = 256
+#: Decoded blocks a transaction keeps per packed table for its lookups, by block
+#: key (~2 KiB of rows each): past this its cache starts again.
+TXN_DECODED_BLOCKS = 1024
 _LEVEL = 3
 #: Lengths are little-endian u16 (keys) and u32 (values) arrays.
 _SWAP = sys.byteorder == "big"
 assert array.array("I").itemsize == 4 and array.array("H").itemsize == 2
 
 Rows = tuple[tuple[bytes, ...], tuple[bytes, ...]]
-#: Decoded blocks a transaction keeps per packed table for its lookups (~2 KiB of
-#: rows each): past this the cache starts again.
-DECODED_BLOCKS = 1024
 
 
 def block_db(table: str) -> bytes:
@@ -337,7 +337,7 @@ class BlockTxn:
         self._hot: dict[Any, bool] = {}
         self._curs: dict[Any, Any] = {}  # a cursor per block database, for lookups
         #: blocks lookups decoded, per block database, by block key (at most
-        #: DECODED_BLOCKS each): lookups of random keys (chunk ids: a put's dedup
+        #: TXN_DECODED_BLOCKS each): lookups of random keys (chunk ids: a put's dedup
         #: checks, its refcounts) each fell in another block and decoded it again;
         #: dropped for a block database whenever this transaction rewrites its blocks
         self._decoded: dict[Any, dict[bytes, Rows]] = {}
@@ -393,7 +393,7 @@ class BlockTxn:
         rows = decoded.get(bkey)
         if rows is None:
             rows = decode_block(table, bkey, cur.value())
-            if len(decoded) >= DECODED_BLOCKS:
+            if len(decoded) >= TXN_DECODED_BLOCKS:
                 decoded.clear()  # bounded: start again
             decoded[bkey] = rows
         return rows
