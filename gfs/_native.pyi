@@ -27,6 +27,12 @@ def load_chunked(
 ) -> tuple[bytes, list[int], bytes] | None:
     """(data, cuts, ids) of a whole file, or None if larger than `limit`; releases the GIL."""
 
+def load_chunked_many(
+    paths: list[str] | list[bytes], min_size: int, avg_size: int, max_size: int, limit: int, /
+) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
+    """load_chunked of each path, the GIL released for the batch; OSError in place of a
+    file that cannot be read."""
+
 def superfeatures(buf: _Buffer, cuts: list[int], /) -> bytes:
     """3 u64 LE super-features per chunk ending at `cuts` (24 bytes each); releases the GIL."""
 

@@ -62,6 +62,7 @@ from gfs.meta import (
 )
 from gfs.namespace import XattrSource
 from gfs.namespace_api import DuReport, Stat
+from gfs.put_reads import read_ahead
 from gfs.read import ChunkSource, ManifestReader, cached
 from gfs.spill import SpillTable
 from gfs.state import (
@@ -73,7 +74,7 @@ from gfs.state import (
     record_url,
     relocate,
 )
-from gfs.store import ChunkStore, WriteStats, read_prepared, release
+from gfs.store import ChunkStore, WriteStats, prepared_of, read_many, release
 from gfs.tiering import defaults as tier_defaults
 from gfs.tiering.heat import HeatTracker
 
@@ -574,10 +575,24 @@ class Client:
         base = paths.split(dest)
         dirs = _Dirs()  # rel path -> ino, filled in as actions commit
         existing = _ExistingFiles(self.engine, base) if dest_exists else None
-        with _fast_thread_switching(), self.store.writer() as session:
+
+        def wanted(item: tuple[bool, _LocalEntry]) -> tuple[str, int] | None:
+            """The files to read: regular ones not already in place."""
+            leaving, e = item
+            if leaving or not statmod.S_ISREG(e.st.st_mode) or (
+                    existing is not None and existing.unchanged(e)):
+                return None
+            return e.path, e.st.st_size
+
+        params = self.store.params
+        # read, cut and hashed in C in batches on a thread, ahead of the loop
+        reads = read_ahead(walked if walked is not None else _walk_local(src, top),
+                           wanted, lambda ps: read_many(ps, params))
+        with _fast_thread_switching(), self.store.writer() as session, \
+                contextlib.closing(reads):
             if not statmod.S_ISDIR(top.st_mode) and base:
                 session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
-            for leaving, e in walked if walked is not None else _walk_local(src, top):
+            for (leaving, e), read, loaded in reads:
                 if leaving:  # directory modes and times, once its children are queued
                     session.add_action(_dir_attrs_action(dirs, e.rel, e.st))
                     continue
@@ -593,11 +608,12 @@ class Client:
                     session.add_action(_symlink_action(dirs, parent_rel, name,
                                                        os.readlink(e.path), e.st))
                     report.symlinks += 1
-                elif statmod.S_ISREG(e.st.st_mode) and existing and existing.unchanged(e):
+                elif statmod.S_ISREG(e.st.st_mode) and not read:
                     report.unchanged += 1
                 elif statmod.S_ISREG(e.st.st_mode):
-                    # read, cut and hashed in C in one call; big files are streamed
-                    prepared = read_prepared(e.path, self.store.params)
+                    if isinstance(loaded, OSError):
+                        raise loaded  # at this file's turn, as a read here would
+                    prepared = prepared_of(loaded)  # None: too big, streamed
                     refs = (session.store_file(e.path) if prepared is None
                             else session.store_prepared(prepared))
                     session.add_file(refs, _file_action(dirs, parent_rel, name, e.st))

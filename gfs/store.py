@@ -420,7 +420,18 @@ def _prepared(view: memoryview, cuts: list[int], ids: bytes) -> Prepared:
 def read_prepared(path: str, params: chunking.ChunkParams) -> Prepared | None:
     """Read a local file whole and `prepare` it, in C without the GIL; None if it is
     too big to read whole (store it with WriteSession.store_file, which streams)."""
-    loaded = chunking.load_chunked(path, params, WHOLE_READ_LIMIT)
+    return prepared_of(chunking.load_chunked(path, params, WHOLE_READ_LIMIT))
+
+
+def read_many(paths: list[str], params: chunking.ChunkParams,
+              ) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
+    """`chunking.load_chunked_many` of local files with the limit `read_prepared`
+    reads whole; each result becomes a `Prepared` by `prepared_of`."""
+    return chunking.load_chunked_many(paths, params, WHOLE_READ_LIMIT)
+
+
+def prepared_of(loaded: tuple[bytes, list[int], bytes] | None) -> Prepared | None:
+    """A `Prepared` of a file `chunking.load_chunked` read; None for one too big."""
     if loaded is None:
         return None
     data, cuts, ids = loaded

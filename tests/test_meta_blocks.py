@@ -474,3 +474,44 @@ def test_blocks_appended_out_of_key_order_are_refused_by_name(tmp_path: Path) ->
                                               + list(blocks.pack([(b"a", b"1")]))))
     finally:
         env.close()
+
+
+def test_lookups_of_random_keys_decode_each_block_once_and_see_rewrites(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunk lookups in random order (a put's dedup checks, its refcounts) decode each
+    block once per transaction (`decode_block`: copy, shared-cache lookup, checks;
+    past the shared cache's 256 blocks, a decompression), not once a lookup; a block
+    the transaction rewrites (delete) is decoded again, so no lookup sees it stale."""
+    path = str(tmp_path / "meta")
+    _store(path, 600)
+    assert compaction.compact_now(path) is not None
+    decodes: list[bytes] = []
+    real = blocks.decode_block
+
+    def counting(table: str, key: bytes, data: bytes) -> blocks.Rows:
+        decodes.append(key)
+        return real(table, key, data)
+
+    monkeypatch.setattr(blocks, "decode_block", counting)
+    order = [(i * 337) % 600 for i in range(600)]  # every chunk, far apart each time
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        with eng.read() as r:
+            assert r.present_chunks(i.to_bytes(16, "big") for i in order) == {
+                i.to_bytes(16, "big") for i in range(600)}
+            blocks_read = len(set(decodes))
+            assert 1 < blocks_read == len(decodes) < 100
+            assert r.get_chunk((5).to_bytes(16, "big")) is not None
+            assert len(decodes) == blocks_read
+        with eng.write() as w:
+            seven, eight = (7).to_bytes(16, "big"), (8).to_bytes(16, "big")
+            assert w.get_chunk(seven) is not None and w.get_chunk(eight) is not None
+            w.delete_chunk(seven)  # rewrites the block that held 7 (and 8)
+            assert w.get_chunk(seven) is None and w.get_chunk(eight) is not None
+            w.add_refcounts({eight: 2})
+            assert w.get_chunk(eight).refcount == 3
+        with eng.read() as r:
+            assert r.get_chunk(seven) is None and r.get_chunk(eight).refcount == 3
+            assert len(r.present_chunks(i.to_bytes(16, "big") for i in order)) == 599
+    finally:
+        eng.close()

@@ -48,6 +48,9 @@ _MIN_FILL = 320
 _SPAN = 256
 #: Decoded blocks kept (keyed by the block's bytes: a rewritten block is a miss).
 DECODED_BLOCKS = 256
+#: Decoded blocks a transaction keeps per packed table for its lookups, by block
+#: key (~2 KiB of rows each): past this its cache starts again.
+TXN_DECODED_BLOCKS = 1024
 _LEVEL = 3
 #: Lengths are little-endian u16 (keys) and u32 (values) arrays.
 _SWAP = sys.byteorder == "big"
@@ -311,8 +314,8 @@ class BlockTxn:
     one table (other handles pass straight through). `cold` maps each packed table's
     handle to (table name, block database handle)."""
 
-    __slots__ = ("_cold", "_curs", "_empty", "_full", "_hot", "_last", "_pending", "through",
-                 "txn")
+    __slots__ = ("_cold", "_curs", "_decoded", "_empty", "_full", "_hot", "_last", "_pending",
+                 "through", "txn")
 
     def __init__(self, txn: Any, cold: dict[Any, tuple[str, Any]], *,
                  through: bool = False) -> None:
@@ -333,6 +336,11 @@ class BlockTxn:
         #: reads then skip the hot lookup and the merge)
         self._hot: dict[Any, bool] = {}
         self._curs: dict[Any, Any] = {}  # a cursor per block database, for lookups
+        #: blocks lookups decoded, per block database, by block key (at most
+        #: TXN_DECODED_BLOCKS each): lookups of random keys (chunk ids: a put's dedup
+        #: checks, its refcounts) each fell in another block and decoded it again;
+        #: dropped for a block database whenever this transaction rewrites its blocks
+        self._decoded: dict[Any, dict[bytes, Rows]] = {}
 
     def _has_hot(self, db: Any) -> bool:
         hot = self._hot.get(db)
@@ -365,6 +373,35 @@ class BlockTxn:
         if not cur.set_range(key):
             return None
         return table, bdb, cur, decode_block(table, cur.key(), cur.value())
+
+    def _lookup_block(self, db: Any, key: bytes) -> Rows | None:
+        """The rows of the block whose range could hold `key`, as `_block_at` finds it,
+        decoded once per transaction (until its blocks are rewritten)."""
+        pair = self._blocks(db)
+        if pair is None:
+            return None
+        table, bdb = pair
+        cur = self._curs.get(bdb)
+        if cur is None:
+            cur = self._curs[bdb] = self.txn.cursor(db=bdb)
+        if not cur.set_range(key):
+            return None
+        bkey = cur.key()
+        decoded = self._decoded.get(bdb)
+        if decoded is None:
+            decoded = self._decoded[bdb] = {}
+        rows = decoded.get(bkey)
+        if rows is None:
+            rows = decode_block(table, bkey, cur.value())
+            if len(decoded) >= TXN_DECODED_BLOCKS:
+                decoded.clear()  # bounded: start again
+            decoded[bkey] = rows
+        return rows
+
+    def _rewrites(self, bdb: Any) -> None:
+        """Forget what lookups decoded of `bdb`: this transaction rewrites its blocks."""
+        self._last.pop(bdb, None)
+        self._decoded.pop(bdb, None)
 
     def _find(self, db: Any, key: bytes) -> tuple[str, Any, Any, Rows, int] | None:
         """(table, block db, cursor on the block, its rows, the key's index) of the
@@ -401,10 +438,10 @@ class BlockTxn:
         pair = self._cold[db]
         rows = self._last.get(pair[1])
         if rows is None or not rows[0][0] <= key <= rows[0][-1]:
-            at = self._block_at(db, key)
-            if at is None:
+            rows = self._lookup_block(db, key)
+            if rows is None:
                 return None
-            rows = self._last[pair[1]] = at[3]
+            self._last[pair[1]] = rows
         keys = rows[0]
         i = bisect.bisect_left(keys, key)
         return rows[1][i] if i < len(keys) and keys[i] == key else None
@@ -434,7 +471,7 @@ class BlockTxn:
         pending, self._pending = self._pending, {}
         for db, rows in pending.items():
             table, bdb = self._cold[db]
-            self._last.pop(bdb, None)
+            self._rewrites(bdb)
             keys = sorted(rows)
             if self._mostly_touched(bdb, keys):
                 self._rebuild(table, bdb, [(k, rows[k]) for k in keys])
@@ -488,6 +525,7 @@ class BlockTxn:
         freed at once and the new ones come out full (puts in the middle of a table
         split its pages half full)."""
         old = [(bytes(k), bytes(v)) for k, v in self.txn.cursor(db=bdb).iternext()]
+        self._rewrites(bdb)
         self._curs.pop(bdb, None)
         self.txn.drop(bdb, delete=False)
         self._append(table, bdb, repack(table, iter(rows), old))
@@ -514,7 +552,7 @@ class BlockTxn:
         if found is None:
             return hot
         _table, bdb, cur, (keys, values), i = found
-        self._last.pop(bdb, None)
+        self._rewrites(bdb)
         cur.delete()
         rest = [(k, v) for j, (k, v) in enumerate(zip(keys, values, strict=True)) if j != i]
         if rest:
