@@ -93,6 +93,32 @@ def test_a_directory_changed_here_is_stat_without_a_round_trip(
         assert (attr.st_mtime_ns, attr.st_nlink) == (on_server.mtime_ns, on_server.nlink)
 
 
+def test_a_listing_of_a_directory_with_entries_is_one_round_trip(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ls` of a directory with entries: one query brings the entries and their inodes
+    (2 before: the directory was read first). An empty directory, a file and a missing
+    inode still get their answers (one more query tells which)."""
+    d = asyncio.run(ops.mkdir(ROOT_INO, b"d", 0o755, ctx())).st_ino
+    for i in range(5):
+        _file(ops, d, b"f%d" % i)
+    e = asyncio.run(ops.mkdir(ROOT_INO, b"e", 0o755, ctx())).st_ino
+    f = _file(ops, ROOT_INO, b"f")
+
+    async def names(ino: int) -> list[bytes]:
+        fh = await ops.opendir(ino, ctx())
+        try:
+            return [n for n, _ in ops._dirs[fh]]
+        finally:
+            await ops.releasedir(fh)
+    listed, n = trips(monkeypatch, lambda: names(d))
+    assert (listed, n) == ([b"f%d" % i for i in range(5)], 1)
+    assert trips(monkeypatch, lambda: names(e)) == ([], 2)
+    for ino, code in ((f, errno.ENOTDIR), (987654321, errno.ENOENT)):
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            asyncio.run(names(ino))
+        assert err.value.errno == code
+
+
 def test_a_directory_read_elsewhere_still_asks_the_server(
         ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only directories this mount's transactions wrote are served from memory: the
