@@ -856,3 +856,143 @@ def test_lookups_arriving_while_batches_wait_start_up_to_workers_batches(
     assert [n.ino for n in got] == [101 + i for i in range(workers)] + [101 + i for i in range(5)]
     assert max(out) == workers and sorted(sizes)[-1] == 5 and len(sizes) == workers + 1
     assert batcher.batches == workers + 1 and batcher.lookups == workers + 5
+
+
+async def _listed_dir(ops: HutongOperations, d: int) -> None:
+    """Look up three names of `d` (the third starts its read ahead) and wait for it."""
+    assert ops._listings is not None
+    reads = ops._listings.reads
+    for i in range(3):
+        await ops.lookup(d, b"f%d" % i, ctx())
+    for _ in range(200):
+        if ops._listings.reads > reads:
+            await asyncio.sleep(0.02)  # (its future's completion reaches this loop)
+            return
+        await asyncio.sleep(0.01)  # the listing is read on a worker thread
+    raise AssertionError("the directory was not read ahead")
+
+
+def _names_dir(ops: HutongOperations, n: int) -> int:
+    d = asyncio.run(ops.mkdir(ROOT_INO, b"d", 0o755, ctx())).st_ino
+    for i in range(n):
+        _file(ops, d, b"f%d" % i, b"x" * i)
+    time.sleep(0.55)  # past the TTL of the changes made here (RecentDirs)
+    return d
+
+
+def test_lookups_of_many_names_of_a_directory_are_answered_from_one_listing(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After three lookups in one directory it is read ahead (one query); the next
+    lookups in it, of names there or not, cost no round trip (one each before) and
+    carry timeouts cut to what is left of the TTL."""
+    d = _names_dir(ops, 20)
+
+    asyncio.run(_listed_dir(ops, d))
+
+    async def go() -> list[pyfuse3.EntryAttributes]:
+        t0 = time.monotonic()
+        out = [await ops.lookup(d, b"f%d" % i, ctx()) for i in range(3, 20)]
+        out.append(await ops.lookup(d, b"nope", ctx()))
+        assert time.monotonic() - t0 < 0.4  # (all within the TTL)
+        return out
+    got, n = trips(monkeypatch, go)
+    assert n == 0
+    with ops.client.engine.read() as txn:
+        for i, a in enumerate(got[:-1], start=3):
+            assert a.st_ino == txn.lookup(d, f"f{i}") and a.st_size == i
+            assert 0 < a.entry_timeout < 0.5 and 0 < a.attr_timeout < 0.5
+    assert got[-1].st_ino == 0 and 0 < got[-1].entry_timeout < 0.5
+
+
+def test_another_clients_change_shows_within_the_ttl_of_a_listing(
+        ops: HutongOperations, tmp_path: Path, pg_url: str) -> None:
+    """Another client renames a listed name and makes a new one: an answer from the
+    listing may be the old one, but the kernel may keep it only until the TTL since
+    the listing was read; once it has passed, the lookups see the change."""
+    d = _names_dir(ops, 10)
+    other = Client(tmp_path / "s")  # the same store, its own engine (another client)
+    try:
+        async def go() -> None:
+            await _listed_dir(ops, d)
+            read_at = time.monotonic()
+            other.mv("/d/f5", "/d/g5")
+            old = await ops.lookup(d, b"f5", ctx())  # may be the listing's answer
+            assert time.monotonic() + old.entry_timeout <= read_at + 0.5
+            while time.monotonic() < read_at + 0.5:
+                await asyncio.sleep(0.02)
+            assert (await ops.lookup(d, b"f5", ctx())).st_ino == 0
+            assert (await ops.lookup(d, b"g5", ctx())).st_ino == old.st_ino
+        asyncio.run(go())
+    finally:
+        other.close()
+
+
+def test_a_change_made_here_drops_the_listing_and_stops_reading_ahead(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount's own unlink and create show at once (every commit here drops every
+    listing), and a directory changed here within the TTL is not read ahead."""
+    d = _names_dir(ops, 10)
+    assert ops._listings is not None
+
+    async def go() -> None:
+        await _listed_dir(ops, d)
+        await ops.unlink(d, b"f5", ctx())
+        assert (await ops.lookup(d, b"f5", ctx())).st_ino == 0
+        reads = ops._listings.reads
+        for i in range(6, 10):
+            await ops.lookup(d, b"f%d" % i, ctx())
+        await asyncio.sleep(0.1)
+        assert ops._listings.reads == reads
+    asyncio.run(go())
+
+
+def test_a_listing_read_across_a_commit_here_is_not_kept(
+        ops: HutongOperations) -> None:
+    """A commit of this process while a listing is read (its snapshot may predate the
+    commit) leaves the listing unkept: the lookups ask the server."""
+    d = _names_dir(ops, 4)
+    lst = ops._listings
+    assert lst is not None
+    engine = ops.client.engine
+    real_read = engine.read
+
+    def read_then_commit() -> Any:
+        ctx_ = real_read()
+        lst.committed({})  # (as the watcher is told by a commit meanwhile)
+        return ctx_
+    assert lst.wanted(d) is False and lst.wanted(d) is False and lst.wanted(d) is True
+    cast(Any, engine).read = read_then_commit
+    try:
+        lst.read(engine, d)
+    finally:
+        cast(Any, engine).read = real_read
+    assert lst.reads == 0 and lst.answer(d, "f1") is None
+    assert lst.wanted(d) is False  # counting again, not stuck "reading"
+
+
+@needs_fuse
+def test_two_fuse_mounts_see_each_others_changes_in_a_listed_directory(
+        tmp_path: Path, pg_url: str) -> None:
+    """B stats every name of a directory (read ahead after three), A renames one and
+    creates one: B sees both within the 1 s TTL, and its own changes at once."""
+    states = [tmp_path / "s1", tmp_path / "s2"]
+    Client.init(states[0], meta=pg_url).close()
+    Client.init(states[1], meta=pg_url).close()
+    with serve_child_mount(states[0], tmp_path / "m1", "--attr-timeout", "1") as a, \
+            serve_child_mount(states[1], tmp_path / "m2", "--attr-timeout", "1") as b:
+        (a.mnt / "d").mkdir()
+        for i in range(10):
+            (a.mnt / "d" / f"f{i}").write_bytes(b"x" * i)
+        time.sleep(1.1)
+        for i in range(10):
+            assert os.stat(b.mnt / "d" / f"f{i}").st_size == i
+        os.rename(a.mnt / "d" / "f3", a.mnt / "d" / "g3")
+        (a.mnt / "d" / "new").write_bytes(b"new")
+        took = _seen_within(lambda: not (b.mnt / "d" / "f3").exists()
+                            and (b.mnt / "d" / "g3").exists()
+                            and (b.mnt / "d" / "new").exists(), 1.0)
+        assert took <= 1.5
+        os.unlink(b.mnt / "d" / "f4")
+        assert not (b.mnt / "d" / "f4").exists()
+        (b.mnt / "d" / "f5").write_bytes(b"changed here")
+        assert os.stat(b.mnt / "d" / "f5").st_size == len(b"changed here")
