@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 READ_AHEAD_AFTER = 3
 #: Directories with more entries are not read ahead.
 MAX_ENTRIES = 1000
-#: Listings kept at most (the oldest are dropped first).
-MAX_LISTINGS = 256
+#: Listings kept at most (the oldest are dropped first; with MAX_ENTRIES, about 64,000
+#: inodes at most, tens of MB).
+MAX_LISTINGS = 64
 #: An answer with less than this left of the TTL is not given from a listing.
 MIN_LEFT = 0.05
 
@@ -129,8 +130,12 @@ class DirListings:
             if self._gen != gen:
                 return
             self.reads += 1
-            self._lists[parent] = (names, began)
-            while len(self._lists) > self.limit:
+            self._lists[parent] = (names, began)  # (none yet: "reading" until now)
+            now = time.monotonic()
+            # the oldest first: over the limit, or expired (this one too, if its read
+            # outlasted the TTL)
+            while self._lists and (len(self._lists) > self.limit or
+                                   now - next(iter(self._lists.values()))[1] >= self.ttl):
                 del self._lists[next(iter(self._lists))]
 
 

@@ -996,3 +996,37 @@ def test_two_fuse_mounts_see_each_others_changes_in_a_listed_directory(
         assert not (b.mnt / "d" / "f4").exists()
         (b.mnt / "d" / "f5").write_bytes(b"changed here")
         assert os.stat(b.mnt / "d" / "f5").st_size == len(b"changed here")
+
+
+def test_listings_are_bounded_and_expired_ones_are_dropped() -> None:
+    """At most `limit` listings are kept, and reading one drops those past the TTL."""
+    from contextlib import contextmanager
+
+    from gfs.mount_listings import DirListings
+
+    class Txn:
+        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+            yield from ((f"f{i}", parent * 100 + i) for i in range(3))
+
+        def get_inode(self, ino: int) -> Inode:
+            return _dir(ino)
+
+    class Engine:
+        @contextmanager
+        def read(self) -> Iterator[Txn]:
+            yield Txn()
+
+    lst = DirListings(0.3, after=1, limit=2)
+    for d in (1, 2, 3):
+        assert lst.wanted(d)
+        lst.read(cast(Any, Engine()), d)
+    assert lst.answer(1, "f0") is None  # the oldest, over the limit
+    got = lst.answer(3, "f1")
+    assert got is not None and got[0] is not None and got[0].ino == 301
+    assert lst.answer(3, "nope") is not None  # listed: "no such entry"
+    time.sleep(0.3)
+    assert lst.wanted(4)
+    lst.read(cast(Any, Engine()), 4)
+    assert list(lst._lists) == [4]  # 2 and 3 expired, dropped
+    with pytest.raises(ValueError, match="positive"):
+        DirListings(0)
