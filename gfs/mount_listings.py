@@ -9,9 +9,9 @@ and later lookups in it are answered on the event loop from that listing, positi
 or negative, with entry and attribute timeouts cut to what is left of `ttl` since
 the listing's snapshot began: the kernel keeps no answer longer than `ttl` after it
 was read, so another client's change shows within `ttl`, as with the kernel's own
-caches. Directories with more than `max_entries` entries, and directories this
-mount changed within `ttl` (their listing would be dropped at once), are not read
-ahead. Every write transaction of this process drops every listing when it commits
+caches. Directories this mount changed within `ttl` (their listing would be
+dropped at once) are not read ahead, nor for `SKIP_FOR` seconds one found longer
+than `max_entries` entries (only its first page is read to tell) or empty. Every write transaction of this process drops every listing when it commits
 (`MetaEngine.watch_inodes`), and a listing whose read began before such a commit is
 not kept, so the mount's own changes always show.
 """
@@ -36,6 +36,9 @@ MAX_ENTRIES = 1000
 MAX_LISTINGS = 64
 #: An answer with less than this left of the TTL is not given from a listing.
 MIN_LEFT = 0.05
+#: Seconds a directory found too long or empty is not read ahead again (else a busy
+#: large directory would be read, one page of it, every few lookups).
+SKIP_FOR = 60.0
 
 
 class DirListings:
@@ -56,6 +59,7 @@ class DirListings:
         self._lists: dict[int, tuple[dict[str, Inode], float]] = {}
         self._seen: dict[int, tuple[int, float]] = {}  # dir -> (lookups, since when)
         self._reading: set[int] = set()
+        self._skip: dict[int, float] = {}  # dir -> until when it is not read ahead
         #: Listings read and lookups answered from them (for tests and stats).
         self.reads = 0
         self.answered = 0
@@ -90,7 +94,12 @@ class DirListings:
             if now - since >= self.ttl:
                 n, since = 0, now
             n += 1
-            if n < self.after or parent in self._reading or parent in self._lists:
+            skip = self._skip.get(parent)
+            if skip is not None and now >= skip:
+                del self._skip[parent]
+                skip = None
+            if n < self.after or parent in self._reading or parent in self._lists or \
+                    skip is not None:
                 self._seen[parent] = (n, since)
                 if len(self._seen) > 4 * self.limit:
                     del self._seen[next(iter(self._seen))]
@@ -117,14 +126,22 @@ class DirListings:
         began = time.monotonic()
         names: dict[str, Inode] = {}
         with engine.read() as txn:
-            for name, ino in txn.list_dir(parent):
-                if len(names) == self.max_entries:
-                    return
+            entries: list[tuple[str, int]] = []
+            for entry in txn.list_dir(parent):
+                if len(entries) == self.max_entries:
+                    entries = []  # too long: not read ahead for a while, as if empty
+                    break
+                entries.append(entry)
+            for name, ino in entries:
                 node = txn.get_inode(ino)
                 if node is None:
                     return
                 names[name] = node
         if not names:
+            with self._lock:
+                self._skip[parent] = time.monotonic() + SKIP_FOR
+                while len(self._skip) > 4 * self.limit:
+                    del self._skip[next(iter(self._skip))]
             return
         with self._lock:
             if self._gen != gen:

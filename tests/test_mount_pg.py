@@ -1030,3 +1030,9 @@ def test_listings_are_bounded_and_expired_ones_are_dropped() -> None:
     assert list(lst._lists) == [4]  # 2 and 3 expired, dropped
     with pytest.raises(ValueError, match="positive"):
         DirListings(0)
+    # a directory too long to read ahead is not tried again every few lookups
+    long = DirListings(5.0, after=1, max_entries=2)
+    assert long.wanted(7)
+    long.read(cast(Any, Engine()), 7)
+    assert long.reads == 0 and long.answer(7, "f0") is None
+    assert not long.wanted(7) and not long.wanted(7)
