@@ -11,9 +11,10 @@ the listing's snapshot began: the kernel keeps no answer longer than `ttl` after
 was read, so another client's change shows within `ttl`, as with the kernel's own
 caches. Directories this mount changed within `ttl` (their listing would be
 dropped at once) are not read ahead, nor for `SKIP_FOR` seconds one found longer
-than `max_entries` entries (only its first page is read to tell) or empty. Every write transaction of this process drops every listing when it commits
-(`MetaEngine.watch_inodes`), and a listing whose read began before such a commit is
-not kept, so the mount's own changes always show.
+than `max_entries` entries (only its first page is read to tell) or empty.
+Every write transaction of this process drops every listing when it commits
+(`MetaEngine.watch_inodes`), and a listing whose read began before such a commit
+is not kept, so the mount's own changes always show.
 """
 
 from __future__ import annotations
