@@ -47,6 +47,16 @@ def _with_file(a: Client) -> tuple[int, PgEngine]:
     return a.stat("/d").ino, eng
 
 
+def _files(fs: Client, n: int) -> tuple[int, PgEngine]:
+    """Directory /d holding files /d/f0 ... (content b"file I"): (/d's inode, engine)."""
+    fs.mkdir("/d")
+    for i in range(n):
+        fs.write_bytes(f"/d/f{i}", f"file {i}".encode())
+    eng = fs.engine
+    assert isinstance(eng, PgEngine)
+    return fs.stat("/d").ino, eng
+
+
 def _trips(run: Callable[[], object]) -> int:
     """Round trips `run` takes."""
     with round_trips() as n:
@@ -59,12 +69,7 @@ def test_a_rename_after_its_lookups_is_one_round_trip(tmp_path: Path, pg_url: st
     """The mount's rename right after the kernel looked both names up sends its guard,
     writes and COMMIT in one message (two round trips without the guesses)."""
     with Client.init(tmp_path / "s", meta=pg_url) as fs:
-        fs.mkdir("/d")
-        for i in range(3):
-            fs.write_bytes(f"/d/f{i}", f"file {i}".encode())
-        d = fs.stat("/d").ino
-        eng = fs.engine
-        assert isinstance(eng, PgEngine)
+        d, eng = _files(fs, 3)
         before = eng._guesses.guarded
         for i in range(3):
             _looked_up(eng, d, f"f{i}", f"g{i}")
@@ -178,12 +183,7 @@ def test_a_group_commits_guard_text_is_composed_once_per_shape(
     monkeypatch.setattr(pg_engine, "guard_text", text)
     monkeypatch.setattr(pg_engine, "guard_params", params)
     with Client.init(tmp_path / "s", meta=pg_url) as fs:
-        fs.mkdir("/d")
-        for i in range(6):
-            fs.write_bytes(f"/d/f{i}", f"file {i}".encode())
-        d = fs.stat("/d").ino
-        eng = fs.engine
-        assert isinstance(eng, PgEngine)
+        d, eng = _files(fs, 6)
         for old, new in zip("fghj", "ghjk", strict=True):
             for i in range(6):
                 _looked_up(eng, d, f"{old}{i}", f"{new}{i}")
