@@ -13,7 +13,11 @@ Three sections, one run:
    and on PostgreSQL (a private server started by gfs.testing.postgres), and
    through FUSE mounts of Hutong (LMDB, PostgreSQL) and JuiceFS (SQLite and
    PostgreSQL metadata, a local directory for data), each client in its own
-   directory of the one mount. `--engines postgresql` runs only the PostgreSQL
+   directory of the one mount; each Hutong mount is measured in turn with its JuiceFS
+   peer, phase by phase, in --rounds rounds (A B, B A, ...: load drift moves both
+   alike), reporting the medians and the median of the per-round ratios (a partial
+   run that measured them closes with them: target met when every ratio is >= 1).
+   `--engines postgresql` runs only the PostgreSQL
    rows (Hutong's, and JuiceFS on PostgreSQL; `lmdb`: Hutong's and JuiceFS on
    SQLite), `--doors api` or `--doors mount` only the API or the mount rows.
 3. Federation: the same kind of operations through a site on loopback (a
@@ -30,9 +34,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from bench import _metaops_clients as clients_mod
+from bench import _metaops_pairs as pairs
 from bench import _metaops_scale as scale
 from bench._juicefs import juicefs
 from bench._measure import mounted
@@ -45,6 +51,8 @@ CLIENTS = (1, 4, 16)
 #: Hutong's metadata engines (the clients section); JuiceFS's peer metadata of each.
 ENGINES = ("lmdb", "postgresql")
 JUICEFS_PEER = {"lmdb": "sqlite3", "postgresql": "postgresql"}
+#: Engine names in the headline.
+SHORT = {"lmdb": "lmdb", "postgresql": "pg"}
 #: How the clients section's clients reach the namespace.
 DOORS = ("api", "mount")
 
@@ -75,12 +83,17 @@ def main(argv: list[str]) -> int:
                          "peer of each (lmdb: JuiceFS on SQLite; postgresql: on PostgreSQL)")
     ap.add_argument("--doors", nargs="+", choices=DOORS, default=list(DOORS),
                     help="how the clients section's clients work: the Python API, FUSE mounts")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="mount rows: rounds of each phase, run in turn with the JuiceFS peer "
+                         "(A B, B A, ...); the median is reported (default 3)")
     args = ap.parse_args(argv)
     sizes = (2_000, 20_000) if args.quick else (10_000, 100_000, 1_000_000) if args.large \
         else (10_000, 100_000)
     if args.scale_max is not None:
         sizes = _powers(ap, args.scale_min, args.scale_max)
     counts = tuple(args.clients)
+    if not 1 <= args.rounds <= 20:
+        ap.error(f"--rounds: must be 1 to 20, got {args.rounds}")
     if any(not 1 <= c <= 64 for c in counts):
         ap.error(f"--clients: each count must be 1 to 64, got {counts}")
     flat_ok, put_time, fsck_rss, rss_max = True, 0.0, 0.0, 0.0
@@ -115,6 +128,7 @@ def main(argv: list[str]) -> int:
         print()
     per_client = sizes[0] // 100 if args.quick else 100
     api: dict[tuple[str, int], tuple[dict[str, float], int]] = {}
+    ratios: dict[tuple[str, int], dict[str, float]] = {}
     if args.only in (None, "clients"):
         with tempfile.TemporaryDirectory(prefix="bench-metaops-pg-") as pgdir:
             server, proc = start_server(pgdir)
@@ -124,7 +138,7 @@ def main(argv: list[str]) -> int:
                     api = _client_rates(server, per_client, counts, engines)
                     print()
                 if "mount" in args.doors:
-                    _mount_rates(server, per_client, counts, engines)
+                    ratios = _mount_rates(server, per_client, counts, engines, args.rounds)
             finally:
                 stop_server(proc)
         print()
@@ -132,7 +146,11 @@ def main(argv: list[str]) -> int:
         fed_stat = _federation(200 if args.quick else 2000)
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared)")
     if args.only is not None or len(args.engines) < len(ENGINES) or "api" not in args.doors:
-        return 0  # a part of the run: no headline
+        if ratios:  # a part of the run: the mount pairs' headline, if measured
+            print(headline("metaops", all(v >= 1 for r in ratios.values() for v in r.values()),
+                           **{f"{SHORT[e]}{c}_{ph}_ratio": round(v, 2)
+                              for (e, c), r in ratios.items() for ph, v in r.items()}))
+        return 0
     print(headline("metaops", flat_ok, put_per_file_ratio=put_time, fsck_rss_ratio=fsck_rss,
                    max_rss_ratio=round(rss_max, 2),
                    lmdb_create_16=round(api[("lmdb", 16)][0]["create"]),
@@ -176,44 +194,72 @@ def _client_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIE
 
 
 def _mount_rates(server: PostgresServer, n: int, counts: tuple[int, ...] = CLIENTS,
-                 engines: tuple[str, ...] = ENGINES) -> None:
-    """The mount rows: the same phases through FUSE mounts of Hutong and JuiceFS."""
+                 engines: tuple[str, ...] = ENGINES, rounds: int = 3
+                 ) -> dict[tuple[str, int], dict[str, float]]:
+    """The mount rows: the same phases through FUSE mounts of Hutong and JuiceFS, each
+    Hutong mount paired with its JuiceFS peer in interleaved rounds (bench._metaops_pairs);
+    returns Hutong / JuiceFS (the median of the per-round ratios) per (engine, clients)."""
     from gfs import Client
 
     rows: list[tuple[object, ...]] = []
+    ratio_rows: list[tuple[object, ...]] = []
+    ratios: dict[tuple[str, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-metaops-mnt-") as tmp:
         root = Path(tmp)
-        systems: list[tuple[str, list[str]]] = []
+        jfs_pg = f"postgres:///postgres?host={server.socket_dir}&port={server.port}" \
+                 "&user=hutong&sslmode=disable&search_path=jfs"
+        jfs_urls = {"sqlite3": f"sqlite3://{root}/jfs.db", "postgresql": jfs_pg}
         for engine in engines:
             state = root / f"state-{engine}"
             meta = server.url_for("mnt") if engine == "postgresql" else None
             Client.init(state, meta=meta).close()
-            systems.append((f"hutong mount ({engine})", [
-                sys.executable, "-m", "gfs.cli", "--state", str(state), "mount", "{mnt}"]))
-        jfs_pg = f"postgres:///postgres?host={server.socket_dir}&port={server.port}" \
-                 "&user=hutong&sslmode=disable&search_path=jfs"
-        jfs_urls = {"sqlite3": f"sqlite3://{root}/jfs.db", "postgresql": jfs_pg}
-        for label, meta_url in ((JUICEFS_PEER[e], jfs_urls[JUICEFS_PEER[e]]) for e in engines):
-            why = _juicefs_format(root / f"bucket-{label}", meta_url, server)
+            systems: list[tuple[str, list[str]]] = [(f"hutong mount ({engine})", [
+                sys.executable, "-m", "gfs.cli", "--state", str(state), "mount", "{mnt}"])]
+            label = JUICEFS_PEER[engine]
+            why = _juicefs_format(root / f"bucket-{label}", jfs_urls[label], server)
             if why is not None:
                 print(f"JuiceFS on {label}: not measured: {why}")
-                continue
-            systems.append((f"juicefs mount ({label})", [
-                juicefs(), "mount", meta_url, "{mnt}", "--no-usage-report", "--no-bgjob",
-                "--backup-meta", "0", "--cache-dir", str(root / f"jfs-cache-{label}")]))
-        for name, argv in systems:
-            mnt = root / f"mnt-{len(rows)}"
-            with mounted([a.replace("{mnt}", str(mnt)) for a in argv], mnt,
-                         root / f"mount-{len(rows)}.log"):
+            else:
+                systems.append((f"juicefs mount ({label})", [
+                    juicefs(), "mount", jfs_urls[label], "{mnt}", "--no-usage-report",
+                    "--no-bgjob", "--backup-meta", "0",
+                    "--cache-dir", str(root / f"jfs-cache-{label}")]))
+            with ExitStack() as stack:
+                mnts = []
+                for _name, argv in systems:
+                    mnt = root / f"mnt-{engine}-{len(mnts)}"
+                    stack.enter_context(mounted([a.replace("{mnt}", str(mnt)) for a in argv],
+                                                mnt, root / f"mount-{engine}-{len(mnts)}.log"))
+                    mnts.append(mnt)
                 for clients in counts:
-                    work = mnt / f"run{clients}"
-                    work.mkdir()
-                    r, failed = clients_mod.rates(str(work), clients, n, mount=True)
-                    rows.append((name, clients, *(r[ph] for ph in clients_mod.PHASES),
-                                 failed))
+                    team = pairs.Team(clients)
+                    try:
+                        work = [str(m / f"run{clients}") for m in mnts]
+                        if len(work) == 1:
+                            r, failed = pairs.single(team, work[0], n)
+                            rows.append((systems[0][0], clients,
+                                         *(r[ph] for ph in clients_mod.PHASES), failed))
+                            continue
+                        got, failed = pairs.measure(team, work, n, rounds)
+                    finally:
+                        team.close()
+                    for s, (name, _) in enumerate(systems):
+                        rows.append((name, clients, *(
+                            got[ph].a_median if s == 0 else got[ph].b_median
+                            for ph in clients_mod.PHASES), failed if s == 0 else ""))
+                    ratios[(engine, clients)] = {ph: got[ph].ratio for ph in clients_mod.PHASES}
+                    ratio_rows.append((f"{engine} / {label}", clients, *(
+                        f"{got[ph].ratio:.2f} (" + " ".join(f"{x:.2f}" for x in got[ph].ratios)
+                        + ")" for ph in clients_mod.PHASES)))
     print(f"FUSE mounts: {n} files per client, each client its own process and directory "
-          f"of one mount; ops/s of all clients together; load {os.getloadavg()[0]:.1f}")
+          f"of one mount; ops/s of all clients together, the median of {rounds} rounds run "
+          f"in turn with the peer (A B, B A, ...); failed ops of all rounds; "
+          f"load {os.getloadavg()[0]:.1f}")
     print(table(["system", "clients", *clients_mod.PHASES, "failed ops"], rows))
+    if ratio_rows:
+        print("Hutong / JuiceFS: the median of the per-round ratios (each round's ratio)")
+        print(table(["engines", "clients", *clients_mod.PHASES], ratio_rows))
+    return ratios
 
 
 def _juicefs_format(bucket: Path, meta_url: str, server: PostgresServer) -> str | None:

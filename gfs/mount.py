@@ -22,7 +22,7 @@ import os
 import signal
 import stat
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar, cast
@@ -38,6 +38,7 @@ from gfs.eviction import DEFAULT_POLICY
 from gfs.meta import Inode, Kind, WriteTxn
 from gfs.mount_access import Caller, may_open, wanted
 from gfs.mount_atime import AccessTimes
+from gfs.mount_listings import DirListings
 from gfs.mount_lookups import LookupBatcher
 from gfs.mount_names import NameHints
 from gfs.mount_points import prepare, unmount
@@ -226,10 +227,19 @@ class HutongOperations(pyfuse3.Operations):
         #: Directories this mount's transactions just wrote (a server engine's only):
         #: GETATTR after a change in them is answered from memory (gfs.mount_recent).
         self._recent: RecentDirs | None = None
+        #: Listings of directories read ahead for lookups (gfs.mount_listings).
+        self._listings: DirListings | None = None
         if client.engine.REMOTE and self.opts.attr_timeout > 0:
             recent = RecentDirs(self.opts.attr_timeout)
-            if client.engine.watch_inodes(recent.committed):
-                self._recent = recent
+            listings = DirListings(min(self.opts.attr_timeout, self.opts.entry_timeout)) \
+                if self.opts.entry_timeout > 0 else None
+
+            def committed(inodes: Mapping[int, Inode | None]) -> None:
+                recent.committed(inodes)
+                if listings is not None:
+                    listings.committed(inodes)
+            if client.engine.watch_inodes(committed):
+                self._recent, self._listings = recent, listings
         #: Names whose lookup just missed (the kernel's create follows) and their
         #: directory: a create of such a name with O_TRUNC reads nothing
         self._misses = RecentMisses(self.opts.entry_timeout)
@@ -347,6 +357,10 @@ class HutongOperations(pyfuse3.Operations):
                     raise
             self._names.remember(node.ino, parent_inode, n)
             return node
+        if self._listings is not None and name not in (b".", b".."):
+            listed = self._listed(parent_inode, n)
+            if listed is not None:
+                return listed
         try:
             if self._lookups is not None and name not in (b".", b".."):
                 try:
@@ -360,6 +374,32 @@ class HutongOperations(pyfuse3.Operations):
             if e.errno != errno.ENOENT or self._absent is None:
                 raise
             return self._absent  # the kernel keeps the miss for the entry timeout
+
+    def _listed(self, parent: int, name: str) -> pyfuse3.EntryAttributes | None:
+        """The answer to a lookup from a listing read ahead (on the loop; timeouts cut to
+        what is left of the TTL), or None; starts reading the directory ahead when
+        lookups in it keep coming (gfs.mount_listings)."""
+        assert self._listings is not None
+        got = self._listings.answer(parent, name)
+        if got is None:
+            if (self._recent is None or self._recent.get(parent) is None) and \
+                    self._listings.wanted(parent):
+                asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._listings.read, self.client.engine, parent)
+            return None
+        node, left = got
+        if node is None:
+            if self._absent is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = 0
+            a.entry_timeout = left
+            return a
+        self._names.remember(node.ino, parent, name)
+        a = self._attr(node)
+        a.entry_timeout = min(a.entry_timeout, left)
+        a.attr_timeout = min(a.attr_timeout, left)
+        return a
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:

@@ -93,6 +93,32 @@ def test_a_directory_changed_here_is_stat_without_a_round_trip(
         assert (attr.st_mtime_ns, attr.st_nlink) == (on_server.mtime_ns, on_server.nlink)
 
 
+def test_a_listing_of_a_directory_with_entries_is_one_round_trip(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ls` of a directory with entries: one query brings the entries and their inodes
+    (2 before: the directory was read first). An empty directory, a file and a missing
+    inode still get their answers (one more query tells which)."""
+    d = asyncio.run(ops.mkdir(ROOT_INO, b"d", 0o755, ctx())).st_ino
+    for i in range(5):
+        _file(ops, d, b"f%d" % i)
+    e = asyncio.run(ops.mkdir(ROOT_INO, b"e", 0o755, ctx())).st_ino
+    f = _file(ops, ROOT_INO, b"f")
+
+    async def names(ino: int) -> list[bytes]:
+        fh = await ops.opendir(ino, ctx())
+        try:
+            return [n for n, _ in ops._dirs[fh]]
+        finally:
+            await ops.releasedir(fh)
+    listed, n = trips(monkeypatch, lambda: names(d))
+    assert (listed, n) == ([b"f%d" % i for i in range(5)], 1)
+    assert trips(monkeypatch, lambda: names(e)) == ([], 2)
+    for ino, code in ((f, errno.ENOTDIR), (987654321, errno.ENOENT)):
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            asyncio.run(names(ino))
+        assert err.value.errno == code
+
+
 def test_a_directory_read_elsewhere_still_asks_the_server(
         ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only directories this mount's transactions wrote are served from memory: the
@@ -830,3 +856,183 @@ def test_lookups_arriving_while_batches_wait_start_up_to_workers_batches(
     assert [n.ino for n in got] == [101 + i for i in range(workers)] + [101 + i for i in range(5)]
     assert max(out) == workers and sorted(sizes)[-1] == 5 and len(sizes) == workers + 1
     assert batcher.batches == workers + 1 and batcher.lookups == workers + 5
+
+
+async def _listed_dir(ops: HutongOperations, d: int) -> None:
+    """Look up three names of `d` (the third starts its read ahead) and wait for it."""
+    assert ops._listings is not None
+    reads = ops._listings.reads
+    for i in range(3):
+        await ops.lookup(d, b"f%d" % i, ctx())
+    for _ in range(200):
+        if ops._listings.reads > reads:
+            await asyncio.sleep(0.02)  # (its future's completion reaches this loop)
+            return
+        await asyncio.sleep(0.01)  # the listing is read on a worker thread
+    raise AssertionError("the directory was not read ahead")
+
+
+def _names_dir(ops: HutongOperations, n: int) -> int:
+    d = asyncio.run(ops.mkdir(ROOT_INO, b"d", 0o755, ctx())).st_ino
+    for i in range(n):
+        _file(ops, d, b"f%d" % i, b"x" * i)
+    time.sleep(0.55)  # past the TTL of the changes made here (RecentDirs)
+    return d
+
+
+def test_lookups_of_many_names_of_a_directory_are_answered_from_one_listing(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After three lookups in one directory it is read ahead (one query); the next
+    lookups in it, of names there or not, cost no round trip (one each before) and
+    carry timeouts cut to what is left of the TTL."""
+    d = _names_dir(ops, 20)
+
+    asyncio.run(_listed_dir(ops, d))
+
+    async def go() -> list[pyfuse3.EntryAttributes]:
+        t0 = time.monotonic()
+        out = [await ops.lookup(d, b"f%d" % i, ctx()) for i in range(3, 20)]
+        out.append(await ops.lookup(d, b"nope", ctx()))
+        assert time.monotonic() - t0 < 0.4  # (all within the TTL)
+        return out
+    got, n = trips(monkeypatch, go)
+    assert n == 0
+    with ops.client.engine.read() as txn:
+        for i, a in enumerate(got[:-1], start=3):
+            assert a.st_ino == txn.lookup(d, f"f{i}") and a.st_size == i
+            assert 0 < a.entry_timeout < 0.5 and 0 < a.attr_timeout < 0.5
+    assert got[-1].st_ino == 0 and 0 < got[-1].entry_timeout < 0.5
+
+
+def test_another_clients_change_shows_within_the_ttl_of_a_listing(
+        ops: HutongOperations, tmp_path: Path, pg_url: str) -> None:
+    """Another client renames a listed name and makes a new one: an answer from the
+    listing may be the old one, but the kernel may keep it only until the TTL since
+    the listing was read; once it has passed, the lookups see the change."""
+    d = _names_dir(ops, 10)
+    other = Client(tmp_path / "s")  # the same store, its own engine (another client)
+    try:
+        async def go() -> None:
+            await _listed_dir(ops, d)
+            read_at = time.monotonic()
+            other.mv("/d/f5", "/d/g5")
+            old = await ops.lookup(d, b"f5", ctx())  # may be the listing's answer
+            assert time.monotonic() + old.entry_timeout <= read_at + 0.5
+            while time.monotonic() < read_at + 0.5:
+                await asyncio.sleep(0.02)
+            assert (await ops.lookup(d, b"f5", ctx())).st_ino == 0
+            assert (await ops.lookup(d, b"g5", ctx())).st_ino == old.st_ino
+        asyncio.run(go())
+    finally:
+        other.close()
+
+
+def test_a_change_made_here_drops_the_listing_and_stops_reading_ahead(
+        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount's own unlink and create show at once (every commit here drops every
+    listing), and a directory changed here within the TTL is not read ahead."""
+    d = _names_dir(ops, 10)
+    assert ops._listings is not None
+
+    async def go() -> None:
+        await _listed_dir(ops, d)
+        await ops.unlink(d, b"f5", ctx())
+        assert (await ops.lookup(d, b"f5", ctx())).st_ino == 0
+        reads = ops._listings.reads
+        for i in range(6, 10):
+            await ops.lookup(d, b"f%d" % i, ctx())
+        await asyncio.sleep(0.1)
+        assert ops._listings.reads == reads
+    asyncio.run(go())
+
+
+def test_a_listing_read_across_a_commit_here_is_not_kept(
+        ops: HutongOperations) -> None:
+    """A commit of this process while a listing is read (its snapshot may predate the
+    commit) leaves the listing unkept: the lookups ask the server."""
+    d = _names_dir(ops, 4)
+    lst = ops._listings
+    assert lst is not None
+    engine = ops.client.engine
+    real_read = engine.read
+
+    def read_then_commit() -> Any:
+        ctx_ = real_read()
+        lst.committed({})  # (as the watcher is told by a commit meanwhile)
+        return ctx_
+    assert lst.wanted(d) is False and lst.wanted(d) is False and lst.wanted(d) is True
+    cast(Any, engine).read = read_then_commit
+    try:
+        lst.read(engine, d)
+    finally:
+        cast(Any, engine).read = real_read
+    assert lst.reads == 0 and lst.answer(d, "f1") is None
+    assert lst.wanted(d) is False  # counting again, not stuck "reading"
+
+
+@needs_fuse
+def test_two_fuse_mounts_see_each_others_changes_in_a_listed_directory(
+        tmp_path: Path, pg_url: str) -> None:
+    """B stats every name of a directory (read ahead after three), A renames one and
+    creates one: B sees both within the 1 s TTL, and its own changes at once."""
+    states = [tmp_path / "s1", tmp_path / "s2"]
+    Client.init(states[0], meta=pg_url).close()
+    Client.init(states[1], meta=pg_url).close()
+    with serve_child_mount(states[0], tmp_path / "m1", "--attr-timeout", "1") as a, \
+            serve_child_mount(states[1], tmp_path / "m2", "--attr-timeout", "1") as b:
+        (a.mnt / "d").mkdir()
+        for i in range(10):
+            (a.mnt / "d" / f"f{i}").write_bytes(b"x" * i)
+        time.sleep(1.1)
+        for i in range(10):
+            assert os.stat(b.mnt / "d" / f"f{i}").st_size == i
+        os.rename(a.mnt / "d" / "f3", a.mnt / "d" / "g3")
+        (a.mnt / "d" / "new").write_bytes(b"new")
+        took = _seen_within(lambda: not (b.mnt / "d" / "f3").exists()
+                            and (b.mnt / "d" / "g3").exists()
+                            and (b.mnt / "d" / "new").exists(), 1.0)
+        assert took <= 1.5
+        os.unlink(b.mnt / "d" / "f4")
+        assert not (b.mnt / "d" / "f4").exists()
+        (b.mnt / "d" / "f5").write_bytes(b"changed here")
+        assert os.stat(b.mnt / "d" / "f5").st_size == len(b"changed here")
+
+
+def test_listings_are_bounded_and_expired_ones_are_dropped() -> None:
+    """At most `limit` listings are kept, and reading one drops those past the TTL."""
+    from contextlib import contextmanager
+
+    from gfs.mount_listings import DirListings
+
+    class Txn:
+        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+            yield from ((f"f{i}", parent * 100 + i) for i in range(3))
+
+        def get_inode(self, ino: int) -> Inode:
+            return _dir(ino)
+
+    class Engine:
+        @contextmanager
+        def read(self) -> Iterator[Txn]:
+            yield Txn()
+
+    lst = DirListings(0.3, after=1, limit=2)
+    for d in (1, 2, 3):
+        assert lst.wanted(d)
+        lst.read(cast(Any, Engine()), d)
+    assert lst.answer(1, "f0") is None  # the oldest, over the limit
+    got = lst.answer(3, "f1")
+    assert got is not None and got[0] is not None and got[0].ino == 301
+    assert lst.answer(3, "nope") is not None  # listed: "no such entry"
+    time.sleep(0.3)
+    assert lst.wanted(4)
+    lst.read(cast(Any, Engine()), 4)
+    assert list(lst._lists) == [4]  # 2 and 3 expired, dropped
+    with pytest.raises(ValueError, match="positive"):
+        DirListings(0)
+    # a directory too long to read ahead is not tried again every few lookups
+    long = DirListings(5.0, after=1, max_entries=2)
+    assert long.wanted(7)
+    long.read(cast(Any, Engine()), 7)
+    assert long.reads == 0 and long.answer(7, "f0") is None
+    assert not long.wanted(7) and not long.wanted(7)
