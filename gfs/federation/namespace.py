@@ -97,9 +97,8 @@ T = TypeVar("T")
 
 def read_ahead_for(memory: int, *, disk: bool) -> int:
     """Bytes a reader fetches ahead: what keeps a long link busy. Over a disk tier,
-    WAN_READ_AHEAD (a prefetched chunk evicted from memory before it is read is read
-    from disk); without one, within the memory tier's small queue (a 32nd of it) so
-    that prefetched chunks stay until read."""
+    WAN_READ_AHEAD (the memory tier keeps it until read, `MemoryTier.keep_ahead`, and
+    a chunk evicted anyway is read from disk); without one, a 32nd of the memory tier."""
     if disk:
         return WAN_READ_AHEAD
     return max(READ_AHEAD_BYTES, min(WAN_READ_AHEAD, memory // 32))
