@@ -76,8 +76,9 @@ WAN_READ_AHEAD = 32 << 20
 #: Requests for chunks in flight at once (the memory tier's prefetch threads, one
 #: connection each). Each waits a round trip before its next, so a link of rate B and
 #: round trip T is used about 1 / (1 + B*T / in-flight): 0.64 at 117 MB/s and 40 ms with
-#: 16 chunks (~1 MiB) each. Each asks for more chunks where the measured link wants it
-#: (`gfs.federation.inflight`: ~3 products in flight, within the read-ahead and 64 MiB).
+#: 16 chunks (~1 MiB) each. Each asks for 64 chunks at least (fewer requests: less CPU
+#: per MB), more where the measured link wants it (`gfs.federation.inflight`, within the
+#: read-ahead and 64 MiB).
 #: More in flight did not read faster on a loaded 2-core machine, where the CPU of the
 #: delay line, site and client bounds the read first (gfs:// cold, 256 MiB over the
 #: emulated WAN, load 9-19, configurations alternated, three rounds each; one run:
