@@ -59,6 +59,11 @@ class Policy:
     def keys(self) -> list[bytes]:
         raise NotImplementedError
 
+    def keep_new(self, nbytes: int) -> None:
+        """Evict none of the last `nbytes` bytes admitted for being new (a read-ahead
+        admits that much before its reader gets to it). Only S3-FIFO, whose small FIFO
+        is a tenth of the capacity, needs told; the others ignore it."""
+
 
 class LRUPolicy(Policy):
     """Least recently used, by bytes."""
@@ -227,6 +232,8 @@ class S3FIFOPolicy(Policy):
         self.freq: dict[bytes, int] = {}
         self.sizes: dict[bytes, int] = {}
         self.ss = self.sm = 0
+        self.small_bytes = self.SMALL * capacity
+        """Bytes the small FIFO holds before it evicts (`keep_new` may raise it)."""
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -242,8 +249,15 @@ class S3FIFOPolicy(Policy):
             self.freq[key] = f + 1
         return True
 
+    def keep_new(self, nbytes: int) -> None:
+        """The small FIFO holds at least `nbytes` (at most half the capacity): a key
+        admitted and not yet read is evicted only after that many newer bytes, so the
+        chunks a read-ahead fetched stay until read (with a 10% small FIFO, a 32 MiB
+        read-ahead over a 256 MiB tier lost a tenth of them and read them again)."""
+        self.small_bytes = max(self.small_bytes, min(nbytes, self.capacity // 2))
+
     def _evict(self, out: list[bytes]) -> None:
-        if self.small and (self.ss > self.SMALL * self.capacity or not self.main):
+        if self.small and (self.ss > self.small_bytes or not self.main):
             k, s = self.small.popitem(last=False)
             self.ss -= s
             if self.freq[k] > 0:

@@ -13,6 +13,7 @@ from gfs.federation.inflight import (
     LEAST_CHUNKS,
     MEMORY_CAP,
     MOST_CHUNKS,
+    REQUEST_CHUNKS,
     LinkMeter,
     RequestSizer,
     chunks_per_request,
@@ -34,9 +35,13 @@ def test_depth_is_ten_bandwidth_delay_products_within_floor_and_cap() -> None:
 
 
 def test_chunks_per_request_fills_the_depth_with_the_threads() -> None:
-    assert chunks_per_request(8 * MiB, 8, 64 << 10) == 16
+    """A request asks at least REQUEST_CHUNKS (fewer, larger requests: less CPU per MB
+    at both ends), more when the depth needs it."""
+    assert REQUEST_CHUNKS == 64 > LEAST_CHUNKS
+    assert chunks_per_request(8 * MiB, 8, 64 << 10) == REQUEST_CHUNKS  # the depth floor
     assert chunks_per_request(32 * MiB, 8, 64 << 10) == 64
-    assert chunks_per_request(1 * MiB, 8, 64 << 10) == LEAST_CHUNKS
+    assert chunks_per_request(64 * MiB, 8, 64 << 10) == 128
+    assert chunks_per_request(1 * MiB, 8, 64 << 10) == REQUEST_CHUNKS
     assert chunks_per_request(1 << 40, 8, 64 << 10) == MOST_CHUNKS
     assert chunks_per_request(8 * MiB, 0, 0) == MOST_CHUNKS  # no division by zero
 
@@ -72,9 +77,9 @@ def _sizer(rate: float, rtt: float, *, window: int) -> RequestSizer:
     return RequestSizer(m, requests=8, window=window)
 
 
-def test_sizer_keeps_todays_batch_on_loopback_and_grows_over_a_long_link() -> None:
+def test_sizer_asks_the_least_request_on_loopback_and_grows_over_a_long_link() -> None:
     loop = _sizer(500e6, 0.0002, window=32 * MiB)
-    assert loop() == LEAST_CHUNKS and loop.last_depth == 8 * MiB
+    assert loop() == REQUEST_CHUNKS and loop.last_depth == 8 * MiB
     wan = _sizer(117e6, 0.040, window=32 * MiB)
     assert wan() > LEAST_CHUNKS
     assert wan.last_depth == depth_for(*wan.meter.estimate()[:2], floor=8 * MiB,
@@ -83,7 +88,7 @@ def test_sizer_keeps_todays_batch_on_loopback_and_grows_over_a_long_link() -> No
     far()
     assert far.last_depth == MEMORY_CAP
     near_window = _sizer(117e6, 0.300, window=4 * MiB)  # the read-ahead bounds it
-    assert near_window() == LEAST_CHUNKS and near_window.last_depth == 4 * MiB
+    assert near_window() == REQUEST_CHUNKS and near_window.last_depth == 4 * MiB
 
 
 @pytest.mark.parametrize(("rate", "rtt", "want"), [

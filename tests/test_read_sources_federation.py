@@ -13,7 +13,7 @@ import pytest
 from gfs.client import Client
 from gfs.codec import chunk_id, decode_blob
 from gfs.federation.client import FederationClient
-from gfs.federation.inflight import DEFAULT_CHUNK, LEAST_CHUNKS, RequestSizer
+from gfs.federation.inflight import DEFAULT_CHUNK, LEAST_CHUNKS, REQUEST_CHUNKS, RequestSizer
 from gfs.federation.site_handlers import STREAM_IDS
 from gfs.federation.source import SiteSource
 from gfs.federation.testing import Federation
@@ -75,10 +75,10 @@ def test_single_flight_over_the_network(fed: Federation) -> None:
                                                    bottom=bottom, path=PATH))
 
 
-def test_chunk_answers_are_measured_and_loopback_keeps_todays_batch(
+def test_chunk_answers_are_measured_and_loopback_asks_the_least_request(
         fed: Federation) -> None:
     """Every /v1/chunks/get answer feeds the client's link meter (time to first byte,
-    bytes, chunks); on loopback the sized request stays LEAST_CHUNKS."""
+    bytes, chunks); on loopback the sized request is the least, REQUEST_CHUNKS."""
     with fed.client("lab", near="p1") as fc:
         chunks = _chunks(fc)
         assert fc.link.estimate() == (0.0, 0.0, DEFAULT_CHUNK)
@@ -89,7 +89,7 @@ def test_chunk_answers_are_measured_and_loopback_keeps_todays_batch(
         blobs = sum(len(fc.source.get_blob(c, path=PATH)) for c in chunks)
         assert 0 < chunk <= blobs // len(chunks) + 4096  # frames add a little
         sizer = RequestSizer(fc.link, requests=8, window=32 << 20)
-        assert sizer() == LEAST_CHUNKS and sizer.last_depth == 8 * LEAST_CHUNKS * chunk
+        assert sizer() == REQUEST_CHUNKS and sizer.last_depth == 8 * LEAST_CHUNKS * chunk
 
 
 def _damage_packs(fed: Federation, site: str, at: int) -> None:

@@ -76,8 +76,9 @@ WAN_READ_AHEAD = 32 << 20
 #: Requests for chunks in flight at once (the memory tier's prefetch threads, one
 #: connection each). Each waits a round trip before its next, so a link of rate B and
 #: round trip T is used about 1 / (1 + B*T / in-flight): 0.64 at 117 MB/s and 40 ms with
-#: 16 chunks (~1 MiB) each. Each asks for more chunks where the measured link wants it
-#: (`gfs.federation.inflight`: ~3 products in flight, within the read-ahead and 64 MiB).
+#: 16 chunks (~1 MiB) each. Each asks for 64 chunks at least (fewer requests: less CPU
+#: per MB), more where the measured link wants it (`gfs.federation.inflight`, within the
+#: read-ahead and 64 MiB).
 #: More in flight did not read faster on a loaded 2-core machine, where the CPU of the
 #: delay line, site and client bounds the read first (gfs:// cold, 256 MiB over the
 #: emulated WAN, load 9-19, configurations alternated, three rounds each; one run:
@@ -97,9 +98,8 @@ T = TypeVar("T")
 
 def read_ahead_for(memory: int, *, disk: bool) -> int:
     """Bytes a reader fetches ahead: what keeps a long link busy. Over a disk tier,
-    WAN_READ_AHEAD (a prefetched chunk evicted from memory before it is read is read
-    from disk); without one, within the memory tier's small queue (a 32nd of it) so
-    that prefetched chunks stay until read."""
+    WAN_READ_AHEAD (the memory tier keeps it until read, `MemoryTier.keep_ahead`, and
+    a chunk evicted anyway is read from disk); without one, a 32nd of the memory tier."""
     if disk:
         return WAN_READ_AHEAD
     return max(READ_AHEAD_BYTES, min(WAN_READ_AHEAD, memory // 32))

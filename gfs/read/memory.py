@@ -73,6 +73,16 @@ class MemoryTier:
         self._threads = threads
         self._batch = batch
         self._pool: ThreadPoolExecutor | None = None
+        self._ahead = 0
+
+    def keep_ahead(self, nbytes: int) -> None:
+        """A reader prefetches up to `nbytes` ahead of its reads: the tier keeps that
+        many bytes of chunks admitted and not yet read (`Policy.keep_new`; the most any
+        reader asked, never less)."""
+        with self._lock:
+            if nbytes > self._ahead:
+                self._ahead = nbytes
+                self._policy.keep_new(nbytes)
 
     def close(self) -> None:
         """Stop the prefetch threads, drop the cached chunks and close the inner source."""
@@ -81,6 +91,7 @@ class MemoryTier:
         with self._lock:
             self._data.clear()
             self._policy = make_policy(self._policy.name, self.capacity)
+            self._policy.keep_new(self._ahead)
         self.inner.close()
 
     def stats(self) -> TierStats:

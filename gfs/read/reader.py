@@ -70,6 +70,9 @@ class ManifestReader(io.RawIOBase):
                 acc = 0
             acc += c.length
         self._memory = source if isinstance(source, MemoryTier) else None
+        if self._memory is not None and self.chunks:
+            # at most the rest of a block and the next one are fetched ahead of a read
+            self._memory.keep_ahead(2 * (read_ahead + max(c.length for c in self.chunks)))
         self._disk = (self._memory.inner if self._memory is not None
                       and isinstance(self._memory.inner, DiskTier) else None)
         self._window: OrderedDict[int, Future[dict[bytes, bytes]]] = OrderedDict()
