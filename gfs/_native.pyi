@@ -28,10 +28,11 @@ def load_chunked(
     """(data, cuts, ids) of a whole file, or None if larger than `limit`; releases the GIL."""
 
 def load_chunked_many(
-    paths: list[str] | list[bytes], min_size: int, avg_size: int, max_size: int, limit: int, /
+    paths: list[str] | list[bytes], min_size: int, avg_size: int, max_size: int, limit: int,
+    budget: int, /
 ) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
     """load_chunked of each path, the GIL released for the batch; OSError in place of a
-    file that cannot be read."""
+    file that cannot be read; None past `budget` bytes read whole in the batch."""
 
 def superfeatures(buf: _Buffer, cuts: list[int], /) -> bytes:
     """3 u64 LE super-features per chunk ending at `cuts` (24 bytes each); releases the GIL."""

@@ -142,12 +142,15 @@ def load_chunked(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PAR
 
 def load_chunked_many(paths: Sequence[str | os.PathLike[str]],
                       params: ChunkParams = DEFAULT_PARAMS, limit: int = 8 << 20,
+                      budget: int = 1 << 62,
                       ) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
     """`load_chunked` of each path in order, in one C call without the GIL for the
     whole batch; a file that cannot be read gives its OSError in its place (raised
-    by the caller at that file's turn). Every file of the batch is held in memory."""
+    by the caller at that file's turn). Files are read whole (held in memory) only
+    while the batch has read less than `budget` bytes; the rest give None, as a file
+    over `limit` does (the caller streams them): at most `budget + limit` bytes."""
     return _native.load_chunked_many([os.fspath(p) for p in paths], params.min_size,
-                                     params.avg_size, params.max_size, limit)
+                                     params.avg_size, params.max_size, limit, budget)
 
 
 def spans(cuts: list[int], start: int = 0) -> Iterator[tuple[int, int]]:

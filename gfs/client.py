@@ -62,7 +62,7 @@ from gfs.meta import (
 )
 from gfs.namespace import XattrSource
 from gfs.namespace_api import DuReport, Stat
-from gfs.put_reads import read_ahead
+from gfs.put_reads import READ_BATCH_BYTES, read_ahead
 from gfs.read import ChunkSource, ManifestReader, cached
 from gfs.spill import SpillTable
 from gfs.state import (
@@ -587,7 +587,7 @@ class Client:
         params = self.store.params
         # read, cut and hashed in C in batches on a thread, ahead of the loop
         reads = read_ahead(walked if walked is not None else _walk_local(src, top),
-                           wanted, lambda ps: read_many(ps, params))
+                           wanted, lambda ps: read_many(ps, params, READ_BATCH_BYTES))
         with _fast_thread_switching(), self.store.writer() as session, \
                 contextlib.closing(reads):
             if not statmod.S_ISDIR(top.st_mode) and base:

@@ -235,9 +235,11 @@ class HutongOperations(pyfuse3.Operations):
                 if self.opts.entry_timeout > 0 else None
 
             def committed(inodes: Mapping[int, Inode | None]) -> None:
-                recent.committed(inodes)
-                if listings is not None:
-                    listings.committed(inodes)
+                try:  # listings first and whatever happens: else our change stays hidden
+                    if listings is not None:
+                        listings.committed(inodes)
+                finally:
+                    recent.committed(inodes)
             if client.engine.watch_inodes(committed):
                 self._recent, self._listings = recent, listings
         #: Names whose lookup just missed (the kernel's create follows) and their

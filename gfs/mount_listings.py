@@ -135,8 +135,9 @@ class DirListings:
                 entries.append(entry)
             for name, ino in entries:
                 node = txn.get_inode(ino)
-                if node is None:
-                    return
+                if node is None:  # damaged: not read ahead for a while, as if empty
+                    names = {}
+                    break
                 names[name] = node
         if not names:
             with self._lock:

@@ -423,11 +423,12 @@ def read_prepared(path: str, params: chunking.ChunkParams) -> Prepared | None:
     return prepared_of(chunking.load_chunked(path, params, WHOLE_READ_LIMIT))
 
 
-def read_many(paths: list[str], params: chunking.ChunkParams,
+def read_many(paths: list[str], params: chunking.ChunkParams, budget: int,
               ) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
     """`chunking.load_chunked_many` of local files with the limit `read_prepared`
-    reads whole; each result becomes a `Prepared` by `prepared_of`."""
-    return chunking.load_chunked_many(paths, params, WHOLE_READ_LIMIT)
+    reads whole, at most `budget` bytes read whole (past it: None, streamed); each
+    result becomes a `Prepared` by `prepared_of`."""
+    return chunking.load_chunked_many(paths, params, WHOLE_READ_LIMIT, budget)
 
 
 def prepared_of(loaded: tuple[bytes, list[int], bytes] | None) -> Prepared | None:

@@ -529,9 +529,11 @@ load_one(loaded_file *f, const fastcdc_params *params, unsigned long long limit)
 static PyObject *
 loaded_result(const loaded_file *f, PyObject *path_obj)
 {
-    if (f->err) {
-        PyObject *e = PyObject_CallFunction(PyExc_OSError, "isO", f->err, strerror(f->err),
-                                            path_obj);
+    if (f->err) {  /* the message decoded by locale, as PyErr_SetFromErrno does */
+        PyObject *msg = PyUnicode_DecodeLocale(strerror(f->err), "surrogateescape");
+        PyObject *e = msg == NULL ? NULL
+            : PyObject_CallFunction(PyExc_OSError, "iOO", f->err, msg, path_obj);
+        Py_XDECREF(msg);
         return e;
     }
     if (f->too_big)
@@ -551,29 +553,36 @@ loaded_result(const loaded_file *f, PyObject *path_obj)
 }
 
 PyDoc_STRVAR(load_chunked_many_doc,
-"load_chunked_many(paths, min_size, avg_size, max_size, limit, /)\n"
+"load_chunked_many(paths, min_size, avg_size, max_size, limit, budget, /)\n"
 "    -> list[tuple[bytes, list[int], bytes] | None | OSError]\n\n"
 "load_chunked of each path in order, in one call that releases the GIL for\n"
 "the whole batch (small files each take less time than a GIL hand-over).\n"
 "A file that cannot be read gives its OSError (errno, message, path) in its\n"
 "place instead of raising, so the caller meets it at that file's turn.\n"
-"The caller bounds the batch's bytes: every file is held in memory.");
+"Files are read whole only while the batch holds less than `budget` bytes:\n"
+"the rest give None (too big: stream them), so a batch holds at most\n"
+"budget + limit bytes however the files grew since the caller sized it.");
 
 static PyObject *
 load_chunked_many(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *seq;
-    unsigned long long min_size, avg_size, max_size, limit;
-    if (!PyArg_ParseTuple(args, "OKKKK:load_chunked_many", &seq, &min_size, &avg_size,
-                          &max_size, &limit))
+    unsigned long long min_size, avg_size, max_size, limit, budget;
+    if (!PyArg_ParseTuple(args, "OKKKKK:load_chunked_many", &seq, &min_size, &avg_size,
+                          &max_size, &limit, &budget))
         return NULL;
     fastcdc_params params;
     if (init_params(&params, min_size, avg_size, max_size) < 0)
         return NULL;
-    PyObject *paths = PySequence_Fast(seq, "load_chunked_many needs a sequence of paths");
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_SetString(PyExc_TypeError, "load_chunked_many needs a list or tuple of paths");
+        return NULL;
+    }
+    /* a tuple copy: a path's __fspath__ cannot change the length under us */
+    PyObject *paths = PySequence_Tuple(seq);
     if (paths == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(paths);
+    Py_ssize_t n = PyTuple_GET_SIZE(paths);
     PyObject *names = PyList_New(n); /* the paths as bytes, alive while C reads them */
     loaded_file *files = PyMem_Calloc((size_t)n + 1, sizeof(loaded_file));
     PyObject *out = NULL;
@@ -584,14 +593,21 @@ load_chunked_many(PyObject *Py_UNUSED(module), PyObject *args)
     }
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *b = NULL;
-        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(paths, k), &b))
+        if (!PyUnicode_FSConverter(PyTuple_GET_ITEM(paths, k), &b))
             goto done;
         PyList_SET_ITEM(names, k, b);
         files[k].path = PyBytes_AS_STRING(b);
     }
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < n; k++)
+    unsigned long long held = 0; /* bytes read whole so far in this batch */
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (held >= budget) {  /* files that grew since the walk: the rest stream */
+            files[k].too_big = 1;
+            continue;
+        }
         load_one(&files[k], &params, limit);
+        held += files[k].got;
+    }
     Py_END_ALLOW_THREADS
     out = PyList_New(n);
     for (Py_ssize_t k = 0; out != NULL && k < n; k++) {

@@ -1036,3 +1036,32 @@ def test_listings_are_bounded_and_expired_ones_are_dropped() -> None:
     long.read(cast(Any, Engine()), 7)
     assert long.reads == 0 and long.answer(7, "f0") is None
     assert not long.wanted(7) and not long.wanted(7)
+
+
+def test_a_listing_naming_a_missing_inode_is_not_read_again_every_few_lookups() -> None:
+    """A directory whose entry names a missing inode (damaged metadata) is not kept,
+    and not read ahead again for a while (it used to be read every `after` lookups)."""
+    from contextlib import contextmanager
+
+    from gfs.mount_listings import DirListings
+
+    reads: list[int] = []
+
+    class Txn:
+        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+            reads.append(parent)
+            yield from (("ok", 11), ("dangling", 12))
+
+        def get_inode(self, ino: int) -> Inode | None:
+            return _dir(ino) if ino == 11 else None
+
+    class Engine:
+        @contextmanager
+        def read(self) -> Iterator[Txn]:
+            yield Txn()
+
+    lst = DirListings(5.0, after=1)
+    assert lst.wanted(9)
+    lst.read(cast(Any, Engine()), 9)
+    assert lst.answer(9, "ok") is None and reads == [9]
+    assert not any(lst.wanted(9) for _ in range(5))

@@ -36,6 +36,44 @@ def test_load_chunked_many_matches_load_chunked_file_by_file(tmp_path: Path) -> 
             assert got == chunking.load_chunked(p, limit=100_000)
 
 
+def test_load_chunked_many_reads_whole_only_within_its_budget(tmp_path: Path) -> None:
+    """Files that grew after the walk sized the batch cannot make it hold more than
+    `budget + limit`: once the batch has read `budget` bytes whole, the rest give None
+    (streamed by the put, as a file over the limit is)."""
+    paths = []
+    for k in range(6):
+        p = tmp_path / f"g{k}"
+        p.write_bytes(bytes([k]) * 40_000)
+        paths.append(str(p))
+    out = chunking.load_chunked_many(paths, limit=100_000, budget=100_000)
+    assert [o is not None for o in out] == [True, True, True, False, False, False]
+    for p, got in zip(paths[:3], out[:3], strict=True):
+        assert got == chunking.load_chunked(p, limit=100_000)
+    whole = chunking.load_chunked_many(paths, limit=100_000)  # no budget: all whole
+    assert all(o is not None for o in whole)
+
+
+def test_load_chunked_many_refuses_what_is_not_a_list_of_paths(tmp_path: Path) -> None:
+    """A string is not read as a list of one-letter paths, and a path-like object that
+    empties the list while the paths are converted cannot make the C code read past
+    its end (it reads a copy)."""
+    from gfs import _native
+
+    with pytest.raises(TypeError, match="list or tuple"):
+        _native.load_chunked_many("abc", 256, 1024, 4096, 1 << 20, 1 << 20)
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    paths: list[object] = []
+
+    class Shrinking:
+        def __fspath__(self) -> str:
+            paths.clear()
+            return str(tmp_path / "a")
+
+    paths += [Shrinking(), str(tmp_path / "a"), str(tmp_path / "a")]
+    out = _native.load_chunked_many(paths, 256, 1024, 4096, 1 << 20, 1 << 20)
+    assert len(out) == 3 and all(o is not None and o[0] == b"x" * 10 for o in out)
+
+
 def _record(calls: list[list[str]], threads: set[str]):
     def read_many(paths: list[str]) -> list[str]:
         calls.append(list(paths))
@@ -137,8 +175,8 @@ def test_put_meets_a_read_fault_at_that_file_and_keeps_what_it_committed(
     real = client_mod.read_many
     bad = str(src / "f025")
 
-    def faulty(ps: list[str], params: chunking.ChunkParams) -> list[object]:
-        out: list[object] = list(real(ps, params))
+    def faulty(ps: list[str], params: chunking.ChunkParams, budget: int) -> list[object]:
+        out: list[object] = list(real(ps, params, budget))
         return [FileNotFoundError(2, "injected", p) if p == bad else r
                 for p, r in zip(ps, out, strict=True)]
 
