@@ -295,12 +295,20 @@ COPIER = textwrap.dedent("""
 """)
 
 
+def _size(entry: os.DirEntry[str]) -> int:
+    """The size of a file the running process may remove meanwhile (0 once gone)."""
+    try:
+        return entry.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _freeze_with_spool(proc: subprocess.Popen[str], spools: Path) -> list[str]:
     """Stop `proc` (SIGSTOP: every thread at once) at a moment its receiver holds a spool
     in `spools`; returns the spools seen while it is stopped."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if spools.is_dir() and any(e.stat().st_size for e in os.scandir(spools)):
+        if spools.is_dir() and any(_size(e) for e in os.scandir(spools)):
             proc.send_signal(signal.SIGSTOP)
             held = os.listdir(spools)
             if held:
