@@ -360,9 +360,9 @@ class BlockTxn:
         self._full.add(pair[1])
         return pair
 
-    def _block_at(self, db: Any, key: bytes) -> tuple[str, Any, Any, Rows] | None:
-        """(table, block db, cursor on the block, its rows) of the block whose range
-        could hold `key` (the first whose last key is at or after it), or None."""
+    def _cursor_at(self, db: Any, key: bytes) -> tuple[str, Any, Any] | None:
+        """(table, block db, cursor on it) positioned on the block whose range could
+        hold `key` (the first whose last key is at or after it), or None."""
         pair = self._blocks(db)
         if pair is None:
             return None
@@ -372,20 +372,24 @@ class BlockTxn:
             cur = self._curs[bdb] = self.txn.cursor(db=bdb)
         if not cur.set_range(key):
             return None
+        return table, bdb, cur
+
+    def _block_at(self, db: Any, key: bytes) -> tuple[str, Any, Any, Rows] | None:
+        """(table, block db, cursor on the block, its rows) of the block whose range
+        could hold `key`, as `_cursor_at` finds it, or None."""
+        at = self._cursor_at(db, key)
+        if at is None:
+            return None
+        table, bdb, cur = at
         return table, bdb, cur, decode_block(table, cur.key(), cur.value())
 
     def _lookup_block(self, db: Any, key: bytes) -> Rows | None:
-        """The rows of the block whose range could hold `key`, as `_block_at` finds it,
+        """The rows of the block whose range could hold `key`, as `_cursor_at` finds it,
         decoded once per transaction (until its blocks are rewritten)."""
-        pair = self._blocks(db)
-        if pair is None:
+        at = self._cursor_at(db, key)
+        if at is None:
             return None
-        table, bdb = pair
-        cur = self._curs.get(bdb)
-        if cur is None:
-            cur = self._curs[bdb] = self.txn.cursor(db=bdb)
-        if not cur.set_range(key):
-            return None
+        table, bdb, cur = at
         bkey = cur.key()
         decoded = self._decoded.get(bdb)
         if decoded is None:
