@@ -22,16 +22,12 @@ def gear_table() -> tuple[int, ...]:
 def chunk_ids(buf: _Buffer, cuts: list[int], /) -> bytes:
     """Concatenated 16-byte xxh3-128 ids of the chunks ending at `cuts`; releases the GIL."""
 
-def load_chunked(
-    path: str | bytes, min_size: int, avg_size: int, max_size: int, limit: int, /
-) -> tuple[bytes, list[int], bytes] | None:
-    """(data, cuts, ids) of a whole file, or None if larger than `limit`; releases the GIL."""
-
 def load_chunked_many(
     paths: list[str] | list[bytes], min_size: int, avg_size: int, max_size: int, limit: int,
     budget: int, /
 ) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
-    """load_chunked of each path, the GIL released for the batch; OSError in place of a
+    """(data, cuts, ids) of each whole file, None if larger than `limit`, the GIL
+    released for the batch; OSError in place of a
     file that cannot be read; None past `budget` bytes read whole in the batch."""
 
 def superfeatures(buf: _Buffer, cuts: list[int], /) -> bytes:

@@ -129,23 +129,13 @@ def cut_superfeatures(buf: Buffer, params: ChunkParams = DEFAULT_PARAMS
     return _native.cut_superfeatures(buf, params.min_size, params.avg_size, params.max_size)
 
 
-def load_chunked(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PARAMS,
-                 limit: int = 8 << 20) -> tuple[bytes, list[int], bytes] | None:
-    """Read a whole file, cut and hash it in C without the GIL: (data, cuts, ids).
-
-    None if the file is larger than `limit` (chunk it as a stream instead).
-    Raises OSError naming the path if it cannot be read.
-    """
-    return _native.load_chunked(os.fspath(path), params.min_size, params.avg_size,
-                                params.max_size, limit)
-
-
 def load_chunked_many(paths: Sequence[str | os.PathLike[str]],
                       params: ChunkParams = DEFAULT_PARAMS, limit: int = 8 << 20,
                       budget: int = 1 << 62,
                       ) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
-    """`load_chunked` of each path in order, in one C call without the GIL for the
-    whole batch; a file that cannot be read gives its OSError in its place (raised
+    """Each file read whole, cut and hashed: (data, cuts, ids), or None if it is larger
+    than `limit` (chunk it as a stream instead); in order, in one C call without the
+    GIL for the whole batch; a file that cannot be read gives its OSError in its place (raised
     by the caller at that file's turn). Files are read whole (held in memory) only
     while the batch has read less than `budget` bytes; the rest give None, as a file
     over `limit` does (the caller streams them): at most `budget + limit` bytes."""

@@ -390,10 +390,8 @@ class HutongOperations(pyfuse3.Operations):
                     self._pool, self._listings.read, self.client.engine, parent)
             return None
         node, left = got
-        if node is None:
-            if self._absent is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            a = pyfuse3.EntryAttributes()
+        if node is None:  # a miss, kept by the kernel for what is left (listings exist
+            a = pyfuse3.EntryAttributes()  # only with an entry timeout: misses are kept)
             a.st_ino = 0
             a.entry_timeout = left
             return a

@@ -417,22 +417,17 @@ def _prepared(view: memoryview, cuts: list[int], ids: bytes) -> Prepared:
     return Prepared(refs, pieces, start)
 
 
-def read_prepared(path: str, params: chunking.ChunkParams) -> Prepared | None:
-    """Read a local file whole and `prepare` it, in C without the GIL; None if it is
-    too big to read whole (store it with WriteSession.store_file, which streams)."""
-    return prepared_of(chunking.load_chunked(path, params, WHOLE_READ_LIMIT))
-
-
 def read_many(paths: list[str], params: chunking.ChunkParams, budget: int,
               ) -> list[tuple[bytes, list[int], bytes] | OSError | None]:
-    """`chunking.load_chunked_many` of local files with the limit `read_prepared`
-    reads whole, at most `budget` bytes read whole (past it: None, streamed); each
-    result becomes a `Prepared` by `prepared_of`."""
+    """`chunking.load_chunked_many` of local files, each read whole up to
+    WHOLE_READ_LIMIT and at most `budget` bytes in all (past either: None, store it
+    with WriteSession.store_file, which streams); each result becomes a `Prepared`
+    by `prepared_of`."""
     return chunking.load_chunked_many(paths, params, WHOLE_READ_LIMIT, budget)
 
 
 def prepared_of(loaded: tuple[bytes, list[int], bytes] | None) -> Prepared | None:
-    """A `Prepared` of a file `chunking.load_chunked` read; None for one too big."""
+    """A `Prepared` of a file `read_many` read; None for one too big."""
     if loaded is None:
         return None
     data, cuts, ids = loaded

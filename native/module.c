@@ -362,107 +362,6 @@ features(PyObject *Py_UNUSED(module), PyObject *obj)
     return out;
 }
 
-PyDoc_STRVAR(load_chunked_doc,
-"load_chunked(path, min_size, avg_size, max_size, limit, /)\n"
-"    -> tuple[bytes, list[int], bytes] | None\n\n"
-"Read the file at path whole, cut it into chunks and hash them: (data, cut\n"
-"points, concatenated 16-byte ids). None if the file is larger than limit\n"
-"bytes. The file is read up to the size fstat gave when it was opened. The\n"
-"GIL is released for the reading, scan and hashing of files of 256 KiB or\n"
-"more. Raises OSError\n"
-"(with the path) if the file cannot be read.");
-
-static PyObject *
-load_chunked(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    PyObject *path_obj;
-    unsigned long long min_size, avg_size, max_size, limit;
-    if (!PyArg_ParseTuple(args, "O&KKKK:load_chunked", PyUnicode_FSConverter, &path_obj,
-                          &min_size, &avg_size, &max_size, &limit))
-        return NULL;
-    fastcdc_params params;
-    if (init_params(&params, min_size, avg_size, max_size) < 0) {
-        Py_DECREF(path_obj);
-        return NULL;
-    }
-    const char *path = PyBytes_AS_STRING(path_obj);
-    int fd, err = 0;
-    struct stat st;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || fstat(fd, &st) < 0)
-        err = errno;
-    if (err) {
-        if (fd >= 0)
-            close(fd);
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
-        Py_DECREF(path_obj);
-        return NULL;
-    }
-    if ((unsigned long long)st.st_size > limit) {
-        close(fd);
-        Py_DECREF(path_obj);
-        Py_RETURN_NONE;
-    }
-    size_t size = (size_t)st.st_size;
-    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
-    if (data == NULL) {
-        close(fd);
-        Py_DECREF(path_obj);
-        return NULL;
-    }
-    uint8_t *buf = (uint8_t *)PyBytes_AS_STRING(data);
-    size_t got = 0, count = 0;
-    uint64_t *cuts = NULL;
-    uint8_t *ids = NULL;
-    /* Small files take less time than handing the GIL over and back (measured:
-     * releasing it per file tripled the ingest time of a source tree while
-     * compression threads ran), so the GIL is released only for large ones. */
-    PyThreadState *released = size >= GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
-    while (got < size) {
-        ssize_t n = read(fd, buf + got, size - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            err = errno;
-            break;
-        }
-        if (n == 0)
-            break; /* the file shrank: keep what is there */
-        got += (size_t)n;
-    }
-    close(fd);
-    if (!err) {
-        count = scan_cuts(buf, got, &params, 1, &cuts);
-        if (count != (size_t)-1) {
-            ids = PyMem_RawMalloc(count * CHUNKID_LEN + 1);
-            if (ids != NULL)
-                chunkid_many(buf, cuts, count, ids);
-        }
-    }
-    if (released != NULL)
-        PyEval_RestoreThread(released);
-    PyObject *result = NULL;
-    if (err) {
-        errno = err;
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path_obj);
-    } else if (count == (size_t)-1 || ids == NULL) {
-        PyErr_NoMemory();
-    } else if (got == size || _PyBytes_Resize(&data, (Py_ssize_t)got) == 0) {
-        PyObject *list = cuts_to_list(cuts, count);
-        PyObject *idb = PyBytes_FromStringAndSize((const char *)ids,
-                                                  (Py_ssize_t)(count * CHUNKID_LEN));
-        if (list != NULL && idb != NULL)
-            result = PyTuple_Pack(3, data, list, idb);
-        Py_XDECREF(list);
-        Py_XDECREF(idb);
-    }
-    PyMem_RawFree(cuts);
-    PyMem_RawFree(ids);
-    Py_XDECREF(data);
-    Py_DECREF(path_obj);
-    return result;
-}
-
 /* One file of a load_chunked_many batch, filled without the GIL. */
 typedef struct {
     const char *path;
@@ -555,7 +454,9 @@ loaded_result(const loaded_file *f, PyObject *path_obj)
 PyDoc_STRVAR(load_chunked_many_doc,
 "load_chunked_many(paths, min_size, avg_size, max_size, limit, budget, /)\n"
 "    -> list[tuple[bytes, list[int], bytes] | None | OSError]\n\n"
-"load_chunked of each path in order, in one call that releases the GIL for\n"
+"Read each file whole, cut it into chunks and hash them: (data, cut points,\n"
+"concatenated 16-byte ids), or None for a file over limit bytes; in order, in\n"
+"one call that releases the GIL for\n"
 "the whole batch (small files each take less time than a GIL hand-over).\n"
 "A file that cannot be read gives its OSError (errno, message, path) in its\n"
 "place instead of raising, so the caller meets it at that file's turn.\n"
@@ -910,7 +811,6 @@ static PyMethodDef native_methods[] = {
     {"masks", masks, METH_VARARGS, masks_doc},
     {"gear_table", gear_table, METH_NOARGS, gear_table_doc},
     {"chunk_ids", chunk_ids, METH_VARARGS, chunk_ids_doc},
-    {"load_chunked", load_chunked, METH_VARARGS, load_chunked_doc},
     {"load_chunked_many", load_chunked_many, METH_VARARGS, load_chunked_many_doc},
     {"superfeatures", superfeatures, METH_VARARGS, superfeatures_doc},
     {"features", features, METH_O, features_doc},
