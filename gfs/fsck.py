@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gfs import delta, namespace
+from gfs.codec import BASED_CODECS, CHUNK_ID_LEN
 from gfs.errors import (
     ChunkMissingError,
     CorruptChunkError,
@@ -27,6 +28,7 @@ from gfs.meta import ROOT_INO, ChunkRecord, Inode, Kind, Location, PackRecord, R
 from gfs.packs import PACK_HEADER_LEN, parse_pack_key
 from gfs.spill import SpillTable, merge_outer
 from gfs.store import ChunkStore, pinned_chunks
+from gfs.tiering import heat
 
 
 @dataclass
@@ -113,6 +115,8 @@ def _check(store: ChunkStore, verify_data: bool,
                 pinned = pinned_chunks(txn)
                 _check_index(txn, packs, refs, report, bad_chunks, pinned,
                              copies if verify_data else None)
+            _check_deltas(txn, report)
+            _check_heat(txn, report)
         report.packs = len(packs)
         _check_pools(store, packs, report)
         if verify_data:
@@ -254,6 +258,48 @@ def _check_index(txn: ReadTxn, packs: dict[bytes, PackRecord], refs: SpillTable,
         if (n, nbytes) != (p.live_chunks, p.live_bytes):
             report.problems.append(f"pack {pid.hex()} counts {p.live_chunks} live chunks / "
                                    f"{p.live_bytes} bytes, index has {n} / {nbytes}")
+
+
+def _check_deltas(txn: ReadTxn, report: FsckReport) -> None:
+    """Merge the chunk index with the `deltas` table (both in id order): each chunk
+    stored against a base has an entry naming a base in the index, and each entry
+    belongs to such a chunk. gc releases a base through these entries, so a wrong one
+    would let it delete a base still needed (or keep one for ever)."""
+    entries = txn.iter_values(delta.DELTAS)
+    for cid, rec, entry in merge_outer(txn.iter_chunks(), _chunk_id, entries, _first):
+        based = rec is not None and rec.codec in BASED_CODECS and bool(rec.locations)
+        if entry is None:
+            if based:
+                report.problems.append(f"chunk {cid.hex()} is stored against a base but "
+                                       f"the deltas table has no entry for it")
+            continue
+        base = entry[1]
+        if rec is None:
+            report.problems.append(f"deltas entry of chunk {cid.hex()}, which is not in "
+                                   f"the index")
+        elif not based:
+            report.problems.append(f"deltas entry of chunk {cid.hex()}, which is not stored "
+                                   f"against a base")
+        if len(base) != CHUNK_ID_LEN:
+            report.problems.append(f"deltas entry of chunk {cid.hex()} is damaged: "
+                                   f"{len(base)} bytes, a chunk id has {CHUNK_ID_LEN}")
+        elif base == cid:
+            report.problems.append(f"deltas entry of chunk {cid.hex()} names the chunk "
+                                   f"itself as its base")
+        elif txn.get_chunk(base) is None:
+            report.problems.append(f"deltas entry of chunk {cid.hex()} names base "
+                                   f"{base.hex()}, which is not in the index")
+
+
+def _check_heat(txn: ReadTxn, report: FsckReport) -> None:
+    """Each chunk's heat record decodes (the tierer reads them all)."""
+    for cid, value in txn.iter_values("heat", heat.CHUNK_PREFIX):
+        try:
+            heat.decode(value)
+        except MetadataDamagedError:
+            report.problems.append(f"heat record of chunk {cid[len(heat.CHUNK_PREFIX):].hex()}"
+                                   f" is damaged: {len(value)} bytes, not "
+                                   f"{heat.VALUE_LEN}")
 
 
 def _check_pools(store: ChunkStore, packs: dict[bytes, PackRecord], report: FsckReport) -> None:

@@ -12,6 +12,7 @@ Keys: b"c" + chunk id, b"f" + inode number (u64 big-endian). Value: score
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 import time
@@ -19,9 +20,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from gfs.errors import MetadataDamagedError
 from gfs.meta import MetaEngine, ReadTxn, WriteTxn
 
+log = logging.getLogger(__name__)
+
 _VALUE = struct.Struct("<dqQ")
+#: Bytes of a heat record (score, last read, reads).
+VALUE_LEN = _VALUE.size
 CHUNK_PREFIX = b"c"
 FILE_PREFIX = b"f"
 
@@ -41,6 +47,10 @@ class Heat:
 
 
 def decode(data: bytes) -> Heat:
+    """A heat record; MetadataDamagedError if it is not one."""
+    if len(data) != VALUE_LEN:
+        raise MetadataDamagedError(f"a heat record has {len(data)} bytes, not {VALUE_LEN}; "
+                                   f"the metadata is damaged; run `hutong fsck`")
     score, last, reads = _VALUE.unpack(data)
     return Heat(score, last, reads)
 
@@ -125,6 +135,10 @@ class HeatTracker:
         def add(txn: WriteTxn) -> None:
             for key, n in keys:
                 old = txn.get_value("heat", key)
+                if old is not None and len(old) != VALUE_LEN:  # a hint: start it again
+                    log.warning("heat record %s was damaged (%d bytes); counting afresh",
+                                key.hex(), len(old))
+                    old = None
                 if old is None:
                     new = Heat(float(n), now, n)
                 else:
