@@ -33,6 +33,7 @@ from gfs.meta import encoding as enc
 from gfs.meta.pg_engine import SCHEMA_VERSION, PgEngine
 from gfs.store import release
 from gfs.testing.meta_suite import MetaEngineConformance
+from gfs.testing.postgres import round_trips
 from gfs.tiering.heat import chunk_heat
 from gfs.tiering.policy import TierPolicy
 from tests.conftest import make_tree, tree_digest
@@ -412,20 +413,10 @@ ROUND_TRIPS = {"create": 5, "stat": 1, "ls": 2, "rename": 2, "unlink": 3, "looku
                "change": 2, "mount rename": 2, "mount unlink": 3}
 
 
-def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str) -> None:
     """Every exchange with the server passes through `Connection.wait`: counting its
     calls counts round trips. BEGIN and the writes and COMMIT share one, a lookup
     brings its inode along, a row read once is not read again in one transaction."""
-    import psycopg
-
-    trips = [0]
-    wait = psycopg.Connection.wait
-
-    def counting(self: psycopg.Connection[object], *a: object, **k: object) -> object:
-        trips[0] += 1
-        return wait(self, *a, **k)  # type: ignore[arg-type]
-
     with Client.init(tmp_path / "s", meta=pg_url) as fs:
         fs.mkdir("/d")
         for i in range(4):
@@ -440,13 +431,11 @@ def test_each_operation_costs_few_round_trips(tmp_path: Path, pg_url: str,
                "mount unlink": lambda: fs.engine.transact(
                    lambda w: _mount_unlink(w, d_ino, "h3"))}
         d_ino = fs.stat("/d").ino
-        monkeypatch.setattr(psycopg.Connection, "wait", counting)
         used = {}
         for op, run in ops.items():
-            trips[0] = 0
-            run()
+            with round_trips() as trips:
+                run()
             used[op] = trips[0]
-        monkeypatch.undo()
         assert used == {op: min(used[op], most) for op, most in ROUND_TRIPS.items()}, used
         assert all(n > 0 for n in used.values())  # the counter does see the server
         assert fs.read_bytes("/d/new") == b"new" and fs.read_bytes("/d/g1") == b"file 1"
