@@ -495,6 +495,8 @@ class _Txn:
         if (table, key) in self.buf:
             vals = self.buf[(table, key)]
             return None if vals is None else vals[0]
+        if table == "kv" and any(key[0] == t and key[1].startswith(p) for t, p in self.ranges):
+            return None  # under a range deletion not sent yet (written after it: in buf)
         if (table, key) in self.seen:
             return self.seen[(table, key)]
         keys, _ = _TABLES[table]

@@ -498,6 +498,29 @@ class MetaEngineConformance:
             assert r.get_value("heat", b"a") == b""
             assert r.get_value("rules", b"ab") == b"rules:ab"  # tables are separate
 
+    def test_a_prefix_deleted_is_gone_from_the_same_transaction(self, engine: MetaEngine
+                                                                ) -> None:
+        """Every key under a deleted prefix reads as absent at once in the transaction
+        that deleted it (read before, never read, or written before); a key written
+        after the deletion stays; another table's keys are untouched."""
+        with engine.write() as w:
+            for key in (b"p1", b"p2", b"p3", b"q1"):
+                w.put_value("xattrs", key, b"old")
+            w.put_value("jobs", b"p1", b"other table")
+        with engine.write() as w:
+            assert w.get_value("xattrs", b"p1") == b"old"
+            w.put_value("xattrs", b"p4", b"written before")
+            w.delete_values("xattrs", b"p")
+            w.put_value("xattrs", b"p5", b"written after")
+            for key in (b"p1", b"p2", b"p3", b"p4"):
+                assert w.get_value("xattrs", key) is None, key
+            assert w.get_value("xattrs", b"p5") == b"written after"
+            assert w.get_value("jobs", b"p1") == b"other table"
+            assert dict(w.iter_values("xattrs")) == {b"p5": b"written after",
+                                                    b"q1": b"old"}
+        with engine.read() as r:
+            assert dict(r.iter_values("xattrs")) == {b"p5": b"written after", b"q1": b"old"}
+
     def test_unknown_value_table_rejected(self, engine: MetaEngine) -> None:
         with engine.write() as w:
             with pytest.raises(ValueError, match="nope"):
