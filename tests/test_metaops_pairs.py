@@ -49,3 +49,13 @@ def test_team_runs_every_phase_on_both_roots_in_turn(tmp_path: Path) -> None:
 def test_measure_refuses_other_than_two_systems(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="two systems"):
         pairs.measure(None, [str(tmp_path)], 1, 1)  # type: ignore[arg-type]
+
+
+def test_the_verdict_needs_every_mount_pair_at_least_even() -> None:
+    from bench.metaops import pairs_met
+
+    even = {("lmdb", 16): {"create": 1.0, "rename": 1.4},
+            ("postgresql", 16): {"create": 2.0, "rename": 1.1}}
+    assert pairs_met(even)
+    assert not pairs_met({**even, ("lmdb", 1): {"rename": 0.99}})
+    assert not pairs_met({})  # nothing measured is not a pass
