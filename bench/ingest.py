@@ -11,9 +11,12 @@ and figures.
 For each tool, on the same dataset and the same filesystem (the real disk under
 bench/.work unless --workdir or --tmpfs say otherwise), with the page cache warmed by
 reading the sources first: ingest the snapshots in order (one put/backup/archive per
-snapshot), then restore all of them, verify every restored byte against the source, and
-measure stored bytes on disk (`du -sb`), ingest and restore MB/s (logical bytes / wall
-seconds, MB = 10^6 bytes) and the peak RSS of the tool's processes. Rows:
+snapshot) and measure stored bytes on disk (`du -sb`), then restore all of them, verify
+every restored byte against the source, and measure stored bytes again (hutong's
+metadata grows when it is read: a restore records its reads' heat for tiering; the
+target compares the bytes stored by the ingest, the table shows both), ingest and
+restore MB/s (logical bytes / wall seconds, MB = 10^6 bytes) and the peak RSS of the
+tool's processes. Rows:
 
 * hutong: defaults; hutong-delta: with delta chunks on (`HUTONG_DELTA=1`); both also
   split stored bytes into data (pools) and metadata (the LMDB environment), and
@@ -338,6 +341,9 @@ class Result:
     load: float = 0.0  #: 1-minute load average when the tool finished (shared machine)
     ingest_cpu: float = 0.0  #: CPU seconds (user + system) of the ingest commands
     restore_cpu: float = 0.0  #: CPU seconds of the restore commands
+    #: stored bytes again after the restore (hutong records the reads' heat in its
+    #: metadata; `stored` is measured right after the ingest, for every tool)
+    stored_after_restore: int = 0
 
     @property
     def ingest_mbs(self) -> float:
@@ -381,6 +387,7 @@ def run_tool(tool: Tool, snapshots: Sequence[Path], expected: Mapping[str, Mappi
             per_snapshot.append(time.perf_counter() - t1)
         tool.finish_ingest(snapshots)
         ingest_s = time.perf_counter() - t0
+        stored, split = tool.stored_bytes(), tool.stored_split()  # what the ingest stored
         restoring = len(tool.runs)
         target = tool.work / "restore"
         t0 = time.perf_counter()
@@ -390,11 +397,10 @@ def run_tool(tool: Tool, snapshots: Sequence[Path], expected: Mapping[str, Mappi
         restore_cpu = sum(r.cpu for r in tool.runs[restoring:])
         peak = max((r.maxrss_kib for r in tool.runs[start:]), default=0)
         files = sum(verify_tree(expected[s.name], target / s.name) for s in snapshots)
-        stored = tool.stored_bytes()
         details = tool.details()
         return Result(tool.name, tool.version(), logical, stored, ingest_s, restore_s, peak,
-                      files, per_snapshot, details, tool.stored_split(), os.getloadavg()[0],
-                      ingest_cpu, restore_cpu)
+                      files, per_snapshot, details, split, os.getloadavg()[0],
+                      ingest_cpu, restore_cpu, tool.stored_bytes())
     finally:
         if not keep:
             remove_tree(tool.work)
@@ -420,10 +426,11 @@ def print_results(results: Sequence[Result], shape: str = "") -> None:
              f"{100 * r.stored / r.logical:.1f}", f"{r.ingest_s:.2f}", f"{r.ingest_mbs:.1f}",
              f"{r.restore_s:.2f}", f"{r.restore_mbs:.1f}", f"{r.ingest_cpu:.2f}",
              f"{r.restore_cpu:.2f}", f"{r.peak_rss_kib * 1024 / mib:.0f}",
-             r.files, f"{r.load:.1f}"] for r in results]
+             r.files, f"{r.stored_after_restore / 1e6:.1f}", f"{r.load:.1f}"] for r in results]
     print(table(["tool", "version", "logical MB", "stored MB", "data MB", "meta MB",
                  "stored %", "ingest s", "ingest MB/s", "restore s", "restore MB/s",
-                 "ingest CPU s", "restore CPU s", "peak RSS MiB", "files verified", "load"],
+                 "ingest CPU s", "restore CPU s", "peak RSS MiB", "files verified",
+                 "stored MB after restore", "load"],
                 rows))
     for r in results:
         snaps = " ".join(f"{s:.2f}" for s in r.per_snapshot_s)
@@ -450,6 +457,8 @@ def print_results(results: Sequence[Result], shape: str = "") -> None:
         figures["stored_vs_zstd_long"] = round(h.stored / by["zstd-long"].stored, 3)
     if h.split is not None:
         figures["meta_share"] = round(h.split[1] / h.stored, 3)
+    if h.stored_after_restore:
+        figures["stored_after_restore_vs_best"] = round(h.stored_after_restore / best_stored, 3)
     if h.ingest_cpu > 0:  # the CPU ratio holds up when the shared machine is busy
         figures["ingest_cpu_x"] = round(min(p.ingest_cpu for p in peers) / h.ingest_cpu, 2)
     if shape:

@@ -77,6 +77,8 @@ def test_ingest_machinery_hutong(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert res.files == sum(len(e) for e in expected.values()) == 27
     assert res.logical == logical > 0
     assert res.stored > 0 and res.ingest_s > 0 and res.restore_s > 0
+    # measured right after the ingest, and again after the restore (which records heat)
+    assert res.stored_after_restore >= res.stored
     assert res.ingest_mbs > 0 and res.restore_mbs > 0 and res.peak_rss_kib > 0
     assert res.ingest_cpu > 0 and res.restore_cpu > 0  # CPU seconds of the commands
     assert len(res.per_snapshot_s) == 3
@@ -89,7 +91,7 @@ def test_ingest_machinery_hutong(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert not tool.work.exists()  # cleaned up
     print_results([res])
     out = capsys.readouterr().out
-    assert "hutong" in out and "ingest:" in out
+    assert "hutong" in out and "ingest:" in out and "stored MB after restore" in out
 
 
 @pytest.mark.slow
