@@ -83,6 +83,11 @@ COMMIT_CHUNKS = 2048
 #: An overlapping session (`ChunkStore.writer(overlap=True)`) gathers the next batch
 #: while at most this many sealed batches wait for or run their commit.
 SEALED_BATCHES = 2
+#: ... and at most this many raw bytes are handed to its workers and not yet appended
+#: to a pack: enough to keep the workers busy through a commit (a count of encodings,
+#: as a session that does not overlap bounds them, filled up during each commit and
+#: stalled the workers again).
+OVERLAP_BYTES = 32 << 20
 
 #: Called inside the commit transaction with the file's new manifest; returns
 #: the manifest it replaced (whose references are then released), if any.
@@ -131,9 +136,11 @@ class _NewChunk:
     member: ChunkRecord | None = None  # a folded group member: its record, no blob
 
 _Blobs = list[tuple[bytes, Buffer]]
-#: Chunks handed to a worker: their ids (none for a group), the encoding, and the
-#: resemblance index keys of those that have them (of a group: its members').
-_Item = tuple[list[bytes], Future[_Blobs] | Future[groups.Group], dict[bytes, list[bytes]]]
+#: Chunks handed to a worker: their ids (none for a group), the encoding, the
+#: resemblance index keys of those that have them (of a group: its members'), and
+#: their raw bytes.
+_Item = tuple[list[bytes], Future[_Blobs] | Future[groups.Group], dict[bytes, list[bytes]],
+              int]
 
 
 @dataclass(slots=True, eq=False)
@@ -465,7 +472,7 @@ class WriteSession:
     appending, the pack writes and the commits on its own committer thread, batch
     after batch in the order they were sealed, while the calling thread gathers the
     next batch and keeps the workers busy: at most SEALED_BATCHES sealed batches wait
-    or commit, and at most `4 * threads` encodings are in flight. After a failure in
+    or commit, and OVERLAP_BYTES of chunks wait for a worker or the committer. After a failure in
     a worker or a commit nothing later commits; the batches before it stay committed.
     """
 
@@ -513,14 +520,16 @@ class WriteSession:
         self._planner = (delta.DeltaPlanner(store.source.batch_reader(), dictionary)
                          if store.config.delta else None)
         # -- overlapping: the hand-over to the committer thread ---------------------
-        self._pipe: queue.Queue[_Item | _Batch | None] | None = None
+        self._pipe: queue.SimpleQueue[_Item | _Batch | None] | None = None
+        self._room = threading.Condition()  # for the raw bytes handed over (`_queued`)
+        self._queued = 0
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None  # the committer's first failure
         self._sealed = 0  # batches handed over
         self._committed = 0  # batches the committer finished (the next one is assembling)
         self._stopping = False
         if overlap:
-            self._pipe = queue.Queue(self._max_inflight)
+            self._pipe = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._run, name="hutong-commit",
                                             daemon=True)
             self._thread.start()
@@ -628,7 +637,7 @@ class WriteSession:
         fut = self.store.executor.submit(groups.encode_group, [p for _, p in members],
                                          [cid for cid, _ in members], self._level)
         keys = {cid: k for cid, _ in members if (k := self._member_keys.pop(cid, []))}
-        self._emit(([], fut, keys))
+        self._emit(([], fut, keys, sum(len(p) for _, p in members)))
 
     def _add_dictionary(self, txn: ReadTxn, cid: bytes, raw: bytes) -> None:
         """Store a dictionary the planner trained, as a whole chunk that no manifest
@@ -665,7 +674,7 @@ class WriteSession:
             fut.set_result(encode_blobs(pieces, ids, self._level))
         else:
             fut = self.store.executor.submit(encode_blobs, pieces, ids, self._level)
-        self._emit((ids, fut, keys))
+        self._emit((ids, fut, keys, sum(len(p) for p in pieces)))
 
     def _emit(self, item: _Item) -> None:
         """Hand an encoding to the committer: bounded, in order."""
@@ -674,8 +683,12 @@ class WriteSession:
             if len(self._inflight) > self._max_inflight:
                 self._drain(self._max_inflight // 2)
             return
+        with self._room:  # bounded: waits while OVERLAP_BYTES are handed over
+            while self._queued >= OVERLAP_BYTES and self._failed is None:
+                self._room.wait()
+            self._queued += item[3]
         self._raise_failed()
-        self._pipe.put(item)  # waits while `_max_inflight` are queued
+        self._pipe.put(item)
 
     def _reader(self) -> ReadTxn:
         """A read snapshot for dedup lookups: renewed at every commit (overlapping: once
@@ -713,7 +726,7 @@ class WriteSession:
     # -- the committer: appending blobs, writing packs, committing --------------
     def _append(self, item: _Item) -> None:
         """Append an encoding's blobs to the pack (written when full)."""
-        cids, fut, keys = item
+        cids, fut, keys, _ = item
         blobs = fut.result()
         if isinstance(blobs, groups.Group):  # the group chunk; members folded
             self._add_folded(blobs, keys)
@@ -900,14 +913,18 @@ class WriteSession:
                 else:
                     self._committed += 1
                     item.done.set_result(None)
-            elif self._failed is not None or (self._stopping
-                                              and self._committed >= self._sealed):
-                item[1].cancel()  # after a failure, or of a batch never sealed
             else:
-                try:
-                    self._append(item)
-                except BaseException as e:  # handed to the calling thread
-                    self._failed = e
+                if self._failed is not None or (self._stopping
+                                                and self._committed >= self._sealed):
+                    item[1].cancel()  # after a failure, or of a batch never sealed
+                else:
+                    try:
+                        self._append(item)
+                    except BaseException as e:  # handed to the calling thread
+                        self._failed = e
+                with self._room:
+                    self._queued -= item[3]
+                    self._room.notify()
 
     def _commit_batch(self, batch: _Batch) -> None:
         """Write the pack durably, then commit the batch's files and new chunks."""
@@ -1006,7 +1023,7 @@ class WriteSession:
         self._dict_added = None
         if self._planner is not None:
             self._planner.clear()
-        for _, fut, _ in self._inflight:
+        for _, fut, _, _ in self._inflight:
             fut.cancel()
         self._inflight.clear()
         self._unseen.clear()

@@ -65,8 +65,9 @@ def test_overlap_commits_in_order_with_a_bounded_number_of_batches(
         tmp_path: Path, src: tuple[Path, dict[str, bytes]], use_delta: bool,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches commit in the order they were sealed; the caller seals the next ones
-    while a commit waits, but never more than SEALED_BATCHES wait or commit; every
-    file reads back and the store checks clean."""
+    while a commit waits, but never more than SEALED_BATCHES wait or commit, and hands
+    over chunks only while fewer than OVERLAP_BYTES wait; every file reads back and
+    the store checks clean."""
     root, want = src
     sealed: list[int] = []
     committed: list[int] = []
@@ -88,13 +89,22 @@ def test_overlap_commits_in_order_with_a_bounded_number_of_batches(
         committed.append(id(batch))
         real_commit(self, batch)
 
+    def emit(self: WriteSession, item: Any) -> None:
+        real_emit(self, item)
+        queued.append(self._queued - item[3])  # before this one, which waited for room
+
+    queued: list[int] = []
+    real_emit = WriteSession._emit
+    monkeypatch.setattr(store, "OVERLAP_BYTES", 100_000)
     monkeypatch.setattr(WriteSession, "_hand_over", hand_over)
     monkeypatch.setattr(WriteSession, "_commit_batch", commit_batch)
+    monkeypatch.setattr(WriteSession, "_emit", emit)
     with Client.init(tmp_path / "s", commit_files=3, delta=use_delta) as fs:
         report = fs.put(root, "/dst")
         assert report.files == len(want) and report.write.commits >= 10
         assert committed == sealed
         assert max(waiting) == SEALED_BATCHES  # overlapped, and bounded
+        assert 0 < max(queued) < 100_000
         for name, data in want.items():
             assert fs.read_bytes(f"/dst/{name}") == data
         assert fs.fsck().ok
