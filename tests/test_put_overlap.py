@@ -185,3 +185,23 @@ def test_overlap_refuses_a_tail(tmp_path: Path) -> None:
     with Client.init(tmp_path / "s") as fs, pytest.raises(ValueError, match="tail"), \
             fs.store.writer(overlap=True, tail=TailPack()):
         pass
+
+
+def test_only_a_tree_put_overlaps(tmp_path: Path, src: tuple[Path, dict[str, bytes]],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-file put commits on the calling thread (a committer thread would only
+    add a hand-over); a tree put overlaps."""
+    root, want = src
+    overlaps: list[bool] = []
+    real_init = WriteSession.__init__
+
+    def init(self: WriteSession, *args: Any, **kwargs: Any) -> None:
+        overlaps.append(kwargs.get("overlap", False))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(WriteSession, "__init__", init)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(root / "f007", "/one")
+        fs.put(root, "/dst")
+        assert overlaps == [False, True]
+        assert fs.read_bytes("/one") == want["f007"]
