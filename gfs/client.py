@@ -588,7 +588,9 @@ class Client:
         # read, cut and hashed in C in batches on a thread, ahead of the loop
         reads = read_ahead(walked if walked is not None else _walk_local(src, top),
                            wanted, lambda ps: read_many(ps, params, READ_BATCH_BYTES))
-        with _fast_thread_switching(), self.store.writer() as session, \
+        # a tree's batches commit on the session's thread while the next is compressed
+        overlap = statmod.S_ISDIR(top.st_mode)
+        with _fast_thread_switching(), self.store.writer(overlap=overlap) as session, \
                 contextlib.closing(reads):
             if not statmod.S_ISDIR(top.st_mode) and base:
                 session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))

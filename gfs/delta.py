@@ -12,6 +12,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import xxhash
@@ -320,6 +321,11 @@ class DeltaPlanner:
     def clear(self) -> None:
         """Forget the session's own bases (at commit: they are in the index then)."""
         self._local.clear()
+
+    def forget(self, cids: AbstractSet[bytes]) -> None:
+        """Forget the session's own bases among `cids` (committed: the index has them)."""
+        if cids:
+            self._local = {k: v for k, v in self._local.items() if v[0] not in cids}
 
     def encode(self, raws: Sequence[Buffer], ids: Sequence[bytes],
                plans: Sequence[Plan | None], level: int) -> list[tuple[bytes, Buffer]]:

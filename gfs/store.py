@@ -13,13 +13,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
@@ -79,6 +80,14 @@ INLINE_ENCODE_BYTES = 64 << 10
 #: (measured: one transaction of 8,000 random inserts into a table of 10^6 rows kept
 #: 25 MiB, of 2,000 kept 7 MiB; put's heap at 10^6 one-chunk files was 33 MiB).
 COMMIT_CHUNKS = 2048
+#: An overlapping session (`ChunkStore.writer(overlap=True)`) gathers the next batch
+#: while at most this many sealed batches wait for or run their commit.
+SEALED_BATCHES = 2
+#: ... and at most this many raw bytes are handed to its workers and not yet appended
+#: to a pack: enough to keep the workers busy through a commit (a count of encodings,
+#: as a session that does not overlap bounds them, filled up during each commit and
+#: stalled the workers again).
+OVERLAP_BYTES = 32 << 20
 
 #: Called inside the commit transaction with the file's new manifest; returns
 #: the manifest it replaced (whose references are then released), if any.
@@ -127,6 +136,22 @@ class _NewChunk:
     member: ChunkRecord | None = None  # a folded group member: its record, no blob
 
 _Blobs = list[tuple[bytes, Buffer]]
+#: Chunks handed to a worker: their ids (none for a group), the encoding, the
+#: resemblance index keys of those that have them (of a group: its members'), and
+#: their raw bytes.
+_Item = tuple[list[bytes], Future[_Blobs] | Future[groups.Group], dict[bytes, list[bytes]],
+              int]
+
+
+@dataclass(slots=True, eq=False)
+class _Batch:
+    """Files sealed for one commit, with what the committer needs beside its blobs."""
+
+    files: list[tuple[list[ChunkRef], CommitAction]]
+    walks: tuple[tuple[int, Sequence[str]], ...]
+    dict_added: bytes | None  # a dictionary chunk first stored in this batch
+    ids: set[bytes]  # the new chunks the batch adds (dedup of later files until visible)
+    done: Future[None] = field(default_factory=Future)
 
 
 @dataclass(slots=True)
@@ -374,15 +399,19 @@ class ChunkStore:
 
     # -- writing -------------------------------------------------------------
     @contextmanager
-    def writer(self, *, durable: bool = True,
-               tail: TailPack | None = None) -> Iterator[WriteSession]:
+    def writer(self, *, durable: bool = True, tail: TailPack | None = None,
+               overlap: bool = False) -> Iterator[WriteSession]:
         """A write session; committed files stay committed even if the block raises.
         With `durable=False` its packs are written without fsync (`Pool.put_unsynced`)
         and become durable at the next `sync_puts`; the metadata commit is durable
         either way. With `tail`, small commits append to the pack the previous
-        session of the same tail committed (gfs.pack_tail)."""
+        session of the same tail committed (gfs.pack_tail). With `overlap`, batches
+        commit on a thread of the session while the next one is gathered (see
+        WriteSession)."""
+        if overlap and tail is not None:
+            raise ValueError("a write session cannot both overlap commits and continue a tail")
         with self._gc_lock(fcntl.LOCK_SH):
-            session = WriteSession(self, durable=durable, tail=tail)
+            session = WriteSession(self, durable=durable, tail=tail, overlap=overlap)
             try:
                 yield session
                 session.commit()
@@ -435,10 +464,20 @@ def prepared_of(loaded: tuple[bytes, list[int], bytes] | None) -> Prepared | Non
 
 
 class WriteSession:
-    """Stores chunks and commits files in batches. One thread uses a session."""
+    """Stores chunks and commits files in batches. One thread uses a session.
+
+    A batch's chunks are compressed on the store's workers and appended to packs in
+    order; at a commit the packs are written durably, then one transaction records
+    them with the batch's files. An overlapping session (`overlap`) does the
+    appending, the pack writes and the commits on its own committer thread, batch
+    after batch in the order they were sealed, while the calling thread gathers the
+    next batch and keeps the workers busy: at most SEALED_BATCHES sealed batches wait
+    or commit, and OVERLAP_BYTES of chunks wait for a worker or the committer. After a failure in
+    a worker or a commit nothing later commits; the batches before it stay committed.
+    """
 
     def __init__(self, store: ChunkStore, *, durable: bool = True,
-                 tail: TailPack | None = None) -> None:
+                 tail: TailPack | None = None, overlap: bool = False) -> None:
         self.store = store
         self.durable = durable
         self._tail = tail
@@ -447,15 +486,21 @@ class WriteSession:
         self._started = time.monotonic()
         self._level = store.config.zstd_level
         self._tier = store.placement()
+        # -- the committer's (the calling thread's unless overlapping) --------------
         self._used: dict[int, int] | None = None  # pool usage, read at the first pack
         self._pack_pool: dict[bytes, int] = {}
         self._pack: PackBuilder | None = None
-        self._new: dict[bytes, _NewChunk | None] = {}  # None: still compressing
+        self._new: dict[bytes, _NewChunk] = {}  # appended to a pack, not committed
         self._flushed: list[PackBuilder] = []
-        self._inflight: deque[tuple[list[bytes], Future[_Blobs] | Future[groups.Group]]] = \
-            deque()
+        self._delta_meta: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
+        self._flush_due = False  # a pack filled up: commit at the next file
+        # -- the calling thread's ----------------------------------------------------
+        self._inflight: deque[_Item] = deque()  # encodings not yet appended (not overlapping)
         self._max_inflight = 4 * store.config.threads
         self._lookup: tuple[AbstractContextManager[ReadTxn], ReadTxn] | None = None
+        self._pending: set[bytes] = set()  # new chunks the dedup snapshot does not show
+        self._batch_ids: set[bytes] = set()  # those of the batch being gathered
+        self._unseen: deque[_Batch] = deque()  # sealed batches the snapshot may not show
         self._group: list[tuple[bytes, Buffer]] = []
         self._group_bytes = 0
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
@@ -463,8 +508,7 @@ class WriteSession:
         self._queued_refs = 0  # chunk references of those files
         # Delta chunks (docs/format.md "Resemblance and delta chunks"), when enabled.
         self._plans: list[delta.Plan | None] = []
-        self._delta_meta: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
-        self._dict_added: bytes | None = None  # a dictionary chunk of this commit
+        self._dict_added: bytes | None = None  # a dictionary chunk of this batch
         # Small chunks gathered for the next group (docs/format.md "Group blobs").
         self._members: list[tuple[bytes, Buffer]] = []
         self._members_bytes = 0
@@ -475,6 +519,20 @@ class WriteSession:
         # bases read once per session (a group holding many bases is decompressed once)
         self._planner = (delta.DeltaPlanner(store.source.batch_reader(), dictionary)
                          if store.config.delta else None)
+        # -- overlapping: the hand-over to the committer thread ---------------------
+        self._pipe: queue.SimpleQueue[_Item | _Batch | None] | None = None
+        self._room = threading.Condition()  # for the raw bytes handed over (`_queued`)
+        self._queued = 0
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None  # the committer's first failure
+        self._sealed = 0  # batches handed over
+        self._committed = 0  # batches the committer finished (the next one is assembling)
+        self._stopping = False
+        if overlap:
+            self._pipe = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, name="hutong-commit",
+                                            daemon=True)
+            self._thread.start()
 
     # -- adding data -----------------------------------------------------------
     def store_buffer(self, data: Buffer) -> list[ChunkRef]:
@@ -524,7 +582,7 @@ class WriteSession:
     def _store_new(self, refs: Sequence[ChunkRef], pieces: Sequence[Buffer]) -> None:
         todo: list[tuple[ChunkRef, Buffer]] = []
         for ref, piece in zip(refs, pieces, strict=True):
-            if ref.id in self._new:
+            if ref.id in self._pending:
                 self.stats.dedup_chunks += 1
             else:
                 todo.append((ref, piece))
@@ -535,10 +593,11 @@ class WriteSession:
         missing = [(r, p) for r, p in todo if r.id not in present or r.id in self._lost]
         self.stats.dedup_chunks += len(todo) - len(missing)
         for ref, piece in missing:
-            if ref.id in self._new:  # repeated within this batch
+            if ref.id in self._pending:  # repeated within this batch
                 self.stats.dedup_chunks += 1
                 continue
-            self._new[ref.id] = None
+            self._pending.add(ref.id)
+            self._batch_ids.add(ref.id)
             if self._planner is not None:
                 lost = ref.id in self._lost  # a lost chunk is healed whole
                 plan = None if lost else self._planner.plan(txn, ref.id, piece)
@@ -567,27 +626,27 @@ class WriteSession:
         members, self._members, self._members_bytes = self._members, [], 0
         if len(members) == 1:  # a group of one saves nothing: stored as any chunk
             cid, piece = members[0]
-            keys = self._member_keys.pop(cid, [])
+            one = self._member_keys.pop(cid, [])
             self._group.append((cid, piece))
             self._group_bytes += len(piece)
-            self._plans.append(delta.Plan(keys) if keys else None)
+            self._plans.append(delta.Plan(one) if one else None)
             self._submit()
             return
         if not members:
             return
         fut = self.store.executor.submit(groups.encode_group, [p for _, p in members],
                                          [cid for cid, _ in members], self._level)
-        self._inflight.append(([], fut))
-        if len(self._inflight) > self._max_inflight:
-            self._drain(self._max_inflight // 2)
+        keys = {cid: k for cid, _ in members if (k := self._member_keys.pop(cid, []))}
+        self._emit(([], fut, keys, sum(len(p) for _, p in members)))
 
     def _add_dictionary(self, txn: ReadTxn, cid: bytes, raw: bytes) -> None:
         """Store a dictionary the planner trained, as a whole chunk that no manifest
         names: the deltas against it hold its references (gc drops it with the last)."""
-        if cid in self._new or txn.present_chunks([cid]):
+        if cid in self._pending or txn.present_chunks([cid]):
             return
         self._dict_added = cid
-        self._new[cid] = None
+        self._pending.add(cid)
+        self._batch_ids.add(cid)
         self._group.append((cid, raw))
         self._plans.append(None)
         self._group_bytes += len(raw)
@@ -600,28 +659,54 @@ class WriteSession:
         if not group:
             return
         pieces, ids = [piece for _, piece in group], [cid for cid, _ in group]
+        keys: dict[bytes, list[bytes]] = {}
+        fut: Future[_Blobs]
         if self._planner is not None:
-            for cid, plan in zip(ids, plans, strict=True):
-                if plan is not None:
-                    self._delta_meta[cid] = (None, plan.keys)
+            keys = {cid: plan.keys for cid, plan in zip(ids, plans, strict=True)
+                    if plan is not None}
             fut = self.store.executor.submit(self._planner.encode, pieces, ids, plans,
                                              self._level)
-        elif not self._inflight and sum(len(p) for p in pieces) <= INLINE_ENCODE_BYTES:
+        elif (self._pipe is None and not self._inflight
+              and sum(len(p) for p in pieces) <= INLINE_ENCODE_BYTES):
             # a small write alone (a small file's commit): encoding it here costs less
             # than the trip to a worker and back
             fut = Future()
             fut.set_result(encode_blobs(pieces, ids, self._level))
         else:
             fut = self.store.executor.submit(encode_blobs, pieces, ids, self._level)
-        self._inflight.append(([cid for cid, _ in group], fut))
-        if len(self._inflight) > self._max_inflight:
-            self._drain(self._max_inflight // 2)
+        self._emit((ids, fut, keys, sum(len(p) for p in pieces)))
+
+    def _emit(self, item: _Item) -> None:
+        """Hand an encoding to the committer: bounded, in order."""
+        if self._pipe is None:
+            self._inflight.append(item)
+            if len(self._inflight) > self._max_inflight:
+                self._drain(self._max_inflight // 2)
+            return
+        with self._room:  # bounded: waits while OVERLAP_BYTES are handed over
+            while self._queued >= OVERLAP_BYTES and self._failed is None:
+                self._room.wait()
+            self._queued += item[3]
+        self._raise_failed()
+        self._pipe.put(item)
 
     def _reader(self) -> ReadTxn:
-        """A read snapshot for dedup lookups, renewed at every commit."""
+        """A read snapshot for dedup lookups: renewed at every commit (overlapping: once
+        the oldest sealed batch has committed, so its chunks leave `_pending`)."""
+        unseen = self._unseen
+        if unseen and unseen[0].done.done():
+            self._end_reader()
         if self._lookup is None:
+            seen: list[_Batch] = []
+            while unseen and unseen[0].done.done():
+                seen.append(unseen.popleft())
+                seen[-1].done.result()  # a failed commit: raised here
             cm = self.store.engine.read()
             self._lookup = (cm, cm.__enter__())
+            for b in seen:  # committed before this snapshot began: it shows them
+                self._pending -= b.ids
+                if self._planner is not None:
+                    self._planner.forget(b.ids)
         return self._lookup[1]
 
     def _end_reader(self) -> None:
@@ -630,50 +715,57 @@ class WriteSession:
             cm.__exit__(None, None, None)
 
     def _drain(self, keep: int = 0) -> None:
-        """Append finished blobs to the pack in order until `keep` remain in flight."""
+        """Append finished blobs to the pack in order until `keep` remain in flight
+        (a session that does not overlap)."""
         if keep == 0:
             self._submit()
             self._submit_members()
         while len(self._inflight) > keep:
-            cids, fut = self._inflight.popleft()
-            blobs = fut.result()
-            if isinstance(blobs, groups.Group):  # the group chunk; members folded
-                self._add_folded(blobs)
-                cids, blobs = [blobs.id], [(blobs.header, blobs.payload)]
-            for cid, (header, payload) in zip(cids, blobs, strict=True):
-                if self._pack is None:
-                    self._pack = self._start_pack()
-                offset, blob_len = self._pack.add(header, payload)
-                head = parse_blob_header(header)
-                if head.codec == CODEC_DELTA:
-                    base = bytes(payload[:CHUNK_ID_LEN])
-                    # a delta against the dictionary may be a base itself: keep its keys
-                    keys = self._delta_meta.get(cid, (None, []))[1]
-                    dictionary = self._planner.dictionary_id if self._planner else None
-                    self._delta_meta[cid] = (base, keys if base == dictionary else [])
-                    self.stats.delta_chunks += 1
-                self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, head.raw_len,
-                                           head.payload_len, head.codec)
-                self.stats.new_chunks += 1
-                self.stats.new_raw_bytes += head.raw_len
-                self.stats.new_stored_bytes += blob_len
-                if self._pack.size >= self.store.config.pack_size:
-                    self._flush_pack()
+            self._append(self._inflight.popleft())
 
-    def _add_folded(self, group: groups.Group) -> None:
+    # -- the committer: appending blobs, writing packs, committing --------------
+    def _append(self, item: _Item) -> None:
+        """Append an encoding's blobs to the pack (written when full)."""
+        cids, fut, keys, _ = item
+        blobs = fut.result()
+        if isinstance(blobs, groups.Group):  # the group chunk; members folded
+            self._add_folded(blobs, keys)
+            cids, blobs = [blobs.id], [(blobs.header, blobs.payload)]
+        for cid, (header, payload) in zip(cids, blobs, strict=True):
+            if self._pack is None:
+                self._pack = self._start_pack()
+            offset, blob_len = self._pack.add(header, payload)
+            head = parse_blob_header(header)
+            if head.codec == CODEC_DELTA:
+                base = bytes(payload[:CHUNK_ID_LEN])
+                # a delta against the dictionary may be a base itself: keep its keys
+                dictionary = self._planner.dictionary_id if self._planner else None
+                self._delta_meta[cid] = (base, keys.get(cid, []) if base == dictionary
+                                         else [])
+                self.stats.delta_chunks += 1
+            elif cid in keys:
+                self._delta_meta[cid] = (None, keys[cid])
+            self._new[cid] = _NewChunk(self._pack.pack_id, offset, blob_len, head.raw_len,
+                                       head.payload_len, head.codec)
+            self.stats.new_chunks += 1
+            self.stats.new_raw_bytes += head.raw_len
+            self.stats.new_stored_bytes += blob_len
+            if self._pack.size >= self.store.config.pack_size:
+                self._flush_pack()
+                self._flush_due = True
+
+    def _add_folded(self, group: groups.Group, keys: dict[bytes, list[bytes]]) -> None:
         """Note the members of `group` as folded records, to commit with the group
         (its blob goes to the pack like any chunk's); each keeps its index keys, as
         a base of later deltas."""
         self.stats.groups += 1
         for rec in group.records():
             self._new[rec.id] = _NewChunk(b"", 0, 0, rec.raw_len, 0, CODEC_MEMBER, rec)
-            keys = self._member_keys.pop(rec.id, [])
-            if keys:
-                self._delta_meta[rec.id] = (None, keys)
+            if keys.get(rec.id):
+                self._delta_meta[rec.id] = (None, keys[rec.id])
             self.stats.group_members += 1
             self.stats.new_chunks += 1
             self.stats.new_raw_bytes += rec.raw_len
-
     def _start_pack(self) -> PackBuilder:
         """The pack new blobs go to: the tail's, if it can be continued, else a new one."""
         if self._tail is not None:
@@ -738,27 +830,109 @@ class WriteSession:
         file, and counting a tree's directories twice (entering, leaving) made 5
         commits of 3,656 files and a metadata file 13% larger (smallfiles --quick).
         A commit also comes once the queued files hold COMMIT_CHUNKS chunk references
-        (the memory LMDB keeps of the pages one transaction dirtied).
+        (the memory LMDB keeps of the pages one transaction dirtied), and once a pack
+        filled up. An overlapping session seals the batch for its committer instead.
         """
         self._files.append((refs or [], action))
-        if (self._flushed or self._queued_files >= self.store.config.commit_files
+        if (self._flush_due or self._queued_files >= self.store.config.commit_files
                 or self._queued_refs >= COMMIT_CHUNKS):
-            self.commit()
+            if self._pipe is None:
+                self.commit()
+            else:
+                self._hand_over(self._seal(()))
 
     def commit(self, walks: Iterable[tuple[int, Sequence[str]]] = ()) -> None:
-        """Make every queued file visible, in one metadata transaction.
+        """Make every queued file visible, in one metadata transaction (overlapping:
+        the last of the batches still committing).
 
         The packs holding their new chunks are written durably first. `walks`: the
         entries the files' actions will look up, read ahead with the new chunks and
         the packs this commit checks (`ReadTxn.read_ahead`: one round trip on a
         database server).
         """
-        self._drain()
+        batch = self._seal(walks)
+        if self._pipe is not None:
+            self._hand_over(batch)
+            for b in self._unseen:
+                b.done.result()  # a failed commit: raised here
+        else:
+            self._drain()
+            self._end_reader()  # later lookups must see this commit
+            self._commit_batch(batch)
+        self._end_reader()
+        self._unseen.clear()
+        self._pending.clear()
+        if self._planner is not None:
+            self._planner.clear()
+
+    def _seal(self, walks: Iterable[tuple[int, Sequence[str]]]) -> _Batch:
+        """End the batch being gathered: every chunk of it goes to the workers."""
+        self._submit()
+        self._submit_members()
+        batch = _Batch(self._files, tuple(walks), self._dict_added, self._batch_ids)
+        self._files, self._batch_ids, self._dict_added = [], set(), None
+        self._queued_files = self._queued_refs = 0
+        self._flush_due = False
+        return batch
+
+    def _hand_over(self, batch: _Batch) -> None:
+        """Give a sealed batch to the committer thread, once fewer than SEALED_BATCHES
+        wait for or run their commit."""
+        assert self._pipe is not None
+        self._raise_failed()
+        while True:
+            waiting = [b for b in self._unseen if not b.done.done()]
+            if len(waiting) < SEALED_BATCHES:
+                break
+            waiting[0].done.result()
+        self._unseen.append(batch)
+        self._sealed += 1
+        self._pipe.put(batch)
+
+    def _raise_failed(self) -> None:
+        """Raise the committer's failure: nothing after it commits."""
+        if self._failed is not None:
+            raise self._failed
+
+    def _run(self) -> None:
+        """The committer thread: blobs appended and batches committed in order. After a
+        failure it only empties the hand-over (each later batch gets the failure)."""
+        assert self._pipe is not None
+        while True:
+            item = self._pipe.get()
+            if item is None:
+                return
+            if isinstance(item, _Batch):
+                if self._failed is None:
+                    try:
+                        self._commit_batch(item)
+                    except BaseException as e:  # handed to the calling thread
+                        self._failed = e
+                if self._failed is not None:
+                    item.done.set_exception(self._failed)
+                else:
+                    self._committed += 1
+                    item.done.set_result(None)
+            else:
+                if self._failed is not None or (self._stopping
+                                                and self._committed >= self._sealed):
+                    item[1].cancel()  # after a failure, or of a batch never sealed
+                else:
+                    try:
+                        self._append(item)
+                    except BaseException as e:  # handed to the calling thread
+                        self._failed = e
+                with self._room:
+                    self._queued -= item[3]
+                    self._room.notify()
+
+    def _commit_batch(self, batch: _Batch) -> None:
+        """Write the pack durably, then commit the batch's files and new chunks."""
         self._flush_pack()
-        if not self._files and not self._flushed:
+        if not batch.files and not self._flushed:
             return
-        self._end_reader()  # later lookups must see this commit
         now = time.time_ns()
+        walks = batch.walks
 
         def apply(txn: WriteTxn) -> None:  # run again on a lost conflict: derives all from txn
             live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
@@ -770,7 +944,6 @@ class WriteSession:
                            if self._tail is not None else ())
             present = txn.present_chunks(self._new)
             for cid, nc in self._new.items():
-                assert nc is not None
                 if nc.member is not None:  # a folded member: one reference on its group
                     if cid not in present:
                         records[cid] = nc.member
@@ -808,15 +981,15 @@ class WriteSession:
                                         n, nbytes, created))
             deltas: Counter[bytes] = Counter()
             with namespace.versions_coalesced(txn):
-                for refs, action in self._files:
+                for refs, action in batch.files:
                     old = action(txn, refs)
                     deltas.update(r.id for r in refs)
                     if old is not None:
                         deltas.subtract(r.id for r in old.chunks)
             deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base
             deltas.update(pins)
-            if self._dict_added is not None:
-                delta.set_dictionary(txn, self._dict_added)
+            if batch.dict_added is not None:
+                delta.set_dictionary(txn, batch.dict_added)
             apply_refcounts(txn, deltas, records)
             if healed:
                 set_lost_chunks(txn, lost_chunks(txn) - healed)
@@ -825,19 +998,20 @@ class WriteSession:
         self.store.engine.transact(apply)
         self._new.clear()
         self._flushed.clear()
-        self._files.clear()
-        self._queued_files = self._queued_refs = 0
         self._delta_meta.clear()
-        self._member_keys.clear()
-        self._dict_added = None
-        if self._planner is not None:
-            self._planner.clear()
         self.stats.commits += 1
         self.stats.seconds = time.monotonic() - self._started
 
     def abandon(self) -> None:
         """Drop what was not committed (its packs become orphans that gc reclaims; an
-        appended pack's bytes past its record, an uncommitted tail)."""
+        appended pack's bytes past its record, an uncommitted tail). An overlapping
+        session's committer first commits the batches sealed before, unless one failed."""
+        if self._thread is not None:
+            assert self._pipe is not None
+            self._stopping = True
+            self._pipe.put(None)
+            self._thread.join()
+            self._thread = None
         if self._tail is not None and (self._tail.holds(self._pack) or any(
                 self._tail.holds(p) for p in self._flushed)):
             self._tail.forget()
@@ -849,11 +1023,14 @@ class WriteSession:
         self._dict_added = None
         if self._planner is not None:
             self._planner.clear()
-        for _, fut in self._inflight:
+        for _, fut, _, _ in self._inflight:
             fut.cancel()
         self._inflight.clear()
+        self._unseen.clear()
         self._pack = None
         self._new.clear()
+        self._pending.clear()
+        self._batch_ids.clear()
         self._flushed.clear()
         self._files.clear()
         self._queued_files = self._queued_refs = 0
