@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from types import TracebackType
 from typing import Any
@@ -253,6 +253,12 @@ class _LmdbRead(ReadTxn):
         self._d.trimmer.tick()
         return self._txn.get(cid, db=self._d.chunks) is not None
 
+    def present_chunks(self, cids: Iterable[bytes]) -> set[bytes]:
+        """`has_chunk` of each of `cids` in one packed lookup pass (in id order)."""
+        ids = set(cids)
+        self._d.trimmer.tick(len(ids))
+        return set(self._txn.get_many(ids, self._d.chunks))
+
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         decode = enc.decode_chunk
         for key, val in self._rows(self._d.chunks):
@@ -362,10 +368,11 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         self._txn.put(rec.id, enc.encode_chunk(rec), db=self._d.chunks)
 
     def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
-        get, put, db, tick = self._txn.get, self._txn.put, self._d.chunks, self._d.trimmer.tick
+        put, db = self._txn.put, self._d.chunks
+        self._d.trimmer.tick(len(deltas))
+        found = self._txn.get_many(deltas, db)  # each row read before any is written
         for cid, delta in deltas.items():
-            tick()
-            data = get(cid, db=db)
+            data = found.get(cid)
             if data is None:
                 raise MetadataDamagedError(f"chunk {cid.hex()} is referenced but not in the chunk "
                                            "index; run `hutong fsck`")
