@@ -386,3 +386,49 @@ def test_readonly_open_of_an_environment_without_a_newer_value_table(tmp_path: P
     with rw.write() as txn:
         txn.put_value("deltas", b"x", b"y")
     rw.close()
+
+
+def test_a_write_reads_next_ino_once_and_releases_no_manifest_of_a_new_inode(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction that makes many files reads `next_ino` once (then counts on) and
+    looks up no old manifest for an inode it allocated; a manifest replaced in the same
+    transaction, and `next_ino` set meanwhile (a dump's load), are still honoured."""
+    from gfs import namespace
+    from gfs.meta import blocks
+    from gfs.meta import shared_manifests as shm
+
+    eng = LmdbEngine(str(tmp_path / "m"), sync=False)
+    reads: list[bytes] = []
+    releases: list[bytes] = []
+    real_get, real_release = blocks.BlockTxn.get, shm.release
+
+    def get(self: blocks.BlockTxn, key: bytes, db: object) -> bytes | None:
+        reads.append(bytes(key))
+        return real_get(self, key, db)
+
+    def release(txn: object, manifests: object, bodies: object, key: bytes) -> None:
+        releases.append(key)
+        real_release(txn, manifests, bodies, key)
+
+    monkeypatch.setattr(blocks.BlockTxn, "get", get)
+    monkeypatch.setattr(shm, "release", release)
+    two = [ChunkRef(b"a" * 16, 5), ChunkRef(b"b" * 16, 5)]  # shared bodies
+    try:
+        with eng.write() as w:
+            root = w.get_inode(ROOT_INO)
+            assert root is not None
+            for i in range(50):
+                namespace.write_file_in(w, root, f"f{i}", two, touch=False)
+            assert reads.count(b"next_ino") == 1 and releases == []
+            ino = w.lookup(ROOT_INO, "f0")
+            assert ino is not None
+            w.put_manifest(ino, Manifest(2, tuple(reversed(two))))  # releases the first
+            assert len(releases) == 1
+            w.set_meta("next_ino", enc.encode_u64(1000))
+            assert w.alloc_ino() == 1000 and w.alloc_ino() == 1001
+        with eng.read() as r:
+            assert r.get_meta("next_ino") == enc.encode_u64(1002)
+            assert r.manifest_problems() == []
+            assert r.shared_manifests() == 2
+    finally:
+        eng.close()

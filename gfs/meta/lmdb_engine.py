@@ -317,15 +317,27 @@ class _LmdbRead(ReadTxn):
 class _LmdbWrite(_LmdbRead, WriteTxn):
     """A WriteTxn over one py-lmdb write transaction."""
 
-    __slots__ = ()
+    __slots__ = ("_fresh", "_next_ino")
+
+    def __init__(self, txn: Any, dbs: _Dbs, *, through: bool = False) -> None:
+        super().__init__(txn, dbs, through=through)
+        #: the next inode number as this transaction last wrote it (read once: a put
+        #: allocates one per file and directory)
+        self._next_ino: int | None = None
+        #: inodes allocated here that no manifest was put for yet: the first
+        #: `put_manifest` has no old one to release (a lookup saved per new file)
+        self._fresh: set[int] = set()
 
     def alloc_ino(self) -> int:
-        txn, meta = self._txn, self._d.meta
-        raw = txn.get(_NEXT_INO, db=meta)
-        if raw is None:
-            raise StateError("metadata has no next_ino; the store is not initialised")
-        ino = enc.decode_u64("meta next_ino", raw)
-        txn.put(_NEXT_INO, enc.encode_u64(ino + 1), db=meta)
+        ino = self._next_ino
+        if ino is None:
+            raw = self._txn.get(_NEXT_INO, db=self._d.meta)
+            if raw is None:
+                raise StateError("metadata has no next_ino; the store is not initialised")
+            ino = enc.decode_u64("meta next_ino", raw)
+        self._txn.put(_NEXT_INO, enc.encode_u64(ino + 1), db=self._d.meta)
+        self._next_ino = ino + 1
+        self._fresh.add(ino)
         return ino
 
     def put_inode(self, inode: Inode) -> None:
@@ -354,7 +366,11 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
 
     def put_manifest(self, ino: int, manifest: Manifest) -> None:
         self._d.trimmer.tick()
-        shm.put(self._txn, self._d.manifests, self._d.mbodies, _ino_key(ino), manifest)
+        fresh = ino in self._fresh
+        if fresh:
+            self._fresh.discard(ino)
+        shm.put(self._txn, self._d.manifests, self._d.mbodies, _ino_key(ino), manifest,
+                replaces=not fresh)
 
     def delete_manifest(self, ino: int) -> None:
         key = _ino_key(ino)
@@ -416,6 +432,8 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
     def set_meta(self, key: str, value: bytes) -> None:
         if not key:
             raise ValueError("meta key must not be empty")
+        if key == "next_ino":
+            self._next_ino = None  # read again at the next allocation
         self._txn.put(key.encode("ascii"), value, db=self._d.meta)
 
 
