@@ -317,7 +317,7 @@ class _LmdbRead(ReadTxn):
 class _LmdbWrite(_LmdbRead, WriteTxn):
     """A WriteTxn over one py-lmdb write transaction."""
 
-    __slots__ = ("_fresh", "_next_ino")
+    __slots__ = ("_fresh", "_kids", "_next_ino")
 
     def __init__(self, txn: Any, dbs: _Dbs, *, through: bool = False) -> None:
         super().__init__(txn, dbs, through=through)
@@ -327,6 +327,16 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         #: inodes allocated here that no manifest was put for yet: the first
         #: `put_manifest` has no old one to release (a lookup saved per new file)
         self._fresh: set[int] = set()
+        #: by inode allocated here: the entries linked in it (no committed entry can
+        #: name an inode number not yet allocated), so a lookup in a directory this
+        #: transaction made (a put's new tree: a lookup per entry) reads no table
+        self._kids: dict[int, dict[str, int]] = {}
+
+    def lookup(self, parent: int, name: str) -> int | None:
+        kids = self._kids.get(parent)
+        if kids is None or not name:  # (an empty name raises as before)
+            return super().lookup(parent, name)
+        return kids.get(name)
 
     def alloc_ino(self) -> int:
         ino = self._next_ino
@@ -338,6 +348,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         self._txn.put(_NEXT_INO, enc.encode_u64(ino + 1), db=self._d.meta)
         self._next_ino = ino + 1
         self._fresh.add(ino)
+        self._kids[ino] = {}
         return ino
 
     def put_inode(self, inode: Inode) -> None:
@@ -357,12 +368,18 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
             )
         self._d.trimmer.tick()
         self._txn.put(key, enc.encode_dirent_ino(ino), db=self._d.dirents)
+        kids = self._kids.get(parent)
+        if kids is not None:
+            kids[name] = ino
 
     def unlink(self, parent: int, name: str) -> None:
         key = enc.dirent_key(parent, name)
         if len(key) <= _MAX_KEY:
             self._d.trimmer.tick()
             self._txn.delete(key, db=self._d.dirents)
+            kids = self._kids.get(parent)
+            if kids is not None:
+                kids.pop(name, None)
 
     def put_manifest(self, ino: int, manifest: Manifest) -> None:
         self._d.trimmer.tick()
