@@ -27,7 +27,7 @@ from gfs.errors import (
     _OSLike,
 )
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
-from gfs.meta.records import inode_with
+from gfs.meta.records import inode_with, new_inode
 
 DEFAULT_DIR_MODE = 0o755
 DEFAULT_FILE_MODE = 0o644
@@ -216,13 +216,11 @@ def _new_inode(txn: WriteTxn, parent: int, kind: Kind, mode: int, now: int,
                uid: int | None = None, gid: int | None = None, target: str = "",
                mtime_ns: int | None = None, size: int = 0, version: int = 0,
                rdev: int = 0, atime_ns: int | None = None) -> Inode:
-    return Inode(
-        ino=txn.alloc_ino(), parent=parent, kind=kind, mode=mode & 0o7777,
-        uid=_UID if uid is None else uid, gid=_GID if gid is None else gid,
-        size=len(target.encode()) if kind == Kind.SYMLINK else size,
-        atime_ns=now if atime_ns is None else atime_ns,
-        mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now,
-        version=version, target=target, nlink=2 if kind == Kind.DIR else 1, rdev=rdev)
+    return new_inode(
+        txn.alloc_ino(), parent, kind, mode & 0o7777, _UID if uid is None else uid,
+        _GID if gid is None else gid, len(target.encode()) if kind == Kind.SYMLINK else size,
+        now if atime_ns is None else atime_ns, now if mtime_ns is None else mtime_ns, now,
+        version, target, 2 if kind == Kind.DIR else 1, rdev)
 
 
 def inherit(parent: Inode, kind: Kind, mode: int, gid: int) -> tuple[int, int]:

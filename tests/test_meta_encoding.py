@@ -595,3 +595,17 @@ def test_inode_with_is_dataclasses_replace(node: Inode, other: Inode, changed: s
 
     changes = {k: getattr(other, k) for k in changed}
     assert inode_with(node, **changes) == replace(node, **changes)
+
+
+@given(inodes)
+def test_new_inode_is_the_dataclass_constructor(node: Inode) -> None:
+    """`new_inode` (slots set straight) builds the same frozen, hashable record."""
+    from dataclasses import FrozenInstanceError, astuple
+
+    from gfs.meta.records import new_inode
+
+    made = new_inode(*astuple(node))
+    assert made == node and hash(made) == hash(node) and repr(made) == repr(node)
+    assert enc.encode_inode(made) == enc.encode_inode(node)
+    with pytest.raises(FrozenInstanceError):
+        made.size = 1  # type: ignore[misc]
