@@ -13,7 +13,6 @@ import stat as statmod
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 
 from gfs import paths
 from gfs.errors import (
@@ -28,6 +27,7 @@ from gfs.errors import (
     _OSLike,
 )
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
+from gfs.meta.records import inode_with, new_inode
 
 DEFAULT_DIR_MODE = 0o755
 DEFAULT_FILE_MODE = 0o644
@@ -124,7 +124,7 @@ def _touch_dir(txn: WriteTxn, parent: Inode, now: int, subdirs: int = 0) -> Inod
     counts)."""
     cur = get(txn, parent.ino)  # the caller's copy may predate changes in this txn
     nlink = cur.nlink + subdirs if cur.nlink >= 2 else cur.nlink
-    new = replace(cur, mtime_ns=now, ctime_ns=now, nlink=nlink, version=cur.version + 1)
+    new = inode_with(cur, mtime_ns=now, ctime_ns=now, nlink=nlink, version=cur.version + 1)
     _put_dir(txn, new)
     return new
 
@@ -146,7 +146,7 @@ def _count_subdirs(txn: WriteTxn, parent: int, delta: int) -> None:
         return
     cur = get(txn, parent)
     nlink = cur.nlink + delta if cur.nlink >= 2 else cur.nlink
-    txn.put_inode(replace(cur, nlink=nlink, version=cur.version + 1))
+    txn.put_inode(inode_with(cur, nlink=nlink, version=cur.version + 1))
 
 
 def entries_changed(txn: WriteTxn, parent: int) -> None:
@@ -164,7 +164,7 @@ def entries_changed(txn: WriteTxn, parent: int) -> None:
         return
     cur = txn.get_inode(parent)
     if cur is not None and cur.kind == Kind.DIR:
-        txn.put_inode(replace(cur, version=cur.version + 1))
+        txn.put_inode(inode_with(cur, version=cur.version + 1))
 
 
 #: By transaction (id) in `versions_coalesced`: the directories whose version
@@ -203,26 +203,24 @@ def versions_coalesced(txn: WriteTxn) -> Iterator[None]:
     for ino, node in deferred.items():
         subdirs = pending.pop(ino, None)
         if subdirs is not None:
-            node = replace(node, nlink=node.nlink + subdirs, version=node.version + 1)
+            node = inode_with(node, nlink=node.nlink + subdirs, version=node.version + 1)
         txn.put_inode(node)
     for ino, subdirs in sorted(pending.items()):
         cur = txn.get_inode(ino)
         if cur is not None and cur.kind == Kind.DIR:
             nlink = cur.nlink + subdirs if cur.nlink >= 2 else cur.nlink
-            txn.put_inode(replace(cur, nlink=nlink, version=cur.version + 1))
+            txn.put_inode(inode_with(cur, nlink=nlink, version=cur.version + 1))
 
 
 def _new_inode(txn: WriteTxn, parent: int, kind: Kind, mode: int, now: int,
                uid: int | None = None, gid: int | None = None, target: str = "",
                mtime_ns: int | None = None, size: int = 0, version: int = 0,
                rdev: int = 0, atime_ns: int | None = None) -> Inode:
-    return Inode(
-        ino=txn.alloc_ino(), parent=parent, kind=kind, mode=mode & 0o7777,
-        uid=_UID if uid is None else uid, gid=_GID if gid is None else gid,
-        size=len(target.encode()) if kind == Kind.SYMLINK else size,
-        atime_ns=now if atime_ns is None else atime_ns,
-        mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now,
-        version=version, target=target, nlink=2 if kind == Kind.DIR else 1, rdev=rdev)
+    return new_inode(
+        txn.alloc_ino(), parent, kind, mode & 0o7777, _UID if uid is None else uid,
+        _GID if gid is None else gid, len(target.encode()) if kind == Kind.SYMLINK else size,
+        now if atime_ns is None else atime_ns, now if mtime_ns is None else mtime_ns, now,
+        version, target, 2 if kind == Kind.DIR else 1, rdev)
 
 
 def inherit(parent: Inode, kind: Kind, mode: int, gid: int) -> tuple[int, int]:
@@ -254,7 +252,7 @@ def mkdir(txn: WriteTxn, path: str, mode: int = DEFAULT_DIR_MODE, *, parents: bo
             if last and not (exist_ok or parents):
                 raise ExistsError(here)
             if last and mtime_ns is not None:
-                existing = replace(existing, mode=mode & 0o7777, mtime_ns=mtime_ns)
+                existing = inode_with(existing, mode=mode & 0o7777, mtime_ns=mtime_ns)
                 txn.put_inode(existing)
             node = existing
             continue
@@ -297,7 +295,7 @@ def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef],
     if existing is not None and existing.kind == Kind.DIR:
         raise IsADirError(path or name)
     if existing is not None and existing.kind == Kind.FILE:
-        return write_content(txn, replace(
+        return write_content(txn, inode_with(
             existing, mode=existing.mode if mode is None else mode & 0o7777,
             uid=existing.uid if uid is None else uid,
             gid=existing.gid if gid is None else gid), refs, mtime_ns=mtime_ns)
@@ -327,7 +325,7 @@ def write_content(txn: WriteTxn, node: Inode, refs: list[ChunkRef], *,
         raise InvalidPathError(f"<inode {node.ino}>", "not a regular file")
     now = now_ns()
     old = txn.get_manifest(node.ino)
-    new = replace(node, size=sum(r.length for r in refs), version=node.version + 1,
+    new = inode_with(node, size=sum(r.length for r in refs), version=node.version + 1,
                   ctime_ns=now, mtime_ns=now if mtime_ns is None else mtime_ns)
     txn.put_inode(new)
     txn.put_manifest(new.ino, Manifest(new.version, tuple(refs)))
@@ -416,7 +414,7 @@ def _drop_link(txn: WriteTxn, node: Inode, now: int) -> Manifest | None:
     its link count falls, and the last link deletes it. Returns the manifest of a
     deleted file (to release)."""
     if node.nlink > 1:
-        txn.put_inode(replace(node, nlink=node.nlink - 1, ctime_ns=now))
+        txn.put_inode(inode_with(node, nlink=node.nlink - 1, ctime_ns=now))
         return None
     m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
     txn.delete_manifest(node.ino)
@@ -457,7 +455,7 @@ def link_in(txn: WriteTxn, node: Inode, parent: Inode, name: str) -> Inode:
     if node.nlink >= LINK_MAX:
         raise TooManyLinksError(name)
     now = now_ns()
-    new = replace(node, nlink=node.nlink + 1, ctime_ns=now, parent=0)
+    new = inode_with(node, nlink=node.nlink + 1, ctime_ns=now, parent=0)
     txn.put_inode(new)
     txn.link(parent.ino, name, node.ino)
     _touch_dir(txn, parent, now)
@@ -648,7 +646,7 @@ def _moved(txn: WriteTxn, node: Inode, parent: int, now: int) -> None:
     """Record that `node` is now linked from `parent` (a hard-linked file keeps 0)."""
     cur = get(txn, node.ino)
     keep = cur.kind != Kind.DIR and cur.nlink > 1
-    txn.put_inode(replace(cur, parent=cur.parent if keep else parent, ctime_ns=now))
+    txn.put_inode(inode_with(cur, parent=cur.parent if keep else parent, ctime_ns=now))
 
 
 def _exchange(txn: WriteTxn, sparent: Inode, sname: str, node: Inode, dparent: Inode,
@@ -686,7 +684,7 @@ def set_attrs_of(txn: WriteTxn, node: Inode, *, mode: int | None = None, uid: in
                  gid: int | None = None, atime_ns: int | None = None,
                  mtime_ns: int | None = None) -> Inode:
     """Change mode, owner or times of inode `node`."""
-    new = replace(
+    new = inode_with(
         node,
         mode=node.mode if mode is None else mode & 0o7777,
         uid=node.uid if uid is None else uid,

@@ -113,3 +113,41 @@ def test_files_in_a_directory_made_in_the_same_batch_do_not_read_it(
             for rel, data in want.items():
                 assert fs.read_bytes(f"/t/{rel}") == data
             assert fs.fsck().ok
+
+
+def test_a_fault_mid_commit_loses_nothing_committed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put whose commit fails part way through its rows (the 23rd file's row, commits
+    of 5 files: new directories, their entries answered from the transaction) keeps
+    every earlier commit whole and nothing of the failed one; fsck is clean, and a
+    second put of a changed tree (new and replaced files, into the directories
+    made before the fault) completes it."""
+    src = tmp_path / "src"
+    want = _tree(src, 5, 8)
+    calls = [0]
+    real = client_mod.namespace.write_file_in
+
+    def failing(*args: object, **kw: object) -> object:
+        calls[0] += 1
+        if calls[0] == 23:
+            raise OSError("injected fault in the commit")
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    with Client.init(tmp_path / "s", commit_files=5) as fs:
+        monkeypatch.setattr(client_mod.namespace, "write_file_in", failing)
+        with pytest.raises(OSError, match="injected"):
+            fs.put(src, "/t")
+        monkeypatch.undo()
+        kept = {rel for rel in want if fs.exists(f"/t/{rel}")}
+        assert len(kept) == 20  # four commits of 5 files; the fifth lost whole
+        assert all(fs.read_bytes(f"/t/{rel}") == want[rel] for rel in kept)
+        assert fs.fsck().ok
+        (src / "d0" / "f0.txt").write_bytes(b"changed")
+        (src / "d4" / "new.txt").write_bytes(b"new")
+        want.update({"d0/f0.txt": b"changed", "d4/new.txt": b"new"})
+        fs.put(src, "/t")
+        for rel, data in want.items():
+            assert fs.read_bytes(f"/t/{rel}") == data
+        assert sorted(s.path for s in fs.ls("/t/d4")) == sorted(
+            f"/t/d4/{n}" for n in ["new.txt", *(f"f{f}.txt" for f in range(8))])
+        assert fs.fsck().ok

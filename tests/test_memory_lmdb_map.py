@@ -58,3 +58,37 @@ def test_writes_in_one_transaction_keep_the_map_trimmed(
         assert resident < 8 * 1024, resident
     finally:
         eng.close()
+
+
+def test_ticks_read_the_clock_rarely_and_a_small_map_is_left_resident(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tick (one per lookup or write) reads the clock once every 16 ticks, and a
+    metadata file no larger than the bound the trims keep (TRIM_TICKS fault-arounds)
+    is not trimmed: a trim would only fault its pages in again (a put of 7,000 small
+    files trimmed its 1 MB map 100 times)."""
+    clock = [0.0]
+    reads: list[float] = []
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            reads.append(clock[0])
+            return clock[0]
+
+    monkeypatch.setattr(residency, "time", Clock)
+    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    try:
+        with eng.write() as w:
+            for i in range(200):
+                w.put_chunk(_chunk(i))
+        trimmer = eng._dbs.trimmer
+        before, trims = len(reads), trimmer.trims
+        for _ in range(160):
+            trimmer.tick()
+        assert len(reads) - before <= 10
+        clock[0] += 2 * residency.TRIM_INTERVAL  # due by the clock, and by count
+        for _ in range(2 * residency.TRIM_TICKS):
+            trimmer.tick()
+        assert trimmer.trims == trims  # a small file: never trimmed
+    finally:
+        eng.close()

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gfs.errors import FormatError
-from gfs.meta import ROOT_INO, Inode, Kind, LmdbEngine, blocks
+from gfs.meta import ROOT_INO, Inode, Kind, LmdbEngine, blocks, lmdb_engine
 from gfs.meta import compact as compaction
 from gfs.meta import encoding as enc
 from gfs.meta.records import ChunkRecord, ChunkRef, Location, Manifest
@@ -513,5 +513,75 @@ def test_lookups_of_random_keys_decode_each_block_once_and_see_rewrites(
         with eng.read() as r:
             assert r.get_chunk(seven) is None and r.get_chunk(eight).refcount == 3
             assert len(r.present_chunks(i.to_bytes(16, "big") for i in order)) == 599
+    finally:
+        eng.close()
+
+
+def test_a_batch_of_chunk_lookups_seeks_each_block_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`present_chunks` looks its ids up in id order (`BlockTxn.get_many`): one block
+    lookup (cursor seek, decode-cache probe) per block the ids fall in, however
+    scattered their order; one by one, nearly every id took one."""
+    path = str(tmp_path / "meta")
+    _store(path, 600)
+    assert compaction.compact_now(path) is not None
+    seeks: list[bytes] = []
+    real = blocks.BlockTxn._lookup_block
+
+    def counting(self: blocks.BlockTxn, db: object, key: bytes) -> blocks.Rows | None:
+        seeks.append(key)
+        return real(self, db, key)
+
+    monkeypatch.setattr(blocks.BlockTxn, "_lookup_block", counting)
+    order = [(i * 337) % 700 for i in range(700)]  # 100 ids past the last chunk
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        with eng.read() as r:
+            assert r.present_chunks(i.to_bytes(16, "big") for i in order) == {
+                i.to_bytes(16, "big") for i in range(600)}
+            nblocks = r._txn.stat(r._txn._cold[r._d.chunks][1])["entries"]
+            assert 1 < len(seeks) <= nblocks + 1
+    finally:
+        eng.close()
+
+
+_CHUNK_OPS = st.lists(st.tuples(st.sampled_from(["put", "delete", "ref", "heat"]),
+                                st.integers(0, 320)), max_size=40)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_CHUNK_OPS, st.booleans())
+def test_batch_lookups_equal_lookups_one_by_one(
+        tmp_path: Path, ops: list[tuple[str, int]], tick: bool) -> None:
+    """`present_chunks` and `add_refcounts` (batch lookups, `get_many`) answer as
+    `has_chunk` and `get_chunk` do one id at a time, over packed rows, hot rows that
+    shadow or add to them, deleted ones and write-through rows not yet flushed."""
+    path = str(tmp_path / f"m{os.urandom(4).hex()}")
+    _store(path, 300)
+    compaction.compact_now(path)
+    ids = [i.to_bytes(16, "big") for i in range(321)]
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        with (eng.write_tick() if tick else eng.write()) as w:
+            for op, n in ops:
+                cid = ids[n]
+                known = w.get_chunk(cid)
+                if op == "put":
+                    w.put_chunk(ChunkRecord(cid, 9, 9, 1, 1, (Location(0, b"q" * 16, n, 9),)))
+                elif op == "delete":
+                    w.delete_chunk(cid)
+                elif op == "ref" and known is not None:
+                    other = ids[(n * 7) % 300]
+                    if w.has_chunk(other):
+                        w.add_refcounts({cid: 1, other: 1})  # other == cid: one key
+                        assert w.get_chunk(cid).refcount == known.refcount + 1
+                elif op == "heat":  # write-through rows pending in a write_tick
+                    w.put_value("heat", b"c" + cid, b"x%d" % n)
+                assert w.present_chunks(reversed(ids)) == {c for c in ids if w.has_chunk(c)}
+            heat = lmdb_engine._value_db(w._d, "heat")
+            keys = [b"c" + c for c in ids]
+            assert w._txn.get_many(keys, heat) == {
+                k: v for k in keys if (v := w._txn.get(k, heat)) is not None}
     finally:
         eng.close()

@@ -583,3 +583,29 @@ def test_member_decoded_against_its_own_id_is_refused() -> None:
     rec = ChunkRecord(b"\x01" * 16, 3000, 0, 3, 2, (), b"\x02" * 16, 7)
     with pytest.raises(FormatError, match="chunk record 0202"):
         enc.decode_chunk(b"\x02" * 16, enc.encode_chunk(rec))
+
+
+@given(inodes, inodes, st.sets(st.sampled_from(
+    ["parent", "kind", "mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns",
+     "version", "target", "nlink", "rdev"])))
+def test_inode_with_is_dataclasses_replace(node: Inode, other: Inode, changed: set[str]
+                                           ) -> None:
+    """`inode_with` (the namespace's fast replace) changes exactly the fields named."""
+    from gfs.meta.records import inode_with
+
+    changes = {k: getattr(other, k) for k in changed}
+    assert inode_with(node, **changes) == replace(node, **changes)
+
+
+@given(inodes)
+def test_new_inode_is_the_dataclass_constructor(node: Inode) -> None:
+    """`new_inode` (slots set straight) builds the same frozen, hashable record."""
+    from dataclasses import FrozenInstanceError, astuple
+
+    from gfs.meta.records import new_inode
+
+    made = new_inode(*astuple(node))
+    assert made == node and hash(made) == hash(node) and repr(made) == repr(node)
+    assert enc.encode_inode(made) == enc.encode_inode(node)
+    with pytest.raises(FrozenInstanceError):
+        made.size = 1  # type: ignore[misc]

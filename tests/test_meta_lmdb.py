@@ -15,6 +15,8 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gfs
 from gfs.errors import FormatError, StateError
@@ -386,3 +388,100 @@ def test_readonly_open_of_an_environment_without_a_newer_value_table(tmp_path: P
     with rw.write() as txn:
         txn.put_value("deltas", b"x", b"y")
     rw.close()
+
+
+def test_a_write_reads_next_ino_once_and_releases_no_manifest_of_a_new_inode(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction that makes many files reads `next_ino` once (then counts on) and
+    looks up no old manifest for an inode it allocated; a manifest replaced in the same
+    transaction, and `next_ino` set meanwhile (a dump's load), are still honoured."""
+    from gfs import namespace
+    from gfs.meta import blocks
+    from gfs.meta import shared_manifests as shm
+
+    eng = LmdbEngine(str(tmp_path / "m"), sync=False)
+    reads: list[bytes] = []
+    releases: list[bytes] = []
+    real_get, real_release = blocks.BlockTxn.get, shm.release
+
+    def get(self: blocks.BlockTxn, key: bytes, db: object) -> bytes | None:
+        reads.append(bytes(key))
+        return real_get(self, key, db)
+
+    def release(txn: object, manifests: object, bodies: object, key: bytes) -> None:
+        releases.append(key)
+        real_release(txn, manifests, bodies, key)
+
+    monkeypatch.setattr(blocks.BlockTxn, "get", get)
+    monkeypatch.setattr(shm, "release", release)
+    two = [ChunkRef(b"a" * 16, 5), ChunkRef(b"b" * 16, 5)]  # shared bodies
+    try:
+        with eng.write() as w:
+            root = w.get_inode(ROOT_INO)
+            assert root is not None
+            for i in range(50):
+                namespace.write_file_in(w, root, f"f{i}", two, touch=False)
+            assert reads.count(b"next_ino") == 1 and releases == []
+            ino = w.lookup(ROOT_INO, "f0")
+            assert ino is not None
+            w.put_manifest(ino, Manifest(2, tuple(reversed(two))))  # releases the first
+            assert len(releases) == 1
+            w.set_meta("next_ino", enc.encode_u64(1000))
+            assert w.alloc_ino() == 1000 and w.alloc_ino() == 1001
+        with eng.read() as r:
+            assert r.get_meta("next_ino") == enc.encode_u64(1002)
+            assert r.manifest_problems() == []
+            assert r.shared_manifests() == 2
+    finally:
+        eng.close()
+
+
+_DIR_OPS = st.lists(st.tuples(st.sampled_from(["mkdir", "link", "unlink"]),
+                              st.integers(0, 7), st.sampled_from(["a", "b", "c"])),
+                    max_size=30)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_DIR_OPS)
+def test_lookups_in_directories_the_transaction_made_answer_as_the_table(
+        tmp_path: Path, ops: list[tuple[str, int, str]]) -> None:
+    """A write transaction answers lookups in the directories it allocated from the
+    entries it linked there (no table read); they equal the table's own answer through
+    links, unlinks and relinks, in new and committed directories alike."""
+    from gfs.meta import lmdb_engine
+
+    eng = LmdbEngine(str(tmp_path / f"m{os.urandom(4).hex()}"), sync=False)
+    table_reads: list[int] = []
+    real = lmdb_engine._LmdbRead.lookup
+
+    def counted(self: lmdb_engine._LmdbRead, parent: int, name: str) -> int | None:
+        table_reads.append(parent)
+        return real(self, parent, name)
+
+    try:
+        with eng.write() as w:
+            old = w.alloc_ino()
+            w.link(ROOT_INO, "old", old)
+            w.link(old, "a", w.alloc_ino())
+        with pytest.MonkeyPatch.context() as mp, eng.write() as w:
+            mp.setattr(lmdb_engine._LmdbRead, "lookup", counted)
+            parents = [ROOT_INO, old]
+            for op, n, name in ops:
+                parent = parents[n % len(parents)]
+                if op == "mkdir":
+                    parents.append(w.alloc_ino())
+                    w.link(parent, f"d{len(parents)}", parents[-1])
+                elif op == "link":
+                    w.link(parent, name, 1000 + n)
+                else:
+                    w.unlink(parent, name)
+                for p in parents:
+                    for nm in ("a", "b", "c"):
+                        assert w.lookup(p, nm) == real(w, p, nm)
+            assert set(parents[2:]).isdisjoint(table_reads)
+            final = {(p, nm): w.lookup(p, nm) for p in parents for nm in ("a", "b", "c")}
+        with eng.read() as r:
+            assert {(p, nm): r.lookup(p, nm) for p, nm in final} == final
+    finally:
+        eng.close()

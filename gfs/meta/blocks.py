@@ -437,6 +437,41 @@ class BlockTxn:
             return rows[1][i] if i < len(keys) and keys[i] == key else None
         return self.packed_get(db, key)
 
+    def get_many(self, keys: Iterable[bytes], db: Any) -> dict[bytes, bytes]:
+        """The current values of those of `keys` that `db` has, as `get` finds them one
+        by one: the packed lookups in key order, so keys in one block take one cursor
+        seek and one bisect each, not a seek, a decode-cache probe and the call chain of
+        `get` (a put's dedup checks and refcounts: a batch of chunk ids)."""
+        pair = self._cold.get(db)
+        get = self.txn.get
+        if pair is None:
+            return {k: v for k in keys if (v := get(k, db=db)) is not None}
+        found: dict[bytes, bytes] = {}
+        pend = self._pending.get(db) if self._pending else None
+        hot = self._has_hot(db)
+        rest: list[bytes] = []
+        for k in keys:
+            v = pend.get(k) if pend else None
+            if v is None and hot:
+                v = get(k, db=db)
+            if v is not None:
+                found[k] = v
+            else:
+                rest.append(k)
+        rows = self._last.get(pair[1])
+        bisect_left = bisect.bisect_left
+        for k in sorted(rest):
+            if rows is None or not rows[0][0] <= k <= rows[0][-1]:
+                looked = self._lookup_block(db, k)
+                if looked is None:
+                    break  # past the last block, as every later key is
+                rows = self._last[pair[1]] = looked
+            bkeys = rows[0]
+            i = bisect_left(bkeys, k)
+            if i < len(bkeys) and bkeys[i] == k:
+                found[k] = rows[1][i]
+        return found
+
     def packed_get(self, db: Any, key: bytes) -> bytes | None:
         """The packed value of `key` in packed table `db` (shadowed or not), or None."""
         pair = self._cold[db]

@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from types import TracebackType
 from typing import Any
@@ -253,6 +253,12 @@ class _LmdbRead(ReadTxn):
         self._d.trimmer.tick()
         return self._txn.get(cid, db=self._d.chunks) is not None
 
+    def present_chunks(self, cids: Iterable[bytes]) -> set[bytes]:
+        """`has_chunk` of each of `cids` in one packed lookup pass (in id order)."""
+        ids = set(cids)
+        self._d.trimmer.tick(len(ids))
+        return set(self._txn.get_many(ids, self._d.chunks))
+
     def iter_chunks(self) -> Iterator[ChunkRecord]:
         decode = enc.decode_chunk
         for key, val in self._rows(self._d.chunks):
@@ -311,15 +317,38 @@ class _LmdbRead(ReadTxn):
 class _LmdbWrite(_LmdbRead, WriteTxn):
     """A WriteTxn over one py-lmdb write transaction."""
 
-    __slots__ = ()
+    __slots__ = ("_fresh", "_kids", "_next_ino")
+
+    def __init__(self, txn: Any, dbs: _Dbs, *, through: bool = False) -> None:
+        super().__init__(txn, dbs, through=through)
+        #: the next inode number as this transaction last wrote it (read once: a put
+        #: allocates one per file and directory)
+        self._next_ino: int | None = None
+        #: inodes allocated here that no manifest was put for yet: the first
+        #: `put_manifest` has no old one to release (a lookup saved per new file)
+        self._fresh: set[int] = set()
+        #: by inode allocated here: the entries linked in it (no committed entry can
+        #: name an inode number not yet allocated), so a lookup in a directory this
+        #: transaction made (a put's new tree: a lookup per entry) reads no table
+        self._kids: dict[int, dict[str, int]] = {}
+
+    def lookup(self, parent: int, name: str) -> int | None:
+        kids = self._kids.get(parent)
+        if kids is None or not name:  # (an empty name raises as before)
+            return super().lookup(parent, name)
+        return kids.get(name)
 
     def alloc_ino(self) -> int:
-        txn, meta = self._txn, self._d.meta
-        raw = txn.get(_NEXT_INO, db=meta)
-        if raw is None:
-            raise StateError("metadata has no next_ino; the store is not initialised")
-        ino = enc.decode_u64("meta next_ino", raw)
-        txn.put(_NEXT_INO, enc.encode_u64(ino + 1), db=meta)
+        ino = self._next_ino
+        if ino is None:
+            raw = self._txn.get(_NEXT_INO, db=self._d.meta)
+            if raw is None:
+                raise StateError("metadata has no next_ino; the store is not initialised")
+            ino = enc.decode_u64("meta next_ino", raw)
+        self._txn.put(_NEXT_INO, enc.encode_u64(ino + 1), db=self._d.meta)
+        self._next_ino = ino + 1
+        self._fresh.add(ino)
+        self._kids[ino] = {}
         return ino
 
     def put_inode(self, inode: Inode) -> None:
@@ -339,16 +368,26 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
             )
         self._d.trimmer.tick()
         self._txn.put(key, enc.encode_dirent_ino(ino), db=self._d.dirents)
+        kids = self._kids.get(parent)
+        if kids is not None:
+            kids[name] = ino
 
     def unlink(self, parent: int, name: str) -> None:
         key = enc.dirent_key(parent, name)
         if len(key) <= _MAX_KEY:
             self._d.trimmer.tick()
             self._txn.delete(key, db=self._d.dirents)
+            kids = self._kids.get(parent)
+            if kids is not None:
+                kids.pop(name, None)
 
     def put_manifest(self, ino: int, manifest: Manifest) -> None:
         self._d.trimmer.tick()
-        shm.put(self._txn, self._d.manifests, self._d.mbodies, _ino_key(ino), manifest)
+        fresh = ino in self._fresh
+        if fresh:
+            self._fresh.discard(ino)
+        shm.put(self._txn, self._d.manifests, self._d.mbodies, _ino_key(ino), manifest,
+                replaces=not fresh)
 
     def delete_manifest(self, ino: int) -> None:
         key = _ino_key(ino)
@@ -362,10 +401,11 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         self._txn.put(rec.id, enc.encode_chunk(rec), db=self._d.chunks)
 
     def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
-        get, put, db, tick = self._txn.get, self._txn.put, self._d.chunks, self._d.trimmer.tick
+        put, db = self._txn.put, self._d.chunks
+        self._d.trimmer.tick(len(deltas))
+        found = self._txn.get_many(deltas, db)  # each row read before any is written
         for cid, delta in deltas.items():
-            tick()
-            data = get(cid, db=db)
+            data = found.get(cid)
             if data is None:
                 raise MetadataDamagedError(f"chunk {cid.hex()} is referenced but not in the chunk "
                                            "index; run `hutong fsck`")
@@ -409,6 +449,8 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
     def set_meta(self, key: str, value: bytes) -> None:
         if not key:
             raise ValueError("meta key must not be empty")
+        if key == "next_ino":
+            self._next_ino = None  # read again at the next allocation
         self._txn.put(key.encode("ascii"), value, db=self._d.meta)
 
 

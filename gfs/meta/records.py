@@ -50,6 +50,63 @@ class Inode:
     rdev: int = 0
 
 
+# Inode's slots, set straight (what its generated __init__ does field by field through
+# the frozen class's object.__setattr__, by name): `new_inode` builds one in about 60%
+# of the time. Inode must keep having no __post_init__ for it to be the same object.
+assert not hasattr(Inode, "__post_init__")
+_new = object.__new__
+(_s_ino, _s_parent, _s_kind, _s_mode, _s_uid, _s_gid, _s_size, _s_atime, _s_mtime, _s_ctime,
+ _s_version, _s_target, _s_nlink, _s_rdev) = (
+    getattr(Inode, f).__set__ for f in ("ino", "parent", "kind", "mode", "uid", "gid", "size",
+                                         "atime_ns", "mtime_ns", "ctime_ns", "version",
+                                         "target", "nlink", "rdev"))
+
+
+def new_inode(ino: int, parent: int, kind: Kind, mode: int, uid: int, gid: int, size: int,
+              atime_ns: int, mtime_ns: int, ctime_ns: int, version: int, target: str,
+              nlink: int, rdev: int) -> Inode:
+    """`Inode(...)` with every field given in order, faster (a put makes one per file
+    and directory and changes each directory's once a commit)."""
+    node: Inode = _new(Inode)
+    _s_ino(node, ino)
+    _s_parent(node, parent)
+    _s_kind(node, kind)
+    _s_mode(node, mode)
+    _s_uid(node, uid)
+    _s_gid(node, gid)
+    _s_size(node, size)
+    _s_atime(node, atime_ns)
+    _s_mtime(node, mtime_ns)
+    _s_ctime(node, ctime_ns)
+    _s_version(node, version)
+    _s_target(node, target)
+    _s_nlink(node, nlink)
+    _s_rdev(node, rdev)
+    return node
+
+
+def inode_with(node: Inode, *, parent: int | None = None, kind: Kind | None = None,
+               mode: int | None = None, uid: int | None = None, gid: int | None = None,
+               size: int | None = None, atime_ns: int | None = None,
+               mtime_ns: int | None = None, ctime_ns: int | None = None,
+               version: int | None = None, target: str | None = None,
+               nlink: int | None = None, rdev: int | None = None) -> Inode:
+    """`dataclasses.replace` of an inode (None: the field kept; no field is ever None),
+    several times faster: no field walk, no keyword dict (a put's commit steps each
+    directory's version and link count)."""
+    n = node
+    return new_inode(n.ino, n.parent if parent is None else parent,
+                     n.kind if kind is None else kind, n.mode if mode is None else mode,
+                     n.uid if uid is None else uid, n.gid if gid is None else gid,
+                     n.size if size is None else size,
+                     n.atime_ns if atime_ns is None else atime_ns,
+                     n.mtime_ns if mtime_ns is None else mtime_ns,
+                     n.ctime_ns if ctime_ns is None else ctime_ns,
+                     n.version if version is None else version,
+                     n.target if target is None else target,
+                     n.nlink if nlink is None else nlink, n.rdev if rdev is None else rdev)
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkRef:
     """One entry of a manifest: a chunk id and its raw length."""

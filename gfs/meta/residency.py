@@ -34,6 +34,11 @@ TRIM_INTERVAL = 0.1
 #: a pack's thousands of chunks touched 20 MiB between two trims when only reads
 #: counted (measured on put of 10^5 files).
 TRIM_TICKS = 256
+#: The clock is read for the interval once every this many ticks (+1): a tick comes
+#: with every lookup and write, and reading the clock was most of its cost.
+_CLOCK_TICKS = 15
+#: The kernel's fault-around: a fault maps up to this many bytes of cached neighbours.
+_FAULT_AROUND = 64 << 10
 _MADV_DONTNEED = 4
 
 _libc: Any = None
@@ -59,8 +64,10 @@ class MapTrimmer:
     def tick(self, n: int = 1) -> None:
         """Note activity; trim the map if TRIM_TICKS ticks or TRIM_INTERVAL seconds have
         passed since the last trim (`n`: lookups or rows read since the last tick)."""
-        self._ticks += n  # approximate across threads: it only paces the trims
-        if _libc is None or (self._ticks < TRIM_TICKS and time.monotonic() < self._next):
+        ticks = self._ticks = self._ticks + n  # approximate across threads: it only
+        # paces the trims
+        if _libc is None or (ticks < TRIM_TICKS and (
+                ticks & _CLOCK_TICKS or time.monotonic() < self._next)):
             return
         with self._lock:
             if self._ticks < TRIM_TICKS and time.monotonic() < self._next:
@@ -70,7 +77,8 @@ class MapTrimmer:
             self._next = time.monotonic() + TRIM_INTERVAL
 
     def trim(self) -> None:
-        """Drop the map's resident pages from this process now."""
+        """Drop the map's resident pages from this process now (unless the whole file
+        is no larger than TRIM_TICKS fault-arounds, the bound the trims keep)."""
         if _libc is None:
             return
         if self._map is None:
@@ -78,6 +86,9 @@ class MapTrimmer:
         start, size = self._map
         used = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
         length = min(size, -(-used // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if length <= TRIM_TICKS * _FAULT_AROUND:
+            return  # the whole file is within what the trims bound the map to: a trim
+            # would only fault the same pages in again
         if start and length:
             _libc.madvise(start, length, _MADV_DONTNEED)
             self.trims += 1

@@ -53,10 +53,13 @@ def decode(ino: int, value: bytes, body: Callable[[bytes], bytes | None]) -> Man
     return enc.decode_manifest(ino, _HEAD.pack(version, len(entries) // 20) + entries)
 
 
-def put(txn: Any, manifests: Any, bodies: Any, ino_key: bytes, manifest: Manifest) -> None:
+def put(txn: Any, manifests: Any, bodies: Any, ino_key: bytes, manifest: Manifest, *,
+        replaces: bool = True) -> None:
     """Set the manifest of `ino_key` in py-lmdb write transaction `txn`, sharing the body
-    with identical contents (and releasing the body its old manifest named)."""
-    release(txn, manifests, bodies, ino_key)
+    with identical contents (and releasing the body its old manifest named; `replaces`
+    False: the caller knows there is none, a new inode's)."""
+    if replaces:
+        release(txn, manifests, bodies, ino_key)
     if len(manifest.chunks) < SHARE_MIN_CHUNKS:
         txn.put(ino_key, enc.encode_manifest_compact(manifest), db=manifests)
         return
