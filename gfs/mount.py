@@ -389,12 +389,16 @@ class HutongOperations(pyfuse3.Operations):
                 asyncio.get_running_loop().run_in_executor(
                     self._pool, self._listings.read, self.client.engine, parent)
             return None
-        node, left, where = got
+        node, left = got
         # the rows a rename or unlink that follows would read, as answered
         self.client.engine.note_lookup(parent, name, node)
         if node is None:  # a miss, kept by the kernel for what is left (listings exist
-            self._misses.missed(where, name)  # (a create follows: nothing to read)
-            a = pyfuse3.EntryAttributes()  # only with an entry timeout: misses are kept)
+            # only with an entry timeout); in a directory this mount just changed, the
+            # create that follows reads nothing (its inode as committed here)
+            where = None if self._recent is None else self._recent.get(parent)
+            if where is not None:
+                self._misses.missed(where, name)
+            a = pyfuse3.EntryAttributes()  # (misses are kept)
             a.st_ino = 0
             a.entry_timeout = left
             return a

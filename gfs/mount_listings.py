@@ -22,7 +22,9 @@ a deleted inode still named, the directory itself deleted, a commit of unknown
 outcome) is dropped. The commits made while a listing is read are applied to it
 once read (those its snapshot already saw are applied again, to the same effect; a
 later change by another client it saw may be hidden by one of ours, an answer at
-least as new as the listing's start, so still within `ttl`).
+least as new as the listing's start, so still within `ttl`). The mount hands each
+answer to the engine as rows a write may assume (`MetaEngine.note_lookup`), and a
+miss in a directory it just changed to the create that follows (gfs.mount_recent).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from gfs.meta import Inode, Kind, MetaEngine
+from gfs.meta import Inode, MetaEngine
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,10 @@ class _Listing:
     """One directory's entries (name -> inode number) and their inodes, from a snapshot
     that began at `began` (monotonic), with this mount's later commits applied."""
 
-    __slots__ = ("began", "dir", "names", "nodes")
+    __slots__ = ("began", "names", "nodes")
 
-    def __init__(self, where: Inode, entries: Mapping[str, Inode], began: float) -> None:
+    def __init__(self, entries: Mapping[str, Inode], began: float) -> None:
         self.began = began
-        #: the directory's own inode (a miss hands it to the create that follows)
-        self.dir = where
         self.names = {name: node.ino for name, node in entries.items()}
         self.nodes = {node.ino: node for node in entries.values()}
 
@@ -72,11 +72,8 @@ class _Listing:
               changes: list[tuple[str, int | None]] | None) -> bool:
         """Apply one commit (`changes`: its entries in this directory `ino`); False when
         it cannot be applied exactly (the caller drops the listing)."""
-        if ino in inodes:
-            where = inodes[ino]
-            if where is None:  # the directory itself is gone
-                return False
-            self.dir = where
+        if ino in inodes and inodes[ino] is None:  # the directory itself is gone
+            return False
         if changes:
             named: dict[int, Inode] = {}
             for _, target in changes:  # every inode named is known first, or nothing
@@ -161,10 +158,9 @@ class DirListings:
                     self.dropped += 1
                     del self._lists[ino]
 
-    def answer(self, parent: int, name: str) -> tuple[Inode | None, float, Inode] | None:
-        """(the inode of `name`, or None: no such entry; seconds left of the TTL; the
-        directory's inode) from a listing of `parent`, or None when no fresh listing
-        holds the answer."""
+    def answer(self, parent: int, name: str) -> tuple[Inode | None, float] | None:
+        """(the inode of `name`, or None: no such entry; seconds left of the TTL) from
+        a listing of `parent`, or None when no fresh listing holds the answer."""
         got = self._lists.get(parent)
         if got is None:
             return None
@@ -178,7 +174,7 @@ class DirListings:
         if not known:
             return None
         self.answered += 1
-        return node, left, got.dir
+        return node, left
 
     def wanted(self, parent: int) -> bool:
         """Count a lookup in `parent` that went to the server; True (once) when the
@@ -220,7 +216,6 @@ class DirListings:
             self._reading[parent] = []  # the commits from now on (its snapshot is later)
         began = time.monotonic()
         names: dict[str, Inode] = {}
-        where: Inode | None = None
         with engine.read() as txn:
             entries: list[tuple[str, int]] = []
             for entry in txn.list_dir(parent):
@@ -234,18 +229,13 @@ class DirListings:
                     names = {}
                     break
                 names[name] = node
-            if names:
-                where = txn.get_inode(parent)
-        if where is None or where.kind != Kind.DIR:
-            names = {}
         if not names:
             with self._lock:
                 self._skip[parent] = time.monotonic() + SKIP_FOR
                 while len(self._skip) > 4 * self.limit:
                     del self._skip[next(iter(self._skip))]
             return
-        assert where is not None
-        listing = _Listing(where, names, began)
+        listing = _Listing(names, began)
         with self._lock:
             for inodes, changed in self._reading.pop(parent, []):
                 if changed is None or not listing.apply(parent, inodes,
