@@ -234,10 +234,11 @@ class HutongOperations(pyfuse3.Operations):
             listings = DirListings(min(self.opts.attr_timeout, self.opts.entry_timeout)) \
                 if self.opts.entry_timeout > 0 else None
 
-            def committed(inodes: Mapping[int, Inode | None]) -> None:
+            def committed(inodes: Mapping[int, Inode | None],
+                          entries: Mapping[tuple[int, str], int | None] | None) -> None:
                 try:  # listings first and whatever happens: else our change stays hidden
                     if listings is not None:
-                        listings.committed(inodes)
+                        listings.committed(inodes, entries)
                 finally:
                     recent.committed(inodes)
             if client.engine.watch_inodes(committed):
@@ -384,14 +385,20 @@ class HutongOperations(pyfuse3.Operations):
         assert self._listings is not None
         got = self._listings.answer(parent, name)
         if got is None:
-            if (self._recent is None or self._recent.get(parent) is None) and \
-                    self._listings.wanted(parent):
+            if self._listings.wanted(parent):
                 asyncio.get_running_loop().run_in_executor(
                     self._pool, self._listings.read, self.client.engine, parent)
             return None
         node, left = got
+        # the rows a rename or unlink that follows would read, as answered
+        self.client.engine.note_lookup(parent, name, node)
         if node is None:  # a miss, kept by the kernel for what is left (listings exist
-            a = pyfuse3.EntryAttributes()  # only with an entry timeout: misses are kept)
+            # only with an entry timeout); in a directory this mount just changed, the
+            # create that follows reads nothing (its inode as committed here)
+            where = None if self._recent is None else self._recent.get(parent)
+            if where is not None:
+                self._misses.missed(where, name)
+            a = pyfuse3.EntryAttributes()  # (misses are kept)
             a.st_ino = 0
             a.entry_timeout = left
             return a

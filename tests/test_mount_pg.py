@@ -19,6 +19,7 @@ import psycopg
 import pyfuse3
 import pytest
 
+from gfs import namespace
 from gfs.client import Client
 from gfs.meta import ROOT_INO, Inode, Kind
 from gfs.mount import HutongOperations, MountOptions
@@ -927,54 +928,235 @@ def test_another_clients_change_shows_within_the_ttl_of_a_listing(
         other.close()
 
 
-def test_a_change_made_here_drops_the_listing_and_stops_reading_ahead(
-        ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The mount's own unlink and create show at once (every commit here drops every
-    listing), and a directory changed here within the TTL is not read ahead."""
+@pytest.fixture
+def slow_ops(tmp_path: Path, pg_url: str) -> Iterator[HutongOperations]:
+    """`ops` with a 3 s TTL (listings outlive a loaded machine's pauses)."""
+    client = Client.init(tmp_path / "s", meta=pg_url)
+    o = HutongOperations(client, MountOptions(attr_timeout=3.0, entry_timeout=3.0))
+    try:
+        yield o
+    finally:
+        o.close()
+        client.close()
+
+
+async def _lookups(ops: HutongOperations, d: int, names: list[bytes]
+                   ) -> list[pyfuse3.EntryAttributes]:
+    return [await ops.lookup(d, n, ctx()) for n in names]
+
+
+def _as_server(ops: HutongOperations, d: int, names: list[bytes],
+               got: list[pyfuse3.EntryAttributes]) -> None:
+    """Each lookup in `d` answered as the server holds it now (inode, size, mode)."""
+    with ops.client.engine.read() as txn:
+        for n, a in zip(names, got, strict=True):
+            ino = txn.lookup(d, n.decode())
+            assert a.st_ino == (ino or 0), n
+            node = None if ino is None else txn.get_inode(ino)
+            if node is not None:
+                assert (a.st_size, a.st_mode, a.st_nlink) == (
+                    node.size, namespace.st_mode(node), node.nlink), n
+
+
+def test_own_changes_are_applied_to_a_listing_and_answered_without_a_round_trip(
+        slow_ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount's own rename, unlink, create, mkdir, link and chmod in a listed
+    directory show at once, answered from the listing (no round trip; every commit
+    dropped every listing before, so each lookup went to the server)."""
+    ops = slow_ops
     d = _names_dir(ops, 10)
     assert ops._listings is not None
+    names = [b"f%d" % i for i in range(10)] + [b"g1", b"new", b"sub", b"f3-link", b"nope"]
 
     async def go() -> None:
         await _listed_dir(ops, d)
-        await ops.unlink(d, b"f5", ctx())
-        assert (await ops.lookup(d, b"f5", ctx())).st_ino == 0
-        reads = ops._listings.reads
-        for i in range(6, 10):
-            await ops.lookup(d, b"f%d" % i, ctx())
-        await asyncio.sleep(0.1)
-        assert ops._listings.reads == reads
+        await ops.rename(d, b"f1", d, b"g1", 0, ctx())
+        await ops.unlink(d, b"f2", ctx())
+        await ops.mkdir(d, b"sub", 0o700, ctx())
+        f3 = (await ops.lookup(d, b"f3", ctx())).st_ino
+        await ops.link(f3, d, b"f3-link", ctx())
+        await ops.setattr((await ops.lookup(d, b"f4", ctx())).st_ino,
+                          cast(Any, SimpleNamespace(st_mode=0o600)), _fields(mode=True), None,
+                          ctx())
     asyncio.run(go())
+    _file(ops, d, b"new", b"new bytes")
+    reads = ops._listings.reads
+    got, n = trips(monkeypatch, lambda: _lookups(ops, d, names))
+    assert n == 0
+    _as_server(ops, d, names, got)
+    assert ops._listings.reads == reads and ops._listings.applied == 5  # (chmod: no entry)
 
 
-def test_a_listing_read_across_a_commit_here_is_not_kept(
-        ops: HutongOperations) -> None:
-    """A commit of this process while a listing is read (its snapshot may predate the
-    commit) leaves the listing unkept: the lookups ask the server."""
+def test_lookups_before_each_rename_cost_no_round_trip(
+        slow_ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel looks up both names before each RENAME: in a directory this mount
+    keeps renaming in, both are answered from its listing (the source found, the
+    target missing): each rename costs its own round trip only (3 before: the
+    first rename dropped the listing)."""
+    ops = slow_ops
+    d = _names_dir(ops, 10)
+
+    async def renames() -> list[tuple[int, int]]:
+        out = []
+        for i in range(3, 10):
+            src = await ops.lookup(d, b"f%d" % i, ctx())
+            dst = await ops.lookup(d, b"g%d" % i, ctx())
+            out.append((src.st_ino, dst.st_ino))
+            await ops.rename(d, b"f%d" % i, d, b"g%d" % i, 0, ctx())
+        return out
+    asyncio.run(_listed_dir(ops, d))
+    got, n = trips(monkeypatch, renames)
+    assert n == 7
+    with ops.client.engine.read() as txn:
+        assert got == [(txn.lookup(d, f"g{i}"), 0) for i in range(3, 10)]
+        assert all(txn.lookup(d, f"f{i}") is None for i in range(3, 10))
+
+
+def test_a_create_after_a_miss_answered_by_a_listing_reads_nothing(
+        slow_ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lookup miss answered from a listing hands the listed directory to the create
+    that follows (no round trip, no thread; 1 round trip before)."""
+    ops = slow_ops
+    d = _names_dir(ops, 4)
+    asyncio.run(_listed_dir(ops, d))
+    with monkeypatch.context() as mp:
+        mp.setattr(ops, "_run", None)  # a trip to a thread would fail
+
+        async def go() -> tuple[Any, pyfuse3.EntryAttributes]:
+            assert (await ops.lookup(d, b"new", ctx())).st_ino == 0
+            return await ops.create(d, b"new", 0o644, TRUNC, ctx())
+        (fi, attr), n = trips(monkeypatch, go)
+    assert n == 0
+    _close(ops, fi.fh, b"content")
+    assert ops.client.read_bytes("/d/new") == b"content"
+    assert ops.client.stat("/d/new").ino == attr.st_ino
+
+
+def test_a_failed_or_uncertain_own_commit_leaves_no_change_in_a_listing(
+        slow_ops: HutongOperations, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rolled-back transaction of this mount changes no listing; a commit whose
+    outcome is unknown (the connection lost at COMMIT) drops the listings, so the
+    lookups ask the server (here the change did commit, and shows)."""
+    from gfs.errors import StateError
+    from gfs.meta import pg_engine
+
+    ops = slow_ops
+    d = _names_dir(ops, 6)
+    engine = ops.client.engine
+    assert ops._listings is not None
+    asyncio.run(_listed_dir(ops, d))
+    f0 = asyncio.run(ops.lookup(d, b"f0", ctx())).st_ino
+    with pytest.raises(RuntimeError), engine.write() as txn:
+        txn.link(d, "ghost", f0)
+        txn.unlink(d, "f1")
+        raise RuntimeError("failed after its writes")
+    with pytest.raises(pyfuse3.FUSEError):  # refused by the server's rules: no change
+        asyncio.run(ops.rename(d, b"f2", 987654, b"x", 0, ctx()))
+    names = [b"ghost", b"f1", b"f2", b"x"]
+    got, n = trips(monkeypatch, lambda: _lookups(ops, d, names))
+    assert n == 0
+    _as_server(ops, d, names, got)
+
+    real = pg_engine._Txn.commit
+
+    def lost(self: Any) -> None:
+        real(self)
+        raise psycopg.OperationalError("connection lost at COMMIT (injected)")
+    monkeypatch.setattr(pg_engine._Txn, "commit", lost)
+    with pytest.raises(StateError), engine.write() as txn:
+        txn.link(d, "made", f0)
+    monkeypatch.setattr(pg_engine._Txn, "commit", real)
+    assert ops._listings.answer(d, "made") is None  # dropped: the server answers
+    assert asyncio.run(ops.lookup(d, b"made", ctx())).st_ino == f0
+
+
+def test_a_listing_read_across_a_commit_here_has_the_commit_applied(
+        slow_ops: HutongOperations) -> None:
+    """A commit of this process after a listing's snapshot began is applied to the
+    listing once read (it was not kept before: the lookups asked the server)."""
+    ops = slow_ops
     d = _names_dir(ops, 4)
     lst = ops._listings
     assert lst is not None
     engine = ops.client.engine
     real_read = engine.read
 
-    def read_then_commit() -> Any:
-        ctx_ = real_read()
-        lst.committed({})  # (as the watcher is told by a commit meanwhile)
-        return ctx_
+    class Listed:  # the snapshot is taken, then this mount commits a rename
+        def __init__(self) -> None:
+            self.ctx = real_read()
+
+        def __enter__(self) -> Any:
+            txn = self.ctx.__enter__()
+            entries = list(txn.list_dir(d))
+            t = threading.Thread(target=ops.client.mv, args=("/d/f1", "/d/g1"))
+            t.start()
+            t.join(30)
+            txn.list_dir = lambda parent: iter(entries)
+            return txn
+
+        def __exit__(self, *exc: Any) -> None:
+            self.ctx.__exit__(*exc)
     assert lst.wanted(d) is False and lst.wanted(d) is False and lst.wanted(d) is True
-    cast(Any, engine).read = read_then_commit
+    cast(Any, engine).read = Listed
     try:
         lst.read(engine, d)
     finally:
         cast(Any, engine).read = real_read
-    assert lst.reads == 0 and lst.answer(d, "f1") is None
-    assert lst.wanted(d) is False  # counting again, not stuck "reading"
+    assert lst.reads == 1
+    moved, gone = lst.answer(d, "g1"), lst.answer(d, "f1")
+    assert moved is not None and moved[0] is not None and gone is not None
+    assert gone[0] is None
+    with engine.read() as txn:
+        assert moved[0].ino == txn.lookup(d, "g1")
+
+
+def test_a_change_that_cannot_be_applied_exactly_drops_the_listing() -> None:
+    """An entry naming an inode neither the commit nor the listing holds, a deleted
+    inode still named, the directory deleted, a commit of unknown outcome: each
+    drops the listing (the lookups ask the server); one it can apply keeps it."""
+    from contextlib import contextmanager
+
+    from gfs.mount_listings import DirListings
+
+    class Txn:
+        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+            yield from ((f"f{i}", parent * 100 + i) for i in range(3))
+
+        def get_inode(self, ino: int) -> Inode:
+            return _dir(ino)
+
+    class Engine:
+        @contextmanager
+        def read(self) -> Iterator[Txn]:
+            yield Txn()
+
+    def listed() -> DirListings:
+        lst = DirListings(5.0, after=1)
+        assert lst.wanted(1)
+        lst.read(cast(Any, Engine()), 1)
+        assert lst.reads == 1
+        return lst
+    for inodes, entries in (({}, {(1, "x"): 555}),  # an inode not known here
+                            ({101: None}, {}),  # deleted, still named f1
+                            ({1: None}, {}),  # the directory itself
+                            ({}, None)):  # unknown outcome
+        lst = listed()
+        lst.committed(cast(Any, inodes), entries)
+        assert lst.answer(1, "f0") is None and lst.dropped == 1, (inodes, entries)
+    lst = listed()
+    lst.committed({101: None, 777: _dir(777)},
+                  {(1, "f1"): None, (1, "f0"): 102, (1, "n"): 777, (2, "y"): 5})
+    got = [lst.answer(1, n) for n in ("f0", "f1", "f2", "n")]
+    assert [g[0].ino if g and g[0] else g and g[0] for g in got] == [102, None, 102, 777]
+    assert lst.dropped == 0 and lst.applied == 1
 
 
 @needs_fuse
 def test_two_fuse_mounts_see_each_others_changes_in_a_listed_directory(
         tmp_path: Path, pg_url: str) -> None:
-    """B stats every name of a directory (read ahead after three), A renames one and
-    creates one: B sees both within the 1 s TTL, and its own changes at once."""
+    """B stats every name of a directory (read ahead after three) and renames one
+    itself, A renames one and creates one: B sees A's changes within the 1 s TTL,
+    and its own at once."""
     states = [tmp_path / "s1", tmp_path / "s2"]
     Client.init(states[0], meta=pg_url).close()
     Client.init(states[1], meta=pg_url).close()
@@ -986,6 +1168,10 @@ def test_two_fuse_mounts_see_each_others_changes_in_a_listed_directory(
         time.sleep(1.1)
         for i in range(10):
             assert os.stat(b.mnt / "d" / f"f{i}").st_size == i
+        # B changes the listed directory itself (its listing is kept, the change applied)
+        os.rename(b.mnt / "d" / "f6", b.mnt / "d" / "g6")
+        assert os.stat(b.mnt / "d" / "g6").st_size == 6
+        assert not (b.mnt / "d" / "f6").exists()
         os.rename(a.mnt / "d" / "f3", a.mnt / "d" / "g3")
         (a.mnt / "d" / "new").write_bytes(b"new")
         took = _seen_within(lambda: not (b.mnt / "d" / "f3").exists()

@@ -44,6 +44,11 @@ from gfs.meta.records import (
 
 T = TypeVar("T")
 
+#: Told of each commit (`MetaEngine.watch_inodes`): the inodes it wrote and the
+#: directory entries it wrote (None: a commit of unknown outcome).
+CommitWatcher = Callable[[Mapping[int, Inode | None],
+                          Mapping[tuple[int, str], int | None] | None], None]
+
 #: Tables of opaque values kept for the layers above (heat counters, placement
 #: rules, entities, sites, extended attributes, job records, chunk pins, gateway
 #: credentials, the resemblance index and the bases of delta chunks).
@@ -338,11 +343,21 @@ class MetaEngine(ABC):
         it as a change, so read-mostly commands never pay for that."""
         return self.write()
 
-    def watch_inodes(self, fn: Callable[[Mapping[int, Inode | None]], None]) -> bool:
+    def note_lookup(self, parent: int, name: str, node: Inode | None) -> None:
+        """A lookup of `name` in directory `parent` was answered from this process's
+        own copy (a listing it read): `node`, or None: no such entry. An engine whose
+        write transactions assume the rows this process read lately (PostgreSQL's
+        guarded guesses) keeps them; the default does nothing."""
+        del parent, name, node
+
+    def watch_inodes(self, fn: CommitWatcher) -> bool:
         """Have `fn` called after each write transaction of this engine commits, with the
-        inodes it wrote (None: deleted) by number, before the next write transaction of
-        this process begins (so calls come in commit order). False if this engine does
-        not (a caller then has nothing to learn: LMDB reads cost microseconds)."""
+        inodes it wrote (None: deleted) by number and the directory entries it wrote
+        (the inode named, None: removed) by (directory, name), before the next write
+        transaction of this process begins (so calls come in commit order); with
+        ({}, None) when a commit's outcome is unknown (the connection was lost). False
+        if this engine does not (a caller then has nothing to learn: LMDB reads cost
+        microseconds)."""
         return False
 
     @abstractmethod

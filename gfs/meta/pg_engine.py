@@ -52,7 +52,7 @@ from psycopg_pool import ConnectionPool
 from gfs.errors import MetaConflictError, MetadataDamagedError, StateError
 from gfs.meta import encoding as enc
 from gfs.meta import record_check
-from gfs.meta.engine import VALUE_TABLES, MetaEngine, ReadTxn, WriteTxn
+from gfs.meta.engine import VALUE_TABLES, CommitWatcher, MetaEngine, ReadTxn, WriteTxn
 from gfs.meta.pg_guess import Guesses, Key, guard_params, guard_text
 from gfs.meta.records import (
     ROOT_INO,
@@ -250,7 +250,7 @@ class _Txn:
     """
 
     __slots__ = ("_tx", "assumed", "begin", "begun", "buf", "bumped", "clear_refs", "conn",
-                 "cur", "engine", "inodes_sent", "lock", "once", "parked_at",
+                 "cur", "dirents_sent", "engine", "inodes_sent", "lock", "once", "parked_at",
                  "pools_version", "present", "ranges", "schema", "seen", "stale", "write", "wrote")
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str, *,
@@ -283,6 +283,9 @@ class _Txn:
         #: inode rows written so far (bigint key -> record, None: deleted), for the
         #: engine's watcher (`PgEngine.watch_inodes`)
         self.inodes_sent: dict[int, bytes | None] = {}
+        #: directory entries written so far ((bigint parent, name) -> bigint inode,
+        #: None: removed), for the same watcher
+        self.dirents_sent: dict[tuple[int, bytes], int | None] = {}
         #: (table, key) -> value column of rows read by key (None: no such row)
         self.seen: dict[tuple[str, tuple[Any, ...]], Any] = {}
         #: chunk id -> whether its record exists, as read ahead (`_PgRead.read_ahead`)
@@ -480,6 +483,8 @@ class _Txn:
             self.remember(table, key, None if vals is None else vals[0])
             if table == "inodes":
                 self.inodes_sent[key[0]] = None if vals is None else vals[0]
+            elif table == "dirents":
+                self.dirents_sent[(key[0], key[1])] = None if vals is None else vals[0]
             elif table == "chunks":
                 self.present.pop(key[0], None)  # the server knows it now
         self.buf.clear()
@@ -1135,6 +1140,7 @@ class _Ctx:
         if conn is not None and (conn.broken or isinstance(exc, psycopg.OperationalError)):
             self._engine._lost_at = time.monotonic()  # pooled peers of it are suspect too
         failed: BaseException | None = None
+        committing = False  # COMMIT sent, its answer not yet back
         try:
             if conn is not None and x is not None:
                 if isinstance(exc, Exception) and x.assumed and \
@@ -1143,12 +1149,15 @@ class _Ctx:
                 if x.stale:  # whatever the work made of it, it ran on rows that changed
                     raise _StaleGuess(f"metadata {self._engine}: a row assumed changed")
                 if exc_type is None and self._write:
+                    committing = True
                     x.commit()
+                    committing = False
                     guesses = self._engine._guesses
                     for (table, key), value in x.seen.items():  # committed: now the rows
                         guesses.note(table, key, value)
-                    if self._engine._watch is not None and x.inodes_sent:
-                        self._engine._tell_watcher(x.inodes_sent)  # (write lock held)
+                    if self._engine._watch is not None and \
+                            (x.inodes_sent or x.dirents_sent):  # (write lock held)
+                        self._engine._tell_watcher(x.inodes_sent, x.dirents_sent)
                     if "pools" in x.wrote or x.bumped:  # (sent with COMMIT or a scan)
                         self._engine._pools = None
                         self._engine._values = (None, {})
@@ -1173,6 +1182,8 @@ class _Ctx:
             _rollback(conn)
         except psycopg.Error as e:
             _rollback(conn)
+            if committing and self._engine._watch is not None:
+                self._engine._tell_watcher(None, None)  # committed or not: unknown
             raise StateError(f"metadata {self._engine}: {type(e).__name__}: {e}") from e
         finally:
             self._release(conn)
@@ -1242,7 +1253,7 @@ class PgEngine(MetaEngine):
             (None, {})
         self._delta_commits = 0  # commits that added `refdelta` rows since the last fold
         #: called with the inodes each write transaction wrote, once committed
-        self._watch: Callable[[Mapping[int, Inode | None]], None] | None = None
+        self._watch: CommitWatcher | None = None
         self._lost_at = 0.0  # when a connection was last found lost
         #: rows this process just read or committed, which a write transaction may
         #: assume and check with its COMMIT (gfs.meta.pg_guess)
@@ -1480,17 +1491,33 @@ class PgEngine(MetaEngine):
             raise StateError(f"metadata engine {self} is closed; open a new one")
         return self._pool
 
-    def watch_inodes(self, fn: Callable[[Mapping[int, Inode | None]], None]) -> bool:
+    def note_lookup(self, parent: int, name: str, node: Inode | None) -> None:
+        """The entry (and the inode, unless known) as a write may assume them: checked
+        by its guard (gfs.meta.pg_guess), so a stale one costs a retry, nothing else."""
+        guesses = self._guesses
+        guesses.note("dirents", (_s(parent), name.encode()),
+                     None if node is None else _s(node.ino))
+        if node is not None and not guesses.get("inodes", (_s(node.ino),))[0]:
+            guesses.note("inodes", (_s(node.ino),), enc.encode_inode(node))
+
+    def watch_inodes(self, fn: CommitWatcher) -> bool:
         self._watch = fn
         return True
 
-    def _tell_watcher(self, sent: Mapping[int, bytes | None]) -> None:
-        """Hand the inodes a committed transaction wrote to the watcher (its failure is
-        logged: the transaction is committed whatever the watcher does)."""
+    def _tell_watcher(self, sent: Mapping[int, bytes | None] | None,
+                      entries: Mapping[tuple[int, bytes], int | None] | None) -> None:
+        """Hand the inodes and entries a committed transaction wrote to the watcher
+        (None, None: a commit of unknown outcome; its failure is logged: the
+        transaction is committed whatever the watcher does)."""
         assert self._watch is not None
         try:
+            if sent is None or entries is None:
+                self._watch({}, None)
+                return
             self._watch({_u(k): None if rec is None else enc.decode_inode(_u(k), bytes(rec))
-                         for k, rec in sent.items()})
+                         for k, rec in sent.items()},
+                        {(_u(p), bytes(name).decode()): None if ino is None else _u(ino)
+                         for (p, name), ino in entries.items()})
         except Exception:
             log.exception("metadata %s: the watcher of committed inodes failed", self)
 
