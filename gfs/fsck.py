@@ -267,9 +267,11 @@ def _check_deltas(txn: ReadTxn, report: FsckReport) -> None:
     would let it delete a base still needed (or keep one for ever)."""
     entries = txn.iter_values(delta.DELTAS)
     for cid, rec, entry in merge_outer(txn.iter_chunks(), _chunk_id, entries, _first):
-        based = rec is not None and rec.codec in BASED_CODECS and bool(rec.locations)
+        # stored against a base: a delta or member blob (a lost one has no copy left,
+        # and keeps its entry until it is healed; a folded member's group pins it)
+        based = rec is not None and rec.codec in BASED_CODECS and not rec.group
         if entry is None:
-            if based:
+            if based and rec is not None and rec.locations:
                 report.problems.append(f"chunk {cid.hex()} is stored against a base but "
                                        f"the deltas table has no entry for it")
             continue

@@ -26,6 +26,7 @@ from typing import BinaryIO, Literal, Protocol
 
 from gfs import chunking, delta, groups, namespace, pool_keys
 from gfs.codec import (
+    BASED_CODECS,
     CHUNK_ID_LEN,
     CODEC_DELTA,
     CODEC_MEMBER,
@@ -957,6 +958,10 @@ class WriteSession:
                                               lost.refcount, (location,)))
                     if lost.group:  # a lost folded member: it no longer needs its group
                         pins[lost.group] -= 1
+                    base = txn.get_value(delta.DELTAS, cid)
+                    if base is not None and nc.codec not in BASED_CODECS:
+                        txn.delete_value(delta.DELTAS, cid)  # a lost delta, healed whole:
+                        pins[base] -= 1  # it no longer needs its base
                     healed.add(cid)
                 elif cid in present:
                     continue  # committed meanwhile by another writer: our blob is dead

@@ -19,6 +19,8 @@ from gfs.client import Client
 from gfs.codec import BASED_CODECS
 from gfs.errors import MetadataDamagedError
 from gfs.meta import WriteTxn
+from gfs.packs import pack_key
+from gfs.testing.faults import flip_byte
 from gfs.tiering import heat
 from tests.similar_data import two_versions
 
@@ -130,3 +132,36 @@ def test_a_flush_over_a_damaged_heat_record_counts_afresh(dfs: Client) -> None:
         h = heat.chunk_heat(txn, cid)
     assert h is not None and h.reads == 2
     assert dfs.fsck().ok
+
+
+def test_a_lost_delta_healed_whole_leaves_no_entry_and_frees_its_base(
+        tmp_path: Path) -> None:
+    """fsck --repair marks a damaged delta lost; putting its bytes again stores it
+    whole: its `deltas` entry and its reference on the base must go (they stayed:
+    fsck then failed for ever, and the base stayed pinned)."""
+    fs = Client.init(tmp_path / "s", pack_size=1 << 20, workers=2, delta=True)
+    try:
+        _, b = two_versions(fs, 6, 600_000, 20)
+        cid, base = _a_delta(fs)
+        with fs.engine.read() as txn:
+            rec, before = txn.get_chunk(cid), txn.get_chunk(base)
+        assert rec is not None and before is not None
+        loc = rec.locations[0]
+        # a byte of the zstd frame near its end (not of the base id in front of it)
+        flip_byte(fs.store.pool(loc.pool), pack_key(loc.pack), loc.offset + loc.length - 3)
+        assert fs.repair().lost == [cid.hex()]
+        with fs.engine.read() as txn:
+            lost = txn.get_chunk(cid)
+        assert lost is not None and not lost.locations  # marked lost, entry kept
+        report = fs.fsck()
+        assert not any("deltas entry" in p for p in report.problems), report.problems
+        fs.write_bytes("/again", b)  # the lost chunk's bytes, put again: healed whole
+        with fs.engine.read() as txn:
+            healed, after = txn.get_chunk(cid), txn.get_chunk(base)
+            assert txn.get_value(delta.DELTAS, cid) is None
+        assert healed is not None and healed.locations and healed.codec not in BASED_CODECS
+        assert after is not None and after.refcount == before.refcount - 1
+        assert fs.fsck().ok
+        assert fs.read_bytes("/again") == b
+    finally:
+        fs.close()
