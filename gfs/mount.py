@@ -240,7 +240,10 @@ class HutongOperations(pyfuse3.Operations):
                     if listings is not None:
                         listings.committed(inodes, entries)
                 finally:
-                    recent.committed(inodes)
+                    if entries is None:  # of unknown outcome: what it wrote is unknown
+                        recent.clear()
+                    else:
+                        recent.committed(inodes)
             if client.engine.watch_inodes(committed):
                 self._recent, self._listings = recent, listings
         #: Names whose lookup just missed (the kernel's create follows) and their

@@ -149,14 +149,19 @@ class DirListings:
                 self.dropped += len(self._lists)
                 self._lists.clear()
                 return
-            by_dir = _by_dir(entries)
-            for ino in list(self._lists):
-                if self._lists[ino].apply(ino, inodes, by_dir.get(ino)) and \
-                        len(self._lists[ino].names) <= self.max_entries:
-                    self.applied += ino in by_dir
-                else:
-                    self.dropped += 1
-                    del self._lists[ino]
+            try:
+                by_dir = _by_dir(entries)
+                for ino in list(self._lists):
+                    if self._lists[ino].apply(ino, inodes, by_dir.get(ino)) and \
+                            len(self._lists[ino].names) <= self.max_entries:
+                        self.applied += ino in by_dir
+                    else:
+                        self.dropped += 1
+                        del self._lists[ino]
+            except BaseException:  # none may be left half applied
+                self.dropped += len(self._lists)
+                self._lists.clear()
+                raise
 
     def answer(self, parent: int, name: str) -> tuple[Inode | None, float] | None:
         """(the inode of `name`, or None: no such entry; seconds left of the TTL) from
@@ -203,17 +208,24 @@ class DirListings:
         """Read `parent`'s listing (blocking; after `wanted` said so) and keep it, unless
         it is too long, empty (no telling a directory from a file), names a missing
         inode, or a commit of this process made meanwhile cannot be applied to it."""
+        mine: list[Commit] = []  # the commits from now on (its snapshot is later)
+        with self._lock:
+            self._reading[parent] = mine
         try:
-            self._read(engine, parent)
+            self._read(engine, parent, mine)
         except Exception:  # a read ahead: the lookups go to the server as before
             log.debug("reading directory %d ahead failed", parent, exc_info=True)
         finally:
             with self._lock:
-                self._reading.pop(parent, None)
+                self._forget_read(parent, mine)
 
-    def _read(self, engine: MetaEngine, parent: int) -> None:
-        with self._lock:
-            self._reading[parent] = []  # the commits from now on (its snapshot is later)
+    def _forget_read(self, parent: int, mine: list[Commit]) -> None:
+        """Stop recording commits for this read (not for a later read of the same
+        directory, which registers a list of its own). Holding the lock."""
+        if self._reading.get(parent) is mine:
+            del self._reading[parent]
+
+    def _read(self, engine: MetaEngine, parent: int, mine: list[Commit]) -> None:
         began = time.monotonic()
         names: dict[str, Inode] = {}
         with engine.read() as txn:
@@ -237,7 +249,8 @@ class DirListings:
             return
         listing = _Listing(names, began)
         with self._lock:
-            for inodes, changed in self._reading.pop(parent, []):
+            self._forget_read(parent, mine)
+            for inodes, changed in mine:
                 if changed is None or not listing.apply(parent, inodes,
                                                         _by_dir(changed).get(parent)):
                     return

@@ -42,6 +42,11 @@ class RecentDirs:
             while len(self._dirs) > self.limit:
                 del self._dirs[next(iter(self._dirs))]
 
+    def clear(self) -> None:
+        """Forget every directory (a commit of unknown outcome may have changed any)."""
+        with self._lock:
+            self._dirs.clear()
+
     def get(self, ino: int) -> Inode | None:
         """Directory `ino` as committed here less than `ttl` seconds ago, or None."""
         entry = self._dirs.get(ino)

@@ -881,6 +881,7 @@ class WriteSession:
         wait for or run their commit."""
         assert self._pipe is not None
         self._raise_failed()
+        self._reader()  # committed batches leave `_unseen` (their files are not held)
         while True:
             waiting = [b for b in self._unseen if not b.done.done()]
             if len(waiting) < SEALED_BATCHES:
@@ -909,6 +910,7 @@ class WriteSession:
                         self._commit_batch(item)
                     except BaseException as e:  # handed to the calling thread
                         self._failed = e
+                    item.files = []  # committed or failed: not needed again
                 if self._failed is not None:
                     item.done.set_exception(self._failed)
                 else:
@@ -1015,8 +1017,16 @@ class WriteSession:
             assert self._pipe is not None
             self._stopping = True
             self._pipe.put(None)
-            self._thread.join()
+            interrupted: KeyboardInterrupt | None = None
+            while True:  # the committer must be gone before the gc lock is released
+                try:
+                    self._thread.join()
+                    break
+                except KeyboardInterrupt as e:  # a second Ctrl-C: still wait for it
+                    interrupted = e
             self._thread = None
+            if interrupted is not None:
+                raise interrupted
         if self._tail is not None and (self._tail.holds(self._pack) or any(
                 self._tail.holds(p) for p in self._flushed)):
             self._tail.forget()

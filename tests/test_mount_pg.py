@@ -1058,6 +1058,9 @@ def test_a_failed_or_uncertain_own_commit_leaves_no_change_in_a_listing(
     _as_server(ops, d, names, got)
 
     real = pg_engine._Txn.commit
+    with engine.write() as txn:  # an own change: the directory as committed is kept
+        txn.link(d, "pre", f0)
+    assert ops._recent is not None and ops._recent.get(d) is not None
 
     def lost(self: Any) -> None:
         real(self)
@@ -1067,6 +1070,7 @@ def test_a_failed_or_uncertain_own_commit_leaves_no_change_in_a_listing(
         txn.link(d, "made", f0)
     monkeypatch.setattr(pg_engine._Txn, "commit", real)
     assert ops._listings.answer(d, "made") is None  # dropped: the server answers
+    assert ops._recent.get(d) is None  # nor is the directory kept as it was before
     assert asyncio.run(ops.lookup(d, b"made", ctx())).st_ino == f0
 
 
@@ -1149,6 +1153,106 @@ def test_a_change_that_cannot_be_applied_exactly_drops_the_listing() -> None:
     got = [lst.answer(1, n) for n in ("f0", "f1", "f2", "n")]
     assert [g[0].ino if g and g[0] else g and g[0] for g in got] == [102, None, 102, 777]
     assert lst.dropped == 0 and lst.applied == 1
+
+
+def test_a_commit_that_fails_to_apply_drops_every_listing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """If applying a commit to the listings raises, none is left half applied."""
+    from contextlib import contextmanager
+
+    from gfs import mount_listings
+    from gfs.mount_listings import DirListings
+
+    class Txn:
+        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+            yield from ((f"f{i}", parent * 100 + i) for i in range(3))
+
+        def get_inode(self, ino: int) -> Inode:
+            return _dir(ino)
+
+    class Engine:
+        @contextmanager
+        def read(self) -> Iterator[Txn]:
+            yield Txn()
+
+    lst = DirListings(5.0, after=1)
+    for d in (1, 2):
+        assert lst.wanted(d)
+        lst.read(cast(Any, Engine()), d)
+    assert lst.reads == 2
+    real = mount_listings._Listing.apply
+    calls = [0]
+
+    def apply_once_then_fail(self: Any, *a: Any) -> bool:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("injected")
+        return bool(real(self, *a))
+
+    monkeypatch.setattr(mount_listings._Listing, "apply", apply_once_then_fail)
+    with pytest.raises(RuntimeError):
+        lst.committed({101: None}, {(1, "f1"): None, (2, "f0"): None})
+    assert lst.answer(1, "f0") is None and lst.answer(2, "f1") is None
+
+
+def test_a_read_that_ends_does_not_take_the_commits_of_the_next_read_of_its_directory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read ahead that keeps nothing (a commit of unknown outcome came during it)
+    ends while a second read of the same directory has begun: the commits made during
+    the second read must still reach it (review: the first read's cleanup removed the
+    second read's list, and an own unlink stayed invisible for the TTL)."""
+    from contextlib import contextmanager
+
+    from gfs.mount_listings import DirListings
+
+    lst = DirListings(5.0, after=1)
+    inside, go = threading.Event(), threading.Event()
+
+    class Txn:
+        def __init__(self, first: bool) -> None:
+            self.first = first
+
+        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+            if self.first:
+                lst.committed({}, None)  # an own commit of unknown outcome, meanwhile
+            else:
+                inside.set()
+                assert go.wait(10)
+            yield from ((f"f{i}", parent * 100 + i) for i in range(3))
+
+        def get_inode(self, ino: int) -> Inode:
+            return _dir(ino)
+
+    class Engine:
+        def __init__(self, first: bool) -> None:
+            self.first = first
+
+        @contextmanager
+        def read(self) -> Iterator[Txn]:
+            yield Txn(self.first)
+
+    second: list[threading.Thread] = []
+    real = DirListings._read
+
+    def read_then_second_begins(self: DirListings, *a: Any) -> None:
+        real(self, *a)
+        if not second:  # the first read is over, its cleanup still to come
+            assert self.wanted(1)
+            second.append(threading.Thread(target=self.read, args=(cast(Any, Engine(False)), 1)))
+            second[0].start()
+            assert inside.wait(10)
+
+    monkeypatch.setattr(DirListings, "_read", read_then_second_begins)
+    assert lst.wanted(1)
+    lst.read(cast(Any, Engine(True)), 1)
+    assert lst.reads == 0  # the first read kept nothing
+    lst.committed({101: None}, {(1, "f1"): None})  # an own unlink, during the second read
+    go.set()
+    second[0].join(10)
+    assert lst.reads == 1
+    got = lst.answer(1, "f1")
+    assert got is not None and got[0] is None  # gone at once, not inode 101 for the TTL
+    assert lst.answer(1, "f0") is not None
 
 
 @needs_fuse

@@ -205,3 +205,56 @@ def test_only_a_tree_put_overlaps(tmp_path: Path, src: tuple[Path, dict[str, byt
         fs.put(root, "/dst")
         assert overlaps == [False, True]
         assert fs.read_bytes("/one") == want["f007"]
+
+
+def test_committed_batches_are_not_held_by_a_put_of_many_empty_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches that stored no new chunk (empty or repeated files) leave the session's
+    list of batches its snapshot may not show once committed: a put held every one
+    of them, with its files, until it ended (review: ~0.8 GB at 10^6 empty files)."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for k in range(300):
+        (root / f"e{k:03d}").write_bytes(b"" if k % 2 else b"same bytes")
+    held: list[int] = []
+    real = WriteSession._hand_over
+
+    def hand_over(self: WriteSession, batch: Any) -> None:
+        real(self, batch)
+        held.append(len(self._unseen))
+
+    monkeypatch.setattr(WriteSession, "_hand_over", hand_over)
+    with Client.init(tmp_path / "s", commit_files=3) as fs:
+        fs.put(root, "/dst")
+        assert len(held) >= 90  # the walk was cut into many batches
+        assert max(held) <= SEALED_BATCHES + 1, held
+        assert sorted(e.name for e in fs.ls("/dst")) == sorted(p.name for p in root.iterdir())
+        assert fs.read_bytes("/dst/e000") == b"same bytes" and fs.read_bytes("/dst/e001") == b""
+        assert fs.fsck().ok
+
+
+@pytest.mark.parametrize("fault", [Injected, KeyboardInterrupt])
+def test_the_callers_failure_mid_put_keeps_the_sealed_batches(
+        tmp_path: Path, src: tuple[Path, dict[str, bytes]], fault: type[BaseException],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The put's own loop fails (a read error, Ctrl-C) at its 23rd file: the batches
+    sealed before it still commit on the committer thread, the one being gathered does
+    not; the store checks clean and a second put completes the tree."""
+    root, want = src
+    real = WriteSession.add_file
+    calls = [0]
+
+    def add_file(self: WriteSession, *a: Any, **k: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 23:
+            raise fault("injected")
+        real(self, *a, **k)
+
+    with Client.init(tmp_path / "s", commit_files=5) as fs:
+        monkeypatch.setattr(WriteSession, "add_file", add_file)
+        with pytest.raises(fault):
+            fs.put(root, "/dst")
+        monkeypatch.undo()
+        kept = _committed_prefix(fs, want)
+        assert len(kept) == 20  # four sealed batches of 5; the 2 files gathered after: not
+        _put_again(fs, root, want, len(kept))
