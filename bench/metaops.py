@@ -16,8 +16,9 @@ Three sections, one run:
    directory of the one mount; each Hutong mount is measured in turn with its JuiceFS
    peer, phase by phase, in --rounds rounds (A B, B A, ...: load drift moves both
    alike), reporting the medians and the median of the per-round ratios (a partial
-   run that measured them closes with them: target met when every ratio is >= 1; the
-   whole run's target needs these too, and the scale curve flat).
+   run that measured them closes with them: target met when every ratio at the most
+   clients measured (16) is >= 1, for each engine; the whole run's target needs these
+   too, and the scale curve flat).
    `--engines postgresql` runs only the PostgreSQL
    rows (Hutong's, and JuiceFS on PostgreSQL; `lmdb`: Hutong's and JuiceFS on
    SQLite), `--doors api` or `--doors mount` only the API or the mount rows.
@@ -66,9 +67,14 @@ def _rate(n: int, op: Callable[[int], object]) -> float:
 
 
 def pairs_met(ratios: dict[tuple[str, int], dict[str, float]]) -> bool:
-    """Whether every Hutong / JuiceFS ratio measured (engine, clients, phase) is >= 1
-    (none measured: False)."""
-    return bool(ratios) and all(v >= 1 for r in ratios.values() for v in r.values())
+    """The issue's target: for each engine, every Hutong / JuiceFS ratio (each phase)
+    at the most clients measured (16 in a whole run) is >= 1; smaller client counts
+    are shown, not judged (none measured: False)."""
+    most: dict[str, int] = {}
+    for engine, clients in ratios:
+        most[engine] = max(clients, most.get(engine, 0))
+    return bool(ratios) and all(v >= 1 for (engine, clients), r in ratios.items()
+                                if clients == most[engine] for v in r.values())
 
 
 def main(argv: list[str]) -> int:

@@ -51,11 +51,14 @@ def test_measure_refuses_other_than_two_systems(tmp_path: Path) -> None:
         pairs.measure(None, [str(tmp_path)], 1, 1)  # type: ignore[arg-type]
 
 
-def test_the_verdict_needs_every_mount_pair_at_least_even() -> None:
+def test_the_verdict_needs_every_mount_pair_at_16_clients_at_least_even() -> None:
     from bench.metaops import pairs_met
 
     even = {("lmdb", 16): {"create": 1.0, "rename": 1.4},
             ("postgresql", 16): {"create": 2.0, "rename": 1.1}}
     assert pairs_met(even)
-    assert not pairs_met({**even, ("lmdb", 1): {"rename": 0.99}})
+    assert pairs_met({**even, ("lmdb", 1): {"rename": 0.99}})  # judged at 16 clients
+    assert not pairs_met({**even, ("lmdb", 16): {"create": 1.2, "rename": 0.99}})
+    assert not pairs_met({**even, ("postgresql", 16): {"stat": 0.5}})
+    assert pairs_met({("lmdb", 4): {"rename": 1.0}})  # a run of 4 clients: judged at 4
     assert not pairs_met({})  # nothing measured is not a pass
