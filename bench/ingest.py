@@ -16,7 +16,10 @@ every restored byte against the source, and measure stored bytes again (hutong's
 metadata grows when it is read: a restore records its reads' heat for tiering; the
 target compares the bytes stored by the ingest, the table shows both), ingest and
 restore MB/s (logical bytes / wall seconds, MB = 10^6 bytes) and the peak RSS of the
-tool's processes. Rows:
+tool's processes. Every tool's repository and restore stay on disk until the run ends
+(ext4 passes over inodes freed in the last minutes when it allocates one; removing a
+tool's files made the next tool's restore pay that scan per file: several seconds on
+the releases data; give a run a few minutes after another run's cleanup). Rows:
 
 * hutong: defaults; hutong-delta: with delta chunks on (`HUTONG_DELTA=1`); both also
   split stored bytes into data (pools) and metadata (the LMDB environment), and
@@ -520,7 +523,12 @@ def main(argv: list[str]) -> int:
                 continue
             print(f"running {name} ...", file=sys.stderr, flush=True)
             try:
-                results.append(run_tool(tool, snapshots, expected, logical, keep=args.keep))
+                # on a disk, every tool's work stays until the end: ext4 skips inodes
+                # freed in the last minutes when it allocates (a scan per create:
+                # perf showed most of a restore's time in `recently_deleted` when it
+                # followed the removal of the tool before's tens of thousands of files)
+                results.append(run_tool(tool, snapshots, expected, logical,
+                                        keep=args.keep or not base.is_relative_to(SHM)))
             except Exception as exc:
                 print(f"ingest: {name} FAILED: {exc}", file=sys.stderr)
                 failed = True
