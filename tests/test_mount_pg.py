@@ -5,6 +5,7 @@ server; the FUSE side is tested in tests/test_mount*.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import stat
@@ -37,15 +38,21 @@ def ctx() -> pyfuse3.RequestContext:
                                                         umask=0o022))
 
 
-@pytest.fixture
-def ops(tmp_path: Path, pg_url: str) -> Iterator[HutongOperations]:
-    client = Client.init(tmp_path / "s", meta=pg_url)
-    o = HutongOperations(client, MountOptions(attr_timeout=0.5, entry_timeout=0.5))
+def _operations(state: Path, pg_url: str, ttl: float) -> Iterator[HutongOperations]:
+    """Mount operations (no FUSE) on a new store on PostgreSQL, entry and attribute
+    timeouts `ttl`."""
+    client = Client.init(state, meta=pg_url)
+    o = HutongOperations(client, MountOptions(attr_timeout=ttl, entry_timeout=ttl))
     try:
         yield o
     finally:
         o.close()
         client.close()
+
+
+@pytest.fixture
+def ops(tmp_path: Path, pg_url: str) -> Iterator[HutongOperations]:
+    yield from _operations(tmp_path / "s", pg_url, 0.5)
 
 
 def trips(monkeypatch: pytest.MonkeyPatch, fn: Callable[[], Coroutine[Any, Any, T]]
@@ -931,13 +938,7 @@ def test_another_clients_change_shows_within_the_ttl_of_a_listing(
 @pytest.fixture
 def slow_ops(tmp_path: Path, pg_url: str) -> Iterator[HutongOperations]:
     """`ops` with a 3 s TTL (listings outlive a loaded machine's pauses)."""
-    client = Client.init(tmp_path / "s", meta=pg_url)
-    o = HutongOperations(client, MountOptions(attr_timeout=3.0, entry_timeout=3.0))
-    try:
-        yield o
-    finally:
-        o.close()
-        client.close()
+    yield from _operations(tmp_path / "s", pg_url, 3.0)
 
 
 async def _lookups(ops: HutongOperations, d: int, names: list[bytes]
@@ -1114,30 +1115,43 @@ def test_a_listing_read_across_a_commit_here_has_the_commit_applied(
         assert moved[0].ino == txn.lookup(d, "g1")
 
 
+class _ThreeNames:
+    """A read transaction of a fake engine for DirListings: directory d holds f0, f1
+    and f2 (inodes d*100 + i); `before` runs as a listing begins."""
+
+    def __init__(self, before: Callable[[], None] | None = None) -> None:
+        self.before = before
+
+    def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
+        if self.before is not None:
+            self.before()
+        yield from ((f"f{i}", parent * 100 + i) for i in range(3))
+
+    def get_inode(self, ino: int) -> Inode | None:
+        return _dir(ino)
+
+
+class _FakeEngine:
+    """An engine whose read transactions are `txn()`."""
+
+    def __init__(self, txn: Callable[[], Any] = _ThreeNames) -> None:
+        self.txn = txn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Any]:
+        yield self.txn()
+
+
 def test_a_change_that_cannot_be_applied_exactly_drops_the_listing() -> None:
     """An entry naming an inode neither the commit nor the listing holds, a deleted
     inode still named, the directory deleted, a commit of unknown outcome: each
     drops the listing (the lookups ask the server); one it can apply keeps it."""
-    from contextlib import contextmanager
-
     from gfs.mount_listings import DirListings
-
-    class Txn:
-        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
-            yield from ((f"f{i}", parent * 100 + i) for i in range(3))
-
-        def get_inode(self, ino: int) -> Inode:
-            return _dir(ino)
-
-    class Engine:
-        @contextmanager
-        def read(self) -> Iterator[Txn]:
-            yield Txn()
 
     def listed() -> DirListings:
         lst = DirListings(5.0, after=1)
         assert lst.wanted(1)
-        lst.read(cast(Any, Engine()), 1)
+        lst.read(cast(Any, _FakeEngine()), 1)
         assert lst.reads == 1
         return lst
     for inodes, entries in (({}, {(1, "x"): 555}),  # an inode not known here
@@ -1158,27 +1172,13 @@ def test_a_change_that_cannot_be_applied_exactly_drops_the_listing() -> None:
 def test_a_commit_that_fails_to_apply_drops_every_listing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """If applying a commit to the listings raises, none is left half applied."""
-    from contextlib import contextmanager
-
     from gfs import mount_listings
     from gfs.mount_listings import DirListings
-
-    class Txn:
-        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
-            yield from ((f"f{i}", parent * 100 + i) for i in range(3))
-
-        def get_inode(self, ino: int) -> Inode:
-            return _dir(ino)
-
-    class Engine:
-        @contextmanager
-        def read(self) -> Iterator[Txn]:
-            yield Txn()
 
     lst = DirListings(5.0, after=1)
     for d in (1, 2):
         assert lst.wanted(d)
-        lst.read(cast(Any, Engine()), d)
+        lst.read(cast(Any, _FakeEngine()), d)
     assert lst.reads == 2
     real = mount_listings._Listing.apply
     calls = [0]
@@ -1201,36 +1201,20 @@ def test_a_read_that_ends_does_not_take_the_commits_of_the_next_read_of_its_dire
     ends while a second read of the same directory has begun: the commits made during
     the second read must still reach it (review: the first read's cleanup removed the
     second read's list, and an own unlink stayed invisible for the TTL)."""
-    from contextlib import contextmanager
-
     from gfs.mount_listings import DirListings
 
     lst = DirListings(5.0, after=1)
     inside, go = threading.Event(), threading.Event()
 
-    class Txn:
-        def __init__(self, first: bool) -> None:
-            self.first = first
+    def during_first() -> None:
+        lst.committed({}, None)  # an own commit of unknown outcome, meanwhile
 
-        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
-            if self.first:
-                lst.committed({}, None)  # an own commit of unknown outcome, meanwhile
-            else:
-                inside.set()
-                assert go.wait(10)
-            yield from ((f"f{i}", parent * 100 + i) for i in range(3))
+    def during_second() -> None:
+        inside.set()
+        assert go.wait(10)
 
-        def get_inode(self, ino: int) -> Inode:
-            return _dir(ino)
-
-    class Engine:
-        def __init__(self, first: bool) -> None:
-            self.first = first
-
-        @contextmanager
-        def read(self) -> Iterator[Txn]:
-            yield Txn(self.first)
-
+    first = _FakeEngine(lambda: _ThreeNames(during_first))
+    later = _FakeEngine(lambda: _ThreeNames(during_second))
     second: list[threading.Thread] = []
     real = DirListings._read
 
@@ -1238,13 +1222,13 @@ def test_a_read_that_ends_does_not_take_the_commits_of_the_next_read_of_its_dire
         real(self, *a)
         if not second:  # the first read is over, its cleanup still to come
             assert self.wanted(1)
-            second.append(threading.Thread(target=self.read, args=(cast(Any, Engine(False)), 1)))
+            second.append(threading.Thread(target=self.read, args=(cast(Any, later), 1)))
             second[0].start()
             assert inside.wait(10)
 
     monkeypatch.setattr(DirListings, "_read", read_then_second_begins)
     assert lst.wanted(1)
-    lst.read(cast(Any, Engine(True)), 1)
+    lst.read(cast(Any, first), 1)
     assert lst.reads == 0  # the first read kept nothing
     lst.committed({101: None}, {(1, "f1"): None})  # an own unlink, during the second read
     go.set()
@@ -1290,40 +1274,26 @@ def test_two_fuse_mounts_see_each_others_changes_in_a_listed_directory(
 
 def test_listings_are_bounded_and_expired_ones_are_dropped() -> None:
     """At most `limit` listings are kept, and reading one drops those past the TTL."""
-    from contextlib import contextmanager
-
     from gfs.mount_listings import DirListings
-
-    class Txn:
-        def list_dir(self, parent: int) -> Iterator[tuple[str, int]]:
-            yield from ((f"f{i}", parent * 100 + i) for i in range(3))
-
-        def get_inode(self, ino: int) -> Inode:
-            return _dir(ino)
-
-    class Engine:
-        @contextmanager
-        def read(self) -> Iterator[Txn]:
-            yield Txn()
 
     lst = DirListings(0.3, after=1, limit=2)
     for d in (1, 2, 3):
         assert lst.wanted(d)
-        lst.read(cast(Any, Engine()), d)
+        lst.read(cast(Any, _FakeEngine()), d)
     assert lst.answer(1, "f0") is None  # the oldest, over the limit
     got = lst.answer(3, "f1")
     assert got is not None and got[0] is not None and got[0].ino == 301
     assert lst.answer(3, "nope") is not None  # listed: "no such entry"
     time.sleep(0.3)
     assert lst.wanted(4)
-    lst.read(cast(Any, Engine()), 4)
+    lst.read(cast(Any, _FakeEngine()), 4)
     assert list(lst._lists) == [4]  # 2 and 3 expired, dropped
     with pytest.raises(ValueError, match="positive"):
         DirListings(0)
     # a directory too long to read ahead is not tried again every few lookups
     long = DirListings(5.0, after=1, max_entries=2)
     assert long.wanted(7)
-    long.read(cast(Any, Engine()), 7)
+    long.read(cast(Any, _FakeEngine()), 7)
     assert long.reads == 0 and long.answer(7, "f0") is None
     assert not long.wanted(7) and not long.wanted(7)
 
@@ -1331,8 +1301,6 @@ def test_listings_are_bounded_and_expired_ones_are_dropped() -> None:
 def test_a_listing_naming_a_missing_inode_is_not_read_again_every_few_lookups() -> None:
     """A directory whose entry names a missing inode (damaged metadata) is not kept,
     and not read ahead again for a while (it used to be read every `after` lookups)."""
-    from contextlib import contextmanager
-
     from gfs.mount_listings import DirListings
 
     reads: list[int] = []
@@ -1345,13 +1313,8 @@ def test_a_listing_naming_a_missing_inode_is_not_read_again_every_few_lookups() 
         def get_inode(self, ino: int) -> Inode | None:
             return _dir(ino) if ino == 11 else None
 
-    class Engine:
-        @contextmanager
-        def read(self) -> Iterator[Txn]:
-            yield Txn()
-
     lst = DirListings(5.0, after=1)
     assert lst.wanted(9)
-    lst.read(cast(Any, Engine()), 9)
+    lst.read(cast(Any, _FakeEngine(Txn)), 9)
     assert lst.answer(9, "ok") is None and reads == [9]
     assert not any(lst.wanted(9) for _ in range(5))
