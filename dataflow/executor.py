@@ -160,14 +160,20 @@ def start_site_cluster(site: str, slots: int = 1, *, processes: bool = False) ->
     with `processes=False`, where Dask would pick its in-process transport, which
     cannot start on a fixed host (the federated executor lost the site).
     """
+    import dask
     from distributed import LocalCluster
 
     _quiet_dask()
-    return LocalCluster(  # type: ignore[no-untyped-call]
-        n_workers=1, threads_per_worker=slots, processes=processes,
-        resources={resource_tag(site): slots}, host="127.0.0.1", scheduler_port=0,
-        dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
-        silence_logs=logging.ERROR, protocol="tcp://")
+    # Dask's worker profiler calls sys._current_frames() every 10 ms while tasks run;
+    # on CPython 3.11 a garbage collection inside it can deadlock the whole process
+    # (seen here: the profiler's thread held the GIL waiting for the interpreter's
+    # head lock, every task thread waited for the GIL). Its samples are not used.
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        return LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=1, threads_per_worker=slots, processes=processes,
+            resources={resource_tag(site): slots}, host="127.0.0.1", scheduler_port=0,
+            dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
+            silence_logs=logging.ERROR, protocol="tcp://")
 
 
 class Runtime:

@@ -95,3 +95,23 @@ def test_tasks_run_on_the_sites_own_dask_cluster(
             assert sorted(e.path for e in c.ls("/bank-a/out/w")) == sorted(
                 res.outputs.values())
     assert worker.poll() is None                 # the site's cluster is not ours to stop
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_site_workers_run_without_the_dask_profiler(processes: bool) -> None:
+    """The site cluster's worker takes no profile samples: Dask's profiler calls
+    sys._current_frames() every 10 ms, and on CPython 3.11 a garbage collection inside
+    it deadlocked a whole test process (every task thread waiting for the GIL)."""
+    from distributed import Client as DaskClient
+
+    from dataflow.executor import start_site_cluster
+
+    cluster = start_site_cluster("w1", processes=processes)
+    try:
+        with DaskClient(cluster, set_as_default=False) as dc:
+            callbacks = dc.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+        (names,) = callbacks.values()
+        assert "heartbeat" in names  # the worker's own callbacks are listed
+        assert "profile" not in names and "profile-cycle" not in names
+    finally:
+        cluster.close()
