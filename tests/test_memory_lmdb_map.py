@@ -38,18 +38,25 @@ def _chunk(i: int) -> ChunkRecord:
     return ChunkRecord(cid, 200, 200, 0, 1, (Location(1, b"p" * 16, i * 200, 200),))
 
 
-def test_writes_in_one_transaction_keep_the_map_trimmed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _chunk_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LmdbEngine:
+    """An engine at tmp_path/meta holding a chunk table of about 30 MiB (150,000
+    records), its map trimmed every 64 ticks and never by the clock."""
     monkeypatch.setattr(residency, "TRIM_TICKS", 64)  # at most ~64 * 64 KiB between trims
     monkeypatch.setattr(residency, "TRIM_INTERVAL", 3600.0)  # only the ticks trim
     eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    for start in range(0, 150_000, 25_000):
+        with eng.write() as w:
+            for i in range(start, start + 25_000):
+                w.put_chunk(_chunk(i))
+    assert (tmp_path / "meta" / "data.mdb").stat().st_size > 24 * MIB
+    return eng
+
+
+def test_writes_in_one_transaction_keep_the_map_trimmed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    eng = _chunk_table(tmp_path, monkeypatch)
     try:
-        for start in range(0, 150_000, 25_000):  # a chunk table of about 30 MiB
-            with eng.write() as w:
-                for i in range(start, start + 25_000):
-                    w.put_chunk(_chunk(i))
         data = tmp_path / "meta" / "data.mdb"
-        assert data.stat().st_size > 24 * MIB
         with eng.write() as w:  # one pack's worth of new chunks at random keys
             for i in range(150_000, 155_000):
                 w.put_chunk(_chunk(i))
@@ -99,16 +106,9 @@ def test_a_batch_of_chunk_lookups_keeps_the_map_trimmed(
     """present_chunks and add_refcounts look ids up in parts with a tick before each,
     so the map is trimmed between parts (one tick for a whole batch let a put's 2,048
     lookups fault their pages in: put's peak RSS at 10^6 files doubled)."""
-    monkeypatch.setattr(residency, "TRIM_TICKS", 64)  # at most ~64 * 64 KiB between trims
-    monkeypatch.setattr(residency, "TRIM_INTERVAL", 3600.0)  # only the ticks trim
-    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    eng = _chunk_table(tmp_path, monkeypatch)
     try:
-        for start in range(0, 150_000, 25_000):  # a chunk table of about 30 MiB
-            with eng.write() as w:
-                for i in range(start, start + 25_000):
-                    w.put_chunk(_chunk(i))
         data = tmp_path / "meta" / "data.mdb"
-        assert data.stat().st_size > 24 * MIB
         ids = [_chunk(i).id for i in range(0, 150_000, 15)]  # 10,000 across the table
         with eng.read() as r:
             r._d.trimmer.trim()  # type: ignore[attr-defined]  # start from nothing
