@@ -1,15 +1,17 @@
 """Ingest and restore versioned real data with hutong, restic, borg, zpaq and zstd.
 
 `python -m bench ingest [--quick] [--shape releases|smallfiles] [--tools hutong,...]
-[--workdir DIR] [--tmpfs] [--keep]`
+[--workdir DIR] [--tmpfs] [--keep] [--no-scratch-fs]`
 
 Two data shapes (bench/datasets.py): `releases` (default; unpacked Django sdists and
 numpy wheels, 6 snapshots) and `smallfiles` (unpacked Django sdists and wheels: ~62,000
 files, nine in ten under 16 KiB; its --quick set is ~7,300 files), with the same rows
 and figures.
 
-For each tool, on the same dataset and the same filesystem (the real disk under
-bench/.work unless --workdir or --tmpfs say otherwise), with the page cache warmed by
+For each tool, on the same dataset and the same filesystem (the real disk: a fresh
+filesystem made for the run in an image file under bench/.work, bench/_scratch_fs.py,
+or bench/.work itself with --no-scratch-fs or when it cannot be made; --workdir and
+--tmpfs choose elsewhere), with the page cache warmed by
 reading the sources first: ingest the snapshots in order (one put/backup/archive per
 snapshot) and measure stored bytes on disk (`du -sb`), then restore all of them, verify
 every restored byte against the source, and measure stored bytes again (hutong's
@@ -19,7 +21,8 @@ restore MB/s (logical bytes / wall seconds, MB = 10^6 bytes) and the peak RSS of
 tool's processes. Every tool's repository and restore stay on disk until the run ends
 (ext4 passes over inodes freed in the last minutes when it allocates one; removing a
 tool's files made the next tool's restore pay that scan per file: several seconds on
-the releases data; give a run a few minutes after another run's cleanup). Rows:
+the releases data; the scratch filesystem keeps earlier runs' deletions out of it too,
+and without it give a run a few minutes after another run's cleanup). Rows:
 
 * hutong: defaults; hutong-delta: with delta chunks on (`HUTONG_DELTA=1`); both also
   split stored bytes into data (pools) and metadata (the LMDB environment), and
@@ -50,6 +53,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +68,7 @@ from bench._measure import (
     tree_digests,
     verify_tree,
 )
+from bench._scratch_fs import scratch_fs
 from bench.report import headline, table
 
 TOOLS = ("hutong", "hutong-delta", "restic", "borg", "zpaq", "zstd-long")
@@ -474,40 +479,17 @@ def print_results(results: Sequence[Result], shape: str = "") -> None:
                    peers=",".join(p.tool for p in peers)))
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="2 snapshots (~120 MB) instead of 6")
-    p.add_argument("--shape", choices=datasets.NAMES, default="releases",
-                   help="the data: release series (default) or many small files")
-    p.add_argument("--tools", default=",".join(TOOLS),
-                   help=f"comma list of {','.join(TOOLS)}")
-    p.add_argument("--dataset", help="use this directory of v1/, v2/, ... instead of fetching")
-    p.add_argument("--workdir", help="where repositories and restores go "
-                   "(default: the real disk, bench/.work)")
-    p.add_argument("--tmpfs", action="store_true",
-                   help="work in /dev/shm when it has room (not the real disk)")
-    p.add_argument("--keep", action="store_true", help="keep each tool's work dir")
-    args = p.parse_args(argv)
-    names = [t.strip() for t in args.tools.split(",") if t.strip()]
-    bad = [n for n in names if n not in TOOL_CLASSES]
-    if bad or not names:
-        print(f"ingest: unknown tool(s) {bad}; choose from {', '.join(TOOLS)}", file=sys.stderr)
-        return 2
+def scratch_size(logical: int, tools: int) -> int:
+    """Bytes for a scratch filesystem (sparse) holding every tool's repository and
+    restore until the run ends, with room to spare: at least 4 GiB."""
+    return max(4 << 30, 2 * logical * max(tools, 1) + (1 << 30))
 
-    try:
-        root = Path(args.dataset) if args.dataset else datasets.fetch(args.shape, args.quick)
-    except datasets.DatasetError as exc:
-        print(f"ingest: {exc}", file=sys.stderr)
-        return 1
-    snapshots = datasets.snapshot_dirs(root)
-    if not snapshots:
-        print(f"ingest: no snapshot directories v1, v2, ... in {root}", file=sys.stderr)
-        return 1
-    if not args.dataset:
-        print(f"dataset: {datasets.describe(root)}")
-    expected = source_digests(snapshots)
-    logical = tree_bytes(snapshots)
-    base = choose_workdir(logical, args.workdir, args.tmpfs)
+
+def run_tools(names: Sequence[str], snapshots: Sequence[Path],
+              expected: Mapping[str, Mapping[str, str]], logical: int, base: Path,
+              keep: bool) -> tuple[list[Result], bool]:
+    """Run each tool in `names` under `base`; (results, whether any tool failed or was
+    missing). `base` is removed at the end unless `keep`."""
     print(f"snapshots: {len(snapshots)}, logical {logical / 1e6:.1f} MB; work dir {base}; "
           f"{os.cpu_count()} CPUs (shared: figures are noisy when others are busy)")
 
@@ -528,13 +510,61 @@ def main(argv: list[str]) -> int:
                 # perf showed most of a restore's time in `recently_deleted` when it
                 # followed the removal of the tool before's tens of thousands of files)
                 results.append(run_tool(tool, snapshots, expected, logical,
-                                        keep=args.keep or not base.is_relative_to(SHM)))
+                                        keep=keep or not base.is_relative_to(SHM)))
             except Exception as exc:
                 print(f"ingest: {name} FAILED: {exc}", file=sys.stderr)
                 failed = True
     finally:
-        if not args.keep and base.exists():
+        if not keep and base.exists():
             shutil.rmtree(base, ignore_errors=True)
+    return results, failed
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 snapshots (~120 MB) instead of 6")
+    p.add_argument("--shape", choices=datasets.NAMES, default="releases",
+                   help="the data: release series (default) or many small files")
+    p.add_argument("--tools", default=",".join(TOOLS),
+                   help=f"comma list of {','.join(TOOLS)}")
+    p.add_argument("--dataset", help="use this directory of v1/, v2/, ... instead of fetching")
+    p.add_argument("--workdir", help="where repositories and restores go "
+                   "(default: the real disk, bench/.work)")
+    p.add_argument("--tmpfs", action="store_true",
+                   help="work in /dev/shm when it has room (not the real disk)")
+    p.add_argument("--keep", action="store_true", help="keep each tool's work dir")
+    p.add_argument("--no-scratch-fs", action="store_true",
+                   help="work on bench/.work as it is, not on a fresh filesystem made "
+                   "for the run there (see bench/_scratch_fs.py)")
+    args = p.parse_args(argv)
+    names = [t.strip() for t in args.tools.split(",") if t.strip()]
+    bad = [n for n in names if n not in TOOL_CLASSES]
+    if bad or not names:
+        print(f"ingest: unknown tool(s) {bad}; choose from {', '.join(TOOLS)}", file=sys.stderr)
+        return 2
+
+    try:
+        root = Path(args.dataset) if args.dataset else datasets.fetch(args.shape, args.quick)
+    except datasets.DatasetError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 1
+    snapshots = datasets.snapshot_dirs(root)
+    if not snapshots:
+        print(f"ingest: no snapshot directories v1, v2, ... in {root}", file=sys.stderr)
+        return 1
+    if not args.dataset:
+        print(f"dataset: {datasets.describe(root)}")
+    expected = source_digests(snapshots)
+    logical = tree_bytes(snapshots)
+    with ExitStack() as stack:
+        base, scratch = choose_workdir(logical, args.workdir, args.tmpfs), None
+        if not (args.workdir or args.tmpfs or args.no_scratch_fs or args.keep):
+            scratch = stack.enter_context(scratch_fs(
+                LOCAL_WORK, scratch_size(logical, len(names)), f"ingest-{os.getpid()}-fs"))
+            base = scratch / "work" if scratch is not None else base
+        # a scratch filesystem goes whole at the end: nothing to remove file by file
+        results, failed = run_tools(names, snapshots, expected, logical, base,
+                                    args.keep or scratch is not None)
     if results:
         print_results(results, "" if args.dataset else args.shape)
     return 1 if failed or not results else 0
