@@ -29,11 +29,13 @@ TRIM_INTERVAL = 0.1
 #: faults in about one page, but the kernel maps up to 16 cached neighbours with
 #: it (fault-around, 64 KiB; MADV_RANDOM does not turn it off), and a tick's B-tree
 #: descent may fault in a branch page too, so this bounds the map's resident part to
-#: about 256 * 64 KiB = 16 MiB, at most twice that (at 512 ticks put and get of 10^6
-#: files held 46-49 MiB of the map). Writes count too: one transaction that records
-#: a pack's thousands of chunks touched 20 MiB between two trims when only reads
-#: counted (measured on put of 10^5 files).
-TRIM_TICKS = 256
+#: about 128 * 64 KiB = 8 MiB, a few times that when two threads tick at once. Writes
+#: count too: one transaction that records a pack's thousands of chunks touched 20 MiB
+#: between two trims when only reads counted (measured on put of 10^5 files). At 256,
+#: a put of 10^6 files, whose commits run on a thread beside the lookups of the next
+#: batch, held 36 MiB of the map and peaked at 93 MiB (2.09x its 10^4 figure); at 128,
+#: 79 MiB, for 1.5x the minor faults (+37,000 at 10^5 files, ~1% of its CPU).
+TRIM_TICKS = 128
 #: The clock is read for the interval once every this many ticks (+1): a tick comes
 #: with every lookup and write, and reading the clock was most of its cost.
 _CLOCK_TICKS = 15
