@@ -235,6 +235,9 @@ def test_a_value_table_matches_a_dict_through_puts_deletes_and_compactions(
                         w.delete_value("deltas", other)
                         del model[other]
                     assert dict(w.iter_values("deltas")) == model
+                    probe = [b"k%05d" % m for m in range(0, 305, 4)] + [key, other, b"zz"]
+                    assert w.get_values("deltas", probe) == {  # pending rows too
+                        k: model[k] for k in probe if k in model}
                 continue
             with eng.write() as w:
                 if op == "put":
@@ -245,6 +248,9 @@ def test_a_value_table_matches_a_dict_through_puts_deletes_and_compactions(
                     model.pop(key, None)
             with eng.read() as r:
                 assert r.get_value("deltas", key) == model.get(key)
+                probe = [*reversed([b"k%05d" % m for m in range(n % 3, 305, 3)]), key, b""]
+                assert r.get_values("deltas", probe) == {k: model[k] for k in probe
+                                                         if k in model}
         with eng.read() as r:
             assert list(r.iter_values("deltas")) == sorted(model.items())
             assert list(r.iter_values("deltas", b"k001")) == sorted(

@@ -175,6 +175,16 @@ class ReadTxn(ABC):
     def get_value(self, table: str, key: bytes) -> bytes | None:
         """The value under `key` in one of VALUE_TABLES, or None."""
 
+    def get_values(self, table: str, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The values of those of `keys` that `table` has (engines may answer them in
+        key order, or in one round trip)."""
+        found = {}
+        for key in keys:
+            value = self.get_value(table, key)
+            if value is not None:
+                found[key] = value
+        return found
+
     @abstractmethod
     def iter_values(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs of `table` whose key starts with `prefix`, in key order."""

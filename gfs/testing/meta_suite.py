@@ -489,13 +489,18 @@ class MetaEngineConformance:
                 ]
                 assert list(r.iter_values(t, b"c")) == []
                 assert list(r.iter_values(t, b"\xff\xff\xff")) == []
+                probe = [b"zz", *keys, b"ab", b""]
+                assert r.get_values(t, probe) == {k: t.encode() + b":" + k for k in keys}
         with engine.write() as w:
             w.delete_value("heat", b"ab")
             w.delete_value("heat", b"nope")
             w.put_value("heat", b"a", b"")
+            assert w.get_values("heat", [b"ab", b"a", b"b"]) == {b"a": b"", b"b": b"heat:b"}
         with engine.read() as r:
             assert r.get_value("heat", b"ab") is None
             assert r.get_value("heat", b"a") == b""
+            assert r.get_values("heat", iter([b"b", b"ab", b"a"])) == {b"a": b"",
+                                                                      b"b": b"heat:b"}
             assert r.get_value("rules", b"ab") == b"rules:ab"  # tables are separate
 
     def test_a_prefix_deleted_is_gone_from_the_same_transaction(self, engine: MetaEngine
@@ -515,6 +520,8 @@ class MetaEngineConformance:
             for key in (b"p1", b"p2", b"p3", b"p4"):
                 assert w.get_value("xattrs", key) is None, key
             assert w.get_value("xattrs", b"p5") == b"written after"
+            assert w.get_values("xattrs", [b"p1", b"p2", b"p4", b"p5", b"q1"]) == {
+                b"p5": b"written after", b"q1": b"old"}
             assert w.get_value("jobs", b"p1") == b"other table"
             assert dict(w.iter_values("xattrs")) == {b"p5": b"written after",
                                                     b"q1": b"old"}

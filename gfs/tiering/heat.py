@@ -42,8 +42,12 @@ class Heat:
 
     def at(self, now_ns: int, half_life: float) -> float:
         """The score decayed to `now_ns`."""
-        age = max(0, now_ns - self.last_ns) / 1e9
-        return float(self.score * 0.5 ** (age / half_life))
+        return decayed(self.score, self.last_ns, now_ns, half_life)
+
+
+def decayed(score: float, last_ns: int, now_ns: int, half_life: float) -> float:
+    """`score`, last counted at `last_ns`, decayed to `now_ns`."""
+    return float(score * 0.5 ** (max(0, now_ns - last_ns) / 1e9 / half_life))
 
 
 def decode(data: bytes) -> Heat:
@@ -129,21 +133,23 @@ class HeatTracker:
         if not chunks and not files:
             return
         now = time.time_ns()
-        keys = [(CHUNK_PREFIX + cid, n) for cid, n in chunks.items()]
-        keys += [(FILE_PREFIX + ino.to_bytes(8, "big"), n) for ino, n in files.items()]
+        counts = {CHUNK_PREFIX + cid: n for cid, n in chunks.items()}
+        counts.update((FILE_PREFIX + ino.to_bytes(8, "big"), n) for ino, n in files.items())
+        half_life, pack, unpack = self.half_life, _VALUE.pack, _VALUE.unpack
 
         def add(txn: WriteTxn) -> None:
-            for key, n in keys:
-                old = txn.get_value("heat", key)
+            olds = txn.get_values("heat", counts)  # in key order: one seek per block
+            put = txn.put_value
+            for key, n in counts.items():
+                old = olds.get(key)
                 if old is not None and len(old) != VALUE_LEN:  # a hint: start it again
                     log.warning("heat record %s was damaged (%d bytes); counting afresh",
                                 key.hex(), len(old))
                     old = None
                 if old is None:
-                    new = Heat(float(n), now, n)
-                else:
-                    h = decode(old)
-                    new = Heat(h.at(now, self.half_life) + n, now, h.reads + n)
-                txn.put_value("heat", key, encode(new))
+                    put("heat", key, pack(float(n), now, n))
+                    continue
+                score, last, reads = unpack(old)  # no Heat object: a key per chunk read
+                put("heat", key, pack(decayed(score, last, now, half_life) + n, now, reads + n))
 
         self.engine.transact(add, tick=True)
