@@ -510,14 +510,20 @@ class HutongOperations(pyfuse3.Operations):
 
     async def _make(self, parent_inode: int, name: bytes,
                     fn: Callable[[WriteTxn, Inode, str], Inode]) -> pyfuse3.EntryAttributes:
-        """Create entry `name` of `parent_inode` with `fn(txn, parent, name)`."""
+        """Create entry `name` of `parent_inode` with `fn(txn, parent, name)` (as in
+        `_make_now`, queued from the loop)."""
         self._admit()
-        return self._attr(await self._run(self._make_now, parent_inode, _name(name), fn))
+        n = _name(name)
+        node = await self._change(lambda txn: fn(txn, self._free(txn, parent_inode, n), n),
+                                  [(parent_inode, [n])], "create")
+        self._names.remember(node.ino, parent_inode, n)
+        return self._attr(node)
 
     def _make_now(self, parent_inode: int, n: str,
                   fn: Callable[[WriteTxn, Inode, str], Inode]) -> Inode:
-        """`_make` on a thread: the transaction fails on a name taken when it commits
-        (EEXIST; a writer that committed the name first makes it conflict and run again)."""
+        """Create entry `n` on a thread: the transaction fails on a name taken when it
+        commits (EEXIST; a writer that committed the name first makes it conflict and run
+        again)."""
         node = self._write_txn(lambda txn: fn(txn, self._free(txn, parent_inode, n), n),
                                [(parent_inode, [n])])
         self._names.remember(node.ino, parent_inode, n)

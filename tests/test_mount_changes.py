@@ -59,10 +59,10 @@ def _held_first(ops: HutongOperations, monkeypatch: pytest.MonkeyPatch
     return inside, release
 
 
-@pytest.mark.parametrize("change", ["rename", "unlink"])
+@pytest.mark.parametrize("change", ["rename", "unlink", "mkdir"])
 def test_sixteen_concurrent_changes_share_two_transactions(
         ops: HutongOperations, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
-    """17 renames (unlinks) at once, the first one's transaction held until the others
+    """17 renames (unlinks, mkdirs) at once, the first one's transaction held until the others
     are queued: two transactions in all (with a worker thread waiting for each change,
     the pool's 8 threads let at most 8 queue: three or more)."""
     for i in range(17):
@@ -74,7 +74,9 @@ def test_sixteen_concurrent_changes_share_two_transactions(
         if change == "rename":
             return ops.rename(ROOT_INO, f"f{i}".encode(), ROOT_INO, f"g{i}".encode(), 0,
                               ctx())
-        return ops.unlink(ROOT_INO, f"f{i}".encode(), ctx())
+        if change == "unlink":
+            return ops.unlink(ROOT_INO, f"f{i}".encode(), ctx())
+        return ops.mkdir(ROOT_INO, f"d{i}".encode(), 0o755, ctx())
 
     async def main() -> None:
         first = asyncio.ensure_future(one(0))
@@ -92,10 +94,12 @@ def test_sixteen_concurrent_changes_share_two_transactions(
     asyncio.run(asyncio.wait_for(main(), DEADLINE))
     assert txns.batches - before == 2
     names = {s.name for s in ops.client.ls("/")}
-    assert names == ({f"g{i}" for i in range(17)} if change == "rename" else set())
+    assert names == {"rename": {f"g{i}" for i in range(17)}, "unlink": set(),
+                     "mkdir": {f"f{i}" for i in range(17)} | {f"d{i}" for i in range(17)}
+                     }[change]
 
 
-def test_a_failed_rename_reports_its_errno_and_changes_nothing(
+def test_a_failed_change_reports_its_errno_and_changes_nothing(
         ops: HutongOperations) -> None:
     ops.client.write_bytes("/a", b"a")
     ops.client.mkdir("/d")
@@ -105,6 +109,9 @@ def test_a_failed_rename_reports_its_errno_and_changes_nothing(
     with pytest.raises(pyfuse3.FUSEError) as e:
         asyncio.run(ops.rename(ROOT_INO, b"a", ROOT_INO, b"d", 0, ctx()))
     assert e.value.errno == 21  # EISDIR
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        asyncio.run(ops.mkdir(ROOT_INO, b"a", 0o755, ctx()))
+    assert e.value.errno == 17  # EEXIST
     assert sorted(s.name for s in ops.client.ls("/")) == ["a", "d"]
     assert ops.client.read_bytes("/a") == b"a"
 
