@@ -113,7 +113,12 @@ class TxnBatcher:
                 if not batch:
                     self._busy = False
                     return
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException as e:  # (a bug) its callers get it rather than wait forever
+                for ch in batch:
+                    if not ch.done:
+                        self._finish(ch, None, e)
 
     def run(self, fn: Callable[[WriteTxn], T], walks: Walks = (), *,
             manifests: bool = False) -> T:

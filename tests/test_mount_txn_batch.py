@@ -251,3 +251,28 @@ def test_a_cancelled_submit_still_commits_its_change(engine: LmdbEngine) -> None
         batcher.close()
     with engine.read() as txn:
         assert txn.get_meta("held") == b"1" and txn.get_meta("next") == b"next"
+
+
+def test_a_failure_outside_the_transaction_reaches_the_submitters(
+        engine: LmdbEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should committing fail outside the transaction (a bug), the callers awaiting
+    the batch get the error instead of waiting forever, and the next change commits."""
+    batcher = TxnBatcher(engine)
+    calls = []
+
+    def broken(batch: object) -> None:
+        calls.append(batch)
+        raise RuntimeError("broken commit")
+
+    async def main() -> None:
+        with monkeypatch.context() as m:
+            m.setattr(batcher, "_commit", broken)
+            with pytest.raises(RuntimeError, match="broken commit"):
+                await batcher.submit(_put("a"))
+        assert await batcher.submit(_put("b")) == "ok b"
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), DEADLINE))
+    finally:
+        batcher.close()
+    assert len(calls) == 1
