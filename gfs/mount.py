@@ -264,6 +264,7 @@ class HutongOperations(pyfuse3.Operations):
     def close(self, commit: bool = True) -> None:
         """Stop the threads; with `commit`, commit the files created and never closed."""
         self._pool.shutdown(wait=True)
+        self._txns.close()
         self.wb.close(commit)
         try:
             self.client.engine.transact(self.atimes.flush, tick=True)  # a retry finds them flushed
@@ -480,6 +481,20 @@ class HutongOperations(pyfuse3.Operations):
         finally:
             self.wb.changed()
 
+    async def _change(self, fn: Callable[[WriteTxn], T], walks: Walks, what: str,
+                      manifests: bool = False) -> T:
+        """`_write_txn` for a request, its errors as in `_run`: queued from the loop to
+        the batcher's committer thread (no worker thread waits for the commit), unless
+        files created here wait to be committed first (then on a worker thread)."""
+        if self.wb.pending.inos():
+            return await self._run(self._write_txn, fn, walks, manifests)
+        try:
+            return await self._txns.submit(fn, walks, manifests=manifests)
+        except Exception as e:
+            raise fuse_error(e, what) from None
+        finally:
+            self.wb.changed()
+
     def _dir(self, txn: WriteTxn, ino: int) -> Inode:
         node = namespace.get(txn, ino)
         if node.kind != Kind.DIR:
@@ -495,14 +510,20 @@ class HutongOperations(pyfuse3.Operations):
 
     async def _make(self, parent_inode: int, name: bytes,
                     fn: Callable[[WriteTxn, Inode, str], Inode]) -> pyfuse3.EntryAttributes:
-        """Create entry `name` of `parent_inode` with `fn(txn, parent, name)`."""
+        """Create entry `name` of `parent_inode` with `fn(txn, parent, name)` (as in
+        `_make_now`, queued from the loop)."""
         self._admit()
-        return self._attr(await self._run(self._make_now, parent_inode, _name(name), fn))
+        n = _name(name)
+        node = await self._change(lambda txn: fn(txn, self._free(txn, parent_inode, n), n),
+                                  [(parent_inode, [n])], "create")
+        self._names.remember(node.ino, parent_inode, n)
+        return self._attr(node)
 
     def _make_now(self, parent_inode: int, n: str,
                   fn: Callable[[WriteTxn, Inode, str], Inode]) -> Inode:
-        """`_make` on a thread: the transaction fails on a name taken when it commits
-        (EEXIST; a writer that committed the name first makes it conflict and run again)."""
+        """Create entry `n` on a thread: the transaction fails on a name taken when it
+        commits (EEXIST; a writer that committed the name first makes it conflict and run
+        again)."""
         node = self._write_txn(lambda txn: fn(txn, self._free(txn, parent_inode, n), n),
                                [(parent_inode, [n])])
         self._names.remember(node.ino, parent_inode, n)
@@ -543,7 +564,8 @@ class HutongOperations(pyfuse3.Operations):
             return namespace.link_in(txn, namespace.get(txn, inode), parent, n)
         return await self._make(new_parent_inode, new_name, op)
 
-    def _remove(self, parent_inode: int, name: bytes, is_dir: bool) -> None:
+    async def _remove(self, parent_inode: int, name: bytes, is_dir: bool) -> None:
+        self._admit()
         n = _name(name)
 
         def op(txn: WriteTxn) -> None:
@@ -554,15 +576,14 @@ class HutongOperations(pyfuse3.Operations):
                 return
             m = namespace.unlink_in(txn, parent, n)
             release(txn, [m] if m is not None else [])
-        self._write_txn(op, [(parent_inode, [n])], not is_dir)
+        await self._change(op, [(parent_inode, [n])], "rmdir" if is_dir else "unlink",
+                           not is_dir)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._admit()
-        await self._run(self._remove, parent_inode, name, False)
+        await self._remove(parent_inode, name, False)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._admit()
-        await self._run(self._remove, parent_inode, name, True)
+        await self._remove(parent_inode, name, True)
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
@@ -582,7 +603,7 @@ class HutongOperations(pyfuse3.Operations):
                 noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
                 exchange=bool(flags & pyfuse3.RENAME_EXCHANGE)))
             return moving.ino
-        ino = await self._run(self._write_txn, op, walks)
+        ino = await self._change(op, walks, "rename")
         self._names.remember(ino, parent_inode_new, new)
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
