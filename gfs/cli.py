@@ -185,6 +185,23 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Set when `main` runs as the process's program: it then owns the garbage collector.
+_OWNS_GC = False
+#: Allocations between young collections while a put runs (CPython's default: 700).
+PUT_GEN0_THRESHOLD = 7000
+
+
+def _settle_for_bulk() -> None:
+    """Before a bulk command's loop (the program only): freeze the objects its imports
+    and the store's opening made, as `main` froze the start-up's (the put's modules are
+    imported after it), and collect the young generation every PUT_GEN0_THRESHOLD
+    allocations: a put of the release series spent 0.13-0.23 s of CPU in 4 full and
+    ~500 young collections, 0.05-0.06 s after this (each collection holds the GIL)."""
+    if _OWNS_GC:
+        gc.freeze()
+        gc.set_threshold(PUT_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def cmd_put(args: argparse.Namespace) -> int:
     from gfs.client import Client
 
@@ -198,6 +215,7 @@ def cmd_put(args: argparse.Namespace) -> int:
         return 0
     with _opened(args) as fs, \
             _progress(args, lambda: _local_size(args.local), "put") as bar:
+        _settle_for_bulk()
         if isinstance(fs, Client):
             r = fs.put(args.local, args.path, progress=bar)
         else:
@@ -563,8 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     made (`gc.freeze`): they live as long as the process, and each full collection
     traversed them all again (12% of the CPU of a quiet put of 3,658 small files).
     Callers that pass `argv` (tests, embedders) keep their collector as it is."""
+    global _OWNS_GC
     if argv is None:
         gc.freeze()
+        _OWNS_GC = True
     parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     args.state = getattr(args, "state", None)

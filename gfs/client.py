@@ -74,7 +74,7 @@ from gfs.state import (
     record_url,
     relocate,
 )
-from gfs.store import ChunkStore, WriteStats, prepared_of, read_many, release
+from gfs.store import ChunkStore, WriteStats, prepared_of, read_ids, read_many, release
 from gfs.tiering import defaults as tier_defaults
 from gfs.tiering.heat import HeatTracker
 
@@ -585,13 +585,13 @@ class Client:
             return e.path, e.st.st_size
 
         params = self.store.params
-        # read, cut and hashed in C in batches on a thread, ahead of the loop
-        reads = read_ahead(walked if walked is not None else _walk_local(src, top),
-                           wanted, lambda ps: read_many(ps, params, READ_BATCH_BYTES))
         # a tree's batches commit on the session's thread while the next is compressed
         overlap = statmod.S_ISDIR(top.st_mode)
         with _fast_thread_switching(), self.store.writer(overlap=overlap) as session, \
-                contextlib.closing(reads):
+                contextlib.closing(read_ahead(  # read, cut and hashed in C on a thread
+                    walked if walked is not None else _walk_local(src, top), wanted,
+                    lambda ps: read_many(ps, params, READ_BATCH_BYTES),
+                    on_batch=lambda loads: session.look_ahead(read_ids(loads)))) as reads:
             if not statmod.S_ISDIR(top.st_mode) and base:
                 session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
             for (leaving, e), read, loaded in reads:

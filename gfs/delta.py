@@ -195,6 +195,13 @@ DICT_SMALL = 16 << 10
 #: of their whole size, in 0.23 s of training; 16 KiB saves half as much.
 DICT_TRAIN_BYTES = 1 << 20
 DICT_SIZE = 64 << 10
+#: The COVER segment and d-mer sizes the dictionary is trained with. Left at 0, zstd
+#: searches for the best pair, which cost 0.095 s of CPU on the release series' 1 MiB of
+#: samples and 0.057 s on the small files' (on the put's main thread); this fixed pair
+#: trains in 0.012-0.015 s and compresses the held-out small chunks of the releases
+#: 0.2% smaller, of the small files 0.4% larger than the searched one.
+DICT_SEGMENT = 2048
+DICT_DMER = 6
 #: Chunks smaller than this are not worth a dictionary (nor a sample).
 DICT_MIN = 64
 #: Deltas against the dictionary are compressed this many zstd levels above the
@@ -297,7 +304,8 @@ class DeltaPlanner:
     def _train(self) -> None:
         samples, self._samples, self._sampled = self._samples, [], 0
         try:
-            raw = zstandard.train_dictionary(DICT_SIZE, samples, level=3).as_bytes()
+            raw = zstandard.train_dictionary(DICT_SIZE, samples, k=DICT_SEGMENT, d=DICT_DMER,
+                                             level=3).as_bytes()
         except zstandard.ZstdError as e:
             log.info("no dictionary for this session's small chunks: %s", e)
             self._dict_failed = True

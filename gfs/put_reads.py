@@ -40,6 +40,7 @@ def read_ahead(entries: Iterable[E], wanted: Callable[[E], tuple[str, int] | Non
                read_many: Callable[[list[str]], list[R]], *, depth: int = READ_DEPTH,
                batch_files: int = READ_BATCH_FILES, batch_bytes: int = READ_BATCH_BYTES,
                batch_entries: int = READ_BATCH_ENTRIES,
+               on_batch: Callable[[list[R]], None] | None = None,
                ) -> Generator[tuple[E, bool, R | None], None, None]:
     """Each of `entries` in order, with whether it was read and its read.
 
@@ -48,8 +49,10 @@ def read_ahead(entries: Iterable[E], wanted: Callable[[E], tuple[str, int] | Non
     one thread, at most `depth` batches ahead of the entry yielded, so at most
     `depth + 1` batches of at most `batch_files` files and about `batch_bytes`
     bytes (a file bigger than that alone) are held. An exception of `read_many`
-    is raised at the first entry of its batch. Closing the iterator (the
-    consumer failed) cancels the batches not begun and waits for the running one.
+    is raised at the first entry of its batch. `on_batch(reads)`, if given, is
+    called with a batch's reads (on the consumer's thread) before its first entry
+    is yielded. Closing the iterator (the consumer failed) cancels the batches not
+    begun and waits for the running one.
     """
     if depth < 1 or batch_files < 1 or batch_entries < 1:
         raise ValueError("read_ahead needs depth, batch_files and batch_entries >= 1")
@@ -70,22 +73,25 @@ def read_ahead(entries: Iterable[E], wanted: Callable[[E], tuple[str, int] | Non
                     pending.append(cur)
                     cur = _Batch()
                     while len(pending) > depth:
-                        yield from _emit(pending.popleft())
+                        yield from _emit(pending.popleft(), on_batch)
             if cur.paths:
                 cur.reads = pool.submit(read_many, cur.paths)
             pending.append(cur)
             while pending:
-                yield from _emit(pending.popleft())
+                yield from _emit(pending.popleft(), on_batch)
         finally:
             for b in pending:
                 if b.reads is not None:
                     b.reads.cancel()
 
 
-def _emit(batch: _Batch[E, R]) -> Iterator[tuple[E, bool, R | None]]:
+def _emit(batch: _Batch[E, R], on_batch: Callable[[list[R]], None] | None,
+          ) -> Iterator[tuple[E, bool, R | None]]:
     reads = batch.reads.result() if batch.reads is not None else []
     if len(reads) != len(batch.paths):
         raise RuntimeError(f"read_many gave {len(reads)} reads for {len(batch.paths)} paths")
+    if on_batch is not None and reads:
+        on_batch(reads)
     k = 0
     for entry, read in batch.entries:
         if read:

@@ -439,3 +439,22 @@ def test_the_program_freezes_its_start_up_objects_and_a_caller_keeps_its_gc(stat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
                           cwd=ROOT, check=True)
     assert proc.stdout.split()[-3:] == [b"0", b"0", b"True"]
+
+
+def test_a_program_put_freezes_what_it_imported_and_collects_less_often(
+        state: Path, tmp_path: Path) -> None:
+    """`hutong put` (main without argv) freezes the objects of the modules it imported
+    after start-up (gfs.client's among them) and raises the young generation's
+    threshold for its loop; main(argv) called from a program changes neither."""
+    src = make_tree(tmp_path / "src", seed=3, files=5)
+    put = ["--state", str(state), "put", "--quiet", str(src)]
+    program = (f"import gc, sys; from gfs import cli; sys.argv = ['hutong', *{[*put, '/a']!r}]; "
+               "rc = cli.main(); import gfs.client; "
+               "print(rc, gc.get_threshold()[0] == getattr(cli, 'PUT_GEN0_THRESHOLD', 0), "
+               "all(o is not vars(gfs.client) for o in gc.get_objects()))")
+    caller = ("import gc, sys; from gfs import cli; "
+              f"rc = cli.main({[*put, '/b']!r}); "
+              "print(rc, gc.get_threshold()[0], gc.get_freeze_count())")
+    out = [subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                          cwd=ROOT, check=True).stdout.split()[-3:] for code in (program, caller)]
+    assert out == [[b"0", b"True", b"True"], [b"0", b"700", b"0"]]

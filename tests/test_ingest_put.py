@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,4 +151,50 @@ def test_a_fault_mid_commit_loses_nothing_committed(
             assert fs.read_bytes(f"/t/{rel}") == data
         assert sorted(s.path for s in fs.ls("/t/d4")) == sorted(
             f"/t/d4/{n}" for n in ["new.txt", *(f"f{f}.txt" for f in range(8))])
+        assert fs.fsck().ok
+
+
+def _counting_lookups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the dedup lookups (`present_chunks`) the calling thread makes."""
+    from gfs.meta.lmdb_engine import _LmdbRead
+
+    sizes: list[int] = []
+    real = _LmdbRead.present_chunks
+
+    def counting(self: _LmdbRead, cids: object) -> set[bytes]:
+        found = real(self, cids)  # type: ignore[arg-type]
+        if threading.current_thread() is threading.main_thread():
+            sizes.append(len(set(cids)))  # type: ignore[call-overload]
+        return found
+
+    monkeypatch.setattr(_LmdbRead, "present_chunks", counting)
+    return sizes
+
+
+@pytest.mark.parametrize("batch", [10_000, 7])
+def test_a_read_batch_looks_its_chunks_up_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+    """The put looks up a read batch's chunks in one `present_chunks` (again after each
+    commit renews the snapshot), not once a file; dedup comes out as file by file:
+    chunks repeated across files and commits are stored once, a second put of the
+    tree stores nothing new."""
+    src = tmp_path / "src"
+    want = _tree(src, 4, 30)
+    for k in range(20):  # the same content again, in later batches and commits
+        (src / "d3" / f"copy{k}").write_bytes(want[f"d0/f{k}.txt"])
+        want[f"d3/copy{k}"] = want[f"d0/f{k}.txt"]
+    distinct = len(set(want.values()))
+    with Client.init(tmp_path / "s", commit_files=batch) as fs:
+        fs.mkdir("/dst")
+        sizes = _counting_lookups(monkeypatch)
+        first = fs.put(src, "/dst/a")
+        again = fs.put(src, "/dst/b")
+        monkeypatch.undo()
+        assert first.write is not None and again.write is not None
+        assert first.write.new_chunks == distinct and again.write.new_chunks == 0
+        # one lookup of the batch's 120 distinct chunks per snapshot, none per file
+        assert len(sizes) <= 2 * (first.write.commits + again.write.commits) < len(want)
+        assert max(sizes) == distinct
+        for rel, data in want.items():
+            assert fs.read_bytes(f"/dst/a/{rel}") == data == fs.read_bytes(f"/dst/b/{rel}")
         assert fs.fsck().ok

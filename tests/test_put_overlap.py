@@ -258,3 +258,33 @@ def test_the_callers_failure_mid_put_keeps_the_sealed_batches(
         kept = _committed_prefix(fs, want)
         assert len(kept) == 20  # four sealed batches of 5; the 2 files gathered after: not
         _put_again(fs, root, want, len(kept))
+
+
+def test_a_failed_batch_lookup_loses_nothing_committed(
+        tmp_path: Path, src: tuple[Path, dict[str, bytes]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read batch's dedup lookup (`WriteSession.look_ahead`, again after each commit
+    renews the snapshot) that fails mid-put fails the put: the batches committed before
+    stay whole, and a second put completes the tree."""
+    from gfs.meta.lmdb_engine import _LmdbRead
+
+    root, want = src
+    real = _LmdbRead.present_chunks
+    batch_lookups: list[int] = []
+
+    def present_chunks(self: _LmdbRead, cids: Any) -> set[bytes]:
+        ids = set(cids)
+        if threading.current_thread() is threading.main_thread() and len(ids) > 10:
+            batch_lookups.append(len(ids))
+            if len(batch_lookups) == 4:
+                raise Injected("batch lookup 4")
+        return real(self, ids)
+
+    monkeypatch.setattr(_LmdbRead, "present_chunks", present_chunks)
+    with Client.init(tmp_path / "s", commit_files=3) as fs:
+        with pytest.raises(Injected):
+            fs.put(root, "/dst")
+        names = _committed_prefix(fs, want)
+        assert 0 < len(names) < len(want)
+        monkeypatch.undo()
+        _put_again(fs, root, want, len(names))

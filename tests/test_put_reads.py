@@ -205,3 +205,20 @@ def test_put_meets_a_read_fault_at_that_file_and_keeps_what_it_committed(
         for name, data in want.items():
             assert fs.read_bytes(f"/dst/{name}") == data
         assert fs.fsck().ok
+
+
+def test_on_batch_sees_each_batch_before_its_first_entry() -> None:
+    """`on_batch` gets each batch's reads, in order, before the batch's first entry is
+    yielded (a batch with nothing read is not announced)."""
+    events: list[object] = []
+    entries = [f"e{k}" for k in range(10)]
+    wanted = {"e0", "e1", "e2", "e6", "e7"}
+    for entry, read, loaded in read_ahead(
+            entries, lambda e: (e, 1) if e in wanted else None,
+            lambda ps: [p.upper() for p in ps], batch_files=2, batch_entries=3,
+            on_batch=lambda reads: events.append(list(reads))):
+        events.append((entry, read, loaded))
+    assert events == [["E0", "E1"], ("e0", True, "E0"), ("e1", True, "E1"),
+                      ["E2"], ("e2", True, "E2"), ("e3", False, None), ("e4", False, None),
+                      ["E6", "E7"], ("e5", False, None), ("e6", True, "E6"),
+                      ("e7", True, "E7"), ("e8", False, None), ("e9", False, None)]
