@@ -392,6 +392,39 @@ def test_scans_page_by_key_across_many_pages(pg_url: str,
         eng.close()
 
 
+def test_many_values_are_read_a_page_of_keys_per_round_trip(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`get_values` asks for FETCH keys per query (a restore's heat flush: a key per chunk
+    read, one round trip each before); rows read before and buffered writes need none."""
+    import gfs.meta.pg_engine as pg
+
+    monkeypatch.setattr(pg, "FETCH", 4)
+    eng = PgEngine(pg_url)
+    try:
+        with eng.write() as w:
+            for i in range(0, 20, 2):
+                w.put_value("heat", b"k%02d" % i, b"v%d" % i)
+        keys = [b"k%02d" % i for i in range(20)]
+        want = {b"k%02d" % i: b"v%d" % i for i in range(0, 20, 2)}
+        with eng.read() as r:
+            r.get_value("heat", b"k00")  # the transaction begins
+            with round_trips() as trips:
+                assert r.get_values("heat", reversed(keys)) == want
+            assert trips[0] == 5  # 20 keys, 4 a page
+            with round_trips() as trips:  # read already: none
+                assert r.get_values("heat", keys) == want
+                assert r.get_value("heat", b"k01") is None
+            assert trips[0] == 0
+        with eng.write() as w:
+            w.put_value("heat", b"k01", b"new")
+            w.delete_value("heat", b"k02")
+            with round_trips() as trips:
+                got = w.get_values("heat", [b"k01", b"k02"])
+            assert got == {b"k01": b"new"} and trips[0] == 0
+    finally:
+        eng.close()
+
+
 # -- round trips -------------------------------------------------------------------------
 
 
