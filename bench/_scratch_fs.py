@@ -64,26 +64,38 @@ def scratch_fs(parent: Path, size: int, name: str) -> Iterator[Path | None]:
     image, mnt = parent / f"{name}.img", parent / name
     journal = has_journal(parent)
     features = ["-O", "^has_journal"] if journal is False else []
-    mounted = False
     try:
         with open(image, "wb") as f:
             f.truncate(size)
         _run(["mkfs.ext4", "-q", "-F", *features, str(image)])
         mnt.mkdir(exist_ok=True)
         _run(["mount", "-o", "loop", str(image), str(mnt)])
-        mounted = True
-        print(f"scratch filesystem: fresh ext4 ({'no journal, as' if journal is False else 'like'} "
-              f"the disk it sits on) of {size >> 30} GiB, image {image}, mounted at {mnt}")
+    except (OSError, RuntimeError) as exc:  # root without mount rights (a container)
+        _remove(image, mnt)
+        print(f"scratch filesystem: none ({exc}); working on {parent} as it is")
+        yield None
+        return
+    print(f"scratch filesystem: fresh ext4 ({'no journal, as' if journal is False else 'like'} "
+          f"the disk it sits on) of {size >> 30} GiB, image {image}, mounted at {mnt}")
+    try:
         yield mnt
     finally:
-        if mounted:
+        try:
+            _run(["umount", str(mnt)])
+        except RuntimeError:  # still busy: detach now, the kernel frees it when idle
             try:
-                _run(["umount", str(mnt)])
-            except RuntimeError:  # still busy: detach now, the kernel frees it when idle
                 _run(["umount", "-l", str(mnt)])
-        if mnt.is_dir():
-            mnt.rmdir()
-        image.unlink(missing_ok=True)
+            except RuntimeError as exc:
+                print(f"scratch filesystem: {mnt} could not be unmounted ({exc}); "
+                      f"remove it and {image} by hand")
+                return  # (the image stays: it is still mounted)
+        _remove(image, mnt)
+
+
+def _remove(image: Path, mnt: Path) -> None:
+    if mnt.is_dir():
+        mnt.rmdir()
+    image.unlink(missing_ok=True)
 
 
 def _run(argv: list[str]) -> None:

@@ -486,7 +486,7 @@ class HutongOperations(pyfuse3.Operations):
         """`_write_txn` for a request, its errors as in `_run`: queued from the loop to
         the batcher's committer thread (no worker thread waits for the commit), unless
         files created here wait to be committed first (then on a worker thread)."""
-        if self.wb.pending.inos():
+        if self.wb.pending:
             return await self._run(self._write_txn, fn, walks, manifests)
         try:
             return await self._txns.submit(fn, walks, manifests=manifests)

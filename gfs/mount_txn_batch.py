@@ -78,7 +78,9 @@ class TxnBatcher:
             return len(self._queue)
 
     def close(self) -> None:
-        """Wait for the changes queued to be committed; stop the committer thread."""
+        """Stop the committer thread once the changes it has taken are committed (a
+        caller's thread leading a batch is not waited for: the mount shuts its worker
+        pool down first). Changes submitted later start a new committer thread."""
         with self._lock:
             committer, self._committer = self._committer, None
         if committer is not None:
@@ -113,12 +115,7 @@ class TxnBatcher:
                 if not batch:
                     self._busy = False
                     return
-            try:
-                self._commit(batch)
-            except BaseException as e:  # (a bug) its callers get it rather than wait forever
-                for ch in batch:
-                    if not ch.done:
-                        self._finish(ch, None, e)
+            self._commit_or_fail(batch)
 
     def run(self, fn: Callable[[WriteTxn], T], walks: Walks = (), *,
             manifests: bool = False) -> T:
@@ -146,7 +143,7 @@ class TxnBatcher:
         while not me.done:
             with self._lock:
                 batch, self._queue = self._queue, []
-            self._commit(batch)
+            self._commit_or_fail(batch)
         with self._lock:
             if not self._queue:
                 self._busy = False
@@ -154,6 +151,17 @@ class TxnBatcher:
                 self._queue[0].wake.set()  # it leads next
             else:  # an event loop's change: the committer thread takes the queue over
                 self._start_committer()
+
+    def _commit_or_fail(self, batch: list[_Change[Any]]) -> None:
+        """`_commit`; should it raise (a bug: a failure outside a change's transaction),
+        the batch's callers get the error rather than wait forever, and the queue goes
+        on to the next leader."""
+        try:
+            self._commit(batch)
+        except BaseException as e:
+            for ch in batch:
+                if not ch.done:
+                    self._finish(ch, None, e)
 
     def _commit(self, batch: list[_Change[Any]]) -> None:
         def apply(txn: WriteTxn) -> list[Any]:

@@ -195,6 +195,11 @@ class PendingCreates:
     def __contains__(self, ino: object) -> bool:
         return ino in self._nodes
 
+    def __bool__(self) -> bool:
+        """Whether any create waits for its commit (no copy of the list: a check per
+        metadata change of the mount)."""
+        return bool(self._nodes)
+
     def get(self, ino: int) -> Inode | None:
         """The inode of pending file `ino`, or None."""
         entry = self._nodes.get(ino)

@@ -43,3 +43,23 @@ def test_without_mount_rights_it_says_why_and_yields_none(
         assert mnt is None
     assert "not root" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_mount
+def test_a_mount_that_fails_falls_back_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import bench._scratch_fs as scratch
+
+    run = scratch._run
+
+    def no_mount(argv: list[str]) -> None:
+        if argv[0] == "mount":
+            raise RuntimeError("mount: permission denied (no CAP_SYS_ADMIN)")
+        run(argv)
+
+    monkeypatch.setattr(scratch, "_run", no_mount)
+    with scratch_fs(tmp_path, 64 << 20, "fs") as mnt:
+        assert mnt is None
+    assert "permission denied" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []

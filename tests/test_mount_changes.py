@@ -1,7 +1,8 @@
 """The mount's renames and unlinks from the event loop (issue 15, rename at 16
 clients): queued to the batcher's committer thread, not one worker thread each, so
 concurrent ones share a transaction and its flush beyond the pool's size; each is
-durable when it returns (kill -9 of the mount loses none)."""
+committed when it returns (kill -9 of the mount loses none; the kernel's page cache
+survives a process kill, so this shows commit before the reply, not the flush)."""
 
 from __future__ import annotations
 
@@ -119,8 +120,8 @@ def test_a_failed_change_reports_its_errno_and_changes_nothing(
 @needs_fuse
 def test_kill_9_during_renames_loses_no_rename_that_returned(tmp_path: Path) -> None:
     """8 clients rename files on the mount until it is killed with SIGKILL: every
-    rename that returned is in the store (durable when acknowledged), every file is
-    exactly once under its old or its new name."""
+    rename that returned is in the store (committed before it was acknowledged), every
+    file is exactly once under its old or its new name."""
     state, mnt = tmp_path / "state", tmp_path / "mnt"
     init_store(state)
     clients, per = 8, 200

@@ -276,3 +276,26 @@ def test_a_failure_outside_the_transaction_reaches_the_submitters(
     finally:
         batcher.close()
     assert len(calls) == 1
+
+
+def test_a_failure_outside_the_transaction_reaches_a_thread_caller(
+        engine: LmdbEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for a caller on a thread that leads its batch (`run`): it gets the
+    error, the batcher is not left busy, and the next change, from a thread or the
+    loop, commits."""
+    batcher = TxnBatcher(engine)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(batcher, "_commit", lambda batch: (_ for _ in ()).throw(
+                RuntimeError("broken commit")))
+            with pytest.raises(RuntimeError, match="broken commit"):
+                batcher.run(_put("a"))
+        done: list[str] = []
+        worker = threading.Thread(target=lambda: done.append(batcher.run(_put("b"))),
+                                  daemon=True)  # (a regression: it would wait for ever)
+        worker.start()
+        worker.join(DEADLINE)
+        assert done == ["ok b"]
+        assert asyncio.run(asyncio.wait_for(batcher.submit(_put("c")), DEADLINE)) == "ok c"
+    finally:
+        batcher.close()
