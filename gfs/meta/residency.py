@@ -6,7 +6,8 @@ reclaims it, so the RSS of an fsck, du or put grows with the metadata file
 (measured: +38 MB of RSS for a 38 MB metadata file of 10^5 files). Those pages
 are clean page cache, but they count against the process. `MapTrimmer`
 drops the map's pages from this process's page tables with
-`madvise(MADV_DONTNEED)` at most once per interval: for a shared file mapping
+`madvise(MADV_DONTNEED)` every TRIM_TICKS ticks, TRIM_INTERVAL seconds or TRIM_BYTES of
+file pages newly mapped (whichever comes first): for a shared file mapping
 that only unmaps them (the data stays in the file and the page cache, and a
 later access faults the same page back in), so it is safe while other threads
 read through the map. Where madvise is unavailable (not Linux), it does nothing.
@@ -26,21 +27,21 @@ from typing import Any
 #: Seconds between two trims of one map.
 TRIM_INTERVAL = 0.1
 #: Lookups, writes or scanned rows between two trims. A random lookup or write
-#: faults in about one page, but the kernel maps up to 16 cached neighbours with
-#: it (fault-around, 64 KiB; MADV_RANDOM does not turn it off), and a tick's B-tree
-#: descent may fault in a branch page too, so this bounds the map's resident part to
-#: about 128 * 64 KiB = 8 MiB, a few times that when two threads tick at once. Writes
-#: count too: one transaction that records a pack's thousands of chunks touched 20 MiB
-#: between two trims when only reads counted (measured on put of 10^5 files). At 256,
-#: a put of 10^6 files, whose commits run on a thread beside the lookups of the next
-#: batch, held 36 MiB of the map and peaked at 93 MiB (2.09x its 10^4 figure); at 128,
-#: 79 MiB, for 1.5x the minor faults (+37,000 at 10^5 files, ~1% of its CPU).
+#: faults in at least one page, and the kernel maps cached neighbours with it
+#: (fault-around, 64 KiB, or a whole large folio; MADV_RANDOM does not turn it off).
+#: Writes count too: one transaction that records a pack's thousands of chunks touched
+#: 20 MiB between two trims when only reads counted (measured on put of 10^5 files).
+#: At 256, a put of 10^6 files, whose commits run on a thread beside the lookups of
+#: the next batch, held 36 MiB of the map and peaked at 93 MiB (2.09x its 10^4 figure).
 TRIM_TICKS = 128
-#: The clock is read for the interval once every this many ticks (+1): a tick comes
-#: with every lookup and write, and reading the clock was most of its cost.
-_CLOCK_TICKS = 15
-#: The kernel's fault-around: a fault maps up to this many bytes of cached neighbours.
-_FAULT_AROUND = 64 << 10
+#: ... or once TRIM_BYTES of file pages were mapped since the last trim, whatever the
+#: ticks: a fault maps a whole large folio of the page cache, not only 64 KiB (Linux
+#: 6.18 on ext4: 64 faults one MiB apart in a cached file mapped 48 MiB), so ticks
+#: alone did not bound the map (a put of 10^6 files held 40 MiB of it at 128 ticks).
+TRIM_BYTES = 8 << 20
+#: The clock and the process's mapped file pages (/proc/self/statm, ~3 us) are read
+#: once every this many ticks (+1): a tick comes with every lookup and write.
+_CHECK_TICKS = 7
 _MADV_DONTNEED = 4
 
 _libc: Any = None
@@ -53,34 +54,40 @@ if sys.platform.startswith("linux"):
 class MapTrimmer:
     """Trims the resident pages of one LMDB environment's map (see the module doc)."""
 
-    __slots__ = ("_env", "_lock", "_map", "_next", "_ticks", "trims")
+    __slots__ = ("_env", "_floor", "_lock", "_map", "_next", "_ticks", "trims")
 
     def __init__(self, env: Any) -> None:
         self._env = env
         self._ticks = 0
         self._map: tuple[int, int] | None = None
         self._next = time.monotonic() + TRIM_INTERVAL
+        self._floor = file_pages()  # mapped file bytes after the last trim
         self._lock = threading.Lock()
         self.trims = 0
 
     def tick(self, n: int = 1) -> None:
         """Note activity; trim the map if TRIM_TICKS ticks or TRIM_INTERVAL seconds have
-        passed since the last trim (`n`: lookups or rows read since the last tick)."""
+        passed, or TRIM_BYTES of file pages were mapped, since the last trim (`n`:
+        lookups or rows read since the last tick)."""
         ticks = self._ticks = self._ticks + n  # approximate across threads: it only
         # paces the trims
-        if _libc is None or (ticks < TRIM_TICKS and (
-                ticks & _CLOCK_TICKS or time.monotonic() < self._next)):
+        if _libc is None or (ticks < TRIM_TICKS and (ticks & _CHECK_TICKS or not self._due())):
             return
         with self._lock:
-            if self._ticks < TRIM_TICKS and time.monotonic() < self._next:
+            if self._ticks < TRIM_TICKS and not self._due():
                 return
             self.trim()
             self._ticks = 0
             self._next = time.monotonic() + TRIM_INTERVAL
+            self._floor = file_pages()
+
+    def _due(self) -> bool:
+        return (time.monotonic() >= self._next
+                or file_pages() - self._floor >= TRIM_BYTES)
 
     def trim(self) -> None:
         """Drop the map's resident pages from this process now (unless the whole file
-        is no larger than TRIM_TICKS fault-arounds, the bound the trims keep)."""
+        is no larger than TRIM_BYTES, the bound the trims keep)."""
         if _libc is None:
             return
         if self._map is None:
@@ -88,12 +95,35 @@ class MapTrimmer:
         start, size = self._map
         used = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
         length = min(size, -(-used // mmap.PAGESIZE) * mmap.PAGESIZE)
-        if length <= TRIM_TICKS * _FAULT_AROUND:
+        if length <= TRIM_BYTES:
             return  # the whole file is within what the trims bound the map to: a trim
             # would only fault the same pages in again
         if start and length:
             _libc.madvise(start, length, _MADV_DONTNEED)
             self.trims += 1
+
+
+_statm: int | None = None  # this process's /proc/self/statm, open (reset in a fork's child)
+
+
+def _forget_statm() -> None:
+    global _statm
+    _statm = None  # the parent's: the child opens its own
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_statm)
+
+
+def file_pages() -> int:
+    """Bytes of file (and shared) pages this process has mapped (0 where unknown)."""
+    global _statm
+    try:
+        if _statm is None:
+            _statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_statm, 128, 0).split()[2]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _find_map(path: str) -> tuple[int, int]:
