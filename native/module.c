@@ -816,6 +816,8 @@ static PyMethodDef native_methods[] = {
     {"features", features, METH_O, features_doc},
     {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
     {"write_files", native_write_files, METH_O, WRITE_FILES_DOC},
+    {"make_dirs", native_make_dirs, METH_O, MAKE_DIRS_DOC},
+    {"set_dir_attrs", native_set_dir_attrs, METH_O, SET_DIR_ATTRS_DOC},
     {"inode_compact", (PyCFunction)(void (*)(void))inode_compact, METH_FASTCALL,
      inode_compact_doc},
     {"chunk_refcount", (PyCFunction)(void (*)(void))chunk_refcount, METH_FASTCALL,
