@@ -65,6 +65,12 @@ def chunk_refcount(cid: bytes, data: bytes, delta: int, /) -> bytes | None:
     """The compact or member `chunks` value `data` with its refcount changed by `delta`,
     or None for another form, a damaged record or a refcount out of range."""
 
+def inode_fields(
+    data: _Buffer, /
+) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int, str] | None:
+    """(kind, mode, uid, gid, parent, size, version, atime_ns, mtime_ns, ctime_ns, nlink,
+    rdev, target) of a compact `inodes` value, or None (another form, or damaged)."""
+
 def manifest_fixed(version: int, chunks: Sequence[object], /) -> bytes | None:
     """The fixed `manifests` value of `version` and `chunks` (ChunkRef-like: a 16-byte
     `id`, an int `length`), or None when a field is out of range."""
