@@ -1,9 +1,10 @@
-"""A get's plan spills each entry as one marshal record and reads it back whole: every
+"""A get's plan spills its entries as marshal blocks and reads them back whole: every
 inode field and manifest chunk comes back equal, extreme values included, without
 decoding the store's record forms a second time."""
 
 from __future__ import annotations
 
+import marshal
 import os
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ U64 = (1 << 64) - 1
     (Inode(10, 1, Kind.DIR, 0o40755, 0, 0, 0, 5, 6, 7, 2, "", 5), None),
 ])
 def test_a_plan_record_keeps_every_field(node: Inode, m: Manifest | None) -> None:
-    got, gm = get_plan._entry(node.ino, get_plan._fields(node, m))
+    spilled = marshal.loads(marshal.dumps(get_plan._fields(node, m)))
+    got, gm = get_plan._entry(node.ino, spilled)
     assert (got, gm) == (node, m)
     assert type(got.kind) is Kind
 
@@ -59,3 +61,34 @@ def test_a_plan_gives_back_the_snapshot_without_decoding_records_again(
     assert got == want
     assert len(got) == 2 * 3 + 21 + 1  # 3 directories (in and out), files, symlink
     assert decoded == []
+
+
+def test_a_plan_is_blocks_in_an_unlinked_file_not_a_sqlite_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries go to an unlinked temporary file PLAN_BATCH at a time (a SQLite table's
+    inserts and reads were a quarter of a get's walk) and come back in walk order
+    across the blocks; a closed plan leaves nothing open."""
+    from gfs import spill
+
+    def refused(*a: Any, **k: Any) -> None:
+        raise AssertionError("a get's plan made a SQLite table")
+
+    monkeypatch.setattr(spill, "SpillTable", refused)
+    monkeypatch.setattr(get_plan, "SpillTable", refused, raising=False)
+    monkeypatch.setattr(get_plan, "PLAN_BATCH", 4)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(9):
+        (src / f"f{i}").write_bytes(b"%d" % i)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        plan = get_plan.GetPlan()
+        with plan, fs.engine.read() as txn:
+            top = namespace.resolve(txn, "/t")
+            plan.read(txn, top, str(tmp_path / "out"), check=False)
+            assert plan.rows == 11 and os.fstat(plan._file.fileno()).st_nlink == 0
+            names = [os.path.basename(p) for _, p, _, _ in plan.entries()]
+            assert os.fstat(plan._file.fileno()).st_size > 0  # on disk, not in memory
+            assert names == ["out", *(f"f{i}" for i in range(9)), "out"]
+            assert names == [os.path.basename(p) for _, p, _, _ in plan.entries()]  # again
+        assert plan._file.closed
