@@ -1121,6 +1121,10 @@ RESTORE_WRITERS = 8
 RESTORE_SLICE_FILES = 64
 #: Fewer directories than this (since the last slice) are made on the calling thread.
 RESTORE_DIRS_INLINE = 16
+#: Fewest directories of a level a writer thread makes in one call: a task per 3
+#: directories (4,916 directories of the release series in 1,559 calls) spent more
+#: on handing tasks and results between threads than on the mkdirs.
+RESTORE_DIRS_PER_CALL = 32
 
 
 def _make_dirs(dirs: list[str], writers: ThreadPoolExecutor) -> None:
@@ -1139,7 +1143,7 @@ def _make_dirs(dirs: list[str], writers: ThreadPoolExecutor) -> None:
         levels.setdefault(os.path.normpath(p).count(os.sep), []).append(p)
     dirs.clear()
     for _, level in sorted(levels.items()):
-        step = -(-len(level) // RESTORE_WRITERS)
+        step = max(RESTORE_DIRS_PER_CALL, -(-len(level) // RESTORE_WRITERS))
         made = [writers.submit(local_write.make_dirs, level[k:k + step])
                 for k in range(0, len(level), step)]
         futures.wait(made)

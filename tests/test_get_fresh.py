@@ -112,12 +112,14 @@ def test_many_directories_are_made_on_the_writer_threads_parents_first(
             made.append((threading.current_thread().name, p))
         real(dirs)
 
+    monkeypatch.setattr(client_module, "RESTORE_DIRS_PER_CALL", 32)
     with Client.init(tmp_path / "s") as fs:
         fs.put(str(src), "/t")
         monkeypatch.setattr(local_write, "make_dirs", spy)
         report = fs.get("/t", str(tmp_path / "out") + slash)
     assert report.dirs == 1 + 6 + 36 + 36 and len(made) == report.dirs
-    assert calls <= 1 + 4 * client_module.RESTORE_WRITERS  # a call a thread and level
+    # levels of 1, 6, 36 and 36 directories: a call for each RESTORE_DIRS_PER_CALL
+    assert calls == 1 + 1 + 2 + 2, calls
     assert any(t.startswith("hutong-restore") for t, _ in made)
     for a in range(6):
         for b in range(6):
