@@ -18,12 +18,23 @@ from gfs.errors import StateError
 from gfs.meta import Inode
 
 _counter = itertools.count()
+#: This process's id, kept (a get names a temporary file per file restored, and
+#: os.getpid is a system call each time); a forked child takes its own.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def tmp_name(path: str) -> str:
     """A fresh temporary name next to `path` (unique within this process)."""
     d, name = os.path.split(path)
-    return os.path.join(d, f".{name}.hutong-{os.getpid()}-{next(_counter)}")
+    return os.path.join(d, f".{name}.hutong-{_pid}-{next(_counter)}")
 
 
 def write_files(files: Sequence[tuple[str, Inode, Sequence[bytes]]]) -> tuple[int, int]:

@@ -162,3 +162,28 @@ def test_set_dir_attrs_sets_modes_and_times_in_order(tmp_path: Path) -> None:
                                                                        nodes[0])])
     assert e.value.filename == str(tmp_path / "gone")
     assert os.stat(dirs[1]).st_mode & 0o7777 == 0o710  # untouched after the failure
+
+
+def test_tmp_names_make_no_system_call_and_a_forked_child_has_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.getpid
+    calls = []
+
+    def getpid() -> int:
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(os, "getpid", getpid)
+    names = {local_write.tmp_name(str(tmp_path / "f")) for _ in range(100)}
+    assert len(names) == 100 and calls == []
+    assert all(f".f.hutong-{real()}-" in n for n in names)
+    monkeypatch.undo()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own pid in its names
+        os.write(w, local_write.tmp_name("x").encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        assert f.read().decode().startswith(f".x.hutong-{pid}-")
