@@ -178,17 +178,37 @@ fs_paths(PyObject *seq, Py_ssize_t n, int with_attrs, int *modes, struct timespe
     return out;
 }
 
+/* The paths of `arg` (a sequence of paths, or with_attrs: of (path, mode, atime_ns,
+ * mtime_ns), whose modes and times go to *modes and *times, freed by the caller with
+ * PyMem_Free) as a new list of bytes; NULL with an exception set. */
+static PyObject *
+dir_items(PyObject *arg, const char *what, int with_attrs, int **modes,
+          struct timespec **times)
+{
+    PyObject *seq = PySequence_Fast(arg, what), *paths = NULL;
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (with_attrs) {
+        *modes = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof(int));
+        *times = PyMem_Calloc((size_t)(n > 0 ? 2 * n : 1), sizeof(struct timespec));
+    }
+    if (with_attrs && (*modes == NULL || *times == NULL))
+        PyErr_NoMemory();
+    else
+        paths = fs_paths(seq, n, with_attrs, with_attrs ? *modes : NULL,
+                         with_attrs ? *times : NULL);
+    Py_DECREF(seq);
+    return paths;
+}
+
 PyObject *
 native_make_dirs(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    PyObject *seq = PySequence_Fast(arg, "make_dirs: expected a list of paths");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), done = 0;
-    PyObject *paths = fs_paths(seq, n, 0, NULL, NULL);
-    Py_DECREF(seq);
+    PyObject *paths = dir_items(arg, "make_dirs: expected a list of paths", 0, NULL, NULL);
     if (paths == NULL)
         return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(paths), done = 0;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
     for (; done < n; done++) {
@@ -211,20 +231,19 @@ native_make_dirs(PyObject *Py_UNUSED(module), PyObject *arg)
 PyObject *
 native_set_dir_attrs(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    PyObject *seq = PySequence_Fast(arg, "set_dir_attrs: expected a list of directories");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), done = 0;
-    int *modes = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof(int));
-    struct timespec *times = PyMem_Calloc((size_t)(n > 0 ? 2 * n : 1), sizeof(struct timespec));
-    PyObject *paths = modes && times ? fs_paths(seq, n, 1, modes, times) : PyErr_NoMemory();
-    Py_DECREF(seq);
+    int *modes = NULL;
+    struct timespec *times = NULL;
+    PyObject *paths = dir_items(arg, "set_dir_attrs: expected a list of directories", 1,
+                                &modes, &times);
+    Py_ssize_t done = 0;
     int err = 0;
     if (paths != NULL) {
+        Py_ssize_t n = PyList_GET_SIZE(paths);
         Py_BEGIN_ALLOW_THREADS
         for (; done < n; done++) {
             const char *p = PyBytes_AS_STRING(PyList_GET_ITEM(paths, done));
-            if (chmod(p, (mode_t)modes[done]) < 0 || utimensat(AT_FDCWD, p, &times[2 * done], 0) < 0) {
+            if (chmod(p, (mode_t)modes[done]) < 0
+                || utimensat(AT_FDCWD, p, &times[2 * done], 0) < 0) {
                 err = errno;
                 break;
             }
