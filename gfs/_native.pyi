@@ -47,6 +47,14 @@ def write_files(
     """Create, write, chmod, utime and rename each (tmp, path, blocks, mode, atime_ns,
     mtime_ns) without the GIL; (files done, errno of the first failure or 0)."""
 
+def make_dirs(paths: Sequence[str], /) -> tuple[int, int]:
+    """mkdir each path in order without the GIL (one already a directory is kept);
+    (paths done, errno of the first failure or 0)."""
+
+def set_dir_attrs(items: Sequence[tuple[str, int, int, int]], /) -> tuple[int, int]:
+    """chmod and utime each (path, mode, atime_ns, mtime_ns) in order without the GIL;
+    (items done, errno of the first failure or 0)."""
+
 def inode_compact(
     kind: int, mode: int, uid: int, gid: int, parent: int, size: int, version: int,
     atime_ns: int, mtime_ns: int, ctime_ns: int, nlink: int, rdev: int, target: bytes, /
@@ -56,6 +64,12 @@ def inode_compact(
 def chunk_refcount(cid: bytes, data: bytes, delta: int, /) -> bytes | None:
     """The compact or member `chunks` value `data` with its refcount changed by `delta`,
     or None for another form, a damaged record or a refcount out of range."""
+
+def inode_fields(
+    data: _Buffer, /
+) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int, str] | None:
+    """(kind, mode, uid, gid, parent, size, version, atime_ns, mtime_ns, ctime_ns, nlink,
+    rdev, target) of a compact `inodes` value, or None (another form, or damaged)."""
 
 def manifest_fixed(version: int, chunks: Sequence[object], /) -> bytes | None:
     """The fixed `manifests` value of `version` and `chunks` (ChunkRef-like: a 16-byte

@@ -187,7 +187,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 #: Set when `main` runs as the process's program: it then owns the garbage collector.
 _OWNS_GC = False
-#: Allocations between young collections while a put runs (CPython's default: 700).
+#: Allocations between young collections while a put or a get runs (CPython's default: 700).
 PUT_GEN0_THRESHOLD = 7000
 
 
@@ -251,6 +251,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 0
     with _opened(args) as fs, \
             _progress(args, lambda: fs.du(args.path).logical_bytes, "get") as bar:
+        _settle_for_bulk()  # a get's plan decodes an inode and a manifest per entry
         if isinstance(fs, Client):
             r = fs.get(args.path, args.local, progress=bar, skip_damaged=args.skip_damaged)
         elif args.skip_damaged:

@@ -18,12 +18,23 @@ from gfs.errors import StateError
 from gfs.meta import Inode
 
 _counter = itertools.count()
+#: This process's id, kept (a get names a temporary file per file restored, and
+#: os.getpid is a system call each time); a forked child takes its own.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def tmp_name(path: str) -> str:
     """A fresh temporary name next to `path` (unique within this process)."""
     d, name = os.path.split(path)
-    return os.path.join(d, f".{name}.hutong-{os.getpid()}-{next(_counter)}")
+    return os.path.join(d, f".{name}.hutong-{_pid}-{next(_counter)}")
 
 
 def write_files(files: Sequence[tuple[str, Inode, Sequence[bytes]]]) -> tuple[int, int]:
@@ -46,4 +57,23 @@ def write_files(files: Sequence[tuple[str, Inode, Sequence[bytes]]]) -> tuple[in
     return done, total
 
 
-__all__ = ["tmp_name", "write_files"]
+def make_dirs(dirs: Sequence[str]) -> None:
+    """Make each directory of `dirs` (parents first; one that is a directory already is
+    kept) in one native call: a get's mkdirs, one by one in Python, handed the GIL
+    over twice each to the writer threads. OSError names the first that failed (those
+    before it are made, those after it untouched)."""
+    done, err = _native.make_dirs(dirs)
+    if err:
+        raise OSError(err, os.strerror(err), dirs[done])
+
+
+def set_dir_attrs(dirs: Sequence[tuple[str, Inode]]) -> None:
+    """Give each (local directory, inode) its mode and times, in one native call (as
+    os.chmod and os.utime do, in order). OSError names the first that failed."""
+    done, err = _native.set_dir_attrs([(p, node.mode, node.atime_ns, node.mtime_ns)
+                                       for p, node in dirs])
+    if err:
+        raise OSError(err, os.strerror(err), dirs[done][0])
+
+
+__all__ = ["make_dirs", "set_dir_attrs", "tmp_name", "write_files"]

@@ -80,6 +80,58 @@ get_varint(const uint8_t *data, size_t len, size_t *pos, uint64_t *v)
     return METAREC_DEFER;
 }
 
+static __int128
+unzigzag(uint64_t z)
+{
+    return (z & 1u) ? -(((__int128)z + 1) >> 1) : (__int128)(z >> 1);
+}
+
+int
+metarec_inode_decode(const uint8_t *data, size_t len, metarec_inode *out, size_t *end)
+{
+    if (len < 1 || !(data[0] & COMPACT_BIT))
+        return METAREC_DEFER;
+    uint8_t flags = data[0];
+    size_t pos = 1;
+    uint64_t head[6], tail[2] = {0, 0}, links[2] = {1, 0};
+    for (int k = 0; k < 6; k++)
+        if (get_varint(data, len, &pos, &head[k]) != METAREC_OK)
+            return METAREC_DEFER;
+    if (pos + 8 > len)
+        return METAREC_DEFER;
+    uint64_t mtime = 0;
+    for (int k = 0; k < 8; k++)
+        mtime |= (uint64_t)data[pos + k] << (8 * k);
+    pos += 8;
+    int ntail = (flags & ATIME_IS_CTIME) ? 1 : 2;
+    for (int k = 0; k < ntail; k++)
+        if (get_varint(data, len, &pos, &tail[k]) != METAREC_OK)
+            return METAREC_DEFER;
+    if (flags & HAS_LINKS)
+        for (int k = 0; k < 2; k++)
+            if (get_varint(data, len, &pos, &links[k]) != METAREC_OK)
+                return METAREC_DEFER;
+    __int128 ctime = (__int128)(int64_t)mtime + unzigzag(tail[0]);
+    __int128 atime = ntail > 1 ? ctime + unzigzag(tail[1]) : ctime;
+    if (head[0] >= (1u << 16) || head[1] >> 32 || head[2] >> 32 || links[0] >> 32
+        || ctime < INT64_MIN || ctime > INT64_MAX || atime < INT64_MIN || atime > INT64_MAX)
+        return METAREC_DEFER;
+    out->kind = (uint8_t)(flags & ~(COMPACT_BIT | ATIME_IS_CTIME | HAS_LINKS));
+    out->mode = head[0];
+    out->uid = head[1];
+    out->gid = head[2];
+    out->parent = head[3];
+    out->size = head[4];
+    out->version = head[5];
+    out->mtime_ns = (int64_t)mtime;
+    out->ctime_ns = (int64_t)ctime;
+    out->atime_ns = (int64_t)atime;
+    out->nlink = links[0];
+    out->rdev = links[1];
+    *end = pos;
+    return METAREC_OK;
+}
+
 static int
 new_refcount(uint64_t old, int64_t delta, uint64_t *out)
 {

@@ -33,6 +33,11 @@ typedef struct {
  * METAREC_INODE_HEAD_MAX bytes); set *len. METAREC_DEFER when a field is out of
  * its range (mode >= 2^16, uid, gid or nlink >= 2^32). */
 int metarec_inode_compact(const metarec_inode *in, uint8_t *out, size_t *len);
+/* The fields of the compact inode record `data` (len bytes) into `out`, and in
+ * *end the offset of its target. METAREC_DEFER for any other form and for a
+ * record the reference rejects (truncated, a varint over 64 bits, a field out
+ * of its range); the kind is not checked (the caller maps it). */
+int metarec_inode_decode(const uint8_t *data, size_t len, metarec_inode *out, size_t *end);
 
 /* The `chunks` value `data` (compact 0xFD or folded member 0xFC form) of chunk
  * `cid` (16 bytes) with its refcount changed by `delta`, re-encoded to `out`

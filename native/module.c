@@ -654,6 +654,39 @@ inode_compact(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     return out;
 }
 
+PyDoc_STRVAR(inode_fields_doc,
+"inode_fields(data, /) -> tuple | None\n\n"
+"(kind, mode, uid, gid, parent, size, version, atime_ns, mtime_ns, ctime_ns, nlink,\n"
+"rdev, target) of the compact `inodes` value `data` (target decoded from UTF-8), or\n"
+"None for another form or a record the reference rejects (it then raises).");
+
+static PyObject *
+inode_fields(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const char *buf = view.buf;
+    Py_ssize_t len = view.len;
+    metarec_inode in;
+    size_t end;
+    PyObject *target = NULL;
+    if (metarec_inode_decode((const uint8_t *)buf, (size_t)len, &in, &end) == METAREC_OK) {
+        target = PyUnicode_DecodeUTF8(buf + end, len - (Py_ssize_t)end, "strict");
+        if (target == NULL)
+            PyErr_Clear();
+    }
+    PyBuffer_Release(&view);
+    if (target == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(BKKKKKKLLLKKN)", in.kind, (unsigned long long)in.mode,
+                         (unsigned long long)in.uid, (unsigned long long)in.gid,
+                         (unsigned long long)in.parent, (unsigned long long)in.size,
+                         (unsigned long long)in.version, (long long)in.atime_ns,
+                         (long long)in.mtime_ns, (long long)in.ctime_ns,
+                         (unsigned long long)in.nlink, (unsigned long long)in.rdev, target);
+}
+
 PyDoc_STRVAR(chunk_refcount_doc,
 "chunk_refcount(cid, data, delta, /) -> bytes | None\n\n"
 "The compact or folded-member `chunks` value `data` of chunk `cid` with its refcount\n"
@@ -816,8 +849,11 @@ static PyMethodDef native_methods[] = {
     {"features", features, METH_O, features_doc},
     {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
     {"write_files", native_write_files, METH_O, WRITE_FILES_DOC},
+    {"make_dirs", native_make_dirs, METH_O, MAKE_DIRS_DOC},
+    {"set_dir_attrs", native_set_dir_attrs, METH_O, SET_DIR_ATTRS_DOC},
     {"inode_compact", (PyCFunction)(void (*)(void))inode_compact, METH_FASTCALL,
      inode_compact_doc},
+    {"inode_fields", inode_fields, METH_O, inode_fields_doc},
     {"chunk_refcount", (PyCFunction)(void (*)(void))chunk_refcount, METH_FASTCALL,
      chunk_refcount_doc},
     {"manifest_fixed", (PyCFunction)(void (*)(void))manifest_fixed, METH_FASTCALL,

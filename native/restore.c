@@ -150,3 +150,110 @@ native_write_files(PyObject *Py_UNUSED(module), PyObject *arg)
     Py_DECREF(seq);
     return Py_BuildValue("(ni)", done, err);
 }
+
+/* Each item's path as bytes (PyUnicode_FSConverter), in a new list; NULL on error. */
+static PyObject *
+fs_paths(PyObject *seq, Py_ssize_t n, int with_attrs, int *modes, struct timespec *times)
+{
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i), *path = NULL;
+        long long atime, mtime;
+        int ok = with_attrs
+            ? PyArg_ParseTuple(item, "O&iLL:set_dir_attrs item", PyUnicode_FSConverter, &path,
+                               &modes[i], &atime, &mtime)
+            : PyUnicode_FSConverter(item, &path);
+        if (!ok) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (with_attrs) {
+            to_timespec(atime, &times[2 * i]);
+            to_timespec(mtime, &times[2 * i + 1]);
+        }
+        PyList_SET_ITEM(out, i, path);
+    }
+    return out;
+}
+
+/* The paths of `arg` (a sequence of paths, or with_attrs: of (path, mode, atime_ns,
+ * mtime_ns), whose modes and times go to *modes and *times, freed by the caller with
+ * PyMem_Free) as a new list of bytes; NULL with an exception set. */
+static PyObject *
+dir_items(PyObject *arg, const char *what, int with_attrs, int **modes,
+          struct timespec **times)
+{
+    PyObject *seq = PySequence_Fast(arg, what), *paths = NULL;
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (with_attrs) {
+        *modes = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof(int));
+        *times = PyMem_Calloc((size_t)(n > 0 ? 2 * n : 1), sizeof(struct timespec));
+    }
+    if (with_attrs && (*modes == NULL || *times == NULL))
+        PyErr_NoMemory();
+    else
+        paths = fs_paths(seq, n, with_attrs, with_attrs ? *modes : NULL,
+                         with_attrs ? *times : NULL);
+    Py_DECREF(seq);
+    return paths;
+}
+
+PyObject *
+native_make_dirs(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    PyObject *paths = dir_items(arg, "make_dirs: expected a list of paths", 0, NULL, NULL);
+    if (paths == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(paths), done = 0;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (; done < n; done++) {
+        const char *p = PyBytes_AS_STRING(PyList_GET_ITEM(paths, done));
+        struct stat st;
+        if (mkdir(p, 0777) == 0)
+            continue;
+        err = errno;
+        if (err == EEXIST && stat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+            err = 0;  /* there already: kept */
+            continue;
+        }
+        break;
+    }
+    Py_END_ALLOW_THREADS
+    Py_DECREF(paths);
+    return Py_BuildValue("(ni)", done, err);
+}
+
+PyObject *
+native_set_dir_attrs(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    int *modes = NULL;
+    struct timespec *times = NULL;
+    PyObject *paths = dir_items(arg, "set_dir_attrs: expected a list of directories", 1,
+                                &modes, &times);
+    Py_ssize_t done = 0;
+    int err = 0;
+    if (paths != NULL) {
+        Py_ssize_t n = PyList_GET_SIZE(paths);
+        Py_BEGIN_ALLOW_THREADS
+        for (; done < n; done++) {
+            const char *p = PyBytes_AS_STRING(PyList_GET_ITEM(paths, done));
+            if (chmod(p, (mode_t)modes[done]) < 0
+                || utimensat(AT_FDCWD, p, &times[2 * done], 0) < 0) {
+                err = errno;
+                break;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyMem_Free(modes);
+    PyMem_Free(times);
+    if (paths == NULL)
+        return NULL;
+    Py_DECREF(paths);
+    return Py_BuildValue("(ni)", done, err);
+}

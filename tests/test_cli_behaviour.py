@@ -458,3 +458,23 @@ def test_a_program_put_freezes_what_it_imported_and_collects_less_often(
     out = [subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
                           cwd=ROOT, check=True).stdout.split()[-3:] for code in (program, caller)]
     assert out == [[b"0", b"True", b"True"], [b"0", b"700", b"0"]]
+
+
+def test_a_program_get_freezes_what_it_imported_and_collects_less_often(
+        state: Path, tmp_path: Path) -> None:
+    """`hutong get` settles the collector as a put does: a get's plan makes an inode
+    and a manifest per entry, and young collections (each holding the GIL the main
+    thread needs) were a tenth of a small-file get's main thread."""
+    src = make_tree(tmp_path / "src", seed=3, files=5)
+    subprocess.run([sys.executable, "-m", "gfs.cli", "--state", str(state), "put", "--quiet",
+                    str(src), "/a"], cwd=ROOT, check=True, timeout=120, capture_output=True)
+    get = ["--state", str(state), "get", "--quiet", "/a", str(tmp_path / "out")]
+    program = (f"import gc, sys; from gfs import cli; sys.argv = ['hutong', *{get!r}]; "
+               "rc = cli.main(); import gfs.client; "
+               "print(rc, gc.get_threshold()[0] == getattr(cli, 'PUT_GEN0_THRESHOLD', 0), "
+               "all(o is not vars(gfs.client) for o in gc.get_objects()))")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=120,
+                         cwd=ROOT, check=True).stdout.split()[-3:]
+    assert out == [b"0", b"True", b"True"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in src.iterdir())

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gfs import client as client_module
-from gfs import get_plan
+from gfs import get_plan, local_write
 from gfs.client import Client
 from gfs.errors import IsADirError
 
@@ -58,23 +58,29 @@ def test_a_get_makes_each_directory_with_one_mkdir_and_no_stat(
         os.chmod(src / f"d{d}", 0o750)
         os.utime(src / f"d{d}", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000 + d))
     calls: list[tuple[str, str]] = []
-    real_stat, real_mkdir = os.stat, os.mkdir
+    real_stat, real_make = os.stat, local_write.make_dirs
 
     def stat(p: Any, *a: Any, **k: Any) -> os.stat_result:
         calls.append(("stat", os.fspath(p) if not isinstance(p, int) else ""))
         return real_stat(p, *a, **k)
 
-    def mkdir(p: Any, *a: Any, **k: Any) -> None:
-        calls.append(("mkdir", os.fspath(p)))
-        real_mkdir(p, *a, **k)
+    def make_dirs(dirs: list[str]) -> None:
+        calls.extend(("mkdir", p) for p in dirs)
+        real_make(dirs)
+
+    def py_mkdir(p: Any, *a: Any, **k: Any) -> None:
+        calls.append(("os.mkdir", os.fspath(p)))
 
     with Client.init(tmp_path / "s") as fs:
         fs.put(str(src), "/t")
         out = tmp_path / "out"
         monkeypatch.setattr(os, "stat", stat)
-        monkeypatch.setattr(os, "mkdir", mkdir)
+        monkeypatch.setattr(os, "mkdir", py_mkdir)
+        monkeypatch.setattr(local_write, "make_dirs", make_dirs)
         fs.get("/t", str(out))
         monkeypatch.undo()
+    # every directory by the native make_dirs (no GIL handed over per mkdir)
+    assert [p for op, p in calls if op == "os.mkdir"] == []
     made = [p for op, p in calls if op == "mkdir"]
     assert sorted(made) == sorted({os.path.join(str(out), f"d{d}", *e)
                                    for d in range(20) for e in ([], ["e"])} | {str(out)})
@@ -95,18 +101,25 @@ def test_many_directories_are_made_on_the_writer_threads_parents_first(
             (src / f"a{a}" / f"b{b}" / "c").mkdir(parents=True)
             (src / f"a{a}" / f"b{b}" / "c" / "f").write_bytes(f"{a}{b}".encode())
     made: list[tuple[str, str]] = []
-    real = client_module._make_dir
+    calls = 0
+    real = local_write.make_dirs
 
-    def spy(p: str) -> None:
-        assert os.path.isdir(os.path.dirname(os.path.normpath(p)))  # parent made first
-        made.append((threading.current_thread().name, p))
-        real(p)
+    def spy(dirs: list[str]) -> None:
+        nonlocal calls
+        calls += 1
+        for p in dirs:
+            assert os.path.isdir(os.path.dirname(os.path.normpath(p)))  # parent made first
+            made.append((threading.current_thread().name, p))
+        real(dirs)
 
+    monkeypatch.setattr(client_module, "RESTORE_DIRS_PER_CALL", 32)
     with Client.init(tmp_path / "s") as fs:
         fs.put(str(src), "/t")
-        monkeypatch.setattr(client_module, "_make_dir", spy)
+        monkeypatch.setattr(local_write, "make_dirs", spy)
         report = fs.get("/t", str(tmp_path / "out") + slash)
     assert report.dirs == 1 + 6 + 36 + 36 and len(made) == report.dirs
+    # levels of 1, 6, 36 and 36 directories: a call for each RESTORE_DIRS_PER_CALL
+    assert calls == 1 + 1 + 2 + 2, calls
     assert any(t.startswith("hutong-restore") for t, _ in made)
     for a in range(6):
         for b in range(6):

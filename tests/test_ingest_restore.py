@@ -13,7 +13,7 @@ import pytest
 from gfs import client as client_mod
 from gfs import local_write
 from gfs.client import Client
-from gfs.meta import Inode
+from gfs.meta import Inode, Kind
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -126,3 +126,64 @@ def test_write_files_restores_times_before_1970(tmp_path: Path) -> None:
                                  *when)]) == (1, 0)
     st = os.stat(tmp_path / "d")
     assert (st.st_atime_ns, st.st_mtime_ns) == when
+
+
+def test_make_dirs_keeps_a_directory_there_and_stops_at_the_first_failure(
+        tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "file").write_bytes(b"x")
+    local_write.make_dirs([str(tmp_path / "a"), str(tmp_path / "a" / "b"),
+                           str(tmp_path / "old")])
+    assert (tmp_path / "a" / "b").is_dir() and (tmp_path / "old").is_dir()
+    with pytest.raises(FileExistsError) as e:  # a file in the way: named, nothing after it
+        local_write.make_dirs([str(tmp_path / "c"), str(tmp_path / "file"),
+                               str(tmp_path / "d")])
+    assert e.value.filename == str(tmp_path / "file")
+    assert (tmp_path / "c").is_dir() and not (tmp_path / "d").exists()
+    with pytest.raises(FileNotFoundError):
+        local_write.make_dirs([str(tmp_path / "no" / "parent")])
+    with pytest.raises(TypeError):
+        local_write.make_dirs([3])  # type: ignore[list-item]
+
+
+def test_set_dir_attrs_sets_modes_and_times_in_order(tmp_path: Path) -> None:
+    dirs = [tmp_path / f"d{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir()
+    nodes = [Inode(10 + i, 1, Kind.DIR, 0o40700 | (i << 3), 0, 0, 0, -1_500_000_000 + i,
+                   1_600_000_000_123_456_789 + i, 0) for i in range(3)]
+    local_write.set_dir_attrs([(str(d), n) for d, n in zip(dirs, nodes, strict=True)])
+    for i, d in enumerate(dirs):
+        st = os.stat(d)
+        assert (st.st_mode & 0o7777, st.st_atime_ns, st.st_mtime_ns) == (
+            0o700 | (i << 3), -1_500_000_000 + i, 1_600_000_000_123_456_789 + i)
+    with pytest.raises(FileNotFoundError) as e:
+        local_write.set_dir_attrs([(str(tmp_path / "gone"), nodes[0]), (str(dirs[1]),
+                                                                       nodes[0])])
+    assert e.value.filename == str(tmp_path / "gone")
+    assert os.stat(dirs[1]).st_mode & 0o7777 == 0o710  # untouched after the failure
+
+
+def test_tmp_names_make_no_system_call_and_a_forked_child_has_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.getpid
+    calls = []
+
+    def getpid() -> int:
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(os, "getpid", getpid)
+    names = {local_write.tmp_name(str(tmp_path / "f")) for _ in range(100)}
+    assert len(names) == 100 and calls == []
+    assert all(f".f.hutong-{real()}-" in n for n in names)
+    monkeypatch.undo()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own pid in its names
+        os.write(w, local_write.tmp_name("x").encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        assert f.read().decode().startswith(f".x.hutong-{pid}-")

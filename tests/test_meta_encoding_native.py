@@ -12,10 +12,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gfs import _native
-from gfs.errors import FormatError
+from gfs.errors import FormatError, MetadataDamagedError
 from gfs.meta import encoding as enc
 from gfs.meta.records import CHUNK_ID_LEN, ChunkRecord, ChunkRef, Inode, Kind, Location, Manifest
 from tests.test_meta_encoding import CID, U32, U64, chunks, inodes, manifests
+
+U32_MAX, U64_MAX = (1 << 32) - 1, (1 << 64) - 1
 
 #: Integers around and past every bound an inode or chunk field has.
 WIDE = st.one_of(st.integers(-(1 << 70), 1 << 70),
@@ -169,3 +171,53 @@ def test_manifest_bad_fields_get_the_references_answer(m: Manifest, version: int
         assert _outcome(lambda f=fast: f(m)) == want  # type: ignore[misc]
         out = c(m.version, m.chunks)
         assert out is None or want == ("ok", out)
+
+
+def _decoded(fn: Callable[[int, bytes], Inode], data: bytes) -> tuple[str, object]:
+    try:
+        return "ok", fn(7, data)
+    except MetadataDamagedError as exc:
+        return "damaged", str(exc)
+
+
+@given(inodes)
+@example(Inode(1, 0, Kind.FILE, 0, 0, 0, 0, -(1 << 63), (1 << 63) - 1, -(1 << 63)))
+@example(Inode(1, U64_MAX, Kind.CHARDEV, 0xFFFF, U32_MAX, U32_MAX, U64_MAX,
+               (1 << 62), -(1 << 62), (1 << 62) - 1, U64_MAX, "é字", U32_MAX, U64_MAX))
+def test_c_inode_decoder_is_the_reference(inode: Inode) -> None:
+    data = enc.encode_inode(inode)
+    assert enc._decode_compact(inode.ino, data) == inode
+    assert enc._decode_compact_reference(inode.ino, data) == inode
+    # decoded in C, not deferred, unless a time gap's varint needs over 64 bits
+    wide = any(enc._zigzag(gap) >> 64 for gap in (inode.ctime_ns - inode.mtime_ns,
+                                                   inode.atime_ns - inode.ctime_ns))
+    assert (_native.inode_fields(data) is None) == wide
+
+
+@given(inodes, st.binary(max_size=40), st.integers(0, 80))
+@example(Inode(1, 0, Kind.FILE, 0, 0, 0, 0, 1, 2, 3), b"\xff\xfe", 0)  # target not UTF-8
+def test_c_inode_decoder_defers_every_damaged_record(inode: Inode, junk: bytes,
+                                                     cut: int) -> None:
+    """Truncated, extended or overwritten records: the C path gives what the reference
+    gives, the same inode or the same MetadataDamagedError."""
+    good = enc.encode_inode(inode)
+    for data in (good[:cut], good + junk, good[:cut] + junk,
+                 bytes([good[0]]) + junk + good[1 + len(junk):]):
+        if not data or not data[0] & enc.INODE_COMPACT_BIT:
+            continue
+        assert _decoded(enc._decode_compact, data) == \
+            _decoded(enc._decode_compact_reference, data)
+
+
+def test_decode_inode_runs_the_reference_only_for_damaged_records(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    inode = Inode(7, 1, Kind.FILE, 0o644, 1000, 1000, 5, 3, 2, 3, 1)
+    data = enc.encode_inode(inode)
+
+    def refused(ino: int, data: bytes) -> Inode:
+        raise AssertionError("the Python reference ran for a valid record")
+
+    monkeypatch.setattr(enc, "_decode_compact_reference", refused)
+    assert enc.decode_inode(7, data) == inode
+    with pytest.raises(AssertionError, match="reference ran"):
+        enc.decode_inode(7, data[:-1])

@@ -25,5 +25,7 @@ def test_a_table_buffers_at_most_its_batch_of_rows(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_get_plan_buffers_few_rows() -> None:
+    """A get's plan (its own block file, tests/test_get_plan.py) holds fewer entries in
+    memory than a SpillTable buffers."""
     with GetPlan() as plan:
-        assert plan._rows._batch == PLAN_BATCH < spill.BATCH
+        assert plan._buffer == [] and PLAN_BATCH < spill.BATCH
