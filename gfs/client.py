@@ -714,7 +714,7 @@ class Client:
                 return norm if p == dest else paths.join(
                     [*paths.split(norm), *p[cut:].split(os.sep)])
 
-            # closed before the plan, even on an error (its query's cursor is on it)
+            # closed before the plan, even on an error (it reads the plan's file)
             with _fast_thread_switching(), \
                     contextlib.closing(_restore_batches(plan.entries())) as batches:
                 self._restore(batches, report, progress, skip_damaged=skip_damaged,

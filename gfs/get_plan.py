@@ -27,12 +27,17 @@ from gfs.errors import IsADirError, NotADirError
 from gfs.meta import Inode, Kind, Manifest
 from gfs.meta.engine import ReadTxn
 from gfs.meta.records import ChunkRef, new_inode
+from gfs.spill import spill_dir
 
 #: A walk lists a directory this many entries at a time (engine-neutral: no cursor
 #: per level left open on the server).
 LIST_PAGE = 1024
-#: Entries a plan buffers before writing them as one block (and reads back at a time).
+#: Entries a plan buffers before writing them as one block (and reads back at a time)
 PLAN_BATCH = 1000
+#: ... or fewer, once their manifests name this many chunks: a chunk costs ~140 bytes
+#: in the buffer (and again read back), so a block of 1,000 files of 1 GiB would hold
+#: 2.3 GB; this bounds a block to ~2.3 MB whatever the files' sizes.
+PLAN_CHUNKS = 16_384
 
 
 class _Level:
@@ -128,14 +133,15 @@ class GetPlan:
             for leaving, path, node, manifest in plan.entries():
                 ...
 
-    The entries are written in blocks of PLAN_BATCH (one `marshal` record each, its
-    length first) to an unlinked temporary file, which nothing outlives: a SQLite
+    The entries are written in blocks of PLAN_BATCH entries or PLAN_CHUNKS chunks (one
+    `marshal` record each, its length first) to an unlinked temporary file (in
+    `spill_dir`), which nothing outlives: a SQLite
     table's inserts and reads were a quarter of the walk's time, and a plan is only
     appended and read back in order.
     """
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self._file = tempfile.TemporaryFile(dir=spill_dir())  # noqa: SIM115 (closed by close())
         self._buffer: list[tuple[bool, str, int, _Fields]] = []
         self._dest = ""
         #: entries spilled (a directory counts twice: entering and leaving)
@@ -153,16 +159,18 @@ class GetPlan:
         `check`, refuse (before anything is written) a local path in the way."""
         self._dest = dest
         cut = len(os.path.join(dest, ""))  # "out" and "out/" alike
-        buffer = self._buffer
+        buffer, chunks = self._buffer, 0
         for leaving, p, node in walk_ns(txn, top, dest):
             if check and not leaving:
                 check_local(p, node)
             m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
             buffer.append((leaving, p[cut:], node.ino, _fields(node, m)))
             self.rows += 1
-            if len(buffer) >= PLAN_BATCH:
+            if m is not None:
+                chunks += len(m.chunks)
+            if len(buffer) >= PLAN_BATCH or chunks >= PLAN_CHUNKS:
                 self._flush()
-                buffer = self._buffer
+                buffer, chunks = self._buffer, 0
         self._flush()
 
     def entries(self) -> Iterator[tuple[bool, str, Inode, Manifest | None]]:

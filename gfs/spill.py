@@ -11,6 +11,7 @@ sorted scans (`iter_chunks`, `iter_inodes`) in bounded memory.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -32,6 +33,16 @@ BATCH = 10_000
 FETCH = 1000
 #: SQLite page cache (and sorter memory) per table, KiB.
 CACHE_KIB = 4 << 10
+
+
+def spill_dir() -> str | None:
+    """Where a spill file goes: where SQLite puts a SpillTable's database
+    ($SQLITE_TMPDIR, $TMPDIR, else /var/tmp: a disk where /tmp is a tmpfs), if
+    writable; None lets `tempfile` choose."""
+    for d in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp"):
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return None
 
 
 class SpillTable:

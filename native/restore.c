@@ -185,9 +185,13 @@ static PyObject *
 dir_items(PyObject *arg, const char *what, int with_attrs, int **modes,
           struct timespec **times)
 {
-    PyObject *seq = PySequence_Fast(arg, what), *paths = NULL;
-    if (seq == NULL)
+    /* a tuple copy: no __fspath__ run while the items are read can change it */
+    PyObject *seq = PySequence_Check(arg) ? PySequence_Tuple(arg) : NULL, *paths = NULL;
+    if (seq == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, what);
         return NULL;
+    }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if (with_attrs) {
         *modes = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof(int));
@@ -214,7 +218,10 @@ native_make_dirs(PyObject *Py_UNUSED(module), PyObject *arg)
     for (; done < n; done++) {
         const char *p = PyBytes_AS_STRING(PyList_GET_ITEM(paths, done));
         struct stat st;
-        if (mkdir(p, 0777) == 0)
+        int rc;
+        while ((rc = mkdir(p, 0777)) < 0 && errno == EINTR)
+            ;
+        if (rc == 0)
             continue;
         err = errno;
         if (err == EEXIST && stat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
@@ -242,8 +249,13 @@ native_set_dir_attrs(PyObject *Py_UNUSED(module), PyObject *arg)
         Py_BEGIN_ALLOW_THREADS
         for (; done < n; done++) {
             const char *p = PyBytes_AS_STRING(PyList_GET_ITEM(paths, done));
-            if (chmod(p, (mode_t)modes[done]) < 0
-                || utimensat(AT_FDCWD, p, &times[2 * done], 0) < 0) {
+            int rc;
+            while ((rc = chmod(p, (mode_t)modes[done])) < 0 && errno == EINTR)
+                ;
+            while (rc == 0 && (rc = utimensat(AT_FDCWD, p, &times[2 * done], 0)) < 0
+                   && errno == EINTR)
+                ;
+            if (rc < 0) {
                 err = errno;
                 break;
             }

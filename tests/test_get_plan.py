@@ -43,9 +43,14 @@ def test_a_plan_gives_back_the_snapshot_without_decoding_records_again(
         (src / "d" / f"f{i}").write_bytes(os.urandom(i * 300))
     (src / "d" / "e" / "big").write_bytes(os.urandom(300_000))
     os.symlink("d/f3", src / "ln")
+    import gfs.meta.encoding as enc
+
     decoded: list[Any] = []
-    for name in ("decode_inode", "decode_manifest"):
-        monkeypatch.setattr(get_plan, name, lambda *a: decoded.append(a), raising=False)
+    for name in ("decode_inode", "decode_manifest", "decode_compact"):
+        real = getattr(enc, name, None)
+        if real is not None:  # every stored-record decoder, counted and still working
+            monkeypatch.setattr(enc, name, lambda *a, _real=real: (decoded.append(a),
+                                                                    _real(*a))[1])
     with Client.init(tmp_path / "s") as fs:
         fs.put(str(src), "/t")
         with get_plan.GetPlan() as plan:
@@ -92,3 +97,34 @@ def test_a_plan_is_blocks_in_an_unlinked_file_not_a_sqlite_table(
             assert names == ["out", *(f"f{i}" for i in range(9)), "out"]
             assert names == [os.path.basename(p) for _, p, _, _ in plan.entries()]  # again
         assert plan._file.closed
+
+
+def test_a_plan_block_is_bounded_by_chunks_as_well_as_entries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block holds at most PLAN_CHUNKS chunks' worth of manifests, not only PLAN_BATCH
+    entries (a chunk costs ~140 bytes buffered: 1,000 files of 1 GiB made one 2.3 GB
+    block); every entry still comes back in walk order."""
+    monkeypatch.setattr(get_plan, "PLAN_CHUNKS", 8)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"f{i}").write_bytes(os.urandom(400_000))
+    blocks: list[int] = []
+    flush = get_plan.GetPlan._flush
+
+    def counted(self: get_plan.GetPlan) -> None:
+        chunks = [len(f[-1]) for _, _, _, f in self._buffer if f[-1] is not None]
+        if self._buffer:
+            blocks.append(sum(chunks))
+            assert sum(chunks) - max(chunks, default=0) < 8  # one file past the bound
+        flush(self)
+
+    monkeypatch.setattr(get_plan.GetPlan, "_flush", counted)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        with fs.engine.read() as txn:
+            per_file = len(txn.get_manifest(namespace.resolve(txn, "/t/f0").ino).chunks)
+        assert per_file >= 3
+        fs.get("/t", str(tmp_path / "out"))
+    assert len(blocks) >= 6 * per_file // 8
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"f{i}" for i in range(6)]

@@ -180,9 +180,11 @@ def test_tmp_names_make_no_system_call_and_a_forked_child_has_its_own(
     monkeypatch.undo()
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its own pid in its names
-        os.write(w, local_write.tmp_name("x").encode())
-        os._exit(0)
+    if pid == 0:  # the child: its own pid in its names; never back into pytest
+        try:
+            os.write(w, local_write.tmp_name("x").encode())
+        finally:
+            os._exit(0)
     os.waitpid(pid, 0)
     os.close(w)
     with os.fdopen(r, "rb") as f:
