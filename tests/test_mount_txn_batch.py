@@ -186,6 +186,16 @@ def test_a_submitted_error_reaches_only_its_caller(engine: LmdbEngine) -> None:
         assert txn.get_meta("bad") is None
 
 
+def _held(key: str, inside: threading.Event, release: threading.Event
+          ) -> Callable[[WriteTxn], None]:
+    """A change that says it is inside its transaction, then waits for `release`."""
+    def held(txn: WriteTxn) -> None:
+        inside.set()
+        assert release.wait(DEADLINE)
+        txn.set_meta(key, b"1")
+    return held
+
+
 def test_a_threads_commit_hands_submitted_changes_to_the_committer(
         engine: LmdbEngine) -> None:
     """A change submitted while a thread's `run` commits is committed after it (by the
@@ -193,11 +203,7 @@ def test_a_threads_commit_hands_submitted_changes_to_the_committer(
     thread's change queued behind a submitted one is committed too."""
     batcher = TxnBatcher(engine)
     inside, release = threading.Event(), threading.Event()
-
-    def first(txn: WriteTxn) -> None:
-        inside.set()
-        assert release.wait(DEADLINE)
-        txn.set_meta("first", b"1")
+    first = _held("first", inside, release)
 
     async def main() -> str:
         t = threading.Thread(target=batcher.run, args=(first,))
@@ -229,11 +235,7 @@ def test_a_cancelled_submit_still_commits_its_change(engine: LmdbEngine) -> None
     its outcome is dropped (nothing awaits it)."""
     batcher = TxnBatcher(engine)
     inside, release = threading.Event(), threading.Event()
-
-    def held(txn: WriteTxn) -> None:
-        inside.set()
-        assert release.wait(DEADLINE)
-        txn.set_meta("held", b"1")
+    held = _held("held", inside, release)
 
     async def main() -> None:
         fut = asyncio.ensure_future(batcher.submit(held))
