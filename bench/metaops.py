@@ -165,6 +165,10 @@ def main(argv: list[str]) -> int:
             not {"api", "mount"} <= set(args.doors):
         if ratios:  # a part of the run: the mount pairs' headline, if measured
             print(headline("metaops", pairs_ok, **pair_figures))
+        elif args.only == "scale":  # the scale curve's
+            print(headline("metaops", flat_ok, put_per_file_ratio=round(put_time, 2),
+                           fsck_rss_ratio=round(fsck_rss, 2), max_rss_ratio=round(rss_max, 2),
+                           scale_max=points[-1].n))
         return 0
     # the whole run: the scale curve flat and every mount pair at least JuiceFS's rate
     print(headline("metaops", flat_ok and pairs_ok,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench import _metaops_pairs as pairs
 from bench._metaops_clients import PHASES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_schedule_alternates_which_system_runs_first() -> None:
@@ -62,3 +66,14 @@ def test_the_verdict_needs_every_mount_pair_at_16_clients_at_least_even() -> Non
     assert not pairs_met({**even, ("postgresql", 16): {"stat": 0.5}})
     assert pairs_met({("lmdb", 4): {"rename": 1.0}})  # a run of 4 clients: judged at 4
     assert not pairs_met({})  # nothing measured is not a pass
+
+
+def test_a_scale_only_run_ends_with_its_verdict_line() -> None:
+    """`--only scale` is a partial run too: it ends with the `metaops: ... target=` line
+    of the scale curve (it ended with no verdict at all)."""
+    done = subprocess.run([sys.executable, "-m", "bench", "metaops", "--only", "scale",
+                           "--scale-min", "1000", "--scale-max", "1000"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("metaops: ") and "scale_max=1000" in last, last
+    assert last.endswith("target=met")  # one point: flat by definition
