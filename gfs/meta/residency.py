@@ -36,8 +36,8 @@ TRIM_INTERVAL = 0.1
 TRIM_TICKS = 128
 #: ... or once TRIM_BYTES of file pages were mapped since the last trim, whatever the
 #: ticks: a fault maps a whole large folio of the page cache, not only 64 KiB (Linux
-#: 6.18 on ext4: 64 faults one MiB apart in a cached file mapped 48 MiB), so ticks
-#: alone did not bound the map (a put of 10^6 files held 40 MiB of it at 128 ticks).
+#: 6.18 on ext4: 64 faults one MiB apart in a cached file mapped 48 MiB), so counted
+#: ticks alone do not bound the map.
 TRIM_BYTES = 8 << 20
 #: The clock and the process's mapped file pages (/proc/self/statm, ~3 us) are read
 #: once every this many ticks (+1): a tick comes with every lookup and write.
