@@ -158,11 +158,16 @@ def test_real_full_filesystem(tmp_path: Path) -> None:
 
 
 KILLER = textwrap.dedent("""
-    import sys
+    import sys, time
     from gfs.client import Client
     fs = Client(sys.argv[1], pack_size=1 << 20, commit_files=5)
+    seen = 0
     def progress(n):
+        global seen
+        seen += 1
         print("progress", flush=True)
+        if seen == 60:  # held mid-put until killed: a fast put finished before the
+            time.sleep(120)  # parent, busy on a loaded machine, read its 60th report
     fs.put(sys.argv[2], "/big", progress=progress)
     print("done", flush=True)
 """)
