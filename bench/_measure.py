@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -104,11 +105,34 @@ def _anon_kib_below(pid: int) -> int:
 
 
 def hutong_cmd() -> list[str]:
-    """The `hutong` CLI: `<venv>/bin/hutong` next to this Python, else `python -m gfs.cli`."""
+    """The `hutong` CLI of the `gfs` package this process imports: the checkout the bench
+    runs from, not whichever copy the virtual environment installed (an editable install
+    of another checkout made benches measure that other code). The environment's
+    `hutong` script when it would import this same package, else this Python running
+    `gfs.cli.main` with this package first on its path (the script's own two lines)."""
+    import gfs
+
+    here = Path(gfs.__file__).resolve().parent
     exe = Path(sys.executable).parent / "hutong"
-    if exe.is_file() and os.access(exe, os.X_OK):
+    if exe.is_file() and os.access(exe, os.X_OK) and _imports_gfs_from(exe) == here:
         return [str(exe)]
-    return [sys.executable, "-m", "gfs.cli"]
+    return [sys.executable, "-c",
+            f"import sys; sys.path.insert(0, {str(here.parent)!r}); sys.argv[0] = 'hutong'; "
+            "from gfs.cli import main; sys.exit(main())"]
+
+
+@functools.cache
+def _imports_gfs_from(exe: Path) -> Path | None:
+    """The `gfs` package directory the interpreter of script `exe` imports when started
+    outside any checkout (None if it cannot tell)."""
+    try:
+        first = exe.read_text().splitlines()[0]
+        python = first.removeprefix("#!").strip()
+        out = subprocess.run([python, "-c", "import gfs; print(gfs.__file__)"], cwd="/",
+                             capture_output=True, text=True, timeout=60, check=True)
+        return Path(out.stdout.strip()).resolve().parent
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
 
 
 def hutong_available() -> str | None:

@@ -12,15 +12,22 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench._measure import Run, hutong_cmd, run
+from bench._scratch_fs import scratch_fs
 
 #: Files per directory of the generated tree.
 PER_DIR = 1000
 #: Bytes per file (distinct content, one chunk each).
 FILE_BYTES = 200
+#: Where each N's scratch filesystem's image goes (the real disk, beside the ingest bench's).
+SCRATCH_PARENT = Path(__file__).resolve().parent / ".work"
+#: Bytes of scratch filesystem per file: the source and the restored copy at one 1 KiB
+#: block and one 256-byte inode each, the store (~1.3 KiB a file at 10^6) and slack.
+SCRATCH_BYTES_PER_FILE = 4608
 #: Commands measured at each N, in order.
 OPS = ("put", "fsck", "du", "get", "gc")
 
@@ -60,8 +67,23 @@ def make_tree(root: Path, n: int) -> None:
             os.close(fd)
 
 
-def measure(work: Path, n: int) -> Point:
-    """Put `n` files into a fresh store, then fsck, du, get them back and gc."""
+def measure_fresh(n: int) -> Point:
+    """`measure` on a filesystem made for this N (bench/_scratch_fs.py), or in a temporary
+    directory when one cannot be made. Why: the disk's root may have too few inodes for
+    two copies of 10^7 files, and creating files right after a big removal is slow on
+    ext4 without a journal, so removing one N's trees would slow the next N's."""
+    with scratch_fs(SCRATCH_PARENT, max(4 << 30, n * SCRATCH_BYTES_PER_FILE),
+                    f"scale-{os.getpid()}-{n}", inodes=2 * n + n // 100 + 100_000,
+                    block_size=1024) as mnt:
+        if mnt is not None:  # removed whole at the end: nothing to delete file by file
+            return measure(mnt, n, clean=False)
+    with tempfile.TemporaryDirectory(prefix="bench-metaops-scale-") as tmp:
+        return measure(Path(tmp), n)
+
+
+def measure(work: Path, n: int, clean: bool = True) -> Point:
+    """Put `n` files into a fresh store, then fsck, du, get them back and gc; the trees
+    and the store are removed at the end if `clean`."""
     src, state, out = work / f"src-{n}", work / f"state-{n}", work / f"out-{n}"
     make_tree(src, n)
     env = {**os.environ, "HUTONG_STATE": str(state)}
@@ -86,7 +108,7 @@ def measure(work: Path, n: int) -> Point:
     got = sum(len(files) for _, _, files in os.walk(out))
     if got != n:
         raise RuntimeError(f"get restored {got} files of {n}")
-    for p in (src, state, out):
+    for p in (src, state, out) if clean else ():
         shutil.rmtree(p)
     return Point(n, {op: r.wall for op, r in runs.items()},
                  {op: r.maxrss_kib / 1024 for op, r in runs.items()},

@@ -51,10 +51,12 @@ def has_journal(path: Path) -> bool | None:
 
 
 @contextmanager
-def scratch_fs(parent: Path, size: int, name: str) -> Iterator[Path | None]:
+def scratch_fs(parent: Path, size: int, name: str, *, inodes: int | None = None,
+               block_size: int | None = None) -> Iterator[Path | None]:
     """A fresh ext4 filesystem of `size` bytes (sparse image under `parent`), mounted at
-    `parent/name`; yields its mount point, or None when one cannot be made (`unavailable`).
-    Unmounted and deleted at the end, whatever happens inside."""
+    `parent/name`, with at least `inodes` inodes and blocks of `block_size` bytes when
+    given (mkfs's defaults otherwise); yields its mount point, or None when one cannot be
+    made (`unavailable`). Unmounted and deleted at the end, whatever happens inside."""
     why = unavailable()
     if why is not None:
         print(f"scratch filesystem: none ({why}); working on {parent} as it is")
@@ -64,6 +66,10 @@ def scratch_fs(parent: Path, size: int, name: str) -> Iterator[Path | None]:
     image, mnt = parent / f"{name}.img", parent / name
     journal = has_journal(parent)
     features = ["-O", "^has_journal"] if journal is False else []
+    if inodes is not None:
+        features += ["-N", str(inodes)]
+    if block_size is not None:
+        features += ["-b", str(block_size)]
     try:
         with open(image, "wb") as f:
             f.truncate(size)

@@ -112,13 +112,12 @@ def main(argv: list[str]) -> int:
     flat_ok, put_time, fsck_rss, rss_max = True, 0.0, 0.0, 0.0
     if args.only in (None, "scale"):
         points: list[scale.Point] = []
-        with tempfile.TemporaryDirectory(prefix="bench-metaops-scale-") as tmp:
-            for n in sizes:
-                points.append(scale.measure(Path(tmp), n))
-                print(f"scale N={n:,}: " + ", ".join(
-                    f"{op} {points[-1].per_file_us(op):.0f} us/file "
-                    f"{points[-1].rss_mib[op]:.0f} MiB" for op in scale.OPS)
-                    + f"; load {os.getloadavg()[0]:.1f}", flush=True)
+        for n in sizes:
+            points.append(scale.measure_fresh(n))
+            print(f"scale N={n:,}: " + ", ".join(
+                f"{op} {points[-1].per_file_us(op):.0f} us/file "
+                f"{points[-1].rss_mib[op]:.0f} MiB" for op in scale.OPS)
+                + f"; load {os.getloadavg()[0]:.1f}", flush=True)
         print("scale curve: N small files (200 bytes, 1000 per directory), one hutong "
               f"process per command; us/file and peak RSS (MiB); load {os.getloadavg()[0]:.1f}")
         print(table(["N", *(f"{op} us/file" for op in scale.OPS),
