@@ -146,3 +146,46 @@ def test_mapped_bytes_trim_the_map_whatever_the_ticks(
         assert most < 1.5 * residency.TRIM_BYTES / 1024, most
     finally:
         eng.close()
+
+
+def test_batched_lookups_check_the_mapped_bytes_every_few_keys(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batched read or write (present_chunks, get_values, add_refcounts) ticks once per
+    part of `residency.PART` keys, and the trimmer reads the mapped bytes whenever the
+    ticks pass a multiple of 8, however many came at once. So no more than PART keys are
+    looked up between two reads of the mapped bytes (with parts of 128 and the count
+    read only when it stood on a multiple of 8, a put of 10^6 files held 22 MiB of the
+    map against TRIM_BYTES of 8)."""
+    monkeypatch.setattr(residency, "TRIM_TICKS", 1 << 40)  # only the mapped bytes trim
+    monkeypatch.setattr(residency, "TRIM_INTERVAL", 3600.0)
+    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    try:
+        with eng.write() as w:
+            for i in range(3_000):
+                w.put_chunk(_chunk(i))
+        since_check, most = [0], [0]
+        real_pages = residency.file_pages
+
+        def pages() -> int:
+            most[0] = max(most[0], since_check[0])
+            since_check[0] = 0
+            return real_pages()
+
+        monkeypatch.setattr(residency, "file_pages", pages)
+        real_tick = residency.MapTrimmer.tick
+
+        def tick(self: residency.MapTrimmer, n: int = 1) -> None:  # counts what was
+            real_tick(self, n)  # looked up since the last tick
+            since_check[0] += n
+
+        monkeypatch.setattr(residency.MapTrimmer, "tick", tick)
+        eng._dbs.trimmer.tick(3)  # the count off a multiple of 8, as single lookups leave it
+        ids = [_chunk(i).id for i in range(0, 3_000, 2)]
+        with eng.read() as r:
+            assert r.present_chunks(ids) == set(ids)
+            assert r.get_values("heat", ids) == {}
+        with eng.write() as w:
+            w.add_refcounts({cid: 1 for cid in ids})
+        assert 0 < most[0] <= 2 * residency.PART <= 64, most[0]
+    finally:
+        eng.close()

@@ -547,9 +547,9 @@ def test_a_batch_of_chunk_lookups_seeks_each_block_once(
             assert r.present_chunks(i.to_bytes(16, "big") for i in order) == {
                 i.to_bytes(16, "big") for i in range(600)}
             nblocks = r._txn.stat(r._txn._cold[r._d.chunks][1])["entries"]
-            # ... plus one per part of TRIM_TICKS ids (a lookup each) that reaches past
-            # the last block
-            past = len({k // residency.TRIM_TICKS for k in range(600, 700)})
+            # ... plus one per part of residency.PART ids (a lookup each) that reaches
+            # past the last block
+            past = len({k // residency.PART for k in range(600, 700)})
             assert 1 < len(seeks) <= nblocks + past
     finally:
         eng.close()

@@ -254,11 +254,11 @@ class _LmdbRead(ReadTxn):
         return self._txn.get(cid, db=self._d.chunks) is not None
 
     def present_chunks(self, cids: Iterable[bytes]) -> set[bytes]:
-        """`has_chunk` of each of `cids`: looked up in id order, TRIM_TICKS at a time
-        with a tick before each part, so the map is trimmed between parts as between
+        """`has_chunk` of each of `cids`: looked up in id order, `residency.PART` at a
+        time with a tick before each part, so the map is trimmed between parts as between
         single lookups (one tick for a put's batch of 2,048 ids let each fault its
         pages in: put's peak RSS at 10^6 files went from 71 to 141 MiB)."""
-        ids, step = sorted(set(cids)), residency.TRIM_TICKS
+        ids, step = sorted(set(cids)), residency.PART
         found: set[bytes] = set()
         for i in range(0, len(ids), step):
             part = ids[i:i + step]
@@ -302,14 +302,14 @@ class _LmdbRead(ReadTxn):
         return data
 
     def get_values(self, table: str, keys: Iterable[bytes]) -> dict[bytes, bytes]:
-        """`get_value` of each of `keys`, in key order, TRIM_TICKS at a time with a tick
-        before each part (as `present_chunks`): keys in one block of a packed table
+        """`get_value` of each of `keys`, in key order, `residency.PART` at a time with
+        a tick before each part (as `present_chunks`): keys in one block of a packed table
         take one seek and a bisect each (a restore's heat flush: a key per chunk read)."""
         db = _value_db(self._d, table)
         if db is _ABSENT:
             return {}
         ids = sorted({k for k in keys if 0 < len(k) <= _MAX_KEY})
-        step, found = residency.TRIM_TICKS, {}
+        step, found = residency.PART, {}
         for i in range(0, len(ids), step):
             part = ids[i:i + step]
             self._d.trimmer.tick(len(part))
@@ -424,7 +424,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
 
     def add_refcounts(self, deltas: Mapping[bytes, int]) -> None:
         put, db = self._txn.put, self._d.chunks
-        ids, step = sorted(deltas), residency.TRIM_TICKS
+        ids, step = sorted(deltas), residency.PART
         for i in range(0, len(ids), step):  # a part's reads then its writes, a tick
             part = ids[i:i + step]  # before each: the map is trimmed between parts
             self._d.trimmer.tick(2 * len(part))
