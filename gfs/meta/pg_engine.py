@@ -91,6 +91,8 @@ FOLD_AT = 32
 FOLD_EVERY = 256
 #: Rows a transaction keeps of what it read by key (beyond, it reads them again).
 SEEN_ROWS = 4096
+#: `_Txn.known`'s answer when only the server knows a row's value.
+_UNKNOWN: Any = object()
 #: Seconds a version of the pool records seen by one transaction serves another that
 #: has not begun (pool records change rarely; see `_PgRead.iter_pools`).
 POOLS_FRESH = 1.0
@@ -495,15 +497,22 @@ class _Txn:
         if self.begun or self.buf or self.ranges or self.assumed:
             self.run(None, flush=True, end="COMMIT")
 
-    def one(self, table: str, key: tuple[Any, ...], col: str) -> Any:
-        """The value column `col` of one row (buffered writes first), or None."""
+    def known(self, table: str, key: tuple[Any, ...]) -> Any:
+        """The value of one row as this transaction knows it without the server: from
+        its buffered writes, a range deletion not sent yet (None), or a row it read
+        before; `_UNKNOWN` when only the server can tell."""
         if (table, key) in self.buf:
             vals = self.buf[(table, key)]
             return None if vals is None else vals[0]
         if table == "kv" and any(key[0] == t and key[1].startswith(p) for t, p in self.ranges):
             return None  # under a range deletion not sent yet (written after it: in buf)
-        if (table, key) in self.seen:
-            return self.seen[(table, key)]
+        return self.seen.get((table, key), _UNKNOWN)
+
+    def one(self, table: str, key: tuple[Any, ...], col: str) -> Any:
+        """The value column `col` of one row (buffered writes first), or None."""
+        known = self.known(table, key)
+        if known is not _UNKNOWN:
+            return known
         keys, _ = _TABLES[table]
         q = self.query(("one", table, col), lambda: sql.SQL("SELECT {} FROM {} WHERE {}{}").format(
             sql.Identifier(col), self.t(table), sql.SQL(" AND ").join(
@@ -937,20 +946,11 @@ class _PgRead(ReadTxn):
             return super().get_values(table, keys)
         x, found, want = self._x, {}, []
         for key in dict.fromkeys(keys):
-            k = ("kv", (table, key))
-            if not key:
-                continue
-            if k in x.buf:
-                vals = x.buf[k]
-                if vals is not None:
-                    found[key] = bytes(vals[0])
-            elif any(t == table and key.startswith(p) for t, p in x.ranges):
-                continue  # under a range deletion not sent yet, as `one` answers
-            elif k in x.seen:
-                if x.seen[k] is not None:
-                    found[key] = bytes(x.seen[k])
-            else:
+            known = x.known("kv", (table, key)) if key else None
+            if known is _UNKNOWN:
                 want.append(key)
+            elif known is not None:
+                found[key] = bytes(known)
         q = x.query(("values",), lambda: sql.SQL(
             "SELECT key, value FROM {} WHERE tbl = %s AND key = ANY(%s){}").format(
                 x.t("kv"), x.lock))
