@@ -10,6 +10,7 @@ table resident: peak RSS then grows with the store (measured: fsck of 10^6 files
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,22 @@ def test_compaction_keeps_the_source_map_trimmed(
             assert r.manifest_problems() == []
     finally:
         eng.close()
+
+
+@pytest.mark.usefixtures("trim_often")
+def test_compaction_keeps_the_source_map_trimmed_all_along(
+        big: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Not only at the end: at every tick of the copy, what the source's map holds stays
+    below the bound (the copy ticked once per 20,000 rows appended: the close of a put
+    of 10^5 files held 22 MiB of the source map)."""
+    copy = tmp_path / "meta"
+    shutil.copytree(big, copy)
+    most = [0]
+    real = residency.MapTrimmer.tick
+
+    def tick(self: residency.MapTrimmer, n: int = 1) -> None:
+        most[0] = max(most[0], _map_rss_kib(copy / "data.mdb"))
+        real(self, n)
+    monkeypatch.setattr(residency.MapTrimmer, "tick", tick)
+    assert compaction.compact(str(copy)) is not None
+    assert 0 < most[0] < BOUND_KIB, f"the copy held {most[0]} KiB of the source map"
