@@ -298,7 +298,7 @@ def test_one_chunk_is_compressed_with_the_threads_own_context(
     monkeypatch.setattr(codec, "_compressor", lambda level: spies.setdefault(
         level, _CountingCompressor(real(level))))
     raw = os.urandom(1000) * 300
-    ((header, payload),) = encode_blobs([raw], [chunk_id(raw)], 8)
+    ((_, payload),) = encode_blobs([raw], [chunk_id(raw)], 8)
     assert spies[8].calls == {"compress": 1, "multi": 0}
     frame = real(8).multi_compress_to_buffer([raw], threads=1)[0].tobytes()
     assert bytes(payload) == frame and len(frame) < len(raw) // 100
