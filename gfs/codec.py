@@ -203,7 +203,9 @@ def encode_blobs(
             raise ValueError(f"chunk id must be {CHUNK_ID_LEN} bytes, got {len(cid)}")
     todo = [i for i, raw in enumerate(raws) if len(raw) > 9]
     packed: dict[int, bytes] = {}
-    if todo:
+    if len(todo) == 1:  # (a group): this thread's context, not a new one per call
+        packed = {todo[0]: _compressor(level).compress(raws[todo[0]])}
+    elif todo:
         frames = _compressor(level).multi_compress_to_buffer([raws[i] for i in todo], threads=1)
         packed = {i: frames[k].tobytes() for k, i in enumerate(todo)}
     out: list[tuple[bytes, Buffer]] = []

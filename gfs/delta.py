@@ -254,6 +254,7 @@ class DeltaPlanner:
         self._read_base = read_base
         self._stored = stored
         self._local: dict[bytes, tuple[bytes, Buffer]] = {}
+        self._keys_of: dict[bytes, list[bytes]] = {}  # a local base's keys in `_local`
         self._samples: list[bytes | bytearray | memoryview] = []
         self._sampled = 0
         self._dict: tuple[bytes, bytes] | None = None  # (id, raw) once trained
@@ -275,6 +276,7 @@ class DeltaPlanner:
         if base is None:
             for key in keys:
                 self._local[key] = (cid, piece)
+            self._keys_of[cid] = keys
             return self._small(piece, keys)
         return Plan(keys, base)
 
@@ -329,11 +331,19 @@ class DeltaPlanner:
     def clear(self) -> None:
         """Forget the session's own bases (at commit: they are in the index then)."""
         self._local.clear()
+        self._keys_of.clear()
 
     def forget(self, cids: AbstractSet[bytes]) -> None:
         """Forget the session's own bases among `cids` (committed: the index has them)."""
         if cids:
-            self._local = {k: v for k, v in self._local.items() if v[0] not in cids}
+            # by each base's own keys: rebuilding `_local` at each commit cost the put's
+            # main thread O(bases held) per batch (0.03-0.04 s on the release series)
+            local = self._local
+            for cid in cids:
+                for key in self._keys_of.pop(cid, ()):
+                    held = local.get(key)
+                    if held is not None and held[0] == cid:
+                        del local[key]
 
     def encode(self, raws: Sequence[Buffer], ids: Sequence[bytes],
                plans: Sequence[Plan | None], level: int) -> list[tuple[bytes, Buffer]]:

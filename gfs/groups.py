@@ -39,10 +39,14 @@ MEMBER_MAX = 64 << 10
 #: --shape smallfiles`); one member's read decompresses ~3 ms of group, once per
 #: group in a restore batch or in the readers' group cache.
 GROUP_BYTES = 4 << 20
-#: Groups are compressed this many zstd levels above the store's level: level 9
-#: (window 4 MiB, the whole group) costs ~1.5x level 6's CPU on a group and
-#: stores ~3% less; level 12 another 2% for 2.2x more CPU.
-GROUP_LEVEL_STEP = 6
+#: Groups are compressed this many zstd levels above the store's level: level 8
+#: (window 4 MiB, the whole group) costs ~1.2x level 6's CPU on a group and stores
+#: ~2.7% less. Level 9 stored 0.5% less than 8 for 1.19x its CPU (the release
+#: series' Django groups): group compression was 83% of the workers' CPU on the
+#: release series' first snapshot (0.68 s), its tail the last part of the put's wall;
+#: with 8 the stored bytes grew 0.06% (releases) and 0.3% (small files, pools).
+#: Level 12 another 2% for 2.2x more CPU.
+GROUP_LEVEL_STEP = 5
 
 _OFFSET = struct.Struct("<I")
 

@@ -61,6 +61,34 @@ def test_everyday_commands_import_no_heavy_module(tmp_path: Path) -> None:
     assert (tmp_path / "back.txt").read_bytes() == local.read_bytes()
 
 
+_SPAWNS = """
+import json, subprocess, sys
+spawned = []
+real = subprocess.Popen.__init__
+def spy(self, args, *rest, **kw):
+    spawned.append(str(args))
+    real(self, args, *rest, **kw)
+subprocess.Popen.__init__ = spy
+from gfs.cli import main
+code = main(sys.argv[1:])
+print(json.dumps([code, spawned]))
+"""
+
+
+def test_a_put_starts_no_child_process(tmp_path: Path) -> None:
+    """No command pays for a child process at start-up (finding the C library with
+    `ctypes.util.find_library` ran `ldconfig -p`: ~7 ms of each put's wall)."""
+    state = tmp_path / "s"
+    Client.init(state).close()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.txt").write_bytes(b"hello\n" * 100)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUTONG_")}
+    out = subprocess.run([sys.executable, "-c", _SPAWNS, "--state", str(state), "put",
+                          str(tmp_path / "d"), "/d"], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == [0, []]
+
+
 def test_help_imports_no_heavy_module() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUTONG_")}
     code = ("import runpy, sys\nsys.argv = ['hutong', '--help']\ntry:\n"

@@ -611,3 +611,38 @@ def test_the_dictionary_is_trained_once_without_a_parameter_search(
         planner.plan(None, chunk_id(piece), piece)  # type: ignore[arg-type]
     assert len(calls) == 1 and planner.dictionary_id is not None
     assert calls[0]["k"] == delta.DICT_SEGMENT > 0 and calls[0]["d"] == delta.DICT_DMER > 0
+
+
+class _UnlistedDict(dict):  # type: ignore[type-arg]
+    """A dict that fails the test when listed (only keyed lookups and deletes allowed)."""
+
+    def items(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("listed")
+
+    keys = values = __iter__ = items
+
+
+def test_forgetting_committed_bases_does_not_list_the_held_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit's bases leave the planner by their own keys: the bases still held are not
+    listed per commit (that cost the put's main thread O(bases held) per batch); a key a
+    later base took stays with it."""
+    monkeypatch.setattr(resemblance, "find_base", lambda txn, keys: None)
+    planner = delta.DeltaPlanner(lambda cid: b"")
+    rng = random.Random(11)
+    pieces = [rng.randbytes(20000) for _ in range(200)]  # no dictionary samples
+    ids = [chunk_id(p) for p in pieces]
+    for cid, piece in zip(ids, pieces, strict=True):
+        assert planner.plan(None, cid, piece) is not None  # type: ignore[arg-type]
+    held = dict(planner._local)
+    assert {v[0] for v in held.values()} == set(ids)
+    planner._local = _UnlistedDict(held)
+    planner.forget(set(ids[:150]))
+    assert {v[0] for v in dict.values(planner._local)} == set(ids[150:])
+    again = planner.plan(None, ids[0], pieces[0])  # type: ignore[arg-type]
+    assert again is not None and again.base is None  # its keys were free again: now held
+    other = pieces[0][:19800] + rng.randbytes(200)  # the same features: finds ids[0] held
+    plan = planner.plan(None, chunk_id(other), other)  # type: ignore[arg-type]
+    assert plan is not None and plan.base == ids[0]
+    planner.forget({ids[1]})  # forgotten before: ids[0]'s keys stay
+    assert {v[0] for v in dict.values(planner._local)} == {ids[0], *ids[150:]}

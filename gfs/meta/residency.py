@@ -16,7 +16,6 @@ read through the map. Where madvise is unavailable (not Linux), it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import os
 import sys
@@ -52,7 +51,10 @@ _MADV_DONTNEED = 4
 
 _libc: Any = None
 if sys.platform.startswith("linux"):
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # the C library the interpreter is linked with (its symbols are in the process's
+    # global namespace): `ctypes.util.find_library("c")` ran `ldconfig -p` in a child
+    # process, ~7 ms of every CLI command's start-up
+    _libc = ctypes.CDLL(None, use_errno=True)
     _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     _libc.madvise.restype = ctypes.c_int
 
