@@ -125,3 +125,38 @@ def test_many_directories_are_made_on_the_writer_threads_parents_first(
         for b in range(6):
             assert (tmp_path / "out" / f"a{a}" / f"b{b}" / "c" / "f").read_bytes() == \
                 f"{a}{b}".encode()
+
+
+def test_a_batch_makes_all_its_directories_before_any_file_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Directories made slice by slice queued behind the writes already handed to the
+    writer threads (and the get waited for them); a batch makes them all first."""
+    src = tmp_path / "src"
+    for d in range(40):  # a directory, then files inside: dirs and files interleave
+        (src / f"d{d:02}").mkdir(parents=True)
+        for f in range(3):
+            (src / f"d{d:02}" / f"f{f}").write_bytes(f"{d}/{f}".encode())
+    events: list[str] = []
+    real_make, real_write = local_write.make_dirs, local_write.write_files
+
+    def make_dirs(dirs: list[str]) -> None:
+        events.append("mkdir")
+        real_make(dirs)
+
+    def write_files(files: Any) -> tuple[int, int]:
+        events.append("write")
+        return real_write(files)
+
+    monkeypatch.setattr(client_module, "RESTORE_SLICE_FILES", 4)
+    monkeypatch.setattr(client_module, "RESTORE_DIRS_INLINE", 2)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        monkeypatch.setattr(local_write, "make_dirs", make_dirs)
+        monkeypatch.setattr(local_write, "write_files", write_files)
+        report = fs.get("/t", str(tmp_path / "out"))
+    assert (report.dirs, report.files) == (41, 120)
+    assert events.count("write") == 30  # slices of 4 files
+    assert "mkdir" not in events[events.index("write"):], events
+    for d in range(40):
+        for f in range(3):
+            assert (tmp_path / "out" / f"d{d:02}" / f"f{f}").read_bytes() == f"{d}/{f}".encode()
