@@ -739,7 +739,8 @@ class Client:
                  ns_of: Callable[[str], str]) -> None:
         """Carry out `batches` in order: directories made on entry and given their modes
         and times on leaving, symlinks made, files written. The chunks of each batch of
-        small files are read ahead on a thread (two batches ahead); big files stream."""
+        small files are read ahead on a thread (two batches ahead), with the plan's
+        entries that make them; big files stream."""
         def fetch(b: list[_RestoreItem]) -> dict[bytes, bytes]:
             owners = {r.id: p for op, p, _, m in b if op == "file" and m is not None
                       for r in m.chunks}
@@ -758,20 +759,24 @@ class Client:
                     raise
                 return {}  # each file of the batch is then read alone, to find the bad ones
 
+        def produce() -> tuple[list[_RestoreItem], dict[bytes, bytes]] | None:
+            # the next batch and its chunks: the plan read back and decoded here too,
+            # off the thread that writes (one thread: the batches advance in order)
+            b = next(batches, None)
+            return None if b is None else (b, fetch(b))
+
         with ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch, \
                 ThreadPoolExecutor(RESTORE_WRITERS, thread_name_prefix="hutong-restore") as wr:
-            pending: deque[tuple[list[_RestoreItem], Future[dict[bytes, bytes]]]] = deque()
-            for b in batches:
-                pending.append((b, prefetch.submit(fetch, b)))
-                if len(pending) <= 2:
-                    continue
-                batch, fut = pending.popleft()
-                self._restore_batch(batch, fut.result(), report, progress,
-                                    skip_damaged=skip_damaged, writers=wr, ns_of=ns_of)
-            while pending:
-                batch, fut = pending.popleft()
-                self._restore_batch(batch, fut.result(), report, progress,
-                                    skip_damaged=skip_damaged, writers=wr, ns_of=ns_of)
+            # two batches ahead of the one restored
+            ahead = deque(prefetch.submit(produce) for _ in range(2))
+            try:
+                while (got := ahead.popleft().result()) is not None:
+                    ahead.append(prefetch.submit(produce))
+                    self._restore_batch(*got, report, progress, skip_damaged=skip_damaged,
+                                        writers=wr, ns_of=ns_of)
+            finally:
+                for fut in ahead:
+                    fut.cancel()
 
     def _restore_batch(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
                        report: TransferReport, progress: Progress | None, *,

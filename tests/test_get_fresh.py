@@ -160,3 +160,32 @@ def test_a_batch_makes_all_its_directories_before_any_file_is_written(
     for d in range(40):
         for f in range(3):
             assert (tmp_path / "out" / f"d{d:02}" / f"f{f}").read_bytes() == f"{d}/{f}".encode()
+
+
+def test_the_plan_is_read_back_on_the_prefetch_thread_not_the_writing_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main thread waits for each batch's writes; the plan's next entries are
+    decoded meanwhile on the thread that reads the batches' chunks ahead."""
+    src = tmp_path / "src"
+    for d in range(5):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(6):
+            (src / f"d{d}" / f"f{f}").write_bytes(f"{d}-{f}".encode() * 9)
+    threads: list[str] = []
+    real = get_plan._entry
+
+    def entry(ino: int, fields: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(ino, fields)
+
+    monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 4)  # several batches
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        monkeypatch.setattr(get_plan, "_entry", entry)
+        report = fs.get("/t", str(tmp_path / "out"))
+    assert (report.dirs, report.files) == (6, 30)
+    assert len(threads) == 1 + 2 * 5 + 30 + 1  # each entry, directories twice
+    assert all(t.startswith("hutong-prefetch") for t in threads), set(threads)
+    for d in range(5):
+        for f in range(6):
+            assert (tmp_path / "out" / f"d{d}" / f"f{f}").read_bytes() == f"{d}-{f}".encode() * 9
