@@ -22,7 +22,7 @@ import stat as statmod
 import sys
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -769,53 +769,39 @@ class Client:
                 ThreadPoolExecutor(RESTORE_WRITERS, thread_name_prefix="hutong-restore") as wr:
             # two batches ahead of the one restored
             ahead = deque(prefetch.submit(produce) for _ in range(2))
+            # the batch before: its writes (still running) and the directories it left
+            behind: _Handed = ([], [])
             try:
                 while (got := ahead.popleft().result()) is not None:
                     ahead.append(prefetch.submit(produce))
-                    self._restore_batch(*got, report, progress, skip_damaged=skip_damaged,
-                                        writers=wr, ns_of=ns_of)
+                    handed: _Handed = ([], [])
+                    try:
+                        self._restore_items(*got, report, progress, skip_damaged=skip_damaged,
+                                            writers=wr, handed=handed, ns_of=ns_of)
+                        # the batch before is finished once this one is handed over: the
+                        # writers are not left idle while the main thread waits
+                        _finish(behind, report, progress)
+                    except BaseException:
+                        futures.wait(handed[0])  # no write outlives the get
+                        raise
+                    behind = handed
+                _finish(behind, report, progress)
+            except BaseException:
+                futures.wait(behind[0])
+                raise
             finally:
                 for fut in ahead:
                     fut.cancel()
 
-    def _restore_batch(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
-                       report: TransferReport, progress: Progress | None, *,
-                       skip_damaged: bool, writers: ThreadPoolExecutor,
-                       ns_of: Callable[[str], str]) -> None:
-        """Carry out one batch: directories and symlinks here, the small files' writes on
-        `writers` (file creation waits on the filesystem, not the CPU), and the
-        directories' modes and times once every file of the batch is written."""
-        written: list[Future[tuple[int, int]]] = []
-        leaving: list[tuple[str, Inode]] = []
-        try:
-            self._restore_items(batch, chunks, report, progress, skip_damaged=skip_damaged,
-                                writers=writers, written=written, leaving=leaving,
-                                ns_of=ns_of)
-        except BaseException:
-            futures.wait(written)  # no write outlives the batch
-            raise
-        first: BaseException | None = None
-        for fut in written:
-            try:
-                files, n = fut.result()
-            except BaseException as e:  # the first failure, once every write has ended
-                first = first or e
-                continue
-            report.files += files
-            report.bytes += n
-            if progress is not None:
-                progress(n)
-        if first is not None:
-            raise first
-        if leaving:
-            local_write.set_dir_attrs(leaving)
-
     def _restore_items(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
                        report: TransferReport, progress: Progress | None, *,
-                       skip_damaged: bool, writers: ThreadPoolExecutor,
-                       written: list[Future[tuple[int, int]]],
-                       leaving: list[tuple[str, Inode]],
+                       skip_damaged: bool, writers: ThreadPoolExecutor, handed: _Handed,
                        ns_of: Callable[[str], str]) -> None:
+        """Carry out one batch: directories and symlinks here, the files' writes handed to
+        `writers` (file creation waits on the filesystem, not the CPU; a big file
+        streams there too), into `handed` with the directories the batch leaves (given
+        their modes and times once every write before them has ended)."""
+        written, leaving = handed
         pending: list[tuple[str, Inode, list[bytes]]] = []  # files for the next slice
         # Every directory of the batch first, while the writers are idle: made before
         # each slice, the mkdirs queued behind the slices already handed to the
@@ -844,24 +830,35 @@ class Client:
                 os.utime(p, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
                 report.symlinks += 1
                 continue
-            data = ManifestReader(self.store.source, p, Manifest(0, refs)).blocks()
-            try:
-                n = _write_local(p, node, data)
-            except (CorruptChunkError, ChunkMissingError) as e:
-                gone = self._gone(e, node, ns_of(p)) if isinstance(e, ChunkMissingError) else e
-                if not skip_damaged:
-                    if gone is e:
-                        raise
-                    raise gone from e
-                log.error("not restored, damaged: %s", gone)
-                report.damaged.append(ns_of(p))
+            if node.size > RESTORE_BATCH_BYTES // 4:  # streamed alone, by a writer
+                written.append(writers.submit(self._stream, p, node, refs, report,
+                                              skip_damaged=skip_damaged, ns_of=ns_of))
                 continue
-            report.files += 1
-            report.bytes += n
-            if progress is not None:
-                progress(n)
+            n = self._stream(p, node, refs, report, skip_damaged=skip_damaged, ns_of=ns_of)[1]
+            if n >= 0:
+                report.files += 1
+                report.bytes += n
+                if progress is not None:
+                    progress(n)
         if pending:
             written.append(writers.submit(local_write.write_files, pending))
+
+    def _stream(self, p: str, node: Inode, refs: Sequence[ChunkRef], report: TransferReport,
+                *, skip_damaged: bool, ns_of: Callable[[str], str]) -> tuple[int, int]:
+        """Write file `node` at `p`, its chunks read as it is written: (1, bytes), or
+        with `skip_damaged` (0, -1) for a damaged file (named in the report)."""
+        data = ManifestReader(self.store.source, p, Manifest(0, tuple(refs))).blocks()
+        try:
+            return 1, _write_local(p, node, data)
+        except (CorruptChunkError, ChunkMissingError) as e:
+            gone = self._gone(e, node, ns_of(p)) if isinstance(e, ChunkMissingError) else e
+            if not skip_damaged:
+                if gone is e:
+                    raise
+                raise gone from e
+            log.error("not restored, damaged: %s", gone)
+            report.damaged.append(ns_of(p))
+            return 0, -1
 
     # -- pinned versions, inodes and in-place edits ------------------------------------
     def manifest(self, path: str, *, version: int | None = None) -> Manifest:
@@ -1131,6 +1128,33 @@ RESTORE_DIRS_INLINE = 16
 #: directories (4,916 directories of the release series in 1,559 calls) spent more
 #: on handing tasks and results between threads than on the mkdirs.
 RESTORE_DIRS_PER_CALL = 32
+
+
+#: A batch handed to the writers: its writes' futures ((files, bytes) each) and the
+#: directories it leaves (local path, inode).
+_Handed = tuple[list[Future[tuple[int, int]]], list[tuple[str, "Inode"]]]
+
+
+def _finish(handed: _Handed, report: TransferReport, progress: Progress | None) -> None:
+    """Count a handed batch's writes once each has ended (the first failure raised after
+    all), then give the directories it left their modes and times."""
+    written, leaving = handed
+    first: BaseException | None = None
+    for fut in written:
+        try:
+            files, n = fut.result()
+        except BaseException as e:  # the first failure, once every write has ended
+            first = first or e
+            continue
+        if files:
+            report.files += files
+            report.bytes += n
+            if progress is not None:
+                progress(n)
+    if first is not None:
+        raise first
+    if leaving:
+        local_write.set_dir_attrs(leaving)
 
 
 def _make_dirs(dirs: list[str], writers: ThreadPoolExecutor) -> None:

@@ -4,6 +4,7 @@ walk refuses conflicts before anything is written."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -189,3 +190,49 @@ def test_the_plan_is_read_back_on_the_prefetch_thread_not_the_writing_one(
     for d in range(5):
         for f in range(6):
             assert (tmp_path / "out" / f"d{d}" / f"f{f}").read_bytes() == f"{d}-{f}".encode() * 9
+
+
+def test_a_batch_is_handed_to_the_writers_before_the_one_before_has_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main thread hands batch N+1 over while batch N is written (waiting for N
+    first left the writers idle while it read and cut N+1); a big file streams on a
+    writer thread, not the main one."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for f in range(12):
+        (src / "a" / f"f{f:02}").write_bytes(f"{f}".encode() * 20)
+    big = os.urandom(6000)
+    (src / "a" / "zbig").write_bytes(big)
+    second = threading.Event()
+    overlapped: list[bool] = []
+    streamed: list[str] = []
+    real_write, real_local = local_write.write_files, client_module._write_local
+
+    calls = itertools.count()
+
+    def write_files(files: Any) -> tuple[int, int]:
+        if next(calls) == 0:
+            overlapped.append(second.wait(10))  # the first slice waits for the next batch's
+        else:
+            second.set()
+        return real_write(files)
+
+    def write_local(path: str, node: Any, data: Any) -> int:
+        streamed.append(threading.current_thread().name)
+        return real_local(path, node, data)
+
+    monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 4)
+    monkeypatch.setattr(client_module, "RESTORE_SLICE_FILES", 4)
+    monkeypatch.setattr(client_module, "RESTORE_BATCH_BYTES", 8000)  # zbig streams alone
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        monkeypatch.setattr(local_write, "write_files", write_files)
+        monkeypatch.setattr(client_module, "_write_local", write_local)
+        report = fs.get("/t", str(tmp_path / "out"))
+    assert overlapped == [True]
+    assert len(streamed) == 1 and streamed[0].startswith("hutong-restore"), streamed
+    assert (report.files, report.bytes) == (13, sum(len(f"{f}".encode() * 20)
+                                                    for f in range(12)) + len(big))
+    assert (tmp_path / "out" / "a" / "zbig").read_bytes() == big
+    for f in range(12):
+        assert (tmp_path / "out" / "a" / f"f{f:02}").read_bytes() == f"{f}".encode() * 20
