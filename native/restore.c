@@ -130,8 +130,11 @@ write_one(const file_item *it, int *way)
                 unlink(tmp);
             }
         }
-        else if (err && err != ENOENT && err != ENOTDIR && err != EACCES) {
-            close(fd);  /* cannot be linked here: written under its temporary name */
+        else if (err) {
+            /* not linked (no /proc for a process without CAP_DAC_READ_SEARCH says ENOENT
+             * too): written under its temporary name, which fails as it should where
+             * the directory itself is the trouble */
+            close(fd);
             *way = LINK_NONE;
             return write_named(it);
         }
