@@ -766,7 +766,9 @@ class Client:
             return None if b is None else (b, fetch(b))
 
         with ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch, \
-                ThreadPoolExecutor(RESTORE_WRITERS, thread_name_prefix="hutong-restore") as wr:
+                ThreadPoolExecutor(RESTORE_WRITERS, thread_name_prefix="hutong-restore") as wr, \
+                ThreadPoolExecutor(RESTORE_WRITERS,
+                                   thread_name_prefix="hutong-restore-dirs") as dir_makers:
             # two batches ahead of the one restored
             ahead = deque(prefetch.submit(produce) for _ in range(2))
             # the batch before: its writes (still running) and the directories it left
@@ -777,7 +779,8 @@ class Client:
                     handed: _Handed = ([], [])
                     try:
                         self._restore_items(*got, report, progress, skip_damaged=skip_damaged,
-                                            writers=wr, handed=handed, ns_of=ns_of)
+                                            writers=wr, dir_makers=dir_makers, handed=handed,
+                                            ns_of=ns_of)
                         # the batch before is finished once this one is handed over: the
                         # writers are not left idle while the main thread waits
                         _finish(behind, report, progress)
@@ -795,7 +798,8 @@ class Client:
 
     def _restore_items(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
                        report: TransferReport, progress: Progress | None, *,
-                       skip_damaged: bool, writers: ThreadPoolExecutor, handed: _Handed,
+                       skip_damaged: bool, writers: ThreadPoolExecutor,
+                       dir_makers: ThreadPoolExecutor, handed: _Handed,
                        ns_of: Callable[[str], str]) -> None:
         """Carry out one batch: directories and symlinks here, the files' writes handed to
         `writers` (file creation waits on the filesystem, not the CPU; a big file
@@ -803,13 +807,12 @@ class Client:
         their modes and times once every write before them has ended)."""
         written, leaving = handed
         pending: list[tuple[str, Inode, list[bytes]]] = []  # files for the next slice
-        # Every directory of the batch first, while the writers are idle: made before
-        # each slice, the mkdirs queued behind the slices already handed to the
-        # writers, and waiting for them was a third of a release-series get's main
-        # thread.
+        # Every directory of the batch first, on threads of their own: made before each
+        # slice, the mkdirs queued behind the slices already handed to the writers,
+        # and waiting for them was a third of a release-series get's main thread.
         dirs = [p for op, p, _, _ in batch if op == "mkdir"]
         report.dirs += len(dirs)
-        _make_dirs(dirs, writers)
+        _make_dirs(dirs, dir_makers)
         for op, p, node, m in batch:
             if op == "mkdir":
                 continue
@@ -1157,9 +1160,10 @@ def _finish(handed: _Handed, report: TransferReport, progress: Progress | None) 
         local_write.set_dir_attrs(leaving)
 
 
-def _make_dirs(dirs: list[str], writers: ThreadPoolExecutor) -> None:
+def _make_dirs(dirs: list[str], makers: ThreadPoolExecutor) -> None:
     """Make `dirs` (a get's, parents first; emptied; one already a directory is kept)
-    on the writer threads, level by level so that each parent exists first: a mkdir
+    on the `makers` threads (not the writers: there they queued behind the writes),
+    level by level so that each parent exists first: a mkdir
     waited 0.3-0.5 ms on the shared disk, and made one by one they were a fifth of a
     small-file get's time. Each thread's share is one native call (no GIL handed over
     per mkdir); a few are made on the calling thread."""
@@ -1174,7 +1178,7 @@ def _make_dirs(dirs: list[str], writers: ThreadPoolExecutor) -> None:
     dirs.clear()
     for _, level in sorted(levels.items()):
         step = max(RESTORE_DIRS_PER_CALL, -(-len(level) // RESTORE_WRITERS))
-        made = [writers.submit(local_write.make_dirs, level[k:k + step])
+        made = [makers.submit(local_write.make_dirs, level[k:k + step])
                 for k in range(0, len(level), step)]
         futures.wait(made)
         for fut in made:

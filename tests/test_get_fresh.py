@@ -236,3 +236,41 @@ def test_a_batch_is_handed_to_the_writers_before_the_one_before_has_ended(
     assert (tmp_path / "out" / "a" / "zbig").read_bytes() == big
     for f in range(12):
         assert (tmp_path / "out" / "a" / f"f{f:02}").read_bytes() == f"{f}".encode() * 20
+
+
+def test_a_batchs_directories_are_not_made_behind_the_writes_of_the_one_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one writer thread busy on batch N, batch N+1's directories are still made
+    (on threads of their own), so the get is not held until batch N is written."""
+    src = tmp_path / "src"
+    for d in range(12):
+        (src / f"d{d:02}").mkdir(parents=True)
+        (src / f"d{d:02}" / "f").write_bytes(f"{d}".encode())
+    made_later = threading.Event()
+    waited: list[bool] = []
+    calls = itertools.count()
+    real_write, real_make = local_write.write_files, local_write.make_dirs
+
+    def write_files(files: Any) -> tuple[int, int]:
+        if next(calls) == 0:  # batch 1's only slice waits for batch 2's directories
+            waited.append(made_later.wait(10))
+        return real_write(files)
+
+    def make_dirs(dirs: list[str]) -> None:
+        real_make(dirs)
+        if any(p.endswith("d11") for p in dirs):
+            made_later.set()
+
+    monkeypatch.setattr(client_module, "RESTORE_WRITERS", 1)
+    monkeypatch.setattr(client_module, "RESTORE_DIRS_INLINE", 1)  # not on the main thread
+    monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 6)
+    monkeypatch.setattr(client_module, "RESTORE_SLICE_FILES", 6)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        monkeypatch.setattr(local_write, "write_files", write_files)
+        monkeypatch.setattr(local_write, "make_dirs", make_dirs)
+        report = fs.get("/t", str(tmp_path / "out"))
+    assert waited == [True]
+    assert (report.dirs, report.files) == (13, 12)
+    for d in range(12):
+        assert (tmp_path / "out" / f"d{d:02}" / "f").read_bytes() == f"{d}".encode()
