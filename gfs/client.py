@@ -739,8 +739,8 @@ class Client:
                  ns_of: Callable[[str], str]) -> None:
         """Carry out `batches` in order: directories made on entry and given their modes
         and times on leaving, symlinks made, files written. The chunks of each batch of
-        small files are read ahead on a thread (two batches ahead), with the plan's
-        entries that make them; big files stream."""
+        small files are read ahead on a thread (two batches ahead), the plan's entries
+        that make them on another; big files stream."""
         def fetch(b: list[_RestoreItem]) -> dict[bytes, bytes]:
             owners = {r.id: p for op, p, _, m in b if op == "file" and m is not None
                       for r in m.chunks}
@@ -759,23 +759,28 @@ class Client:
                     raise
                 return {}  # each file of the batch is then read alone, to find the bad ones
 
-        def produce() -> tuple[list[_RestoreItem], dict[bytes, bytes]] | None:
-            # the next batch and its chunks: the plan read back and decoded here too,
-            # off the thread that writes (one thread: the batches advance in order)
-            b = next(batches, None)
+        def produce(planned: Future[list[_RestoreItem] | None],
+                    ) -> tuple[list[_RestoreItem], dict[bytes, bytes]] | None:
+            b = planned.result()
             return None if b is None else (b, fetch(b))
 
-        with ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch, \
+        # Each batch cut from the plan read back on one thread (so in order, and off the
+        # thread that hands the files over), its chunks fetched on another (the plan's
+        # decoding runs while the fetch waits on the store's workers).
+        with ThreadPoolExecutor(1, thread_name_prefix="hutong-plan") as planner, \
+                ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch, \
                 ThreadPoolExecutor(RESTORE_WRITERS, thread_name_prefix="hutong-restore") as wr, \
                 ThreadPoolExecutor(RESTORE_WRITERS,
                                    thread_name_prefix="hutong-restore-dirs") as dir_makers:
-            # two batches ahead of the one restored
-            ahead = deque(prefetch.submit(produce) for _ in range(2))
+            def ahead_one() -> Future[tuple[list[_RestoreItem], dict[bytes, bytes]] | None]:
+                return prefetch.submit(produce, planner.submit(next, batches, None))
+
+            ahead = deque(ahead_one() for _ in range(2))  # two batches ahead
             # the batch before: its writes (still running) and the directories it left
             behind: _Handed = ([], [])
             try:
                 while (got := ahead.popleft().result()) is not None:
-                    ahead.append(prefetch.submit(produce))
+                    ahead.append(ahead_one())
                     handed: _Handed = ([], [])
                     try:
                         self._restore_items(*got, report, progress, skip_damaged=skip_damaged,

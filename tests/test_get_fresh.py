@@ -17,6 +17,7 @@ from gfs import client as client_module
 from gfs import get_plan, local_write
 from gfs.client import Client
 from gfs.errors import IsADirError
+from gfs.read.local import LocalSource
 
 
 def test_a_get_into_a_new_directory_walks_the_tree_once(
@@ -163,30 +164,38 @@ def test_a_batch_makes_all_its_directories_before_any_file_is_written(
             assert (tmp_path / "out" / f"d{d:02}" / f"f{f}").read_bytes() == f"{d}/{f}".encode()
 
 
-def test_the_plan_is_read_back_on_the_prefetch_thread_not_the_writing_one(
+def test_the_plan_is_read_back_on_a_thread_of_its_own(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The main thread waits for each batch's writes; the plan's next entries are
-    decoded meanwhile on the thread that reads the batches' chunks ahead."""
+    """The plan's next entries are decoded neither on the thread that hands the files
+    over nor on the one that fetches their chunks (it waits on the store's workers)."""
     src = tmp_path / "src"
     for d in range(5):
         (src / f"d{d}").mkdir(parents=True)
         for f in range(6):
             (src / f"d{d}" / f"f{f}").write_bytes(f"{d}-{f}".encode() * 9)
     threads: list[str] = []
+    fetching: set[str] = set()
     real = get_plan._entry
+    real_many = LocalSource.get_many
 
     def entry(ino: int, fields: Any) -> Any:
         threads.append(threading.current_thread().name)
         return real(ino, fields)
 
+    def get_many(self: LocalSource, cids: Any, **k: Any) -> dict[bytes, bytes]:
+        fetching.add(threading.current_thread().name)
+        return real_many(self, cids, **k)
+
     monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 4)  # several batches
     with Client.init(tmp_path / "s") as fs:
         fs.put(str(src), "/t")
         monkeypatch.setattr(get_plan, "_entry", entry)
+        monkeypatch.setattr(LocalSource, "get_many", get_many)
         report = fs.get("/t", str(tmp_path / "out"))
     assert (report.dirs, report.files) == (6, 30)
     assert len(threads) == 1 + 2 * 5 + 30 + 1  # each entry, directories twice
-    assert all(t.startswith("hutong-prefetch") for t in threads), set(threads)
+    assert all(t.startswith("hutong-plan") for t in threads), set(threads)
+    assert len(fetching) == 1 and fetching.isdisjoint(threads), fetching
     for d in range(5):
         for f in range(6):
             assert (tmp_path / "out" / f"d{d}" / f"f{f}").read_bytes() == f"{d}-{f}".encode() * 9
