@@ -765,15 +765,25 @@ class Client:
             return None if b is None else (b, fetch(b))
 
         # Each batch cut from the plan read back on one thread (so in order, and off the
-        # thread that hands the files over), its chunks fetched on another (the plan's
-        # decoding runs while the fetch waits on the store's workers).
-        with ThreadPoolExecutor(1, thread_name_prefix="hutong-plan") as planner, \
+        # thread that hands the files over), its directories made there, on threads of
+        # their own (made by the thread handing the files over, it waited on every
+        # level of them), its chunks fetched on another thread (the plan's decoding
+        # runs while the fetch waits on the store's workers).
+        with ThreadPoolExecutor(RESTORE_WRITERS,
+                                thread_name_prefix="hutong-restore-dirs") as dir_makers, \
+                ThreadPoolExecutor(1, thread_name_prefix="hutong-plan") as planner, \
                 ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch, \
-                ThreadPoolExecutor(RESTORE_WRITERS, thread_name_prefix="hutong-restore") as wr, \
-                ThreadPoolExecutor(RESTORE_WRITERS,
-                                   thread_name_prefix="hutong-restore-dirs") as dir_makers:
+                ThreadPoolExecutor(RESTORE_WRITERS, thread_name_prefix="hutong-restore") as wr:
+            def plan_next() -> list[_RestoreItem] | None:
+                # the directories a batch enters are in no directory an earlier batch
+                # leaves: made ahead, they change no time the restore has set
+                b = next(batches, None)
+                if b is not None:
+                    _make_dirs([p for op, p, _, _ in b if op == "mkdir"], dir_makers)
+                return b
+
             def ahead_one() -> Future[tuple[list[_RestoreItem], dict[bytes, bytes]] | None]:
-                return prefetch.submit(produce, planner.submit(next, batches, None))
+                return prefetch.submit(produce, planner.submit(plan_next))
 
             ahead = deque(ahead_one() for _ in range(2))  # two batches ahead
             # the batch before: its writes (still running) and the directories it left
@@ -784,8 +794,7 @@ class Client:
                     handed: _Handed = ([], [])
                     try:
                         self._restore_items(*got, report, progress, skip_damaged=skip_damaged,
-                                            writers=wr, dir_makers=dir_makers, handed=handed,
-                                            ns_of=ns_of)
+                                            writers=wr, handed=handed, ns_of=ns_of)
                         # the batch before is finished once this one is handed over: the
                         # writers are not left idle while the main thread waits
                         _finish(behind, report, progress)
@@ -803,21 +812,15 @@ class Client:
 
     def _restore_items(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
                        report: TransferReport, progress: Progress | None, *,
-                       skip_damaged: bool, writers: ThreadPoolExecutor,
-                       dir_makers: ThreadPoolExecutor, handed: _Handed,
+                       skip_damaged: bool, writers: ThreadPoolExecutor, handed: _Handed,
                        ns_of: Callable[[str], str]) -> None:
-        """Carry out one batch: directories and symlinks here, the files' writes handed to
-        `writers` (file creation waits on the filesystem, not the CPU; a big file
-        streams there too), into `handed` with the directories the batch leaves (given
-        their modes and times once every write before them has ended)."""
+        """Carry out one batch (its directories already made): symlinks here, the files'
+        writes handed to `writers` (file creation waits on the filesystem, not the CPU;
+        a big file streams there too), into `handed` with the directories the batch
+        leaves (given their modes and times once every write before them has ended)."""
         written, leaving = handed
         pending: list[tuple[str, Inode, list[bytes]]] = []  # files for the next slice
-        # Every directory of the batch first, on threads of their own: made before each
-        # slice, the mkdirs queued behind the slices already handed to the writers,
-        # and waiting for them was a third of a release-series get's main thread.
-        dirs = [p for op, p, _, _ in batch if op == "mkdir"]
-        report.dirs += len(dirs)
-        _make_dirs(dirs, dir_makers)
+        report.dirs += sum(1 for op, _, _, _ in batch if op == "mkdir")
         for op, p, node, m in batch:
             if op == "mkdir":
                 continue

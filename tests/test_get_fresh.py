@@ -283,3 +283,29 @@ def test_a_batchs_directories_are_not_made_behind_the_writes_of_the_one_before(
     assert (report.dirs, report.files) == (13, 12)
     for d in range(12):
         assert (tmp_path / "out" / f"d{d:02}" / "f").read_bytes() == f"{d}".encode()
+
+
+def test_directories_are_made_ahead_off_the_thread_that_hands_the_files_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread cutting the plan into batches makes each batch's directories (a few
+    itself, many on the directory threads); the main thread never waits on a mkdir."""
+    src = tmp_path / "src"
+    for d in range(30):
+        (src / f"d{d:02}" / "e").mkdir(parents=True)
+        (src / f"d{d:02}" / "e" / "f").write_bytes(f"{d}".encode())
+    threads: list[str] = []
+    real = local_write.make_dirs
+
+    def make_dirs(dirs: list[str]) -> None:
+        threads.append(threading.current_thread().name)
+        real(dirs)
+
+    monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 5)  # 2 x 5 dirs: inline
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        monkeypatch.setattr(local_write, "make_dirs", make_dirs)
+        report = fs.get("/t", str(tmp_path / "out"))
+    assert (report.dirs, report.files) == (61, 30)
+    assert len(threads) == 6 and all(t.startswith("hutong-plan") for t in threads), threads
+    for d in range(30):
+        assert (tmp_path / "out" / f"d{d:02}" / "e" / "f").read_bytes() == f"{d}".encode()
