@@ -15,7 +15,7 @@ import pytest
 
 from gfs import client as client_module
 from gfs import get_plan, local_write
-from gfs.client import Client
+from gfs.client import Client, TransferReport
 from gfs.errors import IsADirError
 from gfs.read.local import LocalSource
 
@@ -129,6 +129,20 @@ def test_many_directories_are_made_on_the_writer_threads_parents_first(
                 f"{a}{b}".encode()
 
 
+def _spied_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, src: Path,
+               settings: dict[str, int], spies: dict[tuple[Any, str], Any],
+               ) -> TransferReport:
+    """`src` put in a new store at /t and got into tmp_path/out, with the client's
+    `settings` and, for the get only, each (object, name) of `spies` replaced."""
+    for name, value in settings.items():
+        monkeypatch.setattr(client_module, name, value)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        for (obj, name), spy in spies.items():
+            monkeypatch.setattr(obj, name, spy)
+        return fs.get("/t", str(tmp_path / "out"))
+
+
 def test_a_batch_makes_all_its_directories_before_any_file_is_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Directories made slice by slice queued behind the writes already handed to the
@@ -149,13 +163,10 @@ def test_a_batch_makes_all_its_directories_before_any_file_is_written(
         events.append("write")
         return real_write(files)
 
-    monkeypatch.setattr(client_module, "RESTORE_SLICE_FILES", 4)
-    monkeypatch.setattr(client_module, "RESTORE_DIRS_INLINE", 2)
-    with Client.init(tmp_path / "s") as fs:
-        fs.put(str(src), "/t")
-        monkeypatch.setattr(local_write, "make_dirs", make_dirs)
-        monkeypatch.setattr(local_write, "write_files", write_files)
-        report = fs.get("/t", str(tmp_path / "out"))
+    report = _spied_get(tmp_path, monkeypatch, src,
+                        {"RESTORE_SLICE_FILES": 4, "RESTORE_DIRS_INLINE": 2},
+                        {(local_write, "make_dirs"): make_dirs,
+                         (local_write, "write_files"): write_files})
     assert (report.dirs, report.files) == (41, 120)
     assert events.count("write") == 30  # slices of 4 files
     assert "mkdir" not in events[events.index("write"):], events
@@ -186,12 +197,8 @@ def test_the_plan_is_read_back_on_a_thread_of_its_own(
         fetching.add(threading.current_thread().name)
         return real_many(self, cids, **k)
 
-    monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 4)  # several batches
-    with Client.init(tmp_path / "s") as fs:
-        fs.put(str(src), "/t")
-        monkeypatch.setattr(get_plan, "_entry", entry)
-        monkeypatch.setattr(LocalSource, "get_many", get_many)
-        report = fs.get("/t", str(tmp_path / "out"))
+    report = _spied_get(tmp_path, monkeypatch, src, {"RESTORE_BATCH_FILES": 4},  # 8 batches
+                        {(get_plan, "_entry"): entry, (LocalSource, "get_many"): get_many})
     assert (report.dirs, report.files) == (6, 30)
     assert len(threads) == 1 + 2 * 5 + 30 + 1  # each entry, directories twice
     assert all(t.startswith("hutong-plan") for t in threads), set(threads)
@@ -230,14 +237,11 @@ def test_a_batch_is_handed_to_the_writers_before_the_one_before_has_ended(
         streamed.append(threading.current_thread().name)
         return real_local(path, node, data)
 
-    monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 4)
-    monkeypatch.setattr(client_module, "RESTORE_SLICE_FILES", 4)
-    monkeypatch.setattr(client_module, "RESTORE_BATCH_BYTES", 8000)  # zbig streams alone
-    with Client.init(tmp_path / "s") as fs:
-        fs.put(str(src), "/t")
-        monkeypatch.setattr(local_write, "write_files", write_files)
-        monkeypatch.setattr(client_module, "_write_local", write_local)
-        report = fs.get("/t", str(tmp_path / "out"))
+    report = _spied_get(tmp_path, monkeypatch, src,
+                        {"RESTORE_BATCH_FILES": 4, "RESTORE_SLICE_FILES": 4,
+                         "RESTORE_BATCH_BYTES": 8000},  # zbig streams alone
+                        {(local_write, "write_files"): write_files,
+                         (client_module, "_write_local"): write_local})
     assert overlapped == [True]
     assert len(streamed) == 1 and streamed[0].startswith("hutong-restore"), streamed
     assert (report.files, report.bytes) == (13, sum(len(f"{f}".encode() * 20)
@@ -270,15 +274,11 @@ def test_a_batchs_directories_are_not_made_behind_the_writes_of_the_one_before(
         if any(p.endswith("d11") for p in dirs):
             made_later.set()
 
-    monkeypatch.setattr(client_module, "RESTORE_WRITERS", 1)
-    monkeypatch.setattr(client_module, "RESTORE_DIRS_INLINE", 1)  # not on the main thread
-    monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 6)
-    monkeypatch.setattr(client_module, "RESTORE_SLICE_FILES", 6)
-    with Client.init(tmp_path / "s") as fs:
-        fs.put(str(src), "/t")
-        monkeypatch.setattr(local_write, "write_files", write_files)
-        monkeypatch.setattr(local_write, "make_dirs", make_dirs)
-        report = fs.get("/t", str(tmp_path / "out"))
+    report = _spied_get(tmp_path, monkeypatch, src,
+                        {"RESTORE_WRITERS": 1, "RESTORE_DIRS_INLINE": 1,  # not the main thread
+                         "RESTORE_BATCH_FILES": 6, "RESTORE_SLICE_FILES": 6},
+                        {(local_write, "write_files"): write_files,
+                         (local_write, "make_dirs"): make_dirs})
     assert waited == [True]
     assert (report.dirs, report.files) == (13, 12)
     for d in range(12):
@@ -300,11 +300,8 @@ def test_directories_are_made_ahead_off_the_thread_that_hands_the_files_over(
         threads.append(threading.current_thread().name)
         real(dirs)
 
-    monkeypatch.setattr(client_module, "RESTORE_BATCH_FILES", 5)  # 2 x 5 dirs: inline
-    with Client.init(tmp_path / "s") as fs:
-        fs.put(str(src), "/t")
-        monkeypatch.setattr(local_write, "make_dirs", make_dirs)
-        report = fs.get("/t", str(tmp_path / "out"))
+    report = _spied_get(tmp_path, monkeypatch, src, {"RESTORE_BATCH_FILES": 5},  # 10 dirs each
+                        {(local_write, "make_dirs"): make_dirs})
     assert (report.dirs, report.files) == (61, 30)
     assert len(threads) == 6 and all(t.startswith("hutong-plan") for t in threads), threads
     for d in range(30):
