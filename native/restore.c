@@ -95,10 +95,11 @@ link_fd(int fd, const char *dst, int *way)
 /* 0, or the errno of the first failing step; nothing of the file is left behind.
  *
  * The file is written unnamed (O_TMPFILE in its directory: the temporary name's) and
- * linked into place once complete: on ext4 a rename flushes the renamed file's data
- * (auto_da_alloc), which was three fifths of a small-file get's rename time and a
- * fifth of its system time. A path already there is replaced as before: linked under
- * the temporary name, renamed over it. Where unnamed files are not supported, or
+ * linked into place once complete: one directory entry made instead of two and one
+ * removed, and no name of a half-written file to clean up (4,000 new files of 6 KB
+ * on ext4: 0.20-0.24 s of system time written and renamed, 0.13-0.17 s linked). A
+ * path already there is replaced as before: linked under the temporary name, renamed
+ * over it (on ext4 that rename writes the file's data out first, auto_da_alloc). Where unnamed files are not supported, or
  * cannot be linked, the file is written under its temporary name (`*way` then
  * LINK_NONE for the rest of the call). */
 static int
