@@ -679,8 +679,8 @@ class Client:
         """Copy a namespace file or tree to a local path, keeping modes and times.
 
         If `local` is an existing directory the source goes inside it under its
-        own name. Each file is written under a temporary name and renamed into
-        place once complete and verified; small files are restored in batches
+        own name. Each file is written unnamed or under a temporary name and given
+        its own name only once complete and verified; small files are restored in batches
         whose chunks are read from the packs with few large reads. With
         `skip_damaged`, a file whose chunks cannot be read is left out (nothing of
         it is written) and named in the report's `damaged`; otherwise the first
