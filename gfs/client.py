@@ -22,7 +22,7 @@ import stat as statmod
 import sys
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -679,8 +679,8 @@ class Client:
         """Copy a namespace file or tree to a local path, keeping modes and times.
 
         If `local` is an existing directory the source goes inside it under its
-        own name. Each file is written under a temporary name and renamed into
-        place once complete and verified; small files are restored in batches
+        own name. Each file is written unnamed or under a temporary name and given
+        its own name only once complete and verified; small files are restored in batches
         whose chunks are read from the packs with few large reads. With
         `skip_damaged`, a file whose chunks cannot be read is left out (nothing of
         it is written) and named in the report's `damaged`; otherwise the first
@@ -739,7 +739,8 @@ class Client:
                  ns_of: Callable[[str], str]) -> None:
         """Carry out `batches` in order: directories made on entry and given their modes
         and times on leaving, symlinks made, files written. The chunks of each batch of
-        small files are read ahead on a thread (two batches ahead); big files stream."""
+        small files are read ahead on a thread (two batches ahead), the plan's entries
+        that make them on another; big files stream."""
         def fetch(b: list[_RestoreItem]) -> dict[bytes, bytes]:
             owners = {r.id: p for op, p, _, m in b if op == "file" and m is not None
                       for r in m.chunks}
@@ -758,78 +759,81 @@ class Client:
                     raise
                 return {}  # each file of the batch is then read alone, to find the bad ones
 
-        with ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch, \
-                ThreadPoolExecutor(RESTORE_WRITERS, thread_name_prefix="hutong-restore") as wr:
-            pending: deque[tuple[list[_RestoreItem], Future[dict[bytes, bytes]]]] = deque()
-            for b in batches:
-                pending.append((b, prefetch.submit(fetch, b)))
-                if len(pending) <= 2:
-                    continue
-                batch, fut = pending.popleft()
-                self._restore_batch(batch, fut.result(), report, progress,
-                                    skip_damaged=skip_damaged, writers=wr, ns_of=ns_of)
-            while pending:
-                batch, fut = pending.popleft()
-                self._restore_batch(batch, fut.result(), report, progress,
-                                    skip_damaged=skip_damaged, writers=wr, ns_of=ns_of)
+        def produce(planned: Future[list[_RestoreItem] | None],
+                    ) -> tuple[list[_RestoreItem], dict[bytes, bytes]] | None:
+            b = planned.result()
+            return None if b is None else (b, fetch(b))
 
-    def _restore_batch(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
-                       report: TransferReport, progress: Progress | None, *,
-                       skip_damaged: bool, writers: ThreadPoolExecutor,
-                       ns_of: Callable[[str], str]) -> None:
-        """Carry out one batch: directories and symlinks here, the small files' writes on
-        `writers` (file creation waits on the filesystem, not the CPU), and the
-        directories' modes and times once every file of the batch is written."""
-        written: list[Future[tuple[int, int]]] = []
-        leaving: list[tuple[str, Inode]] = []
-        try:
-            self._restore_items(batch, chunks, report, progress, skip_damaged=skip_damaged,
-                                writers=writers, written=written, leaving=leaving,
-                                ns_of=ns_of)
-        except BaseException:
-            futures.wait(written)  # no write outlives the batch
-            raise
-        first: BaseException | None = None
-        for fut in written:
+        # Each batch cut from the plan read back on one thread (so in order, and off the
+        # thread that hands the files over), its directories made there, on threads of
+        # their own (made by the thread handing the files over, it waited on every
+        # level of them), its chunks fetched on another thread (the plan's decoding
+        # runs while the fetch waits on the store's workers).
+        with ThreadPoolExecutor(RESTORE_WRITERS,
+                                thread_name_prefix="hutong-restore-dirs") as dir_makers, \
+                ThreadPoolExecutor(1, thread_name_prefix="hutong-plan") as planner, \
+                ThreadPoolExecutor(1, thread_name_prefix="hutong-prefetch") as prefetch, \
+                ThreadPoolExecutor(RESTORE_WRITERS, thread_name_prefix="hutong-restore") as wr:
+            def plan_next() -> list[_RestoreItem] | None:
+                # the directories a batch enters are in no directory an earlier batch
+                # leaves: made ahead, they change no time the restore has set
+                b = next(batches, None)
+                if b is not None:
+                    _make_dirs([p for op, p, _, _ in b if op == "mkdir"], dir_makers)
+                return b
+
+            def ahead_one() -> Future[tuple[list[_RestoreItem], dict[bytes, bytes]] | None]:
+                return prefetch.submit(produce, planner.submit(plan_next))
+
+            ahead = deque(ahead_one() for _ in range(2))  # two batches ahead
+            # the batch before: its writes (still running) and the directories it left
+            behind: _Handed = ([], [])
             try:
-                files, n = fut.result()
-            except BaseException as e:  # the first failure, once every write has ended
-                first = first or e
-                continue
-            report.files += files
-            report.bytes += n
-            if progress is not None:
-                progress(n)
-        if first is not None:
-            raise first
-        if leaving:
-            local_write.set_dir_attrs(leaving)
+                while (got := ahead.popleft().result()) is not None:
+                    ahead.append(ahead_one())
+                    handed: _Handed = ([], [])
+                    try:
+                        self._restore_items(*got, report, progress, skip_damaged=skip_damaged,
+                                            writers=wr, handed=handed, ns_of=ns_of)
+                        # the batch before is finished once this one is handed over: the
+                        # writers are not left idle while the main thread waits
+                        _finish(behind, report, progress)
+                    except BaseException:
+                        futures.wait(handed[0])  # no write outlives the get
+                        raise
+                    behind = handed
+                _finish(behind, report, progress)
+            except BaseException:
+                futures.wait(behind[0])
+                raise
+            finally:
+                for fut in ahead:
+                    fut.cancel()
 
     def _restore_items(self, batch: list[_RestoreItem], chunks: dict[bytes, bytes],
                        report: TransferReport, progress: Progress | None, *,
-                       skip_damaged: bool, writers: ThreadPoolExecutor,
-                       written: list[Future[tuple[int, int]]],
-                       leaving: list[tuple[str, Inode]],
+                       skip_damaged: bool, writers: ThreadPoolExecutor, handed: _Handed,
                        ns_of: Callable[[str], str]) -> None:
+        """Carry out one batch (its directories already made): symlinks here, the files'
+        writes handed to `writers` (file creation waits on the filesystem, not the CPU;
+        a big file streams there too), into `handed` with the directories the batch
+        leaves (given their modes and times once every write before them has ended)."""
+        written, leaving = handed
         pending: list[tuple[str, Inode, list[bytes]]] = []  # files for the next slice
-        dirs: list[str] = []  # directories to make before anything is written inside
+        report.dirs += sum(1 for op, _, _, _ in batch if op == "mkdir")
         for op, p, node, m in batch:
             if op == "mkdir":
-                dirs.append(p)
-                report.dirs += 1
                 continue
             if op == "dirattrs":
                 leaving.append((p, node))
                 continue
             if len(pending) >= RESTORE_SLICE_FILES:
-                _make_dirs(dirs, writers)
                 written.append(writers.submit(local_write.write_files, pending))
                 pending = []
             refs = m.chunks if m is not None else ()
             if op == "file" and (chunks or not refs):
                 pending.append((p, node, [chunks[r.id] for r in refs]))
                 continue
-            _make_dirs(dirs, writers)
             if op == "symlink":
                 if os.path.lexists(p):
                     os.unlink(p)
@@ -837,25 +841,35 @@ class Client:
                 os.utime(p, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
                 report.symlinks += 1
                 continue
-            data = ManifestReader(self.store.source, p, Manifest(0, refs)).blocks()
-            try:
-                n = _write_local(p, node, data)
-            except (CorruptChunkError, ChunkMissingError) as e:
-                gone = self._gone(e, node, ns_of(p)) if isinstance(e, ChunkMissingError) else e
-                if not skip_damaged:
-                    if gone is e:
-                        raise
-                    raise gone from e
-                log.error("not restored, damaged: %s", gone)
-                report.damaged.append(ns_of(p))
+            if node.size > RESTORE_BATCH_BYTES // 4:  # streamed alone, by a writer
+                written.append(writers.submit(self._stream, p, node, refs, report,
+                                              skip_damaged=skip_damaged, ns_of=ns_of))
                 continue
-            report.files += 1
-            report.bytes += n
-            if progress is not None:
-                progress(n)
-        _make_dirs(dirs, writers)
+            n = self._stream(p, node, refs, report, skip_damaged=skip_damaged, ns_of=ns_of)[1]
+            if n >= 0:
+                report.files += 1
+                report.bytes += n
+                if progress is not None:
+                    progress(n)
         if pending:
             written.append(writers.submit(local_write.write_files, pending))
+
+    def _stream(self, p: str, node: Inode, refs: Sequence[ChunkRef], report: TransferReport,
+                *, skip_damaged: bool, ns_of: Callable[[str], str]) -> tuple[int, int]:
+        """Write file `node` at `p`, its chunks read as it is written: (1, bytes), or
+        with `skip_damaged` (0, -1) for a damaged file (named in the report)."""
+        data = ManifestReader(self.store.source, p, Manifest(0, tuple(refs))).blocks()
+        try:
+            return 1, _write_local(p, node, data)
+        except (CorruptChunkError, ChunkMissingError) as e:
+            gone = self._gone(e, node, ns_of(p)) if isinstance(e, ChunkMissingError) else e
+            if not skip_damaged:
+                if gone is e:
+                    raise
+                raise gone from e
+            log.error("not restored, damaged: %s", gone)
+            report.damaged.append(ns_of(p))
+            return 0, -1
 
     # -- pinned versions, inodes and in-place edits ------------------------------------
     def manifest(self, path: str, *, version: int | None = None) -> Manifest:
@@ -1127,9 +1141,37 @@ RESTORE_DIRS_INLINE = 16
 RESTORE_DIRS_PER_CALL = 32
 
 
-def _make_dirs(dirs: list[str], writers: ThreadPoolExecutor) -> None:
+#: A batch handed to the writers: its writes' futures ((files, bytes) each) and the
+#: directories it leaves (local path, inode).
+_Handed = tuple[list[Future[tuple[int, int]]], list[tuple[str, "Inode"]]]
+
+
+def _finish(handed: _Handed, report: TransferReport, progress: Progress | None) -> None:
+    """Count a handed batch's writes once each has ended (the first failure raised after
+    all), then give the directories it left their modes and times."""
+    written, leaving = handed
+    first: BaseException | None = None
+    for fut in written:
+        try:
+            files, n = fut.result()
+        except BaseException as e:  # the first failure, once every write has ended
+            first = first or e
+            continue
+        if files:
+            report.files += files
+            report.bytes += n
+            if progress is not None:
+                progress(n)
+    if first is not None:
+        raise first
+    if leaving:
+        local_write.set_dir_attrs(leaving)
+
+
+def _make_dirs(dirs: list[str], makers: ThreadPoolExecutor) -> None:
     """Make `dirs` (a get's, parents first; emptied; one already a directory is kept)
-    on the writer threads, level by level so that each parent exists first: a mkdir
+    on the `makers` threads (not the writers: there they queued behind the writes),
+    level by level so that each parent exists first: a mkdir
     waited 0.3-0.5 ms on the shared disk, and made one by one they were a fifth of a
     small-file get's time. Each thread's share is one native call (no GIL handed over
     per mkdir); a few are made on the calling thread."""
@@ -1144,7 +1186,7 @@ def _make_dirs(dirs: list[str], writers: ThreadPoolExecutor) -> None:
     dirs.clear()
     for _, level in sorted(levels.items()):
         step = max(RESTORE_DIRS_PER_CALL, -(-len(level) // RESTORE_WRITERS))
-        made = [writers.submit(local_write.make_dirs, level[k:k + step])
+        made = [makers.submit(local_write.make_dirs, level[k:k + step])
                 for k in range(0, len(level), step)]
         futures.wait(made)
         for fut in made:

@@ -4,6 +4,7 @@ walk refuses conflicts before anything is written."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -14,8 +15,9 @@ import pytest
 
 from gfs import client as client_module
 from gfs import get_plan, local_write
-from gfs.client import Client
+from gfs.client import Client, TransferReport
 from gfs.errors import IsADirError
+from gfs.read.local import LocalSource
 
 
 def test_a_get_into_a_new_directory_walks_the_tree_once(
@@ -125,3 +127,182 @@ def test_many_directories_are_made_on_the_writer_threads_parents_first(
         for b in range(6):
             assert (tmp_path / "out" / f"a{a}" / f"b{b}" / "c" / "f").read_bytes() == \
                 f"{a}{b}".encode()
+
+
+def _spied_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, src: Path,
+               settings: dict[str, int], spies: dict[tuple[Any, str], Any],
+               ) -> TransferReport:
+    """`src` put in a new store at /t and got into tmp_path/out, with the client's
+    `settings` and, for the get only, each (object, name) of `spies` replaced."""
+    for name, value in settings.items():
+        monkeypatch.setattr(client_module, name, value)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        for (obj, name), spy in spies.items():
+            monkeypatch.setattr(obj, name, spy)
+        return fs.get("/t", str(tmp_path / "out"))
+
+
+def test_a_batch_makes_all_its_directories_before_any_file_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Directories made slice by slice queued behind the writes already handed to the
+    writer threads (and the get waited for them); a batch makes them all first."""
+    src = tmp_path / "src"
+    for d in range(40):  # a directory, then files inside: dirs and files interleave
+        (src / f"d{d:02}").mkdir(parents=True)
+        for f in range(3):
+            (src / f"d{d:02}" / f"f{f}").write_bytes(f"{d}/{f}".encode())
+    events: list[str] = []
+    real_make, real_write = local_write.make_dirs, local_write.write_files
+
+    def make_dirs(dirs: list[str]) -> None:
+        events.append("mkdir")
+        real_make(dirs)
+
+    def write_files(files: Any) -> tuple[int, int]:
+        events.append("write")
+        return real_write(files)
+
+    report = _spied_get(tmp_path, monkeypatch, src,
+                        {"RESTORE_SLICE_FILES": 4, "RESTORE_DIRS_INLINE": 2},
+                        {(local_write, "make_dirs"): make_dirs,
+                         (local_write, "write_files"): write_files})
+    assert (report.dirs, report.files) == (41, 120)
+    assert events.count("write") == 30  # slices of 4 files
+    assert "mkdir" not in events[events.index("write"):], events
+    for d in range(40):
+        for f in range(3):
+            assert (tmp_path / "out" / f"d{d:02}" / f"f{f}").read_bytes() == f"{d}/{f}".encode()
+
+
+def test_the_plan_is_read_back_on_a_thread_of_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's next entries are decoded neither on the thread that hands the files
+    over nor on the one that fetches their chunks (it waits on the store's workers)."""
+    src = tmp_path / "src"
+    for d in range(5):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(6):
+            (src / f"d{d}" / f"f{f}").write_bytes(f"{d}-{f}".encode() * 9)
+    threads: list[str] = []
+    fetching: set[str] = set()
+    real = get_plan._entry
+    real_many = LocalSource.get_many
+
+    def entry(ino: int, fields: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(ino, fields)
+
+    def get_many(self: LocalSource, cids: Any, **k: Any) -> dict[bytes, bytes]:
+        fetching.add(threading.current_thread().name)
+        return real_many(self, cids, **k)
+
+    report = _spied_get(tmp_path, monkeypatch, src, {"RESTORE_BATCH_FILES": 4},  # 8 batches
+                        {(get_plan, "_entry"): entry, (LocalSource, "get_many"): get_many})
+    assert (report.dirs, report.files) == (6, 30)
+    assert len(threads) == 1 + 2 * 5 + 30 + 1  # each entry, directories twice
+    assert all(t.startswith("hutong-plan") for t in threads), set(threads)
+    assert len(fetching) == 1 and fetching.isdisjoint(threads), fetching
+    for d in range(5):
+        for f in range(6):
+            assert (tmp_path / "out" / f"d{d}" / f"f{f}").read_bytes() == f"{d}-{f}".encode() * 9
+
+
+def test_a_batch_is_handed_to_the_writers_before_the_one_before_has_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main thread hands batch N+1 over while batch N is written (waiting for N
+    first left the writers idle while it read and cut N+1); a big file streams on a
+    writer thread, not the main one."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    for f in range(12):
+        (src / "a" / f"f{f:02}").write_bytes(f"{f}".encode() * 20)
+    big = os.urandom(6000)
+    (src / "a" / "zbig").write_bytes(big)
+    second = threading.Event()
+    overlapped: list[bool] = []
+    streamed: list[str] = []
+    real_write, real_local = local_write.write_files, client_module._write_local
+
+    calls = itertools.count()
+
+    def write_files(files: Any) -> tuple[int, int]:
+        if next(calls) == 0:
+            overlapped.append(second.wait(10))  # the first slice waits for the next batch's
+        else:
+            second.set()
+        return real_write(files)
+
+    def write_local(path: str, node: Any, data: Any) -> int:
+        streamed.append(threading.current_thread().name)
+        return real_local(path, node, data)
+
+    report = _spied_get(tmp_path, monkeypatch, src,
+                        {"RESTORE_BATCH_FILES": 4, "RESTORE_SLICE_FILES": 4,
+                         "RESTORE_BATCH_BYTES": 8000},  # zbig streams alone
+                        {(local_write, "write_files"): write_files,
+                         (client_module, "_write_local"): write_local})
+    assert overlapped == [True]
+    assert len(streamed) == 1 and streamed[0].startswith("hutong-restore"), streamed
+    assert (report.files, report.bytes) == (13, sum(len(f"{f}".encode() * 20)
+                                                    for f in range(12)) + len(big))
+    assert (tmp_path / "out" / "a" / "zbig").read_bytes() == big
+    for f in range(12):
+        assert (tmp_path / "out" / "a" / f"f{f:02}").read_bytes() == f"{f}".encode() * 20
+
+
+def test_a_batchs_directories_are_not_made_behind_the_writes_of_the_one_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one writer thread busy on batch N, batch N+1's directories are still made
+    (on threads of their own), so the get is not held until batch N is written."""
+    src = tmp_path / "src"
+    for d in range(12):
+        (src / f"d{d:02}").mkdir(parents=True)
+        (src / f"d{d:02}" / "f").write_bytes(f"{d}".encode())
+    made_later = threading.Event()
+    waited: list[bool] = []
+    calls = itertools.count()
+    real_write, real_make = local_write.write_files, local_write.make_dirs
+
+    def write_files(files: Any) -> tuple[int, int]:
+        if next(calls) == 0:  # batch 1's only slice waits for batch 2's directories
+            waited.append(made_later.wait(10))
+        return real_write(files)
+
+    def make_dirs(dirs: list[str]) -> None:
+        real_make(dirs)
+        if any(p.endswith("d11") for p in dirs):
+            made_later.set()
+
+    report = _spied_get(tmp_path, monkeypatch, src,
+                        {"RESTORE_WRITERS": 1, "RESTORE_DIRS_INLINE": 1,  # not the main thread
+                         "RESTORE_BATCH_FILES": 6, "RESTORE_SLICE_FILES": 6},
+                        {(local_write, "write_files"): write_files,
+                         (local_write, "make_dirs"): make_dirs})
+    assert waited == [True]
+    assert (report.dirs, report.files) == (13, 12)
+    for d in range(12):
+        assert (tmp_path / "out" / f"d{d:02}" / "f").read_bytes() == f"{d}".encode()
+
+
+def test_directories_are_made_ahead_off_the_thread_that_hands_the_files_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread cutting the plan into batches makes each batch's directories (a few
+    itself, many on the directory threads); the main thread never waits on a mkdir."""
+    src = tmp_path / "src"
+    for d in range(30):
+        (src / f"d{d:02}" / "e").mkdir(parents=True)
+        (src / f"d{d:02}" / "e" / "f").write_bytes(f"{d}".encode())
+    threads: list[str] = []
+    real = local_write.make_dirs
+
+    def make_dirs(dirs: list[str]) -> None:
+        threads.append(threading.current_thread().name)
+        real(dirs)
+
+    report = _spied_get(tmp_path, monkeypatch, src, {"RESTORE_BATCH_FILES": 5},  # 10 dirs each
+                        {(local_write, "make_dirs"): make_dirs})
+    assert (report.dirs, report.files) == (61, 30)
+    assert len(threads) == 6 and all(t.startswith("hutong-plan") for t in threads), threads
+    for d in range(30):
+        assert (tmp_path / "out" / f"d{d:02}" / "e" / "f").read_bytes() == f"{d}".encode()

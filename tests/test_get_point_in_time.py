@@ -145,7 +145,7 @@ def test_a_file_removed_and_collected_during_the_restore_is_reported_not_torn(
     with Client.init(tmp_path / "s") as fs:
         fs.put(str(src), "/t")
         fs.write_bytes("/t/d11/victim", os.urandom(300_000))  # its own chunks
-        real = Client._restore_batch
+        real = Client._restore_items
         calls: list[int] = []
 
         def hooked(self: Client, *a: Any, **k: Any) -> None:
@@ -156,7 +156,7 @@ def test_a_file_removed_and_collected_during_the_restore_is_reported_not_torn(
                 t.join()
             real(self, *a, **k)
 
-        monkeypatch.setattr(Client, "_restore_batch", hooked)
+        monkeypatch.setattr(Client, "_restore_items", hooked)
         if skip_damaged:
             report = fs.get("/t", str(out), skip_damaged=True)
             assert report.damaged == ["/t/d11/victim"]

@@ -5,6 +5,7 @@ unfolding members, and both forms read, pass fsck and gc together."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
@@ -19,6 +20,7 @@ from gfs.errors import CorruptChunkError
 from gfs.gc import collect
 from gfs.meta import Location, PackRecord
 from gfs.packs import pack_key
+from gfs.read.local import LocalSource
 from gfs.testing.faults import flip_byte
 from tests.test_group_blobs import _files, _members, _put
 
@@ -86,6 +88,31 @@ def test_folded_members_read_back(dfs: Client, tmp_path: Path) -> None:
     blob = dfs.store.read_blob(members[0])  # leaves the store whole
     assert parse_blob_header(blob).codec != CODEC_MEMBER
     assert decode_blob(blob, expect_id=members[0])
+
+
+def test_a_restore_batch_reads_its_groups_on_the_worker_threads(
+        dfs: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's groups are read (and decompressed) on the store's workers, together,
+    not one after another on the thread that fetches the batch."""
+    files = _files(120, 23)
+    monkeypatch.setattr(groups, "GROUP_BYTES", 64 << 10)  # several groups
+    _put(dfs, tmp_path / "src", files, "/s")
+    gids = set(_members(dfs).values())
+    assert len(gids) >= 3
+    dfs.store.source.close()  # no group cached
+    threads: list[tuple[str, bytes]] = []
+    real = LocalSource._group
+
+    def spy(self: LocalSource, cid: bytes) -> bytes:
+        threads.append((threading.current_thread().name, cid))
+        return real(self, cid)
+
+    monkeypatch.setattr(LocalSource, "_group", spy)
+    out = tmp_path / "out"
+    dfs.get("/s", out)
+    assert {cid for _, cid in threads} == gids and len(threads) == len(gids)
+    assert all(name.startswith("hutong_") for name, _ in threads), threads
+    assert all((out / n).read_bytes() == d for n, d in files.items())
 
 
 def test_a_folded_member_with_a_wrong_offset_is_refused(dfs: Client, tmp_path: Path) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
+import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -189,3 +192,45 @@ def test_tmp_names_make_no_system_call_and_a_forked_child_has_its_own(
     os.close(w)
     with os.fdopen(r, "rb") as f:
         assert f.read().decode().startswith(f".x.hutong-{pid}-")
+
+
+def _name_events(fd: int) -> list[tuple[str, str]]:
+    """The (event, name) pairs waiting on inotify descriptor `fd`."""
+    kinds = {0x100: "create", 0x40: "moved_from", 0x80: "moved_to"}
+    out, buf = [], b""
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            buf += os.read(fd, 65536)
+    while buf:
+        _, mask, _, n = struct.unpack_from("iIII", buf)
+        name = buf[16:16 + n].rstrip(b"\0").decode()
+        out.append((kinds.get(mask & 0x1C0, hex(mask)), name))
+        buf = buf[16 + n:]
+    return out
+
+
+def test_write_files_names_a_new_file_only_once_it_is_complete(tmp_path: Path) -> None:
+    """A new file is written unnamed and linked into place (a rename made ext4 flush
+    its data first): no temporary name appears; a file already there is still
+    replaced by a rename."""
+    from gfs import _native
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ino = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert ino >= 0
+    try:
+        (tmp_path / "c").write_bytes(b"old")
+        assert libc.inotify_add_watch(ino, os.fsencode(tmp_path), 0x100 | 0x40 | 0x80) >= 0
+        items = [(str(tmp_path / f".{n}.tmp"), str(tmp_path / n), [b"ab", memoryview(b"c")],
+                  0o444, 1_000_000_001, 2_000_000_002) for n in ("a", "b", "c")]
+        assert _native.write_files(items) == (3, 0)
+        events = _name_events(ino)
+    finally:
+        os.close(ino)
+    assert events == [("create", "a"), ("create", "b"), ("create", ".c.tmp"),
+                      ("moved_from", ".c.tmp"), ("moved_to", "c")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
+    for n in ("a", "b", "c"):
+        st = os.stat(tmp_path / n)
+        assert (tmp_path / n).read_bytes() == b"abc"
+        assert (st.st_mode & 0o7777, st.st_nlink, st.st_mtime_ns) == (0o444, 1, 2_000_000_002)

@@ -381,16 +381,21 @@ class LocalSource:
                                        [(cid, loc)]))
         out: dict[bytes, bytes] = {}
         bases = self.batch_reader()
+        # each group read once, through the group cache, on the worker threads with the
+        # spans (read one after another on the calling thread, the groups were half a
+        # release-series get's chunk fetching)
+        groups = {g: self.store.executor.submit(self._group, g)
+                  for g in dict.fromkeys(rec.group for rec in folded)}
         for results in self.store.executor.map(lambda s: self._fetch_span(s, bases), spans):
             for cid, data in results:
                 if data is None:
                     retry.append(cid)
                 else:
                     out[cid] = data
-        for rec in folded:  # each group read once, through the group cache
+        for rec in folded:
             try:
                 out[rec.id] = member_slice(rec.id, rec.raw_len, rec.group, rec.group_offset,
-                                           self._group(rec.group))
+                                           groups[rec.group].result())
             except (CorruptChunkError, ChunkMissingError, PoolError):
                 retry.append(rec.id)
         for cid in retry:  # counted once above; get counts its own reads too
