@@ -20,6 +20,7 @@ from gfs.errors import CorruptChunkError
 from gfs.gc import collect
 from gfs.meta import Location, PackRecord
 from gfs.packs import pack_key
+from gfs.read import local as local_read
 from gfs.read.local import LocalSource
 from gfs.testing.faults import flip_byte
 from tests.test_group_blobs import _files, _members, _put
@@ -113,6 +114,41 @@ def test_a_restore_batch_reads_its_groups_on_the_worker_threads(
     assert {cid for _, cid in threads} == gids and len(threads) == len(gids)
     assert all(name.startswith("hutong_") for name, _ in threads), threads
     assert all((out / n).read_bytes() == d for n, d in files.items())
+
+
+def test_a_restore_batch_holds_few_groups_at_once(
+        dfs: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's groups are read at most as many at a time as the store has threads,
+    each cut into its members and dropped before the next is read: a batch of 2,000
+    files can use 2,000 groups of up to 4 MiB (all read at once, a get of a tree
+    spread over 68 groups peaked at 215 MB against 123)."""
+    files = _files(200, 24)
+    monkeypatch.setattr(groups, "GROUP_BYTES", 16 << 10)  # many small groups
+    _put(dfs, tmp_path / "src", files, "/s")
+    gids = set(_members(dfs).values())
+    threads = dfs.store.config.threads
+    assert len(gids) > 3 * threads
+    dfs.store.source.close()  # no group cached
+    lock, read, cut, most = threading.Lock(), set(), set(), [0]
+    real_group, real_slice = LocalSource._group, local_read.member_slice
+
+    def group(self: LocalSource, cid: bytes) -> bytes:
+        with lock:  # groups read, and not yet being cut into members
+            read.add(cid)
+            most[0] = max(most[0], len(read - cut))
+        return real_group(self, cid)
+
+    def member(cid: bytes, raw_len: int, group: bytes, offset: int, raw: bytes) -> bytes:
+        with lock:
+            cut.add(group)
+        return real_slice(cid, raw_len, group, offset, raw)
+
+    monkeypatch.setattr(LocalSource, "_group", group)
+    monkeypatch.setattr(local_read, "member_slice", member)
+    out = tmp_path / "out"
+    dfs.get("/s", out)
+    assert all((out / n).read_bytes() == d for n, d in files.items())
+    assert 0 < most[0] <= threads, (most[0], threads)
 
 
 def test_a_folded_member_with_a_wrong_offset_is_refused(dfs: Client, tmp_path: Path) -> None:

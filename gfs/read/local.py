@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -381,25 +381,51 @@ class LocalSource:
                                        [(cid, loc)]))
         out: dict[bytes, bytes] = {}
         bases = self.batch_reader()
-        # each group read once, through the group cache, on the worker threads with the
-        # spans (read one after another on the calling thread, the groups were half a
-        # release-series get's chunk fetching)
-        groups = {g: self.store.executor.submit(self._group, g)
-                  for g in dict.fromkeys(rec.group for rec in folded)}
         for results in self.store.executor.map(lambda s: self._fetch_span(s, bases), spans):
             for cid, data in results:
                 if data is None:
                     retry.append(cid)
                 else:
                     out[cid] = data
-        for rec in folded:
-            try:
-                out[rec.id] = member_slice(rec.id, rec.raw_len, rec.group, rec.group_offset,
-                                           groups[rec.group].result())
-            except (CorruptChunkError, ChunkMissingError, PoolError):
-                retry.append(rec.id)
+        for cid, data in self._folded_members(folded):
+            if data is None:
+                retry.append(cid)
+            else:
+                out[cid] = data
         for cid in retry:  # counted once above; get counts its own reads too
             out[cid] = self.get(cid, path=path_of(cid) if path_of else "")
+        return out
+
+    def _folded_members(self, folded: list[ChunkRecord]
+                        ) -> Iterator[tuple[bytes, bytes | None]]:
+        """(id, raw bytes or None: unreadable) of folded members, their groups read
+        each once through the group cache on the worker threads, as many groups at a
+        time as the store has threads, each cut into its members by the thread that read it and
+        dropped (read one after another on the fetching thread, the groups were half a
+        release-series get's chunk fetching; all of a batch's groups at once held them
+        all: 2,000 files can use 2,000 groups of up to 4 MiB)."""
+        by_group: dict[bytes, list[ChunkRecord]] = defaultdict(list)
+        for rec in folded:
+            by_group[rec.group].append(rec)
+        work = list(by_group.values())
+        step = max(self.store.config.threads, 1)
+        for i in range(0, len(work), step):
+            for members in self.store.executor.map(self._cut_group, work[i:i + step]):
+                yield from members
+
+    def _cut_group(self, recs: list[ChunkRecord]) -> list[tuple[bytes, bytes | None]]:
+        """Members `recs` of one group, cut from it (None: unreadable)."""
+        try:
+            raw = self._group(recs[0].group)
+        except (CorruptChunkError, ChunkMissingError, PoolError):
+            return [(rec.id, None) for rec in recs]
+        out: list[tuple[bytes, bytes | None]] = []
+        for rec in recs:
+            try:
+                out.append((rec.id, member_slice(rec.id, rec.raw_len, rec.group,
+                                                 rec.group_offset, raw)))
+            except (CorruptChunkError, ChunkMissingError, PoolError):
+                out.append((rec.id, None))
         return out
 
     def _fetch_span(self, span: _Span, bases: BaseReader) -> list[tuple[bytes, bytes | None]]:
