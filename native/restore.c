@@ -40,6 +40,37 @@ write_all(int fd, const char *p, size_t left)
     return 0;
 }
 
+/* open, linkat and rename, again while a signal interrupts them (NFS, FUSE). */
+static int
+open_retry(const char *path, int flags, mode_t mode)
+{
+    int fd;
+    do
+        fd = open(path, flags, mode);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+static int
+linkat_retry(int olddir, const char *old, int newdir, const char *new, int flags)
+{
+    int r;
+    do
+        r = linkat(olddir, old, newdir, new, flags);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
+static int
+rename_retry(const char *old, const char *new)
+{
+    int r;
+    do
+        r = rename(old, new);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
 /* Write the blocks, then the mode and times, to `fd`: 0 or an errno. */
 static int
 fill(int fd, const file_item *it)
@@ -58,13 +89,13 @@ static int
 write_named(const file_item *it)
 {
     const char *tmp = PyBytes_AS_STRING(it->tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int fd = open_retry(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
         return errno;
     int err = fill(fd, it);
     if (close(fd) < 0 && !err)
         err = errno;
-    if (!err && rename(tmp, PyBytes_AS_STRING(it->path)) < 0)
+    if (!err && rename_retry(tmp, PyBytes_AS_STRING(it->path)) < 0)
         err = errno;
     if (err)
         unlink(tmp);
@@ -79,7 +110,7 @@ static int
 link_fd(int fd, const char *dst, int *way)
 {
     if (*way == LINK_EMPTY_PATH) {
-        if (linkat(fd, "", AT_FDCWD, dst, AT_EMPTY_PATH) == 0)
+        if (linkat_retry(fd, "", AT_FDCWD, dst, AT_EMPTY_PATH) == 0)
             return 0;
         if (errno != EPERM && errno != ENOENT && errno != EINVAL)
             return errno;
@@ -87,7 +118,7 @@ link_fd(int fd, const char *dst, int *way)
     }
     char proc[64];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-    if (linkat(AT_FDCWD, proc, AT_FDCWD, dst, AT_SYMLINK_FOLLOW) == 0)
+    if (linkat_retry(AT_FDCWD, proc, AT_FDCWD, dst, AT_SYMLINK_FOLLOW) == 0)
         return 0;
     return errno;
 }
@@ -114,7 +145,7 @@ write_one(const file_item *it, int *way)
         return write_named(it);
     memcpy(dir, slash == NULL ? "." : tmp, len);
     dir[len] = 0;
-    int fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    int fd = open_retry(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
     if (fd < 0) {
         if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
             return errno;
@@ -122,27 +153,41 @@ write_one(const file_item *it, int *way)
         return write_named(it);
     }
     int err = fill(fd, it);
-    if (!err) {
-        err = link_fd(fd, PyBytes_AS_STRING(it->path), way);
-        if (err == EEXIST) {  /* replaced as a named temporary file is */
-            err = link_fd(fd, tmp, way);
-            if (!err && rename(tmp, PyBytes_AS_STRING(it->path)) < 0) {
-                err = errno;
-                unlink(tmp);
-            }
-        }
-        else if (err) {
-            /* not linked (no /proc for a process without CAP_DAC_READ_SEARCH says ENOENT
-             * too): written under its temporary name, which fails as it should where
-             * the directory itself is the trouble */
-            close(fd);
-            *way = LINK_NONE;
-            return write_named(it);
-        }
+    const char *path = PyBytes_AS_STRING(it->path);
+    if (err) {
+        close(fd);
+        return err;
     }
-    if (close(fd) < 0 && !err)
-        err = errno;
-    return err;
+    err = link_fd(fd, path, way);
+    if (!err) {  /* named: a close that fails takes the name back */
+        if (close(fd) < 0) {
+            err = errno;
+            unlink(path);
+        }
+        return err;
+    }
+    if (err == EEXIST) {  /* replaced as a named temporary file is: closed, then renamed */
+        err = link_fd(fd, tmp, way);
+        if (close(fd) < 0 && !err) {
+            err = errno;
+            unlink(tmp);
+            return err;
+        }
+        if (!err && rename_retry(tmp, path) < 0) {
+            err = errno;
+            unlink(tmp);
+        }
+        return err;
+    }
+    close(fd);
+    if (err == EPERM || err == ENOENT || err == EINVAL || err == EOPNOTSUPP) {
+        /* an unnamed file cannot be linked here (without /proc, a process lacking
+         * CAP_DAC_READ_SEARCH gets ENOENT): written under its temporary name, which
+         * fails as it should where the directory itself is the trouble */
+        *way = LINK_NONE;
+        return write_named(it);
+    }
+    return err;  /* EIO, ENOSPC, EMLINK...: the file's own error */
 }
 
 static void
