@@ -777,6 +777,8 @@ class Client:
             def plan_next() -> list[_RestoreItem] | None:
                 # the directories a batch enters are in no directory an earlier batch
                 # leaves: made ahead, they change no time the restore has set
+                if stopped.is_set():  # the get failed: nothing more made for it
+                    return None
                 b = next(batches, None)
                 if b is not None:
                     _make_dirs([p for op, p, _, _ in b if op == "mkdir"], dir_makers)
@@ -785,6 +787,7 @@ class Client:
             def ahead_one() -> Future[tuple[list[_RestoreItem], dict[bytes, bytes]] | None]:
                 return prefetch.submit(produce, planner.submit(plan_next))
 
+            stopped = threading.Event()
             ahead = deque(ahead_one() for _ in range(2))  # two batches ahead
             # the batch before: its writes (still running) and the directories it left
             behind: _Handed = ([], [])
@@ -799,14 +802,17 @@ class Client:
                         # writers are not left idle while the main thread waits
                         _finish(behind, report, progress)
                     except BaseException:
+                        stopped.set()
                         futures.wait(handed[0])  # no write outlives the get
                         raise
                     behind = handed
                 _finish(behind, report, progress)
             except BaseException:
+                stopped.set()
                 futures.wait(behind[0])
                 raise
             finally:
+                stopped.set()  # batches planned but not yet begun make no directories
                 for fut in ahead:
                     fut.cancel()
 

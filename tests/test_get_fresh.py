@@ -4,6 +4,7 @@ walk refuses conflicts before anything is written."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import threading
@@ -306,3 +307,47 @@ def test_directories_are_made_ahead_off_the_thread_that_hands_the_files_over(
     assert len(threads) == 6 and all(t.startswith("hutong-plan") for t in threads), threads
     for d in range(30):
         assert (tmp_path / "out" / f"d{d:02}" / "e" / "f").read_bytes() == f"{d}".encode()
+
+
+def test_a_failed_get_makes_no_directories_of_batches_not_yet_begun(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches are cut from the plan, and their directories made, ahead of the writes;
+    once the get has failed, the batches queued but not yet begun make nothing (the one
+    being cut at that instant finishes). Here the first write fails; the get learns it
+    once it has handed over the second batch; the third is being cut then (held until
+    the get has failed): no fourth batch is cut, no directory of it made."""
+    src = tmp_path / "src"
+    for d in range(40):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for f in range(4):
+            (src / f"d{d:02}" / f"f{f}").write_bytes(f"{d}/{f}".encode())
+    cut: list[int] = []
+    failed = threading.Event()
+
+    def write_files(files: Any) -> tuple[int, int]:
+        raise OSError(errno.EIO, "injected", files[0][0])
+
+    def held_batches(*args: Any, **kwargs: Any) -> Any:
+        for n, b in enumerate(real_batches(*args, **kwargs), 1):
+            if n >= 3:  # cut after the get has failed (or after 5 s)
+                failed.wait(5)
+            cut.append(n)
+            yield b
+
+    real_batches, real_finish = client_module._restore_batches, client_module._finish
+
+    def finish(*args: Any) -> None:
+        try:
+            real_finish(*args)
+        except BaseException:  # the cut goes on a moment after the get has failed
+            threading.Timer(0.2, failed.set).start()
+            raise
+
+    with pytest.raises(OSError, match="injected"):
+        _spied_get(tmp_path, monkeypatch, src,
+                   {"RESTORE_BATCH_FILES": 4, "RESTORE_SLICE_FILES": 4},
+                   {(local_write, "write_files"): write_files,
+                    (client_module, "_restore_batches"): held_batches,
+                    (client_module, "_finish"): finish})
+    assert cut == [1, 2, 3], cut
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["d00", "d01", "d02"]
