@@ -88,10 +88,15 @@ def walk_ns(txn: ReadTxn, top: Inode, dest: str) -> Iterator[tuple[bool, str, In
             stack.append(_Level(kp, kid))
 
 
-def check_local(path: str, node: Inode) -> None:
+def check_local(path: str, node: Inode, *, below: bool = True) -> None:
     """Refuse to restore `node` at local `path` when what is there cannot be replaced
-    (a directory by a non-directory, or a non-directory by a directory)."""
+    (a directory by a non-directory, or a non-directory by a directory), or when a
+    directory `below` the destination is a symbolic link there: the get would write
+    through it, outside the destination (the destination itself may be a link)."""
     if node.kind == Kind.DIR:
+        if below and os.path.islink(path):
+            raise NotADirError(path, "local path is a symbolic link; a get does not "
+                                     "write through links below its destination")
         if os.path.lexists(path) and not os.path.isdir(path):
             raise NotADirError(path, "local path exists and is not a directory")
     elif os.path.isdir(path) and not os.path.islink(path):
@@ -162,7 +167,7 @@ class GetPlan:
         buffer, chunks = self._buffer, 0
         for leaving, p, node in walk_ns(txn, top, dest):
             if check and not leaving:
-                check_local(p, node)
+                check_local(p, node, below=p != dest)
             m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
             buffer.append((leaving, p[cut:], node.ino, _fields(node, m)))
             self.rows += 1

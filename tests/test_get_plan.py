@@ -134,3 +134,25 @@ def test_a_plan_block_is_bounded_by_chunks_as_well_as_entries(
     # a block is cut once it holds 8 chunks: at most 7 + one file's chunks each
     assert len(blocks) >= -(-sum(per_file) // (7 + max(per_file))) >= 3
     assert got == [(False, "out"), *((False, f"f{i}") for i in range(6)), (True, "out")]
+
+
+def test_a_get_does_not_write_through_a_link_below_its_destination(tmp_path: Path) -> None:
+    """A symbolic link in the destination where the namespace has a directory is
+    refused before anything is written (followed, the get wrote outside the
+    destination); the destination itself may be a link."""
+    src, elsewhere, out = tmp_path / "src", tmp_path / "elsewhere", tmp_path / "out"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"x")
+    (src / "g").write_bytes(b"y")
+    elsewhere.mkdir()
+    (out / "t").mkdir(parents=True)
+    (out / "t" / "d").symlink_to(elsewhere)
+    with Client.init(tmp_path / "s") as fs:
+        fs.put(str(src), "/t")
+        with pytest.raises(NotADirectoryError, match="symbolic link"):
+            fs.get("/t", str(out))  # into out/t
+        assert os.listdir(elsewhere) == [] and os.listdir(out / "t") == ["d"]
+        (tmp_path / "root").mkdir()
+        (tmp_path / "via").symlink_to(tmp_path / "root")
+        fs.get("/", str(tmp_path / "via"))  # the destination itself is a link
+        assert (tmp_path / "root" / "t" / "d" / "f").read_bytes() == b"x"
