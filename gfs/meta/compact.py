@@ -57,8 +57,8 @@ MIN_FREE = 0.1
 _BATCH = 20000
 #: Rows appended between two ticks of the maps' trimmers (a row is at most about a page:
 #: ~1 MiB of either map between ticks). One tick per commit of _BATCH rows let the
-#: close of a put of 10^5 files hold 22 MiB of the source map (peak RSS 73 MiB; the
-#: put itself, 53).
+#: close of a put of 10^5 files hold 22 MiB of the source map (the put's peak RSS in
+#: the scale bench: 73 MiB, 56 with these ticks).
 _TICK_ROWS = 256
 _MAX_DBS = 64
 
