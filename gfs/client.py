@@ -808,11 +808,10 @@ class Client:
                     behind = handed
                 _finish(behind, report, progress)
             except BaseException:
-                stopped.set()
+                stopped.set()  # batches planned but not yet begun make no directories
                 futures.wait(behind[0])
                 raise
             finally:
-                stopped.set()  # batches planned but not yet begun make no directories
                 for fut in ahead:
                     fut.cancel()
 

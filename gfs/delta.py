@@ -276,7 +276,7 @@ class DeltaPlanner:
         if base is None:
             for key in keys:
                 self._local[key] = (cid, piece)
-            self._keys_of[cid] = keys
+            self._keys_of.setdefault(cid, []).extend(keys)  # all its keys, if planned twice
             return self._small(piece, keys)
         return Plan(keys, base)
 

@@ -2,8 +2,9 @@
  *
  * Each file is written whole, unnamed, in its directory (or under a temporary name
  * there), given its mode and times, and only then given its name (linked, or
- * renamed into place), as gfs.client's _write_local does one file at a time. Writing a batch per call avoids handing
- * the GIL over and back around each of the six system calls of every file. */
+ * renamed into place), as gfs.client's _write_local does one file at a time. Writing
+ * a batch per call avoids handing the GIL over and back around each of the six
+ * system calls of every file. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -130,9 +131,9 @@ link_fd(int fd, const char *dst, int *way)
  * removed, and no name of a half-written file to clean up (4,000 new files of 6 KB
  * on ext4: 0.20-0.24 s of system time written and renamed, 0.13-0.17 s linked). A
  * path already there is replaced as before: linked under the temporary name, renamed
- * over it (on ext4 that rename writes the file's data out first, auto_da_alloc). Where unnamed files are not supported, or
- * cannot be linked, the file is written under its temporary name (`*way` then
- * LINK_NONE for the rest of the call). */
+ * over it (on ext4 that rename writes the file's data out first, auto_da_alloc).
+ * Where unnamed files are not supported, or cannot be linked, the file is written
+ * under its temporary name (`*way` then LINK_NONE for the rest of the call). */
 static int
 write_one(const file_item *it, int *way)
 {
