@@ -25,7 +25,8 @@ SHIM = r"""
 #include <string.h>
 #include <unistd.h>
 
-/* linkat fails with EIO for names holding SHIM_LINK_EIO; after a link to a name
+/* linkat fails with EIO for names holding SHIM_LINK_EIO, with EPERM for names
+   holding SHIM_LINK_EPERM; after a link to a name
    holding SHIM_CLOSE_EIO, the next close closes and then says EIO */
 static int armed;
 
@@ -33,7 +34,9 @@ int linkat(int od, const char *o, int nd, const char *n, int fl) {
     static int (*real)(int, const char *, int, const char *, int);
     if (!real) real = dlsym(RTLD_NEXT, "linkat");
     const char *bad = getenv("SHIM_LINK_EIO"), *late = getenv("SHIM_CLOSE_EIO");
+    const char *refused = getenv("SHIM_LINK_EPERM");
     if (bad && strstr(n, bad)) { errno = EIO; return -1; }
+    if (refused && strstr(n, refused)) { errno = EPERM; return -1; }
     int r = real(od, o, nd, n, fl);
     if (r == 0 && late && strstr(n, late)) armed = 1;
     return r;
@@ -104,3 +107,13 @@ def test_a_close_that_fails_before_a_replace_keeps_the_copy_there(
     (out / "victim").write_bytes(b"old copy")
     assert _write(shim, out, SHIM_CLOSE_EIO="victim") == "1 EIO ['a', 'victim']"
     assert (out / "victim").read_bytes() == b"old copy"
+
+
+def test_a_file_that_cannot_be_linked_here_is_written_under_its_temporary_name(
+        shim: Path, tmp_path: Path) -> None:
+    """EPERM from both ways of linking an unnamed file (no /proc, no privilege) is not
+    the file's fault: it and the files after it go under a temporary name, renamed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _write(shim, out, SHIM_LINK_EPERM="victim") == "3 0 ['a', 'victim', 'z']"
+    assert (out / "victim").read_bytes() == b"victim" * 3
