@@ -106,7 +106,7 @@ class MapTrimmer:
 
     def _used(self) -> int:
         """Bytes of the environment's file in use (LMDB's own figures: no system call)."""
-        return (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+        return int((self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"])
 
     def trim(self) -> None:
         """Drop the map's resident pages from this process now (unless the whole file
