@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
@@ -966,8 +966,13 @@ class WriteSession:
         self._flush_pack()
         if not batch.files and not self._flushed:
             return
+        from itertools import chain
+        from operator import attrgetter
+
+        from gfs.meta.records import chunk_record
+
         now = time.time_ns()
-        walks = batch.walks
+        walks, files, ref_id = batch.walks, batch.files, attrgetter("id")
 
         def apply(txn: WriteTxn) -> None:  # run again on a lost conflict: derives all from txn
             live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
@@ -1000,8 +1005,8 @@ class WriteSession:
                 elif cid in present:
                     continue  # committed meanwhile by another writer: our blob is dead
                 else:
-                    records[cid] = ChunkRecord(cid, nc.raw_len, nc.stored_len, nc.codec, 0,
-                                               (location,))
+                    records[cid] = chunk_record(cid, nc.raw_len, nc.stored_len, nc.codec, 0,
+                                                (location,))
                     if cid in self._delta_meta:
                         recorded[cid] = self._delta_meta[cid]
                 counters = live[nc.pack]
@@ -1020,11 +1025,12 @@ class WriteSession:
                                         n, nbytes, created))
             deltas: Counter[bytes] = Counter()
             with namespace.versions_coalesced(txn):
-                for refs, action in batch.files:
+                for refs, action in files:
                     old = action(txn, refs)
-                    deltas.update(r.id for r in refs)
                     if old is not None:
                         deltas.subtract(r.id for r in old.chunks)
+            # the files' references counted in one pass, not one Counter.update a file
+            deltas.update(map(ref_id, chain.from_iterable(refs for refs, _ in files)))
             deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base
             deltas.update(pins)
             if batch.dict_added is not None:
@@ -1093,15 +1099,18 @@ def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],
     referenced chunk without a record, means the index is damaged: the FormatError
     aborts the transaction, so nothing changes.
     """
+    from gfs.meta.records import with_refcount  # (a record per new chunk: not replace)
+
     rest = deltas
     if fresh:
         rest = Counter({cid: n for cid, n in deltas.items() if cid not in fresh})
+        put, get = txn.put_chunk, deltas.get
         for cid, rec in fresh.items():
-            count = rec.refcount + deltas.get(cid, 0)
+            count = rec.refcount + get(cid, 0)
             if count < 0:
                 raise MetadataDamagedError(f"chunk {cid.hex()}: refcount would fall below zero; "
                                            "run `hutong fsck`")
-            txn.put_chunk(rec if count == rec.refcount else replace(rec, refcount=count))
+            put(rec if count == rec.refcount else with_refcount(rec, count))
     txn.add_refcounts(rest)
 
 

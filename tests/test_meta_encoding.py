@@ -609,3 +609,25 @@ def test_new_inode_is_the_dataclass_constructor(node: Inode) -> None:
     assert enc.encode_inode(made) == enc.encode_inode(node)
     with pytest.raises(FrozenInstanceError):
         made.size = 1  # type: ignore[misc]
+
+
+@given(chunks, st.integers(0, 1 << 40))
+def test_chunk_record_and_with_refcount_are_the_dataclass(rec: ChunkRecord, count: int) -> None:
+    """`chunk_record` and `with_refcount` (the commit's fast record builders) make the
+    same frozen, hashable record as the constructor and `dataclasses.replace`."""
+    from dataclasses import FrozenInstanceError, astuple
+
+    from gfs.meta.records import chunk_record, with_refcount
+
+    made = chunk_record(*astuple(rec)[:5], rec.locations, rec.group, rec.group_offset)
+    assert made == rec and hash(made) == hash(rec) and repr(made) == repr(rec)
+    assert enc.encode_chunk(made) == enc.encode_chunk(rec)
+    short = chunk_record(rec.id, rec.raw_len, rec.stored_len, rec.codec, rec.refcount,
+                         rec.locations)
+    assert short == ChunkRecord(rec.id, rec.raw_len, rec.stored_len, rec.codec, rec.refcount,
+                                rec.locations)
+    counted = with_refcount(rec, count)
+    assert counted == replace(rec, refcount=count)
+    assert hash(counted) == hash(replace(rec, refcount=count))
+    with pytest.raises(FrozenInstanceError):
+        made.refcount = 1  # type: ignore[misc]
