@@ -791,14 +791,19 @@ class WriteSession:
         """Note the members of `group` as folded records, to commit with the group
         (its blob goes to the pack like any chunk's); each keeps its index keys, as
         a base of later deltas."""
-        self.stats.groups += 1
-        for rec in group.records():
-            self._new[rec.id] = _NewChunk(b"", 0, 0, rec.raw_len, 0, CODEC_MEMBER, rec)
-            if keys.get(rec.id):
-                self._delta_meta[rec.id] = (None, keys[rec.id])
-            self.stats.group_members += 1
-            self.stats.new_chunks += 1
-            self.stats.new_raw_bytes += rec.raw_len
+        new, meta, raw = self._new, self._delta_meta, 0
+        records = group.records()
+        for rec in records:  # (a group holds hundreds: the stats are added once)
+            cid = rec.id
+            new[cid] = _NewChunk(b"", 0, 0, rec.raw_len, 0, CODEC_MEMBER, rec)
+            if found := keys.get(cid):
+                meta[cid] = (None, found)
+            raw += rec.raw_len
+        stats = self.stats
+        stats.groups += 1
+        stats.group_members += len(records)
+        stats.new_chunks += len(records)
+        stats.new_raw_bytes += raw
     def _start_pack(self) -> PackBuilder:
         """The pack new blobs go to: the tail's, if it can be continued, else a new one."""
         if self._tail is not None:
