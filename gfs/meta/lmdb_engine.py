@@ -347,7 +347,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         #: allocates one per file and directory)
         self._next_ino: int | None = None
         #: `_next_ino` is not written yet: it is, once, before anything reads the meta
-        #: table and at commit (`finish`), not once per allocation (a meta row put per
+        #: table and at commit (`_finish`), not once per allocation (a meta row put per
         #: file and directory of a put's commit)
         self._ino_due = False
         #: inodes allocated here that no manifest was put for yet: the first
@@ -377,7 +377,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
         self._kids[ino] = {}
         return ino
 
-    def finish(self) -> None:
+    def _finish(self) -> None:
         """Write what this transaction keeps in memory (the next inode number): before
         it commits, and before the meta table is read."""
         if self._ino_due:
@@ -386,7 +386,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
             self._ino_due = False
 
     def get_meta(self, key: str) -> bytes | None:
-        self.finish()
+        self._finish()
         return super().get_meta(key)
 
     def put_inode(self, inode: Inode) -> None:
@@ -571,7 +571,7 @@ class _WriteCtx:
             if exc_type is None:
                 try:
                     if w is not None:
-                        w.finish()
+                        w._finish()
                         w._txn.flush()
                 except BaseException:
                     txn.abort()
