@@ -1035,7 +1035,7 @@ class WriteSession:
                     if old is not None:
                         deltas.subtract(r.id for r in old.chunks)
             # the files' references counted in one pass, not one Counter.update a file
-            deltas.update(map(ref_id, chain.from_iterable(refs for refs, _ in files)))
+            deltas.update(map(ref_id, chain.from_iterable([refs for refs, _ in files])))
             deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base
             deltas.update(pins)
             if batch.dict_added is not None:

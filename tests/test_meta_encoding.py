@@ -482,6 +482,10 @@ def test_dirent_value_is_the_shortest_big_endian_ino(ino: int) -> None:
 
 def test_golden_dirent_value_and_damage() -> None:
     assert enc.encode_dirent_ino(0x1E240) == bytes.fromhex("01e240")  # 3 bytes, was 8
+    edges = ((0, "00"), (1, "01"), (0xFF, "ff"), (0x100, "0100"), (0xFFFF, "ffff"),
+             (0x10000, "010000"), (0xFFFFFF, "ffffff"), (0x1000000, "01000000"))
+    for ino, want in edges:  # those of the shortcut for numbers below 2**24
+        assert enc.encode_dirent_ino(ino) == bytes.fromhex(want)
     assert enc.encode_dirent_ino(0) == b"\x00"
     for bad in (b"", b"\x01" * 9):
         with pytest.raises(FormatError, match="directory entry value"):
