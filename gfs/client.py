@@ -1259,10 +1259,6 @@ class _Dirs(dict[tuple[str, ...], int]):
         return node
 
 
-def _parent(txn: WriteTxn, dirs: _Dirs, rel: tuple[str, ...] | None) -> Inode:
-    return dirs.parent(txn, rel)
-
-
 def _ensure_dir_action(ns: str, dirs: _Dirs) -> Action:
     """Make directory `ns` and its missing parents; record it as the put's top."""
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
@@ -1277,7 +1273,7 @@ def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Action:
     when it is left (a third of a small-file put's inode writes). One that exists is
     kept as it is until then."""
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
-        parent = _parent(txn, dirs, rel[:-1])
+        parent = dirs.parent(txn, rel[:-1])
         try:
             node = namespace.mkdir_in(txn, parent, rel[-1], st.st_mode, uid=st.st_uid,
                                       gid=st.st_gid, touch=False, atime_ns=st.st_atime_ns,
@@ -1307,7 +1303,7 @@ def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Acti
 def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, target: str,
                     st: _LocalStat) -> Action:
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
-        parent = _parent(txn, dirs, parent_rel)
+        parent = dirs.parent(txn, parent_rel)
         replaced = None
         if namespace.child(txn, parent, name) is not None:
             # conflicts with directories were refused before writing
@@ -1321,7 +1317,7 @@ def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, 
 def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
                  st: _LocalStat) -> Action:
     def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
-        return namespace.write_file_in(txn, _parent(txn, dirs, parent_rel), name, refs,
+        return namespace.write_file_in(txn, dirs.parent(txn, parent_rel), name, refs,
                                        mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
                                        mtime_ns=st.st_mtime_ns, touch=False)
     return action

@@ -74,9 +74,10 @@ class Group:
     def records(self) -> list[ChunkRecord]:
         """The folded member records of the members (refcount 0: the caller adds the
         references)."""
-        from gfs.meta import ChunkRecord
+        from gfs.meta.records import chunk_record  # (one per member: no dataclass init)
 
-        return [ChunkRecord(cid, raw_len, 0, CODEC_MEMBER, 0, (), self.id, at)
+        gid = self.id
+        return [chunk_record(cid, raw_len, 0, CODEC_MEMBER, 0, (), gid, at)
                 for cid, raw_len, at in self.members]
 
 

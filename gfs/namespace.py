@@ -291,27 +291,35 @@ def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef],
                   mtime_ns: int | None = None, touch: bool = True,
                   path: str = "") -> Manifest | None:
     """`write_file` of entry `name` in directory `parent` (`touch`: update its mtime)."""
-    existing = child(txn, parent, name)
-    if existing is not None and existing.kind == Kind.DIR:
-        raise IsADirError(path or name)
-    if existing is not None and existing.kind == Kind.FILE:
-        return write_content(txn, inode_with(
-            existing, mode=existing.mode if mode is None else mode & 0o7777,
-            uid=existing.uid if uid is None else uid,
-            gid=existing.gid if gid is None else gid), refs, mtime_ns=mtime_ns)
-    now = now_ns()
-    if existing is not None:  # a symlink or special file: replaced by the file
+    pino = parent.ino
+    found = txn.lookup(pino, name)
+    if found is not None:
+        existing = get(txn, found)
+        if existing.kind == Kind.DIR:
+            raise IsADirError(path or name)
+        if existing.kind == Kind.FILE:
+            return write_content(txn, inode_with(
+                existing, mode=existing.mode if mode is None else mode & 0o7777,
+                uid=existing.uid if uid is None else uid,
+                gid=existing.gid if gid is None else gid), refs, mtime_ns=mtime_ns)
+    now = time.time_ns()
+    if found is not None:  # a symlink or special file: replaced by the file
         _drop_link(txn, existing, now)
-    node = _new_inode(txn, parent.ino, Kind.FILE, DEFAULT_FILE_MODE if mode is None else mode,
-                      now, uid, gid, mtime_ns=mtime_ns, size=sum(r.length for r in refs),
-                      version=1)
-    txn.link(parent.ino, name, node.ino)
+    # a new file: what `_new_inode` does, called straight (a put makes one a file)
+    size = 0
+    for r in refs:
+        size += r.length
+    node = new_inode(txn.alloc_ino(), pino, Kind.FILE,
+                     (DEFAULT_FILE_MODE if mode is None else mode) & 0o7777,
+                     _UID if uid is None else uid, _GID if gid is None else gid, size, now,
+                     now if mtime_ns is None else mtime_ns, now, 1, "", 1, 0)
+    txn.link(pino, name, node.ino)
     if touch:
         _touch_dir(txn, parent, now)
     else:
-        entries_changed(txn, parent.ino)
+        entries_changed(txn, pino)
     txn.put_inode(node)
-    txn.put_manifest(node.ino, Manifest(node.version, tuple(refs)))
+    txn.put_manifest(node.ino, Manifest(1, tuple(refs)))
     return None
 
 
@@ -341,24 +349,29 @@ def mkdir_in(txn: WriteTxn, parent: Inode, name: str, mode: int = DEFAULT_DIR_MO
     """Create directory `name` in `parent`; an existing directory is returned (unchanged)
     if `exist_ok`. `atime_ns` and `mtime_ns` are the new directory's times (default:
     now)."""
-    existing = child(txn, parent, paths.check_name(name))
-    if existing is not None:
+    pino = parent.ino
+    found = txn.lookup(pino, paths.check_name(name))
+    if found is not None:
+        existing = get(txn, found)
         if existing.kind == Kind.DIR and exist_ok:
             return existing
         raise ExistsError(name) if existing.kind == Kind.DIR else NotADirError(name)
-    now = now_ns()
-    new = _new_inode(txn, parent.ino, Kind.DIR, mode, now, uid, gid, mtime_ns=mtime_ns,
-                     atime_ns=atime_ns)
+    now = time.time_ns()
+    # what `_new_inode` does, called straight (a put makes one a directory)
+    new = new_inode(txn.alloc_ino(), pino, Kind.DIR, mode & 0o7777,
+                    _UID if uid is None else uid, _GID if gid is None else gid, 0,
+                    now if atime_ns is None else atime_ns,
+                    now if mtime_ns is None else mtime_ns, now, 0, "", 2, 0)
     deferred = None if touch else _DEFERRED.get(id(txn))
     if deferred is not None:
         deferred[new.ino] = new  # written when the versions_coalesced block ends
     else:
         txn.put_inode(new)
-    txn.link(parent.ino, name, new.ino)
+    txn.link(pino, name, new.ino)
     if touch:
         _touch_dir(txn, parent, now, subdirs=1)
     else:
-        _count_subdirs(txn, parent.ino, 1)
+        _count_subdirs(txn, pino, 1)
     return new
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
@@ -791,14 +791,19 @@ class WriteSession:
         """Note the members of `group` as folded records, to commit with the group
         (its blob goes to the pack like any chunk's); each keeps its index keys, as
         a base of later deltas."""
-        self.stats.groups += 1
-        for rec in group.records():
-            self._new[rec.id] = _NewChunk(b"", 0, 0, rec.raw_len, 0, CODEC_MEMBER, rec)
-            if keys.get(rec.id):
-                self._delta_meta[rec.id] = (None, keys[rec.id])
-            self.stats.group_members += 1
-            self.stats.new_chunks += 1
-            self.stats.new_raw_bytes += rec.raw_len
+        new, meta, raw = self._new, self._delta_meta, 0
+        records = group.records()
+        for rec in records:  # (a group holds hundreds: the stats are added once)
+            cid = rec.id
+            new[cid] = _NewChunk(b"", 0, 0, rec.raw_len, 0, CODEC_MEMBER, rec)
+            if found := keys.get(cid):
+                meta[cid] = (None, found)
+            raw += rec.raw_len
+        stats = self.stats
+        stats.groups += 1
+        stats.group_members += len(records)
+        stats.new_chunks += len(records)
+        stats.new_raw_bytes += raw
     def _start_pack(self) -> PackBuilder:
         """The pack new blobs go to: the tail's, if it can be continued, else a new one."""
         if self._tail is not None:
@@ -966,8 +971,13 @@ class WriteSession:
         self._flush_pack()
         if not batch.files and not self._flushed:
             return
+        from itertools import chain
+        from operator import attrgetter
+
+        from gfs.meta.records import chunk_record
+
         now = time.time_ns()
-        walks = batch.walks
+        walks, files, ref_id = batch.walks, batch.files, attrgetter("id")
 
         def apply(txn: WriteTxn) -> None:  # run again on a lost conflict: derives all from txn
             live: dict[bytes, list[int]] = {p.pack_id: [0, 0] for p in self._flushed}
@@ -1000,8 +1010,8 @@ class WriteSession:
                 elif cid in present:
                     continue  # committed meanwhile by another writer: our blob is dead
                 else:
-                    records[cid] = ChunkRecord(cid, nc.raw_len, nc.stored_len, nc.codec, 0,
-                                               (location,))
+                    records[cid] = chunk_record(cid, nc.raw_len, nc.stored_len, nc.codec, 0,
+                                                (location,))
                     if cid in self._delta_meta:
                         recorded[cid] = self._delta_meta[cid]
                 counters = live[nc.pack]
@@ -1020,11 +1030,12 @@ class WriteSession:
                                         n, nbytes, created))
             deltas: Counter[bytes] = Counter()
             with namespace.versions_coalesced(txn):
-                for refs, action in batch.files:
+                for refs, action in files:
                     old = action(txn, refs)
-                    deltas.update(r.id for r in refs)
                     if old is not None:
                         deltas.subtract(r.id for r in old.chunks)
+            # the files' references counted in one pass, not one Counter.update a file
+            deltas.update(map(ref_id, chain.from_iterable([refs for refs, _ in files])))
             deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base
             deltas.update(pins)
             if batch.dict_added is not None:
@@ -1093,15 +1104,18 @@ def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],
     referenced chunk without a record, means the index is damaged: the FormatError
     aborts the transaction, so nothing changes.
     """
+    from gfs.meta.records import with_refcount  # (a record per new chunk: not replace)
+
     rest = deltas
     if fresh:
         rest = Counter({cid: n for cid, n in deltas.items() if cid not in fresh})
+        put, get = txn.put_chunk, deltas.get
         for cid, rec in fresh.items():
-            count = rec.refcount + deltas.get(cid, 0)
+            count = rec.refcount + get(cid, 0)
             if count < 0:
                 raise MetadataDamagedError(f"chunk {cid.hex()}: refcount would fall below zero; "
                                            "run `hutong fsck`")
-            txn.put_chunk(rec if count == rec.refcount else replace(rec, refcount=count))
+            put(rec if count == rec.refcount else with_refcount(rec, count))
     txn.add_refcounts(rest)
 
 

@@ -482,6 +482,10 @@ def test_dirent_value_is_the_shortest_big_endian_ino(ino: int) -> None:
 
 def test_golden_dirent_value_and_damage() -> None:
     assert enc.encode_dirent_ino(0x1E240) == bytes.fromhex("01e240")  # 3 bytes, was 8
+    edges = ((0, "00"), (1, "01"), (0xFF, "ff"), (0x100, "0100"), (0xFFFF, "ffff"),
+             (0x10000, "010000"), (0xFFFFFF, "ffffff"), (0x1000000, "01000000"))
+    for ino, want in edges:  # those of the shortcut for numbers below 2**24
+        assert enc.encode_dirent_ino(ino) == bytes.fromhex(want)
     assert enc.encode_dirent_ino(0) == b"\x00"
     for bad in (b"", b"\x01" * 9):
         with pytest.raises(FormatError, match="directory entry value"):
@@ -609,3 +613,25 @@ def test_new_inode_is_the_dataclass_constructor(node: Inode) -> None:
     assert enc.encode_inode(made) == enc.encode_inode(node)
     with pytest.raises(FrozenInstanceError):
         made.size = 1  # type: ignore[misc]
+
+
+@given(chunks, st.integers(0, 1 << 40))
+def test_chunk_record_and_with_refcount_are_the_dataclass(rec: ChunkRecord, count: int) -> None:
+    """`chunk_record` and `with_refcount` (the commit's fast record builders) make the
+    same frozen, hashable record as the constructor and `dataclasses.replace`."""
+    from dataclasses import FrozenInstanceError, astuple
+
+    from gfs.meta.records import chunk_record, with_refcount
+
+    made = chunk_record(*astuple(rec)[:5], rec.locations, rec.group, rec.group_offset)
+    assert made == rec and hash(made) == hash(rec) and repr(made) == repr(rec)
+    assert enc.encode_chunk(made) == enc.encode_chunk(rec)
+    short = chunk_record(rec.id, rec.raw_len, rec.stored_len, rec.codec, rec.refcount,
+                         rec.locations)
+    assert short == ChunkRecord(rec.id, rec.raw_len, rec.stored_len, rec.codec, rec.refcount,
+                                rec.locations)
+    counted = with_refcount(rec, count)
+    assert counted == replace(rec, refcount=count)
+    assert hash(counted) == hash(replace(rec, refcount=count))
+    with pytest.raises(FrozenInstanceError):
+        made.refcount = 1  # type: ignore[misc]

@@ -485,3 +485,44 @@ def test_lookups_in_directories_the_transaction_made_answer_as_the_table(
             assert {(p, nm): r.lookup(p, nm) for p, nm in final} == final
     finally:
         eng.close()
+
+
+def test_next_ino_is_written_once_per_transaction(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction that allocates many inodes writes the next number once (a meta row
+    put per file of a put's commit was saved), yet reads it current mid-transaction, a
+    `set_meta` of it wins, and an aborted transaction leaves it as it was."""
+    from gfs.meta import blocks
+
+    puts: list[bytes] = []
+    real_put = blocks.BlockTxn.put
+
+    def counting_put(self: blocks.BlockTxn, key: bytes, value: bytes, db: object) -> None:
+        if key == b"next_ino":
+            puts.append(value)
+        real_put(self, key, value, db)
+
+    monkeypatch.setattr(blocks.BlockTxn, "put", counting_put)
+    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    try:
+        with eng.write() as w:
+            got = [w.alloc_ino() for _ in range(50)]
+            assert puts == []
+            assert enc.decode_u64("next_ino", w.get_meta("next_ino") or b"") == 52
+            got.append(w.alloc_ino())
+        assert got == list(range(2, 53))
+        assert len(puts) == 2  # the read in the middle, then the commit
+        with eng.read() as r:
+            assert enc.decode_u64("next_ino", r.get_meta("next_ino") or b"") == 53
+        with eng.write() as w:
+            w.alloc_ino()
+            w.set_meta("next_ino", enc.encode_u64(100))
+        with eng.write() as w:
+            assert w.alloc_ino() == 100
+        with pytest.raises(RuntimeError), eng.write() as w:
+            w.alloc_ino()
+            raise RuntimeError("abort")
+        with eng.write() as w:
+            assert w.alloc_ino() == 101
+    finally:
+        eng.close()

@@ -118,6 +118,9 @@ def decode_ino(data: bytes) -> int:
 def encode_dirent_ino(ino: int) -> bytes:
     """A `dirents` value: the inode number big-endian in as few bytes as it needs (1 to
     8; format 3: 3 bytes for most, where formats 1 and 2 wrote 8, which read the same)."""
+    if 0 <= ino < 0x1000000:  # most stores' numbers: the length without calls (a put
+        # links one entry a file and directory)
+        return ino.to_bytes(3 if ino > 0xFFFF else 2 if ino > 0xFF else 1, "big")
     if not 0 <= ino < 1 << 64:
         raise ValueError(f"inode number {ino!r} is not a u64")
     return ino.to_bytes(max(1, (ino.bit_length() + 7) >> 3), "big")

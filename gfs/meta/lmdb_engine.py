@@ -339,13 +339,17 @@ class _LmdbRead(ReadTxn):
 class _LmdbWrite(_LmdbRead, WriteTxn):
     """A WriteTxn over one py-lmdb write transaction."""
 
-    __slots__ = ("_fresh", "_kids", "_next_ino")
+    __slots__ = ("_fresh", "_ino_due", "_kids", "_next_ino")
 
     def __init__(self, txn: Any, dbs: _Dbs, *, through: bool = False) -> None:
         super().__init__(txn, dbs, through=through)
-        #: the next inode number as this transaction last wrote it (read once: a put
+        #: the next inode number as this transaction allocates them (read once: a put
         #: allocates one per file and directory)
         self._next_ino: int | None = None
+        #: `_next_ino` is not written yet: it is, once, before anything reads the meta
+        #: table and at commit (`_finish`), not once per allocation (a meta row put per
+        #: file and directory of a put's commit)
+        self._ino_due = False
         #: inodes allocated here that no manifest was put for yet: the first
         #: `put_manifest` has no old one to release (a lookup saved per new file)
         self._fresh: set[int] = set()
@@ -367,11 +371,23 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
             if raw is None:
                 raise StateError("metadata has no next_ino; the store is not initialised")
             ino = enc.decode_u64("meta next_ino", raw)
-        self._txn.put(_NEXT_INO, enc.encode_u64(ino + 1), db=self._d.meta)
         self._next_ino = ino + 1
+        self._ino_due = True
         self._fresh.add(ino)
         self._kids[ino] = {}
         return ino
+
+    def _finish(self) -> None:
+        """Write what this transaction keeps in memory (the next inode number): before
+        it commits, and before the meta table is read."""
+        if self._ino_due:
+            assert self._next_ino is not None
+            self._txn.put(_NEXT_INO, enc.encode_u64(self._next_ino), db=self._d.meta)
+            self._ino_due = False
+
+    def get_meta(self, key: str) -> bytes | None:
+        self._finish()
+        return super().get_meta(key)
 
     def put_inode(self, inode: Inode) -> None:
         self._d.trimmer.tick()
@@ -476,6 +492,7 @@ class _LmdbWrite(_LmdbRead, WriteTxn):
             raise ValueError("meta key must not be empty")
         if key == "next_ino":
             self._next_ino = None  # read again at the next allocation
+            self._ino_due = False  # what the caller sets replaces it
         self._txn.put(key.encode("ascii"), value, db=self._d.meta)
 
 
@@ -554,6 +571,7 @@ class _WriteCtx:
             if exc_type is None:
                 try:
                     if w is not None:
+                        w._finish()
                         w._txn.flush()
                 except BaseException:
                     txn.abort()
