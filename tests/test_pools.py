@@ -11,6 +11,8 @@ from pathlib import Path
 
 import fsspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gfs.errors import ConfigError, NoSpaceError, PoolError, PoolObjectMissingError
 from gfs.pools import FsspecPool, LocalPool, Pool, PoolUsage, open_pool
@@ -267,3 +269,30 @@ def test_real_enospc_leaves_nothing(tiny_fs: Path) -> None:
     # Space is back after the failed put: a fitting object still goes in.
     pool.put("packs/00/fits", [b"f" * (256 << 10)])
     assert pool.size("packs/00/fits") == 256 << 10
+
+
+@given(st.lists(st.binary(max_size=300), max_size=40), st.integers(1, 97))
+@settings(max_examples=60, deadline=None)
+def test_short_writes_still_write_every_part_in_order(parts: list[bytes], most: int) -> None:
+    """`_write_all` continues after a short writev (mid-part or at a part's end) and
+    writes every part once, in order, more than the kernel's iovec limit included."""
+    import tempfile
+
+    from gfs.pools import local
+
+    real = os.writev
+    calls = [0]
+
+    def short(fd: int, bufs: list[memoryview]) -> int:
+        calls[0] += 1
+        assert len(bufs) <= local._IOV_MAX
+        return real(fd, [b"".join(bytes(b) for b in bufs)[:most]])
+
+    parts = parts + [b"x"] * (local._IOV_MAX + 3)  # more parts than one writev takes
+    with tempfile.TemporaryFile() as f:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(local.os, "writev", short)
+            assert local._write_all(f.fileno(), parts) == sum(map(len, parts))
+        f.seek(0)
+        assert f.read() == b"".join(parts)
+    assert calls[0] >= sum(map(len, parts)) // most

@@ -53,10 +53,13 @@ def _write_all(fd: int, parts: Sequence[Buffer]) -> int:
         while batch:
             n = os.writev(fd, batch)
             total += n
-            # Drop what was written; a short write continues mid-buffer.
-            while batch and n >= batch[0].nbytes:
-                n -= batch[0].nbytes
-                batch.pop(0)
+            # Drop what was written (in one slice: up to _IOV_MAX parts a batch); a
+            # short write continues mid-buffer.
+            done = 0
+            while done < len(batch) and n >= batch[done].nbytes:
+                n -= batch[done].nbytes
+                done += 1
+            del batch[:done]
             if n:
                 batch[0] = batch[0][n:]
 
