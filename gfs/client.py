@@ -45,7 +45,6 @@ from gfs.errors import (
     NotPermittedError,
     StateError,
 )
-from gfs.files import NsWriter
 from gfs.groups import StoredShares
 from gfs.meta import (
     ROOT_INO,
@@ -82,8 +81,9 @@ if TYPE_CHECKING:
     from gfs.tiering.policy import TierPolicy
 
 # Imported where used (each `hutong` command pays for the modules it imports, and a
-# put or a get needs none of these): gfs.namespace_api (Stat, DuReport: ls, stat, du),
-# gfs.read.reader and gfs.read.stack (file reads), gfs.get_plan (get), gfs.spill (du).
+# put needs none of these): gfs.namespace_api (Stat, DuReport: ls, stat, du),
+# gfs.read.reader and gfs.read.stack (file reads), gfs.files (file writes), gfs.get_plan
+# (get), gfs.spill (du).
 
 Progress = Callable[[int], None]
 #: the block size of `iter_bytes` (read ahead by the manifest reader)
@@ -389,6 +389,8 @@ class Client:
             norm, m = self._manifest(path)
             return io.BufferedReader(ManifestReader(self.reads, norm, m), 1 << 20)
         if mode in ("wb", "w"):
+            from gfs.files import NsWriter  # lazy: see the imports
+
             norm = paths.normalize(path)
             with self.engine.read() as txn:
                 parent, name = namespace.resolve_parent(txn, norm)

@@ -40,8 +40,8 @@ NOT_LOADED = (*HEAVY, *EXTENSIONS)
 #: Modules only other paths need, imported where used (issue 17: together ~25 ms of
 #: the CPU of a small put): no everyday command imports them...
 LAZY = ("gfs.units", "decimal", "gfs.relocate", "gfs.meta.record_check", "gfs.disk_cache",
-        "gfs.disk_writer", "gfs.read.disk", "gfs.read.stack", "gfs.read.reader", "_hashlib",
-        "hmac")
+        "gfs.disk_writer", "gfs.read.disk", "gfs.read.stack", "gfs.read.reader", "gfs.files",
+        "_hashlib", "hmac")
 #: ... and each command leaves out what only the others use.
 NOT_BY = {
     "put": (*LAZY, "gfs.namespace_api", "gfs.get_plan", "gfs.spill", "sqlite3", "tempfile",
