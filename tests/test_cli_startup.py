@@ -41,7 +41,7 @@ NOT_LOADED = (*HEAVY, *EXTENSIONS)
 #: the CPU of a small put): no everyday command imports them...
 LAZY = ("gfs.units", "decimal", "gfs.relocate", "gfs.meta.record_check", "gfs.disk_cache",
         "gfs.disk_writer", "gfs.read.disk", "gfs.read.stack", "gfs.read.reader", "gfs.files",
-        "_hashlib", "hmac")
+        "_hashlib", "hmac", "ctypes")
 #: ... and each command leaves out what only the others use.
 NOT_BY = {
     "put": (*LAZY, "gfs.namespace_api", "gfs.get_plan", "gfs.spill", "sqlite3", "tempfile",
