@@ -39,9 +39,9 @@ setup(
         Extension(
             "gfs._native",
             sources=["native/module.c", "native/fastcdc.c", "native/chunkid.c", "native/superfeat.c",
-                     "native/restore.c", "native/metarec.c"],
+                     "native/restore.c", "native/metarec.c", "native/localscan.c"],
             depends=["native/fastcdc.h", "native/chunkid.h", "native/superfeat.h",
-                     "native/restore.h", "native/metarec.h"],
+                     "native/restore.h", "native/metarec.h", "native/localscan.h"],
             include_dirs=["native"],
             extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),

@@ -47,6 +47,11 @@ def write_files(
     """Create, write, chmod, utime and rename each (tmp, path, blocks, mode, atime_ns,
     mtime_ns) without the GIL; (files done, errno of the first failure or 0)."""
 
+def scan_dir(path: str, /) -> list[tuple[str, int, int, int, int, int, int, int]]:
+    """The entries of a local directory, in no order: (name, st_mode, st_uid, st_gid,
+    st_size, st_atime_ns, st_mtime_ns, flag) from lstat; flag 0 for a regular file
+    access(R_OK) refuses, else 1; st_mode -1 and flag errno where lstat failed."""
+
 def make_dirs(paths: Sequence[str], /) -> tuple[int, int]:
     """mkdir each path in order without the GIL (one already a directory is kept);
     (paths done, errno of the first failure or 0)."""

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
 
 from gfs import local_write, namespace, paths, pool_keys
 from gfs._lazy import lazy_exports
+from gfs._native import scan_dir
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.env import META_ENV
 from gfs.errors import (
@@ -1367,19 +1368,28 @@ def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
 
 
 def _list_local(entry: _LocalEntry) -> list[_LocalEntry]:
-    """The entries of local directory `entry`, by name (checked: names, readability)."""
+    """The entries of local directory `entry`, by name (checked: names, readability).
+
+    One native call lists, lstats and access-checks the directory (`scan_dir`): per
+    entry, os.scandir, DirEntry.stat and os.access cost ~8 us of Python on the put's
+    critical path before anything overlaps (0.11 s over the 13,000 entries of a release)."""
     try:
-        with os.scandir(entry.path) as it:
-            kids = sorted(it, key=lambda k: k.name)
+        rows = scan_dir(entry.path)
     except PermissionError:
         raise PermissionError(f"cannot read local directory {entry.path}") from None
+    rows.sort()  # by name: names are unique
+    prefix = entry.path if entry.path.endswith(os.sep) else entry.path + os.sep
+    rel, check_name = entry.rel, paths.check_name
     out = []
-    for k in kids:
-        paths.check_name(k.name, k.path)  # k.path: entry.path joined with the name
-        st = k.stat(follow_symlinks=False)
-        if statmod.S_ISREG(st.st_mode) and not os.access(k.path, os.R_OK):
-            raise PermissionError(f"cannot read local file {k.path}")
-        out.append(_LocalEntry((*entry.rel, k.name), k.path, _LocalStat.of(st)))
+    for name, mode, uid, gid, size, atime_ns, mtime_ns, flag in rows:
+        path = prefix + name  # os.path.join(entry.path, name), as DirEntry.path
+        check_name(name, path)
+        if mode < 0:  # lstat failed (the entry went meanwhile): as DirEntry.stat raises
+            raise OSError(flag, os.strerror(flag), path)
+        if not flag:
+            raise PermissionError(f"cannot read local file {path}")
+        out.append(_LocalEntry((*rel, name), path,
+                               _LocalStat(mode, uid, gid, size, atime_ns, mtime_ns)))
     return out
 
 

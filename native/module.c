@@ -12,6 +12,7 @@
 
 #include "chunkid.h"
 #include "fastcdc.h"
+#include "localscan.h"
 #include "metarec.h"
 #include "restore.h"
 #include "superfeat.h"
@@ -850,6 +851,7 @@ static PyMethodDef native_methods[] = {
     {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
     {"write_files", native_write_files, METH_O, WRITE_FILES_DOC},
     {"make_dirs", native_make_dirs, METH_O, MAKE_DIRS_DOC},
+    {"scan_dir", native_scan_dir, METH_O, SCAN_DIR_DOC},
     {"set_dir_attrs", native_set_dir_attrs, METH_O, SET_DIR_ATTRS_DOC},
     {"inode_compact", (PyCFunction)(void (*)(void))inode_compact, METH_FASTCALL,
      inode_compact_doc},

@@ -1,0 +1,176 @@
+/* scan_dir: a put's walk lists each local directory in one call (gfs.client._list_local).
+ *
+ * What os.scandir, DirEntry.stat(follow_symlinks=False) and os.access(R_OK) give the
+ * walk, without a Python object per system call: names are read with the GIL held
+ * (getdents returns many at once), then each entry is lstat'ed (fstatat relative to the
+ * directory) and, if a regular file, checked with faccessat (real ids, as access). */
+#include "localscan.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Directories with fewer entries are stat'ed with the GIL held: a hand-over of the GIL
+ * costs more than their few system calls. */
+#define SCAN_RELEASE_MIN 64
+
+typedef struct {
+    size_t name;    /* offset of the NUL-terminated name in the names buffer */
+    size_t len;     /* its length */
+    struct stat st;
+    int err;        /* errno of a failed fstatat, else 0 */
+    int readable;   /* 1, or 0 for a regular file faccessat(R_OK) refuses */
+} scan_entry;
+
+typedef struct {
+    scan_entry *entries;
+    size_t count, cap;
+    char *names;
+    size_t used, room;
+} scan_list;
+
+static void
+scan_free(scan_list *l)
+{
+    free(l->entries);
+    free(l->names);
+}
+
+/* Append one name; 0, or -1 when out of memory. */
+static int
+scan_add(scan_list *l, const char *name)
+{
+    size_t len = strlen(name);
+    if (l->count == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        scan_entry *e = realloc(l->entries, cap * sizeof *e);
+        if (e == NULL)
+            return -1;
+        l->entries = e;
+        l->cap = cap;
+    }
+    if (l->used + len + 1 > l->room) {
+        size_t room = l->room ? 2 * l->room : 4096;
+        while (room < l->used + len + 1)
+            room *= 2;
+        char *n = realloc(l->names, room);
+        if (n == NULL)
+            return -1;
+        l->names = n;
+        l->room = room;
+    }
+    memcpy(l->names + l->used, name, len + 1);
+    scan_entry *e = &l->entries[l->count++];
+    memset(e, 0, sizeof *e);
+    e->name = l->used;
+    e->len = len;
+    l->used += len + 1;
+    return 0;
+}
+
+static void
+scan_stat(int dfd, scan_list *l)
+{
+    for (size_t k = 0; k < l->count; k++) {
+        scan_entry *e = &l->entries[k];
+        const char *name = l->names + e->name;
+        int rc;
+        while ((rc = fstatat(dfd, name, &e->st, AT_SYMLINK_NOFOLLOW)) < 0 && errno == EINTR)
+            ;
+        if (rc < 0) {
+            e->err = errno;
+            continue;
+        }
+        e->readable = 1;
+        if (S_ISREG(e->st.st_mode)) {
+            while ((rc = faccessat(dfd, name, R_OK, 0)) < 0 && errno == EINTR)
+                ;
+            e->readable = rc == 0;
+        }
+    }
+}
+
+static long long
+ns_of(struct timespec t)
+{
+    return (long long)t.tv_sec * 1000000000LL + (long long)t.tv_nsec;
+}
+
+static PyObject *
+scan_row(const scan_list *l, const scan_entry *e)
+{
+    PyObject *name = PyUnicode_DecodeFSDefaultAndSize(l->names + e->name, (Py_ssize_t)e->len);
+    if (name == NULL)
+        return NULL;
+    if (e->err)
+        return Py_BuildValue("(Niiiiiii)", name, -1, 0, 0, 0, 0, 0, e->err);
+    return Py_BuildValue("(NIkkLLLi)", name, (unsigned int)e->st.st_mode,
+                         (unsigned long)e->st.st_uid, (unsigned long)e->st.st_gid,
+                         (long long)e->st.st_size, ns_of(e->st.st_atim),
+                         ns_of(e->st.st_mtim), e->readable);
+}
+
+PyObject *
+native_scan_dir(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    PyObject *path = NULL;
+    if (!PyUnicode_FSConverter(arg, &path))
+        return NULL;
+    int fd;
+    do {
+        fd = open(PyBytes_AS_STRING(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    Py_DECREF(path);
+    if (fd < 0)
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
+    DIR *dir = fdopendir(fd);
+    if (dir == NULL) {
+        int err = errno;
+        close(fd);
+        errno = err;
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
+    }
+    scan_list l = {0};
+    PyObject *out = NULL;
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(dir);
+        if (de == NULL) {
+            if (errno) {
+                PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
+                goto done;
+            }
+            break;
+        }
+        const char *n = de->d_name;
+        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
+            continue;
+        if (scan_add(&l, n) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    if (l.count >= SCAN_RELEASE_MIN) {
+        Py_BEGIN_ALLOW_THREADS
+        scan_stat(dirfd(dir), &l);
+        Py_END_ALLOW_THREADS
+    } else {
+        scan_stat(dirfd(dir), &l);
+    }
+    out = PyList_New((Py_ssize_t)l.count);
+    for (size_t k = 0; out != NULL && k < l.count; k++) {
+        PyObject *row = scan_row(&l, &l.entries[k]);
+        if (row == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, (Py_ssize_t)k, row);
+    }
+done:
+    closedir(dir);
+    scan_free(&l);
+    return out;
+}

@@ -1,0 +1,184 @@
+"""The native listing of a put's walk (`gfs._native.scan_dir`, native/localscan.c): what
+os.scandir, DirEntry.stat(follow_symlinks=False) and os.access(R_OK) say of each
+entry, for every kind of entry and name; and its failures (an entry gone between the
+listing and its lstat, a file access refuses), forced with an LD_PRELOAD shim, fail
+the put before anything is written, naming the entry."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gfs._native import scan_dir
+
+
+def _reference(path: str) -> list[tuple[str, int, int, int, int, int, int, int]]:
+    rows = []
+    with os.scandir(path) as it:
+        for k in it:
+            s = k.stat(follow_symlinks=False)
+            readable = not os.path.isfile(k.path) or os.path.islink(k.path) or os.access(
+                k.path, os.R_OK)
+            rows.append((k.name, s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_atime_ns,
+                         s.st_mtime_ns, int(readable)))
+    return sorted(rows)
+
+
+def test_every_kind_of_entry_as_scandir_and_lstat_see_it(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "plain.txt").write_bytes(b"x" * 1000)
+    (d / "empty").write_bytes(b"")
+    (d / "secret").write_bytes(b"s")
+    (d / "secret").chmod(0)
+    (d / "sub").mkdir()
+    (d / "link").symlink_to("plain.txt")
+    (d / "dangling").symlink_to("nowhere")
+    (d / "dirlink").symlink_to("sub")
+    os.mkfifo(d / "fifo")
+    (d / "名前 ünï").write_bytes(b"u")
+    fd = os.open(os.fsencode(d) + b"/bad\xff\xfename", os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    os.utime(d / "plain.txt", ns=(1_234_567_891_123_456_789, 987_654_321_987_654_321))
+    got = sorted(scan_dir(str(d)))
+    assert got == _reference(str(d))
+    assert len(got) == 10 and "bad\udcff\udcfename" in [r[0] for r in got]
+    assert os.fsencode(d / "x").endswith(b"x")
+    assert scan_dir(os.fsencode(d)) is not None  # bytes paths too, as os.fspath gives
+
+
+@given(st.lists(st.tuples(st.text(st.characters(blacklist_characters="/\0",
+                                                  blacklist_categories=("Cs",)),
+                                    min_size=1, max_size=40),
+                           st.sampled_from(["file", "dir", "link"]),
+                           st.integers(0, 5000)),
+                max_size=80, unique_by=lambda t: t[0]))
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_names_and_sizes_as_scandir_sees_them(
+        tmp_path: Path, entries: list[tuple[str, str, int]]) -> None:
+    d = Path(tmp_path) / f"t{abs(hash(tuple(entries)))}"
+    d.mkdir()
+    try:
+        for name, kind, size in entries:
+            if name in (".", "..") or len(name.encode()) > 255:
+                continue
+            p = d / name
+            if kind == "file":
+                p.write_bytes(b"z" * size)
+            elif kind == "dir":
+                p.mkdir()
+            else:
+                p.symlink_to(f"target-{size}")
+        assert sorted(scan_dir(str(d))) == _reference(str(d))  # (scan_dir: many entries
+        # are stat'ed without the GIL, few with it held)
+    finally:
+        shutil.rmtree(d)
+
+
+def test_a_directory_that_cannot_be_listed_raises_as_scandir_does(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as gone:
+        scan_dir(str(tmp_path / "missing"))
+    assert gone.value.filename == str(tmp_path / "missing")
+    (tmp_path / "f").write_bytes(b"f")
+    with pytest.raises(NotADirectoryError):
+        scan_dir(str(tmp_path / "f"))
+
+
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* fstatat fails with ENOENT for names holding "vanish" (gone since the listing);
+   faccessat refuses R_OK for names holding "locked" (as for a user without read) */
+int fstatat64(int dfd, const char *name, struct stat64 *st, int flags) {
+    static int (*real)(int, const char *, struct stat64 *, int);
+    if (!real) real = dlsym(RTLD_NEXT, "fstatat64");
+    if (strstr(name, "vanish")) { errno = ENOENT; return -1; }
+    return real(dfd, name, st, flags);
+}
+
+int fstatat(int dfd, const char *name, struct stat *st, int flags) {
+    return fstatat64(dfd, name, (struct stat64 *)st, flags);
+}
+
+int faccessat(int dfd, const char *name, int mode, int flags) {
+    static int (*real)(int, const char *, int, int);
+    if (!real) real = dlsym(RTLD_NEXT, "faccessat");
+    if (strstr(name, "locked")) { errno = EACCES; return -1; }
+    return real(dfd, name, mode, flags);
+}
+"""
+
+CHILD = textwrap.dedent("""
+    import os, sys
+    from gfs.client import Client
+    state, tree, name = sys.argv[1:]
+    with Client(state) as fs:
+        before = sorted(fs.ls("/"))
+        try:
+            fs.put(tree, "/t")
+            print("PUT OK")
+        except OSError as e:
+            print(type(e).__name__, e.filename or "", str(e))
+        print("UNCHANGED" if sorted(fs.ls("/")) == before else "CHANGED")
+""")
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler for the shim")
+    d = tmp_path_factory.mktemp("scanshim")
+    (d / "shim.c").write_text(SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(d / "shim.so"), str(d / "shim.c"),
+                    "-ldl"], check=True)
+    return d / "shim.so"
+
+
+@pytest.mark.parametrize("bad,error", [("vanish.txt", "FileNotFoundError"),
+                                       ("locked.txt", "PermissionError")])
+def test_an_entry_that_fails_its_checks_fails_the_put_before_anything_is_written(
+        tmp_path: Path, shim: Path, bad: str, error: str) -> None:
+    from gfs.client import Client
+
+    state = tmp_path / "state"
+    Client.init(state).close()
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    for k in range(100):  # a directory stat'ed without the GIL, and a small one
+        (tree / "a" / f"f{k:03}").write_bytes(b"%d" % k)
+    (tree / "a" / "b" / bad).write_bytes(b"gone")
+    (tree / "a" / "b" / "z").write_bytes(b"z")
+    env = {**os.environ, "LD_PRELOAD": str(shim)}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(state), str(tree), bad], env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(error), out
+    assert str(tree / "a" / "b" / bad) in lines[0], out
+    assert lines[1] == "UNCHANGED", out
+    listed = subprocess.run(
+        [sys.executable, "-c", "import sys; from gfs._native import scan_dir; "
+         "print(sorted(r for r in scan_dir(sys.argv[1]) if r[0] == sys.argv[2]))",
+         str(tree / "a" / "b"), bad], env=env, capture_output=True, text=True, timeout=60,
+        check=True).stdout
+    row = ast.literal_eval(listed)[0]
+    if error == "FileNotFoundError":
+        assert row[1] == -1 and row[7] == 2  # ENOENT
+    else:
+        assert row[1] > 0 and row[7] == 0
