@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
 
-from gfs import local_write, namespace, namespace_api, paths, pool_keys
+from gfs import local_write, namespace, paths, pool_keys
+from gfs._lazy import lazy_exports
 from gfs._native import scan_dir
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.env import META_ENV
@@ -45,8 +46,6 @@ from gfs.errors import (
     NotPermittedError,
     StateError,
 )
-from gfs.files import NsWriter
-from gfs.get_plan import GetPlan
 from gfs.groups import StoredShares
 from gfs.meta import (
     ROOT_INO,
@@ -62,10 +61,7 @@ from gfs.meta import (
     open_engine,
 )
 from gfs.namespace import XattrSource
-from gfs.namespace_api import DuReport, Stat
 from gfs.put_reads import READ_BATCH_BYTES, read_ahead
-from gfs.read import ChunkSource, ManifestReader, cached
-from gfs.spill import SpillTable
 from gfs.state import (
     check_identity,
     is_database_url,
@@ -81,7 +77,14 @@ from gfs.tiering.heat import HeatTracker
 
 if TYPE_CHECKING:
     from gfs.disk_cache import DiskCache
+    from gfs.namespace_api import DuReport, Stat
+    from gfs.read.source import ChunkSource
     from gfs.tiering.policy import TierPolicy
+
+# Imported where used (each `hutong` command pays for the modules it imports, and a
+# put needs none of these): gfs.namespace_api (Stat, DuReport: ls, stat, du),
+# gfs.read.reader and gfs.read.stack (file reads), gfs.files (file writes), gfs.get_plan
+# (get), gfs.spill (du).
 
 Progress = Callable[[int], None]
 #: the block size of `iter_bytes` (read ahead by the manifest reader)
@@ -219,6 +222,8 @@ class Client:
     def cache_reads(self, memory_bytes: int, *, disk: DiskCache | None = None) -> None:
         """From now on, read chunks through a memory tier of `memory_bytes` (and the disk
         tier `disk`), as gfs:// and the mount do; `close()` closes the tiers."""
+        from gfs.read.stack import cached  # lazy: see the imports
+
         if self.reads is not self.store.source:
             self.reads.close()
         self.reads = cached(self.store.source, memory_bytes, disk=disk)
@@ -279,15 +284,21 @@ class Client:
     # -- looking -----------------------------------------------------------------
     def stat(self, path: str) -> Stat:
         """The entry at `path`."""
+        from gfs.namespace_api import Stat  # lazy: see the imports
+
         with self.engine.read() as txn:
             return Stat.of(paths.normalize(path), namespace.resolve(txn, path))
 
     def exists(self, path: str) -> bool:
         """Whether `path` exists."""
-        return namespace_api.exists(self, path)
+        from gfs.namespace_api import exists  # lazy: see the imports
+
+        return exists(self, path)
 
     def ls(self, path: str = "/") -> list[Stat]:
         """The entries of directory `path` (or the file itself), by name."""
+        from gfs.namespace_api import Stat  # lazy: see the imports
+
         norm = paths.normalize(path)
         with self.engine.read() as txn:
             node = namespace.resolve(txn, norm)
@@ -299,6 +310,8 @@ class Client:
 
     def walk(self, path: str = "/") -> Iterator[Stat]:
         """`path` and everything below it, parents first."""
+        from gfs.namespace_api import Stat  # lazy: see the imports
+
         norm = paths.normalize(path)
         with self.engine.read() as txn:
             top = namespace.resolve(txn, norm)
@@ -325,6 +338,9 @@ class Client:
         The chunk ids are spilled to a temporary table and counted once each in
         id order, so memory does not grow with the tree (gfs.spill).
         """
+        from gfs.namespace_api import DuReport  # lazy: see the imports
+        from gfs.spill import SpillTable
+
         norm = paths.normalize(path)
         files = dirs = links = logical = unique = stored = distinct = 0
         with self.engine.read() as txn, SpillTable("id BLOB") as ids:
@@ -369,9 +385,13 @@ class Client:
         """A file object: "rb" reads the version committed now (seekable); "wb" writes a
         new version that becomes visible on close."""
         if mode in ("rb", "r"):
+            from gfs.read.reader import ManifestReader  # lazy: see the imports
+
             norm, m = self._manifest(path)
             return io.BufferedReader(ManifestReader(self.reads, norm, m), 1 << 20)
         if mode in ("wb", "w"):
+            from gfs.files import NsWriter  # lazy: see the imports
+
             norm = paths.normalize(path)
             with self.engine.read() as txn:
                 parent, name = namespace.resolve_parent(txn, norm)
@@ -383,6 +403,8 @@ class Client:
 
     def read_bytes(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of file `path` (all of it by default)."""
+        from gfs.read.reader import ManifestReader  # lazy: see the imports
+
         norm, m = self._manifest(path)
         reader = ManifestReader(self.reads, norm, m)
         return reader.read_range(max(start, 0), reader.size if end is None else end)
@@ -396,6 +418,8 @@ class Client:
                    manifest: Manifest | None = None) -> Iterator[bytes]:
         """Bytes [start, end) of file `path` as a stream of blocks, read ahead in parallel;
         `manifest` pins a version (see `manifest()`), else the one committed now."""
+        from gfs.read.reader import ManifestReader  # lazy: see the imports
+
         norm, m = (paths.normalize(path), manifest) if manifest is not None \
             else self._manifest(path)
         reader = ManifestReader(self.reads, norm, m)
@@ -415,6 +439,8 @@ class Client:
         """Entries below directory `path` in the byte order of their relative keys, from
         the first key >= `start` (see gfs.namespace.scan: "a-1" before "a/b"); each
         Stat's path is absolute. Recursive: every file; else the direct entries."""
+        from gfs.namespace_api import Stat  # lazy: see the imports
+
         norm = paths.normalize(path)
         base = norm.rstrip("/")
         with self.engine.read() as txn:
@@ -441,6 +467,8 @@ class Client:
         another, in one transaction and without reading or copying data (their chunk lists
         are joined). `xattrs` replace the attributes of `path`; the entries in `remove`
         (e.g. the directory of the sources) are removed in the same transaction."""
+        from gfs.namespace_api import Stat  # lazy: see the imports
+
         norm = paths.normalize(path)
 
         def join(txn: WriteTxn) -> Stat:
@@ -506,9 +534,11 @@ class Client:
     def mknod(self, path: str, kind: Kind | str, mode: int = 0o644, rdev: int = 0) -> None:
         """Create special file `path`: a FIFO, socket or device node (metadata only);
         `kind` a Kind or its name ("fifo", ...)."""
+        from gfs.namespace_api import SPECIAL_KINDS  # lazy: see the imports
+
         if isinstance(kind, str):
-            if kind not in namespace_api.SPECIAL_KINDS:
-                allowed = ", ".join(namespace_api.SPECIAL_KINDS)
+            if kind not in SPECIAL_KINDS:
+                allowed = ", ".join(SPECIAL_KINDS)
                 raise InvalidPathError(path, f"mknod makes {allowed}, not {kind!r}")
             kind = Kind[kind.upper()]
 
@@ -691,6 +721,8 @@ class Client:
         to a temporary file); a local path in the way (a directory where a file
         goes, or the reverse) is refused before anything is written.
         """
+        from gfs.get_plan import GetPlan  # lazy: see the imports
+
         norm = paths.normalize(path)
         dest = os.fspath(local)
         report = TransferReport()
@@ -864,6 +896,8 @@ class Client:
                 *, skip_damaged: bool, ns_of: Callable[[str], str]) -> tuple[int, int]:
         """Write file `node` at `p`, its chunks read as it is written: (1, bytes), or
         with `skip_damaged` (0, -1) for a damaged file (named in the report)."""
+        from gfs.read.reader import ManifestReader  # lazy: see the imports
+
         data = ManifestReader(self.store.source, p, Manifest(0, tuple(refs))).blocks()
         try:
             return 1, _write_local(p, node, data)
@@ -893,11 +927,15 @@ class Client:
 
     def open_version(self, path: str, manifest: Manifest) -> BinaryIO:
         """A seekable reader of `manifest`, a version of `path` pinned by `manifest()`."""
+        from gfs.read.reader import ManifestReader  # lazy: see the imports
+
         return io.BufferedReader(ManifestReader(self.reads, paths.normalize(path),
                                                 manifest), 1 << 20)
 
     def stat_ino(self, ino: int) -> Stat:
         """The entry with inode number `ino` (its path is looked up from its parents)."""
+        from gfs.namespace_api import Stat  # lazy: see the imports
+
         with self.engine.read() as txn:
             node = namespace.get(txn, ino)
             return Stat.of(namespace.path_of(txn, ino), node)
@@ -968,6 +1006,8 @@ class Client:
     def _edit_ino(self, ino: int, norm: str, offset: int | None, data: bytes,
                   size: int | None) -> None:
         """`_edit` of inode `ino` (`norm` names it in messages)."""
+        from gfs.read.reader import ManifestReader  # lazy: see the imports
+
         with self.engine.read() as txn:
             node = namespace.get(txn, ino, norm)
             if node.kind == Kind.DIR:
@@ -1459,3 +1499,7 @@ def _restore_batches(entries: Iterator[tuple[bool, str, Inode, Manifest | None]]
 
 
 __all__ = ["Client", "DuReport", "Stat", "TransferReport"]
+
+#: DuReport and Stat (gfs.namespace_api), still importable from here
+__getattr__ = lazy_exports(__name__, {"DuReport": "gfs.namespace_api",
+                                       "Stat": "gfs.namespace_api"})

@@ -151,9 +151,10 @@ def plain(data: Mapping[str, object]) -> dict[str, Any] | None:
 
 
 #: Text read the same by the pydantic model and by `plain_text`: flags as 0/1/true/false,
-#: numbers as plain decimals (anything else goes through the model).
+#: numbers as plain decimals (anything else goes through the model). The pattern is
+#: compiled (and cached by `re`) when first used, not at every command's start-up.
 _PLAIN_FLAGS = {"0": False, "1": True, "true": True, "false": False}
-_PLAIN_NUMBER = re.compile(r"[0-9]{1,15}(\.[0-9]{1,6})?")
+_PLAIN_NUMBER = r"[0-9]{1,15}(\.[0-9]{1,6})?"
 
 
 def plain_text(data: Mapping[str, str]) -> dict[str, Any] | None:
@@ -170,7 +171,7 @@ def plain_text(data: Mapping[str, str]) -> dict[str, Any] | None:
                 return None
             typed[key] = _PLAIN_FLAGS[text]
             continue
-        m = _PLAIN_NUMBER.fullmatch(text)
+        m = re.fullmatch(_PLAIN_NUMBER, text)
         if m is None or (m.group(1) and unit != "duration"):
             return None
         typed[key] = float(text) if unit == "duration" else int(text)

@@ -28,7 +28,8 @@ OWNER_TAG_LEN = 8
 NO_OWNER = bytes(OWNER_TAG_LEN)
 
 _PACK_HEAD = struct.Struct("<8s16s8s")
-_KEY_RE = re.compile(r"packs/([0-9a-f]{2})/([0-9a-f]{32})\.pack")
+#: compiled (and cached by `re`) when first used: a put or a get never parses a key
+_KEY_RE = r"packs/([0-9a-f]{2})/([0-9a-f]{32})\.pack"
 
 
 def new_pack_id() -> bytes:
@@ -50,7 +51,7 @@ def pack_key(pack_id: bytes) -> str:
 
 def parse_pack_key(key: str) -> bytes | None:
     """Return the pack id named by a pool key, or None if `key` is not a pack key."""
-    m = _KEY_RE.fullmatch(key)
+    m = re.fullmatch(_KEY_RE, key)
     if m is None or not m.group(2).startswith(m.group(1)):
         return None
     return bytes.fromhex(m.group(2))

@@ -8,8 +8,6 @@ missing or wrong key is named before any object is read.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 from pathlib import Path
@@ -31,6 +29,9 @@ def key_path(state: Path) -> Path:
 
 
 def _check_value(key: bytes) -> str:
+    import hashlib  # here: loading OpenSSL costs ~3 ms of every command's start-up
+    import hmac
+
     return hmac.new(key, b"hutong at-rest key check v1", hashlib.sha256).hexdigest()[:16]
 
 
@@ -78,6 +79,8 @@ def mark_sealed(txn: WriteTxn, pool_id: int, key: bytes) -> None:
 def load(state: Path, pool: str, check: str | None) -> bytes:
     """The at-rest key to open encrypted pool `pool`; a clear error when it is missing or
     is not the key the pool was sealed with."""
+    import hmac  # here: see _check_value
+
     path = key_path(state)
     try:
         key = _read(path)

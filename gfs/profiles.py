@@ -41,7 +41,8 @@ PROFILES_ENV = "HUTONG_PROFILES"
 PROFILE_ENV = "HUTONG_PROFILE"
 #: The reserved profile name of the embedded store (no federation).
 LOCAL = "local"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: compiled (and cached by `re`) when a name is checked, not at every command's start-up
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 
 class ProfileError(ConfigError):
@@ -50,7 +51,7 @@ class ProfileError(ConfigError):
 
 def check_profile_name(name: str) -> str:
     """`name` if it may name a profile, else ProfileError."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not re.fullmatch(_NAME, name):
         raise ProfileError(f"profile name {name!r} is invalid: use 1 to 64 characters "
                            "A-Z a-z 0-9 _ . -, starting with a letter or digit")
     if name == LOCAL:

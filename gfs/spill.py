@@ -12,7 +12,6 @@ sorted scans (`iter_chunks`, `iter_inodes`) in bounded memory.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -58,6 +57,8 @@ class SpillTable:
                  batch: int | None = None) -> None:
         cache_kib = CACHE_KIB if cache_kib is None else cache_kib
         self._batch = batch
+        import sqlite3  # here: a get imports this module for spill_dir only (~3 ms)
+
         # "": SQLite's private temporary database, on disk once it outgrows the cache,
         # unlinked at once (nothing is left behind, even by a killed process)
         self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)

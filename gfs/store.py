@@ -62,7 +62,6 @@ from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_ke
 from gfs.pools import Pool, open_pool
 from gfs.pools.local import LocalPool
 from gfs.read.local import LocalSource
-from gfs.relocate import Move, relocate
 from gfs.state import is_private_url, pool_location
 
 log = logging.getLogger("hutong.store")
@@ -391,6 +390,8 @@ class ChunkStore:
                 fix[cid] = blob
         if not fix:
             return 0
+        from gfs.relocate import Move, relocate  # here: only a repair moves chunks
+
         with self.writer():  # gc must not take the new pack for an orphan
             write_tier = self.placement()
             repaired = relocate(self, (Move(cid, None, blob) for cid, blob in fix.items()),

@@ -4,6 +4,8 @@ pydantic model of the config refuses or converts differently."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -35,11 +37,25 @@ print(json.dumps([code, sorted(m for m in heavy if m in sys.modules)]))
 #: parsers cost ~40 ms to build).
 NOT_LOADED = (*HEAVY, *EXTENSIONS)
 
+#: Modules only other paths need, imported where used (issue 17: together ~25 ms of
+#: the CPU of a small put): no everyday command imports them...
+LAZY = ("gfs.units", "decimal", "gfs.relocate", "gfs.meta.record_check", "gfs.disk_cache",
+        "gfs.disk_writer", "gfs.read.disk", "gfs.read.stack", "gfs.read.reader", "gfs.files",
+        "_hashlib", "hmac", "ctypes")
+#: ... and each command leaves out what only the others use.
+NOT_BY = {
+    "put": (*LAZY, "gfs.namespace_api", "gfs.get_plan", "gfs.spill", "sqlite3", "tempfile",
+            "random"),
+    "get": (*LAZY, "gfs.namespace_api", "sqlite3"),
+    "ls": (*LAZY, "gfs.get_plan", "gfs.spill", "sqlite3", "tempfile", "random"),
+    "du": (*LAZY, "gfs.get_plan", "tempfile", "random"),
+}
 
-def _run(*argv: str) -> tuple[int, list[str]]:
+
+def _run(*argv: str, watch: tuple[str, ...] = NOT_LOADED) -> tuple[int, list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUTONG_")}
     env["HUTONG_PROFILES"] = "/nonexistent/profiles.toml"
-    out = subprocess.run([sys.executable, "-c", _RUN.format(heavy=NOT_LOADED), *argv], env=env,
+    out = subprocess.run([sys.executable, "-c", _RUN.format(heavy=watch), *argv], env=env,
                          capture_output=True, text=True, timeout=120, check=True).stdout
     code, loaded = json.loads(out.strip().splitlines()[-1])
     return int(code), list(loaded)
@@ -59,6 +75,42 @@ def test_everyday_commands_import_no_heavy_module(tmp_path: Path) -> None:
         assert code == 0, argv
         assert loaded == [], f"hutong {' '.join(argv[2:])} imported {loaded}"
     assert (tmp_path / "back.txt").read_bytes() == local.read_bytes()
+
+
+def test_everyday_commands_import_only_what_they_use(tmp_path: Path) -> None:
+    """put, get, ls and du leave out the modules only other paths need (the put's data
+    is new, so it writes packs; the get restores it)."""
+    state = tmp_path / "s"
+    Client.init(state).close()
+    local = tmp_path / "d"
+    (local / "sub").mkdir(parents=True)
+    for i in range(3):
+        (local / "sub" / f"f{i}").write_bytes(os.urandom(40_000))
+        (local / f"s{i}").write_bytes(os.urandom(300))
+    s = str(state)
+    for argv in (["put", "--quiet", str(local), "/d"],
+                 ["get", "--quiet", "/d", str(tmp_path / "back")],
+                 ["ls", "-l", "/d"], ["du", "/d"]):
+        code, loaded = _run("--state", s, *argv, watch=NOT_BY[argv[0]])
+        assert code == 0, argv
+        assert loaded == [], f"hutong {' '.join(argv)} imported {loaded}"
+    assert (tmp_path / "back" / "sub" / "f2").read_bytes() == (local / "sub" / "f2").read_bytes()
+
+
+def test_the_lazy_names_are_still_exported() -> None:
+    """What moved out of the start-up path is still importable where it was."""
+    import gfs.client
+    import gfs.read
+    from gfs.meta import shared_manifests
+    from gfs.namespace_api import DuReport, Stat
+
+    assert (gfs.client.Stat, gfs.client.DuReport) == (Stat, DuReport)
+    for name in gfs.read.__all__:
+        module = importlib.import_module(gfs.read.__getattr__(name).__module__)
+        assert getattr(module, name) is getattr(gfs.read, name)
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        gfs.read.Nothing  # noqa: B018
+    assert shared_manifests.blake2b is hashlib.blake2b  # the same keys as before
 
 
 _SPAWNS = """

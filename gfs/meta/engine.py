@@ -24,7 +24,6 @@ Contract for every engine:
 
 from __future__ import annotations
 
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -321,6 +320,8 @@ class MetaEngine(ABC):
             except MetaConflictError:
                 if attempt + 1 == self.TRANSACT_ATTEMPTS:
                     raise
+                import random  # here: only a conflict needs it (~1 ms of start-up)
+
                 time.sleep(random.uniform(0, delay))  # back-off between retries, not a sync
                 delay = min(delay * 2, 0.2)
         raise AssertionError("unreachable")

@@ -38,7 +38,7 @@ from typing import Any
 import lmdb
 
 from gfs.errors import FormatError, MetadataDamagedError, StateError
-from gfs.meta import blocks, record_check, residency
+from gfs.meta import blocks, residency
 from gfs.meta import compact as compaction
 from gfs.meta import encoding as enc
 from gfs.meta import shared_manifests as shm
@@ -159,6 +159,8 @@ class _LmdbRead(ReadTxn):
             yield row
 
     def damaged_records(self) -> Iterator[str]:
+        from gfs.meta import record_check  # only fsck checks records
+
         raw, d = self._txn.txn, self._d
         decoders = {**record_check.RECORD_DECODERS, "dirents": record_check.DIRENT_DECODER,
                     "manifests": self._decode_manifest_row}

@@ -16,7 +16,6 @@ read through the map. Where madvise is unavailable (not Linux), it does nothing.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import sys
@@ -50,14 +49,25 @@ _CHECK_TICKS = 7
 PART = 32
 _MADV_DONTNEED = 4
 
-_libc: Any = None
-if sys.platform.startswith("linux"):
-    # the C library the interpreter is linked with (its symbols are in the process's
-    # global namespace): `ctypes.util.find_library("c")` ran `ldconfig -p` in a child
-    # process, ~7 ms of every CLI command's start-up
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    _libc.madvise.restype = ctypes.c_int
+_LINUX = sys.platform.startswith("linux")
+_libc: Any = None  # bound by the first trim that madvises (see _madvise)
+
+
+def _madvise() -> Any:
+    """libc's madvise, bound on first use: importing ctypes cost ~2 ms of every
+    command's start-up, and a store whose metadata is within TRIM_BYTES never calls it."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        # the C library the interpreter is linked with (its symbols are in the process's
+        # global namespace): `ctypes.util.find_library("c")` ran `ldconfig -p` in a child
+        # process, ~7 ms of every CLI command's start-up
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        libc.madvise.restype = ctypes.c_int
+        _libc = libc
+    return _libc.madvise
 
 
 class MapTrimmer:
@@ -83,7 +93,7 @@ class MapTrimmer:
         ticks = self._ticks = prev + n  # approximate across threads: it only paces the
         # trims; the clock and the mapped bytes are read when a multiple of
         # _CHECK_TICKS + 1 is passed, however many ticks came at once
-        if _libc is None or (ticks < TRIM_TICKS
+        if not _LINUX or (ticks < TRIM_TICKS
                              and (ticks <= prev | _CHECK_TICKS or not self._due())):
             return
         with self._lock:
@@ -113,7 +123,7 @@ class MapTrimmer:
     def trim(self) -> None:
         """Drop the map's resident pages from this process now (unless the whole file
         is no larger than TRIM_BYTES, the bound the trims keep)."""
-        if _libc is None:
+        if not _LINUX:
             return
         if self._map is None:
             self._map = _find_map(os.path.join(self._env.path(), "data.mdb"))
@@ -125,7 +135,7 @@ class MapTrimmer:
             return  # the whole file is within what the trims bound the map to: a trim
             # would only fault the same pages in again
         if start and length:
-            _libc.madvise(start, length, _MADV_DONTNEED)
+            _madvise()(start, length, _MADV_DONTNEED)
             self.trims += 1
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 from gfs.errors import ConfigError
 from gfs.eviction import DEFAULT_POLICY, make_policy
-from gfs.read.disk import DiskTier
 from gfs.read.source import ChunkSource, PathOf
 
 #: Default capacity of the memory tier.
@@ -100,6 +99,8 @@ class MemoryTier:
             s = TierStats(**asdict(self._stats))
             s.bytes_cached, s.entries = self._policy.size, len(self._data)
             s.bytes_from_store = self._from_inner
+        from gfs.read.disk import DiskTier  # here: most memory tiers (a get's) have none below
+
         if isinstance(self.inner, DiskTier):
             disk = self.inner.stats()
             s.bytes_from_store, s.disk = disk.bytes_from_store, disk.to_dict()
