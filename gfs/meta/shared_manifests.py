@@ -14,9 +14,13 @@ than `SHARE_MIN_CHUNKS` chunks stay inline: a reference would not be smaller.
 from __future__ import annotations
 
 import struct
-from _blake2 import blake2b  # hashlib.blake2b itself, without hashlib's OpenSSL (~3.5 ms)
 from collections.abc import Callable, Iterable
 from typing import Any
+
+try:  # hashlib.blake2b itself, without importing hashlib's OpenSSL (~3.5 ms a command)
+    from _blake2 import blake2b
+except ImportError:  # an interpreter without CPython's own module
+    from hashlib import blake2b
 
 from gfs.errors import MetadataDamagedError
 from gfs.meta import encoding as enc
