@@ -39,14 +39,15 @@ MEMBER_MAX = 64 << 10
 #: --shape smallfiles`); one member's read decompresses ~3 ms of group, once per
 #: group in a restore batch or in the readers' group cache.
 GROUP_BYTES = 4 << 20
-#: Groups are compressed this many zstd levels above the store's level: level 8
-#: (window 4 MiB, the whole group) costs ~1.2x level 6's CPU on a group and stores
-#: ~2.7% less. Level 9 stored 0.5% less than 8 for 1.19x its CPU (the release
-#: series' Django groups): group compression was 83% of the workers' CPU on the
-#: release series' first snapshot (0.68 s), its tail the last part of the put's wall;
-#: with 8 the stored bytes grew 0.06% (releases) and 0.3% (small files, pools).
-#: Level 12 another 2% for 2.2x more CPU.
-GROUP_LEVEL_STEP = 5
+#: Groups are compressed this many zstd levels above the store's level: level 7
+#: (window 4 MiB, the whole group). Group compression is most of the workers' CPU on
+#: the release series' first snapshot (0.62 s of 0.76), and that snapshot's put is
+#: bound by CPU on 2 cores: level 8 stored the groups 0.9% smaller for 1.18x level
+#: 7's CPU (32 MiB of its Django groups), the whole store 0.18% smaller (releases)
+#: and 0.6% (small files, pools); in 6 alternating pairs of both puts, level 7 took
+#: 0.93x level 8's wall and CPU. Level 9 stored 0.5% less than 8 for 1.19x its CPU;
+#: level 6 2.7% more than 8 for 0.8x; level 12 2% less than 9 for 2.2x.
+GROUP_LEVEL_STEP = 4
 
 _OFFSET = struct.Struct("<I")
 
