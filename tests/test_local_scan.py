@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gfs._native import scan_dir
+from tests.preload_shim import build_shim
 
 
 def _reference(path: str) -> list[tuple[str, int, int, int, int, int, int, int]]:
@@ -141,14 +142,7 @@ CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler for the shim")
-    d = tmp_path_factory.mktemp("scanshim")
-    (d / "shim.c").write_text(SHIM)
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(d / "shim.so"), str(d / "shim.c"),
-                    "-ldl"], check=True)
-    return d / "shim.so"
+    return build_shim(SHIM, tmp_path_factory.mktemp("scanshim"))
 
 
 @pytest.mark.parametrize("bad,error", [("vanish.txt", "FileNotFoundError"),

@@ -38,6 +38,19 @@ def _chunk(i: int) -> ChunkRecord:
     return ChunkRecord(cid, 200, 200, 0, 1, (Location(1, b"p" * 16, i * 200, 200),))
 
 
+def _engine_with_chunks(tmp_path: Path, n: int) -> LmdbEngine:
+    """An engine in `tmp_path`/meta holding the records of chunks 0 to n - 1."""
+    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    try:
+        with eng.write() as w:
+            for i in range(n):
+                w.put_chunk(_chunk(i))
+    except BaseException:
+        eng.close()
+        raise
+    return eng
+
+
 def _chunk_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LmdbEngine:
     """An engine at tmp_path/meta holding a chunk table of about 30 MiB (150,000
     records), its map trimmed every 64 ticks and never by the clock."""
@@ -83,11 +96,8 @@ def test_ticks_read_the_clock_rarely_and_a_small_map_is_left_resident(
             return clock[0]
 
     monkeypatch.setattr(residency, "time", Clock)
-    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    eng = _engine_with_chunks(tmp_path, 200)
     try:
-        with eng.write() as w:
-            for i in range(200):
-                w.put_chunk(_chunk(i))
         trimmer = eng._dbs.trimmer
         before, trims = len(reads), trimmer.trims
         for _ in range(160):
@@ -158,11 +168,8 @@ def test_batched_lookups_check_the_mapped_bytes_every_few_keys(
     map against TRIM_BYTES of 8)."""
     monkeypatch.setattr(residency, "TRIM_TICKS", 1 << 40)  # only the mapped bytes trim
     monkeypatch.setattr(residency, "TRIM_INTERVAL", 3600.0)
-    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    eng = _engine_with_chunks(tmp_path, 3_000)
     try:
-        with eng.write() as w:
-            for i in range(3_000):
-                w.put_chunk(_chunk(i))
         # a file larger than the bound (a small one's mapped bytes are never read)
         monkeypatch.setattr(residency, "TRIM_BYTES", eng._dbs.trimmer._used() // 2)
         eng._dbs.trimmer.trim()  # a trim notes the file's size
@@ -208,11 +215,8 @@ def test_a_file_within_the_bound_never_reads_the_mapped_bytes(
         reads[0] += 1
         return real_pages()
 
-    eng = LmdbEngine(str(tmp_path / "meta"), sync=False)
+    eng = _engine_with_chunks(tmp_path, 3_000)
     try:
-        with eng.write() as w:
-            for i in range(3_000):
-                w.put_chunk(_chunk(i))
         trimmer = eng._dbs.trimmer
         assert trimmer._used() <= residency.TRIM_BYTES
         monkeypatch.setattr(residency, "file_pages", pages)

@@ -7,13 +7,14 @@ the get reports as failed is never left in place under its name."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.preload_shim import build_shim
 
 SHIM = r"""
 #define _GNU_SOURCE
@@ -69,14 +70,7 @@ CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler for the shim")
-    d = tmp_path_factory.mktemp("shim")
-    (d / "shim.c").write_text(SHIM)
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(d / "shim.so"), str(d / "shim.c"),
-                    "-ldl"], check=True)
-    return d / "shim.so"
+    return build_shim(SHIM, tmp_path_factory.mktemp("shim"))
 
 
 def _write(shim: Path, out: Path, **faults: str) -> str:
