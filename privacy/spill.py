@@ -75,14 +75,21 @@ class Workdir:
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
                 shutil.rmtree(d, ignore_errors=True)
         self.path = base / f"{os.getpid()}-{secrets.token_hex(6)}"
-        self.path.mkdir()
         self._n = 0
         # the kernel closes our end of the pipe however we die (even SIGKILL); the
         # watchdog then removes the directory; a new session, so that killing the
-        # party's process group does not kill the watchdog with it
+        # party's process group does not kill the watchdog with it. The watchdog comes
+        # first: a party killed between making the directory and starting its watchdog
+        # (a fork of a large process takes milliseconds) left the directory behind
+        # until the next job at that site.
         self._watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(self.path)], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self.path.mkdir()
+        except BaseException:
+            self.close()
+            raise
 
     def file(self, stem: str) -> Path:
         """A fresh file name in the directory."""

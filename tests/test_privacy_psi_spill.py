@@ -97,6 +97,42 @@ def test_value_partitions_keep_every_record(tmp_path: Path) -> None:
                            for a, b in zip([d for d in got if d], firsts[1:], strict=False))
 
 
+_KILLED_AT = """
+import os, signal, subprocess, sys
+from pathlib import Path
+from privacy import spill
+root, at = sys.argv[1], sys.argv[2]
+if at == "watchdog":  # killed as the watchdog is about to be started
+    def popen(*a, **k):
+        os.kill(os.getpid(), signal.SIGKILL)
+    spill.subprocess.Popen = popen
+else:  # killed right after the directory is made
+    real_mkdir = Path.mkdir
+    def mkdir(self, *a, **k):
+        real_mkdir(self, *a, **k)
+        if self.parent.name == "psi":
+            os.kill(os.getpid(), signal.SIGKILL)
+    Path.mkdir = mkdir
+spill.Workdir(root)
+"""
+
+
+@pytest.mark.parametrize("at", ["watchdog", "directory"])
+def test_a_party_killed_while_making_its_workdir_leaves_nothing(tmp_path: Path, at: str
+                                                                ) -> None:
+    """Whether the party is killed just before its watchdog starts or just after its
+    directory is made, no directory is left behind (with the directory made first, a
+    kill before the watchdog's fork left it until the next job at that site)."""
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AT, str(tmp_path), at],
+                          capture_output=True, timeout=60, check=False)
+    assert proc.returncode == -9, proc.stderr
+    base = tmp_path / "tmp" / "psi"
+    deadline = time.monotonic() + 30
+    while base.exists() and any(base.iterdir()):
+        assert time.monotonic() < deadline, sorted(base.iterdir())
+        time.sleep(0.05)
+
+
 def test_stale_directories_of_dead_jobs_are_removed(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
