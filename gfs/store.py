@@ -22,6 +22,8 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
@@ -57,6 +59,7 @@ from gfs.meta import (
     ReadTxn,
     WriteTxn,
 )
+from gfs.meta.records import chunk_record, with_refcount
 from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_key, parse_pack_head
 from gfs.pools import Pool, open_pool
@@ -972,11 +975,6 @@ class WriteSession:
         self._flush_pack()
         if not batch.files and not self._flushed:
             return
-        from itertools import chain
-        from operator import attrgetter
-
-        from gfs.meta.records import chunk_record
-
         now = time.time_ns()
         walks, files, ref_id = batch.walks, batch.files, attrgetter("id")
 
@@ -1105,8 +1103,6 @@ def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],
     referenced chunk without a record, means the index is damaged: the FormatError
     aborts the transaction, so nothing changes.
     """
-    from gfs.meta.records import with_refcount  # (a record per new chunk: not replace)
-
     rest = deltas
     if fresh:
         rest = Counter({cid: n for cid, n in deltas.items() if cid not in fresh})
