@@ -479,10 +479,28 @@ def print_results(results: Sequence[Result], shape: str = "") -> None:
                    peers=",".join(p.tool for p in peers)))
 
 
+def tree_entries(snapshots: Sequence[Path]) -> int:
+    """Entries (files, directories, symlinks) in the snapshots, their roots included."""
+    return sum(1 + sum(len(dirs) + len(names) for _, dirs, names in os.walk(snap))
+               for snap in snapshots)
+
+
 def scratch_size(logical: int, tools: int) -> int:
     """Bytes for a scratch filesystem (sparse) holding every tool's repository and
     restore until the run ends, with room to spare: at least 4 GiB."""
     return max(4 << 30, 2 * logical * max(tools, 1) + (1 << 30))
+
+
+#: Inodes a tool's repository may take beside its restore (restic's and borg's data
+#: directories, hutong's pack fan-out, zpaq's and zstd's single files), and a margin.
+REPO_INODES = 20_000
+
+
+def scratch_inodes(entries: int, tools: int) -> int:
+    """Inodes for a scratch filesystem holding every tool's restore of `entries` entries
+    and its repository until the run ends, with half again to spare (mkfs's default of one
+    inode per 16 KiB ran out on the full releases set: six restores of 60,257 entries)."""
+    return 3 * (entries + REPO_INODES) * max(tools, 1) // 2
 
 
 def run_tools(names: Sequence[str], snapshots: Sequence[Path],
@@ -560,7 +578,8 @@ def main(argv: list[str]) -> int:
         base, scratch = choose_workdir(logical, args.workdir, args.tmpfs), None
         if not (args.workdir or args.tmpfs or args.no_scratch_fs or args.keep):
             scratch = stack.enter_context(scratch_fs(
-                LOCAL_WORK, scratch_size(logical, len(names)), f"ingest-{os.getpid()}-fs"))
+                LOCAL_WORK, scratch_size(logical, len(names)), f"ingest-{os.getpid()}-fs",
+                inodes=scratch_inodes(tree_entries(snapshots), len(names))))
             base = scratch / "work" if scratch is not None else base
         # a scratch filesystem goes whole at the end: nothing to remove file by file
         results, failed = run_tools(names, snapshots, expected, logical, base,

@@ -63,3 +63,41 @@ def test_a_mount_that_fails_falls_back_and_leaves_nothing(
         assert mnt is None
     assert "permission denied" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_ingest_bench_counts_every_entry_of_its_snapshots(tmp_path: Path) -> None:
+    from bench.ingest import tree_entries
+
+    snap = tmp_path / "v1"
+    (snap / "a" / "b").mkdir(parents=True)
+    (snap / "a" / "f").write_bytes(b"1")
+    (snap / "g").write_bytes(b"")
+    (snap / "link").symlink_to("g")
+    (snap / "dangling").symlink_to("nowhere")
+    # the root, a, a/b, a/f, g, link, dangling; twice over two snapshots
+    assert tree_entries([snap]) == 7
+    assert tree_entries([snap, snap]) == 14
+
+
+@needs_mount
+def test_the_ingest_bench_sizes_its_filesystem_for_every_tools_restore(tmp_path: Path) -> None:
+    """The full releases run ran out of inodes on mkfs's default ratio (one per 16 KiB):
+    each tool's restore of every snapshot stays until the run ends. Here two tools'
+    copies of a tree of many empty files fill a filesystem made with the bench's count;
+    mkfs's default for the same size has fewer inodes than the bench asks for."""
+    from bench.ingest import REPO_INODES, scratch_inodes
+
+    tools, entries = 2, 3000
+    inodes = scratch_inodes(entries, tools)
+    assert inodes >= tools * (entries + REPO_INODES)
+    with scratch_fs(tmp_path, 512 << 20, "fs", inodes=inodes, block_size=4096) as mnt:
+        assert mnt is not None
+        assert os.statvfs(mnt).f_files >= inodes
+        for t in range(tools):  # every tool's restore, kept
+            d = mnt / f"tool{t}"
+            d.mkdir()
+            for i in range(entries):
+                (d / str(i)).touch()
+    with scratch_fs(tmp_path, 512 << 20, "fs", block_size=4096) as mnt:  # the default
+        assert mnt is not None
+        assert os.statvfs(mnt).f_files < tools * (entries + REPO_INODES)
