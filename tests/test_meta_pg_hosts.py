@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -95,3 +96,4 @@ def test_two_hosts_mount_one_postgresql_namespace(wan: Wan, tmp_path: Path) -> N
         assert "ok" in report.lower() or "clean" in report.lower(), report
     finally:
         stop_server(proc)
+        shutil.rmtree(base, ignore_errors=True)

@@ -78,7 +78,10 @@ def start_server(base: str, *, netns: str | None = None, listen: str = ""
     port = _free_port()
     argv = [postgres, "-D", data, "-p", str(port), "-k", base, "-c", f"listen_addresses={listen}",
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=300", "-c", "shared_buffers=64MB"]
+            "-c", "max_connections=300", "-c", "shared_buffers=64MB",
+            # dynamic shared memory as files in the data directory, removed with it: POSIX
+            # segments in /dev/shm outlive a server that is killed
+            "-c", "dynamic_shared_memory_type=mmap"]
     if listen:
         with open(os.path.join(data, "pg_hba.conf"), "a") as hba:
             hba.write("host all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n")
