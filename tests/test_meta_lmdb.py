@@ -137,12 +137,12 @@ def test_format_mismatch_raises_state_error(tmp_path: Path) -> None:
     path = str(tmp_path / "meta")
     eng = LmdbEngine(path, sync=False)
     with eng.write() as w:
-        w.set_meta("format", b"6")
+        w.set_meta("format", b"7")
     eng.close()
     with pytest.raises(StateError) as info:
         LmdbEngine(path, sync=False)
     msg = str(info.value)
-    assert path in msg and "format version 6" in msg and "formats 1, 2, 3, 4, 5" in msg
+    assert path in msg and "format version 7" in msg and "formats 1, 2, 3, 4, 5, 6" in msg
     with pytest.raises(StateError):
         LmdbEngine(path, readonly=True)
 

@@ -16,7 +16,6 @@ import bisect
 import itertools
 import operator
 import sys
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +25,7 @@ from typing import Any
 import zstandard
 
 from gfs.errors import FormatError, MetadataDamagedError
+from gfs.meta.block_dicts import BlockDict, compressor, decompressor
 from gfs.meta.encoding import PACKED_FORMAT, _varints, _varints_to
 
 __all__ = ["DECODED_BLOCKS", "MAX_BLOCK", "PACKED_FORMAT", "PACKED_TABLES", "TARGET_RAW",
@@ -64,33 +64,29 @@ def block_db(table: str) -> bytes:
     return table.encode() + b".z"
 
 
-_local = threading.local()  # zstd contexts are not safe across threads
-
-
-def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-    ctx: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None = getattr(
-        _local, "ctx", None)
-    if ctx is None:
-        ctx = _local.ctx = (zstandard.ZstdCompressor(level=_LEVEL, write_checksum=True),
-                            zstandard.ZstdDecompressor())
-    return ctx
-
-
-def encode_block(rows: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """One block of `rows` (at least one, keys strictly ascending, at most 65,535 bytes)."""
-    if not rows:
-        raise ValueError("a block holds at least one row")
+def raw_block(rows: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The bytes a block of `rows` compresses (its lengths, keys and values)."""
     keys = [k for k, _ in rows]
     values = [v for _, v in rows]
-    if not all(map(operator.lt, keys, keys[1:])):
-        raise ValueError("block rows out of order (keys must be strictly ascending)")
     klens, vlens = array.array("H", map(len, keys)), array.array("I", map(len, values))
     if _SWAP:
         klens.byteswap()
         vlens.byteswap()
+    return b"".join((klens.tobytes(), vlens.tobytes(), *keys, *values))
+
+
+def encode_block(rows: Sequence[tuple[bytes, bytes]], dictionary: BlockDict | None = None
+                 ) -> bytes:
+    """One block of `rows` (at least one, keys strictly ascending, at most 65,535 bytes),
+    compressed with `dictionary` if given (its frame then names the dictionary's id)."""
+    if not rows:
+        raise ValueError("a block holds at least one row")
+    keys = [k for k, _ in rows]
+    if not all(map(operator.lt, keys, keys[1:])):
+        raise ValueError("block rows out of order (keys must be strictly ascending)")
     out = bytearray()
     _varints_to(out, (len(rows),))
-    out += _zstd()[0].compress(b"".join((klens.tobytes(), vlens.tobytes(), *keys, *values)))
+    out += compressor(dictionary, _LEVEL).compress(raw_block(rows))
     return bytes(out)
 
 
@@ -100,18 +96,24 @@ def block_rows(data: bytes) -> int:
 
 
 @lru_cache(maxsize=DECODED_BLOCKS)
-def _decode(data: bytes) -> Rows:
+def _decode(data: bytes, dictionary: BlockDict | None) -> Rows:
     (n,), pos = _varints(data, 0, 1)
     if not n:
         raise ValueError("no rows")
     frame = data[pos:]
+    wants = zstandard.get_frame_parameters(frame).dict_id
+    if wants and (dictionary is None or dictionary.id != wants):
+        has = "none" if dictionary is None else f"dictionary {dictionary.id}"
+        raise ValueError(f"its frame needs block dictionary {wants}, the table has {has}")
+    if not wants:
+        dictionary = None
     size = zstandard.frame_content_size(frame)
     # A zstd block of at most 128 KiB takes a 3-byte header, so no frame decodes to
     # more than 2**16 times its length: a damaged header's size is refused before it
     # is allocated (it could name up to 2**64 bytes).
     if not 0 <= size <= len(frame) << 16:
         raise ValueError(f"the frame declares {size} bytes in {len(frame)}")
-    raw = _zstd()[1].decompress(frame, max_output_size=size)
+    raw = decompressor(dictionary).decompress(frame, max_output_size=size)
     if len(raw) < 6 * n:
         raise ValueError(f"{len(raw)} bytes cannot hold the lengths of {n} rows")
     klens, vlens = array.array("H"), array.array("I")
@@ -130,11 +132,12 @@ def _decode(data: bytes) -> Rows:
     return keys, tuple([raw[a:b] for a, b in pairwise(vo)])
 
 
-def decode_block(table: str, block_key: bytes, data: bytes) -> Rows:
-    """(keys, values) of block `block_key` of `table`; FormatError when it does not
-    decode or its last key is not `block_key`."""
+def decode_block(table: str, block_key: bytes, data: bytes,
+                 dictionary: BlockDict | None = None) -> Rows:
+    """(keys, values) of block `block_key` of `table` (whose dictionary is `dictionary`);
+    FormatError when it does not decode or its last key is not `block_key`."""
     try:
-        rows = _decode(bytes(data))
+        rows = _decode(bytes(data), dictionary)
     except (ValueError, IndexError, zstandard.ZstdError) as e:
         raise MetadataDamagedError(f"packed block {block_key.hex()} of table {table}: {e}; the "
                                    "metadata is damaged, run `hutong fsck`") from None
@@ -155,9 +158,10 @@ class _Packer:
     is cut once its rows reach TARGET_RAW bytes, shorter where that fills the rest of
     the current page (a block's rows then decide its length, not a fixed count)."""
 
-    __slots__ = ("base", "room", "rows", "seen", "size", "slope")
+    __slots__ = ("base", "dictionary", "room", "rows", "seen", "size", "slope")
 
-    def __init__(self) -> None:
+    def __init__(self, dictionary: BlockDict | None = None) -> None:
+        self.dictionary = dictionary  # blocks are compressed with it
         self.rows: list[tuple[bytes, bytes]] = []
         self.size = 0
         self.room = _PAGE_ROOM  # bytes left in the leaf page being filled
@@ -201,7 +205,7 @@ class _Packer:
                 if self.room < _PAGE_ROOM:  # start a fresh page
                     self.room = _PAGE_ROOM
                     continue
-                n, data = 1, encode_block(rows[:1])  # one row larger than a page
+                n, data = 1, encode_block(rows[:1], self.dictionary)  # larger than a page
             key = rows[n - 1][0]
             self._take(_node(key, data) if n > 1 or len(data) + len(key) <= MAX_BLOCK
                        else _node(key, bytes(8)))
@@ -228,7 +232,7 @@ class _Packer:
                 n = min(max(bisect.bisect_right(raw, room / self.slope), lo + 1), hi - 1)
             else:
                 n = (lo + hi) // 2
-            data = encode_block(rows[:n])
+            data = encode_block(rows[:n], self.dictionary)
             self._learn(raw[n - 1], len(data))
             if _node(rows[n - 1][0], data) <= budget:
                 lo, best = n, data
@@ -246,9 +250,11 @@ class _Packer:
         self.seen = raw
 
 
-def pack(rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
-    """(block key, block) for `rows` (keys strictly ascending), in key order."""
-    packer = _Packer()
+def pack(rows: Iterable[tuple[bytes, bytes]], dictionary: BlockDict | None = None
+         ) -> Iterator[tuple[bytes, bytes]]:
+    """(block key, block) for `rows` (keys strictly ascending), in key order, compressed
+    with `dictionary` if given."""
+    packer = _Packer(dictionary)
     yield from packer.add(rows)
     yield from packer.flush()
 
@@ -261,24 +267,27 @@ class RepackCount:
 
 
 def repack(table: str, hot: Iterator[tuple[bytes, bytes]],
-           packed: Iterable[tuple[bytes, bytes]], count: RepackCount | None = None
+           packed: Iterable[tuple[bytes, bytes]], count: RepackCount | None = None,
+           dictionary: BlockDict | None = None, *, recode: bool = False
            ) -> Iterator[tuple[bytes, bytes]]:
     """The blocks of `table` once its `hot` rows (ascending) are merged into its `packed`
     blocks ((block key, block), ascending): a block no hot row falls in is passed on as
     it is (not decoded), so a compaction re-encodes only where rows changed. `count`
-    (if given) counts the packed rows the hot ones replaced."""
-    packer = _Packer()
+    (if given) counts the packed rows the hot ones replaced. `dictionary`: the table's
+    (blocks it encodes use it; the packed ones may or may not); with `recode`, every
+    block is decoded and encoded again (none passed on as it is)."""
+    packer = _Packer(dictionary)
     h = next(hot, None)
     for bkey, data in packed:
         mine: list[tuple[bytes, bytes]] = []
         while h is not None and h[0] <= bkey:
             mine.append(h)
             h = next(hot, None)
-        if not mine and not packer.rows:
+        if not mine and not packer.rows and not recode:
             packer.passed(bkey, data)
             yield bkey, data
             continue
-        keys, values = decode_block(table, bkey, data)
+        keys, values = decode_block(table, bkey, data, dictionary)
         if count is not None and mine:
             had = set(keys)
             count.shadowed += sum(k in had for k, _ in mine)
@@ -314,13 +323,16 @@ class BlockTxn:
     one table (other handles pass straight through). `cold` maps each packed table's
     handle to (table name, block database handle)."""
 
-    __slots__ = ("_cold", "_curs", "_decoded", "_empty", "_full", "_hot", "_last", "_pending",
-                 "through", "txn")
+    __slots__ = ("_cold", "_curs", "_decoded", "_dicts", "_empty", "_full", "_hot", "_last",
+                 "_meta", "_pending", "through", "txn")
 
     def __init__(self, txn: Any, cold: dict[Any, tuple[str, Any]], *,
-                 through: bool = False) -> None:
+                 through: bool = False, meta: Any = None) -> None:
         self.txn = txn
         self._cold = cold
+        #: the `meta` table's handle (the tables' dictionaries), and those read
+        self._meta = meta
+        self._dicts: dict[str, BlockDict | None] = {}
         #: write through: a put of a packed key changes its block (once per block, at
         #: `flush`) instead of adding a hot row; for transactions that rewrite many
         #: existing rows and add few (heat and access times after reads)
@@ -341,6 +353,25 @@ class BlockTxn:
         #: checks, its refcounts) each fell in another block and decoded it again;
         #: dropped for a block database whenever this transaction rewrites its blocks
         self._decoded: dict[Any, dict[bytes, Rows]] = {}
+
+    def dictionary(self, table: str) -> BlockDict | None:
+        """`table`'s block dictionary (read once per transaction), or None."""
+        try:
+            return self._dicts[table]
+        except KeyError:
+            pass
+        from gfs.meta.block_dicts import meta_key
+
+        raw = None if self._meta is None else self.txn.get(meta_key(table), db=self._meta)
+        try:
+            d = self._dicts[table] = BlockDict.load(raw, table)
+        except ValueError as e:
+            raise MetadataDamagedError(f"{e}; the metadata is damaged, run `hutong fsck`"
+                                       ) from None
+        return d
+
+    def _decode(self, table: str, bkey: bytes, data: bytes) -> Rows:
+        return decode_block(table, bkey, data, self.dictionary(table))
 
     def _has_hot(self, db: Any) -> bool:
         hot = self._hot.get(db)
@@ -381,7 +412,7 @@ class BlockTxn:
         if at is None:
             return None
         table, bdb, cur = at
-        return table, bdb, cur, decode_block(table, cur.key(), cur.value())
+        return table, bdb, cur, self._decode(table, cur.key(), cur.value())
 
     def _lookup_block(self, db: Any, key: bytes) -> Rows | None:
         """The rows of the block whose range could hold `key`, as `_cursor_at` finds it,
@@ -396,7 +427,7 @@ class BlockTxn:
             decoded = self._decoded[bdb] = {}
         rows = decoded.get(bkey)
         if rows is None:
-            rows = decode_block(table, bkey, cur.value())
+            rows = self._decode(table, bkey, cur.value())
             if len(decoded) >= TXN_DECODED_BLOCKS:
                 decoded.clear()  # bounded: start again
             decoded[bkey] = rows
@@ -522,7 +553,7 @@ class BlockTxn:
                 if at is None:  # past the last block: it takes them
                     cur = self.txn.cursor(db=bdb)
                     cur.last()  # there is one: an empty table is rebuilt above
-                    at = (table, bdb, cur, decode_block(table, cur.key(), cur.value()))
+                    at = (table, bdb, cur, self._decode(table, cur.key(), cur.value()))
                 _table, _bdb, cur, (bkeys, bvalues) = at
                 j = i + 1
                 while j < len(keys) and (keys[j] <= bkeys[-1] or keys[i] > bkeys[-1]):
@@ -536,9 +567,10 @@ class BlockTxn:
                 changed.update((k, rows[k]) for k in keys[i:j])
                 cur.delete()
                 if tail:  # past every other block: appended, so leaf pages fill
-                    self._append(table, bdb, pack(sorted(changed.items())))
+                    self._append(table, bdb, pack(sorted(changed.items()),
+                                                  self.dictionary(table)))
                 else:
-                    for bkey, data in pack(sorted(changed.items())):
+                    for bkey, data in pack(sorted(changed.items()), self.dictionary(table)):
                         self.txn.put(bkey, data, db=bdb)
                 i = j
 
@@ -567,7 +599,8 @@ class BlockTxn:
         self._rewrites(bdb)
         self._curs.pop(bdb, None)
         self.txn.drop(bdb, delete=False)
-        self._append(table, bdb, repack(table, iter(rows), old))
+        self._append(table, bdb, repack(table, iter(rows), old,
+                                        dictionary=self.dictionary(table)))
         self._empty.discard(bdb)
         self._full.add(bdb)
 
@@ -595,7 +628,7 @@ class BlockTxn:
         cur.delete()
         rest = [(k, v) for j, (k, v) in enumerate(zip(keys, values, strict=True)) if j != i]
         if rest:
-            self.txn.put(rest[-1][0], encode_block(rest), db=bdb)
+            self.txn.put(rest[-1][0], encode_block(rest, self.dictionary(_table)), db=bdb)
         return True
 
     def cursor(self, db: Any) -> Any:
@@ -635,7 +668,7 @@ class BlockTxn:
             return
         first = True
         for bkey, data in cur.iternext():
-            keys, values = decode_block(table, bkey, data)
+            keys, values = self._decode(table, bkey, data)
             if first:  # lookups in the range just listed skip the cursor
                 self._last[bdb] = (keys, values)
             i = bisect.bisect_left(keys, start) if first else 0

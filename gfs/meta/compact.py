@@ -34,7 +34,7 @@ from typing import Any
 import lmdb
 
 from gfs.errors import FormatError, StateError
-from gfs.meta import blocks
+from gfs.meta import block_dicts, blocks
 from gfs.meta.encoding import PACKED_FORMAT
 from gfs.meta.residency import MapTrimmer
 
@@ -237,6 +237,7 @@ def _copy_packed(src: lmdb.Environment, dst: lmdb.Environment) -> None:
     maps trimmed as it goes (gfs.meta.residency), so the copy does not leave the whole
     file resident."""
     out = _Dest(dst, (MapTrimmer(src), MapTrimmer(dst)))
+    trained: dict[bytes, bytes] = {}  # the tables' new block dictionaries (b"": none)
     try:
         with src.begin() as rtxn:
             names = [bytes(k) for k, _ in rtxn.cursor()]
@@ -250,12 +251,17 @@ def _copy_packed(src: lmdb.Environment, dst: lmdb.Environment) -> None:
                     out.append(ddb, rtxn.cursor(db=sdb).iternext())
                     got, want = out.entries(ddb), rtxn.stat(sdb)["entries"]
                 else:
-                    got, want = _copy_blocks(src, rtxn, sdb, table, out)
+                    got, want, decided = _copy_blocks(src, rtxn, sdb, table, out)
+                    if decided is not None:
+                        trained[block_dicts.meta_key(table)] = decided
                 if got != want:
                     raise FormatError(f"metadata compaction of database {name!r}: the copy "
                                       f"has {got} entries for {want}; the store is "
                                       "unchanged, run `hutong fsck`")
-        out.txn.put(b"format", PACKED_FORMAT, db=out.open_db(b"meta"))
+        meta = out.open_db(b"meta")
+        for key, raw in trained.items():  # after the copy of `meta` (appended in order)
+            out.txn.put(key, raw, db=meta)
+        out.txn.put(b"format", PACKED_FORMAT, db=meta)
         out.txn.commit()
     except BaseException:
         out.txn.abort()
@@ -263,16 +269,35 @@ def _copy_packed(src: lmdb.Environment, dst: lmdb.Environment) -> None:
 
 
 def _copy_blocks(src: lmdb.Environment, rtxn: Any, sdb: Any, table: str,
-                 out: _Dest) -> tuple[int, int]:
+                 out: _Dest) -> tuple[int, int, bytes | None]:
     """The current rows of packed `table` (hot rows merged into its blocks; blocks no
     hot row falls in copied as they are) into `dst`'s block database, its table left
     empty; (rows the copy's blocks hold, current rows of the source: hot and packed
-    rows less the packed rows hot ones replace)."""
+    rows less the packed rows hot ones replace, the table's block dictionary if this
+    copy decided it: its bytes, or b"" for none)."""
     bname = blocks.block_db(table)
     try:
         sbdb: Any = src.open_db(bname, txn=rtxn, create=False)
     except lmdb.NotFoundError:  # made before packed blocks
         sbdb = None
+    stored = rtxn.get(block_dicts.meta_key(table), db=src.open_db(b"meta", txn=rtxn,
+                                                                  create=False))
+    decided = None
+    try:
+        dictionary = block_dicts.BlockDict.load(stored, table)
+    except ValueError as e:
+        raise FormatError(f"metadata compaction: {e}; the store is unchanged, run "
+                          "`hutong fsck`") from None
+    if stored is None and sbdb is not None and (last := _last_key(rtxn, sbdb)) is not None:
+        # tried on the rows past every packed one: rows of new keys (a hot row of a
+        # packed key, such as a chunk's new refcount, repeats what it is trained on)
+        cur = rtxn.cursor(db=sdb)
+        new = _samples(cur.iternext() if cur.set_range(last + b"\0") else iter(()))
+        if sum(map(len, new)) >= block_dicts.EVAL_MIN_RAW:
+            old = _samples(_packed_rows(rtxn, sbdb, table))
+            if sum(map(len, old)) >= block_dicts.TRAIN_MIN_RAW:
+                dictionary = block_dicts.train(old, new)
+                decided = dictionary.raw if dictionary is not None else b""
     rows = 0
 
     def hot() -> Iterator[tuple[bytes, bytes]]:
@@ -289,6 +314,41 @@ def _copy_blocks(src: lmdb.Environment, rtxn: Any, sdb: Any, table: str,
 
     dbdb = out.open_db(bname)
     count = blocks.RepackCount()
-    out.append(dbdb, blocks.repack(table, hot(), packed(), count))
+    # a new dictionary: every block is encoded with it, the packed ones again too
+    out.append(dbdb, blocks.repack(table, hot(), packed(), count, dictionary,
+                                   recode=bool(decided)))
     got = sum(blocks.block_rows(data) for _, data in out.txn.cursor(db=dbdb).iternext())
-    return got, rows - count.shadowed  # a hot row over a packed one is one row
+    return got, rows - count.shadowed, decided  # a hot row over a packed one is one row
+
+
+def _last_key(rtxn: Any, sbdb: Any) -> bytes | None:
+    """The last block key of a block database (its last packed row's), or None."""
+    cur = rtxn.cursor(db=sbdb)
+    return bytes(cur.key()) if cur.last() else None
+
+
+def _packed_rows(rtxn: Any, sbdb: Any, table: str) -> Iterator[tuple[bytes, bytes]]:
+    """The rows of `table`'s blocks (it has no dictionary yet), in key order."""
+    for bkey, data in rtxn.cursor(db=sbdb).iternext():
+        keys, values = blocks.decode_block(table, bytes(bkey), bytes(data))
+        yield from zip(keys, values, strict=True)
+
+
+def _samples(rows: Iterator[tuple[bytes, bytes]]) -> list[bytes]:
+    """`rows` as raw blocks of about `blocks.TARGET_RAW` bytes, up to `TRAIN_SAMPLE`
+    bytes: what a block dictionary is trained or tried on."""
+    samples: list[bytes] = []
+    total = size = 0
+    run: list[tuple[bytes, bytes]] = []
+    for key, value in rows:
+        run.append((key, value))
+        size += len(key) + len(value) + 6
+        if size >= blocks.TARGET_RAW:
+            samples.append(blocks.raw_block(run))
+            total += size
+            run, size = [], 0
+            if total >= block_dicts.TRAIN_SAMPLE:
+                return samples
+    if run:
+        samples.append(blocks.raw_block(run))
+    return samples

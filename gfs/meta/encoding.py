@@ -51,6 +51,7 @@ __all__ = [
     "INODE_NARROW",
     "MANIFEST_COMPACT",
     "PACKED_FORMAT",
+    "PACKED_FORMATS",
     "READABLE_FORMATS",
     "decode_chunk",
     "decode_dirent_ino",
@@ -88,8 +89,11 @@ FORMAT_VERSION = b"4"
 #: `format` of an LMDB environment whose large tables compaction has packed into blocks
 #: (gfs.meta.blocks; its rows are records of format 4 or older): older code, which
 #: would miss the packed rows, refuses it.
-PACKED_FORMAT = b"5"
-READABLE_FORMATS = (b"1", b"2", b"3", FORMAT_VERSION, PACKED_FORMAT)
+#: Format 6 is format 5 whose packed blocks may be compressed with their table's block
+#: dictionary (gfs.meta.block_dicts): code of format 5 could not read those.
+PACKED_FORMAT = b"6"
+PACKED_FORMATS = (b"5", PACKED_FORMAT)
+READABLE_FORMATS = (b"1", b"2", b"3", FORMAT_VERSION, *PACKED_FORMATS)
 
 _DAMAGED = "the metadata is damaged; run `hutong fsck`"
 

@@ -144,7 +144,7 @@ class _LmdbRead(ReadTxn):
 
     def __init__(self, txn: Any, dbs: _Dbs, *, through: bool = False) -> None:
         # hot rows, then packed blocks; `through`: see blocks.BlockTxn
-        self._txn = blocks.BlockTxn(txn, dbs.cold, through=through)
+        self._txn = blocks.BlockTxn(txn, dbs.cold, through=through, meta=dbs.meta)
         self._d = dbs
 
     def _rows(self, db: Any, rows: Iterator[tuple[bytes, bytes]] | None = None
@@ -171,9 +171,15 @@ class _LmdbRead(ReadTxn):
             yield from record_check.damaged_rows(
                 table, self._rows(db, raw.cursor(db=db).iternext()), decode)
             pair = d.cold.get(db)
-            if pair is not None:  # packed: each block, then its rows
+            if pair is not None:  # packed: its dictionary, each block, then its rows
+                try:
+                    dictionary = self._txn.dictionary(table)
+                except FormatError as e:
+                    yield f"damaged metadata block dictionary: {record_check.reason(e)}"
+                    dictionary = None  # its blocks that need it are listed too
                 yield from record_check.damaged_blocks(
-                    table, self._rows(pair[1], raw.cursor(db=pair[1]).iternext()), decode)
+                    table, self._rows(pair[1], raw.cursor(db=pair[1]).iternext()), decode,
+                    dictionary)
 
     def _decode_manifest_row(self, key: bytes, value: bytes) -> Manifest:
         return shm.decode(enc.decode_ino(key), value, self._body)
@@ -555,8 +561,8 @@ class _WriteCtx:
             raise
         # a write that records reads rewrites packed heat rows in their blocks rather
         # than adding a hot copy of each (a restore would add one per chunk read)
-        # (only in a store compaction made packed, format 5: older code reads no blocks)
-        through = self._tick and self._txn.get(_FORMAT, db=shared.dbs.meta) == enc.PACKED_FORMAT
+        # (only in a store compaction made packed, format 5 or 6: older code reads no blocks)
+        through = self._tick and self._txn.get(_FORMAT, db=shared.dbs.meta) in enc.PACKED_FORMATS
         self._w = _LmdbWrite(self._txn, shared.dbs, through=through)
         return self._w
 
@@ -732,7 +738,7 @@ class LmdbEngine(MetaEngine):
                 self._initialise(txn, handles)
             else:
                 self._check_format(fmt)
-                if fmt not in (enc.FORMAT_VERSION, enc.PACKED_FORMAT):  # its records
+                if fmt not in (enc.FORMAT_VERSION, *enc.PACKED_FORMATS):  # its records
                     txn.put(_FORMAT, enc.FORMAT_VERSION, db=handles["meta"])  # read as they are
         return _Dbs(handles, MapTrimmer(env))
 
@@ -787,7 +793,7 @@ class LmdbEngine(MetaEngine):
         return self._writer(tick=False)
 
     def tick_rows(self, table: str, rows: int) -> int:
-        """`rows`, or TICK_ROWS_SMALL in a packed store (format 5) whose `table` takes
+        """`rows`, or TICK_ROWS_SMALL in a packed store (format 5 or 6) whose `table` takes
         at most half as many leaf pages as `rows`, hot and packed: a write-through
         flush rewrites at most the blocks it falls in (the whole table, appended,
         when it falls in most), so its dirty pages stay within the table plus the
@@ -799,7 +805,7 @@ class LmdbEngine(MetaEngine):
         if pair is None or rows >= TICK_ROWS_SMALL:
             return rows
         with shared.env.begin() as txn:
-            if txn.get(_FORMAT, db=shared.dbs.meta) != enc.PACKED_FORMAT:
+            if txn.get(_FORMAT, db=shared.dbs.meta) not in enc.PACKED_FORMATS:
                 return rows
             pages = sum(s["leaf_pages"] + s["branch_pages"] + s["overflow_pages"]
                         for s in (txn.stat(db), txn.stat(pair[1])))

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from gfs.errors import FormatError
 from gfs.meta import blocks
 from gfs.meta import encoding as enc
+from gfs.meta.block_dicts import BlockDict
 
-__all__ = ["DECODE_ERRORS", "RECORD_DECODERS", "damaged_blocks", "damaged_rows"]
+__all__ = ["DECODE_ERRORS", "RECORD_DECODERS", "damaged_blocks", "damaged_rows", "reason"]
 
 #: What a decoder raises on bytes that are not its record.
 DECODE_ERRORS = (ValueError, IndexError, struct.error, OverflowError, RecursionError)
@@ -47,7 +48,7 @@ DIRENT_DECODER: Decoder = _dirent
 _ADVICE = re.compile(r"[;,] the metadata is damaged[;,] run `hutong fsck`$")
 
 
-def _reason(e: BaseException) -> str:
+def reason(e: BaseException) -> str:
     return _ADVICE.sub("", str(e))
 
 
@@ -58,17 +59,18 @@ def damaged_rows(table: str, rows: Iterable[tuple[bytes, bytes]], decode: Decode
         try:
             decode(key, value)
         except DECODE_ERRORS as e:
-            yield f"damaged metadata record: table {table}, key {key.hex()}: {_reason(e)}"
+            yield f"damaged metadata record: table {table}, key {key.hex()}: {reason(e)}"
 
 
-def damaged_blocks(table: str, packed: Iterable[tuple[bytes, bytes]], decode: Decoder
-                   ) -> Iterator[str]:
-    """A line for each packed block of `table` that does not decode, and for each row
-    of a block that does whose record `decode` refuses."""
+def damaged_blocks(table: str, packed: Iterable[tuple[bytes, bytes]], decode: Decoder,
+                   dictionary: BlockDict | None = None) -> Iterator[str]:
+    """A line for each packed block of `table` (whose block dictionary is `dictionary`)
+    that does not decode, and for each row of a block that does whose record `decode`
+    refuses."""
     for bkey, data in packed:
         try:
-            keys, values = blocks.decode_block(table, bkey, data)
+            keys, values = blocks.decode_block(table, bkey, data, dictionary)
         except FormatError as e:
-            yield f"damaged metadata block: {_reason(e)}"
+            yield f"damaged metadata block: {reason(e)}"
             continue
         yield from damaged_rows(table, zip(keys, values, strict=True), decode)
