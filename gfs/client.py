@@ -1271,19 +1271,32 @@ def _write_local(path: str, node: Inode, data: Iterable[bytes]) -> int:
 Action = Callable[[WriteTxn, list[ChunkRef]], Manifest | None]
 class _Dirs(dict[tuple[str, ...], int]):
     """A put's directories (rel path -> ino), and those already read in the current
-    transaction: a commit batch reads each parent once, not once per file."""
+    transaction: a commit batch reads each parent once, not once per file. Also the
+    time the entries a transaction makes are made at: one per transaction (its
+    entries become visible together), so their inode records repeat it (the ctime of
+    each file taken apart cost ~4 bytes of its packed record: the inodes of the full
+    smallfiles set 1.65 -> 1.28 MB)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._txn: WriteTxn | None = None
         self._read: dict[int, Inode] = {}
+        self._now = 0
         #: directories this put made (with their final attributes) and not yet left
         self.made: set[tuple[str, ...]] = set()
 
+    def _enter(self, txn: WriteTxn) -> None:
+        if txn is not self._txn:
+            self._txn, self._read, self._now = txn, {}, namespace.now_ns()
+
+    def now(self, txn: WriteTxn) -> int:
+        """The time entries made in `txn` are made at."""
+        self._enter(txn)
+        return self._now
+
     def made_in(self, txn: WriteTxn, node: Inode) -> None:
         """Directory `node` was just made in `txn`: its children need not read it."""
-        if txn is not self._txn:
-            self._txn, self._read = txn, {}
+        self._enter(txn)
         self._read[node.ino] = node
 
     def parent(self, txn: WriteTxn, rel: tuple[str, ...] | None) -> Inode:
@@ -1291,8 +1304,7 @@ class _Dirs(dict[tuple[str, ...], int]):
         ino is current: callers pass it to `*_in(touch=False)`, which use nothing else
         (the directory's version and link count are coalesced at commit)."""
         ino = self[() if rel is None else rel]
-        if txn is not self._txn:
-            self._txn, self._read = txn, {}
+        self._enter(txn)
         node = self._read.get(ino)
         if node is None:
             node = self._read[ino] = namespace.get(txn, ino)  # raises if it is gone
@@ -1317,7 +1329,7 @@ def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Action:
         try:
             node = namespace.mkdir_in(txn, parent, rel[-1], st.st_mode, uid=st.st_uid,
                                       gid=st.st_gid, touch=False, atime_ns=st.st_atime_ns,
-                                      mtime_ns=st.st_mtime_ns)
+                                      mtime_ns=st.st_mtime_ns, now=dirs.now(txn))
         except ExistsError:  # raised before any write
             node = namespace.mkdir_in(txn, parent, rel[-1], exist_ok=True, touch=False)
         else:
@@ -1349,7 +1361,7 @@ def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, 
             # conflicts with directories were refused before writing
             replaced = namespace.unlink_in(txn, parent, name, touch=False)
         namespace.symlink_in(txn, parent, name, target, uid=st.st_uid, gid=st.st_gid,
-                             mtime_ns=st.st_mtime_ns, touch=False)
+                             mtime_ns=st.st_mtime_ns, touch=False, now=dirs.now(txn))
         return replaced
     return action
 
@@ -1359,7 +1371,8 @@ def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
     def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
         return namespace.write_file_in(txn, dirs.parent(txn, parent_rel), name, refs,
                                        mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
-                                       mtime_ns=st.st_mtime_ns, touch=False)
+                                       mtime_ns=st.st_mtime_ns, touch=False,
+                                       now=dirs.now(txn))
     return action
 
 

@@ -288,9 +288,10 @@ def write_file(txn: WriteTxn, path: str, refs: list[ChunkRef], *, mode: int | No
 
 def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef], *,
                   mode: int | None = None, uid: int | None = None, gid: int | None = None,
-                  mtime_ns: int | None = None, touch: bool = True,
-                  path: str = "") -> Manifest | None:
-    """`write_file` of entry `name` in directory `parent` (`touch`: update its mtime)."""
+                  mtime_ns: int | None = None, touch: bool = True, path: str = "",
+                  now: int | None = None) -> Manifest | None:
+    """`write_file` of entry `name` in directory `parent` (`touch`: update its mtime;
+    `now`: the time a new file is made at, default the current time)."""
     pino = parent.ino
     found = txn.lookup(pino, name)
     if found is not None:
@@ -302,7 +303,8 @@ def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef],
                 existing, mode=existing.mode if mode is None else mode & 0o7777,
                 uid=existing.uid if uid is None else uid,
                 gid=existing.gid if gid is None else gid), refs, mtime_ns=mtime_ns)
-    now = time.time_ns()
+    if now is None:
+        now = time.time_ns()
     if found is not None:  # a symlink or special file: replaced by the file
         _drop_link(txn, existing, now)
     # a new file: what `_new_inode` does, called straight (a put makes one a file)
@@ -345,10 +347,10 @@ def write_content(txn: WriteTxn, node: Inode, refs: list[ChunkRef], *,
 def mkdir_in(txn: WriteTxn, parent: Inode, name: str, mode: int = DEFAULT_DIR_MODE, *,
              uid: int | None = None, gid: int | None = None, exist_ok: bool = False,
              touch: bool = True, atime_ns: int | None = None,
-             mtime_ns: int | None = None) -> Inode:
+             mtime_ns: int | None = None, now: int | None = None) -> Inode:
     """Create directory `name` in `parent`; an existing directory is returned (unchanged)
     if `exist_ok`. `atime_ns` and `mtime_ns` are the new directory's times (default:
-    now)."""
+    `now`, the time it is made at: default the current time)."""
     pino = parent.ino
     found = txn.lookup(pino, paths.check_name(name))
     if found is not None:
@@ -356,7 +358,8 @@ def mkdir_in(txn: WriteTxn, parent: Inode, name: str, mode: int = DEFAULT_DIR_MO
         if existing.kind == Kind.DIR and exist_ok:
             return existing
         raise ExistsError(name) if existing.kind == Kind.DIR else NotADirError(name)
-    now = time.time_ns()
+    if now is None:
+        now = time.time_ns()
     # what `_new_inode` does, called straight (a put makes one a directory)
     new = new_inode(txn.alloc_ino(), pino, Kind.DIR, mode & 0o7777,
                     _UID if uid is None else uid, _GID if gid is None else gid, 0,
@@ -385,13 +388,15 @@ def symlink(txn: WriteTxn, path: str, target: str, *, uid: int | None = None,
 
 def symlink_in(txn: WriteTxn, parent: Inode, name: str, target: str, *,
                uid: int | None = None, gid: int | None = None, mtime_ns: int | None = None,
-               touch: bool = True, path: str = "") -> Inode:
-    """`symlink` of entry `name` in directory `parent`."""
+               touch: bool = True, path: str = "", now: int | None = None) -> Inode:
+    """`symlink` of entry `name` in directory `parent` (made at `now`, default the
+    current time)."""
     if not target or "\0" in target or len(target.encode()) > paths.MAX_PATH_BYTES:
         raise InvalidPathError(path or name, "symlink target must be 1-4096 bytes without NUL")
     if child(txn, parent, name) is not None:
         raise ExistsError(path or name)
-    now = now_ns()
+    if now is None:
+        now = now_ns()
     node = _new_inode(txn, parent.ino, Kind.SYMLINK, 0o777, now, uid, gid, target=target,
                       mtime_ns=mtime_ns)
     txn.put_inode(node)

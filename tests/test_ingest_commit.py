@@ -271,3 +271,30 @@ def test_a_directory_made_in_a_coalesced_block_is_written_once_at_its_end(
         assert not fs.exists("/d/gone")
         assert namespace._DEFERRED == {} and namespace._COALESCED == {}
         assert fs.fsck().ok
+
+
+def test_the_entries_a_commit_makes_share_its_time(tmp_path: Path) -> None:
+    """A put's entries made in one commit transaction get one time (their ctime, and the
+    atime of files): they become visible together, and their packed inode records
+    repeat it instead of each carrying the nanoseconds of its own making."""
+    src = tmp_path / "src"
+    for d in range(6):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(4):
+            (src / f"d{d}" / f"f{i}").write_bytes(b"%d %d" % (d, i))
+        (src / f"d{d}" / "link").symlink_to("f0")
+    entries = [f"/t/d{d}" for d in range(6)] + [
+        f"/t/d{d}/{n}" for d in range(6) for n in ("f0", "f1", "f2", "f3", "link")]
+    with Client.init(tmp_path / "s") as fs:
+        before = namespace.now_ns()
+        fs.put(str(src), "/t")
+        after = namespace.now_ns()
+        times = {fs.stat(p).ctime_ns for p in entries}
+        assert len(times) == 1 and before <= times.pop() <= after
+        files = [fs.stat(p) for p in entries if "/f" in p]
+        assert all(n.atime_ns == n.ctime_ns for n in files)
+    with Client.init(tmp_path / "s2", commit_files=7) as fs:  # several commits
+        report = fs.put(str(src), "/t")
+        assert report.write is not None and report.write.commits > 2
+        times = sorted({fs.stat(p).ctime_ns for p in entries})
+        assert len(times) == report.write.commits, times
