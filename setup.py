@@ -63,6 +63,11 @@ setup(
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),
         Extension(
+            "gfs._rowpack",  # packed metadata blocks' per-row loops (gfs/meta/blocks.py)
+            sources=["native/rowpack.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        ),
+        Extension(
             "gfs._delayline",
             sources=["native/delayline.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],

@@ -403,16 +403,16 @@ def _metadata_like_rows(count: int) -> list[tuple[bytes, bytes]]:
 class _BisectingPacker(blocks._Packer):
     """The packer before its guessed cuts: it bisected every block that did not fit."""
 
-    def _fit(self, rows: list[tuple[bytes, bytes]], raw: list[int], budget: int
-             ) -> tuple[int, bytes]:
-        data = blocks.encode_block(rows)
-        if blocks._node(rows[-1][0], data) <= budget:
-            return len(rows), data
-        lo, hi, best = 1, len(rows) - 1, (0, b"")
+    def _fit(self, s: int, m: int, budget: int) -> tuple[int, bytes]:
+        keys, values = self.keys, self.values
+        data = blocks._encode(keys, values, s, m)
+        if blocks._node(keys[m - 1], data) <= budget:
+            return m - s, data
+        lo, hi, best = 1, m - s - 1, (0, b"")
         while lo <= hi:
             mid = (lo + hi) // 2
-            data = blocks.encode_block(rows[:mid])
-            if blocks._node(rows[mid - 1][0], data) <= budget:
+            data = blocks._encode(keys, values, s, s + mid)
+            if blocks._node(keys[s + mid - 1], data) <= budget:
                 best, lo = (mid, data), mid + 1
             else:
                 hi = mid - 1
@@ -423,16 +423,16 @@ def _pack_with(packer: blocks._Packer, rows: list[tuple[bytes, bytes]],
                monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[bytes, bytes]], int]:
     """The blocks `packer` cuts `rows` into, and the encodes it took."""
     encodes = 0
-    encode = blocks.encode_block
+    encode = blocks._encode
 
-    def counted(block_rows: list[tuple[bytes, bytes]]) -> bytes:
+    def counted(keys: list[bytes], values: list[bytes], lo: int = 0, hi: int = -1) -> bytes:
         nonlocal encodes
         encodes += 1
-        return encode(block_rows)
+        return encode(keys, values, lo, hi)
 
-    monkeypatch.setattr(blocks, "encode_block", counted)
+    monkeypatch.setattr(blocks, "_encode", counted)
     out = [*packer.add(rows), *packer.flush()]
-    monkeypatch.setattr(blocks, "encode_block", encode)
+    monkeypatch.setattr(blocks, "_encode", encode)
     return out, encodes
 
 

@@ -273,13 +273,8 @@ def _copy_blocks(src: lmdb.Environment, rtxn: Any, sdb: Any, table: str,
         sbdb: Any = src.open_db(bname, txn=rtxn, create=False)
     except lmdb.NotFoundError:  # made before packed blocks
         sbdb = None
-    rows = 0
-
-    def hot() -> Iterator[tuple[bytes, bytes]]:
-        nonlocal rows
-        for row in rtxn.cursor(db=sdb).iternext():
-            rows += 1
-            yield row
+    rows = rtxn.stat(sdb)["entries"]  # the hot rows (a generator counting them cost a
+    # Python frame a row: ~10% of a later put's compaction)
 
     def packed() -> Iterator[tuple[bytes, bytes]]:
         nonlocal rows
@@ -289,6 +284,6 @@ def _copy_blocks(src: lmdb.Environment, rtxn: Any, sdb: Any, table: str,
 
     dbdb = out.open_db(bname)
     count = blocks.RepackCount()
-    out.append(dbdb, blocks.repack(table, hot(), packed(), count))
+    out.append(dbdb, blocks.repack(table, rtxn.cursor(db=sdb).iternext(), packed(), count))
     got = sum(blocks.block_rows(data) for _, data in out.txn.cursor(db=dbdb).iternext())
     return got, rows - count.shadowed  # a hot row over a packed one is one row
