@@ -231,3 +231,10 @@ def test_merge_and_sums() -> None:
     _rowpack.sums([b"ab", b""], [b"xyz", b"q"], c2, c6)
     assert (c2, c6) == ([10, 17, 20], [20, 31, 38])
     assert list(map(operator.sub, c6[1:], c6)) == [11, 7]
+
+
+@pytest.mark.parametrize("n", [1, 127, 128, 300, 20000])
+def test_block_rows_reads_one_and_two_byte_heads(n: int) -> None:
+    rows = [(b"%06d" % i, b"") for i in range(n)]
+    block = blocks.encode_block(rows)
+    assert blocks.block_rows(block) == n == len(blocks.decode_block("t", rows[-1][0], block)[0])

@@ -103,7 +103,8 @@ def _head(n: int) -> bytes:
 
 def block_rows(data: bytes) -> int:
     """The row count of a block, read from its head (no decompression)."""
-    return _varints(data, 0, 1)[0][0]
+    n = data[0]  # most blocks hold fewer than 128 rows: a one-byte varint
+    return n if n < 0x80 else _varints(data, 0, 1)[0][0]
 
 
 def _decode_raw(data: bytes) -> Rows:
@@ -212,8 +213,13 @@ class _Packer:
 
     def passed(self, key: bytes, data: bytes) -> None:
         """Account a block passed on as it is (repack) in the page fill."""
-        self._take(min(_node(key, data), _node(key, bytes(8))  # overflow: a page number
-                       if len(data) + len(key) > MAX_BLOCK else _PAGE_ROOM))
+        size = len(key) + len(data)  # as _node, inlined (once a block passed)
+        node = 2 + ((9 + size) & ~1)
+        if size > MAX_BLOCK:  # on overflow pages: the node holds their page number
+            node = min(node, _node(key, bytes(8)))
+        if node > self.room:
+            self.room = _PAGE_ROOM
+        self.room -= node
 
     def _take(self, node: int) -> None:
         if node > self.room:
