@@ -65,7 +65,9 @@ setup(
         Extension(
             "gfs._rowpack",  # packed metadata blocks' per-row loops (gfs/meta/blocks.py)
             sources=["native/rowpack.c"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+            # no fused multiply-adds: the packer's line must round as the Python it was
+            extra_compile_args=["-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra",
+                                "-Werror=implicit-function-declaration"],
         ),
         Extension(
             "gfs._delayline",

@@ -8,10 +8,12 @@
  *   body(keys, values, lo, hi)   the body of rows lo..hi
  *   split(raw, n)                a body back into (keys, values), checked
  *   merge(ck, cv, hk, hv, i, j)  a block's rows with hot rows hk[i:j] shadowing
+ *   cut(...)                     the packer's blocks cut from its buffered rows
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The bytes of `o` (bytes, or any buffer: released with PyBuffer_Release). */
@@ -73,35 +75,26 @@ done:
     return ret;
 }
 
-/* body(keys, values, lo, hi): the block body of rows lo..hi (hi > lo). OverflowError
- * for a key of more than 65,535 bytes or a value of 2**32 or more. */
-static PyObject *body(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *keys, *values;
-    Py_ssize_t lo, hi;
-    if (!PyArg_ParseTuple(args, "OOnn", &keys, &values, &lo, &hi)) return NULL;
-    PyObject *ks = PySequence_Fast(keys, "keys must be a sequence");
-    if (!ks) return NULL;
-    PyObject *vs = PySequence_Fast(values, "values must be a sequence");
-    if (!vs) { Py_DECREF(ks); return NULL; }
+/* The block body of rows lo..hi of fast sequences ks, vs (new reference, or NULL with
+ * an exception): OverflowError for a key of more than 65,535 bytes or a value of 2**32
+ * or more. */
+static PyObject *build_body(PyObject *ks, PyObject *vs, Py_ssize_t lo, Py_ssize_t hi) {
     PyObject *out = NULL;
     Py_buffer *bufs = NULL;
     Py_ssize_t got = 0, n = hi - lo;
     if (lo < 0 || n <= 0 || hi > PySequence_Fast_GET_SIZE(ks) || hi > PySequence_Fast_GET_SIZE(vs)) {
         PyErr_SetString(PyExc_IndexError, "row range out of the rows");
-        goto done;
+        return NULL;
     }
     bufs = PyMem_Calloc((size_t)(2 * n), sizeof(Py_buffer));
-    if (!bufs) { PyErr_NoMemory(); goto done; }
+    if (!bufs) return PyErr_NoMemory();
     Py_ssize_t total = 6 * n;
-    for (Py_ssize_t i = 0; i < n; i++, got += 2) {
-        if (view(PySequence_Fast_GET_ITEM(ks, lo + i), &bufs[2 * i]) < 0) goto done;
-        if (view(PySequence_Fast_GET_ITEM(vs, lo + i), &bufs[2 * i + 1]) < 0) {
-            got += 1;
-            goto done;
-        }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (view(PySequence_Fast_GET_ITEM(ks, lo + i), &bufs[got]) < 0) goto done;
+        got++;
+        if (view(PySequence_Fast_GET_ITEM(vs, lo + i), &bufs[got]) < 0) goto done;
+        got++;
         if (bufs[2 * i].len > 0xFFFF || (uint64_t)bufs[2 * i + 1].len > 0xFFFFFFFFull) {
-            got += 2;
             PyErr_SetString(PyExc_OverflowError, "a key over 65,535 bytes or a value over 4 GiB");
             goto done;
         }
@@ -117,7 +110,7 @@ static PyObject *body(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t v = (uint64_t)bufs[2 * i + 1].len;
-        for (int s = 0; s < 32; s += 8) *p++ = (unsigned char)(v >> s);
+        for (int sh = 0; sh < 32; sh += 8) *p++ = (unsigned char)(v >> sh);
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         memcpy(p, bufs[2 * i].buf, (size_t)bufs[2 * i].len);
@@ -128,10 +121,22 @@ static PyObject *body(PyObject *self, PyObject *args) {
         p += bufs[2 * i + 1].len;
     }
 done:
-    if (bufs) {
-        for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&bufs[i]);
-        PyMem_Free(bufs);
-    }
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&bufs[i]);
+    PyMem_Free(bufs);
+    return out;
+}
+
+/* body(keys, values, lo, hi): the block body of rows lo..hi (hi > lo). */
+static PyObject *body(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *keys, *values;
+    Py_ssize_t lo, hi;
+    if (!PyArg_ParseTuple(args, "OOnn", &keys, &values, &lo, &hi)) return NULL;
+    PyObject *ks = PySequence_Fast(keys, "keys must be a sequence");
+    if (!ks) return NULL;
+    PyObject *vs = PySequence_Fast(values, "values must be a sequence");
+    if (!vs) { Py_DECREF(ks); return NULL; }
+    PyObject *out = build_body(ks, vs, lo, hi);
     Py_DECREF(ks);
     Py_DECREF(vs);
     return out;
@@ -258,10 +263,198 @@ done:
     return ret;
 }
 
+/* The packer's cut (gfs/meta/blocks.py, _Packer): rows lo..hi of a buffer, the page
+ * being filled and the line guessing a block's frame bytes from its raw bytes. */
+typedef struct {
+    PyObject *keys, *values, *c2, *c6, *compress;
+    long long target, max_block, page_room, min_fill, span;
+    long long room, seen;
+    double slope, base;
+} Cut;
+
+static int at(PyObject *list, Py_ssize_t i, long long *out) {
+    *out = PyLong_AsLongLong(PyList_GET_ITEM(list, i));
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static long long node(long long klen, long long dlen) { return 2 + ((8 + klen + dlen + 1) & ~1LL); }
+
+/* A block of rows lo..hi: its row count (a varint), then its body's zstd frame. */
+static PyObject *encode(Cut *c, Py_ssize_t lo, Py_ssize_t hi) {
+    PyObject *raw = build_body(c->keys, c->values, lo, hi);
+    if (!raw) return NULL;
+    PyObject *frame = PyObject_CallOneArg(c->compress, raw);
+    Py_DECREF(raw);
+    if (!frame) return NULL;
+    if (!PyBytes_Check(frame)) {
+        Py_DECREF(frame);
+        PyErr_SetString(PyExc_TypeError, "compress must return bytes");
+        return NULL;
+    }
+    unsigned char head[10];
+    int h = 0;
+    for (unsigned long long n = (unsigned long long)(hi - lo);; n >>= 7) {
+        head[h++] = (unsigned char)((n & 0x7F) | (n > 0x7F ? 0x80 : 0));
+        if (n <= 0x7F) break;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, h + PyBytes_GET_SIZE(frame));
+    if (out) {
+        memcpy(PyBytes_AS_STRING(out), head, (size_t)h);
+        memcpy(PyBytes_AS_STRING(out) + h, PyBytes_AS_STRING(frame), (size_t)PyBytes_GET_SIZE(frame));
+    }
+    Py_DECREF(frame);
+    return out;
+}
+
+/* Put the line through an encode of `raw` bytes to `frame` bytes (as _Packer._learn). */
+static void learn(Cut *c, long long raw, long long frame) {
+    if (llabs(raw - c->seen) >= c->span) {
+        double v = c->seen ? (((double)frame - c->base) - c->slope * (double)c->seen)
+                                 / (double)(raw - c->seen)
+                           : (double)frame / (double)raw;
+        double lo = 0.05 > v ? 0.05 : v;  /* max(v, 0.05) */
+        c->slope = 1.5 < lo ? 1.5 : lo;   /* min(.., 1.5) */
+    }
+    c->base = (double)frame - c->slope * (double)raw;
+    c->seen = raw;
+}
+
+/* The most leading rows from s (to m) whose block's node fits `budget` (*n, 0 if none)
+ * and that block (*best: a new reference or NULL); -1 on an error (as _Packer._fit). */
+static int fit(Cut *c, Py_ssize_t s, Py_ssize_t m, long long budget, Py_ssize_t *n,
+               PyObject **best) {
+    Py_ssize_t lo = 0, hi = m - s + 1;
+    long long c6s;
+    *best = NULL;
+    if (at(c->c6, s, &c6s)) return -1;
+    for (int step = 0;; step++) {
+        if (hi - lo <= 1) {
+            *n = lo;
+            return 0;
+        }
+        Py_ssize_t k;
+        if (step < 4) {  /* the frame of k rows is about slope * raw(k) + base */
+            Py_ssize_t kl = size_of(PyList_GET_ITEM(c->keys, s + lo));
+            if (kl < 0) goto fail;
+            double room = (double)(budget - 11 - kl) - c->base;
+            double x = (double)c6s + room / c->slope;
+            Py_ssize_t a = s + 1, b = m + 1;  /* bisect_right(c6, x, s + 1, m + 1) */
+            while (a < b) {
+                Py_ssize_t mid = a + (b - a) / 2;
+                long long v;
+                if (at(c->c6, mid, &v)) goto fail;
+                if (x < (double)v) b = mid; else a = mid + 1;
+            }
+            k = a - s - 1;
+            if (k < lo + 1) k = lo + 1;
+            if (k > hi - 1) k = hi - 1;
+        } else {
+            k = (lo + hi) / 2;
+        }
+        PyObject *data = encode(c, s, s + k);
+        if (!data) goto fail;
+        long long end;
+        if (at(c->c6, s + k, &end)) { Py_DECREF(data); goto fail; }
+        learn(c, end - c6s, PyBytes_GET_SIZE(data));
+        Py_ssize_t kl = size_of(PyList_GET_ITEM(c->keys, s + k - 1));
+        if (kl < 0) { Py_DECREF(data); goto fail; }
+        if (node(kl, PyBytes_GET_SIZE(data)) <= budget) {
+            lo = k;
+            Py_XSETREF(*best, data);
+        } else {
+            hi = k;
+            Py_DECREF(data);
+        }
+    }
+fail:
+    Py_CLEAR(*best);
+    return -1;
+}
+
+/* cut(keys, values, c2, c6, s, m, final, state, compress, limits): the blocks of the
+ * buffered rows from s to m while they hold `target` bytes (all, if final), as
+ * _Packer._emit cut them: (where the rows not cut start, [(block key, block)]).
+ * state is [room, slope, base, seen], updated; limits (target, max_block, page_room,
+ * min_fill, span). */
+static PyObject *cut(PyObject *self, PyObject *args) {
+    (void)self;
+    Cut c;
+    Py_ssize_t s, m;
+    int final;
+    PyObject *state;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!nnpO!O(LLLLL)", &PyList_Type, &c.keys, &PyList_Type,
+                          &c.values, &PyList_Type, &c.c2, &PyList_Type, &c.c6, &s, &m, &final,
+                          &PyList_Type, &state, &c.compress, &c.target, &c.max_block,
+                          &c.page_room, &c.min_fill, &c.span))
+        return NULL;
+    Py_ssize_t rows = PyList_GET_SIZE(c.keys);
+    if (PyList_GET_SIZE(state) != 4 || s < 0 || m < s || m > rows || PyList_GET_SIZE(c.values) != rows
+        || PyList_GET_SIZE(c.c2) != rows + 1 || PyList_GET_SIZE(c.c6) != rows + 1) {
+        PyErr_SetString(PyExc_ValueError, "cut: rows, sums or state of the wrong shape");
+        return NULL;
+    }
+    c.room = PyLong_AsLongLong(PyList_GET_ITEM(state, 0));
+    c.slope = PyFloat_AsDouble(PyList_GET_ITEM(state, 1));
+    c.base = PyFloat_AsDouble(PyList_GET_ITEM(state, 2));
+    c.seen = PyLong_AsLongLong(PyList_GET_ITEM(state, 3));
+    if (PyErr_Occurred()) return NULL;
+    long long c2m;
+    if (at(c.c2, m, &c2m)) return NULL;
+    PyObject *blocks = PyList_New(0);
+    if (!blocks) return NULL;
+    long long most = node(0, c.max_block);
+    for (;;) {
+        long long c2s;
+        if (at(c.c2, s, &c2s)) goto fail;
+        if (!(s < m && (final || c2m - c2s >= c.target))) break;
+        if (c.room < c.min_fill) c.room = c.page_room;
+        long long budget = most < c.room ? most : c.room;
+        Py_ssize_t n;
+        PyObject *data;
+        if (fit(&c, s, m, budget, &n, &data)) goto fail;
+        if (!n) {
+            if (c.room < c.page_room) {  /* start a fresh page */
+                c.room = c.page_room;
+                continue;
+            }
+            n = 1;  /* one row larger than a page */
+            if (!(data = encode(&c, s, s + 1))) goto fail;
+        }
+        PyObject *key = PyList_GET_ITEM(c.keys, s + n - 1);
+        Py_ssize_t kl = size_of(key), dl = PyBytes_GET_SIZE(data);
+        if (kl < 0) { Py_DECREF(data); goto fail; }
+        long long taken = n > 1 || dl + kl <= c.max_block ? node(kl, dl) : node(kl, 8);
+        if (taken > c.room) c.room = c.page_room;
+        c.room -= taken;
+        PyObject *pair = PyTuple_Pack(2, key, data);
+        Py_DECREF(data);
+        if (!pair) goto fail;
+        int bad = PyList_Append(blocks, pair);
+        Py_DECREF(pair);
+        if (bad) goto fail;
+        s += n;
+    }
+    PyObject *v[4] = {PyLong_FromLongLong(c.room), PyFloat_FromDouble(c.slope),
+                      PyFloat_FromDouble(c.base), PyLong_FromLongLong(c.seen)};
+    for (int i = 0; i < 4; i++) {
+        if (!v[i]) {
+            for (int j = 0; j < 4; j++) Py_XDECREF(v[j]);
+            goto fail;
+        }
+    }
+    for (int i = 0; i < 4; i++) PyList_SetItem(state, i, v[i]);  /* steals */
+    PyObject *ret = Py_BuildValue("(nN)", s, blocks);
+    return ret;
+fail:
+    Py_DECREF(blocks);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"sums", sums, METH_VARARGS, "Append rows' running byte counts (+2, +6 a row) to c2, c6."},
     {"body", body, METH_VARARGS, "The block body of rows lo..hi of keys and values."},
     {"split", split, METH_VARARGS, "(keys, values) of a block body of n rows, checked."},
+    {"cut", cut, METH_VARARGS, "Blocks cut from buffered rows as the packer cuts them."},
     {"merge", merge, METH_VARARGS, "A block's rows merged with hot rows hk[i:j] shadowing."},
     {NULL, NULL, 0, NULL},
 };

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import array
 import bisect
+import hashlib
 import itertools
 import operator
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
+from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -238,3 +241,110 @@ def test_block_rows_reads_one_and_two_byte_heads(n: int) -> None:
     rows = [(b"%06d" % i, b"") for i in range(n)]
     block = blocks.encode_block(rows)
     assert blocks.block_rows(block) == n == len(blocks.decode_block("t", rows[-1][0], block)[0])
+
+
+def _metadata_like_rows(count: int) -> list[tuple[bytes, bytes]]:
+    """Sorted rows like a chunk table's: a hash key, then fields that partly repeat."""
+    rows = []
+    for i in range(count):
+        key = hashlib.sha256(i.to_bytes(4, "big")).digest()[:16]
+        value = (hashlib.sha256(key).digest()[: 8 + i % 9] + b"\x01\x00" * (i % 5)
+                 + (5000 + i % 977).to_bytes(4, "big") + b"pool-%d" % (i % 3))
+        rows.append((key, value))
+    return sorted(rows)
+
+
+class _BisectingPacker(_RefPacker):
+    """The packer before its guessed cuts: it bisected every block that did not fit."""
+
+    encodes = 0
+
+    def _fit(self, rows: list[tuple[bytes, bytes]], raw: list[int], budget: int
+             ) -> tuple[int, bytes]:
+        self.encodes += 1
+        data = _ref_encode(rows)
+        if _node(rows[-1][0], data) <= budget:
+            return len(rows), data
+        lo, hi, best = 1, len(rows) - 1, (0, b"")
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            self.encodes += 1
+            data = _ref_encode(rows[:mid])
+            if _node(rows[mid - 1][0], data) <= budget:
+                best, lo = (mid, data), mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+
+class _Counted:
+    """A compressor counting its calls."""
+
+    def __init__(self, compress: Any) -> None:
+        self.compress_, self.calls = compress, 0
+
+    def compress(self, data: bytes) -> bytes:
+        self.calls += 1
+        return bytes(self.compress_(data))
+
+
+def _stored_pages(path: Path, out: list[tuple[bytes, bytes]]) -> int:
+    env = lmdb.open(str(path), max_dbs=2, map_size=1 << 26)
+    try:
+        db = env.open_db(b"blocks")
+        with env.begin(write=True) as t:
+            for key, data in out:
+                assert t.put(key, data, db=db, append=True)
+        with env.begin() as t:
+            st_ = t.stat(db)
+        return int(st_["leaf_pages"] + st_["overflow_pages"] + st_["branch_pages"])
+    finally:
+        env.close()
+
+
+def test_blocks_are_cut_with_about_one_encode_each_and_no_more_pages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bisecting each block that overflowed its page's room took ~2.4 zstd encodes a
+    block on smallfiles metadata (the bulk of a put's close); guessing the cut from the
+    last blocks' ratio takes ~1.5, and leaves the blocks as many pages."""
+    rows = _metadata_like_rows(6000)
+    bisecting = _BisectingPacker()
+    old = [*bisecting.add(rows), *bisecting.flush()]
+    compressor, decompressor = blocks._zstd()
+    counted = _Counted(compressor.compress)
+    monkeypatch.setattr(blocks, "_zstd", lambda: (counted, decompressor))
+    new = list(blocks.pack(rows))
+    monkeypatch.undo()
+    got = [r for k, v in new for r in zip(*blocks.decode_block("chunks", k, v), strict=True)]
+    assert got == rows
+    assert all(len(blocks.decode_block("chunks", k, v)[0]) == 1 or len(k) + len(v)
+               <= blocks.MAX_BLOCK for k, v in new)
+    assert counted.calls / len(new) <= 1.7 < bisecting.encodes / len(old), (
+        counted.calls, bisecting.encodes)
+    assert _stored_pages(tmp_path / "new", new) <= _stored_pages(tmp_path / "old", old)
+    assert sum(map(len, dict(new).values())) <= sum(map(len, dict(old).values())) * 1.005
+
+
+def test_a_failing_compressor_or_a_bad_state_leaves_the_rows_buffered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = _rows(300, b"r")
+    packer = blocks._Packer()
+
+    class Broken:
+        def compress(self, data: bytes) -> bytes:
+            raise MemoryError("no room")
+
+    monkeypatch.setattr(blocks, "_zstd", lambda: (Broken(), None))
+    with pytest.raises(MemoryError, match="no room"):
+        list(packer.add(rows))
+    monkeypatch.undo()
+    assert len(packer.keys) == len(rows) and packer.c2[-1] == sum(
+        len(k) + len(v) + 2 for k, v in rows)
+    assert [r for k, v in packer.flush()
+            for r in zip(*blocks.decode_block("t", k, v), strict=True)] == rows
+    with pytest.raises(ValueError, match="wrong shape"):
+        _rowpack.cut([b"a"], [b"1"], [0, 3], [0, 7], 0, 1, True, [4080, 0.5, 0.0],
+                     blocks._zstd()[0].compress, blocks._LIMITS)
+    with pytest.raises(ValueError, match="wrong shape"):
+        _rowpack.cut([b"a"], [b"1"], [0, 3], [0], 0, 1, True, [4080, 0.5, 0.0, 0],
+                     blocks._zstd()[0].compress, blocks._LIMITS)

@@ -12,7 +12,6 @@ removes the key from both. `pack` cuts a sorted row stream into blocks;
 from __future__ import annotations
 
 import bisect
-import itertools
 import operator
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -143,6 +142,8 @@ def decode_block(table: str, block_key: bytes, data: bytes,
 
 
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
+#: The packer's limits, as gfs._rowpack.cut takes them.
+_LIMITS = (TARGET_RAW, MAX_BLOCK, _PAGE_ROOM, _MIN_FILL, _SPAN)
 
 
 def _node(key: bytes, data: bytes) -> int:
@@ -157,11 +158,12 @@ class _Packer:
     the current page (a block's rows then decide its length, not a fixed count).
 
     Rows come in runs (`add_rows`: a block's merged rows, a batch of hot rows) and are
-    buffered as parallel lists with running byte counts, so the cuts are found by
-    bisecting those counts and a block is encoded from list slices: no Python code
-    runs once a row (the row-at-a-time packer this replaced spent ~3/4 of a put's
-    compaction there, zstd the rest). It cuts exactly where that one did: when the
-    buffer first reaches TARGET_RAW bytes, from the rows buffered until then."""
+    buffered as parallel lists with running byte counts (gfs._rowpack.sums); the
+    cuts, found by bisecting those counts, and the blocks' bodies are made in C
+    (gfs._rowpack.cut), zstd called from there: no Python code runs once a row or
+    once an encode (the row-at-a-time packer this replaced spent ~3/4 of a put's
+    compaction there). It cuts exactly where that one did: when the buffer first
+    reaches TARGET_RAW bytes, from the rows buffered until then."""
 
     __slots__ = ("base", "c2", "c6", "keys", "room", "seen", "slope", "values")
 
@@ -173,7 +175,7 @@ class _Packer:
         self.values: list[bytes] = []
         self.c2, self.c6 = [0], [0]
         self.room = _PAGE_ROOM  # bytes left in the leaf page being filled
-        # The line guessing a block's frame bytes from its rows' raw bytes (_fit), and
+        # The line guessing a block's frame bytes from its rows' raw bytes (_emit), and
         # the raw bytes of the last encode, which it passes through.
         self.slope, self.base, self.seen = 0.5, 0.0, 0
 
@@ -221,67 +223,23 @@ class _Packer:
             self.room = _PAGE_ROOM
         self.room -= node
 
-    def _take(self, node: int) -> None:
-        if node > self.room:
-            self.room = _PAGE_ROOM
-        self.room -= node
-
     def _emit(self, s: int, m: int, final: bool) -> Generator[tuple[bytes, bytes], None, int]:
         """Blocks of the buffered rows from `s` to `m` while they hold TARGET_RAW bytes
-        (all, if `final`); returns where the rows not cut start."""
-        c2 = self.c2
-        while s < m and (final or c2[m] - c2[s] >= TARGET_RAW):
-            if self.room < _MIN_FILL:
-                self.room = _PAGE_ROOM
-            budget = min(self.room, _node(b"", bytes(MAX_BLOCK)))
-            n, data = self._fit(s, m, budget)
-            if not n:
-                if self.room < _PAGE_ROOM:  # start a fresh page
-                    self.room = _PAGE_ROOM
-                    continue
-                n, data = 1, _encode(self.keys, self.values, s, s + 1)  # > a page
-            key = self.keys[s + n - 1]
-            self._take(_node(key, data) if n > 1 or len(data) + len(key) <= MAX_BLOCK
-                       else _node(key, bytes(8)))
-            yield key, data
-            s += n
+        (all, if `final`); returns where the rows not cut start.
+
+        Each block takes the most leading rows whose node fits the rest of the page
+        (or a fresh one): a bracketed search (lo rows fit, hi do not) whose guesses
+        come from a line through the last blocks encoded (frame bytes against raw
+        bytes), so most blocks take one encode when all their rows fit and two or
+        three when they do not, where bisecting took ~4 to 8; after four guesses it
+        bisects. gfs._rowpack.cut runs it (the line's state passes through)."""
+        state: list[float] = [self.room, self.slope, self.base, self.seen]
+        s, out = _rowpack.cut(self.keys, self.values, self.c2, self.c6, s, m, final, state,
+                              _zstd()[0].compress, _LIMITS)
+        self.room, self.seen = int(state[0]), int(state[3])
+        self.slope, self.base = state[1], state[2]
+        yield from out
         return s
-
-    def _fit(self, s: int, m: int, budget: int) -> tuple[int, bytes]:
-        """The most leading rows of those buffered from `s` to `m` whose block's node
-        fits `budget` (0 if none) and it.
-
-        A bracketed search (lo rows fit, hi do not) whose guesses come from a line
-        through the last blocks encoded (frame bytes against raw bytes): most blocks
-        take one encode when all their rows fit and two or three when they do not,
-        where bisecting took ~4 to 8. After four guesses it bisects."""
-        keys, values, c6 = self.keys, self.values, self.c6
-        lo, best, hi = 0, b"", m - s + 1
-        for step in itertools.count():
-            if hi - lo <= 1:
-                return lo, best
-            if step < 4:  # the frame of n rows is about slope * raw(n) + base
-                room = budget - 11 - len(keys[s + lo]) - self.base  # 11: _node's own
-                fit = bisect.bisect_right(c6, c6[s] + room / self.slope, s + 1, m + 1) - s - 1
-                n = min(max(fit, lo + 1), hi - 1)
-            else:
-                n = (lo + hi) // 2
-            data = _encode(keys, values, s, s + n)
-            self._learn(c6[s + n] - c6[s], len(data))
-            if _node(keys[s + n - 1], data) <= budget:
-                lo, best = n, data
-            else:
-                hi = n
-        raise AssertionError("unreachable")
-
-    def _learn(self, raw: int, frame: int) -> None:
-        """Put the line through this encode (`raw` bytes to a `frame`); its slope through
-        the last encode too where that one is far enough off to measure it."""
-        if abs(raw - self.seen) >= _SPAN:
-            self.slope = min(max((frame - self.base - self.slope * self.seen) / (raw - self.seen)
-                                 if self.seen else frame / raw, 0.05), 1.5)
-        self.base = frame - self.slope * raw
-        self.seen = raw
 
 
 def pack(rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
