@@ -4,7 +4,9 @@
  * (u32 little-endian), keys, then values (docs/format.md, "Packed blocks"); zstd
  * compresses it in Python. These loops ran once a row in Python (~3/4 of a put's
  * compaction at close); here they run once a row in C:
- *   sums(keys, values, c2, c6)   append running byte counts of rows to c2 and c6
+ *   sums(keys, values, c2, c6, last)  append running byte counts of rows (checked
+ *                                ascending) to c2 and c6
+ *   take(rows, n, keys, values)  up to n rows of an iterator into two lists
  *   body(keys, values, lo, hi)   the body of rows lo..hi
  *   split(raw, n)                a body back into (keys, values), checked
  *   merge(ck, cv, hk, hv, i, j)  a block's rows with hot rows hk[i:j] shadowing
@@ -30,49 +32,113 @@ static Py_ssize_t size_of(PyObject *o) {
     return n;
 }
 
-/* sums(keys, values, c2, c6): append, for each row, c2[-1] + len(key) + len(value) + 2
- * to c2 and c6[-1] + ... + 6 to c6 (running sums). */
+/* Whether key a sorts strictly before key b (bytes order); -1 on an error. */
+static int before(PyObject *a, PyObject *b) {
+    if (PyBytes_CheckExact(a) && PyBytes_CheckExact(b)) {
+        Py_ssize_t la = PyBytes_GET_SIZE(a), lb = PyBytes_GET_SIZE(b);
+        int c = memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), (size_t)(la < lb ? la : lb));
+        return c < 0 || (c == 0 && la < lb);
+    }
+    return PyObject_RichCompareBool(a, b, Py_LT);
+}
+
+/* sums(keys, values, c2, c6, last): append, for each row, c2[-1] + len(key) +
+ * len(value) + 2 to c2 and c6[-1] + ... + 6 to c6 (running sums); ValueError, changing
+ * nothing, unless the keys ascend strictly (after `last`, unless it is None). */
 static PyObject *sums(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *keys, *values, *c2, *c6;
-    if (!PyArg_ParseTuple(args, "OOO!O!", &keys, &values, &PyList_Type, &c2, &PyList_Type, &c6))
+    PyObject *keys, *values, *c2, *c6, *last;
+    if (!PyArg_ParseTuple(args, "OOO!O!O", &keys, &values, &PyList_Type, &c2, &PyList_Type, &c6,
+                          &last))
         return NULL;
     PyObject *ks = PySequence_Fast(keys, "keys must be a sequence");
     if (!ks) return NULL;
     PyObject *vs = PySequence_Fast(values, "values must be a sequence");
     if (!vs) { Py_DECREF(ks); return NULL; }
     PyObject *ret = NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(ks);
-    if (PySequence_Fast_GET_SIZE(vs) != n || !PyList_GET_SIZE(c2) || !PyList_GET_SIZE(c6)) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(ks), n2 = PyList_GET_SIZE(c2), n6 = PyList_GET_SIZE(c6);
+    if (PySequence_Fast_GET_SIZE(vs) != n || !n2 || !n6) {
         PyErr_SetString(PyExc_ValueError, "keys and values differ in length, or no start sums");
         goto done;
     }
-    long long a = PyLong_AsLongLong(PyList_GET_ITEM(c2, PyList_GET_SIZE(c2) - 1));
-    long long b = PyLong_AsLongLong(PyList_GET_ITEM(c6, PyList_GET_SIZE(c6) - 1));
+    PyObject *prev = last == Py_None ? NULL : last;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PySequence_Fast_GET_ITEM(ks, i);
+        if (prev) {
+            int lt = before(prev, k);
+            if (lt < 0) goto done;
+            if (!lt) {
+                PyErr_SetString(PyExc_ValueError,
+                                "block rows out of order (keys must be strictly ascending)");
+                goto done;
+            }
+        }
+        prev = k;
+    }
+    long long a = PyLong_AsLongLong(PyList_GET_ITEM(c2, n2 - 1));
+    long long b = PyLong_AsLongLong(PyList_GET_ITEM(c6, n6 - 1));
     if (PyErr_Occurred()) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t kl = size_of(PySequence_Fast_GET_ITEM(ks, i));
-        if (kl < 0) goto done;
+        if (kl < 0) goto undo;
         Py_ssize_t vl = size_of(PySequence_Fast_GET_ITEM(vs, i));
-        if (vl < 0) goto done;
+        if (vl < 0) goto undo;
         a += kl + vl + 2;
         b += kl + vl + 6;
         PyObject *x = PyLong_FromLongLong(a);
-        if (!x) goto done;
+        if (!x) goto undo;
         int bad = PyList_Append(c2, x);
         Py_DECREF(x);
-        if (bad) goto done;
+        if (bad) goto undo;
         x = PyLong_FromLongLong(b);
-        if (!x) goto done;
+        if (!x) goto undo;
         bad = PyList_Append(c6, x);
         Py_DECREF(x);
-        if (bad) goto done;
+        if (bad) goto undo;
     }
     ret = Py_NewRef(Py_None);
+    goto done;
+undo: {  /* the sums as they were */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyList_SetSlice(c2, n2, PyList_GET_SIZE(c2), NULL);
+        PyList_SetSlice(c6, n6, PyList_GET_SIZE(c6), NULL);
+        PyErr_Restore(type, value, tb);
+    }
 done:
     Py_DECREF(ks);
     Py_DECREF(vs);
     return ret;
+}
+
+/* take(rows, n, keys, values): append the keys and values of up to n (key, value)
+ * pairs from iterator `rows` to lists keys and values; how many it took. */
+static PyObject *take(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *rows, *keys, *values;
+    Py_ssize_t n, got = 0;
+    if (!PyArg_ParseTuple(args, "OnO!O!", &rows, &n, &PyList_Type, &keys, &PyList_Type, &values))
+        return NULL;
+    if (!PyIter_Check(rows)) {
+        PyErr_SetString(PyExc_TypeError, "rows must be an iterator");
+        return NULL;
+    }
+    while (got < n) {
+        PyObject *row = PyIter_Next(rows);
+        if (!row) break;
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 2) {
+            Py_DECREF(row);
+            PyErr_SetString(PyExc_ValueError, "rows must be (key, value) pairs");
+            return NULL;
+        }
+        int bad = PyList_Append(keys, PyTuple_GET_ITEM(row, 0))
+                  || PyList_Append(values, PyTuple_GET_ITEM(row, 1));
+        Py_DECREF(row);
+        if (bad) return NULL;
+        got++;
+    }
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromSsize_t(got);
 }
 
 /* The block body of rows lo..hi of fast sequences ks, vs (new reference, or NULL with
@@ -451,9 +517,10 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"sums", sums, METH_VARARGS, "Append rows' running byte counts (+2, +6 a row) to c2, c6."},
+    {"sums", sums, METH_VARARGS, "Append ascending rows' running byte counts (+2, +6) to c2, c6."},
     {"body", body, METH_VARARGS, "The block body of rows lo..hi of keys and values."},
     {"split", split, METH_VARARGS, "(keys, values) of a block body of n rows, checked."},
+    {"take", take, METH_VARARGS, "Append up to n (key, value) rows of an iterator to two lists."},
     {"cut", cut, METH_VARARGS, "Blocks cut from buffered rows as the packer cuts them."},
     {"merge", merge, METH_VARARGS, "A block's rows merged with hot rows hk[i:j] shadowing."},
     {NULL, NULL, 0, NULL},

@@ -231,9 +231,27 @@ def test_merge_and_sums() -> None:
                                             1, 3)
     assert (keys, values, shadowed) == ([b"a", b"c", b"d", b"e"], [b"1", b"hc", b"hd", b"5"], 1)
     c2, c6 = [10], [20]
-    _rowpack.sums([b"ab", b""], [b"xyz", b"q"], c2, c6)
+    _rowpack.sums([b"ab", b"b"], [b"xyz", b""], c2, c6, b"a")
     assert (c2, c6) == ([10, 17, 20], [20, 31, 38])
     assert list(map(operator.sub, c6[1:], c6)) == [11, 7]
+    for keys, last in (([b"c", b"c"], None), ([b"d", b"c"], None), ([b"c"], b"c"),
+                       ([b"c", b"d"], b"ca")):
+        with pytest.raises(ValueError, match="out of order"):
+            _rowpack.sums(keys, [b""] * len(keys), c2, c6, last)
+    with pytest.raises(TypeError):
+        _rowpack.sums([b"x", 5], [b"", b""], c2, c6, None)
+    assert (c2, c6) == ([10, 17, 20], [20, 31, 38])  # unchanged
+
+
+def test_take_moves_up_to_n_rows_into_two_lists() -> None:
+    rows = iter([(b"a", b"1"), (b"b", b"2"), (b"c", b"3")])
+    keys, values = [b"z"], [b"0"]
+    assert _rowpack.take(rows, 2, keys, values) == 2
+    assert _rowpack.take(rows, 2, keys, values) == 1
+    assert _rowpack.take(rows, 2, keys, values) == 0
+    assert (keys, values) == ([b"z", b"a", b"b", b"c"], [b"0", b"1", b"2", b"3"])
+    with pytest.raises(ValueError, match="pairs"):
+        _rowpack.take(iter([(b"a",)]), 1, keys, values)
 
 
 @pytest.mark.parametrize("n", [1, 127, 128, 300, 20000])

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import islice
 from typing import Any
 
 import zstandard
@@ -190,14 +189,11 @@ class _Packer:
         before; ValueError if not) and values."""
         if not keys:
             return
-        ks = self.keys
-        if not all(map(operator.lt, keys, keys[1:])) or (ks and ks[-1] >= keys[0]):
-            raise ValueError("block rows out of order (keys must be strictly ascending)")
+        ks, c2, c6 = self.keys, self.c2, self.c6
+        _rowpack.sums(keys, values, c2, c6, ks[-1] if ks else None)  # checks their order
         first = len(ks)
         ks += keys
         self.values += values
-        c2, c6 = self.c2, self.c6
-        _rowpack.sums(keys, values, c2, c6)
         s, end, added = 0, len(ks), first
         while True:
             # the rows buffered when the buffer first reaches TARGET_RAW (the rows
@@ -283,14 +279,11 @@ class _Hot:
         """Read another batch (the rows taken dropped); whether there was one."""
         if self.done:
             return False
-        batch = list(islice(self.rows, _HOT_BATCH))
-        if not batch:
+        if not _rowpack.take(self.rows, _HOT_BATCH, self.keys, self.values):
             self.done = True
             return False
         del self.keys[:self.i], self.values[:self.i]
         self.i = 0
-        self.keys += map(_first, batch)
-        self.values += map(_second, batch)
         return True
 
     def rest(self) -> Iterator[tuple[list[bytes], list[bytes]]]:
