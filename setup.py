@@ -63,6 +63,13 @@ setup(
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         ),
         Extension(
+            "gfs._rowpack",  # packed metadata blocks' per-row loops (gfs/meta/blocks.py)
+            sources=["native/rowpack.c"],
+            # no fused multiply-adds: the packer's line must round as the Python it was
+            extra_compile_args=["-O2", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra",
+                                "-Werror=implicit-function-declaration"],
+        ),
+        Extension(
             "gfs._delayline",
             sources=["native/delayline.c"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],

@@ -4,7 +4,6 @@ before, through fsck-visible scans and further compactions."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -391,84 +390,6 @@ def test_a_write_that_records_reads_changes_packed_rows_in_their_blocks(
     finally:
         eng.close()
     assert _packed_rows(path, "heat") == 2001
-
-
-def _metadata_like_rows(count: int) -> list[tuple[bytes, bytes]]:
-    """Sorted rows like a chunk table's: a hash key, then fields that partly repeat."""
-    rows = []
-    for i in range(count):
-        key = hashlib.sha256(i.to_bytes(4, "big")).digest()[:16]
-        value = (hashlib.sha256(key).digest()[: 8 + i % 9] + b"\x01\x00" * (i % 5)
-                 + (5000 + i % 977).to_bytes(4, "big") + b"pool-%d" % (i % 3))
-        rows.append((key, value))
-    return sorted(rows)
-
-
-class _BisectingPacker(blocks._Packer):
-    """The packer before its guessed cuts: it bisected every block that did not fit."""
-
-    def _fit(self, rows: list[tuple[bytes, bytes]], raw: list[int], budget: int
-             ) -> tuple[int, bytes]:
-        data = blocks.encode_block(rows)
-        if blocks._node(rows[-1][0], data) <= budget:
-            return len(rows), data
-        lo, hi, best = 1, len(rows) - 1, (0, b"")
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            data = blocks.encode_block(rows[:mid])
-            if blocks._node(rows[mid - 1][0], data) <= budget:
-                best, lo = (mid, data), mid + 1
-            else:
-                hi = mid - 1
-        return best
-
-
-def _pack_with(packer: blocks._Packer, rows: list[tuple[bytes, bytes]],
-               monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[bytes, bytes]], int]:
-    """The blocks `packer` cuts `rows` into, and the encodes it took."""
-    encodes = 0
-    encode = blocks.encode_block
-
-    def counted(block_rows: list[tuple[bytes, bytes]], *rest: object) -> bytes:
-        nonlocal encodes
-        encodes += 1
-        return encode(block_rows, *rest)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(blocks, "encode_block", counted)
-    out = [*packer.add(rows), *packer.flush()]
-    monkeypatch.setattr(blocks, "encode_block", encode)
-    return out, encodes
-
-
-def _stored_pages(path: Path, out: list[tuple[bytes, bytes]]) -> int:
-    env = lmdb.open(str(path), max_dbs=2, map_size=1 << 26)
-    try:
-        db = env.open_db(b"blocks")
-        with env.begin(write=True) as t:
-            for key, data in out:
-                assert t.put(key, data, db=db, append=True)
-        with env.begin() as t:
-            st_ = t.stat(db)
-        return int(st_["leaf_pages"] + st_["overflow_pages"] + st_["branch_pages"])
-    finally:
-        env.close()
-
-
-def test_blocks_are_cut_with_about_one_encode_each_and_no_more_pages(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bisecting each block that overflowed its page's room took ~2.4 zstd encodes a
-    block on smallfiles metadata (the bulk of a put's close); guessing the cut from the
-    last blocks' ratio takes ~1.5, and leaves the blocks as many pages."""
-    rows = _metadata_like_rows(6000)
-    old, old_encodes = _pack_with(_BisectingPacker(), rows, monkeypatch)
-    new, new_encodes = _pack_with(blocks._Packer(), rows, monkeypatch)
-    got = [r for k, v in new for r in zip(*blocks.decode_block("chunks", k, v), strict=True)]
-    assert got == rows
-    assert all(len(blocks.decode_block("chunks", k, v)[0]) == 1 or len(k) + len(v)
-               <= blocks.MAX_BLOCK for k, v in new)
-    assert new_encodes / len(new) <= 1.7 < old_encodes / len(old), (new_encodes, old_encodes)
-    assert _stored_pages(tmp_path / "new", new) <= _stored_pages(tmp_path / "old", old)
-    assert sum(map(len, dict(new).values())) <= sum(map(len, dict(old).values())) * 1.005
 
 
 def test_blocks_appended_out_of_key_order_are_refused_by_name(tmp_path: Path) -> None:

@@ -116,8 +116,8 @@ def test_packages_are_discovered_not_listed() -> None:
     assert "gfs.tiering" in found
 
 
-@pytest.mark.parametrize("ext", ["gfs._native", "gfs._mover", "gfs._delayline", "privacy._ec",
-                                 "privacy._psi_ot"])
+@pytest.mark.parametrize("ext", ["gfs._native", "gfs._mover", "gfs._delayline", "gfs._rowpack",
+                                 "privacy._ec", "privacy._psi_ot"])
 def test_c_extensions_are_built_by_setup_py_with_their_headers(ext: str) -> None:
     """The sdist holds each extension's headers (`depends`), so a wheel builds from it."""
     tree = ast.parse((ROOT / "setup.py").read_text())

@@ -11,19 +11,16 @@ removes the key from both. `pack` cuts a sorted row stream into blocks;
 
 from __future__ import annotations
 
-import array
 import bisect
-import itertools
 import operator
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import accumulate, pairwise
 from typing import Any
 
 import zstandard
 
+from gfs import _rowpack
 from gfs.errors import FormatError, MetadataDamagedError
 from gfs.meta.block_dicts import BlockDict, compressor, decompressor
 from gfs.meta.encoding import PACKED_FORMAT, _varints, _varints_to
@@ -52,9 +49,8 @@ DECODED_BLOCKS = 256
 #: key (~2 KiB of rows each): past this its cache starts again.
 TXN_DECODED_BLOCKS = 1024
 _LEVEL = 3
-#: Lengths are little-endian u16 (keys) and u32 (values) arrays.
-_SWAP = sys.byteorder == "big"
-assert array.array("I").itemsize == 4 and array.array("H").itemsize == 2
+#: A block's body: its rows' key lengths (u16) and value lengths (u32), little-endian,
+#: then its keys, then its values (built and split by gfs._rowpack).
 
 Rows = tuple[tuple[bytes, ...], tuple[bytes, ...]]
 
@@ -64,15 +60,10 @@ def block_db(table: str) -> bytes:
     return table.encode() + b".z"
 
 
-def raw_block(rows: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The bytes a block of `rows` compresses (its lengths, keys and values)."""
-    keys = [k for k, _ in rows]
-    values = [v for _, v in rows]
-    klens, vlens = array.array("H", map(len, keys)), array.array("I", map(len, values))
-    if _SWAP:
-        klens.byteswap()
-        vlens.byteswap()
-    return b"".join((klens.tobytes(), vlens.tobytes(), *keys, *values))
+def _zstd(dictionary: BlockDict | None = None
+          ) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    """This thread's zstd contexts for blocks with `dictionary` (or none)."""
+    return compressor(dictionary, _LEVEL), decompressor(dictionary)
 
 
 def encode_block(rows: Sequence[tuple[bytes, bytes]], dictionary: BlockDict | None = None
@@ -84,19 +75,38 @@ def encode_block(rows: Sequence[tuple[bytes, bytes]], dictionary: BlockDict | No
     keys = [k for k, _ in rows]
     if not all(map(operator.lt, keys, keys[1:])):
         raise ValueError("block rows out of order (keys must be strictly ascending)")
+    return _encode(keys, [v for _, v in rows], dictionary=dictionary)
+
+
+def raw_block(rows: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The bytes a block of `rows` compresses: its body (lengths, keys and values)."""
+    return _rowpack.body([k for k, _ in rows], [v for _, v in rows], 0, len(rows))
+
+
+def _encode(keys: Sequence[bytes], values: Sequence[bytes], lo: int = 0, hi: int = -1,
+            dictionary: BlockDict | None = None) -> bytes:
+    """The block of rows `lo` to `hi` (default: the last) of `keys` (strictly ascending:
+    the caller checked) and `values`."""
+    if hi < 0:
+        hi = len(keys)
+    n = hi - lo
+    head = bytes((n,)) if n < 0x80 else _head(n)
+    return head + _zstd(dictionary)[0].compress(_rowpack.body(keys, values, lo, hi))
+
+
+def _head(n: int) -> bytes:
     out = bytearray()
-    _varints_to(out, (len(rows),))
-    out += compressor(dictionary, _LEVEL).compress(raw_block(rows))
+    _varints_to(out, (n,))
     return bytes(out)
 
 
 def block_rows(data: bytes) -> int:
     """The row count of a block, read from its head (no decompression)."""
-    return _varints(data, 0, 1)[0][0]
+    n = data[0]  # most blocks hold fewer than 128 rows: a one-byte varint
+    return n if n < 0x80 else _varints(data, 0, 1)[0][0]
 
 
-@lru_cache(maxsize=DECODED_BLOCKS)
-def _decode(data: bytes, dictionary: BlockDict | None) -> Rows:
+def _decode_raw(data: bytes, dictionary: BlockDict | None = None) -> Rows:
     (n,), pos = _varints(data, 0, 1)
     if not n:
         raise ValueError("no rows")
@@ -113,31 +123,23 @@ def _decode(data: bytes, dictionary: BlockDict | None) -> Rows:
     # is allocated (it could name up to 2**64 bytes).
     if not 0 <= size <= len(frame) << 16:
         raise ValueError(f"the frame declares {size} bytes in {len(frame)}")
-    raw = decompressor(dictionary).decompress(frame, max_output_size=size)
-    if len(raw) < 6 * n:
-        raise ValueError(f"{len(raw)} bytes cannot hold the lengths of {n} rows")
-    klens, vlens = array.array("H"), array.array("I")
-    klens.frombytes(raw[:2 * n])
-    vlens.frombytes(raw[2 * n:6 * n])
-    if _SWAP:
-        klens.byteswap()
-        vlens.byteswap()
-    ko = list(accumulate(klens, initial=6 * n))
-    vo = list(accumulate(vlens, initial=ko[-1]))
-    if vo[-1] != len(raw):
-        raise ValueError(f"the rows take {vo[-1]} bytes of {len(raw)}")
-    keys = tuple([raw[a:b] for a, b in pairwise(ko)])
-    if not all(map(operator.lt, keys, keys[1:])):
-        raise ValueError("rows out of order")
-    return keys, tuple([raw[a:b] for a, b in pairwise(vo)])
+    raw = _zstd(dictionary)[1].decompress(frame, max_output_size=size)
+    rows: Rows = _rowpack.split(raw, n)  # lengths, sizes and key order checked
+    return rows
+
+
+#: Decoded blocks by their bytes and dictionary (a repack, which decodes each once,
+#: goes past it).
+_decode = lru_cache(maxsize=DECODED_BLOCKS)(_decode_raw)
 
 
 def decode_block(table: str, block_key: bytes, data: bytes,
-                 dictionary: BlockDict | None = None) -> Rows:
+                 dictionary: BlockDict | None = None, *, cached: bool = True) -> Rows:
     """(keys, values) of block `block_key` of `table` (whose dictionary is `dictionary`);
-    FormatError when it does not decode or its last key is not `block_key`."""
+    FormatError when it does not decode or its last key is not `block_key`. `cached`:
+    kept among the blocks decoded last (a repack, which decodes each once, is not)."""
     try:
-        rows = _decode(bytes(data), dictionary)
+        rows = (_decode if cached else _decode_raw)(bytes(data), dictionary)
     except (ValueError, IndexError, zstandard.ZstdError) as e:
         raise MetadataDamagedError(f"packed block {block_key.hex()} of table {table}: {e}; the "
                                    "metadata is damaged, run `hutong fsck`") from None
@@ -145,6 +147,11 @@ def decode_block(table: str, block_key: bytes, data: bytes,
         raise MetadataDamagedError(f"packed block {block_key.hex()} of table {table}: its last row "
                                    "is not its key; the metadata is damaged, run `hutong fsck`")
     return rows
+
+
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
+#: The packer's limits, as gfs._rowpack.cut takes them.
+_LIMITS = (TARGET_RAW, MAX_BLOCK, _PAGE_ROOM, _MIN_FILL, _SPAN)
 
 
 def _node(key: bytes, data: bytes) -> int:
@@ -156,98 +163,89 @@ class _Packer:
     """Rows in, blocks out, cut to fill LMDB leaf pages: compaction appends the blocks
     in key order, so each leaf page takes blocks until the next does not fit. A block
     is cut once its rows reach TARGET_RAW bytes, shorter where that fills the rest of
-    the current page (a block's rows then decide its length, not a fixed count)."""
+    the current page (a block's rows then decide its length, not a fixed count).
 
-    __slots__ = ("base", "dictionary", "room", "rows", "seen", "size", "slope")
+    Rows come in runs (`add_rows`: a block's merged rows, a batch of hot rows) and are
+    buffered as parallel lists with running byte counts (gfs._rowpack.sums); the
+    cuts, found by bisecting those counts, and the blocks' bodies are made in C
+    (gfs._rowpack.cut), zstd called from there: no Python code runs once a row or
+    once an encode (the row-at-a-time packer this replaced spent ~3/4 of a put's
+    compaction there). It cuts exactly where that one did: when the buffer first
+    reaches TARGET_RAW bytes, from the rows buffered until then."""
+
+    __slots__ = ("base", "c2", "c6", "dictionary", "keys", "room", "seen", "slope", "values")
 
     def __init__(self, dictionary: BlockDict | None = None) -> None:
         self.dictionary = dictionary  # blocks are compressed with it
-        self.rows: list[tuple[bytes, bytes]] = []
-        self.size = 0
+        #: The buffered rows, and running sums of their bytes from the first: c2[i] is
+        #: the first i rows' keys and values plus 2 a row (the cut's measure), c6[i]
+        #: plus 6 a row (a block's raw bytes: its lengths' too).
+        self.keys: list[bytes] = []
+        self.values: list[bytes] = []
+        self.c2, self.c6 = [0], [0]
         self.room = _PAGE_ROOM  # bytes left in the leaf page being filled
-        # The line guessing a block's frame bytes from its rows' raw bytes (_fit), and
+        # The line guessing a block's frame bytes from its rows' raw bytes (_emit), and
         # the raw bytes of the last encode, which it passes through.
         self.slope, self.base, self.seen = 0.5, 0.0, 0
 
     def add(self, rows: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
-        buf, size = self.rows, self.size  # locals: this loop runs once a row
-        for row in rows:
-            buf.append(row)
-            size += len(row[0]) + len(row[1]) + 2
-            if size >= TARGET_RAW:
-                self.size = size
-                yield from self._emit(final=False)
-                buf, size = self.rows, self.size
-        self.size = size
+        """The blocks cut as `rows` (ascending, after every row added before) come in."""
+        batch = list(rows)
+        yield from self.add_rows(list(map(_first, batch)), list(map(_second, batch)))
+
+    def add_rows(self, keys: Sequence[bytes], values: Sequence[bytes]
+                 ) -> Iterator[tuple[bytes, bytes]]:
+        """`add` for rows given as their keys (ascending, after every key added
+        before; ValueError if not) and values."""
+        if not keys:
+            return
+        ks, c2, c6 = self.keys, self.c2, self.c6
+        _rowpack.sums(keys, values, c2, c6, ks[-1] if ks else None)  # checks their order
+        first = len(ks)
+        ks += keys
+        self.values += values
+        s, end, added = 0, len(ks), first
+        while True:
+            # the rows buffered when the buffer first reaches TARGET_RAW (the rows
+            # before `added` stayed below it), then the blocks cut from them
+            m = bisect.bisect_left(c2, c2[s] + TARGET_RAW, added + 1)
+            if m > end:
+                break
+            s = yield from self._emit(s, m, final=False)
+            added = m
+        del ks[:s], self.values[:s], c2[:s], c6[:s]
 
     def flush(self) -> Iterator[tuple[bytes, bytes]]:
-        yield from self._emit(final=True)
+        s = yield from self._emit(0, len(self.keys), final=True)
+        del self.keys[:s], self.values[:s], self.c2[:s], self.c6[:s]
 
     def passed(self, key: bytes, data: bytes) -> None:
         """Account a block passed on as it is (repack) in the page fill."""
-        self._take(min(_node(key, data), _node(key, bytes(8))  # overflow: a page number
-                       if len(data) + len(key) > MAX_BLOCK else _PAGE_ROOM))
-
-    def _take(self, node: int) -> None:
+        size = len(key) + len(data)  # as _node, inlined (once a block passed)
+        node = 2 + ((9 + size) & ~1)
+        if size > MAX_BLOCK:  # on overflow pages: the node holds their page number
+            node = min(node, _node(key, bytes(8)))
         if node > self.room:
             self.room = _PAGE_ROOM
         self.room -= node
 
-    def _emit(self, final: bool) -> Iterator[tuple[bytes, bytes]]:
-        rows, size = self.rows, self.size
-        while rows and (final or size >= TARGET_RAW):
-            if self.room < _MIN_FILL:
-                self.room = _PAGE_ROOM
-            budget = min(self.room, _node(b"", bytes(MAX_BLOCK)))
-            raw = list(accumulate([len(k) + len(v) + 6 for k, v in rows]))  # 6: lengths
-            n, data = self._fit(rows, raw, budget)
-            if not n:
-                if self.room < _PAGE_ROOM:  # start a fresh page
-                    self.room = _PAGE_ROOM
-                    continue
-                n, data = 1, encode_block(rows[:1], self.dictionary)  # larger than a page
-            key = rows[n - 1][0]
-            self._take(_node(key, data) if n > 1 or len(data) + len(key) <= MAX_BLOCK
-                       else _node(key, bytes(8)))
-            yield key, data
-            size -= raw[n - 1] - 4 * n  # size counts 2 bytes a row
-            rows = rows[n:]
-        self.rows, self.size = rows, size
+    def _emit(self, s: int, m: int, final: bool) -> Generator[tuple[bytes, bytes], None, int]:
+        """Blocks of the buffered rows from `s` to `m` while they hold TARGET_RAW bytes
+        (all, if `final`); returns where the rows not cut start.
 
-    def _fit(self, rows: list[tuple[bytes, bytes]], raw: list[int], budget: int
-             ) -> tuple[int, bytes]:
-        """The most leading rows whose block's node fits `budget` (0 if none) and it;
-        `raw` are the rows' running raw bytes.
-
-        A bracketed search (lo rows fit, hi do not) whose guesses come from a line
-        through the last blocks encoded (frame bytes against raw bytes): most blocks
-        take one encode when all their rows fit and two or three when they do not,
-        where bisecting took ~4 to 8. After four guesses it bisects."""
-        lo, best, hi = 0, b"", len(rows) + 1
-        for step in itertools.count():
-            if hi - lo <= 1:
-                return lo, best
-            if step < 4:  # the frame of n rows is about slope * raw[n - 1] + base
-                room = budget - 11 - len(rows[lo][0]) - self.base  # 11: _node's own
-                n = min(max(bisect.bisect_right(raw, room / self.slope), lo + 1), hi - 1)
-            else:
-                n = (lo + hi) // 2
-            data = encode_block(rows[:n], self.dictionary)
-            self._learn(raw[n - 1], len(data))
-            if _node(rows[n - 1][0], data) <= budget:
-                lo, best = n, data
-            else:
-                hi = n
-        raise AssertionError("unreachable")
-
-    def _learn(self, raw: int, frame: int) -> None:
-        """Put the line through this encode (`raw` bytes to a `frame`); its slope through
-        the last encode too where that one is far enough off to measure it."""
-        if abs(raw - self.seen) >= _SPAN:
-            self.slope = min(max((frame - self.base - self.slope * self.seen) / (raw - self.seen)
-                                 if self.seen else frame / raw, 0.05), 1.5)
-        self.base = frame - self.slope * raw
-        self.seen = raw
+        Each block takes the most leading rows whose node fits the rest of the page
+        (or a fresh one): a bracketed search (lo rows fit, hi do not) whose guesses
+        come from a line through the last blocks encoded (frame bytes against raw
+        bytes), so most blocks take one encode when all their rows fit and two or
+        three when they do not, where bisecting took ~4 to 8; after four guesses it
+        bisects. gfs._rowpack.cut runs it (the line's state passes through)."""
+        state: list[float] = [self.room, self.slope, self.base, self.seen]
+        s, out = _rowpack.cut(self.keys, self.values, self.c2, self.c6, s, m, final, state,
+                              _zstd(self.dictionary)[0].compress, _LIMITS)
+        self.room, self.seen = int(state[0]), int(state[3])
+        self.slope, self.base = state[1], state[2]
+        yield from out
+        return s
 
 
 def pack(rows: Iterable[tuple[bytes, bytes]], dictionary: BlockDict | None = None
@@ -266,6 +264,47 @@ class RepackCount:
     shadowed: int = 0
 
 
+#: Hot rows `repack` takes from its stream at a time.
+_HOT_BATCH = 1024
+
+
+class _Hot:
+    """A stream of ascending (key, value) rows read in batches as keys and values."""
+
+    __slots__ = ("done", "i", "keys", "rows", "values")
+
+    def __init__(self, rows: Iterator[tuple[bytes, bytes]]) -> None:
+        self.rows = rows
+        self.keys: list[bytes] = []
+        self.values: list[bytes] = []
+        self.i = 0  # the first row not taken
+        self.done = False
+
+    def upto(self, key: bytes) -> int:
+        """The end of the rows with keys at or before `key` (from `i`, reading more)."""
+        while True:
+            j = bisect.bisect_right(self.keys, key, self.i)
+            if j < len(self.keys) or not self._more():
+                return j
+
+    def _more(self) -> bool:
+        """Read another batch (the rows taken dropped); whether there was one."""
+        if self.done:
+            return False
+        if not _rowpack.take(self.rows, _HOT_BATCH, self.keys, self.values):
+            self.done = True
+            return False
+        del self.keys[:self.i], self.values[:self.i]
+        self.i = 0
+        return True
+
+    def rest(self) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The rows not taken, as (keys, values) batches."""
+        while self.i < len(self.keys) or self._more():
+            yield self.keys[self.i:], self.values[self.i:]
+            self.i = len(self.keys)
+
+
 def repack(table: str, hot: Iterator[tuple[bytes, bytes]],
            packed: Iterable[tuple[bytes, bytes]], count: RepackCount | None = None,
            dictionary: BlockDict | None = None, *, recode: bool = False
@@ -277,23 +316,25 @@ def repack(table: str, hot: Iterator[tuple[bytes, bytes]],
     (blocks it encodes use it; the packed ones may or may not); with `recode`, every
     block is decoded and encoded again (none passed on as it is)."""
     packer = _Packer(dictionary)
-    h = next(hot, None)
+    h = _Hot(hot)
     for bkey, data in packed:
-        mine: list[tuple[bytes, bytes]] = []
-        while h is not None and h[0] <= bkey:
-            mine.append(h)
-            h = next(hot, None)
-        if not mine and not packer.rows and not recode:
+        j = h.upto(bkey)  # reading more hot rows moves `h.i`: read it after
+        i = h.i
+        if i == j and not packer.keys and not recode:
             packer.passed(bkey, data)
             yield bkey, data
             continue
-        keys, values = decode_block(table, bkey, data, dictionary)
-        if count is not None and mine:
-            had = set(keys)
-            count.shadowed += sum(k in had for k, _ in mine)
-        yield from packer.add(_merge(iter(mine), zip(keys, values, strict=True)))
-    if h is not None:
-        yield from packer.add(itertools.chain((h,), hot))
+        keys, values = decode_block(table, bkey, data, dictionary, cached=False)
+        if i == j:
+            yield from packer.add_rows(keys, values)
+            continue
+        mkeys, mvalues, shadowed = _rowpack.merge(keys, values, h.keys, h.values, i, j)
+        if count is not None:
+            count.shadowed += shadowed
+        h.i = j
+        yield from packer.add_rows(mkeys, mvalues)
+    for hkeys, hvalues in h.rest():
+        yield from packer.add_rows(hkeys, hvalues)
     yield from packer.flush()
 
 
