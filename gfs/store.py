@@ -63,7 +63,7 @@ from gfs.meta.records import chunk_record, with_refcount
 from gfs.pack_tail import TailPack, TailPackGoneError
 from gfs.packs import NO_OWNER, PACK_HEADER_LEN, PackBuilder, owner_tag, pack_key, parse_pack_head
 from gfs.pools import Pool, open_pool
-from gfs.pools.local import LocalPool
+from gfs.pools.local import LocalPool, StagedPut
 from gfs.read.local import LocalSource
 from gfs.state import is_private_url, pool_location
 
@@ -92,6 +92,11 @@ SEALED_BATCHES = 2
 #: as a session that does not overlap bounds them, filled up during each commit and
 #: stalled the workers again).
 OVERLAP_BYTES = 32 << 20
+#: A pack's blobs are written to its pool's temporary (`LocalPool.stage`, unsynced)
+#: each time this many bytes of it are not written yet, so that the commit making it
+#: durable writes at most this much, then fsyncs and renames: writing a whole pack
+#: into fresh page-cache pages at the final commit held a put's end ~0.1 s per 16 MiB.
+STAGE_BYTES = 4 << 20
 
 #: Called inside the commit transaction with the file's new manifest; returns
 #: the manifest it replaced (whose references are then released), if any.
@@ -506,6 +511,9 @@ class WriteSession:
         self._used: dict[int, int] | None = None  # pool usage, read at the first pack
         self._pack_pool: dict[bytes, int] = {}
         self._pack: PackBuilder | None = None
+        self._staged: tuple[StagedPut, int] | None = None  # the pack's temporary, its pool
+        self._unstaged = False  # packs are written whole at their commit (`_stage`)
+        self._limited = False  # a pool has a capacity (known once `_used` is)
         self._new: dict[bytes, _NewChunk] = {}  # appended to a pack, not committed
         self._flushed: list[PackBuilder] = []
         self._delta_meta: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
@@ -790,6 +798,9 @@ class WriteSession:
             if self._pack.size >= self.store.config.pack_size:
                 self._flush_pack()
                 self._flush_due = True
+        pack = self._pack
+        if pack is not None and pack.size - pack.written >= STAGE_BYTES:
+            self._stage(pack)
 
     def _add_folded(self, group: groups.Group, keys: dict[bytes, list[bytes]]) -> None:
         """Note the members of `group` as folded records, to commit with the group
@@ -817,20 +828,60 @@ class WriteSession:
                 return resumed
         return self.store.new_pack()
 
+    def _pool_usage(self) -> dict[int, int]:
+        """The bytes of packs in each pool, counted only when a pool has a capacity
+        (else empty: placement does not depend on it)."""
+        if self._used is None:
+            self._limited = any(r.capacity for r in self.store.pool_records())
+            self._used = self.store.usage() if self._limited else {}
+        return self._used
+
+    def _stage(self, pack: PackBuilder) -> None:
+        """Write the pack's unwritten blobs to its pool's temporary ahead of its commit,
+        where `_flush_pack` writes the rest and puts it. Only a new pack placed in a
+        local pool whatever its size is (no pool has a capacity: else its final size
+        places it; a tail's pack is appended in place at the commit)."""
+        if self._staged is None:
+            if self._unstaged:
+                return
+            self._pool_usage()
+            pool_id = self.store.choose_pool(self._tier, pack.size, {})
+            pool = self.store.pool(pool_id)
+            if self._tail is not None or self._limited or not isinstance(pool, LocalPool):
+                self._unstaged = True  # for the whole session
+                return
+            self._staged = (pool.stage(pack_key(pack.pack_id)), pool_id)
+        self._staged[0].write(pack.unwritten())
+        pack.wrote()
+
     def _flush_pack(self) -> None:
-        pack = self._pack
-        if pack is None or pack.nblobs == 0 or pack.size == pack.written:
+        pack, staged = self._pack, self._staged
+        if pack is None or pack.nblobs == 0 or (pack.size == pack.written and staged is None):
             return
-        if self._used is None:  # scanning packs only matters when a pool has a capacity
-            limited = any(r.capacity for r in self.store.pool_records())
-            self._used = self.store.usage() if limited else {}
-        grown = pack.size - pack.written
+        used = self._pool_usage()
         tail = self._tail
-        if tail is not None and tail.holds(pack) and tail.pool_id is not None:
-            pool_id = tail.pool_id
+        if staged is not None:  # its first bytes are in its pool's temporary
+            self._staged = None
+            stage, pool_id = staged
+            stage.finish(pack.unwritten(), durable=self.durable)
+            pack.release()
+            grown = pack.size
         else:
-            pool_id = self.store.choose_pool(self._tier, pack.size, self._used)
-        pool = self.store.pool(pool_id)
+            grown = pack.size - pack.written
+            if tail is not None and tail.holds(pack) and tail.pool_id is not None:
+                pool_id = tail.pool_id
+            else:
+                pool_id = self.store.choose_pool(self._tier, pack.size, used)
+            self._write_pack(pack, pool_id)
+        used[pool_id] = used.get(pool_id, 0) + grown
+        self._pack_pool[pack.pack_id] = pool_id
+        self._flushed.append(pack)
+        self._pack = None
+        self.stats.packs += 1
+
+    def _write_pack(self, pack: PackBuilder, pool_id: int) -> None:
+        """Write the pack (its unwritten part, appended, for a tail's) to pool `pool_id`."""
+        pool, tail = self.store.pool(pool_id), self._tail
         if tail is not None and isinstance(pool, LocalPool):
             try:
                 pool.append(pack_key(pack.pack_id), pack.unwritten(), pack.written,
@@ -848,11 +899,6 @@ class WriteSession:
             (pool.put if self.durable else pool.put_unsynced)(pack_key(pack.pack_id),
                                                               pack.parts())
             pack.release()  # written: a long write must not hold every pack until its commit
-        self._used[pool_id] = self._used.get(pool_id, 0) + grown
-        self._pack_pool[pack.pack_id] = pool_id
-        self._flushed.append(pack)
-        self._pack = None
-        self.stats.packs += 1
 
     # -- committing ------------------------------------------------------------
     def add_file(self, refs: list[ChunkRef], action: CommitAction) -> None:
@@ -1085,6 +1131,9 @@ class WriteSession:
         self._inflight.clear()
         self._unseen.clear()
         self._pack = None
+        if self._staged is not None:
+            self._staged[0].discard()
+            self._staged = None
         self._new.clear()
         self._pending.clear()
         self._batch_ids.clear()
