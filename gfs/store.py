@@ -19,7 +19,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
@@ -512,6 +512,8 @@ class WriteSession:
         self._pack_pool: dict[bytes, int] = {}
         self._pack: PackBuilder | None = None
         self._staged: tuple[StagedPut, int] | None = None  # the pack's temporary, its pool
+        self._finisher: ThreadPoolExecutor | None = None  # puts staged packs (`_flush_pack`)
+        self._finishing: list[Future[None]] = []  # staged packs being put, for the commit
         self._unstaged = False  # packs are written whole at their commit (`_stage`)
         self._limited = False  # a pool has a capacity (known once `_used` is)
         self._new: dict[bytes, _NewChunk] = {}  # appended to a pack, not committed
@@ -863,7 +865,12 @@ class WriteSession:
         if staged is not None:  # its first bytes are in its pool's temporary
             self._staged = None
             stage, pool_id = staged
-            stage.finish(pack.unwritten(), durable=self.durable)
+            if self._finisher is None:
+                self._finisher = ThreadPoolExecutor(1, thread_name_prefix="hutong-pack")
+            # the rest, the fsyncs and the rename run beside the commit's transaction,
+            # which waits for them before it commits (`_commit_batch`)
+            self._finishing.append(self._finisher.submit(stage.finish, pack.unwritten(),
+                                                         durable=self.durable))
             pack.release()
             grown = pack.size
         else:
@@ -1017,7 +1024,8 @@ class WriteSession:
                     self._room.notify()
 
     def _commit_batch(self, batch: _Batch) -> None:
-        """Write the pack durably, then commit the batch's files and new chunks."""
+        """Write the pack durably, then commit the batch's files and new chunks (a
+        staged pack's fsyncs overlap the transaction's work, not its commit)."""
         self._flush_pack()
         if not batch.files and not self._flushed:
             return
@@ -1089,8 +1097,11 @@ class WriteSession:
             if healed:
                 set_lost_chunks(txn, lost_chunks(txn) - healed)
                 log.warning("healed %d lost chunks that were put again", len(healed))
+            for put in self._finishing:  # the packs are durable before the commit
+                put.result()
 
         self.store.engine.transact(apply)
+        self._finishing.clear()
         self._new.clear()
         self._flushed.clear()
         self._delta_meta.clear()
@@ -1134,12 +1145,23 @@ class WriteSession:
         if self._staged is not None:
             self._staged[0].discard()
             self._staged = None
+        self._end_finishing()
         self._new.clear()
         self._pending.clear()
         self._batch_ids.clear()
         self._flushed.clear()
         self._files.clear()
         self._queued_files = self._queued_refs = 0
+
+
+    def _end_finishing(self) -> None:
+        """Wait for the staged packs being put (no pool write after the session) and
+        stop their thread; a pack put for a batch that did not commit is an orphan."""
+        wait(self._finishing)  # a failure was the commit's: a failed put discards itself
+        self._finishing.clear()
+        if self._finisher is not None:
+            self._finisher.shutdown()
+            self._finisher = None
 
 
 def apply_refcounts(txn: WriteTxn, deltas: Counter[bytes],

@@ -3,6 +3,7 @@ commit making it durable only writes the rest (gfs.store.STAGE_BYTES)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ import pytest
 from gfs import store
 from gfs.client import Client
 from gfs.codec import Buffer
-from gfs.errors import NoSpaceError
+from gfs.errors import NoSpaceError, PoolError
+from gfs.meta import WriteTxn
 from gfs.packs import PACK_HEADER_LEN
 from gfs.pools import local
 from gfs.pools.local import LocalPool
@@ -311,3 +313,73 @@ def test_kill9_while_a_pack_is_half_staged(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_staged_pack_is_put_beside_the_transaction_and_before_its_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rest of a staged pack, its fsyncs and rename run while the commit's
+    transaction does its work; the transaction commits only after them."""
+    monkeypatch.setattr(store, "STAGE_BYTES", 64 << 10)
+    events: list[str] = []
+    real_finish = local.StagedPut.finish
+
+    def slow_finish(self: local.StagedPut, parts: Sequence[Buffer] = (), *,
+                    durable: bool = True) -> None:
+        events.append("finish")
+        time.sleep(0.3)
+        real_finish(self, parts, durable=durable)
+        events.append("finished")
+
+    monkeypatch.setattr(local.StagedPut, "finish", slow_finish)
+    fs = Client.init(tmp_path / "state", pack_size=64 << 20)
+    try:
+        real_write = fs.engine.write
+
+        @contextlib.contextmanager
+        def write() -> Iterator[WriteTxn]:
+            events.append("transaction")
+            with real_write() as txn:
+                yield txn
+            events.append("transaction committed")
+
+        monkeypatch.setattr(fs.engine, "write", write)
+        with fs.store.writer() as session:
+            for k in range(12):
+                session.store_buffer(random.Random(k).randbytes(100_000))
+        assert sorted(events) == sorted(["finish", "finished", "transaction",
+                                         "transaction committed"])
+        assert events.index("transaction") < events.index("finished") \
+            < events.index("transaction committed")
+    finally:
+        fs.close()
+
+
+def test_a_staged_pack_failing_at_its_rename_fails_the_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The put of a staged pack fails (its directory's fsync) beside the transaction:
+    nothing commits, the pack is an orphan gc removes, and the put works again."""
+    monkeypatch.setattr(store, "STAGE_BYTES", 64 << 10)
+    src = tmp_path / "src"
+    want = _tree(src, 30, 50_000)
+    fs = Client.init(tmp_path / "state", pack_size=64 << 20)
+    try:
+        real = local._fsync_dir
+
+        def broken(path: str) -> None:
+            if os.path.basename(os.path.dirname(path)) == "packs":
+                raise OSError(errno.EIO, "Input/output error")
+            real(path)
+
+        monkeypatch.setattr(local, "_fsync_dir", broken)
+        with pytest.raises(PoolError, match="Input/output error"):
+            fs.put(src, "/dst")
+        monkeypatch.setattr(local, "_fsync_dir", real)
+        assert not fs.exists("/dst") and _pool(fs).temporaries() == []
+        report = fs.fsck()
+        assert report.ok and report.orphan_packs == 1, report.problems
+        fs.gc()
+        assert fs.fsck().orphan_packs == 0
+        fs.put(src, "/dst")
+        assert {n: fs.read_bytes(f"/dst/{n}") for n in want} == want
+    finally:
+        fs.close()
