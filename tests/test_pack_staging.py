@@ -8,10 +8,6 @@ import dataclasses
 import errno
 import os
 import random
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +23,7 @@ from gfs.packs import PACK_HEADER_LEN
 from gfs.pools import local
 from gfs.pools.local import LocalPool
 from tests.conftest import make_tree, tree_digest
+from tests.test_faults import kill_put_midway
 
 
 def _pool(fs: Client) -> LocalPool:
@@ -240,24 +237,6 @@ def test_a_caller_failing_mid_put_discards_the_staged_pack(
         fs.close()
 
 
-KILLER = textwrap.dedent("""
-    import sys, time
-    from gfs import store
-    from gfs.client import Client
-    store.STAGE_BYTES = 64 << 10
-    fs = Client(sys.argv[1], pack_size=8 << 20, commit_files=1_000_000)
-    seen = 0
-    def progress(n):
-        global seen
-        seen += 1
-        print("progress", flush=True)
-        if seen == 40:  # held mid-put until killed
-            time.sleep(120)
-    fs.put(sys.argv[2], "/big", progress=progress)
-    print("done", flush=True)
-""")
-
-
 def _held_temporary(tmp: Path) -> Path | None:
     """A temporary in `tmp` that stays unchanged for 0.3 s (within 60 s), if any."""
     deadline = time.monotonic() + 60
@@ -277,23 +256,13 @@ def test_kill9_while_a_pack_is_half_staged(tmp_path: Path) -> None:
     state = tmp_path / "state"
     Client.init(state).close()
     src = tmp_path / "src"
-    want = _tree(src, 60, 300_000)  # 18 MB: two packs committed, the third staged
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(state), str(src)],
-                            stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent.parent)
-    assert proc.stdout is not None
+    want = _tree(src, 90, 300_000)  # held at 18 MB: two packs committed, the third staged
     fs = Client(state)
     try:
         tmp = Path(_pool(fs).root) / "tmp"
-        seen = 0
-        for line in proc.stdout:
-            seen += line.startswith("progress")
-            if seen >= 40:
-                break
-        half = _held_temporary(tmp)  # the put is held: its pack waits half staged
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-        assert seen >= 40, "the put finished or stalled before it could be killed"
+        half = kill_put_midway(state, src, prelude="store.STAGE_BYTES = 64 << 10",
+                               settings="pack_size=8 << 20, commit_files=1_000_000",
+                               before_kill=lambda: _held_temporary(tmp))
         assert half is not None, "no pack was half staged at the kill"
         assert half.stat().st_size > 64 << 10
         report = fs.fsck()
@@ -310,9 +279,6 @@ def test_kill9_while_a_pack_is_half_staged(tmp_path: Path) -> None:
         assert {n: fs.read_bytes(f"/big/{n}") for n in want} == want
     finally:
         fs.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_staged_pack_is_put_beside_the_transaction_and_before_its_commit(
