@@ -847,10 +847,13 @@ class WriteSession:
             if self._unstaged:
                 return
             self._pool_usage()
+            if self._tail is not None or self._limited:
+                self._unstaged = True  # for the whole session
+                return
             pool_id = self.store.choose_pool(self._tier, pack.size, {})
             pool = self.store.pool(pool_id)
-            if self._tail is not None or self._limited or not isinstance(pool, LocalPool):
-                self._unstaged = True  # for the whole session
+            if not isinstance(pool, LocalPool):  # (an encrypted one, for one)
+                self._unstaged = True
                 return
             self._staged = (pool.stage(pack_key(pack.pack_id)), pool_id)
         self._staged[0].write(pack.unwritten())
@@ -1152,7 +1155,6 @@ class WriteSession:
         self._flushed.clear()
         self._files.clear()
         self._queued_files = self._queued_refs = 0
-
 
     def _end_finishing(self) -> None:
         """Wait for the staged packs being put (no pool write after the session) and

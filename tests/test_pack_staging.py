@@ -179,6 +179,21 @@ def test_no_staging_when_a_pool_has_a_capacity(tmp_path: Path,
         fs.close()
 
 
+def test_an_encrypted_pool_gets_whole_packs(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a plain local pool stages: an encrypted one is put whole, as before."""
+    monkeypatch.setattr(store, "STAGE_BYTES", 64 << 10)
+    src = tmp_path / "src"
+    want = _tree(src, 30, 50_000)
+    fs = Client.init(tmp_path / "state", encrypt=True, pack_size=64 << 20)
+    try:
+        fs.put(src, "/dst")
+        assert {n: fs.read_bytes(f"/dst/{n}") for n in want} == want
+        assert fs.fsck().ok
+    finally:
+        fs.close()
+
+
 def test_a_put_failing_mid_stage_changes_nothing(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A staged write fails (full disk) on the committer: the put fails, no file and
