@@ -271,12 +271,12 @@ def test_kill9_while_a_pack_is_half_staged(tmp_path: Path) -> None:
     state = tmp_path / "state"
     Client.init(state).close()
     src = tmp_path / "src"
-    want = _tree(src, 90, 300_000)  # held at 18 MB: two packs committed, the third staged
+    want = _tree(src, 90, 300_000)  # held at 60: 2 batches of 25 committed, the next staged
     fs = Client(state)
     try:
         tmp = Path(_pool(fs).root) / "tmp"
         half = kill_put_midway(state, src, prelude="store.STAGE_BYTES = 64 << 10",
-                               settings="pack_size=8 << 20, commit_files=1_000_000",
+                               settings="pack_size=64 << 20, commit_files=25",
                                before_kill=lambda: _held_temporary(tmp))
         assert half is not None, "no pack was half staged at the kill"
         assert half.stat().st_size > 64 << 10
