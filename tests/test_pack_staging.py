@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -134,6 +135,33 @@ def test_a_pack_is_written_as_it_fills_and_holds_what_a_whole_write_held(
         finally:
             fs.close()
     assert got[True] == got[False]
+
+
+def test_the_appending_thread_does_not_wait_for_a_staged_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staged writes run on the session's pack writer thread: appending blobs goes on
+    while one is held, and the commit waits for it."""
+    monkeypatch.setattr(store, "STAGE_BYTES", 256 << 10)
+    gate, real = threading.Event(), local.StagedPut.write
+
+    def held(self: local.StagedPut, parts: Sequence[Buffer]) -> None:
+        gate.wait(8)
+        real(self, parts)
+
+    monkeypatch.setattr(local.StagedPut, "write", held)
+    fs = Client.init(tmp_path / "state", pack_size=64 << 20)
+    try:
+        with fs.store.writer() as session:
+            for k in range(12):
+                session.store_buffer(random.Random(k).randbytes(100_000))
+            started = time.monotonic()
+            session._drain()  # appends every blob: stages several writes
+            assert time.monotonic() - started < 6 and not gate.is_set()
+            gate.set()
+        assert fs.fsck().ok and len(list(_pool(fs).list())) == 1
+    finally:
+        gate.set()
+        fs.close()
 
 
 def test_a_put_stages_its_packs_and_reads_back(tmp_path: Path,
