@@ -10,7 +10,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -19,6 +21,8 @@ from gfs.errors import ChunkMissingError, CorruptChunkError, NoSpaceError
 from gfs.packs import pack_key
 from gfs.testing.faults import FaultyPool, flip_byte, truncate_object
 from tests.conftest import make_tree, tree_digest
+
+T = TypeVar("T")
 
 
 def _location(fs: Client, path: str, index: int = 0) -> tuple[str, int, int]:
@@ -159,8 +163,10 @@ def test_real_full_filesystem(tmp_path: Path) -> None:
 
 KILLER = textwrap.dedent("""
     import sys, time
+    from gfs import store
     from gfs.client import Client
-    fs = Client(sys.argv[1], pack_size=1 << 20, commit_files=5)
+    {prelude}
+    fs = Client(sys.argv[1], {settings})
     seen = 0
     def progress(n):
         global seen
@@ -173,10 +179,15 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def kill_put_midway(state: Path, src: Path) -> None:
-    """Put `src` into the store at `state` in a child and kill -9 it after 60 progress
-    reports (asserting the kill landed before the put finished)."""
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(state), str(src)],
+def kill_put_midway(state: Path, src: Path, *,
+                    settings: str = "pack_size=1 << 20, commit_files=5", prelude: str = "",
+                    before_kill: Callable[[], T] | None = None) -> T | None:
+    """Put `src` into the store at `state` in a child (a Client with `settings`, after
+    the statement `prelude`) and kill -9 it after 60 progress reports (asserting the
+    kill landed before the put finished); returns what `before_kill` returned, called
+    while the child is held after its 60th report."""
+    script = KILLER.format(settings=settings, prelude=prelude)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(state), str(src)],
                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
     assert proc.stdout is not None
     seen = 0
@@ -185,9 +196,13 @@ def kill_put_midway(state: Path, src: Path) -> None:
         seen += line.startswith("progress")
         if seen >= 60 or time.monotonic() > deadline:
             break
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    try:
+        found = before_kill() if before_kill is not None and seen >= 60 else None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
     assert seen >= 60, "the put finished or stalled before it could be killed"
+    return found
 
 
 def test_kill9_mid_put_leaves_no_half_visible_file(tmp_path: Path) -> None:

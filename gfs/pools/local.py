@@ -145,8 +145,6 @@ class LocalPool(Pool):
 
     def put_unsynced(self, key: str, parts: Sequence[Buffer]) -> None:
         self._put(key, parts, durable=False)
-        with self._unsynced_lock:
-            self._unsynced.add(self._path(key))
 
     def sync_puts(self) -> None:
         with self._unsynced_lock:
@@ -212,38 +210,11 @@ class LocalPool(Pool):
         self.sync_puts()
 
     def _put(self, key: str, parts: Sequence[Buffer], *, durable: bool) -> None:
-        path = self._path(key)
-        name = f"{os.getpid()}-{self._rand}-{next(self._seq)}{_TMP_SUFFIX}"
-        tmp = os.path.join(self._tmp, name)
-        fd = -1
-        try:
-            self._mkdirs(self._tmp)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
-            _write_all(fd, parts)
-            if durable:
-                os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            parent = os.path.dirname(path)
-            self._mkdirs(parent, durable)
-            try:
-                os.replace(tmp, path)
-            except FileNotFoundError:
-                # A cached fan-out directory was removed behind our back: recreate it.
-                self._dirs.clear()
-                self._mkdirs(parent, durable)
-                os.replace(tmp, path)
-            if durable:
-                _fsync_dir(parent)
-        except BaseException as e:
-            if fd >= 0:
-                os.close(fd)
-            # The original error matters more; clean_temporaries removes a leftover later.
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(e, OSError):
-                raise self._error(e, path, f"put {key}") from e
-            raise
+        self.stage(key).finish(parts, durable=durable)
+
+    def stage(self, key: str) -> StagedPut:
+        """Start putting object `key` in parts: see `StagedPut`."""
+        return StagedPut(self, key)
 
     def _open(self, key: str) -> tuple[int, os.stat_result, str]:
         """(fd, stat, path) of the object, opened for reading; the caller closes fd."""
@@ -406,3 +377,88 @@ class LocalPool(Pool):
             return sorted(os.listdir(self._tmp))
         except FileNotFoundError:
             return []
+
+
+class StagedPut:
+    """An object of a `LocalPool` written in parts into a temporary, then put at its
+    key by `finish` exactly as `LocalPool.put` puts it (`put_unsynced` with
+    `durable=False`): invisible until then, atomic, and after a crash a temporary
+    that `LocalPool.clean_temporaries` removes. A writer that gathers an object over
+    a while (a pack) writes its bytes as they come, so that only the last part, the
+    fsyncs and the rename remain when it must be durable. One thread uses it; on a
+    failure the temporary is removed and the error raised.
+    """
+
+    def __init__(self, pool: LocalPool, key: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.path = pool._path(key)
+        self.tmp = os.path.join(pool._tmp, f"{os.getpid()}-{pool._rand}-{next(pool._seq)}"
+                                           f"{_TMP_SUFFIX}")
+        #: bytes written to the temporary so far
+        self.written = 0
+        self._fd = -1
+        self._ended = False  # finished or discarded
+        try:
+            pool._mkdirs(pool._tmp)
+            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC,
+                               0o644)
+        except OSError as e:
+            raise pool._error(e, self.path, f"put {key}") from e
+
+    def write(self, parts: Sequence[Buffer]) -> None:
+        """Write `parts` after the bytes written so far (not synced)."""
+        if self._ended:
+            raise ValueError(f"put of {self.key} already finished or discarded")
+        try:
+            self.written += _write_all(self._fd, parts)
+        except BaseException as e:
+            self.discard()
+            if isinstance(e, OSError):
+                raise self.pool._error(e, self.path, f"put {self.key}") from e
+            raise
+
+    def finish(self, parts: Sequence[Buffer] = (), *, durable: bool = True) -> None:
+        """Write the last `parts` and put the object at its key: durable on return
+        (the file fsynced, renamed, its directory fsynced), or with `durable=False`
+        at the pool's next `sync_puts`."""
+        self.write(parts)
+        pool, path, tmp = self.pool, self.path, self.tmp
+        try:
+            if durable:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            parent = os.path.dirname(path)
+            pool._mkdirs(parent, durable)
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:
+                # A cached fan-out directory was removed behind our back: recreate it.
+                pool._dirs.clear()
+                pool._mkdirs(parent, durable)
+                os.replace(tmp, path)
+            self._ended = True  # the temporary is the object now
+            if durable:
+                _fsync_dir(parent)
+        except BaseException as e:
+            # The original error matters more; clean_temporaries removes a leftover later.
+            self.discard()
+            if isinstance(e, OSError):
+                raise pool._error(e, path, f"put {self.key}") from e
+            raise
+        if not durable:
+            with pool._unsynced_lock:
+                pool._unsynced.add(path)
+
+    def discard(self) -> None:
+        """Close and remove the temporary (nothing was put); after `finish` or
+        again: nothing."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        if not self._ended:
+            self._ended = True
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
