@@ -3,9 +3,11 @@ the bytes its rows would take as zstd blocks (the `z64 B` column)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import lmdb
+import pytest
 import zstandard
 
 from bench import metabytes
@@ -46,3 +48,30 @@ def test_a_packed_store_counts_the_rows_of_its_blocks(tmp_path: Path) -> None:
     packed, hot = f.db("manifests.z"), f.db("manifests")
     assert packed is not None and hot is not None
     assert (packed.entries, hot.entries, metabytes.files_of(f)) == (500, 0, 500)
+
+
+def test_a_store_with_block_dictionaries_counts_the_rows_of_its_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks compressed with their table's dictionary (format 6) are counted from their
+    heads: decoding them without the dictionary failed."""
+    from gfs.meta import LmdbEngine, block_dicts, compact
+    from gfs.meta.records import ChunkRef, Manifest
+
+    monkeypatch.setattr(block_dicts, "TRAIN_MIN_RAW", 8 << 10)
+    monkeypatch.setattr(block_dicts, "EVAL_MIN_RAW", 4 << 10)
+    meta = tmp_path / "meta"
+    for rnd in range(2):  # 150 chunks named by every 150 files: a dictionary pays
+        eng = LmdbEngine(str(meta), sync=False, compact_at_close=False)
+        with eng.write() as w:
+            for i in range(600):
+                cid = hashlib.sha256(b"%d" % (i % 150)).digest()[:16]
+                w.put_manifest(2 + rnd * 600 + i, Manifest(1, (ChunkRef(cid, 10),)))
+        eng.close()
+        compact.compact_now(str(meta))
+    env = lmdb.open(str(meta), readonly=True, lock=False, max_dbs=64)
+    with env.begin() as txn:
+        assert txn.get(block_dicts.meta_key("manifests"), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    f = metabytes.measure(meta)
+    packed = f.db("manifests.z")
+    assert packed is not None and packed.entries == 1200
