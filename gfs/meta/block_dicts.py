@@ -15,7 +15,7 @@ id, and blocks without it still read.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import xxhash
@@ -92,35 +92,36 @@ def meta_key(table: str) -> bytes:
 
 
 _local = threading.local()  # zstd contexts are not safe across threads
+_Ctx = zstandard.ZstdCompressor | zstandard.ZstdDecompressor
+
+
+def _cached(kind: str, d: BlockDict | None, level: int, make: Callable[[], _Ctx]) -> _Ctx:
+    """This thread's context `kind` for blocks with `d` (or none) at `level`, made once."""
+    cache: dict[tuple[str, bytes, int], _Ctx] | None = getattr(_local, "ctx", None)
+    if cache is None:
+        cache = _local.ctx = {}
+    key = (kind, d.digest if d is not None else b"", level)
+    ctx = cache.get(key)
+    if ctx is None:
+        if len(cache) >= 32:
+            cache.clear()
+        ctx = cache[key] = make()
+    return ctx
 
 
 def compressor(d: BlockDict | None, level: int) -> zstandard.ZstdCompressor:
     """This thread's compressor of blocks with `d` (or none) at `level`."""
-    cache: dict[tuple[bytes, int], zstandard.ZstdCompressor] | None = getattr(_local, "c", None)
-    if cache is None:
-        cache = _local.c = {}
-    key = (d.digest if d is not None else b"", level)
-    ctx = cache.get(key)
-    if ctx is None:
-        if len(cache) >= 16:
-            cache.clear()
-        ctx = cache[key] = zstandard.ZstdCompressor(
-            level=level, write_checksum=True, dict_data=d.zdict if d is not None else None)
+    ctx = _cached("c", d, level, lambda: zstandard.ZstdCompressor(
+        level=level, write_checksum=True, dict_data=d.zdict if d is not None else None))
+    assert isinstance(ctx, zstandard.ZstdCompressor)
     return ctx
 
 
 def decompressor(d: BlockDict | None) -> zstandard.ZstdDecompressor:
     """This thread's decompressor of blocks with `d` (or none)."""
-    cache: dict[bytes, zstandard.ZstdDecompressor] | None = getattr(_local, "d", None)
-    if cache is None:
-        cache = _local.d = {}
-    key = d.digest if d is not None else b""
-    ctx = cache.get(key)
-    if ctx is None:
-        if len(cache) >= 16:
-            cache.clear()
-        ctx = cache[key] = zstandard.ZstdDecompressor(
-            dict_data=d.zdict if d is not None else None)
+    ctx = _cached("d", d, 0, lambda: zstandard.ZstdDecompressor(
+        dict_data=d.zdict if d is not None else None))
+    assert isinstance(ctx, zstandard.ZstdDecompressor)
     return ctx
 
 

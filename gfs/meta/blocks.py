@@ -22,7 +22,7 @@ import zstandard
 
 from gfs import _rowpack
 from gfs.errors import FormatError, MetadataDamagedError
-from gfs.meta.block_dicts import BlockDict, compressor, decompressor
+from gfs.meta.block_dicts import BlockDict, compressor, decompressor, meta_key
 from gfs.meta.encoding import PACKED_FORMAT, _varints, _varints_to
 
 __all__ = ["DECODED_BLOCKS", "MAX_BLOCK", "PACKED_FORMAT", "PACKED_TABLES", "TARGET_RAW",
@@ -401,8 +401,6 @@ class BlockTxn:
             return self._dicts[table]
         except KeyError:
             pass
-        from gfs.meta.block_dicts import meta_key
-
         raw = None if self._meta is None else self.txn.get(meta_key(table), db=self._meta)
         try:
             d = self._dicts[table] = BlockDict.load(raw, table)
