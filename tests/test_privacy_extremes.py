@@ -104,11 +104,13 @@ def test_small_groups_release_no_extreme_and_big_ones_are_exact() -> None:
 
 
 def test_dp_noise_on_min_max_uses_the_range_as_sensitivity() -> None:
-    v, s = _rows(200, 2)
+    # groups of 50 and 400 keys: the noisy distinct count (Laplace, scale 5) suppresses
+    # one below 1 with odds under 1e-4 (with 10-key groups a run in ~30 lost them all)
+    v, s = _rows(1000, 2)
     v.values["bal"] = [max(-1000, min(1000, x)) for x in v.values["bal"]]
     _, sr = _join(v, s, pjc.ReleaseRules(min_distinct=1, epsilon=1.0,
                                          bounds={"bal": 1000.0}, max_rows_per_key=1))
-    assert sr.groups
+    assert sr.suppressed == 0 and len(sr.groups) == 3
     for g in sr.groups:
         assert g.noise is not None
         part = 1.0 / (2 + 1 + 2)  # threshold, count, sum of bal, min, max
