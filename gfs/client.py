@@ -27,11 +27,10 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from gfs import local_write, namespace, paths, pool_keys
 from gfs._lazy import lazy_exports
-from gfs._native import scan_dir
 from gfs.config import CONFIG_FILE, StoreConfig, state_dir
 from gfs.env import META_ENV
 from gfs.errors import (
@@ -56,12 +55,12 @@ from gfs.meta import (
     Manifest,
     MetaEngine,
     PoolRecord,
-    ReadTxn,
     WriteTxn,
     open_engine,
 )
 from gfs.namespace import XattrSource
 from gfs.put_reads import READ_BATCH_BYTES, read_ahead
+from gfs.put_walk import LocalEntry, LocalStat, NsDirs, PutWalk
 from gfs.state import (
     check_identity,
     is_database_url,
@@ -89,19 +88,10 @@ if TYPE_CHECKING:
 Progress = Callable[[int], None]
 #: the block size of `iter_bytes` (read ahead by the manifest reader)
 READ_BLOCK = 4 << 20
-#: A put keeps the conflict check's walk of a local tree of up to this many entries
-#: (~510 B each: ~10 MB) instead of listing and stat-ing the tree again (0.13 s of
-#: 2.2 s for one bench ingest snapshot of ~12,000 entries). Entries, not walk steps: a
-#: directory left is a second step holding the same entry (counting steps walked each
-#: snapshot of the full smallfiles set, 16,154 entries in 21,844 steps, twice). A bigger
-#: tree is walked
-#: twice: the kept part is memory every put of a big tree pays (at 50,000 it was the
-#: 31 MiB by which put's peak grew from 10^4 to 10^5 files).
-PUT_WALK_KEPT = 20_000
 log = logging.getLogger("gfs.client")
 
 
-def in_place(size: int, mtime_ns: int, mode: int, local: os.stat_result | _LocalStat) -> bool:
+def in_place(size: int, mtime_ns: int, mode: int, local: os.stat_result | LocalStat) -> bool:
     """Whether a namespace file with this size, mtime and mode is a copy of `local`
     already in place: the rule by which a repeated put resumes instead of re-reading."""
     return (size == local.st_size and mtime_ns == local.st_mtime_ns
@@ -147,32 +137,6 @@ class TransferReport:
             out["new_raw_bytes"] = self.write.new_raw_bytes
             out["new_stored_bytes"] = self.write.new_stored_bytes
         return out
-
-
-class _LocalStat(NamedTuple):
-    """The fields of a local entry's stat that a put uses: about 100 bytes, where an
-    os.stat_result (with its float times) takes about 560, and a put keeps up to
-    PUT_WALK_KEPT of them."""
-
-    st_mode: int
-    st_uid: int
-    st_gid: int
-    st_size: int
-    st_atime_ns: int
-    st_mtime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> _LocalStat:
-        """The fields of `st`."""
-        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_atime_ns,
-                   st.st_mtime_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class _LocalEntry:
-    rel: tuple[str, ...]
-    path: str
-    st: _LocalStat
 
 
 class Client:
@@ -604,13 +568,13 @@ class Client:
         Files become visible in committed batches.
         """
         src, top, dest = put_source(local, path)
-        dest_exists, walked = self._check_put_conflicts(dest, src, top)
+        dest_exists = self._put_destination(dest)
         report = TransferReport()
         base = paths.split(dest)
         dirs = _Dirs()  # rel path -> ino, filled in as actions commit
         existing = _ExistingFiles(self.engine, base) if dest_exists else None
 
-        def wanted(item: tuple[bool, _LocalEntry]) -> tuple[str, int] | None:
+        def wanted(item: tuple[bool, LocalEntry]) -> tuple[str, int] | None:
             """The files to read: regular ones not already in place."""
             leaving, e = item
             if leaving or not statmod.S_ISREG(e.st.st_mode) or (
@@ -621,63 +585,69 @@ class Client:
         params = self.store.params
         # a tree's batches commit on the session's thread while the next is compressed
         overlap = statmod.S_ISDIR(top.st_mode)
-        with _fast_thread_switching(), self.store.writer(overlap=overlap) as session, \
+        # the walk goes on beside the pipeline; the first commit waits for all of it
+        with PutWalk(self.engine, src, top, base, dest_exists) as walk, \
+                _fast_thread_switching(), \
+                self.store.writer(overlap=overlap, gate=walk.wait) as session, \
                 contextlib.closing(read_ahead(  # read, cut and hashed in C on a thread
-                    walked if walked is not None else _walk_local(src, top), wanted,
-                    lambda ps: read_many(ps, params, READ_BATCH_BYTES),
+                    walk.steps(), wanted, lambda ps: read_many(ps, params, READ_BATCH_BYTES),
                     on_batch=lambda loads: session.look_ahead(read_ids(loads)))) as reads:
-            if not statmod.S_ISDIR(top.st_mode) and base:
-                session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
-            for (leaving, e), read, loaded in reads:
-                if leaving:  # directory modes and times, once its children are queued
-                    session.add_action(_dir_attrs_action(dirs, e.rel, e.st))
-                    continue
-                name = e.rel[-1] if e.rel else (base[-1] if base else "")
-                parent_rel = e.rel[:-1] if e.rel else None
-                if statmod.S_ISDIR(e.st.st_mode):
-                    if e.rel:
-                        session.add_action(_mkdir_action(dirs, e.rel, e.st))
+            try:
+                if not statmod.S_ISDIR(top.st_mode) and base:
+                    session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))
+                for (leaving, e), read, loaded in reads:
+                    if leaving:  # directory modes and times, once its children are queued
+                        session.add_action(_dir_attrs_action(dirs, e.rel, e.st))
+                        continue
+                    name = e.rel[-1] if e.rel else (base[-1] if base else "")
+                    parent_rel = e.rel[:-1] if e.rel else None
+                    if statmod.S_ISDIR(e.st.st_mode):
+                        if e.rel:
+                            session.add_action(_mkdir_action(dirs, e.rel, e.st))
+                        else:
+                            session.add_action(_ensure_dir_action(dest, dirs))
+                        report.dirs += 1
+                    elif statmod.S_ISLNK(e.st.st_mode):
+                        session.add_action(_symlink_action(dirs, parent_rel, name,
+                                                           os.readlink(e.path), e.st))
+                        report.symlinks += 1
+                    elif statmod.S_ISREG(e.st.st_mode) and not read:
+                        report.unchanged += 1
+                    elif statmod.S_ISREG(e.st.st_mode):
+                        if isinstance(loaded, OSError):
+                            raise loaded  # at this file's turn, as a read here would
+                        prepared = prepared_of(loaded)  # None: too big, streamed
+                        refs = (session.store_file(e.path) if prepared is None
+                                else session.store_prepared(prepared))
+                        session.add_file(refs, _file_action(dirs, parent_rel, name, e.st))
+                        report.files += 1
+                        report.bytes += e.st.st_size
+                        if progress is not None:
+                            progress(e.st.st_size)
                     else:
-                        session.add_action(_ensure_dir_action(dest, dirs))
-                    report.dirs += 1
-                elif statmod.S_ISLNK(e.st.st_mode):
-                    session.add_action(_symlink_action(dirs, parent_rel, name,
-                                                       os.readlink(e.path), e.st))
-                    report.symlinks += 1
-                elif statmod.S_ISREG(e.st.st_mode) and not read:
-                    report.unchanged += 1
-                elif statmod.S_ISREG(e.st.st_mode):
-                    if isinstance(loaded, OSError):
-                        raise loaded  # at this file's turn, as a read here would
-                    prepared = prepared_of(loaded)  # None: too big, streamed
-                    refs = (session.store_file(e.path) if prepared is None
-                            else session.store_prepared(prepared))
-                    session.add_file(refs, _file_action(dirs, parent_rel, name, e.st))
-                    report.files += 1
-                    report.bytes += e.st.st_size
-                    if progress is not None:
-                        progress(e.st.st_size)
-                else:
-                    report.skipped += 1
+                        report.skipped += 1
+            except Exception:
+                walk.wait()  # what the walk found in the tree comes first, as it came before
+                raise
+            except BaseException:
+                walk.cancel()  # interrupted: nothing more commits
+                raise
             session.commit()
         report.write = session.stats
         return report
 
-    def _check_put_conflicts(self, dest: str, src: Path, top: os.stat_result
-                             ) -> tuple[bool, list[tuple[bool, _LocalEntry]] | None]:
-        """Refuse conflicts (and unreadable or badly named local entries) before anything
-        is written: one streaming pass over the local tree. Returns whether `dest`
-        exists, and the walk itself when it has at most `PUT_WALK_KEPT` entries (the
-        put then does not list and stat the tree a second time)."""
-        base = paths.split(dest)
+    def _put_destination(self, dest: str) -> bool:
+        """Whether a put's destination `dest` exists; refuses one below a non-directory.
+        (The local tree is checked against what exists by the put's walk.)"""
         with self.engine.read() as txn:
             try:
                 namespace.resolve(txn, dest)
-                dest_exists = True
+                return True
             except NotFoundError:
-                dest_exists = False  # nothing exists below a missing destination
+                pass  # nothing exists below a missing destination
             # every existing ancestor must be a directory
             node = namespace.get(txn, ROOT_INO, "/")
+            base = paths.split(dest)
             for i, name in enumerate(base[:-1] if base else []):
                 kid = namespace.child(txn, node, name)
                 if kid is None:
@@ -685,29 +655,7 @@ class Client:
                 if kid.kind != Kind.DIR:
                     raise NotADirError(paths.join(base[: i + 1]))
                 node = kid
-            parents = _NsDirs(base)
-            walked: list[tuple[bool, _LocalEntry]] | None = []
-            entries = 0  # (a directory's leaving is no entry: it holds the same one)
-            for leaving, e in _walk_local(src, top):
-                if walked is not None:
-                    walked.append((leaving, e))
-                    entries += not leaving
-                    if entries > PUT_WALK_KEPT:
-                        walked = None  # a huge tree: the put walks it again
-                if leaving or (e.rel and not dest_exists):
-                    continue
-                ns = paths.join([*base, *e.rel])
-                found = parents.entry(txn, e.rel)
-                if found is None:
-                    continue
-                is_dir = statmod.S_ISDIR(e.st.st_mode)
-                if is_dir and found.kind != Kind.DIR:
-                    raise NotADirError(ns, "cannot replace a non-directory with a directory")
-                if not is_dir and found.kind == Kind.DIR:
-                    hint = ("; to put it inside, end the destination with '/'"
-                            if not e.rel else "")
-                    raise IsADirError(ns, f"cannot replace a directory with a file{hint}")
-        return dest_exists, walked
+            return False
 
     def get(self, path: str, local: str | os.PathLike[str],
             progress: Progress | None = None, *, skip_damaged: bool = False,
@@ -1324,7 +1272,7 @@ def _ensure_dir_action(ns: str, dirs: _Dirs) -> Action:
     return action
 
 
-def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Action:
+def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...], st: LocalStat) -> Action:
     """Make directory `rel` with the local one's mode, owner and times: its entries are
     added without touching it, so a directory this put makes needs no second write
     when it is left (a third of a small-file put's inode writes). One that exists is
@@ -1345,7 +1293,7 @@ def _mkdir_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Action:
     return action
 
 
-def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Action:
+def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: LocalStat) -> Action:
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
         if rel in dirs.made:  # made with these attributes (_mkdir_action)
             dirs.made.discard(rel)  # held only while the walk is inside it
@@ -1358,7 +1306,7 @@ def _dir_attrs_action(dirs: _Dirs, rel: tuple[str, ...], st: _LocalStat) -> Acti
 
 
 def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, target: str,
-                    st: _LocalStat) -> Action:
+                    st: LocalStat) -> Action:
     def action(txn: WriteTxn, _: list[ChunkRef]) -> Manifest | None:
         parent = dirs.parent(txn, parent_rel)
         replaced = None
@@ -1372,7 +1320,7 @@ def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, 
 
 
 def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
-                 st: _LocalStat) -> Action:
+                 st: LocalStat) -> Action:
     def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
         return namespace.write_file_in(txn, dirs.parent(txn, parent_rel), name, refs,
                                        mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
@@ -1381,89 +1329,14 @@ def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
     return action
 
 
-def _list_local(entry: _LocalEntry) -> list[_LocalEntry]:
-    """The entries of local directory `entry`, by name (checked: names, readability).
-
-    One native call lists, lstats and access-checks the directory (`scan_dir`): per
-    entry, os.scandir, DirEntry.stat and os.access cost ~8 us of Python on the put's
-    critical path before anything overlaps (0.11 s over the 13,000 entries of a release)."""
-    try:
-        rows = scan_dir(entry.path)
-    except PermissionError:
-        raise PermissionError(f"cannot read local directory {entry.path}") from None
-    rows.sort()  # by name: names are unique
-    prefix = entry.path if entry.path.endswith(os.sep) else entry.path + os.sep
-    rel, check_name = entry.rel, paths.check_name
-    out = []
-    for name, mode, uid, gid, size, atime_ns, mtime_ns, flag in rows:
-        path = prefix + name  # os.path.join(entry.path, name), as DirEntry.path
-        check_name(name, path)
-        if mode < 0:  # lstat failed (the entry went meanwhile): as DirEntry.stat raises
-            raise OSError(flag, os.strerror(flag), path)
-        if not flag:
-            raise PermissionError(f"cannot read local file {path}")
-        out.append(_LocalEntry((*rel, name), path,
-                               _LocalStat(mode, uid, gid, size, atime_ns, mtime_ns)))
-    return out
-
-
-def _walk_local(src: Path, top: os.stat_result) -> Iterator[tuple[bool, _LocalEntry]]:
-    """(leaving, entry) for a local tree: each entry as it is entered (parents before
-    children, by name within a directory), and each directory again (leaving=True)
-    after everything below it. Holds one directory listing per level, not the tree."""
-    root = _LocalEntry((), str(src), _LocalStat.of(top))
-    yield False, root
-    if not statmod.S_ISDIR(top.st_mode):
-        return
-    stack: list[tuple[_LocalEntry, Iterator[_LocalEntry]]] = [(root, iter(_list_local(root)))]
-    while stack:
-        entry, kids = stack[-1]
-        kid = next(kids, None)
-        if kid is None:
-            stack.pop()
-            yield True, entry
-            continue
-        yield False, kid
-        if statmod.S_ISDIR(kid.st.st_mode):
-            stack.append((kid, iter(_list_local(kid))))
-
-
-class _NsDirs:
-    """Looks up the namespace entries a local tree maps to under `base`, remembering
-    the last parent directory (a walk visits a directory's entries together)."""
-
-    def __init__(self, base: list[str]) -> None:
-        self.base = base
-        self._parent: tuple[tuple[str, ...] | None, int | None] = (None, None)
-
-    def entry(self, txn: ReadTxn, rel: tuple[str, ...]) -> Inode | None:
-        """The namespace entry at `base`/`rel`, or None."""
-        if not rel:
-            try:
-                return namespace.resolve(txn, paths.join(self.base))
-            except (NotFoundError, NotADirError):
-                return None
-        prel = rel[:-1]
-        if self._parent[0] != prel:
-            try:
-                node: Inode | None = namespace.resolve(txn, paths.join([*self.base, *prel]))
-            except (NotFoundError, NotADirError):
-                node = None
-            self._parent = (prel, node.ino if node is not None and node.kind == Kind.DIR
-                            else None)
-        parent = self._parent[1]
-        ino = None if parent is None else txn.lookup(parent, rel[-1])
-        return None if ino is None else txn.get_inode(ino)
-
-
 class _ExistingFiles:
     """Whether a local file is in place already in the namespace (same size,
     modification time and mode), so a repeated put does not read it again."""
 
     def __init__(self, engine: MetaEngine, base: list[str]) -> None:
-        self.engine, self.dirs = engine, _NsDirs(base)
+        self.engine, self.dirs = engine, NsDirs(base)
 
-    def unchanged(self, e: _LocalEntry) -> bool:
+    def unchanged(self, e: LocalEntry) -> bool:
         """Whether local file `e` is in place unchanged."""
         with self.engine.read() as txn:
             found = self.dirs.entry(txn, e.rel)

@@ -413,18 +413,22 @@ class ChunkStore:
     # -- writing -------------------------------------------------------------
     @contextmanager
     def writer(self, *, durable: bool = True, tail: TailPack | None = None,
-               overlap: bool = False) -> Iterator[WriteSession]:
+               overlap: bool = False, gate: Callable[[], None] | None = None,
+               ) -> Iterator[WriteSession]:
         """A write session; committed files stay committed even if the block raises.
         With `durable=False` its packs are written without fsync (`Pool.put_unsynced`)
         and become durable at the next `sync_puts`; the metadata commit is durable
         either way. With `tail`, small commits append to the pack the previous
         session of the same tail committed (gfs.pack_tail). With `overlap`, batches
         commit on a thread of the session while the next one is gathered (see
-        WriteSession)."""
+        WriteSession). `gate` is called, on the committing thread, before the
+        session's first commit (before its first pack is written out): it may wait,
+        and what it raises fails the session with nothing committed."""
         if overlap and tail is not None:
             raise ValueError("a write session cannot both overlap commits and continue a tail")
         with self._gc_lock(fcntl.LOCK_SH):
-            session = WriteSession(self, durable=durable, tail=tail, overlap=overlap)
+            session = WriteSession(self, durable=durable, tail=tail, overlap=overlap,
+                                   gate=gate)
             try:
                 yield session
                 session.commit()
@@ -500,8 +504,10 @@ class WriteSession:
     """
 
     def __init__(self, store: ChunkStore, *, durable: bool = True,
-                 tail: TailPack | None = None, overlap: bool = False) -> None:
+                 tail: TailPack | None = None, overlap: bool = False,
+                 gate: Callable[[], None] | None = None) -> None:
         self.store = store
+        self._gate = gate  # called before the first commit (ChunkStore.writer)
         self.durable = durable
         self._tail = tail
         self._resumed: bytes | None = None  # the tail's pack, if this session continues it
@@ -1039,6 +1045,9 @@ class WriteSession:
     def _commit_batch(self, batch: _Batch) -> None:
         """Write the pack durably, then commit the batch's files and new chunks (a
         staged pack's fsyncs overlap the transaction's work, not its commit)."""
+        if self._gate is not None:
+            self._gate()  # what it raises, it raises again at any later commit
+            self._gate = None
         self._flush_pack()
         if not batch.files and not self._flushed:
             return

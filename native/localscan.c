@@ -1,9 +1,11 @@
-/* scan_dir: a put's walk lists each local directory in one call (gfs.client._list_local).
+/* scan_dir: a put's walk lists each local directory in one call (gfs.put_walk.list_local).
  *
  * What os.scandir, DirEntry.stat(follow_symlinks=False) and os.access(R_OK) give the
- * walk, without a Python object per system call: names are read with the GIL held
- * (getdents returns many at once), then each entry is lstat'ed (fstatat relative to the
- * directory) and, if a regular file, checked with faccessat (real ids, as access). */
+ * walk, without a Python object per system call: the names are read (getdents returns
+ * many at once), then each entry is lstat'ed (fstatat relative to the directory) and,
+ * if a regular file, checked with faccessat (real ids, as access), all without the GIL:
+ * the walk runs on its own thread (gfs.put_walk) beside the put's Python, which a
+ * listing held up when its system calls kept the GIL. */
 #include "localscan.h"
 
 #include <dirent.h>
@@ -13,10 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* Directories with fewer entries are stat'ed with the GIL held: a hand-over of the GIL
- * costs more than their few system calls. */
-#define SCAN_RELEASE_MIN 64
 
 typedef struct {
     size_t name;    /* offset of the NUL-terminated name in the names buffer */
@@ -114,63 +112,73 @@ scan_row(const scan_list *l, const scan_entry *e)
                          ns_of(e->st.st_mtim), e->readable);
 }
 
+/* List, lstat and access-check directory `dir` into l, with no Python call (the GIL
+ * is released around it). Returns 0, an errno, or -1 when out of memory. */
+static int
+scan_all(const char *dir_path, scan_list *l)
+{
+    int fd;
+    do {
+        fd = open(dir_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return errno;
+    DIR *dir = fdopendir(fd);
+    if (dir == NULL) {
+        int err = errno;
+        close(fd);
+        return err;
+    }
+    int rc = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(dir);
+        if (de == NULL) {
+            rc = errno;
+            break;
+        }
+        const char *n = de->d_name;
+        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
+            continue;
+        if (scan_add(l, n) < 0) {
+            rc = -1;
+            break;
+        }
+    }
+    if (rc == 0)
+        scan_stat(dirfd(dir), l);
+    closedir(dir);
+    return rc;
+}
+
 PyObject *
 native_scan_dir(PyObject *Py_UNUSED(module), PyObject *arg)
 {
     PyObject *path = NULL;
     if (!PyUnicode_FSConverter(arg, &path))
         return NULL;
-    int fd;
-    do {
-        fd = open(PyBytes_AS_STRING(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    } while (fd < 0 && errno == EINTR);
-    Py_DECREF(path);
-    if (fd < 0)
-        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
-    DIR *dir = fdopendir(fd);
-    if (dir == NULL) {
-        int err = errno;
-        close(fd);
-        errno = err;
-        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
-    }
     scan_list l = {0};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = scan_all(PyBytes_AS_STRING(path), &l);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
     PyObject *out = NULL;
-    for (;;) {
-        errno = 0;
-        struct dirent *de = readdir(dir);
-        if (de == NULL) {
-            if (errno) {
-                PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
-                goto done;
-            }
-            break;
-        }
-        const char *n = de->d_name;
-        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
-            continue;
-        if (scan_add(&l, n) < 0) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-    if (l.count >= SCAN_RELEASE_MIN) {
-        Py_BEGIN_ALLOW_THREADS
-        scan_stat(dirfd(dir), &l);
-        Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+    } else if (rc > 0) {
+        errno = rc;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
     } else {
-        scan_stat(dirfd(dir), &l);
+        out = PyList_New((Py_ssize_t)l.count);
+        for (size_t k = 0; out != NULL && k < l.count; k++) {
+            PyObject *row = scan_row(&l, &l.entries[k]);
+            if (row == NULL)
+                Py_CLEAR(out);
+            else
+                PyList_SET_ITEM(out, (Py_ssize_t)k, row);
+        }
     }
-    out = PyList_New((Py_ssize_t)l.count);
-    for (size_t k = 0; out != NULL && k < l.count; k++) {
-        PyObject *row = scan_row(&l, &l.entries[k]);
-        if (row == NULL)
-            Py_CLEAR(out);
-        else
-            PyList_SET_ITEM(out, (Py_ssize_t)k, row);
-    }
-done:
-    closedir(dir);
     scan_free(&l);
     return out;
 }

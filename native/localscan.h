@@ -1,4 +1,4 @@
-/* One local directory listed with lstat and access for a put's walk (gfs.client). */
+/* One local directory listed with lstat and access for a put's walk (gfs.put_walk). */
 #ifndef HUTONG_LOCALSCAN_H
 #define HUTONG_LOCALSCAN_H
 
@@ -12,7 +12,7 @@ PyObject *native_scan_dir(PyObject *module, PyObject *arg);
     "st_mode, st_uid, st_gid, st_size, st_atime_ns, st_mtime_ns, flag) from lstat,\n" \
     "flag 1, or 0 for a regular file access(R_OK) refuses. An entry lstat fails on\n" \
     "has st_mode -1 and its errno as flag. Names are decoded as os.fsdecode does.\n" \
-    "OSError (with path as its filename) when the directory cannot be read. The\n" \
-    "stats of a directory of SCAN_RELEASE_MIN entries or more run without the GIL."
+    "OSError (with path as its filename) when the directory cannot be read. Every\n" \
+    "system call runs without the GIL."
 
 #endif

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gfs import client as client_mod
+from gfs import put_walk as walk_mod
 from gfs.client import Client
 
 
@@ -24,29 +25,35 @@ def _tree(root: Path, dirs: int, files: int) -> dict[str, bytes]:
     return out
 
 
-@pytest.mark.parametrize("kept", [50_000, 1 + 4 + 4 * 6, 5])
+#: kept -> directories listed: the walk lists the top and d0..d3 once; past `kept`
+#: entries the put walks on from the last step handed over, listing again only the
+#: directories on the way to it and after it (15: d1 left -> top, d2, d3; 5: d0/f2 ->
+#: top, d0, d1, d2, d3); a tree of exactly `kept` entries is not walked again
+LISTED = {50_000: 5, 1 + 4 + 4 * 6: 5, 15: 5 + 3, 5: 5 + 5}
+
+
+@pytest.mark.parametrize("kept", sorted(LISTED))
 def test_put_lists_each_local_directory_once(fs: Client, tmp_path: Path, kept: int,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The conflict check's walk is reused; past PUT_WALK_KEPT entries (the top, 4
-    directories and 24 files here: the walk's steps, a directory entered and left, were
-    counted and a tree of exactly that many was walked twice) the put walks again
-    (bounded memory) and stores the same tree."""
+    """The put's walk hands its entries to the put; past PUT_WALK_KEPT entries (the
+    top, 4 directories and 24 files here: the walk's steps, a directory entered and
+    left, were counted and a tree of exactly that many was walked twice) the put walks
+    on from where the hand-over stopped (bounded memory) and stores the same tree."""
     src = tmp_path / "src"
     want = _tree(src, 4, 6)
     assert len(want) == 4 * 6
     listed: list[str] = []
-    real = client_mod._list_local
+    real = walk_mod.list_local
 
-    def counting(entry: client_mod._LocalEntry) -> list[client_mod._LocalEntry]:
+    def counting(entry: walk_mod.LocalEntry) -> list[walk_mod.LocalEntry]:
         listed.append(entry.path)
         return real(entry)
 
-    monkeypatch.setattr(client_mod, "_list_local", counting)
-    monkeypatch.setattr(client_mod, "PUT_WALK_KEPT", kept)
+    monkeypatch.setattr(walk_mod, "list_local", counting)
+    monkeypatch.setattr(walk_mod, "PUT_WALK_KEPT", kept)
     report = fs.put(src, "/dst")
-    assert report.files == len(want)
-    dirs = 1 + 4
-    assert len(listed) == (dirs if kept >= 1 + 4 + len(want) else 2 * dirs)
+    assert report.files == len(want) and report.dirs == 1 + 4
+    assert len(listed) == LISTED[kept]
     for rel, data in want.items():
         assert fs.read_bytes(f"/dst/{rel}") == data
         assert fs.stat(f"/dst/{rel}").mtime_ns == os.stat(src / rel).st_mtime_ns

@@ -1,7 +1,7 @@
 """A put of a big local tree holds a bounded, compact part of its walk.
 
-The conflict check walks the local tree before anything is written and the put reuses
-that walk for trees of up to PUT_WALK_KEPT entries. Each kept entry was a frozen
+The put's walk (gfs.put_walk) hands the put up to PUT_WALK_KEPT entries of a local
+tree while it checks the whole tree before anything is written. Each kept entry was a frozen
 dataclass with an os.stat_result (~960 bytes, float times included) and the bound
 50,000: put's peak anonymous memory grew by 31 MiB from 10^4 to 10^5 files.
 """
@@ -12,7 +12,7 @@ import os
 import tracemalloc
 from pathlib import Path
 
-import gfs.client as client_mod
+import gfs.put_walk as walk_mod
 
 #: Bytes a kept entry may take (measured: ~510; the os.stat_result form took ~960).
 ENTRY_BYTES = 650
@@ -32,13 +32,13 @@ def test_a_kept_walk_entry_is_compact(tmp_path: Path) -> None:
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
-        kept = list(client_mod._walk_local(src, os.stat(src)))
+        kept = list(walk_mod.walk_local(src, os.stat(src)))
         after, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert len(kept) == 1 + 2 * 4 + 4 * 500 + 1
     assert (after - before) / len(kept) < ENTRY_BYTES
-    assert client_mod.PUT_WALK_KEPT * ENTRY_BYTES <= 16 << 20  # what a put may keep
+    assert walk_mod.PUT_WALK_KEPT * ENTRY_BYTES <= 16 << 20  # what a put may keep
     # the entry carries what the put uses, equal to the local stat
     entry = next(e for leaving, e in kept if e.rel == ("dir001", "file00007.txt"))
     st = os.stat(src / "dir001" / "file00007.txt")
