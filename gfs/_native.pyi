@@ -52,6 +52,12 @@ def scan_dir(path: str, /) -> list[tuple[str, int, int, int, int, int, int, int]
     st_size, st_atime_ns, st_mtime_ns, flag) from lstat; flag 0 for a regular file
     access(R_OK) refuses, else 1; st_mode -1 and flag errno where lstat failed."""
 
+def scan_tree(path: str, max_dirs: int, /
+              ) -> list[tuple[str, list[tuple[str, int, int, int, int, int, int, int]] | int]]:
+    """scan_dir of path and, breadth first, of the directories below it, up to max_dirs
+    in all: (directory path, its rows or the errno its listing failed with), path
+    first; one release of the GIL for all of it."""
+
 def make_dirs(paths: Sequence[str], /) -> tuple[int, int]:
     """mkdir each path in order without the GIL (one already a directory is kept);
     (paths done, errno of the first failure or 0)."""

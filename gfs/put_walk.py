@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gfs import namespace, paths
-from gfs._native import scan_dir
+from gfs._native import scan_dir, scan_tree
 from gfs.errors import IsADirError, NotADirError, NotFoundError
 from gfs.meta import Inode, Kind, MetaEngine, ReadTxn
 
@@ -40,6 +40,8 @@ HAND_OVER_FIRST = 8
 HAND_OVER_MAX = 256
 #: ... and at least this often (s), however slow the listings (a network filesystem).
 HAND_OVER_EVERY = 0.005
+#: Directories a walk lists at a time (`Listings`).
+PREFETCH_DIRS = 64
 
 Step = tuple[bool, "LocalEntry"]
 
@@ -71,14 +73,39 @@ class LocalEntry:
     st: LocalStat
 
 
-def list_local(entry: LocalEntry) -> list[LocalEntry]:
-    """The entries of local directory `entry`, by name (checked: names, readability).
+class Listings:
+    """Listings of the directories a walk enters, made ahead: a directory not listed
+    yet is listed with up to PREFETCH_DIRS - 1 of the directories below it, breadth
+    first (the walk enters them next), in one native call (`scan_tree`). On the walk's
+    own thread each listing released and took back the GIL: taking it back waited for
+    the put's main thread, and the walk of a smallfiles snapshot took 0.12 s in a put
+    where alone it takes 0.04 s. Holds only listings of directories below the last
+    one listed, which the walk enters before any other."""
+
+    def __init__(self) -> None:
+        self._ready: dict[str, list[tuple[str, int, int, int, int, int, int, int]] | int] = {}
+
+    def rows(self, path: str) -> list[tuple[str, int, int, int, int, int, int, int]]:
+        """`scan_dir(path)`, listed ahead or now (OSError as scan_dir raises it)."""
+        got = self._ready.pop(path, None)
+        if got is None:
+            listed = scan_tree(path, PREFETCH_DIRS)
+            got = listed[0][1]
+            self._ready.update(listed[1:])
+        if isinstance(got, int):
+            raise OSError(got, os.strerror(got), path)
+        return got
+
+
+def list_local(entry: LocalEntry, listings: Listings | None = None) -> list[LocalEntry]:
+    """The entries of local directory `entry`, by name (checked: names, readability),
+    from `listings` if given.
 
     One native call lists, lstats and access-checks the directory (`scan_dir`): per
     entry, os.scandir, DirEntry.stat and os.access cost ~8 us of Python (0.11 s over
     the 13,000 entries of a release)."""
     try:
-        rows = scan_dir(entry.path)
+        rows = scan_dir(entry.path) if listings is None else listings.rows(entry.path)
     except PermissionError:
         raise PermissionError(f"cannot read local directory {entry.path}") from None
     rows.sort()  # by name: names are unique
@@ -105,15 +132,16 @@ def walk_local(src: Path, top: os.stat_result, *,
 
     With `after` = (rel, leaving), a step of an earlier walk of the tree, the walk
     goes on right after that step: the steps up to it are left out, and a directory
-    wholly before it is not listed again."""
+    wholly before it is not listed again. A whole walk lists ahead (`Listings`)."""
     root = LocalEntry((), str(src), LocalStat.of(top))
+    ahead = Listings() if after is None else None  # (a resumed walk skips, unread)
     if after is None:
         yield False, root
     elif after == ((), True):  # the last step
         return
     if not statmod.S_ISDIR(top.st_mode):
         return
-    stack: list[tuple[LocalEntry, Iterator[LocalEntry]]] = [(root, iter(list_local(root)))]
+    stack: list[tuple[LocalEntry, Iterator[LocalEntry]]] = [(root, iter(list_local(root, ahead)))]
     while stack:
         entry, kids = stack[-1]
         kid = next(kids, None)
@@ -126,11 +154,11 @@ def walk_local(src: Path, top: os.stat_result, *,
             # entered before; below it too, unless `after` is inside it (or its entering)
             rel, left = after
             if is_dir and rel[:len(kid.rel)] == kid.rel and not (left and rel == kid.rel):
-                stack.append((kid, iter(list_local(kid))))
+                stack.append((kid, iter(list_local(kid, ahead))))
             continue
         yield False, kid
         if is_dir:
-            stack.append((kid, iter(list_local(kid))))
+            stack.append((kid, iter(list_local(kid, ahead))))
 
 
 class NsDirs:
@@ -216,7 +244,8 @@ class PutWalk:
                 txn = stack.enter_context(self._engine.read()) if self._dest_exists else None
                 parents = NsDirs(self._base)
                 block: list[Step] = []
-                size, handed, last = HAND_OVER_FIRST, 0, ((), False)
+                size, handed = HAND_OVER_FIRST, 0
+                last: tuple[tuple[str, ...], bool] = ((), False)
                 due = time.monotonic() + HAND_OVER_EVERY
                 for step in walk_local(self._src, self._top):
                     if self._stop:

@@ -182,3 +182,111 @@ native_scan_dir(PyObject *Py_UNUSED(module), PyObject *arg)
     scan_free(&l);
     return out;
 }
+
+/* One directory of a scan_tree: its path (malloc'd), its listing or errno. */
+typedef struct {
+    char *path;
+    scan_list l;
+    int rc;
+} tree_dir;
+
+static void
+tree_free(tree_dir *dirs, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        free(dirs[k].path);
+        scan_free(&dirs[k].l);
+    }
+    free(dirs);
+}
+
+/* List `root` and, breadth first, the directories below it, up to `max_dirs` in all,
+ * with no Python call. Returns the count, or (size_t)-1 when out of memory. */
+static size_t
+tree_scan(const char *root, size_t max_dirs, tree_dir **out)
+{
+    tree_dir *dirs = calloc(max_dirs, sizeof *dirs);
+    if (dirs == NULL || (dirs[0].path = strdup(root)) == NULL) {
+        free(dirs);
+        return (size_t)-1;
+    }
+    size_t n = 1;
+    for (size_t k = 0; k < n; k++) {
+        tree_dir *d = &dirs[k];
+        d->rc = scan_all(d->path, &d->l);
+        if (d->rc < 0)
+            goto oom;
+        if (d->rc > 0)
+            continue;
+        size_t plen = strlen(d->path);
+        int sep = plen > 0 && d->path[plen - 1] == '/';
+        for (size_t j = 0; j < d->l.count && n < max_dirs; j++) {
+            const scan_entry *e = &d->l.entries[j];
+            if (e->err || !S_ISDIR(e->st.st_mode))
+                continue;
+            char *p = malloc(plen + 1 + e->len + 1);
+            if (p == NULL)
+                goto oom;
+            memcpy(p, d->path, plen);
+            size_t at = plen;
+            if (!sep)
+                p[at++] = '/';
+            memcpy(p + at, d->l.names + e->name, e->len + 1);
+            dirs[n++].path = p;
+        }
+    }
+    *out = dirs;
+    return n;
+oom:
+    tree_free(dirs, max_dirs);
+    return (size_t)-1;
+}
+
+PyObject *
+native_scan_tree(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *arg;
+    Py_ssize_t max_dirs;
+    if (!PyArg_ParseTuple(args, "On:scan_tree", &arg, &max_dirs))
+        return NULL;
+    if (max_dirs < 1) {
+        PyErr_SetString(PyExc_ValueError, "scan_tree needs max_dirs >= 1");
+        return NULL;
+    }
+    PyObject *path = NULL;
+    if (!PyUnicode_FSConverter(arg, &path))
+        return NULL;
+    tree_dir *dirs = NULL;
+    size_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = tree_scan(PyBytes_AS_STRING(path), (size_t)max_dirs, &dirs);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (n == (size_t)-1)
+        return PyErr_NoMemory();
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t k = 0; out != NULL && k < n; k++) {
+        tree_dir *d = &dirs[k];
+        PyObject *rows;
+        if (d->rc) {
+            rows = PyLong_FromLong(d->rc);
+        } else {
+            rows = PyList_New((Py_ssize_t)d->l.count);
+            for (size_t j = 0; rows != NULL && j < d->l.count; j++) {
+                PyObject *row = scan_row(&d->l, &d->l.entries[j]);
+                if (row == NULL)
+                    Py_CLEAR(rows);
+                else
+                    PyList_SET_ITEM(rows, (Py_ssize_t)j, row);
+            }
+        }
+        PyObject *item = rows == NULL ? NULL
+            : Py_BuildValue("(NN)", PyUnicode_DecodeFSDefault(d->path), rows);
+        if (item == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, (Py_ssize_t)k, item);
+    }
+    tree_free(dirs, (size_t)max_dirs);
+    return out;
+}

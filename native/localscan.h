@@ -15,4 +15,13 @@ PyObject *native_scan_dir(PyObject *module, PyObject *arg);
     "OSError (with path as its filename) when the directory cannot be read. Every\n" \
     "system call runs without the GIL."
 
+PyObject *native_scan_tree(PyObject *module, PyObject *args);
+
+#define SCAN_TREE_DOC \
+    "scan_tree(path, max_dirs, /) -> list[tuple[str, list[tuple[...]] | int]]\n\n" \
+    "scan_dir of directory path and, breadth first, of the directories below it, up\n" \
+    "to max_dirs directories in all: (directory path, its scan_dir rows or the errno\n" \
+    "that listing it failed with), path first. The paths below path are joined with\n" \
+    "'/' as a walk joins them. All system calls run in one release of the GIL."
+
 #endif

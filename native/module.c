@@ -852,6 +852,7 @@ static PyMethodDef native_methods[] = {
     {"write_files", native_write_files, METH_O, WRITE_FILES_DOC},
     {"make_dirs", native_make_dirs, METH_O, MAKE_DIRS_DOC},
     {"scan_dir", native_scan_dir, METH_O, SCAN_DIR_DOC},
+    {"scan_tree", native_scan_tree, METH_VARARGS, SCAN_TREE_DOC},
     {"set_dir_attrs", native_set_dir_attrs, METH_O, SET_DIR_ATTRS_DOC},
     {"inode_compact", (PyCFunction)(void (*)(void))inode_compact, METH_FASTCALL,
      inode_compact_doc},

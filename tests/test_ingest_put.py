@@ -45,9 +45,10 @@ def test_put_lists_each_local_directory_once(fs: Client, tmp_path: Path, kept: i
     listed: list[str] = []
     real = walk_mod.list_local
 
-    def counting(entry: walk_mod.LocalEntry) -> list[walk_mod.LocalEntry]:
+    def counting(entry: walk_mod.LocalEntry, *rest: walk_mod.Listings | None,
+                 ) -> list[walk_mod.LocalEntry]:
         listed.append(entry.path)
-        return real(entry)
+        return real(entry, *rest)
 
     monkeypatch.setattr(walk_mod, "list_local", counting)
     monkeypatch.setattr(walk_mod, "PUT_WALK_KEPT", kept)

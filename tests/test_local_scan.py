@@ -1,12 +1,15 @@
-"""The native listing of a put's walk (`gfs._native.scan_dir`, native/localscan.c): what
-os.scandir, DirEntry.stat(follow_symlinks=False) and os.access(R_OK) say of each
-entry, for every kind of entry and name; and its failures (an entry gone between the
-listing and its lstat, a file access refuses), forced with an LD_PRELOAD shim, fail
-the put before anything is written, naming the entry."""
+"""The native listing of a put's walk (`gfs._native.scan_dir` and `scan_tree`,
+native/localscan.c): what os.scandir, DirEntry.stat(follow_symlinks=False) and
+os.access(R_OK) say of each entry, for every kind of entry and name; a tree listed
+breadth first, many directories in one call; and its failures (an entry gone between
+the listing and its lstat, a file access refuses, a directory that cannot be opened),
+forced with an LD_PRELOAD shim, fail the put before anything is written, naming the
+entry."""
 
 from __future__ import annotations
 
 import ast
+import errno
 import os
 import shutil
 import subprocess
@@ -18,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gfs._native import scan_dir
+from gfs._native import scan_dir, scan_tree
 from tests.preload_shim import build_shim
 
 
@@ -96,11 +99,57 @@ def test_a_directory_that_cannot_be_listed_raises_as_scandir_does(tmp_path: Path
         scan_dir(str(tmp_path / "f"))
 
 
+def _bfs(root: str, limit: int) -> list[str]:
+    """The directories a breadth-first listing of `root` reaches, up to `limit`."""
+    out = [root]
+    for d in out:
+        for name in sorted(os.listdir(d), key=os.fsencode):  # listing order aside
+            p = os.path.join(d, name)
+            if os.path.isdir(p) and not os.path.islink(p) and len(out) < limit:
+                out.append(p)
+    return out
+
+
+@given(st.integers(1, 40))
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_tree_listed_breadth_first_is_each_directory_as_scan_dir_lists_it(
+        tmp_path: Path, limit: int) -> None:
+    root = tmp_path / "tree"
+    if not root.exists():
+        for k in range(4):
+            sub = root / f"d{k}" / "deep" / "deeper"
+            sub.mkdir(parents=True)
+            (sub / "f").write_bytes(b"f" * k)
+            (root / f"d{k}" / f"file{k}").write_bytes(b"x")
+            (root / f"d{k}" / "dirlink").symlink_to("deep")  # not followed
+        (root / "top.txt").write_bytes(b"t")
+    got = scan_tree(str(root), limit)
+    assert len(got) == min(limit, 1 + 4 * 3)
+    assert got[0][0] == str(root)
+    # breadth first: every level before the next; each directory once, as scan_dir lists it
+    paths = [p for p, _ in got]
+    assert [p.count(os.sep) for p in paths] == sorted(p.count(os.sep) for p in paths)
+    assert set(paths) <= set(_bfs(str(root), 1 + 4 * 3)) and len(set(paths)) == len(paths)
+    def no_atime(rows: list[tuple[str, int, int, int, int, int, int, int]]) -> list[object]:
+        return sorted(r[:5] + r[6:] for r in rows)  # listing a directory moves its atime
+
+    for p, rows in got:
+        assert isinstance(rows, list) and no_atime(rows) == no_atime(scan_dir(p))
+    # a parent is listed before its children, and only directories reached are listed
+    for p in paths[1:]:
+        assert os.path.dirname(p) in paths[:paths.index(p)]
+    with pytest.raises(ValueError):
+        scan_tree(str(root), 0)
+    assert scan_tree(str(root / "top.txt"), 4) == [(str(root / "top.txt"), errno.ENOTDIR)]
+
+
 SHIM = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -116,6 +165,35 @@ int fstatat64(int dfd, const char *name, struct stat64 *st, int flags) {
 
 int fstatat(int dfd, const char *name, struct stat *st, int flags) {
     return fstatat64(dfd, name, (struct stat64 *)st, flags);
+}
+
+/* a directory whose path holds "sealed" cannot be opened (as for a user without x) */
+int open64(const char *path, int flags, ...) {
+    static int (*real)(const char *, int, ...);
+    if (!real) real = dlsym(RTLD_NEXT, "open64");
+    if ((flags & O_DIRECTORY) && strstr(path, "sealed")) { errno = EACCES; return -1; }
+    mode_t mode = 0;
+    if (flags & (O_CREAT | O_TMPFILE)) {
+        va_list ap;
+        va_start(ap, flags);
+        mode = (mode_t)va_arg(ap, int);
+        va_end(ap);
+    }
+    return real(path, flags, mode);
+}
+
+int open(const char *path, int flags, ...) {
+    static int (*real)(const char *, int, ...);
+    if (!real) real = dlsym(RTLD_NEXT, "open");
+    if ((flags & O_DIRECTORY) && strstr(path, "sealed")) { errno = EACCES; return -1; }
+    mode_t mode = 0;
+    if (flags & (O_CREAT | O_TMPFILE)) {
+        va_list ap;
+        va_start(ap, flags);
+        mode = (mode_t)va_arg(ap, int);
+        va_end(ap);
+    }
+    return real(path, flags, mode);
 }
 
 int faccessat(int dfd, const char *name, int mode, int flags) {
@@ -144,6 +222,34 @@ CHILD = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_shim(SHIM, tmp_path_factory.mktemp("scanshim"))
+
+
+def test_a_directory_that_cannot_be_opened_is_named_in_its_place_and_fails_the_put(
+        tmp_path: Path, shim: Path) -> None:
+    """scan_tree gives the errno of a directory below in its place (the rest listed),
+    and a put of the tree fails naming it, with nothing written."""
+    from gfs.client import Client
+
+    state = tmp_path / "state"
+    Client.init(state).close()
+    tree = tmp_path / "tree"
+    for d in ("a", "b/sealed", "c"):
+        (tree / d).mkdir(parents=True)
+        (tree / d / "f").write_bytes(b"f")
+    env = {**os.environ, "LD_PRELOAD": str(shim)}
+    listed = subprocess.run(
+        [sys.executable, "-c", "import sys; from gfs._native import scan_tree; "
+         "print(sorted((p, r if isinstance(r, int) else len(r)) "
+         "for p, r in scan_tree(sys.argv[1], 16)))", str(tree)],
+        env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert ast.literal_eval(listed) == sorted([
+        (str(tree), 3), (str(tree / "a"), 1), (str(tree / "b"), 1),
+        (str(tree / "b" / "sealed"), 13), (str(tree / "c"), 1)])  # EACCES
+    out = subprocess.run([sys.executable, "-c", CHILD, str(state), str(tree), "sealed"],
+                         env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout.strip().splitlines()
+    assert out[0].startswith("PermissionError") and str(tree / "b" / "sealed") in out[0], out
+    assert "cannot read local directory" in out[0] and out[1] == "UNCHANGED", out
 
 
 @pytest.mark.parametrize("bad,error", [("vanish.txt", "FileNotFoundError"),

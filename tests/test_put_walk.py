@@ -74,9 +74,10 @@ def _slow_listing(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Each directory listing of a put's walk takes `seconds` longer."""
     real = walk_mod.list_local
 
-    def slow(entry: walk_mod.LocalEntry) -> list[walk_mod.LocalEntry]:
+    def slow(entry: walk_mod.LocalEntry, *rest: walk_mod.Listings | None,
+             ) -> list[walk_mod.LocalEntry]:
         time.sleep(seconds)
-        return real(entry)
+        return real(entry, *rest)
 
     monkeypatch.setattr(walk_mod, "list_local", slow)
 
@@ -100,9 +101,10 @@ def test_files_are_read_while_the_walk_goes_on(tmp_path: Path,
     monkeypatch.setattr(walk_mod.PutWalk, "wait", wait)
     counted = walk_mod.list_local
 
-    def counting(entry: walk_mod.LocalEntry) -> list[walk_mod.LocalEntry]:
+    def counting(entry: walk_mod.LocalEntry, *rest: walk_mod.Listings | None,
+                 ) -> list[walk_mod.LocalEntry]:
         listings.append(entry.path)
-        return counted(entry)
+        return counted(entry, *rest)
 
     listings: list[str] = []
     monkeypatch.setattr(walk_mod, "list_local", counting)
@@ -162,20 +164,20 @@ def test_an_unreadable_file_late_in_the_walk_is_named_and_commits_nothing(
     """The walk's check comes first even when the put's own read of the file fails
     first; nothing of the tree is committed."""
     if os.geteuid() == 0:  # root reads any file: make faccessat refuse one instead
-        real = walk_mod.scan_dir
+        real = walk_mod.scan_tree
 
-        def refusing(path: str) -> list[tuple[object, ...]]:
-            rows = real(path)
-            return [(*r[:7], 0) if r[0] == "f01" and path.endswith("d15") else r
-                    for r in rows]
+        def refusing(path: str, limit: int) -> list[tuple[str, object]]:
+            return [(p, [(*r[:7], 0) if r[0] == "f01" and p.endswith("d15") else r
+                         for r in rows] if isinstance(rows, list) else rows)
+                    for p, rows in real(path, limit)]
 
-        monkeypatch.setattr(walk_mod, "scan_dir", refusing)
+        monkeypatch.setattr(walk_mod, "scan_tree", refusing)
     src = tmp_path / "src"
     _tree(src, *BIG)
     if os.geteuid() != 0:
         (src / "d15" / "f01").chmod(0)
     with Client.init(tmp_path / "s", commit_files=2) as fs:
-        with pytest.raises(PermissionError, match="cannot read local file .*d15/f01"):
+        with pytest.raises(PermissionError, match=r"cannot read local file .*d15/f01"):
             fs.put(src, "/dst")
         assert not fs.exists("/dst") and fs.du("/").files == 0
 
@@ -218,11 +220,11 @@ def test_a_gate_that_raises_fails_the_session_with_nothing_committed(tmp_path: P
             calls.append(threading.current_thread().name)
             raise RuntimeError("not yet")
 
-        with pytest.raises(RuntimeError, match="not yet"):
-            with fs.store.writer(overlap=True, gate=gate) as session:
-                refs = session.store_buffer(b"x" * 5000)
-                session.add_file(refs, lambda txn, r: None)
-                session.commit()
+        with pytest.raises(RuntimeError, match="not yet"), \
+                fs.store.writer(overlap=True, gate=gate) as session:
+            refs = session.store_buffer(b"x" * 5000)
+            session.add_file(refs, lambda txn, r: None)
+            session.commit()
         assert calls == ["hutong-commit"]
         calls.clear()
         with fs.store.writer(gate=lambda: calls.append("ok")) as session:
