@@ -168,32 +168,27 @@ int fstatat(int dfd, const char *name, struct stat *st, int flags) {
 }
 
 /* a directory whose path holds "sealed" cannot be opened (as for a user without x) */
+static mode_t mode_of(int flags, va_list ap) {
+    return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+}
+
 int open64(const char *path, int flags, ...) {
     static int (*real)(const char *, int, ...);
     if (!real) real = dlsym(RTLD_NEXT, "open64");
     if ((flags & O_DIRECTORY) && strstr(path, "sealed")) { errno = EACCES; return -1; }
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = (mode_t)va_arg(ap, int);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_of(flags, ap);
+    va_end(ap);
     return real(path, flags, mode);
 }
 
 int open(const char *path, int flags, ...) {
-    static int (*real)(const char *, int, ...);
-    if (!real) real = dlsym(RTLD_NEXT, "open");
-    if ((flags & O_DIRECTORY) && strstr(path, "sealed")) { errno = EACCES; return -1; }
-    mode_t mode = 0;
-    if (flags & (O_CREAT | O_TMPFILE)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = (mode_t)va_arg(ap, int);
-        va_end(ap);
-    }
-    return real(path, flags, mode);
+    va_list ap;
+    va_start(ap, flags);
+    mode_t mode = mode_of(flags, ap);
+    va_end(ap);
+    return open64(path, flags, mode);
 }
 
 int faccessat(int dfd, const char *name, int mode, int flags) {
