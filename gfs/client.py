@@ -70,7 +70,15 @@ from gfs.state import (
     record_url,
     relocate,
 )
-from gfs.store import ChunkStore, WriteStats, prepared_of, read_ids, read_many, release
+from gfs.store import (
+    ChunkStore,
+    WriteStats,
+    prepared_of,
+    read_ids,
+    read_many,
+    read_pieces,
+    release,
+)
 from gfs.tiering import defaults as tier_defaults
 from gfs.tiering.heat import HeatTracker
 
@@ -591,7 +599,8 @@ class Client:
                 self.store.writer(overlap=overlap, gate=walk.wait) as session, \
                 contextlib.closing(read_ahead(  # read, cut and hashed in C on a thread
                     walk.steps(), wanted, lambda ps: read_many(ps, params, READ_BATCH_BYTES),
-                    on_batch=lambda loads: session.look_ahead(read_ids(loads)))) as reads:
+                    on_batch=lambda loads: session.look_ahead(
+                        read_ids(loads), lambda: read_pieces(loads)))) as reads:
             try:
                 if not statmod.S_ISDIR(top.st_mode) and base:
                     session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))

@@ -260,19 +260,41 @@ class DeltaPlanner:
         self._dict: tuple[bytes, bytes] | None = None  # (id, raw) once trained
         self._dict_new = False
         self._dict_failed = False
+        # `look_ahead`: index keys of announced chunks, and the index's values of them as
+        # of one snapshot (None: not in the index)
+        self._ahead_keys: dict[bytes, list[bytes]] = {}
+        self._ahead_values: tuple[ReadTxn, dict[bytes, bytes | None]] | None = None
+
+    def look_ahead(self, txn: ReadTxn, new: Iterable[tuple[bytes, Buffer]]) -> None:
+        """Announce new chunks (id, bytes) that the next `plan` calls bring: the index
+        keys of all of them are looked up in one `get_values` on snapshot `txn` (the one
+        those calls pass), not one `get_value` each (~12 us a key, 3,860 keys on the
+        main thread of a smallfiles snapshot's put)."""
+        keys_of: dict[bytes, list[bytes]] = {}
+        for cid, piece in new:
+            if len(piece) >= resemblance.MIN_CHUNK and cid not in keys_of:
+                keys_of[cid] = self._ahead_keys.get(cid) or resemblance.index_keys(
+                    resemblance.chunk_superfeatures(piece))
+        self._ahead_keys = keys_of
+        wanted = {k for keys in keys_of.values() for k in keys}
+        found = txn.get_values(resemblance.TABLE, wanted)
+        self._ahead_values = (txn, {k: found.get(k) for k in wanted})
 
     def plan(self, txn: ReadTxn, cid: bytes, piece: Buffer) -> Plan | None:
         """The plan for a new chunk, or None when it takes no part."""
         if len(piece) < resemblance.MIN_CHUNK:
             return self._small(piece, [])
-        keys = resemblance.index_keys(resemblance.chunk_superfeatures(piece))
+        keys = self._ahead_keys.pop(cid, None)
+        if keys is None:
+            keys = resemblance.index_keys(resemblance.chunk_superfeatures(piece))
         if not keys:
             return self._small(piece, [])
         for key in keys:
             local = self._local.get(key)
             if local is not None:
                 return Plan(keys, local[0], local[1])
-        base = resemblance.find_base(txn, keys)
+        known = self._ahead_values
+        base = resemblance.find_base(txn, keys, known[1] if known and known[0] is txn else None)
         if base is None:
             for key in keys:
                 self._local[key] = (cid, piece)

@@ -9,7 +9,7 @@ delta chunks"): key `j` u8 + super-feature u64 BE, value a base chunk id.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from gfs import chunking
 from gfs.codec import CODEC_RAW, CODEC_ZSTD, Buffer
@@ -50,20 +50,23 @@ def index_keys(sfs: Sequence[int]) -> list[bytes]:
     return [bytes([j]) + sf.to_bytes(8, "big") for j, sf in enumerate(sfs) if sf]
 
 
-def find_base(txn: ReadTxn, keys: Iterable[bytes]) -> bytes | None:
+def find_base(txn: ReadTxn, keys: Iterable[bytes],
+              known: Mapping[bytes, bytes | None] | None = None) -> bytes | None:
     """A stored chunk that may be a base (`usable_base`) sharing a super-feature, or None.
 
-    Stale entries (chunk gone, lost, or not usable) are ignored.
+    Stale entries (chunk gone, lost, or not usable) are ignored. `known`: index values
+    of some keys already read in `txn` (None: not in the index).
     """
-    return next(candidates(txn, keys), None)
+    return next(candidates(txn, keys, known), None)
 
 
-def candidates(txn: ReadTxn, keys: Iterable[bytes]) -> Iterator[bytes]:
+def candidates(txn: ReadTxn, keys: Iterable[bytes],
+               known: Mapping[bytes, bytes | None] | None = None) -> Iterator[bytes]:
     """The distinct usable bases the index names under `keys`, in key order (stale
     entries skipped, as in `find_base`)."""
     seen: set[bytes] = set()
     for key in keys:
-        base = txn.get_value(TABLE, key)
+        base = known[key] if known is not None and key in known else txn.get_value(TABLE, key)
         if base is None or base in seen:
             continue
         seen.add(base)

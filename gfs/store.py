@@ -480,6 +480,18 @@ def prepared_of(loaded: tuple[bytes, list[int], bytes] | None) -> Prepared | Non
     return _prepared(memoryview(data), cuts, ids)
 
 
+def read_pieces(reads: Iterable[tuple[bytes, list[int], bytes] | OSError | None],
+                ) -> Iterator[tuple[bytes, memoryview]]:
+    """(id, bytes) of each chunk of the files `read_many` read."""
+    for loaded in reads:
+        if isinstance(loaded, tuple):
+            data, cuts, joined = loaded
+            view, start = memoryview(data), 0
+            for k, end in enumerate(cuts):
+                yield joined[CHUNK_ID_LEN * k:CHUNK_ID_LEN * (k + 1)], view[start:end]
+                start = end
+
+
 def read_ids(reads: Iterable[tuple[bytes, list[int], bytes] | OSError | None]) -> list[bytes]:
     """The chunk ids of the files `read_many` read (for `WriteSession.look_ahead`)."""
     ids: list[bytes] = []
@@ -537,6 +549,7 @@ class WriteSession:
         self._unseen: deque[_Batch] = deque()  # sealed batches the snapshot may not show
         self._ahead: frozenset[bytes] = frozenset()  # the ids of `look_ahead`
         self._ahead_present: set[bytes] | None = None  # which the snapshot has (None: not asked)
+        self._ahead_pieces: Callable[[], Iterable[tuple[bytes, Buffer]]] | None = None
         self._group: list[tuple[bytes, Buffer]] = []
         self._group_bytes = 0
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
@@ -615,13 +628,17 @@ class WriteSession:
                 return self.store_buffer(data) if data else []
             return self.store_stream(f)
 
-    def look_ahead(self, ids: Iterable[bytes]) -> None:
+    def look_ahead(self, ids: Iterable[bytes],
+                   pieces: Callable[[], Iterable[tuple[bytes, Buffer]]] | None = None) -> None:
         """Announce the chunk ids the next stores will bring (a read batch's): the first
         of them that needs a dedup lookup looks all of them up in one `present_chunks`,
         and so does the first after the snapshot is renewed. Keys of one metadata block
         then cost one seek and decode; looking each file up alone was 13-15% of the main
-        thread of a put whose chunks the store mostly has."""
+        thread of a put whose chunks the store mostly has. `pieces()` gives those
+        chunks' (id, bytes): the resemblance index keys of the ones the store lacks are
+        then looked up together too (`DeltaPlanner.look_ahead`)."""
         self._ahead = frozenset(ids)
+        self._ahead_pieces = pieces
         self._ahead_present = None
 
     def _present(self, txn: ReadTxn, ids: list[bytes]) -> AbstractSet[bytes]:
@@ -630,7 +647,10 @@ class WriteSession:
         if not ahead or not ahead.issuperset(ids):
             return txn.present_chunks(ids)
         if self._ahead_present is None:
-            self._ahead_present = txn.present_chunks(ahead)
+            present = self._ahead_present = txn.present_chunks(ahead)
+            if self._planner is not None and self._ahead_pieces is not None:
+                self._planner.look_ahead(txn, ((cid, piece) for cid, piece in self._ahead_pieces()
+                                               if cid not in present))
         return self._ahead_present
 
     def _store_new(self, refs: Sequence[ChunkRef], pieces: Sequence[Buffer]) -> None:

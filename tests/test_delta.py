@@ -627,7 +627,7 @@ def test_forgetting_committed_bases_does_not_list_the_held_ones(
     """A commit's bases leave the planner by their own keys: the bases still held are not
     listed per commit (that cost the put's main thread O(bases held) per batch); a key a
     later base took stays with it."""
-    monkeypatch.setattr(resemblance, "find_base", lambda txn, keys: None)
+    monkeypatch.setattr(resemblance, "find_base", lambda txn, keys, known=None: None)
     planner = delta.DeltaPlanner(lambda cid: b"")
     rng = random.Random(11)
     pieces = [rng.randbytes(20000) for _ in range(200)]  # no dictionary samples
