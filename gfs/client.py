@@ -572,7 +572,9 @@ class Client:
         it (it never nests a second copy inside the first). A `path` ending in "/"
         means inside that directory, under the source's own name; a source ending
         in "/" means its contents (as in rsync). Conflicts (a file onto a
-        directory, a directory onto a file) are found before anything is written.
+        directory, a directory onto a file) and unreadable local entries are found
+        before anything is committed: the tree is walked beside the reading and
+        storing of its first files, and the first commit waits for the whole walk.
         Files become visible in committed batches.
         """
         src, top, dest = put_source(local, path)
