@@ -9,9 +9,8 @@ chunk id stays the id of the plain content; decoding verifies it.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -35,8 +34,8 @@ from gfs.codec import (
     parse_blob_header,
 )
 from gfs.errors import ChunkMissingError, CorruptChunkError
-from gfs.eviction import LRUPolicy
 from gfs.meta import ChunkRecord, ReadTxn, WriteTxn
+from gfs.zstd_contexts import ContextCache
 
 log = logging.getLogger("hutong.delta")
 
@@ -59,34 +58,8 @@ def _dictionary(base_raw: Buffer) -> zstandard.ZstdCompressionDict:
 #: files against a 64 KiB dictionary that cost 124 us per chunk, reusing it 17 us.
 CONTEXT_CACHE_BYTES = 4 << 20
 
-_Context = zstandard.ZstdCompressor | zstandard.ZstdDecompressor
 
-
-class _Contexts(threading.local):
-    """One thread's zstd contexts with a base loaded, keyed by a digest of the base
-    bytes actually given (not the id the caller names them by: a damaged or wrong
-    base must neither use a context built from the right one nor leave one behind
-    under the right name): compressors per level and a decompressor, evicted least
-    recently used by base bytes."""
-
-    def __init__(self) -> None:
-        self.policy = LRUPolicy(CONTEXT_CACHE_BYTES)
-        self.entries: dict[bytes, _Context] = {}
-
-    def get(self, key: bytes, size: int, make: Callable[[], _Context]) -> _Context:
-        ctx = self.entries.get(key)
-        if ctx is not None:
-            self.policy.hit(key)
-            return ctx
-        ctx = make()
-        for gone in self.policy.admit(key, size):
-            self.entries.pop(gone, None)
-        if key in self.policy:
-            self.entries[key] = ctx
-        return ctx
-
-
-_contexts = _Contexts()
+_contexts = ContextCache(CONTEXT_CACHE_BYTES)
 
 
 def _compressor(base_raw: Buffer, level: int, base_id: bytes | None) -> zstandard.ZstdCompressor:

@@ -130,6 +130,27 @@ def test_a_block_with_a_dictionary_decodes_to_its_rows(rows: list[tuple[bytes, b
     assert list(zip(*blocks.decode_block("t", rows[-1][0], plain, DICT), strict=True)) == rows
 
 
+def test_block_contexts_are_made_once_per_dictionary_and_level_and_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread's compressor and decompressor of a dictionary are built once (loading
+    a dictionary is the cost) and kept within BLOCK_CONTEXT_BYTES of dictionaries,
+    least recently used evicted (gfs.zstd_contexts, shared with the delta codec)."""
+    from gfs.zstd_contexts import ContextCache
+
+    monkeypatch.setattr(block_dicts, "_contexts", ContextCache(2 * len(DICT.raw) + 2))
+    c = block_dicts.compressor(DICT, 3)
+    assert block_dicts.compressor(DICT, 3) is c
+    assert block_dicts.compressor(DICT, 5) is not c
+    assert block_dicts.decompressor(DICT) is block_dicts.decompressor(DICT)
+    assert block_dicts.compressor(None, 3) is block_dicts.compressor(None, 3)
+    other = _trained(9)
+    assert block_dicts.compressor(other, 3) is not c
+    cache = block_dicts._contexts
+    assert cache.policy.size <= 2 * len(DICT.raw) + 2
+    assert set(cache.entries) == set(cache.policy.keys())
+    assert block_dicts.compressor(DICT, 3) is not c  # least recently used: evicted
+
+
 def test_a_block_needs_its_own_dictionary() -> None:
     rows = [(b"k%03d" % i, b"value %d" % i) for i in range(50)]
     data = blocks.encode_block(rows, DICT)

@@ -14,12 +14,13 @@ id, and blocks without it still read.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import xxhash
 import zstandard
+
+from gfs.zstd_contexts import Context, ContextCache
 
 __all__ = ["DICT_MAX", "EVAL_MIN_RAW", "PAYS", "TRAIN_MIN_RAW", "TRAIN_SAMPLE", "BlockDict",
            "meta_key", "train"]
@@ -91,27 +92,21 @@ def meta_key(table: str) -> bytes:
     return b"dict." + table.encode()
 
 
-_local = threading.local()  # zstd contexts are not safe across threads
-_Ctx = zstandard.ZstdCompressor | zstandard.ZstdDecompressor
+#: Dictionary bytes of the block contexts one thread keeps (a table's dictionary is at
+#: most 128 KiB; contexts without one count a byte).
+BLOCK_CONTEXT_BYTES = 2 << 20
+_contexts = ContextCache(BLOCK_CONTEXT_BYTES)
 
 
-def _cached(kind: str, d: BlockDict | None, level: int, make: Callable[[], _Ctx]) -> _Ctx:
+def _cached(kind: bytes, d: BlockDict | None, level: int, make: Callable[[], Context]) -> Context:
     """This thread's context `kind` for blocks with `d` (or none) at `level`, made once."""
-    cache: dict[tuple[str, bytes, int], _Ctx] | None = getattr(_local, "ctx", None)
-    if cache is None:
-        cache = _local.ctx = {}
-    key = (kind, d.digest if d is not None else b"", level)
-    ctx = cache.get(key)
-    if ctx is None:
-        if len(cache) >= 32:
-            cache.clear()
-        ctx = cache[key] = make()
-    return ctx
+    key = kind + level.to_bytes(1, "big", signed=True) + (d.digest if d is not None else b"")
+    return _contexts.get(key, len(d.raw) if d is not None else 1, make)
 
 
 def compressor(d: BlockDict | None, level: int) -> zstandard.ZstdCompressor:
     """This thread's compressor of blocks with `d` (or none) at `level`."""
-    ctx = _cached("c", d, level, lambda: zstandard.ZstdCompressor(
+    ctx = _cached(b"c", d, level, lambda: zstandard.ZstdCompressor(
         level=level, write_checksum=True, dict_data=d.zdict if d is not None else None))
     assert isinstance(ctx, zstandard.ZstdCompressor)
     return ctx
@@ -119,7 +114,7 @@ def compressor(d: BlockDict | None, level: int) -> zstandard.ZstdCompressor:
 
 def decompressor(d: BlockDict | None) -> zstandard.ZstdDecompressor:
     """This thread's decompressor of blocks with `d` (or none)."""
-    ctx = _cached("d", d, 0, lambda: zstandard.ZstdDecompressor(
+    ctx = _cached(b"d", d, 0, lambda: zstandard.ZstdDecompressor(
         dict_data=d.zdict if d is not None else None))
     assert isinstance(ctx, zstandard.ZstdDecompressor)
     return ctx
