@@ -246,7 +246,8 @@ class DeltaPlanner:
         keys_of: dict[bytes, list[bytes]] = {}
         for cid, piece in new:
             if len(piece) >= resemblance.MIN_CHUNK and cid not in keys_of:
-                keys_of[cid] = self._ahead_keys.get(cid) or resemblance.index_keys(
+                keys = self._ahead_keys.get(cid)  # computed at an earlier snapshot
+                keys_of[cid] = keys if keys is not None else resemblance.index_keys(
                     resemblance.chunk_superfeatures(piece))
         self._ahead_keys = keys_of
         wanted = {k for keys in keys_of.values() for k in keys}

@@ -485,11 +485,8 @@ def read_pieces(reads: Iterable[tuple[bytes, list[int], bytes] | OSError | None]
     """(id, bytes) of each chunk of the files `read_many` read."""
     for loaded in reads:
         if isinstance(loaded, tuple):
-            data, cuts, joined = loaded
-            view, start = memoryview(data), 0
-            for k, end in enumerate(cuts):
-                yield joined[CHUNK_ID_LEN * k:CHUNK_ID_LEN * (k + 1)], view[start:end]
-                start = end
+            prepared = _prepared(memoryview(loaded[0]), loaded[1], loaded[2])
+            yield from zip((r.id for r in prepared.refs), prepared.pieces, strict=True)
 
 
 def read_ids(reads: Iterable[tuple[bytes, list[int], bytes] | OSError | None]) -> list[bytes]:
