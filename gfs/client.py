@@ -602,7 +602,7 @@ class Client:
                 contextlib.closing(read_ahead(  # read, cut and hashed in C on a thread
                     walk.steps(), wanted, lambda ps: read_many(ps, params, READ_BATCH_BYTES),
                     on_batch=lambda loads: session.look_ahead(
-                        read_ids(loads), lambda: read_pieces(loads)))) as reads:
+                        read_ids(loads), lambda least: read_pieces(loads, least)))) as reads:
             try:
                 if not statmod.S_ISDIR(top.st_mode) and base:
                     session.add_action(_ensure_dir_action(paths.join(base[:-1]), dirs))

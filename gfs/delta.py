@@ -223,6 +223,9 @@ class DeltaPlanner:
     read, else one the session trains.
     """
 
+    #: The least length of a chunk `look_ahead` and `plan` look up bases for.
+    min_chunk = resemblance.MIN_CHUNK
+
     def __init__(self, read_base: BaseReader, stored: bytes | None = None) -> None:
         self._read_base = read_base
         self._stored = stored

@@ -481,12 +481,20 @@ def prepared_of(loaded: tuple[bytes, list[int], bytes] | None) -> Prepared | Non
 
 
 def read_pieces(reads: Iterable[tuple[bytes, list[int], bytes] | OSError | None],
-                ) -> Iterator[tuple[bytes, memoryview]]:
-    """(id, bytes) of each chunk of the files `read_many` read."""
+                least: int = 0) -> Iterator[tuple[bytes, memoryview]]:
+    """(id, bytes) of each chunk of at least `least` bytes of the files `read_many`
+    read (no `Prepared` made: the look-ahead wants the few large chunks of a batch of
+    mostly small files, each of which `prepared_of` cuts again at its turn)."""
     for loaded in reads:
         if isinstance(loaded, tuple):
-            prepared = _prepared(memoryview(loaded[0]), loaded[1], loaded[2])
-            yield from zip((r.id for r in prepared.refs), prepared.pieces, strict=True)
+            data, cuts, ids = loaded
+            view, start = None, 0
+            for k, end in enumerate(cuts):
+                if end - start >= least:
+                    if view is None:
+                        view = memoryview(data)
+                    yield ids[CHUNK_ID_LEN * k:CHUNK_ID_LEN * (k + 1)], view[start:end]
+                start = end
 
 
 def read_ids(reads: Iterable[tuple[bytes, list[int], bytes] | OSError | None]) -> list[bytes]:
@@ -546,7 +554,7 @@ class WriteSession:
         self._unseen: deque[_Batch] = deque()  # sealed batches the snapshot may not show
         self._ahead: frozenset[bytes] = frozenset()  # the ids of `look_ahead`
         self._ahead_present: set[bytes] | None = None  # which the snapshot has (None: not asked)
-        self._ahead_pieces: Callable[[], Iterable[tuple[bytes, Buffer]]] | None = None
+        self._ahead_pieces: Callable[[int], Iterable[tuple[bytes, Buffer]]] | None = None
         self._group: list[tuple[bytes, Buffer]] = []
         self._group_bytes = 0
         self._files: list[tuple[list[ChunkRef], CommitAction]] = []
@@ -626,14 +634,15 @@ class WriteSession:
             return self.store_stream(f)
 
     def look_ahead(self, ids: Iterable[bytes],
-                   pieces: Callable[[], Iterable[tuple[bytes, Buffer]]] | None = None) -> None:
+                   pieces: Callable[[int], Iterable[tuple[bytes, Buffer]]] | None = None) -> None:
         """Announce the chunk ids the next stores will bring (a read batch's): the first
         of them that needs a dedup lookup looks all of them up in one `present_chunks`,
         and so does the first after the snapshot is renewed. Keys of one metadata block
         then cost one seek and decode; looking each file up alone was 13-15% of the main
-        thread of a put whose chunks the store mostly has. `pieces()` gives those
-        chunks' (id, bytes): the resemblance index keys of the ones the store lacks are
-        then looked up together too (`DeltaPlanner.look_ahead`)."""
+        thread of a put whose chunks the store mostly has. `pieces(least)` gives those
+        chunks' (id, bytes), of those of at least `least` bytes: the resemblance index
+        keys of the ones the store lacks are then looked up together too
+        (`DeltaPlanner.look_ahead`)."""
         self._ahead = frozenset(ids)
         self._ahead_pieces = pieces
         self._ahead_present = None
@@ -646,7 +655,8 @@ class WriteSession:
         if self._ahead_present is None:
             present = self._ahead_present = txn.present_chunks(ahead)
             if self._planner is not None and self._ahead_pieces is not None:
-                self._planner.look_ahead(txn, ((cid, piece) for cid, piece in self._ahead_pieces()
+                pieces = self._ahead_pieces(self._planner.min_chunk)
+                self._planner.look_ahead(txn, ((cid, piece) for cid, piece in pieces
                                                if cid not in present))
         return self._ahead_present
 

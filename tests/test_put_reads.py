@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gfs import chunking
 from gfs import client as client_mod
@@ -222,3 +224,37 @@ def test_on_batch_sees_each_batch_before_its_first_entry() -> None:
                       ["E2"], ("e2", True, "E2"), ("e3", False, None), ("e4", False, None),
                       ["E6", "E7"], ("e5", False, None), ("e6", True, "E6"),
                       ("e7", True, "E7"), ("e8", False, None), ("e9", False, None)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=0), st.integers(0, 200_000)),
+                max_size=6),
+       st.integers(0, 40))
+def test_read_pieces_are_the_prepared_chunks_of_at_least_least_bytes(
+        files: list[int | bytes | None], pick: int) -> None:
+    """`read_pieces(loads, least)`: exactly the (id, bytes) of `prepared_of` of each
+    read file, in order, less the chunks under `least` bytes; `read_ids` all the ids.
+    A file not read (None: streamed) or unreadable (an OSError) gives none."""
+    from gfs.store import prepared_of, read_ids, read_pieces
+
+    loads: list[tuple[bytes, list[int], bytes] | OSError | None] = [OSError("gone")]
+    for k, f in enumerate(files):
+        if f is None or isinstance(f, bytes):
+            loads.append(None)
+            continue
+        data = bytes((i * 13 + k * 7 + (i >> 9)) % 251 for i in range(f))
+        cuts = chunking.cut_points(data)
+        loads.append((data, cuts, chunking.chunk_ids(data, cuts)))
+    want = []
+    for load in loads:
+        prepared = prepared_of(load) if isinstance(load, tuple) else None
+        if prepared is not None:
+            want += [(r.id, bytes(p)) for r, p in zip(prepared.refs, prepared.pieces,
+                                                      strict=True)]
+    lengths = sorted({len(p) for _, p in want})
+    # the least length: none, or one of the chunks' own (the edge), or past them all
+    least = 0 if not pick else lengths[pick % len(lengths)] if lengths and pick < 35 \
+        else 1 << 20
+    assert [(cid, bytes(p)) for cid, p in read_pieces(loads, least)] == [
+        (cid, p) for cid, p in want if len(p) >= least]
+    assert read_ids(loads) == [cid for cid, _ in want]
