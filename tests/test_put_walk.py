@@ -230,3 +230,52 @@ def test_a_gate_that_raises_fails_the_session_with_nothing_committed(tmp_path: P
         with fs.store.writer(gate=lambda: calls.append("ok")) as session:
             session.store_buffer(b"y" * 5000)
         assert calls == ["ok"]
+
+
+# -- the same on PostgreSQL: the walk's checks read the server from their own thread ------
+
+
+def test_on_postgresql_a_conflict_found_late_commits_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> None:
+    """On a store whose metadata is on PostgreSQL the walk checks the tree from its own
+    thread (its own reads of the server) while the put's first batches are sealed: a
+    file where the namespace has a directory, in the last directory listed, fails the
+    put with nothing of it committed."""
+    from gfs.meta.pg_engine import PgEngine
+
+    src = tmp_path / "src"
+    _tree(src, *BIG)
+    _slow_listing(monkeypatch, 0.01)
+    with Client.init(tmp_path / "s", meta=pg_url, commit_files=2) as fs:
+        assert isinstance(fs.engine, PgEngine)
+        fs.mkdir("/dst/d15/f03", parents=True)
+        taken: list[int] = []
+        with pytest.raises(IsADirError, match="f03"):
+            fs.put(src, "/dst", progress=taken.append)
+        assert taken  # files were taken before the conflict was found
+        assert [s.path for s in fs.walk("/dst")] == ["/dst", "/dst/d15", "/dst/d15/f03"]
+        assert fs.du("/").files == 0
+        report = fs.fsck()
+        assert report.ok, report.problems
+
+
+def test_on_postgresql_a_repeated_put_merges_and_reads_only_what_changed(
+        tmp_path: Path, pg_url: str) -> None:
+    """A put onto its own earlier copy on PostgreSQL: the walk's reads of the existing
+    entries find every unchanged file in place (none read again), a changed one and a
+    new one are stored, and the namespace then holds exactly the local tree."""
+    src = tmp_path / "src"
+    _tree(src, 4, 40)
+    with Client.init(tmp_path / "s", meta=pg_url) as fs:
+        first = fs.put(src, "/dst")
+        assert first.files == 160
+        changed = src / "d02" / "f07"
+        changed.write_bytes(b"changed" * 50)
+        os.utime(changed, ns=(1, 2))
+        (src / "d03" / "new").write_bytes(b"new")
+        again = fs.put(src, "/dst")
+        assert (again.files, again.unchanged) == (2, 159)
+        assert fs.read_bytes("/dst/d02/f07") == b"changed" * 50
+        assert fs.read_bytes("/dst/d03/new") == b"new"
+        assert sorted(s.path for s in fs.walk("/dst") if s.kind == "file") == sorted(
+            "/dst/" + p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())

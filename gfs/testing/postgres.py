@@ -140,8 +140,18 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     yield postgres_server.url_for(schema)
     import psycopg
 
-    with contextlib.suppress(psycopg.Error), psycopg.connect(postgres_server.url) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    with contextlib.suppress(psycopg.Error), \
+            psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '5s'")
+        try:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        except psycopg.errors.LockNotAvailable:
+            # a connection the test left in a transaction (say, a generator holding a
+            # read, kept alive by a failed test's traceback) holds the schema's tables:
+            # end it, or the drop waits forever and the session with it
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                         "pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'")
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 @contextlib.contextmanager
