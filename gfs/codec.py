@@ -137,22 +137,29 @@ def parse_blob_header(buf: Buffer) -> BlobHeader:
 
 class _Local(threading.local):
     def __init__(self) -> None:
-        self.compressors: dict[int, zstandard.ZstdCompressor] = {}
+        self.compressors: dict[tuple[int, int], zstandard.ZstdCompressor] = {}
         self.decompressor = zstandard.ZstdDecompressor()
 
 
 _tls = _Local()
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    comp = _tls.compressors.get(level)
+def _compressor(level: int, window_log: int = 0) -> zstandard.ZstdCompressor:
+    """This thread's compressor at `level`; with `window_log`, that level's parameters
+    with a window of 2^window_log bytes (zstd still shrinks it to a smaller input)."""
+    comp = _tls.compressors.get((level, window_log))
     if comp is None:
         # Content size in the frame (checked against raw_len on decode); no zstd
         # checksum: the chunk id already covers the raw bytes.
-        comp = zstandard.ZstdCompressor(
-            level=level, write_content_size=True, write_checksum=False, write_dict_id=False
-        )
-        _tls.compressors[level] = comp
+        if window_log:
+            comp = zstandard.ZstdCompressor(compression_params=zstandard.
+                                            ZstdCompressionParameters.from_level(
+                level, window_log=window_log, write_content_size=True,
+                write_checksum=False, write_dict_id=False))
+        else:
+            comp = zstandard.ZstdCompressor(level=level, write_content_size=True,
+                                            write_checksum=False, write_dict_id=False)
+        _tls.compressors[(level, window_log)] = comp
     return comp
 
 
@@ -186,9 +193,11 @@ def encode_blob(
 
 
 def encode_blobs(
-    raws: Sequence[Buffer], ids: Sequence[bytes], level: int = DEFAULT_LEVEL
+    raws: Sequence[Buffer], ids: Sequence[bytes], level: int = DEFAULT_LEVEL,
+    window_log: int = 0,
 ) -> list[tuple[bytes, Buffer]]:
-    """`encode_blob` of many chunks whose ids are known, byte for byte the same.
+    """`encode_blob` of many chunks whose ids are known, byte for byte the same
+    (`window_log`: with that level's parameters but a window of 2^window_log bytes).
 
     The zstd frames are made in one call that releases the GIL once, not once
     per chunk: worker threads then seldom wait to get the GIL back from a busy
@@ -204,9 +213,10 @@ def encode_blobs(
     todo = [i for i, raw in enumerate(raws) if len(raw) > 9]
     packed: dict[int, bytes] = {}
     if len(todo) == 1:  # (a group): this thread's context, not a new one per call
-        packed = {todo[0]: _compressor(level).compress(raws[todo[0]])}
+        packed = {todo[0]: _compressor(level, window_log).compress(raws[todo[0]])}
     elif todo:
-        frames = _compressor(level).multi_compress_to_buffer([raws[i] for i in todo], threads=1)
+        frames = _compressor(level, window_log).multi_compress_to_buffer(
+            [raws[i] for i in todo], threads=1)
         packed = {i: frames[k].tobytes() for k, i in enumerate(todo)}
     out: list[tuple[bytes, Buffer]] = []
     for i, (raw, cid) in enumerate(zip(raws, ids, strict=True)):

@@ -295,8 +295,8 @@ def test_one_chunk_is_compressed_with_the_threads_own_context(
 
     spies: dict[int, _CountingCompressor] = {}
     real = codec._compressor
-    monkeypatch.setattr(codec, "_compressor", lambda level: spies.setdefault(
-        level, _CountingCompressor(real(level))))
+    monkeypatch.setattr(codec, "_compressor", lambda level, window_log=0: spies.setdefault(
+        level, _CountingCompressor(real(level, window_log))))
     raw = os.urandom(1000) * 300
     ((_, payload),) = encode_blobs([raw], [chunk_id(raw)], 8)
     assert spies[8].calls == {"compress": 1, "multi": 0}

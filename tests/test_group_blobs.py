@@ -100,17 +100,33 @@ def test_a_damaged_group_fails_every_member(raws: list[bytes], data: st.DataObje
 
 def test_group_compressed_at_store_level_plus_step() -> None:
     """A group is one zstd frame at the store's level + GROUP_LEVEL_STEP (level 7 for
-    the default 3): byte for byte `encode_blobs` at that level, not at level 8 (whose
-    0.9% smaller groups cost 1.18x the workers' CPU, the first snapshot's put being
-    bound by CPU)."""
+    the default 3) with the whole group's window: byte for byte `encode_blobs` at that
+    level and window, not at level 8 (whose 0.9% smaller groups cost 1.18x the workers'
+    CPU, the first snapshot's put being bound by CPU)."""
     raws = list(_files(400, 5).values())
     ids = [chunk_id(r) for r in raws]
     group = groups.encode_group(raws, ids, 3)
     raw = b"".join(raws)
-    ((header, payload),) = encode_blobs([raw], [group.id], 7)
+    ((header, payload),) = encode_blobs([raw], [group.id], 7, groups.GROUP_WINDOW_LOG)
     assert (group.header, bytes(group.payload)) == (header, bytes(payload))
-    ((_, eight),) = encode_blobs([raw], [group.id], 8)
+    ((_, eight),) = encode_blobs([raw], [group.id], 8, groups.GROUP_WINDOW_LOG)
     assert bytes(eight) != bytes(payload)  # the data tells the levels apart
+
+
+def test_a_group_matches_across_its_whole_length() -> None:
+    """Members that repeat ones 2.5 MiB before them in the group (past level 7's own
+    2 MiB window) are stored as matches, not again; the group decodes whole."""
+    first = random.Random(5).randbytes(5 << 19)  # 2.5 MiB, incompressible
+    step = (64 << 10) - 1
+    raws = [first[i:i + step] for i in range(0, len(first), step)]
+    raws += [b"\0" + r[1:] for r in raws[:20]]  # 1.25 MiB, each 2.5 MiB after its like
+    ids = [chunk_id(r) for r in raws]
+    group = groups.encode_group(raws, ids, 3)
+    joined = b"".join(raws)
+    assert decode_blob(group.header + bytes(group.payload), expect_id=group.id) == joined
+    assert len(group.payload) < len(first) + (64 << 10)
+    ((_, own_window),) = encode_blobs([joined], [group.id], 7)  # level 7's 2 MiB window
+    assert len(own_window) > len(first) + (1 << 20)
 
 
 def test_member_blob_checks() -> None:
