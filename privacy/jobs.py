@@ -10,12 +10,10 @@ right party's entity asks the left party, the owner, for aggregates of its table
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +37,7 @@ from privacy.ec import GroupPool
 from privacy.ec import backend as ec_backend
 from privacy.errors import AuthError, PolicyError, PrivacyError, ProtocolError, QueryError
 from privacy.policy import Policy, ReleaseTerms, clip_value
+from privacy.process_group import end_group
 from privacy.spill import budget_from_env
 from privacy.tables import check_columns, entity_of, iter_batches, key_strings, num_rows
 
@@ -613,9 +612,9 @@ def _collect(p: subprocess.Popen[bytes], side: str, result: Path, progress: Prog
 
 
 def _reap(p: subprocess.Popen[bytes]) -> None:
-    """Kill what is left of a party's process group (its own session)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(p.pid, signal.SIGKILL)
+    """End what is left of a party's process group (its own session), letting its
+    resource tracker unlink the semaphores the party's workers leave."""
+    end_group(p.pid)
 
 
 # -- the same from Python ----------------------------------------------------------------

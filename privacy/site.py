@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import sys
 import time
 import urllib.parse
@@ -46,6 +44,7 @@ from gfs.federation.site_handlers import SITE_KEY
 from gfs.federation.site_state import NotPrimaryError, Principal, Site
 from gfs.federation.tls import trust_for
 from privacy.errors import PolicyError, PrivacyError
+from privacy.process_group import end_group
 
 if TYPE_CHECKING:
     from privacy.jobs import JobSpec
@@ -145,8 +144,8 @@ class SiteJobs:
                     last.append(line)
                     del last[:-20]
             await proc.wait()
-        finally:
-            _kill_group(proc.pid)  # its worker processes must not outlive it
+        finally:  # its worker processes must not outlive it
+            await asyncio.get_running_loop().run_in_executor(None, end_group, proc.pid)
             self.procs.pop(job.id, None)
             job.finished = time.time()
         if proc.returncode == 0 and result.exists():
@@ -164,16 +163,14 @@ class SiteJobs:
 
     async def close(self) -> None:
         """Stop every running half (the daemon is stopping)."""
-        for proc in list(self.procs.values()):
-            _kill_group(proc.pid)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, end_group, proc.pid)
+                               for proc in list(self.procs.values())))
         for t in list(self.tasks):
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(t, 10)
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 JOBS_KEY: web.AppKey[SiteJobs] = web.AppKey("privacy_jobs", SiteJobs)
@@ -317,7 +314,7 @@ async def peer_job(request: web.Request) -> web.Response:
     except TimeoutError:
         line = ""
     if not line.startswith("LISTEN "):
-        _kill_group(proc.pid)
+        await asyncio.get_running_loop().run_in_executor(None, end_group, proc.pid)
         raise ApiError(f"site {site.name} could not start its half of job {job.id}", 500,
                        "party_failed")
     return web.json_response({"job": job.id, "host": host, "port": int(line.split()[1]),

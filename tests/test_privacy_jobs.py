@@ -130,6 +130,8 @@ def test_policy_refusal_before_any_data(world: tuple[Path, pa.Table, pa.Table], 
 
 def test_wrong_pinned_key_fails_the_handshake(world: tuple[Path, pa.Table, pa.Table]) -> None:
     state, _, _ = world
+    for entity in ("bank-a", "telco-b"):  # made by the first job, if one ran before
+        keys.identity(state, entity)
     pub = keys.key_dir(state) / "telco-b.pub"
     good = pub.read_text()
     pub.write_text("11" * 32 + "\n")
@@ -146,8 +148,12 @@ def test_party_dropping_mid_protocol_releases_nothing(world: tuple[Path, pa.Tabl
     state, _, _ = world
     spec = JobSpec("join", BANK, TELCO, "phone", aggs="count(*),sum(balance)",
                    group_by="region", timeout=60)
+    shm = Path("/dev/shm")
+    before = set(shm.glob("sem.mp-*"))
     with pytest.raises(ProtocolError, match=r"closed the connection|died"):
         run_job(spec, state, env={FAULT_ENV: fault})
+    # the dead party's worker pool left no named semaphore behind (its tracker was let be)
+    assert set(shm.glob("sem.mp-*")) <= before
     survivor = "bank-a" if fault.startswith("right") else "telco-b"
     recs = [r for r in records(state, survivor) if r.get("job") == spec.job_id]
     kinds = [r["kind"] for r in recs]
