@@ -284,7 +284,10 @@ class Client:
                     for name, ino in txn.list_dir(node.ino)]
 
     def walk(self, path: str = "/") -> Iterator[Stat]:
-        """`path` and everything below it, parents first."""
+        """`path` and everything below it, parents first, as of one snapshot: the walk
+        holds a read transaction until it is exhausted or closed (on PostgreSQL a
+        connection stays in that transaction), so a caller that stops early should
+        close it (`contextlib.closing`) or take `list(...)`."""
         from gfs.namespace_api import Stat  # lazy: see the imports
 
         norm = paths.normalize(path)
