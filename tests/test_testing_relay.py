@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -62,3 +63,37 @@ def test_a_subclass_changes_what_is_forwarded() -> None:
         relay.close(join=10)
         srv.close()
         t.join(10)
+
+
+def test_a_refused_upstream_closes_that_client_and_the_relay_goes_on() -> None:
+    """With its target gone, the relay closes each client it accepts (as the target
+    would refuse it) and keeps accepting; once the target is back it forwards again.
+    No thread dies with an unhandled exception (pytest would report it)."""
+    gone = socket.create_server(("127.0.0.1", 0))
+    target = gone.getsockname()[:2]
+    gone.close()  # nothing listens there now
+    relay = TcpRelay(target, connect_timeout=5)
+    srv = None
+    try:
+        for _ in range(2):
+            with socket.create_connection(relay.address, timeout=10) as c, \
+                    contextlib.suppress(ConnectionResetError):  # a reset is closed too
+                assert c.recv(1) == b""  # closed by the relay
+        srv = socket.create_server(target)
+        echo = threading.Thread(target=lambda: _echo_once(srv), daemon=True)
+        echo.start()
+        with socket.create_connection(relay.address, timeout=10) as c:
+            c.sendall(b"back")
+            assert c.recv(4) == b"back"
+        echo.join(10)
+    finally:
+        relay.close(join=10)
+        if srv is not None:
+            srv.close()
+    assert relay.connections == 1
+
+
+def _echo_once(srv: socket.socket) -> None:
+    conn, _ = srv.accept()
+    with conn:
+        conn.sendall(conn.recv(4))

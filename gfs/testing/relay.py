@@ -34,7 +34,12 @@ class TcpRelay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target, timeout=self._connect_timeout)
+            try:
+                upstream = socket.create_connection(self.target, timeout=self._connect_timeout)
+            except OSError:  # the target is gone or refuses: so does the relay, and goes on
+                with contextlib.suppress(OSError):
+                    client.close()
+                continue
             with self._lock:
                 number = self.connections
                 self.connections += 1
