@@ -61,6 +61,9 @@ uint64_t fastcdc_spread_mask(unsigned k);
 /* The gear table (256 entries). */
 const uint64_t *fastcdc_gear_table(void);
 
+/* The gear table shifted left by one (256 entries: GEAR[i] << 1 mod 2^64). */
+const uint64_t *fastcdc_gear_ls_table(void);
+
 /* Length of the chunk starting at buf[0] when the data ends at buf[len]
  * (len > 0): a value in [1, min(len, max_size)]. */
 size_t fastcdc_chunk_length(const uint8_t *buf, size_t len, const fastcdc_params *p);
