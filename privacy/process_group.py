@@ -33,8 +33,8 @@ def _alive(pgid: int) -> bool:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return False
-        except PermissionError:
-            return True
+        except PermissionError:  # there, but not ours to signal
+            pass
         return True
     for name in names:
         if not name.isdigit():
