@@ -467,12 +467,15 @@ class _Txn:
         if delete:
             return sql.SQL("DELETE FROM {} WHERE ({}) IN ({})").format(
                 self.t(table), sql.SQL(", ").join(map(sql.Identifier, keys)), tuples)
+        # A `refdelta` row buffered is what this transaction added since it last sent
+        # its writes (`_sent` empties the buffer): it adds to the row sent before.
+        setting = "{1}.{0} + EXCLUDED.{0}" if table == "refdelta" else "EXCLUDED.{0}"
         return sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) "
                        "DO UPDATE SET {}").format(
             self.t(table), sql.SQL(", ").join(map(sql.Identifier, cols)), tuples,
             sql.SQL(", ").join(map(sql.Identifier, keys)),
-            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(
-                sql.Identifier(v)) for v in values))
+            sql.SQL(", ").join(sql.SQL("{0} = " + setting).format(
+                sql.Identifier(v), sql.Identifier(table)) for v in values))
 
     def _sent(self) -> None:
         """The buffered writes reached the server: moved to the rows read."""
@@ -1048,7 +1051,9 @@ class _PgWrite(_PgRead, WriteTxn):
             enc.with_refcount_delta(cid, data, delta)  # raises below zero
             # A row of its own instead of a rewrite of the record: writers adding
             # references to one chunk at once (identical contents) insert different
-            # rows and do not conflict; each locks the record against deletion.
+            # rows and do not conflict; each locks the record against deletion. The
+            # buffered row holds the change since the writes were last sent (the row
+            # upserted then adds it to what was sent before: `_write_text`).
             key = ("refdelta", (cid, self._x.tx))
             mine = self._x.buf.get(key)
             self._put("refdelta", key[1], (mine[0] if mine else 0) + delta)
