@@ -17,8 +17,7 @@ from gfs.cdc_reference import GEAR, MASK64, splitmix64
 SF_SEED = 0x4875746F_6E675346
 FEATURES = 12
 SUPER = 3
-#: Bits 62, 60, 52, 49, 38, 28, 25: all in the default chunker's small-chunk mask.
-SAMPLE_MASK = 0x5012_0040_1200_0000
+SAMPLE_MASK = 0x7F00_0000_0000_0000
 
 _OUT = splitmix64(2 * FEATURES, SF_SEED)
 #: Multipliers (odd) and addends of the feature transforms.

@@ -49,51 +49,32 @@ static SUPERFEAT_NOINLINE void sample(uint64_t fp, uint64_t *f)
 
 /* Feed buf[i:end) to the gear hash fp (its value before byte i): with
  * `cutting`, test each byte's hash against the chunker's cut mask (fastcdc.c);
- * with `sampling`, sample features into f. With `nested` (the caller checks
- * that the sample mask's bits are all in the cut mask, so a cut position is a
- * sample position), each byte's hash is tested once, against the sample mask,
- * and the cut mask only at sample positions: one rare, unpredictable branch per
- * byte instead of two. The flags are constants at each call, so each use
- * compiles to its own loop. Two bytes per step, as in fastcdc.c: with h the
- * hash before x, y, fp first holds (h1 << 1) = (h << 2) + GEAR_LS[x], tested
- * against a mask << 1 (no mask has bit 63), then h2 = (h1 << 1) + GEAR[y]; a
- * sample at x takes h1 itself, (h << 1) + GEAR[x], from the kept h. Per byte
- * the sample test comes before the cut test, so a cut leaves the bytes after it
- * unsampled. Returns the chunk length at the first cut hit, else 0 with *fpp
- * the hash after byte end - 1. */
+ * with `sampling`, sample features into f. The flags are constants at each
+ * call, so each use compiles to its own loop. Two bytes per step, as in
+ * fastcdc.c: with h the hash before x, y, fp first holds (h1 << 1) = (h << 2) +
+ * GEAR_LS[x], tested against a mask << 1 (no mask has bit 63), then h2 = (h1 <<
+ * 1) + GEAR[y]; a sample at x takes h1 itself, (h << 1) + GEAR[x], from the
+ * kept h. Per byte the sample test comes before the cut test, so a cut leaves
+ * the bytes after it unsampled. Returns the chunk length at the first cut hit,
+ * else 0 with *fpp the hash after byte end - 1. */
 #define SF_FSTEP2(k)                                                              \
     do {                                                                          \
         const uint64_t old = fp;                                                  \
         fp = (fp << 2) + gear_ls[q[(k)]];                                         \
-        if (nested) {                                                             \
-            if (SUPERFEAT_UNLIKELY(!(fp & smask_ls))) {                           \
-                sample((old << 1) + gear[q[(k)]], f);                             \
-                if (!(fp & cmask_ls))                                             \
-                    return (size_t)(q - buf) + (k) + 1;                           \
-            }                                                                     \
-            fp += gear[q[(k) + 1]];                                               \
-            if (SUPERFEAT_UNLIKELY(!(fp & SUPERFEAT_SAMPLE_MASK))) {              \
-                sample(fp, f);                                                    \
-                if (!(fp & cmask))                                                \
-                    return (size_t)(q - buf) + (k) + 2;                           \
-            }                                                                     \
-        } else {                                                                  \
-            if (sampling && SUPERFEAT_UNLIKELY(!(fp & smask_ls)))                 \
-                sample((old << 1) + gear[q[(k)]], f);                             \
-            if (cutting && SUPERFEAT_UNLIKELY(!(fp & cmask_ls)))                  \
-                return (size_t)(q - buf) + (k) + 1;                               \
-            fp += gear[q[(k) + 1]];                                               \
-            if (sampling && SUPERFEAT_UNLIKELY(!(fp & SUPERFEAT_SAMPLE_MASK)))    \
-                sample(fp, f);                                                    \
-            if (cutting && SUPERFEAT_UNLIKELY(!(fp & cmask)))                     \
-                return (size_t)(q - buf) + (k) + 2;                               \
-        }                                                                         \
+        if (sampling && SUPERFEAT_UNLIKELY(!(fp & smask_ls)))                     \
+            sample((old << 1) + gear[q[(k)]], f);                                 \
+        if (cutting && SUPERFEAT_UNLIKELY(!(fp & cmask_ls)))                      \
+            return (size_t)(q - buf) + (k) + 1;                                   \
+        fp += gear[q[(k) + 1]];                                                   \
+        if (sampling && SUPERFEAT_UNLIKELY(!(fp & SUPERFEAT_SAMPLE_MASK)))        \
+            sample(fp, f);                                                        \
+        if (cutting && SUPERFEAT_UNLIKELY(!(fp & cmask)))                         \
+            return (size_t)(q - buf) + (k) + 2;                                   \
     } while (0)
 
 static SUPERFEAT_ALWAYS_INLINE size_t
 scan_fused(const uint8_t *restrict buf, size_t i, size_t end, uint64_t *restrict fpp,
-           uint64_t cmask, uint64_t *restrict f, const int sampling, const int cutting,
-           const int nested)
+           uint64_t cmask, uint64_t *restrict f, const int sampling, const int cutting)
 {
     const uint64_t *gear = fastcdc_gear_table();
     const uint64_t *gear_ls = fastcdc_gear_ls_table();
@@ -137,19 +118,8 @@ void superfeat_features(const uint8_t *buf, size_t len, uint64_t features[SUPERF
     uint64_t f[SUPERFEAT_FEATURES] = {0};
     uint64_t fp = 0;
     if (len)
-        scan_fused(buf, 0, len, &fp, 0, f, 1, 0, 0);
+        scan_fused(buf, 0, len, &fp, 0, f, 1, 0);
     memcpy(features, f, sizeof f);
-}
-
-/* Sampling and cutting over buf[i:end) with cut mask cmask: the nested loop
- * when the sample mask lies within cmask (the default chunker's small-chunk
- * mask, superfeat.h), else the loop with two tests per byte. */
-static size_t scan_phase(const uint8_t *buf, size_t i, size_t end, uint64_t *fpp,
-                         uint64_t cmask, uint64_t *f)
-{
-    if ((cmask & SUPERFEAT_SAMPLE_MASK) == SUPERFEAT_SAMPLE_MASK)
-        return scan_fused(buf, i, end, fpp, cmask, f, 1, 1, 1);
-    return scan_fused(buf, i, end, fpp, cmask, f, 1, 1, 0);
 }
 
 size_t superfeat_chunk(const uint8_t *buf, size_t len, const fastcdc_params *p,
@@ -167,17 +137,17 @@ size_t superfeat_chunk(const uint8_t *buf, size_t len, const fastcdc_params *p,
     uint64_t fp = 0;
     /* Bytes [min_size, pre): the chunker alone (the features take them below). */
     size_t cut = scan_fused(buf, p->min_size, pre < normal ? pre : normal, &fp, p->mask_s,
-                            NULL, 0, 1, 0);
+                            NULL, 0, 1);
     if (!cut && pre > normal)
-        cut = scan_fused(buf, normal, pre, &fp, p->mask_l, NULL, 0, 1, 0);
+        cut = scan_fused(buf, normal, pre, &fp, p->mask_l, NULL, 0, 1);
     superfeat_features(buf, cut ? cut : pre, features);
     if (cut)
         return cut;
     /* Bytes [pre, n): one pass for both. */
     if (pre < normal)
-        cut = scan_phase(buf, pre, normal, &fp, p->mask_s, features);
+        cut = scan_fused(buf, pre, normal, &fp, p->mask_s, features, 1, 1);
     if (!cut)
-        cut = scan_phase(buf, pre > normal ? pre : normal, n, &fp, p->mask_l, features);
+        cut = scan_fused(buf, pre > normal ? pre : normal, n, &fp, p->mask_l, features, 1, 1);
     return cut ? cut : n;
 }
 

@@ -27,12 +27,9 @@
 #define SUPERFEAT_FEATURES 12
 #define SUPERFEAT_SUPER 3
 #define SUPERFEAT_PER_SUPER (SUPERFEAT_FEATURES / SUPERFEAT_SUPER)
-/* 7 bits (62, 60, 52, 49, 38, 28, 25): one sample position in 128 on random
- * data. Bit 63 is left out so that two bytes can be fed per step (as in
- * fastcdc.c), and the bits are taken from the default chunker's small-chunk
- * mask (avg 64 KiB: 18 bits spread over 62..17), so under it every cut
- * position is a sample position and the fused loop tests one mask per byte. */
-#define SUPERFEAT_SAMPLE_MASK 0x5012004012000000ULL
+/* 7 bits (56..62): one sample position in 128 on random data; bit 63 is left
+ * out so that two bytes can be fed per step (as in fastcdc.c). */
+#define SUPERFEAT_SAMPLE_MASK 0x7F00000000000000ULL
 #define SUPERFEAT_SEED 0x4875746F6E675346ULL /* "HutongSF" */
 
 /* The 12 features of buf[0:len) (all zero when no byte is a sample position). */
