@@ -1112,3 +1112,23 @@ def test_a_parked_read_wakes_no_thread(pg_url: str, monkeypatch: pytest.MonkeyPa
     finally:
         monkeypatch.undo()
         eng.close()
+
+
+def test_a_concat_that_removes_its_parts_keeps_every_chunk_on_postgresql(
+        tmp_path: Path, pg_url: str) -> None:
+    """A concat (an S3 multipart completion) adds the parts' references to the new file
+    and then removes the parts, in one transaction; the removal's scan sends the first
+    change to the server. The second change used to replace it, so each chunk's count
+    ended one too low: gc then deleted the chunks of the joined file."""
+    with Client.init(tmp_path / "state", meta=pg_url) as fs:
+        parts = [os.urandom(150_000) for _ in range(3)]
+        fs.mkdir("/parts")
+        for i, data in enumerate(parts):
+            fs.write_bytes(f"/parts/{i}", data)
+        fs.concat("/whole", [f"/parts/{i}" for i in range(3)], remove=["/parts"])
+        with fs.engine.read() as r:
+            assert {c.refcount for c in r.iter_chunks()} == {1}
+        assert collect(fs.store, grace=0).chunks_removed == 0
+        fs.store.source.close()  # no cached blob: the read goes to the pool
+        assert fs.read_bytes("/whole") == b"".join(parts)
+        assert fs.fsck().ok
