@@ -60,10 +60,11 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "gfs.cli", *args]
 
 
-def start_s3(root: Path, *extra: str) -> S3Server:
-    """Create a store under `root` and serve it over S3."""
+def start_s3(root: Path, *extra: str, meta: str | None = None) -> S3Server:
+    """Create a store under `root` (its metadata at `meta`, a PostgreSQL URL; default
+    embedded) and serve it over S3."""
     state = root / "state"
-    with Client.init(state) as fs:
+    with Client.init(state, meta=meta) as fs:
         cred = credentials.add(fs)
     proc = Proc(cli("--state", str(state), "gateway", "s3", "--listen", "127.0.0.1:0",
                     *extra), root / "gateway.log")
