@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from gfs.gateway.objects import MIN_PART
 from gfs.client import Client
+from gfs.gateway.objects import MIN_PART
 from gfs.gc import collect
 from tests.gateway_servers import S3Server, code, s3server, start_s3
 
