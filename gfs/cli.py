@@ -386,6 +386,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     if repair is not None and repair.temporaries_removed:
         print(f"repair: removed {repair.temporaries_removed} temporaries of interrupted "
               "writes", file=sys.stderr)
+    if repair is not None and repair.refcounts_raised:
+        print(f"repair: raised the reference counts of {repair.refcounts_raised} chunks to "
+              "the references to them (gc would have dropped them)", file=sys.stderr)
     if repair is not None and (repair.repaired or repair.dropped_copies or repair.lost):
         print(f"repair: {repair.repaired} chunks restored from other copies, "
               f"{repair.dropped_copies} damaged copies dropped, {len(repair.lost)} chunks "

@@ -58,6 +58,9 @@ class FsckReport:
     #: metadata records do not decode: `problems` lists them and the other checks
     #: did not run
     metadata_damaged: bool = False
+    #: chunks whose reference count is below the references found: (id hex, count,
+    #: references); gc would drop them while files name them (`fsck --repair` raises them)
+    low_refcounts: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -234,6 +237,8 @@ def _check_index(txn: ReadTxn, packs: dict[bytes, PackRecord], refs: SpillTable,
         if rec.refcount != want:
             report.problems.append(f"chunk {cid.hex()} refcount {rec.refcount}, "
                                    f"but {want} manifest entries and delta chunks name it")
+            if rec.refcount < want:
+                report.low_refcounts.append((cid.hex(), rec.refcount, want))
         if rec.refcount == 0 and cid in pinned:
             report.pinned_chunks += 1
         elif rec.refcount == 0:

@@ -1,6 +1,10 @@
 """Repair: restore damaged chunks from good copies, mark the rest lost.
 
-`hutong fsck --repair` reads every stored copy once (the same scan as fsck).
+`hutong fsck --repair` first raises reference counts below the references fsck
+counts (a PostgreSQL store before 2026-12 could leave them low: see docs/format.md,
+"Metadata (PostgreSQL engine)"), so that gc keeps what files name; a count above
+them is left (a leak, not a loss). It then reads every stored copy once (the same
+scan as fsck).
 A chunk with a bad copy and a good one keeps the good one (the bad copy's bytes
 become dead and gc reclaims them). A chunk with no good copy is restored from
 another store that has it (`--from STATE`, e.g. a copy made by `hutong copy`):
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from gfs import delta
 from gfs.errors import ChunkMissingError, CorruptChunkError, PoolError
-from gfs.fsck import owners, scan_copies
+from gfs.fsck import check, owners, scan_copies
 from gfs.gc import remove_temporaries
 from gfs.meta import Location, PackRecord, WriteTxn
 from gfs.store import ChunkStore, lost_chunks, set_lost_chunks
@@ -40,6 +44,7 @@ class RepairReport:
     lost: list[str] = field(default_factory=list)  # ids (hex) of chunks with no good copy
     damaged_files: list[str] = field(default_factory=list)  # files naming a lost chunk
     temporaries_removed: int = 0  # files of interrupted writes (gfs.gc.remove_temporaries)
+    refcounts_raised: int = 0  # chunks whose count was below the references to them
 
 
 def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairReport:
@@ -50,6 +55,7 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
     report = RepairReport()
     with store.gc_exclusive():
         report.temporaries_removed = remove_temporaries(store, store.config.gc_grace)
+        report.refcounts_raised = raise_low_refcounts(store)
         with store.engine.read() as txn:
             chunks = {rec.id: rec for rec in txn.iter_chunks()}
             packs = {p.id: p for p in txn.iter_packs()}
@@ -103,6 +109,31 @@ def repair(store: ChunkStore, sources: Sequence[ChunkStore] = ()) -> RepairRepor
                       len(lost), ", ".join(report.damaged_files) or "none")
     report.lost = sorted(cid.hex() for cid in lost)
     return report
+
+
+def raise_low_refcounts(store: ChunkStore) -> int:
+    """Raise each chunk's reference count that fsck finds below the references to it
+    (manifest entries, delta chunks, group members); returns how many. Call under the
+    gc lock (no local writer commits meanwhile); a count that changed since fsck read
+    it (a writer on another host) is left for the next run."""
+    low = check(store, verify_data=False).low_refcounts
+    if not low:
+        return 0
+
+    def raise_(txn: WriteTxn) -> int:
+        raised = 0
+        for hex_id, had, want in low:
+            cid = bytes.fromhex(hex_id)
+            rec = txn.get_chunk(cid)
+            if rec is not None and rec.refcount == had:
+                txn.add_refcounts({cid: want - had})
+                raised += 1
+        return raised
+
+    raised = store.engine.transact(raise_)
+    log.warning("raised the reference counts of %d chunks to the references fsck found",
+                raised)
+    return raised
 
 
 def _drop_copies(txn: WriteTxn, cid: bytes, bad: set[Location]) -> int:
