@@ -485,6 +485,8 @@ class _Txn:
             self.wrote.add("kv")
         for (table, key), vals in self.buf.items():
             self.wrote.add(table)
+            if table == "refdelta":  # an increment, not the row's value: never read by key
+                continue
             self.remember(table, key, None if vals is None else vals[0])
             if table == "inodes":
                 self.inodes_sent[key[0]] = None if vals is None else vals[0]
