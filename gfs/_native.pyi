@@ -36,6 +36,10 @@ def superfeatures(buf: _Buffer, cuts: list[int], /) -> bytes:
 def features(buf: _Buffer, /) -> tuple[int, ...]:
     """The 12 resemblance features of `buf` taken as one chunk."""
 
+def index_keys_many(chunks: Sequence[_Buffer], /) -> list[list[bytes]]:
+    """The resemblance index keys of each buffer taken as one chunk; releases the GIL
+    once for the batch."""
+
 def cut_superfeatures(
     buf: _Buffer, min_size: int, avg_size: int, max_size: int, /
 ) -> tuple[list[int], bytes]:

@@ -123,6 +123,12 @@ def superfeatures(buf: Buffer, cuts: list[int]) -> bytes:
     return _native.superfeatures(buf, cuts)
 
 
+def index_keys_many(chunks: Sequence[Buffer]) -> list[list[bytes]]:
+    """The resemblance index keys of each buffer of `chunks` taken as one chunk (see
+    gfs.resemblance.index_keys), in one native call that releases the GIL for the batch."""
+    return _native.index_keys_many(chunks)
+
+
 def cut_superfeatures(buf: Buffer, params: ChunkParams = DEFAULT_PARAMS
                       ) -> tuple[list[int], bytes]:
     """`cut_points(buf, params)` and `superfeatures` of those chunks, in one native pass."""

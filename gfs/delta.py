@@ -247,11 +247,16 @@ class DeltaPlanner:
         those calls pass), not one `get_value` each (~12 us a key, 3,860 keys on the
         main thread of a smallfiles snapshot's put)."""
         keys_of: dict[bytes, list[bytes]] = {}
+        todo: dict[bytes, Buffer] = {}
         for cid, piece in new:
             if len(piece) >= resemblance.MIN_CHUNK and cid not in keys_of:
                 keys = self._ahead_keys.get(cid)  # computed at an earlier snapshot
-                keys_of[cid] = keys if keys is not None else resemblance.index_keys(
-                    resemblance.chunk_superfeatures(piece))
+                if keys is not None:
+                    keys_of[cid] = keys
+                else:
+                    todo[cid] = piece
+        keys_of.update(zip(todo, resemblance.chunk_index_keys(list(todo.values())),
+                           strict=True))
         self._ahead_keys = keys_of
         wanted = {k for keys in keys_of.values() for k in keys}
         found = txn.get_values(resemblance.TABLE, wanted)

@@ -50,6 +50,13 @@ def index_keys(sfs: Sequence[int]) -> list[bytes]:
     return [bytes([j]) + sf.to_bytes(8, "big") for j, sf in enumerate(sfs) if sf]
 
 
+def chunk_index_keys(chunks: Sequence[Buffer]) -> list[list[bytes]]:
+    """`index_keys(chunk_superfeatures(c))` of each chunk of `chunks`, computed in one
+    native call that lets the GIL go for the batch (a put's main thread computed them
+    one chunk at a time holding it: ~0.06 s of the release series' first snapshot)."""
+    return chunking.index_keys_many(chunks)
+
+
 def find_base(txn: ReadTxn, keys: Iterable[bytes],
               known: Mapping[bytes, bytes | None] | None = None) -> bytes | None:
     """A stored chunk that may be a base (`usable_base`) sharing a super-feature, or None.

@@ -264,6 +264,85 @@ superfeatures(PyObject *Py_UNUSED(module), PyObject *args)
     return out;
 }
 
+PyDoc_STRVAR(index_keys_many_doc,
+"index_keys_many(chunks, /) -> list[list[bytes]]\n\n"
+"The resemblance index keys of each chunk of chunks (a sequence of buffers, each\n"
+"taken as one chunk): for each non-zero super-feature j, the 9 bytes j, then the\n"
+"super-feature as u64 big-endian (docs/format.md, \"Resemblance and delta\n"
+"chunks\"); an empty list for an empty chunk. The GIL is released while the\n"
+"batch is scanned, once for all chunks, when they hold 64 KiB or more.");
+
+/* Bytes of chunks from which index_keys_many scans without the GIL. */
+#define KEYS_GIL_RELEASE_MIN (64u * 1024u)
+
+static PyObject *
+index_keys_many(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    PyObject *fast = PySequence_Fast(arg, "index_keys_many() wants a sequence of buffers");
+    if (fast == NULL)
+        return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    Py_buffer *views = PyMem_Calloc((size_t)n + 1, sizeof(Py_buffer));
+    uint64_t *sf = PyMem_RawMalloc(((size_t)n * SUPERFEAT_SUPER + 1) * sizeof(uint64_t));
+    PyObject *out = NULL;
+    Py_ssize_t got = 0;
+    size_t total = 0;
+    if (views == NULL || sf == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < n; got++) {
+        if (get_buffer(PySequence_Fast_GET_ITEM(fast, got), &views[got]) < 0)
+            goto done;
+        total += (size_t)views[got].len;
+    }
+    PyThreadState *released = total >= KEYS_GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint64_t *dst = sf + SUPERFEAT_SUPER * (size_t)k;
+        if (views[k].len == 0) {
+            memset(dst, 0, SUPERFEAT_SUPER * sizeof(uint64_t));
+            continue;
+        }
+        uint64_t f[SUPERFEAT_FEATURES];
+        superfeat_features((const uint8_t *)views[k].buf, (size_t)views[k].len, f);
+        superfeat_group(f, dst);
+    }
+    if (released != NULL)
+        PyEval_RestoreThread(released);
+    out = PyList_New(n);
+    for (Py_ssize_t k = 0; out != NULL && k < n; k++) {
+        const uint64_t *s = sf + SUPERFEAT_SUPER * (size_t)k;
+        Py_ssize_t nonzero = 0;
+        for (int j = 0; j < SUPERFEAT_SUPER; j++)
+            nonzero += s[j] != 0;
+        PyObject *keys = PyList_New(nonzero);
+        for (int j = 0, at = 0; keys != NULL && j < SUPERFEAT_SUPER; j++) {
+            if (s[j] == 0)
+                continue;
+            uint8_t key[9];
+            key[0] = (uint8_t)j;
+            for (int b = 0; b < 8; b++)
+                key[1 + b] = (uint8_t)(s[j] >> (56 - 8 * b));
+            PyObject *item = PyBytes_FromStringAndSize((const char *)key, 9);
+            if (item == NULL)
+                Py_CLEAR(keys);
+            else
+                PyList_SET_ITEM(keys, at++, item);
+        }
+        if (keys == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, k, keys);
+    }
+done:
+    for (Py_ssize_t k = 0; k < got; k++)
+        PyBuffer_Release(&views[k]);
+    PyMem_Free(views);
+    PyMem_RawFree(sf);
+    Py_DECREF(fast);
+    return out;
+}
+
 PyDoc_STRVAR(cut_superfeatures_doc,
 "cut_superfeatures(buf, min_size, avg_size, max_size, /) -> tuple[list[int], bytes]\n\n"
 "cut_points(buf, ...) and superfeatures(buf, cuts) of the whole buffer in one\n"
@@ -848,6 +927,7 @@ static PyMethodDef native_methods[] = {
     {"load_chunked_many", load_chunked_many, METH_VARARGS, load_chunked_many_doc},
     {"superfeatures", superfeatures, METH_VARARGS, superfeatures_doc},
     {"features", features, METH_O, features_doc},
+    {"index_keys_many", index_keys_many, METH_O, index_keys_many_doc},
     {"cut_superfeatures", cut_superfeatures, METH_VARARGS, cut_superfeatures_doc},
     {"write_files", native_write_files, METH_O, WRITE_FILES_DOC},
     {"make_dirs", native_make_dirs, METH_O, MAKE_DIRS_DOC},

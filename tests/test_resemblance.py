@@ -54,6 +54,33 @@ def test_many_chunks_equal_one_by_one() -> None:
     assert got == [ref.superfeatures(data[s:e]) for s, e in zip(starts, cuts, strict=True)]
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=6000) | st.sampled_from([b"", bytes(5000)]), max_size=12),
+       st.integers(0, 2))
+def test_batch_index_keys_equal_the_reference_per_chunk(chunks: list[bytes], pad: int) -> None:
+    # as buffers of any kind and offset (memoryview slices of a larger buffer)
+    views = [memoryview(b"x" * pad + c)[pad:] for c in chunks]
+    want = [[bytes([j]) + sf.to_bytes(8, "big") for j, sf in enumerate(ref.superfeatures(c))
+             if sf] for c in chunks]
+    assert resemblance.chunk_index_keys(views) == want
+
+
+def test_batch_index_keys_of_a_batch_large_enough_to_let_the_gil_go() -> None:
+    data = _data(400_000)
+    cuts = chunking.cut_points(data)
+    starts = [0, *cuts[:-1]]
+    pieces = [memoryview(data)[s:e] for s, e in zip(starts, cuts, strict=True)]
+    assert resemblance.chunk_index_keys(pieces) == [
+        resemblance.index_keys(sfs) for sfs in resemblance.superfeatures(data, cuts)]
+
+
+def test_batch_index_keys_refuse_what_is_not_a_buffer() -> None:
+    with pytest.raises(TypeError):
+        resemblance.chunk_index_keys([b"abc", "text"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        resemblance.chunk_index_keys(5)  # type: ignore[arg-type]
+
+
 _PARAMS = [chunking.ChunkParams(64, 64, 256), chunking.ChunkParams(64, 128, 512),
            chunking.ChunkParams(100, 128, 128), chunking.ChunkParams(256, 1024, 4096),
            chunking.DEFAULT_PARAMS]
