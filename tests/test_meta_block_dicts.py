@@ -312,3 +312,43 @@ def test_fsck_names_a_lost_or_damaged_dictionary_and_its_blocks(tmp_path: Path,
                     ] == blocks_named
     finally:
         eng.close()
+
+
+def _samples_row_by_row(rows: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The sampling's specification, a row at a time: raw blocks cut once they hold
+    TARGET_RAW bytes (key, value and 6 bytes a row), until TRAIN_SAMPLE bytes."""
+    samples: list[bytes] = []
+    run: list[tuple[bytes, bytes]] = []
+    total = size = 0
+    for key, value in rows:
+        run.append((key, value))
+        size += len(key) + len(value) + 6
+        if size >= blocks.TARGET_RAW:
+            samples.append(blocks.raw_block(run))
+            total += size
+            run, size = [], 0
+            if total >= block_dicts.TRAIN_SAMPLE:
+                return samples
+    if run:
+        samples.append(blocks.raw_block(run))
+    return samples
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 3000), st.lists(st.sampled_from([0, 1, 7, 60, 700, 5000]), min_size=1,
+                                      max_size=6),
+       st.lists(st.integers(1, 300), min_size=1, max_size=8), st.integers(0, 2**32))
+def test_sampling_in_batches_cuts_as_row_by_row(count: int, sizes: list[int],
+                                                 steps: list[int], seed: int) -> None:
+    rng = random.Random(seed)
+    rows = [(i.to_bytes(4, "big") + rng.randbytes(rng.randrange(3)),
+             rng.randbytes(rng.choice(sizes))) for i in range(count)]
+    batches, at, i = [], 0, 0
+    while at < len(rows):  # batches of any sizes, as blocks and cursor takes come
+        step = steps[i % len(steps)]
+        part = rows[at:at + step]
+        batches.append(([k for k, _ in part], [v for _, v in part]))
+        at, i = at + step, i + 1
+    want = _samples_row_by_row(rows)
+    assert compaction._samples(iter(batches)) == want
+    assert compaction._samples(compaction._hot_rows(iter(rows))) == want
