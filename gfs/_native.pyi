@@ -56,11 +56,42 @@ def scan_dir(path: str, /) -> list[tuple[str, int, int, int, int, int, int, int]
     st_size, st_atime_ns, st_mtime_ns, flag) from lstat; flag 0 for a regular file
     access(R_OK) refuses, else 1; st_mode -1 and flag errno where lstat failed."""
 
-def scan_tree(path: str, max_dirs: int, /
-              ) -> list[tuple[str, list[tuple[str, int, int, int, int, int, int, int]] | int]]:
+class LocalStat(tuple[int, int, int, int, int, int]):
+    """The fields of a local entry's lstat that a put uses."""
+
+    def __new__(cls, fields: tuple[int, int, int, int, int, int], /) -> LocalStat: ...
+    @property
+    def st_mode(self) -> int: ...
+    @property
+    def st_uid(self) -> int: ...
+    @property
+    def st_gid(self) -> int: ...
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_atime_ns(self) -> int: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+
+class LocalEntry(tuple[tuple[str, ...], str, LocalStat]):
+    """One entry of a put's local tree: its path below the top, its local path, its stat."""
+
+    def __new__(cls, fields: tuple[tuple[str, ...], str, LocalStat], /) -> LocalEntry: ...
+    @property
+    def rel(self) -> tuple[str, ...]: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def st(self) -> LocalStat: ...
+
+def scan_entries(
+    path: str, rel: tuple[str, ...], max_dirs: int, /
+) -> list[tuple[str, list[tuple[str, int, int, int, int, int, int, int]] | int | None,
+                list[LocalEntry] | None]]:
     """scan_dir of path and, breadth first, of the directories below it, up to max_dirs
-    in all: (directory path, its rows or the errno its listing failed with), path
-    first; one release of the GIL for all of it."""
+    in all, path first, in one release of the GIL: (directory path, None, its entries
+    in name order) where every entry is plain (lstat'ed, readable, a name valid as it
+    is), else (directory path, its rows or the errno its listing failed with, None)."""
 
 def make_dirs(paths: Sequence[str], /) -> tuple[int, int]:
     """mkdir each path in order without the GIL (one already a directory is kept);

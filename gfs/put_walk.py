@@ -21,12 +21,12 @@ import stat as statmod
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from gfs import namespace, paths
-from gfs._native import scan_dir, scan_tree
+from gfs._native import LocalEntry as LocalEntry
+from gfs._native import LocalStat as LocalStat
+from gfs._native import scan_dir, scan_entries
 from gfs.errors import IsADirError, NotADirError, NotFoundError
 from gfs.meta import Inode, Kind, MetaEngine, ReadTxn
 
@@ -45,58 +45,47 @@ HAND_OVER_EVERY = 0.005
 #: Directories a walk lists at a time (`Listings`).
 PREFETCH_DIRS = 64
 
-Step = tuple[bool, "LocalEntry"]
+Step = tuple[bool, LocalEntry]
+#: A scan_dir row: (name, st_mode, st_uid, st_gid, st_size, st_atime_ns, st_mtime_ns,
+#: flag); see gfs._native.scan_dir.
+Row = tuple[str, int, int, int, int, int, int, int]
 
 
-class LocalStat(NamedTuple):
-    """The fields of a local entry's stat that a put uses: about 100 bytes, where an
-    os.stat_result (with its float times) takes about 560."""
-
-    st_mode: int
-    st_uid: int
-    st_gid: int
-    st_size: int
-    st_atime_ns: int
-    st_mtime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> LocalStat:
-        """The fields of `st`."""
-        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_atime_ns,
-                   st.st_mtime_ns)
-
-
-@dataclass(frozen=True, slots=True)
-class LocalEntry:
-    """One entry of a put's local tree: its path below the top, its local path, its stat."""
-
-    rel: tuple[str, ...]
-    path: str
-    st: LocalStat
+def local_stat(st: os.stat_result) -> LocalStat:
+    """The fields of `st` a put uses (gfs._native.LocalStat)."""
+    return LocalStat((st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_atime_ns,
+                      st.st_mtime_ns))
 
 
 class Listings:
     """Listings of the directories a walk enters, made ahead: a directory not listed
     yet is listed with up to PREFETCH_DIRS - 1 of the directories below it, breadth
-    first (the walk enters them next), in one native call (`scan_tree`): on the walk's
-    own thread each listing let the GIL go and waited to take it back from the put's
-    main thread, once a directory instead of once per 64. Holds listings of directories
-    the walk has still to enter: at most PREFETCH_DIRS - 1 for each directory that was
-    not listed ahead, all below it."""
+    first (the walk enters them next), in one native call (`scan_entries`): on the
+    walk's own thread each listing let the GIL go and waited to take it back from the
+    put's main thread, once a directory instead of once per 64. The call also makes
+    the entries of each listing, checked and in name order, where every one of them
+    is plain (see `list_local`). Holds listings of directories the walk has still to
+    enter: at most PREFETCH_DIRS - 1 for each directory that was not listed ahead,
+    all below it."""
 
     def __init__(self) -> None:
-        self._ready: dict[str, list[tuple[str, int, int, int, int, int, int, int]] | int] = {}
+        self._ready: dict[str, tuple[str, list[Row] | int | None, list[LocalEntry] | None]] = {}
 
-    def rows(self, path: str) -> list[tuple[str, int, int, int, int, int, int, int]]:
-        """`scan_dir(path)`, listed ahead or now (OSError as scan_dir raises it)."""
-        got = self._ready.pop(path, None)
+    def listing(self, entry: LocalEntry) -> tuple[list[Row], list[LocalEntry] | None]:
+        """(scan_dir rows, None), or (empty, the entries made natively) of directory
+        `entry`, listed ahead or now (OSError as scan_dir raises it)."""
+        got = self._ready.pop(entry.path, None)
         if got is None:
-            listed = scan_tree(path, PREFETCH_DIRS)
-            got = listed[0][1]
-            self._ready.update(listed[1:])
-        if isinstance(got, int):
-            raise OSError(got, os.strerror(got), path)
-        return got
+            listed = scan_entries(entry.path, entry.rel, PREFETCH_DIRS)
+            got = listed[0]
+            self._ready.update((d[0], d) for d in listed[1:])
+        _, rows, entries = got
+        if entries is not None:
+            return [], entries
+        if isinstance(rows, int):
+            raise OSError(rows, os.strerror(rows), entry.path)
+        assert rows is not None
+        return rows, None
 
 
 def list_local(entry: LocalEntry, listings: Listings | None = None) -> list[LocalEntry]:
@@ -105,9 +94,17 @@ def list_local(entry: LocalEntry, listings: Listings | None = None) -> list[Loca
 
     One native call lists, lstats and access-checks the directory (`scan_dir`): per
     entry, os.scandir, DirEntry.stat and os.access cost ~8 us of Python (0.11 s over
-    the 13,000 entries of a release)."""
+    the 13,000 entries of a release). With `listings`, the entries of a directory
+    whose every entry is plain (stat'ed, readable, a name valid as it is) are made in
+    that call too; the others are checked here, raising what the first bad entry
+    in name order gives."""
     try:
-        rows = scan_dir(entry.path) if listings is None else listings.rows(entry.path)
+        if listings is None:
+            rows = scan_dir(entry.path)
+        else:
+            rows, made = listings.listing(entry)
+            if made is not None:
+                return made
     except PermissionError:
         raise PermissionError(f"cannot read local directory {entry.path}") from None
     rows.sort()  # by name: names are unique
@@ -121,8 +118,8 @@ def list_local(entry: LocalEntry, listings: Listings | None = None) -> list[Loca
             raise OSError(flag, os.strerror(flag), path)
         if not flag:
             raise PermissionError(f"cannot read local file {path}")
-        out.append(LocalEntry((*rel, name), path,
-                              LocalStat(mode, uid, gid, size, atime_ns, mtime_ns)))
+        out.append(LocalEntry(((*rel, name), path,
+                               LocalStat((mode, uid, gid, size, atime_ns, mtime_ns)))))
     return out
 
 
@@ -135,7 +132,7 @@ def walk_local(src: Path, top: os.stat_result, *,
     With `after` = (rel, leaving), a step of an earlier walk of the tree, the walk
     goes on right after that step: the steps up to it are left out, and a directory
     wholly before it is not listed again. A whole walk lists ahead (`Listings`)."""
-    root = LocalEntry((), str(src), LocalStat.of(top))
+    root = LocalEntry(((), str(src), local_stat(top)))
     ahead = Listings() if after is None else None  # (a resumed walk skips, unread)
     if after is None:
         yield False, root

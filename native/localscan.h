@@ -15,13 +15,22 @@ PyObject *native_scan_dir(PyObject *module, PyObject *arg);
     "OSError (with path as its filename) when the directory cannot be read. Every\n" \
     "system call runs without the GIL."
 
-PyObject *native_scan_tree(PyObject *module, PyObject *args);
+PyObject *native_scan_entries(PyObject *module, PyObject *args);
 
-#define SCAN_TREE_DOC \
-    "scan_tree(path, max_dirs, /) -> list[tuple[str, list[tuple[...]] | int]]\n\n" \
+#define SCAN_ENTRIES_DOC \
+    "scan_entries(path, rel, max_dirs, /)\n" \
+    "    -> list[tuple[str, int | list[tuple[...]] | None, list[LocalEntry] | None]]\n\n" \
     "scan_dir of directory path and, breadth first, of the directories below it, up\n" \
-    "to max_dirs directories in all: (directory path, its scan_dir rows or the errno\n" \
-    "that listing it failed with), path first. The paths below path are joined with\n" \
-    "'/' as a walk joins them. All system calls run in one release of the GIL."
+    "to max_dirs directories in all, path first (the paths below it joined with '/'\n" \
+    "as a walk joins them), in one release of the GIL; each listing's entries are\n" \
+    "made here too: (directory\n" \
+    "path, None, its LocalEntry objects in name order) when every entry was lstat'ed,\n" \
+    "is readable and has a name a put takes as it is (valid UTF-8, at most 255\n" \
+    "bytes); else (directory path, its scan_dir rows, in no order, or the errno\n" \
+    "listing it failed with, None). rel is path's\n" \
+    "own rel (names below the walk's top); those below it are rel plus their names."
+
+/* Add the LocalStat and LocalEntry types to the module; 0, or -1 with an exception. */
+int localscan_add_types(PyObject *module);
 
 #endif

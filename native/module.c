@@ -932,7 +932,7 @@ static PyMethodDef native_methods[] = {
     {"write_files", native_write_files, METH_O, WRITE_FILES_DOC},
     {"make_dirs", native_make_dirs, METH_O, MAKE_DIRS_DOC},
     {"scan_dir", native_scan_dir, METH_O, SCAN_DIR_DOC},
-    {"scan_tree", native_scan_tree, METH_VARARGS, SCAN_TREE_DOC},
+    {"scan_entries", native_scan_entries, METH_VARARGS, SCAN_ENTRIES_DOC},
     {"set_dir_attrs", native_set_dir_attrs, METH_O, SET_DIR_ATTRS_DOC},
     {"inode_compact", (PyCFunction)(void (*)(void))inode_compact, METH_FASTCALL,
      inode_compact_doc},
@@ -946,12 +946,18 @@ static PyMethodDef native_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyModuleDef_Slot native_slots[] = {
+    {Py_mod_exec, localscan_add_types},
+    {0, NULL},
+};
+
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "gfs._native",
     .m_doc = "Native core of Hutong: the FastCDC chunker (see gfs.chunking).",
     .m_size = 0,
     .m_methods = native_methods,
+    .m_slots = native_slots,
 };
 
 PyMODINIT_FUNC

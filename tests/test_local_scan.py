@@ -1,7 +1,8 @@
-"""The native listing of a put's walk (`gfs._native.scan_dir` and `scan_tree`,
+"""The native listing of a put's walk (`gfs._native.scan_dir` and `scan_entries`,
 native/localscan.c): what os.scandir, DirEntry.stat(follow_symlinks=False) and
 os.access(R_OK) say of each entry, for every kind of entry and name; a tree listed
-breadth first, many directories in one call; and its failures (an entry gone between
+breadth first, many directories in one call, its entries made natively exactly as
+the walk's Python makes them from scan_dir, or left to it; and its failures (an entry gone between
 the listing and its lstat, a file access refuses, a directory that cannot be opened),
 forced with an LD_PRELOAD shim, fail the put before anything is written, naming the
 entry."""
@@ -21,7 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gfs._native import scan_dir, scan_tree
+from gfs import paths
+from gfs import put_walk as walk_mod
+from gfs._native import LocalEntry, LocalStat, scan_dir, scan_entries
+from gfs.errors import InvalidPathError
 from tests.preload_shim import build_shim
 
 
@@ -110,10 +114,20 @@ def _bfs(root: str, limit: int) -> list[str]:
     return out
 
 
+def _python_entries(path: str, rel: tuple[str, ...]) -> list[LocalEntry]:
+    """The entries the walk's Python makes of directory `path` from scan_dir."""
+    return walk_mod.list_local(LocalEntry((rel, path, LocalStat((0o40755, 0, 0, 0, 0, 0)))))
+
+
+def _no_atime(entries: list[LocalEntry]) -> list[object]:
+    """`entries` less their access times (listing a directory moves its atime)."""
+    return [(e.rel, e.path, e.st[:4] + e.st[5:]) for e in entries]
+
+
 @given(st.integers(1, 40))
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_a_tree_listed_breadth_first_is_each_directory_as_scan_dir_lists_it(
+def test_a_tree_listed_breadth_first_is_each_directory_as_the_walk_makes_it(
         tmp_path: Path, limit: int) -> None:
     root = tmp_path / "tree"
     if not root.exists():
@@ -123,25 +137,77 @@ def test_a_tree_listed_breadth_first_is_each_directory_as_scan_dir_lists_it(
             (sub / "f").write_bytes(b"f" * k)
             (root / f"d{k}" / f"file{k}").write_bytes(b"x")
             (root / f"d{k}" / "dirlink").symlink_to("deep")  # not followed
+            (root / f"d{k}" / "名前 ünï").write_bytes(b"u")
         (root / "top.txt").write_bytes(b"t")
-    got = scan_tree(str(root), limit)
+    got = scan_entries(str(root), ("top",), limit)
     assert len(got) == min(limit, 1 + 4 * 3)
     assert got[0][0] == str(root)
-    # breadth first: every level before the next; each directory once, as scan_dir lists it
-    paths = [p for p, _ in got]
-    assert [p.count(os.sep) for p in paths] == sorted(p.count(os.sep) for p in paths)
-    assert set(paths) <= set(_bfs(str(root), 1 + 4 * 3)) and len(set(paths)) == len(paths)
-    def no_atime(rows: list[tuple[str, int, int, int, int, int, int, int]]) -> list[object]:
-        return sorted(r[:5] + r[6:] for r in rows)  # listing a directory moves its atime
-
-    for p, rows in got:
-        assert isinstance(rows, list) and no_atime(rows) == no_atime(scan_dir(p))
+    # breadth first: every level before the next; each directory once, its entries (in
+    # name order, with their rels below the top) as the Python walk makes them
+    dirs = [p for p, _, _ in got]
+    assert [p.count(os.sep) for p in dirs] == sorted(p.count(os.sep) for p in dirs)
+    assert set(dirs) <= set(_bfs(str(root), 1 + 4 * 3)) and len(set(dirs)) == len(dirs)
+    for p, rows, made in got:
+        rel = ("top", *Path(p).relative_to(root).parts)
+        assert rows is None and made is not None
+        assert all(isinstance(e, LocalEntry) and isinstance(e.st, LocalStat) for e in made)
+        assert _no_atime(made) == _no_atime(_python_entries(p, rel))
     # a parent is listed before its children, and only directories reached are listed
-    for p in paths[1:]:
-        assert os.path.dirname(p) in paths[:paths.index(p)]
+    for p in dirs[1:]:
+        assert os.path.dirname(p) in dirs[:dirs.index(p)]
     with pytest.raises(ValueError):
-        scan_tree(str(root), 0)
-    assert scan_tree(str(root / "top.txt"), 4) == [(str(root / "top.txt"), errno.ENOTDIR)]
+        scan_entries(str(root), (), 0)
+    with pytest.raises(TypeError):
+        scan_entries(str(root), ["top"], 4)  # type: ignore[arg-type]
+    assert scan_entries(str(root / "top.txt"), (), 4) == [
+        (str(root / "top.txt"), errno.ENOTDIR, None)]
+
+
+def test_a_listing_with_an_entry_the_walk_must_check_is_left_to_it(tmp_path: Path) -> None:
+    """A directory holding a name that is not valid UTF-8 comes back as scan_dir rows,
+    so the walk raises what check_name raises; its subdirectories listed in the same
+    call still come back made, with their rels."""
+    root = tmp_path / "t"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "sub" / "deeper" / "f").write_bytes(b"f")
+    fd = os.open(os.fsencode(root) + b"/bad\xffname", os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    got = {p: (rows, made) for p, rows, made in scan_entries(str(root), (), 8)}
+    rows, made = got[str(root)]
+    assert made is None and isinstance(rows, list)
+    assert sorted(r[0] for r in rows) == ["bad\udcffname", "sub"]
+    assert [e.rel for e in got[str(root / "sub")][1] or []] == [("sub", "deeper")]
+    assert [e.rel for e in got[str(root / "sub" / "deeper")][1] or []] == [
+        ("sub", "deeper", "f")]
+    listings = walk_mod.Listings()
+    top = LocalEntry(((), str(root), LocalStat((0o40755, 0, 0, 0, 0, 0))))
+    with pytest.raises(InvalidPathError, match="UTF-8"):
+        walk_mod.list_local(top, listings)
+
+
+@given(st.binary(min_size=1, max_size=255).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")))
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_name_is_made_natively_exactly_when_check_name_takes_it(
+        tmp_path: Path, name: bytes) -> None:
+    d = os.path.join(os.fsencode(tmp_path), b"n%d" % abs(hash(name)))
+    os.mkdir(d)
+    try:
+        os.close(os.open(os.path.join(d, name), os.O_CREAT | os.O_WRONLY, 0o600))
+        ((_, rows, made),) = scan_entries(os.fsdecode(d), (), 1)
+        try:
+            paths.check_name(os.fsdecode(name))
+            taken = True
+        except InvalidPathError:
+            taken = False
+        assert (made is not None) == taken
+        if taken:
+            assert made is not None and [e.rel for e in made] == [(os.fsdecode(name),)]
+        else:
+            assert rows is not None and not isinstance(rows, int) and len(rows) == 1
+    finally:
+        shutil.rmtree(d)
 
 
 SHIM = r"""
@@ -221,7 +287,7 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_directory_that_cannot_be_opened_is_named_in_its_place_and_fails_the_put(
         tmp_path: Path, shim: Path) -> None:
-    """scan_tree gives the errno of a directory below in its place (the rest listed),
+    """scan_entries gives the errno of a directory below in its place (the rest listed),
     and a put of the tree fails naming it, with nothing written."""
     from gfs.client import Client
 
@@ -233,9 +299,9 @@ def test_a_directory_that_cannot_be_opened_is_named_in_its_place_and_fails_the_p
         (tree / d / "f").write_bytes(b"f")
     env = {**os.environ, "LD_PRELOAD": str(shim)}
     listed = subprocess.run(
-        [sys.executable, "-c", "import sys; from gfs._native import scan_tree; "
-         "print(sorted((p, r if isinstance(r, int) else len(r)) "
-         "for p, r in scan_tree(sys.argv[1], 16)))", str(tree)],
+        [sys.executable, "-c", "import sys; from gfs._native import scan_entries; "
+         "print(sorted((p, r if isinstance(r, int) else len(m)) "
+         "for p, r, m in scan_entries(sys.argv[1], (), 16)))", str(tree)],
         env=env, capture_output=True, text=True, timeout=60, check=True).stdout
     assert ast.literal_eval(listed) == sorted([
         (str(tree), 3), (str(tree / "a"), 1), (str(tree / "b"), 1),

@@ -164,14 +164,19 @@ def test_an_unreadable_file_late_in_the_walk_is_named_and_commits_nothing(
     """The walk's check comes first even when the put's own read of the file fails
     first; nothing of the tree is committed."""
     if os.geteuid() == 0:  # root reads any file: make faccessat refuse one instead
-        real = walk_mod.scan_tree
+        real = walk_mod.scan_entries
 
-        def refusing(path: str, limit: int) -> list[tuple[str, object]]:
-            return [(p, [(*r[:7], 0) if r[0] == "f01" and p.endswith("d15") else r
-                         for r in rows] if isinstance(rows, list) else rows)
-                    for p, rows in real(path, limit)]
+        def refusing(path: str, rel: tuple[str, ...], limit: int) -> list[tuple[str, object,
+                                                                            object]]:
+            out: list[tuple[str, object, object]] = []
+            for p, rows, made in real(path, rel, limit):
+                if p.endswith("d15") and made is not None:  # as scan_entries gives it
+                    rows = [(e.rel[-1], *e.st, int(e.rel[-1] != "f01")) for e in made]
+                    made = None
+                out.append((p, rows, made))
+            return out
 
-        monkeypatch.setattr(walk_mod, "scan_tree", refusing)
+        monkeypatch.setattr(walk_mod, "scan_entries", refusing)
     src = tmp_path / "src"
     _tree(src, *BIG)
     if os.geteuid() != 0:
