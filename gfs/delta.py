@@ -398,12 +398,11 @@ def commit_records(txn: WriteTxn, new: Mapping[bytes, tuple[bytes | None, list[b
     by the caller, in the same transaction).
     """
     refs: Counter[bytes] = Counter()
-    for cid, (base, keys) in new.items():
+    for cid, (base, _) in new.items():
         if base is not None:
             txn.put_value(DELTAS, cid, base)
             refs[base] += 1
-        if keys:
-            resemblance.record_base(txn, cid, keys)
+    resemblance.record_bases(txn, ((cid, keys) for cid, (_, keys) in new.items()))
     return refs
 
 

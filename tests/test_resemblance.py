@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,9 @@ from hypothesis import strategies as st
 from gfs import _native, chunking, resemblance
 from gfs import superfeatures_reference as ref
 from gfs.cdc_reference import splitmix64
+from gfs.codec import CODEC_ZSTD
+from gfs.meta import LmdbEngine, WriteTxn
+from gfs.meta.records import ChunkRecord, Location
 
 #: Super-features of random.Random(7).randbytes(N) taken as one chunk: part of
 #: the format (docs/format.md, "Resemblance and delta chunks"), since indexes
@@ -150,3 +154,46 @@ def test_superfeature_bytes_are_little_endian_u64() -> None:
     data = _data(10_000)
     raw = _native.superfeatures(data, [10_000])
     assert struct.unpack("<3Q", raw) == ref.superfeatures(data)
+
+
+def _record_one_key_at_a_time(txn: WriteTxn, new: list[tuple[bytes, list[bytes]]]) -> None:
+    """The index's rule, a key at a time: a key takes the chunk unless it names a live
+    base (`find_base`)."""
+    for cid, keys in new:
+        for key in keys:
+            if resemblance.find_base(txn, (key,)) is None:
+                txn.put_value(resemblance.TABLE, key, cid)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_recording_bases_in_one_lookup_keeps_the_rule_of_one_key_at_a_time(
+        tmp_path: Path, batched: bool) -> None:
+    """Live bases keep their keys, stale and missing ones are taken, and a key two new
+    chunks share goes to the later (neither has a record yet in the commit): the same
+    index whether the keys are read in one get_values or one at a time."""
+    def cid(n: int) -> bytes:
+        return bytes([n]) * 16
+
+    keys = [bytes([j]) + bytes([k]) * 8 for j in range(3) for k in range(1, 4)]
+    eng = LmdbEngine(str(tmp_path / ("a" if batched else "b")), sync=False,
+                     compact_at_close=False)
+    try:
+        with eng.write() as w:
+            w.put_chunk(ChunkRecord(cid(1), 5000, 900, CODEC_ZSTD, 1,
+                                    (Location(0, b"p" * 16, 0, 940),)))  # live, whole
+            w.put_chunk(ChunkRecord(cid(2), 5000, 900, CODEC_ZSTD, 1, ()))  # lost: no copy
+            w.put_value(resemblance.TABLE, keys[0], cid(1))
+            w.put_value(resemblance.TABLE, keys[1], cid(2))
+            w.put_value(resemblance.TABLE, keys[2], cid(9))  # gone
+        new = [(cid(5), keys[0:4]), (cid(6), []), (cid(7), keys[3:6]), (cid(8), keys[5:7])]
+        with eng.write() as w:
+            if batched:
+                resemblance.record_bases(w, new)
+            else:
+                _record_one_key_at_a_time(w, new)
+        with eng.read() as r:
+            index = dict(r.iter_values(resemblance.TABLE))
+    finally:
+        eng.close()
+    assert index == {keys[0]: cid(1), keys[1]: cid(5), keys[2]: cid(5), keys[3]: cid(7),
+                     keys[4]: cid(7), keys[5]: cid(8), keys[6]: cid(8)}
