@@ -236,7 +236,8 @@ def _check_index(txn: ReadTxn, packs: dict[bytes, PackRecord], refs: SpillTable,
         want = group[1] if group is not None else 0
         if rec.refcount != want:
             report.problems.append(f"chunk {cid.hex()} refcount {rec.refcount}, "
-                                   f"but {want} manifest entries and delta chunks name it")
+                                   f"but {want} manifest entries, delta chunks and group members "
+                                   "name it")
             if rec.refcount < want:
                 report.low_refcounts.append((cid.hex(), rec.refcount, want))
         if rec.refcount == 0 and cid in pinned:
