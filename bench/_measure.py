@@ -109,7 +109,7 @@ def hutong_cmd() -> list[str]:
     runs from, not whichever copy the virtual environment installed (an editable install
     of another checkout made benches measure that other code). The environment's
     `hutong` script when it would import this same package, else this Python running
-    `gfs.cli.main` with this package first on its path (the script's own two lines)."""
+    `gfs.cli.run` with this package first on its path (the script's own two lines)."""
     import gfs
 
     here = Path(gfs.__file__).resolve().parent
@@ -118,7 +118,7 @@ def hutong_cmd() -> list[str]:
         return [str(exe)]
     return [sys.executable, "-c",
             f"import sys; sys.path.insert(0, {str(here.parent)!r}); sys.argv[0] = 'hutong'; "
-            "from gfs.cli import main; sys.exit(main())"]
+            "from gfs.cli import run; run()"]
 
 
 @functools.cache

@@ -28,7 +28,7 @@ import stat as statmod
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gfs.env import META_ENV, STATE_ENV
 
@@ -663,5 +663,33 @@ def _classify(e: BaseException, prog: str) -> tuple[bool, bool, str]:
     return False, False, ""
 
 
+def run() -> NoReturn:
+    """The `hutong` program (console script and `python -m gfs.cli`): `main()`, then
+    `exit_now` with its code."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with `code` once a command has returned, without the
+    interpreter's teardown: after a put it freed every object, module and cache one by
+    one (12-15 ms, and a full collection before it), about a fifth of a small command's
+    time. What a normal exit does for the user still happens: the atexit handlers run
+    (logging's flush, weakref finalizers), then standard output and error are flushed
+    (a closed pipe gives the interpreter's own code for it, 120). With any other thread
+    still alive, the exit is the normal one, which waits for them."""
+    import atexit
+    import threading
+
+    if threading.active_count() > 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream, as a normal exit meets it
+            code = code or 120
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -238,3 +238,59 @@ def test_the_command_is_found_after_hutong_own_options_or_left_to_the_parser(
     capsys.readouterr()
     assert main(["--state", state, "tier", "policy", "show"]) == 0  # an extension's command
     assert '"write_tier": "warm"' in capsys.readouterr().out
+
+
+_EXIT_CHILD = """
+import atexit, os, sys, threading, time
+import gfs.cli
+marker, mode = sys.argv[1], sys.argv[2]
+atexit.register(lambda: open(marker + ".atexit", "w").close())
+if mode == "thread":  # a thread still running when the command returns
+    def late() -> None:
+        time.sleep(0.3)
+        open(marker + ".thread", "w").close()
+    threading.Thread(target=late).start()
+def command(argv=None):
+    sys.stdout.write("x" * (1 << 20))  # more than a pipe holds: flushed at the exit
+    sys.stdout.write("end\\n")
+    return 3
+gfs.cli.main = command
+gfs.cli.run()
+"""
+
+
+@pytest.mark.parametrize("mode", ["alone", "thread"])
+def test_the_program_exits_fast_with_its_code_output_and_exit_handlers(
+        tmp_path: Path, mode: str) -> None:
+    """`run` (the console script) ends the process without the interpreter's teardown,
+    yet with the command's code, all of its buffered output, the atexit handlers run,
+    and, with another thread alive, only once that thread has ended."""
+    marker = str(tmp_path / "m")
+    r = subprocess.run([sys.executable, "-c", _EXIT_CHILD, marker, mode],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == "x" * (1 << 20) + "end\n"
+    assert os.path.exists(marker + ".atexit")
+    assert os.path.exists(marker + ".thread") == (mode == "thread")
+
+
+def test_the_installed_program_reports_as_before(tmp_path: Path) -> None:
+    """The `hutong` program: a listing on standard output and code 0, an error's line
+    and hint on standard error and code 2, and a listing cut short by its reader (a
+    closed pipe) ends quietly with 141."""
+    state = tmp_path / "s"
+    Client.init(state).close()
+    prog = [sys.executable, "-m", "gfs.cli", "--state", str(state)]
+    for d in ("/alpha", "/beta"):
+        subprocess.run([*prog, "mkdir", d], check=True, timeout=60)
+    ok = subprocess.run([*prog, "ls", "/"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.split() == ["alpha/", "beta/"], ok
+    bad = subprocess.run([*prog, "ls", "/missing"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "no such file or directory" in bad.stderr, bad
+    reader = subprocess.Popen([*prog, "ls", "/"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # the reader goes before the listing is written
+    assert reader.wait(timeout=60) == 141
+    assert reader.stderr.read() == b""
