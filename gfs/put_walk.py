@@ -69,7 +69,7 @@ class Listings:
     all below it."""
 
     def __init__(self) -> None:
-        self._ready: dict[str, tuple[str, list[Row] | int | None, list[LocalEntry] | None]] = {}
+        self._ready: dict[str, tuple[list[Row] | int | None, list[LocalEntry] | None]] = {}
 
     def listing(self, entry: LocalEntry) -> tuple[list[Row], list[LocalEntry] | None]:
         """(scan_dir rows, None), or (empty, the entries made natively) of directory
@@ -77,9 +77,9 @@ class Listings:
         got = self._ready.pop(entry.path, None)
         if got is None:
             listed = scan_entries(entry.path, entry.rel, PREFETCH_DIRS)
-            got = listed[0]
-            self._ready.update((d[0], d) for d in listed[1:])
-        _, rows, entries = got
+            got = listed[0][1:]
+            self._ready.update((path, (rows, made)) for path, rows, made in listed[1:])
+        rows, entries = got
         if entries is not None:
             return [], entries
         if isinstance(rows, int):

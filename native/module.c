@@ -298,14 +298,9 @@ index_keys_many(PyObject *Py_UNUSED(module), PyObject *arg)
     }
     PyThreadState *released = total >= KEYS_GIL_RELEASE_MIN ? PyEval_SaveThread() : NULL;
     for (Py_ssize_t k = 0; k < n; k++) {
-        uint64_t *dst = sf + SUPERFEAT_SUPER * (size_t)k;
-        if (views[k].len == 0) {
-            memset(dst, 0, SUPERFEAT_SUPER * sizeof(uint64_t));
-            continue;
-        }
-        uint64_t f[SUPERFEAT_FEATURES];
+        uint64_t f[SUPERFEAT_FEATURES];  /* all 0 for a chunk without samples */
         superfeat_features((const uint8_t *)views[k].buf, (size_t)views[k].len, f);
-        superfeat_group(f, dst);
+        superfeat_group(f, sf + SUPERFEAT_SUPER * (size_t)k);
     }
     if (released != NULL)
         PyEval_RestoreThread(released);

@@ -28,8 +28,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, islice
-from operator import add
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -355,16 +354,12 @@ def _samples(rows: Iterator[_RowBatch]) -> list[bytes]:
     samples: list[bytes] = []
     keys: list[bytes] = []
     values: list[bytes] = []
-    ends = [0]  # ends[i]: the bytes of rows 0..i-1
+    ends, body_ends = [0], [0]  # ends[i]: the bytes of rows 0..i-1 (the packer's sums)
     lo = total = 0
     for ks, vs in rows:
+        _rowpack.sums(ks, vs, body_ends, ends, keys[-1] if keys else None)
         keys += ks
         values += vs
-        # running sums of the rows' key and value bytes, plus 6 a row (in C, no Python
-        # step a row)
-        ends += map(add, islice(accumulate(chain((ends[-1],), map(add, map(len, ks),
-                                                                  map(len, vs)))), 1, None),
-                    range(6, 6 * len(ks) + 1, 6))
         while (hi := bisect_left(ends, ends[lo] + blocks.TARGET_RAW, lo + 1)) < len(ends):
             samples.append(_rowpack.body(keys, values, lo, hi))
             total += ends[hi] - ends[lo]
