@@ -9,7 +9,8 @@ chunking"). A chunking is given by its *cut points*: the end offsets
 * `iter_chunks(buf, params)`: zero-copy `memoryview` slices of `buf`.
 * `iter_stream_chunks(f, params)`: chunks of a binary stream as `bytes`, with
   memory bounded by about `block_size + max_size` and the same boundaries as
-  one call on the whole content.
+  one call on the whole content; `iter_stream_blocks(f, params)` gives the
+  stream's blocks with their cut points instead (no copy of each chunk).
 * `open_chunked(path, params)`: a regular file memory-mapped, for ingest::
 
       with open_chunked(path, params) as (view, cuts):
@@ -56,6 +57,7 @@ __all__ = [
     "chunk_file",
     "cut_points",
     "iter_chunks",
+    "iter_stream_blocks",
     "iter_stream_chunks",
     "open_chunked",
     "spans",
@@ -163,42 +165,51 @@ def iter_chunks(buf: Buffer, params: ChunkParams = DEFAULT_PARAMS) -> Iterator[m
         yield view[start:end]
 
 
+def iter_stream_blocks(f: BinaryIO, params: ChunkParams = DEFAULT_PARAMS,
+                       block_size: int = 8 << 20) -> Iterator[tuple[memoryview, list[int]]]:
+    """Stream `f` (read to its end) in blocks: `(block, cuts)`, the cut points (relative to
+    the block) of the chunks each block completes, the same as those of `cut_points` on
+    the whole content.
+
+    Each block is a fresh buffer of at most `block_size + max_size` bytes, so slices of
+    it may be kept after the next one is read (they keep its buffer alive); the
+    bytes past its last cut begin the next block.
+    """
+    if block_size < 1:
+        raise ConfigError(f"block_size must be positive, got {block_size}")
+    readinto = getattr(f, "readinto", None)
+    carry = b""
+    eof = False
+    while not eof:
+        buf = bytearray(block_size + params.max_size)
+        view = memoryview(buf)
+        fill = len(carry)
+        view[:fill] = carry
+        while not eof and fill < len(buf):
+            if readinto is not None:
+                n = readinto(view[fill:]) or 0
+            else:
+                data = f.read(len(buf) - fill)
+                n = len(data)
+                view[fill:fill + n] = data
+            eof = n == 0
+            fill += n
+        cuts = cut_points(view[:fill], params, eof=eof)
+        if cuts:
+            yield view[:cuts[-1]], cuts
+        carry = bytes(view[cuts[-1] if cuts else 0:fill])
+
+
 def iter_stream_chunks(f: BinaryIO, params: ChunkParams = DEFAULT_PARAMS,
                        block_size: int = 8 << 20) -> Iterator[bytes]:
     """The chunks of stream `f` (read to its end) as `bytes`.
 
-    Holds at most `block_size + max_size` bytes of input; the boundaries equal
-    those of `cut_points` on the whole content.
+    Holds at most about `block_size + max_size` bytes of input; the boundaries equal
+    those of `cut_points` on the whole content (`iter_stream_blocks`).
     """
-    if block_size < 1:
-        raise ConfigError(f"block_size must be positive, got {block_size}")
-    buf = bytearray(block_size + params.max_size)
-    view = memoryview(buf)
-    readinto = getattr(f, "readinto", None)
-    fill = 0
-    eof = False
-    try:
-        while True:
-            while not eof and fill < len(buf):
-                if readinto is not None:
-                    n = readinto(view[fill:]) or 0
-                else:
-                    data = f.read(len(buf) - fill)
-                    n = len(data)
-                    view[fill:fill + n] = data
-                eof = n == 0
-                fill += n
-            start = 0
-            for end in cut_points(view[:fill], params, eof=eof):
-                yield bytes(view[start:end])
-                start = end
-            if eof:
-                return
-            # At most max_size bytes are left: move them to the front.
-            buf[: fill - start] = buf[start:fill]
-            fill -= start
-    finally:
-        view.release()
+    for block, cuts in iter_stream_blocks(f, params, block_size):
+        for start, end in spans(cuts):
+            yield bytes(block[start:end])
 
 
 @contextlib.contextmanager

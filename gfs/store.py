@@ -34,7 +34,6 @@ from gfs.codec import (
     CODEC_DELTA,
     CODEC_MEMBER,
     Buffer,
-    chunk_id,
     decode_blob,
     encode_blobs,
     parse_blob_header,
@@ -73,6 +72,8 @@ _ref_length = attrgetter("length")
 
 #: Files up to this size are read whole; larger ones are chunked as a stream.
 WHOLE_READ_LIMIT = 8 << 20
+#: A file larger than that is read, cut and hashed in blocks of this many bytes.
+STREAM_BLOCK_BYTES = 8 << 20
 #: New chunks compressed together by one worker task (at most this many, or bytes).
 ENCODE_GROUP = 64
 ENCODE_GROUP_BYTES = 1 << 20
@@ -449,6 +450,12 @@ class Prepared:
     pieces: list[memoryview]
     consumed: int
 
+    def pieces_of(self, least: int) -> Iterator[tuple[bytes, memoryview]]:
+        """(id, bytes) of each chunk of at least `least` bytes (`WriteSession.look_ahead`)."""
+        for ref, piece in zip(self.refs, self.pieces, strict=True):
+            if ref.length >= least:
+                yield ref.id, piece
+
 
 def prepare(data: Buffer, params: chunking.ChunkParams, *, eof: bool = True) -> Prepared:
     """Cut `data` into chunks and name them (see WriteSession.store_prefix for `eof`)."""
@@ -610,19 +617,22 @@ class WriteSession:
         return prepared.refs
 
     def store_stream(self, f: BinaryIO) -> list[ChunkRef]:
-        """Like store_buffer, for a stream of any length (bounded memory)."""
+        """Like store_buffer, for a stream of any length (bounded memory).
+
+        The stream is read in blocks (`chunking.iter_stream_blocks`), each cut and hashed
+        in C without the GIL and its chunks stored as slices of it (no copy of each),
+        with its dedup lookups and resemblance keys looked up together (`look_ahead`);
+        the read batch announced before is announced again afterwards."""
+        ahead, pieces_of = self._ahead, self._ahead_pieces
         refs: list[ChunkRef] = []
-        batch_refs: list[ChunkRef] = []
-        batch: list[Buffer] = []
-        for piece in chunking.iter_stream_chunks(f, self.store.params):
-            ref = ChunkRef(chunk_id(piece), len(piece))
-            refs.append(ref)
-            batch_refs.append(ref)
-            batch.append(piece)
-            if len(batch) >= 64:
-                self._store_new(batch_refs, batch)
-                batch_refs, batch = [], []
-        self._store_new(batch_refs, batch)
+        try:
+            for block, cuts in chunking.iter_stream_blocks(f, self.store.params,
+                                                           STREAM_BLOCK_BYTES):
+                prepared = _prepared(block, cuts, chunking.chunk_ids(block, cuts))
+                self.look_ahead([r.id for r in prepared.refs], prepared.pieces_of)
+                refs += self.store_prepared(prepared)
+        finally:
+            self.look_ahead(ahead, pieces_of)
         return refs
 
     def store_file(self, path: str | os.PathLike[str]) -> list[ChunkRef]:

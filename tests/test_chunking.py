@@ -139,6 +139,26 @@ def test_streaming_equals_whole(p: ChunkParams, seed: int, size: int, block: int
     assert [bytes(v) for v in chunking.iter_chunks(data, p)] == chunks
 
 
+@settings(max_examples=40, deadline=None)
+@given(p=params(), seed=st.integers(0, 2**32), size=st.integers(0, 300_000),
+       block=st.integers(1, 60_000))
+def test_stream_blocks_hold_their_chunks(p: ChunkParams, seed: int, size: int,
+                                         block: int) -> None:
+    """Every block's cuts are the whole content's, and slices of a block kept while the
+    later ones are read still hold their chunks (each block is a fresh buffer)."""
+    data = data_of(seed, size)
+    kept: list[memoryview] = []
+    offset = 0
+    cuts: list[int] = []
+    for view, block_cuts in chunking.iter_stream_blocks(io.BytesIO(data), p, block):
+        assert block_cuts and block_cuts[-1] == len(view)
+        kept += [view[a:b] for a, b in chunking.spans(block_cuts)]
+        cuts += [offset + c for c in block_cuts]
+        offset += len(view)
+    assert cuts == chunking.cut_points(data, p)
+    assert b"".join(kept) == data
+
+
 def test_incremental_eof_false_matches_whole() -> None:
     data = data_of(11, 500_000)
     whole = chunking.cut_points(data, SMALL)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import random
 import threading
 from pathlib import Path
 
@@ -208,4 +210,51 @@ def test_a_read_batch_looks_its_chunks_up_at_once(
         assert max(sizes) == distinct
         for rel, data in want.items():
             assert fs.read_bytes(f"/dst/a/{rel}") == data == fs.read_bytes(f"/dst/b/{rel}")
+        assert fs.fsck().ok
+
+
+@pytest.mark.parametrize("use_delta", [False, True])
+def test_a_streamed_file_is_looked_up_a_block_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_delta: bool) -> None:
+    """A file over WHOLE_READ_LIMIT is read, cut and hashed a block at a time: its chunks
+    are the whole file's, each block's are looked up together, and the read batch it
+    sits in is announced again after it (the files after it are not looked up one by
+    one). A second file equal to it but for a few edits stores only what changed (as
+    deltas, with delta chunks on)."""
+    from gfs import chunking
+    from gfs import store as store_mod
+    from gfs.codec import chunk_id
+
+    monkeypatch.setattr(store_mod, "WHOLE_READ_LIMIT", 200_000)
+    monkeypatch.setattr(store_mod, "STREAM_BLOCK_BYTES", 300_000)
+    src = tmp_path / "src"
+    want = _tree(src, 4, 30)
+    rnd = random.Random(5)
+    parts = [rnd.randbytes(50_000) for _ in range(12)]
+    big = b"".join(parts[k % 12] if k % 5 else rnd.randbytes(70_000) for k in range(40))
+    edited = bytearray(big)
+    for at in (100_000, 900_000, 1_700_000):
+        edited[at:at + 40] = rnd.randbytes(40)
+    for rel, data in (("d0/f15big", big), ("d1/f15big", bytes(edited))):
+        (src / rel).write_bytes(data)
+        want[rel] = data
+    params = chunking.ChunkParams()
+    ids = {chunk_id(memoryview(data)[a:b]) for data in want.values()
+           for a, b in chunking.spans(chunking.cut_points(data, params))}
+    blocks = sum(1 for data in (big, edited)
+                 for _ in chunking.iter_stream_blocks(io.BytesIO(data), params, 300_000))
+    with Client.init(tmp_path / "s", delta=use_delta) as fs:
+        fs.mkdir("/dst")
+        sizes = _counting_lookups(monkeypatch)
+        report = fs.put(src, "/dst/a")
+        monkeypatch.undo()
+        assert report.write is not None
+        # (a group of small chunks counts as a chunk besides its members)
+        assert report.write.new_chunks - report.write.groups == len(ids)
+        assert (report.write.delta_chunks > 0) is use_delta
+        # a lookup a block and one of each read batch (again after each streamed file)
+        # per snapshot: not one for each of the 50 files after the first streamed one
+        assert len(sizes) <= 2 * report.write.commits + blocks + 2 < 50
+        for rel, data in want.items():
+            assert fs.read_bytes(f"/dst/a/{rel}") == data
         assert fs.fsck().ok
