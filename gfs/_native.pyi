@@ -85,11 +85,12 @@ class LocalEntry(tuple[tuple[str, ...], str, LocalStat]):
     def st(self) -> LocalStat: ...
 
 def scan_entries(
-    path: str, rel: tuple[str, ...], max_dirs: int, /
+    path: str, rel: tuple[str, ...], max_dirs: int, max_entries: int = ..., /
 ) -> list[tuple[str, list[tuple[str, int, int, int, int, int, int, int]] | int | None,
                 list[LocalEntry] | None]]:
     """scan_dir of path and, breadth first, of the directories below it, up to max_dirs
-    in all, path first, in one release of the GIL: (directory path, None, its entries
+    in all (no more queued once the listings hold max_entries entries), path first, in
+    one release of the GIL: (directory path, None, its entries
     in name order) where every entry is plain (lstat'ed, readable, a name valid as it
     is), else (directory path, its rows or the errno its listing failed with, None)."""
 

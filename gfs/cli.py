@@ -210,6 +210,10 @@ def _settle_for_bulk() -> None:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
+    from gfs.put_listings import list_ahead
+
+    # the source's listings begin beside the imports and the store's opening
+    ahead = list_ahead(args.local) if args.local != "-" else None
     from gfs.client import Client
 
     if args.local == "-":
@@ -224,7 +228,7 @@ def cmd_put(args: argparse.Namespace) -> int:
             _progress(args, lambda: _local_size(args.local), "put") as bar:
         _settle_for_bulk()
         if isinstance(fs, Client):
-            r = fs.put(args.local, args.path, progress=bar)
+            r = fs.put(args.local, args.path, progress=bar, listed_ahead=ahead)
         else:
             from gfs.ns_transfer import put_tree
             r = put_tree(fs, args.local, args.path, progress=bar)

@@ -59,6 +59,7 @@ from gfs.meta import (
     open_engine,
 )
 from gfs.namespace import XattrSource
+from gfs.put_listings import Listings
 from gfs.put_reads import READ_BATCH_BYTES, read_ahead
 from gfs.put_walk import LocalEntry, LocalStat, NsDirs, PutWalk
 from gfs.state import (
@@ -566,7 +567,8 @@ class Client:
 
     # -- copying trees -----------------------------------------------------------------
     def put(self, local: str | os.PathLike[str], path: str,
-            progress: Progress | None = None) -> TransferReport:
+            progress: Progress | None = None, *,
+            listed_ahead: Listings | None = None) -> TransferReport:
         """Copy a local file or tree into the namespace, keeping modes and times.
 
         `path` becomes the copy: a tree put onto an existing directory merges into
@@ -578,7 +580,8 @@ class Client:
         directory, a directory onto a file) and unreadable local entries are found
         before anything is committed: the tree is walked beside the reading and
         storing of its first files, and the first commit waits for the whole walk.
-        Files become visible in committed batches.
+        Files become visible in committed batches. `listed_ahead`: listings of `local`
+        begun before (`gfs.put_listings.list_ahead`), for the walk to take.
         """
         src, top, dest = put_source(local, path)
         dest_exists = self._put_destination(dest)
@@ -599,7 +602,8 @@ class Client:
         # a tree's batches commit on the session's thread while the next is compressed
         overlap = statmod.S_ISDIR(top.st_mode)
         # the walk goes on beside the pipeline; the first commit waits for all of it
-        with PutWalk(self.engine, src, top, base, dest_exists) as walk, \
+        with PutWalk(self.engine, src, top, base, dest_exists,
+                     listings=listed_ahead) as walk, \
                 _fast_thread_switching(), \
                 self.store.writer(overlap=overlap, gate=walk.wait) as session, \
                 contextlib.closing(read_ahead(  # read, cut and hashed in C on a thread

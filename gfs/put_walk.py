@@ -26,9 +26,12 @@ from pathlib import Path
 from gfs import namespace, paths
 from gfs._native import LocalEntry as LocalEntry
 from gfs._native import LocalStat as LocalStat
-from gfs._native import scan_dir, scan_entries
+from gfs._native import scan_dir
 from gfs.errors import IsADirError, NotADirError, NotFoundError
 from gfs.meta import Inode, Kind, MetaEngine, ReadTxn
+from gfs.put_listings import PREFETCH_DIRS as PREFETCH_DIRS
+from gfs.put_listings import Listings as Listings
+from gfs.put_listings import Row as Row
 
 #: A put's walk hands over at most this many entries (~510 B each: ~10 MB, held until
 #: the put takes them): the walk of a bigger tree stops handing entries over there,
@@ -42,50 +45,14 @@ HAND_OVER_FIRST = 8
 HAND_OVER_MAX = 256
 #: ... and at least this often (s), however slow the listings (a network filesystem).
 HAND_OVER_EVERY = 0.005
-#: Directories a walk lists at a time (`Listings`).
-PREFETCH_DIRS = 64
 
 Step = tuple[bool, LocalEntry]
-#: A scan_dir row: (name, st_mode, st_uid, st_gid, st_size, st_atime_ns, st_mtime_ns,
-#: flag); see gfs._native.scan_dir.
-Row = tuple[str, int, int, int, int, int, int, int]
 
 
 def local_stat(st: os.stat_result) -> LocalStat:
     """The fields of `st` a put uses (gfs._native.LocalStat)."""
     return LocalStat((st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_atime_ns,
                       st.st_mtime_ns))
-
-
-class Listings:
-    """Listings of the directories a walk enters, made ahead: a directory not listed
-    yet is listed with up to PREFETCH_DIRS - 1 of the directories below it, breadth
-    first (the walk enters them next), in one native call (`scan_entries`): on the
-    walk's own thread each listing let the GIL go and waited to take it back from the
-    put's main thread, once a directory instead of once per 64. The call also makes
-    the entries of each listing, checked and in name order, where every one of them
-    is plain (see `list_local`). Holds listings of directories the walk has still to
-    enter: at most PREFETCH_DIRS - 1 for each directory that was not listed ahead,
-    all below it."""
-
-    def __init__(self) -> None:
-        self._ready: dict[str, tuple[list[Row] | int | None, list[LocalEntry] | None]] = {}
-
-    def listing(self, entry: LocalEntry) -> tuple[list[Row], list[LocalEntry] | None]:
-        """(scan_dir rows, None), or (empty, the entries made natively) of directory
-        `entry`, listed ahead or now (OSError as scan_dir raises it)."""
-        got = self._ready.pop(entry.path, None)
-        if got is None:
-            listed = scan_entries(entry.path, entry.rel, PREFETCH_DIRS)
-            got = listed[0][1:]
-            self._ready.update((path, (rows, made)) for path, rows, made in listed[1:])
-        rows, entries = got
-        if entries is not None:
-            return [], entries
-        if isinstance(rows, int):
-            raise OSError(rows, os.strerror(rows), entry.path)
-        assert rows is not None
-        return rows, None
 
 
 def list_local(entry: LocalEntry, listings: Listings | None = None) -> list[LocalEntry]:
@@ -124,16 +91,19 @@ def list_local(entry: LocalEntry, listings: Listings | None = None) -> list[Loca
 
 
 def walk_local(src: Path, top: os.stat_result, *,
-               after: tuple[tuple[str, ...], bool] | None = None) -> Iterator[Step]:
+               after: tuple[tuple[str, ...], bool] | None = None,
+               listings: Listings | None = None) -> Iterator[Step]:
     """(leaving, entry) for a local tree: each entry as it is entered (parents before
     children, by name within a directory), and each directory again (leaving=True)
     after everything below it. Holds one directory listing per level, not the tree.
 
     With `after` = (rel, leaving), a step of an earlier walk of the tree, the walk
     goes on right after that step: the steps up to it are left out, and a directory
-    wholly before it is not listed again. A whole walk lists ahead (`Listings`)."""
+    wholly before it is not listed again. A whole walk lists ahead (`listings`, else
+    its own `Listings`)."""
     root = LocalEntry(((), str(src), local_stat(top)))
-    ahead = Listings() if after is None else None  # (a resumed walk skips, unread)
+    # (a resumed walk skips, unread)
+    ahead = (listings or Listings()) if after is None else None
     if after is None:
         yield False, root
     elif after == ((), True):  # the last step
@@ -215,15 +185,18 @@ class PutWalk:
     once the whole tree was walked and checked (`check_conflict`, and names and
     readability in `list_local`), or raises what the walk found. Where
     `dest_exists` is false nothing below `base` exists and only the local tree is
-    checked. Use it as a context manager: leaving stops the walk."""
+    checked. `listings`: the tree's listings begun before (`list_ahead`). Use it as a
+    context manager: leaving stops the walk."""
 
     def __init__(self, engine: MetaEngine, src: Path, top: os.stat_result, base: list[str],
-                 dest_exists: bool, *, kept: int | None = None) -> None:
+                 dest_exists: bool, *, kept: int | None = None,
+                 listings: Listings | None = None) -> None:
         if kept is not None and kept < 1:
             raise ValueError("a put's walk hands over at least one entry")
         self._engine, self._src, self._top = engine, src, top
         self._base, self._dest_exists = base, dest_exists
         self._kept = PUT_WALK_KEPT if kept is None else kept
+        self._listings = listings  # begun before the walk (gfs.put_listings.list_ahead)
         self._handed: queue.SimpleQueue[list[Step] | None] = queue.SimpleQueue()
         self._after: tuple[tuple[str, ...], bool] | None = None  # the last step handed over
         self._error: BaseException | None = None
@@ -246,7 +219,7 @@ class PutWalk:
                 size, handed = HAND_OVER_FIRST, 0
                 last: tuple[tuple[str, ...], bool] = ((), False)
                 due = time.monotonic() + HAND_OVER_EVERY
-                for step in walk_local(self._src, self._top):
+                for step in walk_local(self._src, self._top, listings=self._listings):
                     if self._stop:
                         raise WalkCancelled("the put stopped before its walk ended")
                     leaving, e = step

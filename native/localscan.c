@@ -205,16 +205,17 @@ tree_free(tree_dir *dirs, size_t n)
 }
 
 /* List `root` and, breadth first, the directories below it, up to `max_dirs` in all,
- * with no Python call. Returns the count, or (size_t)-1 when out of memory. */
+ * and no more directories once the listings hold `max_entries` entries, with no
+ * Python call. Returns the count, or (size_t)-1 when out of memory. */
 static size_t
-tree_scan(const char *root, size_t max_dirs, tree_dir **out)
+tree_scan(const char *root, size_t max_dirs, size_t max_entries, tree_dir **out)
 {
     tree_dir *dirs = calloc(max_dirs, sizeof *dirs);
     if (dirs == NULL || (dirs[0].path = strdup(root)) == NULL) {
         free(dirs);
         return (size_t)-1;
     }
-    size_t n = 1;
+    size_t n = 1, entries = 0;
     for (size_t k = 0; k < n; k++) {
         tree_dir *d = &dirs[k];
         d->rc = scan_all(d->path, &d->l);
@@ -222,6 +223,9 @@ tree_scan(const char *root, size_t max_dirs, tree_dir **out)
             goto oom;
         if (d->rc > 0)
             continue;
+        entries += d->l.count;
+        if (entries >= max_entries)
+            continue; /* listed, but nothing more below it is queued */
         size_t plen = strlen(d->path);
         int sep = plen > 0 && d->path[plen - 1] == '/';
         for (size_t j = 0; j < d->l.count && n < max_dirs; j++) {
@@ -497,11 +501,12 @@ PyObject *
 native_scan_entries(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *arg, *rel;
-    Py_ssize_t max_dirs;
-    if (!PyArg_ParseTuple(args, "OO!n:scan_entries", &arg, &PyTuple_Type, &rel, &max_dirs))
+    Py_ssize_t max_dirs, max_entries = PY_SSIZE_T_MAX;
+    if (!PyArg_ParseTuple(args, "OO!n|n:scan_entries", &arg, &PyTuple_Type, &rel, &max_dirs,
+                          &max_entries))
         return NULL;
-    if (max_dirs < 1) {
-        PyErr_SetString(PyExc_ValueError, "scan_entries needs max_dirs >= 1");
+    if (max_dirs < 1 || max_entries < 1) {
+        PyErr_SetString(PyExc_ValueError, "scan_entries needs max_dirs and max_entries >= 1");
         return NULL;
     }
     PyObject *path = NULL;
@@ -510,7 +515,7 @@ native_scan_entries(PyObject *Py_UNUSED(module), PyObject *args)
     tree_dir *dirs = NULL;
     size_t n;
     Py_BEGIN_ALLOW_THREADS
-    n = tree_scan(PyBytes_AS_STRING(path), (size_t)max_dirs, &dirs);
+    n = tree_scan(PyBytes_AS_STRING(path), (size_t)max_dirs, (size_t)max_entries, &dirs);
     Py_END_ALLOW_THREADS
     Py_DECREF(path);
     if (n == (size_t)-1)

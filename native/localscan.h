@@ -18,10 +18,11 @@ PyObject *native_scan_dir(PyObject *module, PyObject *arg);
 PyObject *native_scan_entries(PyObject *module, PyObject *args);
 
 #define SCAN_ENTRIES_DOC \
-    "scan_entries(path, rel, max_dirs, /)\n" \
+    "scan_entries(path, rel, max_dirs, max_entries=<no limit>, /)\n" \
     "    -> list[tuple[str, int | list[tuple[...]] | None, list[LocalEntry] | None]]\n\n" \
     "scan_dir of directory path and, breadth first, of the directories below it, up\n" \
-    "to max_dirs directories in all, path first (the paths below it joined with '/'\n" \
+    "to max_dirs directories in all (none queued once the listings hold max_entries\n" \
+    "entries), path first (the paths below it joined with '/'\n" \
     "as a walk joins them), in one release of the GIL; each listing's entries are\n" \
     "made here too: (directory\n" \
     "path, None, its LocalEntry objects in name order) when every entry was lstat'ed,\n" \

@@ -163,6 +163,33 @@ def test_a_tree_listed_breadth_first_is_each_directory_as_the_walk_makes_it(
         (str(root / "top.txt"), errno.ENOTDIR, None)]
 
 
+def test_no_directory_is_queued_once_the_listings_hold_max_entries(tmp_path: Path) -> None:
+    """scan_entries(max_entries=n): the directories queued before the listings reached n
+    entries are listed, none after; breadth first as without the bound."""
+    root = tmp_path / "tree"
+    for k in range(5):  # top: 5 dirs (5 entries); each: 3 files and a subdirectory
+        for f in range(3):
+            (root / f"d{k}" / "sub").mkdir(parents=True, exist_ok=True)
+            (root / f"d{k}" / f"f{f}").write_bytes(b"x")
+        (root / f"d{k}" / "sub" / "leaf").write_bytes(b"y")
+    def listed(max_entries: int) -> list[tuple[str, object]]:  # (atimes move as it lists)
+        return [(p, _no_atime(made)) for p, _, made in
+                scan_entries(str(root), (), 100, max_entries)]
+
+    whole = listed(1 << 40)
+    assert len(whole) == 11
+    # the top's 5 entries reach a bound of 5: none of its directories is queued
+    assert listed(5) == whole[:1]
+    # 5 < 6: the top's directories are queued (and listed), none below them (9 >= 6)
+    assert listed(6) == whole[:6]
+    # 5 + 4 = 9 < 13 at the first listed below the top: its subdirectory is queued;
+    # 13 at the second: no more
+    assert listed(13) == whole[:7] and whole[6][0] == whole[1][0] + "/sub"
+    assert [p for p, _, _ in scan_entries(str(root), (), 100)] == [p for p, _ in whole]
+    with pytest.raises(ValueError):
+        scan_entries(str(root), (), 4, 0)
+
+
 def test_a_listing_with_an_entry_the_walk_must_check_is_left_to_it(tmp_path: Path) -> None:
     """A directory holding a name that is not valid UTF-8 comes back as scan_dir rows,
     so the walk raises what check_name raises; its subdirectories listed in the same

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gfs import put_listings
 from gfs import put_walk as walk_mod
 from gfs.client import Client
 from gfs.errors import IsADirError, NotADirError
@@ -164,7 +165,7 @@ def test_an_unreadable_file_late_in_the_walk_is_named_and_commits_nothing(
     """The walk's check comes first even when the put's own read of the file fails
     first; nothing of the tree is committed."""
     if os.geteuid() == 0:  # root reads any file: make faccessat refuse one instead
-        real = walk_mod.scan_entries
+        real = put_listings.scan_entries
 
         def refusing(path: str, rel: tuple[str, ...], limit: int) -> list[tuple[str, object,
                                                                             object]]:
@@ -176,7 +177,7 @@ def test_an_unreadable_file_late_in_the_walk_is_named_and_commits_nothing(
                 out.append((p, rows, made))
             return out
 
-        monkeypatch.setattr(walk_mod, "scan_entries", refusing)
+        monkeypatch.setattr(put_listings, "scan_entries", refusing)
     src = tmp_path / "src"
     _tree(src, *BIG)
     if os.geteuid() != 0:
@@ -284,3 +285,95 @@ def test_on_postgresql_a_repeated_put_merges_and_reads_only_what_changed(
         assert fs.read_bytes("/dst/d03/new") == b"new"
         assert sorted(s.path for s in fs.walk("/dst") if s.kind == "file") == sorted(
             "/dst/" + p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+
+
+def _tree_of(fs: Client, top: str) -> dict[str, tuple[int, bytes | None]]:
+    """path below `top` -> (mode, content of a file)."""
+    out: dict[str, tuple[int, bytes | None]] = {}
+    for e in fs.ls(top):
+        path = f"{top}/{e.name}"
+        if e.is_dir:
+            out[e.name] = (e.mode & 0o7777, None)
+            out.update({f"{e.name}/{k}": v for k, v in _tree_of(fs, path).items()})
+        else:
+            out[e.name] = (e.mode & 0o7777, fs.read_bytes(path))
+    return out
+
+
+def _local_tree(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    """`_tree_of` of a local tree."""
+    return {str(p.relative_to(root)): (p.stat().st_mode & 0o7777,
+                                       None if p.is_dir() else p.read_bytes())
+            for p in root.rglob("*")}
+
+
+def _spy_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads each `scan_entries` of a walk's listings ran on."""
+    threads: list[str] = []
+    real = put_listings.scan_entries
+
+    def spy(*args: object) -> object:
+        threads.append(threading.current_thread().name)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(put_listings, "scan_entries", spy)
+    return threads
+
+
+@pytest.mark.parametrize("ahead_entries", [20_000, 7])
+def test_a_put_takes_the_listings_begun_before_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead_entries: int) -> None:
+    """`list_ahead` lists the source before the put (as `hutong put` does beside its
+    start-up); the put's walk takes those listings and lists only the directories they
+    left out (AHEAD_ENTRIES), and the copy equals that of a put that listed all itself."""
+    monkeypatch.setattr(put_listings, "AHEAD_ENTRIES", ahead_entries)
+    src = tmp_path / "src"
+    _make(src, {"a": {"x": None, "y": {"z": None}}, "b": {"c": {"d": None}}, "f": None,
+                "é": {"g": None}})
+    with Client.init(tmp_path / "s") as fs:
+        threads = _spy_listings(monkeypatch)
+        ahead = put_listings.list_ahead(str(src) + "/")  # the walk's top is str(Path(src))
+        fs.put(src, "/a", listed_ahead=ahead)
+        early, walked = threads.count("hutong-list-ahead"), threads.count("hutong-walk")
+        assert early == 1
+        assert walked == (0 if ahead_entries == 20_000 else 1)  # d below the bound: listed
+        threads.clear()
+        fs.put(src, "/b")
+        assert threads == ["hutong-walk"]
+        assert _tree_of(fs, "/a") == _tree_of(fs, "/b") == _local_tree(src)
+
+
+def test_listings_of_another_tree_are_not_taken(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listings begun for one tree, handed to the put of another (or of a directory
+    inside it, whose entries would carry other names below the top), are dropped: the
+    put lists its own tree and copies it where it belongs."""
+    src = tmp_path / "src"
+    _make(src, {"a": {"x": None, "in": {"deep": None}}, "f": None})
+    with Client.init(tmp_path / "s") as fs:
+        threads = _spy_listings(monkeypatch)
+        fs.put(src / "a", "/inner", listed_ahead=put_listings.list_ahead(src))
+        fs.put(src, "/whole", listed_ahead=put_listings.list_ahead(src / "a"))
+        assert threads.count("hutong-walk") == 2  # each listed its own tree
+        assert _tree_of(fs, "/inner") == _local_tree(src / "a")
+        assert _tree_of(fs, "/whole") == _local_tree(src)
+        # a source that is not there: the listing finds nothing, the put says why
+        with pytest.raises(FileNotFoundError):
+            fs.put(tmp_path / "gone", "/gone",
+                   listed_ahead=put_listings.list_ahead(tmp_path / "gone"))
+        assert not fs.exists("/gone")
+
+
+def test_the_put_command_lists_its_source_beside_its_start_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gfs import cli
+
+    src = tmp_path / "src"
+    _make(src, {"a": {"x": None}, "f": None})
+    state = str(tmp_path / "s")
+    assert cli.main(["--state", state, "init"]) == 0
+    threads = _spy_listings(monkeypatch)
+    assert cli.main(["--state", state, "put", "-q", str(src), "/p"]) == 0
+    assert threads == ["hutong-list-ahead"]
+    with Client(state) as fs:
+        assert _tree_of(fs, "/p") == _local_tree(src)
