@@ -171,9 +171,9 @@ def iter_stream_blocks(f: BinaryIO, params: ChunkParams = DEFAULT_PARAMS,
     the block) of the chunks each block completes, the same as those of `cut_points` on
     the whole content.
 
-    Each block is a fresh buffer of at most `block_size + max_size` bytes, so slices of
-    it may be kept after the next one is read (they keep its buffer alive); the
-    bytes past its last cut begin the next block.
+    Each block is a read-only view of a fresh buffer of at most `block_size + max_size`
+    bytes, so slices of it may be kept after the next one is read (they keep its
+    buffer alive); the bytes past its last cut begin the next block.
     """
     if block_size < 1:
         raise ConfigError(f"block_size must be positive, got {block_size}")
@@ -196,7 +196,7 @@ def iter_stream_blocks(f: BinaryIO, params: ChunkParams = DEFAULT_PARAMS,
             fill += n
         cuts = cut_points(view[:fill], params, eof=eof)
         if cuts:
-            yield view[:cuts[-1]], cuts
+            yield view[:cuts[-1]].toreadonly(), cuts
         carry = bytes(view[cuts[-1] if cuts else 0:fill])
 
 

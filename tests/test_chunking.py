@@ -151,7 +151,7 @@ def test_stream_blocks_hold_their_chunks(p: ChunkParams, seed: int, size: int,
     offset = 0
     cuts: list[int] = []
     for view, block_cuts in chunking.iter_stream_blocks(io.BytesIO(data), p, block):
-        assert block_cuts and block_cuts[-1] == len(view)
+        assert block_cuts and block_cuts[-1] == len(view) and view.readonly
         kept += [view[a:b] for a, b in chunking.spans(block_cuts)]
         cuts += [offset + c for c in block_cuts]
         offset += len(view)
