@@ -29,9 +29,7 @@ from gfs._native import LocalStat as LocalStat
 from gfs._native import scan_dir
 from gfs.errors import IsADirError, NotADirError, NotFoundError
 from gfs.meta import Inode, Kind, MetaEngine, ReadTxn
-from gfs.put_listings import PREFETCH_DIRS as PREFETCH_DIRS
 from gfs.put_listings import Listings as Listings
-from gfs.put_listings import Row as Row
 
 #: A put's walk hands over at most this many entries (~510 B each: ~10 MB, held until
 #: the put takes them): the walk of a bigger tree stops handing entries over there,
