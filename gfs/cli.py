@@ -680,13 +680,15 @@ def exit_now(code: int) -> NoReturn:
     time. What a normal exit does for the user still happens: the atexit handlers run
     (logging's flush, weakref finalizers), then standard output and error are flushed
     (a closed pipe gives the interpreter's own code for it, 120). With any other thread
-    still alive, the exit is the normal one, which waits for them."""
+    still alive, or where this interpreter has no way to run the atexit handlers first
+    (`atexit._run_exitfuncs` is CPython's), the exit is the normal one."""
     import atexit
     import threading
 
-    if threading.active_count() > 1:
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if threading.active_count() > 1 or run_handlers is None:
         sys.exit(code)
-    atexit._run_exitfuncs()
+    run_handlers()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -250,6 +250,8 @@ if mode == "thread":  # a thread still running when the command returns
         time.sleep(0.3)
         open(marker + ".thread", "w").close()
     threading.Thread(target=late).start()
+if mode == "no-runner":  # an interpreter without CPython's private atexit runner
+    del atexit._run_exitfuncs
 def command(argv=None):
     sys.stdout.write("x" * (1 << 20))  # more than a pipe holds: flushed at the exit
     sys.stdout.write("end\\n")
@@ -259,12 +261,13 @@ gfs.cli.run()
 """
 
 
-@pytest.mark.parametrize("mode", ["alone", "thread"])
+@pytest.mark.parametrize("mode", ["alone", "thread", "no-runner"])
 def test_the_program_exits_fast_with_its_code_output_and_exit_handlers(
         tmp_path: Path, mode: str) -> None:
     """`run` (the console script) ends the process without the interpreter's teardown,
     yet with the command's code, all of its buffered output, the atexit handlers run,
-    and, with another thread alive, only once that thread has ended."""
+    and, with another thread alive, only once that thread has ended; without the
+    interpreter's atexit runner, by the normal exit."""
     marker = str(tmp_path / "m")
     r = subprocess.run([sys.executable, "-c", _EXIT_CHILD, marker, mode],
                        capture_output=True, text=True, timeout=60)
