@@ -41,11 +41,15 @@ class Listings:
     still to enter: at most PREFETCH_DIRS - 1 for each directory that was not listed
     ahead, all below it, and those `list_ahead` made."""
 
-    def __init__(self) -> None:
+    def __init__(self, ahead_of: str | None = None) -> None:
+        """`ahead_of`: a tree whose listings begin now, on a thread (`list_ahead`)."""
         self._ready: dict[str, _Listed] = {}
+        self._early_listed: list[tuple[str, *_Listed]] = []
         self._early: threading.Thread | None = None
-        self._early_listed: list[tuple[str, list[Row] | int | None,
-                                       list[LocalEntry] | None]] = []
+        if ahead_of is not None:
+            self._early = threading.Thread(target=self._list_early, args=(ahead_of,),
+                                           name="hutong-list-ahead", daemon=True)
+            self._early.start()
 
     def listing(self, entry: LocalEntry) -> tuple[list[Row], list[LocalEntry] | None]:
         """(scan_dir rows, None), or (empty, the entries made natively) of directory
@@ -82,13 +86,9 @@ def list_ahead(local: str | os.PathLike[str]) -> Listings:
     entries. Hand them to the put's walk (`Client.put(listed_ahead=...)`), which
     waits for them at its first listing; a source that is not a directory lists
     nothing."""
-    listings = Listings()
     path = os.fspath(local)
-    if isinstance(path, str):
-        from pathlib import PurePath
+    if not isinstance(path, str):
+        return Listings()
+    from pathlib import PurePath
 
-        top = str(PurePath(path))  # the walk's top entry is str(Path(local))
-        listings._early = threading.Thread(target=listings._list_early, args=(top,),
-                                           name="hutong-list-ahead", daemon=True)
-        listings._early.start()
-    return listings
+    return Listings(str(PurePath(path)))  # the walk's top entry is str(Path(local))

@@ -22,6 +22,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
@@ -450,12 +451,6 @@ class Prepared:
     pieces: list[memoryview]
     consumed: int
 
-    def pieces_of(self, least: int) -> Iterator[tuple[bytes, memoryview]]:
-        """(id, bytes) of each chunk of at least `least` bytes (`WriteSession.look_ahead`)."""
-        for ref, piece in zip(self.refs, self.pieces, strict=True):
-            if ref.length >= least:
-                yield ref.id, piece
-
 
 def prepare(data: Buffer, params: chunking.ChunkParams, *, eof: bool = True) -> Prepared:
     """Cut `data` into chunks and name them (see WriteSession.store_prefix for `eof`)."""
@@ -492,7 +487,7 @@ def prepared_of(loaded: tuple[bytes, list[int], bytes] | None) -> Prepared | Non
     return _prepared(memoryview(data), cuts, ids)
 
 
-def read_pieces(reads: Iterable[tuple[bytes, list[int], bytes] | OSError | None],
+def read_pieces(reads: Iterable[tuple[Buffer, list[int], bytes] | OSError | None],
                 least: int = 0) -> Iterator[tuple[bytes, memoryview]]:
     """(id, bytes) of each chunk of at least `least` bytes of the files `read_many`
     read (no `Prepared` made: the look-ahead wants the few large chunks of a batch of
@@ -509,8 +504,9 @@ def read_pieces(reads: Iterable[tuple[bytes, list[int], bytes] | OSError | None]
                 start = end
 
 
-def read_ids(reads: Iterable[tuple[bytes, list[int], bytes] | OSError | None]) -> list[bytes]:
-    """The chunk ids of the files `read_many` read (for `WriteSession.look_ahead`)."""
+def read_ids(reads: Iterable[tuple[Buffer, list[int], bytes] | OSError | None]) -> list[bytes]:
+    """The chunk ids of the files `read_many` read, or of a streamed block (for
+    `WriteSession.look_ahead`)."""
     joined = b"".join([loaded[2] for loaded in reads if isinstance(loaded, tuple)])
     return [joined[k:k + CHUNK_ID_LEN] for k in range(0, len(joined), CHUNK_ID_LEN)]
 
@@ -628,9 +624,10 @@ class WriteSession:
         try:
             for block, cuts in chunking.iter_stream_blocks(f, self.store.params,
                                                            STREAM_BLOCK_BYTES):
-                prepared = _prepared(block, cuts, chunking.chunk_ids(block, cuts))
-                self.look_ahead([r.id for r in prepared.refs], prepared.pieces_of)
-                refs += self.store_prepared(prepared)
+                loaded: list[tuple[Buffer, list[int], bytes]] = [
+                    (block, cuts, chunking.chunk_ids(block, cuts))]
+                self.look_ahead(read_ids(loaded), partial(read_pieces, loaded))
+                refs += self.store_prepared(_prepared(block, cuts, loaded[0][2]))
         finally:
             self.look_ahead(ahead, pieces_of)
         return refs
