@@ -27,7 +27,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
 from gfs import local_write, namespace, paths, pool_keys
 from gfs._lazy import lazy_exports
@@ -73,6 +73,7 @@ from gfs.state import (
 )
 from gfs.store import (
     ChunkStore,
+    RunAction,
     WriteStats,
     prepared_of,
     read_ids,
@@ -637,7 +638,7 @@ class Client:
                         prepared = prepared_of(loaded)  # None: too big, streamed
                         refs = (session.store_file(e.path) if prepared is None
                                 else session.store_prepared(prepared))
-                        session.add_file(refs, _file_action(dirs, parent_rel, name, e.st))
+                        session.add_file(refs, _FileAction(dirs, parent_rel, name, e.st))
                         report.files += 1
                         report.bytes += e.st.st_size
                         if progress is not None:
@@ -1337,14 +1338,26 @@ def _symlink_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str, 
     return action
 
 
-def _file_action(dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
-                 st: LocalStat) -> Action:
-    def action(txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
-        return namespace.write_file_in(txn, dirs.parent(txn, parent_rel), name, refs,
-                                       mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
-                                       mtime_ns=st.st_mtime_ns, touch=False,
-                                       now=dirs.now(txn))
-    return action
+class _FileAction(RunAction):
+    """Write file `name` of the put's directory `parent_rel` with the local one's mode,
+    owner and modification time. The files of a run in one directory are written
+    together (`namespace.write_files_in`): the committer's calls a file were a third
+    of its time on a small-file put."""
+
+    __slots__ = ("dirs", "name", "st")
+
+    def __init__(self, dirs: _Dirs, parent_rel: tuple[str, ...] | None, name: str,
+                 st: LocalStat) -> None:
+        super().__init__(parent_rel)
+        self.dirs, self.name, self.st = dirs, name, st
+
+    def apply_run(self, txn: WriteTxn, items: Sequence[tuple[list[ChunkRef], Action]],
+                  ) -> list[Manifest | None]:
+        mine = cast("Sequence[tuple[list[ChunkRef], _FileAction]]", items)
+        files = [(a.name, refs, a.st.st_mode, a.st.st_uid, a.st.st_gid, a.st.st_mtime_ns)
+                 for refs, a in mine]
+        dirs, rel = self.dirs, cast("tuple[str, ...] | None", self.run)
+        return namespace.write_files_in(txn, dirs.parent(txn, rel), files, now=dirs.now(txn))
 
 
 class _ExistingFiles:

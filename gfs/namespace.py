@@ -325,6 +325,49 @@ def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef],
     return None
 
 
+#: A file for `write_files_in`: (name, refs, mode, uid, gid, mtime_ns).
+NewFile = tuple[str, list[ChunkRef], int, int, int, int]
+
+
+def write_files_in(txn: WriteTxn, parent: Inode, files: Sequence[NewFile], *,
+                   now: int) -> list[Manifest | None]:
+    """`write_file_in(touch=False, now=now)` of each of `files` in directory `parent`,
+    in order, with the same results (the manifests they replaced) and the same rows:
+    the names not there yet are linked together by the engine's `add_files` (a put
+    commits a directory's files in runs), the others one by one in their turn."""
+    pino = parent.ino
+    out: list[Manifest | None] = []
+    new: list[tuple[str, Inode, Manifest]] = []
+    names: set[str] = set()
+
+    def add_new() -> None:
+        txn.add_files(pino, new)
+        for _ in new:  # as each `write_file_in` does (coalesced: one step in all)
+            entries_changed(txn, pino)
+        new.clear()
+        names.clear()
+
+    lookup, alloc = txn.lookup, txn.alloc_ino
+    for name, refs, mode, uid, gid, mtime_ns in files:
+        if name in names or lookup(pino, name) is not None:
+            if new:  # in order: a replaced entry sees the entries before it
+                add_new()
+            out.append(write_file_in(txn, parent, name, refs, mode=mode, uid=uid, gid=gid,
+                                     mtime_ns=mtime_ns, touch=False, now=now))
+            continue
+        size = 0
+        for r in refs:
+            size += r.length
+        node = new_inode(alloc(), pino, Kind.FILE, mode & 0o7777, uid, gid, size, now,
+                         mtime_ns, now, 1, "", 1, 0)
+        new.append((name, node, Manifest(1, tuple(refs))))
+        names.add(name)
+        out.append(None)
+    if new:
+        add_new()
+    return out
+
+
 def write_content(txn: WriteTxn, node: Inode, refs: list[ChunkRef], *,
                   mtime_ns: int | None = None) -> Manifest | None:
     """Make `refs` the content of file `node` (by inode, whatever its links); returns

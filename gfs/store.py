@@ -109,6 +109,47 @@ STAGE_BYTES = 1 << 20
 CommitAction = Callable[[WriteTxn, list[ChunkRef]], Manifest | None]
 
 
+class RunAction:
+    """A `CommitAction` applied together with the consecutive actions of its own class
+    and an equal `run` key (a put's files in one directory): `apply_run` gets them
+    all, with their refs, and returns what each one's call would have."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: object) -> None:
+        self.run = run
+
+    def __call__(self, txn: WriteTxn, refs: list[ChunkRef]) -> Manifest | None:
+        return self.apply_run(txn, [(refs, self)])[0]
+
+    def apply_run(self, txn: WriteTxn, items: Sequence[tuple[list[ChunkRef], CommitAction]],
+                  ) -> list[Manifest | None]:
+        """Apply the actions of `items` (this one first, all of its class and run)."""
+        raise NotImplementedError
+
+
+def apply_actions(txn: WriteTxn, files: Sequence[tuple[list[ChunkRef], CommitAction]],
+                  ) -> Iterator[Manifest]:
+    """Apply each action of `files` to its refs, in order (a run of `RunAction`s in
+    one `apply_run`); the manifests they replaced."""
+    i, n = 0, len(files)
+    while i < n:
+        refs, action = files[i]
+        if not isinstance(action, RunAction):
+            old = action(txn, refs)
+            if old is not None:
+                yield old
+            i += 1
+            continue
+        kind, run, j = type(action), action.run, i + 1
+        while j < n and isinstance(nxt := files[j][1], kind) and nxt.run == run:
+            j += 1
+        for old in action.apply_run(txn, files[i:j]):
+            if old is not None:
+                yield old
+        i = j
+
+
 class ReadObserver(Protocol):
     """Told of every chunk read and every file opened for reading (the tierer's heat)."""
 
@@ -1141,10 +1182,8 @@ class WriteSession:
                                         n, nbytes, created))
             deltas: Counter[bytes] = Counter()
             with namespace.versions_coalesced(txn):
-                for refs, action in files:
-                    old = action(txn, refs)
-                    if old is not None:
-                        deltas.subtract(r.id for r in old.chunks)
+                for old in apply_actions(txn, files):
+                    deltas.subtract(r.id for r in old.chunks)
             # the files' references counted in one pass, not one Counter.update a file
             deltas.update(map(ref_id, chain.from_iterable([refs for refs, _ in files])))
             deltas.update(delta.commit_records(txn, recorded))  # each delta pins its base

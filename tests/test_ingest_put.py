@@ -13,6 +13,7 @@ import pytest
 from gfs import client as client_mod
 from gfs import put_walk as walk_mod
 from gfs.client import Client
+from gfs.meta import shared_manifests
 
 
 def _tree(root: Path, dirs: int, files: int) -> dict[str, bytes]:
@@ -131,15 +132,16 @@ def test_files_in_a_directory_made_in_the_same_batch_do_not_read_it(
 
 def test_a_fault_mid_commit_loses_nothing_committed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A put whose commit fails part way through its rows (the 23rd file's row, commits
-    of 5 files: new directories, their entries answered from the transaction) keeps
+    """A put whose commit fails part way through its rows (the 23rd file's manifest,
+    after its entry and inode, in commits of 5 files: new directories, their entries
+    answered from the transaction, a directory's files written together) keeps
     every earlier commit whole and nothing of the failed one; fsck is clean, and a
     second put of a changed tree (new and replaced files, into the directories
     made before the fault) completes it."""
     src = tmp_path / "src"
     want = _tree(src, 5, 8)
     calls = [0]
-    real = client_mod.namespace.write_file_in
+    real = shared_manifests.put
 
     def failing(*args: object, **kw: object) -> object:
         calls[0] += 1
@@ -148,7 +150,7 @@ def test_a_fault_mid_commit_loses_nothing_committed(
         return real(*args, **kw)  # type: ignore[arg-type]
 
     with Client.init(tmp_path / "s", commit_files=5) as fs:
-        monkeypatch.setattr(client_mod.namespace, "write_file_in", failing)
+        monkeypatch.setattr(shared_manifests, "put", failing)
         with pytest.raises(OSError, match="injected"):
             fs.put(src, "/t")
         monkeypatch.undo()

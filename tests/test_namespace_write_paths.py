@@ -137,14 +137,19 @@ def _run(tmp: Path, plan: list[tuple[bool, list[Any]]],
                     dirs.extend(made)
                 except (ExistsError, IsADirError, NotADirError) as e:
                     outcomes.append(type(e))  # the transaction aborted
-        with eng.read() as r:
-            stored = {"inodes": sorted(r.iter_inodes(), key=lambda n: n.ino),
-                      "dirents": {d: list(r.list_dir(d)) for d in sorted(set(dirs))},
-                      "manifests": sorted(r.iter_manifests(), key=lambda m: m[0]),
-                      "next_ino": r.get_meta("next_ino")}
+        stored = _stored(eng, sorted(set(dirs)))
     finally:
         eng.close()
     return outcomes, stored
+
+
+def _stored(eng: LmdbEngine, dirs: list[int]) -> dict[str, Any]:
+    """Every inode, manifest and the next inode number, and the entries of `dirs`."""
+    with eng.read() as r:
+        return {"inodes": sorted(r.iter_inodes(), key=lambda n: n.ino),
+                "dirents": {d: list(r.list_dir(d)) for d in dirs},
+                "manifests": sorted(r.iter_manifests(), key=lambda m: m[0]),
+                "next_ino": r.get_meta("next_ino")}
 
 
 @settings(max_examples=60, deadline=None,
@@ -158,3 +163,101 @@ def test_write_paths_match_the_reference(tmp_path: Path, monkeypatch: pytest.Mon
     got = _run(run / "new", plan, ns.write_file_in, ns.mkdir_in, monkeypatch)
     want = _run(run / "ref", plan, ref_write_file_in, ref_mkdir_in, monkeypatch)
     assert got == want
+
+
+#: A file for `write_files_in`: (parent index, name, mode, ids, mtime, refs); two
+#: parents and names the setup never makes, so that runs of new files are common.
+file_ops = st.tuples(st.integers(0, 1), st.sampled_from([*NAMES, "e", "f", "g"]),
+                     st.integers(0, 0o7777),
+                     st.integers(0, 70000), st.integers(-(1 << 40), 1 << 62),
+                     st.lists(st.sampled_from(CHUNKS), max_size=3))
+runs = st.lists(st.tuples(st.booleans(), st.lists(file_ops, min_size=1, max_size=6)),
+                min_size=1, max_size=4)
+
+
+def _run_files(tmp: Path, setup: list[tuple[bool, list[Any]]], plan: list[Any],
+               together: bool, monkeypatch: pytest.MonkeyPatch,
+               ) -> tuple[list[Any], dict[str, Any]]:
+    """`setup` applied as `_run` does, then each of `plan`'s transactions of file runs:
+    with `together`, each run of files with one parent in one `write_files_in`, else
+    `write_file_in(touch=False)` a file. What each returned or raised, and everything
+    stored after."""
+    outcomes: list[Any] = []
+    _run(tmp, setup, ns.write_file_in, ns.mkdir_in, monkeypatch)
+    eng = LmdbEngine(str(tmp), sync=False)
+    try:
+        with eng.read() as r:
+            dirs = sorted(n.ino for n in r.iter_inodes() if n.kind == Kind.DIR)
+        for k, (coalesced, batch) in enumerate(plan):
+            now = 10**18 + k
+            done: list[Any] = []  # what the transaction's calls returned, if it commits
+
+            def apply(txn: WriteTxn, batch: list[Any] = batch, coalesced: bool = coalesced,
+                      now: int = now, done: list[Any] = done) -> None:
+                block = ns.versions_coalesced(txn) if coalesced else contextlib.nullcontext()
+                with block:
+                    i = 0
+                    while i < len(batch):
+                        j = i + 1
+                        while together and j < len(batch) and batch[j][0] == batch[i][0]:
+                            j += 1
+                        parent = ns.get(txn, dirs[batch[i][0] % len(dirs)])
+                        files = [(name, refs, mode, ids, ids, mtime)
+                                 for _, name, mode, ids, mtime, refs in batch[i:j]]
+                        if together:
+                            done.extend(ns.write_files_in(txn, parent, files, now=now))
+                        else:
+                            done.extend([ns.write_file_in(
+                                txn, parent, name, refs, mode=mode, uid=uid, gid=gid,
+                                mtime_ns=mtime, touch=False, now=now)
+                                for name, refs, mode, uid, gid, mtime in files])
+                        i = j
+
+            try:
+                with _clock(monkeypatch):  # a replaced file's ctime: the same in both
+                    eng.transact(apply)
+                outcomes.extend(done)
+            except (IsADirError, NotADirError) as e:
+                outcomes.append(type(e))  # the transaction aborted
+        stored = _stored(eng, dirs)
+    finally:
+        eng.close()
+    return outcomes, stored
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(setup=txns, plan=runs)
+def test_files_written_together_match_one_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        setup: list[tuple[bool, list[Any]]], plan: list[Any]) -> None:
+    """`write_files_in` (a put's committer: a directory's files in one call, the new
+    ones linked by the engine's `add_files`) returns, raises and stores exactly what
+    `write_file_in` a file does, over trees holding files, directories and symlinks of
+    the same names, names repeated within a run, coalesced or not."""
+    import uuid
+
+    run = tmp_path / uuid.uuid4().hex
+    got = _run_files(run / "together", setup, plan, True, monkeypatch)
+    want = _run_files(run / "single", setup, plan, False, monkeypatch)
+    assert got == want
+
+
+def test_a_name_too_long_in_a_run_aborts_the_whole_run(tmp_path: Path) -> None:
+    """A name longer than an LMDB key can hold, among new files written together, raises
+    the ValueError `link` raises, and its transaction leaves nothing behind."""
+    eng = LmdbEngine(str(tmp_path), sync=False)
+    try:
+        files = [(name, [CHUNKS[1]], 0o644, 0, 0, 1) for name in ("a", "é" * 300, "b")]
+
+        def apply(txn: WriteTxn) -> None:
+            ns.write_files_in(txn, ns.get(txn, ROOT_INO), files, now=5)
+
+        with pytest.raises(ValueError, match="600 bytes in UTF-8, at most 503"):
+            eng.transact(apply)
+        with eng.read() as r:
+            assert list(r.list_dir(ROOT_INO)) == []
+            assert [n.ino for n in r.iter_inodes()] == [ROOT_INO]
+            assert list(r.iter_manifests()) == []
+    finally:
+        eng.close()

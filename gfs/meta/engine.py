@@ -220,6 +220,16 @@ class WriteTxn(ReadTxn):
     def put_manifest(self, ino: int, manifest: Manifest) -> None:
         """Set the current manifest of file `ino`."""
 
+    def add_files(self, parent: int, files: Sequence[tuple[str, Inode, Manifest]]) -> None:
+        """Link new file inodes into directory `parent`, each (name, inode, manifest) as
+        `link`, `put_inode` and `put_manifest` would, in order; the inodes are fresh
+        (`alloc_ino` in this transaction, no manifest yet). An engine may write them
+        in one pass (a put commits a directory's new files together)."""
+        for name, node, manifest in files:
+            self.link(parent, name, node.ino)
+            self.put_inode(node)
+            self.put_manifest(node.ino, manifest)
+
     @abstractmethod
     def delete_manifest(self, ino: int) -> None:
         """Remove the manifest of `ino` (no-op if absent)."""
