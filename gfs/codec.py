@@ -34,6 +34,9 @@ CODEC_ZSTD = 1
 CODEC_DELTA = 2
 #: A member of a group chunk (docs/format.md, "Group blobs"; gfs.groups).
 CODEC_MEMBER = 3
+#: A delta against two base chunks, in transit and sealed only (docs/format.md, "Two-base
+#: delta blob (codec 4)"; gfs.delta).
+CODEC_DELTA2 = 4
 #: Codecs whose payload starts with the id of another chunk the blob needs (its base).
 BASED_CODECS = frozenset({CODEC_DELTA, CODEC_MEMBER})
 #: Payload of a member blob: the group id and the member's offset in it.
@@ -44,7 +47,7 @@ DEFAULT_LEVEL = 3
 # magic, version, codec, flags, raw length, payload length, chunk id; then the check.
 _HEAD = struct.Struct("<4sBBHII16s")
 _CHECK = struct.Struct("<I")
-_CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_DELTA, CODEC_MEMBER)
+_CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_DELTA, CODEC_MEMBER, CODEC_DELTA2)
 #: Codecs an encrypted blob may carry (a delta never leaves its store).
 _WHOLE_CODECS = (CODEC_RAW, CODEC_ZSTD)
 #: Reads the verified raw bytes of a base chunk, by id.
@@ -116,6 +119,8 @@ def _parse_header(buf: Buffer, where: str = "") -> BlobHeader:
         raise _corrupt(f"flags {flags:#06x} set (must be 0 in version 1)", cid, where)
     if codec == CODEC_DELTA and payload_len <= CHUNK_ID_LEN:
         raise _corrupt(f"delta blob with payload length {payload_len}", cid, where)
+    if codec == CODEC_DELTA2 and payload_len <= 2 * CHUNK_ID_LEN:
+        raise _corrupt(f"two-base delta blob with payload length {payload_len}", cid, where)
     if codec == CODEC_MEMBER and payload_len != MEMBER_PAYLOAD_LEN:
         raise _corrupt(f"member blob with payload length {payload_len}", cid, where)
     if codec == CODEC_RAW and payload_len != raw_len:
@@ -262,6 +267,14 @@ def decode_blob(blob: Buffer, expect_id: bytes | None = None,
         if header.codec == CODEC_MEMBER:
             return groups.decode_member_payload(header, payload, base(base_id))
         return delta.decode_delta_payload(header, payload, base(base_id))
+    if header.codec == CODEC_DELTA2:
+        from gfs import delta
+
+        ids = delta.bases_in(header, payload)
+        if base is None:
+            raise _corrupt(f"two-base delta against {ids[0].hex()} and {ids[1].hex()} read "
+                           "without its bases", cid)
+        return delta.decode_delta_payload(header, payload, base(ids[0]), base(ids[1]))
     if header.codec == CODEC_RAW:
         raw = bytes(payload)
     else:
@@ -293,6 +306,13 @@ FLAG_ENCRYPTED = 1
 #: With FLAG_ENCRYPTED: a sealed delta, its base's keyed id in clear after the header.
 FLAG_DELTA = 2
 FLAGS_SEALED_DELTA = FLAG_ENCRYPTED | FLAG_DELTA
+#: With FLAGS_SEALED_DELTA: a two-base delta, the second base's keyed id after the first.
+FLAG_SECOND_BASE = 4
+FLAGS_SEALED_DELTA2 = FLAGS_SEALED_DELTA | FLAG_SECOND_BASE
+#: The number of bases a sealed blob names in clear, by its flags.
+_SEALED_BASES = {FLAG_ENCRYPTED: 0, FLAGS_SEALED_DELTA: 1, FLAGS_SEALED_DELTA2: 2}
+#: The number of bases a plain delta blob names, by its codec.
+_DELTA_BASES = {CODEC_DELTA: 1, CODEC_DELTA2: 2}
 ENC_NONCE_LEN = 12
 ENC_TAG_LEN = 16
 #: Sealed blob lengths are whole multiples of this many bytes at least.
@@ -343,8 +363,8 @@ def sealed_blob_len(plain_blob_len: int) -> int:
 
 
 def _prefix_len(flags: int) -> int:
-    """Clear bytes before the nonce: the header, and a sealed delta's base keyed id."""
-    return BLOB_HEADER_LEN + (CHUNK_ID_LEN if flags & FLAG_DELTA else 0)
+    """Clear bytes before the nonce: the header, and a sealed delta's base keyed ids."""
+    return BLOB_HEADER_LEN + CHUNK_ID_LEN * _SEALED_BASES[flags]
 
 
 def parse_encrypted_header(buf: Buffer) -> BlobHeader:
@@ -360,23 +380,32 @@ def parse_encrypted_header(buf: Buffer) -> BlobHeader:
     (check,) = _CHECK.unpack_from(buf, 32)
     if check != xxhash.xxh32_intdigest(head):
         raise _corrupt("header check mismatch", kid)
-    if flags not in (FLAG_ENCRYPTED, FLAGS_SEALED_DELTA):
-        raise _corrupt(f"flags {flags:#06x}: not a sealed blob (expected 0x0001 or 0x0003)",
-                       kid)
+    if flags not in _SEALED_BASES:
+        raise _corrupt(f"flags {flags:#06x}: not a sealed blob (expected 0x0001, 0x0003 or "
+                       "0x0007)", kid)
     if version != BLOB_VERSION or codec != 0 or raw_len != 0:
         raise _corrupt(f"sealed blob of an old layout (version {version}, codec {codec}, "
                        f"raw length {raw_len} in clear); place it again (`hutong rule "
                        "reconcile`) to re-seal it", kid)
     total = BLOB_HEADER_LEN + payload_len
-    delta = flags == FLAGS_SEALED_DELTA
+    nbases = _SEALED_BASES[flags]
     least = _prefix_len(flags) - BLOB_HEADER_LEN + _ENC_OVERHEAD + BLOB_HEADER_LEN
-    floor = DELTA_PAD_MIN if delta else PAD_MIN
+    floor = DELTA_PAD_MIN if nbases else PAD_MIN
     if payload_len < least or padded_blob_len(total, floor) != total:
         raise _corrupt(f"sealed payload length {payload_len} is not a padded length", kid)
-    if delta and len(buf) >= BLOB_HEADER_LEN + CHUNK_ID_LEN \
-            and bytes(buf[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN]) == kid:
-        raise _corrupt("sealed delta names itself as its base", kid)
+    if nbases and len(buf) >= _prefix_len(flags):
+        bases = _clear_bases(buf, nbases)
+        if kid in bases:
+            raise _corrupt("sealed delta names itself as its base", kid)
+        if len(set(bases)) != nbases:
+            raise _corrupt("sealed delta names one base twice", kid)
     return BlobHeader(codec, flags, raw_len, payload_len, kid)
+
+
+def _clear_bases(buf: Buffer, n: int) -> tuple[bytes, ...]:
+    """The `n` base keyed ids in clear after a sealed delta's header."""
+    return tuple(bytes(buf[BLOB_HEADER_LEN + k * CHUNK_ID_LEN:
+                           BLOB_HEADER_LEN + (k + 1) * CHUNK_ID_LEN]) for k in range(n))
 
 
 def check_encrypted_blob(blob: Buffer) -> BlobHeader:
@@ -388,29 +417,27 @@ def check_encrypted_blob(blob: Buffer) -> BlobHeader:
     return header
 
 
-def sealed_base(blob: Buffer) -> bytes | None:
-    """The base keyed id a sealed delta names (in clear), None for a sealed whole blob;
-    the header is checked (`CorruptChunkError`)."""
+def sealed_bases(blob: Buffer) -> tuple[bytes, ...]:
+    """The base keyed ids a sealed delta names (in clear: one, or two for a two-base
+    delta), none for a sealed whole blob; the header is checked (`CorruptChunkError`)."""
     header = parse_encrypted_header(blob)
-    if header.flags != FLAGS_SEALED_DELTA:
-        return None
-    if len(blob) < BLOB_HEADER_LEN + CHUNK_ID_LEN:
+    if len(blob) < _prefix_len(header.flags):
         raise _corrupt("truncated sealed delta", header.chunk_id)
-    return bytes(blob[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN])
+    return _clear_bases(blob, _SEALED_BASES[header.flags])
 
 
 def _seal(inner: Sequence[Buffer], inner_len: int, kid: bytes, enc_key: bytes,
-          base_kid: bytes | None) -> bytes:
+          base_kids: Sequence[bytes] = ()) -> bytes:
     import os
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    flags = FLAG_ENCRYPTED if base_kid is None else FLAGS_SEALED_DELTA
+    flags = (FLAG_ENCRYPTED, FLAGS_SEALED_DELTA, FLAGS_SEALED_DELTA2)[len(base_kids)]
     prefix = _prefix_len(flags)
     n = prefix + _ENC_OVERHEAD + inner_len
-    total = padded_blob_len(n) if base_kid is None else padded_blob_len(n, DELTA_PAD_MIN)
+    total = padded_blob_len(n, DELTA_PAD_MIN if base_kids else PAD_MIN)
     head = BlobHeader(0, flags, 0, total - BLOB_HEADER_LEN, kid).to_bytes()
-    clear = head + (base_kid or b"")
+    clear = head + b"".join(base_kids)
     nonce = os.urandom(ENC_NONCE_LEN)
     pad = bytes(total - n)
     sealed = AESGCM(enc_key).encrypt(nonce, b"".join((*inner, pad)), head[:32] + clear[36:])
@@ -425,18 +452,19 @@ def encode_encrypted_blob(raw: Buffer, enc_key: bytes, id_key: bytes,
     header, payload = encode_blob(raw, level, cid)
     inner = parse_blob_header(header)
     return _seal((header, payload), inner.blob_len, keyed_chunk_id(inner.chunk_id, id_key),
-                 enc_key, None)
+                 enc_key)
 
 
 def encode_sealed_delta(delta_blob: Buffer, enc_key: bytes, id_key: bytes) -> bytes:
-    """Seal a plain delta blob (codec 2, `gfs.delta.encode_delta`): the clear header names
-    the keyed id and, after it, the base's keyed id; padded to at least DELTA_PAD_MIN."""
+    """Seal a plain delta blob (codec 2, `gfs.delta.encode_delta`, or codec 4,
+    `encode_delta2`): the clear header names the keyed id and, after it, the keyed ids
+    of its bases; padded to at least DELTA_PAD_MIN."""
     inner = parse_blob_header(delta_blob)
-    if inner.codec != CODEC_DELTA or len(delta_blob) != inner.blob_len:
+    if inner.codec not in _DELTA_BASES or len(delta_blob) != inner.blob_len:
         raise ValueError(f"chunk {inner.chunk_id.hex()}: not a whole delta blob")
-    base_id = bytes(delta_blob[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN])
+    bases = _clear_bases(delta_blob, _DELTA_BASES[inner.codec])
     return _seal((delta_blob,), inner.blob_len, keyed_chunk_id(inner.chunk_id, id_key),
-                 enc_key, keyed_chunk_id(base_id, id_key))
+                 enc_key, [keyed_chunk_id(b, id_key) for b in bases])
 
 
 def decode_encrypted_blob(blob: Buffer, cid: bytes, enc_key: bytes, id_key: bytes,
@@ -467,16 +495,16 @@ def decode_encrypted_blob(blob: Buffer, cid: bytes, enc_key: bytes, id_key: byte
     inner = _parse_header(plain)
     if inner.blob_len > len(plain) or plain[inner.blob_len:].strip(b"\0"):
         raise _corrupt("sealed blob's inner blob does not fit its padding", cid)
-    is_delta = header.flags == FLAGS_SEALED_DELTA
-    if (inner.codec == CODEC_DELTA) != is_delta:
+    nbases = _SEALED_BASES[header.flags]
+    if _DELTA_BASES.get(inner.codec, 0) != nbases:
         raise _corrupt("sealed blob's flags and inner codec disagree", cid)
     body = memoryview(plain)[:inner.blob_len]
-    if not is_delta:
+    if not nbases:
         return decode_blob(body, expect_id=cid)
-    base_id = bytes(body[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN])
-    if keyed_chunk_id(base_id, id_key) != bytes(view[BLOB_HEADER_LEN:prefix]):
+    base_ids = _clear_bases(body, nbases)
+    if tuple(keyed_chunk_id(b, id_key) for b in base_ids) != _clear_bases(view, nbases):
         raise _corrupt("sealed delta's clear base keyed id does not match its base", cid)
     if base is None:
-        raise _corrupt(f"sealed delta against base {base_id.hex()} read without its base",
+        raise _corrupt(f"sealed delta against base {base_ids[0].hex()} read without its base",
                        cid)
     return decode_blob(body, expect_id=cid, base=base)

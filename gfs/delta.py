@@ -3,7 +3,9 @@
 docs/format.md, "Resemblance and delta chunks". The payload is the base id
 (16 bytes) and one zstd frame compressed with the base chunk's raw bytes as a
 raw-content dictionary (zstd's prefix, what `zstd --patch-from` does). The
-chunk id stays the id of the plain content; decoding verifies it.
+chunk id stays the id of the plain content; decoding verifies it. A two-base
+delta (codec 4, sent and sealed only) names two bases and uses both, one after
+the other, as the prefix ("Two-base delta blob (codec 4)").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gfs.codec import (
     BLOB_HEADER_LEN,
     CHUNK_ID_LEN,
     CODEC_DELTA,
+    CODEC_DELTA2,
     CODEC_RAW,
     CODEC_ZSTD,
     BaseReader,
@@ -110,6 +113,31 @@ def encode_delta(raw: Buffer, cid: bytes, base_id: bytes, base_raw: Buffer,
     return header, payload
 
 
+def encode_delta2(raw: Buffer, cid: bytes, bases: tuple[bytes, bytes],
+                  base_raws: tuple[Buffer, Buffer], level: int) -> tuple[bytes, bytes]:
+    """The (header, payload) of a two-base delta blob (codec 4) of chunk `cid` against
+    `bases`, whose raw bytes are `base_raws` (the prefix: the first, then the second)."""
+    first, second = bases
+    if {len(first), len(second), len(cid)} != {CHUNK_ID_LEN}:
+        raise ValueError(f"chunk ids must be {CHUNK_ID_LEN} bytes")
+    if first == second or cid in bases:
+        raise ValueError(f"chunk {cid.hex()}: a two-base delta needs two other bases")
+    prefix = bytes(base_raws[0]) + bytes(base_raws[1])
+    payload = first + second + delta_frame(raw, prefix, level)
+    header = BlobHeader(CODEC_DELTA2, 0, len(raw), len(payload), cid).to_bytes()
+    return header, payload
+
+
+def bases_in(header: BlobHeader, payload: Buffer) -> tuple[bytes, ...]:
+    """The base ids a delta payload (codec 2 or 4) names; `CorruptChunkError` when a
+    two-base delta names one base twice or itself."""
+    n = 2 if header.codec == CODEC_DELTA2 else 1
+    ids = tuple(bytes(payload[k * CHUNK_ID_LEN:(k + 1) * CHUNK_ID_LEN]) for k in range(n))
+    if n == 2 and (ids[0] == ids[1] or header.chunk_id in ids):
+        raise _corrupt("two-base delta names a base twice or itself", header.chunk_id)
+    return ids
+
+
 def pays(delta_payload_len: int, whole_payload_len: int) -> bool:
     """Whether a delta of this size is worth its extra read (the saving threshold)."""
     return delta_payload_len * SAVING_DEN < whole_payload_len * SAVING_NUM
@@ -125,8 +153,10 @@ def base_of(blob: Buffer) -> bytes:
     return bytes(blob[BLOB_HEADER_LEN:BLOB_HEADER_LEN + CHUNK_ID_LEN])
 
 
-def decode_delta_payload(header: BlobHeader, payload: Buffer, base_raw: Buffer) -> bytes:
-    """The raw chunk of a delta payload given its base's verified raw bytes.
+def decode_delta_payload(header: BlobHeader, payload: Buffer, base_raw: Buffer,
+                         second_raw: Buffer | None = None) -> bytes:
+    """The raw chunk of a delta payload given its base's verified raw bytes (a two-base
+    delta: both bases', `second_raw` the second's).
 
     Checks the frame's declared size before decompressing (bounded by the raw
     length) and the digest of the result; raises `CorruptChunkError` naming
@@ -134,9 +164,14 @@ def decode_delta_payload(header: BlobHeader, payload: Buffer, base_raw: Buffer) 
     """
     cid = header.chunk_id
     view = memoryview(payload)
-    base_id = bytes(view[:CHUNK_ID_LEN])
-    frame = view[CHUNK_ID_LEN:]
-    of = f"delta against base {base_id.hex()}"
+    ids = bases_in(header, view)
+    if (second_raw is None) != (len(ids) == 1):
+        raise ValueError(f"chunk {cid.hex()}: a delta against {len(ids)} bases decoded "
+                         f"with {1 if second_raw is None else 2}")
+    if second_raw is not None:
+        base_raw = bytes(base_raw) + bytes(second_raw)
+    frame = view[len(ids) * CHUNK_ID_LEN:]
+    of = "delta against base " + " and ".join(b.hex() for b in ids)
     try:
         size = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as e:

@@ -11,7 +11,7 @@ stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gfs import delta, resemblance
 from gfs.codec import BLOB_HEADER_LEN, BaseReader
@@ -45,12 +45,29 @@ DEEP_OVER = 4096
 DEEP_LEVEL = 19
 
 
+def neighbours(files: Iterable[Sequence[bytes]]) -> dict[bytes, list[bytes]]:
+    """The chunks before and after each chunk in `files` (each a file's chunk ids, in
+    order): where a delta against one base leaves much to send, the second base of a
+    two-base delta is looked for there."""
+    out: dict[bytes, list[bytes]] = {}
+    for ids in files:
+        for k, cid in enumerate(ids):
+            near = out.setdefault(cid, [])
+            for j in (k - 1, k + 1):
+                if 0 <= j < len(ids) and ids[j] != cid and ids[j] not in near:
+                    near.append(ids[j])
+    return out
+
+
 def delta_blobs(store: ChunkStore, missing: Sequence[bytes], holds: Holds,
-                wrap: Wrap = plain) -> dict[bytes, bytes]:
+                wrap: Wrap = plain,
+                near: Mapping[bytes, Sequence[bytes]] | None = None) -> dict[bytes, bytes]:
     """The delta blob (as `wrap` makes it to send: plain, or sealed for another entity's
     site) of each chunk of `missing` that has a base the receiver holds and whose delta
-    pays; chunks not in the result are sent whole. A store without delta chunks
-    (`[store] delta`) has no resemblance index: nothing is examined."""
+    pays; chunks not in the result are sent whole. `near`: each chunk's `neighbours`,
+    where second bases are looked for (two-base deltas; without it, one base each). A
+    store without delta chunks (`[store] delta`) has no resemblance index: nothing is
+    examined."""
     out: dict[bytes, bytes] = {}
     if not store.config.delta:
         return out
@@ -64,19 +81,22 @@ def delta_blobs(store: ChunkStore, missing: Sequence[bytes], holds: Holds,
             batch.append(cid)
             size += rec.raw_len
             if size >= BATCH_BYTES:
-                out |= _round(store, batch, holds, wrap)
+                out |= _round(store, batch, holds, wrap, near)
                 batch, size = [], 0
     if batch:
-        out |= _round(store, batch, holds, wrap)
+        out |= _round(store, batch, holds, wrap, near)
     return out
 
 
-def _round(store: ChunkStore, cids: list[bytes], holds: Holds,
-           wrap: Wrap) -> dict[bytes, bytes]:
+def _round(store: ChunkStore, cids: list[bytes], holds: Holds, wrap: Wrap,
+           near: Mapping[bytes, Sequence[bytes]] | None) -> dict[bytes, bytes]:
     raws, cands = candidates(store, cids)
-    asked = sorted({b for found in cands.values() for b in found})
-    held = {b for b, h in zip(asked, holds(asked) if asked else [], strict=True) if h}
-    return encode(store, raws, cands, held, wrap)
+    asked = {b for found in cands.values() for b in found}
+    if near is not None:  # a neighbour the receiver holds is a second base itself
+        asked |= {n for cid in cands for n in near.get(cid, ())}
+    ordered = sorted(asked)
+    held = {b for b, h in zip(ordered, holds(ordered) if ordered else [], strict=True) if h}
+    return encode(store, raws, cands, held, wrap, near)
 
 
 def candidates(store: ChunkStore, cids: Sequence[bytes]
@@ -99,9 +119,12 @@ def candidates(store: ChunkStore, cids: Sequence[bytes]
 
 
 def encode(store: ChunkStore, raws: dict[bytes, bytes], cands: dict[bytes, list[bytes]],
-           held: set[bytes], wrap: Wrap = plain) -> dict[bytes, bytes]:
+           held: set[bytes], wrap: Wrap = plain,
+           near: Mapping[bytes, Sequence[bytes]] | None = None) -> dict[bytes, bytes]:
     """The delta blob (as `wrap` makes it) of each chunk of `cands` against its first
-    candidate in `held`, where the delta pays; a chunk missing from `raws` is read."""
+    candidate in `held`, where the delta pays; a chunk missing from `raws` is read.
+    With `near` (`neighbours`), a literal-heavy delta is also tried against two bases,
+    the second from its neighbours (`_second_bases`), and the smallest is kept."""
     out: dict[bytes, bytes] = {}
     level = store.config.zstd_level
     for cid, found in cands.items():
@@ -119,9 +142,33 @@ def encode(store: ChunkStore, raws: dict[bytes, bytes], cands: dict[bytes, list[
             deep = delta.encode_delta(raw, cid, base, base_raw, DEEP_LEVEL)
             if len(deep[1]) < len(payload):
                 header, payload = deep
+            if near is not None:
+                for second in _second_bases(cid, base, near, cands, held):
+                    try:
+                        second_raw = store.read_chunk(second)
+                    except HutongError:
+                        continue
+                    # the second first: it comes from before the chunk more often
+                    two = delta.encode_delta2(raw, cid, (second, base), (second_raw, base_raw),
+                                              DEEP_LEVEL)
+                    if len(two[1]) < len(payload):
+                        header, payload = two
         sent = wrap(header + payload, whole)
         if sent is not None:
             out[cid] = sent
+    return out
+
+
+def _second_bases(cid: bytes, base: bytes, near: Mapping[bytes, Sequence[bytes]],
+                  cands: Mapping[bytes, list[bytes]], held: set[bytes]) -> list[bytes]:
+    """Second bases for `cid`'s delta against `base`: each neighbour the receiver holds,
+    else the neighbour's own first held candidate (a new chunk before it, itself a
+    delta against the old chunk whose tail `cid` holds)."""
+    out: list[bytes] = []
+    for n in near.get(cid, ()):
+        second = n if n in held else next((b for b in cands.get(n, ()) if b in held), None)
+        if second is not None and second not in (cid, base) and second not in out:
+            out.append(second)
     return out
 
 

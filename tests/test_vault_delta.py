@@ -30,7 +30,7 @@ from gfs.codec import (
     keyed_chunk_id,
     padded_blob_len,
     parse_encrypted_header,
-    sealed_base,
+    sealed_bases,
 )
 from gfs.errors import CorruptChunkError
 from gfs.federation import sealed_read
@@ -72,7 +72,7 @@ def test_sealed_delta_round_trip_and_what_its_clear_bytes_show(tmp_path: Path) -
     head = parse_encrypted_header(sd)
     # the host sees: keyed id, the base's keyed id, a padded length; no codec, no raw length
     assert (head.flags, head.codec, head.raw_len, head.chunk_id) == (FLAGS_SEALED_DELTA, 0, 0, kb)
-    assert sealed_base(sd) == ka and sealed_base(sa) is None
+    assert sealed_bases(sd) == (ka,) and sealed_bases(sa) == ()
     assert padded_blob_len(len(sd), DELTA_PAD_MIN) == len(sd) < len(sa)
     clear = sd[:BLOB_HEADER_LEN + 16]
     for secret in (chunk_id(a), chunk_id(b), len(b).to_bytes(4, "little")):
@@ -121,8 +121,8 @@ def _vault_with_delta(tmp_path: Path) -> tuple[Vault, EntityKeys, bytes, bytes, 
     _, _, sa, sd = _sealed_pair(keys)
     v = Vault(tmp_path / "vault")
     ka, kb = parse_encrypted_header(sa).chunk_id, parse_encrypted_header(sd).chunk_id
-    v.put_many("bank-a", [(ka, sa, None)])
-    v.put_many("bank-a", [(kb, sd, sealed_base(sd))])
+    v.put_many("bank-a", [(ka, sa, ())])
+    v.put_many("bank-a", [(kb, sd, sealed_bases(sd))])
     return v, keys, ka, kb, sa, sd
 
 
@@ -142,7 +142,7 @@ def test_repairing_a_delta_whole_frees_its_base(tmp_path: Path) -> None:
     v, keys, ka, kb, _, _ = _vault_with_delta(tmp_path)
     _, b = _pair(1)
     v.pin("bank-a", "r1", [kb.hex()])
-    v.put_many("bank-a", [(kb, encode_encrypted_blob(b, keys.enc_key, keys.id_key), None)],
+    v.put_many("bank-a", [(kb, encode_encrypted_blob(b, keys.enc_key, keys.id_key), ())],
                replace=True)
     assert v.has("bank-a", kb, whole=True)
     assert v.gc() == 1 and v.get("bank-a", ka) is None and v.get("bank-a", kb) is not None
@@ -155,16 +155,16 @@ def test_bad_delta_puts_are_refused_and_change_nothing(tmp_path: Path) -> None:
     kb = parse_encrypted_header(sd).chunk_id
     ka = parse_encrypted_header(sa).chunk_id
     with pytest.raises(BadRequestError, match="send the chunk whole"):  # base not held
-        v.put_many("bank-a", [(kb, sd, ka)])
+        v.put_many("bank-a", [(kb, sd, (ka,))])
     assert v.owners() == [] or v.used("bank-a") == 0
-    v.put_many("bank-a", [(ka, sa, None)])
+    v.put_many("bank-a", [(ka, sa, ())])
     with pytest.raises(BadRequestError, match="whole sealed blob"):  # a repair as a delta
-        v.put_many("bank-a", [(kb, sd, ka)], replace=True)
-    v.put_many("bank-a", [(kb, sd, ka)])
+        v.put_many("bank-a", [(kb, sd, (ka,))], replace=True)
+    v.put_many("bank-a", [(kb, sd, (ka,))])
     _, _, _, sd2 = _sealed_pair(keys, seed=2)
     kc = parse_encrypted_header(sd2).chunk_id
     with pytest.raises(BadRequestError, match="does not keep whole"):  # base is a delta
-        v.put_many("bank-a", [(kc, sd2, kb)])
+        v.put_many("bank-a", [(kc, sd2, (kb,))])
     assert not v.has("bank-a", kc)
 
 
@@ -221,7 +221,7 @@ def test_n_plus_1_to_another_entity_goes_as_sealed_deltas(fed: Federation) -> No
         # the host's view: opaque blobs, some naming a base; no plain id, no raw length
         files = _vault_files(fed)
         heads = {n: parse_encrypted_header(b) for n, b in files.items()}
-        deltas = {n: sealed_base(b) for n, b in files.items() if sealed_base(b)}
+        deltas = {n: sealed_bases(b)[0] for n, b in files.items() if sealed_bases(b)}
         assert deltas and all(h.raw_len == 0 and h.codec == 0 for h in heads.values())
         [row] = [o for o in tc.site("t1").vault() if o["owner"] == "bank-a"]
         assert row["deltas"] == len(deltas) and row["blobs"] == len(files)
@@ -306,11 +306,11 @@ def test_no_sequence_of_operations_leaves_a_kept_delta_without_its_base(
         for op in ops:
             held = {i for i in range(4) if v.has("o", _kid(i))}
             if op[0] == "whole":
-                v.put_many("o", [(_kid(op[1]), b"w%d" % op[1], None)])
+                v.put_many("o", [(_kid(op[1]), b"w%d" % op[1], ())])
             elif op[0] == "delta":
                 _, i, j = op
                 try:
-                    v.put_many("o", [(_kid(i), b"d%d" % i, _kid(j))])
+                    v.put_many("o", [(_kid(i), b"d%d" % i, (_kid(j),))])
                 except BadRequestError:
                     assert i == j or j not in held or j in bases
                     assert {i for i in range(4) if v.has("o", _kid(i))} == held
@@ -318,7 +318,7 @@ def test_no_sequence_of_operations_leaves_a_kept_delta_without_its_base(
                 if i not in held:
                     bases[i] = j
             elif op[0] == "repair":
-                v.put_many("o", [(_kid(op[1]), b"w%d" % op[1], None)], replace=True)
+                v.put_many("o", [(_kid(op[1]), b"w%d" % op[1], ())], replace=True)
                 bases.pop(op[1], None)
             elif op[0] == "pin":
                 v.pin("o", f"r{op[1]}", [_kid(i).hex() for i in op[2]])

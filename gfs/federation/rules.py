@@ -123,7 +123,8 @@ def push(site: Site, target: dict[str, Any], rule_id: str, refs: list[ChunkRef],
                                            strict=True) if not h]
             missing = [keyed[c] for c in lacks if c in keyed]
             if missing:
-                n, missing = _put_deltas(site, peer, missing, sealed=True)
+                n, missing = _put_deltas(site, peer, missing, _file_ids(refs, files),
+                                         sealed=True)
                 sent += n
             level = site.client.config.zstd_level
             sent += _put_batches(peer, (encode_encrypted_blob(
@@ -156,7 +157,7 @@ def _push_own(site: Site, peer: SiteClient, rule_id: str, refs: list[ChunkRef],
     sent = 0
     missing = [c for c, h in zip(ids, peer.has(ids), strict=True) if not h]
     if missing:
-        n, missing = _put_deltas(site, peer, missing)
+        n, missing = _put_deltas(site, peer, missing, _file_ids(refs, send))
         sent += n
     if missing and mover_port:
         sess = peer.mover_session()
@@ -247,17 +248,27 @@ def _put_batches(peer: SiteClient, blobs: Iterable[bytes], owner: str | None = N
     return sent
 
 
+def _file_ids(refs: list[ChunkRef], files: list[tuple[str, list[ChunkRef]]] | None,
+              ) -> list[list[bytes]]:
+    """The chunk ids of each of `files` in order (without files: `refs` as one list)."""
+    if files is None:
+        return [[r.id for r in refs]]
+    return [[r.id for r in fr] for _, fr in files]
+
+
 def _put_plain(site: Site, peer: SiteClient, missing: list[bytes]) -> int:
     return _put_batches(peer, (b for b in map(site.blob, missing) if b is not None))
 
 
 def _put_deltas(site: Site, peer: SiteClient, missing: list[bytes],
-                sealed: bool = False) -> tuple[int, list[bytes]]:
+                files: list[list[bytes]], sealed: bool = False) -> tuple[int, list[bytes]]:
     """Send as deltas the chunks of `missing` (plain ids) that resemble one the peer
-    holds and whose delta pays (docs/format.md "Delta transfer"); `sealed`: to another
-    entity's site, as sealed deltas against a base it keeps whole for us, paying against
-    the sealed whole blob ("Sealed delta blobs"). Returns (sent, chunks still to send
-    whole). A refused delta batch (a base gone meanwhile) leaves its chunks whole."""
+    holds and whose delta pays (docs/format.md "Delta transfer"), against two bases
+    where a neighbour in `files` (chunk ids in file order) offers a second that pays
+    more; `sealed`: to another entity's site, as sealed deltas against bases it keeps
+    whole for us, paying against the sealed whole blob ("Sealed delta blobs"). Returns
+    (sent, chunks still to send whole). A refused delta batch (a base gone meanwhile)
+    leaves its chunks whole."""
     owner = site.entity if sealed else None
     holds: delta_transfer.Holds = peer.has
     wrap: delta_transfer.Wrap = delta_transfer.plain
@@ -272,7 +283,8 @@ def _put_deltas(site: Site, peer: SiteClient, missing: list[bytes],
             blob = encode_sealed_delta(delta_blob, keys.enc_key, keys.id_key)
             return blob if delta.pays(len(blob), sealed_blob_len(whole_blob_len)) else None
 
-    deltas = delta_transfer.delta_blobs(site.client.store, missing, holds, wrap)
+    deltas = delta_transfer.delta_blobs(site.client.store, missing, holds, wrap,
+                                        delta_transfer.neighbours(files))
     if not deltas:
         return 0, missing
     try:

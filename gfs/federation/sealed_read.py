@@ -1,7 +1,8 @@
 """Opening an owner's sealed blobs read back from another entity's site, sealed deltas
-included (docs/format.md "Sealed delta blobs"): a delta's base is fetched from the same
-site by the keyed id in its clear header, decrypted and verified against the plain base
-id inside the delta, and the delta is then rebuilt and verified against its own id.
+included (docs/format.md "Sealed delta blobs"): a delta's base (or both bases of a
+two-base delta) is fetched from the same site by the keyed id in its clear header,
+decrypted and verified against the plain base id inside the delta, and the delta is
+then rebuilt and verified against its own id.
 
     opened = open_sealed(blobs, lambda kids: site.get(kids, owner="bank-a"), keys)
     opened.raws[cid]; opened.errors[cid]; opened.bad_bases   # bases to repair whole
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gfs.codec import decode_encrypted_blob, keyed_chunk_id, sealed_base
+from gfs.codec import decode_encrypted_blob, keyed_chunk_id, sealed_bases
 from gfs.delta import BaseChunkError
 from gfs.errors import CorruptChunkError
 from gfs.federation.auth import EntityKeys
@@ -40,12 +41,11 @@ def open_sealed(blobs: Mapping[bytes, bytes], get: GetSealed, keys: EntityKeys) 
     wanted: set[bytes] = set()
     for cid, blob in blobs.items():
         try:
-            base = sealed_base(blob)
+            named = sealed_bases(blob)
         except CorruptChunkError as e:
             out.errors[cid] = e
             continue
-        if base is not None and base not in by_kid:
-            wanted.add(base)
+        wanted.update(b for b in named if b not in by_kid)
     if wanted:
         kids = sorted(wanted)
         by_kid |= {k: b for k, b in zip(kids, get(kids), strict=True) if b}

@@ -28,7 +28,7 @@ from gfs.codec import (
     check_encrypted_blob,
     decode_blob,
     parse_blob_header,
-    sealed_base,
+    sealed_bases,
 )
 from gfs.errors import (
     CorruptChunkError,
@@ -793,14 +793,14 @@ class Site:
 
     def put_foreign(self, owner: str, blobs: list[bytes],
                     replace: bool = False) -> tuple[int, int]:
-        """Keep `owner`'s encrypted blobs (sealed whole, or sealed deltas against a base
+        """Keep `owner`'s encrypted blobs (sealed whole, or sealed deltas against bases
         kept here whole), only under a live storage agreement and within its quota;
         (stored, present)."""
         agreement = self.agreement(owner)
-        items: list[tuple[bytes, bytes, bytes | None]] = []
+        items: list[tuple[bytes, bytes, tuple[bytes, ...]]] = []
         for i, b in enumerate(blobs):
             try:
-                items.append((check_encrypted_blob(b).chunk_id, b, sealed_base(b)))
+                items.append((check_encrypted_blob(b).chunk_id, b, sealed_bases(b)))
             except CorruptChunkError as e:
                 raise BadRequestError(f"blob {i} of the body is not a valid owner-encrypted "
                                       f"blob: {e}") from None

@@ -1,9 +1,10 @@
 """Other entities' owner-encrypted blobs kept by a site under storage agreements
 (docs/format.md, "Vault and storage agreements", "Sealed delta blobs"; docs/trust.md).
-A sealed delta's base is kept while the delta is (`ROOT/OWNER/deps/de/DELTA.BASE`).
+A sealed delta's bases are kept while the delta is (`ROOT/OWNER/deps/de/DELTA.BASE`, a
+marker a base).
 
     vault = Vault(state / "vault")
-    vault.put_many("bank-a", [(kid, blob)], quota=agreement["quota"])
+    vault.put_many("bank-a", [(kid, blob, ())], quota=agreement["quota"])
     vault.pin_part("bank-a", "r1", "9f3c...", 0, 2, kids)     # a pin set in batches
 """
 
@@ -15,6 +16,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +103,7 @@ class Vault:
         return self._deps(owner) / h[:2] / f"{h}.{base.hex()}"
 
     def _deps_of(self, owner: str, kid: bytes) -> list[Path]:
-        """The dependency markers of blob `kid` (one if it is a sealed delta)."""
+        """The dependency markers of blob `kid` (one a base if it is a sealed delta)."""
         h = kid.hex()
         return list((self._deps(owner) / h[:2]).glob(f"{h}.*"))
 
@@ -126,36 +128,37 @@ class Vault:
         except FileNotFoundError:
             return None
 
-    def put_many(self, owner: str, items: list[tuple[bytes, bytes, bytes | None]], *,
+    def put_many(self, owner: str, items: Sequence[tuple[bytes, bytes, Sequence[bytes]]], *,
                  replace: bool = False, quota: int | None = None) -> int:
-        """Store blobs `(keyed id, blob, base keyed id or None)`; an existing one is kept
-        unless `replace` (the owner's repair, whole blobs only). A sealed delta (a base
-        given) needs its base kept whole here (400, nothing stored, otherwise); it keeps
-        the base from gc while it is kept. 507 (nothing stored) if `quota` bytes would be
-        passed. Returns how many were written."""
+        """Store blobs `(keyed id, blob, base keyed ids)` (no bases: a whole blob); an
+        existing one is kept unless `replace` (the owner's repair, whole blobs only). A
+        sealed delta (one base, or two) needs each base kept whole here (400, nothing
+        stored, otherwise); it keeps them from gc while it is kept. 507 (nothing stored)
+        if `quota` bytes would be passed. Returns how many were written."""
         with self._lock:
             used = self._used_locked(owner)
-            todo: list[tuple[Path, bytes, int, bytes, bytes | None]] = []
-            for kid, blob, base in items:
-                if base is not None:
+            todo: list[tuple[Path, bytes, int, bytes, Sequence[bytes]]] = []
+            for kid, blob, bases in items:
+                if bases:
                     if replace:
                         raise BadRequestError(f"a repair of {kid.hex()} of {owner!r} must be "
                                               "a whole sealed blob, not a sealed delta")
-                    self._check_base(owner, kid, base)
+                    for base in bases:
+                        self._check_base(owner, kid, base)
                 p = self._path(owner, kid)
                 old = p.stat().st_size if p.exists() else None
                 if old is None or replace:
-                    todo.append((p, blob, old or 0, kid, base))
+                    todo.append((p, blob, old or 0, kid, bases))
             grow = sum(len(b) - old for _, b, old, _, _ in todo)
             if quota is not None and used + grow > quota:
                 raise ApiError(f"the storage agreement for {owner!r} allows {quota} bytes; "
                                f"{used} are used and this put needs {grow} more; ask the host "
                                "for a larger agreement", 507, "quota_exceeded")
-            for p, blob, old, kid, base in todo:
-                if base is not None:  # the marker first: a delta is never kept without it
+            for p, blob, old, kid, bases in todo:
+                for base in bases:  # the markers first: a delta is never kept without them
                     self._write(self._marker(owner, kid, base), b"")
                 self._write(p, blob)
-                if base is None:  # stored whole (a repair of a delta): its base is freed
+                if not bases:  # stored whole (a repair of a delta): its bases are freed
                     for m in self._deps_of(owner, kid):
                         m.unlink(missing_ok=True)
                 self._used[owner] = self._used.get(owner, 0) + len(blob) - old
