@@ -43,6 +43,10 @@ BATCH_BYTES = 32 << 20
 #: level): it is encoded again at DEEP_LEVEL, and the smaller is sent.
 DEEP_OVER = 4096
 DEEP_LEVEL = 19
+#: A delta whose payload is over PAIR_OVER bytes is tried against two bases (when the
+#: sender knows the chunk's neighbours); a smaller one has too little left to gain (a
+#: sealed delta is padded to 512 bytes anyway).
+PAIR_OVER = 512
 
 
 def neighbours(files: Iterable[Sequence[bytes]]) -> dict[bytes, list[bytes]]:
@@ -101,8 +105,10 @@ def _round(store: ChunkStore, cids: list[bytes], holds: Holds, wrap: Wrap,
 
 def candidates(store: ChunkStore, cids: Sequence[bytes]
                ) -> tuple[dict[bytes, bytes], dict[bytes, list[bytes]]]:
-    """The plain content and the candidate bases (resemblance index, best first) of each
-    chunk of `cids` that has any; a chunk this store cannot read is left out."""
+    """The plain content and the candidate bases (resemblance index) of each chunk of
+    `cids` that has any: the whole chunk's first, then those of its halves (a chunk
+    holding the tail of one old chunk and the next resembles each in one half); a chunk
+    this store cannot read is left out."""
     raws: dict[bytes, bytes] = {}
     cands: dict[bytes, list[bytes]] = {}
     with store.engine.read() as txn:
@@ -111,7 +117,11 @@ def candidates(store: ChunkStore, cids: Sequence[bytes]
                 raw = store.read_chunk(cid)
             except HutongError:
                 continue  # sent (or reported) by the whole-blob path
-            keys = resemblance.index_keys(resemblance.chunk_superfeatures(raw))
+            half = len(raw) // 2
+            pieces = [raw] + ([raw[:half], raw[half:]] if half >= resemblance.MIN_CHUNK
+                              else [])
+            keys = [k for p in pieces
+                    for k in resemblance.index_keys(resemblance.chunk_superfeatures(p))]
             found = [b for b in resemblance.candidates(txn, keys) if b != cid]
             if found:
                 raws[cid], cands[cid] = raw, found
@@ -123,8 +133,9 @@ def encode(store: ChunkStore, raws: dict[bytes, bytes], cands: dict[bytes, list[
            near: Mapping[bytes, Sequence[bytes]] | None = None) -> dict[bytes, bytes]:
     """The delta blob (as `wrap` makes it) of each chunk of `cands` against its first
     candidate in `held`, where the delta pays; a chunk missing from `raws` is read.
-    With `near` (`neighbours`), a literal-heavy delta is also tried against two bases,
-    the second from its neighbours (`_second_bases`), and the smallest is kept."""
+    With `near` (`neighbours`), a delta over PAIR_OVER bytes is also tried against two
+    bases, the second from its neighbours (`_second_bases`), and the smallest is kept
+    (then compressed harder if still literal-heavy)."""
     out: dict[bytes, bytes] = {}
     level = store.config.zstd_level
     for cid, found in cands.items():
@@ -137,22 +148,24 @@ def encode(store: ChunkStore, raws: dict[bytes, bytes], cands: dict[bytes, list[
             whole = len(store.read_blob(cid))
         except HutongError:
             continue
+        pair: tuple[tuple[bytes, bytes], tuple[bytes, bytes]] | None = None
         header, payload = delta.encode_delta(raw, cid, base, base_raw, level)
+        if near is not None and len(payload) > PAIR_OVER:
+            for second in _second_bases(cid, base, near, cands, held):
+                try:
+                    second_raw = store.read_chunk(second)
+                except HutongError:
+                    continue
+                # the second first: it comes from before the chunk more often
+                bases, base_raws = (second, base), (second_raw, base_raw)
+                two = delta.encode_delta2(raw, cid, bases, base_raws, level)
+                if len(two[1]) < len(payload):
+                    (header, payload), pair = two, (bases, base_raws)
         if len(payload) > DEEP_OVER and level < DEEP_LEVEL:  # literal-heavy: compress harder
-            deep = delta.encode_delta(raw, cid, base, base_raw, DEEP_LEVEL)
+            deep = (delta.encode_delta(raw, cid, base, base_raw, DEEP_LEVEL) if pair is None
+                    else delta.encode_delta2(raw, cid, *pair, DEEP_LEVEL))
             if len(deep[1]) < len(payload):
                 header, payload = deep
-            if near is not None:
-                for second in _second_bases(cid, base, near, cands, held):
-                    try:
-                        second_raw = store.read_chunk(second)
-                    except HutongError:
-                        continue
-                    # the second first: it comes from before the chunk more often
-                    two = delta.encode_delta2(raw, cid, (second, base), (second_raw, base_raw),
-                                              DEEP_LEVEL)
-                    if len(two[1]) < len(payload):
-                        header, payload = two
         sent = wrap(header + payload, whole)
         if sent is not None:
             out[cid] = sent
@@ -161,10 +174,11 @@ def encode(store: ChunkStore, raws: dict[bytes, bytes], cands: dict[bytes, list[
 
 def _second_bases(cid: bytes, base: bytes, near: Mapping[bytes, Sequence[bytes]],
                   cands: Mapping[bytes, list[bytes]], held: set[bytes]) -> list[bytes]:
-    """Second bases for `cid`'s delta against `base`: each neighbour the receiver holds,
-    else the neighbour's own first held candidate (a new chunk before it, itself a
-    delta against the old chunk whose tail `cid` holds)."""
-    out: list[bytes] = []
+    """Second bases for `cid`'s delta against `base`: its other held candidates (those of
+    its halves), each neighbour the receiver holds, else the neighbour's own first held
+    candidate (a new chunk before it, itself a delta against the old chunk whose tail
+    `cid` holds)."""
+    out = [b for b in cands.get(cid, ()) if b in held and b not in (cid, base)]
     for n in near.get(cid, ()):
         second = n if n in held else next((b for b in cands.get(n, ()) if b in held), None)
         if second is not None and second not in (cid, base) and second not in out:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gfs.federation.client import FederationClient
+from gfs.federation.http import BadRequestError
+from gfs.federation.testing import Federation
 from gfs.federation.wire import unpack_frames
 
 
@@ -28,3 +32,17 @@ def site_blobs(fc: FederationClient, site: str, ids: list[bytes]) -> list[bytes]
 def files_chunk_ids(fc: FederationClient, paths: list[str]) -> list[bytes]:
     """The distinct chunk ids of the manifests of `paths`, in order."""
     return list(dict.fromkeys(c for p in paths for c in file_chunk_ids(fc, p)))
+
+
+def assert_bad_deltas_refused(fed: Federation, fc: FederationClient, site: str, cid: bytes,
+                              tampered: bytes, lacking: bytes, absent: bytes) -> None:
+    """`site` refuses, storing nothing, a `tampered` delta blob of chunk `cid` and one
+    (`lacking`) against a base `absent` it does not hold (named in the answer)."""
+    peer = fc.site(site)
+    stored = fed.metric(site, "chunks_stored_total")
+    with pytest.raises(BadRequestError, match="corrupt"):
+        peer.put([tampered])
+    with pytest.raises(BadRequestError, match=f"{absent.hex()}.*not hold"):
+        peer.put([lacking])
+    assert site_has(fc, site, [cid]) == [False]
+    assert fed.metric(site, "chunks_stored_total") == stored
