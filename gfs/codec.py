@@ -48,8 +48,6 @@ DEFAULT_LEVEL = 3
 _HEAD = struct.Struct("<4sBBHII16s")
 _CHECK = struct.Struct("<I")
 _CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_DELTA, CODEC_MEMBER, CODEC_DELTA2)
-#: Codecs an encrypted blob may carry (a delta never leaves its store).
-_WHOLE_CODECS = (CODEC_RAW, CODEC_ZSTD)
 #: Reads the verified raw bytes of a base chunk, by id.
 BaseReader = Callable[[bytes], bytes]
 
