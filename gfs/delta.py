@@ -104,28 +104,35 @@ def delta_frame(raw: Buffer, base_raw: Buffer, level: int, base_id: bytes | None
 def encode_delta(raw: Buffer, cid: bytes, base_id: bytes, base_raw: Buffer,
                  level: int) -> tuple[bytes, bytes]:
     """The (header, payload) of a delta blob of chunk `cid` against `base_id`."""
-    if len(base_id) != CHUNK_ID_LEN or len(cid) != CHUNK_ID_LEN:
-        raise ValueError(f"chunk ids must be {CHUNK_ID_LEN} bytes")
-    if base_id == cid:
-        raise ValueError(f"chunk {cid.hex()} cannot be a delta against itself")
-    payload = base_id + delta_frame(raw, base_raw, level, base_id)
-    header = BlobHeader(CODEC_DELTA, 0, len(raw), len(payload), cid).to_bytes()
-    return header, payload
+    _check_bases(cid, (base_id,))
+    return _delta_blob(CODEC_DELTA, raw, cid, (base_id,),
+                       delta_frame(raw, base_raw, level, base_id))
 
 
 def encode_delta2(raw: Buffer, cid: bytes, bases: tuple[bytes, bytes],
                   base_raws: tuple[Buffer, Buffer], level: int) -> tuple[bytes, bytes]:
     """The (header, payload) of a two-base delta blob (codec 4) of chunk `cid` against
     `bases`, whose raw bytes are `base_raws` (the prefix: the first, then the second)."""
-    first, second = bases
-    if {len(first), len(second), len(cid)} != {CHUNK_ID_LEN}:
-        raise ValueError(f"chunk ids must be {CHUNK_ID_LEN} bytes")
-    if first == second or cid in bases:
-        raise ValueError(f"chunk {cid.hex()}: a two-base delta needs two other bases")
+    _check_bases(cid, bases)
     prefix = bytes(base_raws[0]) + bytes(base_raws[1])
-    payload = first + second + delta_frame(raw, prefix, level)
-    header = BlobHeader(CODEC_DELTA2, 0, len(raw), len(payload), cid).to_bytes()
-    return header, payload
+    return _delta_blob(CODEC_DELTA2, raw, cid, bases, delta_frame(raw, prefix, level))
+
+
+def _check_bases(cid: bytes, bases: Sequence[bytes]) -> None:
+    """ValueError unless `cid` and `bases` are chunk ids and the bases are distinct others."""
+    if any(len(b) != CHUNK_ID_LEN for b in (cid, *bases)):
+        raise ValueError(f"chunk ids must be {CHUNK_ID_LEN} bytes")
+    if cid in bases or len(set(bases)) != len(bases):
+        raise ValueError(f"chunk {cid.hex()} cannot be a delta against itself"
+                         if len(bases) == 1 else
+                         f"chunk {cid.hex()}: a two-base delta needs two other bases")
+
+
+def _delta_blob(codec: int, raw: Buffer, cid: bytes, bases: Sequence[bytes],
+                frame: bytes) -> tuple[bytes, bytes]:
+    """(header, payload) of a delta blob: the base ids, then the frame."""
+    payload = b"".join(bases) + frame
+    return BlobHeader(codec, 0, len(raw), len(payload), cid).to_bytes(), payload
 
 
 def bases_in(header: BlobHeader, payload: Buffer) -> tuple[bytes, ...]:

@@ -49,16 +49,24 @@ DEEP_LEVEL = 19
 PAIR_OVER = 512
 
 
-def neighbours(files: Iterable[Sequence[bytes]]) -> dict[bytes, list[bytes]]:
-    """The chunks before and after each chunk in `files` (each a file's chunk ids, in
-    order): where a delta against one base leaves much to send, the second base of a
-    two-base delta is looked for there."""
-    out: dict[bytes, list[bytes]] = {}
+#: Neighbours kept per chunk (a chunk found in many files, a common header, would
+#: otherwise gather two from each, all asked about in the `has` question).
+NEAR_MOST = 4
+
+
+def neighbours(files: Iterable[Sequence[bytes]], of: Iterable[bytes]) -> dict[bytes, list[bytes]]:
+    """The chunks before and after each chunk of `of` in `files` (each a file's chunk ids,
+    in order), at most NEAR_MOST a chunk, first found first: where a delta against one
+    base leaves much to send, the second base of a two-base delta is looked for there."""
+    out: dict[bytes, list[bytes]] = {cid: [] for cid in of}
     for ids in files:
         for k, cid in enumerate(ids):
-            near = out.setdefault(cid, [])
+            near = out.get(cid)
+            if near is None:
+                continue
             for j in (k - 1, k + 1):
-                if 0 <= j < len(ids) and ids[j] != cid and ids[j] not in near:
+                if len(near) < NEAR_MOST and 0 <= j < len(ids) and ids[j] != cid \
+                        and ids[j] not in near:
                     near.append(ids[j])
     return out
 

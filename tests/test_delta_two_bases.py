@@ -220,7 +220,8 @@ def test_the_sender_takes_a_second_base_from_a_neighbour(tmp_path: Path) -> None
 
 def test_neighbours_are_the_chunks_before_and_after_in_each_file() -> None:
     ids = [bytes([i]) * 16 for i in range(5)]
-    near = delta_transfer.neighbours([[ids[0], ids[1], ids[2]], [ids[3], ids[1]], [ids[4]]])
+    near = delta_transfer.neighbours([[ids[0], ids[1], ids[2]], [ids[3], ids[1]], [ids[4]]],
+                                     ids)
     assert near == {ids[0]: [ids[1]], ids[1]: [ids[0], ids[2], ids[3]], ids[2]: [ids[1]],
                     ids[3]: [ids[1]], ids[4]: []}
 
@@ -341,3 +342,13 @@ def test_a_site_of_the_same_entity_rebuilds_a_two_base_delta_from_its_own_bases(
         assert parse_blob_header(got).codec != CODEC_DELTA2  # stored by a2's own policy
         assert decode_blob(got, expect_id=chunk_id(x)) == x
         fc.rule_rm("bank-a", rule["id"])
+
+
+def test_neighbours_are_kept_only_for_the_chunks_sent_and_bounded() -> None:
+    """Only the chunks asked about get neighbours, at most NEAR_MOST each, the first
+    found first: a chunk in every file (a common header) does not gather two a file."""
+    common, sent = b"c" * 16, b"s" * 16
+    files = [[common, bytes([i]) * 16, sent] for i in range(50)]
+    near = delta_transfer.neighbours(files, [common])
+    assert list(near) == [common]
+    assert near[common] == [bytes([i]) * 16 for i in range(delta_transfer.NEAR_MOST)]

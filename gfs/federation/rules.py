@@ -284,7 +284,7 @@ def _put_deltas(site: Site, peer: SiteClient, missing: list[bytes],
             return blob if delta.pays(len(blob), sealed_blob_len(whole_blob_len)) else None
 
     deltas = delta_transfer.delta_blobs(site.client.store, missing, holds, wrap,
-                                        delta_transfer.neighbours(files))
+                                        delta_transfer.neighbours(files, missing))
     if not deltas:
         return 0, missing
     try:
