@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from gfs.env import META_ENV, STATE_ENV
+from gfs import detach
+from gfs.env import DETACH_ENV, META_ENV, STATE_ENV
 
 if TYPE_CHECKING:
     from gfs.client import Client
@@ -669,7 +670,11 @@ def _classify(e: BaseException, prog: str) -> tuple[bool, bool, str]:
 
 def run() -> NoReturn:
     """The `hutong` program (console script and `python -m gfs.cli`): `main()`, then
-    `exit_now` with its code."""
+    `exit_now` with its code. The store's upkeep after a write (metadata compaction)
+    is left to a child that outlives the command (`gfs.detach`), unless $HUTONG_DETACH
+    is 0."""
+    if os.environ.get(DETACH_ENV, "1") != "0":
+        detach.allow()
     exit_now(main())
 
 
@@ -681,12 +686,15 @@ def exit_now(code: int) -> NoReturn:
     (logging's flush, weakref finalizers), then standard output and error are flushed
     (a closed pipe gives the interpreter's own code for it, 120). With any other thread
     still alive, or where this interpreter has no way to run the atexit handlers first
-    (`atexit._run_exitfuncs` is CPython's), the exit is the normal one."""
+    (`atexit._run_exitfuncs` is CPython's), the exit is the normal one. The upkeep the
+    command left (`gfs.detach`) runs in a forked child after the flush, or here before
+    a normal exit (a fork beside other threads is unsafe)."""
     import atexit
     import threading
 
     run_handlers = getattr(atexit, "_run_exitfuncs", None)
     if threading.active_count() > 1 or run_handlers is None:
+        detach.finish(fork=False)
         sys.exit(code)
     run_handlers()
     for stream in (sys.stdout, sys.stderr):
@@ -694,6 +702,7 @@ def exit_now(code: int) -> NoReturn:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe or stream, as a normal exit meets it
             code = code or 120
+    detach.finish(fork=True)
     os._exit(code)
 
 

@@ -22,6 +22,9 @@ CACHE_BYTES_ENV = "HUTONG_DISK_CACHE_BYTES"
 AT_REST_KEY_ENV = "HUTONG_AT_REST_KEY"
 #: the metadata database of a new store (`hutong init --meta URL`)
 META_ENV = "HUTONG_META"
+#: "0": a command does its store's upkeep (metadata compaction) before it exits, instead
+#: of leaving it to a detached child (gfs.detach)
+DETACH_ENV = "HUTONG_DETACH"
 
 
 def state_dir(arg: str | os.PathLike[str] | None = None) -> Path:

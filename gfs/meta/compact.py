@@ -22,11 +22,12 @@ a store of any size on demand (docs/format.md, "Compaction").
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -34,14 +35,14 @@ from typing import Any
 
 import lmdb
 
-from gfs import _rowpack
+from gfs import _rowpack, detach
 from gfs.errors import FormatError, StateError
 from gfs.meta import block_dicts, blocks
 from gfs.meta.encoding import PACKED_FORMAT
 from gfs.meta.residency import MapTrimmer
 
-__all__ = ["AUTO_MAX_BYTES", "MIN_BYTES", "MIN_FREE", "OPEN_LOCK", "Compacted", "compact",
-           "compact_now", "free_share", "hold_open"]
+__all__ = ["AUTO_MAX_BYTES", "MIN_BYTES", "MIN_FREE", "OPEN_LOCK", "Compacted", "auto_compact",
+           "compact", "compact_now", "free_share", "hold_open"]
 
 #: The lock file every open engine holds shared.
 OPEN_LOCK = "open.lock"
@@ -65,6 +66,8 @@ _TICK_ROWS = 256
 _MAX_DBS = 64
 #: Hot rows a step of the dictionary's sampling takes from a cursor.
 _SAMPLE_BATCH = 1024
+
+_log = logging.getLogger(__name__)
 #: Rows as (keys, values), in key order.
 _RowBatch = tuple[Sequence[bytes], Sequence[bytes]]
 
@@ -150,15 +153,64 @@ def compact_now(path: str, *, min_free: float = 0.0) -> Compacted | None:
                          "a mount, a site); compact once it has closed") from None
 
 
+def auto_compact(path: str, grown_pages: int) -> None:
+    """The compaction a writer's last close asks for (`MIN_BYTES`, `AUTO_MAX_BYTES`,
+    `MIN_FREE`): left to the command's exit, which runs it in a detached child
+    (`gfs.detach`), where the process allows that, else done now. A failure is logged
+    and changes nothing."""
+    if not detach.leave(lambda: _prepare_auto(path, grown_pages)):
+        _logged(lambda: compact(path, min_bytes=MIN_BYTES, max_bytes=AUTO_MAX_BYTES,
+                                min_free=MIN_FREE, grown_pages=grown_pages), path)
+
+
+def _prepare_auto(path: str, grown_pages: int) -> detach.Work | None:
+    """In the exiting process: None when the file is out of the automatic range or an
+    engine has it open, else the compaction, with open.lock already held exclusive (an
+    engine opened from now on waits for it)."""
+    try:
+        before = os.path.getsize(os.path.join(path, "data.mdb"))
+        if not MIN_BYTES <= before <= AUTO_MAX_BYTES:
+            return None
+        fd = _lock_exclusive(path)
+    except (OSError, _Busy):
+        return None
+
+    def work() -> None:
+        try:
+            _logged(lambda: _compact_locked(path, before, MIN_FREE, grown_pages), path)
+        finally:
+            os.close(fd)
+    return work
+
+
+def _logged(fn: Callable[[], object], path: str) -> None:
+    """`fn()`, an error of the copy logged as a warning (the store is unchanged)."""
+    try:
+        fn()
+    except (OSError, lmdb.Error, FormatError) as e:
+        _log.warning("metadata %s: compaction skipped: %s", path, e)
+
+
+def _lock_exclusive(path: str) -> int:
+    """A descriptor of `path`/open.lock holding it exclusive; `_Busy` when an engine
+    holds it."""
+    fd = os.open(os.path.join(path, OPEN_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise _Busy from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _compact_exclusive(path: str, before: int, min_free: float,
                        grown_pages: int) -> Compacted | None:
     """`_compact_locked` under open.lock held exclusive; `_Busy` when an engine holds it."""
-    fd = os.open(os.path.join(path, OPEN_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _lock_exclusive(path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _Busy from None
         return _compact_locked(path, before, min_free, grown_pages)
     finally:
         os.close(fd)

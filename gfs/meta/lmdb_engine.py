@@ -877,12 +877,7 @@ class LmdbEngine(MetaEngine):
             if shared.lockfd is not None:
                 os.close(shared.lockfd)
         if shared.wrote and self.compact_at_close:
-            try:
-                compaction.compact(self.path, min_bytes=compaction.MIN_BYTES,
-                                   max_bytes=compaction.AUTO_MAX_BYTES,
-                                   min_free=compaction.MIN_FREE, grown_pages=grown)
-            except (OSError, lmdb.Error, FormatError) as e:  # the store is unchanged
-                _log.warning("metadata %s: compaction skipped: %s", self.path, e)
+            compaction.auto_compact(self.path, grown)
 
     @property
     def _env(self) -> Any:
