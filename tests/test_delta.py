@@ -540,10 +540,9 @@ def test_dictionary_deltas_are_not_compressed_twice(monkeypatch: pytest.MonkeyPa
     assert whole_calls == [2]  # the noise (no saving) and the unplanned chunk only
     codecs = [parse_blob_header(h).codec for h, _ in out]
     assert codecs[0] == CODEC_DELTA and codecs[1] != CODEC_DELTA and codecs[2] != CODEC_DELTA
-    # at DICT_LEVEL_STEP levels above the store's
-    assert bytes(out[0][1]) == did + delta.delta_frame(similar, dictionary,
-                                                       3 + delta.DICT_LEVEL_STEP)
-    assert bytes(out[0][1]) != did + delta.delta_frame(similar, dictionary, 3)
+    # at the store's level
+    assert bytes(out[0][1]) == did + delta.delta_frame(similar, dictionary, 3)
+    assert bytes(out[0][1]) != did + delta.delta_frame(similar, dictionary, 6)
     for (h, p), raw, cid in zip(out, raws, ids, strict=True):
         assert decode_blob(h + bytes(p), expect_id=cid, base={did: dictionary}.__getitem__) == raw
 
