@@ -250,3 +250,33 @@ def test_an_exit_beside_another_thread_does_the_upkeep_before_it(
         release.set()
         other.join(DEADLINE)
     assert ended.value.code == 3 and forks == [False]
+
+
+def test_a_process_that_closes_a_store_again_and_again_leaves_one_compaction(
+        tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long-running command closing the same store many times queues one compaction,
+    with the growth of all its sessions, and runs it once at its exit."""
+    from gfs.client import Client
+
+    monkeypatch.setattr(compaction, "MIN_BYTES", 0)
+    monkeypatch.setattr(detach, "_queued", None)
+    monkeypatch.setattr(compaction, "_left", {})
+    Client.init(tmp_path / "state").close()
+    meta = str(tmp_path / "state" / "meta")
+    copies: list[tuple[str, int]] = []
+    real = compaction._compact_locked
+
+    def counted(path: str, before: int, min_free: float, grown: int) -> object:
+        copies.append((path, grown))
+        return real(path, before, min_free, grown)
+    monkeypatch.setattr(compaction, "_compact_locked", counted)
+    detach.allow()
+    for i in range(3):
+        with Client(tmp_path / "state") as fs:
+            fs.put(str(tree), f"/t{i}")
+    assert copies == [] and list(compaction._left) == [meta]
+    assert compaction._left[meta] > 0
+    grown = compaction._left[meta]
+    detach.finish(fork=False)
+    assert copies == [(meta, grown)] and compaction._left == {}
+    assert _packed(tmp_path / "state" / "meta")

@@ -153,20 +153,30 @@ def compact_now(path: str, *, min_free: float = 0.0) -> Compacted | None:
                          "a mount, a site); compact once it has closed") from None
 
 
+#: Environments whose compaction this process left to its exit, with the pages the
+#: closes since grew their files by: one entry however often a process closes one.
+_left: dict[str, int] = {}
+
+
 def auto_compact(path: str, grown_pages: int) -> None:
     """The compaction a writer's last close asks for (`MIN_BYTES`, `AUTO_MAX_BYTES`,
     `MIN_FREE`): left to the command's exit, which runs it in a detached child
     (`gfs.detach`), where the process allows that, else done now. A failure is logged
     and changes nothing."""
-    if not detach.leave(lambda: _prepare_auto(path, grown_pages)):
+    if path in _left:
+        _left[path] += grown_pages
+    elif detach.leave(lambda: _prepare_auto(path)):
+        _left[path] = grown_pages
+    else:
         _logged(lambda: compact(path, min_bytes=MIN_BYTES, max_bytes=AUTO_MAX_BYTES,
                                 min_free=MIN_FREE, grown_pages=grown_pages), path)
 
 
-def _prepare_auto(path: str, grown_pages: int) -> detach.Work | None:
+def _prepare_auto(path: str) -> detach.Work | None:
     """In the exiting process: None when the file is out of the automatic range or an
     engine has it open, else the compaction, with open.lock already held exclusive (an
     engine opened from now on waits for it)."""
+    grown_pages = _left.pop(path, 0)
     try:
         before = os.path.getsize(os.path.join(path, "data.mdb"))
         if not MIN_BYTES <= before <= AUTO_MAX_BYTES:
