@@ -9,8 +9,9 @@ of it when the command exits) and starts a session of its own. Each queued item 
 prepared in the exiting process (it takes the locks its work needs, so anything
 opened after the command returns waits for the work, never races it) and run in the
 child. Library callers never allow it: their closes do their upkeep themselves.
-The child holds the store's files open until it ends (well under a second for a
-store of 10^5 files): a script that unmounts the store's file system right after a
+The child holds the store's files open until it ends (the automatic compaction
+copies files of at most 64 MiB; on the 62,793-file small-file series, 3.5 MB, it took
+50-160 ms): a script that unmounts the store's file system right after a
 command waits for it with any `hutong` command on the store, or sets
 HUTONG_DETACH=0 (`gfs.env.DETACH_ENV`).
 """

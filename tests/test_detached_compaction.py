@@ -153,6 +153,8 @@ def test_the_command_ends_before_its_compaction_and_the_next_waits_for_it(
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=dict(os.environ, PYTHONPATH=REPO))
     try:
+        with pytest.raises(subprocess.TimeoutExpired):  # it waits while the child holds
+            ls.wait(timeout=2)  # (an ls of a free store ends in ~0.2 s)
         (tmp_path / "gate" / "go").touch()
         out, err = ls.communicate(timeout=DEADLINE)
     finally:
@@ -280,3 +282,39 @@ def test_a_process_that_closes_a_store_again_and_again_leaves_one_compaction(
     detach.finish(fork=False)
     assert copies == [(meta, grown)] and compaction._left == {}
     assert _packed(tmp_path / "state" / "meta")
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_a_failed_compaction_is_logged_and_changes_nothing(
+        tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, left: bool) -> None:
+    """Done at the close or left to the exit, a copy that fails (a full disk) is one
+    warning; the store reads as before and compacts at a later close."""
+    from gfs.client import Client
+
+    monkeypatch.setattr(compaction, "MIN_BYTES", 0)
+    monkeypatch.setattr(detach, "_queued", None)
+    monkeypatch.setattr(compaction, "_left", {})
+    Client.init(tmp_path / "state").close()
+    real = compaction._copy_packed
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(compaction, "_copy_packed", full)
+    if left:
+        detach.allow()
+    with Client(tmp_path / "state") as fs:
+        fs.put(str(tree), "/t")
+    if left:
+        detach.finish(fork=False)
+    assert "compaction skipped" in caplog.text and "No space left" in caplog.text
+    meta = tmp_path / "state" / "meta"
+    assert not _packed(meta) and not _locked_exclusive(meta)
+    monkeypatch.setattr(compaction, "_copy_packed", real)
+    with Client(tmp_path / "state") as fs:
+        got = {p.relative_to(tree).as_posix(): p.read_bytes()
+               for p in tree.rglob("*") if p.is_file()}
+        for rel, data in got.items():
+            assert fs.read_bytes(f"/t/{rel}") == data
+        fs.mkdir("/after")  # a write: its close compacts
+    assert _packed(meta)

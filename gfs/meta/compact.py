@@ -66,10 +66,10 @@ _TICK_ROWS = 256
 _MAX_DBS = 64
 #: Hot rows a step of the dictionary's sampling takes from a cursor.
 _SAMPLE_BATCH = 1024
-
-_log = logging.getLogger(__name__)
 #: Rows as (keys, values), in key order.
 _RowBatch = tuple[Sequence[bytes], Sequence[bytes]]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,16 +124,25 @@ def compact(path: str, *, min_bytes: int = 0, max_bytes: int | None = None,
     pages since the caller opened it; new pages of keys written in no order are part
     full); None when it did nothing. Raises FormatError (changing nothing) if the
     copy's entry counts differ from the original's."""
-    try:
-        before = os.path.getsize(os.path.join(path, "data.mdb"))
-    except FileNotFoundError:
-        return None
-    if before < min_bytes or (max_bytes is not None and before > max_bytes):
+    before = _size_within(path, min_bytes, max_bytes)
+    if before is None:
         return None
     try:
         return _compact_exclusive(path, before, min_free, grown_pages)
     except _Busy:
         return None  # open elsewhere: try again at a later close
+
+
+def _size_within(path: str, min_bytes: int, max_bytes: int | None) -> int | None:
+    """The size of `path`/data.mdb if it is within [min_bytes, max_bytes], else None
+    (None also when there is no such file)."""
+    try:
+        size = os.path.getsize(os.path.join(path, "data.mdb"))
+    except OSError:
+        return None
+    if size < min_bytes or (max_bytes is not None and size > max_bytes):
+        return None
+    return size
 
 
 def compact_now(path: str, *, min_free: float = 0.0) -> Compacted | None:
@@ -177,10 +186,10 @@ def _prepare_auto(path: str) -> detach.Work | None:
     engine has it open, else the compaction, with open.lock already held exclusive (an
     engine opened from now on waits for it)."""
     grown_pages = _left.pop(path, 0)
+    before = _size_within(path, MIN_BYTES, AUTO_MAX_BYTES)
+    if before is None:
+        return None
     try:
-        before = os.path.getsize(os.path.join(path, "data.mdb"))
-        if not MIN_BYTES <= before <= AUTO_MAX_BYTES:
-            return None
         fd = _lock_exclusive(path)
     except (OSError, _Busy):
         return None

@@ -26,7 +26,6 @@ Concurrency:
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -57,7 +56,6 @@ from gfs.meta.residency import MapTrimmer
 
 __all__ = ["LmdbEngine"]
 
-_log = logging.getLogger(__name__)
 _FORMAT = b"format"
 #: Rows one read-bookkeeping write (a heat flush) may change in a small packed table
 #: (`LmdbEngine.tick_rows`); it also bounds the reads a tracker counts in memory.
