@@ -26,6 +26,7 @@ import logging
 import os
 import stat as statmod
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -110,12 +111,34 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+class _Bar:
+    """A shown progress bar: called with the bytes done (on the command's thread);
+    `found(n)`, from any thread, adds `n` to its total, taken in at the next update."""
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+        self._found = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        if self._found:
+            with self._lock:
+                grown, self._found = self._found, 0
+            self._bar.total = (self._bar.total or 0) + grown
+        self._bar.update(n)
+
+    def found(self, n: int) -> None:
+        with self._lock:
+            self._found += n
+
+
 @contextmanager
 def _progress(args: argparse.Namespace, total: Callable[[], int | None],
-              desc: str) -> Iterator[Callable[[int], None] | None]:
+              desc: str) -> Iterator[_Bar | None]:
     """A progress bar on stderr when it is a terminal and not --quiet, else None (no
     callback per file, and tqdm not imported: its import took 5% of the CPU of a
-    quiet put of 6,800 files); `total` is only computed when the bar is shown."""
+    quiet put of 6,800 files); `total` is only computed when the bar is shown (None:
+    unknown at first, grown by the bar's `found`)."""
     if args.quiet or not sys.stderr.isatty():
         yield None
         return
@@ -123,12 +146,12 @@ def _progress(args: argparse.Namespace, total: Callable[[], int | None],
 
     with tqdm(total=total(), desc=desc, unit="B", unit_scale=True,
               unit_divisor=1024, file=sys.stderr, leave=False) as bar:
-        def update(n: int) -> None:
-            bar.update(n)
-        yield update
+        yield _Bar(bar)
 
 
 def _local_size(path: str) -> int:
+    """The bytes of the regular files at or under local `path`: the total of a federated
+    put's bar, walked first (an embedded put's bar grows with the put's own walk)."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     total = 0
@@ -226,10 +249,12 @@ def cmd_put(args: argparse.Namespace) -> int:
             print(f"put {human(n)} from standard input to {args.path}", file=sys.stderr)
         return 0
     with _opened(args) as fs, \
-            _progress(args, lambda: _local_size(args.local), "put") as bar:
+            _progress(args, lambda: None if isinstance(fs, Client) else _local_size(args.local),
+                      "put") as bar:
         _settle_for_bulk()
-        if isinstance(fs, Client):
-            r = fs.put(args.local, args.path, progress=bar, listed_ahead=ahead)
+        if isinstance(fs, Client):  # the bar's total grows as the put's walk goes
+            r = fs.put(args.local, args.path, progress=bar, listed_ahead=ahead,
+                       found=bar.found if bar is not None else None)
         else:
             from gfs.ns_transfer import put_tree
             r = put_tree(fs, args.local, args.path, progress=bar)

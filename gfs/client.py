@@ -95,6 +95,7 @@ if TYPE_CHECKING:
 # gfs.read.reader and gfs.read.stack (file reads), gfs.files (file writes), gfs.get_plan
 # (get), gfs.spill (du).
 
+#: A transfer's progress callback: called with the bytes done since its previous call.
 Progress = Callable[[int], None]
 #: the block size of `iter_bytes` (read ahead by the manifest reader)
 READ_BLOCK = 4 << 20
@@ -569,7 +570,8 @@ class Client:
     # -- copying trees -----------------------------------------------------------------
     def put(self, local: str | os.PathLike[str], path: str,
             progress: Progress | None = None, *,
-            listed_ahead: Listings | None = None) -> TransferReport:
+            listed_ahead: Listings | None = None,
+            found: Progress | None = None) -> TransferReport:
         """Copy a local file or tree into the namespace, keeping modes and times.
 
         `path` becomes the copy: a tree put onto an existing directory merges into
@@ -583,6 +585,11 @@ class Client:
         storing of its first files, and the first commit waits for the whole walk.
         Files become visible in committed batches. `listed_ahead`: listings of `local`
         begun before (`gfs.put_listings.list_ahead`), for the walk to take.
+
+        `progress(n)` is called with the size of each regular file once it is stored
+        or kept unchanged; `found(n)`, on the walk's thread, with the summed sizes of
+        the regular files the walk meets (`PutWalk`): the two add up to the same total,
+        and `found` knows it long before the last file is stored, without a second walk.
         """
         src, top, dest = put_source(local, path)
         dest_exists = self._put_destination(dest)
@@ -604,7 +611,7 @@ class Client:
         overlap = statmod.S_ISDIR(top.st_mode)
         # the walk goes on beside the pipeline; the first commit waits for all of it
         with PutWalk(self.engine, src, top, base, dest_exists,
-                     listings=listed_ahead) as walk, \
+                     listings=listed_ahead, found=found) as walk, \
                 _fast_thread_switching(), \
                 self.store.writer(overlap=overlap, gate=walk.wait) as session, \
                 contextlib.closing(read_ahead(  # read, cut and hashed in C on a thread
@@ -632,6 +639,8 @@ class Client:
                         report.symlinks += 1
                     elif statmod.S_ISREG(e.st.st_mode) and not read:
                         report.unchanged += 1
+                        if progress is not None:
+                            progress(e.st.st_size)
                     elif statmod.S_ISREG(e.st.st_mode):
                         if isinstance(loaded, OSError):
                             raise loaded  # at this file's turn, as a read here would

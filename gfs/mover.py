@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
 from gfs import _mover, delta_transfer, namespace, resemblance
-from gfs.client import Client
+from gfs.client import Client, Progress
 from gfs.codec import (
     BASED_CODECS,
     BLOB_HEADER_LEN,
@@ -64,9 +64,8 @@ from gfs.pools.local import LocalPool
 from gfs.store import ChunkStore, Prepared, pin_chunks
 
 log = logging.getLogger("hutong.mover")
-
-Progress = Callable[[int], None]
-"""Called with the number of blob bytes moved since the previous call."""
+# A transfer's `progress(n)` (gfs.client.Progress) gets the blob bytes moved since its
+# previous call.
 
 Address = tuple[str, int]
 

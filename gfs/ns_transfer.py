@@ -12,15 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import stat as statmod
-from collections.abc import Callable
 from pathlib import Path
 
 from gfs import paths
-from gfs.client import TransferReport, in_place, put_source
+from gfs.client import Progress, TransferReport, in_place, put_source
 from gfs.errors import IsADirError, NotADirError, NotFoundError
 from gfs.namespace_api import Namespace, Stat
 
-Progress = Callable[[int], None]
 COPY_BLOCK = 4 << 20
 
 

@@ -20,7 +20,7 @@ import queue
 import stat as statmod
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gfs import namespace, paths
@@ -43,6 +43,8 @@ HAND_OVER_FIRST = 8
 HAND_OVER_MAX = 256
 #: ... and at least this often (s), however slow the listings (a network filesystem).
 HAND_OVER_EVERY = 0.005
+#: A walk's `found` callback gets the sizes of this many regular files summed, at most.
+FOUND_EVERY = 1024
 
 Step = tuple[bool, LocalEntry]
 
@@ -183,18 +185,23 @@ class PutWalk:
     once the whole tree was walked and checked (`check_conflict`, and names and
     readability in `list_local`), or raises what the walk found. Where
     `dest_exists` is false nothing below `base` exists and only the local tree is
-    checked. `listings`: the tree's listings begun before (`list_ahead`). Use it as a
-    context manager: leaving stops the walk."""
+    checked. `listings`: the tree's listings begun before (`list_ahead`). `found(n)`,
+    if given, is called on the walk's thread with the summed sizes of the regular files
+    the walk has met, at least every FOUND_EVERY files and once at its end, so a
+    progress display knows the whole tree's size without walking it first. Use it as
+    a context manager: leaving stops the walk."""
 
     def __init__(self, engine: MetaEngine, src: Path, top: os.stat_result, base: list[str],
                  dest_exists: bool, *, kept: int | None = None,
-                 listings: Listings | None = None) -> None:
+                 listings: Listings | None = None,
+                 found: Callable[[int], None] | None = None) -> None:
         if kept is not None and kept < 1:
             raise ValueError("a put's walk hands over at least one entry")
         self._engine, self._src, self._top = engine, src, top
         self._base, self._dest_exists = base, dest_exists
         self._kept = PUT_WALK_KEPT if kept is None else kept
         self._listings = listings  # begun before the walk (gfs.put_listings.list_ahead)
+        self._found = found
         self._handed: queue.SimpleQueue[list[Step] | None] = queue.SimpleQueue()
         self._after: tuple[tuple[str, ...], bool] | None = None  # the last step handed over
         self._error: BaseException | None = None
@@ -217,10 +224,16 @@ class PutWalk:
                 size, handed = HAND_OVER_FIRST, 0
                 last: tuple[tuple[str, ...], bool] = ((), False)
                 due = time.monotonic() + HAND_OVER_EVERY
+                found, met, met_bytes = self._found, 0, 0
                 for step in walk_local(self._src, self._top, listings=self._listings):
                     if self._stop:
                         raise WalkCancelled("the put stopped before its walk ended")
                     leaving, e = step
+                    if found is not None and not leaving and statmod.S_ISREG(e.st.st_mode):
+                        met, met_bytes = met + 1, met_bytes + e.st.st_size
+                        if met == FOUND_EVERY:
+                            found(met_bytes)
+                            met, met_bytes = 0, 0
                     if txn is not None and not leaving:
                         check_conflict(txn, parents, e)
                     if self._after is not None:
@@ -237,6 +250,8 @@ class PutWalk:
                         due = time.monotonic() + HAND_OVER_EVERY
                 if block:
                     self._handed.put(block)
+                if found is not None and met:
+                    found(met_bytes)
         except BaseException as e:  # for the put: at its next step, or its first commit
             self._error = e
         finally:

@@ -475,6 +475,36 @@ def test_put_on_a_terminal_shows_the_bar(state: Path, tmp_path: Path,
     assert "put:" in capsys.readouterr().err  # tqdm's bar, named by its description
 
 
+def test_the_put_bar_takes_its_total_from_the_put_walk(state: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedded put's bar does not walk the tree before the put (a tree of millions
+    of files was walked twice): its total grows with the put's own walk and ends at the
+    tree's size, with every byte counted done."""
+    import tqdm
+
+    import gfs.cli as cli
+    from gfs.cli import main
+
+    src = make_tree(tmp_path / "src", seed=6, files=30)
+    size = sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    bars: list[tqdm.tqdm] = []
+
+    class Recorded(tqdm.tqdm):  # type: ignore[type-arg]
+        def __init__(self, *a: object, **k: object) -> None:
+            super().__init__(*a, **k)
+            bars.append(self)
+
+    def no_prewalk(path: str) -> int:
+        raise AssertionError(f"the tree {path} was walked before the put")
+
+    monkeypatch.setattr(tqdm, "tqdm", Recorded)
+    monkeypatch.setattr(cli, "_local_size", no_prewalk)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["--state", str(state), "put", str(src), "/t"]) == 0
+    (bar,) = bars
+    assert bar.total == size and bar.n == size
+
+
 def test_the_program_freezes_its_start_up_objects_and_a_caller_keeps_its_gc(state: Path
                                                                              ) -> None:
     """`hutong` (main without argv) moves the objects of its start-up out of the

@@ -286,6 +286,40 @@ def test_put_again_resumes_and_never_nests(fs: Client, tmp_path: Path) -> None:
     assert fs.fsck().ok
 
 
+@pytest.mark.parametrize("kept", [None, 5])  # 5: the walk checks on past what it hands over
+def test_put_reports_the_tree_size_as_its_walk_finds_it(
+        fs: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: int | None) -> None:
+    """`found` sums to the size of the tree's regular files, in several reports from
+    the walk's thread; `progress` sums to the same, counting the files a resumed put
+    keeps; symlinks, directories and empty files add nothing."""
+    import threading
+
+    from gfs import put_walk
+
+    monkeypatch.setattr(put_walk, "FOUND_EVERY", 3)  # several reports on a small tree
+    if kept is not None:
+        monkeypatch.setattr(put_walk, "PUT_WALK_KEPT", kept)
+    src = make_tree(tmp_path / "src", seed=11, files=40)
+    (src / "zz-empty").write_bytes(b"")
+    (src / "zz-link").symlink_to("zz-empty")
+    size = sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    found: list[tuple[int, str]] = []
+    done: list[int] = []
+    report = fs.put(src, "/t", progress=done.append,
+                    found=lambda n: found.append((n, threading.current_thread().name)))
+    assert sum(n for n, _ in found) == size == sum(done) == report.bytes
+    assert len(found) > 1 and {name for _, name in found} == {"hutong-walk"}
+    rel = sorted(p.relative_to(src) for p in src.rglob("*")
+                 if p.is_file() and not p.is_symlink())
+    fs.rm(f"/t/{rel[0]}")
+    found.clear()
+    done.clear()
+    again = fs.put(src, "/t", progress=done.append,
+                   found=lambda n: found.append((n, threading.current_thread().name)))
+    assert again.files == 1 and again.unchanged == len(rel) - 1
+    assert sum(n for n, _ in found) == size == sum(done)
+
+
 def test_pinned_chunks_survive_gc_until_the_pin_expires(fs: Client) -> None:
     from gfs.store import pin_chunks
 
