@@ -24,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import shutil
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
@@ -237,6 +236,8 @@ def _compact_exclusive(path: str, before: int, min_free: float,
 
 def _compact_locked(path: str, before: int, min_free: float,
                     grown_pages: int) -> Compacted | None:
+    import shutil  # here: the copy runs after the command, in its detached child
+
     start = time.perf_counter()
     tmp = Path(path) / _TMP
     shutil.rmtree(tmp, ignore_errors=True)  # a copy a crash left
