@@ -644,9 +644,13 @@ class Client:
                     elif statmod.S_ISREG(e.st.st_mode):
                         if isinstance(loaded, OSError):
                             raise loaded  # at this file's turn, as a read here would
-                        prepared = prepared_of(loaded)  # None: too big, streamed
-                        refs = (session.store_file(e.path) if prepared is None
-                                else session.store_prepared(prepared))
+                        held = session.held_refs(loaded) if loaded is not None else None
+                        if held is not None:  # one chunk the store has: nothing to store
+                            refs = held
+                        else:
+                            prepared = prepared_of(loaded)  # None: too big, streamed
+                            refs = (session.store_file(e.path) if prepared is None
+                                    else session.store_prepared(prepared))
                         session.add_file(refs, _FileAction(dirs, parent_rel, name, e.st))
                         report.files += 1
                         report.bytes += e.st.st_size

@@ -260,3 +260,25 @@ def test_a_streamed_file_is_looked_up_a_block_at_a_time(
         for rel, data in want.items():
             assert fs.read_bytes(f"/dst/a/{rel}") == data
         assert fs.fsck().ok
+
+
+def test_small_files_the_store_holds_are_counted_and_not_stored_again(fs: Client,
+                                                                     tmp_path: Path) -> None:
+    """A put of one-chunk files the store already has (another snapshot of the same tree,
+    and a copy inside the tree made in the same put) stores nothing new, counts each as
+    a duplicate, and reads back whole; a changed file among them is stored."""
+    src = tmp_path / "src"
+    files = _tree(src, 3, 5)
+    (src / "twin.txt").write_bytes(files["d1/f4.txt"])  # the same chunk twice in one put
+    first = fs.put(src, "/a").write
+    assert first is not None and first.files == 16 and first.dedup_chunks == 1
+    (src / "d2" / "f0.txt").write_bytes(b"changed in the second snapshot")
+    second = fs.put(src, "/b").write
+    assert second is not None and second.files == 16
+    assert second.new_chunks == 1 and second.dedup_chunks == 15
+    assert second.new_raw_bytes == len(b"changed in the second snapshot")
+    for rel, data in files.items():
+        want = b"changed in the second snapshot" if rel == "d2/f0.txt" else data
+        assert fs.read_bytes(f"/b/{rel}") == want and fs.read_bytes(f"/a/{rel}") == data
+    assert fs.read_bytes("/b/twin.txt") == files["d1/f4.txt"]
+    assert fs.fsck().ok
