@@ -122,10 +122,15 @@ class _Bar:
 
     def __call__(self, n: int) -> None:
         if self._found:
-            with self._lock:
-                grown, self._found = self._found, 0
-            self._bar.total = (self._bar.total or 0) + grown
+            self.take_found()
         self._bar.update(n)
+
+    def take_found(self) -> None:
+        """Add what `found` gathered to the bar's total."""
+        with self._lock:
+            grown, self._found = self._found, 0
+        if grown:
+            self._bar.total = (self._bar.total or 0) + grown
 
     def found(self, n: int) -> None:
         with self._lock:
@@ -146,7 +151,9 @@ def _progress(args: argparse.Namespace, total: Callable[[], int | None],
 
     with tqdm(total=total(), desc=desc, unit="B", unit_scale=True,
               unit_divisor=1024, file=sys.stderr, leave=False) as bar:
-        yield _Bar(bar)
+        shown = _Bar(bar)
+        yield shown
+        shown.take_found()  # a walk's last sizes may come after the last bytes done
 
 
 def _local_size(path: str) -> int:

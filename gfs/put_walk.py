@@ -248,10 +248,10 @@ class PutWalk:
                         self._handed.put(block)
                         block, size = [], min(2 * size, HAND_OVER_MAX)
                         due = time.monotonic() + HAND_OVER_EVERY
+                if found is not None and met:  # before the last steps reach the put
+                    found(met_bytes)
                 if block:
                     self._handed.put(block)
-                if found is not None and met:
-                    found(met_bytes)
         except BaseException as e:  # for the put: at its next step, or its first commit
             self._error = e
         finally:
