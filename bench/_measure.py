@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +69,10 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                                 stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                 env=dict(env) if env is not None else None, cwd=cwd)
         anon = 0
-        while proc.poll() is None:
-            anon = max(anon, _anon_kib_below(proc.pid))
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(SAMPLE)
+        with _exit_signal(proc) as exited:
+            while proc.poll() is None:
+                anon = max(anon, _anon_kib_below(proc.pid))
+                exited(SAMPLE)
         wall = time.perf_counter() - t0
         out.seek(0)
         err.seek(0)
@@ -84,6 +85,25 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
         tail = " | ".join(result.stderr.strip().splitlines()[-5:]) or "no stderr"
         raise CommandError(f"{' '.join(argv)} exited {result.rc}: {tail}")
     return result
+
+
+@contextmanager
+def _exit_signal(proc: subprocess.Popen[bytes]) -> Iterator[Callable[[float], None]]:
+    """A wait of at most some seconds that returns as soon as `proc` exits: on a pidfd
+    (Linux), so the wall time ends when the command does. `Popen.wait(timeout)` polls
+    with sleeps of up to 50 ms: 0.54 s measured for `sleep 0.52`."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux, or before 5.3: polled
+        def polled(seconds: float) -> None:
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(seconds)
+        yield polled
+        return
+    try:
+        yield lambda seconds: select.select([fd], [], [], seconds) and None
+    finally:
+        os.close(fd)
 
 
 def _anon_kib_below(pid: int) -> int:

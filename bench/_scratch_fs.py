@@ -75,7 +75,9 @@ def scratch_fs(parent: Path, size: int, name: str, *, inodes: int | None = None,
             f.truncate(size)
         _run(["mkfs.ext4", "-q", "-F", *features, str(image)])
         mnt.mkdir(exist_ok=True)
-        _run(["mount", "-o", "loop", str(image), str(mnt)])
+        # noinit_itable: no kernel thread zeroing the inode tables mkfs left for later
+        # beside the first tool's run (ext4 initialises them lazily after a mount)
+        _run(["mount", "-o", "loop,noinit_itable", str(image), str(mnt)])
     except (OSError, RuntimeError) as exc:  # root without mount rights (a container)
         _remove(image, mnt)
         print(f"scratch filesystem: none ({exc}); working on {parent} as it is")

@@ -20,6 +20,11 @@ def test_a_fresh_filesystem_is_mounted_and_removed(tmp_path: Path) -> None:
         assert sorted(p.name for p in mnt.iterdir()) == ["lost+found"]  # nothing carried over
         (mnt / "f").write_bytes(b"x" * 4096)
         assert has_journal(mnt) is (has_journal(tmp_path) is not False)
+        # no kernel thread zeroing inode tables beside the tools' runs
+        options = next(line.split()[3] for line in
+                       Path("/proc/self/mounts").read_text().splitlines()
+                       if line.split()[1] == str(mnt))
+        assert "noinit_itable" in options.split(","), options
     assert not (tmp_path / "fs").exists()
     assert not (tmp_path / "fs.img").exists()
     assert str(tmp_path / "fs") not in Path("/proc/self/mounts").read_text()

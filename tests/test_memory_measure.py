@@ -42,3 +42,20 @@ def test_anonymous_peak_counts_the_heap_not_a_mapped_file(tmp_path: Path) -> Non
     assert mapped.maxrss_kib >= 190 * 1024, mapped.maxrss_kib
     assert mapped.anon_kib < 64 * 1024, mapped.anon_kib
     assert heap.anon_kib >= 190 * 1024, heap.anon_kib
+
+
+def test_the_wait_between_samples_ends_when_the_command_exits() -> None:
+    """The sampling wait returns at the command's exit, not at the end of its period
+    (Popen.wait(timeout) polled with sleeps of up to 50 ms, added to every wall time)."""
+    import subprocess
+    import time
+
+    from bench._measure import _exit_signal
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    with _exit_signal(proc) as exited:
+        t0 = time.monotonic()
+        exited(60.0)
+        waited = time.monotonic() - t0
+    assert proc.wait(5) == 0
+    assert waited < 30.0, waited  # woken by the exit, long before the period's end
