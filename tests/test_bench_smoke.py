@@ -196,3 +196,24 @@ def test_smallfiles_dataset_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert datasets.fetch("smallfiles") == full  # cached: checked, not rebuilt
     with pytest.raises(datasets.DatasetError, match="choose one of releases, smallfiles"):
         datasets.fetch("nope")
+
+
+def test_each_tool_run_reads_the_sources_first(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`warm` reads every regular file of the snapshots, and `run_tool` calls it before
+    the tool's first command (the machine pages out what was idle for a minute)."""
+    import bench.ingest as ingest
+
+    snaps = _make_snapshots(tmp_path / "data")
+    assert ingest.warm(snaps) == tree_bytes(snaps) > 0
+    order: list[str] = []
+    monkeypatch.setattr(ingest, "warm", lambda s: order.append("warm") or 0)
+
+    class Failing(Hutong):
+        def init(self) -> None:
+            order.append("init")
+            raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_tool(Failing(tmp_path / "work"), snaps, {}, 1)
+    assert order == ["warm", "init"]

@@ -74,3 +74,34 @@ def test_bench_delta_measures_pairs(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert bench_delta.main(["--dataset", str(tmp_path)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("delta: threshold=0.75") and "target=" in last
+
+
+def test_the_headline_takes_the_median_of_the_rounds_ratios(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Three rounds: hutong-delta's ingest ratio against the faster peer is 1.5, 2.5 and
+    2.2 (median 2.2, met), though its median time against the peers' median times would
+    say otherwise; a tool's row is its median round."""
+    from bench.ingest import median_result
+
+    def row(tool: str, ingest_s: float, restore_s: float = 1.0, stored: int = 400) -> Result:
+        return Result(tool, "1", 1000, stored, ingest_s, restore_s, 1024, 3,
+                      [ingest_s / 2, ingest_s / 2], {}, None, ingest_cpu=ingest_s)
+
+    rounds = [[row("hutong-delta", 2.0, 0.4), row("restic", 3.0, 1.0), row("zpaq", 9.0)],
+              [row("hutong-delta", 1.2, 0.5), row("restic", 3.0, 1.0), row("zpaq", 9.0)],
+              [row("hutong-delta", 1.0, 0.45), row("restic", 2.2, 1.0), row("zpaq", 9.0)]]
+    merged = [median_result([rnd[i] for rnd in rounds]) for i in range(3)]
+    assert merged[0].ingest_s == 1.2 and merged[1].ingest_s == 3.0
+    assert merged[0].per_snapshot_s == [0.6, 0.6]
+    print_results(merged, "releases", rounds)
+    out = capsys.readouterr().out.strip().splitlines()
+    last = out[-1]
+    assert "ingest_x=2.2 " in last and "restore_x=2.22 " in last, last
+    assert "ingest_x_rounds=1.50/2.50/2.20" in last and "rounds=3" in last
+    assert last.endswith("target=met")
+    assert "hutong-delta: ingest s per round: 2.00 1.20 1.00; restore s per round: " \
+        "0.40 0.50 0.45" in out
+    # one round alone: its own ratio, judged as it is
+    print_results(rounds[0], "releases", rounds[:1])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "ingest_x=1.5 " in last and "rounds=1" in last and last.endswith("target=missed")
