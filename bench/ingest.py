@@ -59,7 +59,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,14 +390,17 @@ def warm(snapshots: Sequence[Path]) -> int:
     touched for about a minute (DAMON's reclaim: `pageout` of regions idle for 12
     aggregations of 5 s), so one warming at the start left the sources cold for the
     tools that ran minutes later."""
-    total = 0
+    return sum(read_file(p) for p in regular_files(snapshots))
+
+
+def regular_files(snapshots: Sequence[Path]) -> Iterator[Path]:
+    """The regular files of the snapshots (symlinks left out)."""
     for snap in snapshots:
         for dirpath, _dirs, names in os.walk(snap):
             for n in names:
                 p = Path(dirpath) / n
                 if p.is_file() and not p.is_symlink():
-                    total += read_file(p)
-    return total
+                    yield p
 
 
 def source_digests(snapshots: Sequence[Path]) -> dict[str, dict[str, str]]:
@@ -407,14 +410,7 @@ def source_digests(snapshots: Sequence[Path]) -> dict[str, dict[str, str]]:
 
 def tree_bytes(snapshots: Sequence[Path]) -> int:
     """Total bytes of the regular files of the snapshots."""
-    total = 0
-    for snap in snapshots:
-        for dirpath, _dirs, names in os.walk(snap):
-            for n in names:
-                p = Path(dirpath) / n
-                if p.is_file() and not p.is_symlink():
-                    total += p.stat().st_size
-    return total
+    return sum(p.stat().st_size for p in regular_files(snapshots))
 
 
 def run_tool(tool: Tool, snapshots: Sequence[Path], expected: Mapping[str, Mapping[str, str]],
