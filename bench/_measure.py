@@ -242,11 +242,13 @@ def write_random(path: Path, size: int) -> Path:
     return path
 
 
-def read_file(path: Path, block: int = READ_BLOCK) -> int:
-    """Read `path` sequentially in `block`-sized reads; return the bytes read."""
+def read_file(path: Path, block: int = READ_BLOCK, buf: bytearray | None = None) -> int:
+    """Read `path` sequentially in `block`-sized reads (into `buf` if given: a caller
+    reading many small files allocates it once); return the bytes read."""
     n = 0
     with open(path, "rb", buffering=0) as f:
-        buf = bytearray(block)
+        if buf is None:
+            buf = bytearray(block)
         while k := f.readinto(buf):
             n += k
     return n

@@ -393,7 +393,9 @@ def warm(snapshots: Sequence[Path]) -> int:
     touched for about a minute (DAMON's reclaim: `pageout` of regions idle for 12
     aggregations of 5 s), so one warming at the start left the sources cold for the
     tools that ran minutes later."""
-    return sum(read_file(p) for p in regular_files(snapshots))
+    # one buffer for all: the quick set's 13,607 files took 6.4 s with a new 8 MiB one each
+    buf = bytearray(1 << 20)
+    return sum(read_file(p, buf=buf) for p in regular_files(snapshots))
 
 
 def regular_files(snapshots: Sequence[Path]) -> Iterator[Path]:
