@@ -38,10 +38,11 @@ and without it give a run a few minutes after another run's cleanup). Rows:
   per-snapshot access: the long-window compression bound).
 
 Every tool runs `--rounds` times (3, 1 with --quick), a round being each tool in turn
-(the order reversed every other round) on a fresh scratch filesystem of its own: the
-machine is shared, and one round of the same code gave ingest ratios from 1.77 to 2.05.
-The table shows each tool's medians; each ratio of the headline is the median of the
-rounds' ratios (the tools of a round ran next to each other in time), which it lists.
+(the order reversed every other round) on a fresh scratch filesystem of its own, because
+the machine is shared: two single runs of the same code, minutes apart, gave ingest
+ratios of 1.77 and 2.05 (--quick, hutong-delta against restic). The table shows each
+tool's medians; each ratio of the headline is the median of the rounds' ratios (the
+tools of a round ran next to each other in time), which it lists.
 
 hutong's bytecode is brought up to date before its first command, as an installed copy
 has it (see `compile_package`).
