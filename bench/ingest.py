@@ -16,16 +16,16 @@ before the tool's run (`warm`) and every dirty page written out before each time
 (`sync`: without it, hutong-delta's restore of the releases set took 4.52-4.93 s in
 three rounds, with it 3.35-3.54 s; the tool before it had just restored 364 MB):
 ingest the snapshots in order (one put/backup/archive per snapshot) and measure stored
-bytes on disk (`du -sb`), then restore all of them,
-verify every restored byte against the source, and measure stored bytes again (hutong's
-metadata grows when it is read: a restore records its reads' heat for tiering; the
-target compares the bytes stored by the ingest, the table shows both), ingest and
-restore MB/s (logical bytes / wall seconds, MB = 10^6 bytes) and the peak RSS of the
-tool's processes. Every tool's repository and restore stay on disk until the run ends
-(ext4 passes over inodes freed in the last minutes when it allocates one; removing a
-tool's files made the next tool's restore pay that scan per file: several seconds on
-the releases data; the scratch filesystem keeps earlier runs' deletions out of it too,
-and without it give a run a few minutes after another run's cleanup). Rows:
+bytes on disk (`du -sb`), then restore all of them, verify every restored byte against
+the source, and measure stored bytes again (hutong's metadata grows when it is read: a
+restore records its reads' heat for tiering; the target compares the bytes stored by
+the ingest, the table shows both), ingest and restore MB/s (logical bytes / wall
+seconds, MB = 10^6 bytes) and the peak RSS of the tool's processes. Every tool's
+repository and restore stay on disk until the round ends (ext4 passes over inodes freed
+in the last minutes when it allocates one; removing a tool's files made the next tool's
+restore pay that scan per file: several seconds on the releases data; the scratch
+filesystem keeps earlier runs' deletions out of it too, and without it give a run a few
+minutes after another run's cleanup). Rows:
 
 * hutong: defaults; hutong-delta: with delta chunks on (`HUTONG_DELTA=1`); both also
   split stored bytes into data (pools) and metadata (the LMDB environment), and
@@ -669,6 +669,10 @@ def main(argv: list[str]) -> int:
     if bad or not names:
         print(f"ingest: unknown tool(s) {bad}; choose from {', '.join(TOOLS)}", file=sys.stderr)
         return 2
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else ROUNDS)
+    if rounds < 1:
+        print(f"ingest: --rounds must be at least 1, got {rounds}", file=sys.stderr)
+        return 2
 
     try:
         root = Path(args.dataset) if args.dataset else datasets.fetch(args.shape, args.quick)
@@ -683,10 +687,6 @@ def main(argv: list[str]) -> int:
         print(f"dataset: {datasets.describe(root)}")
     expected = source_digests(snapshots)
     logical = tree_bytes(snapshots)
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else ROUNDS)
-    if rounds < 1:
-        print(f"ingest: --rounds must be at least 1, got {rounds}", file=sys.stderr)
-        return 2
     every: list[list[Result]] = []
     failed = False
     for r in range(rounds):

@@ -244,3 +244,15 @@ def test_each_timed_phase_starts_with_nothing_left_to_write_back(
 
     run_tool(Logged(tmp_path / "work"), snaps, source_digests(snaps), tree_bytes(snaps))
     assert order == ["sync", "init", "sync", "restore"]
+
+
+def test_a_bad_round_count_is_refused_before_any_work(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import bench.ingest as ingest
+
+    def no_fetch(*_: object) -> Path:
+        raise AssertionError("the dataset was fetched")
+
+    monkeypatch.setattr(ingest.datasets, "fetch", no_fetch)
+    assert ingest.main(["--rounds", "0"]) == 2
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
