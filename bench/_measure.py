@@ -100,8 +100,11 @@ def _exit_signal(proc: subprocess.Popen[bytes]) -> Iterator[Callable[[float], No
                 proc.wait(seconds)
         yield polled
         return
+    def woken(seconds: float) -> None:
+        select.select([fd], [], [], seconds)  # readable once the process has exited
+
     try:
-        yield lambda seconds: select.select([fd], [], [], seconds) and None
+        yield woken
     finally:
         os.close(fd)
 

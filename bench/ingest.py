@@ -500,10 +500,8 @@ def print_results(results: Sequence[Result], shape: str = "",
     by = {r.tool: r for r in results}
     peers = [r for r in results if r.tool in PEERS]
     h = by.get("hutong-delta") or by.get("hutong")
-    judged = [f for f in (_ratios(rnd) for rnd in rounds) if f is not None] \
-        if len(rounds) > 1 else []
-    if not judged and (one := _ratios(results)) is not None:
-        judged = [one]
+    judged = [f for f in map(_ratios, rounds if len(rounds) > 1 else [results])
+              if f is not None]
     if h is None or not peers or not judged:
         print(headline("ingest", False, note="needs_hutong_and_restic_or_borg",
                        tools=",".join(r.tool for r in results)))
