@@ -194,6 +194,34 @@ def test_a_kill_9_of_the_compaction_child_loses_nothing(tmp_path: Path, store: P
     assert fsck.returncode == 0 and "fsck: ok" in fsck.stdout, fsck.stdout + fsck.stderr
 
 
+def test_a_store_moved_and_copied_back_meanwhile_is_left_to_its_own_copy(
+        tmp_path: Path, store: Path, tree: Path) -> None:
+    """The child compacts the directory it locked, wherever that went: a store moved
+    away while its compaction runs, and a copy of it put at the old path (with the
+    child's half-written copy in it, as `cp -a` takes it), keep both stores whole;
+    the child swaps its copy in the moved store, never in the copy at the path."""
+    import hashlib
+    import shutil
+
+    child = _gated_put(tmp_path, store, tree)
+    moved = tmp_path / "moved"
+    store.rename(moved)
+    shutil.copytree(moved, store, symlinks=True)
+    assert (store / "meta" / "compact.tmp").is_dir()  # the copy took the half-written one
+    data = store / "meta" / "data.mdb"
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()
+    (tmp_path / "gate" / "go").touch()
+    _wait_for(lambda: _gone(child), "the child's end")
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == digest
+    assert _packed(moved / "meta") and not (moved / "meta" / "compact.tmp").exists()
+    for name, state in (("from-copy", store), ("from-moved", moved)):
+        got = _hutong(state, "get", "--quiet", "/t", str(tmp_path / name))
+        assert got.returncode == 0, got.stderr
+        _same_tree(tree, tmp_path / name)
+        fsck = _hutong(state, "fsck")
+        assert fsck.returncode == 0 and "fsck: ok" in fsck.stdout, fsck.stdout + fsck.stderr
+
+
 def test_hutong_detach_0_compacts_before_the_command_returns(store: Path,
                                                              tree: Path) -> None:
     meta = store / "meta"
@@ -269,7 +297,7 @@ def test_a_process_that_closes_a_store_again_and_again_leaves_one_compaction(
     real = compaction._compact_locked
 
     def counted(path: str, before: int, min_free: float, grown: int) -> object:
-        copies.append((path, grown))
+        copies.append((os.path.realpath(path), grown))  # it names the directory by its fd
         return real(path, before, min_free, grown)
     monkeypatch.setattr(compaction, "_compact_locked", counted)
     detach.allow()
@@ -280,7 +308,7 @@ def test_a_process_that_closes_a_store_again_and_again_leaves_one_compaction(
     assert compaction._left[meta] > 0
     grown = compaction._left[meta]
     detach.finish(fork=False)
-    assert copies == [(meta, grown)] and compaction._left == {}
+    assert copies == [(os.path.realpath(meta), grown)] and compaction._left == {}
     assert _packed(tmp_path / "state" / "meta")
 
 

@@ -189,15 +189,15 @@ def _prepare_auto(path: str) -> detach.Work | None:
     if before is None:
         return None
     try:
-        fd = _lock_exclusive(path)
+        held = _lock_exclusive(path)
     except (OSError, _Busy):
         return None
 
     def work() -> None:
         try:
-            _logged(lambda: _compact_locked(path, before, MIN_FREE, grown_pages), path)
+            _logged(lambda: _compact_locked(held.path, before, MIN_FREE, grown_pages), path)
         finally:
-            os.close(fd)
+            held.release()
     return work
 
 
@@ -209,29 +209,53 @@ def _logged(fn: Callable[[], object], path: str) -> None:
         _log.warning("metadata %s: compaction skipped: %s", path, e)
 
 
-def _lock_exclusive(path: str) -> int:
-    """A descriptor of `path`/open.lock holding it exclusive; `_Busy` when an engine
+@dataclass(frozen=True)
+class _Held:
+    """The environment's directory, open, with its open.lock held exclusive. `path`
+    names that directory through the descriptor (/proc/self/fd/N) where the system
+    has it: the copy and its swap stay in the directory that was locked even if the
+    store is moved or removed and another put at its path meanwhile (the other's
+    open.lock is another file, so its engines would not wait for this copy)."""
+
+    dirfd: int
+    lockfd: int
+    path: str
+
+    def release(self) -> None:
+        """Drop the lock and close the directory."""
+        os.close(self.lockfd)
+        os.close(self.dirfd)
+
+
+def _lock_exclusive(path: str) -> _Held:
+    """`path`'s directory with its open.lock held exclusive; `_Busy` when an engine
     holds it."""
-    fd = os.open(os.path.join(path, OPEN_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(OPEN_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
+    except BaseException:
+        os.close(dirfd)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BaseException as e:
         os.close(fd)
-        raise _Busy from None
-    except BaseException:
-        os.close(fd)
+        os.close(dirfd)
+        if isinstance(e, BlockingIOError):
+            raise _Busy from None
         raise
-    return fd
+    anchored = f"/proc/self/fd/{dirfd}"
+    return _Held(dirfd, fd, anchored if os.path.isdir(anchored) else path)
 
 
 def _compact_exclusive(path: str, before: int, min_free: float,
                        grown_pages: int) -> Compacted | None:
     """`_compact_locked` under open.lock held exclusive; `_Busy` when an engine holds it."""
-    fd = _lock_exclusive(path)
+    held = _lock_exclusive(path)
     try:
-        return _compact_locked(path, before, min_free, grown_pages)
+        return _compact_locked(held.path, before, min_free, grown_pages)
     finally:
-        os.close(fd)
+        held.release()
 
 
 def _compact_locked(path: str, before: int, min_free: float,
