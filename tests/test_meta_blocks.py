@@ -451,9 +451,10 @@ def test_lookups_of_random_keys_decode_each_block_once_and_see_rewrites(
 
 def test_a_batch_of_chunk_lookups_seeks_each_block_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`present_chunks` looks its ids up in id order (`BlockTxn.get_many`): one block
-    lookup (cursor seek, decode-cache probe) per block the ids fall in, however
-    scattered their order; one by one, nearly every id took one."""
+    """`present_chunks` and `get_chunks` look their ids up in id order
+    (`BlockTxn.get_many`): one block lookup (cursor seek, decode-cache probe) per
+    block the ids fall in, however scattered their order; one by one, nearly every
+    id took one."""
     path = str(tmp_path / "meta")
     _store(path, 600)
     assert compaction.compact_now(path) is not None
@@ -476,6 +477,12 @@ def test_a_batch_of_chunk_lookups_seeks_each_block_once(
             # past the last block
             past = len({k // residency.PART for k in range(600, 700)})
             assert 1 < len(seeks) <= nblocks + past
+        seeks.clear()  # and `get_chunks` (a get's batch of chunk records) the same way
+        with eng.read() as r:
+            got = r.get_chunks(i.to_bytes(16, "big") for i in order)
+            assert 1 < len(seeks) <= nblocks + past
+            assert sorted(got) == [i.to_bytes(16, "big") for i in range(600)]
+            assert all(rec == r.get_chunk(cid) for cid, rec in got.items())
     finally:
         eng.close()
 
@@ -489,7 +496,8 @@ _CHUNK_OPS = st.lists(st.tuples(st.sampled_from(["put", "delete", "ref", "heat"]
 @given(_CHUNK_OPS, st.booleans())
 def test_batch_lookups_equal_lookups_one_by_one(
         tmp_path: Path, ops: list[tuple[str, int]], tick: bool) -> None:
-    """`present_chunks` and `add_refcounts` (batch lookups, `get_many`) answer as
+    """`present_chunks`, `get_chunks` and `add_refcounts` (batch lookups, `get_many`)
+    answer as
     `has_chunk` and `get_chunk` do one id at a time, over packed rows, hot rows that
     shadow or add to them, deleted ones and write-through rows not yet flushed."""
     path = str(tmp_path / f"m{os.urandom(4).hex()}")
@@ -514,6 +522,8 @@ def test_batch_lookups_equal_lookups_one_by_one(
                 elif op == "heat":  # write-through rows pending in a write_tick
                     w.put_value("heat", b"c" + cid, b"x%d" % n)
                 assert w.present_chunks(reversed(ids)) == {c for c in ids if w.has_chunk(c)}
+                assert w.get_chunks([*reversed(ids), ids[n]]) == {
+                    c: rec for c in ids if (rec := w.get_chunk(c)) is not None}
             heat = lmdb_engine._value_db(w._d, "heat")
             keys = [b"c" + c for c in ids]
             assert w._txn.get_many(keys, heat) == {

@@ -348,7 +348,8 @@ class LocalSource:
         naming the file `path_of(cid)`)."""
         unique = list(dict.fromkeys(cids))
         with self.store.engine.read() as txn:
-            recs = [(cid, txn.get_chunk(cid)) for cid in unique]
+            found = txn.get_chunks(unique)
+        recs = [(cid, found.get(cid)) for cid in unique]
         self.store.observer.record(unique)
         by_pack: dict[tuple[int, bytes], list[tuple[bytes, Location]]] = defaultdict(list)
         retry: list[bytes] = []
