@@ -2,6 +2,7 @@
 
 import mmap
 from collections.abc import Sequence
+from typing import Any
 
 _Buffer = bytes | bytearray | memoryview | mmap.mmap
 
@@ -124,3 +125,11 @@ def manifest_fixed(version: int, chunks: Sequence[object], /) -> bytes | None:
 
 def manifest_compact(version: int, chunks: Sequence[object], /) -> bytes | None:
     """The compact `manifests` value of `version` and `chunks`, or None as manifest_fixed."""
+
+def new_file_rows(
+    parent: int, first_ino: int, now: int, kind: int, share_min: int, max_key: int,
+    files: list[tuple[str, Any, int, int, int, int]], /
+) -> list[tuple[bytes, bytes, bytes, bytes, bytes | None]] | None:
+    """The (dirents key, dirents value, inode key, inodes value, compact manifests value
+    or None) of each new file (name, refs, mode, uid, gid, mtime_ns) linked in `parent`,
+    numbered from `first_ino`, made at `now`; None when the Python reference decides."""

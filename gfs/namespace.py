@@ -27,7 +27,7 @@ from gfs.errors import (
     _OSLike,
 )
 from gfs.meta import ROOT_INO, ChunkRef, Inode, Kind, Manifest, ReadTxn, WriteTxn
-from gfs.meta.records import inode_with, new_inode
+from gfs.meta.records import NewFile, inode_with, new_inode
 
 DEFAULT_DIR_MODE = 0o755
 DEFAULT_FILE_MODE = 0o644
@@ -325,42 +325,35 @@ def write_file_in(txn: WriteTxn, parent: Inode, name: str, refs: list[ChunkRef],
     return None
 
 
-#: A file for `write_files_in`: (name, refs, mode, uid, gid, mtime_ns).
-NewFile = tuple[str, list[ChunkRef], int, int, int, int]
-
-
 def write_files_in(txn: WriteTxn, parent: Inode, files: Sequence[NewFile], *,
                    now: int) -> list[Manifest | None]:
     """`write_file_in(touch=False, now=now)` of each of `files` in directory `parent`,
     in order, with the same results (the manifests they replaced) and the same rows:
-    the names not there yet are linked together by the engine's `add_files` (a put
-    commits a directory's files in runs), the others one by one in their turn."""
+    the names not there yet are linked together by the engine's `add_new_files` (a
+    put commits a directory's files in runs), the others one by one in their turn."""
     pino = parent.ino
     out: list[Manifest | None] = []
-    new: list[tuple[str, Inode, Manifest]] = []
+    new: list[NewFile] = []
     names: set[str] = set()
 
     def add_new() -> None:
-        txn.add_files(pino, new)
+        txn.add_new_files(pino, new, now)
         for _ in new:  # as each `write_file_in` does (coalesced: one step in all)
             entries_changed(txn, pino)
         new.clear()
         names.clear()
 
-    lookup, alloc = txn.lookup, txn.alloc_ino
-    for name, refs, mode, uid, gid, mtime_ns in files:
+    lookup = txn.lookup
+    for file in files:
+        name = file[0]
         if name in names or lookup(pino, name) is not None:
             if new:  # in order: a replaced entry sees the entries before it
                 add_new()
+            _, refs, mode, uid, gid, mtime_ns = file
             out.append(write_file_in(txn, parent, name, refs, mode=mode, uid=uid, gid=gid,
                                      mtime_ns=mtime_ns, touch=False, now=now))
             continue
-        size = 0
-        for r in refs:
-            size += r.length
-        node = new_inode(alloc(), pino, Kind.FILE, mode & 0o7777, uid, gid, size, now,
-                         mtime_ns, now, 1, "", 1, 0)
-        new.append((name, node, Manifest(1, tuple(refs))))
+        new.append(file)
         names.add(name)
         out.append(None)
     if new:

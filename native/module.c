@@ -688,6 +688,16 @@ arg_i64(PyObject *obj, int64_t *v)
     return 0;
 }
 
+/* 0 when a METH_FASTCALL function `fn` got `want` arguments, else -1 with a TypeError. */
+static int
+want_args(const char *fn, Py_ssize_t nargs, Py_ssize_t want)
+{
+    if (nargs == want)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", fn, want, nargs);
+    return -1;
+}
+
 PyDoc_STRVAR(inode_compact_doc,
 "inode_compact(kind, mode, uid, gid, parent, size, version, atime_ns, mtime_ns,\n"
 "              ctime_ns, nlink, rdev, target, /) -> bytes | None\n\n"
@@ -697,10 +707,8 @@ PyDoc_STRVAR(inode_compact_doc,
 static PyObject *
 inode_compact(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 13) {
-        PyErr_Format(PyExc_TypeError, "inode_compact() takes 13 arguments (%zd given)", nargs);
+    if (want_args("inode_compact", nargs, 13) < 0)
         return NULL;
-    }
     metarec_inode in;
     uint64_t kind;
     Py_buffer target;
@@ -771,10 +779,8 @@ PyDoc_STRVAR(chunk_refcount_doc,
 static PyObject *
 chunk_refcount(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "chunk_refcount() takes 3 arguments (%zd given)", nargs);
+    if (want_args("chunk_refcount", nargs, 3) < 0)
         return NULL;
-    }
     int64_t delta;
     if (arg_i64(args[2], &delta))
         Py_RETURN_NONE;
@@ -913,6 +919,133 @@ manifest_compact(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     return manifest_value(args, nargs, 1);
 }
 
+/* One new regular file's rows (see new_file_rows_doc) into a 5-tuple; NULL with
+ * no error set when the reference must decide, NULL with an error on failure. */
+static PyObject *
+new_file_row(PyObject *f, uint64_t parent, uint64_t ino, int64_t now, uint8_t kind,
+             uint64_t share_min, uint64_t max_key)
+{
+    uint64_t mode, uid, gid;
+    int64_t mtime;
+    if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 6
+        || !PyUnicode_CheckExact(PyTuple_GET_ITEM(f, 0))
+        || arg_u64(PyTuple_GET_ITEM(f, 2), &mode) || arg_u64(PyTuple_GET_ITEM(f, 3), &uid)
+        || arg_u64(PyTuple_GET_ITEM(f, 4), &gid) || arg_i64(PyTuple_GET_ITEM(f, 5), &mtime))
+        return NULL;
+    Py_ssize_t name_len;
+    const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(f, 0), &name_len);
+    if (name == NULL) {  /* not UTF-8 (a surrogate): the reference raises */
+        PyErr_Clear();
+        return NULL;
+    }
+    if (name_len == 0 || (uint64_t)name_len + 8 > max_key)
+        return NULL;
+    Py_ssize_t n;
+    uint8_t *ids;
+    uint32_t *lens;
+    int status = manifest_pairs(PyTuple_GET_ITEM(f, 1), &n, &ids, &lens);
+    if (status == -1)
+        return NULL;
+    if (status < 0)
+        return NULL;  /* error set */
+    metarec_inode in = {.kind = kind, .mode = mode & 07777, .uid = uid, .gid = gid,
+                        .parent = parent, .size = 0, .version = 1, .nlink = 1, .rdev = 0,
+                        .atime_ns = now, .mtime_ns = mtime, .ctime_ns = now};
+    for (Py_ssize_t k = 0; k < n; k++)
+        in.size += lens[k];
+    uint8_t head[METAREC_INODE_HEAD_MAX], key[8], dval[8];
+    size_t head_len, dlen = 1;
+    PyObject *row = NULL;
+    if (metarec_inode_compact(&in, head, &head_len) != METAREC_OK)
+        goto done;
+    for (int b = 0; b < 8; b++)
+        key[b] = (uint8_t)(ino >> (56 - 8 * b));
+    while (dlen < 8 && ino >> (8 * dlen))
+        dlen++;
+    for (size_t b = 0; b < dlen; b++)
+        dval[b] = (uint8_t)(ino >> (8 * (dlen - 1 - b)));
+    PyObject *dkey = PyBytes_FromStringAndSize(NULL, 8 + name_len);
+    if (dkey != NULL) {
+        char *p = PyBytes_AS_STRING(dkey);
+        for (int b = 0; b < 8; b++)
+            p[b] = (char)(parent >> (56 - 8 * b));
+        memcpy(p + 8, name, (size_t)name_len);
+    }
+    PyObject *mval;
+    if ((uint64_t)n < share_min) {
+        mval = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)METAREC_MANIFEST_COMPACT_MAX(n));
+        if (mval != NULL) {
+            size_t len = metarec_manifest_compact(1, (size_t)n, ids, lens,
+                                                  (uint8_t *)PyBytes_AS_STRING(mval));
+            if (len != METAREC_MANIFEST_COMPACT_MAX(n))
+                _PyBytes_Resize(&mval, (Py_ssize_t)len);
+        }
+    } else {
+        mval = Py_NewRef(Py_None);
+    }
+    PyObject *dv = PyBytes_FromStringAndSize((const char *)dval, (Py_ssize_t)dlen);
+    PyObject *ik = PyBytes_FromStringAndSize((const char *)key, 8);
+    PyObject *iv = PyBytes_FromStringAndSize((const char *)head, (Py_ssize_t)head_len);
+    if (dkey != NULL && mval != NULL && dv != NULL && ik != NULL && iv != NULL) {
+        row = PyTuple_Pack(5, dkey, dv, ik, iv, mval);
+    }
+    Py_XDECREF(dkey);
+    Py_XDECREF(mval);
+    Py_XDECREF(dv);
+    Py_XDECREF(ik);
+    Py_XDECREF(iv);
+done:
+    PyMem_Free(ids);
+    PyMem_Free(lens);
+    return row;
+}
+
+PyDoc_STRVAR(new_file_rows_doc,
+"new_file_rows(parent, first_ino, now, kind, share_min, max_key, files, /)\n"
+"    -> list | None\n\n"
+"The rows of new regular files linked in directory `parent` (a put's run of names\n"
+"not there yet), numbered first_ino, first_ino + 1, ... and made at `now`: for each\n"
+"of `files` ((name, refs, mode, uid, gid, mtime_ns); kind is Kind.FILE's value), a\n"
+"tuple (dirents key, dirents value, inode key, inodes value, compact manifests value,\n"
+"or None when it has share_min refs or more: a shared body). None when a field is out\n"
+"of range or a name is empty, not UTF-8 or makes a key over max_key bytes:\n"
+"gfs.meta.encoding.new_file_rows_reference then raises the precise error.");
+
+static PyObject *
+new_file_rows(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (want_args("new_file_rows", nargs, 7) < 0)
+        return NULL;
+    uint64_t parent, first, kind, share_min, max_key;
+    int64_t now;
+    if (!PyList_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "new_file_rows(): files must be a list");
+        return NULL;
+    }
+    PyObject *files = args[6];
+    Py_ssize_t n = PyList_GET_SIZE(files);
+    if (arg_u64(args[0], &parent) || arg_u64(args[1], &first) || arg_i64(args[2], &now)
+        || arg_u64(args[3], &kind) || kind == 0 || kind > 0x0F
+        || arg_u64(args[4], &share_min) || arg_u64(args[5], &max_key)
+        || (n > 0 && first + (uint64_t)(n - 1) < first))
+        Py_RETURN_NONE;
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *row = new_file_row(PyList_GET_ITEM(files, k), parent, first + (uint64_t)k,
+                                     now, (uint8_t)kind, share_min, max_key);
+        if (row == NULL) {
+            Py_DECREF(out);
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        PyList_SET_ITEM(out, k, row);
+    }
+    return out;
+}
+
 static PyMethodDef native_methods[] = {
     {"cut_points", (PyCFunction)(void (*)(void))cut_points, METH_FASTCALL, cut_points_doc},
     {"check_params", check_params, METH_VARARGS, check_params_doc},
@@ -938,6 +1071,8 @@ static PyMethodDef native_methods[] = {
      manifest_fixed_doc},
     {"manifest_compact", (PyCFunction)(void (*)(void))manifest_compact, METH_FASTCALL,
      manifest_compact_doc},
+    {"new_file_rows", (PyCFunction)(void (*)(void))new_file_rows, METH_FASTCALL,
+     new_file_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 

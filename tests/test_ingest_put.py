@@ -13,7 +13,8 @@ import pytest
 from gfs import client as client_mod
 from gfs import put_walk as walk_mod
 from gfs.client import Client
-from gfs.meta import shared_manifests
+from gfs.meta import blocks
+from gfs.meta import encoding as enc
 
 
 def _tree(root: Path, dirs: int, files: int) -> dict[str, bytes]:
@@ -141,16 +142,17 @@ def test_a_fault_mid_commit_loses_nothing_committed(
     src = tmp_path / "src"
     want = _tree(src, 5, 8)
     calls = [0]
-    real = shared_manifests.put
+    real = blocks.BlockTxn.put
 
-    def failing(*args: object, **kw: object) -> object:
-        calls[0] += 1
-        if calls[0] == 23:
-            raise OSError("injected fault in the commit")
-        return real(*args, **kw)  # type: ignore[arg-type]
+    def failing(self: blocks.BlockTxn, key: bytes, value: bytes, db: object) -> None:
+        if len(key) == 8 and value[:1] == enc.MANIFEST_COMPACT:  # a file's manifest
+            calls[0] += 1
+            if calls[0] == 23:
+                raise OSError("injected fault in the commit")
+        real(self, key, value, db)
 
     with Client.init(tmp_path / "s", commit_files=5) as fs:
-        monkeypatch.setattr(shared_manifests, "put", failing)
+        monkeypatch.setattr(blocks.BlockTxn, "put", failing)
         with pytest.raises(OSError, match="injected"):
             fs.put(src, "/t")
         monkeypatch.undo()

@@ -221,3 +221,42 @@ def test_decode_inode_runs_the_reference_only_for_damaged_records(
     assert enc.decode_inode(7, data) == inode
     with pytest.raises(AssertionError, match="reference ran"):
         enc.decode_inode(7, data[:-1])
+
+
+#: A put's new file: (name, refs, mode, uid, gid, mtime_ns), names of any code point
+#: (lone surrogates: names that are not UTF-8) and length (past the key limit too).
+new_files = st.tuples(
+    st.one_of(st.text(max_size=12), st.text(min_size=500, max_size=520),
+              st.sampled_from(["", "a\udcff", "é" * 252, "é" * 251])),
+    st.lists(st.builds(ChunkRef, id=CID, length=st.one_of(U32, WIDE)), max_size=3),
+    st.one_of(st.integers(0, 0o177777), WIDE), st.one_of(U32, WIDE), st.one_of(U32, WIDE),
+    WIDE)
+
+
+@given(st.lists(new_files, max_size=5), st.one_of(U64, WIDE), st.one_of(U64, WIDE), WIDE,
+       st.integers(0, 3))
+@example([("f", [ChunkRef(b"\x01" * CHUNK_ID_LEN, 5)], 0o100644, 0, 0, 7)], 2, 10, 11, 2)
+@example([("f", [], 0o100644, 0, 0, 7)] * 2, 2, U64_MAX, 11, 2)
+def test_c_new_file_rows_are_the_references(files: list[enc.NewFile], parent: int, first: int,
+                                            now: int, share_min: int) -> None:
+    """`new_file_rows` (C) gives, byte for byte, what the row encoders give for each new
+    file (`new_file_rows_reference`), or None where the reference raises: a field out of
+    range, a name empty, not UTF-8 or over the key limit, numbers past 2^64."""
+    c = enc.new_file_rows(parent, first, now, files, share_min, 511)
+    try:
+        ref = enc.new_file_rows_reference(parent, first, now, files, share_min, 511)
+    except (ValueError, OverflowError) as exc:  # (UnicodeEncodeError is a ValueError)
+        assert c is None, exc
+        return
+    if c is None:  # where the numbers run past 2^64, or an empty run's are out of range
+        assert first + len(files) - 1 > U64_MAX or (not files and not (
+            0 <= parent <= U64_MAX and 0 <= first <= U64_MAX and -(1 << 63) <= now < 1 << 63))
+        return
+    assert c == ref
+    for k, (dkey, dval, ikey, ival, mval) in enumerate(c):
+        assert enc.decode_dirent_ino(dval) == enc.decode_ino(ikey) == first + k
+        assert enc.decode_dirent_key(dkey) == (parent, files[k][0])
+        node = enc.decode_inode(first + k, ival)
+        assert (node.kind, node.mode, node.size) == (
+            Kind.FILE, files[k][2] & 0o7777, sum(r.length for r in files[k][1]))
+        assert (mval is None) == (len(files[k][1]) >= share_min)

@@ -26,6 +26,7 @@ from gfs._native import inode_compact as _c_inode_compact
 from gfs._native import inode_fields as _c_inode_fields
 from gfs._native import manifest_compact as _c_manifest_compact
 from gfs._native import manifest_fixed as _c_manifest_fixed
+from gfs._native import new_file_rows as _c_new_file_rows
 from gfs.errors import MetadataDamagedError
 from gfs.meta.records import (
     CHUNK_ID_LEN,
@@ -36,6 +37,7 @@ from gfs.meta.records import (
     Kind,
     Location,
     Manifest,
+    NewFile,
     PackRecord,
     PendingPack,
     PoolRecord,
@@ -78,6 +80,8 @@ __all__ = [
     "encode_pending",
     "encode_pool",
     "encode_u64",
+    "new_file_rows",
+    "new_file_rows_reference",
     "pool_key",
 ]
 
@@ -479,6 +483,42 @@ def encode_manifest_compact_reference(manifest: Manifest) -> bytes:
     if len(out) % 20 in _FIXED_LENGTHS:
         out.append(0)
     return bytes(out)
+
+
+#: A new file's rows (`new_file_rows`): dirents key, dirents value, inode key, inodes
+#: value, and the compact manifests value (None: the manifest is shared, written by
+#: gfs.meta.shared_manifests).
+NewFileRow = tuple[bytes, bytes, bytes, bytes, bytes | None]
+
+
+def new_file_rows(parent: int, first_ino: int, now: int, files: list[NewFile],
+                  share_min: int, max_key: int) -> list[NewFileRow] | None:
+    """The rows of new regular files linked in directory `parent` (`WriteTxn.
+    add_new_files`), numbered from `first_ino` in order, made at `now`; a manifest of
+    `share_min` refs or more has None (a shared body). Encoded in C, one call a run of
+    files (a put's committer spent a third of its time building them a file at a time);
+    None when a field is out of range, a name empty, not UTF-8 or making a dirents key
+    over `max_key` bytes: `new_file_rows_reference` then raises the precise error."""
+    return _c_new_file_rows(parent, first_ino, now, int(Kind.FILE), share_min, max_key, files)
+
+
+def new_file_rows_reference(parent: int, first_ino: int, now: int, files: list[NewFile],
+                            share_min: int, max_key: int) -> list[NewFileRow]:
+    """`new_file_rows` in Python, from the encoders of each row: the reference the C
+    function is tested against. Raises ValueError (or UnicodeEncodeError for a name
+    that is not UTF-8) where C returns None."""
+    rows: list[NewFileRow] = []
+    for ino, (name, refs, mode, uid, gid, mtime_ns) in enumerate(files, first_ino):
+        key = dirent_key(parent, name)
+        if len(key) > max_key:
+            raise ValueError(f"directory entry of inode {parent}: name is {len(key) - 8} bytes "
+                             f"in UTF-8, at most {max_key - 8} allowed")
+        node = new_inode(ino, parent, Kind.FILE, mode & 0o7777, uid, gid,
+                         sum(r.length for r in refs), now, mtime_ns, now, 1, "", 1, 0)
+        manifest = Manifest(1, tuple(refs))
+        rows.append((key, encode_dirent_ino(ino), encode_ino(ino), encode_inode(node),
+                     encode_manifest_compact(manifest) if len(refs) < share_min else None))
+    return rows
 
 
 def _decode_manifest_compact(ino: int, data: bytes) -> Manifest:

@@ -35,10 +35,13 @@ from gfs.errors import FormatError, MetaConflictError
 from gfs.meta.records import (
     ChunkRecord,
     Inode,
+    Kind,
     Manifest,
+    NewFile,
     PackRecord,
     PendingPack,
     PoolRecord,
+    new_inode,
 )
 
 T = TypeVar("T")
@@ -229,6 +232,22 @@ class WriteTxn(ReadTxn):
             self.link(parent, name, node.ino)
             self.put_inode(node)
             self.put_manifest(node.ino, manifest)
+
+    def add_new_files(self, parent: int, files: Sequence[NewFile], now: int) -> None:
+        """Link new regular files into directory `parent` (names it does not have), in
+        order: each (name, refs, mode, uid, gid, mtime_ns) a fresh inode (`alloc_ino`)
+        made at `now` (its atime and ctime), version 1, one link, its mode's permission
+        bits and `refs`' total size, with the version-1 manifest of `refs`, written as
+        `add_files` writes them. An engine may encode the rows in one call."""
+        rows = []
+        for name, refs, mode, uid, gid, mtime_ns in files:
+            size = 0
+            for r in refs:
+                size += r.length
+            node = new_inode(self.alloc_ino(), parent, Kind.FILE, mode & 0o7777, uid, gid,
+                             size, now, mtime_ns, now, 1, "", 1, 0)
+            rows.append((name, node, Manifest(1, tuple(refs))))
+        self.add_files(parent, rows)
 
     @abstractmethod
     def delete_manifest(self, ino: int) -> None:

@@ -127,6 +127,11 @@ class Manifest:
         return sum(c.length for c in self.chunks)
 
 
+#: A new regular file of a put, for `WriteTxn.add_new_files`: (name, refs, mode, uid,
+#: gid, mtime_ns); mode as the local lstat gives it (the permission bits are kept).
+NewFile = tuple[str, list[ChunkRef], int, int, int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """Where one copy of a chunk's blob lives: a byte range of a pack in a pool."""
