@@ -487,6 +487,48 @@ def test_a_batch_of_chunk_lookups_seeks_each_block_once(
         eng.close()
 
 
+@pytest.mark.parametrize("tick", [False, True])
+def test_lookups_past_a_few_seeks_bisect_the_listed_blocks_and_see_rewrites(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tick: bool) -> None:
+    """After INDEX_AFTER_SEEKS cursor seeks into a block database, a transaction finds a
+    key's block by bisecting its listed block keys (no more seeks) with the same
+    answers; a write that rewrites blocks (a delete of a packed row, write-through rows
+    flushed into their blocks) drops the list, and the lookups after it see the change."""
+    path = str(tmp_path / "meta")
+    _store(path, 600)
+    assert compaction.compact_now(path) is not None
+    seeks: list[bytes] = []
+    real = blocks.BlockTxn._cursor_at
+
+    def counting(self: blocks.BlockTxn, db: object, key: bytes) -> object:
+        seeks.append(key)
+        return real(self, db, key)
+
+    monkeypatch.setattr(blocks.BlockTxn, "_cursor_at", counting)
+    ids = [((i * 337) % 700).to_bytes(16, "big") for i in range(700)]  # 100 past the last
+    eng = LmdbEngine(path, sync=False, compact_at_close=False)
+    try:
+        with (eng.write_tick() if tick else eng.write()) as w:
+            got = {cid: w.get_chunk(cid) for cid in ids}
+            assert len(seeks) == blocks.INDEX_AFTER_SEEKS  # then bisections only
+            assert {cid for cid, rec in got.items() if rec is not None} == {
+                i.to_bytes(16, "big") for i in range(600)}
+            gone, heated = ids[5], ids[7]
+            assert got[gone] is not None and got[heated] is not None
+            w.delete_chunk(gone)  # its block rewritten without it
+            w.put_value("heat", b"c" + heated, b"new")  # through: pending, then flushed
+            assert w.get_value("heat", b"c" + heated) == b"new"
+            del seeks[:]
+            assert {cid: w.get_chunk(cid) for cid in ids} == {**got, gone: None}
+            assert 0 < len(seeks) <= blocks.INDEX_AFTER_SEEKS  # listed again
+            assert w.get_value("heat", b"c" + heated) == b"new"
+        with eng.read() as r:
+            assert r.get_chunk(gone) is None and r.get_chunk(heated) == got[heated]
+            assert r.get_value("heat", b"c" + heated) == b"new"
+    finally:
+        eng.close()
+
+
 _CHUNK_OPS = st.lists(st.tuples(st.sampled_from(["put", "delete", "ref", "heat"]),
                                 st.integers(0, 320)), max_size=40)
 
