@@ -126,6 +126,10 @@ def manifest_fixed(version: int, chunks: Sequence[object], /) -> bytes | None:
 def manifest_compact(version: int, chunks: Sequence[object], /) -> bytes | None:
     """The compact `manifests` value of `version` and `chunks`, or None as manifest_fixed."""
 
+def manifest_entries(data: _Buffer, /) -> tuple[int, tuple[tuple[bytes, int], ...]] | None:
+    """(version, ((id, length), ...)) of a compact `manifests` value, or None (another
+    form, or a record the Python decoder rejects)."""
+
 def new_file_rows(
     parent: int, first_ino: int, now: int, kind: int, share_min: int, max_key: int,
     files: list[tuple[str, Any, int, int, int, int]], /

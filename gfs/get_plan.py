@@ -25,6 +25,7 @@ from typing import Any
 
 from gfs.errors import IsADirError, NotADirError
 from gfs.meta import Inode, Kind, Manifest
+from gfs.meta.encoding import ManifestEntries
 from gfs.meta.engine import ReadTxn
 from gfs.meta.records import ChunkRef, new_inode
 from gfs.spill import spill_dir
@@ -79,7 +80,7 @@ def walk_ns(txn: ReadTxn, top: Inode, dest: str) -> Iterator[tuple[bool, str, In
             stack.pop()
             yield True, level.path, level.node
             continue
-        kid = txn.get_inode(nxt[1])
+        kid = txn.scan_inode(nxt[1])
         if kid is None:
             continue  # a dangling entry: nothing to restore
         kp = os.path.join(level.path, nxt[0])
@@ -107,15 +108,14 @@ _KINDS = {k.value: k for k in Kind}
 _Fields = tuple[Any, ...]
 
 
-def _fields(node: Inode, m: Manifest | None) -> _Fields:
-    """`node` (less its number) and its manifest as plain values, spilled with
-    `marshal` (the plan is this process's own temporary file): decoding the stored
-    record forms again (varints, a frozen dataclass per chunk) cost a get ~13 us an
-    entry, these ~6."""
+def _fields(node: Inode, m: ManifestEntries | None) -> _Fields:
+    """`node` (less its number) and its manifest (`ReadTxn.scan_manifest`'s plain
+    values) as plain values, spilled with `marshal` (the plan is this process's own
+    temporary file): decoding the stored record forms again (varints, a frozen
+    dataclass per chunk) cost a get ~13 us an entry, these ~6."""
     return (node.parent, int(node.kind), node.mode, node.uid, node.gid, node.size,
             node.atime_ns, node.mtime_ns, node.ctime_ns, node.version, node.target,
-            node.nlink, node.rdev, None if m is None else m.version,
-            None if m is None else tuple([(c.id, c.length) for c in m.chunks]))
+            node.nlink, node.rdev, None if m is None else m[0], None if m is None else m[1])
 
 
 def _entry(ino: int, fields: _Fields) -> tuple[Inode, Manifest | None]:
@@ -168,11 +168,11 @@ class GetPlan:
         for leaving, p, node in walk_ns(txn, top, dest):
             if check and not leaving:
                 check_local(p, node, below=p != dest)
-            m = txn.get_manifest(node.ino) if node.kind == Kind.FILE else None
+            m = txn.scan_manifest(node.ino) if node.kind == Kind.FILE else None
             buffer.append((leaving, p[cut:], node.ino, _fields(node, m)))
             self.rows += 1
             if m is not None:
-                chunks += len(m.chunks)
+                chunks += len(m[1])
             if len(buffer) >= PLAN_BATCH or chunks >= PLAN_CHUNKS:
                 self._flush()
                 buffer, chunks = self._buffer, 0

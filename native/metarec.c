@@ -274,3 +274,27 @@ metarec_manifest_compact(uint64_t version, size_t n, const uint8_t *ids, const u
         out[len++] = 0;
     return len;
 }
+
+int
+metarec_manifest_compact_decode(const uint8_t *data, size_t len, uint64_t *version,
+                                size_t *count, size_t *id_at, uint32_t *lens)
+{
+    size_t pos = 1;
+    uint64_t n, length;
+    if (len < 1 || data[0] != 0xFD || get_varint(data, len, &pos, version) != METAREC_OK
+        || get_varint(data, len, &pos, &n) != METAREC_OK || n > (len - pos) / 17)
+        return METAREC_DEFER;
+    for (uint64_t k = 0; k < n; k++) {
+        if (get_varint(data, len, &pos, &length) != METAREC_OK || length >> 32
+            || len - pos < 16)
+            return METAREC_DEFER;
+        lens[k] = (uint32_t)length;
+        id_at[k] = pos;
+        pos += 16;
+    }
+    size_t padded = pos % 20 == 8 || pos % 20 == 12;
+    if (len != pos + padded || (padded && data[pos]))
+        return METAREC_DEFER;
+    *count = (size_t)n;
+    return METAREC_OK;
+}

@@ -62,4 +62,12 @@ size_t metarec_manifest_fixed(uint64_t version, size_t n, const uint8_t *ids,
 size_t metarec_manifest_compact(uint64_t version, size_t n, const uint8_t *ids,
                                 const uint32_t *lens, uint8_t *out);
 
+/* The entries of the compact manifest value `data` (len bytes): its version, its
+ * count, and per entry the offset of its id in `data` (id_at) and its length
+ * (lens); both arrays have room for len / 17 entries (an entry takes at least 17
+ * bytes). METAREC_DEFER for anything the reference rejects (truncated, a varint
+ * over 64 bits, a length of 2^32 or more, wrong padding) or reads past 64 bits. */
+int metarec_manifest_compact_decode(const uint8_t *data, size_t len, uint64_t *version,
+                                    size_t *count, size_t *id_at, uint32_t *lens);
+
 #endif

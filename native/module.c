@@ -919,6 +919,49 @@ manifest_compact(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t 
     return manifest_value(args, nargs, 1);
 }
 
+PyDoc_STRVAR(manifest_entries_doc,
+"manifest_entries(data, /) -> tuple | None\n\n"
+"(version, ((id, length), ...)) of the compact `manifests` value `data`, or None for\n"
+"another form or a record the reference rejects (gfs.meta.encoding then decides).");
+
+static PyObject *
+manifest_entries(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *data = view.buf;
+    size_t len = (size_t)view.len, cap = len / 17 + 1, n;
+    uint64_t version;
+    size_t *id_at = PyMem_Malloc(cap * sizeof *id_at);
+    uint32_t *lens = PyMem_Malloc(cap * sizeof *lens);
+    PyObject *out = NULL, *entries = NULL;
+    if (id_at == NULL || lens == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (metarec_manifest_compact_decode(data, len, &version, &n, id_at, lens) != METAREC_OK) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    entries = PyTuple_New((Py_ssize_t)n);
+    for (size_t k = 0; entries != NULL && k < n; k++) {
+        PyObject *pair = Py_BuildValue("(y#k)", (const char *)data + id_at[k],
+                                       (Py_ssize_t)CHUNKID_LEN, (unsigned long)lens[k]);
+        if (pair == NULL)
+            Py_CLEAR(entries);
+        else
+            PyTuple_SET_ITEM(entries, (Py_ssize_t)k, pair);
+    }
+    if (entries != NULL)
+        out = Py_BuildValue("(KN)", (unsigned long long)version, entries);
+done:
+    PyMem_Free(id_at);
+    PyMem_Free(lens);
+    PyBuffer_Release(&view);
+    return out;
+}
+
 /* One new regular file's rows (see new_file_rows_doc) into a 5-tuple; NULL with
  * no error set when the reference must decide, NULL with an error on failure. */
 static PyObject *
@@ -929,9 +972,12 @@ new_file_row(PyObject *f, uint64_t parent, uint64_t ino, int64_t now, uint8_t ki
     int64_t mtime;
     if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 6
         || !PyUnicode_CheckExact(PyTuple_GET_ITEM(f, 0))
-        || arg_u64(PyTuple_GET_ITEM(f, 2), &mode) || arg_u64(PyTuple_GET_ITEM(f, 3), &uid)
+        || !PyLong_Check(PyTuple_GET_ITEM(f, 2))
+        || arg_u64(PyTuple_GET_ITEM(f, 3), &uid)
         || arg_u64(PyTuple_GET_ITEM(f, 4), &gid) || arg_i64(PyTuple_GET_ITEM(f, 5), &mtime))
         return NULL;
+    /* the permission bits of any int, as the reference's `mode & 0o7777` */
+    mode = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(f, 2));
     Py_ssize_t name_len;
     const char *name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(f, 0), &name_len);
     if (name == NULL) {  /* not UTF-8 (a surrogate): the reference raises */
@@ -1073,6 +1119,7 @@ static PyMethodDef native_methods[] = {
      manifest_compact_doc},
     {"new_file_rows", (PyCFunction)(void (*)(void))new_file_rows, METH_FASTCALL,
      new_file_rows_doc},
+    {"manifest_entries", manifest_entries, METH_O, manifest_entries_doc},
     {NULL, NULL, 0, NULL},
 };
 

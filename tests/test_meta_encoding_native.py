@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gfs import _native
@@ -142,6 +142,36 @@ def test_c_manifests_are_the_references_and_round_trip(m: Manifest, ino: int) ->
     assert enc.decode_manifest(ino, compact) == m
 
 
+def _entries_outcome(fn: Callable[[], object]) -> tuple[str, object]:
+    try:
+        return "ok", fn()
+    except MetadataDamagedError as exc:
+        return "damaged", str(exc)
+
+
+@settings(deadline=None)
+@given(manifests, st.data())
+@example(Manifest(0, ()), None)
+def test_manifest_entries_are_the_decoders_and_damage_gets_its_error(
+        m: Manifest, data: st.DataObject | None) -> None:
+    """`manifest_entries` (C for the compact form) gives what `decode_manifest` gives,
+    as plain values, for both forms; a damaged or cut record gets the decoder's error."""
+    want = (m.version, tuple((c.id, c.length) for c in m.chunks))
+    for record in (enc.encode_manifest(m), enc.encode_manifest_compact(m)):
+        assert enc.manifest_entries(7, record) == want
+        if data is None:
+            continue
+        pos = data.draw(st.integers(0, len(record)))
+        bad = (record[:pos] + bytes([data.draw(st.integers(0, 255))]) + record[pos + 1:],
+               record[:pos], record + b"\0")
+        for damaged in bad:
+            ref = _entries_outcome(lambda d=damaged: enc.decode_manifest(7, d))  # type: ignore[misc]
+            if ref[0] == "ok":
+                ref = ("ok", (ref[1].version,  # type: ignore[attr-defined]
+                              tuple((c.id, c.length) for c in ref[1].chunks)))  # type: ignore[attr-defined]
+            assert _entries_outcome(lambda d=damaged: enc.manifest_entries(7, d)) == ref  # type: ignore[misc]
+
+
 #: Chunk ids and lengths a manifest must refuse, and ones only Python takes.
 ODD_IDS = st.one_of(st.binary(max_size=20), st.binary(min_size=16, max_size=16).map(bytearray),
                     st.just("x" * 16))
@@ -233,6 +263,7 @@ new_files = st.tuples(
     WIDE)
 
 
+@settings(deadline=None)
 @given(st.lists(new_files, max_size=5), st.one_of(U64, WIDE), st.one_of(U64, WIDE), WIDE,
        st.integers(0, 3))
 @example([("f", [ChunkRef(b"\x01" * CHUNK_ID_LEN, 5)], 0o100644, 0, 0, 7)], 2, 10, 11, 2)

@@ -25,6 +25,7 @@ from gfs._native import chunk_refcount as _c_chunk_refcount
 from gfs._native import inode_compact as _c_inode_compact
 from gfs._native import inode_fields as _c_inode_fields
 from gfs._native import manifest_compact as _c_manifest_compact
+from gfs._native import manifest_entries as _c_manifest_entries
 from gfs._native import manifest_fixed as _c_manifest_fixed
 from gfs._native import new_file_rows as _c_new_file_rows
 from gfs.errors import MetadataDamagedError
@@ -80,6 +81,7 @@ __all__ = [
     "encode_pending",
     "encode_pool",
     "encode_u64",
+    "manifest_entries",
     "new_file_rows",
     "new_file_rows_reference",
     "pool_key",
@@ -453,6 +455,23 @@ def decode_manifest(ino: int, data: bytes) -> Manifest:
             f"({count * _MANIFEST_ENTRY.size} bytes) but {len(body)} bytes follow; {_DAMAGED}"
             )
     return Manifest(version, tuple(starmap(ChunkRef, _MANIFEST_ENTRY.iter_unpack(body))))
+
+
+#: A manifest as plain values: (version, ((chunk id, raw length), ...)).
+ManifestEntries = tuple[int, tuple[tuple[bytes, int], ...]]
+
+
+def manifest_entries(ino: int, data: bytes) -> ManifestEntries:
+    """What `decode_manifest` gives, as plain values, without a Manifest or ChunkRef
+    made (a get's plan of 62,793 files spent a seventh of its time decoding
+    manifests): the compact form decoded in C, any other form, and a record C leaves
+    to it, by `decode_manifest`, which raises for a damaged one."""
+    if data[:1] == MANIFEST_COMPACT and len(data) % _MANIFEST_ENTRY.size != _MANIFEST_HEAD.size:
+        out = _c_manifest_entries(data)
+        if out is not None:
+            return out
+    m = decode_manifest(ino, data)
+    return m.version, tuple([(c.id, c.length) for c in m.chunks])
 
 
 #: First byte of the compact manifest value: the marker, version and count as varints,

@@ -74,6 +74,11 @@ class ReadTxn(ABC):
     def get_inode(self, ino: int) -> Inode | None:
         """The inode numbered `ino`, or None."""
 
+    def scan_inode(self, ino: int) -> Inode | None:
+        """`get_inode` for a walk that reads each inode once (a get's plan): an engine
+        may skip what only pays for inodes read again and again (a cache)."""
+        return self.get_inode(ino)
+
     @abstractmethod
     def lookup(self, parent: int, name: str) -> int | None:
         """The inode number of `name` in directory `parent`, or None."""
@@ -110,6 +115,12 @@ class ReadTxn(ABC):
     @abstractmethod
     def get_manifest(self, ino: int) -> Manifest | None:
         """The current manifest of file `ino`, or None."""
+
+    def scan_manifest(self, ino: int) -> tuple[int, tuple[tuple[bytes, int], ...]] | None:
+        """`get_manifest` as plain values, (version, ((chunk id, raw length), ...)), for
+        a walk that keeps no Manifest (a get's plan); an engine may decode it faster."""
+        m = self.get_manifest(ino)
+        return None if m is None else (m.version, tuple([(c.id, c.length) for c in m.chunks]))
 
     @abstractmethod
     def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:

@@ -353,6 +353,22 @@ class MetaEngineConformance:
             assert r.get_manifest(20) is None
             assert r.get_manifest(21) == _manifest(1, version=5)
 
+    def test_scan_manifest_is_get_manifest_as_plain_values(self, engine: MetaEngine) -> None:
+        """`scan_manifest` (a get's plan) answers what `get_manifest` answers, for empty,
+        one-chunk, shared (identical contents) and large manifests, and absent ones."""
+        ms = {40: Manifest(0, ()), 41: _manifest(1, version=2), 42: _manifest(3, version=4),
+              43: _manifest(3, version=4), 44: _manifest(300, version=(1 << 64) - 1)}
+        with engine.write() as w:
+            for ino, m in ms.items():
+                w.put_manifest(ino, m)
+            assert w.scan_manifest(41) == (2, tuple((c.id, c.length) for c in ms[41].chunks))
+        with engine.read() as r:
+            for ino in (*ms, 45):
+                got = r.get_manifest(ino)
+                assert r.scan_manifest(ino) == (None if got is None else (
+                    got.version, tuple((c.id, c.length) for c in got.chunks)))
+            assert r.scan_manifest(42) == r.scan_manifest(43)
+
     def test_large_manifest(self, engine: MetaEngine) -> None:
         rng = random.Random(1)
         chunks = tuple(
