@@ -25,9 +25,8 @@ from typing import Any
 
 from gfs.errors import IsADirError, NotADirError
 from gfs.meta import Inode, Kind, Manifest
-from gfs.meta.encoding import ManifestEntries
 from gfs.meta.engine import ReadTxn
-from gfs.meta.records import ChunkRef, new_inode
+from gfs.meta.records import ChunkRef, ManifestEntries, new_inode
 from gfs.spill import spill_dir
 
 #: A walk lists a directory this many entries at a time (engine-neutral: no cursor

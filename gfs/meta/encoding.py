@@ -38,6 +38,7 @@ from gfs.meta.records import (
     Kind,
     Location,
     Manifest,
+    ManifestEntries,
     NewFile,
     PackRecord,
     PendingPack,
@@ -68,6 +69,7 @@ __all__ = [
     "decode_pool_key",
     "decode_u64",
     "dirent_key",
+    "dirent_key_within",
     "encode_chunk",
     "encode_dirent_ino",
     "encode_ino",
@@ -150,6 +152,16 @@ def dirent_key(parent: int, name: str) -> bytes:
     if not name:
         raise ValueError(f"directory entry of inode {parent}: empty name")
     return encode_ino(parent) + name.encode("utf-8")
+
+
+def dirent_key_within(parent: int, name: str, max_key: int) -> bytes:
+    """`dirent_key`; ValueError also for a name that makes it over `max_key` bytes (an
+    LMDB key's limit)."""
+    key = dirent_key(parent, name)
+    if len(key) > max_key:
+        raise ValueError(f"directory entry of inode {parent}: name is {len(key) - 8} bytes "
+                         f"in UTF-8, at most {max_key - 8} allowed")
+    return key
 
 
 def decode_dirent_key(key: bytes) -> tuple[int, str]:
@@ -457,10 +469,6 @@ def decode_manifest(ino: int, data: bytes) -> Manifest:
     return Manifest(version, tuple(starmap(ChunkRef, _MANIFEST_ENTRY.iter_unpack(body))))
 
 
-#: A manifest as plain values: (version, ((chunk id, raw length), ...)).
-ManifestEntries = tuple[int, tuple[tuple[bytes, int], ...]]
-
-
 def manifest_entries(ino: int, data: bytes) -> ManifestEntries:
     """What `decode_manifest` gives, as plain values, without a Manifest or ChunkRef
     made (a get's plan of 62,793 files spent a seventh of its time decoding
@@ -470,8 +478,7 @@ def manifest_entries(ino: int, data: bytes) -> ManifestEntries:
         out = _c_manifest_entries(data)
         if out is not None:
             return out
-    m = decode_manifest(ino, data)
-    return m.version, tuple([(c.id, c.length) for c in m.chunks])
+    return decode_manifest(ino, data).entries()
 
 
 #: First byte of the compact manifest value: the marker, version and count as varints,
@@ -528,10 +535,7 @@ def new_file_rows_reference(parent: int, first_ino: int, now: int, files: list[N
     that is not UTF-8) where C returns None."""
     rows: list[NewFileRow] = []
     for ino, (name, refs, mode, uid, gid, mtime_ns) in enumerate(files, first_ino):
-        key = dirent_key(parent, name)
-        if len(key) > max_key:
-            raise ValueError(f"directory entry of inode {parent}: name is {len(key) - 8} bytes "
-                             f"in UTF-8, at most {max_key - 8} allowed")
+        key = dirent_key_within(parent, name, max_key)
         node = new_inode(ino, parent, Kind.FILE, mode & 0o7777, uid, gid,
                          sum(r.length for r in refs), now, mtime_ns, now, 1, "", 1, 0)
         manifest = Manifest(1, tuple(refs))

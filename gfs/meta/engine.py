@@ -37,6 +37,7 @@ from gfs.meta.records import (
     Inode,
     Kind,
     Manifest,
+    ManifestEntries,
     NewFile,
     PackRecord,
     PendingPack,
@@ -116,11 +117,11 @@ class ReadTxn(ABC):
     def get_manifest(self, ino: int) -> Manifest | None:
         """The current manifest of file `ino`, or None."""
 
-    def scan_manifest(self, ino: int) -> tuple[int, tuple[tuple[bytes, int], ...]] | None:
-        """`get_manifest` as plain values, (version, ((chunk id, raw length), ...)), for
-        a walk that keeps no Manifest (a get's plan); an engine may decode it faster."""
+    def scan_manifest(self, ino: int) -> ManifestEntries | None:
+        """`get_manifest` as plain values (`Manifest.entries`), for a walk that keeps
+        no Manifest (a get's plan); an engine may decode it faster."""
         m = self.get_manifest(ino)
-        return None if m is None else (m.version, tuple([(c.id, c.length) for c in m.chunks]))
+        return None if m is None else m.entries()
 
     @abstractmethod
     def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:

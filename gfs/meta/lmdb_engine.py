@@ -48,6 +48,7 @@ from gfs.meta.records import (
     Inode,
     Kind,
     Manifest,
+    ManifestEntries,
     NewFile,
     PackRecord,
     PendingPack,
@@ -79,11 +80,7 @@ _ino_key = enc.encode_ino
 def _entry_key(parent: int, name: str) -> bytes:
     """The `dirents` key of `name` in `parent`; ValueError for an empty name or one
     too long for an LMDB key."""
-    key = enc.dirent_key(parent, name)
-    if len(key) > _MAX_KEY:
-        raise ValueError(f"directory entry of inode {parent}: name is {len(key) - 8} bytes "
-                         f"in UTF-8, at most {_MAX_KEY - 8} allowed")
-    return key
+    return enc.dirent_key_within(parent, name, _MAX_KEY)
 
 
 #: Scans note their activity to the map trimmer every this many rows (+1).
@@ -196,17 +193,21 @@ class _LmdbRead(ReadTxn):
         return shm.decode(enc.decode_ino(key), value, self._body)
 
     # -- namespace ----------------------------------------------------------
-    def get_inode(self, ino: int) -> Inode | None:
+    def _by_ino(self, db: Any, ino: int) -> bytes | None:
+        """The value of inode `ino`'s key in `db` (a lookup at one key, noted)."""
         self._d.trimmer.tick()
-        data = self._txn.get(_ino_key(ino), db=self._d.inodes)
+        data: bytes | None = self._txn.get(_ino_key(ino), db=db)
+        return data
+
+    def get_inode(self, ino: int) -> Inode | None:
+        data = self._by_ino(self._d.inodes, ino)
         return None if data is None else _decode_inode_cached(ino, data)
 
     def scan_inode(self, ino: int) -> Inode | None:
         """`get_inode` without the cache of decoded inodes: a walk's inodes all miss it,
         and each miss evicted an entry (a get's plan of 97,000 inodes spent 0.1-0.2 s
         of its 1.3-1.5 s hashing and evicting)."""
-        self._d.trimmer.tick()
-        data = self._txn.get(_ino_key(ino), db=self._d.inodes)
+        data = self._by_ino(self._d.inodes, ino)
         return None if data is None else enc.decode_inode(ino, data)
 
     def lookup(self, parent: int, name: str) -> int | None:
@@ -252,18 +253,15 @@ class _LmdbRead(ReadTxn):
         return data
 
     def get_manifest(self, ino: int) -> Manifest | None:
-        self._d.trimmer.tick()
-        data = self._txn.get(_ino_key(ino), db=self._d.manifests)
+        data = self._by_ino(self._d.manifests, ino)
         return None if data is None else shm.decode(ino, data, self._body)
 
-    def scan_manifest(self, ino: int) -> tuple[int, tuple[tuple[bytes, int], ...]] | None:
-        self._d.trimmer.tick()
-        data = self._txn.get(_ino_key(ino), db=self._d.manifests)
+    def scan_manifest(self, ino: int) -> ManifestEntries | None:
+        data = self._by_ino(self._d.manifests, ino)
         if data is None:
             return None
         if shm.ref_key(data) is not None:  # a shared body: read through it
-            m = shm.decode(ino, data, self._body)
-            return m.version, tuple([(c.id, c.length) for c in m.chunks])
+            return shm.decode(ino, data, self._body).entries()
         return enc.manifest_entries(ino, data)
 
     def iter_manifests(self) -> Iterator[tuple[int, Manifest]]:

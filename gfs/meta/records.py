@@ -126,6 +126,13 @@ class Manifest:
     def size(self) -> int:
         return sum(c.length for c in self.chunks)
 
+    def entries(self) -> ManifestEntries:
+        """This manifest as plain values: (version, ((chunk id, raw length), ...))."""
+        return self.version, tuple([(c.id, c.length) for c in self.chunks])
+
+
+#: A manifest as plain values (`Manifest.entries`, `ReadTxn.scan_manifest`).
+ManifestEntries = tuple[int, tuple[tuple[bytes, int], ...]]
 
 #: A new regular file of a put, for `WriteTxn.add_new_files`: (name, refs, mode, uid,
 #: gid, mtime_ns); mode as the local lstat gives it (the permission bits are kept).
